@@ -1,0 +1,228 @@
+/**
+ * Ingest benchmark: one storescu association sends a synthetic CT series to each server.
+ *
+ *   node --import tsx scripts/bench/ingest.ts [--count 300] [--runs 3] [--servers storescp,orthanc,pacs-mesh]
+ *                                            [--rows 512] [--columns 512] [--tmp <dir>] [--keep]
+ *
+ * For every server and run: a fresh data dir and a fresh server; storescu (TCP_NODELAY=1) sends all
+ * files over one association; the wall time of the storescu process is timed; the server's peak RSS is
+ * sampled; the number of stored instances is checked with the server's own count. Medians are printed
+ * with the ratios pacs-mesh/Orthanc and pacs-mesh/storescp, and everything is written to
+ * scripts/bench/out/ingest-<timestamp>.json. A server that fails to start is skipped with a message.
+ */
+import { rmSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { runTool, startRssSampler, which } from '../../test/support/dicom-tools.ts';
+import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
+import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
+import { MB, MiB, fmt, hostInfo, intArg, loadWarning, median, parseArgs, table, writeResult } from './lib/stats.ts';
+
+const TARGET_VS_ORTHANC = 1.5;
+const CLIENT_AE = 'BENCH';
+
+interface RunResult {
+  run: number;
+  wallMs: number;
+  imagesPerSec: number;
+  mbPerSec: number;
+  peakRssBytes: number;
+  peakRssPid: number;
+  stored: number;
+  expected: number;
+  ok: boolean;
+  storescuCode: number | null;
+  error?: string;
+}
+
+interface ServerResult {
+  id: string;
+  name: string;
+  version?: string;
+  aeTitle?: string;
+  status: 'ok' | 'skipped' | 'failed';
+  message?: string;
+  runs: RunResult[];
+  median?: { wallMs: number; imagesPerSec: number; mbPerSec: number; peakRssBytes: number };
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const count = intArg(args, 'count', 300);
+  const runs = intArg(args, 'runs', 3);
+  const rows = intArg(args, 'rows', 512);
+  const columns = intArg(args, 'columns', 512);
+  const storescuTimeoutMs = intArg(args, 'timeout-s', 600) * 1000;
+  const keep = args.has('keep');
+  const serverIds = String(args.get('servers') ?? 'storescp,orthanc,pacs-mesh').split(',').map((s) => s.trim()).filter(Boolean);
+  for (const id of serverIds) if (!(id in SERVER_FACTORIES)) throw new Error(`unknown server ${id}; known: ${Object.keys(SERVER_FACTORIES).join(', ')}`);
+  if (which('storescu') === undefined) {
+    console.error('storescu (DCMTK) is not installed: apt-get install dcmtk');
+    return 2;
+  }
+
+  const tmpBase = typeof args.get('tmp') === 'string' ? resolve(String(args.get('tmp'))) : tmpdir();
+  const workDir = await mkdtemp(join(tmpBase, 'pacs-mesh-bench-ingest-'));
+  const cleanup = () => {
+    if (!keep) rmSync(workDir, { recursive: true, force: true });
+  };
+  process.on('exit', cleanup);
+  const startedAt = new Date().toISOString();
+  const hostAtStart = hostInfo();
+  const busy = loadWarning();
+  if (busy !== undefined) console.log(busy);
+
+  const inputDir = join(workDir, 'input');
+  const t0 = performance.now();
+  const series = await writeSeriesToDir(inputDir, {
+    count,
+    rows,
+    columns,
+    bitsAllocated: 16,
+    transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
+    uidSeed: `ingest-bench-${startedAt}`,
+    patient: { id: 'BENCH001', name: 'BENCH^INGEST' },
+    study: { description: 'INGEST BENCHMARK', accession: 'BENCH1' },
+    series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
+  });
+  const instanceBytes = series.totalBytes / count;
+  console.log(
+    `generated ${count} CT instances ${rows}x${columns}x16 explicit VR LE, ${(instanceBytes / MB).toFixed(3)} MB each, ` +
+      `${(series.totalBytes / MB).toFixed(1)} MB total, in ${((performance.now() - t0) / 1000).toFixed(1)} s (${inputDir})`,
+  );
+  const storescuVersion = (await runTool('storescu', ['--version'], { timeoutMs: 10_000 })).stdout.match(/\$dcmtk: (.*?) \$/)?.[1];
+
+  const results: ServerResult[] = [];
+  for (const id of serverIds) {
+    const factory = SERVER_FACTORIES[id]!;
+    const sr: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', runs: [] };
+    results.push(sr);
+    for (let run = 1; run <= runs; run++) {
+      const dataDir = await mkdtemp(join(workDir, `${id}-run${run}-`));
+      let server: BenchServer | undefined;
+      try {
+        try {
+          server = await factory.start({ dataDir });
+        } catch (e) {
+          sr.status = run === 1 ? 'skipped' : 'failed';
+          sr.message = `${factory.name} failed to start: ${(e as Error).message}`;
+          console.log(`\n!! ${sr.status.toUpperCase()} ${factory.name}: ${(e as Error).message.split('\n').slice(0, 12).join('\n   ')}`);
+          break;
+        }
+        sr.aeTitle = server.aeTitle;
+        const sampler = startRssSampler(server.pid, { intervalMs: 50 });
+        const r = await runTool(
+          'storescu',
+          ['-aet', CLIENT_AE, '-aec', server.aeTitle, '+sd', server.host, String(server.dicomPort), inputDir],
+          { timeoutMs: storescuTimeoutMs, env: { TCP_NODELAY: '1' } },
+        );
+        // Give a server that acknowledges before committing a short, bounded chance to finish.
+        let stored = await server.countStored().catch(() => -1);
+        for (let i = 0; i < 20 && stored < count && stored >= 0; i++) {
+          await new Promise((res) => setTimeout(res, 100));
+          stored = await server.countStored().catch(() => -1);
+        }
+        const rss = sampler.stop();
+        const seconds = r.elapsedMs / 1000;
+        const ok = r.code === 0 && !r.timedOut && stored === count;
+        const rr: RunResult = {
+          run,
+          wallMs: Math.round(r.elapsedMs),
+          imagesPerSec: count / seconds,
+          mbPerSec: series.totalBytes / MB / seconds,
+          peakRssBytes: rss.peakProcessBytes,
+          peakRssPid: rss.peakPid,
+          stored,
+          expected: count,
+          ok,
+          storescuCode: r.code,
+        };
+        if (!ok) {
+          rr.error = r.timedOut ? 'storescu timed out' : `storescu exit ${r.code}, stored ${stored}/${count}: ${r.stderr.split('\n').slice(-5).join(' | ')}`;
+          sr.status = 'failed';
+          sr.message = rr.error;
+        }
+        sr.runs.push(rr);
+        console.log(
+          `${factory.name.padEnd(10)} run ${run}/${runs}: ${fmt(rr.wallMs / 1000, 2)} s, ${fmt(rr.imagesPerSec)} img/s, ` +
+            `${fmt(rr.mbPerSec)} MB/s, peak RSS ${fmt(rr.peakRssBytes / MiB)} MiB, stored ${stored}/${count}${ok ? '' : `  FAILED: ${rr.error}`}`,
+        );
+      } finally {
+        if (server !== undefined) await server.stop();
+        await rm(dataDir, { recursive: true, force: true });
+      }
+    }
+    const good = sr.runs.filter((x) => x.ok);
+    if (good.length > 0) {
+      sr.median = {
+        wallMs: median(good.map((x) => x.wallMs)),
+        imagesPerSec: median(good.map((x) => x.imagesPerSec)),
+        mbPerSec: median(good.map((x) => x.mbPerSec)),
+        peakRssBytes: median(good.map((x) => x.peakRssBytes)),
+      };
+    }
+  }
+
+  // ------------------------------------------------------------------ report
+  const byId = (id: string) => results.find((r) => r.id === id)?.median;
+  const ratio = (a: string, b: string) => {
+    const x = byId(a);
+    const y = byId(b);
+    return x && y ? x.imagesPerSec / y.imagesPerSec : undefined;
+  };
+  const vsOrthanc = ratio('pacs-mesh', 'orthanc');
+  const vsStorescp = ratio('pacs-mesh', 'storescp');
+
+  console.log(`\nIngest: ${count} x ${(instanceBytes / MB).toFixed(3)} MB CT, one storescu association (${storescuVersion ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} run(s), fresh server per run\n`);
+  console.log(
+    table(
+      ['server', 'ok runs', 'wall s', 'images/s', 'MB/s', 'peak RSS MiB', 'version / note'],
+      results.map((r) => [
+        r.name,
+        `${r.runs.filter((x) => x.ok).length}/${runs}`,
+        fmt(r.median && r.median.wallMs / 1000, 2),
+        fmt(r.median?.imagesPerSec),
+        fmt(r.median?.mbPerSec),
+        fmt(r.median && r.median.peakRssBytes / MiB),
+        r.status === 'ok' ? (r.version ?? '') : `${r.status.toUpperCase()}: ${(r.message ?? '').split('\n')[0]!.slice(0, 80)}`,
+      ]),
+    ),
+  );
+  console.log('');
+  console.log(`pacs-mesh / Orthanc : ${vsOrthanc === undefined ? 'n/a' : `${vsOrthanc.toFixed(2)}x`}   (target >= ${TARGET_VS_ORTHANC}x: ${vsOrthanc === undefined ? 'n/a' : vsOrthanc >= TARGET_VS_ORTHANC ? 'MET' : 'NOT MET'})`);
+  console.log(`pacs-mesh / storescp: ${vsStorescp === undefined ? 'n/a' : `${vsStorescp.toFixed(2)}x`}   (storescp = practical limit)`);
+
+  const file = await writeResult('ingest', {
+    benchmark: 'ingest',
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    host: { ...hostAtStart, loadavgAtEnd: hostInfo().loadavg },
+    params: {
+      count,
+      runs,
+      rows,
+      columns,
+      bitsAllocated: 16,
+      transferSyntax: TransferSyntax.ExplicitVrLittleEndian,
+      instanceBytes,
+      totalBytes: series.totalBytes,
+      client: { tool: 'storescu', version: storescuVersion, callingAe: CLIENT_AE, associations: 1, env: { TCP_NODELAY: '1' } },
+      units: { mb: '10^6 bytes', rss: 'bytes (VmHWM/VmRSS max of the server process)' },
+    },
+    servers: results,
+    ratios: { pacsMeshVsOrthanc: vsOrthanc ?? null, pacsMeshVsStorescp: vsStorescp ?? null },
+    target: { pacsMeshVsOrthanc: TARGET_VS_ORTHANC, met: vsOrthanc === undefined ? null : vsOrthanc >= TARGET_VS_ORTHANC },
+  });
+  console.log(`\nresults: ${file}`);
+  // Non-zero when a server that started then failed its verification; a skipped server is not an error.
+  return results.some((r) => r.status === 'failed') ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  },
+);

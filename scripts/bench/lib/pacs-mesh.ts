@@ -1,0 +1,93 @@
+/**
+ * pacs-mesh as a benchmark server: one node started with
+ *   node --import tsx src/cli.ts start --site <site> --data <dir> --ae-title PACSMESH --host 127.0.0.1
+ *        --dicom-port <n> --http-port <n>
+ * from the repository root, `TCP_NODELAY=1` in its environment, ready when GET /healthz answers 200.
+ * The pid is the node process itself (no npx/shell wrapper), which is the process doing the work.
+ */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { getFreePort, spawnManaged, waitForPort } from '../../../test/support/dicom-tools.ts';
+import { captureOutput, httpGetJson, waitForHttpOk, type BenchServer, type BenchServerFactory, type BenchServerStartOptions } from './server.ts';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+export const PACS_MESH_CLI = join(REPO_ROOT, 'src', 'cli.ts');
+
+export interface StartPacsMeshOptions extends BenchServerStartOptions {
+  site?: string;
+  /** Extra CLI arguments (e.g. peers for a mesh benchmark). */
+  extraArgs?: string[];
+  env?: Record<string, string>;
+}
+
+export interface PacsMeshServer extends BenchServer {
+  httpPort: number;
+  url: string;
+}
+
+export async function pacsMeshVersion(): Promise<string | undefined> {
+  if (!existsSync(PACS_MESH_CLI)) return undefined;
+  try {
+    const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version?: string };
+    return `pacs-mesh ${pkg.version ?? '?'}`;
+  } catch {
+    return 'pacs-mesh';
+  }
+}
+
+export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMeshServer> {
+  if (!existsSync(PACS_MESH_CLI)) throw new Error(`${PACS_MESH_CLI} does not exist yet`);
+  const dicomPort = opts.dicomPort ?? (await getFreePort());
+  let httpPort = opts.httpPort ?? (await getFreePort());
+  while (httpPort === dicomPort) httpPort = await getFreePort();
+  const aeTitle = opts.aeTitle ?? 'PACSMESH';
+  const args = [
+    '--import', 'tsx', PACS_MESH_CLI, 'start',
+    '--site', opts.site ?? 'bench',
+    '--data', opts.dataDir,
+    '--ae-title', aeTitle,
+    '--host', '127.0.0.1',
+    '--dicom-port', String(dicomPort),
+    '--http-port', String(httpPort),
+    ...(opts.extraArgs ?? []),
+  ];
+  const mp = spawnManaged(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, TCP_NODELAY: '1', ...opts.env } });
+  const output = captureOutput(mp);
+  const url = `http://127.0.0.1:${httpPort}`;
+  const ok = (await waitForHttpOk(`${url}/healthz`, opts.startTimeoutMs ?? 60_000, mp)) && (await waitForPort(dicomPort, 10_000, () => !mp.hasExited));
+  if (!ok) {
+    const exited = mp.hasExited;
+    await mp.stop(2000);
+    throw new Error(`pacs-mesh ${exited ? 'exited before becoming ready' : 'did not become ready in time'}; output:\n${output().slice(-4000)}`);
+  }
+  return {
+    name: 'pacs-mesh',
+    aeTitle,
+    host: '127.0.0.1',
+    dicomPort,
+    httpPort,
+    url,
+    pid: mp.pid,
+    dataDir: opts.dataDir,
+    process: mp,
+    output,
+    async countStored() {
+      const { status, json } = await httpGetJson(`${url}/api/mesh`, 10_000);
+      const v = (json as { instances?: unknown } | undefined)?.instances;
+      if (status !== 200) throw new Error(`GET /api/mesh: HTTP ${status}`);
+      if (typeof v === 'number') return v;
+      if (Array.isArray(v)) return v.length;
+      throw new Error(`GET /api/mesh: no numeric "instances" field in ${JSON.stringify(json)?.slice(0, 200)}`);
+    },
+    stop: () => mp.stop(10_000),
+  };
+}
+
+export const pacsMeshFactory: BenchServerFactory = {
+  id: 'pacs-mesh',
+  name: 'pacs-mesh',
+  version: pacsMeshVersion,
+  start: (opts) => startPacsMesh(opts),
+};
