@@ -1,0 +1,471 @@
+/**
+ * Streaming, push-based reader of a dataset's header: the top-level text and numeric attributes that
+ * come before Pixel Data. It is on the ingest hot path, so values it does not keep (bulk data, private
+ * blobs, whole sequences) are skipped by length without being buffered or scanned, and memory stays
+ * bounded by a 12-byte header carry-over plus the kept values, whatever the dataset size.
+ */
+import type { DicomElement, Tag, Vr } from '../dicom-types.ts';
+import { tagHex } from '../dicom-types.ts';
+import { Tags, vrOf } from '../dictionary.ts';
+import { DatasetParseError } from './errors.ts';
+import { StreamingInflater } from './inflater.ts';
+import {
+  decodeNumbers, decodeText, isDecodableVr, knownVrs, layoutOf, longLengthVrs, textVrs,
+} from './vr.ts';
+
+export interface DatasetHeaderReaderOptions {
+  transferSyntaxUid: string;
+  /** Top-level values longer than this are skipped, not kept. Default 64 KiB. */
+  maxValueBytes?: number;
+  /**
+   * Bound on the bytes the reader examines before Pixel Data: element headers (top level and nested)
+   * plus kept values. Values skipped by length do not count, so a large encapsulated document or
+   * private blob is accepted; a flood of tiny elements is not. Default 16 MiB.
+   */
+  maxHeaderBytes?: number;
+  /** Bound on the number of kept top-level elements. Default 16384. */
+  maxElementCount?: number;
+  /** Bound on nested undefined-length sequences and items. Default 64. */
+  maxNestingDepth?: number;
+  /**
+   * Also list the top-level elements that were skipped (sequences, bulk data, values over
+   * maxValueBytes, Pixel Data itself) with `value: undefined`, e.g. to see which sequence keys a C-FIND
+   * identifier asks for. Default false.
+   */
+  includeSkippedElements?: boolean;
+}
+
+export interface DatasetHeader {
+  /** Kept top-level elements in stream order. */
+  elements: DicomElement[];
+  /** Value of (0008,0005) when present, backslash-separated as sent. */
+  specificCharacterSet?: string;
+  /** True when top-level Pixel Data (7FE0,0010) was reached; the reader stops there. */
+  reachedPixelData: boolean;
+  /** Offset of the Pixel Data element's tag in the dataset stream (in inflated bytes for deflated syntaxes). */
+  pixelDataOffset?: number;
+}
+
+export const defaultMaxValueBytes = 64 * 1024;
+export const defaultMaxHeaderBytes = 16 * 1024 * 1024;
+export const defaultMaxElementCount = 16384;
+export const defaultMaxNestingDepth = 64;
+
+const undefinedLength = 0xffffffff;
+const itemTag = Tags.Item;
+const itemDelimitationTag = Tags.ItemDelimitationItem;
+const sequenceDelimitationTag = Tags.SequenceDelimitationItem;
+const pixelDataTag = Tags.PixelData;
+const specificCharacterSetTag = Tags.SpecificCharacterSet;
+const maxHeaderLengthBytes = 12;
+
+const phaseHeader = 0;
+const phaseValue = 1;
+const phaseSkip = 2;
+type Phase = typeof phaseHeader | typeof phaseValue | typeof phaseSkip;
+
+/** An undefined-length container being walked for its delimiter. */
+interface Level {
+  kind: 'sequence' | 'item';
+  implicitVr: boolean;
+  littleEndian: boolean;
+}
+
+function readUint16(bytes: Uint8Array, at: number, littleEndian: boolean): number {
+  return littleEndian ? bytes[at]! | (bytes[at + 1]! << 8) : (bytes[at]! << 8) | bytes[at + 1]!;
+}
+
+function readUint32(bytes: Uint8Array, at: number, littleEndian: boolean): number {
+  return littleEndian
+    ? (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0
+    : ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+function isUpperCaseLetter(byte: number): boolean {
+  return byte >= 0x41 && byte <= 0x5a;
+}
+
+const vrNameCache = new Map<number, Vr>();
+function vrName(first: number, second: number): Vr {
+  const key = (first << 8) | second;
+  let name = vrNameCache.get(key);
+  if (name === undefined) {
+    name = String.fromCharCode(first, second);
+    vrNameCache.set(key, name);
+  }
+  return name;
+}
+
+function positiveInteger(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  return value;
+}
+
+export class DatasetHeaderReader {
+  private readonly topImplicitVr: boolean;
+  private readonly topLittleEndian: boolean;
+  private readonly maxValueBytes: number;
+  private readonly maxHeaderBytes: number;
+  private readonly maxElementCount: number;
+  private readonly maxNestingDepth: number;
+  private readonly includeSkippedElements: boolean;
+  private inflater: StreamingInflater | undefined;
+
+  private phase: Phase = phaseHeader;
+  /** Carry-over for an element header split across chunks. */
+  private readonly headerCarry = new Uint8Array(maxHeaderLengthBytes);
+  private headerCarryLength = 0;
+  /** The element whose value is being kept or skipped. */
+  private pendingTag: Tag = 0;
+  private pendingVr: Vr = '';
+  private pendingLittleEndian = true;
+  private pendingValueBytes = 0;
+  private valueBuffer: Uint8Array | undefined;
+  private valueFilledBytes = 0;
+  private skipRemainingBytes = 0;
+  private readonly levels: Level[] = [];
+
+  /** Bytes of the (inflated) dataset consumed so far. */
+  private streamOffset = 0;
+  private examinedBytes = 0;
+  private readonly elements: DicomElement[] = [];
+  private keptElementCount = 0;
+  private specificCharacterSet: string | undefined;
+  private pixelDataOffset: number | undefined;
+  private complete = false;
+  private ended = false;
+  private failure: DatasetParseError | undefined;
+
+  constructor(options: DatasetHeaderReaderOptions) {
+    const layout = layoutOf(options.transferSyntaxUid);
+    this.topImplicitVr = layout.implicitVr;
+    this.topLittleEndian = layout.littleEndian;
+    this.maxValueBytes = positiveInteger(options.maxValueBytes, defaultMaxValueBytes, 'maxValueBytes');
+    this.maxHeaderBytes = positiveInteger(options.maxHeaderBytes, defaultMaxHeaderBytes, 'maxHeaderBytes');
+    this.maxElementCount = positiveInteger(options.maxElementCount, defaultMaxElementCount, 'maxElementCount');
+    this.maxNestingDepth = positiveInteger(options.maxNestingDepth, defaultMaxNestingDepth, 'maxNestingDepth');
+    this.includeSkippedElements = options.includeSkippedElements ?? false;
+    if (layout.deflated) this.inflater = new StreamingInflater();
+  }
+
+  /** True once top-level Pixel Data is reached: later chunks are ignored without being looked at. */
+  get isComplete(): boolean {
+    return this.complete;
+  }
+
+  /**
+   * Feeds the next fragment of the dataset, split anywhere. The reader does not keep a reference to
+   * `chunk`. Throws DatasetParseError as soon as the bytes are known to be malformed; the reader is then
+   * failed: later pushes are ignored and end() throws the same error.
+   */
+  push(chunk: Uint8Array): void {
+    if (this.complete || this.ended || this.failure !== undefined || chunk.length === 0) return;
+    try {
+      if (this.inflater === undefined) {
+        this.consume(chunk);
+      } else {
+        this.inflater.push(chunk, (inflated) => {
+          this.consume(inflated);
+          return !this.complete;
+        });
+        if (this.complete) this.releaseInflater();
+      }
+    } catch (error) {
+      throw this.fail(error);
+    }
+  }
+
+  /** Ends the dataset and returns its header; throws DatasetParseError when it is truncated or malformed. */
+  end(): DatasetHeader {
+    if (this.failure !== undefined) throw this.failure;
+    if (!this.ended) {
+      this.ended = true;
+      try {
+        if (!this.complete) this.checkEndOfStream();
+      } catch (error) {
+        throw this.fail(error);
+      }
+    }
+    const header: DatasetHeader = { elements: this.elements, reachedPixelData: this.complete };
+    if (this.specificCharacterSet !== undefined) header.specificCharacterSet = this.specificCharacterSet;
+    if (this.pixelDataOffset !== undefined) header.pixelDataOffset = this.pixelDataOffset;
+    return header;
+  }
+
+  private checkEndOfStream(): void {
+    if (this.inflater !== undefined) {
+      const inflater = this.inflater;
+      this.inflater = undefined;
+      inflater.finish((inflated) => {
+        this.consume(inflated);
+        return !this.complete;
+      });
+      if (this.complete) return;
+    }
+    if (this.phase === phaseValue || this.phase === phaseSkip) {
+      const missingBytes = this.phase === phaseValue ? this.pendingValueBytes - this.valueFilledBytes : this.skipRemainingBytes;
+      throw new DatasetParseError('ERR_DATASET_TRUNCATED',
+        `dataset ends inside the value of (${tagHex(this.pendingTag)}): ${missingBytes} bytes missing`, this.streamOffset);
+    }
+    if (this.headerCarryLength > 0) {
+      throw new DatasetParseError('ERR_DATASET_TRUNCATED',
+        `dataset ends inside an element header (${this.headerCarryLength} trailing bytes)`, this.streamOffset);
+    }
+    if (this.levels.length > 0) {
+      throw new DatasetParseError('ERR_DATASET_TRUNCATED',
+        `dataset ends inside ${this.levels.length} undefined-length sequence/item level(s)`, this.streamOffset);
+    }
+  }
+
+  private fail(error: unknown): unknown {
+    this.releaseInflater();
+    this.valueBuffer = undefined;
+    if (error instanceof DatasetParseError) this.failure = error;
+    return error;
+  }
+
+  private releaseInflater(): void {
+    this.inflater?.close();
+    this.inflater = undefined;
+  }
+
+  /** Advances the state machine over one chunk of plain (not deflated) dataset bytes. */
+  private consume(chunk: Uint8Array): void {
+    const length = chunk.length;
+    let offset = 0;
+    while (offset < length && !this.complete) {
+      const available = length - offset;
+      if (this.phase === phaseSkip) {
+        const skippedBytes = Math.min(this.skipRemainingBytes, available);
+        offset += skippedBytes;
+        this.streamOffset += skippedBytes;
+        this.skipRemainingBytes -= skippedBytes;
+        if (this.skipRemainingBytes === 0) this.phase = phaseHeader;
+        continue;
+      }
+      if (this.phase === phaseValue) {
+        const neededBytes = this.pendingValueBytes - this.valueFilledBytes;
+        if (this.valueFilledBytes === 0 && available >= neededBytes) {
+          // The whole value is in this chunk: decode it in place, no copy.
+          this.keepPendingValue(chunk, offset);
+          offset += neededBytes;
+          this.streamOffset += neededBytes;
+          this.phase = phaseHeader;
+          continue;
+        }
+        this.valueBuffer ??= new Uint8Array(this.pendingValueBytes);
+        const copiedBytes = Math.min(neededBytes, available);
+        this.valueBuffer.set(chunk.subarray(offset, offset + copiedBytes), this.valueFilledBytes);
+        this.valueFilledBytes += copiedBytes;
+        offset += copiedBytes;
+        this.streamOffset += copiedBytes;
+        if (this.valueFilledBytes === this.pendingValueBytes) {
+          this.keepPendingValue(this.valueBuffer, 0);
+          this.valueBuffer = undefined;
+          this.valueFilledBytes = 0;
+          this.phase = phaseHeader;
+        }
+        continue;
+      }
+      if (this.headerCarryLength === 0 && available >= maxHeaderLengthBytes) {
+        const headerBytes = this.parseHeader(chunk, offset, this.streamOffset);
+        offset += headerBytes;
+        this.streamOffset += headerBytes;
+        continue;
+      }
+      // Slow path near a chunk boundary: gather the 6 bytes that tell the header length, then the rest.
+      const wantedBytes = this.headerCarryLength < 6 ? 6 : this.headerLength(this.headerCarry, 0);
+      const copiedBytes = Math.min(wantedBytes - this.headerCarryLength, available);
+      this.headerCarry.set(chunk.subarray(offset, offset + copiedBytes), this.headerCarryLength);
+      this.headerCarryLength += copiedBytes;
+      offset += copiedBytes;
+      this.streamOffset += copiedBytes;
+      if (this.headerCarryLength < 6) continue;
+      const headerLength = this.headerLength(this.headerCarry, 0);
+      if (this.headerCarryLength < headerLength) continue;
+      this.headerCarryLength = 0;
+      this.parseHeader(this.headerCarry, 0, this.streamOffset - headerLength);
+    }
+  }
+
+  private currentLevel(): Level | undefined {
+    return this.levels.length === 0 ? undefined : this.levels[this.levels.length - 1];
+  }
+
+  /** Length of the element header starting at `at`, from its first 6 bytes (tag and VR). */
+  private headerLength(bytes: Uint8Array, at: number): number {
+    const level = this.currentLevel();
+    if (level === undefined ? this.topImplicitVr : level.implicitVr || level.kind === 'sequence') return 8;
+    const littleEndian = level === undefined ? this.topLittleEndian : level.littleEndian;
+    if (readUint16(bytes, at, littleEndian) === 0xfffe) return 8;
+    const first = bytes[at + 4]!;
+    const second = bytes[at + 5]!;
+    if (!isUpperCaseLetter(first) || !isUpperCaseLetter(second)) return 8; // parseHeader rejects it
+    const vr = vrName(first, second);
+    return longLengthVrs.has(vr) || !knownVrs.has(vr) ? 12 : 8;
+  }
+
+  /** Parses one element header (all its bytes are available at `at`) and sets the next phase; returns its length. */
+  private parseHeader(bytes: Uint8Array, at: number, elementOffset: number): number {
+    const level = this.currentLevel();
+    const implicitVr = level === undefined ? this.topImplicitVr : level.implicitVr;
+    const littleEndian = level === undefined ? this.topLittleEndian : level.littleEndian;
+    const group = readUint16(bytes, at, littleEndian);
+    const tag = ((group << 16) | readUint16(bytes, at + 2, littleEndian)) >>> 0;
+
+    if (group === 0xfffe) {
+      this.chargeExaminedBytes(8, elementOffset);
+      this.parseDelimiterOrItem(tag, readUint32(bytes, at + 4, littleEndian), level, elementOffset);
+      return 8;
+    }
+    if (level?.kind === 'sequence') {
+      throw new DatasetParseError('ERR_DATASET_MALFORMED',
+        `expected an item or a sequence delimiter inside a sequence, found (${tagHex(tag)})`, elementOffset);
+    }
+
+    let vr: Vr;
+    let valueLength: number;
+    let headerLength: number;
+    if (implicitVr) {
+      vr = vrOf(tag) ?? 'UN';
+      valueLength = readUint32(bytes, at + 4, littleEndian);
+      headerLength = 8;
+    } else {
+      const first = bytes[at + 4]!;
+      const second = bytes[at + 5]!;
+      if (!isUpperCaseLetter(first) || !isUpperCaseLetter(second)) {
+        throw new DatasetParseError('ERR_DATASET_MALFORMED',
+          `invalid VR bytes 0x${first.toString(16).padStart(2, '0')} 0x${second.toString(16).padStart(2, '0')} for (${tagHex(tag)}) in explicit VR`,
+          elementOffset);
+      }
+      vr = vrName(first, second);
+      // An unknown VR is read with a 4-byte length, the form any future VR must use (PS3.5 7.1.2).
+      if (longLengthVrs.has(vr) || !knownVrs.has(vr)) {
+        valueLength = readUint32(bytes, at + 8, littleEndian);
+        headerLength = 12;
+      } else {
+        valueLength = readUint16(bytes, at + 6, littleEndian);
+        headerLength = 8;
+      }
+    }
+    this.chargeExaminedBytes(headerLength, elementOffset);
+
+    if (level === undefined && tag === pixelDataTag) {
+      this.complete = true;
+      this.pixelDataOffset = elementOffset;
+      if (this.includeSkippedElements) this.elements.push({ tag, vr, value: undefined });
+      this.levels.length = 0;
+      return headerLength;
+    }
+    if (valueLength === undefinedLength) {
+      // A sequence, or undefined-length bulk data (encapsulated pixels in an icon, or UN holding an
+      // implicit VR little endian sequence, PS3.5 6.2.2): walk its items to find the delimiter.
+      if (this.levels.length >= this.maxNestingDepth) {
+        throw new DatasetParseError('ERR_DATASET_MALFORMED', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+      }
+      if (level === undefined && this.includeSkippedElements) this.elements.push({ tag, vr, value: undefined });
+      const holdsImplicitVr = implicitVr || vr === 'UN';
+      this.levels.push({ kind: 'sequence', implicitVr: holdsImplicitVr, littleEndian: holdsImplicitVr || littleEndian });
+      return headerLength;
+    }
+    if (level === undefined) {
+      // A known text/numeric attribute sent as UN (explicit VR LE) is still worth indexing.
+      const keptVr = vr === 'UN' && !implicitVr && littleEndian ? (vrOf(tag) ?? vr) : vr;
+      if (isDecodableVr(keptVr) && valueLength <= this.maxValueBytes) {
+        this.startKeptValue(tag, keptVr, valueLength, littleEndian, elementOffset);
+        return headerLength;
+      }
+      if (this.includeSkippedElements) this.elements.push({ tag, vr, value: undefined });
+    }
+    this.startSkip(tag, valueLength);
+    return headerLength;
+  }
+
+  private parseDelimiterOrItem(tag: Tag, length: number, level: Level | undefined, elementOffset: number): void {
+    if (level?.kind === 'sequence') {
+      if (tag === itemTag) {
+        if (length !== undefinedLength) {
+          this.startSkip(tag, length);
+          return;
+        }
+        if (this.levels.length >= this.maxNestingDepth) {
+          throw new DatasetParseError('ERR_DATASET_MALFORMED', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+        }
+        this.levels.push({ kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian });
+        return;
+      }
+      if (tag === sequenceDelimitationTag) {
+        this.levels.pop();
+        return;
+      }
+    } else if (level?.kind === 'item') {
+      if (tag === itemDelimitationTag) {
+        this.levels.pop();
+        return;
+      }
+    } else if ((tag === itemDelimitationTag || tag === sequenceDelimitationTag) && length === 0) {
+      // A stray delimiter at top level (seen from some converters) carries nothing: ignore it.
+      return;
+    }
+    throw new DatasetParseError('ERR_DATASET_MALFORMED',
+      `unexpected (${tagHex(tag)}) ${level === undefined ? 'at top level' : `inside a ${level.kind}`}`, elementOffset);
+  }
+
+  private startSkip(tag: Tag, length: number): void {
+    this.pendingTag = tag;
+    if (length === 0) {
+      this.phase = phaseHeader;
+      return;
+    }
+    this.skipRemainingBytes = length;
+    this.phase = phaseSkip;
+  }
+
+  private startKeptValue(tag: Tag, vr: Vr, length: number, littleEndian: boolean, elementOffset: number): void {
+    if (this.keptElementCount >= this.maxElementCount) {
+      throw new DatasetParseError('ERR_DATASET_TOO_LARGE_HEADER', `more than ${this.maxElementCount} top-level elements`, elementOffset);
+    }
+    this.chargeExaminedBytes(length, elementOffset);
+    this.pendingTag = tag;
+    this.pendingVr = vr;
+    this.pendingLittleEndian = littleEndian;
+    this.pendingValueBytes = length;
+    this.valueFilledBytes = 0;
+    if (length === 0) {
+      this.keepPendingValue(this.headerCarry, 0);
+      this.phase = phaseHeader;
+      return;
+    }
+    this.phase = phaseValue;
+  }
+
+  private keepPendingValue(bytes: Uint8Array, at: number): void {
+    const vr = this.pendingVr;
+    const value = textVrs.has(vr)
+      ? decodeText(bytes, at, at + this.pendingValueBytes)
+      : decodeNumbers(bytes, at, this.pendingValueBytes, vr, this.pendingLittleEndian);
+    this.keptElementCount++;
+    this.elements.push({ tag: this.pendingTag, vr, value });
+    if (this.pendingTag === specificCharacterSetTag) this.specificCharacterSet = value;
+  }
+
+  private chargeExaminedBytes(bytes: number, elementOffset: number): void {
+    this.examinedBytes += bytes;
+    if (this.examinedBytes > this.maxHeaderBytes) {
+      throw new DatasetParseError('ERR_DATASET_TOO_LARGE_HEADER',
+        `dataset header exceeds ${this.maxHeaderBytes} bytes before Pixel Data`, elementOffset);
+    }
+  }
+}
+
+/** Reads a whole in-memory dataset (a C-FIND identifier, a small instance): push + end in one call. */
+export function parseDataset(
+  bytes: Uint8Array,
+  transferSyntaxUid: string,
+  options: Omit<DatasetHeaderReaderOptions, 'transferSyntaxUid'> = {},
+): DatasetHeader {
+  const reader = new DatasetHeaderReader({ ...options, transferSyntaxUid });
+  reader.push(bytes);
+  return reader.end();
+}
