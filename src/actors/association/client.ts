@@ -1,0 +1,306 @@
+/**
+ * The requestor side of an association (PS3.8 as association-requestor), used for C-MOVE
+ * sub-operations and by tests. Requests are sent one at a time (no asynchronous operations window).
+ */
+import { connect, type Socket } from 'node:net';
+import { isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
+import {
+  AbortReason,
+  DicomApplicationContext,
+  PresentationContextResult,
+  defaultPduLimits,
+  type AssociateRjPdu,
+  type RoleSelection,
+} from '../../codec/pdu.ts';
+import { systemClock, type Clock } from '../runtime/clock.ts';
+import { AssociationCore, DicomConnection } from './connection.ts';
+import type { DimseEvent } from './dimse-assembler.ts';
+import type { UlIndication } from './state-machine.ts';
+
+export class AssociationRejectedError extends Error {
+  override readonly name = 'AssociationRejectedError';
+  readonly code = 'ERR_ASSOCIATION_REJECTED';
+  constructor(readonly rj: AssociateRjPdu) {
+    super(`association rejected: result ${rj.result}, source ${rj.source}, reason ${rj.reason}`);
+  }
+}
+
+export class AssociationClosedError extends Error {
+  override readonly name = 'AssociationClosedError';
+  constructor(
+    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface ClientInit {
+  host: string;
+  port: number;
+  callingAeTitle: string;
+  calledAeTitle: string;
+  presentationContexts: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }>;
+  roleSelections?: RoleSelection[];
+  maxPduLength?: number;
+  /** Bound on connecting plus negotiating, and on waiting for any one response. */
+  timeoutMs?: number;
+  clock?: Clock;
+}
+
+export interface AcceptedContext {
+  id: number;
+  abstractSyntaxUid: string;
+  transferSyntaxUid: string;
+}
+
+export interface DimseReply {
+  command: DimseCommand;
+  dataSet?: Uint8Array;
+}
+
+interface Waiter {
+  messageId: number;
+  onPending?: (reply: DimseReply) => void;
+  resolve(reply: DimseReply): void;
+  reject(error: Error): void;
+}
+
+/** Identifiers and C-STORE data sets a client accepts in one response; bigger replies are refused. */
+const maxReplyDataSetBytes = 64 * 1024 * 1024;
+
+export class DicomClientAssociation {
+  readonly contexts: AcceptedContext[] = [];
+  private waiter: Waiter | undefined;
+  private replyCommand: DimseCommand | undefined;
+  private replyParts: Uint8Array[] = [];
+  private replyBytes = 0;
+  private closedError: Error | undefined;
+  private settleOpen!: { resolve: () => void; reject: (e: Error) => void };
+  private settleRelease: (() => void) | undefined;
+  private readonly core: AssociationCore;
+  private readonly clock: Clock;
+  private readonly timeoutMs: number;
+
+  private constructor(
+    socket: Socket,
+    private readonly init: ClientInit,
+  ) {
+    this.clock = init.clock ?? systemClock;
+    this.timeoutMs = init.timeoutMs ?? 30_000;
+    const connection = new DicomConnection(
+      { socket, limits: { ...defaultPduLimits, maxPDataBytes: (init.maxPduLength ?? 256 * 1024) + 64 }, maxUnprocessedBytes: 8 * 1024 * 1024 },
+      {
+        onPdus: (pdus, bytes) => {
+          try {
+            for (const pdu of pdus) void this.core.fire({ type: 'pduReceived', pdu });
+          } catch (error) {
+            this.fail(error instanceof Error ? error : new Error(String(error)));
+            this.core.abort(AbortReason.NotSpecified);
+          }
+          connection.consumed(bytes);
+        },
+        onInvalidPdu: (error) => {
+          void this.core.fire({ type: 'invalidPdu', reason: error.abortReason, detail: error.message });
+          this.fail(error);
+        },
+        onClosed: () => {
+          void this.core.fire({ type: 'transportClosed' });
+          this.fail(new AssociationClosedError('ERR_ASSOCIATION_ABORTED', 'connection closed'));
+          this.settleRelease?.();
+        },
+      },
+    );
+    this.core = new AssociationCore(
+      { connection, clock: this.clock, artimTimeoutMs: 10_000, isRequestor: true },
+      { onIndication: (i) => this.onIndication(i), onDimse: (e) => this.onDimse(e) },
+    );
+  }
+
+  static async open(init: ClientInit): Promise<DicomClientAssociation> {
+    const timeoutMs = init.timeoutMs ?? 30_000;
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = connect({ host: init.host, port: init.port });
+      const timer = setTimeout(() => {
+        s.destroy();
+        reject(new AssociationClosedError('ERR_CONNECT', `connect to ${init.host}:${init.port} timed out`));
+      }, timeoutMs);
+      s.once('connect', () => {
+        clearTimeout(timer);
+        resolve(s);
+      });
+      s.once('error', (error) => {
+        clearTimeout(timer);
+        reject(new AssociationClosedError('ERR_CONNECT', `connect to ${init.host}:${init.port}: ${error.message}`));
+      });
+    });
+    const association = new DicomClientAssociation(socket, init);
+    await association.negotiate();
+    return association;
+  }
+
+  private negotiate(): Promise<void> {
+    const opened = new Promise<void>((resolve, reject) => {
+      this.settleOpen = { resolve, reject };
+    });
+    const presentationContexts = this.init.presentationContexts.map((pc, index) => ({ id: index * 2 + 1, ...pc }));
+    void this.core.fire({
+      type: 'associateRequest',
+      rq: {
+        type: 'associateRq',
+        protocolVersion: 1,
+        calledAeTitle: this.init.calledAeTitle,
+        callingAeTitle: this.init.callingAeTitle,
+        applicationContextName: DicomApplicationContext,
+        presentationContexts,
+        userInformation: {
+          maxPduLength: this.init.maxPduLength ?? 256 * 1024,
+          implementationClassUid: '1.2.826.0.1.3680043.10.1453.1',
+          implementationVersionName: 'PACSMESH_01',
+          roleSelections: this.init.roleSelections ?? [],
+        },
+      },
+    });
+    void this.core.fire({ type: 'transportConnected' });
+    return this.withTimeout(opened, 'association negotiation');
+  }
+
+  private withTimeout<T>(promise: Promise<T>, what: string): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => {
+        reject(new AssociationClosedError('ERR_ASSOCIATION_TIMEOUT', `${what} timed out after ${this.timeoutMs} ms`));
+        this.core.abort();
+        this.core.connection.destroy();
+      }, this.timeoutMs);
+      promise.then(
+        (v) => {
+          this.clock.clearTimeout(timer);
+          resolve(v);
+        },
+        (e: unknown) => {
+          this.clock.clearTimeout(timer);
+          reject(e instanceof Error ? e : new Error(String(e)));
+        },
+      );
+    });
+  }
+
+  private onIndication(indication: UlIndication): void {
+    switch (indication.type) {
+      case 'associateAccepted': {
+        const proposed = new Map(this.init.presentationContexts.map((pc, index) => [index * 2 + 1, pc.abstractSyntaxUid]));
+        for (const pc of indication.ac.presentationContexts) {
+          const abstractSyntaxUid = proposed.get(pc.id);
+          if (pc.result === PresentationContextResult.Acceptance && abstractSyntaxUid) {
+            this.contexts.push({ id: pc.id, abstractSyntaxUid, transferSyntaxUid: pc.transferSyntaxUid });
+            this.core.acceptedContexts.set(pc.id, { abstractSyntaxUid, transferSyntaxUid: pc.transferSyntaxUid });
+          }
+        }
+        this.core.peerMaxPduLength = indication.ac.userInformation.maxPduLength;
+        this.settleOpen.resolve();
+        return;
+      }
+      case 'associateRejected':
+        this.settleOpen.reject(new AssociationRejectedError(indication.rj));
+        return;
+      case 'pData':
+        this.core.deliverPData(indication);
+        return;
+      case 'releaseConfirmed':
+        this.settleRelease?.();
+        return;
+      case 'releaseRequested':
+        // We never expect the acceptor to release; answer it anyway (PS3.8 allows either side).
+        void this.core.fire({ type: 'releaseResponse' });
+        return;
+      case 'aborted':
+      case 'providerAborted': {
+        const error = new AssociationClosedError('ERR_ASSOCIATION_ABORTED', `association aborted (${JSON.stringify(indication)})`);
+        this.settleOpen.reject(error);
+        this.fail(error);
+        return;
+      }
+      case 'associateRequested':
+        return; // impossible for a requestor: the state machine never indicates it in these states
+      default: {
+        const unreachable: never = indication;
+        throw new Error(`unknown indication ${JSON.stringify(unreachable)}`);
+      }
+    }
+  }
+
+  private onDimse(event: DimseEvent): void {
+    if (event.type === 'command') {
+      this.replyCommand = event.command;
+      this.replyParts = [];
+      this.replyBytes = 0;
+      if (!event.command.hasDataSet) this.completeReply();
+      return;
+    }
+    this.replyBytes += event.data.length;
+    if (this.replyBytes > maxReplyDataSetBytes) throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes`);
+    this.replyParts.push(Uint8Array.from(event.data));
+    if (event.isLast) this.completeReply();
+  }
+
+  private completeReply(): void {
+    const command = this.replyCommand;
+    const waiter = this.waiter;
+    if (!command || !waiter || command.messageIdBeingRespondedTo !== waiter.messageId) return;
+    const reply: DimseReply = { command, dataSet: command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined };
+    this.replyCommand = undefined;
+    if (command.status !== undefined && isPendingStatus(command.status)) {
+      waiter.onPending?.(reply);
+      return;
+    }
+    this.waiter = undefined;
+    waiter.resolve(reply);
+  }
+
+  private fail(error: Error): void {
+    this.closedError ??= error;
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.reject(error);
+  }
+
+  /** Sends a request and resolves with its final response; pending responses go to `onPending`. */
+  async request(
+    presentationContextId: number,
+    command: DimseCommand,
+    dataSet?: Uint8Array | AsyncIterable<Uint8Array>,
+    onPending?: (reply: DimseReply) => void,
+  ): Promise<DimseReply> {
+    if (this.closedError) throw this.closedError;
+    if (this.waiter) throw new Error('one request at a time: no asynchronous operations were negotiated');
+    const messageId = this.core.allocateMessageId();
+    const replied = new Promise<DimseReply>((resolve, reject) => {
+      this.waiter = { messageId, onPending, resolve, reject };
+    });
+    await this.core.sendMessage(presentationContextId, { ...command, messageId }, dataSet);
+    return this.withTimeout(replied, `response to message ${messageId}`);
+  }
+
+  async release(): Promise<void> {
+    if (this.closedError || !this.core.isEstablished) {
+      this.core.connection.destroy();
+      return;
+    }
+    const released = new Promise<void>((resolve) => {
+      this.settleRelease = resolve;
+    });
+    await this.core.fire({ type: 'releaseRequest' });
+    try {
+      await this.withTimeout(released, 'release');
+    } finally {
+      this.core.connection.destroy();
+      this.core.stopTimers();
+    }
+  }
+
+  abort(): void {
+    this.core.abort();
+    this.core.connection.destroy();
+    this.core.stopTimers();
+  }
+}

@@ -1,0 +1,255 @@
+/**
+ * The socket edge of one DICOM association, for either end: framing PDUs off the TCP stream, writing
+ * with back-pressure, the ARTIM timer, and read back-pressure (the socket pauses while more than
+ * `maxUnprocessedBytes` of received PDUs wait to be handled).
+ *
+ * On top of it, `AssociationCore` runs the PS3.8 state machine, carries out its effects, assembles DIMSE
+ * messages and sends commands and data sets. Both the acceptor actor and the outbound client use it.
+ */
+import type { Socket } from 'node:net';
+import { encodeCommand, type DimseCommand } from '../../codec/dimse.ts';
+import {
+  AbortReason,
+  PduError,
+  PduFramer,
+  encodePDataFragments,
+  encodePdu,
+  type Pdu,
+  type PduLimits,
+} from '../../codec/pdu.ts';
+import { DimseAssembler, type DimseEvent } from './dimse-assembler.ts';
+import { initialMachine, step, type UlEffect, type UlEvent, type UlIndication, type UlMachine } from './state-machine.ts';
+import type { Clock, TimerHandle } from '../runtime/clock.ts';
+
+export interface ConnectionEvents {
+  onPdus(pdus: Pdu[], bytes: number): void;
+  onInvalidPdu(error: PduError): void;
+  onClosed(): void;
+}
+
+export interface ConnectionInit {
+  socket: Socket;
+  limits: PduLimits;
+  maxUnprocessedBytes: number;
+}
+
+export class DicomConnection {
+  private readonly framer: PduFramer;
+  private unprocessedBytes = 0;
+  private paused = false;
+  private closed = false;
+  readonly remoteAddress: string;
+
+  constructor(
+    private readonly init: ConnectionInit,
+    private readonly events: ConnectionEvents,
+  ) {
+    this.framer = new PduFramer(init.limits);
+    const socket = init.socket;
+    socket.setNoDelay(true);
+    this.remoteAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      if (this.closed) return;
+      this.closed = true;
+      this.events.onClosed();
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    let pdus: Pdu[];
+    try {
+      pdus = this.framer.push(chunk);
+    } catch (error) {
+      // After a framing error nothing else on this stream can be trusted.
+      this.init.socket.pause();
+      this.events.onInvalidPdu(error instanceof PduError ? error : new PduError('ERR_PDU_MALFORMED', String(error)));
+      return;
+    }
+    if (pdus.length === 0) return;
+    this.unprocessedBytes += chunk.length;
+    if (this.unprocessedBytes > this.init.maxUnprocessedBytes && !this.paused) {
+      this.paused = true;
+      this.init.socket.pause();
+    }
+    this.events.onPdus(pdus, chunk.length);
+  }
+
+  /** The handler finished with received bytes: resume reading once under half the bound. */
+  consumed(bytes: number): void {
+    this.unprocessedBytes -= bytes;
+    if (this.paused && this.unprocessedBytes < this.init.maxUnprocessedBytes / 2) {
+      this.paused = false;
+      this.init.socket.resume();
+    }
+  }
+
+  /** Writes; resolves when the kernel buffer has room again, so senders cannot outrun the peer. */
+  write(bytes: Uint8Array): Promise<void> {
+    if (this.closed || this.init.socket.destroyed) return Promise.resolve();
+    if (this.init.socket.write(bytes)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.init.socket.off('drain', done);
+        this.init.socket.off('close', done);
+        resolve();
+      };
+      this.init.socket.once('drain', done);
+      this.init.socket.once('close', done);
+    });
+  }
+
+  /** Half-close after flushing: the peer sees the end of the stream. */
+  close(): void {
+    this.init.socket.end();
+    // A peer that never closes its side must not keep the socket alive forever.
+    setTimeout(() => this.init.socket.destroy(), 2000).unref();
+  }
+
+  destroy(): void {
+    this.init.socket.destroy();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}
+
+export interface CoreHandlers {
+  onIndication(indication: UlIndication): void;
+  onDimse(event: DimseEvent): void;
+  /** ARTIM fired: owners that serialise events (actors) route it through their mailbox; default: fire at once. */
+  onArtimExpired?(): void;
+  /** A local primitive refused by the state machine: a bug worth a log line. */
+  onRefused?(event: UlEvent['type'], state: string): void;
+}
+
+export interface AssociationCoreInit {
+  connection: DicomConnection;
+  clock: Clock;
+  artimTimeoutMs: number;
+  isRequestor: boolean;
+}
+
+export class AssociationCore {
+  machine: UlMachine;
+  private artim: TimerHandle | undefined;
+  readonly assembler: DimseAssembler;
+  /** Presentation context ID -> accepted transfer syntax; filled once the association is established. */
+  acceptedContexts = new Map<number, { abstractSyntaxUid: string; transferSyntaxUid: string }>();
+  peerMaxPduLength = 16384;
+  private nextMessageId = 1;
+
+  constructor(
+    private readonly init: AssociationCoreInit,
+    private readonly handlers: CoreHandlers,
+  ) {
+    this.machine = initialMachine(init.isRequestor);
+    this.assembler = new DimseAssembler((id) => this.acceptedContexts.has(id));
+  }
+
+  get connection(): DicomConnection {
+    return this.init.connection;
+  }
+
+  get isEstablished(): boolean {
+    return this.machine.state === 'Sta6';
+  }
+
+  allocateMessageId(): number {
+    const id = this.nextMessageId;
+    this.nextMessageId = (this.nextMessageId % 0xffff) + 1;
+    return id;
+  }
+
+  /** Feeds one event into the state machine and carries out its effects; returns the write to await, if any. */
+  fire(event: UlEvent): Promise<void> {
+    const { machine, effects } = step(this.machine, event);
+    this.machine = machine;
+    let lastWrite: Promise<void> = Promise.resolve();
+    for (const effect of effects) {
+      const write = this.perform(effect);
+      if (write) lastWrite = write;
+    }
+    return lastWrite;
+  }
+
+  private perform(effect: UlEffect): Promise<void> | undefined {
+    switch (effect.type) {
+      case 'connectTransport':
+        return undefined; // the client connects its socket before creating the core
+      case 'sendPdu':
+        return this.init.connection.write(effect.pdu instanceof Uint8Array ? effect.pdu : encodePdu(effect.pdu));
+      case 'startArtim':
+        this.init.clock.clearTimeout(this.artim);
+        this.artim = this.init.clock.setTimeout(() => {
+          this.artim = undefined;
+          if (this.handlers.onArtimExpired) this.handlers.onArtimExpired();
+          else void this.fire({ type: 'artimExpired' });
+        }, this.init.artimTimeoutMs);
+        return undefined;
+      case 'stopArtim':
+        this.init.clock.clearTimeout(this.artim);
+        this.artim = undefined;
+        return undefined;
+      case 'closeTransport':
+        this.init.connection.close();
+        return undefined;
+      case 'indicate':
+        this.handlers.onIndication(effect.indication);
+        return undefined;
+      case 'primitiveRefused':
+        this.handlers.onRefused?.(effect.event, effect.state);
+        return undefined;
+      default: {
+        const unreachable: never = effect;
+        throw new Error(`unknown effect ${JSON.stringify(unreachable)}`);
+      }
+    }
+  }
+
+  /** Splits received P-DATA into DIMSE events for the handler. Throws on a broken DIMSE sequence. */
+  deliverPData(indication: Extract<UlIndication, { type: 'pData' }>): void {
+    for (const pdv of indication.pdu.values) {
+      for (const event of this.assembler.push(pdv)) this.handlers.onDimse(event);
+    }
+  }
+
+  /** Sends a command and, if given, its data set as a series of chunks (streamed, never concatenated). */
+  async sendMessage(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
+    const commandBytes = encodeCommand({ ...command, hasDataSet: dataSet !== undefined });
+    for (const pdu of encodePDataFragments(presentationContextId, true, commandBytes, this.peerMaxPduLength)) {
+      await this.fire({ type: 'pDataRequest', pdu });
+    }
+    if (dataSet === undefined) return;
+    if (dataSet instanceof Uint8Array) {
+      for (const pdu of encodePDataFragments(presentationContextId, false, dataSet, this.peerMaxPduLength)) {
+        await this.fire({ type: 'pDataRequest', pdu });
+      }
+      return;
+    }
+    // One chunk of look-ahead tells which fragment is the last one.
+    let previous: Uint8Array | undefined;
+    for await (const chunk of dataSet) {
+      if (previous) {
+        for (const pdu of encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)) {
+          await this.fire({ type: 'pDataRequest', pdu });
+        }
+      }
+      previous = chunk;
+    }
+    for (const pdu of encodePDataFragments(presentationContextId, false, previous ?? new Uint8Array(0), this.peerMaxPduLength, true)) {
+      await this.fire({ type: 'pDataRequest', pdu });
+    }
+  }
+
+  abort(reason: number = AbortReason.NotSpecified): void {
+    void this.fire({ type: 'abortRequest', reason });
+  }
+
+  stopTimers(): void {
+    this.init.clock.clearTimeout(this.artim);
+    this.artim = undefined;
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * The DICOM port: a plain `net` server bound to the configured host (dcmjs-dimse's Server cannot bind
+ * one address, STACK.md trap 8). Each connection becomes one association actor.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Ref } from '../runtime/nact.ts';
+import { dispatch } from '../runtime/nact.ts';
+import { spawnAssociation, type SpawnedAssociation } from './actor.ts';
+import type { AssociationDeps } from './services/deps.ts';
+
+export interface DicomListenerInit {
+  host: string;
+  port: number;
+  maxAssociations: number;
+  parent: Ref<any>;
+  deps: AssociationDeps;
+}
+
+export interface DicomListener {
+  port: number;
+  activeAssociations(): number;
+  /** Stops accepting; waits up to `graceMs` for associations to end, then aborts the rest. */
+  stop(graceMs: number): Promise<void>;
+}
+
+export async function startDicomListener(init: DicomListenerInit): Promise<DicomListener> {
+  const active = new Set<SpawnedAssociation>();
+  let sequence = 0;
+  const server: Server = createServer((socket: Socket) => {
+    const congested = active.size >= init.maxAssociations;
+    const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, congested);
+    active.add(association);
+    void association.finished.then(() => active.delete(association));
+  });
+  server.maxConnections = init.maxAssociations * 2;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(init.port, init.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  return {
+    port: typeof address === 'object' && address ? address.port : init.port,
+    activeAssociations: () => active.size,
+    async stop(graceMs) {
+      // close() only stops accepting here; its callback would wait for every connection to end.
+      server.close();
+      const all = Promise.all([...active].map((a) => a.finished));
+      const timedOut = await Promise.race([all.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
+      if (timedOut) {
+        for (const association of active) dispatch(association.ref, { type: 'shutdown' });
+        await Promise.race([all, new Promise((r) => setTimeout(r, 2000).unref())]);
+      }
+    },
+  };
+}

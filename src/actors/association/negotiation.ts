@@ -1,0 +1,164 @@
+/**
+ * Association negotiation as an acceptor (PS3.8 annex 7, PS3.7 D.3.3): which AE titles we answer,
+ * which presentation contexts we accept and with which transfer syntax, and SCP/SCU role selection.
+ */
+import {
+  DicomApplicationContext,
+  PresentationContextResult,
+  RejectReason,
+  RejectResult,
+  RejectSource,
+  type AcceptedPresentationContext,
+  type AssociateAcPdu,
+  type AssociateRjPdu,
+  type AssociateRqPdu,
+  type RoleSelection,
+} from '../../codec/pdu.ts';
+import { TransferSyntax } from '../../codec/dicom-types.ts';
+
+export const SopClass = {
+  Verification: '1.2.840.10008.1.1',
+  PatientRootFind: '1.2.840.10008.5.1.4.1.2.1.1',
+  PatientRootMove: '1.2.840.10008.5.1.4.1.2.1.2',
+  PatientRootGet: '1.2.840.10008.5.1.4.1.2.1.3',
+  StudyRootFind: '1.2.840.10008.5.1.4.1.2.2.1',
+  StudyRootMove: '1.2.840.10008.5.1.4.1.2.2.2',
+  StudyRootGet: '1.2.840.10008.5.1.4.1.2.2.3',
+} as const;
+
+export type ServiceKind = 'verification' | 'find' | 'get' | 'move' | 'storage';
+
+const queryRetrieveClasses: Record<string, { kind: ServiceKind; root: 'PATIENT' | 'STUDY' }> = {
+  [SopClass.PatientRootFind]: { kind: 'find', root: 'PATIENT' },
+  [SopClass.PatientRootMove]: { kind: 'move', root: 'PATIENT' },
+  [SopClass.PatientRootGet]: { kind: 'get', root: 'PATIENT' },
+  [SopClass.StudyRootFind]: { kind: 'find', root: 'STUDY' },
+  [SopClass.StudyRootMove]: { kind: 'move', root: 'STUDY' },
+  [SopClass.StudyRootGet]: { kind: 'get', root: 'STUDY' },
+};
+
+/** Storage SOP classes live under this root (PS3.4 annex B.5), including SR, RT, waveforms and presentation states. */
+const storageSopClassRoot = '1.2.840.10008.5.1.4.1.1.';
+
+export function serviceOf(abstractSyntaxUid: string): { kind: ServiceKind; root?: 'PATIENT' | 'STUDY' } | undefined {
+  if (abstractSyntaxUid === SopClass.Verification) return { kind: 'verification' };
+  const qr = queryRetrieveClasses[abstractSyntaxUid];
+  if (qr) return qr;
+  if (isStorageSopClass(abstractSyntaxUid)) return { kind: 'storage' };
+  return undefined;
+}
+
+export function isStorageSopClass(uid: string): boolean {
+  return uid.startsWith(storageSopClassRoot) && /^[0-9.]+$/.test(uid) && uid.length <= 64;
+}
+
+const uncompressedTransferSyntaxes: readonly string[] = [
+  TransferSyntax.ExplicitVrLittleEndian,
+  TransferSyntax.ImplicitVrLittleEndian,
+  TransferSyntax.ExplicitVrBigEndian,
+  TransferSyntax.DeflatedExplicitVrLittleEndian,
+];
+
+/** Transfer syntaxes whose dataset encoding we can parse to index: uncompressed, deflated, and encapsulated pixel data. */
+export function isStorableTransferSyntax(uid: string): boolean {
+  if (uncompressedTransferSyntaxes.includes(uid)) return true;
+  // JPEG family, JPEG-LS, JPEG 2000, HTJ2K, MPEG (1.2.840.10008.1.2.4.*) and RLE (1.2.840.10008.1.2.5) are explicit VR LE.
+  return /^1\.2\.840\.10008\.1\.2\.4\.\d+$/.test(uid) || uid === '1.2.840.10008.1.2.5';
+}
+
+export interface AcceptorConfig {
+  aeTitle: string;
+  /** When set, only these calling AE titles may associate. */
+  allowedCallingAeTitles?: readonly string[];
+  /** The maximum P-DATA-TF length we announce and accept. */
+  maxPduLength: number;
+  implementationClassUid: string;
+  implementationVersionName: string;
+}
+
+export interface NegotiatedContext {
+  id: number;
+  abstractSyntaxUid: string;
+  transferSyntaxUid: string;
+  service: ServiceKind;
+  root?: 'PATIENT' | 'STUDY';
+  /** The requestor took the SCP role for this (storage) class: we may send it C-STORE (C-GET sub-operations). */
+  requestorIsScp: boolean;
+}
+
+export type NegotiationResult =
+  | { outcome: 'accept'; ac: AssociateAcPdu; contexts: Map<number, NegotiatedContext>; peerMaxPduLength: number }
+  | { outcome: 'reject'; rj: AssociateRjPdu; why: string };
+
+const reject = (result: number, source: number, reason: number, why: string): NegotiationResult => ({
+  outcome: 'reject',
+  rj: { type: 'associateRj', result, source, reason },
+  why,
+});
+
+export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): NegotiationResult {
+  if (rq.applicationContextName !== DicomApplicationContext) {
+    return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.ApplicationContextNotSupported, `application context ${rq.applicationContextName}`);
+  }
+  if (rq.calledAeTitle !== config.aeTitle) {
+    return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CalledAeNotRecognized, `called AE title "${rq.calledAeTitle}" is not "${config.aeTitle}"`);
+  }
+  if (config.allowedCallingAeTitles && config.allowedCallingAeTitles.length > 0 && !config.allowedCallingAeTitles.includes(rq.callingAeTitle)) {
+    return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, `calling AE title "${rq.callingAeTitle}" is not allowed`);
+  }
+  const proposedRoles = new Map(rq.userInformation.roleSelections.map((r) => [r.sopClassUid, r]));
+  const acceptedRoles: RoleSelection[] = [];
+  const contexts = new Map<number, NegotiatedContext>();
+  const answers: AcceptedPresentationContext[] = [];
+  const seenIds = new Set<number>();
+  for (const pc of rq.presentationContexts) {
+    // PS3.8 9.3.2.2: IDs are odd and unique; a broken one is answered as rejected rather than aborting all.
+    const badId = pc.id % 2 === 0 || seenIds.has(pc.id);
+    seenIds.add(pc.id);
+    const service = serviceOf(pc.abstractSyntaxUid);
+    if (badId || !service) {
+      answers.push({ id: pc.id, result: badId ? PresentationContextResult.NoReason : PresentationContextResult.AbstractSyntaxNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
+      continue;
+    }
+    const transferSyntaxUid = chooseTransferSyntax(service.kind, pc.transferSyntaxUids);
+    if (!transferSyntaxUid) {
+      answers.push({ id: pc.id, result: PresentationContextResult.TransferSyntaxesNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
+      continue;
+    }
+    const role = proposedRoles.get(pc.abstractSyntaxUid);
+    const requestorIsScp = service.kind === 'storage' && role !== undefined && role.scpRole;
+    contexts.set(pc.id, { id: pc.id, abstractSyntaxUid: pc.abstractSyntaxUid, transferSyntaxUid, service: service.kind, root: service.root, requestorIsScp });
+    answers.push({ id: pc.id, result: PresentationContextResult.Acceptance, transferSyntaxUid });
+  }
+  for (const role of proposedRoles.values()) {
+    // We accept the roles proposed for storage classes (C-GET needs the requestor as storage SCP).
+    if (isStorageSopClass(role.sopClassUid)) acceptedRoles.push({ sopClassUid: role.sopClassUid, scuRole: role.scuRole, scpRole: role.scpRole });
+  }
+  const ac: AssociateAcPdu = {
+    type: 'associateAc',
+    protocolVersion: 1,
+    calledAeTitle: rq.calledAeTitle,
+    callingAeTitle: rq.callingAeTitle,
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: answers,
+    userInformation: {
+      maxPduLength: config.maxPduLength,
+      implementationClassUid: config.implementationClassUid,
+      implementationVersionName: config.implementationVersionName,
+      roleSelections: acceptedRoles,
+    },
+  };
+  return { outcome: 'accept', ac, contexts, peerMaxPduLength: rq.userInformation.maxPduLength };
+}
+
+/**
+ * Storage: the first syntax the requestor proposes that we can index, so the instance is stored as the
+ * modality prefers to send it. Everything else: explicit VR little endian first, then implicit.
+ */
+function chooseTransferSyntax(kind: ServiceKind, proposed: readonly string[]): string | undefined {
+  if (kind === 'storage') return proposed.find(isStorableTransferSyntax);
+  for (const preferred of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]) {
+    if (proposed.includes(preferred)) return preferred;
+  }
+  return undefined;
+}

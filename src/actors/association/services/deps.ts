@@ -1,0 +1,45 @@
+/**
+ * What an association needs from the rest of the peer, as narrow ports so the association code does
+ * not know whether an instance is kept at one site or replicated to many.
+ */
+import type { CatalogEntry } from '../../storage/catalog-types.ts';
+import type { InstanceWriter, ReplicaStore } from '../../storage/replica-store.ts';
+import type { Clock } from '../../runtime/clock.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import type { AcceptorConfig } from '../negotiation.ts';
+
+export interface IngestPort {
+  beginWrite(): InstanceWriter;
+  /**
+   * Runs after the local commit: a single site answers at once; the mesh waits for its write quorum
+   * here (issue 3). Returns the C-STORE status to send.
+   */
+  afterCommit(entry: CatalogEntry, outcome: 'stored' | 'duplicate'): Promise<{ status: number; errorComment?: string }>;
+}
+
+export interface MoveDestination {
+  host: string;
+  port: number;
+}
+
+export interface AssociationDeps {
+  config: AcceptorConfig;
+  store: ReplicaStore;
+  ingest: IngestPort;
+  /** AE title -> where C-MOVE sends instances; undefined for an unknown destination (0xA801). */
+  resolveMoveDestination(aeTitle: string): MoveDestination | undefined;
+  clock: Clock;
+  log: Logger;
+  /** Seconds an association may stay silent in Sta2/Sta13 (ARTIM) before we close it. */
+  artimTimeoutMs: number;
+  /** Bound on received bytes waiting to be handled before the socket pauses. */
+  maxUnprocessedBytes: number;
+}
+
+/** The single-site ingest: commit locally, answer Success (a duplicate too: the instance is safely stored). */
+export function localIngest(store: ReplicaStore): IngestPort {
+  return {
+    beginWrite: () => store.beginWrite(),
+    afterCommit: async () => ({ status: 0x0000 }),
+  };
+}

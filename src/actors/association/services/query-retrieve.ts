@@ -1,0 +1,258 @@
+/**
+ * C-FIND, C-GET and C-MOVE as an SCP (PS3.4 annex C). Matching lives in the storage query engine;
+ * this file speaks DIMSE: identifiers in, pending responses out, sub-operations counted and reported.
+ */
+import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
+import { parseDataset } from '../../../codec/dataset/reader.ts';
+import { encodeDataset } from '../../../codec/dataset/writer.ts';
+import { Tags } from '../../../codec/dictionary.ts';
+import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
+import type { CatalogEntry } from '../../storage/catalog-types.ts';
+import { findMatches, resolveRetrieve, validateQuery, type QueryRequest } from '../../storage/query/query.ts';
+import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
+import type { ReplicaStore } from '../../storage/replica-store.ts';
+
+/** Sends one DIMSE message on the association that carries the request. */
+export type SendMessage = (command: DimseCommand, dataSet?: Uint8Array) => Promise<void>;
+
+export interface QueryContext {
+  root: QueryRoot;
+  transferSyntaxUid: string;
+  command: DimseCommand;
+  identifier: Uint8Array;
+  send: SendMessage;
+  isCancelled(): boolean;
+}
+
+/** (0008,0058) Failed SOP Instance UID List, returned in the final C-GET/C-MOVE response. */
+const failedSopInstanceUidListTag = 0x00080058;
+
+/** A retrieve cannot promise more instances than this in one request (the list is held in memory). */
+export const maxRetrieveInstances = 100_000;
+
+type ParsedQuery = { ok: true; request: QueryRequest } | { ok: false; status: number; comment: string };
+
+export function parseQueryIdentifier(root: QueryRoot, identifier: Uint8Array, transferSyntaxUid: string): ParsedQuery {
+  let elements: DicomElement[];
+  try {
+    elements = parseDataset(identifier, transferSyntaxUid, { includeSkippedElements: true }).elements;
+  } catch (error) {
+    return { ok: false, status: Status.CannotUnderstand, comment: `cannot parse identifier: ${error instanceof Error ? error.message : String(error)}` };
+  }
+  const levelElement = elements.find((e) => e.tag === Tags.QueryRetrieveLevel);
+  const level = levelElement?.value?.trim().toUpperCase();
+  if (level !== 'PATIENT' && level !== 'STUDY' && level !== 'SERIES' && level !== 'IMAGE') {
+    return { ok: false, status: Status.IdentifierDoesNotMatchSopClass, comment: `missing or invalid QueryRetrieveLevel "${level ?? ''}"` };
+  }
+  const request: QueryRequest = { root, level: level as QueryLevel, keys: elements.filter((e) => e.tag !== Tags.QueryRetrieveLevel && (e.tag & 0xffff) !== 0) };
+  const validation = validateQuery(request);
+  if (!validation.ok) return { ok: false, status: validation.status, comment: validation.comment };
+  return { ok: true, request };
+}
+
+function findResponse(command: DimseCommand, status: number, errorComment?: string): DimseCommand {
+  return {
+    commandField: CommandField.CFindRsp,
+    messageIdBeingRespondedTo: command.messageId,
+    affectedSopClassUid: command.affectedSopClassUid,
+    status,
+    errorComment,
+    hasDataSet: false,
+  };
+}
+
+export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<void> {
+  const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid);
+  if (!parsed.ok) {
+    await ctx.send(findResponse(ctx.command, parsed.status, parsed.comment));
+    return;
+  }
+  try {
+    for await (const identifier of findMatches(store.db, parsed.request)) {
+      if (ctx.isCancelled()) {
+        await ctx.send(findResponse(ctx.command, Status.Cancel));
+        return;
+      }
+      await ctx.send(findResponse(ctx.command, Status.Pending), encodeDataset(identifier, ctx.transferSyntaxUid));
+    }
+  } catch (error) {
+    await ctx.send(findResponse(ctx.command, Status.UnableToProcess, `query failed: ${error instanceof Error ? error.message : String(error)}`));
+    return;
+  }
+  await ctx.send(findResponse(ctx.command, ctx.isCancelled() ? Status.Cancel : Status.Success));
+}
+
+/** Where C-STORE sub-operations go: back over the same association (C-GET) or to a move destination. */
+export interface SubOperationTarget {
+  /** A presentation context for the instance: its stored syntax if accepted there, else one to transcode to. */
+  pickContext(entry: CatalogEntry): { presentationContextId: number; transferSyntaxUid: string } | undefined;
+  /** Sends C-STORE-RQ with the data set and resolves with the C-STORE-RSP status. */
+  store(presentationContextId: number, command: DimseCommand, dataSet: Uint8Array | AsyncIterable<Uint8Array>): Promise<number>;
+}
+
+export interface SubOperationCounts {
+  remaining: number;
+  completed: number;
+  failed: number;
+  warning: number;
+  failedUids: string[];
+}
+
+export interface RetrieveContext {
+  kind: 'get' | 'move';
+  root: QueryRoot;
+  transferSyntaxUid: string;
+  command: DimseCommand;
+  identifier: Uint8Array;
+  send: SendMessage;
+  isCancelled(): boolean;
+  /** C-MOVE: where to send; C-GET: undefined (the sub-operations use the same association). */
+  openTarget(entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }>;
+  callingAeTitle: string;
+}
+
+function retrieveResponse(ctx: RetrieveContext, status: number, counts?: SubOperationCounts, errorComment?: string): DimseCommand {
+  const pending = status === Status.Pending;
+  return {
+    commandField: ctx.kind === 'get' ? CommandField.CGetRsp : CommandField.CMoveRsp,
+    messageIdBeingRespondedTo: ctx.command.messageId,
+    affectedSopClassUid: ctx.command.affectedSopClassUid,
+    status,
+    errorComment,
+    // PS3.4 C.4.2.1.6: remaining is only meaningful in pending (and cancel) responses.
+    remainingSubOperations: counts && (pending || status === Status.Cancel) ? counts.remaining : undefined,
+    completedSubOperations: counts?.completed,
+    failedSubOperations: counts?.failed,
+    warningSubOperations: counts?.warning,
+    hasDataSet: false,
+  };
+}
+
+function failedUidIdentifier(counts: SubOperationCounts, transferSyntaxUid: string): Uint8Array | undefined {
+  if (counts.failedUids.length === 0) return undefined;
+  return encodeDataset([{ tag: failedSopInstanceUidListTag, vr: 'UI', value: counts.failedUids.join('\\') }], transferSyntaxUid);
+}
+
+export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore): Promise<void> {
+  const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid);
+  if (!parsed.ok) {
+    await ctx.send(retrieveResponse(ctx, parsed.status, undefined, parsed.comment));
+    return;
+  }
+  const entries: CatalogEntry[] = [];
+  try {
+    for await (const entry of resolveRetrieve(store.db, parsed.request)) {
+      if (entries.length >= maxRetrieveInstances) {
+        await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, undefined, `more than ${maxRetrieveInstances} instances: narrow the request`));
+        return;
+      }
+      entries.push(entry);
+    }
+  } catch (error) {
+    await ctx.send(retrieveResponse(ctx, Status.UnableToProcess, undefined, `retrieve lookup failed: ${error instanceof Error ? error.message : String(error)}`));
+    return;
+  }
+  const counts: SubOperationCounts = { remaining: entries.length, completed: 0, failed: 0, warning: 0, failedUids: [] };
+  if (entries.length === 0) {
+    await ctx.send(retrieveResponse(ctx, Status.Success, counts));
+    return;
+  }
+  let target: SubOperationTarget & { close(): Promise<void> };
+  try {
+    target = await ctx.openTarget(entries);
+  } catch (error) {
+    await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${error instanceof Error ? error.message : String(error)}`));
+    return;
+  }
+  try {
+    for (const entry of entries) {
+      if (ctx.isCancelled()) break;
+      const status = await sendOne(ctx, target, store, entry);
+      counts.remaining--;
+      if (status === Status.Success) counts.completed++;
+      else if ((status & 0xf000) === 0xb000) counts.warning++;
+      else {
+        counts.failed++;
+        counts.failedUids.push(entry.sopInstanceUid);
+      }
+      if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
+    }
+  } finally {
+    await target.close();
+  }
+  if (ctx.isCancelled() && counts.remaining > 0) {
+    await ctx.send(retrieveResponse(ctx, Status.Cancel, counts), failedUidIdentifier(counts, ctx.transferSyntaxUid));
+    return;
+  }
+  // PS3.4 C.4.2.1.5: any failure or warning makes the final status B000, with the failed UIDs listed.
+  const finalStatus = counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
+  await ctx.send(retrieveResponse(ctx, finalStatus, counts), failedUidIdentifier(counts, ctx.transferSyntaxUid));
+}
+
+type TranscodeModule = typeof import('../../../codec/transcode.ts');
+let transcodeModule: Promise<TranscodeModule> | undefined;
+/** The codecs (WASM) load on the first retrieve, not at start: most retrieves never transcode. */
+export function loadTranscoder(): Promise<TranscodeModule> {
+  return (transcodeModule ??= import('../../../codec/transcode.ts'));
+}
+
+/** Sub-operation statuses of our own making, for instances we could not even send. */
+const NoContextForInstance = 0xa702;
+
+async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry): Promise<number> {
+  const picked = target.pickContext(entry);
+  if (!picked) return NoContextForInstance;
+  const command: DimseCommand = {
+    commandField: CommandField.CStoreRq,
+    affectedSopClassUid: entry.sopClassUid,
+    affectedSopInstanceUid: entry.sopInstanceUid,
+    priority: 0,
+    hasDataSet: true,
+    moveOriginatorAeTitle: ctx.kind === 'move' ? ctx.callingAeTitle : undefined,
+    moveOriginatorMessageId: ctx.kind === 'move' ? ctx.command.messageId : undefined,
+  };
+  try {
+    if (picked.transferSyntaxUid === entry.transferSyntaxUid) {
+      return await target.store(picked.presentationContextId, command, store.readInstance(entry));
+    }
+    // Transcoding needs the whole instance in memory; it only runs when the receiver refuses the stored syntax.
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of store.readInstance(entry)) chunks.push(chunk);
+    const { transcodeDataset } = await loadTranscoder();
+    const transcoded = await transcodeDataset(Buffer.concat(chunks), entry.transferSyntaxUid, [picked.transferSyntaxUid]);
+    return await target.store(picked.presentationContextId, command, transcoded.bytes);
+  } catch {
+    return Status.UnableToProcess;
+  }
+}
+
+/** Picks a context among accepted ones: the stored syntax first, then any syntax we can transcode to. */
+export function pickContextFor(
+  entry: CatalogEntry,
+  contexts: Iterable<{ id: number; abstractSyntaxUid: string; transferSyntaxUid: string }>,
+  canTranscode: (from: string, to: string) => boolean,
+): { presentationContextId: number; transferSyntaxUid: string } | undefined {
+  const candidates = [...contexts].filter((c) => c.abstractSyntaxUid === entry.sopClassUid);
+  const exact = candidates.find((c) => c.transferSyntaxUid === entry.transferSyntaxUid);
+  if (exact) return { presentationContextId: exact.id, transferSyntaxUid: exact.transferSyntaxUid };
+  const convertible = candidates.find((c) => canTranscode(entry.transferSyntaxUid, c.transferSyntaxUid));
+  return convertible ? { presentationContextId: convertible.id, transferSyntaxUid: convertible.transferSyntaxUid } : undefined;
+}
+
+/** What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed fallback. */
+export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
+  const pairs = new Map<string, Set<string>>();
+  for (const entry of entries) {
+    const syntaxes = pairs.get(entry.sopClassUid) ?? new Set<string>();
+    syntaxes.add(entry.transferSyntaxUid);
+    pairs.set(entry.sopClassUid, syntaxes);
+  }
+  const proposals: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> = [];
+  for (const [sopClassUid, syntaxes] of pairs) {
+    // One context per stored syntax, so the destination can accept each one as it is.
+    for (const ts of syntaxes) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
+    proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] });
+  }
+  // Presentation context IDs are odd numbers 1..255: at most 128 contexts.
+  return proposals.slice(0, 128);
+}

@@ -1,0 +1,171 @@
+/**
+ * C-STORE as an SCP (PS3.4 annex B), on the raw byte path: the data set fragments go to the replica
+ * store exactly as received while a streaming reader picks the attributes to index from the header.
+ * Success is answered only after the instance and its catalog entry are durable.
+ */
+import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
+import { DatasetHeaderReader } from '../../../codec/dataset/reader.ts';
+import { Tags } from '../../../codec/dictionary.ts';
+import { isAcceptableUid } from '../../../codec/uid.ts';
+import type { DicomElement } from '../../../codec/dicom-types.ts';
+import type { CatalogEntry } from '../../storage/catalog-types.ts';
+import type { InstanceWriter } from '../../storage/replica-store.ts';
+import type { NegotiatedContext } from '../negotiation.ts';
+import type { IngestPort } from './deps.ts';
+
+/**
+ * Failure statuses we answer (PS3.4 B.2.3: A7xx out of resources, A9xx data set does not match SOP
+ * class, Cxxx cannot understand). The error comment always says which check failed.
+ */
+export const StoreFailure = {
+  OutOfResources: Status.OutOfResources,
+  SopClassMismatch: 0xa900,
+  CannotParse: 0xc000,
+  InvalidUid: 0xc001,
+  UidMismatch: 0xc002,
+} as const;
+
+/** Values bigger than this are not kept in the catalog (they are never useful as query keys). */
+const catalogValueMaxBytes = 1024;
+
+export interface StoreResult {
+  status: number;
+  errorComment?: string;
+}
+
+/** One C-STORE in progress on an association: created at the command, fed fragments, finished at the last one. */
+export class IncomingStore {
+  private readonly reader: DatasetHeaderReader | undefined;
+  private readonly writer: InstanceWriter | undefined;
+  private refusal: StoreResult | undefined;
+
+  constructor(
+    readonly command: DimseCommand,
+    private readonly context: NegotiatedContext,
+    private readonly ingest: IngestPort,
+    private readonly nowMs: () => number,
+  ) {
+    this.refusal = this.checkCommand();
+    if (!this.refusal) {
+      this.reader = new DatasetHeaderReader({ transferSyntaxUid: context.transferSyntaxUid, maxValueBytes: catalogValueMaxBytes });
+      this.writer = ingest.beginWrite();
+    }
+  }
+
+  private checkCommand(): StoreResult | undefined {
+    const { affectedSopClassUid, affectedSopInstanceUid } = this.command;
+    if (!affectedSopInstanceUid || !isAcceptableUid(affectedSopInstanceUid)) {
+      return { status: StoreFailure.InvalidUid, errorComment: `invalid Affected SOP Instance UID "${affectedSopInstanceUid ?? ''}"` };
+    }
+    if (affectedSopClassUid !== this.context.abstractSyntaxUid) {
+      return { status: Status.SopClassNotSupported, errorComment: `SOP Class ${affectedSopClassUid ?? '(none)'} sent on a context for ${this.context.abstractSyntaxUid}` };
+    }
+    return undefined;
+  }
+
+  /** Feeds one fragment; awaits when the store applies back-pressure. */
+  async push(data: Uint8Array): Promise<void> {
+    if (this.refusal || !this.reader || !this.writer) return;
+    try {
+      if (!this.reader.isComplete) this.reader.push(data);
+      await this.writer.write(data);
+    } catch (error) {
+      this.refusal = { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+      await this.writer.abort();
+    }
+  }
+
+  /** Called after the last fragment: commits or discards, and gives the status to answer. */
+  async finish(): Promise<StoreResult> {
+    if (this.refusal || !this.reader || !this.writer) return this.refusal ?? { status: StoreFailure.CannotParse };
+    let elements: DicomElement[];
+    try {
+      elements = this.reader.end().elements;
+    } catch (error) {
+      await this.writer.abort();
+      return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+    }
+    const identity = identify(elements);
+    const problem = this.checkIdentity(identity);
+    if (problem) {
+      await this.writer.abort();
+      return problem;
+    }
+    try {
+      const result = await this.writer.commit(identity.sopInstanceUid, (info): CatalogEntry => ({
+        sopInstanceUid: identity.sopInstanceUid,
+        sopClassUid: identity.sopClassUid,
+        studyInstanceUid: identity.studyInstanceUid,
+        seriesInstanceUid: identity.seriesInstanceUid,
+        patientId: identity.patientId,
+        transferSyntaxUid: this.context.transferSyntaxUid,
+        byteLength: info.byteLength,
+        sha256: info.sha256,
+        storedAtMs: this.nowMs(),
+        blobId: info.blobId,
+        attributes: elements.filter((e) => e.value !== undefined && (e.tag & 0xffff) !== 0 && e.tag >>> 16 !== 0x0002),
+      }));
+      return await this.ingest.afterCommit(result.entry, result.outcome);
+    } catch (error) {
+      return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${messageOf(error)}` };
+    }
+  }
+
+  /** The association ended before the last fragment: nothing of this instance may remain. */
+  async cancel(): Promise<void> {
+    await this.writer?.abort();
+  }
+
+  private checkIdentity(id: Identity): StoreResult | undefined {
+    for (const [name, uid] of [
+      ['SOP Instance UID', id.sopInstanceUid],
+      ['SOP Class UID', id.sopClassUid],
+      ['Study Instance UID', id.studyInstanceUid],
+      ['Series Instance UID', id.seriesInstanceUid],
+    ] as const) {
+      if (!isAcceptableUid(uid)) return { status: StoreFailure.InvalidUid, errorComment: `data set has an invalid or missing ${name} "${uid}"` };
+    }
+    if (id.sopInstanceUid !== this.command.affectedSopInstanceUid) {
+      return { status: StoreFailure.UidMismatch, errorComment: `data set SOP Instance UID ${id.sopInstanceUid} differs from the command's` };
+    }
+    if (id.sopClassUid !== this.command.affectedSopClassUid) {
+      return { status: StoreFailure.SopClassMismatch, errorComment: `data set SOP Class UID ${id.sopClassUid} differs from the command's` };
+    }
+    return undefined;
+  }
+}
+
+interface Identity {
+  sopInstanceUid: string;
+  sopClassUid: string;
+  studyInstanceUid: string;
+  seriesInstanceUid: string;
+  patientId: string;
+}
+
+function identify(elements: readonly DicomElement[]): Identity {
+  const valueOf = (tag: number) => elements.find((e) => e.tag === tag)?.value ?? '';
+  return {
+    sopInstanceUid: valueOf(Tags.SOPInstanceUID),
+    sopClassUid: valueOf(Tags.SOPClassUID),
+    studyInstanceUid: valueOf(Tags.StudyInstanceUID),
+    seriesInstanceUid: valueOf(Tags.SeriesInstanceUID),
+    patientId: valueOf(Tags.PatientID),
+  };
+}
+
+export function storeResponse(command: DimseCommand, result: StoreResult): DimseCommand {
+  return {
+    commandField: CommandField.CStoreRsp,
+    messageIdBeingRespondedTo: command.messageId,
+    affectedSopClassUid: command.affectedSopClassUid,
+    affectedSopInstanceUid: command.affectedSopInstanceUid,
+    status: result.status,
+    errorComment: result.errorComment,
+    hasDataSet: false,
+  };
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

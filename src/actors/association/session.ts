@@ -1,0 +1,402 @@
+/**
+ * One accepted association: the PS3.8 machine (through AssociationCore), negotiation, and the DIMSE
+ * services. The actor feeds it one mailbox message at a time; everything here that awaits (store
+ * writes, commits) therefore holds back the next PDUs of this association, which is the back-pressure.
+ */
+import type { Socket } from 'node:net';
+import { CommandField, Status, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
+import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
+import type { CatalogEntry } from '../storage/catalog-types.ts';
+import { AssociationCore, DicomConnection } from './connection.ts';
+import { DicomClientAssociation } from './client.ts';
+import type { DimseEvent } from './dimse-assembler.ts';
+import { negotiate, type NegotiatedContext, type NegotiationResult } from './negotiation.ts';
+import type { AssociationDeps } from './services/deps.ts';
+import { loadTranscoder, pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
+import { IncomingStore, storeResponse } from './services/store.ts';
+import type { UlIndication } from './state-machine.ts';
+import type { Logger } from '../runtime/logger.ts';
+import type { TimerHandle } from '../runtime/clock.ts';
+
+/** Identifiers are small; a bigger one is refused rather than buffered. */
+const maxIdentifierBytes = 1024 * 1024;
+/** Query/retrieve operations one association may run at once (no async window is negotiated, so 1 is normal). */
+const maxConcurrentTasks = 4;
+/** How long a C-GET sub-operation waits for the requestor's C-STORE-RSP. */
+const subOperationTimeoutMs = 120_000;
+
+interface IdentifierBuffer {
+  command: DimseCommand;
+  context: NegotiatedContext;
+  parts: Uint8Array[];
+  bytes: number;
+  tooLarge: boolean;
+}
+
+interface Task {
+  cancelled: boolean;
+  done: Promise<void>;
+}
+
+export interface SessionCallbacks {
+  /** Route an ARTIM expiry through the actor's mailbox. */
+  artimExpired(): void;
+  /** The association is over (transport closed): the actor stops. */
+  finished(): void;
+}
+
+export class AcceptorSession {
+  readonly core: AssociationCore;
+  readonly connection: DicomConnection;
+  readonly log: Logger;
+  private contexts = new Map<number, NegotiatedContext>();
+  private callingAeTitle = '';
+  private pendingEvents: Array<{ kind: 'indication'; indication: UlIndication } | { kind: 'dimse'; event: DimseEvent }> = [];
+  private store: IncomingStore | undefined;
+  private identifier: IdentifierBuffer | undefined;
+  /** Data set of a request we answered at its command (wrong context): its fragments are dropped. */
+  private discardingDataSet = false;
+  private readonly tasks = new Map<number, Task>();
+  private readonly subOperationWaiters = new Map<number, { resolve: (status: number) => void }>();
+  private sendChain: Promise<void> = Promise.resolve();
+  private ended = false;
+
+  constructor(
+    /** Over the association limit: the request is answered with a transient rejection. */
+    private readonly congested: boolean,
+    socket: Socket,
+    private readonly deps: AssociationDeps,
+    private readonly callbacks: SessionCallbacks,
+    routeToActor: { received(pdus: Pdu[], bytes: number): void; invalid(reason: number, detail: string): void; closed(): void },
+  ) {
+    this.connection = new DicomConnection(
+      {
+        socket,
+        limits: { maxPDataBytes: deps.config.maxPduLength + 64, maxAssociateBytes: 128 * 1024 },
+        maxUnprocessedBytes: deps.maxUnprocessedBytes,
+      },
+      {
+        onPdus: (pdus, bytes) => routeToActor.received(pdus, bytes),
+        onInvalidPdu: (error) => routeToActor.invalid(error.abortReason, error.message),
+        onClosed: () => routeToActor.closed(),
+      },
+    );
+    this.log = deps.log.child({ association: this.connection.remoteAddress });
+    this.core = new AssociationCore(
+      { connection: this.connection, clock: deps.clock, artimTimeoutMs: deps.artimTimeoutMs, isRequestor: false },
+      {
+        onIndication: (indication) => this.pendingEvents.push({ kind: 'indication', indication }),
+        onDimse: (event) => this.pendingEvents.push({ kind: 'dimse', event }),
+        onArtimExpired: () => callbacks.artimExpired(),
+        onRefused: (event, state) => this.log.warn('state machine refused a local primitive', { event, state }),
+      },
+    );
+    void this.core.fire({ type: 'transportIndication' });
+  }
+
+  async onPdus(pdus: Pdu[], bytes: number): Promise<void> {
+    try {
+      for (const pdu of pdus) {
+        if (this.ended) break;
+        void this.core.fire({ type: 'pduReceived', pdu });
+        await this.drain();
+      }
+    } finally {
+      this.connection.consumed(bytes);
+    }
+  }
+
+  async onInvalidPdu(reason: number, detail: string): Promise<void> {
+    this.log.warn('invalid PDU: aborting the association', { detail });
+    await this.core.fire({ type: 'invalidPdu', reason, detail });
+    await this.terminate();
+  }
+
+  async onTransportClosed(): Promise<void> {
+    await this.core.fire({ type: 'transportClosed' });
+    await this.terminate();
+    this.callbacks.finished();
+  }
+
+  async onArtimExpired(): Promise<void> {
+    await this.core.fire({ type: 'artimExpired' });
+  }
+
+  /** Our side gives up on this association: A-ABORT, then close. Used on shutdown and after a crash. */
+  async abort(why: string): Promise<void> {
+    this.log.warn('aborting association', { why });
+    if (this.core.machine.state !== 'Sta1' && this.core.machine.state !== 'Sta13') this.core.abort(AbortReason.NotSpecified);
+    await this.terminate();
+    this.connection.close();
+  }
+
+  private async drain(): Promise<void> {
+    while (this.pendingEvents.length > 0) {
+      const next = this.pendingEvents.shift()!;
+      if (next.kind === 'indication') await this.onIndication(next.indication);
+      else await this.onDimse(next.event);
+    }
+  }
+
+  private async onIndication(indication: UlIndication): Promise<void> {
+    switch (indication.type) {
+      case 'associateRequested': {
+        const result: NegotiationResult = this.congested
+          ? {
+              outcome: 'reject',
+              rj: { type: 'associateRj', result: RejectResult.Transient, source: RejectSource.ServiceProviderPresentation, reason: RejectReason.TemporaryCongestion },
+              why: 'too many associations',
+            }
+          : negotiate(indication.rq, this.deps.config);
+        this.callingAeTitle = indication.rq.callingAeTitle;
+        if (result.outcome === 'reject') {
+          this.log.warn('association rejected', { why: result.why, calling: indication.rq.callingAeTitle });
+          await this.core.fire({ type: 'associateReject', rj: result.rj });
+          return;
+        }
+        this.contexts = result.contexts;
+        for (const [id, context] of result.contexts) {
+          this.core.acceptedContexts.set(id, { abstractSyntaxUid: context.abstractSyntaxUid, transferSyntaxUid: context.transferSyntaxUid });
+        }
+        this.core.peerMaxPduLength = result.peerMaxPduLength;
+        await this.core.fire({ type: 'associateAccept', ac: result.ac });
+        return;
+      }
+      case 'pData':
+        this.core.deliverPData(indication);
+        return;
+      case 'releaseRequested':
+        await this.endOperations();
+        await this.sendChain;
+        await this.core.fire({ type: 'releaseResponse' });
+        return;
+      case 'aborted':
+      case 'providerAborted':
+        await this.terminate();
+        return;
+      case 'associateAccepted':
+      case 'associateRejected':
+      case 'releaseConfirmed':
+        return; // requestor-side indications: the machine does not produce them for an acceptor
+      default: {
+        const unreachable: never = indication;
+        throw new Error(`unknown indication ${JSON.stringify(unreachable)}`);
+      }
+    }
+  }
+
+  private send(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
+    // DIMSE messages must not interleave on the wire: one at a time, in order.
+    const sending = this.sendChain.then(() => this.core.sendMessage(presentationContextId, command, dataSet));
+    this.sendChain = sending.catch(() => undefined);
+    return sending;
+  }
+
+  private async onDimse(event: DimseEvent): Promise<void> {
+    if (event.type === 'dataFragment') {
+      await this.onDataFragment(event);
+      return;
+    }
+    const { command, presentationContextId } = event;
+    const context = this.contexts.get(presentationContextId)!;
+    if (command.commandField & 0x8000) {
+      this.onResponse(command);
+      return;
+    }
+    switch (command.commandField) {
+      case CommandField.CEchoRq:
+        await this.send(presentationContextId, { commandField: CommandField.CEchoRsp, messageIdBeingRespondedTo: command.messageId, affectedSopClassUid: command.affectedSopClassUid, status: Status.Success, hasDataSet: false });
+        return;
+      case CommandField.CStoreRq:
+        if (context.service !== 'storage') return this.refuse(presentationContextId, command, Status.SopClassNotSupported, 'C-STORE on a context that is not a storage SOP class');
+        if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.CannotUnderstand, 'C-STORE-RQ without a data set');
+        this.store = new IncomingStore(command, context, this.deps.ingest, () => this.deps.clock.nowMs());
+        return;
+      case CommandField.CFindRq:
+      case CommandField.CGetRq:
+      case CommandField.CMoveRq: {
+        const expected = command.commandField === CommandField.CFindRq ? 'find' : command.commandField === CommandField.CGetRq ? 'get' : 'move';
+        if (context.service !== expected || command.affectedSopClassUid !== context.abstractSyntaxUid) {
+          return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `request does not match the presentation context's SOP class ${context.abstractSyntaxUid}`);
+        }
+        if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.IdentifierDoesNotMatchSopClass, 'request without an identifier');
+        this.identifier = { command, context, parts: [], bytes: 0, tooLarge: false };
+        return;
+      }
+      case CommandField.CCancelRq: {
+        const task = command.messageIdBeingRespondedTo === undefined ? undefined : this.tasks.get(command.messageIdBeingRespondedTo);
+        if (task) task.cancelled = true;
+        return;
+      }
+      default:
+        // PS3.7 C.5.3 (0x0211): a service we do not provide; the response field mirrors the request.
+        return this.refuse(presentationContextId, command, Status.UnrecognizedOperation, `command field 0x${command.commandField.toString(16)} is not supported`);
+    }
+  }
+
+  private async refuse(presentationContextId: number, command: DimseCommand, status: number, errorComment: string): Promise<void> {
+    this.discardingDataSet = command.hasDataSet;
+    this.log.warn('request refused', { status: `0x${status.toString(16)}`, errorComment });
+    await this.send(presentationContextId, {
+      commandField: responseFieldFor(command.commandField),
+      messageIdBeingRespondedTo: command.messageId,
+      affectedSopClassUid: command.affectedSopClassUid,
+      affectedSopInstanceUid: command.affectedSopInstanceUid,
+      status,
+      errorComment,
+      hasDataSet: false,
+    });
+  }
+
+  private onResponse(command: DimseCommand): void {
+    const waiter = command.messageIdBeingRespondedTo === undefined ? undefined : this.subOperationWaiters.get(command.messageIdBeingRespondedTo);
+    if (!waiter) {
+      this.log.warn('response to no request of ours', { messageId: command.messageIdBeingRespondedTo });
+      return;
+    }
+    this.subOperationWaiters.delete(command.messageIdBeingRespondedTo!);
+    waiter.resolve(command.status ?? Status.UnableToProcess);
+  }
+
+  private async onDataFragment(event: Extract<DimseEvent, { type: 'dataFragment' }>): Promise<void> {
+    if (this.store) {
+      const store = this.store;
+      await store.push(event.data);
+      if (!event.isLast) return;
+      this.store = undefined;
+      const result = await store.finish();
+      if (result.status !== Status.Success) this.log.warn('C-STORE failed', { sopInstanceUid: store.command.affectedSopInstanceUid, ...result });
+      await this.send(event.presentationContextId, storeResponse(store.command, result));
+      return;
+    }
+    if (this.identifier) {
+      const buffer = this.identifier;
+      buffer.bytes += event.data.length;
+      if (buffer.bytes > maxIdentifierBytes) buffer.tooLarge = true;
+      else buffer.parts.push(Uint8Array.from(event.data));
+      if (!event.isLast) return;
+      this.identifier = undefined;
+      if (buffer.tooLarge) {
+        return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${maxIdentifierBytes} bytes`);
+      }
+      this.startTask(event.presentationContextId, buffer);
+      return;
+    }
+    if (this.discardingDataSet) {
+      if (event.isLast) this.discardingDataSet = false;
+      return;
+    }
+    throw new Error('data set fragment with no operation to receive it');
+  }
+
+  private startTask(presentationContextId: number, buffer: IdentifierBuffer): void {
+    const { command, context } = buffer;
+    const messageId = command.messageId ?? 0;
+    if (this.tasks.size >= maxConcurrentTasks || this.tasks.has(messageId)) {
+      void this.refuse(presentationContextId, command, this.tasks.has(messageId) ? Status.DuplicateInvocation : Status.OutOfResources, 'too many operations in progress on this association');
+      return;
+    }
+    if (context.service === 'move' && !this.deps.resolveMoveDestination(command.moveDestination ?? '')) {
+      void this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
+      return;
+    }
+    const identifier = Buffer.concat(buffer.parts, buffer.bytes);
+    const task: Task = { cancelled: false, done: Promise.resolve() };
+    const send = (rsp: DimseCommand, dataSet?: Uint8Array) => this.send(presentationContextId, rsp, dataSet);
+    const common = { root: context.root!, transferSyntaxUid: context.transferSyntaxUid, command, identifier, send, isCancelled: () => task.cancelled };
+    const run =
+      context.service === 'find'
+        ? runFind(common, this.deps.store)
+        : runRetrieve(
+            {
+              ...common,
+              kind: context.service === 'get' ? 'get' : 'move',
+              callingAeTitle: this.callingAeTitle,
+              openTarget: (entries) => (context.service === 'get' ? this.getTarget() : this.moveTarget(command, entries)),
+            },
+            this.deps.store,
+          );
+    task.done = run
+      .catch((error: unknown) => this.log.error('query/retrieve task failed', { error: String(error) }))
+      .finally(() => this.tasks.delete(messageId));
+    this.tasks.set(messageId, task);
+  }
+
+  /** C-GET: sub-operations travel back over this association, to contexts where the requestor is SCP. */
+  private async getTarget(): Promise<SubOperationTarget & { close(): Promise<void> }> {
+    const usable = [...this.contexts.values()].filter((c) => c.requestorIsScp);
+    const { canTranscode } = await loadTranscoder();
+    return {
+      pickContext: (entry) => pickContextFor(entry, usable, canTranscode),
+      store: async (presentationContextId, command, dataSet) => {
+        const messageId = this.core.allocateMessageId();
+        let timer: TimerHandle | undefined;
+        const answered = new Promise<number>((resolve) => {
+          this.subOperationWaiters.set(messageId, { resolve });
+          timer = this.deps.clock.setTimeout(() => {
+            if (this.subOperationWaiters.delete(messageId)) resolve(Status.UnableToProcess);
+          }, subOperationTimeoutMs);
+        });
+        try {
+          await this.send(presentationContextId, { ...command, messageId }, dataSet);
+          return await answered;
+        } finally {
+          this.deps.clock.clearTimeout(timer);
+        }
+      },
+      close: async () => undefined,
+    };
+  }
+
+  /** C-MOVE: a new association from us to the destination AE. */
+  private async moveTarget(command: DimseCommand, entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }> {
+    const destinationAe = command.moveDestination ?? '';
+    const destination = this.deps.resolveMoveDestination(destinationAe);
+    if (!destination) throw new MoveDestinationUnknownError(destinationAe);
+    const client = await DicomClientAssociation.open({
+      host: destination.host,
+      port: destination.port,
+      callingAeTitle: this.deps.config.aeTitle,
+      calledAeTitle: destinationAe,
+      presentationContexts: proposalsForMove(entries),
+      clock: this.deps.clock,
+    });
+    const { canTranscode } = await loadTranscoder();
+    return {
+      pickContext: (entry) => pickContextFor(entry, client.contexts, canTranscode),
+      store: async (presentationContextId, storeCommand, dataSet) => {
+        const reply = await client.request(presentationContextId, storeCommand, dataSet);
+        return reply.command.status ?? Status.UnableToProcess;
+      },
+      close: () => client.release().catch(() => client.abort()),
+    };
+  }
+
+  /** Release or abort: running operations stop, a half-received instance is discarded. */
+  private async endOperations(): Promise<void> {
+    for (const task of this.tasks.values()) task.cancelled = true;
+    for (const [messageId, waiter] of this.subOperationWaiters) {
+      this.subOperationWaiters.delete(messageId);
+      waiter.resolve(Status.UnableToProcess);
+    }
+    const store = this.store;
+    this.store = undefined;
+    await store?.cancel();
+    await Promise.all([...this.tasks.values()].map((t) => t.done));
+  }
+
+  private async terminate(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    await this.endOperations();
+    this.core.stopTimers();
+  }
+}
+
+export class MoveDestinationUnknownError extends Error {
+  override readonly name = 'MoveDestinationUnknownError';
+  readonly code = 'ERR_MOVE_DESTINATION_UNKNOWN';
+  constructor(readonly aeTitle: string) {
+    super(`unknown move destination "${aeTitle}"`);
+  }
+}

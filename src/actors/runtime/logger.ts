@@ -1,0 +1,25 @@
+/** Structured one-line JSON logs on stderr; tests pass a silent logger. */
+export interface Logger {
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
+  child(fields: Record<string, unknown>): Logger;
+}
+
+type Level = 'info' | 'warn' | 'error';
+
+export function createLogger(base: Record<string, unknown> = {}, minimum: Level | 'silent' = 'info'): Logger {
+  const order: Record<Level, number> = { info: 0, warn: 1, error: 2 };
+  const emit = (level: Level, message: string, fields?: Record<string, unknown>) => {
+    if (minimum === 'silent' || order[level] < order[minimum]) return;
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level, message, ...base, ...fields })}\n`);
+  };
+  return {
+    info: (m, f) => emit('info', m, f),
+    warn: (m, f) => emit('warn', m, f),
+    error: (m, f) => emit('error', m, f),
+    child: (fields) => createLogger({ ...base, ...fields }, minimum),
+  };
+}
+
+export const silentLogger: Logger = createLogger({}, 'silent');

@@ -1,0 +1,41 @@
+/**
+ * The AE directory: where C-MOVE may send instances. Persisted as JSON in the data directory so that
+ * destinations given once on the command line survive restarts; a bad file is an error, not a reset.
+ */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { ConfigError, parseAeAddress, type AeAddress } from './config.ts';
+
+export interface AeDirectory {
+  resolve(aeTitle: string): AeAddress | undefined;
+  entries(): Record<string, AeAddress>;
+}
+
+export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<string, AeAddress>): Promise<AeDirectory> {
+  const file = join(dataDir, 'ae-directory.json');
+  let persisted: Record<string, AeAddress> = {};
+  try {
+    const parsed: unknown = JSON.parse(await readFile(file, 'utf8'));
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
+    for (const [aeTitle, address] of Object.entries(parsed as Record<string, unknown>)) {
+      const a = address as { host?: unknown; port?: unknown };
+      persisted[parseAeAddress(`${aeTitle}=${String(a.host)}:${String(a.port)}`, file).aeTitle] = { host: String(a.host), port: Number(a.port) };
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new ConfigError(`${file} is not a valid AE directory: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+  const merged = { ...persisted, ...fromCommandLine };
+  if (Object.keys(fromCommandLine).length > 0) {
+    await mkdir(dirname(file), { recursive: true });
+    // Write then rename, so a crash never leaves half a file.
+    await writeFile(`${file}.tmp`, `${JSON.stringify(merged, null, 2)}\n`);
+    await rename(`${file}.tmp`, file);
+  }
+  persisted = merged;
+  return {
+    resolve: (aeTitle) => persisted[aeTitle.trim()],
+    entries: () => ({ ...persisted }),
+  };
+}

@@ -1,0 +1,48 @@
+/**
+ * The `pacs-mesh` command. Operators' scripts depend on its options and exit codes:
+ * 0 clean stop, 1 runtime failure, 2 bad command line or configuration.
+ */
+import './polyfill.ts';
+import { ConfigError, parseStartArgs, usage } from './config.ts';
+import { startPeer } from './peer.ts';
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'start': {
+      const config = parseStartArgs(rest);
+      const peer = await startPeer(config);
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      });
+      await peer.stop();
+      return 0;
+    }
+    case 'keygen': {
+      const { runKeygen } = await import('./keygen.ts');
+      return runKeygen(rest);
+    }
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(usage);
+      return command === undefined ? 2 : 0;
+    default:
+      throw new ConfigError(`unknown command "${command}"`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`pacs-mesh: ${error.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`pacs-mesh: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  },
+);

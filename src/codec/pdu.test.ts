@@ -1,0 +1,122 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  DicomApplicationContext,
+  PduError,
+  PduFramer,
+  decodePdu,
+  defaultPduLimits,
+  encodePDataFragments,
+  encodePdu,
+  type AssociateRqPdu,
+  type Pdu,
+} from './pdu.ts';
+import { Prng } from '../sim/prng.ts';
+
+const rq: AssociateRqPdu = {
+  type: 'associateRq',
+  protocolVersion: 1,
+  calledAeTitle: 'PACSMESH',
+  callingAeTitle: 'MODALITY',
+  applicationContextName: DicomApplicationContext,
+  presentationContexts: [
+    { id: 1, abstractSyntaxUid: '1.2.840.10008.1.1', transferSyntaxUids: ['1.2.840.10008.1.2'] },
+    { id: 3, abstractSyntaxUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUids: ['1.2.840.10008.1.2.1', '1.2.840.10008.1.2'] },
+  ],
+  userInformation: {
+    maxPduLength: 16384,
+    implementationClassUid: '1.2.3.4',
+    implementationVersionName: 'TEST',
+    roleSelections: [{ sopClassUid: '1.2.840.10008.5.1.4.1.1.2', scuRole: false, scpRole: true }],
+    asyncOps: { invoked: 1, performed: 1 },
+  },
+};
+
+const samples: Pdu[] = [
+  rq,
+  {
+    type: 'associateAc',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'MODALITY',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [{ id: 1, result: 0, transferSyntaxUid: '1.2.840.10008.1.2' }],
+    userInformation: { maxPduLength: 0, implementationClassUid: '1.2.3', roleSelections: [] },
+  },
+  { type: 'associateRj', result: 1, source: 1, reason: 7 },
+  { type: 'pData', values: [{ presentationContextId: 1, isCommand: true, isLast: true, data: Uint8Array.of(1, 2, 3, 4) }] },
+  { type: 'releaseRq' },
+  { type: 'releaseRp' },
+  { type: 'abort', source: 2, reason: 6 },
+];
+
+test('every PDU type survives encode then decode', () => {
+  for (const pdu of samples) {
+    const decoded = decodePdu(encodePdu(pdu));
+    if (pdu.type === 'pData' && decoded.type === 'pData') {
+      assert.deepEqual([...decoded.values[0]!.data], [...pdu.values[0]!.data]);
+      assert.equal(decoded.values[0]!.isCommand, true);
+    } else {
+      assert.deepEqual(decoded, pdu);
+    }
+  }
+});
+
+test('the framer gives the same PDUs whatever the split points', () => {
+  const stream = Buffer.concat(samples.map(encodePdu));
+  for (let cut = 1; cut < stream.length; cut++) {
+    const framer = new PduFramer();
+    const pdus = [...framer.push(stream.subarray(0, cut)), ...framer.push(stream.subarray(cut))];
+    assert.equal(pdus.length, samples.length, `cut at ${cut}`);
+    assert.equal(framer.bufferedBytes, 0);
+  }
+});
+
+test('an oversized length field is refused before anything is buffered', () => {
+  const framer = new PduFramer(defaultPduLimits);
+  const header = Buffer.from([0x04, 0, 0xff, 0xff, 0xff, 0xf0]);
+  assert.throws(() => framer.push(header), (e: unknown) => e instanceof PduError && e.code === 'ERR_PDU_TOO_LARGE');
+  const associate = Buffer.from([0x01, 0, 0x00, 0x10, 0x00, 0x00]);
+  assert.throws(() => new PduFramer().push(associate), (e: unknown) => e instanceof PduError && e.code === 'ERR_PDU_TOO_LARGE');
+});
+
+test('an unknown PDU type is refused at once', () => {
+  assert.throws(() => new PduFramer().push(Buffer.from([0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0])), (e: unknown) => e instanceof PduError && e.code === 'ERR_PDU_UNRECOGNIZED');
+});
+
+test('P-DATA fragmentation respects the peer maximum length', () => {
+  const data = new Uint8Array(100_000).map((_, i) => i & 0xff);
+  const pdus = encodePDataFragments(5, false, data, 16384);
+  let total = 0;
+  pdus.forEach((bytes, index) => {
+    const pdu = decodePdu(bytes);
+    assert.equal(pdu.type, 'pData');
+    if (pdu.type !== 'pData') return;
+    assert.ok(bytes.length - 6 <= 16384);
+    assert.equal(pdu.values[0]!.isLast, index === pdus.length - 1);
+    total += pdu.values[0]!.data.length;
+  });
+  assert.equal(total, data.length);
+});
+
+test('seeded fuzz: thousands of mutated PDUs only ever raise PduError', () => {
+  const seed = Number(process.env.FUZZ_SEED ?? 20261128);
+  const prng = new Prng(seed);
+  const random = () => prng.nextUnit();
+  const originals = samples.map(encodePdu);
+  let rejected = 0;
+  for (let round = 0; round < 5000; round++) {
+    const original = originals[Math.floor(random() * originals.length)]!;
+    const mutated = Buffer.from(original);
+    const flips = 1 + Math.floor(random() * 8);
+    for (let i = 0; i < flips; i++) mutated[Math.floor(random() * mutated.length)] = Math.floor(random() * 256);
+    const cut = random() < 0.3 ? Math.floor(random() * mutated.length) : mutated.length;
+    try {
+      new PduFramer().push(mutated.subarray(0, cut));
+    } catch (error) {
+      if (!(error instanceof PduError)) assert.fail(`seed ${seed} round ${round}: ${String(error)}`);
+      rejected++;
+    }
+  }
+  assert.ok(rejected > 100, `only ${rejected} mutations were rejected`);
+});

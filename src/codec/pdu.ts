@@ -1,0 +1,625 @@
+/**
+ * DICOM Upper Layer PDUs (PS3.8 section 9.3): encoding, and decoding with explicit limits so that a
+ * length field from the network never makes us allocate more than we chose to accept.
+ */
+
+export const PduType = {
+  AssociateRq: 0x01,
+  AssociateAc: 0x02,
+  AssociateRj: 0x03,
+  PData: 0x04,
+  ReleaseRq: 0x05,
+  ReleaseRp: 0x06,
+  Abort: 0x07,
+} as const;
+
+const ItemType = {
+  ApplicationContext: 0x10,
+  PresentationContextRq: 0x20,
+  PresentationContextAc: 0x21,
+  AbstractSyntax: 0x30,
+  TransferSyntax: 0x40,
+  UserInformation: 0x50,
+  MaxLength: 0x51,
+  ImplementationClassUid: 0x52,
+  AsyncOpsWindow: 0x53,
+  RoleSelection: 0x54,
+  ImplementationVersionName: 0x55,
+} as const;
+
+export const DicomApplicationContext = '1.2.840.10008.3.1.1.1';
+
+/** A-ASSOCIATE-AC presentation context results (PS3.8 9.3.3.2). */
+export const PresentationContextResult = {
+  Acceptance: 0,
+  UserRejection: 1,
+  NoReason: 2,
+  AbstractSyntaxNotSupported: 3,
+  TransferSyntaxesNotSupported: 4,
+} as const;
+
+/** A-ASSOCIATE-RJ fields (PS3.8 9.3.4). */
+export const RejectResult = { Permanent: 1, Transient: 2 } as const;
+export const RejectSource = { ServiceUser: 1, ServiceProviderAcse: 2, ServiceProviderPresentation: 3 } as const;
+export const RejectReason = {
+  NoReasonGiven: 1,
+  ApplicationContextNotSupported: 2,
+  CallingAeNotRecognized: 3,
+  CalledAeNotRecognized: 7,
+  // source 2
+  ProtocolVersionNotSupported: 2,
+  // source 3
+  TemporaryCongestion: 1,
+  LocalLimitExceeded: 2,
+} as const;
+
+/** A-ABORT fields (PS3.8 9.3.8). */
+export const AbortSource = { ServiceUser: 0, ServiceProvider: 2 } as const;
+export const AbortReason = {
+  NotSpecified: 0,
+  UnrecognizedPdu: 1,
+  UnexpectedPdu: 2,
+  UnrecognizedPduParameter: 4,
+  UnexpectedPduParameter: 5,
+  InvalidPduParameterValue: 6,
+} as const;
+
+export interface ProposedPresentationContext {
+  id: number;
+  abstractSyntaxUid: string;
+  transferSyntaxUids: string[];
+}
+
+export interface AcceptedPresentationContext {
+  id: number;
+  result: number;
+  /** Present (and meaningful) only when result is Acceptance. */
+  transferSyntaxUid: string;
+}
+
+export interface RoleSelection {
+  sopClassUid: string;
+  scuRole: boolean;
+  scpRole: boolean;
+}
+
+export interface UserInformation {
+  maxPduLength: number;
+  implementationClassUid: string;
+  implementationVersionName?: string;
+  roleSelections: RoleSelection[];
+  asyncOps?: { invoked: number; performed: number };
+}
+
+export interface AssociateRqPdu {
+  type: 'associateRq';
+  protocolVersion: number;
+  calledAeTitle: string;
+  callingAeTitle: string;
+  applicationContextName: string;
+  presentationContexts: ProposedPresentationContext[];
+  userInformation: UserInformation;
+}
+
+export interface AssociateAcPdu {
+  type: 'associateAc';
+  protocolVersion: number;
+  calledAeTitle: string;
+  callingAeTitle: string;
+  applicationContextName: string;
+  presentationContexts: AcceptedPresentationContext[];
+  userInformation: UserInformation;
+}
+
+export interface AssociateRjPdu {
+  type: 'associateRj';
+  result: number;
+  source: number;
+  reason: number;
+}
+
+export interface PresentationDataValue {
+  presentationContextId: number;
+  isCommand: boolean;
+  isLast: boolean;
+  /** A view into the received PDU: copy it if it must outlive the current event. */
+  data: Uint8Array;
+}
+
+export interface PDataPdu {
+  type: 'pData';
+  values: PresentationDataValue[];
+}
+
+export interface ReleaseRqPdu {
+  type: 'releaseRq';
+}
+export interface ReleaseRpPdu {
+  type: 'releaseRp';
+}
+export interface AbortPdu {
+  type: 'abort';
+  source: number;
+  reason: number;
+}
+
+export type Pdu =
+  | AssociateRqPdu
+  | AssociateAcPdu
+  | AssociateRjPdu
+  | PDataPdu
+  | ReleaseRqPdu
+  | ReleaseRpPdu
+  | AbortPdu;
+
+export type PduErrorCode =
+  | 'ERR_PDU_UNRECOGNIZED'
+  | 'ERR_PDU_TOO_LARGE'
+  | 'ERR_PDU_MALFORMED'
+  | 'ERR_PDU_INVALID_VALUE';
+
+export class PduError extends Error {
+  override readonly name = 'PduError';
+  readonly code: PduErrorCode;
+  /** The A-ABORT reason to send for this error (PS3.8 9.3.8). */
+  readonly abortReason: number;
+  constructor(code: PduErrorCode, message: string) {
+    super(message);
+    this.code = code;
+    this.abortReason =
+      code === 'ERR_PDU_UNRECOGNIZED'
+        ? AbortReason.UnrecognizedPdu
+        : code === 'ERR_PDU_MALFORMED'
+          ? AbortReason.UnrecognizedPduParameter
+          : AbortReason.InvalidPduParameterValue;
+  }
+}
+
+export interface PduLimits {
+  /** Largest P-DATA-TF PDU body we accept: what we announced as our maximum length, plus slack. */
+  maxPDataBytes: number;
+  /** Largest association negotiation PDU we accept (they carry only UIDs). */
+  maxAssociateBytes: number;
+}
+
+export const defaultPduLimits: PduLimits = { maxPDataBytes: 1024 * 1024 + 64, maxAssociateBytes: 128 * 1024 };
+
+const pduHeaderBytes = 6;
+
+/** Peeks a PDU header; returns the full PDU length (header included) or undefined if more bytes are needed. */
+export function peekPduLength(buffer: Uint8Array, offset: number, available: number, limits: PduLimits): number | undefined {
+  if (available < pduHeaderBytes) return undefined;
+  const type = buffer[offset]!;
+  const view = new DataView(buffer.buffer, buffer.byteOffset + offset, pduHeaderBytes);
+  const length = view.getUint32(2);
+  if (type < PduType.AssociateRq || type > PduType.Abort) {
+    throw new PduError('ERR_PDU_UNRECOGNIZED', `unrecognized PDU type 0x${type.toString(16).padStart(2, '0')}`);
+  }
+  const limit = type === PduType.PData ? limits.maxPDataBytes : limits.maxAssociateBytes;
+  if (length > limit) {
+    throw new PduError('ERR_PDU_TOO_LARGE', `PDU type ${type} announces ${length} bytes, limit is ${limit}`);
+  }
+  return pduHeaderBytes + length;
+}
+
+/**
+ * Incremental PDU framer: feed socket chunks, get whole PDUs. It buffers at most one PDU, which the
+ * limits bound, so a peer cannot make it grow.
+ */
+export class PduFramer {
+  private buffer = new Uint8Array(0);
+  private used = 0;
+  constructor(private readonly limits: PduLimits = defaultPduLimits) {}
+
+  /** Returns the PDUs completed by this chunk; throws PduError on a malformed stream. */
+  push(chunk: Uint8Array): Pdu[] {
+    const pdus: Pdu[] = [];
+    let data: Uint8Array;
+    let offset = 0;
+    let available: number;
+    if (this.used === 0) {
+      data = chunk;
+      available = chunk.length;
+    } else {
+      this.append(chunk);
+      data = this.buffer;
+      available = this.used;
+    }
+    for (;;) {
+      const length = peekPduLength(data, offset, available - offset, this.limits);
+      if (length === undefined || available - offset < length) break;
+      pdus.push(decodePdu(data.subarray(offset, offset + length)));
+      offset += length;
+    }
+    const rest = available - offset;
+    if (data === chunk) {
+      // Keep a copy of the tail: the chunk's memory belongs to the socket.
+      this.used = 0;
+      if (rest > 0) this.append(chunk.subarray(offset));
+    } else if (rest === 0) {
+      this.used = 0;
+    } else if (offset > 0) {
+      this.buffer.copyWithin(0, offset, available);
+      this.used = rest;
+    }
+    return pdus;
+  }
+
+  get bufferedBytes(): number {
+    return this.used;
+  }
+
+  private append(chunk: Uint8Array): void {
+    const needed = this.used + chunk.length;
+    if (needed > this.buffer.length) {
+      const grown = new Uint8Array(Math.max(needed, this.buffer.length * 2, 64 * 1024));
+      grown.set(this.buffer.subarray(0, this.used));
+      this.buffer = grown;
+    }
+    this.buffer.set(chunk, this.used);
+    this.used = needed;
+  }
+}
+
+class Reader {
+  offset: number;
+  private readonly view: DataView;
+  constructor(
+    readonly bytes: Uint8Array,
+    offset = 0,
+    readonly end = bytes.length,
+  ) {
+    this.offset = offset;
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+  need(n: number, what: string): void {
+    if (this.offset + n > this.end) throw new PduError('ERR_PDU_MALFORMED', `${what} runs past the end of its PDU`);
+  }
+  u8(what: string): number {
+    this.need(1, what);
+    return this.bytes[this.offset++]!;
+  }
+  u16(what: string): number {
+    this.need(2, what);
+    const value = this.view.getUint16(this.offset);
+    this.offset += 2;
+    return value;
+  }
+  u32(what: string): number {
+    this.need(4, what);
+    const value = this.view.getUint32(this.offset);
+    this.offset += 4;
+    return value;
+  }
+  slice(n: number, what: string): Uint8Array {
+    this.need(n, what);
+    const value = this.bytes.subarray(this.offset, this.offset + n);
+    this.offset += n;
+    return value;
+  }
+  text(n: number, what: string): string {
+    return trimUid(Buffer.from(this.slice(n, what)).toString('latin1'));
+  }
+}
+
+function trimUid(s: string): string {
+  return s.replace(/[\0 ]+$/, '').replace(/^ +/, '');
+}
+
+/** Decodes one whole PDU (header included). */
+export function decodePdu(bytes: Uint8Array): Pdu {
+  const r = new Reader(bytes);
+  const type = r.u8('PDU type');
+  r.u8('reserved');
+  const length = r.u32('PDU length');
+  if (length !== bytes.length - pduHeaderBytes) throw new PduError('ERR_PDU_MALFORMED', 'PDU length mismatch');
+  switch (type) {
+    case PduType.AssociateRq:
+    case PduType.AssociateAc:
+      return decodeAssociate(r, type === PduType.AssociateRq);
+    case PduType.AssociateRj: {
+      if (length < 4) throw new PduError('ERR_PDU_MALFORMED', 'A-ASSOCIATE-RJ is shorter than 4 bytes');
+      r.u8('reserved');
+      return { type: 'associateRj', result: r.u8('result'), source: r.u8('source'), reason: r.u8('reason') };
+    }
+    case PduType.PData:
+      return decodePData(r);
+    case PduType.ReleaseRq:
+    case PduType.ReleaseRp:
+      if (length !== 4) throw new PduError('ERR_PDU_INVALID_VALUE', `A-RELEASE PDU of length ${length}, expected 4`);
+      return { type: type === PduType.ReleaseRq ? 'releaseRq' : 'releaseRp' };
+    case PduType.Abort: {
+      if (length !== 4) throw new PduError('ERR_PDU_INVALID_VALUE', `A-ABORT PDU of length ${length}, expected 4`);
+      r.u16('reserved');
+      return { type: 'abort', source: r.u8('source'), reason: r.u8('reason') };
+    }
+    default:
+      throw new PduError('ERR_PDU_UNRECOGNIZED', `unrecognized PDU type ${type}`);
+  }
+}
+
+function decodePData(r: Reader): PDataPdu {
+  const values: PresentationDataValue[] = [];
+  while (r.offset < r.end) {
+    const itemLength = r.u32('PDV item length');
+    if (itemLength < 2) throw new PduError('ERR_PDU_INVALID_VALUE', `PDV item of length ${itemLength}`);
+    const presentationContextId = r.u8('presentation context ID');
+    const control = r.u8('message control header');
+    const data = r.slice(itemLength - 2, 'PDV data');
+    values.push({ presentationContextId, isCommand: (control & 1) === 1, isLast: (control & 2) === 2, data });
+  }
+  if (values.length === 0) throw new PduError('ERR_PDU_INVALID_VALUE', 'P-DATA-TF without any PDV item');
+  return { type: 'pData', values };
+}
+
+function decodeAssociate(r: Reader, isRequest: boolean): AssociateRqPdu | AssociateAcPdu {
+  const protocolVersion = r.u16('protocol version');
+  r.u16('reserved');
+  const calledAeTitle = r.text(16, 'called AE title');
+  const callingAeTitle = r.text(16, 'calling AE title');
+  r.slice(32, 'reserved');
+  let applicationContextName = '';
+  const proposed: ProposedPresentationContext[] = [];
+  const accepted: AcceptedPresentationContext[] = [];
+  let userInformation: UserInformation | undefined;
+  while (r.offset < r.end) {
+    const itemType = r.u8('item type');
+    r.u8('reserved');
+    const itemLength = r.u16('item length');
+    r.need(itemLength, `item 0x${itemType.toString(16)}`);
+    const item = new Reader(r.bytes, r.offset, r.offset + itemLength);
+    r.offset += itemLength;
+    switch (itemType) {
+      case ItemType.ApplicationContext:
+        applicationContextName = item.text(itemLength, 'application context name');
+        break;
+      case ItemType.PresentationContextRq:
+        if (!isRequest) throw new PduError('ERR_PDU_MALFORMED', 'request presentation context item in A-ASSOCIATE-AC');
+        proposed.push(decodeProposedContext(item));
+        break;
+      case ItemType.PresentationContextAc:
+        if (isRequest) throw new PduError('ERR_PDU_MALFORMED', 'accept presentation context item in A-ASSOCIATE-RQ');
+        accepted.push(decodeAcceptedContext(item));
+        break;
+      case ItemType.UserInformation:
+        userInformation = decodeUserInformation(item);
+        break;
+      default:
+        // PS3.8 9.3.2: unknown items are ignored.
+        break;
+    }
+  }
+  if (!applicationContextName) throw new PduError('ERR_PDU_MALFORMED', 'no application context item');
+  if (!userInformation) throw new PduError('ERR_PDU_MALFORMED', 'no user information item');
+  const common = { protocolVersion, calledAeTitle, callingAeTitle, applicationContextName, userInformation };
+  return isRequest
+    ? { type: 'associateRq', ...common, presentationContexts: proposed }
+    : { type: 'associateAc', ...common, presentationContexts: accepted };
+}
+
+function readSubItemHeader(r: Reader): { type: number; body: Reader } {
+  const type = r.u8('sub-item type');
+  r.u8('reserved');
+  const length = r.u16('sub-item length');
+  r.need(length, `sub-item 0x${type.toString(16)}`);
+  const body = new Reader(r.bytes, r.offset, r.offset + length);
+  r.offset += length;
+  return { type, body };
+}
+
+function decodeProposedContext(r: Reader): ProposedPresentationContext {
+  const id = r.u8('presentation context ID');
+  r.slice(3, 'reserved');
+  let abstractSyntaxUid = '';
+  const transferSyntaxUids: string[] = [];
+  while (r.offset < r.end) {
+    const { type, body } = readSubItemHeader(r);
+    const value = body.text(body.end - body.offset, 'syntax name');
+    if (type === ItemType.AbstractSyntax) abstractSyntaxUid = value;
+    else if (type === ItemType.TransferSyntax) transferSyntaxUids.push(value);
+  }
+  return { id, abstractSyntaxUid, transferSyntaxUids };
+}
+
+function decodeAcceptedContext(r: Reader): AcceptedPresentationContext {
+  const id = r.u8('presentation context ID');
+  r.u8('reserved');
+  const result = r.u8('result');
+  r.u8('reserved');
+  let transferSyntaxUid = '';
+  while (r.offset < r.end) {
+    const { type, body } = readSubItemHeader(r);
+    if (type === ItemType.TransferSyntax) transferSyntaxUid = body.text(body.end - body.offset, 'transfer syntax');
+  }
+  return { id, result, transferSyntaxUid };
+}
+
+function decodeUserInformation(r: Reader): UserInformation {
+  const info: UserInformation = { maxPduLength: 0, implementationClassUid: '', roleSelections: [] };
+  while (r.offset < r.end) {
+    const { type, body } = readSubItemHeader(r);
+    switch (type) {
+      case ItemType.MaxLength:
+        info.maxPduLength = body.u32('maximum length');
+        break;
+      case ItemType.ImplementationClassUid:
+        info.implementationClassUid = body.text(body.end - body.offset, 'implementation class UID');
+        break;
+      case ItemType.ImplementationVersionName:
+        info.implementationVersionName = body.text(body.end - body.offset, 'implementation version name');
+        break;
+      case ItemType.AsyncOpsWindow:
+        info.asyncOps = { invoked: body.u16('max operations invoked'), performed: body.u16('max operations performed') };
+        break;
+      case ItemType.RoleSelection: {
+        const uidLength = body.u16('role selection UID length');
+        const sopClassUid = body.text(uidLength, 'role selection SOP class');
+        info.roleSelections.push({ sopClassUid, scuRole: body.u8('SCU role') === 1, scpRole: body.u8('SCP role') === 1 });
+        break;
+      }
+      default:
+        // Extended negotiation and user identity are optional: not negotiated, so ignored.
+        break;
+    }
+  }
+  return info;
+}
+
+// ---------- encoding ----------
+
+class Writer {
+  private chunks: Uint8Array[] = [];
+  length = 0;
+  u8(v: number): this {
+    return this.bytes(Uint8Array.of(v & 0xff));
+  }
+  u16(v: number): this {
+    const b = new Uint8Array(2);
+    new DataView(b.buffer).setUint16(0, v);
+    return this.bytes(b);
+  }
+  u32(v: number): this {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, v);
+    return this.bytes(b);
+  }
+  bytes(b: Uint8Array): this {
+    this.chunks.push(b);
+    this.length += b.length;
+    return this;
+  }
+  text(s: string): this {
+    return this.bytes(Buffer.from(s, 'latin1'));
+  }
+  item(type: number, body: Writer | Uint8Array): this {
+    const content = body instanceof Writer ? body.finish() : body;
+    return this.u8(type).u8(0).u16(content.length).bytes(content);
+  }
+  finish(): Uint8Array {
+    return Buffer.concat(this.chunks, this.length);
+  }
+}
+
+function aeField(title: string): Uint8Array {
+  const field = Buffer.alloc(16, 0x20);
+  field.write(title.slice(0, 16), 'latin1');
+  return field;
+}
+
+function encodeUserInformation(info: UserInformation): Writer {
+  const w = new Writer().item(ItemType.MaxLength, new Writer().u32(info.maxPduLength));
+  w.item(ItemType.ImplementationClassUid, Buffer.from(info.implementationClassUid, 'latin1'));
+  if (info.asyncOps) w.item(ItemType.AsyncOpsWindow, new Writer().u16(info.asyncOps.invoked).u16(info.asyncOps.performed));
+  for (const role of info.roleSelections) {
+    w.item(
+      ItemType.RoleSelection,
+      new Writer()
+        .u16(role.sopClassUid.length)
+        .text(role.sopClassUid)
+        .u8(role.scuRole ? 1 : 0)
+        .u8(role.scpRole ? 1 : 0),
+    );
+  }
+  if (info.implementationVersionName) {
+    w.item(ItemType.ImplementationVersionName, Buffer.from(info.implementationVersionName.slice(0, 16), 'latin1'));
+  }
+  return w;
+}
+
+function withHeader(type: number, body: Writer | Uint8Array): Uint8Array {
+  const content = body instanceof Writer ? body.finish() : body;
+  const out = new Uint8Array(pduHeaderBytes + content.length);
+  out[0] = type;
+  new DataView(out.buffer).setUint32(2, content.length);
+  out.set(content, pduHeaderBytes);
+  return out;
+}
+
+export function encodePdu(pdu: Pdu): Uint8Array {
+  switch (pdu.type) {
+    case 'associateRq':
+    case 'associateAc': {
+      const w = new Writer()
+        .u16(pdu.protocolVersion)
+        .u16(0)
+        .bytes(aeField(pdu.calledAeTitle))
+        .bytes(aeField(pdu.callingAeTitle))
+        .bytes(new Uint8Array(32))
+        .item(ItemType.ApplicationContext, Buffer.from(pdu.applicationContextName, 'latin1'));
+      if (pdu.type === 'associateRq') {
+        for (const pc of pdu.presentationContexts) {
+          const body = new Writer().u8(pc.id).u8(0).u8(0).u8(0);
+          body.item(ItemType.AbstractSyntax, Buffer.from(pc.abstractSyntaxUid, 'latin1'));
+          for (const ts of pc.transferSyntaxUids) body.item(ItemType.TransferSyntax, Buffer.from(ts, 'latin1'));
+          w.item(ItemType.PresentationContextRq, body);
+        }
+      } else {
+        for (const pc of pdu.presentationContexts) {
+          const body = new Writer().u8(pc.id).u8(0).u8(pc.result).u8(0);
+          // PS3.8 9.3.3.2: the transfer syntax sub-item is present but not significant when rejected.
+          body.item(ItemType.TransferSyntax, Buffer.from(pc.transferSyntaxUid, 'latin1'));
+          w.item(ItemType.PresentationContextAc, body);
+        }
+      }
+      w.item(ItemType.UserInformation, encodeUserInformation(pdu.userInformation));
+      return withHeader(pdu.type === 'associateRq' ? PduType.AssociateRq : PduType.AssociateAc, w);
+    }
+    case 'associateRj':
+      return withHeader(PduType.AssociateRj, Uint8Array.of(0, pdu.result, pdu.source, pdu.reason));
+    case 'pData': {
+      const w = new Writer();
+      for (const pdv of pdu.values) {
+        w.u32(pdv.data.length + 2)
+          .u8(pdv.presentationContextId)
+          .u8((pdv.isCommand ? 1 : 0) | (pdv.isLast ? 2 : 0))
+          .bytes(pdv.data);
+      }
+      return withHeader(PduType.PData, w);
+    }
+    case 'releaseRq':
+      return withHeader(PduType.ReleaseRq, new Uint8Array(4));
+    case 'releaseRp':
+      return withHeader(PduType.ReleaseRp, new Uint8Array(4));
+    case 'abort':
+      return withHeader(PduType.Abort, Uint8Array.of(0, 0, pdu.source, pdu.reason));
+    default: {
+      const unreachable: never = pdu;
+      throw new Error(`unknown PDU ${String(unreachable)}`);
+    }
+  }
+}
+
+/** Bytes of P-DATA-TF overhead around one PDV: PDU header (6) + item length (4) + context ID and control (2). */
+export const pDataOverheadBytes = 12;
+
+/**
+ * Splits a message part into P-DATA-TF PDUs that fit the receiver's maximum length (0 means unlimited).
+ * Returns encoded PDUs; the data is copied once, into the PDUs.
+ */
+export function encodePDataFragments(
+  presentationContextId: number,
+  isCommand: boolean,
+  data: Uint8Array,
+  peerMaxPduLength: number,
+  isLastPart = true,
+): Uint8Array[] {
+  // The maximum length counts the PDU's variable field: PDV item header (4 + 2) plus the fragment.
+  const maxFragment = peerMaxPduLength > 0 ? Math.max(peerMaxPduLength - 6, 1) : 1024 * 1024;
+  const pdus: Uint8Array[] = [];
+  let offset = 0;
+  do {
+    const end = Math.min(offset + maxFragment, data.length);
+    const isLast = isLastPart && end === data.length;
+    const pdu = new Uint8Array(pDataOverheadBytes + (end - offset));
+    const view = new DataView(pdu.buffer);
+    pdu[0] = PduType.PData;
+    view.setUint32(2, 6 + (end - offset));
+    view.setUint32(6, 2 + (end - offset));
+    pdu[10] = presentationContextId;
+    pdu[11] = (isCommand ? 1 : 0) | (isLast ? 2 : 0);
+    pdu.set(data.subarray(offset, end), 12);
+    pdus.push(pdu);
+    offset = end;
+  } while (offset < data.length);
+  return pdus;
+}

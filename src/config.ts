@@ -1,0 +1,202 @@
+/**
+ * Peer configuration: command-line parsing and validation with messages an operator can act on.
+ * Every problem is reported at once as a ConfigError (code ERR_CONFIG) before anything starts.
+ */
+import { isIP } from 'node:net';
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly code = 'ERR_CONFIG';
+}
+
+export interface AeAddress {
+  host: string;
+  port: number;
+}
+
+export interface PeerConfig {
+  site: string;
+  dataDir: string;
+  aeTitle: string;
+  host: string;
+  dicomPort: number;
+  httpPort: number;
+  /** C-MOVE destinations given on the command line; merged into the persisted AE directory. */
+  moveDestinations: Record<string, AeAddress>;
+  /** Empty: any calling AE title may associate. */
+  allowedCallingAeTitles: string[];
+  /** The P-DATA-TF maximum length we announce (and so accept). */
+  maxPduLength: number;
+  /** Associations served at once; more are rejected as transient congestion. */
+  maxAssociations: number;
+  // The mesh (issue 3).
+  swarmKeyFile?: string;
+  p2pPort: number;
+  bootstrap: string[];
+  /** Copies on distinct sites before a C-STORE is acknowledged; undefined: 2 when two or more sites are alive, else 1. */
+  writeQuorum?: number;
+  /** Lower wins the balancer election (issue 4). */
+  priority: number;
+  logLevel: 'info' | 'warn' | 'error' | 'silent';
+}
+
+export const defaultConfig: PeerConfig = {
+  site: 'site-a',
+  dataDir: '.data/site-a',
+  aeTitle: 'PACSMESH',
+  host: '0.0.0.0',
+  dicomPort: 11112,
+  httpPort: 8042,
+  moveDestinations: {},
+  allowedCallingAeTitles: [],
+  maxPduLength: 256 * 1024,
+  maxAssociations: 64,
+  p2pPort: 4001,
+  bootstrap: [],
+  priority: 100,
+  logLevel: 'info',
+};
+
+/** AE titles: 1-16 characters of the default repertoire, no backslash or control characters (PS3.5 6.2). */
+export function checkAeTitle(value: string, what: string): string {
+  const trimmed = value.trim();
+  if (trimmed.length === 0 || trimmed.length > 16 || !/^[\x20-\x5b\x5d-\x7e]+$/.test(trimmed)) {
+    throw new ConfigError(`${what} "${value}" is not a valid AE title (1-16 printable characters, no backslash)`);
+  }
+  return trimmed;
+}
+
+function checkPort(value: string, what: string, allowZero = true): number {
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
+    throw new ConfigError(`${what} "${value}" is not a port number (${allowZero ? 0 : 1}-65535)`);
+  }
+  return port;
+}
+
+function checkHost(value: string, what: string): string {
+  if (isIP(value) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(value)) throw new ConfigError(`${what} "${value}" is not an IP address or host name`);
+  return value;
+}
+
+export function parseAeAddress(value: string, what: string): { aeTitle: string; address: AeAddress } {
+  const match = /^([^=]+)=(.+):(\d+)$/.exec(value);
+  if (!match) throw new ConfigError(`${what} "${value}" must look like AET=host:port`);
+  return { aeTitle: checkAeTitle(match[1]!, `${what} AE title`), address: { host: checkHost(match[2]!, `${what} host`), port: checkPort(match[3]!, `${what} port`, false) } };
+}
+
+const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, value: string) => void }> = {
+  '--site': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(v)) throw new ConfigError(`--site "${v}" must be 1-64 letters, digits, '-' or '_'`);
+      c.site = v;
+    },
+  },
+  '--data': { takesValue: true, apply: (c, v) => (c.dataDir = v) },
+  '--ae-title': { takesValue: true, apply: (c, v) => (c.aeTitle = checkAeTitle(v, '--ae-title')) },
+  '--host': { takesValue: true, apply: (c, v) => (c.host = checkHost(v, '--host')) },
+  '--dicom-port': { takesValue: true, apply: (c, v) => (c.dicomPort = checkPort(v, '--dicom-port')) },
+  '--http-port': { takesValue: true, apply: (c, v) => (c.httpPort = checkPort(v, '--http-port')) },
+  '--move-dest': {
+    takesValue: true,
+    apply: (c, v) => {
+      const { aeTitle, address } = parseAeAddress(v, '--move-dest');
+      c.moveDestinations[aeTitle] = address;
+    },
+  },
+  '--allow-calling': {
+    takesValue: true,
+    apply: (c, v) => c.allowedCallingAeTitles.push(...v.split(',').filter((s) => s.length > 0).map((s) => checkAeTitle(s, '--allow-calling'))),
+  },
+  '--max-pdu': {
+    takesValue: true,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 4096 || n > 4 * 1024 * 1024) throw new ConfigError(`--max-pdu "${v}" must be 4096-4194304`);
+      c.maxPduLength = n;
+    },
+  },
+  '--max-associations': {
+    takesValue: true,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new ConfigError(`--max-associations "${v}" must be 1-10000`);
+      c.maxAssociations = n;
+    },
+  },
+  '--swarm-key': { takesValue: true, apply: (c, v) => (c.swarmKeyFile = v) },
+  '--p2p-port': { takesValue: true, apply: (c, v) => (c.p2pPort = checkPort(v, '--p2p-port')) },
+  '--bootstrap': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (!v.startsWith('/')) throw new ConfigError(`--bootstrap "${v}" must be a multiaddr such as /ip4/127.0.0.1/tcp/4001/p2p/<peerId>`);
+      c.bootstrap.push(v);
+    },
+  },
+  '--write-quorum': {
+    takesValue: true,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 16) throw new ConfigError(`--write-quorum "${v}" must be 1-16`);
+      c.writeQuorum = n;
+    },
+  },
+  '--priority': {
+    takesValue: true,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new ConfigError(`--priority "${v}" must be 0-1000000`);
+      c.priority = n;
+    },
+  },
+  '--log-level': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (v !== 'info' && v !== 'warn' && v !== 'error' && v !== 'silent') throw new ConfigError(`--log-level "${v}" must be info, warn, error or silent`);
+      c.logLevel = v;
+    },
+  },
+};
+
+export function parseStartArgs(args: readonly string[]): PeerConfig {
+  const config: PeerConfig = { ...defaultConfig, moveDestinations: {}, allowedCallingAeTitles: [], bootstrap: [] };
+  let dataGiven = false;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const [name, inlineValue] = arg.includes('=') && arg.startsWith('--') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    const flag = flags[name];
+    if (!flag) throw new ConfigError(`unknown option "${arg}" (see pacs-mesh --help)`);
+    const value = inlineValue ?? args[++i];
+    if (value === undefined) throw new ConfigError(`option ${name} needs a value`);
+    flag.apply(config, value);
+    if (name === '--data') dataGiven = true;
+  }
+  if (!dataGiven) config.dataDir = `.data/${config.site}`;
+  return config;
+}
+
+export const usage = `pacs-mesh: a fault-tolerant multi-site DICOM archive
+
+Usage:
+  pacs-mesh start [options]
+  pacs-mesh keygen --out FILE
+
+start options (defaults in brackets):
+  --site NAME                 site name [site-a]
+  --data DIR                  data directory [.data/<site>]
+  --ae-title AET              called AE title to answer [PACSMESH]
+  --host IP                   address the DICOM and HTTP ports bind to [0.0.0.0]
+  --dicom-port N              DICOM port [11112]
+  --http-port N               HTTP port for /healthz and /api [8042]
+  --move-dest AET=host:port   C-MOVE destination, repeatable; persisted in DIR/ae-directory.json
+  --allow-calling AET,...     only these calling AE titles may associate [any]
+  --max-pdu N                 maximum PDU length we receive [262144]
+  --max-associations N        associations served at once [64]
+  --swarm-key FILE            private mesh key (pacs-mesh keygen)
+  --p2p-port N                libp2p TCP port [4001]
+  --bootstrap MULTIADDR       a peer to join through, repeatable
+  --write-quorum N            copies on distinct sites before Success [2 when 2+ sites are alive]
+  --priority N                balancer election priority, lower wins [100]
+  --log-level LEVEL           info | warn | error | silent [info]
+`;

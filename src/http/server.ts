@@ -1,0 +1,71 @@
+/**
+ * The operators' HTTP port: /healthz for probes and /api/mesh for the state of this peer and its mesh.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+
+export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
+
+export interface HttpServerInit {
+  host: string;
+  port: number;
+  meshStatus: MeshStatusProvider;
+  isHealthy: () => boolean;
+}
+
+export interface RunningHttpServer {
+  port: number;
+  stop(): Promise<void>;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const path = (req.url ?? '/').split('?')[0];
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('allow', 'GET, HEAD');
+    sendJson(res, 405, { error: 'method not allowed', code: 'ERR_HTTP_METHOD' });
+    return;
+  }
+  switch (path) {
+    case '/healthz':
+      if (init.isHealthy()) sendJson(res, 200, { status: 'ok' });
+      else sendJson(res, 503, { status: 'starting or stopping' });
+      return;
+    case '/api/mesh':
+      sendJson(res, 200, await init.meshStatus());
+      return;
+    default:
+      sendJson(res, 404, { error: `no resource at ${path}`, code: 'ERR_HTTP_NOT_FOUND' });
+  }
+}
+
+export async function startHttpServer(init: HttpServerInit): Promise<RunningHttpServer> {
+  const server: Server = createServer((req, res) => {
+    route(init, req, res).catch((error: unknown) => {
+      if (!res.headersSent) sendJson(res, 500, { error: error instanceof Error ? error.message : String(error), code: 'ERR_HTTP_INTERNAL' });
+      else res.destroy();
+    });
+  });
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(init.port, init.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address();
+  return {
+    port: typeof address === 'object' && address ? address.port : init.port,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
