@@ -1,0 +1,175 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import { Level } from 'level';
+import type { CatalogEntry } from './catalog-types.ts';
+import {
+  CatalogKeyError,
+  catalogDeleteOps,
+  catalogWriteOps,
+  countInstances,
+  decodeCatalogEntry,
+  decodeKeyText,
+  encodeKeyText,
+  getCatalogEntry,
+  hasInstance,
+  iterateCatalog,
+  patientIndexPrefix,
+  prefixRange,
+  type CatalogDb,
+} from './catalog.ts';
+
+function makeEntry(overrides: Partial<CatalogEntry> & { accessionNumber?: string } = {}): CatalogEntry {
+  const { accessionNumber = 'ACC 1', ...fields } = overrides;
+  return {
+    sopInstanceUid: '1.2.3.4.5',
+    sopClassUid: '1.2.840.10008.5.1.4.1.1.2',
+    studyInstanceUid: '1.2.3',
+    seriesInstanceUid: '1.2.3.4',
+    patientId: 'P!1',
+    transferSyntaxUid: '1.2.840.10008.1.2.1',
+    byteLength: 1234,
+    sha256: 'ab'.repeat(32),
+    storedAtMs: 1_700_000_000_000,
+    blobId: 'blob-1',
+    attributes: [
+      { tag: 0x00080050, vr: 'SH', value: accessionNumber },
+      { tag: 0x00100010, vr: 'PN', value: 'Doe^John' },
+    ],
+    ...fields,
+  };
+}
+
+describe('catalogWriteOps (pure)', () => {
+  it('writes the entry and the four indexes, with escaped PatientID and AccessionNumber', () => {
+    const entry = makeEntry();
+    const ops = catalogWriteOps(entry);
+    assert.deepEqual(catalogWriteOps(entry), ops, 'same input, same output');
+    assert.deepEqual(
+      ops.map((op) => op.key),
+      [
+        'c!i!1.2.3.4.5',
+        `x!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
+        'x!study!1.2.3!1.2.3.4!1.2.3.4.5',
+        'x!series!1.2.3.4!1.2.3.4.5',
+        `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
+      ],
+    );
+    assert.ok(ops.every((op) => op.type === 'put' && (op.key.startsWith('c!') || op.key.startsWith('x!'))));
+    assert.deepEqual(decodeCatalogEntry(ops[0]!.value), entry);
+    assert.ok(ops.slice(1).every((op) => op.value.length === 0));
+  });
+
+  it('escapes every byte of PatientID (no ! can leak into the key structure)', () => {
+    const patientId = 'a!b\xff\x00\xfc';
+    const encoded = encodeKeyText(patientId);
+    assert.match(encoded, /^[0-9a-f]+$/);
+    assert.equal(decodeKeyText(encoded), patientId.replace(/\0$/, ''));
+    assert.equal(encodeKeyText('  PAT 1  '), encodeKeyText('PAT 1'), 'padding is not significant');
+    const key = catalogWriteOps(makeEntry({ patientId }))[1]!.key;
+    assert.equal(key.split('!').length, 6);
+  });
+
+  it('writes no accession index for an empty AccessionNumber, and accepts an empty PatientID', () => {
+    const keys = catalogWriteOps(makeEntry({ accessionNumber: '', patientId: '' })).map((op) => op.key);
+    assert.equal(keys.length, 4);
+    assert.ok(keys.includes('x!pid!!1.2.3!1.2.3.4!1.2.3.4.5'));
+  });
+
+  it('refuses UIDs that could break the key structure', () => {
+    for (const bad of ['1.2!3', '', '1.2.3 ', 'abc']) {
+      assert.throws(
+        () => catalogWriteOps(makeEntry({ studyInstanceUid: bad })),
+        (error: unknown) => error instanceof CatalogKeyError && error.code === 'CATALOG_INVALID_UID' && error.name === 'CatalogKeyError',
+      );
+    }
+  });
+
+  it('catalogDeleteOps deletes exactly the keys that were written', () => {
+    const entry = makeEntry();
+    assert.deepEqual(
+      catalogDeleteOps(entry),
+      catalogWriteOps(entry).map((op) => ({ type: 'del', key: op.key })),
+    );
+  });
+
+  it('prefixRange selects exactly the keys under a prefix', () => {
+    assert.deepEqual(prefixRange('x!pid!41!'), { gte: 'x!pid!41!', lt: 'x!pid!41"' });
+    assert.notEqual(patientIndexPrefix('A'), patientIndexPrefix('AB').slice(0, patientIndexPrefix('A').length));
+  });
+});
+
+describe('catalog in LevelDB', () => {
+  let directory: string;
+  let db: CatalogDb;
+
+  before(async () => {
+    directory = fs.mkdtempSync(os.tmpdir() + '/pacs-catalog-');
+    db = new Level<string, Uint8Array>(directory, { keyEncoding: 'utf8', valueEncoding: 'view' });
+    await db.open();
+  });
+
+  after(async () => {
+    await db.close();
+    fs.rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('reads back what a batch wrote; counts and iterates', async () => {
+    const entries = [
+      makeEntry({ sopInstanceUid: '1.2.3.4.1' }),
+      makeEntry({ sopInstanceUid: '1.2.3.4.2', patientId: 'A' }),
+      makeEntry({ sopInstanceUid: '1.2.3.4.3', patientId: 'AB' }),
+    ];
+    // Other owners' keys in the same db must not be counted.
+    await db.batch(
+      [
+        ...entries.flatMap(catalogWriteOps),
+        { type: 'put', key: 'b!blob-1!0', value: new Uint8Array([1, 2, 3]) },
+        { type: 'put', key: 'd!something', value: new Uint8Array([4]) },
+      ],
+      { sync: true },
+    );
+    assert.deepEqual(await getCatalogEntry(db, '1.2.3.4.2'), entries[1]);
+    assert.equal(await getCatalogEntry(db, '1.2.3.4.9'), undefined);
+    assert.equal(await getCatalogEntry(db, 'not!a!uid'), undefined);
+    assert.equal(await hasInstance(db, '1.2.3.4.3'), true);
+    assert.equal(await hasInstance(db, '1.2.3.4.30'), false);
+    assert.equal(await countInstances(db), 3);
+    const iterated = [];
+    for await (const entry of iterateCatalog(db)) iterated.push(entry.sopInstanceUid);
+    assert.deepEqual(iterated, ['1.2.3.4.1', '1.2.3.4.2', '1.2.3.4.3']);
+
+    // Patient 'A' is a prefix scan that does not see patient 'AB'.
+    const patientA: string[] = [];
+    for await (const key of db.keys(prefixRange(patientIndexPrefix('A')))) patientA.push(key);
+    assert.equal(patientA.length, 1);
+    assert.ok(patientA[0]!.endsWith('!1.2.3.4.2'));
+
+    await db.batch(catalogDeleteOps(entries[1]!), { sync: true });
+    assert.equal(await hasInstance(db, '1.2.3.4.2'), false);
+    assert.equal(await countInstances(db), 2);
+    let remainingIndexKeys = 0;
+    for await (const key of db.keys(prefixRange('x!'))) {
+      remainingIndexKeys++;
+      assert.ok(!key.endsWith('!1.2.3.4.2'));
+    }
+    assert.equal(remainingIndexKeys, 8);
+  });
+
+  it('counts 20,000 instances quickly with a keys-only scan', async () => {
+    const batchSize = 2000;
+    for (let start = 0; start < 20_000; start += batchSize) {
+      const ops = [];
+      for (let index = start; index < start + batchSize; index++) {
+        ops.push(...catalogWriteOps(makeEntry({ sopInstanceUid: `1.9.${index}`, seriesInstanceUid: '1.9' })));
+      }
+      await db.batch(ops);
+    }
+    const startedAt = performance.now();
+    const count = await countInstances(db);
+    const elapsedMs = performance.now() - startedAt;
+    assert.equal(count, 20_002);
+    assert.ok(elapsedMs < 1000, `countInstances took ${elapsedMs.toFixed(1)} ms`);
+  });
+});

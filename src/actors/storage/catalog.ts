@@ -1,0 +1,200 @@
+/**
+ * The catalog: one record per stored instance plus the indexes that make the common C-FIND lookups
+ * prefix scans. Everything here lives in the store's single LevelDB, under two prefixes:
+ *
+ *   c!i!<SOPInstanceUID>                                            -> msgpack(CatalogEntry)
+ *   x!pid!<hex(PatientID)>!<StudyUID>!<SeriesUID>!<SOPInstanceUID>  -> empty  (patient hierarchy)
+ *   x!study!<StudyUID>!<SeriesUID>!<SOPInstanceUID>                 -> empty  (study hierarchy)
+ *   x!series!<SeriesUID>!<SOPInstanceUID>                           -> empty
+ *   x!acc!<hex(AccessionNumber)>!<StudyUID>!<SeriesUID>!<SOPInstanceUID> -> empty (non-empty accession only)
+ *
+ * UIDs only contain digits and dots, and PatientID / AccessionNumber are hex-encoded (of their latin1
+ * bytes, leading and trailing spaces removed as they are not significant for LO/SH), so `!` never occurs
+ * inside a component: every prefix ending in `!` selects exactly one entity, and the instances of one
+ * patient / study / series are contiguous in key order.
+ *
+ * The index values are empty: the index keys carry the whole hierarchy, so counts (studies of a patient,
+ * instances of a series) need keys only, and entries are read from `c!i!` with getMany.
+ *
+ * Replacing an instance whose indexed fields changed: put `catalogDeleteOps(oldEntry)` before
+ * `catalogWriteOps(newEntry)` in the same batch (LevelDB applies a batch in order). Stale index keys are
+ * harmless for correctness anyway: readers check every index hit against the entry it points to.
+ */
+import { pack, unpack } from 'msgpackr';
+import type { Level } from 'level';
+import type { CatalogEntry } from './catalog-types.ts';
+
+export type CatalogDb = Level<string, Uint8Array>;
+
+export type CatalogPut = { type: 'put'; key: string; value: Uint8Array };
+export type CatalogDel = { type: 'del'; key: string };
+
+export const CATALOG_ENTRY_PREFIX = 'c!i!';
+export const PATIENT_INDEX_PREFIX = 'x!pid!';
+export const STUDY_INDEX_PREFIX = 'x!study!';
+export const SERIES_INDEX_PREFIX = 'x!series!';
+export const ACCESSION_INDEX_PREFIX = 'x!acc!';
+
+const ACCESSION_NUMBER_TAG = 0x00080050;
+const EMPTY_VALUE = new Uint8Array(0);
+const ITERATOR_BATCH_SIZE = 1000;
+const UID_PATTERN = /^[0-9.]+$/;
+
+export class CatalogKeyError extends Error {
+  override readonly name = 'CatalogKeyError';
+  readonly code = 'CATALOG_INVALID_UID';
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+export function isValidUid(uid: string): boolean {
+  return UID_PATTERN.test(uid);
+}
+
+/** Leading/trailing spaces are padding for LO and SH (PatientID, AccessionNumber). */
+export function normalizeIdentifierText(value: string): string {
+  return value.replace(/^[ \0]+|[ \0]+$/g, '');
+}
+
+/** Hex of the latin1 bytes of an identifier: [0-9a-f]* only, so it can never break the key structure. */
+export function encodeKeyText(value: string): string {
+  return Buffer.from(normalizeIdentifierText(value), 'latin1').toString('hex');
+}
+
+export function decodeKeyText(hex: string): string {
+  return Buffer.from(hex, 'hex').toString('latin1');
+}
+
+export function catalogEntryKey(sopInstanceUid: string): string {
+  return CATALOG_ENTRY_PREFIX + sopInstanceUid;
+}
+
+export function patientIndexPrefix(patientId: string): string {
+  return `${PATIENT_INDEX_PREFIX}${encodeKeyText(patientId)}!`;
+}
+
+export function studyIndexPrefix(studyInstanceUid: string): string {
+  return `${STUDY_INDEX_PREFIX}${studyInstanceUid}!`;
+}
+
+export function seriesIndexPrefix(seriesInstanceUid: string): string {
+  return `${SERIES_INDEX_PREFIX}${seriesInstanceUid}!`;
+}
+
+export function accessionIndexPrefix(accessionNumber: string): string {
+  return `${ACCESSION_INDEX_PREFIX}${encodeKeyText(accessionNumber)}!`;
+}
+
+/** LevelDB range selecting every key that starts with `prefix`. */
+export function prefixRange(prefix: string): { gte: string; lt: string } {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  return { gte: prefix, lt: prefix.slice(0, -1) + String.fromCharCode(last + 1) };
+}
+
+export function accessionNumberOf(entry: CatalogEntry): string {
+  const element = entry.attributes.find((attribute) => attribute.tag === ACCESSION_NUMBER_TAG);
+  return normalizeIdentifierText(element?.value ?? '');
+}
+
+function assertUids(entry: CatalogEntry): void {
+  for (const [field, uid] of [
+    ['sopInstanceUid', entry.sopInstanceUid],
+    ['studyInstanceUid', entry.studyInstanceUid],
+    ['seriesInstanceUid', entry.seriesInstanceUid],
+  ] as const) {
+    if (!isValidUid(uid)) throw new CatalogKeyError(`${field} is not a valid UID: ${JSON.stringify(uid)}`);
+  }
+}
+
+/** Every key that records `entry` (the entry itself first). */
+export function catalogKeysOf(entry: CatalogEntry): string[] {
+  assertUids(entry);
+  const { sopInstanceUid: sop, studyInstanceUid: study, seriesInstanceUid: series } = entry;
+  const keys = [
+    catalogEntryKey(sop),
+    `${patientIndexPrefix(entry.patientId)}${study}!${series}!${sop}`,
+    `${studyIndexPrefix(study)}${series}!${sop}`,
+    `${seriesIndexPrefix(series)}${sop}`,
+  ];
+  const accessionNumber = accessionNumberOf(entry);
+  if (accessionNumber !== '') keys.push(`${accessionIndexPrefix(accessionNumber)}${study}!${series}!${sop}`);
+  return keys;
+}
+
+/** The puts that record `entry`. Pure: the store adds them to the batch that holds the instance bytes. */
+export function catalogWriteOps(entry: CatalogEntry): CatalogPut[] {
+  const [entryKey, ...indexKeys] = catalogKeysOf(entry);
+  return [
+    { type: 'put', key: entryKey!, value: encodeCatalogEntry(entry) },
+    ...indexKeys.map((key): CatalogPut => ({ type: 'put', key, value: EMPTY_VALUE })),
+  ];
+}
+
+/** The deletes that remove every trace of `entry` (the exact entry that was written). Pure. */
+export function catalogDeleteOps(entry: CatalogEntry): CatalogDel[] {
+  return catalogKeysOf(entry).map((key): CatalogDel => ({ type: 'del', key }));
+}
+
+/** msgpack of the entry, copied out of msgpackr's shared pool into a buffer of its own. */
+export function encodeCatalogEntry(entry: CatalogEntry): Uint8Array {
+  return new Uint8Array(pack(entry));
+}
+
+export function decodeCatalogEntry(bytes: Uint8Array): CatalogEntry {
+  return unpack(bytes) as CatalogEntry;
+}
+
+export async function getCatalogEntry(db: CatalogDb, sopInstanceUid: string): Promise<CatalogEntry | undefined> {
+  if (!isValidUid(sopInstanceUid)) return undefined;
+  const bytes = await db.get(catalogEntryKey(sopInstanceUid));
+  return bytes === undefined ? undefined : decodeCatalogEntry(bytes);
+}
+
+export async function hasInstance(db: CatalogDb, sopInstanceUid: string): Promise<boolean> {
+  if (!isValidUid(sopInstanceUid)) return false;
+  return db.has(catalogEntryKey(sopInstanceUid));
+}
+
+/**
+ * Number of cataloged instances, by a keys-only scan of `c!i!` (no value is read or decoded).
+ * A maintained counter was rejected: catalogWriteOps must stay pure (it cannot read-modify-write a counter
+ * inside the store's batch), concurrent batches would race on it, and re-storing an existing instance would
+ * count it twice. A keys-only scan (nextv batches) is always exact and takes ~20 ms for 20,000 instances here.
+ */
+export async function countInstances(db: CatalogDb): Promise<number> {
+  let count = 0;
+  for await (const keys of keyBatches(db, CATALOG_ENTRY_PREFIX)) count += keys.length;
+  return count;
+}
+
+/** Every catalog entry, in SOPInstanceUID key order. */
+export async function* iterateCatalog(db: CatalogDb): AsyncGenerator<CatalogEntry> {
+  const iterator = db.values(prefixRange(CATALOG_ENTRY_PREFIX));
+  try {
+    for (;;) {
+      const values = await iterator.nextv(ITERATOR_BATCH_SIZE);
+      if (values.length === 0) return;
+      for (const bytes of values) yield decodeCatalogEntry(bytes);
+    }
+  } finally {
+    await iterator.close();
+  }
+}
+
+/**
+ * The keys under `prefix`, in order, in batches. nextv() is used rather than `for await` over the
+ * iterator: measured here ~5x faster (20,000 keys: ~20 ms against ~100 ms).
+ */
+export async function* keyBatches(db: CatalogDb, prefix: string, batchSize = ITERATOR_BATCH_SIZE): AsyncGenerator<string[]> {
+  const iterator = db.keys(prefixRange(prefix));
+  try {
+    for (;;) {
+      const keys = await iterator.nextv(batchSize);
+      if (keys.length === 0) return;
+      yield keys;
+    }
+  } finally {
+    await iterator.close();
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * What a C-FIND response needs about one entity (patient, study, series or instance) beyond the stored
+ * attributes: the counts and summaries of PS3.4 C.3 (Number of ... Related ..., Modalities in Study,
+ * SOP Classes in Study), gathered while its instances are read. Pure.
+ */
+import type { DicomElement, Tag } from '../../../codec/dicom-types.ts';
+import type { CatalogEntry } from '../catalog-types.ts';
+import { normalizeValue } from './matching.ts';
+import { QueryTags, type QueryLevel } from './attribute-levels.ts';
+
+export interface EntityAggregate {
+  /** The most recently stored instance (largest storedAtMs): the source of the entity's attributes. */
+  latest: CatalogEntry | undefined;
+  studyInstanceUids: Set<string>;
+  seriesInstanceUids: Set<string>;
+  instanceCount: number;
+  /** Distinct non-empty Modality values (only when entries were read, not from keys alone). */
+  modalities: Set<string>;
+  sopClassUids: Set<string>;
+}
+
+export function createAggregate(): EntityAggregate {
+  return {
+    latest: undefined,
+    studyInstanceUids: new Set(),
+    seriesInstanceUids: new Set(),
+    instanceCount: 0,
+    modalities: new Set(),
+    sopClassUids: new Set(),
+  };
+}
+
+/** Counts one instance known from an index key only (no entry read). */
+export function addInstanceKey(aggregate: EntityAggregate, studyInstanceUid: string, seriesInstanceUid: string): void {
+  aggregate.studyInstanceUids.add(studyInstanceUid);
+  aggregate.seriesInstanceUids.add(seriesInstanceUid);
+  aggregate.instanceCount++;
+}
+
+export function addInstance(aggregate: EntityAggregate, entry: CatalogEntry): void {
+  addInstanceKey(aggregate, entry.studyInstanceUid, entry.seriesInstanceUid);
+  aggregate.sopClassUids.add(entry.sopClassUid);
+  const modality = entry.attributes.find((element) => element.tag === QueryTags.Modality)?.value;
+  if (modality !== undefined) {
+    const normalized = normalizeValue('CS', modality);
+    if (normalized !== '') aggregate.modalities.add(normalized);
+  }
+  if (aggregate.latest === undefined || entry.storedAtMs >= aggregate.latest.storedAtMs) aggregate.latest = entry;
+}
+
+/** The attributes of an instance by tag; the catalog's own fields win over the attribute list. */
+export function attributesByTag(entry: CatalogEntry): Map<Tag, DicomElement> {
+  const byTag = new Map<Tag, DicomElement>();
+  for (const element of entry.attributes) byTag.set(element.tag, element);
+  const fields: Array<[Tag, string, string]> = [
+    [QueryTags.PatientID, 'LO', entry.patientId],
+    [QueryTags.StudyInstanceUID, 'UI', entry.studyInstanceUid],
+    [QueryTags.SeriesInstanceUID, 'UI', entry.seriesInstanceUid],
+    [QueryTags.SOPInstanceUID, 'UI', entry.sopInstanceUid],
+    [QueryTags.SOPClassUID, 'UI', entry.sopClassUid],
+  ];
+  for (const [tag, vr, value] of fields) byTag.set(tag, { tag, vr: byTag.get(tag)?.vr ?? vr, value });
+  return byTag;
+}
+
+export interface ComputedAttribute {
+  /** The level of the entity the value describes (a study for ModalitiesInStudy). */
+  level: Exclude<QueryLevel, 'IMAGE'> | 'ANY';
+  /** Whether the value needs the entries (not only the index keys) of that entity. */
+  needsEntries: boolean;
+  compute(aggregate: EntityAggregate): string;
+}
+
+const sortedJoin = (values: Set<string>): string => [...values].sort().join('\\');
+
+export const COMPUTED_ATTRIBUTES: ReadonlyMap<Tag, ComputedAttribute> = new Map<Tag, ComputedAttribute>([
+  [QueryTags.NumberOfPatientRelatedStudies, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.studyInstanceUids.size) }],
+  [QueryTags.NumberOfPatientRelatedSeries, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.seriesInstanceUids.size) }],
+  [QueryTags.NumberOfPatientRelatedInstances, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.instanceCount) }],
+  [QueryTags.NumberOfStudyRelatedSeries, { level: 'STUDY', needsEntries: false, compute: (a) => String(a.seriesInstanceUids.size) }],
+  [QueryTags.NumberOfStudyRelatedInstances, { level: 'STUDY', needsEntries: false, compute: (a) => String(a.instanceCount) }],
+  [QueryTags.ModalitiesInStudy, { level: 'STUDY', needsEntries: true, compute: (a) => sortedJoin(a.modalities) }],
+  [QueryTags.SOPClassesInStudy, { level: 'STUDY', needsEntries: true, compute: (a) => sortedJoin(a.sopClassUids) }],
+  [QueryTags.NumberOfSeriesRelatedInstances, { level: 'SERIES', needsEntries: false, compute: (a) => String(a.instanceCount) }],
+  // Every cataloged instance has its bytes in the local store.
+  [QueryTags.InstanceAvailability, { level: 'ANY', needsEntries: false, compute: () => 'ONLINE' }],
+]);

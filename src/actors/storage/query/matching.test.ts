@@ -1,0 +1,247 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  MatchingKeyError,
+  compileKeyMatcher,
+  dateTimeBounds,
+  matchesKey,
+  normalizePersonName,
+  parseDateTimeKey,
+  type MatchingType,
+} from './matching.ts';
+
+function typeOf(vr: string, key: string | undefined): MatchingType {
+  const compiled = compileKeyMatcher(vr, key);
+  assert.ok(compiled.ok);
+  return compiled.matcher.type;
+}
+
+describe('universal matching', () => {
+  it('a zero-length or absent key matches everything, empty values included', () => {
+    assert.equal(typeOf('LO', ''), 'universal');
+    assert.equal(typeOf('LO', undefined), 'universal');
+    assert.equal(typeOf('LO', '   '), 'universal', 'padding only');
+    for (const stored of ['X', '', undefined]) assert.equal(matchesKey('LO', '', stored), true);
+  });
+
+  it('a lone * is universal for every VR, including those without wildcard matching', () => {
+    for (const vr of ['PN', 'LO', 'UI', 'DA', 'TM', 'IS']) {
+      assert.equal(typeOf(vr, '*'), 'universal', vr);
+      assert.equal(matchesKey(vr, '*', ''), true, `${vr} empty stored value`);
+      assert.equal(matchesKey(vr, '*', undefined), true, `${vr} absent stored value`);
+    }
+  });
+});
+
+describe('single value matching', () => {
+  it('is exact and case-sensitive for non-PN text', () => {
+    assert.equal(typeOf('LO', 'ABC'), 'single-value');
+    assert.equal(matchesKey('LO', 'ABC', 'ABC'), true);
+    assert.equal(matchesKey('LO', 'ABC', 'abc'), false);
+    assert.equal(matchesKey('LO', 'ABC', 'ABCD'), false);
+    assert.equal(matchesKey('CS', 'CT', 'MR'), false);
+  });
+
+  it('ignores padding: trailing spaces always, leading spaces where not significant', () => {
+    assert.equal(matchesKey('LO', 'ABC ', 'ABC'), true);
+    assert.equal(matchesKey('SH', ' ABC', 'ABC  '), true);
+    assert.equal(matchesKey('CS', 'CT', 'CT '), true);
+    assert.equal(matchesKey('ST', ' text', 'text'), false, 'leading spaces are significant for ST');
+  });
+
+  it('compares latin1 bytes exactly (non-ASCII, ! and ^ are ordinary characters)', () => {
+    assert.equal(matchesKey('LO', 'ID\xfc!\xff', 'ID\xfc!\xff'), true);
+    assert.equal(matchesKey('LO', 'ID\xfc!\xff', 'ID\xdc!\xff'), false);
+  });
+
+  it('compares numbers by value', () => {
+    assert.equal(matchesKey('IS', '5', '05'), true);
+    assert.equal(matchesKey('DS', '1.0', '1'), true);
+    assert.equal(matchesKey('US', '2', '3'), false);
+  });
+
+  it('an empty stored value matches no non-universal key', () => {
+    assert.equal(matchesKey('LO', 'ABC', ''), false);
+    assert.equal(matchesKey('LO', 'ABC', undefined), false);
+    assert.equal(matchesKey('PN', 'DOE*', ''), false);
+    assert.equal(matchesKey('DA', '20200101-', ''), false);
+  });
+
+  it('matches a multi-valued stored attribute when any value matches (C.2.2.3)', () => {
+    assert.equal(matchesKey('CS', 'PRIMARY', 'ORIGINAL\\PRIMARY\\AXIAL'), true);
+    assert.equal(matchesKey('CS', 'LOCALIZER', 'ORIGINAL\\PRIMARY\\AXIAL'), false);
+  });
+
+  it('a multi-valued non-UI key matches any of its values (OR)', () => {
+    assert.equal(matchesKey('CS', 'CT\\MR', 'MR'), true);
+    assert.equal(matchesKey('CS', 'CT\\MR', 'SR\\MR'), true);
+    assert.equal(matchesKey('CS', 'CT\\MR', 'US'), false);
+  });
+
+  it('treats backslash as an ordinary character for LT/ST/UT', () => {
+    assert.equal(matchesKey('LT', 'a\\b', 'a\\b'), true);
+    assert.equal(matchesKey('LT', 'a\\b', 'a'), false);
+  });
+});
+
+describe('PN matching (case-insensitive, trailing components ignored)', () => {
+  it('is case-insensitive for ASCII letters', () => {
+    assert.equal(matchesKey('PN', 'doe^john', 'DOE^JOHN'), true);
+    assert.equal(matchesKey('PN', 'DOE^JOHN', 'Doe^John'), true);
+    assert.equal(matchesKey('PN', 'DOE^JANE', 'Doe^John'), false);
+  });
+
+  it('ignores trailing empty components and component groups', () => {
+    assert.equal(normalizePersonName('Doe^John^^^'), 'doe^john');
+    assert.equal(normalizePersonName('Doe^John^^=='), 'doe^john');
+    assert.equal(matchesKey('PN', 'Doe^John', 'Doe^John^^^'), true);
+    assert.equal(matchesKey('PN', 'Doe^John^', 'DOE^JOHN'), true);
+    assert.equal(matchesKey('PN', 'Doe', 'Doe^John'), false, 'single value: not a prefix match');
+  });
+
+  it('matches a key without = against each component group', () => {
+    const stored = 'Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B';
+    assert.equal(matchesKey('PN', 'YAMADA^TAROU', stored), true);
+    assert.equal(matchesKey('PN', '\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B', stored), true);
+  });
+
+  it('does not fold non-ASCII letters (their bytes depend on the character set)', () => {
+    assert.equal(matchesKey('PN', 'M\xfcller', 'M\xfcller'), true);
+    assert.equal(matchesKey('PN', 'M\xdcLLER', 'M\xfcller'), false);
+  });
+});
+
+describe('list of UID matching', () => {
+  it('matches any UID of a backslash-separated list', () => {
+    assert.equal(typeOf('UI', '1.2.3\\1.2.4'), 'uid-list');
+    assert.equal(typeOf('UI', '1.2.3'), 'single-value');
+    assert.equal(matchesKey('UI', '1.2.3\\1.2.4', '1.2.4'), true);
+    assert.equal(matchesKey('UI', '1.2.3\\1.2.4', '1.2.5'), false);
+    assert.equal(matchesKey('UI', '1.2.3', '1.2.3\0'), true, 'trailing NUL padding');
+  });
+
+  it('treats wildcards in a UI key literally (no wildcard matching for UI)', () => {
+    assert.equal(typeOf('UI', '1.2.*'), 'single-value');
+    assert.equal(matchesKey('UI', '1.2.*', '1.2.3'), false);
+  });
+});
+
+describe('wildcard matching', () => {
+  it('* matches any sequence and ? exactly one character', () => {
+    assert.equal(typeOf('LO', 'AB*'), 'wildcard');
+    assert.equal(matchesKey('LO', 'AB*', 'AB'), true);
+    assert.equal(matchesKey('LO', 'AB*', 'ABCDEF'), true);
+    assert.equal(matchesKey('LO', '*CD*', 'ABCDEF'), true);
+    assert.equal(matchesKey('LO', 'A?C', 'ABC'), true);
+    assert.equal(matchesKey('LO', 'A?C', 'AC'), false);
+    assert.equal(matchesKey('LO', 'A?C', 'ABBC'), false);
+    assert.equal(matchesKey('LO', 'ab*', 'ABC'), false, 'case-sensitive outside PN');
+  });
+
+  it('treats regular expression characters literally', () => {
+    assert.equal(matchesKey('LO', 'a.c*', 'abc'), false);
+    assert.equal(matchesKey('LO', 'a.c*', 'a.cd'), true);
+    assert.equal(matchesKey('LO', '(x)+[y]*', '(x)+[y]z'), true);
+  });
+
+  it('is case-insensitive for PN, and * spans components', () => {
+    assert.equal(matchesKey('PN', 'doe*', 'DOE^JOHN'), true);
+    assert.equal(matchesKey('PN', 'DOE^J*', 'Doe^John^^'), true);
+    assert.equal(matchesKey('PN', '*^jo?n', 'Doe^John'), true);
+    assert.equal(matchesKey('PN', 'smith*', 'Doe^John'), false);
+  });
+
+  it('is only done for AE, CS, LO, LT, PN, SH, ST, UC, UR, UT', () => {
+    for (const vr of ['AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'UR', 'UT']) {
+      assert.equal(typeOf(vr, 'A*'), 'wildcard', vr);
+    }
+    for (const vr of ['UI', 'IS', 'DS', 'AS', 'US']) assert.notEqual(typeOf(vr, 'A*'), 'wildcard', vr);
+  });
+
+  it('a wildcard key other than a lone * does not match an empty value', () => {
+    assert.equal(matchesKey('LO', '*?', ''), false);
+    assert.equal(matchesKey('LO', 'A*', ''), false);
+  });
+});
+
+describe('range matching', () => {
+  it('DA: closed, open-start and open-end ranges, inclusive', () => {
+    assert.equal(typeOf('DA', '20200101-20201231'), 'range');
+    assert.equal(matchesKey('DA', '20200101-20201231', '20200101'), true);
+    assert.equal(matchesKey('DA', '20200101-20201231', '20201231'), true);
+    assert.equal(matchesKey('DA', '20200101-20201231', '20210101'), false);
+    assert.equal(matchesKey('DA', '-20201231', '19990101'), true);
+    assert.equal(matchesKey('DA', '-20201231', '20210101'), false);
+    assert.equal(matchesKey('DA', '20200101-', '20991231'), true);
+    assert.equal(matchesKey('DA', '20200101-', '20191231'), false);
+    assert.equal(matchesKey('DA', '20201231-20200101', '20200601'), false, 'reversed range matches nothing');
+  });
+
+  it('DA: a single value is exact; legacy dotted dates are understood', () => {
+    assert.equal(typeOf('DA', '20200101'), 'single-value');
+    assert.equal(matchesKey('DA', '20200101', '20200101'), true);
+    assert.equal(matchesKey('DA', '20200101', '20200102'), false);
+    assert.equal(matchesKey('DA', '19930101-19931231', '1993.04.30'), true);
+    assert.equal(matchesKey('DA', '1993.04.30', '19930430'), true);
+    assert.equal(matchesKey('DA', '20200101', 'garbage'), false);
+  });
+
+  it('TM: partial bounds cover the whole period they name', () => {
+    assert.equal(matchesKey('TM', '1000-1200', '100000'), true);
+    assert.equal(matchesKey('TM', '1000-1200', '120059.999'), true);
+    assert.equal(matchesKey('TM', '1000-1200', '120100'), false);
+    assert.equal(matchesKey('TM', '1000-1200', '0959'), false);
+    assert.equal(matchesKey('TM', '-08', '085959'), true);
+    assert.equal(matchesKey('TM', '-08', '09'), false);
+    assert.equal(matchesKey('TM', '2300-', '235959.999999'), true);
+    assert.equal(matchesKey('TM', '1030', '103015'), true, 'single TM value covers its precision');
+    assert.equal(matchesKey('TM', '1030', '1031'), false);
+    assert.equal(matchesKey('TM', '10:00-11:00', '10:30:00'), true, 'legacy colons');
+  });
+
+  it('DT: ranges, partial values and UTC offsets', () => {
+    assert.equal(matchesKey('DT', '2020-2021', '20211231235959'), true);
+    assert.equal(matchesKey('DT', '2020-2021', '2022'), false);
+    assert.equal(matchesKey('DT', '20200101120000-', '20200101120000.5'), true);
+    assert.equal(matchesKey('DT', '-20200101', '20200101235959'), true);
+    assert.equal(matchesKey('DT', '-20200101', '20200102'), false);
+    assert.equal(parseDateTimeKey('DT', '20200101120000-0500')?.isRange, false, 'a -hhmm suffix is an offset');
+    assert.equal(parseDateTimeKey('DT', '20200101-20201231')?.isRange, true);
+    assert.equal(parseDateTimeKey('DT', '20200101+0100-20201231+0100')?.isRange, true);
+  });
+
+  it('malformed keys are refused, with a comment', () => {
+    for (const [vr, key] of [
+      ['DA', '2020-01-01'],
+      ['DA', 'abc-'],
+      ['DA', '-'],
+      ['DA', '202001'],
+      ['TM', '25:00-xx'],
+      ['TM', '1-2'],
+      ['DT', 'yesterday'],
+    ] as const) {
+      const compiled = compileKeyMatcher(vr, key);
+      assert.equal(compiled.ok, false, `${vr} ${key}`);
+      if (!compiled.ok) assert.match(compiled.comment, /malformed/);
+    }
+    assert.throws(() => matchesKey('DA', 'x-y', '20200101'), (error: unknown) => {
+      assert.ok(error instanceof MatchingKeyError);
+      assert.equal(error.name, 'MatchingKeyError');
+      assert.equal(error.code, 'MALFORMED_MATCHING_KEY');
+      return true;
+    });
+  });
+
+  it('dateTimeBounds pads to fixed width', () => {
+    assert.deepEqual(dateTimeBounds('TM', '10'), { first: '100000000000', last: '105959999999' });
+    assert.deepEqual(dateTimeBounds('DT', '2020'), { first: '20200101000000000000', last: '20201231235959999999' });
+    assert.equal(dateTimeBounds('TM', '1030.5'), undefined, 'a fraction needs seconds');
+  });
+});
+
+describe('sequence matching', () => {
+  it('is out of scope: an SQ key is treated as universal', () => {
+    assert.equal(typeOf('SQ', undefined), 'sequence');
+    assert.equal(matchesKey('SQ', undefined, undefined), true);
+  });
+});

@@ -1,0 +1,312 @@
+/**
+ * PS3.4 C.2.2.2 attribute matching of one C-FIND key against one stored value. Pure: no I/O.
+ *
+ * Values are latin1 strings (the raw bytes) as produced by the codec. Matching choices of this SCP
+ * (to be copied into the conformance statement):
+ * - Universal matching: a zero-length key, and a key that is exactly `*` (C.2.2.2.4: "Wild Card Matching on
+ *   a value of * is equivalent to Universal Matching"). We apply the lone `*` rule to every VR, including
+ *   those that do not allow wildcards (UI, DA, ...), as some SCUs send it there to mean "return it".
+ * - Single value matching: exact and case-sensitive, after removing padding (trailing spaces/NULs for every
+ *   VR, leading spaces too for VRs where they are not significant). Numbers (IS, DS, US, ...) compare by
+ *   numeric value ("5" matches "05", "1.0" matches "1").
+ * - PN: case-insensitive for ASCII letters only (the bytes of other letters depend on the character set),
+ *   trailing empty components (`Doe^John^^` = `Doe^John`) and trailing empty component groups are ignored.
+ *   A key without `=` is matched against each component group of the stored name (so an alphabetic key
+ *   matches a name that also carries ideographic/phonetic groups).
+ * - List of UID matching: a UI key with backslash-separated UIDs matches any of them.
+ * - Wildcard matching (`*` any sequence, `?` one character, i.e. one byte) only for AE, CS, LO, LT, PN, SH,
+ *   ST, UC, UR, UT (C.2.2.2.4). For the other VRs `*` and `?` are literal characters.
+ * - Range matching for DA, TM, DT: `a-b`, `-b`, `a-` (inclusive). A partial time or datetime bound covers
+ *   the whole period it names: `1000-12` matches 10:00:00 to 12:59:59.999999, DT `2020-2021` covers both
+ *   years. A single TM/DT value without `-` is matched the same way (key `1030` matches `103015`); a single
+ *   DA value matches exactly. Legacy `1993.04.30` dates and `10:30:00` times are understood. Timezone
+ *   offsets of DT values are ignored (values are compared as written). Combined StudyDate+StudyTime
+ *   datetime matching (an extended negotiation option) is not done: each attribute is matched on its own.
+ * - Multiple values in a non-UI key (e.g. ModalitiesInStudy `CT\MR`): without extended negotiation the
+ *   standard leaves this undefined; we match if any key value matches (OR).
+ * - Multi-valued stored attributes (C.2.2.3): the entity matches if any stored value matches.
+ * - Empty stored value: matches only universal matching (zero-length key or `*`).
+ * - Sequence matching (SQ) is out of scope: an SQ key is treated as universal matching.
+ */
+
+export type MatchingType = 'universal' | 'single-value' | 'uid-list' | 'wildcard' | 'range' | 'sequence';
+
+export interface ValueMatcher {
+  readonly type: MatchingType;
+  matches(storedValue: string | undefined): boolean;
+}
+
+export type CompileMatcherResult = { ok: true; matcher: ValueMatcher } | { ok: false; comment: string };
+
+export class MatchingKeyError extends Error {
+  override readonly name = 'MatchingKeyError';
+  readonly code = 'MALFORMED_MATCHING_KEY';
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+const WILDCARD_VRS = new Set(['AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'UR', 'UT']);
+/** VRs whose value is one single text (backslash is an ordinary character). */
+const SINGLE_VALUED_TEXT_VRS = new Set(['LT', 'ST', 'UT', 'UR']);
+/** VRs where leading spaces are padding too (PS3.5 6.2). */
+const LEADING_SPACE_PADDING_VRS = new Set([
+  'AE', 'AS', 'CS', 'DA', 'DS', 'DT', 'IS', 'LO', 'PN', 'SH', 'TM',
+  'US', 'UL', 'SS', 'SL', 'FL', 'FD', 'SV', 'UV', 'AT',
+]);
+const NUMERIC_VRS = new Set(['DS', 'IS', 'US', 'UL', 'SS', 'SL', 'FL', 'FD', 'SV', 'UV']);
+const DATE_TIME_VRS = new Set(['DA', 'TM', 'DT']);
+
+const UNIVERSAL: ValueMatcher = { type: 'universal', matches: () => true };
+const SEQUENCE: ValueMatcher = { type: 'sequence', matches: () => true };
+
+/** Removes the padding of one value of the given VR. */
+export function normalizeValue(vr: string, value: string): string {
+  const withoutTrailing = value.replace(/[ \0]+$/, '');
+  return LEADING_SPACE_PADDING_VRS.has(vr) ? withoutTrailing.replace(/^ +/, '') : withoutTrailing;
+}
+
+/** The values of a (possibly multi-valued) element, each normalized. */
+export function splitValues(vr: string, value: string): string[] {
+  const parts = SINGLE_VALUED_TEXT_VRS.has(vr) ? [value] : value.split('\\');
+  return parts.map((part) => normalizeValue(vr, part));
+}
+
+function foldAsciiCase(text: string): string {
+  return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase());
+}
+
+/** PN comparison form: ASCII lower case, trailing empty components and component groups removed. */
+export function normalizePersonName(name: string): string {
+  const groups = name.split('=').map((group) => group.replace(/[\^ ]+$/, ''));
+  while (groups.length > 0 && groups[groups.length - 1] === '') groups.pop();
+  return foldAsciiCase(groups.join('='));
+}
+
+function hasWildcard(value: string): boolean {
+  return value.includes('*') || value.includes('?');
+}
+
+function wildcardPattern(pattern: string): RegExp {
+  let source = '';
+  for (const char of pattern) {
+    if (char === '*') source += '.*';
+    else if (char === '?') source += '.';
+    else source += char.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  }
+  return new RegExp(`^${source}$`, 's');
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dates and times: every value becomes a fixed-width digit string, so comparisons are string comparisons.
+
+/** The first and last instant (fixed-width digits) named by a DA, TM or DT value; undefined if malformed. */
+export function dateTimeBounds(vr: string, value: string): { first: string; last: string } | undefined {
+  if (vr === 'DA') {
+    const date = /^\d{4}\.\d{2}\.\d{2}$/.test(value) ? value.replaceAll('.', '') : value;
+    return /^\d{8}$/.test(date) ? { first: date, last: date } : undefined;
+  }
+  if (vr === 'TM') {
+    const time = /^\d{2}:\d{2}(:\d{2}(\.\d*)?)?$/.test(value) ? value.replaceAll(':', '') : value;
+    const match = /^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$/.exec(time);
+    if (!match) return undefined;
+    const [, hours, minutes, seconds, fraction] = match;
+    if (fraction !== undefined && seconds === undefined) return undefined;
+    return {
+      first: hours! + (minutes ?? '00') + (seconds ?? '00') + (fraction ?? '').padEnd(6, '0'),
+      last: hours! + (minutes ?? '59') + (seconds ?? '59') + (fraction ?? '').padEnd(6, '9'),
+    };
+  }
+  if (vr === 'DT') {
+    const parsed = parseDateTime(value);
+    return parsed?.bounds;
+  }
+  return undefined;
+}
+
+function parseDateTime(value: string): { bounds: { first: string; last: string }; offsetValid: boolean } | undefined {
+  const match = /^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-](\d{2})(\d{2}))?$/.exec(value);
+  if (!match) return undefined;
+  const [, year, month, day, hours, minutes, seconds, fraction, offsetHours, offsetMinutes] = match;
+  if (fraction !== undefined && seconds === undefined) return undefined;
+  const offsetValid = offsetHours === undefined || (Number(offsetHours) <= 14 && Number(offsetMinutes) <= 59);
+  return {
+    offsetValid,
+    bounds: {
+      first:
+        year! + (month ?? '01') + (day ?? '01') + (hours ?? '00') + (minutes ?? '00') + (seconds ?? '00') +
+        (fraction ?? '').padEnd(6, '0'),
+      last:
+        year! + (month ?? '12') + (day ?? '31') + (hours ?? '23') + (minutes ?? '59') + (seconds ?? '59') +
+        (fraction ?? '').padEnd(6, '9'),
+    },
+  };
+}
+
+interface Interval {
+  /** Inclusive; undefined = open. */
+  from: string | undefined;
+  to: string | undefined;
+  isRange: boolean;
+}
+
+function parseRangeSide(vr: string, side: string): { first: string; last: string } | undefined | 'empty' {
+  const trimmed = side.trim();
+  if (trimmed === '') return 'empty';
+  return dateTimeBounds(vr, trimmed);
+}
+
+function intervalFromParts(vr: string, low: string, high: string): Interval | undefined {
+  const lowBounds = parseRangeSide(vr, low);
+  const highBounds = parseRangeSide(vr, high);
+  if (lowBounds === undefined || highBounds === undefined) return undefined;
+  if (lowBounds === 'empty' && highBounds === 'empty') return undefined;
+  return {
+    from: lowBounds === 'empty' ? undefined : lowBounds.first,
+    to: highBounds === 'empty' ? undefined : highBounds.last,
+    isRange: true,
+  };
+}
+
+/** Parses one DA/TM/DT key value: a single value or a range. Undefined when malformed. */
+export function parseDateTimeKey(vr: string, keyValue: string): Interval | undefined {
+  if (vr === 'DT') {
+    // `-` is both the range separator and the sign of a UTC offset: a value that parses as one DT with a
+    // plausible offset (<= 14 hours) is a single value, otherwise try each `-` as the separator.
+    const single = parseDateTime(keyValue);
+    if (single?.offsetValid) return { from: single.bounds.first, to: single.bounds.last, isRange: false };
+    for (let index = keyValue.indexOf('-'); index !== -1; index = keyValue.indexOf('-', index + 1)) {
+      const interval = intervalFromParts(vr, keyValue.slice(0, index), keyValue.slice(index + 1));
+      if (interval) return interval;
+    }
+    return undefined;
+  }
+  const parts = keyValue.split('-');
+  if (parts.length === 1) {
+    const bounds = dateTimeBounds(vr, keyValue);
+    return bounds ? { from: bounds.first, to: bounds.last, isRange: false } : undefined;
+  }
+  if (parts.length !== 2) return undefined;
+  return intervalFromParts(vr, parts[0]!, parts[1]!);
+}
+
+function storedInstant(vr: string, storedValue: string): string | undefined {
+  return dateTimeBounds(vr, storedValue)?.first;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+function isNumber(text: string): boolean {
+  return text !== '' && Number.isFinite(Number(text));
+}
+
+function singleValueEquals(vr: string, keyValue: string, storedValue: string): boolean {
+  if (NUMERIC_VRS.has(vr) && isNumber(keyValue) && isNumber(storedValue)) {
+    return Number(keyValue) === Number(storedValue);
+  }
+  return keyValue === storedValue;
+}
+
+/** Values of the stored attribute as matching sees them; [] when empty. */
+function storedValuesOf(vr: string, storedValue: string | undefined): string[] {
+  if (storedValue === undefined) return [];
+  return splitValues(vr, storedValue).filter((value) => value !== '');
+}
+
+/** For PN: the forms of a stored name a key is compared with (whole name, and each group if key has no `=`). */
+function personNameCandidates(storedName: string, keyHasGroups: boolean): string[] {
+  const whole = normalizePersonName(storedName);
+  if (keyHasGroups) return [whole];
+  return [whole, ...whole.split('=').filter((group) => group !== '')];
+}
+
+/**
+ * Compiles the matcher for one key, once per query. `vr` is the key's VR (the caller substitutes the stored
+ * VR when the key's is UN). Fails only for malformed DA/TM/DT keys.
+ */
+export function compileKeyMatcher(vr: string, keyValue: string | undefined): CompileMatcherResult {
+  if (vr === 'SQ') return { ok: true, matcher: SEQUENCE };
+  if (keyValue === undefined) return { ok: true, matcher: UNIVERSAL };
+  const keyText = normalizeValue(vr, keyValue);
+  if (keyText === '' || keyText === '*') return { ok: true, matcher: UNIVERSAL };
+  const keyValues = splitValues(vr, keyText);
+
+  if (vr === 'UI') {
+    const uids = new Set(keyValues.filter((uid) => uid !== ''));
+    return {
+      ok: true,
+      matcher: {
+        type: uids.size > 1 ? 'uid-list' : 'single-value',
+        matches: (stored) => storedValuesOf(vr, stored).some((uid) => uids.has(uid)),
+      },
+    };
+  }
+
+  if (DATE_TIME_VRS.has(vr)) {
+    const intervals: Interval[] = [];
+    for (const value of keyValues) {
+      const interval = parseDateTimeKey(vr, value);
+      if (!interval) return { ok: false, comment: `malformed ${vr} matching key value "${value}"` };
+      intervals.push(interval);
+    }
+    return {
+      ok: true,
+      matcher: {
+        type: intervals.some((interval) => interval.isRange) ? 'range' : 'single-value',
+        matches: (stored) =>
+          storedValuesOf(vr, stored).some((value) => {
+            const instant = storedInstant(vr, value);
+            if (instant === undefined) return false;
+            return intervals.some(
+              (interval) =>
+                (interval.from === undefined || interval.from <= instant) &&
+                (interval.to === undefined || instant <= interval.to),
+            );
+          }),
+      },
+    };
+  }
+
+  const isPersonName = vr === 'PN';
+  const comparableKeys = isPersonName ? keyValues.map(normalizePersonName) : keyValues;
+
+  if (WILDCARD_VRS.has(vr) && comparableKeys.some(hasWildcard)) {
+    const patterns = comparableKeys.map((key) => ({ pattern: wildcardPattern(key), hasGroups: key.includes('=') }));
+    return {
+      ok: true,
+      matcher: {
+        type: 'wildcard',
+        matches: (stored) =>
+          storedValuesOf(vr, stored).some((value) =>
+            patterns.some(({ pattern, hasGroups }) =>
+              (isPersonName ? personNameCandidates(value, hasGroups) : [value]).some((candidate) =>
+                pattern.test(candidate),
+              ),
+            ),
+          ),
+      },
+    };
+  }
+
+  return {
+    ok: true,
+    matcher: {
+      type: 'single-value',
+      matches: (stored) =>
+        storedValuesOf(vr, stored).some((value) =>
+          comparableKeys.some((key) =>
+            isPersonName
+              ? personNameCandidates(value, key.includes('=')).includes(key)
+              : singleValueEquals(vr, key, value),
+          ),
+        ),
+    },
+  };
+}
+
+/** One-shot convenience: does `storedValue` match `keyValue`? Throws MatchingKeyError for a malformed key. */
+export function matchesKey(vr: string, keyValue: string | undefined, storedValue: string | undefined): boolean {
+  const compiled = compileKeyMatcher(vr, keyValue);
+  if (!compiled.ok) throw new MatchingKeyError(compiled.comment);
+  return compiled.matcher.matches(storedValue);
+}

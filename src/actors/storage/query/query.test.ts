@@ -1,0 +1,741 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import { Level } from 'level';
+import type { DicomElement } from '../../../codec/dicom-types.ts';
+import type { CatalogEntry } from '../catalog-types.ts';
+import { catalogWriteOps, type CatalogDb } from '../catalog.ts';
+import {
+  QueryError,
+  QueryStatus,
+  createQueryStats,
+  findMatches,
+  resolveRetrieve,
+  validateQuery,
+  validateRetrieve,
+  type FindOptions,
+  type QueryRequest,
+} from './query.ts';
+
+// Tags used by the tests (defined locally, no dictionary dependency).
+const T = {
+  SpecificCharacterSet: 0x00080005,
+  SOPClassUID: 0x00080016,
+  SOPInstanceUID: 0x00080018,
+  StudyDate: 0x00080020,
+  StudyTime: 0x00080030,
+  AccessionNumber: 0x00080050,
+  QueryRetrieveLevel: 0x00080052,
+  InstanceAvailability: 0x00080056,
+  Modality: 0x00080060,
+  ModalitiesInStudy: 0x00080061,
+  SOPClassesInStudy: 0x00080062,
+  ReferringPhysicianName: 0x00080090,
+  StudyDescription: 0x00081030,
+  PatientName: 0x00100010,
+  PatientID: 0x00100020,
+  PatientBirthDate: 0x00100030,
+  StudyInstanceUID: 0x0020000d,
+  SeriesInstanceUID: 0x0020000e,
+  SeriesNumber: 0x00200011,
+  InstanceNumber: 0x00200013,
+  NumberOfPatientRelatedStudies: 0x00201200,
+  NumberOfPatientRelatedSeries: 0x00201202,
+  NumberOfPatientRelatedInstances: 0x00201204,
+  NumberOfStudyRelatedSeries: 0x00201206,
+  NumberOfStudyRelatedInstances: 0x00201208,
+  NumberOfSeriesRelatedInstances: 0x00201209,
+} as const;
+
+const CT_IMAGE = '1.2.840.10008.5.1.4.1.1.2';
+const MR_IMAGE = '1.2.840.10008.5.1.4.1.1.4';
+const BASIC_TEXT_SR = '1.2.840.10008.5.1.4.1.1.88.11';
+
+interface InstanceSpec {
+  patientId: string;
+  patientName: string;
+  birthDate?: string;
+  characterSet?: string;
+  studyUid: string;
+  studyDate: string;
+  studyTime: string;
+  accession: string;
+  studyDescription: string;
+  seriesUid: string;
+  modality: string;
+  seriesNumber: string;
+  sopUid: string;
+  sopClassUid: string;
+  instanceNumber: string;
+  storedAtMs: number;
+}
+
+function makeEntry(spec: InstanceSpec): CatalogEntry {
+  const attributes: DicomElement[] = [
+    ...(spec.characterSet ? [{ tag: T.SpecificCharacterSet, vr: 'CS', value: spec.characterSet }] : []),
+    { tag: T.SOPClassUID, vr: 'UI', value: spec.sopClassUid },
+    { tag: T.SOPInstanceUID, vr: 'UI', value: spec.sopUid },
+    { tag: T.StudyDate, vr: 'DA', value: spec.studyDate },
+    { tag: T.StudyTime, vr: 'TM', value: spec.studyTime },
+    { tag: T.AccessionNumber, vr: 'SH', value: spec.accession },
+    { tag: T.Modality, vr: 'CS', value: spec.modality },
+    { tag: T.StudyDescription, vr: 'LO', value: spec.studyDescription },
+    { tag: T.PatientName, vr: 'PN', value: spec.patientName },
+    { tag: T.PatientID, vr: 'LO', value: spec.patientId },
+    ...(spec.birthDate ? [{ tag: T.PatientBirthDate, vr: 'DA', value: spec.birthDate }] : []),
+    { tag: T.StudyInstanceUID, vr: 'UI', value: spec.studyUid },
+    { tag: T.SeriesInstanceUID, vr: 'UI', value: spec.seriesUid },
+    { tag: T.SeriesNumber, vr: 'IS', value: spec.seriesNumber },
+    { tag: T.InstanceNumber, vr: 'IS', value: spec.instanceNumber },
+  ];
+  return {
+    sopInstanceUid: spec.sopUid,
+    sopClassUid: spec.sopClassUid,
+    studyInstanceUid: spec.studyUid,
+    seriesInstanceUid: spec.seriesUid,
+    patientId: spec.patientId,
+    transferSyntaxUid: '1.2.840.10008.1.2.1',
+    byteLength: 1000,
+    sha256: '00'.repeat(32),
+    storedAtMs: spec.storedAtMs,
+    blobId: `blob-${spec.sopUid}`,
+    attributes,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fixture: 4 patients, 5 studies, 7 series, 11 instances.
+
+const P1 = 'PAT!1';
+const P2 = 'ID\xfc!\xff 2'; // non-ASCII bytes and `!`
+const P3 = ''; // no PatientID
+const P4 = 'PAT!10'; // P1 is a string prefix of it
+const S1 = '1.2.826.0.1.1';
+const S2 = '1.2.826.0.1.2';
+const S3 = '1.2.826.0.2.1';
+const S4 = '1.2.826.0.3.1';
+const S5 = '1.2.826.0.4.1';
+
+function fixture(): CatalogEntry[] {
+  const entries: CatalogEntry[] = [];
+  let storedAtMs = 1_000;
+  const add = (
+    patient: Pick<InstanceSpec, 'patientId' | 'patientName' | 'birthDate' | 'characterSet'>,
+    study: Pick<InstanceSpec, 'studyUid' | 'studyDate' | 'studyTime' | 'accession' | 'studyDescription'>,
+    series: { number: number; modality: string; sopClassUid: string; count: number; lastDescription?: string },
+  ): void => {
+    for (let index = 1; index <= series.count; index++) {
+      const seriesUid = `${study.studyUid}.${series.number}`;
+      const isLast = index === series.count;
+      entries.push(
+        makeEntry({
+          ...patient,
+          ...study,
+          studyDescription: isLast && series.lastDescription ? series.lastDescription : study.studyDescription,
+          seriesUid,
+          modality: series.modality,
+          seriesNumber: String(series.number),
+          sopUid: `${seriesUid}.${index}`,
+          sopClassUid: series.sopClassUid,
+          instanceNumber: String(index),
+          storedAtMs: storedAtMs++,
+        }),
+      );
+    }
+  };
+  const john = { patientId: P1, patientName: 'Doe^John', birthDate: '19700101' };
+  const study1 = { studyUid: S1, studyDate: '20200115', studyTime: '101500', accession: 'ACC-001', studyDescription: 'CT CHEST' };
+  add(john, study1, { number: 1, modality: 'CT', sopClassUid: CT_IMAGE, count: 3 });
+  // The most recently stored instance of S1 carries a corrected description: it wins.
+  add(john, study1, { number: 2, modality: 'CT', sopClassUid: CT_IMAGE, count: 2, lastDescription: 'CT CHEST W/O' });
+  const study2 = { studyUid: S2, studyDate: '20210610', studyTime: '143000', accession: 'ACC-002', studyDescription: 'MR HEAD' };
+  add(john, study2, { number: 1, modality: 'MR', sopClassUid: MR_IMAGE, count: 2 });
+  add(john, study2, { number: 2, modality: 'SR', sopClassUid: BASIC_TEXT_SR, count: 1 });
+  add(
+    { patientId: P2, patientName: 'SMITH^jane^^', birthDate: '19851224', characterSet: 'ISO_IR 100' },
+    { studyUid: S3, studyDate: '20201231', studyTime: '2359', accession: 'ACC-001', studyDescription: 'MR KNEE' },
+    { number: 1, modality: 'MR', sopClassUid: MR_IMAGE, count: 1 },
+  );
+  add(
+    { patientId: P3, patientName: 'Anon' },
+    { studyUid: S4, studyDate: '1993.04.30', studyTime: '', accession: '', studyDescription: 'OLD CT' },
+    { number: 1, modality: 'CT', sopClassUid: CT_IMAGE, count: 1 },
+  );
+  add(
+    { patientId: P4, patientName: 'doe^johnny', birthDate: '19900101' },
+    { studyUid: S5, studyDate: '20220301', studyTime: '080000', accession: 'ACC-003', studyDescription: 'CT ABDOMEN' },
+    { number: 1, modality: 'CT', sopClassUid: CT_IMAGE, count: 1 },
+  );
+  return entries;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+const k = (tag: number, vr: string, value: string | undefined = ''): DicomElement => ({ tag, vr, value });
+
+function openTempDb(): { db: CatalogDb; close: () => Promise<void> } {
+  const directory = fs.mkdtempSync(os.tmpdir() + '/pacs-catalog-');
+  const db = new Level<string, Uint8Array>(directory, { keyEncoding: 'utf8', valueEncoding: 'view' });
+  return {
+    db,
+    close: async () => {
+      await db.close();
+      fs.rmSync(directory, { recursive: true, force: true });
+    },
+  };
+}
+
+async function store(db: CatalogDb, entries: CatalogEntry[]): Promise<void> {
+  const batchSize = 1000;
+  for (let start = 0; start < entries.length; start += batchSize) {
+    await db.batch(entries.slice(start, start + batchSize).flatMap(catalogWriteOps));
+  }
+}
+
+async function find(db: CatalogDb, request: QueryRequest, options?: FindOptions): Promise<DicomElement[][]> {
+  const responses: DicomElement[][] = [];
+  for await (const response of findMatches(db, request, options)) responses.push(response);
+  return responses;
+}
+
+function valueOf(response: DicomElement[], tag: number): string | undefined {
+  return response.find((element) => element.tag === tag)?.value;
+}
+
+function column(responses: DicomElement[][], tag: number): string[] {
+  return responses.map((response) => valueOf(response, tag) ?? '<absent>').sort();
+}
+
+async function retrieveUids(db: CatalogDb, request: QueryRequest): Promise<string[]> {
+  const uids: string[] = [];
+  for await (const entry of resolveRetrieve(db, request)) uids.push(entry.sopInstanceUid);
+  return uids.sort();
+}
+
+function assertInvalid(result: ReturnType<typeof validateQuery>, status: number, comment: RegExp): void {
+  assert.equal(result.ok, false);
+  if (!result.ok) {
+    assert.equal(result.status, status);
+    assert.match(result.comment, comment);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+describe('validateQuery', () => {
+  it('refuses a level the root does not have, or a missing level, with 0xA900', () => {
+    assertInvalid(validateQuery({ root: 'STUDY', level: 'PATIENT', keys: [] }), 0xa900, /not valid for the Study Root/);
+    assertInvalid(validateQuery({ root: 'PATIENT', level: '' as never, keys: [] }), 0xa900, /missing or invalid/);
+    assertInvalid(validateQuery({ root: 'PATIENT', level: undefined as never, keys: [] }), 0xa900, /missing/);
+    assert.deepEqual(validateQuery({ root: 'PATIENT', level: 'PATIENT', keys: [] }), { ok: true });
+  });
+
+  it('refuses keys of lower levels with 0xA900 and names the key', () => {
+    assertInvalid(
+      validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.Modality, 'CS', 'CT')] }),
+      0xa900,
+      /\(0008,0060\) is a SERIES-level attribute/,
+    );
+    assertInvalid(
+      validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.NumberOfSeriesRelatedInstances, 'IS')] }),
+      0xa900,
+      /\(0020,1209\)/,
+    );
+    assertInvalid(
+      validateQuery({ root: 'PATIENT', level: 'PATIENT', keys: [k(T.StudyInstanceUID, 'UI')] }),
+      0xa900,
+      /STUDY-level/,
+    );
+    assertInvalid(
+      validateQuery({ root: 'STUDY', level: 'SERIES', keys: [k(T.SOPInstanceUID, 'UI', '1.2')] }),
+      0xa900,
+      /IMAGE-level/,
+    );
+  });
+
+  it('accepts upper-level keys, patient keys in Study Root, and keys allowed at any level', () => {
+    const ok = { ok: true };
+    assert.deepEqual(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'DOE*'), k(T.NumberOfPatientRelatedStudies, 'IS')] }), ok);
+    assert.deepEqual(validateQuery({ root: 'PATIENT', level: 'IMAGE', keys: [k(T.PatientName, 'PN', 'DOE*'), k(T.StudyDate, 'DA', '20200101-')] }), ok);
+    assert.deepEqual(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.SpecificCharacterSet, 'CS', 'ISO_IR 100'), k(T.QueryRetrieveLevel, 'CS', 'STUDY')] }), ok);
+  });
+
+  it('refuses malformed ranges with 0xC001 and a comment', () => {
+    assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyDate, 'DA', '2020-01-01')] }), 0xc001, /\(0008,0020\).*malformed DA/);
+    assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyTime, 'TM', 'noon-')] }), 0xc001, /malformed TM/);
+    assert.equal(QueryStatus.MalformedMatchingKey, 0xc001);
+  });
+});
+
+describe('findMatches and resolveRetrieve over a fixture archive', () => {
+  let db: CatalogDb;
+  let close: () => Promise<void>;
+
+  before(async () => {
+    ({ db, close } = openTempDb());
+    await db.open();
+    await store(db, fixture());
+  });
+  after(async () => close());
+
+  describe('PATIENT level (Patient Root)', () => {
+    it('returns each patient once with exactly the requested keys, QueryRetrieveLevel and the counts', async () => {
+      const responses = await find(db, {
+        root: 'PATIENT',
+        level: 'PATIENT',
+        keys: [
+          k(T.PatientName, 'PN'),
+          k(T.PatientID, 'LO'),
+          k(T.NumberOfPatientRelatedStudies, 'IS'),
+          k(T.NumberOfPatientRelatedSeries, 'IS'),
+          k(T.NumberOfPatientRelatedInstances, 'IS'),
+        ],
+      });
+      assert.equal(responses.length, 4);
+      assert.deepEqual(column(responses, T.PatientID), [P3, P2, P1, P4].sort());
+      const john = responses.find((response) => valueOf(response, T.PatientID) === P1)!;
+      assert.deepEqual(john, [
+        { tag: T.QueryRetrieveLevel, vr: 'CS', value: 'PATIENT' },
+        { tag: T.PatientName, vr: 'PN', value: 'Doe^John' },
+        { tag: T.PatientID, vr: 'LO', value: P1 },
+        { tag: T.NumberOfPatientRelatedStudies, vr: 'IS', value: '2' },
+        { tag: T.NumberOfPatientRelatedSeries, vr: 'IS', value: '4' },
+        { tag: T.NumberOfPatientRelatedInstances, vr: 'IS', value: '8' },
+      ]);
+      const anonymous = responses.find((response) => valueOf(response, T.PatientID) === '')!;
+      assert.equal(valueOf(anonymous, T.PatientName), 'Anon');
+    });
+
+    it('looks up a PatientID through the index, without matching a longer ID', async () => {
+      const stats = createQueryStats();
+      const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }, { stats });
+      assert.deepEqual(column(responses, T.PatientID), [P1]);
+      assert.equal(stats.plan, 'index x!pid! (PatientID)');
+      assert.equal(stats.entriesRead, 8);
+    });
+
+    it('finds a PatientID with non-ASCII bytes and returns the stored SpecificCharacterSet', async () => {
+      const responses = await find(db, {
+        root: 'PATIENT',
+        level: 'PATIENT',
+        keys: [k(T.SpecificCharacterSet, 'CS'), k(T.PatientID, 'LO', P2), k(T.PatientName, 'PN')],
+      });
+      assert.equal(responses.length, 1);
+      assert.equal(valueOf(responses[0]!, T.SpecificCharacterSet), 'ISO_IR 100');
+      assert.equal(valueOf(responses[0]!, T.PatientName), 'SMITH^jane^^');
+    });
+
+    it('matches PN case-insensitively, ignoring trailing empty components', async () => {
+      const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.PatientName, 'PN', 'smith^JANE')] });
+      assert.deepEqual(column(responses, T.PatientID), [P2]);
+      const wildcard = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.PatientName, 'PN', 'DOE^JOHN*')] });
+      assert.deepEqual(column(wildcard, T.PatientID), [P1, P4].sort());
+    });
+
+    it('range-matches PatientBirthDate; patients without one do not match', async () => {
+      const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.PatientBirthDate, 'DA', '-19891231')] });
+      assert.deepEqual(column(responses, T.PatientID), [P2, P1].sort());
+    });
+
+    it('wildcard on PatientID scans and matches both IDs starting with PAT!1', async () => {
+      const stats = createQueryStats();
+      const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PAT!1*')] }, { stats });
+      assert.deepEqual(column(responses, T.PatientID), [P1, P4].sort());
+      assert.equal(stats.plan, 'full scan x!pid!');
+    });
+  });
+
+  describe('STUDY level', () => {
+    const studyKeys = (): DicomElement[] => [
+      k(T.StudyInstanceUID, 'UI'),
+      k(T.StudyDate, 'DA'),
+      k(T.StudyDescription, 'LO'),
+      k(T.ModalitiesInStudy, 'CS'),
+      k(T.SOPClassesInStudy, 'UI'),
+      k(T.NumberOfStudyRelatedSeries, 'IS'),
+      k(T.NumberOfStudyRelatedInstances, 'IS'),
+    ];
+
+    it('Patient Root: the studies of one patient, with computed attributes and the latest description', async () => {
+      const responses = await find(db, { root: 'PATIENT', level: 'STUDY', keys: [k(T.PatientID, 'LO', P1), ...studyKeys()] });
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S2]);
+      const study1 = responses.find((response) => valueOf(response, T.StudyInstanceUID) === S1)!;
+      assert.equal(valueOf(study1, T.StudyDescription), 'CT CHEST W/O', 'attributes of the most recently stored instance');
+      assert.equal(valueOf(study1, T.ModalitiesInStudy), 'CT');
+      assert.equal(valueOf(study1, T.SOPClassesInStudy), CT_IMAGE);
+      assert.equal(valueOf(study1, T.NumberOfStudyRelatedSeries), '2');
+      assert.equal(valueOf(study1, T.NumberOfStudyRelatedInstances), '5');
+      assert.equal(valueOf(study1, T.QueryRetrieveLevel), 'STUDY');
+      const study2 = responses.find((response) => valueOf(response, T.StudyInstanceUID) === S2)!;
+      assert.equal(valueOf(study2, T.ModalitiesInStudy), 'MR\\SR');
+      assert.equal(valueOf(study2, T.SOPClassesInStudy), [MR_IMAGE, BASIC_TEXT_SR].sort().join('\\'));
+      assert.equal(valueOf(study2, T.NumberOfStudyRelatedInstances), '3');
+    });
+
+    it('Study Root: wildcard PatientName (a patient attribute) is case-insensitive; full scan', async () => {
+      const stats = createQueryStats();
+      const responses = await find(
+        db,
+        { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'doe*'), k(T.StudyInstanceUID, 'UI')] },
+        { stats },
+      );
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S2, S5]);
+      assert.equal(stats.plan, 'full scan x!study!');
+    });
+
+    it('Study Root: StudyDate ranges (closed, open, legacy stored format) and single values', async () => {
+      const byDate = async (value: string): Promise<string[]> =>
+        column(await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.StudyDate, 'DA', value)] }), T.StudyInstanceUID);
+      assert.deepEqual(await byDate('20200101-20201231'), [S1, S3]);
+      assert.deepEqual(await byDate('20210101-'), [S2, S5]);
+      assert.deepEqual(await byDate('-19991231'), [S4]);
+      assert.deepEqual(await byDate('20200115'), [S1]);
+    });
+
+    it('Study Root: StudyTime range', async () => {
+      const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.StudyTime, 'TM', '1400-2359')] });
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S2, S3]);
+    });
+
+    it('Study Root: ModalitiesInStudy matches any modality of the study (OR for several values)', async () => {
+      const byModality = async (value: string): Promise<string[]> =>
+        column(
+          await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.ModalitiesInStudy, 'CS', value)] }),
+          T.StudyInstanceUID,
+        );
+      assert.deepEqual(await byModality('MR'), [S2, S3]);
+      assert.deepEqual(await byModality('CT\\SR'), [S1, S2, S4, S5]);
+      assert.deepEqual(await byModality('US'), []);
+    });
+
+    it('Study Root: AccessionNumber lookup uses its index and finds every study with it', async () => {
+      const stats = createQueryStats();
+      const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.AccessionNumber, 'SH', 'ACC-001')] }, { stats });
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S3]);
+      assert.equal(stats.plan, 'index x!acc! (AccessionNumber)');
+      assert.equal(stats.entriesRead, 6);
+      const wildcard = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.AccessionNumber, 'SH', 'ACC-00?')] });
+      assert.deepEqual(column(wildcard, T.StudyInstanceUID), [S1, S2, S3, S5]);
+    });
+
+    it('Study Root: list of StudyInstanceUIDs uses the study index; an unknown or invalid UID matches nothing', async () => {
+      const stats = createQueryStats();
+      const responses = await find(
+        db,
+        { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', `${S1}\\${S3}\\9.9.9\\not!a!uid`)] },
+        { stats },
+      );
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S3]);
+      assert.equal(stats.plan, 'index x!study! (StudyInstanceUID)');
+      assert.equal(stats.entriesRead, 6);
+      assert.deepEqual(await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', 'not!a!uid')] }), []);
+    });
+
+    it('Study Root: patient attributes and patient counts at STUDY level; unknown keys come back empty', async () => {
+      const responses = await find(db, {
+        root: 'STUDY',
+        level: 'STUDY',
+        keys: [
+          k(T.StudyInstanceUID, 'UI', S1),
+          k(T.PatientID, 'LO'),
+          k(T.PatientName, 'PN'),
+          k(T.NumberOfPatientRelatedStudies, 'IS'),
+          k(T.ReferringPhysicianName, 'PN'),
+          k(T.InstanceAvailability, 'CS'),
+        ],
+      });
+      assert.equal(responses.length, 1);
+      const [study] = responses;
+      assert.equal(valueOf(study!, T.PatientID), P1);
+      assert.equal(valueOf(study!, T.PatientName), 'Doe^John');
+      assert.equal(valueOf(study!, T.NumberOfPatientRelatedStudies), '2');
+      assert.deepEqual(study!.find((element) => element.tag === T.ReferringPhysicianName), { tag: T.ReferringPhysicianName, vr: 'PN', value: '' });
+      assert.equal(valueOf(study!, T.InstanceAvailability), 'ONLINE');
+      assert.deepEqual(study!.map((element) => element.tag), [...study!.map((element) => element.tag)].sort((a, b) => a - b));
+    });
+
+    it('stops after the limit', async () => {
+      const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI')] }, { limit: 2 });
+      assert.equal(responses.length, 2);
+    });
+
+    it('throws a QueryError carrying the status for an invalid request', async () => {
+      await assert.rejects(find(db, { root: 'STUDY', level: 'PATIENT', keys: [] }), (error: unknown) => {
+        assert.ok(error instanceof QueryError);
+        assert.equal(error.name, 'QueryError');
+        assert.equal(error.code, 'INVALID_QUERY');
+        assert.equal(error.status, 0xa900);
+        return true;
+      });
+    });
+  });
+
+  describe('SERIES level', () => {
+    it('Study Root: the series of a study with their instance counts', async () => {
+      const responses = await find(db, {
+        root: 'STUDY',
+        level: 'SERIES',
+        keys: [k(T.StudyInstanceUID, 'UI', S1), k(T.SeriesInstanceUID, 'UI'), k(T.Modality, 'CS'), k(T.SeriesNumber, 'IS'), k(T.NumberOfSeriesRelatedInstances, 'IS')],
+      });
+      assert.equal(responses.length, 2);
+      const bySeries = new Map(responses.map((response) => [valueOf(response, T.SeriesInstanceUID), response]));
+      assert.equal(valueOf(bySeries.get(`${S1}.1`)!, T.NumberOfSeriesRelatedInstances), '3');
+      assert.equal(valueOf(bySeries.get(`${S1}.2`)!, T.NumberOfSeriesRelatedInstances), '2');
+      assert.equal(valueOf(bySeries.get(`${S1}.2`)!, T.Modality), 'CT');
+      assert.equal(valueOf(bySeries.get(`${S1}.2`)!, T.QueryRetrieveLevel), 'SERIES');
+    });
+
+    it('Patient Root: PatientID + StudyInstanceUID narrow, Modality matches', async () => {
+      const responses = await find(db, {
+        root: 'PATIENT',
+        level: 'SERIES',
+        keys: [k(T.PatientID, 'LO', P1), k(T.StudyInstanceUID, 'UI', S2), k(T.SeriesInstanceUID, 'UI'), k(T.Modality, 'CS', 'SR')],
+      });
+      assert.deepEqual(column(responses, T.SeriesInstanceUID), [`${S2}.2`]);
+      const wrongPatient = await find(db, {
+        root: 'PATIENT',
+        level: 'SERIES',
+        keys: [k(T.PatientID, 'LO', P2), k(T.StudyInstanceUID, 'UI', S2), k(T.SeriesInstanceUID, 'UI')],
+      });
+      assert.deepEqual(wrongPatient, []);
+    });
+
+    it('SeriesInstanceUID list uses the series index; upper-level counts are computed too', async () => {
+      const stats = createQueryStats();
+      const responses = await find(
+        db,
+        {
+          root: 'STUDY',
+          level: 'SERIES',
+          keys: [k(T.SeriesInstanceUID, 'UI', `${S1}.1\\${S3}.1`), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS')],
+        },
+        { stats },
+      );
+      assert.equal(stats.plan, 'index x!series! (SeriesInstanceUID)');
+      const bySeries = new Map(responses.map((response) => [valueOf(response, T.SeriesInstanceUID), response]));
+      assert.equal(valueOf(bySeries.get(`${S1}.1`)!, T.NumberOfStudyRelatedInstances), '5');
+      assert.equal(valueOf(bySeries.get(`${S3}.1`)!, T.NumberOfStudyRelatedInstances), '1');
+      assert.equal(valueOf(bySeries.get(`${S3}.1`)!, T.ModalitiesInStudy), 'MR');
+    });
+
+    it('universal SERIES query scans the series index and returns every series', async () => {
+      const stats = createQueryStats();
+      const responses = await find(db, { root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI')] }, { stats });
+      assert.equal(responses.length, 7);
+      assert.equal(stats.plan, 'full scan x!series!');
+    });
+  });
+
+  describe('IMAGE level', () => {
+    it('Study Root: the instances of a series', async () => {
+      const responses = await find(db, {
+        root: 'STUDY',
+        level: 'IMAGE',
+        keys: [k(T.StudyInstanceUID, 'UI', S1), k(T.SeriesInstanceUID, 'UI', `${S1}.1`), k(T.SOPInstanceUID, 'UI'), k(T.SOPClassUID, 'UI'), k(T.InstanceNumber, 'IS')],
+      });
+      assert.deepEqual(column(responses, T.InstanceNumber), ['1', '2', '3']);
+      assert.ok(responses.every((response) => valueOf(response, T.SOPClassUID) === CT_IMAGE));
+      assert.ok(responses.every((response) => valueOf(response, T.QueryRetrieveLevel) === 'IMAGE'));
+    });
+
+    it('Patient Root: a list of SOPInstanceUIDs is read directly', async () => {
+      const stats = createQueryStats();
+      const responses = await find(
+        db,
+        { root: 'PATIENT', level: 'IMAGE', keys: [k(T.PatientID, 'LO', P1), k(T.SOPInstanceUID, 'UI', `${S1}.1.2\\${S2}.2.1\\${S3}.1.1`)] },
+        { stats },
+      );
+      assert.deepEqual(column(responses, T.SOPInstanceUID), [`${S1}.1.2`, `${S2}.2.1`], 'the instance of another patient is filtered out');
+      assert.equal(stats.plan, 'direct c!i! (SOPInstanceUID)');
+      assert.equal(stats.entriesRead, 3);
+    });
+
+    it('InstanceNumber numeric matching and a full scan on SOPClassUID', async () => {
+      const second = await find(db, { root: 'STUDY', level: 'IMAGE', keys: [k(T.SeriesInstanceUID, 'UI', `${S1}.1`), k(T.SOPInstanceUID, 'UI'), k(T.InstanceNumber, 'IS', '02')] });
+      assert.deepEqual(column(second, T.SOPInstanceUID), [`${S1}.1.2`]);
+      const stats = createQueryStats();
+      const mr = await find(db, { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI'), k(T.SOPClassUID, 'UI', MR_IMAGE)] }, { stats });
+      assert.equal(mr.length, 3);
+      assert.equal(stats.plan, 'full scan c!i!');
+    });
+  });
+
+  describe('resolveRetrieve', () => {
+    it('PATIENT level: every instance of the patient (not of PAT!10)', async () => {
+      const uids = await retrieveUids(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] });
+      assert.equal(uids.length, 8);
+      assert.ok(uids.every((uid) => uid.startsWith(S1) || uid.startsWith(S2)));
+      assert.deepEqual(await retrieveUids(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P2)] }), [`${S3}.1.1`]);
+    });
+
+    it('STUDY level: a UID list, duplicates yielded once', async () => {
+      const uids = await retrieveUids(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', `${S1}\\${S3}\\${S1}`)] });
+      assert.equal(uids.length, 6);
+      assert.equal(new Set(uids).size, 6);
+    });
+
+    it('SERIES level: a UID list; a disagreeing upper-level unique key excludes', async () => {
+      assert.equal((await retrieveUids(db, { root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI', `${S1}.1\\${S2}.2`)] })).length, 4);
+      assert.deepEqual(
+        await retrieveUids(db, { root: 'STUDY', level: 'SERIES', keys: [k(T.StudyInstanceUID, 'UI', S3), k(T.SeriesInstanceUID, 'UI', `${S1}.1`)] }),
+        [],
+      );
+    });
+
+    it('IMAGE level: a UID list, unknown UIDs skipped', async () => {
+      const uids = await retrieveUids(db, {
+        root: 'PATIENT',
+        level: 'IMAGE',
+        keys: [k(T.PatientID, 'LO', P1), k(T.StudyInstanceUID, 'UI', S1), k(T.SeriesInstanceUID, 'UI', `${S1}.1`), k(T.SOPInstanceUID, 'UI', `${S1}.1.1\\${S1}.1.3\\9.9.9`)],
+      });
+      assert.deepEqual(uids, [`${S1}.1.1`, `${S1}.1.3`]);
+    });
+
+    it('refuses identifiers without the unique key, with wildcards, or with a wrong level', async () => {
+      const cases: Array<[QueryRequest, number]> = [
+        [{ root: 'STUDY', level: 'STUDY', keys: [] }, 0xa900],
+        [{ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', '')] }, 0xa900],
+        [{ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', '')] }, 0xa900],
+        [{ root: 'STUDY', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }, 0xa900],
+        [{ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PAT*')] }, 0xc002],
+        [{ root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI', '1.2.*')] }, 0xc002],
+      ];
+      for (const [request, status] of cases) {
+        const validation = validateRetrieve(request);
+        assert.equal(validation.ok, false, JSON.stringify(request));
+        if (!validation.ok) assert.equal(validation.status, status);
+        await assert.rejects(retrieveUids(db, request), (error: unknown) => {
+          assert.ok(error instanceof QueryError);
+          assert.equal(error.code, 'INVALID_RETRIEVE');
+          assert.equal(error.status, status);
+          return true;
+        });
+      }
+    });
+  });
+});
+
+describe('stale index keys (instance re-stored under another PatientID without deleting)', () => {
+  it('are ignored: the entry, not the index, decides', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const [first] = fixture();
+      await store(db, [first!]);
+      await store(db, [{ ...first!, patientId: 'NEW', storedAtMs: first!.storedAtMs + 1 }]);
+      assert.deepEqual(await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }), []);
+      const renamed = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'NEW')] });
+      assert.equal(renamed.length, 1);
+      assert.deepEqual(await retrieveUids(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }), []);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('index lookups read only the entity they target (20,000 instances)', () => {
+  const patientCount = 200;
+  const seriesPerStudy = 2;
+  const instancesPerSeries = 50;
+  let db: CatalogDb;
+  let close: () => Promise<void>;
+
+  const study = (patient: number): string => `1.2.999.${patient}`;
+
+  before(async () => {
+    ({ db, close } = openTempDb());
+    await db.open();
+    const entries: CatalogEntry[] = [];
+    for (let patient = 0; patient < patientCount; patient++) {
+      for (let series = 1; series <= seriesPerStudy; series++) {
+        for (let instance = 1; instance <= instancesPerSeries; instance++) {
+          entries.push(
+            makeEntry({
+              patientId: `PID!${patient}`,
+              patientName: `NAME^${patient}`,
+              studyUid: study(patient),
+              studyDate: '20240101',
+              studyTime: '120000',
+              accession: `A${patient}`,
+              studyDescription: 'BULK',
+              seriesUid: `${study(patient)}.${series}`,
+              modality: series === 1 ? 'CT' : 'MR',
+              seriesNumber: String(series),
+              sopUid: `${study(patient)}.${series}.${instance}`,
+              sopClassUid: series === 1 ? CT_IMAGE : MR_IMAGE,
+              instanceNumber: String(instance),
+              storedAtMs: instance,
+            }),
+          );
+        }
+      }
+    }
+    assert.equal(entries.length, 20_000);
+    await store(db, entries);
+  });
+  after(async () => close());
+
+  const perPatient = seriesPerStudy * instancesPerSeries;
+
+  async function measure(request: QueryRequest): Promise<{ responses: DicomElement[][]; stats: ReturnType<typeof createQueryStats>; elapsedMs: number }> {
+    const stats = createQueryStats();
+    const startedAt = performance.now();
+    const responses = await find(db, request, { stats });
+    return { responses, stats, elapsedMs: performance.now() - startedAt };
+  }
+
+  it('PatientID at PATIENT and STUDY level reads only that patient', async () => {
+    const patientLevel = await measure({
+      root: 'PATIENT',
+      level: 'PATIENT',
+      keys: [k(T.PatientID, 'LO', 'PID!42'), k(T.NumberOfPatientRelatedInstances, 'IS')],
+    });
+    assert.equal(patientLevel.responses.length, 1);
+    assert.equal(valueOf(patientLevel.responses[0]!, T.NumberOfPatientRelatedInstances), String(perPatient));
+    assert.equal(patientLevel.stats.plan, 'index x!pid! (PatientID)');
+    assert.equal(patientLevel.stats.entriesRead, perPatient);
+    assert.ok(patientLevel.stats.indexKeysRead <= 2 * perPatient, `index keys read: ${patientLevel.stats.indexKeysRead}`);
+
+    const studyLevel = await measure({ root: 'PATIENT', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42'), k(T.StudyInstanceUID, 'UI')] });
+    assert.deepEqual(column(studyLevel.responses, T.StudyInstanceUID), [study(42)]);
+    assert.equal(studyLevel.stats.entriesRead, perPatient);
+  });
+
+  it('StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID and AccessionNumber are index reads too', async () => {
+    const byStudy = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', study(7)), k(T.ModalitiesInStudy, 'CS')] });
+    assert.equal(valueOf(byStudy.responses[0]!, T.ModalitiesInStudy), 'CT\\MR');
+    assert.equal(byStudy.stats.entriesRead, perPatient);
+
+    const bySeries = await measure({ root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI', `${study(7)}.2`)] });
+    assert.equal(bySeries.responses.length, 1);
+    assert.equal(bySeries.stats.entriesRead, instancesPerSeries);
+
+    const byInstance = await measure({ root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI', `${study(7)}.2.9`)] });
+    assert.equal(byInstance.responses.length, 1);
+    assert.equal(byInstance.stats.entriesRead, 1);
+    assert.equal(byInstance.stats.indexKeysRead, 0);
+
+    const byAccession = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.AccessionNumber, 'SH', 'A199'), k(T.StudyInstanceUID, 'UI')] });
+    assert.deepEqual(column(byAccession.responses, T.StudyInstanceUID), [study(199)]);
+    assert.equal(byAccession.stats.entriesRead, perPatient);
+  });
+
+  it('a non-indexed key (PatientName) scans every instance, for contrast', async () => {
+    const byName = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'name^42'), k(T.StudyInstanceUID, 'UI')] });
+    assert.deepEqual(column(byName.responses, T.StudyInstanceUID), [study(42)]);
+    assert.equal(byName.stats.plan, 'full scan x!study!');
+    assert.equal(byName.stats.entriesRead, 20_000);
+    const byId = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42'), k(T.StudyInstanceUID, 'UI')] });
+    assert.ok(byId.elapsedMs < byName.elapsedMs, `indexed ${byId.elapsedMs.toFixed(1)} ms vs scan ${byName.elapsedMs.toFixed(1)} ms`);
+  });
+
+  it('resolveRetrieve by PatientID reads only that patient', async () => {
+    const stats = createQueryStats();
+    let count = 0;
+    for await (const _entry of resolveRetrieve(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PID!3')] }, { stats })) count++;
+    assert.equal(count, perPatient);
+    assert.equal(stats.entriesRead, perPatient);
+  });
+});

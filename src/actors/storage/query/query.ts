@@ -1,0 +1,656 @@
+/**
+ * C-FIND matching and C-GET/C-MOVE resolution over the catalog (see ../catalog.ts for the key layout).
+ *
+ * Search model: hierarchical (PS3.4 C.4.1.2.1) with two lenient extensions, both harmless:
+ * - the unique keys of the levels above the requested one are optional (absent = universal) and may be
+ *   UID lists; when present they narrow the search;
+ * - non-unique keys of upper levels (e.g. PatientName in a SERIES-level query) are accepted and matched
+ *   against the entity's own (inherited) attributes. In Study Root at STUDY level the patient attributes are
+ *   ordinary keys, as the standard says.
+ * Keys of lower levels are refused: status 0xA900 (Identifier does not match SOP Class) with a comment.
+ * A level that the root does not have (PATIENT in Study Root) or a missing/unknown level: 0xA900.
+ * A malformed DA/TM/DT key (range or single value): 0xC001 with a comment.
+ *
+ * Execution: first the candidate entities (their unique key values) are listed from ONE index, reading keys
+ * only, then each candidate entity is loaded completely from its own hierarchy index (its instances' catalog
+ * entries, read with getMany) and matched against every key. The index is chosen in this order:
+ *   SOPInstanceUID (IMAGE level)            -> direct gets of c!i!<uid>
+ *   SeriesInstanceUID (SERIES, IMAGE)       -> x!series!<uid>!
+ *   StudyInstanceUID (STUDY and below)      -> x!study!<uid>!
+ *   AccessionNumber (STUDY and below)       -> x!acc!<hex>!
+ *   PatientID (any level)                   -> x!pid!<hex>!
+ * when that key uses single value or UID list matching (no wildcard, not universal). Any other query is a
+ * full scan of the requested level's index (every instance entry is read once): e.g. a PatientName or
+ * StudyDate search without one of the keys above.
+ *
+ * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs).
+ * A PATIENT entity is identified by its PatientID alone (IssuerOfPatientID is not considered); instances
+ * without PatientID form one patient with an empty ID.
+ */
+import type { DicomElement, Tag } from '../../../codec/dicom-types.ts';
+import type { CatalogEntry } from '../catalog-types.ts';
+import {
+  ACCESSION_INDEX_PREFIX,
+  CATALOG_ENTRY_PREFIX,
+  PATIENT_INDEX_PREFIX,
+  SERIES_INDEX_PREFIX,
+  STUDY_INDEX_PREFIX,
+  accessionIndexPrefix,
+  catalogEntryKey,
+  decodeCatalogEntry,
+  encodeKeyText,
+  isValidUid,
+  keyBatches,
+  patientIndexPrefix,
+  seriesIndexPrefix,
+  studyIndexPrefix,
+  type CatalogDb,
+} from '../catalog.ts';
+import {
+  LEVEL_DEPTH,
+  QUERY_LEVELS_OF_ROOT,
+  QueryTags,
+  UNIQUE_KEY_OF_LEVEL,
+  attributeLevelOf,
+  formatTag,
+  isQueryLevel,
+  isQueryRoot,
+  type AttributeLevel,
+  type QueryLevel,
+  type QueryRoot,
+} from './attribute-levels.ts';
+import { compileKeyMatcher, normalizeValue, splitValues, type ValueMatcher } from './matching.ts';
+import {
+  COMPUTED_ATTRIBUTES,
+  addInstance,
+  addInstanceKey,
+  attributesByTag,
+  createAggregate,
+  type ComputedAttribute,
+  type EntityAggregate,
+} from './computed.ts';
+
+export type { QueryLevel, QueryRoot } from './attribute-levels.ts';
+
+export interface QueryRequest {
+  root: QueryRoot;
+  level: QueryLevel;
+  /** The identifier minus QueryRetrieveLevel (a QueryRetrieveLevel element here is ignored). */
+  keys: DicomElement[];
+}
+
+export type QueryValidation = { ok: true } | { ok: false; status: number; comment: string };
+
+export const QueryStatus = {
+  /** Level missing or not in the root, key of a lower level, retrieve without its unique key. */
+  IdentifierDoesNotMatchSopClass: 0xa900,
+  /** Unable to process: a DA/TM/DT matching key (range or single value) is malformed. */
+  MalformedMatchingKey: 0xc001,
+  /** Unable to process: a C-GET/C-MOVE unique key holds a wildcard or an invalid UID. */
+  InvalidUniqueKey: 0xc002,
+} as const;
+
+export class QueryError extends Error {
+  override readonly name = 'QueryError';
+  readonly code: 'INVALID_QUERY' | 'INVALID_RETRIEVE';
+  readonly status: number;
+  constructor(code: 'INVALID_QUERY' | 'INVALID_RETRIEVE', status: number, comment: string) {
+    super(comment);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/** Instrumentation: what a query read. Pass one in the options; it is filled in place. */
+export interface QueryStats {
+  /** How candidates were found, e.g. "index x!pid! (PatientID)" or "full scan x!study!". */
+  plan: string;
+  indexKeysRead: number;
+  /** Catalog entries read and decoded. */
+  entriesRead: number;
+  entitiesExamined: number;
+}
+
+export function createQueryStats(): QueryStats {
+  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0 };
+}
+
+export interface FindOptions {
+  /** Stop after this many responses (absent or <= 0: no limit). */
+  limit?: number;
+  stats?: QueryStats;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Compilation and validation
+
+/** Keys that describe the request rather than select entities (PS3.4 C.2.2.2: never matched). */
+const NEVER_MATCHED_TAGS = new Set<Tag>([
+  QueryTags.SpecificCharacterSet,
+  QueryTags.TimezoneOffsetFromUTC,
+  QueryTags.RetrieveAETitle,
+  0x00080053, // Query/Retrieve View
+]);
+/** VRs the codec does not decode (value undefined). */
+const UNDECODED_VRS = new Set(['SQ', 'OB', 'OW', 'OF', 'OD', 'OL', 'OV', 'UN']);
+const GET_MANY_BATCH_SIZE = 256;
+
+interface CompiledKey {
+  element: DicomElement;
+  level: AttributeLevel;
+  computed: ComputedAttribute | undefined;
+  matcher: ValueMatcher;
+  /** False for universal matching and never-matched keys: nothing to check. */
+  isMatching: boolean;
+}
+
+type Compiled = { ok: true; keys: CompiledKey[] } | { ok: false; status: number; comment: string };
+
+function checkRootAndLevel(request: QueryRequest): QueryValidation {
+  if (!isQueryRoot(request.root)) {
+    return { ok: false, status: QueryStatus.IdentifierDoesNotMatchSopClass, comment: `unknown query root "${String(request.root)}"` };
+  }
+  if (!isQueryLevel(request.level)) {
+    return {
+      ok: false,
+      status: QueryStatus.IdentifierDoesNotMatchSopClass,
+      comment: `QueryRetrieveLevel (0008,0052) missing or invalid: "${String(request.level ?? '')}"`,
+    };
+  }
+  if (!QUERY_LEVELS_OF_ROOT[request.root].includes(request.level)) {
+    return {
+      ok: false,
+      status: QueryStatus.IdentifierDoesNotMatchSopClass,
+      comment: `QueryRetrieveLevel ${request.level} is not valid for the ${request.root === 'STUDY' ? 'Study' : 'Patient'} Root information model`,
+    };
+  }
+  return { ok: true };
+}
+
+function compileQuery(request: QueryRequest): Compiled {
+  const rootAndLevel = checkRootAndLevel(request);
+  if (!rootAndLevel.ok) return rootAndLevel;
+  const keys: CompiledKey[] = [];
+  const seenTags = new Set<Tag>();
+  for (const element of request.keys) {
+    if (element.tag === QueryTags.QueryRetrieveLevel || (element.tag & 0xffff) === 0) continue;
+    if (seenTags.has(element.tag)) continue;
+    seenTags.add(element.tag);
+    const computed = COMPUTED_ATTRIBUTES.get(element.tag);
+    const level = computed?.level ?? attributeLevelOf(element.tag);
+    if (level !== 'ANY' && LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) {
+      return {
+        ok: false,
+        status: QueryStatus.IdentifierDoesNotMatchSopClass,
+        comment: `key ${formatTag(element.tag)} is a ${level}-level attribute, not allowed in a ${request.level}-level query`,
+      };
+    }
+    const compiledMatcher = compileKeyMatcher(element.vr, element.value);
+    if (!compiledMatcher.ok) {
+      return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
+    }
+    const matcher = compiledMatcher.matcher;
+    const isMatching =
+      !NEVER_MATCHED_TAGS.has(element.tag) && matcher.type !== 'universal' && matcher.type !== 'sequence';
+    keys.push({ element, level, computed, matcher, isMatching });
+  }
+  return { ok: true, keys };
+}
+
+/** Checks a C-FIND request; on failure gives the C-FIND status and an Error Comment. */
+export function validateQuery(request: QueryRequest): QueryValidation {
+  const compiled = compileQuery(request);
+  return compiled.ok ? { ok: true } : { ok: false, status: compiled.status, comment: compiled.comment };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Index access
+
+interface IndexedInstance {
+  patientHex?: string;
+  studyInstanceUid?: string;
+  seriesInstanceUid?: string;
+  sopInstanceUid: string;
+}
+
+function parseIndexKey(key: string): IndexedInstance | undefined {
+  const parts = key.split('!');
+  if (key.startsWith(PATIENT_INDEX_PREFIX) && parts.length === 6) {
+    return { patientHex: parts[2]!, studyInstanceUid: parts[3]!, seriesInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
+  }
+  if (key.startsWith(STUDY_INDEX_PREFIX) && parts.length === 5) {
+    return { studyInstanceUid: parts[2]!, seriesInstanceUid: parts[3]!, sopInstanceUid: parts[4]! };
+  }
+  if (key.startsWith(SERIES_INDEX_PREFIX) && parts.length === 4) {
+    return { seriesInstanceUid: parts[2]!, sopInstanceUid: parts[3]! };
+  }
+  if (key.startsWith(ACCESSION_INDEX_PREFIX) && parts.length === 6) {
+    return { studyInstanceUid: parts[3]!, seriesInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
+  }
+  if (key.startsWith(CATALOG_ENTRY_PREFIX) && parts.length === 3) return { sopInstanceUid: parts[2]! };
+  return undefined;
+}
+
+/** The entity id at `level`: hex PatientID, StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID. */
+function entityIdAt(level: QueryLevel, indexed: IndexedInstance): string | undefined {
+  switch (level) {
+    case 'PATIENT':
+      return indexed.patientHex;
+    case 'STUDY':
+      return indexed.studyInstanceUid;
+    case 'SERIES':
+      return indexed.seriesInstanceUid;
+    case 'IMAGE':
+      return indexed.sopInstanceUid;
+  }
+}
+
+async function* scanIndex(db: CatalogDb, prefix: string, stats: QueryStats): AsyncGenerator<IndexedInstance> {
+  for await (const keys of keyBatches(db, prefix)) {
+    stats.indexKeysRead += keys.length;
+    for (const key of keys) {
+      const indexed = parseIndexKey(key);
+      if (indexed) yield indexed;
+    }
+  }
+}
+
+async function readEntries(db: CatalogDb, sopInstanceUids: string[], stats: QueryStats): Promise<CatalogEntry[]> {
+  if (sopInstanceUids.length === 0) return [];
+  const values = await db.getMany(sopInstanceUids.map(catalogEntryKey));
+  const entries: CatalogEntry[] = [];
+  for (const bytes of values) {
+    if (bytes === undefined) continue; // index key without entry (being deleted): skip
+    stats.entriesRead++;
+    entries.push(decodeCatalogEntry(bytes));
+  }
+  return entries;
+}
+
+function entryBelongsTo(level: QueryLevel, id: string, entry: CatalogEntry): boolean {
+  switch (level) {
+    case 'PATIENT':
+      return encodeKeyText(entry.patientId) === id;
+    case 'STUDY':
+      return entry.studyInstanceUid === id;
+    case 'SERIES':
+      return entry.seriesInstanceUid === id;
+    case 'IMAGE':
+      return entry.sopInstanceUid === id;
+  }
+}
+
+function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): string {
+  switch (level) {
+    case 'PATIENT':
+      return `${PATIENT_INDEX_PREFIX}${id}!`; // id is already hex
+    case 'STUDY':
+      return studyIndexPrefix(id);
+    case 'SERIES':
+      return seriesIndexPrefix(id);
+  }
+}
+
+/**
+ * Every instance of one patient/study/series, from its own hierarchy index. With `withEntries` false only
+ * the index keys are read (enough for the counts). Index keys whose entry disagrees are skipped.
+ */
+async function loadAggregate(
+  db: CatalogDb,
+  level: Exclude<QueryLevel, 'IMAGE'>,
+  id: string,
+  withEntries: boolean,
+  stats: QueryStats,
+): Promise<EntityAggregate> {
+  const aggregate = createAggregate();
+  let pending: string[] = [];
+  const flush = async (): Promise<void> => {
+    for (const entry of await readEntries(db, pending, stats)) {
+      if (entryBelongsTo(level, id, entry)) addInstance(aggregate, entry);
+    }
+    pending = [];
+  };
+  for await (const indexed of scanIndex(db, hierarchyPrefixOf(level, id), stats)) {
+    if (!withEntries) {
+      addInstanceKey(aggregate, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
+      continue;
+    }
+    pending.push(indexed.sopInstanceUid);
+    if (pending.length >= GET_MANY_BATCH_SIZE) await flush();
+  }
+  await flush();
+  return aggregate;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Planning
+
+type Plan =
+  | { kind: 'nothing'; description: string }
+  | { kind: 'instances'; sopInstanceUids: string[]; description: string }
+  | { kind: 'prefixes'; prefixes: string[]; contiguous: boolean; description: string };
+
+/** The distinct values of a key usable for an exact index lookup, or undefined (wildcard, universal...). */
+function lookupValues(key: CompiledKey | undefined): string[] | undefined {
+  if (!key || !key.isMatching || key.element.value === undefined) return undefined;
+  if (key.matcher.type !== 'single-value' && key.matcher.type !== 'uid-list') return undefined;
+  const { vr, value } = key.element;
+  const values = splitValues(vr, normalizeValue(vr, value)).filter((item) => item !== '');
+  return values.length === 0 ? undefined : [...new Set(values)];
+}
+
+function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
+  const keyOf = (tag: Tag): CompiledKey | undefined => keys.find((key) => key.element.tag === tag);
+  const depth = LEVEL_DEPTH[level];
+  const uidLookup = (tag: Tag, minimumDepth: number): string[] | undefined => {
+    const key = keyOf(tag);
+    if (depth < minimumDepth || key?.element.vr !== 'UI') return undefined;
+    return lookupValues(key)?.filter(isValidUid);
+  };
+
+  const sopUids = uidLookup(QueryTags.SOPInstanceUID, LEVEL_DEPTH.IMAGE);
+  if (sopUids) {
+    return sopUids.length === 0
+      ? { kind: 'nothing', description: 'no valid SOPInstanceUID' }
+      : { kind: 'instances', sopInstanceUids: sopUids, description: 'direct c!i! (SOPInstanceUID)' };
+  }
+  const uidIndexes: Array<[Tag, number, (uid: string) => string, string]> = [
+    [QueryTags.SeriesInstanceUID, LEVEL_DEPTH.SERIES, seriesIndexPrefix, 'index x!series! (SeriesInstanceUID)'],
+    [QueryTags.StudyInstanceUID, LEVEL_DEPTH.STUDY, studyIndexPrefix, 'index x!study! (StudyInstanceUID)'],
+  ];
+  for (const [tag, minimumDepth, prefixOf, description] of uidIndexes) {
+    const uids = uidLookup(tag, minimumDepth);
+    if (!uids) continue;
+    if (uids.length === 0) return { kind: 'nothing', description: `no valid ${description}` };
+    return { kind: 'prefixes', prefixes: uids.map(prefixOf), contiguous: false, description };
+  }
+  const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? lookupValues(keyOf(QueryTags.AccessionNumber)) : undefined;
+  if (accessionNumbers) {
+    return {
+      kind: 'prefixes',
+      prefixes: accessionNumbers.map(accessionIndexPrefix),
+      contiguous: false,
+      description: 'index x!acc! (AccessionNumber)',
+    };
+  }
+  const patientIds = lookupValues(keyOf(QueryTags.PatientID));
+  if (patientIds) {
+    return {
+      kind: 'prefixes',
+      prefixes: patientIds.map(patientIndexPrefix),
+      contiguous: false,
+      description: 'index x!pid! (PatientID)',
+    };
+  }
+  // Full scan of the level's own index: its entities are contiguous in key order.
+  const fullScanPrefix: Record<QueryLevel, string> = {
+    PATIENT: PATIENT_INDEX_PREFIX,
+    STUDY: STUDY_INDEX_PREFIX,
+    SERIES: SERIES_INDEX_PREFIX,
+    IMAGE: CATALOG_ENTRY_PREFIX,
+  };
+  const prefix = fullScanPrefix[level];
+  return { kind: 'prefixes', prefixes: [prefix], contiguous: true, description: `full scan ${prefix}` };
+}
+
+/** Candidate entity ids at `level`, each once, from the plan's index (keys only). */
+async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Plan, stats: QueryStats): AsyncGenerator<string> {
+  if (plan.kind === 'nothing') return;
+  if (plan.kind === 'instances') {
+    yield* plan.sopInstanceUids;
+    return;
+  }
+  const seen = new Set<string>();
+  let previous: string | undefined;
+  for (const prefix of plan.prefixes) {
+    for await (const indexed of scanIndex(db, prefix, stats)) {
+      const id = entityIdAt(level, indexed);
+      if (id === undefined || id === previous) continue;
+      previous = id;
+      if (!plan.contiguous) {
+        if (seen.has(id)) continue;
+        seen.add(id);
+      }
+      yield id;
+    }
+  }
+}
+
+/** Loaded candidate entities: for IMAGE one entry each (read in batches), otherwise the whole entity. */
+async function* candidateEntities(
+  db: CatalogDb,
+  level: QueryLevel,
+  plan: Plan,
+  stats: QueryStats,
+): AsyncGenerator<EntityAggregate> {
+  if (level !== 'IMAGE') {
+    for await (const id of candidateIds(db, level, plan, stats)) {
+      const aggregate = await loadAggregate(db, level, id, true, stats);
+      if (aggregate.latest) yield aggregate;
+    }
+    return;
+  }
+  let batch: string[] = [];
+  const emit = async function* (): AsyncGenerator<EntityAggregate> {
+    for (const entry of await readEntries(db, batch, stats)) {
+      const aggregate = createAggregate();
+      addInstance(aggregate, entry);
+      yield aggregate;
+    }
+    batch = [];
+  };
+  for await (const id of candidateIds(db, level, plan, stats)) {
+    batch.push(id);
+    if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
+  }
+  yield* emit();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Matching entities and building responses
+
+class UpperAggregateCache {
+  private readonly cache = new Map<string, EntityAggregate>();
+  constructor(
+    private readonly db: CatalogDb,
+    private readonly stats: QueryStats,
+  ) {}
+
+  async get(level: Exclude<QueryLevel, 'IMAGE'>, id: string, withEntries: boolean): Promise<EntityAggregate> {
+    const cacheKey = `${level}|${withEntries}|${id}`;
+    let aggregate = this.cache.get(cacheKey);
+    if (!aggregate) {
+      if (this.cache.size >= 1000) this.cache.clear();
+      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats);
+      this.cache.set(cacheKey, aggregate);
+    }
+    return aggregate;
+  }
+}
+
+function entityIdOf(level: Exclude<QueryLevel, 'IMAGE'>, entry: CatalogEntry): string {
+  if (level === 'PATIENT') return encodeKeyText(entry.patientId);
+  return level === 'STUDY' ? entry.studyInstanceUid : entry.seriesInstanceUid;
+}
+
+async function computedValueOf(
+  computed: ComputedAttribute,
+  entityLevel: QueryLevel,
+  aggregate: EntityAggregate,
+  upper: UpperAggregateCache,
+): Promise<string> {
+  if (computed.level === 'ANY' || computed.level === entityLevel) return computed.compute(aggregate);
+  const upperAggregate = await upper.get(computed.level, entityIdOf(computed.level, aggregate.latest!), computed.needsEntries);
+  return computed.compute(upperAggregate);
+}
+
+/** The response identifier for an entity, or undefined if it does not match every key. */
+async function respond(
+  level: QueryLevel,
+  keys: CompiledKey[],
+  aggregate: EntityAggregate,
+  upper: UpperAggregateCache,
+): Promise<DicomElement[] | undefined> {
+  const stored = attributesByTag(aggregate.latest!);
+  for (const key of keys) {
+    if (key.computed || !key.isMatching) continue;
+    if (!key.matcher.matches(stored.get(key.element.tag)?.value)) return undefined;
+  }
+  const computedValues = new Map<Tag, string>();
+  for (const key of keys) {
+    if (!key.computed) continue;
+    const value = await computedValueOf(key.computed, level, aggregate, upper);
+    if (key.isMatching && !key.matcher.matches(value)) return undefined;
+    computedValues.set(key.element.tag, value);
+  }
+  const response: DicomElement[] = keys.map(({ element }) => {
+    const storedElement = stored.get(element.tag);
+    const vr = element.vr === 'UN' ? (storedElement?.vr ?? 'UN') : element.vr;
+    const computedValue = computedValues.get(element.tag);
+    if (computedValue !== undefined) return { tag: element.tag, vr, value: computedValue };
+    if (vr === 'SQ') return { tag: element.tag, vr, value: undefined }; // sequences: returned empty
+    const value = storedElement?.value ?? (UNDECODED_VRS.has(vr) ? undefined : '');
+    return { tag: element.tag, vr, value };
+  });
+  response.push({ tag: QueryTags.QueryRetrieveLevel, vr: 'CS', value: level });
+  return response.sort((a, b) => a.tag - b.tag);
+}
+
+/**
+ * C-FIND: yields one response identifier per matching entity at the requested level: the requested keys
+ * (same tags and VRs; values from the entity, zero-length when unknown; computed attributes computed),
+ * plus QueryRetrieveLevel, in ascending tag order. Throws QueryError (with the status) for a request that
+ * validateQuery refuses.
+ */
+export async function* findMatches(
+  db: CatalogDb,
+  request: QueryRequest,
+  options: FindOptions = {},
+): AsyncGenerator<DicomElement[]> {
+  const compiled = compileQuery(request);
+  if (!compiled.ok) throw new QueryError('INVALID_QUERY', compiled.status, compiled.comment);
+  const stats = options.stats ?? createQueryStats();
+  const limit = options.limit !== undefined && options.limit > 0 ? options.limit : Infinity;
+  const plan = planQuery(request.level, compiled.keys);
+  stats.plan = plan.description;
+  const upper = new UpperAggregateCache(db, stats);
+  let responses = 0;
+  for await (const aggregate of candidateEntities(db, request.level, plan, stats)) {
+    stats.entitiesExamined++;
+    const response = await respond(request.level, compiled.keys, aggregate, upper);
+    if (!response) continue;
+    yield response;
+    if (++responses >= limit) return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// C-GET / C-MOVE
+
+function uniqueKeyValues(request: QueryRequest, tag: Tag): string[] | undefined {
+  const element = request.keys.find((key) => key.tag === tag);
+  if (element?.value === undefined) return undefined;
+  const vr = tag === QueryTags.PatientID ? 'LO' : 'UI';
+  const values = splitValues(vr, normalizeValue(vr, element.value)).filter((value) => value !== '');
+  return values.length === 0 ? undefined : [...new Set(values)];
+}
+
+function invalidUniqueValue(tag: Tag, value: string): boolean {
+  if (tag === QueryTags.PatientID) return value.includes('*') || value.includes('?');
+  return !isValidUid(value);
+}
+
+/**
+ * Checks a C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1): the level's unique key must be present and non-empty
+ * (a list for UIDs); the unique keys of upper levels may be present; no wildcard anywhere in them.
+ */
+export function validateRetrieve(request: QueryRequest): QueryValidation {
+  const rootAndLevel = checkRootAndLevel(request);
+  if (!rootAndLevel.ok) return rootAndLevel;
+  const uniqueTag = UNIQUE_KEY_OF_LEVEL[request.level];
+  if (!uniqueKeyValues(request, uniqueTag)) {
+    return {
+      ok: false,
+      status: QueryStatus.IdentifierDoesNotMatchSopClass,
+      comment: `a ${request.level}-level retrieve needs a value for ${formatTag(uniqueTag)}`,
+    };
+  }
+  for (const level of QUERY_LEVELS_OF_ROOT.PATIENT) {
+    if (LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) break;
+    const tag = UNIQUE_KEY_OF_LEVEL[level];
+    const invalid = uniqueKeyValues(request, tag)?.find((value) => invalidUniqueValue(tag, value));
+    if (invalid !== undefined) {
+      return {
+        ok: false,
+        status: QueryStatus.InvalidUniqueKey,
+        comment: `unique key ${formatTag(tag)} holds an invalid value or a wildcard: "${invalid}"`,
+      };
+    }
+  }
+  return { ok: true };
+}
+
+/**
+ * C-GET/C-MOVE: every instance selected by the identifier's unique keys, each once. Upper-level unique keys,
+ * when present, must agree with the instance. Other keys are ignored. Throws QueryError for an identifier
+ * that validateRetrieve refuses (never "everything" for a missing key).
+ */
+export async function* resolveRetrieve(
+  db: CatalogDb,
+  request: QueryRequest,
+  options: { stats?: QueryStats } = {},
+): AsyncGenerator<CatalogEntry> {
+  const validation = validateRetrieve(request);
+  if (!validation.ok) throw new QueryError('INVALID_RETRIEVE', validation.status, validation.comment);
+  const stats = options.stats ?? createQueryStats();
+  const level = request.level;
+  const ids = uniqueKeyValues(request, UNIQUE_KEY_OF_LEVEL[level])!;
+
+  const filters: Array<(entry: CatalogEntry) => boolean> = [];
+  const upperFilter = (tag: Tag, field: (entry: CatalogEntry) => string): void => {
+    const values = uniqueKeyValues(request, tag);
+    if (values) filters.push((entry) => values.includes(normalizeValue('LO', field(entry))));
+  };
+  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT) upperFilter(QueryTags.PatientID, (entry) => entry.patientId);
+  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.STUDY) upperFilter(QueryTags.StudyInstanceUID, (entry) => entry.studyInstanceUid);
+  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.SERIES) upperFilter(QueryTags.SeriesInstanceUID, (entry) => entry.seriesInstanceUid);
+
+  const seen = new Set<string>();
+  const accept = (entry: CatalogEntry, id: string, entityLevel: QueryLevel): boolean => {
+    const entityId = entityLevel === 'PATIENT' ? encodeKeyText(id) : id;
+    if (!entryBelongsTo(entityLevel, entityId, entry) || seen.has(entry.sopInstanceUid)) return false;
+    if (!filters.every((filter) => filter(entry))) return false;
+    seen.add(entry.sopInstanceUid);
+    return true;
+  };
+
+  if (level === 'IMAGE') {
+    for (let start = 0; start < ids.length; start += GET_MANY_BATCH_SIZE) {
+      const batch = ids.slice(start, start + GET_MANY_BATCH_SIZE);
+      for (const entry of await readEntries(db, batch, stats)) {
+        if (batch.includes(entry.sopInstanceUid) && accept(entry, entry.sopInstanceUid, 'IMAGE')) yield entry;
+      }
+    }
+    stats.plan = 'direct c!i! (SOPInstanceUID)';
+    return;
+  }
+  const [prefixOf, indexName] =
+    level === 'PATIENT'
+      ? [patientIndexPrefix, PATIENT_INDEX_PREFIX]
+      : level === 'STUDY'
+        ? [studyIndexPrefix, STUDY_INDEX_PREFIX]
+        : [seriesIndexPrefix, SERIES_INDEX_PREFIX];
+  stats.plan = `index ${indexName}`;
+  for (const id of ids) {
+    let pending: string[] = [];
+    const flush = async function* (): AsyncGenerator<CatalogEntry> {
+      for (const entry of await readEntries(db, pending, stats)) if (accept(entry, id, level)) yield entry;
+      pending = [];
+    };
+    for await (const indexed of scanIndex(db, prefixOf(id), stats)) {
+      pending.push(indexed.sopInstanceUid);
+      if (pending.length >= GET_MANY_BATCH_SIZE) yield* flush();
+    }
+    yield* flush();
+  }
+}
