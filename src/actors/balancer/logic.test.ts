@@ -1,0 +1,178 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
+import { buildRoutingTable, chooseTarget, initBalancer, ruleWinner, stepBalancer, type BalancerState } from './logic.ts';
+import type { BalancerConfig, BalancerEffect, BalancerInput, RoutingTable } from './messages.ts';
+
+const roster = ['peer-a', 'peer-b', 'peer-c'];
+
+function configFor(selfPeerId: string): BalancerConfig {
+  return {
+    selfPeerId,
+    rosterPeerIds: roster,
+    voteTimeoutMs: 500,
+    announceIntervalMs: 200,
+    leaderSilenceMaxMs: 1000,
+    routing: { associationsPerPeerMax: 10, custodyQueueMax: 100, freeDiskBytesMin: 1000 },
+  };
+}
+
+function member(peerId: string, opts: { status?: MemberStatus; priority?: number; site?: string; active?: number; queued?: number; free?: number } = {}): MemberRecord {
+  return {
+    peerId,
+    siteName: opts.site ?? `site-${peerId.slice(-1)}`,
+    incarnation: 1,
+    sequence: 1,
+    priority: opts.priority ?? 0,
+    addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080` },
+    load: { activeAssociations: opts.active ?? 0, queuedCustodyWork: opts.queued ?? 0, freeDiskBytes: opts.free ?? 1e9 },
+    instanceCount: 0,
+    digestRoot: '',
+    status: opts.status ?? 'alive',
+    lastHeardAtMs: 0,
+    statusSinceMs: 0,
+  };
+}
+
+function run(state: BalancerState, ...inputs: BalancerInput[]): { state: BalancerState; effects: BalancerEffect[] } {
+  const effects: BalancerEffect[] = [];
+  for (const input of inputs) {
+    const step = stepBalancer(state, input);
+    state = step.state;
+    effects.push(...step.effects);
+  }
+  return { state, effects };
+}
+
+const allAlive = [member('peer-a'), member('peer-b'), member('peer-c')];
+
+test('the rule picks the lowest priority, then the lowest peerId, among alive members only', () => {
+  assert.equal(ruleWinner(allAlive)?.peerId, 'peer-a');
+  assert.equal(ruleWinner([member('peer-a', { priority: 2 }), member('peer-b', { priority: 1 }), member('peer-c', { priority: 1 })])?.peerId, 'peer-b');
+  assert.equal(ruleWinner([member('peer-a', { status: 'suspect' }), member('peer-b'), member('peer-c')])?.peerId, 'peer-b');
+  assert.equal(ruleWinner([]), null);
+});
+
+test('the rule winner runs, persists its vote first, and wins with a roster majority', () => {
+  const started = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 });
+  assert.equal(started.state.role, 'candidate');
+  assert.equal(started.state.durable.currentTerm, 1);
+  assert.equal(started.effects[0]?.type, 'persist');
+  assert.deepEqual(
+    started.effects.filter((e) => e.type === 'send').map((e) => (e.type === 'send' ? e.to : '')),
+    ['peer-b', 'peer-c'],
+  );
+  const won = run(started.state, {
+    type: 'messageReceived',
+    from: 'peer-b',
+    message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true },
+    nowMs: 10,
+  });
+  assert.equal(won.state.role, 'leader');
+  assert.ok(won.effects.some((e) => e.type === 'claimedLeadership' && e.term === 1));
+  assert.ok(won.effects.some((e) => e.type === 'publish' && e.message.type === 'announce' && e.message.term === 1));
+});
+
+test('a non-winner does not run, and votes only for its rule winner, once per term', () => {
+  let b = run(initBalancer(configFor('peer-b'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
+  assert.equal(b.role, 'follower');
+  assert.equal(b.durable.currentTerm, 0);
+  const fromC = run(b, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 1, candidateId: 'peer-c' }, nowMs: 1 });
+  assert.ok(fromC.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && !e.message.granted));
+  b = fromC.state;
+  const fromA = run(b, { type: 'messageReceived', from: 'peer-a', message: { type: 'requestVote', term: 1, candidateId: 'peer-a' }, nowMs: 2 });
+  assert.ok(fromA.effects.some((e) => e.type === 'persist' && e.value.votedFor === 'peer-a'));
+  assert.ok(fromA.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+  // Even with a changed view, a second candidate of the same term gets no vote.
+  b = run(fromA.state, { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c', { priority: -1 })], nowMs: 3 }).state;
+  const again = run(b, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 1, candidateId: 'peer-c' }, nowMs: 4 });
+  assert.ok(again.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && !e.message.granted));
+});
+
+test('terms are monotonic: a higher term is adopted and persisted, an older one is refused', () => {
+  let s = initBalancer(configFor('peer-b'), { currentTerm: 5, votedFor: null });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', { priority: 1 }), member('peer-c', { priority: 1 })], nowMs: 0 }).state;
+  const old = run(s, {
+    type: 'messageReceived',
+    from: 'peer-a',
+    message: { type: 'announce', term: 4, leaderId: 'peer-a', table: buildRoutingTable(allAlive, 4, 'peer-a', configFor('peer-a').routing) },
+    nowMs: 1,
+  });
+  assert.equal(old.state.leaderId, null);
+  assert.equal(old.state.durable.currentTerm, 5);
+  assert.ok(old.effects.some((e) => e.type === 'send' && e.message.type === 'newerTerm' && e.message.term === 5));
+  const newer = run(old.state, {
+    type: 'messageReceived',
+    from: 'peer-a',
+    message: { type: 'announce', term: 7, leaderId: 'peer-a', table: buildRoutingTable(allAlive, 7, 'peer-a', configFor('peer-a').routing) },
+    nowMs: 2,
+  });
+  assert.equal(newer.state.durable.currentTerm, 7);
+  assert.equal(newer.state.leaderId, 'peer-a');
+  assert.equal(newer.state.table?.term, 7);
+  assert.ok(newer.effects.some((e) => e.type === 'persist' && e.value.currentTerm === 7));
+});
+
+test('a leader steps down when it hears a newer term or a better peer returns', () => {
+  const a = run(
+    initBalancer(configFor('peer-a'), null),
+    { type: 'viewChanged', members: allAlive, nowMs: 0 },
+    { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 1 },
+  ).state;
+  assert.equal(a.role, 'leader');
+  const deposed = run(a, { type: 'messageReceived', from: 'peer-c', message: { type: 'newerTerm', term: 3 }, nowMs: 2 });
+  assert.equal(deposed.state.durable.currentTerm, 3);
+  assert.notEqual(deposed.state.role, 'leader');
+
+  const b = run(
+    initBalancer(configFor('peer-b'), null),
+    { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 0 },
+    { type: 'messageReceived', from: 'peer-c', message: { type: 'vote', term: 1, voterId: 'peer-c', granted: true }, nowMs: 1 },
+  ).state;
+  assert.equal(b.role, 'leader');
+  const handedOver = run(b, { type: 'viewChanged', members: allAlive, nowMs: 2 });
+  assert.equal(handedOver.state.role, 'follower');
+  assert.ok(handedOver.effects.some((e) => e.type === 'leaderChanged' && e.leaderId === null));
+});
+
+test('no leader without a roster majority in view', () => {
+  const s = run(initBalancer(configFor('peer-a'), null), {
+    type: 'viewChanged',
+    members: [member('peer-a'), member('peer-b', { status: 'dead' }), member('peer-c', { status: 'dead' })],
+    nowMs: 0,
+  }).state;
+  assert.equal(s.role, 'follower');
+  assert.equal(s.durable.currentTerm, 0);
+});
+
+test('routing prefers peers of the same site, crosses sites only when the site is saturated', () => {
+  const limits = configFor('peer-a').routing;
+  const members = [
+    member('peer-a1', { site: 'north' }),
+    member('peer-a2', { site: 'north', active: 5 }),
+    member('peer-b1', { site: 'south' }),
+  ];
+  const table = buildRoutingTable(members, 3, 'peer-a1', limits);
+  for (let i = 0; i < 100; i += 1) {
+    const choice = chooseTarget(table, 'peer-a2', i / 100);
+    assert.equal(choice.reason, 'same-site');
+    assert.ok(choice.peerId === 'peer-a1' || choice.peerId === 'peer-a2');
+  }
+  // The busier peer gets a smaller share.
+  const toA1 = Array.from({ length: 100 }, (_, i) => chooseTarget(table, 'peer-a2', i / 100)).filter((c) => c.peerId === 'peer-a1').length;
+  assert.ok(toA1 > 50, `peer-a1 got ${toA1}%`);
+
+  const saturated = buildRoutingTable(
+    [member('peer-a1', { site: 'north', active: 10 }), member('peer-a2', { site: 'north', free: 10 }), member('peer-b1', { site: 'south' })],
+    3,
+    'peer-a1',
+    limits,
+  );
+  assert.deepEqual(chooseTarget(saturated, 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
+});
+
+test('with no table, or from a peer the table does not know, the front door serves locally', () => {
+  assert.deepEqual(chooseTarget(null, 'peer-x', 0.3), { peerId: 'peer-x', reason: 'no-table' });
+  const table: RoutingTable = buildRoutingTable(allAlive, 1, 'peer-a', configFor('peer-a').routing);
+  assert.deepEqual(chooseTarget(table, 'peer-x', 0.3), { peerId: 'peer-x', reason: 'unknown-origin' });
+});

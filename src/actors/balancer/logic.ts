@@ -1,0 +1,353 @@
+/**
+ * Balancer reducer: leader election over the membership view, and the leader's routing table.
+ *
+ * The rule: the leader should be the best-ranked alive member, rank = (priority, peerId), lowest wins.
+ * Every peer evaluates that rule on its own view; only a peer that sees itself as the winner runs.
+ *
+ * Why at most one leader per term (the invariant the simulation checks):
+ *   1. A peer votes at most once per term: votedFor is persisted with currentTerm before the vote is sent,
+ *      so not even a crash and restart lets it vote twice in one term.
+ *   2. A candidate becomes leader of term t only with votes from a strict majority of the fixed roster
+ *      (every peer of every configured site), counting its own.
+ *   3. Two strict majorities of one list share at least one peer, and that peer voted for only one of them.
+ * So two distinct leaders can never claim the same term, in one connected component or across components,
+ * whatever their views. Views only decide who runs (liveness), never who may win twice (safety).
+ * A majority of each candidate's own view would not do: two peers with disjoint stale views could
+ * each gather a majority of what they see in the same term.
+ * The price: a component without a roster majority elects nobody; its front doors serve locally.
+ *
+ * Terms are monotonic: a peer adopts any higher term it hears (vote, request, announcement), persists it,
+ * and ignores everything older. A leader steps down when a better-ranked peer is alive in its view or when
+ * it no longer sees a roster majority; the next leader needs a new, higher term.
+ *
+ * The state is immutable: every step returns a new object.
+ */
+import type { MemberRecord } from '../membership/messages.ts';
+import {
+  routingTopic,
+  type BalancerConfig,
+  type BalancerEffect,
+  type BalancerInput,
+  type BalancerMessage,
+  type ElectionDurable,
+  type RoutingEntry,
+  type RoutingLimits,
+  type RoutingTable,
+} from './messages.ts';
+
+export type BalancerRole = 'follower' | 'candidate' | 'leader';
+
+export interface BalancerState {
+  readonly config: BalancerConfig;
+  readonly durable: ElectionDurable;
+  readonly role: BalancerRole;
+  /** The leader of durable.currentTerm as far as this peer knows; null when none. */
+  readonly leaderId: string | null;
+  readonly leaderHeardAtMs: number;
+  /** Voters (self included) for this peer's candidacy in currentTerm. */
+  readonly votesGranted: readonly string[];
+  /** Candidate: when to give up this round. Follower: no new candidacy before this time. */
+  readonly candidacyDeadlineMs: number;
+  /** The latest membership view, sorted by peerId. */
+  readonly members: readonly MemberRecord[];
+  /** The routing table this peer follows (its own when it leads). */
+  readonly table: RoutingTable | null;
+  readonly nextAnnounceAtMs: number;
+}
+
+export interface BalancerStep {
+  readonly state: BalancerState;
+  readonly effects: readonly BalancerEffect[];
+}
+
+export const defaultRoutingLimits: RoutingLimits = {
+  associationsPerPeerMax: 32,
+  custodyQueueMax: 1000,
+  freeDiskBytesMin: 10 * 1024 ** 3,
+};
+
+/** A restarted peer comes back as a follower of nobody, remembering only its term and vote. */
+export function initBalancer(config: BalancerConfig, durable: ElectionDurable | null): BalancerState {
+  return {
+    config,
+    durable: durable ?? { currentTerm: 0, votedFor: null },
+    role: 'follower',
+    leaderId: null,
+    leaderHeardAtMs: 0,
+    votesGranted: [],
+    candidacyDeadlineMs: 0,
+    members: [],
+    table: null,
+    nextAnnounceAtMs: 0,
+  };
+}
+
+export function stepBalancer(state: BalancerState, input: BalancerInput): BalancerStep {
+  const effects: BalancerEffect[] = [];
+  let next: BalancerState;
+  switch (input.type) {
+    case 'tick':
+      next = onTick(state, input.nowMs, effects);
+      break;
+    case 'viewChanged':
+      next = onTick({ ...state, members: input.members }, input.nowMs, effects);
+      break;
+    case 'messageReceived':
+      next = onMessage(state, input.from, input.message, input.nowMs, effects);
+      break;
+    default:
+      return assertNever(input);
+  }
+  return { state: next, effects };
+}
+
+/** The rule: best (priority, peerId) among alive members of a view, or null for an empty view. */
+export function ruleWinner(members: readonly MemberRecord[]): MemberRecord | null {
+  let best: MemberRecord | null = null;
+  for (const m of members) {
+    if (m.status !== 'alive') continue;
+    if (best === null || compareRank(m, best) < 0) best = m;
+  }
+  return best;
+}
+
+export function majorityOf(roster: readonly string[]): number {
+  return Math.floor(roster.length / 2) + 1;
+}
+
+/** The table the front door should use now (null: serve locally). */
+export function currentTable(state: BalancerState): RoutingTable | null {
+  return state.table;
+}
+
+function compareRank(a: { priority: number; peerId: string }, b: { priority: number; peerId: string }): number {
+  if (a.priority !== b.priority) return a.priority - b.priority;
+  return a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0;
+}
+
+function seesRosterMajority(state: BalancerState): boolean {
+  const roster = new Set(state.config.rosterPeerIds);
+  let alive = 0;
+  for (const m of state.members) if (m.status === 'alive' && roster.has(m.peerId)) alive += 1;
+  return alive >= majorityOf(state.config.rosterPeerIds);
+}
+
+function selfIsWinner(state: BalancerState): boolean {
+  return ruleWinner(state.members)?.peerId === state.config.selfPeerId;
+}
+
+function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
+  let s = state;
+  const self = s.config.selfPeerId;
+  if (s.role === 'leader') {
+    if (!selfIsWinner(s) || !seesRosterMajority(s)) {
+      // A better peer is back, or we lost the majority: hand over; the successor runs with a higher term.
+      s = { ...s, role: 'follower', leaderId: null, candidacyDeadlineMs: nowMs };
+      effects.push({ type: 'leaderChanged', term: s.durable.currentTerm, leaderId: null });
+      s = setTable(s, null, effects);
+    } else {
+      if (nowMs >= s.nextAnnounceAtMs) s = announce(s, nowMs, effects);
+      return s;
+    }
+  }
+  if (s.role === 'follower' && s.leaderId !== null) {
+    const leaderAlive = s.members.some((m) => m.peerId === s.leaderId && m.status === 'alive');
+    if (!leaderAlive || nowMs - s.leaderHeardAtMs > s.config.leaderSilenceMaxMs) {
+      s = { ...s, leaderId: null };
+      effects.push({ type: 'leaderChanged', term: s.durable.currentTerm, leaderId: null });
+      s = setTable(s, null, effects);
+    }
+  }
+  if (s.role === 'candidate' && nowMs >= s.candidacyDeadlineMs) {
+    s = { ...s, role: 'follower', votesGranted: [] };
+  }
+  const wantsToRun =
+    s.role === 'follower' &&
+    s.leaderId !== self &&
+    nowMs >= s.candidacyDeadlineMs &&
+    selfIsWinner(s) &&
+    seesRosterMajority(s);
+  if (!wantsToRun) return s;
+  // Run: a fresh term, our own vote persisted before anyone hears of the candidacy.
+  const durable: ElectionDurable = { currentTerm: s.durable.currentTerm + 1, votedFor: self };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  s = {
+    ...s,
+    durable,
+    role: 'candidate',
+    votesGranted: [self],
+    candidacyDeadlineMs: nowMs + s.config.voteTimeoutMs,
+  };
+  if (s.leaderId !== null) {
+    s = { ...s, leaderId: null };
+    effects.push({ type: 'leaderChanged', term: durable.currentTerm, leaderId: null });
+    s = setTable(s, null, effects);
+  }
+  for (const peerId of s.config.rosterPeerIds) {
+    if (peerId === self) continue;
+    effects.push({ type: 'send', to: peerId, message: { type: 'requestVote', term: durable.currentTerm, candidateId: self } });
+  }
+  return maybeWin(s, nowMs, effects);
+}
+
+function onMessage(
+  state: BalancerState,
+  from: string,
+  message: BalancerMessage,
+  nowMs: number,
+  effects: BalancerEffect[],
+): BalancerState {
+  let s = state;
+  if (message.term > s.durable.currentTerm) s = adoptTerm(s, message.term, effects);
+  const term = s.durable.currentTerm;
+  switch (message.type) {
+    case 'requestVote': {
+      const self = s.config.selfPeerId;
+      const candidate = message.candidateId;
+      let granted = false;
+      if (message.term === term && (s.durable.votedFor === null || s.durable.votedFor === candidate)) {
+        // Vote only for the rule's winner as this peer sees it, so that views, not races, pick the leader.
+        const best = ruleWinner(s.members);
+        const known = s.members.find((m) => m.peerId === candidate);
+        granted = best === null || best.peerId === candidate || (known !== undefined && compareRank(known, best) <= 0);
+        if (granted && s.durable.votedFor !== candidate) {
+          const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
+          effects.push({ type: 'persist', key: 'election', value: durable });
+          s = { ...s, durable };
+        }
+      }
+      effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted } });
+      return s;
+    }
+    case 'vote': {
+      if (s.role !== 'candidate' || message.term !== term || !message.granted) return s;
+      if (s.votesGranted.includes(message.voterId) || !s.config.rosterPeerIds.includes(message.voterId)) return s;
+      return maybeWin({ ...s, votesGranted: [...s.votesGranted, message.voterId] }, nowMs, effects);
+    }
+    case 'announce': {
+      if (message.term < term) {
+        effects.push({ type: 'send', to: from, message: { type: 'newerTerm', term } });
+        return s;
+      }
+      if (message.leaderId === s.config.selfPeerId) return s;
+      // A leader of our term exists: a candidate of this term lost, and a leader here would be a bug.
+      if (s.leaderId !== message.leaderId) effects.push({ type: 'leaderChanged', term, leaderId: message.leaderId });
+      s = { ...s, role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs };
+      return setTable(s, message.table, effects);
+    }
+    case 'newerTerm':
+      // Adopting the term (above) already made this peer a follower; nothing else to do.
+      return s;
+    default:
+      return assertNever(message);
+  }
+}
+
+function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]): BalancerState {
+  const durable: ElectionDurable = { currentTerm: term, votedFor: null };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  let s: BalancerState = { ...state, durable, role: 'follower', votesGranted: [] };
+  if (state.leaderId !== null) {
+    s = { ...s, leaderId: null };
+    effects.push({ type: 'leaderChanged', term, leaderId: null });
+    s = setTable(s, null, effects);
+  }
+  return s;
+}
+
+function maybeWin(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
+  if (state.votesGranted.length < majorityOf(state.config.rosterPeerIds)) return state;
+  const term = state.durable.currentTerm;
+  effects.push({ type: 'claimedLeadership', term });
+  effects.push({ type: 'leaderChanged', term, leaderId: state.config.selfPeerId });
+  const s: BalancerState = { ...state, role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [] };
+  return announce(s, nowMs, effects);
+}
+
+function announce(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
+  const table = buildRoutingTable(state.members, state.durable.currentTerm, state.config.selfPeerId, state.config.routing);
+  const s = setTable({ ...state, nextAnnounceAtMs: nowMs + state.config.announceIntervalMs }, table, effects);
+  effects.push({
+    type: 'publish',
+    topic: routingTopic,
+    message: { type: 'announce', term: table.term, leaderId: table.leaderId, table },
+  });
+  return s;
+}
+
+function setTable(state: BalancerState, table: RoutingTable | null, effects: BalancerEffect[]): BalancerState {
+  if (sameTable(state.table, table)) return state;
+  effects.push({ type: 'routingTableChanged', table });
+  return { ...state, table };
+}
+
+function sameTable(a: RoutingTable | null, b: RoutingTable | null): boolean {
+  if (a === null || b === null) return a === b;
+  if (a.term !== b.term || a.leaderId !== b.leaderId || a.entries.length !== b.entries.length) return false;
+  return a.entries.every((e, i) => {
+    const o = b.entries[i];
+    return o !== undefined && e.peerId === o.peerId && e.weight === o.weight && e.saturated === o.saturated;
+  });
+}
+
+/** The leader's table: every alive member with a weight from its spare association and custody capacity. */
+export function buildRoutingTable(
+  members: readonly MemberRecord[],
+  term: number,
+  leaderId: string,
+  limits: RoutingLimits,
+): RoutingTable {
+  const entries: RoutingEntry[] = members
+    .filter((m) => m.status === 'alive')
+    .map((m) => {
+      const { activeAssociations, queuedCustodyWork, freeDiskBytes } = m.load;
+      const saturated =
+        activeAssociations >= limits.associationsPerPeerMax ||
+        queuedCustodyWork >= limits.custodyQueueMax ||
+        freeDiskBytes < limits.freeDiskBytesMin;
+      const associationHeadroom = 1 - activeAssociations / limits.associationsPerPeerMax;
+      const custodyHeadroom = 1 - queuedCustodyWork / limits.custodyQueueMax;
+      // Integer weights keep tables comparable and the choice reproducible across platforms.
+      const weight = saturated ? 0 : Math.max(1, Math.round(1000 * associationHeadroom * custodyHeadroom));
+      return { peerId: m.peerId, siteName: m.siteName, dicomAddress: m.addresses.dicom, weight, saturated };
+    })
+    .sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
+  return { term, leaderId, entries };
+}
+
+export type RouteReason = 'no-table' | 'unknown-origin' | 'same-site' | 'cross-site' | 'all-saturated';
+
+export interface RouteChoice {
+  readonly peerId: string;
+  readonly reason: RouteReason;
+}
+
+/**
+ * Where a new association arriving at fromPeerId should be served. `draw` is a uniform number in [0, 1)
+ * from the caller's seeded PRNG (or a counter / 2^32), so the choice is reproducible.
+ * Same-site peers first; another site only when every peer of this site is saturated or gone.
+ */
+export function chooseTarget(table: RoutingTable | null, fromPeerId: string, draw: number): RouteChoice {
+  if (table === null) return { peerId: fromPeerId, reason: 'no-table' };
+  const origin = table.entries.find((e) => e.peerId === fromPeerId);
+  if (origin === undefined) return { peerId: fromPeerId, reason: 'unknown-origin' };
+  const sameSite = table.entries.filter((e) => e.siteName === origin.siteName && !e.saturated);
+  if (sameSite.length > 0) return { peerId: weightedPick(sameSite, draw), reason: 'same-site' };
+  const otherSites = table.entries.filter((e) => e.siteName !== origin.siteName && !e.saturated);
+  if (otherSites.length > 0) return { peerId: weightedPick(otherSites, draw), reason: 'cross-site' };
+  return { peerId: fromPeerId, reason: 'all-saturated' };
+}
+
+function weightedPick(entries: readonly RoutingEntry[], draw: number): string {
+  const total = entries.reduce((sum, e) => sum + e.weight, 0);
+  let point = Math.min(Math.max(draw, 0), 0.999999999) * total;
+  for (const e of entries) {
+    if (point < e.weight) return e.peerId;
+    point -= e.weight;
+  }
+  return (entries[entries.length - 1] as RoutingEntry).peerId;
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unhandled balancer input: ${JSON.stringify(value)}`);
+}

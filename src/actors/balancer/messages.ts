@@ -1,0 +1,84 @@
+/**
+ * Balancer protocol (issue 4): leader election over the membership view, and the leader's routing table.
+ * Closed unions: every input, mesh message and effect of the balancer reducer is listed here.
+ */
+import type { MemberRecord } from '../membership/messages.ts';
+
+export const routingTopic = 'pacs-mesh/routing/1';
+
+/** One peer's share of new associations, as the leader computed it from the heartbeats' load figures. */
+export interface RoutingEntry {
+  readonly peerId: string;
+  readonly siteName: string;
+  readonly dicomAddress: string;
+  /** Relative share of new associations; 0 when saturated. */
+  readonly weight: number;
+  readonly saturated: boolean;
+}
+
+export interface RoutingTable {
+  readonly term: number;
+  readonly leaderId: string;
+  /** Sorted by peerId. */
+  readonly entries: readonly RoutingEntry[];
+}
+
+/** Messages between balancers (votes are point to point, announcements go over gossip). */
+export type BalancerMessage =
+  | { readonly type: 'requestVote'; readonly term: number; readonly candidateId: string }
+  | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean }
+  | { readonly type: 'announce'; readonly term: number; readonly leaderId: string; readonly table: RoutingTable }
+  /** Answer to an announcement of an older term, so that a leader cut off from a newer election steps down. */
+  | { readonly type: 'newerTerm'; readonly term: number };
+
+/** What survives a restart; persisted before any vote or claim leaves the peer. */
+export interface ElectionDurable {
+  readonly currentTerm: number;
+  /** Whom this peer voted for in currentTerm (itself when it ran); null if nobody yet. */
+  readonly votedFor: string | null;
+}
+
+export interface RoutingLimits {
+  /** Active associations at which a peer counts as saturated. */
+  readonly associationsPerPeerMax: number;
+  /** Queued custody work at which a peer counts as saturated. */
+  readonly custodyQueueMax: number;
+  /** Below this much free disk a peer takes no new associations. */
+  readonly freeDiskBytesMin: number;
+}
+
+export interface BalancerConfig {
+  readonly selfPeerId: string;
+  /**
+   * The voters: every peer of every configured site. A leader needs votes from a strict majority of this
+   * fixed list, which is what makes two leaders of one term impossible (see logic.ts).
+   */
+  readonly rosterPeerIds: readonly string[];
+  /** How long a candidate waits for votes before it tries again with a higher term. */
+  readonly voteTimeoutMs: number;
+  /** How often the leader publishes (term, leaderId, table). */
+  readonly announceIntervalMs: number;
+  /** A follower forgets a leader it has not heard from for this long. */
+  readonly leaderSilenceMaxMs: number;
+  readonly routing: RoutingLimits;
+}
+
+export type BalancerInput =
+  | { readonly type: 'tick'; readonly nowMs: number }
+  | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
+  | {
+      readonly type: 'messageReceived';
+      readonly from: string;
+      readonly message: BalancerMessage;
+      readonly nowMs: number;
+    };
+
+export type BalancerEffect =
+  | { readonly type: 'persist'; readonly key: 'election'; readonly value: ElectionDurable }
+  | { readonly type: 'send'; readonly to: string; readonly message: BalancerMessage }
+  | { readonly type: 'publish'; readonly topic: typeof routingTopic; readonly message: BalancerMessage }
+  /** The leader this peer follows changed (null: none known, the front door serves locally). */
+  | { readonly type: 'leaderChanged'; readonly term: number; readonly leaderId: string | null }
+  /** This peer won the election of `term` (for logs and for the simulation's checker). */
+  | { readonly type: 'claimedLeadership'; readonly term: number }
+  | { readonly type: 'routingTableChanged'; readonly table: RoutingTable | null };

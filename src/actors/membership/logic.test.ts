@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { initMembership, liveView, stepMembership, type MembershipState } from './logic.ts';
+import type { Heartbeat, MembershipConfig, MembershipEffect, MembershipInput } from './messages.ts';
+
+const config: MembershipConfig = {
+  peerId: 'peer-a',
+  siteName: 'site-a',
+  incarnation: 1,
+  priority: 0,
+  addresses: { dicom: 'a:104', http: 'a:8080' },
+  heartbeatIntervalMs: 1000,
+  suspectAfterMs: 3000,
+  deadAfterMs: 6000,
+  membersMax: 8,
+};
+
+function heartbeat(peerId: string, incarnation: number, sequence: number, extra: Partial<Heartbeat> = {}): Heartbeat {
+  return {
+    type: 'heartbeat',
+    peerId,
+    siteName: `site-${peerId.slice(-1)}`,
+    incarnation,
+    sequence,
+    priority: 0,
+    addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080` },
+    load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 1e12 },
+    instanceCount: 0,
+    digestRoot: '',
+    ...extra,
+  };
+}
+
+function run(state: MembershipState, ...inputs: MembershipInput[]): { state: MembershipState; effects: MembershipEffect[] } {
+  const effects: MembershipEffect[] = [];
+  for (const input of inputs) {
+    const step = stepMembership(state, input);
+    state = step.state;
+    effects.push(...step.effects);
+  }
+  return { state, effects };
+}
+
+const statusOf = (s: MembershipState, peerId: string) => s.members.get(peerId)?.status;
+
+test('first tick publishes a heartbeat at once, then every heartbeatIntervalMs', () => {
+  let s = initMembership(config);
+  const first = run(s, { type: 'tick', nowMs: 0 });
+  assert.equal(first.effects.filter((e) => e.type === 'publish').length, 1);
+  s = first.state;
+  assert.equal(run(s, { type: 'tick', nowMs: 999 }).effects.length, 0);
+  const second = run(s, { type: 'tick', nowMs: 1000 });
+  const published = second.effects.find((e) => e.type === 'publish');
+  assert.ok(published && published.type === 'publish');
+  assert.equal(published.message.sequence, 2);
+  assert.equal(published.message.incarnation, 1);
+});
+
+test('heartbeat makes a member alive and part of the sorted live view', () => {
+  const { state, effects } = run(
+    initMembership(config),
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 1), nowMs: 10 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 20 },
+  );
+  assert.equal(statusOf(state, 'peer-b'), 'alive');
+  assert.deepEqual(liveView(state, 20).map((m) => m.peerId), ['peer-a', 'peer-b', 'peer-c']);
+  assert.ok(effects.some((e) => e.type === 'memberStatusChanged' && e.peerId === 'peer-b' && e.to === 'alive'));
+});
+
+test('silence makes a member suspect, then dead; a newer heartbeat brings it back', () => {
+  let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, { type: 'tick', nowMs: 2999 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'alive');
+  s = run(s, { type: 'tick', nowMs: 3000 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'suspect');
+  assert.deepEqual(liveView(s, 3000).map((m) => m.peerId), ['peer-a']);
+  s = run(s, { type: 'tick', nowMs: 6000 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 2), nowMs: 6500 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'alive');
+});
+
+test('a transport disconnect makes a member dead at once; an old heartbeat does not revive it', () => {
+  let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 5), nowMs: 0 }).state;
+  const { state, effects } = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 10 });
+  s = state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  assert.ok(effects.some((e) => e.type === 'viewChanged'));
+  // A delayed duplicate of the last heartbeat is not news.
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 5), nowMs: 20 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 6), nowMs: 30 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'alive');
+});
+
+test('a stale incarnation neither resurrects nor overwrites the restarted peer', () => {
+  let s = run(
+    initMembership(config),
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 90, { digestRoot: 'old' }), nowMs: 0 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 2, 1, { digestRoot: 'new' }), nowMs: 100 },
+  ).state;
+  assert.equal(s.members.get('peer-b')?.incarnation, 2);
+  // The old incarnation's late heartbeat, even with a higher sequence, changes nothing.
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 91, { digestRoot: 'old' }), nowMs: 200 }).state;
+  assert.equal(s.members.get('peer-b')?.incarnation, 2);
+  assert.equal(s.members.get('peer-b')?.digestRoot, 'new');
+  // And after the new incarnation dies, an old heartbeat does not resurrect it.
+  s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 300 }).state;
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 92), nowMs: 400 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+});
+
+test('our own heartbeat echoed by gossip is ignored, and the member table is bounded', () => {
+  let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-a', 9, 9), nowMs: 0 }).state;
+  assert.equal(s.members.size, 0);
+  for (let i = 0; i < 20; i += 1) {
+    s = run(
+      s,
+      { type: 'heartbeatReceived', heartbeat: heartbeat(`peer-x${i}`, 1, 1), nowMs: i },
+      { type: 'peerDisconnected', peerId: `peer-x${i}`, nowMs: i },
+    ).state;
+  }
+  assert.ok(s.members.size <= config.membersMax);
+});

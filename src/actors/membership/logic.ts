@@ -1,0 +1,231 @@
+/**
+ * Membership reducer: heartbeats out, heartbeats in, a timeout failure detector and incarnation fencing.
+ * Pure: time arrives in the inputs, effects go out; the state is immutable (a new object per change).
+ */
+import {
+  membershipTopic,
+  type Heartbeat,
+  type MemberRecord,
+  type MemberStatus,
+  type MembershipConfig,
+  type MembershipEffect,
+  type MembershipInput,
+  type PeerLoad,
+} from './messages.ts';
+
+export interface MembershipState {
+  readonly config: MembershipConfig;
+  /** Other peers only; self is added when the view is built. */
+  readonly members: ReadonlyMap<string, MemberRecord>;
+  readonly selfLoad: PeerLoad;
+  readonly selfInstanceCount: number;
+  readonly selfDigestRoot: string;
+  readonly heartbeatSequence: number;
+  /** Null until the first tick, which sends at once so that a restart is announced without waiting. */
+  readonly nextHeartbeatAtMs: number | null;
+}
+
+export interface MembershipStep {
+  readonly state: MembershipState;
+  readonly effects: readonly MembershipEffect[];
+}
+
+export const defaultMembershipTimings = {
+  heartbeatIntervalMs: 1000,
+  suspectAfterMs: 3000,
+  deadAfterMs: 6000,
+  membersMax: 256,
+} as const;
+
+export function initMembership(config: MembershipConfig): MembershipState {
+  if (!(config.heartbeatIntervalMs < config.suspectAfterMs && config.suspectAfterMs < config.deadAfterMs)) {
+    throw new Error('membership timings must satisfy heartbeatIntervalMs < suspectAfterMs < deadAfterMs');
+  }
+  return {
+    config,
+    members: new Map(),
+    selfLoad: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
+    selfInstanceCount: 0,
+    selfDigestRoot: '',
+    heartbeatSequence: 0,
+    nextHeartbeatAtMs: null,
+  };
+}
+
+export function stepMembership(state: MembershipState, input: MembershipInput): MembershipStep {
+  switch (input.type) {
+    case 'tick':
+      return onTick(state, input.nowMs);
+    case 'heartbeatReceived':
+      return onHeartbeat(state, input.heartbeat, input.nowMs);
+    case 'peerDisconnected':
+      return onDisconnected(state, input.peerId, input.nowMs);
+    case 'localStatsChanged':
+      return {
+        state: {
+          ...state,
+          selfLoad: input.load,
+          selfInstanceCount: input.instanceCount,
+          selfDigestRoot: input.digestRoot,
+        },
+        effects: [],
+      };
+    default:
+      return assertNever(input);
+  }
+}
+
+/** The record this peer publishes about itself, as it appears in the view. */
+export function selfRecord(state: MembershipState, nowMs: number): MemberRecord {
+  const c = state.config;
+  return {
+    peerId: c.peerId,
+    siteName: c.siteName,
+    incarnation: c.incarnation,
+    sequence: state.heartbeatSequence,
+    priority: c.priority,
+    addresses: c.addresses,
+    load: state.selfLoad,
+    instanceCount: state.selfInstanceCount,
+    digestRoot: state.selfDigestRoot,
+    status: 'alive',
+    lastHeardAtMs: nowMs,
+    statusSinceMs: 0,
+  };
+}
+
+/** Every known member, self included, sorted by peerId so that every consumer iterates identically. */
+export function viewMembers(state: MembershipState, nowMs: number): MemberRecord[] {
+  return [...state.members.values(), selfRecord(state, nowMs)].sort(byPeerId);
+}
+
+/** The live view: alive members (self included), sorted by peerId. */
+export function liveView(state: MembershipState, nowMs: number): MemberRecord[] {
+  return viewMembers(state, nowMs).filter((m) => m.status === 'alive');
+}
+
+function onTick(state: MembershipState, nowMs: number): MembershipStep {
+  const effects: MembershipEffect[] = [];
+  const c = state.config;
+  let members: Map<string, MemberRecord> | null = null;
+  for (const record of state.members.values()) {
+    const silentMs = nowMs - record.lastHeardAtMs;
+    // Silence only ever degrades a status: coming back alive needs a newer heartbeat.
+    let next: MemberStatus = record.status;
+    if (silentMs >= c.deadAfterMs) next = 'dead';
+    else if (silentMs >= c.suspectAfterMs && record.status === 'alive') next = 'suspect';
+    if (next !== record.status) {
+      members ??= new Map(state.members);
+      members.set(record.peerId, { ...record, status: next, statusSinceMs: nowMs });
+      effects.push(statusChanged(record, record.status, next));
+    }
+  }
+  let next: MembershipState = members ? { ...state, members: pruneDead(members, c.membersMax) } : state;
+  if (next.nextHeartbeatAtMs === null || nowMs >= next.nextHeartbeatAtMs) {
+    const sequence = next.heartbeatSequence + 1;
+    next = { ...next, heartbeatSequence: sequence, nextHeartbeatAtMs: nowMs + c.heartbeatIntervalMs };
+    effects.push({ type: 'publish', topic: membershipTopic, message: heartbeatOf(next) });
+  }
+  if (members) effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
+  return { state: next, effects };
+}
+
+function heartbeatOf(state: MembershipState): Heartbeat {
+  const c = state.config;
+  return {
+    type: 'heartbeat',
+    peerId: c.peerId,
+    siteName: c.siteName,
+    incarnation: c.incarnation,
+    sequence: state.heartbeatSequence,
+    priority: c.priority,
+    addresses: c.addresses,
+    load: state.selfLoad,
+    instanceCount: state.selfInstanceCount,
+    digestRoot: state.selfDigestRoot,
+  };
+}
+
+function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): MembershipStep {
+  // Our own heartbeat echoed by gossip, or another process using our id: never a member record.
+  if (hb.peerId === state.config.peerId) return { state, effects: [] };
+  const known = state.members.get(hb.peerId);
+  // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
+  if (known && compareVersion(hb, known) <= 0) return { state, effects: [] };
+  const record: MemberRecord = {
+    peerId: hb.peerId,
+    siteName: hb.siteName,
+    incarnation: hb.incarnation,
+    sequence: hb.sequence,
+    priority: hb.priority,
+    addresses: hb.addresses,
+    load: hb.load,
+    instanceCount: hb.instanceCount,
+    digestRoot: hb.digestRoot,
+    status: 'alive',
+    lastHeardAtMs: nowMs,
+    statusSinceMs: known && known.status === 'alive' ? known.statusSinceMs : nowMs,
+  };
+  const members = new Map(state.members);
+  members.set(hb.peerId, record);
+  const next: MembershipState = { ...state, members: pruneDead(members, state.config.membersMax) };
+  const effects: MembershipEffect[] = [];
+  if (!known || known.status !== 'alive' || known.incarnation !== hb.incarnation) {
+    effects.push(statusChanged(record, known ? known.status : 'unknown', 'alive'));
+  }
+  effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
+  return { state: next, effects };
+}
+
+function onDisconnected(state: MembershipState, peerId: string, nowMs: number): MembershipStep {
+  const known = state.members.get(peerId);
+  if (!known || known.status === 'dead') return { state, effects: [] };
+  // The transport saw the connection close: waiting out deadAfterMs would only route work into a void.
+  const record: MemberRecord = { ...known, status: 'dead', statusSinceMs: nowMs };
+  const members = new Map(state.members);
+  members.set(peerId, record);
+  const next: MembershipState = { ...state, members };
+  return {
+    state: next,
+    effects: [statusChanged(known, known.status, 'dead'), { type: 'viewChanged', members: viewMembers(next, nowMs) }],
+  };
+}
+
+function compareVersion(
+  a: { readonly incarnation: number; readonly sequence: number },
+  b: { readonly incarnation: number; readonly sequence: number },
+): number {
+  return a.incarnation !== b.incarnation ? a.incarnation - b.incarnation : a.sequence - b.sequence;
+}
+
+/** Keeps the table within membersMax by forgetting the longest-dead records (they fence stale heartbeats). */
+function pruneDead(members: Map<string, MemberRecord>, membersMax: number): Map<string, MemberRecord> {
+  if (members.size <= membersMax) return members;
+  const dead = [...members.values()]
+    .filter((m) => m.status === 'dead')
+    .sort((a, b) => a.statusSinceMs - b.statusSinceMs || byPeerId(a, b));
+  for (const record of dead) {
+    if (members.size <= membersMax) break;
+    members.delete(record.peerId);
+  }
+  return members;
+}
+
+function statusChanged(record: MemberRecord, from: MemberStatus | 'unknown', to: MemberStatus): MembershipEffect {
+  return {
+    type: 'memberStatusChanged',
+    peerId: record.peerId,
+    siteName: record.siteName,
+    incarnation: record.incarnation,
+    from,
+    to,
+  };
+}
+
+function byPeerId(a: { readonly peerId: string }, b: { readonly peerId: string }): number {
+  return a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0;
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unhandled membership input: ${JSON.stringify(value)}`);
+}

@@ -1,0 +1,96 @@
+/**
+ * Membership protocol (issue 3): heartbeats over gossip, a failure detector, incarnations.
+ * Closed unions: every input and effect the membership reducer knows is listed here.
+ */
+
+export const membershipTopic = 'pacs-mesh/membership/1';
+
+export type MemberStatus = 'alive' | 'suspect' | 'dead';
+
+export interface PeerAddresses {
+  /** host:port where this peer accepts DICOM associations. */
+  readonly dicom: string;
+  /** host:port of the HTTP endpoint (/healthz, /api/mesh). */
+  readonly http: string;
+}
+
+export interface PeerLoad {
+  readonly activeAssociations: number;
+  /** Replication offers, debt drains and repair pulls waiting at this peer. */
+  readonly queuedCustodyWork: number;
+  readonly freeDiskBytes: number;
+}
+
+/** The heartbeat published every heartbeatIntervalMs on membershipTopic. */
+export interface Heartbeat {
+  readonly type: 'heartbeat';
+  readonly peerId: string;
+  readonly siteName: string;
+  /** Grows on every restart (the caller persists a counter), so a restarted peer outranks its past. */
+  readonly incarnation: number;
+  /** Grows with every heartbeat within one incarnation, so a delayed heartbeat never counts as news. */
+  readonly sequence: number;
+  /** Election rank: lower wins (then lower peerId). */
+  readonly priority: number;
+  readonly addresses: PeerAddresses;
+  readonly load: PeerLoad;
+  readonly instanceCount: number;
+  /** Root of the custody digest (hex), so peers can see cheaply whether repair has anything to do. */
+  readonly digestRoot: string;
+}
+
+/** What one peer knows about another (or itself), the unit of the view. */
+export interface MemberRecord {
+  readonly peerId: string;
+  readonly siteName: string;
+  readonly incarnation: number;
+  readonly sequence: number;
+  readonly priority: number;
+  readonly addresses: PeerAddresses;
+  readonly load: PeerLoad;
+  readonly instanceCount: number;
+  readonly digestRoot: string;
+  readonly status: MemberStatus;
+  /** Local receive time of the newest accepted heartbeat (never the sender's clock). */
+  readonly lastHeardAtMs: number;
+  readonly statusSinceMs: number;
+}
+
+export interface MembershipConfig {
+  readonly peerId: string;
+  readonly siteName: string;
+  readonly incarnation: number;
+  readonly priority: number;
+  readonly addresses: PeerAddresses;
+  readonly heartbeatIntervalMs: number;
+  /** Silence after which a member is suspect: excluded from election, still offered replicas. */
+  readonly suspectAfterMs: number;
+  /** Silence after which a member is dead: its site's copies turn into debt that waits. */
+  readonly deadAfterMs: number;
+  /** Bound on remembered members; dead records are forgotten oldest first beyond it. */
+  readonly membersMax: number;
+}
+
+export type MembershipInput =
+  | { readonly type: 'tick'; readonly nowMs: number }
+  | { readonly type: 'heartbeatReceived'; readonly heartbeat: Heartbeat; readonly nowMs: number }
+  | { readonly type: 'peerDisconnected'; readonly peerId: string; readonly nowMs: number }
+  | {
+      readonly type: 'localStatsChanged';
+      readonly load: PeerLoad;
+      readonly instanceCount: number;
+      readonly digestRoot: string;
+    };
+
+export type MembershipEffect =
+  | { readonly type: 'publish'; readonly topic: typeof membershipTopic; readonly message: Heartbeat }
+  | {
+      readonly type: 'memberStatusChanged';
+      readonly peerId: string;
+      readonly siteName: string;
+      readonly incarnation: number;
+      readonly from: MemberStatus | 'unknown';
+      readonly to: MemberStatus;
+    }
+  /** The whole view (self included, sorted by peerId); emitted whenever a record changed. */
+  | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[] };

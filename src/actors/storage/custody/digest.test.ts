@@ -1,0 +1,48 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { bucketOf, createDigest, diffBuckets, digestAdd, digestBuckets, digestRoot, keysInBuckets, missingKeys } from './digest.ts';
+
+const keys = Array.from({ length: 1000 }, (_, i) => ({ sopInstanceUid: `1.2.826.0.1.${i}`, sha256: `sha${i}` }));
+
+test('the digest does not depend on insertion order, and an add is incremental', () => {
+  const a = createDigest();
+  const b = createDigest();
+  for (const k of keys) digestAdd(a, k.sopInstanceUid, k.sha256);
+  for (const k of [...keys].reverse()) digestAdd(b, k.sopInstanceUid, k.sha256);
+  assert.equal(digestRoot(a), digestRoot(b));
+  assert.equal(digestAdd(a, keys[0]!.sopInstanceUid, keys[0]!.sha256), false, 'a repeated add changes nothing');
+  assert.equal(digestRoot(a), digestRoot(b));
+  const before = digestBuckets(a);
+  digestAdd(a, '9.9.9', 'x');
+  const after = digestBuckets(a);
+  assert.deepEqual(
+    after.map((h, i) => (h !== before[i] ? i : -1)).filter((i) => i >= 0),
+    [bucketOf('9.9.9')],
+  );
+});
+
+test('diff finds exactly the missing keys, in both directions', () => {
+  const mine = createDigest();
+  const theirs = createDigest();
+  const missingHere = new Set(['1.2.826.0.1.7', '1.2.826.0.1.500', '1.2.826.0.1.999']);
+  const missingThere = new Set(['1.2.826.0.1.42']);
+  for (const k of keys) {
+    if (!missingHere.has(k.sopInstanceUid)) digestAdd(mine, k.sopInstanceUid, k.sha256);
+    if (!missingThere.has(k.sopInstanceUid)) digestAdd(theirs, k.sopInstanceUid, k.sha256);
+  }
+  const buckets = diffBuckets(mine, digestBuckets(theirs));
+  assert.ok(buckets.length <= 4);
+  const toPullHere = missingKeys(mine, keysInBuckets(theirs, buckets, 10_000)).map((k) => k.sopInstanceUid);
+  assert.deepEqual(new Set(toPullHere), missingHere);
+  const toPullThere = missingKeys(theirs, keysInBuckets(mine, buckets, 10_000)).map((k) => k.sopInstanceUid);
+  assert.deepEqual(toPullThere, ['1.2.826.0.1.42']);
+  assert.deepEqual(diffBuckets(mine, digestBuckets(mine)), []);
+});
+
+test('a changed sha256 for the same uid shows up as a differing bucket', () => {
+  const a = createDigest();
+  const b = createDigest();
+  digestAdd(a, '1.2.3', 'one');
+  digestAdd(b, '1.2.3', 'two');
+  assert.deepEqual(diffBuckets(a, digestBuckets(b)), [bucketOf('1.2.3')]);
+});

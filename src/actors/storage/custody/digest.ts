@@ -1,0 +1,96 @@
+/**
+ * Anti-entropy digest: 256 buckets chosen by the first byte of SHA-256(SOP Instance UID); each bucket is
+ * the XOR of its members' item hashes, item hash = SHA-256(uid | sha256 of the bytes). XOR makes an add
+ * O(1) and order-free, so two sites holding the same set always have the same buckets.
+ * The digest also indexes keys per bucket, so listing a differing bucket costs that bucket, not the store.
+ * Mutable: it is part of the custody state, which the custody reducer owns.
+ */
+import { createHash } from 'node:crypto';
+import type { InstanceKey } from './messages.ts';
+
+export const digestBucketCount = 256;
+const hashBytes = 32;
+
+export interface Digest {
+  /** bucketCount * 32 bytes of XOR accumulators. */
+  readonly xor: Uint8Array;
+  /** Per bucket: uid -> sha256 of the bytes. */
+  readonly keys: readonly Map<string, string>[];
+  size: number;
+  /** Cached root; null when a bucket changed since it was computed. */
+  root: string | null;
+}
+
+export function createDigest(): Digest {
+  return {
+    xor: new Uint8Array(digestBucketCount * hashBytes),
+    keys: Array.from({ length: digestBucketCount }, () => new Map<string, string>()),
+    size: 0,
+    root: null,
+  };
+}
+
+export function bucketOf(sopInstanceUid: string): number {
+  return createHash('sha256').update(sopInstanceUid).digest()[0] as number;
+}
+
+function itemHash(sopInstanceUid: string, sha256: string): Buffer {
+  return createHash('sha256').update(sopInstanceUid).update('|').update(sha256).digest();
+}
+
+export function digestHas(digest: Digest, sopInstanceUid: string): boolean {
+  return digest.keys[bucketOf(sopInstanceUid)]!.has(sopInstanceUid);
+}
+
+/** Adds a key; returns false (and changes nothing) when it is already there, since XOR would cancel it. */
+export function digestAdd(digest: Digest, sopInstanceUid: string, sha256: string): boolean {
+  const bucket = bucketOf(sopInstanceUid);
+  const members = digest.keys[bucket]!;
+  if (members.has(sopInstanceUid)) return false;
+  members.set(sopInstanceUid, sha256);
+  const h = itemHash(sopInstanceUid, sha256);
+  const offset = bucket * hashBytes;
+  for (let i = 0; i < hashBytes; i += 1) digest.xor[offset + i] = (digest.xor[offset + i] as number) ^ (h[i] as number);
+  digest.size += 1;
+  digest.root = null;
+  return true;
+}
+
+export function digestBuckets(digest: Digest): string[] {
+  const out: string[] = [];
+  for (let b = 0; b < digestBucketCount; b += 1) {
+    out.push(Buffer.from(digest.xor.subarray(b * hashBytes, (b + 1) * hashBytes)).toString('hex'));
+  }
+  return out;
+}
+
+/** One hash over all buckets, carried in heartbeats: equal roots mean (with overwhelming odds) equal sets. */
+export function digestRoot(digest: Digest): string {
+  if (digest.root === null) digest.root = createHash('sha256').update(digest.xor).digest('hex');
+  return digest.root;
+}
+
+/** Indexes of buckets whose hash differs from the other side's (a malformed list counts as all differing). */
+export function diffBuckets(digest: Digest, theirBuckets: readonly string[]): number[] {
+  const mine = digestBuckets(digest);
+  const differing: number[] = [];
+  for (let b = 0; b < digestBucketCount; b += 1) if (mine[b] !== theirBuckets[b]) differing.push(b);
+  return differing;
+}
+
+/** This side's keys in the given buckets, sorted by uid, at most keysMax of them. */
+export function keysInBuckets(digest: Digest, buckets: readonly number[], keysMax: number): InstanceKey[] {
+  const out: InstanceKey[] = [];
+  for (const b of buckets) {
+    const members = digest.keys[b];
+    if (members === undefined) continue;
+    for (const [sopInstanceUid, sha256] of members) out.push({ sopInstanceUid, sha256 });
+  }
+  out.sort((a, b) => (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0));
+  return out.slice(0, keysMax);
+}
+
+/** The other side's keys this side lacks: what to pull. */
+export function missingKeys(digest: Digest, theirKeys: readonly InstanceKey[]): InstanceKey[] {
+  return theirKeys.filter((k) => !digestHas(digest, k.sopInstanceUid));
+}

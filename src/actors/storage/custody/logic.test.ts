@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
+import { effectiveWriteQuorum, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
+
+const config: CustodyConfig = {
+  selfPeerId: 'peer-a',
+  selfSiteName: 'site-a',
+  writeQuorum: 'auto',
+  quorumTimeoutMs: 1000,
+  debtEntriesMax: 4,
+  pendingStoresMax: 8,
+  replicationsInFlightMax: 8,
+  replicationRetryMs: 500,
+  repairIntervalMs: 10_000,
+  repairKeysMax: 100,
+  fetchesInFlightMax: 4,
+};
+
+function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
+  return {
+    peerId,
+    siteName: `site-${peerId.slice(-1)}`,
+    incarnation: 1,
+    sequence: 1,
+    priority: 0,
+    addresses: { dicom: '', http: '' },
+    load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
+    instanceCount: 0,
+    digestRoot: '',
+    status,
+    lastHeardAtMs: 0,
+    statusSinceMs: 0,
+  };
+}
+
+function run(state: CustodyState, ...inputs: CustodyInput[]): { state: CustodyState; effects: CustodyEffect[] } {
+  const effects: CustodyEffect[] = [];
+  for (const input of inputs) {
+    const step = stepCustody(state, input);
+    state = step.state;
+    effects.push(...step.effects);
+  }
+  return { state, effects };
+}
+
+/** Store uid through admission and a successful local write. */
+function store(state: CustodyState, requestId: string, uid: string, nowMs: number) {
+  return run(
+    state,
+    { type: 'storeRequested', requestId, sopInstanceUid: uid, sha256: `sha-${uid}`, nowMs },
+    { type: 'localWriteDone', requestId, ok: true, nowMs },
+  );
+}
+
+const acks = (effects: CustodyEffect[]) => effects.filter((e) => e.type === 'ackStore');
+const ack = (uid: string, site: string, nowMs: number): CustodyInput => ({
+  type: 'messageReceived',
+  from: `peer-${site.slice(-1)}`,
+  message: { type: 'replicaAck', sopInstanceUid: uid, siteName: site },
+  nowMs,
+});
+
+test('write quorum default: 2 with another site alive, 1 when alone; a number is used as given', () => {
+  assert.equal(effectiveWriteQuorum(config, 1), 1);
+  assert.equal(effectiveWriteQuorum(config, 2), 2);
+  assert.equal(effectiveWriteQuorum(config, 5), 2);
+  assert.equal(effectiveWriteQuorum({ ...config, writeQuorum: 3 }, 1), 3);
+});
+
+test('a store is written locally, offered to every live site, and acknowledged once the quorum holds', () => {
+  let s = initCustody(config, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  const requested = run(s, { type: 'storeRequested', requestId: 'r1', sopInstanceUid: '1.2.3', sha256: 'x', nowMs: 0 });
+  assert.deepEqual(requested.effects, [{ type: 'writeLocal', requestId: 'r1', sopInstanceUid: '1.2.3' }]);
+  const written = run(requested.state, { type: 'localWriteDone', requestId: 'r1', ok: true, nowMs: 1 });
+  assert.equal(acks(written.effects).length, 0, 'one site is not a quorum of 2');
+  assert.deepEqual(
+    written.effects.filter((e) => e.type === 'persistDebt').map((e) => (e.type === 'persistDebt' ? e.entry.siteName : '')),
+    ['site-b', 'site-c'],
+  );
+  assert.deepEqual(
+    written.effects.filter((e) => e.type === 'replicate').map((e) => (e.type === 'replicate' ? e.toPeerId : '')),
+    ['peer-b', 'peer-c'],
+  );
+  const acked = run(written.state, ack('1.2.3', 'site-c', 50));
+  assert.deepEqual(acks(acked.effects), [
+    { type: 'ackStore', requestId: 'r1', sopInstanceUid: '1.2.3', status: StoreStatus.Success, quorum: 2, sitesHolding: ['site-a', 'site-c'] },
+  ]);
+  assert.ok(acked.effects.some((e) => e.type === 'removeDebt' && e.siteName === 'site-c'));
+  assert.equal(acked.state.debt.size, 1, 'site-b is still owed its copy');
+});
+
+test('no quorum within quorumTimeoutMs: 0xA700, and the copies stay owed', () => {
+  let s = initCustody(config, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r1', '1.2.4', 0).state;
+  assert.equal(acks(run(s, { type: 'tick', nowMs: 999 }).effects).length, 0);
+  const timedOut = run(s, { type: 'tick', nowMs: 1000 });
+  const [a] = acks(timedOut.effects);
+  assert.ok(a && a.type === 'ackStore');
+  assert.equal(a.status, StoreStatus.OutOfResources);
+  assert.equal(timedOut.state.debt.size, 1);
+});
+
+test('alone with writeQuorum auto: acknowledged after the local write, debt persisted for absent sites', () => {
+  let s = initCustody(config, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead')], nowMs: 0 }).state;
+  const stored = store(s, 'r1', '1.2.5', 0);
+  const [a] = acks(stored.effects);
+  assert.ok(a && a.type === 'ackStore');
+  assert.equal(a.status, StoreStatus.Success);
+  assert.equal(a.quorum, 1);
+  assert.ok(stored.effects.some((e) => e.type === 'persistDebt' && e.entry.siteName === 'site-b'));
+  assert.ok(!stored.effects.some((e) => e.type === 'replicate'), 'nothing is sent to a dead site');
+});
+
+test('debt survives a restart and drains when the site comes back', () => {
+  let s = initCustody(config, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead')], nowMs: 0 }).state;
+  s = store(s, 'r1', '1.2.6', 0).state;
+  // Crash: rebuild from what was durable.
+  const restarted = initCustody(config, {
+    instances: [{ sopInstanceUid: '1.2.6', sha256: 'sha-1.2.6' }],
+    debt: [...s.debt.values()],
+  });
+  const back = run(restarted, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 100 });
+  assert.deepEqual(
+    back.effects.filter((e) => e.type === 'replicate'),
+    [{ type: 'replicate', toPeerId: 'peer-b', toSiteName: 'site-b', sopInstanceUid: '1.2.6' }],
+  );
+  const drained = run(back.state, ack('1.2.6', 'site-b', 150));
+  assert.deepEqual(drained.effects, [{ type: 'removeDebt', sopInstanceUid: '1.2.6', siteName: 'site-b' }]);
+  assert.equal(drained.state.debt.size, 0);
+});
+
+test('at the debt bound, new stores are refused with 0xA700 instead of growing the debt', () => {
+  let s = initCustody(config, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')], nowMs: 0 }).state;
+  s = store(s, 'r1', 'u1', 0).state;
+  s = store(s, 'r2', 'u2', 0).state;
+  assert.equal(s.debt.size, 4);
+  const refused = run(s, { type: 'storeRequested', requestId: 'r3', sopInstanceUid: 'u3', sha256: 'x', nowMs: 1 });
+  assert.deepEqual(acks(refused.effects).map((e) => (e.type === 'ackStore' ? e.status : -1)), [StoreStatus.OutOfResources]);
+  assert.ok(!refused.effects.some((e) => e.type === 'writeLocal'));
+  assert.equal(refused.state.debt.size, 4);
+});
+
+test('a replica received is acknowledged to its sender, even when already held', () => {
+  const s = initCustody(config, { instances: [{ sopInstanceUid: 'u9', sha256: 'h' }], debt: [] });
+  const { effects } = run(s, { type: 'replicaStored', sopInstanceUid: 'u9', sha256: 'h', fromPeerId: 'peer-b', nowMs: 0 });
+  assert.deepEqual(effects, [{ type: 'send', to: 'peer-b', message: { type: 'replicaAck', sopInstanceUid: 'u9', siteName: 'site-a' } }]);
+});
+
+test('repair exchange: digests, then keys of differing buckets, then pulls of exactly the missing keys', () => {
+  const shared = Array.from({ length: 300 }, (_, i) => ({ sopInstanceUid: `1.2.840.${i}`, sha256: `h${i}` }));
+  const onlyB = [{ sopInstanceUid: '9.9.1', sha256: 'b1' }, { sopInstanceUid: '9.9.2', sha256: 'b2' }];
+  const onlyA = [{ sopInstanceUid: '8.8.1', sha256: 'a1' }];
+  let a = initCustody(config, { instances: [...shared, ...onlyA], debt: [] });
+  let b = initCustody({ ...config, selfPeerId: 'peer-b', selfSiteName: 'site-b' }, { instances: [...shared, ...onlyB], debt: [] });
+  const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
+  a = run(a, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  b = run(b, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+
+  const start = run(a, { type: 'tick', nowMs: 0 });
+  a = start.state;
+  const digestMsg = start.effects.find((e) => e.type === 'send');
+  assert.ok(digestMsg && digestMsg.type === 'send' && digestMsg.message.type === 'repairDigest');
+  const keysStep = run(b, { type: 'messageReceived', from: 'peer-a', message: digestMsg.message, nowMs: 1 });
+  b = keysStep.state;
+  const keysMsg = keysStep.effects.find((e) => e.type === 'send');
+  assert.ok(keysMsg && keysMsg.type === 'send' && keysMsg.message.type === 'repairKeys');
+  // Work proportional to the difference: at most 3 buckets, not the 300 shared keys.
+  assert.ok(keysMsg.message.buckets.length <= 3);
+  assert.ok(keysMsg.message.keys.length < 20);
+
+  const pullStep = run(a, { type: 'messageReceived', from: 'peer-b', message: keysMsg.message, nowMs: 2 });
+  a = pullStep.state;
+  const pulls = pullStep.effects.filter((e) => e.type === 'fetch').map((e) => (e.type === 'fetch' ? e.sopInstanceUid : ''));
+  assert.deepEqual(pulls.sort(), ['9.9.1', '9.9.2']);
+  const reply = pullStep.effects.find((e) => e.type === 'send');
+  assert.ok(reply && reply.type === 'send' && reply.message.type === 'repairKeys' && !reply.message.replyWanted);
+  const bPulls = run(b, { type: 'messageReceived', from: 'peer-a', message: reply.message, nowMs: 3 });
+  assert.deepEqual(
+    bPulls.effects.filter((e) => e.type === 'fetch'),
+    [{ type: 'fetch', fromPeerId: 'peer-a', sopInstanceUid: '8.8.1' }],
+  );
+  assert.ok(!bPulls.effects.some((e) => e.type === 'send'), 'the exchange ends after step 3');
+});

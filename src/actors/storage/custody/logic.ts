@@ -1,0 +1,384 @@
+/**
+ * Custody reducer: per instance, local durable copy -> replicas offered to every known site -> write quorum
+ * -> C-STORE status; owed copies as persistent, bounded debt drained when sites return; anti-entropy repair.
+ *
+ * Like etcd raft's Step, stepCustody takes ownership of the state it is given: it may update the large
+ * collections in place (copying thousands of keys per message would cost more than the work) and returns
+ * the state to use next. It does no I/O, reads no clock and draws no random numbers.
+ *
+ * Debt: every copy owed to another known site is a debt entry, persisted when the local write completes and
+ * removed when that site acknowledges a durable copy. So in-flight replicas and copies for absent sites are
+ * one mechanism, and a crash loses no obligation.
+ */
+import type { MemberRecord } from '../../membership/messages.ts';
+import {
+  bucketOf,
+  createDigest,
+  diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, keysInBuckets, missingKeys, type Digest } from './digest.ts';
+import {
+  StoreStatus,
+  type CustodyConfig,
+  type CustodyEffect,
+  type CustodyInput,
+  type CustodyMessage,
+  type DebtEntry,
+  type InstanceKey,
+} from './messages.ts';
+
+interface WritingStore {
+  readonly requestId: string;
+  readonly sopInstanceUid: string;
+  readonly sha256: string;
+}
+
+interface PendingStore {
+  readonly requestId: string;
+  readonly sopInstanceUid: string;
+  readonly quorum: number;
+  readonly sitesHolding: Set<string>;
+  readonly deadlineMs: number;
+}
+
+export interface CustodyState {
+  readonly config: CustodyConfig;
+  /** Mirror of the local store: what this peer holds durably. */
+  readonly digest: Digest;
+  /** Mirror of the persisted debt, keyed by debtKey(uid, site), in insertion order. */
+  readonly debt: Map<string, DebtEntry>;
+  /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
+  readonly writing: Map<string, WritingStore>;
+  /** Stores waiting for their quorum (volatile). */
+  readonly pending: Map<string, PendingStore>;
+  /** debtKey -> time the transfer started. */
+  readonly replicationsInFlight: Map<string, number>;
+  /** uid -> time the pull started. */
+  readonly fetchesInFlight: Map<string, number>;
+  members: readonly MemberRecord[];
+  nextRepairAtMs: number;
+  /** Round-robin position over repair partners, so that every differing peer gets its turn. */
+  repairCursor: number;
+}
+
+export interface CustodyStep {
+  readonly state: CustodyState;
+  readonly effects: readonly CustodyEffect[];
+}
+
+export interface CustodyDurable {
+  readonly instances: readonly InstanceKey[];
+  readonly debt: readonly DebtEntry[];
+}
+
+export function debtKey(sopInstanceUid: string, siteName: string): string {
+  return `${sopInstanceUid}\n${siteName}`;
+}
+
+/** Rebuilds custody after a start or a crash from what the store and the debt table hold. */
+export function initCustody(config: CustodyConfig, durable: CustodyDurable): CustodyState {
+  const digest = createDigest();
+  for (const k of durable.instances) digestAdd(digest, k.sopInstanceUid, k.sha256);
+  const debt = new Map<string, DebtEntry>();
+  for (const d of durable.debt) debt.set(debtKey(d.sopInstanceUid, d.siteName), d);
+  return {
+    config,
+    digest,
+    debt,
+    writing: new Map(),
+    pending: new Map(),
+    replicationsInFlight: new Map(),
+    fetchesInFlight: new Map(),
+    members: [],
+    nextRepairAtMs: 0,
+    repairCursor: 0,
+  };
+}
+
+/** The quorum a store accepted now must reach ('auto': 2 if another site is alive, else 1). */
+export function effectiveWriteQuorum(config: CustodyConfig, aliveSiteCount: number): number {
+  if (config.writeQuorum === 'auto') return aliveSiteCount >= 2 ? 2 : 1;
+  return Math.max(1, config.writeQuorum);
+}
+
+export function stepCustody(state: CustodyState, input: CustodyInput): CustodyStep {
+  const effects: CustodyEffect[] = [];
+  switch (input.type) {
+    case 'tick':
+      onTick(state, input.nowMs, effects);
+      break;
+    case 'viewChanged':
+      state.members = input.members;
+      drainDebt(state, input.nowMs, effects);
+      break;
+    case 'storeRequested':
+      onStoreRequested(state, input.requestId, input.sopInstanceUid, input.sha256, effects);
+      break;
+    case 'localWriteDone':
+      onLocalWriteDone(state, input.requestId, input.ok, input.nowMs, effects);
+      break;
+    case 'replicaStored':
+      onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
+      break;
+    case 'replicationFailed':
+      state.replicationsInFlight.delete(debtKey(input.sopInstanceUid, input.toSiteName));
+      break;
+    case 'fetchFailed':
+      state.fetchesInFlight.delete(input.sopInstanceUid);
+      break;
+    case 'messageReceived':
+      onMessage(state, input.from, input.message, input.nowMs, effects);
+      break;
+    default:
+      return assertNever(input);
+  }
+  return { state, effects };
+}
+
+/** Other sites this peer knows of, in any status (copies are owed to absent sites too). */
+function otherKnownSites(state: CustodyState): string[] {
+  const sites = new Set<string>();
+  for (const m of state.members) if (m.siteName !== state.config.selfSiteName) sites.add(m.siteName);
+  return [...sites].sort();
+}
+
+/** The peer a site's copies go to: its lowest alive peerId, or null when the site is absent. */
+function aliveTargetOf(state: CustodyState, siteName: string): string | null {
+  for (const m of state.members) if (m.siteName === siteName && m.status === 'alive') return m.peerId;
+  return null;
+}
+
+function aliveSiteCount(state: CustodyState): number {
+  const sites = new Set<string>([state.config.selfSiteName]);
+  for (const m of state.members) if (m.status === 'alive') sites.add(m.siteName);
+  return sites.size;
+}
+
+function onStoreRequested(
+  state: CustodyState,
+  requestId: string,
+  sopInstanceUid: string,
+  sha256: string,
+  effects: CustodyEffect[],
+): void {
+  const c = state.config;
+  const owed = otherKnownSites(state).filter((site) => !state.debt.has(debtKey(sopInstanceUid, site))).length;
+  const busy = state.writing.size + state.pending.size >= c.pendingStoresMax || state.writing.has(requestId);
+  // Refuse rather than let the debt table grow without bound while sites stay away.
+  if (busy || state.debt.size + owed > c.debtEntriesMax) {
+    effects.push(ackOf(requestId, sopInstanceUid, StoreStatus.OutOfResources, 0, []));
+    return;
+  }
+  state.writing.set(requestId, { requestId, sopInstanceUid, sha256 });
+  effects.push({ type: 'writeLocal', requestId, sopInstanceUid });
+}
+
+function onLocalWriteDone(
+  state: CustodyState,
+  requestId: string,
+  ok: boolean,
+  nowMs: number,
+  effects: CustodyEffect[],
+): void {
+  const store = state.writing.get(requestId);
+  if (store === undefined) return;
+  state.writing.delete(requestId);
+  const self = state.config.selfSiteName;
+  if (!ok) {
+    effects.push(ackOf(requestId, store.sopInstanceUid, StoreStatus.OutOfResources, 0, []));
+    return;
+  }
+  if (digestAdd(state.digest, store.sopInstanceUid, store.sha256)) pushStats(state, effects);
+  for (const siteName of otherKnownSites(state)) {
+    const key = debtKey(store.sopInstanceUid, siteName);
+    if (state.debt.has(key)) continue;
+    const entry: DebtEntry = { sopInstanceUid: store.sopInstanceUid, siteName, sinceMs: nowMs };
+    state.debt.set(key, entry);
+    effects.push({ type: 'persistDebt', entry });
+  }
+  const quorum = effectiveWriteQuorum(state.config, aliveSiteCount(state));
+  const pending: PendingStore = {
+    requestId,
+    sopInstanceUid: store.sopInstanceUid,
+    quorum,
+    sitesHolding: new Set([self]),
+    deadlineMs: nowMs + state.config.quorumTimeoutMs,
+  };
+  if (pending.sitesHolding.size >= quorum) {
+    effects.push(ackOf(requestId, store.sopInstanceUid, StoreStatus.Success, quorum, [...pending.sitesHolding]));
+  } else {
+    state.pending.set(requestId, pending);
+  }
+  drainDebt(state, nowMs, effects);
+}
+
+function onReplicaStored(
+  state: CustodyState,
+  sopInstanceUid: string,
+  sha256: string,
+  fromPeerId: string,
+  effects: CustodyEffect[],
+): void {
+  state.fetchesInFlight.delete(sopInstanceUid);
+  if (digestAdd(state.digest, sopInstanceUid, sha256)) pushStats(state, effects);
+  // Acknowledge even a copy we already had: the sender may still owe it to this site.
+  effects.push({
+    type: 'send',
+    to: fromPeerId,
+    message: { type: 'replicaAck', sopInstanceUid, siteName: state.config.selfSiteName },
+  });
+}
+
+function onMessage(
+  state: CustodyState,
+  from: string,
+  message: CustodyMessage,
+  nowMs: number,
+  effects: CustodyEffect[],
+): void {
+  switch (message.type) {
+    case 'replicaAck':
+      onReplicaAck(state, message.sopInstanceUid, message.siteName, nowMs, effects);
+      return;
+    case 'repairDigest': {
+      const buckets = diffBuckets(state.digest, message.buckets);
+      if (buckets.length === 0) return;
+      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax);
+      effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets, keys, replyWanted: true } });
+      return;
+    }
+    case 'repairKeys': {
+      const wanted = new Set(message.buckets);
+      // Only keys of the buckets named count: a peer cannot make us pull from buckets it did not list.
+      const theirs = message.keys.filter((k) => wanted.has(bucketOf(k.sopInstanceUid)));
+      pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
+      if (message.replyWanted) {
+        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax);
+        effects.push({
+          type: 'send',
+          to: from,
+          message: { type: 'repairKeys', buckets: message.buckets, keys, replyWanted: false },
+        });
+      }
+      return;
+    }
+    default:
+      assertNever(message);
+  }
+}
+
+function onReplicaAck(
+  state: CustodyState,
+  sopInstanceUid: string,
+  siteName: string,
+  nowMs: number,
+  effects: CustodyEffect[],
+): void {
+  void nowMs;
+  const key = debtKey(sopInstanceUid, siteName);
+  state.replicationsInFlight.delete(key);
+  if (state.debt.delete(key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
+  for (const pending of [...state.pending.values()]) {
+    if (pending.sopInstanceUid !== sopInstanceUid) continue;
+    pending.sitesHolding.add(siteName);
+    if (pending.sitesHolding.size >= pending.quorum) {
+      state.pending.delete(pending.requestId);
+      effects.push(
+        ackOf(pending.requestId, sopInstanceUid, StoreStatus.Success, pending.quorum, [...pending.sitesHolding].sort()),
+      );
+    }
+  }
+}
+
+function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], nowMs: number, effects: CustodyEffect[]): void {
+  for (const k of keys) {
+    if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
+    if (state.fetchesInFlight.has(k.sopInstanceUid)) continue;
+    state.fetchesInFlight.set(k.sopInstanceUid, nowMs);
+    effects.push({ type: 'fetch', fromPeerId: from, sopInstanceUid: k.sopInstanceUid });
+  }
+}
+
+function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
+  const c = state.config;
+  for (const pending of [...state.pending.values()]) {
+    if (nowMs < pending.deadlineMs) continue;
+    // The copies stay owed as debt; only the modality's answer gives up, and it will retry.
+    state.pending.delete(pending.requestId);
+    effects.push(
+      ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.OutOfResources, pending.quorum, [...pending.sitesHolding].sort()),
+    );
+  }
+  for (const [key, sentAtMs] of [...state.replicationsInFlight]) {
+    if (nowMs - sentAtMs >= c.replicationRetryMs) state.replicationsInFlight.delete(key);
+  }
+  for (const [uid, sentAtMs] of [...state.fetchesInFlight]) {
+    if (nowMs - sentAtMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
+  }
+  drainDebt(state, nowMs, effects);
+  if (nowMs >= state.nextRepairAtMs) {
+    state.nextRepairAtMs = nowMs + c.repairIntervalMs;
+    startRepair(state, effects);
+  }
+}
+
+/** Offers owed copies to sites that are alive, oldest debt first, within the in-flight bound. */
+function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
+  const c = state.config;
+  if (state.replicationsInFlight.size >= c.replicationsInFlightMax || state.debt.size === 0) return;
+  const targets = new Map<string, string | null>();
+  for (const [key, entry] of state.debt) {
+    if (state.replicationsInFlight.size >= c.replicationsInFlightMax) return;
+    if (state.replicationsInFlight.has(key)) continue;
+    let target = targets.get(entry.siteName);
+    if (target === undefined) {
+      target = aliveTargetOf(state, entry.siteName);
+      targets.set(entry.siteName, target);
+    }
+    if (target === null) continue;
+    state.replicationsInFlight.set(key, nowMs);
+    effects.push({ type: 'replicate', toPeerId: target, toSiteName: entry.siteName, sopInstanceUid: entry.sopInstanceUid });
+  }
+}
+
+/** Sends our bucket hashes to the next alive peer of another site whose digest root differs from ours. */
+function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
+  const root = digestRoot(state.digest);
+  const partners = state.members.filter(
+    (m) => m.status === 'alive' && m.peerId !== state.config.selfPeerId && m.digestRoot !== root,
+  );
+  if (partners.length === 0) return;
+  const partner = partners[state.repairCursor % partners.length] as MemberRecord;
+  state.repairCursor += 1;
+  effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets: digestBuckets(state.digest) } });
+}
+
+/** Figures for the heartbeat: held instances, digest root, and work waiting (debt plus pulls). */
+export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number } {
+  return {
+    instanceCount: state.digest.size,
+    digestRoot: digestRoot(state.digest),
+    queuedWork: state.debt.size + state.fetchesInFlight.size,
+  };
+}
+
+function pushStats(state: CustodyState, effects: CustodyEffect[]): void {
+  effects.push({ type: 'statsChanged', ...custodyStats(state) });
+}
+
+/** Whether this peer holds an instance durably (for the front door's duplicate handling and tests). */
+export function custodyHolds(state: CustodyState, sopInstanceUid: string): boolean {
+  return digestHas(state.digest, sopInstanceUid);
+}
+
+function ackOf(
+  requestId: string,
+  sopInstanceUid: string,
+  status: StoreStatus,
+  quorum: number,
+  sitesHolding: readonly string[],
+): CustodyEffect {
+  return { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding };
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unhandled custody input: ${JSON.stringify(value)}`);
+}

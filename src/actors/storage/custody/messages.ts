@@ -1,0 +1,126 @@
+/**
+ * Custody protocol (issue 3): local durable store -> replicas offered to every site -> write quorum ->
+ * C-STORE status; copies still owed become persistent, bounded replication debt; anti-entropy repair.
+ * Closed unions: every input, mesh message and effect of the custody reducer is listed here.
+ */
+import type { MemberRecord } from '../../membership/messages.ts';
+
+/** C-STORE-RSP statuses custody decides (PS3.4 Annex B). */
+export const StoreStatus = {
+  Success: 0x0000,
+  /** Refused: out of resources. The modality keeps the instance and retries later. */
+  OutOfResources: 0xa700,
+} as const;
+export type StoreStatus = (typeof StoreStatus)[keyof typeof StoreStatus];
+
+/** One copy owed to one site: persisted until that site acknowledges a durable copy. */
+export interface DebtEntry {
+  readonly sopInstanceUid: string;
+  readonly siteName: string;
+  readonly sinceMs: number;
+}
+
+/** A key of the repair exchange: an instance and the SHA-256 of its bytes. */
+export interface InstanceKey {
+  readonly sopInstanceUid: string;
+  readonly sha256: string;
+}
+
+export interface CustodyConfig {
+  readonly selfPeerId: string;
+  readonly selfSiteName: string;
+  /**
+   * Distinct sites that must hold a durable copy before Success. 'auto': 2 when two or more sites are
+   * alive, 1 when this site is alone (availability first; the owed copies are kept as debt).
+   */
+  readonly writeQuorum: number | 'auto';
+  /** How long a store may wait for its quorum before the modality gets 0xA700. */
+  readonly quorumTimeoutMs: number;
+  /** Bound on persisted debt entries; stores that would exceed it are refused with 0xA700. */
+  readonly debtEntriesMax: number;
+  /** Bound on stores being written locally or waiting for their quorum. */
+  readonly pendingStoresMax: number;
+  /** Bound on replica transfers in flight from this peer. */
+  readonly replicationsInFlightMax: number;
+  /** A transfer with no answer after this long may be tried again. */
+  readonly replicationRetryMs: number;
+  /** How often this peer starts a repair exchange with the next peer whose digest root differs. */
+  readonly repairIntervalMs: number;
+  /** Bound on keys in one repair message; the rest waits for the next round. */
+  readonly repairKeysMax: number;
+  /** Bound on repair pulls in flight. */
+  readonly fetchesInFlightMax: number;
+}
+
+/** Custody messages between peers (the bytes themselves travel on the replicate and fetch streams). */
+export type CustodyMessage =
+  /** The sender holds sopInstanceUid durably at siteName. */
+  | { readonly type: 'replicaAck'; readonly sopInstanceUid: string; readonly siteName: string }
+  /** Repair step 1: all 256 bucket hashes (hex). */
+  | { readonly type: 'repairDigest'; readonly buckets: readonly string[] }
+  /** Repair step 2 (and 3, with replyWanted false): the sender's keys in the buckets that differ. */
+  | {
+      readonly type: 'repairKeys';
+      readonly buckets: readonly number[];
+      readonly keys: readonly InstanceKey[];
+      readonly replyWanted: boolean;
+    };
+
+export type CustodyInput =
+  | { readonly type: 'tick'; readonly nowMs: number }
+  | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
+  /** A modality sent an instance; its bytes are staged under requestId, not yet durable. */
+  | {
+      readonly type: 'storeRequested';
+      readonly requestId: string;
+      readonly sopInstanceUid: string;
+      readonly sha256: string;
+      readonly nowMs: number;
+    }
+  /** The caller finished the writeLocal effect (ok: bytes and catalog entry are durable). */
+  | { readonly type: 'localWriteDone'; readonly requestId: string; readonly ok: boolean; readonly nowMs: number }
+  /** The caller received, verified (SHA-256) and durably wrote a copy from another peer. */
+  | {
+      readonly type: 'replicaStored';
+      readonly sopInstanceUid: string;
+      readonly sha256: string;
+      readonly fromPeerId: string;
+      readonly nowMs: number;
+    }
+  /** A replicate transfer failed at the transport (the copy stays owed). */
+  | { readonly type: 'replicationFailed'; readonly sopInstanceUid: string; readonly toSiteName: string; readonly nowMs: number }
+  /** A repair pull failed (the peer no longer answers, or does not have it). */
+  | { readonly type: 'fetchFailed'; readonly sopInstanceUid: string; readonly nowMs: number }
+  | {
+      readonly type: 'messageReceived';
+      readonly from: string;
+      readonly message: CustodyMessage;
+      readonly nowMs: number;
+    };
+
+export type CustodyEffect =
+  /** Make the staged bytes and catalog entry of requestId durable, then answer with localWriteDone. */
+  | { readonly type: 'writeLocal'; readonly requestId: string; readonly sopInstanceUid: string }
+  /** Send the C-STORE-RSP. quorum and sitesHolding say what the status rests on. */
+  | {
+      readonly type: 'ackStore';
+      readonly requestId: string;
+      readonly sopInstanceUid: string;
+      readonly status: StoreStatus;
+      readonly quorum: number;
+      readonly sitesHolding: readonly string[];
+    }
+  | { readonly type: 'persistDebt'; readonly entry: DebtEntry }
+  | { readonly type: 'removeDebt'; readonly sopInstanceUid: string; readonly siteName: string }
+  /** Stream the stored instance to a peer of another site; its custody answers with replicaAck. */
+  | { readonly type: 'replicate'; readonly toPeerId: string; readonly toSiteName: string; readonly sopInstanceUid: string }
+  /** Pull an instance from a peer; on success feed replicaStored, else fetchFailed. */
+  | { readonly type: 'fetch'; readonly fromPeerId: string; readonly sopInstanceUid: string }
+  | { readonly type: 'send'; readonly to: string; readonly message: CustodyMessage }
+  /** Figures for the next heartbeat (membership's localStatsChanged). */
+  | {
+      readonly type: 'statsChanged';
+      readonly instanceCount: number;
+      readonly digestRoot: string;
+      readonly queuedWork: number;
+    };

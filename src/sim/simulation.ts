@@ -1,0 +1,682 @@
+/**
+ * Deterministic simulation of a pacs-mesh: N sites (one peer each) run the membership, balancer and custody
+ * reducers over SimNetwork while faults (loss, delay, duplication, reordering, partitions, crashes with
+ * restarts at a higher incarnation) and modality stores happen at random. One seed reproduces the run.
+ *
+ * The simulation is the reducers' caller: it performs their effects (sends, persists, local writes) the way
+ * the nact actors will, and keeps each peer's "durable" state apart from the volatile reducer state,
+ * which a crash throws away.
+ */
+import { chooseTarget, initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
+import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
+import { initMembership, stepMembership, type MembershipState } from '../actors/membership/logic.ts';
+import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
+import { debtKey, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
+import {
+  StoreStatus,
+  type CustodyEffect,
+  type CustodyInput,
+  type CustodyMessage,
+  type DebtEntry,
+} from '../actors/storage/custody/messages.ts';
+import { digestRoot } from '../actors/storage/custody/digest.ts';
+import { noFaults, SimNetwork, type NetworkFaults } from './network.ts';
+import { Prng } from './prng.ts';
+
+/** What a site stores per instance: the catalog fields that must match everywhere after healing. */
+export interface SimInstance {
+  readonly sopInstanceUid: string;
+  readonly studyInstanceUid: string;
+  readonly sha256: string;
+  readonly byteLength: number;
+}
+
+type SimPayload =
+  | { readonly kind: 'heartbeat'; readonly heartbeat: Heartbeat }
+  | { readonly kind: 'balancer'; readonly message: BalancerMessage }
+  | { readonly kind: 'custody'; readonly message: CustodyMessage }
+  /** The replicate stream: header and bytes in one piece. */
+  | { readonly kind: 'replica'; readonly instance: SimInstance }
+  | { readonly kind: 'fetchRequest'; readonly sopInstanceUid: string }
+  | { readonly kind: 'fetchReply'; readonly sopInstanceUid: string; readonly instance: SimInstance | null };
+
+/** Survives crashes: the local store, the debt table, the election record and the incarnation counter. */
+interface DurableState {
+  incarnation: number;
+  readonly store: Map<string, SimInstance>;
+  readonly debt: Map<string, DebtEntry>;
+  election: ElectionDurable | null;
+}
+
+interface Reducers {
+  membership: MembershipState;
+  balancer: BalancerState;
+  custody: CustodyState;
+  /** Bytes received from modalities, not yet durable (lost in a crash). */
+  readonly staging: Map<string, SimInstance>;
+}
+
+interface SimPeer {
+  readonly peerId: string;
+  readonly siteName: string;
+  readonly priority: number;
+  readonly durable: DurableState;
+  live: Reducers | null;
+  restartAtMs: number;
+}
+
+type Work =
+  | { readonly to: 'membership'; readonly input: MembershipInput }
+  | { readonly to: 'balancer'; readonly input: BalancerInput }
+  | { readonly to: 'custody'; readonly input: CustodyInput };
+
+export interface SimOptions {
+  readonly seed: number;
+  /** Sites (one peer each); default 3-5 chosen by the seed. */
+  readonly siteCount?: number;
+  /** Simulated time with faults and stores before the final heal. */
+  readonly faultPhaseMs?: number;
+  /** Longest simulated time allowed after the final heal for the mesh to converge. */
+  readonly settleMaxMs?: number;
+}
+
+export interface SimResult {
+  readonly seed: number;
+  readonly ok: boolean;
+  readonly violations: readonly string[];
+  /** The last trace lines before the first violation (or the end), for diagnosis. */
+  readonly traceTail: readonly string[];
+  /** One line per peer at the end: role, term, leader, store and debt sizes. */
+  readonly finalPeers: readonly string[];
+  readonly stats: {
+    readonly siteCount: number;
+    readonly simulatedMs: number;
+    readonly settleMs: number;
+    readonly storesAcked: number;
+    readonly storesRefused: number;
+    readonly crashes: number;
+    readonly partitions: number;
+    readonly maxTerm: number;
+    readonly messagesSent: number;
+    readonly messagesDropped: number;
+  };
+}
+
+const tickMs = 50;
+const traceLinesMax = 60;
+const retriesPendingMax = 200;
+
+const timings = {
+  heartbeatIntervalMs: 200,
+  suspectAfterMs: 700,
+  deadAfterMs: 1400,
+  membersMax: 64,
+  voteTimeoutMs: 600,
+  announceIntervalMs: 200,
+  leaderSilenceMaxMs: 1400,
+  quorumTimeoutMs: 1500,
+  replicationRetryMs: 800,
+  repairIntervalMs: 500,
+};
+
+export function runSimulation(options: SimOptions): SimResult {
+  const root = new Prng(options.seed);
+  const faultPrng = root.fork();
+  const workPrng = root.fork();
+  const netPrng = root.fork();
+  const siteCount = options.siteCount ?? 3 + root.nextInt(3);
+  const faultPhaseMs = options.faultPhaseMs ?? 20_000;
+  const settleMaxMs = options.settleMaxMs ?? 30_000;
+
+  const network = new SimNetwork<SimPayload>(netPrng, 20_000);
+  const baseFaults: NetworkFaults = {
+    dropProbability: faultPrng.nextUnit() * 0.2,
+    duplicateProbability: faultPrng.nextUnit() * 0.1,
+    delayMinMs: 1,
+    delayMaxMs: 5 + faultPrng.nextInt(300),
+  };
+  network.faults = baseFaults;
+
+  const peers: SimPeer[] = [];
+  for (let i = 0; i < siteCount; i += 1) {
+    const letter = String.fromCharCode(97 + i);
+    peers.push({
+      peerId: `peer-${letter}`,
+      siteName: `site-${letter}`,
+      priority: faultPrng.nextInt(3),
+      durable: { incarnation: 0, store: new Map(), debt: new Map(), election: null },
+      live: null,
+      restartAtMs: 0,
+    });
+  }
+  const byId = new Map(peers.map((p) => [p.peerId, p]));
+  const roster = peers.map((p) => p.peerId);
+
+  const violations: string[] = [];
+  const trace: string[] = [];
+  let traceFrozen: string[] | null = null;
+  let nowMs = 0;
+  const log = (line: string): void => {
+    trace.push(`${nowMs}ms ${line}`);
+    if (trace.length > traceLinesMax) trace.shift();
+  };
+  const violate = (what: string): void => {
+    violations.push(`t=${nowMs}ms ${what}`);
+    traceFrozen ??= [...trace];
+  };
+
+  // Checker state: every leadership claim, and the quorum each acknowledged instance was promised.
+  const claimsByTerm = new Map<number, string>();
+  const claimsByComponentTerm = new Map<string, string>();
+  const ackedQuorum = new Map<string, number>();
+  const requestToUid = new Map<string, SimInstance>();
+  const retries: SimInstance[] = [];
+  let storesAcked = 0;
+  let storesRefused = 0;
+  let crashes = 0;
+  let partitions = 0;
+  let maxTerm = 0;
+  let nextInstance = 0;
+  let nextRequest = 0;
+
+  const componentOf = (peerId: string): string =>
+    peers
+      .filter((p) => p.live !== null && network.connected(p.peerId, peerId))
+      .map((p) => p.peerId)
+      .join(',');
+
+  const start = (peer: SimPeer): void => {
+    peer.durable.incarnation += 1;
+    const membership = initMembership({
+      peerId: peer.peerId,
+      siteName: peer.siteName,
+      incarnation: peer.durable.incarnation,
+      priority: peer.priority,
+      addresses: { dicom: `${peer.peerId}:104`, http: `${peer.peerId}:8080` },
+      heartbeatIntervalMs: timings.heartbeatIntervalMs,
+      suspectAfterMs: timings.suspectAfterMs,
+      deadAfterMs: timings.deadAfterMs,
+      membersMax: timings.membersMax,
+    });
+    const balancer = initBalancer(
+      {
+        selfPeerId: peer.peerId,
+        rosterPeerIds: roster,
+        voteTimeoutMs: timings.voteTimeoutMs,
+        announceIntervalMs: timings.announceIntervalMs,
+        leaderSilenceMaxMs: timings.leaderSilenceMaxMs,
+        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1 },
+      },
+      peer.durable.election,
+    );
+    const custody = initCustody(
+      {
+        selfPeerId: peer.peerId,
+        selfSiteName: peer.siteName,
+        writeQuorum: 'auto',
+        quorumTimeoutMs: timings.quorumTimeoutMs,
+        debtEntriesMax: 400,
+        pendingStoresMax: 16,
+        replicationsInFlightMax: 16,
+        replicationRetryMs: timings.replicationRetryMs,
+        repairIntervalMs: timings.repairIntervalMs,
+        repairKeysMax: 256,
+        fetchesInFlightMax: 16,
+      },
+      {
+        instances: [...peer.durable.store.values()].map((i) => ({ sopInstanceUid: i.sopInstanceUid, sha256: i.sha256 })),
+        debt: [...peer.durable.debt.values()],
+      },
+    );
+    peer.live = { membership, balancer, custody, staging: new Map() };
+    log(`${peer.peerId} starts, incarnation ${peer.durable.incarnation}`);
+    run(peer, [
+      {
+        to: 'membership',
+        input: { type: 'localStatsChanged', load: loadOf(peer), instanceCount: custody.digest.size, digestRoot: rootOf(peer) },
+      },
+    ]);
+  };
+
+  const rootOf = (peer: SimPeer): string => {
+    const live = peer.live;
+    if (live === null) return '';
+    return digestRoot(live.custody.digest);
+  };
+
+  const loadOf = (peer: SimPeer) => {
+    const live = peer.live;
+    return {
+      activeAssociations: live ? live.custody.pending.size + live.custody.writing.size : 0,
+      queuedCustodyWork: live ? live.custody.debt.size : 0,
+      freeDiskBytes: 1e12,
+    };
+  };
+
+  const crash = (peer: SimPeer, restartAtMs: number): void => {
+    if (peer.live === null) return;
+    peer.live = null;
+    peer.restartAtMs = restartAtMs;
+    crashes += 1;
+    log(`${peer.peerId} crashes`);
+    for (const other of peers) {
+      if (other.live !== null && network.connected(other.peerId, peer.peerId)) {
+        run(other, [{ to: 'membership', input: { type: 'peerDisconnected', peerId: peer.peerId, nowMs } }]);
+      }
+    }
+  };
+
+  const broadcast = (from: SimPeer, payload: SimPayload): void => {
+    for (const other of peers) if (other !== from) network.send(from.peerId, other.peerId, payload, nowMs);
+  };
+
+  /** Runs inputs through one peer's reducers, performing effects until nothing is left to do. */
+  const run = (peer: SimPeer, initial: Work[]): void => {
+    const queue: Work[] = [...initial];
+    for (let guard = 0; queue.length > 0; guard += 1) {
+      if (guard > 10_000) throw new Error('effect loop did not settle');
+      const live = peer.live;
+      if (live === null) return;
+      const work = queue.shift() as Work;
+      switch (work.to) {
+        case 'membership': {
+          const step = stepMembership(live.membership, work.input);
+          live.membership = step.state;
+          for (const e of step.effects) onMembershipEffect(peer, e, queue);
+          break;
+        }
+        case 'balancer': {
+          const step = stepBalancer(live.balancer, work.input);
+          live.balancer = step.state;
+          for (const e of step.effects) onBalancerEffect(peer, e);
+          break;
+        }
+        case 'custody': {
+          const step = stepCustody(live.custody, work.input);
+          live.custody = step.state;
+          for (const e of step.effects) onCustodyEffect(peer, e, queue);
+          break;
+        }
+        default:
+          assertNever(work);
+      }
+    }
+  };
+
+  const onMembershipEffect = (peer: SimPeer, e: MembershipEffect, queue: Work[]): void => {
+    switch (e.type) {
+      case 'publish':
+        broadcast(peer, { kind: 'heartbeat', heartbeat: e.message });
+        return;
+      case 'memberStatusChanged':
+        log(`${peer.peerId} sees ${e.peerId}#${e.incarnation} ${e.from} -> ${e.to}`);
+        return;
+      case 'viewChanged':
+        queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
+        queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });
+        return;
+      default:
+        assertNever(e);
+    }
+  };
+
+  const onBalancerEffect = (peer: SimPeer, e: BalancerEffect): void => {
+    switch (e.type) {
+      case 'persist':
+        peer.durable.election = e.value;
+        maxTerm = Math.max(maxTerm, e.value.currentTerm);
+        return;
+      case 'send':
+        network.send(peer.peerId, e.to, { kind: 'balancer', message: e.message }, nowMs);
+        return;
+      case 'publish':
+        broadcast(peer, { kind: 'balancer', message: e.message });
+        return;
+      case 'leaderChanged':
+        return;
+      case 'claimedLeadership': {
+        log(`${peer.peerId} claims leadership of term ${e.term}`);
+        // Invariant (a), exactly: no two distinct leaders claim one term within one connected component.
+        const component = componentOf(peer.peerId);
+        const key = `${component}|${e.term}`;
+        const previous = claimsByComponentTerm.get(key);
+        if (previous !== undefined && previous !== peer.peerId) {
+          violate(`(a) ${previous} and ${peer.peerId} both claimed term ${e.term} in component {${component}}`);
+        }
+        claimsByComponentTerm.set(key, peer.peerId);
+        // The design promises more (majority votes): one leader per term across the whole mesh.
+        const anywhere = claimsByTerm.get(e.term);
+        if (anywhere !== undefined && anywhere !== peer.peerId) {
+          violate(`(a+) ${anywhere} and ${peer.peerId} both claimed term ${e.term} (anywhere in the mesh)`);
+        }
+        claimsByTerm.set(e.term, peer.peerId);
+        return;
+      }
+      case 'routingTableChanged':
+        return;
+      default:
+        assertNever(e);
+    }
+  };
+
+  const onCustodyEffect = (peer: SimPeer, e: CustodyEffect, queue: Work[]): void => {
+    const live = peer.live;
+    if (live === null) return;
+    switch (e.type) {
+      case 'writeLocal': {
+        const staged = live.staging.get(e.requestId);
+        live.staging.delete(e.requestId);
+        if (staged !== undefined && !peer.durable.store.has(staged.sopInstanceUid)) {
+          peer.durable.store.set(staged.sopInstanceUid, staged);
+        }
+        queue.push({ to: 'custody', input: { type: 'localWriteDone', requestId: e.requestId, ok: staged !== undefined, nowMs } });
+        return;
+      }
+      case 'ackStore': {
+        const instance = requestToUid.get(e.requestId);
+        requestToUid.delete(e.requestId);
+        if (e.status === StoreStatus.Success) {
+          storesAcked += 1;
+          ackedQuorum.set(e.sopInstanceUid, Math.max(e.quorum, ackedQuorum.get(e.sopInstanceUid) ?? 0));
+          log(`${peer.peerId} acks ${e.sopInstanceUid} quorum ${e.quorum} at {${e.sitesHolding.join(',')}}`);
+        } else {
+          storesRefused += 1;
+          log(`${peer.peerId} refuses ${e.sopInstanceUid} (0x${e.status.toString(16)})`);
+          // The modality keeps the instance and sends it again later.
+          if (instance !== undefined && retries.length < retriesPendingMax) retries.push(instance);
+        }
+        return;
+      }
+      case 'persistDebt':
+        peer.durable.debt.set(debtKey(e.entry.sopInstanceUid, e.entry.siteName), e.entry);
+        return;
+      case 'removeDebt':
+        peer.durable.debt.delete(debtKey(e.sopInstanceUid, e.siteName));
+        return;
+      case 'replicate': {
+        const instance = peer.durable.store.get(e.sopInstanceUid);
+        if (instance === undefined) throw new Error(`${peer.peerId} asked to replicate ${e.sopInstanceUid} it does not hold`);
+        network.send(peer.peerId, e.toPeerId, { kind: 'replica', instance }, nowMs);
+        return;
+      }
+      case 'fetch':
+        network.send(peer.peerId, e.fromPeerId, { kind: 'fetchRequest', sopInstanceUid: e.sopInstanceUid }, nowMs);
+        return;
+      case 'send':
+        network.send(peer.peerId, e.to, { kind: 'custody', message: e.message }, nowMs);
+        return;
+      case 'statsChanged':
+        queue.push({
+          to: 'membership',
+          input: {
+            type: 'localStatsChanged',
+            load: { ...loadOf(peer), queuedCustodyWork: e.queuedWork },
+            instanceCount: e.instanceCount,
+            digestRoot: e.digestRoot,
+          },
+        });
+        return;
+      default:
+        assertNever(e);
+    }
+  };
+
+  const deliver = (to: SimPeer, from: string, payload: SimPayload): void => {
+    if (to.live === null) return;
+    switch (payload.kind) {
+      case 'heartbeat':
+        run(to, [{ to: 'membership', input: { type: 'heartbeatReceived', heartbeat: payload.heartbeat, nowMs } }]);
+        return;
+      case 'balancer':
+        run(to, [{ to: 'balancer', input: { type: 'messageReceived', from, message: payload.message, nowMs } }]);
+        return;
+      case 'custody':
+        run(to, [{ to: 'custody', input: { type: 'messageReceived', from, message: payload.message, nowMs } }]);
+        return;
+      case 'replica':
+      case 'fetchReply': {
+        const instance = payload.instance;
+        if (instance === null) {
+          if (payload.kind === 'fetchReply') {
+            run(to, [{ to: 'custody', input: { type: 'fetchFailed', sopInstanceUid: payload.sopInstanceUid, nowMs } }]);
+          }
+          return;
+        }
+        // The receiving stream handler writes durably before custody hears of it (and so before any ack).
+        const existing = to.durable.store.get(instance.sopInstanceUid);
+        if (existing !== undefined && existing.sha256 !== instance.sha256) {
+          violate(`immutability: ${instance.sopInstanceUid} arrived at ${to.peerId} with different bytes`);
+          return;
+        }
+        if (existing === undefined) to.durable.store.set(instance.sopInstanceUid, instance);
+        run(to, [
+          {
+            to: 'custody',
+            input: { type: 'replicaStored', sopInstanceUid: instance.sopInstanceUid, sha256: instance.sha256, fromPeerId: from, nowMs },
+          },
+        ]);
+        return;
+      }
+      case 'fetchRequest': {
+        const instance = to.durable.store.get(payload.sopInstanceUid) ?? null;
+        network.send(to.peerId, from, { kind: 'fetchReply', sopInstanceUid: payload.sopInstanceUid, instance }, nowMs);
+        return;
+      }
+      default:
+        assertNever(payload);
+    }
+  };
+
+  const store = (instance: SimInstance): void => {
+    const door = workPrng.pick(peers);
+    if (door.live === null) return;
+    // The front door asks the table it follows; if the chosen peer is gone, it serves the association itself.
+    const choice = chooseTarget(door.live.balancer.table, door.peerId, workPrng.nextUnit());
+    const chosen = byId.get(choice.peerId);
+    const target = chosen !== undefined && chosen.live !== null && network.connected(door.peerId, chosen.peerId) ? chosen : door;
+    const live = target.live;
+    if (live === null) return;
+    const requestId = `r${nextRequest++}`;
+    live.staging.set(requestId, instance);
+    requestToUid.set(requestId, instance);
+    log(`modality stores ${instance.sopInstanceUid} via ${door.peerId} at ${target.peerId} (${choice.reason})`);
+    run(target, [
+      { to: 'custody', input: { type: 'storeRequested', requestId, sopInstanceUid: instance.sopInstanceUid, sha256: instance.sha256, nowMs } },
+    ]);
+  };
+
+  const newInstance = (): SimInstance => {
+    const n = nextInstance++;
+    const study = Math.floor(n / 5);
+    return {
+      sopInstanceUid: `1.2.826.0.1.3680043.${options.seed}.${n}`,
+      studyInstanceUid: `1.2.826.0.1.3680043.${options.seed}.9.${study}`,
+      sha256: fakeSha(options.seed, n),
+      byteLength: 1000 + workPrng.nextInt(500_000),
+    };
+  };
+
+  const checkAckedCopies = (): void => {
+    // Invariant (b): an acknowledged instance has at least the quorum it was acknowledged with in durable copies.
+    for (const [uid, quorum] of ackedQuorum) {
+      let copies = 0;
+      for (const p of peers) if (p.durable.store.has(uid)) copies += 1;
+      if (copies < quorum) violate(`(b) ${uid} acknowledged with quorum ${quorum} but held durably by ${copies} site(s)`);
+    }
+  };
+
+  const checkLeadersPerComponent = (): void => {
+    // Invariant (a) on the live state too: claims that outlived a heal meet in one component here.
+    const seen = new Map<string, string>();
+    for (const p of peers) {
+      const live = p.live;
+      if (live === null || live.balancer.role !== 'leader') continue;
+      const key = `${componentOf(p.peerId)}|${live.balancer.durable.currentTerm}`;
+      const other = seen.get(key);
+      if (other !== undefined && other !== p.peerId) violate(`(a) ${other} and ${p.peerId} lead the same term in {${key}}`);
+      seen.set(key, p.peerId);
+    }
+  };
+
+  const tickAll = (): void => {
+    for (const p of peers) {
+      if (p.live === null) continue;
+      run(p, [
+        { to: 'membership', input: { type: 'tick', nowMs } },
+        { to: 'balancer', input: { type: 'tick', nowMs } },
+        { to: 'custody', input: { type: 'tick', nowMs } },
+      ]);
+    }
+  };
+
+  const deliverDue = (): void => {
+    for (let e = network.nextDue(nowMs); e !== null; e = network.nextDue(nowMs)) {
+      const to = byId.get(e.to);
+      if (to !== undefined) deliver(to, e.from, e.payload);
+    }
+  };
+
+  for (const p of peers) start(p);
+
+  // Fault phase: faults and stores at random.
+  let healAtMs = -1;
+  for (; nowMs < faultPhaseMs && violations.length === 0; nowMs += tickMs) {
+    for (const p of peers) if (p.live === null && nowMs >= p.restartAtMs) start(p);
+    if (healAtMs >= 0 && nowMs >= healAtMs) {
+      network.heal();
+      healAtMs = -1;
+      log('partition heals');
+    }
+    const upCount = peers.filter((p) => p.live !== null).length;
+    if (upCount > 1 && faultPrng.chance(0.004)) crash(faultPrng.pick(peers.filter((p) => p.live !== null)), nowMs + faultPrng.between(500, 5000));
+    if (healAtMs < 0 && faultPrng.chance(0.005)) {
+      const groups = new Map<string, number>();
+      for (const p of peers) groups.set(p.peerId, faultPrng.nextInt(2));
+      partitions += 1;
+      const before = new Map(peers.map((p) => [p.peerId, network.groupOf(p.peerId)]));
+      network.partition(groups);
+      healAtMs = nowMs + faultPrng.between(1000, 8000);
+      log(`partition ${peers.map((p) => `${p.peerId}:${groups.get(p.peerId)}`).join(' ')}`);
+      // The transport notices closed connections across the cut at once.
+      for (const a of peers) {
+        for (const b of peers) {
+          if (a === b || a.live === null || b.live === null) continue;
+          if (before.get(a.peerId) === before.get(b.peerId) && !network.connected(a.peerId, b.peerId)) {
+            run(a, [{ to: 'membership', input: { type: 'peerDisconnected', peerId: b.peerId, nowMs } }]);
+          }
+        }
+      }
+    }
+    if (workPrng.chance(0.15)) {
+      if (retries.length > 0 && workPrng.chance(0.5)) store(retries.shift() as SimInstance);
+      else store(newInstance());
+    }
+    deliverDue();
+    tickAll();
+    checkAckedCopies();
+    checkLeadersPerComponent();
+  }
+
+  // Final heal: everyone up, no faults, no new stores; run until the mesh is quiet or time runs out.
+  network.heal();
+  network.faults = noFaults;
+  log('final heal');
+  const healedAtMs = nowMs;
+  let converged = false;
+  for (; nowMs < healedAtMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
+    for (const p of peers) if (p.live === null) start(p);
+    deliverDue();
+    tickAll();
+    checkAckedCopies();
+    checkLeadersPerComponent();
+    if (settled(peers)) {
+      converged = true;
+      break;
+    }
+  }
+  if (violations.length === 0 && !converged) {
+    const leaders = peers.filter((p) => p.live?.balancer.role === 'leader').map((p) => p.peerId);
+    if (leaders.length !== 1) violate(`(c) after healing ${leaders.length} leaders: [${leaders.join(',')}]`);
+    const sizes = peers.map((p) => `${p.peerId}:${p.durable.store.size}`).join(' ');
+    if (!sameStores(peers)) violate(`(d) sites hold different instance sets after healing: ${sizes}`);
+    const debts = peers.map((p) => `${p.peerId}:${p.durable.debt.size}`).join(' ');
+    if (peers.some((p) => p.durable.debt.size > 0)) violate(`(e) replication debt left after healing: ${debts}`);
+    if (violations.length === 0) violate('mesh did not settle after healing');
+  }
+
+  return {
+    seed: options.seed,
+    ok: violations.length === 0,
+    violations,
+    traceTail: traceFrozen ?? trace,
+    finalPeers: peers.map((p) => {
+      const live = p.live;
+      if (live === null) return `${p.peerId} down`;
+      const b = live.balancer;
+      const view = live.membership.members;
+      return (
+        `${p.peerId} prio ${p.priority} ${b.role} term ${b.durable.currentTerm} voted ${b.durable.votedFor} leader ${b.leaderId}` +
+        ` store ${p.durable.store.size} debt ${p.durable.debt.size}/${live.custody.debt.size} pending ${live.custody.pending.size}` +
+        ` view [${[...view.values()].map((m) => `${m.peerId}#${m.incarnation}:${m.status}`).join(' ')}]`
+      );
+    }),
+    stats: {
+      siteCount,
+      simulatedMs: nowMs,
+      settleMs: nowMs - healedAtMs,
+      storesAcked,
+      storesRefused,
+      crashes,
+      partitions,
+      maxTerm,
+      messagesSent: network.stats.sent,
+      messagesDropped: network.stats.dropped,
+    },
+  };
+}
+
+/** (c) one leader that everyone follows, (d) identical stores, (e) no debt, and no custody work left. */
+function settled(peers: readonly SimPeer[]): boolean {
+  const leaders = peers.filter((p) => p.live?.balancer.role === 'leader');
+  if (leaders.length !== 1) return false;
+  const leader = leaders[0] as SimPeer;
+  const term = leader.live?.balancer.durable.currentTerm;
+  for (const p of peers) {
+    const live = p.live;
+    if (live === null || live.balancer.leaderId !== leader.peerId || live.balancer.durable.currentTerm !== term) return false;
+    if (p.durable.debt.size > 0 || live.custody.debt.size > 0 || live.custody.pending.size > 0) return false;
+  }
+  return sameStores(peers);
+}
+
+function sameStores(peers: readonly SimPeer[]): boolean {
+  const first = peers[0];
+  if (first === undefined) return true;
+  for (const p of peers) {
+    if (p.durable.store.size !== first.durable.store.size) return false;
+    for (const [uid, instance] of first.durable.store) {
+      const other = p.durable.store.get(uid);
+      if (
+        other === undefined ||
+        other.sha256 !== instance.sha256 ||
+        other.studyInstanceUid !== instance.studyInstanceUid ||
+        other.byteLength !== instance.byteLength
+      ) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+/** A stand-in for the SHA-256 of an instance's bytes: unique per instance, 64 hex digits. */
+function fakeSha(seed: number, n: number): string {
+  const g = new Prng(seed * 1_000_003 + n);
+  let hex = '';
+  for (let i = 0; i < 8; i += 1) hex += g.nextUint32().toString(16).padStart(8, '0');
+  return hex;
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unhandled: ${JSON.stringify(value)}`);
+}

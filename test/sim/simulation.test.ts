@@ -1,0 +1,57 @@
+/**
+ * Runs the deterministic mesh simulation over many seeds and checks its invariants (see src/sim/simulation.ts).
+ * SIM_SEEDS=n changes how many seeds run (default 300), SIM_FIRST_SEED where they start,
+ * SIM_SEED=s reruns exactly one seed and prints its trace.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { runSimulation, type SimResult } from '../../src/sim/simulation.ts';
+
+function describeFailure(r: SimResult): string {
+  return [
+    `simulation seed ${r.seed} failed:`,
+    ...r.violations.map((v) => `  ${v}`),
+    `rerun: SIM_SEED=${r.seed} node --import tsx --test test/sim/simulation.test.ts`,
+    'peers at the end:',
+    ...r.finalPeers.map((l) => `  ${l}`),
+    'trace before the failure:',
+    ...r.traceTail.map((l) => `  ${l}`),
+  ].join('\n');
+}
+
+const single = process.env.SIM_SEED;
+
+if (single !== undefined) {
+  test(`simulation, seed ${single}`, () => {
+    const r = runSimulation({ seed: Number(single) });
+    console.log(JSON.stringify(r.stats));
+    console.log(r.finalPeers.join('\n'));
+    assert.ok(r.ok, describeFailure(r));
+  });
+} else {
+  test('one seed reproduces the whole run', () => {
+    const a = runSimulation({ seed: 4242 });
+    const b = runSimulation({ seed: 4242 });
+    assert.deepEqual(a.stats, b.stats);
+    assert.deepEqual(a.finalPeers, b.finalPeers);
+    assert.deepEqual(a.traceTail, b.traceTail);
+  });
+
+  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, c-e after heal)', () => {
+    const count = Number(process.env.SIM_SEEDS ?? 300);
+    const first = Number(process.env.SIM_FIRST_SEED ?? 1);
+    let acked = 0;
+    let crashes = 0;
+    let partitions = 0;
+    for (let seed = first; seed < first + count; seed += 1) {
+      const r = runSimulation({ seed });
+      assert.ok(r.ok, describeFailure(r));
+      acked += r.stats.storesAcked;
+      crashes += r.stats.crashes;
+      partitions += r.stats.partitions;
+    }
+    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${partitions} partitions`);
+    // The faults must really happen, or the invariants above prove little.
+    assert.ok(crashes > 0 && partitions > 0 && acked > 0);
+  });
+}
