@@ -120,3 +120,15 @@ test('seeded fuzz: thousands of mutated PDUs only ever raise PduError', () => {
   }
   assert.ok(rejected > 100, `only ${rejected} mutations were rejected`);
 });
+
+test('PDUs handed out stay intact while later chunks arrive (they are handled asynchronously)', () => {
+  const first = encodePdu({ type: 'pData', values: [{ presentationContextId: 1, isCommand: false, isLast: false, data: new Uint8Array(1000).fill(0xaa) }] });
+  const second = encodePdu({ type: 'pData', values: [{ presentationContextId: 1, isCommand: false, isLast: true, data: new Uint8Array(1000).fill(0xbb) }] });
+  const stream = Buffer.concat([first, second, first]);
+  const framer = new PduFramer();
+  const held: Pdu[] = [];
+  for (let offset = 0; offset < stream.length; offset += 700) held.push(...framer.push(stream.subarray(offset, offset + 700)));
+  assert.equal(held.length, 3);
+  const fills = held.map((p) => (p.type === 'pData' ? new Set(p.values[0]!.data).size === 1 && p.values[0]!.data[0] : -1));
+  assert.deepEqual(fills, [0xaa, 0xbb, 0xaa]);
+});

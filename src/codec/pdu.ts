@@ -236,11 +236,12 @@ export class PduFramer {
       // Keep a copy of the tail: the chunk's memory belongs to the socket.
       this.used = 0;
       if (rest > 0) this.append(chunk.subarray(offset));
-    } else if (rest === 0) {
-      this.used = 0;
     } else if (offset > 0) {
-      this.buffer.copyWithin(0, offset, available);
-      this.used = rest;
+      // The PDUs just returned are views into this buffer and are handled later: never write over them.
+      const tail = data.subarray(offset, available);
+      this.buffer = new Uint8Array(0);
+      this.used = 0;
+      if (rest > 0) this.append(tail);
     }
     return pdus;
   }

@@ -8,7 +8,7 @@ import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
-import { findMatches, resolveRetrieve, validateQuery, type QueryRequest } from '../../storage/query/query.ts';
+import { findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
 
@@ -32,7 +32,12 @@ export const maxRetrieveInstances = 100_000;
 
 type ParsedQuery = { ok: true; request: QueryRequest } | { ok: false; status: number; comment: string };
 
-export function parseQueryIdentifier(root: QueryRoot, identifier: Uint8Array, transferSyntaxUid: string): ParsedQuery {
+export function parseQueryIdentifier(
+  root: QueryRoot,
+  identifier: Uint8Array,
+  transferSyntaxUid: string,
+  validate: (request: QueryRequest) => { ok: true } | { ok: false; status: number; comment: string },
+): ParsedQuery {
   let elements: DicomElement[];
   try {
     elements = parseDataset(identifier, transferSyntaxUid, { includeSkippedElements: true }).elements;
@@ -45,7 +50,7 @@ export function parseQueryIdentifier(root: QueryRoot, identifier: Uint8Array, tr
     return { ok: false, status: Status.IdentifierDoesNotMatchSopClass, comment: `missing or invalid QueryRetrieveLevel "${level ?? ''}"` };
   }
   const request: QueryRequest = { root, level: level as QueryLevel, keys: elements.filter((e) => e.tag !== Tags.QueryRetrieveLevel && (e.tag & 0xffff) !== 0) };
-  const validation = validateQuery(request);
+  const validation = validate(request);
   if (!validation.ok) return { ok: false, status: validation.status, comment: validation.comment };
   return { ok: true, request };
 }
@@ -62,7 +67,7 @@ function findResponse(command: DimseCommand, status: number, errorComment?: stri
 }
 
 export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<void> {
-  const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid);
+  const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateQuery);
   if (!parsed.ok) {
     await ctx.send(findResponse(ctx.command, parsed.status, parsed.comment));
     return;
@@ -134,7 +139,7 @@ function failedUidIdentifier(counts: SubOperationCounts, transferSyntaxUid: stri
 }
 
 export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore): Promise<void> {
-  const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid);
+  const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateRetrieve);
   if (!parsed.ok) {
     await ctx.send(retrieveResponse(ctx, parsed.status, undefined, parsed.comment));
     return;

@@ -1,0 +1,127 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
+import type { CatalogEntry } from './catalog-types.ts';
+
+function entryFor(uid: string) {
+  return (info: { byteLength: number; sha256: string; blobId: string }): CatalogEntry => ({
+    sopInstanceUid: uid,
+    sopClassUid: '1.2.840.10008.5.1.4.1.1.7',
+    studyInstanceUid: '1.2.3',
+    seriesInstanceUid: '1.2.3.0',
+    patientId: 'P',
+    transferSyntaxUid: '1.2.840.10008.1.2.1',
+    byteLength: info.byteLength,
+    sha256: info.sha256,
+    storedAtMs: 0,
+    blobId: info.blobId,
+    attributes: [],
+  });
+}
+
+async function readAll(store: ReplicaStore, uid: string): Promise<Buffer> {
+  const entry = await store.getEntry(uid);
+  assert.ok(entry, `${uid} is stored`);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of store.readInstance(entry)) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+async function countKeys(store: ReplicaStore, prefix: string): Promise<number> {
+  let n = 0;
+  for await (const _ of store.db.keys({ gte: prefix, lt: `${prefix}~` })) n++;
+  return n;
+}
+
+test('bytes come back exactly as written, across chunk boundaries, with their SHA-256', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 1000 });
+  await store.open();
+  const payload = Buffer.alloc(10_123).map((_, i) => (i * 7) & 0xff);
+  const writer = store.beginWrite();
+  for (let offset = 0; offset < payload.length; offset += 333) await writer.write(payload.subarray(offset, offset + 333));
+  const result = await writer.commit('1.2.3.4', entryFor('1.2.3.4'));
+  assert.equal(result.outcome, 'stored');
+  assert.equal(result.entry.sha256, createHash('sha256').update(payload).digest('hex'));
+  assert.deepEqual(await readAll(store, '1.2.3.4'), payload);
+  assert.equal(await store.countInstances(), 1);
+  await store.close();
+});
+
+test('a second copy of a stored UID is not kept: duplicate, original bytes untouched', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const first = store.beginWrite();
+  await first.write(Buffer.alloc(500, 1));
+  await first.commit('1.2.3.5', entryFor('1.2.3.5'));
+  // Two concurrent uploads of the same UID: one commit stores, the other sees a duplicate.
+  const [a, b] = [store.beginWrite(), store.beginWrite()];
+  await a.write(Buffer.alloc(500, 2));
+  await b.write(Buffer.alloc(500, 3));
+  const outcomes = await Promise.all([a.commit('1.2.3.5', entryFor('1.2.3.5')), b.commit('1.2.3.5', entryFor('1.2.3.5'))]);
+  assert.deepEqual(outcomes.map((o) => o.outcome), ['duplicate', 'duplicate']);
+  assert.deepEqual(await readAll(store, '1.2.3.5'), Buffer.alloc(500, 1));
+  assert.equal(await countKeys(store, 'b!'), 1, 'only the first copy\'s chunk remains');
+  await store.close();
+});
+
+test('abort leaves nothing behind', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const writer = store.beginWrite();
+  await writer.write(Buffer.alloc(1000, 9));
+  await writer.abort();
+  assert.equal(await countKeys(store, 'b!'), 0);
+  assert.equal(await countKeys(store, 'u!'), 0);
+  assert.equal(await store.countInstances(), 0);
+  await store.close();
+});
+
+test('durability: every instance acknowledged before kill -9 is there after restart; the half-written upload is gone', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const fixture = fileURLToPath(new URL('./fixtures/store-and-die.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', fixture, dir, '20'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const acked: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('child did not finish writing in time')), 30_000);
+    let buffered = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString();
+      const lines = buffered.split('\n');
+      buffered = lines.pop() ?? '';
+      for (const line of lines) {
+        if (line.startsWith('acked ')) acked.push(line.slice(6));
+        if (line === 'orphan written') {
+          clearTimeout(timer);
+          child.kill('SIGKILL');
+          resolve();
+        }
+      }
+    });
+  });
+  await new Promise((resolve) => child.once('exit', resolve));
+  assert.equal(acked.length, 20);
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  for (const [i, uid] of acked.entries()) {
+    const bytes = await readAll(store, uid);
+    assert.equal(bytes.length, 250_000);
+    assert.equal(bytes[0], i & 0xff);
+  }
+  assert.equal(await store.countInstances(), 20);
+  assert.equal(await countKeys(store, 'u!'), 0, 'no upload marker survives the open');
+  assert.equal(await countKeys(store, 'b!'), 20 * 3, 'only committed chunks remain (5 writes of 50 kB cut at 64 KiB: 3 chunks each)');
+  await store.close();
+});
