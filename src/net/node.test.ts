@@ -1,0 +1,192 @@
+import '../polyfill.ts';
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMeshNode } from './node.ts';
+import { generateSwarmKey } from './swarm-key.ts';
+import { readRequest, sendRequest, writeResponse } from './stream.ts';
+import type { MeshNode, MeshNodeInit } from './node.ts';
+
+const TOPIC = 'pacs-mesh/test/1';
+const WINDOW = 256 * 1024;
+const HWM = 256 * 1024;
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function loopback(addrs: string[]): string {
+  const a = addrs.find((x) => x.startsWith('/ip4/127.0.0.1/'));
+  assert.ok(a, `no loopback address in ${addrs.join(' ')}`);
+  return a;
+}
+
+function portOf(addr: string): number {
+  return Number(/\/tcp\/(\d+)/.exec(addr)?.[1]);
+}
+
+/** Publish until `received` holds something (gossip needs a moment to exchange subscriptions). */
+async function publishUntil(node: MeshNode, data: Uint8Array, received: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!received()) {
+    if (Date.now() > deadline) throw new Error('gossip message not delivered');
+    await node.publish(TOPIC, data);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
+  const swarmKey = generateSwarmKey();
+  const nodes: MeshNode[] = [];
+  const dirs: string[] = [];
+  let a: MeshNode;
+  let b: MeshNode;
+  let c: MeshNode;
+
+  async function start(init: Partial<MeshNodeInit> & { dataDir?: string }): Promise<MeshNode> {
+    const dataDir = init.dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-net-')));
+    if (!dirs.includes(dataDir)) dirs.push(dataDir);
+    const node = await createMeshNode({
+      host: '127.0.0.1',
+      p2pPort: 0,
+      swarmKey,
+      ...init,
+      dataDir,
+      tuning: { maxStreamWindowSize: WINDOW, readHighWaterMark: HWM, reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000, ...init.tuning },
+    });
+    nodes.push(node);
+    return node;
+  }
+
+  before(async () => {
+    a = await start({});
+    const boot = [loopback(a.multiaddrs())];
+    b = await start({ bootstrap: boot });
+    c = await start({ bootstrap: boot });
+  });
+
+  after(async () => {
+    await Promise.allSettled(nodes.map((n) => n.stop()));
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+
+  it('joins through a bootstrap address, completes the mesh, exposes dialable /p2p/ addresses', async () => {
+    for (const addr of a.multiaddrs()) assert.ok(addr.endsWith(`/p2p/${a.peerId}`), addr);
+    await waitFor('b and c connected to a', () => a.connectedPeers().includes(b.peerId) && a.connectedPeers().includes(c.peerId));
+    // b and c only know a; the address announcements complete the mesh
+    await waitFor('b and c connected to each other', () => b.connectedPeers().includes(c.peerId));
+    const s = await stat(join(dirs[0] as string, 'peer-key'));
+    assert.equal(s.mode & 0o777, 0o600);
+  });
+
+  it('delivers gossip to every subscriber', async () => {
+    const got = new Map<string, string>();
+    for (const n of [a, c]) n.subscribe(TOPIC, (m) => got.set(n.peerId, `${m.from}:${Buffer.from(m.data).toString()}`));
+    const unsubB = b.subscribe(TOPIC, () => {});
+    await publishUntil(b, Buffer.from('hello mesh'), () => got.size === 2);
+    assert.equal(got.get(a.peerId), `${b.peerId}:hello mesh`);
+    assert.equal(got.get(c.peerId), `${b.peerId}:hello mesh`);
+    unsubB();
+  });
+
+  it('round-trips a request with a body and an ack over a custom protocol', async () => {
+    await a.handle('/pacs-mesh/test-replicate/1', async (stream) => {
+      const req = await readRequest<{ type: 'offer'; sha256: string }>(stream, { maxBodyBytes: 10 * 1024 * 1024 });
+      const hash = createHash('sha256');
+      for await (const chunk of req.body) hash.update(chunk);
+      const ok = hash.digest('hex') === req.header.sha256;
+      await writeResponse(stream, { type: 'ack', ok, from: stream.remotePeer });
+    });
+    const body = randomBytes(3 * 1024 * 1024 + 17);
+    const sha256 = createHash('sha256').update(body).digest('hex');
+    const stream = await b.openStream(a.peerId, '/pacs-mesh/test-replicate/1');
+    const pieces = (function* () {
+      for (let off = 0; off < body.byteLength; off += 100_000) yield body.subarray(off, off + 100_000);
+    })();
+    const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: AbortSignal.timeout(15_000) });
+    assert.deepEqual(ack, { type: 'ack', ok: true, from: b.peerId });
+  });
+
+  it('applies back-pressure: a slow reader does not make the writer buffer without bound', async () => {
+    const total = 12 * 1024 * 1024;
+    let maxReceiverBuffered = 0;
+    let receivedHash = '';
+    const done = Promise.withResolvers<void>();
+    await c.handle('/pacs-mesh/test-slow/1', async (stream) => {
+      const hash = createHash('sha256');
+      let n = 0;
+      while (true) {
+        const chunk = await stream.reader.read(64 * 1024);
+        if (chunk == null) break;
+        hash.update(chunk);
+        n += chunk.byteLength;
+        maxReceiverBuffered = Math.max(maxReceiverBuffered, stream.reader.bufferedBytes + stream.raw.readBufferLength);
+        if (n < total / 2) await new Promise((r) => setTimeout(r, 2)); // slow for the first half
+      }
+      receivedHash = hash.digest('hex');
+      await stream.closeWrite();
+      done.resolve();
+    });
+    const stream = await b.openStream(c.peerId, '/pacs-mesh/test-slow/1');
+    const sent = createHash('sha256');
+    let maxWriteBuffered = 0;
+    const chunk = 128 * 1024;
+    for (let off = 0; off < total; off += chunk) {
+      const piece = randomBytes(chunk);
+      sent.update(piece);
+      await stream.writer.write(piece);
+      maxWriteBuffered = Math.max(maxWriteBuffered, stream.raw.writeBufferLength);
+    }
+    await stream.close({ signal: AbortSignal.timeout(20_000) });
+    await done.promise;
+    assert.equal(receivedHash, sent.digest('hex'));
+    // one piece may wait in the write buffer, never the whole transfer
+    assert.ok(maxWriteBuffered <= chunk, `writer buffered ${maxWriteBuffered} bytes`);
+    // reader queue (high-water mark) + one yamux window + one dispatch, far below the 12 MiB sent
+    assert.ok(maxReceiverBuffered <= HWM + 2 * WINDOW + chunk, `receiver buffered ${maxReceiverBuffered} bytes`);
+  });
+
+  it('keeps out a peer with another swarm key, or with none: no connection, no gossip', async () => {
+    const boot = [loopback(a.multiaddrs())];
+    const got: string[] = [];
+    const outsiders = [
+      await start({ swarmKey: generateSwarmKey(), bootstrap: boot }),
+      await start({ swarmKey: null, bootstrap: boot }),
+    ];
+    for (const o of outsiders) {
+      o.subscribe(TOPIC, (m) => got.push(Buffer.from(m.data).toString()));
+      await assert.rejects(o.dial(boot[0] as string, { signal: AbortSignal.timeout(3000) }));
+    }
+    // the mesh keeps gossiping while the outsiders keep trying to join through the bootstrap loop
+    const meshGot: string[] = [];
+    const unsub = c.subscribe(TOPIC, (m) => meshGot.push(Buffer.from(m.data).toString()));
+    await publishUntil(a, Buffer.from('secret'), () => meshGot.includes('secret'));
+    await new Promise((r) => setTimeout(r, 1500));
+    unsub();
+    for (const o of outsiders) {
+      assert.deepEqual(o.connectedPeers(), []);
+      assert.ok(!a.connectedPeers().includes(o.peerId));
+    }
+    assert.deepEqual(got, []);
+    await Promise.all(outsiders.map((o) => o.stop()));
+  });
+
+  it('keeps its PeerId across a restart with the same data dir, and the mesh reconnects', async () => {
+    const dataDir = dirs[0] as string;
+    const port = portOf(loopback(a.multiaddrs()));
+    const oldId = a.peerId;
+    await a.stop();
+    await waitFor('b to notice a is gone', () => !b.connectedPeers().includes(oldId));
+    a = await start({ dataDir, p2pPort: port });
+    assert.equal(a.peerId, oldId);
+    // nobody bootstraps *to* b or c from a: they come back through their reconnect loops
+    await waitFor('b and c reconnect to the restarted a', () => a.connectedPeers().includes(b.peerId) && a.connectedPeers().includes(c.peerId), 15_000);
+  });
+});

@@ -1,0 +1,544 @@
+/**
+ * One site's libp2p node, behind a small facade ({@link MeshNode}) so libp2p types stay in src/net/.
+ *
+ * Stack: TCP on `/ip4/<host>/tcp/<p2pPort>` -> private network (our noble-xsalsa20 pnet protector) ->
+ * noise -> yamux (stream window capped) ; services identify, ping, gossipsub (small-mesh settings).
+ * The connection monitor pings every peer each `pingInterval` and aborts a connection whose ping takes
+ * longer than `pingTimeoutMs`: a hung (SIGSTOPped) peer is dropped in ~2 s with the defaults.
+ *
+ * Reconnect loop: every bootstrap address and every peer we have been connected to (bounded) is dialled
+ * again while it is not connected, with exponential back-off (min..max delay, jittered), forever, since
+ * operators stop and restart sites on purpose. A node with no bootstrap list is the first of its mesh.
+ * Peers learnt from elsewhere (e.g. membership heartbeats carrying addresses) go in via `addKnownPeer`.
+ */
+import '../polyfill.ts';
+import { createLibp2p } from 'libp2p';
+import { tcp } from '@libp2p/tcp';
+import { noise } from '@chainsafe/libp2p-noise';
+import { yamux } from '@chainsafe/libp2p-yamux';
+import { identify } from '@libp2p/identify';
+import { ping } from '@libp2p/ping';
+import { bootstrap } from '@libp2p/bootstrap';
+import { gossipsub } from '@libp2p/gossipsub';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { multiaddr } from '@multiformats/multiaddr';
+import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
+import { MeshNodeError } from './errors.ts';
+import { loadOrCreatePeerKey } from './peer-key.ts';
+import { pskProtector } from './protector.ts';
+import { MeshStream } from './stream.ts';
+import type { SwarmKey } from './swarm-key.ts';
+import type { MeshStreamInit } from './stream.ts';
+import type { Libp2p, Logger, PeerId } from '@libp2p/interface';
+import type { GossipSub, Message } from '@libp2p/gossipsub';
+import type { Multiaddr } from '@multiformats/multiaddr';
+
+export interface MeshNodeTuning {
+  /** yamux per-stream receive window cap (bytes). Default 1 MiB. */
+  maxStreamWindowSize?: number;
+  /** StreamReader queue bound per stream (bytes). Default 1 MiB. */
+  readHighWaterMark?: number;
+  /** Connection monitor ping period (ms). Default 1000. */
+  pingInterval?: number;
+  /** Ping timeout (ms); adaptive between this and 2x this. Default 1000. */
+  pingTimeoutMs?: number;
+  /** Reconnect back-off bounds (ms). Default 250 .. 5000. */
+  reconnectMinDelayMs?: number;
+  reconnectMaxDelayMs?: number;
+  /** How many peers the reconnect loop remembers (bootstrap entries always kept). Default 64. */
+  maxKnownPeers?: number;
+  /** Dial timeout (ms). Default 5000. */
+  dialTimeoutMs?: number;
+  /** Largest gossip message accepted (bytes). Default 1 MiB. */
+  maxGossipBytes?: number;
+  /**
+   * Period (ms) of the built-in address announcement on {@link PEERS_TOPIC}, which lets peers that joined
+   * through different bootstrap nodes find and dial each other (full mesh). 0 disables it. Default 5000.
+   */
+  peerAnnounceIntervalMs?: number;
+}
+
+/** Gossip topic of the built-in address announcements: envelope `{ type: 'peer-addrs', peerId, addrs }`. */
+export const PEERS_TOPIC = 'pacs-mesh/peers/1';
+const MAX_ANNOUNCE_BYTES = 8 * 1024;
+const MAX_ANNOUNCED_ADDRS = 16;
+interface PeerAddrsMessage {
+  type: 'peer-addrs';
+  peerId: string;
+  addrs: string[];
+}
+
+export interface MeshNodeInit {
+  /** Holds `peer-key` (created on first start). */
+  dataDir: string;
+  /** Interface to listen on. Default '0.0.0.0'. */
+  host?: string;
+  /** TCP port; 0 picks a free one. */
+  p2pPort: number;
+  /**
+   * The private network key. `null` runs without a protector: only for tests showing that such a
+   * node cannot join a protected mesh. There is no default on purpose.
+   */
+  swarmKey: SwarmKey | Uint8Array | null;
+  /** Multiaddrs of peers to join through (repeatable `--bootstrap`); empty for the first node. */
+  bootstrap?: string[];
+  /** Addresses to announce instead of the listen addresses (NAT, 0.0.0.0). */
+  announce?: string[];
+  tuning?: MeshNodeTuning;
+}
+
+export interface GossipMessage {
+  topic: string;
+  data: Uint8Array;
+  /** Signing peer (the originator) when known. */
+  from: string | undefined;
+}
+
+export type GossipHandler = (message: GossipMessage) => void;
+export type PeerHandler = (peerId: string) => void;
+export type StreamHandler = (stream: MeshStream) => void | Promise<void>;
+
+export interface HandleOptions {
+  /** Concurrent inbound streams of this protocol per connection. Default 32. */
+  maxInboundStreams?: number;
+  /** Concurrent outbound streams of this protocol per connection. Default 64. */
+  maxOutboundStreams?: number;
+}
+
+export interface OpenStreamOptions {
+  signal?: AbortSignal;
+}
+
+/** The facade the rest of pacs-mesh uses. */
+export interface MeshNode {
+  readonly peerId: string;
+  /** Dialable addresses, each ending in /p2p/<peerId>. */
+  multiaddrs(): string[];
+  connectedPeers(): string[];
+  /** Publish on a gossip topic; resolves to the number of peers it was sent to. */
+  publish(topic: string, data: Uint8Array): Promise<number>;
+  /** Subscribe; returns the unsubscribe function. Handler errors are logged, never thrown into gossip. */
+  subscribe(topic: string, handler: GossipHandler): () => void;
+  onPeerConnected(handler: PeerHandler): () => void;
+  onPeerDisconnected(handler: PeerHandler): () => void;
+  /** Serve a stream protocol. If the handler throws or rejects, the stream is reset. */
+  handle(protocol: string, handler: StreamHandler, options?: HandleOptions): Promise<void>;
+  unhandle(protocol: string): Promise<void>;
+  openStream(peerId: string, protocol: string, options?: OpenStreamOptions): Promise<MeshStream>;
+  /** Remember a peer (and its addresses) for the reconnect loop, and dial it soon. */
+  addKnownPeer(peerId: string, multiaddrs?: string[]): Promise<void>;
+  /** Dial a multiaddr now; resolves to the remote PeerId. */
+  dial(address: string, options?: OpenStreamOptions): Promise<string>;
+  stop(): Promise<void>;
+}
+
+interface Target {
+  key: string;
+  peerId: string | undefined;
+  addrs: Multiaddr[];
+  bootstrap: boolean;
+  attempts: number;
+  nextAt: number;
+  dialing: boolean;
+  lastSeen: number;
+}
+
+const P2P_CODE = 421;
+
+function peerIdOf(ma: Multiaddr): string | undefined {
+  return ma.getComponents().findLast((c) => c.code === P2P_CODE)?.value;
+}
+
+function parsePeerId(id: string): PeerId {
+  try {
+    return peerIdFromString(id);
+  } catch (err) {
+    throw new MeshNodeError('ERR_INVALID_PEER_ID', `invalid peer id "${id.slice(0, 80)}"`, { cause: err });
+  }
+}
+
+function parseMultiaddr(text: string): Multiaddr {
+  try {
+    return multiaddr(text);
+  } catch (err) {
+    throw new MeshNodeError('ERR_INVALID_MULTIADDR', `invalid multiaddr "${text.slice(0, 200)}": ${(err as Error).message}`, { cause: err });
+  }
+}
+
+type Services = { identify: unknown; ping: unknown; pubsub: GossipSub };
+
+/** The reconnect loop: keeps dialling bootstrap and known peers that are not connected. */
+class Reconnector {
+  private readonly targets = new Map<string, Target>();
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private running = false;
+  private readonly inflight = new Set<Promise<void>>();
+
+  constructor(
+    private readonly node: Libp2p<Services>,
+    private readonly log: Logger,
+    private readonly opts: { minDelay: number; maxDelay: number; maxKnown: number; dialTimeout: number },
+  ) {}
+
+  start(): void {
+    this.running = true;
+    this.schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    await Promise.allSettled([...this.inflight]);
+  }
+
+  addBootstrap(ma: Multiaddr): void {
+    const peerId = peerIdOf(ma);
+    const key = peerId ?? ma.toString();
+    const existing = this.targets.get(key);
+    if (existing !== undefined) {
+      existing.bootstrap = true;
+      if (!existing.addrs.some((a) => a.equals(ma))) existing.addrs.push(ma);
+      return;
+    }
+    this.targets.set(key, { key, peerId, addrs: [ma], bootstrap: true, attempts: 0, nextAt: 0, dialing: false, lastSeen: 0 });
+  }
+
+  addPeer(peerId: string, addrs: Multiaddr[] = []): void {
+    const existing = this.targets.get(peerId);
+    if (existing !== undefined) {
+      for (const a of addrs) if (!existing.addrs.some((b) => b.equals(a))) existing.addrs.push(a);
+      existing.addrs = existing.addrs.slice(-8);
+      existing.lastSeen = Date.now();
+      return;
+    }
+    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, attempts: 0, nextAt: Date.now() + this.opts.minDelay, dialing: false, lastSeen: Date.now() });
+    this.evict();
+    this.schedule(this.opts.minDelay);
+  }
+
+  /** A peer connected: a bootstrap target dialled by address learns its PeerId here. */
+  onConnected(peerId: string): void {
+    this.addPeer(peerId);
+    const t = this.targets.get(peerId);
+    if (t !== undefined) t.attempts = 0;
+  }
+
+  onDisconnected(peerId: string): void {
+    const t = this.targets.get(peerId);
+    if (t === undefined) return;
+    t.attempts = 0;
+    t.nextAt = Date.now() + this.opts.minDelay;
+    this.schedule(this.opts.minDelay);
+  }
+
+  private evict(): void {
+    const learnt = [...this.targets.values()].filter((t) => !t.bootstrap);
+    let excess = this.targets.size - Math.max(this.opts.maxKnown, this.targets.size - learnt.length);
+    if (excess <= 0) return;
+    learnt.sort((a, b) => a.lastSeen - b.lastSeen);
+    for (const t of learnt) {
+      if (excess <= 0) break;
+      if (t.peerId !== undefined && this.node.getConnections(parsePeerId(t.peerId)).length > 0) continue;
+      this.targets.delete(t.key);
+      excess--;
+    }
+  }
+
+  private schedule(delay: number): void {
+    if (!this.running) return;
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer);
+    }
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.tick();
+    }, delay);
+  }
+
+  private isConnected(t: Target): boolean {
+    if (t.peerId === undefined) return false;
+    return this.node.getConnections(parsePeerId(t.peerId)).length > 0;
+  }
+
+  private tick(): void {
+    if (!this.running) return;
+    const now = Date.now();
+    let next = this.opts.maxDelay;
+    for (const t of this.targets.values()) {
+      if (t.dialing) continue;
+      if (this.isConnected(t)) {
+        t.attempts = 0;
+        continue;
+      }
+      if (t.nextAt > now) {
+        next = Math.min(next, t.nextAt - now);
+        continue;
+      }
+      if (this.inflight.size >= 8) {
+        next = Math.min(next, this.opts.minDelay);
+        continue;
+      }
+      this.dial(t);
+    }
+    this.schedule(Math.max(50, next));
+  }
+
+  private dial(t: Target): void {
+    t.dialing = true;
+    const signal = AbortSignal.timeout(this.opts.dialTimeout);
+    // known addresses first (bootstrap, addKnownPeer); otherwise the peer store (filled by identify)
+    const target = t.addrs.length > 0 || t.peerId === undefined ? t.addrs : parsePeerId(t.peerId);
+    const p = this.node.dial(target, { signal })
+      .then((conn) => {
+        const remote = conn.remotePeer.toString();
+        if (t.peerId === undefined) {
+          // a bootstrap address without /p2p/: key it by the PeerId from now on
+          this.targets.delete(t.key);
+          const existing = this.targets.get(remote);
+          if (existing !== undefined) {
+            existing.bootstrap = true;
+            for (const a of t.addrs) if (!existing.addrs.some((b) => b.equals(a))) existing.addrs.push(a);
+          } else {
+            this.targets.set(remote, { ...t, key: remote, peerId: remote });
+          }
+        }
+        t.attempts = 0;
+        this.log('connected to %s', remote);
+      })
+      .catch((err: Error) => {
+        t.attempts++;
+        const backoff = Math.min(this.opts.maxDelay, this.opts.minDelay * 2 ** Math.min(t.attempts, 16));
+        t.nextAt = Date.now() + backoff * (0.75 + Math.random() * 0.5);
+        this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, Math.round(t.nextAt - Date.now()), err.message);
+      })
+      .finally(() => {
+        t.dialing = false;
+        this.inflight.delete(p);
+      });
+    this.inflight.add(p);
+  }
+}
+
+/** Build and start a mesh node. */
+export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
+  if (init.swarmKey === undefined) {
+    throw new MeshNodeError('ERR_NODE_CONFIG', 'swarmKey is required (null explicitly disables the private network)');
+  }
+  if (!Number.isInteger(init.p2pPort) || init.p2pPort < 0 || init.p2pPort > 65535) {
+    throw new MeshNodeError('ERR_NODE_CONFIG', `invalid p2p port ${init.p2pPort}`);
+  }
+  const tuning = init.tuning ?? {};
+  const host = init.host ?? '0.0.0.0';
+  const bootstrapAddrs = (init.bootstrap ?? []).map(parseMultiaddr);
+  const announce = (init.announce ?? []).map((a) => parseMultiaddr(a).toString());
+  const pingTimeout = tuning.pingTimeoutMs ?? 1000;
+  const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
+  const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 1024 * 1024;
+  const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
+  const { privateKey } = await loadOrCreatePeerKey(init.dataDir);
+
+  const withPeerId = bootstrapAddrs.filter((ma) => peerIdOf(ma) !== undefined).map((ma) => ma.toString());
+
+  const node = await createLibp2p({
+    privateKey,
+    addresses: {
+      listen: [`/ip4/${host}/tcp/${init.p2pPort}`],
+      announce,
+    },
+    transports: [tcp()],
+    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey }) }),
+    connectionEncrypters: [noise()],
+    streamMuxers: [
+      yamux({
+        streamOptions: {
+          initialStreamWindowSize: 256 * 1024,
+          maxStreamWindowSize: Math.max(256 * 1024, maxStreamWindowSize),
+        },
+      }),
+    ],
+    peerDiscovery: withPeerId.length > 0 ? [bootstrap({ list: withPeerId, timeout: 10 })] : [],
+    connectionManager: {
+      dialTimeout: tuning.dialTimeoutMs ?? 5000,
+    },
+    connectionMonitor: {
+      pingInterval: tuning.pingInterval ?? 1000,
+      pingTimeout: { minTimeout: pingTimeout, maxTimeout: pingTimeout * 2 },
+    },
+    services: {
+      identify: identify(),
+      ping: ping(),
+      pubsub: gossipsub({
+        D: 2,
+        Dlo: 1,
+        Dhi: 4,
+        Dout: 0,
+        floodPublish: true,
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        doPX: false,
+        maxInboundDataLength: maxGossipBytes,
+      }),
+    },
+  });
+
+  const log = node.logger.forComponent('pacs-mesh:net');
+  const pubsub = node.services.pubsub;
+  const reconnector = new Reconnector(node, log, {
+    minDelay: tuning.reconnectMinDelayMs ?? 250,
+    maxDelay: tuning.reconnectMaxDelayMs ?? 5000,
+    maxKnown: tuning.maxKnownPeers ?? 64,
+    dialTimeout: tuning.dialTimeoutMs ?? 5000,
+  });
+  for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
+
+  const connectedHandlers = new Set<PeerHandler>();
+  const disconnectedHandlers = new Set<PeerHandler>();
+  const topicHandlers = new Map<string, Set<GossipHandler>>();
+
+  const safeCall = <A>(fn: (arg: A) => void, arg: A, what: string): void => {
+    try {
+      fn(arg);
+    } catch (err) {
+      log.error('%s handler threw - %e', what, err);
+    }
+  };
+
+  node.addEventListener('peer:connect', (evt) => {
+    const id = evt.detail.toString();
+    reconnector.onConnected(id);
+    for (const h of connectedHandlers) safeCall(h, id, 'peer:connect');
+  });
+  node.addEventListener('peer:disconnect', (evt) => {
+    const id = evt.detail.toString();
+    reconnector.onDisconnected(id);
+    for (const h of disconnectedHandlers) safeCall(h, id, 'peer:disconnect');
+  });
+  pubsub.addEventListener('message', (evt) => {
+    const msg: Message = evt.detail;
+    const handlers = topicHandlers.get(msg.topic);
+    if (handlers === undefined) return;
+    const message: GossipMessage = { topic: msg.topic, data: msg.data, from: msg.type === 'signed' ? msg.from.toString() : undefined };
+    for (const h of handlers) safeCall(h, message, `gossip ${msg.topic}`);
+  });
+
+  reconnector.start();
+  let stopped = false;
+
+  // Built-in address exchange: each peer announces where it listens; receivers remember it in the
+  // reconnect loop (which dials it), so the mesh becomes complete whatever bootstrap each site used.
+  const announceInterval = tuning.peerAnnounceIntervalMs ?? 5000;
+  let announceTimer: ReturnType<typeof setInterval> | undefined;
+  let announceSoon: ReturnType<typeof setTimeout> | undefined;
+  if (announceInterval > 0) {
+    const selfId = node.peerId.toString();
+    const announce = (): void => {
+      const addrs = node.getMultiaddrs().map((ma) => ma.toString()).slice(0, MAX_ANNOUNCED_ADDRS);
+      const msg: PeerAddrsMessage = { type: 'peer-addrs', peerId: selfId, addrs };
+      pubsub.publish(PEERS_TOPIC, encodeEnvelope(msg, { maxBytes: MAX_ANNOUNCE_BYTES })).catch((err: Error) => {
+        log('peer announcement failed: %s', err.message);
+      });
+    };
+    topicHandlers.set(PEERS_TOPIC, new Set([(m: GossipMessage) => {
+      let msg: PeerAddrsMessage;
+      try {
+        msg = decodeEnvelope<PeerAddrsMessage>(m.data, { maxBytes: MAX_ANNOUNCE_BYTES });
+      } catch (err) {
+        log('ignoring malformed peer announcement: %s', (err as Error).message);
+        return;
+      }
+      // only a peer's own signed announcement counts
+      if (msg.type !== 'peer-addrs' || msg.peerId !== m.from || msg.peerId === selfId || !Array.isArray(msg.addrs)) return;
+      const addrs = msg.addrs.filter((a): a is string => typeof a === 'string' && a.length <= 512).slice(0, MAX_ANNOUNCED_ADDRS);
+      facade.addKnownPeer(msg.peerId, addrs).catch((err: Error) => {
+        log('ignoring peer announcement from %s: %s', msg.peerId, err.message);
+      });
+    }]));
+    pubsub.subscribe(PEERS_TOPIC);
+    announceTimer = setInterval(announce, announceInterval);
+    // announce shortly after each new connection (subscriptions need a moment to be exchanged)
+    node.addEventListener('peer:connect', () => {
+      if (announceSoon !== undefined || stopped) return;
+      announceSoon = setTimeout(() => {
+        announceSoon = undefined;
+        if (!stopped) announce();
+      }, 1000);
+    });
+  }
+
+  const facade: MeshNode = {
+    peerId: node.peerId.toString(),
+    multiaddrs: () => node.getMultiaddrs().map((ma) => ma.toString()),
+    connectedPeers: () => node.getPeers().map((p) => p.toString()),
+    async publish(topic, data) {
+      const result = await pubsub.publish(topic, data);
+      return result.recipients.length;
+    },
+    subscribe(topic, handler) {
+      let handlers = topicHandlers.get(topic);
+      if (handlers === undefined) {
+        handlers = new Set();
+        topicHandlers.set(topic, handlers);
+        pubsub.subscribe(topic);
+      }
+      handlers.add(handler);
+      return () => {
+        const set = topicHandlers.get(topic);
+        if (set === undefined || !set.delete(handler)) return;
+        if (set.size === 0) {
+          topicHandlers.delete(topic);
+          if (!stopped) pubsub.unsubscribe(topic);
+        }
+      };
+    },
+    onPeerConnected(handler) {
+      connectedHandlers.add(handler);
+      return () => connectedHandlers.delete(handler);
+    },
+    onPeerDisconnected(handler) {
+      disconnectedHandlers.add(handler);
+      return () => disconnectedHandlers.delete(handler);
+    },
+    async handle(protocol, handler, options = {}) {
+      await node.handle(protocol, async (stream, connection) => {
+        const mesh = new MeshStream(stream, connection.remotePeer.toString(), streamInit);
+        try {
+          await handler(mesh);
+        } catch (err) {
+          log.error('handler for %s threw - %e', protocol, err);
+          mesh.abort(err instanceof Error ? err : new Error(String(err)));
+        }
+      }, {
+        maxInboundStreams: options.maxInboundStreams ?? 32,
+        maxOutboundStreams: options.maxOutboundStreams ?? 64,
+      });
+    },
+    async unhandle(protocol) {
+      await node.unhandle(protocol);
+    },
+    async openStream(peerId, protocol, options = {}) {
+      const stream = await node.dialProtocol(parsePeerId(peerId), protocol, { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
+      return new MeshStream(stream, peerId, streamInit);
+    },
+    async addKnownPeer(peerId, addrs = []) {
+      const id = parsePeerId(peerId);
+      if (id.equals(node.peerId)) return;
+      const parsed = addrs.map(parseMultiaddr);
+      if (parsed.length > 0) await node.peerStore.merge(id, { multiaddrs: parsed });
+      reconnector.addPeer(peerId, parsed);
+    },
+    async dial(address, options = {}) {
+      const conn = await node.dial(parseMultiaddr(address), { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
+      return conn.remotePeer.toString();
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      if (announceTimer !== undefined) clearInterval(announceTimer);
+      if (announceSoon !== undefined) clearTimeout(announceSoon);
+      await reconnector.stop();
+      await node.stop();
+    },
+  };
+  return facade;
+}

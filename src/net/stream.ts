@@ -1,0 +1,511 @@
+/**
+ * Bounded reading and writing over libp2p v3 streams, with back-pressure in both directions.
+ *
+ * - {@link StreamWriter}: `send()` returning false means "wait for 'drain'" (STACK.md trap 3: `onDrain()`
+ *   resolves only the first time, so we listen for the event). Large buffers go out in bounded pieces.
+ * - {@link StreamReader}: listens to 'message' and pauses the stream once its queue reaches
+ *   `highWaterMark`, resuming when the consumer drains it (trap 4: `for await (const c of stream)`
+ *   buffers without bound). While paused, yamux stops sending window updates, so the remote can push at
+ *   most one stream window more. Memory per stream <= highWaterMark + maxStreamWindowSize (+ one dispatch).
+ * - Frames: uint32 big-endian length + bytes; the limit is checked before allocating.
+ * - Request/response: `frame(envelope header) | uint64 BE body length | body bytes` then the receiver
+ *   answers `frame(envelope ack)`. {@link sendRequest} / {@link readRequest} / {@link writeResponse}.
+ */
+import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
+import { MeshStreamError } from './errors.ts';
+import type { Stream } from '@libp2p/interface';
+
+export const DEFAULT_READ_HIGH_WATER_MARK = 1024 * 1024;
+/** Largest buffer handed to `stream.send` at once; bigger writes are split. */
+export const DEFAULT_WRITE_CHUNK = 256 * 1024;
+/** `readExactly` allocates `n` bytes when the data spans chunks: refuse anything above this. */
+export const MAX_READ_EXACTLY = 64 * 1024 * 1024;
+export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
+
+export interface ReadOptions {
+  signal?: AbortSignal;
+}
+
+function abortError(signal: AbortSignal): MeshStreamError {
+  const reason: unknown = signal.reason;
+  const text = reason instanceof Error ? reason.message : String(reason ?? 'aborted');
+  return new MeshStreamError('ERR_ABORTED', `operation aborted: ${text}`, { cause: reason });
+}
+
+function closedError(stream: Stream, err?: Error): MeshStreamError {
+  if (err != null) {
+    return new MeshStreamError('ERR_STREAM_RESET', `stream ${stream.protocol ?? ''} closed with error: ${err.message}`, { cause: err });
+  }
+  return new MeshStreamError('ERR_STREAM_CLOSED', `stream ${stream.protocol ?? ''} is closed (status ${stream.status})`);
+}
+
+export interface StreamReaderInit {
+  /** Pause the stream when this many bytes are queued unread. Default 1 MiB. */
+  highWaterMark?: number;
+}
+
+/**
+ * Reads a stream through a bounded queue. Attach it as soon as the stream exists (data that arrives with
+ * no 'message' listener waits in the stream's own buffer, which resets the stream past 4 MB).
+ * Only one read may be pending at a time.
+ */
+export class StreamReader implements AsyncIterable<Uint8Array> {
+  private readonly stream: Stream;
+  private readonly highWaterMark: number;
+  private readonly chunks: Uint8Array[] = [];
+  private head = 0;
+  private queued = 0;
+  private ended = false;
+  private error: MeshStreamError | undefined;
+  private wake: (() => void) | undefined;
+  private bytesRead = 0;
+
+  constructor(stream: Stream, init: StreamReaderInit = {}) {
+    this.stream = stream;
+    this.highWaterMark = Math.max(1, init.highWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK);
+    stream.addEventListener('message', this.onMessage);
+    stream.addEventListener('end', this.onEnd);
+    stream.addEventListener('close', this.onClose);
+    if (stream.readableEnded) this.ended = true;
+  }
+
+  /** Bytes currently queued in this reader (not counting the stream's own buffer). */
+  get bufferedBytes(): number {
+    return this.queued;
+  }
+
+  /** Total bytes handed to the consumer so far. */
+  get totalRead(): number {
+    return this.bytesRead;
+  }
+
+  /** True once the remote closed its writable end and everything queued has been read. */
+  get done(): boolean {
+    return this.ended && this.queued === 0;
+  }
+
+  private readonly onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
+    const data = evt.data;
+    if (data instanceof Uint8Array) {
+      this.enqueue(data);
+    } else {
+      for (const buf of data) this.enqueue(buf);
+    }
+    // Inside resume() the stream dispatches its buffer BEFORE telling yamux to resume: pausing here
+    // would be undone at once (readStatus 'paused' but window updates flowing: the buffer then grows
+    // until the 4 MB reset). maybeResume() pauses again after resume() returns instead.
+    if (!this.resuming) this.pauseIfFull();
+    this.notify();
+  };
+
+  private resuming = false;
+
+  private pauseIfFull(): void {
+    if (this.queued >= this.highWaterMark && this.stream.readStatus === 'readable') {
+      this.stream.pause();
+    }
+  }
+
+  private readonly onEnd = (): void => {
+    this.ended = true;
+    this.notify();
+  };
+
+  private readonly onClose = (evt: { error?: Error }): void => {
+    if (evt.error != null) {
+      this.error ??= closedError(this.stream, evt.error);
+      this.ended = true;
+    } else if (this.stream.readBufferLength === 0) {
+      this.ended = true;
+    }
+    this.notify();
+  };
+
+  private enqueue(buf: Uint8Array): void {
+    if (buf.byteLength === 0) return;
+    this.chunks.push(buf);
+    this.queued += buf.byteLength;
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  private maybeResume(): void {
+    if (this.queued < this.highWaterMark && this.stream.readStatus === 'paused') {
+      this.resuming = true;
+      try {
+        this.stream.resume();
+      } finally {
+        this.resuming = false;
+      }
+      this.pauseIfFull();
+    }
+  }
+
+  /** Waits until at least one byte is queued. Resolves false at a clean end of stream. */
+  private async fill(options?: ReadOptions): Promise<boolean> {
+    while (this.queued === 0) {
+      if (this.error != null) throw this.error;
+      if (this.ended) return false;
+      if (this.wake != null) throw new MeshStreamError('ERR_STREAM_CLOSED', 'concurrent reads on one stream are not supported');
+      this.maybeResume();
+      const signal = options?.signal;
+      if (signal?.aborted === true) throw abortError(signal);
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => {
+          this.wake = undefined;
+          reject(abortError(signal as AbortSignal));
+        };
+        this.wake = () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
+    }
+    return true;
+  }
+
+  /** Removes up to `max` bytes from the head chunk, without copying. */
+  private take(max: number): Uint8Array {
+    const first = this.chunks[this.head] as Uint8Array;
+    let out: Uint8Array;
+    if (first.byteLength <= max) {
+      out = first;
+      this.chunks[this.head] = undefined as unknown as Uint8Array;
+      this.head++;
+      if (this.head > 1024 || this.head === this.chunks.length) {
+        this.chunks.splice(0, this.head);
+        this.head = 0;
+      }
+    } else {
+      out = first.subarray(0, max);
+      this.chunks[this.head] = first.subarray(max);
+    }
+    this.queued -= out.byteLength;
+    this.bytesRead += out.byteLength;
+    this.maybeResume();
+    return out;
+  }
+
+  /** The next chunk of at most `max` bytes (no copy), or null at the end of the stream. */
+  async read(max = Number.MAX_SAFE_INTEGER, options?: ReadOptions): Promise<Uint8Array | null> {
+    if (!(await this.fill(options))) return null;
+    return this.take(max);
+  }
+
+  /** Exactly `n` bytes; throws ERR_UNEXPECTED_EOF if the stream ends first. */
+  async readExactly(n: number, options?: ReadOptions): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`invalid length ${n}`);
+    if (n > MAX_READ_EXACTLY) {
+      throw new MeshStreamError('ERR_READ_TOO_LARGE', `readExactly(${n}) exceeds ${MAX_READ_EXACTLY} bytes; stream it with body()`);
+    }
+    if (n === 0) return new Uint8Array(0);
+    if (!(await this.fill(options))) throw this.eof(n, 0);
+    const first = this.chunks[this.head] as Uint8Array;
+    if (first.byteLength >= n) return this.take(n);
+    const out = new Uint8Array(n);
+    let got = 0;
+    while (got < n) {
+      if (!(await this.fill(options))) throw this.eof(n, got);
+      const piece = this.take(n - got);
+      out.set(piece, got);
+      got += piece.byteLength;
+    }
+    return out;
+  }
+
+  private eof(wanted: number, got: number): MeshStreamError {
+    return new MeshStreamError('ERR_UNEXPECTED_EOF', `stream ended after ${got} of ${wanted} expected bytes`);
+  }
+
+  /** A uint32 BE length-prefixed frame; a length over `maxBytes` is rejected before allocating. */
+  async readFrame(maxBytes: number, options?: ReadOptions): Promise<Uint8Array> {
+    const header = await this.readExactly(4, options);
+    const length = new DataView(header.buffer, header.byteOffset, 4).getUint32(0);
+    if (length > maxBytes) {
+      throw new MeshStreamError('ERR_FRAME_TOO_LARGE', `frame of ${length} bytes exceeds the limit of ${maxBytes}`);
+    }
+    return this.readExactly(length, options);
+  }
+
+  /** Like {@link readFrame} but resolves null on a clean end of stream before the frame starts. */
+  async readFrameOrEnd(maxBytes: number, options?: ReadOptions): Promise<Uint8Array | null> {
+    if (!(await this.fill(options))) return null;
+    return this.readFrame(maxBytes, options);
+  }
+
+  /** A uint64 BE unsigned integer (must fit in a JS safe integer). */
+  async readUint64(options?: ReadOptions): Promise<number> {
+    const bytes = await this.readExactly(8, options);
+    const value = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0);
+    if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new MeshStreamError('ERR_BODY_LENGTH', `length ${value} is too large`);
+    }
+    return Number(value);
+  }
+
+  /** Yields exactly `n` bytes as chunks (no copies, no big allocation); throws ERR_UNEXPECTED_EOF if short. */
+  async *body(n: number, options?: ReadOptions): AsyncGenerator<Uint8Array, void, undefined> {
+    let left = n;
+    while (left > 0) {
+      if (!(await this.fill(options))) throw this.eof(n, n - left);
+      const piece = this.take(left);
+      left -= piece.byteLength;
+      yield piece;
+    }
+  }
+
+  /** Resolves once the remote has closed its end; throws if more data arrives first. */
+  async expectEnd(options?: ReadOptions): Promise<void> {
+    if (await this.fill(options)) {
+      throw new MeshStreamError('ERR_BODY_LENGTH', `unexpected ${this.queued} extra bytes after the end of the message`);
+    }
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    while (true) {
+      const chunk = await this.read();
+      if (chunk == null) return;
+      yield chunk;
+    }
+  }
+
+  /** Stop listening to the stream (queued data is dropped). */
+  detach(): void {
+    this.stream.removeEventListener('message', this.onMessage);
+    this.stream.removeEventListener('end', this.onEnd);
+    this.stream.removeEventListener('close', this.onClose);
+    this.chunks.length = 0;
+    this.head = 0;
+    this.queued = 0;
+  }
+}
+
+export interface StreamWriterInit {
+  /** Split writes into pieces of at most this many bytes. Default 256 KiB. */
+  chunkSize?: number;
+}
+
+/**
+ * Writes with back-pressure: each `write` resolves once the stream can take more, so a writer that
+ * awaits every call holds at most one piece in the stream's write buffer.
+ */
+export class StreamWriter {
+  private readonly stream: Stream;
+  private readonly chunkSize: number;
+  private written = 0;
+
+  constructor(stream: Stream, init: StreamWriterInit = {}) {
+    this.stream = stream;
+    this.chunkSize = Math.max(1024, init.chunkSize ?? DEFAULT_WRITE_CHUNK);
+  }
+
+  get totalWritten(): number {
+    return this.written;
+  }
+
+  /** Resolves when the stream does not need draining (immediately if it does not). */
+  async waitWritable(options?: ReadOptions): Promise<void> {
+    while (this.stream.writableNeedsDrain) {
+      if (this.stream.status !== 'open') throw closedError(this.stream);
+      await this.waitDrain(options);
+    }
+  }
+
+  private waitDrain(options?: ReadOptions): Promise<void> {
+    const stream = this.stream;
+    const signal = options?.signal;
+    return new Promise<void>((resolve, reject) => {
+      const cleanup = (): void => {
+        stream.removeEventListener('drain', onDrain);
+        stream.removeEventListener('close', onClose);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const onDrain = (): void => {
+        cleanup();
+        resolve();
+      };
+      const onClose = (evt: { error?: Error }): void => {
+        cleanup();
+        reject(closedError(stream, evt.error));
+      };
+      const onAbort = (): void => {
+        cleanup();
+        reject(abortError(signal as AbortSignal));
+      };
+      if (signal?.aborted === true) {
+        reject(abortError(signal));
+        return;
+      }
+      stream.addEventListener('drain', onDrain);
+      stream.addEventListener('close', onClose);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** Write `data`, waiting for 'drain' whenever the stream reports it is full. */
+  async write(data: Uint8Array, options?: ReadOptions): Promise<void> {
+    for (let off = 0; off < data.byteLength; off += this.chunkSize) {
+      const piece = off === 0 && data.byteLength <= this.chunkSize ? data : data.subarray(off, Math.min(data.byteLength, off + this.chunkSize));
+      await this.waitWritable(options);
+      options?.signal?.throwIfAborted();
+      let ok: boolean;
+      try {
+        ok = this.stream.send(piece);
+      } catch (err) {
+        throw closedError(this.stream, err as Error);
+      }
+      this.written += piece.byteLength;
+      if (!ok) await this.waitWritable(options);
+    }
+  }
+
+  /** Write a uint32 BE length-prefixed frame. */
+  async writeFrame(payload: Uint8Array, options?: ReadOptions): Promise<void> {
+    if (payload.byteLength > 0xffffffff) throw new MeshStreamError('ERR_FRAME_TOO_LARGE', 'frame over 4 GiB');
+    const header = new Uint8Array(4);
+    new DataView(header.buffer).setUint32(0, payload.byteLength);
+    if (payload.byteLength <= 4096) {
+      const both = new Uint8Array(4 + payload.byteLength);
+      both.set(header);
+      both.set(payload, 4);
+      await this.write(both, options);
+    } else {
+      await this.write(header, options);
+      await this.write(payload, options);
+    }
+  }
+
+  async writeUint64(value: number, options?: ReadOptions): Promise<void> {
+    if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`invalid uint64 ${value}`);
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, BigInt(value));
+    await this.write(bytes, options);
+  }
+
+  /** Close our writable end once everything queued has been handed to the muxer (half-close). */
+  async end(options?: ReadOptions): Promise<void> {
+    if (this.stream.writeStatus === 'closed' || this.stream.writeStatus === 'closing') return;
+    await this.stream.close(options);
+  }
+}
+
+export interface MeshStreamInit extends StreamReaderInit, StreamWriterInit {}
+
+/** A libp2p stream with its bounded reader and writer: what `handle`/`openStream` hand out. */
+export class MeshStream {
+  readonly raw: Stream;
+  readonly remotePeer: string;
+  readonly reader: StreamReader;
+  readonly writer: StreamWriter;
+
+  constructor(raw: Stream, remotePeer: string, init: MeshStreamInit = {}) {
+    this.raw = raw;
+    this.remotePeer = remotePeer;
+    this.reader = new StreamReader(raw, init);
+    this.writer = new StreamWriter(raw, init);
+  }
+
+  get protocol(): string {
+    return this.raw.protocol;
+  }
+
+  /** Half-close: no more writes from us; reading continues until the remote closes. */
+  closeWrite(options?: ReadOptions): Promise<void> {
+    return this.writer.end(options);
+  }
+
+  /** Close our end and wait (bounded by `options.signal`) for the remote's end. */
+  async close(options?: ReadOptions): Promise<void> {
+    await this.writer.end(options);
+    while ((await this.reader.read(Number.MAX_SAFE_INTEGER, options)) != null) {
+      // discard whatever the remote still sends
+    }
+  }
+
+  /** Reset the stream at once, discarding buffered data in both directions. */
+  abort(err: Error): void {
+    this.raw.abort(err);
+    this.reader.detach();
+  }
+}
+
+export type Body = Uint8Array | Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
+
+export interface RequestOptions extends ReadOptions {
+  /** Largest envelope accepted for the ack. Default 64 KiB. */
+  maxAckBytes?: number;
+  /** Largest header envelope we send. Default 1 MiB. */
+  maxHeaderBytes?: number;
+}
+
+/**
+ * Client side of "header frame, body bytes, ack frame": sends `header` as an envelope frame, the body
+ * length as uint64 BE, the body (checked to be exactly `bodyLength` bytes; on a mismatch the stream is
+ * reset), closes its writable end, and returns the decoded ack envelope. The caller validates the ack.
+ */
+export async function sendRequest<Req extends { type: string }, Ack extends { type: string }>(
+  stream: MeshStream,
+  header: Req,
+  body: Body,
+  bodyLength: number,
+  options: RequestOptions = {},
+): Promise<Ack> {
+  const headerBytes = encodeEnvelope(header, { maxBytes: options.maxHeaderBytes ?? DEFAULT_MAX_FRAME_BYTES });
+  try {
+    await stream.writer.writeFrame(headerBytes, options);
+    await stream.writer.writeUint64(bodyLength, options);
+    let sent = 0;
+    const pieces: Iterable<Uint8Array> | AsyncIterable<Uint8Array> = body instanceof Uint8Array ? [body] : body;
+    for await (const piece of pieces) {
+      sent += piece.byteLength;
+      if (sent > bodyLength) break;
+      await stream.writer.write(piece, options);
+    }
+    if (sent !== bodyLength) {
+      throw new MeshStreamError('ERR_BODY_LENGTH', `body has ${sent > bodyLength ? 'more' : sent} bytes, header announced ${bodyLength}`);
+    }
+    await stream.closeWrite(options);
+    const ack = await stream.reader.readFrame(options.maxAckBytes ?? 64 * 1024, options);
+    return decodeEnvelope<Ack>(ack, { maxBytes: options.maxAckBytes ?? 64 * 1024 });
+  } catch (err) {
+    stream.abort(err as Error);
+    throw err;
+  }
+}
+
+export interface ReadRequestOptions extends ReadOptions {
+  /** Largest header envelope accepted. Default 1 MiB. */
+  maxHeaderBytes?: number;
+  /** Largest body accepted; a larger announced length is rejected before reading it. */
+  maxBodyBytes: number;
+}
+
+export interface IncomingRequest<Req extends { type: string }> {
+  header: Req;
+  bodyLength: number;
+  /** Exactly `bodyLength` bytes, as chunks; consume it fully before {@link writeResponse}. */
+  body: AsyncIterable<Uint8Array>;
+}
+
+/** Server side: reads the header envelope and the body length; the body is streamed by the caller. */
+export async function readRequest<Req extends { type: string }>(stream: MeshStream, options: ReadRequestOptions): Promise<IncomingRequest<Req>> {
+  const maxHeaderBytes = options.maxHeaderBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  const headerBytes = await stream.reader.readFrame(maxHeaderBytes, options);
+  const header = decodeEnvelope<Req>(headerBytes, { maxBytes: maxHeaderBytes });
+  const bodyLength = await stream.reader.readUint64(options);
+  if (bodyLength > options.maxBodyBytes) {
+    throw new MeshStreamError('ERR_BODY_LENGTH', `announced body of ${bodyLength} bytes exceeds the limit of ${options.maxBodyBytes}`);
+  }
+  return { header, bodyLength, body: stream.reader.body(bodyLength, options) };
+}
+
+/** Server side: sends the ack envelope and closes our writable end. */
+export async function writeResponse<Ack extends { type: string }>(stream: MeshStream, ack: Ack, options: ReadOptions & { maxAckBytes?: number } = {}): Promise<void> {
+  await stream.writer.writeFrame(encodeEnvelope(ack, { maxBytes: options.maxAckBytes ?? 64 * 1024 }), options);
+  await stream.closeWrite(options);
+}
