@@ -56,7 +56,7 @@ test('C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE round trip with dcmjs-dimse', as
     const { bytes, resolved } = makeInstanceWithInfo({
       transferSyntaxUid: i === 1 ? TransferSyntax.ImplicitVrLittleEndian : TransferSyntax.ExplicitVrLittleEndian,
       patient: { id: `PAT${i === 2 ? 2 : 1}`, name: i === 2 ? 'Doe^Jane' : 'Roe^Richard' },
-      study: { uid: studies[i === 2 ? 1 : 0]!, date: '20260101', accessionNumber: `ACC${i}` },
+      study: { uid: studies[i === 2 ? 1 : 0]!, date: '20260101', accession: `ACC${i}` },
       sopInstanceUid: `1.2.826.0.1.3680043.10.1453.99.1.${i + 1}`,
       instanceNumber: i + 1,
       rows: 64,

@@ -110,6 +110,8 @@ export class AcceptorSession {
     this.log.warn('invalid PDU: aborting the association', { detail });
     await this.core.fire({ type: 'invalidPdu', reason, detail });
     await this.terminate();
+    // Nothing more from this stream can be trusted: close once the A-ABORT is flushed, without waiting for ARTIM.
+    this.connection.close();
   }
 
   async onTransportClosed(): Promise<void> {

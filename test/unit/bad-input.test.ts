@@ -1,0 +1,231 @@
+/**
+ * Bad input at the DICOM port: each case gets a clean reject, abort or failure status, the peer keeps
+ * serving other associations, and nothing partial is stored.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
+import { CommandField, encodeCommand } from '../../src/codec/dimse.ts';
+import { DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
+import { Prng } from '../../src/sim/prng.ts';
+
+const verification = '1.2.840.10008.1.1';
+const ctImage = '1.2.840.10008.5.1.4.1.1.2';
+
+function associateRq(calledAeTitle = 'PACSMESH', abstractSyntaxUid = verification, transferSyntaxUid: string = TransferSyntax.ImplicitVrLittleEndian): Uint8Array {
+  return encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle,
+    callingAeTitle: 'FUZZER',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [{ id: 1, abstractSyntaxUid, transferSyntaxUids: [transferSyntaxUid] }],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
+  });
+}
+
+/** Writes raw bytes, then collects the PDUs the peer answers with until it closes or the wait ends. */
+function exchange(port: number, chunks: Uint8Array[], opts: { waitMs?: number; endAfterWrite?: boolean } = {}): Promise<{ pdus: Pdu[]; closedByPeer: boolean }> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    const framer = new PduFramer();
+    const pdus: Pdu[] = [];
+    let closedByPeer = false;
+    const finish = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ pdus, closedByPeer });
+    };
+    const timer = setTimeout(finish, opts.waitMs ?? 1500);
+    socket.on('data', (data) => {
+      try {
+        pdus.push(...framer.push(data));
+      } catch {
+        /* the peer's bytes are not under test here */
+      }
+    });
+    socket.on('end', () => {
+      closedByPeer = true;
+      finish();
+    });
+    socket.on('error', finish);
+    socket.on('connect', () => {
+      for (const chunk of chunks) socket.write(chunk);
+      if (opts.endAfterWrite) socket.end();
+    });
+  });
+}
+
+async function echoWorks(peer: TestPeer): Promise<boolean> {
+  const client = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }], timeoutMs: 5000 });
+  const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  await client.release();
+  return reply.command.status === 0;
+}
+
+async function storedKeyCount(peer: TestPeer): Promise<number> {
+  let n = 0;
+  for await (const key of peer.store.db.keys()) if (!key.startsWith('u!')) n++;
+  return n;
+}
+
+let peer: TestPeer;
+test.before(async () => {
+  peer = await startTestPeer(['--allow-calling', 'FUZZER,CHECK,BYTES,MODALITY']);
+});
+test.after(() => peer.dispose());
+
+test('random bytes: A-ABORT (unrecognized PDU) and the connection closes', async () => {
+  const { pdus, closedByPeer } = await exchange(peer.dicomPort, [Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')]);
+  assert.equal(pdus[0]?.type, 'abort');
+  assert.ok(closedByPeer);
+  assert.ok(await echoWorks(peer));
+});
+
+test('an oversized length field: A-ABORT before anything is buffered', async () => {
+  const header = Buffer.from([0x01, 0, 0xff, 0xff, 0xff, 0x00]);
+  const { pdus } = await exchange(peer.dicomPort, [header]);
+  assert.equal(pdus[0]?.type, 'abort');
+  assert.ok(await echoWorks(peer));
+});
+
+test('a truncated PDU followed by a close: the peer just closes its side', async () => {
+  const rq = associateRq();
+  const { pdus } = await exchange(peer.dicomPort, [rq.subarray(0, rq.length - 10)], { endAfterWrite: true });
+  assert.equal(pdus.length, 0);
+  assert.ok(await echoWorks(peer));
+});
+
+test('a malformed A-ASSOCIATE-RQ (item running past its PDU): A-ABORT', async () => {
+  const rq = Buffer.from(associateRq());
+  rq.writeUInt16BE(0xfff0, 6 + 68 + 2); // the application context item's length
+  const { pdus } = await exchange(peer.dicomPort, [rq]);
+  assert.equal(pdus[0]?.type, 'abort');
+});
+
+test('a wrong called AE title: A-ASSOCIATE-RJ, called AE not recognized (reason 7)', async () => {
+  const { pdus } = await exchange(peer.dicomPort, [associateRq('SOMEONEELSE')]);
+  assert.deepEqual(pdus[0], { type: 'associateRj', result: 1, source: 1, reason: 7 });
+});
+
+test('a calling AE title outside the allow-list: A-ASSOCIATE-RJ, reason 3', async () => {
+  await assert.rejects(
+    DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'STRANGER', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }] }),
+    (e: unknown) => e instanceof AssociationRejectedError && e.rj.reason === 3,
+  );
+});
+
+test('an unknown SOP class: its presentation context is rejected (abstract syntax not supported)', async () => {
+  const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', '1.2.3.4.5.6')]);
+  const ac = pdus[0];
+  assert.equal(ac?.type, 'associateAc');
+  if (ac?.type === 'associateAc') assert.equal(ac.presentationContexts[0]!.result, 3);
+});
+
+async function storeRaw(dataSet: Uint8Array, sopInstanceUidInCommand: string, sopClassUid = ctImage, transferSyntaxUid: string = TransferSyntax.ExplicitVrLittleEndian) {
+  const client = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'BYTES', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [transferSyntaxUid] }] });
+  const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: sopClassUid, affectedSopInstanceUid: sopInstanceUidInCommand, priority: 0, hasDataSet: true }, dataSet);
+  await client.release();
+  return reply.command;
+}
+
+function dataSetOf(opts: Parameters<typeof makeInstanceWithInfo>[0]) {
+  const { bytes, resolved } = makeInstanceWithInfo({ rows: 16, columns: 16, ...opts });
+  return { dataSet: bytes.subarray(splitPart10(bytes).datasetOffset), resolved };
+}
+
+test('an invalid UID in the command: failure status 0xC001 with a comment, nothing stored', async () => {
+  const before = await storedKeyCount(peer);
+  const { dataSet } = dataSetOf({});
+  const rsp = await storeRaw(dataSet, '1.2.abc.4');
+  assert.equal(rsp.status, 0xc001);
+  assert.match(rsp.errorComment ?? '', /invalid/i);
+  assert.equal(await storedKeyCount(peer), before);
+});
+
+test('an invalid UID inside the data set: failure status, nothing stored', async () => {
+  const before = await storedKeyCount(peer);
+  const { dataSet } = dataSetOf({ sopInstanceUid: '1.2.3.4', study: { uid: '1..2' } });
+  const rsp = await storeRaw(dataSet, '1.2.3.4');
+  assert.equal(rsp.status, 0xc001);
+  assert.match(rsp.errorComment ?? '', /Study Instance UID/);
+  assert.equal(await storedKeyCount(peer), before);
+});
+
+test('a data set that cannot be parsed: 0xC000 with a comment, nothing stored', async () => {
+  const before = await storedKeyCount(peer);
+  const garbage = Buffer.from([0x08, 0x00, 0x18, 0x00, 0x7a, 0x7a, 0x04, 0x00, 0x31, 0x2e, 0x32, 0x00, 0x10]);
+  const rsp = await storeRaw(garbage, '1.2.3.99');
+  assert.equal(rsp.status, 0xc000);
+  assert.match(rsp.errorComment ?? '', /cannot parse/);
+  assert.equal(await storedKeyCount(peer), before);
+});
+
+test('a data set cut off in the middle (connection dropped): nothing is stored, not even chunks', async () => {
+  const before = await storedKeyCount(peer);
+  const { dataSet, resolved } = dataSetOf({ rows: 512, columns: 512 });
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  const rq = encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'FUZZER',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [{ id: 1, abstractSyntaxUid: resolved.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
+  });
+  const half = dataSet.subarray(0, Math.floor(dataSet.length / 2));
+  await exchange(peer.dicomPort, [rq, ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, half, 16384, false)], { endAfterWrite: true, waitMs: 1000 });
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
+  assert.equal(await storedKeyCount(peer), before);
+  assert.ok(await echoWorks(peer));
+});
+
+test('a data set fragment with no command before it: A-ABORT for that association only', async () => {
+  const other = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }] });
+  const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, false, Buffer.alloc(20), 16384)]);
+  assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
+  // The association opened before keeps working.
+  const reply = await other.request(other.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  assert.equal(reply.command.status, 0);
+  await other.release();
+});
+
+test('seeded fuzz: a thousand mutated association streams never take the peer down', async () => {
+  const seed = Number(process.env.FUZZ_SEED ?? 4242);
+  const prng = new Prng(seed);
+  const { dataSet, resolved } = dataSetOf({});
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  const valid = Buffer.concat([
+    associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian),
+    ...encodePDataFragments(1, true, command, 4096),
+    ...encodePDataFragments(1, false, dataSet, 4096),
+    encodePdu({ type: 'releaseRq' }),
+  ]);
+  const rounds = Number(process.env.FUZZ_ROUNDS ?? 1000);
+  const batch = 25;
+  for (let start = 0; start < rounds; start += batch) {
+    await Promise.all(
+      Array.from({ length: Math.min(batch, rounds - start) }, () => {
+        const mutated = Buffer.from(valid);
+        const flips = 1 + prng.nextInt(6);
+        for (let i = 0; i < flips; i++) mutated[prng.nextInt(mutated.length)] = prng.nextInt(256);
+        const cut = prng.chance(0.3) ? prng.nextInt(mutated.length) : mutated.length;
+        return exchange(peer.dicomPort, [mutated.subarray(0, cut)], { waitMs: 300, endAfterWrite: true });
+      }),
+    );
+  }
+  assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
+  // Whatever got stored is whole: every catalog entry reads back with its recorded size.
+  const entry = await peer.store.getEntry(resolved.sopInstanceUid);
+  if (entry) {
+    let total = 0;
+    for await (const chunk of peer.store.readInstance(entry)) total += chunk.length;
+    assert.equal(total, entry.byteLength);
+  }
+});
