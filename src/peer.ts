@@ -10,6 +10,7 @@ import { startDicomListener, type DicomListener } from './actors/association/lis
 import { localIngest } from './actors/association/services/deps.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
+import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
 import { createLogger, type Logger } from './actors/runtime/logger.ts';
@@ -29,8 +30,6 @@ export interface PeerOptions {
   shutdownGraceMs?: number;
 }
 
-export const implementationClassUid = '1.2.826.0.1.3680043.10.1453.1';
-export const implementationVersionName = 'PACSMESH_01';
 
 export async function startPeer(config: PeerConfig, options: PeerOptions = {}): Promise<Peer> {
   const log = options.log ?? createLogger({ site: config.site }, config.logLevel);

@@ -16,6 +16,7 @@ import { systemClock, type Clock } from '../runtime/clock.ts';
 import { AssociationCore, DicomConnection } from './connection.ts';
 import type { DimseEvent } from './dimse-assembler.ts';
 import type { UlIndication } from './state-machine.ts';
+import { implementationClassUid, implementationVersionName } from './implementation.ts';
 
 export class AssociationRejectedError extends Error {
   override readonly name = 'AssociationRejectedError';
@@ -155,8 +156,8 @@ export class DicomClientAssociation {
         presentationContexts,
         userInformation: {
           maxPduLength: this.init.maxPduLength ?? 256 * 1024,
-          implementationClassUid: '1.2.826.0.1.3680043.10.1453.1',
-          implementationVersionName: 'PACSMESH_01',
+          implementationClassUid,
+          implementationVersionName,
           roleSelections: this.init.roleSelections ?? [],
         },
       },
