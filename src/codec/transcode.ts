@@ -1,0 +1,972 @@
+/**
+ * Transfer syntax conversion of one stored instance, for C-GET / C-MOVE receivers that do not accept
+ * the syntax the instance was stored in.
+ *
+ * Input and output are dataset bytes WITHOUT the Part 10 meta header.
+ *
+ * What works (see `canTranscode`):
+ * - identity (from === to): the input is returned as is, byte for byte;
+ * - uncompressed <-> uncompressed: implicit VR LE, explicit VR LE, explicit VR BE, deflated explicit VR LE.
+ *   Done by the small re-encoder in this file, NOT by dcmjs: dcmjs' parse/naturalize path drops private
+ *   elements and rewrites Specific Character Set (STACK.md trap 7). Here every element is kept in source
+ *   order and every value keeps its original bytes (text is never decoded, so the character set bytes are
+ *   untouched); only the element headers change, and binary values are byte-swapped for big endian.
+ *   Implicit -> explicit takes each VR from the dcmjs data dictionary (the copy dcmjs-dimse loads, no own
+ *   dependency); private and unknown elements become 'UN' (PS3.5 6.2.2), private creators 'LO', group
+ *   lengths 'UL'; the ambiguous "US or SS" follows Pixel Representation, Pixel Data is OB for Bits
+ *   Allocated <= 8 and OW otherwise, other "OB or OW" / "US or OW" are OW; a value longer than 65535 bytes
+ *   for a VR with a 16-bit length field, or whose length is not a multiple of the VR's word size, becomes
+ *   'UN'. An element of undefined length in implicit VR is a sequence (written as SQ); an explicit 'UN' of
+ *   undefined length stays 'UN' with its items in implicit VR LE, as PS3.5 requires. Group length elements
+ *   (gggg,0000) are kept; recomputed when the header sizes change (explicit <-> implicit), otherwise
+ *   copied (a wrong value in the source stays wrong, but explicit LE/BE/deflated round trips stay
+ *   byte-exact); sequence/item lengths are recomputed (defined stays defined,
+ *   undefined stays undefined).
+ * - compressed -> uncompressed (any of the four above): JPEG baseline (.50), JPEG lossless SV1 (.70),
+ *   JPEG-LS lossless/near-lossless (.80/.81), JPEG 2000 lossless/lossy (.90/.91), RLE (1.2.840.10008.1.2.5),
+ *   HTJ2K (.201/.202/.203), JPEG XL (.110/.112). Pixel data is decoded frame by frame with dcmjs-dimse `Transcoding` over the
+ *   dcmjs-codecs WASM, on a throw-away dataset holding only the Image Pixel attributes and one frame; the
+ *   decoded frames and the attributes the decoder changed (Photometric Interpretation, e.g. YBR_FULL_422 ->
+ *   RGB, and Planar Configuration) are then spliced into the re-encoded original, so private elements and
+ *   the character set survive here too. The Extended Offset Table (7FE0,0001/0002), meaningful only for
+ *   encapsulated data, is dropped. Exception: JPEG baseline labelled RGB (compressed without colour
+ *   transform) is decoded by the dcmjs-codecs JPEG decoder directly without YCbCr conversion, because
+ *   dcmjs-dimse's codec always converts for baseline and garbles such images; the corpus JPEG baseline and
+ *   RLE files decode byte-identical to DCMTK's dcmdjpeg/dcmdrle. Lossy Image Compression attributes are left as they are (a decoded lossy
+ *   image still is lossy-derived).
+ * - NOT supported: encoding into any compressed syntax (canTranscode says false), JPEG extended (.51),
+ *   JPEG lossless non-SV1 (.57), JPEG XL JPEG recompression (.111), MPEG/HEVC video, and compressed
+ *   sources with Bits Allocated other than 8 or 16 (dcmjs-codecs limit; fails with ERR_TRANSCODE_FAILED).
+ *
+ * Target choice (`transcodeDataset`): if the stored syntax is acceptable the bytes are returned untouched.
+ * Otherwise the receiver's list is walked in its order and the first syntax we can produce wins, with one
+ * rule on top: a lossless target always beats a lossy one, whatever the order; a lossy target is taken
+ * only when it is the only reachable option. As this module only ever produces uncompressed output, every
+ * reachable target is lossless today (decoding a lossy source does not lose more); the rule is there so
+ * that adding an encoder later cannot silently turn a lossless original into a lossy copy.
+ *
+ * Memory (per call, proportional to the instance, nothing kept between calls except the codec module):
+ * - uncompressed: input + output (+ the inflated/deflated copy for deflated syntaxes, + swapped copies of
+ *   binary values when the byte order changes): about 2-3x the dataset size at peak. Values that do not
+ *   change are referenced, not copied, until the one final concatenation.
+ * - compressed: input + decoded frames + final output, about 2x the decoded pixel data plus the input.
+ *   The WASM heap holds one frame (encoded + decoded) at a time; each frame's codec context is released by
+ *   dcmjs-codecs after the frame. A WebAssembly memory never shrinks, so the module is dropped (to be
+ *   re-created lazily on the next compressed call) when its memory exceeds WASM_RESET_BYTES, and always
+ *   after a decoder error (an exception thrown through WASM frames may leak native allocations and leaves
+ *   the native stack pointer unrestored). Note: the codec module is a process-wide singleton shared with
+ *   dcmjs-dimse; this module owns its life cycle, other code should transcode through here.
+ *
+ * Errors: never throws anything but TranscodeError ('ERR_TRANSCODE_UNSUPPORTED' when no acceptable syntax
+ * can be produced from the stored one, 'ERR_TRANSCODE_FAILED' for malformed or undecodable data).
+ */
+import { createRequire } from 'node:module';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import dcmjsDimse from 'dcmjs-dimse';
+
+const { Dataset, Transcoding } = dcmjsDimse;
+
+export class TranscodeError extends Error {
+  override name = 'TranscodeError';
+  code: string;
+  constructor(code: 'ERR_TRANSCODE_UNSUPPORTED' | 'ERR_TRANSCODE_FAILED', message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Transfer syntaxes
+
+const IMPLICIT_LE = '1.2.840.10008.1.2';
+const EXPLICIT_LE = '1.2.840.10008.1.2.1';
+const DEFLATED_LE = '1.2.840.10008.1.2.1.99';
+const EXPLICIT_BE = '1.2.840.10008.1.2.2';
+
+const UNCOMPRESSED: ReadonlySet<string> = new Set([IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE]);
+
+/** Compressed syntaxes we can decode (verified by encoding + decoding with the dcmjs-codecs WASM). */
+const DECODABLE: ReadonlySet<string> = new Set([
+  '1.2.840.10008.1.2.4.50', // JPEG baseline (lossy)
+  '1.2.840.10008.1.2.4.70', // JPEG lossless, first-order prediction
+  '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
+  '1.2.840.10008.1.2.4.81', // JPEG-LS near-lossless
+  '1.2.840.10008.1.2.4.90', // JPEG 2000 lossless only
+  '1.2.840.10008.1.2.4.91', // JPEG 2000
+  '1.2.840.10008.1.2.5', // RLE lossless
+  '1.2.840.10008.1.2.4.201', // HTJ2K lossless
+  '1.2.840.10008.1.2.4.202', // HTJ2K lossless RPCL
+  '1.2.840.10008.1.2.4.203', // HTJ2K
+  '1.2.840.10008.1.2.4.110', // JPEG XL lossless
+  '1.2.840.10008.1.2.4.112', // JPEG XL
+]);
+
+/** Syntaxes whose encoding loses information (relevant only as targets). */
+const LOSSY: ReadonlySet<string> = new Set([
+  '1.2.840.10008.1.2.4.50',
+  '1.2.840.10008.1.2.4.51',
+  '1.2.840.10008.1.2.4.81',
+  '1.2.840.10008.1.2.4.91',
+  '1.2.840.10008.1.2.4.203',
+  '1.2.840.10008.1.2.4.100', // MPEG2 ...
+  '1.2.840.10008.1.2.4.101',
+  '1.2.840.10008.1.2.4.102',
+  '1.2.840.10008.1.2.4.103',
+  '1.2.840.10008.1.2.4.104',
+  '1.2.840.10008.1.2.4.105',
+  '1.2.840.10008.1.2.4.106',
+  '1.2.840.10008.1.2.4.107',
+  '1.2.840.10008.1.2.4.108',
+  '1.2.840.10008.1.2.4.112',
+]);
+
+export function canTranscode(fromTransferSyntaxUid: string, toTransferSyntaxUid: string): boolean {
+  if (fromTransferSyntaxUid === toTransferSyntaxUid) return true;
+  if (!UNCOMPRESSED.has(toTransferSyntaxUid)) return false;
+  return UNCOMPRESSED.has(fromTransferSyntaxUid) || DECODABLE.has(fromTransferSyntaxUid);
+}
+
+function chooseTarget(from: string, acceptable: readonly string[]): string | undefined {
+  let lossyFallback: string | undefined;
+  for (const ts of acceptable) {
+    if (typeof ts !== 'string' || !canTranscode(from, ts)) continue;
+    if (!LOSSY.has(ts) || ts === from) return ts;
+    lossyFallback ??= ts;
+  }
+  return lossyFallback;
+}
+
+export async function transcodeDataset(
+  datasetBytes: Uint8Array,
+  fromTransferSyntaxUid: string,
+  acceptableTransferSyntaxUids: readonly string[],
+): Promise<{ bytes: Uint8Array; transferSyntaxUid: string }> {
+  if (!(datasetBytes instanceof Uint8Array)) {
+    throw new TranscodeError('ERR_TRANSCODE_FAILED', 'datasetBytes must be a Uint8Array');
+  }
+  const from = String(fromTransferSyntaxUid).replace(/\0+$/, '').trim();
+  let acceptable: string[];
+  try {
+    acceptable = Array.from(acceptableTransferSyntaxUids, (t) => String(t).replace(/\0+$/, '').trim());
+  } catch {
+    throw new TranscodeError('ERR_TRANSCODE_UNSUPPORTED', 'acceptableTransferSyntaxUids is not a list');
+  }
+  if (acceptable.includes(from)) return { bytes: datasetBytes, transferSyntaxUid: from };
+  const target = chooseTarget(from, acceptable);
+  if (target === undefined) {
+    throw new TranscodeError(
+      'ERR_TRANSCODE_UNSUPPORTED',
+      `cannot transcode ${from} to any of [${acceptable.join(', ')}]`,
+    );
+  }
+
+  if (UNCOMPRESSED.has(from)) {
+    try {
+      const elements = parseDataset(inflateIfNeeded(datasetBytes, from), encodingOf(from));
+      return { bytes: finish(elements, target), transferSyntaxUid: target };
+    } catch (err) {
+      throw asTranscodeError(err);
+    }
+  }
+
+  // Compressed source (all of them are explicit VR little endian outside the pixel data).
+  let elements: El[];
+  try {
+    elements = parseDataset(datasetBytes, { explicit: true, littleEndian: true });
+  } catch (err) {
+    throw asTranscodeError(err);
+  }
+  const pixel = elements.find((e) => e.tag === PIXEL_DATA);
+  if (pixel?.fragments) {
+    await decodePixelData(elements, pixel, from);
+  } else if (pixel) {
+    throw new TranscodeError('ERR_TRANSCODE_FAILED', `pixel data of a ${from} dataset is not encapsulated`);
+  }
+  try {
+    return { bytes: finish(elements, target), transferSyntaxUid: target };
+  } catch (err) {
+    throw asTranscodeError(err);
+  }
+}
+
+function asTranscodeError(err: unknown): TranscodeError {
+  if (err instanceof TranscodeError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new TranscodeError('ERR_TRANSCODE_FAILED', `transcoding failed: ${message}`, { cause: err });
+}
+
+function fail(message: string): never {
+  throw new TranscodeError('ERR_TRANSCODE_FAILED', message);
+}
+
+interface Encoding {
+  explicit: boolean;
+  littleEndian: boolean;
+}
+
+function encodingOf(ts: string): Encoding {
+  if (ts === IMPLICIT_LE) return { explicit: false, littleEndian: true };
+  if (ts === EXPLICIT_BE) return { explicit: true, littleEndian: false };
+  return { explicit: true, littleEndian: true };
+}
+
+/** Upper bound for an inflated deflated dataset (guards against deflate bombs). */
+const MAX_INFLATED_BYTES = 2 ** 31 - 1;
+
+function inflateIfNeeded(bytes: Uint8Array, ts: string): Uint8Array {
+  if (ts !== DEFLATED_LE) return bytes;
+  try {
+    return inflateRawSync(bytes, { maxOutputLength: MAX_INFLATED_BYTES });
+  } catch (err) {
+    throw new TranscodeError('ERR_TRANSCODE_FAILED', `cannot inflate deflated dataset: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+function finish(elements: El[], target: string): Uint8Array {
+  const enc = encodingOf(target);
+  const out = new Sink();
+  writeDataset(elements, enc, out);
+  const bytes = out.concat();
+  if (target !== DEFLATED_LE) return bytes;
+  const deflated = deflateRawSync(bytes);
+  return new Uint8Array(deflated.buffer, deflated.byteOffset, deflated.byteLength);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Parsed form: a tree whose leaves reference the source bytes.
+
+interface Item {
+  elements: El[];
+  undefinedLength: boolean;
+}
+
+interface El {
+  tag: number;
+  /** VR as read (explicit source) or null (implicit source: resolved when writing). */
+  vr: string | null;
+  /** Leaf value in the source byte order. */
+  value?: Uint8Array;
+  littleEndian: boolean;
+  /** Sequence items (SQ, or a sequence-like element of undefined length). */
+  items?: Item[];
+  /** Items of an explicit 'UN' of undefined length: encoded in implicit VR LE. */
+  itemsImplicit?: boolean;
+  undefinedLength?: boolean;
+  /** Encapsulated pixel data: the items in order (first one is the Basic Offset Table). */
+  fragments?: Uint8Array[];
+}
+
+const PIXEL_DATA = 0x7fe00010;
+const ITEM = 0xfffee000;
+const ITEM_DELIM = 0xfffee00d;
+const SEQ_DELIM = 0xfffee0dd;
+const UNDEFINED = 0xffffffff;
+
+const LONG_VRS: ReadonlySet<string> = new Set(['OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'SQ', 'SV', 'UC', 'UN', 'UR', 'UT', 'UV']);
+const KNOWN_VRS: ReadonlySet<string> = new Set([
+  ...LONG_VRS,
+  'AE', 'AS', 'AT', 'CS', 'DA', 'DS', 'DT', 'FD', 'FL', 'IS', 'LO', 'LT', 'PN', 'SH', 'SL', 'SS', 'ST', 'TM', 'UI', 'UL', 'US',
+]);
+/** Byte-swap unit per VR (VRs not listed are byte strings). */
+const WORD_SIZE: Readonly<Record<string, number>> = {
+  AT: 2, US: 2, SS: 2, OW: 2,
+  UL: 4, SL: 4, FL: 4, OF: 4, OL: 4,
+  FD: 8, OD: 8, OV: 8, SV: 8, UV: 8,
+};
+
+/** Max nesting of sequences (a malicious dataset must not overflow the stack). */
+const MAX_DEPTH = 64;
+
+class Reader {
+  readonly view: DataView;
+  constructor(readonly bytes: Uint8Array) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+  need(pos: number, n: number, end: number): void {
+    if (pos + n > end) fail(`truncated dataset at offset ${pos} (need ${n} bytes, ${end - pos} left)`);
+  }
+  u16(pos: number, le: boolean): number {
+    return this.view.getUint16(pos, le);
+  }
+  u32(pos: number, le: boolean): number {
+    return this.view.getUint32(pos, le);
+  }
+  tag(pos: number, le: boolean): number {
+    return ((this.u16(pos, le) << 16) | this.u16(pos + 2, le)) >>> 0;
+  }
+}
+
+function parseDataset(bytes: Uint8Array, enc: Encoding): El[] {
+  const r = new Reader(bytes);
+  const { elements, pos } = readElements(r, 0, bytes.length, enc, false, 0);
+  if (pos !== bytes.length) fail(`unexpected delimiter at offset ${pos}`);
+  return elements;
+}
+
+/**
+ * Reads elements from pos until end, or until an item delimiter when `untilItemDelim` (returns the
+ * position after it).
+ */
+function readElements(
+  r: Reader,
+  start: number,
+  end: number,
+  enc: Encoding,
+  untilItemDelim: boolean,
+  depth: number,
+): { elements: El[]; pos: number } {
+  if (depth > MAX_DEPTH) fail('sequences nested too deeply');
+  const le = enc.littleEndian;
+  const elements: El[] = [];
+  let pos = start;
+  while (pos < end) {
+    r.need(pos, 8, end);
+    const tag = r.tag(pos, le);
+    if (tag === ITEM_DELIM) {
+      if (!untilItemDelim) fail(`item delimiter outside an item at offset ${pos}`);
+      return { elements, pos: pos + 8 };
+    }
+    if (tag === ITEM || tag === SEQ_DELIM) fail(`unexpected item tag at offset ${pos}`);
+    let vr: string | null = null;
+    let length: number;
+    if (enc.explicit) {
+      vr = String.fromCharCode(r.bytes[pos + 4]!, r.bytes[pos + 5]!);
+      if (!KNOWN_VRS.has(vr)) {
+        // A VR this code does not know (a newer standard): PS3.5 6.2 says to read it like UN.
+        if (!/^[A-Z]{2}$/.test(vr)) fail(`invalid VR ${JSON.stringify(vr)} at offset ${pos}`);
+        vr = 'UN';
+      }
+      if (LONG_VRS.has(vr)) {
+        r.need(pos, 12, end);
+        length = r.u32(pos + 8, le);
+        pos += 12;
+      } else {
+        length = r.u16(pos + 6, le);
+        pos += 8;
+      }
+    } else {
+      length = r.u32(pos + 4, le);
+      pos += 8;
+    }
+    const el: El = { tag, vr, littleEndian: le };
+    if (length === UNDEFINED) {
+      el.undefinedLength = true;
+      if (tag === PIXEL_DATA && (vr === 'OB' || vr === 'OW')) {
+        pos = readFragments(r, pos, end, le, el);
+      } else if (vr === null || vr === 'SQ' || vr === 'UN') {
+        const itemEnc = vr === 'UN' ? { explicit: false, littleEndian: true } : enc;
+        el.itemsImplicit = vr === 'UN';
+        const res = readItems(r, pos, end, itemEnc, true, depth);
+        el.items = res.items;
+        pos = res.pos;
+      } else {
+        fail(`undefined length for VR ${vr} at offset ${pos}`);
+      }
+    } else {
+      r.need(pos, length, end);
+      const isSeq = vr === 'SQ' || (vr === null && dictionaryVr(tag) === 'SQ');
+      if (isSeq && vr === null) {
+        // Implicit VR: trust the dictionary only if the value really parses as items.
+        try {
+          el.items = readItems(r, pos, pos + length, enc, false, depth).items;
+        } catch {
+          el.vr = 'UN';
+          el.value = r.bytes.subarray(pos, pos + length);
+        }
+      } else if (isSeq) {
+        el.items = readItems(r, pos, pos + length, enc, false, depth).items;
+      } else {
+        el.value = r.bytes.subarray(pos, pos + length);
+      }
+      pos += length;
+    }
+    elements.push(el);
+  }
+  if (untilItemDelim) fail('missing item delimiter');
+  return { elements, pos };
+}
+
+function readItems(
+  r: Reader,
+  start: number,
+  end: number,
+  enc: Encoding,
+  untilSeqDelim: boolean,
+  depth: number,
+): { items: Item[]; pos: number } {
+  const le = enc.littleEndian;
+  const items: Item[] = [];
+  let pos = start;
+  while (pos < end) {
+    r.need(pos, 8, end);
+    const tag = r.tag(pos, le);
+    const length = r.u32(pos + 4, le);
+    pos += 8;
+    if (tag === SEQ_DELIM) {
+      if (!untilSeqDelim) fail(`sequence delimiter in a defined-length sequence at offset ${pos - 8}`);
+      return { items, pos };
+    }
+    if (tag !== ITEM) fail(`expected an item at offset ${pos - 8}`);
+    if (length === UNDEFINED) {
+      const res = readElements(r, pos, end, enc, true, depth + 1);
+      items.push({ elements: res.elements, undefinedLength: true });
+      pos = res.pos;
+    } else {
+      r.need(pos, length, end);
+      const res = readElements(r, pos, pos + length, enc, false, depth + 1);
+      items.push({ elements: res.elements, undefinedLength: false });
+      pos += length;
+    }
+  }
+  if (untilSeqDelim) fail('missing sequence delimiter');
+  return { items, pos };
+}
+
+function readFragments(r: Reader, start: number, end: number, le: boolean, el: El): number {
+  const fragments: Uint8Array[] = [];
+  let pos = start;
+  for (;;) {
+    r.need(pos, 8, end);
+    const tag = r.tag(pos, le);
+    const length = r.u32(pos + 4, le);
+    pos += 8;
+    if (tag === SEQ_DELIM) break;
+    if (tag !== ITEM || length === UNDEFINED) fail(`bad pixel data fragment at offset ${pos - 8}`);
+    r.need(pos, length, end);
+    fragments.push(r.bytes.subarray(pos, pos + length));
+    pos += length;
+  }
+  el.fragments = fragments;
+  return pos;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Data dictionary (for implicit -> explicit): the dcmjs copy that dcmjs-dimse itself loads.
+
+interface DictEntry {
+  vr?: string;
+}
+let dictionary: Record<string, DictEntry | undefined> | undefined;
+
+function loadDictionary(): Record<string, DictEntry | undefined> {
+  if (dictionary) return dictionary;
+  const req = createRequire(import.meta.url);
+  const fromDimse = createRequire(req.resolve('dcmjs-dimse'));
+  const dcmjs = fromDimse('dcmjs') as { data: { DicomMetaDictionary: { dictionary: Record<string, DictEntry | undefined> } } };
+  dictionary = dcmjs.data.DicomMetaDictionary.dictionary;
+  return dictionary;
+}
+
+function dictionaryVr(tag: number): string | undefined {
+  const group = tag >>> 16;
+  const elem = tag & 0xffff;
+  if (elem === 0) return 'UL';
+  if (group & 1) return elem >= 0x10 && elem <= 0xff ? 'LO' : undefined;
+  const hex = (tag >>> 0).toString(16).toUpperCase().padStart(8, '0');
+  try {
+    return loadDictionary()[hex]?.vr;
+  } catch {
+    return undefined;
+  }
+}
+
+interface LevelContext {
+  bitsAllocated?: number;
+  pixelRepresentation?: number;
+}
+
+/** VR to write in an explicit syntax for an element read from implicit VR (see module comment). */
+function resolveVr(el: El, ctx: LevelContext): string {
+  if (el.vr !== null) return el.vr;
+  if (el.items) return 'SQ';
+  const length = el.value?.length ?? 0;
+  let vr = dictionaryVr(el.tag) ?? 'UN';
+  switch (vr) {
+    case 'ox':
+      vr = el.tag === PIXEL_DATA && (ctx.bitsAllocated ?? 16) <= 8 ? 'OB' : 'OW';
+      break;
+    case 'xs':
+      vr = ctx.pixelRepresentation === 1 ? 'SS' : 'US';
+      break;
+    case 'lt':
+      vr = 'OW';
+      break;
+    case 'up':
+      vr = 'UL';
+      break;
+    case 'SQ': // an SQ with a value that did not parse as items would have failed earlier
+      break;
+    default:
+      if (!KNOWN_VRS.has(vr)) vr = 'UN';
+  }
+  if (!LONG_VRS.has(vr) && length > 0xffff) vr = 'UN';
+  const word = WORD_SIZE[vr];
+  if (word !== undefined && length % word !== 0) vr = 'UN';
+  return vr;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Writer
+
+class Sink {
+  readonly parts: Uint8Array[] = [];
+  size = 0;
+  push(part: Uint8Array): void {
+    if (part.length === 0) return;
+    this.parts.push(part);
+    this.size += part.length;
+  }
+  append(other: Sink): void {
+    for (const p of other.parts) this.parts.push(p);
+    this.size += other.size;
+  }
+  concat(): Uint8Array {
+    const out = new Uint8Array(this.size);
+    let off = 0;
+    for (const p of this.parts) {
+      out.set(p, off);
+      off += p.length;
+    }
+    return out;
+  }
+}
+
+function header(tag: number, vr: string | null, length: number, enc: Encoding): Uint8Array {
+  const le = enc.littleEndian;
+  const long = vr === null || LONG_VRS.has(vr);
+  const size = vr === null ? 8 : long ? 12 : 8;
+  const buf = new Uint8Array(size);
+  const v = new DataView(buf.buffer);
+  v.setUint16(0, tag >>> 16, le);
+  v.setUint16(2, tag & 0xffff, le);
+  if (vr === null) {
+    v.setUint32(4, length, le);
+  } else {
+    buf[4] = vr.charCodeAt(0);
+    buf[5] = vr.charCodeAt(1);
+    if (long) v.setUint32(8, length, le);
+    else v.setUint16(6, length, le);
+  }
+  return buf;
+}
+
+function swapped(value: Uint8Array, word: number): Uint8Array {
+  const out = new Uint8Array(value.length);
+  const n = value.length - (value.length % word);
+  for (let i = 0; i < n; i += word) {
+    for (let j = 0; j < word; j++) out[i + j] = value[i + word - 1 - j]!;
+  }
+  out.set(value.subarray(n), n);
+  return out;
+}
+
+function readUint(value: Uint8Array | undefined, littleEndian: boolean): number | undefined {
+  if (!value || value.length < 2) return undefined;
+  return new DataView(value.buffer, value.byteOffset, value.byteLength).getUint16(0, littleEndian);
+}
+
+function writeDataset(elements: El[], enc: Encoding, out: Sink, depth = 0): void {
+  const ctx: LevelContext = {};
+  const groupLengthFixups: { group: number; buf: Uint8Array }[] = [];
+  const groupSizes = new Map<number, number>();
+  for (const el of elements) {
+    if (el.tag === 0x00280100) ctx.bitsAllocated = readUint(el.value, el.littleEndian);
+    if (el.tag === 0x00280103) ctx.pixelRepresentation = readUint(el.value, el.littleEndian);
+    const sink = new Sink();
+    const vr = enc.explicit ? resolveVr(el, ctx) : null;
+    const group = el.tag >>> 16;
+    if ((el.tag & 0xffff) === 0 && el.value?.length === 4 && !el.items && (el.vr !== null) !== enc.explicit) {
+      // Group length, and the header sizes change (explicit <-> implicit): recomputed below once the
+      // group's encoded size is known. Between explicit syntaxes sizes do not change and the value is
+      // kept as it was (swapped if needed), so explicit LE <-> BE <-> deflated stays byte-exact.
+      const buf = new Uint8Array(4);
+      groupLengthFixups.push({ group, buf });
+      sink.push(header(el.tag, vr, 4, enc));
+      sink.push(buf);
+      out.append(sink);
+      continue;
+    }
+    if (el.fragments) fail('encapsulated pixel data cannot be written in an uncompressed syntax');
+    if (el.items) {
+      writeSequence(el, vr, enc, sink, depth);
+    } else {
+      let value = el.value ?? new Uint8Array(0);
+      const sourceVr = el.vr ?? vr;
+      if (el.littleEndian !== enc.littleEndian && sourceVr !== null) {
+        const word = WORD_SIZE[sourceVr];
+        if (word !== undefined) value = swapped(value, word);
+      }
+      sink.push(header(el.tag, vr, value.length, enc));
+      sink.push(value);
+    }
+    groupSizes.set(group, (groupSizes.get(group) ?? 0) + sink.size);
+    out.append(sink);
+  }
+  for (const { group, buf } of groupLengthFixups) {
+    new DataView(buf.buffer).setUint32(0, groupSizes.get(group) ?? 0, enc.littleEndian);
+  }
+}
+
+function writeSequence(el: El, vr: string | null, enc: Encoding, out: Sink, depth: number): void {
+  // An explicit 'UN' of undefined length keeps its items in implicit VR LE (PS3.5 6.2.2), in any syntax.
+  const keepUn = el.itemsImplicit === true && (vr === 'UN' || vr === null);
+  const itemEnc: Encoding = keepUn ? { explicit: false, littleEndian: true } : enc;
+  const body = new Sink();
+  for (const item of el.items ?? []) {
+    const itemBody = new Sink();
+    writeDataset(item.elements, itemEnc, itemBody, depth + 1);
+    if (item.undefinedLength) {
+      body.push(header(ITEM, null, UNDEFINED, itemEnc));
+      body.append(itemBody);
+      body.push(header(ITEM_DELIM, null, 0, itemEnc));
+    } else {
+      body.push(header(ITEM, null, itemBody.size, itemEnc));
+      body.append(itemBody);
+    }
+  }
+  const outVr = vr === null ? null : keepUn ? 'UN' : 'SQ';
+  if (el.undefinedLength) {
+    out.push(header(el.tag, outVr, UNDEFINED, enc));
+    out.append(body);
+    out.push(header(SEQ_DELIM, null, 0, itemEnc));
+  } else {
+    out.push(header(el.tag, outVr, body.size, enc));
+    out.append(body);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Compressed pixel data
+
+/** Drop and re-create the WASM module when its memory grows beyond this (WASM memory never shrinks). */
+const WASM_RESET_BYTES = 512 * 1024 * 1024;
+
+let codecsReady: Promise<void> | undefined;
+
+function ensureCodecs(): Promise<void> {
+  if (codecsReady && Transcoding.isInitialized()) return codecsReady;
+  if (!codecsReady || !Transcoding.isInitialized()) {
+    const attempt = (async () => {
+      const wasm = createRequire(import.meta.url).resolve('dcmjs-codecs/build/dcmjs-native-codecs.wasm');
+      await Transcoding.initializeAsync({ webAssemblyModulePathOrUrl: wasm });
+    })();
+    codecsReady = attempt;
+    attempt.catch(() => {
+      if (codecsReady === attempt) codecsReady = undefined;
+    });
+  }
+  return codecsReady;
+}
+
+function releaseCodecs(): void {
+  codecsReady = undefined;
+  try {
+    Transcoding.release();
+  } catch {
+    /* already released */
+  }
+}
+
+function wasmMemoryBytes(): number {
+  try {
+    const req = createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'));
+    const native = (req('dcmjs-codecs') as { NativeCodecs?: { wasmApi?: { wasmMemory?: WebAssembly.Memory } } })
+      .NativeCodecs;
+    return native?.wasmApi?.wasmMemory?.buffer.byteLength ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+interface PixelAttrs {
+  rows: number;
+  columns: number;
+  bitsAllocated: number;
+  bitsStored: number;
+  highBit: number;
+  pixelRepresentation: number;
+  samplesPerPixel: number;
+  planarConfiguration: number | undefined;
+  photometric: string;
+  frames: number;
+}
+
+function textValue(el: El | undefined): string | undefined {
+  if (!el?.value) return undefined;
+  return Buffer.from(el.value.buffer, el.value.byteOffset, el.value.byteLength)
+    .toString('latin1')
+    .replace(/[\0 ]+$/, '')
+    .trim();
+}
+
+function pixelAttrs(elements: El[]): PixelAttrs {
+  const get = (tag: number) => elements.find((e) => e.tag === tag);
+  const us = (tag: number, name: string, dflt?: number): number => {
+    const v = readUint(get(tag)?.value, true);
+    if (v === undefined) {
+      if (dflt !== undefined) return dflt;
+      fail(`missing ${name}`);
+    }
+    return v;
+  };
+  const bitsAllocated = us(0x00280100, 'BitsAllocated');
+  const bitsStored = us(0x00280101, 'BitsStored', bitsAllocated);
+  const framesText = textValue(get(0x00280008));
+  const frames = framesText ? Number.parseInt(framesText, 10) : 1;
+  if (!Number.isSafeInteger(frames) || frames < 1) fail(`bad NumberOfFrames ${JSON.stringify(framesText)}`);
+  const photometric = textValue(get(0x00280004));
+  if (!photometric) fail('missing PhotometricInterpretation');
+  const planar = get(0x00280006) ? readUint(get(0x00280006)?.value, true) : undefined;
+  return {
+    rows: us(0x00280010, 'Rows'),
+    columns: us(0x00280011, 'Columns'),
+    bitsAllocated,
+    bitsStored,
+    highBit: us(0x00280102, 'HighBit', bitsStored - 1),
+    pixelRepresentation: us(0x00280103, 'PixelRepresentation', 0),
+    samplesPerPixel: us(0x00280002, 'SamplesPerPixel', 1),
+    planarConfiguration: planar,
+    photometric,
+    frames,
+  };
+}
+
+function startsWith(bytes: Uint8Array, prefix: readonly number[]): boolean {
+  if (bytes.length < prefix.length) return false;
+  return prefix.every((b, i) => bytes[i] === b);
+}
+
+/** Groups the fragments (after the Basic Offset Table) into frames. */
+function splitFrames(elements: El[], fragmentsWithBot: Uint8Array[], frames: number, ts: string): Uint8Array[] {
+  const bot = fragmentsWithBot[0];
+  const fragments = fragmentsWithBot.slice(1);
+  if (bot === undefined || fragments.length === 0) fail('encapsulated pixel data has no fragments');
+  const concat = (list: Uint8Array[]): Uint8Array => {
+    if (list.length === 1) return list[0]!;
+    const s = new Sink();
+    for (const f of list) s.push(f);
+    return s.concat();
+  };
+  if (frames === 1) return [concat(fragments)];
+  if (fragments.length === frames) return fragments;
+
+  // Offsets of each frame's first fragment, relative to the first fragment's item tag.
+  let offsets: number[] | undefined;
+  if (bot.length >= 4 * frames) {
+    const v = new DataView(bot.buffer, bot.byteOffset, bot.byteLength);
+    offsets = Array.from({ length: frames }, (_, i) => v.getUint32(4 * i, true));
+  } else {
+    const eot = elements.find((e) => e.tag === 0x7fe00001)?.value;
+    if (eot && eot.length >= 8 * frames) {
+      const v = new DataView(eot.buffer, eot.byteOffset, eot.byteLength);
+      offsets = Array.from({ length: frames }, (_, i) => Number(v.getBigUint64(8 * i, true)));
+    }
+  }
+  const groups: Uint8Array[][] = [];
+  if (offsets) {
+    let off = 0;
+    let frame = -1;
+    for (const f of fragments) {
+      while (frame + 1 < frames && offsets[frame + 1] === off) frame++;
+      if (frame < 0) fail('basic offset table does not start at the first fragment');
+      (groups[frame] ??= []).push(f);
+      off += 8 + f.length;
+    }
+  } else {
+    // No offset table: a new frame starts with the codec's start-of-image marker.
+    const isJ2k = ts.startsWith('1.2.840.10008.1.2.4.9') || ts.startsWith('1.2.840.10008.1.2.4.20');
+    const isStart = (f: Uint8Array) =>
+      isJ2k
+        ? startsWith(f, [0xff, 0x4f, 0xff, 0x51]) || startsWith(f, [0, 0, 0, 0x0c, 0x6a, 0x50, 0x20, 0x20])
+        : startsWith(f, [0xff, 0xd8]);
+    if (ts === '1.2.840.10008.1.2.5') fail('RLE pixel data must have one fragment per frame');
+    for (const f of fragments) {
+      if (isStart(f) || groups.length === 0) groups.push([f]);
+      else groups[groups.length - 1]!.push(f);
+    }
+  }
+  if (groups.length !== frames || groups.some((g) => !g)) {
+    fail(`cannot split ${fragments.length} fragments into ${frames} frames`);
+  }
+  return groups.map(concat);
+}
+
+/** RLE frames carry a 64-byte header; the decoder accepts anything, so check it here. */
+function checkRleHeader(frame: Uint8Array, attrs: PixelAttrs, index: number): void {
+  if (frame.length < 64) fail(`RLE frame ${index} is shorter than its 64-byte header`);
+  const v = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const segments = v.getUint32(0, true);
+  const expected = attrs.samplesPerPixel * Math.ceil(attrs.bitsAllocated / 8);
+  if (segments !== expected) fail(`RLE frame ${index} has ${segments} segments, expected ${expected}`);
+  let previous = 64;
+  for (let s = 0; s < segments; s++) {
+    const offset = v.getUint32(4 + 4 * s, true);
+    if (offset < previous || offset > frame.length || (s === 0 && offset !== 64)) {
+      fail(`RLE frame ${index} has a bad segment offset table`);
+    }
+    previous = offset;
+  }
+}
+
+function csValue(text: string): Uint8Array {
+  const padded = text.length % 2 ? `${text} ` : text;
+  return new Uint8Array(Buffer.from(padded, 'latin1'));
+}
+
+function usValue(n: number): Uint8Array {
+  const b = new Uint8Array(2);
+  new DataView(b.buffer).setUint16(0, n, true);
+  return b;
+}
+
+function setElement(elements: El[], tag: number, vr: string, value: Uint8Array): void {
+  const el: El = { tag, vr, value, littleEndian: true };
+  const i = elements.findIndex((e) => e.tag >= tag);
+  if (i < 0) elements.push(el);
+  else if (elements[i]!.tag === tag) elements[i] = el;
+  else elements.splice(i, 0, el);
+}
+
+const JPEG_BASELINE = '1.2.840.10008.1.2.4.50';
+
+interface NativeCodecsApi {
+  NativeCodecs: {
+    decodeJpeg(context: unknown, parameters?: { convertColorspaceToRgb?: boolean }): {
+      getDecodedBuffer(): Uint8Array | undefined;
+      getPhotometricInterpretation(): string | undefined;
+    };
+  };
+  Context: new (attrs: Record<string, unknown>) => unknown;
+}
+
+/**
+ * JPEG baseline labelled RGB: the components were compressed without a colour transform. dcmjs-dimse's
+ * codec always converts YCbCr -> RGB for baseline, which garbles these (seen on
+ * pydicom SC_jpeg_no_color_transform: up to 137 off per sample); decode without conversion, like DCMTK.
+ */
+function decodeRgbBaseline(frame: Uint8Array, attrs: PixelAttrs): Record<string, unknown> {
+  const req = createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'));
+  const { NativeCodecs, Context } = req('dcmjs-codecs') as NativeCodecsApi;
+  const ctx = new Context({
+    width: attrs.columns,
+    height: attrs.rows,
+    bitsAllocated: attrs.bitsAllocated,
+    bitsStored: attrs.bitsStored,
+    samplesPerPixel: attrs.samplesPerPixel,
+    pixelRepresentation: attrs.pixelRepresentation,
+    planarConfiguration: 0,
+    photometricInterpretation: 'RGB',
+    encodedBuffer: frame,
+  });
+  const out = NativeCodecs.decodeJpeg(ctx, { convertColorspaceToRgb: false }).getDecodedBuffer();
+  if (!out) fail('JPEG decoder returned no data');
+  const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out.buffer : out.slice().buffer;
+  // Decoded data is interleaved whatever the source said.
+  return { PixelData: [copy], PhotometricInterpretation: 'RGB', PlanarConfiguration: 0 };
+}
+
+async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<void> {
+  let attrs: PixelAttrs;
+  let frames: Uint8Array[];
+  try {
+    attrs = pixelAttrs(elements);
+    frames = splitFrames(elements, pixel.fragments!, attrs.frames, ts);
+    if (ts === '1.2.840.10008.1.2.5') frames.forEach((f, i) => checkRleHeader(f, attrs, i));
+  } catch (err) {
+    throw asTranscodeError(err);
+  }
+  try {
+    await ensureCodecs();
+    // Another call may have released the module between our await and now: initialise again if so.
+    while (!Transcoding.isInitialized()) await ensureCodecs();
+  } catch (err) {
+    throw new TranscodeError('ERR_TRANSCODE_FAILED', `cannot load the codec WASM: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+
+  // From here to the end of the loop everything is synchronous: no other call can touch the module.
+  const decoded: Uint8Array[] = [];
+  let outPhotometric = attrs.photometric;
+  let outPlanar = attrs.planarConfiguration;
+  let failed = false;
+  // dcmjs-dimse logs every transcode at INFO level (its logger starts with everything enabled): quiet it
+  // for this synchronous loop only, and restore whatever level the application chose.
+  const log = dcmjsDimse.log;
+  const savedLevel = log.getLevel();
+  if (savedLevel < log.levels.WARN) log.setLevel(log.levels.WARN, false);
+  try {
+    const bytesPerSample = Math.ceil(attrs.bitsAllocated / 8);
+    for (let i = 0; i < frames.length; i++) {
+      const f = frames[i]!;
+      const input: Record<string, unknown> = {
+        Rows: attrs.rows,
+        Columns: attrs.columns,
+        BitsAllocated: attrs.bitsAllocated,
+        BitsStored: attrs.bitsStored,
+        HighBit: attrs.highBit,
+        PixelRepresentation: attrs.pixelRepresentation,
+        SamplesPerPixel: attrs.samplesPerPixel,
+        PhotometricInterpretation: attrs.photometric,
+        NumberOfFrames: 1,
+        PixelData: [f.buffer.slice(f.byteOffset, f.byteOffset + f.byteLength)],
+      };
+      if (attrs.planarConfiguration !== undefined) input.PlanarConfiguration = attrs.planarConfiguration;
+      const result =
+        ts === JPEG_BASELINE && attrs.photometric === 'RGB'
+          ? decodeRgbBaseline(f, attrs)
+          : Transcoding.transcodeDataset(new Dataset(input, ts), EXPLICIT_LE).getElements();
+      const px = result.PixelData;
+      const buf = Array.isArray(px) ? px[0] : px;
+      if (!(buf instanceof ArrayBuffer)) fail(`decoder returned no pixel data for frame ${i}`);
+      const photometric = String(result.PhotometricInterpretation ?? attrs.photometric);
+      const planar = typeof result.PlanarConfiguration === 'number' ? result.PlanarConfiguration : outPlanar;
+      if (i === 0) {
+        outPhotometric = photometric;
+        outPlanar = planar;
+      } else if (photometric !== outPhotometric) {
+        fail(`frames decode to different photometric interpretations (${outPhotometric}, ${photometric})`);
+      }
+      const frameSize =
+        photometric === 'YBR_FULL_422'
+          ? 2 * bytesPerSample * attrs.rows * attrs.columns
+          : attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
+      if (buf.byteLength < frameSize) {
+        fail(`frame ${i} decoded to ${buf.byteLength} bytes, expected ${frameSize}`);
+      }
+      // dcmjs-codecs pads each odd-sized frame; frames must be contiguous, so trim to the exact size.
+      decoded.push(new Uint8Array(buf, 0, frameSize));
+    }
+  } catch (err) {
+    failed = true;
+    throw asTranscodeError(err);
+  } finally {
+    if (log.getLevel() !== savedLevel) log.setLevel(savedLevel, false);
+    if (failed || wasmMemoryBytes() > WASM_RESET_BYTES) releaseCodecs();
+  }
+
+  const sink = new Sink();
+  for (const d of decoded) sink.push(d);
+  if (sink.size % 2) sink.push(new Uint8Array(1));
+  const pixelValue = sink.concat();
+  decoded.length = 0;
+
+  const idx = elements.indexOf(pixel);
+  elements[idx] = {
+    tag: PIXEL_DATA,
+    vr: attrs.bitsAllocated <= 8 ? 'OB' : 'OW',
+    value: pixelValue,
+    littleEndian: true,
+  };
+  // The Extended Offset Table describes encapsulated data only.
+  for (const tag of [0x7fe00001, 0x7fe00002]) {
+    const i = elements.findIndex((e) => e.tag === tag);
+    if (i >= 0) elements.splice(i, 1);
+  }
+  if (outPhotometric !== attrs.photometric) setElement(elements, 0x00280004, 'CS', csValue(outPhotometric));
+  if (attrs.samplesPerPixel > 1 && outPlanar !== undefined && outPlanar !== attrs.planarConfiguration) {
+    setElement(elements, 0x00280006, 'US', usValue(outPlanar));
+  }
+}
