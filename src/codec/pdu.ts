@@ -253,12 +253,24 @@ export class PduFramer {
   private append(chunk: Uint8Array): void {
     const needed = this.used + chunk.length;
     if (needed > this.buffer.length) {
-      const grown = new Uint8Array(Math.max(needed, this.buffer.length * 2, 64 * 1024));
+      // Size the buffer for the whole PDU once its header is known: growing by doubling copies it again and again.
+      // Capped: the length is not validated yet (push checks it right after appending).
+      const pduLength = this.used + chunk.length >= pduHeaderBytes ? Math.min(this.pduLengthOf(chunk), pduHeaderBytes + Math.max(this.limits.maxPDataBytes, this.limits.maxAssociateBytes)) : 0;
+      const grown = new Uint8Array(Math.max(needed, pduLength, Math.min(this.buffer.length * 2, this.limits.maxPDataBytes + pduHeaderBytes), 4096));
       grown.set(this.buffer.subarray(0, this.used));
       this.buffer = grown;
     }
     this.buffer.set(chunk, this.used);
     this.used = needed;
+  }
+
+  /** Length of the PDU being buffered (header included), read from the buffered bytes followed by `chunk`. */
+  private pduLengthOf(chunk: Uint8Array): number {
+    const header = new Uint8Array(pduHeaderBytes);
+    const fromBuffer = Math.min(this.used, pduHeaderBytes);
+    header.set(this.buffer.subarray(0, fromBuffer));
+    header.set(chunk.subarray(0, pduHeaderBytes - fromBuffer), fromBuffer);
+    return pduHeaderBytes + new DataView(header.buffer).getUint32(2);
   }
 }
 
