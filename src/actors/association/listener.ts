@@ -14,6 +14,11 @@ export interface DicomListenerInit {
   maxAssociations: number;
   parent: Ref<any>;
   deps: AssociationDeps;
+  /**
+   * The balancer's front door (issue 4): may hand the connection to another peer through a tunnel.
+   * Without one, or when it answers 'local', the association is served here.
+   */
+  frontDoor?: { route(socket: Socket): Promise<'local' | 'tunnelled'> };
 }
 
 export interface DicomListener {
@@ -26,11 +31,24 @@ export interface DicomListener {
 export async function startDicomListener(init: DicomListenerInit): Promise<DicomListener> {
   const active = new Set<SpawnedAssociation>();
   let sequence = 0;
-  const server: Server = createServer((socket: Socket) => {
+  const serveHere = (socket: Socket) => {
     const congested = active.size >= init.maxAssociations;
     const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, congested);
     active.add(association);
     void association.finished.then(() => active.delete(association));
+  };
+  const server: Server = createServer((socket: Socket) => {
+    if (!init.frontDoor) return serveHere(socket);
+    // Until a handler reads it, the socket buffers what the modality sends, so nothing is lost while routing.
+    init.frontDoor.route(socket).then(
+      (decision) => {
+        if (decision === 'local') serveHere(socket);
+      },
+      (error: unknown) => {
+        init.deps.log.warn('front door failed: serving here', { error: String(error) });
+        serveHere(socket);
+      },
+    );
   });
   server.maxConnections = init.maxAssociations * 2;
   await new Promise<void>((resolve, reject) => {
