@@ -173,6 +173,9 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
     if (name === '--data') dataGiven = true;
   }
   if (!dataGiven) config.dataDir = `.data/${config.site}`;
+  if (config.bootstrap.length > 0 && !config.swarmKeyFile) {
+    throw new ConfigError('--bootstrap requires --swarm-key FILE: a mesh is private, create a key with pacs-mesh keygen');
+  }
   return config;
 }
 

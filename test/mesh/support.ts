@@ -1,0 +1,121 @@
+/**
+ * Real peers in separate processes on 127.0.0.1 for the mesh tests: each is `pacs-mesh start` with its
+ * own data directory, and all share one swarm key.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { getFreePort, spawnManaged, type ManagedProcess } from '../support/dicom-tools.ts';
+import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
+
+export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+
+export interface MeshMemberView {
+  peerId: string;
+  site: string;
+  alive: boolean;
+  dicom: string;
+  http: string;
+  instances: number;
+}
+
+export interface MeshStatus {
+  self: { site: string; peerId?: string; multiaddrs?: string[] };
+  instances: number;
+  members?: MeshMemberView[];
+  leader?: { peerId: string; site: string; term: number } | null;
+}
+
+export interface PeerProcess {
+  site: string;
+  dataDir: string;
+  dicomPort: number;
+  httpPort: number;
+  p2pPort: number;
+  process: ManagedProcess;
+  status(): Promise<MeshStatus>;
+  kill9(): Promise<void>;
+  stop(): Promise<void>;
+  /** Everything the peer printed, for failure messages. */
+  output(): string;
+}
+
+export class MeshCluster {
+  readonly root = mkdtempSync(join(tmpdir(), 'pacs-mesh-cluster-'));
+  readonly swarmKeyFile = join(this.root, 'swarm.key');
+  readonly peers: PeerProcess[] = [];
+
+  async init(): Promise<void> {
+    await writeSwarmKeyFile(this.swarmKeyFile);
+  }
+
+  /** Starts a peer; `bootstrap` defaults to the first peer's address. Resolves once /healthz answers. */
+  async start(site: string, opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number } } = {}): Promise<PeerProcess> {
+    const dataDir = opts.dataDir ?? join(this.root, site);
+    const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
+    const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
+    const keyArgs = opts.swarmKeyFile === null ? [] : ['--swarm-key', opts.swarmKeyFile ?? this.swarmKeyFile];
+    const args = [
+      '--import', 'tsx', join(repoRoot, 'src/cli.ts'), 'start',
+      '--site', site, '--data', dataDir, '--host', '127.0.0.1',
+      '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--p2p-port', String(p2pPort),
+      ...keyArgs, ...bootstrap.flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
+    ];
+    const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot });
+    let output = '';
+    process.child.stdout?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
+    process.child.stderr?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
+    const peer: PeerProcess = {
+      site,
+      dataDir,
+      dicomPort,
+      httpPort,
+      p2pPort,
+      process,
+      status: async () => {
+        const response = await fetch(`http://127.0.0.1:${httpPort}/api/mesh`, { signal: AbortSignal.timeout(3000) });
+        return (await response.json()) as MeshStatus;
+      },
+      kill9: async () => {
+        process.child.kill('SIGKILL');
+        await process.exited;
+      },
+      stop: () => process.stop(5000),
+      output: () => output,
+    };
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      if (process.hasExited) throw new Error(`${site} exited during start:\n${output}`);
+      try {
+        const response = await fetch(`http://127.0.0.1:${httpPort}/healthz`, { signal: AbortSignal.timeout(1000) });
+        if (response.ok) break;
+      } catch {
+        // not yet listening
+      }
+      if (Date.now() > deadline) throw new Error(`${site} not ready in 30 s:\n${output}`);
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    this.peers.push(peer);
+    return peer;
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.peers.map((p) => p.stop().catch(() => undefined)));
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/** Polls until `check` returns true; fails with `describe()` after `timeoutMs`. */
+export async function eventually(check: () => Promise<boolean>, timeoutMs: number, describe: () => Promise<string> | string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch {
+      // a peer that is restarting answers nothing for a moment
+    }
+    if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms: ${await describe()}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}

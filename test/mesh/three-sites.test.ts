@@ -1,0 +1,145 @@
+/**
+ * Issue 3, acceptance 2: three real peers in separate processes on loopback. Store at site A; query and
+ * retrieve everything from site C; kill -9 A and B; C still answers C-FIND and C-GET for every
+ * acknowledged instance; restart B with its data directory, then with an empty one: both converge.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MeshCluster, eventually, type PeerProcess } from './support.ts';
+import { runTool } from '../support/dicom-tools.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+
+const instanceCount = 24;
+
+async function storeAll(peer: PeerProcess, files: string[]): Promise<void> {
+  const result = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), ...files], { timeoutMs: 60_000, env: { TCP_NODELAY: '1' } });
+  assert.equal(result.code, 0, `storescu to ${peer.site} failed:\n${result.stderr}`);
+}
+
+async function studyUidsAt(peer: PeerProcess): Promise<string[]> {
+  const result = await runTool('findscu', ['-S', '-aec', 'PACSMESH', '-k', 'QueryRetrieveLevel=STUDY', '-k', 'StudyInstanceUID', '127.0.0.1', String(peer.dicomPort)], { timeoutMs: 30_000 });
+  assert.equal(result.code, 0, result.stderr);
+  return [...(result.stdout + result.stderr).matchAll(/\(0020,000d\) UI \[([0-9.]+)/g)].map((m) => m[1]!).sort();
+}
+
+/** C-GET of one study into a fresh folder; returns the data set bytes of each retrieved file by SOP Instance UID. */
+async function getStudy(peer: PeerProcess, studyUid: string, dir: string): Promise<Map<string, Buffer>> {
+  mkdirSync(dir, { recursive: true });
+  const result = await runTool('getscu', ['-S', '-aec', 'PACSMESH', '-od', dir, '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(peer.dicomPort)], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, result.stderr);
+  const byUid = new Map<string, Buffer>();
+  for (const name of readdirSync(dir)) {
+    const bytes = readFileSync(join(dir, name));
+    const split = splitPart10(bytes);
+    const uid = split.metaElements.find((e) => e.tag === 0x00020003)?.value ?? name;
+    byUid.set(uid, Buffer.from(bytes.subarray(split.datasetOffset)));
+  }
+  return byUid;
+}
+
+test('three sites: store at A, serve everything from C, survive A and B, refill B', { timeout: 240_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  const c = await cluster.start('site-c');
+  await eventually(
+    async () => (await c.status()).members?.filter((m) => m.alive).length === 3,
+    20_000,
+    async () => `members seen by C: ${JSON.stringify((await c.status()).members)}`,
+  );
+
+  const inputDir = join(cluster.root, 'input');
+  mkdirSync(inputDir);
+  const sent = new Map<string, Buffer>();
+  const studies = ['A', 'B', 'C'].map((_, i) => `2.25.${1000 + i}${Date.now()}`);
+  const files: string[] = [];
+  for (let i = 0; i < instanceCount; i++) {
+    const { bytes, resolved } = makeInstanceWithInfo({
+      transferSyntaxUid: i % 2 === 0 ? TransferSyntax.ExplicitVrLittleEndian : TransferSyntax.ImplicitVrLittleEndian,
+      study: { uid: studies[i % 3]! },
+      patient: { id: `MESH${i % 3}` },
+      rows: 128,
+      columns: 128,
+      privateElements: true,
+    });
+    const file = join(inputDir, `${i}.dcm`);
+    writeFileSync(file, bytes);
+    files.push(file);
+    sent.set(resolved.sopInstanceUid, Buffer.from(bytes.subarray(splitPart10(bytes).datasetOffset)));
+  }
+  await storeAll(a, files);
+
+  // Every site holds every acknowledged instance.
+  for (const peer of [a, b, c]) {
+    await eventually(async () => (await peer.status()).instances === instanceCount, 30_000, async () => `${peer.site} holds ${(await peer.status()).instances}`);
+  }
+  assert.deepEqual(await studyUidsAt(c), [...studies].sort());
+  const checkRetrieveAt = async (peer: PeerProcess, label: string) => {
+    let retrieved = 0;
+    for (const study of studies) {
+      const got = await getStudy(peer, study, join(cluster.root, `${label}-${study}`));
+      for (const [uid, dataSet] of got) {
+        assert.ok(sent.get(uid)?.equals(dataSet), `${label}: ${uid} differs from what was sent`);
+        retrieved++;
+      }
+    }
+    assert.equal(retrieved, instanceCount, `${label}: retrieved ${retrieved} of ${instanceCount}`);
+  };
+  await checkRetrieveAt(c, 'c-before');
+
+  // A and B die hard; C alone still answers for everything acknowledged.
+  await a.kill9();
+  await b.kill9();
+  assert.deepEqual(await studyUidsAt(c), [...studies].sort());
+  await checkRetrieveAt(c, 'c-alone');
+
+  // B comes back with its data directory, then as a fresh site-b on an empty disk.
+  const cAddress = (await c.status()).self.multiaddrs!.slice(0, 1);
+  const bAgain = await cluster.start('site-b', { dataDir: b.dataDir, bootstrap: cAddress });
+  await eventually(async () => (await bAgain.status()).instances === instanceCount, 30_000, async () => `restarted B holds ${(await bAgain.status()).instances}`);
+  await bAgain.stop();
+  const bEmpty = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-empty'), bootstrap: cAddress });
+  await eventually(async () => (await bEmpty.status()).instances === instanceCount, 60_000, async () => `empty-disk B holds ${(await bEmpty.status()).instances}`);
+  await checkRetrieveAt(bEmpty, 'b-refilled');
+});
+
+test('a peer with another swarm key, or none, cannot join or read anything', { timeout: 120_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  const otherKey = join(cluster.root, 'other.key');
+  await writeSwarmKeyFileSafe(otherKey);
+  const intruder = await cluster.start('intruder', { swarmKeyFile: otherKey });
+  // Without a key a peer cannot even try: joining a mesh requires one (the libp2p-level refusal of a
+  // keyless node is shown in src/net/node.test.ts).
+  await assert.rejects(cluster.start('keyless', { swarmKeyFile: null, bootstrap: (await a.status()).self.multiaddrs?.slice(0, 1) }), /requires --swarm-key/);
+  await eventually(async () => (await a.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await a.status()).members));
+  const files = [0, 1].map((i) => {
+    const file = join(cluster.root, `secret-${i}.dcm`);
+    writeFileSync(file, makeInstanceWithInfo({ rows: 8, columns: 8 }).bytes);
+    return file;
+  });
+  await storeAll(a, files);
+  await eventually(async () => (await b.status()).instances === 2, 20_000, async () => `B holds ${(await b.status()).instances}`);
+  // Give gossip and repair time to leak, if they could.
+  await new Promise((r) => setTimeout(r, 3000));
+  for (const outsider of [intruder]) {
+    const status = await outsider.status();
+    assert.equal(status.instances, 0, `${outsider.site} received instances`);
+    assert.ok(!(status.members ?? []).some((m) => m.site === 'site-a' || m.site === 'site-b'), `${outsider.site} sees mesh members`);
+  }
+  const seenByA = (await a.status()).members ?? [];
+  assert.ok(!seenByA.some((m) => m.site === 'intruder'), 'the mesh sees an outsider');
+});
+
+async function writeSwarmKeyFileSafe(path: string): Promise<void> {
+  const { writeSwarmKeyFile } = await import('../../src/net/swarm-key.ts');
+  await writeSwarmKeyFile(path);
+}
