@@ -60,7 +60,7 @@ export class MeshCluster {
       '--import', 'tsx', join(repoRoot, 'src/cli.ts'), 'start',
       '--site', site, '--data', dataDir, '--host', '127.0.0.1',
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--p2p-port', String(p2pPort),
-      ...keyArgs, ...bootstrap.flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
+      ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
     ];
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot });
     let output = '';
