@@ -1,6 +1,7 @@
 /**
  * The operators' HTTP port: /healthz for probes and /api/mesh for the state of this peer and its mesh.
  */
+import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
@@ -52,16 +53,9 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   });
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(init.port, init.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address();
+  const port = await listenOn(server, init.port, init.host);
   return {
-    port: typeof address === 'object' && address ? address.port : init.port,
+    port,
     stop: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -2,6 +2,7 @@
  * The DICOM port: a plain `net` server bound to the configured host (dcmjs-dimse's Server cannot bind
  * one address, STACK.md trap 8). Each connection becomes one association actor.
  */
+import { listenOn } from '../runtime/listen.ts';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Ref } from '../runtime/nact.ts';
 import { dispatch } from '../runtime/nact.ts';
@@ -51,16 +52,9 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     );
   });
   server.maxConnections = init.maxAssociations * 2;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(init.port, init.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const address = server.address();
+  const port = await listenOn(server, init.port, init.host);
   return {
-    port: typeof address === 'object' && address ? address.port : init.port,
+    port,
     activeAssociations: () => active.size,
     async stop(graceMs) {
       // close() only stops accepting here; its callback would wait for every connection to end.

@@ -7,23 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
-import type { CatalogEntry } from './catalog-types.ts';
+import { testCatalogEntry } from './fixtures/test-entry.ts';
 
-function entryFor(uid: string) {
-  return (info: { byteLength: number; sha256: string; blobId: string }): CatalogEntry => ({
-    sopInstanceUid: uid,
-    sopClassUid: '1.2.840.10008.5.1.4.1.1.7',
-    studyInstanceUid: '1.2.3',
-    seriesInstanceUid: '1.2.3.0',
-    patientId: 'P',
-    transferSyntaxUid: '1.2.840.10008.1.2.1',
-    byteLength: info.byteLength,
-    sha256: info.sha256,
-    storedAtMs: 0,
-    blobId: info.blobId,
-    attributes: [],
-  });
-}
+const entryFor = testCatalogEntry;
 
 async function readAll(store: ReplicaStore, uid: string): Promise<Buffer> {
   const entry = await store.getEntry(uid);
