@@ -1,0 +1,68 @@
+/**
+ * The comparer must catch real differences, or the interop suite would prove nothing.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { makeInstance, TransferSyntax, uidFromSeed } from '../support/synthetic-dicom.ts';
+import { compareInstances, datasetText, flattenFile, readPart10 } from './compare.ts';
+
+const base = {
+  rows: 8,
+  columns: 8,
+  sopInstanceUid: uidFromSeed('compare-test/1'),
+  study: { uid: uidFromSeed('compare-test/study') },
+  series: { uid: uidFromSeed('compare-test/series') },
+  privateElements: true,
+} as const;
+
+/** Replaces the data set of a Part 10 file (meta kept). */
+function withDataset(file: Uint8Array, dataset: Uint8Array): Uint8Array {
+  const { dataset: old } = readPart10(file);
+  const head = file.subarray(0, file.length - old.length);
+  return Buffer.concat([head, dataset]);
+}
+
+describe('compareInstances', () => {
+  for (const ts of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian, TransferSyntax.DeflatedExplicitVrLittleEndian]) {
+    it(`${ts}: identical files are byte-identical; one changed pixel byte is a difference`, () => {
+      const a = makeInstance({ ...base, transferSyntaxUid: ts });
+      assert.equal(compareInstances(a, a).identity, 'byte-identical');
+      const { flat } = flattenFile(a);
+      assert.equal(datasetText(flat, 0x00080018), base.sopInstanceUid);
+      assert.ok(flat.has('(0009,1001)'), 'private element walked');
+      if (ts === TransferSyntax.DeflatedExplicitVrLittleEndian) return;
+      const b = Uint8Array.from(a);
+      b[b.length - 3] = b[b.length - 3]! ^ 0xff;
+      const cmp = compareInstances(a, b);
+      assert.equal(cmp.identity, 'different');
+      assert.match(cmp.differences.join(), /\(7FE0,0010\) value differs/);
+    });
+  }
+
+  it('tolerates a group length and trailing padding, not a missing element', () => {
+    const a = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+    const { dataset } = readPart10(a);
+    // (0008,0000) UL 4 bytes at the start, and (FFFC,FFFC) OB of 4 zero bytes at the end.
+    const groupLength = Buffer.from([0x08, 0x00, 0x00, 0x00, 0x55, 0x4c, 0x04, 0x00, 0x10, 0x00, 0x00, 0x00]);
+    const padding = Buffer.from([0xfc, 0xff, 0xfc, 0xff, 0x4f, 0x42, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0, 0, 0, 0]);
+    const b = withDataset(a, Buffer.concat([groupLength, dataset, padding]));
+    const cmp = compareInstances(a, b);
+    assert.equal(cmp.identity, 'element-identical', cmp.differences.join('; '));
+    assert.equal(cmp.tolerated.length, 2);
+
+    const c = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, privateElements: false });
+    const missing = compareInstances(a, c);
+    assert.equal(missing.identity, 'different');
+    assert.match(missing.differences.join(), /\(0009,1001\) missing/);
+  });
+
+  it('compares implicit with explicit VR little endian by value, and refuses other syntax changes', () => {
+    const implicit = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
+    const explicit = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+    const cmp = compareInstances(implicit, explicit);
+    assert.equal(cmp.identity, 'element-identical', cmp.differences.join('; '));
+    assert.equal(cmp.transcodedTo, TransferSyntax.ExplicitVrLittleEndian);
+    const bigEndian = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian });
+    assert.equal(compareInstances(explicit, bigEndian).identity, 'different');
+  });
+});
