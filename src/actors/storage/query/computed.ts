@@ -17,6 +17,11 @@ export interface EntityAggregate {
   /** Distinct non-empty Modality values (only when entries were read, not from keys alone). */
   modalities: Set<string>;
   sopClassUids: Set<string>;
+  /**
+   * Every PatientID among the entity's instances: a study filed under two IDs (seen in real data) must
+   * be found from either patient, not only from the ID of its latest instance.
+   */
+  patientIds: Set<string>;
 }
 
 export function createAggregate(): EntityAggregate {
@@ -27,6 +32,7 @@ export function createAggregate(): EntityAggregate {
     instanceCount: 0,
     modalities: new Set(),
     sopClassUids: new Set(),
+    patientIds: new Set(),
   };
 }
 
@@ -40,6 +46,7 @@ export function addInstanceKey(aggregate: EntityAggregate, studyInstanceUid: str
 export function addInstance(aggregate: EntityAggregate, entry: CatalogEntry): void {
   addInstanceKey(aggregate, entry.studyInstanceUid, entry.seriesInstanceUid);
   aggregate.sopClassUids.add(entry.sopClassUid);
+  aggregate.patientIds.add(entry.patientId);
   const modality = entry.attributes.find((element) => element.tag === QueryTags.Modality)?.value;
   if (modality !== undefined) {
     const normalized = normalizeValue('CS', modality);

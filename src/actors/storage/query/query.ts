@@ -494,7 +494,12 @@ async function respond(
   const stored = attributesByTag(aggregate.latest!);
   for (const key of keys) {
     if (key.computed || !key.isMatching) continue;
-    if (!key.matcher.matches(stored.get(key.element.tag)?.value)) return undefined;
+    if (key.matcher.matches(stored.get(key.element.tag)?.value)) continue;
+    // Above IMAGE level an entity may hold instances of several PatientIDs: any of them may match, and
+    // the response then names the one that did.
+    const otherPatientId = key.element.tag === QueryTags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id)) : undefined;
+    if (otherPatientId === undefined) return undefined;
+    stored.set(QueryTags.PatientID, { tag: QueryTags.PatientID, vr: 'LO', value: otherPatientId });
   }
   const computedValues = new Map<Tag, string>();
   for (const key of keys) {
