@@ -9,12 +9,19 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { Level } from 'level';
+import { pack, unpack } from 'msgpackr';
 import type { CatalogEntry } from './catalog-types.ts';
-import { catalogWriteOps, countInstances, getCatalogEntry } from './catalog.ts';
+import { catalogWriteOps, countInstances, getCatalogEntry, prefixRange } from './catalog.ts';
+import type { DebtEntry } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
 
-export type StoreErrorCode = 'ERR_STORE_CLOSED' | 'ERR_STORE_WRITER_STATE' | 'ERR_STORE_CORRUPT';
+export type StoreErrorCode =
+  | 'ERR_STORE_CLOSED'
+  | 'ERR_STORE_WRITER_STATE'
+  | 'ERR_STORE_CORRUPT'
+  /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
+  | 'ERR_STORE_REPLICA_MISMATCH';
 
 export class StoreError extends Error {
   override readonly name = 'StoreError';
@@ -57,6 +64,11 @@ export interface InstanceWriter {
    */
   commit(sopInstanceUid: string, buildEntry: (info: CommitInfo) => CatalogEntry): Promise<CommitResult>;
   abort(): Promise<void>;
+  /**
+   * SHA-256 (hex) of the bytes written so far, without ending the writer: lets custody admit a store
+   * (which needs the hash) before the commit, without hashing every byte twice. Optional for other writers.
+   */
+  sha256SoFar?(): string;
 }
 
 export interface ReplicaStore {
@@ -68,10 +80,28 @@ export interface ReplicaStore {
   /** The stored bytes of an instance, chunk by chunk, in order. */
   readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array>;
   countInstances(): Promise<number>;
+  /**
+   * Stores a copy received from another site: the bytes go into chunks as they arrive, and the one synced
+   * commit happens only after their byteLength and SHA-256 matched `entry` (a mismatch stores nothing and
+   * throws StoreError ERR_STORE_REPLICA_MISMATCH). The entry's catalog data is kept as sent (the catalog
+   * travels with the instance); only `blobId` is local. 'duplicate' when the UID is already stored: then
+   * `bytes` may not have been read at all (the caller drains or drops its source).
+   */
+  putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'>;
+  /** Replication debt, durable (`sync: true`), in one batch: puts first, then deletes. */
+  updateDebt(puts: readonly DebtEntry[], deletes: readonly { sopInstanceUid: string; siteName: string }[]): Promise<void>;
+  /** Every persisted debt entry, in key order. */
+  listDebt(): Promise<DebtEntry[]>;
 }
 
 const blobPrefix = 'b!';
 const uploadMarkerPrefix = 'u!';
+/** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
+const debtPrefix = 'd!';
+
+function debtKeyOf(sopInstanceUid: string, siteName: string): string {
+  return `${debtPrefix}${sopInstanceUid}!${siteName}`;
+}
 
 function chunkKey(blobId: string, sequence: number): string {
   return `${blobPrefix}${blobId}!${sequence.toString(16).padStart(8, '0')}`;
@@ -154,6 +184,50 @@ class LevelReplicaStore implements ReplicaStore {
     return countInstances(this.db);
   }
 
+  async putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'> {
+    if (await this.getEntry(entry.sopInstanceUid)) return 'duplicate';
+    const writer = this.beginWrite();
+    try {
+      for await (const piece of bytes) {
+        if (writer.bytesWritten + piece.byteLength > entry.byteLength) {
+          throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `replica of ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes announced`);
+        }
+        // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
+        await writer.write(new Uint8Array(piece));
+      }
+      const result = await writer.commit(entry.sopInstanceUid, (info) => {
+        if (info.byteLength !== entry.byteLength || info.sha256 !== entry.sha256) {
+          throw new StoreError(
+            'ERR_STORE_REPLICA_MISMATCH',
+            `replica of ${entry.sopInstanceUid} does not match its entry: ${info.byteLength} bytes sha256 ${info.sha256}, expected ${entry.byteLength} bytes sha256 ${entry.sha256}`,
+          );
+        }
+        return { ...entry, blobId: info.blobId };
+      });
+      return result.outcome;
+    } catch (error) {
+      await writer.abort();
+      throw error;
+    }
+  }
+
+  async updateDebt(puts: readonly DebtEntry[], deletes: readonly { sopInstanceUid: string; siteName: string }[]): Promise<void> {
+    if (puts.length === 0 && deletes.length === 0) return;
+    const ops: Array<{ type: 'put'; key: string; value: Uint8Array } | { type: 'del'; key: string }> = [];
+    for (const d of puts) {
+      const entry: DebtEntry = { sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs };
+      ops.push({ type: 'put', key: debtKeyOf(d.sopInstanceUid, d.siteName), value: new Uint8Array(pack(entry)) });
+    }
+    for (const d of deletes) ops.push({ type: 'del', key: debtKeyOf(d.sopInstanceUid, d.siteName) });
+    await this.db.batch(ops, { sync: true });
+  }
+
+  async listDebt(): Promise<DebtEntry[]> {
+    const out: DebtEntry[] = [];
+    for await (const value of this.db.values(prefixRange(debtPrefix))) out.push(unpack(value) as DebtEntry);
+    return out;
+  }
+
   /** Runs `task` after any other commit of the same UID has finished. */
   async serialiseCommit<T>(sopInstanceUid: string, task: () => Promise<T>): Promise<T> {
     const previous = this.commitsInProgress.get(sopInstanceUid) ?? Promise.resolve();
@@ -196,6 +270,10 @@ class LevelInstanceWriter implements InstanceWriter {
     if (this.pendingBytes >= this.store.chunkBytes) this.flushChunk();
     while (this.inFlight.size >= this.store.maxChunkWritesInFlight) await Promise.race(this.inFlight);
     if (this.failure) throw this.failure;
+  }
+
+  sha256SoFar(): string {
+    return this.hash.copy().digest('hex');
   }
 
   private takePending(): Uint8Array {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
+import { bucketOf } from './digest.ts';
 import { effectiveWriteQuorum, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
@@ -187,4 +188,22 @@ test('repair exchange: digests, then keys of differing buckets, then pulls of ex
     [{ type: 'fetch', fromPeerId: 'peer-a', sopInstanceUid: '8.8.1' }],
   );
   assert.ok(!bPulls.effects.some((e) => e.type === 'send'), 'the exchange ends after step 3');
+});
+
+test('a finished pull starts the next queued one; an ack frees a slot for the next owed copy at once', () => {
+  const small = { ...config, fetchesInFlightMax: 1, replicationsInFlightMax: 1, debtEntriesMax: 100 };
+  let s = initCustody(small, { instances: [], debt: [] });
+  const keys = [{ sopInstanceUid: '7.1', sha256: 'a' }, { sopInstanceUid: '7.2', sha256: 'b' }, { sopInstanceUid: '7.3', sha256: 'c' }];
+  const first = run(s, { type: 'messageReceived', from: 'peer-b', message: { type: 'repairKeys', buckets: keys.map((k) => bucketOf(k.sopInstanceUid)), keys, replyWanted: false }, nowMs: 0 });
+  assert.equal(first.effects.filter((e) => e.type === 'fetch').length, 1);
+  const next = run(first.state, { type: 'replicaStored', sopInstanceUid: '7.1', sha256: 'a', fromPeerId: 'peer-b', nowMs: 1 });
+  assert.deepEqual(next.effects.filter((e) => e.type === 'fetch').map((e) => (e.type === 'fetch' ? e.sopInstanceUid : '')), ['7.2']);
+
+  s = initCustody(small, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r1', 'u1', 0).state;
+  const second = store(s, 'r2', 'u2', 0);
+  assert.ok(!second.effects.some((e) => e.type === 'replicate'), 'one transfer in flight at most');
+  const acked = run(second.state, ack('u1', 'site-b', 5));
+  assert.deepEqual(acked.effects.filter((e) => e.type === 'replicate'), [{ type: 'replicate', toPeerId: 'peer-b', toSiteName: 'site-b', sopInstanceUid: 'u2' }]);
 });

@@ -53,6 +53,12 @@ export interface CustodyState {
   readonly replicationsInFlight: Map<string, number>;
   /** uid -> time the pull started. */
   readonly fetchesInFlight: Map<string, number>;
+  /**
+   * uid -> peer to pull from: keys a repair exchange found missing beyond fetchesInFlightMax (at most
+   * repairKeysMax). Each finished pull starts the next one, so a large difference does not wait one
+   * repair round per fetchesInFlightMax keys (volatile: the next exchange finds whatever is left).
+   */
+  readonly pullQueue: Map<string, string>;
   members: readonly MemberRecord[];
   nextRepairAtMs: number;
   /** Round-robin position over repair partners, so that every differing peer gets its turn. */
@@ -87,6 +93,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     pending: new Map(),
     replicationsInFlight: new Map(),
     fetchesInFlight: new Map(),
+    pullQueue: new Map(),
     members: [],
     nextRepairAtMs: 0,
     repairCursor: 0,
@@ -117,12 +124,14 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       break;
     case 'replicaStored':
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
+      pullNext(state, input.nowMs, effects);
       break;
     case 'replicationFailed':
       state.replicationsInFlight.delete(debtKey(input.sopInstanceUid, input.toSiteName));
       break;
     case 'fetchFailed':
       state.fetchesInFlight.delete(input.sopInstanceUid);
+      pullNext(state, input.nowMs, effects);
       break;
     case 'messageReceived':
       onMessage(state, input.from, input.message, input.nowMs, effects);
@@ -218,6 +227,7 @@ function onReplicaStored(
   effects: CustodyEffect[],
 ): void {
   state.fetchesInFlight.delete(sopInstanceUid);
+  state.pullQueue.delete(sopInstanceUid);
   if (digestAdd(state.digest, sopInstanceUid, sha256)) pushStats(state, effects);
   // Acknowledge even a copy we already had: the sender may still owe it to this site.
   effects.push({
@@ -272,10 +282,11 @@ function onReplicaAck(
   nowMs: number,
   effects: CustodyEffect[],
 ): void {
-  void nowMs;
   const key = debtKey(sopInstanceUid, siteName);
-  state.replicationsInFlight.delete(key);
+  const wasInFlight = state.replicationsInFlight.delete(key);
   if (state.debt.delete(key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
+  // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
+  if (wasInFlight) drainDebt(state, nowMs, effects);
   for (const pending of [...state.pending.values()]) {
     if (pending.sopInstanceUid !== sopInstanceUid) continue;
     pending.sitesHolding.add(siteName);
@@ -290,10 +301,24 @@ function onReplicaAck(
 
 function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], nowMs: number, effects: CustodyEffect[]): void {
   for (const k of keys) {
-    if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
     if (state.fetchesInFlight.has(k.sopInstanceUid)) continue;
+    if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) {
+      if (state.pullQueue.size < state.config.repairKeysMax) state.pullQueue.set(k.sopInstanceUid, from);
+      continue;
+    }
     state.fetchesInFlight.set(k.sopInstanceUid, nowMs);
     effects.push({ type: 'fetch', fromPeerId: from, sopInstanceUid: k.sopInstanceUid });
+  }
+}
+
+/** Starts queued pulls while there is room, skipping keys that arrived meanwhile. */
+function pullNext(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
+  for (const [uid, from] of state.pullQueue) {
+    if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
+    state.pullQueue.delete(uid);
+    if (digestHas(state.digest, uid) || state.fetchesInFlight.has(uid)) continue;
+    state.fetchesInFlight.set(uid, nowMs);
+    effects.push({ type: 'fetch', fromPeerId: from, sopInstanceUid: uid });
   }
 }
 

@@ -1,0 +1,493 @@
+/**
+ * The custody actor: a thin nact actor around the pure custody reducer (logic.ts). It feeds the reducer
+ * its inputs (ticks, membership views, stores from the ingest port, replicas and custody messages from the
+ * stream protocols of ../replication.ts) and performs the effects:
+ *   writeLocal      -> the association's writer commits (see ../mesh-ingest.ts), then localWriteDone
+ *   ackStore        -> the waiting C-STORE gets its status, once the debt of the same step is durable
+ *   persistDebt / removeDebt -> one synced LevelDB batch per step, in step order
+ *   replicate       -> /pacs-mesh/replicate/1; 'stored' or 'have' is the site's replicaAck
+ *   fetch           -> /pacs-mesh/fetch/1 into the store, then replicaStored (which acks the source)
+ *   send            -> /pacs-mesh/custody/1 through a bounded queue (a dropped message is repeated or repaired)
+ * The reducer bounds replications and fetches in flight; this file bounds the send queue.
+ *
+ * Timers are messages: a tick every `tickIntervalMs` drives quorum timeouts, retries, debt drain and repair.
+ *
+ * Supervision: everything acknowledged is durable before its ack (instances by the store's synced commit,
+ * debt by the synced batch that precedes the ack), so a crash loses only volatile work. The actor's state
+ * is `null` until loaded; nact's 'reset' brings it back to `null`, and the next message reloads the durable
+ * state (catalog -> held set, debt table) and the last membership view. Stores waiting at the time of a
+ * crash are answered 0xA700 (the modality retries; a retry of a stored instance is a duplicate).
+ */
+import { randomUUID } from 'node:crypto';
+import type { IngestPort } from '../../association/services/deps.ts';
+import type { MemberRecord } from '../../membership/messages.ts';
+import type { Clock, TimerHandle } from '../../runtime/clock.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
+import type { CatalogEntry } from '../catalog-types.ts';
+import { iterateCatalog } from '../catalog.ts';
+import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
+import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
+import type { ReplicaStore } from '../replica-store.ts';
+import { fetchFrom, replicateTo, sendCustodyMessage, serveReplication, type ReplicationLimits, type ReplicationServer } from '../replication.ts';
+import type { MeshNode } from '../../../net/node.ts';
+import { custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry, type InstanceKey } from './messages.ts';
+
+export interface CustodyStats {
+  instanceCount: number;
+  digestRoot: string;
+  queuedWork: number;
+  debtEntries: number;
+}
+
+export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' | 'selfSiteName' | 'writeQuorum' | 'quorumTimeoutMs'>> {
+  /** Period of the tick message. Default 250 ms. */
+  tickIntervalMs?: number;
+  /** Custody messages waiting to be sent; beyond it new ones are dropped (they are repeated or repaired). */
+  sendsQueuedMax?: number;
+  /** Custody message streams open at once. */
+  sendsInFlightMax?: number;
+}
+
+export interface CustodyServiceInit {
+  node: MeshNode;
+  store: ReplicaStore;
+  siteName: string;
+  peerId: string;
+  writeQuorum: number | 'auto';
+  quorumTimeoutMs?: number;
+  clock: Clock;
+  log: Logger;
+  /** nact parent of the custody actor. */
+  parent: Ref<any>;
+  tuning?: CustodyTuning;
+  limits?: Partial<ReplicationLimits>;
+  /** Supervision decision on a crash of the custody actor. Default 'reset' (durable state reloaded). */
+  onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
+}
+
+export interface CustodyService {
+  /** For the association actors (C-STORE). */
+  readonly ingest: IngestPort;
+  /** Retrieve anywhere: ensureLocal / resolveRetrieveEverywhere (see ../remote-retrieve.ts). */
+  readonly retrieve: RemoteRetrieve;
+  /** Called by the peer whenever membership changes (the whole view, self included). */
+  onViewChanged(members: readonly MemberRecord[]): void;
+  stats(): CustodyStats;
+  /** Feeds membership heartbeats; returns the unsubscribe function. */
+  onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
+  /** Makes the actor throw on its next message (supervision tests). */
+  crashForTest(reason?: string): void;
+  stop(): Promise<void>;
+}
+
+export type CustodyErrorCode = 'ERR_CUSTODY_CRASH_TEST' | 'ERR_CUSTODY_STOPPED' | 'ERR_CUSTODY_DEBT_WRITE';
+
+export class CustodyError extends Error {
+  static readonly NAME = 'CustodyError';
+  override readonly name = CustodyError.NAME;
+  constructor(
+    readonly code: CustodyErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+type CustodyMsg =
+  | { readonly type: 'load' }
+  | { readonly type: 'tick' }
+  /** `viaStream`: a replica pushed to us, already acknowledged on its stream: no replicaAck message. */
+  | { readonly type: 'input'; readonly input: CustodyInput; readonly viaStream?: boolean }
+  | { readonly type: 'crash'; readonly reason: string };
+
+export const defaultCustodyTuning = {
+  debtEntriesMax: 1_000_000,
+  pendingStoresMax: 256,
+  replicationsInFlightMax: 8,
+  replicationRetryMs: 30_000,
+  repairIntervalMs: 2_000,
+  repairKeysMax: 2_000,
+  fetchesInFlightMax: 8,
+  tickIntervalMs: 250,
+  sendsQueuedMax: 256,
+  sendsInFlightMax: 8,
+} as const;
+
+interface StoreWaiter {
+  readonly sopInstanceUid: string;
+  readonly writeLocal: () => void;
+  readonly answer: (answer: StoreAnswer) => void;
+}
+
+export async function startCustody(init: CustodyServiceInit): Promise<CustodyService> {
+  const { node, store, clock } = init;
+  const log = init.log.child({ component: 'custody' });
+  const tuning = { ...defaultCustodyTuning, ...init.tuning };
+  const config: CustodyConfig = {
+    selfPeerId: init.peerId,
+    selfSiteName: init.siteName,
+    writeQuorum: init.writeQuorum,
+    quorumTimeoutMs: init.quorumTimeoutMs ?? 10_000,
+    debtEntriesMax: tuning.debtEntriesMax,
+    pendingStoresMax: tuning.pendingStoresMax,
+    replicationsInFlightMax: tuning.replicationsInFlightMax,
+    replicationRetryMs: tuning.replicationRetryMs,
+    repairIntervalMs: tuning.repairIntervalMs,
+    repairKeysMax: tuning.repairKeysMax,
+    fetchesInFlightMax: tuning.fetchesInFlightMax,
+  };
+
+  let stopped = false;
+  const shutdown = new AbortController();
+  let members: readonly MemberRecord[] = [];
+  const waiters = new Map<string, StoreWaiter>();
+  const tasks = new Set<Promise<unknown>>();
+  /** Debt batches, one per step, in step order; acks of a step wait for its batch. */
+  let debtChain: Promise<boolean> = Promise.resolve(true);
+  let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0 };
+  const statsListeners = new Set<(stats: CustodyStats) => void>();
+  const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
+  let sendsInFlight = 0;
+  let loaded: (() => void) | undefined;
+  const ready = new Promise<void>((resolve) => (loaded = resolve));
+
+  const send = (msg: CustodyMsg): void => {
+    if (!stopped) dispatch(ref, msg);
+  };
+  const input = (i: CustodyInput, viaStream = false): void => send({ type: 'input', input: i, viaStream });
+  const track = <T>(p: Promise<T>): void => {
+    const t = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    tasks.add(t);
+    void t.finally(() => tasks.delete(t));
+  };
+
+  async function loadDurable(): Promise<CustodyState> {
+    const instances: InstanceKey[] = [];
+    for await (const entry of iterateCatalog(store.db)) instances.push({ sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256 });
+    const debt: DebtEntry[] = await store.listDebt();
+    log.info('custody loaded', { instances: instances.length, debtEntries: debt.length });
+    return initCustody(config, { instances, debt });
+  }
+
+  function publishStats(state: CustodyState): void {
+    const s = custodyStats(state);
+    const next: CustodyStats = { ...s, debtEntries: state.debt.size };
+    if (
+      next.instanceCount === current.instanceCount &&
+      next.digestRoot === current.digestRoot &&
+      next.queuedWork === current.queuedWork &&
+      next.debtEntries === current.debtEntries
+    ) {
+      return;
+    }
+    current = next;
+    for (const listener of statsListeners) {
+      try {
+        listener(next);
+      } catch (error) {
+        log.warn('stats listener threw', { error: String(error) });
+      }
+    }
+  }
+
+  function perform(effects: readonly CustodyEffect[], viaStreamFrom: string | undefined): void {
+    const puts: DebtEntry[] = [];
+    const dels: Array<{ sopInstanceUid: string; siteName: string }> = [];
+    const acks: Array<Extract<CustodyEffect, { type: 'ackStore' }>> = [];
+    for (const e of effects) {
+      switch (e.type) {
+        case 'writeLocal': {
+          const waiter = waiters.get(e.requestId);
+          if (waiter === undefined) input({ type: 'localWriteDone', requestId: e.requestId, ok: false, nowMs: clock.nowMs() });
+          else waiter.writeLocal();
+          break;
+        }
+        case 'ackStore':
+          acks.push(e);
+          break;
+        case 'persistDebt':
+          puts.push(e.entry);
+          break;
+        case 'removeDebt':
+          dels.push({ sopInstanceUid: e.sopInstanceUid, siteName: e.siteName });
+          break;
+        case 'replicate':
+          track(replicate(e.toPeerId, e.toSiteName, e.sopInstanceUid));
+          break;
+        case 'fetch':
+          track(pull(e.fromPeerId, e.sopInstanceUid));
+          break;
+        case 'send':
+          if (viaStreamFrom !== undefined && e.to === viaStreamFrom && e.message.type === 'replicaAck') break;
+          enqueueSend(e.to, e.message);
+          break;
+        case 'statsChanged':
+          // Stats are recomputed after every step (they include the debt size, which this effect lacks).
+          break;
+        default: {
+          const unreachable: never = e;
+          throw new Error(`unhandled custody effect ${JSON.stringify(unreachable)}`);
+        }
+      }
+    }
+    if (puts.length > 0 || dels.length > 0) {
+      debtChain = debtChain.then(() =>
+        store.updateDebt(puts, dels).then(
+          () => true,
+          (error: unknown) => {
+            log.error('debt write failed', { error: String((error as Error)?.message ?? error) });
+            // The reducer believes the debt is durable: reload it from disk by crashing the actor.
+            send({ type: 'crash', reason: 'debt write failed' });
+            return false;
+          },
+        ),
+      );
+    }
+    if (acks.length > 0) {
+      const durable = debtChain;
+      track(
+        durable.then((ok) => {
+          for (const a of acks) {
+            const waiter = waiters.get(a.requestId);
+            if (waiter === undefined) continue;
+            if (!ok && a.status === StoreStatus.Success) {
+              waiter.answer({ status: StoreStatus.OutOfResources, errorComment: 'replication debt could not be made durable' });
+            } else if (a.status === StoreStatus.Success) {
+              waiter.answer({ status: a.status });
+            } else {
+              waiter.answer({
+                status: a.status,
+                errorComment:
+                  a.quorum === 0
+                    ? 'custody busy: too many stores pending or replication debt at its bound'
+                    : `write quorum ${a.quorum} not reached in time (held at ${a.sitesHolding.join(', ') || 'no site'})`,
+              });
+            }
+          }
+        }),
+      );
+    }
+  }
+
+  async function replicate(toPeerId: string, toSiteName: string, sopInstanceUid: string): Promise<void> {
+    try {
+      const entry = await store.getEntry(sopInstanceUid);
+      if (entry === undefined) throw new Error(`${sopInstanceUid} is not stored here`);
+      const result = await replicateTo(node, toPeerId, store, entry, { limits: init.limits, signal: shutdown.signal });
+      input({
+        type: 'messageReceived',
+        from: toPeerId,
+        message: { type: 'replicaAck', sopInstanceUid, siteName: result.siteName },
+        nowMs: clock.nowMs(),
+      });
+    } catch (error) {
+      if (!stopped) log.warn('replication failed', { sopInstanceUid, to: toPeerId, site: toSiteName, error: String((error as Error)?.message ?? error) });
+      input({ type: 'replicationFailed', sopInstanceUid, toSiteName, nowMs: clock.nowMs() });
+    }
+  }
+
+  async function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
+    try {
+      const result = await fetchFrom(node, fromPeerId, store, sopInstanceUid, { limits: init.limits, signal: shutdown.signal });
+      if (result === undefined) {
+        input({ type: 'fetchFailed', sopInstanceUid, nowMs: clock.nowMs() });
+        return;
+      }
+      input({ type: 'replicaStored', sopInstanceUid, sha256: result.entry.sha256, fromPeerId, nowMs: clock.nowMs() });
+    } catch (error) {
+      if (!stopped) log.warn('repair pull failed', { sopInstanceUid, from: fromPeerId, error: String((error as Error)?.message ?? error) });
+      input({ type: 'fetchFailed', sopInstanceUid, nowMs: clock.nowMs() });
+    }
+  }
+
+  function enqueueSend(to: string, message: CustodyMessage): void {
+    if (sendQueue.length >= tuning.sendsQueuedMax) {
+      log.warn('custody send queue full: message dropped', { to, type: message.type });
+      return;
+    }
+    sendQueue.push({ to, message });
+    pumpSends();
+  }
+
+  function pumpSends(): void {
+    while (!stopped && sendsInFlight < tuning.sendsInFlightMax && sendQueue.length > 0) {
+      const { to, message } = sendQueue.shift()!;
+      sendsInFlight++;
+      track(
+        sendCustodyMessage(node, to, message, { limits: init.limits, signal: shutdown.signal })
+          .catch((error: unknown) => {
+            if (!stopped) log.warn('custody message not delivered', { to, type: message.type, error: String((error as Error)?.message ?? error) });
+          })
+          .finally(() => {
+            sendsInFlight--;
+            pumpSends();
+          }),
+      );
+    }
+  }
+
+  function failWaiters(comment: string): void {
+    for (const [requestId, waiter] of [...waiters]) {
+      waiters.delete(requestId);
+      waiter.answer({ status: StoreStatus.OutOfResources, errorComment: comment });
+    }
+  }
+
+  async function reload(): Promise<CustodyState> {
+    let state = await loadDurable();
+    const step = stepCustody(state, { type: 'viewChanged', members, nowMs: clock.nowMs() });
+    state = step.state;
+    perform(step.effects, undefined);
+    publishStats(state);
+    return state;
+  }
+
+  const ref: Ref<CustodyMsg> = spawnActor<CustodyState | null, CustodyMsg>(init.parent, {
+    name: 'custody',
+    // null: load the durable state on the next message; nact's 'reset' brings the actor back to it.
+    initialState: null,
+    async handle(state, message) {
+      if (message.type === 'crash') throw new CustodyError('ERR_CUSTODY_CRASH_TEST', `custody actor crashed on request: ${message.reason}`);
+      const s = state ?? (await reload());
+      if (message.type === 'load') {
+        loaded?.();
+        return s;
+      }
+      const i: CustodyInput = message.type === 'tick' ? { type: 'tick', nowMs: clock.nowMs() } : message.input;
+      const step = stepCustody(s, i);
+      const viaStreamFrom = message.type === 'input' && message.viaStream && i.type === 'replicaStored' ? i.fromPeerId : undefined;
+      perform(step.effects, viaStreamFrom);
+      publishStats(step.state);
+      return step.state;
+    },
+    onCrash: async (error) => {
+      log.error('custody actor crashed', { error: String((error as Error)?.message ?? error) });
+      // Volatile work is lost with the state: answer the stores still waiting (the modality retries).
+      failWaiters('custody restarted while the store waited for its quorum');
+      const decision = init.onCrash ? await init.onCrash(error) : 'reset';
+      if (decision === 'reset') log.info('custody actor reset: durable state reloads on its next message');
+      return decision;
+    },
+  });
+
+  const gate: CustodyGate = {
+    submitStore(sopInstanceUid, sha256, writeLocal): StoreTicket {
+      let resolveWritten!: (ok: boolean) => void;
+      let resolveAnswer!: (answer: StoreAnswer) => void;
+      const written = new Promise<boolean>((resolve) => (resolveWritten = resolve));
+      const answer = new Promise<StoreAnswer>((resolve) => (resolveAnswer = resolve));
+      if (stopped) {
+        resolveWritten(false);
+        resolveAnswer({ status: StoreStatus.OutOfResources, errorComment: 'custody is stopped' });
+        return { written, answer };
+      }
+      const requestId = randomUUID();
+      let writeStarted = false;
+      waiters.set(requestId, {
+        sopInstanceUid,
+        writeLocal: () => {
+          writeStarted = true;
+          track(
+            writeLocal().then((ok) => {
+              resolveWritten(ok);
+              input({ type: 'localWriteDone', requestId, ok, nowMs: clock.nowMs() });
+            }),
+          );
+        },
+        answer: (a) => {
+          waiters.delete(requestId);
+          // A store answered before its write started (refused) never writes; a running write settles itself.
+          if (!writeStarted) resolveWritten(false);
+          resolveAnswer(a);
+        },
+      });
+      input({ type: 'storeRequested', requestId, sopInstanceUid, sha256, nowMs: clock.nowMs() });
+      return { written, answer };
+    },
+  };
+
+  const peersToAsk = (): string[] =>
+    members
+      .filter((m) => m.status === 'alive' && m.peerId !== init.peerId)
+      .slice()
+      .sort((a, b) => b.instanceCount - a.instanceCount)
+      .map((m) => m.peerId);
+
+  const retrieve = createRemoteRetrieve({
+    node,
+    store,
+    log,
+    peers: peersToAsk,
+    limits: init.limits,
+    signal: shutdown.signal,
+    onFetched: (entry: CatalogEntry, fromPeerId: string) =>
+      input({ type: 'replicaStored', sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256, fromPeerId, nowMs: clock.nowMs() }),
+  });
+
+  let server: ReplicationServer | undefined;
+  let timer: TimerHandle | undefined;
+  try {
+    send({ type: 'load' });
+    await ready;
+    server = await serveReplication({
+      node,
+      store,
+      siteName: init.siteName,
+      log,
+      limits: init.limits,
+      onReplicaStored: (entry, fromPeerId) =>
+        input({ type: 'replicaStored', sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256, fromPeerId, nowMs: clock.nowMs() }, true),
+      onCustodyMessage: (from, message) => input({ type: 'messageReceived', from, message, nowMs: clock.nowMs() }),
+    });
+  } catch (error) {
+    stopped = true;
+    stopActor(ref);
+    throw error;
+  }
+
+  const scheduleTick = (): void => {
+    timer = clock.setTimeout(() => {
+      if (stopped) return;
+      send({ type: 'tick' });
+      scheduleTick();
+    }, tuning.tickIntervalMs);
+  };
+  scheduleTick();
+
+  let stopping: Promise<void> | undefined;
+  return {
+    ingest: createMeshIngest(store, gate),
+    retrieve,
+    onViewChanged(view) {
+      members = view;
+      input({ type: 'viewChanged', members: view, nowMs: clock.nowMs() });
+    },
+    stats: () => ({ ...current }),
+    onStatsChanged(listener) {
+      statsListeners.add(listener);
+      return () => statsListeners.delete(listener);
+    },
+    crashForTest(reason = 'test') {
+      send({ type: 'crash', reason });
+    },
+    stop: () =>
+      (stopping ??= (async () => {
+        stopped = true;
+        clock.clearTimeout(timer);
+        await server?.stop();
+        shutdown.abort(new CustodyError('ERR_CUSTODY_STOPPED', 'custody stopped'));
+        stopActor(ref);
+        failWaiters('custody stopped');
+        sendQueue.length = 0;
+        await Promise.allSettled([...tasks]);
+        // Debt already handed to the store must reach the disk before the store closes.
+        await debtChain;
+      })()),
+  };
+}

@@ -1,0 +1,147 @@
+/**
+ * Retrieve anywhere: C-GET/C-MOVE at a site serve instances that have not reached it yet by asking alive
+ * peers which instances an identifier selects (/pacs-mesh/query/1) and pulling the missing ones
+ * (/pacs-mesh/fetch/1) into the local store, verified and durable, before sending them.
+ *
+ * Call from the C-GET/C-MOVE path (instead of iterating resolveRetrieve on the local db):
+ *   const { entries } = await retrieve.resolveRetrieveEverywhere(request, { limit: maxRetrieveInstances });
+ *   for (const e of entries) { const local = await retrieve.ensureLocal(e); if (!local) { failed++; continue }
+ *     ... send store.readInstance(local) ... }
+ * ensureLocal returns the LOCAL entry (its blobId is this store's), so always read through what it returns.
+ *
+ * Bounded: at most `peersAskedMax` peers per resolution, `limit` entries per peer, one pull per UID at a
+ * time (concurrent callers share it), a bounded memory of which peer reported which UID.
+ */
+import type { MeshNode } from '../../net/node.ts';
+import type { Logger } from '../runtime/logger.ts';
+import type { CatalogEntry } from './catalog-types.ts';
+import { resolveRetrieve, type QueryRequest } from './query/query.ts';
+import type { ReplicaStore } from './replica-store.ts';
+import { fetchFrom, queryPeer, type ReplicationLimits } from './replication.ts';
+
+export interface RemoteRetrieveInit {
+  node: MeshNode;
+  store: ReplicaStore;
+  log: Logger;
+  /** Alive peers to ask (self excluded), best first. */
+  peers(): string[];
+  /** A copy pulled here is durable: custody adds it to its digest and acknowledges the source. */
+  onFetched?(entry: CatalogEntry, fromPeerId: string): void;
+  limits?: Partial<ReplicationLimits>;
+  /** Aborts every transfer (shutdown). */
+  signal?: AbortSignal;
+  /** Peers asked per resolution. Default 8. */
+  peersAskedMax?: number;
+  /** Remembered UID -> peer hints. Default 100,000. */
+  hintsMax?: number;
+}
+
+export interface ResolveOptions {
+  /** Most entries returned (and asked of each peer). Default 100,000. */
+  limit?: number;
+  signal?: AbortSignal;
+}
+
+export interface ResolveResult {
+  /** Local matches first, then those only peers hold, each UID once. */
+  entries: CatalogEntry[];
+  /** More matched than `limit` (here or at a peer). */
+  truncated: boolean;
+  /** Peers that did not answer (their instances may be missing from `entries`). */
+  peersFailed: string[];
+}
+
+export interface RemoteRetrieve {
+  /**
+   * The local entry of an instance, pulling it from an alive peer first when it is not here yet.
+   * undefined when no alive peer has it.
+   */
+  ensureLocal(entryOrUid: CatalogEntry | string, options?: { signal?: AbortSignal }): Promise<CatalogEntry | undefined>;
+  /** resolveRetrieve over the local catalog and every alive peer's, merged. Throws QueryError like resolveRetrieve. */
+  resolveRetrieveEverywhere(request: QueryRequest, options?: ResolveOptions): Promise<ResolveResult>;
+}
+
+export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
+  const { node, store, log } = init;
+  const peersAskedMax = init.peersAskedMax ?? 8;
+  const hintsMax = init.hintsMax ?? 100_000;
+  /** uid -> peer that reported it in a resolution: asked first by ensureLocal. */
+  const hints = new Map<string, string>();
+  const pulls = new Map<string, Promise<CatalogEntry | undefined>>();
+
+  const remember = (uid: string, peerId: string): void => {
+    hints.delete(uid);
+    hints.set(uid, peerId);
+    if (hints.size > hintsMax) hints.delete(hints.keys().next().value!);
+  };
+
+  const signalOf = (signal?: AbortSignal): AbortSignal | undefined =>
+    signal && init.signal ? AbortSignal.any([signal, init.signal]) : (signal ?? init.signal);
+
+  async function pull(uid: string, signal?: AbortSignal): Promise<CatalogEntry | undefined> {
+    const hinted = hints.get(uid);
+    const candidates = [...new Set([...(hinted ? [hinted] : []), ...init.peers()])];
+    for (const peerId of candidates) {
+      try {
+        const result = await fetchFrom(node, peerId, store, uid, { limits: init.limits, signal });
+        if (result === undefined) continue;
+        if (result.outcome === 'stored') init.onFetched?.(result.entry, peerId);
+        hints.delete(uid);
+        return result.entry;
+      } catch (error) {
+        log.warn('remote retrieve: pull failed', { sopInstanceUid: uid, from: peerId, error: String((error as Error)?.message ?? error) });
+      }
+    }
+    return undefined;
+  }
+
+  return {
+    async ensureLocal(entryOrUid, options = {}) {
+      const uid = typeof entryOrUid === 'string' ? entryOrUid : entryOrUid.sopInstanceUid;
+      const local = await store.getEntry(uid);
+      if (local !== undefined) return local;
+      let running = pulls.get(uid);
+      if (running === undefined) {
+        running = pull(uid, signalOf(options.signal)).finally(() => pulls.delete(uid));
+        pulls.set(uid, running);
+      }
+      return running;
+    },
+
+    async resolveRetrieveEverywhere(request, options = {}) {
+      const limit = options.limit ?? 100_000;
+      const signal = signalOf(options.signal);
+      const byUid = new Map<string, CatalogEntry>();
+      let truncated = false;
+      for await (const entry of resolveRetrieve(store.db, request)) {
+        if (byUid.size >= limit) {
+          truncated = true;
+          break;
+        }
+        byUid.set(entry.sopInstanceUid, entry);
+      }
+      const peers = init.peers().slice(0, peersAskedMax);
+      const answers = await Promise.allSettled(peers.map((peerId) => queryPeer(node, peerId, request, limit, { limits: init.limits, signal })));
+      const peersFailed: string[] = [];
+      answers.forEach((answer, i) => {
+        const peerId = peers[i]!;
+        if (answer.status === 'rejected') {
+          peersFailed.push(peerId);
+          log.warn('remote retrieve: peer did not resolve', { peer: peerId, error: String((answer.reason as Error)?.message ?? answer.reason) });
+          return;
+        }
+        truncated ||= answer.value.truncated;
+        for (const entry of answer.value.entries) {
+          if (byUid.has(entry.sopInstanceUid)) continue;
+          if (byUid.size >= limit) {
+            truncated = true;
+            return;
+          }
+          byUid.set(entry.sopInstanceUid, entry);
+          remember(entry.sopInstanceUid, peerId);
+        }
+      });
+      return { entries: [...byUid.values()], truncated, peersFailed };
+    },
+  };
+}

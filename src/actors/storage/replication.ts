@@ -1,0 +1,520 @@
+/**
+ * The custody stream protocols between sites. Every frame is a uint32-length-prefixed versioned envelope
+ * (src/codec/envelope.ts); instance bytes follow as `uint64 BE length | bytes`, read through the bounded
+ * StreamReader (back-pressure both ways, memory independent of instance size).
+ *
+ * /pacs-mesh/replicate/1 (push one instance to a site):
+ *   C: {type:'offer', entry}                 S: {type:'have', siteName} | {type:'want'} | {type:'refused', code, message}
+ *   C (after 'want'): u64 length, bytes, close S: {type:'stored', siteName} | {type:'refused', code, message}
+ *   The offer/want step lets a site that already holds the instance (modality retry, debt replayed after a
+ *   restart) answer at once instead of receiving the bytes again: work follows the difference.
+ *   'stored' is sent only after the receiver verified byteLength + SHA-256 and made the copy durable, so the
+ *   sender's custody takes it (or 'have') as the replicaAck of that site: the receiver does NOT also send a
+ *   replicaAck on /custody/1 for a pushed copy (one acknowledgement path per transfer).
+ * /pacs-mesh/fetch/1 (pull one instance):
+ *   C: {type:'fetch', sopInstanceUid}, close S: {type:'instance', entry} + u64 length + bytes | {type:'missing'} | refused
+ * /pacs-mesh/custody/1 (one small custody message per stream: replicaAck, repairDigest, repairKeys):
+ *   C: CustodyMessage envelope, close        S: closes (no answer: every custody message is repeated or repaired)
+ * /pacs-mesh/query/1 (retrieve resolution at a peer, for retrieve-anywhere):
+ *   C: {type:'retrieve', request, limit}     S: {type:'entries', entries}* then {type:'end', truncated} | refused
+ *
+ * Bounds: concurrent inbound streams per protocol (excess is refused with ERR_REPLICATION_BUSY, never queued),
+ * frame sizes, body length, and a deadline per stream. A malformed request is answered 'refused' and the
+ * stream closed; nothing a peer sends can throw out of a handler.
+ */
+import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
+import type { MeshNode } from '../../net/node.ts';
+import type { MeshStream } from '../../net/stream.ts';
+import type { Logger } from '../runtime/logger.ts';
+import type { CatalogEntry } from './catalog-types.ts';
+import { isValidUid } from './catalog.ts';
+import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
+import { resolveRetrieve, type QueryRequest } from './query/query.ts';
+import type { ReplicaStore } from './replica-store.ts';
+
+export const REPLICATE_PROTOCOL = '/pacs-mesh/replicate/1';
+export const FETCH_PROTOCOL = '/pacs-mesh/fetch/1';
+export const CUSTODY_PROTOCOL = '/pacs-mesh/custody/1';
+export const QUERY_PROTOCOL = '/pacs-mesh/query/1';
+
+export type ReplicationErrorCode =
+  | 'ERR_REPLICATION_BUSY'
+  | 'ERR_REPLICATION_REFUSED'
+  | 'ERR_REPLICATION_MALFORMED'
+  | 'ERR_REPLICATION_MISMATCH';
+
+export class ReplicationError extends Error {
+  static readonly NAME = 'ReplicationError';
+  override readonly name = ReplicationError.NAME;
+  readonly code: ReplicationErrorCode;
+  constructor(code: ReplicationErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export interface ReplicationLimits {
+  /** Largest header / answer frame (a catalog entry with its attributes). */
+  frameBytesMax: number;
+  /** Largest instance accepted. */
+  bodyBytesMax: number;
+  /** Largest custody message (a repairKeys message of repairKeysMax keys fits well below). */
+  custodyMessageBytesMax: number;
+  /** Concurrent inbound streams per protocol, all peers together. */
+  inboundReplicationsMax: number;
+  inboundFetchesMax: number;
+  inboundCustodyMessagesMax: number;
+  inboundQueriesMax: number;
+  /** Entries a query answer may carry. */
+  queryEntriesMax: number;
+  /** Deadline of one whole transfer (replicate, fetch) and of one small exchange. */
+  transferTimeoutMs: number;
+  exchangeTimeoutMs: number;
+}
+
+export const defaultReplicationLimits: ReplicationLimits = {
+  frameBytesMax: 1024 * 1024,
+  bodyBytesMax: 8 * 1024 * 1024 * 1024,
+  custodyMessageBytesMax: 1024 * 1024,
+  inboundReplicationsMax: 16,
+  inboundFetchesMax: 16,
+  inboundCustodyMessagesMax: 32,
+  inboundQueriesMax: 4,
+  queryEntriesMax: 100_000,
+  transferTimeoutMs: 10 * 60_000,
+  exchangeTimeoutMs: 15_000,
+};
+
+type Refused = { type: 'refused'; code: string; message: string };
+type OfferAnswer = { type: 'have'; siteName: string } | { type: 'want' } | Refused;
+type StoredAnswer = { type: 'stored'; siteName: string } | Refused;
+type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing' } | Refused;
+type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
+
+/** Query answers are cut into frames of about this many bytes of entries. */
+const queryFrameBytesTarget = 256 * 1024;
+
+// ---------------------------------------------------------------- framing
+
+async function writeFrameEnvelope<T extends { type: string }>(stream: MeshStream, message: T, maxBytes: number, signal: AbortSignal): Promise<void> {
+  await stream.writer.writeFrame(encodeEnvelope(message, { maxBytes }), { signal });
+}
+
+async function readRequestFrame<T extends { type: string }>(stream: MeshStream, maxBytes: number, signal: AbortSignal): Promise<T> {
+  return decodeEnvelope<T>(await stream.reader.readFrame(maxBytes, { signal }), { maxBytes });
+}
+
+/**
+ * putReplica, then reads whatever of the body it did not (a duplicate is answered without reading): the
+ * other side must never stay blocked on a full window while we answer.
+ */
+async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: AsyncGenerator<Uint8Array>): Promise<'stored' | 'duplicate'> {
+  const outcome = await store.putReplica(entry, body);
+  for await (const _ of body) {
+    // discard: the instance is already held here
+  }
+  return outcome;
+}
+
+// ---------------------------------------------------------------- validation of what peers send
+
+function isString(v: unknown, maxLength = 1024): v is string {
+  return typeof v === 'string' && v.length <= maxLength;
+}
+
+function isCount(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** Checks a catalog entry received from a peer field by field; throws ERR_REPLICATION_MALFORMED. */
+export function validateCatalogEntry(value: unknown): CatalogEntry {
+  const e = value as Record<string, unknown> | null;
+  const bad = (why: string): never => {
+    throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed catalog entry: ${why}`);
+  };
+  if (e === null || typeof e !== 'object' || Array.isArray(e)) return bad('not a map');
+  for (const field of ['sopInstanceUid', 'sopClassUid', 'studyInstanceUid', 'seriesInstanceUid'] as const) {
+    if (!isString(e[field], 64) || !isValidUid(e[field] as string)) bad(`${field} is not a UID`);
+  }
+  for (const field of ['patientId', 'transferSyntaxUid', 'blobId'] as const) if (!isString(e[field], 256)) bad(`${field} is not a string`);
+  if (!isString(e.sha256, 64) || !/^[0-9a-f]{64}$/.test(e.sha256 as string)) bad('sha256 is not 64 hex digits');
+  if (!isCount(e.byteLength)) bad('byteLength is not a count');
+  if (typeof e.storedAtMs !== 'number' || !Number.isFinite(e.storedAtMs)) bad('storedAtMs is not a number');
+  if (!Array.isArray(e.attributes) || e.attributes.length > 4096) bad('attributes is not a bounded list');
+  for (const a of e.attributes as unknown[]) {
+    const attr = a as Record<string, unknown> | null;
+    if (attr === null || typeof attr !== 'object' || !isCount(attr.tag) || !isString(attr.vr, 2)) bad('an attribute is malformed');
+    if (attr!.value !== undefined && attr!.value !== null && !isString(attr!.value, 64 * 1024)) bad('an attribute value is not text');
+  }
+  return {
+    sopInstanceUid: e.sopInstanceUid as string,
+    sopClassUid: e.sopClassUid as string,
+    studyInstanceUid: e.studyInstanceUid as string,
+    seriesInstanceUid: e.seriesInstanceUid as string,
+    patientId: e.patientId as string,
+    transferSyntaxUid: e.transferSyntaxUid as string,
+    byteLength: e.byteLength as number,
+    sha256: e.sha256 as string,
+    storedAtMs: e.storedAtMs as number,
+    blobId: e.blobId as string,
+    attributes: (e.attributes as Array<Record<string, unknown>>).map((a) => ({
+      tag: a.tag as number,
+      vr: a.vr as string,
+      value: typeof a.value === 'string' ? a.value : undefined,
+    })),
+  };
+}
+
+function validateInstanceKeys(value: unknown): InstanceKey[] | undefined {
+  if (!Array.isArray(value) || value.length > 100_000) return undefined;
+  const out: InstanceKey[] = [];
+  for (const k of value as unknown[]) {
+    const key = k as Record<string, unknown> | null;
+    if (key === null || typeof key !== 'object' || !isString(key.sopInstanceUid, 64) || !isString(key.sha256, 64)) return undefined;
+    if (!isValidUid(key.sopInstanceUid)) return undefined;
+    out.push({ sopInstanceUid: key.sopInstanceUid, sha256: key.sha256 });
+  }
+  return out;
+}
+
+/** A custody message from a peer, or undefined when malformed (the reducer only ever sees valid ones). */
+export function validateCustodyMessage(value: unknown): CustodyMessage | undefined {
+  const m = value as Record<string, unknown> | null;
+  if (m === null || typeof m !== 'object') return undefined;
+  switch (m.type) {
+    case 'replicaAck':
+      if (!isString(m.sopInstanceUid, 64) || !isValidUid(m.sopInstanceUid) || !isString(m.siteName, 256)) return undefined;
+      return { type: 'replicaAck', sopInstanceUid: m.sopInstanceUid, siteName: m.siteName };
+    case 'repairDigest':
+      if (!Array.isArray(m.buckets) || m.buckets.length !== 256 || !m.buckets.every((b) => isString(b, 64))) return undefined;
+      return { type: 'repairDigest', buckets: m.buckets as string[] };
+    case 'repairKeys': {
+      if (!Array.isArray(m.buckets) || m.buckets.length > 256) return undefined;
+      if (!m.buckets.every((b) => Number.isInteger(b) && (b as number) >= 0 && (b as number) < 256)) return undefined;
+      const keys = validateInstanceKeys(m.keys);
+      if (keys === undefined || typeof m.replyWanted !== 'boolean') return undefined;
+      return { type: 'repairKeys', buckets: m.buckets as number[], keys, replyWanted: m.replyWanted };
+    }
+    default:
+      return undefined;
+  }
+}
+
+function validateQueryRequest(value: unknown): QueryRequest {
+  const r = value as Record<string, unknown> | null;
+  const bad = (why: string): never => {
+    throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed retrieve request: ${why}`);
+  };
+  if (r === null || typeof r !== 'object') return bad('not a map');
+  if (r.root !== 'PATIENT' && r.root !== 'STUDY') bad('unknown root');
+  if (r.level !== 'PATIENT' && r.level !== 'STUDY' && r.level !== 'SERIES' && r.level !== 'IMAGE') bad('unknown level');
+  if (!Array.isArray(r.keys) || r.keys.length > 256) return bad('keys is not a bounded list');
+  const keys = (r.keys as unknown[]).map((k) => {
+    const e = k as Record<string, unknown> | null;
+    if (e === null || typeof e !== 'object' || !isCount(e.tag) || !isString(e.vr, 2)) return bad('a key is malformed');
+    if (e.value !== undefined && e.value !== null && !isString(e.value, 1024 * 1024)) return bad('a key value is not text');
+    return { tag: e.tag, vr: e.vr, value: typeof e.value === 'string' ? e.value : undefined };
+  });
+  return { root: r.root as QueryRequest['root'], level: r.level as QueryRequest['level'], keys };
+}
+
+function refusedError(answer: Refused): ReplicationError {
+  const code = answer.code === 'ERR_REPLICATION_BUSY' ? 'ERR_REPLICATION_BUSY' : answer.code === 'ERR_STORE_REPLICA_MISMATCH' ? 'ERR_REPLICATION_MISMATCH' : 'ERR_REPLICATION_REFUSED';
+  return new ReplicationError(code, `peer refused: ${String(answer.code).slice(0, 64)}: ${String(answer.message).slice(0, 512)}`);
+}
+
+function refusalOf(error: unknown): Refused {
+  const e = error as { code?: unknown; message?: unknown };
+  return {
+    type: 'refused',
+    code: typeof e?.code === 'string' ? e.code : 'ERR_REPLICATION_REFUSED',
+    message: (typeof e?.message === 'string' ? e.message : String(error)).slice(0, 1024),
+  };
+}
+
+function unexpected(what: string, answer: { type: string }): ReplicationError {
+  return new ReplicationError('ERR_REPLICATION_MALFORMED', `unexpected ${what} answer of type ${String(answer.type).slice(0, 64)}`);
+}
+
+// ---------------------------------------------------------------- server side
+
+/** A counter that refuses past its bound (no queue: a refused peer retries later). */
+class Slots {
+  private used = 0;
+  constructor(private readonly max: number) {}
+  tryTake(): boolean {
+    if (this.used >= this.max) return false;
+    this.used++;
+    return true;
+  }
+  give(): void {
+    this.used--;
+  }
+}
+
+export interface ReplicationServerInit {
+  node: MeshNode;
+  store: ReplicaStore;
+  siteName: string;
+  log: Logger;
+  /** A pushed copy was verified and made durable here (the stream ack is the replicaAck). */
+  onReplicaStored(entry: CatalogEntry, fromPeerId: string): void;
+  /** A valid custody message arrived. */
+  onCustodyMessage(fromPeerId: string, message: CustodyMessage): void;
+  limits?: Partial<ReplicationLimits>;
+}
+
+export interface ReplicationServer {
+  stop(): Promise<void>;
+}
+
+export async function serveReplication(init: ReplicationServerInit): Promise<ReplicationServer> {
+  const limits = { ...defaultReplicationLimits, ...init.limits };
+  const { node, store, log } = init;
+  const replicateSlots = new Slots(limits.inboundReplicationsMax);
+  const fetchSlots = new Slots(limits.inboundFetchesMax);
+  const custodySlots = new Slots(limits.inboundCustodyMessagesMax);
+  const querySlots = new Slots(limits.inboundQueriesMax);
+
+  /** Runs a handler within its slot and deadline; any failure is answered (if possible) and logged. */
+  const guarded = (protocol: string, slots: Slots, timeoutMs: number, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>) =>
+    async (stream: MeshStream): Promise<void> => {
+      const signal = AbortSignal.timeout(timeoutMs);
+      if (!slots.tryTake()) {
+        await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
+        return;
+      }
+      try {
+        await body(stream, signal);
+      } catch (error) {
+        log.warn('custody stream failed', { protocol, peer: stream.remotePeer, error: String((error as Error)?.message ?? error) });
+        await answerAndClose(stream, refusalOf(error), signal);
+      } finally {
+        slots.give();
+      }
+    };
+
+  const answerAndClose = async <T extends { type: string }>(stream: MeshStream, answer: T, signal: AbortSignal): Promise<void> => {
+    try {
+      await writeFrameEnvelope(stream, answer, limits.frameBytesMax, signal);
+      await stream.closeWrite({ signal });
+    } catch {
+      stream.abort(new Error('custody stream failed'));
+    }
+  };
+
+  await node.handle(
+    REPLICATE_PROTOCOL,
+    guarded(REPLICATE_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
+      const offer = await readRequestFrame<{ type: string; entry?: unknown }>(stream, limits.frameBytesMax, signal);
+      if (offer.type !== 'offer') throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offer, got ${String(offer.type).slice(0, 64)}`);
+      const entry = validateCatalogEntry(offer.entry);
+      if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+      if (await store.getEntry(entry.sopInstanceUid)) {
+        await answerAndClose(stream, { type: 'have', siteName: init.siteName }, signal);
+        return;
+      }
+      await writeFrameEnvelope(stream, { type: 'want' }, limits.frameBytesMax, signal);
+      const length = await stream.reader.readUint64({ signal });
+      if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength}`);
+      // putReplica verifies byteLength and SHA-256 before its one synced commit.
+      await putAndDrain(store, entry, stream.reader.body(length, { signal }));
+      init.onReplicaStored(entry, stream.remotePeer);
+      await answerAndClose(stream, { type: 'stored', siteName: init.siteName }, signal);
+    }),
+    { maxInboundStreams: limits.inboundReplicationsMax },
+  );
+
+  await node.handle(
+    FETCH_PROTOCOL,
+    guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
+      const request = await readRequestFrame<{ type: string; sopInstanceUid?: unknown }>(stream, limits.frameBytesMax, signal);
+      if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid)) {
+        throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
+      }
+      const entry = await store.getEntry(request.sopInstanceUid);
+      if (entry === undefined) {
+        await answerAndClose(stream, { type: 'missing' }, signal);
+        return;
+      }
+      await writeFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
+      await stream.writer.writeUint64(entry.byteLength, { signal });
+      for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+      await stream.closeWrite({ signal });
+    }),
+    { maxInboundStreams: limits.inboundFetchesMax },
+  );
+
+  await node.handle(
+    CUSTODY_PROTOCOL,
+    guarded(CUSTODY_PROTOCOL, custodySlots, limits.exchangeTimeoutMs, async (stream, signal) => {
+      const raw = await readRequestFrame<{ type: string }>(stream, limits.custodyMessageBytesMax, signal);
+      const message = validateCustodyMessage(raw);
+      if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
+      init.onCustodyMessage(stream.remotePeer, message);
+      await stream.closeWrite({ signal });
+    }),
+    { maxInboundStreams: limits.inboundCustodyMessagesMax },
+  );
+
+  await node.handle(
+    QUERY_PROTOCOL,
+    guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
+      const raw = await readRequestFrame<{ type: string; request?: unknown; limit?: unknown }>(stream, limits.frameBytesMax, signal);
+      if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
+      const request = validateQueryRequest(raw.request);
+      const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;
+      let batch: CatalogEntry[] = [];
+      let batchBytes = 0;
+      let sent = 0;
+      let truncated = false;
+      // resolveRetrieve validates the identifier and throws QueryError: answered as 'refused' by guarded().
+      for await (const entry of resolveRetrieve(store.db, request)) {
+        if (sent >= limit) {
+          truncated = true;
+          break;
+        }
+        batch.push(entry);
+        sent++;
+        batchBytes += 512 + entry.attributes.length * 64;
+        if (batchBytes >= queryFrameBytesTarget) {
+          await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
+          batch = [];
+          batchBytes = 0;
+        }
+      }
+      if (batch.length > 0) await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
+      await answerAndClose(stream, { type: 'end', truncated }, signal);
+    }),
+    { maxInboundStreams: limits.inboundQueriesMax },
+  );
+
+  return {
+    async stop() {
+      await Promise.allSettled([REPLICATE_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+    },
+  };
+}
+
+// ---------------------------------------------------------------- client side
+
+export interface ClientOptions {
+  limits?: Partial<ReplicationLimits>;
+  signal?: AbortSignal;
+}
+
+function deadline(options: ClientOptions, timeoutMs: number): AbortSignal {
+  const timeout = AbortSignal.timeout(timeoutMs);
+  return options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+}
+
+async function withStream<T>(node: MeshNode, peerId: string, protocol: string, signal: AbortSignal, run: (stream: MeshStream) => Promise<T>): Promise<T> {
+  const stream = await node.openStream(peerId, protocol, { signal });
+  try {
+    const result = await run(stream);
+    await stream.close({ signal });
+    return result;
+  } catch (error) {
+    stream.abort(error instanceof Error ? error : new Error(String(error)));
+    throw error;
+  }
+}
+
+/**
+ * Pushes a stored instance to a peer. Resolves once the peer holds it durably ('stored' after this
+ * transfer, 'have' when it already did), with the site name the peer answered for.
+ */
+export async function replicateTo(
+  node: MeshNode,
+  peerId: string,
+  store: ReplicaStore,
+  entry: CatalogEntry,
+  options: ClientOptions = {},
+): Promise<{ outcome: 'stored' | 'have'; siteName: string }> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  const signal = deadline(options, limits.transferTimeoutMs);
+  return withStream(node, peerId, REPLICATE_PROTOCOL, signal, async (stream) => {
+    await writeFrameEnvelope(stream, { type: 'offer', entry }, limits.frameBytesMax, signal);
+    const first = await readRequestFrame<OfferAnswer>(stream, limits.frameBytesMax, signal);
+    if (first.type === 'have' && isString(first.siteName, 256)) return { outcome: 'have', siteName: first.siteName };
+    if (first.type === 'refused') throw refusedError(first);
+    if (first.type !== 'want') throw unexpected('offer', first);
+    await stream.writer.writeUint64(entry.byteLength, { signal });
+    for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+    await stream.closeWrite({ signal });
+    const answer = await readRequestFrame<StoredAnswer>(stream, limits.frameBytesMax, signal);
+    if (answer.type === 'stored' && isString(answer.siteName, 256)) return { outcome: 'stored', siteName: answer.siteName };
+    if (answer.type === 'refused') throw refusedError(answer);
+    throw unexpected('replicate', answer);
+  });
+}
+
+/**
+ * Pulls an instance from a peer into the local store (verified, durable). undefined when the peer does
+ * not hold it. The returned entry is the local one.
+ */
+export async function fetchFrom(
+  node: MeshNode,
+  peerId: string,
+  store: ReplicaStore,
+  sopInstanceUid: string,
+  options: ClientOptions = {},
+): Promise<{ entry: CatalogEntry; outcome: 'stored' | 'duplicate' } | undefined> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  const signal = deadline(options, limits.transferTimeoutMs);
+  const held = await store.getEntry(sopInstanceUid);
+  if (held !== undefined) return { entry: held, outcome: 'duplicate' };
+  return withStream(node, peerId, FETCH_PROTOCOL, signal, async (stream) => {
+    await writeFrameEnvelope(stream, { type: 'fetch', sopInstanceUid }, limits.frameBytesMax, signal);
+    await stream.closeWrite({ signal });
+    const answer = await readRequestFrame<FetchAnswer>(stream, limits.frameBytesMax, signal);
+    if (answer.type === 'missing') return undefined;
+    if (answer.type === 'refused') throw refusedError(answer);
+    if (answer.type !== 'instance') throw unexpected('fetch', answer);
+    const entry = validateCatalogEntry(answer.entry);
+    if (entry.sopInstanceUid !== sopInstanceUid) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `asked for ${sopInstanceUid}, got ${entry.sopInstanceUid}`);
+    if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+    const length = await stream.reader.readUint64({ signal });
+    if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes for an entry of ${entry.byteLength}`);
+    const outcome = await putAndDrain(store, entry, stream.reader.body(length, { signal }));
+    const local = await store.getEntry(sopInstanceUid);
+    return { entry: local ?? entry, outcome };
+  });
+}
+
+/** Sends one custody message (fire and forget at the protocol level: the message is retried by its reducer). */
+export async function sendCustodyMessage(node: MeshNode, peerId: string, message: CustodyMessage, options: ClientOptions = {}): Promise<void> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  const signal = deadline(options, limits.exchangeTimeoutMs);
+  await withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
+    await writeFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
+    await stream.closeWrite({ signal });
+  });
+}
+
+/** Asks a peer which instances a C-GET/C-MOVE identifier selects there (catalog entries, at most `limit`). */
+export async function queryPeer(
+  node: MeshNode,
+  peerId: string,
+  request: QueryRequest,
+  limit: number,
+  options: ClientOptions = {},
+): Promise<{ entries: CatalogEntry[]; truncated: boolean }> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  const signal = deadline(options, limits.exchangeTimeoutMs);
+  return withStream(node, peerId, QUERY_PROTOCOL, signal, async (stream) => {
+    await writeFrameEnvelope(stream, { type: 'retrieve', request, limit }, limits.frameBytesMax, signal);
+    await stream.closeWrite({ signal });
+    const entries: CatalogEntry[] = [];
+    for (;;) {
+      const answer = await readRequestFrame<QueryAnswer>(stream, limits.frameBytesMax, signal);
+      if (answer.type === 'end') return { entries, truncated: answer.truncated === true };
+      if (answer.type === 'refused') throw refusedError(answer);
+      if (answer.type !== 'entries' || !Array.isArray(answer.entries)) throw unexpected('query', answer);
+      for (const e of answer.entries) {
+        if (entries.length >= limit) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `peer sent more than the ${limit} entries asked for`);
+        entries.push(validateCatalogEntry(e));
+      }
+    }
+  });
+}
