@@ -1,0 +1,71 @@
+/** Retrieve anywhere between two real nodes: merged resolution, pulls into the local store, bounds. */
+import '../../polyfill.ts';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { createMeshNode } from '../../net/node.ts';
+import { generateSwarmKey } from '../../net/swarm-key.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import type { CatalogEntry } from './catalog-types.ts';
+import { createRemoteRetrieve } from './remote-retrieve.ts';
+import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
+import { serveReplication } from './replication.ts';
+
+async function put(store: ReplicaStore, uid: string, bytes: Uint8Array): Promise<void> {
+  const writer = store.beginWrite();
+  await writer.write(bytes);
+  await writer.commit(uid, (info): CatalogEntry => ({
+    sopInstanceUid: uid, sopClassUid: '1.2.840.10008.5.1.4.1.1.7', studyInstanceUid: '1.2.9', seriesInstanceUid: '1.2.9.1',
+    patientId: 'P', transferSyntaxUid: '1.2.840.10008.1.2.1', byteLength: info.byteLength, sha256: info.sha256,
+    storedAtMs: 1, blobId: info.blobId, attributes: [],
+  }));
+}
+
+test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pulls once; limits and failures reported', { timeout: 30_000 }, async (t) => {
+  const swarmKey = generateSwarmKey();
+  const dirs = [await mkdtemp(join(tmpdir(), 'pacs-rr-')), await mkdtemp(join(tmpdir(), 'pacs-rr-'))];
+  const a = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
+  const b = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, bootstrap: [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!] });
+  const storeA = createReplicaStore({ path: join(dirs[0]!, 'store') });
+  const storeB = createReplicaStore({ path: join(dirs[1]!, 'store') });
+  await storeA.open();
+  await storeB.open();
+  const server = await serveReplication({ node: a, store: storeA, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  t.after(async () => {
+    await server.stop();
+    await Promise.allSettled([a.stop(), b.stop()]);
+    await Promise.allSettled([storeA.close(), storeB.close()]);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  for (let deadline = Date.now() + 10_000; !b.connectedPeers().includes(a.peerId); await new Promise((r) => setTimeout(r, 50))) {
+    if (Date.now() > deadline) throw new Error('no connection');
+  }
+  const remoteBytes = randomBytes(80_000);
+  await put(storeA, '1.2.9.1.1', remoteBytes);
+  await put(storeA, '1.2.9.1.2', randomBytes(10));
+  await put(storeB, '1.2.9.1.2', randomBytes(10)); // held on both sides: listed once, the local entry
+  const fetched: string[] = [];
+  const retrieve = createRemoteRetrieve({
+    node: b, store: storeB, log: silentLogger,
+    peers: () => [a.peerId, '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo'],
+    onFetched: (entry, from) => fetched.push(`${entry.sopInstanceUid}@${from}`),
+    limits: { exchangeTimeoutMs: 2000 },
+  });
+  const request = { root: 'STUDY' as const, level: 'STUDY' as const, keys: [{ tag: 0x0020000d, vr: 'UI', value: '1.2.9' }] };
+  const all = await retrieve.resolveRetrieveEverywhere(request);
+  assert.deepEqual(all.entries.map((e) => e.sopInstanceUid).sort(), ['1.2.9.1.1', '1.2.9.1.2']);
+  assert.equal(all.truncated, false);
+  assert.equal(all.peersFailed.length, 1, 'the unreachable peer is reported, not fatal');
+  const one = await retrieve.resolveRetrieveEverywhere(request, { limit: 1 });
+  assert.equal(one.entries.length, 1);
+  assert.equal(one.truncated, true);
+  const [x, y] = await Promise.all([retrieve.ensureLocal('1.2.9.1.1'), retrieve.ensureLocal('1.2.9.1.1')]);
+  assert.ok(x && y);
+  assert.deepEqual(fetched, [`1.2.9.1.1@${a.peerId}`], 'concurrent callers share one pull');
+  const chunks: Uint8Array[] = [];
+  for await (const c of storeB.readInstance(x)) chunks.push(c);
+  assert.deepEqual(Buffer.concat(chunks), remoteBytes);
+});
