@@ -8,6 +8,7 @@ import { loadAeDirectory } from './ae-directory.ts';
 import type { PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest } from './actors/association/services/deps.ts';
+import { localRetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
@@ -59,6 +60,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         },
         store,
         ingest: localIngest(store),
+        retrieveSource: localRetrieveSource(store),
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),
         clock,
         log,

@@ -317,6 +317,7 @@ export class AcceptorSession {
               openTarget: (entries) => (context.service === 'get' ? this.getTarget() : this.moveTarget(command, entries)),
             },
             this.deps.store,
+            this.deps.retrieveSource,
           );
     task.done = run
       .catch((error: unknown) => this.log.error('query/retrieve task failed', { error: String(error) }))

@@ -7,6 +7,7 @@ import type { InstanceWriter, ReplicaStore } from '../../storage/replica-store.t
 import type { Clock } from '../../runtime/clock.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import type { AcceptorConfig } from '../negotiation.ts';
+import type { RetrieveSource } from './query-retrieve.ts';
 
 export interface IngestPort {
   beginWrite(): InstanceWriter;
@@ -26,6 +27,8 @@ export interface AssociationDeps {
   config: AcceptorConfig;
   store: ReplicaStore;
   ingest: IngestPort;
+  /** Where C-GET/C-MOVE find instances (in a mesh: at every alive site). */
+  retrieveSource: RetrieveSource;
   /** AE title -> where C-MOVE sends instances; undefined for an unknown destination (0xA801). */
   resolveMoveDestination(aeTitle: string): MoveDestination | undefined;
   clock: Clock;

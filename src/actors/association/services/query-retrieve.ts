@@ -8,7 +8,7 @@ import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
-import { findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
+import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
 
@@ -138,23 +138,23 @@ function failedUidIdentifier(counts: SubOperationCounts, transferSyntaxUid: stri
   return encodeDataset([{ tag: failedSopInstanceUidListTag, vr: 'UI', value: counts.failedUids.join('\\') }], transferSyntaxUid);
 }
 
-export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore): Promise<void> {
+export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, source: RetrieveSource): Promise<void> {
   const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateRetrieve);
   if (!parsed.ok) {
     await ctx.send(retrieveResponse(ctx, parsed.status, undefined, parsed.comment));
     return;
   }
-  const entries: CatalogEntry[] = [];
+  let entries: CatalogEntry[];
   try {
-    for await (const entry of resolveRetrieve(store.db, parsed.request)) {
-      if (entries.length >= maxRetrieveInstances) {
-        await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, undefined, `more than ${maxRetrieveInstances} instances: narrow the request`));
-        return;
-      }
-      entries.push(entry);
+    const resolved = await source.resolve(parsed.request, maxRetrieveInstances);
+    if (resolved.truncated) {
+      await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, undefined, `more than ${maxRetrieveInstances} instances: narrow the request`));
+      return;
     }
+    entries = resolved.entries;
   } catch (error) {
-    await ctx.send(retrieveResponse(ctx, Status.UnableToProcess, undefined, `retrieve lookup failed: ${error instanceof Error ? error.message : String(error)}`));
+    const status = error instanceof QueryError ? error.status : Status.UnableToProcess;
+    await ctx.send(retrieveResponse(ctx, status, undefined, `retrieve lookup failed: ${error instanceof Error ? error.message : String(error)}`));
     return;
   }
   const counts: SubOperationCounts = { remaining: entries.length, completed: 0, failed: 0, warning: 0, failedUids: [] };
@@ -172,7 +172,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore): Pr
   try {
     for (const entry of entries) {
       if (ctx.isCancelled()) break;
-      const status = await sendOne(ctx, target, store, entry);
+      // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
+      const local = await source.ensureLocal(entry).catch(() => undefined);
+      const status = local ? await sendOne(ctx, target, store, local) : Status.UnableToProcess;
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
@@ -260,4 +262,26 @@ export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abst
   }
   // Presentation context IDs are odd numbers 1..255: at most 128 contexts.
   return proposals.slice(0, 128);
+}
+
+/** Where C-GET and C-MOVE find instances: the local catalog, or in a mesh every alive site's. */
+export interface RetrieveSource {
+  /** The instances a retrieve request names, at most `limit` (truncated says there were more). Throws QueryError. */
+  resolve(request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[]; truncated: boolean }>;
+  /** The local entry of an instance, pulled from a peer first when only a peer holds it; undefined when nobody does. */
+  ensureLocal(entry: CatalogEntry): Promise<CatalogEntry | undefined>;
+}
+
+export function localRetrieveSource(store: ReplicaStore): RetrieveSource {
+  return {
+    async resolve(request, limit) {
+      const entries: CatalogEntry[] = [];
+      for await (const entry of resolveRetrieve(store.db, request)) {
+        if (entries.length >= limit) return { entries, truncated: true };
+        entries.push(entry);
+      }
+      return { entries, truncated: false };
+    },
+    ensureLocal: async (entry) => entry,
+  };
 }
