@@ -1,0 +1,200 @@
+import '../../polyfill.ts';
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMeshNode, type MeshNode } from '../../net/node.ts';
+import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
+import { encodeEnvelope } from '../../codec/envelope.ts';
+import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../supervisor/site-supervisor.ts';
+import { createLogger } from '../runtime/logger.ts';
+import { parseBalancerMessage } from './actor.ts';
+import { routingTopic } from './messages.ts';
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<number> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return Date.now() - start;
+}
+
+interface TestPeer {
+  node: MeshNode;
+  supervisor: SiteSupervisor;
+  mesh: MeshChildren;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+/** The leader every given peer follows, if they all agree on one (same peer and term). */
+function agreedLeader(peers: readonly TestPeer[]): { peerId: string; term: number } | null {
+  const first = peers[0]?.mesh.balancer.leader();
+  if (!first) return null;
+  for (const p of peers) {
+    const l = p.mesh.balancer.leader();
+    if (!l || l.peerId !== first.peerId || l.term !== first.term) return null;
+    if (p.mesh.balancer.table()?.leaderId !== first.peerId) return null;
+  }
+  return { peerId: first.peerId, term: first.term };
+}
+
+/** Agreed, and settled: the rule winner leads, every roster and table holds all `peers`. */
+function settledLeader(peers: readonly TestPeer[]): { peerId: string; term: number } | null {
+  const l = agreedLeader(peers);
+  if (l === null || l.peerId !== peers.map((p) => p.node.peerId).sort()[0]) return null;
+  const n = peers.length;
+  return peers.every((p) => p.mesh.balancer.roster().length === n && p.mesh.balancer.table()?.entries.length === n) ? l : null;
+}
+
+describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () => {
+  const dirs: string[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string): Promise<TestPeer> {
+    const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
+    if (!dirs.includes(dir)) dirs.push(dir);
+    const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
+    const supervisor = startSiteSupervisor(`${site}-${node.peerId.slice(-6)}`, {
+      ...(process.env.PACS_MESH_TEST_LOG ? { log: createLogger({ site, peer: node.peerId.slice(-4) }) } : {}),
+      policy: { maxRestarts: 3, windowMs: 10_000, backoffInitialMs: 50, backoffMaxMs: 500, backoffMultiplier: 2, stableAfterMs: 5000 },
+    });
+    const mesh = await supervisor.startMesh({
+      node,
+      peerId: node.peerId,
+      siteName: site,
+      priority: 100,
+      dataDir: dir,
+      addresses: { dicom: `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042' },
+      balancer: { settleMs: 1000 },
+    });
+    // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).
+    mesh.membership.updateLocalStats({ load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 100 * 1024 ** 3 }, instanceCount: 0, digestRoot: '' });
+    let stopped = false;
+    const stop = async (): Promise<void> => {
+      if (stopped) return;
+      stopped = true;
+      // The node first, as a crash would: the others see the disconnect, not a goodbye.
+      await node.stop();
+      await mesh.stop();
+      supervisor.stop();
+    };
+    cleanups.push(stop);
+    return { node, supervisor, mesh, dataDir: dir, stop };
+  }
+
+  async function threePeers(): Promise<TestPeer[]> {
+    const key = generateSwarmKey();
+    const a = await peer(key, [], 'site-a');
+    const boot = [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!];
+    const [b, c] = await Promise.all([peer(key, boot, 'site-a'), peer(key, boot, 'site-a')]);
+    // b and c joined through a; the node's address exchange connects them directly ~1 s later. Until then
+    // a is the only path between them, and stopping a would partition them (no failover to measure).
+    await waitFor('full mesh', () => [a, b, c].every((p) => p.node.connectedPeers().length >= 2), 10_000);
+    return [a, b, c];
+  }
+
+  it('elects one leader; after the leader stops, the survivors elect a new one', { timeout: 20_000 }, async () => {
+    const peers = await threePeers();
+    const electedMs = await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
+    const first = settledLeader(peers)!;
+    console.log(`balancer: first leader agreed ${electedMs} ms after the mesh was fully connected (term ${first.term})`);
+    // The rule: best (priority, peerId); all priorities are equal here.
+    assert.equal(first.peerId, peers.map((p) => p.node.peerId).sort()[0]);
+    assert.equal(peers.filter((p) => p.mesh.balancer.status().role === 'leader').length, 1);
+    for (const p of peers) assert.equal(p.mesh.balancer.roster().length, 3);
+    const table = peers[1]!.mesh.balancer.table()!;
+    assert.equal(table.entries.length, 3);
+    const leaderPeer = peers.find((p) => p.node.peerId === first.peerId)!;
+    const survivors = peers.filter((p) => p !== leaderPeer);
+
+    // Routing: same-site peers by weight; 'local' or another live peer's DICOM address.
+    const choices = new Set<string>();
+    for (let i = 0; i < 200; i++) {
+      const t = survivors[0]!.mesh.balancer.chooseTarget();
+      choices.add(t === 'local' ? 'local' : t.peerId);
+    }
+    assert.equal(choices.size, 3, 'all three peers get associations');
+
+    const t0 = Date.now();
+    await leaderPeer.stop();
+    const failoverMs = await waitFor('a new leader agreed by the survivors', () => {
+      const l = agreedLeader(survivors);
+      return l !== null && l.peerId !== first.peerId;
+    }, 10_000);
+    const second = agreedLeader(survivors)!;
+    console.log(`balancer: failover - survivors agreed on a new leader ${Date.now() - t0} ms after the leader's node stopped (term ${first.term} -> ${second.term})`);
+    assert.ok(second.term > first.term);
+    assert.ok(Date.now() - t0 < 2000, 'failover within 2 s');
+    // Persisted election record of the new leader.
+    const newLeader = survivors.find((p) => p.node.peerId === second.peerId)!;
+    const record = JSON.parse(await readFile(join(newLeader.dataDir, 'balancer-election.json'), 'utf8')) as { currentTerm: number; votedFor: string };
+    assert.deepEqual(record, { currentTerm: second.term, votedFor: second.peerId });
+    // The dead leader is no routing target.
+    for (let i = 0; i < 50; i++) {
+      const t = survivors[0]!.mesh.balancer.chooseTarget();
+      assert.ok(t === 'local' || t.peerId !== first.peerId);
+    }
+  });
+
+  it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 20_000 }, async () => {
+    const peers = await threePeers();
+    await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
+    const first = settledLeader(peers)!;
+    const leaderPeer = peers.find((p) => p.node.peerId === first.peerId)!;
+    const survivors = peers.filter((p) => p !== leaderPeer);
+    const t0 = Date.now();
+    // Its actors stop; its libp2p node stays connected and answers pings: only silence gives it away.
+    await leaderPeer.mesh.stop();
+    await waitFor('a new leader agreed by the survivors', () => {
+      const l = agreedLeader(survivors);
+      return l !== null && l.peerId !== first.peerId;
+    }, 10_000);
+    console.log(`balancer: hung leader replaced ${Date.now() - t0} ms after it went silent (term ${first.term} -> ${agreedLeader(survivors)!.term})`);
+    assert.ok(Date.now() - t0 < 3000);
+  });
+
+  it('supervision: crashed membership and balancer children restart and the mesh recovers', { timeout: 20_000 }, async () => {
+    const peers = await threePeers();
+    await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
+    const leaderId = settledLeader(peers)!.peerId;
+    const leaderPeer = peers.find((p) => p.node.peerId === leaderId)!;
+    const incarnation = leaderPeer.mesh.membership.incarnation;
+
+    leaderPeer.supervisor.crashChild('membership');
+    leaderPeer.supervisor.crashChild('balancer');
+    await waitFor('restarts recorded', () =>
+      leaderPeer.supervisor.supervision('membership').restarts === 1 && leaderPeer.supervisor.supervision('balancer').restarts === 1);
+    // A restarted membership actor is a new incarnation, so its heartbeats are news again.
+    await waitFor('new incarnation', () => leaderPeer.mesh.membership.incarnation === incarnation + 1);
+    const t0 = Date.now();
+    await waitFor('everyone alive everywhere again', () => peers.every((p) => p.mesh.membership.liveMembers().length === 3), 8000);
+    await waitFor('one leader again', () => settledLeader(peers) !== null, 10_000);
+    console.log(`balancer: after crashing both children of the leader, one leader again within ${Date.now() - t0} ms (term ${agreedLeader(peers)!.term})`);
+    assert.equal(peers.filter((p) => p.mesh.balancer.status().role === 'leader').length, 1);
+  });
+
+  it('drops forged and malformed routing announcements', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await peer(key, [], 'site-a');
+    const b = await peer(key, [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!], 'site-a');
+    await waitFor('one leader', () => agreedLeader([a, b]) !== null, 10_000);
+    const before = agreedLeader([a, b])!;
+    const follower = before.peerId === a.node.peerId ? b : a;
+    const other = follower === a ? b : a;
+    // A follower publishing an announcement in the leader's name, with a huge term: ignored.
+    const forged = { type: 'announce', term: 1000, leaderId: other.node.peerId, table: { term: 1000, leaderId: other.node.peerId, entries: [] } };
+    await follower.node.publish(routingTopic, encodeEnvelope(forged));
+    await follower.node.publish(routingTopic, new Uint8Array([0xc1, 0xc1]));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(agreedLeader([a, b]), before);
+    assert.equal(parseBalancerMessage({ type: 'vote', term: -1, voterId: 'x', granted: true }), null);
+    assert.equal(parseBalancerMessage({ type: 'announce', term: 1, leaderId: 'x', table: { term: 2, leaderId: 'x', entries: [] } }), null);
+  });
+});

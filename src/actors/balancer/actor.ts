@@ -1,0 +1,553 @@
+/**
+ * The balancer actor: the nact wiring around the pure election + routing reducer in logic.ts.
+ *
+ * Transport of the reducer's messages:
+ * - `send` (requestVote, vote, newerTerm) goes point to point over the stream protocol
+ *   `/pacs-mesh/election/1`: one envelope frame per stream. The sender is the stream's authenticated
+ *   remote peer (noise), so a vote cannot be forged by a third peer.
+ * - `publish` (announce) goes over gossip `pacs-mesh/routing/1`; only an announcement signed by the
+ *   leader it names is accepted.
+ * - `persist` ({currentTerm, votedFor}) is written with fsync + rename BEFORE any later effect of the same
+ *   step is performed, so no vote or claim leaves the peer before it is durable.
+ *
+ * The roster (whose strict majority elects a leader) is formed here, see docs/mesh-algorithms.md
+ * ("The roster in a real deployment"): the `roster` option when given (pinned), otherwise self plus every
+ * peer ever seen alive, persisted in `<dataDir>/balancer-roster.json` and forgotten after
+ * `rosterForgetAfterMs` of absence. A started (or restarted) balancer does not run for `settleMs`, so it
+ * learns the view, the roster and the current term before it can split a vote.
+ *
+ * Bounds: one tick in flight, view changes coalesced to the latest, at most `mailboxMax` mesh messages
+ * queued, at most `sendsInFlightMax` outgoing election streams (more are dropped: the reducer retries
+ * on its own timers).
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
+import type { GossipMessage, MeshNode } from '../../net/node.ts';
+import type { MeshStream } from '../../net/stream.ts';
+import type { MembershipService } from '../membership/actor.ts';
+import { writeFileDurably } from '../membership/actor.ts';
+import type { MemberRecord } from '../membership/messages.ts';
+import type { Clock, TimerHandle } from '../runtime/clock.ts';
+import type { Logger } from '../runtime/logger.ts';
+import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from './logic.ts';
+import {
+  routingTopic,
+  type BalancerEffect,
+  type BalancerMessage,
+  type ElectionDurable,
+  type RoutingEntry,
+  type RoutingLimits,
+  type RoutingTable,
+} from './messages.ts';
+
+export const ELECTION_PROTOCOL = '/pacs-mesh/election/1';
+/** Election frames are tiny; anything bigger is an attack or a bug. */
+export const ELECTION_MAX_BYTES = 4 * 1024;
+/** An announcement carries the table: ~150 bytes per member, membersMax 256. */
+export const ANNOUNCE_MAX_BYTES = 256 * 1024;
+const ENTRIES_MAX = 1024;
+const STRING_MAX_CHARS = 256;
+const ELECTION_FILE = 'balancer-election.json';
+const ROSTER_FILE = 'balancer-roster.json';
+
+export const balancerTimings = {
+  tickIntervalMs: 100,
+  /** Long enough for a vote round trip over one stream, short enough to retry fast after a denied vote. */
+  voteTimeoutMs: 300,
+  announceIntervalMs: 500,
+  /** Four missed announcements. */
+  leaderSilenceMaxMs: 2000,
+  /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
+  settleMs: 2000,
+  /** A roster peer absent this long is forgotten (decommissioned, or replaced with a new PeerId). */
+  rosterForgetAfterMs: 24 * 3600_000,
+} as const;
+
+export type BalancerErrorCode = 'ERR_BALANCER_CRASH_TEST' | 'ERR_BALANCER_STATE_FILE';
+
+export class BalancerError extends Error {
+  static readonly NAME = 'BalancerError';
+  override readonly name = BalancerError.NAME;
+  readonly code: BalancerErrorCode;
+  constructor(code: BalancerErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export interface BalancerServiceInit {
+  node: MeshNode;
+  peerId: string;
+  /** Holds the election record and the learnt roster. */
+  dataDir: string;
+  membership: MembershipService;
+  clock: Clock;
+  log: Logger;
+  parent: Ref<any>;
+  /** Pinned roster (e.g. a `--roster` flag): exactly these peers (plus self) vote; nothing is learnt. */
+  roster?: readonly string[];
+  rosterForgetAfterMs?: number;
+  settleMs?: number;
+  tickIntervalMs?: number;
+  voteTimeoutMs?: number;
+  announceIntervalMs?: number;
+  leaderSilenceMaxMs?: number;
+  routing?: RoutingLimits;
+  /** Uniform draw in [0, 1) for chooseTarget. Default Math.random. */
+  random?: () => number;
+  mailboxMax?: number;
+  sendsInFlightMax?: number;
+  /** Actor name under `parent`. Default 'balancer'. */
+  name?: string;
+  onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
+}
+
+export interface LeaderInfo {
+  peerId: string;
+  site: string;
+  term: number;
+}
+
+export interface BalancerService {
+  leader(): LeaderInfo | null;
+  table(): RoutingTable | null;
+  /** Where the next new association should go: another peer's DICOM address, or here. */
+  chooseTarget(): { peerId: string; dicom: string } | 'local';
+  /** The voters this peer counts a majority of. */
+  roster(): string[];
+  /** Role and term, for /api/mesh and tests. */
+  status(): { role: 'follower' | 'candidate' | 'leader'; term: number; votedFor: string | null };
+  crashForTest(reason?: string): void;
+  stop(): Promise<void>;
+}
+
+type BalancerMsg =
+  | { readonly type: 'tick' }
+  | { readonly type: 'view' }
+  | { readonly type: 'mesh'; readonly from: string; readonly message: BalancerMessage }
+  | { readonly type: 'crash'; readonly reason: string };
+
+interface RosterState {
+  /** peerId -> last time seen alive (wall clock ms). */
+  readonly peers: ReadonlyMap<string, number>;
+  readonly persistedAtMs: number;
+}
+
+interface ActorState {
+  readonly balancer: BalancerState;
+  readonly roster: RosterState;
+}
+
+/** Validates a decoded election or routing message; null for anything malformed. */
+export function parseBalancerMessage(value: unknown): BalancerMessage | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const v = value as Record<string, unknown>;
+  const id = (x: unknown): x is string => typeof x === 'string' && x.length > 0 && x.length <= STRING_MAX_CHARS;
+  const term = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+  if (!term(v.term)) return null;
+  switch (v.type) {
+    case 'requestVote':
+      return id(v.candidateId) ? { type: 'requestVote', term: v.term, candidateId: v.candidateId } : null;
+    case 'vote':
+      return id(v.voterId) && typeof v.granted === 'boolean' ? { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted } : null;
+    case 'newerTerm':
+      return { type: 'newerTerm', term: v.term };
+    case 'announce': {
+      if (!id(v.leaderId)) return null;
+      const t = v.table as Record<string, unknown> | null;
+      if (typeof t !== 'object' || t === null || t.term !== v.term || t.leaderId !== v.leaderId) return null;
+      if (!Array.isArray(t.entries) || t.entries.length > ENTRIES_MAX) return null;
+      const entries: RoutingEntry[] = [];
+      for (const raw of t.entries as unknown[]) {
+        if (typeof raw !== 'object' || raw === null) return null;
+        const e = raw as Record<string, unknown>;
+        if (!id(e.peerId) || typeof e.siteName !== 'string' || e.siteName.length > STRING_MAX_CHARS) return null;
+        if (typeof e.dicomAddress !== 'string' || e.dicomAddress.length > STRING_MAX_CHARS) return null;
+        if (typeof e.weight !== 'number' || !Number.isFinite(e.weight) || e.weight < 0 || typeof e.saturated !== 'boolean') return null;
+        entries.push({ peerId: e.peerId, siteName: e.siteName, dicomAddress: e.dicomAddress, weight: e.weight, saturated: e.saturated });
+      }
+      return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries } };
+    }
+    default:
+      return null;
+  }
+}
+
+/** The peer a message claims to come from, which must be the authenticated sender. */
+function claimedSender(message: BalancerMessage): string | null {
+  switch (message.type) {
+    case 'requestVote':
+      return message.candidateId;
+    case 'vote':
+      return message.voterId;
+    case 'announce':
+      return message.leaderId;
+    case 'newerTerm':
+      return null;
+    default: {
+      const unreachable: never = message;
+      return unreachable;
+    }
+  }
+}
+
+async function readJson(path: string): Promise<unknown> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as unknown;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new BalancerError('ERR_BALANCER_STATE_FILE', `cannot read ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export async function loadElection(dataDir: string): Promise<ElectionDurable | null> {
+  const path = join(dataDir, ELECTION_FILE);
+  const v = (await readJson(path)) as Record<string, unknown> | null;
+  if (v === null) return null;
+  if (!Number.isSafeInteger(v.currentTerm) || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
+    // Guessing a term could let this peer vote twice in one: refuse to start instead.
+    throw new BalancerError('ERR_BALANCER_STATE_FILE', `${path} is not an election record`);
+  }
+  return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
+}
+
+async function loadRoster(dataDir: string): Promise<Map<string, number>> {
+  const v = (await readJson(join(dataDir, ROSTER_FILE))) as { peers?: Record<string, unknown> } | null;
+  const peers = new Map<string, number>();
+  if (v === null || typeof v.peers !== 'object' || v.peers === null) return peers;
+  for (const [peerId, seen] of Object.entries(v.peers)) if (typeof seen === 'number') peers.set(peerId, seen);
+  return peers;
+}
+
+export async function startBalancer(init: BalancerServiceInit): Promise<BalancerService> {
+  const { node, clock, log, membership } = init;
+  const self = init.peerId;
+  const tickIntervalMs = init.tickIntervalMs ?? balancerTimings.tickIntervalMs;
+  const settleMs = init.settleMs ?? balancerTimings.settleMs;
+  const forgetAfterMs = init.rosterForgetAfterMs ?? balancerTimings.rosterForgetAfterMs;
+  const mailboxMax = init.mailboxMax ?? 256;
+  const sendsInFlightMax = init.sendsInFlightMax ?? 16;
+  const random = init.random ?? Math.random;
+  const pinned = init.roster ? new Set([...init.roster, self]) : null;
+
+  let current: ActorState | null = null;
+  let stopped = false;
+  let tickPending = false;
+  let tickTimer: TimerHandle | undefined;
+  let viewPending = false;
+  let queuedMesh = 0;
+  let sendsInFlight = 0;
+  let dropped = 0;
+  let leader: { peerId: string; term: number } | null = null;
+  let table: RoutingTable | null = null;
+  const ready = Promise.withResolvers<void>();
+
+  const send = (message: BalancerMsg): void => {
+    if (stopped) return;
+    try {
+      dispatch(ref, message);
+    } catch (err) {
+      log.warn('balancer actor unavailable', { error: (err as Error).message });
+    }
+  };
+
+  const scheduleTick = (delayMs: number): void => {
+    if (stopped || tickTimer !== undefined) return;
+    tickTimer = clock.setTimeout(() => {
+      tickTimer = undefined;
+      if (stopped || tickPending) return;
+      tickPending = true;
+      send({ type: 'tick' });
+    }, delayMs);
+  };
+
+  const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
+
+  const persistRoster = async (peers: ReadonlyMap<string, number>): Promise<void> => {
+    const body = JSON.stringify({ version: 1, peers: Object.fromEntries(peers) });
+    await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${body}\n`);
+  };
+
+  /** Learns peers seen alive, forgets long-absent ones; persists before the reducer counts with it. */
+  const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
+    if (pinned) return roster;
+    const peers = new Map(roster.peers);
+    let changed = false;
+    peers.set(self, nowMs);
+    for (const m of members) {
+      if (m.status !== 'alive') continue;
+      if (!peers.has(m.peerId)) {
+        changed = true;
+        log.info('roster learnt a peer', { peer: m.peerId, memberSite: m.siteName });
+      }
+      peers.set(m.peerId, nowMs);
+    }
+    for (const [peerId, seenAtMs] of peers) {
+      if (peerId !== self && nowMs - seenAtMs >= forgetAfterMs) {
+        peers.delete(peerId);
+        changed = true;
+        log.warn('roster forgot a long-absent peer', { peer: peerId, absentMs: nowMs - seenAtMs });
+      }
+    }
+    // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
+    if (changed || nowMs - roster.persistedAtMs >= 60_000) {
+      await persistRoster(peers);
+      return { peers, persistedAtMs: nowMs };
+    }
+    return { peers, persistedAtMs: roster.persistedAtMs };
+  };
+
+  const withRoster = (b: BalancerState, roster: RosterState): BalancerState => {
+    const ids = rosterIds(roster);
+    const old = b.config.rosterPeerIds;
+    if (old.length === ids.length && old.every((x, i) => x === ids[i])) return b;
+    return { ...b, config: { ...b.config, rosterPeerIds: ids } };
+  };
+
+  const initialize = async (): Promise<ActorState> => {
+    const nowMs = clock.nowMs();
+    const durable = await loadElection(init.dataDir);
+    const peers = pinned ? new Map([...pinned].map((p) => [p, nowMs] as const)) : await loadRoster(init.dataDir);
+    peers.set(self, nowMs);
+    const roster: RosterState = { peers, persistedAtMs: 0 };
+    const balancer = initBalancer(
+      {
+        selfPeerId: self,
+        rosterPeerIds: rosterIds(roster),
+        voteTimeoutMs: init.voteTimeoutMs ?? balancerTimings.voteTimeoutMs,
+        announceIntervalMs: init.announceIntervalMs ?? balancerTimings.announceIntervalMs,
+        leaderSilenceMaxMs: init.leaderSilenceMaxMs ?? balancerTimings.leaderSilenceMaxMs,
+        routing: init.routing ?? defaultRoutingLimits,
+      },
+      durable,
+    );
+    // The reducer's own "no candidacy before" knob holds a fresh balancer back while the view settles.
+    const settled: BalancerState = { ...balancer, candidacyDeadlineMs: nowMs + settleMs };
+    leader = null;
+    table = null;
+    log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null });
+    ready.resolve();
+    return { balancer: settled, roster };
+  };
+
+  const sendMessage = (to: string, message: BalancerMessage): void => {
+    if (sendsInFlight >= sendsInFlightMax) {
+      if (dropped++ % 100 === 0) log.warn('election send dropped: too many in flight', { to, type: message.type, dropped });
+      return;
+    }
+    sendsInFlight++;
+    const signal = AbortSignal.timeout(2000);
+    void (async () => {
+      let stream: MeshStream | undefined;
+      try {
+        stream = await node.openStream(to, ELECTION_PROTOCOL, { signal });
+        await stream.writer.writeFrame(encodeEnvelope(message, { maxBytes: ELECTION_MAX_BYTES }), { signal });
+        await stream.close({ signal });
+      } catch (err) {
+        // Unreachable voters are normal during failover; the reducer's timers retry.
+        stream?.abort(err as Error);
+      } finally {
+        sendsInFlight--;
+      }
+    })();
+  };
+
+  const perform = async (effects: readonly BalancerEffect[], state: ActorState): Promise<void> => {
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'persist':
+          // Awaited: the vote or candidacy that follows in `effects` must not leave before it is durable.
+          await writeFileDurably(join(init.dataDir, ELECTION_FILE), `${JSON.stringify(effect.value)}\n`);
+          break;
+        case 'send':
+          sendMessage(effect.to, effect.message);
+          break;
+        case 'publish':
+          node.publish(routingTopic, encodeEnvelope(effect.message, { maxBytes: ANNOUNCE_MAX_BYTES })).catch((err: Error) => {
+            log.warn('routing announcement failed', { error: err.message });
+          });
+          break;
+        case 'leaderChanged':
+          leader = effect.leaderId === null ? null : { peerId: effect.leaderId, term: effect.term };
+          log.info('leader changed', { term: effect.term, leader: effect.leaderId });
+          break;
+        case 'claimedLeadership':
+          log.info('leadership claimed', { term: effect.term, roster: state.balancer.config.rosterPeerIds.length });
+          break;
+        case 'routingTableChanged':
+          table = effect.table;
+          break;
+        default: {
+          const unreachable: never = effect;
+          throw new Error(`unhandled balancer effect ${JSON.stringify(unreachable)}`);
+        }
+      }
+    }
+  };
+
+  const handle = async (state: ActorState | null, message: BalancerMsg): Promise<ActorState | null> => {
+    if (message.type === 'tick') tickPending = false;
+    if (message.type === 'view') viewPending = false;
+    if (message.type === 'mesh') queuedMesh--;
+    if (stopped) return state;
+    if (message.type === 'crash') throw new BalancerError('ERR_BALANCER_CRASH_TEST', `balancer actor crashed on request: ${message.reason}`);
+    let s = state;
+    let fresh = false;
+    if (s === null) {
+      s = await initialize();
+      fresh = true;
+    }
+    const nowMs = clock.nowMs();
+    let roster = s.roster;
+    let balancer = s.balancer;
+    let step;
+    if (message.type === 'mesh') {
+      step = stepBalancer(balancer, { type: 'messageReceived', from: message.from, message: message.message, nowMs });
+    } else if (message.type === 'view' || fresh || message.type === 'tick') {
+      // Ticks re-read the view too: membership emits viewChanged only on changes, and a fresh actor
+      // (start or restart) has none yet.
+      const members = membership.members();
+      if (message.type !== 'tick' || fresh) {
+        roster = await updateRoster(roster, members, nowMs);
+        balancer = withRoster(balancer, roster);
+        step = stepBalancer(balancer, { type: 'viewChanged', members, nowMs });
+      } else {
+        step = stepBalancer(balancer, { type: 'tick', nowMs });
+      }
+    } else {
+      const unreachable: never = message;
+      throw new Error(`unhandled balancer message ${JSON.stringify(unreachable)}`);
+    }
+    const next: ActorState = { balancer: step.state, roster };
+    current = next;
+    await perform(step.effects, next);
+    if (message.type === 'tick') scheduleTick(tickIntervalMs);
+    return next;
+  };
+
+  const ref: Ref<BalancerMsg> = spawnActor<ActorState | null, BalancerMsg>(init.parent, {
+    name: init.name ?? 'balancer',
+    initialState: null,
+    handle,
+    onCrash: async (error) => {
+      log.error('balancer actor crashed', { error: (error as Error)?.message ?? String(error) });
+      const decision = init.onCrash ? await init.onCrash(error) : 'reset';
+      if (decision === 'reset' || decision === 'resume') {
+        tickPending = false;
+        clock.clearTimeout(tickTimer);
+        tickTimer = undefined;
+        scheduleTick(0);
+      }
+      if (decision === 'reset' || decision === 'stop' || decision === 'escalate') {
+        // A restarted balancer follows nobody until it hears the leader again: serve locally meanwhile.
+        leader = null;
+        table = null;
+      }
+      return decision;
+    },
+  });
+
+  const enqueueMesh = (from: string, message: BalancerMessage): void => {
+    if (queuedMesh >= mailboxMax) {
+      if (dropped++ % 100 === 0) log.warn('balancer mailbox full, message dropped', { from, type: message.type, dropped });
+      return;
+    }
+    queuedMesh++;
+    send({ type: 'mesh', from, message });
+  };
+
+  await node.handle(
+    ELECTION_PROTOCOL,
+    async (stream) => {
+      const signal = AbortSignal.timeout(2000);
+      let message: BalancerMessage | null = null;
+      try {
+        const frame = await stream.reader.readFrame(ELECTION_MAX_BYTES, { signal });
+        message = parseBalancerMessage(decodeEnvelope(frame, { maxBytes: ELECTION_MAX_BYTES }));
+        await stream.close({ signal });
+      } catch (err) {
+        log.warn('dropped malformed election message', { from: stream.remotePeer, error: (err as Error).message });
+        stream.abort(err as Error);
+        return;
+      }
+      const claimed = message === null ? null : claimedSender(message);
+      if (message === null || message.type === 'announce' || (claimed !== null && claimed !== stream.remotePeer)) {
+        log.warn('dropped invalid election message', { from: stream.remotePeer });
+        return;
+      }
+      enqueueMesh(stream.remotePeer, message);
+    },
+    { maxInboundStreams: 64, maxOutboundStreams: 64 },
+  );
+
+  const unsubscribe = node.subscribe(routingTopic, (m: GossipMessage) => {
+    let message: BalancerMessage | null;
+    try {
+      message = parseBalancerMessage(decodeEnvelope(m.data, { maxBytes: ANNOUNCE_MAX_BYTES }));
+    } catch (err) {
+      log.warn('dropped malformed routing announcement', { from: m.from, error: (err as Error).message });
+      return;
+    }
+    // Only a leader speaks for itself on this topic; votes never travel by gossip.
+    if (message === null || message.type !== 'announce' || m.from === undefined || message.leaderId !== m.from) {
+      log.warn('dropped invalid routing announcement', { from: m.from });
+      return;
+    }
+    enqueueMesh(m.from, message);
+  });
+
+  membership.onViewChanged(() => {
+    if (viewPending) return;
+    viewPending = true;
+    send({ type: 'view' });
+  });
+
+  tickPending = true;
+  send({ type: 'tick' });
+  await ready.promise;
+
+  return {
+    leader() {
+      if (leader === null) return null;
+      const peerId = leader.peerId;
+      const site =
+        membership.members().find((m) => m.peerId === peerId)?.siteName ?? table?.entries.find((e) => e.peerId === peerId)?.siteName ?? '';
+      return { peerId, site, term: leader.term };
+    },
+    table: () => table,
+    chooseTarget() {
+      const choice = chooseRoute(table, self, random());
+      if (choice.peerId === self) return 'local';
+      const entry = table?.entries.find((e) => e.peerId === choice.peerId);
+      if (entry === undefined) return 'local';
+      // The table lags membership by up to an announce interval: never send work to a peer we see gone.
+      if (!membership.liveMembers().some((m) => m.peerId === choice.peerId)) return 'local';
+      return { peerId: entry.peerId, dicom: entry.dicomAddress };
+    },
+    roster: () => (current ? [...current.balancer.config.rosterPeerIds] : [self]),
+    status() {
+      const b = current?.balancer;
+      return { role: b?.role ?? 'follower', term: b?.durable.currentTerm ?? 0, votedFor: b?.durable.votedFor ?? null };
+    },
+    crashForTest(reason = 'test') {
+      send({ type: 'crash', reason });
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      clock.clearTimeout(tickTimer);
+      tickTimer = undefined;
+      unsubscribe();
+      await node.unhandle(ELECTION_PROTOCOL).catch(() => undefined);
+      leader = null;
+      table = null;
+      try {
+        stopActor(ref);
+      } catch {
+        // already stopped by its supervisor
+      }
+    },
+  };
+}

@@ -1,0 +1,120 @@
+import '../../polyfill.ts';
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMeshNode, type MeshNode } from '../../net/node.ts';
+import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
+import { tunnelledClientOf } from '../../net/tunnel.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { createFrontDoor, type FrontDoor, type RouteResult } from './front-door.ts';
+import type { BalancerService } from './actor.ts';
+
+type Target = ReturnType<BalancerService['chooseTarget']>;
+
+function listen(server: Server): Promise<number> {
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
+}
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * A DICOM port as the lead's listener will run it: route first; when 'local', serve here. The local
+ * "association" answers `<name>:` + what it read, so the client sees who served it.
+ */
+async function dicomPort(name: string, door: () => FrontDoor): Promise<{ port: number; results: RouteResult[]; server: Server }> {
+  const results: RouteResult[] = [];
+  const server = createServer((socket: Socket) => {
+    void door()
+      .route(socket)
+      .then(async (result) => {
+        results.push(result);
+        if (result === 'tunnelled') return;
+        const client = await tunnelledClientOf(socket);
+        socket.once('data', (data: Buffer) => socket.end(`${name}:${data.toString()}${client ? ` via ${client.viaPeerId.slice(-4)}` : ''}`));
+      });
+  });
+  return { port: await listen(server), results, server };
+}
+
+function ask(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host: '127.0.0.1' }, () => socket.write(text));
+    const parts: Buffer[] = [];
+    socket.on('data', (c: Buffer) => parts.push(c));
+    socket.on('end', () => resolve(Buffer.concat(parts).toString()));
+    socket.on('error', reject);
+  });
+}
+
+describe('front door', { timeout: 60_000 }, () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const dirs: string[] = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+
+  async function node(key: SwarmKey, bootstrap: string[]): Promise<MeshNode> {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-door-'));
+    dirs.push(dataDir);
+    const n = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey: key, dataDir, bootstrap, tuning: { reconnectMinDelayMs: 100 } });
+    cleanups.push(() => n.stop());
+    return n;
+  }
+
+  it('serves locally without a table, tunnels to the named peer, falls back when the target is unreachable', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+
+    let target: Target = 'local';
+    const doorA = createFrontDoor({ balancer: { chooseTarget: () => target }, node: a, selfPeerId: a.peerId, log: silentLogger });
+    // b's balancer would route to a: a tunnelled connection must still be served at b (no second hop).
+    const doorB = createFrontDoor({ balancer: { chooseTarget: () => ({ peerId: a.peerId, dicom: 'x' }) }, node: b, selfPeerId: b.peerId, log: silentLogger });
+    cleanups.push(() => doorA.stop(), () => doorB.stop());
+    const portA = await dicomPort('a', () => doorA);
+    const portB = await dicomPort('b', () => doorB);
+    cleanups.push(() => void portA.server.close(), () => void portB.server.close());
+    await doorB.serveInbound(portB.port);
+
+    // No leader / no table: the balancer answers 'local'.
+    assert.equal(await ask(portA.port, 'echo-1'), 'a:echo-1');
+    assert.deepEqual(portA.results, ['local']);
+
+    // The table names b: the bytes go through the tunnel, b serves them and sees a as the way in.
+    target = { peerId: b.peerId, dicom: `127.0.0.1:${portB.port}` };
+    assert.equal(await ask(portA.port, 'echo-2'), `b:echo-2 via ${a.peerId.slice(-4)}`);
+    assert.deepEqual(portA.results, ['local', 'tunnelled']);
+    assert.deepEqual(portB.results, ['local']);
+
+    // A target that cannot be reached (not in the mesh at all): served here, nothing lost.
+    target = { peerId: '12D3KooWGzBkPEdRuuXJbNm8ZWx5vz8W1ZHqA4rfFd6Af6hRiuX8', dicom: '127.0.0.1:1' };
+    assert.equal(await ask(portA.port, 'echo-3'), 'a:echo-3');
+    // A peer that does not serve tunnels: the protocol negotiation fails, served here.
+    target = { peerId: b.peerId, dicom: 'x' };
+    await doorB.stop();
+    assert.equal(await ask(portA.port, 'echo-4'), 'a:echo-4');
+    // A balancer that throws: served here.
+    const doorC = createFrontDoor({ balancer: { chooseTarget: () => { throw new Error('boom'); } }, node: a, selfPeerId: a.peerId, log: silentLogger });
+    const socketPair = await new Promise<Socket>((resolve) => {
+      const s = createServer((sock) => resolve(sock));
+      cleanups.push(() => void s.close());
+      void listen(s).then((port) => connect({ port, host: '127.0.0.1' }).on('error', () => undefined));
+    });
+    assert.equal(await doorC.route(socketPair), 'local');
+    socketPair.destroy();
+    const stats = doorA.stats();
+    assert.deepEqual({ local: stats.local, tunnelled: stats.tunnelled, fallbacks: stats.fallbacks }, { local: 3, tunnelled: 1, fallbacks: 2 });
+    assert.deepEqual(portA.results, ['local', 'tunnelled', 'local', 'local']);
+  });
+});

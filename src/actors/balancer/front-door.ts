@@ -1,0 +1,100 @@
+/**
+ * The front door: for each new DICOM connection, serve it here or tunnel it to the peer the routing
+ * table names. Routing never loses an association: no leader or table, an unknown or unreachable target,
+ * or a tunnel that fails to open all answer 'local', with the client socket still unread.
+ *
+ * A connection that itself arrived through a tunnel is always served locally (no second hop, no loop).
+ */
+import type { Socket } from 'node:net';
+import type { MeshNode } from '../../net/node.ts';
+import { openTunnel, startTunnelServer, tunnelledClientOf, type TunnelClient, type TunnelServer } from '../../net/tunnel.ts';
+import type { Logger } from '../runtime/logger.ts';
+import type { BalancerService } from './actor.ts';
+
+export interface FrontDoorInit {
+  balancer: Pick<BalancerService, 'chooseTarget'>;
+  node: MeshNode;
+  selfPeerId: string;
+  log: Logger;
+  /** Bound on opening a tunnel before serving locally instead. Default 2000. */
+  tunnelOpenTimeoutMs?: number;
+}
+
+export type RouteResult = 'local' | 'tunnelled';
+
+export interface FrontDoorStats {
+  local: number;
+  tunnelled: number;
+  /** Tunnels that failed to open (the association was then served locally). */
+  fallbacks: number;
+  /** Outgoing tunnels still carrying bytes. */
+  tunnelsOpen: number;
+}
+
+export interface FrontDoor {
+  /** Call before spawning a local association; 'tunnelled' means the socket now belongs to a tunnel. */
+  route(socket: Socket): Promise<RouteResult>;
+  /** The real client of a connection, when it came through a tunnel (for logs and access control). */
+  clientOf(socket: Socket): Promise<TunnelClient | undefined>;
+  /** Accept tunnels from other peers, connecting each to this peer's DICOM port. */
+  serveInbound(localDicomPort: number, localHost?: string): Promise<void>;
+  stats(): FrontDoorStats;
+  stop(): Promise<void>;
+}
+
+export function createFrontDoor(init: FrontDoorInit): FrontDoor {
+  const { balancer, node, log } = init;
+  const stats: FrontDoorStats = { local: 0, tunnelled: 0, fallbacks: 0, tunnelsOpen: 0 };
+  const outgoing = new Set<Socket>();
+  let server: TunnelServer | null = null;
+  let stopped = false;
+
+  const local = (): RouteResult => {
+    stats.local++;
+    return 'local';
+  };
+
+  return {
+    async route(socket) {
+      if (stopped) return local();
+      if ((await tunnelledClientOf(socket)) !== undefined) return local();
+      let target: ReturnType<BalancerService['chooseTarget']>;
+      try {
+        target = balancer.chooseTarget();
+      } catch (err) {
+        log.warn('front door: routing failed, serving locally', { error: (err as Error).message });
+        return local();
+      }
+      if (target === 'local' || target.peerId === init.selfPeerId) return local();
+      const client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+      try {
+        const tunnel = await openTunnel(node, target.peerId, socket, { timeoutMs: init.tunnelOpenTimeoutMs ?? 2000 });
+        stats.tunnelled++;
+        stats.tunnelsOpen++;
+        outgoing.add(socket);
+        void tunnel.finished.then((bytes) => {
+          stats.tunnelsOpen--;
+          outgoing.delete(socket);
+          log.info('front door: tunnel finished', { client, to: target.peerId, ...bytes });
+        });
+        log.info('front door: association tunnelled', { client, to: target.peerId, dicom: target.dicom });
+        return 'tunnelled';
+      } catch (err) {
+        stats.fallbacks++;
+        log.warn('front door: tunnel failed, serving locally', { client, to: target.peerId, error: (err as Error).message });
+        return local();
+      }
+    },
+    clientOf: (socket) => tunnelledClientOf(socket),
+    async serveInbound(localDicomPort, localHost) {
+      if (server !== null) return;
+      server = await startTunnelServer({ node, localPort: localDicomPort, ...(localHost ? { localHost } : {}), log });
+    },
+    stats: () => ({ ...stats }),
+    async stop() {
+      stopped = true;
+      await server?.stop();
+      for (const socket of outgoing) socket.destroy();
+    },
+  };
+}

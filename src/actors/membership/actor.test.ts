@@ -1,0 +1,125 @@
+import '../../polyfill.ts';
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMeshNode, type MeshNode } from '../../net/node.ts';
+import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
+import { systemClock } from '../runtime/clock.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { startActorSystem, stopActor } from '../runtime/nact.ts';
+import { bumpIncarnation, parseHeartbeat, startMembership, type MembershipService } from './actor.ts';
+import { membershipTopic } from './messages.ts';
+import { encodeEnvelope } from '../../codec/envelope.ts';
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<number> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return Date.now() - start;
+}
+
+function statusOf(m: MembershipService, peerId: string): string | undefined {
+  return m.members().find((r) => r.peerId === peerId)?.status;
+}
+
+describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () => {
+  const dirs: string[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site = 'site-a') {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-membership-'));
+    dirs.push(dataDir);
+    const node = await createMeshNode({
+      host: '127.0.0.1',
+      p2pPort: 0,
+      swarmKey,
+      dataDir,
+      bootstrap,
+      tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 },
+    });
+    const system = startActorSystem(`membership-test-${node.peerId.slice(-6)}`);
+    const membership = await startMembership({
+      node,
+      peerId: node.peerId,
+      siteName: site,
+      priority: 100,
+      dataDir,
+      addresses: { dicom: '127.0.0.1:104', http: '127.0.0.1:8042' },
+      clock: systemClock,
+      log: silentLogger,
+      parent: system,
+    });
+    let stopped = false;
+    const stop = async (): Promise<void> => {
+      if (stopped) return;
+      stopped = true;
+      await node.stop();
+      await membership.stop();
+      stopActor(system);
+    };
+    cleanups.push(stop);
+    return { node, membership, dataDir, stop };
+  }
+
+  it('heartbeats make members alive; a stopped peer is dead quickly on the others; junk is dropped', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await peer(key, []);
+    const boot = [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!];
+    const b = await peer(key, boot, 'site-b');
+    const c = await peer(key, boot, 'site-c');
+    const all = [a, b, c];
+    const joinMs = await waitFor('all alive everywhere', () => all.every((p) => p.membership.liveMembers().length === 3));
+    console.log(`membership: 3 peers alive in every view after ${joinMs} ms`);
+    const rec = a.membership.members().find((m) => m.peerId === b.node.peerId)!;
+    assert.equal(rec.siteName, 'site-b');
+    assert.equal(rec.addresses.dicom, '127.0.0.1:104');
+
+    // Malformed heartbeats (garbage, wrong fields, a forged peerId) are dropped, never a crash.
+    await b.node.publish(membershipTopic, new Uint8Array([1, 2, 3, 4]));
+    await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: 42 }));
+    await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: c.node.peerId, siteName: 'x', incarnation: 99, sequence: 1, priority: 0, addresses: { dicom: '', http: '' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' }));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(a.membership.members().find((m) => m.peerId === c.node.peerId)?.incarnation, c.membership.incarnation);
+    assert.equal(a.membership.liveMembers().length, 3);
+
+    const t0 = Date.now();
+    await c.stop();
+    const deadMs = await waitFor('c dead on a and b', () => statusOf(a.membership, c.node.peerId) === 'dead' && statusOf(b.membership, c.node.peerId) === 'dead', 5000);
+    console.log(`membership: stopped peer marked dead on both survivors ${Date.now() - t0} ms after stop (${deadMs} ms after stop returned)`);
+    assert.ok(Date.now() - t0 < 3000);
+    assert.equal(a.membership.liveMembers().length, 2);
+  });
+
+  it('a hung peer (silent, still connected) is out of the live view within ~2 s', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await peer(key, []);
+    const b = await peer(key, [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    await waitFor('both alive', () => a.membership.liveMembers().length === 2 && b.membership.liveMembers().length === 2);
+    // Stop b's membership only: the connection stays up, heartbeats stop (what a hung actor looks like).
+    const t0 = Date.now();
+    await b.membership.stop();
+    await waitFor('b suspect on a', () => statusOf(a.membership, b.node.peerId) === 'suspect', 5000);
+    const suspectMs = Date.now() - t0;
+    await waitFor('b dead on a', () => statusOf(a.membership, b.node.peerId) === 'dead', 5000);
+    console.log(`membership: silent peer suspect after ${suspectMs} ms, dead after ${Date.now() - t0} ms`);
+    assert.ok(suspectMs < 2500);
+  });
+
+  it('persists and bumps the incarnation; validates heartbeats', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-incarnation-'));
+    dirs.push(dir);
+    assert.equal(await bumpIncarnation(dir), 1);
+    assert.equal(await bumpIncarnation(dir), 2);
+    assert.equal((await readFile(join(dir, 'membership-incarnation'), 'utf8')).trim(), '2');
+    assert.equal(parseHeartbeat({ type: 'heartbeat' }), null);
+    assert.equal(parseHeartbeat(null), null);
+  });
+});

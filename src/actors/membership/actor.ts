@@ -1,0 +1,370 @@
+/**
+ * The membership actor: the nact wiring around the pure reducer in logic.ts.
+ *
+ * Inputs become messages (timers are messages too): `tick` every tickIntervalMs, heartbeats from the
+ * gossip topic, `peerDisconnected` from the mesh node, coalesced local stats. Effects are performed in
+ * order: heartbeats are published (envelope, size-limited), the view goes to listeners.
+ *
+ * Timings (why not the 1 s / 3 s / 6 s of docs/mesh-algorithms.md): a killed peer is seen at once through
+ * `peer:disconnect` (6-13 ms), but a hung peer is only seen by silence. The balancer must fail over in
+ * ~2 s, so the defaults here are heartbeat 500 ms, suspect 1500 ms (three missed heartbeats: one lost
+ * gossip message does not flap the view; a suspect is already out of election and routing) and dead 3000 ms.
+ * The node's ping monitor closes a hung peer's connection after ~2 s, which makes it dead even sooner.
+ *
+ * Incarnation: a counter in `<dataDir>/membership-incarnation`, bumped (fsync + rename) on every start
+ * AND on every restart of this actor after a crash: a restarted actor starts its heartbeat sequence at 1
+ * again, which peers would ignore as old news within the same incarnation.
+ *
+ * Bounds: one tick in flight at a time, local stats coalesced to the latest, and at most
+ * `mailboxMax` heartbeats queued (more are dropped: the next heartbeat carries the same news).
+ */
+import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
+import type { MeshNode, GossipMessage } from '../../net/node.ts';
+import type { Clock, TimerHandle } from '../runtime/clock.ts';
+import type { Logger } from '../runtime/logger.ts';
+import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
+import { membershipTopic, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerLoad } from './messages.ts';
+
+export const membershipTimings = {
+  heartbeatIntervalMs: 500,
+  suspectAfterMs: 1500,
+  deadAfterMs: 3000,
+  tickIntervalMs: 100,
+} as const;
+
+/** Largest heartbeat envelope sent or accepted (a heartbeat is ~300 bytes). */
+export const HEARTBEAT_MAX_BYTES = 8 * 1024;
+const STRING_MAX_CHARS = 256;
+const INCARNATION_FILE = 'membership-incarnation';
+
+export type MembershipErrorCode = 'ERR_MEMBERSHIP_CRASH_TEST' | 'ERR_MEMBERSHIP_INCARNATION' | 'ERR_MEMBERSHIP_STOPPED';
+
+export class MembershipError extends Error {
+  static readonly NAME = 'MembershipError';
+  override readonly name = MembershipError.NAME;
+  readonly code: MembershipErrorCode;
+  constructor(code: MembershipErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export interface MembershipServiceInit {
+  node: MeshNode;
+  peerId: string;
+  siteName: string;
+  priority: number;
+  /** Holds the incarnation counter. */
+  dataDir: string;
+  addresses: { dicom: string; http: string };
+  clock: Clock;
+  log: Logger;
+  parent: Ref<any>;
+  heartbeatIntervalMs?: number;
+  suspectAfterMs?: number;
+  deadAfterMs?: number;
+  tickIntervalMs?: number;
+  /** Heartbeats queued for the actor beyond this are dropped. Default 256. */
+  mailboxMax?: number;
+  membersMax?: number;
+  /** Actor name under `parent`. Default 'membership'. */
+  name?: string;
+  /** Supervision: what to do when the actor throws (the site supervisor passes its policy). Default: reset. */
+  onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
+}
+
+export interface MembershipService {
+  /** Every known member, self included, sorted by peerId. */
+  members(): MemberRecord[];
+  /** Alive members, self included, sorted by peerId. */
+  liveMembers(): MemberRecord[];
+  onViewChanged(listener: (members: readonly MemberRecord[]) => void): void;
+  updateLocalStats(stats: { load: PeerLoad; instanceCount: number; digestRoot: string }): void;
+  /** The current incarnation (grows on every start and every actor restart). */
+  readonly incarnation: number;
+  /** Test hook: the actor throws while handling its next message (supervision then applies). */
+  crashForTest(reason?: string): void;
+  stop(): Promise<void>;
+}
+
+type MembershipMsg =
+  | { readonly type: 'tick' }
+  | { readonly type: 'heartbeat'; readonly heartbeat: Heartbeat }
+  | { readonly type: 'peerDisconnected'; readonly peerId: string }
+  | { readonly type: 'localStats' }
+  | { readonly type: 'crash'; readonly reason: string };
+
+/** Reads, bumps and durably writes the incarnation counter; returns the new value. */
+export async function bumpIncarnation(dataDir: string): Promise<number> {
+  const path = join(dataDir, INCARNATION_FILE);
+  let previous = 0;
+  try {
+    const text = (await readFile(path, 'utf8')).trim();
+    const value = Number(text);
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new MembershipError('ERR_MEMBERSHIP_INCARNATION', `${path} holds "${text.slice(0, 40)}", not a counter`);
+    }
+    previous = value;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const next = previous + 1;
+  await writeFileDurably(path, `${next}\n`);
+  return next;
+}
+
+/** Write to a temporary file, fsync, rename: the file holds the old or the new value after a crash. */
+export async function writeFileDurably(path: string, text: string): Promise<void> {
+  await mkdir(join(path, '..'), { recursive: true });
+  const tmp = `${path}.tmp`;
+  const handle = await open(tmp, 'w');
+  try {
+    await handle.writeFile(text);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(tmp, path);
+}
+
+/** Validates a decoded heartbeat field by field; null for anything malformed. */
+export function parseHeartbeat(value: unknown): Heartbeat | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const v = value as Record<string, unknown>;
+  const str = (x: unknown): x is string => typeof x === 'string' && x.length <= STRING_MAX_CHARS;
+  const count = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+  const finite = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
+  if (v.type !== 'heartbeat' || !str(v.peerId) || v.peerId.length === 0 || !str(v.siteName)) return null;
+  if (!count(v.incarnation) || !count(v.sequence) || !finite(v.priority) || !count(v.instanceCount) || !str(v.digestRoot)) return null;
+  const addresses = v.addresses as Record<string, unknown> | null;
+  if (typeof addresses !== 'object' || addresses === null || !str(addresses.dicom) || !str(addresses.http)) return null;
+  const load = v.load as Record<string, unknown> | null;
+  if (typeof load !== 'object' || load === null) return null;
+  if (!count(load.activeAssociations) || !count(load.queuedCustodyWork) || !count(load.freeDiskBytes)) return null;
+  return {
+    type: 'heartbeat',
+    peerId: v.peerId,
+    siteName: v.siteName,
+    incarnation: v.incarnation,
+    sequence: v.sequence,
+    priority: v.priority,
+    addresses: { dicom: addresses.dicom, http: addresses.http },
+    load: { activeAssociations: load.activeAssociations, queuedCustodyWork: load.queuedCustodyWork, freeDiskBytes: load.freeDiskBytes },
+    instanceCount: v.instanceCount,
+    digestRoot: v.digestRoot,
+  };
+}
+
+export async function startMembership(init: MembershipServiceInit): Promise<MembershipService> {
+  const { node, clock, log } = init;
+  const timings = {
+    heartbeatIntervalMs: init.heartbeatIntervalMs ?? membershipTimings.heartbeatIntervalMs,
+    suspectAfterMs: init.suspectAfterMs ?? membershipTimings.suspectAfterMs,
+    deadAfterMs: init.deadAfterMs ?? membershipTimings.deadAfterMs,
+  };
+  const tickIntervalMs = init.tickIntervalMs ?? membershipTimings.tickIntervalMs;
+  const mailboxMax = init.mailboxMax ?? 256;
+  const listeners = new Set<(members: readonly MemberRecord[]) => void>();
+
+  let current: MembershipState | null = null;
+  let incarnation = 0;
+  let stopped = false;
+  let queuedHeartbeats = 0;
+  let tickPending = false;
+  let tickTimer: TimerHandle | undefined;
+  let statsPending = false;
+  let latestStats: { load: PeerLoad; instanceCount: number; digestRoot: string } | null = null;
+  let droppedHeartbeats = 0;
+  let publishFailures = 0;
+  const ready = Promise.withResolvers<void>();
+
+  const send = (message: MembershipMsg): void => {
+    if (stopped) return;
+    try {
+      dispatch(ref, message);
+    } catch (err) {
+      // nact throws on a stopped actor (escalated by the supervisor): nothing left to feed.
+      log.warn('membership actor unavailable', { error: (err as Error).message });
+    }
+  };
+
+  const scheduleTick = (delayMs: number): void => {
+    if (stopped || tickTimer !== undefined) return;
+    tickTimer = clock.setTimeout(() => {
+      tickTimer = undefined;
+      if (stopped || tickPending) return;
+      tickPending = true;
+      send({ type: 'tick' });
+    }, delayMs);
+  };
+
+  const initialize = async (): Promise<MembershipState> => {
+    incarnation = await bumpIncarnation(init.dataDir);
+    let state = initMembership({
+      peerId: init.peerId,
+      siteName: init.siteName,
+      incarnation,
+      priority: init.priority,
+      addresses: init.addresses,
+      ...timings,
+      membersMax: init.membersMax ?? 256,
+    });
+    if (latestStats) state = stepMembership(state, { type: 'localStatsChanged', ...latestStats }).state;
+    log.info('membership started', { incarnation, ...timings });
+    ready.resolve();
+    return state;
+  };
+
+  const perform = (effects: readonly MembershipEffect[]): void => {
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'publish': {
+          const bytes = encodeEnvelope(effect.message, { maxBytes: HEARTBEAT_MAX_BYTES });
+          node.publish(membershipTopic, bytes).catch((err: Error) => {
+            // Early publishes (before subscriptions are exchanged) fail; the next heartbeat repeats the news.
+            if (publishFailures++ % 100 === 0) log.warn('heartbeat publish failed', { error: err.message, failures: publishFailures });
+          });
+          break;
+        }
+        case 'memberStatusChanged':
+          log.info('member status changed', { peer: effect.peerId, memberSite: effect.siteName, incarnation: effect.incarnation, from: effect.from, to: effect.to });
+          break;
+        case 'viewChanged':
+          for (const listener of listeners) {
+            try {
+              listener(effect.members);
+            } catch (err) {
+              log.error('view listener threw', { error: (err as Error).message });
+            }
+          }
+          break;
+        default: {
+          const unreachable: never = effect;
+          throw new Error(`unhandled membership effect ${JSON.stringify(unreachable)}`);
+        }
+      }
+    }
+  };
+
+  const handle = async (state: MembershipState | null, message: MembershipMsg): Promise<MembershipState | null> => {
+    if (message.type === 'heartbeat') queuedHeartbeats--;
+    if (message.type === 'tick') tickPending = false;
+    if (message.type === 'localStats') statsPending = false;
+    if (stopped) return state;
+    if (message.type === 'crash') {
+      throw new MembershipError('ERR_MEMBERSHIP_CRASH_TEST', `membership actor crashed on request: ${message.reason}`);
+    }
+    let s = state ?? (await initialize());
+    const nowMs = clock.nowMs();
+    let step;
+    switch (message.type) {
+      case 'tick':
+        step = stepMembership(s, { type: 'tick', nowMs });
+        break;
+      case 'heartbeat':
+        step = stepMembership(s, { type: 'heartbeatReceived', heartbeat: message.heartbeat, nowMs });
+        break;
+      case 'peerDisconnected':
+        step = stepMembership(s, { type: 'peerDisconnected', peerId: message.peerId, nowMs });
+        break;
+      case 'localStats':
+        step = latestStats ? stepMembership(s, { type: 'localStatsChanged', ...latestStats }) : { state: s, effects: [] };
+        break;
+      default: {
+        const unreachable: never = message;
+        throw new Error(`unhandled membership message ${JSON.stringify(unreachable)}`);
+      }
+    }
+    s = step.state;
+    current = s;
+    perform(step.effects);
+    if (message.type === 'tick') scheduleTick(tickIntervalMs);
+    return s;
+  };
+
+  const ref: Ref<MembershipMsg> = spawnActor<MembershipState | null, MembershipMsg>(init.parent, {
+    name: init.name ?? 'membership',
+    // null: (re)initialize on the next message; nact's 'reset' brings the actor back to this.
+    initialState: null,
+    handle,
+    onCrash: async (error) => {
+      log.error('membership actor crashed', { error: (error as Error)?.message ?? String(error) });
+      const decision = init.onCrash ? await init.onCrash(error) : 'reset';
+      if (decision === 'reset' || decision === 'resume') {
+        // The crashed message may have been the tick: start the timer chain again.
+        tickPending = false;
+        clock.clearTimeout(tickTimer);
+        tickTimer = undefined;
+        scheduleTick(0);
+      }
+      return decision;
+    },
+  });
+
+  const unsubscribe = node.subscribe(membershipTopic, (m: GossipMessage) => {
+    let heartbeat: Heartbeat | null;
+    try {
+      heartbeat = parseHeartbeat(decodeEnvelope<Heartbeat>(m.data, { maxBytes: HEARTBEAT_MAX_BYTES }));
+    } catch (err) {
+      log.warn('dropped malformed heartbeat', { from: m.from, error: (err as Error).message });
+      return;
+    }
+    if (heartbeat === null) {
+      log.warn('dropped malformed heartbeat', { from: m.from, error: 'invalid fields' });
+      return;
+    }
+    // Gossip is signed: a peer may only speak for itself.
+    if (m.from !== heartbeat.peerId) {
+      log.warn('dropped heartbeat signed by another peer', { from: m.from, claims: heartbeat.peerId });
+      return;
+    }
+    if (queuedHeartbeats >= mailboxMax) {
+      if (droppedHeartbeats++ % 100 === 0) log.warn('membership mailbox full, heartbeat dropped', { dropped: droppedHeartbeats });
+      return;
+    }
+    queuedHeartbeats++;
+    send({ type: 'heartbeat', heartbeat });
+  });
+  const offDisconnect = node.onPeerDisconnected((peerId) => send({ type: 'peerDisconnected', peerId }));
+
+  tickPending = true;
+  send({ type: 'tick' });
+  await ready.promise;
+
+  return {
+    members: () => (current ? viewMembers(current, clock.nowMs()) : []),
+    liveMembers: () => (current ? liveView(current, clock.nowMs()) : []),
+    onViewChanged(listener) {
+      listeners.add(listener);
+    },
+    updateLocalStats(stats) {
+      latestStats = stats;
+      if (statsPending) return;
+      statsPending = true;
+      send({ type: 'localStats' });
+    },
+    get incarnation() {
+      return incarnation;
+    },
+    crashForTest(reason = 'test') {
+      send({ type: 'crash', reason });
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      clock.clearTimeout(tickTimer);
+      tickTimer = undefined;
+      unsubscribe();
+      offDisconnect();
+      listeners.clear();
+      try {
+        stopActor(ref);
+      } catch {
+        // already stopped by its supervisor
+      }
+    },
+  };
+}

@@ -1,0 +1,150 @@
+import '../polyfill.ts';
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMeshNode, type MeshNode } from './node.ts';
+import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
+import { openTunnel, startTunnelServer, tunnelledClientOf, type TunnelClient } from './tunnel.ts';
+
+const quiet = { info: () => undefined, warn: () => undefined };
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function listen(server: Server): Promise<number> {
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
+}
+
+/** A stand-in for a DICOM port: echoes every byte, records who the tunnel says the client is. */
+async function echoServer(): Promise<{ port: number; clients: (TunnelClient | undefined)[]; server: Server }> {
+  const clients: (TunnelClient | undefined)[] = [];
+  const server = createServer({ allowHalfOpen: false }, (socket) => {
+    void tunnelledClientOf(socket).then((client) => {
+      clients.push(client);
+      socket.pipe(socket);
+    });
+  });
+  return { port: await listen(server), clients, server };
+}
+
+/** Writes `payload`, reads it all back, then closes (request/response, as DICOM does: no half-close). */
+function roundTrip(port: number, payload: Buffer): Promise<{ echoed: Buffer; localPort: number }> {
+  return new Promise((resolve, reject) => {
+    let localPort = 0;
+    const socket = connect({ port, host: '127.0.0.1' }, () => {
+      localPort = socket.localPort ?? 0;
+      socket.write(payload);
+    });
+    const parts: Buffer[] = [];
+    let got = 0;
+    socket.on('data', (c: Buffer) => {
+      parts.push(c);
+      got += c.byteLength;
+      if (got >= payload.byteLength) socket.end();
+    });
+    socket.on('close', () => resolve({ echoed: Buffer.concat(parts), localPort }));
+    socket.on('error', reject);
+  });
+}
+
+describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const dirs: string[] = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+
+  async function node(key: SwarmKey, bootstrap: string[]): Promise<MeshNode> {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-tunnel-'));
+    dirs.push(dataDir);
+    const n = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey: key, dataDir, bootstrap, tuning: { reconnectMinDelayMs: 100 } });
+    cleanups.push(() => n.stop());
+    return n;
+  }
+
+  it('carries bytes both ways with the client address first, and closes cleanly', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+
+    const echo = await echoServer();
+    cleanups.push(() => void echo.server.close());
+    const server = await startTunnelServer({ node: b, localPort: echo.port, log: quiet });
+    cleanups.push(() => server.stop());
+
+    // Peer a's "front door": every connection goes through a tunnel to b.
+    const tunnels: Promise<unknown>[] = [];
+    const door = createServer((socket: Socket) => {
+      const t = openTunnel(a, b.peerId, socket);
+      tunnels.push(t.then((x) => x.finished));
+      t.catch(() => socket.destroy());
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+
+    const small = Buffer.from('A-ASSOCIATE-RQ');
+    const r1 = await roundTrip(doorPort, small);
+    assert.deepEqual(r1.echoed, small);
+    assert.equal(echo.clients.length, 1);
+    assert.deepEqual(echo.clients[0], { clientAddress: '127.0.0.1', clientPort: r1.localPort, viaPeerId: a.peerId });
+
+    // 16 MiB each way: back-pressure keeps memory bounded, bytes arrive intact and in order.
+    const big = randomBytes(16 * 1024 * 1024);
+    const t0 = Date.now();
+    const r2 = await roundTrip(doorPort, big);
+    const ms = Date.now() - t0;
+    assert.equal(r2.echoed.byteLength, big.byteLength);
+    assert.equal(createHash('sha256').update(r2.echoed).digest('hex'), createHash('sha256').update(big).digest('hex'));
+    console.log(`tunnel: 16 MiB echoed through a tunnel in ${ms} ms (${((2 * 16) / (ms / 1000)).toFixed(0)} MiB/s both ways)`);
+
+    await Promise.all(tunnels);
+    await waitFor('tunnels released', () => server.active() === 0);
+  });
+
+  it('refuses when the local port is down; the opener gets a TunnelError and the socket is untouched', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    const unused = createServer();
+    const deadPort = await listen(unused);
+    await new Promise((r) => unused.close(r));
+    const server = await startTunnelServer({ node: b, localPort: deadPort, log: quiet });
+    cleanups.push(() => server.stop());
+
+    const result = new Promise<{ error: Error; data: Buffer }>((resolve) => {
+      const door = createServer((socket) => {
+        openTunnel(a, b.peerId, socket).then(
+          () => assert.fail('tunnel should be refused'),
+          (error: Error) => {
+            // Served "locally": the first bytes the client sent are still there to read.
+            socket.once('data', (data: Buffer) => {
+              resolve({ error, data });
+              socket.destroy();
+            });
+          },
+        );
+      });
+      cleanups.push(() => void door.close());
+      void listen(door).then((port) => {
+        const client = connect({ port, host: '127.0.0.1' }, () => client.write('hello'));
+        client.on('error', () => undefined);
+      });
+    });
+    const { error, data } = await result;
+    assert.equal(error.name, 'TunnelError');
+    assert.equal((error as Error & { code: string }).code, 'ERR_TUNNEL_REFUSED');
+    assert.equal(data.toString(), 'hello');
+  });
+});

@@ -1,0 +1,362 @@
+/**
+ * `/pacs-mesh/tunnel/1`: one DICOM association's TCP bytes over one libp2p stream.
+ *
+ * Wire:
+ *   opener -> frame(envelope { type: 'tunnel-open', clientAddress, clientPort })
+ *   server -> frame(envelope { type: 'tunnel-ready' } | { type: 'tunnel-refused', reason })
+ *   then raw bytes both ways; each side half-closes its direction at TCP end, resets on error.
+ * The opener waits for `tunnel-ready` before it touches the client socket, so a refused or failed tunnel
+ * leaves the socket unread and the front door can still serve the association locally.
+ *
+ * The server side connects to its own DICOM port on 127.0.0.1 (rather than faking a net.Socket for the
+ * listener): the listener and the association actor then see a real socket with every method they use
+ * (setNoDelay, timeouts, destroy, half-close), at the cost of one loopback hop. The client's real address
+ * is not lost: every such loopback connection is registered, and {@link tunnelledClientOf} gives the
+ * listener (for logs and access control) the original client address; the front door also uses it to
+ * serve tunnelled connections locally, so a tunnel never tunnels again.
+ *
+ * Back-pressure: socket -> stream pauses the socket while 256 KiB wait for the stream writer ('drain');
+ * stream -> socket reads through the bounded StreamReader and waits for the socket's 'drain'.
+ * Memory per tunnel is bounded by the reader's high-water mark + the yamux window + 256 KiB + one chunk.
+ */
+import { connect, type Socket } from 'node:net';
+import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
+import type { MeshNode } from './node.ts';
+import type { MeshStream } from './stream.ts';
+
+export const TUNNEL_PROTOCOL = '/pacs-mesh/tunnel/1';
+const HEADER_MAX_BYTES = 1024;
+/** Client bytes read from the socket but not yet taken by the stream, before the socket is paused. */
+const UPSTREAM_QUEUE_MAX_BYTES = 256 * 1024;
+
+export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN';
+
+export class TunnelError extends Error {
+  static readonly NAME = 'TunnelError';
+  override readonly name = TunnelError.NAME;
+  readonly code: TunnelErrorCode;
+  constructor(code: TunnelErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export interface TunnelClient {
+  /** The modality's address as the front door saw it. */
+  clientAddress: string;
+  clientPort: number;
+  /** The peer whose front door accepted the connection. */
+  viaPeerId: string;
+}
+
+interface TunnelOpen {
+  type: 'tunnel-open';
+  clientAddress: string;
+  clientPort: number;
+}
+
+type TunnelReply = { type: 'tunnel-ready' } | { type: 'tunnel-refused'; reason: string };
+
+export interface TunnelStats {
+  bytesToStream: number;
+  bytesToSocket: number;
+}
+
+export interface TunnelLogger {
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+}
+
+/**
+ * Loopback connections made by tunnel servers in this process, keyed `<sourcePort>-><destinationPort>`
+ * (the kernel may reuse a source port towards different destinations). Bounded by the live tunnels.
+ */
+const tunnelledConnections = new Map<string, TunnelClient>();
+/** Loopback connects started but not yet registered (their source port is unknown until 'connect'). */
+let pendingLocalConnects = 0;
+const pendingWaiters = new Set<() => void>();
+
+function connectionKey(sourcePort: number | undefined, destinationPort: number | undefined): string {
+  return `${sourcePort ?? 0}->${destinationPort ?? 0}`;
+}
+
+function isLoopback(address: string | undefined): boolean {
+  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
+}
+
+function settlePending(): void {
+  pendingLocalConnects--;
+  if (pendingLocalConnects === 0) {
+    for (const wake of pendingWaiters) wake();
+    pendingWaiters.clear();
+  }
+}
+
+/**
+ * The real client of a connection accepted by a local DICOM listener, if the connection came through a
+ * tunnel (undefined for a direct connection). Resolves at once unless a tunnel server of this process is
+ * connecting on loopback at that moment (its 'connect' and the listener's 'connection' race).
+ */
+export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promise<TunnelClient | undefined> {
+  if (!isLoopback(socket.remoteAddress)) return undefined;
+  const key = connectionKey(socket.remotePort, socket.localPort);
+  const deadline = Date.now() + waitMaxMs;
+  while (true) {
+    const found = tunnelledConnections.get(key);
+    if (found !== undefined || pendingLocalConnects === 0 || Date.now() >= deadline) return found;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        pendingWaiters.delete(done);
+        resolve();
+      }, Math.max(1, deadline - Date.now()));
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      pendingWaiters.add(done);
+    });
+  }
+}
+
+/** Same, synchronously: only connections already registered. */
+export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined {
+  if (!isLoopback(socket.remoteAddress)) return undefined;
+  return tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort));
+}
+
+/**
+ * Pipes a TCP socket and a mesh stream both ways until both directions ended; resolves with the byte
+ * counts. Never throws: an error on either side resets/destroys the other.
+ */
+export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise<TunnelStats> {
+  const stats: TunnelStats = { bytesToStream: 0, bytesToSocket: 0 };
+  let failed = false;
+  const fail = (err: Error): void => {
+    if (failed) return;
+    failed = true;
+    stream.abort(err);
+    socket.destroy();
+  };
+
+  // socket -> stream: writes are chained in order; the socket is paused while more than
+  // UPSTREAM_QUEUE_MAX_BYTES wait for the stream (pausing on every chunk halves the throughput).
+  const upstream = new Promise<void>((resolve) => {
+    let writing: Promise<void> = Promise.resolve();
+    let queuedBytes = 0;
+    let paused = false;
+    socket.on('data', (chunk: Buffer) => {
+      stats.bytesToStream += chunk.byteLength;
+      queuedBytes += chunk.byteLength;
+      if (queuedBytes >= UPSTREAM_QUEUE_MAX_BYTES && !paused) {
+        paused = true;
+        socket.pause();
+      }
+      writing = writing
+        .then(() => (failed ? undefined : stream.writer.write(chunk)))
+        .then(() => {
+          queuedBytes -= chunk.byteLength;
+          if (paused && !failed && queuedBytes < UPSTREAM_QUEUE_MAX_BYTES) {
+            paused = false;
+            socket.resume();
+          }
+        })
+        .catch((err: Error) => fail(err));
+    });
+    socket.once('end', () => {
+      writing
+        .then(() => (failed ? undefined : stream.closeWrite()))
+        .catch((err: Error) => fail(err))
+        .finally(resolve);
+    });
+    socket.once('close', (hadError) => {
+      if (hadError) fail(new Error('client socket closed with an error'));
+      resolve();
+    });
+    socket.on('error', (err) => fail(err));
+    socket.resume();
+  });
+
+  // stream -> socket
+  const downstream = (async () => {
+    try {
+      while (true) {
+        const chunk = await stream.reader.read();
+        if (chunk === null) break;
+        if (!socket.writable) throw new Error('client socket no longer writable');
+        stats.bytesToSocket += chunk.byteLength;
+        if (!socket.write(chunk)) {
+          await new Promise<void>((resolve, reject) => {
+            const onDrain = (): void => {
+              socket.off('close', onClose);
+              resolve();
+            };
+            const onClose = (): void => {
+              socket.off('drain', onDrain);
+              reject(new Error('client socket closed while writing'));
+            };
+            socket.once('drain', onDrain);
+            socket.once('close', onClose);
+          });
+        }
+      }
+      if (!socket.destroyed) socket.end();
+    } catch (err) {
+      fail(err as Error);
+    }
+  })();
+
+  return Promise.all([upstream, downstream]).then(() => {
+    // Both directions are finished: release the stream (a no-op when it already closed cleanly).
+    if (!failed && stream.raw.status === 'open') stream.abort(new Error('tunnel finished'));
+    if (!socket.destroyed) socket.destroySoon();
+    return stats;
+  });
+}
+
+export interface OpenTunnelOptions {
+  /** Bound on dialling, opening the stream and the remote's connect to its DICOM port. Default 3000. */
+  timeoutMs?: number;
+}
+
+export interface OpenedTunnel {
+  peerId: string;
+  /** Resolves when the association's bytes stopped flowing both ways. */
+  finished: Promise<TunnelStats>;
+}
+
+/**
+ * Opens a tunnel to `peerId` for `socket` and starts piping once the remote is connected to its DICOM
+ * port. Throws {@link TunnelError} (without having read from `socket`) when that fails.
+ */
+export async function openTunnel(node: MeshNode, peerId: string, socket: Socket, options: OpenTunnelOptions = {}): Promise<OpenedTunnel> {
+  const signal = AbortSignal.timeout(options.timeoutMs ?? 3000);
+  let stream: MeshStream;
+  try {
+    stream = await node.openStream(peerId, TUNNEL_PROTOCOL, { signal });
+  } catch (err) {
+    throw new TunnelError('ERR_TUNNEL_OPEN', `cannot open a tunnel to ${peerId}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const open: TunnelOpen = { type: 'tunnel-open', clientAddress: socket.remoteAddress ?? '', clientPort: socket.remotePort ?? 0 };
+    await stream.writer.writeFrame(encodeEnvelope(open, { maxBytes: HEADER_MAX_BYTES }), { signal });
+    const reply = decodeEnvelope<TunnelReply>(await stream.reader.readFrame(HEADER_MAX_BYTES, { signal }), { maxBytes: HEADER_MAX_BYTES });
+    if (reply.type === 'tunnel-refused') {
+      throw new TunnelError('ERR_TUNNEL_REFUSED', `peer ${peerId} refused the tunnel: ${String(reply.reason).slice(0, 200)}`);
+    }
+    if (reply.type !== 'tunnel-ready') throw new TunnelError('ERR_TUNNEL_HEADER', `unexpected tunnel reply ${String((reply as { type: string }).type).slice(0, 40)}`);
+  } catch (err) {
+    stream.abort(err as Error);
+    if (err instanceof TunnelError) throw err;
+    throw new TunnelError('ERR_TUNNEL_OPEN', `tunnel to ${peerId} failed to open: ${(err as Error).message}`, { cause: err });
+  }
+  socket.setNoDelay(true);
+  return { peerId, finished: pipeSocketAndStream(socket, stream) };
+}
+
+export interface TunnelServerInit {
+  node: MeshNode;
+  /** The local DICOM port tunnels are connected to. */
+  localPort: number;
+  /** Default 127.0.0.1. */
+  localHost?: string;
+  log: TunnelLogger;
+  /** Tunnels served at once; more are refused (the opener then serves locally). Default 256. */
+  maxTunnels?: number;
+  /** Bound on reading the header and connecting to the local port. Default 3000. */
+  timeoutMs?: number;
+}
+
+export interface TunnelServer {
+  active(): number;
+  stop(): Promise<void>;
+}
+
+function parseOpen(value: unknown): TunnelOpen | null {
+  const v = value as Record<string, unknown>;
+  if (v.type !== 'tunnel-open' || typeof v.clientAddress !== 'string' || v.clientAddress.length > 64) return null;
+  if (typeof v.clientPort !== 'number' || !Number.isInteger(v.clientPort) || v.clientPort < 0 || v.clientPort > 65535) return null;
+  return { type: 'tunnel-open', clientAddress: v.clientAddress, clientPort: v.clientPort };
+}
+
+function connectLocal(host: string, port: number, signal: AbortSignal): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    const socket = connect({ host, port, noDelay: true });
+    const onError = (err: Error): void => {
+      signal.removeEventListener('abort', onAbort);
+      socket.destroy();
+      reject(err);
+    };
+    const onAbort = (): void => onError(new Error('timed out connecting to the local DICOM port'));
+    socket.once('error', onError);
+    signal.addEventListener('abort', onAbort, { once: true });
+    socket.once('connect', () => {
+      socket.off('error', onError);
+      signal.removeEventListener('abort', onAbort);
+      socket.pause();
+      resolve(socket);
+    });
+  });
+}
+
+/** Serves `/pacs-mesh/tunnel/1`: each stream becomes a loopback connection to the local DICOM port. */
+export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelServer> {
+  const { node, log } = init;
+  const host = init.localHost ?? '127.0.0.1';
+  const maxTunnels = init.maxTunnels ?? 256;
+  const live = new Set<Socket>();
+  let stopped = false;
+
+  const reply = (stream: MeshStream, message: TunnelReply, signal: AbortSignal): Promise<void> =>
+    stream.writer.writeFrame(encodeEnvelope(message, { maxBytes: HEADER_MAX_BYTES }), { signal });
+
+  await node.handle(
+    TUNNEL_PROTOCOL,
+    async (stream) => {
+      const signal = AbortSignal.timeout(init.timeoutMs ?? 3000);
+      const open = parseOpen(decodeEnvelope(await stream.reader.readFrame(HEADER_MAX_BYTES, { signal }), { maxBytes: HEADER_MAX_BYTES }));
+      if (open === null) throw new TunnelError('ERR_TUNNEL_HEADER', 'malformed tunnel header');
+      if (stopped || live.size >= maxTunnels) {
+        await reply(stream, { type: 'tunnel-refused', reason: stopped ? 'stopping' : 'too many tunnels' }, signal);
+        await stream.close({ signal }).catch(() => undefined);
+        return;
+      }
+      const client: TunnelClient = { clientAddress: open.clientAddress, clientPort: open.clientPort, viaPeerId: stream.remotePeer };
+      let socket: Socket;
+      pendingLocalConnects++;
+      try {
+        socket = await connectLocal(host, init.localPort, signal);
+        tunnelledConnections.set(connectionKey(socket.localPort, socket.remotePort), client);
+      } catch (err) {
+        settlePending();
+        log.warn('tunnel refused: local DICOM port unreachable', { via: stream.remotePeer, error: (err as Error).message });
+        await reply(stream, { type: 'tunnel-refused', reason: 'local port unreachable' }, signal).catch(() => undefined);
+        await stream.close({ signal }).catch(() => undefined);
+        return;
+      }
+      settlePending();
+      const key = connectionKey(socket.localPort, socket.remotePort);
+      live.add(socket);
+      try {
+        await reply(stream, { type: 'tunnel-ready' }, signal);
+        log.info('tunnel opened', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}` });
+        const stats = await pipeSocketAndStream(socket, stream);
+        log.info('tunnel closed', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}`, ...stats });
+      } finally {
+        live.delete(socket);
+        socket.destroy();
+        tunnelledConnections.delete(key);
+      }
+    },
+    { maxInboundStreams: maxTunnels, maxOutboundStreams: maxTunnels },
+  );
+
+  return {
+    active: () => live.size,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await node.unhandle(TUNNEL_PROTOCOL).catch(() => undefined);
+      for (const socket of live) socket.destroy();
+    },
+  };
+}
