@@ -29,6 +29,8 @@ export interface PeerConfig {
   maxPduLength: number;
   /** Associations served at once; more are rejected as transient congestion. */
   maxAssociations: number;
+  /** Associations at which the balancer counts this peer as full and routes new ones elsewhere. */
+  associationsPerPeer: number;
   // The mesh (issue 3).
   swarmKeyFile?: string;
   p2pPort: number;
@@ -51,6 +53,7 @@ export const defaultConfig: PeerConfig = {
   allowedCallingAeTitles: [],
   maxPduLength: 256 * 1024,
   maxAssociations: 64,
+  associationsPerPeer: 32,
   p2pPort: 4001,
   bootstrap: [],
   priority: 100,
@@ -125,6 +128,14 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.maxAssociations = n;
     },
   },
+  '--associations-per-peer': {
+    takesValue: true,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new ConfigError(`--associations-per-peer "${v}" must be 1-10000`);
+      c.associationsPerPeer = n;
+    },
+  },
   '--swarm-key': { takesValue: true, apply: (c, v) => (c.swarmKeyFile = v) },
   '--p2p-port': { takesValue: true, apply: (c, v) => (c.p2pPort = checkPort(v, '--p2p-port')) },
   '--bootstrap': {
@@ -196,6 +207,7 @@ start options (defaults in brackets):
   --allow-calling AET,...     only these calling AE titles may associate [any]
   --max-pdu N                 maximum PDU length we receive [262144]
   --max-associations N        associations served at once [64]
+  --associations-per-peer N   balancer: associations at which a peer is full and new ones go elsewhere [32]
   --swarm-key FILE            private mesh key (pacs-mesh keygen)
   --p2p-port N                libp2p TCP port [4001]
   --bootstrap MULTIADDR       a peer to join through, repeatable

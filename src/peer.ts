@@ -7,7 +7,9 @@ import { join, resolve } from 'node:path';
 import { loadAeDirectory } from './ae-directory.ts';
 import type { PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
-import { localIngest } from './actors/association/services/deps.ts';
+import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
+import { startMesh, type Mesh } from './mesh.ts';
+import { networkInterfaces } from 'node:os';
 import { localRetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
@@ -44,12 +46,27 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   let healthy = false;
   let dicom: DicomListener | undefined;
   let http: RunningHttpServer | undefined;
+  let mesh: Mesh | undefined;
+  // The DICOM port must be bound before the mesh can announce it, and the mesh supplies the ingest port:
+  // a store arriving in between waits for the mesh rather than being acknowledged without its quorum.
+  let markMeshReady!: () => void;
+  const meshReady = new Promise<void>((resolve) => (markMeshReady = resolve));
+  const local = { ingest: localIngest(store), retrieveSource: localRetrieveSource(store) };
+  const current = () => mesh ?? local;
+  const ingest: IngestPort = {
+    beginWrite: () => current().ingest.beginWrite(),
+    afterCommit: async (entry, outcome) => {
+      await meshReady;
+      return current().ingest.afterCommit(entry, outcome);
+    },
+  };
   try {
     dicom = await startDicomListener({
       host: config.host,
       port: config.dicomPort,
       maxAssociations: config.maxAssociations,
       parent: supervisor.associations,
+      frontDoor: { route: (socket) => (mesh ? mesh.frontDoor.route(socket) : Promise.resolve('local')) },
       deps: {
         config: {
           aeTitle: config.aeTitle,
@@ -59,8 +76,11 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           implementationVersionName,
         },
         store,
-        ingest: localIngest(store),
-        retrieveSource: localRetrieveSource(store),
+        ingest,
+        retrieveSource: {
+          resolve: (request, limit) => current().retrieveSource.resolve(request, limit),
+          ensureLocal: (entry) => current().retrieveSource.ensureLocal(entry),
+        },
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),
         clock,
         log,
@@ -73,14 +93,44 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       host: config.host,
       port: config.httpPort,
       isHealthy: () => healthy,
-      meshStatus: async () => ({
-        self: { site: config.site, aeTitle: config.aeTitle, dicom: { host: config.host, port: listener.port } },
-        instances: await store.countInstances(),
-        activeAssociations: listener.activeAssociations(),
-      }),
+      meshStatus: async () => {
+        const meshStatus = mesh?.status();
+        return {
+          self: {
+            site: config.site,
+            aeTitle: config.aeTitle,
+            dicom: { host: config.host, port: listener.port },
+            ...(mesh ? { peerId: mesh.node.peerId, multiaddrs: mesh.node.multiaddrs() } : {}),
+          },
+          instances: await store.countInstances(),
+          activeAssociations: listener.activeAssociations(),
+          associationsServed: listener.associationsServed(),
+          leader: null,
+          members: [],
+          ...(meshStatus ? (({ peerId: _peerId, multiaddrs: _multiaddrs, ...rest }) => rest)(meshStatus) : {}),
+        };
+      },
     });
+    if (config.swarmKeyFile) {
+      const advertised = advertiseHost(config.host);
+      mesh = await startMesh({
+        config,
+        dataDir,
+        store,
+        clock,
+        log,
+        parent: supervisor.system,
+        addresses: { dicom: `${advertised}:${listener.port}`, http: `${advertised}:${http.port}` },
+        localDicomPort: listener.port,
+        crashHandler: (child) => supervisor.crashHandler(child),
+        activeAssociations: () => listener.activeAssociations(),
+      });
+    }
+    markMeshReady();
   } catch (error) {
+    await mesh?.stop();
     await dicom?.stop(0);
+    await http?.stop();
     supervisor.stop();
     await store.close();
     throw error;
@@ -98,10 +148,21 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       (stopping ??= (async () => {
         healthy = false;
         await runningDicom.stop(options.shutdownGraceMs ?? 5000);
+        await mesh?.stop();
         await runningHttp.stop();
         supervisor.stop();
         await store.close();
         log.info('peer stopped');
       })()),
   };
+}
+
+/** The address other peers use to reach this one: the bind address, or the first external IPv4 when bound to all. */
+function advertiseHost(host: string): string {
+  if (host !== '0.0.0.0' && host !== '::') return host;
+  for (const addresses of Object.values(networkInterfaces())) {
+    const external = addresses?.find((a) => a.family === 'IPv4' && !a.internal);
+    if (external) return external.address;
+  }
+  return '127.0.0.1';
 }

@@ -60,7 +60,8 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   const files: string[] = [];
   for (let i = 0; i < instanceCount; i++) {
     const { bytes, resolved } = makeInstanceWithInfo({
-      transferSyntaxUid: i % 2 === 0 ? TransferSyntax.ExplicitVrLittleEndian : TransferSyntax.ImplicitVrLittleEndian,
+      // Explicit VR only: getscu proposes no implicit VR context, so implicit instances come back transcoded (covered by the interop suite).
+      transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
       study: { uid: studies[i % 3]! },
       patient: { id: `MESH${i % 3}` },
       rows: 128,

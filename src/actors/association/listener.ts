@@ -25,6 +25,8 @@ export interface DicomListenerInit {
 export interface DicomListener {
   port: number;
   activeAssociations(): number;
+  /** Associations served here since start (tunnelled-in ones included, tunnelled-out ones not). */
+  associationsServed(): number;
   /** Stops accepting; waits up to `graceMs` for associations to end, then aborts the rest. */
   stop(graceMs: number): Promise<void>;
 }
@@ -32,23 +34,30 @@ export interface DicomListener {
 export async function startDicomListener(init: DicomListenerInit): Promise<DicomListener> {
   const active = new Set<SpawnedAssociation>();
   let sequence = 0;
+  let served = 0;
   const serveHere = (socket: Socket) => {
+    served++;
     const congested = active.size >= init.maxAssociations;
     const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, congested);
     active.add(association);
     void association.finished.then(() => active.delete(association));
   };
+  // Routing decisions are taken one at a time, so each sees the associations the previous one started here.
+  let routing: Promise<void> = Promise.resolve();
   const server: Server = createServer((socket: Socket) => {
-    if (!init.frontDoor) return serveHere(socket);
+    const frontDoor = init.frontDoor;
+    if (!frontDoor) return serveHere(socket);
     // Until a handler reads it, the socket buffers what the modality sends, so nothing is lost while routing.
-    init.frontDoor.route(socket).then(
-      (decision) => {
-        if (decision === 'local') serveHere(socket);
-      },
-      (error: unknown) => {
-        init.deps.log.warn('front door failed: serving here', { error: String(error) });
-        serveHere(socket);
-      },
+    routing = routing.then(() =>
+      frontDoor.route(socket).then(
+        (decision) => {
+          if (decision === 'local') serveHere(socket);
+        },
+        (error: unknown) => {
+          init.deps.log.warn('front door failed: serving here', { error: String(error) });
+          serveHere(socket);
+        },
+      ),
     );
   });
   server.maxConnections = init.maxAssociations * 2;
@@ -56,6 +65,7 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   return {
     port,
     activeAssociations: () => active.size,
+    associationsServed: () => served,
     async stop(graceMs) {
       // close() only stops accepting here; its callback would wait for every connection to end.
       server.close();

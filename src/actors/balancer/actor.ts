@@ -114,7 +114,7 @@ export interface BalancerService {
   leader(): LeaderInfo | null;
   table(): RoutingTable | null;
   /** Where the next new association should go: another peer's DICOM address, or here. */
-  chooseTarget(): { peerId: string; dicom: string } | 'local';
+  chooseTarget(localActiveAssociations?: number): { peerId: string; dicom: string } | 'local';
   /** The voters this peer counts a majority of. */
   roster(): string[];
   /** Role and term, for /api/mesh and tests. */
@@ -517,8 +517,15 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return { peerId, site, term: leader.term };
     },
     table: () => table,
-    chooseTarget() {
-      const choice = chooseRoute(table, self, random());
+    chooseTarget(localActiveAssociations) {
+      // The table's load figures lag by a heartbeat; this peer's own count is live, so a burst of
+      // connections at one front door spills over as soon as this peer is really full.
+      const limits = init.routing ?? defaultRoutingLimits;
+      const live =
+        table !== null && localActiveAssociations !== undefined && localActiveAssociations >= limits.associationsPerPeerMax
+          ? { ...table, entries: table.entries.map((e) => (e.peerId === self ? { ...e, saturated: true, weight: 0 } : e)) }
+          : table;
+      const choice = chooseRoute(live, self, random());
       if (choice.peerId === self) return 'local';
       const entry = table?.entries.find((e) => e.peerId === choice.peerId);
       if (entry === undefined) return 'local';

@@ -16,6 +16,8 @@ export interface FrontDoorInit {
   node: MeshNode;
   selfPeerId: string;
   log: Logger;
+  /** Associations this peer serves right now (live, unlike the routing table's heartbeat figures). */
+  localActiveAssociations?: () => number;
   /** Bound on opening a tunnel before serving locally instead. Default 2000. */
   tunnelOpenTimeoutMs?: number;
 }
@@ -60,7 +62,7 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
       if ((await tunnelledClientOf(socket)) !== undefined) return local();
       let target: ReturnType<BalancerService['chooseTarget']>;
       try {
-        target = balancer.chooseTarget();
+        target = balancer.chooseTarget(init.localActiveAssociations?.());
       } catch (err) {
         log.warn('front door: routing failed, serving locally', { error: (err as Error).message });
         return local();

@@ -1,0 +1,183 @@
+/**
+ * The mesh half of a peer (issues 3 and 4): the libp2p node, membership, replica custody and the
+ * balancer, wired to each other. The peer composes it only when it has a swarm key; without one it is a
+ * single-site archive.
+ */
+import type { PeerConfig } from './config.ts';
+import { ConfigError } from './config.ts';
+import { createMeshNode, type MeshNode } from './net/node.ts';
+import { readSwarmKeyFile } from './net/swarm-key.ts';
+import { startMembership, type MembershipService } from './actors/membership/actor.ts';
+import { startBalancer, type BalancerService } from './actors/balancer/actor.ts';
+import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
+import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
+import { startCustody, type CustodyService } from './actors/storage/custody/actor.ts';
+import type { IngestPort } from './actors/association/services/deps.ts';
+import type { ReplicaStore } from './actors/storage/replica-store.ts';
+import type { Clock } from './actors/runtime/clock.ts';
+import type { Logger } from './actors/runtime/logger.ts';
+import type { CrashDecision, Ref } from './actors/runtime/nact.ts';
+import { statfs } from 'node:fs/promises';
+
+export interface MeshInit {
+  config: PeerConfig;
+  dataDir: string;
+  store: ReplicaStore;
+  clock: Clock;
+  log: Logger;
+  parent: Ref<any>;
+  /** host:port others use to reach this peer's DICOM and HTTP ports. */
+  addresses: { dicom: string; http: string };
+  /** The bound DICOM port: tunnels from other peers are connected to it. */
+  localDicomPort: number;
+  activeAssociations(): number;
+  /** The site supervisor's restart policy (budget and back-off) for each mesh child. */
+  crashHandler(child: string): (error: unknown) => Promise<CrashDecision>;
+}
+
+export interface Mesh {
+  node: MeshNode;
+  ingest: IngestPort;
+  retrieveSource: RetrieveSource;
+  frontDoor: FrontDoor;
+  status(): Record<string, unknown>;
+  stop(): Promise<void>;
+}
+
+export async function startMesh(init: MeshInit): Promise<Mesh> {
+  const { config, log } = init;
+  if (!config.swarmKeyFile) throw new ConfigError('the mesh needs --swarm-key FILE');
+  const swarmKey = await readSwarmKeyFile(config.swarmKeyFile).catch((error: unknown) => {
+    throw new ConfigError(`cannot use --swarm-key ${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}`);
+  });
+  const node = await createMeshNode({ dataDir: init.dataDir, host: config.host, p2pPort: config.p2pPort, swarmKey, bootstrap: config.bootstrap });
+  const stopping: Array<() => Promise<void>> = [() => node.stop()];
+  try {
+    const custody: CustodyService = await startCustody({
+      node,
+      store: init.store,
+      siteName: config.site,
+      peerId: node.peerId,
+      writeQuorum: config.writeQuorum ?? 'auto',
+      clock: init.clock,
+      log: log.child({ component: 'custody' }),
+      parent: init.parent,
+      onCrash: init.crashHandler('custody'),
+    });
+    stopping.unshift(() => custody.stop());
+    const membership: MembershipService = await startMembership({
+      node,
+      peerId: node.peerId,
+      siteName: config.site,
+      priority: config.priority,
+      dataDir: init.dataDir,
+      addresses: init.addresses,
+      clock: init.clock,
+      log: log.child({ component: 'membership' }),
+      parent: init.parent,
+      onCrash: init.crashHandler('membership'),
+    });
+    stopping.unshift(() => membership.stop());
+    // Free disk is part of the load the balancer routes by (a full peer gets no new associations).
+    let freeDiskBytes = await freeBytesAt(init.dataDir);
+    const publishStats = () => {
+      const stats = custody.stats();
+      membership.updateLocalStats({
+        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes },
+        instanceCount: stats.instanceCount,
+        digestRoot: stats.digestRoot,
+      });
+    };
+    custody.onStatsChanged(publishStats);
+    membership.onViewChanged((members) => custody.onViewChanged(members));
+    custody.onViewChanged(membership.members());
+    publishStats();
+    const balancer: BalancerService = await startBalancer({
+      node,
+      membership,
+      peerId: node.peerId,
+      dataDir: init.dataDir,
+      clock: init.clock,
+      log: log.child({ component: 'balancer' }),
+      parent: init.parent,
+      onCrash: init.crashHandler('balancer'),
+      routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3 },
+      random: lowDiscrepancyDraws(),
+    });
+    stopping.unshift(() => balancer.stop());
+    const frontDoor = createFrontDoor({
+      balancer,
+      node,
+      selfPeerId: node.peerId,
+      log: log.child({ component: 'front-door' }),
+      localActiveAssociations: init.activeAssociations,
+    });
+    stopping.unshift(() => frontDoor.stop());
+    await frontDoor.serveInbound(init.localDicomPort, config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host);
+    // Load figures change with every association: refresh what the next heartbeat says once a second.
+    const statsTimer = setInterval(() => {
+      void freeBytesAt(init.dataDir).then((bytes) => (freeDiskBytes = bytes));
+      publishStats();
+    }, 1000);
+    statsTimer.unref();
+    stopping.unshift(async () => clearInterval(statsTimer));
+    return {
+      node,
+      ingest: custody.ingest,
+      retrieveSource: {
+        resolve: (request, limit) => custody.retrieve.resolveRetrieveEverywhere(request, { limit }),
+        ensureLocal: (entry) => custody.retrieve.ensureLocal(entry),
+      },
+      frontDoor,
+      status: () => {
+        const leader = balancer.leader();
+        const stats = custody.stats();
+        return {
+          balancer: { ...balancer.status(), roster: balancer.roster().length },
+          frontDoor: frontDoor.stats(),
+          peerId: node.peerId,
+          multiaddrs: node.multiaddrs(),
+          leader: leader ?? null,
+          members: membership.members().map((m) => ({
+            peerId: m.peerId,
+            site: m.siteName,
+            alive: m.status === 'alive',
+            status: m.status,
+            dicom: m.addresses.dicom,
+            http: m.addresses.http,
+            instances: m.instanceCount,
+            load: m.load,
+          })),
+          custody: stats,
+        };
+      },
+      stop: async () => {
+        for (const stop of stopping) await stop().catch((error: unknown) => log.warn('mesh stop step failed', { error: String(error) }));
+      },
+    };
+  } catch (error) {
+    for (const stop of stopping) await stop().catch(() => undefined);
+    throw error;
+  }
+}
+
+async function freeBytesAt(path: string): Promise<number> {
+  try {
+    const stats = await statfs(path);
+    return stats.bavail * stats.bsize;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Draws for the weighted route choice: the golden-ratio sequence covers [0, 1) evenly, so a burst of
+ * associations at one front door splits in proportion to the weights instead of by luck.
+ */
+function lowDiscrepancyDraws(): () => number {
+  let draw = 0;
+  return () => {
+    draw = (draw + 0.6180339887498949) % 1;
+    return draw;
+  };
+}

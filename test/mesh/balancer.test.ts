@@ -1,0 +1,125 @@
+/**
+ * Issue 4, acceptance 2 and 3, with real peers in separate processes on loopback:
+ * a burst of associations at one front door spreads over the peers; kill -9 of the leader during
+ * continuous ingest leaves the survivors agreeing on a new leader, and a retrying modality succeeds.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MeshCluster, eventually, type PeerProcess } from './support.ts';
+import { runTool } from '../support/dicom-tools.ts';
+import { makeInstance } from '../support/synthetic-dicom.ts';
+
+function writeInstances(dir: string, prefix: string, count: number, rows = 256): string[] {
+  mkdirSync(dir, { recursive: true });
+  return Array.from({ length: count }, (_, i) => {
+    const file = join(dir, `${prefix}-${i}.dcm`);
+    writeFileSync(file, makeInstance({ rows, columns: rows, patient: { id: prefix } }));
+    return file;
+  });
+}
+
+function storescu(peer: PeerProcess, files: string[], timeoutMs = 60_000) {
+  return runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), ...files], { timeoutMs, env: { TCP_NODELAY: '1' } });
+}
+
+async function served(peer: PeerProcess): Promise<number> {
+  return ((await peer.status()) as { associationsServed?: number }).associationsServed ?? 0;
+}
+
+async function startThree(cluster: MeshCluster, extraArgs: string[] = []): Promise<PeerProcess[]> {
+  await cluster.init();
+  const peers = [await cluster.start('site-a', { extraArgs }), await cluster.start('site-b', { extraArgs }), await cluster.start('site-c', { extraArgs })];
+  await eventually(
+    async () => {
+      const views = await Promise.all(peers.map((p) => p.status()));
+      const leaders = new Set(views.map((v) => v.leader?.peerId));
+      return views.every((v) => v.members?.filter((m) => m.alive).length === 3) && leaders.size === 1 && !leaders.has(undefined);
+    },
+    30_000,
+    async () => JSON.stringify(await Promise.all(peers.map(async (p) => ({ site: p.site, leader: (await p.status()).leader })))),
+  );
+  return peers;
+}
+
+test('30 concurrent associations sent to one peer are spread: each peer serves at least 20%', { timeout: 240_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  // Ten associations fill a peer; the eleventh at site A goes to another site (A's only peer is full).
+  const peers = await startThree(cluster, ['--associations-per-peer', '10']);
+  const [a] = peers;
+  const before = await Promise.all(peers.map(served));
+  const associationCount = 30;
+  const filesPerAssociation = 6;
+  const batches = Array.from({ length: associationCount }, (_, i) => writeInstances(join(cluster.root, `burst-${i}`), `BURST${i}`, filesPerAssociation));
+  const results = await Promise.all(batches.map((files) => storescu(a!, files)));
+  for (const result of results) assert.equal(result.code, 0, result.stderr);
+  const counts = (await Promise.all(peers.map(served))).map((n, i) => n - before[i]!);
+  t.diagnostic(`associations served: A ${counts[0]}, B ${counts[1]}, C ${counts[2]}`);
+  assert.equal(counts.reduce((x, y) => x + y, 0), associationCount);
+  for (const [i, count] of counts.entries()) assert.ok(count >= associationCount * 0.2, `${peers[i]!.site} served ${count} of ${associationCount}`);
+  const total = associationCount * filesPerAssociation;
+  for (const peer of peers) {
+    await eventually(async () => (await peer.status()).instances === total, 60_000, async () => `${peer.site} holds ${(await peer.status()).instances} of ${total}`);
+  }
+});
+
+test('kill -9 of the leader during continuous ingest: a new leader, survivors keep storing, a retry succeeds', { timeout: 240_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  const peers = await startThree(cluster);
+  const leaderId = (await peers[0]!.status()).leader!.peerId;
+  const statuses = await Promise.all(peers.map((p) => p.status()));
+  const leader = peers[statuses.findIndex((s) => s.self.peerId === leaderId)]!;
+  const survivors = peers.filter((p) => p !== leader);
+
+  // One modality per survivor, storing one instance per association, and one modality at the leader.
+  let stop = false;
+  const failures: string[] = [];
+  let stored = 0;
+  const modality = async (peer: PeerProcess, name: string) => {
+    for (let i = 0; !stop && i < 400; i++) {
+      const files = writeInstances(join(cluster.root, `${name}-${i}`), `${name}${i}`, 1, 64);
+      const result = await storescu(peer, files, 30_000);
+      if (result.code === 0) stored++;
+      else failures.push(`${name} #${i}: ${result.stderr.slice(0, 300)}`);
+    }
+  };
+  const running = survivors.map((p) => modality(p, p.site));
+  let leaderModalityFailed = false;
+  const atLeader = (async () => {
+    for (let i = 0; !stop && i < 400; i++) {
+      const files = writeInstances(join(cluster.root, `leader-${i}`), `LEADER${i}`, 1, 64);
+      const result = await storescu(leader, files, 10_000);
+      if (result.code !== 0) {
+        leaderModalityFailed = true;
+        // The modality retries the same instance at another peer.
+        const retry = await storescu(survivors[0]!, files, 30_000);
+        assert.equal(retry.code, 0, `retry at a survivor failed: ${retry.stderr}`);
+        return;
+      }
+    }
+  })();
+
+  await new Promise((r) => setTimeout(r, 2000));
+  const killedAt = Date.now();
+  await leader.kill9();
+  await eventually(
+    async () => {
+      const views = await Promise.all(survivors.map((p) => p.status()));
+      const leaders = new Set(views.map((v) => v.leader?.peerId));
+      return leaders.size === 1 && !leaders.has(undefined) && !leaders.has(leaderId);
+    },
+    10_000,
+    async () => JSON.stringify(await Promise.all(survivors.map(async (p) => (await p.status()).leader))),
+  );
+  t.diagnostic(`survivors agreed on a new leader ${Date.now() - killedAt} ms after kill -9 (polled every 250 ms)`);
+  await new Promise((r) => setTimeout(r, 3000));
+  stop = true;
+  await Promise.all(running);
+  await atLeader;
+  assert.ok(leaderModalityFailed, 'the modality at the killed leader noticed the kill');
+  assert.deepEqual(failures, [], 'associations at the survivors all succeeded');
+  assert.ok(stored > 4, `only ${stored} stores at the survivors`);
+});
