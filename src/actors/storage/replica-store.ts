@@ -127,7 +127,7 @@ class LevelReplicaStore implements ReplicaStore {
       compression: false,
       writeBufferSize: 32 * 1024 * 1024,
     });
-    this.chunkBytes = init.chunkBytes ?? 256 * 1024;
+    this.chunkBytes = init.chunkBytes ?? 1024 * 1024;
     this.maxChunkWritesInFlight = init.maxChunkWritesInFlight ?? 4;
   }
 
