@@ -6,7 +6,7 @@
  *        [--ingest-interval-ms 50] [--ingest-rows 64] [--modality-peer 1] [--agree-timeout-s 10]
  *        [--whole-timeout-s 60] [--settle-ms 1000] [--write-quorum N]
  *        [--tunnel-count 100] [--tunnel-rows 512] [--tunnel-columns 512] [--tunnel-runs 4] [--no-tunnel]
- *        [--tmp <dir>] [--keep]
+ *        [--no-rotate] [--tmp <dir>] [--keep]
  *
  * Cluster: by default one site with three peers p1..p3 (the balancer routes within a site, so tunnels
  * happen; with --topology three-sites each peer is its own site and a front door only crosses sites when
@@ -22,13 +22,16 @@
  *   (b) first store: from the kill until the first successful C-STORE (storescu call that started after
  *       the kill, at a survivor) completes.
  * Then the killed peer is restarted with its data directory and the round ends once every peer sees
- * every peer alive and all agree on one leader (plus `--settle-ms`).
+ * every peer alive and all agree on one leader (plus `--settle-ms`). Leader rotation (default; off with
+ * --no-rotate): all peers start with --priority 100 and a killed peer is restarted with 100 + round, so
+ * it does not take the leadership back on its return (no extra hand-over in the round) and the victims
+ * rotate over all peers, the modality's peer included (its calls then fail until it moves on).
  *
  * Tunnelling cost (ingest loop stopped, mesh whole, replication settled): the same kind of series
  * (`--tunnel-count` x 512x512x16, fresh UIDs each time) is sent over one storescu association to each
- * peer in turn. During the run the `activeAssociations` of every peer is sampled every 20 ms: if only the
- * entry peer shows the association it was served directly; if another peer shows it, the entry peer's
- * front door tunnelled it there. Attempts continue until both kinds have `--tunnel-runs` samples (at most
+ * peer in turn. The peer that served it is the one whose /api/mesh `associationsServed` counter moved
+ * (nothing else talks DICOM meanwhile); without that field, the one whose `activeAssociations`, sampled
+ * every 20 ms, was non-zero. Served by the entry peer = direct; by another = tunnelled there. Attempts continue until both kinds have `--tunnel-runs` samples (at most
  * 4x that many attempts). The balancer picks a target per association by weighted draw over the same-site
  * peers, so with one site of three peers about two thirds of the associations are tunnelled.
  */
@@ -77,6 +80,8 @@ interface TunnelAttempt {
   entry: string;
   kind: 'direct' | 'tunnelled' | 'unclear';
   servedBy?: string;
+  /** How servedBy was found: the associationsServed counters, or activeAssociations samples. */
+  method: 'associationsServed' | 'activeAssociations';
   maxActive: Record<string, number>;
   ok: boolean;
   wallMs: number;
@@ -103,6 +108,7 @@ async function main(): Promise<number> {
   const tunnelColumns = intArg(args, 'tunnel-columns', 512);
   const tunnelRuns = intArg(args, 'tunnel-runs', 4);
   const withTunnel = !args.has('no-tunnel');
+  const rotate = !args.has('no-rotate');
   const keep = args.has('keep');
   if (peerCount < 3) throw new Error('--peers must be at least 3 (a leader to kill and two survivors)');
   if (modalityIndex >= peerCount) throw new Error('--modality-peer is beyond --peers');
@@ -121,7 +127,9 @@ async function main(): Promise<number> {
   const busy = loadWarning();
   if (busy !== undefined) console.log(busy);
 
-  const specs = topology === 'one-site' ? oneSite(peerCount) : threeSites(peerCount);
+  // With rotation every peer starts at priority 100 and a restarted peer comes back one step worse, so it
+  // does not take the leadership back and the next round kills another peer (the modality's one too).
+  const specs = (topology === 'one-site' ? oneSite(peerCount) : threeSites(peerCount)).map((sp) => (rotate ? { ...sp, priority: 100 } : sp));
   const cluster = await MeshCluster.create({ rootDir: join(workDir, 'mesh'), peers: specs, ...(writeQuorum !== undefined ? { writeQuorum } : {}) });
   const roundsOut: Round[] = [];
   const tunnel: TunnelAttempt[] = [];
@@ -192,6 +200,7 @@ async function main(): Promise<number> {
         }
 
         // Restart the killed peer with its data directory; wait for a whole mesh.
+        if (rotate) victim.spec.priority = 100 + round;
         const tr = performance.now();
         await cluster.start(victim);
         rd.restartMs = performance.now() - tr;
@@ -253,6 +262,7 @@ async function main(): Promise<number> {
           patient: { id: 'BENCH005', name: 'BENCH^TUNNEL' },
           series: { modality: 'CT', number: attempt },
         });
+        const servedBefore = await Promise.all(cluster.peers.map((p) => tryStatus(p, 2000).then((s) => s?.associationsServed)));
         const maxActive: Record<string, number> = Object.fromEntries(cluster.peers.map((p) => [p.name, 0]));
         let sampling = true;
         const sampler = (async () => {
@@ -270,12 +280,18 @@ async function main(): Promise<number> {
         sampling = false;
         await sampler;
         await rm(dir, { recursive: true, force: true });
-        const others = cluster.peers.filter((p) => p !== entry && maxActive[p.name]! > 0);
-        const kind: TunnelAttempt['kind'] = others.length === 1 ? 'tunnelled' : others.length === 0 && maxActive[entry.name]! > 0 ? 'direct' : 'unclear';
+        // Who served it: the peer whose associationsServed counter moved (nothing else talks DICOM now),
+        // else the peers that showed an active association while it ran.
+        const servedAfter = await Promise.all(cluster.peers.map((p) => tryStatus(p, 2000).then((s) => s?.associationsServed)));
+        const counted = servedBefore.every((x) => x !== undefined) && servedAfter.every((x) => x !== undefined);
+        const busy = counted ? cluster.peers.filter((_, k) => servedAfter[k]! > servedBefore[k]!) : cluster.peers.filter((p) => maxActive[p.name]! > 0);
+        const others = busy.filter((p) => p !== entry);
+        const kind: TunnelAttempt['kind'] = busy.length !== 1 ? 'unclear' : others.length === 1 ? 'tunnelled' : 'direct';
         const t: TunnelAttempt = {
           attempt,
           entry: entry.name,
           kind,
+          method: counted ? 'associationsServed' : 'activeAssociations',
           ...(kind === 'tunnelled' ? { servedBy: others[0]!.name } : kind === 'direct' ? { servedBy: entry.name } : {}),
           maxActive,
           ok: r.ok,
@@ -341,7 +357,7 @@ async function main(): Promise<number> {
   console.log(`(a) kill -> survivors agree on a new leader: median ${fmt(medAgree)} ms, worst ${fmt(worstAgree)} ms over ${agreeMs.length} kill(s)   (target median <= ${TARGET_AGREE_MEDIAN_MS} ms, worst <= ${TARGET_AGREE_WORST_MS} ms: ${verdict})`);
   console.log(`(b) kill -> first successful C-STORE at a survivor: median ${fmt(medFirst)} ms, worst ${fmt(worstFirst)} ms   (granularity: one storescu call every ~${ingestIntervalMs} ms + its own duration)`);
   if (withTunnel) {
-    console.log(`\nTunnelling: ${tunnelCount} x ${tunnelRows}x${tunnelColumns}x16 per association, classified by the peers' activeAssociations during the run\n`);
+    console.log(`\nTunnelling: ${tunnelCount} x ${tunnelRows}x${tunnelColumns}x16 per association, classified by which peer's associationsServed counter moved (or activeAssociations during the run)\n`);
     console.log(
       table(
         ['path', 'runs', 'images/s', 'MB/s', 'entry -> served by'],
@@ -361,7 +377,7 @@ async function main(): Promise<number> {
     startedAt,
     finishedAt: new Date().toISOString(),
     host: { ...hostAtStart, loadavgAtEnd: loadEnd },
-    params: { rounds, topology, peers: peerCount, ingestIntervalMs, ingestRows, modalityPeer: cluster.peers[modalityIndex]!.name, agreeTimeoutMs, wholeTimeoutMs, settleMs, writeQuorum: writeQuorum ?? null, tunnelCount, tunnelRows, tunnelColumns, tunnelRuns, units: { times: 'ms', mb: '10^6 bytes' } },
+    params: { rounds, rotate, topology, peers: peerCount, ingestIntervalMs, ingestRows, modalityPeer: cluster.peers[modalityIndex]!.name, agreeTimeoutMs, wholeTimeoutMs, settleMs, writeQuorum: writeQuorum ?? null, tunnelCount, tunnelRows, tunnelColumns, tunnelRuns, units: { times: 'ms', mb: '10^6 bytes' } },
     error: fatal ?? null,
     rounds: roundsOut,
     summary: {

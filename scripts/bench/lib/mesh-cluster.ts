@@ -34,6 +34,8 @@ export interface MeshApiStatus {
   self: { site?: string; peerId?: string; multiaddrs?: string[] };
   instances: number;
   activeAssociations?: number;
+  /** Associations this peer has served since it started (when the peer reports it). */
+  associationsServed?: number;
   members?: MeshMemberStatus[];
   leader?: { peerId: string; site?: string; term?: number } | null;
 }
