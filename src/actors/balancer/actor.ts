@@ -28,7 +28,8 @@ import type { MeshStream } from '../../net/stream.ts';
 import type { MembershipService } from '../membership/actor.ts';
 import { writeFileDurably } from '../membership/actor.ts';
 import type { MemberRecord } from '../membership/messages.ts';
-import type { Clock, TimerHandle } from '../runtime/clock.ts';
+import { createTicker } from '../runtime/ticker.ts';
+import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from './logic.ts';
@@ -234,8 +235,6 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   let current: ActorState | null = null;
   let stopped = false;
-  let tickPending = false;
-  let tickTimer: TimerHandle | undefined;
   let viewPending = false;
   let queuedMesh = 0;
   let sendsInFlight = 0;
@@ -253,15 +252,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
   };
 
-  const scheduleTick = (delayMs: number): void => {
-    if (stopped || tickTimer !== undefined) return;
-    tickTimer = clock.setTimeout(() => {
-      tickTimer = undefined;
-      if (stopped || tickPending) return;
-      tickPending = true;
-      send({ type: 'tick' });
-    }, delayMs);
-  };
+  const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
 
@@ -388,7 +379,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   };
 
   const handle = async (state: ActorState | null, message: BalancerMsg): Promise<ActorState | null> => {
-    if (message.type === 'tick') tickPending = false;
+    if (message.type === 'tick') ticker.handled();
     if (message.type === 'view') viewPending = false;
     if (message.type === 'mesh') queuedMesh--;
     if (stopped) return state;
@@ -423,7 +414,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const next: ActorState = { balancer: step.state, roster };
     current = next;
     await perform(step.effects, next);
-    if (message.type === 'tick') scheduleTick(tickIntervalMs);
+    if (message.type === 'tick') ticker.schedule(tickIntervalMs);
     return next;
   };
 
@@ -435,10 +426,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       log.error('balancer actor crashed', { error: (error as Error)?.message ?? String(error) });
       const decision = init.onCrash ? await init.onCrash(error) : 'reset';
       if (decision === 'reset' || decision === 'resume') {
-        tickPending = false;
-        clock.clearTimeout(tickTimer);
-        tickTimer = undefined;
-        scheduleTick(0);
+        ticker.restart();
       }
       if (decision === 'reset' || decision === 'stop' || decision === 'escalate') {
         // A restarted balancer follows nobody until it hears the leader again: serve locally meanwhile.
@@ -504,8 +492,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     send({ type: 'view' });
   });
 
-  tickPending = true;
-  send({ type: 'tick' });
+  ticker.postNow();
   await ready.promise;
 
   return {
@@ -544,8 +531,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     async stop() {
       if (stopped) return;
       stopped = true;
-      clock.clearTimeout(tickTimer);
-      tickTimer = undefined;
+      ticker.stop();
       unsubscribe();
       await node.unhandle(ELECTION_PROTOCOL).catch(() => undefined);
       leader = null;

@@ -22,7 +22,8 @@ import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode, GossipMessage } from '../../net/node.ts';
-import type { Clock, TimerHandle } from '../runtime/clock.ts';
+import { createTicker } from '../runtime/ticker.ts';
+import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
@@ -173,8 +174,6 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   let incarnation = 0;
   let stopped = false;
   let queuedHeartbeats = 0;
-  let tickPending = false;
-  let tickTimer: TimerHandle | undefined;
   let statsPending = false;
   let latestStats: { load: PeerLoad; instanceCount: number; digestRoot: string } | null = null;
   let droppedHeartbeats = 0;
@@ -191,15 +190,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     }
   };
 
-  const scheduleTick = (delayMs: number): void => {
-    if (stopped || tickTimer !== undefined) return;
-    tickTimer = clock.setTimeout(() => {
-      tickTimer = undefined;
-      if (stopped || tickPending) return;
-      tickPending = true;
-      send({ type: 'tick' });
-    }, delayMs);
-  };
+  const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   const initialize = async (): Promise<MembershipState> => {
     incarnation = await bumpIncarnation(init.dataDir);
@@ -251,7 +242,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
 
   const handle = async (state: MembershipState | null, message: MembershipMsg): Promise<MembershipState | null> => {
     if (message.type === 'heartbeat') queuedHeartbeats--;
-    if (message.type === 'tick') tickPending = false;
+    if (message.type === 'tick') ticker.handled();
     if (message.type === 'localStats') statsPending = false;
     if (stopped) return state;
     if (message.type === 'crash') {
@@ -281,7 +272,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     s = step.state;
     current = s;
     perform(step.effects);
-    if (message.type === 'tick') scheduleTick(tickIntervalMs);
+    if (message.type === 'tick') ticker.schedule(tickIntervalMs);
     return s;
   };
 
@@ -295,10 +286,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       const decision = init.onCrash ? await init.onCrash(error) : 'reset';
       if (decision === 'reset' || decision === 'resume') {
         // The crashed message may have been the tick: start the timer chain again.
-        tickPending = false;
-        clock.clearTimeout(tickTimer);
-        tickTimer = undefined;
-        scheduleTick(0);
+        ticker.restart();
       }
       return decision;
     },
@@ -330,8 +318,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   });
   const offDisconnect = node.onPeerDisconnected((peerId) => send({ type: 'peerDisconnected', peerId }));
 
-  tickPending = true;
-  send({ type: 'tick' });
+  ticker.postNow();
   await ready.promise;
 
   return {
@@ -355,8 +342,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     async stop() {
       if (stopped) return;
       stopped = true;
-      clock.clearTimeout(tickTimer);
-      tickTimer = undefined;
+      ticker.stop();
       unsubscribe();
       offDisconnect();
       listeners.clear();
