@@ -18,16 +18,15 @@
  * Orthanc has no equivalent (a single node has nothing to catch up from); for context only, the time
  * Orthanc takes to receive the same instances from storescu is printed (skip with --no-orthanc).
  */
-import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { measureTransfer, type TransferResult } from '../../test/net/transfer-harness.ts';
-import { sleep, which } from '../../test/support/dicom-tools.ts';
+import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
 import { startOrthanc, orthancVersion, type OrthancServer } from './lib/orthanc.ts';
 import { MeshCluster, aliveSet, firstLines, pollUntil as waitFor, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, MiB, fmt, hostInfo, intArg, loadWarning, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { runBench, startBench } from './lib/run.ts';
 
 const TARGET_RATIO = 1.5;
 
@@ -62,22 +61,10 @@ async function main(): Promise<number> {
   const writeQuorum = intArg(args, 'write-quorum', 2);
   const timeoutMs = intArg(args, 'timeout-s', 180) * 1000;
   const withOrthanc = !args.has('no-orthanc');
-  const keep = args.has('keep');
   if (sites < 2) throw new Error('--sites must be at least 2');
-  if (which('storescu') === undefined) {
-    console.error('storescu (DCMTK) is not installed: apt-get install dcmtk');
-    return 2;
-  }
-
-  const tmpBase = typeof args.get('tmp') === 'string' ? resolve(String(args.get('tmp'))) : tmpdir();
-  const workDir = await mkdtemp(join(tmpBase, 'pacs-mesh-bench-catch-up-'));
-  process.on('exit', () => {
-    if (!keep) rmSync(workDir, { recursive: true, force: true });
-  });
-  const startedAt = new Date().toISOString();
-  const hostAtStart = hostInfo();
-  const busy = loadWarning();
-  if (busy !== undefined) console.log(busy);
+  const bench = await startBench('catch-up', args);
+  if (!bench) return 2;
+  const { workDir, startedAt, hostAtStart } = bench;
 
   const inputDir = join(workDir, 'input');
   const series = await writeSeriesToDir(inputDir, {
@@ -285,10 +272,4 @@ async function main(): Promise<number> {
   return good.length === runs && okStreams.length === runs ? 0 : 1;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -35,14 +35,13 @@
  * 4x that many attempts). The balancer picks a target per association by weighted draw over the same-site
  * peers, so with one site of three peers about two thirds of the associations are tunnelled.
  */
-import { rmSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { sleep, which } from '../../test/support/dicom-tools.ts';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, makeInstance, newUid, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
 import { MeshCluster, firstLines, isRunning, oneSite, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, fmt, hostInfo, intArg, loadWarning, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { runBench, startBench } from './lib/run.ts';
 
 const TARGET_AGREE_MEDIAN_MS = 1000;
 const TARGET_AGREE_WORST_MS = 2000;
@@ -109,23 +108,11 @@ async function main(): Promise<number> {
   const tunnelRuns = intArg(args, 'tunnel-runs', 4);
   const withTunnel = !args.has('no-tunnel');
   const rotate = !args.has('no-rotate');
-  const keep = args.has('keep');
   if (peerCount < 3) throw new Error('--peers must be at least 3 (a leader to kill and two survivors)');
   if (modalityIndex >= peerCount) throw new Error('--modality-peer is beyond --peers');
-  if (which('storescu') === undefined) {
-    console.error('storescu (DCMTK) is not installed: apt-get install dcmtk');
-    return 2;
-  }
-
-  const tmpBase = typeof args.get('tmp') === 'string' ? resolve(String(args.get('tmp'))) : tmpdir();
-  const workDir = await mkdtemp(join(tmpBase, 'pacs-mesh-bench-failover-'));
-  process.on('exit', () => {
-    if (!keep) rmSync(workDir, { recursive: true, force: true });
-  });
-  const startedAt = new Date().toISOString();
-  const hostAtStart = hostInfo();
-  const busy = loadWarning();
-  if (busy !== undefined) console.log(busy);
+  const bench = await startBench('failover', args);
+  if (!bench) return 2;
+  const { workDir, startedAt, hostAtStart } = bench;
 
   // With rotation every peer starts at priority 100 and a restarted peer comes back one step worse, so it
   // does not take the leadership back and the next round kills another peer (the modality's one too).
@@ -403,10 +390,4 @@ async function settleReplication(cluster: MeshCluster, timeoutMs: number): Promi
   return false;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  },
-);
+runBench(main);

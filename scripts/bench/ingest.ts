@@ -10,14 +10,13 @@
  * with the ratios pacs-mesh/Orthanc and pacs-mesh/storescp, and everything is written to
  * scripts/bench/out/ingest-<timestamp>.json. A server that fails to start is skipped with a message.
  */
-import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { runTool, startRssSampler, which } from '../../test/support/dicom-tools.ts';
+import { join } from 'node:path';
+import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
-import { MB, MiB, fmt, hostInfo, intArg, loadWarning, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { runBench, startBench } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
 const CLIENT_AE = 'BENCH';
@@ -54,24 +53,11 @@ async function main(): Promise<number> {
   const rows = intArg(args, 'rows', 512);
   const columns = intArg(args, 'columns', 512);
   const storescuTimeoutMs = intArg(args, 'timeout-s', 600) * 1000;
-  const keep = args.has('keep');
   const serverIds = String(args.get('servers') ?? 'storescp,orthanc,pacs-mesh').split(',').map((s) => s.trim()).filter(Boolean);
   for (const id of serverIds) if (!(id in SERVER_FACTORIES)) throw new Error(`unknown server ${id}; known: ${Object.keys(SERVER_FACTORIES).join(', ')}`);
-  if (which('storescu') === undefined) {
-    console.error('storescu (DCMTK) is not installed: apt-get install dcmtk');
-    return 2;
-  }
-
-  const tmpBase = typeof args.get('tmp') === 'string' ? resolve(String(args.get('tmp'))) : tmpdir();
-  const workDir = await mkdtemp(join(tmpBase, 'pacs-mesh-bench-ingest-'));
-  const cleanup = () => {
-    if (!keep) rmSync(workDir, { recursive: true, force: true });
-  };
-  process.on('exit', cleanup);
-  const startedAt = new Date().toISOString();
-  const hostAtStart = hostInfo();
-  const busy = loadWarning();
-  if (busy !== undefined) console.log(busy);
+  const bench = await startBench('ingest', args);
+  if (!bench) return 2;
+  const { workDir, startedAt, hostAtStart } = bench;
 
   const inputDir = join(workDir, 'input');
   const t0 = performance.now();
@@ -219,10 +205,4 @@ async function main(): Promise<number> {
   return results.some((r) => r.status === 'failed') ? 1 : 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -14,16 +14,15 @@
  * polled every 100 ms from the start of storescu, giving the time at which each site held the whole
  * series (the last one is the replication figure). Peak RSS is sampled every 50 ms for every peer.
  */
-import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { runTool, sleep, startRssSampler, which, type RssSampler } from '../../test/support/dicom-tools.ts';
+import { join } from 'node:path';
+import { runTool, sleep, startRssSampler, type RssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
 import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFactory } from './lib/index.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, MiB, fmt, hostInfo, intArg, loadWarning, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { runBench, startBench } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.0;
 const SERVER_IDS = ['storescp', 'orthanc', 'mesh'] as const;
@@ -81,23 +80,11 @@ async function main(): Promise<number> {
   const writeQuorum = intArg(args, 'write-quorum', 2);
   const replicationTimeoutMs = intArg(args, 'replication-timeout-s', 120) * 1000;
   const storescuTimeoutMs = intArg(args, 'timeout-s', 600) * 1000;
-  const keep = args.has('keep');
   const serverIds = String(args.get('servers') ?? SERVER_IDS.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
   for (const id of serverIds) if (!(SERVER_IDS as readonly string[]).includes(id)) throw new Error(`unknown server ${id}; known: ${SERVER_IDS.join(', ')}`);
-  if (which('storescu') === undefined) {
-    console.error('storescu (DCMTK) is not installed: apt-get install dcmtk');
-    return 2;
-  }
-
-  const tmpBase = typeof args.get('tmp') === 'string' ? resolve(String(args.get('tmp'))) : tmpdir();
-  const workDir = await mkdtemp(join(tmpBase, 'pacs-mesh-bench-mesh-ingest-'));
-  process.on('exit', () => {
-    if (!keep) rmSync(workDir, { recursive: true, force: true });
-  });
-  const startedAt = new Date().toISOString();
-  const hostAtStart = hostInfo();
-  const busy = loadWarning();
-  if (busy !== undefined) console.log(busy);
+  const bench = await startBench('mesh-ingest', args);
+  if (!bench) return 2;
+  const { workDir, startedAt, hostAtStart } = bench;
 
   const inputDir = join(workDir, 'input');
   const t0 = performance.now();
@@ -355,10 +342,4 @@ async function main(): Promise<number> {
   return results.some((r) => r.status === 'failed') ? 1 : 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    console.error(e);
-    process.exit(1);
-  },
-);
+runBench(main);
