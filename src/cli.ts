@@ -42,6 +42,17 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(2);
     }
+    if (error instanceof Error && error.name === 'UnsupportedListenAddressesError') {
+      const detail = /listen (\w+)[^\n]*?(\d+\.\d+\.\d+\.\d+:\d+)/.exec(error.message);
+      process.stderr.write(`pacs-mesh: cannot listen on the libp2p port${detail ? ` ${detail[2]} (${detail[1]})` : ''}: is another process using it? (--p2p-port)\n`);
+      process.exit(1);
+    }
+    const code = (error as NodeJS.ErrnoException | undefined)?.code;
+    if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') {
+      const { address, port } = error as NodeJS.ErrnoException & { address?: string; port?: number };
+      process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): is another process using it, or is the address not on this machine?\n`);
+      process.exit(1);
+    }
     process.stderr.write(`pacs-mesh: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
     process.exit(1);
   },
