@@ -9,6 +9,7 @@ import type { PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
 import { startMesh, type Mesh } from './mesh.ts';
+import { tunnelledClientOfSync } from './net/tunnel.ts';
 import { networkInterfaces } from 'node:os';
 import { localRetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
@@ -86,6 +87,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         log,
         artimTimeoutMs: 30_000,
         maxUnprocessedBytes: 4 * 1024 * 1024,
+        tunnelledClientOf: (socket) => (mesh ? tunnelledClientOfSync(socket) : undefined),
       },
     });
     const listener = dicom;

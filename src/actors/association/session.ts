@@ -81,7 +81,13 @@ export class AcceptorSession {
         onClosed: () => routeToActor.closed(),
       },
     );
-    this.log = deps.log.child({ association: this.connection.remoteAddress });
+    // Through a tunnel the socket comes from loopback: log the modality's real address and its entry peer.
+    const tunnelled = deps.tunnelledClientOf?.(socket);
+    this.log = deps.log.child(
+      tunnelled
+        ? { association: `${tunnelled.clientAddress}:${tunnelled.clientPort}`, via: tunnelled.viaPeerId }
+        : { association: this.connection.remoteAddress },
+    );
     this.core = new AssociationCore(
       { connection: this.connection, clock: deps.clock, artimTimeoutMs: deps.artimTimeoutMs, isRequestor: false },
       {

@@ -2,6 +2,7 @@
  * What an association needs from the rest of the peer, as narrow ports so the association code does
  * not know whether an instance is kept at one site or replicated to many.
  */
+import type { Socket } from 'node:net';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import type { InstanceWriter, ReplicaStore } from '../../storage/replica-store.ts';
 import type { Clock } from '../../runtime/clock.ts';
@@ -37,6 +38,8 @@ export interface AssociationDeps {
   artimTimeoutMs: number;
   /** Bound on received bytes waiting to be handled before the socket pauses. */
   maxUnprocessedBytes: number;
+  /** For a connection that came through a tunnel: the modality's real address and the peer it entered by. */
+  tunnelledClientOf?(socket: Socket): { clientAddress: string; clientPort: number; viaPeerId: string } | undefined;
 }
 
 /** The single-site ingest: commit locally, answer Success (a duplicate too: the instance is safely stored). */
