@@ -31,6 +31,8 @@ export interface PeerConfig {
   maxAssociations: number;
   /** Associations at which the balancer counts this peer as full and routes new ones elsewhere. */
   associationsPerPeer: number;
+  /** An established association silent this long (no operation running) is aborted. */
+  idleTimeoutMs: number;
   // The mesh (issue 3).
   swarmKeyFile?: string;
   p2pPort: number;
@@ -54,6 +56,7 @@ export const defaultConfig: PeerConfig = {
   maxPduLength: 256 * 1024,
   maxAssociations: 64,
   associationsPerPeer: 32,
+  idleTimeoutMs: 120_000,
   p2pPort: 4001,
   bootstrap: [],
   priority: 100,
@@ -136,6 +139,14 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.associationsPerPeer = n;
     },
   },
+  '--idle-timeout': {
+    takesValue: true,
+    apply: (c, v) => {
+      const seconds = Number(v);
+      if (!Number.isFinite(seconds) || seconds < 1 || seconds > 86_400) throw new ConfigError(`--idle-timeout "${v}" must be 1-86400 seconds`);
+      c.idleTimeoutMs = seconds * 1000;
+    },
+  },
   '--swarm-key': { takesValue: true, apply: (c, v) => (c.swarmKeyFile = v) },
   '--p2p-port': { takesValue: true, apply: (c, v) => (c.p2pPort = checkPort(v, '--p2p-port')) },
   '--bootstrap': {
@@ -207,6 +218,7 @@ start options (defaults in brackets):
   --allow-calling AET,...     only these calling AE titles may associate [any]
   --max-pdu N                 maximum PDU length we receive [262144]
   --max-associations N        associations served at once [64]
+  --idle-timeout SECONDS      abort an association that sends nothing for this long [120]
   --associations-per-peer N   balancer: associations at which a peer is full and new ones go elsewhere [32]
   --swarm-key FILE            private mesh key (pacs-mesh keygen)
   --p2p-port N                libp2p TCP port [4001]

@@ -86,6 +86,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         clock,
         log,
         artimTimeoutMs: 30_000,
+        idleTimeoutMs: config.idleTimeoutMs,
         maxUnprocessedBytes: 4 * 1024 * 1024,
         tunnelledClientOf: (socket) => (mesh ? tunnelledClientOfSync(socket) : undefined),
       },

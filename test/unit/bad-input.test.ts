@@ -229,3 +229,13 @@ test('seeded fuzz: a thousand mutated association streams never take the peer do
     assert.equal(total, entry.byteLength);
   }
 });
+
+test('an association that stays silent past the idle timeout is aborted, freeing its slot', async (t) => {
+  const idlePeer = await startTestPeer(['--idle-timeout', '1'], 'idle');
+  t.after(() => idlePeer.dispose());
+  const started = Date.now();
+  const { pdus, closedByPeer } = await exchange(idlePeer.dicomPort, [associateRq()], { waitMs: 5000 });
+  assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
+  assert.ok(closedByPeer);
+  assert.ok(Date.now() - started >= 900, 'not aborted before the timeout');
+});

@@ -39,7 +39,7 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
     congested,
     socket,
     deps,
-    { artimExpired: () => post({ type: 'artimExpired' }), finished: () => queueMicrotask(() => stop(true)) },
+    { artimExpired: () => post({ type: 'artimExpired' }), idleExpired: () => post({ type: 'idleExpired' }), finished: () => queueMicrotask(() => stop(true)) },
     {
       received: (pdus, bytes) => post({ type: 'received', pdus, bytes }),
       invalid: (reason, detail) => post({ type: 'invalidPdu', reason, detail }),
@@ -62,6 +62,9 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
           return state;
         case 'artimExpired':
           await state.onArtimExpired();
+          return state;
+        case 'idleExpired':
+          await state.onIdleExpired();
           return state;
         case 'shutdown':
           await state.abort('peer shutting down');

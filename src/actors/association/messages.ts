@@ -7,6 +7,8 @@ export type AssociationMsg =
   | { type: 'invalidPdu'; reason: number; detail: string }
   | { type: 'transportClosed' }
   | { type: 'artimExpired' }
+  /** Nothing received for the idle timeout while no operation runs: the association is given up. */
+  | { type: 'idleExpired' }
   /** The peer is shutting down: abort the association. */
   | { type: 'shutdown' }
   /** Test hook: makes the handler throw, to show that a crash takes down this association alone. */

@@ -41,6 +41,8 @@ interface Task {
 export interface SessionCallbacks {
   /** Route an ARTIM expiry through the actor's mailbox. */
   artimExpired(): void;
+  /** Route an idle-timer expiry through the actor's mailbox. */
+  idleExpired(): void;
   /** The association is over (transport closed): the actor stops. */
   finished(): void;
 }
@@ -60,6 +62,7 @@ export class AcceptorSession {
   private readonly subOperationWaiters = new Map<number, { resolve: (status: number) => void }>();
   private sendChain: Promise<void> = Promise.resolve();
   private ended = false;
+  private idleTimer: TimerHandle | undefined;
 
   constructor(
     /** Over the association limit: the request is answered with a transient rejection. */
@@ -98,9 +101,24 @@ export class AcceptorSession {
       },
     );
     void this.core.fire({ type: 'transportIndication' });
+    this.armIdleTimer();
+  }
+
+  /** A modality that keeps an association open and silent must not hold a slot for ever. */
+  private armIdleTimer(): void {
+    this.deps.clock.clearTimeout(this.idleTimer);
+    if (this.ended) return;
+    this.idleTimer = this.deps.clock.setTimeout(() => this.callbacks.idleExpired(), this.deps.idleTimeoutMs);
+  }
+
+  async onIdleExpired(): Promise<void> {
+    // A running C-FIND/C-GET/C-MOVE keeps the association busy even when the peer has nothing to say.
+    if (this.tasks.size > 0 || this.store) return this.armIdleTimer();
+    await this.abort(`no PDU for ${this.deps.idleTimeoutMs} ms`);
   }
 
   async onPdus(pdus: Pdu[], bytes: number): Promise<void> {
+    this.armIdleTimer();
     try {
       for (const pdu of pdus) {
         if (this.ended) break;
@@ -397,6 +415,7 @@ export class AcceptorSession {
   private async terminate(): Promise<void> {
     if (this.ended) return;
     this.ended = true;
+    this.deps.clock.clearTimeout(this.idleTimer);
     await this.endOperations();
     this.core.stopTimers();
   }

@@ -34,8 +34,10 @@ export interface AssociationDeps {
   resolveMoveDestination(aeTitle: string): MoveDestination | undefined;
   clock: Clock;
   log: Logger;
-  /** Seconds an association may stay silent in Sta2/Sta13 (ARTIM) before we close it. */
+  /** How long an association may stay silent in Sta2/Sta13 (ARTIM) before we close it. */
   artimTimeoutMs: number;
+  /** How long an established association may send nothing while no operation runs before we abort it. */
+  idleTimeoutMs: number;
   /** Bound on received bytes waiting to be handled before the socket pauses. */
   maxUnprocessedBytes: number;
   /** For a connection that came through a tunnel: the modality's real address and the peer it entered by. */
