@@ -56,8 +56,10 @@ async function waitReady(site: Site, timeoutMs = 30_000): Promise<string[]> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {
-      const response = await fetch(`http://127.0.0.1:${site.httpPort}/api/mesh`);
-      if (response.ok) {
+      // /healthz turns 200 only once the mesh is up, so the addresses below are complete.
+      const health = await fetch(`http://127.0.0.1:${site.httpPort}/healthz`);
+      if (health.ok) {
+        const response = await fetch(`http://127.0.0.1:${site.httpPort}/api/mesh`);
         const body = (await response.json()) as { self?: { multiaddrs?: string[] } };
         return body.self?.multiaddrs ?? [];
       }
