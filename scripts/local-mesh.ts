@@ -1,7 +1,8 @@
 /**
  * `npm start`: a working local mesh on the embedded defaults: three sites on 127.0.0.1, each its own
  * `pacs-mesh start` process with its own data directory under .data/, one shared swarm key.
- * Ctrl-C (or SIGTERM) stops all three cleanly. `--sites N` changes the number of sites (1-5).
+ * Ctrl-C (or SIGTERM) stops all three cleanly. `--sites N` changes the number of sites (1-5);
+ * `--data DIR` and `--base-port N` (DICOM N.., HTTP N+100.., libp2p N+200..) let tests run one elsewhere.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -10,11 +11,19 @@ import { fileURLToPath } from 'node:url';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
 
 const repoRoot = resolve(fileURLToPath(new URL('..', import.meta.url)));
-const dataRoot = join(repoRoot, '.data');
-const siteCountArg = process.argv.indexOf('--sites');
-const siteCount = siteCountArg > 0 ? Number(process.argv[siteCountArg + 1]) : 3;
+const option = (name: string): string | undefined => {
+  const index = process.argv.indexOf(name);
+  return index > 0 ? process.argv[index + 1] : undefined;
+};
+const dataRoot = resolve(option('--data') ?? join(repoRoot, '.data'));
+const siteCount = Number(option('--sites') ?? 3);
+const basePort = option('--base-port') === undefined ? undefined : Number(option('--base-port'));
 if (!Number.isInteger(siteCount) || siteCount < 1 || siteCount > 5) {
   process.stderr.write('local-mesh: --sites must be 1-5\n');
+  process.exit(2);
+}
+if (basePort !== undefined && (!Number.isInteger(basePort) || basePort < 1024 || basePort > 65000)) {
+  process.stderr.write('local-mesh: --base-port must be 1024-65000\n');
   process.exit(2);
 }
 
@@ -28,9 +37,9 @@ interface Site {
 
 const sites: Site[] = Array.from({ length: siteCount }, (_, i) => ({
   name: `site-${String.fromCharCode(97 + i)}`,
-  dicomPort: 11112 + i,
-  httpPort: 8042 + i,
-  p2pPort: 4001 + i,
+  dicomPort: basePort === undefined ? 11112 + i : basePort + i,
+  httpPort: basePort === undefined ? 8042 + i : basePort + 100 + i,
+  p2pPort: basePort === undefined ? 4001 + i : basePort + 200 + i,
 }));
 
 const swarmKeyFile = join(dataRoot, 'swarm.key');
@@ -92,8 +101,8 @@ async function main(): Promise<void> {
   const bootstrap = await waitReady(first!);
   for (const site of rest) site.child = startSite(site, bootstrap.slice(0, 1));
   for (const site of rest) await waitReady(site);
-  const lines = sites.map((s) => `  ${s.name}: DICOM 127.0.0.1:${s.dicomPort} (AE PACSMESH), HTTP http://127.0.0.1:${s.httpPort}/api/mesh, data .data/${s.name}`);
-  process.stdout.write(`\nlocal mesh of ${sites.length} sites is up (swarm key .data/swarm.key):\n${lines.join('\n')}\nCtrl-C stops them all.\n\n`);
+  const lines = sites.map((s) => `  ${s.name}: DICOM 127.0.0.1:${s.dicomPort} (AE PACSMESH), HTTP http://127.0.0.1:${s.httpPort}/api/mesh, data ${join(dataRoot, s.name)}`);
+  process.stdout.write(`\nlocal mesh of ${sites.length} sites is up (swarm key ${swarmKeyFile}):\n${lines.join('\n')}\nCtrl-C stops them all.\n\n`);
   await Promise.all(sites.map((s) => new Promise((r) => s.child!.once('exit', r))));
   process.exit(0);
 }

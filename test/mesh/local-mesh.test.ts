@@ -1,0 +1,51 @@
+/**
+ * `npm start` as a new user runs it: the local mesh launcher brings up three sites that see each other,
+ * agree on a leader and replicate, and Ctrl-C (SIGINT) stops them all.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { eventually, repoRoot } from './support.ts';
+import { getFreePort, runTool, spawnManaged } from '../support/dicom-tools.ts';
+import { writeFileSync } from 'node:fs';
+import { makeInstance } from '../support/synthetic-dicom.ts';
+
+interface Status {
+  instances: number;
+  leader: { peerId: string } | null;
+  members: Array<{ alive: boolean }>;
+}
+
+test('npm start: a local mesh of three sites that find each other and replicate', { timeout: 120_000 }, async (t) => {
+  const dataRoot = mkdtempSync(join(tmpdir(), 'pacs-local-mesh-'));
+  // A free base port, with the launcher's offsets (DICOM +0.., HTTP +100.., libp2p +200..) assumed free too.
+  const basePort = Math.min(await getFreePort(), 60_000);
+  const launcher = spawnManaged(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts/local-mesh.ts'), '--data', dataRoot, '--base-port', String(basePort)], { cwd: repoRoot });
+  let output = '';
+  launcher.child.stdout?.on('data', (b: Buffer) => (output += b.toString()));
+  launcher.child.stderr?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
+  t.after(async () => {
+    await launcher.stop(10_000);
+    rmSync(dataRoot, { recursive: true, force: true });
+  });
+  const status = async (i: number) => (await (await fetch(`http://127.0.0.1:${basePort + 100 + i}/api/mesh`, { signal: AbortSignal.timeout(2000) })).json()) as Status;
+  await eventually(
+    async () => {
+      const views = await Promise.all([0, 1, 2].map(status));
+      const leaders = new Set(views.map((v) => v.leader?.peerId));
+      return views.every((v) => v.members.filter((m) => m.alive).length === 3) && leaders.size === 1 && !leaders.has(undefined);
+    },
+    60_000,
+    () => `launcher output:\n${output}`,
+  );
+  const file = join(dataRoot, 'one.dcm');
+  writeFileSync(file, makeInstance({ rows: 16, columns: 16 }));
+  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(basePort), file], { timeoutMs: 30_000 });
+  assert.equal(stored.code, 0, stored.stderr);
+  await eventually(async () => (await Promise.all([0, 1, 2].map(status))).every((v) => v.instances === 1), 20_000, () => 'replication');
+  launcher.child.kill('SIGINT');
+  const exit = await launcher.exited;
+  assert.equal(exit.code, 0, `launcher exit ${JSON.stringify(exit)}:\n${output}`);
+});
