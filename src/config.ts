@@ -41,6 +41,11 @@ export interface PeerConfig {
   writeQuorum?: number;
   /** Lower wins the balancer election (issue 4). */
   priority: number;
+  /**
+   * Pinned election roster (PeerIds, self included or not): exactly these peers vote, which keeps one
+   * leader per term even across partitions. Empty: the roster is learnt (every peer seen alive).
+   */
+  roster: string[];
   logLevel: 'info' | 'warn' | 'error' | 'silent';
 }
 
@@ -60,6 +65,7 @@ export const defaultConfig: PeerConfig = {
   p2pPort: 4001,
   bootstrap: [],
   priority: 100,
+  roster: [],
   logLevel: 'info',
 };
 
@@ -172,6 +178,16 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.priority = n;
     },
   },
+  '--roster': {
+    takesValue: true,
+    apply: (c, v) => {
+      const ids = v.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+      // PeerIds are base58 multihashes (12D3KooW... for Ed25519): letters and digits only.
+      const bad = ids.find((id) => !/^[1-9A-HJ-NP-Za-km-z]{40,100}$/.test(id));
+      if (ids.length === 0 || bad !== undefined) throw new ConfigError(`--roster "${v}" must be a comma-separated list of PeerIds${bad ? ` ("${bad}" is not one)` : ''}`);
+      c.roster.push(...ids);
+    },
+  },
   '--log-level': {
     takesValue: true,
     apply: (c, v) => {
@@ -182,7 +198,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
 };
 
 export function parseStartArgs(args: readonly string[]): PeerConfig {
-  const config: PeerConfig = { ...defaultConfig, moveDestinations: {}, allowedCallingAeTitles: [], bootstrap: [] };
+  const config: PeerConfig = { ...defaultConfig, moveDestinations: {}, allowedCallingAeTitles: [], bootstrap: [], roster: [] };
   let dataGiven = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
@@ -225,5 +241,6 @@ start options (defaults in brackets):
   --bootstrap MULTIADDR       a peer to join through, repeatable
   --write-quorum N            copies on distinct sites before Success [2 when 2+ sites are alive]
   --priority N                balancer election priority, lower wins [100]
+  --roster PEERID,...         pin the election roster (strict one leader per term) [learnt]
   --log-level LEVEL           info | warn | error | silent [info]
 `;

@@ -102,6 +102,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       parent: init.parent,
       onCrash: init.crashHandler('balancer'),
       routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3 },
+      ...(config.roster.length > 0 ? { roster: config.roster } : {}),
       random: lowDiscrepancyDraws(),
     });
     stopping.unshift(() => balancer.stop());

@@ -1,0 +1,50 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConfigError, defaultConfig, parseStartArgs } from '../../src/config.ts';
+
+test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8042)', () => {
+  const config = parseStartArgs([]);
+  assert.equal(config.aeTitle, 'PACSMESH');
+  assert.equal(config.dicomPort, 11112);
+  assert.equal(config.httpPort, 8042);
+  assert.equal(config.dataDir, '.data/site-a');
+  assert.deepEqual(config.roster, []);
+  assert.equal(defaultConfig.site, 'site-a');
+});
+
+test('every option parses, in both --name value and --name=value forms', () => {
+  const peerId = '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs';
+  const config = parseStartArgs([
+    '--site', 'cardio', '--data=/tmp/x', '--ae-title', 'ARCHIVE', '--host', '127.0.0.1', '--dicom-port', '0',
+    '--http-port', '8080', '--move-dest', 'VIEWER=10.0.0.5:104', '--allow-calling', 'CT1,MR1', '--max-pdu', '65536',
+    '--max-associations', '8', '--idle-timeout', '30', '--swarm-key', 'k', '--p2p-port', '4101',
+    '--bootstrap', `/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, '--write-quorum', '2', '--priority', '5',
+    '--roster', `${peerId},${peerId}`, '--associations-per-peer', '4', '--log-level', 'warn',
+  ]);
+  assert.equal(config.site, 'cardio');
+  assert.equal(config.dataDir, '/tmp/x');
+  assert.deepEqual(config.moveDestinations, { VIEWER: { host: '10.0.0.5', port: 104 } });
+  assert.deepEqual(config.allowedCallingAeTitles, ['CT1', 'MR1']);
+  assert.equal(config.idleTimeoutMs, 30_000);
+  assert.equal(config.writeQuorum, 2);
+  assert.deepEqual(config.roster, [peerId, peerId]);
+  assert.equal(config.associationsPerPeer, 4);
+});
+
+test('bad options are refused with a message naming the option', () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--dicom-port', '70000'], /--dicom-port/],
+    [['--ae-title', 'THIS-AE-TITLE-IS-TOO-LONG'], /AE title/],
+    [['--ae-title', 'A\\B'], /AE title/],
+    [['--move-dest', 'VIEWER'], /AET=host:port/],
+    [['--site', 'a b'], /--site/],
+    [['--write-quorum', '0'], /--write-quorum/],
+    [['--roster', 'not-a-peer-id'], /--roster/],
+    [['--bootstrap', '/ip4/1.2.3.4/tcp/1'], /requires --swarm-key/],
+    [['--frobnicate'], /unknown option/],
+    [['--site'], /needs a value/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseStartArgs(args), (e: unknown) => e instanceof ConfigError && e.code === 'ERR_CONFIG' && message.test(e.message), args.join(' '));
+  }
+});
