@@ -22,11 +22,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { measureTransfer, type TransferResult } from '../../test/net/transfer-harness.ts';
 import { sleep } from '../../test/support/dicom-tools.ts';
-import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
+import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { startOrthanc, orthancVersion, type OrthancServer } from './lib/orthanc.ts';
 import { MeshCluster, aliveSet, firstLines, pollUntil as waitFor, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
-import { runBench, startBench } from './lib/run.ts';
+import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_RATIO = 1.5;
 
@@ -67,17 +67,7 @@ async function main(): Promise<number> {
   const { workDir, startedAt, hostAtStart } = bench;
 
   const inputDir = join(workDir, 'input');
-  const series = await writeSeriesToDir(inputDir, {
-    count,
-    rows,
-    columns,
-    bitsAllocated: 16,
-    transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
-    uidSeed: `catch-up-bench-${startedAt}`,
-    patient: { id: 'BENCH003', name: 'BENCH^CATCHUP' },
-    study: { description: 'CATCH-UP BENCHMARK', accession: 'BENCH3' },
-    series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
-  });
+  const series = await writeBenchSeries(inputDir, { count, rows, columns, label: 'catch-up', patientId: 'BENCH003', startedAt });
   console.log(
     `generated ${count} CT instances ${rows}x${columns}x16 explicit VR LE, ${fmt(series.totalBytes / count)} bytes each, ` +
       `total ${series.totalBytes} bytes (${fmt(series.totalBytes / MB, 1)} MB, ${fmt(series.totalBytes / MiB, 1)} MiB)`,

@@ -13,10 +13,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
-import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
+import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
 import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
-import { runBench, startBench } from './lib/run.ts';
+import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
 const CLIENT_AE = 'BENCH';
@@ -61,23 +61,13 @@ async function main(): Promise<number> {
 
   const inputDir = join(workDir, 'input');
   const t0 = performance.now();
-  const series = await writeSeriesToDir(inputDir, {
-    count,
-    rows,
-    columns,
-    bitsAllocated: 16,
-    transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
-    uidSeed: `ingest-bench-${startedAt}`,
-    patient: { id: 'BENCH001', name: 'BENCH^INGEST' },
-    study: { description: 'INGEST BENCHMARK', accession: 'BENCH1' },
-    series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
-  });
+  const series = await writeBenchSeries(inputDir, { count, rows, columns, label: 'ingest', patientId: 'BENCH001', startedAt });
   const instanceBytes = series.totalBytes / count;
   console.log(
     `generated ${count} CT instances ${rows}x${columns}x16 explicit VR LE, ${(instanceBytes / MB).toFixed(3)} MB each, ` +
       `${(series.totalBytes / MB).toFixed(1)} MB total, in ${((performance.now() - t0) / 1000).toFixed(1)} s (${inputDir})`,
   );
-  const storescuVersion = (await runTool('storescu', ['--version'], { timeoutMs: 10_000 })).stdout.match(/\$dcmtk: (.*?) \$/)?.[1];
+  const storescuVersionLine = await storescuVersion();
 
   const results: ServerResult[] = [];
   for (const id of serverIds) {
@@ -160,7 +150,7 @@ async function main(): Promise<number> {
   const vsOrthanc = ratio('pacs-mesh', 'orthanc');
   const vsStorescp = ratio('pacs-mesh', 'storescp');
 
-  console.log(`\nIngest: ${count} x ${(instanceBytes / MB).toFixed(3)} MB CT, one storescu association (${storescuVersion ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} run(s), fresh server per run\n`);
+  console.log(`\nIngest: ${count} x ${(instanceBytes / MB).toFixed(3)} MB CT, one storescu association (${storescuVersionLine ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} run(s), fresh server per run\n`);
   console.log(
     table(
       ['server', 'ok runs', 'wall s', 'images/s', 'MB/s', 'peak RSS MiB', 'version / note'],
@@ -193,7 +183,7 @@ async function main(): Promise<number> {
       transferSyntax: TransferSyntax.ExplicitVrLittleEndian,
       instanceBytes,
       totalBytes: series.totalBytes,
-      client: { tool: 'storescu', version: storescuVersion, callingAe: CLIENT_AE, associations: 1, env: { TCP_NODELAY: '1' } },
+      client: { tool: 'storescu', version: storescuVersionLine, callingAe: CLIENT_AE, associations: 1, env: { TCP_NODELAY: '1' } },
       units: { mb: '10^6 bytes', rss: 'bytes (VmHWM/VmRSS max of the server process)' },
     },
     servers: results,

@@ -16,13 +16,13 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runTool, sleep, startRssSampler, type RssSampler } from '../../test/support/dicom-tools.ts';
-import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
+import { sleep, startRssSampler, type RssSampler } from '../../test/support/dicom-tools.ts';
+import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFactory } from './lib/index.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
-import { runBench, startBench } from './lib/run.ts';
+import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.0;
 const SERVER_IDS = ['storescp', 'orthanc', 'mesh'] as const;
@@ -88,23 +88,13 @@ async function main(): Promise<number> {
 
   const inputDir = join(workDir, 'input');
   const t0 = performance.now();
-  const series = await writeSeriesToDir(inputDir, {
-    count,
-    rows,
-    columns,
-    bitsAllocated: 16,
-    transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
-    uidSeed: `mesh-ingest-bench-${startedAt}`,
-    patient: { id: 'BENCH002', name: 'BENCH^MESH' },
-    study: { description: 'MESH INGEST BENCHMARK', accession: 'BENCH2' },
-    series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
-  });
+  const series = await writeBenchSeries(inputDir, { count, rows, columns, label: 'mesh-ingest', patientId: 'BENCH002', startedAt });
   const instanceBytes = series.totalBytes / count;
   console.log(
     `generated ${count} CT instances ${rows}x${columns}x16 explicit VR LE, ${(instanceBytes / MB).toFixed(3)} MB each, ` +
       `${(series.totalBytes / MB).toFixed(1)} MB total, in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
-  const storescuVersion = (await runTool('storescu', ['--version'], { timeoutMs: 10_000 })).stdout.match(/\$dcmtk: (.*?) \$/)?.[1];
+  const storescuVersionLine = await storescuVersion();
 
   const factories: Record<'storescp' | 'orthanc', BenchServerFactory> = { storescp: storescpFactory, orthanc: orthancFactory };
   const results: ServerResult[] = [];
@@ -292,7 +282,7 @@ async function main(): Promise<number> {
 
   console.log(
     `\nMesh ingest: ${count} x ${(instanceBytes / MB).toFixed(3)} MB CT (${(series.totalBytes / MB).toFixed(1)} MB), one storescu association ` +
-      `(${storescuVersion ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} interleaved run(s), fresh servers per run`,
+      `(${storescuVersionLine ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} interleaved run(s), fresh servers per run`,
   );
   console.log(`mesh: ${sites} sites of one peer each, --write-quorum ${writeQuorum}, storescu -> site A; "all sites" = time from storescu start until every site's /api/mesh shows ${count} instances\n`);
   console.log(
@@ -331,7 +321,7 @@ async function main(): Promise<number> {
       instanceBytes,
       totalBytes: series.totalBytes,
       mesh: { sites, writeQuorum, ingestSite: 'A' },
-      client: { tool: 'storescu', version: storescuVersion, associations: 1, env: { TCP_NODELAY: '1' } },
+      client: { tool: 'storescu', version: storescuVersionLine, associations: 1, env: { TCP_NODELAY: '1' } },
       units: { mb: '10^6 bytes', rss: 'bytes (VmHWM/VmRSS max of the process)', times: 'ms' },
     },
     servers: results,

@@ -3,7 +3,8 @@ import { rmSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { which } from '../../../test/support/dicom-tools.ts';
+import { runTool, which } from '../../../test/support/dicom-tools.ts';
+import { TransferSyntax, writeSeriesToDir, type WrittenSeries } from '../../../test/support/synthetic-dicom.ts';
 import { hostInfo, loadWarning } from './stats.ts';
 
 export interface BenchStart {
@@ -42,4 +43,34 @@ export function runBench(main: () => Promise<number>): void {
       process.exit(1);
     },
   );
+}
+
+export interface BenchSeriesOptions {
+  count: number;
+  rows: number;
+  columns: number;
+  /** Names the benchmark in the UIDs and descriptive attributes ("ingest", "mesh-ingest", ...). */
+  label: string;
+  patientId: string;
+  startedAt: string;
+}
+
+/** The synthetic CT series every benchmark sends: explicit VR little endian, 16 bits, reproducible UIDs per run. */
+export async function writeBenchSeries(dir: string, o: BenchSeriesOptions): Promise<WrittenSeries> {
+  return writeSeriesToDir(dir, {
+    count: o.count,
+    rows: o.rows,
+    columns: o.columns,
+    bitsAllocated: 16,
+    transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
+    uidSeed: `${o.label}-bench-${o.startedAt}`,
+    patient: { id: o.patientId, name: `BENCH^${o.label.toUpperCase().replace(/-/g, '')}` },
+    study: { description: `${o.label.toUpperCase()} BENCHMARK`, accession: o.patientId.replace('BENCH00', 'BENCH') },
+    series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
+  });
+}
+
+/** storescu's version line, for the results. */
+export async function storescuVersion(): Promise<string | undefined> {
+  return (await runTool('storescu', ['--version'], { timeoutMs: 10_000 })).stdout.match(/\$dcmtk: (.*?) \$/)?.[1];
 }
