@@ -9,18 +9,13 @@ import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { MeshNode, MeshNodeInit } from './node.ts';
+import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 
 const TOPIC = 'pacs-mesh/test/1';
 const WINDOW = 256 * 1024;
 const HWM = 256 * 1024;
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 50);
 
 function loopback(addrs: string[]): string {
   const a = addrs.find((x) => x.startsWith('/ip4/127.0.0.1/'));

@@ -9,16 +9,10 @@ import { join } from 'node:path';
 import { createMeshNode, type MeshNode } from './node.ts';
 import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
 import { openTunnel, startTunnelServer, tunnelledClientOf, type TunnelClient } from './tunnel.ts';
+import { waitFor } from '../../test/support/wait.ts';
 
 const quiet = { info: () => undefined, warn: () => undefined };
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));

@@ -11,15 +11,9 @@ import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../
 import { createLogger } from '../runtime/logger.ts';
 import { parseBalancerMessage } from './actor.ts';
 import { routingTopic } from './messages.ts';
+import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<number> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return Date.now() - start;
-}
+const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 10);
 
 interface TestPeer {
   node: MeshNode;

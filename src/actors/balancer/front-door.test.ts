@@ -11,6 +11,7 @@ import { tunnelledClientOf } from '../../net/tunnel.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { createFrontDoor, type FrontDoor, type RouteResult } from './front-door.ts';
 import type { BalancerService } from './actor.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
 type Target = ReturnType<BalancerService['chooseTarget']>;
 
@@ -18,13 +19,6 @@ function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
 }
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /**
  * A DICOM port as the lead's listener will run it: route first; when 'local', serve here. The local

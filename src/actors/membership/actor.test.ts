@@ -12,15 +12,8 @@ import { startActorSystem, stopActor } from '../runtime/nact.ts';
 import { bumpIncarnation, parseHeartbeat, startMembership, type MembershipService } from './actor.ts';
 import { membershipTopic } from './messages.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<number> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return Date.now() - start;
-}
 
 function statusOf(m: MembershipService, peerId: string): string | undefined {
   return m.members().find((r) => r.peerId === peerId)?.status;

@@ -20,6 +20,7 @@ import { startActorSystem, stopActor, type ActorSystem } from '../../runtime/nac
 import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
 import { startCustody, type CustodyService } from './actor.ts';
+import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 
 const swarmKey = generateSwarmKey();
 
@@ -32,13 +33,7 @@ interface Site {
   system: ActorSystem;
 }
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15000) => waitForCondition(what, cond, timeoutMs, 50);
 
 /** A small test mesh: sites by name, a membership emulation, and cleanup of everything it started. */
 class TestMesh {
