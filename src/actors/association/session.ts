@@ -63,6 +63,7 @@ export class AcceptorSession {
   private sendChain: Promise<void> = Promise.resolve();
   private ended = false;
   private idleTimer: TimerHandle | undefined;
+  private lastActivityMs = 0;
 
   constructor(
     /** Over the association limit: the request is answered with a transient rejection. */
@@ -101,24 +102,30 @@ export class AcceptorSession {
       },
     );
     void this.core.fire({ type: 'transportIndication' });
+    this.lastActivityMs = deps.clock.nowMs();
     this.armIdleTimer();
   }
 
-  /** A modality that keeps an association open and silent must not hold a slot for ever. */
-  private armIdleTimer(): void {
+  /**
+   * A modality that keeps an association open and silent must not hold a slot for ever. One timer runs at
+   * a time; received PDUs only move `lastActivityMs`, so the per-read path sets no timers.
+   */
+  private armIdleTimer(delayMs = this.deps.idleTimeoutMs): void {
     this.deps.clock.clearTimeout(this.idleTimer);
     if (this.ended) return;
-    this.idleTimer = this.deps.clock.setTimeout(() => this.callbacks.idleExpired(), this.deps.idleTimeoutMs);
+    this.idleTimer = this.deps.clock.setTimeout(() => this.callbacks.idleExpired(), delayMs);
   }
 
   async onIdleExpired(): Promise<void> {
-    // A running C-FIND/C-GET/C-MOVE keeps the association busy even when the peer has nothing to say.
+    const silentMs = this.deps.clock.nowMs() - this.lastActivityMs;
+    // Activity since the timer was set, or a running C-FIND/C-GET/C-MOVE (the peer may have nothing to say).
+    if (silentMs < this.deps.idleTimeoutMs) return this.armIdleTimer(this.deps.idleTimeoutMs - silentMs);
     if (this.tasks.size > 0 || this.store) return this.armIdleTimer();
     await this.abort(`no PDU for ${this.deps.idleTimeoutMs} ms`);
   }
 
   async onPdus(pdus: Pdu[], bytes: number): Promise<void> {
-    this.armIdleTimer();
+    this.lastActivityMs = this.deps.clock.nowMs();
     try {
       for (const pdu of pdus) {
         if (this.ended) break;
