@@ -25,7 +25,7 @@ import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { startOrthanc, orthancVersion, type OrthancServer } from './lib/orthanc.ts';
 import { MeshCluster, aliveSet, firstLines, pollUntil as waitFor, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_RATIO = 1.5;
@@ -68,10 +68,6 @@ async function main(): Promise<number> {
 
   const inputDir = join(workDir, 'input');
   const series = await writeBenchSeries(inputDir, { count, rows, columns, label: 'catch-up', patientId: 'BENCH003', startedAt });
-  console.log(
-    `generated ${count} CT instances ${rows}x${columns}x16 explicit VR LE, ${fmt(series.totalBytes / count)} bytes each, ` +
-      `total ${series.totalBytes} bytes (${fmt(series.totalBytes / MB, 1)} MB, ${fmt(series.totalBytes / MiB, 1)} MiB)`,
-  );
 
   // ------------------------------------------------------------------ catch-up runs
   const catchUps: CatchUpRun[] = [];

@@ -60,13 +60,8 @@ async function main(): Promise<number> {
   const { workDir, startedAt, hostAtStart } = bench;
 
   const inputDir = join(workDir, 'input');
-  const t0 = performance.now();
   const series = await writeBenchSeries(inputDir, { count, rows, columns, label: 'ingest', patientId: 'BENCH001', startedAt });
   const instanceBytes = series.totalBytes / count;
-  console.log(
-    `generated ${count} CT instances ${rows}x${columns}x16 explicit VR LE, ${(instanceBytes / MB).toFixed(3)} MB each, ` +
-      `${(series.totalBytes / MB).toFixed(1)} MB total, in ${((performance.now() - t0) / 1000).toFixed(1)} s (${inputDir})`,
-  );
   const storescuVersionLine = await storescuVersion();
 
   const results: ServerResult[] = [];

@@ -57,7 +57,8 @@ export interface BenchSeriesOptions {
 
 /** The synthetic CT series every benchmark sends: explicit VR little endian, 16 bits, reproducible UIDs per run. */
 export async function writeBenchSeries(dir: string, o: BenchSeriesOptions): Promise<WrittenSeries> {
-  return writeSeriesToDir(dir, {
+  const started = performance.now();
+  const series = await writeSeriesToDir(dir, {
     count: o.count,
     rows: o.rows,
     columns: o.columns,
@@ -68,6 +69,12 @@ export async function writeBenchSeries(dir: string, o: BenchSeriesOptions): Prom
     study: { description: `${o.label.toUpperCase()} BENCHMARK`, accession: o.patientId.replace('BENCH00', 'BENCH') },
     series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
   });
+  const each = series.totalBytes / o.count;
+  console.log(
+    `generated ${o.count} CT instances ${o.rows}x${o.columns}x16 explicit VR LE, ${(each / 1e6).toFixed(3)} MB (${Math.round(each)} bytes) each, ` +
+      `${(series.totalBytes / 1e6).toFixed(1)} MB (${series.totalBytes} bytes) total, in ${((performance.now() - started) / 1000).toFixed(1)} s (${dir})`,
+  );
+  return series;
 }
 
 /** storescu's version line, for the results. */

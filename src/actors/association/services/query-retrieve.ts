@@ -103,14 +103,8 @@ export interface SubOperationCounts {
   failedUids: string[];
 }
 
-export interface RetrieveContext {
+export interface RetrieveContext extends QueryContext {
   kind: 'get' | 'move';
-  root: QueryRoot;
-  transferSyntaxUid: string;
-  command: DimseCommand;
-  identifier: Uint8Array;
-  send: SendMessage;
-  isCancelled(): boolean;
   /** C-MOVE: where to send; C-GET: undefined (the sub-operations use the same association). */
   openTarget(entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }>;
   callingAeTitle: string;
