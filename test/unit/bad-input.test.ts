@@ -67,9 +67,11 @@ async function echoWorks(peer: TestPeer): Promise<boolean> {
   return reply.command.status === 0;
 }
 
+/** Catalog keys (without upload markers) plus blob keys: a refused store must leave neither behind. */
 async function storedKeyCount(peer: TestPeer): Promise<number> {
   let n = 0;
   for await (const key of peer.store.db.keys()) if (!key.startsWith('u!')) n++;
+  for await (const _ of peer.store.blobDb.keys()) n++;
   return n;
 }
 

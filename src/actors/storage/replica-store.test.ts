@@ -6,7 +6,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Level } from 'level';
+import { catalogDeleteOps } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
+import { countKeys, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
 
 const entryFor = testCatalogEntry;
@@ -19,11 +22,6 @@ async function readAll(store: ReplicaStore, uid: string): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function countKeys(store: ReplicaStore, prefix: string): Promise<number> {
-  let n = 0;
-  for await (const _ of store.db.keys({ gte: prefix, lt: `${prefix}~` })) n++;
-  return n;
-}
 
 test('bytes come back exactly as written, across chunk boundaries, with their SHA-256', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
@@ -69,7 +67,7 @@ test('abort leaves nothing behind', async (t) => {
   await writer.write(Buffer.alloc(1000, 9));
   await writer.abort();
   assert.equal(await countKeys(store, 'b!'), 0);
-  assert.equal(await countKeys(store, 'u!'), 0);
+  assert.equal(await uncommittedChunks(store), 0);
   assert.equal(await store.countInstances(), 0);
   await store.close();
 });
@@ -107,7 +105,55 @@ test('durability: every instance acknowledged before kill -9 is there after rest
     assert.equal(bytes[0], i & 0xff);
   }
   assert.equal(await store.countInstances(), 20);
-  assert.equal(await countKeys(store, 'u!'), 0, 'no upload marker survives the open');
+  assert.equal(await uncommittedChunks(store), 0, 'the half-written upload\'s chunks are gone after the open');
   assert.equal(await countKeys(store, 'b!'), 20 * 3, 'only committed chunks remain (5 writes of 50 kB cut at 64 KiB: 3 chunks each)');
   await store.close();
+});
+
+test('power cut after the synced blob commit: open() restores the catalog entry from the commit record', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  for (const uid of ['1.2.3.7', '1.2.3.8']) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(250, uid.length));
+    await writer.commit(uid, entryFor(uid));
+  }
+  const lost = (await store.getEntry('1.2.3.8'))!;
+  await store.close();
+  // What a power cut can leave: the unsynced catalog write of the last commit gone, and the checkpoint
+  // still from before it.
+  const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+  await catalog.batch([...catalogDeleteOps(lost), { type: 'del', key: 'm!recovery-from' }]);
+  await catalog.close();
+
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.deepEqual(await reopened.getEntry('1.2.3.8'), lost);
+  assert.deepEqual(await readAll(reopened, '1.2.3.8'), Buffer.alloc(250, 7));
+  assert.equal(await reopened.countInstances(), 2);
+});
+
+test('a duplicate commit leaves no second blob, and a store in the old single-database layout is refused', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  for (let i = 0; i < 2; i++) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(300, i));
+    assert.equal((await writer.commit('1.2.3.9', entryFor('1.2.3.9'))).outcome, i === 0 ? 'stored' : 'duplicate');
+  }
+  let blobs = 0;
+  for await (const key of store.blobDb.keys()) if (key.endsWith('!~')) blobs++;
+  assert.equal(blobs, 1, 'one commit record');
+  assert.equal(await countKeys(store, 'b!'), 1, 'the first copy\'s one chunk only');
+  await store.close();
+
+  const old = new Level<string, Uint8Array>(join(dir, 'old'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+  await old.open();
+  await old.close();
+  await assert.rejects(createReplicaStore({ path: join(dir, 'old') }).open(), { name: 'StoreError', code: 'ERR_STORE_LAYOUT' });
 });
