@@ -55,7 +55,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const local = { ingest: localIngest(store), retrieveSource: localRetrieveSource(store) };
   const current = () => mesh ?? local;
   const ingest: IngestPort = {
-    beginWrite: () => current().ingest.beginWrite(),
+    beginWrite: (sopInstanceUid) => current().ingest.beginWrite(sopInstanceUid),
     afterCommit: async (entry, outcome) => {
       await meshReady;
       return current().ingest.afterCommit(entry, outcome);

@@ -11,6 +11,11 @@
  * A duplicate (UID already stored) keeps the stored copy (the store drops the new bytes) and still goes
  * through custody: it is answered Success only once the quorum holds for it. Sites that already hold it
  * answer the replicate offer with 'have' at once, so no bytes travel again.
+ *
+ * Cut-through: when the gate can push (push.ts), every piece also goes to every other live site as it
+ * arrives, and the catalog entry follows as soon as custody admits the store, so the other sites commit
+ * while we do. Custody's replicate effect for a site then waits for that push instead of starting a
+ * transfer; a push that fails leaves custody to replicate the stored copy as before.
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { IngestPort } from '../association/services/deps.ts';
@@ -38,6 +43,15 @@ export interface CustodyGate {
    * resolve true, or resolve false), then answers once the quorum holds or cannot.
    */
   submitStore(sopInstanceUid: string, sha256: string, writeLocal: () => Promise<boolean>): StoreTicket;
+  /** Starts pushing an instance to every other live site while it arrives (see push.ts); optional. */
+  startPushes?(sopInstanceUid: string): readonly InstancePush[];
+}
+
+/** What the ingest needs of one cut-through push (ReplicaPush implements it). */
+export interface InstancePush {
+  write(bytes: Uint8Array): Promise<void>;
+  end(entry: CatalogEntry): void;
+  abort(): void;
 }
 
 export type MeshIngestErrorCode = 'ERR_INGEST_REFUSED';
@@ -64,7 +78,10 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
   class CustodyWriter implements InstanceWriter {
     private readonly hash: Hash | undefined;
 
-    constructor(private readonly inner: InstanceWriter) {
+    constructor(
+      private readonly inner: InstanceWriter,
+      private readonly pushes: readonly InstancePush[],
+    ) {
       // Hash here only for writers that cannot tell their running hash (the LevelDB writer can).
       this.hash = inner.sha256SoFar ? undefined : createHash('sha256');
     }
@@ -73,13 +90,28 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
       return this.inner.bytesWritten;
     }
 
-    write(data: Uint8Array): Promise<void> {
+    async write(data: Uint8Array): Promise<void> {
       this.hash?.update(data);
-      return this.inner.write(data);
+      if (this.pushes.length === 0) return this.inner.write(data);
+      await Promise.all([this.inner.write(data), ...this.pushes.map((push) => push.write(data))]);
     }
 
     abort(): Promise<void> {
+      for (const push of this.pushes) push.abort();
       return this.inner.abort();
+    }
+
+    /** Sends the entry to the pushed sites (their blob id is their own), so they commit while we do. */
+    private endPushes(buildEntry: (info: CommitInfo) => CatalogEntry, sha256: string): void {
+      if (this.pushes.length === 0) return;
+      let entry: CatalogEntry;
+      try {
+        entry = buildEntry({ byteLength: this.inner.bytesWritten, sha256, blobId: '' });
+      } catch {
+        for (const push of this.pushes) push.abort();
+        return;
+      }
+      for (const push of this.pushes) push.end(entry);
     }
 
     async commit(sopInstanceUid: string, buildEntry: (info: CommitInfo) => CatalogEntry): Promise<CommitResult> {
@@ -87,6 +119,7 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
       let committed: CommitResult | undefined;
       let failure: unknown;
       const ticket = gate.submitStore(sopInstanceUid, sha256, async () => {
+        this.endPushes(buildEntry, sha256);
         try {
           committed = await this.inner.commit(sopInstanceUid, buildEntry);
           return true;
@@ -97,6 +130,8 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
       });
       await ticket.written;
       if (committed === undefined) {
+        // Refused before writing: the pushes never got their entry (ended pushes ignore this).
+        for (const push of this.pushes) push.abort();
         await this.inner.abort();
         if (failure !== undefined) throw failure;
         const answer = await ticket.answer;
@@ -113,7 +148,7 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
   }
 
   return {
-    beginWrite: () => new CustodyWriter(store.beginWrite()),
+    beginWrite: (sopInstanceUid) => new CustodyWriter(store.beginWrite(), sopInstanceUid !== undefined && gate.startPushes ? gate.startPushes(sopInstanceUid) : []),
     async afterCommit(entry, outcome) {
       void outcome;
       const answer = answers.get(entry);

@@ -157,6 +157,23 @@ function chunkRange(blobId: string): { gte: string; lt: string } {
   return { gte: `${blobPrefix}${blobId}!`, lt: commitRecordKey(blobId) };
 }
 
+/**
+ * The `buildEntry` of a copy received from another site: the catalog data is kept as sent, only the blob
+ * id is local, and bytes that do not match the sent byteLength and SHA-256 throw ERR_STORE_REPLICA_MISMATCH
+ * (so the commit stores nothing).
+ */
+export function replicaEntryBuilder(entry: CatalogEntry): (info: CommitInfo) => CatalogEntry {
+  return (info) => {
+    if (info.byteLength !== entry.byteLength || info.sha256 !== entry.sha256) {
+      throw new StoreError(
+        'ERR_STORE_REPLICA_MISMATCH',
+        `replica of ${entry.sopInstanceUid} does not match its entry: ${info.byteLength} bytes sha256 ${info.sha256}, expected ${entry.byteLength} bytes sha256 ${entry.sha256}`,
+      );
+    }
+    return { ...entry, blobId: info.blobId };
+  };
+}
+
 export function createReplicaStore(init: ReplicaStoreInit): ReplicaStore {
   return new LevelReplicaStore(init);
 }
@@ -330,15 +347,7 @@ class LevelReplicaStore implements ReplicaStore {
         // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
         await writer.write(new Uint8Array(piece));
       }
-      const result = await writer.commit(entry.sopInstanceUid, (info) => {
-        if (info.byteLength !== entry.byteLength || info.sha256 !== entry.sha256) {
-          throw new StoreError(
-            'ERR_STORE_REPLICA_MISMATCH',
-            `replica of ${entry.sopInstanceUid} does not match its entry: ${info.byteLength} bytes sha256 ${info.sha256}, expected ${entry.byteLength} bytes sha256 ${entry.sha256}`,
-          );
-        }
-        return { ...entry, blobId: info.blobId };
-      });
+      const result = await writer.commit(entry.sopInstanceUid, replicaEntryBuilder(entry));
       return result.outcome;
     } catch (error) {
       await writer.abort();

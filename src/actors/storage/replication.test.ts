@@ -4,7 +4,7 @@
  */
 import '../../polyfill.ts';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +17,7 @@ import type { CatalogEntry } from './catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import type { CustodyMessage } from './custody/messages.ts';
+import { PUSH_PROTOCOL, ReplicaPush, defaultPushLimits } from './push.ts';
 import {
   CUSTODY_PROTOCOL,
   REPLICATE_PROTOCOL,
@@ -177,6 +178,73 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.equal(messagesAtB.length, 1, 'the malformed message never reached custody');
     // Still serving.
     assert.equal((await replicateTo(a, b.peerId, storeA, (await storeA.getEntry('1.2.3.1.4'))!)).outcome, 'have');
+  });
+
+  it('cut-through push: pieces stream while they arrive, the entry follows; verified, durable, "have" the second time', async () => {
+    const bytes = randomBytes(300_000);
+    const uid = '1.2.3.2.1';
+    const entry = buildEntry(uid)({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: 'sender-side' });
+    const push = new ReplicaPush(a, b.peerId, uid, defaultPushLimits);
+    for (let off = 0; off < bytes.length; off += 70_000) await push.write(bytes.subarray(off, off + 70_000));
+    push.end(entry);
+    assert.deepEqual(await push.result, { outcome: 'stored', siteName: 'site-b' });
+    const atB = (await storeB.getEntry(uid))!;
+    assert.deepEqual({ ...atB, blobId: entry.blobId }, entry, 'catalog data as sent; only the blob id is local');
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of storeB.readInstance(atB)) chunks.push(chunk);
+    assert.deepEqual(Buffer.concat(chunks), bytes);
+    assert.deepEqual(storedAtB.at(-1), { uid, from: a.peerId });
+
+    const again = new ReplicaPush(a, b.peerId, uid, defaultPushLimits);
+    await again.write(bytes);
+    again.end(entry);
+    assert.deepEqual(await again.result, { outcome: 'have', siteName: 'site-b' });
+  });
+
+  it('a push whose bytes do not match its entry, or that is aborted, stores nothing at the receiver', async () => {
+    const bytes = randomBytes(100_000);
+    const lying = new ReplicaPush(a, b.peerId, '1.2.3.2.2', defaultPushLimits);
+    await lying.write(bytes);
+    lying.end(buildEntry('1.2.3.2.2')({ byteLength: bytes.length, sha256: 'ab'.repeat(32), blobId: '' }));
+    await assert.rejects(lying.result);
+    const aborted = new ReplicaPush(a, b.peerId, '1.2.3.2.3', defaultPushLimits);
+    await aborted.write(bytes);
+    aborted.abort();
+    await assert.rejects(aborted.result, { name: 'PushError', code: 'ERR_PUSH_ABORTED' });
+    const wrongUid = new ReplicaPush(a, b.peerId, '1.2.3.2.4', defaultPushLimits);
+    await wrongUid.write(bytes);
+    wrongUid.end(buildEntry('1.2.3.2.5')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
+    await assert.rejects(wrongUid.result);
+    for (const uid of ['1.2.3.2.2', '1.2.3.2.3', '1.2.3.2.4', '1.2.3.2.5']) assert.equal(await storeB.getEntry(uid), undefined);
+    for (const deadline = Date.now() + 5000; (await uncommittedChunks(storeB)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await uncommittedChunks(storeB), 0, 'the refused pushes left no chunks');
+  });
+
+  it('a malformed push is reset, not answered, and the receiver keeps serving', async () => {
+    const send = async (payload: Uint8Array): Promise<unknown> => {
+      const stream = await a.openStream(b.peerId, PUSH_PROTOCOL);
+      try {
+        await stream.writer.write(payload);
+        await stream.closeWrite();
+        return await stream.reader.readFrameOrEnd(64 * 1024);
+      } catch (error) {
+        return error;
+      }
+    };
+    const header = encodeEnvelope({ type: 'push', sopInstanceUid: '1.2.3.2.6' });
+    const framed = (payload: Uint8Array): Uint8Array => Buffer.concat([Buffer.from([0, 0, 0, payload.length]), payload]);
+    const oversizedPiece = Buffer.alloc(8);
+    oversizedPiece.writeBigUInt64BE(BigInt(1) << BigInt(40));
+    for (const payload of [new Uint8Array([1, 2, 3, 4, 5]), framed(encodeEnvelope({ type: 'push', sopInstanceUid: 'not a uid' })), Buffer.concat([framed(header), oversizedPiece]), framed(header)]) {
+      const outcome = await send(payload);
+      assert.ok(outcome === null || outcome instanceof Error, `no answer frame for a malformed push (got ${String(outcome)})`);
+    }
+    assert.equal(await storeB.getEntry('1.2.3.2.6'), undefined);
+    const bytes = randomBytes(10_000);
+    const good = new ReplicaPush(a, b.peerId, '1.2.3.2.7', defaultPushLimits);
+    await good.write(bytes);
+    good.end(buildEntry('1.2.3.2.7')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
+    assert.equal((await good.result).outcome, 'stored');
   });
 
   it('debt entries persist, list and delete', async () => {

@@ -11,6 +11,7 @@
  *   'stored' is sent only after the receiver verified byteLength + SHA-256 and made the copy durable, so the
  *   sender's custody takes it (or 'have') as the replicaAck of that site: the receiver does NOT also send a
  *   replicaAck on /custody/1 for a pushed copy (one acknowledgement path per transfer).
+ * /pacs-mesh/push/1 (cut-through: the instance while it arrives from the modality): see push.ts.
  * /pacs-mesh/fetch/1 (pull one instance):
  *   C: {type:'fetch', sopInstanceUid}, close S: {type:'instance', entry} + u64 length + bytes | {type:'missing'} | refused
  * /pacs-mesh/custody/1 (one small custody message per stream: replicaAck, repairDigest, repairKeys):
@@ -29,6 +30,7 @@ import type { Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
+import { PUSH_PROTOCOL, defaultPushLimits, receivePush } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import type { ReplicaStore } from './replica-store.ts';
 
@@ -62,6 +64,8 @@ export interface ReplicationLimits {
   custodyMessageBytesMax: number;
   /** Concurrent inbound streams per protocol, all peers together. */
   inboundReplicationsMax: number;
+  /** Concurrent cut-through pushes received (one per association storing at another site, per site). */
+  inboundPushesMax: number;
   inboundFetchesMax: number;
   inboundCustodyMessagesMax: number;
   inboundQueriesMax: number;
@@ -77,6 +81,7 @@ export const defaultReplicationLimits: ReplicationLimits = {
   bodyBytesMax: 8 * 1024 * 1024 * 1024,
   custodyMessageBytesMax: 1024 * 1024,
   inboundReplicationsMax: 16,
+  inboundPushesMax: 64,
   inboundFetchesMax: 16,
   inboundCustodyMessagesMax: 32,
   inboundQueriesMax: 4,
@@ -272,23 +277,29 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const limits = { ...defaultReplicationLimits, ...init.limits };
   const { node, store, log } = init;
   const replicateSlots = new Slots(limits.inboundReplicationsMax);
+  const pushSlots = new Slots(limits.inboundPushesMax);
   const fetchSlots = new Slots(limits.inboundFetchesMax);
   const custodySlots = new Slots(limits.inboundCustodyMessagesMax);
   const querySlots = new Slots(limits.inboundQueriesMax);
 
-  /** Runs a handler within its slot and deadline; any failure is answered (if possible) and logged. */
-  const guarded = (protocol: string, slots: Slots, timeoutMs: number, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>) =>
+  /**
+   * Runs a handler within its slot and deadline; any failure is answered (if possible) and logged. With
+   * `resetOnRefusal` (a sender that is still writing and not yet reading: push/1) the stream is reset instead.
+   */
+  const guarded = (protocol: string, slots: Slots, timeoutMs: number, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
       const signal = AbortSignal.timeout(timeoutMs);
       if (!slots.tryTake()) {
-        await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
+        if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
+        else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
         return;
       }
       try {
         await body(stream, signal);
       } catch (error) {
         log.warn('custody stream failed', { protocol, peer: stream.remotePeer, error: String((error as Error)?.message ?? error) });
-        await answerAndClose(stream, refusalOf(error), signal);
+        if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
+        else await answerAndClose(stream, refusalOf(error), signal);
       } finally {
         slots.give();
       }
@@ -323,6 +334,20 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       await answerAndClose(stream, { type: 'stored', siteName: init.siteName }, signal);
     }),
     { maxInboundStreams: limits.inboundReplicationsMax },
+  );
+
+  const pushLimits = { ...defaultPushLimits, frameBytesMax: limits.frameBytesMax, bodyBytesMax: limits.bodyBytesMax, transferTimeoutMs: limits.transferTimeoutMs };
+  await node.handle(
+    PUSH_PROTOCOL,
+    guarded(
+      PUSH_PROTOCOL,
+      pushSlots,
+      limits.transferTimeoutMs,
+      (stream, signal) =>
+        receivePush(stream, signal, { store, siteName: init.siteName, limits: pushLimits, validateEntry: validateCatalogEntry, onReplicaStored: init.onReplicaStored }),
+      true,
+    ),
+    { maxInboundStreams: limits.inboundPushesMax },
   );
 
   await node.handle(
@@ -391,7 +416,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
 
   return {
     async stop() {
-      await Promise.allSettled([REPLICATE_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      await Promise.allSettled([REPLICATE_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
     },
   };
 }

@@ -11,7 +11,11 @@ import type { AcceptorConfig } from '../negotiation.ts';
 import type { RetrieveSource } from './query-retrieve.ts';
 
 export interface IngestPort {
-  beginWrite(): InstanceWriter;
+  /**
+   * `sopInstanceUid`: the C-STORE command's (already validated), so that a mesh can start copying the
+   * instance to other sites while it arrives; the commit still checks the data set's own UID.
+   */
+  beginWrite(sopInstanceUid?: string): InstanceWriter;
   /**
    * Runs after the local commit: a single site answers at once; the mesh waits for its write quorum
    * here (issue 3). Returns the C-STORE status to send.

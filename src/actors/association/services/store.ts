@@ -48,7 +48,7 @@ export class IncomingStore {
     this.refusal = this.checkCommand();
     if (!this.refusal) {
       this.reader = new DatasetHeaderReader({ transferSyntaxUid: context.transferSyntaxUid, maxValueBytes: catalogValueMaxBytes });
-      this.writer = ingest.beginWrite();
+      this.writer = ingest.beginWrite(command.affectedSopInstanceUid);
     }
   }
 

@@ -5,7 +5,8 @@
  *   writeLocal      -> the association's writer commits (see ../mesh-ingest.ts), then localWriteDone
  *   ackStore        -> the waiting C-STORE gets its status, once the debt of the same step is durable
  *   persistDebt / removeDebt -> one synced LevelDB batch per step, in step order
- *   replicate       -> /pacs-mesh/replicate/1; 'stored' or 'have' is the site's replicaAck
+ *   replicate       -> the cut-through push of that instance to that site if one ran (push.ts), else
+ *                      /pacs-mesh/replicate/1; 'stored' or 'have' is the site's replicaAck
  *   fetch           -> /pacs-mesh/fetch/1 into the store, then replicaStored (which acks the source)
  *   send            -> /pacs-mesh/custody/1 through a bounded queue (a dropped message is repeated or repaired)
  * The reducer bounds replications and fetches in flight; this file bounds the send queue.
@@ -29,6 +30,7 @@ import { iterateCatalog } from '../catalog.ts';
 import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
+import { ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
 import { fetchFrom, replicateTo, sendCustodyMessage, serveReplication, type ReplicationLimits, type ReplicationServer } from '../replication.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
@@ -48,6 +50,8 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   sendsQueuedMax?: number;
   /** Custody message streams open at once. */
   sendsInFlightMax?: number;
+  /** Cut-through push results kept for custody's replicate effects (oldest forgotten first). */
+  pushesRememberedMax?: number;
 }
 
 export interface CustodyServiceInit {
@@ -114,6 +118,7 @@ export const defaultCustodyTuning = {
   tickIntervalMs: 250,
   sendsQueuedMax: 256,
   sendsInFlightMax: 8,
+  pushesRememberedMax: 1024,
 } as const;
 
 interface StoreWaiter {
@@ -275,7 +280,35 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     }
   }
 
+  /** Push results by `${sopInstanceUid} ${peerId}`, taken by the replicate effect of that copy. */
+  const pushResults = new Map<string, Promise<PushOutcome>>();
+  const pushKey = (sopInstanceUid: string, peerId: string): string => `${sopInstanceUid} ${peerId}`;
+
+  function startPushes(sopInstanceUid: string): ReplicaPush[] {
+    if (stopped) return [];
+    const limits = { ...defaultPushLimits, frameBytesMax: init.limits?.frameBytesMax ?? defaultPushLimits.frameBytesMax };
+    return members
+      .filter((m) => m.status === 'alive' && m.peerId !== init.peerId)
+      .map((m) => {
+        const push = new ReplicaPush(node, m.peerId, sopInstanceUid, limits, shutdown.signal);
+        while (pushResults.size >= tuning.pushesRememberedMax) pushResults.delete(pushResults.keys().next().value!);
+        pushResults.set(pushKey(sopInstanceUid, m.peerId), push.result);
+        return push;
+      });
+  }
+
   async function replicate(toPeerId: string, toSiteName: string, sopInstanceUid: string): Promise<void> {
+    const pushed = pushResults.get(pushKey(sopInstanceUid, toPeerId));
+    if (pushed !== undefined) {
+      pushResults.delete(pushKey(sopInstanceUid, toPeerId));
+      try {
+        const result = await pushed;
+        input({ type: 'messageReceived', from: toPeerId, message: { type: 'replicaAck', sopInstanceUid, siteName: result.siteName }, nowMs: clock.nowMs() });
+        return;
+      } catch (error) {
+        if (!stopped) log.info('push failed: replicating the stored copy', { sopInstanceUid, to: toPeerId, error: String((error as Error)?.message ?? error) });
+      }
+    }
     try {
       const entry = await store.getEntry(sopInstanceUid);
       if (entry === undefined) throw new Error(`${sopInstanceUid} is not stored here`);
@@ -410,6 +443,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       input({ type: 'storeRequested', requestId, sopInstanceUid, sha256, nowMs: clock.nowMs() });
       return { written, answer };
     },
+    startPushes,
   };
 
   const peersToAsk = (): string[] =>

@@ -1,0 +1,270 @@
+/**
+ * Cut-through replication: /pacs-mesh/push/1 carries an instance to another site WHILE it arrives from
+ * the modality, so the receiving site writes its chunks alongside ours and both sites' final fsyncs run
+ * at the same time. The store-and-forward path (/pacs-mesh/replicate/1: offer, want, bytes read back from
+ * LevelDB) is what custody falls back to whenever a push fails; it also serves debt and repair.
+ *
+ *   C: {type:'push', sopInstanceUid}                     (envelope frame)
+ *   C: (u64 n > 0, n bytes)*  u64 0                       (the data set as it arrives, pieces <= pieceBytesMax)
+ *   C: {type:'end', entry} | {type:'abort'}, close        (entry: the catalog entry; blobId is the sender's)
+ *   S: {type:'stored', siteName} | {type:'have', siteName} (after the receiver verified byteLength + SHA-256
+ *                                                          and made its copy durable, like 'stored' on replicate/1)
+ * The receiver cannot answer until the end (the sender does not wait), so a receiver that refuses or fails
+ * resets the stream instead: the sender sees the reset at once and custody falls back.
+ *
+ * Sender memory is bounded: each push queues at most `queuedBytesMax`; past it, the local ingest waits
+ * for the remote, and a remote that takes nothing for `stallTimeoutMs` is dropped (custody falls back).
+ */
+import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
+import type { MeshNode } from '../../net/node.ts';
+import type { MeshStream } from '../../net/stream.ts';
+import type { CatalogEntry } from './catalog-types.ts';
+import { isValidUid } from './catalog.ts';
+import { replicaEntryBuilder, type ReplicaStore } from './replica-store.ts';
+
+export const PUSH_PROTOCOL = '/pacs-mesh/push/1';
+
+export interface PushLimits {
+  /** Largest control frame (a catalog entry with its attributes). */
+  frameBytesMax: number;
+  /** Largest piece of data in one `u64 n` record. */
+  pieceBytesMax: number;
+  /** Largest instance accepted. */
+  bodyBytesMax: number;
+  /** Bytes one push may hold for a slow remote before the local ingest waits. */
+  queuedBytesMax: number;
+  /** A remote that takes nothing for this long while the queue is full is dropped. */
+  stallTimeoutMs: number;
+  /** Deadline of one whole push. */
+  transferTimeoutMs: number;
+}
+
+export const defaultPushLimits: PushLimits = {
+  frameBytesMax: 1024 * 1024,
+  pieceBytesMax: 4 * 1024 * 1024,
+  bodyBytesMax: 8 * 1024 * 1024 * 1024,
+  queuedBytesMax: 2 * 1024 * 1024,
+  stallTimeoutMs: 2_000,
+  transferTimeoutMs: 10 * 60_000,
+};
+
+export type PushErrorCode = 'ERR_PUSH_MALFORMED' | 'ERR_PUSH_STALLED' | 'ERR_PUSH_ABORTED' | 'ERR_PUSH_REFUSED';
+
+export class PushError extends Error {
+  static readonly NAME = 'PushError';
+  override readonly name = PushError.NAME;
+  constructor(
+    readonly code: PushErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface PushOutcome {
+  outcome: 'stored' | 'have';
+  siteName: string;
+}
+
+type PushHeader = { type: 'push'; sopInstanceUid: string };
+type PushTail = { type: 'end'; entry: CatalogEntry } | { type: 'abort' };
+type PushAnswer = { type: 'stored'; siteName: string } | { type: 'have'; siteName: string };
+
+type QueueItem = { readonly kind: 'data'; readonly bytes: Uint8Array } | { readonly kind: 'end'; readonly entry: CatalogEntry } | { readonly kind: 'abort' };
+
+/** One instance pushed to one site. `write`, then `end` or `abort`; `result` settles with the site's answer. */
+export class ReplicaPush {
+  readonly result: Promise<PushOutcome>;
+  private readonly queue: QueueItem[] = [];
+  private queuedBytes = 0;
+  private closed = false;
+  private failure: Error | undefined;
+  private itemArrived: (() => void) | undefined;
+  private readonly spaceWaiters = new Set<() => void>();
+
+  constructor(
+    private readonly node: MeshNode,
+    readonly peerId: string,
+    readonly sopInstanceUid: string,
+    private readonly limits: PushLimits,
+    signal?: AbortSignal,
+  ) {
+    const deadline = AbortSignal.timeout(limits.transferTimeoutMs);
+    this.result = this.run(signal ? AbortSignal.any([signal, deadline]) : deadline);
+    // Settled by whoever awaits it; this keeps a failure nobody awaited from being reported as unhandled.
+    this.result.catch(() => undefined);
+  }
+
+  /** Queues a piece (kept by reference: do not reuse it). Waits while the queue is full; never throws. */
+  async write(bytes: Uint8Array): Promise<void> {
+    if (this.closed || this.failure || bytes.byteLength === 0) return;
+    for (let off = 0; off < bytes.byteLength; off += this.limits.pieceBytesMax) {
+      const piece = bytes.subarray(off, Math.min(bytes.byteLength, off + this.limits.pieceBytesMax));
+      this.enqueue({ kind: 'data', bytes: piece });
+      this.queuedBytes += piece.byteLength;
+    }
+    if (this.queuedBytes > this.limits.queuedBytesMax) await this.waitForSpace();
+  }
+
+  /** The instance is complete: send its catalog entry; the site answers once its copy is durable. */
+  end(entry: CatalogEntry): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.enqueue({ kind: 'end', entry });
+  }
+
+  /** The instance will not be stored: the site drops what it received. */
+  abort(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.enqueue({ kind: 'abort' });
+  }
+
+  private enqueue(item: QueueItem): void {
+    this.queue.push(item);
+    this.itemArrived?.();
+  }
+
+  private waitForSpace(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.spaceWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.fail(new PushError('ERR_PUSH_STALLED', `site ${this.peerId} took nothing for ${this.limits.stallTimeoutMs} ms`));
+        done();
+      }, this.limits.stallTimeoutMs);
+      this.spaceWaiters.add(done);
+    });
+  }
+
+  private releaseSpace(): void {
+    if (this.queuedBytes > this.limits.queuedBytesMax && !this.failure) return;
+    for (const waiter of [...this.spaceWaiters]) waiter();
+  }
+
+  private fail(error: Error): void {
+    this.failure ??= error;
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.itemArrived?.();
+    this.releaseSpace();
+  }
+
+  private async next(): Promise<QueueItem> {
+    while (this.queue.length === 0) {
+      if (this.failure) throw this.failure;
+      await new Promise<void>((resolve) => (this.itemArrived = resolve));
+      this.itemArrived = undefined;
+    }
+    if (this.failure) throw this.failure;
+    return this.queue.shift()!;
+  }
+
+  private async run(signal: AbortSignal): Promise<PushOutcome> {
+    const onAbort = (): void => this.fail(signal.reason instanceof Error ? signal.reason : new PushError('ERR_PUSH_ABORTED', 'push aborted'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    let stream: MeshStream | undefined;
+    try {
+      stream = await this.node.openStream(this.peerId, PUSH_PROTOCOL, { signal });
+      const options = { signal };
+      await stream.writer.writeFrame(encodeEnvelope<PushHeader>({ type: 'push', sopInstanceUid: this.sopInstanceUid }, { maxBytes: this.limits.frameBytesMax }), options);
+      for (;;) {
+        const item = await this.next();
+        if (item.kind === 'data') {
+          // Length and bytes in one write: every write costs a yamux frame, a Noise message and a syscall.
+          const record = new Uint8Array(8 + item.bytes.byteLength);
+          new DataView(record.buffer).setBigUint64(0, BigInt(item.bytes.byteLength));
+          record.set(item.bytes, 8);
+          await stream.writer.write(record, options);
+          this.queuedBytes -= item.bytes.byteLength;
+          this.releaseSpace();
+          continue;
+        }
+        await stream.writer.writeUint64(0, options);
+        const tail: PushTail = item.kind === 'end' ? { type: 'end', entry: item.entry } : { type: 'abort' };
+        await stream.writer.writeFrame(encodeEnvelope(tail, { maxBytes: this.limits.frameBytesMax }), options);
+        await stream.closeWrite(options);
+        if (item.kind === 'abort') {
+          await stream.close(options);
+          throw new PushError('ERR_PUSH_ABORTED', 'the instance was not stored here');
+        }
+        const answer = decodeEnvelope<PushAnswer>(await stream.reader.readFrame(this.limits.frameBytesMax, options), { maxBytes: this.limits.frameBytesMax });
+        await stream.close(options);
+        if ((answer.type === 'stored' || answer.type === 'have') && typeof answer.siteName === 'string' && answer.siteName.length <= 256) {
+          return { outcome: answer.type, siteName: answer.siteName };
+        }
+        throw new PushError('ERR_PUSH_MALFORMED', `unexpected push answer of type ${String((answer as { type?: unknown }).type).slice(0, 64)}`);
+      }
+    } catch (error) {
+      const failure = error instanceof Error ? error : new Error(String(error));
+      this.fail(failure);
+      stream?.abort(failure);
+      throw failure;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+}
+
+export interface PushReceiverInit {
+  store: ReplicaStore;
+  siteName: string;
+  limits: PushLimits;
+  /** Validates a catalog entry from a peer (throws on a malformed one). */
+  validateEntry(value: unknown): CatalogEntry;
+  /** A pushed copy was verified and made durable here (the stream answer is the replicaAck). */
+  onReplicaStored(entry: CatalogEntry, fromPeerId: string): void;
+}
+
+/**
+ * Receives one push. Throws on anything malformed or refused: the caller resets the stream, since the
+ * sender is not listening until it has sent everything.
+ */
+export async function receivePush(stream: MeshStream, signal: AbortSignal, init: PushReceiverInit): Promise<void> {
+  const { store, limits } = init;
+  const options = { signal };
+  const header = decodeEnvelope<PushHeader>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });
+  if (header.type !== 'push' || typeof header.sopInstanceUid !== 'string' || header.sopInstanceUid.length > 64 || !isValidUid(header.sopInstanceUid)) {
+    throw new PushError('ERR_PUSH_MALFORMED', 'malformed push header');
+  }
+  const uid = header.sopInstanceUid;
+  // Already held: read and drop the bytes (the sender does not wait for an answer before sending them).
+  const writer = (await store.getEntry(uid)) === undefined ? store.beginWrite() : undefined;
+  try {
+    let total = 0;
+    for (;;) {
+      const length = await stream.reader.readUint64(options);
+      if (length === 0) break;
+      if (length > limits.pieceBytesMax) throw new PushError('ERR_PUSH_MALFORMED', `piece of ${length} bytes exceeds ${limits.pieceBytesMax}`);
+      total += length;
+      if (total > limits.bodyBytesMax) throw new PushError('ERR_PUSH_REFUSED', `instance over ${limits.bodyBytesMax} bytes`);
+      // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
+      for await (const piece of stream.reader.body(length, options)) if (writer) await writer.write(new Uint8Array(piece));
+    }
+    const tail = decodeEnvelope<PushTail>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });
+    if (tail.type === 'abort') {
+      await writer?.abort();
+      await stream.close(options);
+      return;
+    }
+    if (tail.type !== 'end') throw new PushError('ERR_PUSH_MALFORMED', `expected end or abort, got ${String((tail as { type?: unknown }).type).slice(0, 64)}`);
+    const entry = init.validateEntry(tail.entry);
+    if (entry.sopInstanceUid !== uid) throw new PushError('ERR_PUSH_MALFORMED', `push of ${uid} ended with the entry of ${entry.sopInstanceUid}`);
+    let answer: PushAnswer = { type: 'have', siteName: init.siteName };
+    if (writer) {
+      const result = await writer.commit(uid, replicaEntryBuilder(entry));
+      if (result.outcome === 'stored') {
+        init.onReplicaStored(result.entry, stream.remotePeer);
+        answer = { type: 'stored', siteName: init.siteName };
+      }
+    }
+    await stream.writer.writeFrame(encodeEnvelope(answer, { maxBytes: limits.frameBytesMax }), options);
+    await stream.closeWrite(options);
+  } catch (error) {
+    await writer?.abort();
+    throw error;
+  }
+}
