@@ -20,9 +20,13 @@ import type { CustodyMessage } from './custody/messages.ts';
 import { PUSH_PROTOCOL, ReplicaPush, defaultPushLimits } from './push.ts';
 import {
   CUSTODY_PROTOCOL,
+  FETCH_BATCH_PROTOCOL,
+  REPLICATE_BATCH_PROTOCOL,
   REPLICATE_PROTOCOL,
   ReplicationError,
+  fetchBatchFrom,
   fetchFrom,
+  replicateBatchTo,
   replicateTo,
   sendCustodyMessage,
   serveReplication,
@@ -245,6 +249,57 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     await good.write(bytes);
     good.end(buildEntry('1.2.3.2.7')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
     assert.equal((await good.result).outcome, 'stored');
+  });
+
+  it('replicate-batch: one stream, only what the site lacks travels, a corrupted entry fails alone', async () => {
+    const entries: CatalogEntry[] = [];
+    for (let i = 1; i <= 5; i++) entries.push(await storeLocally(storeA, `1.2.3.3.${i}`, randomBytes(20_000 + i)));
+    assert.equal((await replicateTo(a, b.peerId, storeA, entries[0]!)).outcome, 'stored');
+    const corrupted = { ...entries[3]!, sha256: 'cd'.repeat(32) };
+    const outcomes = await replicateBatchTo(a, b.peerId, storeA, [entries[0]!, entries[1]!, entries[2]!, corrupted, entries[4]!]);
+    assert.deepEqual(
+      outcomes.map((o) => ('error' in o ? `error ${o.error.code}` : o.outcome)),
+      ['have', 'stored', 'stored', 'error ERR_REPLICATION_MISMATCH', 'stored'],
+    );
+    for (const i of [2, 3, 5]) assert.ok(await storeB.getEntry(`1.2.3.3.${i}`), `1.2.3.3.${i} stored at B`);
+    assert.equal(await storeB.getEntry('1.2.3.3.4'), undefined, 'the corrupted one is not stored');
+    assert.equal(await uncommittedChunks(storeB), 0);
+  });
+
+  it('fetch-batch: pulls many over one stream, reports missing ones, skips what is held', async () => {
+    const uids = ['1.2.3.4.1', '1.2.3.4.2', '1.2.3.4.3'];
+    const bytes = uids.map((_, i) => randomBytes(15_000 + i));
+    for (const [i, uid] of uids.entries()) await storeLocally(storeB, uid, bytes[i]!);
+    await storeLocally(storeA, uids[0]!, bytes[0]!);
+    const outcomes = await fetchBatchFrom(a, b.peerId, storeA, [...uids, '1.2.3.4.99']);
+    assert.deepEqual(
+      outcomes.map((o) => ('missing' in o ? 'missing' : 'error' in o ? 'error' : o.outcome)),
+      ['duplicate', 'stored', 'stored', 'missing'],
+    );
+    for (const [i, uid] of uids.entries()) {
+      const chunks: Uint8Array[] = [];
+      for await (const chunk of storeA.readInstance((await storeA.getEntry(uid))!)) chunks.push(chunk);
+      assert.deepEqual(Buffer.concat(chunks), bytes[i]);
+    }
+  });
+
+  it('malformed batch requests are refused, not crashed on', async () => {
+    const raw = async (protocol: string, payload: Uint8Array): Promise<{ type?: string; code?: string }> => {
+      const stream = await a.openStream(b.peerId, protocol);
+      await stream.writer.writeFrame(payload);
+      await stream.closeWrite();
+      const frame = await stream.reader.readFrameOrEnd(64 * 1024);
+      await stream.close().catch(() => undefined);
+      return frame === null ? {} : decodeEnvelope(frame, { maxBytes: 64 * 1024 });
+    };
+    const tooMany = await raw(REPLICATE_BATCH_PROTOCOL, encodeEnvelope({ type: 'offerBatch', entries: new Array(65).fill({}) }));
+    assert.equal(tooMany.code, 'ERR_REPLICATION_MALFORMED');
+    const badEntry = await raw(REPLICATE_BATCH_PROTOCOL, encodeEnvelope({ type: 'offerBatch', entries: [{ sopInstanceUid: '1..2' }] }));
+    assert.equal(badEntry.code, 'ERR_REPLICATION_MALFORMED');
+    const badUid = await raw(FETCH_BATCH_PROTOCOL, encodeEnvelope({ type: 'fetchBatch', uids: ['1.2', 'x'] }));
+    assert.equal(badUid.code, 'ERR_REPLICATION_MALFORMED');
+    // Still serving.
+    assert.ok('missing' in (await fetchBatchFrom(a, b.peerId, storeA, ['1.2.3.4.77']))[0]!);
   });
 
   it('debt entries persist, list and delete', async () => {

@@ -11,6 +11,15 @@
  *   'stored' is sent only after the receiver verified byteLength + SHA-256 and made the copy durable, so the
  *   sender's custody takes it (or 'have') as the replicaAck of that site: the receiver does NOT also send a
  *   replicaAck on /custody/1 for a pushed copy (one acknowledgement path per transfer).
+ * /pacs-mesh/replicate-batch/1 (push many stored instances to a site: debt drain, catch-up):
+ *   C: {type:'offerBatch', entries}          S: {type:'want', indices} | refused
+ *   C: (u64 length, bytes) per wanted entry, in order, close
+ *   S: {type:'batchResult', siteName, stored, failed: [{index, code, message}]}
+ *   Entries not wanted are held there already ('have'). One stream and one round trip for up to
+ *   batchEntriesMax instances; the receiver's synced commits overlap (LevelDB merges their fsyncs).
+ * /pacs-mesh/fetch-batch/1 (pull many instances: repair, catch-up):
+ *   C: {type:'fetchBatch', uids}, close       S: per uid, in order: {type:'instance', entry} + u64 length + bytes
+ *                                              | {type:'missing', sopInstanceUid}; then {type:'end'}
  * /pacs-mesh/push/1 (cut-through: the instance while it arrives from the modality): see push.ts.
  * /pacs-mesh/fetch/1 (pull one instance):
  *   C: {type:'fetch', sopInstanceUid}, close S: {type:'instance', entry} + u64 length + bytes | {type:'missing'} | refused
@@ -32,9 +41,11 @@ import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
 import { PUSH_PROTOCOL, defaultPushLimits, receivePush } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
-import type { ReplicaStore } from './replica-store.ts';
+import { replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
 
 export const REPLICATE_PROTOCOL = '/pacs-mesh/replicate/1';
+export const REPLICATE_BATCH_PROTOCOL = '/pacs-mesh/replicate-batch/1';
+export const FETCH_BATCH_PROTOCOL = '/pacs-mesh/fetch-batch/1';
 export const FETCH_PROTOCOL = '/pacs-mesh/fetch/1';
 export const CUSTODY_PROTOCOL = '/pacs-mesh/custody/1';
 export const QUERY_PROTOCOL = '/pacs-mesh/query/1';
@@ -64,6 +75,10 @@ export interface ReplicationLimits {
   custodyMessageBytesMax: number;
   /** Concurrent inbound streams per protocol, all peers together. */
   inboundReplicationsMax: number;
+  /** Instances one replicate-batch stream may offer. */
+  batchEntriesMax: number;
+  /** Commits of one received batch running at once (their fsyncs are merged by LevelDB). */
+  batchCommitsInFlightMax: number;
   /** Concurrent cut-through pushes received (one per association storing at another site, per site). */
   inboundPushesMax: number;
   inboundFetchesMax: number;
@@ -82,6 +97,8 @@ export const defaultReplicationLimits: ReplicationLimits = {
   custodyMessageBytesMax: 1024 * 1024,
   inboundReplicationsMax: 16,
   inboundPushesMax: 64,
+  batchEntriesMax: 64,
+  batchCommitsInFlightMax: 16,
   inboundFetchesMax: 16,
   inboundCustodyMessagesMax: 32,
   inboundQueriesMax: 4,
@@ -93,7 +110,11 @@ export const defaultReplicationLimits: ReplicationLimits = {
 type Refused = { type: 'refused'; code: string; message: string };
 type OfferAnswer = { type: 'have'; siteName: string } | { type: 'want' } | Refused;
 type StoredAnswer = { type: 'stored'; siteName: string } | Refused;
+type WantAnswer = { type: 'want'; indices: number[] } | Refused;
+type BatchFailure = { index: number; code: string; message: string };
+type BatchAnswer = { type: 'batchResult'; siteName: string; stored: number[]; failed: BatchFailure[] } | Refused;
 type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing' } | Refused;
+type FetchBatchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
 
 /** Query answers are cut into frames of about this many bytes of entries. */
@@ -119,6 +140,53 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
     // discard: the instance is already held here
   }
   return outcome;
+}
+
+/**
+ * Commits of received instances that run while the next instance arrives: their synced batches reach
+ * LevelDB together and share fsyncs. `receive` waits only when `max` commits are already running.
+ */
+class CommitPipeline {
+  private readonly running = new Set<Promise<void>>();
+  constructor(private readonly max: number) {}
+
+  /**
+   * Reads `entry.byteLength` bytes from the stream into a new writer and starts the verified commit
+   * (byteLength and SHA-256 must match the entry); `settled` gets its outcome. A failure to read throws.
+   */
+  async receive(
+    store: ReplicaStore,
+    stream: MeshStream,
+    entry: CatalogEntry,
+    signal: AbortSignal,
+    settled: (outcome: { result: CommitResult } | { error: unknown }) => void,
+  ): Promise<void> {
+    const writer = store.beginWrite();
+    try {
+      // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
+      for await (const piece of stream.reader.body(entry.byteLength, { signal })) await writer.write(new Uint8Array(piece));
+    } catch (error) {
+      await writer.abort();
+      throw error;
+    }
+    const commit: Promise<void> = writer.commit(entry.sopInstanceUid, replicaEntryBuilder(entry)).then(
+      (result) => {
+        this.running.delete(commit);
+        settled({ result });
+      },
+      async (error: unknown) => {
+        this.running.delete(commit);
+        await writer.abort();
+        settled({ error });
+      },
+    );
+    this.running.add(commit);
+    while (this.running.size >= this.max) await Promise.race(this.running);
+  }
+
+  async drain(): Promise<void> {
+    while (this.running.size > 0) await Promise.race(this.running);
+  }
 }
 
 // ---------------------------------------------------------------- validation of what peers send
@@ -336,6 +404,48 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     { maxInboundStreams: limits.inboundReplicationsMax },
   );
 
+  await node.handle(
+    REPLICATE_BATCH_PROTOCOL,
+    guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
+      const offer = await readRequestFrame<{ type: string; entries?: unknown }>(stream, limits.frameBytesMax, signal);
+      if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
+        throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
+      }
+      const entries = offer.entries.map(validateCatalogEntry);
+      for (const entry of entries) {
+        if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+      }
+      const wanted: number[] = [];
+      for (const [index, entry] of entries.entries()) {
+        if ((await store.getEntry(entry.sopInstanceUid)) === undefined && !entries.slice(0, index).some((e) => e.sopInstanceUid === entry.sopInstanceUid)) wanted.push(index);
+      }
+      await writeFrameEnvelope(stream, { type: 'want', indices: wanted }, limits.frameBytesMax, signal);
+      const stored: number[] = [];
+      const failed: BatchFailure[] = [];
+      const commits = new CommitPipeline(limits.batchCommitsInFlightMax);
+      try {
+        for (const index of wanted) {
+          const entry = entries[index]!;
+          const length = await stream.reader.readUint64({ signal });
+          if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength}`);
+          await commits.receive(store, stream, entry, signal, (outcome) => {
+            if ('error' in outcome) {
+              const { code, message } = refusalOf(outcome.error);
+              failed.push({ index, code, message });
+              return;
+            }
+            stored.push(index);
+            if (outcome.result.outcome === 'stored') init.onReplicaStored(outcome.result.entry, stream.remotePeer);
+          });
+        }
+      } finally {
+        await commits.drain();
+      }
+      await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);
+    }),
+    { maxInboundStreams: limits.inboundReplicationsMax },
+  );
+
   const pushLimits = { ...defaultPushLimits, frameBytesMax: limits.frameBytesMax, bodyBytesMax: limits.bodyBytesMax, transferTimeoutMs: limits.transferTimeoutMs };
   await node.handle(
     PUSH_PROTOCOL,
@@ -366,6 +476,29 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       await stream.writer.writeUint64(entry.byteLength, { signal });
       for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
       await stream.closeWrite({ signal });
+    }),
+    { maxInboundStreams: limits.inboundFetchesMax },
+  );
+
+  await node.handle(
+    FETCH_BATCH_PROTOCOL,
+    guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
+      const request = await readRequestFrame<{ type: string; uids?: unknown }>(stream, limits.frameBytesMax, signal);
+      const uids = request.uids;
+      if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
+        throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
+      }
+      for (const uid of uids as string[]) {
+        const entry = await store.getEntry(uid);
+        if (entry === undefined) {
+          await writeFrameEnvelope(stream, { type: 'missing', sopInstanceUid: uid }, limits.frameBytesMax, signal);
+          continue;
+        }
+        await writeFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
+        await stream.writer.writeUint64(entry.byteLength, { signal });
+        for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+      }
+      await answerAndClose(stream, { type: 'end' }, signal);
     }),
     { maxInboundStreams: limits.inboundFetchesMax },
   );
@@ -416,7 +549,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
 
   return {
     async stop() {
-      await Promise.allSettled([REPLICATE_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      await Promise.allSettled([REPLICATE_PROTOCOL, REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
     },
   };
 }
@@ -474,6 +607,53 @@ export async function replicateTo(
   });
 }
 
+export type BatchOutcome = { sopInstanceUid: string; outcome: 'stored' | 'have'; siteName: string } | { sopInstanceUid: string; error: ReplicationError };
+
+/**
+ * Pushes up to `batchEntriesMax` stored instances to a peer over one stream. One outcome per entry, in
+ * order: held by the peer (this transfer or before) or failed. Throws only when the whole stream failed.
+ */
+export async function replicateBatchTo(
+  node: MeshNode,
+  peerId: string,
+  store: ReplicaStore,
+  entries: readonly CatalogEntry[],
+  options: ClientOptions = {},
+): Promise<BatchOutcome[]> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  if (entries.length > limits.batchEntriesMax) throw new RangeError(`a batch holds at most ${limits.batchEntriesMax} entries`);
+  const signal = deadline(options, limits.transferTimeoutMs);
+  return withStream(node, peerId, REPLICATE_BATCH_PROTOCOL, signal, async (stream) => {
+    await writeFrameEnvelope(stream, { type: 'offerBatch', entries }, limits.frameBytesMax, signal);
+    const want = await readRequestFrame<WantAnswer>(stream, limits.frameBytesMax, signal);
+    if (want.type === 'refused') throw refusedError(want);
+    if (want.type !== 'want' || !Array.isArray(want.indices)) throw unexpected('offerBatch', want);
+    const wanted = new Set<number>();
+    for (const index of want.indices) {
+      if (!Number.isInteger(index) || index < 0 || index >= entries.length || wanted.has(index)) throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'want names an entry that was not offered');
+      wanted.add(index);
+    }
+    for (const index of [...wanted].sort((x, y) => x - y)) {
+      const entry = entries[index]!;
+      await stream.writer.writeUint64(entry.byteLength, { signal });
+      for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+    }
+    await stream.closeWrite({ signal });
+    const answer = await readRequestFrame<BatchAnswer>(stream, limits.frameBytesMax, signal);
+    if (answer.type === 'refused') throw refusedError(answer);
+    if (answer.type !== 'batchResult' || !isString(answer.siteName, 256) || !Array.isArray(answer.stored) || !Array.isArray(answer.failed)) throw unexpected('replicate-batch', answer);
+    const stored = new Set(answer.stored.filter((i) => wanted.has(i)));
+    const failedAt = new Map<number, BatchFailure>();
+    for (const f of answer.failed) if (f !== null && typeof f === 'object' && wanted.has(f.index)) failedAt.set(f.index, f);
+    return entries.map((entry, index): BatchOutcome => {
+      if (!wanted.has(index)) return { sopInstanceUid: entry.sopInstanceUid, outcome: 'have', siteName: answer.siteName };
+      if (stored.has(index)) return { sopInstanceUid: entry.sopInstanceUid, outcome: 'stored', siteName: answer.siteName };
+      const failure = failedAt.get(index);
+      return { sopInstanceUid: entry.sopInstanceUid, error: refusedError({ type: 'refused', code: String(failure?.code ?? 'ERR_REPLICATION_REFUSED'), message: String(failure?.message ?? 'no outcome reported') }) };
+    });
+  });
+}
+
 /**
  * Pulls an instance from a peer into the local store (verified, durable). undefined when the peer does
  * not hold it. The returned entry is the local one.
@@ -505,6 +685,64 @@ export async function fetchFrom(
     const local = await store.getEntry(sopInstanceUid);
     return { entry: local ?? entry, outcome };
   });
+}
+
+export type FetchBatchOutcome = { sopInstanceUid: string; entry: CatalogEntry; outcome: 'stored' | 'duplicate' } | { sopInstanceUid: string; missing: true } | { sopInstanceUid: string; error: unknown };
+
+/**
+ * Pulls up to `batchEntriesMax` instances from a peer over one stream into the local store (each verified
+ * and durable; their commits overlap). One outcome per UID, in order; UIDs already held locally are not
+ * asked for. Throws only when the whole stream failed (outcomes settled before that are lost: the caller
+ * retries them, and a retry of a stored one is a duplicate).
+ */
+export async function fetchBatchFrom(
+  node: MeshNode,
+  peerId: string,
+  store: ReplicaStore,
+  uids: readonly string[],
+  options: ClientOptions = {},
+): Promise<FetchBatchOutcome[]> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  if (uids.length > limits.batchEntriesMax) throw new RangeError(`a batch holds at most ${limits.batchEntriesMax} UIDs`);
+  const signal = deadline(options, limits.transferTimeoutMs);
+  const outcomes = new Map<string, FetchBatchOutcome>();
+  const wanted: string[] = [];
+  for (const uid of new Set(uids)) {
+    const held = await store.getEntry(uid);
+    if (held === undefined) wanted.push(uid);
+    else outcomes.set(uid, { sopInstanceUid: uid, entry: held, outcome: 'duplicate' });
+  }
+  if (wanted.length > 0) {
+    await withStream(node, peerId, FETCH_BATCH_PROTOCOL, signal, async (stream) => {
+      await writeFrameEnvelope(stream, { type: 'fetchBatch', uids: wanted }, limits.frameBytesMax, signal);
+      await stream.closeWrite({ signal });
+      const commits = new CommitPipeline(limits.batchCommitsInFlightMax);
+      try {
+        for (const uid of wanted) {
+          const answer = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
+          if (answer.type === 'refused') throw refusedError(answer);
+          if (answer.type === 'missing' && answer.sopInstanceUid === uid) {
+            outcomes.set(uid, { sopInstanceUid: uid, missing: true });
+            continue;
+          }
+          if (answer.type !== 'instance') throw unexpected('fetchBatch', answer);
+          const entry = validateCatalogEntry(answer.entry);
+          if (entry.sopInstanceUid !== uid) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `asked for ${uid}, got ${entry.sopInstanceUid}`);
+          if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+          const length = await stream.reader.readUint64({ signal });
+          if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes for an entry of ${entry.byteLength}`);
+          await commits.receive(store, stream, entry, signal, (outcome) => {
+            outcomes.set(uid, 'error' in outcome ? { sopInstanceUid: uid, error: outcome.error } : { sopInstanceUid: uid, entry: outcome.result.entry, outcome: outcome.result.outcome });
+          });
+        }
+      } finally {
+        await commits.drain();
+      }
+      const end = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
+      if (end.type !== 'end') throw unexpected('fetchBatch end', end);
+    });
+  }
+  return uids.map((uid) => outcomes.get(uid) ?? { sopInstanceUid: uid, error: new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome') });
 }
 
 /** Sends one custody message (fire and forget at the protocol level: the message is retried by its reducer). */

@@ -6,8 +6,10 @@
  *   ackStore        -> the waiting C-STORE gets its status, once the debt of the same step is durable
  *   persistDebt / removeDebt -> one synced LevelDB batch per step, in step order
  *   replicate       -> the cut-through push of that instance to that site if one ran (push.ts), else
- *                      /pacs-mesh/replicate/1; 'stored' or 'have' is the site's replicaAck
- *   fetch           -> /pacs-mesh/fetch/1 into the store, then replicaStored (which acks the source)
+ *                      /pacs-mesh/replicate-batch/1 with the other copies queued for that peer;
+ *                      'stored' or 'have' is the site's replicaAck
+ *   fetch           -> /pacs-mesh/fetch-batch/1 (with the other pulls queued for that peer) into the
+ *                      store, then replicaStored (which acks the source)
  *   send            -> /pacs-mesh/custody/1 through a bounded queue (a dropped message is repeated or repaired)
  * The reducer bounds replications and fetches in flight; this file bounds the send queue.
  *
@@ -31,7 +33,17 @@ import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket 
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
 import { ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
-import { fetchFrom, replicateTo, sendCustodyMessage, serveReplication, type ReplicationLimits, type ReplicationServer } from '../replication.ts';
+import {
+  defaultReplicationLimits,
+  fetchBatchFrom,
+  replicateBatchTo,
+  sendCustodyMessage,
+  serveReplication,
+  type ReplicationLimits,
+  type FetchBatchOutcome,
+  type ReplicationServer,
+} from '../replication.ts';
+import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry, type InstanceKey } from './messages.ts';
@@ -110,11 +122,13 @@ type CustodyMsg =
 export const defaultCustodyTuning = {
   debtEntriesMax: 1_000_000,
   pendingStoresMax: 256,
-  replicationsInFlightMax: 8,
+  // Copies to one peer travel in batches of up to batchEntriesMax (replicate-batch/1): room for one
+  // full batch per peer, plus the next one forming.
+  replicationsInFlightMax: 128,
   replicationRetryMs: 30_000,
   repairIntervalMs: 2_000,
   repairKeysMax: 2_000,
-  fetchesInFlightMax: 8,
+  fetchesInFlightMax: 128,
   tickIntervalMs: 250,
   sendsQueuedMax: 256,
   sendsInFlightMax: 8,
@@ -309,34 +323,60 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         if (!stopped) log.info('push failed: replicating the stored copy', { sopInstanceUid, to: toPeerId, error: String((error as Error)?.message ?? error) });
       }
     }
-    try {
-      const entry = await store.getEntry(sopInstanceUid);
-      if (entry === undefined) throw new Error(`${sopInstanceUid} is not stored here`);
-      const result = await replicateTo(node, toPeerId, store, entry, { limits: init.limits, signal: shutdown.signal });
-      input({
-        type: 'messageReceived',
-        from: toPeerId,
-        message: { type: 'replicaAck', sopInstanceUid, siteName: result.siteName },
-        nowMs: clock.nowMs(),
-      });
-    } catch (error) {
-      if (!stopped) log.warn('replication failed', { sopInstanceUid, to: toPeerId, site: toSiteName, error: String((error as Error)?.message ?? error) });
-      input({ type: 'replicationFailed', sopInstanceUid, toSiteName, nowMs: clock.nowMs() });
-    }
+    await replications.enqueue(toPeerId, { sopInstanceUid, toSiteName });
   }
 
-  async function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
+  const batchEntriesMax = init.limits?.batchEntriesMax ?? defaultReplicationLimits.batchEntriesMax;
+  /** Copies of stored instances, per peer, over replicate-batch/1. */
+  const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch) => {
+    const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
+      if (!stopped) log.warn('replication failed', { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) });
+      input({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, nowMs: clock.nowMs() });
+    };
+    const items: typeof batch = [];
+    const entries: CatalogEntry[] = [];
     try {
-      const result = await fetchFrom(node, fromPeerId, store, sopInstanceUid, { limits: init.limits, signal: shutdown.signal });
-      if (result === undefined) {
-        input({ type: 'fetchFailed', sopInstanceUid, nowMs: clock.nowMs() });
-        return;
+      for (const item of batch) {
+        const entry = await store.getEntry(item.sopInstanceUid);
+        if (entry === undefined) failed(item, new Error(`${item.sopInstanceUid} is not stored here`));
+        else {
+          items.push(item);
+          entries.push(entry);
+        }
       }
-      input({ type: 'replicaStored', sopInstanceUid, sha256: result.entry.sha256, fromPeerId, nowMs: clock.nowMs() });
+      if (entries.length === 0) return;
+      const outcomes = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal });
+      for (const [index, outcome] of outcomes.entries()) {
+        const item = items[index]!;
+        if ('error' in outcome) failed(item, outcome.error);
+        else input({ type: 'messageReceived', from: peerId, message: { type: 'replicaAck', sopInstanceUid: item.sopInstanceUid, siteName: outcome.siteName }, nowMs: clock.nowMs() });
+      }
     } catch (error) {
-      if (!stopped) log.warn('repair pull failed', { sopInstanceUid, from: fromPeerId, error: String((error as Error)?.message ?? error) });
-      input({ type: 'fetchFailed', sopInstanceUid, nowMs: clock.nowMs() });
+      for (const item of items) failed(item, error);
     }
+  });
+
+  /** Repair pulls, per peer, over fetch-batch/1. */
+  const pulls = new PeerBatches<string>(batchEntriesMax, async (peerId, uids) => {
+    let outcomes: FetchBatchOutcome[];
+    try {
+      outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal });
+    } catch (error) {
+      if (!stopped) log.warn('repair pull failed', { instances: uids.length, from: peerId, error: String((error as Error)?.message ?? error) });
+      outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
+    }
+    for (const outcome of outcomes) {
+      if ('entry' in outcome) {
+        input({ type: 'replicaStored', sopInstanceUid: outcome.sopInstanceUid, sha256: outcome.entry.sha256, fromPeerId: peerId, nowMs: clock.nowMs() });
+        continue;
+      }
+      if ('error' in outcome && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: String((outcome.error as Error)?.message ?? outcome.error) });
+      input({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
+    }
+  });
+
+  function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
+    return pulls.enqueue(fromPeerId, sopInstanceUid);
   }
 
   function enqueueSend(to: string, message: CustodyMessage): void {
