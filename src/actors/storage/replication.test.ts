@@ -29,6 +29,7 @@ import {
   replicateBatchTo,
   replicateTo,
   sendCustodyMessage,
+  sendCustodyMessages,
   serveReplication,
   type ReplicationServer,
 } from './replication.ts';
@@ -300,6 +301,20 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.equal(badUid.code, 'ERR_REPLICATION_MALFORMED');
     // Still serving.
     assert.ok('missing' in (await fetchBatchFrom(a, b.peerId, storeA, ['1.2.3.4.77']))[0]!);
+  });
+
+  it('several custody messages share one stream, in order; more than the bound is refused', async () => {
+    const before = messagesAtB.length;
+    const acks = [1, 2, 3].map((i): CustodyMessage => ({ type: 'replicaAck', sopInstanceUid: `1.2.3.5.${i}`, siteName: 'site-a' }));
+    await sendCustodyMessages(a, b.peerId, acks);
+    assert.deepEqual(messagesAtB.slice(before).map((m) => m.message), acks);
+    await assert.rejects(sendCustodyMessages(a, b.peerId, new Array(65).fill(acks[0])), RangeError);
+    const stream = await a.openStream(b.peerId, CUSTODY_PROTOCOL);
+    for (let i = 0; i < 65; i++) await stream.writer.writeFrame(encodeEnvelope(acks[0]));
+    await stream.closeWrite();
+    const answer = await stream.reader.readFrameOrEnd(64 * 1024);
+    await stream.close().catch(() => undefined);
+    assert.equal(decodeEnvelope<{ type: string; code: string }>(answer!, { maxBytes: 64 * 1024 }).code, 'ERR_REPLICATION_MALFORMED');
   });
 
   it('debt entries persist, list and delete', async () => {

@@ -23,8 +23,10 @@
  * /pacs-mesh/push/1 (cut-through: the instance while it arrives from the modality): see push.ts.
  * /pacs-mesh/fetch/1 (pull one instance):
  *   C: {type:'fetch', sopInstanceUid}, close S: {type:'instance', entry} + u64 length + bytes | {type:'missing'} | refused
- * /pacs-mesh/custody/1 (one small custody message per stream: replicaAck, repairDigest, repairKeys):
- *   C: CustodyMessage envelope, close        S: closes (no answer: every custody message is repeated or repaired)
+ * /pacs-mesh/custody/1 (small custody messages: replicaAck, repairDigest, repairKeys):
+ *   C: CustodyMessage envelope *, close      S: closes (no answer: every custody message is repeated or repaired)
+ *   Up to custodyMessagesPerStreamMax per stream: a catch-up acknowledges hundreds of pulls, and a stream
+ *   per message cost more than the message.
  * /pacs-mesh/query/1 (retrieve resolution at a peer, for retrieve-anywhere):
  *   C: {type:'retrieve', request, limit}     S: {type:'entries', entries}* then {type:'end', truncated} | refused
  *
@@ -84,6 +86,8 @@ export interface ReplicationLimits {
   inboundFetchesMax: number;
   inboundCustodyMessagesMax: number;
   inboundQueriesMax: number;
+  /** Custody messages one /custody/1 stream may carry. */
+  custodyMessagesPerStreamMax: number;
   /** Entries a query answer may carry. */
   queryEntriesMax: number;
   /** Deadline of one whole transfer (replicate, fetch) and of one small exchange. */
@@ -103,6 +107,7 @@ export const defaultReplicationLimits: ReplicationLimits = {
   inboundCustodyMessagesMax: 32,
   inboundQueriesMax: 4,
   queryEntriesMax: 100_000,
+  custodyMessagesPerStreamMax: 64,
   transferTimeoutMs: 10 * 60_000,
   exchangeTimeoutMs: 15_000,
 };
@@ -506,10 +511,15 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     CUSTODY_PROTOCOL,
     guarded(CUSTODY_PROTOCOL, custodySlots, limits.exchangeTimeoutMs, async (stream, signal) => {
-      const raw = await readRequestFrame<{ type: string }>(stream, limits.custodyMessageBytesMax, signal);
-      const message = validateCustodyMessage(raw);
-      if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
-      init.onCustodyMessage(stream.remotePeer, message);
+      for (let count = 0; ; count++) {
+        const frame = await stream.reader.readFrameOrEnd(limits.custodyMessageBytesMax, { signal });
+        if (frame === null) break;
+        if (count >= limits.custodyMessagesPerStreamMax) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `more than ${limits.custodyMessagesPerStreamMax} custody messages on one stream`);
+        const raw = decodeEnvelope<{ type: string }>(frame, { maxBytes: limits.custodyMessageBytesMax });
+        const message = validateCustodyMessage(raw);
+        if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
+        init.onCustodyMessage(stream.remotePeer, message);
+      }
       await stream.closeWrite({ signal });
     }),
     { maxInboundStreams: limits.inboundCustodyMessagesMax },
@@ -747,10 +757,16 @@ export async function fetchBatchFrom(
 
 /** Sends one custody message (fire and forget at the protocol level: the message is retried by its reducer). */
 export async function sendCustodyMessage(node: MeshNode, peerId: string, message: CustodyMessage, options: ClientOptions = {}): Promise<void> {
+  await sendCustodyMessages(node, peerId, [message], options);
+}
+
+/** Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. */
+export async function sendCustodyMessages(node: MeshNode, peerId: string, messages: readonly CustodyMessage[], options: ClientOptions = {}): Promise<void> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
+  if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
   const signal = deadline(options, limits.exchangeTimeoutMs);
   await withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
-    await writeFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
+    for (const message of messages) await writeFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
     await stream.closeWrite({ signal });
   });
 }

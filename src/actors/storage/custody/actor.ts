@@ -37,7 +37,7 @@ import {
   defaultReplicationLimits,
   fetchBatchFrom,
   replicateBatchTo,
-  sendCustodyMessage,
+  sendCustodyMessages,
   serveReplication,
   type ReplicationLimits,
   type FetchBatchOutcome,
@@ -130,7 +130,8 @@ export const defaultCustodyTuning = {
   repairKeysMax: 2_000,
   fetchesInFlightMax: 128,
   tickIntervalMs: 250,
-  sendsQueuedMax: 256,
+  // A catch-up acknowledges every pulled instance to its source: room for a few batches of them.
+  sendsQueuedMax: 2048,
   sendsInFlightMax: 8,
   pushesRememberedMax: 1024,
 } as const;
@@ -327,6 +328,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   }
 
   const batchEntriesMax = init.limits?.batchEntriesMax ?? defaultReplicationLimits.batchEntriesMax;
+  const custodyMessagesPerStreamMax = init.limits?.custodyMessagesPerStreamMax ?? defaultReplicationLimits.custodyMessagesPerStreamMax;
   /** Copies of stored instances, per peer, over replicate-batch/1. */
   const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch) => {
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
@@ -390,12 +392,18 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   function pumpSends(): void {
     while (!stopped && sendsInFlight < tuning.sendsInFlightMax && sendQueue.length > 0) {
-      const { to, message } = sendQueue.shift()!;
+      // Everything queued for the first destination goes in one stream (in order), up to the per-stream bound.
+      const to = sendQueue[0]!.to;
+      const messages: CustodyMessage[] = [];
+      for (let i = 0; i < sendQueue.length && messages.length < custodyMessagesPerStreamMax; ) {
+        if (sendQueue[i]!.to === to) messages.push(sendQueue.splice(i, 1)[0]!.message);
+        else i++;
+      }
       sendsInFlight++;
       track(
-        sendCustodyMessage(node, to, message, { limits: init.limits, signal: shutdown.signal })
+        sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal })
           .catch((error: unknown) => {
-            if (!stopped) log.warn('custody message not delivered', { to, type: message.type, error: String((error as Error)?.message ?? error) });
+            if (!stopped) log.warn('custody messages not delivered', { to, messages: messages.length, error: String((error as Error)?.message ?? error) });
           })
           .finally(() => {
             sendsInFlight--;
