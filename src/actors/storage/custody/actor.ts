@@ -4,7 +4,7 @@
  * stream protocols of ../replication.ts) and performs the effects:
  *   writeLocal      -> the association's writer commits (see ../mesh-ingest.ts), then localWriteDone
  *   ackStore        -> the waiting C-STORE gets its status, once the debt of the same step is durable
- *   persistDebt / removeDebt -> one synced LevelDB batch per step, in step order
+ *   persistDebt / removeDebt -> one LevelDB batch per step, in step order (unsynced: see updateDebt)
  *   replicate       -> the cut-through push of that instance to that site if one ran (push.ts), else
  *                      /pacs-mesh/replicate-batch/1 with the other copies queued for that peer;
  *                      'stored' or 'have' is the site's replicaAck
@@ -361,18 +361,20 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   /** Repair pulls, per peer, over fetch-batch/1. */
   const pulls = new PeerBatches<string>(batchEntriesMax, async (peerId, uids) => {
     let outcomes: FetchBatchOutcome[];
+    let batchFailed = false;
     try {
       outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal });
     } catch (error) {
       if (!stopped) log.warn('repair pull failed', { instances: uids.length, from: peerId, error: String((error as Error)?.message ?? error) });
       outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
+      batchFailed = true;
     }
     for (const outcome of outcomes) {
       if ('entry' in outcome) {
         input({ type: 'replicaStored', sopInstanceUid: outcome.sopInstanceUid, sha256: outcome.entry.sha256, fromPeerId: peerId, nowMs: clock.nowMs() });
         continue;
       }
-      if ('error' in outcome && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: String((outcome.error as Error)?.message ?? outcome.error) });
+      if ('error' in outcome && !batchFailed && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: String((outcome.error as Error)?.message ?? outcome.error) });
       input({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
   });
