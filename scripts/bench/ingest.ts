@@ -4,8 +4,8 @@
  *   node --import tsx scripts/bench/ingest.ts [--count 300] [--runs 3] [--servers storescp,orthanc,pacs-mesh]
  *                                            [--rows 512] [--columns 512] [--tmp <dir>] [--keep]
  *
- * For every server and run: a fresh data dir and a fresh server; storescu (TCP_NODELAY=1) sends all
- * files over one association; the wall time of the storescu process is timed; the server's peak RSS is
+ * For every run and server (interleaved: run 1 of each server, then run 2, ...): a fresh data dir and
+ * a fresh server; storescu (TCP_NODELAY=1) sends all files over one association; the wall time of the storescu process is timed; the server's peak RSS is
  * sampled; the number of stored instances is checked with the server's own count. Medians are printed
  * with the ratios pacs-mesh/Orthanc and pacs-mesh/storescp, and everything is written to
  * scripts/bench/out/ingest-<timestamp>.json. A server that fails to start is skipped with a message.
@@ -67,10 +67,16 @@ async function main(): Promise<number> {
   const results: ServerResult[] = [];
   for (const id of serverIds) {
     const factory = SERVER_FACTORIES[id]!;
-    const sr: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', runs: [] };
-    results.push(sr);
-    for (let run = 1; run <= runs; run++) {
-      const dataDir = await mkdtemp(join(workDir, `${id}-run${run}-`));
+    results.push({ id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', runs: [] });
+  }
+  // Runs are interleaved (run 1 of every server, then run 2, ...) so that a change of machine load
+  // affects every server alike.
+  const didNotStart = new Set<string>();
+  for (let run = 1; run <= runs; run++) {
+    for (const sr of results) {
+      if (didNotStart.has(sr.id)) continue;
+      const factory = SERVER_FACTORIES[sr.id]!;
+      const dataDir = await mkdtemp(join(workDir, `${sr.id}-run${run}-`));
       let server: BenchServer | undefined;
       try {
         try {
@@ -79,7 +85,8 @@ async function main(): Promise<number> {
           sr.status = run === 1 ? 'skipped' : 'failed';
           sr.message = `${factory.name} failed to start: ${(e as Error).message}`;
           console.log(`\n!! ${sr.status.toUpperCase()} ${factory.name}: ${(e as Error).message.split('\n').slice(0, 12).join('\n   ')}`);
-          break;
+          didNotStart.add(sr.id);
+          continue;
         }
         sr.aeTitle = server.aeTitle;
         const sampler = startRssSampler(server.pid, { intervalMs: 50 });
@@ -124,6 +131,8 @@ async function main(): Promise<number> {
         await rm(dataDir, { recursive: true, force: true });
       }
     }
+  }
+  for (const sr of results) {
     const good = sr.runs.filter((x) => x.ok);
     if (good.length > 0) {
       sr.median = {
