@@ -45,7 +45,7 @@ import {
 } from '../replication.ts';
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
-import { custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry, type InstanceKey } from './messages.ts';
 
 export interface CustodyStats {
@@ -302,14 +302,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   function startPushes(sopInstanceUid: string): ReplicaPush[] {
     if (stopped) return [];
     const limits = { ...defaultPushLimits, frameBytesMax: init.limits?.frameBytesMax ?? defaultPushLimits.frameBytesMax };
-    return members
-      .filter((m) => m.status === 'alive' && m.peerId !== init.peerId)
-      .map((m) => {
-        const push = new ReplicaPush(node, m.peerId, sopInstanceUid, limits, shutdown.signal);
-        while (pushResults.size >= tuning.pushesRememberedMax) pushResults.delete(pushResults.keys().next().value!);
-        pushResults.set(pushKey(sopInstanceUid, m.peerId), push.result);
-        return push;
-      });
+    return aliveReplicaTargets(members, init.siteName).map(({ peerId }) => {
+      const push = new ReplicaPush(node, peerId, sopInstanceUid, limits, shutdown.signal);
+      while (pushResults.size >= tuning.pushesRememberedMax) pushResults.delete(pushResults.keys().next().value!);
+      pushResults.set(pushKey(sopInstanceUid, peerId), push.result);
+      return push;
+    });
   }
 
   async function replicate(toPeerId: string, toSiteName: string, sopInstanceUid: string): Promise<void> {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import { bucketOf } from './digest.ts';
-import { effectiveWriteQuorum, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, effectiveWriteQuorum, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
 const config: CustodyConfig = {
@@ -206,4 +206,17 @@ test('a finished pull starts the next queued one; an ack frees a slot for the ne
   assert.ok(!second.effects.some((e) => e.type === 'replicate'), 'one transfer in flight at most');
   const acked = run(second.state, ack('u1', 'site-b', 5));
   assert.deepEqual(acked.effects.filter((e) => e.type === 'replicate'), [{ type: 'replicate', toPeerId: 'peer-b', toSiteName: 'site-b', sopInstanceUid: 'u2' }]);
+});
+
+test('replica targets: one peer per other alive site, its lowest alive peerId; never our own site', () => {
+  const view = [
+    { ...member('p1-a'), siteName: 'site-a' },
+    { ...member('p2-b', 'suspect'), siteName: 'site-b' },
+    { ...member('p3-b'), siteName: 'site-b' },
+    { ...member('p4-b'), siteName: 'site-b' },
+    { ...member('p5-a'), siteName: 'site-a' },
+    { ...member('p6-c', 'dead'), siteName: 'site-c' },
+  ];
+  assert.deepEqual(aliveReplicaTargets(view, 'site-a'), [{ siteName: 'site-b', peerId: 'p3-b' }]);
+  assert.deepEqual(aliveReplicaTargets(view, 'site-b'), [{ siteName: 'site-a', peerId: 'p1-a' }]);
 });

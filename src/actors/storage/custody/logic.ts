@@ -149,10 +149,20 @@ function otherKnownSites(state: CustodyState): string[] {
   return [...sites].sort();
 }
 
-/** The peer a site's copies go to: its lowest alive peerId, or null when the site is absent. */
+/**
+ * Where a new instance's copies go: one peer per other site that is alive, its lowest alive peerId
+ * (members come sorted by peerId from the membership view). The ingest pushes to exactly these peers, so
+ * that custody's `replicate` effects find the pushes' results.
+ */
+export function aliveReplicaTargets(members: readonly MemberRecord[], selfSiteName: string): Array<{ siteName: string; peerId: string }> {
+  const targets = new Map<string, string>();
+  for (const m of members) if (m.siteName !== selfSiteName && m.status === 'alive' && !targets.has(m.siteName)) targets.set(m.siteName, m.peerId);
+  return [...targets].map(([siteName, peerId]) => ({ siteName, peerId }));
+}
+
+/** The peer a site's copies go to (see aliveReplicaTargets), or null when the site is absent. */
 function aliveTargetOf(state: CustodyState, siteName: string): string | null {
-  for (const m of state.members) if (m.siteName === siteName && m.status === 'alive') return m.peerId;
-  return null;
+  return aliveReplicaTargets(state.members, state.config.selfSiteName).find((t) => t.siteName === siteName)?.peerId ?? null;
 }
 
 function aliveSiteCount(state: CustodyState): number {
