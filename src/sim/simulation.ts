@@ -117,6 +117,7 @@ const timings = {
   quorumTimeoutMs: 1500,
   replicationRetryMs: 800,
   repairIntervalMs: 500,
+  repairQuietMs: 300,
 };
 
 export function runSimulation(options: SimOptions): SimResult {
@@ -220,6 +221,7 @@ export function runSimulation(options: SimOptions): SimResult {
         replicationsInFlightMax: 16,
         replicationRetryMs: timings.replicationRetryMs,
         repairIntervalMs: timings.repairIntervalMs,
+        repairQuietMs: timings.repairQuietMs,
         repairKeysMax: 256,
         fetchesInFlightMax: 16,
       },

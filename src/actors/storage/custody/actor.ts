@@ -127,6 +127,7 @@ export const defaultCustodyTuning = {
   replicationsInFlightMax: 128,
   replicationRetryMs: 30_000,
   repairIntervalMs: 2_000,
+  repairQuietMs: 1_000,
   repairKeysMax: 2_000,
   fetchesInFlightMax: 128,
   tickIntervalMs: 250,
@@ -156,6 +157,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     replicationsInFlightMax: tuning.replicationsInFlightMax,
     replicationRetryMs: tuning.replicationRetryMs,
     repairIntervalMs: tuning.repairIntervalMs,
+    repairQuietMs: tuning.repairQuietMs,
     repairKeysMax: tuning.repairKeysMax,
     fetchesInFlightMax: tuning.fetchesInFlightMax,
   };

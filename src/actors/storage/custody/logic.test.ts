@@ -17,6 +17,7 @@ const config: CustodyConfig = {
   repairIntervalMs: 10_000,
   repairKeysMax: 100,
   fetchesInFlightMax: 4,
+  repairQuietMs: 0,
 };
 
 function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
@@ -219,4 +220,23 @@ test('replica targets: one peer per other alive site, its lowest alive peerId; n
   ];
   assert.deepEqual(aliveReplicaTargets(view, 'site-a'), [{ siteName: 'site-b', peerId: 'p3-b' }]);
   assert.deepEqual(aliveReplicaTargets(view, 'site-b'), [{ siteName: 'site-a', peerId: 'p1-a' }]);
+});
+
+test('while copies are pushed to us, repair neither starts an exchange nor pulls; it resumes once they stop', () => {
+  const quiet = { ...config, repairQuietMs: 1000, repairIntervalMs: 100 };
+  let s = initCustody(quiet, { instances: [], debt: [] });
+  const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
+  s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  // A copy pushed by peer-b (not one of our pulls) arrives at t=500.
+  s = run(s, { type: 'replicaStored', sopInstanceUid: '6.1', sha256: 'p', fromPeerId: 'peer-b', nowMs: 500 }).state;
+  const keys = [{ sopInstanceUid: '6.2', sha256: 'q' }];
+  const repairKeys = { type: 'repairKeys', buckets: keys.map((k) => bucketOf(k.sopInstanceUid)), keys, replyWanted: false } as const;
+  const during = run(s, { type: 'tick', nowMs: 900 }, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 950 });
+  s = during.state;
+  assert.ok(!during.effects.some((e) => e.type === 'fetch'), 'no pull while copies arrive');
+  assert.ok(!during.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'no exchange started');
+  const after = run(s, { type: 'tick', nowMs: 1600 });
+  assert.ok(after.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'the exchange starts once quiet');
+  const pulls = run(after.state, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 1650 });
+  assert.deepEqual(pulls.effects.filter((e) => e.type === 'fetch'), [{ type: 'fetch', fromPeerId: 'peer-b', sopInstanceUid: '6.2' }]);
 });

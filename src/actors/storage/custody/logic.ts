@@ -61,6 +61,8 @@ export interface CustodyState {
   readonly pullQueue: Map<string, string>;
   members: readonly MemberRecord[];
   nextRepairAtMs: number;
+  /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
+  lastPushedCopyAtMs: number;
   /** Round-robin position over repair partners, so that every differing peer gets its turn. */
   repairCursor: number;
 }
@@ -96,6 +98,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     pullQueue: new Map(),
     members: [],
     nextRepairAtMs: 0,
+    lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
     repairCursor: 0,
   };
 }
@@ -123,6 +126,8 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       onLocalWriteDone(state, input.requestId, input.ok, input.nowMs, effects);
       break;
     case 'replicaStored':
+      // Not one of our pulls: another site is pushing copies to us.
+      if (!state.fetchesInFlight.has(input.sopInstanceUid)) state.lastPushedCopyAtMs = input.nowMs;
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
       pullNext(state, input.nowMs, effects);
       break;
@@ -269,7 +274,7 @@ function onMessage(
       const wanted = new Set(message.buckets);
       // Only keys of the buckets named count: a peer cannot make us pull from buckets it did not list.
       const theirs = message.keys.filter((k) => wanted.has(bucketOf(k.sopInstanceUid)));
-      pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
+      if (!copiesArriving(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
       if (message.replyWanted) {
         const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax);
         effects.push({
@@ -307,6 +312,11 @@ function onReplicaAck(
       );
     }
   }
+}
+
+/** Other sites are pushing copies to us right now (see CustodyConfig.repairQuietMs). */
+function copiesArriving(state: CustodyState, nowMs: number): boolean {
+  return nowMs - state.lastPushedCopyAtMs < state.config.repairQuietMs;
 }
 
 function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], nowMs: number, effects: CustodyEffect[]): void {
@@ -349,7 +359,7 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
     if (nowMs - sentAtMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
   }
   drainDebt(state, nowMs, effects);
-  if (nowMs >= state.nextRepairAtMs) {
+  if (nowMs >= state.nextRepairAtMs && !copiesArriving(state, nowMs)) {
     state.nextRepairAtMs = nowMs + c.repairIntervalMs;
     startRepair(state, effects);
   }
