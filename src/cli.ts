@@ -4,6 +4,7 @@
  */
 import './polyfill.ts';
 import { ConfigError, parseStartArgs, usage } from './config.ts';
+import { StoreError } from './actors/storage/replica-store.ts';
 import { startPeer } from './peer.ts';
 
 async function main(argv: readonly string[]): Promise<number> {
@@ -41,6 +42,11 @@ main(process.argv.slice(2)).then(
     if (error instanceof ConfigError) {
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(2);
+    }
+    // A data directory of another layout is a configuration problem; one in use is a runtime one (like a port).
+    if (error instanceof StoreError && (error.code === 'ERR_STORE_LAYOUT' || error.code === 'ERR_STORE_LOCKED')) {
+      process.stderr.write(`pacs-mesh: ${error.message}\n`);
+      process.exit(error.code === 'ERR_STORE_LAYOUT' ? 2 : 1);
     }
     if (error instanceof Error && error.name === 'UnsupportedListenAddressesError') {
       const detail = /listen (\w+)[^\n]*?(\d+\.\d+\.\d+\.\d+:\d+)/.exec(error.message);

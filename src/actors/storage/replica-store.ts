@@ -37,6 +37,8 @@ export type StoreErrorCode =
   | 'ERR_STORE_CORRUPT'
   /** The directory holds a store in the pre-release single-database layout. */
   | 'ERR_STORE_LAYOUT'
+  /** Another process (or another store in this one) has the databases open. */
+  | 'ERR_STORE_LOCKED'
   /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
   | 'ERR_STORE_REPLICA_MISMATCH';
 
@@ -215,8 +217,16 @@ class LevelReplicaStore implements ReplicaStore {
     if (existsSync(join(this.path, 'CURRENT'))) {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
-    await this.db.open();
-    await this.blobDb.open();
+    try {
+      await this.db.open();
+      await this.blobDb.open();
+    } catch (error) {
+      if (this.db.status === 'open') await this.db.close();
+      if ((error as { cause?: { code?: unknown } }).cause?.code === 'LEVEL_LOCKED') {
+        throw new StoreError('ERR_STORE_LOCKED', `${this.path} is in use by another process: one pacs-mesh peer per data directory`);
+      }
+      throw error;
+    }
     for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
     await this.recover();
     await this.checkpoint();

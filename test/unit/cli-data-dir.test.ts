@@ -1,0 +1,49 @@
+/**
+ * The command's answer to a data directory it cannot use: one line naming the problem, no stack trace,
+ * and the exit code operators' scripts rely on (2 configuration, 1 runtime).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+import { Level } from 'level';
+import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
+import { getFreePort } from '../support/dicom-tools.ts';
+
+const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+
+async function start(dataDir: string): Promise<{ status: number | null; stderr: string }> {
+  const args = ['--import', 'tsx', cli, 'start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())];
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000 });
+  return { status: r.status, stderr: r.stderr };
+}
+
+test('a data directory in the old single-database layout: exit 2 and one line saying what to do', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const old = new Level(join(dir, 'store'));
+  await old.open();
+  await old.close();
+  const r = await start(dir);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /old single-database layout; start with an empty data directory/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('a data directory another process is using: exit 1 and one line saying so', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const held = createReplicaStore({ path: join(dir, 'store') });
+  await held.open();
+  t.after(() => held.close());
+  const r = await start(dir);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /in use by another process: one pacs-mesh peer per data directory/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  // The same store twice in one process is refused the same way. (Last: LevelDB's failed attempt closes
+  // its descriptor of the LOCK file, which drops this process's POSIX lock on it.)
+  await assert.rejects(createReplicaStore({ path: join(dir, 'store') }).open(), { name: 'StoreError', code: 'ERR_STORE_LOCKED' });
+});
