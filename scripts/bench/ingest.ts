@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
-import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
@@ -43,7 +43,7 @@ interface ServerResult {
   status: 'ok' | 'skipped' | 'failed';
   message?: string;
   runs: RunResult[];
-  median?: { wallMs: number; imagesPerSec: number; mbPerSec: number; peakRssBytes: number };
+  median?: IngestFigures;
 }
 
 async function main(): Promise<number> {
@@ -134,25 +134,12 @@ async function main(): Promise<number> {
   }
   for (const sr of results) {
     const good = sr.runs.filter((x) => x.ok);
-    if (good.length > 0) {
-      sr.median = {
-        wallMs: median(good.map((x) => x.wallMs)),
-        imagesPerSec: median(good.map((x) => x.imagesPerSec)),
-        mbPerSec: median(good.map((x) => x.mbPerSec)),
-        peakRssBytes: median(good.map((x) => x.peakRssBytes)),
-      };
-    }
+    if (good.length > 0) sr.median = medianFigures(good);
   }
 
   // ------------------------------------------------------------------ report
-  const byId = (id: string) => results.find((r) => r.id === id)?.median;
-  const ratio = (a: string, b: string) => {
-    const x = byId(a);
-    const y = byId(b);
-    return x && y ? x.imagesPerSec / y.imagesPerSec : undefined;
-  };
-  const vsOrthanc = ratio('pacs-mesh', 'orthanc');
-  const vsStorescp = ratio('pacs-mesh', 'storescp');
+  const vsOrthanc = imagesPerSecRatio(results, 'pacs-mesh', 'orthanc');
+  const vsStorescp = imagesPerSecRatio(results, 'pacs-mesh', 'storescp');
 
   console.log(`\nIngest: ${count} x ${(instanceBytes / MB).toFixed(3)} MB CT, one storescu association (${storescuVersionLine ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} run(s), fresh server per run\n`);
   console.log(

@@ -21,7 +21,7 @@ import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFactory } from './lib/index.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, MiB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.0;
@@ -59,11 +59,7 @@ interface ServerResult {
   status: 'ok' | 'skipped' | 'failed';
   message?: string;
   runs: RunResult[];
-  median?: {
-    wallMs: number;
-    imagesPerSec: number;
-    mbPerSec: number;
-    peakRssBytes: number;
+  median?: IngestFigures & {
     otherPeersPeakRssBytes?: number;
     allSitesAtMs?: number;
     lagAfterStorescuMs?: number;
@@ -250,10 +246,7 @@ async function main(): Promise<number> {
     if (good.length === 0) continue;
     const others = good.map((x) => (x.mesh ? Math.max(...Object.values(x.mesh.peakRssBytes).slice(1)) : Number.NaN));
     sr.median = {
-      wallMs: median(good.map((x) => x.wallMs)),
-      imagesPerSec: median(good.map((x) => x.imagesPerSec)),
-      mbPerSec: median(good.map((x) => x.mbPerSec)),
-      peakRssBytes: median(good.map((x) => x.peakRssBytes)),
+      ...medianFigures(good),
       ...(sr.id === 'mesh'
         ? {
             otherPeersPeakRssBytes: median(others),
@@ -265,14 +258,8 @@ async function main(): Promise<number> {
   }
 
   // ------------------------------------------------------------------ report
-  const med = (id: ServerId) => results.find((r) => r.id === id)?.median;
-  const ratio = (x: ServerId, y: ServerId) => {
-    const a = med(x);
-    const b = med(y);
-    return a && b ? a.imagesPerSec / b.imagesPerSec : undefined;
-  };
-  const vsOrthanc = ratio('mesh', 'orthanc');
-  const vsStorescp = ratio('mesh', 'storescp');
+  const vsOrthanc = imagesPerSecRatio(results, 'mesh', 'orthanc');
+  const vsStorescp = imagesPerSecRatio(results, 'mesh', 'storescp');
   const loadEnd = hostInfo().loadavg as number[];
 
   console.log(

@@ -13,6 +13,30 @@ export function median(values: number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
+/** What an ingest run reports, and its medians over the successful runs of one server. */
+export interface IngestFigures {
+  wallMs: number;
+  imagesPerSec: number;
+  mbPerSec: number;
+  peakRssBytes: number;
+}
+
+export function medianFigures(runs: readonly IngestFigures[]): IngestFigures {
+  return {
+    wallMs: median(runs.map((x) => x.wallMs)),
+    imagesPerSec: median(runs.map((x) => x.imagesPerSec)),
+    mbPerSec: median(runs.map((x) => x.mbPerSec)),
+    peakRssBytes: median(runs.map((x) => x.peakRssBytes)),
+  };
+}
+
+/** images/s of server `a` over server `b` (their medians), undefined when either has none. */
+export function imagesPerSecRatio<Id>(results: ReadonlyArray<{ id: Id; median?: IngestFigures }>, a: Id, b: Id): number | undefined {
+  const x = results.find((r) => r.id === a)?.median;
+  const y = results.find((r) => r.id === b)?.median;
+  return x && y ? x.imagesPerSec / y.imagesPerSec : undefined;
+}
+
 /** 1 MB = 10^6 bytes (throughput); memory is printed in MiB. */
 export const MB = 1_000_000;
 export const MiB = 1024 * 1024;
