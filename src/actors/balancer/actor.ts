@@ -28,7 +28,7 @@ import type { MeshStream } from '../../net/stream.ts';
 import type { MembershipService } from '../membership/actor.ts';
 import { writeFileDurably } from '../membership/actor.ts';
 import type { MemberRecord } from '../membership/messages.ts';
-import { createTicker } from '../runtime/ticker.ts';
+import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
@@ -423,11 +423,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     initialState: null,
     handle,
     onCrash: async (error) => {
-      log.error('balancer actor crashed', { error: (error as Error)?.message ?? String(error) });
-      const decision = init.onCrash ? await init.onCrash(error) : 'reset';
-      if (decision === 'reset' || decision === 'resume') {
-        ticker.restart();
-      }
+      const decision = await onTickingActorCrash(ticker, log, 'balancer', error, init.onCrash);
       if (decision === 'reset' || decision === 'stop' || decision === 'escalate') {
         // A restarted balancer follows nobody until it hears the leader again: serve locally meanwhile.
         leader = null;

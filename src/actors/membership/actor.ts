@@ -22,7 +22,7 @@ import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode, GossipMessage } from '../../net/node.ts';
-import { createTicker } from '../runtime/ticker.ts';
+import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
@@ -281,15 +281,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     // null: (re)initialize on the next message; nact's 'reset' brings the actor back to this.
     initialState: null,
     handle,
-    onCrash: async (error) => {
-      log.error('membership actor crashed', { error: (error as Error)?.message ?? String(error) });
-      const decision = init.onCrash ? await init.onCrash(error) : 'reset';
-      if (decision === 'reset' || decision === 'resume') {
-        // The crashed message may have been the tick: start the timer chain again.
-        ticker.restart();
-      }
-      return decision;
-    },
+    onCrash: (error) => onTickingActorCrash(ticker, log, 'membership', error, init.onCrash),
   });
 
   const unsubscribe = node.subscribe(membershipTopic, (m: GossipMessage) => {

@@ -3,6 +3,8 @@
  * a second one while the first waits to be handled (a slow actor gets fewer ticks, not a backlog).
  */
 import type { Clock, TimerHandle } from './clock.ts';
+import type { Logger } from './logger.ts';
+import type { CrashDecision } from './nact.ts';
 
 export interface Ticker {
   /** Posts a tick after `delayMs`, unless one is already scheduled or waiting in the mailbox. */
@@ -48,4 +50,21 @@ export function createTicker(clock: Clock, postTick: () => void, isStopped: () =
     },
   };
   return ticker;
+}
+
+/**
+ * The supervision of a ticking actor's crash: logged, decided by `decide` (default 'reset'), and when the
+ * actor lives on its tick chain starts again (the crashed message may have been the tick).
+ */
+export async function onTickingActorCrash(
+  ticker: Ticker,
+  log: Logger,
+  actorName: string,
+  error: unknown,
+  decide: ((error: unknown) => CrashDecision | Promise<CrashDecision>) | undefined,
+): Promise<CrashDecision> {
+  log.error(`${actorName} actor crashed`, { error: (error as Error)?.message ?? String(error) });
+  const decision = decide ? await decide(error) : 'reset';
+  if (decision === 'reset' || decision === 'resume') ticker.restart();
+  return decision;
 }
