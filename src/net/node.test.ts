@@ -10,18 +10,13 @@ import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { MeshNode, MeshNodeInit } from './node.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
+import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 
 const TOPIC = 'pacs-mesh/test/1';
 const WINDOW = 256 * 1024;
 const HWM = 256 * 1024;
 
 const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 50);
-
-function loopback(addrs: string[]): string {
-  const a = addrs.find((x) => x.startsWith('/ip4/127.0.0.1/'));
-  assert.ok(a, `no loopback address in ${addrs.join(' ')}`);
-  return a;
-}
 
 function portOf(addr: string): number {
   return Number(/\/tcp\/(\d+)/.exec(addr)?.[1]);
@@ -62,7 +57,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
 
   before(async () => {
     a = await start({});
-    const boot = [loopback(a.multiaddrs())];
+    const boot = [loopbackAddress(a)];
     b = await start({ bootstrap: boot });
     c = await start({ bootstrap: boot });
   });
@@ -149,7 +144,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
   });
 
   it('keeps out a peer with another swarm key, or with none: no connection, no gossip', async () => {
-    const boot = [loopback(a.multiaddrs())];
+    const boot = [loopbackAddress(a)];
     const got: string[] = [];
     const outsiders = [
       await start({ swarmKey: generateSwarmKey(), bootstrap: boot }),
@@ -175,7 +170,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
 
   it('keeps its PeerId across a restart with the same data dir, and the mesh reconnects', async () => {
     const dataDir = dirs[0] as string;
-    const port = portOf(loopback(a.multiaddrs()));
+    const port = portOf(loopbackAddress(a));
     const oldId = a.peerId;
     await a.stop();
     await waitFor('b to notice a is gone', () => !b.connectedPeers().includes(oldId));

@@ -2,14 +2,11 @@ import '../polyfill.ts';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createMeshNode, type MeshNode } from './node.ts';
-import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
+import { generateSwarmKey } from './swarm-key.ts';
 import { openTunnel, startTunnelServer, tunnelledClientOf, type TunnelClient } from './tunnel.ts';
 import { waitFor } from '../../test/support/wait.ts';
+import { loopbackAddress, testNodes } from '../../test/support/mesh-nodes.ts';
 
 const quiet = { info: () => undefined, warn: () => undefined };
 
@@ -52,24 +49,17 @@ function roundTrip(port: number, payload: Buffer): Promise<{ echoed: Buffer; loc
 
 describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
   const cleanups: (() => Promise<void> | void)[] = [];
-  const dirs: string[] = [];
+  const nodes = testNodes('pacs-mesh-tunnel-');
+  const node = nodes.node;
   after(async () => {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
-    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    await nodes.dispose();
   });
-
-  async function node(key: SwarmKey, bootstrap: string[]): Promise<MeshNode> {
-    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-tunnel-'));
-    dirs.push(dataDir);
-    const n = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey: key, dataDir, bootstrap, tuning: { reconnectMinDelayMs: 100 } });
-    cleanups.push(() => n.stop());
-    return n;
-  }
 
   it('carries bytes both ways with the client address first, and closes cleanly', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const a = await node(key, []);
-    const b = await node(key, [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    const b = await node(key, [loopbackAddress(a)]);
     await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
 
     const echo = await echoServer();
@@ -109,7 +99,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
   it('refuses when the local port is down; the opener gets a TunnelError and the socket is untouched', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const a = await node(key, []);
-    const b = await node(key, [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    const b = await node(key, [loopbackAddress(a)]);
     await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
     const unused = createServer();
     const deadPort = await listen(unused);

@@ -12,6 +12,7 @@ import { createLogger } from '../runtime/logger.ts';
 import { parseBalancerMessage } from './actor.ts';
 import { routingTopic } from './messages.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
+import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 
 const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 10);
 
@@ -86,7 +87,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
   async function threePeers(): Promise<TestPeer[]> {
     const key = generateSwarmKey();
     const a = await peer(key, [], 'site-a');
-    const boot = [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!];
+    const boot = [loopbackAddress(a.node)];
     const [b, c] = await Promise.all([peer(key, boot, 'site-a'), peer(key, boot, 'site-a')]);
     // b and c joined through a; the node's address exchange connects them directly ~1 s later. Until then
     // a is the only path between them, and stopping a would partition them (no failover to measure).
@@ -177,7 +178,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
   it('drops forged and malformed routing announcements', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const a = await peer(key, [], 'site-a');
-    const b = await peer(key, [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!], 'site-a');
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-a');
     await waitFor('one leader', () => agreedLeader([a, b]) !== null, 10_000);
     const before = agreedLeader([a, b])!;
     const follower = before.peerId === a.node.peerId ? b : a;

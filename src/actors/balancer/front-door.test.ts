@@ -1,17 +1,14 @@
 import '../../polyfill.ts';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createMeshNode, type MeshNode } from '../../net/node.ts';
-import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
+import { generateSwarmKey } from '../../net/swarm-key.ts';
 import { tunnelledClientOf } from '../../net/tunnel.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { createFrontDoor, type FrontDoor, type RouteResult } from './front-door.ts';
 import type { BalancerService } from './actor.ts';
 import { waitFor } from '../../../test/support/wait.ts';
+import { loopbackAddress, testNodes } from '../../../test/support/mesh-nodes.ts';
 
 type Target = ReturnType<BalancerService['chooseTarget']>;
 
@@ -51,24 +48,17 @@ function ask(port: number, text: string): Promise<string> {
 
 describe('front door', { timeout: 60_000 }, () => {
   const cleanups: (() => Promise<void> | void)[] = [];
-  const dirs: string[] = [];
+  const nodes = testNodes('pacs-mesh-door-');
+  const node = nodes.node;
   after(async () => {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
-    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    await nodes.dispose();
   });
-
-  async function node(key: SwarmKey, bootstrap: string[]): Promise<MeshNode> {
-    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-door-'));
-    dirs.push(dataDir);
-    const n = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey: key, dataDir, bootstrap, tuning: { reconnectMinDelayMs: 100 } });
-    cleanups.push(() => n.stop());
-    return n;
-  }
 
   it('serves locally without a table, tunnels to the named peer, falls back when the target is unreachable', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const a = await node(key, []);
-    const b = await node(key, [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    const b = await node(key, [loopbackAddress(a)]);
     await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
 
     let target: Target = 'local';

@@ -13,6 +13,7 @@ import { bumpIncarnation, parseHeartbeat, startMembership, type MembershipServic
 import { membershipTopic } from './messages.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { waitFor } from '../../../test/support/wait.ts';
+import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 
 
 function statusOf(m: MembershipService, peerId: string): string | undefined {
@@ -65,7 +66,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
   it('heartbeats make members alive; a stopped peer is dead quickly on the others; junk is dropped', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const a = await peer(key, []);
-    const boot = [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!];
+    const boot = [loopbackAddress(a.node)];
     const b = await peer(key, boot, 'site-b');
     const c = await peer(key, boot, 'site-c');
     const all = [a, b, c];
@@ -94,7 +95,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
   it('a hung peer (silent, still connected) is out of the live view within ~2 s', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const a = await peer(key, []);
-    const b = await peer(key, [a.node.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]);
+    const b = await peer(key, [loopbackAddress(a.node)]);
     await waitFor('both alive', () => a.membership.liveMembers().length === 2 && b.membership.liveMembers().length === 2);
     // Stop b's membership only: the connection stays up, heartbeats stop (what a hung actor looks like).
     const t0 = Date.now();

@@ -13,6 +13,7 @@ import type { CatalogEntry } from './catalog-types.ts';
 import { createRemoteRetrieve } from './remote-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { serveReplication } from './replication.ts';
+import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 
 async function put(store: ReplicaStore, uid: string, bytes: Uint8Array): Promise<void> {
   const writer = store.beginWrite();
@@ -28,7 +29,7 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   const swarmKey = generateSwarmKey();
   const dirs = [await mkdtemp(join(tmpdir(), 'pacs-rr-')), await mkdtemp(join(tmpdir(), 'pacs-rr-'))];
   const a = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
-  const b = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, bootstrap: [a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!] });
+  const b = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, bootstrap: [loopbackAddress(a)] });
   const storeA = createReplicaStore({ path: join(dirs[0]!, 'store') });
   const storeB = createReplicaStore({ path: join(dirs[1]!, 'store') });
   await storeA.open();

@@ -16,6 +16,7 @@ import { silentLogger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
+import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import type { CustodyMessage } from './custody/messages.ts';
 import { PUSH_PROTOCOL, ReplicaPush, defaultPushLimits } from './push.ts';
 import {
@@ -83,7 +84,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
       return { node, store };
     };
     ({ node: a, store: storeA } = await start([]));
-    ({ node: b, store: storeB } = await start([a.multiaddrs().find((x) => x.startsWith('/ip4/127.0.0.1/'))!]));
+    ({ node: b, store: storeB } = await start([loopbackAddress(a)]));
     // a learns b's address when b dials it: wait for the connection before a opens streams to b.
     for (const deadline = Date.now() + 10_000; !a.connectedPeers().includes(b.peerId); ) {
       if (Date.now() > deadline) throw new Error('nodes did not connect');

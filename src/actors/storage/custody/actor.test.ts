@@ -21,6 +21,7 @@ import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
 import { startCustody, type CustodyService } from './actor.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
+import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
 
 const swarmKey = generateSwarmKey();
 
@@ -53,7 +54,7 @@ class TestMesh {
 
   async start(name: string, dir?: string, log: Logger = silentLogger): Promise<Site> {
     const dataDir = dir ?? (await this.newDir());
-    const bootstrap = [...this.sites.values()].map((s) => s.node.multiaddrs().find((a) => a.startsWith('/ip4/127.0.0.1/'))!).slice(0, 1);
+    const bootstrap = [...this.sites.values()].map((s) => loopbackAddress(s.node)).slice(0, 1);
     const node = await createMeshNode({
       host: '127.0.0.1',
       p2pPort: 0,
