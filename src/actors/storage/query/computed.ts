@@ -6,7 +6,8 @@
 import type { DicomElement, Tag } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { normalizeValue } from './matching.ts';
-import { QueryTags, type QueryLevel } from './attribute-levels.ts';
+import { Tags } from '../../../codec/dictionary.ts';
+import type { QueryLevel } from './attribute-levels.ts';
 
 export interface EntityAggregate {
   /** The most recently stored instance (largest storedAtMs): the source of the entity's attributes. */
@@ -47,7 +48,7 @@ export function addInstance(aggregate: EntityAggregate, entry: CatalogEntry): vo
   addInstanceKey(aggregate, entry.studyInstanceUid, entry.seriesInstanceUid);
   aggregate.sopClassUids.add(entry.sopClassUid);
   aggregate.patientIds.add(entry.patientId);
-  const modality = entry.attributes.find((element) => element.tag === QueryTags.Modality)?.value;
+  const modality = entry.attributes.find((element) => element.tag === Tags.Modality)?.value;
   if (modality !== undefined) {
     const normalized = normalizeValue('CS', modality);
     if (normalized !== '') aggregate.modalities.add(normalized);
@@ -60,11 +61,11 @@ export function attributesByTag(entry: CatalogEntry): Map<Tag, DicomElement> {
   const byTag = new Map<Tag, DicomElement>();
   for (const element of entry.attributes) byTag.set(element.tag, element);
   const fields: Array<[Tag, string, string]> = [
-    [QueryTags.PatientID, 'LO', entry.patientId],
-    [QueryTags.StudyInstanceUID, 'UI', entry.studyInstanceUid],
-    [QueryTags.SeriesInstanceUID, 'UI', entry.seriesInstanceUid],
-    [QueryTags.SOPInstanceUID, 'UI', entry.sopInstanceUid],
-    [QueryTags.SOPClassUID, 'UI', entry.sopClassUid],
+    [Tags.PatientID, 'LO', entry.patientId],
+    [Tags.StudyInstanceUID, 'UI', entry.studyInstanceUid],
+    [Tags.SeriesInstanceUID, 'UI', entry.seriesInstanceUid],
+    [Tags.SOPInstanceUID, 'UI', entry.sopInstanceUid],
+    [Tags.SOPClassUID, 'UI', entry.sopClassUid],
   ];
   for (const [tag, vr, value] of fields) byTag.set(tag, { tag, vr: byTag.get(tag)?.vr ?? vr, value });
   return byTag;
@@ -81,14 +82,14 @@ export interface ComputedAttribute {
 const sortedJoin = (values: Set<string>): string => [...values].sort().join('\\');
 
 export const COMPUTED_ATTRIBUTES: ReadonlyMap<Tag, ComputedAttribute> = new Map<Tag, ComputedAttribute>([
-  [QueryTags.NumberOfPatientRelatedStudies, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.studyInstanceUids.size) }],
-  [QueryTags.NumberOfPatientRelatedSeries, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.seriesInstanceUids.size) }],
-  [QueryTags.NumberOfPatientRelatedInstances, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.instanceCount) }],
-  [QueryTags.NumberOfStudyRelatedSeries, { level: 'STUDY', needsEntries: false, compute: (a) => String(a.seriesInstanceUids.size) }],
-  [QueryTags.NumberOfStudyRelatedInstances, { level: 'STUDY', needsEntries: false, compute: (a) => String(a.instanceCount) }],
-  [QueryTags.ModalitiesInStudy, { level: 'STUDY', needsEntries: true, compute: (a) => sortedJoin(a.modalities) }],
-  [QueryTags.SOPClassesInStudy, { level: 'STUDY', needsEntries: true, compute: (a) => sortedJoin(a.sopClassUids) }],
-  [QueryTags.NumberOfSeriesRelatedInstances, { level: 'SERIES', needsEntries: false, compute: (a) => String(a.instanceCount) }],
+  [Tags.NumberOfPatientRelatedStudies, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.studyInstanceUids.size) }],
+  [Tags.NumberOfPatientRelatedSeries, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.seriesInstanceUids.size) }],
+  [Tags.NumberOfPatientRelatedInstances, { level: 'PATIENT', needsEntries: false, compute: (a) => String(a.instanceCount) }],
+  [Tags.NumberOfStudyRelatedSeries, { level: 'STUDY', needsEntries: false, compute: (a) => String(a.seriesInstanceUids.size) }],
+  [Tags.NumberOfStudyRelatedInstances, { level: 'STUDY', needsEntries: false, compute: (a) => String(a.instanceCount) }],
+  [Tags.ModalitiesInStudy, { level: 'STUDY', needsEntries: true, compute: (a) => sortedJoin(a.modalities) }],
+  [Tags.SOPClassesInStudy, { level: 'STUDY', needsEntries: true, compute: (a) => sortedJoin(a.sopClassUids) }],
+  [Tags.NumberOfSeriesRelatedInstances, { level: 'SERIES', needsEntries: false, compute: (a) => String(a.instanceCount) }],
   // Every cataloged instance has its bytes in the local store.
-  [QueryTags.InstanceAvailability, { level: 'ANY', needsEntries: false, compute: () => 'ONLINE' }],
+  [Tags.InstanceAvailability, { level: 'ANY', needsEntries: false, compute: () => 'ONLINE' }],
 ]);

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { Level } from 'level';
 import type { DicomElement } from '../../../codec/dicom-types.ts';
+import { Tags as T } from '../../../codec/dictionary.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { catalogWriteOps, type CatalogDb } from '../catalog.ts';
 import {
@@ -19,34 +20,6 @@ import {
 } from './query.ts';
 
 // Tags used by the tests (defined locally, no dictionary dependency).
-const T = {
-  SpecificCharacterSet: 0x00080005,
-  SOPClassUID: 0x00080016,
-  SOPInstanceUID: 0x00080018,
-  StudyDate: 0x00080020,
-  StudyTime: 0x00080030,
-  AccessionNumber: 0x00080050,
-  QueryRetrieveLevel: 0x00080052,
-  InstanceAvailability: 0x00080056,
-  Modality: 0x00080060,
-  ModalitiesInStudy: 0x00080061,
-  SOPClassesInStudy: 0x00080062,
-  ReferringPhysicianName: 0x00080090,
-  StudyDescription: 0x00081030,
-  PatientName: 0x00100010,
-  PatientID: 0x00100020,
-  PatientBirthDate: 0x00100030,
-  StudyInstanceUID: 0x0020000d,
-  SeriesInstanceUID: 0x0020000e,
-  SeriesNumber: 0x00200011,
-  InstanceNumber: 0x00200013,
-  NumberOfPatientRelatedStudies: 0x00201200,
-  NumberOfPatientRelatedSeries: 0x00201202,
-  NumberOfPatientRelatedInstances: 0x00201204,
-  NumberOfStudyRelatedSeries: 0x00201206,
-  NumberOfStudyRelatedInstances: 0x00201208,
-  NumberOfSeriesRelatedInstances: 0x00201209,
-} as const;
 
 const CT_IMAGE = '1.2.840.10008.5.1.4.1.1.2';
 const MR_IMAGE = '1.2.840.10008.5.1.4.1.1.4';

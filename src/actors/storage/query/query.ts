@@ -46,10 +46,10 @@ import {
   studyIndexPrefix,
   type CatalogDb,
 } from '../catalog.ts';
+import { Tags } from '../../../codec/dictionary.ts';
 import {
   LEVEL_DEPTH,
   QUERY_LEVELS_OF_ROOT,
-  QueryTags,
   UNIQUE_KEY_OF_LEVEL,
   attributeLevelOf,
   formatTag,
@@ -126,9 +126,9 @@ export interface FindOptions {
 
 /** Keys that describe the request rather than select entities (PS3.4 C.2.2.2: never matched). */
 const NEVER_MATCHED_TAGS = new Set<Tag>([
-  QueryTags.SpecificCharacterSet,
-  QueryTags.TimezoneOffsetFromUTC,
-  QueryTags.RetrieveAETitle,
+  Tags.SpecificCharacterSet,
+  Tags.TimezoneOffsetFromUTC,
+  Tags.RetrieveAETitle,
   0x00080053, // Query/Retrieve View
 ]);
 /** VRs the codec does not decode (value undefined). */
@@ -173,7 +173,7 @@ function compileQuery(request: QueryRequest): Compiled {
   const keys: CompiledKey[] = [];
   const seenTags = new Set<Tag>();
   for (const element of request.keys) {
-    if (element.tag === QueryTags.QueryRetrieveLevel || (element.tag & 0xffff) === 0) continue;
+    if (element.tag === Tags.QueryRetrieveLevel || (element.tag & 0xffff) === 0) continue;
     if (seenTags.has(element.tag)) continue;
     seenTags.add(element.tag);
     const computed = COMPUTED_ATTRIBUTES.get(element.tag);
@@ -348,15 +348,15 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
     return lookupValues(key)?.filter(isValidUid);
   };
 
-  const sopUids = uidLookup(QueryTags.SOPInstanceUID, LEVEL_DEPTH.IMAGE);
+  const sopUids = uidLookup(Tags.SOPInstanceUID, LEVEL_DEPTH.IMAGE);
   if (sopUids) {
     return sopUids.length === 0
       ? { kind: 'nothing', description: 'no valid SOPInstanceUID' }
       : { kind: 'instances', sopInstanceUids: sopUids, description: 'direct c!i! (SOPInstanceUID)' };
   }
   const uidIndexes: Array<[Tag, number, (uid: string) => string, string]> = [
-    [QueryTags.SeriesInstanceUID, LEVEL_DEPTH.SERIES, seriesIndexPrefix, 'index x!series! (SeriesInstanceUID)'],
-    [QueryTags.StudyInstanceUID, LEVEL_DEPTH.STUDY, studyIndexPrefix, 'index x!study! (StudyInstanceUID)'],
+    [Tags.SeriesInstanceUID, LEVEL_DEPTH.SERIES, seriesIndexPrefix, 'index x!series! (SeriesInstanceUID)'],
+    [Tags.StudyInstanceUID, LEVEL_DEPTH.STUDY, studyIndexPrefix, 'index x!study! (StudyInstanceUID)'],
   ];
   for (const [tag, minimumDepth, prefixOf, description] of uidIndexes) {
     const uids = uidLookup(tag, minimumDepth);
@@ -364,7 +364,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
     if (uids.length === 0) return { kind: 'nothing', description: `no valid ${description}` };
     return { kind: 'prefixes', prefixes: uids.map(prefixOf), contiguous: false, description };
   }
-  const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? lookupValues(keyOf(QueryTags.AccessionNumber)) : undefined;
+  const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? lookupValues(keyOf(Tags.AccessionNumber)) : undefined;
   if (accessionNumbers) {
     return {
       kind: 'prefixes',
@@ -373,7 +373,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
       description: 'index x!acc! (AccessionNumber)',
     };
   }
-  const patientIds = lookupValues(keyOf(QueryTags.PatientID));
+  const patientIds = lookupValues(keyOf(Tags.PatientID));
   if (patientIds) {
     return {
       kind: 'prefixes',
@@ -497,9 +497,9 @@ async function respond(
     if (key.matcher.matches(stored.get(key.element.tag)?.value)) continue;
     // Above IMAGE level an entity may hold instances of several PatientIDs: any of them may match, and
     // the response then names the one that did.
-    const otherPatientId = key.element.tag === QueryTags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id)) : undefined;
+    const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id)) : undefined;
     if (otherPatientId === undefined) return undefined;
-    stored.set(QueryTags.PatientID, { tag: QueryTags.PatientID, vr: 'LO', value: otherPatientId });
+    stored.set(Tags.PatientID, { tag: Tags.PatientID, vr: 'LO', value: otherPatientId });
   }
   const computedValues = new Map<Tag, string>();
   for (const key of keys) {
@@ -517,7 +517,7 @@ async function respond(
     const value = storedElement?.value ?? (UNDECODED_VRS.has(vr) ? undefined : '');
     return { tag: element.tag, vr, value };
   });
-  response.push({ tag: QueryTags.QueryRetrieveLevel, vr: 'CS', value: level });
+  response.push({ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: level });
   return response.sort((a, b) => a.tag - b.tag);
 }
 
@@ -555,13 +555,13 @@ export async function* findMatches(
 function uniqueKeyValues(request: QueryRequest, tag: Tag): string[] | undefined {
   const element = request.keys.find((key) => key.tag === tag);
   if (element?.value === undefined) return undefined;
-  const vr = tag === QueryTags.PatientID ? 'LO' : 'UI';
+  const vr = tag === Tags.PatientID ? 'LO' : 'UI';
   const values = splitValues(vr, normalizeValue(vr, element.value)).filter((value) => value !== '');
   return values.length === 0 ? undefined : [...new Set(values)];
 }
 
 function invalidUniqueValue(tag: Tag, value: string): boolean {
-  if (tag === QueryTags.PatientID) return value.includes('*') || value.includes('?');
+  if (tag === Tags.PatientID) return value.includes('*') || value.includes('?');
   return !isValidUid(value);
 }
 
@@ -616,9 +616,9 @@ export async function* resolveRetrieve(
     const values = uniqueKeyValues(request, tag);
     if (values) filters.push((entry) => values.includes(normalizeValue('LO', field(entry))));
   };
-  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT) upperFilter(QueryTags.PatientID, (entry) => entry.patientId);
-  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.STUDY) upperFilter(QueryTags.StudyInstanceUID, (entry) => entry.studyInstanceUid);
-  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.SERIES) upperFilter(QueryTags.SeriesInstanceUID, (entry) => entry.seriesInstanceUid);
+  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT) upperFilter(Tags.PatientID, (entry) => entry.patientId);
+  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.STUDY) upperFilter(Tags.StudyInstanceUID, (entry) => entry.studyInstanceUid);
+  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.SERIES) upperFilter(Tags.SeriesInstanceUID, (entry) => entry.seriesInstanceUid);
 
   const seen = new Set<string>();
   const accept = (entry: CatalogEntry, id: string, entityLevel: QueryLevel): boolean => {
