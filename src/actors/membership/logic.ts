@@ -77,20 +77,24 @@ export function stepMembership(state: MembershipState, input: MembershipInput): 
 
 /** The record this peer publishes about itself, as it appears in the view. */
 export function selfRecord(state: MembershipState, nowMs: number): MemberRecord {
-  const c = state.config;
+  return aliveRecordOf(heartbeatOf(state), nowMs, 0);
+}
+
+/** The view's record of an alive member, from its heartbeat (field by field: nothing else from the wire). */
+function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: number): MemberRecord {
   return {
-    peerId: c.peerId,
-    siteName: c.siteName,
-    incarnation: c.incarnation,
-    sequence: state.heartbeatSequence,
-    priority: c.priority,
-    addresses: c.addresses,
-    load: state.selfLoad,
-    instanceCount: state.selfInstanceCount,
-    digestRoot: state.selfDigestRoot,
+    peerId: hb.peerId,
+    siteName: hb.siteName,
+    incarnation: hb.incarnation,
+    sequence: hb.sequence,
+    priority: hb.priority,
+    addresses: hb.addresses,
+    load: hb.load,
+    instanceCount: hb.instanceCount,
+    digestRoot: hb.digestRoot,
     status: 'alive',
-    lastHeardAtMs: nowMs,
-    statusSinceMs: 0,
+    lastHeardAtMs,
+    statusSinceMs,
   };
 }
 
@@ -152,20 +156,7 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   const known = state.members.get(hb.peerId);
   // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
   if (known && compareVersion(hb, known) <= 0) return { state, effects: [] };
-  const record: MemberRecord = {
-    peerId: hb.peerId,
-    siteName: hb.siteName,
-    incarnation: hb.incarnation,
-    sequence: hb.sequence,
-    priority: hb.priority,
-    addresses: hb.addresses,
-    load: hb.load,
-    instanceCount: hb.instanceCount,
-    digestRoot: hb.digestRoot,
-    status: 'alive',
-    lastHeardAtMs: nowMs,
-    statusSinceMs: known && known.status === 'alive' ? known.statusSinceMs : nowMs,
-  };
+  const record = aliveRecordOf(hb, nowMs, known && known.status === 'alive' ? known.statusSinceMs : nowMs);
   const members = new Map(state.members);
   members.set(hb.peerId, record);
   const next: MembershipState = { ...state, members: pruneDead(members, state.config.membersMax) };
