@@ -7,8 +7,6 @@ import type { PeerConfig } from './config.ts';
 import { ConfigError } from './config.ts';
 import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
-import { startMembership, type MembershipService } from './actors/membership/actor.ts';
-import { startBalancer, type BalancerService } from './actors/balancer/actor.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService } from './actors/storage/custody/actor.ts';
@@ -16,7 +14,7 @@ import type { IngestPort } from './actors/association/services/deps.ts';
 import type { ReplicaStore } from './actors/storage/replica-store.ts';
 import type { Clock } from './actors/runtime/clock.ts';
 import type { Logger } from './actors/runtime/logger.ts';
-import type { CrashDecision, Ref } from './actors/runtime/nact.ts';
+import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { statfs } from 'node:fs/promises';
 
 export interface MeshInit {
@@ -25,14 +23,13 @@ export interface MeshInit {
   store: ReplicaStore;
   clock: Clock;
   log: Logger;
-  parent: Ref<any>;
+  /** Spawns the mesh children (membership, balancer) under its restart policy; custody uses its policy too. */
+  supervisor: Pick<SiteSupervisor, 'system' | 'startMesh' | 'crashHandler'>;
   /** host:port others use to reach this peer's DICOM and HTTP ports. */
   addresses: { dicom: string; http: string };
   /** The bound DICOM port: tunnels from other peers are connected to it. */
   localDicomPort: number;
   activeAssociations(): number;
-  /** The site supervisor's restart policy (budget and back-off) for each mesh child. */
-  crashHandler(child: string): (error: unknown) => Promise<CrashDecision>;
 }
 
 export interface Mesh {
@@ -61,23 +58,25 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       writeQuorum: config.writeQuorum ?? 'auto',
       clock: init.clock,
       log: log.child({ component: 'custody' }),
-      parent: init.parent,
-      onCrash: init.crashHandler('custody'),
+      parent: init.supervisor.system,
+      onCrash: init.supervisor.crashHandler('custody'),
     });
     stopping.unshift(() => custody.stop());
-    const membership: MembershipService = await startMembership({
+    const children = await init.supervisor.startMesh({
       node,
       peerId: node.peerId,
       siteName: config.site,
       priority: config.priority,
       dataDir: init.dataDir,
       addresses: init.addresses,
-      clock: init.clock,
-      log: log.child({ component: 'membership' }),
-      parent: init.parent,
-      onCrash: init.crashHandler('membership'),
+      balancer: {
+        routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3 },
+        ...(config.roster.length > 0 ? { roster: config.roster } : {}),
+        random: lowDiscrepancyDraws(),
+      },
     });
-    stopping.unshift(() => membership.stop());
+    stopping.unshift(() => children.stop());
+    const { membership, balancer } = children;
     // Free disk is part of the load the balancer routes by (a full peer gets no new associations).
     let freeDiskBytes = await freeBytesAt(init.dataDir);
     const publishStats = () => {
@@ -92,20 +91,6 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     membership.onViewChanged((members) => custody.onViewChanged(members));
     custody.onViewChanged(membership.members());
     publishStats();
-    const balancer: BalancerService = await startBalancer({
-      node,
-      membership,
-      peerId: node.peerId,
-      dataDir: init.dataDir,
-      clock: init.clock,
-      log: log.child({ component: 'balancer' }),
-      parent: init.parent,
-      onCrash: init.crashHandler('balancer'),
-      routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3 },
-      ...(config.roster.length > 0 ? { roster: config.roster } : {}),
-      random: lowDiscrepancyDraws(),
-    });
-    stopping.unshift(() => balancer.stop());
     const frontDoor = createFrontDoor({
       balancer,
       node,

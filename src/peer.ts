@@ -43,7 +43,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
   const store = createReplicaStore({ path: join(dataDir, 'store') });
   await store.open();
-  const supervisor = startSiteSupervisor(config.site);
+  const supervisor = startSiteSupervisor(config.site, { clock, log });
   let healthy = false;
   let dicom: DicomListener | undefined;
   let http: RunningHttpServer | undefined;
@@ -122,10 +122,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         store,
         clock,
         log,
-        parent: supervisor.system,
+        supervisor,
         addresses: { dicom: `${advertised}:${listener.port}`, http: `${advertised}:${http.port}` },
         localDicomPort: listener.port,
-        crashHandler: (child) => supervisor.crashHandler(child),
         activeAssociations: () => listener.activeAssociations(),
       });
     }
