@@ -122,11 +122,16 @@ export function catalogKeysOf(entry: CatalogEntry): string[] {
   return keys;
 }
 
-/** The puts that record `entry`. Pure: the store adds them to the batch that holds the instance bytes. */
+/** The puts that record `entry` (pure). */
 export function catalogWriteOps(entry: CatalogEntry): CatalogPut[] {
+  return catalogWriteOpsEncoded(entry, encodeCatalogEntry(entry));
+}
+
+/** catalogWriteOps for a caller that already holds the entry's encoding (the store's commit record). */
+export function catalogWriteOpsEncoded(entry: CatalogEntry, encoded: Uint8Array): CatalogPut[] {
   const [entryKey, ...indexKeys] = catalogKeysOf(entry);
   return [
-    { type: 'put', key: entryKey!, value: encodeCatalogEntry(entry) },
+    { type: 'put', key: entryKey!, value: encoded },
     ...indexKeys.map((key): CatalogPut => ({ type: 'put', key, value: EMPTY_VALUE })),
   ];
 }

@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
 import type { CatalogEntry } from './catalog-types.ts';
-import { catalogWriteOps, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntry, prefixRange } from './catalog.ts';
+import { catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntry, prefixRange } from './catalog.ts';
 import type { DebtEntry } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -270,7 +270,7 @@ class LevelReplicaStore implements ReplicaStore {
       if (bytes === undefined) continue;
       const entry = decodeCatalogEntry(bytes);
       const current = await this.getEntry(entry.sopInstanceUid);
-      if (current === undefined) await this.db.batch(catalogWriteOps(entry), { sync: true });
+      if (current === undefined) await this.db.batch(catalogWriteOpsEncoded(entry, bytes), { sync: true });
       // Committed, lost its catalog entry in a power cut, and stored again since: keep one copy.
       else if (current.blobId !== entry.blobId) await this.deleteBlob(entry.blobId, true);
     }
@@ -469,7 +469,8 @@ class LevelInstanceWriter implements InstanceWriter {
       if (this.pendingBytes > 0 || this.sequence === 0) {
         blobOps.push({ type: 'put', key: chunkKey(this.blobId, this.sequence++), value: this.takePending() });
       }
-      blobOps.push({ type: 'put', key: commitRecordKey(this.blobId), value: encodeCatalogEntry(entry) });
+      const encoded = encodeCatalogEntry(entry);
+      blobOps.push({ type: 'put', key: commitRecordKey(this.blobId), value: encoded });
       // The duplicate check runs beside the synced write, off the critical path: duplicates are rare, and
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       const [found, synced] = await Promise.allSettled([this.store.getEntry(sopInstanceUid), this.store.blobDb.batch(blobOps, { sync: true })]);
@@ -481,7 +482,7 @@ class LevelInstanceWriter implements InstanceWriter {
       }
       try {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).
-        await this.store.db.batch(catalogWriteOps(entry));
+        await this.store.db.batch(catalogWriteOpsEncoded(entry, encoded));
       } catch (error) {
         await this.abort();
         throw error;
