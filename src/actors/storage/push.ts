@@ -1,14 +1,14 @@
 /**
  * Cut-through replication: /pacs-mesh/push/1 carries an instance to another site WHILE it arrives from
  * the modality, so the receiving site writes its chunks alongside ours and both sites' final fsyncs run
- * at the same time. The store-and-forward path (/pacs-mesh/replicate/1: offer, want, bytes read back from
- * LevelDB) is what custody falls back to whenever a push fails; it also serves debt and repair.
+ * at the same time. The store-and-forward path (/pacs-mesh/replicate-batch/1: offer, want, bytes read back
+ * from LevelDB) is what custody falls back to whenever a push fails; it also drains debt.
  *
  *   C: {type:'push', sopInstanceUid}                     (envelope frame)
  *   C: (u64 n > 0, n bytes)*  u64 0                       (the data set as it arrives, pieces <= pieceBytesMax)
  *   C: {type:'end', entry} | {type:'abort'}, close        (entry: the catalog entry; blobId is the sender's)
  *   S: {type:'stored', siteName} | {type:'have', siteName} (after the receiver verified byteLength + SHA-256
- *                                                          and made its copy durable, like 'stored' on replicate/1)
+ *                                                          and made its copy durable, as replicate-batch/1 does)
  * The receiver cannot answer until the end (the sender does not wait), so a receiver that refuses or fails
  * resets the stream instead: the sender sees the reset at once and custody falls back.
  *

@@ -23,12 +23,10 @@ import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
   REPLICATE_BATCH_PROTOCOL,
-  REPLICATE_PROTOCOL,
   ReplicationError,
   fetchBatchFrom,
   fetchFrom,
   replicateBatchTo,
-  replicateTo,
   sendCustodyMessage,
   sendCustodyMessages,
   serveReplication,
@@ -59,6 +57,14 @@ async function storeLocally(store: ReplicaStore, uid: string, bytes: Uint8Array)
   return (await writer.commit(uid, buildEntry(uid))).entry;
 }
 
+
+/** One stored instance over replicate-batch/1: its outcome, or its error thrown. */
+async function replicateOne(from: MeshNode, to: string, store: ReplicaStore, entry: CatalogEntry): Promise<{ outcome: 'stored' | 'have'; siteName: string }> {
+  const [result] = await replicateBatchTo(from, to, store, [entry]);
+  if (result === undefined) throw new Error('no outcome');
+  if ('error' in result) throw result.error;
+  return { outcome: result.outcome, siteName: result.siteName };
+}
 
 async function* pieces(bytes: Uint8Array, size = 10_000): AsyncGenerator<Uint8Array> {
   for (let off = 0; off < bytes.length; off += size) yield bytes.subarray(off, off + size);
@@ -110,16 +116,16 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
 
-  it('pushes an instance with its catalog entry; a second offer is answered "have" without bytes', async () => {
+  it('replicates an instance with its catalog entry; a second offer is answered "have" without bytes', async () => {
     const bytes = randomBytes(200_000);
     const entry = await storeLocally(storeA, '1.2.3.1.1', bytes);
-    assert.deepEqual(await replicateTo(a, b.peerId, storeA, entry), { outcome: 'stored', siteName: 'site-b' });
+    assert.deepEqual(await replicateOne(a, b.peerId, storeA, entry), { outcome: 'stored', siteName: 'site-b' });
     const atB = await storeB.getEntry('1.2.3.1.1');
     assert.ok(atB);
     assert.notEqual(atB.blobId, entry.blobId, 'the blob id is local');
     assert.deepEqual({ ...atB, blobId: '' }, { ...entry, blobId: '' });
     assert.deepEqual(storedAtB, [{ uid: '1.2.3.1.1', from: a.peerId }]);
-    assert.deepEqual(await replicateTo(a, b.peerId, storeA, entry), { outcome: 'have', siteName: 'site-b' });
+    assert.deepEqual(await replicateOne(a, b.peerId, storeA, entry), { outcome: 'have', siteName: 'site-b' });
     assert.equal(storedAtB.length, 1);
   });
 
@@ -127,7 +133,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     const bytes = randomBytes(150_000);
     const entry = await storeLocally(storeA, '1.2.3.1.2', bytes);
     const lying: CatalogEntry = { ...entry, sha256: 'ab'.repeat(32) };
-    await assert.rejects(replicateTo(a, b.peerId, storeA, lying), (error: unknown) => {
+    await assert.rejects(replicateOne(a, b.peerId, storeA, lying), (error: unknown) => {
       assert.ok(error instanceof ReplicationError);
       assert.equal(error.code, 'ERR_REPLICATION_MISMATCH');
       return true;
@@ -136,8 +142,8 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.equal(await uncommittedChunks(storeB), 0, 'no upload left behind');
     assert.equal(await storeB.countInstances(), 1);
     // A wrong length is refused the same way, and the real instance still goes through afterwards.
-    await assert.rejects(replicateTo(a, b.peerId, storeA, { ...entry, byteLength: entry.byteLength - 1 }));
-    assert.equal((await replicateTo(a, b.peerId, storeA, entry)).outcome, 'stored');
+    await assert.rejects(replicateOne(a, b.peerId, storeA, { ...entry, byteLength: entry.byteLength - 1 }));
+    assert.equal((await replicateOne(a, b.peerId, storeA, entry)).outcome, 'stored');
   });
 
   it('putReplica verifies locally too: mismatch stores nothing; catalog kept; duplicate detected', async () => {
@@ -175,15 +181,15 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
       await stream.close().catch(() => undefined);
       return frame === null ? null : decodeEnvelope(frame, { maxBytes: 64 * 1024 });
     };
-    const garbage = await raw(REPLICATE_PROTOCOL, new Uint8Array([1, 2, 3, 4, 5]));
+    const garbage = await raw(REPLICATE_BATCH_PROTOCOL, new Uint8Array([1, 2, 3, 4, 5]));
     assert.equal((garbage as { type: string }).type, 'refused');
-    const badEntry = await raw(REPLICATE_PROTOCOL, encodeEnvelope({ type: 'offer', entry: { sopInstanceUid: 'x!y' } }));
+    const badEntry = await raw(REPLICATE_BATCH_PROTOCOL, encodeEnvelope({ type: 'offerBatch', entries: [{ sopInstanceUid: 'x!y' }] }));
     assert.deepEqual((badEntry as { code: string }).code, 'ERR_REPLICATION_MALFORMED');
     const badMessage = await raw(CUSTODY_PROTOCOL, encodeEnvelope({ type: 'repairKeys', buckets: [999], keys: [], replyWanted: true }));
     assert.equal((badMessage as { type: string }).type, 'refused');
     assert.equal(messagesAtB.length, 1, 'the malformed message never reached custody');
     // Still serving.
-    assert.equal((await replicateTo(a, b.peerId, storeA, (await storeA.getEntry('1.2.3.1.4'))!)).outcome, 'have');
+    assert.equal((await replicateOne(a, b.peerId, storeA, (await storeA.getEntry('1.2.3.1.4'))!)).outcome, 'have');
   });
 
   it('cut-through push: pieces stream while they arrive, the entry follows; verified, durable, "have" the second time', async () => {
@@ -256,7 +262,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
   it('replicate-batch: one stream, only what the site lacks travels, a corrupted entry fails alone', async () => {
     const entries: CatalogEntry[] = [];
     for (let i = 1; i <= 5; i++) entries.push(await storeLocally(storeA, `1.2.3.3.${i}`, randomBytes(20_000 + i)));
-    assert.equal((await replicateTo(a, b.peerId, storeA, entries[0]!)).outcome, 'stored');
+    assert.equal((await replicateOne(a, b.peerId, storeA, entries[0]!)).outcome, 'stored');
     const corrupted = { ...entries[3]!, sha256: 'cd'.repeat(32) };
     const outcomes = await replicateBatchTo(a, b.peerId, storeA, [entries[0]!, entries[1]!, entries[2]!, corrupted, entries[4]!]);
     assert.deepEqual(

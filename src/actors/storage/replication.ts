@@ -3,20 +3,15 @@
  * (src/codec/envelope.ts); instance bytes follow as `uint64 BE length | bytes`, read through the bounded
  * StreamReader (back-pressure both ways, memory independent of instance size).
  *
- * /pacs-mesh/replicate/1 (push one instance to a site):
- *   C: {type:'offer', entry}                 S: {type:'have', siteName} | {type:'want'} | {type:'refused', code, message}
- *   C (after 'want'): u64 length, bytes, close S: {type:'stored', siteName} | {type:'refused', code, message}
- *   The offer/want step lets a site that already holds the instance (modality retry, debt replayed after a
- *   restart) answer at once instead of receiving the bytes again: work follows the difference.
- *   'stored' is sent only after the receiver verified byteLength + SHA-256 and made the copy durable, so the
- *   sender's custody takes it (or 'have') as the replicaAck of that site: the receiver does NOT also send a
- *   replicaAck on /custody/1 for a pushed copy (one acknowledgement path per transfer).
  * /pacs-mesh/replicate-batch/1 (push many stored instances to a site: debt drain, catch-up):
  *   C: {type:'offerBatch', entries}          S: {type:'want', indices} | refused
  *   C: (u64 length, bytes) per wanted entry, in order, close
  *   S: {type:'batchResult', siteName, stored, failed: [{index, code, message}]}
- *   Entries not wanted are held there already ('have'). One stream and one round trip for up to
- *   batchEntriesMax instances; the receiver's synced commits overlap (LevelDB merges their fsyncs).
+ *   Entries not wanted are held there already ('have'): a modality retry or debt replayed after a restart
+ *   costs no bytes. One stream and one round trip for up to batchEntriesMax instances; the receiver's
+ *   synced commits overlap (LevelDB merges their fsyncs). A result is sent only after the receiver verified
+ *   byteLength + SHA-256 and made each copy durable, so the sender's custody takes 'stored' (or 'have') as
+ *   that site's replicaAck: the receiver does NOT also send a replicaAck on /custody/1 for a pushed copy.
  * /pacs-mesh/fetch-batch/1 (pull many instances: repair, catch-up):
  *   C: {type:'fetchBatch', uids}, close       S: per uid, in order: {type:'instance', entry} + u64 length + bytes
  *                                              | {type:'missing', sopInstanceUid}; then {type:'end'}
@@ -45,7 +40,6 @@ import { PUSH_PROTOCOL, defaultPushLimits, receivePush } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import { replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
 
-export const REPLICATE_PROTOCOL = '/pacs-mesh/replicate/1';
 export const REPLICATE_BATCH_PROTOCOL = '/pacs-mesh/replicate-batch/1';
 export const FETCH_BATCH_PROTOCOL = '/pacs-mesh/fetch-batch/1';
 export const FETCH_PROTOCOL = '/pacs-mesh/fetch/1';
@@ -113,8 +107,6 @@ export const defaultReplicationLimits: ReplicationLimits = {
 };
 
 type Refused = { type: 'refused'; code: string; message: string };
-type OfferAnswer = { type: 'have'; siteName: string } | { type: 'want' } | Refused;
-type StoredAnswer = { type: 'stored'; siteName: string } | Refused;
 type WantAnswer = { type: 'want'; indices: number[] } | Refused;
 type BatchFailure = { index: number; code: string; message: string };
 type BatchAnswer = { type: 'batchResult'; siteName: string; stored: number[]; failed: BatchFailure[] } | Refused;
@@ -388,28 +380,6 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   };
 
   await node.handle(
-    REPLICATE_PROTOCOL,
-    guarded(REPLICATE_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const offer = await readRequestFrame<{ type: string; entry?: unknown }>(stream, limits.frameBytesMax, signal);
-      if (offer.type !== 'offer') throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offer, got ${String(offer.type).slice(0, 64)}`);
-      const entry = validateCatalogEntry(offer.entry);
-      if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
-      if (await store.getEntry(entry.sopInstanceUid)) {
-        await answerAndClose(stream, { type: 'have', siteName: init.siteName }, signal);
-        return;
-      }
-      await writeFrameEnvelope(stream, { type: 'want' }, limits.frameBytesMax, signal);
-      const length = await stream.reader.readUint64({ signal });
-      if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength}`);
-      // putReplica verifies byteLength and SHA-256 before its one synced commit.
-      await putAndDrain(store, entry, stream.reader.body(length, { signal }));
-      init.onReplicaStored(entry, stream.remotePeer);
-      await answerAndClose(stream, { type: 'stored', siteName: init.siteName }, signal);
-    }),
-    { maxInboundStreams: limits.inboundReplicationsMax },
-  );
-
-  await node.handle(
     REPLICATE_BATCH_PROTOCOL,
     guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
       const offer = await readRequestFrame<{ type: string; entries?: unknown }>(stream, limits.frameBytesMax, signal);
@@ -559,7 +529,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
 
   return {
     async stop() {
-      await Promise.allSettled([REPLICATE_PROTOCOL, REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
     },
   };
 }
@@ -586,35 +556,6 @@ async function withStream<T>(node: MeshNode, peerId: string, protocol: string, s
     stream.abort(error instanceof Error ? error : new Error(String(error)));
     throw error;
   }
-}
-
-/**
- * Pushes a stored instance to a peer. Resolves once the peer holds it durably ('stored' after this
- * transfer, 'have' when it already did), with the site name the peer answered for.
- */
-export async function replicateTo(
-  node: MeshNode,
-  peerId: string,
-  store: ReplicaStore,
-  entry: CatalogEntry,
-  options: ClientOptions = {},
-): Promise<{ outcome: 'stored' | 'have'; siteName: string }> {
-  const limits = { ...defaultReplicationLimits, ...options.limits };
-  const signal = deadline(options, limits.transferTimeoutMs);
-  return withStream(node, peerId, REPLICATE_PROTOCOL, signal, async (stream) => {
-    await writeFrameEnvelope(stream, { type: 'offer', entry }, limits.frameBytesMax, signal);
-    const first = await readRequestFrame<OfferAnswer>(stream, limits.frameBytesMax, signal);
-    if (first.type === 'have' && isString(first.siteName, 256)) return { outcome: 'have', siteName: first.siteName };
-    if (first.type === 'refused') throw refusedError(first);
-    if (first.type !== 'want') throw unexpected('offer', first);
-    await stream.writer.writeUint64(entry.byteLength, { signal });
-    for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
-    await stream.closeWrite({ signal });
-    const answer = await readRequestFrame<StoredAnswer>(stream, limits.frameBytesMax, signal);
-    if (answer.type === 'stored' && isString(answer.siteName, 256)) return { outcome: 'stored', siteName: answer.siteName };
-    if (answer.type === 'refused') throw refusedError(answer);
-    throw unexpected('replicate', answer);
-  });
 }
 
 export type BatchOutcome = { sopInstanceUid: string; outcome: 'stored' | 'have'; siteName: string } | { sopInstanceUid: string; error: ReplicationError };
