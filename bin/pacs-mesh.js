@@ -1,5 +1,35 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources through tsx, so the installed command needs no build step.
-import { register } from 'tsx/esm/api';
-register();
-await import('../src/cli.ts');
+// Runs the compiled dist/ when it is newer than every source file (`npm install` builds it), otherwise the
+// TypeScript sources through tsx: the command always runs the current code, and needs no build step.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+function newestMtimeMs(dir) {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestMtimeMs(path) : statSync(path).mtimeMs);
+  }
+  return newest;
+}
+
+function buildIsCurrent() {
+  if (process.env.PACS_MESH_FROM_SOURCE === '1') return false;
+  try {
+    const { startedAtMs } = JSON.parse(readFileSync(join(root, 'dist', 'build-info.json'), 'utf8'));
+    return typeof startedAtMs === 'number' && newestMtimeMs(join(root, 'src')) < startedAtMs;
+  } catch {
+    return false;
+  }
+}
+
+if (buildIsCurrent()) {
+  await import('../dist/cli.js');
+} else {
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import('../src/cli.ts');
+}

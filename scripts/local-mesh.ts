@@ -47,7 +47,7 @@ let stopping = false;
 
 function startSite(site: Site, bootstrap: string[]): ChildProcess {
   const args = [
-    '--import', 'tsx', join(repoRoot, 'src/cli.ts'), 'start',
+    join(repoRoot, 'bin/pacs-mesh.js'), 'start',
     '--site', site.name, '--data', join(dataRoot, site.name), '--host', '127.0.0.1',
     '--dicom-port', String(site.dicomPort), '--http-port', String(site.httpPort),
     '--p2p-port', String(site.p2pPort), '--swarm-key', swarmKeyFile,

@@ -57,7 +57,7 @@ export class MeshCluster {
     const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
     const keyArgs = opts.swarmKeyFile === null ? [] : ['--swarm-key', opts.swarmKeyFile ?? this.swarmKeyFile];
     const args = [
-      '--import', 'tsx', join(repoRoot, 'src/cli.ts'), 'start',
+      join(repoRoot, 'bin/pacs-mesh.js'), 'start',
       '--site', site, '--data', dataDir, '--host', '127.0.0.1',
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--p2p-port', String(p2pPort),
       ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),

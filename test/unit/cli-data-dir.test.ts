@@ -13,10 +13,10 @@ import { Level } from 'level';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/pacs-mesh.js', import.meta.url));
 
 async function start(dataDir: string): Promise<{ status: number | null; stderr: string }> {
-  const args = ['--import', 'tsx', cli, 'start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())];
+  const args = [cli, 'start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())];
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000 });
   return { status: r.status, stderr: r.stderr };
 }

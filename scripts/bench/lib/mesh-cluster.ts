@@ -166,7 +166,7 @@ export class MeshCluster {
         pastOutput: '',
       });
     }
-    const r = await runTool(process.execPath, ['--import', 'tsx', PACS_MESH_CLI, 'keygen', '--out', c.swarmKeyFile], { cwd: REPO_ROOT, timeoutMs: 30_000 });
+    const r = await runTool(process.execPath, [PACS_MESH_CLI, 'keygen', '--out', c.swarmKeyFile], { cwd: REPO_ROOT, timeoutMs: 30_000 });
     if (r.code !== 0) throw new Error(`pacs-mesh keygen failed (${r.code}): ${r.stderr.slice(-2000)}`);
     return c;
   }

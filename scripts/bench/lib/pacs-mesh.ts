@@ -1,6 +1,6 @@
 /**
  * pacs-mesh as a benchmark server: one node started with
- *   node --import tsx src/cli.ts start --site <site> --data <dir> --ae-title PACSMESH --host 127.0.0.1
+ *   node bin/pacs-mesh.js start --site <site> --data <dir> --ae-title PACSMESH --host 127.0.0.1
  *        --dicom-port <n> --http-port <n>
  * from the repository root, `TCP_NODELAY=1` in its environment, ready when GET /healthz answers 200.
  * The pid is the node process itself (no npx/shell wrapper), which is the process doing the work.
@@ -13,7 +13,8 @@ import { getFreePort, spawnManaged, waitForPort } from '../../../test/support/di
 import { captureOutput, httpGetJson, waitForHttpOk, type BenchServer, type BenchServerFactory, type BenchServerStartOptions } from './server.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-export const PACS_MESH_CLI = join(REPO_ROOT, 'src', 'cli.ts');
+/** The installed command: dist/ when built and current, else src/ through tsx (see bin/pacs-mesh.js). */
+export const PACS_MESH_CLI = join(REPO_ROOT, 'bin', 'pacs-mesh.js');
 
 export interface StartPacsMeshOptions extends BenchServerStartOptions {
   site?: string;
@@ -44,7 +45,7 @@ export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMes
   while (httpPort === dicomPort) httpPort = await getFreePort();
   const aeTitle = opts.aeTitle ?? 'PACSMESH';
   const args = [
-    '--import', 'tsx', PACS_MESH_CLI, 'start',
+    PACS_MESH_CLI, 'start',
     '--site', opts.site ?? 'bench',
     '--data', opts.dataDir,
     '--ae-title', aeTitle,
