@@ -1,0 +1,53 @@
+/**
+ * bin/pacs-mesh.js runs dist/ only while its build is newer than every source file, else src/ via tsx.
+ * Checked on a scratch copy of the launcher whose src/ and dist/ only print which one ran.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+
+function scratchInstall(): { root: string; run: (env?: Record<string, string>) => string } {
+  const root = mkdtempSync(join(tmpdir(), 'pacs-launcher-'));
+  for (const dir of ['bin', 'src/actors', 'dist']) mkdirSync(join(root, dir), { recursive: true });
+  copyFileSync(join(repoRoot, 'bin/pacs-mesh.js'), join(root, 'bin/pacs-mesh.js'));
+  writeFileSync(join(root, 'package.json'), '{ "type": "module" }\n');
+  symlinkSync(join(repoRoot, 'node_modules'), join(root, 'node_modules'));
+  writeFileSync(join(root, 'src/cli.ts'), "const from: string = 'src';\nconsole.log(from);\n");
+  writeFileSync(join(root, 'src/actors/x.ts'), 'export {};\n');
+  writeFileSync(join(root, 'dist/cli.js'), "console.log('dist');\n");
+  const run = (env: Record<string, string> = {}) => {
+    const r = spawnSync(process.execPath, [join(root, 'bin/pacs-mesh.js')], { encoding: 'utf8', env: { ...process.env, PACS_MESH_FROM_SOURCE: '', ...env }, timeout: 30_000 });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  return { root, run };
+}
+
+function setMtime(path: string, ms: number): void {
+  utimesSync(path, ms / 1000, ms / 1000);
+}
+
+test('the launcher runs dist/ while it is current and src/ when it is missing, stale or overridden', (t) => {
+  const { root, run } = scratchInstall();
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const builtAtMs = Date.now();
+  for (const file of ['src/cli.ts', 'src/actors/x.ts']) setMtime(join(root, file), builtAtMs - 60_000);
+
+  assert.equal(run(), 'src', 'no build-info.json: never built');
+
+  writeFileSync(join(root, 'dist/build-info.json'), JSON.stringify({ startedAtMs: builtAtMs }));
+  assert.equal(run(), 'dist');
+  assert.equal(run({ PACS_MESH_FROM_SOURCE: '1' }), 'src');
+
+  setMtime(join(root, 'src/actors/x.ts'), builtAtMs + 1000);
+  assert.equal(run(), 'src', 'a source file in a subfolder changed after the build');
+
+  writeFileSync(join(root, 'dist/build-info.json'), 'not json');
+  assert.equal(run(), 'src');
+});
