@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=128
 // Runs the compiled dist/ when it is newer than every source file (`npm install` builds it), otherwise the
 // TypeScript sources through tsx: the command always runs the current code, and needs no build step.
 import { readdirSync, readFileSync, statSync } from 'node:fs';

@@ -9,6 +9,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
+import { peerProcessArgs } from '../src/peer-process.ts';
 
 const repoRoot = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const option = (name: string): string | undefined => {
@@ -46,13 +47,13 @@ const swarmKeyFile = join(dataRoot, 'swarm.key');
 let stopping = false;
 
 function startSite(site: Site, bootstrap: string[]): ChildProcess {
-  const args = [
-    join(repoRoot, 'bin/pacs-mesh.js'), 'start',
+  const args = peerProcessArgs([
+    'start',
     '--site', site.name, '--data', join(dataRoot, site.name), '--host', '127.0.0.1',
     '--dicom-port', String(site.dicomPort), '--http-port', String(site.httpPort),
     '--p2p-port', String(site.p2pPort), '--swarm-key', swarmKeyFile,
     ...bootstrap.flatMap((b) => ['--bootstrap', b]),
-  ];
+  ]);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
   child.on('exit', (code, signal) => {
     if (!stopping) process.stderr.write(`local-mesh: ${site.name} exited (${signal ?? code}); the other sites keep running\n`);

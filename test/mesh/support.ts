@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getFreePort, spawnManaged, type ManagedProcess } from '../support/dicom-tools.ts';
 import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
+import { peerProcessArgs } from '../../src/peer-process.ts';
 
 export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -56,12 +57,12 @@ export class MeshCluster {
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
     const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
     const keyArgs = opts.swarmKeyFile === null ? [] : ['--swarm-key', opts.swarmKeyFile ?? this.swarmKeyFile];
-    const args = [
-      join(repoRoot, 'bin/pacs-mesh.js'), 'start',
+    const args = peerProcessArgs([
+      'start',
       '--site', site, '--data', dataDir, '--host', '127.0.0.1',
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--p2p-port', String(p2pPort),
       ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
-    ];
+    ]);
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot });
     let output = '';
     process.child.stdout?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));

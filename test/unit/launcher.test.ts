@@ -4,11 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
+import { pacsMeshBin, peerNodeFlags } from '../../src/peer-process.ts';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -50,4 +51,9 @@ test('the launcher runs dist/ while it is current and src/ when it is missing, s
 
   writeFileSync(join(root, 'dist/build-info.json'), 'not json');
   assert.equal(run(), 'src');
+});
+
+test("the command's #! line runs node with the peer flags that scripts and tests pass", () => {
+  const shebang = readFileSync(pacsMeshBin, 'utf8').split('\n', 1)[0];
+  assert.equal(shebang, `#!/usr/bin/env -S node ${peerNodeFlags.join(' ')}`);
 });

@@ -1,6 +1,6 @@
 /**
  * pacs-mesh as a benchmark server: one node started with
- *   node bin/pacs-mesh.js start --site <site> --data <dir> --ae-title PACSMESH --host 127.0.0.1
+ *   node --initial-old-space-size=128 bin/pacs-mesh.js start --site <site> --data <dir> --ae-title PACSMESH --host 127.0.0.1
  *        --dicom-port <n> --http-port <n>
  * from the repository root, `TCP_NODELAY=1` in its environment, ready when GET /healthz answers 200.
  * The pid is the node process itself (no npx/shell wrapper), which is the process doing the work.
@@ -11,10 +11,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getFreePort, spawnManaged, waitForPort } from '../../../test/support/dicom-tools.ts';
 import { captureOutput, httpGetJson, waitForHttpOk, type BenchServer, type BenchServerFactory, type BenchServerStartOptions } from './server.ts';
+import { pacsMeshBin, peerProcessArgs } from '../../../src/peer-process.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-/** The installed command: dist/ when built and current, else src/ through tsx (see bin/pacs-mesh.js). */
-export const PACS_MESH_CLI = join(REPO_ROOT, 'bin', 'pacs-mesh.js');
+export const PACS_MESH_CLI = pacsMeshBin;
 
 export interface StartPacsMeshOptions extends BenchServerStartOptions {
   site?: string;
@@ -44,8 +44,8 @@ export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMes
   let httpPort = opts.httpPort ?? (await getFreePort());
   while (httpPort === dicomPort) httpPort = await getFreePort();
   const aeTitle = opts.aeTitle ?? 'PACSMESH';
-  const args = [
-    PACS_MESH_CLI, 'start',
+  const args = peerProcessArgs([
+    'start',
     '--site', opts.site ?? 'bench',
     '--data', opts.dataDir,
     '--ae-title', aeTitle,
@@ -53,7 +53,7 @@ export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMes
     '--dicom-port', String(dicomPort),
     '--http-port', String(httpPort),
     ...(opts.extraArgs ?? []),
-  ];
+  ]);
   const mp = spawnManaged(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, TCP_NODELAY: '1', ...opts.env } });
   const output = captureOutput(mp);
   const url = `http://127.0.0.1:${httpPort}`;
