@@ -7,6 +7,8 @@
  *   `highWaterMark`, resuming when the consumer drains it (trap 4: `for await (const c of stream)`
  *   buffers without bound). While paused, yamux stops sending window updates, so the remote can push at
  *   most one stream window more. Memory per stream <= highWaterMark + maxStreamWindowSize (+ one dispatch).
+ *   It hands out views of the buffers libp2p delivered, without copying; a consumer may keep them, since
+ *   libp2p never writes to a delivered buffer again (each socket read and each decryption allocates anew).
  * - Frames: uint32 big-endian length + bytes; the limit is checked before allocating.
  * - Request/response: `frame(envelope header) | uint64 BE body length | body bytes` then the receiver
  *   answers `frame(envelope ack)`. {@link sendRequest} / {@link readRequest} / {@link writeResponse}.

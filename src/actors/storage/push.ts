@@ -241,8 +241,8 @@ export async function receivePush(stream: MeshStream, signal: AbortSignal, init:
       if (length > limits.pieceBytesMax) throw new PushError('ERR_PUSH_MALFORMED', `piece of ${length} bytes exceeds ${limits.pieceBytesMax}`);
       total += length;
       if (total > limits.bodyBytesMax) throw new PushError('ERR_PUSH_REFUSED', `instance over ${limits.bodyBytesMax} bytes`);
-      // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
-      for await (const piece of stream.reader.body(length, options)) if (writer) await writer.write(new Uint8Array(piece));
+      // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
+      for await (const piece of stream.reader.body(length, options)) if (writer) await writer.write(piece);
     }
     const tail = decodeEnvelope<PushTail>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });
     if (tail.type === 'abort') {

@@ -109,7 +109,8 @@ export interface ReplicaStore {
    * commit happens only after their byteLength and SHA-256 matched `entry` (a mismatch stores nothing and
    * throws StoreError ERR_STORE_REPLICA_MISMATCH). The entry's catalog data is kept as sent (the catalog
    * travels with the instance); only `blobId` is local. 'duplicate' when the UID is already stored: then
-   * `bytes` may not have been read at all (the caller drains or drops its source).
+   * `bytes` may not have been read at all (the caller drains or drops its source). The pieces are kept until
+   * flushed, so the source must not write to a buffer it has yielded.
    */
   putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'>;
   /** Replication debt, durable (`sync: true`), in one batch: puts first, then deletes. */
@@ -354,8 +355,7 @@ class LevelReplicaStore implements ReplicaStore {
         if (writer.bytesWritten + piece.byteLength > entry.byteLength) {
           throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `replica of ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes announced`);
         }
-        // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
-        await writer.write(new Uint8Array(piece));
+        await writer.write(piece);
       }
       const result = await writer.commit(entry.sopInstanceUid, replicaEntryBuilder(entry));
       return result.outcome;

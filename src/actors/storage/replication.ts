@@ -160,8 +160,8 @@ class CommitPipeline {
   ): Promise<void> {
     const writer = store.beginWrite();
     try {
-      // The writer keeps the buffer until it is flushed, and transports may reuse theirs: copy.
-      for await (const piece of stream.reader.body(entry.byteLength, { signal })) await writer.write(new Uint8Array(piece));
+      // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
+      for await (const piece of stream.reader.body(entry.byteLength, { signal })) await writer.write(piece);
     } catch (error) {
       await writer.abort();
       throw error;
