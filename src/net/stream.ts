@@ -429,6 +429,11 @@ export class MeshStream {
     }
   }
 
+  /** Open both ways with nothing unread: a finished exchange, so the stream can carry another. */
+  get reusable(): boolean {
+    return this.raw.status === 'open' && this.raw.writeStatus === 'writable' && this.reader.bufferedBytes === 0 && !this.reader.done;
+  }
+
   /** Reset the stream at once, discarding buffered data in both directions. */
   abort(err: Error): void {
     this.raw.abort(err);

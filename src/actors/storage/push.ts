@@ -6,11 +6,14 @@
  *
  *   C: {type:'push', sopInstanceUid}                     (envelope frame)
  *   C: (u64 n > 0, n bytes)*  u64 0                       (the data set as it arrives, pieces <= pieceBytesMax)
- *   C: {type:'end', entry} | {type:'abort'}, close        (entry: the catalog entry; blobId is the sender's)
+ *   C: {type:'end', entry} | {type:'abort'}               (entry: the catalog entry; blobId is the sender's)
  *   S: {type:'stored', siteName} | {type:'have', siteName} (after the receiver verified byteLength + SHA-256
  *                                                          and made its copy durable, as replicate-batch/1 does)
- * The receiver cannot answer until the end (the sender does not wait), so a receiver that refuses or fails
- * resets the stream instead: the sender sees the reset at once and custody falls back.
+ * then the next push on the same stream, or the sender's half-close. Streams are kept between pushes
+ * ({@link PushStreams}): opening one costs multistream-select and a peer-store update on both sides, about
+ * 1 ms of CPU each per instance. The receiver cannot answer until the end (the sender does not wait), so
+ * a receiver that refuses or fails resets the stream instead: the sender sees the reset at once and
+ * custody falls back.
  *
  * Sender memory is bounded: each push queues at most `queuedBytesMax`; past it, the local ingest waits
  * for the remote, and a remote that takes nothing for `stallTimeoutMs` is dropped (custody falls back).
@@ -37,6 +40,11 @@ export interface PushLimits {
   stallTimeoutMs: number;
   /** Deadline of one whole push. */
   transferTimeoutMs: number;
+  /** Idle streams kept per site between pushes (more concurrent pushes open more, closed after use). */
+  idleStreamsPerPeerMax: number;
+  /** The sender closes a stream idle this long; the receiver ends one idle for receiverIdleMs (longer). */
+  idleStreamMs: number;
+  receiverIdleMs: number;
 }
 
 export const defaultPushLimits: PushLimits = {
@@ -46,6 +54,9 @@ export const defaultPushLimits: PushLimits = {
   queuedBytesMax: 2 * 1024 * 1024,
   stallTimeoutMs: 2_000,
   transferTimeoutMs: 10 * 60_000,
+  idleStreamsPerPeerMax: 4,
+  idleStreamMs: 5_000,
+  receiverIdleMs: 60_000,
 };
 
 export type PushErrorCode = 'ERR_PUSH_MALFORMED' | 'ERR_PUSH_STALLED' | 'ERR_PUSH_ABORTED' | 'ERR_PUSH_REFUSED';
@@ -72,6 +83,70 @@ type PushAnswer = { type: 'stored'; siteName: string } | { type: 'have'; siteNam
 
 type QueueItem = { readonly kind: 'data'; readonly bytes: Uint8Array } | { readonly kind: 'end'; readonly entry: CatalogEntry } | { readonly kind: 'abort' };
 
+interface IdleStream {
+  readonly stream: MeshStream;
+  readonly timer: NodeJS.Timeout;
+}
+
+/** Push streams kept open between pushes, per site: `take` one (or a new one), `give` it back after the answer. */
+export class PushStreams {
+  private readonly idle = new Map<string, IdleStream[]>();
+  private stopped = false;
+
+  constructor(
+    private readonly node: MeshNode,
+    private readonly limits: Pick<PushLimits, 'idleStreamsPerPeerMax' | 'idleStreamMs'> = defaultPushLimits,
+  ) {}
+
+  async take(peerId: string, signal: AbortSignal): Promise<MeshStream> {
+    const kept = this.idle.get(peerId) ?? [];
+    for (let entry = kept.pop(); entry !== undefined; entry = kept.pop()) {
+      clearTimeout(entry.timer);
+      if (entry.stream.reusable) return entry.stream;
+      entry.stream.abort(new PushError('ERR_PUSH_ABORTED', 'push stream closed while idle'));
+    }
+    return this.node.openStream(peerId, PUSH_PROTOCOL, { signal });
+  }
+
+  give(peerId: string, stream: MeshStream): void {
+    const kept = this.idle.get(peerId) ?? [];
+    if (this.stopped || !stream.reusable || kept.length >= this.limits.idleStreamsPerPeerMax) {
+      void retire(stream);
+      return;
+    }
+    const entry: IdleStream = {
+      stream,
+      timer: setTimeout(() => {
+        const at = kept.indexOf(entry);
+        if (at >= 0) kept.splice(at, 1);
+        void retire(stream);
+      }, this.limits.idleStreamMs),
+    };
+    entry.timer.unref();
+    kept.push(entry);
+    this.idle.set(peerId, kept);
+  }
+
+  /** Closes every idle stream; later `give`s close theirs at once. */
+  stop(): void {
+    this.stopped = true;
+    for (const kept of this.idle.values()) {
+      for (const entry of kept.splice(0)) {
+        clearTimeout(entry.timer);
+        void retire(entry.stream);
+      }
+    }
+  }
+}
+
+async function retire(stream: MeshStream): Promise<void> {
+  try {
+    await stream.close({ signal: AbortSignal.timeout(5_000) });
+  } catch (error) {
+    stream.abort(error instanceof Error ? error : new Error(String(error)));
+  }
+}
+
 /** One instance pushed to one site. `write`, then `end` or `abort`; `result` settles with the site's answer. */
 export class ReplicaPush {
   readonly result: Promise<PushOutcome>;
@@ -83,7 +158,7 @@ export class ReplicaPush {
   private readonly spaceWaiters = new Set<() => void>();
 
   constructor(
-    private readonly node: MeshNode,
+    private readonly streams: PushStreams,
     readonly peerId: string,
     readonly sopInstanceUid: string,
     private readonly limits: PushLimits,
@@ -168,7 +243,7 @@ export class ReplicaPush {
     signal.addEventListener('abort', onAbort, { once: true });
     let stream: MeshStream | undefined;
     try {
-      stream = await this.node.openStream(this.peerId, PUSH_PROTOCOL, { signal });
+      stream = await this.streams.take(this.peerId, signal);
       const options = { signal };
       await stream.writer.writeFrame(encodeEnvelope<PushHeader>({ type: 'push', sopInstanceUid: this.sopInstanceUid }, { maxBytes: this.limits.frameBytesMax }), options);
       for (;;) {
@@ -186,14 +261,14 @@ export class ReplicaPush {
         await stream.writer.writeUint64(0, options);
         const tail: PushTail = item.kind === 'end' ? { type: 'end', entry: item.entry } : { type: 'abort' };
         await stream.writer.writeFrame(encodeEnvelope(tail, { maxBytes: this.limits.frameBytesMax }), options);
-        await stream.closeWrite(options);
         if (item.kind === 'abort') {
-          await stream.close(options);
+          this.streams.give(this.peerId, stream);
+          stream = undefined;
           throw new PushError('ERR_PUSH_ABORTED', 'the instance was not stored here');
         }
         const answer = decodeEnvelope<PushAnswer>(await stream.reader.readFrame(this.limits.frameBytesMax, options), { maxBytes: this.limits.frameBytesMax });
-        await stream.close(options);
         if ((answer.type === 'stored' || answer.type === 'have') && typeof answer.siteName === 'string' && answer.siteName.length <= 256) {
+          this.streams.give(this.peerId, stream);
           return { outcome: answer.type, siteName: answer.siteName };
         }
         throw new PushError('ERR_PUSH_MALFORMED', `unexpected push answer of type ${String((answer as { type?: unknown }).type).slice(0, 64)}`);
@@ -220,13 +295,35 @@ export interface PushReceiverInit {
 }
 
 /**
- * Receives one push. Throws on anything malformed or refused: the caller resets the stream, since the
- * sender is not listening until it has sent everything.
+ * Receives pushes on one stream until the sender half-closes it (or leaves it idle for receiverIdleMs).
+ * Throws on anything malformed or refused: the caller resets the stream, since the sender is not
+ * listening until it has sent everything. `signal` ends the whole stream; each push has its own deadline.
  */
-export async function receivePush(stream: MeshStream, signal: AbortSignal, init: PushReceiverInit): Promise<void> {
+export async function receivePushes(stream: MeshStream, signal: AbortSignal, init: PushReceiverInit): Promise<void> {
+  const { limits } = init;
+  for (;;) {
+    const idle = AbortSignal.any([signal, AbortSignal.timeout(limits.receiverIdleMs)]);
+    let header: Uint8Array | null;
+    try {
+      header = await stream.reader.readFrameOrEnd(limits.frameBytesMax, { signal: idle });
+    } catch (error) {
+      if (signal.aborted || !idle.aborted) throw error;
+      // Left idle: a sender that still meant to use the stream sees the reset and falls back.
+      stream.abort(new PushError('ERR_PUSH_ABORTED', `push stream idle for ${limits.receiverIdleMs} ms`));
+      return;
+    }
+    if (header === null) {
+      await stream.closeWrite({ signal: AbortSignal.any([signal, AbortSignal.timeout(5_000)]) });
+      return;
+    }
+    await receiveOnePush(stream, header, AbortSignal.any([signal, AbortSignal.timeout(limits.transferTimeoutMs)]), init);
+  }
+}
+
+async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signal: AbortSignal, init: PushReceiverInit): Promise<void> {
   const { store, limits } = init;
   const options = { signal };
-  const header = decodeEnvelope<PushHeader>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });
+  const header = decodeEnvelope<PushHeader>(headerFrame, { maxBytes: limits.frameBytesMax });
   if (header.type !== 'push' || typeof header.sopInstanceUid !== 'string' || header.sopInstanceUid.length > 64 || !isValidUid(header.sopInstanceUid)) {
     throw new PushError('ERR_PUSH_MALFORMED', 'malformed push header');
   }
@@ -247,7 +344,6 @@ export async function receivePush(stream: MeshStream, signal: AbortSignal, init:
     const tail = decodeEnvelope<PushTail>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });
     if (tail.type === 'abort') {
       await writer?.abort();
-      await stream.close(options);
       return;
     }
     if (tail.type !== 'end') throw new PushError('ERR_PUSH_MALFORMED', `expected end or abort, got ${String((tail as { type?: unknown }).type).slice(0, 64)}`);
@@ -262,7 +358,6 @@ export async function receivePush(stream: MeshStream, signal: AbortSignal, init:
       }
     }
     await stream.writer.writeFrame(encodeEnvelope(answer, { maxBytes: limits.frameBytesMax }), options);
-    await stream.closeWrite(options);
   } catch (error) {
     await writer?.abort();
     throw error;

@@ -18,7 +18,7 @@ import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import type { CustodyMessage } from './custody/messages.ts';
-import { PUSH_PROTOCOL, ReplicaPush, defaultPushLimits } from './push.ts';
+import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from './push.ts';
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
@@ -79,6 +79,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
   const servers: ReplicationServer[] = [];
   const storedAtB: Array<{ uid: string; from: string }> = [];
   const messagesAtB: Array<{ from: string; message: CustodyMessage }> = [];
+  let pushStreams: PushStreams;
 
   before(async () => {
     const start = async (bootstrap: string[]): Promise<{ node: MeshNode; store: ReplicaStore }> => {
@@ -107,9 +108,11 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
         onCustodyMessage: (from, message) => messagesAtB.push({ from, message }),
       }),
     );
+    pushStreams = new PushStreams(a);
   });
 
   after(async () => {
+    pushStreams.stop();
     await Promise.allSettled(servers.map((s) => s.stop()));
     await Promise.allSettled([a.stop(), b.stop()]);
     await Promise.allSettled([storeA.close(), storeB.close()]);
@@ -196,7 +199,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     const bytes = randomBytes(300_000);
     const uid = '1.2.3.2.1';
     const entry = buildEntry(uid)({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: 'sender-side' });
-    const push = new ReplicaPush(a, b.peerId, uid, defaultPushLimits);
+    const push = new ReplicaPush(pushStreams, b.peerId, uid, defaultPushLimits);
     for (let off = 0; off < bytes.length; off += 70_000) await push.write(bytes.subarray(off, off + 70_000));
     push.end(entry);
     assert.deepEqual(await push.result, { outcome: 'stored', siteName: 'site-b' });
@@ -207,23 +210,53 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.deepEqual(Buffer.concat(chunks), bytes);
     assert.deepEqual(storedAtB.at(-1), { uid, from: a.peerId });
 
-    const again = new ReplicaPush(a, b.peerId, uid, defaultPushLimits);
+    const again = new ReplicaPush(pushStreams, b.peerId, uid, defaultPushLimits);
     await again.write(bytes);
     again.end(entry);
     assert.deepEqual(await again.result, { outcome: 'have', siteName: 'site-b' });
   });
 
+  it('pushes to one site take turns on one stream, also after an aborted push; an idle stream is closed', async () => {
+    let opened = 0;
+    const counting = new PushStreams({ ...a, openStream: (peerId, protocol, options) => ((opened += 1), a.openStream(peerId, protocol, options)) });
+    const pushOne = async (uid: string, how: 'end' | 'abort'): Promise<PushOutcome> => {
+      const bytes = randomBytes(50_000);
+      const push = new ReplicaPush(counting, b.peerId, uid, defaultPushLimits);
+      await push.write(bytes);
+      if (how === 'abort') push.abort();
+      else push.end(buildEntry(uid)({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
+      return push.result;
+    };
+    assert.equal((await pushOne('1.2.3.2.10', 'end')).outcome, 'stored');
+    await assert.rejects(pushOne('1.2.3.2.11', 'abort'), { code: 'ERR_PUSH_ABORTED' });
+    assert.equal((await pushOne('1.2.3.2.12', 'end')).outcome, 'stored');
+    assert.equal(opened, 1, 'three pushes, one stream');
+    assert.equal(await storeB.getEntry('1.2.3.2.11'), undefined);
+    counting.stop();
+
+    // A stream that was closed while idle (by the sender's pool here) is replaced, not reused.
+    const shortLived = new PushStreams(a, { idleStreamsPerPeerMax: 1, idleStreamMs: 50 });
+    const first = await shortLived.take(b.peerId, AbortSignal.timeout(5_000));
+    shortLived.give(b.peerId, first);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(first.reusable, false, 'closed after idleStreamMs');
+    const second = await shortLived.take(b.peerId, AbortSignal.timeout(5_000));
+    assert.notEqual(second, first);
+    shortLived.give(b.peerId, second);
+    shortLived.stop();
+  });
+
   it('a push whose bytes do not match its entry, or that is aborted, stores nothing at the receiver', async () => {
     const bytes = randomBytes(100_000);
-    const lying = new ReplicaPush(a, b.peerId, '1.2.3.2.2', defaultPushLimits);
+    const lying = new ReplicaPush(pushStreams, b.peerId, '1.2.3.2.2', defaultPushLimits);
     await lying.write(bytes);
     lying.end(buildEntry('1.2.3.2.2')({ byteLength: bytes.length, sha256: 'ab'.repeat(32), blobId: '' }));
     await assert.rejects(lying.result);
-    const aborted = new ReplicaPush(a, b.peerId, '1.2.3.2.3', defaultPushLimits);
+    const aborted = new ReplicaPush(pushStreams, b.peerId, '1.2.3.2.3', defaultPushLimits);
     await aborted.write(bytes);
     aborted.abort();
     await assert.rejects(aborted.result, { name: 'PushError', code: 'ERR_PUSH_ABORTED' });
-    const wrongUid = new ReplicaPush(a, b.peerId, '1.2.3.2.4', defaultPushLimits);
+    const wrongUid = new ReplicaPush(pushStreams, b.peerId, '1.2.3.2.4', defaultPushLimits);
     await wrongUid.write(bytes);
     wrongUid.end(buildEntry('1.2.3.2.5')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
     await assert.rejects(wrongUid.result);
@@ -253,7 +286,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     }
     assert.equal(await storeB.getEntry('1.2.3.2.6'), undefined);
     const bytes = randomBytes(10_000);
-    const good = new ReplicaPush(a, b.peerId, '1.2.3.2.7', defaultPushLimits);
+    const good = new ReplicaPush(pushStreams, b.peerId, '1.2.3.2.7', defaultPushLimits);
     await good.write(bytes);
     good.end(buildEntry('1.2.3.2.7')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
     assert.equal((await good.result).outcome, 'stored');

@@ -36,7 +36,7 @@ import type { Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
-import { PUSH_PROTOCOL, defaultPushLimits, receivePush } from './push.ts';
+import { PUSH_PROTOCOL, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import { replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
 
@@ -75,7 +75,8 @@ export interface ReplicationLimits {
   batchEntriesMax: number;
   /** Commits of one received batch running at once (their fsyncs are merged by LevelDB). */
   batchCommitsInFlightMax: number;
-  /** Concurrent cut-through pushes received (one per association storing at another site, per site). */
+  /** Concurrent push streams received: one per association storing at another site, plus the idle ones
+   *  senders keep (idleStreamsPerPeerMax per site). A stream over the limit is reset and custody falls back. */
   inboundPushesMax: number;
   inboundFetchesMax: number;
   inboundCustodyMessagesMax: number;
@@ -348,12 +349,13 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const querySlots = new Slots(limits.inboundQueriesMax);
 
   /**
-   * Runs a handler within its slot and deadline; any failure is answered (if possible) and logged. With
-   * `resetOnRefusal` (a sender that is still writing and not yet reading: push/1) the stream is reset instead.
+   * Runs a handler within its slot and deadline (null: the handler keeps its own deadlines); any failure is
+   * answered (if possible) and logged. With `resetOnRefusal` (a sender that is still writing and not yet
+   * reading: push/1) the stream is reset instead.
    */
-  const guarded = (protocol: string, slots: Slots, timeoutMs: number, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
+  const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
-      const signal = AbortSignal.timeout(timeoutMs);
+      const signal = timeoutMs === null ? new AbortController().signal : AbortSignal.timeout(timeoutMs);
       if (!slots.tryTake()) {
         if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
         else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
@@ -427,9 +429,10 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     guarded(
       PUSH_PROTOCOL,
       pushSlots,
-      limits.transferTimeoutMs,
+      // A push stream carries one push after another: each has its own deadline, and idle streams end.
+      null,
       (stream, signal) =>
-        receivePush(stream, signal, { store, siteName: init.siteName, limits: pushLimits, validateEntry: validateCatalogEntry, onReplicaStored: init.onReplicaStored }),
+        receivePushes(stream, signal, { store, siteName: init.siteName, limits: pushLimits, validateEntry: validateCatalogEntry, onReplicaStored: init.onReplicaStored }),
       true,
     ),
     { maxInboundStreams: limits.inboundPushesMax },

@@ -32,7 +32,7 @@ import { iterateCatalog } from '../catalog.ts';
 import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
-import { ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
+import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
 import {
   defaultReplicationLimits,
   fetchBatchFrom,
@@ -299,13 +299,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   /** Push results by `${sopInstanceUid} ${peerId}`, taken by the replicate effect of that copy. */
   const pushResults = new Map<string, Promise<PushOutcome>>();
+  const pushStreams = new PushStreams(node);
   const pushKey = (sopInstanceUid: string, peerId: string): string => `${sopInstanceUid} ${peerId}`;
 
   function startPushes(sopInstanceUid: string): ReplicaPush[] {
     if (stopped) return [];
     const limits = { ...defaultPushLimits, frameBytesMax: init.limits?.frameBytesMax ?? defaultPushLimits.frameBytesMax };
     return aliveReplicaTargets(members, init.siteName).map(({ peerId }) => {
-      const push = new ReplicaPush(node, peerId, sopInstanceUid, limits, shutdown.signal);
+      const push = new ReplicaPush(pushStreams, peerId, sopInstanceUid, limits, shutdown.signal);
       while (pushResults.size >= tuning.pushesRememberedMax) pushResults.delete(pushResults.keys().next().value!);
       pushResults.set(pushKey(sopInstanceUid, peerId), push.result);
       return push;
@@ -566,6 +567,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         clock.clearTimeout(timer);
         await server?.stop();
         shutdown.abort(new CustodyError('ERR_CUSTODY_STOPPED', 'custody stopped'));
+        pushStreams.stop();
         stopActor(ref);
         failWaiters('custody stopped');
         sendQueue.length = 0;
