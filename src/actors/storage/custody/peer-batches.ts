@@ -1,16 +1,18 @@
 /**
- * Work for other peers, run in batches (one stream carries many instances): one batch per peer at a
- * time, and whatever is queued meanwhile forms the next. No bound of its own: every item is one of the
- * custody reducer's replications or fetches in flight, which the reducer bounds.
+ * Work for other peers, run in batches (one stream carries many instances): up to `batchesPerPeerMax`
+ * batches per peer at a time, and whatever is queued meanwhile forms the next. Two at a time keep the
+ * pipe full while the other side commits the previous batch. No bound of its own: every item is one of
+ * the custody reducer's replications or fetches in flight, which the reducer bounds.
  */
 export class PeerBatches<T> {
   private readonly queues = new Map<string, Array<{ item: T; done: () => void }>>();
-  private readonly running = new Set<string>();
+  private readonly running = new Map<string, number>();
 
   constructor(
     private readonly batchMax: number,
     /** Runs one batch; must report each item's outcome itself and never throw. */
     private readonly run: (peerId: string, items: T[]) => Promise<void>,
+    private readonly batchesPerPeerMax = 1,
   ) {}
 
   /** Resolves once the batch holding `item` has run. */
@@ -24,8 +26,9 @@ export class PeerBatches<T> {
   }
 
   private async drain(peerId: string): Promise<void> {
-    if (this.running.has(peerId)) return;
-    this.running.add(peerId);
+    const running = this.running.get(peerId) ?? 0;
+    if (running >= this.batchesPerPeerMax) return;
+    this.running.set(peerId, running + 1);
     try {
       for (let queue = this.queues.get(peerId); queue !== undefined && queue.length > 0; queue = this.queues.get(peerId)) {
         const batch = queue.splice(0, this.batchMax);
@@ -40,7 +43,9 @@ export class PeerBatches<T> {
       }
       this.queues.delete(peerId);
     } finally {
-      this.running.delete(peerId);
+      const left = (this.running.get(peerId) ?? 1) - 1;
+      if (left === 0) this.running.delete(peerId);
+      else this.running.set(peerId, left);
     }
   }
 }
