@@ -302,15 +302,19 @@ export interface PushReceiverInit {
 export async function receivePushes(stream: MeshStream, signal: AbortSignal, init: PushReceiverInit): Promise<void> {
   const { limits } = init;
   for (;;) {
-    const idle = AbortSignal.any([signal, AbortSignal.timeout(limits.receiverIdleMs)]);
+    // A timer cleared as soon as the next push starts (AbortSignal.timeout would keep one per push alive).
+    const idle = new AbortController();
+    const idleTimer = setTimeout(() => idle.abort(new PushError('ERR_PUSH_ABORTED', `push stream idle for ${limits.receiverIdleMs} ms`)), limits.receiverIdleMs);
     let header: Uint8Array | null;
     try {
-      header = await stream.reader.readFrameOrEnd(limits.frameBytesMax, { signal: idle });
+      header = await stream.reader.readFrameOrEnd(limits.frameBytesMax, { signal: AbortSignal.any([signal, idle.signal]) });
     } catch (error) {
-      if (signal.aborted || !idle.aborted) throw error;
+      if (signal.aborted || !idle.signal.aborted) throw error;
       // Left idle: a sender that still meant to use the stream sees the reset and falls back.
-      stream.abort(new PushError('ERR_PUSH_ABORTED', `push stream idle for ${limits.receiverIdleMs} ms`));
+      stream.abort(idle.signal.reason as Error);
       return;
+    } finally {
+      clearTimeout(idleTimer);
     }
     if (header === null) {
       await stream.closeWrite({ signal: AbortSignal.any([signal, AbortSignal.timeout(5_000)]) });
