@@ -18,7 +18,7 @@ import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import type { CustodyMessage } from './custody/messages.ts';
-import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from './push.ts';
+import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, receivePushes, type PushOutcome } from './push.ts';
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
@@ -30,6 +30,7 @@ import {
   sendCustodyMessage,
   sendCustodyMessages,
   serveReplication,
+  validateCatalogEntry,
   type ReplicationServer,
 } from './replication.ts';
 
@@ -244,6 +245,30 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.notEqual(second, first);
     shortLived.give(b.peerId, second);
     shortLived.stop();
+  });
+
+  it('the receiver resets a push stream left idle for receiverIdleMs, and answers the pushes before it', async () => {
+    const protocol = '/pacs-mesh/test/push-idle/1';
+    const ended: string[] = [];
+    await b.handle(protocol, async (stream) => {
+      const init = { store: storeB, siteName: 'site-b', limits: { ...defaultPushLimits, receiverIdleMs: 150 }, validateEntry: validateCatalogEntry, onReplicaStored: () => undefined };
+      await receivePushes(stream, new AbortController().signal, init).then(() => ended.push('returned'), (error: Error) => ended.push(`threw ${error.message}`));
+    });
+    try {
+      const streams = new PushStreams({ ...a, openStream: (peerId, _protocol, options) => a.openStream(peerId, protocol, options) });
+      const bytes = randomBytes(20_000);
+      const push = new ReplicaPush(streams, b.peerId, '1.2.3.2.20', defaultPushLimits);
+      await push.write(bytes);
+      push.end(buildEntry('1.2.3.2.20')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
+      assert.equal((await push.result).outcome, 'stored');
+      const idleStream = await streams.take(b.peerId, AbortSignal.timeout(5_000));
+      for (const deadline = Date.now() + 5_000; idleStream.reusable && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 25));
+      assert.equal(idleStream.reusable, false, 'reset after 150 ms idle');
+      assert.deepEqual(ended, ['returned'], 'an idle stream ends the receiver quietly');
+      streams.stop();
+    } finally {
+      await b.unhandle(protocol);
+    }
   });
 
   it('a push whose bytes do not match its entry, or that is aborted, stores nothing at the receiver', async () => {
