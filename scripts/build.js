@@ -16,16 +16,16 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
-const buildInfo = join(dist, 'build-info.json');
 const ifPossible = process.argv.includes('--if-possible');
 
 // Taken before tsc reads anything: a source saved during the build counts as newer than it.
 const startedAtMs = Date.now();
-rmSync(buildInfo, { force: true });
+// From scratch, so a source that was deleted or renamed leaves no compiled file behind.
+rmSync(dist, { recursive: true, force: true });
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 const result = spawnSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { cwd: root, stdio: 'inherit' });
 if (result.status === 0 && existsSync(join(dist, 'cli.js'))) {
-  writeFileSync(buildInfo, `${JSON.stringify({ startedAtMs })}\n`);
+  writeFileSync(join(dist, 'build-info.json'), `${JSON.stringify({ startedAtMs })}\n`);
   process.exit(0);
 }
 process.stderr.write('pacs-mesh: the build failed; pacs-mesh runs src/ through tsx instead (slower start-up)\n');
