@@ -1,5 +1,5 @@
 #!/usr/bin/env -S node --initial-old-space-size=128
-// Runs the compiled dist/ when it is newer than every source file (`npm install` builds it), otherwise the
+// Runs the bundle in dist/ when it is newer than every source file (`npm install` builds it), otherwise the
 // TypeScript sources through tsx: the command always runs the current code, and needs no build step.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +27,7 @@ function buildIsCurrent() {
 }
 
 if (buildIsCurrent()) {
-  await import('../dist/cli.js');
+  await import('../dist/pacs-mesh.js');
 } else {
   const { register } = await import('tsx/esm/api');
   register();

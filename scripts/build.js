@@ -1,16 +1,16 @@
 #!/usr/bin/env node
 /**
- * Compiles src/ to dist/ with tsc (tsconfig.build.json). A peer started from dist/ is ready about a second
- * sooner than one run through tsx's loader, which matters when a killed site restarts and catches up.
- * bin/pacs-mesh.js uses dist/ only while no source file is newer than this build, and runs src/ through
- * tsx otherwise, so a stale or missing build never runs old code.
+ * Bundles src/ with its pure-JS dependencies into dist/pacs-mesh.js (esbuild). A peer started from the
+ * bundle is ready in ~0.7 s instead of ~1.9 s through tsx's loader (or ~1.1 s from per-file tsc output:
+ * most of the rest was resolving and loading ~600 modules), which matters when a killed site restarts
+ * and catches up. bin/pacs-mesh.js uses the bundle only while no source file is newer than this build,
+ * and runs src/ through tsx otherwise, so a stale or missing build never runs old code. Type checking
+ * stays with tsc (`npm run typecheck`, part of `npm test`).
  *
- *   node scripts/build.js               exit code of tsc
+ *   node scripts/build.js               exit 1 when the build fails
  *   node scripts/build.js --if-possible always 0 (npm's `prepare`): a failed build only means tsx start-up
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,15 +18,31 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
 const ifPossible = process.argv.includes('--if-possible');
 
-// Taken before tsc reads anything: a source saved during the build counts as newer than it.
+// Taken before esbuild reads anything: a source saved during the build counts as newer than it.
 const startedAtMs = Date.now();
-// From scratch, so a source that was deleted or renamed leaves no compiled file behind.
 rmSync(dist, { recursive: true, force: true });
-const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-const result = spawnSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { cwd: root, stdio: 'inherit' });
-if (result.status === 0 && existsSync(join(dist, 'cli.js'))) {
+try {
+  const { build } = await import('esbuild');
+  await build({
+    entryPoints: [join(root, 'src', 'cli.ts')],
+    outfile: join(dist, 'pacs-mesh.js'),
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    // Error classes and libp2p components are told apart by name in places: keep every name.
+    keepNames: true,
+    // Loaded from node_modules as usual: a native addon (classic-level), an optional native accelerator
+    // (msgpackr), and the DICOM codecs, whose wasm files and internals are found relative to the package.
+    external: ['classic-level', 'msgpackr', 'dcmjs-dimse', 'dcmjs-codecs'],
+    // Bundled CommonJS code calls require(); ESM output has none unless we provide it.
+    banner: { js: "import { createRequire as pacsMeshCreateRequire } from 'node:module'; const require = pacsMeshCreateRequire(import.meta.url);" },
+    logLevel: 'warning',
+  });
+  mkdirSync(dist, { recursive: true });
   writeFileSync(join(dist, 'build-info.json'), `${JSON.stringify({ startedAtMs })}\n`);
-  process.exit(0);
+} catch (error) {
+  rmSync(dist, { recursive: true, force: true });
+  process.stderr.write(`pacs-mesh: the build failed (${String(error?.message ?? error).split('\n')[0]}); pacs-mesh runs src/ through tsx instead (slower start-up)\n`);
+  process.exit(ifPossible ? 0 : 1);
 }
-process.stderr.write('pacs-mesh: the build failed; pacs-mesh runs src/ through tsx instead (slower start-up)\n');
-process.exit(ifPossible ? 0 : (result.status ?? 1));

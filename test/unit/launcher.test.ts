@@ -21,7 +21,7 @@ function scratchInstall(): { root: string; run: (env?: Record<string, string>) =
   symlinkSync(join(repoRoot, 'node_modules'), join(root, 'node_modules'));
   writeFileSync(join(root, 'src/cli.ts'), "const from: string = 'src';\nconsole.log(from);\n");
   writeFileSync(join(root, 'src/actors/x.ts'), 'export {};\n');
-  writeFileSync(join(root, 'dist/cli.js'), "console.log('dist');\n");
+  writeFileSync(join(root, 'dist/pacs-mesh.js'), "console.log('dist');\n");
   const run = (env: Record<string, string> = {}) => {
     const r = spawnSync(process.execPath, [join(root, 'bin/pacs-mesh.js')], { encoding: 'utf8', env: { ...process.env, PACS_MESH_FROM_SOURCE: '', ...env }, timeout: 30_000 });
     assert.equal(r.status, 0, r.stderr);
