@@ -222,7 +222,7 @@ async function main(): Promise<number> {
       ['measure', 'seconds', 'MB/s', 'note'],
       [
         ['C restart -> C holds all (catch-up)', fmt(medRestart && medRestart / 1000, 2), fmt(mbps(medRestart), 1), good.length > 0 ? 'spawn of C to its /api/mesh showing every instance (poll 100 ms)' : `FAILED: ${(meshMessage ?? '').split('\n')[0]!.slice(0, 100)}`],
-        ['  of which C start-up (-> /healthz 200)', fmt(medStartup && medStartup / 1000, 2), '', 'node + store open + mesh join (dist/ build, see README)'],
+        ['  of which C start-up (-> /healthz 200)', fmt(medStartup && medStartup / 1000, 2), '', 'node + store open + mesh join (from the dist/ bundle)'],
         ['C ready -> C holds all', fmt(medReady && medReady / 1000, 2), fmt(mbps(medReady), 1), 'catch-up without the process start-up'],
         ['one libp2p stream, same bytes', fmt(medStreamMs && medStreamMs / 1000, 3), fmt(mbps(medStreamMs), 1), okStreams.length > 0 ? 'test/net/transfer-harness.ts, stream open -> ack, pnet+noise+yamux' : `FAILED: ${streamError ?? ''}`],
         ['Orthanc', '-', '', 'no equivalent: a single node has no peer to catch up from'],
