@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually, repoRoot } from './support.ts';
-import { getFreePort, runTool, spawnManaged } from '../support/dicom-tools.ts';
+import { getFreePortBlock, runTool, spawnManaged } from '../support/dicom-tools.ts';
 import { writeFileSync } from 'node:fs';
 import { makeInstance } from '../support/synthetic-dicom.ts';
 
@@ -20,8 +20,8 @@ interface Status {
 
 test('npm start: a local mesh of three sites that find each other and replicate', { timeout: 120_000 }, async (t) => {
   const dataRoot = mkdtempSync(join(tmpdir(), 'pacs-local-mesh-'));
-  // A free base port, with the launcher's offsets (DICOM +0.., HTTP +100.., libp2p +200..) assumed free too.
-  const basePort = Math.min(await getFreePort(), 60_000);
+  // The launcher's layout: DICOM base+0..2, HTTP base+100..102, libp2p base+200..202, all free.
+  const basePort = await getFreePortBlock([0, 1, 2, 100, 101, 102, 200, 201, 202]);
   const launcher = spawnManaged(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts/local-mesh.ts'), '--data', dataRoot, '--base-port', String(basePort)], { cwd: repoRoot });
   let output = '';
   launcher.child.stdout?.on('data', (b: Buffer) => (output += b.toString()));

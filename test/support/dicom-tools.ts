@@ -213,6 +213,28 @@ export function getFreePort(): Promise<number> {
   });
 }
 
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A base port whose `base + offset` ports are all free right now, for launchers that lay ports out from a
+ * base (scripts/local-mesh.ts). Drawn below Linux's ephemeral range (32768+), where outgoing connections
+ * of other tests never land.
+ */
+export async function getFreePortBlock(offsets: readonly number[], tries = 50): Promise<number> {
+  for (let i = 0; i < tries; i++) {
+    const base = 20_000 + Math.floor(Math.random() * 12_000);
+    if ((await Promise.all(offsets.map((o) => canListen(base + o)))).every(Boolean)) return base;
+  }
+  throw new Error(`no base port with ${offsets.length} free ports at its offsets after ${tries} tries`);
+}
+
 /** Resolves true once a TCP connection to 127.0.0.1:port succeeds, false after `timeoutMs`. */
 export async function waitForPort(port: number, timeoutMs = 10_000, isAlive: () => boolean = () => true): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
