@@ -156,6 +156,17 @@ export async function getCatalogEntry(db: CatalogDb, sopInstanceUid: string): Pr
   return bytes === undefined ? undefined : decodeCatalogEntry(bytes);
 }
 
+/** The entries of several instances in one read (getMany), in order: undefined where none is stored. */
+export async function getCatalogEntries(db: CatalogDb, sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
+  const valid = sopInstanceUids.filter(isValidUid);
+  const values = valid.length === 0 ? [] : await db.getMany(valid.map(catalogEntryKey));
+  const byUid = new Map<string, Uint8Array | undefined>(valid.map((uid, i) => [uid, values[i]]));
+  return sopInstanceUids.map((uid) => {
+    const bytes = byUid.get(uid);
+    return bytes === undefined ? undefined : decodeCatalogEntry(bytes);
+  });
+}
+
 export async function hasInstance(db: CatalogDb, sopInstanceUid: string): Promise<boolean> {
   if (!isValidUid(sopInstanceUid)) return false;
   return db.has(catalogEntryKey(sopInstanceUid));

@@ -55,6 +55,10 @@ test('a second copy of a stored UID is not kept: duplicate, original bytes untou
   assert.deepEqual(outcomes.map((o) => o.outcome), ['duplicate', 'duplicate']);
   assert.deepEqual(await readAll(store, '1.2.3.5'), Buffer.alloc(500, 1));
   assert.equal(await countKeys(store, 'b!'), 1, 'only the first copy\'s chunk remains');
+  // Several entries in one read, in the order asked, undefined where none is stored or the UID is invalid.
+  const many = await store.getEntries(['9.9', '1.2.3.5', 'not a uid', '1.2.3.5']);
+  assert.deepEqual(many.map((e) => e?.sopInstanceUid), [undefined, '1.2.3.5', undefined, '1.2.3.5']);
+  assert.deepEqual(many[1], await store.getEntry('1.2.3.5'));
   await store.close();
 });
 

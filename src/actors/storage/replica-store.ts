@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
 import type { CatalogEntry } from './catalog-types.ts';
-import { catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntry, prefixRange } from './catalog.ts';
+import { catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, prefixRange } from './catalog.ts';
 import type { DebtEntry } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -101,6 +101,8 @@ export interface ReplicaStore {
   close(): Promise<void>;
   beginWrite(): InstanceWriter;
   getEntry(sopInstanceUid: string): Promise<CatalogEntry | undefined>;
+  /** Several entries in one read, in order (undefined where not stored). */
+  getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>>;
   /** The stored bytes of an instance, chunk by chunk, in order. */
   readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array>;
   countInstances(): Promise<number>;
@@ -326,6 +328,10 @@ class LevelReplicaStore implements ReplicaStore {
     return getCatalogEntry(this.db, sopInstanceUid);
   }
 
+  getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
+    return getCatalogEntries(this.db, sopInstanceUids);
+  }
+
   async *readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
     let expectedSequence = 0;
     let total = 0;
@@ -445,14 +451,14 @@ class LevelInstanceWriter implements InstanceWriter {
     const key = chunkKey(this.blobId, this.sequence++);
     const value = this.takePending();
     const write: Promise<void> = this.store.blobDb.put(key, value).then(
-        () => {
-          this.inFlight.delete(write);
-        },
-        (error: unknown) => {
-          this.inFlight.delete(write);
-          this.failure ??= error;
-        },
-      );
+      () => {
+        this.inFlight.delete(write);
+      },
+      (error: unknown) => {
+        this.inFlight.delete(write);
+        this.failure ??= error;
+      },
+    );
     this.inFlight.add(write);
   }
 

@@ -392,9 +392,13 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       for (const entry of entries) {
         if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
       }
+      const held = await store.getEntries(entries.map((e) => e.sopInstanceUid));
+      const offered = new Set<string>();
       const wanted: number[] = [];
       for (const [index, entry] of entries.entries()) {
-        if ((await store.getEntry(entry.sopInstanceUid)) === undefined && !entries.slice(0, index).some((e) => e.sopInstanceUid === entry.sopInstanceUid)) wanted.push(index);
+        // A UID offered twice is wanted once.
+        if (held[index] === undefined && !offered.has(entry.sopInstanceUid)) wanted.push(index);
+        offered.add(entry.sopInstanceUid);
       }
       await writeFrameEnvelope(stream, { type: 'want', indices: wanted }, limits.frameBytesMax, signal);
       const stored: number[] = [];
@@ -661,8 +665,9 @@ export async function fetchBatchFrom(
   const signal = deadline(options, limits.transferTimeoutMs);
   const outcomes = new Map<string, FetchBatchOutcome>();
   const wanted: string[] = [];
-  for (const uid of new Set(uids)) {
-    const held = await store.getEntry(uid);
+  const distinct = [...new Set(uids)];
+  for (const [index, held] of (await store.getEntries(distinct)).entries()) {
+    const uid = distinct[index]!;
     if (held === undefined) wanted.push(uid);
     else outcomes.set(uid, { sopInstanceUid: uid, entry: held, outcome: 'duplicate' });
   }

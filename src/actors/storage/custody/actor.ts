@@ -344,8 +344,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const items: typeof batch = [];
     const entries: CatalogEntry[] = [];
     try {
-      for (const item of batch) {
-        const entry = await store.getEntry(item.sopInstanceUid);
+      const held = await store.getEntries(batch.map((item) => item.sopInstanceUid));
+      for (const [index, item] of batch.entries()) {
+        const entry = held[index];
         if (entry === undefined) failed(item, new Error(`${item.sopInstanceUid} is not stored here`));
         else {
           items.push(item);

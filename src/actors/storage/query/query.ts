@@ -36,9 +36,8 @@ import {
   SERIES_INDEX_PREFIX,
   STUDY_INDEX_PREFIX,
   accessionIndexPrefix,
-  catalogEntryKey,
-  decodeCatalogEntry,
   encodeKeyText,
+  getCatalogEntries,
   isValidUid,
   keyBatches,
   patientIndexPrefix,
@@ -256,13 +255,11 @@ async function* scanIndex(db: CatalogDb, prefix: string, stats: QueryStats): Asy
 }
 
 async function readEntries(db: CatalogDb, sopInstanceUids: string[], stats: QueryStats): Promise<CatalogEntry[]> {
-  if (sopInstanceUids.length === 0) return [];
-  const values = await db.getMany(sopInstanceUids.map(catalogEntryKey));
   const entries: CatalogEntry[] = [];
-  for (const bytes of values) {
-    if (bytes === undefined) continue; // index key without entry (being deleted): skip
+  for (const entry of await getCatalogEntries(db, sopInstanceUids)) {
+    if (entry === undefined) continue; // index key without entry (being deleted): skip
     stats.entriesRead++;
-    entries.push(decodeCatalogEntry(bytes));
+    entries.push(entry);
   }
   return entries;
 }
