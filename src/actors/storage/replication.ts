@@ -140,6 +140,27 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
   return outcome;
 }
 
+/** An instance's body on the wire: its u64 length, then its stored bytes chunk by chunk. */
+async function writeBody(stream: MeshStream, store: ReplicaStore, entry: CatalogEntry, signal: AbortSignal): Promise<void> {
+  await stream.writer.writeUint64(entry.byteLength, { signal });
+  for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+}
+
+/** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
+async function readBodyLength(stream: MeshStream, entry: CatalogEntry, signal: AbortSignal): Promise<number> {
+  const length = await stream.reader.readUint64({ signal });
+  if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength}`);
+  return length;
+}
+
+/** The entry of an 'instance' answer to a fetch of `sopInstanceUid`, checked before its bytes are read. */
+function fetchedEntry(raw: unknown, sopInstanceUid: string, limits: ReplicationLimits): CatalogEntry {
+  const entry = validateCatalogEntry(raw);
+  if (entry.sopInstanceUid !== sopInstanceUid) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `asked for ${sopInstanceUid}, got ${entry.sopInstanceUid}`);
+  if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+  return entry;
+}
+
 /**
  * Commits of received instances that run while the next instance arrives: their synced batches reach
  * LevelDB together and share fsyncs. `receive` waits only when `max` commits are already running.
@@ -407,8 +428,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       try {
         for (const index of wanted) {
           const entry = entries[index]!;
-          const length = await stream.reader.readUint64({ signal });
-          if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength}`);
+          await readBodyLength(stream, entry, signal);
           await commits.receive(store, stream, entry, signal, (outcome) => {
             if ('error' in outcome) {
               const { code, message } = refusalOf(outcome.error);
@@ -455,8 +475,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         return;
       }
       await writeFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
-      await stream.writer.writeUint64(entry.byteLength, { signal });
-      for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+      await writeBody(stream, store, entry, signal);
       await stream.closeWrite({ signal });
     }),
     { maxInboundStreams: limits.inboundFetchesMax },
@@ -477,8 +496,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           continue;
         }
         await writeFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
-        await stream.writer.writeUint64(entry.byteLength, { signal });
-        for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+        await writeBody(stream, store, entry, signal);
       }
       await answerAndClose(stream, { type: 'end' }, signal);
     }),
@@ -592,9 +610,7 @@ export async function replicateBatchTo(
       wanted.add(index);
     }
     for (const index of [...wanted].sort((x, y) => x - y)) {
-      const entry = entries[index]!;
-      await stream.writer.writeUint64(entry.byteLength, { signal });
-      for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+      await writeBody(stream, store, entries[index]!, signal);
     }
     await stream.closeWrite({ signal });
     const answer = await readRequestFrame<BatchAnswer>(stream, limits.frameBytesMax, signal);
@@ -634,11 +650,8 @@ export async function fetchFrom(
     if (answer.type === 'missing') return undefined;
     if (answer.type === 'refused') throw refusedError(answer);
     if (answer.type !== 'instance') throw unexpected('fetch', answer);
-    const entry = validateCatalogEntry(answer.entry);
-    if (entry.sopInstanceUid !== sopInstanceUid) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `asked for ${sopInstanceUid}, got ${entry.sopInstanceUid}`);
-    if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
-    const length = await stream.reader.readUint64({ signal });
-    if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes for an entry of ${entry.byteLength}`);
+    const entry = fetchedEntry(answer.entry, sopInstanceUid, limits);
+    const length = await readBodyLength(stream, entry, signal);
     const outcome = await putAndDrain(store, entry, stream.reader.body(length, { signal }));
     const local = await store.getEntry(sopInstanceUid);
     return { entry: local ?? entry, outcome };
@@ -685,11 +698,8 @@ export async function fetchBatchFrom(
             continue;
           }
           if (answer.type !== 'instance') throw unexpected('fetchBatch', answer);
-          const entry = validateCatalogEntry(answer.entry);
-          if (entry.sopInstanceUid !== uid) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `asked for ${uid}, got ${entry.sopInstanceUid}`);
-          if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
-          const length = await stream.reader.readUint64({ signal });
-          if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes for an entry of ${entry.byteLength}`);
+          const entry = fetchedEntry(answer.entry, uid, limits);
+          await readBodyLength(stream, entry, signal);
           await commits.receive(store, stream, entry, signal, (outcome) => {
             outcomes.set(uid, 'error' in outcome ? { sopInstanceUid: uid, error: outcome.error } : { sopInstanceUid: uid, entry: outcome.result.entry, outcome: outcome.result.outcome });
           });
