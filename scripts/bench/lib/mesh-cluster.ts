@@ -17,7 +17,8 @@
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { getFreePort, runTool, sleep } from '../../../test/support/dicom-tools.ts';
-import { PACS_MESH_CLI, REPO_ROOT, startPacsMesh, type PacsMeshServer } from './pacs-mesh.ts';
+import { REPO_ROOT, startPacsMesh, type PacsMeshServer } from './pacs-mesh.ts';
+import { peerProcessArgs } from '../../../src/peer-process.ts';
 
 export interface MeshMemberStatus {
   peerId: string;
@@ -166,7 +167,7 @@ export class MeshCluster {
         pastOutput: '',
       });
     }
-    const r = await runTool(process.execPath, [PACS_MESH_CLI, 'keygen', '--out', c.swarmKeyFile], { cwd: REPO_ROOT, timeoutMs: 30_000 });
+    const r = await runTool(process.execPath, peerProcessArgs(['keygen', '--out', c.swarmKeyFile]), { cwd: REPO_ROOT, timeoutMs: 30_000 });
     if (r.code !== 0) throw new Error(`pacs-mesh keygen failed (${r.code}): ${r.stderr.slice(-2000)}`);
     return c;
   }

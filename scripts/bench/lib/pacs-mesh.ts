@@ -14,7 +14,6 @@ import { captureOutput, httpGetJson, waitForHttpOk, type BenchServer, type Bench
 import { pacsMeshBin, peerProcessArgs } from '../../../src/peer-process.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-export const PACS_MESH_CLI = pacsMeshBin;
 
 export interface StartPacsMeshOptions extends BenchServerStartOptions {
   site?: string;
@@ -29,7 +28,7 @@ export interface PacsMeshServer extends BenchServer {
 }
 
 export async function pacsMeshVersion(): Promise<string | undefined> {
-  if (!existsSync(PACS_MESH_CLI)) return undefined;
+  if (!existsSync(pacsMeshBin)) return undefined;
   try {
     const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version?: string };
     return `pacs-mesh ${pkg.version ?? '?'}`;
@@ -39,7 +38,7 @@ export async function pacsMeshVersion(): Promise<string | undefined> {
 }
 
 export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMeshServer> {
-  if (!existsSync(PACS_MESH_CLI)) throw new Error(`${PACS_MESH_CLI} does not exist yet`);
+  if (!existsSync(pacsMeshBin)) throw new Error(`${pacsMeshBin} does not exist yet`);
   const dicomPort = opts.dicomPort ?? (await getFreePort());
   let httpPort = opts.httpPort ?? (await getFreePort());
   while (httpPort === dicomPort) httpPort = await getFreePort();
