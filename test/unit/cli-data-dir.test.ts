@@ -7,16 +7,14 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import { Level } from 'level';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
+import { peerProcessArgs } from '../../src/peer-process.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 
-const cli = fileURLToPath(new URL('../../bin/pacs-mesh.js', import.meta.url));
-
 async function start(dataDir: string): Promise<{ status: number | null; stderr: string }> {
-  const args = [cli, 'start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())];
+  const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000 });
   return { status: r.status, stderr: r.stderr };
 }
