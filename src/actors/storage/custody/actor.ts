@@ -304,13 +304,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   /** Push results by `${sopInstanceUid} ${peerId}`, taken by the replicate effect of that copy. */
   const pushResults = new Map<string, Promise<PushOutcome>>();
   const pushStreams = new PushStreams(node);
+  const pushLimits = { ...defaultPushLimits, frameBytesMax: init.limits?.frameBytesMax ?? defaultPushLimits.frameBytesMax };
   const pushKey = (sopInstanceUid: string, peerId: string): string => `${sopInstanceUid} ${peerId}`;
 
   function startPushes(sopInstanceUid: string): ReplicaPush[] {
     if (stopped) return [];
-    const limits = { ...defaultPushLimits, frameBytesMax: init.limits?.frameBytesMax ?? defaultPushLimits.frameBytesMax };
     return aliveReplicaTargets(members, init.siteName).map(({ peerId }) => {
-      const push = new ReplicaPush(pushStreams, peerId, sopInstanceUid, limits, shutdown.signal);
+      const push = new ReplicaPush(pushStreams, peerId, sopInstanceUid, pushLimits, shutdown.signal);
       while (pushResults.size >= tuning.pushesRememberedMax) pushResults.delete(pushResults.keys().next().value!);
       pushResults.set(pushKey(sopInstanceUid, peerId), push.result);
       return push;
