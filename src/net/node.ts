@@ -26,6 +26,7 @@ import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
 import { MeshNodeError } from './errors.ts';
 import { loadOrCreatePeerKey } from './peer-key.ts';
 import { pskProtector } from './protector.ts';
+import './yamux-window.ts';
 import { MeshStream } from './stream.ts';
 import type { SwarmKey } from './swarm-key.ts';
 import type { MeshStreamInit } from './stream.ts';
