@@ -62,6 +62,25 @@ test('a second copy of a stored UID is not kept: duplicate, original bytes untou
   await store.close();
 });
 
+test('commits running at once share batches: each new UID is stored once, a repeated one is a duplicate', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  // 150 commits (more than one combined batch holds), two of them for the same UID.
+  const uids = Array.from({ length: 149 }, (_, i) => `1.2.8.${i}`).concat('1.2.8.7');
+  const writers = uids.map(() => store.beginWrite());
+  for (const [i, writer] of writers.entries()) await writer.write(Buffer.alloc(250, i & 0xff));
+  const outcomes = await Promise.all(writers.map((writer, i) => writer.commit(uids[i]!, entryFor(uids[i]!))));
+  assert.equal(outcomes.filter((o) => o.outcome === 'stored').length, 149);
+  assert.equal(outcomes[149]!.outcome, 'duplicate');
+  assert.equal(await store.countInstances(), 149);
+  assert.deepEqual(await readAll(store, '1.2.8.7'), Buffer.alloc(250, 7), 'the first copy of the repeated UID is kept');
+  assert.deepEqual(await readAll(store, '1.2.8.148'), Buffer.alloc(250, 148));
+  assert.equal(await uncommittedChunks(store), 0, 'the duplicate left nothing behind');
+  await store.close();
+});
+
 test('abort leaves nothing behind', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -9,7 +9,8 @@
  * instance after 600 instances, growing with the archive; ~2.5 ms with the split).
  *
  * Durability contract: `commit()` resolves only after one `sync: true` batch in the blob database that
- * holds the last chunk and a commit record (`b!<blobId>!~`, the catalog entry). LevelDB writes one log in
+ * holds the last chunk and a commit record (`b!<blobId>!~`, the catalog entry); commits running at once
+ * share that batch (see BatchCombiner). LevelDB writes one log in
  * order, so that sync also makes every earlier chunk durable. The catalog entry is then written to the
  * catalog database without a sync of its own: a process crash keeps it (the OS has the write), and after a
  * power cut `open()` re-applies every commit record newer than the last catalog checkpoint. A checkpoint
@@ -25,6 +26,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
+import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, prefixRange } from './catalog.ts';
 import type { DebtEntry } from './custody/messages.ts';
@@ -130,6 +132,8 @@ const recoveryFromKey = 'm!recovery-from';
 const debtPrefix = 'd!';
 /** Blob ids start with a strictly increasing tick (milliseconds when the clock allows), fixed width. */
 const blobTickDigits = 9;
+/** Commits combined into one LevelDB batch at most (each adds at most one chunk: <= 4 MiB per batch). */
+const commitsPerBatchMax = 64;
 
 type Op = { type: 'put'; key: string; value: Uint8Array } | { type: 'del'; key: string };
 
@@ -197,6 +201,27 @@ class LevelReplicaStore implements ReplicaStore {
   private lastTick = 0;
   private checkpointTimer: NodeJS.Timeout | undefined;
   private checkpointRunning: Promise<void> | undefined;
+  /** Drawn once per process: with the strictly increasing tick it keeps blob ids unique across restarts. */
+  private readonly blobIdSuffix = randomBytes(4).toString('hex');
+  /**
+   * Commits running at once share one synced blob batch and one duplicate read; each gets back the entry
+   * already stored under its UID, if any. A commit's ops are its last chunk and its commit record.
+   */
+  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[] }, CatalogEntry | undefined>(async (commits) => {
+    const [found, synced] = await Promise.allSettled([
+      this.getEntries(commits.map((commit) => commit.sopInstanceUid)),
+      this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true }),
+    ]);
+    // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
+    if (synced.status === 'rejected') throw synced.reason;
+    if (found.status === 'rejected') throw found.reason;
+    return found.value;
+  }, commitsPerBatchMax);
+  /** Catalog writes of commits (not synced, see the header comment), one batch for those running at once. */
+  readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
+    await this.db.batch(writes.flat());
+    return writes.map(() => undefined);
+  }, commitsPerBatchMax);
 
   private readonly path: string;
 
@@ -293,8 +318,7 @@ class LevelReplicaStore implements ReplicaStore {
 
   newUpload(): string {
     this.lastTick = Math.max(this.lastTick + 1, Date.now());
-    // The random part keeps ids unique even if a deleted blob's id were handed out again after a restart.
-    const blobId = `${tickPrefix(this.lastTick)}${randomBytes(4).toString('hex')}`;
+    const blobId = `${tickPrefix(this.lastTick)}${this.blobIdSuffix}`;
     this.openUploads.add(blobId);
     return blobId;
   }
@@ -479,16 +503,20 @@ class LevelInstanceWriter implements InstanceWriter {
       blobOps.push({ type: 'put', key: commitRecordKey(this.blobId), value: encoded });
       // The duplicate check runs beside the synced write, off the critical path: duplicates are rare, and
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
-      const [found, synced] = await Promise.allSettled([this.store.getEntry(sopInstanceUid), this.store.blobDb.batch(blobOps, { sync: true })]);
-      const existing = found.status === 'fulfilled' ? found.value : undefined;
-      if (found.status === 'rejected' || synced.status === 'rejected' || existing !== undefined) {
+      let existing: CatalogEntry | undefined;
+      try {
+        existing = await this.store.blobCommits.submit({ sopInstanceUid, blobOps });
+      } catch (error) {
         await this.abort();
-        if (existing !== undefined) return { outcome: 'duplicate', entry: existing } as const;
-        throw found.status === 'rejected' ? found.reason : (synced as PromiseRejectedResult).reason;
+        throw error;
+      }
+      if (existing !== undefined) {
+        await this.abort();
+        return { outcome: 'duplicate', entry: existing } as const;
       }
       try {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).
-        await this.store.db.batch(catalogWriteOpsEncoded(entry, encoded));
+        await this.store.catalogWrites.submit(catalogWriteOpsEncoded(entry, encoded));
       } catch (error) {
         await this.abort();
         throw error;
