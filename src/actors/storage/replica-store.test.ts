@@ -81,6 +81,41 @@ test('commits running at once share batches: each new UID is stored once, a repe
   await store.close();
 });
 
+test('reads come back whole whatever chunk size wrote them, and a missing or surplus chunk is reported', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const payload = Buffer.alloc(5_000).map((_, i) => (i * 13) & 0xff);
+  const small = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await small.open();
+  for (const uid of ['1.2.9.1', '1.2.9.2', '1.2.9.3']) {
+    const writer = small.beginWrite();
+    for (let offset = 0; offset < payload.length; offset += 70) await writer.write(payload.subarray(offset, offset + 70));
+    await writer.commit(uid, entryFor(uid));
+  }
+  assert.deepEqual(await readAll(small, '1.2.9.1'), payload, 'read with the chunk size that wrote it');
+  await small.close();
+  // Larger chunks now: the first keys are read directly, the rest with an iterator.
+  const large = createReplicaStore({ path: dir, chunkBytes: 1_000 });
+  await large.open();
+  assert.deepEqual(await readAll(large, '1.2.9.1'), payload);
+  const tamper = async (uid: string, op: (keys: string[]) => Promise<void>): Promise<void> => {
+    const entry = (await large.getEntry(uid))!;
+    const keys: string[] = [];
+    for await (const key of large.blobDb.keys({ gte: `b!${entry.blobId}!`, lt: `b!${entry.blobId}!~` })) keys.push(key);
+    await op(keys);
+  };
+  await tamper('1.2.9.2', (keys) => large.blobDb.del(keys[2]!));
+  await assert.rejects(readAll(large, '1.2.9.2'), (error: Error & { code?: string }) => error.code === 'ERR_STORE_CORRUPT' && /misses chunk 2/.test(error.message));
+  await tamper('1.2.9.3', (keys) => large.blobDb.put(keys[0]!, Buffer.alloc(170)));
+  await assert.rejects(readAll(large, '1.2.9.3'), (error: Error & { code?: string }) => error.code === 'ERR_STORE_CORRUPT');
+  await large.close();
+  // Smaller chunks than the blob's: the direct reads find the end before their last key.
+  const tiny = createReplicaStore({ path: dir, chunkBytes: 10 });
+  await tiny.open();
+  assert.deepEqual(await readAll(tiny, '1.2.9.1'), payload);
+  await tiny.close();
+});
+
 test('abort leaves nothing behind', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -132,6 +132,8 @@ const recoveryFromKey = 'm!recovery-from';
 const debtPrefix = 'd!';
 /** Blob ids start with a strictly increasing tick (milliseconds when the clock allows), fixed width. */
 const blobTickDigits = 9;
+/** Chunks read by one call at most (each holds chunkBytes plus at most one received piece). */
+const chunksPerReadMax = 4;
 /** Commits combined into one LevelDB batch at most (each adds at most one chunk: <= 4 MiB per batch). */
 const commitsPerBatchMax = 64;
 
@@ -359,7 +361,26 @@ class LevelReplicaStore implements ReplicaStore {
   async *readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
     let expectedSequence = 0;
     let total = 0;
-    for await (const [key, value] of this.blobDb.iterator(chunkRange(entry.blobId))) {
+    // Chunks are read by key, a few per call: one native call for a small instance where an iterator
+    // costs four (open, two reads, close), each a thread hand-off. Every chunk but the last holds at
+    // least chunkBytes, so this many keys cover the instance unless it was written with smaller chunks;
+    // whatever they leave (or a gap) is read with an iterator, which also names a missing chunk.
+    const chunksAtMost = Math.max(1, Math.ceil(entry.byteLength / this.chunkBytes));
+    direct: while (expectedSequence < chunksAtMost && total < entry.byteLength) {
+      const keys: string[] = [];
+      for (let s = expectedSequence; s < Math.min(chunksAtMost, expectedSequence + chunksPerReadMax); s++) keys.push(chunkKey(entry.blobId, s));
+      for (const value of await this.blobDb.getMany(keys)) {
+        if (value === undefined) break direct;
+        expectedSequence++;
+        total += value.length;
+        yield value;
+      }
+    }
+    if (total >= entry.byteLength) {
+      if (total !== entry.byteLength) throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
+      return;
+    }
+    for await (const [key, value] of this.blobDb.iterator({ gte: chunkKey(entry.blobId, expectedSequence), lt: commitRecordKey(entry.blobId) })) {
       const sequence = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
       if (sequence !== expectedSequence) {
         throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} misses chunk ${expectedSequence}`);
