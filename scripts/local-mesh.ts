@@ -9,7 +9,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
-import { peerProcessArgs } from '../src/peer-process.ts';
+import { peerProcessArgs, peerProcessEnv } from '../src/peer-process.ts';
 
 const repoRoot = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const option = (name: string): string | undefined => {
@@ -54,7 +54,7 @@ function startSite(site: Site, bootstrap: string[]): ChildProcess {
     '--p2p-port', String(site.p2pPort), '--swarm-key', swarmKeyFile,
     ...bootstrap.flatMap((b) => ['--bootstrap', b]),
   ]);
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: peerProcessEnv() });
   child.on('exit', (code, signal) => {
     if (!stopping) process.stderr.write(`local-mesh: ${site.name} exited (${signal ?? code}); the other sites keep running\n`);
   });

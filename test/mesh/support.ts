@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getFreePort, spawnManaged, type ManagedProcess } from '../support/dicom-tools.ts';
 import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
-import { peerProcessArgs } from '../../src/peer-process.ts';
+import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
 
 export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -63,7 +63,7 @@ export class MeshCluster {
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--p2p-port', String(p2pPort),
       ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
     ]);
-    const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot });
+    const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });
     let output = '';
     process.child.stdout?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
     process.child.stderr?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));

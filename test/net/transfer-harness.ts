@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { generateSwarmKey } from '../../src/net/swarm-key.ts';
-import { peerNodeFlags } from '../../src/peer-process.ts';
+import { peerNodeFlags, peerProcessEnv } from '../../src/peer-process.ts';
 import type { ChildProcess } from 'node:child_process';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/transfer-peer.ts', import.meta.url));
@@ -27,7 +27,7 @@ type Line = Record<string, unknown> & { event: string };
 
 function startPeer(env: Record<string, string>): { child: ChildProcess; next: (event: string, timeoutMs: number) => Promise<Line> } {
   // The same V8 flags as a peer process, so the stream copy that catch-up is compared with runs alike.
-  const child = spawn(process.execPath, [...peerNodeFlags, '--import', 'tsx', FIXTURE], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...peerNodeFlags, '--import', 'tsx', FIXTURE], { env: peerProcessEnv({ ...process.env, ...env }), stdio: ['pipe', 'pipe', 'inherit'] });
   const waiting: Array<{ event: string; resolve: (l: Line) => void; reject: (e: Error) => void }> = [];
   const seen: Line[] = [];
   const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });

@@ -10,12 +10,12 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { Level } from 'level';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
-import { peerProcessArgs } from '../../src/peer-process.ts';
+import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 
 async function start(dataDir: string): Promise<{ status: number | null; stderr: string }> {
   const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
-  const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv() });
   return { status: r.status, stderr: r.stderr };
 }
 

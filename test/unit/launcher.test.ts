@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
-import { pacsMeshBin, peerNodeFlags } from '../../src/peer-process.ts';
+import { pacsMeshBin, peerMallocTunables, peerNodeFlags, peerProcessEnv } from '../../src/peer-process.ts';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -53,7 +53,10 @@ test('the launcher runs dist/ while it is current and src/ when it is missing, s
   assert.equal(run(), 'src');
 });
 
-test("the command's #! line runs node with the peer flags that scripts and tests pass", () => {
-  const shebang = readFileSync(pacsMeshBin, 'utf8').split('\n', 1)[0];
-  assert.equal(shebang, `#!/usr/bin/env -S node ${peerNodeFlags.join(' ')}`);
+test("the command's #! line runs node with the peer flags and malloc settings that scripts and tests pass", () => {
+  const shebang = readFileSync(pacsMeshBin, 'utf8').split('\n', 1)[0]!;
+  assert.equal(shebang, `#!/usr/bin/env -S GLIBC_TUNABLES=${peerMallocTunables} node ${peerNodeFlags.join(' ')}`);
+  assert.ok(shebang.length < 256, 'Linux reads at most 256 bytes of a #! line');
+  assert.equal(peerProcessEnv({ A: '1' }).GLIBC_TUNABLES, peerMallocTunables);
+  assert.equal(peerProcessEnv({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }).GLIBC_TUNABLES, `${peerMallocTunables}:glibc.malloc.arena_max=2`, "an operator's own settings are kept, after ours");
 });

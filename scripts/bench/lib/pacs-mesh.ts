@@ -11,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getFreePort, spawnManaged, waitForPort } from '../../../test/support/dicom-tools.ts';
 import { captureOutput, httpGetJson, waitForHttpOk, type BenchServer, type BenchServerFactory, type BenchServerStartOptions } from './server.ts';
-import { pacsMeshBin, peerProcessArgs } from '../../../src/peer-process.ts';
+import { pacsMeshBin, peerProcessArgs, peerProcessEnv } from '../../../src/peer-process.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
@@ -53,7 +53,7 @@ export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMes
     '--http-port', String(httpPort),
     ...(opts.extraArgs ?? []),
   ]);
-  const mp = spawnManaged(process.execPath, args, { cwd: REPO_ROOT, env: { ...process.env, TCP_NODELAY: '1', ...opts.env } });
+  const mp = spawnManaged(process.execPath, args, { cwd: REPO_ROOT, env: peerProcessEnv({ ...process.env, TCP_NODELAY: '1', ...opts.env }) });
   const output = captureOutput(mp);
   const url = `http://127.0.0.1:${httpPort}`;
   const ok = (await waitForHttpOk(`${url}/healthz`, opts.startTimeoutMs ?? 60_000, mp)) && (await waitForPort(dicomPort, 10_000, () => !mp.hasExited));
