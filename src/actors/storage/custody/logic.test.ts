@@ -209,6 +209,32 @@ test('a finished pull starts the next queued one; an ack frees a slot for the ne
   assert.deepEqual(acked.effects.filter((e) => e.type === 'replicate'), [{ type: 'replicate', toPeerId: 'peer-b', toSiteName: 'site-b', sopInstanceUid: 'u2' }]);
 });
 
+test('a repair round asks every differing peer; keys several hold are pulled from all of them in turn', () => {
+  let s = initCustody({ ...config, fetchesInFlightMax: 4 }, { instances: [], debt: [] });
+  const view = [member('peer-a'), { ...member('peer-b'), digestRoot: 'x' }, { ...member('peer-c'), digestRoot: 'y' }];
+  const round = run(s, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 0 });
+  s = round.state;
+  assert.deepEqual(
+    round.effects.filter((e) => e.type === 'send' && e.message.type === 'repairDigest').map((e) => (e.type === 'send' ? e.to : '')),
+    ['peer-b', 'peer-c'],
+  );
+  const keys = Array.from({ length: 6 }, (_, i) => ({ sopInstanceUid: `7.${i}`, sha256: `h${i}` }));
+  const keysOf = (list: typeof keys) => ({ type: 'repairKeys', buckets: list.map((k) => bucketOf(k.sopInstanceUid)), keys: list, replyWanted: false }) as const;
+  const fetches = (effects: CustodyEffect[]) => effects.flatMap((e) => (e.type === 'fetch' ? [`${e.sopInstanceUid}<${e.fromPeerId}`] : []));
+  // C holds 7.0-7.4, B holds all six; C answers first and its keys queue, then B's join them as a second source.
+  const fromC = run(s, { type: 'messageReceived', from: 'peer-c', message: keysOf(keys.slice(0, 5)), nowMs: 1 });
+  assert.deepEqual(fetches(fromC.effects), ['7.0<peer-c', '7.1<peer-c', '7.2<peer-c', '7.3<peer-c']);
+  const fromB = run(fromC.state, { type: 'messageReceived', from: 'peer-b', message: keysOf(keys), nowMs: 2 });
+  assert.deepEqual(fetches(fromB.effects), [], 'no room: four pulls in flight');
+  // Each finished pull starts the next from the holder with the fewest pulls in flight.
+  const next = run(
+    fromB.state,
+    { type: 'replicaStored', sopInstanceUid: '7.0', sha256: 'h0', fromPeerId: 'peer-c', nowMs: 3 },
+    { type: 'replicaStored', sopInstanceUid: '7.1', sha256: 'h1', fromPeerId: 'peer-c', nowMs: 4 },
+  );
+  assert.deepEqual(fetches(next.effects), ['7.4<peer-b', '7.5<peer-b']);
+});
+
 test('replica targets: one peer per other alive site, its lowest alive peerId; never our own site', () => {
   const view = [
     { ...member('p1-a'), siteName: 'site-a' },

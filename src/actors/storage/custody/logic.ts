@@ -51,20 +51,19 @@ export interface CustodyState {
   readonly pending: Map<string, PendingStore>;
   /** debtKey -> time the transfer started. */
   readonly replicationsInFlight: Map<string, number>;
-  /** uid -> time the pull started. */
-  readonly fetchesInFlight: Map<string, number>;
+  /** uid -> when the pull started and from which peer. */
+  readonly fetchesInFlight: Map<string, { sinceMs: number; from: string }>;
   /**
-   * uid -> peer to pull from: keys a repair exchange found missing beyond fetchesInFlightMax (at most
-   * repairKeysMax). Each finished pull starts the next one, so a large difference does not wait one
-   * repair round per fetchesInFlightMax keys (volatile: the next exchange finds whatever is left).
+   * uid -> peers that hold it: keys repair exchanges found missing and not pulled yet (at most
+   * repairKeysMax). Each finished pull starts the next one, from the holder with the fewest pulls in
+   * flight, so a large difference neither waits one repair round per fetchesInFlightMax keys nor loads a
+   * single source while another holds the same keys (volatile: the next exchange finds whatever is left).
    */
-  readonly pullQueue: Map<string, string>;
+  readonly pullQueue: Map<string, string[]>;
   members: readonly MemberRecord[];
   nextRepairAtMs: number;
   /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
   lastPushedCopyAtMs: number;
-  /** Round-robin position over repair partners, so that every differing peer gets its turn. */
-  repairCursor: number;
 }
 
 export interface CustodyStep {
@@ -99,7 +98,6 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     members: [],
     nextRepairAtMs: 0,
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
-    repairCursor: 0,
   };
 }
 
@@ -319,25 +317,36 @@ function copiesArriving(state: CustodyState, nowMs: number): boolean {
   return nowMs - state.lastPushedCopyAtMs < state.config.repairQuietMs;
 }
 
+/** Queues the keys `from` holds and we miss (as another holder where queued already), then starts pulls. */
 function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], nowMs: number, effects: CustodyEffect[]): void {
   for (const k of keys) {
     if (state.fetchesInFlight.has(k.sopInstanceUid)) continue;
-    if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) {
-      if (state.pullQueue.size < state.config.repairKeysMax) state.pullQueue.set(k.sopInstanceUid, from);
-      continue;
+    const holders = state.pullQueue.get(k.sopInstanceUid);
+    if (holders === undefined) {
+      if (state.pullQueue.size < state.config.repairKeysMax) state.pullQueue.set(k.sopInstanceUid, [from]);
+    } else if (!holders.includes(from)) {
+      holders.push(from);
     }
-    state.fetchesInFlight.set(k.sopInstanceUid, nowMs);
-    effects.push({ type: 'fetch', fromPeerId: from, sopInstanceUid: k.sopInstanceUid });
   }
+  pullNext(state, nowMs, effects);
 }
 
-/** Starts queued pulls while there is room, skipping keys that arrived meanwhile. */
+/**
+ * Starts queued pulls while there is room, skipping keys that arrived meanwhile; each from the holder
+ * with the fewest pulls in flight (the first one named on a tie), so the sources share the work.
+ */
 function pullNext(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
-  for (const [uid, from] of state.pullQueue) {
+  if (state.pullQueue.size === 0 || state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
+  const inFlightFrom = new Map<string, number>();
+  for (const { from } of state.fetchesInFlight.values()) inFlightFrom.set(from, (inFlightFrom.get(from) ?? 0) + 1);
+  for (const [uid, holders] of state.pullQueue) {
     if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
     state.pullQueue.delete(uid);
     if (digestHas(state.digest, uid) || state.fetchesInFlight.has(uid)) continue;
-    state.fetchesInFlight.set(uid, nowMs);
+    let from = holders[0]!;
+    for (const holder of holders) if ((inFlightFrom.get(holder) ?? 0) < (inFlightFrom.get(from) ?? 0)) from = holder;
+    inFlightFrom.set(from, (inFlightFrom.get(from) ?? 0) + 1);
+    state.fetchesInFlight.set(uid, { sinceMs: nowMs, from });
     effects.push({ type: 'fetch', fromPeerId: from, sopInstanceUid: uid });
   }
 }
@@ -355,8 +364,8 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   for (const [key, sentAtMs] of [...state.replicationsInFlight]) {
     if (nowMs - sentAtMs >= c.replicationRetryMs) state.replicationsInFlight.delete(key);
   }
-  for (const [uid, sentAtMs] of [...state.fetchesInFlight]) {
-    if (nowMs - sentAtMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
+  for (const [uid, fetch] of [...state.fetchesInFlight]) {
+    if (nowMs - fetch.sinceMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
   }
   drainDebt(state, nowMs, effects);
   if (nowMs >= state.nextRepairAtMs && !copiesArriving(state, nowMs)) {
@@ -384,16 +393,18 @@ function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[])
   }
 }
 
-/** Sends our bucket hashes to the next alive peer of another site whose digest root differs from ours. */
+/**
+ * Sends our bucket hashes to every alive peer whose digest root differs from ours: each answers with its
+ * keys in the differing buckets, so keys that several of them hold can be pulled from all of them.
+ */
 function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
   const root = digestRoot(state.digest);
   const partners = state.members.filter(
     (m) => m.status === 'alive' && m.peerId !== state.config.selfPeerId && m.digestRoot !== root,
   );
   if (partners.length === 0) return;
-  const partner = partners[state.repairCursor % partners.length] as MemberRecord;
-  state.repairCursor += 1;
-  effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets: digestBuckets(state.digest) } });
+  const buckets = digestBuckets(state.digest);
+  for (const partner of partners) effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets } });
 }
 
 /** Figures for the heartbeat: held instances, digest root, and work waiting (debt plus pulls). */
