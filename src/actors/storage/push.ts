@@ -245,7 +245,8 @@ export class ReplicaPush {
     try {
       stream = await this.streams.take(this.peerId, signal);
       const options = { signal };
-      await stream.writer.writeFrame(encodeEnvelope<PushHeader>({ type: 'push', sopInstanceUid: this.sopInstanceUid }, { maxBytes: this.limits.frameBytesMax }), options);
+      // Staged: the header goes out with the first piece (or the tail) in one muxer frame.
+      await stream.writer.stageFrame(encodeEnvelope<PushHeader>({ type: 'push', sopInstanceUid: this.sopInstanceUid }, { maxBytes: this.limits.frameBytesMax }), options);
       for (;;) {
         const item = await this.next();
         if (item.kind === 'data') {
@@ -258,7 +259,7 @@ export class ReplicaPush {
           this.releaseSpace();
           continue;
         }
-        await stream.writer.writeUint64(0, options);
+        await stream.writer.stageUint64(0, options);
         const tail: PushTail = item.kind === 'end' ? { type: 'end', entry: item.entry } : { type: 'abort' };
         await stream.writer.writeFrame(encodeEnvelope(tail, { maxBytes: this.limits.frameBytesMax }), options);
         if (item.kind === 'abort') {

@@ -140,10 +140,14 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
   return outcome;
 }
 
-/** An instance's body on the wire: its u64 length, then its stored bytes chunk by chunk. */
+/**
+ * An instance's body on the wire: its u64 length, then its stored bytes chunk by chunk. Whatever the
+ * caller staged (an answer's frame) and the length go out with the first chunk, in one muxer frame.
+ */
 async function writeBody(stream: MeshStream, store: ReplicaStore, entry: CatalogEntry, signal: AbortSignal): Promise<void> {
-  await stream.writer.writeUint64(entry.byteLength, { signal });
+  await stream.writer.stageUint64(entry.byteLength, { signal });
   for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+  await stream.writer.flush({ signal });
 }
 
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
@@ -474,7 +478,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         await answerAndClose(stream, { type: 'missing' }, signal);
         return;
       }
-      await writeFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
+      await stream.writer.stageFrame(encodeEnvelope({ type: 'instance', entry }, { maxBytes: limits.frameBytesMax }), { signal });
       await writeBody(stream, store, entry, signal);
       await stream.closeWrite({ signal });
     }),
@@ -495,7 +499,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           await writeFrameEnvelope(stream, { type: 'missing', sopInstanceUid: uid }, limits.frameBytesMax, signal);
           continue;
         }
-        await writeFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
+        await stream.writer.stageFrame(encodeEnvelope({ type: 'instance', entry }, { maxBytes: limits.frameBytesMax }), { signal });
         await writeBody(stream, store, entry, signal);
       }
       await answerAndClose(stream, { type: 'end' }, signal);
