@@ -729,7 +729,8 @@ export async function sendCustodyMessages(node: MeshNode, peerId: string, messag
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
   const signal = deadline(options, limits.exchangeTimeoutMs);
   await withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
-    for (const message of messages) await writeFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
+    // Staged, so the messages share frames (closeWrite sends what is still held).
+    for (const message of messages) await stream.writer.stageFrame(encodeEnvelope(message, { maxBytes: limits.custodyMessageBytesMax }), { signal });
     await stream.closeWrite({ signal });
   });
 }
