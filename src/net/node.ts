@@ -35,7 +35,11 @@ import type { GossipSub, Message } from '@libp2p/gossipsub';
 import type { Multiaddr } from '@multiformats/multiaddr';
 
 export interface MeshNodeTuning {
-  /** yamux per-stream receive window cap (bytes). Default 1 MiB. */
+  /**
+   * yamux per-stream receive window cap (bytes). Default 4 MiB: window updates go out every half window
+   * (yamux-window.ts), each a frame and a socket write; 1 MiB gave catch-up from ready 1.55-1.62 s, 4 MiB
+   * 1.33-1.48 s. A stream holds at most this plus readHighWaterMark (StreamReader).
+   */
   maxStreamWindowSize?: number;
   /** StreamReader queue bound per stream (bytes). Default 1 MiB. */
   readHighWaterMark?: number;
@@ -335,7 +339,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const announce = (init.announce ?? []).map((a) => parseMultiaddr(a).toString());
   const pingTimeout = tuning.pingTimeoutMs ?? 1000;
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
-  const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 1024 * 1024;
+  const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 4 * 1024 * 1024;
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
   const { privateKey } = await loadOrCreatePeerKey(init.dataDir);
 
