@@ -62,8 +62,12 @@
  */
 import { createRequire } from 'node:module';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import dcmjsDimse from 'dcmjs-dimse';
+import type DcmjsDimse from 'dcmjs-dimse';
 
+// Required when this module is first used (it is imported on the first retrieve that transcodes), not
+// imported: a bundler hoists static imports of external packages to the start of the bundle, and loading
+// dcmjs-dimse with dcmjs (dictionaries built at load) cost every peer start ~40-60 ms.
+const dcmjsDimse = createRequire(import.meta.url)('dcmjs-dimse') as typeof DcmjsDimse;
 const { Dataset, Transcoding } = dcmjsDimse;
 
 export class TranscodeError extends Error {
