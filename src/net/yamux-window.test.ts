@@ -45,3 +45,12 @@ test('the library stream sends updates through the half-window rule', () => {
   sendWindowUpdate.call(fields);
   assert.equal(sent.length, 1, 'a paused stream sends nothing');
 });
+
+test('a stream without the fields this relies on gets the library behaviour', () => {
+  const sendWindowUpdate = (YamuxStream.prototype as unknown as { sendWindowUpdate(this: object): void }).sendWindowUpdate;
+  // No recvWindow fields: our rule would send nothing; the library's own code sends an update frame.
+  let sentByLibrary = 0;
+  const stream = { state: 3, streamId: 1, epochStart: 0, getRTT: () => -1, getSendFlags: () => 0, sendFrame: () => (sentByLibrary += 1) > 0 };
+  sendWindowUpdate.call(stream);
+  assert.equal(sentByLibrary, 1);
+});

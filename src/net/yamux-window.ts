@@ -37,7 +37,15 @@ export function windowUpdateDue(recvWindow: number, recvWindowCapacity: number, 
   return recvWindow - recvWindowCapacity >= recvWindow / 2;
 }
 
+const prototype = YamuxStream.prototype as unknown as { sendWindowUpdate: (this: WindowFields) => void };
+/** The library's own, for streams that lack the fields read here (a later library version). */
+const librarySendWindowUpdate = prototype.sendWindowUpdate;
+
 function sendWindowUpdate(this: WindowFields): void {
+  if (typeof this.recvWindow !== 'number' || typeof this.recvWindowCapacity !== 'number' || typeof this.getSendFlags !== 'function' || typeof this.sendFrame !== 'function') {
+    librarySendWindowUpdate.call(this);
+    return;
+  }
   if (this.state === streamStatePaused) {
     // As the library does: a paused stream wants no data now, and its epoch restarts when it resumes.
     this.epochStart = Date.now();
@@ -57,4 +65,4 @@ function sendWindowUpdate(this: WindowFields): void {
   this.sendFrame({ type: frameTypeWindowUpdate, flag: flags, streamID: this.streamId, length: delta });
 }
 
-(YamuxStream.prototype as unknown as { sendWindowUpdate: typeof sendWindowUpdate }).sendWindowUpdate = sendWindowUpdate;
+prototype.sendWindowUpdate = sendWindowUpdate;
