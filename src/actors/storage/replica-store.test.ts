@@ -116,6 +116,27 @@ test('reads come back whole whatever chunk size wrote them, and a missing or sur
   await tiny.close();
 });
 
+test('debt updates made at once land in call order: the last op on an (instance, site) wins', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  const owed = (sopInstanceUid: string, siteName: string) => ({ sopInstanceUid, siteName, sinceMs: 1 });
+  const paid = (sopInstanceUid: string, siteName: string) => ({ sopInstanceUid, siteName });
+  await store.updateDebt([owed('0.9', 'c')], []);
+  const order: string[] = [];
+  const steps = [
+    store.updateDebt([owed('1.1', 'b'), owed('1.1', 'c')], []).then(() => order.push('first')),
+    store.updateDebt([], [paid('1.1', 'b')]).then(() => order.push('second')),
+    store.updateDebt([owed('1.2', 'b')], [paid('1.2', 'b')]).then(() => order.push('third')),
+    store.updateDebt([owed('1.1', 'b')], [paid('0.9', 'c')]).then(() => order.push('fourth')),
+  ];
+  await Promise.all(steps);
+  assert.deepEqual(order, ['first', 'second', 'third', 'fourth'], 'each call settles after the ones before it');
+  assert.deepEqual((await store.listDebt()).map((d) => `${d.sopInstanceUid}/${d.siteName}`), ['1.1/b', '1.1/c']);
+  await store.close();
+});
+
 test('abort leaves nothing behind', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -4,8 +4,8 @@
  * stream protocols of ../replication.ts) and performs the effects:
  *   writeLocal      -> the association's writer commits (see ../mesh-ingest.ts), then localWriteDone
  *   ackStore        -> the waiting C-STORE gets its status, once the debt of the same step is durable
- *   persistDebt / removeDebt -> LevelDB batches in step order, steps that wait combined (debt-writes.ts;
- *                      unsynced: see updateDebt)
+ *   persistDebt / removeDebt -> ReplicaStore.updateDebt per step; the store keeps call order and combines
+ *                      the calls that wait into one batch (unsynced: see updateDebt)
  *   replicate       -> the cut-through push of that instance to that site if one ran (push.ts), else
  *                      /pacs-mesh/replicate-batch/1 with the other copies queued for that peer;
  *                      'stored' or 'have' is the site's replicaAck
@@ -44,7 +44,6 @@ import {
   type FetchBatchOutcome,
   type ReplicationServer,
 } from '../replication.ts';
-import { createDebtWrites } from './debt-writes.ts';
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { aliveReplicaTargets, custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
@@ -173,8 +172,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let members: readonly MemberRecord[] = [];
   const waiters = new Map<string, StoreWaiter>();
   const tasks = new Set<Promise<unknown>>();
-  /** Debt writes in step order; acks of a step wait for the batch that carries its debt. */
-  const debtWrites = createDebtWrites((puts, dels) => store.updateDebt(puts, dels));
+  /** The last step's debt write (the store writes them in call order); acks of a step wait for it. */
   let debtChain: Promise<boolean> = Promise.resolve(true);
   let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0 };
   const statsListeners = new Set<(stats: CustodyStats) => void>();
@@ -266,8 +264,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       }
     }
     if (puts.length > 0 || dels.length > 0) {
-      // Batches run one after another in submit order, so this step's promise settles after every earlier one.
-      debtChain = debtWrites.submit({ puts, dels }).then(
+      // The store writes debt in call order, so this step's write settles after every earlier one.
+      debtChain = store.updateDebt(puts, dels).then(
         () => true,
         (error: unknown) => {
           log.error('debt write failed', { error: String((error as Error)?.message ?? error) });
