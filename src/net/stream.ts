@@ -377,7 +377,10 @@ export class StreamWriter {
     }
   }
 
-  /** Holds `bytes` to go out with the next write (see the class comment); sends what is held first when full. */
+  /**
+   * Holds `bytes` (by reference: do not reuse the buffer) to go out with the next write (see the class
+   * comment); sends what is held first when full.
+   */
   async stage(bytes: Uint8Array, options?: ReadOptions): Promise<void> {
     if (this.stagedBytes + bytes.byteLength > STAGED_BYTES_MAX) await this.flush(options);
     if (bytes.byteLength > STAGED_BYTES_MAX) return this.write(bytes, options);
@@ -390,16 +393,17 @@ export class StreamWriter {
     if (this.stagedBytes > 0) await this.send(this.takeStaged(new Uint8Array(0)), options);
   }
 
-  /** Write a uint32 BE length-prefixed frame. */
+  /** Write a uint32 BE length-prefixed frame (its length goes out with the payload's first bytes). */
   async writeFrame(payload: Uint8Array, options?: ReadOptions): Promise<void> {
-    if (payload.byteLength <= 4096) return this.write(frameBytes(payload), options);
-    await this.write(frameBytes(new Uint8Array(0), payload.byteLength), options);
+    await this.stage(frameLength(payload), options);
     await this.write(payload, options);
   }
 
-  /** Stages a uint32 BE length-prefixed frame (see `stage`). */
+  /** Stages a uint32 BE length-prefixed frame (see `stage`); one too large to hold is written now. */
   async stageFrame(payload: Uint8Array, options?: ReadOptions): Promise<void> {
-    await this.stage(frameBytes(payload), options);
+    if (4 + payload.byteLength > STAGED_BYTES_MAX) return this.writeFrame(payload, options);
+    await this.stage(frameLength(payload), options);
+    await this.stage(payload, options);
   }
 
   async writeUint64(value: number, options?: ReadOptions): Promise<void> {
@@ -444,12 +448,11 @@ export class StreamWriter {
   }
 }
 
-/** The uint32 BE length of a frame followed by its payload; `length` alone when the payload goes separately. */
-function frameBytes(payload: Uint8Array, length = payload.byteLength): Uint8Array {
-  if (length > 0xffffffff) throw new MeshStreamError('ERR_FRAME_TOO_LARGE', 'frame over 4 GiB');
-  const out = new Uint8Array(4 + payload.byteLength);
-  new DataView(out.buffer).setUint32(0, length);
-  out.set(payload, 4);
+/** The uint32 BE length that precedes a frame's payload. */
+function frameLength(payload: Uint8Array): Uint8Array {
+  if (payload.byteLength > 0xffffffff) throw new MeshStreamError('ERR_FRAME_TOO_LARGE', 'frame over 4 GiB');
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, payload.byteLength);
   return out;
 }
 

@@ -250,11 +250,9 @@ export class ReplicaPush {
       for (;;) {
         const item = await this.next();
         if (item.kind === 'data') {
-          // Length and bytes in one write: every write costs a yamux frame, a Noise message and a syscall.
-          const record = new Uint8Array(8 + item.bytes.byteLength);
-          new DataView(record.buffer).setBigUint64(0, BigInt(item.bytes.byteLength));
-          record.set(item.bytes, 8);
-          await stream.writer.write(record, options);
+          // The length is staged: it goes out in the same muxer frame as the piece's first bytes.
+          await stream.writer.stageUint64(item.bytes.byteLength, options);
+          await stream.writer.write(item.bytes, options);
           this.queuedBytes -= item.bytes.byteLength;
           this.releaseSpace();
           continue;
