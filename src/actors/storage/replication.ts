@@ -124,6 +124,11 @@ async function writeFrameEnvelope<T extends { type: string }>(stream: MeshStream
   await stream.writer.writeFrame(encodeEnvelope(message, { maxBytes }), { signal });
 }
 
+/** Stages an envelope frame: it goes out with whatever is written next (see StreamWriter.stage). */
+async function stageFrameEnvelope<T extends { type: string }>(stream: MeshStream, message: T, maxBytes: number, signal: AbortSignal): Promise<void> {
+  await stream.writer.stageFrame(encodeEnvelope(message, { maxBytes }), { signal });
+}
+
 async function readRequestFrame<T extends { type: string }>(stream: MeshStream, maxBytes: number, signal: AbortSignal): Promise<T> {
   return decodeEnvelope<T>(await stream.reader.readFrame(maxBytes, { signal }), { maxBytes });
 }
@@ -148,6 +153,12 @@ async function writeBody(stream: MeshStream, store: ReplicaStore, entry: Catalog
   await stream.writer.stageUint64(entry.byteLength, { signal });
   for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
   await stream.writer.flush({ signal });
+}
+
+/** A fetch's 'instance' answer: the entry, then its body, in one muxer frame with the first chunk. */
+async function writeInstanceAnswer(stream: MeshStream, store: ReplicaStore, entry: CatalogEntry, limits: ReplicationLimits, signal: AbortSignal): Promise<void> {
+  await stageFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
+  await writeBody(stream, store, entry, signal);
 }
 
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
@@ -478,8 +489,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         await answerAndClose(stream, { type: 'missing' }, signal);
         return;
       }
-      await stream.writer.stageFrame(encodeEnvelope({ type: 'instance', entry }, { maxBytes: limits.frameBytesMax }), { signal });
-      await writeBody(stream, store, entry, signal);
+      await writeInstanceAnswer(stream, store, entry, limits, signal);
       await stream.closeWrite({ signal });
     }),
     { maxInboundStreams: limits.inboundFetchesMax },
@@ -499,8 +509,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           await writeFrameEnvelope(stream, { type: 'missing', sopInstanceUid: uid }, limits.frameBytesMax, signal);
           continue;
         }
-        await stream.writer.stageFrame(encodeEnvelope({ type: 'instance', entry }, { maxBytes: limits.frameBytesMax }), { signal });
-        await writeBody(stream, store, entry, signal);
+        await writeInstanceAnswer(stream, store, entry, limits, signal);
       }
       await answerAndClose(stream, { type: 'end' }, signal);
     }),
@@ -730,7 +739,7 @@ export async function sendCustodyMessages(node: MeshNode, peerId: string, messag
   const signal = deadline(options, limits.exchangeTimeoutMs);
   await withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
     // Staged, so the messages share frames (closeWrite sends what is still held).
-    for (const message of messages) await stream.writer.stageFrame(encodeEnvelope(message, { maxBytes: limits.custodyMessageBytesMax }), { signal });
+    for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
     await stream.closeWrite({ signal });
   });
 }
