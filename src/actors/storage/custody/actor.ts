@@ -120,6 +120,8 @@ type CustodyMsg =
   | { readonly type: 'tick' }
   /** `viaStream`: a replica pushed to us, already acknowledged on its stream: no replicaAck message. */
   | { readonly type: 'input'; readonly input: CustodyInput; readonly viaStream?: boolean }
+  /** A whole batch's outcomes in one turn, so the slots they free are refilled together (one next batch). */
+  | { readonly type: 'inputs'; readonly inputs: readonly CustodyInput[] }
   | { readonly type: 'crash'; readonly reason: string };
 
 export const defaultCustodyTuning = {
@@ -185,6 +187,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     if (!stopped) dispatch(ref, msg);
   };
   const input = (i: CustodyInput, viaStream = false): void => send({ type: 'input', input: i, viaStream });
+  const inputs = (all: CustodyInput[]): void => {
+    if (all.length > 0) send({ type: 'inputs', inputs: all });
+  };
   const track = <T>(p: Promise<T>): void => {
     const t = p.then(
       () => undefined,
@@ -337,9 +342,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const batchesPerPeerMax = tuning.batchesPerPeerMax;
   /** Copies of stored instances, per peer, over replicate-batch/1. */
   const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch) => {
+    const outcomes: CustodyInput[] = [];
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
       if (!stopped) log.warn('replication failed', { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) });
-      input({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, nowMs: clock.nowMs() });
+      outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, nowMs: clock.nowMs() });
     };
     const items: typeof batch = [];
     const entries: CatalogEntry[] = [];
@@ -353,16 +359,18 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           entries.push(entry);
         }
       }
-      if (entries.length === 0) return;
-      const outcomes = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal });
-      for (const [index, outcome] of outcomes.entries()) {
-        const item = items[index]!;
-        if ('error' in outcome) failed(item, outcome.error);
-        else input({ type: 'messageReceived', from: peerId, message: { type: 'replicaAck', sopInstanceUid: item.sopInstanceUid, siteName: outcome.siteName }, nowMs: clock.nowMs() });
+      if (entries.length > 0) {
+        const results = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal });
+        for (const [index, result] of results.entries()) {
+          const item = items[index]!;
+          if ('error' in result) failed(item, result.error);
+          else outcomes.push({ type: 'messageReceived', from: peerId, message: { type: 'replicaAck', sopInstanceUid: item.sopInstanceUid, siteName: result.siteName }, nowMs: clock.nowMs() });
+        }
       }
     } catch (error) {
       for (const item of items) failed(item, error);
     }
+    inputs(outcomes);
   }, batchesPerPeerMax);
 
   /** Repair pulls, per peer, over fetch-batch/1. */
@@ -376,14 +384,16 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
       batchFailed = true;
     }
+    const results: CustodyInput[] = [];
     for (const outcome of outcomes) {
       if ('entry' in outcome) {
-        input({ type: 'replicaStored', sopInstanceUid: outcome.sopInstanceUid, sha256: outcome.entry.sha256, fromPeerId: peerId, nowMs: clock.nowMs() });
+        results.push({ type: 'replicaStored', sopInstanceUid: outcome.sopInstanceUid, sha256: outcome.entry.sha256, fromPeerId: peerId, nowMs: clock.nowMs() });
         continue;
       }
       if ('error' in outcome && !batchFailed && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: String((outcome.error as Error)?.message ?? outcome.error) });
-      input({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
+      results.push({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
+    inputs(results);
   }, batchesPerPeerMax);
 
   function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
@@ -449,12 +459,29 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         loaded?.();
         return s;
       }
-      const i: CustodyInput = message.type === 'tick' ? { type: 'tick', nowMs: clock.nowMs() } : message.input;
-      const step = stepCustody(s, i);
-      const viaStreamFrom = message.type === 'input' && message.viaStream && i.type === 'replicaStored' ? i.fromPeerId : undefined;
-      perform(step.effects, viaStreamFrom);
-      publishStats(step.state);
-      return step.state;
+      let next = s;
+      const stepAndPerform = (i: CustodyInput, viaStream: boolean): void => {
+        const step = stepCustody(next, i);
+        perform(step.effects, viaStream && i.type === 'replicaStored' ? i.fromPeerId : undefined);
+        next = step.state;
+      };
+      switch (message.type) {
+        case 'tick':
+          stepAndPerform({ type: 'tick', nowMs: clock.nowMs() }, false);
+          break;
+        case 'input':
+          stepAndPerform(message.input, message.viaStream === true);
+          break;
+        case 'inputs':
+          for (const i of message.inputs) stepAndPerform(i, false);
+          break;
+        default: {
+          const unreachable: never = message;
+          throw new Error(`unhandled custody message ${JSON.stringify(unreachable)}`);
+        }
+      }
+      publishStats(next);
+      return next;
     },
     onCrash: async (error) => {
       log.error('custody actor crashed', { error: String((error as Error)?.message ?? error) });

@@ -11,16 +11,30 @@ test('one batch per peer at a time (the default); items queued meanwhile form th
     if (runs.length === 1) await firstRunBlocks;
   });
   const done = [batches.enqueue('p1', 1)];
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(runs.length, 1, 'the first batch is out');
   for (const n of [2, 3, 4, 5]) done.push(batches.enqueue('p1', n));
   done.push(batches.enqueue('p2', 9));
   release();
   await Promise.all(done);
-  assert.deepEqual(runs, [
-    { peer: 'p1', items: [1] },
-    { peer: 'p2', items: [9] },
-    { peer: 'p1', items: [2, 3, 4] },
-    { peer: 'p1', items: [5] },
-  ]);
+  assert.deepEqual(
+    runs.filter((r) => r.peer === 'p1').map((r) => r.items),
+    [[1], [2, 3, 4], [5]],
+  );
+  assert.deepEqual(
+    runs.filter((r) => r.peer === 'p2').map((r) => r.items),
+    [[9]],
+  );
+});
+
+test('items enqueued in the same turn travel in the same batch, not the first one alone', async () => {
+  const runs: number[][] = [];
+  const batches = new PeerBatches<number>(64, async (_peer, items) => {
+    runs.push(items);
+  }, 2);
+  await Promise.all([1, 2, 3, 4, 5].map((n) => batches.enqueue('p', n)));
+  assert.deepEqual(runs, [[1, 2, 3, 4, 5]]);
 });
 
 test('an item resolves even when its batch throws, and the peer keeps being served', async () => {

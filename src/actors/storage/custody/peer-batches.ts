@@ -1,8 +1,10 @@
 /**
  * Work for other peers, run in batches (one stream carries many instances): up to `batchesPerPeerMax`
  * batches per peer at a time, and whatever is queued meanwhile forms the next. Two at a time keep the
- * pipe full while the other side commits the previous batch. No bound of its own: every item is one of
- * the custody reducer's replications or fetches in flight, which the reducer bounds.
+ * pipe full while the other side commits the previous batch. A batch starts one event-loop turn after
+ * the item that opened it, so items the reducer emits together (a finished batch frees many slots at
+ * once) travel together instead of the first alone. No bound of its own: every item is one of the
+ * custody reducer's replications or fetches in flight, which the reducer bounds.
  */
 export class PeerBatches<T> {
   private readonly queues = new Map<string, Array<{ item: T; done: () => void }>>();
@@ -30,6 +32,7 @@ export class PeerBatches<T> {
     if (running >= this.batchesPerPeerMax) return;
     this.running.set(peerId, running + 1);
     try {
+      await new Promise<void>((resolve) => setImmediate(resolve));
       for (let queue = this.queues.get(peerId); queue !== undefined && queue.length > 0; queue = this.queues.get(peerId)) {
         const batch = queue.splice(0, this.batchMax);
         try {
