@@ -22,6 +22,18 @@ async function readAll(store: ReplicaStore, uid: string): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** The same bytes through readInstances (many per call), in the order asked. */
+async function readAllMany(store: ReplicaStore, uids: readonly string[]): Promise<Buffer[]> {
+  const entries = await store.getEntries(uids);
+  const bodies: Buffer[] = [];
+  for await (const { entry, chunks } of store.readInstances(entries.map((e) => e!))) {
+    assert.equal(entry.sopInstanceUid, uids[bodies.length]);
+    const parts: Uint8Array[] = [];
+    for await (const chunk of chunks) parts.push(chunk);
+    bodies.push(Buffer.concat(parts));
+  }
+  return bodies;
+}
 
 test('bytes come back exactly as written, across chunk boundaries, with their SHA-256', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
@@ -93,11 +105,13 @@ test('reads come back whole whatever chunk size wrote them, and a missing or sur
     await writer.commit(uid, entryFor(uid));
   }
   assert.deepEqual(await readAll(small, '1.2.9.1'), payload, 'read with the chunk size that wrote it');
+  assert.deepEqual(await readAllMany(small, ['1.2.9.1', '1.2.9.2']), [payload, payload]);
   await small.close();
   // Larger chunks now: the first keys are read directly, the rest with an iterator.
   const large = createReplicaStore({ path: dir, chunkBytes: 1_000 });
   await large.open();
   assert.deepEqual(await readAll(large, '1.2.9.1'), payload);
+  assert.deepEqual(await readAllMany(large, ['1.2.9.1', '1.2.9.2']), [payload, payload]);
   const tamper = async (uid: string, op: (keys: string[]) => Promise<void>): Promise<void> => {
     const entry = (await large.getEntry(uid))!;
     const keys: string[] = [];
@@ -106,14 +120,37 @@ test('reads come back whole whatever chunk size wrote them, and a missing or sur
   };
   await tamper('1.2.9.2', (keys) => large.blobDb.del(keys[2]!));
   await assert.rejects(readAll(large, '1.2.9.2'), (error: Error & { code?: string }) => error.code === 'ERR_STORE_CORRUPT' && /misses chunk 2/.test(error.message));
+  await assert.rejects(readAllMany(large, ['1.2.9.1', '1.2.9.2']), (error: Error & { code?: string }) => error.code === 'ERR_STORE_CORRUPT' && /misses chunk 2/.test(error.message));
   await tamper('1.2.9.3', (keys) => large.blobDb.put(keys[0]!, Buffer.alloc(170)));
   await assert.rejects(readAll(large, '1.2.9.3'), (error: Error & { code?: string }) => error.code === 'ERR_STORE_CORRUPT');
+  await assert.rejects(readAllMany(large, ['1.2.9.3']), (error: Error & { code?: string }) => error.code === 'ERR_STORE_CORRUPT');
   await large.close();
   // Smaller chunks than the blob's: the direct reads find the end before their last key.
   const tiny = createReplicaStore({ path: dir, chunkBytes: 10 });
   await tiny.open();
   assert.deepEqual(await readAll(tiny, '1.2.9.1'), payload);
+  assert.deepEqual(await readAllMany(tiny, ['1.2.9.1']), [payload]);
   await tiny.close();
+});
+
+test('readInstances gives many instances whole and in order: empty, small, multi-chunk, and one too large to read ahead', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 64 * 1024 });
+  await store.open();
+  // 3 MiB is above one read group (2 MiB): it streams; the 40 KB ones fill groups of many.
+  const sizes = [0, 40_000, 200_000, 3 * 1024 * 1024, ...Array.from({ length: 80 }, () => 40_000), 1];
+  const uids = sizes.map((_, i) => `1.2.77.${i + 1}`);
+  const payloads = sizes.map((size, i) => Buffer.alloc(size).map((_, j) => (i * 31 + j * 7) & 0xff));
+  for (const [i, uid] of uids.entries()) {
+    const writer = store.beginWrite();
+    for (let offset = 0; offset < payloads[i]!.length; offset += 50_000) await writer.write(payloads[i]!.subarray(offset, offset + 50_000));
+    await writer.commit(uid, entryFor(uid));
+  }
+  const bodies = await readAllMany(store, uids);
+  assert.equal(bodies.length, uids.length);
+  for (const [i, body] of bodies.entries()) assert.ok(body.equals(payloads[i]!), `${uids[i]} (${sizes[i]} bytes) comes back whole`);
+  await store.close();
 });
 
 test('debt updates made at once land in call order: the last op on an (instance, site) wins', async (t) => {

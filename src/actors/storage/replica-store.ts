@@ -107,6 +107,12 @@ export interface ReplicaStore {
   getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>>;
   /** The stored bytes of an instance, chunk by chunk, in order. */
   readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array>;
+  /**
+   * The bytes of many instances, in order, for a sender that sends one after another: small instances are
+   * read many per native call, and the next group while the caller sends the current one. Each `chunks`
+   * must be consumed (or dropped) before the next item is asked for.
+   */
+  readInstances(entries: readonly CatalogEntry[]): AsyncGenerator<{ entry: CatalogEntry; chunks: AsyncIterable<Uint8Array> | readonly Uint8Array[] }>;
   countInstances(): Promise<number>;
   /**
    * Stores a copy received from another site: the bytes go into chunks as they arrive, and the one synced
@@ -137,6 +143,10 @@ const debtPrefix = 'd!';
 const blobTickDigits = 9;
 /** Chunks read by one call at most (each holds chunkBytes plus at most one received piece). */
 const chunksPerReadMax = 4;
+/** Bytes of instance data readInstances reads in one call at most; it holds two such groups at once. */
+const readGroupBytesMax = 2 * 1024 * 1024;
+/** Keys readInstances reads in one call at most. */
+const readGroupKeysMax = 256;
 /** Commits combined into one LevelDB batch at most (each adds at most one chunk: <= 4 MiB per batch). */
 const commitsPerBatchMax = 64;
 
@@ -148,6 +158,64 @@ function debtKeyOf(sopInstanceUid: string, siteName: string): string {
 
 function tickPrefix(tick: number): string {
   return tick.toString(36).padStart(blobTickDigits, '0');
+}
+
+/** Entries read together: the chunk keys of each (none for one too large to read ahead). */
+type ReadGroup = { entries: CatalogEntry[]; keyCounts: number[]; keys: string[] };
+
+/** Cuts entries, in order, into groups of at most readGroupBytesMax / readGroupKeysMax; a larger one stands alone, unread. */
+function readGroups(entries: readonly CatalogEntry[], chunkBytes: number): ReadGroup[] {
+  const groups: ReadGroup[] = [];
+  let current: ReadGroup = { entries: [], keyCounts: [], keys: [] };
+  let currentBytes = 0;
+  const close = (): void => {
+    if (current.entries.length > 0) groups.push(current);
+    current = { entries: [], keyCounts: [], keys: [] };
+    currentBytes = 0;
+  };
+  for (const entry of entries) {
+    // Every chunk but the last holds at least chunkBytes, so this many keys cover the instance.
+    const keyCount = Math.max(1, Math.ceil(entry.byteLength / chunkBytes));
+    if (entry.byteLength > readGroupBytesMax || keyCount > readGroupKeysMax) {
+      close();
+      groups.push({ entries: [entry], keyCounts: [0], keys: [] });
+      continue;
+    }
+    if (currentBytes + entry.byteLength > readGroupBytesMax || current.keys.length + keyCount > readGroupKeysMax) close();
+    current.entries.push(entry);
+    current.keyCounts.push(keyCount);
+    for (let s = 0; s < keyCount; s++) current.keys.push(chunkKey(entry.blobId, s));
+    currentBytes += entry.byteLength;
+  }
+  close();
+  return groups;
+}
+
+/** The chunks that make up exactly byteLength bytes, or undefined when they do not (a gap, other chunk sizes). */
+function wholeInstance(values: ReadonlyArray<Uint8Array | undefined>, byteLength: number): Uint8Array[] | undefined {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (const value of values) {
+    if (value === undefined) return undefined;
+    chunks.push(value);
+    total += value.length;
+    if (total >= byteLength) break;
+  }
+  return total === byteLength ? chunks : undefined;
+}
+
+type Settled<T> = { value: T } | { error: unknown };
+
+function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  return promise.then(
+    (value) => ({ value }),
+    (error: unknown) => ({ error }),
+  );
+}
+
+function unsettle<T>(settled: Settled<T>): T {
+  if ('error' in settled) throw settled.error;
+  return settled.value;
 }
 
 function tickOf(blobId: string): number {
@@ -394,6 +462,27 @@ class LevelReplicaStore implements ReplicaStore {
     }
     if (total !== entry.byteLength) {
       throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${total} bytes, catalog says ${entry.byteLength}`);
+    }
+  }
+
+  async *readInstances(entries: readonly CatalogEntry[]): AsyncGenerator<{ entry: CatalogEntry; chunks: AsyncIterable<Uint8Array> | readonly Uint8Array[] }> {
+    const groups = readGroups(entries, this.chunkBytes);
+    // Settled promises only: a read ahead that fails while the caller stops early must not go unhandled.
+    const readAhead = (group: ReadGroup | undefined) =>
+      group === undefined || group.keys.length === 0 ? undefined : settle(this.blobDb.getMany(group.keys));
+    let next = readAhead(groups[0]);
+    for (let g = 0; g < groups.length; g++) {
+      const group = groups[g]!;
+      const values = next === undefined ? undefined : unsettle(await next);
+      next = readAhead(groups[g + 1]);
+      let offset = 0;
+      for (const [index, entry] of group.entries.entries()) {
+        const keyCount = group.keyCounts[index]!;
+        const whole = values === undefined ? undefined : wholeInstance(values.slice(offset, offset + keyCount), entry.byteLength);
+        offset += keyCount;
+        // Not read ahead (too large), or written in other chunk sizes: streamed, with readInstance's checks.
+        yield { entry, chunks: whole ?? this.readInstance(entry) };
+      }
     }
   }
 

@@ -149,16 +149,22 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
  * An instance's body on the wire: its u64 length, then its stored bytes chunk by chunk. Whatever the
  * caller staged (an answer's frame) and the length go out with the first chunk, in one muxer frame.
  */
-async function writeBody(stream: MeshStream, store: ReplicaStore, entry: CatalogEntry, signal: AbortSignal): Promise<void> {
+async function writeBody(stream: MeshStream, entry: CatalogEntry, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, signal: AbortSignal): Promise<void> {
   await stream.writer.stageUint64(entry.byteLength, { signal });
-  for await (const chunk of store.readInstance(entry)) await stream.writer.write(chunk, { signal });
+  for await (const chunk of chunks) await stream.writer.write(chunk, { signal });
   await stream.writer.flush({ signal });
 }
 
 /** A fetch's 'instance' answer: the entry, then its body, in one muxer frame with the first chunk. */
-async function writeInstanceAnswer(stream: MeshStream, store: ReplicaStore, entry: CatalogEntry, limits: ReplicationLimits, signal: AbortSignal): Promise<void> {
+async function writeInstanceAnswer(
+  stream: MeshStream,
+  entry: CatalogEntry,
+  chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  limits: ReplicationLimits,
+  signal: AbortSignal,
+): Promise<void> {
   await stageFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
-  await writeBody(stream, store, entry, signal);
+  await writeBody(stream, entry, chunks, signal);
 }
 
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
@@ -489,7 +495,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         await answerAndClose(stream, { type: 'missing' }, signal);
         return;
       }
-      await writeInstanceAnswer(stream, store, entry, limits, signal);
+      await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal);
       await stream.closeWrite({ signal });
     }),
     { maxInboundStreams: limits.inboundFetchesMax },
@@ -503,14 +509,19 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
       }
-      for (const uid of uids as string[]) {
-        const entry = await store.getEntry(uid);
+      // Answers in request order: each 'missing' is staged and goes out with the next instance (or the 'end').
+      const held = await store.getEntries(uids as string[]);
+      const bodies = store.readInstances(held.filter((entry): entry is CatalogEntry => entry !== undefined));
+      for (const [index, entry] of held.entries()) {
         if (entry === undefined) {
-          await writeFrameEnvelope(stream, { type: 'missing', sopInstanceUid: uid }, limits.frameBytesMax, signal);
+          await stageFrameEnvelope(stream, { type: 'missing', sopInstanceUid: (uids as string[])[index]! }, limits.frameBytesMax, signal);
           continue;
         }
-        await writeInstanceAnswer(stream, store, entry, limits, signal);
+        const body = await bodies.next();
+        if (body.done === true) throw new Error('readInstances ended early');
+        await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal);
       }
+      await bodies.return(undefined);
       await answerAndClose(stream, { type: 'end' }, signal);
     }),
     { maxInboundStreams: limits.inboundFetchesMax },
@@ -622,9 +633,8 @@ export async function replicateBatchTo(
       if (!Number.isInteger(index) || index < 0 || index >= entries.length || wanted.has(index)) throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'want names an entry that was not offered');
       wanted.add(index);
     }
-    for (const index of [...wanted].sort((x, y) => x - y)) {
-      await writeBody(stream, store, entries[index]!, signal);
-    }
+    const sent = [...wanted].sort((x, y) => x - y).map((index) => entries[index]!);
+    for await (const { entry, chunks } of store.readInstances(sent)) await writeBody(stream, entry, chunks, signal);
     await stream.closeWrite({ signal });
     const answer = await readRequestFrame<BatchAnswer>(stream, limits.frameBytesMax, signal);
     if (answer.type === 'refused') throw refusedError(answer);
