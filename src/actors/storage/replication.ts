@@ -73,7 +73,9 @@ export interface ReplicationLimits {
   inboundReplicationsMax: number;
   /** Instances one replicate-batch stream may offer. */
   batchEntriesMax: number;
-  /** Commits of one received batch running at once (their fsyncs are merged by LevelDB). */
+  /** Commits of one received batch running at once (the store combines them into shared synced batches):
+   *  a whole batch, so a round is not cut at 16 while the sender waits (catch-up from ready 1.22-1.36 s
+   *  with 16, 1.11-1.24 s with 64). */
   batchCommitsInFlightMax: number;
   /** Concurrent push streams received: one per association storing at another site, plus the idle ones
    *  senders keep (idleStreamsPerPeerMax per site). A stream over the limit is reset and custody falls back. */
@@ -97,7 +99,7 @@ export const defaultReplicationLimits: ReplicationLimits = {
   inboundReplicationsMax: 16,
   inboundPushesMax: 64,
   batchEntriesMax: 64,
-  batchCommitsInFlightMax: 16,
+  batchCommitsInFlightMax: 64,
   inboundFetchesMax: 16,
   inboundCustodyMessagesMax: 32,
   inboundQueriesMax: 4,
