@@ -332,6 +332,21 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.equal(await uncommittedChunks(storeB), 0);
   });
 
+  it('replicate-batch: an offer too large for one frame is split, and every entry still travels', async () => {
+    const entries: CatalogEntry[] = [];
+    for (let i = 1; i <= 6; i++) entries.push(await storeLocally(storeA, `1.2.3.5.${i}`, randomBytes(5_000 + i)));
+    // Each offered entry is ~3 KB here (rich headers): six do not fit an 8 KiB frame, two do.
+    const rich = entries.map((e) => ({ ...e, attributes: [{ tag: 0x00081030, vr: 'LO', value: 'x'.repeat(3_000) }] }));
+    const outcomes = await replicateBatchTo(a, b.peerId, storeA, rich, { limits: { frameBytesMax: 8 * 1024 } });
+    assert.deepEqual(
+      outcomes.map((o) => ('error' in o ? `error ${o.error.code}` : o.outcome)),
+      ['stored', 'stored', 'stored', 'stored', 'stored', 'stored'],
+    );
+    const huge = { ...entries[0]!, sopInstanceUid: '1.2.3.5.99', attributes: [{ tag: 0x00081030, vr: 'LO', value: 'x'.repeat(9_000) }] };
+    const [alone] = await replicateBatchTo(a, b.peerId, storeA, [huge], { limits: { frameBytesMax: 8 * 1024 } });
+    assert.ok(alone !== undefined && 'error' in alone && alone.error.code === 'ERR_REPLICATION_REFUSED', 'an entry larger than a frame fails alone');
+  });
+
   it('fetch-batch: pulls many over one stream, reports missing ones, skips what is held', async () => {
     const uids = ['1.2.3.4.1', '1.2.3.4.2', '1.2.3.4.3'];
     const bytes = uids.map((_, i) => randomBytes(15_000 + i));

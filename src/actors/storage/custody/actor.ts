@@ -130,14 +130,15 @@ export const defaultCustodyTuning = {
   // Copies to one peer travel in batches of up to batchEntriesMax (replicate-batch/1): room for four
   // full batches, two out at once per peer (batchesPerPeerMax) and two queued, so a finished batch is
   // followed at once by the next instead of waiting for its acks to pass through the reducer. Catch-up
-  // of 1,000 from ready: 1.35-2.07 s with 128 (a noisy hour), 1.22-1.36 s with 256 (3 runs each; with
-  // 3 batches per peer 1.24-1.33 s).
-  replicationsInFlightMax: 256,
+  // of 1,000 from ready with batches of 64: 1.35-2.07 s with 128 (a noisy hour), 1.22-1.36 s with 256
+  // (3 runs each; with 3 batches per peer 1.24-1.33 s). Batches are 128 now, so 512.
+  replicationsInFlightMax: 512,
   replicationRetryMs: 30_000,
   repairIntervalMs: 2_000,
   repairQuietMs: 1_000,
   repairKeysMax: 2_000,
-  fetchesInFlightMax: 128,
+  // Repair pulls travel the same way (fetch-batch/1): two batches out per peer and two queued.
+  fetchesInFlightMax: 512,
   tickIntervalMs: 250,
   // A catch-up acknowledges every pulled instance to its source: room for a few batches of them.
   sendsQueuedMax: 2048,
