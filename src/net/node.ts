@@ -356,10 +356,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [
       yamux({
-        // One yamux frame (12-byte header + data) must fit one Noise message (65535 bytes less its 16-byte
-        // tag): with yamux's default 64 KiB frames every frame became two Noise messages and two socket
-        // writes, the second of 29 bytes.
-        maxMessageSize: 65_535 - 16 - 12,
+        // A data frame holds up to the stream's send window (the library sizes frames by it and ignores the
+        // muxer's maxMessageSize); Noise cuts a larger frame into 64 KiB messages on its own.
         streamOptions: {
           initialStreamWindowSize: 256 * 1024,
           maxStreamWindowSize: Math.max(256 * 1024, maxStreamWindowSize),

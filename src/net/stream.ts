@@ -26,8 +26,9 @@ export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 /** At most this many bytes are staged; staging more sends what is held first. */
 export const STAGED_BYTES_MAX = 16 * 1024;
 /**
- * Staged bytes go out with at most this much of the next write in one send, so that both fit one yamux
- * frame (65 507 bytes of data with our muxer settings) and the copy stays small.
+ * Staged bytes go out with at most this much of the next write in one send, so that the copy that joins
+ * them stays small (the rest of the write follows as it is); both go out in one yamux frame when the send
+ * window has room for them.
  */
 const STAGED_SEND_BYTES_MAX = 60 * 1024;
 
