@@ -138,7 +138,7 @@ test('readInstances gives many instances whole and in order: empty, small, multi
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const store = createReplicaStore({ path: dir, chunkBytes: 64 * 1024 });
   await store.open();
-  // 3 MiB is above one read group (2 MiB): it streams; the 40 KB ones fill groups of many.
+  // 3 MiB is above one read group (1 MiB): it streams; the 40 KB ones fill groups of many.
   const sizes = [0, 40_000, 200_000, 3 * 1024 * 1024, ...Array.from({ length: 80 }, () => 40_000), 1];
   const uids = sizes.map((_, i) => `1.2.77.${i + 1}`);
   const payloads = sizes.map((size, i) => Buffer.alloc(size).map((_, j) => (i * 31 + j * 7) & 0xff));

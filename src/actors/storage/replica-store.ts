@@ -143,8 +143,11 @@ const debtPrefix = 'd!';
 const blobTickDigits = 9;
 /** Chunks read by one call at most (each holds chunkBytes plus at most one received piece). */
 const chunksPerReadMax = 4;
-/** Bytes of instance data readInstances reads in one call at most; it holds two such groups at once. */
-const readGroupBytesMax = 2 * 1024 * 1024;
+/**
+ * Bytes of instance data readInstances reads in one call at most; it holds two such groups at once, so a
+ * sending stream holds at most 2 MiB read ahead (16 fetch-batch streams served at once: 32 MiB).
+ */
+const readGroupBytesMax = 1024 * 1024;
 /** Keys readInstances reads in one call at most. */
 const readGroupKeysMax = 256;
 /** Commits combined into one LevelDB batch at most (each adds at most one chunk: <= 4 MiB per batch). */

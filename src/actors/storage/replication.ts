@@ -191,7 +191,8 @@ function fetchedEntry(raw: unknown, sopInstanceUid: string, limits: ReplicationL
 
 /**
  * Commits of received instances that run while the next instance arrives: their synced batches reach
- * LevelDB together and share fsyncs. `receive` waits only when `max` commits are already running.
+ * LevelDB together and share fsyncs. `receive` waits only when `max` commits, or `bytesMax` bytes of
+ * them, are already running (one commit always may run, whatever its size).
  */
 class CommitPipeline {
   private readonly running = new Set<Promise<void>>();
