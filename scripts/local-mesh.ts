@@ -1,7 +1,7 @@
 /**
  * `npm start`: a working local mesh on the embedded defaults: three sites on 127.0.0.1, each its own
  * `pacs-mesh start` process with its own data directory under .data/, one shared swarm key.
- * Ctrl-C (or SIGTERM) stops all three cleanly. `--sites N` changes the number of sites (1-5);
+ * Ctrl-C (or SIGTERM) stops all three cleanly, and so does the end of its parent (a SIGTERM to npm). `--sites N` changes the number of sites (1-5);
  * `--data DIR` and `--base-port N` (DICOM N.., HTTP N+100.., libp2p N+200..) let tests run one elsewhere.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -97,6 +97,11 @@ async function main(): Promise<void> {
   if (!existsSync(swarmKeyFile)) await writeSwarmKeyFile(swarmKeyFile);
   process.on('SIGINT', stopAll);
   process.on('SIGTERM', stopAll);
+  // A SIGTERM to `npm start` ends npm and its shell, not this process: once orphaned, stop the sites too.
+  const parentPid = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parentPid) stopAll();
+  }, 500).unref();
   const [first, ...rest] = sites;
   first!.child = startSite(first!, []);
   const bootstrap = await waitReady(first!);

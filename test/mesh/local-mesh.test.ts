@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually, repoRoot } from './support.ts';
 import { getFreePortBlock, runTool, spawnManaged } from '../support/dicom-tools.ts';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { makeInstance } from '../support/synthetic-dicom.ts';
 
 interface Status {
@@ -49,3 +49,57 @@ test('npm start: a local mesh of three sites that find each other and replicate'
   const exit = await launcher.exited;
   assert.equal(exit.code, 0, `launcher exit ${JSON.stringify(exit)}:\n${output}`);
 });
+
+test('npm start: a launcher whose parent dies (a SIGTERM to npm ends npm and its shell) stops its sites', { timeout: 60_000 }, async (t) => {
+  const dataRoot = mkdtempSync(join(tmpdir(), 'pacs-local-mesh-'));
+  const basePort = await getFreePortBlock([0, 100, 200]);
+  // The shell stands in for npm's: it prints the launcher's pid, then is killed, leaving the launcher orphaned.
+  const launch = `"${process.execPath}" --import tsx scripts/local-mesh.ts --sites 1 --data "${dataRoot}" --base-port ${basePort} & echo $!; wait`;
+  const shell = spawnManaged('/bin/sh', ['-c', launch], { cwd: repoRoot });
+  let output = '';
+  shell.child.stdout?.on('data', (b: Buffer) => (output += b.toString()));
+  t.after(async () => {
+    // Whatever still runs on this data root (when the test fails: the launcher and its site) is killed, and
+    // the shell's pipes closed: a site holding them would keep this test process alive.
+    for (const pid of processesMentioning(dataRoot)) process.kill(pid, 'SIGKILL');
+    shell.child.stdout?.destroy();
+    shell.child.stderr?.destroy();
+    await shell.stop(5_000);
+    rmSync(dataRoot, { recursive: true, force: true });
+  });
+  const health = async (): Promise<boolean> => (await fetch(`http://127.0.0.1:${basePort + 100}/healthz`, { signal: AbortSignal.timeout(1000) })).ok;
+  await eventually(health, 60_000, () => `launcher output:\n${output}`);
+  const launcherPid = Number(output.split('\n')[0]);
+  assert.ok(Number.isInteger(launcherPid) && launcherPid > 0, `launcher pid from ${JSON.stringify(output.slice(0, 40))}`);
+  shell.child.kill('SIGKILL');
+  await shell.exited;
+  await eventually(async () => !alive(launcherPid) && !(await health().catch(() => false)), 20_000, () => 'the orphaned launcher and its site still run');
+});
+
+/** The pids of processes whose command line mentions `text`. */
+function processesMentioning(text: string): number[] {
+  return readdirSync('/proc')
+    .filter((name) => /^\d+$/.test(name) && Number(name) !== process.pid)
+    .filter((name) => {
+      try {
+        return readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(text);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Whether a process runs (a zombie waiting for init to reap it counts as gone). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
