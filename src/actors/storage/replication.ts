@@ -79,7 +79,7 @@ export interface ReplicationLimits {
    *  with 16, 1.11-1.24 s with 64). */
   batchCommitsInFlightMax: number;
   /** ...and their bytes at most (each holds at most its instance in memory until committed), so a batch
-   *  of large instances keeps fewer running. */
+   *  of large instances keeps fewer running: with inboundReplicationsMax streams, 64 MiB at most in all. */
   batchCommitBytesInFlightMax: number;
   /** Concurrent push streams received: one per association storing at another site, plus the idle ones
    *  senders keep (idleStreamsPerPeerMax per site). A stream over the limit is reset and custody falls back. */
@@ -104,7 +104,7 @@ export const defaultReplicationLimits: ReplicationLimits = {
   inboundPushesMax: 64,
   batchEntriesMax: 128,
   batchCommitsInFlightMax: 128,
-  batchCommitBytesInFlightMax: 8 * 1024 * 1024,
+  batchCommitBytesInFlightMax: 4 * 1024 * 1024,
   inboundFetchesMax: 16,
   inboundCustodyMessagesMax: 32,
   inboundQueriesMax: 4,
