@@ -113,6 +113,7 @@ export interface ReplicaStore {
    * must be consumed (or dropped) before the next item is asked for.
    */
   readInstances(entries: readonly CatalogEntry[]): AsyncGenerator<{ entry: CatalogEntry; chunks: AsyncIterable<Uint8Array> | readonly Uint8Array[] }>;
+  /** Instances stored: counted once when the store opens, then kept (GET /api/mesh asks it often). */
   countInstances(): Promise<number>;
   /**
    * Stores a copy received from another site: the bytes go into chunks as they arrive, and the one synced
@@ -275,6 +276,8 @@ class LevelReplicaStore implements ReplicaStore {
   readonly openUploads = new Set<string>();
   /** The tick of the last blob id handed out: ids only grow, whatever the clock does. */
   private lastTick = 0;
+  /** Catalog entries (instances stored); see countInstances. */
+  private instanceCount = 0;
   private checkpointTimer: NodeJS.Timeout | undefined;
   private checkpointRunning: Promise<void> | undefined;
   /** Drawn once per process: with the strictly increasing tick it keeps blob ids unique across restarts. */
@@ -334,6 +337,7 @@ class LevelReplicaStore implements ReplicaStore {
     for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
     await this.recover();
     await this.checkpoint();
+    this.instanceCount = await countInstances(this.db);
   }
 
   async close(): Promise<void> {
@@ -399,9 +403,11 @@ class LevelReplicaStore implements ReplicaStore {
     return blobId;
   }
 
+  /** An upload ends: `committed` means a new instance is stored (a duplicate's upload is aborted). */
   endUpload(blobId: string, committed: boolean): void {
     this.openUploads.delete(blobId);
     if (!committed) return;
+    this.instanceCount++;
     this.checkpointTimer ??= setTimeout(() => {
       this.checkpointTimer = undefined;
       void this.checkpoint().catch(() => undefined);
@@ -490,7 +496,7 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async countInstances(): Promise<number> {
-    return countInstances(this.db);
+    return this.instanceCount;
   }
 
   async putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'> {
