@@ -56,7 +56,8 @@ export async function startPacsMesh(opts: StartPacsMeshOptions): Promise<PacsMes
   const mp = spawnManaged(process.execPath, args, { cwd: REPO_ROOT, env: peerProcessEnv({ ...process.env, TCP_NODELAY: '1', ...opts.env }) });
   const output = captureOutput(mp);
   const url = `http://127.0.0.1:${httpPort}`;
-  const ok = (await waitForHttpOk(`${url}/healthz`, opts.startTimeoutMs ?? 60_000, mp)) && (await waitForPort(dicomPort, 10_000, () => !mp.hasExited));
+  // Polled every 20 ms: the catch-up benchmark times a restarted peer from its readiness.
+  const ok = (await waitForHttpOk(`${url}/healthz`, opts.startTimeoutMs ?? 60_000, mp, 20)) && (await waitForPort(dicomPort, 10_000, () => !mp.hasExited));
   if (!ok) {
     const exited = mp.hasExited;
     await mp.stop(2000);

@@ -82,7 +82,7 @@ export async function httpGetJson(url: string, timeoutMs = 5000): Promise<{ stat
 /**
  * Polls `url` until it answers 200, the process exits, or `timeoutMs` passes. Returns true on 200.
  */
-export async function waitForHttpOk(url: string, timeoutMs: number, mp: ManagedProcess): Promise<boolean> {
+export async function waitForHttpOk(url: string, timeoutMs: number, mp: ManagedProcess, pollMs = 100): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline && !mp.hasExited) {
     try {
@@ -92,7 +92,7 @@ export async function waitForHttpOk(url: string, timeoutMs: number, mp: ManagedP
     } catch {
       // not listening yet
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
   return false;
 }
