@@ -347,6 +347,41 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.ok(alone !== undefined && 'error' in alone && alone.error.code === 'ERR_REPLICATION_REFUSED', 'an entry larger than a frame fails alone');
   });
 
+  it('replicate-batch: a local copy that cannot be read fails alone (sent padded or cut), and the copies after it still travel', async () => {
+    const uids = ['1.2.3.6.1', '1.2.3.6.2', '1.2.3.6.3', '1.2.3.6.4', '1.2.3.6.5'];
+    const bytes = uids.map((_, i) => randomBytes(150_000 + i));
+    const entries: CatalogEntry[] = [];
+    for (const [i, uid] of uids.entries()) {
+      // In 40 KB pieces: chunks of 80 KB, two per instance.
+      const writer = storeA.beginWrite();
+      for (let offset = 0; offset < bytes[i]!.length; offset += 40_000) await writer.write(bytes[i]!.subarray(offset, offset + 40_000));
+      entries.push((await writer.commit(uid, buildEntry(uid))).entry);
+    }
+    const chunkKeys = async (entry: CatalogEntry): Promise<string[]> => {
+      const keys: string[] = [];
+      for await (const key of storeA.blobDb.keys({ gte: `b!${entry.blobId}!`, lt: `b!${entry.blobId}!~` })) keys.push(key);
+      return keys;
+    };
+    // 2: a chunk lost (short); 4: a chunk longer than the catalog says (surplus): neither may desynchronise the stream.
+    await storeA.blobDb.del((await chunkKeys(entries[1]!))[1]!);
+    const surplusKeys = await chunkKeys(entries[3]!);
+    await storeA.blobDb.put(surplusKeys[surplusKeys.length - 1]!, randomBytes(200_000));
+    const outcomes = await replicateBatchTo(a, b.peerId, storeA, entries);
+    assert.deepEqual(
+      outcomes.map((o) => ('error' in o ? `error ${o.error.code}` : o.outcome)),
+      ['stored', 'error ERR_REPLICATION_SOURCE_UNREADABLE', 'stored', 'error ERR_REPLICATION_SOURCE_UNREADABLE', 'stored'],
+    );
+    for (const i of [0, 2, 4]) {
+      const atB = await storeB.getEntry(uids[i]!);
+      assert.ok(atB, `${uids[i]} stored at B`);
+      const chunks: Uint8Array[] = [];
+      for await (const chunk of storeB.readInstance(atB)) chunks.push(chunk);
+      assert.deepEqual(Buffer.concat(chunks), bytes[i]);
+    }
+    for (const i of [1, 3]) assert.equal(await storeB.getEntry(uids[i]!), undefined, `${uids[i]} is not stored at B`);
+    assert.equal(await uncommittedChunks(storeB), 0);
+  });
+
   it('fetch-batch: pulls many over one stream, reports missing ones, skips what is held', async () => {
     const uids = ['1.2.3.4.1', '1.2.3.4.2', '1.2.3.4.3'];
     const bytes = uids.map((_, i) => randomBytes(15_000 + i));

@@ -38,7 +38,7 @@ import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
 import { PUSH_PROTOCOL, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
-import { replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
+import { StoreError, replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
 
 export const REPLICATE_BATCH_PROTOCOL = '/pacs-mesh/replicate-batch/1';
 export const FETCH_BATCH_PROTOCOL = '/pacs-mesh/fetch-batch/1';
@@ -50,7 +50,9 @@ export type ReplicationErrorCode =
   | 'ERR_REPLICATION_BUSY'
   | 'ERR_REPLICATION_REFUSED'
   | 'ERR_REPLICATION_MALFORMED'
-  | 'ERR_REPLICATION_MISMATCH';
+  | 'ERR_REPLICATION_MISMATCH'
+  /** This site's own copy could not be read whole (StoreError ERR_STORE_CORRUPT): retrying soon will not help. */
+  | 'ERR_REPLICATION_SOURCE_UNREADABLE';
 
 export class ReplicationError extends Error {
   static readonly NAME = 'ReplicationError';
@@ -152,26 +154,75 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
   return outcome;
 }
 
+/** Filler for the part of a body that could not be read here (see writeBody). */
+const fillerChunk = new Uint8Array(64 * 1024);
+
 /**
  * An instance's body on the wire: its u64 length, then its stored bytes chunk by chunk. Whatever the
  * caller staged (an answer's frame) and the length go out with the first chunk, in one muxer frame.
+ * Never more or fewer than byteLength bytes: a local copy that cannot be read whole (StoreError
+ * ERR_STORE_CORRUPT) is cut or padded with zeros, so the receiver's SHA-256 check fails that one instance
+ * and the stream goes on with the next. Returns that read error (undefined when the body was sent whole);
+ * a failure to write throws.
  */
-async function writeBody(stream: MeshStream, entry: CatalogEntry, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, signal: AbortSignal): Promise<void> {
+async function writeBody(
+  stream: MeshStream,
+  entry: CatalogEntry,
+  chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  signal: AbortSignal,
+): Promise<unknown> {
   await stream.writer.stageUint64(entry.byteLength, { signal });
-  for await (const chunk of chunks) await stream.writer.write(chunk, { signal });
+  const source = Symbol.asyncIterator in chunks ? chunks[Symbol.asyncIterator]() : chunks[Symbol.iterator]();
+  let sent = 0;
+  let readError: unknown;
+  for (;;) {
+    let next: IteratorResult<Uint8Array>;
+    try {
+      next = await source.next();
+    } catch (error) {
+      readError = error;
+      break;
+    }
+    if (next.done === true) break;
+    const room = entry.byteLength - sent;
+    if (next.value.byteLength > room) {
+      readError = new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
+      if (room > 0) await stream.writer.write(next.value.subarray(0, room), { signal });
+      sent = entry.byteLength;
+      break;
+    }
+    await stream.writer.write(next.value, { signal });
+    sent += next.value.byteLength;
+  }
+  if (sent < entry.byteLength) {
+    readError ??= new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${sent} bytes, catalog says ${entry.byteLength}`);
+    for (; sent < entry.byteLength; sent += Math.min(fillerChunk.byteLength, entry.byteLength - sent)) {
+      await stream.writer.write(fillerChunk.subarray(0, Math.min(fillerChunk.byteLength, entry.byteLength - sent)), { signal });
+    }
+  }
   await stream.writer.flush({ signal });
+  return readError;
 }
 
-/** A fetch's 'instance' answer: the entry, then its body, in one muxer frame with the first chunk. */
+/**
+ * A fetch's 'instance' answer: the entry, then its body, in one muxer frame with the first chunk. A local
+ * copy that cannot be read whole goes out padded (see writeBody) and is logged.
+ */
 async function writeInstanceAnswer(
   stream: MeshStream,
   entry: CatalogEntry,
   chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   limits: ReplicationLimits,
   signal: AbortSignal,
+  log: Logger,
 ): Promise<void> {
   await stageFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
-  await writeBody(stream, entry, chunks, signal);
+  const readError = await writeBody(stream, entry, chunks, signal);
+  if (readError !== undefined) logUnreadable(log, entry, stream.remotePeer, readError);
+}
+
+function logUnreadable(log: Logger, entry: CatalogEntry, to: string, error: unknown): void {
+  log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to, error: String((error as Error)?.message ?? error) });
 }
 
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
@@ -512,7 +563,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         await answerAndClose(stream, { type: 'missing' }, signal);
         return;
       }
-      await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal);
+      await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal, log);
       await stream.closeWrite({ signal });
     }),
     { maxInboundStreams: limits.inboundFetchesMax },
@@ -536,7 +587,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         }
         const body = await bodies.next();
         if (body.done === true) throw new Error('readInstances ended early');
-        await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal);
+        await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal, log);
       }
       await bodies.return(undefined);
       await answerAndClose(stream, { type: 'end' }, signal);
@@ -664,7 +715,12 @@ export async function replicateBatchTo(
       wanted.add(index);
     }
     const sent = [...wanted].sort((x, y) => x - y).map((index) => entries[index]!);
-    for await (const { entry, chunks } of store.readInstances(sent)) await writeBody(stream, entry, chunks, signal);
+    // Copies that could not be read here went out padded: the receiver fails each alone, the rest travel.
+    const unreadable = new Map<string, unknown>();
+    for await (const { entry, chunks } of store.readInstances(sent)) {
+      const readError = await writeBody(stream, entry, chunks, signal);
+      if (readError !== undefined) unreadable.set(entry.sopInstanceUid, readError);
+    }
     await stream.closeWrite({ signal });
     const answer = await readRequestFrame<BatchAnswer>(stream, limits.frameBytesMax, signal);
     if (answer.type === 'refused') throw refusedError(answer);
@@ -675,6 +731,10 @@ export async function replicateBatchTo(
     return entries.map((entry, index): BatchOutcome => {
       if (!wanted.has(index)) return { sopInstanceUid: entry.sopInstanceUid, outcome: 'have', siteName: answer.siteName };
       if (stored.has(index)) return { sopInstanceUid: entry.sopInstanceUid, outcome: 'stored', siteName: answer.siteName };
+      const readError = unreadable.get(entry.sopInstanceUid);
+      if (readError !== undefined) {
+        return { sopInstanceUid: entry.sopInstanceUid, error: new ReplicationError('ERR_REPLICATION_SOURCE_UNREADABLE', String((readError as Error)?.message ?? readError), { cause: readError }) };
+      }
       const failure = failedAt.get(index);
       return { sopInstanceUid: entry.sopInstanceUid, error: refusedError({ type: 'refused', code: String(failure?.code ?? 'ERR_REPLICATION_REFUSED'), message: String(failure?.message ?? 'no outcome reported') }) };
     });

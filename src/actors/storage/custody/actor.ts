@@ -35,6 +35,7 @@ import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts
 import type { ReplicaStore } from '../replica-store.ts';
 import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
 import {
+  ReplicationError,
   defaultReplicationLimits,
   fetchBatchFrom,
   replicateBatchTo,
@@ -348,8 +349,11 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch) => {
     const outcomes: CustodyInput[] = [];
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
-      if (!stopped) log.warn('replication failed', { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) });
-      outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, nowMs: clock.nowMs() });
+      const unreadable = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_SOURCE_UNREADABLE';
+      const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) };
+      if (!stopped && unreadable) log.error('replication failed: the local copy is unreadable; retried after replicationRetryMs', fields);
+      else if (!stopped) log.warn('replication failed', fields);
+      outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, retryLater: unreadable, nowMs: clock.nowMs() });
     };
     const items: typeof batch = [];
     const entries: CatalogEntry[] = [];

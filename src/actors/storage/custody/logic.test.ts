@@ -209,6 +209,26 @@ test('a finished pull starts the next queued one; an ack frees a slot for the ne
   assert.deepEqual(acked.effects.filter((e) => e.type === 'replicate'), [{ type: 'replicate', toPeerId: 'peer-b', toSiteName: 'site-b', sopInstanceUid: 'u2' }]);
 });
 
+test('a copy whose local bytes are unreadable waits replicationRetryMs before it is offered again; another failure is offered at once', () => {
+  let s = initCustody({ ...config, debtEntriesMax: 100 }, { instances: [], debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead')], nowMs: 0 }).state;
+  s = store(s, 'r1', 'u1', 0).state;
+  s = store(s, 'r2', 'u2', 0).state;
+  const back = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 10 });
+  const offered = (effects: CustodyEffect[]) => effects.filter((e) => e.type === 'replicate').map((e) => (e.type === 'replicate' ? e.sopInstanceUid : ''));
+  assert.deepEqual(offered(back.effects), ['u1', 'u2']);
+  s = run(
+    back.state,
+    { type: 'replicationFailed', sopInstanceUid: 'u1', toSiteName: 'site-b', retryLater: true, nowMs: 20 },
+    { type: 'replicationFailed', sopInstanceUid: 'u2', toSiteName: 'site-b', nowMs: 20 },
+  ).state;
+  assert.deepEqual(offered(run(s, { type: 'tick', nowMs: 30 }).effects), ['u2'], 'the unreadable one is held back');
+  s = run(s, { type: 'tick', nowMs: 30 }).state;
+  // u2 is in flight again since 30; u1 comes back once replicationRetryMs has passed since its failure.
+  assert.deepEqual(offered(run(s, { type: 'tick', nowMs: 20 + config.replicationRetryMs }).effects), ['u1']);
+});
+
 test('a repair round asks every differing peer; keys several hold are pulled from all of them in turn', () => {
   let s = initCustody({ ...config, fetchesInFlightMax: 4 }, { instances: [], debt: [] });
   const view = [member('peer-a'), { ...member('peer-b'), digestRoot: 'x' }, { ...member('peer-c'), digestRoot: 'y' }];

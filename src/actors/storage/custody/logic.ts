@@ -129,9 +129,13 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
       pullNext(state, input.nowMs, effects);
       break;
-    case 'replicationFailed':
-      state.replicationsInFlight.delete(debtKey(input.sopInstanceUid, input.toSiteName));
+    case 'replicationFailed': {
+      const key = debtKey(input.sopInstanceUid, input.toSiteName);
+      // Held as if just sent: the tick frees it after replicationRetryMs.
+      if (input.retryLater === true && state.debt.has(key)) state.replicationsInFlight.set(key, input.nowMs);
+      else state.replicationsInFlight.delete(key);
       break;
+    }
     case 'fetchFailed':
       state.fetchesInFlight.delete(input.sopInstanceUid);
       pullNext(state, input.nowMs, effects);

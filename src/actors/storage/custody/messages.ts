@@ -93,8 +93,18 @@ export type CustodyInput =
       readonly fromPeerId: string;
       readonly nowMs: number;
     }
-  /** A replicate transfer failed at the transport (the copy stays owed). */
-  | { readonly type: 'replicationFailed'; readonly sopInstanceUid: string; readonly toSiteName: string; readonly nowMs: number }
+  /**
+   * A replicate transfer failed (the copy stays owed): it is offered again at the next drain, or, with
+   * `retryLater` (this site's own copy could not be read), only after replicationRetryMs, so that it does
+   * not come back in every batch.
+   */
+  | {
+      readonly type: 'replicationFailed';
+      readonly sopInstanceUid: string;
+      readonly toSiteName: string;
+      readonly retryLater?: boolean;
+      readonly nowMs: number;
+    }
   /** A repair pull failed (the peer no longer answers, or does not have it). */
   | { readonly type: 'fetchFailed'; readonly sopInstanceUid: string; readonly nowMs: number }
   | {
