@@ -175,24 +175,33 @@ async function writeBody(
   const source = Symbol.asyncIterator in chunks ? chunks[Symbol.asyncIterator]() : chunks[Symbol.iterator]();
   let sent = 0;
   let readError: unknown;
-  for (;;) {
-    let next: IteratorResult<Uint8Array>;
-    try {
-      next = await source.next();
-    } catch (error) {
-      readError = error;
-      break;
+  let finished = false;
+  try {
+    for (;;) {
+      let next: IteratorResult<Uint8Array>;
+      try {
+        next = await source.next();
+      } catch (error) {
+        readError = error;
+        break;
+      }
+      if (next.done === true) {
+        finished = true;
+        break;
+      }
+      const room = entry.byteLength - sent;
+      if (next.value.byteLength > room) {
+        readError = new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
+        if (room > 0) await stream.writer.write(next.value.subarray(0, room), { signal });
+        sent = entry.byteLength;
+        break;
+      }
+      await stream.writer.write(next.value, { signal });
+      sent += next.value.byteLength;
     }
-    if (next.done === true) break;
-    const room = entry.byteLength - sent;
-    if (next.value.byteLength > room) {
-      readError = new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
-      if (room > 0) await stream.writer.write(next.value.subarray(0, room), { signal });
-      sent = entry.byteLength;
-      break;
-    }
-    await stream.writer.write(next.value, { signal });
-    sent += next.value.byteLength;
+  } finally {
+    // A read stopped early (or a write that failed) closes its iterator, and the LevelDB iterator behind it, now.
+    if (!finished) await Promise.resolve(source.return?.()).catch(() => undefined);
   }
   if (sent < entry.byteLength) {
     readError ??= new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${sent} bytes, catalog says ${entry.byteLength}`);
