@@ -227,11 +227,9 @@ async function writeInstanceAnswer(
 ): Promise<void> {
   await stageFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
   const readError = await writeBody(stream, entry, chunks, signal);
-  if (readError !== undefined) logUnreadable(log, entry, stream.remotePeer, readError);
-}
-
-function logUnreadable(log: Logger, entry: CatalogEntry, to: string, error: unknown): void {
-  log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to, error: String((error as Error)?.message ?? error) });
+  if (readError !== undefined) {
+    log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to: stream.remotePeer, error: String((readError as Error)?.message ?? readError) });
+  }
 }
 
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
