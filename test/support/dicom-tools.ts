@@ -195,22 +195,23 @@ export async function runTool(cmd: string, args: string[], opts: RunToolOptions 
 // ---------------------------------------------------------------------------------------------------
 // Ports
 
-/** A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, close). */
-export function getFreePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') {
-        srv.close();
-        reject(new Error('no port'));
-        return;
-      }
-      srv.close(() => resolve(addr.port));
-    });
-  });
+/** Ports handed out by this process, so that two asked for before either is bound differ. */
+const portsHandedOut = new Set<number>();
+
+/**
+ * A TCP port free on 127.0.0.1 right now, for a process that binds it a moment later. Drawn below Linux's
+ * ephemeral range (32768+): a port the kernel picks for `listen(0)` lies in that range, where the outgoing
+ * connections of other peers and tests also land, and one of them took such a port before the peer it
+ * was meant for had started (EADDRINUSE in the mesh tests). Never the same port twice per process.
+ */
+export async function getFreePort(tries = 200): Promise<number> {
+  for (let i = 0; i < tries; i++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (portsHandedOut.has(port) || !(await canListen(port))) continue;
+    portsHandedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port in 20000-31999 after ${tries} tries`);
 }
 
 function canListen(port: number): Promise<boolean> {
@@ -230,7 +231,10 @@ function canListen(port: number): Promise<boolean> {
 export async function getFreePortBlock(offsets: readonly number[], tries = 50): Promise<number> {
   for (let i = 0; i < tries; i++) {
     const base = 20_000 + Math.floor(Math.random() * 12_000);
-    if ((await Promise.all(offsets.map((o) => canListen(base + o)))).every(Boolean)) return base;
+    if (offsets.some((o) => portsHandedOut.has(base + o))) continue;
+    if (!(await Promise.all(offsets.map((o) => canListen(base + o)))).every(Boolean)) continue;
+    for (const o of offsets) portsHandedOut.add(base + o);
+    return base;
   }
   throw new Error(`no base port with ${offsets.length} free ports at its offsets after ${tries} tries`);
 }
