@@ -407,10 +407,6 @@ export class StreamWriter {
     await this.stage(payload, options);
   }
 
-  async writeUint64(value: number, options?: ReadOptions): Promise<void> {
-    await this.write(uint64Bytes(value), options);
-  }
-
   /** Stages a uint64 BE (see `stage`). */
   async stageUint64(value: number, options?: ReadOptions): Promise<void> {
     await this.stage(uint64Bytes(value), options);

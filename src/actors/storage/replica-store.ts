@@ -105,7 +105,7 @@ export interface ReplicaStore {
   getEntry(sopInstanceUid: string): Promise<CatalogEntry | undefined>;
   /** Several entries in one read, in order (undefined where not stored). */
   getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>>;
-  /** The stored bytes of an instance, chunk by chunk, in order. */
+  /** The stored bytes of an instance, chunk by chunk, in order; never more than its byteLength (else ERR_STORE_CORRUPT). */
   readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array>;
   /**
    * The bytes of many instances, in order, for a sender that sends one after another: small instances are
@@ -164,6 +164,14 @@ function tickPrefix(tick: number): string {
   return tick.toString(36).padStart(blobTickDigits, '0');
 }
 
+/**
+ * How many chunk keys cover an instance written with this chunk size: every chunk but the last holds at
+ * least chunkBytes (fewer keys than that only for a blob written with smaller chunks).
+ */
+function chunksAtMost(byteLength: number, chunkBytes: number): number {
+  return Math.max(1, Math.ceil(byteLength / chunkBytes));
+}
+
 /** Entries read together: the chunk keys of each (none for one too large to read ahead). */
 type ReadGroup = { entries: CatalogEntry[]; keyCounts: number[]; keys: string[] };
 
@@ -178,8 +186,7 @@ function readGroups(entries: readonly CatalogEntry[], chunkBytes: number): ReadG
     currentBytes = 0;
   };
   for (const entry of entries) {
-    // Every chunk but the last holds at least chunkBytes, so this many keys cover the instance.
-    const keyCount = Math.max(1, Math.ceil(entry.byteLength / chunkBytes));
+    const keyCount = chunksAtMost(entry.byteLength, chunkBytes);
     if (entry.byteLength > readGroupBytesMax || keyCount > readGroupKeysMax) {
       close();
       groups.push({ entries: [entry], keyCounts: [0], keys: [] });
@@ -441,30 +448,31 @@ class LevelReplicaStore implements ReplicaStore {
   async *readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
     let expectedSequence = 0;
     let total = 0;
+    // Never a byte beyond byteLength, checked before a chunk is yielded: callers send what they get on
+    // protocols that announce the length first.
+    const surplus = (): StoreError => new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
     // Chunks are read by key, a few per call: one native call for a small instance where an iterator
-    // costs four (open, two reads, close), each a thread hand-off. Every chunk but the last holds at
-    // least chunkBytes, so this many keys cover the instance unless it was written with smaller chunks;
-    // whatever they leave (or a gap) is read with an iterator, which also names a missing chunk.
-    const chunksAtMost = Math.max(1, Math.ceil(entry.byteLength / this.chunkBytes));
-    direct: while (expectedSequence < chunksAtMost && total < entry.byteLength) {
+    // costs four (open, two reads, close), each a thread hand-off. What these keys leave (a blob written
+    // with smaller chunks, or a gap) is read with an iterator, which also names a missing chunk.
+    const keysAtMost = chunksAtMost(entry.byteLength, this.chunkBytes);
+    direct: while (expectedSequence < keysAtMost && total < entry.byteLength) {
       const keys: string[] = [];
-      for (let s = expectedSequence; s < Math.min(chunksAtMost, expectedSequence + chunksPerReadMax); s++) keys.push(chunkKey(entry.blobId, s));
+      for (let s = expectedSequence; s < Math.min(keysAtMost, expectedSequence + chunksPerReadMax); s++) keys.push(chunkKey(entry.blobId, s));
       for (const value of await this.blobDb.getMany(keys)) {
         if (value === undefined) break direct;
+        if (total + value.length > entry.byteLength) throw surplus();
         expectedSequence++;
         total += value.length;
         yield value;
       }
     }
-    if (total >= entry.byteLength) {
-      if (total !== entry.byteLength) throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
-      return;
-    }
+    if (total === entry.byteLength) return;
     for await (const [key, value] of this.blobDb.iterator({ gte: chunkKey(entry.blobId, expectedSequence), lt: commitRecordKey(entry.blobId) })) {
       const sequence = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
       if (sequence !== expectedSequence) {
         throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} misses chunk ${expectedSequence}`);
       }
+      if (total + value.length > entry.byteLength) throw surplus();
       expectedSequence++;
       total += value.length;
       yield value;

@@ -160,10 +160,10 @@ const fillerChunk = new Uint8Array(64 * 1024);
 /**
  * An instance's body on the wire: its u64 length, then its stored bytes chunk by chunk. Whatever the
  * caller staged (an answer's frame) and the length go out with the first chunk, in one muxer frame.
- * Never more or fewer than byteLength bytes: a local copy that cannot be read whole (StoreError
- * ERR_STORE_CORRUPT) is cut or padded with zeros, so the receiver's SHA-256 check fails that one instance
- * and the stream goes on with the next. Returns that read error (undefined when the body was sent whole);
- * a failure to write throws.
+ * Never fewer than byteLength bytes (the store's readers never yield more): a local copy that cannot be
+ * read whole (StoreError ERR_STORE_CORRUPT) is padded with zeros, so the receiver's SHA-256 check fails
+ * that one instance and the stream goes on with the next. Returns that read error (undefined when the
+ * body was sent whole); a failure to write throws.
  */
 async function writeBody(
   stream: MeshStream,
@@ -189,24 +189,19 @@ async function writeBody(
         finished = true;
         break;
       }
-      const room = entry.byteLength - sent;
-      if (next.value.byteLength > room) {
-        readError = new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
-        if (room > 0) await stream.writer.write(next.value.subarray(0, room), { signal });
-        sent = entry.byteLength;
-        break;
-      }
       await stream.writer.write(next.value, { signal });
       sent += next.value.byteLength;
     }
   } finally {
-    // A read stopped early (or a write that failed) closes its iterator, and the LevelDB iterator behind it, now.
+    // A write that failed closes the read, and the LevelDB iterator behind it, now rather than at GC.
     if (!finished) await Promise.resolve(source.return?.()).catch(() => undefined);
   }
   if (sent < entry.byteLength) {
     readError ??= new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${sent} bytes, catalog says ${entry.byteLength}`);
-    for (; sent < entry.byteLength; sent += Math.min(fillerChunk.byteLength, entry.byteLength - sent)) {
-      await stream.writer.write(fillerChunk.subarray(0, Math.min(fillerChunk.byteLength, entry.byteLength - sent)), { signal });
+    while (sent < entry.byteLength) {
+      const filler = fillerChunk.subarray(0, Math.min(fillerChunk.byteLength, entry.byteLength - sent));
+      await stream.writer.write(filler, { signal });
+      sent += filler.byteLength;
     }
   }
   await stream.writer.flush({ signal });

@@ -350,9 +350,11 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const outcomes: CustodyInput[] = [];
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
       const unreadable = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_SOURCE_UNREADABLE';
-      const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) };
-      if (!stopped && unreadable) log.error('replication failed: the local copy is unreadable; retried after replicationRetryMs', fields);
-      else if (!stopped) log.warn('replication failed', fields);
+      if (!stopped) {
+        const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) };
+        if (unreadable) log.error('replication failed: the local copy is unreadable; retried after replicationRetryMs', fields);
+        else log.warn('replication failed', fields);
+      }
       outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, retryLater: unreadable, nowMs: clock.nowMs() });
     };
     const items: typeof batch = [];
