@@ -81,6 +81,23 @@ async function waitReady(site: Site, timeoutMs = 30_000): Promise<string[]> {
   throw new Error(`${site.name} did not become ready within ${timeoutMs} ms`);
 }
 
+/** Waits (bounded) until every site's /api/mesh lists every site alive; says so if they do not in time. */
+async function waitConverged(timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const views = await Promise.all(
+        sites.map(async (site) => (await (await fetch(`http://127.0.0.1:${site.httpPort}/api/mesh`)).json()) as { members?: Array<{ alive?: boolean }> }),
+      );
+      if (views.every((view) => (view.members ?? []).filter((m) => m.alive === true).length >= sites.length)) return;
+    } catch {
+      // a site busy starting answers a moment later
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  process.stderr.write(`local-mesh: the sites did not all see each other within ${timeoutMs / 1000} s; they keep trying\n`);
+}
+
 function stopAll(): void {
   if (stopping) return;
   stopping = true;
@@ -107,6 +124,9 @@ async function main(): Promise<void> {
   const bootstrap = await waitReady(first!);
   for (const site of rest) site.child = startSite(site, bootstrap.slice(0, 1));
   for (const site of rest) await waitReady(site);
+  // "Up" once every site sees every other alive: a store made before a site is seen goes to it only by
+  // repair, seconds later, which looked like a lost copy to someone trying the mesh right away.
+  await waitConverged();
   const lines = sites.map((s) => `  ${s.name}: DICOM 127.0.0.1:${s.dicomPort} (AE PACSMESH), HTTP http://127.0.0.1:${s.httpPort}/api/mesh, data ${join(dataRoot, s.name)}`);
   process.stdout.write(`\nlocal mesh of ${sites.length} sites is up (swarm key ${swarmKeyFile}):\n${lines.join('\n')}\nCtrl-C stops them all.\n\n`);
   await Promise.all(sites.map((s) => new Promise((r) => s.child!.once('exit', r))));
