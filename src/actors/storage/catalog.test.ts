@@ -13,7 +13,9 @@ import {
   decodeKeyText,
   encodeKeyText,
   getCatalogEntry,
+  buildHeldIndex,
   hasInstance,
+  heldInstanceBatches,
   iterateCatalog,
   patientIndexPrefix,
   prefixRange,
@@ -42,7 +44,7 @@ function makeEntry(overrides: Partial<CatalogEntry> & { accessionNumber?: string
 }
 
 describe('catalogWriteOps (pure)', () => {
-  it('writes the entry and the four indexes, with escaped PatientID and AccessionNumber', () => {
+  it('writes the entry, the held index and the four indexes, with escaped PatientID and AccessionNumber', () => {
     const entry = makeEntry();
     const ops = catalogWriteOps(entry);
     assert.deepEqual(catalogWriteOps(entry), ops, 'same input, same output');
@@ -50,15 +52,17 @@ describe('catalogWriteOps (pure)', () => {
       ops.map((op) => op.key),
       [
         'c!i!1.2.3.4.5',
+        'h!1.2.3.4.5',
         `x!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
         'x!study!1.2.3!1.2.3.4!1.2.3.4.5',
         'x!series!1.2.3.4!1.2.3.4.5',
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
       ],
     );
-    assert.ok(ops.every((op) => op.type === 'put' && (op.key.startsWith('c!') || op.key.startsWith('x!'))));
+    assert.ok(ops.every((op) => op.type === 'put' && /^[chx]!/.test(op.key)));
     assert.deepEqual(decodeCatalogEntry(ops[0]!.value), entry);
-    assert.ok(ops.slice(1).every((op) => op.value.length === 0));
+    assert.equal(Buffer.from(ops[1]!.value).toString('latin1'), entry.sha256, 'the held index keeps the SHA-256');
+    assert.ok(ops.slice(2).every((op) => op.value.length === 0));
   });
 
   it('escapes every byte of PatientID (no ! can leak into the key structure)', () => {
@@ -67,13 +71,13 @@ describe('catalogWriteOps (pure)', () => {
     assert.match(encoded, /^[0-9a-f]+$/);
     assert.equal(decodeKeyText(encoded), patientId.replace(/\0$/, ''));
     assert.equal(encodeKeyText('  PAT 1  '), encodeKeyText('PAT 1'), 'padding is not significant');
-    const key = catalogWriteOps(makeEntry({ patientId }))[1]!.key;
+    const key = catalogWriteOps(makeEntry({ patientId }))[2]!.key;
     assert.equal(key.split('!').length, 6);
   });
 
   it('writes no accession index for an empty AccessionNumber, and accepts an empty PatientID', () => {
     const keys = catalogWriteOps(makeEntry({ accessionNumber: '', patientId: '' })).map((op) => op.key);
-    assert.equal(keys.length, 4);
+    assert.equal(keys.length, 5);
     assert.ok(keys.includes('x!pid!!1.2.3!1.2.3.4!1.2.3.4.5'));
   });
 
@@ -139,6 +143,9 @@ describe('catalog in LevelDB', () => {
     const iterated = [];
     for await (const entry of iterateCatalog(db)) iterated.push(entry.sopInstanceUid);
     assert.deepEqual(iterated, ['1.2.3.4.1', '1.2.3.4.2', '1.2.3.4.3']);
+    const held = [];
+    for await (const batch of heldInstanceBatches(db)) held.push(...batch);
+    assert.deepEqual(held, entries.map(({ sopInstanceUid, sha256 }) => ({ sopInstanceUid, sha256 })));
 
     // Patient 'A' is a prefix scan that does not see patient 'AB'.
     const patientA: string[] = [];
@@ -155,6 +162,20 @@ describe('catalog in LevelDB', () => {
       assert.ok(!key.endsWith('!1.2.3.4.2'));
     }
     assert.equal(remainingIndexKeys, 8);
+  });
+
+  it('buildHeldIndex gives a catalog written before the held index its held keys', async () => {
+    const entries = [makeEntry({ sopInstanceUid: '1.8.1', sha256: 'cd'.repeat(32) }), makeEntry({ sopInstanceUid: '1.8.2' })];
+    // A store written before the held index existed: its entries without their h! keys.
+    await db.batch(entries.flatMap(catalogWriteOps).filter((op) => !op.key.startsWith('h!')));
+    const countBefore = await countInstances(db);
+    assert.equal(await buildHeldIndex(db), countBefore + 2, 'every entry gets its held key (existing ones rewritten)');
+    assert.equal(await countInstances(db), countBefore + 2);
+    const held = new Map<string, string>();
+    for await (const batch of heldInstanceBatches(db)) for (const key of batch) held.set(key.sopInstanceUid, key.sha256);
+    assert.equal(held.get('1.8.1'), 'cd'.repeat(32));
+    assert.equal(held.get('1.8.2'), 'ab'.repeat(32));
+    await db.batch(entries.flatMap(catalogDeleteOps));
   });
 
   it('counts 20,000 instances quickly with a keys-only scan', async () => {

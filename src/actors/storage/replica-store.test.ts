@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
-import { catalogDeleteOps } from './catalog.ts';
+import { catalogDeleteOps, heldInstanceBatches } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { countKeys, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
@@ -250,6 +250,37 @@ test('power cut after the synced blob commit: open() restores the catalog entry 
   assert.deepEqual(await reopened.getEntry('1.2.3.8'), lost);
   assert.deepEqual(await readAll(reopened, '1.2.3.8'), Buffer.alloc(250, 7));
   assert.equal(await reopened.countInstances(), 2);
+});
+
+test('a store written before the held index gets it at open: custody load and count read it alone', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const expected: Array<{ sopInstanceUid: string; sha256: string }> = [];
+  for (const uid of ['1.2.5.1', '1.2.5.2', '1.2.5.3']) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, uid.length));
+    const { entry } = await writer.commit(uid, entryFor(uid));
+    expected.push({ sopInstanceUid: uid, sha256: entry.sha256 });
+  }
+  await store.close();
+  // What an older version left: entries and indexes, no h! keys and no record that they were built.
+  const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }];
+  for await (const key of catalog.keys({ gte: 'h!', lt: 'h"' })) ops.push({ type: 'del', key });
+  assert.equal(ops.length, 4);
+  await catalog.batch(ops);
+  await catalog.close();
+
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.countInstances(), 3);
+  const held = [];
+  for await (const batch of heldInstanceBatches(reopened.db)) held.push(...batch);
+  assert.deepEqual(held, expected);
+  assert.notEqual(await reopened.db.get('m!held-index'), undefined, 'built once: the next open does not read every entry again');
 });
 
 test('a duplicate commit leaves no second blob, and a store in the old single-database layout is refused', async (t) => {

@@ -28,7 +28,7 @@ import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, prefixRange } from './catalog.ts';
+import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, prefixRange } from './catalog.ts';
 import type { DebtEntry } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -138,6 +138,8 @@ const blobPrefix = 'b!';
 const commitRecordSuffix = '~';
 /** The oldest blob id whose catalog entry may not be durable yet (see the checkpoint in the header comment). */
 const recoveryFromKey = 'm!recovery-from';
+/** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
+const heldIndexBuiltKey = 'm!held-index';
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
 const debtPrefix = 'd!';
 /** Blob ids start with a strictly increasing tick (milliseconds when the clock allows), fixed width. */
@@ -344,6 +346,10 @@ class LevelReplicaStore implements ReplicaStore {
     for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
     await this.recover();
     await this.checkpoint();
+    if ((await this.db.get(heldIndexBuiltKey)) === undefined) {
+      await buildHeldIndex(this.db);
+      await this.db.put(heldIndexBuiltKey, new Uint8Array(0), { sync: true });
+    }
     this.instanceCount = await countInstances(this.db);
   }
 

