@@ -17,7 +17,7 @@ import type { Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import type { ReplicaStore } from './replica-store.ts';
-import { fetchFrom, queryPeer, type ReplicationLimits } from './replication.ts';
+import { fetchFrom, queryPeer, repairFrom, type ReplicationLimits } from './replication.ts';
 
 export interface RemoteRetrieveInit {
   node: MeshNode;
@@ -57,6 +57,11 @@ export interface RemoteRetrieve {
    * undefined when no alive peer has it.
    */
   ensureLocal(entryOrUid: CatalogEntry | string, options?: { signal?: AbortSignal }): Promise<CatalogEntry | undefined>;
+  /**
+   * Replaces a damaged local copy (`corrupt`, its entry) with a good one from the first alive peer that
+   * has it (the scrub's repair): 'unavailable' when none could.
+   */
+  repairCopy(corrupt: CatalogEntry): Promise<'repaired' | 'changed' | 'unavailable'>;
   /** resolveRetrieve over the local catalog and every alive peer's, merged. Throws QueryError like resolveRetrieve. */
   resolveRetrieveEverywhere(request: QueryRequest, options?: ResolveOptions): Promise<ResolveResult>;
 }
@@ -106,6 +111,18 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
         pulls.set(uid, running);
       }
       return running;
+    },
+
+    async repairCopy(corrupt) {
+      for (const peerId of init.peers()) {
+        try {
+          const outcome = await repairFrom(node, peerId, store, corrupt, { limits: init.limits, signal: init.signal });
+          if (outcome !== undefined) return outcome;
+        } catch (error) {
+          log.warn('repair: copy from a peer failed', { sopInstanceUid: corrupt.sopInstanceUid, from: peerId, error: String((error as Error)?.message ?? error) });
+        }
+      }
+      return 'unavailable';
     },
 
     async resolveRetrieveEverywhere(request, options = {}) {

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
 import { catalogDeleteOps, heldInstanceBatches } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
-import { countKeys, uncommittedChunks } from './fixtures/store-keys.ts';
+import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
 
 const entryFor = testCatalogEntry;
@@ -303,4 +303,60 @@ test('a duplicate commit leaves no second blob, and a store in the old single-da
   await old.open();
   await old.close();
   await assert.rejects(createReplicaStore({ path: join(dir, 'old') }).open(), { name: 'StoreError', code: 'ERR_STORE_LAYOUT' });
+});
+
+test('verifyInstance finds a flipped byte and a lost chunk; repairCopy puts good bytes back under the same entry', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const payloads = new Map<string, Buffer>();
+  for (const uid of ['1.2.6.1', '1.2.6.2', '1.2.6.3']) {
+    const payload = Buffer.from(Buffer.alloc(350).map((_, i) => (i * uid.length + Number(uid.slice(-1))) & 0xff));
+    payloads.set(uid, payload);
+    const writer = store.beginWrite();
+    for (let offset = 0; offset < payload.length; offset += 100) await writer.write(payload.subarray(offset, offset + 100));
+    await writer.commit(uid, entryFor(uid));
+  }
+  const [flipped, lost, good] = (await store.getEntries(['1.2.6.1', '1.2.6.2', '1.2.6.3'])) as NonNullable<Awaited<ReturnType<ReplicaStore['getEntry']>>>[];
+  await damageChunk(store, flipped!.blobId, 1, 'flip');
+  await damageChunk(store, lost!.blobId, 2, 'lose');
+  assert.deepEqual(await store.verifyInstance(good!), { ok: true });
+  const flippedResult = await store.verifyInstance(flipped!);
+  assert.equal(flippedResult.ok, false);
+  assert.match((flippedResult as { reason: string }).reason, /SHA-256/);
+  const lostResult = await store.verifyInstance(lost!);
+  assert.equal(lostResult.ok, false);
+  assert.match((lostResult as { reason: string }).reason, /misses chunk 2/);
+
+  // Wrong bytes are refused and change nothing.
+  await assert.rejects(
+    store.repairCopy(flipped!, [Buffer.alloc(350, 9)]),
+    (error: unknown) => (error as { code?: string }).code === 'ERR_STORE_REPLICA_MISMATCH',
+  );
+  assert.deepEqual(await store.getEntry('1.2.6.1'), flipped);
+  assert.equal(await uncommittedChunks(store), 0, 'the refused copy left no chunks');
+
+  // Good bytes replace the bad copy: same entry fields, a new blob, the bad one's chunks gone.
+  const pieces = (uid: string) => [0, 100, 200, 300].map((offset) => payloads.get(uid)!.subarray(offset, offset + 100));
+  assert.equal(await store.repairCopy(flipped!, pieces('1.2.6.1')), 'repaired');
+  assert.equal(await store.repairCopy(lost!, pieces('1.2.6.2')), 'repaired');
+  assert.equal(await store.repairCopy(lost!, pieces('1.2.6.2')), 'changed', 'the entry no longer names the bad copy');
+  assert.equal(await countKeys(store, 'b!'), 3 * 4, 'three copies of four chunks: the bad copies and the refused and unneeded ones are gone');
+  assert.equal(await store.countInstances(), 3, 'a repair is not a new instance');
+  await store.close();
+
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  t.after(() => reopened.close());
+  for (const [uid, payload] of payloads) {
+    const entry = (await reopened.getEntry(uid))!;
+    assert.deepEqual(await reopened.verifyInstance(entry), { ok: true }, uid);
+    assert.deepEqual(await readAll(reopened, uid), payload);
+    const { blobId: _blobId, ...fields } = entry;
+    const before = uid === '1.2.6.1' ? flipped! : uid === '1.2.6.2' ? lost! : good!;
+    const { blobId: _beforeBlobId, ...fieldsBefore } = before;
+    assert.deepEqual(fields, fieldsBefore);
+  }
+  assert.equal(await reopened.countInstances(), 3);
 });

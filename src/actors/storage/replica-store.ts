@@ -125,6 +125,18 @@ export interface ReplicaStore {
    */
   putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'>;
   /**
+   * Reads a stored copy whole and checks it against its entry (length, SHA-256): what a scrub does. A copy
+   * that cannot be read whole (StoreError ERR_STORE_CORRUPT) is reported, not thrown.
+   */
+  verifyInstance(entry: CatalogEntry): Promise<{ ok: true } | { ok: false; reason: string }>;
+  /**
+   * Replaces a copy that failed verification with good bytes from elsewhere: `bytes` must have the
+   * entry's byteLength and SHA-256 (else ERR_STORE_REPLICA_MISMATCH and nothing changes). The catalog
+   * entry keeps its fields and points at the new copy (one synced batch, as a commit); the bad copy's
+   * chunks are then deleted. 'changed' (nothing written) when the entry no longer names the bad copy.
+   */
+  repairCopy(corrupt: CatalogEntry, bytes: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<'repaired' | 'changed'>;
+  /**
    * Replication debt, in one batch: puts first, then deletes (not synced; see the implementation). Calls
    * land in call order, those made while one is written together in one batch, so the last op on a key wins.
    */
@@ -416,11 +428,11 @@ class LevelReplicaStore implements ReplicaStore {
     return blobId;
   }
 
-  /** An upload ends: `committed` means a new instance is stored (a duplicate's upload is aborted). */
-  endUpload(blobId: string, committed: boolean): void {
+  /** An upload ends: 'stored' is a new instance, 'replaced' a repaired copy (a duplicate's upload is aborted). */
+  endUpload(blobId: string, outcome: 'stored' | 'replaced' | 'aborted'): void {
     this.openUploads.delete(blobId);
-    if (!committed) return;
-    this.instanceCount++;
+    if (outcome === 'aborted') return;
+    if (outcome === 'stored') this.instanceCount++;
     this.checkpointTimer ??= setTimeout(() => {
       this.checkpointTimer = undefined;
       void this.checkpoint().catch(() => undefined);
@@ -531,6 +543,41 @@ class LevelReplicaStore implements ReplicaStore {
     }
   }
 
+  async verifyInstance(entry: CatalogEntry): Promise<{ ok: true } | { ok: false; reason: string }> {
+    const hash = createHash('sha256');
+    let length = 0;
+    try {
+      for await (const chunk of this.readInstance(entry)) {
+        hash.update(chunk);
+        length += chunk.byteLength;
+      }
+    } catch (error) {
+      if (error instanceof StoreError && error.code === 'ERR_STORE_CORRUPT') return { ok: false, reason: error.message };
+      throw error;
+    }
+    const sha256 = hash.digest('hex');
+    if (sha256 !== entry.sha256) return { ok: false, reason: `the ${length} bytes of ${entry.sopInstanceUid} have SHA-256 ${sha256}, the catalog says ${entry.sha256}` };
+    return { ok: true };
+  }
+
+  async repairCopy(corrupt: CatalogEntry, bytes: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<'repaired' | 'changed'> {
+    const writer = new LevelInstanceWriter(this);
+    try {
+      for await (const piece of bytes) {
+        if (writer.bytesWritten + piece.byteLength > corrupt.byteLength) {
+          throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `repair copy of ${corrupt.sopInstanceUid} has more than the ${corrupt.byteLength} bytes of the entry`);
+        }
+        await writer.write(piece);
+      }
+      const outcome = await writer.replace(corrupt);
+      if (outcome === 'changed') await writer.abort();
+      return outcome;
+    } catch (error) {
+      await writer.abort();
+      throw error;
+    }
+  }
+
   async updateDebt(puts: readonly DebtEntry[], deletes: readonly { sopInstanceUid: string; siteName: string }[]): Promise<void> {
     if (puts.length === 0 && deletes.length === 0) return;
     const ops: Op[] = [];
@@ -632,12 +679,8 @@ class LevelInstanceWriter implements InstanceWriter {
     }
     return this.store.serialiseCommit(sopInstanceUid, async () => {
       const entry = buildEntry({ byteLength: this.bytesWritten, sha256: this.hash.digest('hex'), blobId: this.blobId });
-      const blobOps: Op[] = [];
-      if (this.pendingBytes > 0 || this.sequence === 0) {
-        blobOps.push({ type: 'put', key: chunkKey(this.blobId, this.sequence++), value: this.takePending() });
-      }
       const encoded = encodeCatalogEntry(entry);
-      blobOps.push({ type: 'put', key: commitRecordKey(this.blobId), value: encoded });
+      const blobOps = this.lastBlobOps(encoded);
       // The duplicate check runs beside the synced write, off the critical path: duplicates are rare, and
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       let existing: CatalogEntry | undefined;
@@ -659,8 +702,42 @@ class LevelInstanceWriter implements InstanceWriter {
         throw error;
       }
       this.state = 'committed';
-      this.store.endUpload(this.blobId, true);
+      this.store.endUpload(this.blobId, 'stored');
       return { outcome: 'stored', entry } as const;
+    });
+  }
+
+  /** The last chunk (also of an empty instance) and the commit record: what the synced batch writes. */
+  private lastBlobOps(encodedEntry: Uint8Array): Op[] {
+    const ops: Op[] = [];
+    if (this.pendingBytes > 0 || this.sequence === 0) ops.push({ type: 'put', key: chunkKey(this.blobId, this.sequence++), value: this.takePending() });
+    ops.push({ type: 'put', key: commitRecordKey(this.blobId), value: encodedEntry });
+    return ops;
+  }
+
+  /** ReplicaStore.repairCopy's commit: these bytes become the copy `corrupt`'s entry points at. */
+  async replace(corrupt: CatalogEntry): Promise<'repaired' | 'changed'> {
+    if (this.state !== 'open') throw new StoreError('ERR_STORE_WRITER_STATE', `replace after ${this.state}`);
+    await Promise.all(this.inFlight);
+    if (this.failure) throw this.failure;
+    const sha256 = this.hash.digest('hex');
+    if (this.bytesWritten !== corrupt.byteLength || sha256 !== corrupt.sha256) {
+      throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `repair copy of ${corrupt.sopInstanceUid} (${this.bytesWritten} bytes, SHA-256 ${sha256}) does not match its entry`);
+    }
+    return this.store.serialiseCommit(corrupt.sopInstanceUid, async () => {
+      const current = await this.store.getEntry(corrupt.sopInstanceUid);
+      if (current === undefined || current.blobId !== corrupt.blobId) return 'changed';
+      const entry: CatalogEntry = { ...current, blobId: this.blobId };
+      const encoded = encodeCatalogEntry(entry);
+      // Rare, so both writes are synced and not combined: the bad copy is deleted only once the catalog
+      // points at the new one for good. A power cut before that leaves the entry on the bad copy, and
+      // recovery deletes the new one (its commit record names a UID stored under another blob).
+      await this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true });
+      await this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true });
+      this.state = 'committed';
+      this.store.endUpload(this.blobId, 'replaced');
+      await this.store.deleteBlob(corrupt.blobId, false);
+      return 'repaired';
     });
   }
 
@@ -672,6 +749,6 @@ class LevelInstanceWriter implements InstanceWriter {
     await Promise.all(this.inFlight);
     // sequence > 0: chunks (or a commit that failed or found a duplicate) were written.
     if (this.sequence > 0) await this.store.deleteBlob(this.blobId, false);
-    this.store.endUpload(this.blobId, false);
+    this.store.endUpload(this.blobId, 'aborted');
   }
 }

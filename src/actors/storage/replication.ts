@@ -754,10 +754,45 @@ export async function fetchFrom(
   sopInstanceUid: string,
   options: ClientOptions = {},
 ): Promise<{ entry: CatalogEntry; outcome: 'stored' | 'duplicate' } | undefined> {
-  const limits = { ...defaultReplicationLimits, ...options.limits };
-  const signal = deadline(options, limits.transferTimeoutMs);
   const held = await store.getEntry(sopInstanceUid);
   if (held !== undefined) return { entry: held, outcome: 'duplicate' };
+  return fetchOne(node, peerId, sopInstanceUid, options, async (entry, body) => {
+    const outcome = await putAndDrain(store, entry, body);
+    const local = await store.getEntry(sopInstanceUid);
+    return { entry: local ?? entry, outcome };
+  });
+}
+
+/**
+ * Replaces a local copy that failed verification (`corrupt`, its entry) with the peer's copy, which must
+ * be the same instance (same byteLength and SHA-256: ERR_REPLICATION_MISMATCH otherwise, and a copy of
+ * the peer's that is itself damaged fails the store's check). undefined when the peer does not hold it.
+ */
+export async function repairFrom(
+  node: MeshNode,
+  peerId: string,
+  store: ReplicaStore,
+  corrupt: CatalogEntry,
+  options: ClientOptions = {},
+): Promise<'repaired' | 'changed' | undefined> {
+  return fetchOne(node, peerId, corrupt.sopInstanceUid, options, async (entry, body) => {
+    if (entry.sha256 !== corrupt.sha256 || entry.byteLength !== corrupt.byteLength) {
+      throw new ReplicationError('ERR_REPLICATION_MISMATCH', `${peerId} holds ${corrupt.sopInstanceUid} with other bytes (${entry.byteLength} bytes, SHA-256 ${entry.sha256})`);
+    }
+    return store.repairCopy(corrupt, body);
+  });
+}
+
+/** One instance over fetch/1: its checked entry and body go to `receive`; undefined when the peer lacks it. */
+async function fetchOne<T>(
+  node: MeshNode,
+  peerId: string,
+  sopInstanceUid: string,
+  options: ClientOptions,
+  receive: (entry: CatalogEntry, body: AsyncGenerator<Uint8Array>) => Promise<T>,
+): Promise<T | undefined> {
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  const signal = deadline(options, limits.transferTimeoutMs);
   return withStream(node, peerId, FETCH_PROTOCOL, signal, async (stream) => {
     await writeFrameEnvelope(stream, { type: 'fetch', sopInstanceUid }, limits.frameBytesMax, signal);
     await stream.closeWrite({ signal });
@@ -767,9 +802,7 @@ export async function fetchFrom(
     if (answer.type !== 'instance') throw unexpected('fetch', answer);
     const entry = fetchedEntry(answer.entry, sopInstanceUid, limits);
     const length = await readBodyLength(stream, entry, signal);
-    const outcome = await putAndDrain(store, entry, stream.reader.body(length, { signal }));
-    const local = await store.getEntry(sopInstanceUid);
-    return { entry: local ?? entry, outcome };
+    return receive(entry, stream.reader.body(length, { signal }));
   });
 }
 
