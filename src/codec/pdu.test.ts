@@ -8,6 +8,7 @@ import {
   defaultPduLimits,
   encodePDataFragments,
   encodePdu,
+  evenChunks,
   type AssociateRqPdu,
   type Pdu,
 } from './pdu.ts';
@@ -97,6 +98,31 @@ test('P-DATA fragmentation respects the peer maximum length', () => {
     total += pdu.values[0]!.data.length;
   });
   assert.equal(total, data.length);
+});
+
+test('data set fragments have even lengths: an odd peer maximum is rounded down, odd chunks are re-cut', async () => {
+  const data = new Uint8Array(50_000).map((_, i) => i & 0xff);
+  for (const pdu of encodePDataFragments(5, false, data, 16_385)) {
+    const decoded = decodePdu(pdu);
+    assert.ok(decoded.type === 'pData');
+    const fragment = decoded.values[0]!.data.length;
+    assert.equal(fragment % 2, 0, `fragment of ${fragment} bytes`);
+  }
+  // Chunks as a replica may have been stored in: odd sizes, an empty one, a single byte.
+  const sizes = [3, 5, 0, 1, 12_213, 2, 7, 1];
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  for (const size of sizes) {
+    chunks.push(data.subarray(offset, offset + size));
+    offset += size;
+  }
+  const recut: Uint8Array[] = [];
+  for await (const chunk of evenChunks((async function* () { yield* chunks; })())) recut.push(chunk);
+  assert.ok(recut.every((chunk) => chunk.length > 0 && chunk.length % 2 === 0), JSON.stringify(recut.map((c) => c.length)));
+  assert.deepEqual(Buffer.concat(recut), Buffer.from(data.subarray(0, offset)), 'same bytes, same order');
+  const odd: Uint8Array[] = [];
+  for await (const chunk of evenChunks((async function* () { yield data.subarray(0, 3); yield data.subarray(3, 6); yield data.subarray(6, 7); })())) odd.push(chunk);
+  assert.deepEqual(odd.map((c) => c.length), [2, 4, 1], 'an odd whole ends with its odd byte');
 });
 
 test('seeded fuzz: thousands of mutated PDUs only ever raise PduError', () => {

@@ -609,6 +609,31 @@ export const pDataOverheadBytes = 12;
  * Splits a message part into P-DATA-TF PDUs that fit the receiver's maximum length (0 means unlimited).
  * Returns encoded PDUs; the data is copied once, into the PDUs.
  */
+/**
+ * A data set's chunks re-cut so that each has an even length (only the last can be odd, if the whole
+ * is): every chunk becomes its own P-DATA fragments, DCMTK refuses a fragment of odd length (0006:020d),
+ * and a stored copy's chunks follow whatever pieces it arrived in (replicas come off a byte stream).
+ * An odd chunk's last byte moves to the front of the next one (one copy of that chunk).
+ */
+export async function* evenChunks(chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  let carried: number | undefined;
+  for await (const chunk of chunks) {
+    let piece = chunk;
+    if (carried !== undefined) {
+      piece = new Uint8Array(chunk.length + 1);
+      piece[0] = carried;
+      piece.set(chunk, 1);
+      carried = undefined;
+    }
+    if (piece.length % 2 === 1) {
+      carried = piece[piece.length - 1];
+      piece = piece.subarray(0, piece.length - 1);
+    }
+    if (piece.length > 0) yield piece;
+  }
+  if (carried !== undefined) yield Uint8Array.of(carried);
+}
+
 export function encodePDataFragments(
   presentationContextId: number,
   isCommand: boolean,
@@ -616,8 +641,9 @@ export function encodePDataFragments(
   peerMaxPduLength: number,
   isLastPart = true,
 ): Uint8Array[] {
-  // The maximum length counts the PDU's variable field: PDV item header (4 + 2) plus the fragment.
-  const maxFragment = peerMaxPduLength > 0 ? Math.max(peerMaxPduLength - 6, 1) : 1024 * 1024;
+  // The maximum length counts the PDU's variable field: PDV item header (4 + 2) plus the fragment. Kept
+  // even (a peer may announce an odd maximum): DCMTK refuses data set fragments of odd length (0006:020d).
+  const maxFragment = peerMaxPduLength > 0 ? Math.max((peerMaxPduLength - 6) & ~1, 2) : 1024 * 1024;
   const pdus: Uint8Array[] = [];
   let offset = 0;
   do {

@@ -550,6 +550,37 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     assert.deepEqual(problems, []);
   });
 
+  it('getscu and movescu: a copy stored in odd-sized chunks (replicas arrive off a byte stream) goes out in even fragments', async () => {
+    requireStored();
+    assert.ok(peer && moveScp);
+    const store = peer.store;
+    // The largest uncompressed instance, rewritten in pieces of 65,537 bytes: each one an odd chunk.
+    const inst = instances.filter((i) => i.transferSyntaxUid === TS.ExplicitLE).sort((a, b) => b.bytes.length - a.bytes.length)[0]!;
+    const entry = (await store.getEntry(inst.sopInstanceUid))!;
+    assert.ok(entry.byteLength > 2 * 65_537, `${inst.name} has ${entry.byteLength} bytes`);
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of store.readInstance(entry)) chunks.push(chunk);
+    const whole = Buffer.concat(chunks);
+    const pieces: Uint8Array[] = [];
+    for (let offset = 0; offset < whole.length; offset += 65_537) pieces.push(whole.subarray(offset, offset + 65_537));
+    assert.equal(await store.repairCopy(entry, pieces), 'repaired');
+
+    const keys = [`StudyInstanceUID=${inst.studyUid}`, `SeriesInstanceUID=${inst.seriesUid}`, `SOPInstanceUID=${inst.sopInstanceUid}`];
+    const got = await getscu(keys, inst.transferSyntaxUid, 'IMAGE');
+    assert.equal(retrieveSummary(got.output, 'get').completed, 1, got.output.slice(-1500));
+    const gotCopy = (await readReceived(got.dir)).get(inst.sopInstanceUid);
+    assert.ok(gotCopy, 'received by getscu');
+    assert.deepEqual(checkCopy(inst, gotCopy.bytes, 'get'), []);
+
+    await rm(moveScp.outDir, { recursive: true, force: true });
+    await mkdir(moveScp.outDir, { recursive: true });
+    const moved = await dcmtk('movescu', ['-v', '-S', '-aec', AE, '-aem', MOVE_AE, '-k', 'QueryRetrieveLevel=IMAGE', ...keys.flatMap((k) => ['-k', k]), '127.0.0.1', String(port())], 60_000);
+    assert.equal(retrieveSummary(moved.output, 'move').finalStatus, 'Success', moved.output.slice(-1500));
+    const movedCopy = (await readReceived(moveScp.outDir)).get(inst.sopInstanceUid);
+    assert.ok(movedCopy, 'received by the storescp');
+    assert.deepEqual(checkCopy(inst, movedCopy.bytes, 'move'), []);
+  });
+
   it('movescu: patient root, one patient, to the storescp', async () => {
     requireStored();
     assert.ok(moveScp);

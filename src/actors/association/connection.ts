@@ -13,6 +13,7 @@ import {
   PduError,
   PduFramer,
   encodePDataFragments,
+  evenChunks,
   encodePdu,
   type Pdu,
   type PduLimits,
@@ -231,7 +232,7 @@ export class AssociationCore {
     }
     // One chunk of look-ahead tells which fragment is the last one.
     let previous: Uint8Array | undefined;
-    for await (const chunk of dataSet) {
+    for await (const chunk of evenChunks(dataSet)) {
       if (previous) {
         for (const pdu of encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)) {
           await this.fire({ type: 'pDataRequest', pdu });
