@@ -47,6 +47,8 @@ export interface PeerConfig {
    */
   roster: string[];
   logLevel: 'info' | 'warn' | 'error' | 'silent';
+  /** Scrub: MB (10^6 bytes) of stored copies read back and checked per second while idle; 0 turns it off. */
+  scrubMbPerS: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -67,6 +69,7 @@ export const defaultConfig: PeerConfig = {
   priority: 100,
   roster: [],
   logLevel: 'info',
+  scrubMbPerS: 16,
 };
 
 /** AE titles: 1-16 characters of the default repertoire, no backslash or control characters (PS3.5 6.2). */
@@ -188,6 +191,14 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.roster.push(...ids);
     },
   },
+  '--scrub-mb-per-s': {
+    takesValue: true,
+    apply: (c, v) => {
+      const n = Number(v);
+      if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 10_000) throw new ConfigError(`--scrub-mb-per-s "${v}" must be 0-10000 (0 turns the scrub off)`);
+      c.scrubMbPerS = n;
+    },
+  },
   '--log-level': {
     takesValue: true,
     apply: (c, v) => {
@@ -242,5 +253,7 @@ start options (defaults in brackets):
   --write-quorum N            copies on distinct sites before Success [2 when 2+ sites are alive]
   --priority N                balancer election priority, lower wins [100]
   --roster PEERID,...         pin the election roster (strict one leader per term) [learnt]
+  --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it when busy);
+                              damaged ones are replaced from another site; 0 = off [16]
   --log-level LEVEL           info | warn | error | silent [info]
 `;

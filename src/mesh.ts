@@ -12,6 +12,7 @@ import type { RetrieveSource } from './actors/association/services/query-retriev
 import { startCustody, type CustodyService } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
 import type { ReplicaStore } from './actors/storage/replica-store.ts';
+import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import type { Clock } from './actors/runtime/clock.ts';
 import type { Logger } from './actors/runtime/logger.ts';
 import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
@@ -37,6 +38,8 @@ export interface Mesh {
   ingest: IngestPort;
   retrieveSource: RetrieveSource;
   frontDoor: FrontDoor;
+  /** The scrub's repair: a damaged local copy replaced by a good one from an alive peer. */
+  repairCopy(corrupt: CatalogEntry): Promise<'repaired' | 'changed' | 'unavailable'>;
   status(): Record<string, unknown>;
   stop(): Promise<void>;
 }
@@ -115,6 +118,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ensureLocal: (entry) => custody.retrieve.ensureLocal(entry),
       },
       frontDoor,
+      repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       status: () => {
         const leader = balancer.leader();
         const stats = custody.stats();

@@ -14,6 +14,7 @@ import { networkInterfaces } from 'node:os';
 import { localRetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
+import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
@@ -48,6 +49,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   let dicom: DicomListener | undefined;
   let http: RunningHttpServer | undefined;
   let mesh: Mesh | undefined;
+  let scrub: ScrubService | undefined;
   // The DICOM port must be bound before the mesh can announce it, and the mesh supplies the ingest port:
   // a store arriving in between waits for the mesh rather than being acknowledged without its quorum.
   let markMeshReady!: () => void;
@@ -96,6 +98,10 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       host: config.host,
       port: config.httpPort,
       isHealthy: () => healthy,
+      scrubNow: () => {
+        scrub?.startNow();
+        return scrub ? { ...scrub.stats() } : undefined;
+      },
       meshStatus: async () => {
         const meshStatus = mesh?.status();
         return {
@@ -106,6 +112,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
             ...(mesh ? { peerId: mesh.node.peerId, multiaddrs: mesh.node.multiaddrs() } : {}),
           },
           instances: await store.countInstances(),
+          ...(scrub ? { scrub: scrub.stats() } : {}),
           activeAssociations: listener.activeAssociations(),
           associationsServed: listener.associationsServed(),
           leader: null,
@@ -129,7 +136,19 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       });
     }
     markMeshReady();
+    if (config.scrubMbPerS > 0) {
+      scrub = startScrub({
+        store,
+        clock,
+        log,
+        parent: supervisor.system,
+        config: { bytesPerSecond: config.scrubMbPerS * 1_000_000 },
+        busy: () => listener.activeAssociations() > 0,
+        repair: (entry) => (mesh ? mesh.repairCopy(entry) : Promise.resolve('noPeers')),
+      });
+    }
   } catch (error) {
+    await scrub?.stop();
     await mesh?.stop();
     await dicom?.stop(0);
     await http?.stop();
@@ -150,6 +169,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       (stopping ??= (async () => {
         healthy = false;
         await runningDicom.stop(options.shutdownGraceMs ?? 5000);
+        await scrub?.stop();
         await mesh?.stop();
         await runningHttp.stop();
         supervisor.stop();

@@ -1,5 +1,6 @@
 /**
- * The operators' HTTP port: /healthz for probes and /api/mesh for the state of this peer and its mesh.
+ * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh, and
+ * POST /api/scrub to start a scrub pass now.
  */
 import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -11,6 +12,8 @@ export interface HttpServerInit {
   port: number;
   meshStatus: MeshStatusProvider;
   isHealthy: () => boolean;
+  /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
+  scrubNow?: () => Record<string, unknown> | undefined;
 }
 
 export interface RunningHttpServer {
@@ -26,6 +29,17 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = (req.url ?? '/').split('?')[0];
+  if (path === '/api/scrub') {
+    if (req.method !== 'POST') {
+      res.setHeader('allow', 'POST');
+      sendJson(res, 405, { error: 'method not allowed: POST starts a scrub pass', code: 'ERR_HTTP_METHOD' });
+      return;
+    }
+    const stats = init.scrubNow?.();
+    if (stats === undefined) sendJson(res, 409, { error: 'the scrub is off (--scrub-mb-per-s 0)', code: 'ERR_SCRUB_OFF' });
+    else sendJson(res, 202, { status: 'scrub pass starting (unless one is running)', scrub: stats });
+    return;
+  }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('allow', 'GET, HEAD');
     sendJson(res, 405, { error: 'method not allowed', code: 'ERR_HTTP_METHOD' });

@@ -247,6 +247,34 @@ export async function* iterateCatalog(db: CatalogDb): AsyncGenerator<CatalogEntr
 }
 
 /**
+ * Up to `limit` entries with a UID after `afterUid` ('' = from the first), in UID order: a scrub's page.
+ * A record that `decode` refuses (it throws) is named in `undecodable` and skipped; `lastUid` is the last
+ * UID read.
+ */
+export async function catalogPage(
+  db: CatalogDb,
+  afterUid: string,
+  limit: number,
+  decode: (bytes: Uint8Array) => CatalogEntry = decodeCatalogEntry,
+): Promise<{ entries: CatalogEntry[]; undecodable: string[]; lastUid: string | undefined; end: boolean }> {
+  const range = prefixRange(CATALOG_ENTRY_PREFIX);
+  const records = await db.iterator({ ...(afterUid === '' ? { gte: range.gte } : { gt: catalogEntryKey(afterUid) }), lt: range.lt, limit: limit + 1 }).all();
+  const page = records.slice(0, limit);
+  const entries: CatalogEntry[] = [];
+  const undecodable: string[] = [];
+  for (const [key, value] of page) {
+    const uid = key.slice(CATALOG_ENTRY_PREFIX.length);
+    try {
+      entries.push(decode(value));
+    } catch {
+      undecodable.push(uid);
+    }
+  }
+  const last = page.at(-1);
+  return { entries, undecodable, lastUid: last?.[0].slice(CATALOG_ENTRY_PREFIX.length), end: records.length <= limit };
+}
+
+/**
  * The keys under `prefix`, in order, in batches. nextv() is used rather than `for await` over the
  * iterator: measured here ~5x faster (20,000 keys: ~20 ms against ~100 ms).
  */

@@ -1,0 +1,176 @@
+/**
+ * The scrub actor: a thin nact shell around the scrub reducer (logic.ts). It reads catalog pages and
+ * reads copies back through the store, asks `repair` (the mesh: another site's good copy) to replace a
+ * damaged one, and logs what the reducer reports. Timers are messages: a tick every `tickIntervalMs`
+ * carries the clock and whether associations are active. Runs in a single-site archive too (it then
+ * reports damage it cannot repair).
+ */
+import type { Clock } from '../../runtime/clock.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
+import { createTicker, onTickingActorCrash } from '../../runtime/ticker.ts';
+import { catalogPage, decodeCatalogEntry } from '../catalog.ts';
+import type { CatalogEntry } from '../catalog-types.ts';
+import type { ReplicaStore } from '../replica-store.ts';
+import { validateCatalogEntry } from '../replication.ts';
+import { defaultScrubConfig, initScrub, scrubStats, stepScrub, type ScrubState } from './logic.ts';
+import type { RepairOutcome, ScrubConfig, ScrubEffect, ScrubInput, ScrubStats } from './messages.ts';
+
+export interface ScrubServiceInit {
+  store: ReplicaStore;
+  clock: Clock;
+  log: Logger;
+  /** nact parent of the scrub actor. */
+  parent: Ref<any>;
+  config?: Partial<ScrubConfig>;
+  /** Default 250 ms. */
+  tickIntervalMs?: number;
+  /** Whether DICOM associations are active now (the scrub slows down to its busy share). */
+  busy(): boolean;
+  /** Replaces a damaged copy from elsewhere; 'noPeers' where there is nowhere to take one from. */
+  repair(entry: CatalogEntry): Promise<RepairOutcome>;
+  onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
+}
+
+export interface ScrubService {
+  stats(): ScrubStats;
+  /** Starts a pass now unless one is running (an operator's request, e.g. after a disk incident). */
+  startNow(): void;
+  stop(): Promise<void>;
+}
+
+type ScrubMsg = { readonly type: 'tick' } | { readonly type: 'input'; readonly input: ScrubInput };
+
+// What a peer sent is checked the same way: a damaged catalog record is named, not half-used.
+const decodeChecked = (bytes: Uint8Array): CatalogEntry => validateCatalogEntry(decodeCatalogEntry(bytes));
+
+export function startScrub(init: ScrubServiceInit): ScrubService {
+  const { store, clock } = init;
+  const log = init.log.child({ component: 'scrub' });
+  const config: ScrubConfig = { ...defaultScrubConfig, ...init.config };
+  const tickIntervalMs = init.tickIntervalMs ?? 250;
+  let stopped = false;
+  let current: ScrubStats = scrubStats(initScrub(config, clock.nowMs()));
+  const tasks = new Set<Promise<void>>();
+
+  const send = (message: ScrubMsg): void => {
+    if (!stopped) dispatch(ref, message);
+  };
+  const input = (i: ScrubInput): void => send({ type: 'input', input: i });
+  const run = (task: () => Promise<ScrubInput>): void => {
+    const t = task().then(
+      (result) => input(result),
+      (error: unknown) => log.error('scrub task failed', { error: String((error as Error)?.message ?? error) }),
+    );
+    tasks.add(t);
+    void t.finally(() => tasks.delete(t));
+  };
+
+  async function list(afterUid: string, limit: number): Promise<ScrubInput> {
+    try {
+      const page = await catalogPage(store.db, afterUid, limit, decodeChecked);
+      for (const uid of page.undecodable) log.error('scrub: catalog record cannot be read; the instance is not served from this site until it is stored again', { sopInstanceUid: uid });
+      return { type: 'listed', entries: page.entries, lastUid: page.lastUid, end: page.end, nowMs: clock.nowMs() };
+    } catch (error) {
+      return { type: 'listFailed', error: String((error as Error)?.message ?? error), nowMs: clock.nowMs() };
+    }
+  }
+
+  async function verify(entry: CatalogEntry): Promise<ScrubInput> {
+    const verified = (outcome: 'ok' | 'bad' | 'gone', reason?: string): ScrubInput => ({
+      type: 'verified',
+      sopInstanceUid: entry.sopInstanceUid,
+      outcome,
+      ...(reason === undefined ? {} : { reason }),
+      nowMs: clock.nowMs(),
+    });
+    try {
+      const result = await store.verifyInstance(entry);
+      if (result.ok) return verified('ok');
+      // Replaced (a repair, or stored again) while it was read: the copy read is no longer the one served.
+      const now = await store.getEntry(entry.sopInstanceUid);
+      return now?.blobId === entry.blobId ? verified('bad', result.reason) : verified('gone');
+    } catch (error) {
+      log.warn('scrub: read-back failed', { sopInstanceUid: entry.sopInstanceUid, error: String((error as Error)?.message ?? error) });
+      return verified('gone');
+    }
+  }
+
+  async function repair(entry: CatalogEntry): Promise<ScrubInput> {
+    let outcome: RepairOutcome;
+    try {
+      outcome = await init.repair(entry);
+    } catch (error) {
+      log.warn('scrub: repair failed', { sopInstanceUid: entry.sopInstanceUid, error: String((error as Error)?.message ?? error) });
+      outcome = 'unavailable';
+    }
+    return { type: 'repairEnded', sopInstanceUid: entry.sopInstanceUid, outcome, nowMs: clock.nowMs() };
+  }
+
+  function perform(effects: readonly ScrubEffect[]): void {
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'list':
+          run(() => list(effect.afterUid, effect.limit));
+          break;
+        case 'verify':
+          run(() => verify(effect.entry));
+          break;
+        case 'repair':
+          run(() => repair(effect.entry));
+          break;
+        case 'report':
+          log[effect.level](effect.message, effect.fields);
+          break;
+        default: {
+          const unreachable: never = effect;
+          throw new Error(`unhandled scrub effect ${JSON.stringify(unreachable)}`);
+        }
+      }
+    }
+  }
+
+  const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
+
+  const ref: Ref<ScrubMsg> = spawnActor<ScrubState | null, ScrubMsg>(init.parent, {
+    name: 'scrub',
+    // null: start afresh (a new pass after the start delay) on the next message; nact's 'reset' comes back here.
+    initialState: null,
+    handle(state, message) {
+      if (message.type === 'tick') ticker.handled();
+      const s = state ?? initScrub(config, clock.nowMs());
+      let step;
+      switch (message.type) {
+        case 'tick':
+          step = stepScrub(s, { type: 'tick', nowMs: clock.nowMs(), busy: init.busy() });
+          ticker.schedule(tickIntervalMs);
+          break;
+        case 'input':
+          step = stepScrub(s, message.input);
+          break;
+        default: {
+          const unreachable: never = message;
+          throw new Error(`unhandled scrub message ${JSON.stringify(unreachable)}`);
+        }
+      }
+      perform(step.effects);
+      current = scrubStats(step.state);
+      return step.state;
+    },
+    onCrash: (error) => onTickingActorCrash(ticker, log, 'scrub', error, init.onCrash),
+  });
+
+  ticker.postNow();
+  let stopping: Promise<void> | undefined;
+  return {
+    stats: () => current,
+    startNow: () => input({ type: 'startNow', nowMs: clock.nowMs() }),
+    stop: () =>
+      (stopping ??= (async () => {
+        stopped = true;
+        ticker.stop();
+        stopActor(ref);
+        await Promise.allSettled([...tasks]);
+      })()),
+  };
+}

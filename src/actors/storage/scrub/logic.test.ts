@@ -1,0 +1,162 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { CatalogEntry } from '../catalog-types.ts';
+import { defaultScrubConfig, initScrub, scrubStats, stepScrub, type ScrubState } from './logic.ts';
+import type { ScrubConfig, ScrubEffect, ScrubInput } from './messages.ts';
+
+function entry(index: number, byteLength = 1000): CatalogEntry {
+  return {
+    sopInstanceUid: `1.2.${String(index).padStart(5, '0')}`,
+    sopClassUid: '1.2.840.10008.5.1.4.1.1.7',
+    studyInstanceUid: '1.2',
+    seriesInstanceUid: '1.2.0',
+    patientId: 'P',
+    transferSyntaxUid: '1.2.840.10008.1.2.1',
+    byteLength,
+    sha256: 'ab'.repeat(32),
+    storedAtMs: 0,
+    blobId: `blob-${index}`,
+    attributes: [],
+  };
+}
+
+/**
+ * Runs the reducer against an in-memory catalog, answering every effect at once (reads are instant):
+ * ticks every 250 ms until `untilMs`. `bad` copies fail verification; repairs end as `repairOutcome`.
+ */
+function simulate(options: {
+  config?: Partial<ScrubConfig>;
+  catalog: CatalogEntry[];
+  untilMs: number;
+  bad?: Set<string>;
+  busy?: (nowMs: number) => boolean;
+  failListAtCalls?: Set<number>;
+  repairOutcome?: 'repaired' | 'unavailable' | 'hold';
+}) {
+  const config = { ...defaultScrubConfig, ...options.config };
+  let state: ScrubState = initScrub(config, 0);
+  const lists: string[] = [];
+  const verified: string[] = [];
+  const repairs: string[] = [];
+  const reports: Array<Extract<ScrubEffect, { type: 'report' }>> = [];
+  const queue: ScrubInput[] = [];
+  let nowMs = 0;
+  const perform = (effects: ScrubEffect[]) => {
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'list': {
+          lists.push(effect.afterUid);
+          if (options.failListAtCalls?.has(lists.length)) {
+            queue.push({ type: 'listFailed', error: 'disk said no', nowMs });
+            break;
+          }
+          const after = options.catalog.filter((e) => e.sopInstanceUid > effect.afterUid);
+          const page = after.slice(0, effect.limit);
+          queue.push({ type: 'listed', entries: page, lastUid: page.at(-1)?.sopInstanceUid, end: after.length <= effect.limit, nowMs });
+          break;
+        }
+        case 'verify':
+          verified.push(effect.entry.sopInstanceUid);
+          queue.push({ type: 'verified', sopInstanceUid: effect.entry.sopInstanceUid, outcome: options.bad?.has(effect.entry.sopInstanceUid) ? 'bad' : 'ok', nowMs });
+          break;
+        case 'repair':
+          repairs.push(effect.entry.sopInstanceUid);
+          if (options.repairOutcome !== 'hold') queue.push({ type: 'repairEnded', sopInstanceUid: effect.entry.sopInstanceUid, outcome: options.repairOutcome ?? 'repaired', nowMs });
+          break;
+        case 'report':
+          reports.push(effect);
+          break;
+        default: {
+          const unreachable: never = effect;
+          throw new Error(String(unreachable));
+        }
+      }
+    }
+  };
+  for (nowMs = 0; nowMs <= options.untilMs; nowMs += 250) {
+    queue.push({ type: 'tick', nowMs, busy: options.busy?.(nowMs) ?? false });
+    while (queue.length > 0) {
+      const step = stepScrub(state, queue.shift()!);
+      state = step.state;
+      perform(step.effects);
+    }
+  }
+  return { state, lists, verified, repairs, reports, stats: scrubStats(state) };
+}
+
+const catalog = Array.from({ length: 200 }, (_, i) => entry(i));
+
+test('nothing is read before the start delay; then a pass reads every copy once, in UID order, a page at a time', () => {
+  const early = simulate({ catalog, untilMs: 59_750, config: { startDelayMs: 60_000 } });
+  assert.deepEqual(early.lists, []);
+  const run = simulate({ catalog, untilMs: 70_000, config: { startDelayMs: 60_000, bytesPerSecond: 1_000_000, pageEntriesMax: 64 } });
+  assert.deepEqual(run.verified, catalog.map((e) => e.sopInstanceUid));
+  assert.deepEqual(run.lists, ['', '1.2.00063', '1.2.00127', '1.2.00191']);
+  assert.equal(run.stats.passesCompleted, 1);
+  assert.equal(run.stats.instancesVerified, 200);
+  assert.equal(run.stats.bytesVerified, 200_000);
+  assert.equal(run.reports.filter((r) => r.message === 'scrub pass completed').length, 1);
+});
+
+test('an operator can start a pass before the start delay is over; a running pass is not restarted', () => {
+  let state = initScrub({ ...defaultScrubConfig, startDelayMs: 60_000 }, 0);
+  let step = stepScrub(state, { type: 'startNow', nowMs: 5_000 });
+  assert.deepEqual(step.effects, [{ type: 'list', afterUid: '', limit: defaultScrubConfig.pageEntriesMax }]);
+  state = step.state;
+  step = stepScrub(state, { type: 'startNow', nowMs: 5_100 });
+  assert.deepEqual(step.effects, [], 'the page read already out is not asked for twice');
+});
+
+test('reads are paced by the byte rate, and slowed to the busy share while associations are active', () => {
+  const config = { startDelayMs: 0, bytesPerSecond: 10_000, busyRateShare: 1 / 4 };
+  const idle = simulate({ catalog, untilMs: 10_000, config });
+  // 10 s at 10,000 B/s of 1,000-byte copies: ~100, plus at most one second's budget of burst.
+  assert.ok(idle.verified.length >= 95 && idle.verified.length <= 111, `idle: ${idle.verified.length}`);
+  const busy = simulate({ catalog, untilMs: 10_000, config, busy: () => true });
+  assert.ok(busy.verified.length >= 22 && busy.verified.length <= 28, `busy: ${busy.verified.length}`);
+});
+
+test('the next pass starts after the pause and from the beginning', () => {
+  const small = catalog.slice(0, 10);
+  const run = simulate({ catalog: small, untilMs: 5_000, config: { startDelayMs: 0, passPauseMs: 2_000, bytesPerSecond: 1_000_000 } });
+  assert.equal(run.stats.passesCompleted, 3, 'passes at 0, ~2 and ~4 s');
+  assert.deepEqual(run.lists, ['', '', '']);
+  assert.equal(run.verified.length, 30);
+});
+
+test('a damaged copy is reported and repaired; repairs in flight are bounded; outcomes are counted', () => {
+  const bad = new Set(['1.2.00003', '1.2.00004', '1.2.00005', '1.2.00006']);
+  const repaired = simulate({ catalog: catalog.slice(0, 10), untilMs: 1_000, bad, config: { startDelayMs: 0, bytesPerSecond: 1_000_000 } });
+  assert.deepEqual(repaired.repairs, [...bad]);
+  assert.equal(repaired.stats.badCopiesFound, 4);
+  assert.equal(repaired.stats.copiesRepaired, 4);
+  assert.equal(repaired.reports.filter((r) => r.message === 'scrub: damaged copy found' && r.level === 'error').length, 4);
+
+  const held = simulate({ catalog: catalog.slice(0, 10), untilMs: 1_000, bad, repairOutcome: 'hold', config: { startDelayMs: 0, bytesPerSecond: 1_000_000, repairsInFlightMax: 2 } });
+  assert.deepEqual(held.repairs, ['1.2.00003', '1.2.00004'], 'two at once; the others are found again next pass');
+  assert.equal(held.stats.badCopiesFound, 4);
+
+  const unavailable = simulate({ catalog: catalog.slice(0, 10), untilMs: 1_000, bad, repairOutcome: 'unavailable', config: { startDelayMs: 0, bytesPerSecond: 1_000_000 } });
+  assert.equal(unavailable.stats.copiesUnrepaired, 4);
+  assert.ok(unavailable.reports.some((r) => r.level === 'error' && /no reachable site/.test(r.message)));
+});
+
+test('a failed catalog read is retried after the pause from the same place, not from the start', () => {
+  const run = simulate({ catalog, untilMs: 3_000, failListAtCalls: new Set([2]), config: { startDelayMs: 0, passPauseMs: 1_000, bytesPerSecond: 10_000_000, pageEntriesMax: 64 } });
+  assert.deepEqual(run.lists.slice(0, 3), ['', '1.2.00063', '1.2.00063']);
+  assert.deepEqual(run.verified.slice(0, 200), catalog.map((e) => e.sopInstanceUid), 'each copy once in the first pass');
+  assert.ok(run.reports.some((r) => r.level === 'error' && /reading the catalog failed/.test(r.message)));
+});
+
+test('a copy replaced while it was read is not counted; a rate of 0 turns the scrub off', () => {
+  let state = initScrub({ ...defaultScrubConfig, startDelayMs: 0 }, 0);
+  let step = stepScrub(state, { type: 'tick', nowMs: 1000, busy: false });
+  state = step.state;
+  step = stepScrub(state, { type: 'listed', entries: [entry(1)], lastUid: entry(1).sopInstanceUid, end: true, nowMs: 1000 });
+  assert.deepEqual(step.effects.map((e) => e.type), ['verify']);
+  step = stepScrub(step.state, { type: 'verified', sopInstanceUid: entry(1).sopInstanceUid, outcome: 'gone', nowMs: 1000 });
+  assert.equal(scrubStats(step.state).instancesVerified, 0);
+
+  const off = simulate({ catalog, untilMs: 120_000, config: { bytesPerSecond: 0, startDelayMs: 0 } });
+  assert.deepEqual([off.lists, off.verified], [[], []]);
+});

@@ -1,0 +1,190 @@
+/**
+ * The scrub reducer: pure, driven by ticks (with the clock's time and whether associations are active)
+ * and by the results of the reads it asks for. One read-back at a time, paced by a byte budget that
+ * refills at the configured rate (less while the archive is busy), one catalog page at a time.
+ */
+import type { CatalogEntry } from '../catalog-types.ts';
+import type { RepairOutcome, ScrubConfig, ScrubEffect, ScrubInput, ScrubStats } from './messages.ts';
+
+export const defaultScrubConfig: ScrubConfig = {
+  bytesPerSecond: 16 * 1024 * 1024,
+  busyRateShare: 1 / 8,
+  pageEntriesMax: 64,
+  startDelayMs: 60_000,
+  passPauseMs: 60_000,
+  repairsInFlightMax: 4,
+};
+
+export interface ScrubState {
+  readonly config: ScrubConfig;
+  /** waiting: until nextAtMs; listing: a page read is out; verifying: working through `page`. */
+  phase: 'waiting' | 'listing' | 'verifying';
+  nextAtMs: number;
+  /** A pass is under way (a failed page read resumes it from the cursor instead of starting over). */
+  passRunning: boolean;
+  cursor: string;
+  page: CatalogEntry[];
+  pageIsLast: boolean;
+  /** The entry being read back (its repair needs it). */
+  verifying: CatalogEntry | null;
+  /** Bytes that may be read now; may go below zero by one instance (a large one is not starved). */
+  budgetBytes: number;
+  budgetAtMs: number;
+  busy: boolean;
+  repairing: Set<string>;
+  stats: { -readonly [K in keyof ScrubStats]: ScrubStats[K] };
+}
+
+export interface ScrubStep {
+  state: ScrubState;
+  effects: ScrubEffect[];
+}
+
+export function initScrub(config: ScrubConfig, nowMs: number): ScrubState {
+  return {
+    config,
+    phase: 'waiting',
+    nextAtMs: nowMs + config.startDelayMs,
+    passRunning: false,
+    cursor: '',
+    page: [],
+    pageIsLast: false,
+    verifying: null,
+    budgetBytes: 0,
+    budgetAtMs: nowMs,
+    busy: false,
+    repairing: new Set(),
+    stats: {
+      passesCompleted: 0,
+      instancesVerified: 0,
+      bytesVerified: 0,
+      badCopiesFound: 0,
+      copiesRepaired: 0,
+      copiesUnrepaired: 0,
+      cursor: '',
+      lastPassCompletedAtMs: null,
+    },
+  };
+}
+
+export function scrubStats(state: ScrubState): ScrubStats {
+  return { ...state.stats, cursor: state.cursor };
+}
+
+function rateBytesPerSecond(state: ScrubState): number {
+  return state.config.bytesPerSecond * (state.busy ? state.config.busyRateShare : 1);
+}
+
+/** Refills the budget for the time since the last refill, up to one second's worth. */
+function refill(state: ScrubState, nowMs: number): void {
+  const rate = rateBytesPerSecond(state);
+  const elapsedMs = Math.max(0, nowMs - state.budgetAtMs);
+  state.budgetBytes = Math.min(rate, state.budgetBytes + (elapsedMs * rate) / 1000);
+  state.budgetAtMs = nowMs;
+}
+
+/** Starts whatever may start now: a pass, a page read, or the next read-back. */
+function advance(state: ScrubState, nowMs: number, effects: ScrubEffect[]): void {
+  if (state.config.bytesPerSecond <= 0) return;
+  if (state.phase === 'waiting') {
+    if (nowMs < state.nextAtMs) return;
+    if (!state.passRunning) {
+      state.passRunning = true;
+      state.cursor = '';
+    }
+    state.phase = 'listing';
+    effects.push({ type: 'list', afterUid: state.cursor, limit: state.config.pageEntriesMax });
+    return;
+  }
+  if (state.phase !== 'verifying' || state.verifying !== null || state.budgetBytes <= 0) return;
+  const next = state.page.shift();
+  if (next !== undefined) {
+    state.verifying = next;
+    state.budgetBytes -= next.byteLength;
+    effects.push({ type: 'verify', entry: next });
+    return;
+  }
+  if (!state.pageIsLast) {
+    state.phase = 'listing';
+    effects.push({ type: 'list', afterUid: state.cursor, limit: state.config.pageEntriesMax });
+    return;
+  }
+  state.passRunning = false;
+  state.phase = 'waiting';
+  state.nextAtMs = nowMs + state.config.passPauseMs;
+  state.stats.passesCompleted += 1;
+  state.stats.lastPassCompletedAtMs = nowMs;
+  effects.push({
+    type: 'report',
+    level: 'info',
+    message: 'scrub pass completed',
+    fields: { passes: state.stats.passesCompleted, instancesVerified: state.stats.instancesVerified, badCopiesFound: state.stats.badCopiesFound },
+  });
+}
+
+const repairReports: Record<RepairOutcome, { level: 'info' | 'warn' | 'error'; message: string } | null> = {
+  repaired: { level: 'info', message: 'scrub: damaged copy replaced by a good one from another site' },
+  changed: null,
+  unavailable: { level: 'error', message: 'scrub: no reachable site has a good copy; the damaged one is kept and checked again next pass' },
+  noPeers: { level: 'error', message: 'scrub: damaged copy and no other site to repair it from (single-site archive); it is kept and checked again next pass' },
+};
+
+export function stepScrub(state: ScrubState, input: ScrubInput): ScrubStep {
+  const effects: ScrubEffect[] = [];
+  switch (input.type) {
+    case 'tick':
+      refill(state, input.nowMs);
+      state.busy = input.busy;
+      break;
+    case 'startNow':
+      if (state.phase === 'waiting') state.nextAtMs = Math.min(state.nextAtMs, input.nowMs);
+      break;
+    case 'listed': {
+      if (state.phase !== 'listing') break;
+      state.page = [...input.entries];
+      state.pageIsLast = input.end;
+      if (input.lastUid !== undefined) state.cursor = input.lastUid;
+      state.phase = 'verifying';
+      refill(state, input.nowMs);
+      break;
+    }
+    case 'listFailed':
+      if (state.phase !== 'listing') break;
+      state.phase = 'waiting';
+      state.nextAtMs = input.nowMs + state.config.passPauseMs;
+      effects.push({ type: 'report', level: 'error', message: 'scrub: reading the catalog failed; retrying later from the same place', fields: { error: input.error, cursor: state.cursor } });
+      break;
+    case 'verified': {
+      const entry = state.verifying;
+      if (entry === null || entry.sopInstanceUid !== input.sopInstanceUid) break;
+      state.verifying = null;
+      refill(state, input.nowMs);
+      if (input.outcome === 'gone') break;
+      state.stats.instancesVerified += 1;
+      state.stats.bytesVerified += entry.byteLength;
+      if (input.outcome === 'ok') break;
+      state.stats.badCopiesFound += 1;
+      const canRepair = state.repairing.size < state.config.repairsInFlightMax && !state.repairing.has(entry.sopInstanceUid);
+      effects.push({ type: 'report', level: 'error', message: 'scrub: damaged copy found', fields: { sopInstanceUid: entry.sopInstanceUid, reason: input.reason ?? '', repairing: canRepair } });
+      if (canRepair) {
+        state.repairing.add(entry.sopInstanceUid);
+        effects.push({ type: 'repair', entry });
+      }
+      break;
+    }
+    case 'repairEnded': {
+      if (!state.repairing.delete(input.sopInstanceUid)) break;
+      if (input.outcome === 'repaired') state.stats.copiesRepaired += 1;
+      if (input.outcome === 'unavailable' || input.outcome === 'noPeers') state.stats.copiesUnrepaired += 1;
+      const report = repairReports[input.outcome];
+      if (report !== null) effects.push({ type: 'report', ...report, fields: { sopInstanceUid: input.sopInstanceUid } });
+      break;
+    }
+    default: {
+      const unreachable: never = input;
+      throw new Error(`unknown scrub input ${JSON.stringify(unreachable)}`);
+    }
+  }
+  advance(state, input.nowMs, effects);
+  return { state, effects };
+}

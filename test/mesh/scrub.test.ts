@@ -1,0 +1,80 @@
+/**
+ * The scrub across two real peers in separate processes: a copy that site B's disk damaged (one flipped
+ * byte, found by reading it back) is replaced with site A's good copy, and B then serves the instance
+ * byte for byte as it was sent.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MeshCluster, eventually, type PeerProcess } from './support.ts';
+import { runTool } from '../support/dicom-tools.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
+import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
+
+async function scrubOf(peer: PeerProcess): Promise<Record<string, number>> {
+  return ((await peer.status()) as unknown as { scrub: Record<string, number> }).scrub;
+}
+
+test("scrub: a copy damaged on disk at site B is found and replaced with site A's", { timeout: 120_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  const scrubArgs = ['--scrub-mb-per-s', '50'];
+  const a = await cluster.start('site-a', { extraArgs: scrubArgs });
+  let b = await cluster.start('site-b', { extraArgs: scrubArgs });
+  await eventually(async () => (await a.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await a.status()).members));
+
+  const inputDir = join(cluster.root, 'input');
+  mkdirSync(inputDir);
+  const sent = new Map<string, Buffer>();
+  const studyUid = `2.25.77${Date.now()}`;
+  const files: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const { bytes, resolved } = makeInstanceWithInfo({ transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, study: { uid: studyUid }, rows: 256, columns: 256 });
+    const file = join(inputDir, `${i}.dcm`);
+    writeFileSync(file, bytes);
+    files.push(file);
+    sent.set(resolved.sopInstanceUid, Buffer.from(bytes.subarray(splitPart10(bytes).datasetOffset)));
+  }
+  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(a.dicomPort), ...files], { timeoutMs: 60_000, env: { TCP_NODELAY: '1' } });
+  assert.equal(stored.code, 0, stored.stderr);
+  await eventually(async () => (await b.status()).instances === 4, 20_000, async () => `B holds ${(await b.status()).instances}`);
+
+  // The disk at B flips a byte of one copy while B is down (a peer holds its store's lock while it runs).
+  const victim = [...sent.keys()][2]!;
+  await b.stop();
+  const bStore = createReplicaStore({ path: join(b.dataDir, 'store') });
+  await bStore.open();
+  const damaged = (await bStore.getEntry(victim))!;
+  await damageChunk(bStore, damaged.blobId, 1, 'flip');
+  assert.equal((await bStore.verifyInstance(damaged)).ok, false);
+  await bStore.close();
+  cluster.peers.splice(cluster.peers.indexOf(b), 1);
+  b = await cluster.start('site-b', { dataDir: b.dataDir, extraArgs: scrubArgs, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort } });
+  await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await b.status()).members));
+
+  const response = await fetch(`http://127.0.0.1:${b.httpPort}/api/scrub`, { method: 'POST' });
+  assert.equal(response.status, 202);
+  await eventually(async () => (await scrubOf(b)).copiesRepaired === 1, 20_000, async () => `B's scrub: ${JSON.stringify(await scrubOf(b))}\n${b.output()}`);
+  const stats = await scrubOf(b);
+  assert.equal(stats.badCopiesFound, 1);
+  assert.equal(stats.copiesUnrepaired, 0);
+  assert.equal((await b.status()).instances, 4, 'a repair is not a new instance');
+
+  // B serves every instance exactly as sent, the repaired one included.
+  const outDir = join(cluster.root, 'get-b');
+  mkdirSync(outDir);
+  const got = await runTool('getscu', ['-S', '-aec', 'PACSMESH', '-od', outDir, '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(b.dicomPort)], { timeoutMs: 60_000 });
+  assert.equal(got.code, 0, got.stderr);
+  const retrieved = new Map<string, Buffer>();
+  for (const name of readdirSync(outDir)) {
+    const bytes = readFileSync(join(outDir, name));
+    const split = splitPart10(bytes);
+    retrieved.set(split.metaElements.find((e) => e.tag === 0x00020003)!.value!, Buffer.from(bytes.subarray(split.datasetOffset)));
+  }
+  assert.equal(retrieved.size, 4, got.stdout + got.stderr);
+  for (const [uid, bytes] of sent) assert.ok(retrieved.get(uid)?.equals(bytes), `${uid} comes back as sent`);
+});

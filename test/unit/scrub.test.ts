@@ -1,0 +1,50 @@
+/**
+ * The scrub in a single-site peer (in process, real store, real HTTP port): a damaged copy is found and
+ * reported; with no other site it is kept as it is. The mesh repair is in test/mesh/scrub.test.ts.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestPeer } from '../support/peer-fixture.ts';
+import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
+import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
+import { waitFor } from '../support/wait.ts';
+
+async function scrubStats(httpPort: number): Promise<Record<string, number>> {
+  const status = (await (await fetch(`http://127.0.0.1:${httpPort}/api/mesh`)).json()) as { scrub?: Record<string, number> };
+  assert.ok(status.scrub, 'GET /api/mesh reports the scrub');
+  return status.scrub;
+}
+
+test('POST /api/scrub starts a pass that finds a damaged copy; a single site reports it and keeps it', async (t) => {
+  const peer = await startTestPeer(['--scrub-mb-per-s', '50']);
+  t.after(() => peer.dispose());
+  const uids = ['1.2.826.0.1.3680043.10.1453.77.1', '1.2.826.0.1.3680043.10.1453.77.2', '1.2.826.0.1.3680043.10.1453.77.3'];
+  for (const uid of uids) {
+    const writer = peer.store.beginWrite();
+    for (let i = 0; i < 4; i++) await writer.write(Buffer.alloc(64 * 1024, uid.length + i));
+    await writer.commit(uid, testCatalogEntry(uid));
+  }
+  const damaged = (await peer.store.getEntry(uids[1]!))!;
+  await damageChunk(peer.store, damaged.blobId, 2, 'flip');
+
+  assert.equal((await scrubStats(peer.httpPort)).passesCompleted, 0, 'no pass before the start delay');
+  const wrongMethod = await fetch(`http://127.0.0.1:${peer.httpPort}/api/scrub`);
+  assert.equal(wrongMethod.status, 405);
+  const started = await fetch(`http://127.0.0.1:${peer.httpPort}/api/scrub`, { method: 'POST' });
+  assert.equal(started.status, 202);
+  await waitFor('a completed pass', async () => (await scrubStats(peer.httpPort)).passesCompleted >= 1, 10_000, 50);
+  const stats = await scrubStats(peer.httpPort);
+  assert.equal(stats.instancesVerified, 3);
+  assert.equal(stats.bytesVerified, 3 * 4 * 64 * 1024);
+  assert.equal(stats.badCopiesFound, 1);
+  await waitFor('the repair attempt', async () => (await scrubStats(peer.httpPort)).copiesUnrepaired === 1, 5_000, 50);
+  assert.deepEqual(await peer.store.getEntry(uids[1]!), damaged, 'kept as it is: no other site to take a good copy from');
+});
+
+test('with --scrub-mb-per-s 0 the scrub is off and POST /api/scrub says so', async (t) => {
+  const peer = await startTestPeer(['--scrub-mb-per-s', '0']);
+  t.after(() => peer.dispose());
+  const response = await fetch(`http://127.0.0.1:${peer.httpPort}/api/scrub`, { method: 'POST' });
+  assert.equal(response.status, 409);
+  assert.equal(((await response.json()) as { code: string }).code, 'ERR_SCRUB_OFF');
+});
