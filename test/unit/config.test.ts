@@ -9,6 +9,7 @@ test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8
   assert.equal(config.httpPort, 8042);
   assert.equal(config.dataDir, '.data/site-a');
   assert.deepEqual(config.roster, []);
+  assert.equal(config.scrubMbPerS, 16);
   assert.equal(defaultConfig.site, 'site-a');
 });
 
@@ -20,6 +21,7 @@ test('every option parses, in both --name value and --name=value forms', () => {
     '--max-associations', '8', '--idle-timeout', '30', '--swarm-key', 'k', '--p2p-port', '4101',
     '--bootstrap', `/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, '--write-quorum', '2', '--priority', '5',
     '--roster', `${peerId},${peerId}`, '--associations-per-peer', '4', '--log-level', 'warn',
+    '--scrub-mb-per-s', '2.5',
   ]);
   assert.equal(config.site, 'cardio');
   assert.equal(config.dataDir, '/tmp/x');
@@ -29,6 +31,8 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.equal(config.writeQuorum, 2);
   assert.deepEqual(config.roster, [peerId, peerId]);
   assert.equal(config.associationsPerPeer, 4);
+  assert.equal(config.scrubMbPerS, 2.5);
+  assert.equal(parseStartArgs(['--scrub-mb-per-s=0']).scrubMbPerS, 0, '0 turns the scrub off');
 });
 
 test('bad options are refused with a message naming the option', () => {
@@ -40,6 +44,9 @@ test('bad options are refused with a message naming the option', () => {
     [['--site', 'a b'], /--site/],
     [['--write-quorum', '0'], /--write-quorum/],
     [['--roster', 'not-a-peer-id'], /--roster/],
+    [['--scrub-mb-per-s', '-1'], /--scrub-mb-per-s/],
+    [['--scrub-mb-per-s', 'fast'], /--scrub-mb-per-s/],
+    [['--scrub-mb-per-s', ''], /--scrub-mb-per-s/],
     [['--bootstrap', '/ip4/1.2.3.4/tcp/1'], /requires --swarm-key/],
     [['--frobnicate'], /unknown option/],
     [['--site'], /needs a value/],
