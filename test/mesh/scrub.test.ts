@@ -5,9 +5,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MeshCluster, eventually, type PeerProcess } from './support.ts';
+import { MeshCluster, eventually, getStudy, type PeerProcess } from './support.ts';
 import { runTool } from '../support/dicom-tools.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -65,16 +65,7 @@ test("scrub: a copy damaged on disk at site B is found and replaced with site A'
   assert.equal((await b.status()).instances, 4, 'a repair is not a new instance');
 
   // B serves every instance exactly as sent, the repaired one included.
-  const outDir = join(cluster.root, 'get-b');
-  mkdirSync(outDir);
-  const got = await runTool('getscu', ['-S', '-aec', 'PACSMESH', '-od', outDir, '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(b.dicomPort)], { timeoutMs: 60_000 });
-  assert.equal(got.code, 0, got.stderr);
-  const retrieved = new Map<string, Buffer>();
-  for (const name of readdirSync(outDir)) {
-    const bytes = readFileSync(join(outDir, name));
-    const split = splitPart10(bytes);
-    retrieved.set(split.metaElements.find((e) => e.tag === 0x00020003)!.value!, Buffer.from(bytes.subarray(split.datasetOffset)));
-  }
-  assert.equal(retrieved.size, 4, got.stdout + got.stderr);
+  const retrieved = await getStudy(b, studyUid, join(cluster.root, 'get-b'));
+  assert.equal(retrieved.size, 4);
   for (const [uid, bytes] of sent) assert.ok(retrieved.get(uid)?.equals(bytes), `${uid} comes back as sent`);
 });

@@ -2,11 +2,13 @@
  * Real peers in separate processes on 127.0.0.1 for the mesh tests: each is `pacs-mesh start` with its
  * own data directory, and all share one swarm key.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { getFreePort, spawnManaged, type ManagedProcess } from '../support/dicom-tools.ts';
+import { getFreePort, runTool, spawnManaged, type ManagedProcess } from '../support/dicom-tools.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
 import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
 
@@ -119,4 +121,19 @@ export async function eventually(check: () => Promise<boolean>, timeoutMs: numbe
     if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms: ${await describe()}`);
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+/** C-GET of one study into a fresh folder; returns the data set bytes of each retrieved file by SOP Instance UID. */
+export async function getStudy(peer: PeerProcess, studyUid: string, dir: string): Promise<Map<string, Buffer>> {
+  mkdirSync(dir, { recursive: true });
+  const result = await runTool('getscu', ['-S', '-aec', 'PACSMESH', '-od', dir, '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(peer.dicomPort)], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, result.stderr);
+  const byUid = new Map<string, Buffer>();
+  for (const name of readdirSync(dir)) {
+    const bytes = readFileSync(join(dir, name));
+    const split = splitPart10(bytes);
+    const uid = split.metaElements.find((e) => e.tag === 0x00020003)?.value ?? name;
+    byUid.set(uid, Buffer.from(bytes.subarray(split.datasetOffset)));
+  }
+  return byUid;
 }

@@ -5,9 +5,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MeshCluster, eventually, type PeerProcess } from './support.ts';
+import { MeshCluster, eventually, getStudy, type PeerProcess } from './support.ts';
 import { runTool } from '../support/dicom-tools.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -25,20 +25,6 @@ async function studyUidsAt(peer: PeerProcess): Promise<string[]> {
   return [...(result.stdout + result.stderr).matchAll(/\(0020,000d\) UI \[([0-9.]+)/g)].map((m) => m[1]!).sort();
 }
 
-/** C-GET of one study into a fresh folder; returns the data set bytes of each retrieved file by SOP Instance UID. */
-async function getStudy(peer: PeerProcess, studyUid: string, dir: string): Promise<Map<string, Buffer>> {
-  mkdirSync(dir, { recursive: true });
-  const result = await runTool('getscu', ['-S', '-aec', 'PACSMESH', '-od', dir, '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(peer.dicomPort)], { timeoutMs: 60_000 });
-  assert.equal(result.code, 0, result.stderr);
-  const byUid = new Map<string, Buffer>();
-  for (const name of readdirSync(dir)) {
-    const bytes = readFileSync(join(dir, name));
-    const split = splitPart10(bytes);
-    const uid = split.metaElements.find((e) => e.tag === 0x00020003)?.value ?? name;
-    byUid.set(uid, Buffer.from(bytes.subarray(split.datasetOffset)));
-  }
-  return byUid;
-}
 
 test('three sites: store at A, serve everything from C, survive A and B, refill B', { timeout: 240_000 }, async (t) => {
   const cluster = new MeshCluster();

@@ -41,7 +41,7 @@ export interface ScrubService {
 
 type ScrubMsg = { readonly type: 'tick' } | { readonly type: 'input'; readonly input: ScrubInput };
 
-// What a peer sent is checked the same way: a damaged catalog record is named, not half-used.
+// Checked like an entry a peer sends: a damaged catalog record is named and skipped, not half-used.
 const decodeChecked = (bytes: Uint8Array): CatalogEntry => validateCatalogEntry(decodeCatalogEntry(bytes));
 
 export function startScrub(init: ScrubServiceInit): ScrubService {
@@ -69,7 +69,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
   async function list(afterUid: string, limit: number): Promise<ScrubInput> {
     try {
       const page = await catalogPage(store.db, afterUid, limit, decodeChecked);
-      for (const uid of page.undecodable) log.error('scrub: catalog record cannot be read; the instance is not served from this site until it is stored again', { sopInstanceUid: uid });
+      for (const uid of page.undecodable) log.error('scrub: catalog record does not decode to a valid entry; skipped', { sopInstanceUid: uid });
       return { type: 'listed', entries: page.entries, lastUid: page.lastUid, end: page.end, nowMs: clock.nowMs() };
     } catch (error) {
       return { type: 'listFailed', error: String((error as Error)?.message ?? error), nowMs: clock.nowMs() };
