@@ -4,7 +4,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { startTestPeer } from '../support/peer-fixture.ts';
+import { parseStartArgs } from '../../src/config.ts';
+import { startPeer } from '../../src/peer.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
 import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { waitFor } from '../support/wait.ts';
@@ -39,6 +43,29 @@ test('POST /api/scrub starts a pass that finds a damaged copy; a single site rep
   assert.equal(stats.badCopiesFound, 1);
   await waitFor('the repair attempt', async () => (await scrubStats(peer.httpPort)).copiesUnrepaired === 1, 5_000, 50);
   assert.deepEqual(await peer.store.getEntry(uids[1]!), damaged, 'kept as it is: no other site to take a good copy from');
+  assert.equal(Buffer.from((await peer.store.db.get('m!scrub-cursor'))!).toString(), '', 'a finished pass clears the saved cursor');
+});
+
+test('a restarted peer resumes the scrub pass after the last page it read back', async (t) => {
+  const first = await startTestPeer(['--scrub-mb-per-s', '50']);
+  const uids = ['1.2.826.0.1.3680043.10.1453.78.1', '1.2.826.0.1.3680043.10.1453.78.2', '1.2.826.0.1.3680043.10.1453.78.3'];
+  for (const uid of uids) {
+    const writer = first.store.beginWrite();
+    await writer.write(Buffer.alloc(1000, 7));
+    await writer.commit(uid, testCatalogEntry(uid));
+  }
+  // What a run stopped after reading back the page that ended with the first instance leaves behind.
+  await first.store.db.put('m!scrub-cursor', Buffer.from(uids[0]!));
+  await first.stop();
+  const args = ['--site', 'test', '--data', first.dataDir, '--host', '127.0.0.1', '--dicom-port', '0', '--http-port', '0', '--log-level', 'silent', '--scrub-mb-per-s', '50'];
+  const second = await startPeer(parseStartArgs(args), { log: silentLogger, shutdownGraceMs: 1000 });
+  t.after(async () => {
+    await second.stop();
+    rmSync(first.dataDir, { recursive: true, force: true });
+  });
+  assert.equal((await fetch(`http://127.0.0.1:${second.httpPort}/api/scrub`, { method: 'POST' })).status, 202);
+  await waitFor('the resumed pass', async () => (await scrubStats(second.httpPort)).passesCompleted >= 1, 10_000, 50);
+  assert.equal((await scrubStats(second.httpPort)).instancesVerified, 2, 'the two instances after the saved cursor, not all three');
 });
 
 test('with --scrub-mb-per-s 0 the scrub is off and POST /api/scrub says so', async (t) => {

@@ -41,6 +41,9 @@ export interface ScrubService {
 
 type ScrubMsg = { readonly type: 'tick' } | { readonly type: 'input'; readonly input: ScrubInput };
 
+/** The pass's saved cursor, in the catalog database beside the store's own `m!` records. */
+const cursorKey = 'm!scrub-cursor';
+
 // Checked like an entry a peer sends: a damaged catalog record is named and skipped, not half-used.
 const decodeChecked = (bytes: Uint8Array): CatalogEntry => validateCatalogEntry(decodeCatalogEntry(bytes));
 
@@ -122,6 +125,10 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
         case 'report':
           log[effect.level](effect.message, effect.fields);
           break;
+        case 'saveCursor':
+          // Not synced: a cursor lost in a power cut only means re-reading a few pages.
+          void store.db.put(cursorKey, Buffer.from(effect.afterUid, 'utf8')).catch((error: unknown) => log.warn('scrub: saving the cursor failed', { error: String((error as Error)?.message ?? error) }));
+          break;
         default: {
           const unreachable: never = effect;
           throw new Error(`unhandled scrub effect ${JSON.stringify(unreachable)}`);
@@ -132,13 +139,25 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
 
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
+  async function initialState(): Promise<ScrubState> {
+    let resumeAfterUid = '';
+    try {
+      const saved = await store.db.get(cursorKey);
+      if (saved !== undefined) resumeAfterUid = Buffer.from(saved).toString('utf8');
+    } catch (error) {
+      log.warn('scrub: reading the saved cursor failed; starting a new pass', { error: String((error as Error)?.message ?? error) });
+    }
+    if (resumeAfterUid !== '') log.info('scrub: resuming the pass a previous run left', { afterUid: resumeAfterUid });
+    return initScrub(config, clock.nowMs(), resumeAfterUid);
+  }
+
   const ref: Ref<ScrubMsg> = spawnActor<ScrubState | null, ScrubMsg>(init.parent, {
     name: 'scrub',
-    // null: start afresh (a new pass after the start delay) on the next message; nact's 'reset' comes back here.
+    // null: (re)start from the saved cursor after the start delay, on the next message; nact's 'reset' comes back here.
     initialState: null,
-    handle(state, message) {
+    async handle(state, message) {
       if (message.type === 'tick') ticker.handled();
-      const s = state ?? initScrub(config, clock.nowMs());
+      const s = state ?? (await initialState());
       let step;
       switch (message.type) {
         case 'tick':

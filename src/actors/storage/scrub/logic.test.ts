@@ -32,9 +32,11 @@ function simulate(options: {
   busy?: (nowMs: number) => boolean;
   failListAtCalls?: Set<number>;
   repairOutcome?: 'repaired' | 'unavailable' | 'hold';
+  resumeAfterUid?: string;
 }) {
   const config = { ...defaultScrubConfig, ...options.config };
-  let state: ScrubState = initScrub(config, 0);
+  let state: ScrubState = initScrub(config, 0, options.resumeAfterUid);
+  const saves: string[] = [];
   const lists: string[] = [];
   const verified: string[] = [];
   const repairs: string[] = [];
@@ -66,6 +68,9 @@ function simulate(options: {
         case 'report':
           reports.push(effect);
           break;
+        case 'saveCursor':
+          saves.push(effect.afterUid);
+          break;
         default: {
           const unreachable: never = effect;
           throw new Error(String(unreachable));
@@ -81,7 +86,7 @@ function simulate(options: {
       perform(step.effects);
     }
   }
-  return { state, lists, verified, repairs, reports, stats: scrubStats(state) };
+  return { state, lists, verified, repairs, reports, saves, stats: scrubStats(state) };
 }
 
 const catalog = Array.from({ length: 200 }, (_, i) => entry(i));
@@ -146,6 +151,16 @@ test('a failed catalog read is retried after the pause from the same place, not 
   assert.deepEqual(run.lists.slice(0, 3), ['', '1.2.00063', '1.2.00063']);
   assert.deepEqual(run.verified.slice(0, 200), catalog.map((e) => e.sopInstanceUid), 'each copy once in the first pass');
   assert.ok(run.reports.some((r) => r.level === 'error' && /reading the catalog failed/.test(r.message)));
+});
+
+test('the cursor is saved at each page boundary (and cleared at the end); a restart resumes the pass there', () => {
+  const config = { startDelayMs: 0, passPauseMs: 60_000, bytesPerSecond: 1_000_000, pageEntriesMax: 64 };
+  const run = simulate({ catalog, untilMs: 1_000, config });
+  assert.deepEqual(run.saves, ['1.2.00063', '1.2.00127', '1.2.00191', ''], 'saved only once a page is read back whole');
+  const resumed = simulate({ catalog, untilMs: 1_000, config: { ...config, passPauseMs: 100 }, resumeAfterUid: '1.2.00127' });
+  assert.deepEqual(resumed.verified.slice(0, 72), catalog.slice(128).map((e) => e.sopInstanceUid), 'the rest of the pass first');
+  assert.equal(resumed.stats.passesCompleted >= 1, true);
+  assert.deepEqual(resumed.lists.slice(0, 3), ['1.2.00127', '1.2.00191', ''], 'then a whole new pass');
 });
 
 test('a copy replaced while it was read is not counted; a rate of 0 turns the scrub off', () => {

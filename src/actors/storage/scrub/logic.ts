@@ -40,13 +40,14 @@ export interface ScrubStep {
   effects: ScrubEffect[];
 }
 
-export function initScrub(config: ScrubConfig, nowMs: number): ScrubState {
+/** `resumeAfterUid`: the cursor saved by a previous run ('' = none): its pass goes on from there. */
+export function initScrub(config: ScrubConfig, nowMs: number, resumeAfterUid = ''): ScrubState {
   return {
     config,
     phase: 'waiting',
     nextAtMs: nowMs + config.startDelayMs,
-    passRunning: false,
-    cursor: '',
+    passRunning: resumeAfterUid !== '',
+    cursor: resumeAfterUid,
     page: [],
     pageIsLast: false,
     verifying: null,
@@ -106,10 +107,13 @@ function advance(state: ScrubState, nowMs: number, effects: ScrubEffect[]): void
   }
   if (!state.pageIsLast) {
     state.phase = 'listing';
-    effects.push({ type: 'list', afterUid: state.cursor, limit: state.config.pageEntriesMax });
+    // Every copy of the page is read back: a restart may resume after it.
+    effects.push({ type: 'saveCursor', afterUid: state.cursor }, { type: 'list', afterUid: state.cursor, limit: state.config.pageEntriesMax });
     return;
   }
   state.passRunning = false;
+  state.cursor = '';
+  effects.push({ type: 'saveCursor', afterUid: '' });
   state.phase = 'waiting';
   state.nextAtMs = nowMs + state.config.passPauseMs;
   state.stats.passesCompleted += 1;

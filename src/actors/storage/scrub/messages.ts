@@ -38,6 +38,12 @@ export type ScrubEffect =
   | { readonly type: 'list'; readonly afterUid: string; readonly limit: number }
   | { readonly type: 'verify'; readonly entry: CatalogEntry }
   | { readonly type: 'repair'; readonly entry: CatalogEntry }
+  /**
+   * Where a restarted peer resumes the pass: after `afterUid` (every copy up to it was read back), or
+   * from the start when ''. A pass over a large archive outlasts a peer's uptime; without this, copies
+   * late in UID order would never be read.
+   */
+  | { readonly type: 'saveCursor'; readonly afterUid: string }
   | { readonly type: 'report'; readonly level: 'info' | 'warn' | 'error'; readonly message: string; readonly fields: Readonly<Record<string, unknown>> };
 
 export interface ScrubStats {
@@ -50,7 +56,7 @@ export interface ScrubStats {
   readonly copiesRepaired: number;
   /** Bad copies no reachable site could replace (kept as they are, found again next pass). */
   readonly copiesUnrepaired: number;
-  /** Where the current pass is (the last UID listed), '' before the first page. */
+  /** Where the current pass is (the last UID listed), '' between passes. */
   readonly cursor: string;
   readonly lastPassCompletedAtMs: number | null;
 }
