@@ -7,7 +7,7 @@ import type { CatalogEntry } from '../catalog-types.ts';
 import type { RepairOutcome, ScrubConfig, ScrubEffect, ScrubInput, ScrubStats } from './messages.ts';
 
 export const defaultScrubConfig: ScrubConfig = {
-  bytesPerSecond: 16 * 1024 * 1024,
+  bytesPerSecond: 16_000_000,
   busyRateShare: 1 / 8,
   pageEntriesMax: 64,
   startDelayMs: 60_000,
