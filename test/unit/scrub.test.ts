@@ -68,6 +68,27 @@ test('a restarted peer resumes the scrub pass after the last page it read back',
   assert.equal((await scrubStats(second.httpPort)).instancesVerified, 2, 'the two instances after the saved cursor, not all three');
 });
 
+test('a read that finds a copy damaged (as a C-GET does) has the scrub check it at once, without waiting for a pass', async (t) => {
+  const peer = await startTestPeer(['--scrub-mb-per-s', '50']);
+  t.after(() => peer.dispose());
+  const uid = '1.2.826.0.1.3680043.10.1453.79.1';
+  const writer = peer.store.beginWrite();
+  for (let i = 0; i < 3; i++) await writer.write(Buffer.alloc(64 * 1024, i));
+  await writer.commit(uid, testCatalogEntry(uid));
+  const entry = (await peer.store.getEntry(uid))!;
+  await damageChunk(peer.store, entry.blobId, 1, 'lose');
+  // What the C-GET and C-MOVE senders and the replication sender call to read a stored copy.
+  await assert.rejects(async () => {
+    for await (const _ of peer.store.readInstance(entry)) {
+      // read on
+    }
+  }, (error: unknown) => (error as { code?: string }).code === 'ERR_STORE_CORRUPT');
+  await waitFor('the suspect read back', async () => (await scrubStats(peer.httpPort)).suspectsVerified === 1, 10_000, 50);
+  const stats = await scrubStats(peer.httpPort);
+  assert.equal(stats.badCopiesFound, 1);
+  assert.equal(stats.passesCompleted, 0, 'long before the first pass');
+});
+
 test('with --scrub-mb-per-s 0 the scrub is off and POST /api/scrub says so', async (t) => {
   const peer = await startTestPeer(['--scrub-mb-per-s', '0']);
   t.after(() => peer.dispose());

@@ -321,6 +321,8 @@ test('verifyInstance finds a flipped byte and a lost chunk; repairCopy puts good
   const [flipped, lost, good] = (await store.getEntries(['1.2.6.1', '1.2.6.2', '1.2.6.3'])) as NonNullable<Awaited<ReturnType<ReplicaStore['getEntry']>>>[];
   await damageChunk(store, flipped!.blobId, 1, 'flip');
   await damageChunk(store, lost!.blobId, 2, 'lose');
+  const suspects: string[] = [];
+  store.onSuspectCopy((uid, reason) => suspects.push(`${uid}: ${reason}`));
   assert.deepEqual(await store.verifyInstance(good!), { ok: true });
   const flippedResult = await store.verifyInstance(flipped!);
   assert.equal(flippedResult.ok, false);
@@ -328,6 +330,9 @@ test('verifyInstance finds a flipped byte and a lost chunk; repairCopy puts good
   const lostResult = await store.verifyInstance(lost!);
   assert.equal(lostResult.ok, false);
   assert.match((lostResult as { reason: string }).reason, /misses chunk 2/);
+  assert.deepEqual(suspects, [], 'verifying reports nothing: the scrub is the one asking');
+  await assert.rejects(readAll(store, '1.2.6.2'), (error: unknown) => (error as { code?: string }).code === 'ERR_STORE_CORRUPT');
+  assert.deepEqual(suspects, ['1.2.6.2: instance 1.2.6.2 misses chunk 2'], 'a read that finds a copy damaged reports it suspect');
 
   // Wrong bytes are refused and change nothing.
   await assert.rejects(

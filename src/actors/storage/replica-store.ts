@@ -137,6 +137,14 @@ export interface ReplicaStore {
    */
   repairCopy(corrupt: CatalogEntry, bytes: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<'repaired' | 'changed'>;
   /**
+   * A copy that may be damaged: a read found it short, too long or missing a chunk (reported by the store
+   * itself, except for verifyInstance's reads), or a peer refused its bytes. The scrub listens and reads it
+   * back at once instead of at its next pass.
+   */
+  reportSuspectCopy(sopInstanceUid: string, reason: string): void;
+  /** Listens to reportSuspectCopy; returns the unsubscribe function. */
+  onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void;
+  /**
    * Replication debt, in one batch: puts first, then deletes (not synced; see the implementation). Calls
    * land in call order, those made while one is written together in one batch, so the last op on a key wins.
    */
@@ -303,6 +311,7 @@ class LevelReplicaStore implements ReplicaStore {
   private checkpointRunning: Promise<void> | undefined;
   /** Drawn once per process: with the strictly increasing tick it keeps blob ids unique across restarts. */
   private readonly blobIdSuffix = randomBytes(4).toString('hex');
+  private readonly suspectListeners = new Set<(sopInstanceUid: string, reason: string) => void>();
   /**
    * Commits running at once share one synced blob batch and one duplicate read; each gets back the entry
    * already stored under its UID, if any. A commit's ops are its last chunk and its commit record.
@@ -463,12 +472,30 @@ class LevelReplicaStore implements ReplicaStore {
     return getCatalogEntries(this.db, sopInstanceUids);
   }
 
-  async *readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
+  readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
+    return this.readChunks(entry, true);
+  }
+
+  reportSuspectCopy(sopInstanceUid: string, reason: string): void {
+    for (const listener of this.suspectListeners) listener(sopInstanceUid, reason);
+  }
+
+  onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void {
+    this.suspectListeners.add(listener);
+    return () => this.suspectListeners.delete(listener);
+  }
+
+  /** readInstance; `report`: a copy found damaged is also reported as suspect (not when verifying it). */
+  private async *readChunks(entry: CatalogEntry, report: boolean): AsyncGenerator<Uint8Array> {
+    const damaged = (message: string): StoreError => {
+      if (report) this.reportSuspectCopy(entry.sopInstanceUid, message);
+      return new StoreError('ERR_STORE_CORRUPT', message);
+    };
     let expectedSequence = 0;
     let total = 0;
     // Never a byte beyond byteLength, checked before a chunk is yielded: callers send what they get on
     // protocols that announce the length first.
-    const surplus = (): StoreError => new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
+    const surplus = (): StoreError => damaged(`instance ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes the catalog says`);
     // Chunks are read by key, a few per call: one native call for a small instance where an iterator
     // costs four (open, two reads, close), each a thread hand-off. What these keys leave (a blob written
     // with smaller chunks, or a gap) is read with an iterator, which also names a missing chunk.
@@ -488,7 +515,7 @@ class LevelReplicaStore implements ReplicaStore {
     for await (const [key, value] of this.blobDb.iterator({ gte: chunkKey(entry.blobId, expectedSequence), lt: commitRecordKey(entry.blobId) })) {
       const sequence = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
       if (sequence !== expectedSequence) {
-        throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} misses chunk ${expectedSequence}`);
+        throw damaged(`instance ${entry.sopInstanceUid} misses chunk ${expectedSequence}`);
       }
       if (total + value.length > entry.byteLength) throw surplus();
       expectedSequence++;
@@ -496,7 +523,7 @@ class LevelReplicaStore implements ReplicaStore {
       yield value;
     }
     if (total !== entry.byteLength) {
-      throw new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${total} bytes, catalog says ${entry.byteLength}`);
+      throw damaged(`instance ${entry.sopInstanceUid} has ${total} bytes, catalog says ${entry.byteLength}`);
     }
   }
 
@@ -547,7 +574,7 @@ class LevelReplicaStore implements ReplicaStore {
     const hash = createHash('sha256');
     let length = 0;
     try {
-      for await (const chunk of this.readInstance(entry)) {
+      for await (const chunk of this.readChunks(entry, false)) {
         hash.update(chunk);
         length += chunk.byteLength;
       }

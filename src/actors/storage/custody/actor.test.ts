@@ -20,6 +20,7 @@ import { startActorSystem, stopActor, type ActorSystem } from '../../runtime/nac
 import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
 import { startCustody, type CustodyService } from './actor.ts';
+import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
 
@@ -242,6 +243,29 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.ok(atB);
     assert.deepEqual(await readAll(b2.store, atB), bytes);
     await waitFor('stats show no debt', () => a.custody.stats().debtEntries === 0);
+  });
+
+  it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub', { timeout: 25_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const a = await mesh.start('site-a');
+    const b = await mesh.start('site-b');
+    await mesh.connected('site-a', 'site-b');
+    const bDir = b.dir;
+    await mesh.stop('site-b');
+    const uid = newUid();
+    assert.equal((await cstore(a.custody.ingest, uid, randomBytes(100_000))).status, 0, 'alone: quorum 1, a copy owed to site-b');
+    const entry = (await a.store.getEntry(uid))!;
+    await damageChunk(a.store, entry.blobId, 0, 'flip');
+    const suspects: string[] = [];
+    const unsubscribe = a.store.onSuspectCopy((suspect) => suspects.push(suspect));
+    try {
+      await mesh.start('site-b', bDir);
+      await waitFor('site-a told its copy is suspect', () => suspects.includes(uid));
+    } finally {
+      unsubscribe();
+    }
+    assert.equal((await a.store.listDebt()).length, 1, 'the copy stays owed until a good one can be sent');
   });
 
   it('a site restored from an empty disk refills completely through repair', { timeout: 25_000 }, async () => {

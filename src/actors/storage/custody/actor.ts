@@ -350,6 +350,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const outcomes: CustodyInput[] = [];
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
       const unreadable = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_SOURCE_UNREADABLE';
+      // The receiver's SHA-256 check refused the bytes we sent: our copy may be damaged (the scrub checks it).
+      if (error instanceof ReplicationError && error.code === 'ERR_REPLICATION_MISMATCH') store.reportSuspectCopy(item.sopInstanceUid, `refused by ${peerId}: ${error.message}`);
       if (!stopped) {
         const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) };
         if (unreadable) log.error('replication failed: the local copy is unreadable; retried after replicationRetryMs', fields);

@@ -60,14 +60,17 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     if (!stopped) dispatch(ref, message);
   };
   const input = (i: ScrubInput): void => send({ type: 'input', input: i });
-  const run = (task: () => Promise<ScrubInput>): void => {
-    const t = task().then(
-      (result) => input(result),
-      (error: unknown) => log.error('scrub task failed', { error: String((error as Error)?.message ?? error) }),
-    );
+  const track = (t: Promise<void>): void => {
     tasks.add(t);
     void t.finally(() => tasks.delete(t));
   };
+  const run = (task: () => Promise<ScrubInput>): void =>
+    track(
+      task().then(
+        (result) => input(result),
+        (error: unknown) => log.error('scrub task failed', { error: String((error as Error)?.message ?? error) }),
+      ),
+    );
 
   async function list(afterUid: string, limit: number): Promise<ScrubInput> {
     try {
@@ -179,6 +182,19 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     onCrash: (error) => onTickingActorCrash(ticker, log, 'scrub', error, init.onCrash),
   });
 
+  // Reads that found a copy damaged (here or at a peer that refused its bytes) send it to the front.
+  const unsubscribe = store.onSuspectCopy((sopInstanceUid, reason) => {
+    if (stopped) return;
+    track(
+      store.getEntry(sopInstanceUid).then(
+        (entry) => {
+          if (entry !== undefined) input({ type: 'suspected', entry, reason, nowMs: clock.nowMs() });
+        },
+        (error: unknown) => log.warn('scrub: looking up a suspect copy failed', { sopInstanceUid, error: String((error as Error)?.message ?? error) }),
+      ),
+    );
+  });
+
   ticker.postNow();
   let stopping: Promise<void> | undefined;
   return {
@@ -187,6 +203,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     stop: () =>
       (stopping ??= (async () => {
         stopped = true;
+        unsubscribe();
         ticker.stop();
         stopActor(ref);
         await Promise.allSettled([...tasks]);

@@ -163,6 +163,23 @@ test('the cursor is saved at each page boundary (and cleared at the end); a rest
   assert.deepEqual(resumed.lists.slice(0, 3), ['1.2.00127', '1.2.00191', ''], 'then a whole new pass');
 });
 
+test('a suspect copy is read back first, even before the first pass; once however often reported; bounded', () => {
+  let state = initScrub({ ...defaultScrubConfig, startDelayMs: 60_000, suspectsQueuedMax: 2, bytesPerSecond: 1_000_000 }, 0);
+  state = stepScrub(state, { type: 'tick', nowMs: 1_000, busy: false }).state;
+  let step = stepScrub(state, { type: 'suspected', entry: entry(7), reason: 'misses chunk 2', nowMs: 1_000 });
+  assert.deepEqual(step.effects.map((e) => e.type), ['report', 'verify'], 'read back at once, start delay or not');
+  for (const again of [entry(7), entry(8), entry(8), entry(9), entry(10)]) step = stepScrub(step.state, { type: 'suspected', entry: again, reason: 'x', nowMs: 1_000 });
+  assert.deepEqual([...step.state.suspects.keys()], [entry(8).sopInstanceUid, entry(9).sopInstanceUid], 'the one being read is not queued again; at most two wait');
+  step = stepScrub(step.state, { type: 'verified', sopInstanceUid: entry(7).sopInstanceUid, outcome: 'bad', reason: 'misses chunk 2', nowMs: 1_000 });
+  assert.deepEqual(step.effects.map((e) => e.type), ['report', 'repair', 'verify'], 'repaired, and the next suspect read back');
+  const next = step.effects.find((e) => e.type === 'verify');
+  assert.equal(next?.type === 'verify' ? next.entry.sopInstanceUid : undefined, entry(8).sopInstanceUid);
+  step = stepScrub(step.state, { type: 'suspected', entry: entry(7), reason: 'again', nowMs: 1_000 });
+  assert.ok(!step.state.suspects.has(entry(7).sopInstanceUid), 'not while its repair runs');
+  assert.equal(scrubStats(step.state).suspectsVerified, 1);
+  assert.equal(scrubStats(step.state).passesCompleted, 0, 'no pass started');
+});
+
 test('a copy replaced while it was read is not counted; a rate of 0 turns the scrub off', () => {
   let state = initScrub({ ...defaultScrubConfig, startDelayMs: 0 }, 0);
   let step = stepScrub(state, { type: 'tick', nowMs: 1000, busy: false });

@@ -13,6 +13,7 @@ export const defaultScrubConfig: ScrubConfig = {
   startDelayMs: 60_000,
   passPauseMs: 60_000,
   repairsInFlightMax: 4,
+  suspectsQueuedMax: 64,
 };
 
 export interface ScrubState {
@@ -27,6 +28,10 @@ export interface ScrubState {
   pageIsLast: boolean;
   /** The entry being read back (its repair needs it). */
   verifying: CatalogEntry | null;
+  /** Whether that one was a suspect (not the pass's). */
+  verifyingSuspect: boolean;
+  /** Suspect copies to read back first, by UID, in arrival order. */
+  suspects: Map<string, CatalogEntry>;
   /** Bytes that may be read now; may go below zero by one instance (a large one is not starved). */
   budgetBytes: number;
   budgetAtMs: number;
@@ -51,6 +56,8 @@ export function initScrub(config: ScrubConfig, nowMs: number, resumeAfterUid = '
     page: [],
     pageIsLast: false,
     verifying: null,
+    verifyingSuspect: false,
+    suspects: new Map(),
     budgetBytes: 0,
     budgetAtMs: nowMs,
     busy: false,
@@ -58,6 +65,7 @@ export function initScrub(config: ScrubConfig, nowMs: number, resumeAfterUid = '
     stats: {
       passesCompleted: 0,
       instancesVerified: 0,
+      suspectsVerified: 0,
       bytesVerified: 0,
       badCopiesFound: 0,
       copiesRepaired: 0,
@@ -87,6 +95,17 @@ function refill(state: ScrubState, nowMs: number): void {
 /** Starts whatever may start now: a pass, a page read, or the next read-back. */
 function advance(state: ScrubState, nowMs: number, effects: ScrubEffect[]): void {
   if (state.config.bytesPerSecond <= 0) return;
+  if (state.verifying === null && state.budgetBytes > 0) {
+    const suspect = state.suspects.values().next().value;
+    if (suspect !== undefined) {
+      state.suspects.delete(suspect.sopInstanceUid);
+      state.verifying = suspect;
+      state.verifyingSuspect = true;
+      state.budgetBytes -= suspect.byteLength;
+      effects.push({ type: 'verify', entry: suspect });
+      return;
+    }
+  }
   if (state.phase === 'waiting') {
     if (nowMs < state.nextAtMs) return;
     if (!state.passRunning) {
@@ -101,6 +120,7 @@ function advance(state: ScrubState, nowMs: number, effects: ScrubEffect[]): void
   const next = state.page.shift();
   if (next !== undefined) {
     state.verifying = next;
+    state.verifyingSuspect = false;
     state.budgetBytes -= next.byteLength;
     effects.push({ type: 'verify', entry: next });
     return;
@@ -143,6 +163,15 @@ export function stepScrub(state: ScrubState, input: ScrubInput): ScrubStep {
     case 'startNow':
       if (state.phase === 'waiting') state.nextAtMs = Math.min(state.nextAtMs, input.nowMs);
       break;
+    case 'suspected': {
+      const uid = input.entry.sopInstanceUid;
+      // Being read back or repaired already, or queued: once is enough.
+      if (state.verifying?.sopInstanceUid === uid || state.repairing.has(uid) || state.suspects.has(uid)) break;
+      if (state.suspects.size >= state.config.suspectsQueuedMax) break;
+      state.suspects.set(uid, input.entry);
+      effects.push({ type: 'report', level: 'warn', message: 'scrub: copy reported suspect; reading it back', fields: { sopInstanceUid: uid, reason: input.reason } });
+      break;
+    }
     case 'listed': {
       if (state.phase !== 'listing') break;
       state.page = [...input.entries];
@@ -165,6 +194,7 @@ export function stepScrub(state: ScrubState, input: ScrubInput): ScrubStep {
       refill(state, input.nowMs);
       if (input.outcome === 'gone') break;
       state.stats.instancesVerified += 1;
+      if (state.verifyingSuspect) state.stats.suspectsVerified += 1;
       state.stats.bytesVerified += entry.byteLength;
       if (input.outcome === 'ok') break;
       state.stats.badCopiesFound += 1;

@@ -18,6 +18,8 @@ export interface ScrubConfig {
   readonly passPauseMs: number;
   /** Bad copies being repaired at once; more found meanwhile are reported and found again next pass. */
   readonly repairsInFlightMax: number;
+  /** Suspect copies waiting to be read back; more are dropped (the pass still reaches them). */
+  readonly suspectsQueuedMax: number;
 }
 
 /** How a repair ended: 'unavailable' when no reachable site had a good copy, 'noPeers' without a mesh. */
@@ -27,6 +29,11 @@ export type ScrubInput =
   | { readonly type: 'tick'; readonly nowMs: number; readonly busy: boolean }
   /** An operator asks for a pass now (POST /api/scrub): the wait before the next pass ends. */
   | { readonly type: 'startNow'; readonly nowMs: number }
+  /**
+   * A copy that may be damaged (a read failed on it, a peer refused its bytes): read back before anything
+   * else, within the same byte budget, pass or no pass.
+   */
+  | { readonly type: 'suspected'; readonly entry: CatalogEntry; readonly reason: string; readonly nowMs: number }
   /** A page of entries after the cursor; `lastUid`: the last one read (decodable or not); `end` when the catalog has no more. */
   | { readonly type: 'listed'; readonly entries: readonly CatalogEntry[]; readonly lastUid: string | undefined; readonly end: boolean; readonly nowMs: number }
   | { readonly type: 'listFailed'; readonly error: string; readonly nowMs: number }
@@ -50,6 +57,8 @@ export interface ScrubStats {
   /** Passes finished since start. */
   readonly passesCompleted: number;
   readonly instancesVerified: number;
+  /** Of those, copies read back because they were reported suspect. */
+  readonly suspectsVerified: number;
   readonly bytesVerified: number;
   /** Copies found damaged (a copy found again in a later pass counts again). */
   readonly badCopiesFound: number;
