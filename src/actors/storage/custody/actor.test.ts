@@ -245,7 +245,7 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     await waitFor('stats show no debt', () => a.custody.stats().debtEntries === 0);
   });
 
-  it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub', { timeout: 25_000 }, async () => {
+  it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);
     const a = await mesh.start('site-a');
@@ -262,6 +262,8 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     try {
       await mesh.start('site-b', bDir);
       await waitFor('site-a told its copy is suspect', () => suspects.includes(uid));
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      assert.equal(suspects.filter((s) => s === uid).length, 1, 'not sent again at once: retried after replicationRetryMs');
     } finally {
       unsubscribe();
     }

@@ -351,13 +351,15 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
       const unreadable = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_SOURCE_UNREADABLE';
       // The receiver's SHA-256 check refused the bytes we sent: our copy may be damaged (the scrub checks it).
-      if (error instanceof ReplicationError && error.code === 'ERR_REPLICATION_MISMATCH') store.reportSuspectCopy(item.sopInstanceUid, `refused by ${peerId}: ${error.message}`);
+      const refused = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_MISMATCH';
+      if (refused) store.reportSuspectCopy(item.sopInstanceUid, `refused by ${peerId}: ${error.message}`);
       if (!stopped) {
         const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) };
-        if (unreadable) log.error('replication failed: the local copy is unreadable; retried after replicationRetryMs', fields);
+        if (unreadable || refused) log.error(`replication failed: the local copy is ${unreadable ? 'unreadable' : 'refused'}; retried after replicationRetryMs`, fields);
         else log.warn('replication failed', fields);
       }
-      outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, retryLater: unreadable, nowMs: clock.nowMs() });
+      // Sending the same bytes again at once would fail the same way: back off until the scrub had a look.
+      outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, retryLater: unreadable || refused, nowMs: clock.nowMs() });
     };
     const items: typeof batch = [];
     const entries: CatalogEntry[] = [];

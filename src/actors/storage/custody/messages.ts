@@ -95,8 +95,8 @@ export type CustodyInput =
     }
   /**
    * A replicate transfer failed (the copy stays owed): it is offered again at the next drain, or, with
-   * `retryLater` (this site's own copy could not be read), only after replicationRetryMs, so that it does
-   * not come back in every batch.
+   * `retryLater` (this site's own copy could not be read, or the receiver refused its bytes), only after
+   * replicationRetryMs, so that it does not come back in every batch.
    */
   | {
       readonly type: 'replicationFailed';
