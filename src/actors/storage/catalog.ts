@@ -188,12 +188,18 @@ export async function hasInstance(db: CatalogDb, sopInstanceUid: string): Promis
  * Number of cataloged instances, by a keys-only scan of the held index (compact: no entry is read).
  * A maintained counter was rejected: catalogWriteOps must stay pure (it cannot read-modify-write a counter
  * inside the store's batch), concurrent batches would race on it, and re-storing an existing instance would
- * count it twice. The store counts once at open and keeps its own count from there.
+ * count it twice. The store counts once at open and keeps its own count from there. The scan reads the
+ * snapshot taken when this is called (the iterator is created before it returns): later writes are not in it.
  */
-export async function countInstances(db: CatalogDb): Promise<number> {
-  let count = 0;
-  for await (const keys of keyBatches(db, HELD_INDEX_PREFIX)) count += keys.length;
-  return count;
+export function countInstances(db: CatalogDb): Promise<number> {
+  const batches = keyBatches(db, HELD_INDEX_PREFIX);
+  // A generator's first next() runs its body up to the first await: the iterator exists when this returns.
+  const first = batches.next();
+  return (async () => {
+    let count = 0;
+    for (let batch = await first; batch.done !== true; batch = await batches.next()) count += batch.value.length;
+    return count;
+  })();
 }
 
 /** Every held instance (UID and SHA-256), in UID key order, in batches, from the held index alone. */

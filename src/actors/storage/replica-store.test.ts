@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
-import { catalogDeleteOps, heldInstanceBatches } from './catalog.ts';
+import { catalogDeleteOps, catalogWriteOps, heldInstanceBatches } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
@@ -281,6 +281,28 @@ test('a store written before the held index gets it at open: custody load and co
   for await (const batch of heldInstanceBatches(reopened.db)) held.push(...batch);
   assert.deepEqual(held, expected);
   assert.notEqual(await reopened.db.get('m!held-index'), undefined, 'built once: the next open does not read every entry again');
+});
+
+test('the count at open runs in the background from a snapshot: commits meanwhile are counted once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const first = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await first.open();
+  // 5,000 catalog records (no bytes: the count reads the held index only), so the scan takes a while.
+  for (let start = 0; start < 5000; start += 1000) {
+    await first.db.batch(Array.from({ length: 1000 }, (_, i) => catalogWriteOps(entryFor(`1.2.7.${start + i}`)({ byteLength: 0, sha256: 'ab'.repeat(32), blobId: 'none' }))).flat());
+  }
+  await first.close();
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  t.after(() => store.close());
+  // Committed while the count of the 5,000 may still run.
+  for (const uid of ['1.2.7.90001', '1.2.7.90002']) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(10, 1));
+    await writer.commit(uid, entryFor(uid));
+  }
+  assert.equal(await store.countInstances(), 5002);
 });
 
 test('a duplicate commit leaves no second blob, and a store in the old single-database layout is refused', async (t) => {
