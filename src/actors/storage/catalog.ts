@@ -202,19 +202,26 @@ export function countInstances(db: CatalogDb): Promise<number> {
   })();
 }
 
-/** Every held instance (UID and SHA-256), in UID key order, in batches, from the held index alone. */
+/**
+ * Every held instance (UID and SHA-256), in UID key order, in batches, from the held index alone. The next
+ * batch is read while the caller works on the current one.
+ */
 export async function* heldInstanceBatches(db: CatalogDb): AsyncGenerator<Array<{ sopInstanceUid: string; sha256: string }>> {
   const iterator = db.iterator(prefixRange(HELD_INDEX_PREFIX));
+  let next = iterator.nextv(ITERATOR_BATCH_SIZE);
   try {
     for (;;) {
-      const records = await iterator.nextv(ITERATOR_BATCH_SIZE);
+      const records = await next;
       if (records.length === 0) return;
+      next = iterator.nextv(ITERATOR_BATCH_SIZE);
       yield records.map(([key, value]) => ({
         sopInstanceUid: key.slice(HELD_INDEX_PREFIX.length),
         sha256: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1'),
       }));
     }
   } finally {
+    // A read still running (the caller stopped early) must settle before the iterator closes.
+    await next.catch(() => undefined);
     await iterator.close();
   }
 }

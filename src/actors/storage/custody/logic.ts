@@ -72,7 +72,10 @@ export interface CustodyStep {
 }
 
 export interface CustodyDurable {
-  readonly instances: readonly InstanceKey[];
+  /** A digest of what the store holds, built by the caller while it read the store (then owned here). */
+  readonly digest?: Digest;
+  /** Held instances to add (to `digest`, or to a new one). */
+  readonly instances?: readonly InstanceKey[];
   readonly debt: readonly DebtEntry[];
 }
 
@@ -82,8 +85,8 @@ export function debtKey(sopInstanceUid: string, siteName: string): string {
 
 /** Rebuilds custody after a start or a crash from what the store and the debt table hold. */
 export function initCustody(config: CustodyConfig, durable: CustodyDurable): CustodyState {
-  const digest = createDigest();
-  for (const k of durable.instances) digestAdd(digest, k.sopInstanceUid, k.sha256);
+  const digest = durable.digest ?? createDigest();
+  for (const k of durable.instances ?? []) digestAdd(digest, k.sopInstanceUid, k.sha256);
   const debt = new Map<string, DebtEntry>();
   for (const d of durable.debt) debt.set(debtKey(d.sopInstanceUid, d.siteName), d);
   return {
