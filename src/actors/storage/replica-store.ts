@@ -492,7 +492,7 @@ class LevelReplicaStore implements ReplicaStore {
     return () => this.suspectListeners.delete(listener);
   }
 
-  /** readInstance; `report`: a copy found damaged is also reported as suspect (not when verifying it). */
+  /** readInstance; `report` false (verifying): a damaged copy is not reported suspect, and the cache is left alone. */
   private async *readChunks(entry: CatalogEntry, report: boolean): AsyncGenerator<Uint8Array> {
     const damaged = (message: string): StoreError => {
       if (report) this.reportSuspectCopy(entry.sopInstanceUid, message);
@@ -510,7 +510,8 @@ class LevelReplicaStore implements ReplicaStore {
     direct: while (expectedSequence < keysAtMost && total < entry.byteLength) {
       const keys: string[] = [];
       for (let s = expectedSequence; s < Math.min(keysAtMost, expectedSequence + chunksPerReadMax); s++) keys.push(chunkKey(entry.blobId, s));
-      for (const value of await this.blobDb.getMany(keys)) {
+      // A scrub's reads (report false) would only push the copies being served out of LevelDB's cache.
+      for (const value of await this.blobDb.getMany(keys, { fillCache: report })) {
         if (value === undefined) break direct;
         if (total + value.length > entry.byteLength) throw surplus();
         expectedSequence++;
