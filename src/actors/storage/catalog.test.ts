@@ -192,5 +192,13 @@ describe('catalog in LevelDB', () => {
     const elapsedMs = performance.now() - startedAt;
     assert.equal(count, 20_002);
     assert.ok(elapsedMs < 1000, `countInstances took ${elapsedMs.toFixed(1)} ms`);
+    // A reader that stops after the first batch (its read-ahead still running) closes cleanly.
+    for await (const batch of heldInstanceBatches(db)) {
+      assert.ok(batch.length > 0);
+      break;
+    }
+    let held = 0;
+    for await (const batch of heldInstanceBatches(db)) held += batch.length;
+    assert.equal(held, 20_002);
   });
 });
