@@ -484,7 +484,13 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   reportSuspectCopy(sopInstanceUid: string, reason: string): void {
-    for (const listener of this.suspectListeners) listener(sopInstanceUid, reason);
+    for (const listener of this.suspectListeners) {
+      try {
+        listener(sopInstanceUid, reason);
+      } catch {
+        // A listener's failure is its own: the read that found the damage still reports it to its caller.
+      }
+    }
   }
 
   onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void {
