@@ -125,6 +125,27 @@ test('data set fragments have even lengths: an odd peer maximum is rounded down,
   assert.deepEqual(odd.map((c) => c.length), [2, 4, 1], 'an odd whole ends with its odd byte');
 });
 
+test('seeded: evenChunks keeps every byte in order and cuts only even pieces, whatever the chunk sizes', async () => {
+  const seed = Number(process.env.FUZZ_SEED ?? 20261128);
+  const prng = new Prng(seed);
+  const source = new Uint8Array(300_000).map((_, i) => (i * 31) & 0xff);
+  for (let round = 0; round < 200; round++) {
+    const chunks: Uint8Array[] = [];
+    let offset = 0;
+    const total = prng.nextInt(source.length);
+    while (offset < total) {
+      const size = Math.min(total - offset, prng.nextInt(4) === 0 ? prng.nextInt(8) : prng.nextInt(70_000));
+      chunks.push(source.subarray(offset, offset + size));
+      offset += size;
+    }
+    const out: Uint8Array[] = [];
+    for await (const piece of evenChunks((async function* () { yield* chunks; })())) out.push(piece);
+    const what = `seed ${seed} round ${round}`;
+    assert.ok(Buffer.from(Buffer.concat(out)).equals(Buffer.from(source.subarray(0, total))), `${what}: same bytes`);
+    out.forEach((piece, i) => assert.ok(piece.length > 0 && (piece.length % 2 === 0 || (i === out.length - 1 && total % 2 === 1)), `${what}: piece ${i} of ${piece.length}`));
+  }
+});
+
 test('seeded fuzz: thousands of mutated PDUs only ever raise PduError', () => {
   const seed = Number(process.env.FUZZ_SEED ?? 20261128);
   const prng = new Prng(seed);
