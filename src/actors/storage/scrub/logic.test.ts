@@ -180,6 +180,21 @@ test('a suspect copy is read back first, even before the first pass; once howeve
   assert.equal(scrubStats(step.state).passesCompleted, 0, 'no pass started');
 });
 
+test('a copy no site could repair is not taken as a suspect again for a while; a pass still checks it', () => {
+  let state = initScrub({ ...defaultScrubConfig, startDelayMs: 60_000, unrepairableQuietMs: 10_000, bytesPerSecond: 1_000_000 }, 0);
+  state = stepScrub(state, { type: 'tick', nowMs: 1_000, busy: false }).state;
+  state = stepScrub(state, { type: 'suspected', entry: entry(3), reason: 'misses chunk 1', nowMs: 1_000 }).state;
+  state = stepScrub(state, { type: 'verified', sopInstanceUid: entry(3).sopInstanceUid, outcome: 'bad', reason: 'misses chunk 1', nowMs: 1_000 }).state;
+  let step = stepScrub(state, { type: 'repairEnded', sopInstanceUid: entry(3).sopInstanceUid, outcome: 'noPeers', nowMs: 1_100 });
+  step = stepScrub(step.state, { type: 'suspected', entry: entry(3), reason: 'read again', nowMs: 5_000 });
+  assert.deepEqual(step.effects, [], 'quiet: not re-read, not re-logged');
+  step = stepScrub(step.state, { type: 'tick', nowMs: 11_200, busy: false });
+  step = stepScrub(step.state, { type: 'suspected', entry: entry(3), reason: 'read again', nowMs: 11_200 });
+  assert.deepEqual(step.effects.map((e) => e.type), ['report', 'verify'], 'after the quiet time, read back again');
+  const pass = simulate({ catalog: [entry(3)], untilMs: 1_000, bad: new Set([entry(3).sopInstanceUid]), repairOutcome: 'unavailable', config: { startDelayMs: 0, passPauseMs: 200, bytesPerSecond: 1_000_000 } });
+  assert.ok(pass.stats.badCopiesFound >= 2, 'every pass reads it back');
+});
+
 test('a copy replaced while it was read is not counted; a rate of 0 turns the scrub off', () => {
   let state = initScrub({ ...defaultScrubConfig, startDelayMs: 0 }, 0);
   let step = stepScrub(state, { type: 'tick', nowMs: 1000, busy: false });

@@ -14,7 +14,11 @@ export const defaultScrubConfig: ScrubConfig = {
   passPauseMs: 60_000,
   repairsInFlightMax: 4,
   suspectsQueuedMax: 64,
+  unrepairableQuietMs: 600_000,
 };
+
+/** Copies remembered as unrepairable at most (the oldest are forgotten first). */
+const unrepairableRememberedMax = 1024;
 
 export interface ScrubState {
   readonly config: ScrubConfig;
@@ -32,6 +36,8 @@ export interface ScrubState {
   verifyingSuspect: boolean;
   /** Suspect copies to read back first, by UID, in arrival order. */
   suspects: Map<string, CatalogEntry>;
+  /** UID -> until when a copy no site could repair is not taken as a suspect again. */
+  unrepairable: Map<string, number>;
   /** Bytes that may be read now; may go below zero by one instance (a large one is not starved). */
   budgetBytes: number;
   budgetAtMs: number;
@@ -58,6 +64,7 @@ export function initScrub(config: ScrubConfig, nowMs: number, resumeAfterUid = '
     verifying: null,
     verifyingSuspect: false,
     suspects: new Map(),
+    unrepairable: new Map(),
     budgetBytes: 0,
     budgetAtMs: nowMs,
     busy: false,
@@ -167,6 +174,7 @@ export function stepScrub(state: ScrubState, input: ScrubInput): ScrubStep {
       const uid = input.entry.sopInstanceUid;
       // Being read back or repaired already, or queued: once is enough.
       if (state.verifying?.sopInstanceUid === uid || state.repairing.has(uid) || state.suspects.has(uid)) break;
+      if ((state.unrepairable.get(uid) ?? Number.NEGATIVE_INFINITY) > input.nowMs) break;
       if (state.suspects.size >= state.config.suspectsQueuedMax) break;
       state.suspects.set(uid, input.entry);
       effects.push({ type: 'report', level: 'warn', message: 'scrub: copy reported suspect; reading it back', fields: { sopInstanceUid: uid, reason: input.reason } });
@@ -209,7 +217,14 @@ export function stepScrub(state: ScrubState, input: ScrubInput): ScrubStep {
     case 'repairEnded': {
       if (!state.repairing.delete(input.sopInstanceUid)) break;
       if (input.outcome === 'repaired') state.stats.copiesRepaired += 1;
-      if (input.outcome === 'unavailable' || input.outcome === 'noPeers') state.stats.copiesUnrepaired += 1;
+      if (input.outcome === 'unavailable' || input.outcome === 'noPeers') {
+        state.stats.copiesUnrepaired += 1;
+        state.unrepairable.delete(input.sopInstanceUid);
+        state.unrepairable.set(input.sopInstanceUid, input.nowMs + state.config.unrepairableQuietMs);
+        if (state.unrepairable.size > unrepairableRememberedMax) state.unrepairable.delete(state.unrepairable.keys().next().value!);
+      } else {
+        state.unrepairable.delete(input.sopInstanceUid);
+      }
       const report = repairReports[input.outcome];
       if (report !== null) effects.push({ type: 'report', ...report, fields: { sopInstanceUid: input.sopInstanceUid } });
       break;

@@ -20,6 +20,11 @@ export interface ScrubConfig {
   readonly repairsInFlightMax: number;
   /** Suspect copies waiting to be read back; more are dropped (the pass still reaches them). */
   readonly suspectsQueuedMax: number;
+  /**
+   * A copy no site could repair is not read back again as a suspect for this long (each read of it would
+   * otherwise re-read and re-log it); passes still check it.
+   */
+  readonly unrepairableQuietMs: number;
 }
 
 /** How a repair ended: 'unavailable' when no reachable site had a good copy, 'noPeers' without a mesh. */
