@@ -568,16 +568,27 @@ class LevelReplicaStore implements ReplicaStore {
 
   async putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'> {
     if (await this.getEntry(entry.sopInstanceUid)) return 'duplicate';
-    const writer = this.beginWrite();
+    return this.writeCopyOf(entry, bytes, async (writer) => (await writer.commit(entry.sopInstanceUid, replicaEntryBuilder(entry))).outcome);
+  }
+
+  /**
+   * Writes bytes that must be `entry`'s (a copy from elsewhere) into a new writer, then `finish`es it; more
+   * bytes than the entry's throw ERR_STORE_REPLICA_MISMATCH at once. The writer is aborted on any failure.
+   */
+  private async writeCopyOf<T>(
+    entry: CatalogEntry,
+    bytes: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    finish: (writer: LevelInstanceWriter) => Promise<T>,
+  ): Promise<T> {
+    const writer = new LevelInstanceWriter(this);
     try {
       for await (const piece of bytes) {
         if (writer.bytesWritten + piece.byteLength > entry.byteLength) {
-          throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `replica of ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes announced`);
+          throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `copy of ${entry.sopInstanceUid} has more than the ${entry.byteLength} bytes of its entry`);
         }
         await writer.write(piece);
       }
-      const result = await writer.commit(entry.sopInstanceUid, replicaEntryBuilder(entry));
-      return result.outcome;
+      return await finish(writer);
     } catch (error) {
       await writer.abort();
       throw error;
@@ -602,21 +613,11 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async repairCopy(corrupt: CatalogEntry, bytes: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<'repaired' | 'changed'> {
-    const writer = new LevelInstanceWriter(this);
-    try {
-      for await (const piece of bytes) {
-        if (writer.bytesWritten + piece.byteLength > corrupt.byteLength) {
-          throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `repair copy of ${corrupt.sopInstanceUid} has more than the ${corrupt.byteLength} bytes of the entry`);
-        }
-        await writer.write(piece);
-      }
+    return this.writeCopyOf(corrupt, bytes, async (writer) => {
       const outcome = await writer.replace(corrupt);
       if (outcome === 'changed') await writer.abort();
       return outcome;
-    } catch (error) {
-      await writer.abort();
-      throw error;
-    }
+    });
   }
 
   async updateDebt(puts: readonly DebtEntry[], deletes: readonly { sopInstanceUid: string; siteName: string }[]): Promise<void> {
@@ -761,14 +762,11 @@ class LevelInstanceWriter implements InstanceWriter {
     if (this.state !== 'open') throw new StoreError('ERR_STORE_WRITER_STATE', `replace after ${this.state}`);
     await Promise.all(this.inFlight);
     if (this.failure) throw this.failure;
-    const sha256 = this.hash.digest('hex');
-    if (this.bytesWritten !== corrupt.byteLength || sha256 !== corrupt.sha256) {
-      throw new StoreError('ERR_STORE_REPLICA_MISMATCH', `repair copy of ${corrupt.sopInstanceUid} (${this.bytesWritten} bytes, SHA-256 ${sha256}) does not match its entry`);
-    }
+    // The same check as a replica's: these bytes must be the entry's (ERR_STORE_REPLICA_MISMATCH).
+    const entry = replicaEntryBuilder(corrupt)({ byteLength: this.bytesWritten, sha256: this.hash.digest('hex'), blobId: this.blobId });
     return this.store.serialiseCommit(corrupt.sopInstanceUid, async () => {
       const current = await this.store.getEntry(corrupt.sopInstanceUid);
       if (current === undefined || current.blobId !== corrupt.blobId) return 'changed';
-      const entry: CatalogEntry = { ...current, blobId: this.blobId };
       const encoded = encodeCatalogEntry(entry);
       // Rare, so both writes are synced and not combined: the bad copy is deleted only once the catalog
       // points at the new one for good. A power cut before that leaves the entry on the bad copy, and
