@@ -19,7 +19,7 @@ import {
   type CustodyMessage,
   type DebtEntry,
 } from '../actors/storage/custody/messages.ts';
-import { digestRoot } from '../actors/storage/custody/digest.ts';
+import { digestOf, digestRoot } from '../actors/storage/custody/digest.ts';
 import { noFaults, SimNetwork, type NetworkFaults } from './network.ts';
 import { Prng } from './prng.ts';
 
@@ -226,7 +226,7 @@ export function runSimulation(options: SimOptions): SimResult {
         fetchesInFlightMax: 16,
       },
       {
-        instances: [...peer.durable.store.values()].map((i) => ({ sopInstanceUid: i.sopInstanceUid, sha256: i.sha256 })),
+        digest: digestOf(peer.durable.store.values()),
         debt: [...peer.durable.debt.values()],
       },
     );

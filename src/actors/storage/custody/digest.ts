@@ -58,6 +58,13 @@ export function digestAdd(digest: Digest, sopInstanceUid: string, sha256: string
   return true;
 }
 
+/** A digest holding `keys`. */
+export function digestOf(keys: Iterable<InstanceKey>): Digest {
+  const digest = createDigest();
+  for (const k of keys) digestAdd(digest, k.sopInstanceUid, k.sha256);
+  return digest;
+}
+
 export function digestBuckets(digest: Digest): string[] {
   const out: string[] = [];
   for (let b = 0; b < digestBucketCount; b += 1) {

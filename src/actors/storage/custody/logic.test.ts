@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
-import { bucketOf } from './digest.ts';
+import { bucketOf, createDigest, digestOf } from './digest.ts';
 import { aliveReplicaTargets, effectiveWriteQuorum, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
@@ -72,7 +72,7 @@ test('write quorum default: 2 with another site alive, 1 when alone; a number is
 });
 
 test('a store is written locally, offered to every live site, and acknowledged once the quorum holds', () => {
-  let s = initCustody(config, { instances: [], debt: [] });
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
   const requested = run(s, { type: 'storeRequested', requestId: 'r1', sopInstanceUid: '1.2.3', sha256: 'x', nowMs: 0 });
   assert.deepEqual(requested.effects, [{ type: 'writeLocal', requestId: 'r1', sopInstanceUid: '1.2.3' }]);
@@ -95,7 +95,7 @@ test('a store is written locally, offered to every live site, and acknowledged o
 });
 
 test('no quorum within quorumTimeoutMs: 0xA700, and the copies stay owed', () => {
-  let s = initCustody(config, { instances: [], debt: [] });
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
   s = store(s, 'r1', '1.2.4', 0).state;
   assert.equal(acks(run(s, { type: 'tick', nowMs: 999 }).effects).length, 0);
@@ -107,7 +107,7 @@ test('no quorum within quorumTimeoutMs: 0xA700, and the copies stay owed', () =>
 });
 
 test('alone with writeQuorum auto: acknowledged after the local write, debt persisted for absent sites', () => {
-  let s = initCustody(config, { instances: [], debt: [] });
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead')], nowMs: 0 }).state;
   const stored = store(s, 'r1', '1.2.5', 0);
   const [a] = acks(stored.effects);
@@ -119,12 +119,12 @@ test('alone with writeQuorum auto: acknowledged after the local write, debt pers
 });
 
 test('debt survives a restart and drains when the site comes back', () => {
-  let s = initCustody(config, { instances: [], debt: [] });
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead')], nowMs: 0 }).state;
   s = store(s, 'r1', '1.2.6', 0).state;
   // Crash: rebuild from what was durable.
   const restarted = initCustody(config, {
-    instances: [{ sopInstanceUid: '1.2.6', sha256: 'sha-1.2.6' }],
+    digest: digestOf([{ sopInstanceUid: '1.2.6', sha256: 'sha-1.2.6' }]),
     debt: [...s.debt.values()],
   });
   const back = run(restarted, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 100 });
@@ -138,7 +138,7 @@ test('debt survives a restart and drains when the site comes back', () => {
 });
 
 test('at the debt bound, new stores are refused with 0xA700 instead of growing the debt', () => {
-  let s = initCustody(config, { instances: [], debt: [] });
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')], nowMs: 0 }).state;
   s = store(s, 'r1', 'u1', 0).state;
   s = store(s, 'r2', 'u2', 0).state;
@@ -150,7 +150,7 @@ test('at the debt bound, new stores are refused with 0xA700 instead of growing t
 });
 
 test('a replica received is acknowledged to its sender, even when already held', () => {
-  const s = initCustody(config, { instances: [{ sopInstanceUid: 'u9', sha256: 'h' }], debt: [] });
+  const s = initCustody(config, { digest: digestOf([{ sopInstanceUid: 'u9', sha256: 'h' }]), debt: [] });
   const { effects } = run(s, { type: 'replicaStored', sopInstanceUid: 'u9', sha256: 'h', fromPeerId: 'peer-b', nowMs: 0 });
   assert.deepEqual(effects, [{ type: 'send', to: 'peer-b', message: { type: 'replicaAck', sopInstanceUid: 'u9', siteName: 'site-a' } }]);
 });
@@ -159,8 +159,8 @@ test('repair exchange: digests, then keys of differing buckets, then pulls of ex
   const shared = Array.from({ length: 300 }, (_, i) => ({ sopInstanceUid: `1.2.840.${i}`, sha256: `h${i}` }));
   const onlyB = [{ sopInstanceUid: '9.9.1', sha256: 'b1' }, { sopInstanceUid: '9.9.2', sha256: 'b2' }];
   const onlyA = [{ sopInstanceUid: '8.8.1', sha256: 'a1' }];
-  let a = initCustody(config, { instances: [...shared, ...onlyA], debt: [] });
-  let b = initCustody({ ...config, selfPeerId: 'peer-b', selfSiteName: 'site-b' }, { instances: [...shared, ...onlyB], debt: [] });
+  let a = initCustody(config, { digest: digestOf([...shared, ...onlyA]), debt: [] });
+  let b = initCustody({ ...config, selfPeerId: 'peer-b', selfSiteName: 'site-b' }, { digest: digestOf([...shared, ...onlyB]), debt: [] });
   const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
   a = run(a, { type: 'viewChanged', members: view, nowMs: 0 }).state;
   b = run(b, { type: 'viewChanged', members: view, nowMs: 0 }).state;
@@ -193,14 +193,14 @@ test('repair exchange: digests, then keys of differing buckets, then pulls of ex
 
 test('a finished pull starts the next queued one; an ack frees a slot for the next owed copy at once', () => {
   const small = { ...config, fetchesInFlightMax: 1, replicationsInFlightMax: 1, debtEntriesMax: 100 };
-  let s = initCustody(small, { instances: [], debt: [] });
+  let s = initCustody(small, { digest: createDigest(), debt: [] });
   const keys = [{ sopInstanceUid: '7.1', sha256: 'a' }, { sopInstanceUid: '7.2', sha256: 'b' }, { sopInstanceUid: '7.3', sha256: 'c' }];
   const first = run(s, { type: 'messageReceived', from: 'peer-b', message: { type: 'repairKeys', buckets: keys.map((k) => bucketOf(k.sopInstanceUid)), keys, replyWanted: false }, nowMs: 0 });
   assert.equal(first.effects.filter((e) => e.type === 'fetch').length, 1);
   const next = run(first.state, { type: 'replicaStored', sopInstanceUid: '7.1', sha256: 'a', fromPeerId: 'peer-b', nowMs: 1 });
   assert.deepEqual(next.effects.filter((e) => e.type === 'fetch').map((e) => (e.type === 'fetch' ? e.sopInstanceUid : '')), ['7.2']);
 
-  s = initCustody(small, { instances: [], debt: [] });
+  s = initCustody(small, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
   s = store(s, 'r1', 'u1', 0).state;
   const second = store(s, 'r2', 'u2', 0);
@@ -210,7 +210,7 @@ test('a finished pull starts the next queued one; an ack frees a slot for the ne
 });
 
 test('a copy whose local bytes are unreadable waits replicationRetryMs before it is offered again; another failure is offered at once', () => {
-  let s = initCustody({ ...config, debtEntriesMax: 100 }, { instances: [], debt: [] });
+  let s = initCustody({ ...config, debtEntriesMax: 100 }, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead')], nowMs: 0 }).state;
   s = store(s, 'r1', 'u1', 0).state;
@@ -230,7 +230,7 @@ test('a copy whose local bytes are unreadable waits replicationRetryMs before it
 });
 
 test('a repair round asks every differing peer; keys several hold are pulled from all of them in turn', () => {
-  let s = initCustody({ ...config, fetchesInFlightMax: 4 }, { instances: [], debt: [] });
+  let s = initCustody({ ...config, fetchesInFlightMax: 4 }, { digest: createDigest(), debt: [] });
   const view = [member('peer-a'), { ...member('peer-b'), digestRoot: 'x' }, { ...member('peer-c'), digestRoot: 'y' }];
   const round = run(s, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 0 });
   s = round.state;
@@ -270,7 +270,7 @@ test('replica targets: one peer per other alive site, its lowest alive peerId; n
 
 test('while copies are pushed to us, repair neither starts an exchange nor pulls; it resumes once they stop', () => {
   const quiet = { ...config, repairQuietMs: 1000, repairIntervalMs: 100 };
-  let s = initCustody(quiet, { instances: [], debt: [] });
+  let s = initCustody(quiet, { digest: createDigest(), debt: [] });
   const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
   s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
   // A copy pushed by peer-b (not one of our pulls) arrives at t=500.

@@ -13,7 +13,6 @@
 import type { MemberRecord } from '../../membership/messages.ts';
 import {
   bucketOf,
-  createDigest,
   diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, keysInBuckets, missingKeys, type Digest } from './digest.ts';
 import {
   StoreStatus,
@@ -72,10 +71,8 @@ export interface CustodyStep {
 }
 
 export interface CustodyDurable {
-  /** A digest of what the store holds, built by the caller while it read the store (then owned here). */
-  readonly digest?: Digest;
-  /** Held instances to add (to `digest`, or to a new one). */
-  readonly instances?: readonly InstanceKey[];
+  /** The digest of what the store holds (owned by custody from here on); see digestOf. */
+  readonly digest: Digest;
   readonly debt: readonly DebtEntry[];
 }
 
@@ -85,8 +82,7 @@ export function debtKey(sopInstanceUid: string, siteName: string): string {
 
 /** Rebuilds custody after a start or a crash from what the store and the debt table hold. */
 export function initCustody(config: CustodyConfig, durable: CustodyDurable): CustodyState {
-  const digest = durable.digest ?? createDigest();
-  for (const k of durable.instances ?? []) digestAdd(digest, k.sopInstanceUid, k.sha256);
+  const digest = durable.digest;
   const debt = new Map<string, DebtEntry>();
   for (const d of durable.debt) debt.set(debtKey(d.sopInstanceUid, d.siteName), d);
   return {
