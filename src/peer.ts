@@ -100,7 +100,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       isHealthy: () => healthy,
       scrubNow: () => {
         scrub?.startNow();
-        return scrub ? { ...scrub.stats() } : undefined;
+        return scrub?.stats();
       },
       meshStatus: async () => {
         const meshStatus = mesh?.status();

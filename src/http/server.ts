@@ -13,7 +13,7 @@ export interface HttpServerInit {
   meshStatus: MeshStatusProvider;
   isHealthy: () => boolean;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
-  scrubNow?: () => Record<string, unknown> | undefined;
+  scrubNow?: () => object | undefined;
 }
 
 export interface RunningHttpServer {

@@ -43,7 +43,8 @@ export interface ScrubState {
   budgetAtMs: number;
   busy: boolean;
   repairing: Set<string>;
-  stats: { -readonly [K in keyof ScrubStats]: ScrubStats[K] };
+  /** The counters of ScrubStats (its cursor is the state's). */
+  stats: { -readonly [K in Exclude<keyof ScrubStats, 'cursor'>]: ScrubStats[K] };
 }
 
 export interface ScrubStep {
@@ -77,7 +78,6 @@ export function initScrub(config: ScrubConfig, nowMs: number, resumeAfterUid = '
       badCopiesFound: 0,
       copiesRepaired: 0,
       copiesUnrepaired: 0,
-      cursor: '',
       lastPassCompletedAtMs: null,
     },
   };
