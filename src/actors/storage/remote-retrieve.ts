@@ -83,21 +83,32 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
   const signalOf = (signal?: AbortSignal): AbortSignal | undefined =>
     signal && init.signal ? AbortSignal.any([signal, init.signal]) : (signal ?? init.signal);
 
-  async function pull(uid: string, signal?: AbortSignal): Promise<CatalogEntry | undefined> {
-    const hinted = hints.get(uid);
-    const candidates = [...new Set([...(hinted ? [hinted] : []), ...init.peers()])];
-    for (const peerId of candidates) {
+  /**
+   * Asks `peers` in turn until one answers something other than undefined (it does not hold the instance);
+   * a peer that fails is logged as `what` and the next one asked.
+   */
+  async function firstAnswer<T>(peers: readonly string[], uid: string, what: string, ask: (peerId: string) => Promise<T | undefined>): Promise<T | undefined> {
+    for (const peerId of peers) {
       try {
-        const result = await fetchFrom(node, peerId, store, uid, { limits: init.limits, signal });
-        if (result === undefined) continue;
-        if (result.outcome === 'stored') init.onFetched?.(result.entry, peerId);
-        hints.delete(uid);
-        return result.entry;
+        const answer = await ask(peerId);
+        if (answer !== undefined) return answer;
       } catch (error) {
-        log.warn('remote retrieve: pull failed', { sopInstanceUid: uid, from: peerId, error: String((error as Error)?.message ?? error) });
+        log.warn(what, { sopInstanceUid: uid, from: peerId, error: String((error as Error)?.message ?? error) });
       }
     }
     return undefined;
+  }
+
+  async function pull(uid: string, signal?: AbortSignal): Promise<CatalogEntry | undefined> {
+    const hinted = hints.get(uid);
+    const candidates = [...new Set([...(hinted ? [hinted] : []), ...init.peers()])];
+    return firstAnswer(candidates, uid, 'remote retrieve: pull failed', async (peerId) => {
+      const result = await fetchFrom(node, peerId, store, uid, { limits: init.limits, signal });
+      if (result === undefined) return undefined;
+      if (result.outcome === 'stored') init.onFetched?.(result.entry, peerId);
+      hints.delete(uid);
+      return result.entry;
+    });
   }
 
   return {
@@ -114,15 +125,10 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
     },
 
     async repairCopy(corrupt) {
-      for (const peerId of init.peers()) {
-        try {
-          const outcome = await repairFrom(node, peerId, store, corrupt, { limits: init.limits, signal: init.signal });
-          if (outcome !== undefined) return outcome;
-        } catch (error) {
-          log.warn('repair: copy from a peer failed', { sopInstanceUid: corrupt.sopInstanceUid, from: peerId, error: String((error as Error)?.message ?? error) });
-        }
-      }
-      return 'unavailable';
+      const outcome = await firstAnswer(init.peers(), corrupt.sopInstanceUid, 'repair: copy from a peer failed', (peerId) =>
+        repairFrom(node, peerId, store, corrupt, { limits: init.limits, signal: init.signal }),
+      );
+      return outcome ?? 'unavailable';
     },
 
     async resolveRetrieveEverywhere(request, options = {}) {
