@@ -23,3 +23,8 @@ export function createLogger(base: Record<string, unknown> = {}, minimum: Level 
 }
 
 export const silentLogger: Logger = createLogger({}, 'silent');
+
+/** What to log of something thrown: an Error's message, else the value itself as text. */
+export function errorText(error: unknown): string {
+  return String((error as Error)?.message ?? error);
+}

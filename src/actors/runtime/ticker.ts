@@ -3,7 +3,7 @@
  * a second one while the first waits to be handled (a slow actor gets fewer ticks, not a backlog).
  */
 import type { Clock, TimerHandle } from './clock.ts';
-import type { Logger } from './logger.ts';
+import { errorText, type Logger } from './logger.ts';
 import type { CrashDecision } from './nact.ts';
 
 export interface Ticker {
@@ -63,7 +63,7 @@ export async function onTickingActorCrash(
   error: unknown,
   decide: ((error: unknown) => CrashDecision | Promise<CrashDecision>) | undefined,
 ): Promise<CrashDecision> {
-  log.error(`${actorName} actor crashed`, { error: (error as Error)?.message ?? String(error) });
+  log.error(`${actorName} actor crashed`, { error: errorText(error) });
   const decision = decide ? await decide(error) : 'reset';
   if (decision === 'reset' || decision === 'resume') ticker.restart();
   return decision;

@@ -13,7 +13,7 @@
  * time (concurrent callers share it), a bounded memory of which peer reported which UID.
  */
 import type { MeshNode } from '../../net/node.ts';
-import type { Logger } from '../runtime/logger.ts';
+import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import type { ReplicaStore } from './replica-store.ts';
@@ -93,7 +93,7 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
         const answer = await ask(peerId);
         if (answer !== undefined) return answer;
       } catch (error) {
-        log.warn(what, { sopInstanceUid: uid, from: peerId, error: String((error as Error)?.message ?? error) });
+        log.warn(what, { sopInstanceUid: uid, from: peerId, error: errorText(error) });
       }
     }
     return undefined;
@@ -150,7 +150,7 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
         const peerId = peers[i]!;
         if (answer.status === 'rejected') {
           peersFailed.push(peerId);
-          log.warn('remote retrieve: peer did not resolve', { peer: peerId, error: String((answer.reason as Error)?.message ?? answer.reason) });
+          log.warn('remote retrieve: peer did not resolve', { peer: peerId, error: errorText(answer.reason) });
           return;
         }
         truncated ||= answer.value.truncated;

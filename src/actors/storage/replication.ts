@@ -32,7 +32,7 @@
 import { EnvelopeError, decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
-import type { Logger } from '../runtime/logger.ts';
+import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
@@ -223,7 +223,7 @@ async function writeInstanceAnswer(
   await stageFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
   const readError = await writeBody(stream, entry, chunks, signal);
   if (readError !== undefined) {
-    log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to: stream.remotePeer, error: String((readError as Error)?.message ?? readError) });
+    log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to: stream.remotePeer, error: errorText(readError) });
   }
 }
 
@@ -476,7 +476,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       try {
         await body(stream, signal);
       } catch (error) {
-        log.warn('custody stream failed', { protocol, peer: stream.remotePeer, error: String((error as Error)?.message ?? error) });
+        log.warn('custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
         if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
         else await answerAndClose(stream, refusalOf(error), signal);
       } finally {
@@ -735,7 +735,7 @@ export async function replicateBatchTo(
       if (stored.has(index)) return { sopInstanceUid: entry.sopInstanceUid, outcome: 'stored', siteName: answer.siteName };
       const readError = unreadable.get(entry.sopInstanceUid);
       if (readError !== undefined) {
-        return { sopInstanceUid: entry.sopInstanceUid, error: new ReplicationError('ERR_REPLICATION_SOURCE_UNREADABLE', String((readError as Error)?.message ?? readError), { cause: readError }) };
+        return { sopInstanceUid: entry.sopInstanceUid, error: new ReplicationError('ERR_REPLICATION_SOURCE_UNREADABLE', errorText(readError), { cause: readError }) };
       }
       const failure = failedAt.get(index);
       return { sopInstanceUid: entry.sopInstanceUid, error: refusedError({ type: 'refused', code: String(failure?.code ?? 'ERR_REPLICATION_REFUSED'), message: String(failure?.message ?? 'no outcome reported') }) };

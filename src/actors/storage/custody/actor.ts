@@ -26,7 +26,7 @@ import { randomUUID } from 'node:crypto';
 import type { IngestPort } from '../../association/services/deps.ts';
 import type { MemberRecord } from '../../membership/messages.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
-import type { Logger } from '../../runtime/logger.ts';
+import { errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { heldInstanceBatches } from '../catalog.ts';
@@ -280,7 +280,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       debtChain = store.updateDebt(puts, dels).then(
         () => true,
         (error: unknown) => {
-          log.error('debt write failed', { error: String((error as Error)?.message ?? error) });
+          log.error('debt write failed', { error: errorText(error) });
           // The reducer believes the debt is durable: reload it from disk by crashing the actor.
           send({ type: 'crash', reason: 'debt write failed' });
           return false;
@@ -338,7 +338,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         input({ type: 'messageReceived', from: toPeerId, message: { type: 'replicaAck', sopInstanceUid, siteName: result.siteName }, nowMs: clock.nowMs() });
         return;
       } catch (error) {
-        if (!stopped) log.info('push failed: replicating the stored copy', { sopInstanceUid, to: toPeerId, error: String((error as Error)?.message ?? error) });
+        if (!stopped) log.info('push failed: replicating the stored copy', { sopInstanceUid, to: toPeerId, error: errorText(error) });
       }
     }
     await replications.enqueue(toPeerId, { sopInstanceUid, toSiteName });
@@ -356,7 +356,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       const refused = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_MISMATCH';
       if (refused) store.reportSuspectCopy(item.sopInstanceUid, `refused by ${peerId}: ${error.message}`);
       if (!stopped) {
-        const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: String((error as Error)?.message ?? error) };
+        const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: errorText(error) };
         if (unreadable || refused) log.error(`replication failed: the local copy is ${unreadable ? 'unreadable' : 'refused'}; retried after replicationRetryMs`, fields);
         else log.warn('replication failed', fields);
       }
@@ -396,7 +396,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     try {
       outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal });
     } catch (error) {
-      if (!stopped) log.warn('repair pull failed', { instances: uids.length, from: peerId, error: String((error as Error)?.message ?? error) });
+      if (!stopped) log.warn('repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
       outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
       batchFailed = true;
     }
@@ -406,7 +406,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         results.push({ type: 'replicaStored', sopInstanceUid: outcome.sopInstanceUid, sha256: outcome.entry.sha256, fromPeerId: peerId, nowMs: clock.nowMs() });
         continue;
       }
-      if ('error' in outcome && !batchFailed && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: String((outcome.error as Error)?.message ?? outcome.error) });
+      if ('error' in outcome && !batchFailed && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: errorText(outcome.error) });
       results.push({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
     inputs(results);
@@ -438,7 +438,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       track(
         sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal })
           .catch((error: unknown) => {
-            if (!stopped) log.warn('custody messages not delivered', { to, messages: messages.length, error: String((error as Error)?.message ?? error) });
+            if (!stopped) log.warn('custody messages not delivered', { to, messages: messages.length, error: errorText(error) });
           })
           .finally(() => {
             sendsInFlight--;
@@ -500,7 +500,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       return next;
     },
     onCrash: async (error) => {
-      log.error('custody actor crashed', { error: String((error as Error)?.message ?? error) });
+      log.error('custody actor crashed', { error: errorText(error) });
       // Volatile work is lost with the state: answer the stores still waiting (the modality retries).
       failWaiters('custody restarted while the store waited for its quorum');
       const decision = init.onCrash ? await init.onCrash(error) : 'reset';

@@ -6,7 +6,7 @@
  * reports damage it cannot repair).
  */
 import type { Clock } from '../../runtime/clock.ts';
-import type { Logger } from '../../runtime/logger.ts';
+import { errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../../runtime/ticker.ts';
 import { catalogPage, decodeCatalogEntry } from '../catalog.ts';
@@ -68,7 +68,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     track(
       task().then(
         (result) => input(result),
-        (error: unknown) => log.error('scrub task failed', { error: String((error as Error)?.message ?? error) }),
+        (error: unknown) => log.error('scrub task failed', { error: errorText(error) }),
       ),
     );
 
@@ -78,7 +78,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
       for (const uid of page.undecodable) log.error('scrub: catalog record does not decode to a valid entry; skipped', { sopInstanceUid: uid });
       return { type: 'listed', entries: page.entries, lastUid: page.lastUid, end: page.end, nowMs: clock.nowMs() };
     } catch (error) {
-      return { type: 'listFailed', error: String((error as Error)?.message ?? error), nowMs: clock.nowMs() };
+      return { type: 'listFailed', error: errorText(error), nowMs: clock.nowMs() };
     }
   }
 
@@ -97,7 +97,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
       const now = await store.getEntry(entry.sopInstanceUid);
       return now?.blobId === entry.blobId ? verified('bad', result.reason) : verified('gone');
     } catch (error) {
-      log.warn('scrub: read-back failed', { sopInstanceUid: entry.sopInstanceUid, error: String((error as Error)?.message ?? error) });
+      log.warn('scrub: read-back failed', { sopInstanceUid: entry.sopInstanceUid, error: errorText(error) });
       return verified('gone');
     }
   }
@@ -107,7 +107,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     try {
       outcome = await init.repair(entry);
     } catch (error) {
-      log.warn('scrub: repair failed', { sopInstanceUid: entry.sopInstanceUid, error: String((error as Error)?.message ?? error) });
+      log.warn('scrub: repair failed', { sopInstanceUid: entry.sopInstanceUid, error: errorText(error) });
       outcome = 'unavailable';
     }
     return { type: 'repairEnded', sopInstanceUid: entry.sopInstanceUid, outcome, nowMs: clock.nowMs() };
@@ -130,7 +130,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
           break;
         case 'saveCursor':
           // Not synced: a cursor lost in a power cut only means re-reading a few pages.
-          void store.db.put(cursorKey, Buffer.from(effect.afterUid, 'utf8')).catch((error: unknown) => log.warn('scrub: saving the cursor failed', { error: String((error as Error)?.message ?? error) }));
+          void store.db.put(cursorKey, Buffer.from(effect.afterUid, 'utf8')).catch((error: unknown) => log.warn('scrub: saving the cursor failed', { error: errorText(error) }));
           break;
         default: {
           const unreachable: never = effect;
@@ -148,7 +148,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
       const saved = await store.db.get(cursorKey);
       if (saved !== undefined) resumeAfterUid = Buffer.from(saved).toString('utf8');
     } catch (error) {
-      log.warn('scrub: reading the saved cursor failed; starting a new pass', { error: String((error as Error)?.message ?? error) });
+      log.warn('scrub: reading the saved cursor failed; starting a new pass', { error: errorText(error) });
     }
     if (resumeAfterUid !== '') log.info('scrub: resuming the pass a previous run left', { afterUid: resumeAfterUid });
     return initScrub(config, clock.nowMs(), resumeAfterUid);
@@ -190,7 +190,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
         (entry) => {
           if (entry !== undefined) input({ type: 'suspected', entry, reason, nowMs: clock.nowMs() });
         },
-        (error: unknown) => log.warn('scrub: looking up a suspect copy failed', { sopInstanceUid, error: String((error as Error)?.message ?? error) }),
+        (error: unknown) => log.warn('scrub: looking up a suspect copy failed', { sopInstanceUid, error: errorText(error) }),
       ),
     );
   });
