@@ -117,6 +117,11 @@ export function heldIndexKey(sopInstanceUid: string): string {
   return HELD_INDEX_PREFIX + sopInstanceUid;
 }
 
+/** The held index's value: the SHA-256 hex as bytes (heldInstanceBatches reads it back). */
+function heldIndexValue(entry: CatalogEntry): Uint8Array {
+  return Buffer.from(entry.sha256, 'latin1');
+}
+
 /** Every key that records `entry` (the entry itself first, its held-index key second). */
 export function catalogKeysOf(entry: CatalogEntry): string[] {
   assertUids(entry);
@@ -143,7 +148,7 @@ export function catalogWriteOpsEncoded(entry: CatalogEntry, encoded: Uint8Array)
   const [entryKey, heldKey, ...indexKeys] = catalogKeysOf(entry);
   return [
     { type: 'put', key: entryKey!, value: encoded },
-    { type: 'put', key: heldKey!, value: Buffer.from(entry.sha256, 'latin1') },
+    { type: 'put', key: heldKey!, value: heldIndexValue(entry) },
     ...indexKeys.map((key): CatalogPut => ({ type: 'put', key, value: EMPTY_VALUE })),
   ];
 }
@@ -234,15 +239,15 @@ export async function buildHeldIndex(db: CatalogDb): Promise<number> {
   let added = 0;
   let ops: CatalogPut[] = [];
   for await (const entry of iterateCatalog(db)) {
-    ops.push({ type: 'put', key: heldIndexKey(entry.sopInstanceUid), value: Buffer.from(entry.sha256, 'latin1') });
+    ops.push({ type: 'put', key: heldIndexKey(entry.sopInstanceUid), value: heldIndexValue(entry) });
+    added++;
     if (ops.length >= ITERATOR_BATCH_SIZE) {
       await db.batch(ops);
-      added += ops.length;
       ops = [];
     }
   }
   if (ops.length > 0) await db.batch(ops);
-  return added + ops.length;
+  return added;
 }
 
 /** Every catalog entry, in SOPInstanceUID key order. */
