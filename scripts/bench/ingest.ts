@@ -2,24 +2,29 @@
  * Ingest benchmark: one storescu association sends a synthetic CT series to each server.
  *
  *   node --import tsx scripts/bench/ingest.ts [--count 300] [--runs 3] [--servers storescp,orthanc,pacs-mesh]
- *                                            [--rows 512] [--columns 512] [--tmp <dir>] [--keep]
+ *                                            [--rows 512] [--columns 512] [--no-store-path] [--tmp <dir>] [--keep]
  *
  * For every run and server (interleaved: run 1 of each server, then run 2, ...): a fresh data dir and
  * a fresh server; storescu (TCP_NODELAY=1) sends all files over one association; the wall time of the storescu process is timed; the server's peak RSS is
  * sampled; the number of stored instances is checked with the server's own count. Medians are printed
  * with the ratios pacs-mesh/Orthanc and pacs-mesh/storescp, and everything is written to
  * scripts/bench/out/ingest-<timestamp>.json. A server that fails to start is skipped with a message.
+ * Each run also times pacs-mesh's C-STORE path without the network (lib/store-path.ts): the ceiling
+ * of its ingest with this store on this disk, printed beside the servers.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
+import { peerNodeFlags, peerProcessEnv } from '../../src/peer-process.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
-import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
+import { REPO_ROOT, SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
 import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
 const CLIENT_AE = 'BENCH';
+const storePathScript = fileURLToPath(new URL('./lib/store-path.ts', import.meta.url));
 
 interface RunResult {
   run: number;
@@ -72,6 +77,7 @@ async function main(): Promise<number> {
   // Runs are interleaved (run 1 of every server, then run 2, ...) so that a change of machine load
   // affects every server alike.
   const didNotStart = new Set<string>();
+  const storePath: ServerResult | undefined = args.has('no-store-path') ? undefined : { id: 'store-path', name: 'store path', version: 'no network: lib/store-path.ts', status: 'ok', runs: [] };
   for (let run = 1; run <= runs; run++) {
     for (const sr of results) {
       if (didNotStart.has(sr.id)) continue;
@@ -131,7 +137,17 @@ async function main(): Promise<number> {
         await rm(dataDir, { recursive: true, force: true });
       }
     }
+    if (storePath !== undefined) {
+      const rr = await timeStorePath(workDir, inputDir, run, count, series.totalBytes, storescuTimeoutMs);
+      storePath.runs.push(rr);
+      if (!rr.ok) {
+        storePath.status = 'failed';
+        storePath.message = rr.error;
+      }
+      console.log(`${storePath.name.padEnd(10)} run ${run}/${runs}: ${fmt(rr.wallMs / 1000, 2)} s, ${fmt(rr.imagesPerSec)} img/s, ${fmt(rr.mbPerSec)} MB/s, peak RSS ${fmt(rr.peakRssBytes / MiB)} MiB, stored ${rr.stored}/${count}${rr.ok ? '' : `  FAILED: ${rr.error}`}`);
+    }
   }
+  if (storePath !== undefined) results.push(storePath);
   for (const sr of results) {
     const good = sr.runs.filter((x) => x.ok);
     if (good.length > 0) sr.median = medianFigures(good);
@@ -140,6 +156,8 @@ async function main(): Promise<number> {
   // ------------------------------------------------------------------ report
   const vsOrthanc = imagesPerSecRatio(results, 'pacs-mesh', 'orthanc');
   const vsStorescp = imagesPerSecRatio(results, 'pacs-mesh', 'storescp');
+  const storePathVsOrthanc = imagesPerSecRatio(results, 'store-path', 'orthanc');
+  const vsStorePath = imagesPerSecRatio(results, 'pacs-mesh', 'store-path');
 
   console.log(`\nIngest: ${count} x ${(instanceBytes / MB).toFixed(3)} MB CT, one storescu association (${storescuVersionLine ?? 'storescu'}), TCP_NODELAY=1, medians of ${runs} run(s), fresh server per run\n`);
   console.log(
@@ -159,6 +177,8 @@ async function main(): Promise<number> {
   console.log('');
   console.log(`pacs-mesh / Orthanc : ${vsOrthanc === undefined ? 'n/a' : `${vsOrthanc.toFixed(2)}x`}   (target >= ${TARGET_VS_ORTHANC}x: ${vsOrthanc === undefined ? 'n/a' : vsOrthanc >= TARGET_VS_ORTHANC ? 'MET' : 'NOT MET'})`);
   console.log(`pacs-mesh / storescp: ${vsStorescp === undefined ? 'n/a' : `${vsStorescp.toFixed(2)}x`}   (storescp = practical limit)`);
+  if (storePathVsOrthanc !== undefined) console.log(`store path / Orthanc: ${storePathVsOrthanc.toFixed(2)}x   (pacs-mesh's C-STORE path without the network: the ceiling with this store)`);
+  if (vsStorePath !== undefined) console.log(`pacs-mesh / store path: ${vsStorePath.toFixed(2)}x`);
 
   const file = await writeResult('ingest', {
     benchmark: 'ingest',
@@ -178,12 +198,40 @@ async function main(): Promise<number> {
       units: { mb: '10^6 bytes', rss: 'bytes (VmHWM/VmRSS max of the server process)' },
     },
     servers: results,
-    ratios: { pacsMeshVsOrthanc: vsOrthanc ?? null, pacsMeshVsStorescp: vsStorescp ?? null },
+    ratios: { pacsMeshVsOrthanc: vsOrthanc ?? null, pacsMeshVsStorescp: vsStorescp ?? null, storePathVsOrthanc: storePathVsOrthanc ?? null, pacsMeshVsStorePath: vsStorePath ?? null },
     target: { pacsMeshVsOrthanc: TARGET_VS_ORTHANC, met: vsOrthanc === undefined ? null : vsOrthanc >= TARGET_VS_ORTHANC },
   });
   console.log(`\nresults: ${file}`);
   // Non-zero when a server that started then failed its verification; a skipped server is not an error.
   return results.some((r) => r.status === 'failed') ? 1 : 0;
+}
+
+/** One run of lib/store-path.ts in a fresh data dir, with the node flags and environment a peer gets. */
+async function timeStorePath(workDir: string, inputDir: string, run: number, count: number, totalBytes: number, timeoutMs: number): Promise<RunResult> {
+  const dataDir = await mkdtemp(join(workDir, `store-path-run${run}-`));
+  try {
+    const r = await runTool(process.execPath, [...peerNodeFlags, '--import', 'tsx', storePathScript, dataDir, inputDir], { timeoutMs, env: peerProcessEnv(), cwd: REPO_ROOT });
+    const line = r.stdout.trim().split('\n').pop() ?? '';
+    const out = (line.startsWith('{') ? JSON.parse(line) : {}) as { wallMs?: number; stored?: number; failed?: number; peakRssBytes?: number };
+    const wallMs = out.wallMs ?? Number.NaN;
+    const stored = out.stored ?? 0;
+    const ok = r.code === 0 && stored === count;
+    return {
+      run,
+      wallMs: Math.round(wallMs),
+      imagesPerSec: count / (wallMs / 1000),
+      mbPerSec: totalBytes / MB / (wallMs / 1000),
+      peakRssBytes: out.peakRssBytes ?? 0,
+      peakRssPid: r.pid,
+      stored,
+      expected: count,
+      ok,
+      storescuCode: null,
+      ...(ok ? {} : { error: `exit ${r.code}, stored ${stored}/${count}: ${r.stderr.split('\n').slice(-5).join(' | ')}` }),
+    };
+  } finally {
+    await rm(dataDir, { recursive: true, force: true });
+  }
 }
 
 runBench(main);
