@@ -9,7 +9,8 @@
  *  - storescu of an unknown SOP class is refused (no presentation context) and the peer keeps serving;
  *  - findscu, patient root (-P) and study root (-S), at every level: counts and key values against what
  *    was stored, PatientID, PatientName wildcard, StudyDate range and non-ASCII PatientName queries;
- *  - getscu of each study, movescu of each study to a storescp, movescu to an unknown AE (0xA801).
+ *  - getscu of each study, movescu of each study to a storescp, movescu to an unknown AE (0xA801);
+ *  - findscu --cancel and movescu --cancel of a study of 100 instances: final status Cancel.
  * Every retrieved instance is compared with the original file element by element (compare.ts) and with
  * what storescu sent byte for byte; the final test prints which copies are byte-identical.
  *
@@ -24,6 +25,7 @@ import { after, before, describe, it } from 'node:test';
 import { parseStartArgs } from '../../src/config.ts';
 import { startPeer, type Peer } from '../../src/peer.ts';
 import { getFreePort, hasDcmtk, startStorescp, type StorescpHandle } from '../support/dicom-tools.ts';
+import { writeSeriesToDir } from '../support/synthetic-dicom.ts';
 import { compareInstances, TS, type Identity } from './compare.ts';
 import {
   dcmtk,
@@ -601,6 +603,35 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     assert.notEqual(run.code, 0, run.output);
     assert.match(run.output, /DIMSE Status\s*:\s*0xa801/i);
     assert.match(run.output, /Refused: MoveDestinationUnknown/);
+  });
+
+  // -------------------------------------------------------------------------------------------------
+  // C-CANCEL
+
+  it('findscu --cancel and movescu --cancel: matching and sub-operations stop with status Cancel', async () => {
+    assert.ok(moveScp);
+    // A study of its own, large enough that neither tool can get all of it before its cancel is read.
+    const count = 100;
+    const studyUid = '1.2.826.0.1.3680043.10.1453.88.1';
+    const series = await writeSeriesToDir(join(work, 'cancel'), { count, rows: 8, columns: 8, study: { uid: studyUid }, patient: { id: 'CANCEL1', name: 'CANCEL^STUDY' } });
+    const stored = await dcmtk('storescu', ['-aec', AE, '+sd', '127.0.0.1', String(port()), series.dir], 60_000);
+    assert.equal(stored.code, 0, stored.output);
+
+    const found = await dcmtk('findscu', ['-v', '-S', '--cancel', '1', '-aec', AE, '-k', 'QueryRetrieveLevel=IMAGE', '-k', `StudyInstanceUID=${studyUid}`, '-k', 'SeriesInstanceUID', '-k', 'SOPInstanceUID', '127.0.0.1', String(port())]);
+    assert.match(found.output, /Sending Cancel Request/, found.output.slice(-1500));
+    assert.match(found.output, /Received Final Find Response \(Cancel/, found.output.slice(-1500));
+    assert.ok((found.output.match(/Find Response: \d+ \(Pending\)/g)?.length ?? 0) < count, found.output.slice(-1500));
+
+    await rm(moveScp.outDir, { recursive: true, force: true });
+    await mkdir(moveScp.outDir, { recursive: true });
+    const moved = await dcmtk('movescu', ['-v', '-S', '--cancel', '1', '-aec', AE, '-aem', MOVE_AE, '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(port())], 60_000);
+    assert.match(moved.output, /Sending Cancel Request/, moved.output.slice(-1500));
+    assert.equal(retrieveSummary(moved.output, 'move').finalStatus, 'Cancel: SubOperationsTerminatedDueToCancelIndication', moved.output.slice(-1500));
+    const received = (await readReceived(moveScp.outDir)).size;
+    assert.ok(received >= 1 && received < count, `the storescp received ${received} of ${count}`);
+
+    const echo = await dcmtk('echoscu', ['-aec', AE, '127.0.0.1', String(port())]);
+    assert.equal(echo.code, 0, echo.output);
   });
 
   // -------------------------------------------------------------------------------------------------

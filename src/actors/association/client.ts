@@ -3,7 +3,7 @@
  * sub-operations and by tests. Requests are sent one at a time (no asynchronous operations window).
  */
 import { connect, type Socket } from 'node:net';
-import { isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
+import { CommandField, isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
 import {
   AbortReason,
   DicomApplicationContext,
@@ -73,6 +73,8 @@ const maxReplyDataSetBytes = 64 * 1024 * 1024;
 export class DicomClientAssociation {
   readonly contexts: AcceptedContext[] = [];
   private waiter: Waiter | undefined;
+  /** The request being sent: a cancel must not cut in between its PDUs. */
+  private requestSent: Promise<void> = Promise.resolve();
   private replyCommand: DimseCommand | undefined;
   private replyParts: Uint8Array[] = [];
   private replyBytes = 0;
@@ -278,8 +280,20 @@ export class DicomClientAssociation {
     const replied = new Promise<DimseReply>((resolve, reject) => {
       this.waiter = { messageId, onPending, resolve, reject };
     });
-    await this.core.sendMessage(presentationContextId, { ...command, messageId }, dataSet);
+    this.requestSent = this.core.sendMessage(presentationContextId, { ...command, messageId }, dataSet);
+    await this.requestSent;
     return this.withTimeout(replied, `response to message ${messageId}`);
+  }
+
+  /**
+   * Asks the SCP to stop the request in progress (C-CANCEL-RQ, PS3.7 9.3.2.3, for C-FIND, C-GET and
+   * C-MOVE); the request's final response then says Cancel, unless it had finished first.
+   */
+  async cancel(presentationContextId: number): Promise<void> {
+    const waiter = this.waiter;
+    if (waiter === undefined || this.closedError) return;
+    await this.requestSent.catch(() => undefined);
+    await this.core.sendMessage(presentationContextId, { commandField: CommandField.CCancelRq, messageIdBeingRespondedTo: waiter.messageId, hasDataSet: false });
   }
 
   async release(): Promise<void> {

@@ -74,6 +74,9 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<v
   }
   try {
     for await (const identifier of findMatches(store.db, parsed.request)) {
+      // Each response is written at once while the socket takes it, so without this turn of the event loop
+      // a C-CANCEL-RQ would not be read before the whole result had gone out.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       if (ctx.isCancelled()) {
         await ctx.send(findResponse(ctx.command, Status.Cancel));
         return;
