@@ -256,6 +256,17 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     }
   });
 
+  it('findscu -S STUDY with empty keys of lower levels and sequences (as viewers send): every study, those keys empty', async () => {
+    requireStored();
+    const r = await find('S', ['QueryRetrieveLevel=STUDY', 'StudyInstanceUID', 'Modality', 'InstitutionName', 'ReferencedStudySequence', 'ProcedureCodeSequence']);
+    assert.equal(r.status, 'Success', r.output);
+    assert.equal(r.responses.length, groupBy(instances, (i) => i.studyUid).size);
+    for (const rsp of r.responses) {
+      assert.equal(responseText(rsp, Tag.Modality), '');
+      assert.equal(responseText(rsp, 0x00080080), '');
+    }
+  });
+
   it('findscu -P and -S STUDY by PatientID return that patient\'s studies', async () => {
     requireStored();
     const pids = [...new Set(instances.map((i) => i.patientId))].filter((p) => p !== '');
@@ -418,8 +429,9 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     };
     // PATIENT level does not exist in Study Root.
     assert.equal(await statusOf('findscu', ['-S', 'QueryRetrieveLevel=PATIENT', 'PatientID']), '0xa900');
-    // A key of a lower level than the query level.
+    // A unique key, or a value to match, of a lower level than the query level.
     assert.equal(await statusOf('findscu', ['-S', 'QueryRetrieveLevel=STUDY', 'SOPInstanceUID']), '0xa900');
+    assert.equal(await statusOf('findscu', ['-S', 'QueryRetrieveLevel=STUDY', 'Modality=CT']), '0xa900');
     // A malformed date key.
     assert.equal(await statusOf('findscu', ['-S', 'QueryRetrieveLevel=STUDY', 'StudyDate=2020xx']), '0xc001');
     // A wildcard in a C-MOVE unique key.

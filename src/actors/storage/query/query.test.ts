@@ -205,16 +205,21 @@ describe('validateQuery', () => {
     assert.deepEqual(validateQuery({ root: 'PATIENT', level: 'PATIENT', keys: [] }), { ok: true });
   });
 
-  it('refuses keys of lower levels with 0xA900 and names the key', () => {
+  it('refuses keys of lower levels with a value, and lower unique keys, with 0xA900 and names the key', () => {
     assertInvalid(
       validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.Modality, 'CS', 'CT')] }),
       0xa900,
-      /\(0008,0060\) is a SERIES-level attribute/,
+      /\(0008,0060\) is a SERIES-level attribute, not allowed with a value/,
     );
     assertInvalid(
-      validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.NumberOfSeriesRelatedInstances, 'IS')] }),
+      validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.NumberOfSeriesRelatedInstances, 'IS', '3')] }),
       0xa900,
       /\(0020,1209\)/,
+    );
+    assertInvalid(
+      validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.SeriesInstanceUID, 'UI')] }),
+      0xa900,
+      /SERIES-level/,
     );
     assertInvalid(
       validateQuery({ root: 'PATIENT', level: 'PATIENT', keys: [k(T.StudyInstanceUID, 'UI')] }),
@@ -345,6 +350,21 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.equal(valueOf(study2, T.ModalitiesInStudy), 'MR\\SR');
       assert.equal(valueOf(study2, T.SOPClassesInStudy), [MR_IMAGE, BASIC_TEXT_SR].sort().join('\\'));
       assert.equal(valueOf(study2, T.NumberOfStudyRelatedInstances), '3');
+    });
+
+    it('empty keys of lower levels are returned zero-length, not taken from one instance, and do not fail the query', async () => {
+      const referencedStudySequence = 0x00081110; // not in our level tables: an IMAGE-level attribute
+      const responses = await find(db, {
+        root: 'PATIENT',
+        level: 'STUDY',
+        keys: [k(T.PatientID, 'LO', P1), k(T.StudyInstanceUID, 'UI'), k(T.Modality, 'CS'), k(T.NumberOfSeriesRelatedInstances, 'IS'), k(referencedStudySequence, 'SQ', undefined)],
+      });
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S2]);
+      for (const response of responses) {
+        assert.equal(valueOf(response, T.Modality), '');
+        assert.equal(valueOf(response, T.NumberOfSeriesRelatedInstances), '');
+        assert.deepEqual(response.find((e) => e.tag === referencedStudySequence), { tag: referencedStudySequence, vr: 'SQ', value: undefined });
+      }
     });
 
     it('Study Root: wildcard PatientName (a patient attribute) is case-insensitive; full scan', async () => {

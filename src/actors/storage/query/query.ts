@@ -7,7 +7,9 @@
  * - non-unique keys of upper levels (e.g. PatientName in a SERIES-level query) are accepted and matched
  *   against the entity's own (inherited) attributes. In Study Root at STUDY level the patient attributes are
  *   ordinary keys, as the standard says.
- * Keys of lower levels are refused: status 0xA900 (Identifier does not match SOP Class) with a comment.
+ * Keys of lower levels (PS3.4 C.4.1.2.1: an SCU shall not send them) are refused with status 0xA900
+ * (Identifier does not match SOP Class) and a comment when they carry a value to match or are a unique key;
+ * an empty one is returned zero-length (a third leniency: viewers add extra columns to a study list).
  * A level that the root does not have (PATIENT in Study Root) or a missing/unknown level: 0xA900.
  * A malformed DA/TM/DT key (range or single value): 0xC001 with a comment.
  *
@@ -134,11 +136,16 @@ const NEVER_MATCHED_TAGS = new Set<Tag>([
 const UNDECODED_VRS = new Set(['SQ', 'OB', 'OW', 'OF', 'OD', 'OL', 'OV', 'UN']);
 const GET_MANY_BATCH_SIZE = 256;
 
+/** The unique keys of the levels below PATIENT, refused in a query above their level even when empty. */
+const LOWER_LEVEL_UNIQUE_KEYS = new Set<Tag>([Tags.StudyInstanceUID, Tags.SeriesInstanceUID, Tags.SOPInstanceUID]);
+
 interface CompiledKey {
   element: DicomElement;
   level: AttributeLevel;
   computed: ComputedAttribute | undefined;
   matcher: ValueMatcher;
+  /** An empty key of a level below the query's: returned zero-length. */
+  returnedEmpty: boolean;
   /** False for universal matching and never-matched keys: nothing to check. */
   isMatching: boolean;
 }
@@ -177,13 +184,6 @@ function compileQuery(request: QueryRequest): Compiled {
     seenTags.add(element.tag);
     const computed = COMPUTED_ATTRIBUTES.get(element.tag);
     const level = computed?.level ?? attributeLevelOf(element.tag);
-    if (level !== 'ANY' && LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) {
-      return {
-        ok: false,
-        status: QueryStatus.IdentifierDoesNotMatchSopClass,
-        comment: `key ${formatTag(element.tag)} is a ${level}-level attribute, not allowed in a ${request.level}-level query`,
-      };
-    }
     const compiledMatcher = compileKeyMatcher(element.vr, element.value);
     if (!compiledMatcher.ok) {
       return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
@@ -191,7 +191,21 @@ function compileQuery(request: QueryRequest): Compiled {
     const matcher = compiledMatcher.matcher;
     const isMatching =
       !NEVER_MATCHED_TAGS.has(element.tag) && matcher.type !== 'universal' && matcher.type !== 'sequence';
-    keys.push({ element, level, computed, matcher, isMatching });
+    if (level !== 'ANY' && LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) {
+      // An empty key of a lower level is a return key that an entity of this level has no one value for:
+      // it comes back zero-length, rather than failing a viewer's whole study list over one extra column.
+      // A lower level's unique key, or a value to match on, cannot be answered here: refused.
+      if (isMatching || LOWER_LEVEL_UNIQUE_KEYS.has(element.tag)) {
+        return {
+          ok: false,
+          status: QueryStatus.IdentifierDoesNotMatchSopClass,
+          comment: `key ${formatTag(element.tag)} is a ${level}-level attribute, not allowed ${LOWER_LEVEL_UNIQUE_KEYS.has(element.tag) ? '' : 'with a value '}in a ${request.level}-level query`,
+        };
+      }
+      keys.push({ element, level, computed: undefined, matcher, isMatching: false, returnedEmpty: true });
+      continue;
+    }
+    keys.push({ element, level, computed, matcher, isMatching, returnedEmpty: false });
   }
   return { ok: true, keys };
 }
@@ -505,7 +519,8 @@ async function respond(
     if (key.isMatching && !key.matcher.matches(value)) return undefined;
     computedValues.set(key.element.tag, value);
   }
-  const response: DicomElement[] = keys.map(({ element }) => {
+  const response: DicomElement[] = keys.map(({ element, returnedEmpty }) => {
+    if (returnedEmpty) return { tag: element.tag, vr: element.vr, value: UNDECODED_VRS.has(element.vr) ? undefined : '' };
     const storedElement = stored.get(element.tag);
     const vr = element.vr === 'UN' ? (storedElement?.vr ?? 'UN') : element.vr;
     const computedValue = computedValues.get(element.tag);
