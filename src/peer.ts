@@ -44,6 +44,23 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
   const store = createReplicaStore({ path: join(dataDir, 'store') });
   await store.open();
+  const stopLoggingFaults = store.onWriteFault((event) => {
+    switch (event.type) {
+      case 'faulted':
+        log.error('the store stopped writing (stores are refused with 0xA700 until it reopens: free disk space)', { error: event.error });
+        break;
+      case 'reopenFailed':
+        log.error('the store could not reopen yet', { error: event.error, nextTryInMs: event.nextTryInMs });
+        break;
+      case 'reopened':
+        log.warn('the store reopened and writes again', { faultedForMs: event.faultedForMs });
+        break;
+      default: {
+        const unreachable: never = event;
+        throw new Error(`unhandled store fault event ${JSON.stringify(unreachable)}`);
+      }
+    }
+  });
   const supervisor = startSiteSupervisor(config.site, { clock, log });
   let healthy = false;
   let dicom: DicomListener | undefined;
@@ -112,6 +129,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
             ...(mesh ? { peerId: mesh.node.peerId, multiaddrs: mesh.node.multiaddrs() } : {}),
           },
           instances: await store.countInstances(),
+          ...(store.writeFault !== undefined ? { storeFault: store.writeFault } : {}),
           ...(scrub ? { scrub: scrub.stats() } : {}),
           activeAssociations: listener.activeAssociations(),
           associationsServed: listener.associationsServed(),
@@ -153,6 +171,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     await dicom?.stop(0);
     await http?.stop();
     supervisor.stop();
+    stopLoggingFaults();
     await store.close();
     throw error;
   }
@@ -173,6 +192,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         await mesh?.stop();
         await runningHttp.stop();
         supervisor.stop();
+        stopLoggingFaults();
         await store.close();
         log.info('peer stopped');
       })()),

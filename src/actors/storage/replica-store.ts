@@ -26,6 +26,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
+import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, prefixRange } from './catalog.ts';
@@ -42,7 +43,9 @@ export type StoreErrorCode =
   /** Another process (or another store in this one) has the databases open. */
   | 'ERR_STORE_LOCKED'
   /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
-  | 'ERR_STORE_REPLICA_MISMATCH';
+  | 'ERR_STORE_REPLICA_MISMATCH'
+  /** A write failed with an I/O error (a full disk): writes are refused until the store has reopened itself. */
+  | 'ERR_STORE_FAULTED';
 
 export class StoreError extends Error {
   override readonly name = 'StoreError';
@@ -63,6 +66,28 @@ export interface ReplicaStoreInit {
   maxChunkWritesInFlight?: number;
   /** How often, at most, the catalog is synced after commits (bounds the recovery work after a power cut). */
   checkpointIntervalMs?: number;
+  /** After a write fault, the first reopening is tried after this long, then at doubling intervals up to 30 s. */
+  reopenAfterFaultMs?: number;
+}
+
+/** What the store says about write faults (see ReplicaStore.onWriteFault). */
+export type StoreFaultEvent = { type: 'faulted'; error: string } | { type: 'reopened'; faultedForMs: number } | { type: 'reopenFailed'; error: string; nextTryInMs: number };
+
+const reopenAfterFaultMaxMs = 30_000;
+
+/**
+ * What went wrong in a few words, for a DICOM Error Comment (64 characters at most): LevelDB's I/O errors
+ * name the file first ("IO error: <path>: No space left on device"), which would leave no room for why.
+ */
+export function storageErrorText(error: unknown): string {
+  const text = errorText(error);
+  return /^IO error: \/.*: ([^:]+)$/.exec(text)?.[1] ?? text;
+}
+
+/** LevelDB's I/O errors (ENOSPC, EIO ...), as classic-level reports them. */
+function isIoError(error: unknown): boolean {
+  const e = error as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  return e?.code === 'LEVEL_IO_ERROR' || e?.cause?.code === 'LEVEL_IO_ERROR';
 }
 
 export interface CommitInfo {
@@ -144,6 +169,10 @@ export interface ReplicaStore {
   reportSuspectCopy(sopInstanceUid: string, reason: string): void;
   /** Listens to reportSuspectCopy; returns the unsubscribe function. */
   onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void;
+  /** The write fault writes are refused for (message), or undefined while the store writes. */
+  readonly writeFault: string | undefined;
+  /** Listens to write faults and the reopenings that end them; returns the unsubscribe function. */
+  onWriteFault(listener: (event: StoreFaultEvent) => void): () => void;
   /**
    * Replication debt, in one batch: puts first, then deletes (not synced; see the implementation). Calls
    * land in call order, those made while one is written together in one batch, so the last op on a key wins.
@@ -316,14 +345,29 @@ class LevelReplicaStore implements ReplicaStore {
   /** Drawn once per process: with the strictly increasing tick it keeps blob ids unique across restarts. */
   private readonly blobIdSuffix = randomBytes(4).toString('hex');
   private readonly suspectListeners = new Set<(sopInstanceUid: string, reason: string) => void>();
+  private readonly faultListeners = new Set<(event: StoreFaultEvent) => void>();
+  /**
+   * The I/O error a write failed with. LevelDB refuses every later write once a log sync or a compaction
+   * has failed, until the database is reopened: `reopenAfterFault` does that, and writes are refused
+   * meanwhile (ERR_STORE_FAULTED), so that a full disk costs refused stores, not a peer restart.
+   */
+  private fault: { error: unknown; sinceMs: number } | undefined;
+  /** Counts faults: an upload begun before the last one never commits (the reopening deleted its chunks). */
+  faultEpoch = 0;
+  private readonly reopenAfterFaultMs: number;
+  private reopening: Promise<void> | undefined;
+  private wakeReopening: (() => void) | undefined;
+  private closing = false;
   /**
    * Commits running at once share one synced blob batch and one duplicate read; each gets back the entry
    * already stored under its UID, if any. A commit's ops are its last chunk and its commit record.
    */
-  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[] }, CatalogEntry | undefined>(async (commits) => {
+  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[]; faultEpoch: number }, CatalogEntry | undefined>(async (commits) => {
+    // An upload cut off by a fault may have lost chunks to the reopening: its commit record must not follow.
+    for (const commit of commits) this.assertWritable(commit.faultEpoch);
     const [found, synced] = await Promise.allSettled([
       this.getEntries(commits.map((commit) => commit.sopInstanceUid)),
-      this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true }),
+      this.written(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
     ]);
     // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
     if (synced.status === 'rejected') throw synced.reason;
@@ -332,7 +376,7 @@ class LevelReplicaStore implements ReplicaStore {
   }, commitsPerBatchMax);
   /** Unsynced catalog writes (commits' entries, see the header comment; debt), one batch for those waiting. */
   readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
-    await this.db.batch(writes.flat());
+    await this.written(this.db.batch(writes.flat()));
     return writes.map(() => undefined);
   }, commitsPerBatchMax);
 
@@ -352,6 +396,7 @@ class LevelReplicaStore implements ReplicaStore {
     this.chunkBytes = init.chunkBytes ?? 64 * 1024;
     this.maxChunkWritesInFlight = init.maxChunkWritesInFlight ?? 16;
     this.checkpointIntervalMs = init.checkpointIntervalMs ?? 1000;
+    this.reopenAfterFaultMs = init.reopenAfterFaultMs ?? 1000;
   }
 
   async open(): Promise<void> {
@@ -381,6 +426,9 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    this.wakeReopening?.();
+    await this.reopening;
     clearTimeout(this.checkpointTimer);
     this.checkpointTimer = undefined;
     if (this.db.status === 'open') await this.checkpoint().catch(() => undefined);
@@ -430,7 +478,84 @@ class LevelReplicaStore implements ReplicaStore {
     const ops: Op[] = [];
     for await (const key of this.blobDb.keys(chunkRange(blobId))) ops.push({ type: 'del', key });
     ops.push({ type: 'del', key: commitRecordKey(blobId) });
-    await this.blobDb.batch(ops, { sync });
+    await this.written(this.blobDb.batch(ops, { sync }));
+  }
+
+  get writeFault(): string | undefined {
+    return this.fault === undefined ? undefined : errorText(this.fault.error);
+  }
+
+  onWriteFault(listener: (event: StoreFaultEvent) => void): () => void {
+    this.faultListeners.add(listener);
+    return () => this.faultListeners.delete(listener);
+  }
+
+  /** Throws while writes are refused, or for an upload begun before the last fault (`epoch`). */
+  assertWritable(epoch: number): void {
+    if (this.fault !== undefined) {
+      throw new StoreError('ERR_STORE_FAULTED', `writes refused since "${storageErrorText(this.fault.error)}" until the store reopens`);
+    }
+    if (epoch !== this.faultEpoch) throw new StoreError('ERR_STORE_FAULTED', 'this upload began before the store reopened after an I/O error');
+  }
+
+  /** Every database write goes through here: an I/O error faults the store (see `fault`). */
+  async written<T>(write: Promise<T>): Promise<T> {
+    try {
+      return await write;
+    } catch (error) {
+      if (isIoError(error) && this.fault === undefined && !this.closing) {
+        this.fault = { error, sinceMs: Date.now() };
+        this.faultEpoch++;
+        this.emitFault({ type: 'faulted', error: errorText(error) });
+        this.reopening = this.reopenAfterFault();
+      }
+      throw error;
+    }
+  }
+
+  private emitFault(event: StoreFaultEvent): void {
+    for (const listener of this.faultListeners) listener(event);
+  }
+
+  /**
+   * Reopens both databases, at growing intervals until it works (space was freed), then recovers as
+   * `open` does: the chunks of uploads the fault cut off are deleted, and a commit whose catalog write
+   * failed after its synced commit record gets its catalog entry.
+   */
+  private async reopenAfterFault(): Promise<void> {
+    for (let delayMs = this.reopenAfterFaultMs; ; delayMs = Math.min(delayMs * 2, reopenAfterFaultMaxMs)) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delayMs);
+        timer.unref();
+        this.wakeReopening = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wakeReopening = undefined;
+      if (this.closing) return;
+      try {
+        await this.blobDb.close();
+        await this.db.close();
+        await this.db.open();
+        await this.blobDb.open();
+        await this.recover();
+        await this.checkpoint();
+        // Recovery may have completed commits that were answered as failed: count afresh.
+        this.countAtOpen = countInstances(this.db);
+        this.countAtOpen.catch(() => undefined);
+        this.storedSinceOpen = 0;
+        const faultedForMs = Date.now() - this.fault!.sinceMs;
+        this.fault = undefined;
+        this.reopening = undefined;
+        this.emitFault({ type: 'reopened', faultedForMs });
+        return;
+      } catch (error) {
+        // abstract-level's "Database failed to open" says why only in its cause.
+        const cause = (error as { cause?: unknown })?.cause;
+        this.emitFault({ type: 'reopenFailed', error: cause === undefined ? errorText(error) : `${errorText(error)}: ${errorText(cause)}`, nextTryInMs: Math.min(delayMs * 2, reopenAfterFaultMaxMs) });
+      }
+    }
   }
 
   beginWrite(): InstanceWriter {
@@ -465,7 +590,7 @@ class LevelReplicaStore implements ReplicaStore {
     if (this.checkpointRunning) return this.checkpointRunning;
     let from = tickPrefix(this.lastTick + 1);
     for (const blobId of this.openUploads) if (blobId < from) from = blobId;
-    this.checkpointRunning = this.db.put(recoveryFromKey, Buffer.from(from, 'utf8'), { sync: true }).finally(() => {
+    this.checkpointRunning = this.written(this.db.put(recoveryFromKey, Buffer.from(from, 'utf8'), { sync: true })).finally(() => {
       this.checkpointRunning = undefined;
     });
     return this.checkpointRunning;
@@ -667,15 +792,19 @@ class LevelInstanceWriter implements InstanceWriter {
   private inFlight = new Set<Promise<void>>();
   private failure: unknown;
   private state: 'open' | 'committed' | 'aborted' = 'open';
+  /** The store's fault epoch at the start: an upload that a fault cut off must not commit (see assertWritable). */
+  private readonly faultEpoch: number;
   bytesWritten = 0;
 
   constructor(private readonly store: LevelReplicaStore) {
     this.blobId = store.newUpload();
+    this.faultEpoch = store.faultEpoch;
   }
 
   async write(data: Uint8Array): Promise<void> {
     if (this.state !== 'open') throw new StoreError('ERR_STORE_WRITER_STATE', `write after ${this.state}`);
     if (this.failure) throw this.failure;
+    this.store.assertWritable(this.faultEpoch);
     this.hash.update(data);
     this.bytesWritten += data.length;
     // Received PDUs are never overwritten (the framer allocates afresh), so a view is safe to keep until the flush copies it.
@@ -700,7 +829,7 @@ class LevelInstanceWriter implements InstanceWriter {
   private flushChunk(): void {
     const key = chunkKey(this.blobId, this.sequence++);
     const value = this.takePending();
-    const write: Promise<void> = this.store.blobDb.put(key, value).then(
+    const write: Promise<void> = this.store.written(this.store.blobDb.put(key, value)).then(
       () => {
         this.inFlight.delete(write);
       },
@@ -727,7 +856,7 @@ class LevelInstanceWriter implements InstanceWriter {
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       let existing: CatalogEntry | undefined;
       try {
-        existing = await this.store.blobCommits.submit({ sopInstanceUid, blobOps });
+        existing = await this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
       } catch (error) {
         await this.abort();
         throw error;
@@ -765,14 +894,15 @@ class LevelInstanceWriter implements InstanceWriter {
     // The same check as a replica's: these bytes must be the entry's (ERR_STORE_REPLICA_MISMATCH).
     const entry = replicaEntryBuilder(corrupt)({ byteLength: this.bytesWritten, sha256: this.hash.digest('hex'), blobId: this.blobId });
     return this.store.serialiseCommit(corrupt.sopInstanceUid, async () => {
+      this.store.assertWritable(this.faultEpoch);
       const current = await this.store.getEntry(corrupt.sopInstanceUid);
       if (current === undefined || current.blobId !== corrupt.blobId) return 'changed';
       const encoded = encodeCatalogEntry(entry);
       // Rare, so both writes are synced and not combined: the bad copy is deleted only once the catalog
       // points at the new one for good. A power cut before that leaves the entry on the bad copy, and
       // recovery deletes the new one (its commit record names a UID stored under another blob).
-      await this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true });
-      await this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true });
+      await this.store.written(this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true }));
+      await this.store.written(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
       this.state = 'committed';
       this.store.endUpload(this.blobId, 'replaced');
       await this.store.deleteBlob(corrupt.blobId, false);
@@ -780,6 +910,7 @@ class LevelInstanceWriter implements InstanceWriter {
     });
   }
 
+  /** Never throws: chunks it cannot delete (a write fault) are deleted by the recovery that ends the fault. */
   async abort(): Promise<void> {
     if (this.state === 'aborted' || this.state === 'committed') return;
     this.state = 'aborted';
@@ -787,7 +918,7 @@ class LevelInstanceWriter implements InstanceWriter {
     this.pendingBytes = 0;
     await Promise.all(this.inFlight);
     // sequence > 0: chunks (or a commit that failed or found a duplicate) were written.
-    if (this.sequence > 0) await this.store.deleteBlob(this.blobId, false);
+    if (this.sequence > 0) await this.store.deleteBlob(this.blobId, false).catch(() => undefined);
     this.store.endUpload(this.blobId, 'aborted');
   }
 }

@@ -9,7 +9,7 @@ import { Tags } from '../../../codec/dictionary.ts';
 import { isAcceptableUid } from '../../../codec/uid.ts';
 import type { DicomElement } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
-import type { InstanceWriter } from '../../storage/replica-store.ts';
+import { storageErrorText, type InstanceWriter } from '../../storage/replica-store.ts';
 import type { NegotiatedContext } from '../negotiation.ts';
 import type { IngestPort } from './deps.ts';
 
@@ -68,9 +68,16 @@ export class IncomingStore {
     if (this.refusal || !this.reader || !this.writer) return;
     try {
       if (!this.reader.isComplete) this.reader.push(data);
-      await this.writer.write(data);
     } catch (error) {
       this.refusal = { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+      await this.writer.abort();
+      return;
+    }
+    try {
+      await this.writer.write(data);
+    } catch (error) {
+      // A full disk, or a store refusing writes until it has reopened: the modality may retry later.
+      this.refusal = { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
       await this.writer.abort();
     }
   }
@@ -107,7 +114,7 @@ export class IncomingStore {
       }));
       return await this.ingest.afterCommit(result.entry, result.outcome);
     } catch (error) {
-      return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${messageOf(error)}` };
+      return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
     }
   }
 

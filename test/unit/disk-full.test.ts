@@ -1,0 +1,161 @@
+/**
+ * A full disk: C-STOREs are refused with 0xA700 (the association goes on), and once space is freed the
+ * store reopens itself and takes stores again, without a restart; every acknowledged instance is whole.
+ * LevelDB refuses every write after a failed sync until it is reopened, so without the reopening a site
+ * that filled its disk once refused all stores until an operator restarted it.
+ *
+ * Runs on a small tmpfs of its own, so it needs root (mount); skipped otherwise.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import '../../src/polyfill.ts';
+import { parseStartArgs } from '../../src/config.ts';
+import { startPeer } from '../../src/peer.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
+import { DicomClientAssociation } from '../../src/actors/association/client.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { CommandField, Status } from '../../src/codec/dimse.ts';
+import { SopClass } from '../../src/actors/association/negotiation.ts';
+import { createReplicaStore, type StoreFaultEvent } from '../../src/actors/storage/replica-store.ts';
+import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { waitFor } from '../support/wait.ts';
+
+const filesystemBytes = 64 * 1024 * 1024;
+/** Leaves ~18 MB for the store; freeing it leaves room for LevelDB to turn its 32 MB log into a table at reopening. */
+const ballastBytes = 46 * 1024 * 1024;
+
+function mountTmpfs(dir: string): boolean {
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${filesystemBytes}`, 'tmpfs', dir], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('a full disk: C-STORE answers 0xA700, and the store writes again once space is freed, without a restart', async (t) => {
+  const mountPoint = mkdtempSync(join(tmpdir(), 'pacs-disk-full-'));
+  if (!mountTmpfs(mountPoint)) {
+    rmSync(mountPoint, { recursive: true, force: true });
+    t.skip('needs root to mount a small tmpfs');
+    return;
+  }
+  // One hook, in this order: the peer must be gone before the filesystem can be unmounted.
+  const cleanups: Array<() => unknown> = [];
+  t.after(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+    execFileSync('umount', [mountPoint]);
+    rmSync(mountPoint, { recursive: true, force: true });
+  });
+  const ballast = join(mountPoint, 'ballast');
+  writeFileSync(ballast, Buffer.alloc(ballastBytes));
+  const peer = await startPeer(
+    parseStartArgs(['--site', 'full', '--data', join(mountPoint, 'data'), '--host', '127.0.0.1', '--dicom-port', '0', '--http-port', '0', '--log-level', 'silent', '--scrub-mb-per-s', '0']),
+    { log: silentLogger, shutdownGraceMs: 1000 },
+  );
+  cleanups.push(() => peer.stop());
+  const events: StoreFaultEvent[] = [];
+  peer.store.onWriteFault((event) => events.push(event));
+
+  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle: 'FILLER',
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [
+      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: SopClass.Verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    ],
+  });
+  cleanups.push(() => client.release());
+  const store = (n: number) => {
+    const { bytes, resolved } = makeInstanceWithInfo({ rows: 256, columns: 256, sopInstanceUid: `1.2.826.0.1.3680043.10.1453.66.${n}`, instanceNumber: n });
+    return client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true }, bytes.subarray(splitPart10(bytes).datasetOffset));
+  };
+
+  const acknowledged: string[] = [];
+  let refused: { n: number; status: number | undefined; comment: string | undefined } | undefined;
+  for (let n = 1; n <= 400 && refused === undefined; n++) {
+    const reply = await store(n);
+    if (reply.command.status === Status.Success) acknowledged.push(`1.2.826.0.1.3680043.10.1453.66.${n}`);
+    else refused = { n, status: reply.command.status, comment: reply.command.errorComment };
+  }
+  assert.ok(refused, 'the filesystem never filled up');
+  assert.equal(refused.status, Status.OutOfResources);
+  assert.equal(refused.comment, 'storage failed: No space left on device');
+  assert.ok(acknowledged.length > 50, `only ${acknowledged.length} instances fitted`);
+  // The association was not aborted: it still answers.
+  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: SopClass.Verification, hasDataSet: false });
+  assert.equal(echo.command.status, Status.Success);
+  assert.equal(events[0]?.type, 'faulted');
+  assert.ok(peer.store.writeFault);
+  const status = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { storeFault?: string };
+  assert.match(status.storeFault ?? '', /No space left/);
+  // Still full: refused again, at once.
+  const again = await store(refused.n);
+  assert.equal(again.command.status, Status.OutOfResources);
+  assert.match(again.command.errorComment ?? '', /^storage failed: writes refused since "No space left on device"/);
+
+  rmSync(ballast);
+  await waitFor('the store to reopen after space was freed', () => events.some((e) => e.type === 'reopened'), 60_000);
+  assert.equal(peer.store.writeFault, undefined);
+  const retried = await store(refused.n);
+  assert.equal(retried.command.status, Status.Success, retried.command.errorComment);
+  acknowledged.push(`1.2.826.0.1.3680043.10.1453.66.${refused.n}`);
+  assert.equal(await peer.store.countInstances(), acknowledged.length);
+  for (const uid of acknowledged) {
+    const entry = await peer.store.getEntry(uid);
+    assert.ok(entry, `${uid} was acknowledged and is gone`);
+    assert.deepEqual(await peer.store.verifyInstance(entry), { ok: true }, uid);
+  }
+});
+
+test('an upload begun before a write fault never commits, even once the store has reopened', async (t) => {
+  const mountPoint = mkdtempSync(join(tmpdir(), 'pacs-disk-full-'));
+  if (!mountTmpfs(mountPoint)) {
+    rmSync(mountPoint, { recursive: true, force: true });
+    t.skip('needs root to mount a small tmpfs');
+    return;
+  }
+  const store = createReplicaStore({ path: join(mountPoint, 'store'), reopenAfterFaultMs: 50 });
+  t.after(async () => {
+    await store.close();
+    execFileSync('umount', [mountPoint]);
+    rmSync(mountPoint, { recursive: true, force: true });
+  });
+  await store.open();
+  const events: StoreFaultEvent[] = [];
+  store.onWriteFault((event) => events.push(event));
+  const ballast = join(mountPoint, 'ballast');
+  writeFileSync(ballast, Buffer.alloc(ballastBytes));
+  const piece = new Uint8Array(256 * 1024).fill(7);
+  // Cut off by the fault: two chunks written before it, the commit tried after the reopening.
+  const cutOff = store.beginWrite();
+  await cutOff.write(piece);
+  await cutOff.write(piece);
+  // Fill the disk until a write fails.
+  for (let n = 0; n < 400 && store.writeFault === undefined; n++) {
+    const filler = store.beginWrite();
+    try {
+      for (let i = 0; i < 4; i++) await filler.write(piece);
+      await filler.commit(`1.2.3.${n}`, testCatalogEntry(`1.2.3.${n}`));
+    } catch {
+      await filler.abort();
+    }
+  }
+  assert.ok(store.writeFault, 'the filesystem never filled up');
+  await assert.rejects(store.beginWrite().write(piece), { code: 'ERR_STORE_FAULTED' });
+  rmSync(ballast);
+  await waitFor('the store to reopen', () => events.some((e) => e.type === 'reopened'), 60_000);
+  await assert.rejects(cutOff.commit('1.2.3.999999', testCatalogEntry('1.2.3.999999')), { code: 'ERR_STORE_FAULTED' });
+  assert.equal(await store.getEntry('1.2.3.999999'), undefined);
+  const fresh = store.beginWrite();
+  await fresh.write(piece);
+  assert.equal((await fresh.commit('1.2.3.1000000', testCatalogEntry('1.2.3.1000000'))).outcome, 'stored');
+});
