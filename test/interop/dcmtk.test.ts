@@ -114,14 +114,15 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     const uids = new Set(instances.map((i) => i.sopInstanceUid));
     assert.equal(uids.size, instances.length, 'SOP Instance UIDs must be unique across the corpus and the synthetic instances');
 
-    const [movePort, refPort] = [await getFreePort(), await getFreePort()];
+    // deadPort: nothing listens there (a move destination that is down).
+    const [movePort, refPort, deadPort] = [await getFreePort(), await getFreePort(), await getFreePort()];
     // +xa: accept every transfer syntax; +B: write the data set exactly as received.
     moveScp = await startStorescp({ port: movePort, outDir: join(work, 'moved'), aeTitle: MOVE_AE, extraArgs: ['+xa', '+B'] });
     refScp = await startStorescp({ port: refPort, outDir: join(work, 'sent'), aeTitle: REF_AE, extraArgs: ['+xa', '+B'] });
     peer = await startPeer(
       parseStartArgs([
         '--site', 'interop', '--data', join(work, 'peer'), '--ae-title', AE, '--host', '127.0.0.1',
-        '--dicom-port', '0', '--http-port', '0', '--move-dest', `${MOVE_AE}=127.0.0.1:${movePort}`, '--log-level', 'error',
+        '--dicom-port', '0', '--http-port', '0', '--move-dest', `${MOVE_AE}=127.0.0.1:${movePort}`, '--move-dest', `DOWNSCP=127.0.0.1:${deadPort}`, '--log-level', 'error',
       ]),
     );
   });
@@ -615,6 +616,15 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     assert.notEqual(run.code, 0, run.output);
     assert.match(run.output, /DIMSE Status\s*:\s*0xa801/i);
     assert.match(run.output, /Refused: MoveDestinationUnknown/);
+  });
+
+  it('movescu: a destination that does not answer fails with 0xA702 and says why', async () => {
+    requireStored();
+    const studyUid = instances[0]!.studyUid;
+    const run = await dcmtk('movescu', ['-d', '-S', '-aec', AE, '-aem', 'DOWNSCP', '-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${studyUid}`, '127.0.0.1', String(port())]);
+    assert.match(run.output, /DIMSE Status\s*:\s*0xa702/i, run.output.slice(-1500));
+    assert.match(run.output, /ErrorComment|Error Comment/, run.output.slice(-1500));
+    assert.match(run.output, /cannot reach the destination/, run.output.slice(-1500));
   });
 
   // -------------------------------------------------------------------------------------------------
