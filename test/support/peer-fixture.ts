@@ -6,6 +6,10 @@ import { join } from 'node:path';
 import { parseStartArgs } from '../../src/config.ts';
 import { startPeer, type Peer } from '../../src/peer.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
+import { DicomClientAssociation, type DimseReply } from '../../src/actors/association/client.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { CommandField } from '../../src/codec/dimse.ts';
+import { makeInstanceWithInfo, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
 
 export interface TestPeer extends Peer {
   dataDir: string;
@@ -23,6 +27,38 @@ export async function startTestPeer(extraArgs: string[] = [], site = 'test'): Pr
     dispose: async () => {
       await peer.stop();
       rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface StoreClient {
+  client: DicomClientAssociation;
+  /** The presentation context of `otherSopClassUid`. */
+  otherContextId: number;
+  /** C-STORE of a synthetic CT instance (explicit VR little endian) made from `options`. */
+  storeInstance(options: InstanceOptions): Promise<DimseReply>;
+}
+
+/** Our own client to a peer, proposing CT Image Storage (explicit VR LE) and one other SOP class. */
+export async function openStoreClient(port: number, callingAeTitle: string, otherSopClassUid: string): Promise<StoreClient> {
+  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port,
+    callingAeTitle,
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [
+      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: otherSopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] },
+    ],
+  });
+  return {
+    client,
+    otherContextId: client.contexts[1]!.id,
+    storeInstance: (options) => {
+      const { bytes, resolved } = makeInstanceWithInfo({ ...options, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+      const command = { commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true };
+      return client.request(client.contexts[0]!.id, command, bytes.subarray(splitPart10(bytes).datasetOffset));
     },
   };
 }

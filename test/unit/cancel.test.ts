@@ -5,14 +5,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestPeer } from '../support/peer-fixture.ts';
-import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
-import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { SopClass } from '../../src/actors/association/negotiation.ts';
-import { DicomClientAssociation } from '../../src/actors/association/client.ts';
 
 const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.77.1';
 const instanceCount = 300;
@@ -20,22 +18,10 @@ const instanceCount = 300;
 test('a C-FIND cancelled after its first match ends with status Cancel; the association goes on', async (t) => {
   const peer = await startTestPeer();
   t.after(() => peer.dispose());
-  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'CANCELLER',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [
-      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-      { abstractSyntaxUid: SopClass.StudyRootFind, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-    ],
-  });
+  const { client, otherContextId: findContext, storeInstance } = await openStoreClient(peer.dicomPort, 'CANCELLER', SopClass.StudyRootFind);
   t.after(() => client.release());
-  const [storeContext, findContext] = [client.contexts[0]!.id, client.contexts[1]!.id];
   for (let i = 1; i <= instanceCount; i++) {
-    const { bytes, resolved } = makeInstanceWithInfo({ rows: 8, columns: 8, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.${i}`, instanceNumber: i });
-    const reply = await client.request(storeContext, { commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true }, bytes.subarray(splitPart10(bytes).datasetOffset));
+    const reply = await storeInstance({ rows: 8, columns: 8, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.${i}`, instanceNumber: i });
     assert.equal(reply.command.status, Status.Success);
   }
   const identifier = encodeDataset(

@@ -6,7 +6,7 @@
  *
  * Runs on a small tmpfs of its own, so it needs root (mount); skipped otherwise.
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,41 +16,45 @@ import '../../src/polyfill.ts';
 import { parseStartArgs } from '../../src/config.ts';
 import { startPeer } from '../../src/peer.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { DicomClientAssociation } from '../../src/actors/association/client.ts';
-import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { SopClass } from '../../src/actors/association/negotiation.ts';
 import { createReplicaStore, type StoreFaultEvent } from '../../src/actors/storage/replica-store.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
-import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { openStoreClient } from '../support/peer-fixture.ts';
 import { waitFor } from '../support/wait.ts';
 
 const filesystemBytes = 64 * 1024 * 1024;
 /** Leaves ~18 MB for the store; freeing it leaves room for LevelDB to turn its 32 MB log into a table at reopening. */
 const ballastBytes = 46 * 1024 * 1024;
 
-function mountTmpfs(dir: string): boolean {
+/** A fresh tmpfs of filesystemBytes and its unmount, or undefined (the test is skipped) without the right to mount. */
+function tmpfsOrSkip(t: TestContext): { mountPoint: string; unmount(): void } | undefined {
+  const mountPoint = mkdtempSync(join(tmpdir(), 'pacs-disk-full-'));
   try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${filesystemBytes}`, 'tmpfs', dir], { stdio: 'ignore' });
-    return true;
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${filesystemBytes}`, 'tmpfs', mountPoint], { stdio: 'ignore' });
   } catch {
-    return false;
+    rmSync(mountPoint, { recursive: true, force: true });
+    t.skip('needs root to mount a small tmpfs');
+    return undefined;
   }
+  return {
+    mountPoint,
+    unmount: () => {
+      execFileSync('umount', [mountPoint]);
+      rmSync(mountPoint, { recursive: true, force: true });
+    },
+  };
 }
 
 test('a full disk: C-STORE answers 0xA700, and the store writes again once space is freed, without a restart', async (t) => {
-  const mountPoint = mkdtempSync(join(tmpdir(), 'pacs-disk-full-'));
-  if (!mountTmpfs(mountPoint)) {
-    rmSync(mountPoint, { recursive: true, force: true });
-    t.skip('needs root to mount a small tmpfs');
-    return;
-  }
+  const tmpfs = tmpfsOrSkip(t);
+  if (tmpfs === undefined) return;
+  const { mountPoint } = tmpfs;
   // One hook, in this order: the peer must be gone before the filesystem can be unmounted.
   const cleanups: Array<() => unknown> = [];
   t.after(async () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
-    execFileSync('umount', [mountPoint]);
-    rmSync(mountPoint, { recursive: true, force: true });
+    tmpfs.unmount();
   });
   const ballast = join(mountPoint, 'ballast');
   writeFileSync(ballast, Buffer.alloc(ballastBytes));
@@ -62,22 +66,9 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
   const events: StoreFaultEvent[] = [];
   peer.store.onWriteFault((event) => events.push(event));
 
-  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'FILLER',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [
-      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-      { abstractSyntaxUid: SopClass.Verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-    ],
-  });
+  const { client, otherContextId: echoContext, storeInstance } = await openStoreClient(peer.dicomPort, 'FILLER', SopClass.Verification);
   cleanups.push(() => client.release());
-  const store = (n: number) => {
-    const { bytes, resolved } = makeInstanceWithInfo({ rows: 256, columns: 256, sopInstanceUid: `1.2.826.0.1.3680043.10.1453.66.${n}`, instanceNumber: n });
-    return client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true }, bytes.subarray(splitPart10(bytes).datasetOffset));
-  };
+  const store = (n: number) => storeInstance({ rows: 256, columns: 256, sopInstanceUid: `1.2.826.0.1.3680043.10.1453.66.${n}`, instanceNumber: n });
 
   const acknowledged: string[] = [];
   let refused: { n: number; status: number | undefined; comment: string | undefined } | undefined;
@@ -91,7 +82,7 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
   assert.equal(refused.comment, 'storage failed: No space left on device');
   assert.ok(acknowledged.length > 50, `only ${acknowledged.length} instances fitted`);
   // The association was not aborted: it still answers.
-  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: SopClass.Verification, hasDataSet: false });
+  const echo = await client.request(echoContext, { commandField: CommandField.CEchoRq, affectedSopClassUid: SopClass.Verification, hasDataSet: false });
   assert.equal(echo.command.status, Status.Success);
   assert.equal(events[0]?.type, 'faulted');
   assert.ok(peer.store.writeFault);
@@ -117,17 +108,13 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
 });
 
 test('an upload begun before a write fault never commits, even once the store has reopened', async (t) => {
-  const mountPoint = mkdtempSync(join(tmpdir(), 'pacs-disk-full-'));
-  if (!mountTmpfs(mountPoint)) {
-    rmSync(mountPoint, { recursive: true, force: true });
-    t.skip('needs root to mount a small tmpfs');
-    return;
-  }
+  const tmpfs = tmpfsOrSkip(t);
+  if (tmpfs === undefined) return;
+  const { mountPoint } = tmpfs;
   const store = createReplicaStore({ path: join(mountPoint, 'store'), reopenAfterFaultMs: 50 });
   t.after(async () => {
     await store.close();
-    execFileSync('umount', [mountPoint]);
-    rmSync(mountPoint, { recursive: true, force: true });
+    tmpfs.unmount();
   });
   await store.open();
   const events: StoreFaultEvent[] = [];
