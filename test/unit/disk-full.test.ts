@@ -6,11 +6,9 @@
  *
  * Runs on a small tmpfs of its own, so it needs root (mount); skipped otherwise.
  */
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import '../../src/polyfill.ts';
 import { parseStartArgs } from '../../src/config.ts';
@@ -21,33 +19,14 @@ import { SopClass } from '../../src/actors/association/negotiation.ts';
 import { createReplicaStore, type StoreFaultEvent } from '../../src/actors/storage/replica-store.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
 import { openStoreClient } from '../support/peer-fixture.ts';
+import { tmpfsOrSkip } from '../support/tmpfs.ts';
 import { waitFor } from '../support/wait.ts';
 
-const filesystemBytes = 64 * 1024 * 1024;
-/** Leaves ~18 MB for the store; freeing it leaves room for LevelDB to turn its 32 MB log into a table at reopening. */
+/** On a 64 MB tmpfs, leaves ~18 MB for the store; freed, room for LevelDB to turn its log into a table at reopening. */
 const ballastBytes = 46 * 1024 * 1024;
 
-/** A fresh tmpfs of filesystemBytes and its unmount, or undefined (the test is skipped) without the right to mount. */
-function tmpfsOrSkip(t: TestContext): { mountPoint: string; unmount(): void } | undefined {
-  const mountPoint = mkdtempSync(join(tmpdir(), 'pacs-disk-full-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${filesystemBytes}`, 'tmpfs', mountPoint], { stdio: 'ignore' });
-  } catch {
-    rmSync(mountPoint, { recursive: true, force: true });
-    t.skip('needs root to mount a small tmpfs');
-    return undefined;
-  }
-  return {
-    mountPoint,
-    unmount: () => {
-      execFileSync('umount', [mountPoint]);
-      rmSync(mountPoint, { recursive: true, force: true });
-    },
-  };
-}
-
 test('a full disk: C-STORE answers 0xA700, and the store writes again once space is freed, without a restart', async (t) => {
-  const tmpfs = tmpfsOrSkip(t);
+  const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
   if (tmpfs === undefined) return;
   const { mountPoint } = tmpfs;
   // One hook, in this order: the peer must be gone before the filesystem can be unmounted.
@@ -88,6 +67,13 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
   assert.ok(peer.store.writeFault);
   const status = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { storeFault?: string };
   assert.match(status.storeFault ?? '', /No space left/);
+  // Reads go on while writes are refused: the store stays open until there is room to reopen it.
+  await waitFor('a reopening attempt', () => events.some((e) => e.type === 'reopenFailed'), 10_000);
+  const attempt = events.find((e) => e.type === 'reopenFailed');
+  assert.match(attempt?.type === 'reopenFailed' ? attempt.error : '', /more free space needed/);
+  const first = await peer.store.getEntry(acknowledged[0]!);
+  assert.ok(first);
+  assert.deepEqual(await peer.store.verifyInstance(first), { ok: true });
   // Still full: refused again, at once.
   const again = await store(refused.n);
   assert.equal(again.command.status, Status.OutOfResources);
@@ -108,7 +94,7 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
 });
 
 test('an upload begun before a write fault never commits, even once the store has reopened', async (t) => {
-  const tmpfs = tmpfsOrSkip(t);
+  const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
   if (tmpfs === undefined) return;
   const { mountPoint } = tmpfs;
   const store = createReplicaStore({ path: join(mountPoint, 'store'), reopenAfterFaultMs: 50 });

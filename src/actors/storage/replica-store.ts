@@ -23,6 +23,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { readdir, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
@@ -74,6 +75,8 @@ export interface ReplicaStoreInit {
 export type StoreFaultEvent = { type: 'faulted'; error: string } | { type: 'reopened'; faultedForMs: number } | { type: 'reopenFailed'; error: string; nextTryInMs: number };
 
 const reopenAfterFaultMaxMs = 30_000;
+/** Free space wanted beyond the logs' size before a faulted store is closed to reopen (new MANIFEST, log, tables). */
+const reopenSpareBytes = 16 * 1024 * 1024;
 
 /**
  * What went wrong in a few words, for a DICOM Error Comment (64 characters at most): LevelDB's I/O errors
@@ -535,6 +538,9 @@ class LevelReplicaStore implements ReplicaStore {
       this.wakeReopening = undefined;
       if (this.closing) return;
       try {
+        // Closed, the databases cannot be read either: stay open (reads work) until a reopening can succeed.
+        const missingBytes = await this.spaceMissingToReopen();
+        if (missingBytes > 0) throw new StoreError('ERR_STORE_FAULTED', `${Math.ceil(missingBytes / 1024 ** 2)} MiB more free space needed to reopen`);
         await this.blobDb.close();
         await this.db.close();
         await this.db.open();
@@ -556,6 +562,19 @@ class LevelReplicaStore implements ReplicaStore {
         this.emitFault({ type: 'reopenFailed', error: cause === undefined ? errorText(error) : `${errorText(error)}: ${errorText(cause)}`, nextTryInMs: Math.min(delayMs * 2, reopenAfterFaultMaxMs) });
       }
     }
+  }
+
+  /**
+   * Opening turns each database's log (up to its write buffer) into a table before the old log goes, so it
+   * needs about the logs' size free, plus room for new files: how many bytes short of that the disk is.
+   */
+  private async spaceMissingToReopen(): Promise<number> {
+    let logBytes = 0;
+    for (const dir of [join(this.path, 'catalog'), join(this.path, 'blobs')]) {
+      for (const name of await readdir(dir)) if (name.endsWith('.log')) logBytes += (await stat(join(dir, name))).size;
+    }
+    const fs = await statfs(this.path);
+    return Math.max(0, logBytes + reopenSpareBytes - fs.bavail * fs.bsize);
   }
 
   beginWrite(): InstanceWriter {

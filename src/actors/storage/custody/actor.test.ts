@@ -6,6 +6,7 @@
 import '../../../polyfill.ts';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +24,7 @@ import { startCustody, type CustodyService } from './actor.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
+import { tmpfsOrSkip } from '../../../../test/support/tmpfs.ts';
 
 const swarmKey = generateSwarmKey();
 
@@ -319,5 +321,43 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.ok(local);
     assert.deepEqual(await readAll(c.store, local), bytes);
     assert.equal(await c.custody.retrieve.ensureLocal('1.2.3.4.5.6.7.8.9'), undefined, 'an instance nobody has');
+  });
+
+  it('a full disk at the sender while it drains debt: custody reloads once when the store reopens, not at every failed debt write', { timeout: 90_000 }, async (t) => {
+    const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
+    if (tmpfs === undefined) return;
+    const mesh = new TestMesh(1);
+    // Registered after the mesh's own cleanup: the site on the tmpfs must be stopped before the unmount.
+    t.after(async () => {
+      await mesh.close();
+      tmpfs.unmount();
+    });
+    const lines: string[] = [];
+    const capture: Logger = { info: (m) => lines.push(m), warn: (m) => lines.push(m), error: (m) => lines.push(m), child: () => capture };
+    const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), capture);
+    let b = await mesh.start('site-b');
+    await mesh.connected('site-a', 'site-b');
+    const bDir = b.dir;
+    await mesh.stop('site-b');
+    // Stores at A while B is away (quorum 1) until A's disk is full: each acknowledged one is owed to B.
+    writeFileSync(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(46 * 1024 * 1024));
+    const acknowledged: string[] = [];
+    for (let n = 0; n < 400 && a.store.writeFault === undefined; n++) {
+      const uid = newUid();
+      if ((await cstore(a.custody.ingest, uid, randomBytes(200_000))).status === 0) acknowledged.push(uid);
+    }
+    assert.ok(a.store.writeFault, 'the filesystem never filled up');
+    assert.ok(acknowledged.length > 20, `${acknowledged.length} stores fitted`);
+    // B comes back: A sends its copies (reads work while writes are refused), and every batch of
+    // acknowledgements is a debt write that fails.
+    b = await mesh.start('site-b', bDir);
+    await waitFor('site-b holds every acknowledged instance', async () => (await b.store.getEntries(acknowledged)).every((e) => e !== undefined), 40_000);
+    await waitFor('debt writes that failed', () => lines.filter((l) => l === 'debt write failed').length >= 2);
+    assert.equal(lines.filter((l) => l === 'custody actor crashed').length, 0, 'custody crashed while the store refused writes');
+
+    rmSync(join(tmpfs.mountPoint, 'ballast'));
+    await waitFor('debt drained once the store writes again', async () => (await a.store.listDebt()).length === 0, 60_000);
+    assert.equal(lines.filter((l) => l === 'custody actor crashed').length, 1, 'one reload, after the store reopened');
+    assert.equal(a.custody.stats().debtEntries, 0);
   });
 });

@@ -192,6 +192,15 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const send = (msg: CustodyMsg): void => {
     if (!stopped) dispatch(ref, msg);
   };
+  // Debt writes that failed while the store refused writes: the state reloads once, when it writes again,
+  // instead of crashing at every failed write meanwhile (acknowledgements of a catch-up arrive in batches,
+  // and each would crash custody again, past its restart budget).
+  let reloadWhenStoreReopens = false;
+  const stopWatchingStoreFaults = store.onWriteFault((event) => {
+    if (event.type !== 'reopened' || !reloadWhenStoreReopens) return;
+    reloadWhenStoreReopens = false;
+    send({ type: 'crash', reason: 'debt writes failed while the store refused writes' });
+  });
   const input = (i: CustodyInput, viaStream = false): void => send({ type: 'input', input: i, viaStream });
   const inputs = (all: CustodyInput[]): void => {
     if (all.length > 0) send({ type: 'inputs', inputs: all });
@@ -281,8 +290,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         () => true,
         (error: unknown) => {
           log.error('debt write failed', { error: errorText(error) });
-          // The reducer believes the debt is durable: reload it from disk by crashing the actor.
-          send({ type: 'crash', reason: 'debt write failed' });
+          // The reducer believes the debt is durable: reload it from disk by crashing the actor (now, or
+          // once a store that refuses writes has reopened). Debt is a hint: repair finds what it misses.
+          if (store.writeFault !== undefined) reloadWhenStoreReopens = true;
+          else send({ type: 'crash', reason: 'debt write failed' });
           return false;
         },
       );
@@ -581,6 +592,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     });
   } catch (error) {
     stopped = true;
+    stopWatchingStoreFaults();
     stopActor(ref);
     throw error;
   }
@@ -613,6 +625,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     stop: () =>
       (stopping ??= (async () => {
         stopped = true;
+        stopWatchingStoreFaults();
         clock.clearTimeout(timer);
         await server?.stop();
         shutdown.abort(new CustodyError('ERR_CUSTODY_STOPPED', 'custody stopped'));
