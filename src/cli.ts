@@ -43,8 +43,8 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(2);
     }
-    // A data directory of another layout is a configuration problem; one in use is a runtime one (like a port).
-    if (error instanceof StoreError && (error.code === 'ERR_STORE_LAYOUT' || error.code === 'ERR_STORE_LOCKED')) {
+    // A data directory of another layout is a configuration problem; one in use, or on a full disk, a runtime one.
+    if (error instanceof StoreError && (error.code === 'ERR_STORE_LAYOUT' || error.code === 'ERR_STORE_LOCKED' || error.code === 'ERR_STORE_OPEN')) {
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(error.code === 'ERR_STORE_LAYOUT' ? 2 : 1);
     }

@@ -11,7 +11,9 @@ import { test } from 'node:test';
 import { Level } from 'level';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
+import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
+import { tmpfsOrSkip } from '../support/tmpfs.ts';
 
 async function start(dataDir: string): Promise<{ status: number | null; stderr: string }> {
   const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
@@ -44,4 +46,22 @@ test('a data directory another process is using: exit 1 and one line saying so',
   // The same store twice in one process is refused the same way. (Last: LevelDB's failed attempt closes
   // its descriptor of the LOCK file, which drops this process's POSIX lock on it.)
   await assert.rejects(createReplicaStore({ path: join(dir, 'store') }).open(), { name: 'StoreError', code: 'ERR_STORE_LOCKED' });
+});
+
+test('a data directory on a full disk that the store cannot open: exit 1 and one line saying why', async (t) => {
+  const tmpfs = tmpfsOrSkip(t, 16 * 1024 * 1024);
+  if (tmpfs === undefined) return;
+  t.after(() => tmpfs.unmount());
+  // A store holding a few MB in its log, then a full disk: opening must turn that log into a table.
+  const store = createReplicaStore({ path: join(tmpfs.mountPoint, 'store') });
+  await store.open();
+  const writer = store.beginWrite();
+  for (let i = 0; i < 32; i++) await writer.write(new Uint8Array(128 * 1024).fill(i));
+  await writer.commit('1.2.3.4', testCatalogEntry('1.2.3.4'));
+  await store.close();
+  const fill = spawnSync('dd', ['if=/dev/zero', `of=${join(tmpfs.mountPoint, 'ballast')}`, 'bs=1M', 'count=64'], { encoding: 'utf8' });
+  assert.notEqual(fill.status, 0, 'dd should stop at the full disk');
+  const r = await start(tmpfs.mountPoint);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: IO error: .*No space left on device\n$/);
 });

@@ -43,6 +43,8 @@ export type StoreErrorCode =
   | 'ERR_STORE_LAYOUT'
   /** Another process (or another store in this one) has the databases open. */
   | 'ERR_STORE_LOCKED'
+  /** The databases could not be opened or recovered (a full disk, damaged files ...): the message says why. */
+  | 'ERR_STORE_OPEN'
   /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
   | 'ERR_STORE_REPLICA_MISMATCH'
   /** A write failed with an I/O error (a full disk): writes are refused until the store has reopened itself. */
@@ -85,6 +87,12 @@ const reopenSpareBytes = 16 * 1024 * 1024;
 export function storageErrorText(error: unknown): string {
   const text = errorText(error);
   return /^IO error: \/.*: ([^:]+)$/.exec(text)?.[1] ?? text;
+}
+
+/** Why a store could not open, for the operator: abstract-level's "Database failed to open" says why only in its cause. */
+function openError(path: string, error: unknown): StoreError {
+  const cause = (error as { cause?: unknown })?.cause;
+  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${cause === undefined ? errorText(error) : errorText(cause)}`);
 }
 
 /** LevelDB's I/O errors (ENOSPC, EIO ...), as classic-level reports them. */
@@ -414,14 +422,20 @@ class LevelReplicaStore implements ReplicaStore {
       if ((error as { cause?: { code?: unknown } }).cause?.code === 'LEVEL_LOCKED') {
         throw new StoreError('ERR_STORE_LOCKED', `${this.path} is in use by another process: one pacs-mesh peer per data directory`);
       }
-      throw error;
+      throw openError(this.path, error);
     }
-    for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
-    await this.recover();
-    await this.checkpoint();
-    if ((await this.db.get(heldIndexBuiltKey)) === undefined) {
-      await buildHeldIndex(this.db);
-      await this.db.put(heldIndexBuiltKey, new Uint8Array(0), { sync: true });
+    try {
+      for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
+      await this.recover();
+      await this.checkpoint();
+      if ((await this.db.get(heldIndexBuiltKey)) === undefined) {
+        await buildHeldIndex(this.db);
+        await this.db.put(heldIndexBuiltKey, new Uint8Array(0), { sync: true });
+      }
+    } catch (error) {
+      await this.blobDb.close();
+      await this.db.close();
+      throw openError(this.path, error);
     }
     this.countAtOpen = countInstances(this.db);
     // Rejections surface to countInstances' callers; this copy only must not go unhandled.
@@ -557,9 +571,7 @@ class LevelReplicaStore implements ReplicaStore {
         this.emitFault({ type: 'reopened', faultedForMs });
         return;
       } catch (error) {
-        // abstract-level's "Database failed to open" says why only in its cause.
-        const cause = (error as { cause?: unknown })?.cause;
-        this.emitFault({ type: 'reopenFailed', error: cause === undefined ? errorText(error) : `${errorText(error)}: ${errorText(cause)}`, nextTryInMs: Math.min(delayMs * 2, reopenAfterFaultMaxMs) });
+        this.emitFault({ type: 'reopenFailed', error: openError(this.path, error).message, nextTryInMs: Math.min(delayMs * 2, reopenAfterFaultMaxMs) });
       }
     }
   }
