@@ -85,7 +85,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     const publishStats = () => {
       const stats = custody.stats();
       membership.updateLocalStats({
-        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes },
+        // A store refusing writes (see ReplicaStore.writeFault) counts as full until it has reopened.
+        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes: init.store.writeFault === undefined ? freeDiskBytes : 0 },
         instanceCount: stats.instanceCount,
         digestRoot: stats.digestRoot,
       });
