@@ -541,6 +541,8 @@ class LevelReplicaStore implements ReplicaStore {
    */
   private async reopenAfterFault(): Promise<void> {
     for (let delayMs = this.reopenAfterFaultMs; ; delayMs = Math.min(delayMs * 2, reopenAfterFaultMaxMs)) {
+      // A close that came during an attempt must not wait out the next delay.
+      if (this.closing) return;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delayMs);
         timer.unref();
