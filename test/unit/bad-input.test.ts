@@ -10,7 +10,9 @@ import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, encodeCommand } from '../../src/codec/dimse.ts';
-import { DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
+import { encodeDataset } from '../../src/codec/dataset/writer.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
 import { Prng } from '../../src/sim/prng.ts';
 
 const verification = '1.2.840.10008.1.1';
@@ -192,11 +194,41 @@ test('a data set fragment with no command before it: A-ABORT for that associatio
   const other = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }] });
   const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, false, Buffer.alloc(20), 16384)]);
   assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
+  assert.deepEqual(pdus[1], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.InvalidPduParameterValue });
   // The association opened before keeps working.
   const reply = await other.request(other.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
   assert.equal(reply.command.status, 0);
   await other.release();
 });
+
+test('a command set whose element runs past its end: A-ABORT (provider, invalid parameter value), not a crash', async () => {
+  const command = Buffer.from(encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false }));
+  command.writeUInt32LE(0xfff0, 12 + 4); // the first element after (0000,0000): its value length
+  const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, true, command, 16384)]);
+  assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
+  assert.deepEqual(pdus[1], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.InvalidPduParameterValue });
+  assert.ok(await echoWorks(peer));
+});
+
+/**
+ * Sends FUZZ_ROUNDS (default 1000) copies of `valid`, 25 at a time, each with 1-6 random bytes in
+ * [from, to) replaced and, three times in ten, cut short.
+ */
+async function sendMutated(prng: Prng, valid: Uint8Array, from: number, to: number): Promise<void> {
+  const rounds = Number(process.env.FUZZ_ROUNDS ?? 1000);
+  const batch = 25;
+  for (let start = 0; start < rounds; start += batch) {
+    await Promise.all(
+      Array.from({ length: Math.min(batch, rounds - start) }, () => {
+        const mutated = Buffer.from(valid);
+        const flips = 1 + prng.nextInt(6);
+        for (let i = 0; i < flips; i++) mutated[from + prng.nextInt(to - from)] = prng.nextInt(256);
+        const cut = prng.chance(0.3) ? prng.nextInt(mutated.length) : mutated.length;
+        return exchange(peer.dicomPort, [mutated.subarray(0, cut)], { waitMs: 300, endAfterWrite: true });
+      }),
+    );
+  }
+}
 
 test('seeded fuzz: a thousand mutated association streams never take the peer down', async () => {
   const seed = Number(process.env.FUZZ_SEED ?? 4242);
@@ -209,19 +241,7 @@ test('seeded fuzz: a thousand mutated association streams never take the peer do
     ...encodePDataFragments(1, false, dataSet, 4096),
     encodePdu({ type: 'releaseRq' }),
   ]);
-  const rounds = Number(process.env.FUZZ_ROUNDS ?? 1000);
-  const batch = 25;
-  for (let start = 0; start < rounds; start += batch) {
-    await Promise.all(
-      Array.from({ length: Math.min(batch, rounds - start) }, () => {
-        const mutated = Buffer.from(valid);
-        const flips = 1 + prng.nextInt(6);
-        for (let i = 0; i < flips; i++) mutated[prng.nextInt(mutated.length)] = prng.nextInt(256);
-        const cut = prng.chance(0.3) ? prng.nextInt(mutated.length) : mutated.length;
-        return exchange(peer.dicomPort, [mutated.subarray(0, cut)], { waitMs: 300, endAfterWrite: true });
-      }),
-    );
-  }
+  await sendMutated(prng, valid, 0, valid.length);
   assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
   // Whatever got stored is whole: every catalog entry reads back with its recorded size.
   const entry = await peer.store.getEntry(resolved.sopInstanceUid);
@@ -230,6 +250,28 @@ test('seeded fuzz: a thousand mutated association streams never take the peer do
     for await (const chunk of peer.store.readInstance(entry)) total += chunk.length;
     assert.equal(total, entry.byteLength);
   }
+});
+
+test('seeded fuzz: a thousand C-FINDs with mutated command and identifier bytes never take the peer down', async () => {
+  const seed = Number(process.env.FUZZ_SEED ?? 4243);
+  const prng = new Prng(seed);
+  const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
+  const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 1, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.PatientName, vr: 'PN', value: 'DOE*' },
+      { tag: Tags.StudyDate, vr: 'DA', value: '20200101-20201231' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: '' },
+      { tag: Tags.Modality, vr: 'CS', value: '' },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const association = associateRq('PACSMESH', studyRootFind);
+  const valid = Buffer.concat([association, ...encodePDataFragments(1, true, command, 4096), ...encodePDataFragments(1, false, identifier, 4096), encodePdu({ type: 'releaseRq' })]);
+  // Only the P-DATA carrying the command and the identifier is mutated: the association itself is fuzzed above.
+  await sendMutated(prng, valid, association.length, valid.length);
+  assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
 });
 
 test('an association that stays silent past the idle timeout is aborted, freeing its slot', async (t) => {

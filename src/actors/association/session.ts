@@ -4,12 +4,12 @@
  * writes, commits) therefore holds back the next PDUs of this association, which is the back-pressure.
  */
 import type { Socket } from 'node:net';
-import { CommandField, Status, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
+import { CommandField, DimseError, Status, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
-import type { DimseEvent } from './dimse-assembler.ts';
+import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { negotiate, type NegotiatedContext, type NegotiationResult } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { loadTranscoder, pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
@@ -132,13 +132,18 @@ export class AcceptorSession {
         void this.core.fire({ type: 'pduReceived', pdu });
         await this.drain();
       }
+    } catch (error) {
+      // Well-formed PDUs carrying a malformed DIMSE message are the peer's fault, not ours: a warning and
+      // an A-ABORT saying the parameter was invalid; anything else is a crash of this association's actor.
+      if (!(error instanceof DimseProtocolError || error instanceof DimseError)) throw error;
+      await this.onInvalidPdu(AbortReason.InvalidPduParameterValue, error.message, 'malformed DIMSE message');
     } finally {
       this.connection.consumed(bytes);
     }
   }
 
-  async onInvalidPdu(reason: number, detail: string): Promise<void> {
-    this.log.warn('invalid PDU: aborting the association', { detail });
+  async onInvalidPdu(reason: number, detail: string, what = 'invalid PDU'): Promise<void> {
+    this.log.warn(`${what}: aborting the association`, { detail });
     await this.core.fire({ type: 'invalidPdu', reason, detail });
     await this.terminate();
     // Nothing more from this stream can be trusted: close once the A-ABORT is flushed, without waiting for ARTIM.
@@ -319,7 +324,7 @@ export class AcceptorSession {
       if (event.isLast) this.discardingDataSet = false;
       return;
     }
-    throw new Error('data set fragment with no operation to receive it');
+    throw new DimseProtocolError('ERR_DIMSE_SEQUENCE', 'data set fragment with no operation to receive it');
   }
 
   private startTask(presentationContextId: number, buffer: IdentifierBuffer): void {
