@@ -66,6 +66,9 @@ function findResponse(command: DimseCommand, status: number, errorComment?: stri
   };
 }
 
+/** C-FIND responses sent between two turns of the event loop (when a C-CANCEL-RQ can be read). */
+const findMatchesPerIoTurn = 16;
+
 export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<void> {
   const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateQuery);
   if (!parsed.ok) {
@@ -73,10 +76,12 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<v
     return;
   }
   try {
+    let matches = 0;
     for await (const identifier of findMatches(store.db, parsed.request)) {
-      // Each response is written at once while the socket takes it, so without this turn of the event loop
-      // a C-CANCEL-RQ would not be read before the whole result had gone out.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      // Each response is written at once while the socket takes it, so without a turn of the event loop now
+      // and then a C-CANCEL-RQ would not be read before the whole result had gone out (one turn per match
+      // made a 5,000-match C-FIND ~1.8x slower).
+      if (++matches % findMatchesPerIoTurn === 0) await new Promise<void>((resolve) => setImmediate(resolve));
       if (ctx.isCancelled()) {
         await ctx.send(findResponse(ctx.command, Status.Cancel));
         return;
