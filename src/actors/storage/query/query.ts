@@ -136,8 +136,8 @@ const NEVER_MATCHED_TAGS = new Set<Tag>([
 const UNDECODED_VRS = new Set(['SQ', 'OB', 'OW', 'OF', 'OD', 'OL', 'OV', 'UN']);
 const GET_MANY_BATCH_SIZE = 256;
 
-/** The unique keys of the levels below PATIENT, refused in a query above their level even when empty. */
-const LOWER_LEVEL_UNIQUE_KEYS = new Set<Tag>([Tags.StudyInstanceUID, Tags.SeriesInstanceUID, Tags.SOPInstanceUID]);
+/** The levels' unique keys: one of a level below the query's is refused even when empty. */
+const UNIQUE_KEYS = new Set<Tag>(Object.values(UNIQUE_KEY_OF_LEVEL));
 
 interface CompiledKey {
   element: DicomElement;
@@ -195,11 +195,11 @@ function compileQuery(request: QueryRequest): Compiled {
       // An empty key of a lower level is a return key that an entity of this level has no one value for:
       // it comes back zero-length, rather than failing a viewer's whole study list over one extra column.
       // A lower level's unique key, or a value to match on, cannot be answered here: refused.
-      if (isMatching || LOWER_LEVEL_UNIQUE_KEYS.has(element.tag)) {
+      if (isMatching || UNIQUE_KEYS.has(element.tag)) {
         return {
           ok: false,
           status: QueryStatus.IdentifierDoesNotMatchSopClass,
-          comment: `key ${formatTag(element.tag)} is a ${level}-level attribute, not allowed ${LOWER_LEVEL_UNIQUE_KEYS.has(element.tag) ? '' : 'with a value '}in a ${request.level}-level query`,
+          comment: `key ${formatTag(element.tag)} is a ${level}-level attribute, not allowed ${UNIQUE_KEYS.has(element.tag) ? '' : 'with a value '}in a ${request.level}-level query`,
         };
       }
       keys.push({ element, level, computed: undefined, matcher, isMatching: false, returnedEmpty: true });
