@@ -349,10 +349,10 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.ok(a.store.writeFault, 'the filesystem never filled up');
     assert.ok(acknowledged.length > 20, `${acknowledged.length} stores fitted`);
     // B comes back: A sends its copies (reads work while writes are refused), and every batch of
-    // acknowledgements is a debt write that fails.
+    // acknowledgements is a debt write that fails (without the change, each one crashed custody at once).
     b = await mesh.start('site-b', bDir);
     await waitFor('site-b holds every acknowledged instance', async () => (await b.store.getEntries(acknowledged)).every((e) => e !== undefined), 40_000);
-    await waitFor('debt writes that failed', () => lines.filter((l) => l === 'debt write failed').length >= 2);
+    await waitFor('a debt write that failed', () => lines.includes('debt write failed'));
     assert.equal(lines.filter((l) => l === 'custody actor crashed').length, 0, 'custody crashed while the store refused writes');
 
     rmSync(join(tmpfs.mountPoint, 'ballast'));
