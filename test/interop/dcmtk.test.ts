@@ -10,7 +10,7 @@
  *  - findscu, patient root (-P) and study root (-S), at every level: counts and key values against what
  *    was stored, PatientID, PatientName wildcard, StudyDate range and non-ASCII PatientName queries;
  *  - getscu of each study, movescu of each study to a storescp, movescu to an unknown AE (0xA801);
- *  - findscu --cancel and movescu --cancel of a study of 100 instances: final status Cancel.
+ *  - findscu --cancel and movescu --cancel of a study of 300 instances: final status Cancel.
  * Every retrieved instance is compared with the original file element by element (compare.ts) and with
  * what storescu sent byte for byte; the final test prints which copies are byte-identical.
  *
@@ -633,7 +633,7 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
   it('findscu --cancel and movescu --cancel: matching and sub-operations stop with status Cancel', async () => {
     assert.ok(moveScp);
     // A study of its own, large enough that neither tool can get all of it before its cancel is read.
-    const count = 100;
+    const count = 300;
     const studyUid = '1.2.826.0.1.3680043.10.1453.88.1';
     const series = await writeSeriesToDir(join(work, 'cancel'), { count, rows: 8, columns: 8, study: { uid: studyUid }, patient: { id: 'CANCEL1', name: 'CANCEL^STUDY' } });
     const stored = await dcmtk('storescu', ['-aec', AE, '+sd', '127.0.0.1', String(port()), series.dir], 60_000);
