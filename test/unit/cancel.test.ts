@@ -1,29 +1,47 @@
 /**
- * C-CANCEL (PS3.4 C.4.1.3.2, C.4.2.3.1, C.4.3.3.1; PS3.7 9.3.2.3): a query cancelled while its matches
- * go out stops with a final Cancel response, and the association serves the next request.
- * (A C-MOVE cancelled by DCMTK's movescu is in the interop suite.)
+ * C-CANCEL (PS3.4 C.4.1.3.2, C.4.2.3.1, C.4.3.3.1; PS3.7 9.3.2.3): a query or a retrieve cancelled while
+ * it runs stops with a final Cancel response, and the association serves the next request.
+ * (findscu --cancel and movescu --cancel are in the interop suite; getscu has no such option.)
  */
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
-import { TransferSyntax } from '../support/synthetic-dicom.ts';
+import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { SopClass } from '../../src/actors/association/negotiation.ts';
+import { DicomClientAssociation, type DimseReply } from '../../src/actors/association/client.ts';
 
 const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.77.1';
 const instanceCount = 300;
+let peer: TestPeer;
 
-test('a C-FIND cancelled after its first match ends with status Cancel; the association goes on', async (t) => {
-  const peer = await startTestPeer();
-  t.after(() => peer.dispose());
-  const { client, otherContextId: findContext, storeInstance } = await openStoreClient(peer.dicomPort, 'CANCELLER', SopClass.StudyRootFind);
-  t.after(() => client.release());
+before(async () => {
+  peer = await startTestPeer();
+  const { client, storeInstance } = await openStoreClient(peer.dicomPort, 'FILLER', SopClass.Verification);
   for (let i = 1; i <= instanceCount; i++) {
     const reply = await storeInstance({ rows: 8, columns: 8, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.${i}`, instanceNumber: i });
     assert.equal(reply.command.status, Status.Success);
   }
+  await client.release();
+});
+
+after(() => peer.dispose());
+
+/** Sends a request and counts its pending responses; `onFirstPending` runs at the first one. */
+async function countedRequest(client: DicomClientAssociation, contextId: number, commandField: number, sopClassUid: string, identifier: Uint8Array, onFirstPending?: () => void): Promise<{ final: DimseReply; pending: number }> {
+  let pending = 0;
+  const final = await client.request(contextId, { commandField, affectedSopClassUid: sopClassUid, priority: 0, hasDataSet: true }, identifier, () => {
+    pending++;
+    if (pending === 1) onFirstPending?.();
+  });
+  return { final, pending };
+}
+
+test('a C-FIND cancelled after its first match ends with status Cancel; the association goes on', async (t) => {
+  const { client, otherContextId: findContext } = await openStoreClient(peer.dicomPort, 'CANCELLER', SopClass.StudyRootFind);
+  t.after(() => client.release());
   const identifier = encodeDataset(
     [
       { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'IMAGE' },
@@ -32,19 +50,56 @@ test('a C-FIND cancelled after its first match ends with status Cancel; the asso
     ],
     TransferSyntax.ExplicitVrLittleEndian,
   );
-  const find = (onPending?: () => void) => {
-    let pending = 0;
-    const final = client.request(findContext, { commandField: CommandField.CFindRq, affectedSopClassUid: SopClass.StudyRootFind, priority: 0, hasDataSet: true }, identifier, () => {
-      pending++;
-      if (pending === 1) onPending?.();
-    });
-    return final.then((reply) => ({ status: reply.command.status, pending }));
-  };
+  const find = (onFirstPending?: () => void) => countedRequest(client, findContext, CommandField.CFindRq, SopClass.StudyRootFind, identifier, onFirstPending);
 
   const cancelled = await find(() => void client.cancel(findContext));
-  assert.equal(cancelled.status, Status.Cancel, `final status 0x${cancelled.status?.toString(16)} after ${cancelled.pending} matches`);
+  assert.equal(cancelled.final.command.status, Status.Cancel, `final status 0x${cancelled.final.command.status?.toString(16)} after ${cancelled.pending} matches`);
   assert.ok(cancelled.pending < instanceCount, `${cancelled.pending} of ${instanceCount} matches were sent after the cancel`);
 
   const whole = await find();
-  assert.deepEqual(whole, { status: Status.Success, pending: instanceCount });
+  assert.equal(whole.final.command.status, Status.Success);
+  assert.equal(whole.pending, instanceCount);
+});
+
+test('a C-GET cancelled after its first sub-operation ends with status Cancel and its counts; the association goes on', async (t) => {
+  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
+  let received = 0;
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle: 'GETTER',
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [
+      { abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    roleSelections: [{ sopClassUid: ct, scuRole: false, scpRole: true }],
+    onIncomingStore: () => {
+      received++;
+      return Status.Success;
+    },
+  });
+  t.after(() => client.release());
+  const getContext = client.contexts[0]!.id;
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ExplicitVrLittleEndian,
+  );
+  const get = (onFirstPending?: () => void) => countedRequest(client, getContext, CommandField.CGetRq, SopClass.StudyRootGet, identifier, onFirstPending);
+
+  const cancelled = await get(() => void client.cancel(getContext));
+  const command = cancelled.final.command;
+  assert.equal(command.status, Status.Cancel, `final status 0x${command.status?.toString(16)} after ${received} sub-operations`);
+  assert.ok(received >= 1 && received < instanceCount, `${received} of ${instanceCount} instances were sent`);
+  assert.equal(command.completedSubOperations, received);
+  assert.equal(command.remainingSubOperations, instanceCount - received);
+  assert.equal(command.failedSubOperations, 0);
+
+  received = 0;
+  const whole = await get();
+  assert.equal(whole.final.command.status, Status.Success);
+  assert.equal(received, instanceCount);
 });

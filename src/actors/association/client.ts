@@ -3,7 +3,7 @@
  * sub-operations and by tests. Requests are sent one at a time (no asynchronous operations window).
  */
 import { connect, type Socket } from 'node:net';
-import { CommandField, isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
+import { CommandField, Status, isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
 import {
   AbortReason,
   DicomApplicationContext,
@@ -43,6 +43,11 @@ export interface ClientInit {
   calledAeTitle: string;
   presentationContexts: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }>;
   roleSelections?: RoleSelection[];
+  /**
+   * C-STORE sub-operations of our C-GET (we take the SCP role for their SOP classes in `roleSelections`):
+   * answered with the status this returns. Without it they are refused (0x0122).
+   */
+  onIncomingStore?: (command: DimseCommand, dataSet: Uint8Array | undefined) => number;
   maxPduLength?: number;
   /** Bound on connecting plus negotiating, and on waiting for any one response. */
   timeoutMs?: number;
@@ -76,6 +81,7 @@ export class DicomClientAssociation {
   /** The request being sent: a cancel must not cut in between its PDUs. */
   private requestSent: Promise<void> = Promise.resolve();
   private replyCommand: DimseCommand | undefined;
+  private replyContextId = 0;
   private replyParts: Uint8Array[] = [];
   private replyBytes = 0;
   private closedError: Error | undefined;
@@ -235,6 +241,7 @@ export class DicomClientAssociation {
   private onDimse(event: DimseEvent): void {
     if (event.type === 'command') {
       this.replyCommand = event.command;
+      this.replyContextId = event.presentationContextId;
       this.replyParts = [];
       this.replyBytes = 0;
       if (!event.command.hasDataSet) this.completeReply();
@@ -248,6 +255,20 @@ export class DicomClientAssociation {
 
   private completeReply(): void {
     const command = this.replyCommand;
+    if (command?.commandField === CommandField.CStoreRq) {
+      this.replyCommand = undefined;
+      const dataSet = command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined;
+      const status = this.init.onIncomingStore?.(command, dataSet) ?? Status.SopClassNotSupported;
+      void this.core.sendMessage(this.replyContextId, {
+        commandField: CommandField.CStoreRsp,
+        messageIdBeingRespondedTo: command.messageId,
+        affectedSopClassUid: command.affectedSopClassUid,
+        affectedSopInstanceUid: command.affectedSopInstanceUid,
+        status,
+        hasDataSet: false,
+      });
+      return;
+    }
     const waiter = this.waiter;
     if (!command || !waiter || command.messageIdBeingRespondedTo !== waiter.messageId) return;
     const reply: DimseReply = { command, dataSet: command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined };
