@@ -128,10 +128,7 @@ async function main(): Promise<number> {
           sr.message = rr.error;
         }
         sr.runs.push(rr);
-        console.log(
-          `${factory.name.padEnd(10)} run ${run}/${runs}: ${fmt(rr.wallMs / 1000, 2)} s, ${fmt(rr.imagesPerSec)} img/s, ` +
-            `${fmt(rr.mbPerSec)} MB/s, peak RSS ${fmt(rr.peakRssBytes / MiB)} MiB, stored ${stored}/${count}${ok ? '' : `  FAILED: ${rr.error}`}`,
-        );
+        logRun(factory.name, rr, runs);
       } finally {
         if (server !== undefined) await server.stop();
         await rm(dataDir, { recursive: true, force: true });
@@ -144,7 +141,7 @@ async function main(): Promise<number> {
         storePath.status = 'failed';
         storePath.message = rr.error;
       }
-      console.log(`${storePath.name.padEnd(10)} run ${run}/${runs}: ${fmt(rr.wallMs / 1000, 2)} s, ${fmt(rr.imagesPerSec)} img/s, ${fmt(rr.mbPerSec)} MB/s, peak RSS ${fmt(rr.peakRssBytes / MiB)} MiB, stored ${rr.stored}/${count}${rr.ok ? '' : `  FAILED: ${rr.error}`}`);
+      logRun(storePath.name, rr, runs);
     }
   }
   if (storePath !== undefined) results.push(storePath);
@@ -204,6 +201,13 @@ async function main(): Promise<number> {
   console.log(`\nresults: ${file}`);
   // Non-zero when a server that started then failed its verification; a skipped server is not an error.
   return results.some((r) => r.status === 'failed') ? 1 : 0;
+}
+
+function logRun(name: string, rr: RunResult, runs: number): void {
+  console.log(
+    `${name.padEnd(10)} run ${rr.run}/${runs}: ${fmt(rr.wallMs / 1000, 2)} s, ${fmt(rr.imagesPerSec)} img/s, ` +
+      `${fmt(rr.mbPerSec)} MB/s, peak RSS ${fmt(rr.peakRssBytes / MiB)} MiB, stored ${rr.stored}/${rr.expected}${rr.ok ? '' : `  FAILED: ${rr.error}`}`,
+  );
 }
 
 /** One run of lib/store-path.ts in a fresh data dir, with the node flags and environment a peer gets. */
