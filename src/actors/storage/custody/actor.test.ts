@@ -356,7 +356,9 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.equal(lines.filter((l) => l === 'custody actor crashed').length, 0, 'custody crashed while the store refused writes');
 
     rmSync(join(tmpfs.mountPoint, 'ballast'));
-    await waitFor('debt drained once the store writes again', async () => (await a.store.listDebt()).length === 0, 60_000);
+    // Not read while it reopens: the reopening closes the databases, and a read then fails.
+    await waitFor('the store to reopen', () => a.store.writeFault === undefined, 60_000);
+    await waitFor('debt drained once the store writes again', async () => (await a.store.listDebt()).length === 0, 30_000);
     assert.equal(lines.filter((l) => l === 'custody actor crashed').length, 1, 'one reload, after the store reopened');
     assert.equal(a.custody.stats().debtEntries, 0);
   });
