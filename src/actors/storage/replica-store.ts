@@ -437,9 +437,15 @@ class LevelReplicaStore implements ReplicaStore {
       await this.db.close();
       throw openError(this.path, error);
     }
+    this.countFromNow();
+  }
+
+  /** Counts what the catalog holds now, in the background (see countAtOpen); commits from here on add to it. */
+  private countFromNow(): void {
     this.countAtOpen = countInstances(this.db);
     // Rejections surface to countInstances' callers; this copy only must not go unhandled.
     this.countAtOpen.catch(() => undefined);
+    this.storedSinceOpen = 0;
   }
 
   async close(): Promise<void> {
@@ -564,9 +570,7 @@ class LevelReplicaStore implements ReplicaStore {
         await this.recover();
         await this.checkpoint();
         // Recovery may have completed commits that were answered as failed: count afresh.
-        this.countAtOpen = countInstances(this.db);
-        this.countAtOpen.catch(() => undefined);
-        this.storedSinceOpen = 0;
+        this.countFromNow();
         const faultedForMs = Date.now() - this.fault!.sinceMs;
         this.fault = undefined;
         this.reopening = undefined;

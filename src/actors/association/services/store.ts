@@ -33,6 +33,11 @@ export interface StoreResult {
   errorComment?: string;
 }
 
+/** The store could not take the instance (a full disk, a store refusing writes): the modality may retry. */
+function storageFailure(error: unknown): StoreResult {
+  return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
+}
+
 /** One C-STORE in progress on an association: created at the command, fed fragments, finished at the last one. */
 export class IncomingStore {
   private readonly reader: DatasetHeaderReader | undefined;
@@ -76,8 +81,7 @@ export class IncomingStore {
     try {
       await this.writer.write(data);
     } catch (error) {
-      // A full disk, or a store refusing writes until it has reopened: the modality may retry later.
-      this.refusal = { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
+      this.refusal = storageFailure(error);
       await this.writer.abort();
     }
   }
@@ -114,7 +118,7 @@ export class IncomingStore {
       }));
       return await this.ingest.afterCommit(result.entry, result.outcome);
     } catch (error) {
-      return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
+      return storageFailure(error);
     }
   }
 

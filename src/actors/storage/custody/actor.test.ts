@@ -165,6 +165,12 @@ async function cstore(ingest: IngestPort, uid: string, bytes: Uint8Array): Promi
   }
 }
 
+/** A logger that keeps every message (not its fields) in `lines`. */
+function loggingTo(lines: string[]): Logger {
+  const log: Logger = { info: (m) => lines.push(m), warn: (m) => lines.push(m), error: (m) => lines.push(m), child: () => log };
+  return log;
+}
+
 async function readAll(store: ReplicaStore, entry: CatalogEntry): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
   for await (const c of store.readInstance(entry)) chunks.push(c);
@@ -225,12 +231,7 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     const aDir = a.dir;
     await mesh.stop('site-a');
     const lines: string[] = [];
-    const capture: Logger = {
-      info: (m) => lines.push(m),
-      warn: (m) => lines.push(m),
-      error: (m) => lines.push(m),
-      child: () => capture,
-    };
+    const capture = loggingTo(lines);
     a = await mesh.start('site-a', aDir, capture);
     assert.equal(a.custody.stats().debtEntries, 1);
     // A crash of the custody actor loses no obligation either: it is reset and reloads the durable state.
@@ -333,7 +334,7 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
       tmpfs.unmount();
     });
     const lines: string[] = [];
-    const capture: Logger = { info: (m) => lines.push(m), warn: (m) => lines.push(m), error: (m) => lines.push(m), child: () => capture };
+    const capture = loggingTo(lines);
     const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), capture);
     let b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
