@@ -11,6 +11,7 @@ import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { MeshNode, MeshNodeInit } from './node.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
+import { stepWallClock } from '../../test/support/wall-clock.ts';
 
 const TOPIC = 'pacs-mesh/test/1';
 const WINDOW = 256 * 1024;
@@ -168,15 +169,21 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     await Promise.all(outsiders.map((o) => o.stop()));
   });
 
-  it('keeps its PeerId across a restart with the same data dir, and the mesh reconnects', async () => {
+  it('keeps its PeerId across a restart with the same data dir, and the mesh reconnects, even with the wall clock stepped back meanwhile', async () => {
     const dataDir = dirs[0] as string;
     const port = portOf(loopbackAddress(a));
     const oldId = a.peerId;
     await a.stop();
     await waitFor('b to notice a is gone', () => !b.connectedPeers().includes(oldId));
-    a = await start({ dataDir, p2pPort: port });
-    assert.equal(a.peerId, oldId);
-    // nobody bootstraps *to* b or c from a: they come back through their reconnect loops
-    await waitFor('b and c reconnect to the restarted a', () => a.connectedPeers().includes(b.peerId) && a.connectedPeers().includes(c.peerId), 15_000);
+    // Redials scheduled on the wall clock would then wait an hour.
+    const undo = stepWallClock(-3_600_000);
+    try {
+      a = await start({ dataDir, p2pPort: port });
+      assert.equal(a.peerId, oldId);
+      // nobody bootstraps *to* b or c from a: they come back through their reconnect loops
+      await waitFor('b and c reconnect to the restarted a', () => a.connectedPeers().includes(b.peerId) && a.connectedPeers().includes(c.peerId), 15_000);
+    } finally {
+      undo();
+    }
   });
 });

@@ -143,6 +143,7 @@ interface Target {
   addrs: Multiaddr[];
   bootstrap: boolean;
   attempts: number;
+  /** performance.now() of the next dial: a monotonic clock, so a wall clock stepped back does not stop redialling. */
   nextAt: number;
   dialing: boolean;
   lastSeen: number;
@@ -214,10 +215,10 @@ class Reconnector {
     if (existing !== undefined) {
       for (const a of addrs) if (!existing.addrs.some((b) => b.equals(a))) existing.addrs.push(a);
       existing.addrs = existing.addrs.slice(-8);
-      existing.lastSeen = Date.now();
+      existing.lastSeen = performance.now();
       return;
     }
-    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, attempts: 0, nextAt: Date.now() + this.opts.minDelay, dialing: false, lastSeen: Date.now() });
+    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, attempts: 0, nextAt: performance.now() + this.opts.minDelay, dialing: false, lastSeen: performance.now() });
     this.evict();
     this.schedule(this.opts.minDelay);
   }
@@ -233,7 +234,7 @@ class Reconnector {
     const t = this.targets.get(peerId);
     if (t === undefined) return;
     t.attempts = 0;
-    t.nextAt = Date.now() + this.opts.minDelay;
+    t.nextAt = performance.now() + this.opts.minDelay;
     this.schedule(this.opts.minDelay);
   }
 
@@ -268,7 +269,7 @@ class Reconnector {
 
   private tick(): void {
     if (!this.running) return;
-    const now = Date.now();
+    const now = performance.now();
     let next = this.opts.maxDelay;
     for (const t of this.targets.values()) {
       if (t.dialing) continue;
@@ -314,8 +315,8 @@ class Reconnector {
       .catch((err: Error) => {
         t.attempts++;
         const backoff = Math.min(this.opts.maxDelay, this.opts.minDelay * 2 ** Math.min(t.attempts, 16));
-        t.nextAt = Date.now() + backoff * (0.75 + Math.random() * 0.5);
-        this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, Math.round(t.nextAt - Date.now()), err.message);
+        t.nextAt = performance.now() + backoff * (0.75 + Math.random() * 0.5);
+        this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, Math.round(t.nextAt - performance.now()), err.message);
       })
       .finally(() => {
         t.dialing = false;

@@ -100,15 +100,15 @@ function settlePending(): void {
 export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promise<TunnelClient | undefined> {
   if (!isLoopback(socket.remoteAddress)) return undefined;
   const key = connectionKey(socket.remotePort, socket.localPort);
-  const deadline = Date.now() + waitMaxMs;
+  const deadline = performance.now() + waitMaxMs;
   while (true) {
     const found = tunnelledConnections.get(key);
-    if (found !== undefined || pendingLocalConnects === 0 || Date.now() >= deadline) return found;
+    if (found !== undefined || pendingLocalConnects === 0 || performance.now() >= deadline) return found;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         pendingWaiters.delete(done);
         resolve();
-      }, Math.max(1, deadline - Date.now()));
+      }, Math.max(1, deadline - performance.now()));
       const done = (): void => {
         clearTimeout(timer);
         resolve();

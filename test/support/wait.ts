@@ -5,10 +5,10 @@ export async function waitFor(
   timeoutMs = 10_000,
   pollMs = 20,
 ): Promise<number> {
-  const start = Date.now();
+  const start = performance.now();
   while (!(await cond())) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, pollMs));
   }
-  return Date.now() - start;
+  return Math.round(performance.now() - start);
 }

@@ -248,7 +248,7 @@ export class AcceptorSession {
       case CommandField.CStoreRq:
         if (context.service !== 'storage') return this.refuse(presentationContextId, command, Status.SopClassNotSupported, 'C-STORE on a context that is not a storage SOP class');
         if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.CannotUnderstand, 'C-STORE-RQ without a data set');
-        this.store = new IncomingStore(command, context, this.deps.ingest, () => this.deps.clock.nowMs());
+        this.store = new IncomingStore(command, context, this.deps.ingest, () => this.deps.clock.dateMs());
         return;
       case CommandField.CFindRq:
       case CommandField.CGetRq:

@@ -14,6 +14,7 @@ import { membershipTopic } from './messages.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { waitFor } from '../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
+import { stepWallClock } from '../../../test/support/wall-clock.ts';
 
 
 function statusOf(m: MembershipService, peerId: string): string | undefined {
@@ -105,6 +106,32 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     await waitFor('b dead on a', () => statusOf(a.membership, b.node.peerId) === 'dead', 5000);
     console.log(`membership: silent peer suspect after ${suspectMs} ms, dead after ${Date.now() - t0} ms`);
     assert.ok(suspectMs < 2500);
+  });
+
+  it('a wall clock stepped an hour forward or back changes nothing: live peers stay live, a hung one still leaves', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await peer(key, []);
+    const b = await peer(key, [loopbackAddress(a.node)]);
+    const bothLive = () => a.membership.liveMembers().length === 2 && b.membership.liveMembers().length === 2;
+    await waitFor('both alive', bothLive);
+    const hourMs = 3_600_000;
+    let undo = stepWallClock(hourMs);
+    try {
+      // Two failure-detection periods: a detector on the wall clock would see an hour of silence at once.
+      for (let i = 0; i < 30; i++) {
+        assert.ok(bothLive(), `a live peer left the view ${i * 50} ms after the wall clock stepped forward`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      undo();
+      undo = stepWallClock(-hourMs);
+      const t0 = performance.now();
+      await b.membership.stop();
+      // On the wall clock, the last heartbeat would be an hour in the future: never suspect.
+      await waitFor('b suspect on a after the step back', () => statusOf(a.membership, b.node.peerId) === 'suspect', 5000);
+      console.log(`membership: silent peer suspect ${Math.round(performance.now() - t0)} ms after the wall clock stepped back an hour`);
+    } finally {
+      undo();
+    }
   });
 
   it('persists and bumps the incarnation; validates heartbeats', async () => {

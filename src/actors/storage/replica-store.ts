@@ -527,7 +527,7 @@ class LevelReplicaStore implements ReplicaStore {
       return await write;
     } catch (error) {
       if (isIoError(error) && this.fault === undefined && !this.closing) {
-        this.fault = { error, sinceMs: Date.now() };
+        this.fault = { error, sinceMs: performance.now() };
         this.faultEpoch++;
         this.emitFault({ type: 'faulted', error: errorText(error) });
         this.reopening = this.reopenAfterFault();
@@ -571,7 +571,7 @@ class LevelReplicaStore implements ReplicaStore {
         await this.checkpoint();
         // Recovery may have completed commits that were answered as failed: count afresh.
         this.countFromNow();
-        const faultedForMs = Date.now() - this.fault!.sinceMs;
+        const faultedForMs = Math.round(performance.now() - this.fault!.sinceMs);
         this.fault = undefined;
         this.reopening = undefined;
         this.emitFault({ type: 'reopened', faultedForMs });

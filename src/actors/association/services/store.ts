@@ -48,7 +48,7 @@ export class IncomingStore {
     readonly command: DimseCommand,
     private readonly context: NegotiatedContext,
     private readonly ingest: IngestPort,
-    private readonly nowMs: () => number,
+    private readonly dateMs: () => number,
   ) {
     this.refusal = this.checkCommand();
     if (!this.refusal) {
@@ -112,7 +112,7 @@ export class IncomingStore {
         transferSyntaxUid: this.context.transferSyntaxUid,
         byteLength: info.byteLength,
         sha256: info.sha256,
-        storedAtMs: this.nowMs(),
+        storedAtMs: this.dateMs(),
         blobId: info.blobId,
         attributes: elements.filter((e) => e.value !== undefined && (e.tag & 0xffff) !== 0 && e.tag >>> 16 !== 0x0002),
       }));
