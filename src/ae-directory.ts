@@ -18,8 +18,10 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
     const parsed: unknown = JSON.parse(await readFile(file, 'utf8'));
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
     for (const [aeTitle, address] of Object.entries(parsed as Record<string, unknown>)) {
-      const a = address as { host?: unknown; port?: unknown };
-      persisted[parseAeAddress(`${aeTitle}=${String(a.host)}:${String(a.port)}`, file).aeTitle] = { host: String(a.host), port: Number(a.port) };
+      const a = address as { host?: unknown; port?: unknown } | null;
+      if (typeof a?.host !== 'string' || typeof a.port !== 'number') throw new Error(`entry "${aeTitle}" must be {"host": "<host>", "port": <number>}`);
+      const parsedAddress = parseAeAddress(`${aeTitle}=${a.host}:${a.port}`, 'entry');
+      persisted[parsedAddress.aeTitle] = parsedAddress.address;
     }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {

@@ -1,5 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadAeDirectory } from '../../src/ae-directory.ts';
 import { ConfigError, defaultConfig, parseStartArgs } from '../../src/config.ts';
 
 test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8042)', () => {
@@ -53,5 +57,31 @@ test('bad options are refused with a message naming the option', () => {
   ];
   for (const [args, message] of cases) {
     assert.throws(() => parseStartArgs(args), (e: unknown) => e instanceof ConfigError && e.code === 'ERR_CONFIG' && message.test(e.message), args.join(' '));
+  }
+});
+
+test('the AE directory persists --move-dest destinations; a damaged file is a clear error, not a reset', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-ae-directory-'));
+  try {
+    const first = await loadAeDirectory(dir, { VIEWER: { host: '10.0.0.5', port: 104 } });
+    assert.deepEqual(first.resolve('VIEWER'), { host: '10.0.0.5', port: 104 });
+    // A restart without --move-dest keeps it; a new one is added beside it.
+    const second = await loadAeDirectory(dir, { WORKSTATION: { host: '127.0.0.1', port: 11120 } });
+    assert.deepEqual(Object.keys(second.entries()).sort(), ['VIEWER', 'WORKSTATION']);
+    assert.equal(second.resolve('UNKNOWN'), undefined);
+    const file = join(dir, 'ae-directory.json');
+    const cases: Array<[string, RegExp]> = [
+      ['{garbage', /ae-directory\.json is not a valid AE directory: .*JSON/],
+      ['[]', /not an object/],
+      ['{"VIEWER": "10.0.0.5:104"}', /entry "VIEWER" must be \{"host": "<host>", "port": <number>\}/],
+      ['{"VIEWER": {"host": "10.0.0.5", "port": 70000}}', /entry port/],
+      ['{"TOO-LONG-FOR-AN-AE-TITLE": {"host": "10.0.0.5", "port": 104}}', /entry AE title/],
+    ];
+    for (const [content, message] of cases) {
+      await writeFile(file, content);
+      await assert.rejects(loadAeDirectory(dir, {}), (error: unknown) => error instanceof ConfigError && message.test(error.message), content);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });
