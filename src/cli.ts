@@ -7,6 +7,9 @@ import { ConfigError, parseStartArgs, usage } from './config.ts';
 import { StoreError } from './actors/storage/replica-store.ts';
 import { startPeer } from './peer.ts';
 
+/** Errors about the data directory (one in use, a store that cannot open, a damaged identity or election file). */
+const dataDirectoryErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE']);
+
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
@@ -43,10 +46,16 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(2);
     }
-    // A data directory of another layout is a configuration problem; one in use, or on a full disk, a runtime one.
-    if (error instanceof StoreError && (error.code === 'ERR_STORE_LAYOUT' || error.code === 'ERR_STORE_LOCKED' || error.code === 'ERR_STORE_OPEN')) {
+    // A data directory of another layout is a configuration problem; one in use, on a full disk, or with a
+    // damaged file, a runtime one. Their messages name the file and the way out: no stack trace.
+    if (error instanceof StoreError && error.code === 'ERR_STORE_LAYOUT') {
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
-      process.exit(error.code === 'ERR_STORE_LAYOUT' ? 2 : 1);
+      process.exit(2);
+    }
+    const errorCode = (error as { code?: unknown } | undefined)?.code;
+    if (error instanceof Error && typeof errorCode === 'string' && dataDirectoryErrorCodes.has(errorCode)) {
+      process.stderr.write(`pacs-mesh: ${error.message}\n`);
+      process.exit(1);
     }
     if (error instanceof Error && error.name === 'UnsupportedListenAddressesError') {
       const detail = /listen (\w+)[^\n]*?(\d+\.\d+\.\d+\.\d+:\d+)/.exec(error.message);

@@ -1,10 +1,11 @@
 /**
- * The command's answer to a data directory it cannot use: one line naming the problem, no stack trace,
+ * The command's answer to a data directory it cannot use (another layout, in use, a full disk, damaged
+ * state files): one line naming the problem, no stack trace,
  * and the exit code operators' scripts rely on (2 configuration, 1 runtime).
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -14,9 +15,10 @@ import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 import { tmpfsOrSkip } from '../support/tmpfs.ts';
+import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
 
-async function start(dataDir: string): Promise<{ status: number | null; stderr: string }> {
-  const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
+async function start(dataDir: string, extraArgs: readonly string[] = []): Promise<{ status: number | null; stderr: string }> {
+  const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), ...extraArgs]);
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv() });
   return { status: r.status, stderr: r.stderr };
 }
@@ -64,4 +66,28 @@ test('a data directory on a full disk that the store cannot open: exit 1 and one
   const r = await start(tmpfs.mountPoint);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: IO error: .*No space left on device\n$/);
+});
+
+test('a damaged election record, roster or peer key stops a mesh peer at start: exit 1 and one line naming the file and the way out', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const swarmKeyPath = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKeyPath);
+  const dataDir = join(dir, 'site');
+  mkdirSync(dataDir);
+  const cases: Array<[string, string, RegExp]> = [
+    ['balancer-election.json', '{"currentTerm":', /balancer-election\.json is damaged \(.*JSON.*\): restore it, or move it away to start with no vote record/],
+    ['balancer-election.json', '{"currentTerm":"seven","votedFor":null}', /balancer-election\.json is damaged \(not an election record\)/],
+    ['balancer-roster.json', '', /balancer-roster\.json is damaged \(.*JSON.*\): restore it, or move it away: the peer learns the roster again/],
+    ['balancer-roster.json', '{"version":1,"peers":{"12D3KooW":null}}', /balancer-roster\.json is damaged \(peer 12D3KooW has no last-seen time\)/],
+    ['peer-key', 'garbage', /peer-key is not a valid libp2p private key .*; move it away to create a new identity/],
+  ];
+  for (const [file, content, message] of cases) {
+    for (const name of ['balancer-election.json', 'balancer-roster.json', 'peer-key']) rmSync(join(dataDir, name), { force: true });
+    writeFileSync(join(dataDir, file), content);
+    const r = await start(dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'warn']);
+    assert.equal(r.status, 1, `${file}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.split('\n').filter((line) => line !== '').length, 1, `${file}: one line, no stack trace: ${r.stderr}`);
+  }
 });

@@ -167,7 +167,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     await waitFor('restarts recorded', () =>
       leaderPeer.supervisor.supervision('membership').restarts === 1 && leaderPeer.supervisor.supervision('balancer').restarts === 1);
     // A restarted membership actor is a new incarnation, so its heartbeats are news again.
-    await waitFor('new incarnation', () => leaderPeer.mesh.membership.incarnation === incarnation + 1);
+    await waitFor('new incarnation', () => leaderPeer.mesh.membership.incarnation > incarnation);
     const t0 = Date.now();
     await waitFor('everyone alive everywhere again', () => peers.every((p) => p.mesh.membership.liveMembers().length === 3), 8000);
     await waitFor('one leader again', () => settledLeader(peers) !== null, 10_000);

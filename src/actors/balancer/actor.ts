@@ -194,11 +194,24 @@ function claimedSender(message: BalancerMessage): string | null {
   }
 }
 
+/** What an operator can do about a damaged file, by file (the message names the file and what is wrong). */
+const WAY_OUT: Record<string, string> = {
+  [ELECTION_FILE]:
+    'restore it, or move it away to start with no vote record (safe unless an election is under way: the peer could vote twice in its term; it learns the current term from the others)',
+  [ROSTER_FILE]: 'restore it, or move it away: the peer learns the roster again from the peers it sees alive',
+};
+
+function damaged(path: string, what: string): BalancerError {
+  const name = path.slice(path.lastIndexOf('/') + 1);
+  return new BalancerError('ERR_BALANCER_STATE_FILE', `${path} is damaged (${what}): ${WAY_OUT[name] ?? 'restore it'}`);
+}
+
 async function readJson(path: string): Promise<unknown> {
   try {
     return JSON.parse(await readFile(path, 'utf8')) as unknown;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if (err instanceof SyntaxError) throw damaged(path, err.message);
     throw new BalancerError('ERR_BALANCER_STATE_FILE', `cannot read ${path}: ${(err as Error).message}`, { cause: err });
   }
 }
@@ -207,18 +220,24 @@ export async function loadElection(dataDir: string): Promise<ElectionDurable | n
   const path = join(dataDir, ELECTION_FILE);
   const v = (await readJson(path)) as Record<string, unknown> | null;
   if (v === null) return null;
-  if (!Number.isSafeInteger(v.currentTerm) || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
+  if (typeof v !== 'object' || !Number.isSafeInteger(v.currentTerm) || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
     // Guessing a term could let this peer vote twice in one: refuse to start instead.
-    throw new BalancerError('ERR_BALANCER_STATE_FILE', `${path} is not an election record`);
+    throw damaged(path, 'not an election record');
   }
   return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
 }
 
-async function loadRoster(dataDir: string): Promise<Map<string, number>> {
-  const v = (await readJson(join(dataDir, ROSTER_FILE))) as { peers?: Record<string, unknown> } | null;
+export async function loadRoster(dataDir: string): Promise<Map<string, number>> {
+  const path = join(dataDir, ROSTER_FILE);
+  const v = (await readJson(path)) as { peers?: Record<string, unknown> } | null;
   const peers = new Map<string, number>();
-  if (v === null || typeof v.peers !== 'object' || v.peers === null) return peers;
-  for (const [peerId, seen] of Object.entries(v.peers)) if (typeof seen === 'number') peers.set(peerId, seen);
+  if (v === null) return peers;
+  // A roster read short would shrink the majority: refuse it rather than count without the peers it lost.
+  if (typeof v !== 'object' || typeof v.peers !== 'object' || v.peers === null) throw damaged(path, 'not a roster');
+  for (const [peerId, seen] of Object.entries(v.peers)) {
+    if (typeof seen !== 'number' || !Number.isFinite(seen)) throw damaged(path, `peer ${peerId.slice(0, 60)} has no last-seen time`);
+    peers.set(peerId, seen);
+  }
   return peers;
 }
 
@@ -232,6 +251,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const sendsInFlightMax = init.sendsInFlightMax ?? 16;
   const random = init.random ?? Math.random;
   const pinned = init.roster ? new Set([...init.roster, self]) : null;
+  // Damaged state files stop the start here, with the file named, rather than crash the actor until its
+  // restart budget is spent and leave the peer running without a balancer.
+  await loadElection(init.dataDir);
+  if (!pinned) await loadRoster(init.dataDir);
 
   let current: ActorState | null = null;
   let stopped = false;

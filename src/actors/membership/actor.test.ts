@@ -1,7 +1,7 @@
 import '../../polyfill.ts';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
@@ -137,9 +137,23 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
   it('persists and bumps the incarnation; validates heartbeats', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-incarnation-'));
     dirs.push(dir);
-    assert.equal(await bumpIncarnation(dir), 1);
-    assert.equal(await bumpIncarnation(dir), 2);
-    assert.equal((await readFile(join(dir, 'membership-incarnation'), 'utf8')).trim(), '2');
+    const dateMs = 1_800_000_000_000;
+    assert.equal(await bumpIncarnation(dir, dateMs), dateMs);
+    // Restarts within the same millisecond, or with the wall clock stepped back, still go up.
+    assert.equal(await bumpIncarnation(dir, dateMs), dateMs + 1);
+    assert.equal(await bumpIncarnation(dir, dateMs - 3_600_000), dateMs + 2);
+    assert.equal((await readFile(join(dir, 'membership-incarnation'), 'utf8')).trim(), String(dateMs + 2));
+    assert.equal(await bumpIncarnation(dir, dateMs + 60_000), dateMs + 60_000);
+    // A lost or damaged file does not send the peer back to 1 (the others would ignore it as old news).
+    const path = join(dir, 'membership-incarnation');
+    for (const damage of ['garbage{', '', '-4', '1e400']) {
+      await writeFile(path, damage);
+      const reasons: string[] = [];
+      assert.equal(await bumpIncarnation(dir, dateMs + 120_000, (r) => reasons.push(r)), dateMs + 120_000, damage);
+      assert.match(reasons[0] ?? '', /not a counter/);
+    }
+    await rm(path);
+    assert.equal(await bumpIncarnation(dir, dateMs + 180_000), dateMs + 180_000);
     assert.equal(parseHeartbeat({ type: 'heartbeat' }), null);
     assert.equal(parseHeartbeat(null), null);
   });

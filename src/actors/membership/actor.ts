@@ -11,9 +11,10 @@
  * gossip message does not flap the view; a suspect is already out of election and routing) and dead 3000 ms.
  * The node's ping monitor closes a hung peer's connection after ~2 s, which makes it dead even sooner.
  *
- * Incarnation: a counter in `<dataDir>/membership-incarnation`, bumped (fsync + rename) on every start
- * AND on every restart of this actor after a crash: a restarted actor starts its heartbeat sequence at 1
- * again, which peers would ignore as old news within the same incarnation.
+ * Incarnation: kept in `<dataDir>/membership-incarnation`, bumped (fsync + rename) on every start AND on
+ * every restart of this actor after a crash (a restarted actor starts its heartbeat sequence at 1 again,
+ * which peers would ignore as old news within the same incarnation); at least the date in ms, so a lost or
+ * damaged file does not send it back to 1 (see bumpIncarnation).
  *
  * Bounds: one tick in flight at a time, local stats coalesced to the latest, and at most
  * `mailboxMax` heartbeats queued (more are dropped: the next heartbeat carries the same news).
@@ -41,7 +42,7 @@ export const HEARTBEAT_MAX_BYTES = 8 * 1024;
 const STRING_MAX_CHARS = 256;
 const INCARNATION_FILE = 'membership-incarnation';
 
-export type MembershipErrorCode = 'ERR_MEMBERSHIP_CRASH_TEST' | 'ERR_MEMBERSHIP_INCARNATION' | 'ERR_MEMBERSHIP_STOPPED';
+export type MembershipErrorCode = 'ERR_MEMBERSHIP_CRASH_TEST' | 'ERR_MEMBERSHIP_STOPPED';
 
 export class MembershipError extends Error {
   static readonly NAME = 'MembershipError';
@@ -58,7 +59,7 @@ export interface MembershipServiceInit {
   peerId: string;
   siteName: string;
   priority: number;
-  /** Holds the incarnation counter. */
+  /** Holds the incarnation. */
   dataDir: string;
   addresses: { dicom: string; http: string };
   clock: Clock;
@@ -98,21 +99,29 @@ type MembershipMsg =
   | { readonly type: 'localStats' }
   | { readonly type: 'crash'; readonly reason: string };
 
-/** Reads, bumps and durably writes the incarnation counter; returns the new value. */
-export async function bumpIncarnation(dataDir: string): Promise<number> {
+/**
+ * Reads, bumps and durably writes the incarnation; returns the new value: the previous one + 1, or the
+ * date in ms when that is larger. Peers ignore heartbeats of an incarnation not above the one they hold,
+ * so a peer whose file was lost or damaged must not start again from 1: the date is above any earlier
+ * start's (unless the wall clock went back by more than the time down), and the counter covers that case
+ * while the file is intact. A damaged file is reported through `onDamaged` and replaced.
+ */
+export async function bumpIncarnation(
+  dataDir: string,
+  dateMs: number = Date.now(),
+  onDamaged: (reason: string) => void = () => undefined,
+): Promise<number> {
   const path = join(dataDir, INCARNATION_FILE);
   let previous = 0;
   try {
     const text = (await readFile(path, 'utf8')).trim();
     const value = Number(text);
-    if (!Number.isSafeInteger(value) || value < 0) {
-      throw new MembershipError('ERR_MEMBERSHIP_INCARNATION', `${path} holds "${text.slice(0, 40)}", not a counter`);
-    }
-    previous = value;
+    if (text === '' || !Number.isSafeInteger(value) || value < 0) onDamaged(`${path} holds "${text.slice(0, 40)}", not a counter: starting from the date`);
+    else previous = value;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const next = previous + 1;
+  const next = Math.max(previous + 1, Math.floor(dateMs));
   await writeFileDurably(path, `${next}\n`);
   return next;
 }
@@ -193,7 +202,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   const initialize = async (): Promise<MembershipState> => {
-    incarnation = await bumpIncarnation(init.dataDir);
+    incarnation = await bumpIncarnation(init.dataDir, clock.dateMs(), (reason) => log.warn('membership incarnation file damaged', { reason }));
     let state = initMembership({
       peerId: init.peerId,
       siteName: init.siteName,

@@ -17,8 +17,9 @@ export interface Clock {
 }
 
 export const systemClock: Clock = {
-  // performance.now() is the monotonic clock libuv's timers run on; timeOrigin makes it read like a date.
-  nowMs: () => performance.timeOrigin + performance.now(),
+  // performance.now() is the monotonic clock libuv's timers run on; timeOrigin makes it read like a date,
+  // and whole milliseconds like Date.now() (values end up in logs and the roster file).
+  nowMs: () => Math.floor(performance.timeOrigin + performance.now()),
   dateMs: () => Date.now(),
   setTimeout(callback, delayMs) {
     const id = setTimeout(callback, delayMs);
