@@ -5,10 +5,10 @@
 import './polyfill.ts';
 import { ConfigError, parseStartArgs, usage } from './config.ts';
 import { StoreError } from './actors/storage/replica-store.ts';
-import { startPeer } from './peer.ts';
+import { failureText, startPeer } from './peer.ts';
 
-/** Errors about the data directory (one in use, a store that cannot open, a damaged identity or election file). */
-const dataDirectoryErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE']);
+/** Errors whose message says all (a data directory in use, a store that cannot open, a damaged file, a child that kept failing at start). */
+const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE', 'ERR_CHILD_FAILED']);
 
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -16,13 +16,17 @@ async function main(argv: readonly string[]): Promise<number> {
     case 'start': {
       const config = parseStartArgs(rest);
       const peer = await startPeer(config);
-      await new Promise<void>((resolve) => {
-        const stop = () => resolve();
+      const signalled = new Promise<null>((resolve) => {
+        const stop = () => resolve(null);
         process.once('SIGTERM', stop);
         process.once('SIGINT', stop);
       });
+      const failure = await Promise.race([signalled, peer.failed]);
+      if (failure !== null) {
+        process.stderr.write(`pacs-mesh: ${failureText(failure)}: stopping the peer (exit 1) for its service manager to restart it\n`);
+      }
       await peer.stop();
-      return 0;
+      return failure === null ? 0 : 1;
     }
     case 'keygen': {
       const { runKeygen } = await import('./keygen.ts');
@@ -53,7 +57,7 @@ main(process.argv.slice(2)).then(
       process.exit(2);
     }
     const errorCode = (error as { code?: unknown } | undefined)?.code;
-    if (error instanceof Error && typeof errorCode === 'string' && dataDirectoryErrorCodes.has(errorCode)) {
+    if (error instanceof Error && typeof errorCode === 'string' && oneLineErrorCodes.has(errorCode)) {
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(1);
     }

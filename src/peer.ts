@@ -13,7 +13,7 @@ import { tunnelledClientOfSync } from './net/tunnel.ts';
 import { networkInterfaces } from 'node:os';
 import { localRetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
-import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
+import { startSiteSupervisor, type MeshChildName } from './actors/supervisor/site-supervisor.ts';
 import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
@@ -25,7 +25,37 @@ export interface Peer {
   dicomPort: number;
   httpPort: number;
   store: ReplicaStore;
+  /**
+   * Settles when a supervised child (membership, balancer, custody) has exhausted its restart budget: the
+   * peer is no working mesh member without it, so the command stops it and exits 1 for its service
+   * manager to restart it whole. Never rejects; pending while all is well.
+   */
+  failed: Promise<PeerFailure>;
+  /** Test hook: a mesh child throws on its next message (its supervision then applies). */
+  crashChildForTest(child: MeshChildName): void;
   stop(): Promise<void>;
+}
+
+export interface PeerFailure {
+  readonly child: string;
+  readonly error: string;
+}
+
+export class PeerError extends Error {
+  static readonly NAME = 'PeerError';
+  override readonly name = PeerError.NAME;
+  constructor(
+    readonly code: 'ERR_CHILD_FAILED',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** What a failed child's escalation says to an operator. */
+export function failureText(failure: PeerFailure): string {
+  return `the ${failure.child} actor kept failing (${failure.error})`;
 }
 
 export interface PeerOptions {
@@ -61,8 +91,18 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       }
     }
   });
-  const supervisor = startSiteSupervisor(config.site, { clock, log });
+  const failed = Promise.withResolvers<PeerFailure>();
   let healthy = false;
+  let childFailed = false;
+  const supervisor = startSiteSupervisor(config.site, {
+    clock,
+    log,
+    onEscalate: (child, error) => {
+      childFailed = true;
+      healthy = false;
+      failed.resolve({ child, error: error instanceof Error ? error.message : String(error) });
+    },
+  });
   let dicom: DicomListener | undefined;
   let http: RunningHttpServer | undefined;
   let mesh: Mesh | undefined;
@@ -165,7 +205,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         repair: (entry) => (mesh ? mesh.repairCopy(entry) : Promise.resolve('noPeers')),
       });
     }
-  } catch (error) {
+  } catch (caught) {
+    // A child that kept failing while the mesh started: say which one, in one line (the cause is its error).
+    const error = childFailed ? new PeerError('ERR_CHILD_FAILED', `the mesh could not start: ${failureText(await failed.promise)}`, { cause: caught }) : caught;
     await scrub?.stop();
     await mesh?.stop();
     await dicom?.stop(0);
@@ -175,7 +217,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     await store.close();
     throw error;
   }
-  healthy = true;
+  healthy = !childFailed;
   log.info('peer started', { aeTitle: config.aeTitle, dicomPort: dicom.port, httpPort: http.port, dataDir });
   const [runningDicom, runningHttp] = [dicom, http];
   let stopping: Promise<void> | undefined;
@@ -184,6 +226,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     dicomPort: runningDicom.port,
     httpPort: runningHttp.port,
     store,
+    failed: failed.promise,
+    crashChildForTest: (child) => supervisor.crashChild(child),
     stop: () =>
       (stopping ??= (async () => {
         healthy = false;

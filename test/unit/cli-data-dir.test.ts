@@ -91,3 +91,16 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
     assert.equal(r.stderr.split('\n').filter((line) => line !== '').length, 1, `${file}: one line, no stack trace: ${r.stderr}`);
   }
 });
+
+test('a mesh child that keeps failing at start (its state file cannot be written) stops the start: exit 1 and one line, not a hung peer', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const swarmKeyPath = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKeyPath);
+  const dataDir = join(dir, 'site');
+  // The incarnation is written through this temporary file: a directory in its place fails every attempt.
+  mkdirSync(join(dataDir, 'membership-incarnation.tmp'), { recursive: true });
+  const r = await start(dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'silent']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the membership actor kept failing \(EISDIR: .*membership-incarnation\.tmp'\)\n$/);
+});

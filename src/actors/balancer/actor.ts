@@ -452,6 +452,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         leader = null;
         table = null;
       }
+      // Stopped before it ever started: the start fails with the cause instead of waiting for ever.
+      if (decision === 'stop' || decision === 'escalate') ready.reject(error);
       return decision;
     },
   });

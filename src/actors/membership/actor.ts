@@ -290,7 +290,12 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     // null: (re)initialize on the next message; nact's 'reset' brings the actor back to this.
     initialState: null,
     handle,
-    onCrash: (error) => onTickingActorCrash(ticker, log, 'membership', error, init.onCrash),
+    onCrash: async (error) => {
+      const decision = await onTickingActorCrash(ticker, log, 'membership', error, init.onCrash);
+      // Stopped before it ever started: the start fails with the cause instead of waiting for ever.
+      if (decision === 'stop' || decision === 'escalate') ready.reject(error);
+      return decision;
+    },
   });
 
   const unsubscribe = node.subscribe(membershipTopic, (m: GossipMessage) => {

@@ -6,8 +6,9 @@
  * Supervision: a mesh child that throws is restarted per the pure restart policy (policy.ts): after the
  * back-off delay nact resets it, and the child re-initializes from its data directory (a new incarnation,
  * the persisted term and vote, the learnt roster). Beyond the budget the child is stopped and
- * `onEscalate` runs: the default logs an error; a peer process should exit there so that its service
- * manager restarts it whole (a child that cannot stay up in-process will not be cured by more retries).
+ * `onEscalate` runs: the default logs an error; a peer (src/peer.ts) fails there, and the command stops it
+ * and exits 1 so that its service manager restarts it whole (a child that cannot stay up in-process will
+ * not be cured by more retries).
  * While a child waits out its back-off, nact queues its messages; the children bound what they enqueue.
  */
 import type { MeshNode } from '../../net/node.ts';

@@ -186,8 +186,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const statsListeners = new Set<(stats: CustodyStats) => void>();
   const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
   let sendsInFlight = 0;
-  let loaded: (() => void) | undefined;
-  const ready = new Promise<void>((resolve) => (loaded = resolve));
+  const ready = Promise.withResolvers<void>();
 
   const send = (msg: CustodyMsg): void => {
     if (!stopped) dispatch(ref, msg);
@@ -483,7 +482,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       if (message.type === 'crash') throw new CustodyError('ERR_CUSTODY_CRASH_TEST', `custody actor crashed on request: ${message.reason}`);
       const s = state ?? (await reload());
       if (message.type === 'load') {
-        loaded?.();
+        ready.resolve();
         return s;
       }
       let next = s;
@@ -516,6 +515,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       failWaiters('custody restarted while the store waited for its quorum');
       const decision = init.onCrash ? await init.onCrash(error) : 'reset';
       if (decision === 'reset') log.info('custody actor reset: durable state reloads on its next message');
+      // Stopped before it ever loaded: the start fails with the cause instead of waiting for ever.
+      if (decision === 'stop' || decision === 'escalate') ready.reject(error);
       return decision;
     },
   });
@@ -579,7 +580,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let timer: TimerHandle | undefined;
   try {
     send({ type: 'load' });
-    await ready;
+    await ready.promise;
     server = await serveReplication({
       node,
       store,

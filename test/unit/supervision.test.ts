@@ -1,0 +1,39 @@
+/**
+ * A mesh child that keeps failing while the peer runs: the peer says so (`failed`, /healthz 503) instead of
+ * running on without it; the command then stops and exits 1 (src/cli.ts) for its service manager.
+ */
+import '../../src/polyfill.ts';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
+import { startTestPeer } from '../support/peer-fixture.ts';
+
+test('a mesh child past its restart budget fails the peer: failed settles with the child and its error, /healthz answers 503', { timeout: 30_000 }, async (t) => {
+  const keyDir = mkdtempSync(join(tmpdir(), 'pacs-supervision-'));
+  const swarmKeyPath = join(keyDir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKeyPath);
+  const peer = await startTestPeer(['--swarm-key', swarmKeyPath, '--p2p-port', '0'], 'supervision');
+  t.after(async () => {
+    await peer.dispose();
+    rmSync(keyDir, { recursive: true, force: true });
+  });
+  const healthz = async () => (await fetch(`http://127.0.0.1:${peer.httpPort}/healthz`)).status;
+  assert.equal(await healthz(), 200);
+  let settled = false;
+  void peer.failed.then(() => (settled = true));
+  // One crash is restarted and cured: the peer stays healthy.
+  peer.crashChildForTest('membership');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(settled, false);
+  assert.equal(await healthz(), 200);
+  // Now every restart fails (the incarnation is written through this file): past the budget, the peer fails.
+  mkdirSync(join(peer.dataDir, 'membership-incarnation.tmp'));
+  peer.crashChildForTest('membership');
+  const failure = await peer.failed;
+  assert.equal(failure.child, 'membership');
+  assert.match(failure.error, /EISDIR/);
+  assert.equal(await healthz(), 503);
+});
