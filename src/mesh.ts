@@ -50,7 +50,15 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
   const swarmKey = await readSwarmKeyFile(config.swarmKeyFile).catch((error: unknown) => {
     throw new ConfigError(`cannot use --swarm-key ${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}`);
   });
-  const node = await createMeshNode({ dataDir: init.dataDir, host: config.host, p2pPort: config.p2pPort, swarmKey, bootstrap: config.bootstrap });
+  const node = await createMeshNode({
+    dataDir: init.dataDir,
+    host: config.host,
+    p2pPort: config.p2pPort,
+    swarmKey,
+    bootstrap: config.bootstrap,
+    onBootstrapUnreachable: (failure) =>
+      log.warn('cannot reach a bootstrap peer (is the address right, is it up, does it hold the same swarm key?)', { ...failure }),
+  });
   const stopping: Array<() => Promise<void>> = [() => node.stop()];
   try {
     const custody: CustodyService = await startCustody({

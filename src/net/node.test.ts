@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
-import type { MeshNode, MeshNodeInit } from './node.ts';
+import type { BootstrapFailure, MeshNode, MeshNodeInit } from './node.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../test/support/wall-clock.ts';
@@ -142,6 +142,19 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     assert.ok(maxWriteBuffered <= chunk, `writer buffered ${maxWriteBuffered} bytes`);
     // reader queue (high-water mark) + one yamux window + one dispatch, far below the 12 MiB sent
     assert.ok(maxReceiverBuffered <= HWM + 2 * WINDOW + chunk, `receiver buffered ${maxReceiverBuffered} bytes`);
+  });
+
+  it('tells the operator about a bootstrap address it cannot reach: at the 1st, 2nd, 4th failure, not at every retry', async () => {
+    const closed = await start({});
+    const closedAddress = loopbackAddress(closed);
+    await closed.stop();
+    const failures: BootstrapFailure[] = [];
+    const lonely = await start({ bootstrap: [closedAddress], onBootstrapUnreachable: (f) => failures.push(f) });
+    await waitFor('the 5th failure (reported: 1, 2, 4)', () => failures.some((f) => f.attempts === 4), 15_000);
+    await lonely.stop();
+    assert.deepEqual(failures.map((f) => f.attempts), [1, 2, 4]);
+    assert.equal(failures[0]!.address, closedAddress);
+    assert.match(failures[0]!.error, /ECONNREFUSED/);
   });
 
   it('keeps out a peer with another swarm key, or with none: no connection, no gossip', async () => {

@@ -90,6 +90,18 @@ export interface MeshNodeInit {
   /** Addresses to announce instead of the listen addresses (NAT, 0.0.0.0). */
   announce?: string[];
   tuning?: MeshNodeTuning;
+  /**
+   * A `bootstrap` address could not be dialled: called at the 1st, 2nd, 4th, 8th ... failure in a row, so
+   * that a mistyped address or a wrong swarm key is visible to the operator without a line per retry.
+   */
+  onBootstrapUnreachable?: (failure: BootstrapFailure) => void;
+}
+
+export interface BootstrapFailure {
+  readonly address: string;
+  readonly attempts: number;
+  readonly nextTryInMs: number;
+  readonly error: string;
 }
 
 export interface GossipMessage {
@@ -184,6 +196,7 @@ class Reconnector {
     private readonly node: Libp2p<Services>,
     private readonly log: Logger,
     private readonly opts: { minDelay: number; maxDelay: number; maxKnown: number; dialTimeout: number },
+    private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
   ) {}
 
   start(): void {
@@ -316,7 +329,12 @@ class Reconnector {
         t.attempts++;
         const backoff = Math.min(this.opts.maxDelay, this.opts.minDelay * 2 ** Math.min(t.attempts, 16));
         t.nextAt = performance.now() + backoff * (0.75 + Math.random() * 0.5);
-        this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, Math.round(t.nextAt - performance.now()), err.message);
+        const nextTryInMs = Math.round(t.nextAt - performance.now());
+        this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, nextTryInMs, err.message);
+        // Powers of two: the first failures at once, then ever more rarely while it stays unreachable.
+        if (t.bootstrap && (t.attempts & (t.attempts - 1)) === 0) {
+          this.onBootstrapUnreachable({ address: t.addrs.map((a) => a.toString()).join(' '), attempts: t.attempts, nextTryInMs, error: err.message });
+        }
       })
       .finally(() => {
         t.dialing = false;
@@ -397,7 +415,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     maxDelay: tuning.reconnectMaxDelayMs ?? 5000,
     maxKnown: tuning.maxKnownPeers ?? 64,
     dialTimeout: tuning.dialTimeoutMs ?? 5000,
-  });
+  }, init.onBootstrapUnreachable);
   for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
 
   const connectedHandlers = new Set<PeerHandler>();
