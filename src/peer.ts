@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadAeDirectory } from './ae-directory.ts';
-import type { PeerConfig } from './config.ts';
+import { ConfigError, type PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
 import { startMesh, type Mesh } from './mesh.ts';
@@ -70,7 +70,10 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const log = options.log ?? createLogger({ site: config.site }, config.logLevel);
   const clock = options.clock ?? systemClock;
   const dataDir = resolve(config.dataDir);
-  await mkdir(dataDir, { recursive: true });
+  await mkdir(dataDir, { recursive: true }).catch((error: NodeJS.ErrnoException) => {
+    const why = error.code === 'EEXIST' || error.code === 'ENOTDIR' ? 'a file is in the way of that directory' : error.message;
+    throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
+  });
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
   const store = createReplicaStore({ path: join(dataDir, 'store') });
   await store.open();

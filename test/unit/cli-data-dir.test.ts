@@ -35,6 +35,17 @@ test('a data directory in the old single-database layout: exit 2 and one line sa
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 
+test('a --data path that is a file, or under one: exit 2 and one line', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'a-file'), '');
+  for (const dataDir of [join(dir, 'a-file'), join(dir, 'a-file', 'site')]) {
+    const r = await start(dataDir);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr, `pacs-mesh: --data ${dataDir} cannot be used as the data directory: a file is in the way of that directory\n`);
+  }
+});
+
 test('a data directory another process is using: exit 1 and one line saying so', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
