@@ -14,17 +14,15 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
-import { peerNodeFlags, peerProcessEnv } from '../../src/peer-process.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
-import { REPO_ROOT, SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
+import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
+import { timeStorePath } from './lib/store-path-run.ts';
 import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
 const CLIENT_AE = 'BENCH';
-const storePathScript = fileURLToPath(new URL('./lib/store-path.ts', import.meta.url));
 
 interface RunResult {
   run: number;
@@ -135,7 +133,20 @@ async function main(): Promise<number> {
       }
     }
     if (storePath !== undefined) {
-      const rr = await timeStorePath(workDir, inputDir, run, count, series.totalBytes, storescuTimeoutMs);
+      const sp = await timeStorePath({ workDir, inputDir, run, count, copies: 1, timeoutMs: storescuTimeoutMs });
+      const rr: RunResult = {
+        run,
+        wallMs: sp.wallMs,
+        imagesPerSec: count / (sp.wallMs / 1000),
+        mbPerSec: series.totalBytes / MB / (sp.wallMs / 1000),
+        peakRssBytes: sp.peakRssBytes,
+        peakRssPid: sp.peakRssPid,
+        stored: sp.stored,
+        expected: count,
+        ok: sp.ok,
+        storescuCode: null,
+        ...(sp.error !== undefined ? { error: sp.error } : {}),
+      };
       storePath.runs.push(rr);
       if (!rr.ok) {
         storePath.status = 'failed';
@@ -210,32 +221,5 @@ function logRun(name: string, rr: RunResult, runs: number): void {
   );
 }
 
-/** One run of lib/store-path.ts in a fresh data dir, with the node flags and environment a peer gets. */
-async function timeStorePath(workDir: string, inputDir: string, run: number, count: number, totalBytes: number, timeoutMs: number): Promise<RunResult> {
-  const dataDir = await mkdtemp(join(workDir, `store-path-run${run}-`));
-  try {
-    const r = await runTool(process.execPath, [...peerNodeFlags, '--import', 'tsx', storePathScript, dataDir, inputDir], { timeoutMs, env: peerProcessEnv(), cwd: REPO_ROOT });
-    const line = r.stdout.trim().split('\n').pop() ?? '';
-    const out = (line.startsWith('{') ? JSON.parse(line) : {}) as { wallMs?: number; stored?: number; failed?: number; peakRssBytes?: number };
-    const wallMs = out.wallMs ?? Number.NaN;
-    const stored = out.stored ?? 0;
-    const ok = r.code === 0 && stored === count;
-    return {
-      run,
-      wallMs: Math.round(wallMs),
-      imagesPerSec: count / (wallMs / 1000),
-      mbPerSec: totalBytes / MB / (wallMs / 1000),
-      peakRssBytes: out.peakRssBytes ?? 0,
-      peakRssPid: r.pid,
-      stored,
-      expected: count,
-      ok,
-      storescuCode: null,
-      ...(ok ? {} : { error: `exit ${r.code}, stored ${stored}/${count}: ${r.stderr.split('\n').slice(-5).join(' | ')}` }),
-    };
-  } finally {
-    await rm(dataDir, { recursive: true, force: true });
-  }
-}
 
 runBench(main);

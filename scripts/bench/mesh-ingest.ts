@@ -5,7 +5,7 @@
  *
  *   node --import tsx scripts/bench/mesh-ingest.ts [--count 300] [--runs 3] [--rows 512] [--columns 512]
  *        [--sites 3] [--write-quorum 2] [--servers storescp,orthanc,mesh] [--replication-timeout-s 120]
- *        [--timeout-s 600] [--tmp <dir>] [--keep]
+ *        [--timeout-s 600] [--no-floor] [--tmp <dir>] [--keep]
  *
  * Runs are interleaved (run 1 of every server, then run 2, ...) so that a change of machine load
  * affects every server alike. Every run gets fresh data directories and freshly started servers (for
@@ -13,6 +13,12 @@
  * Timed: the storescu process, spawn to exit. For the mesh, /api/mesh `instances` of every site is also
  * polled every 100 ms from the start of storescu, giving the time at which each site held the whole
  * series (the last one is the replication figure). Peak RSS is sampled every 50 ms for every peer.
+ *
+ * The floor (skip with --no-floor): each run also times two and three copies of pacs-mesh's C-STORE path
+ * without the network (lib/store-path-run.ts), each into a store of its own, at once: the durable copies
+ * the sites must make, competing for this machine's cores and disk as the sites do. With write quorum 2,
+ * no design can acknowledge faster than two copies at once finish; with every site storing during the
+ * ingest (as pacs-mesh does), not faster than three.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -23,10 +29,13 @@ import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
+import { timeStorePath } from './lib/store-path-run.ts';
 
 const TARGET_VS_ORTHANC = 1.0;
 const SERVER_IDS = ['storescp', 'orthanc', 'mesh'] as const;
 type ServerId = (typeof SERVER_IDS)[number];
+/** Rows of lib/store-path-run.ts: N copies of the C-STORE path at once, without the network. */
+type FloorId = 'store-path-x2' | 'store-path-x3';
 
 interface RunResult {
   run: number;
@@ -52,8 +61,8 @@ interface RunResult {
   };
 }
 
-interface ServerResult {
-  id: ServerId;
+interface ServerResult<Id = ServerId> {
+  id: Id;
   name: string;
   version?: string;
   status: 'ok' | 'skipped' | 'failed';
@@ -94,8 +103,13 @@ async function main(): Promise<number> {
     const version = id === 'mesh' ? await pacsMeshVersion() : await factories[id].version().catch(() => undefined);
     results.push({ id, name, version, status: 'ok', runs: [] });
   }
+  const floors: Array<ServerResult<FloorId>> = args.has('no-floor')
+    ? []
+    : ([2, 3] as const)
+        .filter((copies) => copies <= sites)
+        .map((copies) => ({ id: `store-path-x${copies}` as FloorId, name: `store path x${copies} at once`, version: 'floor, no network: lib/store-path-run.ts', status: 'ok' as const, runs: [] }));
 
-  const measure = (sr: ServerResult, rr: RunResult) => {
+  const measure = (sr: ServerResult<ServerId | FloorId>, rr: RunResult) => {
     sr.runs.push(rr);
     if (!rr.ok) {
       sr.status = 'failed';
@@ -154,7 +168,22 @@ async function main(): Promise<number> {
         await rm(dataDir, { recursive: true, force: true });
       }
     }
+    for (const floor of floors) {
+      const copies = floor.id === 'store-path-x2' ? 2 : 3;
+      const sp = await timeStorePath({ workDir, inputDir, run, count, copies, timeoutMs: storescuTimeoutMs });
+      measure(floor, {
+        run,
+        ok: sp.ok,
+        wallMs: sp.wallMs,
+        imagesPerSec: count / (sp.wallMs / 1000),
+        mbPerSec: series.totalBytes / MB / (sp.wallMs / 1000),
+        peakRssBytes: sp.peakRssBytes,
+        stored: sp.stored,
+        ...(sp.error !== undefined ? { error: sp.error } : {}),
+      });
+    }
   }
+  const reported: Array<ServerResult<ServerId | FloorId>> = [...results, ...floors];
 
   /** One mesh run: fresh cluster, storescu into A, replication watched at every site. */
   async function runMesh(sr: ServerResult, run: number): Promise<RunResult | undefined> {
@@ -241,7 +270,7 @@ async function main(): Promise<number> {
     }
   }
 
-  for (const sr of results) {
+  for (const sr of reported) {
     const good = sr.runs.filter((x) => x.ok);
     if (good.length === 0) continue;
     const others = good.map((x) => (x.mesh ? Math.max(...Object.values(x.mesh.peakRssBytes).slice(1)) : Number.NaN));
@@ -258,8 +287,11 @@ async function main(): Promise<number> {
   }
 
   // ------------------------------------------------------------------ report
-  const vsOrthanc = imagesPerSecRatio(results, 'mesh', 'orthanc');
-  const vsStorescp = imagesPerSecRatio(results, 'mesh', 'storescp');
+  const vsOrthanc = imagesPerSecRatio(reported, 'mesh', 'orthanc');
+  const vsStorescp = imagesPerSecRatio(reported, 'mesh', 'storescp');
+  const floor2VsOrthanc = imagesPerSecRatio(reported, 'store-path-x2', 'orthanc');
+  const floor3VsOrthanc = imagesPerSecRatio(reported, 'store-path-x3', 'orthanc');
+  const vsFloor3 = imagesPerSecRatio(reported, 'mesh', 'store-path-x3');
   const loadEnd = hostInfo().loadavg as number[];
 
   console.log(
@@ -270,7 +302,7 @@ async function main(): Promise<number> {
   console.log(
     table(
       ['server', 'ok runs', 'wall s', 'images/s', 'MB/s', 'peak RSS MiB', 'other peers MiB', 'all sites s', 'version / note'],
-      results.map((r) => [
+      reported.map((r) => [
         r.name,
         `${r.runs.filter((x) => x.ok).length}/${runs}`,
         fmt(r.median && r.median.wallMs / 1000, 2),
@@ -286,6 +318,12 @@ async function main(): Promise<number> {
   console.log('');
   console.log(`mesh / Orthanc : ${vsOrthanc === undefined ? 'n/a' : `${vsOrthanc.toFixed(2)}x`}   (target >= ${TARGET_VS_ORTHANC}x: ${vsOrthanc === undefined ? 'n/a' : vsOrthanc >= TARGET_VS_ORTHANC ? 'MET' : 'NOT MET'})`);
   console.log(`mesh / storescp: ${vsStorescp === undefined ? 'n/a' : `${vsStorescp.toFixed(2)}x`}   (storescp = practical limit)`);
+  const ratio = (x: number | undefined) => (x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
+  if (floors.length > 0) {
+    console.log(`store path x2 / Orthanc: ${ratio(floor2VsOrthanc)}   (two durable copies at once, no network: no write-quorum-2 mesh on this machine acknowledges faster)`);
+    console.log(`store path x3 / Orthanc: ${ratio(floor3VsOrthanc)}   (three at once: the floor when every site stores during the ingest)`);
+    console.log(`mesh / store path x3   : ${ratio(vsFloor3)}   (what the network path leaves of that floor)`);
+  }
   console.log(`load average at start ${(hostAtStart.loadavg as number[]).map((x) => x.toFixed(2)).join(' ')}, at end ${loadEnd.map((x) => x.toFixed(2)).join(' ')} (${hostAtStart.cpus} cores)`);
 
   const file = await writeResult('mesh-ingest', {
@@ -306,12 +344,18 @@ async function main(): Promise<number> {
       client: { tool: 'storescu', version: storescuVersionLine, associations: 1, env: { TCP_NODELAY: '1' } },
       units: { mb: '10^6 bytes', rss: 'bytes (VmHWM/VmRSS max of the process)', times: 'ms' },
     },
-    servers: results,
-    ratios: { meshVsOrthanc: vsOrthanc ?? null, meshVsStorescp: vsStorescp ?? null },
+    servers: reported,
+    ratios: {
+      meshVsOrthanc: vsOrthanc ?? null,
+      meshVsStorescp: vsStorescp ?? null,
+      storePathX2VsOrthanc: floor2VsOrthanc ?? null,
+      storePathX3VsOrthanc: floor3VsOrthanc ?? null,
+      meshVsStorePathX3: vsFloor3 ?? null,
+    },
     target: { meshVsOrthanc: TARGET_VS_ORTHANC, met: vsOrthanc === undefined ? null : vsOrthanc >= TARGET_VS_ORTHANC },
   });
   console.log(`\nresults: ${file}`);
-  return results.some((r) => r.status === 'failed') ? 1 : 0;
+  return reported.some((r) => r.status === 'failed') ? 1 : 0;
 }
 
 runBench(main);

@@ -1,0 +1,54 @@
+/**
+ * Runs lib/store-path.ts (pacs-mesh's C-STORE path without the network) in `copies` processes at once,
+ * each into a fresh store of its own, with the node flags and environment a peer gets. One copy is the
+ * ceiling of one site's ingest; two or three at once are the floor of a mesh on this machine, whose sites
+ * must each make the instance durable: no network design can ingest faster than they finish.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runTool } from '../../../test/support/dicom-tools.ts';
+import { peerNodeFlags, peerProcessEnv } from '../../../src/peer-process.ts';
+import { REPO_ROOT } from './index.ts';
+
+const storePathScript = fileURLToPath(new URL('./store-path.ts', import.meta.url));
+
+export interface StorePathRun {
+  /** The slowest copy's time from its first file read to its last commit. */
+  wallMs: number;
+  /** The fewest instances any copy stored. */
+  stored: number;
+  peakRssBytes: number;
+  /** The process with the largest peak RSS. */
+  peakRssPid: number;
+  ok: boolean;
+  error?: string;
+}
+
+export async function timeStorePath(o: { workDir: string; inputDir: string; run: number; count: number; copies: number; timeoutMs: number }): Promise<StorePathRun> {
+  const dataDirs = await Promise.all(Array.from({ length: o.copies }, (_, i) => mkdtemp(join(o.workDir, `store-path-run${o.run}-copy${i + 1}-`))));
+  try {
+    const outcomes = await Promise.all(
+      dataDirs.map(async (dataDir) => {
+        const r = await runTool(process.execPath, [...peerNodeFlags, '--import', 'tsx', storePathScript, dataDir, o.inputDir], { timeoutMs: o.timeoutMs, env: peerProcessEnv(), cwd: REPO_ROOT });
+        const line = r.stdout.trim().split('\n').pop() ?? '';
+        const out = (line.startsWith('{') ? JSON.parse(line) : {}) as { wallMs?: number; stored?: number; peakRssBytes?: number };
+        const stored = out.stored ?? 0;
+        const ok = r.code === 0 && stored === o.count;
+        return { wallMs: out.wallMs ?? Number.NaN, stored, peakRssBytes: out.peakRssBytes ?? 0, pid: r.pid, ok, error: ok ? undefined : `exit ${r.code}, stored ${stored}/${o.count}: ${r.stderr.split('\n').slice(-5).join(' | ')}` };
+      }),
+    );
+    const peak = outcomes.reduce((a, b) => (b.peakRssBytes > a.peakRssBytes ? b : a));
+    const failed = outcomes.find((x) => !x.ok);
+    return {
+      wallMs: Math.round(Math.max(...outcomes.map((x) => x.wallMs))),
+      stored: Math.min(...outcomes.map((x) => x.stored)),
+      peakRssBytes: peak.peakRssBytes,
+      peakRssPid: peak.pid,
+      ok: failed === undefined,
+      ...(failed?.error !== undefined ? { error: failed.error } : {}),
+    };
+  } finally {
+    await Promise.all(dataDirs.map((d) => rm(d, { recursive: true, force: true })));
+  }
+}
