@@ -3,7 +3,7 @@
  * instances it missed, compared with copying the same bytes over one libp2p stream between two peers.
  *
  *   node --import tsx scripts/bench/catch-up.ts [--count 1000] [--rows 128] [--columns 128] [--runs 3]
- *        [--sites 3] [--write-quorum 2] [--timeout-s 180] [--no-orthanc] [--tmp <dir>] [--keep]
+ *        [--sites 3] [--write-quorum 2] [--timeout-s 180] [--no-orthanc] [--no-floor] [--tmp <dir>] [--keep]
  *
  * Per run (a fresh three-site cluster each time):
  *   1. start sites A, B, C and wait until all see each other alive;
@@ -16,12 +16,17 @@
  * Then, with the cluster stopped, the same number of bytes is sent over one libp2p stream between two
  * mesh nodes in two processes (test/net/transfer-harness.ts: pnet + noise + yamux, 1 MiB chunks, SHA-256
  * checked; timed from stream open to the receiver's acknowledgement).
+ * The store floor (skip with --no-floor): the same instances put as replicas into a fresh store from
+ * memory, 256 at a time, without the network (lib/replica-floor.ts, a child with a peer's node flags):
+ * what the restarted site spends storing alone; the target leaves the network what is left of 1.5x.
  * Orthanc has no equivalent (a single node has nothing to catch up from); for context only, the time
  * Orthanc takes to receive the same instances from storescu is printed (skip with --no-orthanc).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { measureTransfer, type TransferResult } from '../../test/net/transfer-harness.ts';
+import { runBenchChild } from './lib/store-path-run.ts';
 import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { startOrthanc, orthancVersion, type OrthancServer } from './lib/orthanc.ts';
@@ -30,6 +35,7 @@ import { MB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from
 import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_RATIO = 1.5;
+const replicaFloorScript = fileURLToPath(new URL('./lib/replica-floor.ts', import.meta.url));
 /** How often C's /api/mesh is read while it catches up (cheap: the count is kept, not scanned). */
 const statusPollMs = 20;
 
@@ -64,6 +70,7 @@ async function main(): Promise<number> {
   const writeQuorum = intArg(args, 'write-quorum', 2);
   const timeoutMs = intArg(args, 'timeout-s', 180) * 1000;
   const withOrthanc = !args.has('no-orthanc');
+  const withFloor = !args.has('no-floor');
   if (sites < 2) throw new Error('--sites must be at least 2');
   const bench = await startBench('catch-up', args);
   if (!bench) return 2;
@@ -183,6 +190,26 @@ async function main(): Promise<number> {
     }
   }
 
+  // ------------------------------------------------------------------ the store floor: C's store work alone
+  const floors: number[] = [];
+  let floorError: string | undefined;
+  for (let run = 1; run <= runs && withFloor; run++) {
+    const floorDir = await mkdtemp(join(workDir, `replica-floor-run${run}-`));
+    try {
+      const r = await runBenchChild<{ wallMs: number; stored: number }>(replicaFloorScript, [floorDir, inputDir], timeoutMs);
+      const out = r.out;
+      if (r.code !== 0 || out.stored !== count || out.wallMs === undefined) throw new Error(`exit ${r.code}, stored ${out.stored}/${count}: ${r.stderr.split('\n').slice(-3).join(' | ')}`);
+      floors.push(out.wallMs);
+      console.log(`store floor run ${run}/${runs}: ${count} replicas put in ${fmt(out.wallMs / 1000, 3)} s (no network)`);
+    } catch (e) {
+      floorError = firstLines(e, 3);
+      console.log(`store floor run ${run}/${runs}: FAILED: ${floorError}`);
+      break;
+    } finally {
+      await rm(floorDir, { recursive: true, force: true });
+    }
+  }
+
   // ------------------------------------------------------------------ Orthanc, for context
   let orthanc: { version?: string; ingestMs?: number; stored?: number; error?: string } | undefined;
   if (withOrthanc) {
@@ -213,6 +240,8 @@ async function main(): Promise<number> {
   const medStreamMs = okStreams.length > 0 ? median(okStreams.map((s) => s.seconds * 1000)) : undefined;
   const ratioRestart = medRestart !== undefined && medStreamMs !== undefined ? medRestart / medStreamMs : undefined;
   const ratioReady = medReady !== undefined && medStreamMs !== undefined ? medReady / medStreamMs : undefined;
+  const medFloorMs = floors.length > 0 ? median(floors) : undefined;
+  const ratioFloor = medFloorMs !== undefined && medStreamMs !== undefined ? medFloorMs / medStreamMs : undefined;
   const mbps = (ms: number | undefined) => (ms === undefined ? undefined : series.totalBytes / MB / (ms / 1000));
   const loadEnd = hostInfo().loadavg as number[];
 
@@ -228,6 +257,9 @@ async function main(): Promise<number> {
         ['  of which C start-up (-> /healthz 200)', fmt(medStartup && medStartup / 1000, 2), '', 'node + store open + mesh join (from the dist/ bundle)'],
         ['C ready -> C holds all', fmt(medReady && medReady / 1000, 2), fmt(mbps(medReady), 1), 'catch-up without the process start-up'],
         ['one libp2p stream, same bytes', fmt(medStreamMs && medStreamMs / 1000, 3), fmt(mbps(medStreamMs), 1), okStreams.length > 0 ? 'test/net/transfer-harness.ts, stream open -> ack, pnet+noise+yamux' : `FAILED: ${streamError ?? ''}`],
+        ...(withFloor
+          ? [['store floor: the same replicas put, no network', fmt(medFloorMs && medFloorMs / 1000, 3), fmt(mbps(medFloorMs), 1), floors.length > 0 ? 'lib/replica-floor.ts: putReplica from memory, 256 at a time' : `FAILED: ${floorError ?? ''}`]]
+          : []),
         ['Orthanc', '-', '', 'no equivalent: a single node has no peer to catch up from'],
         ...(orthanc !== undefined
           ? [['  (context) Orthanc ingest of the same', fmt(orthanc.ingestMs && orthanc.ingestMs / 1000, 2), fmt(mbps(orthanc.ingestMs), 1), orthanc.error ?? `one storescu association, ${orthanc.version ?? ''}`]]
@@ -240,6 +272,7 @@ async function main(): Promise<number> {
   const verdict = (r: number | undefined) => (r === undefined ? 'n/a' : `${r.toFixed(2)}x  (target <= ${TARGET_RATIO}x: ${r <= TARGET_RATIO ? 'MET' : 'NOT MET'})`);
   console.log(`catch-up from restart / stream copy: ${verdict(ratioRestart)}`);
   console.log(`catch-up from ready   / stream copy: ${verdict(ratioReady)}`);
+  if (ratioFloor !== undefined) console.log(`store floor           / stream copy: ${ratioFloor.toFixed(2)}x  (storing alone, before any network: the target leaves the network ${(TARGET_RATIO - ratioFloor).toFixed(2)}x)`);
   console.log(`load average at start ${(hostAtStart.loadavg as number[]).map((x) => x.toFixed(2)).join(' ')}, at end ${loadEnd.map((x) => x.toFixed(2)).join(' ')} (${hostAtStart.cpus} cores)`);
 
   const file = await writeResult('catch-up', {
@@ -253,12 +286,14 @@ async function main(): Promise<number> {
     streamError: streamError ?? null,
     orthanc: orthanc ?? null,
     orthancNote: 'Orthanc has no equivalent of a site catching up from its peers; its ingest of the same instances is given for context only',
-    medians: { catchUpFromRestartMs: medRestart ?? null, catchUpFromReadyMs: medReady ?? null, startupMs: medStartup ?? null, streamCopyMs: medStreamMs ?? null },
-    ratios: { fromRestartVsStream: ratioRestart ?? null, fromReadyVsStream: ratioReady ?? null },
+    storeFloorMs: floors,
+    storeFloorError: floorError ?? null,
+    medians: { catchUpFromRestartMs: medRestart ?? null, catchUpFromReadyMs: medReady ?? null, startupMs: medStartup ?? null, streamCopyMs: medStreamMs ?? null, storeFloorMs: medFloorMs ?? null },
+    ratios: { fromRestartVsStream: ratioRestart ?? null, fromReadyVsStream: ratioReady ?? null, storeFloorVsStream: ratioFloor ?? null },
     target: { maxRatio: TARGET_RATIO, metFromRestart: ratioRestart === undefined ? null : ratioRestart <= TARGET_RATIO, metFromReady: ratioReady === undefined ? null : ratioReady <= TARGET_RATIO },
   });
   console.log(`\nresults: ${file}`);
-  return good.length === runs && okStreams.length === runs ? 0 : 1;
+  return good.length === runs && okStreams.length === runs && floorError === undefined ? 0 : 1;
 }
 
 runBench(main);

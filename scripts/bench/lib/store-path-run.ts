@@ -13,6 +13,16 @@ import { REPO_ROOT } from './index.ts';
 
 const storePathScript = fileURLToPath(new URL('./store-path.ts', import.meta.url));
 
+/**
+ * Runs a child program of lib/ with the node flags and environment a peer gets, and reads the JSON line it
+ * prints last (an empty object when there is none).
+ */
+export async function runBenchChild<T extends object>(script: string, args: readonly string[], timeoutMs: number): Promise<{ code: number | null; pid: number; stderr: string; out: Partial<T> }> {
+  const r = await runTool(process.execPath, [...peerNodeFlags, '--import', 'tsx', script, ...args], { timeoutMs, env: peerProcessEnv(), cwd: REPO_ROOT });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  return { code: r.code, pid: r.pid, stderr: r.stderr, out: (line.startsWith('{') ? JSON.parse(line) : {}) as Partial<T> };
+}
+
 export interface StorePathRun {
   /** The slowest copy's time from its first file read to its last commit. */
   wallMs: number;
@@ -30,9 +40,8 @@ export async function timeStorePath(o: { workDir: string; inputDir: string; run:
   try {
     const outcomes = await Promise.all(
       dataDirs.map(async (dataDir) => {
-        const r = await runTool(process.execPath, [...peerNodeFlags, '--import', 'tsx', storePathScript, dataDir, o.inputDir], { timeoutMs: o.timeoutMs, env: peerProcessEnv(), cwd: REPO_ROOT });
-        const line = r.stdout.trim().split('\n').pop() ?? '';
-        const out = (line.startsWith('{') ? JSON.parse(line) : {}) as { wallMs?: number; stored?: number; peakRssBytes?: number };
+        const r = await runBenchChild<{ wallMs: number; stored: number; peakRssBytes: number }>(storePathScript, [dataDir, o.inputDir], o.timeoutMs);
+        const out = r.out;
         const stored = out.stored ?? 0;
         const ok = r.code === 0 && stored === o.count;
         return { wallMs: out.wallMs ?? Number.NaN, stored, peakRssBytes: out.peakRssBytes ?? 0, pid: r.pid, ok, error: ok ? undefined : `exit ${r.code}, stored ${stored}/${o.count}: ${r.stderr.split('\n').slice(-5).join(' | ')}` };
