@@ -58,6 +58,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     bootstrap: config.bootstrap,
     onBootstrapUnreachable: (failure) =>
       log.warn('cannot reach a bootstrap peer (is the address right, is it up, does it hold the same swarm key?)', { ...failure }),
+    onIdentityConflict: (conflict) =>
+      log.error(
+        'two processes use one peer identity (a copied data directory?): elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)',
+        { peer: conflict.peerId, addresses: conflict.addresses },
+      ),
   });
   const stopping: Array<() => Promise<void>> = [() => node.stop()];
   try {

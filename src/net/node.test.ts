@@ -2,13 +2,13 @@ import '../polyfill.ts';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { cp, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
-import type { BootstrapFailure, MeshNode, MeshNodeInit } from './node.ts';
+import type { BootstrapFailure, IdentityConflict, MeshNode, MeshNodeInit } from './node.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../test/support/wall-clock.ts';
@@ -155,6 +155,34 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     assert.deepEqual(failures.map((f) => f.attempts), [1, 2, 4]);
     assert.equal(failures[0]!.address, closedAddress);
     assert.match(failures[0]!.error, /ECONNREFUSED/);
+  });
+
+  it('notices two processes with one identity (a copied data directory): their connections report disjoint listen addresses', async () => {
+    const conflicts: IdentityConflict[] = [];
+    const observer = await start({ onIdentityConflict: (c) => conflicts.push(c) });
+    const boot = [loopbackAddress(observer)];
+    const first = await start({ bootstrap: boot });
+    const dataDir = dirs[dirs.length - 1]!;
+    await waitFor('observer connected', () => observer.connectedPeers().includes(first.peerId));
+    // A restart (the old process gone, a new port) is not a conflict.
+    await first.stop();
+    const original = await start({ dataDir, bootstrap: boot });
+    await waitFor('observer connected to the restarted peer', () => observer.connectedPeers().includes(original.peerId));
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(conflicts.length, 0);
+    const copyDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    dirs.push(copyDir);
+    await cp(join(dataDir, 'peer-key'), join(copyDir, 'peer-key'));
+    const twin = await start({ dataDir: copyDir, bootstrap: boot });
+    assert.equal(twin.peerId, original.peerId);
+    await waitFor('the identity conflict reported', () => conflicts.length > 0, 15_000);
+    assert.equal(conflicts[0]!.peerId, original.peerId);
+    const ports = conflicts[0]!.addresses.map((addrs) => new Set(addrs.map(portOf)));
+    assert.deepEqual(ports.map((p) => [...p]).flat().sort(), [portOf(loopbackAddress(original)), portOf(loopbackAddress(twin))].sort());
+    // Once a minute at most, however often the twins reconnect.
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(conflicts.length, 1);
+    await Promise.all([twin.stop(), original.stop(), observer.stop()]);
   });
 
   it('keeps out a peer with another swarm key, or with none: no connection, no gossip', async () => {

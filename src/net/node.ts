@@ -95,7 +95,22 @@ export interface MeshNodeInit {
    * that a mistyped address or a wrong swarm key is visible to the operator without a line per retry.
    */
   onBootstrapUnreachable?: (failure: BootstrapFailure) => void;
+  /**
+   * Two processes hold the identity of one peer (a copied data directory: `peer-key` is the identity): two
+   * open connections to it report listen addresses with none in common. Such twins stall the election and
+   * misdirect copies; called at most once a minute per peer.
+   */
+  onIdentityConflict?: (conflict: IdentityConflict) => void;
 }
+
+export interface IdentityConflict {
+  readonly peerId: string;
+  /** The listen addresses each of the two processes reported. */
+  readonly addresses: readonly [readonly string[], readonly string[]];
+}
+
+/** How often, at most, one peer's identity conflict is reported. */
+const IDENTITY_CONFLICT_REPORT_INTERVAL_MS = 60_000;
 
 export interface BootstrapFailure {
   readonly address: string;
@@ -435,8 +450,32 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     reconnector.onConnected(id);
     for (const h of connectedHandlers) safeCall(h, id, 'peer:connect');
   });
+  // Per connected peer: the listen addresses each of its open connections reported (identify); cleared
+  // when the peer disconnects, so bounded by the connected peers. When each peer's conflict was last
+  // reported is kept across disconnects (twins make their peer flap), for at most 256 peers.
+  const identified = new Map<string, Map<string, string[]>>();
+  const conflictReportedAtMs = new Map<string, number>();
+  node.addEventListener('peer:identify', (evt) => {
+    const { peerId, listenAddrs, connection } = evt.detail;
+    const id = peerId.toString();
+    const addresses = listenAddrs.map((a) => a.toString()).sort();
+    const byConnection = identified.get(id) ?? new Map<string, string[]>();
+    identified.set(id, byConnection);
+    const open = new Set(node.getConnections(peerId).map((c) => c.id));
+    for (const connectionId of byConnection.keys()) if (!open.has(connectionId)) byConnection.delete(connectionId);
+    byConnection.set(connection.id, addresses);
+    // One process reports the same addresses on every connection: none in common means two processes.
+    const other = [...byConnection.entries()].find(([cid, theirs]) => cid !== connection.id && theirs.length > 0 && !theirs.some((a) => addresses.includes(a)));
+    const nowMs = performance.now();
+    if (other === undefined || addresses.length === 0 || nowMs - (conflictReportedAtMs.get(id) ?? Number.NEGATIVE_INFINITY) < IDENTITY_CONFLICT_REPORT_INTERVAL_MS) return;
+    conflictReportedAtMs.delete(id);
+    conflictReportedAtMs.set(id, nowMs);
+    if (conflictReportedAtMs.size > 256) conflictReportedAtMs.delete(conflictReportedAtMs.keys().next().value!);
+    if (init.onIdentityConflict) safeCall(init.onIdentityConflict, { peerId: id, addresses: [other[1], addresses] }, 'identity conflict');
+  });
   node.addEventListener('peer:disconnect', (evt) => {
     const id = evt.detail.toString();
+    identified.delete(id);
     reconnector.onDisconnected(id);
     for (const h of disconnectedHandlers) safeCall(h, id, 'peer:disconnect');
   });
