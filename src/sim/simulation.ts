@@ -418,6 +418,9 @@ export function runSimulation(options: SimOptions): SimResult {
           },
         });
         return;
+      case 'uidConflict':
+        // Every simulated UID has one content: a conflict here is a custody bug.
+        throw new Error(`${peer.peerId} reports a UID conflict for ${e.sopInstanceUid} with ${e.peerId}`);
       default:
         assertNever(e);
     }

@@ -301,6 +301,31 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     console.log(`# empty-disk refill of ${payloads.size} instances: ${refillMs.toFixed(0)} ms`);
   });
 
+  it('one UID, two contents stored at two sites apart: each keeps its own, both report the conflict once', { timeout: 25_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const linesA: string[] = [];
+    const linesB: string[] = [];
+    const uid = newUid();
+    const first = randomBytes(6_000);
+    const second = randomBytes(7_000);
+    const a = await mesh.start('site-a', undefined, loggingTo(linesA));
+    assert.equal((await cstore(a.custody.ingest, uid, first)).status, 0);
+    await mesh.stop('site-a');
+    const b = await mesh.start('site-b', undefined, loggingTo(linesB));
+    assert.equal((await cstore(b.custody.ingest, uid, second)).status, 0);
+    const back = await mesh.start('site-a', a.dir, loggingTo(linesA));
+    await mesh.connected('site-a', 'site-b');
+    await waitFor('the conflict reported at both sites', () => back.custody.stats().uidConflicts === 1 && b.custody.stats().uidConflicts === 1);
+    // Several more exchanges: still one report each, and nothing replaced.
+    await new Promise((r) => setTimeout(r, 1000));
+    const conflictLine = /a SOP Instance UID holds other bytes at another peer/;
+    assert.equal(linesA.filter((l) => conflictLine.test(l)).length, 1);
+    assert.equal(linesB.filter((l) => conflictLine.test(l)).length, 1);
+    assert.deepEqual(await readAll(back.store, (await back.store.getEntry(uid))!), first);
+    assert.deepEqual(await readAll(b.store, (await b.store.getEntry(uid))!), second);
+  });
+
   it('retrieve anywhere: a site resolves and pulls an instance only a peer holds', { timeout: 20_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);

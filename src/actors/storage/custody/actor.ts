@@ -56,6 +56,8 @@ export interface CustodyStats {
   digestRoot: string;
   queuedWork: number;
   debtEntries: number;
+  /** UIDs found holding other bytes at another peer since this process started (see the uidConflict effect). */
+  uidConflicts: number;
 }
 
 export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' | 'selfSiteName' | 'writeQuorum' | 'quorumTimeoutMs'>> {
@@ -182,7 +184,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const tasks = new Set<Promise<unknown>>();
   /** The last step's debt write (the store writes them in call order); acks of a step wait for it. */
   let debtChain: Promise<boolean> = Promise.resolve(true);
-  let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0 };
+  let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0, uidConflicts: 0 };
   const statsListeners = new Set<(stats: CustodyStats) => void>();
   const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
   let sendsInFlight = 0;
@@ -224,12 +226,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   function publishStats(state: CustodyState): void {
     const s = custodyStats(state);
-    const next: CustodyStats = { ...s, debtEntries: state.debt.size };
+    const next: CustodyStats = { ...s, debtEntries: state.debt.size, uidConflicts: state.uidConflicts.size };
     if (
       next.instanceCount === current.instanceCount &&
       next.digestRoot === current.digestRoot &&
       next.queuedWork === current.queuedWork &&
-      next.debtEntries === current.debtEntries
+      next.debtEntries === current.debtEntries &&
+      next.uidConflicts === current.uidConflicts
     ) {
       return;
     }
@@ -276,6 +279,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           break;
         case 'statsChanged':
           // Stats are recomputed after every step (they include the debt size, which this effect lacks).
+          break;
+        case 'uidConflict':
+          log.error('a SOP Instance UID holds other bytes at another peer: a modality sent two different instances under one UID; each site keeps the one it stored first', {
+            sopInstanceUid: e.sopInstanceUid,
+            peer: e.peerId,
+            localSha256: e.localSha256,
+            peerSha256: e.peerSha256,
+          });
           break;
         default: {
           const unreachable: never = e;

@@ -44,6 +44,11 @@ export function digestHas(digest: Digest, sopInstanceUid: string): boolean {
   return digest.keys[bucketOf(sopInstanceUid)]!.has(sopInstanceUid);
 }
 
+/** The SHA-256 held for a UID, or undefined. */
+export function digestSha256(digest: Digest, sopInstanceUid: string): string | undefined {
+  return digest.keys[bucketOf(sopInstanceUid)]!.get(sopInstanceUid);
+}
+
 /** Adds a key; returns false (and changes nothing) when it is already there, since XOR would cancel it. */
 export function digestAdd(digest: Digest, sopInstanceUid: string, sha256: string): boolean {
   const bucket = bucketOf(sopInstanceUid);

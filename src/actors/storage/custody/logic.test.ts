@@ -286,3 +286,23 @@ test('while copies are pushed to us, repair neither starts an exchange nor pulls
   const pulls = run(after.state, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 1650 });
   assert.deepEqual(pulls.effects.filter((e) => e.type === 'fetch'), [{ type: 'fetch', fromPeerId: 'peer-b', sopInstanceUid: '6.2' }]);
 });
+
+test('a UID holding other bytes at another peer is reported once, and neither pulled nor replaced', () => {
+  let s = initCustody(config, { digest: digestOf([{ sopInstanceUid: '9.1', sha256: 'ours' }, { sopInstanceUid: '9.2', sha256: 'same' }]), debt: [] });
+  const keys = [
+    { sopInstanceUid: '9.1', sha256: 'theirs' },
+    { sopInstanceUid: '9.2', sha256: 'same' },
+    { sopInstanceUid: '9.3', sha256: 'new' },
+  ];
+  const repairKeys = { type: 'repairKeys', buckets: keys.map((k) => bucketOf(k.sopInstanceUid)), keys, replyWanted: false } as const;
+  const first = run(s, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 0 });
+  assert.deepEqual(first.effects.filter((e) => e.type === 'uidConflict'), [
+    { type: 'uidConflict', sopInstanceUid: '9.1', localSha256: 'ours', peerSha256: 'theirs', peerId: 'peer-b' },
+  ]);
+  // Only the key we lack is pulled.
+  assert.deepEqual(first.effects.filter((e) => e.type === 'fetch').map((e) => (e.type === 'fetch' ? e.sopInstanceUid : '')), ['9.3']);
+  s = first.state;
+  const again = run(s, { type: 'messageReceived', from: 'peer-c', message: repairKeys, nowMs: 1 });
+  assert.equal(again.effects.filter((e) => e.type === 'uidConflict').length, 0, 'reported once per UID');
+  assert.equal(again.state.uidConflicts.size, 1);
+});

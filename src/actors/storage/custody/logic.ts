@@ -13,7 +13,7 @@
 import type { MemberRecord } from '../../membership/messages.ts';
 import {
   bucketOf,
-  diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, keysInBuckets, missingKeys, type Digest } from './digest.ts';
+  diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, digestSha256, keysInBuckets, missingKeys, type Digest } from './digest.ts';
 import {
   StoreStatus,
   type CustodyConfig,
@@ -59,6 +59,8 @@ export interface CustodyState {
    * single source while another holds the same keys (volatile: the next exchange finds whatever is left).
    */
   readonly pullQueue: Map<string, string[]>;
+  /** UIDs whose bytes differ at another peer, reported once each (volatile; at most uidConflictsMax). */
+  readonly uidConflicts: Set<string>;
   members: readonly MemberRecord[];
   nextRepairAtMs: number;
   /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
@@ -94,6 +96,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     replicationsInFlight: new Map(),
     fetchesInFlight: new Map(),
     pullQueue: new Map(),
+    uidConflicts: new Set(),
     members: [],
     nextRepairAtMs: 0,
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
@@ -275,6 +278,7 @@ function onMessage(
       const wanted = new Set(message.buckets);
       // Only keys of the buckets named count: a peer cannot make us pull from buckets it did not list.
       const theirs = message.keys.filter((k) => wanted.has(bucketOf(k.sopInstanceUid)));
+      reportUidConflicts(state, from, theirs, effects);
       if (!copiesArriving(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
       if (message.replyWanted) {
         const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax);
@@ -312,6 +316,24 @@ function onReplicaAck(
         ackOf(pending.requestId, sopInstanceUid, StoreStatus.Success, pending.quorum, [...pending.sitesHolding].sort()),
       );
     }
+  }
+}
+
+/** Reported conflicts kept per process: beyond this many, later ones are not reported (the log has plenty). */
+export const uidConflictsMax = 1024;
+
+/**
+ * Keys another peer holds under a UID we hold with other bytes. Nothing is pulled or replaced: both copies
+ * were acknowledged, and as at one site (a UID already stored is answered Success, the new bytes dropped)
+ * each site keeps what it stored first. The administrator hears of it once per UID.
+ */
+function reportUidConflicts(state: CustodyState, from: string, theirs: readonly InstanceKey[], effects: CustodyEffect[]): void {
+  for (const k of theirs) {
+    const localSha256 = digestSha256(state.digest, k.sopInstanceUid);
+    if (localSha256 === undefined || localSha256 === k.sha256 || state.uidConflicts.has(k.sopInstanceUid)) continue;
+    if (state.uidConflicts.size >= uidConflictsMax) return;
+    state.uidConflicts.add(k.sopInstanceUid);
+    effects.push({ type: 'uidConflict', sopInstanceUid: k.sopInstanceUid, localSha256, peerSha256: k.sha256, peerId: from });
   }
 }
 

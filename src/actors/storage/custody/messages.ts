@@ -133,6 +133,11 @@ export type CustodyEffect =
   /** Pull an instance from a peer; on success feed replicaStored, else fetchFailed. */
   | { readonly type: 'fetch'; readonly fromPeerId: string; readonly sopInstanceUid: string }
   | { readonly type: 'send'; readonly to: string; readonly message: CustodyMessage }
+  /**
+   * A peer holds other bytes under a SOP Instance UID than this peer (a modality sent two instances under
+   * one UID, each to another site): each keeps the one it stored first; reported once per UID.
+   */
+  | { readonly type: 'uidConflict'; readonly sopInstanceUid: string; readonly localSha256: string; readonly peerSha256: string; readonly peerId: string }
   /** Figures for the next heartbeat (membership's localStatsChanged). */
   | {
       readonly type: 'statsChanged';
