@@ -93,7 +93,7 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
   }
 });
 
-test('an upload begun before a write fault never commits, even once the store has reopened', async (t) => {
+test('an upload begun before a write fault never commits, even once the store has reopened; reads by key go on throughout', async (t) => {
   const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
   if (tmpfs === undefined) return;
   const { mountPoint } = tmpfs;
@@ -124,8 +124,30 @@ test('an upload begun before a write fault never commits, even once the store ha
   }
   assert.ok(store.writeFault, 'the filesystem never filled up');
   await assert.rejects(store.beginWrite().write(piece), { code: 'ERR_STORE_FAULTED' });
+  // Reads by key go on throughout, also in the moment the reopening closes and opens the databases.
+  const readFailures: string[] = [];
+  let reads = 0;
+  let reading = true;
+  const reader = (async () => {
+    while (reading) {
+      try {
+        const entry = await store.getEntry('1.2.3.0');
+        assert.ok(entry, 'the first filler instance is stored');
+        for await (const chunk of store.readInstance(entry)) assert.ok(chunk.byteLength > 0);
+        reads++;
+      } catch (error) {
+        readFailures.push(String(error));
+      }
+      // A turn of the event loop per read, as a served client would give it.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  })();
   rmSync(ballast);
   await waitFor('the store to reopen', () => events.some((e) => e.type === 'reopened'), 60_000);
+  reading = false;
+  await reader;
+  assert.deepEqual(readFailures.slice(0, 3), []);
+  assert.ok(reads > 10, `only ${reads} reads`);
   await assert.rejects(cutOff.commit('1.2.3.999999', testCatalogEntry('1.2.3.999999')), { code: 'ERR_STORE_FAULTED' });
   assert.equal(await store.getEntry('1.2.3.999999'), undefined);
   const fresh = store.beginWrite();
