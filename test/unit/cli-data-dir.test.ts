@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { Level } from 'level';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
@@ -79,13 +79,19 @@ test('a data directory on a full disk that the store cannot open: exit 1 and one
   assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: IO error: .*No space left on device\n$/);
 });
 
-test('a damaged election record, roster or peer key stops a mesh peer at start: exit 1 and one line naming the file and the way out', async (t) => {
+/** A data directory for a mesh peer (a swarm key beside it), and the command's start of it at `logLevel`. */
+async function meshSite(t: TestContext): Promise<{ dataDir: string; startMesh(logLevel: string): ReturnType<typeof start> }> {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const swarmKeyPath = join(dir, 'swarm.key');
   await writeSwarmKeyFile(swarmKeyPath);
   const dataDir = join(dir, 'site');
   mkdirSync(dataDir);
+  return { dataDir, startMesh: async (logLevel) => start(dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', logLevel]) };
+}
+
+test('a damaged election record, roster or peer key stops a mesh peer at start: exit 1 and one line naming the file and the way out', async (t) => {
+  const { dataDir, startMesh } = await meshSite(t);
   const cases: Array<[string, string, RegExp]> = [
     ['balancer-election.json', '{"currentTerm":', /balancer-election\.json is damaged \(.*JSON.*\): restore it, or move it away to start with no vote record/],
     ['balancer-election.json', '{"currentTerm":"seven","votedFor":null}', /balancer-election\.json is damaged \(not an election record\)/],
@@ -96,7 +102,7 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
   for (const [file, content, message] of cases) {
     for (const name of ['balancer-election.json', 'balancer-roster.json', 'peer-key']) rmSync(join(dataDir, name), { force: true });
     writeFileSync(join(dataDir, file), content);
-    const r = await start(dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'warn']);
+    const r = await startMesh('warn');
     assert.equal(r.status, 1, `${file}: ${r.stderr}`);
     assert.match(r.stderr, message);
     assert.equal(r.stderr.split('\n').filter((line) => line !== '').length, 1, `${file}: one line, no stack trace: ${r.stderr}`);
@@ -104,14 +110,10 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
 });
 
 test('a mesh child that keeps failing at start (its state file cannot be written) stops the start: exit 1 and one line, not a hung peer', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const swarmKeyPath = join(dir, 'swarm.key');
-  await writeSwarmKeyFile(swarmKeyPath);
-  const dataDir = join(dir, 'site');
+  const { dataDir, startMesh } = await meshSite(t);
   // The incarnation is written through this temporary file: a directory in its place fails every attempt.
-  mkdirSync(join(dataDir, 'membership-incarnation.tmp'), { recursive: true });
-  const r = await start(dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'silent']);
+  mkdirSync(join(dataDir, 'membership-incarnation.tmp'));
+  const r = await startMesh('silent');
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the membership actor kept failing \(EISDIR: .*membership-incarnation\.tmp'\)\n$/);
 });
