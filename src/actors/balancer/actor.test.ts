@@ -1,7 +1,7 @@
 import '../../polyfill.ts';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
@@ -153,6 +153,31 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     }, 10_000);
     console.log(`balancer: hung leader replaced ${Date.now() - t0} ms after it went silent (term ${first.term} -> ${agreedLeader(survivors)!.term})`);
     assert.ok(Date.now() - t0 < 3000);
+  });
+
+  it('a peer that cannot write its election record (a full disk) neither votes nor crashes, and takes part again once it can', { timeout: 30_000 }, async () => {
+    const peers = await threePeers();
+    await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
+    const leaderId = settledLeader(peers)!.peerId;
+    const leaderPeer = peers.find((p) => p.node.peerId === leaderId)!;
+    const blocked = peers.find((p) => p !== leaderPeer)!;
+    const other = peers.find((p) => p !== leaderPeer && p !== blocked)!;
+    // The record is written through this temporary file: a directory in its place fails every write.
+    const tmp = join(blocked.dataDir, 'balancer-election.json.tmp');
+    await mkdir(tmp);
+    // A new term: the leader's restarted balancer campaigns again and needs the others to adopt the term.
+    const term = settledLeader(peers)!.term;
+    leaderPeer.supervisor.crashChild('balancer');
+    await waitFor('a leader in a newer term at the two that can write', () => {
+      const l = agreedLeader([leaderPeer, other]);
+      return l !== null && l.term > term;
+    }, 15_000);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(blocked.supervisor.supervision('balancer').restarts, 0, 'failed writes are not crashes');
+    assert.equal(blocked.supervisor.supervision('balancer').escalated, false);
+    assert.notEqual(blocked.mesh.balancer.leader()?.term, agreedLeader([leaderPeer, other])!.term, 'it cannot follow a term it cannot record');
+    await rm(tmp, { recursive: true });
+    await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
   });
 
   it('supervision: crashed membership and balancer children restart and the mesh recovers', { timeout: 20_000 }, async () => {

@@ -66,7 +66,7 @@ export const balancerTimings = {
   rosterForgetAfterMs: 24 * 3600_000,
 } as const;
 
-export type BalancerErrorCode = 'ERR_BALANCER_CRASH_TEST' | 'ERR_BALANCER_STATE_FILE';
+export type BalancerErrorCode = 'ERR_BALANCER_CRASH_TEST' | 'ERR_BALANCER_STATE_FILE' | 'ERR_BALANCER_STATE_WRITE';
 
 export class BalancerError extends Error {
   static readonly NAME = 'BalancerError';
@@ -279,35 +279,55 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
 
+  /** Writes a state file; a failure (a full disk) is ERR_BALANCER_STATE_WRITE, which `handle` answers by reloading. */
+  const writeStateFile = async (file: string, body: string): Promise<void> => {
+    try {
+      await writeFileDurably(join(init.dataDir, file), `${body}\n`);
+    } catch (err) {
+      throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${file}: ${(err as Error).message}`, { cause: err });
+    }
+  };
+  let stateWriteFailures = 0;
+  /** A state file not written (a full disk): logged at the first failure and every 20th after it. */
+  const noteStateWriteFailure = (err: unknown): void => {
+    if (!(err instanceof BalancerError && err.code === 'ERR_BALANCER_STATE_WRITE')) throw err;
+    if (stateWriteFailures++ % 20 === 0) log.warn('balancer state not written: no vote or candidacy from this peer until it is', { error: err.message, failures: stateWriteFailures });
+  };
+
   const persistRoster = async (peers: ReadonlyMap<string, number>): Promise<void> => {
-    const body = JSON.stringify({ version: 1, peers: Object.fromEntries(peers) });
-    await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${body}\n`);
+    await writeStateFile(ROSTER_FILE, JSON.stringify({ version: 1, peers: Object.fromEntries(peers) }));
   };
 
   /** Learns peers seen alive, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
     const peers = new Map(roster.peers);
-    let changed = false;
+    const learnt: MemberRecord[] = [];
+    const forgotten: Array<{ peer: string; absentMs: number }> = [];
     peers.set(self, nowMs);
     for (const m of members) {
       if (m.status !== 'alive') continue;
-      if (!peers.has(m.peerId)) {
-        changed = true;
-        log.info('roster learnt a peer', { peer: m.peerId, memberSite: m.siteName });
-      }
+      if (!peers.has(m.peerId)) learnt.push(m);
       peers.set(m.peerId, nowMs);
     }
     for (const [peerId, seenAtMs] of peers) {
       if (peerId !== self && nowMs - seenAtMs >= forgetAfterMs) {
         peers.delete(peerId);
-        changed = true;
-        log.warn('roster forgot a long-absent peer', { peer: peerId, absentMs: nowMs - seenAtMs });
+        forgotten.push({ peer: peerId, absentMs: nowMs - seenAtMs });
       }
     }
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
-    if (changed || nowMs - roster.persistedAtMs >= 60_000) {
-      await persistRoster(peers);
+    if (learnt.length > 0 || forgotten.length > 0 || nowMs - roster.persistedAtMs >= 60_000) {
+      try {
+        await persistRoster(peers);
+      } catch (err) {
+        // The election counts only with a roster on disk: keep the old one (following a leader needs no
+        // writes) and try again with the next view.
+        noteStateWriteFailure(err);
+        return roster;
+      }
+      for (const m of learnt) log.info('roster learnt a peer', { peer: m.peerId, memberSite: m.siteName });
+      for (const f of forgotten) log.warn('roster forgot a long-absent peer', f);
       return { peers, persistedAtMs: nowMs };
     }
     return { peers, persistedAtMs: roster.persistedAtMs };
@@ -373,7 +393,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       switch (effect.type) {
         case 'persist':
           // Awaited: the vote or candidacy that follows in `effects` must not leave before it is durable.
-          await writeFileDurably(join(init.dataDir, ELECTION_FILE), `${JSON.stringify(effect.value)}\n`);
+          await writeStateFile(ELECTION_FILE, JSON.stringify(effect.value));
           break;
         case 'send':
           sendMessage(effect.to, effect.message);
@@ -413,6 +433,25 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       s = await initialize();
       fresh = true;
     }
+    try {
+      const next = await stepAndPerform(s, message, fresh);
+      if (message.type === 'tick') ticker.schedule(tickIntervalMs);
+      return next;
+    } catch (err) {
+      noteStateWriteFailure(err);
+      // The step's term or vote never reached the disk, and what it would have sent is not sent: start
+      // again from the files on the next message, as a restart would, but without counting a crash (a
+      // full disk would otherwise spend the restart budget at every election and stop the peer).
+      current = null;
+      leader = null;
+      table = null;
+      if (message.type === 'tick') ticker.schedule(tickIntervalMs);
+      return null;
+    }
+  };
+
+  /** One message through the reducer, then its effects in order. */
+  const stepAndPerform = async (s: ActorState, message: Exclude<BalancerMsg, { type: 'crash' }>, fresh: boolean): Promise<ActorState> => {
     const nowMs = clock.nowMs();
     let roster = s.roster;
     let balancer = s.balancer;
@@ -437,7 +476,6 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const next: ActorState = { balancer: step.state, roster };
     current = next;
     await perform(step.effects, next);
-    if (message.type === 'tick') ticker.schedule(tickIntervalMs);
     return next;
   };
 
