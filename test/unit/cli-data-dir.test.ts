@@ -109,11 +109,11 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
   }
 });
 
-test('a mesh child that keeps failing at start (its state file cannot be written) stops the start: exit 1 and one line, not a hung peer', async (t) => {
+test('a mesh child that keeps failing at start (membership cannot read its incarnation) stops the start: exit 1 and one line, not a hung peer', async (t) => {
   const { dataDir, startMesh } = await meshSite(t);
-  // The incarnation is written through this temporary file: a directory in its place fails every attempt.
-  mkdirSync(join(dataDir, 'membership-incarnation.tmp'));
+  // A directory where the incarnation file belongs: every read fails (a missing or damaged file would not).
+  mkdirSync(join(dataDir, 'membership-incarnation'));
   const r = await startMesh('silent');
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the membership actor kept failing \(EISDIR: .*membership-incarnation\.tmp'\)\n$/);
+  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the membership actor kept failing \(EISDIR: .*\)\n$/);
 });

@@ -4,7 +4,7 @@
  */
 import '../../src/polyfill.ts';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -25,15 +25,15 @@ test('a mesh child past its restart budget fails the peer: failed settles with t
   let settled = false;
   void peer.failed.then(() => (settled = true));
   // One crash is restarted and cured: the peer stays healthy.
-  peer.crashChildForTest('membership');
+  peer.crashChildForTest('balancer');
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(settled, false);
   assert.equal(await healthz(), 200);
-  // Now every restart fails (the incarnation is written through this file): past the budget, the peer fails.
-  mkdirSync(join(peer.dataDir, 'membership-incarnation.tmp'));
-  peer.crashChildForTest('membership');
+  // Now every restart fails (a restarted balancer reads its election record): past the budget, the peer fails.
+  writeFileSync(join(peer.dataDir, 'balancer-election.json'), 'garbage');
+  peer.crashChildForTest('balancer');
   const failure = await peer.failed;
-  assert.equal(failure.child, 'membership');
-  assert.match(failure.error, /EISDIR/);
+  assert.equal(failure.child, 'balancer');
+  assert.match(failure.error, /balancer-election\.json is damaged/);
   assert.equal(await healthz(), 503);
 });

@@ -1,7 +1,7 @@
 import '../../polyfill.ts';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
@@ -154,6 +154,11 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     }
     await rm(path);
     assert.equal(await bumpIncarnation(dir, dateMs + 180_000), dateMs + 180_000);
+    // A file that cannot be written (a full disk; here a directory in the way) is reported, and the value used.
+    await mkdir(`${path}.tmp`);
+    const reasons: string[] = [];
+    assert.equal(await bumpIncarnation(dir, dateMs + 240_000, (r) => reasons.push(r)), dateMs + 240_000);
+    assert.match(reasons[0] ?? '', /cannot write .*kept in memory only/);
     assert.equal(parseHeartbeat({ type: 'heartbeat' }), null);
     assert.equal(parseHeartbeat(null), null);
   });

@@ -104,25 +104,27 @@ type MembershipMsg =
  * date in ms when that is larger. Peers ignore heartbeats of an incarnation not above the one they hold,
  * so a peer whose file was lost or damaged must not start again from 1: the date is above any earlier
  * start's (unless the wall clock went back by more than the time down), and the counter covers that case
- * while the file is intact. A damaged file is reported through `onDamaged` and replaced.
+ * while the file is intact. A damaged file is reported through `warn` and replaced; a file that cannot be
+ * written (a full disk) is reported too, and the value is used all the same: the date alone keeps it
+ * above every earlier one.
  */
 export async function bumpIncarnation(
   dataDir: string,
   dateMs: number = Date.now(),
-  onDamaged: (reason: string) => void = () => undefined,
+  warn: (reason: string) => void = () => undefined,
 ): Promise<number> {
   const path = join(dataDir, INCARNATION_FILE);
   let previous = 0;
   try {
     const text = (await readFile(path, 'utf8')).trim();
     const value = Number(text);
-    if (text === '' || !Number.isSafeInteger(value) || value < 0) onDamaged(`${path} holds "${text.slice(0, 40)}", not a counter: starting from the date`);
+    if (text === '' || !Number.isSafeInteger(value) || value < 0) warn(`${path} holds "${text.slice(0, 40)}", not a counter: starting from the date`);
     else previous = value;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   const next = Math.max(previous + 1, Math.floor(dateMs));
-  await writeFileDurably(path, `${next}\n`);
+  await writeFileDurably(path, `${next}\n`).catch((error: unknown) => warn(`cannot write ${path} (${(error as Error).message}): incarnation ${next} kept in memory only`));
   return next;
 }
 
@@ -202,7 +204,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   const initialize = async (): Promise<MembershipState> => {
-    incarnation = await bumpIncarnation(init.dataDir, clock.dateMs(), (reason) => log.warn('membership incarnation file damaged', { reason }));
+    incarnation = await bumpIncarnation(init.dataDir, clock.dateMs(), (reason) => log.warn('membership incarnation file', { reason }));
     let state = initMembership({
       peerId: init.peerId,
       siteName: init.siteName,

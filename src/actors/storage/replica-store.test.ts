@@ -171,6 +171,12 @@ test('debt updates made at once land in call order: the last op on an (instance,
   await Promise.all(steps);
   assert.deepEqual(order, ['first', 'second', 'third', 'fourth'], 'each call settles after the ones before it');
   assert.deepEqual((await store.listDebt()).map((d) => `${d.sopInstanceUid}/${d.siteName}`), ['1.1/b', '1.1/c']);
+  // Damaged records (not MessagePack, or not a debt entry) are skipped and named, never thrown.
+  await store.db.put('d!1.0!x', new Uint8Array([0xc1]));
+  await store.db.put('d!1.05!y', new Uint8Array([0x80]));
+  const damaged: string[] = [];
+  assert.deepEqual((await store.listDebt((key) => damaged.push(key))).map((d) => `${d.sopInstanceUid}/${d.siteName}`), ['1.1/b', '1.1/c']);
+  assert.deepEqual(damaged, ['d!1.0!x', 'd!1.05!y']);
   await store.close();
 });
 

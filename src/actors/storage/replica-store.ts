@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, prefixRange } from './catalog.ts';
+import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange } from './catalog.ts';
 import type { DebtEntry } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -191,8 +191,11 @@ export interface ReplicaStore {
    * land in call order, those made while one is written together in one batch, so the last op on a key wins.
    */
   updateDebt(puts: readonly DebtEntry[], deletes: readonly { sopInstanceUid: string; siteName: string }[]): Promise<void>;
-  /** Every persisted debt entry, in key order. */
-  listDebt(): Promise<DebtEntry[]>;
+  /**
+   * Every persisted debt entry, in key order. A record that is not a debt entry is skipped and named to
+   * `onDamaged`: debt is a hint that anti-entropy repair backs up, so it must not stop custody.
+   */
+  listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
 }
 
 const blobPrefix = 'b!';
@@ -837,9 +840,21 @@ class LevelReplicaStore implements ReplicaStore {
     await this.catalogWrites.submit(ops);
   }
 
-  async listDebt(): Promise<DebtEntry[]> {
+  async listDebt(onDamaged: (key: string) => void = () => undefined): Promise<DebtEntry[]> {
     const out: DebtEntry[] = [];
-    for await (const value of this.db.values(prefixRange(debtPrefix))) out.push(unpack(value) as DebtEntry);
+    for await (const [key, value] of this.db.iterator(prefixRange(debtPrefix))) {
+      let d: Partial<DebtEntry> | undefined;
+      try {
+        d = unpack(value) as Partial<DebtEntry>;
+      } catch {
+        d = undefined;
+      }
+      if (typeof d?.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && Number.isFinite(d.sinceMs)) {
+        out.push({ sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number });
+      } else {
+        onDamaged(key);
+      }
+    }
     return out;
   }
 

@@ -189,6 +189,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
   let sendsInFlight = 0;
   const ready = Promise.withResolvers<void>();
+  let loadedOnce = false;
 
   const send = (msg: CustodyMsg): void => {
     if (!stopped) dispatch(ref, msg);
@@ -219,7 +220,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     // Hashing each batch into the digest while the next one is read (200,000 instances: ~0.8 s of each).
     const digest = createDigest();
     for await (const batch of heldInstanceBatches(store.db)) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
-    const debt: DebtEntry[] = await store.listDebt();
+    const damaged: string[] = [];
+    const debt: DebtEntry[] = await store.listDebt((key) => damaged.push(key));
+    if (damaged.length > 0) log.warn('damaged debt records skipped (repair finds the copies they owed)', { count: damaged.length, keys: damaged.slice(0, 10) });
     log.info('custody loaded', { instances: digest.size, debtEntries: debt.length });
     return initCustody(config, { digest, debt });
   }
@@ -493,6 +496,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       if (message.type === 'crash') throw new CustodyError('ERR_CUSTODY_CRASH_TEST', `custody actor crashed on request: ${message.reason}`);
       const s = state ?? (await reload());
       if (message.type === 'load') {
+        loadedOnce = true;
         ready.resolve();
         return s;
       }
@@ -526,6 +530,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       failWaiters('custody restarted while the store waited for its quorum');
       const decision = init.onCrash ? await init.onCrash(error) : 'reset';
       if (decision === 'reset') log.info('custody actor reset: durable state reloads on its next message');
+      // Before its first load nothing else would send it a message (ticks start once it has loaded).
+      if (decision === 'reset' && !loadedOnce) send({ type: 'load' });
       // Stopped before it ever loaded: the start fails with the cause instead of waiting for ever.
       if (decision === 'stop' || decision === 'escalate') ready.reject(error);
       return decision;
