@@ -55,7 +55,7 @@ class TestMesh {
     return dir;
   }
 
-  async start(name: string, dir?: string, log: Logger = silentLogger): Promise<Site> {
+  async start(name: string, dir?: string, log: Logger = silentLogger, prepareStore: (store: ReplicaStore) => void = () => undefined): Promise<Site> {
     const dataDir = dir ?? (await this.newDir());
     const bootstrap = [...this.sites.values()].map((s) => loopbackAddress(s.node)).slice(0, 1);
     const node = await createMeshNode({
@@ -68,6 +68,7 @@ class TestMesh {
     });
     const store = createReplicaStore({ path: join(dataDir, 'store'), chunkBytes: 64 * 1024 });
     await store.open();
+    prepareStore(store);
     const system = startActorSystem(`custody-test-${name}-${Math.random().toString(36).slice(2)}`);
     const custody = await startCustody({
       node,
@@ -324,6 +325,20 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.equal(linesB.filter((l) => conflictLine.test(l)).length, 1);
     assert.deepEqual(await readAll(back.store, (await back.store.getEntry(uid))!), first);
     assert.deepEqual(await readAll(b.store, (await b.store.getEntry(uid))!), second);
+  });
+
+  it('a first load that fails is retried once custody restarts, instead of hanging the start', { timeout: 10_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    let loads = 0;
+    await mesh.start('site-a', undefined, silentLogger, (store) => {
+      const listDebt = store.listDebt.bind(store);
+      store.listDebt = async (onDamaged) => {
+        if (++loads === 1) throw new Error('a transient read failure');
+        return listDebt(onDamaged);
+      };
+    });
+    assert.equal(loads, 2);
   });
 
   it('retrieve anywhere: a site resolves and pulls an instance only a peer holds', { timeout: 20_000 }, async () => {
