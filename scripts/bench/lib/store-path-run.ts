@@ -1,8 +1,9 @@
 /**
  * Runs lib/store-path.ts (pacs-mesh's C-STORE path without the network) in `copies` processes at once,
  * each into a fresh store of its own, with the node flags and environment a peer gets. One copy is the
- * ceiling of one site's ingest; two or three at once are the floor of a mesh on this machine, whose sites
- * must each make the instance durable: no network design can ingest faster than they finish.
+ * ceiling of one site's ingest; two or three at once are close to the floor of a mesh on this machine,
+ * whose sites must each make the instance durable (a received copy costs somewhat less: no file read, no
+ * header parsing).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
