@@ -24,11 +24,17 @@ test('a mesh child past its restart budget fails the peer: failed settles with t
   assert.equal(await healthz(), 200);
   let settled = false;
   void peer.failed.then(() => (settled = true));
-  // One crash is restarted and cured: the peer stays healthy.
+  // One crash is restarted and cured: the peer stays healthy, and /api/mesh counts the restart.
   peer.crashChildForTest('balancer');
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(settled, false);
   assert.equal(await healthz(), 200);
+  const status = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { supervision?: Record<string, { restarts: number; escalated: boolean }> };
+  assert.deepEqual(status.supervision, {
+    membership: { restarts: 0, escalated: false },
+    balancer: { restarts: 1, escalated: false },
+    custody: { restarts: 0, escalated: false },
+  });
   // Now every restart fails (a restarted balancer reads its election record): past the budget, the peer fails.
   writeFileSync(join(peer.dataDir, 'balancer-election.json'), 'garbage');
   peer.crashChildForTest('balancer');
