@@ -18,6 +18,7 @@ import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { SopClass } from '../../src/actors/association/negotiation.ts';
 import { createReplicaStore, type StoreFaultEvent } from '../../src/actors/storage/replica-store.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
+import { CATALOG_ENTRY_PREFIX, getCatalogEntries, keyBatches } from '../../src/actors/storage/catalog.ts';
 import { openStoreClient } from '../support/peer-fixture.ts';
 import { tmpfsOrSkip } from '../support/tmpfs.ts';
 import { waitFor } from '../support/wait.ts';
@@ -93,7 +94,7 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
   }
 });
 
-test('an upload begun before a write fault never commits, even once the store has reopened; reads by key go on throughout', async (t) => {
+test('an upload begun before a write fault never commits, even once the store has reopened; reads and scans go on throughout', async (t) => {
   const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
   if (tmpfs === undefined) return;
   const { mountPoint } = tmpfs;
@@ -124,7 +125,7 @@ test('an upload begun before a write fault never commits, even once the store ha
   }
   assert.ok(store.writeFault, 'the filesystem never filled up');
   await assert.rejects(store.beginWrite().write(piece), { code: 'ERR_STORE_FAULTED' });
-  // Reads by key go on throughout, also in the moment the reopening closes and opens the databases.
+  // Reads go on throughout, also in the moment the reopening closes and opens the databases.
   const readFailures: string[] = [];
   let reads = 0;
   let reading = true;
@@ -134,6 +135,13 @@ test('an upload begun before a write fault never commits, even once the store ha
         const entry = await store.getEntry('1.2.3.0');
         assert.ok(entry, 'the first filler instance is stored');
         for await (const chunk of store.readInstance(entry)) assert.ok(chunk.byteLength > 0);
+        // What a C-FIND does: scan an index by key batches, read the entries it names.
+        let scanned = 0;
+        for await (const keys of keyBatches(store.db, CATALOG_ENTRY_PREFIX, 8)) {
+          const uids = keys.map((k) => k.slice(CATALOG_ENTRY_PREFIX.length));
+          scanned += (await getCatalogEntries(store.db, uids)).filter((e) => e !== undefined).length;
+        }
+        assert.ok(scanned >= 1, 'the scan found the stored instances');
         reads++;
       } catch (error) {
         readFailures.push(String(error));

@@ -173,10 +173,49 @@ export async function getCatalogEntry(db: CatalogDb, sopInstanceUid: string): Pr
   return bytes === undefined ? undefined : decodeCatalogEntry(bytes);
 }
 
+/** How long a read that met a closed database waits for it to open again (a faulted store reopening). */
+const reopenWaitMaxMs = 5_000;
+
+/**
+ * A read the database refused because it was closed under it: a store reopening after a write fault
+ * (ReplicaStore) closes and opens its databases within moments, and readers should not fail for it.
+ */
+function closedUnderUs(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return code === 'LEVEL_DATABASE_NOT_OPEN' || code === 'LEVEL_ITERATOR_NOT_OPEN';
+}
+
+/** Resolves once `db` is open, or rejects with `cause` after reopenWaitMaxMs (a database closed for good). */
+async function reopened(db: CatalogDb, cause: unknown): Promise<void> {
+  if (db.status === 'open') return;
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      db.off('open', onOpen);
+      reject(cause);
+    }, reopenWaitMaxMs);
+    const onOpen = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    db.once('open', onOpen);
+  });
+}
+
+/** `read`, once more after the database has reopened if it was closed under it. */
+async function readAcrossReopen<T>(db: CatalogDb, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (error) {
+    if (!closedUnderUs(error)) throw error;
+    await reopened(db, error);
+    return read();
+  }
+}
+
 /** The entries of several instances in one read (getMany), in order: undefined where none is stored. */
 export async function getCatalogEntries(db: CatalogDb, sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
   const valid = sopInstanceUids.filter(isValidUid);
-  const values = valid.length === 0 ? [] : await db.getMany(valid.map(catalogEntryKey));
+  const values = valid.length === 0 ? [] : await readAcrossReopen(db, () => db.getMany(valid.map(catalogEntryKey)));
   const byUid = new Map<string, Uint8Array | undefined>(valid.map((uid, i) => [uid, values[i]]));
   return sopInstanceUids.map((uid) => {
     const bytes = byUid.get(uid);
@@ -297,14 +336,26 @@ export async function catalogPage(
  * iterator: measured here ~5x faster (20,000 keys: ~20 ms against ~100 ms).
  */
 export async function* keyBatches(db: CatalogDb, prefix: string, batchSize = ITERATOR_BATCH_SIZE): AsyncGenerator<string[]> {
-  const iterator = db.keys(prefixRange(prefix));
-  try {
-    for (;;) {
-      const keys = await iterator.nextv(batchSize);
-      if (keys.length === 0) return;
-      yield keys;
+  const range = prefixRange(prefix);
+  let after: string | undefined;
+  // Closed under us (a reopening store): go on after the last key handed out, once it is open again.
+  for (let attempt = 0; ; attempt++) {
+    let close: (() => Promise<void>) | undefined;
+    try {
+      // Throws at once while the database is closed.
+      const iterator = db.keys(after === undefined ? range : { gt: after, lt: range.lt });
+      close = () => iterator.close();
+      for (;;) {
+        const keys = await iterator.nextv(batchSize);
+        if (keys.length === 0) return;
+        after = keys[keys.length - 1];
+        yield keys;
+      }
+    } catch (error) {
+      if (!closedUnderUs(error) || attempt >= 1) throw error;
+      await reopened(db, error);
+    } finally {
+      await close?.().catch(() => undefined);
     }
-  } finally {
-    await iterator.close();
   }
 }
