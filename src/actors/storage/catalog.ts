@@ -169,7 +169,7 @@ export function decodeCatalogEntry(bytes: Uint8Array): CatalogEntry {
 
 export async function getCatalogEntry(db: CatalogDb, sopInstanceUid: string): Promise<CatalogEntry | undefined> {
   if (!isValidUid(sopInstanceUid)) return undefined;
-  const bytes = await db.get(catalogEntryKey(sopInstanceUid));
+  const bytes = await readAcrossReopen(db, () => db.get(catalogEntryKey(sopInstanceUid)));
   return bytes === undefined ? undefined : decodeCatalogEntry(bytes);
 }
 
@@ -201,8 +201,8 @@ async function reopened(db: CatalogDb, cause: unknown): Promise<void> {
   });
 }
 
-/** `read`, once more after the database has reopened if it was closed under it. */
-async function readAcrossReopen<T>(db: CatalogDb, read: () => Promise<T>): Promise<T> {
+/** `read`, once more after the database has reopened if it was closed under it (either of a store's databases). */
+export async function readAcrossReopen<T>(db: CatalogDb, read: () => Promise<T>): Promise<T> {
   try {
     return await read();
   } catch (error) {

@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange } from './catalog.ts';
+import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -77,8 +77,6 @@ export interface ReplicaStoreInit {
 export type StoreFaultEvent = { type: 'faulted'; error: string } | { type: 'reopened'; faultedForMs: number } | { type: 'reopenFailed'; error: string; nextTryInMs: number };
 
 const reopenAfterFaultMaxMs = 30_000;
-/** How long a reopening waits for reads by key under way before it closes the databases anyway. */
-const pointReadsDrainMaxMs = 5_000;
 /** Free space wanted beyond the logs' size before a faulted store is closed to reopen (new MANIFEST, log, tables). */
 const reopenSpareBytes = 16 * 1024 * 1024;
 
@@ -373,13 +371,6 @@ class LevelReplicaStore implements ReplicaStore {
   private readonly reopenAfterFaultMs: number;
   private reopening: Promise<void> | undefined;
   private wakeReopening: (() => void) | undefined;
-  /**
-   * Set while a reopening closes and opens the databases: reads by key wait for it instead of failing in
-   * that moment, and the reopening waits (at most pointReadsDrainMaxMs) for the ones under way.
-   */
-  private reopenGate: Promise<void> | undefined;
-  private pointReadsInFlight = 0;
-  private pointReadsDrained: (() => void) | undefined;
   private closing = false;
   /**
    * Commits running at once share one synced blob batch and one duplicate read; each gets back the entry
@@ -575,7 +566,11 @@ class LevelReplicaStore implements ReplicaStore {
         // Closed, the databases cannot be read either: stay open (reads work) until a reopening can succeed.
         const missingBytes = await this.spaceMissingToReopen();
         if (missingBytes > 0) throw new StoreError('ERR_STORE_FAULTED', `${Math.ceil(missingBytes / 1024 ** 2)} MiB more free space needed to reopen`);
-        await this.closeAndOpenForReads();
+        // Reads refused while the databases are closed wait for them to open again (readAcrossReopen).
+        await this.blobDb.close();
+        await this.db.close();
+        await this.db.open();
+        await this.blobDb.open();
         await this.recover();
         await this.checkpoint();
         // Recovery may have completed commits that were answered as failed: count afresh.
@@ -643,45 +638,11 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async getEntry(sopInstanceUid: string): Promise<CatalogEntry | undefined> {
-    return this.pointRead(() => getCatalogEntry(this.db, sopInstanceUid));
+    return getCatalogEntry(this.db, sopInstanceUid);
   }
 
   getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
-    return this.pointRead(() => getCatalogEntries(this.db, sopInstanceUids));
-  }
-
-  /** A read by key of either database (see reopenGate). */
-  private async pointRead<T>(read: () => Promise<T>): Promise<T> {
-    while (this.reopenGate !== undefined) await this.reopenGate;
-    this.pointReadsInFlight++;
-    try {
-      return await read();
-    } finally {
-      if (--this.pointReadsInFlight === 0) this.pointReadsDrained?.();
-    }
-  }
-
-  /** Closes and opens both databases with reads by key held at the gate meanwhile. */
-  private async closeAndOpenForReads(): Promise<void> {
-    const gate = Promise.withResolvers<void>();
-    this.reopenGate = gate.promise;
-    try {
-      if (this.pointReadsInFlight > 0) {
-        const drained = Promise.withResolvers<void>();
-        this.pointReadsDrained = drained.resolve;
-        const timer = setTimeout(drained.resolve, pointReadsDrainMaxMs);
-        await drained.promise;
-        clearTimeout(timer);
-        this.pointReadsDrained = undefined;
-      }
-      await this.blobDb.close();
-      await this.db.close();
-      await this.db.open();
-      await this.blobDb.open();
-    } finally {
-      this.reopenGate = undefined;
-      gate.resolve();
-    }
+    return getCatalogEntries(this.db, sopInstanceUids);
   }
 
   readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
@@ -722,7 +683,7 @@ class LevelReplicaStore implements ReplicaStore {
       const keys: string[] = [];
       for (let s = expectedSequence; s < Math.min(keysAtMost, expectedSequence + chunksPerReadMax); s++) keys.push(chunkKey(entry.blobId, s));
       // A scrub's reads (report false) would only push the copies being served out of LevelDB's cache.
-      for (const value of await this.pointRead(() => this.blobDb.getMany(keys, { fillCache: report }))) {
+      for (const value of await readAcrossReopen(this.blobDb, () => this.blobDb.getMany(keys, { fillCache: report }))) {
         if (value === undefined) break direct;
         if (total + value.length > entry.byteLength) throw surplus();
         expectedSequence++;
@@ -750,7 +711,7 @@ class LevelReplicaStore implements ReplicaStore {
     const groups = readGroups(entries, this.chunkBytes);
     // Settled promises only: a read ahead that fails while the caller stops early must not go unhandled.
     const readAhead = (group: ReadGroup | undefined) =>
-      group === undefined || group.keys.length === 0 ? undefined : settle(this.pointRead(() => this.blobDb.getMany(group.keys)));
+      group === undefined || group.keys.length === 0 ? undefined : settle(readAcrossReopen(this.blobDb, () => this.blobDb.getMany(group.keys)));
     let next = readAhead(groups[0]);
     for (let g = 0; g < groups.length; g++) {
       const group = groups[g]!;
