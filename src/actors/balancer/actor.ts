@@ -195,47 +195,45 @@ function claimedSender(message: BalancerMessage): string | null {
 }
 
 /** What an operator can do about a damaged file, by file (the message names the file and what is wrong). */
-const WAY_OUT: Record<string, string> = {
+const WAY_OUT = {
   [ELECTION_FILE]:
     'restore it, or move it away to start with no vote record (safe unless an election is under way: the peer could vote twice in its term; it learns the current term from the others)',
   [ROSTER_FILE]: 'restore it, or move it away: the peer learns the roster again from the peers it sees alive',
-};
+} as const;
 
-function damaged(path: string, what: string): BalancerError {
-  const name = path.slice(path.lastIndexOf('/') + 1);
-  return new BalancerError('ERR_BALANCER_STATE_FILE', `${path} is damaged (${what}): ${WAY_OUT[name] ?? 'restore it'}`);
+function damaged(dataDir: string, file: keyof typeof WAY_OUT, what: string): BalancerError {
+  return new BalancerError('ERR_BALANCER_STATE_FILE', `${join(dataDir, file)} is damaged (${what}): ${WAY_OUT[file]}`);
 }
 
-async function readJson(path: string): Promise<unknown> {
+async function readJson(dataDir: string, file: keyof typeof WAY_OUT): Promise<unknown> {
+  const path = join(dataDir, file);
   try {
     return JSON.parse(await readFile(path, 'utf8')) as unknown;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    if (err instanceof SyntaxError) throw damaged(path, err.message);
+    if (err instanceof SyntaxError) throw damaged(dataDir, file, err.message);
     throw new BalancerError('ERR_BALANCER_STATE_FILE', `cannot read ${path}: ${(err as Error).message}`, { cause: err });
   }
 }
 
 export async function loadElection(dataDir: string): Promise<ElectionDurable | null> {
-  const path = join(dataDir, ELECTION_FILE);
-  const v = (await readJson(path)) as Record<string, unknown> | null;
+  const v = (await readJson(dataDir, ELECTION_FILE)) as Record<string, unknown> | null;
   if (v === null) return null;
   if (typeof v !== 'object' || !Number.isSafeInteger(v.currentTerm) || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
     // Guessing a term could let this peer vote twice in one: refuse to start instead.
-    throw damaged(path, 'not an election record');
+    throw damaged(dataDir, ELECTION_FILE, 'not an election record');
   }
   return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
 }
 
 export async function loadRoster(dataDir: string): Promise<Map<string, number>> {
-  const path = join(dataDir, ROSTER_FILE);
-  const v = (await readJson(path)) as { peers?: Record<string, unknown> } | null;
+  const v = (await readJson(dataDir, ROSTER_FILE)) as { peers?: Record<string, unknown> } | null;
   const peers = new Map<string, number>();
   if (v === null) return peers;
   // A roster read short would shrink the majority: refuse it rather than count without the peers it lost.
-  if (typeof v !== 'object' || typeof v.peers !== 'object' || v.peers === null) throw damaged(path, 'not a roster');
+  if (typeof v !== 'object' || typeof v.peers !== 'object' || v.peers === null) throw damaged(dataDir, ROSTER_FILE, 'not a roster');
   for (const [peerId, seen] of Object.entries(v.peers)) {
-    if (typeof seen !== 'number' || !Number.isFinite(seen)) throw damaged(path, `peer ${peerId.slice(0, 60)} has no last-seen time`);
+    if (typeof seen !== 'number' || !Number.isFinite(seen)) throw damaged(dataDir, ROSTER_FILE, `peer ${peerId.slice(0, 60)} has no last-seen time`);
     peers.set(peerId, seen);
   }
   return peers;
@@ -433,10 +431,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       s = await initialize();
       fresh = true;
     }
+    let next: ActorState | null;
     try {
-      const next = await stepAndPerform(s, message, fresh);
-      if (message.type === 'tick') ticker.schedule(tickIntervalMs);
-      return next;
+      next = await stepAndPerform(s, message, fresh);
     } catch (err) {
       noteStateWriteFailure(err);
       // The step's term or vote never reached the disk, and what it would have sent is not sent: start
@@ -445,9 +442,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       current = null;
       leader = null;
       table = null;
-      if (message.type === 'tick') ticker.schedule(tickIntervalMs);
-      return null;
+      next = null;
     }
+    if (message.type === 'tick') ticker.schedule(tickIntervalMs);
+    return next;
   };
 
   /** One message through the reducer, then its effects in order. */
