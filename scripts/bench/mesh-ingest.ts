@@ -103,11 +103,11 @@ async function main(): Promise<number> {
     const version = id === 'mesh' ? await pacsMeshVersion() : await factories[id].version().catch(() => undefined);
     results.push({ id, name, version, status: 'ok', runs: [] });
   }
-  const floors: Array<ServerResult<FloorId>> = args.has('no-floor')
+  const floors: Array<ServerResult<FloorId> & { copies: number }> = args.has('no-floor')
     ? []
     : ([2, 3] as const)
         .filter((copies) => copies <= sites)
-        .map((copies) => ({ id: `store-path-x${copies}` as FloorId, name: `store path x${copies} at once`, version: 'floor, no network: lib/store-path-run.ts', status: 'ok' as const, runs: [] }));
+        .map((copies) => ({ id: `store-path-x${copies}` as const, copies, name: `store path x${copies} at once`, version: 'floor, no network: lib/store-path-run.ts', status: 'ok' as const, runs: [] }));
 
   const measure = (sr: ServerResult<ServerId | FloorId>, rr: RunResult) => {
     sr.runs.push(rr);
@@ -169,8 +169,7 @@ async function main(): Promise<number> {
       }
     }
     for (const floor of floors) {
-      const copies = floor.id === 'store-path-x2' ? 2 : 3;
-      const sp = await timeStorePath({ workDir, inputDir, run, count, copies, timeoutMs: storescuTimeoutMs });
+      const sp = await timeStorePath({ workDir, inputDir, run, count, copies: floor.copies, timeoutMs: storescuTimeoutMs });
       measure(floor, {
         run,
         ok: sp.ok,
@@ -321,7 +320,7 @@ async function main(): Promise<number> {
   const ratio = (x: number | undefined) => (x === undefined ? 'n/a' : `${x.toFixed(2)}x`);
   if (floors.length > 0) {
     console.log(`store path x2 / Orthanc: ${ratio(floor2VsOrthanc)}   (two durable copies at once, no network: near the floor of a write-quorum-2 mesh here)`);
-    console.log(`store path x3 / Orthanc: ${ratio(floor3VsOrthanc)}   (three at once: the floor when every site stores during the ingest)`);
+    console.log(`store path x3 / Orthanc: ${ratio(floor3VsOrthanc)}   (three at once: near the floor when every site stores during the ingest)`);
     console.log(`mesh / store path x3   : ${ratio(vsFloor3)}   (what the network path leaves of that floor)`);
   }
   console.log(`load average at start ${(hostAtStart.loadavg as number[]).map((x) => x.toFixed(2)).join(' ')}, at end ${loadEnd.map((x) => x.toFixed(2)).join(' ')} (${hostAtStart.cpus} cores)`);
