@@ -151,6 +151,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
             http: m.addresses.http,
             instances: m.instanceCount,
             load: m.load,
+            // False while the peer cannot record a vote (a full disk): passed over in elections.
+            electable: m.electable,
           })),
           custody: stats,
         };

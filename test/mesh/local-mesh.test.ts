@@ -15,7 +15,7 @@ import { makeInstance } from '../support/synthetic-dicom.ts';
 interface Status {
   instances: number;
   leader: { peerId: string } | null;
-  members: Array<{ alive: boolean }>;
+  members: Array<{ alive: boolean; electable: boolean }>;
 }
 
 test('npm start: a local mesh of three sites that find each other and replicate', { timeout: 120_000 }, async (t) => {
@@ -35,7 +35,7 @@ test('npm start: a local mesh of three sites that find each other and replicate'
     async () => {
       const views = await Promise.all([0, 1, 2].map(status));
       const leaders = new Set(views.map((v) => v.leader?.peerId));
-      return views.every((v) => v.members.filter((m) => m.alive).length === 3) && leaders.size === 1 && !leaders.has(undefined);
+      return views.every((v) => v.members.filter((m) => m.alive && m.electable).length === 3) && leaders.size === 1 && !leaders.has(undefined);
     },
     60_000,
     () => `launcher output:\n${output}`,

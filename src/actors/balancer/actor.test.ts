@@ -67,7 +67,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
       priority: 100,
       dataDir: dir,
       addresses: { dicom: `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042' },
-      balancer: { settleMs: 1000 },
+      balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000 },
     });
     // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).
     mesh.membership.updateLocalStats({ load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 100 * 1024 ** 3 }, instanceCount: 0, digestRoot: '' });
@@ -178,6 +178,25 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     assert.notEqual(blocked.mesh.balancer.leader()?.term, agreedLeader([leaderPeer, other])!.term, 'it cannot follow a term it cannot record');
     await rm(tmp, { recursive: true });
     await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
+  });
+
+  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 30_000 }, async () => {
+    const peers = await threePeers();
+    await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
+    const [best, second, third] = [...peers].sort((x, y) => (x.node.peerId < y.node.peerId ? -1 : 1)) as [TestPeer, TestPeer, TestPeer];
+    assert.equal(settledLeader(peers)!.peerId, best.node.peerId);
+    await mkdir(join(best.dataDir, 'balancer-election.json.tmp'));
+    // Its restarted balancer campaigns (the rule says it should lead) and cannot record the candidacy.
+    best.supervisor.crashChild('balancer');
+    const t0 = Date.now();
+    await waitFor('the next-ranked peer leads, followed by the third', () => agreedLeader([second, third])?.peerId === second.node.peerId, 15_000);
+    console.log(`balancer: a best-ranked peer with a full disk passed over, new leader after ${Date.now() - t0} ms`);
+    assert.equal(best.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, false);
+    assert.equal(second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, false, 'its heartbeat says so');
+    assert.equal(best.supervisor.supervision('balancer').escalated, false);
+    await rm(join(best.dataDir, 'balancer-election.json.tmp'), { recursive: true });
+    await waitFor('the best-ranked peer leads all three again', () => agreedLeader(peers)?.peerId === best.node.peerId, 15_000);
+    assert.equal(second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, true);
   });
 
   it('supervision: crashed membership and balancer children restart and the mesh recovers', { timeout: 20_000 }, async () => {

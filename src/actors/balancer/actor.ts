@@ -64,6 +64,8 @@ export const balancerTimings = {
   settleMs: 2000,
   /** A roster peer absent this long is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
+  /** After a failed state write, how often the election record is written again to see if the disk takes it. */
+  stateWriteProbeIntervalMs: 5000,
 } as const;
 
 export type BalancerErrorCode = 'ERR_BALANCER_CRASH_TEST' | 'ERR_BALANCER_STATE_FILE' | 'ERR_BALANCER_STATE_WRITE';
@@ -95,6 +97,7 @@ export interface BalancerServiceInit {
   voteTimeoutMs?: number;
   announceIntervalMs?: number;
   leaderSilenceMaxMs?: number;
+  stateWriteProbeIntervalMs?: number;
   routing?: RoutingLimits;
   /** Uniform draw in [0, 1) for chooseTarget. Default Math.random. */
   random?: () => number;
@@ -245,6 +248,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const tickIntervalMs = init.tickIntervalMs ?? balancerTimings.tickIntervalMs;
   const settleMs = init.settleMs ?? balancerTimings.settleMs;
   const forgetAfterMs = init.rosterForgetAfterMs ?? balancerTimings.rosterForgetAfterMs;
+  const stateWriteProbeIntervalMs = init.stateWriteProbeIntervalMs ?? balancerTimings.stateWriteProbeIntervalMs;
   const mailboxMax = init.mailboxMax ?? 256;
   const sendsInFlightMax = init.sendsInFlightMax ?? 16;
   const random = init.random ?? Math.random;
@@ -277,6 +281,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
 
+  // False from a failed state write until one succeeds: the heartbeat says so, and the others elect
+  // among themselves instead of waiting for a best-ranked peer that cannot record its candidacy.
+  let electable = true;
+  let stateWriteFailedAtMs = 0;
+  let stateWriteFailures = 0;
+
   /** Writes a state file; a failure (a full disk) is ERR_BALANCER_STATE_WRITE, which `handle` answers by reloading. */
   const writeStateFile = async (file: string, body: string): Promise<void> => {
     try {
@@ -284,12 +294,32 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     } catch (err) {
       throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${file}: ${(err as Error).message}`, { cause: err });
     }
+    if (electable) return;
+    electable = true;
+    membership.setElectable(true);
+    log.info('balancer state written again: this peer votes and stands for election again', { failures: stateWriteFailures });
   };
-  let stateWriteFailures = 0;
   /** A state file not written (a full disk): logged at the first failure and every 20th after it. */
   const noteStateWriteFailure = (err: unknown): void => {
     if (!(err instanceof BalancerError && err.code === 'ERR_BALANCER_STATE_WRITE')) throw err;
-    if (stateWriteFailures++ % 20 === 0) log.warn('balancer state not written: no vote or candidacy from this peer until it is', { error: err.message, failures: stateWriteFailures });
+    stateWriteFailedAtMs = clock.nowMs();
+    if (electable) {
+      electable = false;
+      membership.setElectable(false);
+    }
+    if (stateWriteFailures++ % 20 === 0) {
+      log.warn('balancer state not written: this peer neither votes nor stands for election until it is', { error: err.message, failures: stateWriteFailures });
+    }
+  };
+  /** While not electable, nothing else may write (no candidacy; others may not ask for votes): try now and then. */
+  const probeStateWrite = async (durable: ElectionDurable): Promise<void> => {
+    if (electable || clock.nowMs() - stateWriteFailedAtMs < stateWriteProbeIntervalMs) return;
+    try {
+      // The record as it is on disk: writing it again changes nothing but tells whether the disk takes it.
+      await writeStateFile(ELECTION_FILE, JSON.stringify(durable));
+    } catch (err) {
+      noteStateWriteFailure(err);
+    }
   };
 
   const persistRoster = async (peers: ReadonlyMap<string, number>): Promise<void> => {
@@ -433,6 +463,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     let next: ActorState | null;
     try {
+      if (message.type === 'tick') await probeStateWrite(s.balancer.durable);
       next = await stepAndPerform(s, message, fresh);
     } catch (err) {
       noteStateWriteFailure(err);

@@ -17,13 +17,17 @@ function configFor(selfPeerId: string): BalancerConfig {
   };
 }
 
-function member(peerId: string, opts: { status?: MemberStatus; priority?: number; site?: string; active?: number; queued?: number; free?: number } = {}): MemberRecord {
+function member(
+  peerId: string,
+  opts: { status?: MemberStatus; priority?: number; electable?: boolean; site?: string; active?: number; queued?: number; free?: number } = {},
+): MemberRecord {
   return {
     peerId,
     siteName: opts.site ?? `site-${peerId.slice(-1)}`,
     incarnation: 1,
     sequence: 1,
     priority: opts.priority ?? 0,
+    electable: opts.electable ?? true,
     addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080` },
     load: { activeAssociations: opts.active ?? 0, queuedCustodyWork: opts.queued ?? 0, freeDiskBytes: opts.free ?? 1e9 },
     instanceCount: 0,
@@ -51,6 +55,24 @@ test('the rule picks the lowest priority, then the lowest peerId, among alive me
   assert.equal(ruleWinner([member('peer-a', { priority: 2 }), member('peer-b', { priority: 1 }), member('peer-c', { priority: 1 })])?.peerId, 'peer-b');
   assert.equal(ruleWinner([member('peer-a', { status: 'suspect' }), member('peer-b'), member('peer-c')])?.peerId, 'peer-b');
   assert.equal(ruleWinner([]), null);
+});
+
+test('a member that cannot record a vote is passed over: the next-ranked one runs and gets the votes', () => {
+  const view = [member('peer-a', { electable: false }), member('peer-b'), member('peer-c')];
+  assert.equal(ruleWinner(view)?.peerId, 'peer-b');
+  assert.equal(ruleWinner([member('peer-a', { electable: false })]), null);
+  // peer-a itself does not run while its own record says it cannot record a vote.
+  assert.equal(run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: view, nowMs: 0 }).state.role, 'follower');
+  const b = run(initBalancer(configFor('peer-b'), null), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(b.state.role, 'candidate');
+  const c = run(initBalancer(configFor('peer-c'), null), { type: 'viewChanged', members: view, nowMs: 0 });
+  const vote = run(c.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: 1, candidateId: 'peer-b' }, nowMs: 1 });
+  assert.ok(vote.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+  // Once peer-a can record votes again it is the rule's winner, and the leader peer-b hands over.
+  const won = run(b.state, { type: 'messageReceived', from: 'peer-c', message: { type: 'vote', term: 1, voterId: 'peer-c', granted: true }, nowMs: 2 });
+  assert.equal(won.state.role, 'leader');
+  const back = run(won.state, { type: 'viewChanged', members: allAlive, nowMs: 3 });
+  assert.equal(back.state.role, 'follower');
 });
 
 test('the rule winner runs, persists its vote first, and wins with a roster majority', () => {

@@ -1,7 +1,8 @@
 /**
  * Balancer reducer: leader election over the membership view, and the leader's routing table.
  *
- * The rule: the leader should be the best-ranked alive member, rank = (priority, peerId), lowest wins.
+ * The rule: the leader should be the best-ranked alive member, rank = (priority, peerId), lowest wins,
+ * among members that can record a vote (`electable`).
  * Every peer evaluates that rule on its own view; only a peer that sees itself as the winner runs.
  *
  * Why at most one leader per term (the invariant the simulation checks):
@@ -101,11 +102,14 @@ export function stepBalancer(state: BalancerState, input: BalancerInput): Balanc
   return { state: next, effects };
 }
 
-/** The rule: best (priority, peerId) among alive members of a view, or null for an empty view. */
+/**
+ * The rule: best (priority, peerId) among alive, electable members of a view, or null for an empty view.
+ * A peer that cannot record a vote (a full disk) is passed over: waiting for it would leave no leader.
+ */
 export function ruleWinner(members: readonly MemberRecord[]): MemberRecord | null {
   let best: MemberRecord | null = null;
   for (const m of members) {
-    if (m.status !== 'alive') continue;
+    if (m.status !== 'alive' || !m.electable) continue;
     if (best === null || compareRank(m, best) < 0) best = m;
   }
   return best;

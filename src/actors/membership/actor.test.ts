@@ -161,5 +161,10 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     assert.match(reasons[0] ?? '', /cannot write .*kept in memory only/);
     assert.equal(parseHeartbeat({ type: 'heartbeat' }), null);
     assert.equal(parseHeartbeat(null), null);
+    const valid = { type: 'heartbeat', peerId: 'p', siteName: 's', incarnation: 1, sequence: 1, priority: 0, addresses: { dicom: '', http: '' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' };
+    // A heartbeat from a peer that predates `electable` counts as electable; a malformed flag is junk.
+    assert.equal(parseHeartbeat(valid)?.electable, true);
+    assert.equal(parseHeartbeat({ ...valid, electable: false })?.electable, false);
+    assert.equal(parseHeartbeat({ ...valid, electable: 'no' }), null);
   });
 });

@@ -85,6 +85,8 @@ export interface MembershipService {
   liveMembers(): MemberRecord[];
   onViewChanged(listener: (members: readonly MemberRecord[]) => void): void;
   updateLocalStats(stats: { load: PeerLoad; instanceCount: number; digestRoot: string }): void;
+  /** Whether this peer may be elected (the balancer says no while it cannot record a vote). */
+  setElectable(electable: boolean): void;
   /** The current incarnation (grows on every start and every actor restart). */
   readonly incarnation: number;
   /** Test hook: the actor throws while handling its next message (supervision then applies). */
@@ -97,6 +99,7 @@ type MembershipMsg =
   | { readonly type: 'heartbeat'; readonly heartbeat: Heartbeat }
   | { readonly type: 'peerDisconnected'; readonly peerId: string }
   | { readonly type: 'localStats' }
+  | { readonly type: 'electability'; readonly electable: boolean }
   | { readonly type: 'crash'; readonly reason: string };
 
 /**
@@ -151,6 +154,8 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   const finite = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
   if (v.type !== 'heartbeat' || !str(v.peerId) || v.peerId.length === 0 || !str(v.siteName)) return null;
   if (!count(v.incarnation) || !count(v.sequence) || !finite(v.priority) || !count(v.instanceCount) || !str(v.digestRoot)) return null;
+  // Absent in heartbeats of peers from before the field: they run whenever they rank best, as before.
+  if (v.electable !== undefined && typeof v.electable !== 'boolean') return null;
   const addresses = v.addresses as Record<string, unknown> | null;
   if (typeof addresses !== 'object' || addresses === null || !str(addresses.dicom) || !str(addresses.http)) return null;
   const load = v.load as Record<string, unknown> | null;
@@ -163,6 +168,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     incarnation: v.incarnation,
     sequence: v.sequence,
     priority: v.priority,
+    electable: v.electable ?? true,
     addresses: { dicom: addresses.dicom, http: addresses.http },
     load: { activeAssociations: load.activeAssociations, queuedCustodyWork: load.queuedCustodyWork, freeDiskBytes: load.freeDiskBytes },
     instanceCount: v.instanceCount,
@@ -187,6 +193,8 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   let queuedHeartbeats = 0;
   let statsPending = false;
   let latestStats: { load: PeerLoad; instanceCount: number; digestRoot: string } | null = null;
+  // Survives an actor restart, as the stats do: only the balancer changes it.
+  let electable = true;
   let droppedHeartbeats = 0;
   let publishFailures = 0;
   const ready = Promise.withResolvers<void>();
@@ -215,6 +223,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       membersMax: init.membersMax ?? 256,
     });
     if (latestStats) state = stepMembership(state, { type: 'localStatsChanged', ...latestStats }).state;
+    if (!electable) state = stepMembership(state, { type: 'electabilityChanged', electable }).state;
     log.info('membership started', { incarnation, ...timings });
     ready.resolve();
     return state;
@@ -274,6 +283,9 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
         break;
       case 'localStats':
         step = latestStats ? stepMembership(s, { type: 'localStatsChanged', ...latestStats }) : { state: s, effects: [] };
+        break;
+      case 'electability':
+        step = stepMembership(s, { type: 'electabilityChanged', electable: message.electable });
         break;
       default: {
         const unreachable: never = message;
@@ -340,6 +352,12 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       if (statsPending) return;
       statsPending = true;
       send({ type: 'localStats' });
+    },
+    setElectable(value) {
+      // Sent on changes only: the mailbox sees one message per failure-to-recovery turn at most.
+      if (value === electable) return;
+      electable = value;
+      send({ type: 'electability', electable: value });
     },
     get incarnation() {
       return incarnation;

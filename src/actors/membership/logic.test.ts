@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { initMembership, liveView, stepMembership, type MembershipState } from './logic.ts';
+import { initMembership, liveView, selfRecord, stepMembership, type MembershipState } from './logic.ts';
 import type { Heartbeat, MembershipConfig, MembershipEffect, MembershipInput } from './messages.ts';
 
 const config: MembershipConfig = {
@@ -23,6 +23,7 @@ function heartbeat(peerId: string, incarnation: number, sequence: number, extra:
     incarnation,
     sequence,
     priority: 0,
+    electable: true,
     addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080` },
     load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 1e12 },
     instanceCount: 0,
@@ -54,6 +55,19 @@ test('first tick publishes a heartbeat at once, then every heartbeatIntervalMs',
   assert.ok(published && published.type === 'publish');
   assert.equal(published.message.sequence, 2);
   assert.equal(published.message.incarnation, 1);
+});
+
+test('whether this peer can be elected travels in its heartbeat and its own record', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }).state;
+  assert.equal(selfRecord(s, 0).electable, true);
+  s = run(s, { type: 'electabilityChanged', electable: false }).state;
+  assert.equal(selfRecord(s, 0).electable, false);
+  // Published at the next tick, not a heartbeat interval later.
+  const published = run(s, { type: 'tick', nowMs: 1 }).effects.find((e) => e.type === 'publish');
+  assert.ok(published && published.type === 'publish');
+  assert.equal(published.message.electable, false);
+  const seen = run(initMembership({ ...config, peerId: 'peer-b' }), { type: 'heartbeatReceived', heartbeat: published.message, nowMs: 2 }).state;
+  assert.equal(seen.members.get('peer-a')?.electable, false);
 });
 
 test('heartbeat makes a member alive and part of the sorted live view', () => {

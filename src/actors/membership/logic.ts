@@ -20,6 +20,7 @@ export interface MembershipState {
   readonly selfLoad: PeerLoad;
   readonly selfInstanceCount: number;
   readonly selfDigestRoot: string;
+  readonly selfElectable: boolean;
   readonly heartbeatSequence: number;
   /** Null until the first tick, which sends at once so that a restart is announced without waiting. */
   readonly nextHeartbeatAtMs: number | null;
@@ -47,6 +48,7 @@ export function initMembership(config: MembershipConfig): MembershipState {
     selfLoad: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
     selfInstanceCount: 0,
     selfDigestRoot: '',
+    selfElectable: true,
     heartbeatSequence: 0,
     nextHeartbeatAtMs: null,
   };
@@ -70,6 +72,10 @@ export function stepMembership(state: MembershipState, input: MembershipInput): 
         },
         effects: [],
       };
+    case 'electabilityChanged':
+      // Heartbeat at the next tick: the others wait for the best-ranked peer until they hear it cannot run.
+      if (input.electable === state.selfElectable) return { state, effects: [] };
+      return { state: { ...state, selfElectable: input.electable, nextHeartbeatAtMs: null }, effects: [] };
     default:
       return assertNever(input);
   }
@@ -88,6 +94,7 @@ function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: numb
     incarnation: hb.incarnation,
     sequence: hb.sequence,
     priority: hb.priority,
+    electable: hb.electable,
     addresses: hb.addresses,
     load: hb.load,
     instanceCount: hb.instanceCount,
@@ -143,6 +150,7 @@ function heartbeatOf(state: MembershipState): Heartbeat {
     incarnation: c.incarnation,
     sequence: state.heartbeatSequence,
     priority: c.priority,
+    electable: state.selfElectable,
     addresses: c.addresses,
     load: state.selfLoad,
     instanceCount: state.selfInstanceCount,

@@ -32,6 +32,11 @@ export interface Heartbeat {
   readonly sequence: number;
   /** Election rank: lower wins (then lower peerId). */
   readonly priority: number;
+  /**
+   * False while this peer cannot record a term or a vote (a full disk): it could never win, and the
+   * others must not wait for it as the best-ranked peer.
+   */
+  readonly electable: boolean;
   readonly addresses: PeerAddresses;
   readonly load: PeerLoad;
   readonly instanceCount: number;
@@ -46,6 +51,7 @@ export interface MemberRecord {
   readonly incarnation: number;
   readonly sequence: number;
   readonly priority: number;
+  readonly electable: boolean;
   readonly addresses: PeerAddresses;
   readonly load: PeerLoad;
   readonly instanceCount: number;
@@ -80,7 +86,8 @@ export type MembershipInput =
       readonly load: PeerLoad;
       readonly instanceCount: number;
       readonly digestRoot: string;
-    };
+    }
+  | { readonly type: 'electabilityChanged'; readonly electable: boolean };
 
 export type MembershipEffect =
   | { readonly type: 'publish'; readonly topic: typeof membershipTopic; readonly message: Heartbeat }

@@ -109,6 +109,7 @@ class TestMesh {
       incarnation: 1,
       sequence: 1,
       priority: 0,
+      electable: true,
       addresses: { dicom: '', http: '' },
       load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
       instanceCount: k.instanceCount,

@@ -27,6 +27,7 @@ function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
     incarnation: 1,
     sequence: 1,
     priority: 0,
+    electable: true,
     addresses: { dicom: '', http: '' },
     load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
     instanceCount: 0,
