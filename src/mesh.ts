@@ -63,6 +63,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         'two processes use one peer identity (a copied data directory?): elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)',
         { peer: conflict.peerId, addresses: conflict.addresses },
       ),
+    onIdentityConflictNotice: (notice) =>
+      log.error(
+        'another process runs with this peer identity (a copied data directory?), says a peer that sees both: elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)',
+        { reportedBy: notice.reportedBy, addresses: notice.addresses },
+      ),
   });
   const stopping: Array<() => Promise<void>> = [() => node.stop()];
   try {

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
-import type { BootstrapFailure, IdentityConflict, MeshNode, MeshNodeInit } from './node.ts';
+import type { BootstrapFailure, IdentityConflict, IdentityConflictNotice, MeshNode, MeshNodeInit } from './node.ts';
+import { encodeEnvelope } from '../codec/envelope.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../test/support/wall-clock.ts';
@@ -166,23 +167,47 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     await waitFor('observer connected', () => observer.connectedPeers().includes(first.peerId));
     // A restart (the old process gone, a new port) is not a conflict.
     await first.stop();
-    const original = await start({ dataDir, bootstrap: boot });
+    const notices: Array<IdentityConflictNotice & { to: string }> = [];
+    const original = await start({ dataDir, bootstrap: boot, onIdentityConflictNotice: (n) => notices.push({ to: 'original', ...n }) });
     await waitFor('observer connected to the restarted peer', () => observer.connectedPeers().includes(original.peerId));
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(conflicts.length, 0);
+    assert.equal(notices.length, 0);
     const copyDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     dirs.push(copyDir);
     await cp(join(dataDir, 'peer-key'), join(copyDir, 'peer-key'));
-    const twin = await start({ dataDir: copyDir, bootstrap: boot });
+    const twin = await start({ dataDir: copyDir, bootstrap: boot, onIdentityConflictNotice: (n) => notices.push({ to: 'twin', ...n }) });
     assert.equal(twin.peerId, original.peerId);
     await waitFor('the identity conflict reported', () => conflicts.length > 0, 15_000);
+    // The twins themselves are told, each over its own connection (they never see each other).
+    await waitFor('both twins told', () => new Set(notices.map((n) => n.to)).size === 2, 10_000);
+    assert.ok(notices.every((n) => n.reportedBy === observer.peerId && n.addresses.flat().length > 0));
     assert.equal(conflicts[0]!.peerId, original.peerId);
     const ports = conflicts[0]!.addresses.map((addrs) => new Set(addrs.map(portOf)));
     assert.deepEqual(ports.map((p) => [...p]).flat().sort(), [portOf(loopbackAddress(original)), portOf(loopbackAddress(twin))].sort());
     // Once a minute at most, however often the twins reconnect.
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(conflicts.length, 1);
+    assert.equal(notices.length, 2);
     await Promise.all([twin.stop(), original.stop(), observer.stop()]);
+  });
+
+  it('an identity conflict notice that is not one (junk, a malformed address list) is dropped', async () => {
+    const notices: IdentityConflictNotice[] = [];
+    const told = await start({ bootstrap: [loopbackAddress(a)], onIdentityConflictNotice: (n) => notices.push(n) });
+    await waitFor('connected', () => a.connectedPeers().includes(told.peerId));
+    const send = async (frame: Uint8Array): Promise<void> => {
+      const stream = await a.openStream(told.peerId, '/pacs-mesh/identity-conflict/1');
+      await stream.writer.writeFrame(frame);
+      await stream.close().catch(() => undefined);
+    };
+    await send(new Uint8Array([0xc1, 0xc1, 0xc1]));
+    await send(encodeEnvelope({ type: 'identity-conflict', addresses: [['x'.repeat(600)], []] }));
+    await send(encodeEnvelope({ type: 'identity-conflict', addresses: [[1, 2], ['/ip4/127.0.0.1/tcp/1']] }));
+    await send(encodeEnvelope({ type: 'identity-conflict', addresses: [['/ip4/127.0.0.1/tcp/1'], ['/ip4/127.0.0.1/tcp/2']] }));
+    await waitFor('the well-formed notice', () => notices.length === 1);
+    assert.deepEqual(notices[0], { reportedBy: a.peerId, addresses: [['/ip4/127.0.0.1/tcp/1'], ['/ip4/127.0.0.1/tcp/2']] });
+    await told.stop();
   });
 
   it('keeps out a peer with another swarm key, or with none: no connection, no gossip', async () => {

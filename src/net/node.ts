@@ -101,6 +101,19 @@ export interface MeshNodeInit {
    * misdirect copies; called at most once a minute per peer.
    */
   onIdentityConflict?: (conflict: IdentityConflict) => void;
+  /**
+   * A peer connected to this one saw another process with this peer's identity and told both of them
+   * (they cannot see each other: neither dials itself, and gossip never sends a peer what came from it).
+   * Called at most once a minute.
+   */
+  onIdentityConflictNotice?: (notice: IdentityConflictNotice) => void;
+}
+
+export interface IdentityConflictNotice {
+  /** The peer that saw both processes. */
+  readonly reportedBy: string;
+  /** The listen addresses each of the two processes reported to it. */
+  readonly addresses: readonly [readonly string[], readonly string[]];
 }
 
 export interface IdentityConflict {
@@ -111,6 +124,23 @@ export interface IdentityConflict {
 
 /** How often, at most, one peer's identity conflict is reported. */
 const IDENTITY_CONFLICT_REPORT_INTERVAL_MS = 60_000;
+/** Carries one IdentityConflictMessage from the peer that saw twins to each of them, over each connection. */
+const IDENTITY_CONFLICT_PROTOCOL = '/pacs-mesh/identity-conflict/1';
+const IDENTITY_CONFLICT_MAX_BYTES = 8 * 1024;
+
+interface IdentityConflictMessage {
+  readonly type: 'identity-conflict';
+  readonly addresses: readonly [readonly string[], readonly string[]];
+}
+
+/** Two lists of at most MAX_ANNOUNCED_ADDRS addresses of at most 512 characters, or null. */
+function parseAddressPair(value: unknown): [string[], string[]] | null {
+  if (!Array.isArray(value) || value.length !== 2) return null;
+  const lists = value.map((list: unknown) =>
+    Array.isArray(list) && list.length <= MAX_ANNOUNCED_ADDRS && list.every((a) => typeof a === 'string' && a.length <= 512) ? (list as string[]) : null,
+  );
+  return lists[0] && lists[1] ? [lists[0], lists[1]] : null;
+}
 
 export interface BootstrapFailure {
   readonly address: string;
@@ -472,7 +502,41 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     conflictReportedAtMs.set(id, nowMs);
     if (conflictReportedAtMs.size > 256) conflictReportedAtMs.delete(conflictReportedAtMs.keys().next().value!);
     if (init.onIdentityConflict) safeCall(init.onIdentityConflict, { peerId: id, addresses: [other[1], addresses] }, 'identity conflict');
+    const notice: IdentityConflictMessage = { type: 'identity-conflict', addresses: [other[1].slice(0, MAX_ANNOUNCED_ADDRS), addresses.slice(0, MAX_ANNOUNCED_ADDRS)] };
+    for (const twin of node.getConnections(peerId).filter((c) => c.id === other[0] || c.id === connection.id)) {
+      void (async () => {
+        const signal = AbortSignal.timeout(5000);
+        const stream = new MeshStream(await twin.newStream(IDENTITY_CONFLICT_PROTOCOL, { signal }), id, streamInit);
+        try {
+          await stream.writer.writeFrame(encodeEnvelope(notice, { maxBytes: IDENTITY_CONFLICT_MAX_BYTES }), { signal });
+          await stream.close({ signal });
+        } catch (err) {
+          stream.abort(err as Error);
+          throw err;
+        }
+      })().catch((err: Error) => log('identity conflict notice to %s not sent: %s', id, err.message));
+    }
   });
+  let noticeReceivedAtMs = Number.NEGATIVE_INFINITY;
+  // Peers only tell; a notice costs one frame of at most 8 KiB, read within 5 s.
+  await node.handle(IDENTITY_CONFLICT_PROTOCOL, async (raw, connection) => {
+    const stream = new MeshStream(raw, connection.remotePeer.toString(), streamInit);
+    const signal = AbortSignal.timeout(5000);
+    let addresses: [string[], string[]] | null;
+    try {
+      const message = decodeEnvelope<IdentityConflictMessage>(await stream.reader.readFrame(IDENTITY_CONFLICT_MAX_BYTES, { signal }), { maxBytes: IDENTITY_CONFLICT_MAX_BYTES });
+      addresses = message?.type === 'identity-conflict' ? parseAddressPair(message.addresses) : null;
+      await stream.close({ signal });
+    } catch (err) {
+      stream.abort(err as Error);
+      log('identity conflict notice from %s unreadable: %s', stream.remotePeer, (err as Error).message);
+      return;
+    }
+    const nowMs = performance.now();
+    if (addresses === null || nowMs - noticeReceivedAtMs < IDENTITY_CONFLICT_REPORT_INTERVAL_MS) return;
+    noticeReceivedAtMs = nowMs;
+    if (init.onIdentityConflictNotice) safeCall(init.onIdentityConflictNotice, { reportedBy: stream.remotePeer, addresses }, 'identity conflict notice');
+  }, { maxInboundStreams: 4, maxOutboundStreams: 4 });
   node.addEventListener('peer:disconnect', (evt) => {
     const id = evt.detail.toString();
     identified.delete(id);
