@@ -30,6 +30,7 @@ import { runBenchChild } from './lib/store-path-run.ts';
 import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { startOrthanc, orthancVersion, type OrthancServer } from './lib/orthanc.ts';
+import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, aliveSet, firstLines, pollUntil as waitFor, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
@@ -244,10 +245,11 @@ async function main(): Promise<number> {
   const ratioFloor = medFloorMs !== undefined && medStreamMs !== undefined ? medFloorMs / medStreamMs : undefined;
   const mbps = (ms: number | undefined) => (ms === undefined ? undefined : series.totalBytes / MB / (ms / 1000));
   const loadEnd = hostInfo().loadavg as number[];
+  const pacsMesh = (await pacsMeshVersion()) ?? 'pacs-mesh';
 
   console.log(
     `\nCatch-up: ${count} missed instances (${rows}x${columns}x16, ${series.totalBytes} bytes = ${fmt(series.totalBytes / MB, 1)} MB), ` +
-      `${sites} sites, --write-quorum ${writeQuorum}, stored at A while C was down; medians of ${good.length}/${runs} run(s)\n`,
+      `${sites} sites, --write-quorum ${writeQuorum}, stored at A while C was down; medians of ${good.length}/${runs} run(s); ${pacsMesh}\n`,
   );
   console.log(
     table(
@@ -281,6 +283,7 @@ async function main(): Promise<number> {
     finishedAt: new Date().toISOString(),
     host: { ...hostAtStart, loadavgAtEnd: loadEnd },
     params: { count, rows, columns, bitsAllocated: 16, transferSyntax: TransferSyntax.ExplicitVrLittleEndian, totalBytes: series.totalBytes, runs, sites, writeQuorum, units: { times: 'ms', mb: '10^6 bytes' } },
+    pacsMesh,
     catchUp: catchUps,
     streamCopy: streams.map(({ bytes, seconds, mibps, senderPeakRssMiB, receiverPeakRssMiB, ok }) => ({ bytes, seconds, mibps, senderPeakRssMiB, receiverPeakRssMiB, ok })),
     streamError: streamError ?? null,

@@ -5,6 +5,7 @@
  * from the repository root, `TCP_NODELAY=1` in its environment, ready when GET /healthz answers 200.
  * The pid is the node process itself (no npx/shell wrapper), which is the process doing the work.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -31,7 +32,9 @@ export async function pacsMeshVersion(): Promise<string | undefined> {
   if (!existsSync(pacsMeshBin)) return undefined;
   try {
     const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version?: string };
-    return `pacs-mesh ${pkg.version ?? '?'}`;
+    // Which LevelDB addon the peers load (see scripts/build-leveldb.js): it moves the figures by ~10 %.
+    const leveldb = execFileSync(process.execPath, [join(REPO_ROOT, 'scripts', 'build-leveldb.js'), '--status'], { encoding: 'utf8' }).trim();
+    return `pacs-mesh ${pkg.version ?? '?'}, LevelDB ${leveldb}`;
   } catch {
     return 'pacs-mesh';
   }
