@@ -1,7 +1,8 @@
 /**
  * Deterministic simulation of a pacs-mesh: N sites (one peer each) run the membership, balancer and custody
  * reducers over SimNetwork while faults (loss, delay, duplication, reordering, partitions, crashes with
- * restarts at a higher incarnation) and modality stores happen at random. One seed reproduces the run.
+ * restarts at a higher incarnation, a disk refusing election writes for a while) and modality stores
+ * happen at random. One seed reproduces the run.
  *
  * The simulation is the reducers' caller: it performs their effects (sends, persists, local writes) the way
  * the nact actors will, and keeps each peer's "durable" state apart from the volatile reducer state,
@@ -9,7 +10,7 @@
  */
 import { chooseTarget, initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
 import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
-import { initMembership, stepMembership, type MembershipState } from '../actors/membership/logic.ts';
+import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
 import { debtKey, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
 import {
@@ -54,6 +55,8 @@ interface Reducers {
   custody: CustodyState;
   /** Bytes received from modalities, not yet durable (lost in a crash). */
   readonly staging: Map<string, SimInstance>;
+  /** The balancer actor's flag: false from a failed election write until one succeeds. */
+  electable: boolean;
 }
 
 interface SimPeer {
@@ -63,6 +66,8 @@ interface SimPeer {
   readonly durable: DurableState;
   live: Reducers | null;
   restartAtMs: number;
+  /** Election writes fail until then (a full disk); the disk's state, so it outlives a crash. */
+  electionWritesFailUntilMs: number;
 }
 
 type Work =
@@ -96,6 +101,9 @@ export interface SimResult {
     readonly storesRefused: number;
     readonly crashes: number;
     readonly partitions: number;
+    readonly electionDiskFaults: number;
+    /** Balancer steps undone because their election write failed. */
+    readonly electionWritesRefused: number;
     readonly maxTerm: number;
     readonly messagesSent: number;
     readonly messagesDropped: number;
@@ -148,6 +156,7 @@ export function runSimulation(options: SimOptions): SimResult {
       durable: { incarnation: 0, store: new Map(), debt: new Map(), election: null },
       live: null,
       restartAtMs: 0,
+      electionWritesFailUntilMs: 0,
     });
   }
   const byId = new Map(peers.map((p) => [p.peerId, p]));
@@ -176,6 +185,8 @@ export function runSimulation(options: SimOptions): SimResult {
   let storesRefused = 0;
   let crashes = 0;
   let partitions = 0;
+  let electionDiskFaults = 0;
+  let electionWritesRefused = 0;
   let maxTerm = 0;
   let nextInstance = 0;
   let nextRequest = 0;
@@ -230,7 +241,7 @@ export function runSimulation(options: SimOptions): SimResult {
         debt: [...peer.durable.debt.values()],
       },
     );
-    peer.live = { membership, balancer, custody, staging: new Map() };
+    peer.live = { membership, balancer, custody, staging: new Map(), electable: true };
     log(`${peer.peerId} starts, incarnation ${peer.durable.incarnation}`);
     run(peer, [
       {
@@ -272,6 +283,13 @@ export function runSimulation(options: SimOptions): SimResult {
     for (const other of peers) if (other !== from) network.send(from.peerId, other.peerId, payload, nowMs);
   };
 
+  /** The balancer actor telling membership whether this peer can be elected; its balancer reads the view at once. */
+  const setElectable = (live: Reducers, electable: boolean, queue: Work[]): void => {
+    live.electable = electable;
+    live.membership = stepMembership(live.membership, { type: 'electabilityChanged', electable }).state;
+    queue.push({ to: 'balancer', input: { type: 'viewChanged', members: viewMembers(live.membership, nowMs), nowMs } });
+  };
+
   /** Runs inputs through one peer's reducers, performing effects until nothing is left to do. */
   const run = (peer: SimPeer, initial: Work[]): void => {
     const queue: Work[] = [...initial];
@@ -289,8 +307,20 @@ export function runSimulation(options: SimOptions): SimResult {
         }
         case 'balancer': {
           const step = stepBalancer(live.balancer, work.input);
+          const persists = step.effects.some((e) => e.type === 'persist');
+          if (persists && nowMs < peer.electionWritesFailUntilMs) {
+            // As the actor does: nothing of the step happens, the balancer starts again from its record,
+            // and the peer stops standing for election until a write succeeds.
+            log(`${peer.peerId} cannot write its election record`);
+            electionWritesRefused += 1;
+            live.balancer = initBalancer(live.balancer.config, peer.durable.election);
+            setElectable(live, false, queue);
+            break;
+          }
           live.balancer = step.state;
           for (const e of step.effects) onBalancerEffect(peer, e);
+          // A write that succeeds ends it: a persist, or the actor's probe at a tick once the disk takes writes.
+          if (!live.electable && nowMs >= peer.electionWritesFailUntilMs && (persists || work.input.type === 'tick')) setElectable(live, true, queue);
           break;
         }
         case 'custody': {
@@ -554,6 +584,12 @@ export function runSimulation(options: SimOptions): SimResult {
     }
     const upCount = peers.filter((p) => p.live !== null).length;
     if (upCount > 1 && faultPrng.chance(0.004)) crash(faultPrng.pick(peers.filter((p) => p.live !== null)), nowMs + faultPrng.between(500, 5000));
+    if (faultPrng.chance(0.003)) {
+      const full = faultPrng.pick(peers);
+      full.electionWritesFailUntilMs = nowMs + faultPrng.between(1000, 6000);
+      electionDiskFaults += 1;
+      log(`${full.peerId}'s disk refuses election writes until ${full.electionWritesFailUntilMs}`);
+    }
     if (healAtMs < 0 && faultPrng.chance(0.005)) {
       const groups = new Map<string, number>();
       for (const p of peers) groups.set(p.peerId, faultPrng.nextInt(2));
@@ -585,6 +621,7 @@ export function runSimulation(options: SimOptions): SimResult {
   // Final heal: everyone up, no faults, no new stores; run until the mesh is quiet or time runs out.
   network.heal();
   network.faults = noFaults;
+  for (const p of peers) p.electionWritesFailUntilMs = 0;
   log('final heal');
   const healedAtMs = nowMs;
   let converged = false;
@@ -633,6 +670,8 @@ export function runSimulation(options: SimOptions): SimResult {
       storesRefused,
       crashes,
       partitions,
+      electionDiskFaults,
+      electionWritesRefused,
       maxTerm,
       messagesSent: network.stats.sent,
       messagesDropped: network.stats.dropped,

@@ -43,15 +43,19 @@ if (single !== undefined) {
     let acked = 0;
     let crashes = 0;
     let partitions = 0;
+    let electionDiskFaults = 0;
+    let electionWritesRefused = 0;
     for (let seed = first; seed < first + count; seed += 1) {
       const r = runSimulation({ seed });
       assert.ok(r.ok, describeFailure(r));
       acked += r.stats.storesAcked;
       crashes += r.stats.crashes;
       partitions += r.stats.partitions;
+      electionDiskFaults += r.stats.electionDiskFaults;
+      electionWritesRefused += r.stats.electionWritesRefused;
     }
-    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${partitions} partitions`);
+    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${partitions} partitions, ${electionDiskFaults} disks refusing election writes (${electionWritesRefused} writes refused)`);
     // The faults must really happen, or the invariants above prove little.
-    assert.ok(crashes > 0 && partitions > 0 && acked > 0);
+    assert.ok(crashes > 0 && partitions > 0 && electionWritesRefused > 0 && acked > 0);
   });
 }
