@@ -4,7 +4,8 @@
  * path switched on. The prebuilt addon computes CRC32C in software: LevelDB checksums every byte twice
  * (log record, then table block), and for 0.5 MB instances that was the largest single item of the
  * peer's CPU profile during an ingest (6 % of all samples, half of it on the C-STORE's critical path).
- * With the instruction the store path of the ingest benchmark went from 166-189 to 194-208 images/s.
+ * With the instruction, interleaved runs: the ingest benchmark's store path 194-208 images/s against
+ * 166-189 without; the whole ingest +4 % and the mesh ingest +6 %, both within this machine's noise.
  *
  * Runs from npm's `prepare` (after `npm install`). Only where it can help and build: Linux x64 with
  * sse4_2 in /proc/cpuinfo, a C++ compiler, make, python3, Node's headers next to the node binary and
@@ -31,7 +32,7 @@ const markerPath = join(packageDir, 'build', 'pacs-mesh-leveldb.json');
 const say = (line) => process.stderr.write(`pacs-mesh: ${line}\n`);
 
 /** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
-export function leveldbBuildStatus() {
+function leveldbBuildStatus() {
   try {
     const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
     if (existsSync(join(releaseDir, 'classic_level.node'))) return `built here with SSE4.2 CRC32C (classic-level ${marker.classicLevelVersion})`;
