@@ -96,14 +96,15 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   });
   const failed = Promise.withResolvers<PeerFailure>();
   let healthy = false;
-  let childFailed = false;
+  // The escalation, once one came: what `failed` resolves with, readable at once during the start.
+  let failure: PeerFailure | undefined;
   const supervisor = startSiteSupervisor(config.site, {
     clock,
     log,
     onEscalate: (child, error) => {
-      childFailed = true;
+      failure ??= { child, error: error instanceof Error ? error.message : String(error) };
       healthy = false;
-      failed.resolve({ child, error: error instanceof Error ? error.message : String(error) });
+      failed.resolve(failure);
     },
   });
   let dicom: DicomListener | undefined;
@@ -212,7 +213,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     }
   } catch (caught) {
     // A child that kept failing while the mesh started: say which one, in one line (the cause is its error).
-    const error = childFailed ? new PeerError('ERR_CHILD_FAILED', `the mesh could not start: ${failureText(await failed.promise)}`, { cause: caught }) : caught;
+    const error = failure ? new PeerError('ERR_CHILD_FAILED', `the mesh could not start: ${failureText(failure)}`, { cause: caught }) : caught;
     await scrub?.stop();
     await mesh?.stop();
     await dicom?.stop(0);
@@ -222,7 +223,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     await store.close();
     throw error;
   }
-  healthy = !childFailed;
+  healthy = failure === undefined;
   log.info('peer started', { aeTitle: config.aeTitle, dicomPort: dicom.port, httpPort: http.port, dataDir });
   const [runningDicom, runningHttp] = [dicom, http];
   let stopping: Promise<void> | undefined;
