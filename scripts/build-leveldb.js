@@ -31,15 +31,20 @@ const releaseDir = join(packageDir, 'build', 'Release');
 const markerPath = join(packageDir, 'build', 'pacs-mesh-leveldb.json');
 const say = (line) => process.stderr.write(`pacs-mesh: ${line}\n`);
 
-/** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
-function leveldbBuildStatus() {
+/** The classic-level version the addon in build/ was built here for, or undefined: node-gyp-build loads the prebuilt one. */
+function builtForVersion() {
   try {
     const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
-    if (existsSync(join(releaseDir, 'classic_level.node'))) return `built here with SSE4.2 CRC32C (classic-level ${marker.classicLevelVersion})`;
+    return existsSync(join(releaseDir, 'classic_level.node')) ? marker.classicLevelVersion : undefined;
   } catch {
-    // no marker: the prebuilt addon
+    return undefined;
   }
-  return 'prebuilt (software CRC32C)';
+}
+
+/** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
+function leveldbBuildStatus() {
+  const version = builtForVersion();
+  return version === undefined ? 'prebuilt (software CRC32C)' : `built here with SSE4.2 CRC32C (classic-level ${version})`;
 }
 
 function classicLevelVersion() {
@@ -114,12 +119,7 @@ function build() {
     say('LevelDB uses its prebuilt addon (software CRC32C): PACS_MESH_LEVELDB=prebuilt');
     return;
   }
-  try {
-    const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
-    if (marker.classicLevelVersion === version && existsSync(join(releaseDir, 'classic_level.node'))) return;
-  } catch {
-    // not built yet
-  }
+  if (builtForVersion() === version) return;
   // A build for another classic-level version must not stay in use, whatever happens below.
   rmSync(join(packageDir, 'build'), { recursive: true, force: true });
   const why = cannotBuild();

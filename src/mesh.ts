@@ -44,6 +44,10 @@ export interface Mesh {
   stop(): Promise<void>;
 }
 
+/** What two processes with one identity cost, and the way out: said by the peers that see them and by the twins. */
+const twinAdvice =
+  'elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)';
+
 export async function startMesh(init: MeshInit): Promise<Mesh> {
   const { config, log } = init;
   if (!config.swarmKeyFile) throw new ConfigError('the mesh needs --swarm-key FILE');
@@ -59,15 +63,12 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     onBootstrapUnreachable: (failure) =>
       log.warn('cannot reach a bootstrap peer (is the address right, is it up, does it hold the same swarm key?)', { ...failure }),
     onIdentityConflict: (conflict) =>
-      log.error(
-        'two processes use one peer identity (a copied data directory?): elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)',
-        { peer: conflict.peerId, addresses: conflict.addresses },
-      ),
+      log.error(`two processes use one peer identity (a copied data directory?): ${twinAdvice}`, { peer: conflict.peerId, addresses: conflict.addresses }),
     onIdentityConflictNotice: (notice) =>
-      log.error(
-        'another process runs with this peer identity (a copied data directory?), says a peer that sees both: elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)',
-        { reportedBy: notice.reportedBy, addresses: notice.addresses },
-      ),
+      log.error(`another process runs with this peer identity (a copied data directory?), says a peer that sees both: ${twinAdvice}`, {
+        reportedBy: notice.reportedBy,
+        addresses: notice.addresses,
+      }),
   });
   const stopping: Array<() => Promise<void>> = [() => node.stop()];
   try {
