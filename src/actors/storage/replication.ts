@@ -36,6 +36,7 @@ import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
+import type { BatchPhases } from './custody/peer-batches.ts';
 import { PUSH_PROTOCOL, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import { StoreError, replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
@@ -658,6 +659,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
 export interface ClientOptions {
   limits?: Partial<ReplicationLimits>;
   signal?: AbortSignal;
+  /** A batch transfer (replicateBatchTo, fetchBatchFrom) says when its bytes start and stop flowing. */
+  phases?: BatchPhases;
 }
 
 function deadline(options: ClientOptions, timeoutMs: number): AbortSignal {
@@ -700,10 +703,15 @@ export async function replicateBatchTo(
     if (!(error instanceof EnvelopeError && error.code === 'ERR_ENVELOPE_TOO_LARGE')) throw error;
     if (entries.length === 1) return [{ sopInstanceUid: entries[0]!.sopInstanceUid, error: new ReplicationError('ERR_REPLICATION_REFUSED', error.message) }];
     const half = Math.ceil(entries.length / 2);
-    return [
-      ...(await replicateBatchTo(node, peerId, store, entries.slice(0, half), options)),
-      ...(await replicateBatchTo(node, peerId, store, entries.slice(half), options)),
+    // The halves go one after the other: for the batch's phases, its bytes flow from the first to the last.
+    const halves = { ...options, phases: undefined };
+    options.phases?.flowing();
+    const outcomes = [
+      ...(await replicateBatchTo(node, peerId, store, entries.slice(0, half), halves)),
+      ...(await replicateBatchTo(node, peerId, store, entries.slice(half), halves)),
     ];
+    options.phases?.flowed();
+    return outcomes;
   }
   const signal = deadline(options, limits.transferTimeoutMs);
   return withStream(node, peerId, REPLICATE_BATCH_PROTOCOL, signal, async (stream) => {
@@ -711,6 +719,7 @@ export async function replicateBatchTo(
     const want = await readRequestFrame<WantAnswer>(stream, limits.frameBytesMax, signal);
     if (want.type === 'refused') throw refusedError(want);
     if (want.type !== 'want' || !Array.isArray(want.indices)) throw unexpected('offerBatch', want);
+    options.phases?.flowing();
     const wanted = new Set<number>();
     for (const index of want.indices) {
       if (!Number.isInteger(index) || index < 0 || index >= entries.length || wanted.has(index)) throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'want names an entry that was not offered');
@@ -724,6 +733,7 @@ export async function replicateBatchTo(
       if (readError !== undefined) unreadable.set(entry.sopInstanceUid, readError);
     }
     await stream.closeWrite({ signal });
+    options.phases?.flowed();
     const answer = await readRequestFrame<BatchAnswer>(stream, limits.frameBytesMax, signal);
     if (answer.type === 'refused') throw refusedError(answer);
     if (answer.type !== 'batchResult' || !isString(answer.siteName, 256) || !Array.isArray(answer.stored) || !Array.isArray(answer.failed)) throw unexpected('replicate-batch', answer);
@@ -836,6 +846,8 @@ export async function fetchBatchFrom(
     await withStream(node, peerId, FETCH_BATCH_PROTOCOL, signal, async (stream) => {
       await writeFrameEnvelope(stream, { type: 'fetchBatch', uids: wanted }, limits.frameBytesMax, signal);
       await stream.closeWrite({ signal });
+      // The source answers at once with the first instance: there is no opening exchange to wait for.
+      options.phases?.flowing();
       const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
       try {
         for (const uid of wanted) {
@@ -852,6 +864,7 @@ export async function fetchBatchFrom(
             outcomes.set(uid, 'error' in outcome ? { sopInstanceUid: uid, error: outcome.error } : { sopInstanceUid: uid, entry: outcome.result.entry, outcome: outcome.result.outcome });
           });
         }
+        options.phases?.flowed();
       } finally {
         await commits.drain();
       }

@@ -69,7 +69,9 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   sendsInFlightMax?: number;
   /** Cut-through push results kept for custody's replicate effects (oldest forgotten first). */
   pushesRememberedMax?: number;
-  /** Replication batches and pull batches in flight to one peer at a time. */
+  /** Replication batches and pull batches of one peer whose bytes flow at once (see PeerBatches). */
+  batchesFlowingPerPeerMax?: number;
+  /** ...and running at once in any phase. */
   batchesPerPeerMax?: number;
 }
 
@@ -132,24 +134,25 @@ export const defaultCustodyTuning = {
   debtEntriesMax: 1_000_000,
   pendingStoresMax: 256,
   // Copies to one peer travel in batches of up to batchEntriesMax (replicate-batch/1): room for four
-  // full batches, two out at once per peer (batchesPerPeerMax) and two queued, so a finished batch is
-  // followed at once by the next instead of waiting for its acks to pass through the reducer. Catch-up
-  // of 1,000 from ready with batches of 64: 1.35-2.07 s with 128 (a noisy hour), 1.22-1.36 s with 256
-  // (3 runs each; with 3 batches per peer 1.24-1.33 s). Batches are 128 now, so 512.
+  // full batches per peer (batchesPerPeerMax), so the next batches are queued when one finishes instead
+  // of waiting for its acks to pass through the reducer. Catch-up of 1,000 from ready with batches of 64:
+  // 1.35-2.07 s with 128 (a noisy hour), 1.22-1.36 s with 256. Batches are 128 now, so 512.
   replicationsInFlightMax: 512,
   replicationRetryMs: 30_000,
   repairIntervalMs: 2_000,
   repairQuietMs: 1_000,
   repairKeysMax: 2_000,
-  // Repair pulls travel the same way (fetch-batch/1): two batches out per peer and two queued.
+  // Repair pulls travel the same way (fetch-batch/1).
   fetchesInFlightMax: 512,
   tickIntervalMs: 250,
   // A catch-up acknowledges every pulled instance to its source: room for a few batches of them.
   sendsQueuedMax: 2048,
   sendsInFlightMax: 8,
   pushesRememberedMax: 1024,
-  // Catch-up of 1,000 instances: medians 3.0 s with one batch per peer at a time, 2.8 s with two.
-  batchesPerPeerMax: 2,
+  // Catch-up of 1,000 instances: medians 3.0 s with one batch per peer at a time, 2.8 s with two at
+  // once (opening, flowing and waiting in step). Pipelined, two flowing and four in all: see PeerBatches.
+  batchesFlowingPerPeerMax: 2,
+  batchesPerPeerMax: 4,
 } as const;
 
 interface StoreWaiter {
@@ -370,9 +373,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   const batchEntriesMax = init.limits?.batchEntriesMax ?? defaultReplicationLimits.batchEntriesMax;
   const custodyMessagesPerStreamMax = init.limits?.custodyMessagesPerStreamMax ?? defaultReplicationLimits.custodyMessagesPerStreamMax;
-  const batchesPerPeerMax = tuning.batchesPerPeerMax;
+  const batchLimits = { flowingMax: tuning.batchesFlowingPerPeerMax, runningMax: tuning.batchesPerPeerMax };
   /** Copies of stored instances, per peer, over replicate-batch/1. */
-  const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch) => {
+  const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch, phases) => {
     const outcomes: CustodyInput[] = [];
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
       const unreadable = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_SOURCE_UNREADABLE';
@@ -400,7 +403,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         }
       }
       if (entries.length > 0) {
-        const results = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal });
+        const results = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal, phases });
         for (const [index, result] of results.entries()) {
           const item = items[index]!;
           if ('error' in result) failed(item, result.error);
@@ -411,14 +414,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       for (const item of items) failed(item, error);
     }
     inputs(outcomes);
-  }, batchesPerPeerMax);
+  }, batchLimits);
 
   /** Repair pulls, per peer, over fetch-batch/1. */
-  const pulls = new PeerBatches<string>(batchEntriesMax, async (peerId, uids) => {
+  const pulls = new PeerBatches<string>(batchEntriesMax, async (peerId, uids, phases) => {
     let outcomes: FetchBatchOutcome[];
     let batchFailed = false;
     try {
-      outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal });
+      outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal, phases });
     } catch (error) {
       if (!stopped) log.warn('repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
       outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
@@ -434,7 +437,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       results.push({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
     inputs(results);
-  }, batchesPerPeerMax);
+  }, batchLimits);
 
   function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
     return pulls.enqueue(fromPeerId, sopInstanceUid);

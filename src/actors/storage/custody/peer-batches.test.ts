@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PeerBatches } from './peer-batches.ts';
+import { PeerBatches, type BatchPhases } from './peer-batches.ts';
 
-test('one batch per peer at a time (the default); items queued meanwhile form the next batch, at most batchMax each', async () => {
+test('one batch per peer at a time by default (a run that reports no phases counts as opening until it ends); items queued meanwhile form the next batch, at most batchMax each', async () => {
   const runs: Array<{ peer: string; items: number[] }> = [];
   let release!: () => void;
   const firstRunBlocks = new Promise<void>((resolve) => (release = resolve));
@@ -32,7 +32,7 @@ test('items enqueued in the same turn travel in the same batch, not the first on
   const runs: number[][] = [];
   const batches = new PeerBatches<number>(64, async (_peer, items) => {
     runs.push(items);
-  }, 2);
+  }, { flowingMax: 2, runningMax: 4 });
   await Promise.all([1, 2, 3, 4, 5].map((n) => batches.enqueue('p', n)));
   assert.deepEqual(runs, [[1, 2, 3, 4, 5]]);
 });
@@ -47,30 +47,72 @@ test('an item resolves even when its batch throws, and the peer keeps being serv
   assert.equal(calls, 2);
 });
 
-test('with batchesPerPeerMax 2, a second batch to the same peer runs while the first is still out, never a third', async () => {
-  let running = 0;
-  let runningMax = 0;
-  const releases: Array<() => void> = [];
-  const runs: number[][] = [];
+/** Batches whose phases and end the test drives. */
+function drivenBatches(limits: { flowingMax: number; runningMax: number }) {
+  const runs: Array<{ items: number[]; phases: BatchPhases; end: () => void }> = [];
   const batches = new PeerBatches<number>(
     2,
-    async (_peer, items) => {
-      runs.push(items);
-      running += 1;
-      runningMax = Math.max(runningMax, running);
-      await new Promise<void>((resolve) => releases.push(resolve));
-      running -= 1;
-    },
-    2,
+    (_peer, items, phases) => new Promise<void>((end) => runs.push({ items, phases, end })),
+    limits,
   );
-  const done = [1, 2, 3, 4, 5, 6].map((n) => batches.enqueue('p', n));
-  await new Promise((r) => setImmediate(r));
-  assert.equal(running, 2, 'two batches out at once');
-  while (releases.length > 0 || running > 0) {
-    releases.shift()?.();
-    await new Promise((r) => setImmediate(r));
-  }
+  return { runs, batches };
+}
+
+const turn = () => new Promise((r) => setImmediate(r));
+
+test('pipelined: the next batch opens while the previous one flows, never two open at once', async () => {
+  const { runs, batches } = drivenBatches({ flowingMax: 2, runningMax: 4 });
+  const done = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map((n) => batches.enqueue('p', n));
+  await turn();
+  assert.equal(runs.length, 1, 'one batch opens');
+  await turn();
+  assert.equal(runs.length, 1, 'and the next waits while it is opening');
+  runs[0]!.phases.flowing();
+  await turn();
+  assert.equal(runs.length, 2, 'the next opens once the first flows');
+  runs[1]!.phases.flowing();
+  await turn();
+  assert.equal(runs.length, 2, 'two flowing: no third opens');
+  runs[0]!.phases.flowed();
+  await turn();
+  assert.equal(runs.length, 3, 'the first waits for its outcome: a third opens');
+  runs[2]!.phases.flowing();
+  runs[1]!.phases.flowed();
+  await turn();
+  assert.equal(runs.length, 4, 'a fourth opens');
+  runs[3]!.phases.flowing();
+  runs[2]!.phases.flowed();
+  runs[3]!.phases.flowed();
+  await turn();
+  assert.equal(runs.length, 4, 'four running in all (two waiting, two flowed): no fifth');
+  runs[0]!.end();
+  await turn();
+  await turn();
+  assert.equal(runs.length, 5, 'one ends: the fifth opens');
+  assert.deepEqual(runs.map((r) => r.items), [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]);
+  for (const r of runs) r.end();
   await Promise.all(done);
-  assert.equal(runningMax, 2);
-  assert.deepEqual(runs.flat().sort((x, y) => x - y), [1, 2, 3, 4, 5, 6], 'every item ran exactly once');
+});
+
+test('pipelined: a batch that ends while opening or flowing gives its place back', async () => {
+  const { runs, batches } = drivenBatches({ flowingMax: 2, runningMax: 2 });
+  const done = [1, 2, 3, 4, 5, 6].map((n) => batches.enqueue('p', n));
+  await turn();
+  runs[0]!.end();
+  await turn();
+  await turn();
+  assert.equal(runs.length, 2, 'ended while opening: the next opens');
+  runs[1]!.phases.flowing();
+  await turn();
+  assert.equal(runs.length, 3, 'flowing: the next opens');
+  runs[1]!.end();
+  runs[2]!.phases.flowing();
+  runs[2]!.phases.flowing();
+  runs[2]!.phases.flowed();
+  runs[2]!.phases.flowed();
+  await turn();
+  await turn();
+  assert.deepEqual(runs.map((r) => r.items), [[1, 2], [3, 4], [5, 6]], 'phases reported twice count once');
+  runs[2]!.end();
+  await Promise.all(done);
 });

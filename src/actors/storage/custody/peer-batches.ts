@@ -1,54 +1,110 @@
 /**
- * Work for other peers, run in batches (one stream carries many instances): up to `batchesPerPeerMax`
- * batches per peer at a time, and whatever is queued meanwhile forms the next. Two at a time keep the
- * pipe full while the other side commits the previous batch. A batch starts one event-loop turn after
- * the item that opened it, so items the reducer emits together (a finished batch frees many slots at
- * once) travel together instead of the first alone. No bound of its own: every item is one of the
- * custody reducer's replications or fetches in flight, which the reducer bounds.
+ * Work for other peers, run in batches (one stream carries many instances), pipelined per peer.
+ *
+ * A batch goes through three phases: it *opens* (the offer and its answer: no instance bytes move), its
+ * bytes *flow*, then it *waits* for its outcome (the receiver's last commits). A new batch for a peer opens
+ * only while no other batch of that peer is opening and fewer than `flowingMax` are flowing, with at most
+ * `runningMax` in all. So the next batch opens while the previous one's bytes flow, and its bytes are ready
+ * to flow when the previous one starts waiting: the pipe between the peers does not stand idle between
+ * batches. (Two batches started together used to open together, flow together and wait together; the
+ * pipe was idle for a third of a catch-up.) A run reports its phases through `BatchPhases`; one that
+ * reports none counts as opening until it ends, so its batches run one at a time.
+ *
+ * A batch starts one event-loop turn after the moment it may, so items the reducer emits together (a
+ * finished batch frees many slots at once) travel together instead of the first alone. No bound of its
+ * own on items: every item is one of the custody reducer's replications or fetches in flight, which the
+ * reducer bounds.
  */
+export interface BatchPhases {
+  /** The opening exchange is done and the batch's bytes flow: the next batch may open. */
+  flowing(): void;
+  /** Every byte of the batch has gone: only its outcome is awaited. */
+  flowed(): void;
+}
+
+export interface PeerBatchLimits {
+  /** Batches of one peer whose bytes flow at once. */
+  flowingMax: number;
+  /** Batches of one peer running at once, in any phase. */
+  runningMax: number;
+}
+
+interface PeerQueue<T> {
+  readonly items: Array<{ item: T; done: () => void }>;
+  opening: number;
+  flowing: number;
+  running: number;
+}
+
 export class PeerBatches<T> {
-  private readonly queues = new Map<string, Array<{ item: T; done: () => void }>>();
-  private readonly running = new Map<string, number>();
+  private readonly peers = new Map<string, PeerQueue<T>>();
+  private readonly limits: PeerBatchLimits;
 
   constructor(
     private readonly batchMax: number,
     /** Runs one batch; must report each item's outcome itself and never throw. */
-    private readonly run: (peerId: string, items: T[]) => Promise<void>,
-    private readonly batchesPerPeerMax = 1,
-  ) {}
+    private readonly run: (peerId: string, items: T[], phases: BatchPhases) => Promise<void>,
+    limits: Partial<PeerBatchLimits> = {},
+  ) {
+    this.limits = { flowingMax: 1, runningMax: 1, ...limits };
+  }
 
   /** Resolves once the batch holding `item` has run. */
   enqueue(peerId: string, item: T): Promise<void> {
     return new Promise<void>((done) => {
-      let queue = this.queues.get(peerId);
-      if (queue === undefined) this.queues.set(peerId, (queue = []));
-      queue.push({ item, done });
-      void this.drain(peerId);
+      let peer = this.peers.get(peerId);
+      if (peer === undefined) this.peers.set(peerId, (peer = { items: [], opening: 0, flowing: 0, running: 0 }));
+      peer.items.push({ item, done });
+      this.pump(peerId, peer);
     });
   }
 
-  private async drain(peerId: string): Promise<void> {
-    const running = this.running.get(peerId) ?? 0;
-    if (running >= this.batchesPerPeerMax) return;
-    this.running.set(peerId, running + 1);
+  /** Opens the next batch of a peer if its phases allow one. */
+  private pump(peerId: string, peer: PeerQueue<T>): void {
+    const { flowingMax, runningMax } = this.limits;
+    if (peer.items.length > 0 && peer.opening === 0 && peer.flowing < flowingMax && peer.running < runningMax) {
+      peer.opening += 1;
+      peer.running += 1;
+      void this.runOne(peerId, peer);
+    } else if (peer.items.length === 0 && peer.running === 0) {
+      this.peers.delete(peerId);
+    }
+  }
+
+  private async runOne(peerId: string, peer: PeerQueue<T>): Promise<void> {
+    let phase: 'opening' | 'flowing' | 'waiting' = 'opening';
+    const leave = (): void => {
+      if (phase === 'opening') peer.opening -= 1;
+      else if (phase === 'flowing') peer.flowing -= 1;
+    };
+    const phases: BatchPhases = {
+      flowing: () => {
+        if (phase !== 'opening') return;
+        leave();
+        phase = 'flowing';
+        peer.flowing += 1;
+        this.pump(peerId, peer);
+      },
+      flowed: () => {
+        if (phase === 'waiting') return;
+        leave();
+        phase = 'waiting';
+        this.pump(peerId, peer);
+      },
+    };
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const batch = peer.items.splice(0, this.batchMax);
     try {
-      await new Promise<void>((resolve) => setImmediate(resolve));
-      for (let queue = this.queues.get(peerId); queue !== undefined && queue.length > 0; queue = this.queues.get(peerId)) {
-        const batch = queue.splice(0, this.batchMax);
-        try {
-          await this.run(peerId, batch.map((b) => b.item));
-        } catch {
-          // run reports every outcome itself; should it throw anyway, the reducer's retry timeout frees
-          // these items, and the next batch must still run.
-        } finally {
-          for (const b of batch) b.done();
-        }
-      }
-      this.queues.delete(peerId);
+      if (batch.length > 0) await this.run(peerId, batch.map((b) => b.item), phases);
+    } catch {
+      // run reports every outcome itself; should it throw anyway, the reducer's retry timeout frees
+      // these items, and the next batch must still run.
     } finally {
-      const left = (this.running.get(peerId) ?? 1) - 1;
-      if (left === 0) this.running.delete(peerId);
-      else this.running.set(peerId, left);
+      for (const b of batch) b.done();
+      leave();
+      phase = 'waiting';
+      peer.running -= 1;
+      this.pump(peerId, peer);
     }
   }
 }
