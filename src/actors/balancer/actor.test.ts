@@ -192,7 +192,8 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     await waitFor('the next-ranked peer leads, followed by the third', () => agreedLeader([second, third])?.peerId === second.node.peerId, 15_000);
     console.log(`balancer: a best-ranked peer with a full disk passed over, new leader after ${Date.now() - t0} ms`);
     assert.equal(best.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, false);
-    assert.equal(second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, false, 'its heartbeat says so');
+    // Its heartbeat says so; under load the rule may already have passed it over for a missed heartbeat.
+    await waitFor('its heartbeat says so', () => second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable === false, 3000);
     assert.equal(best.supervisor.supervision('balancer').escalated, false);
     await rm(join(best.dataDir, 'balancer-election.json.tmp'), { recursive: true });
     await waitFor('the best-ranked peer leads all three again', () => agreedLeader(peers)?.peerId === best.node.peerId, 15_000);
