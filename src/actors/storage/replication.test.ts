@@ -317,12 +317,20 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.equal((await good.result).outcome, 'stored');
   });
 
+  /** What a batch transfer reports of its phases (custody pipelines the next batch on them). */
+  const recordedPhases = () => {
+    const reported: string[] = [];
+    return { reported, phases: { flowing: () => reported.push('flowing'), flowed: () => reported.push('flowed') } };
+  };
+
   it('replicate-batch: one stream, only what the site lacks travels, a corrupted entry fails alone', async () => {
     const entries: CatalogEntry[] = [];
     for (let i = 1; i <= 5; i++) entries.push(await storeLocally(storeA, `1.2.3.3.${i}`, randomBytes(20_000 + i)));
     assert.equal((await replicateOne(a, b.peerId, storeA, entries[0]!)).outcome, 'stored');
     const corrupted = { ...entries[3]!, sha256: 'cd'.repeat(32) };
-    const outcomes = await replicateBatchTo(a, b.peerId, storeA, [entries[0]!, entries[1]!, entries[2]!, corrupted, entries[4]!]);
+    const { reported, phases } = recordedPhases();
+    const outcomes = await replicateBatchTo(a, b.peerId, storeA, [entries[0]!, entries[1]!, entries[2]!, corrupted, entries[4]!], { phases });
+    assert.deepEqual(reported, ['flowing', 'flowed'], 'its bytes flowed once the offer was answered, and were all sent before the outcome');
     assert.deepEqual(
       outcomes.map((o) => ('error' in o ? `error ${o.error.code}` : o.outcome)),
       ['have', 'stored', 'stored', 'error ERR_REPLICATION_MISMATCH', 'stored'],
@@ -337,7 +345,9 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     for (let i = 1; i <= 6; i++) entries.push(await storeLocally(storeA, `1.2.3.5.${i}`, randomBytes(5_000 + i)));
     // Each offered entry is ~3 KB here (rich headers): six do not fit an 8 KiB frame, two do.
     const rich = entries.map((e) => ({ ...e, attributes: [{ tag: 0x00081030, vr: 'LO', value: 'x'.repeat(3_000) }] }));
-    const outcomes = await replicateBatchTo(a, b.peerId, storeA, rich, { limits: { frameBytesMax: 8 * 1024 } });
+    const { reported, phases } = recordedPhases();
+    const outcomes = await replicateBatchTo(a, b.peerId, storeA, rich, { limits: { frameBytesMax: 8 * 1024 }, phases });
+    assert.deepEqual(reported, ['flowing', 'flowed'], 'the split batch reports its phases once');
     assert.deepEqual(
       outcomes.map((o) => ('error' in o ? `error ${o.error.code}` : o.outcome)),
       ['stored', 'stored', 'stored', 'stored', 'stored', 'stored'],
@@ -387,7 +397,9 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     const bytes = uids.map((_, i) => randomBytes(15_000 + i));
     for (const [i, uid] of uids.entries()) await storeLocally(storeB, uid, bytes[i]!);
     await storeLocally(storeA, uids[0]!, bytes[0]!);
-    const outcomes = await fetchBatchFrom(a, b.peerId, storeA, [...uids, '1.2.3.4.99']);
+    const { reported, phases } = recordedPhases();
+    const outcomes = await fetchBatchFrom(a, b.peerId, storeA, [...uids, '1.2.3.4.99'], { phases });
+    assert.deepEqual(reported, ['flowing', 'flowed']);
     assert.deepEqual(
       outcomes.map((o) => ('missing' in o ? 'missing' : 'error' in o ? 'error' : o.outcome)),
       ['duplicate', 'stored', 'stored', 'missing'],
