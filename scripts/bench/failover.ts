@@ -40,7 +40,7 @@ import { join } from 'node:path';
 import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, makeInstance, newUid, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
 import { MeshCluster, firstLines, isRunning, oneSite, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { fmt, hostInfo, ingestRates, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
 const TARGET_AGREE_MEDIAN_MS = 1000;
@@ -283,8 +283,7 @@ async function main(): Promise<number> {
           maxActive,
           ok: r.ok,
           wallMs: Math.round(r.elapsedMs),
-          imagesPerSec: tunnelCount / (r.elapsedMs / 1000),
-          mbPerSec: series.totalBytes / MB / (r.elapsedMs / 1000),
+          ...ingestRates(tunnelCount, series.totalBytes, r.elapsedMs),
           ...(r.ok ? {} : { error: `storescu exit ${r.code}: ${r.stderr.split('\n').filter(Boolean).slice(-3).join(' | ')}` }),
         };
         tunnel.push(t);

@@ -18,7 +18,7 @@ import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
-import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
@@ -106,13 +106,11 @@ async function main(): Promise<number> {
           stored = await server.countStored().catch(() => -1);
         }
         const rss = sampler.stop();
-        const seconds = r.elapsedMs / 1000;
         const ok = r.code === 0 && !r.timedOut && stored === count;
         const rr: RunResult = {
           run,
           wallMs: Math.round(r.elapsedMs),
-          imagesPerSec: count / seconds,
-          mbPerSec: series.totalBytes / MB / seconds,
+          ...ingestRates(count, series.totalBytes, r.elapsedMs),
           peakRssBytes: rss.peakProcessBytes,
           peakRssPid: rss.peakPid,
           stored,
@@ -137,8 +135,7 @@ async function main(): Promise<number> {
       const rr: RunResult = {
         run,
         wallMs: sp.wallMs,
-        imagesPerSec: count / (sp.wallMs / 1000),
-        mbPerSec: series.totalBytes / MB / (sp.wallMs / 1000),
+        ...ingestRates(count, series.totalBytes, sp.wallMs),
         peakRssBytes: sp.peakRssBytes,
         peakRssPid: sp.peakRssPid,
         stored: sp.stored,

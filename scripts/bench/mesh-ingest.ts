@@ -27,7 +27,7 @@ import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFactory } from './lib/index.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
+import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
 
@@ -157,8 +157,7 @@ async function main(): Promise<number> {
           run,
           ok,
           wallMs: Math.round(r.elapsedMs),
-          imagesPerSec: count / (r.elapsedMs / 1000),
-          mbPerSec: series.totalBytes / MB / (r.elapsedMs / 1000),
+          ...ingestRates(count, series.totalBytes, r.elapsedMs),
           peakRssBytes: rss.peakProcessBytes,
           stored,
           ...(ok ? {} : { error: r.timedOut ? 'storescu timed out' : `storescu exit ${r.code}, stored ${stored}/${count}: ${r.stderr.split('\n').slice(-4).join(' | ')}` }),
@@ -174,8 +173,7 @@ async function main(): Promise<number> {
         run,
         ok: sp.ok,
         wallMs: sp.wallMs,
-        imagesPerSec: count / (sp.wallMs / 1000),
-        mbPerSec: series.totalBytes / MB / (sp.wallMs / 1000),
+        ...ingestRates(count, series.totalBytes, sp.wallMs),
         peakRssBytes: sp.peakRssBytes,
         stored: sp.stored,
         ...(sp.error !== undefined ? { error: sp.error } : {}),
@@ -248,8 +246,7 @@ async function main(): Promise<number> {
         run,
         ok,
         wallMs: Math.round(r.elapsedMs),
-        imagesPerSec: count / (r.elapsedMs / 1000),
-        mbPerSec: series.totalBytes / MB / (r.elapsedMs / 1000),
+        ...ingestRates(count, series.totalBytes, r.elapsedMs),
         peakRssBytes: rss[a.name] ?? 0,
         stored: storedA,
         ...(error !== undefined ? { error } : {}),

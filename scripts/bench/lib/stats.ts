@@ -30,6 +30,11 @@ export function medianFigures(runs: readonly IngestFigures[]): IngestFigures {
   };
 }
 
+/** images/s and MB/s of `count` instances of `totalBytes` in all, stored in `wallMs`. */
+export function ingestRates(count: number, totalBytes: number, wallMs: number): Pick<IngestFigures, 'imagesPerSec' | 'mbPerSec'> {
+  return { imagesPerSec: count / (wallMs / 1000), mbPerSec: totalBytes / MB / (wallMs / 1000) };
+}
+
 /** images/s of server `a` over server `b` (their medians), undefined when either has none. */
 export function imagesPerSecRatio<Id>(results: ReadonlyArray<{ id: Id; median?: IngestFigures }>, a: Id, b: Id): number | undefined {
   const x = results.find((r) => r.id === a)?.median;
