@@ -3,7 +3,7 @@
  * `inputDir` are first stored in a source store (through the C-STORE code, untimed) and read back into
  * memory; then, timed, they are put as replicas (`putReplica`: SHA-256 and length checked, one synced
  * commit shared by the puts under way) into a fresh store, `--group` at a time as the batches of a
- * catch-up arrive (two batches of 128 per peer). No network, no custody: no catch-up can finish sooner.
+ * catch-up arrive (batches of 128, two flowing at once per peer). No network, no custody: no catch-up can finish sooner.
  *
  *   node --import tsx scripts/bench/lib/replica-floor.ts <work dir> <input dir> [--group 256]
  *

@@ -73,22 +73,22 @@ export class PeerBatches<T> {
 
   private async runOne(peerId: string, peer: PeerQueue<T>): Promise<void> {
     let phase: 'opening' | 'flowing' | 'waiting' = 'opening';
-    const leave = (): void => {
+    /** Moves this batch's count from its phase to `next` (phases only go forward). */
+    const enter = (next: 'flowing' | 'waiting'): void => {
       if (phase === 'opening') peer.opening -= 1;
       else if (phase === 'flowing') peer.flowing -= 1;
+      if (next === 'flowing') peer.flowing += 1;
+      phase = next;
     };
     const phases: BatchPhases = {
       flowing: () => {
         if (phase !== 'opening') return;
-        leave();
-        phase = 'flowing';
-        peer.flowing += 1;
+        enter('flowing');
         this.pump(peerId, peer);
       },
       flowed: () => {
         if (phase === 'waiting') return;
-        leave();
-        phase = 'waiting';
+        enter('waiting');
         this.pump(peerId, peer);
       },
     };
@@ -101,8 +101,7 @@ export class PeerBatches<T> {
       // these items, and the next batch must still run.
     } finally {
       for (const b of batch) b.done();
-      leave();
-      phase = 'waiting';
+      enter('waiting');
       peer.running -= 1;
       this.pump(peerId, peer);
     }
