@@ -169,6 +169,23 @@ test('a data set that cannot be parsed: 0xC000 with a comment, nothing stored', 
   assert.equal(await storedKeyCount(peer), before);
 });
 
+test('a data set cut off inside Pixel Data, or with bytes after its end, sent as complete: 0xC000, nothing stored', async () => {
+  // Success must mean the instance can be retrieved (PS3.4 B.2.3): a store that checked only the header kept these.
+  const before = await storedKeyCount(peer);
+  const { dataSet, resolved } = dataSetOf({ rows: 64, columns: 64 });
+  for (const [bytes, comment] of [
+    [dataSet.subarray(0, dataSet.length - 500), /ends inside the value of \(7FE0/],
+    [Buffer.concat([dataSet, Buffer.from([0x20])]), /ends inside an element header/],
+  ] as const) {
+    const rsp = await storeRaw(bytes, resolved.sopInstanceUid);
+    assert.equal(rsp.status, 0xc000);
+    assert.match(rsp.errorComment ?? '', comment);
+  }
+  assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
+  assert.equal(await storedKeyCount(peer), before);
+  assert.equal((await storeRaw(dataSet, resolved.sopInstanceUid)).status, 0);
+});
+
 test('a data set cut off in the middle (connection dropped): nothing is stored, not even chunks', async () => {
   const before = await storedKeyCount(peer);
   const { dataSet, resolved } = dataSetOf({ rows: 512, columns: 512 });

@@ -471,3 +471,98 @@ describe('DatasetHeaderReader: malformed input', () => {
     }
   });
 });
+
+describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
+  const explicitUid = TransferSyntax.ExplicitVrLittleEndian;
+  const whole = { wholeDataset: true } as const;
+  const prefix = (encoding: Encoding) => concat([
+    element(Tags.SOPClassUID, 'UI', '1.2.840.10008.5.1.4.1.1.7\0', encoding),
+    element(Tags.SOPInstanceUID, 'UI', '1.2.3.4.5\0', encoding),
+    element(Tags.PatientID, 'LO', 'P1', encoding),
+  ]);
+  const native = (encoding: Encoding) => concat([prefix(encoding), element(Tags.PixelData, 'OW', new Uint8Array(64), encoding), element(0xfffcfffc, 'OB', new Uint8Array(10), encoding)]);
+  const fragments = (pieces: Uint8Array[], delimited = true) => concat([
+    prefix(explicitLittle),
+    element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),
+    marker(0xfffee000, 0, explicitLittle),
+    ...pieces.map((piece) => concat([marker(0xfffee000, piece.length, explicitLittle), piece])),
+    ...(delimited ? [marker(0xfffee0dd, 0, explicitLittle)] : []),
+  ]);
+  const jpeg = fragments([Uint8Array.from([0xff, 0xd8, 0xff, 0xd9]), new Uint8Array(6)]);
+
+  for (const { uid, encoding } of syntaxes) {
+    it(`reads to the end, keeps only the header and accepts what follows Pixel Data (${uid})`, () => {
+      const plain = native(encoding);
+      const bytes = uid === TransferSyntax.DeflatedExplicitVrLittleEndian ? new Uint8Array(zlib.deflateRawSync(plain)) : plain;
+      const header = parseDataset(bytes, uid, whole);
+      assert.deepEqual(header.elements.map((e) => e.value), ['1.2.840.10008.5.1.4.1.1.7', '1.2.3.4.5', 'P1']);
+      assert.equal(header.reachedPixelData, true);
+    });
+
+    it(`reports truncation at every cut after the header, where the default reader stops at Pixel Data (${uid})`, () => {
+      const plain = native(encoding);
+      const pixelDataAt = prefix(encoding).length;
+      const pixelDataEnd = pixelDataAt + (encoding.implicitVr ? 8 : 12) + 64;
+      for (let cut = pixelDataAt + 1; cut < plain.length; cut++) {
+        if (cut === pixelDataEnd) continue; // a whole dataset that ends with Pixel Data
+        const bytes = uid === TransferSyntax.DeflatedExplicitVrLittleEndian ? new Uint8Array(zlib.deflateRawSync(plain.subarray(0, cut))) : plain.subarray(0, cut);
+        expectParseError('ERR_DATASET_TRUNCATED', () => parseDataset(bytes, uid, whole));
+        if (cut >= pixelDataAt + (encoding.implicitVr ? 8 : 12)) assert.equal(parseDataset(bytes, uid).reachedPixelData, true, `cut ${cut}`);
+      }
+    });
+  }
+
+  it('reads encapsulated Pixel Data fragment by fragment, in any split', () => {
+    assert.equal(parseDataset(jpeg, jpegBaseline, whole).reachedPixelData, true);
+    for (let cut = 1; cut < jpeg.length; cut++) {
+      const reader = new DatasetHeaderReader({ transferSyntaxUid: jpegBaseline, wholeDataset: true });
+      reader.push(jpeg.slice(0, cut));
+      assert.equal(reader.isComplete, false);
+      reader.push(jpeg.slice(cut));
+      assert.equal(reader.end().elements.length, 3, `cut ${cut}`);
+    }
+  });
+
+  it('rejects encapsulated Pixel Data without its delimiter, with an odd or undefined fragment length, or holding an element', () => {
+    const undelimited = expectParseError('ERR_DATASET_TRUNCATED', () => parseDataset(fragments([new Uint8Array(4)], false), jpegBaseline, whole));
+    assert.match(undelimited.message, /encapsulated Pixel Data/);
+    const odd = expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(fragments([new Uint8Array(5)]), jpegBaseline, whole));
+    assert.match(odd.message, /odd length 5/);
+    const open = concat([prefix(explicitLittle), element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength), marker(0xfffee000, undefinedLength, explicitLittle)]);
+    expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(open, jpegBaseline, whole));
+    const stray = concat([prefix(explicitLittle), element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength), element(Tags.PatientName, 'PN', 'AB', explicitLittle)]);
+    expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(stray, jpegBaseline, whole));
+  });
+
+  it('rejects bytes trailing the last element: too few for a header, or a header whose value is missing', () => {
+    for (let extra = 1; extra <= 20; extra++) {
+      const garbage = concat([native(explicitLittle), new Uint8Array(extra).fill(0xff)]);
+      // Fewer than 8 bytes cannot hold a header; 8 or more hold one with an invalid VR.
+      expectParseError(extra < 8 ? 'ERR_DATASET_TRUNCATED' : 'ERR_DATASET_MALFORMED', () => parseDataset(garbage, explicitUid, whole));
+      const missingValue = concat([native(explicitLittle), element(0xfffcfffd, 'OB', new Uint8Array(extra), explicitLittle, extra + 2)]);
+      expectParseError('ERR_DATASET_TRUNCATED', () => parseDataset(missingValue, explicitUid, whole));
+    }
+  });
+
+  it('rejects top-level elements out of order, repeated, or from the File Meta Information; the default reader reads them', () => {
+    const e = (tag: number, value: string) => element(tag, 'LO', value, explicitLittle);
+    const cases = [
+      { bytes: concat([e(Tags.PatientID, 'P1'), e(Tags.PatientName, 'Z^Z')]), message: /out of ascending order/ },
+      { bytes: concat([e(Tags.PatientName, 'A^A'), e(Tags.PatientName, 'Z^Z')]), message: /appears twice/ },
+      { bytes: concat([element(0x00020010, 'UI', '1.2.840.10008.1.2.1\0', explicitLittle), e(Tags.PatientID, 'P1')]), message: /File Meta Information/ },
+    ];
+    for (const { bytes, message } of cases) {
+      assert.match(expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(bytes, explicitUid, whole)).message, message);
+      assert.ok(parseDataset(bytes, explicitUid).elements.length > 0);
+    }
+  });
+
+  it('rejects a deflate stream cut short or damaged after the header', () => {
+    const plain = concat([prefix(explicitLittle), element(Tags.PixelData, 'OB', Uint8Array.from({ length: 20000 }, (_, i) => (i * 7919) % 251), explicitLittle)]);
+    const deflated = new Uint8Array(zlib.deflateRawSync(plain));
+    expectParseError('ERR_DATASET_TRUNCATED', () => parseDataset(deflated.subarray(0, Math.floor(deflated.length * 0.75)), TransferSyntax.DeflatedExplicitVrLittleEndian, whole));
+    const damaged = deflated.slice();
+    for (let at = Math.floor(damaged.length / 2); at < Math.floor(damaged.length / 2) + 40; at++) damaged[at] = 0xaa;
+    assert.throws(() => parseDataset(damaged, TransferSyntax.DeflatedExplicitVrLittleEndian, whole), DatasetParseError);
+  });
+});

@@ -2,7 +2,8 @@
  * Streaming, push-based reader of a dataset's header: the top-level text and numeric attributes that
  * come before Pixel Data. It is on the ingest hot path, so values it does not keep (bulk data, private
  * blobs, whole sequences) are skipped by length without being buffered or scanned, and memory stays
- * bounded by a 12-byte header carry-over plus the kept values, whatever the dataset size.
+ * bounded by a 12-byte header carry-over plus the kept values, whatever the dataset size. With
+ * `wholeDataset` it goes on past Pixel Data, still by length, to check the structure to the end.
  */
 import type { DicomElement, Tag, Vr } from '../dicom-types.ts';
 import { tagHex } from '../dicom-types.ts';
@@ -33,6 +34,15 @@ export interface DatasetHeaderReaderOptions {
    * identifier asks for. Default false.
    */
   includeSkippedElements?: boolean;
+  /**
+   * Read past Pixel Data to the end and check the whole dataset's structure, as a C-STORE must before it
+   * answers Success (PS3.4 B.2.3: what is stored can be retrieved): every value complete, encapsulated
+   * pixel data as even-length fragments closed by its delimiter, nothing trailing, top-level tags in
+   * ascending order without repeats (PS3.5 7.1) and no File Meta Information (group 0002). Values after
+   * Pixel Data are skipped by length, not kept; a deflated dataset is inflated to its end. Default false:
+   * the reader stops at Pixel Data.
+   */
+  wholeDataset?: boolean;
 }
 
 export interface DatasetHeader {
@@ -40,7 +50,7 @@ export interface DatasetHeader {
   elements: DicomElement[];
   /** Value of (0008,0005) when present, backslash-separated as sent. */
   specificCharacterSet?: string;
-  /** True when top-level Pixel Data (7FE0,0010) was reached; the reader stops there. */
+  /** True when top-level Pixel Data (7FE0,0010) was reached; the reader stops there unless reading the whole dataset. */
   reachedPixelData: boolean;
   /** Offset of the Pixel Data element's tag in the dataset stream (in inflated bytes for deflated syntaxes). */
   pixelDataOffset?: number;
@@ -66,7 +76,8 @@ type Phase = typeof phaseHeader | typeof phaseValue | typeof phaseSkip;
 
 /** An undefined-length container being walked for its delimiter. */
 interface Level {
-  kind: 'sequence' | 'item';
+  /** 'fragments': top-level encapsulated Pixel Data, a sequence of defined-length items (PS3.5 A.4). */
+  kind: 'sequence' | 'item' | 'fragments';
   implicitVr: boolean;
   littleEndian: boolean;
 }
@@ -110,6 +121,7 @@ export class DatasetHeaderReader {
   private readonly maxElementCount: number;
   private readonly maxNestingDepth: number;
   private readonly includeSkippedElements: boolean;
+  private readonly wholeDataset: boolean;
   private inflater: StreamingInflater | undefined;
 
   private phase: Phase = phaseHeader;
@@ -133,7 +145,12 @@ export class DatasetHeaderReader {
   private keptElementCount = 0;
   private specificCharacterSet: string | undefined;
   private pixelDataOffset: number | undefined;
+  /** Top-level Pixel Data was reached: the header is complete. */
   private complete = false;
+  /** Nothing more to read: at Pixel Data, or never when reading the whole dataset. */
+  private done = false;
+  /** The last top-level tag, for the order check of a whole dataset (-1 before the first). */
+  private lastTopLevelTag = -1;
   private ended = false;
   private failure: DatasetParseError | undefined;
 
@@ -146,12 +163,13 @@ export class DatasetHeaderReader {
     this.maxElementCount = positiveInteger(options.maxElementCount, defaultMaxElementCount, 'maxElementCount');
     this.maxNestingDepth = positiveInteger(options.maxNestingDepth, defaultMaxNestingDepth, 'maxNestingDepth');
     this.includeSkippedElements = options.includeSkippedElements ?? false;
+    this.wholeDataset = options.wholeDataset ?? false;
     if (layout.deflated) this.inflater = new StreamingInflater();
   }
 
-  /** True once top-level Pixel Data is reached: later chunks are ignored without being looked at. */
+  /** True once nothing more will be read (top-level Pixel Data, unless reading the whole dataset): later chunks are ignored. */
   get isComplete(): boolean {
-    return this.complete;
+    return this.done;
   }
 
   /**
@@ -160,16 +178,16 @@ export class DatasetHeaderReader {
    * failed: later pushes are ignored and end() throws the same error.
    */
   push(chunk: Uint8Array): void {
-    if (this.complete || this.ended || this.failure !== undefined || chunk.length === 0) return;
+    if (this.done || this.ended || this.failure !== undefined || chunk.length === 0) return;
     try {
       if (this.inflater === undefined) {
         this.consume(chunk);
       } else {
         this.inflater.push(chunk, (inflated) => {
           this.consume(inflated);
-          return !this.complete;
+          return !this.done;
         });
-        if (this.complete) this.releaseInflater();
+        if (this.done) this.releaseInflater();
       }
     } catch (error) {
       throw this.fail(error);
@@ -182,7 +200,7 @@ export class DatasetHeaderReader {
     if (!this.ended) {
       this.ended = true;
       try {
-        if (!this.complete) this.checkEndOfStream();
+        if (!this.done) this.checkEndOfStream();
       } catch (error) {
         throw this.fail(error);
       }
@@ -199,9 +217,9 @@ export class DatasetHeaderReader {
       this.inflater = undefined;
       inflater.finish((inflated) => {
         this.consume(inflated);
-        return !this.complete;
+        return !this.done;
       });
-      if (this.complete) return;
+      if (this.done) return;
     }
     if (this.phase === phaseValue || this.phase === phaseSkip) {
       const missingBytes = this.phase === phaseValue ? this.pendingValueBytes - this.valueFilledBytes : this.skipRemainingBytes;
@@ -214,7 +232,9 @@ export class DatasetHeaderReader {
     }
     if (this.levels.length > 0) {
       throw new DatasetParseError('ERR_DATASET_TRUNCATED',
-        `dataset ends inside ${this.levels.length} undefined-length sequence/item level(s)`, this.streamOffset);
+        this.currentLevel()?.kind === 'fragments'
+          ? 'dataset ends inside encapsulated Pixel Data (no sequence delimiter)'
+          : `dataset ends inside ${this.levels.length} undefined-length sequence/item level(s)`, this.streamOffset);
     }
   }
 
@@ -234,7 +254,7 @@ export class DatasetHeaderReader {
   private consume(chunk: Uint8Array): void {
     const length = chunk.length;
     let offset = 0;
-    while (offset < length && !this.complete) {
+    while (offset < length && !this.done) {
       const available = length - offset;
       if (this.phase === phaseSkip) {
         const skippedBytes = Math.min(this.skipRemainingBytes, available);
@@ -296,7 +316,7 @@ export class DatasetHeaderReader {
   /** Length of the element header starting at `at`, from its first 6 bytes (tag and VR). */
   private headerLength(bytes: Uint8Array, at: number): number {
     const level = this.currentLevel();
-    if (level === undefined ? this.topImplicitVr : level.implicitVr || level.kind === 'sequence') return 8;
+    if (level === undefined ? this.topImplicitVr : level.implicitVr || level.kind !== 'item') return 8;
     const littleEndian = level === undefined ? this.topLittleEndian : level.littleEndian;
     if (readUint16(bytes, at, littleEndian) === 0xfffe) return 8;
     const first = bytes[at + 4]!;
@@ -319,10 +339,11 @@ export class DatasetHeaderReader {
       this.parseDelimiterOrItem(tag, readUint32(bytes, at + 4, littleEndian), level, elementOffset);
       return 8;
     }
-    if (level?.kind === 'sequence') {
+    if (level !== undefined && level.kind !== 'item') {
       throw new DatasetParseError('ERR_DATASET_MALFORMED',
-        `expected an item or a sequence delimiter inside a sequence, found (${tagHex(tag)})`, elementOffset);
+        `expected an item or a sequence delimiter inside ${level.kind === 'fragments' ? 'encapsulated Pixel Data' : 'a sequence'}, found (${tagHex(tag)})`, elementOffset);
     }
+    if (level === undefined && this.wholeDataset) this.checkTopLevelOrder(tag, elementOffset);
 
     let vr: Vr;
     let valueLength: number;
@@ -349,13 +370,20 @@ export class DatasetHeaderReader {
         headerLength = 8;
       }
     }
-    this.chargeExaminedBytes(headerLength, elementOffset);
+    if (!this.complete) this.chargeExaminedBytes(headerLength, elementOffset);
 
     if (level === undefined && tag === pixelDataTag) {
       this.complete = true;
       this.pixelDataOffset = elementOffset;
       if (this.includeSkippedElements) this.elements.push({ tag, vr, value: undefined });
-      this.levels.length = 0;
+      if (!this.wholeDataset) {
+        this.done = true;
+        this.levels.length = 0;
+      } else if (valueLength === undefinedLength) {
+        this.levels.push({ kind: 'fragments', implicitVr: false, littleEndian });
+      } else {
+        this.startSkip(tag, valueLength);
+      }
       return headerLength;
     }
     if (valueLength === undefinedLength) {
@@ -364,12 +392,12 @@ export class DatasetHeaderReader {
       if (this.levels.length >= this.maxNestingDepth) {
         throw new DatasetParseError('ERR_DATASET_MALFORMED', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
       }
-      if (level === undefined && this.includeSkippedElements) this.elements.push({ tag, vr, value: undefined });
+      if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
       const holdsImplicitVr = implicitVr || vr === 'UN';
       this.levels.push({ kind: 'sequence', implicitVr: holdsImplicitVr, littleEndian: holdsImplicitVr || littleEndian });
       return headerLength;
     }
-    if (level === undefined) {
+    if (level === undefined && !this.complete) {
       // A known text/numeric attribute sent as UN (explicit VR LE) is still worth indexing.
       const keptVr = vr === 'UN' && !implicitVr && littleEndian ? (vrOf(tag) ?? vr) : vr;
       if (isDecodableVr(keptVr) && valueLength <= this.maxValueBytes) {
@@ -383,7 +411,20 @@ export class DatasetHeaderReader {
   }
 
   private parseDelimiterOrItem(tag: Tag, length: number, level: Level | undefined, elementOffset: number): void {
-    if (level?.kind === 'sequence') {
+    if (level?.kind === 'fragments') {
+      if (tag === itemTag && length !== undefinedLength && length % 2 === 0) {
+        this.startSkip(tag, length);
+        return;
+      }
+      if (tag === sequenceDelimitationTag) {
+        this.levels.pop();
+        return;
+      }
+      if (tag === itemTag) {
+        throw new DatasetParseError('ERR_DATASET_MALFORMED',
+          `a Pixel Data fragment of ${length === undefinedLength ? 'undefined' : `odd length ${length}`} (fragments have an even, defined length)`, elementOffset);
+      }
+    } else if (level?.kind === 'sequence') {
       if (tag === itemTag) {
         if (length !== undefinedLength) {
           this.startSkip(tag, length);
@@ -410,6 +451,19 @@ export class DatasetHeaderReader {
     }
     throw new DatasetParseError('ERR_DATASET_MALFORMED',
       `unexpected (${tagHex(tag)}) ${level === undefined ? 'at top level' : `inside a ${level.kind}`}`, elementOffset);
+  }
+
+  /** A whole dataset's top-level tags ascend without repeats (PS3.5 7.1) and leave out the File Meta Information. */
+  private checkTopLevelOrder(tag: Tag, elementOffset: number): void {
+    if (tag >>> 16 === 0x0002) {
+      throw new DatasetParseError('ERR_DATASET_MALFORMED',
+        `File Meta Information element (${tagHex(tag)}) inside the data set (it belongs to the file's header only)`, elementOffset);
+    }
+    if (tag <= this.lastTopLevelTag) {
+      throw new DatasetParseError('ERR_DATASET_MALFORMED',
+        tag === this.lastTopLevelTag ? `(${tagHex(tag)}) appears twice` : `(${tagHex(tag)}) follows (${tagHex(this.lastTopLevelTag)}): elements out of ascending order`, elementOffset);
+    }
+    this.lastTopLevelTag = tag;
   }
 
   private startSkip(tag: Tag, length: number): void {

@@ -1,7 +1,8 @@
 /**
  * C-STORE as an SCP (PS3.4 annex B), on the raw byte path: the data set fragments go to the replica
- * store exactly as received while a streaming reader picks the attributes to index from the header.
- * Success is answered only after the instance and its catalog entry are durable.
+ * store exactly as received while a streaming reader picks the attributes to index from the header and
+ * checks the data set's structure to its end (a cut-off one must not be acknowledged: it could never be
+ * retrieved). Success is answered only after the instance and its catalog entry are durable.
  */
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { DatasetHeaderReader } from '../../../codec/dataset/reader.ts';
@@ -52,7 +53,7 @@ export class IncomingStore {
   ) {
     this.refusal = this.checkCommand();
     if (!this.refusal) {
-      this.reader = new DatasetHeaderReader({ transferSyntaxUid: context.transferSyntaxUid, maxValueBytes: catalogValueMaxBytes });
+      this.reader = new DatasetHeaderReader({ transferSyntaxUid: context.transferSyntaxUid, maxValueBytes: catalogValueMaxBytes, wholeDataset: true });
       this.writer = ingest.beginWrite(command.affectedSopInstanceUid);
     }
   }
@@ -72,7 +73,7 @@ export class IncomingStore {
   async push(data: Uint8Array): Promise<void> {
     if (this.refusal || !this.reader || !this.writer) return;
     try {
-      if (!this.reader.isComplete) this.reader.push(data);
+      this.reader.push(data);
     } catch (error) {
       this.refusal = { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
       await this.writer.abort();
