@@ -105,7 +105,7 @@ describe('PN matching (case-insensitive, trailing components ignored)', () => {
     assert.equal(matchesKey('PN', '\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B', stored), true);
   });
 
-  it('does not fold non-ASCII letters (their bytes depend on the character set)', () => {
+  it('does not fold non-ASCII letters (case rules beyond ASCII differ between languages)', () => {
     assert.equal(matchesKey('PN', 'M\xfcller', 'M\xfcller'), true);
     assert.equal(matchesKey('PN', 'M\xdcLLER', 'M\xfcller'), false);
   });
@@ -158,9 +158,42 @@ describe('wildcard matching', () => {
     for (const vr of ['UI', 'IS', 'DS', 'AS', 'US']) assert.notEqual(typeOf(vr, 'A*'), 'wildcard', vr);
   });
 
-  it('a wildcard key other than a lone * does not match an empty value', () => {
+  it('an empty value matches only a pattern of *s (* matches zero characters too)', () => {
     assert.equal(matchesKey('LO', '*?', ''), false);
     assert.equal(matchesKey('LO', 'A*', ''), false);
+    assert.equal(matchesKey('PN', '**', ''), true);
+    assert.equal(matchesKey('PN', '**', undefined), true);
+    assert.equal(matchesKey('LO', '***', ''), true);
+  });
+});
+
+describe('character sets (values compared as characters)', () => {
+  const utf8 = (text: string) => Buffer.from(text, 'utf8').toString('latin1');
+
+  it('? is one character in a UTF-8 value, whatever its byte count', () => {
+    const stored = { stored: 'ISO_IR 192' };
+    assert.equal(matchesKey('PN', 'M?ller*', utf8('Müller^Jürgen'), stored), true);
+    assert.equal(matchesKey('PN', 'M??ller*', utf8('Müller^Jürgen'), stored), false);
+    assert.equal(matchesKey('LO', '?', utf8('😀'), stored), true, 'a character outside the BMP');
+    assert.equal(matchesKey('PN', utf8('M?ller^J?rgen'), utf8('Müller^Jürgen'), { key: 'ISO_IR 192', ...stored }), true);
+  });
+
+  it('matches a Latin-1 key against a UTF-8 value and back, but not bytes that name other characters', () => {
+    assert.equal(matchesKey('PN', 'M\xfcller', utf8('Müller'), { key: 'ISO_IR 100', stored: 'ISO_IR 192' }), true);
+    assert.equal(matchesKey('PN', utf8('Müller'), 'M\xfcller', { key: 'ISO_IR 192', stored: 'ISO_IR 100' }), true);
+    assert.equal(matchesKey('LO', utf8('Müller'), 'M\xfcller', { key: 'ISO_IR 192' }), true, 'no stored set: latin1');
+    // Byte 0xFC is ü in Latin-1 but ь in ISO_IR 144 (Cyrillic).
+    assert.equal(matchesKey('LO', 'M\xfcller', 'M\xfcller', { key: 'ISO_IR 100', stored: 'ISO_IR 144' }), false);
+  });
+
+  it('leaves code-extension values (ISO 2022 escapes) and unknown sets as bytes', () => {
+    const jis = '\x1b$B;3ED\x1b(B';
+    assert.equal(matchesKey('PN', jis, jis, { key: '\\ISO 2022 IR 87', stored: '\\ISO 2022 IR 87' }), true);
+    assert.equal(matchesKey('LO', 'A\xe9', 'A\xe9', { key: 'NO SUCH SET', stored: 'NO SUCH SET' }), true);
+  });
+
+  it('does not decode the values of VRs that hold ASCII only', () => {
+    assert.equal(matchesKey('CS', 'A\xc3\xbc', 'A\xc3\xbc', { key: 'ISO_IR 192', stored: 'ISO_IR 100' }), true);
   });
 });
 

@@ -3,19 +3,25 @@
  *
  * Values are latin1 strings (the raw bytes) as produced by the codec. Matching choices of this SCP
  * (to be copied into the conformance statement):
+ * - Character sets: the values of PN, LO, SH, LT, ST, UT and UC are compared as characters, the key's
+ *   decoded with the query's Specific Character Set and the stored one with its instance's (single-byte
+ *   ISO_IR sets, ISO_IR 192 UTF-8, GB18030, GBK), so `?` is one character and a UTF-8 name matches a
+ *   Latin-1 key. Values in code-extension sets (ISO 2022 escapes, several values in (0008,0005)) and
+ *   values without high bytes are compared as bytes.
  * - Universal matching: a zero-length key, and a key that is exactly `*` (C.2.2.2.4: "Wild Card Matching on
  *   a value of * is equivalent to Universal Matching"). We apply the lone `*` rule to every VR, including
  *   those that do not allow wildcards (UI, DA, ...), as some SCUs send it there to mean "return it".
  * - Single value matching: exact and case-sensitive, after removing padding (trailing spaces/NULs for every
  *   VR, leading spaces too for VRs where they are not significant). Numbers (IS, DS, US, ...) compare by
  *   numeric value ("5" matches "05", "1.0" matches "1").
- * - PN: case-insensitive for ASCII letters only (the bytes of other letters depend on the character set),
+ * - PN: case-insensitive for ASCII letters only (case rules beyond ASCII differ between languages),
  *   trailing empty components (`Doe^John^^` = `Doe^John`) and trailing empty component groups are ignored.
  *   A key without `=` is matched against each component group of the stored name (so an alphabetic key
  *   matches a name that also carries ideographic/phonetic groups).
  * - List of UID matching: a UI key with backslash-separated UIDs matches any of them.
- * - Wildcard matching (`*` any sequence, `?` one character, i.e. one byte) only for AE, CS, LO, LT, PN, SH,
- *   ST, UC, UR, UT (C.2.2.2.4). For the other VRs `*` and `?` are literal characters.
+ * - Wildcard matching (`*` any sequence, also none, `?` one character) only for AE, CS, LO, LT, PN, SH,
+ *   ST, UC, UR, UT (C.2.2.2.4). For the other VRs `*` and `?` are literal characters. A pattern that
+ *   matches a zero-length value (`**`) matches an empty stored value, as `*` does.
  * - Range matching for DA, TM, DT: `a-b`, `-b`, `a-` (inclusive). A partial time or datetime bound covers
  *   the whole period it names: `1000-12` matches 10:00:00 to 12:59:59.999999, DT `2020-2021` covers both
  *   years. A single TM/DT value without `-` is matched the same way (key `1030` matches `103015`); a single
@@ -25,7 +31,8 @@
  * - Multiple values in a non-UI key (e.g. ModalitiesInStudy `CT\MR`): without extended negotiation the
  *   standard leaves this undefined; we match if any key value matches (OR).
  * - Multi-valued stored attributes (C.2.2.3): the entity matches if any stored value matches.
- * - Empty stored value: matches only universal matching (zero-length key or `*`).
+ * - Empty stored value: matches universal matching (zero-length key or `*`) and a wildcard pattern that
+ *   matches nothing but `*`s; no other key.
  * - Sequence matching (SQ) is out of scope: an SQ key is treated as universal matching.
  */
 
@@ -33,7 +40,8 @@ export type MatchingType = 'universal' | 'single-value' | 'uid-list' | 'wildcard
 
 export interface ValueMatcher {
   readonly type: MatchingType;
-  matches(storedValue: string | undefined): boolean;
+  /** `storedCharacterSet`: the (0008,0005) value of the instance the stored value comes from. */
+  matches(storedValue: string | undefined, storedCharacterSet?: string): boolean;
 }
 
 export type CompileMatcherResult = { ok: true; matcher: ValueMatcher } | { ok: false; comment: string };
@@ -56,6 +64,43 @@ const LEADING_SPACE_PADDING_VRS = new Set([
 ]);
 const NUMERIC_VRS = new Set(['DS', 'IS', 'US', 'UL', 'SS', 'SL', 'FL', 'FD', 'SV', 'UV']);
 const DATE_TIME_VRS = new Set(['DA', 'TM', 'DT']);
+
+/** Text VRs whose values use the data set's character set (PS3.5 6.1.2.3); the others are ASCII. */
+const CHARACTER_SET_VRS = new Set(['PN', 'LO', 'SH', 'LT', 'ST', 'UT', 'UC']);
+/** Decoders for (0008,0005) values of one character set (PS3.3 C.12.1.1.2) that TextDecoder knows. */
+const DECODER_LABELS = new Map<string, string>([
+  ['ISO_IR 101', 'iso-8859-2'], ['ISO_IR 109', 'iso-8859-3'], ['ISO_IR 110', 'iso-8859-4'],
+  ['ISO_IR 144', 'iso-8859-5'], ['ISO_IR 127', 'iso-8859-6'], ['ISO_IR 126', 'iso-8859-7'],
+  ['ISO_IR 138', 'iso-8859-8'], ['ISO_IR 148', 'iso-8859-9'], ['ISO_IR 203', 'iso-8859-15'],
+  ['ISO_IR 166', 'windows-874'], ['ISO_IR 13', 'shift_jis'], ['ISO_IR 192', 'utf-8'],
+  ['GB18030', 'gb18030'], ['GBK', 'gbk'],
+]);
+const decoders = new Map<string, TextDecoder | undefined>();
+
+function decoderFor(specificCharacterSet: string): TextDecoder | undefined {
+  if (!decoders.has(specificCharacterSet)) {
+    const label = DECODER_LABELS.get(specificCharacterSet.trim());
+    let decoder: TextDecoder | undefined;
+    try {
+      decoder = label === undefined ? undefined : new TextDecoder(label);
+    } catch {
+      decoder = undefined; // a Node.js built without that encoding: compare bytes
+    }
+    decoders.set(specificCharacterSet, decoder);
+  }
+  return decoders.get(specificCharacterSet);
+}
+
+/**
+ * The characters of `value` (latin1 bytes) in the character set a (0008,0005) value names, for matching:
+ * unchanged without high bytes, without a character set, for ISO_IR 100 (latin1 already) and for sets
+ * it cannot decode (code extensions, unknown names).
+ */
+export function charactersOf(value: string, specificCharacterSet: string | undefined): string {
+  if (specificCharacterSet === undefined || specificCharacterSet === '' || !/[\x80-\xff]/.test(value)) return value;
+  const decoder = decoderFor(specificCharacterSet);
+  return decoder === undefined ? value : decoder.decode(Buffer.from(value, 'latin1'));
+}
 
 const UNIVERSAL: ValueMatcher = { type: 'universal', matches: () => true };
 const SEQUENCE: ValueMatcher = { type: 'sequence', matches: () => true };
@@ -94,7 +139,8 @@ function wildcardPattern(pattern: string): RegExp {
     else if (char === '?') source += '.';
     else source += char.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
   }
-  return new RegExp(`^${source}$`, 's');
+  // `u`: `.` is one code point, so `?` matches a character outside the BMP too.
+  return new RegExp(`^${source}$`, 'su');
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -207,10 +253,11 @@ function singleValueEquals(vr: string, keyValue: string, storedValue: string): b
   return keyValue === storedValue;
 }
 
-/** Values of the stored attribute as matching sees them; [] when empty. */
-function storedValuesOf(vr: string, storedValue: string | undefined): string[] {
+/** Values of the stored attribute as matching sees them (characters, see charactersOf); [] when empty. */
+function storedValuesOf(vr: string, storedValue: string | undefined, storedCharacterSet?: string): string[] {
   if (storedValue === undefined) return [];
-  return splitValues(vr, storedValue).filter((value) => value !== '');
+  const text = CHARACTER_SET_VRS.has(vr) ? charactersOf(storedValue, storedCharacterSet) : storedValue;
+  return splitValues(vr, text).filter((value) => value !== '');
 }
 
 /** For PN: the forms of a stored name a key is compared with (whole name, and each group if key has no `=`). */
@@ -222,12 +269,13 @@ function personNameCandidates(storedName: string, keyHasGroups: boolean): string
 
 /**
  * Compiles the matcher for one key, once per query. `vr` is the key's VR (the caller substitutes the stored
- * VR when the key's is UN). Fails only for malformed DA/TM/DT keys.
+ * VR when the key's is UN); `keyCharacterSet` is the query's (0008,0005). Fails only for malformed DA/TM/DT
+ * keys.
  */
-export function compileKeyMatcher(vr: string, keyValue: string | undefined): CompileMatcherResult {
+export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyCharacterSet?: string): CompileMatcherResult {
   if (vr === 'SQ') return { ok: true, matcher: SEQUENCE };
   if (keyValue === undefined) return { ok: true, matcher: UNIVERSAL };
-  const keyText = normalizeValue(vr, keyValue);
+  const keyText = normalizeValue(vr, CHARACTER_SET_VRS.has(vr) ? charactersOf(keyValue, keyCharacterSet) : keyValue);
   if (keyText === '' || keyText === '*') return { ok: true, matcher: UNIVERSAL };
   const keyValues = splitValues(vr, keyText);
 
@@ -276,8 +324,8 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined): Com
       ok: true,
       matcher: {
         type: 'wildcard',
-        matches: (stored) =>
-          storedValuesOf(vr, stored).some((value) =>
+        matches: (stored, storedCharacterSet) =>
+          nonEmpty(storedValuesOf(vr, stored, storedCharacterSet)).some((value) =>
             patterns.some(({ pattern, hasGroups }) =>
               (isPersonName ? personNameCandidates(value, hasGroups) : [value]).some((candidate) =>
                 pattern.test(candidate),
@@ -292,8 +340,8 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined): Com
     ok: true,
     matcher: {
       type: 'single-value',
-      matches: (stored) =>
-        storedValuesOf(vr, stored).some((value) =>
+      matches: (stored, storedCharacterSet) =>
+        storedValuesOf(vr, stored, storedCharacterSet).some((value) =>
           comparableKeys.some((key) =>
             isPersonName
               ? personNameCandidates(value, key.includes('=')).includes(key)
@@ -304,9 +352,19 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined): Com
   };
 }
 
+/** An empty stored value is one zero-length value to a wildcard pattern (`**` matches it, as `*` does). */
+function nonEmpty(values: string[]): string[] {
+  return values.length === 0 ? [''] : values;
+}
+
 /** One-shot convenience: does `storedValue` match `keyValue`? Throws MatchingKeyError for a malformed key. */
-export function matchesKey(vr: string, keyValue: string | undefined, storedValue: string | undefined): boolean {
-  const compiled = compileKeyMatcher(vr, keyValue);
+export function matchesKey(
+  vr: string,
+  keyValue: string | undefined,
+  storedValue: string | undefined,
+  characterSets: { key?: string; stored?: string } = {},
+): boolean {
+  const compiled = compileKeyMatcher(vr, keyValue, characterSets.key);
   if (!compiled.ok) throw new MatchingKeyError(compiled.comment);
-  return compiled.matcher.matches(storedValue);
+  return compiled.matcher.matches(storedValue, characterSets.stored);
 }
