@@ -307,6 +307,10 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     assert.equal(r.status, 'Success', r.output);
     assert.deepEqual(r.responses.map((x) => responseText(x, Tag.StudyInstanceUid)), [utf8Study]);
     assert.equal(Buffer.from(responseText(r.responses[0]!, Tag.PatientName), 'latin1').toString('utf8'), syntheticPatients.utf8.name);
+    // `?` is one character (ü is two bytes in UTF-8); the response names its character set unasked (PS3.4 C.4.1.1.3.2).
+    const oneCharacter = await find('S', ['QueryRetrieveLevel=STUDY', 'PatientName=M?ller*', 'StudyInstanceUID']);
+    assert.deepEqual(oneCharacter.responses.map((x) => responseText(x, Tag.StudyInstanceUid)), [utf8Study], oneCharacter.output);
+    assert.equal(responseText(oneCharacter.responses[0]!, Tag.SpecificCharacterSet), 'ISO_IR 192');
 
     // The Latin-1 instance, found by PatientID: its name comes back in its own bytes and character set.
     const l1 = await find('S', ['QueryRetrieveLevel=STUDY', `PatientID=${syntheticPatients.latin1.id}`, 'PatientName', 'SpecificCharacterSet', 'StudyInstanceUID']);

@@ -305,6 +305,23 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.equal(valueOf(responses[0]!, T.PatientName), 'SMITH^jane^^');
     });
 
+    it('adds the stored SpecificCharacterSet, unasked, to a response whose values go beyond ASCII (PS3.4 C.4.1.1.3.2)', async () => {
+      const nonAscii = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P2), k(T.PatientName, 'PN')] });
+      assert.equal(valueOf(nonAscii[0]!, T.SpecificCharacterSet), 'ISO_IR 100');
+      assert.deepEqual(nonAscii[0]!.map((element) => element.tag), [T.SpecificCharacterSet, T.QueryRetrieveLevel, T.PatientName, T.PatientID]);
+      const ascii = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientName, 'PN', 'SMITH*'), k(T.PatientBirthDate, 'DA')] });
+      assert.equal(ascii.length, 1);
+      assert.equal(valueOf(ascii[0]!, T.SpecificCharacterSet), undefined, 'only ASCII values: not added');
+    });
+
+    it('never matches a private key, whatever its value, nor refuses one above IMAGE level (returned empty there)', async () => {
+      const studies = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(0x00090010, 'LO', 'FOO'), k(0x00091001, 'LO', 'BAR')] });
+      assert.equal(studies.length, 5);
+      assert.deepEqual(column(studies, 0x00090010), ['', '', '', '', '']);
+      const images = await find(db, { root: 'STUDY', level: 'IMAGE', keys: [k(T.StudyInstanceUID, 'UI', S3), k(T.SOPInstanceUID, 'UI'), k(0x00090010, 'LO', 'FOO')] });
+      assert.equal(images.length, 1);
+    });
+
     it('matches PN case-insensitively, ignoring trailing empty components', async () => {
       const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.PatientName, 'PN', 'smith^JANE')] });
       assert.deepEqual(column(responses, T.PatientID), [P2]);

@@ -12,6 +12,10 @@
  * an empty one is returned zero-length (a third leniency: viewers add extra columns to a study list).
  * A level that the root does not have (PATIENT in Study Root) or a missing/unknown level: 0xA900.
  * A malformed DA/TM/DT key (range or single value): 0xC001 with a comment.
+ * Private attributes (odd groups) are never matched (PS3.4 C.2.2.1.3 leaves that to the SCP): at IMAGE
+ * level they come back as stored, above it zero-length, whatever value the key holds.
+ * Character sets: see matching.ts. A response whose values use characters beyond ASCII carries the
+ * entity's Specific Character Set (0008,0005) even when the key was not asked for (PS3.4 C.4.1.1.3.2).
  *
  * Execution: first the candidate entities (their unique key values) are listed from ONE index, reading keys
  * only, then each candidate entity is loaded completely from its own hierarchy index (its instances' catalog
@@ -176,6 +180,7 @@ function checkRootAndLevel(request: QueryRequest): QueryValidation {
 function compileQuery(request: QueryRequest): Compiled {
   const rootAndLevel = checkRootAndLevel(request);
   if (!rootAndLevel.ok) return rootAndLevel;
+  const keyCharacterSet = request.keys.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
   const keys: CompiledKey[] = [];
   const seenTags = new Set<Tag>();
   for (const element of request.keys) {
@@ -183,14 +188,15 @@ function compileQuery(request: QueryRequest): Compiled {
     if (seenTags.has(element.tag)) continue;
     seenTags.add(element.tag);
     const computed = COMPUTED_ATTRIBUTES.get(element.tag);
-    const level = computed?.level ?? attributeLevelOf(element.tag);
-    const compiledMatcher = compileKeyMatcher(element.vr, element.value);
+    const isPrivate = (element.tag >>> 16) % 2 === 1;
+    const level = computed?.level ?? (isPrivate ? 'IMAGE' : attributeLevelOf(element.tag));
+    const compiledMatcher = compileKeyMatcher(element.vr, element.value, keyCharacterSet);
     if (!compiledMatcher.ok) {
       return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
     }
     const matcher = compiledMatcher.matcher;
     const isMatching =
-      !NEVER_MATCHED_TAGS.has(element.tag) && matcher.type !== 'universal' && matcher.type !== 'sequence';
+      !isPrivate && !NEVER_MATCHED_TAGS.has(element.tag) && matcher.type !== 'universal' && matcher.type !== 'sequence';
     if (level !== 'ANY' && LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) {
       // An empty key of a lower level is a return key that an entity of this level has no one value for:
       // it comes back zero-length, rather than failing a viewer's whole study list over one extra column.
@@ -503,12 +509,13 @@ async function respond(
   upper: UpperAggregateCache,
 ): Promise<DicomElement[] | undefined> {
   const stored = attributesByTag(aggregate.latest!);
+  const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
   for (const key of keys) {
     if (key.computed || !key.isMatching) continue;
-    if (key.matcher.matches(stored.get(key.element.tag)?.value)) continue;
+    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet)) continue;
     // Above IMAGE level an entity may hold instances of several PatientIDs: any of them may match, and
     // the response then names the one that did.
-    const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id)) : undefined;
+    const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id, storedCharacterSet)) : undefined;
     if (otherPatientId === undefined) return undefined;
     stored.set(Tags.PatientID, { tag: Tags.PatientID, vr: 'LO', value: otherPatientId });
   }
@@ -530,13 +537,17 @@ async function respond(
     return { tag: element.tag, vr, value };
   });
   response.push({ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: level });
+  const usesCharacterSet = storedCharacterSet !== undefined && storedCharacterSet !== '' && response.some((element) => element.value !== undefined && /[\x1b\x80-\xff]/.test(element.value));
+  if (usesCharacterSet && !keys.some((key) => key.element.tag === Tags.SpecificCharacterSet)) {
+    response.push({ tag: Tags.SpecificCharacterSet, vr: 'CS', value: storedCharacterSet });
+  }
   return response.sort((a, b) => a.tag - b.tag);
 }
 
 /**
  * C-FIND: yields one response identifier per matching entity at the requested level: the requested keys
  * (same tags and VRs; values from the entity, zero-length when unknown; computed attributes computed),
- * plus QueryRetrieveLevel, in ascending tag order. Throws QueryError (with the status) for a request that
+ * plus QueryRetrieveLevel (and Specific Character Set where values need it), in ascending tag order. Throws QueryError (with the status) for a request that
  * validateQuery refuses.
  */
 export async function* findMatches(
