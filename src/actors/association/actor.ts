@@ -12,6 +12,8 @@ export interface SpawnedAssociation {
   ref: Ref<AssociationMsg>;
   /** Resolves once the association is over and its actor stopped. */
   finished: Promise<void>;
+  /** See AcceptorSession.holdsAssociationSlot: false while a connection only waits to be closed. */
+  holdsAssociationSlot(): boolean;
 }
 
 export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket, deps: AssociationDeps, congested: boolean): SpawnedAssociation {
@@ -85,5 +87,5 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
     },
   });
   for (const message of early.splice(0)) dispatch(ref, message);
-  return { ref, finished };
+  return { ref, finished, holdsAssociationSlot: () => session.holdsAssociationSlot };
 }

@@ -35,9 +35,15 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   const active = new Set<SpawnedAssociation>();
   let sequence = 0;
   let served = 0;
+  // Connections that only wait to be closed (released, rejected, aborted) are not associations any more.
+  const associationCount = () => {
+    let count = 0;
+    for (const association of active) if (association.holdsAssociationSlot()) count++;
+    return count;
+  };
   const serveHere = (socket: Socket) => {
     served++;
-    const congested = active.size >= init.maxAssociations;
+    const congested = associationCount() >= init.maxAssociations;
     const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, congested);
     active.add(association);
     void association.finished.then(() => active.delete(association));
@@ -64,7 +70,7 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   const port = await listenOn(server, init.port, init.host);
   return {
     port,
-    activeAssociations: () => active.size,
+    activeAssociations: associationCount,
     associationsServed: () => served,
     async stop(graceMs) {
       // close() only stops accepting here; its callback would wait for every connection to end.

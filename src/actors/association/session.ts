@@ -116,7 +116,17 @@ export class AcceptorSession {
     this.idleTimer = this.deps.clock.setTimeout(() => this.callbacks.idleExpired(), delayMs);
   }
 
+  /**
+   * False once the association is over on our side: ended, or released, rejected or aborted and waiting
+   * for the peer to close the transport (Sta13, which ARTIM bounds). Such a connection is no longer an
+   * association, so it neither counts against the limit nor gets an idle abort.
+   */
+  get holdsAssociationSlot(): boolean {
+    return !this.ended && this.core.machine.state !== 'Sta13' && this.core.machine.state !== 'Sta1';
+  }
+
   async onIdleExpired(): Promise<void> {
+    if (!this.holdsAssociationSlot) return;
     const silentMs = this.deps.clock.nowMs() - this.lastActivityMs;
     // Activity since the timer was set, or a running C-FIND/C-GET/C-MOVE (the peer may have nothing to say).
     if (silentMs < this.deps.idleTimeoutMs) return this.armIdleTimer(this.deps.idleTimeoutMs - silentMs);
