@@ -371,13 +371,15 @@ export function validateCustodyMessage(value: unknown): CustodyMessage | undefin
       return { type: 'replicaAck', sopInstanceUid: m.sopInstanceUid, siteName: m.siteName };
     case 'repairDigest':
       if (!Array.isArray(m.buckets) || m.buckets.length !== 256 || !m.buckets.every((b) => isString(b, 64))) return undefined;
-      return { type: 'repairDigest', buckets: m.buckets as string[] };
+      if (m.afterUid !== undefined && !isString(m.afterUid, 64)) return undefined;
+      return { type: 'repairDigest', buckets: m.buckets as string[], ...(m.afterUid === undefined ? {} : { afterUid: m.afterUid }) };
     case 'repairKeys': {
       if (!Array.isArray(m.buckets) || m.buckets.length > 256) return undefined;
       if (!m.buckets.every((b) => Number.isInteger(b) && (b as number) >= 0 && (b as number) < 256)) return undefined;
       const keys = validateInstanceKeys(m.keys);
       if (keys === undefined || typeof m.replyWanted !== 'boolean') return undefined;
-      return { type: 'repairKeys', buckets: m.buckets as number[], keys, replyWanted: m.replyWanted };
+      if (m.afterUid !== undefined && !isString(m.afterUid, 64)) return undefined;
+      return { type: 'repairKeys', buckets: m.buckets as number[], keys, replyWanted: m.replyWanted, ...(m.afterUid === undefined ? {} : { afterUid: m.afterUid }) };
     }
     default:
       return undefined;

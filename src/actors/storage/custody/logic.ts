@@ -63,6 +63,11 @@ export interface CustodyState {
   readonly uidConflicts: Set<string>;
   members: readonly MemberRecord[];
   nextRepairAtMs: number;
+  /**
+   * Per repair partner: the UID after which the next exchange's window of keys starts (see repairDigest),
+   * '' to start from the first. Volatile; at most one per member.
+   */
+  readonly repairCursors: Map<string, string>;
   /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
   lastPushedCopyAtMs: number;
 }
@@ -99,6 +104,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     uidConflicts: new Set(),
     members: [],
     nextRepairAtMs: 0,
+    repairCursors: new Map(),
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
   };
 }
@@ -117,6 +123,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       break;
     case 'viewChanged':
       state.members = input.members;
+      for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
       drainDebt(state, input.nowMs, effects);
       break;
     case 'storeRequested':
@@ -270,8 +277,9 @@ function onMessage(
     case 'repairDigest': {
       const buckets = diffBuckets(state.digest, message.buckets);
       if (buckets.length === 0) return;
-      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax);
-      effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets, keys, replyWanted: true } });
+      const afterUid = message.afterUid ?? '';
+      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax, afterUid);
+      effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets, keys, replyWanted: true, afterUid } });
       return;
     }
     case 'repairKeys': {
@@ -281,12 +289,14 @@ function onMessage(
       reportUidConflicts(state, from, theirs, effects);
       if (!copiesArriving(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
       if (message.replyWanted) {
-        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax);
+        const afterUid = message.afterUid ?? '';
+        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid);
         effects.push({
           type: 'send',
           to: from,
-          message: { type: 'repairKeys', buckets: message.buckets, keys, replyWanted: false },
+          message: { type: 'repairKeys', buckets: message.buckets, keys, replyWanted: false, afterUid },
         });
+        advanceRepairCursor(state, from, [theirs, keys]);
       }
       return;
     }
@@ -335,6 +345,22 @@ function reportUidConflicts(state: CustodyState, from: string, theirs: readonly 
     state.uidConflicts.add(k.sopInstanceUid);
     effects.push({ type: 'uidConflict', sopInstanceUid: k.sopInstanceUid, localSha256, peerSha256: k.sha256, peerId: from });
   }
+}
+
+/**
+ * After an exchange both sides have seen each other's keys up to the end of the shorter full window: the
+ * next exchange with that partner starts there. When neither list was cut at repairKeysMax the whole
+ * difference was listed, and the next one starts from the first UID again.
+ */
+function advanceRepairCursor(state: CustodyState, partner: string, lists: ReadonlyArray<readonly InstanceKey[]>): void {
+  let cursor: string | undefined;
+  for (const keys of lists) {
+    if (keys.length < state.config.repairKeysMax) continue;
+    const last = keys[keys.length - 1]!.sopInstanceUid;
+    if (cursor === undefined || last < cursor) cursor = last;
+  }
+  if (cursor === undefined) state.repairCursors.delete(partner);
+  else state.repairCursors.set(partner, cursor);
 }
 
 /** Other sites are pushing copies to us right now (see CustodyConfig.repairQuietMs). */
@@ -429,7 +455,10 @@ function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
   );
   if (partners.length === 0) return;
   const buckets = digestBuckets(state.digest);
-  for (const partner of partners) effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets } });
+  for (const partner of partners) {
+    const afterUid = state.repairCursors.get(partner.peerId);
+    effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets, ...(afterUid === undefined ? {} : { afterUid }) } });
+  }
 }
 
 /** Figures for the heartbeat: held instances, digest root, and work waiting (debt plus pulls). */

@@ -62,14 +62,19 @@ export interface CustodyConfig {
 export type CustodyMessage =
   /** The sender holds sopInstanceUid durably at siteName. */
   | { readonly type: 'replicaAck'; readonly sopInstanceUid: string; readonly siteName: string }
-  /** Repair step 1: all 256 bucket hashes (hex). */
-  | { readonly type: 'repairDigest'; readonly buckets: readonly string[] }
-  /** Repair step 2 (and 3, with replyWanted false): the sender's keys in the buckets that differ. */
+  /**
+   * Repair step 1: all 256 bucket hashes (hex), and where this round's window of keys starts: only UIDs
+   * after `afterUid` are listed (absent: from the first), so a difference larger than one message is
+   * worked through window by window instead of listing the same first keys every round.
+   */
+  | { readonly type: 'repairDigest'; readonly buckets: readonly string[]; readonly afterUid?: string }
+  /** Repair step 2 (and 3, with replyWanted false): the sender's keys in the buckets that differ, after afterUid. */
   | {
       readonly type: 'repairKeys';
       readonly buckets: readonly number[];
       readonly keys: readonly InstanceKey[];
       readonly replyWanted: boolean;
+      readonly afterUid?: string;
     };
 
 export type CustodyInput =
