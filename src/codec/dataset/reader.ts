@@ -450,7 +450,7 @@ export class DatasetHeaderReader {
       return;
     }
     throw new DatasetParseError('ERR_DATASET_MALFORMED',
-      `unexpected (${tagHex(tag)}) ${level === undefined ? 'at top level' : `inside a ${level.kind}`}`, elementOffset);
+      `unexpected (${tagHex(tag)}) ${level === undefined ? 'at top level' : level.kind === 'fragments' ? 'inside encapsulated Pixel Data' : `inside a ${level.kind}`}`, elementOffset);
   }
 
   /** A whole dataset's top-level tags ascend without repeats (PS3.5 7.1) and leave out the File Meta Information. */

@@ -537,8 +537,8 @@ async function respond(
     return { tag: element.tag, vr, value };
   });
   response.push({ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: level });
-  const usesCharacterSet = storedCharacterSet !== undefined && storedCharacterSet !== '' && response.some((element) => element.value !== undefined && /[\x1b\x80-\xff]/.test(element.value));
-  if (usesCharacterSet && !keys.some((key) => key.element.tag === Tags.SpecificCharacterSet)) {
+  const beyondAscii = response.some((element) => element.value !== undefined && /[\x1b\x80-\xff]/.test(element.value));
+  if (beyondAscii && storedCharacterSet && !keys.some((key) => key.element.tag === Tags.SpecificCharacterSet)) {
     response.push({ tag: Tags.SpecificCharacterSet, vr: 'CS', value: storedCharacterSet });
   }
   return response.sort((a, b) => a.tag - b.tag);
@@ -547,8 +547,8 @@ async function respond(
 /**
  * C-FIND: yields one response identifier per matching entity at the requested level: the requested keys
  * (same tags and VRs; values from the entity, zero-length when unknown; computed attributes computed),
- * plus QueryRetrieveLevel (and Specific Character Set where values need it), in ascending tag order. Throws QueryError (with the status) for a request that
- * validateQuery refuses.
+ * plus QueryRetrieveLevel (and Specific Character Set where values need it), in ascending tag order.
+ * Throws QueryError (with the status) for a request that validateQuery refuses.
  */
 export async function* findMatches(
   db: CatalogDb,
