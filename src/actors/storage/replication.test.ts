@@ -191,7 +191,16 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.deepEqual((badEntry as { code: string }).code, 'ERR_REPLICATION_MALFORMED');
     const badMessage = await raw(CUSTODY_PROTOCOL, encodeEnvelope({ type: 'repairKeys', buckets: [999], keys: [], replyWanted: true }));
     assert.equal((badMessage as { type: string }).type, 'refused');
-    assert.equal(messagesAtB.length, 1, 'the malformed message never reached custody');
+    const badWindow = await raw(CUSTODY_PROTOCOL, encodeEnvelope({ type: 'repairKeys', buckets: [1], keys: [], replyWanted: true, afterUid: 7 }));
+    assert.equal((badWindow as { type: string }).type, 'refused');
+    assert.equal(messagesAtB.length, 1, 'the malformed messages never reached custody');
+    // A repair window's start travels when set; absent, it is absent (also for peers that predate it).
+    const buckets = Array.from({ length: 256 }, () => '00');
+    await sendCustodyMessage(a, b.peerId, { type: 'repairDigest', buckets, afterUid: '1.2.3.1.2' });
+    await sendCustodyMessage(a, b.peerId, { type: 'repairDigest', buckets, afterUid: undefined });
+    await sendCustodyMessage(a, b.peerId, { type: 'repairDigest', buckets });
+    assert.deepEqual(messagesAtB.slice(1).map((m) => (m.message.type === 'repairDigest' ? m.message.afterUid : 'other')), ['1.2.3.1.2', undefined, undefined]);
+    messagesAtB.length = 1;
     // Still serving.
     assert.equal((await replicateOne(a, b.peerId, storeA, (await storeA.getEntry('1.2.3.1.4'))!)).outcome, 'have');
   });

@@ -361,6 +361,11 @@ function validateInstanceKeys(value: unknown): InstanceKey[] | undefined {
   return out;
 }
 
+/** A repair window's start: absent (from the first UID; also from peers that predate it) or a UID-sized string. */
+function isOptionalAfterUid(value: unknown): value is string | undefined {
+  return value === undefined || isString(value, 64);
+}
+
 /** A custody message from a peer, or undefined when malformed (the reducer only ever sees valid ones). */
 export function validateCustodyMessage(value: unknown): CustodyMessage | undefined {
   const m = value as Record<string, unknown> | null;
@@ -371,15 +376,14 @@ export function validateCustodyMessage(value: unknown): CustodyMessage | undefin
       return { type: 'replicaAck', sopInstanceUid: m.sopInstanceUid, siteName: m.siteName };
     case 'repairDigest':
       if (!Array.isArray(m.buckets) || m.buckets.length !== 256 || !m.buckets.every((b) => isString(b, 64))) return undefined;
-      if (m.afterUid !== undefined && !isString(m.afterUid, 64)) return undefined;
-      return { type: 'repairDigest', buckets: m.buckets as string[], ...(m.afterUid === undefined ? {} : { afterUid: m.afterUid }) };
+      if (!isOptionalAfterUid(m.afterUid)) return undefined;
+      return { type: 'repairDigest', buckets: m.buckets as string[], afterUid: m.afterUid };
     case 'repairKeys': {
       if (!Array.isArray(m.buckets) || m.buckets.length > 256) return undefined;
       if (!m.buckets.every((b) => Number.isInteger(b) && (b as number) >= 0 && (b as number) < 256)) return undefined;
       const keys = validateInstanceKeys(m.keys);
-      if (keys === undefined || typeof m.replyWanted !== 'boolean') return undefined;
-      if (m.afterUid !== undefined && !isString(m.afterUid, 64)) return undefined;
-      return { type: 'repairKeys', buckets: m.buckets as number[], keys, replyWanted: m.replyWanted, ...(m.afterUid === undefined ? {} : { afterUid: m.afterUid }) };
+      if (keys === undefined || typeof m.replyWanted !== 'boolean' || !isOptionalAfterUid(m.afterUid)) return undefined;
+      return { type: 'repairKeys', buckets: m.buckets as number[], keys, replyWanted: m.replyWanted, afterUid: m.afterUid };
     }
     default:
       return undefined;

@@ -456,8 +456,7 @@ function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
   if (partners.length === 0) return;
   const buckets = digestBuckets(state.digest);
   for (const partner of partners) {
-    const afterUid = state.repairCursors.get(partner.peerId);
-    effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets, ...(afterUid === undefined ? {} : { afterUid }) } });
+    effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets, afterUid: state.repairCursors.get(partner.peerId) } });
   }
 }
 
