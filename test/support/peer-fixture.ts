@@ -9,7 +9,26 @@ import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { DicomClientAssociation, type DimseReply } from '../../src/actors/association/client.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { CommandField } from '../../src/codec/dimse.ts';
+import { DicomApplicationContext, encodePdu } from '../../src/codec/pdu.ts';
 import { makeInstanceWithInfo, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
+
+/** The bytes of an A-ASSOCIATE-RQ with one presentation context, for tests that talk raw PDUs to a peer. */
+export function associateRqBytes(
+  calledAeTitle = 'PACSMESH',
+  abstractSyntaxUid = '1.2.840.10008.1.1',
+  transferSyntaxUid: string = TransferSyntax.ImplicitVrLittleEndian,
+  callingAeTitle = 'FUZZER',
+): Uint8Array {
+  return encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle,
+    callingAeTitle,
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [{ id: 1, abstractSyntaxUid, transferSyntaxUids: [transferSyntaxUid] }],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
+  });
+}
 
 export interface TestPeer extends Peer {
   dataDir: string;

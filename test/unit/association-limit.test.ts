@@ -5,11 +5,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
-import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
-import { TransferSyntax } from '../support/synthetic-dicom.ts';
-import { DicomApplicationContext, PduFramer, RejectReason, RejectResult, RejectSource, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
+import { associateRqBytes, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { PduFramer, RejectReason, RejectResult, RejectSource, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
 
-const verification = '1.2.840.10008.1.1';
 let peer: TestPeer;
 
 before(async () => {
@@ -52,15 +50,7 @@ class RawRequestor {
   }
 
   async associate(): Promise<Pdu> {
-    this.socket.write(encodePdu({
-      type: 'associateRq',
-      protocolVersion: 1,
-      calledAeTitle: 'PACSMESH',
-      callingAeTitle: 'LIMIT',
-      applicationContextName: DicomApplicationContext,
-      presentationContexts: [{ id: 1, abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }],
-      userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
-    }));
+    this.socket.write(associateRqBytes());
     return this.next();
   }
 

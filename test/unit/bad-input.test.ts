@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { associateRqBytes as associateRq, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -18,17 +18,6 @@ import { Prng } from '../../src/sim/prng.ts';
 const verification = '1.2.840.10008.1.1';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 
-function associateRq(calledAeTitle = 'PACSMESH', abstractSyntaxUid = verification, transferSyntaxUid: string = TransferSyntax.ImplicitVrLittleEndian): Uint8Array {
-  return encodePdu({
-    type: 'associateRq',
-    protocolVersion: 1,
-    calledAeTitle,
-    callingAeTitle: 'FUZZER',
-    applicationContextName: DicomApplicationContext,
-    presentationContexts: [{ id: 1, abstractSyntaxUid, transferSyntaxUids: [transferSyntaxUid] }],
-    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
-  });
-}
 
 /** Writes raw bytes, then collects the PDUs the peer answers with until it closes or the wait ends. */
 function exchange(port: number, chunks: Uint8Array[], opts: { waitMs?: number; endAfterWrite?: boolean } = {}): Promise<{ pdus: Pdu[]; closedByPeer: boolean }> {
