@@ -41,11 +41,12 @@ type SimPayload =
   | { readonly kind: 'fetchRequest'; readonly sopInstanceUid: string }
   | { readonly kind: 'fetchReply'; readonly sopInstanceUid: string; readonly instance: SimInstance | null };
 
-/** Survives crashes: the local store, the debt table, the election record and the incarnation counter. */
+/** Survives crashes: the local store, the debt table, the known sites, the election record and the incarnation counter. */
 interface DurableState {
   incarnation: number;
   readonly store: Map<string, SimInstance>;
   readonly debt: Map<string, DebtEntry>;
+  readonly knownSites: Map<string, number>;
   election: ElectionDurable | null;
 }
 
@@ -153,7 +154,7 @@ export function runSimulation(options: SimOptions): SimResult {
       peerId: `peer-${letter}`,
       siteName: `site-${letter}`,
       priority: faultPrng.nextInt(3),
-      durable: { incarnation: 0, store: new Map(), debt: new Map(), election: null },
+      durable: { incarnation: 0, store: new Map(), debt: new Map(), knownSites: new Map(), election: null },
       live: null,
       restartAtMs: 0,
       electionWritesFailUntilMs: 0,
@@ -179,6 +180,12 @@ export function runSimulation(options: SimOptions): SimResult {
   const claimsByTerm = new Map<number, string>();
   const claimsByComponentTerm = new Map<string, string>();
   const ackedQuorum = new Map<string, number>();
+  /** Per peer, every other site it has seen alive since the run began, across its restarts. */
+  const sitesSeenAlive = new Map<string, Set<string>>();
+  /** requestId -> the sites its peer had seen alive when the local write began (the copies it must owe). */
+  const owedAtWrite = new Map<string, readonly string[]>();
+  /** uid -> owedAtWrite of its first acknowledged store: each of those sites must hold it or be owed it. */
+  const ackedOwedTo = new Map<string, readonly string[]>();
   const requestToUid = new Map<string, SimInstance>();
   const retries: SimInstance[] = [];
   let storesAcked = 0;
@@ -235,10 +242,14 @@ export function runSimulation(options: SimOptions): SimResult {
         repairQuietMs: timings.repairQuietMs,
         repairKeysMax: 256,
         fetchesInFlightMax: 16,
+        // Longer than any run: forgetting is the reducer tests' business, not the simulation's.
+        knownSiteForgetAfterMs: 24 * 3600_000,
+        knownSitesMax: 16,
       },
       {
         digest: digestOf(peer.durable.store.values()),
         debt: [...peer.durable.debt.values()],
+        knownSites: [...peer.durable.knownSites].map(([siteName, lastHeardMs]) => ({ siteName, lastHeardMs })),
       },
     );
     peer.live = { membership, balancer, custody, staging: new Map(), electable: true };
@@ -346,6 +357,7 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'viewChanged':
         queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
         queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });
+        for (const m of e.members) if (m.status === 'alive') sitesSeenAlive.get(peer.peerId)?.add(m.siteName);
         return;
       default:
         assertNever(e);
@@ -398,6 +410,7 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'writeLocal': {
         const staged = live.staging.get(e.requestId);
         live.staging.delete(e.requestId);
+        owedAtWrite.set(e.requestId, [...(sitesSeenAlive.get(peer.peerId) ?? [])]);
         if (staged !== undefined && !peer.durable.store.has(staged.sopInstanceUid)) {
           peer.durable.store.set(staged.sopInstanceUid, staged);
         }
@@ -407,9 +420,12 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'ackStore': {
         const instance = requestToUid.get(e.requestId);
         requestToUid.delete(e.requestId);
+        const owedTo = owedAtWrite.get(e.requestId) ?? [];
+        owedAtWrite.delete(e.requestId);
         if (e.status === StoreStatus.Success) {
           storesAcked += 1;
           ackedQuorum.set(e.sopInstanceUid, Math.max(e.quorum, ackedQuorum.get(e.sopInstanceUid) ?? 0));
+          if (!ackedOwedTo.has(e.sopInstanceUid)) ackedOwedTo.set(e.sopInstanceUid, owedTo);
           log(`${peer.peerId} acks ${e.sopInstanceUid} quorum ${e.quorum} at {${e.sitesHolding.join(',')}}`);
         } else {
           storesRefused += 1;
@@ -424,6 +440,10 @@ export function runSimulation(options: SimOptions): SimResult {
         return;
       case 'removeDebt':
         peer.durable.debt.delete(debtKey(e.sopInstanceUid, e.siteName));
+        return;
+      case 'persistKnownSites':
+        for (const k of e.seen) peer.durable.knownSites.set(k.siteName, k.lastHeardMs);
+        for (const siteName of e.forgotten) peer.durable.knownSites.delete(siteName);
         return;
       case 'replicate': {
         const instance = peer.durable.store.get(e.sopInstanceUid);
@@ -540,6 +560,20 @@ export function runSimulation(options: SimOptions): SimResult {
     }
   };
 
+  const checkOwedCopies = (): void => {
+    // Invariant (f): every site the acknowledging peer had ever seen alive holds an acknowledged instance, or
+    // a peer holding it owes it that copy durably: no copy rests on repair alone (e.g. one acknowledged
+    // after its entry peer restarted, before it heard from that site again).
+    for (const [uid, sites] of ackedOwedTo) {
+      for (const siteName of sites) {
+        const site = peers.find((p) => p.siteName === siteName);
+        if (site === undefined || site.durable.store.has(uid)) continue;
+        const owed = peers.some((p) => p.durable.store.has(uid) && p.durable.debt.has(debtKey(uid, siteName)));
+        if (!owed) violate(`(f) ${uid} acknowledged, not held by ${siteName} and owed to it by no peer`);
+      }
+    }
+  };
+
   const checkLeadersPerComponent = (): void => {
     // Invariant (a) on the live state too: claims that outlived a heal meet in one component here.
     const seen = new Map<string, string>();
@@ -571,7 +605,10 @@ export function runSimulation(options: SimOptions): SimResult {
     }
   };
 
-  for (const p of peers) start(p);
+  for (const p of peers) {
+    sitesSeenAlive.set(p.peerId, new Set());
+    start(p);
+  }
 
   // Fault phase: faults and stores at random.
   let healAtMs = -1;
@@ -615,6 +652,7 @@ export function runSimulation(options: SimOptions): SimResult {
     deliverDue();
     tickAll();
     checkAckedCopies();
+    checkOwedCopies();
     checkLeadersPerComponent();
   }
 
@@ -630,6 +668,7 @@ export function runSimulation(options: SimOptions): SimResult {
     deliverDue();
     tickAll();
     checkAckedCopies();
+    checkOwedCopies();
     checkLeadersPerComponent();
     if (settled(peers)) {
       converged = true;

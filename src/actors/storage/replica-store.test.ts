@@ -180,6 +180,23 @@ test('debt updates made at once land in call order: the last op on an (instance,
   await store.close();
 });
 
+test('known sites persist across a reopen; forgotten ones and damaged records are gone', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  let store = createReplicaStore({ path: dir });
+  await store.open();
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 5 }, { siteName: 'site-c', lastHeardMs: 6 }], []);
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 70_000 }], ['site-c']);
+  await store.db.put('k!site-x', new Uint8Array([0xc1]));
+  await store.close();
+  store = createReplicaStore({ path: dir });
+  await store.open();
+  const damaged: string[] = [];
+  assert.deepEqual(await store.listKnownSites((key) => damaged.push(key)), [{ siteName: 'site-b', lastHeardMs: 70_000 }]);
+  assert.deepEqual(damaged, ['k!site-x']);
+  await store.close();
+});
+
 test('abort leaves nothing behind', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -31,7 +31,7 @@ import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
-import type { DebtEntry } from './custody/messages.ts';
+import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
 
@@ -194,6 +194,10 @@ export interface ReplicaStore {
    * `onDamaged`: debt is a hint that anti-entropy repair backs up, so it must not stop custody.
    */
   listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
+  /** Custody's known sites: `seen` written, `forgotten` deleted, in the same write order as updateDebt (not synced). */
+  updateKnownSites(seen: readonly KnownSite[], forgotten: readonly string[]): Promise<void>;
+  /** Every persisted known site; a damaged record is skipped and named to `onDamaged` (the site is learnt again when heard). */
+  listKnownSites(onDamaged?: (key: string) => void): Promise<KnownSite[]>;
 }
 
 const blobPrefix = 'b!';
@@ -205,6 +209,8 @@ const recoveryFromKey = 'm!recovery-from';
 const heldIndexBuiltKey = 'm!held-index';
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
 const debtPrefix = 'd!';
+/** k!<siteName> -> msgpack(KnownSite). */
+const knownSitePrefix = 'k!';
 /** Blob ids start with a strictly increasing tick (milliseconds when the clock allows), fixed width. */
 const blobTickDigits = 9;
 /** Chunks read by one call at most (each holds chunkBytes plus at most one received piece). */
@@ -812,6 +818,36 @@ class LevelReplicaStore implements ReplicaStore {
       }
       if (typeof d?.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && Number.isFinite(d.sinceMs)) {
         out.push({ sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number });
+      } else {
+        onDamaged(key);
+      }
+    }
+    return out;
+  }
+
+  async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly string[]): Promise<void> {
+    if (seen.length === 0 && forgotten.length === 0) return;
+    const ops: Op[] = [];
+    for (const k of seen) {
+      const site: KnownSite = { siteName: k.siteName, lastHeardMs: k.lastHeardMs };
+      ops.push({ type: 'put', key: `${knownSitePrefix}${k.siteName}`, value: new Uint8Array(pack(site)) });
+    }
+    for (const siteName of forgotten) ops.push({ type: 'del', key: `${knownSitePrefix}${siteName}` });
+    // Not synced, like debt: a site lost by a power cut is learnt again from its next heartbeat.
+    await this.catalogWrites.submit(ops);
+  }
+
+  async listKnownSites(onDamaged: (key: string) => void = () => undefined): Promise<KnownSite[]> {
+    const out: KnownSite[] = [];
+    for await (const [key, value] of this.db.iterator(prefixRange(knownSitePrefix))) {
+      let k: Partial<KnownSite> | undefined;
+      try {
+        k = unpack(value) as Partial<KnownSite>;
+      } catch {
+        k = undefined;
+      }
+      if (typeof k?.siteName === 'string' && key === `${knownSitePrefix}${k.siteName}` && Number.isFinite(k.lastHeardMs)) {
+        out.push({ siteName: k.siteName, lastHeardMs: k.lastHeardMs as number });
       } else {
         onDamaged(key);
       }

@@ -250,6 +250,26 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     await waitFor('stats show no debt', () => a.custody.stats().debtEntries === 0);
   });
 
+  it('a restarted site owes copies to the sites it knew, before it hears from them again', { timeout: 25_000 }, async () => {
+    const first = new TestMesh('auto');
+    meshes.push(first);
+    const a = await first.start('site-a');
+    await first.start('site-b');
+    await first.connected('site-a', 'site-b');
+    await waitFor('site-b known at site-a on disk', async () => (await a.store.listKnownSites()).some((k) => k.siteName === 'site-b'));
+    const aDir = a.dir;
+    await first.stop('site-b');
+    await first.stop('site-a');
+    // A new mesh emulation: site-a's view starts with itself only, as membership's does after a restart.
+    const second = new TestMesh('auto');
+    meshes.push(second);
+    const restarted = await second.start('site-a', aDir);
+    const uid = newUid();
+    const answer = await cstore(restarted.custody.ingest, uid, randomBytes(50_000));
+    assert.equal(answer.status, 0x0000, 'alone: acknowledged with quorum 1');
+    assert.deepEqual((await restarted.store.listDebt()).map((d) => [d.sopInstanceUid, d.siteName]), [[uid, 'site-b']]);
+  });
+
   it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);

@@ -6,6 +6,7 @@
  *   ackStore        -> the waiting C-STORE gets its status, once the debt of the same step is durable
  *   persistDebt / removeDebt -> ReplicaStore.updateDebt per step; the store keeps call order and combines
  *                      the calls that wait into one batch (unsynced: see updateDebt)
+ *   persistKnownSites -> ReplicaStore.updateKnownSites (same write order; a failure is only logged)
  *   replicate       -> the cut-through push of that instance to that site if one ran (push.ts), else
  *                      /pacs-mesh/replicate-batch/1 with the other copies queued for that peer;
  *                      'stored' or 'have' is the site's replicaAck
@@ -153,6 +154,9 @@ export const defaultCustodyTuning = {
   // once (opening, flowing and waiting in step). Pipelined, two flowing and four in all: see PeerBatches.
   batchesFlowingPerPeerMax: 2,
   batchesPerPeerMax: 4,
+  // A site down for a long weekend is still owed its copies; one gone for a week is taken as decommissioned.
+  knownSiteForgetAfterMs: 7 * 24 * 3600_000,
+  knownSitesMax: 256,
 } as const;
 
 interface StoreWaiter {
@@ -178,6 +182,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     repairQuietMs: tuning.repairQuietMs,
     repairKeysMax: tuning.repairKeysMax,
     fetchesInFlightMax: tuning.fetchesInFlightMax,
+    knownSiteForgetAfterMs: tuning.knownSiteForgetAfterMs,
+    knownSitesMax: tuning.knownSitesMax,
   };
 
   let stopped = false;
@@ -193,6 +199,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let sendsInFlight = 0;
   const ready = Promise.withResolvers<void>();
   let loadedOnce = false;
+  /** The known sites as of the last load and effects, so that only a newly known site is logged. */
+  let knownSiteNames = new Set<string>();
 
   const send = (msg: CustodyMsg): void => {
     if (!stopped) dispatch(ref, msg);
@@ -226,8 +234,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const damaged: string[] = [];
     const debt: DebtEntry[] = await store.listDebt((key) => damaged.push(key));
     if (damaged.length > 0) log.warn('damaged debt records skipped (repair finds the copies they owed)', { count: damaged.length, keys: damaged.slice(0, 10) });
-    log.info('custody loaded', { instances: digest.size, debtEntries: debt.length });
-    return initCustody(config, { digest, debt });
+    const damagedSites: string[] = [];
+    const knownSites = await store.listKnownSites((key) => damagedSites.push(key));
+    if (damagedSites.length > 0) log.warn('damaged known-site records skipped (those sites are learnt again when heard from)', { keys: damagedSites.slice(0, 10) });
+    knownSiteNames = new Set(knownSites.map((k) => k.siteName));
+    log.info('custody loaded', { instances: digest.size, debtEntries: debt.length, knownSites: [...knownSiteNames] });
+    return initCustody(config, { digest, debt, knownSites });
   }
 
   function publishStats(state: CustodyState): void {
@@ -272,6 +284,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           break;
         case 'removeDebt':
           dels.push({ sopInstanceUid: e.sopInstanceUid, siteName: e.siteName });
+          break;
+        case 'persistKnownSites':
+          for (const siteName of e.forgotten) log.warn('site forgotten: not heard from for too long; copies owed to it dropped (repair brings them if it returns)', { memberSite: siteName });
+          for (const k of e.seen) if (!knownSiteNames.has(k.siteName)) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: k.siteName });
+          for (const k of e.seen) knownSiteNames.add(k.siteName);
+          for (const siteName of e.forgotten) knownSiteNames.delete(siteName);
+          // A lost write only means the site is learnt again from its next heartbeat after a restart.
+          track(store.updateKnownSites(e.seen, e.forgotten).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
           break;
         case 'replicate':
           track(replicate(e.toPeerId, e.toSiteName, e.sopInstanceUid));

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
-import { aliveReplicaTargets, effectiveWriteQuorum, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, effectiveWriteQuorum, initCustody, knownSiteRefreshMs, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
 const config: CustodyConfig = {
@@ -18,6 +18,8 @@ const config: CustodyConfig = {
   repairKeysMax: 100,
   fetchesInFlightMax: 4,
   repairQuietMs: 0,
+  knownSiteForgetAfterMs: 3_600_000,
+  knownSitesMax: 4,
 };
 
 function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
@@ -136,6 +138,68 @@ test('debt survives a restart and drains when the site comes back', () => {
   const drained = run(back.state, ack('1.2.6', 'site-b', 150));
   assert.deepEqual(drained.effects, [{ type: 'removeDebt', sopInstanceUid: '1.2.6', siteName: 'site-b' }]);
   assert.equal(drained.state.debt.size, 0);
+});
+
+test('a restarted peer owes copies to the sites it knew before it hears from them again', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  const learnt = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 10 });
+  const persisted = learnt.effects.filter((e) => e.type === 'persistKnownSites');
+  assert.deepEqual(persisted, [
+    { type: 'persistKnownSites', seen: [{ siteName: 'site-b', lastHeardMs: 10 }, { siteName: 'site-c', lastHeardMs: 10 }], forgotten: [] },
+  ]);
+  s = learnt.state;
+  assert.deepEqual(run(s, { type: 'tick', nowMs: 20 }).effects.filter((e) => e.type === 'persistKnownSites'), [], 'not rewritten at every step');
+  // Restart: the view is empty (nobody heard yet), the known sites come from disk.
+  const restarted = initCustody(config, { digest: createDigest(), debt: [], knownSites: persisted[0]?.type === 'persistKnownSites' ? persisted[0].seen : [] });
+  const stored = store(restarted, 'r1', '1.2.7', 30);
+  assert.deepEqual(acks(stored.effects).map((e) => (e.type === 'ackStore' ? [e.status, e.quorum] : [])), [[StoreStatus.Success, 1]], 'alone: quorum 1');
+  assert.deepEqual(
+    stored.effects.filter((e) => e.type === 'persistDebt').map((e) => (e.type === 'persistDebt' ? e.entry.siteName : '')),
+    ['site-b', 'site-c'],
+  );
+  // An alive site's last-heard time is rewritten once a minute, so it is recent after a restart.
+  const later = run(learnt.state, { type: 'tick', nowMs: 10 + knownSiteRefreshMs });
+  assert.deepEqual(later.effects.filter((e) => e.type === 'persistKnownSites').map((e) => (e.type === 'persistKnownSites' ? e.seen.length : 0)), [2]);
+});
+
+test('a site silent for knownSiteForgetAfterMs is forgotten with the copies owed to it, and learnt again when it returns', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  const bDead = member('peer-b', 'dead'); // last heard at 0
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), bDead, member('peer-c')], nowMs: 10 }).state;
+  s = store(s, 'r1', '1.2.8', 20).state;
+  s = run(s, ack('1.2.8', 'site-c', 30)).state;
+  assert.deepEqual([...s.debt.values()].map((d) => d.siteName), ['site-b']);
+  const forgetting = (effects: CustodyEffect[]) =>
+    effects.flatMap((e) => (e.type === 'removeDebt' ? [`owed ${e.sopInstanceUid} to ${e.siteName}`] : e.type === 'persistKnownSites' ? e.forgotten : []));
+  assert.deepEqual(forgetting(run(s, { type: 'tick', nowMs: config.knownSiteForgetAfterMs - 1 }).effects), []);
+  const forgot = run(s, { type: 'tick', nowMs: config.knownSiteForgetAfterMs });
+  assert.deepEqual(forgetting(forgot.effects), ['owed 1.2.8 to site-b', 'site-b']);
+  s = forgot.state;
+  assert.equal(s.debt.size, 0);
+  // Its dead record still in the view does not bring it back; a store owes it nothing.
+  const nowMs = 10 + config.knownSiteForgetAfterMs;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), bDead, member('peer-c')], nowMs }).state;
+  const stored = store(s, 'r2', '1.2.9', nowMs);
+  assert.deepEqual(stored.effects.filter((e) => e.type === 'persistDebt').map((e) => (e.type === 'persistDebt' ? e.entry.siteName : '')), ['site-c']);
+  // Heard again: known again.
+  const back = run(stored.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: nowMs + 1 });
+  assert.ok(back.effects.some((e) => e.type === 'persistKnownSites' && e.seen.some((k) => k.siteName === 'site-b')));
+  assert.ok(back.state.knownSites.has('site-b'));
+});
+
+test('beyond knownSitesMax the site silent for longest is forgotten', () => {
+  let s = initCustody(config, {
+    digest: createDigest(),
+    debt: [],
+    knownSites: ['b', 'c', 'd', 'e'].map((x, i) => ({ siteName: `site-${x}`, lastHeardMs: 100 + i })),
+  });
+  const learnt = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-f')], nowMs: 200 });
+  assert.deepEqual(learnt.effects.filter((e) => e.type === 'persistKnownSites'), [
+    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], forgotten: ['site-b'] },
+  ]);
+  s = learnt.state;
+  assert.deepEqual([...s.knownSites.keys()].sort(), ['site-c', 'site-d', 'site-e', 'site-f']);
 });
 
 test('at the debt bound, new stores are refused with 0xA700 instead of growing the debt', () => {

@@ -22,6 +22,7 @@ import {
   type CustodyMessage,
   type DebtEntry,
   type InstanceKey,
+  type KnownSite,
 } from './messages.ts';
 
 interface WritingStore {
@@ -44,6 +45,8 @@ export interface CustodyState {
   readonly digest: Digest;
   /** Mirror of the persisted debt, keyed by debtKey(uid, site), in insertion order. */
   readonly debt: Map<string, DebtEntry>;
+  /** Mirror of the persisted known sites: other sites heard from -> when last (see KnownSite). */
+  readonly knownSites: Map<string, number>;
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
   readonly writing: Map<string, WritingStore>;
   /** Stores waiting for their quorum (volatile). */
@@ -81,6 +84,8 @@ export interface CustodyDurable {
   /** The digest of what the store holds (owned by custody from here on); see digestOf. */
   readonly digest: Digest;
   readonly debt: readonly DebtEntry[];
+  /** Absent: none yet (a new data directory). */
+  readonly knownSites?: readonly KnownSite[];
 }
 
 export function debtKey(sopInstanceUid: string, siteName: string): string {
@@ -92,10 +97,13 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
   const digest = durable.digest;
   const debt = new Map<string, DebtEntry>();
   for (const d of durable.debt) debt.set(debtKey(d.sopInstanceUid, d.siteName), d);
+  const knownSites = new Map<string, number>();
+  for (const k of durable.knownSites ?? []) if (k.siteName !== config.selfSiteName) knownSites.set(k.siteName, k.lastHeardMs);
   return {
     config,
     digest,
     debt,
+    knownSites,
     writing: new Map(),
     pending: new Map(),
     replicationsInFlight: new Map(),
@@ -124,6 +132,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     case 'viewChanged':
       state.members = input.members;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
+      updateKnownSites(state, input.nowMs, effects);
       drainDebt(state, input.nowMs, effects);
       break;
     case 'storeRequested':
@@ -158,11 +167,67 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
   return { state, effects };
 }
 
-/** Other sites this peer knows of, in any status (copies are owed to absent sites too). */
+/**
+ * Other sites this peer has heard from and not forgotten, present or absent now (copies are owed to absent
+ * sites too); persisted, so a restarted peer owes them copies before it hears from them again.
+ */
 function otherKnownSites(state: CustodyState): string[] {
-  const sites = new Set<string>();
-  for (const m of state.members) if (m.siteName !== state.config.selfSiteName) sites.add(m.siteName);
-  return [...sites].sort();
+  return [...state.knownSites.keys()].sort();
+}
+
+/** Last-heard times matter at the scale of knownSiteForgetAfterMs: a known site's is rewritten at most this often. */
+export const knownSiteRefreshMs = 60_000;
+
+/**
+ * Learns the sites of the view (when last heard: now while alive), forgets long-silent ones, and persists
+ * what changed in one effect. A site last heard longer ago than knownSiteForgetAfterMs is not learnt, so
+ * the record of a forgotten site that lingers in the view as dead does not bring it back.
+ */
+function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
+  const heard = new Map<string, number>();
+  for (const m of state.members) {
+    if (m.siteName === state.config.selfSiteName) continue;
+    const heardMs = m.status === 'alive' ? nowMs : m.lastHeardAtMs;
+    heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
+  }
+  const seen: KnownSite[] = [];
+  for (const [siteName, lastHeardMs] of heard) {
+    if (nowMs - lastHeardMs >= state.config.knownSiteForgetAfterMs) continue;
+    const known = state.knownSites.get(siteName);
+    if (known !== undefined && lastHeardMs - known < knownSiteRefreshMs) continue;
+    state.knownSites.set(siteName, lastHeardMs);
+    seen.push({ siteName, lastHeardMs });
+  }
+  const forgotten = forgetSilentSites(state, nowMs, effects);
+  if (seen.length > 0 || forgotten.length > 0) effects.push({ type: 'persistKnownSites', seen, forgotten });
+}
+
+/**
+ * Forgets sites not alive now and silent for knownSiteForgetAfterMs, then the longest-silent ones beyond
+ * knownSitesMax, with the copies owed to them.
+ */
+function forgetSilentSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): string[] {
+  const c = state.config;
+  const alive = new Set(state.members.filter((m) => m.status === 'alive').map((m) => m.siteName));
+  const forgotten: string[] = [];
+  for (const [siteName, lastHeardMs] of state.knownSites) {
+    if (!alive.has(siteName) && nowMs - lastHeardMs >= c.knownSiteForgetAfterMs) forgotten.push(siteName);
+  }
+  const excess = state.knownSites.size - forgotten.length - c.knownSitesMax;
+  if (excess > 0) {
+    const silentLongestFirst = [...state.knownSites].filter(([siteName]) => !forgotten.includes(siteName)).sort((a, b) => a[1] - b[1]);
+    forgotten.push(...silentLongestFirst.slice(0, excess).map(([siteName]) => siteName));
+  }
+  if (forgotten.length === 0) return forgotten;
+  const gone = new Set(forgotten);
+  for (const siteName of forgotten) state.knownSites.delete(siteName);
+  for (const [key, entry] of [...state.debt]) {
+    if (!gone.has(entry.siteName)) continue;
+    state.debt.delete(key);
+    state.replicationsInFlight.delete(key);
+    effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
+  }
+  return forgotten;
 }
 
 /**
@@ -418,6 +483,7 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   for (const [uid, fetch] of [...state.fetchesInFlight]) {
     if (nowMs - fetch.sinceMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
   }
+  updateKnownSites(state, nowMs, effects);
   drainDebt(state, nowMs, effects);
   if (nowMs >= state.nextRepairAtMs && !copiesArriving(state, nowMs)) {
     state.nextRepairAtMs = nowMs + c.repairIntervalMs;

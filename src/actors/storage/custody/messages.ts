@@ -20,6 +20,16 @@ export interface DebtEntry {
   readonly sinceMs: number;
 }
 
+/**
+ * A site this peer has heard from, persisted so that copies are owed to it from the first store after a
+ * restart, before its heartbeats arrive again (the membership view starts empty).
+ */
+export interface KnownSite {
+  readonly siteName: string;
+  /** When one of its peers was last heard (the time of the custody step that saw it alive). */
+  readonly lastHeardMs: number;
+}
+
 /** A key of the repair exchange: an instance and the SHA-256 of its bytes. */
 export interface InstanceKey {
   readonly sopInstanceUid: string;
@@ -56,6 +66,13 @@ export interface CustodyConfig {
    * (measured: ~20% of a catch-up). Repair resumes once the pushes stop, so it still finds what they miss.
    */
   readonly repairQuietMs: number;
+  /**
+   * A known site not heard from for this long is forgotten, and the copies owed to it with it (a
+   * decommissioned site must not fill the debt table; if it returns, repair brings it what it misses).
+   */
+  readonly knownSiteForgetAfterMs: number;
+  /** Bound on known sites; beyond it the one silent for longest is forgotten. */
+  readonly knownSitesMax: number;
 }
 
 /** Custody messages between peers (the bytes themselves travel on the replicate and fetch streams). */
@@ -132,6 +149,8 @@ export type CustodyEffect =
       readonly sitesHolding: readonly string[];
     }
   | { readonly type: 'persistDebt'; readonly entry: DebtEntry }
+  /** Record sites heard from (new, or heard again) and drop forgotten ones; a lost write only costs a hint. */
+  | { readonly type: 'persistKnownSites'; readonly seen: readonly KnownSite[]; readonly forgotten: readonly string[] }
   | { readonly type: 'removeDebt'; readonly sopInstanceUid: string; readonly siteName: string }
   /** Stream the stored instance to a peer of another site; its custody answers with replicaAck. */
   | { readonly type: 'replicate'; readonly toPeerId: string; readonly toSiteName: string; readonly sopInstanceUid: string }
