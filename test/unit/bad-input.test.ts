@@ -72,9 +72,10 @@ test.before(async () => {
 });
 test.after(() => peer.dispose());
 
-test('random bytes: A-ABORT (unrecognized PDU) and the connection closes', async () => {
+test('random bytes: A-ABORT and the connection closes', async () => {
   const { pdus, closedByPeer } = await exchange(peer.dicomPort, [Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')]);
-  assert.equal(pdus[0]?.type, 'abort');
+  // Before an association (Sta2) PS3.8's AA-1 aborts with service-user source, reason not significant.
+  assert.deepEqual(pdus[0], { type: 'abort', source: AbortSource.ServiceUser, reason: 0 });
   assert.ok(closedByPeer);
   assert.ok(await echoWorks(peer));
 });
@@ -110,6 +111,20 @@ test('a calling AE title outside the allow-list: A-ASSOCIATE-RJ, reason 3', asyn
     DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'STRANGER', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }] }),
     (e: unknown) => e instanceof AssociationRejectedError && e.rj.reason === 3,
   );
+});
+
+test('no presentation context proposed: A-ASSOCIATE-RJ (permanent, service-user, no reason given)', async () => {
+  const rq = encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'FUZZER',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
+  });
+  const { pdus } = await exchange(peer.dicomPort, [rq]);
+  assert.deepEqual(pdus[0], { type: 'associateRj', result: 1, source: 1, reason: 1 });
 });
 
 test('an unknown SOP class: its presentation context is rejected (abstract syntax not supported)', async () => {

@@ -106,6 +106,11 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
   if (config.allowedCallingAeTitles && config.allowedCallingAeTitles.length > 0 && !config.allowedCallingAeTitles.includes(rq.callingAeTitle)) {
     return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, `calling AE title "${rq.callingAeTitle}" is not allowed`);
   }
+  if (rq.presentationContexts.length === 0) {
+    // PS3.8 9.3.2: an A-ASSOCIATE-RQ carries one or more presentation context items; without any there is
+    // nothing to accept (a request whose contexts are all refused is still accepted, each with its reason).
+    return reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.NoReasonGiven, 'no presentation context proposed');
+  }
   const proposedRoles = new Map(rq.userInformation.roleSelections.map((r) => [r.sopClassUid, r]));
   const acceptedRoles: RoleSelection[] = [];
   const contexts = new Map<number, NegotiatedContext>();

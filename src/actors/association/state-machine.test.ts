@@ -76,6 +76,10 @@ test('unexpected PDUs: before association (AA-1) and during it (AA-8)', () => {
   let r = run(initialMachine(false), { type: 'transportIndication' }, { type: 'pduReceived', pdu: { type: 'pData', values: [] } });
   assert.equal(r.machine.state, 'Sta13');
   assert.deepEqual(kinds(r.effects), ['send:abort', 'startArtim']);
+  // AA-1 is a service-user abort (PS3.8 Table 9-10), its reason not significant; AA-8 below is the provider's.
+  assert.deepEqual(r.effects[0], { type: 'sendPdu', pdu: { type: 'abort', source: 0, reason: 0 } });
+  const invalid = run(initialMachine(false), { type: 'transportIndication' }, { type: 'invalidPdu', reason: 1, detail: 'x' });
+  assert.deepEqual(invalid.effects, [{ type: 'sendPdu', pdu: { type: 'abort', source: 0, reason: 0 } }, { type: 'startArtim' }]);
   r = run(initialMachine(false), { type: 'transportIndication' }, { type: 'pduReceived', pdu: rq }, { type: 'associateAccept', ac }, { type: 'pduReceived', pdu: rq });
   assert.equal(r.machine.state, 'Sta13');
   assert.deepEqual(kinds(r.effects), ['send:abort', 'indicate:providerAborted', 'startArtim']);

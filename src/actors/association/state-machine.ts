@@ -102,9 +102,10 @@ export function step(machine: UlMachine, event: UlEvent): UlStep {
       { type: 'indicate', indication: { type: 'providerAborted', detail } },
       { type: 'startArtim' },
     );
-  // AA-1: send A-ABORT (user source in the standard's AA-1 for Sta2 is "service-user"), restart ARTIM.
-  const aa1 = (reason: number): UlStep =>
-    to('Sta13', { type: 'sendPdu', pdu: providerAbort(reason) }, { type: 'startArtim' });
+  // AA-1 (Sta2: a PDU other than a valid A-ASSOCIATE-RQ): PS3.8 Table 9-10 sends the A-ABORT with
+  // service-user source, whose reason is not significant (0), and (re)starts ARTIM.
+  const aa1 = (): UlStep =>
+    to('Sta13', { type: 'sendPdu', pdu: { type: 'abort', source: AbortSource.ServiceUser, reason: AbortReason.NotSpecified } }, { type: 'startArtim' });
   const refused = (): UlStep => ({ machine, effects: [{ type: 'primitiveRefused', event: event.type, state: s }] });
   const established = (st: UlState) => st === 'Sta6' || st === 'Sta7' || st === 'Sta8' || st === 'Sta9' || st === 'Sta10' || st === 'Sta11' || st === 'Sta12';
 
@@ -150,7 +151,7 @@ export function step(machine: UlMachine, event: UlEvent): UlStep {
       if (s === 'Sta2' || s === 'Sta13') return to('Sta1', { type: 'closeTransport' }); // AA-2
       return to(s);
     case 'invalidPdu':
-      if (s === 'Sta2') return aa1(event.reason);
+      if (s === 'Sta2') return aa1();
       if (s === 'Sta13') return to('Sta13'); // AA-7 would answer an abort; the transport is closing anyway
       if (s === 'Sta1' || s === 'Sta4') return to(s);
       return aa8(event.detail, event.reason);
@@ -167,12 +168,12 @@ function onPdu(
   machine: UlMachine,
   pdu: Pdu,
   to: (state: UlState, ...effects: UlEffect[]) => UlStep,
-  aa1: (reason: number) => UlStep,
+  aa1: () => UlStep,
   aa8: (detail: string, reason?: number) => UlStep,
 ): UlStep {
   const s = machine.state;
   const unexpected = () => {
-    if (s === 'Sta2') return aa1(AbortReason.UnexpectedPdu);
+    if (s === 'Sta2') return aa1();
     if (s === 'Sta13') return to('Sta13'); // AA-6: ignore
     return aa8(`unexpected ${pdu.type} PDU in ${s}`);
   };
