@@ -127,6 +127,27 @@ test('no presentation context proposed: A-ASSOCIATE-RJ (permanent, service-user,
   assert.deepEqual(pdus[0], { type: 'associateRj', result: 1, source: 1, reason: 1 });
 });
 
+test('a C-ECHO for another SOP class, on a storage context, or with a data set: refused, the association goes on', async () => {
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle: 'CHECK',
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [
+      { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+      { abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+  });
+  const [echoContext, ctContext] = client.contexts;
+  const echo = (contextId: number, affectedSopClassUid: string, dataSet?: Uint8Array) =>
+    client.request(contextId, { commandField: CommandField.CEchoRq, affectedSopClassUid, hasDataSet: dataSet !== undefined }, dataSet);
+  assert.equal((await echo(echoContext!.id, ctImage)).command.status, 0x0122, 'another SOP class on the Verification context');
+  assert.equal((await echo(ctContext!.id, ctImage)).command.status, 0x0122, 'on a storage context');
+  assert.equal((await echo(echoContext!.id, verification, new Uint8Array(8))).command.status, 0x0212, 'with a data set');
+  assert.equal((await echo(echoContext!.id, verification)).command.status, 0x0000);
+  await client.release();
+});
+
 test('an unknown SOP class: its presentation context is rejected (abstract syntax not supported)', async () => {
   const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', '1.2.3.4.5.6')]);
   const ac = pdus[0];

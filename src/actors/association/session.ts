@@ -253,6 +253,11 @@ export class AcceptorSession {
     }
     switch (command.commandField) {
       case CommandField.CEchoRq:
+        // PS3.7 9.3.5: Verification only, on its own context (0x0122), and without a data set (0x0212).
+        if (context.service !== 'verification' || command.affectedSopClassUid !== context.abstractSyntaxUid) {
+          return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `C-ECHO for ${command.affectedSopClassUid ?? '(none)'} on a context for ${context.abstractSyntaxUid}`);
+        }
+        if (command.hasDataSet) return this.refuse(presentationContextId, command, Status.MistypedArgument, 'C-ECHO-RQ with a data set');
         await this.send(presentationContextId, { commandField: CommandField.CEchoRsp, messageIdBeingRespondedTo: command.messageId, affectedSopClassUid: command.affectedSopClassUid, status: Status.Success, hasDataSet: false });
         return;
       case CommandField.CStoreRq:
