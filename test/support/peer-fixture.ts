@@ -9,15 +9,16 @@ import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { DicomClientAssociation, type DimseReply } from '../../src/actors/association/client.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { CommandField } from '../../src/codec/dimse.ts';
-import { DicomApplicationContext, encodePdu } from '../../src/codec/pdu.ts';
+import { DicomApplicationContext, encodePdu, type AssociateRqPdu } from '../../src/codec/pdu.ts';
 import { makeInstanceWithInfo, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
 
-/** The bytes of an A-ASSOCIATE-RQ with one presentation context, for tests that talk raw PDUs to a peer. */
+/** The bytes of an A-ASSOCIATE-RQ (one presentation context unless given), for tests that talk raw PDUs to a peer. */
 export function associateRqBytes(
   calledAeTitle = 'PACSMESH',
   abstractSyntaxUid = '1.2.840.10008.1.1',
   transferSyntaxUid: string = TransferSyntax.ImplicitVrLittleEndian,
   callingAeTitle = 'FUZZER',
+  presentationContexts: AssociateRqPdu['presentationContexts'] = [{ id: 1, abstractSyntaxUid, transferSyntaxUids: [transferSyntaxUid] }],
 ): Uint8Array {
   return encodePdu({
     type: 'associateRq',
@@ -25,7 +26,7 @@ export function associateRqBytes(
     calledAeTitle,
     callingAeTitle,
     applicationContextName: DicomApplicationContext,
-    presentationContexts: [{ id: 1, abstractSyntaxUid, transferSyntaxUids: [transferSyntaxUid] }],
+    presentationContexts,
     userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
   });
 }

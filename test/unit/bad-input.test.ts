@@ -12,7 +12,7 @@ import { AssociationRejectedError, DicomClientAssociation } from '../../src/acto
 import { CommandField, encodeCommand } from '../../src/codec/dimse.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
-import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
+import { AbortReason, AbortSource, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
 import { Prng } from '../../src/sim/prng.ts';
 
 const verification = '1.2.840.10008.1.1';
@@ -114,16 +114,7 @@ test('a calling AE title outside the allow-list: A-ASSOCIATE-RJ, reason 3', asyn
 });
 
 test('no presentation context proposed: A-ASSOCIATE-RJ (permanent, service-user, no reason given)', async () => {
-  const rq = encodePdu({
-    type: 'associateRq',
-    protocolVersion: 1,
-    calledAeTitle: 'PACSMESH',
-    callingAeTitle: 'FUZZER',
-    applicationContextName: DicomApplicationContext,
-    presentationContexts: [],
-    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
-  });
-  const { pdus } = await exchange(peer.dicomPort, [rq]);
+  const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', undefined, undefined, 'FUZZER', [])]);
   assert.deepEqual(pdus[0], { type: 'associateRj', result: 1, source: 1, reason: 1 });
 });
 
@@ -215,15 +206,7 @@ test('a data set cut off in the middle (connection dropped): nothing is stored, 
   const before = await storedKeyCount(peer);
   const { dataSet, resolved } = dataSetOf({ rows: 512, columns: 512 });
   const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
-  const rq = encodePdu({
-    type: 'associateRq',
-    protocolVersion: 1,
-    calledAeTitle: 'PACSMESH',
-    callingAeTitle: 'FUZZER',
-    applicationContextName: DicomApplicationContext,
-    presentationContexts: [{ id: 1, abstractSyntaxUid: resolved.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
-  });
+  const rq = associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian);
   const half = dataSet.subarray(0, Math.floor(dataSet.length / 2));
   await exchange(peer.dicomPort, [rq, ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, half, 16384, false)], { endAfterWrite: true, waitMs: 1000 });
   await new Promise((r) => setTimeout(r, 300));

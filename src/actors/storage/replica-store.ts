@@ -808,21 +808,11 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async listDebt(onDamaged: (key: string) => void = () => undefined): Promise<DebtEntry[]> {
-    const out: DebtEntry[] = [];
-    for await (const [key, value] of this.db.iterator(prefixRange(debtPrefix))) {
-      let d: Partial<DebtEntry> | undefined;
-      try {
-        d = unpack(value) as Partial<DebtEntry>;
-      } catch {
-        d = undefined;
-      }
-      if (typeof d?.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && Number.isFinite(d.sinceMs)) {
-        out.push({ sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number });
-      } else {
-        onDamaged(key);
-      }
-    }
-    return out;
+    return this.listRecords(debtPrefix, onDamaged, (_key, d: Partial<DebtEntry>) =>
+      typeof d.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && Number.isFinite(d.sinceMs)
+        ? { sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number }
+        : undefined,
+    );
   }
 
   async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly string[]): Promise<void> {
@@ -838,19 +828,26 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async listKnownSites(onDamaged: (key: string) => void = () => undefined): Promise<KnownSite[]> {
-    const out: KnownSite[] = [];
-    for await (const [key, value] of this.db.iterator(prefixRange(knownSitePrefix))) {
-      let k: Partial<KnownSite> | undefined;
+    return this.listRecords(knownSitePrefix, onDamaged, (key, k: Partial<KnownSite>) =>
+      typeof k.siteName === 'string' && key === `${knownSitePrefix}${k.siteName}` && Number.isFinite(k.lastHeardMs)
+        ? { siteName: k.siteName, lastHeardMs: k.lastHeardMs as number }
+        : undefined,
+    );
+  }
+
+  /** The MessagePack records under prefix that `parse` accepts; the others are named to onDamaged. */
+  private async listRecords<T, R>(prefix: string, onDamaged: (key: string) => void, parse: (key: string, record: Partial<R>) => T | undefined): Promise<T[]> {
+    const out: T[] = [];
+    for await (const [key, value] of this.db.iterator(prefixRange(prefix))) {
+      let record: T | undefined;
       try {
-        k = unpack(value) as Partial<KnownSite>;
+        const unpacked = unpack(value) as unknown;
+        record = typeof unpacked === 'object' && unpacked !== null ? parse(key, unpacked as Partial<R>) : undefined;
       } catch {
-        k = undefined;
+        record = undefined;
       }
-      if (typeof k?.siteName === 'string' && key === `${knownSitePrefix}${k.siteName}` && Number.isFinite(k.lastHeardMs)) {
-        out.push({ siteName: k.siteName, lastHeardMs: k.lastHeardMs as number });
-      } else {
-        onDamaged(key);
-      }
+      if (record === undefined) onDamaged(key);
+      else out.push(record);
     }
     return out;
   }
