@@ -160,7 +160,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
             // False while the peer cannot record a vote (a full disk): passed over in elections.
             electable: m.electable,
           })),
-          custody: stats,
+          custody: { ...stats, knownSites: custody.knownSites() },
         };
       },
       stop: async () => {

@@ -28,6 +28,7 @@ export interface MeshStatus {
   instances: number;
   members?: MeshMemberView[];
   leader?: { peerId: string; site: string; term: number } | null;
+  custody?: { debtEntries: number; knownSites: string[] };
 }
 
 export interface PeerProcess {

@@ -82,6 +82,8 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   // A and B die hard; C alone still answers for everything acknowledged.
   await a.kill9();
   await b.kill9();
+  // ...and still owes copies to both (what it stores now is owed to them, across its own restarts).
+  assert.deepEqual((await c.status()).custody?.knownSites, ['site-a', 'site-b']);
   assert.deepEqual(await studyUidsAt(c), [...studies].sort());
   await checkRetrieveAt(c, 'c-alone');
 

@@ -101,6 +101,8 @@ export interface CustodyService {
   /** Called by the peer whenever membership changes (the whole view, self included). */
   onViewChanged(members: readonly MemberRecord[]): void;
   stats(): CustodyStats;
+  /** The other sites copies are owed to, present or absent (see KnownSite), sorted. */
+  knownSites(): string[];
   /** Feeds membership heartbeats; returns the unsubscribe function. */
   onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
   /** Makes the actor throw on its next message (supervision tests). */
@@ -199,7 +201,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let sendsInFlight = 0;
   const ready = Promise.withResolvers<void>();
   let loadedOnce = false;
-  /** The known sites as of the last load and effects, so that only a newly known site is logged. */
+  /** The known sites as of the last load and effects: for /api/mesh, and to log only a newly known site. */
   let knownSiteNames = new Set<string>();
 
   const send = (msg: CustodyMsg): void => {
@@ -656,6 +658,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       input({ type: 'viewChanged', members: view, nowMs: clock.nowMs() });
     },
     stats: () => ({ ...current }),
+    knownSites: () => [...knownSiteNames].sort(),
     onStatsChanged(listener) {
       statsListeners.add(listener);
       return () => statsListeners.delete(listener);
