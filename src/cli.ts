@@ -15,6 +15,13 @@ async function main(argv: readonly string[]): Promise<number> {
   switch (command) {
     case 'start': {
       const config = parseStartArgs(rest);
+      // A promise rejected with no handler is a bug in one operation, not a reason to drop every
+      // association and mesh link of the site (acknowledged data is durable before its ack either way):
+      // report it, with its stack for the bug report, and serve on. Tests fail on this line.
+      process.on('unhandledRejection', (reason) => {
+        const detail = reason instanceof Error ? (reason.stack ?? reason.message) : String(reason);
+        process.stderr.write(`pacs-mesh: ERR_UNHANDLED_REJECTION (a bug; the peer serves on): ${detail}\n`);
+      });
       const peer = await startPeer(config);
       const signalled = new Promise<null>((resolve) => {
         const stop = () => resolve(null);

@@ -49,6 +49,8 @@ export class MeshCluster {
   readonly root = mkdtempSync(join(tmpdir(), 'pacs-mesh-cluster-'));
   readonly swarmKeyFile = join(this.root, 'swarm.key');
   readonly peers: PeerProcess[] = [];
+  /** Unhandled rejections the peers reported: dispose() fails the test with them. */
+  readonly unhandledRejections: string[] = [];
 
   async init(): Promise<void> {
     await writeSwarmKeyFile(this.swarmKeyFile);
@@ -69,7 +71,11 @@ export class MeshCluster {
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });
     let output = '';
     process.child.stdout?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
-    process.child.stderr?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
+    process.child.stderr?.on('data', (b: Buffer) => {
+      output = (output + b.toString()).slice(-20_000);
+      // The peer serves on after an unhandled rejection (src/cli.ts); a test must not.
+      if (b.includes('ERR_UNHANDLED_REJECTION')) this.unhandledRejections.push(`${site}: ${b.toString().slice(0, 2000)}`);
+    });
     const peer: PeerProcess = {
       site,
       dataDir,
@@ -107,6 +113,7 @@ export class MeshCluster {
   async dispose(): Promise<void> {
     await Promise.all(this.peers.map((p) => p.stop().catch(() => undefined)));
     rmSync(this.root, { recursive: true, force: true });
+    if (this.unhandledRejections.length > 0) throw new Error(`peers reported unhandled rejections:\n${this.unhandledRejections.join('\n')}`);
   }
 }
 

@@ -4,7 +4,7 @@
  * and the exit code operators' scripts rely on (2 configuration, 1 runtime).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -116,4 +116,31 @@ test('a mesh child that keeps failing at start (membership cannot read its incar
   const r = await startMesh('silent');
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the membership actor kept failing \(EISDIR: .*\)\n$/);
+});
+
+test('an unhandled rejection inside a running peer is reported on stderr and the peer serves on', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const httpPort = await getFreePort();
+  // A promise rejected with no handler once the command is running (it has installed its handler), as a
+  // bug in some operation would.
+  const probe =
+    'data:text/javascript,const t = setInterval(() => { if (process.listenerCount("unhandledRejection") > 0) { clearInterval(t); Promise.reject(new Error("probe rejection")); } }, 50)';
+  const args = peerProcessArgs(['start', '--data', dir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(httpPort), '--log-level', 'warn']);
+  const child = spawn(process.execPath, ['--import', probe, ...args], { env: peerProcessEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 30_000;
+  while (!stderr.includes('ERR_UNHANDLED_REJECTION')) {
+    assert.ok(Date.now() < deadline, `no report in 30 s: ${stderr}`);
+    assert.equal(child.exitCode, null, `the peer exited: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(stderr, /ERR_UNHANDLED_REJECTION \(a bug; the peer serves on\): Error: probe rejection/);
+  const health = await fetch(`http://127.0.0.1:${httpPort}/healthz`, { signal: AbortSignal.timeout(3000) });
+  assert.equal(health.status, 200);
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, stderr);
 });

@@ -301,6 +301,9 @@ export class DicomClientAssociation {
     const replied = new Promise<DimseReply>((resolve, reject) => {
       this.waiter = { messageId, onPending, resolve, reject };
     });
+    // The association can end while the request is still being sent, before anyone awaits the reply:
+    // that rejection is handled (below, once sent), not an unhandled one that ends the process.
+    replied.catch(() => undefined);
     this.requestSent = this.core.sendMessage(presentationContextId, { ...command, messageId }, dataSet);
     await this.requestSent;
     return this.withTimeout(replied, `response to message ${messageId}`);

@@ -220,29 +220,32 @@ export class AssociationCore {
   /** Sends a command and, if given, its data set as a series of chunks (streamed, never concatenated). */
   async sendMessage(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
     const commandBytes = encodeCommand({ ...command, hasDataSet: dataSet !== undefined });
-    for (const pdu of encodePDataFragments(presentationContextId, true, commandBytes, this.peerMaxPduLength)) {
-      await this.fire({ type: 'pDataRequest', pdu });
-    }
+    if (!(await this.sendFragments(encodePDataFragments(presentationContextId, true, commandBytes, this.peerMaxPduLength)))) return;
     if (dataSet === undefined) return;
     if (dataSet instanceof Uint8Array) {
-      for (const pdu of encodePDataFragments(presentationContextId, false, dataSet, this.peerMaxPduLength)) {
-        await this.fire({ type: 'pDataRequest', pdu });
-      }
+      await this.sendFragments(encodePDataFragments(presentationContextId, false, dataSet, this.peerMaxPduLength));
       return;
     }
     // One chunk of look-ahead tells which fragment is the last one.
     let previous: Uint8Array | undefined;
     for await (const chunk of evenChunks(dataSet)) {
-      if (previous) {
-        for (const pdu of encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)) {
-          await this.fire({ type: 'pDataRequest', pdu });
-        }
-      }
+      if (previous && !(await this.sendFragments(encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)))) return;
       previous = chunk;
     }
-    for (const pdu of encodePDataFragments(presentationContextId, false, previous ?? new Uint8Array(0), this.peerMaxPduLength, true)) {
+    await this.sendFragments(encodePDataFragments(presentationContextId, false, previous ?? new Uint8Array(0), this.peerMaxPduLength, true));
+  }
+
+  /**
+   * Sends P-DATA PDUs while the association can carry them (Sta6, or Sta8 before answering a release);
+   * false once it cannot: it ended (its indication tells how), and reading the rest of a data set from
+   * disk for nobody would only waste the time.
+   */
+  private async sendFragments(pdus: Iterable<Uint8Array>): Promise<boolean> {
+    for (const pdu of pdus) {
+      if (this.machine.state !== 'Sta6' && this.machine.state !== 'Sta8') return false;
       await this.fire({ type: 'pDataRequest', pdu });
     }
+    return true;
   }
 
   abort(reason: number = AbortReason.NotSpecified): void {
