@@ -78,6 +78,8 @@ test('C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE round trip with dcmjs-dimse', as
   assert.equal(pending.length, 1);
   assert.equal(pending[0]!.getDataset()!.getElement('StudyInstanceUID'), studies[0]);
   assert.equal(String(pending[0]!.getDataset()!.getElement('NumberOfStudyRelatedInstances')), '2');
+  // Where to retrieve it from (PS3.4 C.4.1.1.3.2), though the query did not ask.
+  assert.equal(pending[0]!.getDataset()!.getElement('RetrieveAETitle'), 'PACSMESH');
   assert.equal(found!.at(-1)!.getStatus(), 0);
 
   const received: string[] = [];

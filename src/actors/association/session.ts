@@ -356,7 +356,15 @@ export class AcceptorSession {
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
     const task: Task = { cancelled: false, done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => this.send(presentationContextId, rsp, dataSet);
-    const common = { root: context.root!, transferSyntaxUid: context.transferSyntaxUid, command, identifier, send, isCancelled: () => task.cancelled };
+    const common = {
+      root: context.root!,
+      transferSyntaxUid: context.transferSyntaxUid,
+      command,
+      identifier,
+      send,
+      isCancelled: () => task.cancelled,
+      retrieveAeTitle: this.deps.config.aeTitle,
+    };
     const run =
       context.service === 'find'
         ? runFind(common, this.deps.store)

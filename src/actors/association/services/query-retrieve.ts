@@ -22,6 +22,8 @@ export interface QueryContext {
   identifier: Uint8Array;
   send: SendMessage;
   isCancelled(): boolean;
+  /** This archive's AE title: where every match can be retrieved from (C-FIND responses carry it). */
+  retrieveAeTitle: string;
 }
 
 /** (0008,0058) Failed SOP Instance UID List, returned in the final C-GET/C-MOVE response. */
@@ -66,6 +68,16 @@ function findResponse(command: DimseCommand, status: number, errorComment?: stri
   };
 }
 
+/**
+ * PS3.4 C.4.1.1.3.2: each C-FIND response names where its entity can be retrieved, Retrieve AE Title
+ * (0008,0054), asked for or not; here that is this archive itself, which serves every match.
+ */
+function withRetrieveAeTitle(identifier: readonly DicomElement[], aeTitle: string): DicomElement[] {
+  const located = identifier.filter((element) => element.tag !== Tags.RetrieveAETitle);
+  located.push({ tag: Tags.RetrieveAETitle, vr: 'AE', value: aeTitle });
+  return located.sort((a, b) => a.tag - b.tag);
+}
+
 /** C-FIND responses sent between two turns of the event loop (when a C-CANCEL-RQ can be read). */
 const findMatchesPerIoTurn = 16;
 
@@ -86,7 +98,7 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<v
         await ctx.send(findResponse(ctx.command, Status.Cancel));
         return;
       }
-      await ctx.send(findResponse(ctx.command, Status.Pending), encodeDataset(identifier, ctx.transferSyntaxUid));
+      await ctx.send(findResponse(ctx.command, Status.Pending), encodeDataset(withRetrieveAeTitle(identifier, ctx.retrieveAeTitle), ctx.transferSyntaxUid));
     }
   } catch (error) {
     await ctx.send(findResponse(ctx.command, Status.UnableToProcess, `query failed: ${error instanceof Error ? error.message : String(error)}`));
