@@ -36,6 +36,8 @@ export const Status = {
   DuplicateInvocation: 0x0210,
   MistypedArgument: 0x0212,
   OutOfResources: 0xa700,
+  /** C-GET/C-MOVE: out of resources, unable to calculate the number of matches (PS3.4 C.4.2.1.5, C.4.3.1.4). */
+  OutOfResourcesMatches: 0xa701,
   OutOfResourcesSubOps: 0xa702,
   MoveDestinationUnknown: 0xa801,
   IdentifierDoesNotMatchSopClass: 0xa900,

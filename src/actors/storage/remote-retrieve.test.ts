@@ -49,9 +49,13 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   await put(storeA, '1.2.9.1.2', randomBytes(10));
   await put(storeB, '1.2.9.1.2', randomBytes(10)); // held on both sides: listed once, the local entry
   const fetched: string[] = [];
+  const unreachable = '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo';
+  // Unreachable too, but its last digest root was ours: it cannot hold a match that is not here.
+  const unreachableInSync = '12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq';
   const retrieve = createRemoteRetrieve({
     node: b, store: storeB, log: silentLogger,
-    peers: () => [a.peerId, '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo'],
+    peers: () => [a.peerId, unreachable, unreachableInSync],
+    holdsNothingMore: (peerId) => peerId === unreachableInSync,
     onFetched: (entry, from) => fetched.push(`${entry.sopInstanceUid}@${from}`),
     limits: { exchangeTimeoutMs: 2000 },
   });
@@ -59,7 +63,8 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   const all = await retrieve.resolveRetrieveEverywhere(request);
   assert.deepEqual(all.entries.map((e) => e.sopInstanceUid).sort(), ['1.2.9.1.1', '1.2.9.1.2']);
   assert.equal(all.truncated, false);
-  assert.equal(all.peersFailed.length, 1, 'the unreachable peer is reported, not fatal');
+  assert.deepEqual(all.peersFailed, [unreachable, unreachableInSync], 'unreachable peers are reported, not fatal');
+  assert.deepEqual(all.peersMissed, [unreachable], 'only one that may hold what is not here can make the result incomplete');
   const one = await retrieve.resolveRetrieveEverywhere(request, { limit: 1 });
   assert.equal(one.entries.length, 1);
   assert.equal(one.truncated, true);

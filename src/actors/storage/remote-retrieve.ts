@@ -25,6 +25,11 @@ export interface RemoteRetrieveInit {
   log: Logger;
   /** Alive peers to ask (self excluded), best first. */
   peers(): string[];
+  /**
+   * True when a peer holds nothing this peer lacks, as far as this peer knows (its last advertised digest
+   * root equals ours), so that it not answering cannot hide a match. Absent: never known.
+   */
+  holdsNothingMore?(peerId: string): boolean;
   /** A copy pulled here is durable: custody adds it to its digest and acknowledges the source. */
   onFetched?(entry: CatalogEntry, fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
@@ -49,6 +54,8 @@ export interface ResolveResult {
   truncated: boolean;
   /** Peers that did not answer (their instances may be missing from `entries`). */
   peersFailed: string[];
+  /** Those of peersFailed that may hold instances this peer does not (see holdsNothingMore): `entries` may lack some. */
+  peersMissed: string[];
 }
 
 export interface RemoteRetrieve {
@@ -164,7 +171,8 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
           remember(entry.sopInstanceUid, peerId);
         }
       });
-      return { entries: [...byUid.values()], truncated, peersFailed };
+      const peersMissed = peersFailed.filter((peerId) => !(init.holdsNothingMore?.(peerId) ?? false));
+      return { entries: [...byUid.values()], truncated, peersFailed, peersMissed };
     },
   };
 }

@@ -165,6 +165,12 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, undefined, `more than ${maxRetrieveInstances} instances: narrow the request`));
       return;
     }
+    if (resolved.peersMissed !== undefined && resolved.peersMissed.length > 0) {
+      // Sending what is here and answering Success would pass a partial study off as the whole one.
+      const comment = `${resolved.peersMissed.length} peer(s) holding instances not here yet did not answer: retry`;
+      await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesMatches, undefined, comment));
+      return;
+    }
     entries = resolved.entries;
   } catch (error) {
     const status = error instanceof QueryError ? error.status : Status.UnableToProcess;
@@ -280,8 +286,11 @@ export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abst
 
 /** Where C-GET and C-MOVE find instances: the local catalog, or in a mesh every alive site's. */
 export interface RetrieveSource {
-  /** The instances a retrieve request names, at most `limit` (truncated says there were more). Throws QueryError. */
-  resolve(request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[]; truncated: boolean }>;
+  /**
+   * The instances a retrieve request names, at most `limit` (truncated says there were more); peersMissed
+   * names the peers that did not answer while they may hold matches not here. Throws QueryError.
+   */
+  resolve(request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[]; truncated: boolean; peersMissed?: readonly string[] }>;
   /** The local entry of an instance, pulled from a peer first when only a peer holds it; undefined when nobody does. */
   ensureLocal(entry: CatalogEntry): Promise<CatalogEntry | undefined>;
 }

@@ -612,6 +612,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     store,
     log,
     peers: peersToAsk,
+    holdsNothingMore: (peerId) => current.digestRoot !== '' && members.some((m) => m.peerId === peerId && m.digestRoot === current.digestRoot),
     limits: init.limits,
     signal: shutdown.signal,
     onFetched: (entry: CatalogEntry, fromPeerId: string) =>

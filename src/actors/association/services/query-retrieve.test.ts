@@ -1,0 +1,63 @@
+/** C-GET/C-MOVE decisions taken before any sub-operation, from what the retrieve source resolved. */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { encodeDataset } from '../../../codec/dataset/writer.ts';
+import { Tags } from '../../../codec/dictionary.ts';
+import { TransferSyntax } from '../../../codec/dicom-types.ts';
+import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
+import { createReplicaStore } from '../../storage/replica-store.ts';
+import { runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+
+async function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-qr-'));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  const sent: DimseCommand[] = [];
+  try {
+    const identifier = encodeDataset(
+      [
+        { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+        { tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.5' },
+      ],
+      TransferSyntax.ImplicitVrLittleEndian,
+    );
+    await runRetrieve(
+      {
+        kind: 'get',
+        root: 'STUDY',
+        transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian,
+        command: { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
+        identifier,
+        send: async (rsp) => void sent.push(rsp),
+        isCancelled: () => false,
+        retrieveAeTitle: 'PACSMESH',
+        callingAeTitle: 'VIEWER',
+        openTarget: () => Promise.reject(new Error('no sub-operation expected')),
+      },
+      store,
+      source,
+    );
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+  return sent;
+}
+
+test('a peer that may hold matches not here did not answer: 0xA701 before any sub-operation, never a partial Success', async () => {
+  const sent = await retrieveWith({
+    resolve: async () => ({ entries: [], truncated: false, peersMissed: ['peer-x'] }),
+    ensureLocal: async (entry) => entry,
+  });
+  assert.equal(sent.length, 1);
+  assert.equal(sent[0]!.status, Status.OutOfResourcesMatches);
+  assert.match(sent[0]!.errorComment ?? '', /did not answer: retry/);
+});
+
+test('every peer answered (or those silent hold nothing more): the retrieve goes on', async () => {
+  const sent = await retrieveWith({ resolve: async () => ({ entries: [], truncated: false, peersMissed: [] }), ensureLocal: async (entry) => entry });
+  assert.deepEqual(sent.map((r) => r.status), [Status.Success]);
+});
