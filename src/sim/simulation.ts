@@ -12,7 +12,7 @@ import { chooseTarget, initBalancer, stepBalancer, type BalancerState } from '..
 import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
-import { debtKey, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
+import { custodyStats, debtKey, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
 import {
   StoreStatus,
   type CustodyEffect,
@@ -272,7 +272,7 @@ export function runSimulation(options: SimOptions): SimResult {
     const live = peer.live;
     return {
       activeAssociations: live ? live.custody.pending.size + live.custody.writing.size : 0,
-      queuedCustodyWork: live ? live.custody.debt.size : 0,
+      queuedCustodyWork: live ? custodyStats(live.custody).queuedWork : 0,
       freeDiskBytes: 1e12,
     };
   };

@@ -28,7 +28,7 @@ export interface MeshStatus {
   instances: number;
   members?: MeshMemberView[];
   leader?: { peerId: string; site: string; term: number } | null;
-  custody?: { debtEntries: number; knownSites: string[] };
+  custody?: { debtEntries: number; knownSites: Array<{ site: string; debtEntries: number }> };
 }
 
 export interface PeerProcess {

@@ -83,7 +83,10 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   await a.kill9();
   await b.kill9();
   // ...and still owes copies to both (what it stores now is owed to them, across its own restarts).
-  assert.deepEqual((await c.status()).custody?.knownSites, ['site-a', 'site-b']);
+  assert.deepEqual((await c.status()).custody?.knownSites, [
+    { site: 'site-a', debtEntries: 0 },
+    { site: 'site-b', debtEntries: 0 },
+  ]);
   assert.deepEqual(await studyUidsAt(c), [...studies].sort());
   await checkRetrieveAt(c, 'c-alone');
 

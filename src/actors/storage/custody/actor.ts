@@ -101,8 +101,8 @@ export interface CustodyService {
   /** Called by the peer whenever membership changes (the whole view, self included). */
   onViewChanged(members: readonly MemberRecord[]): void;
   stats(): CustodyStats;
-  /** The other sites copies are owed to, present or absent (see KnownSite), sorted. */
-  knownSites(): string[];
+  /** The other sites copies are owed to, present or absent (see KnownSite), with the copies owed now, by name. */
+  knownSites(): Array<{ site: string; debtEntries: number }>;
   /** Feeds membership heartbeats; returns the unsubscribe function. */
   onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
   /** Makes the actor throw on its next message (supervision tests). */
@@ -203,6 +203,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let loadedOnce = false;
   /** The known sites as of the last load and effects: for /api/mesh, and to log only a newly known site. */
   let knownSiteNames = new Set<string>();
+  /** The reducer's debt counts per site as of the last step (read only, for /api/mesh). */
+  let debtBySite: ReadonlyMap<string, number> = new Map();
 
   const send = (msg: CustodyMsg): void => {
     if (!stopped) dispatch(ref, msg);
@@ -245,6 +247,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   }
 
   function publishStats(state: CustodyState): void {
+    debtBySite = state.debtBySite;
     const s = custodyStats(state);
     const next: CustodyStats = { ...s, debtEntries: state.debt.size, uidConflicts: state.uidConflicts.size };
     if (
@@ -659,7 +662,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       input({ type: 'viewChanged', members: view, nowMs: clock.nowMs() });
     },
     stats: () => ({ ...current }),
-    knownSites: () => [...knownSiteNames].sort(),
+    // Sites owed copies but not known (debt written before known sites were) are listed too.
+    knownSites: () => [...new Set([...knownSiteNames, ...debtBySite.keys()])].sort().map((site) => ({ site, debtEntries: debtBySite.get(site) ?? 0 })),
     onStatsChanged(listener) {
       statsListeners.add(listener);
       return () => statsListeners.delete(listener);

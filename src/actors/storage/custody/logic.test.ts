@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
-import { aliveReplicaTargets, effectiveWriteQuorum, initCustody, knownSiteRefreshMs, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, initCustody, knownSiteRefreshMs, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
 const config: CustodyConfig = {
@@ -186,6 +186,21 @@ test('a site silent for knownSiteForgetAfterMs is forgotten with the copies owed
   const back = run(stored.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: nowMs + 1 });
   assert.ok(back.effects.some((e) => e.type === 'persistKnownSites' && e.seen.some((k) => k.siteName === 'site-b')));
   assert.ok(back.state.knownSites.has('site-b'));
+});
+
+test('queued work counts copies owed to alive sites (and pulls), not those waiting for an absent site', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c', 'dead')], nowMs: 0 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 1 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c', 'dead')], nowMs: 2 }).state;
+  s = store(s, 'r1', 'u1', 3).state;
+  assert.deepEqual(Object.fromEntries(s.debtBySite), { 'site-b': 1, 'site-c': 1 });
+  assert.equal(custodyStats(s).queuedWork, 1, 'only the copy owed to site-b, which is alive');
+  s = run(s, ack('u1', 'site-b', 4)).state;
+  assert.deepEqual(Object.fromEntries(s.debtBySite), { 'site-c': 1 });
+  assert.equal(custodyStats(s).queuedWork, 0);
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 5 }).state;
+  assert.equal(custodyStats(s).queuedWork, 1, 'site-c is back: its copy is work now');
 });
 
 test('beyond knownSitesMax the site silent for longest is forgotten', () => {

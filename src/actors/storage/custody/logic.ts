@@ -45,6 +45,8 @@ export interface CustodyState {
   readonly digest: Digest;
   /** Mirror of the persisted debt, keyed by debtKey(uid, site), in insertion order. */
   readonly debt: Map<string, DebtEntry>;
+  /** Entries of `debt` per site (kept with it by oweCopy and forgiveCopy): queued work, /api/mesh. */
+  readonly debtBySite: Map<string, number>;
   /** Mirror of the persisted known sites: other sites heard from -> when last (see KnownSite). */
   readonly knownSites: Map<string, number>;
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
@@ -96,13 +98,19 @@ export function debtKey(sopInstanceUid: string, siteName: string): string {
 export function initCustody(config: CustodyConfig, durable: CustodyDurable): CustodyState {
   const digest = durable.digest;
   const debt = new Map<string, DebtEntry>();
-  for (const d of durable.debt) debt.set(debtKey(d.sopInstanceUid, d.siteName), d);
+  const debtBySite = new Map<string, number>();
+  for (const d of durable.debt) {
+    const key = debtKey(d.sopInstanceUid, d.siteName);
+    if (!debt.has(key)) debtBySite.set(d.siteName, (debtBySite.get(d.siteName) ?? 0) + 1);
+    debt.set(key, d);
+  }
   const knownSites = new Map<string, number>();
   for (const k of durable.knownSites ?? []) if (k.siteName !== config.selfSiteName) knownSites.set(k.siteName, k.lastHeardMs);
   return {
     config,
     digest,
     debt,
+    debtBySite,
     knownSites,
     writing: new Map(),
     pending: new Map(),
@@ -223,11 +231,27 @@ function forgetSilentSites(state: CustodyState, nowMs: number, effects: CustodyE
   for (const siteName of forgotten) state.knownSites.delete(siteName);
   for (const [key, entry] of [...state.debt]) {
     if (!gone.has(entry.siteName)) continue;
-    state.debt.delete(key);
+    forgiveCopy(state, key);
     state.replicationsInFlight.delete(key);
     effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
   }
   return forgotten;
+}
+
+function oweCopy(state: CustodyState, key: string, entry: DebtEntry): void {
+  state.debt.set(key, entry);
+  state.debtBySite.set(entry.siteName, (state.debtBySite.get(entry.siteName) ?? 0) + 1);
+}
+
+/** Removes a debt entry; false when there was none. */
+function forgiveCopy(state: CustodyState, key: string): boolean {
+  const entry = state.debt.get(key);
+  if (entry === undefined) return false;
+  state.debt.delete(key);
+  const left = (state.debtBySite.get(entry.siteName) ?? 1) - 1;
+  if (left > 0) state.debtBySite.set(entry.siteName, left);
+  else state.debtBySite.delete(entry.siteName);
+  return true;
 }
 
 /**
@@ -291,7 +315,7 @@ function onLocalWriteDone(
     const key = debtKey(store.sopInstanceUid, siteName);
     if (state.debt.has(key)) continue;
     const entry: DebtEntry = { sopInstanceUid: store.sopInstanceUid, siteName, sinceMs: nowMs };
-    state.debt.set(key, entry);
+    oweCopy(state, key, entry);
     effects.push({ type: 'persistDebt', entry });
   }
   const quorum = effectiveWriteQuorum(state.config, aliveSiteCount(state));
@@ -379,7 +403,7 @@ function onReplicaAck(
 ): void {
   const key = debtKey(sopInstanceUid, siteName);
   const wasInFlight = state.replicationsInFlight.delete(key);
-  if (state.debt.delete(key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
+  if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
   // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
   if (wasInFlight) drainDebt(state, nowMs, effects);
   for (const pending of [...state.pending.values()]) {
@@ -526,12 +550,18 @@ function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
   }
 }
 
-/** Figures for the heartbeat: held instances, digest root, and work waiting (debt plus pulls). */
+/**
+ * Figures for the heartbeat: held instances, digest root, and work waiting now: copies owed to sites that
+ * are alive, plus pulls. Copies owed to absent sites wait for them, not for this peer, so they do not
+ * make it look busy to the balancer (which would send its own site's associations elsewhere).
+ */
 export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number } {
+  let owedToAlive = 0;
+  for (const { siteName } of aliveReplicaTargets(state.members, state.config.selfSiteName)) owedToAlive += state.debtBySite.get(siteName) ?? 0;
   return {
     instanceCount: state.digest.size,
     digestRoot: digestRoot(state.digest),
-    queuedWork: state.debt.size + state.fetchesInFlight.size,
+    queuedWork: owedToAlive + state.fetchesInFlight.size,
   };
 }
 
