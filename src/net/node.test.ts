@@ -252,4 +252,20 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
       undo();
     }
   });
+
+  it('joined through an address without /p2p/, reconnects after that peer restarts', async () => {
+    // A mesh of two, apart from the others: only q's reconnect loop can bring them together again.
+    const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    let p = await start({ dataDir: pDir });
+    const port = portOf(loopbackAddress(p));
+    const q = await start({ bootstrap: [`/ip4/127.0.0.1/tcp/${port}`] });
+    await waitFor('q to join through the bare address', () => q.connectedPeers().includes(p.peerId));
+    // p announces its addresses (with /p2p/) 1 s after a connection: a dial must not mix them with the bare one.
+    await new Promise((r) => setTimeout(r, 2500));
+    const oldId = p.peerId;
+    await p.stop();
+    await waitFor('q to notice p is gone', () => !q.connectedPeers().includes(oldId));
+    p = await start({ dataDir: pDir, p2pPort: port });
+    await waitFor('q reconnects to the restarted p', () => q.connectedPeers().includes(p.peerId), 15_000);
+  });
 });

@@ -196,7 +196,10 @@ export interface MeshNode {
 
 interface Target {
   key: string;
+  /** Undefined for a bootstrap address without /p2p/: it stays a target of its own (see dial). */
   peerId: string | undefined;
+  /** Such an address target: the PeerId that answered there last (connected to it means nothing to dial). */
+  reachedPeerId?: string;
   addrs: Multiaddr[];
   bootstrap: boolean;
   attempts: number;
@@ -229,6 +232,21 @@ function parseMultiaddr(text: string): Multiaddr {
 }
 
 type Services = { identify: unknown; ping: unknown; pubsub: GossipSub };
+
+/**
+ * A target's addresses as one dial: libp2p refuses a list that mixes addresses with and without /p2p/
+ * ("Multiaddrs must all have the same peer id"), so the addresses of a peer target all get its PeerId, and those naming
+ * another peer are left out.
+ */
+function dialableAddrs(t: Target): Multiaddr[] {
+  const peerId = t.peerId;
+  if (peerId === undefined) return t.addrs;
+  return t.addrs.flatMap((a) => {
+    const named = peerIdOf(a);
+    if (named === undefined) return [a.encapsulate(`/p2p/${peerId}`)];
+    return named === peerId ? [a] : [];
+  });
+}
 
 /** The reconnect loop: keeps dialling bootstrap and known peers that are not connected. */
 class Reconnector {
@@ -321,8 +339,9 @@ class Reconnector {
   }
 
   private isConnected(t: Target): boolean {
-    if (t.peerId === undefined) return false;
-    return this.node.getConnections(parsePeerId(t.peerId)).length > 0;
+    const peerId = t.peerId ?? t.reachedPeerId;
+    if (peerId === undefined) return false;
+    return this.node.getConnections(parsePeerId(peerId)).length > 0;
   }
 
   private tick(): void {
@@ -352,20 +371,17 @@ class Reconnector {
     t.dialing = true;
     const signal = AbortSignal.timeout(this.opts.dialTimeout);
     // known addresses first (bootstrap, addKnownPeer); otherwise the peer store (filled by identify)
-    const target = t.addrs.length > 0 || t.peerId === undefined ? t.addrs : parsePeerId(t.peerId);
+    const addrs = dialableAddrs(t);
+    const target = addrs.length > 0 || t.peerId === undefined ? addrs : parsePeerId(t.peerId);
     const p = this.node.dial(target, { signal })
       .then((conn) => {
         const remote = conn.remotePeer.toString();
         if (t.peerId === undefined) {
-          // a bootstrap address without /p2p/: key it by the PeerId from now on
-          this.targets.delete(t.key);
-          const existing = this.targets.get(remote);
-          if (existing !== undefined) {
-            existing.bootstrap = true;
-            for (const a of t.addrs) if (!existing.addrs.some((b) => b.equals(a))) existing.addrs.push(a);
-          } else {
-            this.targets.set(remote, { ...t, key: remote, peerId: remote });
-          }
+          // A bootstrap address without /p2p/ stays an address target: whoever answers there next (the
+          // same site restarted, or one restored under a new PeerId) is dialled by it. The PeerId that
+          // answered is a peer target of its own too.
+          t.reachedPeerId = remote;
+          this.addPeer(remote);
         }
         t.attempts = 0;
         this.log('connected to %s', remote);
