@@ -235,8 +235,8 @@ type Services = { identify: unknown; ping: unknown; pubsub: GossipSub };
 
 /**
  * A target's addresses as one dial: libp2p refuses a list that mixes addresses with and without /p2p/
- * ("Multiaddrs must all have the same peer id"), so the addresses of a peer target all get its PeerId, and those naming
- * another peer are left out.
+ * ("Multiaddrs must all have the same peer id"), so the addresses of a peer target all get its PeerId,
+ * and those naming another peer are left out.
  */
 function dialableAddrs(t: Target): Multiaddr[] {
   const peerId = t.peerId;
