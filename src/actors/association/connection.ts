@@ -228,9 +228,16 @@ export class AssociationCore {
     }
     // One chunk of look-ahead tells which fragment is the last one.
     let previous: Uint8Array | undefined;
-    for await (const chunk of evenChunks(dataSet)) {
-      if (previous && !(await this.sendFragments(encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)))) return;
-      previous = chunk;
+    try {
+      for await (const chunk of evenChunks(dataSet)) {
+        if (previous && !(await this.sendFragments(encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)))) return;
+        previous = chunk;
+      }
+    } catch (error) {
+      // The data set cannot be read to its end (a damaged copy) while part of it is out: the receiver
+      // is mid-message and DIMSE has no way to take it back, so the association ends here (A-ABORT).
+      this.abort(AbortReason.NotSpecified);
+      throw error;
     }
     await this.sendFragments(encodePDataFragments(presentationContextId, false, previous ?? new Uint8Array(0), this.peerMaxPduLength, true));
   }

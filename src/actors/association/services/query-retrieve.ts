@@ -240,7 +240,11 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   };
   try {
     if (picked.transferSyntaxUid === entry.transferSyntaxUid) {
-      return await target.store(picked.presentationContextId, command, store.readInstance(entry));
+      // The first chunk is read before the C-STORE-RQ goes out: a copy that cannot be read at all (its
+      // bytes lost) fails this sub-operation alone, instead of a command announcing a data set that never
+      // follows. One that fails later aborts the association carrying it (see AssociationCore.sendMessage).
+      const bytes = await withFirstChunkRead(store.readInstance(entry));
+      return await target.store(picked.presentationContextId, command, bytes);
     }
     // Transcoding needs the whole instance in memory; it only runs when the receiver refuses the stored syntax.
     const chunks: Uint8Array[] = [];
@@ -251,6 +255,16 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   } catch {
     return Status.UnableToProcess;
   }
+}
+
+/** Reads the first chunk now (throwing what reading it throws), and yields it and the rest later. */
+async function withFirstChunkRead(chunks: AsyncGenerator<Uint8Array>): Promise<AsyncIterable<Uint8Array>> {
+  const first = await chunks.next();
+  return (async function* () {
+    if (first.done === true) return;
+    yield first.value;
+    yield* chunks;
+  })();
 }
 
 /** Picks a context among accepted ones: the stored syntax first, then any syntax we can transcode to. */
