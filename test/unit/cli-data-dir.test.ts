@@ -61,6 +61,22 @@ test('a data directory another process is using: exit 1 and one line saying so',
   await assert.rejects(createReplicaStore({ path: join(dir, 'store') }).open(), { name: 'StoreError', code: 'ERR_STORE_LOCKED' });
 });
 
+test('a blob database that lost its CURRENT file: exit 1 and one line, not a start with every instance gone', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  const writer = store.beginWrite();
+  await writer.write(new Uint8Array(1000));
+  await writer.commit('1.2.3.4', testCatalogEntry('1.2.3.4'));
+  await store.close();
+  rmSync(join(dir, 'store', 'blobs', 'CURRENT'));
+  const r = await start(dir);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /blobs: it holds database files \(.*\) but no CURRENT file, so the instance bytes cannot be found; move the data directory away/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
+
 test('a data directory on a full disk that the store cannot open: exit 1 and one line saying why', async (t) => {
   const tmpfs = tmpfsOrSkip(t, 16 * 1024 * 1024);
   if (tmpfs === undefined) return;

@@ -95,6 +95,27 @@ function openError(path: string, error: unknown): StoreError {
   return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${cause === undefined ? errorText(error) : errorText(cause)}`);
 }
 
+/**
+ * LevelDB opens a directory whose CURRENT file is lost as a new, empty database beside the old tables,
+ * so a blob database damaged that way would start with every instance's bytes gone and nothing said.
+ * (The catalog is rebuilt from the blobs' commit records, so it may start empty; the bytes cannot.)
+ */
+async function refuseDatabaseWithoutCurrent(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return; // not there yet: a new store
+  }
+  if (names.includes('CURRENT')) return;
+  const data = names.filter((n) => /^(MANIFEST-\d+|\d+\.(ldb|log|sst))$/.test(n));
+  if (data.length === 0) return;
+  throw new StoreError(
+    'ERR_STORE_OPEN',
+    `cannot open the store in ${dir}: it holds database files (${data.slice(0, 3).join(', ')}${data.length > 3 ? ' ...' : ''}) but no CURRENT file, so the instance bytes cannot be found; move the data directory away and start on an empty one (in a mesh the other sites refill it)`,
+  );
+}
+
 /** LevelDB's I/O errors (ENOSPC, EIO ...), as classic-level reports them. */
 function isIoError(error: unknown): boolean {
   const e = error as { code?: unknown; cause?: { code?: unknown } } | undefined;
@@ -423,6 +444,7 @@ class LevelReplicaStore implements ReplicaStore {
     if (existsSync(join(this.path, 'CURRENT'))) {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
+    await refuseDatabaseWithoutCurrent(join(this.path, 'blobs'));
     try {
       await this.db.open();
       await this.blobDb.open();
