@@ -9,6 +9,12 @@ import { ConfigError, parseAeAddress, type AeAddress } from './config.ts';
 export interface AeDirectory {
   resolve(aeTitle: string): AeAddress | undefined;
   entries(): Record<string, AeAddress>;
+  /**
+   * Writes the destinations given on the command line beside those of the file. Called once the peer has
+   * started: a start refused (the data directory in use, a port taken) must not change what the running
+   * peer, or the next start, finds there.
+   */
+  persist(): Promise<void>;
 }
 
 export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<string, AeAddress>): Promise<AeDirectory> {
@@ -29,15 +35,15 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
     }
   }
   const merged = { ...persisted, ...fromCommandLine };
-  if (Object.keys(fromCommandLine).length > 0) {
-    await mkdir(dirname(file), { recursive: true });
-    // Write then rename, so a crash never leaves half a file.
-    await writeFile(`${file}.tmp`, `${JSON.stringify(merged, null, 2)}\n`);
-    await rename(`${file}.tmp`, file);
-  }
-  persisted = merged;
   return {
-    resolve: (aeTitle) => persisted[aeTitle.trim()],
-    entries: () => ({ ...persisted }),
+    resolve: (aeTitle) => merged[aeTitle.trim()],
+    entries: () => ({ ...merged }),
+    async persist() {
+      if (Object.keys(fromCommandLine).length === 0) return;
+      await mkdir(dirname(file), { recursive: true });
+      // Write then rename, so a crash never leaves half a file.
+      await writeFile(`${file}.tmp`, `${JSON.stringify(merged, null, 2)}\n`);
+      await rename(`${file}.tmp`, file);
+    },
   };
 }

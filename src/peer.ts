@@ -18,7 +18,7 @@ import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
-import { createLogger, type Logger } from './actors/runtime/logger.ts';
+import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
 
 export interface Peer {
   config: PeerConfig;
@@ -225,6 +225,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   }
   healthy = failure === undefined;
   log.info('peer started', { aeTitle: config.aeTitle, dicomPort: dicom.port, httpPort: http.port, dataDir });
+  await aeDirectory.persist().catch((error: unknown) =>
+    log.error('--move-dest destinations not saved: they work until this peer stops, not after a restart', { error: errorText(error) }),
+  );
   const [runningDicom, runningHttp] = [dicom, http];
   let stopping: Promise<void> | undefined;
   return {

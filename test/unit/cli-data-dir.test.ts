@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -52,9 +52,10 @@ test('a data directory another process is using: exit 1 and one line saying so',
   const held = createReplicaStore({ path: join(dir, 'store') });
   await held.open();
   t.after(() => held.close());
-  const r = await start(dir);
+  const r = await start(dir, ['--move-dest', 'INTRUDER=127.0.0.1:104']);
   assert.equal(r.status, 1);
   assert.match(r.stderr, /in use by another process: one pacs-mesh peer per data directory/);
+  assert.equal(existsSync(join(dir, 'ae-directory.json')), false, 'a refused start leaves the AE directory of the running peer alone');
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   // The same store twice in one process is refused the same way. (Last: LevelDB's failed attempt closes
   // its descriptor of the LOCK file, which drops this process's POSIX lock on it.)

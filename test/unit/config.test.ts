@@ -65,6 +65,8 @@ test('the AE directory persists --move-dest destinations; a damaged file is a cl
   try {
     const first = await loadAeDirectory(dir, { VIEWER: { host: '10.0.0.5', port: 104 } });
     assert.deepEqual(first.resolve('VIEWER'), { host: '10.0.0.5', port: 104 });
+    assert.deepEqual((await loadAeDirectory(dir, {})).entries(), {}, 'nothing is written before persist (a start can still fail)');
+    await first.persist();
     // A restart without --move-dest keeps it; a new one is added beside it.
     const second = await loadAeDirectory(dir, { WORKSTATION: { host: '127.0.0.1', port: 11120 } });
     assert.deepEqual(Object.keys(second.entries()).sort(), ['VIEWER', 'WORKSTATION']);
