@@ -3,6 +3,8 @@
  * Every problem is reported at once as a ConfigError (code ERR_CONFIG) before anything starts.
  */
 import { isIP } from 'node:net';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -81,12 +83,50 @@ export function checkAeTitle(value: string, what: string): string {
   return trimmed;
 }
 
+/** A whole number written in decimal digits; NaN for anything else ('', ' ', '0x10', '1e3', '-1'). */
+function wholeNumber(value: string): number {
+  return /^\d{1,10}$/.test(value) ? Number(value) : Number.NaN;
+}
+
+/** A number written in decimal digits, with an optional fraction; NaN for anything else. */
+function decimalNumber(value: string): number {
+  return /^\d{1,10}(\.\d{1,6})?$/.test(value) ? Number(value) : Number.NaN;
+}
+
 function checkPort(value: string, what: string, allowZero = true): number {
-  const port = Number(value);
+  const port = wholeNumber(value);
   if (!Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
     throw new ConfigError(`${what} "${value}" is not a port number (${allowZero ? 0 : 1}-65535)`);
   }
   return port;
+}
+
+/** The address the ports bind to: an IP address, so that it means the same to DICOM, HTTP and libp2p. */
+function checkBindAddress(value: string): string {
+  if (isIP(value) === 0) throw new ConfigError(`--host "${value}" is not an IP address (e.g. 0.0.0.0 for every interface, 127.0.0.1 for this machine only)`);
+  return value;
+}
+
+/** A --bootstrap address: a multiaddr libp2p can dial; a /p2p/ part, if any, must be a PeerId. */
+function checkBootstrap(value: string): string {
+  const example = '/ip4/<address>/tcp/<p2p port>/p2p/<peerId> (a site\'s /api/mesh self.multiaddrs)';
+  let address: Multiaddr;
+  try {
+    address = multiaddr(value);
+  } catch (error) {
+    throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" is not a multiaddr (${(error as Error).message}); use ${example}`);
+  }
+  const components = address.getComponents();
+  if (!components.some((c) => c.name === 'tcp')) throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" names no TCP port; use ${example}`);
+  for (const c of components) {
+    if (c.name !== 'p2p') continue;
+    try {
+      peerIdFromString(c.value ?? '');
+    } catch {
+      throw new ConfigError(`--bootstrap "${value.slice(0, 200)}": "${c.value ?? ''}" is not a PeerId; use ${example}`);
+    }
+  }
+  return value;
 }
 
 function checkHost(value: string, what: string): string {
@@ -100,6 +140,9 @@ export function parseAeAddress(value: string, what: string): { aeTitle: string; 
   return { aeTitle: checkAeTitle(match[1]!, `${what} AE title`), address: { host: checkHost(match[2]!, `${what} host`), port: checkPort(match[3]!, `${what} port`, false) } };
 }
 
+/** Options that may be given more than once (each adds to a list); the others once at most. */
+const repeatable = new Set(['--move-dest', '--allow-calling', '--bootstrap', '--roster']);
+
 const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, value: string) => void }> = {
   '--site': {
     takesValue: true,
@@ -110,7 +153,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   },
   '--data': { takesValue: true, apply: (c, v) => (c.dataDir = v) },
   '--ae-title': { takesValue: true, apply: (c, v) => (c.aeTitle = checkAeTitle(v, '--ae-title')) },
-  '--host': { takesValue: true, apply: (c, v) => (c.host = checkHost(v, '--host')) },
+  '--host': { takesValue: true, apply: (c, v) => (c.host = checkBindAddress(v)) },
   '--dicom-port': { takesValue: true, apply: (c, v) => (c.dicomPort = checkPort(v, '--dicom-port')) },
   '--http-port': { takesValue: true, apply: (c, v) => (c.httpPort = checkPort(v, '--http-port')) },
   '--move-dest': {
@@ -122,12 +165,17 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   },
   '--allow-calling': {
     takesValue: true,
-    apply: (c, v) => c.allowedCallingAeTitles.push(...v.split(',').filter((s) => s.length > 0).map((s) => checkAeTitle(s, '--allow-calling'))),
+    apply: (c, v) => {
+      const titles = v.split(',').filter((s) => s.trim().length > 0);
+      // An empty list would quietly let every calling AE title in: access control must be said, not implied.
+      if (titles.length === 0) throw new ConfigError(`--allow-calling "${v}" lists no AE title`);
+      c.allowedCallingAeTitles.push(...titles.map((s) => checkAeTitle(s, '--allow-calling')));
+    },
   },
   '--max-pdu': {
     takesValue: true,
     apply: (c, v) => {
-      const n = Number(v);
+      const n = wholeNumber(v);
       if (!Number.isInteger(n) || n < 4096 || n > 4 * 1024 * 1024) throw new ConfigError(`--max-pdu "${v}" must be 4096-4194304`);
       c.maxPduLength = n;
     },
@@ -135,7 +183,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--max-associations': {
     takesValue: true,
     apply: (c, v) => {
-      const n = Number(v);
+      const n = wholeNumber(v);
       if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new ConfigError(`--max-associations "${v}" must be 1-10000`);
       c.maxAssociations = n;
     },
@@ -143,7 +191,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--associations-per-peer': {
     takesValue: true,
     apply: (c, v) => {
-      const n = Number(v);
+      const n = wholeNumber(v);
       if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new ConfigError(`--associations-per-peer "${v}" must be 1-10000`);
       c.associationsPerPeer = n;
     },
@@ -151,7 +199,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--idle-timeout': {
     takesValue: true,
     apply: (c, v) => {
-      const seconds = Number(v);
+      const seconds = decimalNumber(v);
       if (!Number.isFinite(seconds) || seconds < 1 || seconds > 86_400) throw new ConfigError(`--idle-timeout "${v}" must be 1-86400 seconds`);
       c.idleTimeoutMs = seconds * 1000;
     },
@@ -161,14 +209,13 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--bootstrap': {
     takesValue: true,
     apply: (c, v) => {
-      if (!v.startsWith('/')) throw new ConfigError(`--bootstrap "${v}" must be a multiaddr such as /ip4/127.0.0.1/tcp/4001/p2p/<peerId>`);
-      c.bootstrap.push(v);
+      c.bootstrap.push(checkBootstrap(v));
     },
   },
   '--write-quorum': {
     takesValue: true,
     apply: (c, v) => {
-      const n = Number(v);
+      const n = wholeNumber(v);
       if (!Number.isInteger(n) || n < 1 || n > 16) throw new ConfigError(`--write-quorum "${v}" must be 1-16`);
       c.writeQuorum = n;
     },
@@ -176,7 +223,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--priority': {
     takesValue: true,
     apply: (c, v) => {
-      const n = Number(v);
+      const n = wholeNumber(v);
       if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new ConfigError(`--priority "${v}" must be 0-1000000`);
       c.priority = n;
     },
@@ -194,8 +241,8 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--scrub-mb-per-s': {
     takesValue: true,
     apply: (c, v) => {
-      const n = Number(v);
-      if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 10_000) throw new ConfigError(`--scrub-mb-per-s "${v}" must be 0-10000 (0 turns the scrub off)`);
+      const n = decimalNumber(v);
+      if (!Number.isFinite(n) || n < 0 || n > 10_000) throw new ConfigError(`--scrub-mb-per-s "${v}" must be 0-10000 (0 turns the scrub off)`);
       c.scrubMbPerS = n;
     },
   },
@@ -210,6 +257,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
 
 export function parseStartArgs(args: readonly string[]): PeerConfig {
   const config: PeerConfig = { ...defaultConfig, moveDestinations: {}, allowedCallingAeTitles: [], bootstrap: [], roster: [] };
+  const given = new Set<string>();
   let dataGiven = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
@@ -217,13 +265,25 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
     const flag = flags[name];
     if (!flag) throw new ConfigError(`unknown option "${arg}" (see pacs-mesh --help)`);
     const value = inlineValue ?? args[++i];
-    if (value === undefined) throw new ConfigError(`option ${name} needs a value`);
+    // An empty value would quietly mean something else (port 0 = any port, '' = the current directory).
+    if (value === undefined || value.trim() === '') throw new ConfigError(`option ${name} needs a value`);
+    if (given.has(name) && !repeatable.has(name)) throw new ConfigError(`option ${name} given twice: give it once`);
+    given.add(name);
     flag.apply(config, value);
     if (name === '--data') dataGiven = true;
   }
   if (!dataGiven) config.dataDir = `.data/${config.site}`;
   if (config.bootstrap.length > 0 && !config.swarmKeyFile) {
     throw new ConfigError('--bootstrap requires --swarm-key FILE: a mesh is private, create a key with pacs-mesh keygen');
+  }
+  if (config.swarmKeyFile && isIP(config.host) !== 4) {
+    throw new ConfigError(`--host "${config.host}" must be an IPv4 address in a mesh (the libp2p transport listens on IPv4)`);
+  }
+  const ports: Array<[string, number]> = [['--dicom-port', config.dicomPort], ['--http-port', config.httpPort]];
+  if (config.swarmKeyFile) ports.push(['--p2p-port', config.p2pPort]);
+  for (const [i, [name, port]] of ports.entries()) {
+    const clash = ports.slice(i + 1).find(([, other]) => other === port && port !== 0);
+    if (clash) throw new ConfigError(`${name} and ${clash[0]} are both ${port}: each needs its own port`);
   }
   return config;
 }

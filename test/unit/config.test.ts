@@ -4,6 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadAeDirectory } from '../../src/ae-directory.ts';
+import { runKeygen } from '../../src/keygen.ts';
 import { ConfigError, defaultConfig, parseStartArgs } from '../../src/config.ts';
 
 test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8042)', () => {
@@ -50,8 +51,26 @@ test('bad options are refused with a message naming the option', () => {
     [['--roster', 'not-a-peer-id'], /--roster/],
     [['--scrub-mb-per-s', '-1'], /--scrub-mb-per-s/],
     [['--scrub-mb-per-s', 'fast'], /--scrub-mb-per-s/],
-    [['--scrub-mb-per-s', ''], /--scrub-mb-per-s/],
+    [['--scrub-mb-per-s', ''], /--scrub-mb-per-s needs a value/],
     [['--bootstrap', '/ip4/1.2.3.4/tcp/1'], /requires --swarm-key/],
+    // Values that would quietly mean something else.
+    [['--dicom-port', ''], /--dicom-port needs a value/],
+    [['--dicom-port', ' '], /--dicom-port needs a value/],
+    [['--dicom-port', '0x2f4d'], /--dicom-port "0x2f4d" is not a port number/],
+    [['--priority', '1e3'], /--priority/],
+    [['--data', ''], /--data needs a value/],
+    [['--swarm-key', ''], /--swarm-key needs a value/],
+    [['--allow-calling', ','], /--allow-calling "," lists no AE title/],
+    [['--dicom-port', '11112', '--dicom-port', '11113'], /--dicom-port given twice/],
+    [['--dicom-port', '9000', '--http-port', '9000'], /--dicom-port and --http-port are both 9000/],
+    // Addresses a mesh cannot use, refused before anything starts (exit 2, one line).
+    [['--host', 'localhost'], /--host "localhost" is not an IP address/],
+    [['--host', '999.1.1.1'], /is not an IP address/],
+    [['--host', '::1', '--swarm-key', 'k'], /must be an IPv4 address in a mesh/],
+    [['--swarm-key', 'k', '--bootstrap', '/garbage'], /--bootstrap "\/garbage" is not a multiaddr/],
+    [['--swarm-key', 'k', '--bootstrap', '/ip4/999.0.0.1/tcp/1'], /is not a multiaddr/],
+    [['--swarm-key', 'k', '--bootstrap', '/ip4/127.0.0.1'], /names no TCP port/],
+    [['--swarm-key', 'k', '--bootstrap', '/ip4/127.0.0.1/tcp/4001/p2p/notapeerid'], /is not a multiaddr|is not a PeerId/],
     [['--frobnicate'], /unknown option/],
     [['--site'], /needs a value/],
   ];
@@ -83,6 +102,18 @@ test('the AE directory persists --move-dest destinations; a damaged file is a cl
       await writeFile(file, content);
       await assert.rejects(loadAeDirectory(dir, {}), (error: unknown) => error instanceof ConfigError && message.test(error.message), content);
     }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('keygen: a key file where none can be written is one line, the usage when the file is missing', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-keygen-'));
+  try {
+    await runKeygen(['--out', join(dir, 'key')]);
+    await assert.rejects(runKeygen(['--out', join(dir, 'key')]), (e: unknown) => e instanceof ConfigError && /already exists/.test(e.message));
+    await assert.rejects(runKeygen(['--out', join(dir, 'no-such-folder', 'key')]), (e: unknown) => e instanceof ConfigError && /cannot write the swarm key to .*: ENOENT/.test(e.message));
+    await assert.rejects(runKeygen(['--out', '']), (e: unknown) => e instanceof ConfigError && /usage: pacs-mesh keygen --out FILE/.test(e.message));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
