@@ -27,7 +27,7 @@ export interface MeshInit {
   /** Spawns the mesh children (membership, balancer) under its restart policy; custody uses its policy too. */
   supervisor: Pick<SiteSupervisor, 'system' | 'startMesh' | 'crashHandler'>;
   /** host:port others use to reach this peer's DICOM and HTTP ports. */
-  addresses: { dicom: string; http: string };
+  addresses: { dicom: string; http: string; aeTitle: string };
   /** The bound DICOM port: tunnels from other peers are connected to it. */
   localDicomPort: number;
   activeAssociations(): number;

@@ -194,7 +194,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         clock,
         log,
         supervisor,
-        addresses: { dicom: `${advertised}:${listener.port}`, http: `${advertised}:${http.port}` },
+        addresses: { dicom: `${advertised}:${listener.port}`, http: `${advertised}:${http.port}`, aeTitle: config.aeTitle },
         localDicomPort: listener.port,
         activeAssociations: () => listener.activeAssociations(),
       });

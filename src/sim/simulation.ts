@@ -211,7 +211,7 @@ export function runSimulation(options: SimOptions): SimResult {
       siteName: peer.siteName,
       incarnation: peer.durable.incarnation,
       priority: peer.priority,
-      addresses: { dicom: `${peer.peerId}:104`, http: `${peer.peerId}:8080` },
+      addresses: { dicom: `${peer.peerId}:104`, http: `${peer.peerId}:8080`, aeTitle: 'PACSMESH' },
       heartbeatIntervalMs: timings.heartbeatIntervalMs,
       suspectAfterMs: timings.suspectAfterMs,
       deadAfterMs: timings.deadAfterMs,

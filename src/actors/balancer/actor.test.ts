@@ -66,7 +66,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
       siteName: site,
       priority: 100,
       dataDir: dir,
-      addresses: { dicom: `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042' },
+      addresses: { dicom: `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
       balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000 },
     });
     // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).

@@ -169,8 +169,9 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
         const e = raw as Record<string, unknown>;
         if (!id(e.peerId) || typeof e.siteName !== 'string' || e.siteName.length > STRING_MAX_CHARS) return null;
         if (typeof e.dicomAddress !== 'string' || e.dicomAddress.length > STRING_MAX_CHARS) return null;
+        if (typeof e.aeTitle !== 'string' || e.aeTitle.length > STRING_MAX_CHARS) return null;
         if (typeof e.weight !== 'number' || !Number.isFinite(e.weight) || e.weight < 0 || typeof e.saturated !== 'boolean') return null;
-        entries.push({ peerId: e.peerId, siteName: e.siteName, dicomAddress: e.dicomAddress, weight: e.weight, saturated: e.saturated });
+        entries.push({ peerId: e.peerId, siteName: e.siteName, dicomAddress: e.dicomAddress, aeTitle: e.aeTitle, weight: e.weight, saturated: e.saturated });
       }
       return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries } };
     }

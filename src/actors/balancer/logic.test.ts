@@ -28,7 +28,7 @@ function member(
     sequence: 1,
     priority: opts.priority ?? 0,
     electable: opts.electable ?? true,
-    addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080` },
+    addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080`, aeTitle: 'PACSMESH' },
     load: { activeAssociations: opts.active ?? 0, queuedCustodyWork: opts.queued ?? 0, freeDiskBytes: opts.free ?? 1e9 },
     instanceCount: 0,
     digestRoot: '',
@@ -191,6 +191,15 @@ test('routing prefers peers of the same site, crosses sites only when the site i
     limits,
   );
   assert.deepEqual(chooseTarget(saturated, 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
+});
+
+test('routing only picks peers answering the called AE title of the peer where the association arrived', () => {
+  const limits = configFor('peer-a').routing;
+  const other = (peerId: string, site: string): MemberRecord => ({ ...member(peerId, { site }), addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080`, aeTitle: 'OTHERAE' } });
+  const table = buildRoutingTable([member('peer-a1', { site: 'north' }), other('peer-a2', 'north'), member('peer-b1', { site: 'south' })], 3, 'peer-a1', limits);
+  for (let i = 0; i < 100; i += 1) assert.equal(chooseTarget(table, 'peer-a1', i / 100).peerId, 'peer-a1', 'never peer-a2, which would reject PACSMESH');
+  const busy = buildRoutingTable([member('peer-a1', { site: 'north', active: 10 }), other('peer-a2', 'north'), other('peer-b2', 'south')], 3, 'peer-a1', limits);
+  assert.deepEqual(chooseTarget(busy, 'peer-a1', 0.5), { peerId: 'peer-a1', reason: 'all-saturated' });
 });
 
 test('with no table, or from a peer the table does not know, the front door serves locally', () => {

@@ -313,7 +313,7 @@ export function buildRoutingTable(
       const custodyHeadroom = 1 - queuedCustodyWork / limits.custodyQueueMax;
       // Integer weights keep tables comparable and the choice reproducible across platforms.
       const weight = saturated ? 0 : Math.max(1, Math.round(1000 * associationHeadroom * custodyHeadroom));
-      return { peerId: m.peerId, siteName: m.siteName, dicomAddress: m.addresses.dicom, weight, saturated };
+      return { peerId: m.peerId, siteName: m.siteName, dicomAddress: m.addresses.dicom, aeTitle: m.addresses.aeTitle, weight, saturated };
     })
     .sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
   return { term, leaderId, entries };
@@ -335,9 +335,11 @@ export function chooseTarget(table: RoutingTable | null, fromPeerId: string, dra
   if (table === null) return { peerId: fromPeerId, reason: 'no-table' };
   const origin = table.entries.find((e) => e.peerId === fromPeerId);
   if (origin === undefined) return { peerId: fromPeerId, reason: 'unknown-origin' };
-  const sameSite = table.entries.filter((e) => e.siteName === origin.siteName && !e.saturated);
+  // The modality called the origin's AE title: a peer answering another one would reject it.
+  const candidates = table.entries.filter((e) => e.aeTitle === origin.aeTitle && !e.saturated);
+  const sameSite = candidates.filter((e) => e.siteName === origin.siteName);
   if (sameSite.length > 0) return { peerId: weightedPick(sameSite, draw), reason: 'same-site' };
-  const otherSites = table.entries.filter((e) => e.siteName !== origin.siteName && !e.saturated);
+  const otherSites = candidates.filter((e) => e.siteName !== origin.siteName);
   if (otherSites.length > 0) return { peerId: weightedPick(otherSites, draw), reason: 'cross-site' };
   return { peerId: fromPeerId, reason: 'all-saturated' };
 }

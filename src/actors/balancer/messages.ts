@@ -11,6 +11,8 @@ export interface RoutingEntry {
   readonly peerId: string;
   readonly siteName: string;
   readonly dicomAddress: string;
+  /** The called AE title the peer answers (see PeerAddresses.aeTitle). */
+  readonly aeTitle: string;
   /** Relative share of new associations; 0 when saturated. */
   readonly weight: number;
   readonly saturated: boolean;

@@ -47,7 +47,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
       siteName: site,
       priority: 100,
       dataDir,
-      addresses: { dicom: '127.0.0.1:104', http: '127.0.0.1:8042' },
+      addresses: { dicom: '127.0.0.1:104', http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
       clock: systemClock,
       log: silentLogger,
       parent: system,
@@ -80,7 +80,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     // Malformed heartbeats (garbage, wrong fields, a forged peerId) are dropped, never a crash.
     await b.node.publish(membershipTopic, new Uint8Array([1, 2, 3, 4]));
     await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: 42 }));
-    await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: c.node.peerId, siteName: 'x', incarnation: 99, sequence: 1, priority: 0, addresses: { dicom: '', http: '' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' }));
+    await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: c.node.peerId, siteName: 'x', incarnation: 99, sequence: 1, priority: 0, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' }));
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(a.membership.members().find((m) => m.peerId === c.node.peerId)?.incarnation, c.membership.incarnation);
     assert.equal(a.membership.liveMembers().length, 3);
@@ -161,7 +161,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     assert.match(reasons[0] ?? '', /cannot write .*kept in memory only/);
     assert.equal(parseHeartbeat({ type: 'heartbeat' }), null);
     assert.equal(parseHeartbeat(null), null);
-    const valid = { type: 'heartbeat', peerId: 'p', siteName: 's', incarnation: 1, sequence: 1, priority: 0, addresses: { dicom: '', http: '' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' };
+    const valid = { type: 'heartbeat', peerId: 'p', siteName: 's', incarnation: 1, sequence: 1, priority: 0, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' };
     // A heartbeat from a peer that predates `electable` counts as electable; a malformed flag is junk.
     assert.equal(parseHeartbeat(valid)?.electable, true);
     assert.equal(parseHeartbeat({ ...valid, electable: false })?.electable, false);

@@ -61,7 +61,7 @@ export interface MembershipServiceInit {
   priority: number;
   /** Holds the incarnation. */
   dataDir: string;
-  addresses: { dicom: string; http: string };
+  addresses: { dicom: string; http: string; aeTitle: string };
   clock: Clock;
   log: Logger;
   parent: Ref<any>;
@@ -157,7 +157,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   // Absent in heartbeats of peers from before the field: they run whenever they rank best, as before.
   if (v.electable !== undefined && typeof v.electable !== 'boolean') return null;
   const addresses = v.addresses as Record<string, unknown> | null;
-  if (typeof addresses !== 'object' || addresses === null || !str(addresses.dicom) || !str(addresses.http)) return null;
+  if (typeof addresses !== 'object' || addresses === null || !str(addresses.dicom) || !str(addresses.http) || !str(addresses.aeTitle)) return null;
   const load = v.load as Record<string, unknown> | null;
   if (typeof load !== 'object' || load === null) return null;
   if (!count(load.activeAssociations) || !count(load.queuedCustodyWork) || !count(load.freeDiskBytes)) return null;
@@ -169,7 +169,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     sequence: v.sequence,
     priority: v.priority,
     electable: v.electable ?? true,
-    addresses: { dicom: addresses.dicom, http: addresses.http },
+    addresses: { dicom: addresses.dicom, http: addresses.http, aeTitle: addresses.aeTitle },
     load: { activeAssociations: load.activeAssociations, queuedCustodyWork: load.queuedCustodyWork, freeDiskBytes: load.freeDiskBytes },
     instanceCount: v.instanceCount,
     digestRoot: v.digestRoot,

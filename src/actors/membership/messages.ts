@@ -12,6 +12,8 @@ export interface PeerAddresses {
   readonly dicom: string;
   /** host:port of the HTTP endpoint (/healthz, /api/mesh). */
   readonly http: string;
+  /** The called AE title this peer answers: associations are only routed between peers that answer the same. */
+  readonly aeTitle: string;
 }
 
 export interface PeerLoad {

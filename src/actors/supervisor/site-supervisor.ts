@@ -43,7 +43,7 @@ export interface MeshChildrenInit {
   siteName: string;
   priority: number;
   dataDir: string;
-  addresses: { dicom: string; http: string };
+  addresses: { dicom: string; http: string; aeTitle: string };
   /** Membership timings (see membership/actor.ts for the defaults and why). */
   heartbeatIntervalMs?: number;
   suspectAfterMs?: number;

@@ -110,7 +110,7 @@ class TestMesh {
       sequence: 1,
       priority: 0,
       electable: true,
-      addresses: { dicom: '', http: '' },
+      addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' },
       load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
       instanceCount: k.instanceCount,
       digestRoot: k.digestRoot,

@@ -30,7 +30,7 @@ function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
     sequence: 1,
     priority: 0,
     electable: true,
-    addresses: { dicom: '', http: '' },
+    addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' },
     load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
     instanceCount: 0,
     digestRoot: '',
