@@ -12,7 +12,9 @@ export function createLogger(base: Record<string, unknown> = {}, minimum: Level 
   const order: Record<Level, number> = { info: 0, warn: 1, error: 2 };
   const emit = (level: Level, message: string, fields?: Record<string, unknown>) => {
     if (minimum === 'silent' || order[level] < order[minimum]) return;
-    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level, message, ...base, ...fields })}\n`);
+    // The base fields (which process, which component) win: a call's own field of the same name would
+    // otherwise relabel the line (a `site` naming the destination read as the site that logged it).
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level, message, ...fields, ...base })}\n`);
   };
   return {
     info: (m, f) => emit('info', m, f),

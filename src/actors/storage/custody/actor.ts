@@ -408,7 +408,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       const refused = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_MISMATCH';
       if (refused) store.reportSuspectCopy(item.sopInstanceUid, `refused by ${peerId}: ${error.message}`);
       if (!stopped) {
-        const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, site: item.toSiteName, error: errorText(error) };
+        const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, toSite: item.toSiteName, error: errorText(error) };
         if (unreadable || refused) log.error(`replication failed: the local copy is ${unreadable ? 'unreadable' : 'refused'}; retried after replicationRetryMs`, fields);
         else log.warn('replication failed', fields);
       }
