@@ -22,12 +22,20 @@ async function main(argv: readonly string[]): Promise<number> {
         const detail = reason instanceof Error ? (reason.stack ?? reason.message) : String(reason);
         process.stderr.write(`pacs-mesh: ERR_UNHANDLED_REJECTION (a bug; the peer serves on): ${detail}\n`);
       });
-      const peer = await startPeer(config);
+      // Signals count from the first moment: one during the start stops the peer as soon as it has
+      // started (a default SIGTERM would kill it half-started); SIGHUP (the terminal went away) stops it
+      // the same way; more while it stops are only acknowledged, the drain goes on.
       const signalled = new Promise<null>((resolve) => {
-        const stop = () => resolve(null);
-        process.once('SIGTERM', stop);
-        process.once('SIGINT', stop);
+        let stopping = false;
+        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+          process.on(signal, () => {
+            if (stopping) process.stderr.write(`pacs-mesh: ${signal} while stopping: the peer stops as soon as its associations have drained\n`);
+            stopping = true;
+            resolve(null);
+          });
+        }
       });
+      const peer = await startPeer(config);
       const failure = await Promise.race([signalled, peer.failed]);
       if (failure !== null) {
         process.stderr.write(`pacs-mesh: ${failureText(failure)}: stopping the peer (exit 1) for its service manager to restart it\n`);

@@ -54,6 +54,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
   const swarmKey = await readSwarmKeyFile(config.swarmKeyFile).catch((error: unknown) => {
     throw new ConfigError(`cannot use --swarm-key ${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}`);
   });
+  if (swarmKey.permissionsTooOpen) {
+    log.warn('the swarm key file can be read by other users: anyone holding it can join the mesh and read every instance (chmod 600 it)', { file: config.swarmKeyFile });
+  }
   const node = await createMeshNode({
     dataDir: init.dataDir,
     host: config.host,

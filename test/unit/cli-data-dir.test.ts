@@ -112,6 +112,8 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
   const cases: Array<[string, string, RegExp]> = [
     ['balancer-election.json', '{"currentTerm":', /balancer-election\.json is damaged \(.*JSON.*\): restore it, or move it away to start with no vote record/],
     ['balancer-election.json', '{"currentTerm":"seven","votedFor":null}', /balancer-election\.json is damaged \(not an election record\)/],
+    ['balancer-election.json', '{"currentTerm":-5,"votedFor":null}', /balancer-election\.json is damaged \(not an election record\)/],
+    ['balancer-roster.json', '{"version":2,"peers":[]}', /balancer-roster\.json is damaged \(not a roster\)/],
     ['balancer-roster.json', '', /balancer-roster\.json is damaged \(.*JSON.*\): restore it, or move it away: the peer learns the roster again/],
     ['balancer-roster.json', '{"version":1,"peers":{"12D3KooW":null}}', /balancer-roster\.json is damaged \(peer 12D3KooW has no last-seen time\)/],
     ['peer-key', 'garbage', /peer-key is not a valid libp2p private key .*; move it away to create a new identity/],
@@ -160,4 +162,23 @@ test('an unhandled rejection inside a running peer is reported on stderr and the
   assert.equal(health.status, 200);
   child.kill('SIGTERM');
   assert.equal(await exited, 0, stderr);
+});
+
+test('a SIGTERM during the start, then SIGHUP and another SIGTERM while stopping: a clean stop, exit 0', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const args = peerProcessArgs(['start', '--data', dir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), '--log-level', 'info']);
+  const child = spawn(process.execPath, args, { env: peerProcessEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // As soon as the command runs, long before the peer has started.
+  while (!stderr.includes('"message"') && child.exitCode === null) await new Promise((r) => setTimeout(r, 10));
+  child.kill('SIGTERM');
+  while (!stderr.includes('peer started') && child.exitCode === null) await new Promise((r) => setTimeout(r, 10));
+  child.kill('SIGHUP');
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, stderr);
+  assert.match(stderr, /peer started/);
 });

@@ -223,7 +223,7 @@ async function readJson(dataDir: string, file: keyof typeof WAY_OUT): Promise<un
 export async function loadElection(dataDir: string): Promise<ElectionDurable | null> {
   const v = (await readJson(dataDir, ELECTION_FILE)) as Record<string, unknown> | null;
   if (v === null) return null;
-  if (typeof v !== 'object' || !Number.isSafeInteger(v.currentTerm) || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
+  if (typeof v !== 'object' || !Number.isSafeInteger(v.currentTerm) || (v.currentTerm as number) < 0 || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
     // Guessing a term could let this peer vote twice in one: refuse to start instead.
     throw damaged(dataDir, ELECTION_FILE, 'not an election record');
   }
@@ -235,7 +235,7 @@ export async function loadRoster(dataDir: string): Promise<Map<string, number>> 
   const peers = new Map<string, number>();
   if (v === null) return peers;
   // A roster read short would shrink the majority: refuse it rather than count without the peers it lost.
-  if (typeof v !== 'object' || typeof v.peers !== 'object' || v.peers === null) throw damaged(dataDir, ROSTER_FILE, 'not a roster');
+  if (typeof v !== 'object' || typeof v.peers !== 'object' || v.peers === null || Array.isArray(v.peers)) throw damaged(dataDir, ROSTER_FILE, 'not a roster');
   for (const [peerId, seen] of Object.entries(v.peers)) {
     if (typeof seen !== 'number' || !Number.isFinite(seen)) throw damaged(dataDir, ROSTER_FILE, `peer ${peerId.slice(0, 60)} has no last-seen time`);
     peers.set(peerId, seen);
