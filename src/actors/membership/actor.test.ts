@@ -159,6 +159,14 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     const reasons: string[] = [];
     assert.equal(await bumpIncarnation(dir, dateMs + 240_000, (r) => reasons.push(r)), dateMs + 240_000);
     assert.match(reasons[0] ?? '', /cannot write .*kept in memory only/);
+    // One that cannot be read (a directory in its place): the date, and the file named.
+    await rm(`${path}.tmp`, { recursive: true });
+    await rm(path, { force: true });
+    await mkdir(path);
+    const unreadable: string[] = [];
+    assert.equal(await bumpIncarnation(dir, dateMs + 300_000, (r) => unreadable.push(r)), dateMs + 300_000);
+    assert.match(unreadable[0] ?? '', /cannot read .*membership-incarnation .*starting from the date/);
+    await rm(path, { recursive: true });
     assert.equal(parseHeartbeat({ type: 'heartbeat' }), null);
     assert.equal(parseHeartbeat(null), null);
     const valid = { type: 'heartbeat', peerId: 'p', siteName: 's', incarnation: 1, sequence: 1, priority: 0, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' };

@@ -124,7 +124,8 @@ export async function bumpIncarnation(
     if (text === '' || !Number.isSafeInteger(value) || value < 0) warn(`${path} holds "${text.slice(0, 40)}", not a counter: starting from the date`);
     else previous = value;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    // Unreadable (a directory in its place, no permission): the date is a valid incarnation too.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn(`cannot read ${path} (${(err as Error).message}): starting from the date`);
   }
   const next = Math.max(previous + 1, Math.floor(dateMs));
   await writeFileDurably(path, `${next}\n`).catch((error: unknown) => warn(`cannot write ${path} (${(error as Error).message}): incarnation ${next} kept in memory only`));
