@@ -41,6 +41,8 @@ export interface Mesh {
   /** The scrub's repair: a damaged local copy replaced by a good one from an alive peer. */
   repairCopy(corrupt: CatalogEntry): Promise<'repaired' | 'changed' | 'unavailable'>;
   status(): Record<string, unknown>;
+  /** See CustodyService.forgetSite. */
+  forgetSite: CustodyService['forgetSite'];
   stop(): Promise<void>;
 }
 
@@ -142,6 +144,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       },
       frontDoor,
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
+      forgetSite: (siteName) => custody.forgetSite(siteName),
       status: () => {
         const leader = balancer.leader();
         const stats = custody.stats();

@@ -163,6 +163,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         scrub?.startNow();
         return scrub?.stats();
       },
+      forgetSite: config.swarmKeyFile ? (siteName) => mesh?.forgetSite(siteName) ?? { outcome: 'unknown' } : undefined,
       meshStatus: async () => {
         const meshStatus = mesh?.status();
         return {

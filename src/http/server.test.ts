@@ -32,3 +32,36 @@ test('connections beyond maxConnections are closed at once, and served again onc
   await new Promise((r) => setTimeout(r, 100));
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/healthz`, { signal: AbortSignal.timeout(2000) })).status, 200);
 });
+
+test('POST /api/forget-site?site=NAME: 200 with the debt dropped, 409 while the site is alive or without a mesh, 404 unknown, 400 unnamed', async (t) => {
+  const forgot: string[] = [];
+  const server = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    meshStatus: async () => ({}),
+    isHealthy: () => true,
+    forgetSite: (site) => {
+      if (site === 'site-up') return { outcome: 'alive' };
+      if (site !== 'site-gone') return { outcome: 'unknown' };
+      forgot.push(site);
+      return { outcome: 'forgotten', debtEntriesDropped: 12 };
+    },
+  });
+  t.after(() => server.stop());
+  const post = (query: string) => fetch(`http://127.0.0.1:${server.port}/api/forget-site${query}`, { method: 'POST' });
+  const ok = await post('?site=site-gone');
+  assert.equal(ok.status, 200);
+  assert.deepEqual(await ok.json(), { status: 'site site-gone forgotten', debtEntriesDropped: 12 });
+  assert.deepEqual(forgot, ['site-gone']);
+  assert.equal((await post('?site=site-up')).status, 409);
+  assert.equal((await post('?site=site-x')).status, 404);
+  assert.equal((await post('')).status, 400);
+  assert.equal((await post('?site=a%20b')).status, 400);
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/api/forget-site?site=site-gone`)).status, 405);
+
+  const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  t.after(() => alone.stop());
+  const noMesh = await fetch(`http://127.0.0.1:${alone.port}/api/forget-site?site=site-gone`, { method: 'POST' });
+  assert.equal(noMesh.status, 409);
+  assert.equal(((await noMesh.json()) as { code: string }).code, 'ERR_NO_MESH');
+});

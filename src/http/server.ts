@@ -1,6 +1,6 @@
 /**
- * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh, and
- * POST /api/scrub to start a scrub pass now.
+ * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh,
+ * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site.
  */
 import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -12,6 +12,8 @@ export interface HttpServerInit {
   port: number;
   meshStatus: MeshStatusProvider;
   isHealthy: () => boolean;
+  /** POST /api/forget-site?site=NAME (see CustodyService.forgetSite); undefined without a mesh. */
+  forgetSite?: (siteName: string) => { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
   /** Connections open at once; beyond it new ones are closed. Default 256. */
   maxConnections?: number;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
@@ -30,7 +32,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 }
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
-const resources = new Set(['/api/scrub', '/healthz', '/api/mesh']);
+const resources = new Set(['/api/scrub', '/api/forget-site', '/healthz', '/api/mesh']);
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -49,6 +51,10 @@ async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResp
     else sendJson(res, 202, { status: 'scrub pass starting (unless one is running)', scrub: stats });
     return;
   }
+  if (path === '/api/forget-site') {
+    forgetSite(init, req, res);
+    return;
+  }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('allow', 'GET, HEAD');
     sendJson(res, 405, { error: 'method not allowed', code: 'ERR_HTTP_METHOD' });
@@ -61,6 +67,40 @@ async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResp
       return;
     default: // '/api/mesh'
       sendJson(res, 200, await init.meshStatus());
+  }
+}
+
+/** POST /api/forget-site?site=NAME: decommissions a site that is down, with the copies owed to it. */
+function forgetSite(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): void {
+  if (req.method !== 'POST') {
+    res.setHeader('allow', 'POST');
+    sendJson(res, 405, { error: 'method not allowed: POST forgets a site', code: 'ERR_HTTP_METHOD' });
+    return;
+  }
+  if (init.forgetSite === undefined) {
+    sendJson(res, 409, { error: 'this peer is not in a mesh (no --swarm-key): it owes no copies', code: 'ERR_NO_MESH' });
+    return;
+  }
+  const siteName = new URL(req.url ?? '/', 'http://peer').searchParams.get('site') ?? '';
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(siteName)) {
+    sendJson(res, 400, { error: 'name the site: POST /api/forget-site?site=NAME', code: 'ERR_HTTP_QUERY' });
+    return;
+  }
+  const result = init.forgetSite(siteName);
+  switch (result.outcome) {
+    case 'forgotten':
+      sendJson(res, 200, { status: `site ${siteName} forgotten`, debtEntriesDropped: result.debtEntriesDropped });
+      return;
+    case 'alive':
+      sendJson(res, 409, { error: `site ${siteName} has a peer alive: stop it first (it would be learnt again at once)`, code: 'ERR_SITE_ALIVE' });
+      return;
+    case 'unknown':
+      sendJson(res, 404, { error: `site ${siteName} is not known here`, code: 'ERR_SITE_UNKNOWN' });
+      return;
+    default: {
+      const unreachable: never = result;
+      throw new Error(`unhandled outcome ${JSON.stringify(unreachable)}`);
+    }
   }
 }
 

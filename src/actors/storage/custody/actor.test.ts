@@ -268,6 +268,11 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     const answer = await cstore(restarted.custody.ingest, uid, randomBytes(50_000));
     assert.equal(answer.status, 0x0000, 'alone: acknowledged with quorum 1');
     assert.deepEqual((await restarted.store.listDebt()).map((d) => [d.sopInstanceUid, d.siteName]), [[uid, 'site-b']]);
+    // site-b was decommissioned: the operator forgets it, and what was owed to it with it.
+    assert.deepEqual(restarted.custody.forgetSite('site-x'), { outcome: 'unknown' });
+    assert.deepEqual(restarted.custody.forgetSite('site-b'), { outcome: 'forgotten', debtEntriesDropped: 1 });
+    await waitFor('debt and known site gone from disk', async () => (await restarted.store.listDebt()).length === 0 && (await restarted.store.listKnownSites()).length === 0);
+    assert.deepEqual(restarted.custody.knownSites(), []);
   });
 
   it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {

@@ -103,6 +103,11 @@ export interface CustodyService {
   stats(): CustodyStats;
   /** The other sites copies are owed to, present or absent (see KnownSite), with the copies owed now, by name. */
   knownSites(): Array<{ site: string; debtEntries: number }>;
+  /**
+   * Decommissions a site by hand: it is forgotten with the copies owed to it ('forgotten', and how many),
+   * unless one of its peers is alive ('alive') or it is not known here ('unknown').
+   */
+  forgetSite(siteName: string): { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
   /** Feeds membership heartbeats; returns the unsubscribe function. */
   onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
   /** Makes the actor throw on its next message (supervision tests). */
@@ -291,7 +296,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           dels.push({ sopInstanceUid: e.sopInstanceUid, siteName: e.siteName });
           break;
         case 'persistKnownSites':
-          for (const siteName of e.forgotten) log.warn('site forgotten: not heard from for too long; copies owed to it dropped (repair brings them if it returns)', { memberSite: siteName });
+          for (const siteName of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: siteName });
           for (const k of e.seen) if (!knownSiteNames.has(k.siteName)) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: k.siteName });
           for (const k of e.seen) knownSiteNames.add(k.siteName);
           for (const siteName of e.forgotten) knownSiteNames.delete(siteName);
@@ -664,6 +669,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     stats: () => ({ ...current }),
     // Sites owed copies but not known (debt written before known sites were) are listed too.
     knownSites: () => [...new Set([...knownSiteNames, ...debtBySite.keys()])].sort().map((site) => ({ site, debtEntries: debtBySite.get(site) ?? 0 })),
+    forgetSite: (siteName) => {
+      if (members.some((m) => m.siteName === siteName && m.status === 'alive')) return { outcome: 'alive' };
+      if (siteName === init.siteName || (!knownSiteNames.has(siteName) && !debtBySite.has(siteName))) return { outcome: 'unknown' };
+      const debtEntriesDropped = debtBySite.get(siteName) ?? 0;
+      log.warn('site forgotten by the operator', { memberSite: siteName, debtEntriesDropped });
+      input({ type: 'forgetSiteRequested', siteName, nowMs: clock.nowMs() });
+      return { outcome: 'forgotten', debtEntriesDropped };
+    },
     onStatsChanged(listener) {
       statsListeners.add(listener);
       return () => statsListeners.delete(listener);

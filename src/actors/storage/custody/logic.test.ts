@@ -203,6 +203,23 @@ test('queued work counts copies owed to alive sites (and pulls), not those waiti
   assert.equal(custodyStats(s).queuedWork, 1, 'site-c is back: its copy is work now');
 });
 
+test('a site the operator forgets is dropped with its debt, unless one of its peers is alive', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c')], nowMs: 1 }).state;
+  s = store(s, 'r1', 'u1', 2).state;
+  s = run(s, ack('u1', 'site-c', 3)).state;
+  const alive = run(s, { type: 'forgetSiteRequested', siteName: 'site-c', nowMs: 4 });
+  assert.deepEqual(alive.effects, [], 'site-c is alive: nothing happens');
+  const forgot = run(alive.state, { type: 'forgetSiteRequested', siteName: 'site-b', nowMs: 5 });
+  assert.deepEqual(forgot.effects, [
+    { type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-b' },
+    { type: 'persistKnownSites', seen: [], forgotten: ['site-b'] },
+  ]);
+  assert.equal(forgot.state.debt.size, 0);
+  assert.deepEqual([...forgot.state.knownSites.keys()], ['site-c']);
+});
+
 test('beyond knownSitesMax the site silent for longest is forgotten', () => {
   let s = initCustody(config, {
     digest: createDigest(),

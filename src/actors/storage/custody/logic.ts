@@ -162,6 +162,12 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       else state.replicationsInFlight.delete(key);
       break;
     }
+    case 'forgetSiteRequested':
+      if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
+        forgetSites(state, [input.siteName], effects);
+        effects.push({ type: 'persistKnownSites', seen: [], forgotten: [input.siteName] });
+      }
+      break;
     case 'fetchFailed':
       state.fetchesInFlight.delete(input.sopInstanceUid);
       pullNext(state, input.nowMs, effects);
@@ -226,16 +232,22 @@ function forgetSilentSites(state: CustodyState, nowMs: number, effects: CustodyE
     const silentLongestFirst = [...state.knownSites].filter(([siteName]) => !forgotten.includes(siteName)).sort((a, b) => a[1] - b[1]);
     forgotten.push(...silentLongestFirst.slice(0, excess).map(([siteName]) => siteName));
   }
-  if (forgotten.length === 0) return forgotten;
-  const gone = new Set(forgotten);
-  for (const siteName of forgotten) state.knownSites.delete(siteName);
+  forgetSites(state, forgotten, effects);
+  return forgotten;
+}
+
+/** Drops sites from the known ones, with every copy owed to them. */
+function forgetSites(state: CustodyState, siteNames: readonly string[], effects: CustodyEffect[]): void {
+  if (siteNames.length === 0) return;
+  const gone = new Set(siteNames);
+  for (const siteName of siteNames) state.knownSites.delete(siteName);
+  if (!siteNames.some((siteName) => state.debtBySite.has(siteName))) return;
   for (const [key, entry] of [...state.debt]) {
     if (!gone.has(entry.siteName)) continue;
     forgiveCopy(state, key);
     state.replicationsInFlight.delete(key);
     effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
   }
-  return forgotten;
 }
 
 function oweCopy(state: CustodyState, key: string, entry: DebtEntry): void {

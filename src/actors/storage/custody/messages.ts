@@ -127,6 +127,12 @@ export type CustodyInput =
       readonly retryLater?: boolean;
       readonly nowMs: number;
     }
+  /**
+   * The operator decommissioned a site (POST /api/forget-site): forget it now, with the copies owed to it,
+   * as knownSiteForgetAfterMs of silence would. Ignored while one of its peers is alive (it would be
+   * learnt again at once).
+   */
+  | { readonly type: 'forgetSiteRequested'; readonly siteName: string; readonly nowMs: number }
   /** A repair pull failed (the peer no longer answers, or does not have it). */
   | { readonly type: 'fetchFailed'; readonly sopInstanceUid: string; readonly nowMs: number }
   | {
