@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { parseStartArgs } from '../../src/config.ts';
 import { startPeer, type Peer } from '../../src/peer.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { DicomClientAssociation, type DimseReply } from '../../src/actors/association/client.ts';
+import { DicomClientAssociation, type ClientInit, type DimseReply } from '../../src/actors/association/client.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { CommandField } from '../../src/codec/dimse.ts';
 import { DicomApplicationContext, encodePdu, type AssociateRqPdu } from '../../src/codec/pdu.ts';
@@ -57,6 +57,16 @@ export interface StoreClient {
   otherContextId: number;
   /** C-STORE of a synthetic CT instance (explicit VR little endian) made from `options`. */
   storeInstance(options: InstanceOptions): Promise<DimseReply>;
+}
+
+/** Our own client to a test peer (called AE PACSMESH on 127.0.0.1) proposing `presentationContexts`. */
+export function openPeerClient(
+  port: number,
+  callingAeTitle: string,
+  presentationContexts: ClientInit['presentationContexts'],
+  more: Pick<ClientInit, 'roleSelections' | 'onIncomingStore'> = {},
+): Promise<DicomClientAssociation> {
+  return DicomClientAssociation.open({ host: '127.0.0.1', port, callingAeTitle, calledAeTitle: 'PACSMESH', presentationContexts, ...more });
 }
 
 /** Our own client to a peer, proposing CT Image Storage (explicit VR LE) and one other SOP class. */

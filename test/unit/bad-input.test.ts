@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { associateRqBytes as associateRq, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { associateRqBytes as associateRq, openPeerClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -119,16 +119,10 @@ test('no presentation context proposed: A-ASSOCIATE-RJ (permanent, service-user,
 });
 
 test('a C-ECHO for another SOP class, on a storage context, or with a data set: refused, the association goes on', async () => {
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'CHECK',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [
-      { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-      { abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-    ],
-  });
+  const client = await openPeerClient(peer.dicomPort, 'CHECK', [
+    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+  ]);
   const [echoContext, ctContext] = client.contexts;
   const echo = (contextId: number, affectedSopClassUid: string, dataSet?: Uint8Array) =>
     client.request(contextId, { commandField: CommandField.CEchoRq, affectedSopClassUid, hasDataSet: dataSet !== undefined }, dataSet);

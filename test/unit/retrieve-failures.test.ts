@@ -6,10 +6,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
-import { AssociationClosedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
+import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
@@ -36,16 +36,10 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   }
   await store.client.release();
 
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'VIEWER',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [
-      { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-      { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-    ],
-  });
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
+    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+  ]);
   const identifier = encodeDataset(
     [
       { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
@@ -97,21 +91,21 @@ test('C-GET of copies whose bytes are lost: none at all, a failed sub-operation 
 
   let received = 0;
   const open = () =>
-    DicomClientAssociation.open({
-      host: '127.0.0.1',
-      port: peer.dicomPort,
-      callingAeTitle: 'GETTER',
-      calledAeTitle: 'PACSMESH',
-      presentationContexts: [
+    openPeerClient(
+      peer.dicomPort,
+      'GETTER',
+      [
         { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
         { abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
       ],
-      roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }],
-      onIncomingStore: () => {
-        received++;
-        return Status.Success;
+      {
+        roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }],
+        onIncomingStore: () => {
+          received++;
+          return Status.Success;
+        },
       },
-    });
+    );
   const get = (client: DicomClientAssociation, study: string) =>
     client.request(
       client.contexts[0]!.id,
