@@ -1,6 +1,7 @@
 /**
  * `--max-associations` counts associations, not connections: one released, rejected or aborted that only
- * waits for the requestor to close its socket (Sta13, bounded by ARTIM) leaves its slot at once.
+ * waits for the requestor to close its socket (Sta13, bounded by ARTIM) leaves its slot at once, and one
+ * that has not asked for an association yet (Sta2) takes none.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -69,7 +70,7 @@ async function activeAssociations(): Promise<number> {
   return ((await response.json()) as { activeAssociations: number }).activeAssociations;
 }
 
-test('released and rejected connections left open by the requestor do not count against --max-associations', async () => {
+test('idle connections, and released and rejected ones left open by the requestor, do not count against --max-associations', async () => {
   const requestors: RawRequestor[] = [];
   const open = async () => {
     const requestor = await RawRequestor.open(peer.dicomPort);
@@ -77,6 +78,10 @@ test('released and rejected connections left open by the requestor do not count 
     return requestor;
   };
   try {
+    // Connections that never send an A-ASSOCIATE-RQ (idle, or slow on purpose) take no slot.
+    for (let i = 0; i < 3; i++) await open();
+    assert.equal(await activeAssociations(), 0, 'idle connections are no associations');
+
     const released = await open();
     assert.equal((await released.associate()).type, 'associateAc');
     assert.equal((await released.release()).type, 'releaseRp');

@@ -16,7 +16,7 @@ export interface SpawnedAssociation {
   holdsAssociationSlot(): boolean;
 }
 
-export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket, deps: AssociationDeps, congested: boolean): SpawnedAssociation {
+export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket, deps: AssociationDeps, congested: () => boolean): SpawnedAssociation {
   let markFinished!: () => void;
   const finished = new Promise<void>((resolve) => {
     markFinished = resolve;

@@ -43,7 +43,8 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   };
   const serveHere = (socket: Socket) => {
     served++;
-    const congested = associationCount() >= init.maxAssociations;
+    // Asked by the connection's own session when its A-ASSOCIATE-RQ arrives (it is in Sta3 then, and counts).
+    const congested = () => associationCount() > init.maxAssociations;
     const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, congested);
     active.add(association);
     void association.finished.then(() => active.delete(association));
@@ -66,7 +67,9 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
       ),
     );
   });
-  server.maxConnections = init.maxAssociations * 2;
+  // A bound on descriptors: connections that have not associated yet (closed by ARTIM after 30 s) and
+  // those waiting to be closed come on top of the associations, up to this.
+  server.maxConnections = init.maxAssociations * 4;
   const port = await listenOn(server, init.port, init.host);
   return {
     port,

@@ -66,8 +66,11 @@ export class AcceptorSession {
   private lastActivityMs = 0;
 
   constructor(
-    /** Over the association limit: the request is answered with a transient rejection. */
-    private readonly congested: boolean,
+    /**
+     * Asked when the A-ASSOCIATE-RQ arrives: over the association limit, the request is answered with a
+     * transient rejection. (Asked then, not at the connection: connections that never ask count for nothing.)
+     */
+    private readonly congested: () => boolean,
     socket: Socket,
     private readonly deps: AssociationDeps,
     private readonly callbacks: SessionCallbacks,
@@ -121,8 +124,13 @@ export class AcceptorSession {
    * for the peer to close the transport (Sta13, which ARTIM bounds). Such a connection is no longer an
    * association, so it neither counts against the limit nor gets an idle abort.
    */
+  /**
+   * An association, asked for or under way: not a connection that has not sent its A-ASSOCIATE-RQ yet
+   * (Sta2: idle connections must not use up the limit), nor one that only waits to be closed.
+   */
   get holdsAssociationSlot(): boolean {
-    return !this.ended && this.core.machine.state !== 'Sta13' && this.core.machine.state !== 'Sta1';
+    const state = this.core.machine.state;
+    return !this.ended && state !== 'Sta2' && state !== 'Sta13' && state !== 'Sta1';
   }
 
   async onIdleExpired(): Promise<void> {
@@ -189,7 +197,7 @@ export class AcceptorSession {
   private async onIndication(indication: UlIndication): Promise<void> {
     switch (indication.type) {
       case 'associateRequested': {
-        const result: NegotiationResult = this.congested
+        const result: NegotiationResult = this.congested()
           ? {
               outcome: 'reject',
               rj: { type: 'associateRj', result: RejectResult.Transient, source: RejectSource.ServiceProviderPresentation, reason: RejectReason.TemporaryCongestion },
