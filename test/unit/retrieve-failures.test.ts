@@ -62,32 +62,29 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   await client.release();
 });
 
-test('C-GET of copies whose bytes are lost: none at all, a failed sub-operation and no C-STORE-RQ; part of them, an A-ABORT', async (t) => {
+test('C-GET of damaged copies: lost or flipped, a failed sub-operation without its C-STORE-RQ; flipped in a large one, an A-ABORT before its end', async (t) => {
   const peer = await startTestPeer([], 'getter');
   t.after(() => peer.dispose());
-  const studies = ['1.2.826.0.1.3680043.10.1453.78.1', '1.2.826.0.1.3680043.10.1453.78.2'];
+  const studies = ['1.2.826.0.1.3680043.10.1453.78.1', '1.2.826.0.1.3680043.10.1453.78.2', '1.2.826.0.1.3680043.10.1453.78.3'];
   const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
-  const uids: string[] = [];
-  for (const study of studies) {
-    // 2 MB: several chunks, so one in the middle can be lost.
-    const reply = await store.storeInstance({ study: { uid: study }, rows: 1024, columns: 1024 });
+  const entries = [];
+  // 2 MB, 2 MB, and 8 MB: the last is above the size read and checked whole before sending.
+  for (const [i, study] of studies.entries()) {
+    const side = i === 2 ? 2048 : 1024;
+    const reply = await store.storeInstance({ study: { uid: study }, rows: side, columns: side });
     assert.equal(reply.command.status, 0);
-    uids.push(reply.command.affectedSopInstanceUid!);
+    entries.push((await peer.store.getEntry(reply.command.affectedSopInstanceUid!))!);
   }
   await store.client.release();
-  const [lostWhole, lostMiddle] = await Promise.all(uids.map(async (uid) => (await peer.store.getEntry(uid))!));
-  for (let i = 0; ; i++) {
-    try {
-      await damageChunk(peer.store, lostWhole!.blobId, 0, 'lose');
-    } catch {
-      break; // no chunk left
-    }
-    assert.ok(i < 1000);
-  }
-  let chunkCount = 0;
-  for await (const _ of peer.store.blobDb.keys({ gte: `b!${lostMiddle!.blobId}!`, lt: `b!${lostMiddle!.blobId}!~` })) chunkCount++;
-  assert.ok(chunkCount >= 3, `${chunkCount} chunks`);
-  await damageChunk(peer.store, lostMiddle!.blobId, chunkCount >> 1, 'lose');
+  const [lost, flipped, flippedLarge] = entries;
+  const chunkCount = async (blobId: string) => {
+    let n = 0;
+    for await (const _ of peer.store.blobDb.keys({ gte: `b!${blobId}!`, lt: `b!${blobId}!~` })) n++;
+    return n;
+  };
+  for (let n = await chunkCount(lost!.blobId); n > 0; n--) await damageChunk(peer.store, lost!.blobId, 0, 'lose');
+  await damageChunk(peer.store, flipped!.blobId, (await chunkCount(flipped!.blobId)) >> 1, 'flip');
+  await damageChunk(peer.store, flippedLarge!.blobId, (await chunkCount(flippedLarge!.blobId)) >> 1, 'flip');
 
   let received = 0;
   const open = () =>
@@ -119,22 +116,25 @@ test('C-GET of copies whose bytes are lost: none at all, a failed sub-operation 
       ),
     );
 
+  const suspects: string[] = [];
+  peer.store.onSuspectCopy((uid) => suspects.push(uid));
   const client = await open();
-  const whole = await get(client, studies[0]!);
-  assert.equal(whole.command.status, Status.SubOpsCompleteWithFailures);
-  assert.equal(whole.command.failedSubOperations, 1);
-  assert.equal(received, 0, 'no C-STORE-RQ for a copy that cannot be read');
-  // The association is still in step, so the next C-GET on it is served: its copy is cut off part-way,
-  // and the association carrying it is aborted.
-  await assert.rejects(get(client, studies[1]!), (e: unknown) => e instanceof AssociationClosedError && e.code === 'ERR_ASSOCIATION_ABORTED');
-  assert.equal(received, 0, 'the cut-off data set was never delivered as an instance');
+  for (const study of studies.slice(0, 2)) {
+    const final = await get(client, study);
+    assert.equal(final.command.status, Status.SubOpsCompleteWithFailures, study);
+    assert.equal(final.command.failedSubOperations, 1);
+  }
+  assert.equal(received, 0, 'no C-STORE-RQ for a copy that cannot be read, or does not match its SHA-256');
+  // The association is still in step, so the next C-GET on it is served: the large copy's damage is
+  // found once it has been read through, before its last fragment, and the association is aborted.
+  await assert.rejects(get(client, studies[2]!), (e: unknown) => e instanceof AssociationClosedError && e.code === 'ERR_ASSOCIATION_ABORTED');
+  assert.equal(received, 0, 'the damaged data set was never delivered whole');
   client.abort();
+  assert.ok(suspects.includes(flipped!.sopInstanceUid) && suspects.includes(flippedLarge!.sopInstanceUid), 'flipped copies are reported for the scrub');
 
   // The peer goes on.
-  const again = await open();
   const echoClient = await openStoreClient(peer.dicomPort, 'CHECK', verification);
   const echo = await echoClient.client.request(echoClient.otherContextId, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
   assert.equal(echo.command.status, 0);
   await echoClient.client.release();
-  again.abort();
 });

@@ -2,6 +2,7 @@
  * C-FIND, C-GET and C-MOVE as an SCP (PS3.4 annex C). Matching lives in the storage query engine;
  * this file speaks DIMSE: identifiers in, pending responses out, sub-operations counted and reported.
  */
+import { createHash } from 'node:crypto';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import { encodeDataset } from '../../../codec/dataset/writer.ts';
@@ -239,31 +240,65 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     moveOriginatorMessageId: ctx.kind === 'move' ? ctx.command.messageId : undefined,
   };
   try {
-    if (picked.transferSyntaxUid === entry.transferSyntaxUid) {
-      // The first chunk is read before the C-STORE-RQ goes out: a copy that cannot be read at all (its
-      // bytes lost) fails this sub-operation alone, instead of a command announcing a data set that never
-      // follows. One that fails later aborts the association carrying it (see AssociationCore.sendMessage).
-      const bytes = await withFirstChunkRead(store.readInstance(entry));
-      return await target.store(picked.presentationContextId, command, bytes);
+    const asStored = picked.transferSyntaxUid === entry.transferSyntaxUid;
+    if (asStored && entry.byteLength > checkedWholeBytesMax) {
+      return await target.store(picked.presentationContextId, command, await checkedStream(store, entry));
     }
-    // Transcoding needs the whole instance in memory; it only runs when the receiver refuses the stored syntax.
-    const chunks: Uint8Array[] = [];
-    for await (const chunk of store.readInstance(entry)) chunks.push(chunk);
+    // Transcoding needs the whole instance in memory too; it only runs when the receiver refuses the stored syntax.
+    const bytes = await checkedWhole(store, entry);
+    if (asStored) return await target.store(picked.presentationContextId, command, bytes);
     const { transcodeDataset } = await loadTranscoder();
-    const transcoded = await transcodeDataset(Buffer.concat(chunks), entry.transferSyntaxUid, [picked.transferSyntaxUid]);
+    const transcoded = await transcodeDataset(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid]);
     return await target.store(picked.presentationContextId, command, transcoded.bytes);
   } catch {
     return Status.UnableToProcess;
   }
 }
 
-/** Reads the first chunk now (throwing what reading it throws), and yields it and the rest later. */
-async function withFirstChunkRead(chunks: AsyncGenerator<Uint8Array>): Promise<AsyncIterable<Uint8Array>> {
+/**
+ * What a sub-operation sends is checked against the SHA-256 the catalog recorded for it: a copy the disk
+ * damaged never goes out as Success, and is reported suspect (the scrub replaces it from another site).
+ * Instances up to this size are read and checked whole before their C-STORE-RQ goes out, so a damaged
+ * one fails its sub-operation alone; larger ones stream (see checkedStream).
+ */
+const checkedWholeBytesMax = 4 * 1024 * 1024;
+
+function damagedCopy(store: ReplicaStore, entry: CatalogEntry, sha256: string): Error {
+  const reason = `sent on a retrieve: SHA-256 ${sha256.slice(0, 16)}..., catalog says ${entry.sha256.slice(0, 16)}...`;
+  store.reportSuspectCopy(entry.sopInstanceUid, reason);
+  return new Error(`the stored copy of ${entry.sopInstanceUid} is damaged (${reason})`);
+}
+
+async function checkedWhole(store: ReplicaStore, entry: CatalogEntry): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of store.readInstance(entry)) chunks.push(chunk);
+  const bytes = Buffer.concat(chunks);
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  if (sha256 !== entry.sha256) throw damagedCopy(store, entry, sha256);
+  return bytes;
+}
+
+/**
+ * A large instance as it is read, hashed on the way. Its first chunk is read before this returns, so a
+ * copy that cannot be read at all fails before its C-STORE-RQ; a mismatch is thrown after the last chunk
+ * was read and before it is sent (AssociationCore.sendMessage holds one back), so the receiver never gets
+ * a whole damaged data set: the association carrying it is aborted instead.
+ */
+async function checkedStream(store: ReplicaStore, entry: CatalogEntry): Promise<AsyncIterable<Uint8Array>> {
+  const chunks = store.readInstance(entry);
   const first = await chunks.next();
+  const hash = createHash('sha256');
   return (async function* () {
-    if (first.done === true) return;
-    yield first.value;
-    yield* chunks;
+    if (first.done !== true) {
+      hash.update(first.value);
+      yield first.value;
+      for await (const chunk of chunks) {
+        hash.update(chunk);
+        yield chunk;
+      }
+    }
+    const sha256 = hash.digest('hex');
+    if (sha256 !== entry.sha256) throw damagedCopy(store, entry, sha256);
   })();
 }
 
