@@ -62,7 +62,7 @@ test('a data directory another process is using: exit 1 and one line saying so',
   await assert.rejects(createReplicaStore({ path: join(dir, 'store') }).open(), { name: 'StoreError', code: 'ERR_STORE_LOCKED' });
 });
 
-test('a blob database that lost its CURRENT file: exit 1 and one line, not a start with every instance gone', async (t) => {
+test('a blob database that lost its CURRENT file, or is gone: exit 1 and one line, not a start with every instance gone', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const store = createReplicaStore({ path: join(dir, 'store') });
@@ -76,6 +76,11 @@ test('a blob database that lost its CURRENT file: exit 1 and one line, not a sta
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /blobs: it holds database files \(.*\) but no CURRENT file, so the instance bytes cannot be found; move the data directory away/);
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  // The whole blob database gone: the catalog still lists the instance.
+  rmSync(join(dir, 'store', 'blobs'), { recursive: true });
+  const gone = await start(dir);
+  assert.equal(gone.status, 1, gone.stderr);
+  assert.match(gone.stderr, /the catalog lists instances but the blob database holds no bytes/);
 });
 
 test('a data directory on a full disk that the store cannot open: exit 1 and one line saying why', async (t) => {

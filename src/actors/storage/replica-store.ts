@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { HELD_INDEX_PREFIX, buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -457,6 +457,14 @@ class LevelReplicaStore implements ReplicaStore {
     }
     try {
       for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
+      if (this.lastTick === 0 && (await this.db.keys({ gte: HELD_INDEX_PREFIX, lt: `${HELD_INDEX_PREFIX}~`, limit: 1 }).all()).length > 0) {
+        // The catalog lists instances whose bytes are all gone (the blob database deleted or replaced):
+        // serving would answer every C-FIND and fail every retrieve.
+        throw new StoreError(
+          'ERR_STORE_OPEN',
+          'the catalog lists instances but the blob database holds no bytes (blobs/ deleted or replaced?); move the data directory away and start on an empty one (in a mesh the other sites refill it)',
+        );
+      }
       await this.recover();
       await this.checkpoint();
       if ((await this.db.get(heldIndexBuiltKey)) === undefined) {
