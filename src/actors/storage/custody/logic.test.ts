@@ -218,6 +218,14 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   ]);
   assert.equal(forgot.state.debt.size, 0);
   assert.deepEqual([...forgot.state.knownSites.keys()], ['site-c']);
+  // Its dead record, still in the view, does not bring it back (it was heard before it was forgotten).
+  s = run(forgot.state, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-b', 'dead'), lastHeardAtMs: 1 }, member('peer-c')], nowMs: 6 }, { type: 'tick', nowMs: 7 }).state;
+  assert.deepEqual([...s.knownSites.keys()], ['site-c']);
+  const stored = store(s, 'r2', 'u2', 8);
+  assert.deepEqual(stored.effects.filter((e) => e.type === 'persistDebt').map((e) => (e.type === 'persistDebt' ? e.entry.siteName : '')), ['site-c']);
+  // Heard from again: known again.
+  s = run(stored.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 9 }).state;
+  assert.deepEqual([...s.knownSites.keys()].sort(), ['site-b', 'site-c']);
 });
 
 test('beyond knownSitesMax the site silent for longest is forgotten', () => {

@@ -49,6 +49,11 @@ export interface CustodyState {
   readonly debtBySite: Map<string, number>;
   /** Mirror of the persisted known sites: other sites heard from -> when last (see KnownSite). */
   readonly knownSites: Map<string, number>;
+  /**
+   * Sites forgotten in this process -> when: a dead record of one still in the view must not bring it back;
+   * only hearing from it again after that does (volatile: after a restart the view holds no such record).
+   */
+  readonly forgottenSites: Map<string, number>;
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
   readonly writing: Map<string, WritingStore>;
   /** Stores waiting for their quorum (volatile). */
@@ -112,6 +117,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     debt,
     debtBySite,
     knownSites,
+    forgottenSites: new Map(),
     writing: new Map(),
     pending: new Map(),
     replicationsInFlight: new Map(),
@@ -164,7 +170,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     }
     case 'forgetSiteRequested':
       if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
-        forgetSites(state, [input.siteName], effects);
+        forgetSites(state, [input.siteName], input.nowMs, effects);
         effects.push({ type: 'persistKnownSites', seen: [], forgotten: [input.siteName] });
       }
       break;
@@ -202,11 +208,14 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
   for (const m of state.members) {
     if (m.siteName === state.config.selfSiteName) continue;
     const heardMs = m.status === 'alive' ? nowMs : m.lastHeardAtMs;
+    // Heard before it was forgotten: the record of a site that is gone, not news of it.
+    if (heardMs <= (state.forgottenSites.get(m.siteName) ?? Number.NEGATIVE_INFINITY)) continue;
     heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
   }
   const seen: KnownSite[] = [];
   for (const [siteName, lastHeardMs] of heard) {
     if (nowMs - lastHeardMs >= state.config.knownSiteForgetAfterMs) continue;
+    state.forgottenSites.delete(siteName);
     const known = state.knownSites.get(siteName);
     if (known !== undefined && lastHeardMs - known < knownSiteRefreshMs) continue;
     state.knownSites.set(siteName, lastHeardMs);
@@ -232,15 +241,23 @@ function forgetSilentSites(state: CustodyState, nowMs: number, effects: CustodyE
     const silentLongestFirst = [...state.knownSites].filter(([siteName]) => !forgotten.includes(siteName)).sort((a, b) => a[1] - b[1]);
     forgotten.push(...silentLongestFirst.slice(0, excess).map(([siteName]) => siteName));
   }
-  forgetSites(state, forgotten, effects);
+  forgetSites(state, forgotten, nowMs, effects);
   return forgotten;
 }
 
 /** Drops sites from the known ones, with every copy owed to them. */
-function forgetSites(state: CustodyState, siteNames: readonly string[], effects: CustodyEffect[]): void {
+function forgetSites(state: CustodyState, siteNames: readonly string[], nowMs: number, effects: CustodyEffect[]): void {
   if (siteNames.length === 0) return;
   const gone = new Set(siteNames);
-  for (const siteName of siteNames) state.knownSites.delete(siteName);
+  for (const siteName of siteNames) {
+    state.knownSites.delete(siteName);
+    state.forgottenSites.set(siteName, nowMs);
+  }
+  // Bounded like the known sites: the oldest forgetting is dropped first (its dead record is long gone).
+  for (const siteName of state.forgottenSites.keys()) {
+    if (state.forgottenSites.size <= state.config.knownSitesMax) break;
+    state.forgottenSites.delete(siteName);
+  }
   if (!siteNames.some((siteName) => state.debtBySite.has(siteName))) return;
   for (const [key, entry] of [...state.debt]) {
     if (!gone.has(entry.siteName)) continue;
