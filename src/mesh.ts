@@ -41,7 +41,7 @@ export interface Mesh {
   /** The scrub's repair: a damaged local copy replaced by a good one from an alive peer. */
   repairCopy(corrupt: CatalogEntry): Promise<'repaired' | 'changed' | 'unavailable'>;
   status(): Record<string, unknown>;
-  /** See CustodyService.forgetSite. */
+  /** See CustodyService.forgetSite; the site's peers also leave the learnt election roster. */
   forgetSite: CustodyService['forgetSite'];
   stop(): Promise<void>;
 }
@@ -144,7 +144,13 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       },
       frontDoor,
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
-      forgetSite: (siteName) => custody.forgetSite(siteName),
+      forgetSite: (siteName) => {
+        const result = custody.forgetSite(siteName);
+        // Its peers leave the election roster too: counted as voters, a site that is gone for good could
+        // leave the others short of a majority.
+        if (result.outcome === 'forgotten') balancer.forgetPeers(membership.members().filter((m) => m.siteName === siteName).map((m) => m.peerId));
+        return result;
+      },
       status: () => {
         const leader = balancer.leader();
         const stats = custody.stats();

@@ -136,6 +136,13 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
       const t = survivors[0]!.mesh.balancer.chooseTarget();
       assert.ok(t === 'local' || t.peerId !== first.peerId);
     }
+    // Its site decommissioned: the survivors take it out of their rosters (persisted); a live peer stays.
+    for (const p of survivors) p.mesh.balancer.forgetPeers([first.peerId, survivors[1]!.node.peerId]);
+    await waitFor('the stopped leader out of both rosters', () => survivors.every((p) => p.mesh.balancer.roster().length === 2), 5000);
+    for (const p of survivors) {
+      const onDisk = JSON.parse(await readFile(join(p.dataDir, 'balancer-roster.json'), 'utf8')) as { peers: Record<string, number> };
+      assert.deepEqual(Object.keys(onDisk.peers).sort(), survivors.map((q) => q.node.peerId).sort());
+    }
   });
 
   it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 20_000 }, async () => {

@@ -115,6 +115,8 @@ export interface LeaderInfo {
 }
 
 export interface BalancerService {
+  /** Takes peers that are not alive out of the learnt roster at once (a decommissioned site); pinned: nothing. */
+  forgetPeers(peerIds: readonly string[]): void;
   leader(): LeaderInfo | null;
   table(): RoutingTable | null;
   /** Where the next new association should go: another peer's DICOM address, or here. */
@@ -130,6 +132,8 @@ export interface BalancerService {
 type BalancerMsg =
   | { readonly type: 'tick' }
   | { readonly type: 'view' }
+  /** The operator decommissioned these peers' site: they leave the learnt roster now, not after rosterForgetAfterMs. */
+  | { readonly type: 'forgetPeers'; readonly peerIds: readonly string[] }
   | { readonly type: 'mesh'; readonly from: string; readonly message: BalancerMessage }
   | { readonly type: 'crash'; readonly reason: string };
 
@@ -362,6 +366,24 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     return { peers, persistedAtMs: roster.persistedAtMs };
   };
 
+  /** Drops peers that are not alive from the learnt roster, persisted before the reducer counts without them. */
+  const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[]): Promise<RosterState> => {
+    if (pinned) return roster;
+    const alive = new Set(membership.liveMembers().map((m) => m.peerId));
+    const gone = peerIds.filter((peerId) => peerId !== self && !alive.has(peerId) && roster.peers.has(peerId));
+    if (gone.length === 0) return roster;
+    const peers = new Map(roster.peers);
+    for (const peerId of gone) peers.delete(peerId);
+    try {
+      await persistRoster(peers);
+    } catch (err) {
+      noteStateWriteFailure(err);
+      return roster;
+    }
+    log.warn('roster forgot the peers of a decommissioned site', { peers: gone });
+    return { peers, persistedAtMs: clock.nowMs() };
+  };
+
   const withRoster = (b: BalancerState, roster: RosterState): BalancerState => {
     const ids = rosterIds(roster);
     const old = b.config.rosterPeerIds;
@@ -488,6 +510,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     let step;
     if (message.type === 'mesh') {
       step = stepBalancer(balancer, { type: 'messageReceived', from: message.from, message: message.message, nowMs });
+    } else if (message.type === 'forgetPeers') {
+      roster = await forgetFromRoster(roster, message.peerIds);
+      balancer = withRoster(balancer, roster);
+      step = stepBalancer(balancer, { type: 'viewChanged', members: membership.members(), nowMs });
     } else if (message.type === 'view' || fresh || message.type === 'tick') {
       // Ticks re-read the view too: membership emits viewChanged only on changes, and a fresh actor
       // (start or restart) has none yet.
@@ -610,6 +636,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return { peerId: entry.peerId, dicom: entry.dicomAddress };
     },
     roster: () => (current ? [...current.balancer.config.rosterPeerIds] : [self]),
+    forgetPeers(peerIds) {
+      if (peerIds.length > 0) send({ type: 'forgetPeers', peerIds });
+    },
     status() {
       const b = current?.balancer;
       return { role: b?.role ?? 'follower', term: b?.durable.currentTerm ?? 0, votedFor: b?.durable.votedFor ?? null };
