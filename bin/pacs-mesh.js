@@ -7,6 +7,18 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
+// Loading the command takes a moment (~0.4 s from the bundle); a stop signal meanwhile must still end in
+// a clean stop, not the default kill: it is kept here for the command, which stops the peer once started.
+const earlySignals = [];
+const keepSignal = (signal) => earlySignals.push(signal);
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, keepSignal);
+globalThis[Symbol.for('pacs-mesh.early-signals')] = {
+  signals: earlySignals,
+  release: () => {
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.off(signal, keepSignal);
+  },
+};
+
 function newestMtimeMs(dir) {
   let newest = 0;
   for (const entry of readdirSync(dir, { withFileTypes: true })) {

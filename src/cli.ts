@@ -34,6 +34,13 @@ async function main(argv: readonly string[]): Promise<number> {
             resolve(null);
           });
         }
+        // Those that came while bin/pacs-mesh.js was loading this command.
+        const early = (globalThis as Record<symbol, { signals: string[]; release(): void } | undefined>)[Symbol.for('pacs-mesh.early-signals')];
+        early?.release();
+        if (early !== undefined && early.signals.length > 0) {
+          stopping = true;
+          resolve(null);
+        }
       });
       const peer = await startPeer(config);
       const failure = await Promise.race([signalled, peer.failed]);
