@@ -117,7 +117,11 @@ function checkBootstrap(value: string): string {
     throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" is not a multiaddr (${(error as Error).message}); use ${example}`);
   }
   const components = address.getComponents();
-  if (!components.some((c) => c.name === 'tcp')) throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" names no TCP port; use ${example}`);
+  // The mesh's transport is plain TCP: an IP or DNS name, a TCP port, and optionally the PeerId.
+  const names = components.map((c) => c.name);
+  const plainTcp = names.length >= 2 && ['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(names[0]!) && names[1] === 'tcp' && (names.length === 2 || (names.length === 3 && names[2] === 'p2p'));
+  if (!plainTcp) throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" is not an address of a peer's TCP port; use ${example}`);
+  if (components[1]!.value === '0') throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" names TCP port 0; use ${example}`);
   for (const c of components) {
     if (c.name !== 'p2p') continue;
     try {
@@ -160,15 +164,16 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
     takesValue: true,
     apply: (c, v) => {
       const { aeTitle, address } = parseAeAddress(v, '--move-dest');
+      if (c.moveDestinations[aeTitle] !== undefined) throw new ConfigError(`--move-dest ${aeTitle} given twice: give each destination once`);
       c.moveDestinations[aeTitle] = address;
     },
   },
   '--allow-calling': {
     takesValue: true,
     apply: (c, v) => {
-      const titles = v.split(',').filter((s) => s.trim().length > 0);
+      const titles = v.split(',');
       // An empty list would quietly let every calling AE title in: access control must be said, not implied.
-      if (titles.length === 0) throw new ConfigError(`--allow-calling "${v}" lists no AE title`);
+      if (titles.every((s) => s.trim().length === 0)) throw new ConfigError(`--allow-calling "${v}" lists no AE title`);
       c.allowedCallingAeTitles.push(...titles.map((s) => checkAeTitle(s, '--allow-calling')));
     },
   },
@@ -265,8 +270,9 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
     const flag = flags[name];
     if (!flag) throw new ConfigError(`unknown option "${arg}" (see pacs-mesh --help)`);
     const value = inlineValue ?? args[++i];
-    // An empty value would quietly mean something else (port 0 = any port, '' = the current directory).
-    if (value === undefined || value.trim() === '') throw new ConfigError(`option ${name} needs a value`);
+    // An empty value would quietly mean something else (port 0 = any port, '' = the current directory);
+    // one that is the next option means the value was left out.
+    if (value === undefined || value.trim() === '' || (inlineValue === undefined && value.startsWith('--'))) throw new ConfigError(`option ${name} needs a value`);
     if (given.has(name) && !repeatable.has(name)) throw new ConfigError(`option ${name} given twice: give it once`);
     given.add(name);
     flag.apply(config, value);
@@ -275,6 +281,10 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   if (!dataGiven) config.dataDir = `.data/${config.site}`;
   if (config.bootstrap.length > 0 && !config.swarmKeyFile) {
     throw new ConfigError('--bootstrap requires --swarm-key FILE: a mesh is private, create a key with pacs-mesh keygen');
+  }
+  const meshOnly = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer'].filter((name) => given.has(name));
+  if (!config.swarmKeyFile && meshOnly.length > 0) {
+    throw new ConfigError(`${meshOnly.join(', ')} only mean something in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
   }
   if (config.swarmKeyFile && isIP(config.host) !== 4) {
     throw new ConfigError(`--host "${config.host}" must be an IPv4 address in a mesh (the libp2p transport listens on IPv4)`);
