@@ -14,7 +14,7 @@ export interface HttpServerInit {
   isHealthy: () => boolean;
   /** POST /api/forget-site?site=NAME (see CustodyService.forgetSite); undefined without a mesh. */
   forgetSite?: (siteName: string) => { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
-  /** Connections open at once; beyond it new ones are closed. Default 256. */
+  /** Connections open at once; beyond it new ones are closed. Default 1024. */
   maxConnections?: number;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
   scrubNow?: () => object | undefined;
@@ -115,7 +115,7 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   server.requestTimeout = 30_000;
   // Idle or slow connections beyond this are closed at once: they must not use up the file descriptors
   // the DICOM port and the mesh need (20,000 of them made the whole peer unreachable for ~7 s).
-  server.maxConnections = init.maxConnections ?? 256;
+  server.maxConnections = init.maxConnections ?? 1024;
   const port = await listenOn(server, init.port, init.host);
   return {
     port,
