@@ -61,11 +61,12 @@ export class MeshCluster {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
     const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
-    const keyArgs = opts.swarmKeyFile === null ? [] : ['--swarm-key', opts.swarmKeyFile ?? this.swarmKeyFile];
+    // Without a key the peer is a single-site archive, for which the libp2p port means nothing.
+    const keyArgs = opts.swarmKeyFile === null ? [] : ['--swarm-key', opts.swarmKeyFile ?? this.swarmKeyFile, '--p2p-port', String(p2pPort)];
     const args = peerProcessArgs([
       'start',
       '--site', site, '--data', dataDir, '--host', '127.0.0.1',
-      '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--p2p-port', String(p2pPort),
+      '--dicom-port', String(dicomPort), '--http-port', String(httpPort),
       ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
     ]);
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });

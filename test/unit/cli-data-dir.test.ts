@@ -133,13 +133,21 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
   }
 });
 
-test('a mesh child that keeps failing at start (membership cannot read its incarnation) stops the start: exit 1 and one line, not a hung peer', async (t) => {
-  const { dataDir, startMesh } = await meshSite(t);
-  // A directory where the incarnation file belongs: every read fails (a missing or damaged file would not).
-  mkdirSync(join(dataDir, 'membership-incarnation'));
-  const r = await startMesh('silent');
+test('a mesh child that keeps failing at start (the balancer cannot read its election record) stops the start: exit 1 and one line, not a hung peer', async (t) => {
+  const { dataDir } = await meshSite(t);
+  // A disk that answers the first read of the election record (the check before the actors start), then
+  // fails every read: the balancer actor crashes at each restart until its budget is spent.
+  const faultyDisk = [
+    "import fsp from 'node:fs/promises'; import { syncBuiltinESMExports } from 'node:module';",
+    'const readFile = fsp.readFile; let reads = 0;',
+    "fsp.readFile = async (path, ...rest) => { if (String(path).endsWith('balancer-election.json') && ++reads > 1) throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' }); return readFile(path, ...rest); };",
+    'syncBuiltinESMExports();',
+  ].join('\n');
+  const swarmKeyPath = join(dataDir, '..', 'swarm.key');
+  const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), '--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'silent']);
+  const r = spawnSync(process.execPath, ['--import', `data:text/javascript,${encodeURIComponent(faultyDisk)}`, ...args], { encoding: 'utf8', timeout: 60_000, env: peerProcessEnv() });
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the membership actor kept failing \(EISDIR: .*\)\n$/);
+  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the balancer actor kept failing \(cannot read .*balancer-election\.json: EIO: i\/o error, read\)\n$/);
 });
 
 test('an unhandled rejection inside a running peer is reported on stderr and the peer serves on', async (t) => {
