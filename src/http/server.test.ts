@@ -57,6 +57,7 @@ test('POST /api/forget-site?site=NAME: 200 with the debt dropped, 409 while the 
   assert.equal((await post('?site=site-x')).status, 404);
   assert.equal((await post('')).status, 400);
   assert.equal((await post('?site=a%20b')).status, 400);
+  assert.equal((await post('?site=site-gone&site=site-x')).status, 400, 'one site at a time');
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/api/forget-site?site=site-gone`)).status, 405);
 
   const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });

@@ -81,9 +81,10 @@ function forgetSite(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
     sendJson(res, 409, { error: 'this peer is not in a mesh (no --swarm-key): it owes no copies', code: 'ERR_NO_MESH' });
     return;
   }
-  const siteName = new URL(req.url ?? '/', 'http://peer').searchParams.get('site') ?? '';
+  const sites = new URL(req.url ?? '/', 'http://peer').searchParams.getAll('site');
+  const siteName = sites.length === 1 ? sites[0]! : '';
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(siteName)) {
-    sendJson(res, 400, { error: 'name the site: POST /api/forget-site?site=NAME', code: 'ERR_HTTP_QUERY' });
+    sendJson(res, 400, { error: 'name one site: POST /api/forget-site?site=NAME', code: 'ERR_HTTP_QUERY' });
     return;
   }
   const result = init.forgetSite(siteName);
