@@ -141,7 +141,11 @@ function checkHost(value: string, what: string): string {
 export function parseAeAddress(value: string, what: string): { aeTitle: string; address: AeAddress } {
   const match = /^([^=]+)=(.+):(\d+)$/.exec(value);
   if (!match) throw new ConfigError(`${what} "${value}" must look like AET=host:port`);
-  return { aeTitle: checkAeTitle(match[1]!, `${what} AE title`), address: { host: checkHost(match[2]!, `${what} host`), port: checkPort(match[3]!, `${what} port`, false) } };
+  // An IPv6 address is written in brackets before its port ([::1]:104), as in URLs.
+  const bracketed = /^\[(.+)\]$/.exec(match[2]!);
+  if (bracketed && isIP(bracketed[1]!) !== 6) throw new ConfigError(`${what} host "${match[2]}" is not an IPv6 address`);
+  const host = bracketed ? bracketed[1]! : checkHost(match[2]!, `${what} host`);
+  return { aeTitle: checkAeTitle(match[1]!, `${what} AE title`), address: { host, port: checkPort(match[3]!, `${what} port`, false) } };
 }
 
 /** Options that may be given more than once (each adds to a list); the others once at most. */
@@ -311,7 +315,7 @@ start options (defaults in brackets):
   --host IP                   address the DICOM and HTTP ports bind to [0.0.0.0]
   --dicom-port N              DICOM port [11112]
   --http-port N               HTTP port for /healthz and /api [8042]
-  --move-dest AET=host:port   C-MOVE destination, repeatable; persisted in DIR/ae-directory.json
+  --move-dest AET=host:port   C-MOVE destination, repeatable ([IPv6]:port in brackets); persisted in DIR/ae-directory.json
   --allow-calling AET,...     only these calling AE titles may associate [any]
   --max-pdu N                 maximum PDU length we receive [262144]
   --max-associations N        associations served at once [64]

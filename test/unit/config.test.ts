@@ -38,6 +38,7 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.equal(config.associationsPerPeer, 4);
   assert.equal(config.scrubMbPerS, 2.5);
   assert.equal(parseStartArgs(['--scrub-mb-per-s=0']).scrubMbPerS, 0, '0 turns the scrub off');
+  assert.deepEqual(parseStartArgs(['--move-dest', 'V6=[::1]:11112']).moveDestinations, { V6: { host: '::1', port: 11112 } }, 'an IPv6 host in brackets');
 });
 
 test('bad options are refused with a message naming the option', () => {
@@ -46,6 +47,7 @@ test('bad options are refused with a message naming the option', () => {
     [['--ae-title', 'THIS-AE-TITLE-IS-TOO-LONG'], /AE title/],
     [['--ae-title', 'A\\B'], /AE title/],
     [['--move-dest', 'VIEWER'], /AET=host:port/],
+    [['--move-dest', 'VIEWER=[10.0.0.5]:104'], /is not an IPv6 address/],
     [['--site', 'a b'], /--site/],
     [['--write-quorum', '0'], /--write-quorum/],
     [['--roster', 'not-a-peer-id'], /--roster/],
