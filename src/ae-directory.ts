@@ -26,7 +26,8 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
     for (const [aeTitle, address] of Object.entries(parsed as Record<string, unknown>)) {
       const a = address as { host?: unknown; port?: unknown } | null;
       if (typeof a?.host !== 'string' || typeof a.port !== 'number') throw new Error(`entry "${aeTitle}" must be {"host": "<host>", "port": <number>}`);
-      const parsedAddress = parseAeAddress(`${aeTitle}=${a.host}:${a.port}`, 'entry');
+      const host = a.host.includes(':') ? `[${a.host}]` : a.host;
+      const parsedAddress = parseAeAddress(`${aeTitle}=${host}:${a.port}`, 'entry');
       persisted[parsedAddress.aeTitle] = parsedAddress.address;
     }
   } catch (error) {

@@ -119,7 +119,8 @@ function checkBootstrap(value: string): string {
   const components = address.getComponents();
   // The mesh's transport is plain TCP: an IP or DNS name, a TCP port, and optionally the PeerId.
   const names = components.map((c) => c.name);
-  const plainTcp = names.length >= 2 && ['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(names[0]!) && names[1] === 'tcp' && (names.length === 2 || (names.length === 3 && names[2] === 'p2p'));
+  // IPv4 or a DNS name: the mesh listens on IPv4 (see --host).
+  const plainTcp = names.length >= 2 && ['ip4', 'dns', 'dns4'].includes(names[0]!) && names[1] === 'tcp' && (names.length === 2 || (names.length === 3 && names[2] === 'p2p'));
   if (!plainTcp) throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" is not an address of a peer's TCP port; use ${example}`);
   if (components[1]!.value === '0') throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" names TCP port 0; use ${example}`);
   for (const c of components) {
@@ -144,6 +145,8 @@ export function parseAeAddress(value: string, what: string): { aeTitle: string; 
   // An IPv6 address is written in brackets before its port ([::1]:104), as in URLs.
   const bracketed = /^\[(.+)\]$/.exec(match[2]!);
   if (bracketed && isIP(bracketed[1]!) !== 6) throw new ConfigError(`${what} host "${match[2]}" is not an IPv6 address`);
+  // Without brackets the last ':' could belong to the address: say how to write it instead of guessing.
+  if (!bracketed && match[2]!.includes(':')) throw new ConfigError(`${what} "${value}": an IPv6 address goes in brackets, e.g. ${match[1]}=[::1]:104`);
   const host = bracketed ? bracketed[1]! : checkHost(match[2]!, `${what} host`);
   return { aeTitle: checkAeTitle(match[1]!, `${what} AE title`), address: { host, port: checkPort(match[3]!, `${what} port`, false) } };
 }
@@ -288,7 +291,7 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   }
   const meshOnly = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer'].filter((name) => given.has(name));
   if (!config.swarmKeyFile && meshOnly.length > 0) {
-    throw new ConfigError(`${meshOnly.join(', ')} only mean something in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
+    throw new ConfigError(`${meshOnly.join(', ')} ${meshOnly.length === 1 ? 'means' : 'mean'} something only in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
   }
   if (config.swarmKeyFile && isIP(config.host) !== 4) {
     throw new ConfigError(`--host "${config.host}" must be an IPv4 address in a mesh (the libp2p transport listens on IPv4)`);

@@ -77,8 +77,10 @@ test('bad options are refused with a message naming the option', () => {
     [['--allow-calling', 'A,,B'], /--allow-calling "" is not a valid AE title/],
     [['--move-dest', 'X=127.0.0.1:104', '--move-dest', 'X=127.0.0.1:105'], /--move-dest X given twice/],
     [['--host', '--http-port', '8501'], /--host needs a value/],
-    [['--p2p-port', '4001'], /--p2p-port only mean something in a mesh: add --swarm-key/],
-    [['--write-quorum', '2', '--priority', '3'], /--write-quorum, --priority only mean something in a mesh/],
+    [['--p2p-port', '4001'], /--p2p-port means something only in a mesh: add --swarm-key/],
+    [['--write-quorum', '2', '--priority', '3'], /--write-quorum, --priority mean something only in a mesh/],
+    [['--move-dest', 'V6=::1:104'], /an IPv6 address goes in brackets, e.g. V6=\[::1\]:104/],
+    [['--swarm-key', 'k', '--bootstrap', '/ip6/::1/tcp/4001'], /is not an address of a peer's TCP port/],
     [['--swarm-key', 'k', '--bootstrap', '/ip4/127.0.0.1/tcp/4001/p2p/notapeerid'], /is not a multiaddr|is not a PeerId/],
     [['--frobnicate'], /unknown option/],
     [['--site'], /needs a value/],
@@ -96,8 +98,10 @@ test('the AE directory persists --move-dest destinations; a damaged file is a cl
     assert.deepEqual((await loadAeDirectory(dir, {})).entries(), {}, 'nothing is written before persist (a start can still fail)');
     await first.persist();
     // A restart without --move-dest keeps it; a new one is added beside it.
-    const second = await loadAeDirectory(dir, { WORKSTATION: { host: '127.0.0.1', port: 11120 } });
-    assert.deepEqual(Object.keys(second.entries()).sort(), ['VIEWER', 'WORKSTATION']);
+    const second = await loadAeDirectory(dir, { WORKSTATION: { host: '127.0.0.1', port: 11120 }, V6: { host: '::1', port: 11121 } });
+    await second.persist();
+    assert.deepEqual(Object.keys(second.entries()).sort(), ['V6', 'VIEWER', 'WORKSTATION']);
+    assert.deepEqual((await loadAeDirectory(dir, {})).resolve('V6'), { host: '::1', port: 11121 }, 'an IPv6 destination read back');
     assert.equal(second.resolve('UNKNOWN'), undefined);
     const file = join(dir, 'ae-directory.json');
     const cases: Array<[string, RegExp]> = [
