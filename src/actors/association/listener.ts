@@ -70,6 +70,13 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   // A bound on descriptors: connections that have not associated yet (closed by ARTIM after 30 s) and
   // those waiting to be closed come on top of the associations, up to this.
   server.maxConnections = init.maxAssociations * 4;
+  let dropped = 0;
+  server.on('drop', () => {
+    // Said at the 1st refusal and every 100th after it: an operator sees why modalities cannot connect.
+    if (dropped++ % 100 === 0) {
+      init.deps.log.warn('DICOM connection refused: too many connections open (4x --max-associations); those that never associate close after 30 s (ARTIM)', { refused: dropped });
+    }
+  });
   const port = await listenOn(server, init.port, init.host);
   return {
     port,
