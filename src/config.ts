@@ -117,9 +117,9 @@ function checkBootstrap(value: string): string {
     throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" is not a multiaddr (${(error as Error).message}); use ${example}`);
   }
   const components = address.getComponents();
-  // The mesh's transport is plain TCP: an IP or DNS name, a TCP port, and optionally the PeerId.
+  // The mesh's transport is plain TCP on IPv4 (see --host): an IPv4 address or DNS name, a TCP port, and
+  // optionally the PeerId.
   const names = components.map((c) => c.name);
-  // IPv4 or a DNS name: the mesh listens on IPv4 (see --host).
   const plainTcp = names.length >= 2 && ['ip4', 'dns', 'dns4'].includes(names[0]!) && names[1] === 'tcp' && (names.length === 2 || (names.length === 3 && names[2] === 'p2p'));
   if (!plainTcp) throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" is not an address of a peer's TCP port; use ${example}`);
   if (components[1]!.value === '0') throw new ConfigError(`--bootstrap "${value.slice(0, 200)}" names TCP port 0; use ${example}`);

@@ -35,7 +35,7 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   const active = new Set<SpawnedAssociation>();
   let sequence = 0;
   let served = 0;
-  // Connections that only wait to be closed (released, rejected, aborted) are not associations any more.
+  // Connections that have not asked for an association, or only wait to be closed, are not associations.
   const associationCount = () => {
     let count = 0;
     for (const association of active) if (association.holdsAssociationSlot()) count++;

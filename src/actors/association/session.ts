@@ -120,13 +120,10 @@ export class AcceptorSession {
   }
 
   /**
-   * False once the association is over on our side: ended, or released, rejected or aborted and waiting
-   * for the peer to close the transport (Sta13, which ARTIM bounds). Such a connection is no longer an
-   * association, so it neither counts against the limit nor gets an idle abort.
-   */
-  /**
-   * An association, asked for or under way: not a connection that has not sent its A-ASSOCIATE-RQ yet
-   * (Sta2: idle connections must not use up the limit), nor one that only waits to be closed.
+   * An association, asked for or under way. Not one: a connection that has not sent its A-ASSOCIATE-RQ
+   * yet (Sta2: idle connections must not use up the limit; ARTIM closes them), nor one over on our side,
+   * ended or released, rejected or aborted and waiting for the peer to close the transport (Sta13). Those
+   * neither count against the limit nor get an idle abort.
    */
   get holdsAssociationSlot(): boolean {
     const state = this.core.machine.state;
