@@ -263,19 +263,11 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
  */
 const checkedWholeBytesMax = 4 * 1024 * 1024;
 
-function damagedCopy(store: ReplicaStore, entry: CatalogEntry, sha256: string): Error {
-  const reason = `sent on a retrieve: SHA-256 ${sha256.slice(0, 16)}..., catalog says ${entry.sha256.slice(0, 16)}...`;
-  store.reportSuspectCopy(entry.sopInstanceUid, reason);
-  return new Error(`the stored copy of ${entry.sopInstanceUid} is damaged (${reason})`);
-}
-
+/** The whole instance, read through checkedStream: it throws before returning a damaged copy. */
 async function checkedWhole(store: ReplicaStore, entry: CatalogEntry): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
-  for await (const chunk of store.readInstance(entry)) chunks.push(chunk);
-  const bytes = Buffer.concat(chunks);
-  const sha256 = createHash('sha256').update(bytes).digest('hex');
-  if (sha256 !== entry.sha256) throw damagedCopy(store, entry, sha256);
-  return bytes;
+  for await (const chunk of await checkedStream(store, entry)) chunks.push(chunk);
+  return Buffer.concat(chunks);
 }
 
 /**
@@ -298,7 +290,10 @@ async function checkedStream(store: ReplicaStore, entry: CatalogEntry): Promise<
       }
     }
     const sha256 = hash.digest('hex');
-    if (sha256 !== entry.sha256) throw damagedCopy(store, entry, sha256);
+    if (sha256 === entry.sha256) return;
+    const reason = `read for a retrieve: SHA-256 ${sha256.slice(0, 16)}..., catalog says ${entry.sha256.slice(0, 16)}...`;
+    store.reportSuspectCopy(entry.sopInstanceUid, reason);
+    throw new Error(`the stored copy of ${entry.sopInstanceUid} is damaged (${reason})`);
   })();
 }
 
