@@ -93,6 +93,13 @@ function decimalNumber(value: string): number {
   return /^\d{1,10}(\.\d{1,6})?$/.test(value) ? Number(value) : Number.NaN;
 }
 
+/** A whole number in [min, max], or a ConfigError saying so. */
+function wholeNumberIn(value: string, what: string, min: number, max: number): number {
+  const n = wholeNumber(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${what} "${value}" must be ${min}-${max}`);
+  return n;
+}
+
 function checkPort(value: string, what: string, allowZero = true): number {
   const port = wholeNumber(value);
   if (!Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
@@ -184,30 +191,9 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.allowedCallingAeTitles.push(...titles.map((s) => checkAeTitle(s, '--allow-calling')));
     },
   },
-  '--max-pdu': {
-    takesValue: true,
-    apply: (c, v) => {
-      const n = wholeNumber(v);
-      if (!Number.isInteger(n) || n < 4096 || n > 4 * 1024 * 1024) throw new ConfigError(`--max-pdu "${v}" must be 4096-4194304`);
-      c.maxPduLength = n;
-    },
-  },
-  '--max-associations': {
-    takesValue: true,
-    apply: (c, v) => {
-      const n = wholeNumber(v);
-      if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new ConfigError(`--max-associations "${v}" must be 1-10000`);
-      c.maxAssociations = n;
-    },
-  },
-  '--associations-per-peer': {
-    takesValue: true,
-    apply: (c, v) => {
-      const n = wholeNumber(v);
-      if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new ConfigError(`--associations-per-peer "${v}" must be 1-10000`);
-      c.associationsPerPeer = n;
-    },
-  },
+  '--max-pdu': { takesValue: true, apply: (c, v) => (c.maxPduLength = wholeNumberIn(v, '--max-pdu', 4096, 4 * 1024 * 1024)) },
+  '--max-associations': { takesValue: true, apply: (c, v) => (c.maxAssociations = wholeNumberIn(v, '--max-associations', 1, 10_000)) },
+  '--associations-per-peer': { takesValue: true, apply: (c, v) => (c.associationsPerPeer = wholeNumberIn(v, '--associations-per-peer', 1, 10_000)) },
   '--idle-timeout': {
     takesValue: true,
     apply: (c, v) => {
@@ -224,22 +210,8 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.bootstrap.push(checkBootstrap(v));
     },
   },
-  '--write-quorum': {
-    takesValue: true,
-    apply: (c, v) => {
-      const n = wholeNumber(v);
-      if (!Number.isInteger(n) || n < 1 || n > 16) throw new ConfigError(`--write-quorum "${v}" must be 1-16`);
-      c.writeQuorum = n;
-    },
-  },
-  '--priority': {
-    takesValue: true,
-    apply: (c, v) => {
-      const n = wholeNumber(v);
-      if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new ConfigError(`--priority "${v}" must be 0-1000000`);
-      c.priority = n;
-    },
-  },
+  '--write-quorum': { takesValue: true, apply: (c, v) => (c.writeQuorum = wholeNumberIn(v, '--write-quorum', 1, 16)) },
+  '--priority': { takesValue: true, apply: (c, v) => (c.priority = wholeNumberIn(v, '--priority', 0, 1_000_000)) },
   '--roster': {
     takesValue: true,
     apply: (c, v) => {
