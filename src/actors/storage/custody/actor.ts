@@ -206,10 +206,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let sendsInFlight = 0;
   const ready = Promise.withResolvers<void>();
   let loadedOnce = false;
-  /** The known sites as of the last load and effects: for /api/mesh, and to log only a newly known site. */
-  let knownSiteNames = new Set<string>();
-  /** The reducer's debt counts per site as of the last step (read only, for /api/mesh). */
-  let debtBySite: ReadonlyMap<string, number> = new Map();
+  /** The reducer's state as of its last step, read only (known sites and debt per site for /api/mesh). */
+  let lastState: CustodyState | null = null;
 
   const send = (msg: CustodyMsg): void => {
     if (!stopped) dispatch(ref, msg);
@@ -246,13 +244,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const damagedSites: string[] = [];
     const knownSites = await store.listKnownSites((key) => damagedSites.push(key));
     if (damagedSites.length > 0) log.warn('damaged known-site records skipped (those sites are learnt again when heard from)', { keys: damagedSites.slice(0, 10) });
-    knownSiteNames = new Set(knownSites.map((k) => k.siteName));
-    log.info('custody loaded', { instances: digest.size, debtEntries: debt.length, knownSites: [...knownSiteNames] });
+    log.info('custody loaded', { instances: digest.size, debtEntries: debt.length, knownSites: knownSites.map((k) => k.siteName) });
     return initCustody(config, { digest, debt, knownSites });
   }
 
   function publishStats(state: CustodyState): void {
-    debtBySite = state.debtBySite;
+    lastState = state;
     const s = custodyStats(state);
     const next: CustodyStats = { ...s, debtEntries: state.debt.size, uidConflicts: state.uidConflicts.size };
     if (
@@ -297,9 +294,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           break;
         case 'persistKnownSites':
           for (const siteName of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: siteName });
-          for (const k of e.seen) if (!knownSiteNames.has(k.siteName)) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: k.siteName });
-          for (const k of e.seen) knownSiteNames.add(k.siteName);
-          for (const siteName of e.forgotten) knownSiteNames.delete(siteName);
+          for (const siteName of e.learnt) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: siteName });
           // A lost write only means the site is learnt again from its next heartbeat after a restart.
           track(store.updateKnownSites(e.seen, e.forgotten).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
           break;
@@ -668,11 +663,16 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     },
     stats: () => ({ ...current }),
     // Sites owed copies but not known (debt written before known sites were) are listed too.
-    knownSites: () => [...new Set([...knownSiteNames, ...debtBySite.keys()])].sort().map((site) => ({ site, debtEntries: debtBySite.get(site) ?? 0 })),
+    knownSites: () => {
+      const known = lastState?.knownSites ?? new Map<string, number>();
+      const debtBySite = lastState?.debtBySite ?? new Map<string, number>();
+      return [...new Set([...known.keys(), ...debtBySite.keys()])].sort().map((site) => ({ site, debtEntries: debtBySite.get(site) ?? 0 }));
+    },
     forgetSite: (siteName) => {
       if (members.some((m) => m.siteName === siteName && m.status === 'alive')) return { outcome: 'alive' };
-      if (siteName === init.siteName || (!knownSiteNames.has(siteName) && !debtBySite.has(siteName))) return { outcome: 'unknown' };
-      const debtEntriesDropped = debtBySite.get(siteName) ?? 0;
+      const owed = lastState?.debtBySite.get(siteName);
+      if (siteName === init.siteName || (!lastState?.knownSites.has(siteName) && owed === undefined)) return { outcome: 'unknown' };
+      const debtEntriesDropped = owed ?? 0;
       log.warn('site forgotten by the operator', { memberSite: siteName, debtEntriesDropped });
       input({ type: 'forgetSiteRequested', siteName, nowMs: clock.nowMs() });
       return { outcome: 'forgotten', debtEntriesDropped };

@@ -145,7 +145,12 @@ test('a restarted peer owes copies to the sites it knew before it hears from the
   const learnt = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 10 });
   const persisted = learnt.effects.filter((e) => e.type === 'persistKnownSites');
   assert.deepEqual(persisted, [
-    { type: 'persistKnownSites', seen: [{ siteName: 'site-b', lastHeardMs: 10 }, { siteName: 'site-c', lastHeardMs: 10 }], forgotten: [] },
+    {
+      type: 'persistKnownSites',
+      seen: [{ siteName: 'site-b', lastHeardMs: 10 }, { siteName: 'site-c', lastHeardMs: 10 }],
+      learnt: ['site-b', 'site-c'],
+      forgotten: [],
+    },
   ]);
   s = learnt.state;
   assert.deepEqual(run(s, { type: 'tick', nowMs: 20 }).effects.filter((e) => e.type === 'persistKnownSites'), [], 'not rewritten at every step');
@@ -160,6 +165,7 @@ test('a restarted peer owes copies to the sites it knew before it hears from the
   // An alive site's last-heard time is rewritten once a minute, so it is recent after a restart.
   const later = run(learnt.state, { type: 'tick', nowMs: 10 + knownSiteRefreshMs });
   assert.deepEqual(later.effects.filter((e) => e.type === 'persistKnownSites').map((e) => (e.type === 'persistKnownSites' ? e.seen.length : 0)), [2]);
+  assert.deepEqual(later.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.learnt : [])), [], 'refreshed, not learnt');
 });
 
 test('a site silent for knownSiteForgetAfterMs is forgotten with the copies owed to it, and learnt again when it returns', () => {
@@ -214,7 +220,7 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   const forgot = run(alive.state, { type: 'forgetSiteRequested', siteName: 'site-b', nowMs: 5 });
   assert.deepEqual(forgot.effects, [
     { type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-b' },
-    { type: 'persistKnownSites', seen: [], forgotten: ['site-b'] },
+    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: ['site-b'] },
   ]);
   assert.equal(forgot.state.debt.size, 0);
   assert.deepEqual([...forgot.state.knownSites.keys()], ['site-c']);
@@ -236,7 +242,7 @@ test('beyond knownSitesMax the site silent for longest is forgotten', () => {
   });
   const learnt = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-f')], nowMs: 200 });
   assert.deepEqual(learnt.effects.filter((e) => e.type === 'persistKnownSites'), [
-    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], forgotten: ['site-b'] },
+    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], learnt: ['site-f'], forgotten: ['site-b'] },
   ]);
   s = learnt.state;
   assert.deepEqual([...s.knownSites.keys()].sort(), ['site-c', 'site-d', 'site-e', 'site-f']);

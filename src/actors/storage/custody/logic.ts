@@ -171,7 +171,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     case 'forgetSiteRequested':
       if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
         forgetSites(state, [input.siteName], input.nowMs, effects);
-        effects.push({ type: 'persistKnownSites', seen: [], forgotten: [input.siteName] });
+        effects.push({ type: 'persistKnownSites', seen: [], learnt: [], forgotten: [input.siteName] });
       }
       break;
     case 'fetchFailed':
@@ -213,16 +213,18 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
   }
   const seen: KnownSite[] = [];
+  const learnt: string[] = [];
   for (const [siteName, lastHeardMs] of heard) {
     if (nowMs - lastHeardMs >= state.config.knownSiteForgetAfterMs) continue;
     state.forgottenSites.delete(siteName);
     const known = state.knownSites.get(siteName);
     if (known !== undefined && lastHeardMs - known < knownSiteRefreshMs) continue;
+    if (known === undefined) learnt.push(siteName);
     state.knownSites.set(siteName, lastHeardMs);
     seen.push({ siteName, lastHeardMs });
   }
   const forgotten = forgetSilentSites(state, nowMs, effects);
-  if (seen.length > 0 || forgotten.length > 0) effects.push({ type: 'persistKnownSites', seen, forgotten });
+  if (seen.length > 0 || forgotten.length > 0) effects.push({ type: 'persistKnownSites', seen, learnt, forgotten });
 }
 
 /**

@@ -156,7 +156,13 @@ export type CustodyEffect =
     }
   | { readonly type: 'persistDebt'; readonly entry: DebtEntry }
   /** Record sites heard from (new, or heard again) and drop forgotten ones; a lost write only costs a hint. */
-  | { readonly type: 'persistKnownSites'; readonly seen: readonly KnownSite[]; readonly forgotten: readonly string[] }
+  | {
+      readonly type: 'persistKnownSites';
+      readonly seen: readonly KnownSite[];
+      /** Those of `seen` not known before (for the log). */
+      readonly learnt: readonly string[];
+      readonly forgotten: readonly string[];
+    }
   | { readonly type: 'removeDebt'; readonly sopInstanceUid: string; readonly siteName: string }
   /** Stream the stored instance to a peer of another site; its custody answers with replicaAck. */
   | { readonly type: 'replicate'; readonly toPeerId: string; readonly toSiteName: string; readonly sopInstanceUid: string }
