@@ -8,7 +8,9 @@ import {
   normalizePersonName,
   parseDateTimeKey,
   type MatchingType,
+  wildcardPattern,
 } from './matching.ts';
+import { Prng } from '../../../sim/prng.ts';
 
 function typeOf(vr: string, key: string | undefined): MatchingType {
   const compiled = compileKeyMatcher(vr, key);
@@ -164,6 +166,28 @@ describe('wildcard matching', () => {
     assert.equal(matchesKey('PN', '**', ''), true);
     assert.equal(matchesKey('PN', '**', undefined), true);
     assert.equal(matchesKey('LO', '***', ''), true);
+  });
+
+  it('agrees with a regular expression on seeded random patterns and texts', () => {
+    const seed = 29;
+    const prng = new Prng(seed);
+    const pick = (alphabet: string, lengthMax: number): string =>
+      Array.from({ length: prng.nextInt(lengthMax + 1) }, () => alphabet[prng.nextInt(alphabet.length)]).join('');
+    for (let round = 0; round < 5000; round++) {
+      const pattern = pick('ab*?', 6);
+      const text = pick('ab', 7);
+      const source = Array.from(pattern, (char) => (char === '*' ? '.*' : char === '?' ? '.' : char)).join('');
+      const expected = new RegExp(`^${source}$`, 'su').test(text);
+      assert.equal(wildcardPattern(pattern).test(text), expected, `seed ${seed}: "${pattern}" against "${text}"`);
+    }
+    assert.equal(wildcardPattern('?').test('\u{1F600}'), true, 'one code point outside the BMP');
+  });
+
+  it('many *s against a long value that does not match answer at once (no backtracking blow-up)', { timeout: 10_000 }, () => {
+    const name = 'Smith^John^Alexander^Maximilian^Bartholomew^Jonathan^Christopherson';
+    assert.equal(matchesKey('PN', `${'*'.repeat(40)}x`, name), false);
+    assert.equal(matchesKey('PN', `${'*a'.repeat(30)}*b`, 'a'.repeat(60)), false);
+    assert.equal(matchesKey('PN', `${'*a'.repeat(30)}*`, 'a'.repeat(60)), true);
   });
 });
 

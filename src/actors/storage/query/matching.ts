@@ -132,15 +132,44 @@ function hasWildcard(value: string): boolean {
   return value.includes('*') || value.includes('?');
 }
 
-function wildcardPattern(pattern: string): RegExp {
-  let source = '';
-  for (const char of pattern) {
-    if (char === '*') source += '.*';
-    else if (char === '?') source += '.';
-    else source += char.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
-  }
-  // `u`: `.` is one code point, so `?` matches a character outside the BMP too.
-  return new RegExp(`^${source}$`, 'su');
+/** A compiled `*`/`?` pattern, matched by code point (so `?` is one character, even outside the BMP). */
+export interface WildcardPattern {
+  test(text: string): boolean;
+}
+
+/**
+ * Compiles a wildcard key. Matching walks text and pattern once, going back only to the last `*` seen, so
+ * it takes at most pattern x text steps: a regular expression of `.*`s backtracks exponentially on keys
+ * like `******************x` and stalled the whole peer for minutes.
+ */
+export function wildcardPattern(pattern: string): WildcardPattern {
+  const tokens = Array.from(pattern.replace(/\*{2,}/g, '*'));
+  return {
+    test(text: string): boolean {
+      const chars = Array.from(text);
+      let t = 0;
+      let p = 0;
+      let starAt = -1;
+      let resumeAt = 0;
+      while (t < chars.length) {
+        const token = tokens[p];
+        if (token === '*') {
+          starAt = p++;
+          resumeAt = t;
+        } else if (token !== undefined && (token === '?' || token === chars[t])) {
+          p++;
+          t++;
+        } else if (starAt !== -1) {
+          p = starAt + 1;
+          t = ++resumeAt; // the last `*` takes one more character
+        } else {
+          return false;
+        }
+      }
+      while (tokens[p] === '*') p++;
+      return p === tokens.length;
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------
