@@ -210,10 +210,19 @@ describe('character sets (values compared as characters)', () => {
     assert.equal(matchesKey('LO', 'M\xfcller', 'M\xfcller', { key: 'ISO_IR 100', stored: 'ISO_IR 144' }), false);
   });
 
-  it('leaves code-extension values (ISO 2022 escapes) and unknown sets as bytes', () => {
-    const jis = '\x1b$B;3ED\x1b(B';
-    assert.equal(matchesKey('PN', jis, jis, { key: '\\ISO 2022 IR 87', stored: '\\ISO 2022 IR 87' }), true);
-    assert.equal(matchesKey('LO', 'A\xe9', 'A\xe9', { key: 'NO SUCH SET', stored: 'NO SUCH SET' }), true);
+  it('matches ISO 2022 Japanese names as characters: the bytes of a kanji are not wildcards or delimiters', () => {
+    const jis = (kanjiBytes: string) => `\x1b$B${kanjiBytes}\x1b(B`;
+    const sets = { key: '\\ISO 2022 IR 87', stored: '\\ISO 2022 IR 87' };
+    const yamada = jis(';3ED'); // 山田
+    assert.equal(matchesKey('PN', yamada, yamada, sets), true);
+    assert.equal(matchesKey('PN', `${jis('?9')}*`, jis('D9'), sets), false, '森* must not find 長 (0x3F is ?)');
+    assert.equal(matchesKey('PN', `${jis(';3ED')}*`, jis(';3ed'), sets), false, 'no case folding inside kanji');
+    assert.equal(matchesKey('PN', `${jis(';3K\\')}*`, `Sakamoto=${jis(':dK\\')}`, sets), false, '山本* must not find 坂本');
+    const deguchi = `${jis('=P8}')}^${jis('B@O:')}`; // 出口^太郎: 0x3D is =
+    assert.equal(matchesKey('PN', deguchi, deguchi, sets), true);
+    assert.equal(matchesKey('PN', `${jis('=P8}')}*`, deguchi, sets), true);
+    assert.equal(matchesKey('PN', utf8('山田*'), `Yamada^Tarou=${yamada}^${jis('B@O:')}`, { key: 'ISO_IR 192', stored: sets.stored }), true);
+    assert.equal(matchesKey('LO', 'A\xe9', 'A\xe9', { key: 'NO SUCH SET', stored: 'NO SUCH SET' }), true, 'unknown set: bytes');
   });
 
   it('does not decode the values of VRs that hold ASCII only', () => {

@@ -5,9 +5,9 @@
  * (to be copied into the conformance statement):
  * - Character sets: the values of PN, LO, SH, LT, ST, UT and UC are compared as characters, the key's
  *   decoded with the query's Specific Character Set and the stored one with its instance's (single-byte
- *   ISO_IR sets, ISO_IR 192 UTF-8, GB18030, GBK), so `?` is one character and a UTF-8 name matches a
- *   Latin-1 key. Values in code-extension sets (ISO 2022 escapes, several values in (0008,0005)) and
- *   values without high bytes are compared as bytes.
+ *   ISO_IR sets, ISO_IR 192 UTF-8, GB18030, GBK, and the ISO 2022 code extensions: Japanese, Korean,
+ *   Chinese, ISO 8859), so `?` is one character, a byte inside a two-byte character is never a delimiter
+ *   or a wildcard, and a UTF-8 name matches a Latin-1 or ISO 2022 key (see codec/character-sets.ts).
  * - Universal matching: a zero-length key, and a key that is exactly `*` (C.2.2.2.4: "Wild Card Matching on
  *   a value of * is equivalent to Universal Matching"). We apply the lone `*` rule to every VR, including
  *   those that do not allow wildcards (UI, DA, ...), as some SCUs send it there to mean "return it".
@@ -35,6 +35,8 @@
  *   matches nothing but `*`s; no other key.
  * - Sequence matching (SQ) is out of scope: an SQ key is treated as universal matching.
  */
+
+import { decodeCharacters } from '../../../codec/character-sets.ts';
 
 export type MatchingType = 'universal' | 'single-value' | 'uid-list' | 'wildcard' | 'range' | 'sequence';
 
@@ -67,41 +69,6 @@ const DATE_TIME_VRS = new Set(['DA', 'TM', 'DT']);
 
 /** Text VRs whose values use the data set's character set (PS3.5 6.1.2.3); the others are ASCII. */
 const CHARACTER_SET_VRS = new Set(['PN', 'LO', 'SH', 'LT', 'ST', 'UT', 'UC']);
-/** Decoders for (0008,0005) values of one character set (PS3.3 C.12.1.1.2) that TextDecoder knows. */
-const DECODER_LABELS = new Map<string, string>([
-  ['ISO_IR 101', 'iso-8859-2'], ['ISO_IR 109', 'iso-8859-3'], ['ISO_IR 110', 'iso-8859-4'],
-  ['ISO_IR 144', 'iso-8859-5'], ['ISO_IR 127', 'iso-8859-6'], ['ISO_IR 126', 'iso-8859-7'],
-  ['ISO_IR 138', 'iso-8859-8'], ['ISO_IR 148', 'iso-8859-9'], ['ISO_IR 203', 'iso-8859-15'],
-  ['ISO_IR 166', 'windows-874'], ['ISO_IR 13', 'shift_jis'], ['ISO_IR 192', 'utf-8'],
-  ['GB18030', 'gb18030'], ['GBK', 'gbk'],
-]);
-const decoders = new Map<string, TextDecoder | undefined>();
-
-function decoderFor(specificCharacterSet: string): TextDecoder | undefined {
-  if (!decoders.has(specificCharacterSet)) {
-    const label = DECODER_LABELS.get(specificCharacterSet.trim());
-    let decoder: TextDecoder | undefined;
-    try {
-      decoder = label === undefined ? undefined : new TextDecoder(label);
-    } catch {
-      decoder = undefined; // a Node.js built without that encoding: compare bytes
-    }
-    decoders.set(specificCharacterSet, decoder);
-  }
-  return decoders.get(specificCharacterSet);
-}
-
-/**
- * The characters of `value` (latin1 bytes) in the character set a (0008,0005) value names, for matching:
- * unchanged without high bytes, without a character set, for ISO_IR 100 (latin1 already) and for sets
- * it cannot decode (code extensions, unknown names).
- */
-export function charactersOf(value: string, specificCharacterSet: string | undefined): string {
-  if (specificCharacterSet === undefined || specificCharacterSet === '' || !/[\x80-\xff]/.test(value)) return value;
-  const decoder = decoderFor(specificCharacterSet);
-  return decoder === undefined ? value : decoder.decode(Buffer.from(value, 'latin1'));
-}
-
 const UNIVERSAL: ValueMatcher = { type: 'universal', matches: () => true };
 const SEQUENCE: ValueMatcher = { type: 'sequence', matches: () => true };
 
@@ -282,10 +249,10 @@ function singleValueEquals(vr: string, keyValue: string, storedValue: string): b
   return keyValue === storedValue;
 }
 
-/** Values of the stored attribute as matching sees them (characters, see charactersOf); [] when empty. */
+/** Values of the stored attribute as matching sees them (characters, see decodeCharacters); [] when empty. */
 function storedValuesOf(vr: string, storedValue: string | undefined, storedCharacterSet?: string): string[] {
   if (storedValue === undefined) return [];
-  const text = CHARACTER_SET_VRS.has(vr) ? charactersOf(storedValue, storedCharacterSet) : storedValue;
+  const text = CHARACTER_SET_VRS.has(vr) ? decodeCharacters(storedValue, storedCharacterSet) : storedValue;
   return splitValues(vr, text).filter((value) => value !== '');
 }
 
@@ -304,7 +271,7 @@ function personNameCandidates(storedName: string, keyHasGroups: boolean): string
 export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyCharacterSet?: string): CompileMatcherResult {
   if (vr === 'SQ') return { ok: true, matcher: SEQUENCE };
   if (keyValue === undefined) return { ok: true, matcher: UNIVERSAL };
-  const keyText = normalizeValue(vr, CHARACTER_SET_VRS.has(vr) ? charactersOf(keyValue, keyCharacterSet) : keyValue);
+  const keyText = normalizeValue(vr, CHARACTER_SET_VRS.has(vr) ? decodeCharacters(keyValue, keyCharacterSet) : keyValue);
   if (keyText === '' || keyText === '*') return { ok: true, matcher: UNIVERSAL };
   const keyValues = splitValues(vr, keyText);
 
