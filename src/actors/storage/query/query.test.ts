@@ -305,6 +305,17 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.equal(valueOf(responses[0]!, T.PatientName), 'SMITH^jane^^');
     });
 
+    it('finds a non-ASCII PatientID sent in another character set: matched as characters over a scan, not by bytes', async () => {
+      const utf8 = (text: string) => Buffer.from(text, 'utf8').toString('latin1');
+      const stats = createQueryStats();
+      const keys = [k(T.SpecificCharacterSet, 'CS', 'ISO_IR 192'), k(T.PatientID, 'LO', utf8('ID\u00fc!\u00ff 2'))];
+      const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys }, { stats });
+      assert.deepEqual(column(responses, T.PatientID), [P2]);
+      assert.equal(stats.plan, 'full scan x!pid!');
+      const studies = await find(db, { root: 'STUDY', level: 'STUDY', keys: [...keys, k(T.StudyInstanceUID, 'UI')] });
+      assert.deepEqual(column(studies, T.StudyInstanceUID), [S3]);
+    });
+
     it('adds the stored SpecificCharacterSet, unasked, to a response whose values go beyond ASCII (PS3.4 C.4.1.1.3.2)', async () => {
       const nonAscii = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P2), k(T.PatientName, 'PN')] });
       assert.equal(valueOf(nonAscii[0]!, T.SpecificCharacterSet), 'ISO_IR 100');

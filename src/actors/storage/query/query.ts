@@ -356,6 +356,17 @@ function lookupValues(key: CompiledKey | undefined): string[] | undefined {
   return values.length === 0 ? undefined : [...new Set(values)];
 }
 
+/**
+ * PatientID / AccessionNumber values for an index lookup: only printable ASCII ones. The indexes hold each
+ * value's bytes, so a key with other characters (which another instance may encode in other bytes, and
+ * whose two-byte characters may hold a 0x5C that is no delimiter) is matched as characters by scanning the
+ * level instead: slower, but it finds what the matching rules say.
+ */
+function identifierLookupValues(key: CompiledKey | undefined): string[] | undefined {
+  const values = lookupValues(key);
+  return values && key!.element.value!.split('').every((char) => char >= ' ' && char <= '~') ? values : undefined;
+}
+
 function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
   const keyOf = (tag: Tag): CompiledKey | undefined => keys.find((key) => key.element.tag === tag);
   const depth = LEVEL_DEPTH[level];
@@ -381,7 +392,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
     if (uids.length === 0) return { kind: 'nothing', description: `no valid ${description}` };
     return { kind: 'prefixes', prefixes: uids.map(prefixOf), contiguous: false, description };
   }
-  const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? lookupValues(keyOf(Tags.AccessionNumber)) : undefined;
+  const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? identifierLookupValues(keyOf(Tags.AccessionNumber)) : undefined;
   if (accessionNumbers) {
     return {
       kind: 'prefixes',
@@ -390,7 +401,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
       description: 'index x!acc! (AccessionNumber)',
     };
   }
-  const patientIds = lookupValues(keyOf(Tags.PatientID));
+  const patientIds = identifierLookupValues(keyOf(Tags.PatientID));
   if (patientIds) {
     return {
       kind: 'prefixes',
