@@ -33,8 +33,9 @@ try {
     // Error classes and libp2p components are told apart by name in places: keep every name.
     keepNames: true,
     // Loaded from node_modules as usual: a native addon (classic-level), an optional native accelerator
-    // (msgpackr), and the DICOM codecs, whose wasm files and internals are found relative to the package.
-    external: ['classic-level', 'msgpackr', 'dcmjs-dimse', 'dcmjs-codecs'],
+    // (msgpackr), and the DICOM codecs and registry, whose wasm files and internals are found relative to the
+    // package (dcmjs is required on first need only).
+    external: ['classic-level', 'msgpackr', 'dcmjs-dimse', 'dcmjs-codecs', 'dcmjs'],
     // Bundled CommonJS code calls require(); ESM output has none unless we provide it.
     banner: { js: "import { createRequire as pacsMeshCreateRequire } from 'node:module'; const require = pacsMeshCreateRequire(import.meta.url);" },
     logLevel: 'warning',

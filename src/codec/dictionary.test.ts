@@ -21,13 +21,17 @@ describe('dictionary', () => {
     assert.ok(Object.keys(Tags).length >= 80);
   });
 
-  it('knows group lengths, private creators and nothing else outside the table', () => {
+  it('knows group lengths, private creators, the registry\'s attributes with one VR, and nothing else', () => {
     assert.equal(vrOf(0x00080000), 'UL');
     assert.equal(vrOf(0x7fe00000), 'UL');
     assert.equal(vrOf(0x00290010), 'LO');
     assert.equal(vrOf(0x00291010), undefined);
     assert.equal(vrOf(Tags.Item), undefined);
-    assert.equal(vrOf(0x00080001), undefined);
+    assert.equal(vrOf(0x00101040), 'LO', 'PatientAddress, from the registry');
+    assert.equal(vrOf(0x00189082), 'FD', 'EffectiveEchoTime, from the registry');
+    assert.equal(vrOf(0x00280106), undefined, 'US or SS');
+    assert.equal(vrOf(0x60003000), undefined, 'a repeating group');
+    assert.equal(vrOf(0x00100003), undefined, 'not in the registry');
     assert.equal(vrOf(0x0010_0010 | 0), 'PN');
     assert.equal(vrOf(-131072 + 0x0010), undefined); // (FFFE,0010) as a signed number: normalized, unknown
   });

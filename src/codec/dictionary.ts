@@ -1,8 +1,10 @@
 /**
- * A small DICOM data dictionary: the attributes a PACS indexes, queries and needs to walk a dataset.
- * It is not the full PS3.6 registry on purpose: implicit VR datasets only need VRs for the elements the
- * archive keeps, and every other element is read as UN and skipped.
+ * A small DICOM data dictionary: the attributes a PACS indexes, queries and needs to walk a dataset, with
+ * keywords. The VRs of the rest of the PS3.6 registry come from dcmjs's copy of it, loaded on first need
+ * (~0.1 s, once): an implicit VR data set or query key with an attribute outside this list must get the
+ * same VR as in explicit VR, or the same attribute would match and be returned differently.
  */
+import { createRequire } from 'node:module';
 import type { Tag, Vr } from './dicom-types.ts';
 
 /** [keyword, tag, vr]; vr is undefined for the item and delimitation tags, which carry no VR. */
@@ -164,9 +166,31 @@ for (const [keyword, tag, vr] of entries) {
   tagByKeyword.set(keyword, tag);
 }
 
+let registryVrByTag: Map<Tag, Vr> | undefined;
+
+/** The VR of a standard attribute in the PS3.6 registry; attributes with several possible VRs are left out. */
+function registryVrOf(tag: Tag): Vr | undefined {
+  if (registryVrByTag === undefined) {
+    registryVrByTag = new Map();
+    try {
+      type RegistryEntry = { tag: string; vr: string };
+      const dcmjs = createRequire(import.meta.url)('dcmjs') as { data: { DicomMetaDictionary: { nameMap: Record<string, RegistryEntry> } } };
+      for (const { tag: text, vr } of Object.values(dcmjs.data.DicomMetaDictionary.nameMap)) {
+        // `US or SS` (xs), `OB or OW` (ox) and repeating groups (60xx,...) have no single VR for a tag.
+        const match = /^\(([0-9A-F]{4}),([0-9A-F]{4})\)$/i.exec(text);
+        if (match && /^[A-Z]{2}$/.test(vr)) registryVrByTag.set(parseInt(match[1]! + match[2]!, 16) >>> 0, vr);
+      }
+    } catch {
+      // Without dcmjs the small dictionary alone: other implicit VR attributes are read as UN.
+    }
+  }
+  return registryVrByTag.get(tag);
+}
+
 /**
- * The VR of a tag, or undefined when this dictionary does not know it. Group lengths (gggg,0000) are UL
- * and private creator elements (odd group, element 0010-00FF) are LO, as PS3.5 7.8.1 defines them.
+ * The VR of a tag, or undefined when neither this dictionary nor the registry knows it. Group lengths
+ * (gggg,0000) are UL and private creator elements (odd group, element 0010-00FF) are LO, as PS3.5 7.8.1
+ * defines them; other private elements have no VR here.
  */
 export function vrOf(tag: Tag): Vr | undefined {
   tag = tag >>> 0;
@@ -175,8 +199,8 @@ export function vrOf(tag: Tag): Vr | undefined {
   const group = tag >>> 16;
   const element = tag & 0xffff;
   if (element === 0x0000 && group !== 0xfffe) return 'UL';
-  if ((group & 1) === 1 && group > 0x0008 && element >= 0x0010 && element <= 0x00ff) return 'LO';
-  return undefined;
+  if ((group & 1) === 1) return group > 0x0008 && element >= 0x0010 && element <= 0x00ff ? 'LO' : undefined;
+  return registryVrOf(tag);
 }
 
 /** The keyword of a tag in this dictionary ("PatientName"), or undefined. */
