@@ -231,6 +231,21 @@ describe('character sets (values compared as characters)', () => {
 });
 
 describe('range matching', () => {
+  it('TM: a range whose start is after its end spans midnight; reversed DA ranges match nothing', () => {
+    for (const stored of ['235959.999999', '2330', '000000', '0015']) assert.equal(matchesKey('TM', '2300-0030', stored), true, stored);
+    for (const stored of ['2259', '0031', '120000']) assert.equal(matchesKey('TM', '2300-0030', stored), false, stored);
+    assert.equal(matchesKey('DA', '20201231-20200101', '20200601'), false);
+  });
+
+  it('refuses keys that name no real date or time as malformed, and never matches such stored values', () => {
+    for (const [vr, key] of [['DA', '20201301'], ['DA', '20200230'], ['DA', '20210229-'], ['TM', '2460'], ['TM', '2400'], ['DT', '20201332'], ['DT', '2020010125']]) {
+      assert.equal(compileKeyMatcher(vr!, key).ok, false, `${vr} ${key}`);
+    }
+    assert.equal(compileKeyMatcher('DA', '20200229').ok, true, 'a leap day');
+    assert.equal(compileKeyMatcher('TM', '235960').ok, true, 'a leap second');
+    assert.equal(matchesKey('DA', '20200101-20201231', '20200230'), false);
+  });
+
   it('DA: closed, open-start and open-end ranges, inclusive', () => {
     assert.equal(typeOf('DA', '20200101-20201231'), 'range');
     assert.equal(matchesKey('DA', '20200101-20201231', '20200101'), true);

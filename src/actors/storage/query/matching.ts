@@ -25,7 +25,9 @@
  * - Range matching for DA, TM, DT: `a-b`, `-b`, `a-` (inclusive). A partial time or datetime bound covers
  *   the whole period it names: `1000-12` matches 10:00:00 to 12:59:59.999999, DT `2020-2021` covers both
  *   years. A single TM/DT value without `-` is matched the same way (key `1030` matches `103015`); a single
- *   DA value matches exactly. Legacy `1993.04.30` dates and `10:30:00` times are understood. Timezone
+ *   DA value matches exactly. A TM range whose start is after its end spans midnight (`2300-0030`); a
+ *   reversed DA or DT range matches nothing. A key naming no real date or time (month 13, 30 February,
+ *   minute 60) is malformed. Legacy `1993.04.30` dates and `10:30:00` times are understood. Timezone
  *   offsets of DT values are ignored (values are compared as written). Combined StudyDate+StudyTime
  *   datetime matching (an extended negotiation option) is not done: each attribute is matched on its own.
  * - Multiple values in a non-UI key (e.g. ModalitiesInStudy `CT\MR`): without extended negotiation the
@@ -146,7 +148,8 @@ export function wildcardPattern(pattern: string): WildcardPattern {
 export function dateTimeBounds(vr: string, value: string): { first: string; last: string } | undefined {
   if (vr === 'DA') {
     const date = /^\d{4}\.\d{2}\.\d{2}$/.test(value) ? value.replaceAll('.', '') : value;
-    return /^\d{8}$/.test(date) ? { first: date, last: date } : undefined;
+    const match = /^(\d{4})(\d{2})(\d{2})$/.exec(date);
+    return match && isCalendarDate(match[1]!, match[2], match[3]) ? { first: date, last: date } : undefined;
   }
   if (vr === 'TM') {
     const time = /^\d{2}:\d{2}(:\d{2}(\.\d*)?)?$/.test(value) ? value.replaceAll(':', '') : value;
@@ -154,6 +157,7 @@ export function dateTimeBounds(vr: string, value: string): { first: string; last
     if (!match) return undefined;
     const [, hours, minutes, seconds, fraction] = match;
     if (fraction !== undefined && seconds === undefined) return undefined;
+    if (!isClockTime(hours!, minutes, seconds)) return undefined;
     return {
       first: hours! + (minutes ?? '00') + (seconds ?? '00') + (fraction ?? '').padEnd(6, '0'),
       last: hours! + (minutes ?? '59') + (seconds ?? '59') + (fraction ?? '').padEnd(6, '9'),
@@ -166,11 +170,29 @@ export function dateTimeBounds(vr: string, value: string): { first: string; last
   return undefined;
 }
 
+/** Month 01-12 and a day that month has (PS3.5 6.2 DA); absent parts are not checked. */
+function isCalendarDate(year: string, month: string | undefined, day: string | undefined): boolean {
+  if (month === undefined) return true;
+  const monthNumber = Number(month);
+  if (monthNumber < 1 || monthNumber > 12) return false;
+  if (day === undefined) return true;
+  const yearNumber = Number(year);
+  const isLeapYear = yearNumber % 4 === 0 && (yearNumber % 100 !== 0 || yearNumber % 400 === 0);
+  const daysInMonth = monthNumber === 2 ? (isLeapYear ? 29 : 28) : [4, 6, 9, 11].includes(monthNumber) ? 30 : 31;
+  return Number(day) >= 1 && Number(day) <= daysInMonth;
+}
+
+/** Hours 00-23, minutes 00-59, seconds 00-60 (a leap second, PS3.5 6.2 TM); absent parts are not checked. */
+function isClockTime(hours: string, minutes: string | undefined, seconds: string | undefined): boolean {
+  return Number(hours) <= 23 && (minutes === undefined || Number(minutes) <= 59) && (seconds === undefined || Number(seconds) <= 60);
+}
+
 function parseDateTime(value: string): { bounds: { first: string; last: string }; offsetValid: boolean } | undefined {
   const match = /^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-](\d{2})(\d{2}))?$/.exec(value);
   if (!match) return undefined;
   const [, year, month, day, hours, minutes, seconds, fraction, offsetHours, offsetMinutes] = match;
   if (fraction !== undefined && seconds === undefined) return undefined;
+  if (!isCalendarDate(year!, month, day) || (hours !== undefined && !isClockTime(hours, minutes, seconds))) return undefined;
   const offsetValid = offsetHours === undefined || (Number(offsetHours) <= 14 && Number(offsetMinutes) <= 59);
   return {
     offsetValid,
@@ -301,11 +323,12 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
           storedValuesOf(vr, stored).some((value) => {
             const instant = storedInstant(vr, value);
             if (instant === undefined) return false;
-            return intervals.some(
-              (interval) =>
-                (interval.from === undefined || interval.from <= instant) &&
-                (interval.to === undefined || instant <= interval.to),
-            );
+            return intervals.some((interval) => {
+              const { from, to } = interval;
+              // A TM range whose start is after its end spans midnight (PS3.4 C.2.2.2.5.1): 2300-0030.
+              if (vr === 'TM' && from !== undefined && to !== undefined && from > to) return from <= instant || instant <= to;
+              return (from === undefined || from <= instant) && (to === undefined || instant <= to);
+            });
           }),
       },
     };
