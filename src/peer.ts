@@ -75,7 +75,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
   });
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
-  const store = createReplicaStore({ path: join(dataDir, 'store') });
+  const store = createReplicaStore({ path: join(dataDir, 'store'), onOpenNotice: (message, fields) => log.warn(message, fields) });
   await store.open();
   const stopLoggingFaults = store.onWriteFault((event) => {
     switch (event.type) {

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -273,6 +273,36 @@ test('power cut after the synced blob commit: open() restores the catalog entry 
   assert.deepEqual(await reopened.getEntry('1.2.3.8'), lost);
   assert.deepEqual(await readAll(reopened, '1.2.3.8'), Buffer.alloc(250, 7));
   assert.equal(await reopened.countInstances(), 2);
+});
+
+test('a catalog that lost its CURRENT file is set aside and rebuilt from the commit records, not opened empty', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const uids = ['1.2.3.21', '1.2.3.22', '1.2.3.23'];
+  const first = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await first.open();
+  for (const uid of uids) {
+    const writer = first.beginWrite();
+    await writer.write(Buffer.alloc(250, uid.length));
+    await writer.commit(uid, entryFor(uid));
+  }
+  await first.close();
+  // A second open moves the entries from the log into a table and checkpoints into the new log: the
+  // state in which a lost CURRENT left only the checkpoint, so recovery skipped every commit record.
+  const second = createReplicaStore({ path: dir });
+  await second.open();
+  await second.close();
+  rmSync(join(dir, 'catalog', 'CURRENT'));
+
+  const notices: Array<{ message: string; fields: Record<string, unknown> }> = [];
+  const reopened = createReplicaStore({ path: dir, onOpenNotice: (message, fields) => notices.push({ message, fields }) });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.countInstances(), 3);
+  for (const uid of uids) assert.deepEqual(await readAll(reopened, uid), Buffer.alloc(250, uid.length));
+  assert.equal(notices.length, 1);
+  assert.match(notices[0]!.message, /lost its CURRENT file/);
+  assert.ok(readdirSync(dir).some((name) => name.startsWith('catalog.damaged-')), 'the damaged catalog is kept aside');
 });
 
 test('a store written before the held index gets it at open: custody load and count read it alone', async (t) => {

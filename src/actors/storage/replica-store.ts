@@ -23,7 +23,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, stat, statfs } from 'node:fs/promises';
+import { readdir, rename, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
@@ -71,6 +71,8 @@ export interface ReplicaStoreInit {
   checkpointIntervalMs?: number;
   /** After a write fault, the first reopening is tried after this long, then at doubling intervals up to 30 s. */
   reopenAfterFaultMs?: number;
+  /** Told what `open()` had to mend (a catalog rebuilt ...), for the operator's log. */
+  onOpenNotice?: (message: string, fields: Record<string, unknown>) => void;
 }
 
 /** What the store says about write faults (see ReplicaStore.onWriteFault). */
@@ -98,22 +100,26 @@ function openError(path: string, error: unknown): StoreError {
 /**
  * LevelDB opens a directory whose CURRENT file is lost as a new, empty database beside the old tables,
  * so a blob database damaged that way would start with every instance's bytes gone and nothing said.
- * (The catalog is rebuilt from the blobs' commit records, so it may start empty; the bytes cannot.)
+ * (A catalog damaged that way is set aside and rebuilt from the blobs' commit records; the bytes cannot be.)
  */
 async function refuseDatabaseWithoutCurrent(dir: string): Promise<void> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return; // not there yet: a new store
-  }
-  if (names.includes('CURRENT')) return;
-  const data = names.filter((n) => /^(MANIFEST-\d+|\d+\.(ldb|log|sst))$/.test(n));
+  const data = await databaseFilesWithoutCurrent(dir);
   if (data.length === 0) return;
   throw new StoreError(
     'ERR_STORE_OPEN',
     `cannot open the store in ${dir}: it holds database files (${data.slice(0, 3).join(', ')}${data.length > 3 ? ' ...' : ''}) but no CURRENT file, so the instance bytes cannot be found; move the data directory away and start on an empty one (in a mesh the other sites refill it)`,
   );
+}
+
+/** The LevelDB files in `dir` when it has no CURRENT file; [] when it has one, or none, or is not there. */
+async function databaseFilesWithoutCurrent(dir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return []; // not there yet: a new store
+  }
+  return names.includes('CURRENT') ? [] : names.filter((n) => /^(MANIFEST-\d+|\d+\.(ldb|log|sst))$/.test(n));
 }
 
 /** LevelDB's I/O errors (ENOSPC, EIO ...), as classic-level reports them. */
@@ -422,6 +428,7 @@ class LevelReplicaStore implements ReplicaStore {
   }, commitsPerBatchMax);
 
   private readonly path: string;
+  private readonly onOpenNotice: NonNullable<ReplicaStoreInit['onOpenNotice']>;
 
   constructor(init: ReplicaStoreInit) {
     this.path = init.path;
@@ -438,6 +445,7 @@ class LevelReplicaStore implements ReplicaStore {
     this.maxChunkWritesInFlight = init.maxChunkWritesInFlight ?? 16;
     this.checkpointIntervalMs = init.checkpointIntervalMs ?? 1000;
     this.reopenAfterFaultMs = init.reopenAfterFaultMs ?? 1000;
+    this.onOpenNotice = init.onOpenNotice ?? (() => {});
   }
 
   async open(): Promise<void> {
@@ -445,6 +453,7 @@ class LevelReplicaStore implements ReplicaStore {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
     await refuseDatabaseWithoutCurrent(join(this.path, 'blobs'));
+    await this.setAsideCatalogWithoutCurrent();
     try {
       await this.db.open();
       await this.blobDb.open();
@@ -503,6 +512,21 @@ class LevelReplicaStore implements ReplicaStore {
    * For every blob newer than the last checkpoint: a commit record whose catalog entry is missing gets it
    * back; chunks without a commit record belonged to an upload that never finished and are deleted.
    */
+  /**
+   * A catalog that lost its CURRENT file would open as a new database that replays the old log, recovery
+   * checkpoint included, so recovery would skip every commit record and the archive would look empty (and
+   * LevelDB would delete the old tables). Moved aside whole instead, the catalog is rebuilt from the blobs'
+   * commit records; what only the catalog held (debt, known sites) the mesh's repair makes good.
+   */
+  private async setAsideCatalogWithoutCurrent(): Promise<void> {
+    const catalogDir = join(this.path, 'catalog');
+    const files = await databaseFilesWithoutCurrent(catalogDir);
+    if (files.length === 0) return;
+    const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    await rename(catalogDir, setAsideDir);
+    this.onOpenNotice('the catalog had lost its CURRENT file: set aside, rebuilt from the instances\' commit records', { setAsideDir });
+  }
+
   private async recover(): Promise<void> {
     const from = await this.db.get(recoveryFromKey);
     const fromBlobId = from === undefined ? '' : Buffer.from(from).toString('utf8');
