@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import { Level } from 'level';
+import { pack } from 'msgpackr';
 import type { CatalogEntry } from './catalog-types.ts';
 import {
   CatalogKeyError,
@@ -10,6 +11,7 @@ import {
   catalogWriteOps,
   countInstances,
   decodeCatalogEntry,
+  encodeCatalogEntry,
   decodeKeyText,
   encodeKeyText,
   getCatalogEntry,
@@ -101,6 +103,25 @@ describe('catalogWriteOps (pure)', () => {
   it('prefixRange selects exactly the keys under a prefix', () => {
     assert.deepEqual(prefixRange('x!pid!41!'), { gte: 'x!pid!41!', lt: 'x!pid!41"' });
     assert.notEqual(patientIndexPrefix('A'), patientIndexPrefix('AB').slice(0, patientIndexPrefix('A').length));
+  });
+});
+
+describe('catalog records (pure)', () => {
+  it('carry a CRC-32: a flipped byte anywhere is refused, not decoded into a wrong entry', () => {
+    const entry = makeEntry();
+    const record = encodeCatalogEntry(entry);
+    assert.deepEqual(decodeCatalogEntry(record), entry);
+    for (let at = 0; at < record.length; at += 7) {
+      const damaged = Uint8Array.from(record);
+      damaged[at]! ^= 0x10;
+      assert.throws(() => decodeCatalogEntry(damaged), (error: Error) => error.name === 'CatalogRecordError' || at === 0, `byte ${at}`);
+    }
+    assert.throws(() => decodeCatalogEntry(record.subarray(0, 3)), { name: 'CatalogRecordError' });
+  });
+
+  it('records written before the checksum (plain msgpack) are read as they are', () => {
+    const entry = makeEntry();
+    assert.deepEqual(decodeCatalogEntry(new Uint8Array(pack(entry))), entry);
   });
 });
 

@@ -25,6 +25,7 @@
  * `catalogWriteOps(newEntry)` in the same batch (LevelDB applies a batch in order). Stale index keys are
  * harmless for correctness anyway: readers check every index hit against the entry it points to.
  */
+import { crc32 } from 'node:zlib';
 import { pack, unpack } from 'msgpackr';
 import type { Level } from 'level';
 import type { CatalogEntry } from './catalog-types.ts';
@@ -158,13 +159,41 @@ export function catalogDeleteOps(entry: CatalogEntry): CatalogDel[] {
   return catalogKeysOf(entry).map((key): CatalogDel => ({ type: 'del', key }));
 }
 
-/** msgpack of the entry, copied out of msgpackr's shared pool into a buffer of its own. */
-export function encodeCatalogEntry(entry: CatalogEntry): Uint8Array {
-  return new Uint8Array(pack(entry));
+/**
+ * A checked record starts with 0xC1, a byte msgpack never uses, then the CRC-32 of the msgpack that
+ * follows. The classic-level addon reads LevelDB without verifying its block checksums, so a flipped byte
+ * in a table file came back as a C-FIND answer (a UID with a stray character) with Success; records
+ * written before the checksum (plain msgpack) are read as they are.
+ */
+const CHECKED_RECORD_MARKER = 0xc1;
+const CHECKED_RECORD_HEADER_BYTES = 5;
+
+export class CatalogRecordError extends Error {
+  override readonly name = 'CatalogRecordError';
+  readonly code = 'ERR_CATALOG_RECORD_DAMAGED';
+  constructor(message: string) {
+    super(message);
+  }
 }
 
+/** The entry as a checked record (marker, CRC-32, msgpack), in a buffer of its own. */
+export function encodeCatalogEntry(entry: CatalogEntry): Uint8Array {
+  const packed = pack(entry);
+  const record = new Uint8Array(CHECKED_RECORD_HEADER_BYTES + packed.length);
+  record[0] = CHECKED_RECORD_MARKER;
+  new DataView(record.buffer).setUint32(1, crc32(packed));
+  record.set(packed, CHECKED_RECORD_HEADER_BYTES);
+  return record;
+}
+
+/** Throws CatalogRecordError when a checked record's bytes no longer match their CRC-32. */
 export function decodeCatalogEntry(bytes: Uint8Array): CatalogEntry {
-  return unpack(bytes) as CatalogEntry;
+  if (bytes[0] !== CHECKED_RECORD_MARKER) return unpack(bytes) as CatalogEntry;
+  const packed = bytes.subarray(CHECKED_RECORD_HEADER_BYTES);
+  if (bytes.length < CHECKED_RECORD_HEADER_BYTES || new DataView(bytes.buffer, bytes.byteOffset).getUint32(1) !== crc32(packed)) {
+    throw new CatalogRecordError('a catalog record is damaged (checksum mismatch): its file changed on disk');
+  }
+  return unpack(packed) as CatalogEntry;
 }
 
 export async function getCatalogEntry(db: CatalogDb, sopInstanceUid: string): Promise<CatalogEntry | undefined> {

@@ -551,7 +551,14 @@ class LevelReplicaStore implements ReplicaStore {
     for (const id of committed) {
       const bytes = await this.blobDb.get(commitRecordKey(id));
       if (bytes === undefined) continue;
-      const entry = decodeCatalogEntry(bytes);
+      let entry: CatalogEntry;
+      try {
+        entry = decodeCatalogEntry(bytes);
+      } catch (error) {
+        // Its instance cannot be listed; the other sites' repair brings a good copy back.
+        this.onOpenNotice('a commit record is damaged: its instance is not listed', { blobId: id, error: errorText(error) });
+        continue;
+      }
       const current = await this.getEntry(entry.sopInstanceUid);
       if (current === undefined) await this.db.batch(catalogWriteOpsEncoded(entry, bytes), { sync: true });
       // Committed, lost its catalog entry in a power cut, and stored again since: keep one copy.
