@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodeCharacters } from './character-sets.ts';
+import { decodeCharacters, splitValueBytes } from './character-sets.ts';
 
 /** A latin1 string of the bytes written as hex, the form the codec gives values in. */
 const bytes = (hex: string): string => Buffer.from(hex.replace(/ /g, ''), 'hex').toString('latin1');
@@ -56,5 +56,16 @@ describe('decodeCharacters', () => {
     assert.equal(decodeCharacters(bytes('1b2858 41'), '\\ISO 2022 IR 87'), bytes('1b2858 41'));
     assert.equal(decodeCharacters(bytes(`${ESC_JIS} 3b`), '\\ISO 2022 IR 87'), ';');
     assert.equal(decodeCharacters(bytes('41 e9'), '\\ISO 2022 IR 87'), bytes('41 e9'));
+  });
+});
+
+describe('splitValueBytes', () => {
+  it('splits at single-byte backslashes only, keeping each value\'s bytes', () => {
+    assert.deepEqual(splitValueBytes('A\\B', undefined), ['A', 'B']);
+    assert.deepEqual(splitValueBytes(bytes('4d52 9c5c 31 5c 32'), 'GB18030'), [bytes('4d52 9c5c 31'), '2']);
+    assert.deepEqual(splitValueBytes(bytes('8139ee39 5c 41'), 'GB18030'), [bytes('8139ee39'), 'A'], 'a four-byte sequence');
+    const yamamoto = bytes(`${ESC_JIS} 3b33 4b5c ${ESC_ASCII}`);
+    assert.deepEqual(splitValueBytes(`${yamamoto}\\X`, '\\ISO 2022 IR 87'), [yamamoto, 'X']);
+    assert.deepEqual(splitValueBytes(bytes('9c5c'), 'ISO_IR 100'), [bytes('9c'), ''], 'a single-byte set: every 0x5C');
   });
 });

@@ -177,3 +177,43 @@ export function decodeCharacters(value: string, specificCharacterSet: string | u
   const decoder = label === undefined ? undefined : decoderFor(label);
   return decoder === undefined ? value : decoder.decode(Buffer.from(value, 'latin1'));
 }
+
+/**
+ * Splits a multi-valued text (latin1 string of its bytes) at its value delimiters, keeping each value's
+ * bytes: a 0x5C that is the second byte of a GB18030/GBK character, or inside ISO 2022 two-byte text, is
+ * part of a character, not a delimiter (PS3.5 6.1.2.3).
+ */
+export function splitValueBytes(value: string, specificCharacterSet: string | undefined): string[] {
+  const terms = (specificCharacterSet ?? '').split('\\').map((term) => term.trim());
+  const isGb = terms[0] === 'GB18030' || terms[0] === 'GBK';
+  const hasCodeExtensions = usesCodeExtensions(terms);
+  const values: string[] = [];
+  let start = 0;
+  let twoByteG0 = false;
+  for (let index = 0; index < value.length; ) {
+    const byte = value.charCodeAt(index);
+    if (isGb && byte >= 0x81 && byte <= 0xfe) {
+      const second = value.charCodeAt(index + 1);
+      index += second >= 0x30 && second <= 0x39 ? 4 : 2; // a four-byte GB18030 sequence, or two bytes
+      continue;
+    }
+    if (hasCodeExtensions && byte === 0x1b) {
+      const escape = ESCAPES.find(([sequence]) => value.startsWith(sequence, index + 1));
+      if (escape?.[1] === 'G0') twoByteG0 = escape[2].width === 2;
+      index += 1 + (escape?.[0].length ?? 0);
+      continue;
+    }
+    if (twoByteG0 && byte > 0x20 && byte < 0x7f) {
+      index += 2;
+      continue;
+    }
+    if (byte === 0x5c) {
+      values.push(value.slice(start, index));
+      start = index + 1;
+      twoByteG0 = false;
+    }
+    index++;
+  }
+  values.push(value.slice(start));
+  return values;
+}

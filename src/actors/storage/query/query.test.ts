@@ -591,6 +591,24 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.deepEqual(await retrieveUids(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P2)] }), [`${S3}.1.1`]);
     });
 
+    it('PATIENT level: a GB18030 PatientID whose character holds a 0x5C byte is one value, not two', async () => {
+      const gbId = 'MRN-\x9c\\1'; // 淺 is 9C 5C in GB18030
+      const gbDb = openTempDb();
+      await gbDb.db.open();
+      try {
+        const entry = makeEntry({
+          patientId: gbId, patientName: 'Li^Qian', characterSet: 'GB18030', studyUid: '1.2.826.0.9', studyDate: '20200101',
+          studyTime: '', accession: '', studyDescription: '', seriesUid: '1.2.826.0.9.1', modality: 'CT', seriesNumber: '1',
+          sopUid: '1.2.826.0.9.1.1', sopClassUid: CT_IMAGE, instanceNumber: '1', storedAtMs: 1,
+        });
+        await store(gbDb.db, [entry]);
+        const keys = [k(T.SpecificCharacterSet, 'CS', 'GB18030'), k(T.PatientID, 'LO', gbId)];
+        assert.deepEqual(await retrieveUids(gbDb.db, { root: 'PATIENT', level: 'PATIENT', keys }), [entry.sopInstanceUid]);
+      } finally {
+        await gbDb.close();
+      }
+    });
+
     it('STUDY level: a UID list, duplicates yielded once', async () => {
       const uids = await retrieveUids(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', `${S1}\\${S3}\\${S1}`)] });
       assert.equal(uids.length, 6);

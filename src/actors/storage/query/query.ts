@@ -65,6 +65,7 @@ import {
   type QueryRoot,
 } from './attribute-levels.ts';
 import { compileKeyMatcher, normalizeValue, splitValues, type ValueMatcher } from './matching.ts';
+import { splitValueBytes } from '../../../codec/character-sets.ts';
 import {
   COMPUTED_ATTRIBUTES,
   addInstance,
@@ -590,7 +591,10 @@ function uniqueKeyValues(request: QueryRequest, tag: Tag): string[] | undefined 
   const element = request.keys.find((key) => key.tag === tag);
   if (element?.value === undefined) return undefined;
   const vr = tag === Tags.PatientID ? 'LO' : 'UI';
-  const values = splitValues(vr, normalizeValue(vr, element.value)).filter((value) => value !== '');
+  const characterSet = request.keys.find((key) => key.tag === Tags.SpecificCharacterSet)?.value;
+  const values = splitValueBytes(normalizeValue(vr, element.value), characterSet)
+    .map((value) => normalizeValue(vr, value))
+    .filter((value) => value !== '');
   return values.length === 0 ? undefined : [...new Set(values)];
 }
 
