@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { inflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import dcmjsCodecs from 'dcmjs-codecs';
 import { canTranscode, TranscodeError, transcodeDataset } from './transcode.ts';
 
@@ -287,6 +287,19 @@ test('implicit -> explicit -> implicit keeps every element, private ones and Lat
   const back = await transcodeDataset(ex.bytes, EXPLICIT, [IMPLICIT]);
   assert.equal(back.transferSyntaxUid, IMPLICIT);
   assert.deepEqual(Buffer.from(back.bytes), Buffer.from(implicit));
+});
+
+test('a deflated result is always of even length: an odd deflate stream gets one trailing NUL (PS3.5 A.5)', async () => {
+  let padded = 0;
+  for (let extra = 0; extra < 24; extra++) {
+    const elements = [...sampleElements(), { tag: 0x00100010, vr: 'PN', value: latin1(`Name^${'x'.repeat(extra * 7)}`.padEnd(extra * 7 + 6 + ((extra * 7) % 2), ' ')) }];
+    const le = new Uint8Array(encode(elements.sort((a, b) => a.tag - b.tag), { explicit: true, le: true }));
+    const deflated = await transcodeDataset(le, EXPLICIT, [DEFLATED]);
+    assert.equal(deflated.bytes.length % 2, 0, `extra ${extra}`);
+    if (deflateRawSync(le).length % 2 === 1) padded++;
+    assert.deepEqual(Buffer.from((await transcodeDataset(deflated.bytes, DEFLATED, [EXPLICIT])).bytes), Buffer.from(le));
+  }
+  assert.ok(padded > 0, 'some of these deflate to an odd length');
 });
 
 test('explicit LE <-> BE <-> deflated <-> implicit round trips are exact', async () => {

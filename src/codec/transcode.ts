@@ -235,7 +235,11 @@ function finish(elements: El[], target: string): Uint8Array {
   const bytes = out.concat();
   if (target !== DEFLATED_LE) return bytes;
   const deflated = deflateRawSync(bytes);
-  return new Uint8Array(deflated.buffer, deflated.byteOffset, deflated.byteLength);
+  // PS3.5 A.5: an odd-length deflated stream gets one trailing NUL (P-DATA values must be even; DCMTK aborts).
+  if (deflated.byteLength % 2 === 0) return new Uint8Array(deflated.buffer, deflated.byteOffset, deflated.byteLength);
+  const padded = new Uint8Array(deflated.byteLength + 1);
+  padded.set(deflated);
+  return padded;
 }
 
 // ---------------------------------------------------------------------------------------------------
