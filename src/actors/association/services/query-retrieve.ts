@@ -212,9 +212,12 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     await ctx.send(retrieveResponse(ctx, Status.Cancel, counts), failedUidIdentifier(counts, ctx.transferSyntaxUid));
     return;
   }
-  // PS3.4 C.4.2.1.5: any failure or warning makes the final status B000, with the failed UIDs listed.
-  const finalStatus = counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
-  await ctx.send(retrieveResponse(ctx, finalStatus, counts), failedUidIdentifier(counts, ctx.transferSyntaxUid));
+  // PS3.4 C.4.2.3.1 / C.4.3.3.1: Warning (B000) when some sub-operations completed or warned and some
+  // failed; Failure when every one failed (A702, as dcm4che answers); the failed UIDs listed either way.
+  const everyOneFailed = counts.failed > 0 && counts.completed + counts.warning === 0;
+  const finalStatus = everyOneFailed ? Status.OutOfResourcesSubOps : counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
+  const comment = everyOneFailed ? `all ${counts.failed} sub-operations failed` : undefined;
+  await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
 
 type TranscodeModule = typeof import('../../../codec/transcode.ts');
