@@ -81,17 +81,40 @@ test('heartbeat makes a member alive and part of the sorted live view', () => {
   assert.ok(effects.some((e) => e.type === 'memberStatusChanged' && e.peerId === 'peer-b' && e.to === 'alive'));
 });
 
+/** Ticks every 100 ms (as the actor does) after `fromMs`, up to and including `toMs`. */
+function ticks(fromMs: number, toMs: number): MembershipInput[] {
+  const inputs: MembershipInput[] = [];
+  for (let nowMs = fromMs + 100; nowMs < toMs; nowMs += 100) inputs.push({ type: 'tick', nowMs });
+  inputs.push({ type: 'tick', nowMs: toMs });
+  return inputs;
+}
+
 test('silence makes a member suspect, then dead; a newer heartbeat brings it back', () => {
-  let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
-  s = run(s, { type: 'tick', nowMs: 2999 }).state;
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, ...ticks(0, 2999)).state;
   assert.equal(statusOf(s, 'peer-b'), 'alive');
   s = run(s, { type: 'tick', nowMs: 3000 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'suspect');
   assert.deepEqual(liveView(s, 3000).map((m) => m.peerId), ['peer-a']);
-  s = run(s, { type: 'tick', nowMs: 6000 }).state;
+  s = run(s, ...ticks(3000, 6000)).state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');
   s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 2), nowMs: 6500 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'alive');
+});
+
+test('time this process stood still (ticks far apart) is not the others\' silence', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, ...ticks(0, 500)).state;
+  // SIGSTOP for 20 s: the next tick comes 20 s late, before the heartbeats waiting in the socket are read.
+  const resumed = run(s, { type: 'tick', nowMs: 20_500 });
+  assert.equal(statusOf(resumed.state, 'peer-b'), 'alive', 'not dead on resuming');
+  assert.ok(!resumed.effects.some((e) => e.type === 'statusChanged'));
+  // Only silence while running counts (500 ms before the pause, plus one heartbeat interval of slack for a
+  // late tick): dead once that reaches deadAfterMs, at 19,000 + 6,000.
+  s = run(resumed.state, ...ticks(20_500, 24_900)).state;
+  assert.equal(statusOf(s, 'peer-b'), 'suspect');
+  s = run(s, { type: 'tick', nowMs: 25_000 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
 });
 
 test('a transport disconnect makes a member dead at once; an old heartbeat does not revive it', () => {

@@ -24,6 +24,8 @@ export interface MembershipState {
   readonly heartbeatSequence: number;
   /** Null until the first tick, which sends at once so that a restart is announced without waiting. */
   readonly nextHeartbeatAtMs: number | null;
+  /** When the last tick ran: a much later tick means this process itself stood still (see onTick). */
+  readonly lastTickAtMs: number | null;
 }
 
 export interface MembershipStep {
@@ -51,6 +53,7 @@ export function initMembership(config: MembershipConfig): MembershipState {
     selfElectable: true,
     heartbeatSequence: 0,
     nextHeartbeatAtMs: null,
+    lastTickAtMs: null,
   };
 }
 
@@ -118,8 +121,20 @@ export function liveView(state: MembershipState, nowMs: number): MemberRecord[] 
 function onTick(state: MembershipState, nowMs: number): MembershipStep {
   const effects: MembershipEffect[] = [];
   const c = state.config;
+  // Ticks come far more often than heartbeats. A gap longer than a heartbeat interval means this process
+  // stood still (SIGSTOP, a long GC pause, a frozen VM): the others' heartbeats wait unread in the sockets,
+  // so that time is not their silence. Without this credit every peer turned dead at once on resuming,
+  // and a retrieve in that moment answered Success with only the local copies.
+  const stalledMs = state.lastTickAtMs === null ? 0 : Math.max(0, nowMs - state.lastTickAtMs - c.heartbeatIntervalMs);
   let members: Map<string, MemberRecord> | null = null;
-  for (const record of state.members.values()) {
+  if (stalledMs > 0) {
+    members = new Map();
+    for (const [peerId, record] of state.members) {
+      members.set(peerId, { ...record, lastHeardAtMs: Math.min(nowMs, record.lastHeardAtMs + stalledMs) });
+    }
+  }
+  let viewChanged = false;
+  for (const record of (members ?? state.members).values()) {
     const silentMs = nowMs - record.lastHeardAtMs;
     // Silence only ever degrades a status: coming back alive needs a newer heartbeat.
     let next: MemberStatus = record.status;
@@ -129,15 +144,16 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
       members ??= new Map(state.members);
       members.set(record.peerId, { ...record, status: next, statusSinceMs: nowMs });
       effects.push(statusChanged(record, record.status, next));
+      viewChanged = true;
     }
   }
-  let next: MembershipState = members ? { ...state, members: pruneDead(members, c.membersMax) } : state;
+  let next: MembershipState = { ...state, lastTickAtMs: nowMs, ...(members && { members: pruneDead(members, c.membersMax) }) };
   if (next.nextHeartbeatAtMs === null || nowMs >= next.nextHeartbeatAtMs) {
     const sequence = next.heartbeatSequence + 1;
     next = { ...next, heartbeatSequence: sequence, nextHeartbeatAtMs: nowMs + c.heartbeatIntervalMs };
     effects.push({ type: 'publish', topic: membershipTopic, message: heartbeatOf(next) });
   }
-  if (members) effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
+  if (viewChanged) effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
   return { state: next, effects };
 }
 
