@@ -354,6 +354,9 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'memberStatusChanged':
         log(`${peer.peerId} sees ${e.peerId}#${e.incarnation} ${e.from} -> ${e.to}`);
         return;
+      case 'memberSiteRenamed':
+        log(`${peer.peerId} sees ${e.peerId} move from ${e.fromSite} to ${e.toSite}`);
+        return;
       case 'viewChanged':
         queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
         queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });

@@ -244,6 +244,13 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
         case 'memberStatusChanged':
           log.info('member status changed', { peer: effect.peerId, memberSite: effect.siteName, incarnation: effect.incarnation, from: effect.from, to: effect.to });
           break;
+        case 'memberSiteRenamed':
+          log.warn('a peer now serves another site: copies owed to the old site wait until it returns (POST /api/forget-site?site=<old> if it is gone)', {
+            peer: effect.peerId,
+            fromSite: effect.fromSite,
+            toSite: effect.toSite,
+          });
+          break;
         case 'viewChanged':
           for (const listener of listeners) {
             try {

@@ -108,13 +108,22 @@ test('time this process stood still (ticks far apart) is not the others\' silenc
   // SIGSTOP for 20 s: the next tick comes 20 s late, before the heartbeats waiting in the socket are read.
   const resumed = run(s, { type: 'tick', nowMs: 20_500 });
   assert.equal(statusOf(resumed.state, 'peer-b'), 'alive', 'not dead on resuming');
-  assert.ok(!resumed.effects.some((e) => e.type === 'statusChanged'));
+  assert.ok(!resumed.effects.some((e) => e.type === 'memberStatusChanged'));
   // Only silence while running counts (500 ms before the pause, plus one heartbeat interval of slack for a
   // late tick): dead once that reaches deadAfterMs, at 19,000 + 6,000.
   s = run(resumed.state, ...ticks(20_500, 24_900)).state;
   assert.equal(statusOf(s, 'peer-b'), 'suspect');
   s = run(s, { type: 'tick', nowMs: 25_000 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');
+});
+
+test('a known peer heartbeating under another site name is reported (copies owed to the old site wait)', () => {
+  const s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  const renamed = run(s, { type: 'heartbeatReceived', heartbeat: { ...heartbeat('peer-b', 2, 1), siteName: 'site-x' }, nowMs: 100 });
+  const fromSite = s.members.get('peer-b')!.siteName;
+  assert.deepEqual(renamed.effects.filter((e) => e.type === 'memberSiteRenamed'), [{ type: 'memberSiteRenamed', peerId: 'peer-b', fromSite, toSite: 'site-x' }]);
+  const again = run(renamed.state, { type: 'heartbeatReceived', heartbeat: { ...heartbeat('peer-b', 2, 2), siteName: 'site-x' }, nowMs: 200 });
+  assert.equal(again.effects.filter((e) => e.type === 'memberSiteRenamed').length, 0, 'said once');
 });
 
 test('a transport disconnect makes a member dead at once; an old heartbeat does not revive it', () => {

@@ -188,6 +188,9 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   if (!known || known.status !== 'alive' || known.incarnation !== hb.incarnation) {
     effects.push(statusChanged(record, known ? known.status : 'unknown', 'alive'));
   }
+  if (known && known.siteName !== hb.siteName) {
+    effects.push({ type: 'memberSiteRenamed', peerId: hb.peerId, fromSite: known.siteName, toSite: hb.siteName });
+  }
   effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
   return { state: next, effects };
 }

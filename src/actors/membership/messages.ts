@@ -101,5 +101,10 @@ export type MembershipEffect =
       readonly from: MemberStatus | 'unknown';
       readonly to: MemberStatus;
     }
+  /**
+   * A known peer now heartbeats under another site name (restarted on its data directory with another
+   * `--site`): copies owed to the old site wait for it, so the operator is told.
+   */
+  | { readonly type: 'memberSiteRenamed'; readonly peerId: string; readonly fromSite: string; readonly toSite: string }
   /** The whole view (self included, sorted by peerId); emitted whenever a record changed. */
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[] };
