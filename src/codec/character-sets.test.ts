@@ -52,6 +52,11 @@ describe('decodeCharacters', () => {
     assert.equal(decodeCharacters(bytes('4dfc'), 'ISO 2022 IR 100'), 'Mü');
   });
 
+  it('decodes a long value (1 MB of text around an escape) without running out of stack', () => {
+    const long = 'A'.repeat(1 << 20);
+    assert.equal(decodeCharacters(`${long}${bytes(`${ESC_JIS} 3f39 ${ESC_ASCII}`)}${long}`, '\\ISO 2022 IR 87'), `${long}森${long}`);
+  });
+
   it('keeps unknown escapes, a lone half character and undesignated high bytes as bytes', () => {
     assert.equal(decodeCharacters(bytes('1b2858 41'), '\\ISO 2022 IR 87'), bytes('1b2858 41'));
     assert.equal(decodeCharacters(bytes(`${ESC_JIS} 3b`), '\\ISO 2022 IR 87'), ';');

@@ -42,10 +42,13 @@ function decoderFor(label: string): TextDecoder | undefined {
   return decoders.get(label) ?? undefined;
 }
 
+/** Bytes as a latin1 string (not String.fromCharCode(...bytes): a long value would overflow the stack). */
+const latin1Of = (bytes: number[]): string => Buffer.from(bytes).toString('latin1');
+
 function viaDecoder(label: string, toEncoded: (bytes: number[]) => number[]): (bytes: number[]) => string {
   return (bytes) => {
     const decoder = decoderFor(label);
-    return decoder ? decoder.decode(Uint8Array.from(toEncoded(bytes))) : String.fromCharCode(...bytes);
+    return decoder ? decoder.decode(Uint8Array.from(toEncoded(bytes))) : latin1Of(bytes);
   };
 }
 
@@ -55,7 +58,7 @@ const withHighBit = (bytes: number[]): number[] => bytes.map((byte) => byte | 0x
 const jisX0212InEucJp = (bytes: number[]): number[] =>
   bytes.flatMap((byte, index) => (index % 2 === 0 ? [0x8f, byte | 0x80] : [byte | 0x80]));
 
-const ASCII: GraphicSet = { width: 1, decode: (bytes) => String.fromCharCode(...bytes) };
+const ASCII: GraphicSet = { width: 1, decode: latin1Of };
 /** JIS X 0201 Romaji differs from ASCII only at 0x5C and 0x7E; kept as ASCII so 0x5C stays the delimiter. */
 const JIS_X0201_ROMAJI = ASCII;
 const JIS_X0201_KATAKANA: GraphicSet = { width: 1, decode: viaDecoder('shift_jis', asIs) };
