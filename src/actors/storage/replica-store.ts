@@ -509,10 +509,6 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   /**
-   * For every blob newer than the last checkpoint: a commit record whose catalog entry is missing gets it
-   * back; chunks without a commit record belonged to an upload that never finished and are deleted.
-   */
-  /**
    * A catalog that lost its CURRENT file would open as a new database that replays the old log, recovery
    * checkpoint included, so recovery would skip every commit record and the archive would look empty (and
    * LevelDB would delete the old tables). Moved aside whole instead, the catalog is rebuilt from the blobs'
@@ -527,6 +523,10 @@ class LevelReplicaStore implements ReplicaStore {
     this.onOpenNotice('the catalog had lost its CURRENT file: set aside, rebuilt from the instances\' commit records', { setAsideDir });
   }
 
+  /**
+   * For every blob newer than the last checkpoint: a commit record whose catalog entry is missing gets it
+   * back; chunks without a commit record belonged to an upload that never finished and are deleted.
+   */
   private async recover(): Promise<void> {
     const from = await this.db.get(recoveryFromKey);
     const fromBlobId = from === undefined ? '' : Buffer.from(from).toString('utf8');
