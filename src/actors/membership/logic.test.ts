@@ -117,6 +117,23 @@ test('time this process stood still (ticks far apart) is not the others\' silenc
   assert.equal(statusOf(s, 'peer-b'), 'dead');
 });
 
+test('a disconnect right after this process stood still makes a member suspect, not dead; later ones dead', () => {
+  let s = run(
+    initMembership(config),
+    { type: 'tick', nowMs: 0 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 1), nowMs: 0 },
+  ).state;
+  s = run(s, ...ticks(0, 500), { type: 'tick', nowMs: 20_500 }).state; // stood still for 20 s
+  s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 20_510 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'suspect', 'the others closed the connection to a process that did not answer');
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 2), nowMs: 21_000 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'alive', 'back once it reconnects');
+  s = run(s, ...ticks(20_500, 27_000), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 2), nowMs: 27_000 }).state;
+  s = run(s, { type: 'peerDisconnected', peerId: 'peer-c', nowMs: 27_010 }).state;
+  assert.equal(statusOf(s, 'peer-c'), 'dead', 'long after the stall a disconnect is a death again');
+});
+
 test('a known peer heartbeating under another site name is reported (copies owed to the old site wait)', () => {
   const s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
   const renamed = run(s, { type: 'heartbeatReceived', heartbeat: { ...heartbeat('peer-b', 2, 1), siteName: 'site-x' }, nowMs: 100 });

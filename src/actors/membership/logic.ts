@@ -26,6 +26,8 @@ export interface MembershipState {
   readonly nextHeartbeatAtMs: number | null;
   /** When the last tick ran: a much later tick means this process itself stood still (see onTick). */
   readonly lastTickAtMs: number | null;
+  /** When this process last found it had stood still (see onDisconnected). */
+  readonly lastStallAtMs: number | null;
 }
 
 export interface MembershipStep {
@@ -54,6 +56,7 @@ export function initMembership(config: MembershipConfig): MembershipState {
     heartbeatSequence: 0,
     nextHeartbeatAtMs: null,
     lastTickAtMs: null,
+    lastStallAtMs: null,
   };
 }
 
@@ -147,7 +150,12 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
       viewChanged = true;
     }
   }
-  let next: MembershipState = { ...state, lastTickAtMs: nowMs, ...(members && { members: pruneDead(members, c.membersMax) }) };
+  let next: MembershipState = {
+    ...state,
+    lastTickAtMs: nowMs,
+    lastStallAtMs: stalledMs > 0 ? nowMs : state.lastStallAtMs,
+    ...(members && { members: pruneDead(members, c.membersMax) }),
+  };
   if (next.nextHeartbeatAtMs === null || nowMs >= next.nextHeartbeatAtMs) {
     const sequence = next.heartbeatSequence + 1;
     next = { ...next, heartbeatSequence: sequence, nextHeartbeatAtMs: nowMs + c.heartbeatIntervalMs };
@@ -199,13 +207,19 @@ function onDisconnected(state: MembershipState, peerId: string, nowMs: number): 
   const known = state.members.get(peerId);
   if (!known || known.status === 'dead') return { state, effects: [] };
   // The transport saw the connection close: waiting out deadAfterMs would only route work into a void.
-  const record: MemberRecord = { ...known, status: 'dead', statusSinceMs: nowMs };
+  // Unless this process has just stood still: the others closed connections to a peer that did not
+  // answer, and reconnect within moments. Suspect until then (out of elections; a retrieve answers 0xA701
+  // rather than Success from the local copies alone), dead by silence if it does not come back.
+  const afterOwnStall = state.lastStallAtMs !== null && nowMs - state.lastStallAtMs < state.config.deadAfterMs;
+  const status: MemberStatus = afterOwnStall ? 'suspect' : 'dead';
+  if (known.status === status) return { state, effects: [] };
+  const record: MemberRecord = { ...known, status, statusSinceMs: nowMs };
   const members = new Map(state.members);
   members.set(peerId, record);
   const next: MembershipState = { ...state, members };
   return {
     state: next,
-    effects: [statusChanged(known, known.status, 'dead'), { type: 'viewChanged', members: viewMembers(next, nowMs) }],
+    effects: [statusChanged(known, known.status, status), { type: 'viewChanged', members: viewMembers(next, nowMs) }],
   };
 }
 

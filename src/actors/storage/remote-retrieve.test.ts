@@ -65,6 +65,16 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   assert.equal(all.truncated, false);
   assert.deepEqual(all.peersFailed, [unreachable, unreachableInSync], 'unreachable peers are reported, not fatal');
   assert.deepEqual(all.peersMissed, [unreachable], 'only one that may hold what is not here can make the result incomplete');
+  // A suspect peer, or a known site not heard since the start, cannot be asked: missed, unless in sync.
+  const unsettled = createRemoteRetrieve({
+    node: b, store: storeB, log: silentLogger,
+    peers: () => [a.peerId],
+    peersUnreachable: () => [unreachable, unreachableInSync, 'site:c'],
+    holdsNothingMore: (peerId) => peerId === unreachableInSync,
+  });
+  const partial = await unsettled.resolveRetrieveEverywhere(request);
+  assert.deepEqual(partial.peersFailed, []);
+  assert.deepEqual(partial.peersMissed, [unreachable, 'site:c'], 'a retrieve then answers 0xA701, not Success with what it found');
   const one = await retrieve.resolveRetrieveEverywhere(request, { limit: 1 });
   assert.equal(one.entries.length, 1);
   assert.equal(one.truncated, true);

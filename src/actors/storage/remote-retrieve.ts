@@ -30,6 +30,12 @@ export interface RemoteRetrieveInit {
    * root equals ours), so that it not answering cannot hide a match. Absent: never known.
    */
   holdsNothingMore?(peerId: string): boolean;
+  /**
+   * Peers that may hold instances but cannot be asked now (suspect ones, and, while the view settles
+   * after a start, sites known here but not heard yet, as `site:<name>`): a resolution counts them as
+   * missed, so a retrieve answers 0xA701 rather than Success with part of a study. Absent: none.
+   */
+  peersUnreachable?(): string[];
   /** A copy pulled here is durable: custody adds it to its digest and acknowledges the source. */
   onFetched?(entry: CatalogEntry, fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
@@ -54,7 +60,10 @@ export interface ResolveResult {
   truncated: boolean;
   /** Peers that did not answer (their instances may be missing from `entries`). */
   peersFailed: string[];
-  /** Those of peersFailed that may hold instances this peer does not (see holdsNothingMore): `entries` may lack some. */
+  /**
+   * Those of peersFailed, and of the unreachable ones, that may hold instances this peer does not (see
+   * holdsNothingMore): `entries` may lack some.
+   */
   peersMissed: string[];
 }
 
@@ -171,7 +180,8 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
           remember(entry.sopInstanceUid, peerId);
         }
       });
-      const peersMissed = peersFailed.filter((peerId) => !(init.holdsNothingMore?.(peerId) ?? false));
+      const unreachable = init.peersUnreachable?.() ?? [];
+      const peersMissed = [...peersFailed, ...unreachable].filter((peerId) => !(init.holdsNothingMore?.(peerId) ?? false));
       return { entries: [...byUid.values()], truncated, peersFailed, peersMissed };
     },
   };

@@ -164,6 +164,9 @@ export const defaultCustodyTuning = {
   // A site down for a long weekend is still owed its copies; one gone for a week is taken as decommissioned.
   knownSiteForgetAfterMs: 7 * 24 * 3600_000,
   knownSitesMax: 256,
+  // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
+  // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
+  viewSettleAfterStartMs: 5_000,
 } as const;
 
 interface StoreWaiter {
@@ -610,11 +613,25 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       .sort((a, b) => b.instanceCount - a.instanceCount)
       .map((m) => m.peerId);
 
+  // Sites heard alive since this start: until each known one is (or the settle time is over), a retrieve
+  // cannot tell "not here yet" from "nowhere": a restarted or emptied site answered Success with nothing.
+  const startedAtMs = clock.nowMs();
+  const sitesHeardSinceStart = new Set<string>();
+  const peersUnreachable = (): string[] => {
+    const unreachable = members.filter((m) => m.status === 'suspect' && m.peerId !== init.peerId).map((m) => m.peerId);
+    if (clock.nowMs() - startedAtMs >= tuning.viewSettleAfterStartMs) return unreachable;
+    const unheard = [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName && !sitesHeardSinceStart.has(site));
+    unreachable.push(...unheard.map((site) => `site:${site}`));
+    if (unheard.length === 0 && sitesHeardSinceStart.size === 0) unreachable.push('site:(none heard yet)');
+    return unreachable;
+  };
+
   const retrieve = createRemoteRetrieve({
     node,
     store,
     log,
     peers: peersToAsk,
+    peersUnreachable,
     holdsNothingMore: (peerId) => current.digestRoot !== '' && members.some((m) => m.peerId === peerId && m.digestRoot === current.digestRoot),
     limits: init.limits,
     signal: shutdown.signal,
@@ -659,6 +676,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     retrieve,
     onViewChanged(view) {
       members = view;
+      for (const m of view) if (m.status === 'alive' && m.peerId !== init.peerId) sitesHeardSinceStart.add(m.siteName);
       input({ type: 'viewChanged', members: view, nowMs: clock.nowMs() });
     },
     stats: () => ({ ...current }),
