@@ -88,6 +88,24 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     unsubB();
   });
 
+  it('keeps gossiping after many short-lived PeerIds came and went from the same address (no colocation penalty)', async () => {
+    // Fourteen identities at 127.0.0.1 beside a, b and c: gossipsub's default scoring had graylisted every
+    // peer at that address from about thirteen on, and a and b, still connected, no longer heard each other.
+    for (let i = 0; i < 14; i++) {
+      const transient = await start({ bootstrap: [loopbackAddress(a)] });
+      await waitFor('transient peer connected', () => a.connectedPeers().includes(transient.peerId));
+      transient.subscribe(TOPIC, () => {});
+      await new Promise((r) => setTimeout(r, 150));
+      await transient.stop();
+    }
+    const heard = new Set<string>();
+    const unsubscribe = a.subscribe(TOPIC, (m) => heard.add(Buffer.from(m.data).toString()));
+    const unsubB = b.subscribe(TOPIC, () => {});
+    await publishUntil(b, Buffer.from('after churn'), () => heard.has('after churn'));
+    unsubscribe();
+    unsubB();
+  });
+
   it('round-trips a request with a body and an ack over a custom protocol', async () => {
     await a.handle('/pacs-mesh/test-replicate/1', async (stream) => {
       const req = await readRequest<{ type: 'offer'; sha256: string }>(stream, { maxBodyBytes: 10 * 1024 * 1024 });

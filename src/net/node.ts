@@ -465,6 +465,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
         emitSelf: false,
         doPX: false,
         maxInboundDataLength: maxGossipBytes,
+        // No penalty for many PeerIds behind one IP address. gossipsub's default scores each peer down by
+        // the square of the PeerIds past 10 seen at its address, remembered for an hour after they leave:
+        // a site restarted on empty data directories gets a new PeerId each time, so after about a dozen
+        // restarts on one host (or behind one NAT) every peer there was graylisted and the still-connected
+        // survivors stopped hearing each other for good. Only swarm-key holders join this mesh anyway.
+        scoreParams: { IPColocationFactorWeight: 0 },
       }),
     },
   });
