@@ -77,6 +77,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
   const store = createReplicaStore({ path: join(dataDir, 'store'), onOpenNotice: (message, fields) => log.warn(message, fields) });
   await store.open();
+  const stopLoggingCatalogDamage = store.onCatalogDamage((reason) =>
+    log.error('the catalog is damaged: restart the peer to rebuild it from the instances\' commit records (until then C-FIND and retrieves that meet the damage fail)', { reason }),
+  );
   const stopLoggingFaults = store.onWriteFault((event) => {
     switch (event.type) {
       case 'faulted':
@@ -221,6 +224,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     await http?.stop();
     supervisor.stop();
     stopLoggingFaults();
+    stopLoggingCatalogDamage();
     await store.close();
     throw error;
   }
@@ -247,6 +251,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         await runningHttp.stop();
         supervisor.stop();
         stopLoggingFaults();
+        stopLoggingCatalogDamage();
         await store.close();
         log.info('peer stopped');
       })()),

@@ -140,6 +140,19 @@ describe('catalog in LevelDB', () => {
     fs.rmSync(directory, { recursive: true, force: true });
   });
 
+  it('heldInstanceBatches skips a damaged held record (a bad hash would look like a UID conflict) and names it', async () => {
+    const entry = makeEntry({ sopInstanceUid: '1.2.3.77' });
+    await db.batch(catalogWriteOps(entry));
+    await db.put('h!1.2.3.78', Buffer.from('d87\xc8427b', 'latin1'));
+    const damaged: string[] = [];
+    const held: string[] = [];
+    for await (const batch of heldInstanceBatches(db, (key) => damaged.push(key))) held.push(...batch.map((h) => h.sopInstanceUid));
+    assert.ok(held.includes('1.2.3.77'));
+    assert.ok(!held.includes('1.2.3.78'));
+    assert.deepEqual(damaged, ['h!1.2.3.78']);
+    await db.batch([...catalogDeleteOps(entry), { type: 'del', key: 'h!1.2.3.78' }]);
+  });
+
   it('reads back what a batch wrote; counts and iterates', async () => {
     const entries = [
       makeEntry({ sopInstanceUid: '1.2.3.4.1' }),

@@ -46,6 +46,7 @@ const ACCESSION_NUMBER_TAG = 0x00080050;
 const EMPTY_VALUE = new Uint8Array(0);
 const ITERATOR_BATCH_SIZE = 1000;
 const UID_PATTERN = /^[0-9.]+$/;
+const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 export class CatalogKeyError extends Error {
   override readonly name = 'CatalogKeyError';
@@ -176,6 +177,12 @@ export class CatalogRecordError extends Error {
   }
 }
 
+/** Whether a catalog read failed because the catalog is damaged: a record's own check, or LevelDB's. */
+export function isCatalogDamage(error: unknown): boolean {
+  const e = error as { name?: unknown; code?: unknown; cause?: { code?: unknown } } | undefined;
+  return e?.name === 'CatalogRecordError' || e?.code === 'LEVEL_CORRUPTION' || e?.cause?.code === 'LEVEL_CORRUPTION';
+}
+
 /** The entry as a checked record (marker, CRC-32, msgpack), in a buffer of its own. */
 export function encodeCatalogEntry(entry: CatalogEntry): Uint8Array {
   const packed = pack(entry);
@@ -279,7 +286,15 @@ export function countInstances(db: CatalogDb): Promise<number> {
  * Every held instance (UID and SHA-256), in UID key order, in batches, from the held index alone. The next
  * batch is read while the caller works on the current one.
  */
-export async function* heldInstanceBatches(db: CatalogDb): AsyncGenerator<Array<{ sopInstanceUid: string; sha256: string }>> {
+/**
+ * The held index in batches. A record whose UID or SHA-256 is not well formed (damaged on disk) is passed
+ * to `onDamaged` and skipped: compared with a peer's copy, a damaged hash looked like two instances sent
+ * under one UID, at every site.
+ */
+export async function* heldInstanceBatches(
+  db: CatalogDb,
+  onDamaged: (key: string) => void = () => {},
+): AsyncGenerator<Array<{ sopInstanceUid: string; sha256: string }>> {
   const iterator = db.iterator(prefixRange(HELD_INDEX_PREFIX));
   let next = iterator.nextv(ITERATOR_BATCH_SIZE);
   try {
@@ -287,10 +302,14 @@ export async function* heldInstanceBatches(db: CatalogDb): AsyncGenerator<Array<
       const records = await next;
       if (records.length === 0) return;
       next = iterator.nextv(ITERATOR_BATCH_SIZE);
-      yield records.map(([key, value]) => ({
-        sopInstanceUid: key.slice(HELD_INDEX_PREFIX.length),
-        sha256: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1'),
-      }));
+      const batch: Array<{ sopInstanceUid: string; sha256: string }> = [];
+      for (const [key, value] of records) {
+        const sopInstanceUid = key.slice(HELD_INDEX_PREFIX.length);
+        const sha256 = Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1');
+        if (isValidUid(sopInstanceUid) && SHA256_HEX.test(sha256)) batch.push({ sopInstanceUid, sha256 });
+        else onDamaged(key);
+      }
+      yield batch;
     }
   } finally {
     // A read still running (the caller stopped early) must settle before the iterator closes.

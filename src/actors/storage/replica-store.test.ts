@@ -305,6 +305,33 @@ test('a catalog that lost its CURRENT file is set aside and rebuilt from the com
   assert.ok(readdirSync(dir).some((name) => name.startsWith('catalog.damaged-')), 'the damaged catalog is kept aside');
 });
 
+test('a catalog reported damaged while serving is set aside and rebuilt at the next open', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  for (const uid of ['1.2.3.31', '1.2.3.32']) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, 1));
+    await writer.commit(uid, entryFor(uid));
+  }
+  const reasons: string[] = [];
+  store.onCatalogDamage((reason) => reasons.push(reason));
+  store.reportCatalogDamage('C-FIND: Corruption: corrupted compressed block contents');
+  store.reportCatalogDamage('said once');
+  assert.deepEqual(reasons, ['C-FIND: Corruption: corrupted compressed block contents']);
+  await new Promise((resolve) => setTimeout(resolve, 50)); // the mark is written in the background
+  await store.close();
+
+  const notices: string[] = [];
+  const reopened = createReplicaStore({ path: dir, onOpenNotice: (message) => notices.push(message) });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.countInstances(), 2);
+  assert.match(notices.join('\n'), /found damaged while serving: set aside, rebuilt/);
+  assert.ok(!readdirSync(dir).includes('catalog-damaged'), 'the mark is gone once rebuilt');
+});
+
 test('a store written before the held index gets it at open: custody load and count read it alone', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

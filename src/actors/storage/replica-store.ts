@@ -23,7 +23,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, rename, stat, statfs } from 'node:fs/promises';
+import { readdir, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
@@ -207,6 +207,14 @@ export interface ReplicaStore {
   reportSuspectCopy(sopInstanceUid: string, reason: string): void;
   /** Listens to reportSuspectCopy; returns the unsubscribe function. */
   onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void;
+  /**
+   * The catalog itself is damaged (a record failed its check, LevelDB reported corruption): marks the
+   * store so that its next open sets the catalog aside and rebuilds it from the commit records, and tells
+   * the onCatalogDamage listeners, once; later reports are ignored.
+   */
+  reportCatalogDamage(reason: string): void;
+  /** Listens to reportCatalogDamage (called at most once); returns the unsubscribe function. */
+  onCatalogDamage(listener: (reason: string) => void): () => void;
   /** The write fault writes are refused for (message), or undefined while the store writes. */
   readonly writeFault: string | undefined;
   /** Listens to write faults and the reopenings that end them; returns the unsubscribe function. */
@@ -232,6 +240,8 @@ const blobPrefix = 'b!';
 const commitRecordSuffix = '~';
 /** The oldest blob id whose catalog entry may not be durable yet (see the checkpoint in the header comment). */
 const recoveryFromKey = 'm!recovery-from';
+/** A file beside the databases: the catalog was found damaged, so the next open rebuilds it. */
+const catalogDamagedMarker = 'catalog-damaged';
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
 const heldIndexBuiltKey = 'm!held-index';
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
@@ -516,11 +526,17 @@ class LevelReplicaStore implements ReplicaStore {
    */
   private async setAsideCatalogWithoutCurrent(): Promise<void> {
     const catalogDir = join(this.path, 'catalog');
+    const markerPath = join(this.path, catalogDamagedMarker);
+    const markedDamaged = existsSync(markerPath);
     const files = await databaseFilesWithoutCurrent(catalogDir);
-    if (files.length === 0) return;
-    const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-    await rename(catalogDir, setAsideDir);
-    this.onOpenNotice('the catalog had lost its CURRENT file: set aside, rebuilt from the instances\' commit records', { setAsideDir });
+    if (files.length === 0 && !markedDamaged) return;
+    if (existsSync(catalogDir)) {
+      const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+      await rename(catalogDir, setAsideDir);
+      const why = markedDamaged ? 'was found damaged while serving' : 'had lost its CURRENT file';
+      this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir });
+    }
+    await rm(markerPath, { force: true });
   }
 
   /**
@@ -729,6 +745,28 @@ class LevelReplicaStore implements ReplicaStore {
   onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void {
     this.suspectListeners.add(listener);
     return () => this.suspectListeners.delete(listener);
+  }
+
+  private catalogDamageReported = false;
+  private readonly catalogDamageListeners = new Set<(reason: string) => void>();
+
+  reportCatalogDamage(reason: string): void {
+    if (this.catalogDamageReported) return;
+    this.catalogDamageReported = true;
+    // The mark is what makes the next open rebuild; a failure to write it is for the listeners to say.
+    void writeFile(join(this.path, catalogDamagedMarker), `${reason}\n`).catch(() => {});
+    for (const listener of this.catalogDamageListeners) {
+      try {
+        listener(reason);
+      } catch {
+        // A listener's failure is its own.
+      }
+    }
+  }
+
+  onCatalogDamage(listener: (reason: string) => void): () => void {
+    this.catalogDamageListeners.add(listener);
+    return () => this.catalogDamageListeners.delete(listener);
   }
 
   /** readInstance; `report` false (verifying): a damaged copy is not reported suspect, and the cache is left alone. */

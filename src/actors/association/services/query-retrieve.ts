@@ -9,6 +9,8 @@ import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
+import { isCatalogDamage } from '../../storage/catalog.ts';
+import { errorText } from '../../runtime/logger.ts';
 import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
@@ -102,6 +104,7 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<v
       await ctx.send(findResponse(ctx.command, Status.Pending), encodeDataset(withRetrieveAeTitle(identifier, ctx.retrieveAeTitle), ctx.transferSyntaxUid));
     }
   } catch (error) {
+    if (isCatalogDamage(error)) store.reportCatalogDamage(`C-FIND: ${errorText(error)}`);
     await ctx.send(findResponse(ctx.command, Status.UnableToProcess, `query failed: ${error instanceof Error ? error.message : String(error)}`));
     return;
   }
@@ -174,6 +177,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     }
     entries = resolved.entries;
   } catch (error) {
+    if (isCatalogDamage(error)) store.reportCatalogDamage(`retrieve: ${errorText(error)}`);
     const status = error instanceof QueryError ? error.status : Status.UnableToProcess;
     await ctx.send(retrieveResponse(ctx, status, undefined, `retrieve lookup failed: ${error instanceof Error ? error.message : String(error)}`));
     return;

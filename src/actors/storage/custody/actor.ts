@@ -240,7 +240,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   async function loadDurable(): Promise<CustodyState> {
     // Hashing each batch into the digest while the next one is read (200,000 instances: ~0.8 s of each).
     const digest = createDigest();
-    for await (const batch of heldInstanceBatches(store.db)) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
+    const damagedHeld: string[] = [];
+    for await (const batch of heldInstanceBatches(store.db, (key) => damagedHeld.push(key))) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
+    if (damagedHeld.length > 0) store.reportCatalogDamage(`${damagedHeld.length} damaged held-index record(s), e.g. ${JSON.stringify(damagedHeld[0]!.slice(0, 80))}`);
     const damaged: string[] = [];
     const debt: DebtEntry[] = await store.listDebt((key) => damaged.push(key));
     if (damaged.length > 0) log.warn('damaged debt records skipped (repair finds the copies they owed)', { count: damaged.length, keys: damaged.slice(0, 10) });

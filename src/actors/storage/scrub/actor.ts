@@ -9,7 +9,7 @@ import type { Clock } from '../../runtime/clock.ts';
 import { errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../../runtime/ticker.ts';
-import { catalogPage, decodeCatalogEntry } from '../catalog.ts';
+import { catalogPage, decodeCatalogEntry, isCatalogDamage } from '../catalog.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import type { ReplicaStore } from '../replica-store.ts';
 import { validateCatalogEntry } from '../replication.ts';
@@ -76,8 +76,10 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     try {
       const page = await catalogPage(store.db, afterUid, limit, decodeChecked);
       for (const uid of page.undecodable) log.error('scrub: catalog record does not decode to a valid entry; skipped', { sopInstanceUid: uid });
+      if (page.undecodable.length > 0) store.reportCatalogDamage(`scrub: ${page.undecodable.length} catalog record(s) damaged, e.g. ${page.undecodable[0]}`);
       return { type: 'listed', entries: page.entries, lastUid: page.lastUid, end: page.end, nowMs: clock.nowMs() };
     } catch (error) {
+      if (isCatalogDamage(error)) store.reportCatalogDamage(`scrub: ${errorText(error)}`);
       return { type: 'listFailed', error: errorText(error), nowMs: clock.nowMs() };
     }
   }
