@@ -332,6 +332,23 @@ test('a catalog reported damaged while serving is set aside and rebuilt at the n
   assert.ok(!readdirSync(dir).includes('catalog-damaged'), 'the mark is gone once rebuilt');
 });
 
+test('a data directory deleted under the running store: the next commit is refused and the store faults, not acknowledged', async (t) => {
+  const parent = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(parent, { recursive: true, force: true }));
+  const dir = join(parent, 'store');
+  const store = createReplicaStore({ path: dir, chunkBytes: 100, reopenAfterFaultMs: 60_000 });
+  await store.open();
+  t.after(() => store.close());
+  const first = store.beginWrite();
+  await first.write(Buffer.alloc(150, 1));
+  await first.commit('1.2.3.41', entryFor('1.2.3.41'));
+  rmSync(dir, { recursive: true, force: true });
+  const second = store.beginWrite();
+  await second.write(Buffer.alloc(150, 2));
+  await assert.rejects(second.commit('1.2.3.42', entryFor('1.2.3.42')), /deleted or moved/);
+  assert.match(store.writeFault ?? '', /deleted or moved/);
+});
+
 test('a store written before the held index gets it at open: custody load and count read it alone', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -429,8 +429,17 @@ class LevelReplicaStore implements ReplicaStore {
     // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
     if (synced.status === 'rejected') throw synced.reason;
     if (found.status === 'rejected') throw found.reason;
+    // A data directory deleted under a running peer takes synced writes into files no open will find
+    // again (LevelDB notices only when it next creates a file): refused and faulted, not acknowledged.
+    await this.written(this.assertDataDirectoryPresent());
     return found.value;
   }, commitsPerBatchMax);
+
+  private async assertDataDirectoryPresent(): Promise<void> {
+    if (existsSync(join(this.path, 'blobs', 'CURRENT'))) return;
+    const error = new Error(`IO error: ${this.path}: the data directory was deleted or moved while the peer ran; restart the peer`);
+    throw Object.assign(error, { code: 'LEVEL_IO_ERROR' });
+  }
   /** Unsynced catalog writes (commits' entries, see the header comment; debt), one batch for those waiting. */
   readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
     await this.written(this.db.batch(writes.flat()));
