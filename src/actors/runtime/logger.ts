@@ -28,5 +28,10 @@ export const silentLogger: Logger = createLogger({}, 'silent');
 
 /** What to log of something thrown: an Error's message, else the value itself as text. */
 export function errorText(error: unknown): string {
+  // Some libp2p streams reject with a DOM Event (an abort or close event) rather than an Error.
+  if (typeof Event !== 'undefined' && error instanceof Event) {
+    const inner = (error as Event & { error?: unknown }).error;
+    return inner === undefined ? `${error.type} event` : errorText(inner);
+  }
   return String((error as Error)?.message ?? error);
 }
