@@ -453,6 +453,31 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     assert.equal(decodeEnvelope<{ type: string; code: string }>(answer!, { maxBytes: 64 * 1024 }).code, 'ERR_REPLICATION_MALFORMED');
   });
 
+  it('replicate-batch: a receiver whose store stalls mid-batch is given up after stallTimeoutMs, not the transfer deadline', async () => {
+    const entries = [await storeLocally(storeA, '1.2.3.9.1', randomBytes(20_000)), await storeLocally(storeA, '1.2.3.9.2', randomBytes(20_000))];
+    // What a faulted store did: its commits waited on the reopening database, so the batch got no answer.
+    const release = Promise.withResolvers<void>();
+    const beginWrite = storeB.beginWrite.bind(storeB);
+    storeB.beginWrite = () => {
+      const writer = beginWrite();
+      const commit = writer.commit.bind(writer);
+      writer.commit = async (...args) => {
+        await release.promise;
+        return commit(...args);
+      };
+      return writer;
+    };
+    try {
+      await assert.rejects(
+        replicateBatchTo(a, b.peerId, storeA, entries, { limits: { stallTimeoutMs: 400 } }),
+        (error: unknown) => error instanceof ReplicationError && error.code === 'ERR_REPLICATION_STALLED',
+      );
+    } finally {
+      storeB.beginWrite = beginWrite;
+      release.resolve();
+    }
+  });
+
   it('debt entries persist, list and delete', async () => {
     await storeB.updateDebt(
       [

@@ -53,7 +53,9 @@ export type ReplicationErrorCode =
   | 'ERR_REPLICATION_MALFORMED'
   | 'ERR_REPLICATION_MISMATCH'
   /** This site's own copy could not be read whole (StoreError ERR_STORE_CORRUPT): retrying soon will not help. */
-  | 'ERR_REPLICATION_SOURCE_UNREADABLE';
+  | 'ERR_REPLICATION_SOURCE_UNREADABLE'
+  /** A batch moved no byte and got no answer for stallTimeoutMs. */
+  | 'ERR_REPLICATION_STALLED';
 
 export class ReplicationError extends Error {
   static readonly NAME = 'ReplicationError';
@@ -97,6 +99,12 @@ export interface ReplicationLimits {
   /** Deadline of one whole transfer (replicate, fetch) and of one small exchange. */
   transferTimeoutMs: number;
   exchangeTimeoutMs: number;
+  /**
+   * A replicate-batch that moves no byte and gets no answer for this long is given up (its copies are
+   * offered again later), well before transferTimeoutMs: a receiver whose store faulted mid-batch held
+   * the sender's whole queue to that peer for up to the transfer deadline.
+   */
+  stallTimeoutMs: number;
 }
 
 export const defaultReplicationLimits: ReplicationLimits = {
@@ -115,6 +123,7 @@ export const defaultReplicationLimits: ReplicationLimits = {
   custodyMessagesPerStreamMax: 64,
   transferTimeoutMs: 10 * 60_000,
   exchangeTimeoutMs: 15_000,
+  stallTimeoutMs: 60_000,
 };
 
 type Refused = { type: 'refused'; code: string; message: string };
@@ -171,6 +180,7 @@ async function writeBody(
   entry: CatalogEntry,
   chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   signal: AbortSignal,
+  onProgress: () => void = () => {},
 ): Promise<unknown> {
   await stream.writer.stageUint64(entry.byteLength, { signal });
   const source = Symbol.asyncIterator in chunks ? chunks[Symbol.asyncIterator]() : chunks[Symbol.iterator]();
@@ -191,6 +201,7 @@ async function writeBody(
         break;
       }
       await stream.writer.write(next.value, { signal });
+      onProgress();
       sent += next.value.byteLength;
     }
   } finally {
@@ -719,10 +730,59 @@ export async function replicateBatchTo(
     options.phases?.flowed();
     return outcomes;
   }
-  const signal = deadline(options, limits.transferTimeoutMs);
+  const stall = stallWatch(deadline(options, limits.transferTimeoutMs), limits.stallTimeoutMs);
+  const { signal, touch } = stall;
+  try {
+    return await replicateBatchOver(node, peerId, store, entries, offer, limits, options, signal, touch);
+  } catch (error) {
+    if (!stall.stalled) throw error;
+    throw new ReplicationError('ERR_REPLICATION_STALLED', `replicate-batch to ${peerId}: no byte moved and no answer for ${limits.stallTimeoutMs / 1000} s (the receiver may be stalled); offered again later`, { cause: error });
+  } finally {
+    stall.stop();
+  }
+}
+
+/**
+ * A signal that also aborts when `touch` was not called for `idleMs`: a peer that stopped reading or
+ * answering. Checked a few times per idleMs, so it aborts between idleMs and 1.25 x idleMs.
+ */
+function stallWatch(parent: AbortSignal, idleMs: number): { signal: AbortSignal; touch(): void; stop(): void; readonly stalled: boolean } {
+  const controller = new AbortController();
+  let lastProgressMs = performance.now();
+  let stalled = false;
+  const timer = setInterval(() => {
+    if (performance.now() - lastProgressMs < idleMs) return;
+    stalled = true;
+    controller.abort(new Error(`no progress for ${idleMs} ms`));
+    clearInterval(timer);
+  }, Math.max(10, idleMs / 4));
+  timer.unref();
+  return {
+    signal: AbortSignal.any([parent, controller.signal]),
+    touch: () => (lastProgressMs = performance.now()),
+    stop: () => clearInterval(timer),
+    get stalled() {
+      return stalled;
+    },
+  };
+}
+
+async function replicateBatchOver(
+  node: MeshNode,
+  peerId: string,
+  store: ReplicaStore,
+  entries: readonly CatalogEntry[],
+  offer: Uint8Array,
+  limits: ReplicationLimits,
+  options: ClientOptions,
+  signal: AbortSignal,
+  touch: () => void,
+): Promise<BatchOutcome[]> {
   return withStream(node, peerId, REPLICATE_BATCH_PROTOCOL, signal, async (stream) => {
     await stream.writer.writeFrame(offer, { signal });
+    touch();
     const want = await readRequestFrame<WantAnswer>(stream, limits.frameBytesMax, signal);
+    touch();
     if (want.type === 'refused') throw refusedError(want);
     if (want.type !== 'want' || !Array.isArray(want.indices)) throw unexpected('offerBatch', want);
     options.phases?.flowing();
@@ -735,10 +795,11 @@ export async function replicateBatchTo(
     // Copies that could not be read here went out padded: the receiver fails each alone, the rest travel.
     const unreadable = new Map<string, unknown>();
     for await (const { entry, chunks } of store.readInstances(sent)) {
-      const readError = await writeBody(stream, entry, chunks, signal);
+      const readError = await writeBody(stream, entry, chunks, signal, touch);
       if (readError !== undefined) unreadable.set(entry.sopInstanceUid, readError);
     }
     await stream.closeWrite({ signal });
+    touch();
     options.phases?.flowed();
     const answer = await readRequestFrame<BatchAnswer>(stream, limits.frameBytesMax, signal);
     if (answer.type === 'refused') throw refusedError(answer);
