@@ -134,6 +134,13 @@ test('a disconnect right after this process stood still makes a member suspect, 
   assert.equal(statusOf(s, 'peer-c'), 'dead', 'long after the stall a disconnect is a death again');
 });
 
+test('a disconnect handled before the first tick after a stall also makes the member suspect', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, ...ticks(0, 500)).state;
+  s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 10_500 }).state; // resumed: the close event runs first
+  assert.equal(statusOf(s, 'peer-b'), 'suspect');
+});
+
 test('a known peer heartbeating under another site name is reported (copies owed to the old site wait)', () => {
   const s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
   const renamed = run(s, { type: 'heartbeatReceived', heartbeat: { ...heartbeat('peer-b', 2, 1), siteName: 'site-x' }, nowMs: 100 });

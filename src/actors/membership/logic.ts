@@ -210,7 +210,9 @@ function onDisconnected(state: MembershipState, peerId: string, nowMs: number): 
   // Unless this process has just stood still: the others closed connections to a peer that did not
   // answer, and reconnect within moments. Suspect until then (out of elections; a retrieve answers 0xA701
   // rather than Success from the local copies alone), dead by silence if it does not come back.
-  const afterOwnStall = state.lastStallAtMs !== null && nowMs - state.lastStallAtMs < state.config.deadAfterMs;
+  // (Also when the stall is still being found out: connection-close events can run before the first tick.)
+  const stallingNow = state.lastTickAtMs !== null && nowMs - state.lastTickAtMs > state.config.heartbeatIntervalMs;
+  const afterOwnStall = stallingNow || (state.lastStallAtMs !== null && nowMs - state.lastStallAtMs < state.config.deadAfterMs);
   const status: MemberStatus = afterOwnStall ? 'suspect' : 'dead';
   if (known.status === status) return { state, effects: [] };
   const record: MemberRecord = { ...known, status, statusSinceMs: nowMs };

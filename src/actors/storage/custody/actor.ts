@@ -49,7 +49,7 @@ import {
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { createDigest, digestAdd } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, holdsNothingMore, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry } from './messages.ts';
 
 export interface CustodyStats {
@@ -634,7 +634,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     log,
     peers: peersToAsk,
     peersUnreachable,
-    holdsNothingMore: (peerId) => current.digestRoot !== '' && members.some((m) => m.peerId === peerId && m.digestRoot === current.digestRoot),
+    holdsNothingMore: (peerId) => holdsNothingMore(members, peerId, current.digestRoot),
     limits: init.limits,
     signal: shutdown.signal,
     onFetched: (entry: CatalogEntry, fromPeerId: string) =>

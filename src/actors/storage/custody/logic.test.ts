@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, initCustody, knownSiteRefreshMs, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
 const config: CustodyConfig = {
@@ -454,4 +454,14 @@ test('a UID holding other bytes at another peer is reported once, and neither pu
   const again = run(s, { type: 'messageReceived', from: 'peer-c', message: repairKeys, nowMs: 1 });
   assert.equal(again.effects.filter((e) => e.type === 'uidConflict').length, 0, 'reported once per UID');
   assert.equal(again.state.uidConflicts.size, 1);
+});
+
+test('holdsNothingMore trusts only an alive member\'s digest root: a suspect one\'s is from before its silence', () => {
+  const withRoot = (peerId: string, status: MemberStatus, digestRoot: string): MemberRecord => ({ ...member(peerId, status), digestRoot });
+  const members = [withRoot('peer-b', 'alive', 'r1'), withRoot('peer-c', 'suspect', 'r1'), withRoot('peer-d', 'alive', 'r2')];
+  assert.equal(holdsNothingMore(members, 'peer-b', 'r1'), true);
+  assert.equal(holdsNothingMore(members, 'peer-c', 'r1'), false, 'a paused peer resuming still holds the roots of before its pause');
+  assert.equal(holdsNothingMore(members, 'peer-d', 'r1'), false);
+  assert.equal(holdsNothingMore(members, 'peer-b', ''), false, 'an empty store knows nothing');
+  assert.equal(holdsNothingMore(members, 'peer-x', 'r1'), false);
 });

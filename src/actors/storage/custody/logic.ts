@@ -586,6 +586,15 @@ function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
  * are alive, plus pulls. Copies owed to absent sites wait for them, not for this peer, so they do not
  * make it look busy to the balancer (which would send its own site's associations elsewhere).
  */
+/**
+ * Whether a peer holds nothing this one lacks, as far as this one knows: it is alive and its last digest
+ * root equals `ownRoot`. A suspect or dead member's root dates from before its silence (or from before
+ * this process's own pause) and may hide what it stored since, so it is never trusted.
+ */
+export function holdsNothingMore(members: readonly MemberRecord[], peerId: string, ownRoot: string): boolean {
+  return ownRoot !== '' && members.some((m) => m.peerId === peerId && m.status === 'alive' && m.digestRoot === ownRoot);
+}
+
 export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number } {
   let owedToAlive = 0;
   for (const { siteName } of aliveReplicaTargets(state.members, state.config.selfSiteName)) owedToAlive += state.debtBySite.get(siteName) ?? 0;
