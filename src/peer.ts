@@ -83,7 +83,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const stopLoggingFaults = store.onWriteFault((event) => {
     switch (event.type) {
       case 'faulted':
-        log.error('the store stopped writing (stores are refused with 0xA700 until it reopens: free disk space)', { error: event.error });
+        log.error('the store stopped writing: stores are refused with 0xA700 until it reopens (on a full disk, free space; a deleted data directory needs a restart)', { error: event.error });
         break;
       case 'reopenFailed':
         log.error('the store could not reopen yet', { error: event.error, nextTryInMs: event.nextTryInMs });

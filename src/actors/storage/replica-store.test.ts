@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -328,7 +328,7 @@ test('a catalog reported damaged while serving is set aside and rebuilt at the n
   await reopened.open();
   t.after(() => reopened.close());
   assert.equal(await reopened.countInstances(), 2);
-  assert.match(notices.join('\n'), /found damaged while serving: set aside, rebuilt/);
+  assert.match(notices.join('\n'), /found damaged: set aside, rebuilt/);
   assert.ok(!readdirSync(dir).includes('catalog-damaged'), 'the mark is gone once rebuilt');
 });
 
@@ -347,6 +347,30 @@ test('a data directory deleted under the running store: the next commit is refus
   await second.write(Buffer.alloc(150, 2));
   await assert.rejects(second.commit('1.2.3.42', entryFor('1.2.3.42')), /deleted or moved/);
   assert.match(store.writeFault ?? '', /deleted or moved/);
+});
+
+test('a catalog LevelDB finds corrupt at open (a damaged MANIFEST) is set aside and rebuilt, not a start that fails forever', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  for (const uid of ['1.2.3.51', '1.2.3.52']) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, 3));
+    await writer.commit(uid, entryFor(uid));
+  }
+  await store.close();
+  const manifest = join(dir, 'catalog', readdirSync(join(dir, 'catalog')).find((name) => name.startsWith('MANIFEST-'))!);
+  const bytes = readFileSync(manifest);
+  for (let at = 8; at < bytes.length; at += 16) bytes[at]! ^= 0x5a;
+  writeFileSync(manifest, bytes);
+
+  const notices: string[] = [];
+  const reopened = createReplicaStore({ path: dir, onOpenNotice: (message) => notices.push(message) });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.countInstances(), 2);
+  assert.match(notices.join('\n'), /found damaged: set aside, rebuilt/);
 });
 
 test('a store written before the held index gets it at open: custody load and count read it alone', async (t) => {

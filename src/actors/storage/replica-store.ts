@@ -22,15 +22,15 @@
  * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { readdir, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { HELD_INDEX_PREFIX, buildHeldIndex, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { HELD_INDEX_PREFIX, buildHeldIndex, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -55,8 +55,9 @@ export class StoreError extends Error {
   constructor(
     readonly code: StoreErrorCode,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
   }
 }
 
@@ -94,7 +95,7 @@ export function storageErrorText(error: unknown): string {
 /** Why a store could not open, for the operator: abstract-level's "Database failed to open" says why only in its cause. */
 function openError(path: string, error: unknown): StoreError {
   const cause = (error as { cause?: unknown })?.cause;
-  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${cause === undefined ? errorText(error) : errorText(cause)}`);
+  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${cause === undefined ? errorText(error) : errorText(cause)}`, { cause: error });
 }
 
 /**
@@ -467,7 +468,23 @@ class LevelReplicaStore implements ReplicaStore {
     this.onOpenNotice = init.onOpenNotice ?? (() => {});
   }
 
+  /**
+   * Opens both databases and recovers. A catalog LevelDB finds corrupt on the way is set aside and
+   * rebuilt from the commit records (once): otherwise every start failed the same way and the site stayed
+   * down. (Should the corruption have been in the blobs, the second attempt fails as the first did.)
+   */
   async open(): Promise<void> {
+    try {
+      await this.openOnce();
+    } catch (error) {
+      const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' ? error.cause : undefined;
+      if (!isCatalogDamage(cause) && !isCatalogDamage((cause as { cause?: unknown } | undefined)?.cause)) throw error;
+      writeFileSync(join(this.path, catalogDamagedMarker), `at open: ${errorText(error)}\n`);
+      await this.openOnce();
+    }
+  }
+
+  private async openOnce(): Promise<void> {
     if (existsSync(join(this.path, 'CURRENT'))) {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
@@ -542,8 +559,9 @@ class LevelReplicaStore implements ReplicaStore {
     if (existsSync(catalogDir)) {
       const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
       await rename(catalogDir, setAsideDir);
-      const why = markedDamaged ? 'was found damaged while serving' : 'had lost its CURRENT file';
-      this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir });
+      const why = markedDamaged ? 'was found damaged' : 'had lost its CURRENT file';
+      const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
+      this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir, ...(reason && { reason }) });
     }
     await rm(markerPath, { force: true });
   }
@@ -762,8 +780,12 @@ class LevelReplicaStore implements ReplicaStore {
   reportCatalogDamage(reason: string): void {
     if (this.catalogDamageReported) return;
     this.catalogDamageReported = true;
-    // The mark is what makes the next open rebuild; a failure to write it is for the listeners to say.
-    void writeFile(join(this.path, catalogDamagedMarker), `${reason}\n`).catch(() => {});
+    // The mark is what makes the next open rebuild, written at once: the peer may be about to stop.
+    try {
+      writeFileSync(join(this.path, catalogDamagedMarker), `${reason}\n`);
+    } catch {
+      // Unwritable (a full disk): the listeners still say what is wrong and what to do.
+    }
     for (const listener of this.catalogDamageListeners) {
       try {
         listener(reason);

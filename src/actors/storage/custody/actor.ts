@@ -30,7 +30,7 @@ import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 import { errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
-import { heldInstanceBatches } from '../catalog.ts';
+import { heldInstanceBatches, isCatalogDamage } from '../catalog.ts';
 import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
@@ -241,7 +241,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     // Hashing each batch into the digest while the next one is read (200,000 instances: ~0.8 s of each).
     const digest = createDigest();
     const damagedHeld: string[] = [];
-    for await (const batch of heldInstanceBatches(store.db, (key) => damagedHeld.push(key))) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
+    try {
+      for await (const batch of heldInstanceBatches(store.db, (key) => damagedHeld.push(key))) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
+    } catch (error) {
+      // Marked, the next start rebuilds the catalog; this one cannot go on without the held index.
+      if (isCatalogDamage(error)) store.reportCatalogDamage(`custody load: ${errorText(error)}`);
+      throw error;
+    }
     if (damagedHeld.length > 0) store.reportCatalogDamage(`${damagedHeld.length} damaged held-index record(s), e.g. ${JSON.stringify(damagedHeld[0]!.slice(0, 80))}`);
     const damaged: string[] = [];
     const debt: DebtEntry[] = await store.listDebt((key) => damaged.push(key));
