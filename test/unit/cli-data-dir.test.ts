@@ -171,8 +171,15 @@ test('an unhandled rejection inside a running peer is reported on stderr and the
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.match(stderr, /ERR_UNHANDLED_REJECTION \(a bug; the peer serves on\): Error: probe rejection/);
-  const health = await fetch(`http://127.0.0.1:${httpPort}/healthz`, { signal: AbortSignal.timeout(3000) });
-  assert.equal(health.status, 200);
+  // The rejection may come before the HTTP port listens (the handler is installed first): the peer
+  // serving means it starts and answers, so /healthz is polled until it does.
+  let healthStatus = 0;
+  while (healthStatus !== 200) {
+    assert.ok(Date.now() < deadline, `/healthz never answered 200 after the rejection: ${stderr}`);
+    assert.equal(child.exitCode, null, `the peer exited: ${stderr}`);
+    healthStatus = await fetch(`http://127.0.0.1:${httpPort}/healthz`, { signal: AbortSignal.timeout(3000) }).then((r) => r.status, () => 0);
+    if (healthStatus !== 200) await new Promise((r) => setTimeout(r, 100));
+  }
   child.kill('SIGTERM');
   assert.equal(await exited, 0, stderr);
 });
