@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -275,17 +275,23 @@ test('power cut after the synced blob commit: open() restores the catalog entry 
   assert.equal(await reopened.countInstances(), 2);
 });
 
-test('a catalog that lost its CURRENT file is set aside and rebuilt from the commit records, not opened empty', async (t) => {
+/** A fresh store in a temp directory (removed after the test) holding `uids`, each 150 bytes of `fill`. */
+async function storeHolding(t: TestContext, uids: readonly string[], fill = 1): Promise<{ dir: string; store: ReplicaStore }> {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const uids = ['1.2.3.21', '1.2.3.22', '1.2.3.23'];
-  const first = createReplicaStore({ path: dir, chunkBytes: 100 });
-  await first.open();
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
   for (const uid of uids) {
-    const writer = first.beginWrite();
-    await writer.write(Buffer.alloc(250, uid.length));
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, fill));
     await writer.commit(uid, entryFor(uid));
   }
+  return { dir, store };
+}
+
+test('a catalog that lost its CURRENT file is set aside and rebuilt from the commit records, not opened empty', async (t) => {
+  const uids = ['1.2.3.21', '1.2.3.22', '1.2.3.23'];
+  const { dir, store: first } = await storeHolding(t, uids, 8);
   await first.close();
   // A second open moves the entries from the log into a table and checkpoints into the new log: the
   // state in which a lost CURRENT left only the checkpoint, so recovery skipped every commit record.
@@ -299,22 +305,14 @@ test('a catalog that lost its CURRENT file is set aside and rebuilt from the com
   await reopened.open();
   t.after(() => reopened.close());
   assert.equal(await reopened.countInstances(), 3);
-  for (const uid of uids) assert.deepEqual(await readAll(reopened, uid), Buffer.alloc(250, uid.length));
+  for (const uid of uids) assert.deepEqual(await readAll(reopened, uid), Buffer.alloc(150, 8));
   assert.equal(notices.length, 1);
   assert.match(notices[0]!.message, /lost its CURRENT file/);
   assert.ok(readdirSync(dir).some((name) => name.startsWith('catalog.damaged-')), 'the damaged catalog is kept aside');
 });
 
 test('a catalog reported damaged while serving is set aside and rebuilt at the next open', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
-  await store.open();
-  for (const uid of ['1.2.3.31', '1.2.3.32']) {
-    const writer = store.beginWrite();
-    await writer.write(Buffer.alloc(150, 1));
-    await writer.commit(uid, entryFor(uid));
-  }
+  const { dir, store } = await storeHolding(t, ['1.2.3.31', '1.2.3.32']);
   const reasons: string[] = [];
   store.onCatalogDamage((reason) => reasons.push(reason));
   store.reportCatalogDamage('C-FIND: Corruption: corrupted compressed block contents');
@@ -350,15 +348,7 @@ test('a data directory deleted under the running store: the next commit is refus
 });
 
 test('a catalog LevelDB finds corrupt at open (a damaged MANIFEST) is set aside and rebuilt, not a start that fails forever', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
-  await store.open();
-  for (const uid of ['1.2.3.51', '1.2.3.52']) {
-    const writer = store.beginWrite();
-    await writer.write(Buffer.alloc(150, 3));
-    await writer.commit(uid, entryFor(uid));
-  }
+  const { dir, store } = await storeHolding(t, ['1.2.3.51', '1.2.3.52'], 3);
   await store.close();
   const manifest = join(dir, 'catalog', readdirSync(join(dir, 'catalog')).find((name) => name.startsWith('MANIFEST-'))!);
   const bytes = readFileSync(manifest);
