@@ -477,12 +477,20 @@ class LevelReplicaStore implements ReplicaStore {
     try {
       await this.openOnce();
     } catch (error) {
-      const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' ? error.cause : undefined;
-      if (!isCatalogDamage(cause) && !isCatalogDamage((cause as { cause?: unknown } | undefined)?.cause)) throw error;
+      // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
+      const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
+      if (!isCatalogDamage(cause)) throw error;
       writeFileSync(join(this.path, catalogDamagedMarker), `at open: ${errorText(error)}\n`);
-      await this.openOnce();
+      try {
+        await this.openOnce();
+      } catch (retryError) {
+        throw new StoreError('ERR_STORE_OPEN', `${errorText(error)}; with the catalog set aside: ${errorText(retryError)}`, { cause: error });
+      }
     }
   }
+
+  /** The last openOnce failed opening the blob database (not the catalog, not recovery). */
+  private blobOpenFailed = false;
 
   private async openOnce(): Promise<void> {
     if (existsSync(join(this.path, 'CURRENT'))) {
@@ -490,9 +498,12 @@ class LevelReplicaStore implements ReplicaStore {
     }
     await refuseDatabaseWithoutCurrent(join(this.path, 'blobs'));
     await this.setAsideCatalogWithoutCurrent();
+    this.blobOpenFailed = false;
     try {
       await this.db.open();
+      this.blobOpenFailed = true;
       await this.blobDb.open();
+      this.blobOpenFailed = false;
     } catch (error) {
       if (this.db.status === 'open') await this.db.close();
       if ((error as { cause?: { code?: unknown } }).cause?.code === 'LEVEL_LOCKED') {
