@@ -35,3 +35,27 @@ export function errorText(error: unknown): string {
   }
   return String((error as Error)?.message ?? error);
 }
+
+/**
+ * Warnings that can repeat many times a second (a peer whose store refuses every stream): the first per
+ * key in each `intervalMs` is logged, the others counted and reported on the next line logged for that
+ * key (`repeatsNotLogged`). At most `keysMax` keys are tracked; the oldest is dropped beyond that.
+ */
+export function createRepeatLimiter(log: Logger, intervalMs: number, nowMs: () => number = () => performance.now(), keysMax = 1024) {
+  const byKey = new Map<string, { lastLoggedMs: number; repeatsNotLogged: number }>();
+  return {
+    warn(key: string, message: string, fields: Record<string, unknown> = {}): void {
+      const now = nowMs();
+      const seen = byKey.get(key);
+      if (seen !== undefined && now - seen.lastLoggedMs < intervalMs) {
+        seen.repeatsNotLogged++;
+        return;
+      }
+      const repeatsNotLogged = seen?.repeatsNotLogged ?? 0;
+      byKey.delete(key);
+      byKey.set(key, { lastLoggedMs: now, repeatsNotLogged: 0 });
+      if (byKey.size > keysMax) byKey.delete(byKey.keys().next().value!);
+      log.warn(message, repeatsNotLogged > 0 ? { ...fields, repeatsNotLogged } : fields);
+    },
+  };
+}

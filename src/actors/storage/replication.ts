@@ -32,7 +32,7 @@
 import { EnvelopeError, decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
-import { errorText, type Logger } from '../runtime/logger.ts';
+import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
@@ -477,6 +477,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const fetchSlots = new Slots(limits.inboundFetchesMax);
   const custodySlots = new Slots(limits.inboundCustodyMessagesMax);
   const querySlots = new Slots(limits.inboundQueriesMax);
+  // A peer whose store refuses every stream (a full disk) fails several a second: one line per 5 s each.
+  const failures = createRepeatLimiter(log, 5_000);
 
   /**
    * Runs a handler within its slot and deadline (null: the handler keeps its own deadlines); any failure is
@@ -494,7 +496,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       try {
         await body(stream, signal);
       } catch (error) {
-        log.warn('custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
+        failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
         if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
         else await answerAndClose(stream, refusalOf(error), signal);
       } finally {

@@ -27,7 +27,7 @@ import { randomUUID } from 'node:crypto';
 import type { IngestPort } from '../../association/services/deps.ts';
 import type { MemberRecord } from '../../membership/messages.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
-import { errorText, type Logger } from '../../runtime/logger.ts';
+import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { heldInstanceBatches, isCatalogDamage } from '../catalog.ts';
@@ -452,6 +452,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     inputs(outcomes);
   }, batchLimits);
 
+  // A peer that cannot serve pulls (its store faulted) fails several batches a second: one line per 5 s.
+  const pullFailures = createRepeatLimiter(log, 5_000);
   /** Repair pulls, per peer, over fetch-batch/1. */
   const pulls = new PeerBatches<string>(batchEntriesMax, async (peerId, uids, phases) => {
     let outcomes: FetchBatchOutcome[];
@@ -459,7 +461,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     try {
       outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal, phases });
     } catch (error) {
-      if (!stopped) log.warn('repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
+      if (!stopped) pullFailures.warn(peerId, 'repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
       outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
       batchFailed = true;
     }
@@ -469,7 +471,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         results.push({ type: 'replicaStored', sopInstanceUid: outcome.sopInstanceUid, sha256: outcome.entry.sha256, fromPeerId: peerId, nowMs: clock.nowMs() });
         continue;
       }
-      if ('error' in outcome && !batchFailed && !stopped) log.warn('repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: errorText(outcome.error) });
+      if ('error' in outcome && !batchFailed && !stopped) pullFailures.warn(peerId, 'repair pull failed', { sopInstanceUid: outcome.sopInstanceUid, from: peerId, error: errorText(outcome.error) });
       results.push({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
     inputs(results);
