@@ -47,7 +47,7 @@ export function parseQueryIdentifier(
   try {
     elements = parseDataset(identifier, transferSyntaxUid, { includeSkippedElements: true }).elements;
   } catch (error) {
-    return { ok: false, status: Status.CannotUnderstand, comment: `cannot parse identifier: ${error instanceof Error ? error.message : String(error)}` };
+    return { ok: false, status: Status.CannotUnderstand, comment: `cannot parse identifier: ${errorText(error)}` };
   }
   const levelElement = elements.find((e) => e.tag === Tags.QueryRetrieveLevel);
   const level = levelElement?.value?.trim().toUpperCase();
@@ -105,7 +105,7 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<v
     }
   } catch (error) {
     if (isCatalogDamage(error)) store.reportCatalogDamage(`C-FIND: ${errorText(error)}`);
-    await ctx.send(findResponse(ctx.command, Status.UnableToProcess, `query failed: ${error instanceof Error ? error.message : String(error)}`));
+    await ctx.send(findResponse(ctx.command, Status.UnableToProcess, `query failed: ${errorText(error)}`));
     return;
   }
   await ctx.send(findResponse(ctx.command, ctx.isCancelled() ? Status.Cancel : Status.Success));
@@ -170,8 +170,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       return;
     }
     if (resolved.peersMissed !== undefined && resolved.peersMissed.length > 0) {
-      // Sending what is here and answering Success would pass a partial study off as the whole one.
-      const comment = `${resolved.peersMissed.length} peer(s) holding instances not here yet did not answer: retry`;
+      // Sending what is here and answering Success would pass a partial study off as the whole one. (The
+      // comment must fit the 64 characters of an Error Comment; peers not asked yet count as silent.)
+      const comment = `${resolved.peersMissed.length} peer(s) that may hold matches did not answer: retry`;
       await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesMatches, undefined, comment));
       return;
     }
@@ -179,7 +180,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   } catch (error) {
     if (isCatalogDamage(error)) store.reportCatalogDamage(`retrieve: ${errorText(error)}`);
     const status = error instanceof QueryError ? error.status : Status.UnableToProcess;
-    await ctx.send(retrieveResponse(ctx, status, undefined, `retrieve lookup failed: ${error instanceof Error ? error.message : String(error)}`));
+    await ctx.send(retrieveResponse(ctx, status, undefined, `retrieve lookup failed: ${errorText(error)}`));
     return;
   }
   const counts: SubOperationCounts = { remaining: entries.length, completed: 0, failed: 0, warning: 0, failedUids: [] };
@@ -191,7 +192,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   try {
     target = await ctx.openTarget(entries);
   } catch (error) {
-    await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${error instanceof Error ? error.message : String(error)}`));
+    await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`));
     return;
   }
   try {
