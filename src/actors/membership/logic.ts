@@ -121,14 +121,21 @@ export function liveView(state: MembershipState, nowMs: number): MemberRecord[] 
   return viewMembers(state, nowMs).filter((m) => m.status === 'alive');
 }
 
+/**
+ * How long this process stood still before `nowMs`. Ticks come far more often than heartbeats, so a gap
+ * since the last tick longer than a heartbeat interval means it was stopped (SIGSTOP, a long GC pause, a
+ * frozen VM) while the others' heartbeats waited unread in its sockets: that time is not their silence.
+ */
+function stalledMsAt(state: MembershipState, nowMs: number): number {
+  return state.lastTickAtMs === null ? 0 : Math.max(0, nowMs - state.lastTickAtMs - state.config.heartbeatIntervalMs);
+}
+
 function onTick(state: MembershipState, nowMs: number): MembershipStep {
   const effects: MembershipEffect[] = [];
   const c = state.config;
-  // Ticks come far more often than heartbeats. A gap longer than a heartbeat interval means this process
-  // stood still (SIGSTOP, a long GC pause, a frozen VM): the others' heartbeats wait unread in the sockets,
-  // so that time is not their silence. Without this credit every peer turned dead at once on resuming,
-  // and a retrieve in that moment answered Success with only the local copies.
-  const stalledMs = state.lastTickAtMs === null ? 0 : Math.max(0, nowMs - state.lastTickAtMs - c.heartbeatIntervalMs);
+  // Credited to every member: without it every peer turned dead at once on resuming, and a retrieve in
+  // that moment answered Success with only the local copies.
+  const stalledMs = stalledMsAt(state, nowMs);
   let members: Map<string, MemberRecord> | null = null;
   if (stalledMs > 0) {
     members = new Map();
@@ -211,8 +218,7 @@ function onDisconnected(state: MembershipState, peerId: string, nowMs: number): 
   // answer, and reconnect within moments. Suspect until then (out of elections; a retrieve answers 0xA701
   // rather than Success from the local copies alone), dead by silence if it does not come back.
   // (Also when the stall is still being found out: connection-close events can run before the first tick.)
-  const stallingNow = state.lastTickAtMs !== null && nowMs - state.lastTickAtMs > state.config.heartbeatIntervalMs;
-  const afterOwnStall = stallingNow || (state.lastStallAtMs !== null && nowMs - state.lastStallAtMs < state.config.deadAfterMs);
+  const afterOwnStall = stalledMsAt(state, nowMs) > 0 || (state.lastStallAtMs !== null && nowMs - state.lastStallAtMs < state.config.deadAfterMs);
   const status: MemberStatus = afterOwnStall ? 'suspect' : 'dead';
   if (known.status === status) return { state, effects: [] };
   const record: MemberRecord = { ...known, status, statusSinceMs: nowMs };
