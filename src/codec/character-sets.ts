@@ -126,7 +126,7 @@ function decodeWithCodeExtensions(bytes: string, terms: string[]): string {
   for (let index = 0; index < bytes.length; ) {
     const byte = bytes.charCodeAt(index);
     if (byte === 0x1b) {
-      const escape = ESCAPES.find(([sequence]) => bytes.startsWith(sequence, index + 1));
+      const escape = escapeAt(bytes, index);
       if (escape) {
         if (escape[1] === 'G0') g0 = escape[2];
         else g1 = escape[2];
@@ -162,6 +162,16 @@ function decodeWithCodeExtensions(bytes: string, terms: string[]): string {
   return output;
 }
 
+/** The terms (values) of a Specific Character Set (0008,0005); [''] without one. */
+function termsOf(specificCharacterSet: string | undefined): string[] {
+  return (specificCharacterSet ?? '').split('\\').map((term) => term.trim());
+}
+
+/** The designation an escape sequence starting at `index` (the ESC byte) makes, if it is one we know. */
+function escapeAt(bytes: string, index: number): (typeof ESCAPES)[number] | undefined {
+  return ESCAPES.find(([sequence]) => bytes.startsWith(sequence, index + 1));
+}
+
 /** The (0008,0005) terms; several values, or one `ISO 2022` term, mean code extensions. */
 function usesCodeExtensions(terms: string[]): boolean {
   return terms.length > 1 || terms[0]!.startsWith('ISO 2022');
@@ -174,7 +184,7 @@ function usesCodeExtensions(terms: string[]): boolean {
  */
 export function decodeCharacters(value: string, specificCharacterSet: string | undefined): string {
   if (specificCharacterSet === undefined || specificCharacterSet === '' || !/[\x1b\x80-\xff]/.test(value)) return value;
-  const terms = specificCharacterSet.split('\\').map((term) => term.trim());
+  const terms = termsOf(specificCharacterSet);
   if (usesCodeExtensions(terms)) return decodeWithCodeExtensions(value, terms);
   const label = SINGLE_SET_LABELS.get(terms[0]!);
   const decoder = label === undefined ? undefined : decoderFor(label);
@@ -187,7 +197,7 @@ export function decodeCharacters(value: string, specificCharacterSet: string | u
  * part of a character, not a delimiter (PS3.5 6.1.2.3).
  */
 export function splitValueBytes(value: string, specificCharacterSet: string | undefined): string[] {
-  const terms = (specificCharacterSet ?? '').split('\\').map((term) => term.trim());
+  const terms = termsOf(specificCharacterSet);
   const isGb = terms[0] === 'GB18030' || terms[0] === 'GBK';
   const hasCodeExtensions = usesCodeExtensions(terms);
   const values: string[] = [];
@@ -201,7 +211,7 @@ export function splitValueBytes(value: string, specificCharacterSet: string | un
       continue;
     }
     if (hasCodeExtensions && byte === 0x1b) {
-      const escape = ESCAPES.find(([sequence]) => value.startsWith(sequence, index + 1));
+      const escape = escapeAt(value, index);
       if (escape?.[1] === 'G0') twoByteG0 = escape[2].width === 2;
       index += 1 + (escape?.[0].length ?? 0);
       continue;

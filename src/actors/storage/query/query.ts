@@ -365,7 +365,7 @@ function lookupValues(key: CompiledKey | undefined): string[] | undefined {
  */
 function identifierLookupValues(key: CompiledKey | undefined): string[] | undefined {
   const values = lookupValues(key);
-  return values && key!.element.value!.split('').every((char) => char >= ' ' && char <= '~') ? values : undefined;
+  return values && /^[ -~]*$/.test(key!.element.value!) ? values : undefined;
 }
 
 function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
