@@ -123,6 +123,17 @@ async function databaseFilesWithoutCurrent(dir: string): Promise<string[]> {
   return names.includes('CURRENT') ? [] : names.filter((n) => /^(MANIFEST-\d+|\d+\.(ldb|log|sst))$/.test(n));
 }
 
+/** Calls every listener; one that throws does not keep the others, or the reporting caller, from going on. */
+function callEach<A extends unknown[]>(listeners: Iterable<(...args: A) => void>, ...args: A): void {
+  for (const listener of listeners) {
+    try {
+      listener(...args);
+    } catch {
+      // A listener's failure is its own.
+    }
+  }
+}
+
 /** LevelDB's I/O errors (ENOSPC, EIO ...), as classic-level reports them. */
 function isIoError(error: unknown): boolean {
   const e = error as { code?: unknown; cause?: { code?: unknown } } | undefined;
@@ -480,7 +491,7 @@ class LevelReplicaStore implements ReplicaStore {
       // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
       if (!isCatalogDamage(cause)) throw error;
-      writeFileSync(join(this.path, catalogDamagedMarker), `at open: ${errorText(error)}\n`);
+      this.markCatalogDamaged(`at open: ${errorText(error)}`);
       try {
         await this.openOnce();
       } catch (retryError) {
@@ -771,13 +782,7 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   reportSuspectCopy(sopInstanceUid: string, reason: string): void {
-    for (const listener of this.suspectListeners) {
-      try {
-        listener(sopInstanceUid, reason);
-      } catch {
-        // A listener's failure is its own: the read that found the damage still reports it to its caller.
-      }
-    }
+    callEach(this.suspectListeners, sopInstanceUid, reason);
   }
 
   onSuspectCopy(listener: (sopInstanceUid: string, reason: string) => void): () => void {
@@ -791,19 +796,17 @@ class LevelReplicaStore implements ReplicaStore {
   reportCatalogDamage(reason: string): void {
     if (this.catalogDamageReported) return;
     this.catalogDamageReported = true;
-    // The mark is what makes the next open rebuild, written at once: the peer may be about to stop.
     try {
-      writeFileSync(join(this.path, catalogDamagedMarker), `${reason}\n`);
+      this.markCatalogDamaged(reason);
     } catch {
       // Unwritable (a full disk): the listeners still say what is wrong and what to do.
     }
-    for (const listener of this.catalogDamageListeners) {
-      try {
-        listener(reason);
-      } catch {
-        // A listener's failure is its own.
-      }
-    }
+    callEach(this.catalogDamageListeners, reason);
+  }
+
+  /** The mark that makes the next open set the catalog aside, written at once: the peer may be about to stop. */
+  private markCatalogDamaged(reason: string): void {
+    writeFileSync(join(this.path, catalogDamagedMarker), `${reason}\n`);
   }
 
   onCatalogDamage(listener: (reason: string) => void): () => void {
