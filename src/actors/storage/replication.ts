@@ -751,10 +751,8 @@ export async function replicateBatchTo(
 function stallWatch(parent: AbortSignal, idleMs: number): { signal: AbortSignal; touch(): void; stop(): void; readonly stalled: boolean } {
   const controller = new AbortController();
   let lastProgressMs = performance.now();
-  let stalled = false;
   const timer = setInterval(() => {
     if (performance.now() - lastProgressMs < idleMs) return;
-    stalled = true;
     controller.abort(new Error(`no progress for ${idleMs} ms`));
     clearInterval(timer);
   }, Math.max(10, idleMs / 4));
@@ -764,7 +762,7 @@ function stallWatch(parent: AbortSignal, idleMs: number): { signal: AbortSignal;
     touch: () => (lastProgressMs = performance.now()),
     stop: () => clearInterval(timer),
     get stalled() {
-      return stalled;
+      return controller.signal.aborted;
     },
   };
 }
