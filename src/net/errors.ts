@@ -52,7 +52,8 @@ export type MeshNodeErrorCode =
   | 'ERR_PEER_KEY'
   | 'ERR_NOT_STARTED'
   | 'ERR_INVALID_PEER_ID'
-  | 'ERR_INVALID_MULTIADDR';
+  | 'ERR_INVALID_MULTIADDR'
+  | 'ERR_PEER_DROPPED';
 
 export class MeshNodeError extends Error {
   static readonly NAME = 'MeshNodeError';

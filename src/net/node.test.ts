@@ -1,10 +1,14 @@
 import '../polyfill.ts';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { cp, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
@@ -15,6 +19,7 @@ import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../test/support/wall-clock.ts';
 
 const TOPIC = 'pacs-mesh/test/1';
+const TRANSFER_PEER = fileURLToPath(new URL('../../test/net/fixtures/transfer-peer.ts', import.meta.url));
 const WINDOW = 256 * 1024;
 const HWM = 256 * 1024;
 
@@ -122,6 +127,40 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     })();
     const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: AbortSignal.timeout(15_000) });
     assert.deepEqual(ack, { type: 'ack', ok: true, from: b.peerId });
+  });
+
+  it('keeps its connection to a peer that stands still for 2.5 s (a loaded machine, a long pause): no ping drops it', async () => {
+    // The peer in its own process, so that only it stands still (SIGSTOP) while this one's timers run.
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    dirs.push(dataDir);
+    const child = spawn(process.execPath, ['--import', 'tsx', TRANSFER_PEER], {
+      env: { ...process.env, ROLE: 'receiver', SWARM_KEY: swarmKey.text, DATA_DIR: dataDir },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    try {
+      const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
+      const ready = JSON.parse(line) as { event: string; addr: string; peerId: string };
+      assert.equal(ready.event, 'ready', line);
+      await a.dial(ready.addr);
+      // Past the first pings, so that the monitor's timeout has adapted to this connection.
+      await new Promise((r) => setTimeout(r, 2500));
+      const dropped: string[] = [];
+      const off = a.onPeerDisconnected((peerId) => dropped.push(peerId));
+      try {
+        child.kill('SIGSTOP');
+        await new Promise((r) => setTimeout(r, 2500));
+        child.kill('SIGCONT');
+        await new Promise((r) => setTimeout(r, 2000));
+        assert.deepEqual(dropped, [], 'the connection was dropped while the peer stood still');
+        assert.ok(a.connectedPeers().includes(ready.peerId));
+      } finally {
+        off();
+      }
+    } finally {
+      child.kill('SIGCONT');
+      child.stdin!.end();
+      await once(child, 'exit');
+    }
   });
 
   it('applies back-pressure: a slow reader does not make the writer buffer without bound', async () => {

@@ -4,7 +4,9 @@
  * Stack: TCP on `/ip4/<host>/tcp/<p2pPort>` -> private network (our noble-xsalsa20 pnet protector) ->
  * noise -> yamux (stream window capped) ; services identify, ping, gossipsub (small-mesh settings).
  * The connection monitor pings every peer each `pingInterval` and aborts a connection whose ping takes
- * longer than `pingTimeoutMs`: a hung (SIGSTOPped) peer is dropped in ~2 s with the defaults.
+ * longer than `pingTimeoutMs` (5-10 s: a half-open connection ends). Not sooner: a peer on a loaded machine
+ * answered a ping 2 s late and lost every stream of the connection with it (retrieves refused, pushes
+ * failed). A hung peer is membership's to find, by its silence (3 s), which then drops it ({@link MeshNode.dropPeer}).
  *
  * Reconnect loop: every bootstrap address and every peer we have been connected to (bounded) is dialled
  * again while it is not connected, with exponential back-off (min..max delay, jittered), forever, since
@@ -43,9 +45,9 @@ export interface MeshNodeTuning {
   maxStreamWindowSize?: number;
   /** StreamReader queue bound per stream (bytes). Default 1 MiB. */
   readHighWaterMark?: number;
-  /** Connection monitor ping period (ms). Default 1000. */
+  /** Connection monitor ping period (ms). Default 2000. */
   pingInterval?: number;
-  /** Ping timeout (ms); adaptive between this and 2x this. Default 1000. */
+  /** Ping timeout (ms); adaptive between this and 2x this. Default 5000 (see the header comment). */
   pingTimeoutMs?: number;
   /** Reconnect back-off bounds (ms). Default 250 .. 5000. */
   reconnectMinDelayMs?: number;
@@ -191,6 +193,11 @@ export interface MeshNode {
   addKnownPeer(peerId: string, multiaddrs?: string[]): Promise<void>;
   /** Dial a multiaddr now; resolves to the remote PeerId. */
   dial(address: string, options?: OpenStreamOptions): Promise<string>;
+  /**
+   * Aborts every connection to a peer (one gone silent while connected: its streams fail now, with
+   * `reason`, instead of at their own deadlines). The reconnect loop dials it again as usual.
+   */
+  dropPeer(peerId: string, reason: string): void;
   stop(): Promise<void>;
 }
 
@@ -417,7 +424,9 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const host = init.host ?? '0.0.0.0';
   const bootstrapAddrs = (init.bootstrap ?? []).map(parseMultiaddr);
   const announce = (init.announce ?? []).map((a) => parseMultiaddr(a).toString());
-  const pingTimeout = tuning.pingTimeoutMs ?? 1000;
+  const pingTimeout = tuning.pingTimeoutMs ?? 5000;
+  const pingInterval = tuning.pingInterval ?? 2000;
+  const pingStreamsMax = Math.ceil((2 * pingTimeout) / pingInterval) + 2;
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
   const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 4 * 1024 * 1024;
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
@@ -449,12 +458,14 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       dialTimeout: tuning.dialTimeoutMs ?? 5000,
     },
     connectionMonitor: {
-      pingInterval: tuning.pingInterval ?? 1000,
+      pingInterval,
       pingTimeout: { minTimeout: pingTimeout, maxTimeout: pingTimeout * 2 },
     },
     services: {
       identify: identify(),
-      ping: ping(),
+      // Pings every pingInterval, each allowed up to twice the ping timeout: several in flight at once (one
+      // outbound by default, and every ping over the limit aborted the connection as a failed one).
+      ping: ping({ maxOutboundStreams: pingStreamsMax, maxInboundStreams: pingStreamsMax }),
       pubsub: gossipsub({
         D: 2,
         Dlo: 1,
@@ -681,6 +692,15 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     async dial(address, options = {}) {
       const conn = await node.dial(parseMultiaddr(address), { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
       return conn.remotePeer.toString();
+    },
+    dropPeer(peerId, reason) {
+      let id: PeerId;
+      try {
+        id = parsePeerId(peerId);
+      } catch {
+        return;
+      }
+      for (const connection of node.getConnections(id)) connection.abort(new MeshNodeError('ERR_PEER_DROPPED', reason));
     },
     async stop() {
       if (stopped) return;

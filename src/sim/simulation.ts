@@ -357,6 +357,9 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'memberSiteRenamed':
         log(`${peer.peerId} sees ${e.peerId} move from ${e.fromSite} to ${e.toSite}`);
         return;
+      case 'dropConnections':
+        // The simulated network carries messages, not connections: each in flight is delivered or lost by its own rules.
+        return;
       case 'viewChanged':
         queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
         queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });

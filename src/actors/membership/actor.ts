@@ -9,7 +9,8 @@
  * `peer:disconnect` (6-13 ms), but a hung peer is only seen by silence. The balancer must fail over in
  * ~2 s, so the defaults here are heartbeat 500 ms, suspect 1500 ms (three missed heartbeats: one lost
  * gossip message does not flap the view; a suspect is already out of election and routing) and dead 3000 ms.
- * The node's ping monitor closes a hung peer's connection after ~2 s, which makes it dead even sooner.
+ * A peer dead by silence while still connected is dropped (its streams fail at once); the node's own
+ * ping monitor waits 5-10 s, since a ping 2 s late on a loaded machine cost every stream of a connection.
  *
  * Incarnation: kept in `<dataDir>/membership-incarnation`, bumped (fsync + rename) on every start AND on
  * every restart of this actor after a crash (a restarted actor starts its heartbeat sequence at 1 again,
@@ -243,6 +244,9 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
         }
         case 'memberStatusChanged':
           log.info('member status changed', { peer: effect.peerId, memberSite: effect.siteName, incarnation: effect.incarnation, from: effect.from, to: effect.to });
+          break;
+        case 'dropConnections':
+          node.dropPeer(effect.peerId, `peer ${effect.peerId} silent for ${timings.deadAfterMs / 1000} s`);
           break;
         case 'memberSiteRenamed':
           log.warn('a peer now serves another site: copies owed to the old site wait until it returns (POST /api/forget-site?site=<old> if it is gone)', {

@@ -93,11 +93,17 @@ test('silence makes a member suspect, then dead; a newer heartbeat brings it bac
   let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
   s = run(s, ...ticks(0, 2999)).state;
   assert.equal(statusOf(s, 'peer-b'), 'alive');
-  s = run(s, { type: 'tick', nowMs: 3000 }).state;
+  let step = run(s, { type: 'tick', nowMs: 3000 });
+  s = step.state;
   assert.equal(statusOf(s, 'peer-b'), 'suspect');
   assert.deepEqual(liveView(s, 3000).map((m) => m.peerId), ['peer-a']);
-  s = run(s, ...ticks(3000, 6000)).state;
+  // Suspect is not enough to drop its connections (a peer on a loaded machine comes back).
+  assert.ok(!step.effects.some((e) => e.type === 'dropConnections'));
+  step = run(s, ...ticks(3000, 6000));
+  s = step.state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');
+  // Dead by silence: connections still up (a hung process, a half-open connection) are dropped, once.
+  assert.deepEqual(step.effects.filter((e) => e.type === 'dropConnections'), [{ type: 'dropConnections', peerId: 'peer-b' }]);
   s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 2), nowMs: 6500 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'alive');
 });
@@ -156,6 +162,7 @@ test('a transport disconnect makes a member dead at once; an old heartbeat does 
   s = state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');
   assert.ok(effects.some((e) => e.type === 'viewChanged'));
+  assert.ok(!effects.some((e) => e.type === 'dropConnections'), 'nothing left to drop');
   // A delayed duplicate of the last heartbeat is not news.
   s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 5), nowMs: 20 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');

@@ -154,6 +154,7 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
       members ??= new Map(state.members);
       members.set(record.peerId, { ...record, status: next, statusSinceMs: nowMs });
       effects.push(statusChanged(record, record.status, next));
+      if (next === 'dead') effects.push({ type: 'dropConnections', peerId: record.peerId });
       viewChanged = true;
     }
   }

@@ -106,5 +106,10 @@ export type MembershipEffect =
    * `--site`): copies owed to the old site wait for it, so the operator is told.
    */
   | { readonly type: 'memberSiteRenamed'; readonly peerId: string; readonly fromSite: string; readonly toSite: string }
+  /**
+   * A member went dead by silence: its connections, if any are still up (a hung process, a half-open
+   * connection), are dropped so that streams to it fail now rather than at their own deadlines.
+   */
+  | { readonly type: 'dropConnections'; readonly peerId: string }
   /** The whole view (self included, sorted by peerId); emitted whenever a record changed. */
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[] };
