@@ -293,12 +293,30 @@ test('seeded fuzz: a thousand C-FINDs with mutated command and identifier bytes 
   assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
 });
 
-test('an association that stays silent past the idle timeout is aborted, freeing its slot', async (t) => {
-  const idlePeer = await startTestPeer(['--idle-timeout', '1'], 'idle');
+test('an association that stays silent past the idle timeout is aborted, freeing its slot, also in the middle of a C-STORE', async (t) => {
+  const idlePeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle');
   t.after(() => idlePeer.dispose());
   const started = Date.now();
   const { pdus, closedByPeer } = await exchange(idlePeer.dicomPort, [associateRq()], { waitMs: 5000 });
   assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
   assert.ok(closedByPeer);
   assert.ok(Date.now() - started >= 900, 'not aborted before the timeout');
+  // A modality gone silent (power or network lost) after a C-STORE command, or half-way through its data
+  // set, owes the rest: it does not hold the only slot for ever, and nothing of it is stored.
+  const { dataSet, resolved } = dataSetOf({ rows: 256, columns: 256 });
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  const rq = associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian);
+  const half = dataSet.subarray(0, Math.floor(dataSet.length / 2));
+  const keysBefore = await storedKeyCount(idlePeer);
+  for (const [what, fragments] of [
+    ['after the command', []],
+    ['half-way through the data set', encodePDataFragments(1, false, half, 16384, false)],
+  ] as const) {
+    const stalled = await exchange(idlePeer.dicomPort, [rq, ...encodePDataFragments(1, true, command, 16384), ...fragments], { waitMs: 5000 });
+    assert.deepEqual(stalled.pdus.map((p) => p.type), ['associateAc', 'abort'], what);
+    assert.ok(stalled.closedByPeer, what);
+    assert.equal(await idlePeer.store.getEntry(resolved.sopInstanceUid), undefined, what);
+    assert.equal(await storedKeyCount(idlePeer), keysBefore, what);
+  }
+  assert.ok(await echoWorks(idlePeer), 'the slot is free again');
 });

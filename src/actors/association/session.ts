@@ -134,8 +134,10 @@ export class AcceptorSession {
     if (!this.holdsAssociationSlot) return;
     const silentMs = this.deps.clock.nowMs() - this.lastActivityMs;
     // Activity since the timer was set, or a running C-FIND/C-GET/C-MOVE (the peer may have nothing to say).
+    // Not a C-STORE data set still arriving: the peer owes its bytes, and one that went silent mid-instance
+    // (power or network lost) held its slot until the peer restarted; the half-received instance is discarded.
     if (silentMs < this.deps.idleTimeoutMs) return this.armIdleTimer(this.deps.idleTimeoutMs - silentMs);
-    if (this.tasks.size > 0 || this.store) return this.armIdleTimer();
+    if (this.tasks.size > 0) return this.armIdleTimer();
     await this.abort(`no PDU for ${this.deps.idleTimeoutMs} ms`);
   }
 
