@@ -229,6 +229,22 @@ test('a command set whose element runs past its end: A-ABORT (provider, invalid 
   assert.ok(await echoWorks(peer));
 });
 
+test('a request without its Message ID (a C-ECHO, a C-STORE): A-ABORT (provider, invalid parameter value), nothing stored', async () => {
+  const echo = encodeCommand({ commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, true, echo, 16384)]);
+  assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
+  assert.deepEqual(pdus[1], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.InvalidPduParameterValue });
+  const before = await storedKeyCount(peer);
+  const { dataSet, resolved } = dataSetOf({ rows: 64, columns: 64 });
+  const store = encodeCommand({ commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  const rq = associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian);
+  const stored = await exchange(peer.dicomPort, [rq, ...encodePDataFragments(1, true, store, 16384), ...encodePDataFragments(1, false, dataSet, 16384)]);
+  assert.deepEqual(stored.pdus.map((p) => p.type), ['associateAc', 'abort']);
+  assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
+  assert.equal(await storedKeyCount(peer), before);
+  assert.ok(await echoWorks(peer));
+});
+
 /**
  * Sends FUZZ_ROUNDS (default 1000) copies of `valid`, 25 at a time, each with 1-6 random bytes in
  * [from, to) replaced and, three times in ten, cut short.

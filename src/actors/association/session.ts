@@ -258,6 +258,11 @@ export class AcceptorSession {
       this.onResponse(command);
       return;
     }
+    // PS3.7 9.3: every request carries its Message ID (a C-CANCEL-RQ the one it cancels); no response could
+    // name a request without one (it was answered Success with no MessageIDBeingRespondedTo).
+    if (command.commandField !== CommandField.CCancelRq && command.messageId === undefined) {
+      throw new DimseError('ERR_DIMSE_MISSING_FIELD', `request (command field 0x${command.commandField.toString(16)}) has no MessageID`);
+    }
     switch (command.commandField) {
       case CommandField.CEchoRq:
         // PS3.7 9.3.5: Verification only, on its own context (0x0122), and without a data set (0x0212).
