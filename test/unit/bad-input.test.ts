@@ -9,7 +9,7 @@ import { associateRqBytes as associateRq, openPeerClient, startTestPeer, type Te
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
-import { CommandField, encodeCommand } from '../../src/codec/dimse.ts';
+import { CommandField, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { AbortReason, AbortSource, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
@@ -243,6 +243,39 @@ test('a request without its Message ID (a C-ECHO, a C-STORE): A-ABORT (provider,
   assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
   assert.equal(await storedKeyCount(peer), before);
   assert.ok(await echoWorks(peer));
+});
+
+test('an A-RELEASE-RQ sent with a C-FIND still running: every match and a final Success, then the A-RELEASE-RP (no Cancel nobody asked for)', async () => {
+  for (let i = 0; i < 3; i++) {
+    const { dataSet, resolved } = dataSetOf({});
+    assert.equal((await storeRaw(dataSet, resolved.sopInstanceUid)).status, 0);
+  }
+  const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
+  const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 7, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'IMAGE' },
+      { tag: Tags.SOPInstanceUID, vr: 'UI', value: '' },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const request = [associateRq('PACSMESH', studyRootFind), ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)];
+  /** What came back: 'pending' per match, the final status in hex, and the other PDUs by type. */
+  const answers = (pdus: Pdu[]): string[] =>
+    pdus.flatMap((pdu) => {
+      if (pdu.type !== 'pData') return [pdu.type];
+      return pdu.values.filter((v) => v.isCommand).map((v) => {
+        const status = decodeCommand(v.data).status ?? -1;
+        return status === 0xff00 ? 'pending' : `0x${status.toString(16)}`;
+      });
+    });
+  const alone = answers((await exchange(peer.dicomPort, request, { waitMs: 1500 })).pdus);
+  const matches = alone.filter((a) => a === 'pending').length;
+  assert.ok(matches >= 3, alone.join(' '));
+  assert.deepEqual(alone.slice(-1), ['0x0']);
+  // The release in the same write as the request: PS3.8 Sta8 still lets the acceptor send P-DATA.
+  const released = answers((await exchange(peer.dicomPort, [...request, encodePdu({ type: 'releaseRq' })], { waitMs: 3000 })).pdus);
+  assert.deepEqual(released, ['associateAc', ...Array.from({ length: matches }, () => 'pending'), '0x0', 'releaseRp']);
 });
 
 /**

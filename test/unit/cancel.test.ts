@@ -103,3 +103,44 @@ test('a C-GET cancelled after its first sub-operation ends with status Cancel an
   assert.equal(whole.final.command.status, Status.Success);
   assert.equal(received, instanceCount);
 });
+
+test('an A-RELEASE-RQ with a C-GET under way: the sub-operations not sent count as failed (no Cancel nobody asked for), then the release completes', async () => {
+  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
+  let received = 0;
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle: 'RELEASER',
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [
+      { abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    roleSelections: [{ sopClassUid: ct, scuRole: false, scpRole: true }],
+    onIncomingStore: () => {
+      received++;
+      return Status.Success;
+    },
+  });
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ExplicitVrLittleEndian,
+  );
+  let released: Promise<void> | undefined;
+  const { final } = await countedRequest(client, client.contexts[0]!.id, CommandField.CGetRq, SopClass.StudyRootGet, identifier, () => {
+    released = client.release();
+  });
+  await released;
+  const command = final.command;
+  const completed = command.completedSubOperations ?? 0;
+  assert.notEqual(command.status, Status.Cancel);
+  assert.equal(command.status, completed > 0 ? Status.SubOpsCompleteWithFailures : Status.OutOfResourcesSubOps, `final status 0x${command.status?.toString(16)} after ${received} sub-operations`);
+  assert.ok(received < instanceCount, `${received} of ${instanceCount} instances were sent after the release`);
+  assert.equal(completed + (command.failedSubOperations ?? 0), instanceCount);
+  // A requestor that asked for the release may not send P-DATA any more (PS3.8 Sta7): the sub-operation it
+  // was given last has no answer and counts as failed.
+  assert.ok(completed === received || completed === received - 1, `${completed} completed, ${received} received`);
+});

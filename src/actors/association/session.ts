@@ -34,7 +34,10 @@ interface IdentifierBuffer {
 }
 
 interface Task {
+  /** C-CANCEL-RQ received, or the association aborted. */
   cancelled: boolean;
+  /** A-RELEASE-RQ received: a C-GET stops sending sub-operations; a C-FIND or C-MOVE runs to its end. */
+  releasing: boolean;
   done: Promise<void>;
 }
 
@@ -62,6 +65,8 @@ export class AcceptorSession {
   private readonly subOperationWaiters = new Map<number, { resolve: (status: number) => void }>();
   private sendChain: Promise<void> = Promise.resolve();
   private ended = false;
+  /** The requestor asked to release: it may not send P-DATA any more (PS3.8 Sta7), so no C-GET sub-operation can be answered. */
+  private releaseRequested = false;
   private idleTimer: TimerHandle | undefined;
   private lastActivityMs = 0;
 
@@ -221,7 +226,10 @@ export class AcceptorSession {
         this.core.deliverPData(indication);
         return;
       case 'releaseRequested':
-        await this.endOperations();
+        // PS3.8 lets us send P-DATA until the A-RELEASE-RP (Sta8): operations under way end as they would
+        // have, rather than with a Cancel status nobody asked for.
+        this.releaseRequested = true;
+        await this.endOperations('release');
         await this.sendChain;
         await this.core.fire({ type: 'releaseResponse' });
         return;
@@ -366,7 +374,7 @@ export class AcceptorSession {
       return;
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
-    const task: Task = { cancelled: false, done: Promise.resolve() };
+    const task: Task = { cancelled: false, releasing: false, done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => this.send(presentationContextId, rsp, dataSet);
     const common = {
       root: context.root!,
@@ -385,6 +393,7 @@ export class AcceptorSession {
               ...common,
               kind: context.service === 'get' ? 'get' : 'move',
               callingAeTitle: this.callingAeTitle,
+              isReleasing: () => context.service === 'get' && task.releasing,
               openTarget: (entries) => (context.service === 'get' ? this.getTarget() : this.moveTarget(command, entries)),
             },
             this.deps.store,
@@ -403,6 +412,7 @@ export class AcceptorSession {
     return {
       pickContext: (entry) => pickContextFor(entry, usable, canTranscode),
       store: async (presentationContextId, command, dataSet) => {
+        if (this.releaseRequested) return Status.UnableToProcess;
         const messageId = this.core.allocateMessageId();
         let timer: TimerHandle | undefined;
         const answered = new Promise<number>((resolve) => {
@@ -446,9 +456,15 @@ export class AcceptorSession {
     };
   }
 
-  /** Release or abort: running operations stop, a half-received instance is discarded. */
-  private async endOperations(): Promise<void> {
-    for (const task of this.tasks.values()) task.cancelled = true;
+  /**
+   * Abort: running operations stop. Release: C-FIND and C-MOVE finish, a C-GET stops sending sub-operations
+   * (the requestor has said it is done). Either way a half-received instance is discarded.
+   */
+  private async endOperations(how: 'abort' | 'release' = 'abort'): Promise<void> {
+    for (const task of this.tasks.values()) {
+      if (how === 'release') task.releasing = true;
+      else task.cancelled = true;
+    }
     for (const [messageId, waiter] of this.subOperationWaiters) {
       this.subOperationWaiters.delete(messageId);
       waiter.resolve(Status.UnableToProcess);

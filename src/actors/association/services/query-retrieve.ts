@@ -132,6 +132,11 @@ export interface RetrieveContext extends QueryContext {
   /** C-MOVE: where to send; C-GET: undefined (the sub-operations use the same association). */
   openTarget(entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }>;
   callingAeTitle: string;
+  /**
+   * The requestor asked to release the association with this C-GET under way: the sub-operations not yet
+   * sent are not attempted and count as failed (they are not a C-CANCEL the requestor never sent).
+   */
+  isReleasing?(): boolean;
 }
 
 function retrieveResponse(ctx: RetrieveContext, status: number, counts?: SubOperationCounts, errorComment?: string): DimseCommand {
@@ -198,6 +203,12 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   try {
     for (const entry of entries) {
       if (ctx.isCancelled()) break;
+      if (ctx.isReleasing?.()) {
+        counts.failed += counts.remaining;
+        counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
+        counts.remaining = 0;
+        break;
+      }
       // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
       const local = await source.ensureLocal(entry).catch(() => undefined);
       const status = local ? await sendOne(ctx, target, store, local) : Status.UnableToProcess;
