@@ -358,6 +358,29 @@ test('a finished pull starts the next queued one; an ack frees a slot for the ne
   assert.deepEqual(acked.effects.filter((e) => e.type === 'replicate'), [{ type: 'replicate', toPeerId: 'peer-b', toSiteName: 'site-b', sopInstanceUid: 'u2' }]);
 });
 
+test('a site that refuses every copy (a full disk) holds at most its share of the transfer slots: new stores still reach the quorum at a healthy site', () => {
+  let s = initCustody({ ...config, debtEntriesMax: 100, pendingStoresMax: 100 }, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  const offered = (effects: CustodyEffect[], site: string) => effects.filter((e) => e.type === 'replicate' && e.toSiteName === site).length;
+  // B refuses each copy (retry later: held until replicationRetryMs); C takes each one.
+  let nowMs = 1;
+  for (let i = 0; i < 20; i++, nowMs++) {
+    const step = store(s, `r${i}`, `u${i}`, nowMs);
+    s = step.state;
+    const toC = step.effects.find((e) => e.type === 'replicate' && e.toSiteName === 'site-c');
+    assert.ok(toC, `store ${i}: no copy offered to the healthy site (slots held by the full one)`);
+    assert.ok(offered(step.effects, 'site-b') <= 1);
+    for (const e of step.effects) {
+      if (e.type === 'replicate' && e.toSiteName === 'site-b') s = run(s, { type: 'replicationFailed', sopInstanceUid: e.sopInstanceUid, toSiteName: 'site-b', retryLater: true, nowMs }).state;
+    }
+    const acked = run(s, ack(`u${i}`, 'site-c', nowMs));
+    s = acked.state;
+    assert.deepEqual(acks(acked.effects).map((e) => (e.type === 'ackStore' ? e.status : -1)), [StoreStatus.Success], `store ${i}`);
+  }
+  // B's copies stay owed, within their share of the slots (8 / 2 sites).
+  assert.equal([...s.replicationsInFlight.keys()].length, config.replicationsInFlightMax / 2);
+});
+
 test('a copy whose local bytes are unreadable waits replicationRetryMs before it is offered again; another failure is offered at once', () => {
   let s = initCustody({ ...config, debtEntriesMax: 100 }, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;

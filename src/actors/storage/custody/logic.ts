@@ -546,13 +546,27 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   }
 }
 
-/** Offers owed copies to sites that are alive, oldest debt first, within the in-flight bound. */
+/**
+ * Offers owed copies to sites that are alive, oldest debt first, within the in-flight bound, and each site
+ * within an equal share of it: a site that refuses or stalls (a full disk) holds its failed copies until
+ * their retry, and once those held every slot a new store's copy to a healthy site waited behind them
+ * until its quorum deadline (every C-STORE answered 0xA700 while the quorum was there).
+ */
 function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const c = state.config;
   if (state.replicationsInFlight.size >= c.replicationsInFlightMax || state.debt.size === 0) return;
   const targets = new Map<string, string | null>();
+  for (const siteName of otherKnownSites(state)) targets.set(siteName, aliveTargetOf(state, siteName));
+  const aliveSites = [...targets.values()].filter((t) => t !== null).length;
+  const perSiteMax = Math.ceil(c.replicationsInFlightMax / Math.max(1, aliveSites));
+  const inFlightBySite = new Map<string, number>();
+  for (const key of state.replicationsInFlight.keys()) {
+    const siteName = state.debt.get(key)?.siteName;
+    if (siteName !== undefined) inFlightBySite.set(siteName, (inFlightBySite.get(siteName) ?? 0) + 1);
+  }
+  let sitesWithRoom = [...targets].filter(([siteName, t]) => t !== null && (inFlightBySite.get(siteName) ?? 0) < perSiteMax).length;
   for (const [key, entry] of state.debt) {
-    if (state.replicationsInFlight.size >= c.replicationsInFlightMax) return;
+    if (state.replicationsInFlight.size >= c.replicationsInFlightMax || sitesWithRoom === 0) return;
     if (state.replicationsInFlight.has(key)) continue;
     let target = targets.get(entry.siteName);
     if (target === undefined) {
@@ -560,6 +574,10 @@ function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[])
       targets.set(entry.siteName, target);
     }
     if (target === null) continue;
+    const inFlight = inFlightBySite.get(entry.siteName) ?? 0;
+    if (inFlight >= perSiteMax) continue;
+    inFlightBySite.set(entry.siteName, inFlight + 1);
+    if (inFlight + 1 === perSiteMax) sitesWithRoom--;
     state.replicationsInFlight.set(key, nowMs);
     effects.push({ type: 'replicate', toPeerId: target, toSiteName: entry.siteName, sopInstanceUid: entry.sopInstanceUid });
   }
