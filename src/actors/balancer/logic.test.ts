@@ -167,6 +167,22 @@ test('no leader without a roster majority in view', () => {
   assert.equal(s.durable.currentTerm, 0);
 });
 
+test('no candidacy while a roster majority cannot vote (their disks full): the term does not climb at every vote timeout', () => {
+  let s = initBalancer(configFor('peer-a'), null);
+  const effects: BalancerEffect[] = [];
+  const view = [member('peer-a'), member('peer-b', { electable: false }), member('peer-c', { electable: false })];
+  for (let nowMs = 0; nowMs <= 60_000; nowMs += 100) {
+    const step = run(s, nowMs === 0 ? { type: 'viewChanged', members: view, nowMs } : { type: 'tick', nowMs });
+    s = step.state;
+    effects.push(...step.effects);
+  }
+  assert.equal(s.durable.currentTerm, 0);
+  assert.ok(!effects.some((e) => e.type === 'send'), 'no vote requested');
+  // One of them can vote again: a majority of voters, and the rule winner runs.
+  s = run(s, { type: 'viewChanged', members: [view[0]!, member('peer-b'), view[2]!], nowMs: 60_100 }, { type: 'tick', nowMs: 60_200 }).state;
+  assert.equal(s.durable.currentTerm, 1);
+});
+
 test('routing prefers peers of the same site, crosses sites only when the site is saturated', () => {
   const limits = configFor('peer-a').routing;
   const members = [

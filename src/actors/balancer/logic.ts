@@ -129,10 +129,15 @@ function compareRank(a: { priority: number; peerId: string }, b: { priority: num
   return a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0;
 }
 
-function seesRosterMajority(state: BalancerState): boolean {
+/**
+ * Whether a strict majority of the roster is alive in view; with `votersOnly`, alive and able to record a
+ * vote (electable). A leader keeps its term while followers cannot vote; a candidate needs voters: with two
+ * of three sites' disks full, the third ran for a new term every vote timeout (11 to 1,500 in minutes).
+ */
+function seesRosterMajority(state: BalancerState, votersOnly = false): boolean {
   const roster = new Set(state.config.rosterPeerIds);
   let alive = 0;
-  for (const m of state.members) if (m.status === 'alive' && roster.has(m.peerId)) alive += 1;
+  for (const m of state.members) if (m.status === 'alive' && roster.has(m.peerId) && (!votersOnly || m.electable)) alive += 1;
   return alive >= majorityOf(state.config.rosterPeerIds);
 }
 
@@ -170,7 +175,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
     s.leaderId !== self &&
     nowMs >= s.candidacyDeadlineMs &&
     selfIsWinner(s) &&
-    seesRosterMajority(s);
+    seesRosterMajority(s, true);
   if (!wantsToRun) return s;
   // Run: a fresh term, our own vote persisted before anyone hears of the candidacy.
   const durable: ElectionDurable = { currentTerm: s.durable.currentTerm + 1, votedFor: self };
