@@ -8,7 +8,7 @@ import { createMeshNode, type MeshNode } from '../../net/node.ts';
 import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../supervisor/site-supervisor.ts';
-import { createLogger } from '../runtime/logger.ts';
+import { createLogger, type Logger } from '../runtime/logger.ts';
 import { parseBalancerMessage } from './actor.ts';
 import { routingTopic } from './messages.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
@@ -52,12 +52,26 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string): Promise<TestPeer> {
+  /** A logger that keeps each line's message (and passes it on when PACS_MESH_TEST_LOG is set). */
+  function recordingLogger(messages: string[], base: Record<string, unknown>): Logger {
+    const out = createLogger(base, process.env.PACS_MESH_TEST_LOG ? 'info' : 'silent');
+    const at = (emit: (m: string, f?: Record<string, unknown>) => void) => (m: string, f?: Record<string, unknown>) => {
+      messages.push(m);
+      emit(m, f);
+    };
+    return { info: at(out.info), warn: at(out.warn), error: at(out.error), child: (fields) => recordingLogger(messages, { ...base, ...fields }) };
+  }
+
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[]): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
     const supervisor = startSiteSupervisor(`${site}-${node.peerId.slice(-6)}`, {
-      ...(process.env.PACS_MESH_TEST_LOG ? { log: createLogger({ site, peer: node.peerId.slice(-4) }) } : {}),
+      ...(messages !== undefined
+        ? { log: recordingLogger(messages, { site, peer: node.peerId.slice(-4) }) }
+        : process.env.PACS_MESH_TEST_LOG
+          ? { log: createLogger({ site, peer: node.peerId.slice(-4) }) }
+          : {}),
       policy: { maxRestarts: 3, windowMs: 10_000, backoffInitialMs: 50, backoffMaxMs: 500, backoffMultiplier: 2, stableAfterMs: 5000 },
     });
     const mesh = await supervisor.startMesh({
@@ -84,11 +98,12 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     return { node, supervisor, mesh, dataDir: dir, stop };
   }
 
-  async function threePeers(): Promise<TestPeer[]> {
+  /** `messages`: where each peer's log messages go, by index (none: the usual logger). */
+  async function threePeers(messages: Array<string[] | undefined> = []): Promise<TestPeer[]> {
     const key = generateSwarmKey();
-    const a = await peer(key, [], 'site-a');
+    const a = await peer(key, [], 'site-a', undefined, messages[0]);
     const boot = [loopbackAddress(a.node)];
-    const [b, c] = await Promise.all([peer(key, boot, 'site-a'), peer(key, boot, 'site-a')]);
+    const [b, c] = await Promise.all([peer(key, boot, 'site-a', undefined, messages[1]), peer(key, boot, 'site-a', undefined, messages[2])]);
     // b and c joined through a; the node's address exchange connects them directly ~1 s later. Until then
     // a is the only path between them, and stopping a would partition them (no failover to measure).
     await waitFor('full mesh', () => [a, b, c].every((p) => p.node.connectedPeers().length >= 2), 10_000);
@@ -163,7 +178,8 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
   });
 
   it('a peer that cannot write its election record (a full disk) neither votes nor crashes, and takes part again once it can', { timeout: 30_000 }, async () => {
-    const peers = await threePeers();
+    const messages = [[], [], []] as string[][];
+    const peers = await threePeers(messages);
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const leaderId = settledLeader(peers)!.peerId;
     const leaderPeer = peers.find((p) => p.node.peerId === leaderId)!;
@@ -183,6 +199,10 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     assert.equal(blocked.supervisor.supervision('balancer').restarts, 0, 'failed writes are not crashes');
     assert.equal(blocked.supervisor.supervision('balancer').escalated, false);
     assert.notEqual(blocked.mesh.balancer.leader()?.term, agreedLeader([leaderPeer, other])!.term, 'it cannot follow a term it cannot record');
+    // Each newer-term message it could not record reloads its balancer from the files: not a line each time.
+    const blockedMessages = messages[peers.indexOf(blocked)]!;
+    assert.equal(blockedMessages.filter((m) => m === 'balancer started').length, 1, blockedMessages.join(' | '));
+    assert.equal(blockedMessages.filter((m) => m.startsWith('balancer state not written')).length, 1);
     await rm(tmp, { recursive: true });
     await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
   });

@@ -391,6 +391,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     return { ...b, config: { ...b.config, rosterPeerIds: ids } };
   };
 
+  let startedOnce = false;
   const initialize = async (): Promise<ActorState> => {
     const nowMs = clock.nowMs();
     const durable = await loadElection(init.dataDir);
@@ -412,7 +413,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const settled: BalancerState = { ...balancer, candidacyDeadlineMs: nowMs + settleMs };
     leader = null;
     table = null;
-    log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null });
+    // Once: later loads follow a state file not written (logged by noteStateWriteFailure) or a restart (logged
+    // by the supervisor), and on a full disk they came twice a second.
+    if (!startedOnce) log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null });
+    startedOnce = true;
     ready.resolve();
     return { balancer: settled, roster };
   };
