@@ -26,3 +26,12 @@ test('a repeated warning is logged once per interval per key, with the count of 
     { message: 'custody stream failed', fields: { peer: 'peer-b', repeatsNotLogged: 39 } },
   ]);
 });
+
+test('a repeated notice keeps its level: info lines are limited the same way', () => {
+  const lines: string[] = [];
+  const log: Logger = { info: (m) => lines.push(`info ${m}`), error: () => {}, warn: (m) => lines.push(`warn ${m}`), child: () => log };
+  const limiter = createRepeatLimiter(log, 5_000, () => 0);
+  for (let i = 0; i < 10; i++) limiter.info('push peer-b', 'push failed');
+  limiter.warn('replicate peer-b', 'replication failed');
+  assert.deepEqual(lines, ['info push failed', 'warn replication failed']);
+});

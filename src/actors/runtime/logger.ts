@@ -43,19 +43,21 @@ export function errorText(error: unknown): string {
  */
 export function createRepeatLimiter(log: Logger, intervalMs: number, nowMs: () => number = () => performance.now(), keysMax = 1024) {
   const byKey = new Map<string, { lastLoggedMs: number; repeatsNotLogged: number }>();
+  const emit = (level: 'info' | 'warn', key: string, message: string, fields: Record<string, unknown>): void => {
+    const now = nowMs();
+    const seen = byKey.get(key);
+    if (seen !== undefined && now - seen.lastLoggedMs < intervalMs) {
+      seen.repeatsNotLogged++;
+      return;
+    }
+    const repeatsNotLogged = seen?.repeatsNotLogged ?? 0;
+    byKey.delete(key);
+    byKey.set(key, { lastLoggedMs: now, repeatsNotLogged: 0 });
+    if (byKey.size > keysMax) byKey.delete(byKey.keys().next().value!);
+    log[level](message, repeatsNotLogged > 0 ? { ...fields, repeatsNotLogged } : fields);
+  };
   return {
-    warn(key: string, message: string, fields: Record<string, unknown> = {}): void {
-      const now = nowMs();
-      const seen = byKey.get(key);
-      if (seen !== undefined && now - seen.lastLoggedMs < intervalMs) {
-        seen.repeatsNotLogged++;
-        return;
-      }
-      const repeatsNotLogged = seen?.repeatsNotLogged ?? 0;
-      byKey.delete(key);
-      byKey.set(key, { lastLoggedMs: now, repeatsNotLogged: 0 });
-      if (byKey.size > keysMax) byKey.delete(byKey.keys().next().value!);
-      log.warn(message, repeatsNotLogged > 0 ? { ...fields, repeatsNotLogged } : fields);
-    },
+    info: (key: string, message: string, fields: Record<string, unknown> = {}): void => emit('info', key, message, fields),
+    warn: (key: string, message: string, fields: Record<string, unknown> = {}): void => emit('warn', key, message, fields),
   };
 }

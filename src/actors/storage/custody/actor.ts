@@ -392,6 +392,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     });
   }
 
+  // A peer whose store refuses everything (a full disk) fails each copy: one line per 5 s per peer, not thousands.
+  const transferFailures = createRepeatLimiter(log, 5_000);
   async function replicate(toPeerId: string, toSiteName: string, sopInstanceUid: string): Promise<void> {
     const pushed = pushResults.get(pushKey(sopInstanceUid, toPeerId));
     if (pushed !== undefined) {
@@ -401,7 +403,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         input({ type: 'messageReceived', from: toPeerId, message: { type: 'replicaAck', sopInstanceUid, siteName: result.siteName }, nowMs: clock.nowMs() });
         return;
       } catch (error) {
-        if (!stopped) log.info('push failed: replicating the stored copy', { sopInstanceUid, to: toPeerId, error: errorText(error) });
+        if (!stopped) transferFailures.info(`push ${toPeerId}`, 'push failed: replicating the stored copy', { sopInstanceUid, to: toPeerId, error: errorText(error) });
       }
     }
     await replications.enqueue(toPeerId, { sopInstanceUid, toSiteName });
@@ -421,7 +423,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       if (!stopped) {
         const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, toSite: item.toSiteName, error: errorText(error) };
         if (unreadable || refused) log.error(`replication failed: the local copy is ${unreadable ? 'unreadable' : 'refused'}; retried after replicationRetryMs`, fields);
-        else log.warn('replication failed', fields);
+        else transferFailures.warn(`replicate ${peerId}`, 'replication failed', fields);
       }
       // Sending the same bytes again at once would fail the same way: back off until the scrub had a look.
       outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, retryLater: unreadable || refused, nowMs: clock.nowMs() });
