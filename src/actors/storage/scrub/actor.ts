@@ -6,7 +6,7 @@
  * reports damage it cannot repair).
  */
 import type { Clock } from '../../runtime/clock.ts';
-import { errorText, type Logger } from '../../runtime/logger.ts';
+import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../../runtime/ticker.ts';
 import { catalogPage, decodeCatalogEntry, isCatalogDamage } from '../catalog.ts';
@@ -115,6 +115,8 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
     return { type: 'repairEnded', sopInstanceUid: entry.sopInstanceUid, outcome, nowMs: clock.nowMs() };
   }
 
+  // A full disk fails every save (about ten a minute): one line a minute.
+  const cursorFailures = createRepeatLimiter(log, 60_000);
   function perform(effects: readonly ScrubEffect[]): void {
     for (const effect of effects) {
       switch (effect.type) {
@@ -132,7 +134,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
           break;
         case 'saveCursor':
           // Not synced: a cursor lost in a power cut only means re-reading a few pages.
-          void store.db.put(cursorKey, Buffer.from(effect.afterUid, 'utf8')).catch((error: unknown) => log.warn('scrub: saving the cursor failed', { error: errorText(error) }));
+          void store.db.put(cursorKey, Buffer.from(effect.afterUid, 'utf8')).catch((error: unknown) => cursorFailures.warn('cursor', 'scrub: saving the cursor failed', { error: errorText(error) }));
           break;
         default: {
           const unreachable: never = effect;
