@@ -75,6 +75,30 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   const partial = await unsettled.resolveRetrieveEverywhere(request);
   assert.deepEqual(partial.peersFailed, []);
   assert.deepEqual(partial.peersMissed, [unreachable, 'site:c'], 'a retrieve then answers 0xA701, not Success with what it found');
+  // A suspect peer soon settles: back alive (asked, not missed) within the wait, or the wait ends and it is missed.
+  let settlingUntil = performance.now() + 300;
+  const settling = () => performance.now() < settlingUntil;
+  const settles = createRemoteRetrieve({
+    node: b, store: storeB, log: silentLogger,
+    peers: () => (settling() ? [] : [a.peerId]),
+    peersUnreachable: () => (settling() ? [a.peerId] : []),
+    peersSettling: settling,
+    settleWaitMaxMs: 2000,
+  });
+  const t0 = performance.now();
+  const settled = await settles.resolveRetrieveEverywhere(request);
+  assert.ok(performance.now() - t0 >= 250, 'it waited for the suspect peer');
+  assert.deepEqual(settled.peersMissed, [], 'back alive: asked, and the retrieve is whole');
+  assert.deepEqual(settled.entries.map((e) => e.sopInstanceUid).sort(), ['1.2.9.1.1', '1.2.9.1.2']);
+  settlingUntil = Number.POSITIVE_INFINITY;
+  const stuck = await createRemoteRetrieve({
+    node: b, store: storeB, log: silentLogger,
+    peers: () => [],
+    peersUnreachable: () => [a.peerId],
+    peersSettling: () => true,
+    settleWaitMaxMs: 200,
+  }).resolveRetrieveEverywhere(request);
+  assert.deepEqual(stuck.peersMissed, [a.peerId], 'the wait is bounded');
   const one = await retrieve.resolveRetrieveEverywhere(request, { limit: 1 });
   assert.equal(one.entries.length, 1);
   assert.equal(one.truncated, true);

@@ -36,6 +36,14 @@ export interface RemoteRetrieveInit {
    * missed, so a retrieve answers 0xA701 rather than Success with part of a study. Absent: none.
    */
   peersUnreachable?(): string[];
+  /**
+   * Whether some of those will soon be one way or the other (a suspect peer: alive again, or dead and so a
+   * lost site the others serve without): a resolution first waits for that, up to settleWaitMaxMs, rather
+   * than count them as missed. Absent: never.
+   */
+  peersSettling?(): boolean;
+  /** Longest wait for peersSettling to turn false. Default 2000 ms. */
+  settleWaitMaxMs?: number;
   /** A copy pulled here is durable: custody adds it to its digest and acknowledges the source. */
   onFetched?(entry: CatalogEntry, fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
@@ -82,10 +90,14 @@ export interface RemoteRetrieve {
   resolveRetrieveEverywhere(request: QueryRequest, options?: ResolveOptions): Promise<ResolveResult>;
 }
 
+/** How often a resolution looks again at peers settling. */
+const settlePollMs = 50;
+
 export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
   const { node, store, log } = init;
   const peersAskedMax = init.peersAskedMax ?? 8;
   const hintsMax = init.hintsMax ?? 100_000;
+  const settleWaitMaxMs = init.settleWaitMaxMs ?? 2000;
   /** uid -> peer that reported it in a resolution: asked first by ensureLocal. */
   const hints = new Map<string, string>();
   const pulls = new Map<string, Promise<CatalogEntry | undefined>>();
@@ -150,6 +162,11 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
     async resolveRetrieveEverywhere(request, options = {}) {
       const limit = options.limit ?? 100_000;
       const signal = signalOf(options.signal);
+      // A pause of a second at another site made it suspect, and the retrieve answered 0xA701 (retry) though
+      // the site came back moments later: a short wait serves the viewer instead.
+      for (const until = performance.now() + settleWaitMaxMs; init.peersSettling?.() === true && performance.now() < until && signal?.aborted !== true; ) {
+        await new Promise((resolve) => setTimeout(resolve, settlePollMs));
+      }
       const byUid = new Map<string, CatalogEntry>();
       let truncated = false;
       for await (const entry of resolveRetrieve(store.db, request)) {

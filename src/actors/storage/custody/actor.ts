@@ -167,6 +167,8 @@ export const defaultCustodyTuning = {
   // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
   // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
   viewSettleAfterStartMs: 5_000,
+  // A retrieve waits up to this long for suspect peers to be alive again or dead (membership: 1.5 s between).
+  suspectSettleWaitMs: 2_000,
 } as const;
 
 interface StoreWaiter {
@@ -644,6 +646,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     log,
     peers: peersToAsk,
     peersUnreachable,
+    // A suspect peer is alive again, or dead, within membership's dead-after less its suspect-after (1.5 s).
+    peersSettling: () => members.some((m) => m.status === 'suspect' && m.peerId !== init.peerId),
+    settleWaitMaxMs: tuning.suspectSettleWaitMs,
     holdsNothingMore: (peerId) => holdsNothingMore(members, peerId, current.digestRoot),
     limits: init.limits,
     signal: shutdown.signal,
