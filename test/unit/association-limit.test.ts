@@ -107,3 +107,25 @@ test('idle connections, and released and rejected ones left open by the requesto
     for (const requestor of requestors) requestor.destroy();
   }
 });
+
+test('a connection over the cap (4x --max-associations) is told why: A-ASSOCIATE-RJ, transient, local limit exceeded; not a bare close', async () => {
+  const requestors: RawRequestor[] = [];
+  try {
+    // Idle connections (or ones tunnelled to other peers) fill the cap: 4 x 2.
+    for (let i = 0; i < 8; i++) requestors.push(await RawRequestor.open(peer.dicomPort));
+    const over = await RawRequestor.open(peer.dicomPort);
+    requestors.push(over);
+    assert.deepEqual(await over.associate(), { type: 'associateRj', result: RejectResult.Transient, source: RejectSource.ServiceProviderPresentation, reason: RejectReason.LocalLimitExceeded });
+    // Room again once one of them closes.
+    requestors[0]!.destroy();
+    let accepted: Pdu | undefined;
+    for (const deadline = Date.now() + 5000; accepted?.type !== 'associateAc' && Date.now() < deadline; ) {
+      const next = await RawRequestor.open(peer.dicomPort);
+      requestors.push(next);
+      accepted = await next.associate();
+    }
+    assert.equal(accepted?.type, 'associateAc');
+  } finally {
+    for (const requestor of requestors) requestor.destroy();
+  }
+});

@@ -8,6 +8,7 @@ import type { Ref } from '../runtime/nact.ts';
 import { dispatch } from '../runtime/nact.ts';
 import { spawnAssociation, type SpawnedAssociation } from './actor.ts';
 import type { AssociationDeps } from './services/deps.ts';
+import { RejectReason, RejectResult, RejectSource, encodePdu } from '../../codec/pdu.ts';
 
 export interface DicomListenerInit {
   host: string;
@@ -31,6 +32,9 @@ export interface DicomListener {
   stop(graceMs: number): Promise<void>;
 }
 
+/** The answer to a connection over the cap: A-ASSOCIATE-RJ, transient, service provider, local limit exceeded. */
+const overCapRejection = encodePdu({ type: 'associateRj', result: RejectResult.Transient, source: RejectSource.ServiceProviderPresentation, reason: RejectReason.LocalLimitExceeded });
+
 export async function startDicomListener(init: DicomListenerInit): Promise<DicomListener> {
   const active = new Set<SpawnedAssociation>();
   let sequence = 0;
@@ -51,7 +55,36 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
   };
   // Routing decisions are taken one at a time, so each sees the associations the previous one started here.
   let routing: Promise<void> = Promise.resolve();
+  // A bound on descriptors: connections that have not associated yet (closed by ARTIM after 30 s), those
+  // waiting to be closed and those tunnelled to another peer come on top of the associations, up to this.
+  const connectionsMax = init.maxAssociations * 4;
+  let connections = 0;
+  // Over it a connection is told why before it closes (a bare close read as "peer aborted association" at the
+  // modality). Those still open for that, a second or two each, are bounded too; beyond, they are just closed.
+  let rejecting = 0;
+  let refused = 0;
+  const refuse = (socket: Socket): void => {
+    // Said at the 1st refusal and every 100th after it: an operator sees why modalities cannot connect.
+    if (refused++ % 100 === 0) {
+      init.deps.log.warn('DICOM connection refused: too many connections open (4x --max-associations: associations here, those tunnelled to other peers, and connections not associated yet, closed after 30 s by ARTIM)', { refused });
+    }
+    if (rejecting >= connectionsMax) {
+      socket.destroy();
+      return;
+    }
+    rejecting++;
+    socket.on('error', () => undefined);
+    socket.once('close', () => rejecting--);
+    // Sent before the A-ASSOCIATE-RQ is read (the requestor reads it after sending its own); what it sends is
+    // read and dropped, so the close does not reset the connection before it reads the answer.
+    socket.end(overCapRejection);
+    socket.resume();
+    setTimeout(() => socket.destroy(), 2000).unref();
+  };
   const server: Server = createServer((socket: Socket) => {
+    if (connections >= connectionsMax) return refuse(socket);
+    connections++;
+    socket.once('close', () => connections--);
     const frontDoor = init.frontDoor;
     if (!frontDoor) return serveHere(socket);
     // Until a handler reads it, the socket buffers what the modality sends, so nothing is lost while routing.
@@ -66,16 +99,6 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
         },
       ),
     );
-  });
-  // A bound on descriptors: connections that have not associated yet (closed by ARTIM after 30 s) and
-  // those waiting to be closed come on top of the associations, up to this.
-  server.maxConnections = init.maxAssociations * 4;
-  let dropped = 0;
-  server.on('drop', () => {
-    // Said at the 1st refusal and every 100th after it: an operator sees why modalities cannot connect.
-    if (dropped++ % 100 === 0) {
-      init.deps.log.warn('DICOM connection refused: too many connections open (4x --max-associations); those that never associate close after 30 s (ARTIM)', { refused: dropped });
-    }
   });
   const port = await listenOn(server, init.port, init.host);
   return {
