@@ -39,6 +39,37 @@ async function countedRequest(client: DicomClientAssociation, contextId: number,
   return { final, pending };
 }
 
+/** A C-GET requestor taking the CT sub-operations back as SCP; `onStore` runs at each one it is sent. */
+function openGetClient(callingAeTitle: string, onStore: () => void): Promise<DicomClientAssociation> {
+  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
+  return DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle,
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [
+      { abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    roleSelections: [{ sopClassUid: ct, scuRole: false, scpRole: true }],
+    onIncomingStore: () => {
+      onStore();
+      return Status.Success;
+    },
+  });
+}
+
+/** The whole test study, at STUDY level. */
+function studyIdentifier(): Uint8Array {
+  return encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ExplicitVrLittleEndian,
+  );
+}
+
 test('a C-FIND cancelled after its first match ends with status Cancel; the association goes on', async (t) => {
   const { client, otherContextId: findContext } = await openStoreClient(peer.dicomPort, 'CANCELLER', SopClass.StudyRootFind);
   t.after(() => client.release());
@@ -62,32 +93,11 @@ test('a C-FIND cancelled after its first match ends with status Cancel; the asso
 });
 
 test('a C-GET cancelled after its first sub-operation ends with status Cancel and its counts; the association goes on', async (t) => {
-  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
   let received = 0;
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'GETTER',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [
-      { abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-    ],
-    roleSelections: [{ sopClassUid: ct, scuRole: false, scpRole: true }],
-    onIncomingStore: () => {
-      received++;
-      return Status.Success;
-    },
-  });
+  const client = await openGetClient('GETTER', () => received++);
   t.after(() => client.release());
   const getContext = client.contexts[0]!.id;
-  const identifier = encodeDataset(
-    [
-      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
-    ],
-    TransferSyntax.ExplicitVrLittleEndian,
-  );
+  const identifier = studyIdentifier();
   const get = (onFirstPending?: () => void) => countedRequest(client, getContext, CommandField.CGetRq, SopClass.StudyRootGet, identifier, onFirstPending);
 
   const cancelled = await get(() => void client.cancel(getContext));
@@ -105,30 +115,9 @@ test('a C-GET cancelled after its first sub-operation ends with status Cancel an
 });
 
 test('an A-RELEASE-RQ with a C-GET under way: the sub-operations not sent count as failed (no Cancel nobody asked for), then the release completes', async () => {
-  const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
   let received = 0;
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'RELEASER',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [
-      { abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-      { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-    ],
-    roleSelections: [{ sopClassUid: ct, scuRole: false, scpRole: true }],
-    onIncomingStore: () => {
-      received++;
-      return Status.Success;
-    },
-  });
-  const identifier = encodeDataset(
-    [
-      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
-    ],
-    TransferSyntax.ExplicitVrLittleEndian,
-  );
+  const client = await openGetClient('RELEASER', () => received++);
+  const identifier = studyIdentifier();
   let released: Promise<void> | undefined;
   const { final } = await countedRequest(client, client.contexts[0]!.id, CommandField.CGetRq, SopClass.StudyRootGet, identifier, () => {
     released = client.release();
