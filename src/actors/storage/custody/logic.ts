@@ -547,10 +547,11 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
 }
 
 /**
- * Offers owed copies to sites that are alive, oldest debt first, within the in-flight bound, and each site
- * within an equal share of it: a site that refuses or stalls (a full disk) holds its failed copies until
- * their retry, and once those held every slot a new store's copy to a healthy site waited behind them
- * until its quorum deadline (every C-STORE answered 0xA700 while the quorum was there).
+ * Offers owed copies to sites that are alive, oldest debt first, within the in-flight bound, leaving a
+ * quarter of it to each other alive site: the copies to a site that refuses or stalls (a full disk) took
+ * every slot, being the oldest debt, and a new store's copy to a healthy site waited behind them until its
+ * quorum deadline (every C-STORE answered 0xA700 while the quorum was there). Not an equal share: a site
+ * catching up alone keeps three quarters of the slots (three batches of 128) instead of half.
  */
 function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const c = state.config;
@@ -558,7 +559,8 @@ function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[])
   const targets = new Map<string, string | null>();
   for (const siteName of otherKnownSites(state)) targets.set(siteName, aliveTargetOf(state, siteName));
   const aliveSites = [...targets.values()].filter((t) => t !== null).length;
-  const perSiteMax = Math.ceil(c.replicationsInFlightMax / Math.max(1, aliveSites));
+  const reservedPerOtherSite = Math.floor(c.replicationsInFlightMax / 4);
+  const perSiteMax = Math.max(Math.ceil(c.replicationsInFlightMax / Math.max(1, aliveSites)), c.replicationsInFlightMax - reservedPerOtherSite * (aliveSites - 1));
   const inFlightBySite = new Map<string, number>();
   for (const key of state.replicationsInFlight.keys()) {
     const siteName = state.debt.get(key)?.siteName;
