@@ -284,12 +284,9 @@ export function countInstances(db: CatalogDb): Promise<number> {
 
 /**
  * Every held instance (UID and SHA-256), in UID key order, in batches, from the held index alone. The next
- * batch is read while the caller works on the current one.
- */
-/**
- * The held index in batches. A record whose UID or SHA-256 is not well formed (damaged on disk) is passed
- * to `onDamaged` and skipped: compared with a peer's copy, a damaged hash looked like two instances sent
- * under one UID, at every site.
+ * batch is read while the caller works on the current one. A record whose UID or SHA-256 is not well formed
+ * (damaged on disk) is passed to `onDamaged` and skipped: compared with a peer's copy, a damaged hash
+ * looked like two instances sent under one UID, at every site.
  */
 export async function* heldInstanceBatches(
   db: CatalogDb,
