@@ -34,10 +34,8 @@ interface IdentifierBuffer {
 }
 
 interface Task {
-  /** C-CANCEL-RQ received, or the association aborted. */
+  /** C-CANCEL-RQ received, or the association aborted (a release is `releaseRequested`: see endOperations). */
   cancelled: boolean;
-  /** A-RELEASE-RQ received: a C-GET stops sending sub-operations; a C-FIND or C-MOVE runs to its end. */
-  releasing: boolean;
   done: Promise<void>;
 }
 
@@ -374,7 +372,7 @@ export class AcceptorSession {
       return;
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
-    const task: Task = { cancelled: false, releasing: false, done: Promise.resolve() };
+    const task: Task = { cancelled: false, done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => this.send(presentationContextId, rsp, dataSet);
     const common = {
       root: context.root!,
@@ -393,7 +391,7 @@ export class AcceptorSession {
               ...common,
               kind: context.service === 'get' ? 'get' : 'move',
               callingAeTitle: this.callingAeTitle,
-              isReleasing: () => context.service === 'get' && task.releasing,
+              isReleasing: () => context.service === 'get' && this.releaseRequested,
               openTarget: (entries) => (context.service === 'get' ? this.getTarget() : this.moveTarget(command, entries)),
             },
             this.deps.store,
@@ -461,10 +459,7 @@ export class AcceptorSession {
    * (the requestor has said it is done). Either way a half-received instance is discarded.
    */
   private async endOperations(how: 'abort' | 'release' = 'abort'): Promise<void> {
-    for (const task of this.tasks.values()) {
-      if (how === 'release') task.releasing = true;
-      else task.cancelled = true;
-    }
+    if (how === 'abort') for (const task of this.tasks.values()) task.cancelled = true;
     for (const [messageId, waiter] of this.subOperationWaiters) {
       this.subOperationWaiters.delete(messageId);
       waiter.resolve(Status.UnableToProcess);
