@@ -296,10 +296,6 @@ export function aliveReplicaTargets(members: readonly MemberRecord[], selfSiteNa
   return [...targets].map(([siteName, peerId]) => ({ siteName, peerId }));
 }
 
-/** The peer a site's copies go to (see aliveReplicaTargets), or null when the site is absent. */
-function aliveTargetOf(state: CustodyState, siteName: string): string | null {
-  return aliveReplicaTargets(state.members, state.config.selfSiteName).find((t) => t.siteName === siteName)?.peerId ?? null;
-}
 
 function aliveSiteCount(state: CustodyState): number {
   const sites = new Set<string>([state.config.selfSiteName]);
@@ -556,9 +552,8 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
 function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const c = state.config;
   if (state.replicationsInFlight.size >= c.replicationsInFlightMax || state.debt.size === 0) return;
-  const targets = new Map<string, string | null>();
-  for (const siteName of otherKnownSites(state)) targets.set(siteName, aliveTargetOf(state, siteName));
-  const aliveSites = [...targets.values()].filter((t) => t !== null).length;
+  const targets = new Map(aliveReplicaTargets(state.members, c.selfSiteName).map((t) => [t.siteName, t.peerId] as const));
+  const aliveSites = targets.size;
   const reservedPerOtherSite = Math.floor(c.replicationsInFlightMax / 4);
   const perSiteMax = Math.max(Math.ceil(c.replicationsInFlightMax / Math.max(1, aliveSites)), c.replicationsInFlightMax - reservedPerOtherSite * (aliveSites - 1));
   const inFlightBySite = new Map<string, number>();
@@ -566,16 +561,12 @@ function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[])
     const siteName = state.debt.get(key)?.siteName;
     if (siteName !== undefined) inFlightBySite.set(siteName, (inFlightBySite.get(siteName) ?? 0) + 1);
   }
-  let sitesWithRoom = [...targets].filter(([siteName, t]) => t !== null && (inFlightBySite.get(siteName) ?? 0) < perSiteMax).length;
+  let sitesWithRoom = [...targets.keys()].filter((siteName) => (inFlightBySite.get(siteName) ?? 0) < perSiteMax).length;
   for (const [key, entry] of state.debt) {
     if (state.replicationsInFlight.size >= c.replicationsInFlightMax || sitesWithRoom === 0) return;
     if (state.replicationsInFlight.has(key)) continue;
-    let target = targets.get(entry.siteName);
-    if (target === undefined) {
-      target = aliveTargetOf(state, entry.siteName);
-      targets.set(entry.siteName, target);
-    }
-    if (target === null) continue;
+    const target = targets.get(entry.siteName);
+    if (target === undefined) continue;
     const inFlight = inFlightBySite.get(entry.siteName) ?? 0;
     if (inFlight >= perSiteMax) continue;
     inFlightBySite.set(entry.siteName, inFlight + 1);
