@@ -631,8 +631,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   // cannot tell "not here yet" from "nowhere": a restarted or emptied site answered Success with nothing.
   const startedAtMs = clock.nowMs();
   const sitesHeardSinceStart = new Set<string>();
+  const suspectPeers = (): string[] => members.filter((m) => m.status === 'suspect' && m.peerId !== init.peerId).map((m) => m.peerId);
   const peersUnreachable = (): string[] => {
-    const unreachable = members.filter((m) => m.status === 'suspect' && m.peerId !== init.peerId).map((m) => m.peerId);
+    const unreachable = suspectPeers();
     if (clock.nowMs() - startedAtMs >= tuning.viewSettleAfterStartMs) return unreachable;
     const unheard = [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName && !sitesHeardSinceStart.has(site));
     unreachable.push(...unheard.map((site) => `site:${site}`));
@@ -647,7 +648,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     peers: peersToAsk,
     peersUnreachable,
     // A suspect peer is alive again, or dead, within membership's dead-after less its suspect-after (1.5 s).
-    peersSettling: () => members.some((m) => m.status === 'suspect' && m.peerId !== init.peerId),
+    peersSettling: () => suspectPeers().length > 0,
     settleWaitMaxMs: tuning.suspectSettleWaitMs,
     holdsNothingMore: (peerId) => holdsNothingMore(members, peerId, current.digestRoot),
     limits: init.limits,
