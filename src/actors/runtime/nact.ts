@@ -4,11 +4,60 @@
  */
 import nact from 'nact';
 import type { ActorSystemRef, Ref, SupervisionActorFunc } from 'nact';
+import nactActorModule, { type NactActorInternals } from 'nact/lib/actor.js';
 
 export type { Ref } from 'nact';
 export type ActorSystem = ActorSystemRef;
 
 export type CrashDecision = 'stop' | 'resume' | 'reset' | 'escalate';
+
+/**
+ * Messages one actor handles in a row before it lets the event loop run I/O again. nact itself handles
+ * each message in its own setImmediate, i.e. one message per event-loop turn: on a busy peer (turns of
+ * 30-100 ms) the custody actor's mailbox then waited seconds while the actor was idle most of the time,
+ * and C-STOREs ran into their quorum timeout (0xA700) with every site alive.
+ */
+export const messagesPerTurnMax = 32;
+
+/**
+ * Replaces nact's Actor.handleMessage (lib/actor.js, 7.6) with one that, after a message, takes the next
+ * from the mailbox in the same turn, up to messagesPerTurnMax; everything else (busy flag, supervision
+ * through handleFault, the stop check, the idle timeout) is what nact's own handleMessage and processNext do.
+ */
+function handleMessagesInTurns(actorPrototype: NactActorInternals): void {
+  for (const method of ['handleMessage', 'processNext', 'handleFault', 'createContext', 'afterMessage', 'setTimeout'] as const) {
+    if (typeof actorPrototype[method] !== 'function') throw new Error(`nact's Actor has no ${method}(): ./nact.ts was written for nact 7.6`);
+  }
+  const runTurn = async (actor: NactActorInternals, message: unknown, sender: unknown): Promise<void> => {
+    for (let handled = 1; ; handled++) {
+      try {
+        const ctx = actor.createContext(sender);
+        actor.state = await Promise.resolve(actor.f.call(ctx, actor.state, message, ctx));
+        actor.afterMessage();
+      } catch (error) {
+        void actor.handleFault(message, sender, error);
+        return;
+      }
+      if (actor.stopped) return;
+      const next = actor.mailbox.shift();
+      if (next === undefined) {
+        actor.busy = false;
+        actor.setTimeout();
+        return;
+      }
+      if (handled >= messagesPerTurnMax) {
+        actor.handleMessage(next.message, next.sender);
+        return;
+      }
+      ({ message, sender } = next);
+    }
+  };
+  actorPrototype.handleMessage = function (this: NactActorInternals, message: unknown, sender: unknown) {
+    this.busy = true;
+    this.immediate = setImmediate(() => void runTurn(this, message, sender));
+  };
+}
+handleMessagesInTurns(nactActorModule.Actor.prototype);
 
 export interface ActorSpec<State, Msg> {
   name?: string;
