@@ -390,6 +390,36 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.equal(await c.custody.retrieve.ensureLocal('1.2.3.4.5.6.7.8.9'), undefined, 'an instance nobody has');
   });
 
+  it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 90_000 }, async (t) => {
+    const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
+    if (tmpfs === undefined) return;
+    const mesh = new TestMesh(1);
+    t.after(async () => {
+      await mesh.close();
+      tmpfs.unmount();
+    });
+    const lines: string[] = [];
+    const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), loggingTo(lines));
+    const b = await mesh.start('site-b');
+    await mesh.connected('site-a', 'site-b');
+    writeFileSync(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(46 * 1024 * 1024));
+    for (let n = 0; n < 400 && a.store.writeFault === undefined; n++) await cstore(a.custody.ingest, newUid(), randomBytes(200_000));
+    assert.ok(a.store.writeFault, 'the filesystem never filled up');
+    // Stored at B only (quorum 1): A misses them, and repair would find them at B every round.
+    const atB: string[] = [];
+    for (let n = 0; n < 10; n++) {
+      const uid = newUid();
+      assert.equal((await cstore(b.custody.ingest, uid, randomBytes(20_000))).status, 0);
+      atB.push(uid);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2_000)); // several repair rounds (repairIntervalMs 300)
+    assert.ok(a.store.writeFault, 'still full');
+    assert.deepEqual(lines.filter((l) => l === 'repair pull failed'), [], 'pulls started while the store refused writes');
+    rmSync(join(tmpfs.mountPoint, 'ballast'));
+    await waitFor('the store to reopen', () => a.store.writeFault === undefined, 60_000);
+    await waitFor('site-a holds what was stored at site-b', async () => (await a.store.getEntries(atB)).every((e) => e !== undefined), 20_000);
+  });
+
   it('a full disk at the sender while it drains debt: custody reloads once when the store reopens, not at every failed debt write', { timeout: 90_000 }, async (t) => {
     const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
     if (tmpfs === undefined) return;

@@ -222,7 +222,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   // and each would crash custody again, past its restart budget).
   let reloadWhenStoreReopens = false;
   const stopWatchingStoreFaults = store.onWriteFault((event) => {
-    if (event.type !== 'reopened' || !reloadWhenStoreReopens) return;
+    if (event.type === 'faulted') input({ type: 'storeWritableChanged', writable: false, nowMs: clock.nowMs() });
+    if (event.type !== 'reopened') return;
+    if (!reloadWhenStoreReopens) {
+      input({ type: 'storeWritableChanged', writable: true, nowMs: clock.nowMs() });
+      return;
+    }
+    // The reload reads the store as it is now: writable.
     reloadWhenStoreReopens = false;
     send({ type: 'crash', reason: 'debt writes failed while the store refused writes' });
   });
@@ -526,9 +532,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   async function reload(): Promise<CustodyState> {
     let state = await loadDurable();
-    const step = stepCustody(state, { type: 'viewChanged', members, nowMs: clock.nowMs() });
-    state = step.state;
-    perform(step.effects, undefined);
+    const initial: CustodyInput[] = [{ type: 'viewChanged', members, nowMs: clock.nowMs() }];
+    if (store.writeFault !== undefined) initial.unshift({ type: 'storeWritableChanged', writable: false, nowMs: clock.nowMs() });
+    for (const i of initial) {
+      const step = stepCustody(state, i);
+      state = step.state;
+      perform(step.effects, undefined);
+    }
     publishStats(state);
     return state;
   }

@@ -459,6 +459,40 @@ test('while copies are pushed to us, repair neither starts an exchange nor pulls
   assert.deepEqual(pulls.effects.filter((e) => e.type === 'fetch'), [{ type: 'fetch', fromPeerId: 'peer-b', sopInstanceUid: '6.2' }]);
 });
 
+test('while the store refuses writes, repair neither starts an exchange nor pulls; queued pulls start once it writes again', () => {
+  let s = initCustody({ ...config, repairIntervalMs: 100 }, { digest: createDigest(), debt: [] });
+  const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
+  s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  const keys = [
+    { sopInstanceUid: '7.1', sha256: 'p' },
+    { sopInstanceUid: '7.2', sha256: 'q' },
+  ];
+  const repairKeys = { type: 'repairKeys', buckets: keys.map((k) => bucketOf(k.sopInstanceUid)), keys, replyWanted: false } as const;
+  // One pull in flight when the disk fills up; it fails, and nothing takes its place.
+  const first = run(s, { type: 'messageReceived', from: 'peer-b', message: { ...repairKeys, keys: keys.slice(0, 1) }, nowMs: 10 });
+  assert.deepEqual(first.effects.filter((e) => e.type === 'fetch').length, 1);
+  const faulted = run(
+    first.state,
+    { type: 'storeWritableChanged', writable: false, nowMs: 20 },
+    { type: 'fetchFailed', sopInstanceUid: '7.1', nowMs: 30 },
+    { type: 'tick', nowMs: 200 },
+    { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 210 },
+    { type: 'tick', nowMs: 400 },
+  );
+  assert.deepEqual(faulted.effects.filter((e) => e.type === 'fetch'), [], 'no pull while the store refuses writes');
+  assert.ok(!faulted.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'no exchange started');
+  // A partner's exchange is still answered: our copies can be read and pulled.
+  const asked = run(faulted.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'repairDigest', buckets: new Array(256).fill(''), afterUid: undefined }, nowMs: 410 });
+  assert.ok(asked.effects.some((e) => e.type === 'send' && e.message.type === 'repairKeys'), 'a partner asking for our keys gets them');
+  const writable = run(asked.state, { type: 'storeWritableChanged', writable: true, nowMs: 500 }, { type: 'tick', nowMs: 600 });
+  assert.ok(writable.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'the exchange starts once the store writes again');
+  const pulls = run(writable.state, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 650 });
+  assert.deepEqual(
+    pulls.effects.filter((e) => e.type === 'fetch').map((e) => (e.type === 'fetch' ? e.sopInstanceUid : '')),
+    ['7.1', '7.2'],
+  );
+});
+
 test('a UID holding other bytes at another peer is reported once, and neither pulled nor replaced', () => {
   let s = initCustody(config, { digest: digestOf([{ sopInstanceUid: '9.1', sha256: 'ours' }, { sopInstanceUid: '9.2', sha256: 'same' }]), debt: [] });
   const keys = [

@@ -80,6 +80,8 @@ export interface CustodyState {
   readonly repairCursors: Map<string, string>;
   /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
   lastPushedCopyAtMs: number;
+  /** false while the local store refuses writes: no repair exchange, no pull (see storeWritableChanged). */
+  storeWritable: boolean;
 }
 
 export interface CustodyStep {
@@ -128,6 +130,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     nextRepairAtMs: 0,
     repairCursors: new Map(),
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
+    storeWritable: true,
   };
 }
 
@@ -176,6 +179,10 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       break;
     case 'fetchFailed':
       state.fetchesInFlight.delete(input.sopInstanceUid);
+      pullNext(state, input.nowMs, effects);
+      break;
+    case 'storeWritableChanged':
+      state.storeWritable = input.writable;
       pullNext(state, input.nowMs, effects);
       break;
     case 'messageReceived':
@@ -403,7 +410,7 @@ function onMessage(
       // Only keys of the buckets named count: a peer cannot make us pull from buckets it did not list.
       const theirs = message.keys.filter((k) => wanted.has(bucketOf(k.sopInstanceUid)));
       reportUidConflicts(state, from, theirs, effects);
-      if (!copiesArriving(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
+      if (!repairPaused(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
       if (message.replyWanted) {
         const afterUid = message.afterUid ?? '';
         const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid);
@@ -479,9 +486,12 @@ function advanceRepairCursor(state: CustodyState, partner: string, lists: Readon
   else state.repairCursors.set(partner, cursor);
 }
 
-/** Other sites are pushing copies to us right now (see CustodyConfig.repairQuietMs). */
-function copiesArriving(state: CustodyState, nowMs: number): boolean {
-  return nowMs - state.lastPushedCopyAtMs < state.config.repairQuietMs;
+/**
+ * No repair exchange and no new pulls: while other sites push copies to us (see CustodyConfig.repairQuietMs),
+ * or while our store refuses writes (see storeWritableChanged).
+ */
+function repairPaused(state: CustodyState, nowMs: number): boolean {
+  return !state.storeWritable || nowMs - state.lastPushedCopyAtMs < state.config.repairQuietMs;
 }
 
 /** Queues the keys `from` holds and we miss (as another holder where queued already), then starts pulls. */
@@ -503,7 +513,7 @@ function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], n
  * with the fewest pulls in flight (the first one named on a tie), so the sources share the work.
  */
 function pullNext(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
-  if (state.pullQueue.size === 0 || state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
+  if (!state.storeWritable || state.pullQueue.size === 0 || state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
   const inFlightFrom = new Map<string, number>();
   for (const { from } of state.fetchesInFlight.values()) inFlightFrom.set(from, (inFlightFrom.get(from) ?? 0) + 1);
   for (const [uid, holders] of state.pullQueue) {
@@ -536,7 +546,7 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   }
   updateKnownSites(state, nowMs, effects);
   drainDebt(state, nowMs, effects);
-  if (nowMs >= state.nextRepairAtMs && !copiesArriving(state, nowMs)) {
+  if (nowMs >= state.nextRepairAtMs && !repairPaused(state, nowMs)) {
     state.nextRepairAtMs = nowMs + c.repairIntervalMs;
     startRepair(state, effects);
   }

@@ -135,6 +135,11 @@ export type CustodyInput =
   | { readonly type: 'forgetSiteRequested'; readonly siteName: string; readonly nowMs: number }
   /** A repair pull failed (the peer no longer answers, or does not have it). */
   | { readonly type: 'fetchFailed'; readonly sopInstanceUid: string; readonly nowMs: number }
+  /**
+   * The local store refuses writes (a full disk: writable false) or takes them again. While it refuses,
+   * this peer starts no repair exchange and no pull: each would fetch bytes only to drop them.
+   */
+  | { readonly type: 'storeWritableChanged'; readonly writable: boolean; readonly nowMs: number }
   | {
       readonly type: 'messageReceived';
       readonly from: string;
