@@ -711,14 +711,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     // Sites owed copies but not known (debt written before known sites were) are listed too.
     knownSites: () => {
       const known = lastState?.knownSites ?? new Map<string, number>();
-      const debtBySite = lastState?.debtBySite ?? new Map<string, number>();
-      return [...new Set([...known.keys(), ...debtBySite.keys()])].sort().map((site) => ({ site, debtEntries: debtBySite.get(site) ?? 0 }));
+      const debtBySite = lastState?.debtBySite ?? new Map<string, ReadonlyMap<string, DebtEntry>>();
+      return [...new Set([...known.keys(), ...debtBySite.keys()])].sort().map((site) => ({ site, debtEntries: debtBySite.get(site)?.size ?? 0 }));
     },
     forgetSite: (siteName) => {
       if (members.some((m) => m.siteName === siteName && m.status === 'alive')) return { outcome: 'alive' };
       const owed = lastState?.debtBySite.get(siteName);
       if (siteName === init.siteName || (!lastState?.knownSites.has(siteName) && owed === undefined)) return { outcome: 'unknown' };
-      const debtEntriesDropped = owed ?? 0;
+      const debtEntriesDropped = owed?.size ?? 0;
       log.warn('site forgotten by the operator', { memberSite: siteName, debtEntriesDropped });
       input({ type: 'forgetSiteRequested', siteName, nowMs: clock.nowMs() });
       return { outcome: 'forgotten', debtEntriesDropped };

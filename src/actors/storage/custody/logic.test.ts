@@ -200,13 +200,49 @@ test('queued work counts copies owed to alive sites (and pulls), not those waiti
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 1 }).state;
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c', 'dead')], nowMs: 2 }).state;
   s = store(s, 'r1', 'u1', 3).state;
-  assert.deepEqual(Object.fromEntries(s.debtBySite), { 'site-b': 1, 'site-c': 1 });
+  const owedPerSite = (state: CustodyState) => Object.fromEntries([...state.debtBySite].map(([site, owed]) => [site, owed.size]));
+  assert.deepEqual(owedPerSite(s), { 'site-b': 1, 'site-c': 1 });
   assert.equal(custodyStats(s).queuedWork, 1, 'only the copy owed to site-b, which is alive');
   s = run(s, ack('u1', 'site-b', 4)).state;
-  assert.deepEqual(Object.fromEntries(s.debtBySite), { 'site-c': 1 });
+  assert.deepEqual(owedPerSite(s), { 'site-c': 1 });
   assert.equal(custodyStats(s).queuedWork, 0);
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 5 }).state;
   assert.equal(custodyStats(s).queuedWork, 1, 'site-c is back: its copy is work now');
+});
+
+/** Counts the entries handed out by a map's iterators (for-of, entries, keys, values). */
+function countWalks<K, V>(map: Map<K, V>, counter: { entries: number }): void {
+  for (const method of [Symbol.iterator, 'entries', 'keys', 'values'] as const) {
+    const original = Map.prototype[method] as (this: Map<K, V>) => IterableIterator<unknown>;
+    Object.defineProperty(map, method, {
+      value: function* (this: Map<K, V>) {
+        for (const item of original.call(this)) {
+          counter.entries++;
+          yield item;
+        }
+      },
+    });
+  }
+}
+
+test('copies owed to a site that is down cost no work per store: the drain walks only the sites it can send to', () => {
+  const owedToAbsentSite = 10_000;
+  const debt = Array.from({ length: owedToAbsentSite }, (_, i) => ({ sopInstanceUid: `5.${i}`, siteName: 'site-c', sinceMs: 0 }));
+  let s = initCustody({ ...config, debtEntriesMax: 100_000 }, { digest: createDigest(), debt, knownSites: [{ siteName: 'site-b', lastHeardMs: 0 }, { siteName: 'site-c', lastHeardMs: 0 }] });
+  const view = [member('peer-a'), member('peer-b'), member('peer-c', 'dead')];
+  s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  const walked = { entries: 0 };
+  countWalks(s.debt, walked);
+  for (const owed of s.debtBySite.values()) countWalks(owed, walked);
+  const stores = 50;
+  for (let i = 0; i < stores; i++) {
+    const step = run(store(s, `r${i}`, `6.${i}`, 1 + i).state, ack(`6.${i}`, 'site-b', 1 + i), { type: 'viewChanged', members: view, nowMs: 1 + i }, { type: 'tick', nowMs: 1 + i });
+    s = step.state;
+    assert.deepEqual(acks(step.effects).map((e) => (e.type === 'ackStore' ? e.status : -1)), [StoreStatus.Success], 'Success once site-b holds it');
+  }
+  assert.equal(s.debtBySite.get('site-c')?.size, owedToAbsentSite + stores, 'every copy for site-c stays owed');
+  assert.ok(!s.debtBySite.has('site-b'), 'site-b acknowledged each copy');
+  assert.ok(walked.entries <= stores * config.replicationsInFlightMax, `${walked.entries} debt entries walked for ${stores} stores with ${owedToAbsentSite} owed to a site that is down`);
 });
 
 test('a site the operator forgets is dropped with its debt, unless one of its peers is alive', () => {

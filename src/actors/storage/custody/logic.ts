@@ -45,8 +45,12 @@ export interface CustodyState {
   readonly digest: Digest;
   /** Mirror of the persisted debt, keyed by debtKey(uid, site), in insertion order. */
   readonly debt: Map<string, DebtEntry>;
-  /** Entries of `debt` per site (kept with it by oweCopy and forgiveCopy): queued work, /api/mesh. */
-  readonly debtBySite: Map<string, number>;
+  /**
+   * The entries of `debt` per site, in insertion order (kept with it by oweCopy and forgiveCopy): drainDebt
+   * walks only the sites it can send to, so copies owed to a site that is down (a weekend's ingest) cost
+   * nothing per store; queued work, /api/mesh.
+   */
+  readonly debtBySite: Map<string, Map<string, DebtEntry>>;
   /** Mirror of the persisted known sites: other sites heard from -> when last (see KnownSite). */
   readonly knownSites: Map<string, number>;
   /**
@@ -105,11 +109,11 @@ export function debtKey(sopInstanceUid: string, siteName: string): string {
 export function initCustody(config: CustodyConfig, durable: CustodyDurable): CustodyState {
   const digest = durable.digest;
   const debt = new Map<string, DebtEntry>();
-  const debtBySite = new Map<string, number>();
+  const debtBySite = new Map<string, Map<string, DebtEntry>>();
   for (const d of durable.debt) {
     const key = debtKey(d.sopInstanceUid, d.siteName);
-    if (!debt.has(key)) debtBySite.set(d.siteName, (debtBySite.get(d.siteName) ?? 0) + 1);
     debt.set(key, d);
+    siteDebt(debtBySite, d.siteName).set(key, d);
   }
   const knownSites = new Map<string, number>();
   for (const k of durable.knownSites ?? []) if (k.siteName !== config.selfSiteName) knownSites.set(k.siteName, k.lastHeardMs);
@@ -267,18 +271,24 @@ function forgetSites(state: CustodyState, siteNames: readonly string[], nowMs: n
     if (state.forgottenSites.size <= state.config.knownSitesMax) break;
     state.forgottenSites.delete(siteName);
   }
-  if (!siteNames.some((siteName) => state.debtBySite.has(siteName))) return;
-  for (const [key, entry] of [...state.debt]) {
-    if (!gone.has(entry.siteName)) continue;
-    forgiveCopy(state, key);
-    state.replicationsInFlight.delete(key);
-    effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
+  for (const siteName of gone) {
+    for (const [key, entry] of [...(state.debtBySite.get(siteName) ?? [])]) {
+      forgiveCopy(state, key);
+      state.replicationsInFlight.delete(key);
+      effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
+    }
   }
+}
+
+function siteDebt(debtBySite: Map<string, Map<string, DebtEntry>>, siteName: string): Map<string, DebtEntry> {
+  let owed = debtBySite.get(siteName);
+  if (owed === undefined) debtBySite.set(siteName, (owed = new Map()));
+  return owed;
 }
 
 function oweCopy(state: CustodyState, key: string, entry: DebtEntry): void {
   state.debt.set(key, entry);
-  state.debtBySite.set(entry.siteName, (state.debtBySite.get(entry.siteName) ?? 0) + 1);
+  siteDebt(state.debtBySite, entry.siteName).set(key, entry);
 }
 
 /** Removes a debt entry; false when there was none. */
@@ -286,9 +296,9 @@ function forgiveCopy(state: CustodyState, key: string): boolean {
   const entry = state.debt.get(key);
   if (entry === undefined) return false;
   state.debt.delete(key);
-  const left = (state.debtBySite.get(entry.siteName) ?? 1) - 1;
-  if (left > 0) state.debtBySite.set(entry.siteName, left);
-  else state.debtBySite.delete(entry.siteName);
+  const owed = state.debtBySite.get(entry.siteName);
+  owed?.delete(key);
+  if (owed?.size === 0) state.debtBySite.delete(entry.siteName);
   return true;
 }
 
@@ -562,27 +572,25 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
 function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const c = state.config;
   if (state.replicationsInFlight.size >= c.replicationsInFlightMax || state.debt.size === 0) return;
-  const targets = new Map(aliveReplicaTargets(state.members, c.selfSiteName).map((t) => [t.siteName, t.peerId] as const));
-  const aliveSites = targets.size;
+  const targets = aliveReplicaTargets(state.members, c.selfSiteName);
   const reservedPerOtherSite = Math.floor(c.replicationsInFlightMax / 4);
-  const perSiteMax = Math.max(Math.ceil(c.replicationsInFlightMax / Math.max(1, aliveSites)), c.replicationsInFlightMax - reservedPerOtherSite * (aliveSites - 1));
+  const perSiteMax = Math.max(Math.ceil(c.replicationsInFlightMax / Math.max(1, targets.length)), c.replicationsInFlightMax - reservedPerOtherSite * (targets.length - 1));
   const inFlightBySite = new Map<string, number>();
   for (const key of state.replicationsInFlight.keys()) {
     const siteName = state.debt.get(key)?.siteName;
     if (siteName !== undefined) inFlightBySite.set(siteName, (inFlightBySite.get(siteName) ?? 0) + 1);
   }
-  let sitesWithRoom = [...targets.keys()].filter((siteName) => (inFlightBySite.get(siteName) ?? 0) < perSiteMax).length;
-  for (const [key, entry] of state.debt) {
-    if (state.replicationsInFlight.size >= c.replicationsInFlightMax || sitesWithRoom === 0) return;
-    if (state.replicationsInFlight.has(key)) continue;
-    const target = targets.get(entry.siteName);
-    if (target === undefined) continue;
-    const inFlight = inFlightBySite.get(entry.siteName) ?? 0;
-    if (inFlight >= perSiteMax) continue;
-    inFlightBySite.set(entry.siteName, inFlight + 1);
-    if (inFlight + 1 === perSiteMax) sitesWithRoom--;
-    state.replicationsInFlight.set(key, nowMs);
-    effects.push({ type: 'replicate', toPeerId: target, toSiteName: entry.siteName, sopInstanceUid: entry.sopInstanceUid });
+  for (const { siteName, peerId } of targets) {
+    let inFlight = inFlightBySite.get(siteName) ?? 0;
+    // Oldest first; the entries skipped are those in flight, at most replicationsInFlightMax.
+    for (const [key, entry] of state.debtBySite.get(siteName) ?? []) {
+      if (state.replicationsInFlight.size >= c.replicationsInFlightMax) return;
+      if (inFlight >= perSiteMax) break;
+      if (state.replicationsInFlight.has(key)) continue;
+      inFlight++;
+      state.replicationsInFlight.set(key, nowMs);
+      effects.push({ type: 'replicate', toPeerId: peerId, toSiteName: siteName, sopInstanceUid: entry.sopInstanceUid });
+    }
   }
 }
 
@@ -618,7 +626,7 @@ export function holdsNothingMore(members: readonly MemberRecord[], peerId: strin
 
 export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number } {
   let owedToAlive = 0;
-  for (const { siteName } of aliveReplicaTargets(state.members, state.config.selfSiteName)) owedToAlive += state.debtBySite.get(siteName) ?? 0;
+  for (const { siteName } of aliveReplicaTargets(state.members, state.config.selfSiteName)) owedToAlive += state.debtBySite.get(siteName)?.size ?? 0;
   return {
     instanceCount: state.digest.size,
     digestRoot: digestRoot(state.digest),
