@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
 const config: CustodyConfig = {
@@ -527,6 +527,31 @@ test('while the store refuses writes, repair neither starts an exchange nor pull
     pulls.effects.filter((e) => e.type === 'fetch').map((e) => (e.type === 'fetch' ? e.sopInstanceUid : '')),
     ['7.1', '7.2'],
   );
+});
+
+test('under pushes that never pause, a due repair waits repairQuietOverrideFactor x repairQuietMs for them, then runs and pulls', () => {
+  const quiet = { ...config, repairQuietMs: 1000, repairIntervalMs: 100 };
+  let s = initCustody(quiet, { digest: createDigest(), debt: [] });
+  const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
+  s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  const keys = [{ sopInstanceUid: '8.0', sha256: 'old' }];
+  const repairKeys = { type: 'repairKeys', buckets: keys.map((k) => bucketOf(k.sopInstanceUid)), keys, replyWanted: false } as const;
+  // A new instance pushed by peer-b every 50 ms (an ingest that never stops), a tick every 50 ms.
+  let exchangeAtMs: number | undefined;
+  for (let nowMs = 50; nowMs <= 20_000 && exchangeAtMs === undefined; nowMs += 50) {
+    const step = run(s, { type: 'replicaStored', sopInstanceUid: `8.${nowMs}`, sha256: 'new', fromPeerId: 'peer-b', nowMs }, { type: 'tick', nowMs });
+    s = step.state;
+    if (step.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest')) exchangeAtMs = nowMs;
+  }
+  assert.ok(exchangeAtMs !== undefined, 'no repair exchange in 20 s of pushes');
+  assert.ok(exchangeAtMs >= repairQuietOverrideFactor * quiet.repairQuietMs, `the exchange waited ${exchangeAtMs} ms for the pushes to pause`);
+  // The pushes go on: the keys the partner answers with are pulled all the same.
+  const pulls = run(s, { type: 'replicaStored', sopInstanceUid: '8.x', sha256: 'new', fromPeerId: 'peer-b', nowMs: exchangeAtMs + 10 }, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: exchangeAtMs + 20 });
+  assert.deepEqual(pulls.effects.filter((e) => e.type === 'fetch'), [{ type: 'fetch', fromPeerId: 'peer-b', sopInstanceUid: '8.0' }]);
+  // Once the pushes pause, the quiet rule holds again for the next ones.
+  s = run(pulls.state, { type: 'tick', nowMs: exchangeAtMs + 2_000 }).state;
+  const next = run(s, { type: 'replicaStored', sopInstanceUid: '8.y', sha256: 'new', fromPeerId: 'peer-b', nowMs: exchangeAtMs + 2_100 }, { type: 'tick', nowMs: exchangeAtMs + 2_500 });
+  assert.ok(!next.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'pushes arriving again defer repair again');
 });
 
 test('a UID holding other bytes at another peer is reported once, and neither pulled nor replaced', () => {

@@ -86,7 +86,19 @@ export interface CustodyState {
   lastPushedCopyAtMs: number;
   /** false while the local store refuses writes: no repair exchange, no pull (see storeWritableChanged). */
   storeWritable: boolean;
+  /**
+   * When a due repair first waited for pushed copies to pause (undefined once they do): from
+   * repairQuietOverrideFactor x repairQuietMs later, repair no longer waits for them.
+   */
+  repairDeferredSinceMs: number | undefined;
 }
+
+/**
+ * How many times repairQuietMs a due repair waits for pushed copies to pause. Under an ingest that never
+ * stops they never do, and a site restored from an empty disk, owed nothing for what it lost, got only the
+ * new instances (a gap of 9,300 stayed for as long as the ingest ran).
+ */
+export const repairQuietOverrideFactor = 10;
 
 export interface CustodyStep {
   readonly state: CustodyState;
@@ -135,6 +147,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     repairCursors: new Map(),
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
     storeWritable: true,
+    repairDeferredSinceMs: undefined,
   };
 }
 
@@ -501,7 +514,13 @@ function advanceRepairCursor(state: CustodyState, partner: string, lists: Readon
  * or while our store refuses writes (see storeWritableChanged).
  */
 function repairPaused(state: CustodyState, nowMs: number): boolean {
-  return !state.storeWritable || nowMs - state.lastPushedCopyAtMs < state.config.repairQuietMs;
+  if (!state.storeWritable) return true;
+  const deferredLongEnough = state.repairDeferredSinceMs !== undefined && nowMs - state.repairDeferredSinceMs >= repairQuietOverrideFactor * state.config.repairQuietMs;
+  return copiesArriving(state, nowMs) && !deferredLongEnough;
+}
+
+function copiesArriving(state: CustodyState, nowMs: number): boolean {
+  return nowMs - state.lastPushedCopyAtMs < state.config.repairQuietMs;
 }
 
 /** Queues the keys `from` holds and we miss (as another holder where queued already), then starts pulls. */
@@ -556,6 +575,8 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   }
   updateKnownSites(state, nowMs, effects);
   drainDebt(state, nowMs, effects);
+  if (!copiesArriving(state, nowMs)) state.repairDeferredSinceMs = undefined;
+  else if (nowMs >= state.nextRepairAtMs) state.repairDeferredSinceMs ??= nowMs;
   if (nowMs >= state.nextRepairAtMs && !repairPaused(state, nowMs)) {
     state.nextRepairAtMs = nowMs + c.repairIntervalMs;
     startRepair(state, effects);

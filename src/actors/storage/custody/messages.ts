@@ -63,7 +63,8 @@ export interface CustodyConfig {
   /**
    * While copies pushed by other sites keep arriving (the last one less than this long ago), this peer
    * starts no repair pulls: a returning site would otherwise pull what its peers are already pushing to it
-   * (measured: ~20% of a catch-up). Repair resumes once the pushes stop, so it still finds what they miss.
+   * (measured: ~20% of a catch-up). Repair resumes once the pushes stop, so it still finds what they miss;
+   * under an ingest that never stops it waits at most repairQuietOverrideFactor times this long.
    */
   readonly repairQuietMs: number;
   /**
