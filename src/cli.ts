@@ -15,6 +15,9 @@ async function main(argv: readonly string[]): Promise<number> {
   switch (command) {
     case 'start': {
       const config = parseStartArgs(rest);
+      // Logs are best effort: a log pipe that closes (a log shipper restarting, `| head`) must not stop
+      // the site; without a listener the first write after it (EPIPE) ended the process with nothing said.
+      for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
       // A promise rejected with no handler is a bug in one operation, not a reason to drop every
       // association and mesh link of the site (acknowledged data is durable before its ack either way):
       // report it, with its stack for the bug report, and serve on. Tests fail on this line.
