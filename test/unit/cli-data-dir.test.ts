@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -81,6 +81,24 @@ test('a blob database that lost its CURRENT file, or is gone: exit 1 and one lin
   const gone = await start(dir);
   assert.equal(gone.status, 1, gone.stderr);
   assert.match(gone.stderr, /the catalog lists instances but the blob database holds no bytes/);
+});
+
+test('a blob database whose MANIFEST is damaged: exit 1 and one line saying what to do', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  const writer = store.beginWrite();
+  await writer.write(new Uint8Array(1000));
+  await writer.commit('1.2.3.4', testCatalogEntry('1.2.3.4'));
+  await store.close();
+  const blobs = join(dir, 'store', 'blobs');
+  const manifest = readdirSync(blobs).find((name) => name.startsWith('MANIFEST-'))!;
+  truncateSync(join(blobs, manifest), 10);
+  const r = await start(dir);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: Corruption: .*; its database files are damaged: move the data directory away and start on an empty one/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 
 test('a data directory on a full disk that the store cannot open: exit 1 and one line saying why', async (t) => {

@@ -95,7 +95,10 @@ export function storageErrorText(error: unknown): string {
 /** Why a store could not open, for the operator: abstract-level's "Database failed to open" says why only in its cause. */
 function openError(path: string, error: unknown): StoreError {
   const cause = (error as { cause?: unknown })?.cause;
-  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${cause === undefined ? errorText(error) : errorText(cause)}`, { cause: error });
+  const why = cause === undefined ? errorText(error) : errorText(cause);
+  // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table): say what to do as well.
+  const whatToDo = /^Corruption:/.test(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
+  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
 }
 
 /**
