@@ -223,3 +223,27 @@ test('with no table, or from a peer the table does not know, the front door serv
   const table: RoutingTable = buildRoutingTable(allAlive, 1, 'peer-a', configFor('peer-a').routing);
   assert.deepEqual(chooseTarget(table, 'peer-x', 0.3), { peerId: 'peer-x', reason: 'unknown-origin' });
 });
+
+test('a candidacy whose votes come late waits longer each time (up to 8x voteTimeoutMs), and a late vote then wins', () => {
+  let s = initBalancer(configFor('peer-a'), null);
+  // The voters answer too late for every candidacy: when does each new term start?
+  const candidacyStarts: number[] = [];
+  for (let nowMs = 0; nowMs <= 12_000; nowMs += 50) {
+    const step = run(s, nowMs === 0 ? { type: 'viewChanged', members: allAlive, nowMs } : { type: 'tick', nowMs });
+    s = step.state;
+    if (step.effects.some((e) => e.type === 'send' && e.message.type === 'requestVote')) candidacyStarts.push(nowMs);
+  }
+  const waits = candidacyStarts.slice(1).map((t, i) => t - candidacyStarts[i]!);
+  assert.deepEqual(waits.slice(0, 5), [500, 1000, 2000, 4000, 4000]);
+  // A vote 700 ms after its request: too late for the first candidacy (500 ms), in time for the second.
+  let late = initBalancer(configFor('peer-a'), null);
+  late = run(late, { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
+  const firstTerm = late.durable.currentTerm;
+  late = run(late, { type: 'tick', nowMs: 500 }, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: firstTerm, voterId: 'peer-b', granted: true }, nowMs: 700 }).state;
+  assert.equal(late.role, 'candidate', 'the first candidacy ran out of time, its vote came for an old term; the second runs');
+  const secondTerm = late.durable.currentTerm;
+  assert.equal(secondTerm, firstTerm + 1);
+  const won = run(late, { type: 'tick', nowMs: 1_150 }, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: secondTerm, voterId: 'peer-b', granted: true }, nowMs: 1_200 });
+  assert.equal(won.state.role, 'leader');
+  assert.equal(won.state.candidaciesTimedOut, 0, 'leading resets the backoff');
+});

@@ -49,6 +49,8 @@ export interface BalancerState {
   readonly votesGranted: readonly string[];
   /** Candidate: when to give up this round. Follower: no new candidacy before this time. */
   readonly candidacyDeadlineMs: number;
+  /** Candidacies in a row that ran out of time (none since this peer led or followed a leader): see candidacyTimeoutMs. */
+  readonly candidaciesTimedOut: number;
   /** The latest membership view, sorted by peerId. */
   readonly members: readonly MemberRecord[];
   /** The routing table this peer follows (its own when it leads). */
@@ -77,6 +79,7 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
     leaderHeardAtMs: 0,
     votesGranted: [],
     candidacyDeadlineMs: 0,
+    candidaciesTimedOut: 0,
     members: [],
     table: null,
     nextAnnounceAtMs: 0,
@@ -168,7 +171,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
     }
   }
   if (s.role === 'candidate' && nowMs >= s.candidacyDeadlineMs) {
-    s = { ...s, role: 'follower', votesGranted: [] };
+    s = { ...s, role: 'follower', votesGranted: [], candidaciesTimedOut: s.candidaciesTimedOut + 1 };
   }
   const wantsToRun =
     s.role === 'follower' &&
@@ -185,7 +188,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
     durable,
     role: 'candidate',
     votesGranted: [self],
-    candidacyDeadlineMs: nowMs + s.config.voteTimeoutMs,
+    candidacyDeadlineMs: nowMs + candidacyTimeoutMs(s),
   };
   if (s.leaderId !== null) {
     s = { ...s, leaderId: null };
@@ -241,7 +244,7 @@ function onMessage(
       if (message.leaderId === s.config.selfPeerId) return s;
       // A leader of our term exists: a candidate of this term lost, and a leader here would be a bug.
       if (s.leaderId !== message.leaderId) effects.push({ type: 'leaderChanged', term, leaderId: message.leaderId });
-      s = { ...s, role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs };
+      s = { ...s, role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs, candidaciesTimedOut: 0 };
       return setTable(s, message.table, effects);
     }
     case 'newerTerm':
@@ -264,12 +267,22 @@ function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]
   return s;
 }
 
+/**
+ * How long a candidacy waits for its votes: voteTimeoutMs, doubled for each candidacy in a row that ran out
+ * of time, up to 8x. On peers short of CPU a vote (persisted by the voter before it is sent) took longer
+ * than 300 ms; a fixed timeout then started the next term before it arrived, every time, and two of three
+ * sites stayed leaderless for 15-30 s over dozens of terms.
+ */
+export function candidacyTimeoutMs(state: BalancerState): number {
+  return state.config.voteTimeoutMs * 2 ** Math.min(state.candidaciesTimedOut, 3);
+}
+
 function maybeWin(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
   if (state.votesGranted.length < majorityOf(state.config.rosterPeerIds)) return state;
   const term = state.durable.currentTerm;
   effects.push({ type: 'claimedLeadership', term });
   effects.push({ type: 'leaderChanged', term, leaderId: state.config.selfPeerId });
-  const s: BalancerState = { ...state, role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [] };
+  const s: BalancerState = { ...state, role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0 };
   return announce(s, nowMs, effects);
 }
 
