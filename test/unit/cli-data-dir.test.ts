@@ -62,7 +62,8 @@ test('a data directory another process is using: exit 1 and one line saying so',
   await assert.rejects(createReplicaStore({ path: join(dir, 'store') }).open(), { name: 'StoreError', code: 'ERR_STORE_LOCKED' });
 });
 
-test('a blob database that lost its CURRENT file, or is gone: exit 1 and one line, not a start with every instance gone', async (t) => {
+/** A data directory whose store holds one instance (removed after the test). */
+async function dataDirHoldingOneInstance(t: TestContext): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const store = createReplicaStore({ path: join(dir, 'store') });
@@ -71,6 +72,11 @@ test('a blob database that lost its CURRENT file, or is gone: exit 1 and one lin
   await writer.write(new Uint8Array(1000));
   await writer.commit('1.2.3.4', testCatalogEntry('1.2.3.4'));
   await store.close();
+  return dir;
+}
+
+test('a blob database that lost its CURRENT file, or is gone: exit 1 and one line, not a start with every instance gone', async (t) => {
+  const dir = await dataDirHoldingOneInstance(t);
   rmSync(join(dir, 'store', 'blobs', 'CURRENT'));
   const r = await start(dir);
   assert.equal(r.status, 1, r.stderr);
@@ -84,14 +90,7 @@ test('a blob database that lost its CURRENT file, or is gone: exit 1 and one lin
 });
 
 test('a blob database whose MANIFEST is damaged: exit 1 and one line saying what to do', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const store = createReplicaStore({ path: join(dir, 'store') });
-  await store.open();
-  const writer = store.beginWrite();
-  await writer.write(new Uint8Array(1000));
-  await writer.commit('1.2.3.4', testCatalogEntry('1.2.3.4'));
-  await store.close();
+  const dir = await dataDirHoldingOneInstance(t);
   const blobs = join(dir, 'store', 'blobs');
   const manifest = readdirSync(blobs).find((name) => name.startsWith('MANIFEST-'))!;
   truncateSync(join(blobs, manifest), 10);

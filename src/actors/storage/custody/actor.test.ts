@@ -10,7 +10,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, describe, it, type TestContext } from 'node:test';
 import { createMeshNode, type MeshNode } from '../../../net/node.ts';
 import { generateSwarmKey } from '../../../net/swarm-key.ts';
 import type { IngestPort } from '../../association/services/deps.ts';
@@ -177,6 +177,21 @@ async function readAll(store: ReplicaStore, entry: CatalogEntry): Promise<Buffer
   const chunks: Uint8Array[] = [];
   for await (const c of store.readInstance(entry)) chunks.push(c);
   return Buffer.concat(chunks);
+}
+
+/** A quorum-1 mesh whose site-a lives on a 64 MB tmpfs of its own, its log lines captured; undefined when skipped. */
+async function siteAOnSmallTmpfs(t: TestContext) {
+  const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
+  if (tmpfs === undefined) return undefined;
+  const mesh = new TestMesh(1);
+  // Registered after the mesh's own cleanup: the site on the tmpfs must be stopped before the unmount.
+  t.after(async () => {
+    await mesh.close();
+    tmpfs.unmount();
+  });
+  const lines: string[] = [];
+  const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), loggingTo(lines));
+  return { tmpfs, mesh, lines, a };
 }
 
 describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
@@ -391,15 +406,9 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
   });
 
   it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 90_000 }, async (t) => {
-    const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
-    if (tmpfs === undefined) return;
-    const mesh = new TestMesh(1);
-    t.after(async () => {
-      await mesh.close();
-      tmpfs.unmount();
-    });
-    const lines: string[] = [];
-    const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), loggingTo(lines));
+    const sites = await siteAOnSmallTmpfs(t);
+    if (sites === undefined) return;
+    const { tmpfs, mesh, lines, a } = sites;
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
     writeFileSync(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(46 * 1024 * 1024));
@@ -421,17 +430,9 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
   });
 
   it('a full disk at the sender while it drains debt: custody reloads once when the store reopens, not at every failed debt write', { timeout: 90_000 }, async (t) => {
-    const tmpfs = tmpfsOrSkip(t, 64 * 1024 * 1024);
-    if (tmpfs === undefined) return;
-    const mesh = new TestMesh(1);
-    // Registered after the mesh's own cleanup: the site on the tmpfs must be stopped before the unmount.
-    t.after(async () => {
-      await mesh.close();
-      tmpfs.unmount();
-    });
-    const lines: string[] = [];
-    const capture = loggingTo(lines);
-    const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), capture);
+    const sites = await siteAOnSmallTmpfs(t);
+    if (sites === undefined) return;
+    const { tmpfs, mesh, lines, a } = sites;
     let b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
     const bDir = b.dir;
