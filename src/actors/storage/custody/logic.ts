@@ -510,8 +510,9 @@ function advanceRepairCursor(state: CustodyState, partner: string, lists: Readon
 }
 
 /**
- * No repair exchange and no new pulls: while other sites push copies to us (see CustodyConfig.repairQuietMs),
- * or while our store refuses writes (see storeWritableChanged).
+ * No repair exchange and no new pulls: while other sites push copies to us (see CustodyConfig.repairQuietMs;
+ * a due repair waits for them at most repairQuietOverrideFactor x that), or while our store refuses writes
+ * (see storeWritableChanged).
  */
 function repairPaused(state: CustodyState, nowMs: number): boolean {
   if (!state.storeWritable) return true;
