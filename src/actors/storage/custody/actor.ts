@@ -375,7 +375,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
                 errorComment:
                   a.quorum === 0
                     ? 'custody busy: too many stores pending or replication debt at its bound'
-                    : `write quorum ${a.quorum} not reached in time (held at ${a.sitesHolding.join(', ') || 'no site'})`,
+                    : a.sitesUp !== undefined
+                      ? `write quorum ${a.quorum} cannot be reached: ${a.sitesUp} site(s) up (held at ${a.sitesHolding.join(', ') || 'no site'})`
+                      : `write quorum ${a.quorum} not reached in time (held at ${a.sitesHolding.join(', ') || 'no site'})`,
               });
             }
           }

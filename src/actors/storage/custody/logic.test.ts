@@ -245,6 +245,26 @@ test('copies owed to a site that is down cost no work per store: the drain walks
   assert.ok(walked.entries <= stores * config.replicationsInFlightMax, `${walked.entries} debt entries walked for ${stores} stores with ${owedToAbsentSite} owed to a site that is down`);
 });
 
+test('an explicit write quorum that the sites up cannot reach is refused at once, not at the deadline; a suspect site still counts', () => {
+  const quorum2 = { ...config, writeQuorum: 2 } as const;
+  let s = initCustody(quorum2, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  // Cut off: both other sites dead. Refused as soon as the local copy is durable; the copies stay owed.
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')], nowMs: 1 }).state;
+  const alone = store(s, 'r1', 'u1', 2);
+  assert.deepEqual(acks(alone.effects), [{ type: 'ackStore', requestId: 'r1', sopInstanceUid: 'u1', status: StoreStatus.OutOfResources, quorum: 2, sitesHolding: ['site-a'], sitesUp: 1 }]);
+  assert.equal(alone.state.pending.size, 0);
+  assert.equal(alone.state.debt.size, 2, 'owed to site-b and site-c');
+  // A suspect site may be back within the quorum timeout: the store waits for it...
+  s = run(alone.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'suspect'), member('peer-c', 'dead')], nowMs: 3 }).state;
+  const waiting = store(s, 'r2', 'u2', 4);
+  assert.deepEqual(acks(waiting.effects), []);
+  // ...and is answered the moment that site is found dead.
+  const died = run(waiting.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')], nowMs: 5 });
+  assert.deepEqual(acks(died.effects).map((e) => (e.type === 'ackStore' ? [e.requestId, e.status, e.sitesUp] : [])), [['r2', StoreStatus.OutOfResources, 1]]);
+  assert.equal(died.state.pending.size, 0);
+});
+
 test('a site the operator forgets is dropped with its debt, unless one of its peers is alive', () => {
   let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;

@@ -167,6 +167,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       state.members = input.members;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
       updateKnownSites(state, input.nowMs, effects);
+      for (const pending of [...state.pending.values()]) refuseIfQuorumUnreachable(state, pending, effects);
       drainDebt(state, input.nowMs, effects);
       break;
     case 'storeRequested':
@@ -387,8 +388,24 @@ function onLocalWriteDone(
     effects.push(ackOf(requestId, store.sopInstanceUid, StoreStatus.Success, quorum, [...pending.sitesHolding]));
   } else {
     state.pending.set(requestId, pending);
+    refuseIfQuorumUnreachable(state, pending, effects);
   }
   drainDebt(state, nowMs, effects);
+}
+
+/**
+ * Answers a pending store 0xA700 at once when its quorum can no longer be reached: the sites holding it and
+ * those still up (alive or suspect: a pause is not a death) are fewer than the quorum. An explicit
+ * --write-quorum at a site cut off from the others otherwise waited the whole quorum timeout per C-STORE
+ * (10 s an image). The copies stay owed as debt, as on a timeout.
+ */
+function refuseIfQuorumUnreachable(state: CustodyState, pending: PendingStore, effects: CustodyEffect[]): void {
+  const sitesUp = new Set<string>([state.config.selfSiteName]);
+  for (const m of state.members) if (m.status !== 'dead') sitesUp.add(m.siteName);
+  const canHold = new Set([...pending.sitesHolding, ...sitesUp]);
+  if (canHold.size >= pending.quorum) return;
+  state.pending.delete(pending.requestId);
+  effects.push(ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.OutOfResources, pending.quorum, [...pending.sitesHolding].sort(), sitesUp.size));
 }
 
 function onReplicaStored(
@@ -671,8 +688,9 @@ function ackOf(
   status: StoreStatus,
   quorum: number,
   sitesHolding: readonly string[],
+  sitesUp?: number,
 ): CustodyEffect {
-  return { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding };
+  return sitesUp === undefined ? { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding } : { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding, sitesUp };
 }
 
 function assertNever(value: never): never {

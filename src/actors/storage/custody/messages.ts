@@ -159,6 +159,8 @@ export type CustodyEffect =
       readonly status: StoreStatus;
       readonly quorum: number;
       readonly sitesHolding: readonly string[];
+      /** Set when refused before the deadline: the quorum cannot be reached, only this many sites are up (alive or suspect). */
+      readonly sitesUp?: number;
     }
   | { readonly type: 'persistDebt'; readonly entry: DebtEntry }
   /** Record sites heard from (new, or heard again) and drop forgotten ones; a lost write only costs a hint. */
