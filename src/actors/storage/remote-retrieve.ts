@@ -13,6 +13,7 @@
  * time (concurrent callers share it), a bounded memory of which peer reported which UID.
  */
 import type { MeshNode } from '../../net/node.ts';
+import { systemClock, type Clock } from '../runtime/clock.ts';
 import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
@@ -44,6 +45,8 @@ export interface RemoteRetrieveInit {
   peersSettling?(): boolean;
   /** Longest wait for peersSettling to turn false. Default 2000 ms. */
   settleWaitMaxMs?: number;
+  /** Times that wait. Default: the system clock. */
+  clock?: Clock;
   /** A copy pulled here is durable: custody adds it to its digest and acknowledges the source. */
   onFetched?(entry: CatalogEntry, fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
@@ -98,6 +101,7 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
   const peersAskedMax = init.peersAskedMax ?? 8;
   const hintsMax = init.hintsMax ?? 100_000;
   const settleWaitMaxMs = init.settleWaitMaxMs ?? 2000;
+  const clock = init.clock ?? systemClock;
   /** uid -> peer that reported it in a resolution: asked first by ensureLocal. */
   const hints = new Map<string, string>();
   const pulls = new Map<string, Promise<CatalogEntry | undefined>>();
@@ -164,8 +168,8 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
       const signal = signalOf(options.signal);
       // A pause of a second at another site made it suspect, and the retrieve answered 0xA701 (retry) though
       // the site came back moments later: a short wait serves the viewer instead.
-      for (const until = performance.now() + settleWaitMaxMs; init.peersSettling?.() === true && performance.now() < until && signal?.aborted !== true; ) {
-        await new Promise((resolve) => setTimeout(resolve, settlePollMs));
+      for (const until = clock.nowMs() + settleWaitMaxMs; init.peersSettling?.() === true && clock.nowMs() < until && signal?.aborted !== true; ) {
+        await new Promise<void>((resolve) => clock.setTimeout(resolve, settlePollMs));
       }
       const byUid = new Map<string, CatalogEntry>();
       let truncated = false;

@@ -662,6 +662,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     // A suspect peer is alive again, or dead, within membership's dead-after less its suspect-after (1.5 s).
     peersSettling: () => suspectPeers().length > 0,
     settleWaitMaxMs: tuning.suspectSettleWaitMs,
+    clock,
     holdsNothingMore: (peerId) => holdsNothingMore(members, peerId, current.digestRoot),
     limits: init.limits,
     signal: shutdown.signal,
