@@ -10,7 +10,7 @@
  * removed when that site acknowledges a durable copy. So in-flight replicas and copies for absent sites are
  * one mechanism, and a crash loses no obligation.
  */
-import type { MemberRecord } from '../../membership/messages.ts';
+import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import {
   bucketOf,
   diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, digestSha256, keysInBuckets, missingKeys, type Digest } from './digest.ts';
@@ -167,7 +167,10 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       state.members = input.members;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
       updateKnownSites(state, input.nowMs, effects);
-      for (const pending of [...state.pending.values()]) refuseIfQuorumUnreachable(state, pending, effects);
+      if (state.pending.size > 0) {
+        const up = sitesUp(state);
+        for (const pending of [...state.pending.values()]) refuseIfQuorumUnreachable(state, pending, up, effects);
+      }
       drainDebt(state, input.nowMs, effects);
       break;
     case 'storeRequested':
@@ -328,10 +331,20 @@ export function aliveReplicaTargets(members: readonly MemberRecord[], selfSiteNa
 }
 
 
-function aliveSiteCount(state: CustodyState): number {
+/** This site and the sites of the members in one of `statuses`. */
+function sitesOf(state: CustodyState, statuses: readonly MemberStatus[]): Set<string> {
   const sites = new Set<string>([state.config.selfSiteName]);
-  for (const m of state.members) if (m.status === 'alive') sites.add(m.siteName);
-  return sites.size;
+  for (const m of state.members) if (statuses.includes(m.status)) sites.add(m.siteName);
+  return sites;
+}
+
+function aliveSiteCount(state: CustodyState): number {
+  return sitesOf(state, ['alive']).size;
+}
+
+/** Sites up: alive or suspect (a pause is not a death). */
+function sitesUp(state: CustodyState): Set<string> {
+  return sitesOf(state, ['alive', 'suspect']);
 }
 
 function onStoreRequested(
@@ -388,7 +401,7 @@ function onLocalWriteDone(
     effects.push(ackOf(requestId, store.sopInstanceUid, StoreStatus.Success, quorum, [...pending.sitesHolding]));
   } else {
     state.pending.set(requestId, pending);
-    refuseIfQuorumUnreachable(state, pending, effects);
+    refuseIfQuorumUnreachable(state, pending, sitesUp(state), effects);
   }
   drainDebt(state, nowMs, effects);
 }
@@ -399,13 +412,11 @@ function onLocalWriteDone(
  * --write-quorum at a site cut off from the others otherwise waited the whole quorum timeout per C-STORE
  * (10 s an image). The copies stay owed as debt, as on a timeout.
  */
-function refuseIfQuorumUnreachable(state: CustodyState, pending: PendingStore, effects: CustodyEffect[]): void {
-  const sitesUp = new Set<string>([state.config.selfSiteName]);
-  for (const m of state.members) if (m.status !== 'dead') sitesUp.add(m.siteName);
-  const canHold = new Set([...pending.sitesHolding, ...sitesUp]);
+function refuseIfQuorumUnreachable(state: CustodyState, pending: PendingStore, up: ReadonlySet<string>, effects: CustodyEffect[]): void {
+  const canHold = new Set([...pending.sitesHolding, ...up]);
   if (canHold.size >= pending.quorum) return;
   state.pending.delete(pending.requestId);
-  effects.push(ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.OutOfResources, pending.quorum, [...pending.sitesHolding].sort(), sitesUp.size));
+  effects.push(ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.OutOfResources, pending.quorum, [...pending.sitesHolding].sort(), up.size));
 }
 
 function onReplicaStored(
