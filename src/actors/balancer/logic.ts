@@ -273,7 +273,7 @@ function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]
  * than 300 ms; a fixed timeout then started the next term before it arrived, every time, and two of three
  * sites stayed leaderless for 15-30 s over dozens of terms.
  */
-export function candidacyTimeoutMs(state: BalancerState): number {
+function candidacyTimeoutMs(state: BalancerState): number {
   return state.config.voteTimeoutMs * 2 ** Math.min(state.candidaciesTimedOut, 3);
 }
 
