@@ -56,6 +56,11 @@ function spawnRecorder(decision: CrashDecision) {
   };
 }
 
+/** Sends messages 0..9, the one numbered 4 failing in the handler. */
+function dispatchFailingAtFour(ref: ReturnType<typeof spawnRecorder>['ref']): void {
+  for (let n = 0; n < 10; n++) dispatch(ref, n === 4 ? { type: 'fail', n } : { type: 'work', n });
+}
+
 describe('actors on nact', () => {
   it(`handle up to ${messagesPerTurnMax} queued messages per event-loop turn, in order (nact alone: one per turn)`, async () => {
     const actor = spawnRecorder('stop');
@@ -78,7 +83,7 @@ describe('actors on nact', () => {
   it('a crash goes to supervision with the failing message; resume goes on with the rest of the mailbox', async () => {
     const actor = spawnRecorder('resume');
     try {
-      for (let n = 0; n < 10; n++) dispatch(actor.ref, n === 4 ? { type: 'fail', n } : { type: 'work', n });
+      dispatchFailingAtFour(actor.ref);
       await actor.settledAfter(9);
       assert.deepEqual(actor.crashes, [4]);
       assert.deepEqual(
@@ -93,7 +98,7 @@ describe('actors on nact', () => {
   it('stop on a crash handles nothing more', async () => {
     const actor = spawnRecorder('stop');
     try {
-      for (let n = 0; n < 10; n++) dispatch(actor.ref, n === 4 ? { type: 'fail', n } : { type: 'work', n });
+      dispatchFailingAtFour(actor.ref);
       await new Promise((resolve) => setTimeout(resolve, 50));
       assert.deepEqual(actor.crashes, [4]);
       assert.deepEqual(

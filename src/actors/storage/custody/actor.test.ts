@@ -191,7 +191,18 @@ async function siteAOnSmallTmpfs(t: TestContext) {
   });
   const lines: string[] = [];
   const a = await mesh.start('site-a', join(tmpfs.mountPoint, 'site-a'), loggingTo(lines));
-  return { tmpfs, mesh, lines, a };
+  /** Leaves ~18 MB free, then stores 200 kB instances at site-a until its store faults; the UIDs acknowledged. */
+  const fillDisk = async (): Promise<string[]> => {
+    writeFileSync(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(46 * 1024 * 1024));
+    const acknowledged: string[] = [];
+    for (let n = 0; n < 400 && a.store.writeFault === undefined; n++) {
+      const uid = newUid();
+      if ((await cstore(a.custody.ingest, uid, randomBytes(200_000))).status === 0) acknowledged.push(uid);
+    }
+    assert.ok(a.store.writeFault, 'the filesystem never filled up');
+    return acknowledged;
+  };
+  return { tmpfs, mesh, lines, a, fillDisk };
 }
 
 describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
@@ -408,12 +419,10 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
   it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 90_000 }, async (t) => {
     const sites = await siteAOnSmallTmpfs(t);
     if (sites === undefined) return;
-    const { tmpfs, mesh, lines, a } = sites;
+    const { tmpfs, mesh, lines, a, fillDisk } = sites;
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
-    writeFileSync(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(46 * 1024 * 1024));
-    for (let n = 0; n < 400 && a.store.writeFault === undefined; n++) await cstore(a.custody.ingest, newUid(), randomBytes(200_000));
-    assert.ok(a.store.writeFault, 'the filesystem never filled up');
+    await fillDisk();
     // Stored at B only (quorum 1): A misses them, and repair would find them at B every round.
     const atB: string[] = [];
     for (let n = 0; n < 10; n++) {
@@ -432,19 +441,13 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
   it('a full disk at the sender while it drains debt: custody reloads once when the store reopens, not at every failed debt write', { timeout: 90_000 }, async (t) => {
     const sites = await siteAOnSmallTmpfs(t);
     if (sites === undefined) return;
-    const { tmpfs, mesh, lines, a } = sites;
+    const { tmpfs, mesh, lines, a, fillDisk } = sites;
     let b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
     const bDir = b.dir;
     await mesh.stop('site-b');
     // Stores at A while B is away (quorum 1) until A's disk is full: each acknowledged one is owed to B.
-    writeFileSync(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(46 * 1024 * 1024));
-    const acknowledged: string[] = [];
-    for (let n = 0; n < 400 && a.store.writeFault === undefined; n++) {
-      const uid = newUid();
-      if ((await cstore(a.custody.ingest, uid, randomBytes(200_000))).status === 0) acknowledged.push(uid);
-    }
-    assert.ok(a.store.writeFault, 'the filesystem never filled up');
+    const acknowledged = await fillDisk();
     assert.ok(acknowledged.length > 20, `${acknowledged.length} stores fitted`);
     // B comes back: A sends its copies (reads work while writes are refused), and every batch of
     // acknowledgements is a debt write that fails (without the change, each one crashed custody at once).
