@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
+import { memberRecord } from '../membership/fixtures/member-record.ts';
 import { buildRoutingTable, chooseTarget, initBalancer, ruleWinner, stepBalancer, type BalancerState } from './logic.ts';
 import type { BalancerConfig, BalancerEffect, BalancerInput, RoutingTable } from './messages.ts';
 
@@ -21,21 +22,13 @@ function member(
   peerId: string,
   opts: { status?: MemberStatus; priority?: number; electable?: boolean; site?: string; active?: number; queued?: number; free?: number } = {},
 ): MemberRecord {
-  return {
-    peerId,
+  return memberRecord(peerId, {
     siteName: opts.site ?? `site-${peerId.slice(-1)}`,
-    incarnation: 1,
-    sequence: 1,
     priority: opts.priority ?? 0,
     electable: opts.electable ?? true,
-    addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080`, aeTitle: 'PACSMESH' },
     load: { activeAssociations: opts.active ?? 0, queuedCustodyWork: opts.queued ?? 0, freeDiskBytes: opts.free ?? 1e9 },
-    instanceCount: 0,
-    digestRoot: '',
     status: opts.status ?? 'alive',
-    lastHeardAtMs: 0,
-    statusSinceMs: 0,
-  };
+  });
 }
 
 function run(state: BalancerState, ...inputs: BalancerInput[]): { state: BalancerState; effects: BalancerEffect[] } {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
+import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
 import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
@@ -23,21 +24,7 @@ const config: CustodyConfig = {
 };
 
 function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
-  return {
-    peerId,
-    siteName: `site-${peerId.slice(-1)}`,
-    incarnation: 1,
-    sequence: 1,
-    priority: 0,
-    electable: true,
-    addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' },
-    load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
-    instanceCount: 0,
-    digestRoot: '',
-    status,
-    lastHeardAtMs: 0,
-    statusSinceMs: 0,
-  };
+  return memberRecord(peerId, { status, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 } });
 }
 
 function run(state: CustodyState, ...inputs: CustodyInput[]): { state: CustodyState; effects: CustodyEffect[] } {
