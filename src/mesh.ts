@@ -8,6 +8,7 @@ import { ConfigError } from './config.ts';
 import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
+import type { BalancerService } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
@@ -43,6 +44,8 @@ export interface Mesh {
   status(): Record<string, unknown>;
   /** See CustodyService.forgetSite; the site's peers also leave the learnt election roster. */
   forgetSite: CustodyService['forgetSite'];
+  /** See BalancerService.forgetPeer. */
+  forgetPeer: BalancerService['forgetPeer'];
   stop(): Promise<void>;
 }
 
@@ -148,14 +151,15 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         const result = custody.forgetSite(siteName);
         // Its peers leave the election roster too: counted as voters, a site that is gone for good could
         // leave the others short of a majority.
-        if (result.outcome === 'forgotten') balancer.forgetPeers(membership.members().filter((m) => m.siteName === siteName).map((m) => m.peerId));
+        if (result.outcome === 'forgotten') balancer.forgetSitePeers(siteName);
         return result;
       },
+      forgetPeer: (peerId) => balancer.forgetPeer(peerId),
       status: () => {
         const leader = balancer.leader();
         const stats = custody.stats();
         return {
-          balancer: { ...balancer.status(), roster: balancer.roster().length },
+          balancer: { ...balancer.status(), roster: balancer.roster().length, rosterMembers: balancer.rosterMembers() },
           frontDoor: frontDoor.stats(),
           peerId: node.peerId,
           multiaddrs: node.multiaddrs(),

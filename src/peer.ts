@@ -167,6 +167,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         return scrub?.stats();
       },
       forgetSite: config.swarmKeyFile ? (siteName) => mesh?.forgetSite(siteName) ?? { outcome: 'unknown' } : undefined,
+      forgetPeer: config.swarmKeyFile ? (peerId) => mesh?.forgetPeer(peerId) ?? 'unknown' : undefined,
       meshStatus: async () => {
         const meshStatus = mesh?.status();
         return {

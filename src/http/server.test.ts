@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
+import type { ForgetPeerOutcome } from '../actors/balancer/actor.ts';
 import { startHttpServer } from './server.ts';
 
 test('a path that is no resource is 404 whatever the method; a resource asked with another method is 405 with Allow', async (t) => {
@@ -63,6 +64,43 @@ test('POST /api/forget-site?site=NAME: 200 with the debt dropped, 409 while the 
   const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
   t.after(() => alone.stop());
   const noMesh = await fetch(`http://127.0.0.1:${alone.port}/api/forget-site?site=site-gone`, { method: 'POST' });
+  assert.equal(noMesh.status, 409);
+  assert.equal(((await noMesh.json()) as { code: string }).code, 'ERR_NO_MESH');
+});
+
+test('POST /api/forget-peer?peer=PEERID: 200 forgotten, 409 up, self, pinned or without a mesh, 404 not in the roster, 400 malformed', async (t) => {
+  const ghost = '12D3KooWGhostGhostGhostGhostGhostGhostGhostGhostGhost';
+  const outcomes: Record<string, ForgetPeerOutcome> = { [ghost]: 'forgotten', '12D3KooWUpUpUpUpUpUpUpUpUpUpUp': 'up', '12D3KooWThisPeerThisPeerThisPeer': 'self', '12D3KooWPinnedPinnedPinned': 'pinned' };
+  const asked: string[] = [];
+  const server = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    meshStatus: async () => ({}),
+    isHealthy: () => true,
+    forgetPeer: (peerId) => {
+      asked.push(peerId);
+      return outcomes[peerId] ?? 'unknown';
+    },
+  });
+  t.after(() => server.stop());
+  const post = (query: string) => fetch(`http://127.0.0.1:${server.port}/api/forget-peer${query}`, { method: 'POST' });
+  const ok = await post(`?peer=${ghost}`);
+  assert.equal(ok.status, 200);
+  assert.match(((await ok.json()) as { status: string }).status, /leaves the election roster/);
+  const codes: Array<[string, number, string]> = [];
+  for (const peer of Object.keys(outcomes).slice(1).concat('12D3KooWSomebodyNewSomebodyNew')) {
+    const r = await post(`?peer=${peer}`);
+    codes.push([peer, r.status, ((await r.json()) as { code: string }).code]);
+  }
+  assert.deepEqual(codes.map(([, status, code]) => [status, code]), [[409, 'ERR_PEER_UP'], [409, 'ERR_PEER_SELF'], [409, 'ERR_ROSTER_PINNED'], [404, 'ERR_PEER_UNKNOWN']]);
+  const askedBefore = asked.length;
+  for (const bad of ['', '?peer=short', '?peer=12D3KooW0OIl0OIl0OIl0OIl', `?peer=${ghost}&peer=${ghost}`, `?peer=${'1'.repeat(200)}`]) assert.equal((await post(bad)).status, 400, bad);
+  assert.equal(asked.length, askedBefore, 'malformed requests never reach the balancer');
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/api/forget-peer?peer=${ghost}`)).status, 405);
+
+  const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  t.after(() => alone.stop());
+  const noMesh = await fetch(`http://127.0.0.1:${alone.port}/api/forget-peer?peer=${ghost}`, { method: 'POST' });
   assert.equal(noMesh.status, 409);
   assert.equal(((await noMesh.json()) as { code: string }).code, 'ERR_NO_MESH');
 });

@@ -1,7 +1,9 @@
 /**
  * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh,
- * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site.
+ * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site,
+ * POST /api/forget-peer?peer=PEERID to take one ghost voter out of the election roster.
  */
+import type { ForgetPeerOutcome } from '../actors/balancer/actor.ts';
 import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 
@@ -14,6 +16,8 @@ export interface HttpServerInit {
   isHealthy: () => boolean;
   /** POST /api/forget-site?site=NAME (see CustodyService.forgetSite); undefined without a mesh. */
   forgetSite?: (siteName: string) => { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
+  /** POST /api/forget-peer?peer=PEERID (see BalancerService.forgetPeer); undefined without a mesh. */
+  forgetPeer?: (peerId: string) => ForgetPeerOutcome;
   /** Connections open at once; beyond it new ones are closed. Default 1024. */
   maxConnections?: number;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
@@ -32,7 +36,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 }
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
-const resources = new Set(['/api/scrub', '/api/forget-site', '/healthz', '/api/mesh']);
+const resources = new Set(['/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh']);
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -55,6 +59,10 @@ async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResp
     forgetSite(init, req, res);
     return;
   }
+  if (path === '/api/forget-peer') {
+    forgetPeer(init, req, res);
+    return;
+  }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('allow', 'GET, HEAD');
     sendJson(res, 405, { error: 'method not allowed', code: 'ERR_HTTP_METHOD' });
@@ -70,23 +78,39 @@ async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResp
   }
 }
 
-/** POST /api/forget-site?site=NAME: decommissions a site that is down, with the copies owed to it. */
-function forgetSite(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): void {
+/**
+ * The one `name` query value of a POST to a mesh action, matching `valid`; null when the request was
+ * answered with an error already (wrong method, no mesh, a missing or malformed value).
+ */
+function meshActionArgument(req: IncomingMessage, res: ServerResponse, action: { what: string; name: string; usage: string; meshAvailable: boolean; valid: RegExp }): string | null {
   if (req.method !== 'POST') {
     res.setHeader('allow', 'POST');
-    sendJson(res, 405, { error: 'method not allowed: POST forgets a site', code: 'ERR_HTTP_METHOD' });
-    return;
+    sendJson(res, 405, { error: `method not allowed: POST ${action.what}`, code: 'ERR_HTTP_METHOD' });
+    return null;
   }
-  if (init.forgetSite === undefined) {
-    sendJson(res, 409, { error: 'this peer is not in a mesh (no --swarm-key): it owes no copies', code: 'ERR_NO_MESH' });
-    return;
+  if (!action.meshAvailable) {
+    sendJson(res, 409, { error: 'this peer is not in a mesh (no --swarm-key)', code: 'ERR_NO_MESH' });
+    return null;
   }
-  const sites = new URL(req.url ?? '/', 'http://peer').searchParams.getAll('site');
-  const siteName = sites.length === 1 ? sites[0]! : '';
-  if (!/^[A-Za-z0-9_-]{1,64}$/.test(siteName)) {
-    sendJson(res, 400, { error: 'name one site: POST /api/forget-site?site=NAME', code: 'ERR_HTTP_QUERY' });
-    return;
+  const values = new URL(req.url ?? '/', 'http://peer').searchParams.getAll(action.name);
+  const value = values.length === 1 ? values[0]! : '';
+  if (!action.valid.test(value)) {
+    sendJson(res, 400, { error: `name one ${action.name}: ${action.usage}`, code: 'ERR_HTTP_QUERY' });
+    return null;
   }
+  return value;
+}
+
+/** POST /api/forget-site?site=NAME: decommissions a site that is down, with the copies owed to it. */
+function forgetSite(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): void {
+  const siteName = meshActionArgument(req, res, {
+    what: 'forgets a site',
+    name: 'site',
+    usage: 'POST /api/forget-site?site=NAME',
+    meshAvailable: init.forgetSite !== undefined,
+    valid: /^[A-Za-z0-9_-]{1,64}$/,
+  });
+  if (siteName === null || init.forgetSite === undefined) return;
   const result = init.forgetSite(siteName);
   switch (result.outcome) {
     case 'forgotten':
@@ -100,6 +124,41 @@ function forgetSite(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
       return;
     default: {
       const unreachable: never = result;
+      throw new Error(`unhandled outcome ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+/** POST /api/forget-peer?peer=PEERID: one peer that is gone for good stops counting as a voter. */
+function forgetPeer(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): void {
+  const peerId = meshActionArgument(req, res, {
+    what: 'forgets a peer',
+    name: 'peer',
+    usage: 'POST /api/forget-peer?peer=PEERID (see balancer.rosterMembers in /api/mesh)',
+    meshAvailable: init.forgetPeer !== undefined,
+    // PeerIds are base58btc (no 0, O, I, l).
+    valid: /^[1-9A-HJ-NP-Za-km-z]{16,128}$/,
+  });
+  if (peerId === null || init.forgetPeer === undefined) return;
+  const outcome = init.forgetPeer(peerId);
+  switch (outcome) {
+    case 'forgotten':
+      sendJson(res, 200, { status: `peer ${peerId} leaves the election roster` });
+      return;
+    case 'up':
+      sendJson(res, 409, { error: `peer ${peerId} is alive or suspect: stop it first (it would be learnt again at once)`, code: 'ERR_PEER_UP' });
+      return;
+    case 'self':
+      sendJson(res, 409, { error: `peer ${peerId} is this peer`, code: 'ERR_PEER_SELF' });
+      return;
+    case 'pinned':
+      sendJson(res, 409, { error: 'the roster is pinned (--roster): change the flag on every peer instead', code: 'ERR_ROSTER_PINNED' });
+      return;
+    case 'unknown':
+      sendJson(res, 404, { error: `peer ${peerId} is not in this peer's election roster`, code: 'ERR_PEER_UNKNOWN' });
+      return;
+    default: {
+      const unreachable: never = outcome;
       throw new Error(`unhandled outcome ${JSON.stringify(unreachable)}`);
     }
   }

@@ -90,14 +90,26 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   assert.deepEqual(await studyUidsAt(c), [...studies].sort());
   await checkRetrieveAt(c, 'c-alone');
 
-  // B comes back with its data directory, then as a fresh site-b on an empty disk.
+  // B comes back with its data directory, then as a fresh site-b on an empty disk, on its own ports.
   const cAddress = (await c.status()).self.multiaddrs!.slice(0, 1);
-  const bAgain = await cluster.start('site-b', { dataDir: b.dataDir, bootstrap: cAddress });
+  const bPorts = { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort };
+  const bAgain = await cluster.start('site-b', { dataDir: b.dataDir, bootstrap: cAddress, ports: bPorts });
   await eventually(async () => (await bAgain.status()).instances === instanceCount, 30_000, async () => `restarted B holds ${(await bAgain.status()).instances}`);
+  const bPeerId = (await bAgain.status()).self.peerId!;
   await bAgain.stop();
-  const bEmpty = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-empty'), bootstrap: cAddress });
+  const bEmpty = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-empty'), bootstrap: cAddress, ports: bPorts });
   await eventually(async () => (await bEmpty.status()).instances === instanceCount, 60_000, async () => `empty-disk B holds ${(await bEmpty.status()).instances}`);
   await checkRetrieveAt(bEmpty, 'b-refilled');
+  // B's new PeerId (its key was on the lost disk) took the old one's place in C's election roster: no ghost voter.
+  const bEmptyPeerId = (await bEmpty.status()).self.peerId!;
+  await eventually(
+    async () => {
+      const voters = (await c.status()).balancer?.rosterMembers.map((m) => m.peerId) ?? [];
+      return voters.includes(bEmptyPeerId) && !voters.includes(bPeerId) && voters.length === 3;
+    },
+    10_000,
+    async () => `C's roster: ${JSON.stringify((await c.status()).balancer?.rosterMembers)}`,
+  );
 });
 
 test('a peer with another swarm key, or none, cannot join or read anything', { timeout: 120_000 }, async (t) => {

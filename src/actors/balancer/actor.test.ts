@@ -62,7 +62,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     return { info: at(out.info), warn: at(out.warn), error: at(out.error), child: (fields) => recordingLogger(messages, { ...base, ...fields }) };
   }
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[]): Promise<TestPeer> {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
@@ -80,7 +80,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
       siteName: site,
       priority: 100,
       dataDir: dir,
-      addresses: { dicom: `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
+      addresses: { dicom: dicom ?? `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
       balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000 },
     });
     // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).
@@ -99,8 +99,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
   }
 
   /** `messages`: where each peer's log messages go, by index (none: the usual logger). */
-  async function threePeers(messages: Array<string[] | undefined> = []): Promise<TestPeer[]> {
-    const key = generateSwarmKey();
+  async function threePeers(messages: Array<string[] | undefined> = [], key: SwarmKey = generateSwarmKey()): Promise<TestPeer[]> {
     const a = await peer(key, [], 'site-a', undefined, messages[0]);
     const boot = [loopbackAddress(a.node)];
     const [b, c] = await Promise.all([peer(key, boot, 'site-a', undefined, messages[1]), peer(key, boot, 'site-a', undefined, messages[2])]);
@@ -152,12 +151,44 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
       assert.ok(t === 'local' || t.peerId !== first.peerId);
     }
     // Its site decommissioned: the survivors take it out of their rosters (persisted); a live peer stays.
-    for (const p of survivors) p.mesh.balancer.forgetPeers([first.peerId, survivors[1]!.node.peerId]);
+    for (const p of survivors) {
+      assert.equal(p.mesh.balancer.forgetPeer(survivors.find((q) => q !== p)!.node.peerId), 'up');
+      assert.equal(p.mesh.balancer.forgetPeer(p.node.peerId), 'self');
+      assert.equal(p.mesh.balancer.forgetPeer('12D3KooWNotInTheRoster'), 'unknown');
+      assert.equal(p.mesh.balancer.forgetPeer(first.peerId), 'forgotten');
+    }
     await waitFor('the stopped leader out of both rosters', () => survivors.every((p) => p.mesh.balancer.roster().length === 2), 5000);
     for (const p of survivors) {
-      const onDisk = JSON.parse(await readFile(join(p.dataDir, 'balancer-roster.json'), 'utf8')) as { peers: Record<string, number> };
+      const onDisk = JSON.parse(await readFile(join(p.dataDir, 'balancer-roster.json'), 'utf8')) as { peers: Record<string, unknown> };
       assert.deepEqual(Object.keys(onDisk.peers).sort(), survivors.map((q) => q.node.peerId).sort());
     }
+  });
+
+  it('a peer restored under a new PeerId at its old DICOM address takes the old one\'s place in every roster: three restores, still a leader', { timeout: 60_000 }, async () => {
+    const key = generateSwarmKey();
+    const peers = await threePeers([], key);
+    await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
+    const [a, b] = peers as [TestPeer, TestPeer, TestPeer];
+    let restored = peers[2]!;
+    const dicom = a.mesh.membership.members().find((m) => m.peerId === restored.node.peerId)!.addresses.dicom;
+    const boot = [loopbackAddress(a.node)];
+    for (let restore = 1; restore <= 3; restore++) {
+      const old = restored.node.peerId;
+      await restored.stop();
+      // An empty disk: a new data dir, so a new PeerId, at the same DICOM address.
+      restored = await peer(key, boot, 'site-a', undefined, undefined, dicom);
+      const expected = [a.node.peerId, b.node.peerId, restored.node.peerId].sort();
+      await waitFor(`restore ${restore}: the old PeerId replaced in both rosters`, () => [a, b].every((p) => p.mesh.balancer.roster().join() === expected.join()), 15_000);
+      for (const p of [a, b]) {
+        const onDisk = JSON.parse(await readFile(join(p.dataDir, 'balancer-roster.json'), 'utf8')) as { version: number; peers: Record<string, { site: string; dicom: string }> };
+        assert.equal(onDisk.version, 2);
+        assert.ok(!(old in onDisk.peers), 'the old PeerId is gone from the file too');
+        assert.deepEqual({ site: onDisk.peers[restored.node.peerId]!.site, dicom: onDisk.peers[restored.node.peerId]!.dicom }, { site: 'site-a', dicom });
+      }
+    }
+    const members = a.mesh.balancer.rosterMembers();
+    assert.deepEqual(members.map((m) => [m.peerId, m.site, m.up]), [a, b, restored].map((p) => [p.node.peerId, 'site-a', true]).sort());
+    await waitFor('one leader followed by the three live peers', () => agreedLeader([a, b, restored]) !== null, 15_000);
   });
 
   it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 20_000 }, async () => {

@@ -12,8 +12,9 @@
  *
  * The roster (whose strict majority elects a leader) is formed here, see docs/mesh-algorithms.md
  * ("The roster in a real deployment"): the `roster` option when given (pinned), otherwise self plus every
- * peer ever seen alive, persisted in `<dataDir>/balancer-roster.json` and forgotten after
- * `rosterForgetAfterMs` of absence. A started (or restarted) balancer does not run for `settleMs`, so it
+ * peer ever seen alive, persisted in `<dataDir>/balancer-roster.json` with its site and DICOM address,
+ * replaced by a successor at that address, and forgotten after `rosterForgetAfterMs` of absence (the rules
+ * are in roster.ts). A started (or restarted) balancer does not run for `settleMs`, so it
  * learns the view, the roster and the current term before it can split a vote.
  *
  * Bounds: one tick in flight, view changes coalesced to the latest, at most `mailboxMax` mesh messages
@@ -32,6 +33,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeer, type RosterPeers } from './roster.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from './logic.ts';
 import {
   routingTopic,
@@ -114,15 +116,36 @@ export interface LeaderInfo {
   term: number;
 }
 
+/** One voter of the roster as /api/mesh shows it. */
+export interface RosterMember {
+  peerId: string;
+  /** Where it was last seen; null when not recorded (rosters written by pacs-mesh before site names were kept). */
+  site: string | null;
+  dicom: string | null;
+  /** ISO time it was last seen alive (this peer: now). */
+  lastSeenAt: string;
+  /** Alive or suspect in this peer's membership view. */
+  up: boolean;
+}
+
+export type ForgetPeerOutcome = 'forgotten' | 'up' | 'unknown' | 'pinned' | 'self';
+
 export interface BalancerService {
-  /** Takes peers that are not alive out of the learnt roster at once (a decommissioned site); pinned: nothing. */
-  forgetPeers(peerIds: readonly string[]): void;
+  /** Takes the peers last seen at `site` (in the roster or the view) that are not up out of the learnt roster at once; pinned: nothing. */
+  forgetSitePeers(site: string): void;
+  /**
+   * Takes one peer that is not up out of the learnt roster (a ghost: e.g. a site moved to another address
+   * under a new PeerId). The outcome is decided on the roster as it is now; the write follows.
+   */
+  forgetPeer(peerId: string): ForgetPeerOutcome;
   leader(): LeaderInfo | null;
   table(): RoutingTable | null;
   /** Where the next new association should go: another peer's DICOM address, or here. */
   chooseTarget(localActiveAssociations?: number): { peerId: string; dicom: string } | 'local';
   /** The voters this peer counts a majority of. */
   roster(): string[];
+  /** The voters with where they were last seen (learnt roster; pinned: PeerIds only). */
+  rosterMembers(): RosterMember[];
   /** Role and term, for /api/mesh and tests. */
   status(): { role: 'follower' | 'candidate' | 'leader'; term: number; votedFor: string | null };
   crashForTest(reason?: string): void;
@@ -138,8 +161,7 @@ type BalancerMsg =
   | { readonly type: 'crash'; readonly reason: string };
 
 interface RosterState {
-  /** peerId -> last time seen alive (wall clock ms). */
-  readonly peers: ReadonlyMap<string, number>;
+  readonly peers: RosterPeers;
   readonly persistedAtMs: number;
 }
 
@@ -234,17 +256,14 @@ export async function loadElection(dataDir: string): Promise<ElectionDurable | n
   return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
 }
 
-export async function loadRoster(dataDir: string): Promise<Map<string, number>> {
-  const v = (await readJson(dataDir, ROSTER_FILE)) as { peers?: Record<string, unknown> } | null;
-  const peers = new Map<string, number>();
-  if (v === null) return peers;
-  // A roster read short would shrink the majority: refuse it rather than count without the peers it lost.
-  if (typeof v !== 'object' || typeof v.peers !== 'object' || v.peers === null || Array.isArray(v.peers)) throw damaged(dataDir, ROSTER_FILE, 'not a roster');
-  for (const [peerId, seen] of Object.entries(v.peers)) {
-    if (typeof seen !== 'number' || !Number.isFinite(seen)) throw damaged(dataDir, ROSTER_FILE, `peer ${peerId.slice(0, 60)} has no last-seen time`);
-    peers.set(peerId, seen);
+export async function loadRoster(dataDir: string): Promise<Map<string, RosterPeer>> {
+  const v = await readJson(dataDir, ROSTER_FILE);
+  if (v === null) return new Map();
+  try {
+    return decodeRosterFile(v);
+  } catch (err) {
+    throw damaged(dataDir, ROSTER_FILE, (err as Error).message);
   }
-  return peers;
 }
 
 export async function startBalancer(init: BalancerServiceInit): Promise<BalancerService> {
@@ -285,6 +304,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
+  /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
+  const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
 
   // False from a failed state write until one succeeds: the heartbeat says so, and the others elect
   // among themselves instead of waiting for a best-ranked peer that cannot record its candidacy.
@@ -327,30 +348,17 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
   };
 
-  const persistRoster = async (peers: ReadonlyMap<string, number>): Promise<void> => {
-    await writeStateFile(ROSTER_FILE, JSON.stringify({ version: 1, peers: Object.fromEntries(peers) }));
+  const persistRoster = async (peers: RosterPeers): Promise<void> => {
+    await writeStateFile(ROSTER_FILE, encodeRosterFile(peers));
   };
 
-  /** Learns peers seen alive, forgets long-absent ones; persists before the reducer counts with it. */
+  /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const peers = new Map(roster.peers);
-    const learnt: MemberRecord[] = [];
-    const forgotten: Array<{ peer: string; absentMs: number }> = [];
-    peers.set(self, nowMs);
-    for (const m of members) {
-      if (m.status !== 'alive') continue;
-      if (!peers.has(m.peerId)) learnt.push(m);
-      peers.set(m.peerId, nowMs);
-    }
-    for (const [peerId, seenAtMs] of peers) {
-      if (peerId !== self && nowMs - seenAtMs >= forgetAfterMs) {
-        peers.delete(peerId);
-        forgotten.push({ peer: peerId, absentMs: nowMs - seenAtMs });
-      }
-    }
+    const { peers, learnt, forgotten, replaced, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
-    if (learnt.length > 0 || forgotten.length > 0 || nowMs - roster.persistedAtMs >= 60_000) {
+    const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || detailsChanged;
+    if (changed || nowMs - roster.persistedAtMs >= 60_000) {
       try {
         await persistRoster(peers);
       } catch (err) {
@@ -360,27 +368,25 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         return roster;
       }
       for (const m of learnt) log.info('roster learnt a peer', { peer: m.peerId, memberSite: m.siteName });
+      for (const r of replaced) log.warn('roster replaced a peer by its successor (same site and DICOM address, new PeerId)', { peer: r.peer, by: r.by, memberSite: r.site, dicom: r.dicom });
       for (const f of forgotten) log.warn('roster forgot a long-absent peer', f);
       return { peers, persistedAtMs: nowMs };
     }
     return { peers, persistedAtMs: roster.persistedAtMs };
   };
 
-  /** Drops peers that are not alive from the learnt roster, persisted before the reducer counts without them. */
+  /** Drops peers that are not up from the learnt roster, persisted before the reducer counts without them. */
   const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[]): Promise<RosterState> => {
     if (pinned) return roster;
-    const alive = new Set(membership.liveMembers().map((m) => m.peerId));
-    const gone = peerIds.filter((peerId) => peerId !== self && !alive.has(peerId) && roster.peers.has(peerId));
+    const { peers, gone } = forgetRosterPeers(roster.peers, peerIds, upPeerIds(), self);
     if (gone.length === 0) return roster;
-    const peers = new Map(roster.peers);
-    for (const peerId of gone) peers.delete(peerId);
     try {
       await persistRoster(peers);
     } catch (err) {
       noteStateWriteFailure(err);
       return roster;
     }
-    log.warn('roster forgot the peers of a decommissioned site', { peers: gone });
+    log.warn('roster forgot peers on the operator\'s request', { peers: gone });
     return { peers, persistedAtMs: clock.nowMs() };
   };
 
@@ -395,8 +401,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const initialize = async (): Promise<ActorState> => {
     const nowMs = clock.nowMs();
     const durable = await loadElection(init.dataDir);
-    const peers = pinned ? new Map([...pinned].map((p) => [p, nowMs] as const)) : await loadRoster(init.dataDir);
-    peers.set(self, nowMs);
+    const peers = pinned ? new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : await loadRoster(init.dataDir);
+    if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
     const roster: RosterState = { peers, persistedAtMs: 0 };
     const balancer = initBalancer(
       {
@@ -640,8 +646,29 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return { peerId: entry.peerId, dicom: entry.dicomAddress };
     },
     roster: () => (current ? [...current.balancer.config.rosterPeerIds] : [self]),
-    forgetPeers(peerIds) {
+    rosterMembers() {
+      const up = upPeerIds();
+      const peers = current?.roster.peers ?? new Map<string, RosterPeer>();
+      return [...peers].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([peerId, entry]) => ({
+        peerId,
+        site: entry.site,
+        dicom: entry.dicom,
+        lastSeenAt: new Date(peerId === self ? clock.nowMs() : entry.seenAtMs).toISOString(),
+        up: peerId === self || up.has(peerId),
+      }));
+    },
+    forgetSitePeers(site) {
+      const fromView = membership.members().filter((m) => m.siteName === site).map((m) => m.peerId);
+      const peerIds = [...new Set([...fromView, ...(current ? rosterPeersOfSite(current.roster.peers, site) : [])])];
       if (peerIds.length > 0) send({ type: 'forgetPeers', peerIds });
+    },
+    forgetPeer(peerId) {
+      if (pinned) return 'pinned';
+      if (peerId === self) return 'self';
+      if (upPeerIds().has(peerId)) return 'up';
+      if (!current?.roster.peers.has(peerId)) return 'unknown';
+      send({ type: 'forgetPeers', peerIds: [peerId] });
+      return 'forgotten';
     },
     status() {
       const b = current?.balancer;

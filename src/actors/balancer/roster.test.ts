@@ -1,0 +1,98 @@
+/** The learnt roster's pure rules: learning, successors under a new PeerId, forgetting, the file format. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
+import { memberRecord } from '../membership/fixtures/member-record.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeers } from './roster.ts';
+
+const forgetAfterMs = 24 * 3600_000;
+const site = (peerId: string, siteName: string, dicom: string, status: MemberStatus = 'alive'): MemberRecord =>
+  memberRecord(peerId, { siteName, status, addresses: { dicom, http: `${dicom}-http`, aeTitle: 'PACSMESH' } });
+
+test('learns alive members with their site and DICOM address; suspect and dead members are not learnt', () => {
+  const members = [site('peer-a', 'site-a', '10.0.0.1:104'), site('peer-b', 'site-b', '10.0.0.2:104', 'suspect'), site('peer-c', 'site-c', '10.0.0.3:104', 'dead')];
+  const u = learnRoster(new Map(), members, 'peer-a', 1000, forgetAfterMs);
+  assert.deepEqual([...u.peers.keys()], ['peer-a']);
+  assert.deepEqual(u.peers.get('peer-a'), { seenAtMs: 1000, site: 'site-a', dicom: '10.0.0.1:104' });
+  assert.deepEqual(u.learnt.map((m) => m.peerId), []);
+  const v = learnRoster(u.peers, [...members.slice(0, 2), site('peer-c', 'site-c', '10.0.0.3:104')], 'peer-a', 2000, forgetAfterMs);
+  assert.deepEqual(v.learnt.map((m) => m.peerId), ['peer-c']);
+  assert.equal(v.peers.size, 2);
+});
+
+test('a site restored under a new PeerId at the same DICOM address replaces its old PeerId: three restores leave three voters', () => {
+  let peers: RosterPeers = new Map();
+  const a = site('peer-a', 'site-a', '10.0.0.1:104');
+  const c = site('peer-c', 'site-c', '10.0.0.3:104');
+  peers = learnRoster(peers, [a, site('peer-b0', 'site-b', '10.0.0.2:104'), c], 'peer-a', 0, forgetAfterMs).peers;
+  for (let restore = 1; restore <= 3; restore++) {
+    const old = `peer-b${restore - 1}`;
+    // The old identity is dead (or already gone from the view); the new one is alive on the same address.
+    const u = learnRoster(peers, [a, site(old, 'site-b', '10.0.0.2:104', 'dead'), site(`peer-b${restore}`, 'site-b', '10.0.0.2:104'), c], 'peer-a', restore * 1000, forgetAfterMs);
+    assert.deepEqual(u.replaced, [{ peer: old, by: `peer-b${restore}`, site: 'site-b', dicom: '10.0.0.2:104' }]);
+    peers = u.peers;
+    assert.deepEqual([...peers.keys()].sort(), ['peer-a', `peer-b${restore}`, 'peer-c']);
+  }
+  const absent = learnRoster(peers, [a, c], 'peer-a', 5000, forgetAfterMs);
+  assert.equal(absent.peers.size, 3, 'a peer merely absent is kept until forgotten');
+});
+
+test('no replacement while the old PeerId may be up, at another address or site, for self, or without a recorded address', () => {
+  const base: RosterPeers = new Map([
+    ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: '10.0.0.1:104' }],
+    ['peer-old', { seenAtMs: 0, site: 'site-b', dicom: '10.0.0.2:104' }],
+    ['peer-v1', { seenAtMs: 0, site: null, dicom: null }],
+  ]);
+  const newB = site('peer-new', 'site-b', '10.0.0.2:104');
+  for (const status of ['alive', 'suspect'] as const) {
+    const u = learnRoster(base, [newB, site('peer-old', 'site-b', '10.0.0.2:104', status)], 'peer-a', 10, forgetAfterMs);
+    assert.deepEqual(u.replaced, [], `old PeerId ${status}`);
+  }
+  assert.deepEqual(learnRoster(base, [site('peer-new', 'site-b', '10.0.0.9:104')], 'peer-a', 10, forgetAfterMs).replaced, [], 'another address');
+  assert.deepEqual(learnRoster(base, [site('peer-new', 'site-x', '10.0.0.2:104')], 'peer-a', 10, forgetAfterMs).replaced, [], 'another site');
+  assert.deepEqual(learnRoster(base, [site('peer-x', 'site-a', '10.0.0.1:104')], 'peer-a', 10, forgetAfterMs).replaced, [], 'self is never replaced');
+  // An entry of a version-1 file has no whereabouts: only forgetting (or the operator) takes it out.
+  assert.ok(learnRoster(base, [newB], 'peer-a', 10, forgetAfterMs).peers.has('peer-v1'));
+});
+
+test('a known peer seen at a new address is recorded there; peers absent for forgetAfterMs are forgotten, self never', () => {
+  const base: RosterPeers = new Map([
+    ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: '10.0.0.1:104' }],
+    ['peer-b', { seenAtMs: 0, site: 'site-b', dicom: '10.0.0.2:104' }],
+    ['peer-c', { seenAtMs: 0, site: null, dicom: null }],
+  ]);
+  const moved = learnRoster(base, [site('peer-b', 'site-b', '10.0.0.7:104')], 'peer-a', 10, forgetAfterMs);
+  assert.equal(moved.detailsChanged, true);
+  assert.deepEqual(moved.peers.get('peer-b'), { seenAtMs: 10, site: 'site-b', dicom: '10.0.0.7:104' });
+  const later = learnRoster(moved.peers, [], 'peer-a', forgetAfterMs + 5, forgetAfterMs);
+  assert.deepEqual(later.forgotten, [{ peer: 'peer-c', absentMs: forgetAfterMs + 5 }]);
+  assert.deepEqual([...later.peers.keys()].sort(), ['peer-a', 'peer-b']);
+});
+
+test('forgetRosterPeers takes out only peers that are not up and not self; rosterPeersOfSite finds a site by its record', () => {
+  const peers: RosterPeers = new Map([
+    ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: 'a' }],
+    ['peer-b1', { seenAtMs: 0, site: 'site-b', dicom: 'b' }],
+    ['peer-b2', { seenAtMs: 0, site: 'site-b', dicom: 'b2' }],
+    ['peer-c', { seenAtMs: 0, site: 'site-c', dicom: 'c' }],
+  ]);
+  assert.deepEqual(rosterPeersOfSite(peers, 'site-b'), ['peer-b1', 'peer-b2']);
+  const { peers: left, gone } = forgetRosterPeers(peers, ['peer-a', 'peer-b1', 'peer-b2', 'peer-x', 'peer-b1'], new Set(['peer-b2']), 'peer-a');
+  assert.deepEqual(gone, ['peer-b1']);
+  assert.deepEqual([...left.keys()], ['peer-a', 'peer-b2', 'peer-c']);
+  assert.equal(forgetRosterPeers(peers, ['peer-x'], new Set(), 'peer-a').peers, peers, 'unchanged when nothing goes');
+});
+
+test('the file: version 2 round trip, version 1 read without whereabouts, damage and newer versions refused', () => {
+  const peers: RosterPeers = new Map([['peer-a', { seenAtMs: 5, site: 'site-a', dicom: '10.0.0.1:104' }]]);
+  assert.deepEqual(decodeRosterFile(JSON.parse(encodeRosterFile(peers))), peers);
+  assert.deepEqual(decodeRosterFile({ version: 1, peers: { 'peer-a': 5, 'peer-b': 7 } }), new Map([
+    ['peer-a', { seenAtMs: 5, site: null, dicom: null }],
+    ['peer-b', { seenAtMs: 7, site: null, dicom: null }],
+  ]));
+  assert.throws(() => decodeRosterFile([]), /not a roster/);
+  assert.throws(() => decodeRosterFile({ peers: [] }), /not a roster/);
+  assert.throws(() => decodeRosterFile({ version: 1, peers: { 'peer-a': 'yesterday' } }), /peer peer-a has no last-seen time/);
+  assert.throws(() => decodeRosterFile({ version: 2, peers: { 'peer-a': { site: 'site-a' } } }), /peer peer-a has no last-seen time/);
+  assert.throws(() => decodeRosterFile({ version: 3, peers: {} }), /roster version 3 is newer than this pacs-mesh/);
+});

@@ -1,0 +1,120 @@
+/**
+ * The learnt election roster as pure functions: which peers count as voters, kept in
+ * `<dataDir>/balancer-roster.json` by the balancer actor (which does the file I/O).
+ *
+ * Each entry remembers where its peer was seen (site and DICOM address), so that:
+ * - a site restored from an empty disk, which comes back under a new PeerId on the same DICOM address,
+ *   replaces its old PeerId at once instead of leaving it as a ghost voter for rosterForgetAfterMs (three
+ *   such restores left ghosts outnumbering the live peers, and the mesh leaderless);
+ * - an operator can see which site a voter belongs to, and forget a site's peers even after they left the
+ *   membership view.
+ * Two live peers cannot share a DICOM address (one port, one listener; peers bound to all interfaces
+ * advertise their machine's own address), so the same site at the same address is the same peer's successor.
+ */
+import type { MemberRecord } from '../membership/messages.ts';
+
+export interface RosterPeer {
+  /** Last time this peer was seen alive (wall clock ms). */
+  readonly seenAtMs: number;
+  /** Its site and DICOM address when last seen; null in entries written before they were recorded. */
+  readonly site: string | null;
+  readonly dicom: string | null;
+}
+
+export type RosterPeers = ReadonlyMap<string, RosterPeer>;
+
+export interface RosterUpdate {
+  readonly peers: RosterPeers;
+  readonly learnt: readonly MemberRecord[];
+  readonly forgotten: readonly { readonly peer: string; readonly absentMs: number }[];
+  /** Old PeerIds of a site whose new PeerId took their DICOM address. */
+  readonly replaced: readonly { readonly peer: string; readonly by: string; readonly site: string; readonly dicom: string }[];
+  /** A known peer's site or address changed: worth persisting now rather than at the next refresh. */
+  readonly detailsChanged: boolean;
+}
+
+/**
+ * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
+ * predecessors, and forgets peers absent for `forgetAfterMs`. Self is always kept.
+ */
+export function learnRoster(peers: RosterPeers, members: readonly MemberRecord[], selfPeerId: string, nowMs: number, forgetAfterMs: number): RosterUpdate {
+  const next = new Map(peers);
+  const learnt: MemberRecord[] = [];
+  const forgotten: Array<{ peer: string; absentMs: number }> = [];
+  const replaced: Array<{ peer: string; by: string; site: string; dicom: string }> = [];
+  let detailsChanged = false;
+  const selfOld = next.get(selfPeerId);
+  next.set(selfPeerId, { seenAtMs: nowMs, site: selfOld?.site ?? null, dicom: selfOld?.dicom ?? null });
+  // Suspect peers may still be up: never replace or forget one.
+  const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
+  for (const m of members) {
+    if (m.status !== 'alive') continue;
+    const old = next.get(m.peerId);
+    if (old === undefined) learnt.push(m);
+    else if (old.site !== m.siteName || old.dicom !== m.addresses.dicom) detailsChanged = true;
+    next.set(m.peerId, { seenAtMs: nowMs, site: m.siteName, dicom: m.addresses.dicom });
+  }
+  for (const m of members) {
+    if (m.status !== 'alive') continue;
+    for (const [peerId, entry] of next) {
+      if (peerId === m.peerId || peerId === selfPeerId || up.has(peerId)) continue;
+      if (entry.site !== m.siteName || entry.dicom !== m.addresses.dicom) continue;
+      next.delete(peerId);
+      replaced.push({ peer: peerId, by: m.peerId, site: m.siteName, dicom: m.addresses.dicom });
+    }
+  }
+  for (const [peerId, entry] of next) {
+    if (peerId !== selfPeerId && nowMs - entry.seenAtMs >= forgetAfterMs) {
+      next.delete(peerId);
+      forgotten.push({ peer: peerId, absentMs: nowMs - entry.seenAtMs });
+    }
+  }
+  return { peers: next, learnt, forgotten, replaced, detailsChanged };
+}
+
+/** Takes `peerIds` out, except self and peers up (`upPeerIds`); `gone` lists those taken out. */
+export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[], upPeerIds: ReadonlySet<string>, selfPeerId: string): { peers: RosterPeers; gone: string[] } {
+  const gone = [...new Set(peerIds)].filter((peerId) => peerId !== selfPeerId && !upPeerIds.has(peerId) && peers.has(peerId));
+  if (gone.length === 0) return { peers, gone };
+  const next = new Map(peers);
+  for (const peerId of gone) next.delete(peerId);
+  return { peers: next, gone };
+}
+
+/** The roster's peers last seen at `site`. */
+export function rosterPeersOfSite(peers: RosterPeers, site: string): string[] {
+  return [...peers].filter(([, entry]) => entry.site === site).map(([peerId]) => peerId);
+}
+
+export const ROSTER_FILE_VERSION = 2;
+
+/** The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom}}}`. */
+export function encodeRosterFile(peers: RosterPeers): string {
+  return JSON.stringify({ version: ROSTER_FILE_VERSION, peers: Object.fromEntries(peers) });
+}
+
+/**
+ * Reads a roster file of version 2, or of version 1 (`{peerId: seenAtMs}`, no whereabouts). Throws an Error
+ * naming what is wrong: a roster read short would shrink the majority, so nothing is guessed.
+ */
+export function decodeRosterFile(value: unknown): Map<string, RosterPeer> {
+  const peers = new Map<string, RosterPeer>();
+  if (typeof value !== 'object' || value === null) throw new Error('not a roster');
+  const v = value as { version?: unknown; peers?: unknown };
+  if (typeof v.peers !== 'object' || v.peers === null || Array.isArray(v.peers)) throw new Error('not a roster');
+  if (v.version !== undefined && v.version !== 1 && v.version !== ROSTER_FILE_VERSION) throw new Error(`roster version ${String(v.version).slice(0, 20)} is newer than this pacs-mesh`);
+  for (const [peerId, entry] of Object.entries(v.peers as Record<string, unknown>)) {
+    const what = `peer ${peerId.slice(0, 60)}`;
+    if (typeof entry === 'number') {
+      if (!Number.isFinite(entry)) throw new Error(`${what} has no last-seen time`);
+      peers.set(peerId, { seenAtMs: entry, site: null, dicom: null });
+      continue;
+    }
+    if (typeof entry !== 'object' || entry === null) throw new Error(`${what} has no last-seen time`);
+    const e = entry as Record<string, unknown>;
+    if (typeof e.seenAtMs !== 'number' || !Number.isFinite(e.seenAtMs)) throw new Error(`${what} has no last-seen time`);
+    const text = (x: unknown): string | null => (typeof x === 'string' ? x : null);
+    peers.set(peerId, { seenAtMs: e.seenAtMs, site: text(e.site), dicom: text(e.dicom) });
+  }
+  return peers;
+}
