@@ -9,7 +9,7 @@ import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../supervisor/site-supervisor.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
-import { parseBalancerMessage } from './actor.ts';
+import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage } from './actor.ts';
 import { routingTopic } from './messages.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
@@ -294,5 +294,24 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     assert.deepEqual(agreedLeader([a, b]), before);
     assert.equal(parseBalancerMessage({ type: 'vote', term: -1, voterId: 'x', granted: true }), null);
     assert.equal(parseBalancerMessage({ type: 'announce', term: 1, leaderId: 'x', table: { term: 2, leaderId: 'x', entries: [] } }), null);
+  });
+
+  it('an election stream cut off before its message is not logged as malformed; garbage and oversized frames are', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const messages: string[] = [];
+    const a = await peer(key, [], 'site-a', undefined, messages);
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-a');
+    await waitFor('one leader', () => agreedLeader([a, b]) !== null, 10_000);
+    const cut = await b.node.openStream(a.node.peerId, ELECTION_PROTOCOL);
+    cut.abort(new Error('partition'));
+    await waitFor('the cut stream noticed', () => messages.some((m) => m.startsWith('election message not received')), 5000);
+    const garbage = await b.node.openStream(a.node.peerId, ELECTION_PROTOCOL);
+    await garbage.writer.writeFrame(new Uint8Array([0xc1, 0xc1]));
+    await waitFor('garbage dropped', () => messages.includes('dropped malformed election message'), 5000);
+    const huge = await b.node.openStream(a.node.peerId, ELECTION_PROTOCOL);
+    await huge.writer.writeFrame(new Uint8Array(ELECTION_MAX_BYTES + 1)).catch(() => undefined);
+    await waitFor('oversized dropped', () => messages.includes('dropped oversized election message'), 5000);
+    assert.equal(messages.filter((m) => m === 'dropped malformed election message').length, 1, 'only the garbage counts as malformed');
+    assert.ok(agreedLeader([a, b]) !== null, 'the election carries on');
   });
 });

@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { GossipMessage, MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
+import { MeshStreamError } from '../../net/errors.ts';
 import type { MembershipService } from '../membership/actor.ts';
 import { writeFileDurably } from '../membership/actor.ts';
 import type { MemberRecord } from '../membership/messages.ts';
@@ -288,6 +289,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let queuedMesh = 0;
   let sendsInFlight = 0;
   let dropped = 0;
+  let electionReadFailures = 0;
   let leader: { peerId: string; term: number } | null = null;
   let table: RoutingTable | null = null;
   const ready = Promise.withResolvers<void>();
@@ -575,16 +577,26 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     ELECTION_PROTOCOL,
     async (stream) => {
       const signal = AbortSignal.timeout(2000);
+      let frame: Uint8Array;
+      try {
+        frame = await stream.reader.readFrame(ELECTION_MAX_BYTES, { signal });
+      } catch (err) {
+        // A stream reset or cut off mid-frame (a partition, a peer stopping) is not malformed input: the
+        // sender's timers retry, and only an oversized frame says something about the sender.
+        if (err instanceof MeshStreamError && err.code === 'ERR_FRAME_TOO_LARGE') log.warn('dropped oversized election message', { from: stream.remotePeer, error: err.message });
+        else if (electionReadFailures++ % 100 === 0) log.info('election message not received: the stream ended first', { from: stream.remotePeer, error: (err as Error).message, failures: electionReadFailures });
+        stream.abort(err as Error);
+        return;
+      }
       let message: BalancerMessage | null = null;
       try {
-        const frame = await stream.reader.readFrame(ELECTION_MAX_BYTES, { signal });
         message = parseBalancerMessage(decodeEnvelope(frame, { maxBytes: ELECTION_MAX_BYTES }));
-        await stream.close({ signal });
       } catch (err) {
         log.warn('dropped malformed election message', { from: stream.remotePeer, error: (err as Error).message });
         stream.abort(err as Error);
         return;
       }
+      await stream.close({ signal }).catch((err: unknown) => stream.abort(err as Error));
       const claimed = message === null ? null : claimedSender(message);
       if (message === null || message.type === 'announce' || (claimed !== null && claimed !== stream.remotePeer)) {
         log.warn('dropped invalid election message', { from: stream.remotePeer });
