@@ -100,7 +100,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       dataDir: init.dataDir,
       addresses: init.addresses,
       balancer: {
-        routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3 },
+        routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3, refillLagInstancesMin: 500 },
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
         random: lowDiscrepancyDraws(),
       },
@@ -159,7 +159,13 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         const leader = balancer.leader();
         const stats = custody.stats();
         return {
-          balancer: { ...balancer.status(), roster: balancer.roster().length, rosterMembers: balancer.rosterMembers() },
+          balancer: {
+            ...balancer.status(),
+            roster: balancer.roster().length,
+            rosterMembers: balancer.rosterMembers(),
+            // Sites whose new associations the leader sends to a whole site while they refill.
+            refillingSites: [...new Set((balancer.table()?.entries ?? []).filter((e) => e.refilling).map((e) => e.siteName))].sort(),
+          },
           frontDoor: frontDoor.stats(),
           peerId: node.peerId,
           multiaddrs: node.multiaddrs(),

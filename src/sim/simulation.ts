@@ -224,7 +224,7 @@ export function runSimulation(options: SimOptions): SimResult {
         voteTimeoutMs: timings.voteTimeoutMs,
         announceIntervalMs: timings.announceIntervalMs,
         leaderSilenceMaxMs: timings.leaderSilenceMaxMs,
-        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1 },
+        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: 500 },
       },
       peer.durable.election,
     );

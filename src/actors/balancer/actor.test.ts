@@ -296,6 +296,37 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     assert.equal(parseBalancerMessage({ type: 'announce', term: 1, leaderId: 'x', table: { term: 2, leaderId: 'x', entries: [] } }), null);
   });
 
+  it('a site far behind the others (restored from an empty disk) sends its new associations to a whole site until it has caught up', { timeout: 30_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await peer(key, [], 'site-a');
+    const boot = [loopbackAddress(a.node)];
+    const [b, c] = await Promise.all([peer(key, boot, 'site-b'), peer(key, boot, 'site-c')]);
+    const stats = (p: TestPeer, instanceCount: number) =>
+      p.mesh.membership.updateLocalStats({ load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 100 * 1024 ** 3 }, instanceCount, digestRoot: '' });
+    stats(a, 5000);
+    stats(b, 5000);
+    stats(c, 0);
+    const refilling = () => (c.mesh.balancer.table()?.entries ?? []).filter((e) => e.refilling).map((e) => e.peerId);
+    const refillingEntry = () => c.mesh.balancer.table()?.entries.find((e) => e.peerId === c.node.peerId)?.refilling;
+    // Heartbeats carry the figures: wait for a table built from all three.
+    await waitFor('only site-c refilling in the table it follows', () => c.mesh.balancer.table()?.entries.length === 3 && refilling().join() === c.node.peerId, 15_000);
+    const targets = new Set<string>();
+    for (let i = 0; i < 50; i++) {
+      const t = c.mesh.balancer.chooseTarget();
+      targets.add(t === 'local' ? 'local' : t.peerId);
+    }
+    assert.deepEqual([...targets].sort(), [a.node.peerId, b.node.peerId].sort(), 'every new association at site-c goes to a whole site');
+    stats(c, 4990);
+    await waitFor('site-c whole again', () => refillingEntry() === false, 10_000);
+    assert.equal(c.mesh.balancer.chooseTarget(), 'local');
+    // An announcement from a version without the flag reads as not refilling; a malformed flag is refused.
+    const entry = { peerId: 'p', siteName: 's', dicomAddress: 'h:1', aeTitle: 'AE', weight: 1, saturated: false };
+    const announce = (e: object) => parseBalancerMessage({ type: 'announce', term: 1, leaderId: 'p', table: { term: 1, leaderId: 'p', entries: [e] } });
+    const old = announce(entry);
+    assert.equal(old?.type === 'announce' ? old.table.entries[0]?.refilling : undefined, false);
+    assert.equal(announce({ ...entry, refilling: 'yes' }), null);
+  });
+
   it('an election stream cut off before its message is not logged as malformed; garbage and oversized frames are', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
     const messages: string[] = [];

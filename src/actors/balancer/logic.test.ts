@@ -14,7 +14,7 @@ function configFor(selfPeerId: string): BalancerConfig {
     voteTimeoutMs: 500,
     announceIntervalMs: 200,
     leaderSilenceMaxMs: 1000,
-    routing: { associationsPerPeerMax: 10, custodyQueueMax: 100, freeDiskBytesMin: 1000 },
+    routing: { associationsPerPeerMax: 10, custodyQueueMax: 100, freeDiskBytesMin: 1000, refillLagInstancesMin: 100 },
   };
 }
 
@@ -209,6 +209,30 @@ test('routing only picks peers answering the called AE title of the peer where t
   for (let i = 0; i < 100; i += 1) assert.equal(chooseTarget(table, 'peer-a1', i / 100).peerId, 'peer-a1', 'never peer-a2, which would reject PACSMESH');
   const busy = buildRoutingTable([member('peer-a1', { site: 'north', active: 10 }), other('peer-a2', 'north'), other('peer-b2', 'south')], 3, 'peer-a1', limits);
   assert.deepEqual(chooseTarget(busy, 'peer-a1', 0.5), { peerId: 'peer-a1', reason: 'all-saturated' });
+});
+
+test('a site far behind the fullest site is refilling: its new associations go to a whole site; a small lag moves nothing', () => {
+  const limits = configFor('peer-a').routing;
+  const held = (peerId: string, site: string, instanceCount: number): MemberRecord => ({ ...member(peerId, { site }), instanceCount });
+  // North restored from an empty disk: 40 of 5,000 so far.
+  const table = buildRoutingTable([held('peer-n', 'north', 40), held('peer-s', 'south', 5000), held('peer-e', 'east', 4990)], 3, 'peer-s', limits);
+  assert.deepEqual(table.entries.map((e) => [e.peerId, e.refilling, e.weight === 0]), [['peer-e', false, false], ['peer-n', true, true], ['peer-s', false, false]]);
+  for (let i = 0; i < 20; i += 1) {
+    const choice = chooseTarget(table, 'peer-n', i / 20);
+    assert.equal(choice.reason, 'cross-site');
+    assert.notEqual(choice.peerId, 'peer-n');
+  }
+  // Whole sites keep their own associations, and never get sent to the refilling one.
+  for (let i = 0; i < 20; i += 1) assert.deepEqual(chooseTarget(table, 'peer-e', i / 20), { peerId: 'peer-e', reason: 'same-site' });
+  // 99 behind (limit 100): replication lag, not a gap.
+  const lagging = buildRoutingTable([held('peer-n', 'north', 4901), held('peer-s', 'south', 5000)], 3, 'peer-s', limits);
+  assert.ok(lagging.entries.every((e) => !e.refilling));
+  // A site's peers hold their shares: the site counts their sum.
+  const shared = buildRoutingTable([held('peer-n1', 'north', 2600), held('peer-n2', 'north', 2400), held('peer-s', 'south', 5000)], 3, 'peer-s', limits);
+  assert.ok(shared.entries.every((e) => !e.refilling));
+  // Everyone refilling is impossible (the fullest site never is); a lone refilling site with no whole site alive serves itself.
+  const alone = buildRoutingTable([held('peer-n', 'north', 40)], 3, 'peer-n', limits);
+  assert.deepEqual(chooseTarget(alone, 'peer-n', 0.5), { peerId: 'peer-n', reason: 'same-site' });
 });
 
 test('with no table, or from a peer the table does not know, the front door serves locally', () => {

@@ -67,6 +67,7 @@ export const defaultRoutingLimits: RoutingLimits = {
   associationsPerPeerMax: 32,
   custodyQueueMax: 1000,
   freeDiskBytesMin: 10 * 1024 ** 3,
+  refillLagInstancesMin: 500,
 };
 
 /** A restarted peer comes back as a follower of nobody, remembering only its term and vote. */
@@ -308,19 +309,26 @@ function sameTable(a: RoutingTable | null, b: RoutingTable | null): boolean {
   if (a.term !== b.term || a.leaderId !== b.leaderId || a.entries.length !== b.entries.length) return false;
   return a.entries.every((e, i) => {
     const o = b.entries[i];
-    return o !== undefined && e.peerId === o.peerId && e.weight === o.weight && e.saturated === o.saturated;
+    return o !== undefined && e.peerId === o.peerId && e.weight === o.weight && e.saturated === o.saturated && e.refilling === o.refilling;
   });
 }
 
-/** The leader's table: every alive member with a weight from its spare association and custody capacity. */
+/**
+ * The leader's table: every alive member with a weight from its spare association and custody capacity,
+ * and whether its site is refilling (see RoutingEntry.refilling).
+ */
 export function buildRoutingTable(
   members: readonly MemberRecord[],
   term: number,
   leaderId: string,
   limits: RoutingLimits,
 ): RoutingTable {
-  const entries: RoutingEntry[] = members
-    .filter((m) => m.status === 'alive')
+  const alive = members.filter((m) => m.status === 'alive');
+  // A site's peers do not copy among themselves (each holds its share): the site holds their sum.
+  const instancesBySite = new Map<string, number>();
+  for (const m of alive) instancesBySite.set(m.siteName, (instancesBySite.get(m.siteName) ?? 0) + m.instanceCount);
+  const fullestSiteInstances = Math.max(0, ...instancesBySite.values());
+  const entries: RoutingEntry[] = alive
     .map((m) => {
       const { activeAssociations, queuedCustodyWork, freeDiskBytes } = m.load;
       const saturated =
@@ -330,8 +338,9 @@ export function buildRoutingTable(
       const associationHeadroom = 1 - activeAssociations / limits.associationsPerPeerMax;
       const custodyHeadroom = 1 - queuedCustodyWork / limits.custodyQueueMax;
       // Integer weights keep tables comparable and the choice reproducible across platforms.
-      const weight = saturated ? 0 : Math.max(1, Math.round(1000 * associationHeadroom * custodyHeadroom));
-      return { peerId: m.peerId, siteName: m.siteName, dicomAddress: m.addresses.dicom, aeTitle: m.addresses.aeTitle, weight, saturated };
+      const refilling = fullestSiteInstances - (instancesBySite.get(m.siteName) ?? 0) >= limits.refillLagInstancesMin;
+      const weight = saturated || refilling ? 0 : Math.max(1, Math.round(1000 * associationHeadroom * custodyHeadroom));
+      return { peerId: m.peerId, siteName: m.siteName, dicomAddress: m.addresses.dicom, aeTitle: m.addresses.aeTitle, weight, saturated, refilling };
     })
     .sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
   return { term, leaderId, entries };
@@ -347,14 +356,14 @@ export interface RouteChoice {
 /**
  * Where a new association arriving at fromPeerId should be served. `draw` is a uniform number in [0, 1)
  * from the caller's seeded PRNG (or a counter / 2^32), so the choice is reproducible.
- * Same-site peers first; another site only when every peer of this site is saturated or gone.
+ * Same-site peers first; another site only when every peer of this site is saturated, refilling or gone.
  */
 export function chooseTarget(table: RoutingTable | null, fromPeerId: string, draw: number): RouteChoice {
   if (table === null) return { peerId: fromPeerId, reason: 'no-table' };
   const origin = table.entries.find((e) => e.peerId === fromPeerId);
   if (origin === undefined) return { peerId: fromPeerId, reason: 'unknown-origin' };
   // The modality called the origin's AE title: a peer answering another one would reject it.
-  const candidates = table.entries.filter((e) => e.aeTitle === origin.aeTitle && !e.saturated);
+  const candidates = table.entries.filter((e) => e.aeTitle === origin.aeTitle && !e.saturated && !e.refilling);
   const sameSite = candidates.filter((e) => e.siteName === origin.siteName);
   if (sameSite.length > 0) return { peerId: weightedPick(sameSite, draw), reason: 'same-site' };
   const otherSites = candidates.filter((e) => e.siteName !== origin.siteName);

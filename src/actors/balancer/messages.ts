@@ -13,9 +13,15 @@ export interface RoutingEntry {
   readonly dicomAddress: string;
   /** The called AE title the peer answers (see PeerAddresses.aeTitle). */
   readonly aeTitle: string;
-  /** Relative share of new associations; 0 when saturated. */
+  /** Relative share of new associations; 0 when saturated or refilling. */
   readonly weight: number;
   readonly saturated: boolean;
+  /**
+   * Its site holds far fewer instances than the fullest site (restored from an empty disk, back from a long
+   * absence): a query there would miss studies, so new associations go to a whole site while it refills.
+   * Absent in announcements of pacs-mesh versions before it (read as false).
+   */
+  readonly refilling: boolean;
 }
 
 export interface RoutingTable {
@@ -47,6 +53,11 @@ export interface RoutingLimits {
   readonly custodyQueueMax: number;
   /** Below this much free disk a peer takes no new associations. */
   readonly freeDiskBytesMin: number;
+  /**
+   * A site holding this many instances fewer than the fullest site counts as refilling. Well above what
+   * replication lags behind under load (copies arrive within a second), so only a real gap moves work.
+   */
+  readonly refillLagInstancesMin: number;
 }
 
 export interface BalancerConfig {
