@@ -2,6 +2,7 @@
  * The AE directory: where C-MOVE may send instances. Persisted as JSON in the data directory so that
  * destinations given once on the command line survive restarts; a bad file is an error, not a reset.
  */
+import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ConfigError, parseAeAddress, type AeAddress } from './config.ts';
@@ -15,6 +16,19 @@ export interface AeDirectory {
    * peer, or the next start, finds there.
    */
   persist(): Promise<void>;
+}
+
+/**
+ * A short digest of what decides how this peer answers a calling AE: its C-MOVE destinations and its
+ * calling AE allow-list. Peers route associations only to peers with the same digest, so a C-MOVE never
+ * meets a peer that lacks the destination (0xA801) or refuses the caller.
+ */
+export function accessDigestOf(moveDestinations: Record<string, AeAddress>, allowedCallingAeTitles: readonly string[]): string {
+  const destinations = Object.entries(moveDestinations)
+    .map(([aeTitle, a]) => `${aeTitle.trim()}=${a.host}:${a.port}`)
+    .sort();
+  const calling = [...new Set(allowedCallingAeTitles.map((t) => t.trim()))].sort();
+  return createHash('sha256').update(JSON.stringify({ destinations, calling })).digest('hex').slice(0, 16);
 }
 
 export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<string, AeAddress>): Promise<AeDirectory> {

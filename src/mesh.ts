@@ -3,6 +3,7 @@
  * balancer, wired to each other. The peer composes it only when it has a swarm key; without one it is a
  * single-site archive.
  */
+import type { PeerAddresses } from './actors/membership/messages.ts';
 import type { PeerConfig } from './config.ts';
 import { ConfigError } from './config.ts';
 import { createMeshNode, type MeshNode } from './net/node.ts';
@@ -28,7 +29,7 @@ export interface MeshInit {
   /** Spawns the mesh children (membership, balancer) under its restart policy; custody uses its policy too. */
   supervisor: Pick<SiteSupervisor, 'system' | 'startMesh' | 'crashHandler'>;
   /** host:port others use to reach this peer's DICOM and HTTP ports. */
-  addresses: { dicom: string; http: string; aeTitle: string };
+  addresses: PeerAddresses;
   /** The bound DICOM port: tunnels from other peers are connected to it. */
   localDicomPort: number;
   activeAssociations(): number;

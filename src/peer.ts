@@ -4,7 +4,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { loadAeDirectory } from './ae-directory.ts';
+import { accessDigestOf, loadAeDirectory } from './ae-directory.ts';
 import { ConfigError, type PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
@@ -199,7 +199,12 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         clock,
         log,
         supervisor,
-        addresses: { dicom: `${advertised}:${listener.port}`, http: `${advertised}:${http.port}`, aeTitle: config.aeTitle },
+        addresses: {
+          dicom: `${advertised}:${listener.port}`,
+          http: `${advertised}:${http.port}`,
+          aeTitle: config.aeTitle,
+          accessDigest: accessDigestOf(aeDirectory.entries(), config.allowedCallingAeTitles),
+        },
         localDicomPort: listener.port,
         activeAssociations: () => listener.activeAssociations(),
       });

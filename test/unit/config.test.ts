@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadAeDirectory } from '../../src/ae-directory.ts';
+import { accessDigestOf, loadAeDirectory } from '../../src/ae-directory.ts';
 import { runKeygen } from '../../src/keygen.ts';
 import { ConfigError, defaultConfig, parseStartArgs } from '../../src/config.ts';
 
@@ -130,4 +130,19 @@ test('keygen: a key file where none can be written is one line, the usage when t
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('accessDigestOf: the same destinations and allow-list in any order give one digest; any difference another', () => {
+  const viewer = { host: '10.0.0.5', port: 104 };
+  const ws = { host: '10.0.0.6', port: 11112 };
+  const base = accessDigestOf({ VIEWER: viewer, WS: ws }, ['CT1', 'MR1']);
+  assert.match(base, /^[0-9a-f]{16}$/);
+  assert.equal(accessDigestOf({ WS: ws, VIEWER: viewer }, ['MR1', 'CT1', 'CT1']), base);
+  for (const other of [
+    accessDigestOf({ VIEWER: viewer }, ['CT1', 'MR1']),
+    accessDigestOf({ VIEWER: { ...viewer, port: 105 }, WS: ws }, ['CT1', 'MR1']),
+    accessDigestOf({ VIEWER: viewer, WS: { ...ws, host: '10.0.0.7' } }, ['CT1', 'MR1']),
+    accessDigestOf({ VIEWER: viewer, WS: ws }, ['CT1']),
+    accessDigestOf({ VIEWER: viewer, WS: ws }, []),
+  ]) assert.notEqual(other, base);
 });

@@ -324,6 +324,8 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
     const announce = (e: object) => parseBalancerMessage({ type: 'announce', term: 1, leaderId: 'p', table: { term: 1, leaderId: 'p', entries: [e] } });
     const old = announce(entry);
     assert.equal(old?.type === 'announce' ? old.table.entries[0]?.refilling : undefined, false);
+    assert.equal(old?.type === 'announce' ? old.table.entries[0]?.accessDigest : undefined, '');
+    assert.equal(announce({ ...entry, accessDigest: 12 }), null);
     assert.equal(announce({ ...entry, refilling: 'yes' }), null);
   });
 

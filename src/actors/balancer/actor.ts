@@ -199,7 +199,17 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
         if (typeof e.aeTitle !== 'string' || e.aeTitle.length > STRING_MAX_CHARS) return null;
         if (typeof e.weight !== 'number' || !Number.isFinite(e.weight) || e.weight < 0 || typeof e.saturated !== 'boolean') return null;
         if (e.refilling !== undefined && typeof e.refilling !== 'boolean') return null;
-        entries.push({ peerId: e.peerId, siteName: e.siteName, dicomAddress: e.dicomAddress, aeTitle: e.aeTitle, weight: e.weight, saturated: e.saturated, refilling: e.refilling ?? false });
+        if (e.accessDigest !== undefined && (typeof e.accessDigest !== 'string' || e.accessDigest.length > STRING_MAX_CHARS)) return null;
+        entries.push({
+          peerId: e.peerId,
+          siteName: e.siteName,
+          dicomAddress: e.dicomAddress,
+          aeTitle: e.aeTitle,
+          accessDigest: e.accessDigest ?? '',
+          weight: e.weight,
+          saturated: e.saturated,
+          refilling: e.refilling ?? false,
+        });
       }
       return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries } };
     }

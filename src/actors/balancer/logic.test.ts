@@ -202,13 +202,22 @@ test('routing prefers peers of the same site, crosses sites only when the site i
   assert.deepEqual(chooseTarget(saturated, 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
 });
 
-test('routing only picks peers answering the called AE title of the peer where the association arrived', () => {
+test('routing only picks peers answering the called AE title, with the C-MOVE destinations and allow-list, of the peer where the association arrived', () => {
   const limits = configFor('peer-a').routing;
   const other = (peerId: string, site: string): MemberRecord => ({ ...member(peerId, { site }), addresses: { dicom: `${peerId}:104`, http: `${peerId}:8080`, aeTitle: 'OTHERAE' } });
   const table = buildRoutingTable([member('peer-a1', { site: 'north' }), other('peer-a2', 'north'), member('peer-b1', { site: 'south' })], 3, 'peer-a1', limits);
   for (let i = 0; i < 100; i += 1) assert.equal(chooseTarget(table, 'peer-a1', i / 100).peerId, 'peer-a1', 'never peer-a2, which would reject PACSMESH');
   const busy = buildRoutingTable([member('peer-a1', { site: 'north', active: 10 }), other('peer-a2', 'north'), other('peer-b2', 'south')], 3, 'peer-a1', limits);
   assert.deepEqual(chooseTarget(busy, 'peer-a1', 0.5), { peerId: 'peer-a1', reason: 'all-saturated' });
+  // Same AE title, other C-MOVE destinations or allow-list: it would answer 0xA801 or refuse the caller.
+  const access = (peerId: string, site: string, accessDigest: string, active = 0): MemberRecord => {
+    const m = member(peerId, { site, active });
+    return { ...m, addresses: { ...m.addresses, accessDigest } };
+  };
+  const digests = buildRoutingTable([access('peer-a1', 'north', 'd1', 10), access('peer-b1', 'south', 'd2'), access('peer-c1', 'east', 'd1')], 3, 'peer-a1', limits);
+  for (let i = 0; i < 20; i += 1) assert.deepEqual(chooseTarget(digests, 'peer-a1', i / 20), { peerId: 'peer-c1', reason: 'cross-site' });
+  const noMatch = buildRoutingTable([access('peer-a1', 'north', 'd1', 10), access('peer-b1', 'south', 'd2')], 3, 'peer-a1', limits);
+  assert.deepEqual(chooseTarget(noMatch, 'peer-a1', 0.5), { peerId: 'peer-a1', reason: 'all-saturated' });
 });
 
 test('a site far behind the fullest site is refilling: its new associations go to a whole site; a small lag moves nothing', () => {

@@ -340,7 +340,16 @@ export function buildRoutingTable(
       // Integer weights keep tables comparable and the choice reproducible across platforms.
       const refilling = fullestSiteInstances - (instancesBySite.get(m.siteName) ?? 0) >= limits.refillLagInstancesMin;
       const weight = saturated || refilling ? 0 : Math.max(1, Math.round(1000 * associationHeadroom * custodyHeadroom));
-      return { peerId: m.peerId, siteName: m.siteName, dicomAddress: m.addresses.dicom, aeTitle: m.addresses.aeTitle, weight, saturated, refilling };
+      return {
+        peerId: m.peerId,
+        siteName: m.siteName,
+        dicomAddress: m.addresses.dicom,
+        aeTitle: m.addresses.aeTitle,
+        accessDigest: m.addresses.accessDigest ?? '',
+        weight,
+        saturated,
+        refilling,
+      };
     })
     .sort((a, b) => (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
   return { term, leaderId, entries };
@@ -362,8 +371,9 @@ export function chooseTarget(table: RoutingTable | null, fromPeerId: string, dra
   if (table === null) return { peerId: fromPeerId, reason: 'no-table' };
   const origin = table.entries.find((e) => e.peerId === fromPeerId);
   if (origin === undefined) return { peerId: fromPeerId, reason: 'unknown-origin' };
-  // The modality called the origin's AE title: a peer answering another one would reject it.
-  const candidates = table.entries.filter((e) => e.aeTitle === origin.aeTitle && !e.saturated && !e.refilling);
+  // The modality called the origin's AE title, and may ask for a C-MOVE to a destination the origin knows:
+  // a peer answering another AE title, or with other destinations or another allow-list, would fail it.
+  const candidates = table.entries.filter((e) => e.aeTitle === origin.aeTitle && e.accessDigest === origin.accessDigest && !e.saturated && !e.refilling);
   const sameSite = candidates.filter((e) => e.siteName === origin.siteName);
   if (sameSite.length > 0) return { peerId: weightedPick(sameSite, draw), reason: 'same-site' };
   const otherSites = candidates.filter((e) => e.siteName !== origin.siteName);

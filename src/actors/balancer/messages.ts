@@ -13,6 +13,8 @@ export interface RoutingEntry {
   readonly dicomAddress: string;
   /** The called AE title the peer answers (see PeerAddresses.aeTitle). */
   readonly aeTitle: string;
+  /** See PeerAddresses.accessDigest; '' when the peer announces none. */
+  readonly accessDigest: string;
   /** Relative share of new associations; 0 when saturated or refilling. */
   readonly weight: number;
   readonly saturated: boolean;

@@ -29,7 +29,7 @@ import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
-import { membershipTopic, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerLoad } from './messages.ts';
+import { membershipTopic, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad } from './messages.ts';
 
 export const membershipTimings = {
   heartbeatIntervalMs: 500,
@@ -62,7 +62,7 @@ export interface MembershipServiceInit {
   priority: number;
   /** Holds the incarnation. */
   dataDir: string;
-  addresses: { dicom: string; http: string; aeTitle: string };
+  addresses: PeerAddresses;
   clock: Clock;
   log: Logger;
   parent: Ref<any>;
@@ -160,6 +160,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   if (v.electable !== undefined && typeof v.electable !== 'boolean') return null;
   const addresses = v.addresses as Record<string, unknown> | null;
   if (typeof addresses !== 'object' || addresses === null || !str(addresses.dicom) || !str(addresses.http) || !str(addresses.aeTitle)) return null;
+  if (addresses.accessDigest !== undefined && !str(addresses.accessDigest)) return null;
   const load = v.load as Record<string, unknown> | null;
   if (typeof load !== 'object' || load === null) return null;
   if (!count(load.activeAssociations) || !count(load.queuedCustodyWork) || !count(load.freeDiskBytes)) return null;
@@ -171,7 +172,12 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     sequence: v.sequence,
     priority: v.priority,
     electable: v.electable ?? true,
-    addresses: { dicom: addresses.dicom, http: addresses.http, aeTitle: addresses.aeTitle },
+    addresses: {
+      dicom: addresses.dicom,
+      http: addresses.http,
+      aeTitle: addresses.aeTitle,
+      ...(addresses.accessDigest !== undefined ? { accessDigest: addresses.accessDigest } : {}),
+    },
     load: { activeAssociations: load.activeAssociations, queuedCustodyWork: load.queuedCustodyWork, freeDiskBytes: load.freeDiskBytes },
     instanceCount: v.instanceCount,
     digestRoot: v.digestRoot,

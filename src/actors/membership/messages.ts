@@ -14,6 +14,11 @@ export interface PeerAddresses {
   readonly http: string;
   /** The called AE title this peer answers: associations are only routed between peers that answer the same. */
   readonly aeTitle: string;
+  /**
+   * Digest of its C-MOVE destinations and calling AE allow-list (accessDigestOf): associations are only
+   * routed between peers with the same one. Absent from peers before the field, and from tests.
+   */
+  readonly accessDigest?: string;
 }
 
 export interface PeerLoad {

@@ -11,6 +11,7 @@
  * not be cured by more retries).
  * While a child waits out its back-off, nact queues its messages; the children bound what they enqueue.
  */
+import type { PeerAddresses } from '../membership/messages.ts';
 import type { MeshNode } from '../../net/node.ts';
 import { startBalancer, type BalancerService, type BalancerServiceInit } from '../balancer/actor.ts';
 import { startMembership, type MembershipService } from '../membership/actor.ts';
@@ -43,7 +44,7 @@ export interface MeshChildrenInit {
   siteName: string;
   priority: number;
   dataDir: string;
-  addresses: { dicom: string; http: string; aeTitle: string };
+  addresses: PeerAddresses;
   /** Membership timings (see membership/actor.ts for the defaults and why). */
   heartbeatIntervalMs?: number;
   suspectAfterMs?: number;
