@@ -674,6 +674,51 @@ describe('stale index keys (instance re-stored under another PatientID without d
   });
 });
 
+describe('a study filed under two PatientIDs', () => {
+  it('each patient sees its own name; Patient Root counts its own part (what a C-GET with the same keys retrieves), Study Root the whole study', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const study = { studyUid: '1.2.3.60', studyDate: '20240101', studyTime: '120000', accession: 'A60', studyDescription: 'SPLIT' };
+      const instance = (n: number, patientId: string, patientName: string): CatalogEntry =>
+        makeEntry({ patientId, patientName, ...study, seriesUid: '1.2.3.60.1', modality: 'CT', seriesNumber: '1', sopUid: `1.2.3.60.1.${n}`, sopClassUid: CT_IMAGE, instanceNumber: String(n), storedAtMs: 1000 + n });
+      // P61's instance is the later one: the whole study's attributes are its.
+      await store(db, [instance(1, 'P60', 'Split^One'), instance(2, 'P61', 'Split^Two')]);
+      const keys = (patientId: string, level: 'STUDY' | 'SERIES') => [
+        k(T.PatientID, 'LO', patientId),
+        k(T.PatientName, 'PN'),
+        k(T.StudyInstanceUID, 'UI', level === 'SERIES' ? study.studyUid : ''),
+        ...(level === 'SERIES' ? [k(T.SeriesInstanceUID, 'UI'), k(T.NumberOfSeriesRelatedInstances, 'IS')] : []),
+        k(T.NumberOfStudyRelatedInstances, 'IS'),
+      ];
+      for (const [patientId, name] of [['P60', 'Split^One'], ['P61', 'Split^Two']] as const) {
+        for (const level of ['STUDY', 'SERIES'] as const) {
+          const [patientRoot, ...more] = await find(db, { root: 'PATIENT', level, keys: keys(patientId, level) });
+          assert.equal(more.length, 0);
+          assert.equal(valueOf(patientRoot!, T.PatientID), patientId);
+          assert.equal(valueOf(patientRoot!, T.PatientName), name, `Patient Root ${level} under ${patientId}`);
+          assert.equal(valueOf(patientRoot!, T.NumberOfStudyRelatedInstances), '1');
+          if (level === 'SERIES') assert.equal(valueOf(patientRoot!, T.NumberOfSeriesRelatedInstances), '1');
+          const retrieved = await retrieveUids(db, { root: 'PATIENT', level: 'STUDY', keys: [k(T.PatientID, 'LO', patientId), k(T.StudyInstanceUID, 'UI', study.studyUid)] });
+          assert.equal(retrieved.length, 1, 'the count is what a retrieve with the same keys delivers');
+        }
+        const [studyRoot] = await find(db, { root: 'STUDY', level: 'STUDY', keys: keys(patientId, 'STUDY') });
+        assert.equal(valueOf(studyRoot!, T.PatientName), name, `Study Root under ${patientId}`);
+        assert.equal(valueOf(studyRoot!, T.NumberOfStudyRelatedInstances), '2', 'Study Root: the whole study, as a Study Root C-GET retrieves');
+      }
+      // Both patients matched (a wildcard), or no PatientID key: the whole study, the latest instance's attributes.
+      for (const patientKey of [[k(T.PatientID, 'LO', 'P6*')], []]) {
+        const [whole] = await find(db, { root: 'PATIENT', level: 'STUDY', keys: [...patientKey, k(T.PatientName, 'PN'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] });
+        assert.equal(valueOf(whole!, T.PatientName), 'Split^Two');
+        assert.equal(valueOf(whole!, T.NumberOfStudyRelatedInstances), '2');
+      }
+      assert.deepEqual(await find(db, { root: 'PATIENT', level: 'STUDY', keys: keys('P62', 'STUDY') }), []);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('index lookups read only the entity they target (20,000 instances)', () => {
   const patientCount = 200;
   const seriesPerStudy = 2;

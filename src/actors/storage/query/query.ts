@@ -310,8 +310,9 @@ function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): str
 }
 
 /**
- * Every instance of one patient/study/series, from its own hierarchy index. With `withEntries` false only
- * the index keys are read (enough for the counts). Index keys whose entry disagrees are skipped.
+ * Every instance of one patient/study/series, from its own hierarchy index; with `patientIds`, only those
+ * of these patients (entries are then read). With `withEntries` false only the index keys are read
+ * (enough for the counts). Index keys whose entry disagrees are skipped.
  */
 async function loadAggregate(
   db: CatalogDb,
@@ -319,17 +320,18 @@ async function loadAggregate(
   id: string,
   withEntries: boolean,
   stats: QueryStats,
+  patientIds?: ReadonlySet<string>,
 ): Promise<EntityAggregate> {
   const aggregate = createAggregate();
   let pending: string[] = [];
   const flush = async (): Promise<void> => {
     for (const entry of await readEntries(db, pending, stats)) {
-      if (entryBelongsTo(level, id, entry)) addInstance(aggregate, entry);
+      if (entryBelongsTo(level, id, entry) && (patientIds === undefined || patientIds.has(entry.patientId))) addInstance(aggregate, entry);
     }
     pending = [];
   };
   for await (const indexed of scanIndex(db, hierarchyPrefixOf(level, id), stats)) {
-    if (!withEntries) {
+    if (!withEntries && patientIds === undefined) {
       addInstanceKey(aggregate, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
       continue;
     }
@@ -485,12 +487,13 @@ class UpperAggregateCache {
     private readonly stats: QueryStats,
   ) {}
 
-  async get(level: Exclude<QueryLevel, 'IMAGE'>, id: string, withEntries: boolean): Promise<EntityAggregate> {
-    const cacheKey = `${level}|${withEntries}|${id}`;
+  /** The entity `id` at `level`, or only its instances of `patientIds` (see narrowToMatchedPatients). */
+  async get(level: Exclude<QueryLevel, 'IMAGE'>, id: string, withEntries: boolean, patientIds?: ReadonlySet<string>): Promise<EntityAggregate> {
+    const cacheKey = `${level}|${withEntries}|${id}|${patientIds === undefined ? '' : JSON.stringify([...patientIds].sort())}`;
     let aggregate = this.cache.get(cacheKey);
     if (!aggregate) {
       if (this.cache.size >= 1000) this.cache.clear();
-      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats);
+      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds);
       this.cache.set(cacheKey, aggregate);
     }
     return aggregate;
@@ -507,20 +510,53 @@ async function computedValueOf(
   entityLevel: QueryLevel,
   aggregate: EntityAggregate,
   upper: UpperAggregateCache,
+  patientIds: ReadonlySet<string> | undefined,
 ): Promise<string> {
   if (computed.level === 'ANY' || computed.level === entityLevel) return computed.compute(aggregate);
-  const upperAggregate = await upper.get(computed.level, entityIdOf(computed.level, aggregate.latest!), computed.needsEntries);
+  const upperAggregate = await upper.get(computed.level, entityIdOf(computed.level, aggregate.latest!), computed.needsEntries, patientIds);
   return computed.compute(upperAggregate);
 }
 
-/** The response identifier for an entity, or undefined if it does not match every key. */
-async function respond(
+/**
+ * A study or series filed under several PatientIDs (seen in real data: merges, registration errors) that a
+ * PatientID key matched for some of them: the part of it that belongs to those patients, so that the
+ * response names one patient with that patient's own attributes (not those of another patient's latest
+ * instance). undefined when no narrowing applies; null when no PatientID of the entity matches.
+ */
+async function narrowToMatchedPatients(
   level: QueryLevel,
   keys: CompiledKey[],
   aggregate: EntityAggregate,
   upper: UpperAggregateCache,
+): Promise<{ entity: EntityAggregate; patientIds: ReadonlySet<string> } | undefined | null> {
+  if (level === 'IMAGE' || aggregate.patientIds.size < 2) return undefined;
+  const patientKey = keys.find((key) => key.element.tag === Tags.PatientID && key.isMatching && !key.computed);
+  if (patientKey === undefined) return undefined;
+  const characterSet = attributesByTag(aggregate.latest!).get(Tags.SpecificCharacterSet)?.value;
+  const matched = new Set([...aggregate.patientIds].filter((id) => patientKey.matcher.matches(id, characterSet)));
+  if (matched.size === 0) return null;
+  if (matched.size === aggregate.patientIds.size) return undefined;
+  const entity = await upper.get(level, entityIdOf(level, aggregate.latest!), true, matched);
+  return entity.latest === undefined ? null : { entity, patientIds: matched };
+}
+
+/**
+ * The response identifier for an entity, or undefined if it does not match every key. In Patient Root a
+ * study or series narrowed to the matched patients is counted as that part (what a C-GET with the same
+ * keys retrieves); in Study Root the PatientID is an attribute of the study, which is counted whole.
+ */
+async function respond(
+  root: QueryRoot,
+  level: QueryLevel,
+  keys: CompiledKey[],
+  whole: EntityAggregate,
+  upper: UpperAggregateCache,
 ): Promise<DicomElement[] | undefined> {
-  const stored = attributesByTag(aggregate.latest!);
+  const narrowed = await narrowToMatchedPatients(level, keys, whole, upper);
+  if (narrowed === null) return undefined;
+  const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
+  const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
+  const stored = attributesByTag((narrowed?.entity ?? whole).latest!);
   const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
   for (const key of keys) {
     if (key.computed || !key.isMatching) continue;
@@ -534,7 +570,7 @@ async function respond(
   const computedValues = new Map<Tag, string>();
   for (const key of keys) {
     if (!key.computed) continue;
-    const value = await computedValueOf(key.computed, level, aggregate, upper);
+    const value = await computedValueOf(key.computed, level, aggregate, upper, countedPatients);
     if (key.isMatching && !key.matcher.matches(value)) return undefined;
     computedValues.set(key.element.tag, value);
   }
@@ -577,7 +613,7 @@ export async function* findMatches(
   let responses = 0;
   for await (const aggregate of candidateEntities(db, request.level, plan, stats)) {
     stats.entitiesExamined++;
-    const response = await respond(request.level, compiled.keys, aggregate, upper);
+    const response = await respond(request.root, request.level, compiled.keys, aggregate, upper);
     if (!response) continue;
     yield response;
     if (++responses >= limit) return;
