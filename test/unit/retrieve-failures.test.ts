@@ -14,6 +14,8 @@ import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
+import { parseDataset } from '../../src/codec/dataset/reader.ts';
+import { getFreePort } from '../support/dicom-tools.ts';
 
 const studyRootMove = '1.2.840.10008.5.1.4.1.2.2.2';
 const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
@@ -60,6 +62,41 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
   assert.equal(echo.command.status, 0);
   await client.release();
+});
+
+test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted failed and listed (PS3.4 C.4.2.1.5)', async (t) => {
+  const closedPort = await getFreePort();
+  const peer = await startTestPeer(['--move-dest', `GONE=127.0.0.1:${closedPort}`], 'mover-gone');
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1';
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
+  const stored: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    const reply = await store.storeInstance({ study: { uid: studyInstanceUid }, rows: 16, columns: 16 });
+    assert.equal(reply.command.status, 0);
+    stored.push(reply.command.affectedSopInstanceUid!);
+  }
+  await store.client.release();
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  t.after(() => client.release().catch(() => undefined));
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const final = await client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: 'GONE', hasDataSet: true },
+    identifier,
+  );
+  assert.equal(final.command.status, 0xa702);
+  assert.match(final.command.errorComment ?? '', /^cannot reach the destination/);
+  assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [0, 2, 0]);
+  assert.ok(final.dataSet, 'a Failed SOP Instance UID List data set');
+  const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
+  assert.deepEqual(list?.split('\\').sort(), stored.sort());
 });
 
 test('C-GET of damaged copies: lost or flipped, a failed sub-operation without its C-STORE-RQ; flipped in a large one, an A-ABORT before its end', async (t) => {

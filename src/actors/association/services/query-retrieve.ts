@@ -197,7 +197,14 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   try {
     target = await ctx.openTarget(entries);
   } catch (error) {
-    await ctx.send(retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`));
+    // Every sub-operation failed before it began: counted and listed as such, so the client knows what was not sent.
+    counts.failed = entries.length;
+    counts.failedUids.push(...entries.map((e) => e.sopInstanceUid));
+    counts.remaining = 0;
+    await ctx.send(
+      retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`.slice(0, 64)),
+      failedUidIdentifier(counts, ctx.transferSyntaxUid),
+    );
     return;
   }
   try {
