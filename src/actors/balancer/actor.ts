@@ -2,7 +2,7 @@
  * The balancer actor: the nact wiring around the pure election + routing reducer in logic.ts.
  *
  * Transport of the reducer's messages:
- * - `send` (preVote, preVoteReply, requestVote, vote, newerTerm) goes point to point over the stream protocol
+ * - `send` (requestVote, vote, newerTerm) goes point to point over the stream protocol
  *   `/pacs-mesh/election/1`: one envelope frame per stream. The sender is the stream's authenticated
  *   remote peer (noise), so a vote cannot be forged by a third peer.
  * - `publish` (announce) goes over gossip `pacs-mesh/routing/1`; only an announcement signed by the
@@ -35,7 +35,7 @@ import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeer, type RosterPeers } from './roster.ts';
-import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
+import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from './logic.ts';
 import {
   routingTopic,
   type BalancerEffect,
@@ -148,7 +148,7 @@ export interface BalancerService {
   /** The voters with where they were last seen (learnt roster; pinned: PeerIds only). */
   rosterMembers(): RosterMember[];
   /** Role and term, for /api/mesh and tests. */
-  status(): { role: BalancerRole; term: number; votedFor: string | null };
+  status(): { role: 'follower' | 'candidate' | 'leader'; term: number; votedFor: string | null };
   crashForTest(reason?: string): void;
   stop(): Promise<void>;
 }
@@ -179,10 +179,6 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
   const term = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
   if (!term(v.term)) return null;
   switch (v.type) {
-    case 'preVote':
-      return id(v.candidateId) ? { type: 'preVote', term: v.term, candidateId: v.candidateId } : null;
-    case 'preVoteReply':
-      return id(v.voterId) && typeof v.granted === 'boolean' ? { type: 'preVoteReply', term: v.term, voterId: v.voterId, granted: v.granted } : null;
     case 'requestVote':
       return id(v.candidateId) ? { type: 'requestVote', term: v.term, candidateId: v.candidateId } : null;
     case 'vote':
@@ -225,10 +221,8 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
 /** The peer a message claims to come from, which must be the authenticated sender. */
 function claimedSender(message: BalancerMessage): string | null {
   switch (message.type) {
-    case 'preVote':
     case 'requestVote':
       return message.candidateId;
-    case 'preVoteReply':
     case 'vote':
       return message.voterId;
     case 'announce':

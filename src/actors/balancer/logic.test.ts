@@ -43,11 +43,6 @@ function run(state: BalancerState, ...inputs: BalancerInput[]): { state: Balance
 
 const allAlive = [member('peer-a'), member('peer-b'), member('peer-c')];
 
-/** Pre-vote replies granting `term` from `voters`: a precandidate with a roster majority of them runs. */
-function preVotes(term: number, nowMs: number, ...voters: string[]): BalancerInput[] {
-  return voters.map((voterId) => ({ type: 'messageReceived', from: voterId, message: { type: 'preVoteReply', term, voterId, granted: true }, nowMs }));
-}
-
 test('the rule picks the lowest priority, then the lowest peerId, among alive members only', () => {
   assert.equal(ruleWinner(allAlive)?.peerId, 'peer-a');
   assert.equal(ruleWinner([member('peer-a', { priority: 2 }), member('peer-b', { priority: 1 }), member('peer-c', { priority: 1 })])?.peerId, 'peer-b');
@@ -61,7 +56,7 @@ test('a member that cannot record a vote is passed over: the next-ranked one run
   assert.equal(ruleWinner([member('peer-a', { electable: false })]), null);
   // peer-a itself does not run while its own record says it cannot record a vote.
   assert.equal(run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: view, nowMs: 0 }).state.role, 'follower');
-  const b = run(initBalancer(configFor('peer-b'), null), { type: 'viewChanged', members: view, nowMs: 0 }, ...preVotes(1, 0, 'peer-c'));
+  const b = run(initBalancer(configFor('peer-b'), null), { type: 'viewChanged', members: view, nowMs: 0 });
   assert.equal(b.state.role, 'candidate');
   const c = run(initBalancer(configFor('peer-c'), null), { type: 'viewChanged', members: view, nowMs: 0 });
   const vote = run(c.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: 1, candidateId: 'peer-b' }, nowMs: 1 });
@@ -73,18 +68,8 @@ test('a member that cannot record a vote is passed over: the next-ranked one run
   assert.equal(back.state.role, 'follower');
 });
 
-test('the rule winner asks for pre-votes, then runs, persists its vote first, and wins with a roster majority', () => {
-  const asking = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 });
-  assert.equal(asking.state.role, 'precandidate');
-  assert.equal(asking.state.durable.currentTerm, 0, 'nothing changes before a majority would vote');
-  assert.ok(!asking.effects.some((e) => e.type === 'persist'));
-  assert.deepEqual(
-    asking.effects.map((e) => (e.type === 'send' ? `${e.to}:${e.message.type}:${e.message.term}` : e.type)),
-    ['peer-b:preVote:1', 'peer-c:preVote:1'],
-  );
-  const denied = run(asking.state, { type: 'messageReceived', from: 'peer-c', message: { type: 'preVoteReply', term: 1, voterId: 'peer-c', granted: false }, nowMs: 3 });
-  assert.equal(denied.state.role, 'precandidate');
-  const started = run(denied.state, ...preVotes(1, 5, 'peer-b'));
+test('the rule winner runs, persists its vote first, and wins with a roster majority', () => {
+  const started = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 });
   assert.equal(started.state.role, 'candidate');
   assert.equal(started.state.durable.currentTerm, 1);
   assert.equal(started.effects[0]?.type, 'persist');
@@ -147,7 +132,6 @@ test('a leader steps down when it hears a newer term or a better peer returns', 
   const a = run(
     initBalancer(configFor('peer-a'), null),
     { type: 'viewChanged', members: allAlive, nowMs: 0 },
-    ...preVotes(1, 0, 'peer-b'),
     { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 1 },
   ).state;
   assert.equal(a.role, 'leader');
@@ -158,7 +142,6 @@ test('a leader steps down when it hears a newer term or a better peer returns', 
   const b = run(
     initBalancer(configFor('peer-b'), null),
     { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 0 },
-    ...preVotes(1, 0, 'peer-c'),
     { type: 'messageReceived', from: 'peer-c', message: { type: 'vote', term: 1, voterId: 'peer-c', granted: true }, nowMs: 1 },
   ).state;
   assert.equal(b.role, 'leader');
@@ -187,9 +170,9 @@ test('no candidacy while a roster majority cannot vote (their disks full): the t
     effects.push(...step.effects);
   }
   assert.equal(s.durable.currentTerm, 0);
-  assert.ok(!effects.some((e) => e.type === 'send'), 'no vote (or pre-vote) requested');
+  assert.ok(!effects.some((e) => e.type === 'send'), 'no vote requested');
   // One of them can vote again: a majority of voters, and the rule winner runs.
-  s = run(s, { type: 'viewChanged', members: [view[0]!, member('peer-b'), view[2]!], nowMs: 60_100 }, { type: 'tick', nowMs: 60_200 }, ...preVotes(1, 60_250, 'peer-b')).state;
+  s = run(s, { type: 'viewChanged', members: [view[0]!, member('peer-b'), view[2]!], nowMs: 60_100 }, { type: 'tick', nowMs: 60_200 }).state;
   assert.equal(s.durable.currentTerm, 1);
 });
 
@@ -269,79 +252,24 @@ test('with no table, or from a peer the table does not know, the front door serv
 
 test('a candidacy whose votes come late waits longer each time (up to 8x voteTimeoutMs), and a late vote then wins', () => {
   let s = initBalancer(configFor('peer-a'), null);
-  // The voters answer too late for every round: when does each new round start?
-  const roundStarts: number[] = [];
+  // The voters answer too late for every candidacy: when does each new term start?
+  const candidacyStarts: number[] = [];
   for (let nowMs = 0; nowMs <= 12_000; nowMs += 50) {
     const step = run(s, nowMs === 0 ? { type: 'viewChanged', members: allAlive, nowMs } : { type: 'tick', nowMs });
     s = step.state;
-    if (step.effects.some((e) => e.type === 'send' && e.message.type === 'preVote')) roundStarts.push(nowMs);
+    if (step.effects.some((e) => e.type === 'send' && e.message.type === 'requestVote')) candidacyStarts.push(nowMs);
   }
-  const waits = roundStarts.slice(1).map((t, i) => t - roundStarts[i]!);
+  const waits = candidacyStarts.slice(1).map((t, i) => t - candidacyStarts[i]!);
   assert.deepEqual(waits.slice(0, 5), [500, 1000, 2000, 4000, 4000]);
-  assert.equal(s.durable.currentTerm, 0, 'unanswered pre-votes never raise the term');
-  // Pre-votes at once, the vote 700 ms after its request: too late for the first candidacy (500 ms), in time for the second.
-  let late = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, ...preVotes(1, 0, 'peer-b')).state;
+  // A vote 700 ms after its request: too late for the first candidacy (500 ms), in time for the second.
+  let late = initBalancer(configFor('peer-a'), null);
+  late = run(late, { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
   const firstTerm = late.durable.currentTerm;
-  assert.equal(firstTerm, 1);
-  late = run(
-    late,
-    { type: 'tick', nowMs: 500 },
-    ...preVotes(firstTerm + 1, 600, 'peer-b'),
-    { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: firstTerm, voterId: 'peer-b', granted: true }, nowMs: 700 },
-  ).state;
+  late = run(late, { type: 'tick', nowMs: 500 }, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: firstTerm, voterId: 'peer-b', granted: true }, nowMs: 700 }).state;
   assert.equal(late.role, 'candidate', 'the first candidacy ran out of time, its vote came for an old term; the second runs');
   const secondTerm = late.durable.currentTerm;
   assert.equal(secondTerm, firstTerm + 1);
   const won = run(late, { type: 'tick', nowMs: 1_150 }, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: secondTerm, voterId: 'peer-b', granted: true }, nowMs: 1_200 });
   assert.equal(won.state.role, 'leader');
   assert.equal(won.state.candidaciesTimedOut, 0, 'leading resets the backoff');
-});
-
-test('a peer cut off from the leader in one direction asks for pre-votes, is refused, and never raises the others\' term or unseats the leader', () => {
-  // peer-a leads term 1; peer-b hears nothing from it (its heartbeats to b are lost), the others hear everyone.
-  const leader = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, ...preVotes(1, 0, 'peer-b'), {
-    type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 1,
-  }).state;
-  assert.equal(leader.role, 'leader');
-  let a = leader;
-  let c = run(initBalancer(configFor('peer-c'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
-    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table: leader.table! }, nowMs: 2,
-  }).state;
-  let b = run(initBalancer(configFor('peer-b'), { currentTerm: 1, votedFor: 'peer-a' }), {
-    type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 3,
-  }).state;
-  const cEffects: BalancerEffect[] = [];
-  const aEffects: BalancerEffect[] = [];
-  for (let nowMs = 100; nowMs <= 20_000; nowMs += 100) {
-    const stepB = stepBalancer(b, { type: 'tick', nowMs });
-    b = stepB.state;
-    for (const e of stepB.effects) {
-      if (e.type !== 'send') continue;
-      // b's messages reach a and c; their answers to b are delivered too (only a -> b is cut).
-      const target = e.to === 'peer-a' ? a : c;
-      const answered = stepBalancer(target, { type: 'messageReceived', from: 'peer-b', message: e.message, nowMs });
-      if (e.to === 'peer-a') a = answered.state;
-      else c = answered.state;
-      (e.to === 'peer-a' ? aEffects : cEffects).push(...answered.effects);
-      for (const reply of answered.effects) if (reply.type === 'send' && reply.to === 'peer-b') b = stepBalancer(b, { type: 'messageReceived', from: e.to, message: reply.message, nowMs }).state;
-    }
-    a = stepBalancer(a, { type: 'tick', nowMs }).state;
-    c = stepBalancer(c, { type: 'tick', nowMs }).state;
-  }
-  assert.ok(cEffects.some((e) => e.type === 'send' && e.message.type === 'preVoteReply' && !e.message.granted), 'b asked and was refused');
-  assert.equal(a.role, 'leader');
-  assert.deepEqual([a.durable.currentTerm, b.durable.currentTerm, c.durable.currentTerm], [1, 1, 1]);
-  assert.ok(![...aEffects, ...cEffects].some((e) => e.type === 'persist' || e.type === 'leaderChanged'), 'nothing changed at a or c');
-});
-
-test('a pre-vote for a term the voter has already seen is answered with the newer term, which the asker adopts', () => {
-  const voter = initBalancer(configFor('peer-b'), { currentTerm: 7, votedFor: null });
-  const answer = run(voter, { type: 'messageReceived', from: 'peer-a', message: { type: 'preVote', term: 3, candidateId: 'peer-a' }, nowMs: 0 });
-  assert.deepEqual(answer.effects, [{ type: 'send', to: 'peer-a', message: { type: 'newerTerm', term: 7 } }]);
-  assert.equal(answer.state.durable.currentTerm, 7);
-  const asker = run(initBalancer(configFor('peer-a'), { currentTerm: 2, votedFor: null }), { type: 'viewChanged', members: allAlive, nowMs: 0 });
-  assert.equal(asker.state.role, 'precandidate');
-  const caughtUp = run(asker.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'newerTerm', term: 7 }, nowMs: 1 }, { type: 'tick', nowMs: 600 });
-  assert.equal(caughtUp.state.durable.currentTerm, 7);
-  assert.ok(caughtUp.effects.some((e) => e.type === 'send' && e.message.type === 'preVote' && e.message.term === 8), 'asks again from the newer term');
 });

@@ -18,10 +18,7 @@
  * The price: a component without a roster majority elects nobody; its front doors serve locally.
  *
  * Terms are monotonic: a peer adopts any higher term it hears (vote, request, announcement), persists it,
- * and ignores everything older. Before it runs, a peer asks for pre-votes (Raft's PreVote): the same
- * question as a vote for the next term, answered without changing anything at the voter, and it runs only
- * with a majority of yeses. A peer that cannot win (it hears nothing from the leader, while the others
- * do) therefore never pushes their term up and unseats the leader each time its timer fires. A leader steps down when a better-ranked peer is alive in its view or when
+ * and ignores everything older. A leader steps down when a better-ranked peer is alive in its view or when
  * it no longer sees a roster majority; the next leader needs a new, higher term.
  *
  * The state is immutable: every step returns a new object.
@@ -39,8 +36,7 @@ import {
   type RoutingTable,
 } from './messages.ts';
 
-/** 'precandidate': asking for pre-votes for currentTerm + 1, nothing changed yet (see preVote in messages.ts). */
-export type BalancerRole = 'follower' | 'precandidate' | 'candidate' | 'leader';
+export type BalancerRole = 'follower' | 'candidate' | 'leader';
 
 export interface BalancerState {
   readonly config: BalancerConfig;
@@ -49,9 +45,9 @@ export interface BalancerState {
   /** The leader of durable.currentTerm as far as this peer knows; null when none. */
   readonly leaderId: string | null;
   readonly leaderHeardAtMs: number;
-  /** Voters (self included) for this peer's candidacy in currentTerm (precandidate: in currentTerm + 1). */
+  /** Voters (self included) for this peer's candidacy in currentTerm. */
   readonly votesGranted: readonly string[];
-  /** (Pre)candidate: when to give up this round. Follower: no new candidacy before this time. */
+  /** Candidate: when to give up this round. Follower: no new candidacy before this time. */
   readonly candidacyDeadlineMs: number;
   /** Candidacies in a row that ran out of time (none since this peer led or followed a leader): see candidacyTimeoutMs. */
   readonly candidaciesTimedOut: number;
@@ -175,7 +171,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
       s = setTable(s, null, effects);
     }
   }
-  if ((s.role === 'candidate' || s.role === 'precandidate') && nowMs >= s.candidacyDeadlineMs) {
+  if (s.role === 'candidate' && nowMs >= s.candidacyDeadlineMs) {
     s = { ...s, role: 'follower', votesGranted: [], candidaciesTimedOut: s.candidaciesTimedOut + 1 };
   }
   const wantsToRun =
@@ -185,20 +181,6 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
     selfIsWinner(s) &&
     seesRosterMajority(s, true);
   if (!wantsToRun) return s;
-  // Ask first: nothing is persisted or changed anywhere until a majority would vote for us.
-  s = { ...s, role: 'precandidate', votesGranted: [self], candidacyDeadlineMs: nowMs + candidacyTimeoutMs(s) };
-  for (const peerId of s.config.rosterPeerIds) {
-    if (peerId === self) continue;
-    effects.push({ type: 'send', to: peerId, message: { type: 'preVote', term: s.durable.currentTerm + 1, candidateId: self } });
-  }
-  return maybeRun(s, nowMs, effects);
-}
-
-/** A precandidate with pre-votes from a roster majority runs for currentTerm + 1. */
-function maybeRun(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
-  if (state.role !== 'precandidate' || state.votesGranted.length < majorityOf(state.config.rosterPeerIds)) return state;
-  let s = state;
-  const self = s.config.selfPeerId;
   // Run: a fresh term, our own vote persisted before anyone hears of the candidacy.
   const durable: ElectionDurable = { currentTerm: s.durable.currentTerm + 1, votedFor: self };
   effects.push({ type: 'persist', key: 'election', value: durable });
@@ -229,31 +211,18 @@ function onMessage(
   effects: BalancerEffect[],
 ): BalancerState {
   let s = state;
-  // A pre-vote changes nothing at either end, least of all the term (that is its point).
-  const asksOrAnswersPreVote = message.type === 'preVote' || message.type === 'preVoteReply';
-  if (message.term > s.durable.currentTerm && !asksOrAnswersPreVote) s = adoptTerm(s, message.term, effects);
+  if (message.term > s.durable.currentTerm) s = adoptTerm(s, message.term, effects);
   const term = s.durable.currentTerm;
   switch (message.type) {
-    case 'preVote': {
-      if (message.term <= term) {
-        // The asker is behind (a restart, a partition): it adopts our term and asks again from there.
-        effects.push({ type: 'send', to: from, message: { type: 'newerTerm', term } });
-        return s;
-      }
-      effects.push({ type: 'send', to: from, message: { type: 'preVoteReply', term: message.term, voterId: s.config.selfPeerId, granted: wouldVoteFor(s, message.candidateId) } });
-      return s;
-    }
-    case 'preVoteReply': {
-      if (s.role !== 'precandidate' || message.term !== term + 1 || !message.granted) return s;
-      if (s.votesGranted.includes(message.voterId) || !s.config.rosterPeerIds.includes(message.voterId)) return s;
-      return maybeRun({ ...s, votesGranted: [...s.votesGranted, message.voterId] }, nowMs, effects);
-    }
     case 'requestVote': {
       const self = s.config.selfPeerId;
       const candidate = message.candidateId;
       let granted = false;
       if (message.term === term && (s.durable.votedFor === null || s.durable.votedFor === candidate)) {
-        granted = wouldVoteFor(s, candidate);
+        // Vote only for the rule's winner as this peer sees it, so that views, not races, pick the leader.
+        const best = ruleWinner(s.members);
+        const known = s.members.find((m) => m.peerId === candidate);
+        granted = best === null || best.peerId === candidate || (known !== undefined && compareRank(known, best) <= 0);
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
           effects.push({ type: 'persist', key: 'election', value: durable });
@@ -285,13 +254,6 @@ function onMessage(
     default:
       return assertNever(message);
   }
-}
-
-/** Vote only for the rule's winner as this peer sees it (or a better-ranked peer), so that views, not races, pick the leader. */
-function wouldVoteFor(state: BalancerState, candidateId: string): boolean {
-  const best = ruleWinner(state.members);
-  const known = state.members.find((m) => m.peerId === candidateId);
-  return best === null || best.peerId === candidateId || (known !== undefined && compareRank(known, best) <= 0);
 }
 
 function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]): BalancerState {

@@ -35,13 +35,6 @@ export interface RoutingTable {
 
 /** Messages between balancers (votes are point to point, announcements go over gossip). */
 export type BalancerMessage =
-  /**
-   * Would you vote for me in `term` (one above the sender's)? Changes nothing at the receiver: a peer that
-   * cannot win (cut off from the leader in one direction only) must not push everyone's term up and unseat
-   * the leader each time it tries (Raft's PreVote, Ongaro 9.6).
-   */
-  | { readonly type: 'preVote'; readonly term: number; readonly candidateId: string }
-  | { readonly type: 'preVoteReply'; readonly term: number; readonly voterId: string; readonly granted: boolean }
   | { readonly type: 'requestVote'; readonly term: number; readonly candidateId: string }
   | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean }
   | { readonly type: 'announce'; readonly term: number; readonly leaderId: string; readonly table: RoutingTable }
