@@ -176,6 +176,50 @@ test('no candidacy while a roster majority cannot vote (their disks full): the t
   assert.equal(s.durable.currentTerm, 1);
 });
 
+test('a peer cut off from the leader in one direction runs and is refused, without raising the others\' term or unseating the leader', () => {
+  // peer-a leads term 1; peer-b hears nothing from it (a -> b lost), everyone else hears everyone.
+  const leader = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 1,
+  }).state;
+  assert.equal(leader.role, 'leader');
+  let a = leader;
+  let c = run(initBalancer(configFor('peer-c'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table: leader.table! }, nowMs: 2,
+  }).state;
+  let b = run(initBalancer(configFor('peer-b'), { currentTerm: 1, votedFor: 'peer-a' }), {
+    type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 3,
+  }).state;
+  const answers: BalancerEffect[] = [];
+  for (let nowMs = 100; nowMs <= 20_000; nowMs += 100) {
+    // The leader announces (c hears it); b's requests reach a and c, and their answers reach b.
+    const ticked = stepBalancer(a, { type: 'tick', nowMs });
+    a = ticked.state;
+    for (const e of ticked.effects) if (e.type === 'publish') c = stepBalancer(c, { type: 'messageReceived', from: 'peer-a', message: e.message, nowMs }).state;
+    c = stepBalancer(c, { type: 'tick', nowMs }).state;
+    const stepB = stepBalancer(b, { type: 'tick', nowMs });
+    b = stepB.state;
+    for (const e of stepB.effects) {
+      if (e.type !== 'send') continue;
+      const answered = stepBalancer(e.to === 'peer-a' ? a : c, { type: 'messageReceived', from: 'peer-b', message: e.message, nowMs });
+      if (e.to === 'peer-a') a = answered.state;
+      else c = answered.state;
+      answers.push(...answered.effects);
+      for (const reply of answered.effects) if (reply.type === 'send' && reply.to === 'peer-b') b = stepBalancer(b, { type: 'messageReceived', from: e.to, message: reply.message, nowMs }).state;
+    }
+  }
+  assert.ok(answers.some((e) => e.type === 'send' && e.message.type === 'vote' && !e.message.granted), 'b ran and was refused');
+  assert.ok(!answers.some((e) => e.type === 'persist' || e.type === 'leaderChanged'), 'nothing changed at a or c');
+  assert.equal(a.role, 'leader');
+  assert.deepEqual([a.durable.currentTerm, c.durable.currentTerm, c.leaderId], [1, 1, 'peer-a']);
+  assert.ok(b.durable.currentTerm > 1, 'only the cut-off peer\'s own term climbs');
+  // Once its leader is gone (dead in its view), c takes the higher term again as before.
+  const leaderless = run(c, { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 20_100 }, {
+    type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: b.durable.currentTerm + 1, candidateId: 'peer-b' }, nowMs: 20_100,
+  });
+  assert.equal(leaderless.state.durable.currentTerm, b.durable.currentTerm + 1);
+  assert.ok(leaderless.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+});
+
 test('routing prefers peers of the same site, crosses sites only when the site is saturated', () => {
   const limits = configFor('peer-a').routing;
   const members = [
@@ -261,6 +305,19 @@ test('a candidacy whose votes come late waits longer each time (up to 8x voteTim
   }
   const waits = candidacyStarts.slice(1).map((t, i) => t - candidacyStarts[i]!);
   assert.deepEqual(waits.slice(0, 5), [500, 1000, 2000, 4000, 4000]);
+  // Refused in time (a voter that has not noticed the old leader's death yet): no longer waits, so the
+  // round after its view catches up comes at once.
+  let refused = initBalancer(configFor('peer-a'), null);
+  const refusedStarts: number[] = [];
+  for (let nowMs = 0; nowMs <= 3_000; nowMs += 50) {
+    const step = run(refused, nowMs === 0 ? { type: 'viewChanged', members: allAlive, nowMs } : { type: 'tick', nowMs });
+    refused = step.state;
+    if (step.effects.some((e) => e.type === 'send' && e.message.type === 'requestVote')) {
+      refusedStarts.push(nowMs);
+      refused = run(refused, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: refused.durable.currentTerm, voterId: 'peer-b', granted: false }, nowMs: nowMs + 10 }).state;
+    }
+  }
+  assert.deepEqual(refusedStarts.slice(1).map((t, i) => t - refusedStarts[i]!).slice(0, 4), [500, 500, 500, 500]);
   // A vote 700 ms after its request: too late for the first candidacy (500 ms), in time for the second.
   let late = initBalancer(configFor('peer-a'), null);
   late = run(late, { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
