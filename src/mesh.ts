@@ -71,6 +71,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     bootstrap: config.bootstrap,
     onBootstrapUnreachable: (failure) =>
       log.warn('cannot reach a bootstrap peer (is the address right, is it up, does it hold the same swarm key?)', { ...failure }),
+    onBootstrapIdentityChanged: (change) =>
+      log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
     onIdentityConflict: (conflict) =>
       log.error(`two processes use one peer identity (a copied data directory?): ${twinAdvice}`, { peer: conflict.peerId, addresses: conflict.addresses }),
     onIdentityConflictNotice: (notice) =>

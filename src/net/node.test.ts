@@ -12,9 +12,10 @@ import { fileURLToPath } from 'node:url';
 import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
-import type { BootstrapFailure, IdentityConflict, IdentityConflictNotice, MeshNode, MeshNodeInit } from './node.ts';
+import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, MeshNode, MeshNodeInit } from './node.ts';
 import { encodeEnvelope } from '../codec/envelope.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
+import { getFreePort } from '../../test/support/dicom-tools.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../test/support/wall-clock.ts';
 
@@ -213,6 +214,48 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     assert.deepEqual(failures.map((f) => f.attempts), [1, 2, 4]);
     assert.equal(failures[0]!.address, closedAddress);
     assert.match(failures[0]!.error, /ECONNREFUSED/);
+  });
+
+  it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', async () => {
+    const old = await start({});
+    const oldAddress = loopbackAddress(old);
+    const port = Number(oldAddress.split('/')[4]);
+    await old.stop();
+    // Restored on an empty disk: a new identity on the same port.
+    const restored = await start({ p2pPort: port });
+    assert.notEqual(restored.peerId, old.peerId);
+    const changes: BootstrapIdentityChange[] = [];
+    const failures: BootstrapFailure[] = [];
+    const joining = await start({ bootstrap: [oldAddress], onBootstrapIdentityChanged: (c) => changes.push(c), onBootstrapUnreachable: (f) => failures.push(f) });
+    await waitFor('connected to the restored peer through the stale address', () => joining.connectedPeers().includes(restored.peerId), 10_000);
+    assert.equal(changes.length, 1);
+    assert.equal(changes[0]!.expectedPeerId, old.peerId);
+    assert.match(changes[0]!.error, /does not match expected remote identity key/);
+    assert.equal(failures.length, 0, 'not reported as unreachable');
+    await Promise.all([joining.stop(), restored.stop()]);
+    // The same list at every site names each site itself (by address): dropped, not retried and reported.
+    const ownPort = await getFreePort();
+    const selfListed = await start({ p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}`], onBootstrapUnreachable: (f) => failures.push(f) });
+    await new Promise((r) => setTimeout(r, 1500));
+    await selfListed.stop();
+    assert.deepEqual(failures, [], 'its own address is no unreachable bootstrap peer');
+  });
+
+  it('redials an unreachable bootstrap address on its backoff, not on the 5 s maximum', async () => {
+    const closed = await start({});
+    const closedAddress = loopbackAddress(closed);
+    await closed.stop();
+    const failures: Array<BootstrapFailure & { atMs: number }> = [];
+    const t0 = performance.now();
+    const lonely = await start({
+      bootstrap: [closedAddress],
+      tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 5000 },
+      onBootstrapUnreachable: (f) => failures.push({ ...f, atMs: performance.now() - t0 }),
+    });
+    await waitFor('the 4th failure', () => failures.some((f) => f.attempts === 4), 10_000);
+    await lonely.stop();
+    // 200, 400, 800 ms (+-25 %) between tries: the 4th well before the ~15 s that 5 s ticks took.
+    assert.ok(failures.at(-1)!.atMs < 4000, `4th failure after ${Math.round(failures.at(-1)!.atMs)} ms`);
   });
 
   it('notices two processes with one identity (a copied data directory): their connections report disjoint listen addresses', async () => {

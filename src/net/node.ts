@@ -98,6 +98,12 @@ export interface MeshNodeInit {
    */
   onBootstrapUnreachable?: (failure: BootstrapFailure) => void;
   /**
+   * A `bootstrap` address with /p2p/ answered under another PeerId (the site there was restored on an empty
+   * disk, which gives it a new identity): from then on the address is dialled without its /p2p/ part,
+   * accepting whoever holds the swarm key there. Called once per address.
+   */
+  onBootstrapIdentityChanged?: (change: BootstrapIdentityChange) => void;
+  /**
    * Two processes hold the identity of one peer (a copied data directory: `peer-key` is the identity): two
    * open connections to it report listen addresses with none in common. Such twins stall the election and
    * misdirect copies; called at most once a minute per peer.
@@ -148,6 +154,13 @@ export interface BootstrapFailure {
   readonly address: string;
   readonly attempts: number;
   readonly nextTryInMs: number;
+  readonly error: string;
+}
+
+export interface BootstrapIdentityChange {
+  readonly address: string;
+  /** The PeerId the address named. */
+  readonly expectedPeerId: string;
   readonly error: string;
 }
 
@@ -259,6 +272,8 @@ function dialableAddrs(t: Target): Multiaddr[] {
 class Reconnector {
   private readonly targets = new Map<string, Target>();
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** performance.now() at which `timer` fires. */
+  private timerAt = 0;
   private running = false;
   private readonly inflight = new Set<Promise<void>>();
 
@@ -266,7 +281,9 @@ class Reconnector {
     private readonly node: Libp2p<Services>,
     private readonly log: Logger,
     private readonly opts: { minDelay: number; maxDelay: number; maxKnown: number; dialTimeout: number },
+    private readonly selfPeerId: string,
     private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
+    private readonly onBootstrapIdentityChanged: (change: BootstrapIdentityChange) => void = () => undefined,
   ) {}
 
   start(): void {
@@ -283,6 +300,8 @@ class Reconnector {
 
   addBootstrap(ma: Multiaddr): void {
     const peerId = peerIdOf(ma);
+    // The same --bootstrap list given to every site names each site itself too: nothing to dial there.
+    if (peerId === this.selfPeerId) return;
     const key = peerId ?? ma.toString();
     const existing = this.targets.get(key);
     if (existing !== undefined) {
@@ -339,10 +358,17 @@ class Reconnector {
     if (this.timer !== undefined) {
       clearTimeout(this.timer);
     }
+    this.timerAt = performance.now() + delay;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.tick();
     }, delay);
+  }
+
+  /** A tick within `delay` at the latest (an earlier one already scheduled stays). */
+  private scheduleWithin(delay: number): void {
+    if (this.timer !== undefined && this.timerAt <= performance.now() + delay) return;
+    this.schedule(delay);
   }
 
   private isConnected(t: Target): boolean {
@@ -394,6 +420,7 @@ class Reconnector {
         this.log('connected to %s', remote);
       })
       .catch((err: Error) => {
+        if (this.replacedAfterFailure(t, err)) return;
         t.attempts++;
         const backoff = Math.min(this.opts.maxDelay, this.opts.minDelay * 2 ** Math.min(t.attempts, 16));
         t.nextAt = performance.now() + backoff * (0.75 + Math.random() * 0.5);
@@ -407,9 +434,40 @@ class Reconnector {
       .finally(() => {
         t.dialing = false;
         this.inflight.delete(p);
+        // The tick that started this dial rescheduled itself for maxDelay; the backoff is usually shorter.
+        if (this.targets.get(t.key) === t && !this.isConnected(t)) this.scheduleWithin(Math.max(50, t.nextAt - performance.now()));
       });
     this.inflight.add(p);
   }
+
+  /**
+   * A dial failure that says the target itself is wrong: an address of this very peer (dropped), or a
+   * bootstrap address whose /p2p/ names an identity no longer there (replaced by the bare address).
+   */
+  private replacedAfterFailure(t: Target, err: Error): boolean {
+    const text = errorChainText(err);
+    if (/dial(led)? self/i.test(text)) {
+      this.targets.delete(t.key);
+      this.log('dropped %s: it is this peer', t.key);
+      return true;
+    }
+    if (!t.bootstrap || t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
+    this.targets.delete(t.key);
+    for (const a of t.addrs) {
+      const bare = a.decapsulateCode(P2P_CODE);
+      this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId: t.peerId, error: err.message });
+      this.addBootstrap(bare);
+    }
+    this.scheduleWithin(0);
+    return true;
+  }
+}
+
+/** The messages of an error and its causes, for matching what a library reports only in words. */
+function errorChainText(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) parts.push(e.message);
+  return parts.join(' | ');
 }
 
 /** Build and start a mesh node. */
@@ -493,7 +551,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     maxDelay: tuning.reconnectMaxDelayMs ?? 5000,
     maxKnown: tuning.maxKnownPeers ?? 64,
     dialTimeout: tuning.dialTimeoutMs ?? 5000,
-  }, init.onBootstrapUnreachable);
+  }, node.peerId.toString(), init.onBootstrapUnreachable, init.onBootstrapIdentityChanged);
   for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
 
   const connectedHandlers = new Set<PeerHandler>();
