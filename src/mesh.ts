@@ -4,6 +4,7 @@
  * single-site archive.
  */
 import type { PeerAddresses } from './actors/membership/messages.ts';
+import { supersededMembers } from './actors/membership/logic.ts';
 import type { PeerConfig } from './config.ts';
 import { ConfigError } from './config.ts';
 import { createMeshNode, type MeshNode } from './net/node.ts';
@@ -160,6 +161,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       forgetPeer: (peerId) => balancer.forgetPeer(peerId),
       status: () => {
         const leader = balancer.leader();
+        const members = membership.members();
+        const superseded = supersededMembers(members);
         const stats = custody.stats();
         return {
           balancer: {
@@ -173,7 +176,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
           peerId: node.peerId,
           multiaddrs: node.multiaddrs(),
           leader: leader ?? null,
-          members: membership.members().map((m) => ({
+          members: members.filter((m) => !superseded.has(m.peerId)).map((m) => ({
             peerId: m.peerId,
             site: m.siteName,
             alive: m.status === 'alive',

@@ -110,6 +110,8 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
     10_000,
     async () => `C's roster: ${JSON.stringify((await c.status()).balancer?.rosterMembers)}`,
   );
+  // ...and its dead record is not shown among C's members: one site-b, alive.
+  assert.deepEqual((await c.status()).members?.filter((m) => m.site === 'site-b').map((m) => [m.peerId, m.alive]), [[bEmptyPeerId, true]]);
 });
 
 test('a peer with another swarm key, or none, cannot join or read anything', { timeout: 120_000 }, async (t) => {

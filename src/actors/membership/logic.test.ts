@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { initMembership, liveView, selfRecord, stepMembership, type MembershipState } from './logic.ts';
+import { initMembership, liveView, selfRecord, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
+import { memberRecord } from './fixtures/member-record.ts';
 import type { Heartbeat, MembershipConfig, MembershipEffect, MembershipInput } from './messages.ts';
 
 const config: MembershipConfig = {
@@ -198,4 +199,20 @@ test('our own heartbeat echoed by gossip is ignored, and the member table is bou
     ).state;
   }
   assert.ok(s.members.size <= config.membersMax);
+});
+
+test('dead records of a site that answers at the same DICOM address under a new PeerId are superseded (hidden from operators)', () => {
+  const at = (peerId: string, siteName: string, dicom: string, status: 'alive' | 'suspect' | 'dead') =>
+    memberRecord(peerId, { siteName, status, addresses: { dicom, http: 'h', aeTitle: 'PACSMESH' } });
+  const members = [
+    at('b-1', 'site-b', '10.0.0.2:104', 'dead'),
+    at('b-2', 'site-b', '10.0.0.2:104', 'dead'),
+    at('b-3', 'site-b', '10.0.0.2:104', 'alive'),
+    at('c-1', 'site-c', '10.0.0.3:104', 'dead'),
+    at('c-2', 'site-c', '10.0.0.3:104', 'suspect'),
+    at('d-1', 'site-d', '10.0.0.4:104', 'dead'),
+    at('d-2', 'site-d', '10.0.0.9:104', 'alive'),
+  ];
+  // Only an alive successor at the same site and address supersedes; a suspect one or another address does not.
+  assert.deepEqual([...supersededMembers(members)].sort(), ['b-1', 'b-2']);
 });

@@ -239,6 +239,16 @@ function compareVersion(
   return a.incarnation !== b.incarnation ? a.incarnation - b.incarnation : a.sequence - b.sequence;
 }
 
+/**
+ * Dead records whose site now answers at the same DICOM address under another, alive PeerId (a site
+ * restored on an empty disk gets a new identity): the table keeps them to fence stale heartbeats, but an
+ * operator's view (/api/mesh) leaves them out, or each restore would add a dead member for good.
+ */
+export function supersededMembers(members: readonly MemberRecord[]): Set<string> {
+  const aliveAt = new Set(members.filter((m) => m.status === 'alive').map((m) => `${m.siteName}\n${m.addresses.dicom}`));
+  return new Set(members.filter((m) => m.status === 'dead' && aliveAt.has(`${m.siteName}\n${m.addresses.dicom}`)).map((m) => m.peerId));
+}
+
 /** Keeps the table within membersMax by forgetting the longest-dead records (they fence stale heartbeats). */
 function pruneDead(members: Map<string, MemberRecord>, membersMax: number): Map<string, MemberRecord> {
   if (members.size <= membersMax) return members;
