@@ -2,8 +2,8 @@
  * The composition root of one pacs-mesh peer: opens the store, starts the actor tree, the DICOM port
  * and the HTTP port, and stops them in the reverse order.
  */
-import { mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from './ae-directory.ts';
 import { ConfigError, type PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
@@ -66,12 +66,38 @@ export interface PeerOptions {
 }
 
 
+/**
+ * `mkdir -p`. Node's recursive mkdir spins forever at full CPU on a path it cannot create but whose
+ * parent exists (under /proc: ENOENT and EEXIST in turn); this one gives up with the error.
+ */
+async function makeDirectory(path: string): Promise<void> {
+  const existsAsDirectory = async (error: NodeJS.ErrnoException): Promise<void> => {
+    if (error.code !== 'EEXIST') throw error;
+    if (!(await stat(path)).isDirectory()) throw error;
+  };
+  try {
+    await mkdir(path);
+    return;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') return existsAsDirectory(error as NodeJS.ErrnoException);
+  }
+  const parent = dirname(path);
+  if (parent === path) throw Object.assign(new Error(`cannot create ${path}`), { code: 'ENOENT' });
+  await makeDirectory(parent);
+  await mkdir(path).catch(existsAsDirectory);
+}
+
 export async function startPeer(config: PeerConfig, options: PeerOptions = {}): Promise<Peer> {
   const log = options.log ?? createLogger({ site: config.site }, config.logLevel);
   const clock = options.clock ?? systemClock;
   const dataDir = resolve(config.dataDir);
-  await mkdir(dataDir, { recursive: true }).catch((error: NodeJS.ErrnoException) => {
-    const why = error.code === 'EEXIST' || error.code === 'ENOTDIR' ? 'a file is in the way of that directory' : error.message;
+  await makeDirectory(dataDir).catch((error: NodeJS.ErrnoException) => {
+    const why =
+      error.code === 'EEXIST' || error.code === 'ENOTDIR'
+        ? 'a file is in the way of that directory'
+        : error.code === 'ENOENT'
+          ? 'a directory on its path cannot be created there (a dangling symbolic link, or a file system such as /proc)'
+          : error.message;
     throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
   });
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);

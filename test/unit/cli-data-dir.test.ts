@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -43,6 +43,19 @@ test('a --data path that is a file, or under one: exit 2 and one line', async (t
     const r = await start(dataDir);
     assert.equal(r.status, 2, r.stderr);
     assert.equal(r.stderr, `pacs-mesh: --data ${dataDir} cannot be used as the data directory: a file is in the way of that directory\n`);
+  }
+});
+
+test('a --data path that cannot be created (under /proc, through a dangling link): exit 2 and one line, at once', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  symlinkSync(join(dir, 'gone'), join(dir, 'dangling'));
+  // Node's own recursive mkdir spun at full CPU on the first one, for as long as it was left running.
+  for (const dataDir of ['/proc/self/pacs-mesh-nope', join(dir, 'dangling', 'site')]) {
+    const r = await start(dataDir);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /cannot be used as the data directory: a directory on its path cannot be created there/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   }
 });
 
