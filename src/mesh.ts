@@ -3,6 +3,7 @@
  * balancer, wired to each other. The peer composes it only when it has a swarm key; without one it is a
  * single-site archive.
  */
+import { defaultRoutingLimits } from './actors/balancer/logic.ts';
 import type { PeerAddresses } from './actors/membership/messages.ts';
 import { supersededMembers } from './actors/membership/logic.ts';
 import type { PeerConfig } from './config.ts';
@@ -104,7 +105,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       dataDir: init.dataDir,
       addresses: init.addresses,
       balancer: {
-        routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3, refillLagInstancesMin: 500 },
+        routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
         random: lowDiscrepancyDraws(),
       },

@@ -8,7 +8,7 @@
  * the nact actors will, and keeps each peer's "durable" state apart from the volatile reducer state,
  * which a crash throws away.
  */
-import { chooseTarget, initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
+import { chooseTarget, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
 import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
@@ -224,7 +224,7 @@ export function runSimulation(options: SimOptions): SimResult {
         voteTimeoutMs: timings.voteTimeoutMs,
         announceIntervalMs: timings.announceIntervalMs,
         leaderSilenceMaxMs: timings.leaderSilenceMaxMs,
-        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: 500 },
+        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
       },
       peer.durable.election,
     );

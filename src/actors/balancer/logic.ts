@@ -73,7 +73,7 @@ export const defaultRoutingLimits: RoutingLimits = {
   associationsPerPeerMax: 32,
   custodyQueueMax: 1000,
   freeDiskBytesMin: 10 * 1024 ** 3,
-  refillLagInstancesMin: 500,
+  refillLagInstancesMin: 200,
 };
 
 /** A restarted peer comes back as a follower of nobody, remembering only its term and vote. */
