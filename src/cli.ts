@@ -28,11 +28,15 @@ async function main(argv: readonly string[]): Promise<number> {
       // Signals count from the first moment: one during the start stops the peer as soon as it has
       // started (a default SIGTERM would kill it half-started); SIGHUP (the terminal went away) stops it
       // the same way; more while it stops are only acknowledged, the drain goes on.
+      let started = false;
       const signalled = new Promise<null>((resolve) => {
         let stopping = false;
         for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
           process.on(signal, () => {
-            if (stopping) process.stderr.write(`pacs-mesh: ${signal} while stopping: the peer stops as soon as its associations have drained\n`);
+            if (stopping) {
+              const when = started ? 'while stopping: the peer stops as soon as its associations have drained' : 'while starting: the peer stops as soon as it has started';
+              process.stderr.write(`pacs-mesh: ${signal} ${when}\n`);
+            }
             stopping = true;
             resolve(null);
           });
@@ -46,6 +50,7 @@ async function main(argv: readonly string[]): Promise<number> {
         }
       });
       const peer = await startPeer(config);
+      started = true;
       const failure = await Promise.race([signalled, peer.failed]);
       if (failure !== null) {
         process.stderr.write(`pacs-mesh: ${failureText(failure)}: stopping the peer (exit 1) for its service manager to restart it\n`);
