@@ -141,27 +141,19 @@ function forgetPeer(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
   });
   if (peerId === null || init.forgetPeer === undefined) return;
   const outcome = init.forgetPeer(peerId);
-  switch (outcome) {
-    case 'forgotten':
-      sendJson(res, 200, { status: `peer ${peerId} leaves the election roster` });
-      return;
-    case 'up':
-      sendJson(res, 409, { error: `peer ${peerId} is alive or suspect: stop it first (it would be learnt again at once)`, code: 'ERR_PEER_UP' });
-      return;
-    case 'self':
-      sendJson(res, 409, { error: `peer ${peerId} is this peer`, code: 'ERR_PEER_SELF' });
-      return;
-    case 'pinned':
-      sendJson(res, 409, { error: 'the roster is pinned (--roster): change the flag on every peer instead', code: 'ERR_ROSTER_PINNED' });
-      return;
-    case 'unknown':
-      sendJson(res, 404, { error: `peer ${peerId} is not in this peer's election roster`, code: 'ERR_PEER_UNKNOWN' });
-      return;
-    default: {
-      const unreachable: never = outcome;
-      throw new Error(`unhandled outcome ${JSON.stringify(unreachable)}`);
-    }
+  if (outcome === 'forgotten') {
+    sendJson(res, 200, { status: `peer ${peerId} leaves the election roster` });
+    return;
   }
+  // Keyed by outcome: a new refusal cannot be added without its answer here.
+  const refusals: Record<Exclude<ForgetPeerOutcome, 'forgotten'>, { status: number; error: string; code: string }> = {
+    up: { status: 409, error: `peer ${peerId} is alive or suspect: stop it first (it would be learnt again at once)`, code: 'ERR_PEER_UP' },
+    self: { status: 409, error: `peer ${peerId} is this peer`, code: 'ERR_PEER_SELF' },
+    pinned: { status: 409, error: 'the roster is pinned (--roster): change the flag on every peer instead', code: 'ERR_ROSTER_PINNED' },
+    unknown: { status: 404, error: `peer ${peerId} is not in this peer's election roster`, code: 'ERR_PEER_UNKNOWN' },
+  };
+  const { status, error, code } = refusals[outcome];
+  sendJson(res, status, { error, code });
 }
 
 export async function startHttpServer(init: HttpServerInit): Promise<RunningHttpServer> {

@@ -22,6 +22,18 @@ const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const verification = '1.2.840.10008.1.1';
 
+/** A Study Root C-MOVE of one study over the association's first context (Study Root MOVE). */
+async function moveStudy(client: DicomClientAssociation, studyInstanceUid: string, moveDestination: string) {
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  return client.request(client.contexts[0]!.id, { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination, hasDataSet: true }, identifier);
+}
+
 test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
   const destination = await acceptorThatHangsUpMidRequest();
   const peer = await startTestPeer(['--move-dest', `HANGUP=127.0.0.1:${destination.port}`], 'mover');
@@ -42,18 +54,7 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
     { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
     { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
   ]);
-  const identifier = encodeDataset(
-    [
-      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
-    ],
-    TransferSyntax.ImplicitVrLittleEndian,
-  );
-  const final = await client.request(
-    client.contexts[0]!.id,
-    { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: 'HANGUP', hasDataSet: true },
-    identifier,
-  );
+  const final = await moveStudy(client, studyInstanceUid, 'HANGUP');
   const { status, completedSubOperations = 0, failedSubOperations = 0, warningSubOperations = 0 } = final.command;
   assert.ok(status === 0xa702 || status === 0xb000, `final status 0x${status?.toString(16)}`);
   assert.equal(completedSubOperations, 0);
@@ -79,18 +80,7 @@ test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted
   await store.client.release();
   const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
   t.after(() => client.release().catch(() => undefined));
-  const identifier = encodeDataset(
-    [
-      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
-    ],
-    TransferSyntax.ImplicitVrLittleEndian,
-  );
-  const final = await client.request(
-    client.contexts[0]!.id,
-    { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: 'GONE', hasDataSet: true },
-    identifier,
-  );
+  const final = await moveStudy(client, studyInstanceUid, 'GONE');
   assert.equal(final.command.status, 0xa702);
   assert.match(final.command.errorComment ?? '', /^cannot reach the destination/);
   assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [0, 2, 0]);
