@@ -22,8 +22,9 @@
  * has a live leader (Raft's "disruptive servers" rule, Ongaro 4.2.3). Without it, a peer that hears
  * nothing from the leader while the others do (one direction of a link lost, a peer starved of CPU) ran
  * every vote timeout, each request raised the others' term, and the leader stepped down each time.
- * Ignoring a request is what a lost message does, so safety is untouched. A leader steps down when a better-ranked peer is alive in its view or when
- * it no longer sees a roster majority; the next leader needs a new, higher term.
+ * Ignoring a request is what a lost message does, so safety is untouched.
+ * A leader steps down when a better-ranked peer is alive in its view or when it no longer sees a roster
+ * majority; the next leader needs a new, higher term.
  *
  * The state is immutable: every step returns a new object.
  */
@@ -299,9 +300,9 @@ function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]
 
 /**
  * How long a candidacy waits for its votes: voteTimeoutMs, doubled for each candidacy in a row that ran out
- * of time without a refusal, up to 8x. On peers short of CPU a vote (persisted by the voter before it is sent) took longer
- * than 300 ms; a fixed timeout then started the next term before it arrived, every time, and two of three
- * sites stayed leaderless for 15-30 s over dozens of terms.
+ * of time without a refusal, up to 8x. On peers short of CPU a vote (persisted by the voter before it is
+ * sent) took longer than 300 ms; a fixed timeout then started the next term before it arrived, every time,
+ * and two of three sites stayed leaderless for 15-30 s over dozens of terms.
  */
 function candidacyTimeoutMs(state: BalancerState): number {
   return state.config.voteTimeoutMs * 2 ** Math.min(state.candidaciesTimedOut, 3);
