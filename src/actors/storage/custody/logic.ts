@@ -701,7 +701,7 @@ function ackOf(
   sitesHolding: readonly string[],
   sitesUp?: number,
 ): CustodyEffect {
-  return sitesUp === undefined ? { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding } : { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding, sitesUp };
+  return { type: 'ackStore', requestId, sopInstanceUid, status, quorum, sitesHolding, ...(sitesUp !== undefined && { sitesUp }) };
 }
 
 function assertNever(value: never): never {
