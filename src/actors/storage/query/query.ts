@@ -527,12 +527,12 @@ async function narrowToMatchedPatients(
   level: QueryLevel,
   keys: CompiledKey[],
   aggregate: EntityAggregate,
+  characterSet: string | undefined,
   upper: UpperAggregateCache,
 ): Promise<{ entity: EntityAggregate; patientIds: ReadonlySet<string> } | undefined | null> {
   if (level === 'IMAGE' || aggregate.patientIds.size < 2) return undefined;
   const patientKey = keys.find((key) => key.element.tag === Tags.PatientID && key.isMatching && !key.computed);
   if (patientKey === undefined) return undefined;
-  const characterSet = attributesByTag(aggregate.latest!).get(Tags.SpecificCharacterSet)?.value;
   const matched = new Set([...aggregate.patientIds].filter((id) => patientKey.matcher.matches(id, characterSet)));
   if (matched.size === 0) return null;
   if (matched.size === aggregate.patientIds.size) return undefined;
@@ -552,11 +552,12 @@ async function respond(
   whole: EntityAggregate,
   upper: UpperAggregateCache,
 ): Promise<DicomElement[] | undefined> {
-  const narrowed = await narrowToMatchedPatients(level, keys, whole, upper);
+  const wholeStored = attributesByTag(whole.latest!);
+  const narrowed = await narrowToMatchedPatients(level, keys, whole, wholeStored.get(Tags.SpecificCharacterSet)?.value, upper);
   if (narrowed === null) return undefined;
   const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
   const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
-  const stored = attributesByTag((narrowed?.entity ?? whole).latest!);
+  const stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
   const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
   for (const key of keys) {
     if (key.computed || !key.isMatching) continue;
