@@ -16,7 +16,12 @@ import {
   encodeKeyText,
   getCatalogEntry,
   buildHeldIndex,
+  buildNewestIndex,
   hasInstance,
+  isNewerInstance,
+  NEWEST_OF_PATIENT_PREFIX,
+  NEWEST_OF_STUDY_PREFIX,
+  newestInstances,
   heldInstanceBatches,
   iterateCatalog,
   patientIndexPrefix,
@@ -46,7 +51,7 @@ function makeEntry(overrides: Partial<CatalogEntry> & { accessionNumber?: string
 }
 
 describe('catalogWriteOps (pure)', () => {
-  it('writes the entry, the held index and the four indexes, with escaped PatientID and AccessionNumber', () => {
+  it('writes the entry, the held index and the six indexes, with escaped PatientID and AccessionNumber', () => {
     const entry = makeEntry();
     const ops = catalogWriteOps(entry);
     assert.deepEqual(catalogWriteOps(entry), ops, 'same input, same output');
@@ -58,6 +63,8 @@ describe('catalogWriteOps (pure)', () => {
         `x!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
         'x!study!1.2.3!1.2.3.4!1.2.3.4.5',
         'x!series!1.2.3.4!1.2.3.4.5',
+        'x!newest!study!1.2.3!9005499254740991!1.2.3.4.5',
+        `x!newest!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
       ],
     );
@@ -79,8 +86,9 @@ describe('catalogWriteOps (pure)', () => {
 
   it('writes no accession index for an empty AccessionNumber, and accepts an empty PatientID', () => {
     const keys = catalogWriteOps(makeEntry({ accessionNumber: '', patientId: '' })).map((op) => op.key);
-    assert.equal(keys.length, 5);
+    assert.equal(keys.length, 7);
     assert.ok(keys.includes('x!pid!!1.2.3!1.2.3.4!1.2.3.4.5'));
+    assert.ok(keys.includes('x!newest!pid!!9005499254740991!1.2.3.4.5'));
   });
 
   it('refuses UIDs that could break the key structure', () => {
@@ -98,6 +106,18 @@ describe('catalogWriteOps (pure)', () => {
       catalogDeleteOps(entry),
       catalogWriteOps(entry).map((op) => ({ type: 'del', key: op.key })),
     );
+  });
+
+  it('the newest index sorts the newest instance of an entity first, as isNewerInstance decides (ties: smallest SOPInstanceUID)', () => {
+    const storedAt = [5, 1_700_000_000_000, 1_700_000_000_000, 0, -3, 1.5, Number.NaN, 1_699_999_999_999, 1e16];
+    const entries = storedAt.map((storedAtMs, i) => makeEntry({ sopInstanceUid: `1.2.3.4.${[3, 12, 2, 7, 1, 9, 4, 5, 6][i]}`, storedAtMs }));
+    const studyKeyOf = (entry: CatalogEntry): string => catalogWriteOps(entry).find((op) => op.key.startsWith(NEWEST_OF_STUDY_PREFIX))!.key;
+    const byKey = [...entries].sort((a, b) => (studyKeyOf(a) < studyKeyOf(b) ? -1 : 1));
+    const byRule = [...entries].sort((a, b) => (isNewerInstance(a, b) ? -1 : isNewerInstance(b, a) ? 1 : 0));
+    assert.deepEqual(byKey.map((entry) => entry.sopInstanceUid), byRule.map((entry) => entry.sopInstanceUid));
+    assert.equal(byKey[0]!.sopInstanceUid, '1.2.3.4.12', 'of two stored in the newest millisecond, the smaller UID as text');
+    // Values no peer writes (negative, fractional, NaN, beyond safe integers) count as 0: they sort last, by UID.
+    assert.deepEqual(byKey.slice(-5).map((entry) => entry.sopInstanceUid), ['1.2.3.4.1', '1.2.3.4.4', '1.2.3.4.6', '1.2.3.4.7', '1.2.3.4.9']);
   });
 
   it('prefixRange selects exactly the keys under a prefix', () => {
@@ -195,7 +215,7 @@ describe('catalog in LevelDB', () => {
       remainingIndexKeys++;
       assert.ok(!key.endsWith('!1.2.3.4.2'));
     }
-    assert.equal(remainingIndexKeys, 8);
+    assert.equal(remainingIndexKeys, 12);
   });
 
   it('buildHeldIndex gives a catalog written before the held index its held keys', async () => {
@@ -210,6 +230,32 @@ describe('catalog in LevelDB', () => {
     assert.equal(held.get('1.8.1'), 'cd'.repeat(32));
     assert.equal(held.get('1.8.2'), 'ab'.repeat(32));
     await db.batch(entries.flatMap(catalogDeleteOps));
+  });
+
+  it('newestInstances names the newest instance of each entity once, whatever its size; buildNewestIndex writes the index of an older catalog', async () => {
+    // Study 1.9.1 is a key prefix of 1.9.10, patient '' sorts before every other: the seek must land on the next entity.
+    const entries = [
+      ...[1, 2, 3, 4, 5].map((n) => makeEntry({ sopInstanceUid: `1.9.1.1.${n}`, studyInstanceUid: '1.9.1', patientId: '', storedAtMs: 100 + (n % 3) })),
+      makeEntry({ sopInstanceUid: '1.9.10.1.1', studyInstanceUid: '1.9.10', patientId: 'Q', storedAtMs: 50 }),
+      makeEntry({ sopInstanceUid: '1.9.10.1.2', studyInstanceUid: '1.9.10', patientId: 'Q', storedAtMs: 90 }),
+    ];
+    // Written as an older version did: no x!newest! keys.
+    await db.batch(entries.flatMap(catalogWriteOps).filter((op) => !op.key.startsWith('x!newest!')));
+    const newestOf = async (prefix: string, keysPerRead?: number) => {
+      const found = [];
+      for await (const newest of newestInstances(db, prefix, keysPerRead)) if (newest.sopInstanceUid.startsWith('1.9.')) found.push([newest.entityId, newest.sopInstanceUid]);
+      return found;
+    };
+    assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PREFIX), []);
+    assert.ok((await buildNewestIndex(db)) >= entries.length);
+    // Keys of another shape (damaged on disk) are passed over, the newest of their entity still named.
+    const damaged = [`${NEWEST_OF_STUDY_PREFIX}1.9.1!0`, `${NEWEST_OF_STUDY_PREFIX}1.9.1!1!2!3`, `${NEWEST_OF_STUDY_PREFIX}1.9.10`];
+    await db.batch(damaged.map((key) => ({ type: 'put', key, value: new Uint8Array(0) })));
+    for (const keysPerRead of [1, 2, 3, 16]) {
+      assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PREFIX, keysPerRead), [['1.9.1', '1.9.1.1.2'], ['1.9.10', '1.9.10.1.2']], `${keysPerRead} keys per read`);
+      assert.deepEqual(await newestOf(NEWEST_OF_PATIENT_PREFIX, keysPerRead), [['', '1.9.1.1.2'], [encodeKeyText('Q'), '1.9.10.1.2']]);
+    }
+    await db.batch([...entries.flatMap(catalogDeleteOps), ...damaged.map((key) => ({ type: 'del' as const, key }))]);
   });
 
   it('counts 20,000 instances quickly with a keys-only scan', async () => {

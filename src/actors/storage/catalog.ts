@@ -7,6 +7,8 @@
  *   x!study!<StudyUID>!<SeriesUID>!<SOPInstanceUID>                 -> empty  (study hierarchy)
  *   x!series!<SeriesUID>!<SOPInstanceUID>                           -> empty
  *   x!acc!<hex(AccessionNumber)>!<StudyUID>!<SeriesUID>!<SOPInstanceUID> -> empty (non-empty accession only)
+ *   x!newest!study!<StudyUID>!<age>!<SOPInstanceUID>                -> empty  (newest instance first)
+ *   x!newest!pid!<hex(PatientID)>!<age>!<SOPInstanceUID>            -> empty  (newest instance first)
  *   h!<SOPInstanceUID>                                              -> sha256 of the bytes (64 hex chars)
  *
  * `h!` is the held index: what custody loads at start-up and what the store counts. Without it both read
@@ -20,6 +22,13 @@
  *
  * The index values are empty: the index keys carry the whole hierarchy, so counts (studies of a patient,
  * instances of a series) need keys only, and entries are read from `c!i!` with getMany.
+ *
+ * `x!newest!` names each study's and each patient's newest instance (the one whose attributes a C-FIND
+ * answers with) by its first key: `<age>` is a fixed-width complement of storedAtMs, so the newest sorts
+ * first, and among instances stored in the same millisecond the smallest SOPInstanceUID. A search by a
+ * key no other index serves (PatientName, StudyDate) reads one entry per study there, seeking from study
+ * to study, and reads a study's other instances only when that entry matches (one key per instance, so
+ * no read-modify-write of a summary record: commits of one study may run concurrently).
  *
  * Replacing an instance whose indexed fields changed: put `catalogDeleteOps(oldEntry)` before
  * `catalogWriteOps(newEntry)` in the same batch (LevelDB applies a batch in order). Stale index keys are
@@ -41,10 +50,18 @@ export const STUDY_INDEX_PREFIX = 'x!study!';
 export const SERIES_INDEX_PREFIX = 'x!series!';
 export const ACCESSION_INDEX_PREFIX = 'x!acc!';
 export const HELD_INDEX_PREFIX = 'h!';
+export const NEWEST_OF_STUDY_PREFIX = 'x!newest!study!';
+export const NEWEST_OF_PATIENT_PREFIX = 'x!newest!pid!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
 const EMPTY_VALUE = new Uint8Array(0);
 const ITERATOR_BATCH_SIZE = 1000;
+/**
+ * Keys newestInstances reads at a time. Measured (median of 7, ms to scan 1,256 studies of 3 instances / 1,000
+ * of 100): 1 key 74 / 68, 4 keys 66 / 62, 16 keys 30 / 119. Small studies gain from longer reads, large ones
+ * lose (the seek after a long read costs more); 4 is even on both.
+ */
+const NEWEST_KEYS_PER_READ = 4;
 const UID_PATTERN = /^[0-9.]+$/;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
@@ -124,6 +141,27 @@ function heldIndexValue(entry: CatalogEntry): Uint8Array {
   return Buffer.from(entry.sha256, 'latin1');
 }
 
+/** storedAtMs as the newest index orders it: anything but a non-negative safe integer counts as 0. */
+export function storedAtRank(entry: CatalogEntry): number {
+  return Number.isSafeInteger(entry.storedAtMs) && entry.storedAtMs >= 0 ? entry.storedAtMs : 0;
+}
+
+/** The `<age>` of a newest-index key: ascending age is descending storedAtRank. */
+export function newestIndexAge(entry: CatalogEntry): string {
+  return String(Number.MAX_SAFE_INTEGER - storedAtRank(entry)).padStart(16, '0');
+}
+
+/** Whether `entry` is the newer of the two by the newest index's order (the one an entity's attributes come from). */
+export function isNewerInstance(entry: CatalogEntry, than: CatalogEntry): boolean {
+  const difference = storedAtRank(entry) - storedAtRank(than);
+  return difference > 0 || (difference === 0 && entry.sopInstanceUid < than.sopInstanceUid);
+}
+
+function newestIndexKeys(entry: CatalogEntry): string[] {
+  const suffix = `!${newestIndexAge(entry)}!${entry.sopInstanceUid}`;
+  return [`${NEWEST_OF_STUDY_PREFIX}${entry.studyInstanceUid}${suffix}`, `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(entry.patientId)}${suffix}`];
+}
+
 /** Every key that records `entry` (the entry itself first, its held-index key second). */
 export function catalogKeysOf(entry: CatalogEntry): string[] {
   assertUids(entry);
@@ -134,6 +172,7 @@ export function catalogKeysOf(entry: CatalogEntry): string[] {
     `${patientIndexPrefix(entry.patientId)}${study}!${series}!${sop}`,
     `${studyIndexPrefix(study)}${series}!${sop}`,
     `${seriesIndexPrefix(series)}${sop}`,
+    ...newestIndexKeys(entry),
   ];
   const accessionNumber = accessionNumberOf(entry);
   if (accessionNumber !== '') keys.push(`${accessionIndexPrefix(accessionNumber)}${study}!${series}!${sop}`);
@@ -319,11 +358,23 @@ export async function* heldInstanceBatches(
  * Writes the held index of every entry that lacks it: stores written before the index existed. Returns
  * how many were added. Runs once per store (the store records that it ran); reads every entry.
  */
-export async function buildHeldIndex(db: CatalogDb): Promise<number> {
+export function buildHeldIndex(db: CatalogDb): Promise<number> {
+  return writeForEveryEntry(db, (entry) => [{ type: 'put', key: heldIndexKey(entry.sopInstanceUid), value: heldIndexValue(entry) }]);
+}
+
+/** Writes the newest index of every entry (see buildHeldIndex): stores written before that index existed. */
+export function buildNewestIndex(db: CatalogDb): Promise<number> {
+  return writeForEveryEntry(db, (entry) => (isValidUid(entry.studyInstanceUid) && isValidUid(entry.sopInstanceUid) ? newestIndexKeys(entry).map((key) => ({ type: 'put', key, value: EMPTY_VALUE })) : []));
+}
+
+/** Puts `opsOf(entry)` for every catalog entry, in batches; returns how many entries got ops. */
+async function writeForEveryEntry(db: CatalogDb, opsOf: (entry: CatalogEntry) => CatalogPut[]): Promise<number> {
   let added = 0;
   let ops: CatalogPut[] = [];
   for await (const entry of iterateCatalog(db)) {
-    ops.push({ type: 'put', key: heldIndexKey(entry.sopInstanceUid), value: heldIndexValue(entry) });
+    const entryOps = opsOf(entry);
+    if (entryOps.length === 0) continue;
+    ops.push(...entryOps);
     added++;
     if (ops.length >= ITERATOR_BATCH_SIZE) {
       await db.batch(ops);
@@ -395,6 +446,53 @@ export async function* keyBatches(db: CatalogDb, prefix: string, batchSize = ITE
         if (keys.length === 0) return;
         after = keys[keys.length - 1];
         yield keys;
+      }
+    } catch (error) {
+      if (!closedUnderUs(error) || attempt >= 1) throw error;
+      await reopened(db, error);
+    } finally {
+      await close?.().catch(() => undefined);
+    }
+  }
+}
+
+/** An entity's newest instance as the newest index names it (entityId: StudyInstanceUID or hex PatientID). */
+export interface NewestInstance {
+  entityId: string;
+  age: string;
+  sopInstanceUid: string;
+}
+
+/**
+ * The newest instance of every entity under `prefix` (NEWEST_OF_STUDY_PREFIX or NEWEST_OF_PATIENT_PREFIX),
+ * in entity key order. Keys are read a few at a time, then a seek passes the rest of the last entity read:
+ * small entities share a read, a large one costs one read and one seek, whatever its number of instances.
+ */
+export async function* newestInstances(db: CatalogDb, prefix: string, keysPerRead = NEWEST_KEYS_PER_READ): AsyncGenerator<NewestInstance> {
+  const range = prefixRange(prefix);
+  let lastEntityId: string | undefined;
+  // '"' sorts right after '!': `<prefix><id>"` is past every key of that entity and before the next one's.
+  const pastLastEntity = (): string => (lastEntityId === undefined ? range.gte : `${prefix}${lastEntityId}"`);
+  for (let attempt = 0; ; attempt++) {
+    let close: (() => Promise<void>) | undefined;
+    try {
+      // Closed under us (a reopening store): go on after the last entity handed out.
+      const iterator = db.keys({ gte: pastLastEntity(), lt: range.lt });
+      close = () => iterator.close();
+      for (;;) {
+        const keys = await iterator.nextv(keysPerRead);
+        let lastKeyIsEntity = false;
+        for (const key of keys) {
+          const [entityId, age, sopInstanceUid, ...rest] = key.slice(prefix.length).split('!');
+          // A key of another shape (damaged) is passed over: its entity's other keys still count.
+          lastKeyIsEntity = sopInstanceUid !== undefined && rest.length === 0;
+          if (!lastKeyIsEntity || entityId === lastEntityId) continue;
+          lastEntityId = entityId;
+          yield { entityId: entityId!, age: age!, sopInstanceUid: sopInstanceUid! };
+        }
+        // Not `keys.length < keysPerRead`: a read also stops short at the iterator's byte limit.
+        if (keys.length === 0) return;
+        if (lastKeyIsEntity) iterator.seek(pastLastEntity());
       }
     } catch (error) {
       if (!closedUnderUs(error) || attempt >= 1) throw error;

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
-import { catalogDeleteOps, catalogWriteOps, heldInstanceBatches } from './catalog.ts';
+import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
@@ -362,7 +362,7 @@ test('a catalog LevelDB finds corrupt at open (a damaged MANIFEST) is set aside 
   await assertCatalogRebuiltAtOpen(t, dir, 2);
 });
 
-test('a store written before the held index gets it at open: custody load and count read it alone', async (t) => {
+test('a store written before the held and newest indexes gets them at open: custody load and count read the held index alone', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const store = createReplicaStore({ path: dir, chunkBytes: 100 });
@@ -375,11 +375,12 @@ test('a store written before the held index gets it at open: custody load and co
     expected.push({ sopInstanceUid: uid, sha256: entry.sha256 });
   }
   await store.close();
-  // What an older version left: entries and indexes, no h! keys and no record that they were built.
+  // What an older version left: entries and indexes, no h! or x!newest! keys and no record that they were built.
   const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
-  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }];
+  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }, { type: 'del', key: 'm!newest-index' }];
   for await (const key of catalog.keys({ gte: 'h!', lt: 'h"' })) ops.push({ type: 'del', key });
-  assert.equal(ops.length, 4);
+  for await (const key of catalog.keys({ gte: 'x!newest!', lt: 'x!newest"' })) ops.push({ type: 'del', key });
+  assert.equal(ops.length, 2 + 3 + 6);
   await catalog.batch(ops);
   await catalog.close();
 
@@ -391,6 +392,12 @@ test('a store written before the held index gets it at open: custody load and co
   for await (const batch of heldInstanceBatches(reopened.db)) held.push(...batch);
   assert.deepEqual(held, expected);
   assert.notEqual(await reopened.db.get('m!held-index'), undefined, 'built once: the next open does not read every entry again');
+  for (const prefix of [NEWEST_OF_STUDY_PREFIX, NEWEST_OF_PATIENT_PREFIX]) {
+    const newest = [];
+    for await (const instance of newestInstances(reopened.db, prefix)) newest.push(instance.sopInstanceUid);
+    assert.deepEqual(newest, ['1.2.5.1'], `${prefix}: one study and one patient, all stored at 0: the smallest UID`);
+  }
+  assert.notEqual(await reopened.db.get('m!newest-index'), undefined);
 });
 
 test('the count at open runs in the background from a snapshot: commits meanwhile are counted once', async (t) => {

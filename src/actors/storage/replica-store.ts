@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { HELD_INDEX_PREFIX, buildHeldIndex, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { HELD_INDEX_PREFIX, buildHeldIndex, buildNewestIndex, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -259,6 +259,8 @@ const recoveryFromKey = 'm!recovery-from';
 const catalogDamagedMarker = 'catalog-damaged';
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
 const heldIndexBuiltKey = 'm!held-index';
+/** Present once every catalog entry has its newest-index keys (the same, for C-FIND's newest index). */
+const newestIndexBuiltKey = 'm!newest-index';
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
 const debtPrefix = 'd!';
 /** k!<siteName> -> msgpack(KnownSite). */
@@ -537,9 +539,13 @@ class LevelReplicaStore implements ReplicaStore {
       }
       await this.recover();
       await this.checkpoint();
-      if ((await this.db.get(heldIndexBuiltKey)) === undefined) {
-        await buildHeldIndex(this.db);
-        await this.db.put(heldIndexBuiltKey, new Uint8Array(0), { sync: true });
+      for (const [builtKey, build] of [
+        [heldIndexBuiltKey, buildHeldIndex],
+        [newestIndexBuiltKey, buildNewestIndex],
+      ] as const) {
+        if ((await this.db.get(builtKey)) !== undefined) continue;
+        await build(this.db);
+        await this.db.put(builtKey, new Uint8Array(0), { sync: true });
       }
     } catch (error) {
       await this.blobDb.close();

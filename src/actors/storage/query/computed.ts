@@ -5,12 +5,16 @@
  */
 import type { DicomElement, Tag } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
+import { isNewerInstance } from '../catalog.ts';
 import { normalizeValue } from './matching.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import type { QueryLevel } from './attribute-levels.ts';
 
 export interface EntityAggregate {
-  /** The most recently stored instance (largest storedAtMs): the source of the entity's attributes. */
+  /**
+   * The most recently stored instance (largest storedAtMs; of those stored in one millisecond, the smallest
+   * SOPInstanceUID): the source of the entity's attributes, the one the catalog's newest index names first.
+   */
   latest: CatalogEntry | undefined;
   studyInstanceUids: Set<string>;
   seriesInstanceUids: Set<string>;
@@ -53,7 +57,7 @@ export function addInstance(aggregate: EntityAggregate, entry: CatalogEntry): vo
     const normalized = normalizeValue('CS', modality);
     if (normalized !== '') aggregate.modalities.add(normalized);
   }
-  if (aggregate.latest === undefined || entry.storedAtMs >= aggregate.latest.storedAtMs) aggregate.latest = entry;
+  if (aggregate.latest === undefined || isNewerInstance(entry, aggregate.latest)) aggregate.latest = entry;
 }
 
 /** The attributes of an instance by tag; the catalog's own fields win over the attribute list. */

@@ -26,10 +26,14 @@
  *   AccessionNumber (STUDY and below)       -> x!acc!<hex>!
  *   PatientID (any level)                   -> x!pid!<hex>!
  * when that key uses single value or UID list matching (no wildcard, not universal). Any other query is a
- * full scan of the requested level's index (every instance entry is read once): e.g. a PatientName or
- * StudyDate search without one of the keys above.
+ * full scan of the requested level. At STUDY and PATIENT level, when it has a key to match on that is not
+ * computed (PatientName, StudyDate...) and no PatientID key to match, the scan goes through the newest
+ * index (x!newest!): one entry read per entity, the newest, whose attributes are the entity's; only an
+ * entity whose newest entry matches those keys is then read whole (counts, modalities). Otherwise every
+ * instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
  *
- * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs).
+ * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
+ * isNewerInstance for ties).
  * A PATIENT entity is identified by its PatientID alone (IssuerOfPatientID is not considered); instances
  * without PatientID form one patient with an empty ID.
  */
@@ -38,6 +42,8 @@ import type { CatalogEntry } from '../catalog-types.ts';
 import {
   ACCESSION_INDEX_PREFIX,
   CATALOG_ENTRY_PREFIX,
+  NEWEST_OF_PATIENT_PREFIX,
+  NEWEST_OF_STUDY_PREFIX,
   PATIENT_INDEX_PREFIX,
   SERIES_INDEX_PREFIX,
   STUDY_INDEX_PREFIX,
@@ -46,10 +52,13 @@ import {
   getCatalogEntries,
   isValidUid,
   keyBatches,
+  newestIndexAge,
+  newestInstances,
   patientIndexPrefix,
   seriesIndexPrefix,
   studyIndexPrefix,
   type CatalogDb,
+  type NewestInstance,
 } from '../catalog.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import {
@@ -125,6 +134,8 @@ export interface FindOptions {
   /** Stop after this many responses (absent or <= 0: no limit). */
   limit?: number;
   stats?: QueryStats;
+  /** False: scan every instance instead of the newest index, as before it existed (tests compare the two). */
+  newestIndex?: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -348,7 +359,9 @@ async function loadAggregate(
 type Plan =
   | { kind: 'nothing'; description: string }
   | { kind: 'instances'; sopInstanceUids: string[]; description: string }
-  | { kind: 'prefixes'; prefixes: string[]; contiguous: boolean; description: string };
+  | { kind: 'prefixes'; prefixes: string[]; contiguous: boolean; description: string }
+  /** Entities whose newest entry matches `checkedKeys` (stored attributes only) are read whole. */
+  | { kind: 'newest'; prefix: string; checkedKeys: CompiledKey[]; description: string };
 
 /** The distinct values of a key usable for an exact index lookup, or undefined (wildcard, universal...). */
 function lookupValues(key: CompiledKey | undefined): string[] | undefined {
@@ -370,7 +383,7 @@ function identifierLookupValues(key: CompiledKey | undefined): string[] | undefi
   return values && /^[ -~]*$/.test(key!.element.value!) ? values : undefined;
 }
 
-function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
+function planQuery(level: QueryLevel, keys: CompiledKey[], newestIndex: boolean): Plan {
   const keyOf = (tag: Tag): CompiledKey | undefined => keys.find((key) => key.element.tag === tag);
   const depth = LEVEL_DEPTH[level];
   const uidLookup = (tag: Tag, minimumDepth: number): string[] | undefined => {
@@ -413,6 +426,16 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
       description: 'index x!pid! (PatientID)',
     };
   }
+  if (newestIndex && (level === 'STUDY' || level === 'PATIENT')) {
+    // A matched PatientID may name a patient other than the newest instance's (a study under two IDs):
+    // then the response's attributes are not the newest entry's, which the newest scan cannot tell.
+    const matchesPatientId = keys.some((key) => key.element.tag === Tags.PatientID && key.isMatching);
+    const checkedKeys = keys.filter((key) => key.isMatching && !key.computed);
+    if (!matchesPatientId && checkedKeys.length > 0) {
+      const prefix = level === 'STUDY' ? NEWEST_OF_STUDY_PREFIX : NEWEST_OF_PATIENT_PREFIX;
+      return { kind: 'newest', prefix, checkedKeys, description: `newest ${prefix}` };
+    }
+  }
   // Full scan of the level's own index: its entities are contiguous in key order.
   const fullScanPrefix: Record<QueryLevel, string> = {
     PATIENT: PATIENT_INDEX_PREFIX,
@@ -425,7 +448,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[]): Plan {
 }
 
 /** Candidate entity ids at `level`, each once, from the plan's index (keys only). */
-async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Plan, stats: QueryStats): AsyncGenerator<string> {
+async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Plan, { kind: 'newest' }>, stats: QueryStats): AsyncGenerator<string> {
   if (plan.kind === 'nothing') return;
   if (plan.kind === 'instances') {
     yield* plan.sopInstanceUids;
@@ -454,6 +477,11 @@ async function* candidateEntities(
   plan: Plan,
   stats: QueryStats,
 ): AsyncGenerator<EntityAggregate> {
+  if (plan.kind === 'newest') {
+    if (level === 'IMAGE') throw new Error('a newest-index plan is for STUDY and PATIENT level only');
+    yield* newestMatchingEntities(db, level, plan, stats);
+    return;
+  }
   if (level !== 'IMAGE') {
     for await (const id of candidateIds(db, level, plan, stats)) {
       const aggregate = await loadAggregate(db, level, id, true, stats);
@@ -477,8 +505,46 @@ async function* candidateEntities(
   yield* emit();
 }
 
+/**
+ * The entities of a newest-index plan whose newest entry matches its checked keys, each read whole. An
+ * index key that its entry does not confirm (stale: the entry changed since) gets its entity read whole
+ * too, so that respond() decides as it would without the index.
+ */
+async function* newestMatchingEntities(
+  db: CatalogDb,
+  level: Exclude<QueryLevel, 'IMAGE'>,
+  plan: Extract<Plan, { kind: 'newest' }>,
+  stats: QueryStats,
+): AsyncGenerator<EntityAggregate> {
+  let batch: NewestInstance[] = [];
+  const emit = async function* (): AsyncGenerator<EntityAggregate> {
+    const entries = await getCatalogEntries(db, batch.map((newest) => newest.sopInstanceUid));
+    for (const [i, newest] of batch.entries()) {
+      const entry = entries[i];
+      if (entry !== undefined) stats.entriesRead++;
+      const confirmed = entry !== undefined && entityIdOf(level, entry) === newest.entityId && newestIndexAge(entry) === newest.age;
+      if (confirmed && !matchesStoredAttributes(plan.checkedKeys, attributesByTag(entry))) continue;
+      const aggregate = await loadAggregate(db, level, newest.entityId, true, stats);
+      if (aggregate.latest) yield aggregate;
+    }
+    batch = [];
+  };
+  for await (const newest of newestInstances(db, plan.prefix)) {
+    stats.indexKeysRead++;
+    batch.push(newest);
+    if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
+  }
+  yield* emit();
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Matching entities and building responses
+
+/** Whether every one of `keys` (not computed) matches the entity's stored attributes. */
+function matchesStoredAttributes(keys: CompiledKey[], stored: Map<Tag, DicomElement>): boolean {
+  const characterSet = stored.get(Tags.SpecificCharacterSet)?.value;
+  return keys.every((key) => key.matcher.matches(stored.get(key.element.tag)?.value, characterSet));
+}
 
 class UpperAggregateCache {
   private readonly cache = new Map<string, EntityAggregate>();
@@ -608,7 +674,7 @@ export async function* findMatches(
   if (!compiled.ok) throw new QueryError('INVALID_QUERY', compiled.status, compiled.comment);
   const stats = options.stats ?? createQueryStats();
   const limit = options.limit !== undefined && options.limit > 0 ? options.limit : Infinity;
-  const plan = planQuery(request.level, compiled.keys);
+  const plan = planQuery(request.level, compiled.keys, options.newestIndex ?? true);
   stats.plan = plan.description;
   const upper = new UpperAggregateCache(db, stats);
   let responses = 0;
