@@ -16,7 +16,7 @@ import {
   encodeKeyText,
   getCatalogEntry,
   buildHeldIndex,
-  buildNewestIndex,
+  buildSearchIndexes,
   hasInstance,
   isNewerInstance,
   NEWEST_OF_PATIENT_PREFIX,
@@ -51,7 +51,7 @@ function makeEntry(overrides: Partial<CatalogEntry> & { accessionNumber?: string
 }
 
 describe('catalogWriteOps (pure)', () => {
-  it('writes the entry, the held index and the six indexes, with escaped PatientID and AccessionNumber', () => {
+  it('writes the entry, the held index and the seven indexes, with escaped PatientID and AccessionNumber', () => {
     const entry = makeEntry();
     const ops = catalogWriteOps(entry);
     assert.deepEqual(catalogWriteOps(entry), ops, 'same input, same output');
@@ -65,6 +65,7 @@ describe('catalogWriteOps (pure)', () => {
         'x!series!1.2.3.4!1.2.3.4.5',
         'x!newest!study!1.2.3!9005499254740991!1.2.3.4.5',
         `x!newest!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
+        `x!pn!${Buffer.from('doe^john').toString('hex')}!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
       ],
     );
@@ -86,7 +87,7 @@ describe('catalogWriteOps (pure)', () => {
 
   it('writes no accession index for an empty AccessionNumber, and accepts an empty PatientID', () => {
     const keys = catalogWriteOps(makeEntry({ accessionNumber: '', patientId: '' })).map((op) => op.key);
-    assert.equal(keys.length, 7);
+    assert.equal(keys.length, 8);
     assert.ok(keys.includes('x!pid!!1.2.3!1.2.3.4!1.2.3.4.5'));
     assert.ok(keys.includes('x!newest!pid!!9005499254740991!1.2.3.4.5'));
   });
@@ -215,7 +216,7 @@ describe('catalog in LevelDB', () => {
       remainingIndexKeys++;
       assert.ok(!key.endsWith('!1.2.3.4.2'));
     }
-    assert.equal(remainingIndexKeys, 12);
+    assert.equal(remainingIndexKeys, 14);
   });
 
   it('buildHeldIndex gives a catalog written before the held index its held keys', async () => {
@@ -232,7 +233,7 @@ describe('catalog in LevelDB', () => {
     await db.batch(entries.flatMap(catalogDeleteOps));
   });
 
-  it('newestInstances names the newest instance of each entity once, whatever its size; buildNewestIndex writes the index of an older catalog', async () => {
+  it('newestInstances names the newest instance of each entity once, whatever its size; buildSearchIndexes writes the index of an older catalog', async () => {
     // Study 1.9.1 is a key prefix of 1.9.10, patient '' sorts before every other: the seek must land on the next entity.
     const entries = [
       ...[1, 2, 3, 4, 5].map((n) => makeEntry({ sopInstanceUid: `1.9.1.1.${n}`, studyInstanceUid: '1.9.1', patientId: '', storedAtMs: 100 + (n % 3) })),
@@ -247,7 +248,7 @@ describe('catalog in LevelDB', () => {
       return found;
     };
     assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PREFIX), []);
-    assert.ok((await buildNewestIndex(db)) >= entries.length);
+    assert.ok((await buildSearchIndexes(db)) >= entries.length);
     // Keys of another shape (damaged on disk) are passed over, the newest of their entity still named.
     const damaged = [`${NEWEST_OF_STUDY_PREFIX}1.9.1!0`, `${NEWEST_OF_STUDY_PREFIX}1.9.1!1!2!3`, `${NEWEST_OF_STUDY_PREFIX}1.9.10`];
     await db.batch(damaged.map((key) => ({ type: 'put', key, value: new Uint8Array(0) })));

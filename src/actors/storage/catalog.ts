@@ -9,6 +9,7 @@
  *   x!acc!<hex(AccessionNumber)>!<StudyUID>!<SeriesUID>!<SOPInstanceUID> -> empty (non-empty accession only)
  *   x!newest!study!<StudyUID>!<age>!<SOPInstanceUID>                -> empty  (newest instance first)
  *   x!newest!pid!<hex(PatientID)>!<age>!<SOPInstanceUID>            -> empty  (newest instance first)
+ *   x!pn!<hex(utf8(form))>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID> -> empty (each PatientName form)
  *   h!<SOPInstanceUID>                                              -> sha256 of the bytes (64 hex chars)
  *
  * `h!` is the held index: what custody loads at start-up and what the store counts. Without it both read
@@ -30,6 +31,12 @@
  * to study, and reads a study's other instances only when that entry matches (one key per instance, so
  * no read-modify-write of a summary record: commits of one study may run concurrently).
  *
+ * `x!pn!` holds every form of every instance's PatientName that a key is compared with (personNameForms:
+ * decoded with the instance's character set, ASCII lower case, trailing empty components removed, whole
+ * and per component group). A PatientName key with a literal start (`SMITH*`, `Doe^John`) lists the
+ * studies or patients to examine from the range of that start: every instance's names are there, so
+ * whichever instance an entity's attributes come from, a match is among them (respond() decides).
+ *
  * Replacing an instance whose indexed fields changed: put `catalogDeleteOps(oldEntry)` before
  * `catalogWriteOps(newEntry)` in the same batch (LevelDB applies a batch in order). Stale index keys are
  * harmless for correctness anyway: readers check every index hit against the entry it points to.
@@ -38,6 +45,7 @@ import { crc32 } from 'node:zlib';
 import { pack, unpack } from 'msgpackr';
 import type { Level } from 'level';
 import type { CatalogEntry } from './catalog-types.ts';
+import { personNameForms } from './query/matching.ts';
 
 export type CatalogDb = Level<string, Uint8Array>;
 
@@ -52,8 +60,11 @@ export const ACCESSION_INDEX_PREFIX = 'x!acc!';
 export const HELD_INDEX_PREFIX = 'h!';
 export const NEWEST_OF_STUDY_PREFIX = 'x!newest!study!';
 export const NEWEST_OF_PATIENT_PREFIX = 'x!newest!pid!';
+export const PERSON_NAME_INDEX_PREFIX = 'x!pn!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
+const PATIENT_NAME_TAG = 0x00100010;
+const SPECIFIC_CHARACTER_SET_TAG = 0x00080005;
 const EMPTY_VALUE = new Uint8Array(0);
 const ITERATOR_BATCH_SIZE = 1000;
 /**
@@ -157,9 +168,25 @@ export function isNewerInstance(entry: CatalogEntry, than: CatalogEntry): boolea
   return difference > 0 || (difference === 0 && entry.sopInstanceUid < than.sopInstanceUid);
 }
 
+/** The name index's range for names whose form starts with `prefix` (a personNamePrefixes text). */
+export function personNameIndexPrefix(prefix: string): string {
+  return PERSON_NAME_INDEX_PREFIX + Buffer.from(prefix, 'utf8').toString('hex');
+}
+
+function personNameIndexKeys(entry: CatalogEntry): string[] {
+  const attribute = (tag: number): string | undefined => entry.attributes.find((element) => element.tag === tag)?.value;
+  const suffix = `!${encodeKeyText(entry.patientId)}!${entry.studyInstanceUid}!${entry.sopInstanceUid}`;
+  return personNameForms(attribute(PATIENT_NAME_TAG), attribute(SPECIFIC_CHARACTER_SET_TAG)).map((form) => personNameIndexPrefix(form) + suffix);
+}
+
 function newestIndexKeys(entry: CatalogEntry): string[] {
   const suffix = `!${newestIndexAge(entry)}!${entry.sopInstanceUid}`;
   return [`${NEWEST_OF_STUDY_PREFIX}${entry.studyInstanceUid}${suffix}`, `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(entry.patientId)}${suffix}`];
+}
+
+/** The keys of the indexes for searches without a unique key: the newest instance and the names. */
+function searchIndexKeys(entry: CatalogEntry): string[] {
+  return [...newestIndexKeys(entry), ...personNameIndexKeys(entry)];
 }
 
 /** Every key that records `entry` (the entry itself first, its held-index key second). */
@@ -172,7 +199,7 @@ export function catalogKeysOf(entry: CatalogEntry): string[] {
     `${patientIndexPrefix(entry.patientId)}${study}!${series}!${sop}`,
     `${studyIndexPrefix(study)}${series}!${sop}`,
     `${seriesIndexPrefix(series)}${sop}`,
-    ...newestIndexKeys(entry),
+    ...searchIndexKeys(entry),
   ];
   const accessionNumber = accessionNumberOf(entry);
   if (accessionNumber !== '') keys.push(`${accessionIndexPrefix(accessionNumber)}${study}!${series}!${sop}`);
@@ -362,9 +389,9 @@ export function buildHeldIndex(db: CatalogDb): Promise<number> {
   return writeForEveryEntry(db, (entry) => [{ type: 'put', key: heldIndexKey(entry.sopInstanceUid), value: heldIndexValue(entry) }]);
 }
 
-/** Writes the newest index of every entry (see buildHeldIndex): stores written before that index existed. */
-export function buildNewestIndex(db: CatalogDb): Promise<number> {
-  return writeForEveryEntry(db, (entry) => (isValidUid(entry.studyInstanceUid) && isValidUid(entry.sopInstanceUid) ? newestIndexKeys(entry).map((key) => ({ type: 'put', key, value: EMPTY_VALUE })) : []));
+/** Writes the newest and name indexes of every entry (see buildHeldIndex): stores written before they existed. */
+export function buildSearchIndexes(db: CatalogDb): Promise<number> {
+  return writeForEveryEntry(db, (entry) => (isValidUid(entry.studyInstanceUid) && isValidUid(entry.sopInstanceUid) ? searchIndexKeys(entry).map((key) => ({ type: 'put', key, value: EMPTY_VALUE })) : []));
 }
 
 /** Puts `opsOf(entry)` for every catalog entry, in batches; returns how many entries got ops. */

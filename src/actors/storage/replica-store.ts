@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { HELD_INDEX_PREFIX, buildHeldIndex, buildNewestIndex, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -259,8 +259,8 @@ const recoveryFromKey = 'm!recovery-from';
 const catalogDamagedMarker = 'catalog-damaged';
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
 const heldIndexBuiltKey = 'm!held-index';
-/** Present once every catalog entry has its newest-index keys (the same, for C-FIND's newest index). */
-const newestIndexBuiltKey = 'm!newest-index';
+/** Present once every catalog entry has its newest- and name-index keys (the same, for C-FIND's search indexes). */
+const searchIndexesBuiltKey = 'm!search-indexes';
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
 const debtPrefix = 'd!';
 /** k!<siteName> -> msgpack(KnownSite). */
@@ -541,7 +541,7 @@ class LevelReplicaStore implements ReplicaStore {
       await this.checkpoint();
       for (const [builtKey, build] of [
         [heldIndexBuiltKey, buildHeldIndex],
-        [newestIndexBuiltKey, buildNewestIndex],
+        [searchIndexesBuiltKey, buildSearchIndexes],
       ] as const) {
         if ((await this.db.get(builtKey)) !== undefined) continue;
         await build(this.db);

@@ -7,6 +7,7 @@ import {
   matchesKey,
   normalizePersonName,
   parseDateTimeKey,
+  personNameForms,
   type MatchingType,
   wildcardPattern,
 } from './matching.ts';
@@ -105,6 +106,25 @@ describe('PN matching (case-insensitive, trailing components ignored)', () => {
     const stored = 'Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B';
     assert.equal(matchesKey('PN', 'YAMADA^TAROU', stored), true);
     assert.equal(matchesKey('PN', '\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B', stored), true);
+  });
+
+  it('bounds the names a key can match by literal prefixes of the forms the name index holds', () => {
+    const prefixesOf = (key: string, characterSet?: string) => {
+      const compiled = compileKeyMatcher('PN', key, characterSet);
+      assert.ok(compiled.ok);
+      return compiled.matcher.personNamePrefixes;
+    };
+    assert.deepEqual(prefixesOf('DOE^J*'), ['doe^j']);
+    assert.deepEqual(prefixesOf('Doe^John^^'), ['doe^john']);
+    assert.deepEqual(prefixesOf('SMITH\\do?'), ['smith', 'do']);
+    assert.equal(prefixesOf('*oe'), undefined, 'a leading wildcard bounds nothing');
+    assert.equal(prefixesOf('DOE\\*X'), undefined, 'nor does one value of several');
+    assert.equal(prefixesOf('*'), undefined);
+    assert.deepEqual(prefixesOf('M\xc3\xbcller*', 'ISO_IR 192'), ['m\xfcller'], 'decoded characters, as the stored forms');
+    const yamada = 'Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B';
+    assert.deepEqual(personNameForms(yamada, 'ISO 2022 IR 6\\ISO 2022 IR 87'), ['yamada^tarou=\u5c71\u7530^\u592a\u90ce', 'yamada^tarou', '\u5c71\u7530^\u592a\u90ce']);
+    assert.deepEqual(personNameForms(' Doe^John^^\\Roe'), ['doe^john', 'roe']);
+    assert.deepEqual(personNameForms(undefined), []);
   });
 
   it('does not fold non-ASCII letters (case rules beyond ASCII differ between languages)', () => {

@@ -46,6 +46,11 @@ export interface ValueMatcher {
   readonly type: MatchingType;
   /** `storedCharacterSet`: the (0008,0005) value of the instance the stored value comes from. */
   matches(storedValue: string | undefined, storedCharacterSet?: string): boolean;
+  /**
+   * PN keys only: every stored name this key matches has a form (personNameForms) starting with one of
+   * these texts; absent when some key value starts with a wildcard (no such bound).
+   */
+  readonly personNamePrefixes?: readonly string[];
 }
 
 export type CompileMatcherResult = { ok: true; matcher: ValueMatcher } | { ok: false; comment: string };
@@ -284,6 +289,20 @@ function personNameCandidates(storedName: string, keyHasGroups: boolean): string
 }
 
 /**
+ * The forms of a stored PN value that any key is compared with (each value's whole normalized name and its
+ * component groups): what the catalog's name index holds, so that a key's personNamePrefixes find it.
+ */
+export function personNameForms(storedValue: string | undefined, storedCharacterSet?: string): string[] {
+  return [...new Set(storedValuesOf('PN', storedValue, storedCharacterSet).flatMap((value) => personNameCandidates(value, false)))];
+}
+
+/** The text before a key's first wildcard (the whole key without one); undefined when that is empty. */
+function literalPrefixes(keys: readonly string[]): string[] | undefined {
+  const prefixes = keys.map((key) => key.slice(0, key.search(/[*?]|$/)));
+  return prefixes.every((prefix) => prefix !== '') ? prefixes : undefined;
+}
+
+/**
  * Compiles the matcher for one key, once per query. `vr` is the key's VR (the caller substitutes the stored
  * VR when the key's is UN); `keyCharacterSet` is the query's (0008,0005). Fails only for malformed DA/TM/DT
  * keys.
@@ -334,6 +353,9 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
 
   const isPersonName = vr === 'PN';
   const comparableKeys = isPersonName ? keyValues.map(normalizePersonName) : keyValues;
+  // A wildcard pattern's first piece, and an exact key as a whole, must start the name form it matches.
+  const personNamePrefixes = isPersonName ? literalPrefixes(comparableKeys) : undefined;
+  const prefixBound = personNamePrefixes === undefined ? {} : { personNamePrefixes };
 
   if (WILDCARD_VRS.has(vr) && comparableKeys.some(hasWildcard)) {
     const patterns = comparableKeys.map((key) => ({ pattern: wildcardPattern(key), hasGroups: key.includes('=') }));
@@ -341,6 +363,7 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
       ok: true,
       matcher: {
         type: 'wildcard',
+        ...prefixBound,
         matches: (stored, storedCharacterSet) =>
           nonEmpty(storedValuesOf(vr, stored, storedCharacterSet)).some((value) =>
             patterns.some(({ pattern, hasGroups }) =>
@@ -357,6 +380,7 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
     ok: true,
     matcher: {
       type: 'single-value',
+      ...prefixBound,
       matches: (stored, storedCharacterSet) =>
         storedValuesOf(vr, stored, storedCharacterSet).some((value) =>
           comparableKeys.some((key) =>

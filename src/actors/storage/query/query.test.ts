@@ -396,7 +396,7 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       }
     });
 
-    it('Study Root: wildcard PatientName (a patient attribute) is case-insensitive; through the newest index', async () => {
+    it('Study Root: wildcard PatientName (a patient attribute) is case-insensitive; through the name index', async () => {
       const stats = createQueryStats();
       const responses = await find(
         db,
@@ -404,7 +404,7 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
         { stats },
       );
       assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S2, S5]);
-      assert.equal(stats.plan, 'newest x!newest!study!');
+      assert.equal(stats.plan, 'index x!pn! (PatientName)');
     });
 
     it('Study Root: StudyDate ranges (closed, open, legacy stored format) and single values', async () => {
@@ -686,10 +686,11 @@ describe('a stale newest-index key (the newest instance re-stored as an older on
       const renamed = { ...newestOfS1, storedAtMs: 1, attributes: newestOfS1.attributes.map((e) => (e.tag === T.PatientName ? { ...e, value: 'Renamed^X' } : e)) };
       await store(db, [renamed]);
       const stats = createQueryStats();
-      const found = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'Doe^John'), k(T.StudyInstanceUID, 'UI')] }, { stats });
+      // A leading wildcard: no name-index range, the newest index.
+      const found = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*oe^John'), k(T.StudyInstanceUID, 'UI')] }, { stats });
       assert.equal(stats.plan, 'newest x!newest!study!');
       assert.deepEqual(column(found, T.StudyInstanceUID), [S1, S2]);
-      assert.deepEqual(await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'Renamed^X')] }), []);
+      assert.deepEqual(await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*enamed^X')] }), []);
     } finally {
       await close();
     }
@@ -741,8 +742,8 @@ describe('a study filed under two PatientIDs', () => {
   });
 });
 
-describe('the newest index answers as a scan of every instance does (seeded archives)', () => {
-  const names = ['Doe^John', 'DOE^JOHN', 'Smith^Jane', 'doe^johnny', 'M\xfcller^Eva', ''];
+describe('the name and newest indexes answer as a scan of every instance does (seeded archives)', () => {
+  const names = ['Doe^John', 'DOE^JOHN', 'Smith^Jane', 'doe^johnny', 'M\xfcller^Eva', 'Doe^John=Smith^J', ' Doe^John^^', 'Doe^Jo\\Smith', ''];
   const patientIds = ['P1', 'P2', 'P1 ', ''];
 
   /** Studies whose instances disagree (renamed patients, a study under two IDs, stores in one millisecond). */
@@ -780,7 +781,7 @@ describe('the newest index answers as a scan of every instance does (seeded arch
   }
 
   function randomRequest(prng: Prng): QueryRequest {
-    const name = k(T.PatientName, 'PN', prng.pick(['doe*', 'DOE^JOHN', 'smith^jane', '*e*', '?oe^John', 'm\xfcller*', '']));
+    const name = k(T.PatientName, 'PN', prng.pick(['doe*', 'DOE^JOHN', 'smith^jane', 'Doe^John^^', 'D*n', '*e*', '?oe^John', 'm\xfcller*', 'M\xfc*', 'smith\\doe^j*', 'smith*', 'doe^john=*', '']));
     const [root, level] = prng.pick([['STUDY', 'STUDY'], ['PATIENT', 'STUDY'], ['PATIENT', 'PATIENT']] as const);
     if (level === 'PATIENT') {
       return { root, level, keys: [name, k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedStudies, 'IS'), k(T.NumberOfPatientRelatedInstances, 'IS')] };
@@ -794,7 +795,7 @@ describe('the newest index answers as a scan of every instance does (seeded arch
   it('the same responses at STUDY and PATIENT level, in both roots (QUERY_SEEDS seeds, 40 by default)', async () => {
     const seeds = Number(process.env.QUERY_SEEDS ?? 40);
     const { db, close } = openTempDb();
-    let viaNewest = 0;
+    const plans = new Map<string, number>();
     try {
       await db.open();
       for (let seed = 1; seed <= seeds; seed++) {
@@ -806,15 +807,15 @@ describe('the newest index answers as a scan of every instance does (seeded arch
           const stats = createQueryStats();
           const sorted = (responses: DicomElement[][]): string[] => responses.map((response) => JSON.stringify(response)).sort();
           const indexed = sorted(await find(db, request, { stats }));
-          const scanned = sorted(await find(db, request, { newestIndex: false }));
+          const scanned = sorted(await find(db, request, { searchIndexes: false }));
           assert.deepEqual(indexed, scanned, `seed ${seed} (QUERY_SEEDS), query ${query}: ${JSON.stringify(request)}`);
-          if (stats.plan.startsWith('newest')) viaNewest++;
+          plans.set(stats.plan.split(' ')[1]!, (plans.get(stats.plan.split(' ')[1]!) ?? 0) + 1);
         }
       }
     } finally {
       await close();
     }
-    assert.ok(viaNewest > seeds * 5, `queries through the newest index: ${viaNewest}`);
+    for (const index of ['x!pn!', 'x!newest!study!', 'x!newest!pid!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
   });
 });
 
@@ -904,7 +905,7 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.equal(byAccession.stats.entriesRead, perPatient);
   });
 
-  it('a key no other index serves (PatientName) reads the newest entry of each study or patient, and the matching ones whole', async () => {
+  it('PatientName with a literal start reads only the studies or patients under that name', async () => {
     const byName = await measure({
       root: 'STUDY',
       level: 'STUDY',
@@ -913,17 +914,30 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.deepEqual(column(byName.responses, T.StudyInstanceUID), [study(42)]);
     assert.equal(valueOf(byName.responses[0]!, T.NumberOfStudyRelatedInstances), String(perPatient));
     assert.equal(valueOf(byName.responses[0]!, T.ModalitiesInStudy), 'CT\\MR');
+    assert.equal(byName.stats.plan, 'index x!pn! (PatientName)');
+    assert.equal(byName.stats.entriesRead, perPatient);
+
+    const patients = await measure({ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientName, 'PN', 'NAME^4*'), k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedInstances, 'IS')] });
+    assert.deepEqual(column(patients.responses, T.PatientID), ['PID!4', ...Array.from({ length: 10 }, (_, i) => `PID!4${i}`)].sort());
+    assert.equal(patients.stats.plan, 'index x!pn! (PatientName)');
+    assert.equal(patients.stats.entriesRead, 11 * perPatient);
+  });
+
+  it('any other key no index serves (a leading wildcard, StudyDate) reads the newest entry of each study or patient, and the matching ones whole', async () => {
+    const byName = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*ame^42'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] });
+    assert.deepEqual(column(byName.responses, T.StudyInstanceUID), [study(42)]);
+    assert.equal(valueOf(byName.responses[0]!, T.NumberOfStudyRelatedInstances), String(perPatient));
     assert.equal(byName.stats.plan, 'newest x!newest!study!');
     assert.equal(byName.stats.entriesRead, patientCount + perPatient, 'one entry per study, then the matching study whole');
     assert.ok(byName.stats.indexKeysRead <= patientCount + perPatient, `index keys read: ${byName.stats.indexKeysRead}`);
 
-    const patients = await measure({ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientName, 'PN', 'NAME^4*'), k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedInstances, 'IS')] });
-    assert.deepEqual(column(patients.responses, T.PatientID), ['PID!4', ...Array.from({ length: 10 }, (_, i) => `PID!4${i}`)].sort());
+    const patients = await measure({ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientName, 'PN', '?AME^4*'), k(T.PatientID, 'LO')] });
+    assert.equal(patients.responses.length, 11);
     assert.equal(patients.stats.plan, 'newest x!newest!pid!');
     assert.equal(patients.stats.entriesRead, patientCount + 11 * perPatient);
 
     // A PatientID key to match may name another patient than the newest instance's: every instance, as before.
-    const byIdPattern = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42*'), k(T.PatientName, 'PN', 'name^42'), k(T.StudyInstanceUID, 'UI')] });
+    const byIdPattern = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42*'), k(T.StudyDate, 'DA', '20240101-'), k(T.StudyInstanceUID, 'UI')] });
     assert.deepEqual(column(byIdPattern.responses, T.StudyInstanceUID), [study(42)]);
     assert.equal(byIdPattern.stats.plan, 'full scan x!study!');
     assert.equal(byIdPattern.stats.entriesRead, 20_000);

@@ -25,12 +25,15 @@
  *   StudyInstanceUID (STUDY and below)      -> x!study!<uid>!
  *   AccessionNumber (STUDY and below)       -> x!acc!<hex>!
  *   PatientID (any level)                   -> x!pid!<hex>!
- * when that key uses single value or UID list matching (no wildcard, not universal). Any other query is a
- * full scan of the requested level. At STUDY and PATIENT level, when it has a key to match on that is not
- * computed (PatientName, StudyDate...) and no PatientID key to match, the scan goes through the newest
- * index (x!newest!): one entry read per entity, the newest, whose attributes are the entity's; only an
- * entity whose newest entry matches those keys is then read whole (counts, modalities). Otherwise every
- * instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
+ * when that key uses single value or UID list matching (no wildcard, not universal), then
+ *   PatientName (STUDY, PATIENT)            -> x!pn!<hex of its literal start> (ranges)
+ * when each of its values starts with something other than a wildcard (`SMITH*`, `Doe^John`: see
+ * personNamePrefixes). Any other query is a full scan of the requested level. At STUDY and PATIENT level,
+ * when it has a key to match on that is not computed (`*MITH`, StudyDate...) and no PatientID key to
+ * match, the scan goes through the newest index (x!newest!): one entry read per entity, the newest, whose
+ * attributes are the entity's; only an entity whose newest entry matches those keys is then read whole
+ * (counts, modalities). Otherwise every instance entry of the level is read once (x!pid!, x!study!,
+ * x!series!, c!i!).
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
  * isNewerInstance for ties).
@@ -45,6 +48,7 @@ import {
   NEWEST_OF_PATIENT_PREFIX,
   NEWEST_OF_STUDY_PREFIX,
   PATIENT_INDEX_PREFIX,
+  PERSON_NAME_INDEX_PREFIX,
   SERIES_INDEX_PREFIX,
   STUDY_INDEX_PREFIX,
   accessionIndexPrefix,
@@ -55,6 +59,7 @@ import {
   newestIndexAge,
   newestInstances,
   patientIndexPrefix,
+  personNameIndexPrefix,
   seriesIndexPrefix,
   studyIndexPrefix,
   type CatalogDb,
@@ -134,8 +139,11 @@ export interface FindOptions {
   /** Stop after this many responses (absent or <= 0: no limit). */
   limit?: number;
   stats?: QueryStats;
-  /** False: scan every instance instead of the newest index, as before it existed (tests compare the two). */
-  newestIndex?: boolean;
+  /**
+   * False: a search that no unique-key index serves reads every instance, without the name and newest
+   * indexes (as before they existed; tests compare the two).
+   */
+  searchIndexes?: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -257,6 +265,9 @@ function parseIndexKey(key: string): IndexedInstance | undefined {
   }
   if (key.startsWith(ACCESSION_INDEX_PREFIX) && parts.length === 6) {
     return { studyInstanceUid: parts[3]!, seriesInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
+  }
+  if (key.startsWith(PERSON_NAME_INDEX_PREFIX) && parts.length === 6) {
+    return { patientHex: parts[3]!, studyInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
   }
   if (key.startsWith(CATALOG_ENTRY_PREFIX) && parts.length === 3) return { sopInstanceUid: parts[2]! };
   return undefined;
@@ -383,7 +394,7 @@ function identifierLookupValues(key: CompiledKey | undefined): string[] | undefi
   return values && /^[ -~]*$/.test(key!.element.value!) ? values : undefined;
 }
 
-function planQuery(level: QueryLevel, keys: CompiledKey[], newestIndex: boolean): Plan {
+function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolean): Plan {
   const keyOf = (tag: Tag): CompiledKey | undefined => keys.find((key) => key.element.tag === tag);
   const depth = LEVEL_DEPTH[level];
   const uidLookup = (tag: Tag, minimumDepth: number): string[] | undefined => {
@@ -426,7 +437,16 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], newestIndex: boolean)
       description: 'index x!pid! (PatientID)',
     };
   }
-  if (newestIndex && (level === 'STUDY' || level === 'PATIENT')) {
+  const namePrefixes = keyOf(Tags.PatientName)?.matcher.personNamePrefixes;
+  if (searchIndexes && namePrefixes && (level === 'STUDY' || level === 'PATIENT')) {
+    return {
+      kind: 'prefixes',
+      prefixes: [...new Set(namePrefixes)].map(personNameIndexPrefix),
+      contiguous: false,
+      description: 'index x!pn! (PatientName)',
+    };
+  }
+  if (searchIndexes && (level === 'STUDY' || level === 'PATIENT')) {
     // A matched PatientID may name a patient other than the newest instance's (a study under two IDs):
     // then the response's attributes are not the newest entry's, which the newest scan cannot tell.
     const matchesPatientId = keys.some((key) => key.element.tag === Tags.PatientID && key.isMatching);
@@ -674,7 +694,7 @@ export async function* findMatches(
   if (!compiled.ok) throw new QueryError('INVALID_QUERY', compiled.status, compiled.comment);
   const stats = options.stats ?? createQueryStats();
   const limit = options.limit !== undefined && options.limit > 0 ? options.limit : Infinity;
-  const plan = planQuery(request.level, compiled.keys, options.newestIndex ?? true);
+  const plan = planQuery(request.level, compiled.keys, options.searchIndexes ?? true);
   stats.plan = plan.description;
   const upper = new UpperAggregateCache(db, stats);
   let responses = 0;
