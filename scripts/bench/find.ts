@@ -10,6 +10,7 @@
  *   name      Study Root, STUDY level, PatientName=FIND^PATIENT<k> (one study; no PatientID or UID key)
  *   wildcard  the same with PatientName=FIND^PATIENT12* (the studies 12, 120-129, ...)
  *   suffix    PatientName=*ATIENT<k> (one study; a leading wildcard: pacs-mesh's newest-instance scan)
+ *   week      StudyDate=<a 7-day range> (each study has its own day, from 2020-01-01 on: 7 studies)
  *   id        PatientID=FINDP<k> (an indexed lookup, for reference)
  *   echo      echoscu: the cost of the process and the association alone
  * each asking for StudyInstanceUID, PatientName and NumberOfStudyRelatedInstances. Every answer's count
@@ -25,7 +26,10 @@ import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './
 import { runBench, startBench } from './lib/run.ts';
 
 const CLIENT_AE = 'BENCH';
-const SEARCHES = ['name', 'wildcard', 'suffix', 'id', 'echo'] as const;
+const SEARCHES = ['name', 'wildcard', 'suffix', 'week', 'id', 'echo'] as const;
+const DAY_MS = 86_400_000;
+/** Study n's date: 2020-01-01 plus n days, as YYYYMMDD. */
+const studyDate = (study: number): string => new Date(Date.UTC(2020, 0, 1) + study * DAY_MS).toISOString().slice(0, 10).replaceAll('-', '');
 type Search = (typeof SEARCHES)[number];
 
 interface ServerResult {
@@ -63,7 +67,7 @@ async function main(): Promise<number> {
       transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian,
       uidSeed: `find-bench-${startedAt}-${study}`,
       patient: { id: `FINDP${study}`, name: `FIND^PATIENT${study}` },
-      study: { description: 'FIND BENCHMARK', accession: `FA${study}` },
+      study: { description: 'FIND BENCHMARK', accession: `FA${study}`, date: studyDate(study) },
       series: { modality: 'CT', description: 'SYNTHETIC CT', number: 1 },
     });
   }
@@ -76,7 +80,7 @@ async function main(): Promise<number> {
   try {
     for (const id of serverIds) {
       const factory = SERVER_FACTORIES[id]!;
-      const result: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', timesMs: { name: [], wildcard: [], suffix: [], id: [], echo: [] } };
+      const result: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', timesMs: { name: [], wildcard: [], suffix: [], week: [], id: [], echo: [] } };
       results.push(result);
       const dataDir = await mkdtemp(join(workDir, `${id}-`));
       let server: BenchServer;
@@ -110,7 +114,7 @@ async function main(): Promise<number> {
       for (const { result, server } of running) {
         if (result.status !== 'ok') continue;
         for (const search of SEARCHES) {
-          const expected = search === 'wildcard' ? wildcardMatches : 1;
+          const expected = search === 'wildcard' ? wildcardMatches : search === 'week' ? Math.min(7, studies - patient) : 1;
           const keys =
             search === 'name'
               ? [`PatientName=FIND^PATIENT${patient}`]
@@ -118,7 +122,9 @@ async function main(): Promise<number> {
                 ? ['PatientName=FIND^PATIENT12*']
                 : search === 'suffix'
                   ? [`PatientName=*ATIENT${patient}`]
-                  : [`PatientID=FINDP${patient}`];
+                  : search === 'week'
+                    ? [`StudyDate=${studyDate(patient)}-${studyDate(patient + 6)}`]
+                    : [`PatientID=FINDP${patient}`];
           const timed = search === 'echo' ? await echo(server) : await find(server, keys, join(workDir, `${result.id}-${search}-${query}`));
           if (timed.matches !== undefined && timed.matches !== expected) {
             result.status = 'failed';

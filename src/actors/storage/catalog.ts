@@ -10,6 +10,7 @@
  *   x!newest!study!<StudyUID>!<age>!<SOPInstanceUID>                -> empty  (newest instance first)
  *   x!newest!pid!<hex(PatientID)>!<age>!<SOPInstanceUID>            -> empty  (newest instance first)
  *   x!pn!<hex(utf8(form))>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID> -> empty (each PatientName form)
+ *   x!da!<YYYYMMDD>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID>    -> empty  (each StudyDate)
  *   h!<SOPInstanceUID>                                              -> sha256 of the bytes (64 hex chars)
  *
  * `h!` is the held index: what custody loads at start-up and what the store counts. Without it both read
@@ -36,6 +37,8 @@
  * and per component group). A PatientName key with a literal start (`SMITH*`, `Doe^John`) lists the
  * studies or patients to examine from the range of that start: every instance's names are there, so
  * whichever instance an entity's attributes come from, a match is among them (respond() decides).
+ * `x!da!` does the same for StudyDate (each value as a date key compares it, dateIndexForms): a date or a
+ * range lists the studies to examine (a day's worklist reads that day's studies, not the archive).
  *
  * Replacing an instance whose indexed fields changed: put `catalogDeleteOps(oldEntry)` before
  * `catalogWriteOps(newEntry)` in the same batch (LevelDB applies a batch in order). Stale index keys are
@@ -45,7 +48,7 @@ import { crc32 } from 'node:zlib';
 import { pack, unpack } from 'msgpackr';
 import type { Level } from 'level';
 import type { CatalogEntry } from './catalog-types.ts';
-import { personNameForms } from './query/matching.ts';
+import { dateIndexForms, personNameForms } from './query/matching.ts';
 
 export type CatalogDb = Level<string, Uint8Array>;
 
@@ -61,9 +64,11 @@ export const HELD_INDEX_PREFIX = 'h!';
 export const NEWEST_OF_STUDY_PREFIX = 'x!newest!study!';
 export const NEWEST_OF_PATIENT_PREFIX = 'x!newest!pid!';
 export const PERSON_NAME_INDEX_PREFIX = 'x!pn!';
+export const STUDY_DATE_INDEX_PREFIX = 'x!da!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
 const PATIENT_NAME_TAG = 0x00100010;
+const STUDY_DATE_TAG = 0x00080020;
 const SPECIFIC_CHARACTER_SET_TAG = 0x00080005;
 const EMPTY_VALUE = new Uint8Array(0);
 const ITERATOR_BATCH_SIZE = 1000;
@@ -173,10 +178,19 @@ export function personNameIndexPrefix(prefix: string): string {
   return PERSON_NAME_INDEX_PREFIX + Buffer.from(prefix, 'utf8').toString('hex');
 }
 
-function personNameIndexKeys(entry: CatalogEntry): string[] {
+/** The date index's range for StudyDate values from `from` to `to` (YYYYMMDD, inclusive; absent: open). */
+export function studyDateIndexRange(from: string | undefined, to: string | undefined): { gte: string; lt: string } {
+  return { gte: STUDY_DATE_INDEX_PREFIX + (from ?? ''), lt: to === undefined ? prefixRange(STUDY_DATE_INDEX_PREFIX).lt : `${STUDY_DATE_INDEX_PREFIX}${to}"` };
+}
+
+/** The name and date index keys of `entry`: one per name form and one per StudyDate value. */
+function attributeIndexKeys(entry: CatalogEntry): string[] {
   const attribute = (tag: number): string | undefined => entry.attributes.find((element) => element.tag === tag)?.value;
   const suffix = `!${encodeKeyText(entry.patientId)}!${entry.studyInstanceUid}!${entry.sopInstanceUid}`;
-  return personNameForms(attribute(PATIENT_NAME_TAG), attribute(SPECIFIC_CHARACTER_SET_TAG)).map((form) => personNameIndexPrefix(form) + suffix);
+  return [
+    ...personNameForms(attribute(PATIENT_NAME_TAG), attribute(SPECIFIC_CHARACTER_SET_TAG)).map((form) => personNameIndexPrefix(form) + suffix),
+    ...dateIndexForms(attribute(STUDY_DATE_TAG)).map((date) => STUDY_DATE_INDEX_PREFIX + date + suffix),
+  ];
 }
 
 function newestIndexKeys(entry: CatalogEntry): string[] {
@@ -184,9 +198,9 @@ function newestIndexKeys(entry: CatalogEntry): string[] {
   return [`${NEWEST_OF_STUDY_PREFIX}${entry.studyInstanceUid}${suffix}`, `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(entry.patientId)}${suffix}`];
 }
 
-/** The keys of the indexes for searches without a unique key: the newest instance and the names. */
+/** The keys of the indexes for searches without a unique key: the newest instance, the names, the dates. */
 function searchIndexKeys(entry: CatalogEntry): string[] {
-  return [...newestIndexKeys(entry), ...personNameIndexKeys(entry)];
+  return [...newestIndexKeys(entry), ...attributeIndexKeys(entry)];
 }
 
 /** Every key that records `entry` (the entry itself first, its held-index key second). */
@@ -389,7 +403,7 @@ export function buildHeldIndex(db: CatalogDb): Promise<number> {
   return writeForEveryEntry(db, (entry) => [{ type: 'put', key: heldIndexKey(entry.sopInstanceUid), value: heldIndexValue(entry) }]);
 }
 
-/** Writes the newest and name indexes of every entry (see buildHeldIndex): stores written before they existed. */
+/** Writes the newest, name and date indexes of every entry (see buildHeldIndex): stores written before they existed. */
 export function buildSearchIndexes(db: CatalogDb): Promise<number> {
   return writeForEveryEntry(db, (entry) => (isValidUid(entry.studyInstanceUid) && isValidUid(entry.sopInstanceUid) ? searchIndexKeys(entry).map((key) => ({ type: 'put', key, value: EMPTY_VALUE })) : []));
 }
@@ -455,11 +469,11 @@ export async function catalogPage(
 }
 
 /**
- * The keys under `prefix`, in order, in batches. nextv() is used rather than `for await` over the
+ * The keys under `prefix` (or in a range), in order, in batches. nextv() is used rather than `for await` over the
  * iterator: measured here ~5x faster (20,000 keys: ~20 ms against ~100 ms).
  */
-export async function* keyBatches(db: CatalogDb, prefix: string, batchSize = ITERATOR_BATCH_SIZE): AsyncGenerator<string[]> {
-  const range = prefixRange(prefix);
+export async function* keyBatches(db: CatalogDb, prefixOrRange: string | { gte: string; lt: string }, batchSize = ITERATOR_BATCH_SIZE): AsyncGenerator<string[]> {
+  const range = typeof prefixOrRange === 'string' ? prefixRange(prefixOrRange) : prefixOrRange;
   let after: string | undefined;
   // Closed under us (a reopening store): go on after the last key handed out, once it is open again.
   for (let attempt = 0; ; attempt++) {

@@ -371,17 +371,18 @@ test('a store written before the held and search indexes gets them at open: cust
   for (const uid of ['1.2.5.1', '1.2.5.2', '1.2.5.3']) {
     const writer = store.beginWrite();
     await writer.write(Buffer.alloc(150, uid.length));
-    const { entry } = await writer.commit(uid, (info) => ({ ...entryFor(uid)(info), attributes: [{ tag: 0x00100010, vr: 'PN', value: 'Doe^John' }] }));
+    const { entry } = await writer.commit(uid, (info) => ({ ...entryFor(uid)(info), attributes: [{ tag: 0x00080020, vr: 'DA', value: '20240101' }, { tag: 0x00100010, vr: 'PN', value: 'Doe^John' }] }));
     expected.push({ sopInstanceUid: uid, sha256: entry.sha256 });
   }
   await store.close();
-  // What an older version left: entries and indexes, no h!, x!newest! or x!pn! keys and no record that they were built.
+  // What an older version left: entries and indexes, no h!, x!newest!, x!pn! or x!da! keys and no record that they were built.
   const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
   const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }, { type: 'del', key: 'm!search-indexes' }];
   for await (const key of catalog.keys({ gte: 'h!', lt: 'h"' })) ops.push({ type: 'del', key });
   for await (const key of catalog.keys({ gte: 'x!newest!', lt: 'x!newest"' })) ops.push({ type: 'del', key });
   for await (const key of catalog.keys({ gte: 'x!pn!', lt: 'x!pn"' })) ops.push({ type: 'del', key });
-  assert.equal(ops.length, 2 + 3 + 6 + 3);
+  for await (const key of catalog.keys({ gte: 'x!da!', lt: 'x!da"' })) ops.push({ type: 'del', key });
+  assert.equal(ops.length, 2 + 3 + 6 + 3 + 3);
   await catalog.batch(ops);
   await catalog.close();
 
@@ -399,6 +400,7 @@ test('a store written before the held and search indexes gets them at open: cust
     assert.deepEqual(newest, ['1.2.5.1'], `${prefix}: one study and one patient, all stored at 0: the smallest UID`);
   }
   assert.equal((await reopened.db.keys({ gte: 'x!pn!', lt: 'x!pn"' }).all()).length, 3, 'each instance under its name');
+  assert.equal((await reopened.db.keys({ gte: 'x!da!', lt: 'x!da"' }).all()).length, 3, 'and its date');
   assert.notEqual(await reopened.db.get('m!search-indexes'), undefined);
 });
 

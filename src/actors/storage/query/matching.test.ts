@@ -7,6 +7,7 @@ import {
   matchesKey,
   normalizePersonName,
   parseDateTimeKey,
+  dateIndexForms,
   personNameForms,
   type MatchingType,
   wildcardPattern,
@@ -125,6 +126,20 @@ describe('PN matching (case-insensitive, trailing components ignored)', () => {
     assert.deepEqual(personNameForms(yamada, 'ISO 2022 IR 6\\ISO 2022 IR 87'), ['yamada^tarou=\u5c71\u7530^\u592a\u90ce', 'yamada^tarou', '\u5c71\u7530^\u592a\u90ce']);
     assert.deepEqual(personNameForms(' Doe^John^^\\Roe'), ['doe^john', 'roe']);
     assert.deepEqual(personNameForms(undefined), []);
+  });
+
+  it('bounds the dates a DA key can match by intervals of the forms the date index holds', () => {
+    const intervalsOf = (key: string) => {
+      const compiled = compileKeyMatcher('DA', key);
+      assert.ok(compiled.ok);
+      return compiled.matcher.dateIntervals;
+    };
+    assert.deepEqual(intervalsOf('20240101'), [{ from: '20240101', to: '20240101' }]);
+    assert.deepEqual(intervalsOf('20240101-'), [{ from: '20240101', to: undefined }]);
+    assert.deepEqual(intervalsOf('-1999.12.31\\20240101'), [{ from: undefined, to: '19991231' }, { from: '20240101', to: '20240101' }]);
+    assert.equal(intervalsOf(''), undefined);
+    assert.deepEqual(dateIndexForms('1993.04.30\\20240101\\garbage\\20240101 '), ['19930430', '20240101']);
+    assert.deepEqual(dateIndexForms(undefined), []);
   });
 
   it('does not fold non-ASCII letters (case rules beyond ASCII differ between languages)', () => {

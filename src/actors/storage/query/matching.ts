@@ -51,6 +51,11 @@ export interface ValueMatcher {
    * these texts; absent when some key value starts with a wildcard (no such bound).
    */
   readonly personNamePrefixes?: readonly string[];
+  /**
+   * DA keys only: every stored date this key matches lies in one of these inclusive intervals of
+   * dateIndexForms values (YYYYMMDD; an absent bound is open).
+   */
+  readonly dateIntervals?: ReadonlyArray<{ from: string | undefined; to: string | undefined }>;
 }
 
 export type CompileMatcherResult = { ok: true; matcher: ValueMatcher } | { ok: false; comment: string };
@@ -296,6 +301,11 @@ export function personNameForms(storedValue: string | undefined, storedCharacter
   return [...new Set(storedValuesOf('PN', storedValue, storedCharacterSet).flatMap((value) => personNameCandidates(value, false)))];
 }
 
+/** The dates of a stored DA value as a key compares them (YYYYMMDD, legacy `1993.04.30` too): the date index's. */
+export function dateIndexForms(storedValue: string | undefined): string[] {
+  return [...new Set(storedValuesOf('DA', storedValue).flatMap((value) => storedInstant('DA', value) ?? []))];
+}
+
 /** The text before a key's first wildcard (the whole key without one); undefined when that is empty. */
 function literalPrefixes(keys: readonly string[]): string[] | undefined {
   const prefixes = keys.map((key) => key.slice(0, key.search(/[*?]|$/)));
@@ -336,6 +346,7 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
       ok: true,
       matcher: {
         type: intervals.some((interval) => interval.isRange) ? 'range' : 'single-value',
+        ...(vr === 'DA' ? { dateIntervals: intervals.map(({ from, to }) => ({ from, to })) } : {}),
         matches: (stored) =>
           storedValuesOf(vr, stored).some((value) => {
             const instant = storedInstant(vr, value);

@@ -407,13 +407,19 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.equal(stats.plan, 'index x!pn! (PatientName)');
     });
 
-    it('Study Root: StudyDate ranges (closed, open, legacy stored format) and single values', async () => {
-      const byDate = async (value: string): Promise<string[]> =>
-        column(await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.StudyDate, 'DA', value)] }), T.StudyInstanceUID);
+    it('Study Root: StudyDate ranges (closed, open, legacy stored format) and single values, through the date index', async () => {
+      const byDate = async (value: string): Promise<string[]> => {
+        const stats = createQueryStats();
+        const found = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.StudyDate, 'DA', value)] }, { stats });
+        assert.equal(stats.plan, 'index x!da! (StudyDate)');
+        return column(found, T.StudyInstanceUID);
+      };
       assert.deepEqual(await byDate('20200101-20201231'), [S1, S3]);
       assert.deepEqual(await byDate('20210101-'), [S2, S5]);
       assert.deepEqual(await byDate('-19991231'), [S4]);
+      assert.deepEqual(await byDate('19930430'), [S4], 'stored as 1993.04.30');
       assert.deepEqual(await byDate('20200115'), [S1]);
+      assert.deepEqual(await byDate('20200115\\20220301'), [S1, S5]);
     });
 
     it('Study Root: StudyTime range', async () => {
@@ -761,7 +767,7 @@ describe('the name and newest indexes answer as a scan of every instance does (s
             patientName: prng.pick(names),
             characterSet: prng.chance(0.5) ? 'ISO_IR 100' : undefined,
             studyUid,
-            studyDate: prng.pick(['20200115', '20211231', '20230704']),
+            studyDate: prng.pick(['20200115', '20211231', '20230704', '2021.12.31', '20200115\\20230704', 'garbage', '']),
             studyTime: '120000',
             accession: `A${study}`,
             studyDescription: prng.pick(['CT CHEST', 'CT HEAD', 'MR KNEE']),
@@ -787,7 +793,9 @@ describe('the name and newest indexes answer as a scan of every instance does (s
       return { root, level, keys: [name, k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedStudies, 'IS'), k(T.NumberOfPatientRelatedInstances, 'IS')] };
     }
     const keys = [name, k(T.PatientID, 'LO'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS')];
-    if (prng.chance(0.5)) keys.push(k(T.StudyDate, 'DA', prng.pick(['20200101-20211231', '20230704', '-20201231'])));
+    if (prng.chance(0.5)) keys.push(k(T.StudyDate, 'DA', prng.pick(['20200101-20211231', '20230704', '-20201231', '20211231-', '2020.01.15', '20200115\\20230704'])));
+    // Some searches by date alone (a day's worklist): the date index.
+    if (prng.chance(0.3)) return { root, level, keys: keys.filter((key) => key.tag !== T.PatientName) };
     if (prng.chance(0.5)) keys.push(k(T.StudyDescription, 'LO', prng.pick(['CT*', 'MR KNEE'])));
     return { root, level, keys };
   }
@@ -815,7 +823,7 @@ describe('the name and newest indexes answer as a scan of every instance does (s
     } finally {
       await close();
     }
-    for (const index of ['x!pn!', 'x!newest!study!', 'x!newest!pid!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
+    for (const index of ['x!pn!', 'x!da!', 'x!newest!study!', 'x!newest!pid!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
   });
 });
 
@@ -905,7 +913,7 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.equal(byAccession.stats.entriesRead, perPatient);
   });
 
-  it('PatientName with a literal start reads only the studies or patients under that name', async () => {
+  it('PatientName with a literal start, or StudyDate, reads only the studies or patients under that name or date', async () => {
     const byName = await measure({
       root: 'STUDY',
       level: 'STUDY',
@@ -921,9 +929,15 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.deepEqual(column(patients.responses, T.PatientID), ['PID!4', ...Array.from({ length: 10 }, (_, i) => `PID!4${i}`)].sort());
     assert.equal(patients.stats.plan, 'index x!pn! (PatientName)');
     assert.equal(patients.stats.entriesRead, 11 * perPatient);
+
+    // A day's worklist reads that day's studies: none here.
+    const tomorrow = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyDate, 'DA', '20240102-'), k(T.StudyInstanceUID, 'UI')] });
+    assert.deepEqual(tomorrow.responses, []);
+    assert.equal(tomorrow.stats.plan, 'index x!da! (StudyDate)');
+    assert.equal(tomorrow.stats.indexKeysRead + tomorrow.stats.entriesRead, 0);
   });
 
-  it('any other key no index serves (a leading wildcard, StudyDate) reads the newest entry of each study or patient, and the matching ones whole', async () => {
+  it('any other key no index serves (a leading wildcard, a description) reads the newest entry of each study or patient, and the matching ones whole', async () => {
     const byName = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*ame^42'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] });
     assert.deepEqual(column(byName.responses, T.StudyInstanceUID), [study(42)]);
     assert.equal(valueOf(byName.responses[0]!, T.NumberOfStudyRelatedInstances), String(perPatient));
@@ -937,7 +951,7 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.equal(patients.stats.entriesRead, patientCount + 11 * perPatient);
 
     // A PatientID key to match may name another patient than the newest instance's: every instance, as before.
-    const byIdPattern = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42*'), k(T.StudyDate, 'DA', '20240101-'), k(T.StudyInstanceUID, 'UI')] });
+    const byIdPattern = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42*'), k(T.StudyDescription, 'LO', 'BULK*'), k(T.StudyInstanceUID, 'UI')] });
     assert.deepEqual(column(byIdPattern.responses, T.StudyInstanceUID), [study(42)]);
     assert.equal(byIdPattern.stats.plan, 'full scan x!study!');
     assert.equal(byIdPattern.stats.entriesRead, 20_000);

@@ -28,7 +28,9 @@
  * when that key uses single value or UID list matching (no wildcard, not universal), then
  *   PatientName (STUDY, PATIENT)            -> x!pn!<hex of its literal start> (ranges)
  * when each of its values starts with something other than a wildcard (`SMITH*`, `Doe^John`: see
- * personNamePrefixes). Any other query is a full scan of the requested level. At STUDY and PATIENT level,
+ * personNamePrefixes), then
+ *   StudyDate (STUDY)                       -> x!da!<from> to x!da!<to> (ranges)
+ * for a date or a range (open or closed) of dates. Any other query is a full scan of the requested level. At STUDY and PATIENT level,
  * when it has a key to match on that is not computed (`*MITH`, StudyDate...) and no PatientID key to
  * match, the scan goes through the newest index (x!newest!): one entry read per entity, the newest, whose
  * attributes are the entity's; only an entity whose newest entry matches those keys is then read whole
@@ -49,6 +51,7 @@ import {
   NEWEST_OF_STUDY_PREFIX,
   PATIENT_INDEX_PREFIX,
   PERSON_NAME_INDEX_PREFIX,
+  STUDY_DATE_INDEX_PREFIX,
   SERIES_INDEX_PREFIX,
   STUDY_INDEX_PREFIX,
   accessionIndexPrefix,
@@ -61,6 +64,7 @@ import {
   patientIndexPrefix,
   personNameIndexPrefix,
   seriesIndexPrefix,
+  studyDateIndexRange,
   studyIndexPrefix,
   type CatalogDb,
   type NewestInstance,
@@ -266,7 +270,7 @@ function parseIndexKey(key: string): IndexedInstance | undefined {
   if (key.startsWith(ACCESSION_INDEX_PREFIX) && parts.length === 6) {
     return { studyInstanceUid: parts[3]!, seriesInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
   }
-  if (key.startsWith(PERSON_NAME_INDEX_PREFIX) && parts.length === 6) {
+  if ((key.startsWith(PERSON_NAME_INDEX_PREFIX) || key.startsWith(STUDY_DATE_INDEX_PREFIX)) && parts.length === 6) {
     return { patientHex: parts[3]!, studyInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
   }
   if (key.startsWith(CATALOG_ENTRY_PREFIX) && parts.length === 3) return { sopInstanceUid: parts[2]! };
@@ -287,7 +291,7 @@ function entityIdAt(level: QueryLevel, indexed: IndexedInstance): string | undef
   }
 }
 
-async function* scanIndex(db: CatalogDb, prefix: string, stats: QueryStats): AsyncGenerator<IndexedInstance> {
+async function* scanIndex(db: CatalogDb, prefix: string | { gte: string; lt: string }, stats: QueryStats): AsyncGenerator<IndexedInstance> {
   for await (const keys of keyBatches(db, prefix)) {
     stats.indexKeysRead += keys.length;
     for (const key of keys) {
@@ -370,7 +374,8 @@ async function loadAggregate(
 type Plan =
   | { kind: 'nothing'; description: string }
   | { kind: 'instances'; sopInstanceUids: string[]; description: string }
-  | { kind: 'prefixes'; prefixes: string[]; contiguous: boolean; description: string }
+  /** Index keys under each prefix, or in each range (a key range of the date index). */
+  | { kind: 'prefixes'; prefixes: Array<string | { gte: string; lt: string }>; contiguous: boolean; description: string }
   /** Entities whose newest entry matches `checkedKeys` (stored attributes only) are read whole. */
   | { kind: 'newest'; prefix: string; checkedKeys: CompiledKey[]; description: string };
 
@@ -444,6 +449,15 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
       prefixes: [...new Set(namePrefixes)].map(personNameIndexPrefix),
       contiguous: false,
       description: 'index x!pn! (PatientName)',
+    };
+  }
+  const dateIntervals = keyOf(Tags.StudyDate)?.matcher.dateIntervals;
+  if (searchIndexes && dateIntervals && level === 'STUDY') {
+    return {
+      kind: 'prefixes',
+      prefixes: dateIntervals.map(({ from, to }) => studyDateIndexRange(from, to)),
+      contiguous: false,
+      description: 'index x!da! (StudyDate)',
     };
   }
   if (searchIndexes && (level === 'STUDY' || level === 'PATIENT')) {
