@@ -330,3 +330,45 @@ test('a candidacy whose votes come late waits longer each time (up to 8x voteTim
   assert.equal(won.state.role, 'leader');
   assert.equal(won.state.candidaciesTimedOut, 0, 'leading resets the backoff');
 });
+
+test('a leader resumed after a stall leads again in one new term: the others do not run while its announcements come in ahead of its heartbeats', () => {
+  const peers = new Map<string, BalancerState>(roster.map((peerId) => [peerId, initBalancer(configFor(peerId), null)]));
+  // Delivers every message at once, in order, answers included.
+  const deliver = (from: string, effects: readonly BalancerEffect[], nowMs: number): void => {
+    for (const effect of effects) {
+      const targets = effect.type === 'send' ? [effect.to] : effect.type === 'publish' ? roster.filter((peerId) => peerId !== from) : [];
+      const message = effect.type === 'send' || effect.type === 'publish' ? effect.message : undefined;
+      for (const to of targets) {
+        if (message === undefined) continue;
+        const step = stepBalancer(peers.get(to)!, { type: 'messageReceived', from, message, nowMs });
+        peers.set(to, step.state);
+        deliver(to, step.effects, nowMs);
+      }
+    }
+  };
+  const input = (peerId: string, step: BalancerInput): void => {
+    const result = stepBalancer(peers.get(peerId)!, step);
+    peers.set(peerId, result.state);
+    deliver(peerId, result.effects, step.nowMs);
+  };
+  const deadA = (sinceMs: number): MemberRecord[] => [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: sinceMs }, member('peer-b'), member('peer-c')];
+  for (const peerId of roster) input(peerId, { type: 'viewChanged', members: allAlive, nowMs: 0 });
+  assert.equal(peers.get('peer-a')!.role, 'leader');
+  // peer-a stops (SIGSTOP); the others find it dead after 3 s and elect peer-b.
+  for (const peerId of ['peer-b', 'peer-c']) input(peerId, { type: 'viewChanged', members: deadA(3000), nowMs: 3000 });
+  for (let nowMs = 3100; nowMs < 5000; nowMs += 100) for (const peerId of ['peer-b', 'peer-c']) input(peerId, { type: 'tick', nowMs });
+  assert.equal(peers.get('peer-b')!.role, 'leader');
+  const termWhileStopped = peers.get('peer-b')!.durable.currentTerm;
+  // peer-a resumes at 5 s: it sees everyone alive at once (its stall is credited), the others see it dead
+  // for another 300 ms, until its first heartbeat comes through.
+  for (let nowMs = 5000; nowMs <= 8000; nowMs += 100) {
+    for (const peerId of roster) {
+      const view = peerId !== 'peer-a' && nowMs < 5300 ? deadA(3000) : allAlive;
+      input(peerId, { type: 'viewChanged', members: view, nowMs });
+    }
+  }
+  const states = roster.map((peerId) => peers.get(peerId)!);
+  assert.deepEqual(states.map((s) => s.role), ['leader', 'follower', 'follower']);
+  assert.deepEqual(states.map((s) => s.durable.currentTerm), [1, 1, 1].map(() => termWhileStopped + 1), 'one new term for the return, not one per race');
+  assert.deepEqual(states.map((s) => s.leaderId), ['peer-a', 'peer-a', 'peer-a']);
+});
