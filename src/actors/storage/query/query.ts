@@ -30,12 +30,13 @@
  * when each of its values starts with something other than a wildcard (`SMITH*`, `Doe^John`: see
  * personNamePrefixes), then
  *   StudyDate (STUDY)                       -> x!da!<from> to x!da!<to> (ranges)
- * for a date or a range (open or closed) of dates. Any other query is a full scan of the requested level. At STUDY and PATIENT level,
- * when it has a key to match on that is not computed (`*MITH`, StudyDate...) and no PatientID key to
- * match, the scan goes through the newest index (x!newest!): one entry read per entity, the newest, whose
- * attributes are the entity's; only an entity whose newest entry matches those keys is then read whole
- * (counts, modalities). Otherwise every instance entry of the level is read once (x!pid!, x!study!,
- * x!series!, c!i!).
+ * for a date or a range (open or closed) of dates. These lists hold every instance's names and dates, so
+ * they name every entity that can match, whichever instance its attributes come from; respond() decides.
+ * Any other query is a full scan of the requested level. At STUDY and PATIENT level, when it has a key to
+ * match on that is not computed (`*MITH`, a description...) and no PatientID key to match, the scan goes
+ * through the newest index (x!newest!): one entry read per entity, the newest, whose attributes are the
+ * entity's; only an entity whose newest entry matches those keys is then read whole (counts, modalities).
+ * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
  * isNewerInstance for ties).
@@ -144,8 +145,8 @@ export interface FindOptions {
   limit?: number;
   stats?: QueryStats;
   /**
-   * False: a search that no unique-key index serves reads every instance, without the name and newest
-   * indexes (as before they existed; tests compare the two).
+   * False: a search that no unique-key index serves reads every instance, without the name, date and
+   * newest indexes (as before they existed; tests compare the two).
    */
   searchIndexes?: boolean;
 }
