@@ -405,7 +405,13 @@ export function buildHeldIndex(db: CatalogDb): Promise<number> {
 
 /** Writes the newest, name and date indexes of every entry (see buildHeldIndex): stores written before they existed. */
 export function buildSearchIndexes(db: CatalogDb): Promise<number> {
-  return writeForEveryEntry(db, (entry) => (isValidUid(entry.studyInstanceUid) && isValidUid(entry.sopInstanceUid) ? searchIndexKeys(entry).map((key) => ({ type: 'put', key, value: EMPTY_VALUE })) : []));
+  return writeForEveryEntry(db, searchIndexOps);
+}
+
+/** The puts of `entry`'s newest, name and date index keys (none for an entry whose UIDs are not valid). */
+export function searchIndexOps(entry: CatalogEntry): CatalogPut[] {
+  if (!isValidUid(entry.studyInstanceUid) || !isValidUid(entry.sopInstanceUid)) return [];
+  return searchIndexKeys(entry).map((key) => ({ type: 'put', key, value: EMPTY_VALUE }));
 }
 
 /** Puts `opsOf(entry)` for every catalog entry, in batches; returns how many entries got ops. */

@@ -404,6 +404,51 @@ test('a store written before the held and search indexes gets them at open: cust
   assert.notEqual(await reopened.db.get('m!search-indexes'), undefined);
 });
 
+test('entries an earlier build stored after this one had indexed (a rollback, then forward again) get their search-index keys at open', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const withName = (uid: string) => (info: { byteLength: number; sha256: string; blobId: string }) => ({
+    ...entryFor(uid)(info),
+    studyInstanceUid: `${uid}.0`,
+    attributes: [{ tag: 0x00100010, vr: 'PN', value: `Name^${uid}` }],
+  });
+  const commit = async (store: ReplicaStore, uid: string) => {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, 7));
+    await writer.commit(uid, withName(uid));
+  };
+  const openStore = async () => {
+    const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+    await store.open();
+    return store;
+  };
+  let store = await openStore();
+  await commit(store, '1.2.6.1');
+  await store.close();
+  const catalogPath = join(dir, 'catalog');
+  const rawCatalog = () => new Level<string, Uint8Array>(catalogPath, { keyEncoding: 'utf8', valueEncoding: 'view' });
+  let catalog = rawCatalog();
+  const checkpointAtClose = await catalog.get('m!search-indexes');
+  assert.ok(checkpointAtClose !== undefined && checkpointAtClose.length > 0);
+  await catalog.close();
+  // The earlier build: it stores 1.2.6.2 without search-index keys and leaves the checkpoint as it found it.
+  store = await openStore();
+  await commit(store, '1.2.6.2');
+  await store.close();
+  catalog = rawCatalog();
+  const searchKeysOf = async (uid: string) => (await catalog.keys({ gte: 'x!', lt: 'x"' }).all()).filter((key) => key.endsWith(`!${uid}`) && /^x!(newest|pn|da)!/.test(key));
+  const written = await searchKeysOf('1.2.6.2');
+  assert.equal(written.length, 3, 'newest of study and patient, name');
+  await catalog.batch([...written.map((key) => ({ type: 'del' as const, key })), { type: 'put', key: 'm!search-indexes', value: checkpointAtClose }]);
+  await catalog.close();
+
+  store = await openStore();
+  await store.close();
+  catalog = rawCatalog();
+  assert.deepEqual(await searchKeysOf('1.2.6.2'), written);
+  await catalog.close();
+});
+
 test('the count at open runs in the background from a snapshot: commits meanwhile are counted once', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -259,8 +259,13 @@ const recoveryFromKey = 'm!recovery-from';
 const catalogDamagedMarker = 'catalog-damaged';
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
 const heldIndexBuiltKey = 'm!held-index';
-/** Present once every catalog entry has its newest- and name-index keys (the same, for C-FIND's search indexes). */
-const searchIndexesBuiltKey = 'm!search-indexes';
+/**
+ * The blob id from which catalog entries may lack their search-index keys (newest, name, date): this build
+ * writes them with every entry, but a build before them, run on this data directory in between (a rollback),
+ * did not. Blob ids only grow, and that build wrote no entry without a blob at or after the recovery
+ * checkpoint, so the entries of those blobs are indexed again at open. Absent: index every entry.
+ */
+const searchIndexedBeforeKey = 'm!search-indexes';
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
 const debtPrefix = 'd!';
 /** k!<siteName> -> msgpack(KnownSite). */
@@ -538,15 +543,22 @@ class LevelReplicaStore implements ReplicaStore {
         );
       }
       await this.recover();
-      await this.checkpoint();
-      for (const [builtKey, build] of [
-        [heldIndexBuiltKey, buildHeldIndex],
-        [searchIndexesBuiltKey, buildSearchIndexes],
-      ] as const) {
-        if ((await this.db.get(builtKey)) !== undefined) continue;
-        await build(this.db);
-        await this.db.put(builtKey, new Uint8Array(0), { sync: true });
+      // Without this record the catalog is new or was rebuilt by recover() just now (with every key): the
+      // search-index notice below is for stores of an earlier version only.
+      const heldIndexBuilt = (await this.db.get(heldIndexBuiltKey)) !== undefined;
+      if (!heldIndexBuilt) {
+        await buildHeldIndex(this.db);
+        await this.db.put(heldIndexBuiltKey, new Uint8Array(0), { sync: true });
       }
+      const indexedBefore = await this.db.get(searchIndexedBeforeKey);
+      if (indexedBefore === undefined || indexedBefore.length === 0) {
+        if (heldIndexBuilt && (await this.db.keys({ ...prefixRange(CATALOG_ENTRY_PREFIX), limit: 1 }).all()).length > 0) {
+          this.onOpenNotice('writing the C-FIND search indexes of every catalog entry, once (a store of an earlier version): the peer serves when done, ~8 s per 100,000 instances', {});
+        }
+        await this.timedIndexing('every catalog entry', () => buildSearchIndexes(this.db));
+      }
+      else await this.timedIndexing('entries stored since the last checkpoint', () => this.indexEntriesFrom(Buffer.from(indexedBefore).toString('utf8')));
+      await this.checkpoint();
     } catch (error) {
       await this.blobDb.close();
       await this.db.close();
@@ -638,6 +650,38 @@ class LevelReplicaStore implements ReplicaStore {
       // Committed, lost its catalog entry in a power cut, and stored again since: keep one copy.
       else if (current.blobId !== entry.blobId) await this.deleteBlob(entry.blobId, true);
     }
+  }
+
+  /**
+   * Runs an indexing step of the open; one that took a while (a first open after an upgrade reads every
+   * entry: ~8 s per 100,000 instances) is logged, as the peer is not ready meanwhile.
+   */
+  private async timedIndexing(what: string, index: () => Promise<number>): Promise<void> {
+    const startedAtMs = performance.now();
+    const indexed = await index();
+    const elapsedMs = Math.round(performance.now() - startedAtMs);
+    if (elapsedMs >= 1000) this.onOpenNotice(`C-FIND search indexes written for ${what}`, { entries: indexed, elapsedMs });
+  }
+
+  /** Writes the search-index keys of the entries stored in blobs from `fromBlobId` on (see searchIndexedBeforeKey). */
+  private async indexEntriesFrom(fromBlobId: string): Promise<number> {
+    let indexed = 0;
+    for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
+      if (!key.endsWith(`!${commitRecordSuffix}`)) continue;
+      const bytes = await this.blobDb.get(key);
+      let uid: string;
+      try {
+        uid = decodeCatalogEntry(bytes!).sopInstanceUid;
+      } catch {
+        continue; // recover() has named it; its instance is not listed
+      }
+      // The catalog's entry, not the commit record: the entry may have moved to a newer blob since.
+      const entry = await this.getEntry(uid);
+      if (entry === undefined) continue;
+      await this.db.batch(searchIndexOps(entry));
+      indexed++;
+    }
+    return indexed;
   }
 
   /** Deletes a blob's chunks and commit record. */
@@ -772,7 +816,9 @@ class LevelReplicaStore implements ReplicaStore {
     if (this.checkpointRunning) return this.checkpointRunning;
     let from = tickPrefix(this.lastTick + 1);
     for (const blobId of this.openUploads) if (blobId < from) from = blobId;
-    this.checkpointRunning = this.written(this.db.put(recoveryFromKey, Buffer.from(from, 'utf8'), { sync: true })).finally(() => {
+    const checkpoint = Buffer.from(from, 'utf8');
+    const ops = [recoveryFromKey, searchIndexedBeforeKey].map((key) => ({ type: 'put' as const, key, value: checkpoint }));
+    this.checkpointRunning = this.written(this.db.batch(ops, { sync: true })).finally(() => {
       this.checkpointRunning = undefined;
     });
     return this.checkpointRunning;
