@@ -556,8 +556,9 @@ class LevelReplicaStore implements ReplicaStore {
           this.onOpenNotice('writing the C-FIND search indexes of every catalog entry, once (a store of an earlier version): the peer serves when done, ~8 s per 100,000 instances', {});
         }
         await this.timedIndexing('every catalog entry', () => buildSearchIndexes(this.db));
+      } else {
+        await this.timedIndexing('entries stored since the last checkpoint', () => this.indexEntriesFrom(Buffer.from(indexedBefore).toString('utf8')));
       }
-      else await this.timedIndexing('entries stored since the last checkpoint', () => this.indexEntriesFrom(Buffer.from(indexedBefore).toString('utf8')));
       await this.checkpoint();
     } catch (error) {
       await this.blobDb.close();
