@@ -748,7 +748,7 @@ describe('a study filed under two PatientIDs', () => {
   });
 });
 
-describe('the name and newest indexes answer as a scan of every instance does (seeded archives)', () => {
+describe('the name, date and newest indexes answer as a scan of every instance does (seeded archives)', () => {
   const names = ['Doe^John', 'DOE^JOHN', 'Smith^Jane', 'doe^johnny', 'M\xfcller^Eva', 'Doe^John=Smith^J', ' Doe^John^^', 'Doe^Jo\\Smith', ''];
   const patientIds = ['P1', 'P2', 'P1 ', ''];
 
