@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
 import { buildRoutingTable, chooseTarget, initBalancer, ruleWinner, stepBalancer, type BalancerState } from './logic.ts';
-import type { BalancerConfig, BalancerEffect, BalancerInput, RoutingTable } from './messages.ts';
+import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, RoutingTable } from './messages.ts';
 
 const roster = ['peer-a', 'peer-b', 'peer-c'];
 
@@ -213,7 +213,7 @@ test('a peer cut off from the leader in one direction runs and is refused, witho
   assert.deepEqual([a.durable.currentTerm, c.durable.currentTerm, c.leaderId], [1, 1, 'peer-a']);
   assert.ok(b.durable.currentTerm > 1, 'only the cut-off peer\'s own term climbs');
   // Once its leader is gone (dead in its view), c takes the higher term again as before.
-  const leaderless = run(c, { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 20_100 }, {
+  const leaderless = run(c, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 20_100 }, member('peer-b'), member('peer-c')], nowMs: 20_100 }, {
     type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: b.durable.currentTerm + 1, candidateId: 'peer-b' }, nowMs: 20_100,
   });
   assert.equal(leaderless.state.durable.currentTerm, b.durable.currentTerm + 1);
@@ -331,22 +331,39 @@ test('a candidacy whose votes come late waits longer each time (up to 8x voteTim
   assert.equal(won.state.candidaciesTimedOut, 0, 'leading resets the backoff');
 });
 
-test('a leader resumed after a stall leads again in one new term: the others do not run while its announcements come in ahead of its heartbeats', () => {
+/**
+ * peer-a (best-ranked) leads; it stops (SIGSTOP) and peer-b is elected; it resumes at 5 s seeing everyone
+ * alive at once (its stall is credited), while the others see it dead for another 300 ms, until its first
+ * heartbeat comes through. `announceToBDelayMs` holds peer-a's announcements to peer-b back that long.
+ */
+function resumeAfterStall(announceToBDelayMs: number): { states: BalancerState[]; termWhileStopped: number } {
   const peers = new Map<string, BalancerState>(roster.map((peerId) => [peerId, initBalancer(configFor(peerId), null)]));
-  // Delivers every message at once, in order, answers included.
+  const held: Array<{ atMs: number; to: string; message: BalancerMessage }> = [];
+  // Delivers every message at once, in order, answers included; held announcements when they are due.
   const deliver = (from: string, effects: readonly BalancerEffect[], nowMs: number): void => {
     for (const effect of effects) {
       const targets = effect.type === 'send' ? [effect.to] : effect.type === 'publish' ? roster.filter((peerId) => peerId !== from) : [];
       const message = effect.type === 'send' || effect.type === 'publish' ? effect.message : undefined;
       for (const to of targets) {
         if (message === undefined) continue;
-        const step = stepBalancer(peers.get(to)!, { type: 'messageReceived', from, message, nowMs });
-        peers.set(to, step.state);
-        deliver(to, step.effects, nowMs);
+        if (from === 'peer-a' && to === 'peer-b' && message.type === 'announce' && announceToBDelayMs > 0 && nowMs >= 5000) {
+          held.push({ atMs: nowMs + announceToBDelayMs, to, message });
+          continue;
+        }
+        receive(from, to, message, nowMs);
       }
     }
   };
+  const receive = (from: string, to: string, message: BalancerMessage, nowMs: number): void => {
+    const step = stepBalancer(peers.get(to)!, { type: 'messageReceived', from, message, nowMs });
+    peers.set(to, step.state);
+    deliver(to, step.effects, nowMs);
+  };
   const input = (peerId: string, step: BalancerInput): void => {
+    for (const due of held.filter((h) => h.atMs <= step.nowMs)) {
+      held.splice(held.indexOf(due), 1);
+      receive('peer-a', due.to, due.message, step.nowMs);
+    }
     const result = stepBalancer(peers.get(peerId)!, step);
     peers.set(peerId, result.state);
     deliver(peerId, result.effects, step.nowMs);
@@ -354,21 +371,42 @@ test('a leader resumed after a stall leads again in one new term: the others do 
   const deadA = (sinceMs: number): MemberRecord[] => [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: sinceMs }, member('peer-b'), member('peer-c')];
   for (const peerId of roster) input(peerId, { type: 'viewChanged', members: allAlive, nowMs: 0 });
   assert.equal(peers.get('peer-a')!.role, 'leader');
-  // peer-a stops (SIGSTOP); the others find it dead after 3 s and elect peer-b.
   for (const peerId of ['peer-b', 'peer-c']) input(peerId, { type: 'viewChanged', members: deadA(3000), nowMs: 3000 });
   for (let nowMs = 3100; nowMs < 5000; nowMs += 100) for (const peerId of ['peer-b', 'peer-c']) input(peerId, { type: 'tick', nowMs });
   assert.equal(peers.get('peer-b')!.role, 'leader');
   const termWhileStopped = peers.get('peer-b')!.durable.currentTerm;
-  // peer-a resumes at 5 s: it sees everyone alive at once (its stall is credited), the others see it dead
-  // for another 300 ms, until its first heartbeat comes through.
   for (let nowMs = 5000; nowMs <= 8000; nowMs += 100) {
     for (const peerId of roster) {
       const view = peerId !== 'peer-a' && nowMs < 5300 ? deadA(3000) : allAlive;
       input(peerId, { type: 'viewChanged', members: view, nowMs });
     }
   }
-  const states = roster.map((peerId) => peers.get(peerId)!);
-  assert.deepEqual(states.map((s) => s.role), ['leader', 'follower', 'follower']);
-  assert.deepEqual(states.map((s) => s.durable.currentTerm), [1, 1, 1].map(() => termWhileStopped + 1), 'one new term for the return, not one per race');
-  assert.deepEqual(states.map((s) => s.leaderId), ['peer-a', 'peer-a', 'peer-a']);
+  return { states: roster.map((peerId) => peers.get(peerId)!), termWhileStopped };
+}
+
+test('a leader resumed after a stall leads again in one new term: the others do not run while its announcements come in ahead of its heartbeats', () => {
+  // 0: every announcement at once; 150 ms: the leader it unseated hears it late (gossip), after adopting
+  // its term from the request for votes (the others' view still has it dead then).
+  for (const announceToBDelayMs of [0, 150]) {
+    const { states, termWhileStopped } = resumeAfterStall(announceToBDelayMs);
+    const context = `announcements to peer-b ${announceToBDelayMs} ms late`;
+    assert.deepEqual(states.map((s) => s.role), ['leader', 'follower', 'follower'], context);
+    assert.deepEqual(states.map((s) => s.durable.currentTerm), [1, 1, 1].map(() => termWhileStopped + 1), `one new term for the return, not one per race (${context})`);
+    assert.deepEqual(states.map((s) => s.leaderId), ['peer-a', 'peer-a', 'peer-a'], context);
+  }
+});
+
+test('a follower whose leader looks alive (announcing, though its view has it dead for now) refuses a worse-ranked candidate without taking its term', () => {
+  const leader = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 1,
+  }).state;
+  const staleView = [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 0 }, member('peer-b'), member('peer-c')];
+  const c = run(initBalancer(configFor('peer-c'), null), { type: 'viewChanged', members: staleView, nowMs: 5000 }, {
+    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table: leader.table! }, nowMs: 5000,
+  });
+  assert.equal(c.state.leaderId, 'peer-a');
+  const asked = run(c.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: 2, candidateId: 'peer-b' }, nowMs: 5010 });
+  assert.equal(asked.state.durable.currentTerm, 1);
+  assert.equal(asked.state.leaderId, 'peer-a');
+  assert.ok(asked.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && !e.message.granted));
 });

@@ -223,7 +223,7 @@ function onMessage(
 ): BalancerState {
   let s = state;
   if (message.term > s.durable.currentTerm) {
-    if (message.type === 'requestVote' && hasLiveLeader(s, nowMs) && !wouldVoteFor(s, message.candidateId)) {
+    if (message.type === 'requestVote' && hasLiveLeader(s, nowMs) && (!wouldVoteFor(s, message.candidateId) || leaderOutranks(s, message.candidateId))) {
       // A candidate this peer would refuse, while its leader is alive: refuse without taking its term.
       effects.push({ type: 'send', to: from, message: { type: 'vote', term: s.durable.currentTerm, voterId: s.config.selfPeerId, granted: false } });
       return s;
@@ -243,6 +243,10 @@ function onMessage(
           effects.push({ type: 'persist', key: 'election', value: durable });
           s = { ...s, durable };
         }
+        // Having voted, no candidacy of its own before it could have heard the outcome (Raft resets its
+        // election timer likewise): a peer whose view still had the candidate dead ran at once against a
+        // resumed leader, before that leader's announcement reached it.
+        if (granted) s = { ...s, candidacyDeadlineMs: Math.max(s.candidacyDeadlineMs, nowMs + s.config.voteTimeoutMs) };
       }
       effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted } });
       return s;
@@ -298,6 +302,13 @@ function leaderLooksAlive(state: BalancerState, nowMs: number): boolean {
   return leader.status === 'alive' || leader.statusSinceMs < state.leaderHeardAtMs - state.config.announceIntervalMs;
 }
 
+/** The leader this peer follows, or this peer when it leads, ranks better than `peerId` (by its record, whatever its status). */
+function leaderOutranks(state: BalancerState, peerId: string): boolean {
+  const leader = state.members.find((m) => m.peerId === (state.role === 'leader' ? state.config.selfPeerId : state.leaderId));
+  const other = state.members.find((m) => m.peerId === peerId);
+  return leader !== undefined && other !== undefined && compareRank(leader, other) < 0;
+}
+
 /**
  * This peer follows a leader that looks alive and ranks better than itself: it does not run, though its
  * view (missing the leader's heartbeats for now) makes it the rule's winner. Without this, the others ran
@@ -305,9 +316,7 @@ function leaderLooksAlive(state: BalancerState, nowMs: number): boolean {
  * A leader ranked worse than this peer still makes way for it (the leader steps down once it sees it).
  */
 function followsBetterRankedLeader(state: BalancerState, nowMs: number): boolean {
-  const leader = state.members.find((m) => m.peerId === state.leaderId);
-  const self = state.members.find((m) => m.peerId === state.config.selfPeerId);
-  return leader !== undefined && self !== undefined && leaderLooksAlive(state, nowMs) && compareRank(leader, self) < 0;
+  return leaderLooksAlive(state, nowMs) && leaderOutranks(state, state.config.selfPeerId);
 }
 
 function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]): BalancerState {
