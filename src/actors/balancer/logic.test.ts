@@ -410,3 +410,16 @@ test('a follower whose leader looks alive (announcing, though its view has it de
   assert.equal(asked.state.leaderId, 'peer-a');
   assert.ok(asked.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && !e.message.granted));
 });
+
+test('a leader that can no longer record votes (its disk full) does not hold its followers back from electing the next one', () => {
+  const leader = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 1,
+  }).state;
+  const fullDisk = [member('peer-a', { electable: false }), member('peer-b'), member('peer-c')];
+  const c = run(initBalancer(configFor('peer-c'), null), { type: 'viewChanged', members: fullDisk, nowMs: 10 }, {
+    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table: leader.table! }, nowMs: 10,
+  });
+  const asked = run(c.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: 2, candidateId: 'peer-b' }, nowMs: 20 });
+  assert.equal(asked.state.durable.currentTerm, 2);
+  assert.ok(asked.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+});

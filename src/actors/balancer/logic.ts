@@ -302,11 +302,14 @@ function leaderLooksAlive(state: BalancerState, nowMs: number): boolean {
   return leader.status === 'alive' || leader.statusSinceMs < state.leaderHeardAtMs - state.config.announceIntervalMs;
 }
 
-/** The leader this peer follows, or this peer when it leads, ranks better than `peerId` (by its record, whatever its status). */
+/**
+ * The leader this peer follows, or this peer when it leads, ranks better than `peerId` (by its record,
+ * whatever its status), and can record votes: one that cannot (a full disk) makes way, as the rule says.
+ */
 function leaderOutranks(state: BalancerState, peerId: string): boolean {
   const leader = state.members.find((m) => m.peerId === (state.role === 'leader' ? state.config.selfPeerId : state.leaderId));
   const other = state.members.find((m) => m.peerId === peerId);
-  return leader !== undefined && other !== undefined && compareRank(leader, other) < 0;
+  return leader !== undefined && other !== undefined && leader.electable && compareRank(leader, other) < 0;
 }
 
 /**
