@@ -94,6 +94,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       clock: init.clock,
       log: log.child({ component: 'custody' }),
       parent: init.supervisor.system,
+      expectsOtherSites: (config.bootstrap?.length ?? 0) > 0,
       onCrash: init.supervisor.crashHandler('custody'),
     });
     stopping.unshift(() => custody.stop());
@@ -149,6 +150,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       retrieveSource: {
         resolve: (request, limit) => custody.retrieve.resolveRetrieveEverywhere(request, { limit }),
         ensureLocal: (entry) => custody.retrieve.ensureLocal(entry),
+        searchRefusal: () => custody.searchRefusal(),
       },
       frontDoor,
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),

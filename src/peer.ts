@@ -171,8 +171,16 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         store,
         ingest,
         retrieveSource: {
-          resolve: (request, limit) => current().retrieveSource.resolve(request, limit),
-          ensureLocal: (entry) => current().retrieveSource.ensureLocal(entry),
+          // Before the mesh is up, the local catalog alone could pass part of the archive off as all of it.
+          resolve: async (request, limit) => {
+            await meshReady;
+            return current().retrieveSource.resolve(request, limit);
+          },
+          ensureLocal: async (entry) => {
+            await meshReady;
+            return current().retrieveSource.ensureLocal(entry);
+          },
+          searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
         },
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),
         clock,

@@ -385,7 +385,7 @@ export class AcceptorSession {
     };
     const run =
       context.service === 'find'
-        ? runFind(common, this.deps.store)
+        ? runFind(common, this.deps.store, this.deps.retrieveSource)
         : runRetrieve(
             {
               ...common,

@@ -9,7 +9,7 @@ import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore } from '../../storage/replica-store.ts';
-import { runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 
 async function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
   const dir = await mkdtemp(join(tmpdir(), 'pacs-qr-'));
@@ -60,4 +60,36 @@ test('a peer that may hold matches not here did not answer: 0xA701 before any su
 test('every peer answered (or those silent hold nothing more): the retrieve goes on', async () => {
   const sent = await retrieveWith({ resolve: async () => ({ entries: [], truncated: false, peersMissed: [] }), ensureLocal: async (entry) => entry });
   assert.deepEqual(sent.map((r) => r.status), [Status.Success]);
+});
+
+test('a search the mesh says the catalog cannot answer yet (a site just restored) gets 0xA700 and the reason, not Success with part of the matches', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-qr-'));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  try {
+    const find = async (refusal: string | undefined): Promise<DimseCommand[]> => {
+      const sent: DimseCommand[] = [];
+      const identifier = encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.PatientName, vr: 'PN', value: 'DOE*' }], TransferSyntax.ImplicitVrLittleEndian);
+      await runFind(
+        {
+          root: 'STUDY',
+          transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian,
+          command: { commandField: CommandField.CFindRq, messageId: 3, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.1', hasDataSet: true },
+          identifier,
+          send: async (rsp) => void sent.push(rsp),
+          isCancelled: () => false,
+          retrieveAeTitle: 'PACSMESH',
+        },
+        store,
+        { searchRefusal: () => refusal },
+      );
+      return sent;
+    };
+    const refused = await find('refilling: 0 of 12 instances here: retry');
+    assert.deepEqual(refused.map((rsp) => [rsp.status, rsp.errorComment]), [[Status.OutOfResources, 'refilling: 0 of 12 instances here: retry']]);
+    assert.deepEqual((await find(undefined)).map((rsp) => rsp.status), [Status.Success]);
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -84,10 +84,17 @@ function withRetrieveAeTitle(identifier: readonly DicomElement[], aeTitle: strin
 /** C-FIND responses sent between two turns of the event loop (when a C-CANCEL-RQ can be read). */
 const findMatchesPerIoTurn = 16;
 
-export async function runFind(ctx: QueryContext, store: ReplicaStore): Promise<void> {
+export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: Pick<RetrieveSource, 'searchRefusal'>): Promise<void> {
   const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateQuery);
   if (!parsed.ok) {
     await ctx.send(findResponse(ctx.command, parsed.status, parsed.comment));
+    return;
+  }
+  // A catalog known to be incomplete (a site just restored on an empty disk) answers "retry", not Success
+  // with part of the matches (PS3.4 C.4.1.1.4: 0xA700 Refused: Out of Resources).
+  const refusal = source?.searchRefusal?.();
+  if (refusal !== undefined) {
+    await ctx.send(findResponse(ctx.command, Status.OutOfResources, refusal));
     return;
   }
   try {
@@ -363,6 +370,8 @@ export interface RetrieveSource {
   resolve(request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[]; truncated: boolean; peersMissed?: readonly string[] }>;
   /** The local entry of an instance, pulled from a peer first when only a peer holds it; undefined when nobody does. */
   ensureLocal(entry: CatalogEntry): Promise<CatalogEntry | undefined>;
+  /** Why a C-FIND should not be answered from the local catalog now (an Error Comment); absent or undefined: answer. */
+  searchRefusal?(): string | undefined;
 }
 
 export function localRetrieveSource(store: ReplicaStore): RetrieveSource {

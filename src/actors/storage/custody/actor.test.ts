@@ -20,7 +20,7 @@ import { silentLogger, type Logger } from '../../runtime/logger.ts';
 import { startActorSystem, stopActor, type ActorSystem } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
-import { startCustody, type CustodyService } from './actor.ts';
+import { startCustody, type CustodyService, type CustodyTuning } from './actor.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
@@ -55,7 +55,13 @@ class TestMesh {
     return dir;
   }
 
-  async start(name: string, dir?: string, log: Logger = silentLogger, prepareStore: (store: ReplicaStore) => void = () => undefined): Promise<Site> {
+  async start(
+    name: string,
+    dir?: string,
+    log: Logger = silentLogger,
+    prepareStore: (store: ReplicaStore) => void = () => undefined,
+    extra: { expectsOtherSites?: boolean; tuning?: CustodyTuning } = {},
+  ): Promise<Site> {
     const dataDir = dir ?? (await this.newDir());
     const bootstrap = [...this.sites.values()].map((s) => loopbackAddress(s.node)).slice(0, 1);
     const node = await createMeshNode({
@@ -80,7 +86,8 @@ class TestMesh {
       clock: systemClock,
       log,
       parent: system,
-      tuning: { repairIntervalMs: 300, replicationRetryMs: 2000 },
+      expectsOtherSites: extra.expectsOtherSites ?? false,
+      tuning: { repairIntervalMs: 300, replicationRetryMs: 2000, ...extra.tuning },
     });
     const site: Site = { name, dir: dataDir, node, store, custody, system };
     this.sites.set(name, site);
@@ -352,6 +359,23 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     }
     await waitFor('digests equal', () => fresh.custody.stats().digestRoot === a.custody.stats().digestRoot);
     console.log(`# empty-disk refill of ${payloads.size} instances: ${refillMs.toFixed(0)} ms`);
+  });
+
+  it('just after its start, a site far behind the others refuses searches (not Success with part of them) until it caught up; a lone site answers', { timeout: 25_000 }, async () => {
+    const alone = new TestMesh('auto');
+    meshes.push(alone);
+    const waiting = await alone.start('site-x', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 60_000 } });
+    assert.equal(waiting.custody.searchRefusal(), 'joining the mesh: no other site heard yet: retry', 'told of other sites, none heard yet');
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const a = await mesh.start('site-a');
+    assert.equal(a.custody.searchRefusal(), undefined, 'a site given no other sites answers at once');
+    for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
+    // Restored on an empty disk, told where the others are; the window is long here so that it cannot end first.
+    const fresh = await mesh.start('site-b', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { searchLagInstancesMax: 5, viewSettleAfterStartMs: 60_000 } });
+    assert.match(fresh.custody.searchRefusal() ?? '', /^refilling: 0 of 12 instances here: retry$/);
+    await waitFor('site-b refilled', async () => (await fresh.store.countInstances()) === 12, 20_000);
+    await waitFor('site-b answers searches', () => fresh.custody.searchRefusal() === undefined);
   });
 
   it('one UID, two contents stored at two sites apart: each keeps its own, both report the conflict once', { timeout: 25_000 }, async () => {

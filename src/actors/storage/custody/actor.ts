@@ -74,6 +74,10 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   batchesFlowingPerPeerMax?: number;
   /** ...and running at once in any phase. */
   batchesPerPeerMax?: number;
+  /** After a start, how long retrieves and searches wait for the known sites to be heard. Default 5 s. */
+  viewSettleAfterStartMs?: number;
+  /** Instances behind the fullest site from which a search just after a start is refused. Default 200. */
+  searchLagInstancesMax?: number;
 }
 
 export interface CustodyServiceInit {
@@ -87,6 +91,11 @@ export interface CustodyServiceInit {
   log: Logger;
   /** nact parent of the custody actor. */
   parent: Ref<any>;
+  /**
+   * Whether this peer was told of other sites (bootstrap addresses): knowing no site yet, a C-FIND in the
+   * first moments after the start is refused until one is heard (searchRefusal). Default false.
+   */
+  expectsOtherSites?: boolean;
   tuning?: CustodyTuning;
   limits?: Partial<ReplicationLimits>;
   /** Supervision decision on a crash of the custody actor. Default 'reset' (durable state reloaded). */
@@ -100,6 +109,14 @@ export interface CustodyService {
   readonly retrieve: RemoteRetrieve;
   /** Called by the peer whenever membership changes (the whole view, self included). */
   onViewChanged(members: readonly MemberRecord[]): void;
+  /**
+   * Why a C-FIND here would answer from a catalog known to be incomplete, as an Error Comment (at most 64
+   * characters); undefined when it may answer. Only in the first viewSettleAfterStartMs after a start: known
+   * sites not heard yet (or none at all though bootstrap addresses were given: a site restored on an empty
+   * disk), or this site searchLagInstancesMax or more instances behind the fullest alive one. After that the
+   * leader's table routes new associations away from a refilling site.
+   */
+  searchRefusal(): string | undefined;
   stats(): CustodyStats;
   /** The other sites copies are owed to, present or absent (see KnownSite), with the copies owed now, by name. */
   knownSites(): Array<{ site: string; debtEntries: number }>;
@@ -167,6 +184,8 @@ export const defaultCustodyTuning = {
   // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
   // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
   viewSettleAfterStartMs: 5_000,
+  // A site this far behind the fullest just after its start is refilling (the balancer's refillLagInstancesMin).
+  searchLagInstancesMax: 200,
   // A retrieve waits up to this long for suspect peers to be alive again or dead (membership: 1.5 s between).
   suspectSettleWaitMs: 2_000,
 } as const;
@@ -705,6 +724,16 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   return {
     ingest: createMeshIngest(store, gate),
     retrieve,
+    searchRefusal() {
+      if (clock.nowMs() - startedAtMs >= tuning.viewSettleAfterStartMs) return undefined;
+      const known = [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName);
+      const unheard = known.filter((site) => !sitesHeardSinceStart.has(site)).length;
+      if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;
+      if (known.length === 0 && sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false)) return 'joining the mesh: no other site heard yet: retry';
+      const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
+      if (fullest - current.instanceCount >= tuning.searchLagInstancesMax) return `refilling: ${current.instanceCount} of ${fullest} instances here: retry`;
+      return undefined;
+    },
     onViewChanged(view) {
       members = view;
       for (const m of view) if (m.status === 'alive' && m.peerId !== init.peerId) sitesHeardSinceStart.add(m.siteName);
