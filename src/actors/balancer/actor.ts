@@ -35,7 +35,7 @@ import type { Clock } from '../runtime/clock.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeer, type RosterPeers } from './roster.ts';
-import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from './logic.ts';
+import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   routingTopic,
   type BalancerEffect,
@@ -148,7 +148,7 @@ export interface BalancerService {
   /** The voters with where they were last seen (learnt roster; pinned: PeerIds only). */
   rosterMembers(): RosterMember[];
   /** Role and term, for /api/mesh and tests. */
-  status(): { role: 'follower' | 'candidate' | 'leader'; term: number; votedFor: string | null };
+  status(): { role: BalancerRole; term: number; votedFor: string | null };
   crashForTest(reason?: string): void;
   stop(): Promise<void>;
 }
