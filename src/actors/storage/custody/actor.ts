@@ -48,6 +48,7 @@ import {
 } from '../replication.ts';
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
+import { defaultRoutingLimits } from '../../balancer/logic.ts';
 import { createDigest, digestAdd } from './digest.ts';
 import { aliveReplicaTargets, custodyStats, holdsNothingMore, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry } from './messages.ts';
@@ -184,8 +185,8 @@ export const defaultCustodyTuning = {
   // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
   // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
   viewSettleAfterStartMs: 5_000,
-  // A site this far behind the fullest just after its start is refilling (the balancer's refillLagInstancesMin).
-  searchLagInstancesMax: 200,
+  // A site this far behind the fullest just after its start is refilling, as the balancer's table says.
+  searchLagInstancesMax: defaultRoutingLimits.refillLagInstancesMin,
   // A retrieve waits up to this long for suspect peers to be alive again or dead (membership: 1.5 s between).
   suspectSettleWaitMs: 2_000,
 } as const;
@@ -663,10 +664,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const startedAtMs = clock.nowMs();
   const sitesHeardSinceStart = new Set<string>();
   const suspectPeers = (): string[] => members.filter((m) => m.status === 'suspect' && m.peerId !== init.peerId).map((m) => m.peerId);
+  const settlingAfterStart = (): boolean => clock.nowMs() - startedAtMs < tuning.viewSettleAfterStartMs;
+  const knownSitesNotHeard = (): string[] =>
+    [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName && !sitesHeardSinceStart.has(site));
   const peersUnreachable = (): string[] => {
     const unreachable = suspectPeers();
-    if (clock.nowMs() - startedAtMs >= tuning.viewSettleAfterStartMs) return unreachable;
-    const unheard = [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName && !sitesHeardSinceStart.has(site));
+    if (!settlingAfterStart()) return unreachable;
+    const unheard = knownSitesNotHeard();
     unreachable.push(...unheard.map((site) => `site:${site}`));
     if (unheard.length === 0 && sitesHeardSinceStart.size === 0) unreachable.push('site:(none heard yet)');
     return unreachable;
@@ -725,11 +729,11 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     ingest: createMeshIngest(store, gate),
     retrieve,
     searchRefusal() {
-      if (clock.nowMs() - startedAtMs >= tuning.viewSettleAfterStartMs) return undefined;
-      const known = [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName);
-      const unheard = known.filter((site) => !sitesHeardSinceStart.has(site)).length;
+      if (!settlingAfterStart()) return undefined;
+      const unheard = knownSitesNotHeard().length;
       if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;
-      if (known.length === 0 && sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false)) return 'joining the mesh: no other site heard yet: retry';
+      // Every known site heard, and none heard: none known, though bootstrap addresses said there are some.
+      if (sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false)) return 'joining the mesh: no other site heard yet: retry';
       const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
       if (fullest - current.instanceCount >= tuning.searchLagInstancesMax) return `refilling: ${current.instanceCount} of ${fullest} instances here: retry`;
       return undefined;
