@@ -264,8 +264,12 @@ const heldIndexBuiltKey = 'm!held-index';
  * writes them with every entry, but a build before them, run on this data directory in between (a rollback),
  * did not. Blob ids only grow, and that build wrote no entry without a blob at or after the recovery
  * checkpoint, so the entries of those blobs are indexed again at open. Absent: index every entry.
+ * It holds the same value as recoveryFromKey, written in the same batch, but only by this build: the
+ * earlier one moves the recovery checkpoint on past the blobs it leaves unindexed.
  */
 const searchIndexedBeforeKey = 'm!search-indexes';
+/** Entries indexed per catalog batch by indexEntriesFrom. */
+const blobsPerIndexBatch = 256;
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
 const debtPrefix = 'd!';
 /** k!<siteName> -> msgpack(KnownSite). */
@@ -664,24 +668,31 @@ class LevelReplicaStore implements ReplicaStore {
     if (elapsedMs >= 1000) this.onOpenNotice(`C-FIND search indexes written for ${what}`, { entries: indexed, elapsedMs });
   }
 
-  /** Writes the search-index keys of the entries stored in blobs from `fromBlobId` on (see searchIndexedBeforeKey). */
+  /**
+   * Writes the search-index keys of the entries stored in blobs from `fromBlobId` on (see
+   * searchIndexedBeforeKey), a batch per blobsPerIndexBatch: after a rollback that range holds whatever the
+   * earlier build stored.
+   */
   private async indexEntriesFrom(fromBlobId: string): Promise<number> {
     let indexed = 0;
+    let uids: string[] = [];
+    const flush = async (): Promise<void> => {
+      // The catalog's entries, not the commit records: an entry may have moved to a newer blob since.
+      const entries = (await this.getEntries(uids)).filter((entry) => entry !== undefined);
+      if (entries.length > 0) await this.db.batch(entries.flatMap(searchIndexOps));
+      indexed += entries.length;
+      uids = [];
+    };
     for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
       if (!key.endsWith(`!${commitRecordSuffix}`)) continue;
-      const bytes = await this.blobDb.get(key);
-      let uid: string;
       try {
-        uid = decodeCatalogEntry(bytes!).sopInstanceUid;
+        uids.push(decodeCatalogEntry((await this.blobDb.get(key))!).sopInstanceUid);
       } catch {
         continue; // recover() has named it; its instance is not listed
       }
-      // The catalog's entry, not the commit record: the entry may have moved to a newer blob since.
-      const entry = await this.getEntry(uid);
-      if (entry === undefined) continue;
-      await this.db.batch(searchIndexOps(entry));
-      indexed++;
+      if (uids.length >= blobsPerIndexBatch) await flush();
     }
+    await flush();
     return indexed;
   }
 
