@@ -158,7 +158,7 @@ function heldIndexValue(entry: CatalogEntry): Uint8Array {
 }
 
 /** storedAtMs as the newest index orders it: anything but a non-negative safe integer counts as 0. */
-export function storedAtRank(entry: CatalogEntry): number {
+function storedAtRank(entry: CatalogEntry): number {
   return Number.isSafeInteger(entry.storedAtMs) && entry.storedAtMs >= 0 ? entry.storedAtMs : 0;
 }
 

@@ -8,15 +8,25 @@ import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
-import { createReplicaStore } from '../../storage/replica-store.ts';
+import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
 import { runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 
-async function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
+/** Runs `use` with a fresh, empty store, removed afterwards. */
+async function withEmptyStore<T>(use: (store: ReplicaStore) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'pacs-qr-'));
   const store = createReplicaStore({ path: dir });
   await store.open();
-  const sent: DimseCommand[] = [];
   try {
+    return await use(store);
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
+  return withEmptyStore(async (store) => {
+    const sent: DimseCommand[] = [];
     const identifier = encodeDataset(
       [
         { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
@@ -40,11 +50,8 @@ async function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
       store,
       source,
     );
-  } finally {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  }
-  return sent;
+    return sent;
+  });
 }
 
 test('a peer that may hold matches not here did not answer: 0xA701 before any sub-operation, never a partial Success', async () => {
@@ -63,10 +70,7 @@ test('every peer answered (or those silent hold nothing more): the retrieve goes
 });
 
 test('a search the mesh says the catalog cannot answer yet (a site just restored) gets 0xA700 and the reason, not Success with part of the matches', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'pacs-qr-'));
-  const store = createReplicaStore({ path: dir });
-  await store.open();
-  try {
+  await withEmptyStore(async (store) => {
     const find = async (refusal: string | undefined): Promise<DimseCommand[]> => {
       const sent: DimseCommand[] = [];
       const identifier = encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.PatientName, vr: 'PN', value: 'DOE*' }], TransferSyntax.ImplicitVrLittleEndian);
@@ -88,8 +92,5 @@ test('a search the mesh says the catalog cannot answer yet (a site just restored
     const refused = await find('refilling: 0 of 12 instances here: retry');
     assert.deepEqual(refused.map((rsp) => [rsp.status, rsp.errorComment]), [[Status.OutOfResources, 'refilling: 0 of 12 instances here: retry']]);
     assert.deepEqual((await find(undefined)).map((rsp) => rsp.status), [Status.Success]);
-  } finally {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
