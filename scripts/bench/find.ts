@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { runTool } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, startOrthanc, type BenchServer, type BenchServerStartOptions } from './lib/index.ts';
-import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { choicesArg, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
 const CLIENT_AE = 'BENCH';
@@ -50,8 +50,7 @@ async function main(): Promise<number> {
   const queries = intArg(args, 'queries', 15);
   const rows = intArg(args, 'rows', 64);
   const columns = intArg(args, 'columns', 64);
-  const serverIds = String(args.get('servers') ?? 'orthanc,pacs-mesh').split(',').map((s) => s.trim()).filter(Boolean);
-  for (const id of serverIds) if (!(id in SERVER_FACTORIES)) throw new Error(`unknown server ${id}; known: ${Object.keys(SERVER_FACTORIES).join(', ')}`);
+  const serverIds = choicesArg(args, 'servers', Object.keys(SERVER_FACTORIES), ['orthanc', 'pacs-mesh']);
   const bench = await startBench('find', args);
   if (!bench) return 2;
   const { workDir, startedAt, hostAtStart } = bench;

@@ -18,7 +18,7 @@ import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
-import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
+import { MB, MiB, choicesArg, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
@@ -56,8 +56,7 @@ async function main(): Promise<number> {
   const rows = intArg(args, 'rows', 512);
   const columns = intArg(args, 'columns', 512);
   const storescuTimeoutMs = intArg(args, 'timeout-s', 600) * 1000;
-  const serverIds = String(args.get('servers') ?? 'storescp,orthanc,pacs-mesh').split(',').map((s) => s.trim()).filter(Boolean);
-  for (const id of serverIds) if (!(id in SERVER_FACTORIES)) throw new Error(`unknown server ${id}; known: ${Object.keys(SERVER_FACTORIES).join(', ')}`);
+  const serverIds = choicesArg(args, 'servers', Object.keys(SERVER_FACTORIES), ['storescp', 'orthanc', 'pacs-mesh']);
   const bench = await startBench('ingest', args);
   if (!bench) return 2;
   const { workDir, startedAt, hostAtStart } = bench;

@@ -27,7 +27,7 @@ import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFactory } from './lib/index.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
-import { MB, MiB, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
+import { MB, MiB, choicesArg, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
 
@@ -85,8 +85,7 @@ async function main(): Promise<number> {
   const writeQuorum = intArg(args, 'write-quorum', 2);
   const replicationTimeoutMs = intArg(args, 'replication-timeout-s', 120) * 1000;
   const storescuTimeoutMs = intArg(args, 'timeout-s', 600) * 1000;
-  const serverIds = String(args.get('servers') ?? SERVER_IDS.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const id of serverIds) if (!(SERVER_IDS as readonly string[]).includes(id)) throw new Error(`unknown server ${id}; known: ${SERVER_IDS.join(', ')}`);
+  const serverIds = choicesArg(args, 'servers', SERVER_IDS);
   const bench = await startBench('mesh-ingest', args);
   if (!bench) return 2;
   const { workDir, startedAt, hostAtStart } = bench;

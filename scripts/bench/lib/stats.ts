@@ -87,6 +87,13 @@ export function intArg(args: Map<string, string | true>, name: string, def: numb
   return n;
 }
 
+/** `--name a,b,c` as a list (`defaults` when absent), each one of `known`. */
+export function choicesArg(args: Map<string, string | true>, name: string, known: readonly string[], defaults: readonly string[] = known): string[] {
+  const chosen = String(args.get(name) ?? defaults.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const choice of chosen) if (!known.includes(choice)) throw new Error(`--${name}: unknown ${JSON.stringify(choice)}; known: ${known.join(', ')}`);
+  return chosen;
+}
+
 export function hostInfo(): Record<string, unknown> {
   return { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryBytes: totalmem(), kernel: release(), loadavg: loadavg() };
 }
