@@ -300,7 +300,7 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     }
   });
 
-  it('findscu -S STUDY: non-ASCII PatientName (ISO_IR 192 and ISO_IR 100)', async () => {
+  it('findscu -S STUDY: non-ASCII PatientName (ISO_IR 192 and ISO_IR 100, case folded)', async () => {
     requireStored();
     const utf8Study = instances.find((i) => i.patientId === syntheticPatients.utf8.id)!.studyUid;
     const r = await find('S', ['QueryRetrieveLevel=STUDY', 'SpecificCharacterSet=ISO_IR 192', 'PatientName=Müller*', 'StudyInstanceUID']);
@@ -311,6 +311,12 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     const oneCharacter = await find('S', ['QueryRetrieveLevel=STUDY', 'PatientName=M?ller*', 'StudyInstanceUID']);
     assert.deepEqual(oneCharacter.responses.map((x) => responseText(x, Tag.StudyInstanceUid)), [utf8Study], oneCharacter.output);
     assert.equal(responseText(oneCharacter.responses[0]!, Tag.SpecificCharacterSet), 'ISO_IR 192');
+    // Case folding beyond ASCII, as Orthanc does: a UTF-8 key in capitals finds the UTF-8 and the Latin-1 names.
+    const latin1Study = instances.find((i) => i.patientId === syntheticPatients.latin1.id)!.studyUid;
+    for (const [pattern, study] of [['MÜLLER^JÜRGEN', utf8Study], ['GÓMEZ*', latin1Study]] as const) {
+      const folded = await find('S', ['QueryRetrieveLevel=STUDY', 'SpecificCharacterSet=ISO_IR 192', `PatientName=${pattern}`, 'StudyInstanceUID']);
+      assert.deepEqual(folded.responses.map((x) => responseText(x, Tag.StudyInstanceUid)), [study], `PatientName=${pattern}: ${folded.output}`);
+    }
 
     // The Latin-1 instance, found by PatientID: its name comes back in its own bytes and character set.
     const l1 = await find('S', ['QueryRetrieveLevel=STUDY', `PatientID=${syntheticPatients.latin1.id}`, 'PatientName', 'SpecificCharacterSet', 'StudyInstanceUID']);

@@ -65,7 +65,7 @@ describe('catalogWriteOps (pure)', () => {
         'x!series!1.2.3.4!1.2.3.4.5',
         'x!newest!study!1.2.3!9005499254740991!1.2.3.4.5',
         `x!newest!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
-        `x!pn!${Buffer.from('doe^john').toString('hex')}!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
+        `x!name!${Buffer.from('doe^john').toString('hex')}!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
       ],
     );

@@ -9,7 +9,7 @@
  *   x!acc!<hex(AccessionNumber)>!<StudyUID>!<SeriesUID>!<SOPInstanceUID> -> empty (non-empty accession only)
  *   x!newest!study!<StudyUID>!<age>!<SOPInstanceUID>                -> empty  (newest instance first)
  *   x!newest!pid!<hex(PatientID)>!<age>!<SOPInstanceUID>            -> empty  (newest instance first)
- *   x!pn!<hex(utf8(form))>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID> -> empty (each PatientName form)
+ *   x!name!<hex(utf8(form))>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID> -> empty (each PatientName form)
  *   x!da!<YYYYMMDD>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID>    -> empty  (each StudyDate)
  *   h!<SOPInstanceUID>                                              -> sha256 of the bytes (64 hex chars)
  *
@@ -32,9 +32,10 @@
  * to study, and reads a study's other instances only when that entry matches (one key per instance, so
  * no read-modify-write of a summary record: commits of one study may run concurrently).
  *
- * `x!pn!` holds every form of every instance's PatientName that a key is compared with (personNameForms:
- * decoded with the instance's character set, ASCII lower case, trailing empty components removed, whole
- * and per component group). A PatientName key with a literal start (`SMITH*`, `Doe^John`) lists the
+ * `x!name!` holds every form of every instance's PatientName that a key is compared with (personNameForms:
+ * decoded with the instance's character set, case folded, trailing empty components removed, whole and
+ * per component group). Builds before case folding beyond ASCII kept ASCII-folded forms under `x!pn!`:
+ * a store they wrote gets `x!name!` at open and loses `x!pn!` (clearLegacyNameIndex). A PatientName key with a literal start (`SMITH*`, `Doe^John`) lists the
  * studies or patients to examine from the range of that start: every instance's names are there, so
  * whichever instance an entity's attributes come from, a match is among them (respond() decides).
  * `x!da!` does the same for StudyDate (each value as a date key compares it, dateIndexForms): a date or a
@@ -63,7 +64,9 @@ export const ACCESSION_INDEX_PREFIX = 'x!acc!';
 export const HELD_INDEX_PREFIX = 'h!';
 export const NEWEST_OF_STUDY_PREFIX = 'x!newest!study!';
 export const NEWEST_OF_PATIENT_PREFIX = 'x!newest!pid!';
-export const PERSON_NAME_INDEX_PREFIX = 'x!pn!';
+export const PERSON_NAME_INDEX_PREFIX = 'x!name!';
+/** The name index of builds that folded ASCII letters only (see the header comment). */
+const LEGACY_PERSON_NAME_INDEX_PREFIX = 'x!pn!';
 export const STUDY_DATE_INDEX_PREFIX = 'x!da!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
@@ -406,6 +409,11 @@ export function buildHeldIndex(db: CatalogDb): Promise<number> {
 /** Writes the newest, name and date indexes of every entry (see buildHeldIndex): stores written before they existed. */
 export function buildSearchIndexes(db: CatalogDb): Promise<number> {
   return writeForEveryEntry(db, searchIndexOps);
+}
+
+/** Deletes the name index an earlier build wrote (ASCII-folded forms, see the header comment). */
+export function clearLegacyNameIndex(db: CatalogDb): Promise<void> {
+  return db.clear(prefixRange(LEGACY_PERSON_NAME_INDEX_PREFIX));
 }
 
 /** The puts of `entry`'s newest, name and date index keys (none for an entry whose UIDs are not valid). */

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
 import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
+import { createQueryStats, findMatches } from './query/query.ts';
 import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
 
@@ -375,12 +376,12 @@ test('a store written before the held and search indexes gets them at open: cust
     expected.push({ sopInstanceUid: uid, sha256: entry.sha256 });
   }
   await store.close();
-  // What an older version left: entries and indexes, no h!, x!newest!, x!pn! or x!da! keys and no record that they were built.
+  // What an older version left: entries and indexes, no h!, x!newest!, x!name! or x!da! keys and no record that they were built.
   const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
-  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }, { type: 'del', key: 'm!search-indexes' }];
+  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }, { type: 'del', key: 'm!search-indexes!2' }];
   for await (const key of catalog.keys({ gte: 'h!', lt: 'h"' })) ops.push({ type: 'del', key });
   for await (const key of catalog.keys({ gte: 'x!newest!', lt: 'x!newest"' })) ops.push({ type: 'del', key });
-  for await (const key of catalog.keys({ gte: 'x!pn!', lt: 'x!pn"' })) ops.push({ type: 'del', key });
+  for await (const key of catalog.keys({ gte: 'x!name!', lt: 'x!name"' })) ops.push({ type: 'del', key });
   for await (const key of catalog.keys({ gte: 'x!da!', lt: 'x!da"' })) ops.push({ type: 'del', key });
   assert.equal(ops.length, 2 + 3 + 6 + 3 + 3);
   await catalog.batch(ops);
@@ -399,9 +400,9 @@ test('a store written before the held and search indexes gets them at open: cust
     for await (const instance of newestInstances(reopened.db, prefix)) newest.push(instance.sopInstanceUid);
     assert.deepEqual(newest, ['1.2.5.1'], `${prefix}: one study and one patient, all stored at 0: the smallest UID`);
   }
-  assert.equal((await reopened.db.keys({ gte: 'x!pn!', lt: 'x!pn"' }).all()).length, 3, 'each instance under its name');
+  assert.equal((await reopened.db.keys({ gte: 'x!name!', lt: 'x!name"' }).all()).length, 3, 'each instance under its name');
   assert.equal((await reopened.db.keys({ gte: 'x!da!', lt: 'x!da"' }).all()).length, 3, 'and its date');
-  assert.notEqual(await reopened.db.get('m!search-indexes'), undefined);
+  assert.notEqual(await reopened.db.get('m!search-indexes!2'), undefined);
 });
 
 test('entries an earlier build stored after this one had indexed (a rollback, then forward again) get their search-index keys at open', async (t) => {
@@ -428,7 +429,7 @@ test('entries an earlier build stored after this one had indexed (a rollback, th
   const catalogPath = join(dir, 'catalog');
   const rawCatalog = () => new Level<string, Uint8Array>(catalogPath, { keyEncoding: 'utf8', valueEncoding: 'view' });
   let catalog = rawCatalog();
-  const checkpointAtClose = await catalog.get('m!search-indexes');
+  const checkpointAtClose = await catalog.get('m!search-indexes!2');
   assert.ok(checkpointAtClose !== undefined && checkpointAtClose.length > 0);
   await catalog.close();
   // The earlier build: it stores 1.2.6.2 without search-index keys and leaves the checkpoint as it found it.
@@ -436,10 +437,10 @@ test('entries an earlier build stored after this one had indexed (a rollback, th
   await commit(store, '1.2.6.2');
   await store.close();
   catalog = rawCatalog();
-  const searchKeysOf = async (uid: string) => (await catalog.keys({ gte: 'x!', lt: 'x"' }).all()).filter((key) => key.endsWith(`!${uid}`) && /^x!(newest|pn|da)!/.test(key));
+  const searchKeysOf = async (uid: string) => (await catalog.keys({ gte: 'x!', lt: 'x"' }).all()).filter((key) => key.endsWith(`!${uid}`) && /^x!(newest|name|da)!/.test(key));
   const written = await searchKeysOf('1.2.6.2');
   assert.equal(written.length, 3, 'newest of study and patient, name');
-  await catalog.batch([...written.map((key) => ({ type: 'del' as const, key })), { type: 'put', key: 'm!search-indexes', value: checkpointAtClose }]);
+  await catalog.batch([...written.map((key) => ({ type: 'del' as const, key })), { type: 'put', key: 'm!search-indexes!2', value: checkpointAtClose }]);
   await catalog.close();
 
   store = await openStore();
@@ -447,6 +448,51 @@ test('entries an earlier build stored after this one had indexed (a rollback, th
   catalog = rawCatalog();
   assert.deepEqual(await searchKeysOf('1.2.6.2'), written);
   await catalog.close();
+});
+
+test('a store whose name index an earlier build wrote (ASCII folding, x!pn!) gets the folded one at open, and a rollback finds its own marker gone', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const uid = '1.2.8.1';
+  let store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const writer = store.beginWrite();
+  await writer.write(Buffer.alloc(150, 3));
+  const utf8Name = Buffer.from('MÜLLER^JÜRGEN', 'utf8').toString('latin1');
+  await writer.commit(uid, (info) => ({
+    ...entryFor(uid)(info),
+    attributes: [{ tag: 0x00080005, vr: 'CS', value: 'ISO_IR 192' }, { tag: 0x00100010, vr: 'PN', value: utf8Name }],
+  }));
+  await store.close();
+  // As the earlier build left it: ASCII-folded forms under x!pn!, its own marker, none of this build's.
+  const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+  const nameKeys = await catalog.keys({ gte: 'x!name!', lt: 'x!name"' }).all();
+  assert.equal(nameKeys.length, 1);
+  const checkpoint = (await catalog.get('m!search-indexes!2'))!;
+  const legacyKey = `x!pn!${Buffer.from('mÜller^jÜrgen', 'utf8').toString('hex')}!${nameKeys[0]!.split('!').slice(3).join('!')}`;
+  await catalog.batch([
+    ...nameKeys.map((key) => ({ type: 'del' as const, key })),
+    { type: 'del', key: 'm!search-indexes!2' },
+    { type: 'put', key: 'm!search-indexes', value: checkpoint },
+    { type: 'put', key: legacyKey, value: new Uint8Array(0) },
+  ]);
+  await catalog.close();
+
+  store = createReplicaStore({ path: dir });
+  await store.open();
+  const found = async (name: string): Promise<number> => {
+    const stats = createQueryStats();
+    let count = 0;
+    for await (const _ of findMatches(store.db, { root: 'STUDY', level: 'STUDY', keys: [{ tag: 0x00100010, vr: 'PN', value: name }, { tag: 0x0020000d, vr: 'UI', value: '' }] }, { stats })) count++;
+    assert.equal(stats.plan, 'index x!name! (PatientName)');
+    return count;
+  };
+  assert.equal(await found('müller*'), 1, 'the folded form is indexed');
+  assert.equal(await found('MÜLLER^JÜRGEN'), 1);
+  assert.deepEqual(await store.db.keys({ gte: 'x!pn!', lt: 'x!pn"' }).all(), [], 'the earlier index is gone');
+  assert.equal(await store.db.get('m!search-indexes'), undefined, 'so that the earlier build, run again, indexes every entry itself');
+  assert.notEqual(await store.db.get('m!search-indexes!2'), undefined);
+  await store.close();
 });
 
 test('the count at open runs in the background from a snapshot: commits meanwhile are counted once', async (t) => {

@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacyNameIndex, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -266,8 +266,13 @@ const heldIndexBuiltKey = 'm!held-index';
  * checkpoint, so the entries of those blobs are indexed again at open. Absent: index every entry.
  * It holds the same value as recoveryFromKey, written in the same batch, but only by this build: the
  * earlier one moves the recovery checkpoint on past the blobs it leaves unindexed.
+ * The key names the index format: builds that folded ASCII letters only used legacySearchIndexedBeforeKey
+ * (and `x!pn!`). Such a build indexes every entry again when it finds its own key absent, and this one
+ * deletes that key (and `x!pn!`) whenever it finds it, so each build's name index stays whole across
+ * rollbacks in either direction.
  */
-const searchIndexedBeforeKey = 'm!search-indexes';
+const searchIndexedBeforeKey = 'm!search-indexes!2';
+const legacySearchIndexedBeforeKey = 'm!search-indexes';
 /** Entries indexed per catalog batch by indexEntriesFrom. */
 const blobsPerIndexBatch = 256;
 /** d!<SOPInstanceUID>!<siteName> -> msgpack(DebtEntry). UIDs hold no '!', so the key is unambiguous. */
@@ -562,6 +567,10 @@ class LevelReplicaStore implements ReplicaStore {
         await this.timedIndexing('every catalog entry', () => buildSearchIndexes(this.db));
       } else {
         await this.timedIndexing('entries stored since the last checkpoint', () => this.indexEntriesFrom(Buffer.from(indexedBefore).toString('utf8')));
+      }
+      if ((await this.db.get(legacySearchIndexedBeforeKey)) !== undefined) {
+        await clearLegacyNameIndex(this.db);
+        await this.db.del(legacySearchIndexedBeforeKey, { sync: true });
       }
       await this.checkpoint();
     } catch (error) {

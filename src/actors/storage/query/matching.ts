@@ -96,15 +96,36 @@ export function splitValues(vr: string, value: string): string[] {
   return parts.map((part) => normalizeValue(vr, part));
 }
 
-function foldAsciiCase(text: string): string {
-  return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase());
+/**
+ * Case folding of a person name, code point by code point: upper then lower case (so `ς` and `Σ` both
+ * become `σ`, `ẞ` becomes `ß`), keeping the character where a mapping would give more than one code point
+ * (`ß` -> `SS`, `İ` -> `i̇`): a `?` still stands for one character on both sides, and Orthanc, the anchor,
+ * likewise finds `Müller` by `MÜLLER*` but not `Strasse` by `straße`. No locale: Turkish dotless rules
+ * would need the reading site's language, which the query does not carry.
+ */
+export function foldCase(text: string): string {
+  if (/^[\x00-\x7f]*$/.test(text)) return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase());
+  let folded = '';
+  for (const character of text) folded += foldCharacter(character);
+  return folded;
 }
 
-/** PN comparison form: ASCII lower case, trailing empty components and component groups removed. */
+function foldCharacter(character: string): string {
+  const upper = character.toUpperCase();
+  const base = isOneCodePoint(upper) ? upper : character;
+  const lower = base.toLowerCase();
+  return isOneCodePoint(lower) ? lower : base;
+}
+
+function isOneCodePoint(text: string): boolean {
+  return text.length === 1 || (text.length === 2 && text.codePointAt(0)! > 0xffff);
+}
+
+/** PN comparison form: case folded (foldCase), trailing empty components and component groups removed. */
 export function normalizePersonName(name: string): string {
   const groups = name.split('=').map((group) => group.replace(/[\^ ]+$/, ''));
   while (groups.length > 0 && groups[groups.length - 1] === '') groups.pop();
-  return foldAsciiCase(groups.join('='));
+  return foldCase(groups.join('='));
 }
 
 function hasWildcard(value: string): boolean {

@@ -26,7 +26,7 @@
  *   AccessionNumber (STUDY and below)       -> x!acc!<hex>!
  *   PatientID (any level)                   -> x!pid!<hex>!
  * when that key uses single value or UID list matching (no wildcard, not universal), then
- *   PatientName (STUDY, PATIENT)            -> x!pn!<hex of its literal start> (ranges)
+ *   PatientName (STUDY, PATIENT)            -> x!name!<hex of its literal start> (ranges)
  * when each of its values starts with something other than a wildcard (`SMITH*`, `Doe^John`: see
  * personNamePrefixes), then
  *   StudyDate (STUDY)                       -> x!da!<from> to x!da!<to> (ranges)
@@ -449,7 +449,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
       kind: 'prefixes',
       prefixes: [...new Set(namePrefixes)].map(personNameIndexPrefix),
       contiguous: false,
-      description: 'index x!pn! (PatientName)',
+      description: 'index x!name! (PatientName)',
     };
   }
   const dateIntervals = keyOf(Tags.StudyDate)?.matcher.dateIntervals;
