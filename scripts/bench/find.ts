@@ -12,6 +12,7 @@
  *   suffix    PatientName=*ATIENT<k> (one study; a leading wildcard: pacs-mesh's newest-instance scan)
  *   week      StudyDate=<a 7-day range> (each study has its own day, from 2020-01-01 on: 7 studies)
  *   id        PatientID=FINDP<k> (an indexed lookup, for reference)
+ *   idprefix  PatientID=FINDP12* (the wildcard's studies; pacs-mesh reads the patient index range of FINDP12)
  *   echo      echoscu: the cost of the process and the association alone
  * each asking for StudyInstanceUID, PatientName and NumberOfStudyRelatedInstances. Every answer's count
  * of matches is checked. Medians per search and the ratios pacs-mesh / Orthanc (time) are printed and
@@ -26,7 +27,7 @@ import { choicesArg, fmt, hostInfo, intArg, median, parseArgs, table, writeResul
 import { runBench, startBench } from './lib/run.ts';
 
 const CLIENT_AE = 'BENCH';
-const SEARCHES = ['name', 'wildcard', 'suffix', 'week', 'id', 'echo'] as const;
+const SEARCHES = ['name', 'wildcard', 'suffix', 'week', 'id', 'idprefix', 'echo'] as const;
 const DAY_MS = 86_400_000;
 /** Study n's date: 2020-01-01 plus n days, as YYYYMMDD. */
 const studyDate = (study: number): string => new Date(Date.UTC(2020, 0, 1) + study * DAY_MS).toISOString().slice(0, 10).replaceAll('-', '');
@@ -79,7 +80,7 @@ async function main(): Promise<number> {
   try {
     for (const id of serverIds) {
       const factory = SERVER_FACTORIES[id]!;
-      const result: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', timesMs: { name: [], wildcard: [], suffix: [], week: [], id: [], echo: [] } };
+      const result: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', timesMs: { name: [], wildcard: [], suffix: [], week: [], id: [], idprefix: [], echo: [] } };
       results.push(result);
       const dataDir = await mkdtemp(join(workDir, `${id}-`));
       let server: BenchServer;
@@ -113,7 +114,7 @@ async function main(): Promise<number> {
       for (const { result, server } of running) {
         if (result.status !== 'ok') continue;
         for (const search of SEARCHES) {
-          const expected = search === 'wildcard' ? wildcardMatches : search === 'week' ? Math.min(7, studies - patient) : 1;
+          const expected = search === 'wildcard' || search === 'idprefix' ? wildcardMatches : search === 'week' ? Math.min(7, studies - patient) : 1;
           const keys =
             search === 'name'
               ? [`PatientName=FIND^PATIENT${patient}`]
@@ -123,7 +124,9 @@ async function main(): Promise<number> {
                   ? [`PatientName=*ATIENT${patient}`]
                   : search === 'week'
                     ? [`StudyDate=${studyDate(patient)}-${studyDate(patient + 6)}`]
-                    : [`PatientID=FINDP${patient}`];
+                    : search === 'idprefix'
+                      ? ['PatientID=FINDP12*']
+                      : [`PatientID=FINDP${patient}`];
           const timed = search === 'echo' ? await echo(server) : await find(server, keys, join(workDir, `${result.id}-${search}-${query}`));
           if (timed.matches !== undefined && timed.matches !== expected) {
             result.status = 'failed';

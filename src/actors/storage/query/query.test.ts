@@ -748,7 +748,7 @@ describe('a study filed under two PatientIDs', () => {
   });
 });
 
-describe('the name, date and newest indexes answer as a scan of every instance does (seeded archives)', () => {
+describe('the name, date, newest and identifier-range indexes answer as a scan of every instance does (seeded archives)', () => {
   const names = ['Doe^John', 'DOE^JOHN', 'Smith^Jane', 'doe^johnny', 'M\xfcller^Eva', 'M\xdcLLER^EVA', 'Doe^John=Smith^J', ' Doe^John^^', 'Doe^Jo\\Smith', ''];
   const patientIds = ['P1', 'P2', 'P1 ', ''];
 
@@ -789,10 +789,13 @@ describe('the name, date and newest indexes answer as a scan of every instance d
   function randomRequest(prng: Prng): QueryRequest {
     const name = k(T.PatientName, 'PN', prng.pick(['doe*', 'DOE^JOHN', 'smith^jane', 'Doe^John^^', 'D*n', '*e*', '?oe^John', 'm\xfcller*', 'M\xfc*', 'm\xdcller^e*', 'smith\\doe^j*', 'smith*', 'doe^john=*', '']));
     const [root, level] = prng.pick([['STUDY', 'STUDY'], ['PATIENT', 'STUDY'], ['PATIENT', 'PATIENT']] as const);
+    // Sometimes a PatientID pattern (the patient index range of its literal start, or a scan without one).
+    const patientId = k(T.PatientID, 'LO', prng.chance(0.3) ? prng.pick(['P1*', 'P?', 'P*', '*1', 'P1 *', 'P1\\P2*', '?1']) : '');
     if (level === 'PATIENT') {
-      return { root, level, keys: [name, k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedStudies, 'IS'), k(T.NumberOfPatientRelatedInstances, 'IS')] };
+      return { root, level, keys: [name, patientId, k(T.NumberOfPatientRelatedStudies, 'IS'), k(T.NumberOfPatientRelatedInstances, 'IS')] };
     }
-    const keys = [name, k(T.PatientID, 'LO'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS')];
+    const keys = [name, patientId, k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS')];
+    if (prng.chance(0.2)) keys.push(k(T.AccessionNumber, 'SH', prng.pick(['A1*', 'A?', 'A1?'])));
     if (prng.chance(0.5)) keys.push(k(T.StudyDate, 'DA', prng.pick(['20200101-20211231', '20230704', '-20201231', '20211231-', '2020.01.15', '20200115\\20230704'])));
     // Some searches by date alone (a day's worklist): the date index.
     if (prng.chance(0.3)) return { root, level, keys: keys.filter((key) => key.tag !== T.PatientName) };
@@ -823,7 +826,7 @@ describe('the name, date and newest indexes answer as a scan of every instance d
     } finally {
       await close();
     }
-    for (const index of ['x!name!', 'x!da!', 'x!newest!study!', 'x!newest!pid!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
+    for (const index of ['x!name!', 'x!da!', 'x!newest!study!', 'x!newest!pid!', 'x!pid!', 'x!acc!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
   });
 });
 
@@ -950,11 +953,29 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.equal(patients.stats.plan, 'newest x!newest!pid!');
     assert.equal(patients.stats.entriesRead, patientCount + 11 * perPatient);
 
-    // A PatientID key to match may name another patient than the newest instance's: every instance, as before.
+    // A PatientID key to match may name another patient than the newest instance's: without a literal
+    // start to read the patient index from, every instance.
+    const byIdSuffix = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', '*!42'), k(T.StudyDescription, 'LO', 'BULK*'), k(T.StudyInstanceUID, 'UI')] });
+    assert.deepEqual(column(byIdSuffix.responses, T.StudyInstanceUID), [study(42)]);
+    assert.equal(byIdSuffix.stats.plan, 'full scan x!study!');
+    assert.equal(byIdSuffix.stats.entriesRead, 20_000);
+  });
+
+  it('a PatientID or AccessionNumber pattern with a literal start reads the index range of that start', async () => {
     const byIdPattern = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'PID!42*'), k(T.StudyDescription, 'LO', 'BULK*'), k(T.StudyInstanceUID, 'UI')] });
     assert.deepEqual(column(byIdPattern.responses, T.StudyInstanceUID), [study(42)]);
-    assert.equal(byIdPattern.stats.plan, 'full scan x!study!');
-    assert.equal(byIdPattern.stats.entriesRead, 20_000);
+    assert.equal(byIdPattern.stats.plan, 'range x!pid! (PatientID literal start)');
+    assert.equal(byIdPattern.stats.entriesRead, perPatient);
+
+    const patients = await measure({ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PID!19?\\PID!7'), k(T.NumberOfPatientRelatedInstances, 'IS')] });
+    assert.deepEqual(column(patients.responses, T.PatientID), [...Array.from({ length: 10 }, (_, i) => `PID!19${i}`), 'PID!7'].sort());
+    assert.equal(patients.stats.plan, 'range x!pid! (PatientID literal start)');
+    assert.equal(patients.stats.entriesRead, 22 * perPatient, 'the IDs starting PID!19 (PID!19, PID!190-199) and PID!7 (PID!7, PID!70-79)');
+
+    const images = await measure({ root: 'STUDY', level: 'IMAGE', keys: [k(T.AccessionNumber, 'SH', 'A19?'), k(T.SOPInstanceUID, 'UI')] });
+    assert.equal(images.responses.length, 10 * perPatient);
+    assert.equal(images.stats.plan, 'range x!acc! (AccessionNumber literal start)');
+    assert.equal(images.stats.entriesRead, 11 * perPatient, 'A19 and A190-A199');
   });
 
   it('resolveRetrieve by PatientID reads only that patient', async () => {

@@ -30,8 +30,12 @@
  * when each of its values starts with something other than a wildcard (`SMITH*`, `Doe^John`: see
  * personNamePrefixes), then
  *   StudyDate (STUDY)                       -> x!da!<from> to x!da!<to> (ranges)
- * for a date or a range (open or closed) of dates. These lists hold every instance's names and dates, so
- * they name every entity that can match, whichever instance its attributes come from; respond() decides.
+ * for a date or a range (open or closed) of dates, then
+ *   AccessionNumber (STUDY and below)       -> x!acc!<hex of its literal start> (ranges)
+ *   PatientID (any level)                   -> x!pid!<hex of its literal start> (ranges)
+ * for a printable-ASCII pattern whose values each start with something other than a wildcard (`PID42*`).
+ * These lists hold every instance's names, dates and identifiers, so they name every entity that can
+ * match, whichever instance its attributes come from; respond() decides.
  * Any other query is a full scan of the requested level. At STUDY and PATIENT level, when it has a key to
  * match on that is not computed (`*MITH`, a description...) and no PatientID key to match, the scan goes
  * through the newest index (x!newest!): one entry read per entity, the newest, whose attributes are the
@@ -400,6 +404,19 @@ function identifierLookupValues(key: CompiledKey | undefined): string[] | undefi
   return values && /^[ -~]*$/.test(key!.element.value!) ? values : undefined;
 }
 
+/**
+ * The literal starts of a PatientID / AccessionNumber key with wildcards (`PID42*`, `A1?3`), when each of
+ * its values has one and the key is printable ASCII (see identifierLookupValues): every value it matches
+ * starts with one of them, byte for byte, so the index range of each start lists every entity to examine.
+ */
+function identifierLiteralStarts(key: CompiledKey | undefined): string[] | undefined {
+  if (!key || !key.isMatching || key.matcher.type !== 'wildcard' || key.element.value === undefined) return undefined;
+  const { vr, value } = key.element;
+  if (!/^[ -~]*$/.test(value)) return undefined;
+  const starts = splitValues(vr, normalizeValue(vr, value)).map((item) => item.slice(0, item.search(/[*?]|$/)));
+  return starts.every((start) => start !== '') ? [...new Set(starts)] : undefined;
+}
+
 function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolean): Plan {
   const keyOf = (tag: Tag): CompiledKey | undefined => keys.find((key) => key.element.tag === tag);
   const depth = LEVEL_DEPTH[level];
@@ -460,6 +477,17 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
       contiguous: false,
       description: 'index x!da! (StudyDate)',
     };
+  }
+  // A PatientID or AccessionNumber pattern with a literal start (`PID42*`): the index range of that start.
+  const identifierRanges: Array<[Tag, number, string, string]> = [
+    [Tags.PatientID, LEVEL_DEPTH.PATIENT, PATIENT_INDEX_PREFIX, 'PatientID'],
+    [Tags.AccessionNumber, LEVEL_DEPTH.STUDY, ACCESSION_INDEX_PREFIX, 'AccessionNumber'],
+  ];
+  for (const [tag, minimumDepth, indexPrefix, name] of identifierRanges) {
+    const starts = searchIndexes && depth >= minimumDepth ? identifierLiteralStarts(keyOf(tag)) : undefined;
+    if (starts) {
+      return { kind: 'prefixes', prefixes: starts.map((start) => indexPrefix + encodeKeyText(start)), contiguous: false, description: `range ${indexPrefix} (${name} literal start)` };
+    }
   }
   if (searchIndexes && (level === 'STUDY' || level === 'PATIENT')) {
     // A matched PatientID may name a patient other than the newest instance's (a study under two IDs):
