@@ -32,7 +32,7 @@ import { writeFileDurably } from '../membership/actor.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
-import type { Logger } from '../runtime/logger.ts';
+import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeer, type RosterPeers } from './roster.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
@@ -301,6 +301,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let sendsInFlight = 0;
   let dropped = 0;
   let electionReadFailures = 0;
+  /** Input another peer gets wrong (a bug, a newer version) repeats at every election or announce: one line per kind and sender each 10 s. */
+  const badInput = createRepeatLimiter(log, 10_000);
   let leader: { peerId: string; term: number } | null = null;
   let table: RoutingTable | null = null;
   const ready = Promise.withResolvers<void>();
@@ -594,7 +596,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       } catch (err) {
         // A stream reset or cut off mid-frame (a partition, a peer stopping) is not malformed input: the
         // sender's timers retry, and only an oversized frame says something about the sender.
-        if (err instanceof MeshStreamError && err.code === 'ERR_FRAME_TOO_LARGE') log.warn('dropped oversized election message', { from: stream.remotePeer, error: err.message });
+        if (err instanceof MeshStreamError && err.code === 'ERR_FRAME_TOO_LARGE') badInput.warn(`dropped oversized election message ${stream.remotePeer}`, 'dropped oversized election message', { from: stream.remotePeer, error: err.message });
         else if (electionReadFailures++ % 100 === 0) log.info('election message not received: the stream ended first', { from: stream.remotePeer, error: (err as Error).message, failures: electionReadFailures });
         stream.abort(err as Error);
         return;
@@ -603,14 +605,14 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       try {
         message = parseBalancerMessage(decodeEnvelope(frame, { maxBytes: ELECTION_MAX_BYTES }));
       } catch (err) {
-        log.warn('dropped malformed election message', { from: stream.remotePeer, error: (err as Error).message });
+        badInput.warn(`dropped malformed election message ${stream.remotePeer}`, 'dropped malformed election message', { from: stream.remotePeer, error: (err as Error).message });
         stream.abort(err as Error);
         return;
       }
       await stream.close({ signal }).catch((err: unknown) => stream.abort(err as Error));
       const claimed = message === null ? null : claimedSender(message);
       if (message === null || message.type === 'announce' || (claimed !== null && claimed !== stream.remotePeer)) {
-        log.warn('dropped invalid election message', { from: stream.remotePeer });
+        badInput.warn(`dropped invalid election message ${stream.remotePeer}`, 'dropped invalid election message', { from: stream.remotePeer });
         return;
       }
       enqueueMesh(stream.remotePeer, message);
@@ -623,12 +625,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     try {
       message = parseBalancerMessage(decodeEnvelope(m.data, { maxBytes: ANNOUNCE_MAX_BYTES }));
     } catch (err) {
-      log.warn('dropped malformed routing announcement', { from: m.from, error: (err as Error).message });
+      badInput.warn(`dropped malformed routing announcement ${m.from}`, 'dropped malformed routing announcement', { from: m.from, error: (err as Error).message });
       return;
     }
     // Only a leader speaks for itself on this topic; votes never travel by gossip.
     if (message === null || message.type !== 'announce' || m.from === undefined || message.leaderId !== m.from) {
-      log.warn('dropped invalid routing announcement', { from: m.from });
+      badInput.warn(`dropped invalid routing announcement ${m.from}`, 'dropped invalid routing announcement', { from: m.from });
       return;
     }
     enqueueMesh(m.from, message);

@@ -13,6 +13,7 @@ import { bumpIncarnation, parseHeartbeat, startMembership, type MembershipServic
 import { membershipTopic } from './messages.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { waitFor } from '../../../test/support/wait.ts';
+import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../../test/support/wall-clock.ts';
 
@@ -29,7 +30,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site = 'site-a') {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site = 'site-a', messages?: string[]) {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-membership-'));
     dirs.push(dataDir);
     const node = await createMeshNode({
@@ -49,7 +50,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
       dataDir,
       addresses: { dicom: '127.0.0.1:104', http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
       clock: systemClock,
-      log: silentLogger,
+      log: messages ? recordingLogger(messages) : silentLogger,
       parent: system,
     });
     let stopped = false;
@@ -66,7 +67,8 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
 
   it('heartbeats make members alive; a stopped peer is dead quickly on the others; junk is dropped', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
-    const a = await peer(key, []);
+    const messagesAtA: string[] = [];
+    const a = await peer(key, [], 'site-a', messagesAtA);
     const boot = [loopbackAddress(a.node)];
     const b = await peer(key, boot, 'site-b');
     const c = await peer(key, boot, 'site-c');
@@ -83,6 +85,8 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: c.node.peerId, siteName: 'x', incarnation: 99, sequence: 1, priority: 0, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' }));
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(a.membership.members().find((m) => m.peerId === c.node.peerId)?.incarnation, c.membership.incarnation);
+    // One sender's bad heartbeats repeat at every interval: one line for them each 10 s, not one each.
+    assert.equal(messagesAtA.filter((m) => m === 'dropped malformed heartbeat').length, 1, messagesAtA.join('\n'));
     assert.equal(a.membership.liveMembers().length, 3);
 
     const t0 = Date.now();

@@ -26,7 +26,7 @@ import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode, GossipMessage } from '../../net/node.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
-import type { Logger } from '../runtime/logger.ts';
+import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
 import { membershipTopic, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad } from './messages.ts';
@@ -204,6 +204,8 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   // Survives an actor restart, as the stats do: only the balancer changes it.
   let electable = true;
   let droppedHeartbeats = 0;
+  /** A peer that sends bad heartbeats sends one every interval: one line per sender each 10 s. */
+  const malformed = createRepeatLimiter(log, 10_000);
   let publishFailures = 0;
   const ready = Promise.withResolvers<void>();
 
@@ -335,11 +337,11 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     try {
       heartbeat = parseHeartbeat(decodeEnvelope<Heartbeat>(m.data, { maxBytes: HEARTBEAT_MAX_BYTES }));
     } catch (err) {
-      log.warn('dropped malformed heartbeat', { from: m.from, error: (err as Error).message });
+      malformed.warn(`${m.from}`, 'dropped malformed heartbeat', { from: m.from, error: (err as Error).message });
       return;
     }
     if (heartbeat === null) {
-      log.warn('dropped malformed heartbeat', { from: m.from, error: 'invalid fields' });
+      malformed.warn(`${m.from}`, 'dropped malformed heartbeat', { from: m.from, error: 'invalid fields' });
       return;
     }
     // Gossip is signed: a peer may only speak for itself.

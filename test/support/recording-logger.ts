@@ -1,0 +1,11 @@
+/** A logger for tests that keeps each line's message (and passes it on when PACS_MESH_TEST_LOG is set). */
+import { createLogger, type Logger } from '../../src/actors/runtime/logger.ts';
+
+export function recordingLogger(messages: string[], base: Record<string, unknown> = {}): Logger {
+  const out = createLogger(base, process.env.PACS_MESH_TEST_LOG ? 'info' : 'silent');
+  const at = (emit: (m: string, f?: Record<string, unknown>) => void) => (m: string, f?: Record<string, unknown>) => {
+    messages.push(m);
+    emit(m, f);
+  };
+  return { info: at(out.info), warn: at(out.warn), error: at(out.error), child: (fields) => recordingLogger(messages, { ...base, ...fields }) };
+}
