@@ -94,6 +94,26 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     unsubB();
   });
 
+  it('tells when a connected peer subscribes to a topic, and a message published then reaches it at once', async () => {
+    const topic = 'pacs-mesh/test-joined/1';
+    const joined: string[] = [];
+    const heard = Promise.withResolvers<string>();
+    const off = a.onTopicJoined(topic, (peerId) => {
+      joined.push(peerId);
+      // One publish, no retry: the subscription was exchanged, so it is delivered.
+      void a.publish(topic, Buffer.from('welcome'));
+    });
+    a.subscribe(topic, () => {});
+    const unsubB = b.subscribe(topic, (m) => heard.resolve(Buffer.from(m.data).toString()));
+    try {
+      assert.equal(await Promise.race([heard.promise, new Promise((r) => setTimeout(() => r('nothing in 5 s'), 5000))]), 'welcome');
+      assert.ok(joined.includes(b.peerId));
+    } finally {
+      off();
+      unsubB();
+    }
+  });
+
   it('keeps gossiping after many short-lived PeerIds came and went from the same address (no colocation penalty)', async () => {
     // Fourteen identities at 127.0.0.1 beside a, b and c: gossipsub's default scoring had graylisted every
     // peer at that address from about thirteen on, and a and b, still connected, no longer heard each other.

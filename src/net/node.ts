@@ -198,6 +198,8 @@ export interface MeshNode {
   subscribe(topic: string, handler: GossipHandler): () => void;
   onPeerConnected(handler: PeerHandler): () => void;
   onPeerDisconnected(handler: PeerHandler): () => void;
+  /** A connected peer subscribed to `topic` (gossip published to the topic reaches it from now on). */
+  onTopicJoined(topic: string, handler: PeerHandler): () => void;
   /** Serve a stream protocol. If the handler throws or rejects, the stream is reset. */
   handle(protocol: string, handler: StreamHandler, options?: HandleOptions): Promise<void>;
   unhandle(protocol: string): Promise<void>;
@@ -566,6 +568,14 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     }
   };
 
+  const topicJoinedHandlers = new Map<string, Set<PeerHandler>>();
+  pubsub.addEventListener('subscription-change', (evt) => {
+    const peerId = evt.detail.peerId.toString();
+    for (const { topic, subscribe } of evt.detail.subscriptions) {
+      if (!subscribe) continue;
+      for (const h of topicJoinedHandlers.get(topic) ?? []) safeCall(h, peerId, `subscription to ${topic}`);
+    }
+  });
   node.addEventListener('peer:connect', (evt) => {
     const id = evt.detail.toString();
     reconnector.onConnected(id);
@@ -718,6 +728,15 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     onPeerDisconnected(handler) {
       disconnectedHandlers.add(handler);
       return () => disconnectedHandlers.delete(handler);
+    },
+    onTopicJoined(topic, handler) {
+      let handlers = topicJoinedHandlers.get(topic);
+      if (handlers === undefined) topicJoinedHandlers.set(topic, (handlers = new Set()));
+      handlers.add(handler);
+      return () => {
+        handlers.delete(handler);
+        if (handlers.size === 0) topicJoinedHandlers.delete(topic);
+      };
     },
     async handle(protocol, handler, options = {}) {
       await node.handle(protocol, async (stream, connection) => {

@@ -101,6 +101,7 @@ type MembershipMsg =
   | { readonly type: 'peerDisconnected'; readonly peerId: string }
   | { readonly type: 'localStats' }
   | { readonly type: 'electability'; readonly electable: boolean }
+  | { readonly type: 'peerSubscribed' }
   | { readonly type: 'crash'; readonly reason: string };
 
 /**
@@ -307,6 +308,10 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       case 'electability':
         step = stepMembership(s, { type: 'electabilityChanged', electable: message.electable });
         break;
+      case 'peerSubscribed':
+        subscribedPending = false;
+        step = stepMembership(s, { type: 'peerSubscribed' });
+        break;
       default: {
         const unreachable: never = message;
         throw new Error(`unhandled membership message ${JSON.stringify(unreachable)}`);
@@ -357,6 +362,13 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     send({ type: 'heartbeat', heartbeat });
   });
   const offDisconnect = node.onPeerDisconnected((peerId) => send({ type: 'peerDisconnected', peerId }));
+  // Several peers subscribing in one tick need one heartbeat: one message queued at a time.
+  let subscribedPending = false;
+  const offSubscribed = node.onTopicJoined(membershipTopic, () => {
+    if (subscribedPending) return;
+    subscribedPending = true;
+    send({ type: 'peerSubscribed' });
+  });
 
   ticker.postNow();
   await ready.promise;
@@ -391,6 +403,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       ticker.stop();
       unsubscribe();
       offDisconnect();
+      offSubscribed();
       listeners.clear();
       try {
         stopActor(ref);

@@ -58,6 +58,16 @@ test('first tick publishes a heartbeat at once, then every heartbeatIntervalMs',
   assert.equal(published.message.incarnation, 1);
 });
 
+test('a peer subscribing to the topic gets a heartbeat at the next tick, not an interval later', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }).state;
+  s = run(s, { type: 'peerSubscribed' }, { type: 'peerSubscribed' }).state;
+  const next = run(s, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(next.effects.filter((e) => e.type === 'publish').map((e) => e.type === 'publish' && e.message.sequence), [2]);
+  // The interval runs from that heartbeat on.
+  assert.equal(run(next.state, { type: 'tick', nowMs: 1000 }).effects.length, 0);
+  assert.equal(run(next.state, { type: 'tick', nowMs: 1100 }).effects.filter((e) => e.type === 'publish').length, 1);
+});
+
 test('whether this peer can be elected travels in its heartbeat and its own record', () => {
   let s = run(initMembership(config), { type: 'tick', nowMs: 0 }).state;
   assert.equal(selfRecord(s, 0).electable, true);

@@ -82,6 +82,11 @@ export function stepMembership(state: MembershipState, input: MembershipInput): 
       // Heartbeat at the next tick: the others wait for the best-ranked peer until they hear it cannot run.
       if (input.electable === state.selfElectable) return { state, effects: [] };
       return { state: { ...state, selfElectable: input.electable, nextHeartbeatAtMs: null }, effects: [] };
+    case 'peerSubscribed':
+      // Heartbeat at the next tick, not up to an interval later: a peer that just joined learns of us (and
+      // we of it, as it does the same) in one tick, so a returning site's catch-up starts that much sooner.
+      // Heartbeats published before the subscriptions were exchanged never reached it.
+      return { state: { ...state, nextHeartbeatAtMs: null }, effects: [] };
     default:
       return assertNever(input);
   }

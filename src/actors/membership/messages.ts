@@ -94,7 +94,9 @@ export type MembershipInput =
       readonly instanceCount: number;
       readonly digestRoot: string;
     }
-  | { readonly type: 'electabilityChanged'; readonly electable: boolean };
+  | { readonly type: 'electabilityChanged'; readonly electable: boolean }
+  /** A connected peer subscribed to the membership topic (it joined, or came back). */
+  | { readonly type: 'peerSubscribed' };
 
 export type MembershipEffect =
   | { readonly type: 'publish'; readonly topic: typeof membershipTopic; readonly message: Heartbeat }
