@@ -309,6 +309,17 @@ test('a replica received is acknowledged to its sender, even when already held',
   assert.deepEqual(effects, [{ type: 'send', to: 'peer-b', message: { type: 'replicaAck', sopInstanceUid: 'u9', siteName: 'site-a' } }]);
 });
 
+test('repair starts at the first tick with a partner to compare with, though an earlier tick found none', () => {
+  let a = initCustody(config, { digest: digestOf([{ sopInstanceUid: '1.2.1', sha256: 'h1' }]), debt: [] });
+  // Just started: nobody heard yet, so no exchange, and none is due an interval later either.
+  a = run(a, { type: 'tick', nowMs: 0 }).state;
+  a = run(a, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-b'), digestRoot: 'other' }], nowMs: 300 }).state;
+  const heard = run(a, { type: 'tick', nowMs: 500 });
+  assert.deepEqual(heard.effects.filter((e) => e.type === 'send' && e.message.type === 'repairDigest').map((e) => e.type === 'send' && e.to), ['peer-b']);
+  // From there, one exchange per interval.
+  assert.ok(!run(heard.state, { type: 'tick', nowMs: 750 }).effects.some((e) => e.type === 'send'));
+});
+
 test('repair exchange: digests, then keys of differing buckets, then pulls of exactly the missing keys', () => {
   const shared = Array.from({ length: 300 }, (_, i) => ({ sopInstanceUid: `1.2.840.${i}`, sha256: `h${i}` }));
   const onlyB = [{ sopInstanceUid: '9.9.1', sha256: 'b1' }, { sopInstanceUid: '9.9.2', sha256: 'b2' }];

@@ -606,9 +606,10 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   drainDebt(state, nowMs, effects);
   if (!copiesArriving(state, nowMs)) state.repairDeferredSinceMs = undefined;
   else if (nowMs >= state.nextRepairAtMs) state.repairDeferredSinceMs ??= nowMs;
-  if (nowMs >= state.nextRepairAtMs && !repairPaused(state, nowMs)) {
+  // The interval runs from an exchange that started: a tick that found no partner (a start, before any
+  // heartbeat) left a returning site without repair for a whole interval after the others were heard.
+  if (nowMs >= state.nextRepairAtMs && !repairPaused(state, nowMs) && startRepair(state, effects)) {
     state.nextRepairAtMs = nowMs + c.repairIntervalMs;
-    startRepair(state, effects);
   }
 }
 
@@ -647,17 +648,19 @@ function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[])
 /**
  * Sends our bucket hashes to every alive peer whose digest root differs from ours: each answers with its
  * keys in the differing buckets, so keys that several of them hold can be pulled from all of them.
+ * Returns whether there was any such peer.
  */
-function startRepair(state: CustodyState, effects: CustodyEffect[]): void {
+function startRepair(state: CustodyState, effects: CustodyEffect[]): boolean {
   const root = digestRoot(state.digest);
   const partners = state.members.filter(
     (m) => m.status === 'alive' && m.peerId !== state.config.selfPeerId && m.digestRoot !== root,
   );
-  if (partners.length === 0) return;
+  if (partners.length === 0) return false;
   const buckets = digestBuckets(state.digest);
   for (const partner of partners) {
     effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets, afterUid: state.repairCursors.get(partner.peerId) } });
   }
+  return true;
 }
 
 /**
