@@ -346,11 +346,13 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.deepEqual(column(responses, T.PatientID), [P2, P1].sort());
     });
 
-    it('wildcard on PatientID scans and matches both IDs starting with PAT!1', async () => {
+    it('wildcard on PatientID reads the range of its literal start and matches both IDs starting with PAT!1', async () => {
       const stats = createQueryStats();
       const responses = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PAT!1*')] }, { stats });
       assert.deepEqual(column(responses, T.PatientID), [P1, P4].sort());
-      assert.equal(stats.plan, 'full scan x!pid!');
+      assert.equal(stats.plan, 'range x!pid! (PatientID literal start)');
+      const scanned = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', '*!1*')] }, { stats: createQueryStats() });
+      assert.deepEqual(column(scanned, T.PatientID), [P1, P4].sort(), 'and the same without a literal start (a scan)');
     });
   });
 
