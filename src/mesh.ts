@@ -5,6 +5,7 @@
  */
 import { defaultRoutingLimits } from './actors/balancer/logic.ts';
 import type { PeerAddresses } from './actors/membership/messages.ts';
+import type { LocalStats } from './actors/membership/actor.ts';
 import { supersededMembers } from './actors/membership/logic.ts';
 import type { PeerConfig } from './config.ts';
 import { ConfigError } from './config.ts';
@@ -98,6 +99,17 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       onCrash: init.supervisor.crashHandler('custody'),
     });
     stopping.unshift(() => custody.stop());
+    // Free disk is part of the load the balancer routes by (a full peer gets no new associations).
+    let freeDiskBytes = await freeBytesAt(init.dataDir);
+    const localStats = (): LocalStats => {
+      const stats = custody.stats();
+      return {
+        // A store refusing writes (see ReplicaStore.writeFault) counts as full until it has reopened.
+        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes: init.store.writeFault === undefined ? freeDiskBytes : 0 },
+        instanceCount: stats.instanceCount,
+        digestRoot: stats.digestRoot,
+      };
+    };
     const children = await init.supervisor.startMesh({
       node,
       peerId: node.peerId,
@@ -105,6 +117,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       priority: config.priority,
       dataDir: init.dataDir,
       addresses: init.addresses,
+      localStats: localStats(),
       balancer: {
         routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
@@ -113,17 +126,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     });
     stopping.unshift(() => children.stop());
     const { membership, balancer } = children;
-    // Free disk is part of the load the balancer routes by (a full peer gets no new associations).
-    let freeDiskBytes = await freeBytesAt(init.dataDir);
-    const publishStats = () => {
-      const stats = custody.stats();
-      membership.updateLocalStats({
-        // A store refusing writes (see ReplicaStore.writeFault) counts as full until it has reopened.
-        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes: init.store.writeFault === undefined ? freeDiskBytes : 0 },
-        instanceCount: stats.instanceCount,
-        digestRoot: stats.digestRoot,
-      });
-    };
+    const publishStats = () => membership.updateLocalStats(localStats());
     custody.onStatsChanged(publishStats);
     membership.onViewChanged((members) => custody.onViewChanged(members));
     custody.onViewChanged(membership.members());

@@ -9,7 +9,7 @@ import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
 import { systemClock } from '../runtime/clock.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { startActorSystem, stopActor } from '../runtime/nact.ts';
-import { bumpIncarnation, parseHeartbeat, startMembership, type MembershipService } from './actor.ts';
+import { bumpIncarnation, parseHeartbeat, startMembership, type LocalStats, type MembershipService } from './actor.ts';
 import { membershipTopic } from './messages.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { waitFor } from '../../../test/support/wait.ts';
@@ -30,7 +30,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site = 'site-a', messages?: string[]) {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site = 'site-a', messages?: string[], localStats?: LocalStats) {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-membership-'));
     dirs.push(dataDir);
     const node = await createMeshNode({
@@ -52,6 +52,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
       clock: systemClock,
       log: messages ? recordingLogger(messages) : silentLogger,
       parent: system,
+      ...(localStats ? { localStats } : {}),
     });
     let stopped = false;
     const stop = async (): Promise<void> => {
@@ -95,6 +96,16 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     console.log(`membership: stopped peer marked dead on both survivors ${Date.now() - t0} ms after stop (${deadMs} ms after stop returned)`);
     assert.ok(Date.now() - t0 < 3000);
     assert.equal(a.membership.liveMembers().length, 2);
+  });
+
+  it('the first heartbeat another peer hears carries the figures given at start, not zeros', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const stats: LocalStats = { load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 5e9 }, instanceCount: 42, digestRoot: 'root-42' };
+    const a = await peer(key, [], 'site-a', undefined, stats);
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-b');
+    await waitFor('a alive at b', () => statusOf(b.membership, a.node.peerId) === 'alive');
+    const heard = b.membership.members().find((m) => m.peerId === a.node.peerId)!;
+    assert.deepEqual([heard.instanceCount, heard.digestRoot, heard.load.freeDiskBytes], [42, 'root-42', 5e9]);
   });
 
   it('a hung peer (silent, still connected) is out of the live view within ~2 s, and its connection dropped once dead', { timeout: 20_000 }, async () => {

@@ -70,6 +70,12 @@ export interface MembershipServiceInit {
   suspectAfterMs?: number;
   deadAfterMs?: number;
   tickIntervalMs?: number;
+  /**
+   * What the first heartbeats say about this peer. Without it they say no instances, no digest and no
+   * free disk until updateLocalStats: a site that others heard so (a full site looking empty and out of
+   * disk) was routed around and asked for repair exchanges it did not need.
+   */
+  localStats?: LocalStats;
   /** Heartbeats queued for the actor beyond this are dropped. Default 256. */
   mailboxMax?: number;
   membersMax?: number;
@@ -79,13 +85,20 @@ export interface MembershipServiceInit {
   onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
 }
 
+/** This peer's figures that its heartbeats carry. */
+export interface LocalStats {
+  load: PeerLoad;
+  instanceCount: number;
+  digestRoot: string;
+}
+
 export interface MembershipService {
   /** Every known member, self included, sorted by peerId. */
   members(): MemberRecord[];
   /** Alive members, self included, sorted by peerId. */
   liveMembers(): MemberRecord[];
   onViewChanged(listener: (members: readonly MemberRecord[]) => void): void;
-  updateLocalStats(stats: { load: PeerLoad; instanceCount: number; digestRoot: string }): void;
+  updateLocalStats(stats: LocalStats): void;
   /** Whether this peer may be elected (the balancer says no while it cannot record a vote). */
   setElectable(electable: boolean): void;
   /** The current incarnation (grows on every start and every actor restart). */
@@ -201,7 +214,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   let stopped = false;
   let queuedHeartbeats = 0;
   let statsPending = false;
-  let latestStats: { load: PeerLoad; instanceCount: number; digestRoot: string } | null = null;
+  let latestStats: LocalStats | null = init.localStats ?? null;
   // Survives an actor restart, as the stats do: only the balancer changes it.
   let electable = true;
   let droppedHeartbeats = 0;

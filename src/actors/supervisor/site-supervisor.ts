@@ -14,7 +14,7 @@
 import type { PeerAddresses } from '../membership/messages.ts';
 import type { MeshNode } from '../../net/node.ts';
 import { startBalancer, type BalancerService, type BalancerServiceInit } from '../balancer/actor.ts';
-import { startMembership, type MembershipService } from '../membership/actor.ts';
+import { startMembership, type LocalStats, type MembershipService } from '../membership/actor.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
 import { silentLogger, type Logger } from '../runtime/logger.ts';
 import { spawnActor, startActorSystem, stopActor, type ActorSystem, type CrashDecision, type Ref } from '../runtime/nact.ts';
@@ -49,6 +49,8 @@ export interface MeshChildrenInit {
   heartbeatIntervalMs?: number;
   suspectAfterMs?: number;
   deadAfterMs?: number;
+  /** What the first heartbeats say about this peer (see MembershipServiceInit.localStats). */
+  localStats?: LocalStats;
   /** Balancer options passed through (pinned roster, timings, routing limits). */
   balancer?: Omit<BalancerServiceInit, 'node' | 'peerId' | 'dataDir' | 'membership' | 'clock' | 'log' | 'parent' | 'onCrash' | 'name'>;
 }
@@ -122,6 +124,7 @@ export function startSiteSupervisor(site: string, options: SiteSupervisorOptions
         ...(init.heartbeatIntervalMs !== undefined ? { heartbeatIntervalMs: init.heartbeatIntervalMs } : {}),
         ...(init.suspectAfterMs !== undefined ? { suspectAfterMs: init.suspectAfterMs } : {}),
         ...(init.deadAfterMs !== undefined ? { deadAfterMs: init.deadAfterMs } : {}),
+        ...(init.localStats !== undefined ? { localStats: init.localStats } : {}),
         onCrash: crashHandler('membership'),
       });
       let balancer: BalancerService;
