@@ -372,10 +372,27 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.equal(a.custody.searchRefusal(), undefined, 'a site given no other sites answers at once');
     for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
     // Restored on an empty disk, told where the others are; the window is long here so that it cannot end first.
-    const fresh = await mesh.start('site-b', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { searchLagInstancesMax: 5, viewSettleAfterStartMs: 60_000 } });
+    const fresh = await mesh.start('site-b', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 60_000 } });
     assert.match(fresh.custody.searchRefusal() ?? '', /^refilling: 0 of 12 instances here: retry$/);
     await waitFor('site-b refilled', async () => (await fresh.store.countInstances()) === 12, 20_000);
     await waitFor('site-b answers searches', () => fresh.custody.searchRefusal() === undefined);
+  });
+
+  it('just after its start, a site restored without --bootstrap refuses searches while a peer that connected to it is not heard yet', { timeout: 15_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const solo = await mesh.start('site-solo', undefined, silentLogger, undefined, { tuning: { viewSettleAfterStartMs: 60_000 } });
+    assert.equal(solo.custody.searchRefusal(), undefined, 'alone, it answers');
+    // A peer of the mesh reconnecting to it, before its first heartbeat (a bare node never sends one).
+    const peerDir = await mesh.newDir();
+    const other = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: peerDir, bootstrap: [loopbackAddress(solo.node)] });
+    try {
+      await waitFor('connected', () => solo.node.connectedPeers().includes(other.peerId));
+      assert.equal(solo.custody.searchRefusal(), 'joining the mesh: a connected peer not heard yet: retry');
+    } finally {
+      await other.stop();
+    }
+    await waitFor('answers again once it is gone', () => solo.custody.searchRefusal() === undefined);
   });
 
   it('one UID, two contents stored at two sites apart: each keeps its own, both report the conflict once', { timeout: 25_000 }, async () => {

@@ -48,7 +48,6 @@ import {
 } from '../replication.ts';
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
-import { defaultRoutingLimits } from '../../balancer/logic.ts';
 import { createDigest, digestAdd } from './digest.ts';
 import { aliveReplicaTargets, custodyStats, holdsNothingMore, initCustody, stepCustody, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry } from './messages.ts';
@@ -77,7 +76,7 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   batchesPerPeerMax?: number;
   /** After a start, how long retrieves and searches wait for the known sites to be heard. Default 5 s. */
   viewSettleAfterStartMs?: number;
-  /** Instances behind the fullest site from which a search just after a start is refused. Default 200. */
+  /** Instances behind the fullest site from which a search just after a start is refused. Default 1. */
   searchLagInstancesMax?: number;
 }
 
@@ -114,8 +113,9 @@ export interface CustodyService {
    * Why a C-FIND here would answer from a catalog known to be incomplete, as an Error Comment (at most 64
    * characters); undefined when it may answer. Only in the first viewSettleAfterStartMs after a start: known
    * sites not heard yet (or none at all though bootstrap addresses were given: a site restored on an empty
-   * disk), or this site searchLagInstancesMax or more instances behind the fullest alive one. After that the
-   * leader's table routes new associations away from a refilling site.
+   * disk), a connected peer not heard yet (one that reconnected to a site restored without --bootstrap), or
+   * this site searchLagInstancesMax or more instances behind the fullest alive one. After that the leader's
+   * table routes new associations away from a refilling site.
    */
   searchRefusal(): string | undefined;
   stats(): CustodyStats;
@@ -185,8 +185,11 @@ export const defaultCustodyTuning = {
   // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
   // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
   viewSettleAfterStartMs: 5_000,
-  // A site this far behind the fullest just after its start is refilling, as the balancer's table says.
-  searchLagInstancesMax: defaultRoutingLimits.refillLagInstancesMin,
+  // Just after its start, a site holding fewer instances than the fullest alive one is still catching up:
+  // any lag, not only the balancer's refilling threshold (a site restored on an empty disk of a small
+  // archive answered Success with part of the matches, black-box helper 40). Heartbeats may be up to an
+  // interval old, so under a steady ingest elsewhere this may refuse for the whole window: clients retry.
+  searchLagInstancesMax: 1,
   // A retrieve waits up to this long for suspect peers to be alive again or dead (membership: 1.5 s between).
   suspectSettleWaitMs: 2_000,
 } as const;
@@ -734,6 +737,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;
       // Every known site heard, and none heard: none known, though bootstrap addresses said there are some.
       if (sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false)) return 'joining the mesh: no other site heard yet: retry';
+      const heard = new Set(members.filter((m) => m.status === 'alive').map((m) => m.peerId));
+      if (node.connectedPeers().some((peerId) => !heard.has(peerId))) return 'joining the mesh: a connected peer not heard yet: retry';
       const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
       if (fullest - current.instanceCount >= tuning.searchLagInstancesMax) return `refilling: ${current.instanceCount} of ${fullest} instances here: retry`;
       return undefined;
