@@ -19,7 +19,8 @@ import type { Logger } from '../runtime/logger.ts';
 import type { TimerHandle } from '../runtime/clock.ts';
 
 /** Identifiers are small; a bigger one is refused rather than buffered. */
-const maxIdentifierBytes = 1024 * 1024;
+/** A C-FIND/C-GET/C-MOVE identifier larger than this is refused (it is held whole in memory). */
+export const maxIdentifierBytes = 1024 * 1024;
 /** Query/retrieve operations one association may run at once (no async window is negotiated, so 1 is normal). */
 const maxConcurrentTasks = 4;
 /** How long a C-GET sub-operation waits for the requestor's C-STORE-RSP. */

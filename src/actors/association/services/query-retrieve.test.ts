@@ -9,7 +9,7 @@ import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
-import { runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { parseQueryIdentifier, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 
 /** Runs `use` with a fresh, empty store, removed afterwards. */
 async function withEmptyStore<T>(use: (store: ReplicaStore) => Promise<T>): Promise<T> {
@@ -93,4 +93,21 @@ test('a search the mesh says the catalog cannot answer yet (a site just restored
     assert.deepEqual(refused.map((rsp) => [rsp.status, rsp.errorComment]), [[Status.OutOfResources, 'refilling: 0 of 12 instances here: retry']]);
     assert.deepEqual((await find(undefined)).map((rsp) => rsp.status), [Status.Success]);
   });
+});
+
+test('a key longer than 64 KiB (2,000 UIDs) is matched as sent, not as universal', () => {
+  const uids = Array.from({ length: 2000 }, (_, i) => `1.2.826.0.1.3680043.9.7777.1.${100_000 + i}`);
+  const value = uids.join('\\');
+  assert.ok(value.length > 64 * 1024);
+  // Implicit VR: an explicit UI value's length field holds 64 KiB at most (DCMTK sends such keys as UN or implicit).
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const parsed = parseQueryIdentifier('STUDY', identifier, TransferSyntax.ImplicitVrLittleEndian, () => ({ ok: true }));
+  assert.ok(parsed.ok);
+  assert.equal(parsed.request.keys.find((key) => key.tag === Tags.StudyInstanceUID)?.value, value);
 });

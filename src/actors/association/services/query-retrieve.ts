@@ -45,7 +45,10 @@ export function parseQueryIdentifier(
 ): ParsedQuery {
   let elements: DicomElement[];
   try {
-    elements = parseDataset(identifier, transferSyntaxUid, { includeSkippedElements: true }).elements;
+    // Every value kept, however long (the identifier is in memory already, at most maxIdentifierBytes): a
+    // key over the reader's default 64 KiB came through without its value, so a list of 2,000 UIDs
+    // matched as universal and answered with the whole archive (black-box helper 39).
+    elements = parseDataset(identifier, transferSyntaxUid, { includeSkippedElements: true, maxValueBytes: Math.max(identifier.byteLength, 1) }).elements;
   } catch (error) {
     return { ok: false, status: Status.CannotUnderstand, comment: `cannot parse identifier: ${errorText(error)}` };
   }

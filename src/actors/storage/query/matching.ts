@@ -144,7 +144,8 @@ export interface WildcardPattern {
  * expression of `.*`s backtracked exponentially and stalled the whole peer for minutes.
  */
 export function wildcardPattern(pattern: string): WildcardPattern {
-  const pieces = pattern.split('*').map((piece) => Array.from(piece));
+  // `**` matches what `*` does: a key of a million stars is one piece per star no longer, for every value.
+  const pieces = pattern.replace(/\*+/g, '*').split('*').map((piece) => Array.from(piece));
   const hasStar = pieces.length > 1;
   const charsMin = pieces.reduce((sum, piece) => sum + piece.length, 0);
   return {
