@@ -402,7 +402,7 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
     }
   });
 
-  it('findscu -P: a study filed under two PatientIDs is listed under each patient at STUDY, SERIES and IMAGE level', async () => {
+  it('findscu -P: a study filed under two PatientIDs is listed under each patient at STUDY, SERIES and IMAGE level, and found by each one\'s name', async () => {
     requireStored();
     const shared = sharedStudies();
     assert.ok(shared.size > 0, 'the corpus has no study shared by two PatientIDs');
@@ -417,6 +417,12 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
         const study = await find('P', ['QueryRetrieveLevel=STUDY', `PatientID=${pid}`, 'StudyInstanceUID']);
         const studies = study.responses.map((x) => responseText(x, Tag.StudyInstanceUid));
         if (!studies.includes(studyUid)) problems.push(`findscu -P -k QueryRetrieveLevel=STUDY -k PatientID=${pid} -k StudyInstanceUID: ${studies.length} responses, study ${studyUid} missing (${claims})`);
+        // By this patient's name alone, in both roots: its part of the study answers (whichever is newest).
+        const name = list.map((i) => i.patientName).find((n) => n !== '');
+        for (const root of name === undefined ? [] : (['S', 'P'] as const)) {
+          const byName = await find(root, ['QueryRetrieveLevel=STUDY', `PatientName=${name}`, 'StudyInstanceUID']);
+          if (!byName.responses.some((x) => responseText(x, Tag.StudyInstanceUid) === studyUid)) problems.push(`findscu -${root} -k QueryRetrieveLevel=STUDY -k PatientName=${name}: study ${studyUid} missing`);
+        }
         for (const [seriesUid, seriesList] of groupBy(list, (i) => i.seriesUid)) {
           const series = await find('P', ['QueryRetrieveLevel=SERIES', `PatientID=${pid}`, `StudyInstanceUID=${studyUid}`, 'SeriesInstanceUID']);
           const seriesUids = series.responses.map((x) => responseText(x, Tag.SeriesInstanceUid));

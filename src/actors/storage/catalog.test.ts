@@ -20,7 +20,7 @@ import {
   hasInstance,
   isNewerInstance,
   NEWEST_OF_PATIENT_PREFIX,
-  NEWEST_OF_STUDY_PREFIX,
+  NEWEST_OF_STUDY_PATIENT_PREFIX,
   newestInstances,
   heldInstanceBatches,
   iterateCatalog,
@@ -63,7 +63,7 @@ describe('catalogWriteOps (pure)', () => {
         `x!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
         'x!study!1.2.3!1.2.3.4!1.2.3.4.5',
         'x!series!1.2.3.4!1.2.3.4.5',
-        'x!newest!study!1.2.3!9005499254740991!1.2.3.4.5',
+        `x!newest!studypid!1.2.3:${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
         `x!newest!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
         `x!name!${Buffer.from('doe^john').toString('hex')}!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
@@ -112,7 +112,7 @@ describe('catalogWriteOps (pure)', () => {
   it('the newest index sorts the newest instance of an entity first, as isNewerInstance decides (ties: smallest SOPInstanceUID)', () => {
     const storedAt = [5, 1_700_000_000_000, 1_700_000_000_000, 0, -3, 1.5, Number.NaN, 1_699_999_999_999, 1e16];
     const entries = storedAt.map((storedAtMs, i) => makeEntry({ sopInstanceUid: `1.2.3.4.${[3, 12, 2, 7, 1, 9, 4, 5, 6][i]}`, storedAtMs }));
-    const studyKeyOf = (entry: CatalogEntry): string => catalogWriteOps(entry).find((op) => op.key.startsWith(NEWEST_OF_STUDY_PREFIX))!.key;
+    const studyKeyOf = (entry: CatalogEntry): string => catalogWriteOps(entry).find((op) => op.key.startsWith(NEWEST_OF_STUDY_PATIENT_PREFIX))!.key;
     const byKey = [...entries].sort((a, b) => (studyKeyOf(a) < studyKeyOf(b) ? -1 : 1));
     const byRule = [...entries].sort((a, b) => (isNewerInstance(a, b) ? -1 : isNewerInstance(b, a) ? 1 : 0));
     assert.deepEqual(byKey.map((entry) => entry.sopInstanceUid), byRule.map((entry) => entry.sopInstanceUid));
@@ -247,13 +247,14 @@ describe('catalog in LevelDB', () => {
       for await (const newest of newestInstances(db, prefix, keysPerRead)) if (newest.sopInstanceUid.startsWith('1.9.')) found.push([newest.entityId, newest.sopInstanceUid]);
       return found;
     };
-    assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PREFIX), []);
+    assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PATIENT_PREFIX), []);
     assert.ok((await buildSearchIndexes(db)) >= entries.length);
     // Keys of another shape (damaged on disk) are passed over, the newest of their entity still named.
-    const damaged = [`${NEWEST_OF_STUDY_PREFIX}1.9.1!0`, `${NEWEST_OF_STUDY_PREFIX}1.9.1!1!2!3`, `${NEWEST_OF_STUDY_PREFIX}1.9.10`];
+    const part = (study: string, patientId: string): string => `${study}:${encodeKeyText(patientId)}`;
+    const damaged = [`${NEWEST_OF_STUDY_PATIENT_PREFIX}${part('1.9.1', '')}!0`, `${NEWEST_OF_STUDY_PATIENT_PREFIX}${part('1.9.1', '')}!1!2!3`, `${NEWEST_OF_STUDY_PATIENT_PREFIX}${part('1.9.10', 'Q')}`];
     await db.batch(damaged.map((key) => ({ type: 'put', key, value: new Uint8Array(0) })));
     for (const keysPerRead of [1, 2, 3, 16]) {
-      assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PREFIX, keysPerRead), [['1.9.1', '1.9.1.1.2'], ['1.9.10', '1.9.10.1.2']], `${keysPerRead} keys per read`);
+      assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PATIENT_PREFIX, keysPerRead), [[part('1.9.10', 'Q'), '1.9.10.1.2'], [part('1.9.1', ''), '1.9.1.1.2']], `${keysPerRead} keys per read ('0' sorts before ':')`);
       assert.deepEqual(await newestOf(NEWEST_OF_PATIENT_PREFIX, keysPerRead), [['', '1.9.1.1.2'], [encodeKeyText('Q'), '1.9.10.1.2']]);
     }
     await db.batch([...entries.flatMap(catalogDeleteOps), ...damaged.map((key) => ({ type: 'del' as const, key }))]);

@@ -7,7 +7,7 @@
  *   x!study!<StudyUID>!<SeriesUID>!<SOPInstanceUID>                 -> empty  (study hierarchy)
  *   x!series!<SeriesUID>!<SOPInstanceUID>                           -> empty
  *   x!acc!<hex(AccessionNumber)>!<StudyUID>!<SeriesUID>!<SOPInstanceUID> -> empty (non-empty accession only)
- *   x!newest!study!<StudyUID>!<age>!<SOPInstanceUID>                -> empty  (newest instance first)
+ *   x!newest!studypid!<StudyUID>:<hex(PatientID)>!<age>!<SOPInstanceUID> -> empty (newest instance first)
  *   x!newest!pid!<hex(PatientID)>!<age>!<SOPInstanceUID>            -> empty  (newest instance first)
  *   x!name!<hex(utf8(form))>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID> -> empty (each PatientName form)
  *   x!da!<YYYYMMDD>!<hex(PatientID)>!<StudyUID>!<SOPInstanceUID>    -> empty  (each StudyDate)
@@ -25,21 +25,24 @@
  * The index values are empty: the index keys carry the whole hierarchy, so counts (studies of a patient,
  * instances of a series) need keys only, and entries are read from `c!i!` with getMany.
  *
- * `x!newest!` names each study's and each patient's newest instance (the one whose attributes a C-FIND
- * answers with) by its first key: `<age>` is a fixed-width complement of storedAtMs, so the newest sorts
- * first, and among instances stored in the same millisecond the smallest SOPInstanceUID. A search by a
- * key no other index serves (PatientName, StudyDate) reads one entry per study there, seeking from study
- * to study, and reads a study's other instances only when that entry matches (one key per instance, so
- * no read-modify-write of a summary record: commits of one study may run concurrently).
+ * `x!newest!` names the newest instance (the one whose attributes a C-FIND answers with) of each patient,
+ * and of each study's part under each PatientID (a study filed under two patients matches by either
+ * one's attributes), by its first key: `<age>` is a fixed-width complement of storedAtMs, so the newest
+ * sorts first, and among instances stored in the same millisecond the smallest SOPInstanceUID. A search
+ * by a key no other index serves (`*MITH`, a description) reads one entry per study part there, seeking
+ * from one to the next, and reads the study's instances only when that entry matches (one key per
+ * instance, so no read-modify-write of a summary record: commits of one study may run concurrently).
  *
  * `x!name!` holds every form of every instance's PatientName that a key is compared with (personNameForms:
  * decoded with the instance's character set, case folded, trailing empty components removed, whole and
- * per component group). Builds before case folding beyond ASCII kept ASCII-folded forms under `x!pn!`:
- * a store they wrote gets `x!name!` at open and loses `x!pn!` (clearLegacyNameIndex). A PatientName key with a literal start (`SMITH*`, `Doe^John`) lists the
+ * per component group). A PatientName key with a literal start (`SMITH*`, `Doe^John`) lists the
  * studies or patients to examine from the range of that start: every instance's names are there, so
  * whichever instance an entity's attributes come from, a match is among them (respond() decides).
  * `x!da!` does the same for StudyDate (each value as a date key compares it, dateIndexForms): a date or a
  * range lists the studies to examine (a day's worklist reads that day's studies, not the archive).
+ * Builds before this one kept ASCII-folded name forms under `x!pn!` and one newest entry per study under
+ * `x!newest!study!`: a store they wrote gets the indexes above at open and loses those
+ * (clearLegacySearchIndexes).
  *
  * Replacing an instance whose indexed fields changed: put `catalogDeleteOps(oldEntry)` before
  * `catalogWriteOps(newEntry)` in the same batch (LevelDB applies a batch in order). Stale index keys are
@@ -62,11 +65,15 @@ export const STUDY_INDEX_PREFIX = 'x!study!';
 export const SERIES_INDEX_PREFIX = 'x!series!';
 export const ACCESSION_INDEX_PREFIX = 'x!acc!';
 export const HELD_INDEX_PREFIX = 'h!';
-export const NEWEST_OF_STUDY_PREFIX = 'x!newest!study!';
+/** Per study and PatientID (a study may hold instances of several): entity `<StudyUID>:<hex(PatientID)>`. */
+export const NEWEST_OF_STUDY_PATIENT_PREFIX = 'x!newest!studypid!';
 export const NEWEST_OF_PATIENT_PREFIX = 'x!newest!pid!';
 export const PERSON_NAME_INDEX_PREFIX = 'x!name!';
-/** The name index of builds that folded ASCII letters only (see the header comment). */
-const LEGACY_PERSON_NAME_INDEX_PREFIX = 'x!pn!';
+/**
+ * Indexes of earlier builds that this one replaced: the name index that folded ASCII letters only, and the
+ * newest index per study without its patients (see the header comment).
+ */
+const LEGACY_SEARCH_INDEX_PREFIXES = ['x!pn!', 'x!newest!study!'];
 export const STUDY_DATE_INDEX_PREFIX = 'x!da!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
@@ -198,7 +205,12 @@ function attributeIndexKeys(entry: CatalogEntry): string[] {
 
 function newestIndexKeys(entry: CatalogEntry): string[] {
   const suffix = `!${newestIndexAge(entry)}!${entry.sopInstanceUid}`;
-  return [`${NEWEST_OF_STUDY_PREFIX}${entry.studyInstanceUid}${suffix}`, `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(entry.patientId)}${suffix}`];
+  return [`${NEWEST_OF_STUDY_PATIENT_PREFIX}${studyPatientId(entry.studyInstanceUid, entry.patientId)}${suffix}`, `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(entry.patientId)}${suffix}`];
+}
+
+/** The entity of NEWEST_OF_STUDY_PATIENT_PREFIX: a study's part under one PatientID (`:` is in neither). */
+export function studyPatientId(studyInstanceUid: string, patientId: string): string {
+  return `${studyInstanceUid}:${encodeKeyText(patientId)}`;
 }
 
 /** The keys of the indexes for searches without a unique key: the newest instance, the names, the dates. */
@@ -411,9 +423,9 @@ export function buildSearchIndexes(db: CatalogDb): Promise<number> {
   return writeForEveryEntry(db, searchIndexOps);
 }
 
-/** Deletes the name index an earlier build wrote (ASCII-folded forms, see the header comment). */
-export function clearLegacyNameIndex(db: CatalogDb): Promise<void> {
-  return db.clear(prefixRange(LEGACY_PERSON_NAME_INDEX_PREFIX));
+/** Deletes the search indexes an earlier build wrote that this one replaced (see the header comment). */
+export async function clearLegacySearchIndexes(db: CatalogDb): Promise<void> {
+  for (const prefix of LEGACY_SEARCH_INDEX_PREFIXES) await db.clear(prefixRange(prefix));
 }
 
 /** The puts of `entry`'s newest, name and date index keys (none for an entry whose UIDs are not valid). */
@@ -519,7 +531,7 @@ export interface NewestInstance {
 }
 
 /**
- * The newest instance of every entity under `prefix` (NEWEST_OF_STUDY_PREFIX or NEWEST_OF_PATIENT_PREFIX),
+ * The newest instance of every entity under `prefix` (NEWEST_OF_STUDY_PATIENT_PREFIX or NEWEST_OF_PATIENT_PREFIX),
  * in entity key order. Keys are read a few at a time, then a seek passes the rest of the last entity read:
  * small entities share a read, a large one costs one read and one seek, whatever its number of instances.
  */

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
-import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
+import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PATIENT_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { createQueryStats, findMatches } from './query/query.ts';
 import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
@@ -395,7 +395,7 @@ test('a store written before the held and search indexes gets them at open: cust
   for await (const batch of heldInstanceBatches(reopened.db)) held.push(...batch);
   assert.deepEqual(held, expected);
   assert.notEqual(await reopened.db.get('m!held-index'), undefined, 'built once: the next open does not read every entry again');
-  for (const prefix of [NEWEST_OF_STUDY_PREFIX, NEWEST_OF_PATIENT_PREFIX]) {
+  for (const prefix of [NEWEST_OF_STUDY_PATIENT_PREFIX, NEWEST_OF_PATIENT_PREFIX]) {
     const newest = [];
     for await (const instance of newestInstances(reopened.db, prefix)) newest.push(instance.sopInstanceUid);
     assert.deepEqual(newest, ['1.2.5.1'], `${prefix}: one study and one patient, all stored at 0: the smallest UID`);

@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacyNameIndex, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
@@ -266,10 +266,10 @@ const heldIndexBuiltKey = 'm!held-index';
  * checkpoint, so the entries of those blobs are indexed again at open. Absent: index every entry.
  * It holds the same value as recoveryFromKey, written in the same batch, but only by this build: the
  * earlier one moves the recovery checkpoint on past the blobs it leaves unindexed.
- * The key names the index format: builds that folded ASCII letters only used legacySearchIndexedBeforeKey
- * (and `x!pn!`). Such a build indexes every entry again when it finds its own key absent, and this one
- * deletes that key (and `x!pn!`) whenever it finds it, so each build's name index stays whole across
- * rollbacks in either direction.
+ * The key names the index format: earlier builds used legacySearchIndexedBeforeKey (and the indexes that
+ * clearLegacySearchIndexes deletes). Such a build indexes every entry again when it finds its own key
+ * absent, and this one deletes that key (and those indexes) whenever it finds it, so each build's search
+ * indexes stay whole across rollbacks in either direction.
  */
 const searchIndexedBeforeKey = 'm!search-indexes!2';
 const legacySearchIndexedBeforeKey = 'm!search-indexes';
@@ -569,7 +569,7 @@ class LevelReplicaStore implements ReplicaStore {
         await this.timedIndexing('entries stored since the last checkpoint', () => this.indexEntriesFrom(Buffer.from(indexedBefore).toString('utf8')));
       }
       if ((await this.db.get(legacySearchIndexedBeforeKey)) !== undefined) {
-        await clearLegacyNameIndex(this.db);
+        await clearLegacySearchIndexes(this.db);
         await this.db.del(legacySearchIndexedBeforeKey, { sync: true });
       }
       await this.checkpoint();

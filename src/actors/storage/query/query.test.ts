@@ -696,7 +696,7 @@ describe('a stale newest-index key (the newest instance re-stored as an older on
       const stats = createQueryStats();
       // A leading wildcard: no name-index range, the newest index.
       const found = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*oe^John'), k(T.StudyInstanceUID, 'UI')] }, { stats });
-      assert.equal(stats.plan, 'newest x!newest!study!');
+      assert.equal(stats.plan, 'newest x!newest!studypid!');
       assert.deepEqual(column(found, T.StudyInstanceUID), [S1, S2]);
       assert.deepEqual(await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*enamed^X')] }), []);
     } finally {
@@ -744,6 +744,37 @@ describe('a study filed under two PatientIDs', () => {
         assert.equal(valueOf(whole!, T.NumberOfStudyRelatedInstances), '2');
       }
       assert.deepEqual(await find(db, { root: 'PATIENT', level: 'STUDY', keys: keys('P62', 'STUDY') }), []);
+      // By the earlier patient's name, with no PatientID key, through every plan (name index, newest, scan):
+      // that patient's part answers, with its own attributes (black-box helper 39 found nothing here).
+      for (const name of ['Split^One', 'split*', '*One']) {
+        for (const [root, level] of [['STUDY', 'STUDY'], ['PATIENT', 'STUDY'], ['STUDY', 'SERIES']] as const) {
+          for (const searchIndexes of [true, false]) {
+            const found = await find(
+              db,
+              { root, level, keys: [k(T.PatientName, 'PN', name), k(T.PatientID, 'LO'), k(T.StudyInstanceUID, 'UI', level === 'SERIES' ? study.studyUid : ''), k(T.NumberOfStudyRelatedInstances, 'IS')] },
+              { searchIndexes },
+            );
+            const where = `${root} root, ${level}, PatientName=${name}, indexes ${searchIndexes}`;
+            if (name === 'split*') {
+              // Both parts match: the whole study's (newest) attributes.
+              assert.deepEqual(found.map((r) => valueOf(r, T.PatientID)), ['P61'], where);
+              continue;
+            }
+            assert.deepEqual(found.map((r) => [valueOf(r, T.PatientID), valueOf(r, T.PatientName)]), [['P60', 'Split^One']], where);
+            assert.equal(valueOf(found[0]!, T.NumberOfStudyRelatedInstances), root === 'PATIENT' ? '1' : '2', `${where}: Patient Root counts the part`);
+          }
+        }
+      }
+      // The matching part sorting after another in the newest index (Q2 after Q1): every part is examined.
+      const other = { ...study, studyUid: '1.2.3.61' };
+      await store(db, [
+        makeEntry({ patientId: 'Q2', patientName: 'Alpha^Old', ...other, seriesUid: '1.2.3.61.1', modality: 'CT', seriesNumber: '1', sopUid: '1.2.3.61.1.1', sopClassUid: CT_IMAGE, instanceNumber: '1', storedAtMs: 1 }),
+        makeEntry({ patientId: 'Q1', patientName: 'Beta^New', ...other, seriesUid: '1.2.3.61.1', modality: 'CT', seriesNumber: '1', sopUid: '1.2.3.61.1.2', sopClassUid: CT_IMAGE, instanceNumber: '2', storedAtMs: 2 }),
+      ]);
+      const stats = createQueryStats();
+      const old = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*Old'), k(T.PatientID, 'LO'), k(T.StudyInstanceUID, 'UI')] }, { stats });
+      assert.equal(stats.plan, 'newest x!newest!studypid!');
+      assert.deepEqual(old.map((r) => valueOf(r, T.PatientID)), ['Q2']);
     } finally {
       await close();
     }
@@ -828,7 +859,7 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
     } finally {
       await close();
     }
-    for (const index of ['x!name!', 'x!da!', 'x!newest!study!', 'x!newest!pid!', 'x!pid!', 'x!acc!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
+    for (const index of ['x!name!', 'x!da!', 'x!newest!studypid!', 'x!newest!pid!', 'x!pid!', 'x!acc!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
   });
 });
 
@@ -946,7 +977,7 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     const byName = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', '*ame^42'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] });
     assert.deepEqual(column(byName.responses, T.StudyInstanceUID), [study(42)]);
     assert.equal(valueOf(byName.responses[0]!, T.NumberOfStudyRelatedInstances), String(perPatient));
-    assert.equal(byName.stats.plan, 'newest x!newest!study!');
+    assert.equal(byName.stats.plan, 'newest x!newest!studypid!');
     assert.equal(byName.stats.entriesRead, patientCount + perPatient, 'one entry per study, then the matching study whole');
     assert.ok(byName.stats.indexKeysRead <= patientCount + perPatient, `index keys read: ${byName.stats.indexKeysRead}`);
 

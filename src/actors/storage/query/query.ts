@@ -53,7 +53,7 @@ import {
   ACCESSION_INDEX_PREFIX,
   CATALOG_ENTRY_PREFIX,
   NEWEST_OF_PATIENT_PREFIX,
-  NEWEST_OF_STUDY_PREFIX,
+  NEWEST_OF_STUDY_PATIENT_PREFIX,
   PATIENT_INDEX_PREFIX,
   PERSON_NAME_INDEX_PREFIX,
   STUDY_DATE_INDEX_PREFIX,
@@ -66,7 +66,9 @@ import {
   keyBatches,
   newestIndexAge,
   newestInstances,
+  normalizeIdentifierText,
   patientIndexPrefix,
+  studyPatientId,
   personNameIndexPrefix,
   seriesIndexPrefix,
   studyDateIndexRange,
@@ -495,7 +497,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
     const matchesPatientId = keys.some((key) => key.element.tag === Tags.PatientID && key.isMatching);
     const checkedKeys = keys.filter((key) => key.isMatching && !key.computed);
     if (!matchesPatientId && checkedKeys.length > 0) {
-      const prefix = level === 'STUDY' ? NEWEST_OF_STUDY_PREFIX : NEWEST_OF_PATIENT_PREFIX;
+      const prefix = level === 'STUDY' ? NEWEST_OF_STUDY_PATIENT_PREFIX : NEWEST_OF_PATIENT_PREFIX;
       return { kind: 'newest', prefix, checkedKeys, description: `newest ${prefix}` };
     }
   }
@@ -580,14 +582,22 @@ async function* newestMatchingEntities(
   stats: QueryStats,
 ): AsyncGenerator<EntityAggregate> {
   let batch: NewestInstance[] = [];
+  // At STUDY level the index names each study's part under each PatientID (contiguous per study): the
+  // study is examined whole when any part's newest entry matches, once.
+  const entityOf = (indexedId: string): string => (level === 'STUDY' ? indexedId.slice(0, indexedId.indexOf(':')) : indexedId);
+  const indexedIdOf = (entry: CatalogEntry): string => (level === 'STUDY' ? studyPatientId(entry.studyInstanceUid, entry.patientId) : entityIdOf(level, entry));
+  let lastExamined: string | undefined;
   const emit = async function* (): AsyncGenerator<EntityAggregate> {
     const entries = await getCatalogEntries(db, batch.map((newest) => newest.sopInstanceUid));
     for (const [i, newest] of batch.entries()) {
+      const entityId = entityOf(newest.entityId);
+      if (entityId === lastExamined) continue;
       const entry = entries[i];
       if (entry !== undefined) stats.entriesRead++;
-      const confirmed = entry !== undefined && entityIdOf(level, entry) === newest.entityId && newestIndexAge(entry) === newest.age;
+      const confirmed = entry !== undefined && indexedIdOf(entry) === newest.entityId && newestIndexAge(entry) === newest.age;
       if (confirmed && !matchesStoredAttributes(plan.checkedKeys, attributesByTag(entry))) continue;
-      const aggregate = await loadAggregate(db, level, newest.entityId, true, stats);
+      lastExamined = entityId;
+      const aggregate = await loadAggregate(db, level, entityId, true, stats);
       if (aggregate.latest) yield aggregate;
     }
     batch = [];
@@ -669,6 +679,34 @@ async function narrowToMatchedPatients(
   return entity.latest === undefined ? null : { entity, patientIds: matched };
 }
 
+/** An entity's PatientIDs as the indexes tell patients apart (padding removed), each with the values it stands for. */
+function patientParts(aggregate: EntityAggregate): Map<string, Set<string>> {
+  const parts = new Map<string, Set<string>>();
+  for (const raw of aggregate.patientIds) {
+    const patientId = normalizeIdentifierText(raw);
+    const values = parts.get(patientId) ?? new Set<string>();
+    parts.set(patientId, values.add(raw));
+  }
+  return parts;
+}
+
+/**
+ * Whether `stored` (an entity's attributes) matches every key that is not computed. Above IMAGE level an
+ * entity may hold instances of several PatientIDs: a PatientID key matches any of them, and the response
+ * then names the one that did (`stored` is updated).
+ */
+function matchesStoredKeys(keys: CompiledKey[], stored: Map<Tag, DicomElement>, aggregate: EntityAggregate): boolean {
+  const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
+  for (const key of keys) {
+    if (key.computed || !key.isMatching) continue;
+    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet)) continue;
+    const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id, storedCharacterSet)) : undefined;
+    if (otherPatientId === undefined) return false;
+    stored.set(Tags.PatientID, { tag: Tags.PatientID, vr: 'LO', value: otherPatientId });
+  }
+  return true;
+}
+
 /**
  * The response identifier for an entity, or undefined if it does not match every key. In Patient Root a
  * study or series narrowed to the matched patients is counted as that part (what a C-GET with the same
@@ -684,19 +722,30 @@ async function respond(
   const wholeStored = attributesByTag(whole.latest!);
   const narrowed = await narrowToMatchedPatients(level, keys, whole, wholeStored.get(Tags.SpecificCharacterSet)?.value, upper);
   if (narrowed === null) return undefined;
-  const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
-  const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
-  const stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
-  const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
-  for (const key of keys) {
-    if (key.computed || !key.isMatching) continue;
-    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet)) continue;
-    // Above IMAGE level an entity may hold instances of several PatientIDs: any of them may match, and
-    // the response then names the one that did.
-    const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id, storedCharacterSet)) : undefined;
-    if (otherPatientId === undefined) return undefined;
-    stored.set(Tags.PatientID, { tag: Tags.PatientID, vr: 'LO', value: otherPatientId });
+  let aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
+  let countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
+  let stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
+  let matched = matchesStoredKeys(keys, stored, aggregate);
+  const partLevel = level === 'STUDY' || level === 'SERIES' ? level : undefined;
+  const parts = partLevel === undefined ? new Map<string, Set<string>>() : patientParts(whole);
+  if (!matched && narrowed === undefined && partLevel !== undefined && parts.size >= 2) {
+    // A study or series filed under several PatientIDs matches by any one patient's part too (its own
+    // newest instance's attributes): `RA^ALPHA` finds the study whose later instances are RB's (black-box
+    // helper 39; Orthanc lists it under each patient). The first part that matches answers.
+    const newestPart = normalizeIdentifierText(whole.latest!.patientId);
+    for (const [patientId, patients] of [...parts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      if (patientId === newestPart) continue;
+      const part = await upper.get(partLevel, entityIdOf(partLevel, whole.latest!), true, patients);
+      if (part.latest === undefined) continue;
+      const partStored = attributesByTag(part.latest);
+      if (!matchesStoredKeys(keys, partStored, part)) continue;
+      [stored, matched] = [partStored, true];
+      if (root === 'PATIENT') [aggregate, countedPatients] = [part, patients];
+      break;
+    }
   }
+  if (!matched) return undefined;
+  const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
   const computedValues = new Map<Tag, string>();
   for (const key of keys) {
     if (!key.computed) continue;
