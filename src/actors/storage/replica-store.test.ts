@@ -450,7 +450,7 @@ test('entries an earlier build stored after this one had indexed (a rollback, th
   await catalog.close();
 });
 
-test('a store whose name index an earlier build wrote (ASCII folding, x!pn!) gets the folded one at open, and a rollback finds its own marker gone', async (t) => {
+test('a store whose search indexes an earlier build wrote (ASCII folding, x!pn!; x!newest!study!) gets this build\'s at open, and a rollback finds its own marker gone', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const uid = '1.2.8.1';
@@ -475,6 +475,7 @@ test('a store whose name index an earlier build wrote (ASCII folding, x!pn!) get
     { type: 'del', key: 'm!search-indexes!2' },
     { type: 'put', key: 'm!search-indexes', value: checkpoint },
     { type: 'put', key: legacyKey, value: new Uint8Array(0) },
+    { type: 'put', key: `x!newest!study!1.2.3!9005499254740991!${uid}`, value: new Uint8Array(0) },
   ]);
   await catalog.close();
 
@@ -489,7 +490,9 @@ test('a store whose name index an earlier build wrote (ASCII folding, x!pn!) get
   };
   assert.equal(await found('müller*'), 1, 'the folded form is indexed');
   assert.equal(await found('MÜLLER^JÜRGEN'), 1);
-  assert.deepEqual(await store.db.keys({ gte: 'x!pn!', lt: 'x!pn"' }).all(), [], 'the earlier index is gone');
+  assert.deepEqual(await store.db.keys({ gte: 'x!pn!', lt: 'x!pn"' }).all(), [], 'the earlier name index is gone');
+  assert.deepEqual(await store.db.keys({ gte: 'x!newest!study!', lt: 'x!newest!study"' }).all(), [], 'and its newest index per study');
+  assert.equal((await store.db.keys({ gte: 'x!newest!studypid!', lt: 'x!newest!studypid"' }).all()).length, 1, 'this one written');
   assert.equal(await store.db.get('m!search-indexes'), undefined, 'so that the earlier build, run again, indexes every entry itself');
   assert.notEqual(await store.db.get('m!search-indexes!2'), undefined);
   await store.close();
