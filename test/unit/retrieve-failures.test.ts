@@ -7,6 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { recordingLogger } from '../support/recording-logger.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -67,7 +68,8 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
 
 test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted failed and listed (PS3.4 C.4.2.1.5)', async (t) => {
   const closedPort = await getFreePort();
-  const peer = await startTestPeer(['--move-dest', `GONE=127.0.0.1:${closedPort}`], 'mover-gone');
+  const logged: string[] = [];
+  const peer = await startTestPeer(['--move-dest', `GONE=127.0.0.1:${closedPort}`], 'mover-gone', recordingLogger(logged));
   t.after(() => peer.dispose());
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1';
   const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
@@ -87,6 +89,9 @@ test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted
   assert.ok(final.dataSet, 'a Failed SOP Instance UID List data set');
   const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
   assert.deepEqual(list?.split('\\').sort(), stored.sort());
+  // The operator learns of it too, with the whole reason (the comment holds 64 characters).
+  assert.ok(logged.includes('C-MOVE destination unreachable'), logged.join('\n'));
+  assert.ok(logged.includes('C-MOVE answered with a failure or warning'));
 });
 
 test('C-GET of damaged copies: lost or flipped, a failed sub-operation without its C-STORE-RQ; flipped in a large one, an A-ABORT before its end', async (t) => {

@@ -4,7 +4,7 @@
  * writes, commits) therefore holds back the next PDUs of this association, which is the back-pressure.
  */
 import type { Socket } from 'node:net';
-import { CommandField, DimseError, Status, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
+import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection } from './connection.ts';
@@ -337,7 +337,7 @@ export class AcceptorSession {
       if (!event.isLast) return;
       this.store = undefined;
       const result = await store.finish();
-      if (result.status !== Status.Success) this.log.warn('C-STORE failed', { sopInstanceUid: store.command.affectedSopInstanceUid, ...result });
+      if (result.status !== Status.Success) this.log.warn('C-STORE failed', { sopInstanceUid: store.command.affectedSopInstanceUid, ...result, status: `0x${result.status.toString(16)}` });
       await this.send(event.presentationContextId, storeResponse(store.command, result));
       return;
     }
@@ -374,7 +374,18 @@ export class AcceptorSession {
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
     const task: Task = { cancelled: false, done: Promise.resolve() };
-    const send = (rsp: DimseCommand, dataSet?: Uint8Array) => this.send(presentationContextId, rsp, dataSet);
+    const send = (rsp: DimseCommand, dataSet?: Uint8Array) => {
+      // The client sees the status; the operator sees it here (a C-MOVE whose destination is down, say).
+      if (rsp.status !== undefined && rsp.status !== Status.Success && !isPendingStatus(rsp.status)) {
+        this.log.warn(`${context.service === 'find' ? 'C-FIND' : context.service === 'get' ? 'C-GET' : 'C-MOVE'} answered with a failure or warning`, {
+          status: `0x${rsp.status.toString(16)}`,
+          errorComment: rsp.errorComment,
+          ...(context.service === 'move' ? { moveDestination: command.moveDestination } : {}),
+          ...(rsp.failedSubOperations !== undefined ? { completed: rsp.completedSubOperations, failed: rsp.failedSubOperations, warning: rsp.warningSubOperations } : {}),
+        });
+      }
+      return this.send(presentationContextId, rsp, dataSet);
+    };
     const common = {
       root: context.root!,
       transferSyntaxUid: context.transferSyntaxUid,
@@ -393,7 +404,14 @@ export class AcceptorSession {
               kind: context.service === 'get' ? 'get' : 'move',
               callingAeTitle: this.callingAeTitle,
               isReleasing: () => context.service === 'get' && this.releaseRequested,
-              openTarget: (entries) => (context.service === 'get' ? this.getTarget() : this.moveTarget(command, entries)),
+              openTarget: (entries) =>
+                context.service === 'get'
+                  ? this.getTarget()
+                  : this.moveTarget(command, entries).catch((error: unknown) => {
+                      // The response's comment holds 64 characters: the whole reason goes to the log.
+                      this.log.warn('C-MOVE destination unreachable', { moveDestination: command.moveDestination, error: String(error) });
+                      throw error;
+                    }),
             },
             this.deps.store,
             this.deps.retrieveSource,

@@ -1,0 +1,28 @@
+/**
+ * What operators read in the peers' logs (warn level and above, as `--log-level warn` shows them) during
+ * routine maintenance: a bootstrap site stopped for a while is no warning at peers that are in the mesh
+ * through others (it said "is the address right ... the same swarm key?" at every retry, black-box helper 40).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { MeshCluster, eventually } from './support.ts';
+
+const bootstrapWarning = /cannot reach a bootstrap peer/;
+
+test('a bootstrap site stopped for maintenance: no bootstrap warning at the sites still meshed through each other', { timeout: 90_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  const c = await cluster.start('site-c');
+  // b and c joined through a; they connect directly once they have heard each other's addresses.
+  await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 3, 20_000, async () => JSON.stringify((await b.status()).members));
+  await new Promise((r) => setTimeout(r, 4000));
+  await a.stop();
+  await eventually(async () => (await b.status()).members?.find((m) => m.site === 'site-a')?.alive === false, 20_000, async () => JSON.stringify((await b.status()).members));
+  // Long enough for several redials of a (the first at once, then 1-2 s apart).
+  await new Promise((r) => setTimeout(r, 5000));
+  assert.ok((await b.status()).members?.find((m) => m.site === 'site-c')?.alive, 'b and c still see each other');
+  for (const peer of [b, c]) assert.doesNotMatch(peer.output(), bootstrapWarning, `${peer.site} warned:\n${peer.output().slice(-2000)}`);
+});
