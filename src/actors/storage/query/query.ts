@@ -38,12 +38,14 @@
  * match, whichever instance its attributes come from; respond() decides.
  * Any other query is a full scan of the requested level. At STUDY and PATIENT level, when it has a key to
  * match on that is not computed (`*MITH`, a description...) and no PatientID key to match, the scan goes
- * through the newest index (x!newest!): one entry read per entity, the newest, whose attributes are the
- * entity's; only an entity whose newest entry matches those keys is then read whole (counts, modalities).
+ * through the newest index (x!newest!): one entry read per patient, or per study and PatientID in it, the
+ * newest, whose attributes are the entity's (or that patient's part's); only an entity whose newest entry
+ * matches those keys is then read whole (counts, modalities).
  * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
- * isNewerInstance for ties).
+ * isNewerInstance for ties). A study or series filed under several PatientIDs that does not match so
+ * matches by any one patient's part (its latest instance's attributes) when that part does: see respond().
  * A PATIENT entity is identified by its PatientID alone (IssuerOfPatientID is not considered); instances
  * without PatientID form one patient with an empty ID.
  */
