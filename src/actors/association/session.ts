@@ -20,7 +20,7 @@ import type { TimerHandle } from '../runtime/clock.ts';
 
 /** Identifiers are small; a bigger one is refused rather than buffered. */
 /** A C-FIND/C-GET/C-MOVE identifier larger than this is refused (it is held whole in memory). */
-export const maxIdentifierBytes = 1024 * 1024;
+const maxIdentifierBytes = 1024 * 1024;
 /** Query/retrieve operations one association may run at once (no async window is negotiated, so 1 is normal). */
 const maxConcurrentTasks = 4;
 /** How long a C-GET sub-operation waits for the requestor's C-STORE-RSP. */
