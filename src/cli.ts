@@ -15,6 +15,7 @@ async function main(argv: readonly string[]): Promise<number> {
   switch (command) {
     case 'start': {
       const config = parseStartArgs(rest);
+      portOptions.set(config.dicomPort, '--dicom-port').set(config.httpPort, '--http-port');
       // Logs are best effort: a log pipe that closes (a log shipper restarting, `| head`) must not stop
       // the site; without a listener the first write after it (EPIPE) ended the process with nothing said.
       for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
@@ -73,6 +74,9 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+/** The option each port of this start came from, so that a port in use is named as the operator set it. */
+const portOptions = new Map<number, string>();
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {
@@ -99,7 +103,8 @@ main(process.argv.slice(2)).then(
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
     if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') {
       const { address, port } = error as NodeJS.ErrnoException & { address?: string; port?: number };
-      process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): is another process using it, or is the address not on this machine?\n`);
+      const option = port === undefined ? undefined : portOptions.get(port);
+      process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): is another process using it, or is the address not on this machine?${option ? ` (${option})` : ''}\n`);
       process.exit(1);
     }
     process.stderr.write(`pacs-mesh: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -231,4 +232,25 @@ test('a SIGTERM during the start, then SIGHUP and another SIGTERM while stopping
   child.kill('SIGTERM');
   assert.equal(await exited, 0, stderr);
   assert.match(stderr, /peer started/);
+});
+
+test('a DICOM or HTTP port another process holds: exit 1 and one line naming the option', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const holder = createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.after(() => holder.close());
+  const taken = (holder.address() as AddressInfo).port;
+  for (const [option, other] of [['--dicom-port', '--http-port'], ['--http-port', '--dicom-port']] as const) {
+    const args = peerProcessArgs(['start', '--data', join(dir, option), '--host', '127.0.0.1', option, String(taken), other, String(await getFreePort())]);
+    const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, args, { env: peerProcessEnv() });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.on('exit', (status) => resolve({ status, stderr }));
+    });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${taken} \\(EADDRINUSE\\).*\\(${option}\\)`));
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  }
 });
