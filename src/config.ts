@@ -188,6 +188,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       const titles = v.split(',');
       // An empty list would quietly let every calling AE title in: access control must be said, not implied.
       if (titles.every((s) => s.trim().length === 0)) throw new ConfigError(`--allow-calling "${v}" lists no AE title`);
+      if (titles.some((s) => s.trim().length === 0)) throw new ConfigError(`--allow-calling "${v}" has an empty item (a stray comma?): list AE titles separated by single commas`);
       c.allowedCallingAeTitles.push(...titles.map((s) => checkAeTitle(s, '--allow-calling')));
     },
   },

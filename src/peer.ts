@@ -269,7 +269,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     throw error;
   }
   healthy = failure === undefined;
-  log.info('peer started', { aeTitle: config.aeTitle, dicomPort: dicom.port, httpPort: http.port, dataDir });
+  // The PeerId and addresses are what other sites' --bootstrap needs: said once where operators look first.
+  log.info('peer started', { aeTitle: config.aeTitle, dicomPort: dicom.port, httpPort: http.port, dataDir, ...(mesh ? { peerId: mesh.node.peerId, multiaddrs: mesh.node.multiaddrs() } : {}) });
   await aeDirectory.persist().catch((error: unknown) =>
     log.error('--move-dest destinations not saved: they work until this peer stops, not after a restart', { error: errorText(error) }),
   );
@@ -285,7 +286,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     stop: () =>
       (stopping ??= (async () => {
         healthy = false;
-        await runningDicom.stop(options.shutdownGraceMs ?? 5000);
+        const graceMs = options.shutdownGraceMs ?? 5000;
+        log.info('peer stopping: new associations refused, open ones drain', { graceMs });
+        await runningDicom.stop(graceMs);
         await scrub?.stop();
         await mesh?.stop();
         await runningHttp.stop();

@@ -63,6 +63,7 @@ test('bad options are refused with a message naming the option', () => {
     [['--data', ''], /--data needs a value/],
     [['--swarm-key', ''], /--swarm-key needs a value/],
     [['--allow-calling', ','], /--allow-calling "," lists no AE title/],
+    [['--allow-calling', 'MOD1,'], /--allow-calling "MOD1," has an empty item \(a stray comma\?\)/],
     [['--dicom-port', '11112', '--dicom-port', '11113'], /--dicom-port given twice/],
     [['--dicom-port', '9000', '--http-port', '9000'], /--dicom-port and --http-port are both 9000/],
     // Addresses a mesh cannot use, refused before anything starts (exit 2, one line).
@@ -74,7 +75,7 @@ test('bad options are refused with a message naming the option', () => {
     [['--swarm-key', 'k', '--bootstrap', '/ip4/127.0.0.1'], /is not an address of a peer's TCP port/],
     [['--swarm-key', 'k', '--bootstrap', '/ip4/127.0.0.1/tcp/4001/ws'], /is not an address of a peer's TCP port/],
     [['--swarm-key', 'k', '--bootstrap', '/ip4/127.0.0.1/tcp/0'], /names TCP port 0/],
-    [['--allow-calling', 'A,,B'], /--allow-calling "" is not a valid AE title/],
+    [['--allow-calling', 'A,,B'], /--allow-calling "A,,B" has an empty item/],
     [['--move-dest', 'X=127.0.0.1:104', '--move-dest', 'X=127.0.0.1:105'], /--move-dest X given twice/],
     [['--host', '--http-port', '8501'], /--host needs a value/],
     [['--p2p-port', '4001'], /--p2p-port means something only in a mesh: add --swarm-key/],
