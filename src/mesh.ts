@@ -101,7 +101,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       clock: init.clock,
       log: log.child({ component: 'custody' }),
       parent: init.supervisor.system,
-      expectsOtherSites: (config.bootstrap?.length ?? 0) > 0,
+      // Told where others are, or a new identity: a new site, or one restored on an empty disk that the
+      // others reconnect to within a second or two (its old address); a mesh's very first site waits too.
+      expectsOtherSites: (config.bootstrap?.length ?? 0) > 0 || node.identityCreated,
       onCrash: init.supervisor.crashHandler('custody'),
     });
     stopping.unshift(() => custody.stop());

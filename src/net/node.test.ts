@@ -236,6 +236,22 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     assert.match(failures[0]!.error, /ECONNREFUSED/);
   });
 
+  it('a peer learnt from the mesh that came back under a new PeerId at its address is dialled there again (a site restored without --bootstrap)', async () => {
+    const old = await start({});
+    const oldAddress = loopbackAddress(old);
+    const port = Number(oldAddress.split('/')[4]);
+    const changes: BootstrapIdentityChange[] = [];
+    const other = await start({ onBootstrapIdentityChanged: (c) => changes.push(c) });
+    await other.addKnownPeer(old.peerId, [oldAddress]);
+    await waitFor('connected to the peer learnt', () => other.connectedPeers().includes(old.peerId), 10_000);
+    await old.stop();
+    const restored = await start({ p2pPort: port });
+    assert.notEqual(restored.peerId, old.peerId);
+    await waitFor('connected to the restored peer through the learnt address', () => other.connectedPeers().includes(restored.peerId), 15_000);
+    assert.deepEqual(changes, [], 'no bootstrap address changed');
+    await Promise.all([other.stop(), restored.stop()]);
+  });
+
   it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', async () => {
     const old = await start({});
     const oldAddress = loopbackAddress(old);
@@ -359,6 +375,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     const dataDir = dirs[0] as string;
     const port = portOf(loopbackAddress(a));
     const oldId = a.peerId;
+    assert.equal(a.identityCreated, true, 'a first start creates the identity');
     await a.stop();
     await waitFor('b to notice a is gone', () => !b.connectedPeers().includes(oldId));
     // Redials scheduled on the wall clock would then wait an hour.
@@ -366,6 +383,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     try {
       a = await start({ dataDir, p2pPort: port });
       assert.equal(a.peerId, oldId);
+      assert.equal(a.identityCreated, false, 'a restart keeps it (custody expects no other sites for that alone)');
       // nobody bootstraps *to* b or c from a: they come back through their reconnect loops
       await waitFor('b and c reconnect to the restarted a', () => a.connectedPeers().includes(b.peerId) && a.connectedPeers().includes(c.peerId), 15_000);
     } finally {

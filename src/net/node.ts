@@ -189,6 +189,8 @@ export interface OpenStreamOptions {
 /** The facade the rest of pacs-mesh uses. */
 export interface MeshNode {
   readonly peerId: string;
+  /** Whether this start created the identity (`peer-key`): a new site, or a data directory restored empty. */
+  readonly identityCreated: boolean;
   /** Dialable addresses, each ending in /p2p/<peerId>. */
   multiaddrs(): string[];
   connectedPeers(): string[];
@@ -218,7 +220,7 @@ export interface MeshNode {
 
 interface Target {
   key: string;
-  /** Undefined for a bootstrap address without /p2p/: it stays a target of its own (see dial). */
+  /** Undefined for an address target (a bootstrap address without /p2p/, or a learnt peer's whose identity changed): see dial. */
   peerId: string | undefined;
   /** Such an address target: the PeerId that answered there last (connected to it means nothing to dial). */
   reachedPeerId?: string;
@@ -312,6 +314,14 @@ class Reconnector {
       return;
     }
     this.targets.set(key, { key, peerId, addrs: [ma], bootstrap: true, attempts: 0, nextAt: 0, dialing: false, lastSeen: 0 });
+  }
+
+  /** An address to dial whoever answers there (a learnt peer's, after its identity changed); evictable. */
+  private addAddress(ma: Multiaddr): void {
+    const key = ma.toString();
+    if (this.targets.has(key)) return;
+    this.targets.set(key, { key, peerId: undefined, addrs: [ma], bootstrap: false, attempts: 0, nextAt: 0, dialing: false, lastSeen: performance.now() });
+    this.evict();
   }
 
   addPeer(peerId: string, addrs: Multiaddr[] = []): void {
@@ -443,8 +453,12 @@ class Reconnector {
   }
 
   /**
-   * A dial failure that says the target itself is wrong: an address of this very peer (dropped), or a
-   * bootstrap address whose /p2p/ names an identity no longer there (replaced by the bare address).
+   * A dial failure that says the target itself is wrong: an address of this very peer (dropped), or an
+   * address whose /p2p/ names an identity no longer there (replaced by the bare address): a bootstrap one,
+   * or a peer learnt from the mesh. The latter is a site restored on an empty disk under a new PeerId at
+   * its old address: without this, a restored site not told --bootstrap was never dialled again by the
+   * others and served alone, answering Success with nothing (black-box helper 41). Whoever holds the swarm
+   * key there is accepted, as for a bootstrap address.
    */
   private replacedAfterFailure(t: Target, err: Error): boolean {
     const text = errorChainText(err);
@@ -453,12 +467,17 @@ class Reconnector {
       this.log('dropped %s: it is this peer', t.key);
       return true;
     }
-    if (!t.bootstrap || t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
+    if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
     this.targets.delete(t.key);
     for (const a of t.addrs) {
       const bare = a.decapsulateCode(P2P_CODE);
-      this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId: t.peerId, error: err.message });
-      this.addBootstrap(bare);
+      if (t.bootstrap) {
+        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId: t.peerId, error: err.message });
+        this.addBootstrap(bare);
+      } else {
+        this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), t.peerId);
+        this.addAddress(bare);
+      }
     }
     this.scheduleWithin(0);
     return true;
@@ -490,7 +509,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
   const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 4 * 1024 * 1024;
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
-  const { privateKey } = await loadOrCreatePeerKey(init.dataDir);
+  const { privateKey, created: identityCreated } = await loadOrCreatePeerKey(init.dataDir);
 
   const withPeerId = bootstrapAddrs.filter((ma) => peerIdOf(ma) !== undefined).map((ma) => ma.toString());
 
@@ -698,6 +717,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
 
   const facade: MeshNode = {
     peerId: node.peerId.toString(),
+    identityCreated,
     multiaddrs: () => node.getMultiaddrs().map((ma) => ma.toString()),
     connectedPeers: () => node.getPeers().map((p) => p.toString()),
     async publish(topic, data) {

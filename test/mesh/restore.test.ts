@@ -1,0 +1,60 @@
+/**
+ * A site restored on an empty disk without --bootstrap (the operator forgot it, or it was the site the
+ * others bootstrap from): the others dial its old address again and accept its new PeerId, so it refills;
+ * meanwhile its C-FIND answers are refusals (0xA700, "retry") or the whole answer, never Success with
+ * part of the matches (black-box helpers 40 and 41 saw Success with nothing, for good before the redial).
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
+import { runTool } from '../support/dicom-tools.ts';
+import { MeshCluster, eventually } from './support.ts';
+
+test('a site restored on an empty disk without --bootstrap rejoins, and answers searches whole or not at all', { timeout: 120_000 }, async (t) => {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  const a = await cluster.start('site-a');
+  await cluster.start('site-b');
+  const c = await cluster.start('site-c');
+  await eventually(async () => (await c.status()).members?.filter((m) => m.alive).length === 3, 20_000, async () => JSON.stringify((await c.status()).members));
+  const dir = join(cluster.root, 'files');
+  mkdirSync(dir);
+  const study = `1.2.826.0.1.3680043.10.1453.98.${Date.now()}`;
+  const count = 40;
+  for (let i = 0; i < count; i++) writeFileSync(join(dir, `f${i}.dcm`), makeInstanceWithInfo({ rows: 8, columns: 8, study: { uid: study } }).bytes);
+  const env = { TCP_NODELAY: '1' };
+  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '+sd', '127.0.0.1', String(a.dicomPort), dir], { env, timeoutMs: 60_000 });
+  assert.equal(stored.code, 0, stored.stderr);
+  await eventually(async () => (await c.status()).instances === count, 30_000, async () => `C holds ${(await c.status()).instances}`);
+
+  const ports = { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort };
+  const oldPeerId = (await c.status()).self.peerId;
+  await c.kill9();
+  rmSync(c.dataDir, { recursive: true, force: true });
+  const restarting = cluster.start('site-c', { dataDir: c.dataDir, bootstrap: [], ports });
+  const answers: string[] = [];
+  let whole = 0;
+  for (let i = 0; i < 100 && whole < 5; i++) {
+    const r = await runTool('findscu', ['-v', '-S', '-aec', 'PACSMESH', '-k', 'QueryRetrieveLevel=IMAGE', '-k', `StudyInstanceUID=${study}`, '-k', 'SOPInstanceUID', '127.0.0.1', String(ports.dicom)], { env, timeoutMs: 20_000 });
+    const out = r.stdout + r.stderr;
+    // findscu -v: "Find Response: 1 (Pending)" per match, then "Received Final Find Response (Success)" or "(Refused: ...)".
+    const status = /Received Final Find Response \(([^)]*)\)/.exec(out)?.[1];
+    const matches = (out.match(/Find Response: \d+ \(Pending/g) ?? []).length;
+    answers.push(status === undefined ? 'no answer (not listening yet?)' : `${status}, ${matches} matches`);
+    if (status === 'Success') {
+      assert.equal(matches, count, `a Success with part of the matches: ${answers.join('; ')}`);
+      whole++;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await restarting;
+  assert.ok(whole >= 5, `never answered whole: ${answers.join('; ')}`);
+  const restored = cluster.peers.at(-1)!;
+  const status = await restored.status();
+  assert.notEqual(status.self.peerId, oldPeerId, 'a new identity');
+  assert.equal(status.instances, count);
+  assert.equal(status.members?.filter((m) => m.alive).length, 3, JSON.stringify(status.members));
+});
