@@ -5,19 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MeshCluster, eventually } from './support.ts';
+import { eventually, startThreeSites } from './support.ts';
 
 const bootstrapWarning = /cannot reach a bootstrap peer/;
 
 test('a bootstrap site stopped for maintenance: no bootstrap warning at the sites still meshed through each other', { timeout: 90_000 }, async (t) => {
-  const cluster = new MeshCluster();
-  t.after(() => cluster.dispose());
-  await cluster.init();
-  const a = await cluster.start('site-a');
-  const b = await cluster.start('site-b');
-  const c = await cluster.start('site-c');
+  const { a, b, c } = await startThreeSites(t);
   // b and c joined through a; they connect directly once they have heard each other's addresses.
-  await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 3, 20_000, async () => JSON.stringify((await b.status()).members));
   await new Promise((r) => setTimeout(r, 4000));
   await a.stop();
   await eventually(async () => (await b.status()).members?.find((m) => m.site === 'site-a')?.alive === false, 20_000, async () => JSON.stringify((await b.status()).members));

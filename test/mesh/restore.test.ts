@@ -10,16 +10,10 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { runTool } from '../support/dicom-tools.ts';
-import { MeshCluster, eventually } from './support.ts';
+import { eventually, startThreeSites } from './support.ts';
 
 test('a site restored on an empty disk without --bootstrap rejoins, and answers searches whole or not at all', { timeout: 120_000 }, async (t) => {
-  const cluster = new MeshCluster();
-  t.after(() => cluster.dispose());
-  await cluster.init();
-  const a = await cluster.start('site-a');
-  await cluster.start('site-b');
-  const c = await cluster.start('site-c');
-  await eventually(async () => (await c.status()).members?.filter((m) => m.alive).length === 3, 20_000, async () => JSON.stringify((await c.status()).members));
+  const { cluster, a, c } = await startThreeSites(t);
   const dir = join(cluster.root, 'files');
   mkdirSync(dir);
   const study = `1.2.826.0.1.3680043.10.1453.98.${Date.now()}`;

@@ -119,6 +119,25 @@ export class MeshCluster {
   }
 }
 
+/**
+ * Three sites (site-a, then site-b and site-c bootstrapping from it) on a fresh cluster disposed after the
+ * test; resolves once site-c sees all three alive.
+ */
+export async function startThreeSites(t: { after(fn: () => Promise<void>): void }): Promise<{ cluster: MeshCluster; a: PeerProcess; b: PeerProcess; c: PeerProcess }> {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  const c = await cluster.start('site-c');
+  await eventually(
+    async () => (await c.status()).members?.filter((m) => m.alive).length === 3,
+    20_000,
+    async () => `members seen by C: ${JSON.stringify((await c.status()).members)}`,
+  );
+  return { cluster, a, b, c };
+}
+
 /** Polls until `check` returns true; fails with `describe()` after `timeoutMs`. */
 export async function eventually(check: () => Promise<boolean>, timeoutMs: number, describe: () => Promise<string> | string): Promise<void> {
   const deadline = Date.now() + timeoutMs;

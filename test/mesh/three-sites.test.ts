@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MeshCluster, eventually, getStudy, type PeerProcess } from './support.ts';
+import { MeshCluster, eventually, getStudy, startThreeSites, type PeerProcess } from './support.ts';
 import { runTool } from '../support/dicom-tools.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -27,17 +27,7 @@ async function studyUidsAt(peer: PeerProcess): Promise<string[]> {
 
 
 test('three sites: store at A, serve everything from C, survive A and B, refill B', { timeout: 240_000 }, async (t) => {
-  const cluster = new MeshCluster();
-  t.after(() => cluster.dispose());
-  await cluster.init();
-  const a = await cluster.start('site-a');
-  const b = await cluster.start('site-b');
-  const c = await cluster.start('site-c');
-  await eventually(
-    async () => (await c.status()).members?.filter((m) => m.alive).length === 3,
-    20_000,
-    async () => `members seen by C: ${JSON.stringify((await c.status()).members)}`,
-  );
+  const { cluster, a, b, c } = await startThreeSites(t);
 
   const inputDir = join(cluster.root, 'input');
   mkdirSync(inputDir);

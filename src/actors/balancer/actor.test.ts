@@ -54,6 +54,9 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
   });
 
 
+  /** Each peer a DICOM address of its own (a heartbeat naming this site and this address is a predecessor's). */
+  let nextDicomPort = 0;
+
   async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
@@ -72,7 +75,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () 
       siteName: site,
       priority: 100,
       dataDir: dir,
-      addresses: { dicom: dicom ?? `127.0.0.1:${10000 + Math.floor(Math.random() * 1000)}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
+      addresses: { dicom: dicom ?? `127.0.0.1:${10000 + nextDicomPort++}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
       balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000 },
     });
     // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).

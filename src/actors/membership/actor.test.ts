@@ -48,7 +48,8 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
       siteName: site,
       priority: 100,
       dataDir,
-      addresses: { dicom: '127.0.0.1:104', http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
+      // A DICOM address of its own: a heartbeat naming this site and this address is a predecessor's.
+      addresses: { dicom: `127.0.0.1:${node.peerId.slice(-5)}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
       clock: systemClock,
       log: messages ? recordingLogger(messages) : silentLogger,
       parent: system,
@@ -78,7 +79,7 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     console.log(`membership: 3 peers alive in every view after ${joinMs} ms`);
     const rec = a.membership.members().find((m) => m.peerId === b.node.peerId)!;
     assert.equal(rec.siteName, 'site-b');
-    assert.equal(rec.addresses.dicom, '127.0.0.1:104');
+    assert.equal(rec.addresses.dicom, `127.0.0.1:${b.node.peerId.slice(-5)}`);
 
     // Malformed heartbeats (garbage, wrong fields, a forged peerId) are dropped, never a crash.
     await b.node.publish(membershipTopic, new Uint8Array([1, 2, 3, 4]));

@@ -77,8 +77,18 @@ test('whether this peer can be elected travels in its heartbeat and its own reco
   const published = run(s, { type: 'tick', nowMs: 1 }).effects.find((e) => e.type === 'publish');
   assert.ok(published && published.type === 'publish');
   assert.equal(published.message.electable, false);
-  const seen = run(initMembership({ ...config, peerId: 'peer-b' }), { type: 'heartbeatReceived', heartbeat: published.message, nowMs: 2 }).state;
+  const seen = run(initMembership({ ...config, peerId: 'peer-b', siteName: 'site-b' }), { type: 'heartbeatReceived', heartbeat: published.message, nowMs: 2 }).state;
   assert.equal(seen.members.get('peer-a')?.electable, false);
+});
+
+test('a heartbeat of our predecessor (this site and DICOM address, another PeerId) relayed late is not a member', () => {
+  const predecessor = heartbeat('peer-old', 1, 7, { siteName: config.siteName, addresses: config.addresses });
+  const { state, effects } = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: predecessor, nowMs: 10 });
+  assert.equal(state.members.size, 0);
+  assert.deepEqual(effects, []);
+  // Another peer of this site (another DICOM address) is one.
+  const sibling = heartbeat('peer-sib', 1, 1, { siteName: config.siteName, addresses: { ...config.addresses, dicom: 'a:105' } });
+  assert.equal(run(initMembership(config), { type: 'heartbeatReceived', heartbeat: sibling, nowMs: 10 }).state.members.size, 1);
 });
 
 test('heartbeat makes a member alive and part of the sorted live view', () => {

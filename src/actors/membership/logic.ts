@@ -198,6 +198,11 @@ function heartbeatOf(state: MembershipState): Heartbeat {
 function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): MembershipStep {
   // Our own heartbeat echoed by gossip, or another process using our id: never a member record.
   if (hb.peerId === state.config.peerId) return { state, effects: [] };
+  // Our predecessor (this site and DICOM address, another PeerId: the process before an empty-disk
+  // restore): its last heartbeats linger in gossip caches, and one relayed to us made it look alive for a
+  // few seconds, a member to send repair exchanges to that would never answer.
+  const c = state.config;
+  if (c.addresses.dicom !== '' && hb.siteName === c.siteName && hb.addresses.dicom === c.addresses.dicom) return { state, effects: [] };
   const known = state.members.get(hb.peerId);
   // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
   if (known && compareVersion(hb, known) <= 0) return { state, effects: [] };
