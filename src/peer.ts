@@ -2,7 +2,8 @@
  * The composition root of one pacs-mesh peer: opens the store, starts the actor tree, the DICOM port
  * and the HTTP port, and stops them in the reverse order.
  */
-import { mkdir, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from './ae-directory.ts';
 import { ConfigError, type PeerConfig } from './config.ts';
@@ -98,6 +99,11 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         : error.code === 'ENOENT'
           ? 'a directory on its path cannot be created there (a dangling symbolic link, or a file system such as /proc)'
           : error.message;
+    throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
+  });
+  // Checked here, by name: the store's own directory creation reported a read-only file system as ENOENT.
+  await access(dataDir, constants.W_OK).catch((error: NodeJS.ErrnoException) => {
+    const why = error.code === 'EROFS' ? 'it is on a read-only file system' : `this user cannot write there (${error.code ?? error.message})`;
     throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
   });
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);

@@ -256,3 +256,15 @@ test('a DICOM or HTTP port another process holds: exit 1 and one line naming the
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   }
 });
+
+test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
+  const tmpfs = tmpfsOrSkip(t, 1024 * 1024);
+  if (tmpfs === undefined) return;
+  t.after(() => tmpfs.unmount());
+  spawnSync('mount', ['-o', 'remount,ro', tmpfs.mountPoint]);
+  t.after(() => spawnSync('mount', ['-o', 'remount,rw', tmpfs.mountPoint]));
+  const r = await start(tmpfs.mountPoint);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /cannot be used as the data directory: it is on a read-only file system/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
