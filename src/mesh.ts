@@ -78,7 +78,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       // Joined through other peers, this is a bootstrap site restarting (routine), not a wrong address.
       connectedPeerCount() > 0
         ? log.info('a bootstrap peer is not reachable now (this peer is in the mesh through others)', { ...failure, connectedPeers: connectedPeerCount() })
-        : log.warn('cannot reach a bootstrap peer (is the address right, is it up, does it hold the same swarm key?)', { ...failure }),
+        : log.warn(`cannot reach a bootstrap peer: ${failure.likelyCause}`, { ...failure }),
     onBootstrapIdentityChanged: (change) =>
       log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
     onIdentityConflict: (conflict) =>

@@ -234,6 +234,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
     assert.deepEqual(failures.map((f) => f.attempts), [1, 2, 4]);
     assert.equal(failures[0]!.address, closedAddress);
     assert.match(failures[0]!.error, /ECONNREFUSED/);
+    assert.match(failures[0]!.likelyCause, /nothing listens there/);
   });
 
   it('a peer learnt from the mesh that came back under a new PeerId at its address is dialled there again (a site restored without --bootstrap)', async () => {

@@ -155,6 +155,22 @@ export interface BootstrapFailure {
   readonly attempts: number;
   readonly nextTryInMs: number;
   readonly error: string;
+  /** What the error most likely means for the operator (see bootstrapFailureCause). */
+  readonly likelyCause: string;
+}
+
+/**
+ * The likely cause of a failed dial, in an operator's words. A peer holding another swarm key accepts the
+ * TCP connection and then fails the private-network handshake: the dial ends in a reset or a timeout,
+ * which read like a network fault and made a wrong key hard to tell (black-box helper 40).
+ */
+export function bootstrapFailureCause(error: string): string {
+  if (/ECONNREFUSED/.test(error)) return 'nothing listens there: the site is down, or the address or port is wrong';
+  if (/ECONNRESET|EPIPE|timed? ?out|timeout|aborted/i.test(error)) {
+    return 'something answers there but the private-network handshake did not complete: most likely another swarm key (or not a pacs-mesh libp2p port)';
+  }
+  if (/EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN/.test(error)) return 'the host cannot be reached or its name not resolved';
+  return 'see the error';
 }
 
 export interface BootstrapIdentityChange {
@@ -440,7 +456,8 @@ class Reconnector {
         this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, nextTryInMs, err.message);
         // Powers of two: the first failures at once, then ever more rarely while it stays unreachable.
         if (t.bootstrap && (t.attempts & (t.attempts - 1)) === 0) {
-          this.onBootstrapUnreachable({ address: t.addrs.map((a) => a.toString()).join(' '), attempts: t.attempts, nextTryInMs, error: err.message });
+          const error = errorChainText(err);
+          this.onBootstrapUnreachable({ address: t.addrs.map((a) => a.toString()).join(' '), attempts: t.attempts, nextTryInMs, error: err.message, likelyCause: bootstrapFailureCause(error) });
         }
       })
       .finally(() => {

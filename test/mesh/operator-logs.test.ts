@@ -1,7 +1,7 @@
 /**
  * What operators read in the peers' logs (warn level and above, as `--log-level warn` shows them) during
  * routine maintenance: a bootstrap site stopped for a while is no warning at peers that are in the mesh
- * through others (it said "is the address right ... the same swarm key?" at every retry, black-box helper 40).
+ * through others (it warned "cannot reach a bootstrap peer" at every retry, black-box helper 40).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
