@@ -235,4 +235,7 @@ test('dead records of a site that answers at the same DICOM address under a new 
   ];
   // Only an alive successor at the same site and address supersedes; a suspect one or another address does not.
   assert.deepEqual([...supersededMembers(members)].sort(), ['b-1', 'b-2']);
+  // None alive there (restored twice, then down): the record heard last stays, the older ones go.
+  const heardAt = (peerId: string, lastHeardAtMs: number) => ({ ...at(peerId, 'site-e', '10.0.0.5:104', 'dead'), lastHeardAtMs });
+  assert.deepEqual([...supersededMembers([heardAt('e-1', 100), heardAt('e-3', 300), heardAt('e-2', 200)])].sort(), ['e-1', 'e-2']);
 });

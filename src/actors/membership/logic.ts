@@ -251,12 +251,20 @@ function compareVersion(
 
 /**
  * Dead records whose site now answers at the same DICOM address under another, alive PeerId (a site
- * restored on an empty disk gets a new identity): the table keeps them to fence stale heartbeats, but an
- * operator's view (/api/mesh) leaves them out, or each restore would add a dead member for good.
+ * restored on an empty disk gets a new identity), or, with none alive there, all but the one heard last:
+ * the table keeps them to fence stale heartbeats, but an operator's view (/api/mesh) leaves them out, or
+ * each restore would add a dead member for good (a site restored twice, then down, was listed three times).
  */
 export function supersededMembers(members: readonly MemberRecord[]): Set<string> {
-  const aliveAt = new Set(members.filter((m) => m.status === 'alive').map((m) => `${m.siteName}\n${m.addresses.dicom}`));
-  return new Set(members.filter((m) => m.status === 'dead' && aliveAt.has(`${m.siteName}\n${m.addresses.dicom}`)).map((m) => m.peerId));
+  const placeOf = (m: MemberRecord): string => `${m.siteName}\n${m.addresses.dicom}`;
+  const aliveAt = new Set(members.filter((m) => m.status === 'alive').map(placeOf));
+  const lastDeadAt = new Map<string, MemberRecord>();
+  for (const m of members) {
+    if (m.status !== 'dead') continue;
+    const last = lastDeadAt.get(placeOf(m));
+    if (last === undefined || m.lastHeardAtMs > last.lastHeardAtMs) lastDeadAt.set(placeOf(m), m);
+  }
+  return new Set(members.filter((m) => m.status === 'dead' && (aliveAt.has(placeOf(m)) || lastDeadAt.get(placeOf(m)) !== m)).map((m) => m.peerId));
 }
 
 /** Keeps the table within membersMax by forgetting the longest-dead records (they fence stale heartbeats). */
