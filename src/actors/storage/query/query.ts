@@ -724,8 +724,8 @@ async function respond(
   const wholeStored = attributesByTag(whole.latest!);
   const narrowed = await narrowToMatchedPatients(level, keys, whole, wholeStored.get(Tags.SpecificCharacterSet)?.value, upper);
   if (narrowed === null) return undefined;
-  let aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
-  let countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
+  const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
+  const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
   let stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
   let matched = matchesStoredKeys(keys, stored, aggregate);
   const partLevel = level === 'STUDY' || level === 'SERIES' ? level : undefined;
@@ -733,7 +733,9 @@ async function respond(
   if (!matched && narrowed === undefined && partLevel !== undefined && parts.size >= 2) {
     // A study or series filed under several PatientIDs matches by any one patient's part too (its own
     // newest instance's attributes): `RA^ALPHA` finds the study whose later instances are RB's (black-box
-    // helper 39; Orthanc lists it under each patient). The first part that matches answers.
+    // helper 39; Orthanc lists it under each patient). The first part that matches answers with its
+    // attributes; the counts stay the whole entity's, what a retrieve with the same keys (no PatientID)
+    // delivers.
     const newestPart = normalizeIdentifierText(whole.latest!.patientId);
     for (const [patientId, patients] of [...parts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       if (patientId === newestPart) continue;
@@ -742,7 +744,6 @@ async function respond(
       const partStored = attributesByTag(part.latest);
       if (!matchesStoredKeys(keys, partStored, part)) continue;
       [stored, matched] = [partStored, true];
-      if (root === 'PATIENT') [aggregate, countedPatients] = [part, patients];
       break;
     }
   }
