@@ -328,8 +328,8 @@ export function dateIndexForms(storedValue: string | undefined): string[] {
   return [...new Set(storedValuesOf('DA', storedValue).flatMap((value) => storedInstant('DA', value) ?? []))];
 }
 
-/** The text before a key's first wildcard (the whole key without one); undefined when that is empty. */
-function literalPrefixes(keys: readonly string[]): string[] | undefined {
+/** The text before each key's first wildcard (the whole key without one); undefined when one is empty. */
+export function literalPrefixes(keys: readonly string[]): string[] | undefined {
   const prefixes = keys.map((key) => key.slice(0, key.search(/[*?]|$/)));
   return prefixes.every((prefix) => prefix !== '') ? prefixes : undefined;
 }

@@ -91,7 +91,7 @@ import {
   type QueryLevel,
   type QueryRoot,
 } from './attribute-levels.ts';
-import { compileKeyMatcher, normalizeValue, splitValues, type ValueMatcher } from './matching.ts';
+import { compileKeyMatcher, literalPrefixes, normalizeValue, splitValues, type ValueMatcher } from './matching.ts';
 import { splitValueBytes } from '../../../codec/character-sets.ts';
 import {
   COMPUTED_ATTRIBUTES,
@@ -417,8 +417,8 @@ function identifierLiteralStarts(key: CompiledKey | undefined): string[] | undef
   if (!key || !key.isMatching || key.matcher.type !== 'wildcard' || key.element.value === undefined) return undefined;
   const { vr, value } = key.element;
   if (!/^[ -~]*$/.test(value)) return undefined;
-  const starts = splitValues(vr, normalizeValue(vr, value)).map((item) => item.slice(0, item.search(/[*?]|$/)));
-  return starts.every((start) => start !== '') ? [...new Set(starts)] : undefined;
+  const starts = literalPrefixes(splitValues(vr, normalizeValue(vr, value)));
+  return starts && [...new Set(starts)];
 }
 
 function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolean): Plan {
@@ -729,8 +729,9 @@ async function respond(
   let stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
   let matched = matchesStoredKeys(keys, stored, aggregate);
   const partLevel = level === 'STUDY' || level === 'SERIES' ? level : undefined;
-  const parts = partLevel === undefined ? new Map<string, Set<string>>() : patientParts(whole);
-  if (!matched && narrowed === undefined && partLevel !== undefined && parts.size >= 2) {
+  // Only for an entity that did not match, and only if it holds instances of several patients.
+  const parts = matched || narrowed !== undefined || partLevel === undefined || whole.patientIds.size < 2 ? undefined : patientParts(whole);
+  if (partLevel !== undefined && parts !== undefined && parts.size >= 2) {
     // A study or series filed under several PatientIDs matches by any one patient's part too (its own
     // newest instance's attributes): `RA^ALPHA` finds the study whose later instances are RB's (black-box
     // helper 39; Orthanc lists it under each patient). The first part that matches answers with its
