@@ -319,25 +319,26 @@ class Reconnector {
   }
 
   addBootstrap(ma: Multiaddr): void {
+    this.addAddressTarget(ma, true);
+  }
+
+  /**
+   * A target dialled by its address: a --bootstrap one (kept for good), or a learnt peer's after its
+   * identity changed (dials whoever answers there; evictable like other learnt targets).
+   */
+  private addAddressTarget(ma: Multiaddr, bootstrap: boolean): void {
     const peerId = peerIdOf(ma);
     // The same --bootstrap list given to every site names each site itself too: nothing to dial there.
     if (peerId === this.selfPeerId) return;
     const key = peerId ?? ma.toString();
     const existing = this.targets.get(key);
     if (existing !== undefined) {
-      existing.bootstrap = true;
+      existing.bootstrap ||= bootstrap;
       if (!existing.addrs.some((a) => a.equals(ma))) existing.addrs.push(ma);
       return;
     }
-    this.targets.set(key, { key, peerId, addrs: [ma], bootstrap: true, attempts: 0, nextAt: 0, dialing: false, lastSeen: 0 });
-  }
-
-  /** An address to dial whoever answers there (a learnt peer's, after its identity changed); evictable. */
-  private addAddress(ma: Multiaddr): void {
-    const key = ma.toString();
-    if (this.targets.has(key)) return;
-    this.targets.set(key, { key, peerId: undefined, addrs: [ma], bootstrap: false, attempts: 0, nextAt: 0, dialing: false, lastSeen: performance.now() });
-    this.evict();
+    this.targets.set(key, { key, peerId, addrs: [ma], bootstrap, attempts: 0, nextAt: 0, dialing: false, lastSeen: bootstrap ? 0 : performance.now() });
+    if (!bootstrap) this.evict();
   }
 
   addPeer(peerId: string, addrs: Multiaddr[] = []): void {
@@ -493,7 +494,7 @@ class Reconnector {
         this.addBootstrap(bare);
       } else {
         this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), t.peerId);
-        this.addAddress(bare);
+        this.addAddressTarget(bare, false);
       }
     }
     this.scheduleWithin(0);
