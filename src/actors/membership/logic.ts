@@ -202,7 +202,7 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   // restore): its last heartbeats linger in gossip caches, and one relayed to us made it look alive for a
   // few seconds, a member to send repair exchanges to that would never answer.
   const c = state.config;
-  if (c.addresses.dicom !== '' && hb.siteName === c.siteName && hb.addresses.dicom === c.addresses.dicom) return { state, effects: [] };
+  if (hb.siteName === c.siteName && hb.addresses.dicom === c.addresses.dicom) return { state, effects: [] };
   const known = state.members.get(hb.peerId);
   // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
   if (known && compareVersion(hb, known) <= 0) return { state, effects: [] };
