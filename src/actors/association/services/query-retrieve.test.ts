@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
-import { TransferSyntax } from '../../../codec/dicom-types.ts';
+import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
 import { parseQueryIdentifier, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
@@ -24,26 +24,30 @@ async function withEmptyStore<T>(use: (store: ReplicaStore) => Promise<T>): Prom
   }
 }
 
+/** A Study Root request at STUDY level with `keys` (implicit VR LE), its responses collected in `sent`. */
+function studyRootRequest(command: DimseCommand, keys: DicomElement[], sent: DimseCommand[]) {
+  return {
+    root: 'STUDY' as const,
+    transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian,
+    command,
+    identifier: encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, ...keys], TransferSyntax.ImplicitVrLittleEndian),
+    send: async (rsp: DimseCommand) => void sent.push(rsp),
+    isCancelled: () => false,
+    retrieveAeTitle: 'PACSMESH',
+  };
+}
+
 function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
   return withEmptyStore(async (store) => {
     const sent: DimseCommand[] = [];
-    const identifier = encodeDataset(
-      [
-        { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-        { tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.5' },
-      ],
-      TransferSyntax.ImplicitVrLittleEndian,
-    );
     await runRetrieve(
       {
+        ...studyRootRequest(
+          { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
+          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.5' }],
+          sent,
+        ),
         kind: 'get',
-        root: 'STUDY',
-        transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian,
-        command: { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
-        identifier,
-        send: async (rsp) => void sent.push(rsp),
-        isCancelled: () => false,
-        retrieveAeTitle: 'PACSMESH',
         callingAeTitle: 'VIEWER',
         openTarget: () => Promise.reject(new Error('no sub-operation expected')),
       },
@@ -73,20 +77,8 @@ test('a search the mesh says the catalog cannot answer yet (a site just restored
   await withEmptyStore(async (store) => {
     const find = async (refusal: string | undefined): Promise<DimseCommand[]> => {
       const sent: DimseCommand[] = [];
-      const identifier = encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.PatientName, vr: 'PN', value: 'DOE*' }], TransferSyntax.ImplicitVrLittleEndian);
-      await runFind(
-        {
-          root: 'STUDY',
-          transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian,
-          command: { commandField: CommandField.CFindRq, messageId: 3, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.1', hasDataSet: true },
-          identifier,
-          send: async (rsp) => void sent.push(rsp),
-          isCancelled: () => false,
-          retrieveAeTitle: 'PACSMESH',
-        },
-        store,
-        { searchRefusal: () => refusal },
-      );
+      const command: DimseCommand = { commandField: CommandField.CFindRq, messageId: 3, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.1', hasDataSet: true };
+      await runFind(studyRootRequest(command, [{ tag: Tags.PatientName, vr: 'PN', value: 'DOE*' }], sent), store, { searchRefusal: () => refusal });
       return sent;
     };
     const refused = await find('refilling: 0 of 12 instances here: retry');
