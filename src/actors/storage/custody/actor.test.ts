@@ -283,6 +283,21 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     await waitFor('stats show no debt', () => a.custody.stats().debtEntries === 0);
   });
 
+  it('a --write-quorum above the sites known is a warning at start, and again when the operator forgets a site', { timeout: 20_000 }, async () => {
+    const mesh = new TestMesh(2);
+    meshes.push(mesh);
+    const lines: string[] = [];
+    const warning = (l: string) => l.startsWith('--write-quorum is above the sites this peer knows of');
+    const a = await mesh.start('site-a', undefined, loggingTo(lines));
+    assert.equal(lines.filter(warning).length, 1, 'a lone site with write quorum 2 is told at start');
+    await mesh.start('site-b');
+    await mesh.connected('site-a', 'site-b');
+    await waitFor('site-b known at site-a', () => a.custody.knownSites().some((k) => k.site === 'site-b'));
+    await mesh.stop('site-b');
+    await waitFor('site-b dead at site-a', () => a.custody.forgetSite('site-b').outcome === 'forgotten');
+    await waitFor('warned again', () => lines.filter(warning).length === 2);
+  });
+
   it('a restarted site owes copies to the sites it knew, before it hears from them again', { timeout: 25_000 }, async () => {
     const first = new TestMesh('auto');
     meshes.push(first);

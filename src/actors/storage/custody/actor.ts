@@ -49,7 +49,7 @@ import {
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { createDigest, digestAdd } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, holdsNothingMore, initCustody, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, holdsNothingMore, initCustody, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry } from './messages.ts';
 
 export interface CustodyStats {
@@ -287,7 +287,18 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const knownSites = await store.listKnownSites((key) => damagedSites.push(key));
     if (damagedSites.length > 0) log.warn('damaged known-site records skipped (those sites are learnt again when heard from)', { keys: damagedSites.slice(0, 10) });
     log.info('custody loaded', { instances: digest.size, debtEntries: debt.length, knownSites: knownSites.map((k) => k.siteName) });
-    return initCustody(config, { digest, debt, knownSites });
+    const state = initCustody(config, { digest, debt, knownSites });
+    warnIfWriteQuorumAboveSitesKnown(sitesKnown(state));
+    return state;
+  }
+
+  // Every store's 0xA700 says so too; this line tells the operator before the first modality does.
+  function warnIfWriteQuorumAboveSitesKnown(sitesKnownCount: number): void {
+    if (!writeQuorumAboveSitesKnown(config, sitesKnownCount)) return;
+    log.warn('--write-quorum is above the sites this peer knows of: every C-STORE is answered 0xA700 until that many sites are alive (start the other sites, or lower --write-quorum)', {
+      writeQuorum: config.writeQuorum,
+      sitesKnown: sitesKnownCount,
+    });
   }
 
   function publishStats(state: CustodyState): void {
@@ -337,6 +348,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         case 'persistKnownSites':
           for (const siteName of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: siteName });
           for (const siteName of e.learnt) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: siteName });
+          if (e.forgotten.length > 0) warnIfWriteQuorumAboveSitesKnown(e.sitesKnown);
           // A lost write only means the site is learnt again from its next heartbeat after a restart.
           track(store.updateKnownSites(e.seen, e.forgotten).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
           break;

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 
 const config: CustodyConfig = {
@@ -137,6 +137,7 @@ test('a restarted peer owes copies to the sites it knew before it hears from the
       seen: [{ siteName: 'site-b', lastHeardMs: 10 }, { siteName: 'site-c', lastHeardMs: 10 }],
       learnt: ['site-b', 'site-c'],
       forgotten: [],
+      sitesKnown: 3,
     },
   ]);
   s = learnt.state;
@@ -263,7 +264,7 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   const forgot = run(alive.state, { type: 'forgetSiteRequested', siteName: 'site-b', nowMs: 5 });
   assert.deepEqual(forgot.effects, [
     { type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-b' },
-    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: ['site-b'] },
+    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: ['site-b'], sitesKnown: 2 },
   ]);
   assert.equal(forgot.state.debt.size, 0);
   assert.deepEqual([...forgot.state.knownSites.keys()], ['site-c']);
@@ -277,6 +278,13 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   assert.deepEqual([...s.knownSites.keys()].sort(), ['site-b', 'site-c']);
 });
 
+test('an explicit write quorum above the sites known is flagged; auto never is', () => {
+  assert.equal(writeQuorumAboveSitesKnown({ ...config, writeQuorum: 3 }, 2), true);
+  assert.equal(writeQuorumAboveSitesKnown({ ...config, writeQuorum: 3 }, 3), false);
+  assert.equal(writeQuorumAboveSitesKnown({ ...config, writeQuorum: 1 }, 1), false);
+  assert.equal(writeQuorumAboveSitesKnown({ ...config, writeQuorum: 'auto' }, 1), false);
+});
+
 test('beyond knownSitesMax the site silent for longest is forgotten', () => {
   let s = initCustody(config, {
     digest: createDigest(),
@@ -285,7 +293,7 @@ test('beyond knownSitesMax the site silent for longest is forgotten', () => {
   });
   const learnt = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-f')], nowMs: 200 });
   assert.deepEqual(learnt.effects.filter((e) => e.type === 'persistKnownSites'), [
-    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], learnt: ['site-f'], forgotten: ['site-b'] },
+    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], learnt: ['site-f'], forgotten: ['site-b'], sitesKnown: 5 },
   ]);
   s = learnt.state;
   assert.deepEqual([...s.knownSites.keys()].sort(), ['site-c', 'site-d', 'site-e', 'site-f']);

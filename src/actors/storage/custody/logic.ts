@@ -157,6 +157,16 @@ export function effectiveWriteQuorum(config: CustodyConfig, aliveSiteCount: numb
   return Math.max(1, config.writeQuorum);
 }
 
+/** The sites this peer knows of, itself included. */
+export function sitesKnown(state: CustodyState): number {
+  return state.knownSites.size + 1;
+}
+
+/** True when an explicit --write-quorum asks for more sites than are known: every store is refused until that many are alive. */
+export function writeQuorumAboveSitesKnown(config: CustodyConfig, sitesKnownCount: number): boolean {
+  return config.writeQuorum !== 'auto' && config.writeQuorum > sitesKnownCount;
+}
+
 export function stepCustody(state: CustodyState, input: CustodyInput): CustodyStep {
   const effects: CustodyEffect[] = [];
   switch (input.type) {
@@ -195,7 +205,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     case 'forgetSiteRequested':
       if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
         forgetSites(state, [input.siteName], input.nowMs, effects);
-        effects.push({ type: 'persistKnownSites', seen: [], learnt: [], forgotten: [input.siteName] });
+        effects.push({ type: 'persistKnownSites', seen: [], learnt: [], forgotten: [input.siteName], sitesKnown: sitesKnown(state) });
       }
       break;
     case 'fetchFailed':
@@ -252,7 +262,7 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     seen.push({ siteName, lastHeardMs });
   }
   const forgotten = forgetSilentSites(state, nowMs, effects);
-  if (seen.length > 0 || forgotten.length > 0) effects.push({ type: 'persistKnownSites', seen, learnt, forgotten });
+  if (seen.length > 0 || forgotten.length > 0) effects.push({ type: 'persistKnownSites', seen, learnt, forgotten, sitesKnown: sitesKnown(state) });
 }
 
 /**

@@ -170,6 +170,8 @@ export type CustodyEffect =
       /** Those of `seen` not known before (for the log). */
       readonly learnt: readonly string[];
       readonly forgotten: readonly string[];
+      /** Sites known after the change, this one included (a forgotten site may leave a --write-quorum out of reach). */
+      readonly sitesKnown: number;
     }
   | { readonly type: 'removeDebt'; readonly sopInstanceUid: string; readonly siteName: string }
   /** Stream the stored instance to a peer of another site; its custody answers with replicaAck. */
