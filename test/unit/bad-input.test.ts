@@ -5,15 +5,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { associateRqBytes as associateRq, openPeerClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { associateRqBytes as associateRq, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
-import { AbortReason, AbortSource, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
+import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
 import { Prng } from '../../src/sim/prng.ts';
+import { recordingLogger } from '../support/recording-logger.ts';
+import { waitFor } from '../support/wait.ts';
 
 const verification = '1.2.840.10008.1.1';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
@@ -368,4 +370,62 @@ test('an association that stays silent past the idle timeout is aborted, freeing
     assert.equal(await storedKeyCount(idlePeer), keysBefore, what);
   }
   assert.ok(await echoWorks(idlePeer), 'the slot is free again');
+});
+
+test('a C-GET requestor that stops answering its sub-operations, or stops reading, is aborted after the idle timeout, freeing its slot', async (t) => {
+  const logged: string[] = [];
+  const getPeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle-get', recordingLogger(logged));
+  t.after(() => getPeer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.78.1';
+  // 8 MiB: more than loopback's socket buffers hold, so a requestor that reads nothing blocks the write.
+  const filler = await openStoreClient(getPeer.dicomPort, 'FILLER', verification);
+  const stored = await filler.storeInstance({ rows: 2048, columns: 2048, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.1` });
+  assert.equal(stored.command.status, 0);
+  await filler.client.release();
+
+  const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
+  const rq = encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'HUNG',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [
+      { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+      { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
+  });
+  const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const request = [rq, ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)];
+
+  // Reads the C-STORE sub-operation, never answers it: before, each sub-operation waited 120 s.
+  const started = Date.now();
+  const { pdus, closedByPeer } = await exchange(getPeer.dicomPort, request, { waitMs: 10_000 });
+  assert.deepEqual([pdus[0]?.type, pdus.at(-1)?.type], ['associateAc', 'abort']);
+  assert.ok(closedByPeer);
+  assert.ok(Date.now() - started < 10_000);
+  assert.ok(await echoWorks(getPeer), 'the slot is free again');
+  await waitFor('the stopped C-GET logged', () => logged.includes('C-GET stopped: the association ended'), 5000);
+  assert.ok(!logged.includes('C-GET answered with a failure or warning'), 'nobody cancelled it, and nothing was answered');
+
+  // Never reads at all: the sub-operation's write blocks; before, the association held its slot for good.
+  const socket = connect({ host: '127.0.0.1', port: getPeer.dicomPort });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  socket.on('connect', () => {
+    socket.pause();
+    for (const chunk of request) socket.write(chunk);
+  });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await assert.rejects(echoWorks(getPeer), AssociationRejectedError, 'the only slot is taken while the C-GET runs');
+  // The slot is freed once the requestor has read nothing for the idle timeout.
+  await waitFor('the slot freed', () => echoWorks(getPeer).catch(() => false), 10_000, 250);
 });

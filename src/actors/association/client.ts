@@ -98,7 +98,7 @@ export class DicomClientAssociation {
     this.clock = init.clock ?? systemClock;
     this.timeoutMs = init.timeoutMs ?? 30_000;
     const connection = new DicomConnection(
-      { socket, limits: { ...defaultPduLimits, maxPDataBytes: (init.maxPduLength ?? 256 * 1024) + 64 }, maxUnprocessedBytes: 8 * 1024 * 1024 },
+      { socket, limits: { ...defaultPduLimits, maxPDataBytes: (init.maxPduLength ?? 256 * 1024) + 64 }, maxUnprocessedBytes: 8 * 1024 * 1024, nowMs: () => this.clock.nowMs() },
       {
         onPdus: (pdus, bytes) => {
           try {

@@ -32,6 +32,8 @@ export interface ConnectionInit {
   socket: Socket;
   limits: PduLimits;
   maxUnprocessedBytes: number;
+  /** Time for `lastWriteProgressMs` (the association's clock). */
+  nowMs: () => number;
 }
 
 export class DicomConnection {
@@ -39,6 +41,10 @@ export class DicomConnection {
   private unprocessedBytes = 0;
   private paused = false;
   private closed = false;
+  /** Writes waiting for the kernel buffer to drain: the peer is not reading (or is slow to). */
+  private writesWaiting = 0;
+  /** When a write last went into the kernel buffer, or the buffer last drained. */
+  private writeProgressMs: number;
   readonly remoteAddress: string;
 
   constructor(
@@ -46,6 +52,7 @@ export class DicomConnection {
     private readonly events: ConnectionEvents,
   ) {
     this.framer = new PduFramer(init.limits);
+    this.writeProgressMs = init.nowMs();
     const socket = init.socket;
     socket.setNoDelay(true);
     this.remoteAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
@@ -89,16 +96,31 @@ export class DicomConnection {
   /** Writes; resolves when the kernel buffer has room again, so senders cannot outrun the peer. */
   write(bytes: Uint8Array): Promise<void> {
     if (this.closed || this.init.socket.destroyed) return Promise.resolve();
-    if (this.init.socket.write(bytes)) return Promise.resolve();
+    const accepted = this.init.socket.write(bytes);
+    this.writeProgressMs = this.init.nowMs();
+    if (accepted) return Promise.resolve();
+    this.writesWaiting++;
     return new Promise((resolve) => {
       const done = () => {
         this.init.socket.off('drain', done);
         this.init.socket.off('close', done);
+        this.writesWaiting--;
+        this.writeProgressMs = this.init.nowMs();
         resolve();
       };
       this.init.socket.once('drain', done);
       this.init.socket.once('close', done);
     });
+  }
+
+  /** A write waits for the peer to read. */
+  get writeBlocked(): boolean {
+    return this.writesWaiting > 0;
+  }
+
+  /** When bytes last moved towards the peer (a write taken by the kernel, or its buffer drained). */
+  get lastWriteProgressMs(): number {
+    return this.writeProgressMs;
   }
 
   /** Half-close after flushing: the peer sees the end of the stream. */

@@ -10,7 +10,7 @@ import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
-import { negotiate, type NegotiatedContext, type NegotiationResult } from './negotiation.ts';
+import { negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { loadTranscoder, pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
 import { IncomingStore, storeResponse } from './services/store.ts';
@@ -18,13 +18,13 @@ import type { UlIndication } from './state-machine.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { TimerHandle } from '../runtime/clock.ts';
 
-/** Identifiers are small; a bigger one is refused rather than buffered. */
 /** A C-FIND/C-GET/C-MOVE identifier larger than this is refused (it is held whole in memory). */
 const maxIdentifierBytes = 1024 * 1024;
 /** Query/retrieve operations one association may run at once (no async window is negotiated, so 1 is normal). */
 const maxConcurrentTasks = 4;
-/** How long a C-GET sub-operation waits for the requestor's C-STORE-RSP. */
-const subOperationTimeoutMs = 120_000;
+
+const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE' };
+const serviceName = (kind: ServiceKind): string => serviceNames[kind];
 
 interface IdentifierBuffer {
   command: DimseCommand;
@@ -85,6 +85,7 @@ export class AcceptorSession {
         socket,
         limits: { maxPDataBytes: deps.config.maxPduLength + 64, maxAssociateBytes: 128 * 1024 },
         maxUnprocessedBytes: deps.maxUnprocessedBytes,
+        nowMs: () => deps.clock.nowMs(),
       },
       {
         onPdus: (pdus, bytes) => routeToActor.received(pdus, bytes),
@@ -141,7 +142,18 @@ export class AcceptorSession {
     // Not a C-STORE data set still arriving: the peer owes its bytes, and one that went silent mid-instance
     // (power or network lost) held its slot until the peer restarted; the half-received instance is discarded.
     if (silentMs < this.deps.idleTimeoutMs) return this.armIdleTimer(this.deps.idleTimeoutMs - silentMs);
-    if (this.tasks.size > 0) return this.armIdleTimer();
+    if (this.tasks.size > 0) {
+      // Waiting on the requestor (a C-GET sub-operation it has not answered, responses it does not read):
+      // it must make progress, or a hung viewer holds its slot for good (helper 42). Otherwise the work is
+      // ours (a long search, a pull from another site), and the requestor may rightly say nothing.
+      const waitingOnRequestor = this.subOperationWaiters.size > 0 || this.connection.writeBlocked;
+      if (!waitingOnRequestor) return this.armIdleTimer();
+      const stalledMs = this.deps.clock.nowMs() - Math.max(this.lastActivityMs, this.connection.lastWriteProgressMs);
+      if (stalledMs < this.deps.idleTimeoutMs) return this.armIdleTimer(this.deps.idleTimeoutMs - stalledMs);
+      const waitingFor = this.subOperationWaiters.size > 0 ? 'a C-STORE sub-operation answer' : 'the requestor to read our responses';
+      await this.abort(`no PDU and nothing read for ${this.deps.idleTimeoutMs} ms while waiting for ${waitingFor}`);
+      return;
+    }
     await this.abort(`no PDU for ${this.deps.idleTimeoutMs} ms`);
   }
 
@@ -185,8 +197,11 @@ export class AcceptorSession {
   async abort(why: string): Promise<void> {
     this.log.warn('aborting association', { why });
     if (this.core.machine.state !== 'Sta1' && this.core.machine.state !== 'Sta13') this.core.abort(AbortReason.NotSpecified);
-    await this.terminate();
+    // Closed before the operations are awaited: one blocked writing to a requestor that reads nothing
+    // only returns once the socket closes.
+    const terminated = this.terminate();
     this.connection.close();
+    await terminated;
   }
 
   private async drain(): Promise<void> {
@@ -376,8 +391,15 @@ export class AcceptorSession {
     const task: Task = { cancelled: false, done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => {
       // The client sees the status; the operator sees it here (a C-MOVE whose destination is down, say).
+      if (this.ended && rsp.status !== undefined && !isPendingStatus(rsp.status)) {
+        // Aborted, or its connection closed: nobody reads this answer, and no C-CANCEL asked for it.
+        this.log.info(`${serviceName(context.service)} stopped: the association ended`, {
+          ...(rsp.failedSubOperations !== undefined ? { completed: rsp.completedSubOperations, failed: rsp.failedSubOperations, remaining: rsp.remainingSubOperations } : {}),
+        });
+        return this.send(presentationContextId, rsp, dataSet);
+      }
       if (rsp.status !== undefined && rsp.status !== Status.Success && !isPendingStatus(rsp.status)) {
-        this.log.warn(`${context.service === 'find' ? 'C-FIND' : context.service === 'get' ? 'C-GET' : 'C-MOVE'} answered with a failure or warning`, {
+        this.log.warn(`${serviceName(context.service)} answered with a failure or warning`, {
           status: `0x${rsp.status.toString(16)}`,
           errorComment: rsp.errorComment,
           ...(context.service === 'move' ? { moveDestination: command.moveDestination } : {}),
@@ -431,19 +453,11 @@ export class AcceptorSession {
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         const messageId = this.core.allocateMessageId();
-        let timer: TimerHandle | undefined;
-        const answered = new Promise<number>((resolve) => {
-          this.subOperationWaiters.set(messageId, { resolve });
-          timer = this.deps.clock.setTimeout(() => {
-            if (this.subOperationWaiters.delete(messageId)) resolve(Status.UnableToProcess);
-          }, subOperationTimeoutMs);
-        });
-        try {
-          await this.send(presentationContextId, { ...command, messageId }, dataSet);
-          return await answered;
-        } finally {
-          this.deps.clock.clearTimeout(timer);
-        }
+        // Answered by the requestor's C-STORE-RSP, or UnableToProcess when the association ends (the idle
+        // rule aborts it when the requestor neither answers nor reads).
+        const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
+        await this.send(presentationContextId, { ...command, messageId }, dataSet);
+        return await answered;
       },
       close: async () => undefined,
     };
