@@ -206,7 +206,7 @@ export function encodeCommand(command: DimseCommand): Uint8Array {
   putUs(field.priority, command.priority);
   putUs(field.commandDataSetType, command.hasDataSet ? 0x0000 : NoDataSet);
   putUs(field.status, command.status);
-  putText(field.errorComment, command.errorComment?.slice(0, 64), 0x20);
+  putText(field.errorComment, command.errorComment === undefined ? undefined : errorCommentValue(command.errorComment), 0x20);
   putText(field.affectedSopInstanceUid, command.affectedSopInstanceUid, 0);
   putText(field.requestedSopInstanceUid, command.requestedSopInstanceUid, 0);
   putUs(field.remaining, command.remainingSubOperations);
@@ -234,6 +234,15 @@ export function encodeCommand(command: DimseCommand): Uint8Array {
     offset += value.length;
   }
   return out;
+}
+
+/**
+ * Error Comment is one LO value in the default repertoire (the command set has no character set): a
+ * backslash from a request (`STUDY\SERIES`) would split it into two values, and other bytes would be
+ * read as whatever the receiver guesses. Both become stand-ins, and the value keeps LO's 64 characters.
+ */
+export function errorCommentValue(text: string): string {
+  return text.replace(/\\/g, '/').replace(/[^\x20-\x7e]/g, '?').slice(0, 64);
 }
 
 /** The response command field for a request command field (bit 15 set, PS3.7 E.1). */
