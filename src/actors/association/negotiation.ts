@@ -117,9 +117,12 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
   const answers: AcceptedPresentationContext[] = [];
   const seenIds = new Set<number>();
   for (const pc of rq.presentationContexts) {
-    // PS3.8 9.3.2.2: IDs are odd and unique; a broken one is answered as rejected rather than aborting all.
-    const badId = pc.id % 2 === 0 || seenIds.has(pc.id);
+    // PS3.8 9.3.2.2: IDs are odd and unique. A repeated one gets no second answer (two items with one ID
+    // leave the requestor unable to tell which is which: helper 42); an even one is answered as rejected
+    // rather than aborting all.
+    if (seenIds.has(pc.id)) continue;
     seenIds.add(pc.id);
+    const badId = pc.id % 2 === 0;
     const service = serviceOf(pc.abstractSyntaxUid);
     if (badId || !service) {
       answers.push({ id: pc.id, result: badId ? PresentationContextResult.NoReason : PresentationContextResult.AbstractSyntaxNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
@@ -135,9 +138,11 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
     contexts.set(pc.id, { id: pc.id, abstractSyntaxUid: pc.abstractSyntaxUid, transferSyntaxUid, service: service.kind, root: service.root, requestorIsScp });
     answers.push({ id: pc.id, result: PresentationContextResult.Acceptance, transferSyntaxUid });
   }
+  const acceptedClasses = new Set([...contexts.values()].map((c) => c.abstractSyntaxUid));
   for (const role of proposedRoles.values()) {
-    // We accept the roles proposed for storage classes (C-GET needs the requestor as storage SCP).
-    if (isStorageSopClass(role.sopClassUid)) acceptedRoles.push({ sopClassUid: role.sopClassUid, scuRole: role.scuRole, scpRole: role.scpRole });
+    // We accept the roles proposed for storage classes (C-GET needs the requestor as storage SCP), and
+    // answer only for classes of an accepted context (PS3.7 D.3.3.4).
+    if (isStorageSopClass(role.sopClassUid) && acceptedClasses.has(role.sopClassUid)) acceptedRoles.push({ sopClassUid: role.sopClassUid, scuRole: role.scuRole, scpRole: role.scpRole });
   }
   const ac: AssociateAcPdu = {
     type: 'associateAc',

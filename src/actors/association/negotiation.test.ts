@@ -1,0 +1,57 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DicomApplicationContext, type AssociateRqPdu } from '../../codec/pdu.ts';
+import { negotiate, SopClass } from './negotiation.ts';
+
+const ct = '1.2.840.10008.5.1.4.1.1.2';
+const mr = '1.2.840.10008.5.1.4.1.1.4';
+const explicitLe = '1.2.840.10008.1.2.1';
+const config = { aeTitle: 'PACSMESH', maxPduLength: 262144, implementationClassUid: '1.2.3', implementationVersionName: 'TEST' };
+
+function request(presentationContexts: AssociateRqPdu['presentationContexts'], roleSelections: AssociateRqPdu['userInformation']['roleSelections'] = []): AssociateRqPdu {
+  return {
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'VIEWER',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts,
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3.4', roleSelections },
+  };
+}
+
+test('a repeated presentation context ID is answered once (the first proposal), an even one as rejected', () => {
+  const result = negotiate(
+    request([
+      { id: 1, abstractSyntaxUid: SopClass.Verification, transferSyntaxUids: [explicitLe] },
+      { id: 1, abstractSyntaxUid: ct, transferSyntaxUids: [explicitLe] },
+      { id: 2, abstractSyntaxUid: ct, transferSyntaxUids: [explicitLe] },
+      { id: 3, abstractSyntaxUid: ct, transferSyntaxUids: [explicitLe] },
+    ]),
+    config,
+  );
+  assert.equal(result.outcome, 'accept');
+  if (result.outcome !== 'accept') return;
+  assert.deepEqual(result.ac.presentationContexts.map((pc) => [pc.id, pc.result]), [[1, 0], [2, 2], [3, 0]]);
+  assert.deepEqual([...result.contexts.values()].map((c) => [c.id, c.service]), [[1, 'verification'], [3, 'storage']]);
+});
+
+test('role selections are answered only for storage classes of an accepted context', () => {
+  const result = negotiate(
+    request(
+      [
+        { id: 1, abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [explicitLe] },
+        { id: 3, abstractSyntaxUid: ct, transferSyntaxUids: [explicitLe] },
+      ],
+      [
+        { sopClassUid: ct, scuRole: false, scpRole: true },
+        { sopClassUid: mr, scuRole: false, scpRole: true },
+      ],
+    ),
+    config,
+  );
+  assert.equal(result.outcome, 'accept');
+  if (result.outcome !== 'accept') return;
+  assert.deepEqual(result.ac.userInformation.roleSelections, [{ sopClassUid: ct, scuRole: false, scpRole: true }]);
+  assert.equal(result.contexts.get(3)?.requestorIsScp, true);
+});
