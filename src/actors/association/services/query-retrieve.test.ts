@@ -9,7 +9,9 @@ import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
-import { parseQueryIdentifier, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { failedUidIdentifier, parseQueryIdentifier, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { parseDataset } from '../../../codec/dataset/reader.ts';
+import type { CatalogEntry } from '../../storage/catalog-types.ts';
 
 /** Runs `use` with a fresh, empty store, removed afterwards. */
 async function withEmptyStore<T>(use: (store: ReplicaStore) => Promise<T>): Promise<T> {
@@ -102,4 +104,47 @@ test('a key longer than 64 KiB (2,000 UIDs) is matched as sent, not as universal
   const parsed = parseQueryIdentifier('STUDY', identifier, TransferSyntax.ImplicitVrLittleEndian, () => ({ ok: true }));
   assert.ok(parsed.ok);
   assert.equal(parsed.request.keys.find((key) => key.tag === Tags.StudyInstanceUID)?.value, value);
+});
+
+test('1,200 failed sub-operations: the final response carries as many failed UIDs as explicit VR holds, and all counts', async () => {
+  const failedUids = Array.from({ length: 1200 }, (_, i) => `1.2.826.0.1.3680043.10.1453.99.${String(i).padStart(20, '0')}.${i}`);
+  for (const transferSyntaxUid of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian]) {
+    const sent: Array<{ rsp: DimseCommand; dataSet: Uint8Array | undefined }> = [];
+    await withEmptyStore((store) =>
+      runRetrieve(
+        {
+          ...studyRootRequest(
+            { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DOWN', hasDataSet: true },
+            [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.99' }],
+            [],
+          ),
+          transferSyntaxUid,
+          identifier: encodeDataset(
+            [
+              { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+              { tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.99' },
+            ],
+            transferSyntaxUid,
+          ),
+          send: async (rsp: DimseCommand, dataSet?: Uint8Array) => void sent.push({ rsp, dataSet }),
+          kind: 'move',
+          callingAeTitle: 'VIEWER',
+          openTarget: () => Promise.reject(new Error('connection refused')),
+        },
+        store,
+        { resolve: async () => ({ entries: failedUids.map((sopInstanceUid) => ({ sopInstanceUid }) as CatalogEntry), truncated: false }), ensureLocal: async (entry) => entry },
+      ),
+    );
+    assert.equal(sent.length, 1, transferSyntaxUid);
+    const { rsp, dataSet } = sent[0]!;
+    assert.equal(rsp.status, Status.OutOfResourcesSubOps);
+    assert.equal(rsp.failedSubOperations, 1200);
+    const list = parseDataset(dataSet!, transferSyntaxUid, { maxValueBytes: 1 << 20 }).elements.find((e) => e.tag === 0x00080058)!.value!.split('\\');
+    if (transferSyntaxUid === TransferSyntax.ImplicitVrLittleEndian) assert.deepEqual(list, failedUids);
+    else {
+      assert.ok(list.length > 1100 && list.length < 1200, `${list.length} UIDs listed`);
+      assert.deepEqual(list, failedUids.slice(0, list.length));
+    }
+  }
+  assert.equal(failedUidIdentifier({ failedUids: [] }, TransferSyntax.ExplicitVrLittleEndian), undefined);
 });

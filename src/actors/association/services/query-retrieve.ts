@@ -166,9 +166,27 @@ function retrieveResponse(ctx: RetrieveContext, status: number, counts?: SubOper
   };
 }
 
-function failedUidIdentifier(counts: SubOperationCounts, transferSyntaxUid: string): Uint8Array | undefined {
+/** Explicit VR gives UI a 16-bit length (even): about 1,150 UIDs. */
+const explicitVrUiBytesMax = 65534;
+
+/**
+ * The Failed SOP Instance UID List, as many UIDs as its one value can hold in the identifier's syntax (the
+ * counts say how many failed). A longer list could not be encoded in explicit VR, and the final response
+ * was lost: a C-MOVE of 1,200 instances to a destination that is down ended in an abort (helper 43).
+ */
+export function failedUidIdentifier(counts: Pick<SubOperationCounts, 'failedUids'>, transferSyntaxUid: string): Uint8Array | undefined {
   if (counts.failedUids.length === 0) return undefined;
-  return encodeDataset([{ tag: failedSopInstanceUidListTag, vr: 'UI', value: counts.failedUids.join('\\') }], transferSyntaxUid);
+  const bytesMax = transferSyntaxUid === TransferSyntax.ImplicitVrLittleEndian ? Number.POSITIVE_INFINITY : explicitVrUiBytesMax;
+  let bytes = -1;
+  let listed = 0;
+  for (const uid of counts.failedUids) {
+    // Each UID and its backslash; UIDs are ASCII, and an odd total gets one byte of padding.
+    const next = bytes + 1 + uid.length;
+    if (next + (next % 2) > bytesMax) break;
+    bytes = next;
+    listed++;
+  }
+  return encodeDataset([{ tag: failedSopInstanceUidListTag, vr: 'UI', value: counts.failedUids.slice(0, listed).join('\\') }], transferSyntaxUid);
 }
 
 export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, source: RetrieveSource): Promise<void> {
