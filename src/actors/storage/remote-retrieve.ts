@@ -81,7 +81,8 @@ export interface ResolveResult {
 export interface RemoteRetrieve {
   /**
    * The local entry of an instance, pulling it from an alive peer first when it is not here yet.
-   * undefined when no alive peer has it.
+   * undefined when no alive peer has it, or when, given the entry a peer matched, the copy here or the
+   * one pulled holds other bytes (a UID conflict).
    */
   ensureLocal(entryOrUid: CatalogEntry | string, options?: { signal?: AbortSignal }): Promise<CatalogEntry | undefined>;
   /**
@@ -146,14 +147,27 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
   return {
     async ensureLocal(entryOrUid, options = {}) {
       const uid = typeof entryOrUid === 'string' ? entryOrUid : entryOrUid.sopInstanceUid;
-      const local = await store.getEntry(uid);
-      if (local !== undefined) return local;
-      let running = pulls.get(uid);
-      if (running === undefined) {
-        running = pull(uid, signalOf(options.signal)).finally(() => pulls.delete(uid));
-        pulls.set(uid, running);
+      let local = await store.getEntry(uid);
+      if (local === undefined) {
+        let running = pulls.get(uid);
+        if (running === undefined) {
+          running = pull(uid, signalOf(options.signal)).finally(() => pulls.delete(uid));
+          pulls.set(uid, running);
+        }
+        local = await running;
       }
-      return running;
+      // Two instances sent under one UID (a UID conflict): the copy here, or the one pulled, may be another
+      // instance than the one a peer matched, of another study or patient. Sending it would answer a
+      // retrieve with the wrong image (helper 43); the sub-operation fails instead.
+      if (local !== undefined && typeof entryOrUid !== 'string' && local.sha256 !== entryOrUid.sha256) {
+        log.warn('retrieve: this site holds other bytes under a matched SOP Instance UID (a UID conflict): that sub-operation fails', {
+          sopInstanceUid: uid,
+          studyInstanceUid: entryOrUid.studyInstanceUid,
+          heldStudyInstanceUid: local.studyInstanceUid,
+        });
+        return undefined;
+      }
+      return local;
     },
 
     async repairCopy(corrupt) {

@@ -433,6 +433,12 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.equal(linesB.filter((l) => conflictLine.test(l)).length, 1);
     assert.deepEqual(await readAll(back.store, (await back.store.getEntry(uid))!), first);
     assert.deepEqual(await readAll(b.store, (await b.store.getEntry(uid))!), second);
+    // A retrieve at site-a that matched site-b's instance (another study, perhaps another patient) must not
+    // send site-a's bytes under that UID: the sub-operation fails instead (helper 43: Success, wrong patient).
+    const matchedAtB = (await b.store.getEntry(uid))!;
+    assert.equal(await back.custody.retrieve.ensureLocal(matchedAtB), undefined);
+    assert.ok(linesA.some((l) => /holds other bytes under a matched SOP Instance UID/.test(l)));
+    assert.equal((await back.custody.retrieve.ensureLocal((await back.store.getEntry(uid))!))?.sha256, createHash('sha256').update(first).digest('hex'));
   });
 
   it('a first load that fails is retried once custody restarts, instead of hanging the start', { timeout: 10_000 }, async () => {
