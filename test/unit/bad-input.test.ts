@@ -211,6 +211,20 @@ test('a data set cut off in the middle (connection dropped): nothing is stored, 
   assert.ok(await echoWorks(peer));
 });
 
+test('a data set of odd length (an odd-length value) is refused with 0xC000, nothing stored: no DICOM receiver could take it back', async () => {
+  const before = await storedKeyCount(peer);
+  const { dataSet, resolved } = dataSetOf({ rows: 16, columns: 16 });
+  // Pixel Data (explicit VR OW, last element) one byte shorter: a valid structure, an odd value.
+  const at = Buffer.from(dataSet).lastIndexOf(Buffer.from([0xe0, 0x7f, 0x10, 0x00]));
+  const odd = Buffer.from(dataSet.subarray(0, dataSet.length - 1));
+  odd.writeUInt32LE(odd.readUInt32LE(at + 8) - 1, at + 8);
+  const rsp = await storeRaw(odd, resolved.sopInstanceUid);
+  assert.equal(rsp.status, 0xc000);
+  assert.match(rsp.errorComment ?? '', /odd length/);
+  assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
+  assert.equal(await storedKeyCount(peer), before);
+});
+
 test('a data set fragment with no command before it: A-ABORT for that association only', async () => {
   const other = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }] });
   const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, false, Buffer.alloc(20), 16384)]);

@@ -44,6 +44,7 @@ export class IncomingStore {
   private readonly reader: DatasetHeaderReader | undefined;
   private readonly writer: InstanceWriter | undefined;
   private refusal: StoreResult | undefined;
+  private receivedBytes = 0;
 
   constructor(
     readonly command: DimseCommand,
@@ -72,6 +73,7 @@ export class IncomingStore {
   /** Feeds one fragment; awaits when the store applies back-pressure. */
   async push(data: Uint8Array): Promise<void> {
     if (this.refusal || !this.reader || !this.writer) return;
+    this.receivedBytes += data.length;
     try {
       this.reader.push(data);
     } catch (error) {
@@ -96,6 +98,12 @@ export class IncomingStore {
     } catch (error) {
       await this.writer.abort();
       return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+    }
+    if (this.receivedBytes % 2 === 1) {
+      // Values, and so data sets, are of even length (PS3.5 7.1), as is every PDV (PS3.8 E.2): DCMTK aborts
+      // on one, so a Success here would be an instance no viewer could retrieve (helper 44).
+      await this.writer.abort();
+      return { status: StoreFailure.CannotParse, errorComment: `data set of odd length (${this.receivedBytes} bytes): an odd value` };
     }
     const identity = identify(elements);
     const problem = this.checkIdentity(identity);
