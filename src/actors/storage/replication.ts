@@ -25,7 +25,8 @@
  * /pacs-mesh/query/1 (retrieve resolution at a peer, for retrieve-anywhere):
  *   C: {type:'retrieve', request, limit}     S: {type:'entries', entries}* then {type:'end', truncated} | refused
  *
- * Bounds: concurrent inbound streams per protocol (excess is refused with ERR_REPLICATION_BUSY, never queued),
+ * Bounds: concurrent inbound streams per protocol (excess is refused with ERR_REPLICATION_BUSY; only queries
+ * wait, briefly and in a bounded queue, for a slot first),
  * frame sizes, body length, and a deadline per stream. A malformed request is answered 'refused' and the
  * stream closed; nothing a peer sends can throw out of a handler.
  */
@@ -118,7 +119,7 @@ export const defaultReplicationLimits: ReplicationLimits = {
   batchCommitBytesInFlightMax: 4 * 1024 * 1024,
   inboundFetchesMax: 16,
   inboundCustodyMessagesMax: 32,
-  inboundQueriesMax: 4,
+  inboundQueriesMax: 16,
   queryEntriesMax: 100_000,
   custodyMessagesPerStreamMax: 64,
   transferTimeoutMs: 10 * 60_000,
@@ -440,16 +441,43 @@ function unexpected(what: string, answer: { type: string }): ReplicationError {
 // ---------------------------------------------------------------- server side
 
 /** A counter that refuses past its bound (no queue: a refused peer retries later). */
+/**
+ * Concurrent streams of one protocol. With `waitMs`, a stream over the limit waits (up to `waitersMax` of
+ * them, first come first served) that long for a slot before it is refused.
+ */
 class Slots {
   private used = 0;
-  constructor(private readonly max: number) {}
-  tryTake(): boolean {
-    if (this.used >= this.max) return false;
-    this.used++;
-    return true;
+  private readonly waiters: Array<(taken: boolean) => void> = [];
+  constructor(
+    private readonly max: number,
+    private readonly queue: { waitMs: number; waitersMax: number } = { waitMs: 0, waitersMax: 0 },
+  ) {}
+
+  take(): Promise<boolean> {
+    if (this.used < this.max) {
+      this.used++;
+      return Promise.resolve(true);
+    }
+    if (this.waiters.length >= this.queue.waitersMax) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const waiter = (taken: boolean) => {
+        clearTimeout(timer);
+        resolve(taken);
+      };
+      const timer = setTimeout(() => {
+        const at = this.waiters.indexOf(waiter);
+        if (at >= 0) this.waiters.splice(at, 1);
+        resolve(false);
+      }, this.queue.waitMs);
+      this.waiters.push(waiter);
+    });
   }
+
   give(): void {
-    this.used--;
+    // The slot passes straight to the first waiter, if any.
+    const next = this.waiters.shift();
+    if (next !== undefined) next(true);
+    else this.used--;
   }
 }
 
@@ -476,7 +504,9 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const pushSlots = new Slots(limits.inboundPushesMax);
   const fetchSlots = new Slots(limits.inboundFetchesMax);
   const custodySlots = new Slots(limits.inboundCustodyMessagesMax);
-  const querySlots = new Slots(limits.inboundQueriesMax);
+  // A burst of retrieves at several sites asks each peer at once: those over the limit wait a little
+  // rather than be refused, which the asker would count as a silent peer (0xA701: helper 43).
+  const querySlots = new Slots(limits.inboundQueriesMax, { waitMs: 2_000, waitersMax: 64 });
   // A peer whose store refuses every stream (a full disk) fails several a second: one line per 5 s each.
   const failures = createRepeatLimiter(log, 5_000);
 
@@ -488,7 +518,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
       const signal = timeoutMs === null ? new AbortController().signal : AbortSignal.timeout(timeoutMs);
-      if (!slots.tryTake()) {
+      if (!(await slots.take())) {
         if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
         else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
         return;
@@ -663,7 +693,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       if (batch.length > 0) await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
       await answerAndClose(stream, { type: 'end', truncated }, signal);
     }),
-    { maxInboundStreams: limits.inboundQueriesMax },
+    // Room for the waiting ones: a query over the slots waits, or is answered "busy", rather than reset.
+    { maxInboundStreams: limits.inboundQueriesMax + 64 },
   );
 
   return {

@@ -21,6 +21,7 @@ import { startActorSystem, stopActor, type ActorSystem } from '../../runtime/nac
 import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
 import { startCustody, type CustodyService, type CustodyTuning } from './actor.ts';
+import type { ReplicationLimits } from '../replication.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
@@ -60,7 +61,7 @@ class TestMesh {
     dir?: string,
     log: Logger = silentLogger,
     prepareStore: (store: ReplicaStore) => void = () => undefined,
-    extra: { expectsOtherSites?: boolean; tuning?: CustodyTuning } = {},
+    extra: { expectsOtherSites?: boolean; tuning?: CustodyTuning; limits?: Partial<ReplicationLimits> } = {},
   ): Promise<Site> {
     const dataDir = dir ?? (await this.newDir());
     const bootstrap = [...this.sites.values()].map((s) => loopbackAddress(s.node)).slice(0, 1);
@@ -87,6 +88,7 @@ class TestMesh {
       log,
       parent: system,
       expectsOtherSites: extra.expectsOtherSites ?? false,
+      limits: extra.limits,
       tuning: { repairIntervalMs: 300, replicationRetryMs: 2000, ...extra.tuning },
     });
     const site: Site = { name, dir: dataDir, node, store, custody, system };
@@ -476,6 +478,22 @@ describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
     assert.ok(local);
     assert.deepEqual(await readAll(c.store, local), bytes);
     assert.equal(await c.custody.retrieve.ensureLocal('1.2.3.4.5.6.7.8.9'), undefined, 'an instance nobody has');
+  });
+
+  it('retrieve anywhere under a burst: a peer whose query slots are all taken is asked again, not counted silent', { timeout: 20_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const a = await mesh.start('site-a', undefined, silentLogger, undefined, { limits: { inboundQueriesMax: 1 } });
+    const uid = newUid();
+    assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0, 'alone: quorum 1');
+    const c = await mesh.start('site-c');
+    await mesh.connected('site-a', 'site-c');
+    const request = { root: 'STUDY' as const, level: 'STUDY' as const, keys: [{ tag: 0x0020000d, vr: 'UI' as const, value: '1.2.826.0.1.3680043.10.1' }] };
+    const results = await Promise.all(Array.from({ length: 8 }, () => c.custody.retrieve.resolveRetrieveEverywhere(request)));
+    for (const { entries, peersFailed } of results) {
+      assert.deepEqual(peersFailed, []);
+      assert.ok(entries.some((e) => e.sopInstanceUid === uid));
+    }
   });
 
   it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 90_000 }, async (t) => {
