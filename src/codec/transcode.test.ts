@@ -289,6 +289,15 @@ test('implicit -> explicit -> implicit keeps every element, private ones and Lat
   assert.deepEqual(Buffer.from(back.bytes), Buffer.from(implicit));
 });
 
+test('a stray delimiter at top level, which the store accepts, is dropped rather than failing the transcode', async () => {
+  const implicit = Buffer.from(encode(sampleElements(), { explicit: false, le: true }));
+  const expected = await transcodeDataset(new Uint8Array(implicit), IMPLICIT, [EXPLICIT]);
+  // (FFFE,E00D) and (FFFE,E0DD) of length 0 before the first element, as some converters write them.
+  const stray = Buffer.from([0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0, 0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]);
+  const withStray = await transcodeDataset(new Uint8Array(Buffer.concat([stray, implicit])), IMPLICIT, [EXPLICIT]);
+  assert.deepEqual(Buffer.from(withStray.bytes), Buffer.from(expected.bytes));
+});
+
 test('a deflated result is always of even length: an odd deflate stream gets one trailing NUL (PS3.5 A.5)', async () => {
   let padded = 0;
   for (let extra = 0; extra < 24; extra++) {

@@ -332,6 +332,12 @@ function readElements(
   while (pos < end) {
     r.need(pos, 8, end);
     const tag = r.tag(pos, le);
+    if (depth === 0 && (tag === ITEM_DELIM || tag === SEQ_DELIM) && r.u32(pos + 4, le) === 0) {
+      // A stray delimiter at top level (seen from some converters) carries nothing: the store's reader
+      // accepts it, so it is dropped here too (an instance stored with one could not be transcoded).
+      pos += 8;
+      continue;
+    }
     if (tag === ITEM_DELIM) {
       if (!untilItemDelim) fail(`item delimiter outside an item at offset ${pos}`);
       return { elements, pos: pos + 8 };
