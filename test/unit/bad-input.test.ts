@@ -225,6 +225,31 @@ test('a data set of odd length (an odd-length value) is refused with 0xC000, not
   assert.equal(await storedKeyCount(peer), before);
 });
 
+test("a data set beyond the archive's bounds (over 16384 top-level elements) is refused 0xA700 naming the bound, not 0xC000 as if corrupt", async () => {
+  const before = await storedKeyCount(peer);
+  const sopInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1';
+  const privateElements = [];
+  for (let block = 0x10; block <= 0x50; block++) privateElements.push({ tag: 0x00090000 | block, vr: 'LO' as const, value: 'BOUNDS TEST' });
+  for (let block = 0x10; block <= 0x50; block++) {
+    for (let element = 0; element < 256; element++) privateElements.push({ tag: 0x00090000 | (block << 8) | element, vr: 'SH' as const, value: 'A' });
+  }
+  const dataSet = encodeDataset(
+    [
+      { tag: Tags.SOPClassUID, vr: 'UI', value: ctImage },
+      { tag: Tags.SOPInstanceUID, vr: 'UI', value: sopInstanceUid },
+      ...privateElements,
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.79' },
+      { tag: Tags.SeriesInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.79.2' },
+    ],
+    TransferSyntax.ExplicitVrLittleEndian,
+  );
+  const rsp = await storeRaw(dataSet, sopInstanceUid);
+  assert.equal(rsp.status, 0xa700);
+  assert.match(rsp.errorComment ?? '', /beyond this archive's bounds: more than 16384 top-level/);
+  assert.equal(await peer.store.getEntry(sopInstanceUid), undefined);
+  assert.equal(await storedKeyCount(peer), before);
+});
+
 test('a data set fragment with no command before it: A-ABORT for that association only', async () => {
   const other = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }] });
   const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, false, Buffer.alloc(20), 16384)]);

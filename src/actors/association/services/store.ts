@@ -5,6 +5,7 @@
  * retrieved). Success is answered only after the instance and its catalog entry are durable.
  */
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
+import { DatasetParseError } from '../../../codec/dataset/errors.ts';
 import { DatasetHeaderReader } from '../../../codec/dataset/reader.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { isAcceptableUid } from '../../../codec/uid.ts';
@@ -35,6 +36,18 @@ export interface StoreResult {
 }
 
 /** The store could not take the instance (a full disk, a store refusing writes): the modality may retry. */
+/**
+ * A data set the reader refused: 0xC000, except one beyond this archive's bounds (header bytes before
+ * Pixel Data, top-level elements): legal data this archive does not take, which 0xC000 ("cannot
+ * understand") would have the modality take for corrupt (helper 44).
+ */
+function readerRefusal(error: unknown): StoreResult {
+  if (error instanceof DatasetParseError && error.code === 'ERR_DATASET_TOO_LARGE_HEADER') {
+    return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${error.message}` };
+  }
+  return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+}
+
 function storageFailure(error: unknown): StoreResult {
   return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
 }
@@ -77,7 +90,7 @@ export class IncomingStore {
     try {
       this.reader.push(data);
     } catch (error) {
-      this.refusal = { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+      this.refusal = readerRefusal(error);
       await this.writer.abort();
       return;
     }
@@ -97,7 +110,7 @@ export class IncomingStore {
       elements = this.reader.end().elements;
     } catch (error) {
       await this.writer.abort();
-      return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+      return readerRefusal(error);
     }
     if (this.receivedBytes % 2 === 1) {
       // Values, and so data sets, are of even length (PS3.5 7.1), as is every PDV (PS3.8 E.2): DCMTK aborts
