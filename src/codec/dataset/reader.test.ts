@@ -548,6 +548,39 @@ describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
     }
   });
 
+  it('walks defined-length sequences and items: any split reads, and a length that lies is malformed (the default reader skips them)', () => {
+    const referenced = 0x00400275; // Request Attributes Sequence (after the prefix's PatientID)
+    for (const encoding of [explicitLittle, implicitLittle]) {
+      const uid = encoding.implicitVr ? TransferSyntax.ImplicitVrLittleEndian : explicitUid;
+      const inner = concat([element(Tags.PatientID, 'LO', 'P1', encoding), element(Tags.SeriesInstanceUID, 'UI', '1.2.3.4\0', encoding)]);
+      const nested = element(0x00081140, 'SQ', item(inner, encoding, true), encoding);
+      const items = concat([item(nested, encoding, true), item(inner, encoding, false), item(new Uint8Array(0), encoding, true)]);
+      const good = concat([prefix(encoding), element(referenced, 'SQ', items, encoding), element(Tags.PixelData, 'OW', new Uint8Array(8), encoding)]);
+      assert.equal(parseDataset(good, uid, whole).elements.length, 3);
+      for (let cut = 1; cut < good.length; cut += 3) {
+        const reader = new DatasetHeaderReader({ transferSyntaxUid: uid, wholeDataset: true });
+        reader.push(good.slice(0, cut));
+        reader.push(good.slice(cut));
+        assert.equal(reader.end().elements.length, 3, `cut ${cut}`);
+      }
+      const cases = [
+        // An item longer than its sequence.
+        { bytes: element(referenced, 'SQ', concat([marker(0xfffee000, inner.length, encoding), inner.subarray(0, inner.length - 4)]), encoding), message: /item runs 4 bytes past the end of its defined-length sequence/ },
+        // An element cut off at its item's end (the item says 6 bytes fewer than its elements take).
+        { bytes: element(referenced, 'SQ', concat([marker(0xfffee000, inner.length - 6, encoding), inner.subarray(0, inner.length - 6)]), encoding), message: /past the end of its defined-length item/ },
+        // A sequence holding an element where an item belongs.
+        { bytes: element(referenced, 'SQ', inner, encoding), message: /expected an item/ },
+        // A delimiter inside a defined-length item.
+        { bytes: element(referenced, 'SQ', item(concat([inner, marker(0xfffee00d, 0, encoding)]), encoding, true), encoding), message: /unexpected \(FFFEE00D\) inside an item/ },
+      ];
+      for (const { bytes, message } of cases) {
+        const dataSet = concat([prefix(encoding), bytes]);
+        assert.match(expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(dataSet, uid, whole)).message, message);
+        assert.equal(parseDataset(dataSet, uid).elements.length, 3, 'the default reader skips it by length');
+      }
+    }
+  });
+
   it('rejects top-level elements out of order, repeated, or from the File Meta Information; the default reader reads them', () => {
     const e = (tag: number, value: string) => element(tag, 'LO', value, explicitLittle);
     const cases = [

@@ -74,12 +74,14 @@ const phaseValue = 1;
 const phaseSkip = 2;
 type Phase = typeof phaseHeader | typeof phaseValue | typeof phaseSkip;
 
-/** An undefined-length container being walked for its delimiter. */
+/** A container being walked: to its delimiter, or (whole data sets only) to the end of its defined length. */
 interface Level {
   /** 'fragments': top-level encapsulated Pixel Data, a sequence of defined-length items (PS3.5 A.4). */
   kind: 'sequence' | 'item' | 'fragments';
   implicitVr: boolean;
   littleEndian: boolean;
+  /** Stream offset where a defined-length sequence or item ends; undefined for an undefined length. */
+  endOffset?: number;
 }
 
 function readUint16(bytes: Uint8Array, at: number, littleEndian: boolean): number {
@@ -137,6 +139,8 @@ export class DatasetHeaderReader {
   private valueFilledBytes = 0;
   private skipRemainingBytes = 0;
   private readonly levels: Level[] = [];
+  /** Levels of defined length open: their headers are not charged, as when such a value was skipped. */
+  private definedLengthLevels = 0;
 
   /** Bytes of the (inflated) dataset consumed so far. */
   private streamOffset = 0;
@@ -230,11 +234,12 @@ export class DatasetHeaderReader {
       throw new DatasetParseError('ERR_DATASET_TRUNCATED',
         `dataset ends inside an element header (${this.headerCarryLength} trailing bytes)`, this.streamOffset);
     }
+    if (this.definedLengthLevels > 0) this.closeEndedLevels();
     if (this.levels.length > 0) {
       throw new DatasetParseError('ERR_DATASET_TRUNCATED',
         this.currentLevel()?.kind === 'fragments'
           ? 'dataset ends inside encapsulated Pixel Data (no sequence delimiter)'
-          : `dataset ends inside ${this.levels.length} undefined-length sequence/item level(s)`, this.streamOffset);
+          : `dataset ends inside ${this.levels.length} sequence/item level(s)`, this.streamOffset);
     }
   }
 
@@ -288,6 +293,7 @@ export class DatasetHeaderReader {
         }
         continue;
       }
+      if (this.definedLengthLevels > 0 && this.headerCarryLength === 0) this.closeEndedLevels();
       if (this.headerCarryLength === 0 && available >= maxHeaderLengthBytes) {
         const headerBytes = this.parseHeader(chunk, offset, this.streamOffset);
         offset += headerBytes;
@@ -313,6 +319,28 @@ export class DatasetHeaderReader {
     return this.levels.length === 0 ? undefined : this.levels[this.levels.length - 1];
   }
 
+  private pushDefinedLength(level: Level): void {
+    const enclosing = this.levels.findLast((l) => l.endOffset !== undefined);
+    if (enclosing !== undefined && level.endOffset! > enclosing.endOffset!) {
+      throw new DatasetParseError('ERR_DATASET_MALFORMED',
+        `a defined-length ${level.kind} runs ${level.endOffset! - enclosing.endOffset!} bytes past the end of its defined-length ${enclosing.kind}`, enclosing.endOffset);
+    }
+    this.levels.push(level);
+    this.definedLengthLevels++;
+  }
+
+  /** At an element boundary: closes the defined-length containers that end here; one overrun is malformed. */
+  private closeEndedLevels(): void {
+    for (let level = this.currentLevel(); level?.endOffset !== undefined && this.streamOffset >= level.endOffset; level = this.currentLevel()) {
+      if (this.streamOffset > level.endOffset) {
+        throw new DatasetParseError('ERR_DATASET_MALFORMED',
+          `an element runs ${this.streamOffset - level.endOffset} bytes past the end of its defined-length ${level.kind}`, level.endOffset);
+      }
+      this.levels.pop();
+      this.definedLengthLevels--;
+    }
+  }
+
   /** Length of the element header starting at `at`, from its first 6 bytes (tag and VR). */
   private headerLength(bytes: Uint8Array, at: number): number {
     const level = this.currentLevel();
@@ -335,7 +363,7 @@ export class DatasetHeaderReader {
     const tag = ((group << 16) | readUint16(bytes, at + 2, littleEndian)) >>> 0;
 
     if (group === 0xfffe) {
-      this.chargeExaminedBytes(8, elementOffset);
+      if (this.definedLengthLevels === 0) this.chargeExaminedBytes(8, elementOffset);
       this.parseDelimiterOrItem(tag, readUint32(bytes, at + 4, littleEndian), level, elementOffset);
       return 8;
     }
@@ -370,7 +398,16 @@ export class DatasetHeaderReader {
         headerLength = 8;
       }
     }
-    if (!this.complete) this.chargeExaminedBytes(headerLength, elementOffset);
+    if (!this.complete && this.definedLengthLevels === 0) this.chargeExaminedBytes(headerLength, elementOffset);
+    if (this.definedLengthLevels > 0) {
+      // An element must end within its defined-length item: found here, not after the value is skipped.
+      const enclosing = this.levels.findLast((l) => l.endOffset !== undefined)!;
+      const endOffset = elementOffset + headerLength + (valueLength === undefinedLength ? 0 : valueLength);
+      if (endOffset > enclosing.endOffset!) {
+        throw new DatasetParseError('ERR_DATASET_MALFORMED',
+          `(${tagHex(tag)}) runs ${endOffset - enclosing.endOffset!} bytes past the end of its defined-length ${enclosing.kind}`, elementOffset);
+      }
+    }
 
     if (level === undefined && tag === pixelDataTag) {
       this.complete = true;
@@ -395,6 +432,17 @@ export class DatasetHeaderReader {
       if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
       const holdsImplicitVr = implicitVr || vr === 'UN';
       this.levels.push({ kind: 'sequence', implicitVr: holdsImplicitVr, littleEndian: holdsImplicitVr || littleEndian });
+      return headerLength;
+    }
+    if (this.wholeDataset && valueLength > 0 && (implicitVr ? vrOf(tag) === 'SQ' : vr === 'SQ')) {
+      // A defined-length sequence is walked too: skipped by length, an item longer than its sequence or an
+      // element cut off at its item's end was stored with Success, and no DCMTK reader could read it back
+      // (helper 44). Nothing inside is kept, so no header counts against the header bound.
+      if (this.levels.length >= this.maxNestingDepth) {
+        throw new DatasetParseError('ERR_DATASET_MALFORMED', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+      }
+      if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
+      this.pushDefinedLength({ kind: 'sequence', implicitVr, littleEndian, endOffset: elementOffset + headerLength + valueLength });
       return headerLength;
     }
     if (level === undefined && !this.complete) {
@@ -426,8 +474,15 @@ export class DatasetHeaderReader {
       }
     } else if (level?.kind === 'sequence') {
       if (tag === itemTag) {
-        if (length !== undefinedLength) {
+        if (length !== undefinedLength && !this.wholeDataset) {
           this.startSkip(tag, length);
+          return;
+        }
+        if (length !== undefinedLength) {
+          if (this.levels.length >= this.maxNestingDepth) {
+            throw new DatasetParseError('ERR_DATASET_MALFORMED', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+          }
+          this.pushDefinedLength({ kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian, endOffset: elementOffset + 8 + length });
           return;
         }
         if (this.levels.length >= this.maxNestingDepth) {
@@ -436,12 +491,12 @@ export class DatasetHeaderReader {
         this.levels.push({ kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian });
         return;
       }
-      if (tag === sequenceDelimitationTag) {
+      if (tag === sequenceDelimitationTag && level.endOffset === undefined) {
         this.levels.pop();
         return;
       }
     } else if (level?.kind === 'item') {
-      if (tag === itemDelimitationTag) {
+      if (tag === itemDelimitationTag && level.endOffset === undefined) {
         this.levels.pop();
         return;
       }
@@ -450,7 +505,7 @@ export class DatasetHeaderReader {
       return;
     }
     throw new DatasetParseError('ERR_DATASET_MALFORMED',
-      `unexpected (${tagHex(tag)}) ${level === undefined ? 'at top level' : level.kind === 'fragments' ? 'inside encapsulated Pixel Data' : `inside a ${level.kind}`}`, elementOffset);
+      `unexpected (${tagHex(tag)}) ${level === undefined ? 'at top level' : level.kind === 'fragments' ? 'inside encapsulated Pixel Data' : `inside ${level.kind === 'item' ? 'an item' : 'a sequence'}`}`, elementOffset);
   }
 
   /** A whole dataset's top-level tags ascend without repeats (PS3.5 7.1) and leave out the File Meta Information. */
