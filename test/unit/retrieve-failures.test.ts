@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger } from '../support/recording-logger.ts';
+import type { Logger } from '../../src/actors/runtime/logger.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -37,7 +38,14 @@ async function moveStudy(client: DicomClientAssociation, studyInstanceUid: strin
 
 test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
   const destination = await acceptorThatHangsUpMidRequest();
-  const peer = await startTestPeer(['--move-dest', `HANGUP=127.0.0.1:${destination.port}`], 'mover');
+  const lines: Array<{ message: string; fields?: Record<string, unknown> }> = [];
+  const capture: Logger = {
+    info: (message, fields) => void lines.push({ message, fields }),
+    warn: (message, fields) => void lines.push({ message, fields }),
+    error: (message, fields) => void lines.push({ message, fields }),
+    child: () => capture,
+  };
+  const peer = await startTestPeer(['--move-dest', `HANGUP=127.0.0.1:${destination.port}`], 'mover', capture);
   t.after(async () => {
     await peer.dispose();
     await destination.close();
@@ -60,6 +68,10 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   assert.ok(status === 0xa702 || status === 0xb000, `final status 0x${status?.toString(16)}`);
   assert.equal(completedSubOperations, 0);
   assert.equal(failedSubOperations + warningSubOperations, 3, 'every instance is accounted for as failed');
+  // The operator sees why (the response has no room for it): each failure under its reason.
+  const reasons = lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  assert.ok(reasons, lines.map((l) => l.message).join('\n'));
+  assert.equal(Object.values(reasons).reduce((a, b) => a + b, 0), failedSubOperations);
   // The same association, and the peer, go on.
   const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
   assert.equal(echo.command.status, 0);

@@ -426,6 +426,7 @@ export class AcceptorSession {
               kind: context.service === 'get' ? 'get' : 'move',
               callingAeTitle: this.callingAeTitle,
               isReleasing: () => context.service === 'get' && this.releaseRequested,
+              onSubOperationFailures: (reasons) => this.log.warn(`${serviceName(context.service)} sub-operations failed`, { reasons }),
               openTarget: (entries) =>
                 context.service === 'get'
                   ? this.getTarget()

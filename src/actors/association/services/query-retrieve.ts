@@ -147,7 +147,12 @@ export interface RetrieveContext extends QueryContext {
    * sent are not attempted and count as failed (they are not a C-CANCEL the requestor never sent).
    */
   isReleasing?(): boolean;
+  /** Why sub-operations failed, each reason with how many, once at the end (the response has room for none). */
+  onSubOperationFailures?(reasons: Record<string, number>): void;
 }
+
+/** Distinct failure reasons kept per retrieve; more are counted under one. */
+const failureReasonsMax = 8;
 
 function retrieveResponse(ctx: RetrieveContext, status: number, counts?: SubOperationCounts, errorComment?: string): DimseCommand {
   const pending = status === Status.Pending;
@@ -235,6 +240,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     );
     return;
   }
+  const failureReasons = new Map<string, number>();
   try {
     for (const entry of entries) {
       if (ctx.isCancelled()) break;
@@ -246,19 +252,24 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       }
       // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
       const local = await source.ensureLocal(entry).catch(() => undefined);
-      const status = local ? await sendOne(ctx, target, store, local) : Status.UnableToProcess;
+      const { status, reason } = local
+        ? await sendOne(ctx, target, store, local)
+        : { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
       else {
         counts.failed++;
         counts.failedUids.push(entry.sopInstanceUid);
+        const key = failureReasons.size < failureReasonsMax || failureReasons.has(reason ?? '') ? (reason ?? 'unknown') : 'other reasons';
+        failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
       }
       if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
     }
   } finally {
     await target.close();
   }
+  if (failureReasons.size > 0) ctx.onSubOperationFailures?.(Object.fromEntries(failureReasons));
   if (ctx.isCancelled() && counts.remaining > 0) {
     await ctx.send(retrieveResponse(ctx, Status.Cancel, counts), failedUidIdentifier(counts, ctx.transferSyntaxUid));
     return;
@@ -281,9 +292,15 @@ export function loadTranscoder(): Promise<TranscodeModule> {
 /** Sub-operation statuses of our own making, for instances we could not even send. */
 const NoContextForInstance = 0xa702;
 
-async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry): Promise<number> {
+/** A sub-operation's status, with why when it failed before or at the receiver. */
+interface SubOperationOutcome {
+  status: number;
+  reason?: string;
+}
+
+async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry): Promise<SubOperationOutcome> {
   const picked = target.pickContext(entry);
-  if (!picked) return NoContextForInstance;
+  if (!picked) return { status: NoContextForInstance, reason: `no accepted presentation context for ${entry.sopClassUid} (stored as ${entry.transferSyntaxUid})` };
   const command: DimseCommand = {
     commandField: CommandField.CStoreRq,
     affectedSopClassUid: entry.sopClassUid,
@@ -295,17 +312,22 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   };
   try {
     const asStored = picked.transferSyntaxUid === entry.transferSyntaxUid;
+    let status: number;
     if (asStored && entry.byteLength > checkedWholeBytesMax) {
-      return await target.store(picked.presentationContextId, command, await checkedStream(store, entry));
+      status = await target.store(picked.presentationContextId, command, await checkedStream(store, entry));
+    } else {
+      // Transcoding needs the whole instance in memory too; it only runs when the receiver refuses the stored syntax.
+      const bytes = await checkedWhole(store, entry);
+      if (asStored) status = await target.store(picked.presentationContextId, command, bytes);
+      else {
+        const { transcodeDataset } = await loadTranscoder();
+        const transcoded = await transcodeDataset(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid]);
+        status = await target.store(picked.presentationContextId, command, transcoded.bytes);
+      }
     }
-    // Transcoding needs the whole instance in memory too; it only runs when the receiver refuses the stored syntax.
-    const bytes = await checkedWhole(store, entry);
-    if (asStored) return await target.store(picked.presentationContextId, command, bytes);
-    const { transcodeDataset } = await loadTranscoder();
-    const transcoded = await transcodeDataset(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid]);
-    return await target.store(picked.presentationContextId, command, transcoded.bytes);
-  } catch {
-    return Status.UnableToProcess;
+    return { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
+  } catch (error) {
+    return { status: Status.UnableToProcess, reason: errorText(error) };
   }
 }
 
