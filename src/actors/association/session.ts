@@ -178,9 +178,8 @@ export class AcceptorSession {
   async onInvalidPdu(reason: number, detail: string, what = 'invalid PDU'): Promise<void> {
     this.log.warn(`${what}: aborting the association`, { detail });
     await this.core.fire({ type: 'invalidPdu', reason, detail });
-    await this.terminate();
     // Nothing more from this stream can be trusted: close once the A-ABORT is flushed, without waiting for ARTIM.
-    this.connection.close();
+    await this.terminateAndClose();
   }
 
   async onTransportClosed(): Promise<void> {
@@ -197,8 +196,11 @@ export class AcceptorSession {
   async abort(why: string): Promise<void> {
     this.log.warn('aborting association', { why });
     if (this.core.machine.state !== 'Sta1' && this.core.machine.state !== 'Sta13') this.core.abort(AbortReason.NotSpecified);
-    // Closed before the operations are awaited: one blocked writing to a requestor that reads nothing
-    // only returns once the socket closes.
+    await this.terminateAndClose();
+  }
+
+  /** Closed before the operations are awaited: one blocked writing to a requestor that reads nothing only returns once the socket closes. */
+  private async terminateAndClose(): Promise<void> {
     const terminated = this.terminate();
     this.connection.close();
     await terminated;

@@ -35,7 +35,6 @@ export interface StoreResult {
   errorComment?: string;
 }
 
-/** The store could not take the instance (a full disk, a store refusing writes): the modality may retry. */
 /**
  * A data set the reader refused: 0xC000, except one beyond this archive's bounds (header bytes before
  * Pixel Data, top-level elements): legal data this archive does not take, which 0xC000 ("cannot
@@ -48,6 +47,7 @@ function readerRefusal(error: unknown): StoreResult {
   return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
 }
 
+/** The store could not take the instance (a full disk, a store refusing writes): the modality may retry. */
 function storageFailure(error: unknown): StoreResult {
   return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
 }
