@@ -440,7 +440,6 @@ function unexpected(what: string, answer: { type: string }): ReplicationError {
 
 // ---------------------------------------------------------------- server side
 
-/** A counter that refuses past its bound (no queue: a refused peer retries later). */
 /**
  * Concurrent streams of one protocol. With `waitMs`, a stream over the limit waits (up to `waitersMax` of
  * them, first come first served) that long for a slot before it is refused.

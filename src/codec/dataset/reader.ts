@@ -478,17 +478,12 @@ export class DatasetHeaderReader {
           this.startSkip(tag, length);
           return;
         }
-        if (length !== undefinedLength) {
-          if (this.levels.length >= this.maxNestingDepth) {
-            throw new DatasetParseError('ERR_DATASET_MALFORMED', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
-          }
-          this.pushDefinedLength({ kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian, endOffset: elementOffset + 8 + length });
-          return;
-        }
         if (this.levels.length >= this.maxNestingDepth) {
           throw new DatasetParseError('ERR_DATASET_MALFORMED', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
         }
-        this.levels.push({ kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian });
+        const item: Level = { kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian };
+        if (length === undefinedLength) this.levels.push(item);
+        else this.pushDefinedLength({ ...item, endOffset: elementOffset + 8 + length });
         return;
       }
       if (tag === sequenceDelimitationTag && level.endOffset === undefined) {
