@@ -40,7 +40,7 @@ async function publishUntil(node: MeshNode, data: Uint8Array, received: () => bo
   }
 }
 
-describe('mesh node (in process, 127.0.0.1)', { timeout: 45_000 }, () => {
+describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
   const swarmKey = generateSwarmKey();
   const nodes: MeshNode[] = [];
   const dirs: string[] = [];

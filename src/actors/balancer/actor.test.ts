@@ -45,7 +45,7 @@ function settledLeader(peers: readonly TestPeer[]): { peerId: string; term: numb
   return peers.every((p) => p.mesh.balancer.roster().length === n && p.mesh.balancer.table()?.entries.length === n) ? l : null;
 }
 
-describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, () => {
+describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, () => {
   const dirs: string[] = [];
   const cleanups: (() => Promise<void>)[] = [];
   after(async () => {

@@ -214,7 +214,7 @@ async function siteAOnSmallTmpfs(t: TestContext) {
   return { tmpfs, mesh, lines, a, fillDisk };
 }
 
-describe('custody actor over a real mesh', { timeout: 120_000 }, () => {
+describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
   const meshes: TestMesh[] = [];
   after(async () => {
     await Promise.allSettled(meshes.map((m) => m.close()));
