@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
+import { deflateRawSync } from 'node:zlib';
 import { associateRqBytes as associateRq, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -221,6 +222,12 @@ test('a data set of odd length (an odd-length value) is refused with 0xC000, not
   const rsp = await storeRaw(odd, resolved.sopInstanceUid);
   assert.equal(rsp.status, 0xc000);
   assert.match(rsp.errorComment ?? '', /odd length/);
+  // Deflated, padded to an even length as PS3.5 A.5 says: odd once inflated, as a transcode would send it.
+  const deflated = deflateRawSync(odd);
+  const padded = deflated.length % 2 === 1 ? Buffer.concat([deflated, Buffer.from([0])]) : deflated;
+  const deflatedRsp = await storeRaw(padded, resolved.sopInstanceUid, ctImage, TransferSyntax.DeflatedExplicitVrLittleEndian);
+  assert.equal(deflatedRsp.status, 0xc000, deflatedRsp.errorComment);
+  assert.match(deflatedRsp.errorComment ?? '', new RegExp(`odd length \\(${odd.length} bytes`));
   assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
   assert.equal(await storedKeyCount(peer), before);
 });
@@ -245,7 +252,7 @@ test("a data set beyond the archive's bounds (over 16384 top-level elements) is 
   );
   const rsp = await storeRaw(dataSet, sopInstanceUid);
   assert.equal(rsp.status, 0xa700);
-  assert.match(rsp.errorComment ?? '', /beyond this archive's bounds: more than 16384 top-level/);
+  assert.match(rsp.errorComment ?? '', /beyond this archive's bounds: too many top-level elements/);
   assert.equal(await peer.store.getEntry(sopInstanceUid), undefined);
   assert.equal(await storedKeyCount(peer), before);
 });

@@ -306,7 +306,7 @@ describe('DatasetHeaderReader: nested sequences', () => {
   it('rejects nesting deeper than maxNestingDepth', () => {
     let inner: Uint8Array = new Uint8Array(0);
     for (let depth = 0; depth < 10; depth++) inner = undefinedLengthSequence(Tags.ContentSequence, [item(inner, explicitLittle, false)], explicitLittle);
-    expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(inner, TransferSyntax.ExplicitVrLittleEndian, { maxNestingDepth: 9 }));
+    expectParseError('ERR_DATASET_TOO_DEEP', () => parseDataset(inner, TransferSyntax.ExplicitVrLittleEndian, { maxNestingDepth: 9 }));
     assert.doesNotThrow(() => parseDataset(inner, TransferSyntax.ExplicitVrLittleEndian, { maxNestingDepth: 20 }));
   });
 });
@@ -579,6 +579,16 @@ describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
         assert.equal(parseDataset(dataSet, uid).elements.length, 3, 'the default reader skips it by length');
       }
     }
+  });
+
+  it('takes 64 nested sequences of defined length, as the transcoder does; deeper is a bound (ERR_DATASET_TOO_DEEP), not malformed', () => {
+    const nested = (depth: number): Uint8Array => {
+      let content = element(Tags.PatientID, 'LO', 'P1', explicitLittle);
+      for (let level = 0; level < depth; level++) content = element(0x00400275, 'SQ', item(content, explicitLittle, true), explicitLittle);
+      return concat([prefix(explicitLittle), content]);
+    };
+    assert.equal(parseDataset(nested(64), explicitUid, whole).elements.length, 3);
+    expectParseError('ERR_DATASET_TOO_DEEP', () => parseDataset(nested(65), explicitUid, whole));
   });
 
   it('rejects top-level elements out of order, repeated, or from the File Meta Information; the default reader reads them', () => {

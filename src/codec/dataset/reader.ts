@@ -26,7 +26,7 @@ export interface DatasetHeaderReaderOptions {
   maxHeaderBytes?: number;
   /** Bound on the number of kept top-level elements. Default 16384. */
   maxElementCount?: number;
-  /** Bound on nested undefined-length sequences and items. Default 64. */
+  /** Bound on nested sequences and items, each counting one level (so 64 sequences, as the transcoder takes). Default 128. */
   maxNestingDepth?: number;
   /**
    * Also list the top-level elements that were skipped (sequences, bulk data, values over
@@ -59,7 +59,7 @@ export interface DatasetHeader {
 export const defaultMaxValueBytes = 64 * 1024;
 export const defaultMaxHeaderBytes = 16 * 1024 * 1024;
 export const defaultMaxElementCount = 16384;
-export const defaultMaxNestingDepth = 64;
+export const defaultMaxNestingDepth = 128;
 
 const undefinedLength = 0xffffffff;
 const itemTag = Tags.Item;
@@ -196,6 +196,11 @@ export class DatasetHeaderReader {
     } catch (error) {
       throw this.fail(error);
     }
+  }
+
+  /** Bytes of the data set read so far (inflated, for a deflated syntax). */
+  get bytesRead(): number {
+    return this.streamOffset;
   }
 
   /** Ends the dataset and returns its header; throws DatasetParseError when it is truncated or malformed. */
@@ -427,7 +432,7 @@ export class DatasetHeaderReader {
       // A sequence, or undefined-length bulk data (encapsulated pixels in an icon, or UN holding an
       // implicit VR little endian sequence, PS3.5 6.2.2): walk its items to find the delimiter.
       if (this.levels.length >= this.maxNestingDepth) {
-        throw new DatasetParseError('ERR_DATASET_MALFORMED', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+        throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
       }
       if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
       const holdsImplicitVr = implicitVr || vr === 'UN';
@@ -439,7 +444,7 @@ export class DatasetHeaderReader {
       // element cut off at its item's end was stored with Success, and no DCMTK reader could read it back
       // (helper 44). Nothing inside is kept, so no header counts against the header bound.
       if (this.levels.length >= this.maxNestingDepth) {
-        throw new DatasetParseError('ERR_DATASET_MALFORMED', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+        throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
       }
       if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
       this.pushDefinedLength({ kind: 'sequence', implicitVr, littleEndian, endOffset: elementOffset + headerLength + valueLength });
@@ -479,7 +484,7 @@ export class DatasetHeaderReader {
           return;
         }
         if (this.levels.length >= this.maxNestingDepth) {
-          throw new DatasetParseError('ERR_DATASET_MALFORMED', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+          throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
         }
         const item: Level = { kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian };
         if (length === undefinedLength) this.levels.push(item);

@@ -41,10 +41,16 @@ export interface StoreResult {
  * understand") would have the modality take for corrupt (helper 44).
  */
 function readerRefusal(error: unknown): StoreResult {
-  if (error instanceof DatasetParseError && error.code === 'ERR_DATASET_TOO_LARGE_HEADER') {
-    return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${error.message}` };
+  if (error instanceof DatasetParseError && (error.code === 'ERR_DATASET_TOO_LARGE_HEADER' || error.code === 'ERR_DATASET_TOO_DEEP')) {
+    // The comment holds 64 characters: the bound in short, the reader's whole message in the log's status.
+    return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${boundOf(error)}` };
   }
   return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
+}
+
+function boundOf(error: DatasetParseError): string {
+  if (error.code === 'ERR_DATASET_TOO_DEEP') return 'sequences nested too deep';
+  return /top-level elements/.test(error.message) ? 'too many top-level elements' : 'over 16 MiB of headers';
 }
 
 /** The store could not take the instance (a full disk, a store refusing writes): the modality may retry. */
@@ -112,11 +118,13 @@ export class IncomingStore {
       await this.writer.abort();
       return readerRefusal(error);
     }
-    if (this.receivedBytes % 2 === 1) {
-      // Values, and so data sets, are of even length (PS3.5 7.1), as is every PDV (PS3.8 E.2): DCMTK aborts
-      // on one, so a Success here would be an instance no viewer could retrieve (helper 44).
+    // Values, and so data sets, are of even length (PS3.5 7.1), as is every PDV (PS3.8 E.2): DCMTK aborts on
+    // one, so a Success here would be an instance no viewer could retrieve (helper 44). A deflated data set
+    // is checked inflated too: transcoded for a receiver, it goes out at that length (helper 45).
+    const oddLength = [this.receivedBytes, this.reader.bytesRead].find((bytes) => bytes % 2 === 1);
+    if (oddLength !== undefined) {
       await this.writer.abort();
-      return { status: StoreFailure.CannotParse, errorComment: `data set of odd length (${this.receivedBytes} bytes): an odd value` };
+      return { status: StoreFailure.CannotParse, errorComment: `data set of odd length (${oddLength} bytes): an odd value` };
     }
     const identity = identify(elements);
     const problem = this.checkIdentity(identity);
