@@ -15,7 +15,7 @@ import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
 import { Prng } from '../../src/sim/prng.ts';
-import { recordingLogger } from '../support/recording-logger.ts';
+import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { waitFor } from '../support/wait.ts';
 
 const verification = '1.2.840.10008.1.1';
@@ -420,7 +420,8 @@ test('an association that stays silent past the idle timeout is aborted, freeing
 
 test('a C-GET requestor that stops answering its sub-operations, or stops reading, is aborted after the idle timeout, freeing its slot', async (t) => {
   const logged: string[] = [];
-  const getPeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle-get', recordingLogger(logged));
+  const lines: RecordedLine[] = [];
+  const getPeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle-get', recordingLogger(logged, {}, lines));
   t.after(() => getPeer.dispose());
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.78.1';
   // 8 MiB: more than loopback's socket buffers hold, so a requestor that reads nothing blocks the write.
@@ -461,6 +462,8 @@ test('a C-GET requestor that stops answering its sub-operations, or stops readin
   assert.ok(await echoWorks(getPeer), 'the slot is free again');
   await waitFor('the stopped C-GET logged', () => logged.includes('C-GET stopped: the association ended'), 5000);
   assert.ok(!logged.includes('C-GET answered with a failure or warning'), 'nobody cancelled it, and nothing was answered');
+  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons;
+  assert.deepEqual(reasons, { 'the association ended or was released before the requestor answered': 1 }, 'not "the receiver answered"');
 
   // Never reads at all: the sub-operation's write blocks; before, the association held its slot for good.
   const socket = connect({ host: '127.0.0.1', port: getPeer.dicomPort });

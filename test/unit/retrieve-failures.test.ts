@@ -7,8 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
-import { recordingLogger } from '../support/recording-logger.ts';
-import type { Logger } from '../../src/actors/runtime/logger.ts';
+import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -38,14 +37,8 @@ async function moveStudy(client: DicomClientAssociation, studyInstanceUid: strin
 
 test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
   const destination = await acceptorThatHangsUpMidRequest();
-  const lines: Array<{ message: string; fields?: Record<string, unknown> }> = [];
-  const capture: Logger = {
-    info: (message, fields) => void lines.push({ message, fields }),
-    warn: (message, fields) => void lines.push({ message, fields }),
-    error: (message, fields) => void lines.push({ message, fields }),
-    child: () => capture,
-  };
-  const peer = await startTestPeer(['--move-dest', `HANGUP=127.0.0.1:${destination.port}`], 'mover', capture);
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer(['--move-dest', `HANGUP=127.0.0.1:${destination.port}`], 'mover', recordingLogger([], {}, lines));
   t.after(async () => {
     await peer.dispose();
     await destination.close();

@@ -23,6 +23,9 @@ const maxIdentifierBytes = 1024 * 1024;
 /** Query/retrieve operations one association may run at once (no async window is negotiated, so 1 is normal). */
 const maxConcurrentTasks = 4;
 
+/** What a C-GET sub-operation waiter gets when the association ends before the requestor's C-STORE-RSP. */
+const noAnswer = -1;
+
 const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE' };
 const serviceName = (kind: ServiceKind): string => serviceNames[kind];
 
@@ -460,7 +463,10 @@ export class AcceptorSession {
         // rule aborts it when the requestor neither answers nor reads).
         const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
         await this.send(presentationContextId, { ...command, messageId }, dataSet);
-        return await answered;
+        const status = await answered;
+        // Not the requestor's answer: the failure's reason in the log says so (helper 45).
+        if (status === noAnswer) throw new Error('the association ended or was released before the requestor answered');
+        return status;
       },
       close: async () => undefined,
     };
@@ -498,7 +504,7 @@ export class AcceptorSession {
     if (how === 'abort') for (const task of this.tasks.values()) task.cancelled = true;
     for (const [messageId, waiter] of this.subOperationWaiters) {
       this.subOperationWaiters.delete(messageId);
-      waiter.resolve(Status.UnableToProcess);
+      waiter.resolve(noAnswer);
     }
     const store = this.store;
     this.store = undefined;

@@ -503,9 +503,10 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const pushSlots = new Slots(limits.inboundPushesMax);
   const fetchSlots = new Slots(limits.inboundFetchesMax);
   const custodySlots = new Slots(limits.inboundCustodyMessagesMax);
-  // A burst of retrieves at several sites asks each peer at once: those over the limit wait a little
-  // rather than be refused, which the asker would count as a silent peer (0xA701: helper 43).
-  const querySlots = new Slots(limits.inboundQueriesMax, { waitMs: 2_000, waitersMax: 64 });
+  // A burst of retrieves at several sites asks each peer at once: those over the limit wait rather than be
+  // refused, which the asker would count as a silent peer (0xA701: helper 43). 2 s was too short for 36
+  // retrieves at once on a busy machine (helper 45); the wait stays within the asker's exchange deadline.
+  const querySlots = new Slots(limits.inboundQueriesMax, { waitMs: Math.min(8_000, limits.exchangeTimeoutMs / 2), waitersMax: 64 });
   // A peer whose store refuses every stream (a full disk) fails several a second: one line per 5 s each.
   const failures = createRepeatLimiter(log, 5_000);
 
