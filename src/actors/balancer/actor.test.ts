@@ -233,7 +233,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
   });
 
-  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 30_000 }, async () => {
+  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 60_000 }, async () => {
     const peers = await threePeers();
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const [best, second, third] = [...peers].sort((x, y) => (x.node.peerId < y.node.peerId ? -1 : 1)) as [TestPeer, TestPeer, TestPeer];
@@ -251,7 +251,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     await waitFor('its heartbeat says so', () => second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable === false, 3000);
     assert.equal(best.supervisor.supervision('balancer').escalated, false);
     await rm(join(best.dataDir, 'balancer-election.json.tmp'), { recursive: true });
-    await waitFor('the best-ranked peer leads all three again', () => agreedLeader(peers)?.peerId === best.node.peerId, 15_000);
+    await waitFor('the best-ranked peer leads all three again', () => agreedLeader(peers)?.peerId === best.node.peerId, 30_000);
     assert.equal(second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, true);
   });
 

@@ -48,7 +48,7 @@ class TestMesh {
   private readonly dirs: string[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(private readonly writeQuorum: number | 'auto', private readonly quorumTimeoutMs = 3000) {}
+  constructor(private readonly writeQuorum: number | 'auto', private readonly quorumTimeoutMs = 10_000) {}
 
   async newDir(): Promise<string> {
     const dir = await mkdtemp(join(tmpdir(), 'pacs-custody-'));
