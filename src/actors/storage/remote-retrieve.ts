@@ -215,8 +215,13 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
           remember(entry.sopInstanceUid, peerId);
         }
       });
-      const unreachable = init.peersUnreachable?.() ?? [];
+      // Read after the answers: a peer that answered and turned suspect meanwhile (a busy moment, with queries
+      // waiting for a slot) hid nothing, and counted as silent it refused a whole retrieve (helper 46).
+      const answered = new Set(peers.filter((_, i) => answers[i]!.status === 'fulfilled'));
+      const unreachable = (init.peersUnreachable?.() ?? []).filter((peerId) => !answered.has(peerId));
       const peersMissed = [...peersFailed, ...unreachable].filter((peerId) => !(init.holdsNothingMore?.(peerId) ?? false));
+      // The retrieve's 0xA701 only counts them: the operator sees which (a suspect one logs no failure).
+      if (peersMissed.length > 0) log.warn('remote retrieve: peers that may hold matches were not heard', { peersMissed, peersFailed, unreachable });
       return { entries: [...byUid.values()], truncated, peersFailed, peersMissed };
     },
   };

@@ -22,6 +22,7 @@ import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
 import { startCustody, type CustodyService, type CustodyTuning } from './actor.ts';
 import type { ReplicationLimits } from '../replication.ts';
+import { createRemoteRetrieve } from '../remote-retrieve.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
@@ -494,6 +495,22 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
       assert.deepEqual(peersFailed, []);
       assert.ok(entries.some((e) => e.sopInstanceUid === uid));
     }
+  });
+
+  it('retrieve anywhere: a peer that answered and turned suspect before the last answer is not counted as silent', { timeout: 20_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const a = await mesh.start('site-a');
+    const uid = newUid();
+    assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0, 'alone: quorum 1');
+    const c = await mesh.start('site-c');
+    await mesh.connected('site-a', 'site-c');
+    // site-c's view as membership could give it just after site-a answered: site-a suspect.
+    const retrieve = createRemoteRetrieve({ node: c.node, store: c.store, log: silentLogger, peers: () => [a.node.peerId], peersUnreachable: () => [a.node.peerId] });
+    const request = { root: 'STUDY' as const, level: 'STUDY' as const, keys: [{ tag: 0x0020000d, vr: 'UI' as const, value: '1.2.826.0.1.3680043.10.1' }] };
+    const { entries, peersMissed } = await retrieve.resolveRetrieveEverywhere(request);
+    assert.deepEqual(peersMissed, []);
+    assert.ok(entries.some((e) => e.sopInstanceUid === uid));
   });
 
   it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 90_000 }, async (t) => {
