@@ -459,8 +459,8 @@ export class AcceptorSession {
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         const messageId = this.core.allocateMessageId();
-        // Answered by the requestor's C-STORE-RSP, or UnableToProcess when the association ends (the idle
-        // rule aborts it when the requestor neither answers nor reads).
+        // Answered by the requestor's C-STORE-RSP, or noAnswer when the association ends first (the idle rule
+        // aborts it when the requestor neither answers nor reads).
         const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
         await this.send(presentationContextId, { ...command, messageId }, dataSet);
         const status = await answered;
