@@ -66,8 +66,6 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
   if (swarmKey.permissionsTooOpen) {
     log.warn('the swarm key file can be read by other users: anyone holding it can join the mesh and read every instance (chmod 600 it)', { file: config.swarmKeyFile });
   }
-  // Set once the node exists: whether a bootstrap failure finds this peer in the mesh through others.
-  let connectedPeerCount = (): number => 0;
   const node = await createMeshNode({
     dataDir: init.dataDir,
     host: config.host,
@@ -76,8 +74,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     bootstrap: config.bootstrap,
     onBootstrapUnreachable: (failure) =>
       // Joined through other peers, this is a bootstrap site restarting (routine), not a wrong address.
-      connectedPeerCount() > 0
-        ? log.info('a bootstrap peer is not reachable now (this peer is in the mesh through others)', { ...failure, connectedPeers: connectedPeerCount() })
+      failure.connectedPeers > 0
+        ? log.info('a bootstrap peer is not reachable now (this peer is in the mesh through others)', { ...failure })
         : log.warn(`cannot reach a bootstrap peer: ${failure.likelyCause}`, { ...failure }),
     onBootstrapIdentityChanged: (change) =>
       log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
@@ -89,7 +87,6 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         addresses: notice.addresses,
       }),
   });
-  connectedPeerCount = () => node.connectedPeers().length;
   const stopping: Array<() => Promise<void>> = [() => node.stop()];
   try {
     const custody: CustodyService = await startCustody({

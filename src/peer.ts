@@ -92,6 +92,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const log = options.log ?? createLogger({ site: config.site }, config.logLevel);
   const clock = options.clock ?? systemClock;
   const dataDir = resolve(config.dataDir);
+  const unusableDataDir = (why: string) => new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
   await makeDirectory(dataDir).catch((error: NodeJS.ErrnoException) => {
     const why =
       error.code === 'EEXIST' || error.code === 'ENOTDIR'
@@ -99,12 +100,11 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         : error.code === 'ENOENT'
           ? 'a directory on its path cannot be created there (a dangling symbolic link, or a file system such as /proc)'
           : error.message;
-    throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
+    throw unusableDataDir(why);
   });
   // Checked here, by name: the store's own directory creation reported a read-only file system as ENOENT.
   await access(dataDir, constants.W_OK).catch((error: NodeJS.ErrnoException) => {
-    const why = error.code === 'EROFS' ? 'it is on a read-only file system' : `this user cannot write there (${error.code ?? error.message})`;
-    throw new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
+    throw unusableDataDir(error.code === 'EROFS' ? 'it is on a read-only file system' : `this user cannot write there (${error.code ?? error.message})`);
   });
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
   const store = createReplicaStore({ path: join(dataDir, 'store'), onOpenNotice: (message, fields) => log.warn(message, fields) });

@@ -235,6 +235,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.equal(failures[0]!.address, closedAddress);
     assert.match(failures[0]!.error, /ECONNREFUSED/);
     assert.match(failures[0]!.likelyCause, /nothing listens there/);
+    assert.equal(failures[0]!.connectedPeers, 0, 'alone: not in the mesh through others');
   });
 
   it('a peer learnt from the mesh that came back under a new PeerId at its address is dialled there again (a site restored without --bootstrap)', async () => {

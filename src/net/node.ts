@@ -157,6 +157,8 @@ export interface BootstrapFailure {
   readonly error: string;
   /** What the error most likely means for the operator (see bootstrapFailureCause). */
   readonly likelyCause: string;
+  /** Peers this node is connected to now: with some, it is in the mesh through others. */
+  readonly connectedPeers: number;
 }
 
 /**
@@ -458,7 +460,14 @@ class Reconnector {
         // Powers of two: the first failures at once, then ever more rarely while it stays unreachable.
         if (t.bootstrap && (t.attempts & (t.attempts - 1)) === 0) {
           const error = errorChainText(err);
-          this.onBootstrapUnreachable({ address: t.addrs.map((a) => a.toString()).join(' '), attempts: t.attempts, nextTryInMs, error: err.message, likelyCause: bootstrapFailureCause(error) });
+          this.onBootstrapUnreachable({
+            address: t.addrs.map((a) => a.toString()).join(' '),
+            attempts: t.attempts,
+            nextTryInMs,
+            error: err.message,
+            likelyCause: bootstrapFailureCause(error),
+            connectedPeers: this.node.getPeers().length,
+          });
         }
       })
       .finally(() => {
