@@ -27,7 +27,6 @@ const maxConcurrentTasks = 4;
 const noAnswer = -1;
 
 const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE' };
-const serviceName = (kind: ServiceKind): string => serviceNames[kind];
 
 interface IdentifierBuffer {
   command: DimseCommand;
@@ -398,13 +397,13 @@ export class AcceptorSession {
       // The client sees the status; the operator sees it here (a C-MOVE whose destination is down, say).
       if (this.ended && rsp.status !== undefined && !isPendingStatus(rsp.status)) {
         // Aborted, or its connection closed: nobody reads this answer, and no C-CANCEL asked for it.
-        this.log.info(`${serviceName(context.service)} stopped: the association ended`, {
+        this.log.info(`${serviceNames[context.service]} stopped: the association ended`, {
           ...(rsp.failedSubOperations !== undefined ? { completed: rsp.completedSubOperations, failed: rsp.failedSubOperations, remaining: rsp.remainingSubOperations } : {}),
         });
         return this.send(presentationContextId, rsp, dataSet);
       }
       if (rsp.status !== undefined && rsp.status !== Status.Success && !isPendingStatus(rsp.status)) {
-        this.log.warn(`${serviceName(context.service)} answered with a failure or warning`, {
+        this.log.warn(`${serviceNames[context.service]} answered with a failure or warning`, {
           status: `0x${rsp.status.toString(16)}`,
           errorComment: rsp.errorComment,
           ...(context.service === 'move' ? { moveDestination: command.moveDestination } : {}),
@@ -431,7 +430,7 @@ export class AcceptorSession {
               kind: context.service === 'get' ? 'get' : 'move',
               callingAeTitle: this.callingAeTitle,
               isReleasing: () => context.service === 'get' && this.releaseRequested,
-              onSubOperationFailures: (reasons) => this.log.warn(`${serviceName(context.service)} sub-operations failed`, { reasons }),
+              onSubOperationFailures: (reasons) => this.log.warn(`${serviceNames[context.service]} sub-operations failed`, { reasons }),
               openTarget: (entries) =>
                 context.service === 'get'
                   ? this.getTarget()

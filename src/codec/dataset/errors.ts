@@ -4,6 +4,8 @@ export type DatasetParseErrorCode =
   | 'ERR_DATASET_TRUNCATED'
   | 'ERR_DATASET_MALFORMED'
   | 'ERR_DATASET_TOO_LARGE_HEADER'
+  /** More kept top-level elements than the reader's bound. */
+  | 'ERR_DATASET_TOO_MANY_ELEMENTS'
   /** Sequences and items nested beyond the reader's bound. */
   | 'ERR_DATASET_TOO_DEEP'
   | 'ERR_DATASET_INFLATE'

@@ -433,7 +433,7 @@ describe('DatasetHeaderReader: malformed input', () => {
   it('enforces maxHeaderBytes and maxElementCount', () => {
     const many = concat(Array.from({ length: 100 }, (_, i) => element(0x00091000 + i, 'LO', 'abcd', explicitLittle)));
     expectParseError('ERR_DATASET_TOO_LARGE_HEADER', () => parseDataset(many, TransferSyntax.ExplicitVrLittleEndian, { maxHeaderBytes: 1000 }));
-    expectParseError('ERR_DATASET_TOO_LARGE_HEADER', () => parseDataset(many, TransferSyntax.ExplicitVrLittleEndian, { maxElementCount: 50 }));
+    expectParseError('ERR_DATASET_TOO_MANY_ELEMENTS', () => parseDataset(many, TransferSyntax.ExplicitVrLittleEndian, { maxElementCount: 50 }));
     assert.equal(parseDataset(many, TransferSyntax.ExplicitVrLittleEndian, { maxHeaderBytes: 1200 }).elements.length, 100);
     // Nested element headers count too, so a flood of tiny items inside a sequence is bounded as well.
     const flood = undefinedLengthSequence(Tags.ContentSequence, Array.from({ length: 500 }, () => item(new Uint8Array(0), explicitLittle, false)), explicitLittle);

@@ -533,7 +533,7 @@ export class DatasetHeaderReader {
 
   private startKeptValue(tag: Tag, vr: Vr, length: number, littleEndian: boolean, elementOffset: number): void {
     if (this.keptElementCount >= this.maxElementCount) {
-      throw new DatasetParseError('ERR_DATASET_TOO_LARGE_HEADER', `more than ${this.maxElementCount} top-level elements`, elementOffset);
+      throw new DatasetParseError('ERR_DATASET_TOO_MANY_ELEMENTS', `more than ${this.maxElementCount} top-level elements`, elementOffset);
     }
     this.chargeExaminedBytes(length, elementOffset);
     this.pendingTag = tag;

@@ -5,7 +5,7 @@
  * retrieved). Success is answered only after the instance and its catalog entry are durable.
  */
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
-import { DatasetParseError } from '../../../codec/dataset/errors.ts';
+import { DatasetParseError, type DatasetParseErrorCode } from '../../../codec/dataset/errors.ts';
 import { DatasetHeaderReader } from '../../../codec/dataset/reader.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { isAcceptableUid } from '../../../codec/uid.ts';
@@ -41,17 +41,17 @@ export interface StoreResult {
  * understand") would have the modality take for corrupt (helper 44).
  */
 function readerRefusal(error: unknown): StoreResult {
-  if (error instanceof DatasetParseError && (error.code === 'ERR_DATASET_TOO_LARGE_HEADER' || error.code === 'ERR_DATASET_TOO_DEEP')) {
-    // The comment holds 64 characters: the bound in short, the reader's whole message in the log's status.
-    return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${boundOf(error)}` };
-  }
+  // The comment holds 64 characters: the bound in short.
+  const bound = error instanceof DatasetParseError ? boundsExceeded[error.code] : undefined;
+  if (bound !== undefined) return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${bound}` };
   return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
 }
 
-function boundOf(error: DatasetParseError): string {
-  if (error.code === 'ERR_DATASET_TOO_DEEP') return 'sequences nested too deep';
-  return /top-level elements/.test(error.message) ? 'too many top-level elements' : 'over 16 MiB of headers';
-}
+const boundsExceeded: Partial<Record<DatasetParseErrorCode, string>> = {
+  ERR_DATASET_TOO_LARGE_HEADER: 'over 16 MiB of headers',
+  ERR_DATASET_TOO_MANY_ELEMENTS: 'too many top-level elements',
+  ERR_DATASET_TOO_DEEP: 'sequences nested too deep',
+};
 
 /** The store could not take the instance (a full disk, a store refusing writes): the modality may retry. */
 function storageFailure(error: unknown): StoreResult {
