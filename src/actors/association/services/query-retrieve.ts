@@ -261,7 +261,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       else {
         counts.failed++;
         counts.failedUids.push(entry.sopInstanceUid);
-        const key = failureReasons.size < failureReasonsMax || failureReasons.has(reason ?? '') ? (reason ?? 'unknown') : 'other reasons';
+        const known = reason ?? 'unknown';
+        const key = failureReasons.has(known) || failureReasons.size < failureReasonsMax ? known : 'other reasons';
         failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
       }
       if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
@@ -325,7 +326,7 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
         status = await target.store(picked.presentationContextId, command, transcoded.bytes);
       }
     }
-    return { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
+    return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
   } catch (error) {
     return { status: Status.UnableToProcess, reason: errorText(error) };
   }
