@@ -710,6 +710,33 @@ function matchesStoredKeys(keys: CompiledKey[], stored: Map<Tag, DicomElement>, 
 }
 
 /**
+ * A study or series filed under several PatientIDs matches by any one patient's part too (its own newest
+ * instance's attributes): `RA^ALPHA` finds the study whose later instances are RB's (black-box helper 39;
+ * Orthanc lists it under each patient). The attributes of the first other part that matches, in PatientID
+ * order; the caller keeps the whole entity's counts, what a retrieve with the same keys (no PatientID)
+ * delivers. undefined for other levels, an entity of one patient, or no part matching.
+ */
+async function firstMatchingPatientPart(
+  level: QueryLevel,
+  keys: CompiledKey[],
+  whole: EntityAggregate,
+  upper: UpperAggregateCache,
+): Promise<Map<Tag, DicomElement> | undefined> {
+  if ((level !== 'STUDY' && level !== 'SERIES') || whole.patientIds.size < 2) return undefined;
+  const parts = patientParts(whole);
+  if (parts.size < 2) return undefined;
+  const newestPart = normalizeIdentifierText(whole.latest!.patientId);
+  for (const [patientId, patients] of [...parts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    if (patientId === newestPart) continue;
+    const part = await upper.get(level, entityIdOf(level, whole.latest!), true, patients);
+    if (part.latest === undefined) continue;
+    const partStored = attributesByTag(part.latest);
+    if (matchesStoredKeys(keys, partStored, part)) return partStored;
+  }
+  return undefined;
+}
+
+/**
  * The response identifier for an entity, or undefined if it does not match every key. In Patient Root a
  * study or series narrowed to the matched patients is counted as that part (what a C-GET with the same
  * keys retrieves); in Study Root the PatientID is an attribute of the study, which is counted whole.
@@ -727,28 +754,12 @@ async function respond(
   const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
   const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
   let stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
-  let matched = matchesStoredKeys(keys, stored, aggregate);
-  const partLevel = level === 'STUDY' || level === 'SERIES' ? level : undefined;
-  // Only for an entity that did not match, and only if it holds instances of several patients.
-  const parts = matched || narrowed !== undefined || partLevel === undefined || whole.patientIds.size < 2 ? undefined : patientParts(whole);
-  if (partLevel !== undefined && parts !== undefined && parts.size >= 2) {
-    // A study or series filed under several PatientIDs matches by any one patient's part too (its own
-    // newest instance's attributes): `RA^ALPHA` finds the study whose later instances are RB's (black-box
-    // helper 39; Orthanc lists it under each patient). The first part that matches answers with its
-    // attributes; the counts stay the whole entity's, what a retrieve with the same keys (no PatientID)
-    // delivers.
-    const newestPart = normalizeIdentifierText(whole.latest!.patientId);
-    for (const [patientId, patients] of [...parts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-      if (patientId === newestPart) continue;
-      const part = await upper.get(partLevel, entityIdOf(partLevel, whole.latest!), true, patients);
-      if (part.latest === undefined) continue;
-      const partStored = attributesByTag(part.latest);
-      if (!matchesStoredKeys(keys, partStored, part)) continue;
-      [stored, matched] = [partStored, true];
-      break;
-    }
+  if (!matchesStoredKeys(keys, stored, aggregate)) {
+    // Not narrowed to a patient by its keys: one patient's part of the entity may match instead.
+    const partStored = narrowed === undefined ? await firstMatchingPatientPart(level, keys, whole, upper) : undefined;
+    if (partStored === undefined) return undefined;
+    stored = partStored;
   }
-  if (!matched) return undefined;
   const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
   const computedValues = new Map<Tag, string>();
   for (const key of keys) {
