@@ -496,6 +496,48 @@ test('compressed -> uncompressed: RLE, JPEG lossless, JPEG-LS, J2K, HTJ2K, JPEG 
   }
 });
 
+test('an encapsulated icon (Icon Image Sequence in the instance\'s syntax) is decoded too, not left encapsulated', async () => {
+  await codecs();
+  const imageAttrs = (w: number, h: number): TEl[] => [
+    { tag: 0x00280002, vr: 'US', value: us(1) },
+    { tag: 0x00280004, vr: 'CS', value: latin1('MONOCHROME2') },
+    { tag: 0x00280010, vr: 'US', value: us(h) },
+    { tag: 0x00280011, vr: 'US', value: us(w) },
+    { tag: 0x00280100, vr: 'US', value: us(8) },
+    { tag: 0x00280101, vr: 'US', value: us(8) },
+    { tag: 0x00280102, vr: 'US', value: us(7) },
+    { tag: 0x00280103, vr: 'US', value: us(0) },
+  ];
+  const rle = (w: number, h: number, px: Uint8Array) =>
+    NativeCodecs.encodeRle(
+      new Context({ width: w, height: h, bitsAllocated: 8, bitsStored: 8, samplesPerPixel: 1, pixelRepresentation: 0,
+        planarConfiguration: 0, photometricInterpretation: 'MONOCHROME2', decodedBuffer: px }),
+    ).getEncodedBuffer()!;
+  const image = pixels(32, 16, 1, 8, 0);
+  const icon = pixels(8, 6, 1, 8, 5);
+  const e = { explicit: true, le: true };
+  // The icon item: its own Image Pixel attributes, then its encapsulated Pixel Data (undefined lengths).
+  const itemBody = Buffer.concat([encode(imageAttrs(8, 6), e), encapsulated([rle(8, 6, icon)], false)]);
+  const iconSequence = Buffer.concat([
+    head(0x00880200, 'SQ', 0xffffffff, e),
+    head(0xfffee000, null, 0xffffffff, e), itemBody, head(0xfffee00d, null, 0, e),
+    head(0xfffee0dd, null, 0, e),
+  ]);
+  const ds = new Uint8Array(Buffer.concat([
+    encode([{ tag: 0x00100010, vr: 'PN', value: latin1(patientName) }, ...imageAttrs(32, 16)], e),
+    iconSequence,
+    encapsulated([rle(32, 16, image)], true),
+  ]));
+  for (const target of [EXPLICIT, IMPLICIT]) {
+    const r = await transcodeDataset(ds, RLE, [target]);
+    const els = parse(r.bytes, { explicit: target === EXPLICIT, le: true }).els;
+    assert.deepEqual(Buffer.from(find(els, 0x7fe00010)!.value!), Buffer.from(image), `image -> ${target}`);
+    const iconItem = find(els, 0x00880200)!.items![0]!;
+    assert.deepEqual(Buffer.from(find(iconItem, 0x7fe00010)!.value!), Buffer.from(icon), `icon -> ${target}`);
+    assert.deepEqual(find(els, 0x00100010)!.value, latin1(patientName));
+  }
+});
+
 test('undecodable compressed data throws ERR_TRANSCODE_FAILED and the codec recovers', async () => {
   const attrs = encode(
     [

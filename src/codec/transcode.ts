@@ -28,7 +28,8 @@
  *   dcmjs-codecs WASM, on a throw-away dataset holding only the Image Pixel attributes and one frame; the
  *   decoded frames and the attributes the decoder changed (Photometric Interpretation, e.g. YBR_FULL_422 ->
  *   RGB, and Planar Configuration) are then spliced into the re-encoded original, so private elements and
- *   the character set survive here too. The Extended Offset Table (7FE0,0001/0002), meaningful only for
+ *   the character set survive here too. Encapsulated Pixel Data inside items (an Icon Image Sequence in
+ *   the instance's syntax) is decoded the same way with its item's attributes. The Extended Offset Table (7FE0,0001/0002), meaningful only for
  *   encapsulated data, is dropped. Exception: JPEG baseline labelled RGB (compressed without colour
  *   transform) is decoded by the dcmjs-codecs JPEG decoder directly without YCbCr conversion, because
  *   dcmjs-dimse's codec always converts for baseline and garbles such images; the corpus JPEG baseline and
@@ -186,6 +187,7 @@ export async function transcodeDataset(
   } else if (pixel) {
     throw new TranscodeError('ERR_TRANSCODE_FAILED', `pixel data of a ${from} dataset is not encapsulated`);
   }
+  await decodeNestedPixelData(elements, from);
   try {
     return { bytes: finish(elements, target), transferSyntaxUid: target };
   } catch (err) {
@@ -879,6 +881,21 @@ function decodeRgbBaseline(frame: Uint8Array, attrs: PixelAttrs): Record<string,
   const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out.buffer : out.slice().buffer;
   // Decoded data is interleaved whatever the source said.
   return { PixelData: [copy], PhotometricInterpretation: 'RGB', PlanarConfiguration: 0 };
+}
+
+/**
+ * Encapsulated Pixel Data inside items: an Icon Image Sequence of a compressed instance may be compressed in
+ * the instance's syntax (PS3.5 8.2, PS3.3 C.7.6.1.1.6). Each item's image is decoded with that item's own
+ * Image Pixel attributes, so the output has no encapsulated value left anywhere.
+ */
+async function decodeNestedPixelData(elements: El[], ts: string): Promise<void> {
+  for (const el of elements) {
+    for (const item of el.items ?? []) {
+      const pixel = item.elements.find((e) => e.tag === PIXEL_DATA);
+      if (pixel?.fragments) await decodePixelData(item.elements, pixel, ts);
+      await decodeNestedPixelData(item.elements, ts);
+    }
+  }
 }
 
 async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<void> {
