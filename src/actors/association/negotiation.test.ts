@@ -55,25 +55,3 @@ test('role selections are answered only for storage classes of an accepted conte
   assert.deepEqual(result.ac.userInformation.roleSelections, [{ sopClassUid: ct, scuRole: false, scpRole: true }]);
   assert.equal(result.contexts.get(3)?.requestorIsScp, true);
 });
-
-test('a storage context where the requestor is SCP (C-GET) takes its first uncompressed syntax, a compressed one only when alone', () => {
-  const jpegLossless = '1.2.840.10008.1.2.4.70';
-  const implicitLe = '1.2.840.10008.1.2';
-  const result = negotiate(
-    request(
-      [
-        { id: 1, abstractSyntaxUid: SopClass.StudyRootGet, transferSyntaxUids: [explicitLe] },
-        // getscu +xs: JPEG Lossless first, then the uncompressed ones (helper 47: every uncompressed instance failed).
-        { id: 3, abstractSyntaxUid: ct, transferSyntaxUids: [jpegLossless, implicitLe, explicitLe] },
-        { id: 5, abstractSyntaxUid: ct, transferSyntaxUids: [jpegLossless] },
-        // No role selection: a modality storing to us, whose preferred syntax is kept.
-        { id: 7, abstractSyntaxUid: mr, transferSyntaxUids: [jpegLossless, explicitLe] },
-      ],
-      [{ sopClassUid: ct, scuRole: false, scpRole: true }],
-    ),
-    config,
-  );
-  assert.equal(result.outcome, 'accept');
-  if (result.outcome !== 'accept') return;
-  assert.deepEqual(result.ac.presentationContexts.map((pc) => [pc.id, pc.transferSyntaxUid]), [[1, explicitLe], [3, implicitLe], [5, jpegLossless], [7, jpegLossless]]);
-});

@@ -128,13 +128,13 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
       answers.push({ id: pc.id, result: badId ? PresentationContextResult.NoReason : PresentationContextResult.AbstractSyntaxNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
       continue;
     }
-    const role = proposedRoles.get(pc.abstractSyntaxUid);
-    const requestorIsScp = service.kind === 'storage' && role !== undefined && role.scpRole;
-    const transferSyntaxUid = chooseTransferSyntax(service.kind, pc.transferSyntaxUids, requestorIsScp);
+    const transferSyntaxUid = chooseTransferSyntax(service.kind, pc.transferSyntaxUids);
     if (!transferSyntaxUid) {
       answers.push({ id: pc.id, result: PresentationContextResult.TransferSyntaxesNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
       continue;
     }
+    const role = proposedRoles.get(pc.abstractSyntaxUid);
+    const requestorIsScp = service.kind === 'storage' && role !== undefined && role.scpRole;
     contexts.set(pc.id, { id: pc.id, abstractSyntaxUid: pc.abstractSyntaxUid, transferSyntaxUid, service: service.kind, root: service.root, requestorIsScp });
     answers.push({ id: pc.id, result: PresentationContextResult.Acceptance, transferSyntaxUid });
   }
@@ -163,14 +163,9 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
 
 /**
  * Storage: the first syntax the requestor proposes that we can index, so the instance is stored as the
- * modality prefers to send it. Storage where the requestor takes the SCP role (C-GET sub-operations come
- * to it): the first uncompressed syntax it proposes, since we can send every stored instance in those but
- * a compressed one only to instances stored in it (getscu +xs put JPEG Lossless first and got no
- * uncompressed instance: helper 47); a compressed one only when it proposes nothing else.
- * Everything else: explicit VR little endian first, then implicit.
+ * modality prefers to send it. Everything else: explicit VR little endian first, then implicit.
  */
-function chooseTransferSyntax(kind: ServiceKind, proposed: readonly string[], requestorIsScp = false): string | undefined {
-  if (kind === 'storage' && requestorIsScp) return proposed.find((ts) => uncompressedTransferSyntaxes.includes(ts)) ?? proposed.find(isStorableTransferSyntax);
+function chooseTransferSyntax(kind: ServiceKind, proposed: readonly string[]): string | undefined {
   if (kind === 'storage') return proposed.find(isStorableTransferSyntax);
   for (const preferred of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]) {
     if (proposed.includes(preferred)) return preferred;
