@@ -326,6 +326,26 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.equal(valueOf(ascii[0]!, T.SpecificCharacterSet), undefined, 'only ASCII values: not added');
     });
 
+    it('answers an asked SpecificCharacterSet empty when every returned value is ASCII (Orthanc 1.10 fails a query over a multi-valued one)', async () => {
+      const asked = (more: ReturnType<typeof k>[]) =>
+        find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.SpecificCharacterSet, 'CS'), k(T.PatientName, 'PN', 'SMITH*'), ...more] });
+      const [ascii] = await asked([k(T.PatientBirthDate, 'DA')]);
+      assert.equal(valueOf(ascii!, T.SpecificCharacterSet), '');
+      const [nonAscii] = await asked([k(T.PatientID, 'LO')]);
+      assert.equal(valueOf(nonAscii!, T.SpecificCharacterSet), 'ISO_IR 100');
+    });
+
+    it('ignores File Meta and command elements in an identifier: neither matched nor returned', async () => {
+      const plain = await find(db, { root: 'STUDY', level: 'IMAGE', keys: [k(T.StudyInstanceUID, 'UI', S3), k(T.SOPInstanceUID, 'UI')] });
+      assert.ok(plain.length > 0);
+      const withMeta = await find(db, {
+        root: 'STUDY',
+        level: 'IMAGE',
+        keys: [k(0x00000900, 'US', ''), k(0x00020002, 'UI', CT_IMAGE), k(0x00020003, 'UI'), k(T.StudyInstanceUID, 'UI', S3), k(T.SOPInstanceUID, 'UI')],
+      });
+      assert.deepEqual(withMeta, plain);
+    });
+
     it('never matches a private key, whatever its value, nor refuses one above IMAGE level (returned empty there)', async () => {
       const studies = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(0x00090010, 'LO', 'FOO'), k(0x00091001, 'LO', 'BAR')] });
       assert.equal(studies.length, 5);
@@ -736,6 +756,12 @@ describe('a study filed under two PatientIDs', () => {
         const [studyRoot] = await find(db, { root: 'STUDY', level: 'STUDY', keys: keys(patientId, 'STUDY') });
         assert.equal(valueOf(studyRoot!, T.PatientName), name, `Study Root under ${patientId}`);
         assert.equal(valueOf(studyRoot!, T.NumberOfStudyRelatedInstances), '2', 'Study Root: the whole study, as a Study Root C-GET retrieves');
+        // A Study Root retrieve with a PatientID key as well (movescu -S ... PatientID=...): the whole study,
+        // as counted; PatientID is not a Study Root key (helper 47: 1 of 3 sent, with Success).
+        for (const level of ['STUDY', 'SERIES'] as const) {
+          const studyRootKeys = [k(T.PatientID, 'LO', patientId), k(T.StudyInstanceUID, 'UI', study.studyUid), ...(level === 'SERIES' ? [k(T.SeriesInstanceUID, 'UI', '1.2.3.60.1')] : [])];
+          assert.equal((await retrieveUids(db, { root: 'STUDY', level, keys: studyRootKeys })).length, 2, `Study Root ${level} retrieve with PatientID ${patientId}`);
+        }
       }
       // Both patients matched (a wildcard), or no PatientID key: the whole study, the latest instance's attributes.
       for (const patientKey of [[k(T.PatientID, 'LO', 'P6*')], []]) {

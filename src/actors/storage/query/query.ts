@@ -218,6 +218,10 @@ function compileQuery(request: QueryRequest): Compiled {
   const seenTags = new Set<Tag>();
   for (const element of request.keys) {
     if (element.tag === Tags.QueryRetrieveLevel || (element.tag & 0xffff) === 0) continue;
+    // Command (0000) and File Meta (0002) elements are not data set attributes: neither matched nor returned
+    // (Orthanc 1.10 sends (0002,0002) in IMAGE-level queries, which then matched nothing: helper 47).
+    const group = element.tag >>> 16;
+    if (group === 0x0000 || group === 0x0002) continue;
     if (seenTags.has(element.tag)) continue;
     seenTags.add(element.tag);
     const computed = COMPUTED_ATTRIBUTES.get(element.tag);
@@ -780,8 +784,13 @@ async function respond(
   });
   response.push({ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: level });
   const beyondAscii = response.some((element) => element.value !== undefined && /[\x1b\x80-\xff]/.test(element.value));
-  if (beyondAscii && storedCharacterSet && !keys.some((key) => key.element.tag === Tags.SpecificCharacterSet)) {
-    response.push({ tag: Tags.SpecificCharacterSet, vr: 'CS', value: storedCharacterSet });
+  const askedCharacterSet = response.findIndex((element) => element.tag === Tags.SpecificCharacterSet);
+  if (askedCharacterSet < 0) {
+    if (beyondAscii && storedCharacterSet) response.push({ tag: Tags.SpecificCharacterSet, vr: 'CS', value: storedCharacterSet });
+  } else if (!beyondAscii) {
+    // It names the response's own encoding (PS3.4 C.4.1.1.3.2): plain ASCII needs none. An instance's
+    // multi-valued set made Orthanc 1.10 fail the whole query over ASCII answers (helper 47).
+    response[askedCharacterSet] = { tag: Tags.SpecificCharacterSet, vr: 'CS', value: '' };
   }
   return response.sort((a, b) => a.tag - b.tag);
 }
@@ -864,8 +873,8 @@ export function validateRetrieve(request: QueryRequest): QueryValidation {
 }
 
 /**
- * C-GET/C-MOVE: every instance selected by the identifier's unique keys, each once. Upper-level unique keys,
- * when present, must agree with the instance. Other keys are ignored. Throws QueryError for an identifier
+ * C-GET/C-MOVE: every instance selected by the identifier's unique keys, each once. Upper-level unique keys
+ * of the root's model, when present, must agree with the instance. Other keys are ignored. Throws QueryError for an identifier
  * that validateRetrieve refuses (never "everything" for a missing key).
  */
 export async function* resolveRetrieve(
@@ -884,7 +893,9 @@ export async function* resolveRetrieve(
     const values = uniqueKeyValues(request, tag);
     if (values) filters.push((entry) => values.includes(normalizeValue('LO', field(entry))));
   };
-  if (LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT) upperFilter(Tags.PatientID, (entry) => entry.patientId);
+  // Study Root has no patient level: PatientID is not one of its retrieve keys (PS3.4 C.4.2.1.4.1), and
+  // filtering by it sent part of a study filed under two PatientIDs with Success (helper 47).
+  if (request.root === 'PATIENT' && LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT) upperFilter(Tags.PatientID, (entry) => entry.patientId);
   if (LEVEL_DEPTH[level] > LEVEL_DEPTH.STUDY) upperFilter(Tags.StudyInstanceUID, (entry) => entry.studyInstanceUid);
   if (LEVEL_DEPTH[level] > LEVEL_DEPTH.SERIES) upperFilter(Tags.SeriesInstanceUID, (entry) => entry.seriesInstanceUid);
 
