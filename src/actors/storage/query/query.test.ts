@@ -661,12 +661,19 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       assert.deepEqual(uids, [`${S1}.1.1`, `${S1}.1.3`]);
     });
 
+    it('serves a PATIENT-level retrieve on Study Root as Patient Root (how Orthanc 1.10 retrieves a patient)', async () => {
+      const patientRoot = await retrieveUids(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] });
+      assert.equal(patientRoot.length, 8);
+      assert.deepEqual(validateRetrieve({ root: 'STUDY', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }), { ok: true });
+      assert.deepEqual(await retrieveUids(db, { root: 'STUDY', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }), patientRoot);
+    });
+
     it('refuses identifiers without the unique key, with wildcards, or with a wrong level', async () => {
       const cases: Array<[QueryRequest, number]> = [
         [{ root: 'STUDY', level: 'STUDY', keys: [] }, 0xa900],
         [{ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', '')] }, 0xa900],
         [{ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', '')] }, 0xa900],
-        [{ root: 'STUDY', level: 'PATIENT', keys: [k(T.PatientID, 'LO', P1)] }, 0xa900],
+        [{ root: 'STUDY', level: 'PATIENT', keys: [] }, 0xa900],
         [{ root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PAT*')] }, 0xc002],
         [{ root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI', '1.2.*')] }, 0xc002],
       ];
