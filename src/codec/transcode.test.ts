@@ -227,7 +227,7 @@ function assertTranscodeError(err: unknown, code: string): true {
 
 test('canTranscode: uncompressed <-> uncompressed, compressed -> uncompressed, never into compressed', () => {
   for (const a of UNCOMPRESSED) for (const b of UNCOMPRESSED) assert.equal(canTranscode(a, b), true, `${a} -> ${b}`);
-  const decodable = [JPEG_BASELINE, JPEG_LOSSLESS, JPEG_LS, '1.2.840.10008.1.2.4.81', J2K, '1.2.840.10008.1.2.4.91', RLE, HTJ2K, '1.2.840.10008.1.2.4.202', '1.2.840.10008.1.2.4.203', JXL, '1.2.840.10008.1.2.4.112'];
+  const decodable = [JPEG_BASELINE, '1.2.840.10008.1.2.4.51', '1.2.840.10008.1.2.4.57', JPEG_LOSSLESS, JPEG_LS, '1.2.840.10008.1.2.4.81', J2K, '1.2.840.10008.1.2.4.91', RLE, HTJ2K, '1.2.840.10008.1.2.4.202', '1.2.840.10008.1.2.4.203', JXL, '1.2.840.10008.1.2.4.112'];
   for (const c of decodable) {
     for (const u of UNCOMPRESSED) {
       assert.equal(canTranscode(c, u), true, `${c} -> ${u}`);
@@ -236,7 +236,7 @@ test('canTranscode: uncompressed <-> uncompressed, compressed -> uncompressed, n
     assert.equal(canTranscode(c, c), true);
     for (const d of decodable) if (d !== c) assert.equal(canTranscode(c, d), false, `${c} -> ${d}`);
   }
-  for (const unsupported of ['1.2.840.10008.1.2.4.51', '1.2.840.10008.1.2.4.57', '1.2.840.10008.1.2.4.111', '1.2.840.10008.1.2.4.100', '9.9.9']) {
+  for (const unsupported of ['1.2.840.10008.1.2.4.111', '1.2.840.10008.1.2.4.100', '9.9.9']) {
     assert.equal(canTranscode(unsupported, EXPLICIT), false, unsupported);
   }
 });
@@ -253,7 +253,7 @@ test('target choice: stored syntax returned untouched, receiver order otherwise,
 
   await assert.rejects(transcodeDataset(ds, EXPLICIT, [J2K, JPEG_BASELINE]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
   await assert.rejects(transcodeDataset(ds, EXPLICIT, []), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
-  await assert.rejects(transcodeDataset(ds, '1.2.840.10008.1.2.4.51', [EXPLICIT]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
+  await assert.rejects(transcodeDataset(ds, '1.2.840.10008.1.2.4.111', [EXPLICIT]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
 });
 
 test('implicit -> explicit -> implicit keeps every element, private ones and Latin-1 bytes included', async () => {
@@ -608,6 +608,69 @@ function hasDcmdump(): boolean {
     return false;
   }
 }
+
+test('JPEG extended (.51) and lossless with any predictor (.57) decode to the pixels dcmdjpeg gives', async (t) => {
+  const has = (tool: string) => {
+    try {
+      execFileSync(tool, ['--version'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!has('dcmcjpeg') || !has('dcmdjpeg')) {
+    t.skip('DCMTK (dcmcjpeg, dcmdjpeg) is not installed');
+    return;
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'transcode-jpeg-'));
+  try {
+    const images = [
+      { name: 'mono12', bits: 16, stored: 12, spp: 1, pi: 'MONOCHROME2' },
+      { name: 'rgb8', bits: 8, stored: 8, spp: 3, pi: 'RGB' },
+    ];
+    let checked = 0;
+    for (const image of images) {
+      const W = 24;
+      const H = 10;
+      const raw = pixels(W, H, image.spp, image.bits, 3);
+      if (image.bits === 16) for (let i = 1; i < raw.length; i += 2) raw[i]! &= 0x0f; // 12 bits stored
+      const ds = encode([
+        { tag: 0x00080016, vr: 'UI', value: uid('1.2.840.10008.5.1.4.1.1.7') },
+        { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.6') },
+        { tag: 0x00280002, vr: 'US', value: us(image.spp) },
+        { tag: 0x00280004, vr: 'CS', value: latin1(image.pi) },
+        ...(image.spp > 1 ? [{ tag: 0x00280006, vr: 'US', value: us(0) }] : []),
+        { tag: 0x00280010, vr: 'US', value: us(H) },
+        { tag: 0x00280011, vr: 'US', value: us(W) },
+        { tag: 0x00280100, vr: 'US', value: us(image.bits) },
+        { tag: 0x00280101, vr: 'US', value: us(image.stored) },
+        { tag: 0x00280102, vr: 'US', value: us(image.stored - 1) },
+        { tag: 0x00280103, vr: 'US', value: us(0) },
+        { tag: 0x7fe00010, vr: image.bits === 8 ? 'OB' : 'OW', value: raw },
+      ], { explicit: true, le: true });
+      const source = join(tmp, `${image.name}.dcm`);
+      writeFileSync(source, part10(ds, EXPLICIT, '1.2.840.10008.5.1.4.1.1.7', '1.2.3.4.5.6'));
+      for (const [label, options] of [['extended', ['+ee']], ['lossless sv1', ['+el', '+sv', '1']], ['lossless sv4', ['+el', '+sv', '4']], ['lossless sv7', ['+el', '+sv', '7']]] as const) {
+        const compressed = join(tmp, `${image.name}-${label.replace(' ', '-')}.dcm`);
+        execFileSync('dcmcjpeg', [...options, source, compressed], { stdio: 'ignore' });
+        const { dataset, ts } = readPart10(compressed);
+        assert.equal(ts, label === 'extended' ? '1.2.840.10008.1.2.4.51' : '1.2.840.10008.1.2.4.57', `${image.name} ${label}`);
+        const reference = `${compressed}.ref.dcm`;
+        execFileSync('dcmdjpeg', [compressed, reference], { stdio: 'ignore' });
+        const refPx = find(parse(readPart10(reference).dataset, { explicit: true, le: true }).els, 0x7fe00010)!.value!;
+        const r = await transcodeDataset(dataset, ts, [EXPLICIT]);
+        const els = parse(r.bytes, { explicit: true, le: true }).els;
+        assert.deepEqual(Buffer.from(find(els, 0x7fe00010)!.value!), Buffer.from(refPx), `${image.name} ${label}: same pixels as dcmdjpeg`);
+        if (image.spp === 3) assert.equal(text(find(els, 0x00280004)!.value)?.trim(), 'RGB', `${image.name} ${label}: photometric`);
+        if (label !== 'extended') assert.deepEqual(Buffer.from(find(els, 0x7fe00010)!.value!), Buffer.from(raw), `${image.name} ${label}: lossless`);
+        checked++;
+      }
+    }
+    assert.equal(checked, 8);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
 
 test('corpus: JPEG baseline, RLE and JPEG 2000 files decode to explicit VR LE with full-size pixel data', async (t) => {
   if (!existsSync(CORPUS)) {

@@ -22,7 +22,8 @@
  *   copied (a wrong value in the source stays wrong, but explicit LE/BE/deflated round trips stay
  *   byte-exact); sequence/item lengths are recomputed (defined stays defined,
  *   undefined stays undefined).
- * - compressed -> uncompressed (any of the four above): JPEG baseline (.50), JPEG lossless SV1 (.70),
+ * - compressed -> uncompressed (any of the four above): JPEG baseline (.50), JPEG extended (.51), JPEG
+ *   lossless with any predictor (.57) and SV1 (.70),
  *   JPEG-LS lossless/near-lossless (.80/.81), JPEG 2000 lossless/lossy (.90/.91), RLE (1.2.840.10008.1.2.5),
  *   HTJ2K (.201/.202/.203), JPEG XL (.110/.112). Pixel data is decoded frame by frame with dcmjs-dimse `Transcoding` over the
  *   dcmjs-codecs WASM, on a throw-away dataset holding only the Image Pixel attributes and one frame; the
@@ -32,11 +33,11 @@
  *   the instance's syntax) is decoded the same way with its item's attributes. The Extended Offset Table (7FE0,0001/0002), meaningful only for
  *   encapsulated data, is dropped. Exception: JPEG baseline labelled RGB (compressed without colour
  *   transform) is decoded by the dcmjs-codecs JPEG decoder directly without YCbCr conversion, because
- *   dcmjs-dimse's codec always converts for baseline and garbles such images; the corpus JPEG baseline and
+ *   dcmjs-dimse's codec always converts for baseline and garbles such images; JPEG extended and .57, which
+ *   dcmjs-dimse refuses, go to that decoder directly too (same pixels as dcmdjpeg); the corpus JPEG baseline and
  *   RLE files decode byte-identical to DCMTK's dcmdjpeg/dcmdrle. Lossy Image Compression attributes are left as they are (a decoded lossy
  *   image still is lossy-derived).
- * - NOT supported: encoding into any compressed syntax (canTranscode says false), JPEG extended (.51),
- *   JPEG lossless non-SV1 (.57), JPEG XL JPEG recompression (.111), MPEG/HEVC video, and compressed
+ * - NOT supported: encoding into any compressed syntax (canTranscode says false), JPEG XL JPEG recompression (.111), MPEG/HEVC video, and compressed
  *   sources with Bits Allocated other than 8 or 16 (dcmjs-codecs limit; fails with ERR_TRANSCODE_FAILED).
  *
  * Target choice (`transcodeDataset`): if the stored syntax is acceptable the bytes are returned untouched.
@@ -93,6 +94,8 @@ const UNCOMPRESSED: ReadonlySet<string> = new Set([IMPLICIT_LE, EXPLICIT_LE, DEF
 /** Compressed syntaxes we can decode (verified by encoding + decoding with the dcmjs-codecs WASM). */
 const DECODABLE: ReadonlySet<string> = new Set([
   '1.2.840.10008.1.2.4.50', // JPEG baseline (lossy)
+  '1.2.840.10008.1.2.4.51', // JPEG extended (lossy, 8/12-bit): decoded by decodeJpegDirect
+  '1.2.840.10008.1.2.4.57', // JPEG lossless, any predictor: decoded by decodeJpegDirect
   '1.2.840.10008.1.2.4.70', // JPEG lossless, first-order prediction
   '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
   '1.2.840.10008.1.2.4.81', // JPEG-LS near-lossless
@@ -857,14 +860,21 @@ interface NativeCodecsApi {
   Context: new (attrs: Record<string, unknown>) => unknown;
 }
 
+/** JPEG syntaxes dcmjs-dimse's Transcoding refuses, which the dcmjs-codecs JPEG decoder reads (as dcmdjpeg does). */
+const JPEG_DIRECT: ReadonlySet<string> = new Set(['1.2.840.10008.1.2.4.51', '1.2.840.10008.1.2.4.57']);
+
 /**
- * JPEG baseline labelled RGB: the components were compressed without a colour transform. dcmjs-dimse's
- * codec always converts YCbCr -> RGB for baseline, which garbles these (seen on
- * pydicom SC_jpeg_no_color_transform: up to 137 off per sample); decode without conversion, like DCMTK.
+ * One JPEG frame through the dcmjs-codecs decoder directly, for two cases:
+ * - JPEG baseline labelled RGB: the components were compressed without a colour transform. dcmjs-dimse's
+ *   codec always converts YCbCr -> RGB for baseline, which garbles these (seen on pydicom
+ *   SC_jpeg_no_color_transform: up to 137 off per sample); decoded without conversion, like DCMTK.
+ * - JPEG extended (.51) and lossless with any predictor (.57), which dcmjs-dimse does not take (helper 47:
+ *   such instances never reached an uncompressed-only receiver); YBR colour is converted to RGB, as dcmdjpeg does.
  */
-function decodeRgbBaseline(frame: Uint8Array, attrs: PixelAttrs): Record<string, unknown> {
+function decodeJpegDirect(frame: Uint8Array, attrs: PixelAttrs): Record<string, unknown> {
   const req = createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'));
   const { NativeCodecs, Context } = req('dcmjs-codecs') as NativeCodecsApi;
+  const convert = attrs.samplesPerPixel === 3 && attrs.photometric.startsWith('YBR');
   const ctx = new Context({
     width: attrs.columns,
     height: attrs.rows,
@@ -873,14 +883,15 @@ function decodeRgbBaseline(frame: Uint8Array, attrs: PixelAttrs): Record<string,
     samplesPerPixel: attrs.samplesPerPixel,
     pixelRepresentation: attrs.pixelRepresentation,
     planarConfiguration: 0,
-    photometricInterpretation: 'RGB',
+    photometricInterpretation: attrs.photometric,
     encodedBuffer: frame,
   });
-  const out = NativeCodecs.decodeJpeg(ctx, { convertColorspaceToRgb: false }).getDecodedBuffer();
+  const out = NativeCodecs.decodeJpeg(ctx, { convertColorspaceToRgb: convert }).getDecodedBuffer();
   if (!out) fail('JPEG decoder returned no data');
   const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out.buffer : out.slice().buffer;
-  // Decoded data is interleaved whatever the source said.
-  return { PixelData: [copy], PhotometricInterpretation: 'RGB', PlanarConfiguration: 0 };
+  // Decoded colour data is interleaved whatever the source said.
+  if (attrs.samplesPerPixel === 1) return { PixelData: [copy] };
+  return { PixelData: [copy], PhotometricInterpretation: convert ? 'RGB' : attrs.photometric, PlanarConfiguration: 0 };
 }
 
 /**
@@ -946,8 +957,8 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
       };
       if (attrs.planarConfiguration !== undefined) input.PlanarConfiguration = attrs.planarConfiguration;
       const result =
-        ts === JPEG_BASELINE && attrs.photometric === 'RGB'
-          ? decodeRgbBaseline(f, attrs)
+        (ts === JPEG_BASELINE && attrs.photometric === 'RGB') || JPEG_DIRECT.has(ts)
+          ? decodeJpegDirect(f, attrs)
           : Transcoding.transcodeDataset(new Dataset(input, ts), EXPLICIT_LE).getElements();
       const px = result.PixelData;
       const buf = Array.isArray(px) ? px[0] : px;
