@@ -225,16 +225,17 @@ function assertTranscodeError(err: unknown, code: string): true {
 
 // ---------------------------------------------------------------------------------------------------
 
-test('canTranscode: uncompressed <-> uncompressed, compressed -> uncompressed, never into compressed', () => {
+test('canTranscode: uncompressed <-> uncompressed, compressed -> uncompressed, anything -> lossless syntaxes we encode', () => {
   for (const a of UNCOMPRESSED) for (const b of UNCOMPRESSED) assert.equal(canTranscode(a, b), true, `${a} -> ${b}`);
   const decodable = [JPEG_BASELINE, '1.2.840.10008.1.2.4.51', '1.2.840.10008.1.2.4.57', JPEG_LOSSLESS, JPEG_LS, '1.2.840.10008.1.2.4.81', J2K, '1.2.840.10008.1.2.4.91', RLE, HTJ2K, '1.2.840.10008.1.2.4.202', '1.2.840.10008.1.2.4.203', JXL, '1.2.840.10008.1.2.4.112'];
+  const encodable = [RLE, JPEG_LOSSLESS, JPEG_LS, J2K, HTJ2K];
   for (const c of decodable) {
     for (const u of UNCOMPRESSED) {
       assert.equal(canTranscode(c, u), true, `${c} -> ${u}`);
-      assert.equal(canTranscode(u, c), false, `${u} -> ${c}`);
+      assert.equal(canTranscode(u, c), encodable.includes(c), `${u} -> ${c}`);
     }
     assert.equal(canTranscode(c, c), true);
-    for (const d of decodable) if (d !== c) assert.equal(canTranscode(c, d), false, `${c} -> ${d}`);
+    for (const d of decodable) if (d !== c) assert.equal(canTranscode(c, d), encodable.includes(d), `${c} -> ${d}`);
   }
   for (const unsupported of ['1.2.840.10008.1.2.4.111', '1.2.840.10008.1.2.4.100', '9.9.9']) {
     assert.equal(canTranscode(unsupported, EXPLICIT), false, unsupported);
@@ -247,11 +248,13 @@ test('target choice: stored syntax returned untouched, receiver order otherwise,
   assert.equal(same.transferSyntaxUid, EXPLICIT);
   assert.equal(same.bytes, ds);
 
-  // Receiver order decides among reachable targets; compressed targets are skipped (we do not encode).
+  // Receiver order decides among reachable targets; one we would compress into comes after those we need
+  // not, and a lossy one is never produced.
   assert.equal((await transcodeDataset(ds, EXPLICIT, [J2K, BIG, IMPLICIT])).transferSyntaxUid, BIG);
   assert.equal((await transcodeDataset(ds, EXPLICIT, [JPEG_BASELINE, IMPLICIT, BIG])).transferSyntaxUid, IMPLICIT);
+  assert.equal((await transcodeDataset(ds, EXPLICIT, [JPEG_BASELINE, RLE])).transferSyntaxUid, RLE);
 
-  await assert.rejects(transcodeDataset(ds, EXPLICIT, [J2K, JPEG_BASELINE]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
+  await assert.rejects(transcodeDataset(ds, EXPLICIT, [JPEG_BASELINE]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
   await assert.rejects(transcodeDataset(ds, EXPLICIT, []), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
   await assert.rejects(transcodeDataset(ds, '1.2.840.10008.1.2.4.111', [EXPLICIT]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'));
 });
@@ -535,6 +538,103 @@ test('an encapsulated icon (Icon Image Sequence in the instance\'s syntax) is de
     const iconItem = find(els, 0x00880200)!.items![0]!;
     assert.deepEqual(Buffer.from(find(iconItem, 0x7fe00010)!.value!), Buffer.from(icon), `icon -> ${target}`);
     assert.deepEqual(find(els, 0x00100010)!.value, latin1(patientName));
+  }
+});
+
+test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPEG-LS, J2K and HTJ2K (DCMTK decodes the same pixels)', async () => {
+  await codecs();
+  const W = 33;
+  const H = 17;
+  const FRAMES = 3;
+  const has = (tool: string) => {
+    try {
+      execFileSync(tool, ['--version'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const dcmtkDecoder: Record<string, string | undefined> = { [RLE]: 'dcmdrle', [JPEG_LOSSLESS]: 'dcmdjpeg', [JPEG_LS]: 'dcmdjpls' };
+  const images = [
+    { name: 'mono16 12 stored', bits: 16, stored: 12, spp: 1, pi: 'MONOCHROME2', signed: 0 },
+    { name: 'mono16 signed', bits: 16, stored: 16, spp: 1, pi: 'MONOCHROME2', signed: 1 },
+    { name: 'mono8', bits: 8, stored: 8, spp: 1, pi: 'MONOCHROME1', signed: 0 },
+    { name: 'rgb8', bits: 8, stored: 8, spp: 3, pi: 'RGB', signed: 0 },
+  ];
+  const tmp = mkdtempSync(join(tmpdir(), 'transcode-encode-'));
+  try {
+    for (const image of images) {
+      const raw = Array.from({ length: FRAMES }, (_, f) => pixels(W, H, image.spp, image.bits, f));
+      if (image.stored === 12) for (const frame of raw) for (let i = 1; i < frame.length; i += 2) frame[i]! &= 0x0f;
+      const all = Buffer.concat(raw.map((f) => Buffer.from(f)));
+      const elements: TEl[] = [
+        { tag: 0x00080016, vr: 'UI', value: uid('1.2.840.10008.5.1.4.1.1.7') },
+        { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.7') },
+        { tag: 0x00090010, vr: 'LO', value: latin1('ACME PRIVATE') },
+        { tag: 0x00091001, vr: 'LO', value: latin1('kept ÿ') },
+        { tag: 0x00280002, vr: 'US', value: us(image.spp) },
+        { tag: 0x00280004, vr: 'CS', value: latin1(image.pi) },
+        ...(image.spp > 1 ? [{ tag: 0x00280006, vr: 'US', value: us(0) }] : []),
+        { tag: 0x00280008, vr: 'IS', value: latin1(String(FRAMES)) },
+        { tag: 0x00280010, vr: 'US', value: us(H) },
+        { tag: 0x00280011, vr: 'US', value: us(W) },
+        { tag: 0x00280100, vr: 'US', value: us(image.bits) },
+        { tag: 0x00280101, vr: 'US', value: us(image.stored) },
+        { tag: 0x00280102, vr: 'US', value: us(image.stored - 1) },
+        { tag: 0x00280103, vr: 'US', value: us(image.signed) },
+        { tag: 0x7fe00010, vr: image.bits === 8 ? 'OB' : 'OW', value: new Uint8Array(all) },
+      ];
+      const explicit = new Uint8Array(encode(elements, { explicit: true, le: true }));
+      const sources: Array<[string, Uint8Array]> = [
+        [EXPLICIT, explicit],
+        [IMPLICIT, new Uint8Array(encode(elements, { explicit: false, le: true }))],
+        [BIG, new Uint8Array(encode(elements, { explicit: true, le: false }))],
+        [DEFLATED, new Uint8Array(deflateRawSync(explicit))],
+      ];
+      for (const target of [RLE, JPEG_LOSSLESS, JPEG_LS, J2K, HTJ2K]) {
+        const what = `${image.name} -> ${target}`;
+        if (image.spp === 3 && (target === J2K || target === HTJ2K)) {
+          await assert.rejects(transcodeDataset(explicit, EXPLICIT, [target]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_UNSUPPORTED'), what);
+          continue;
+        }
+        for (const [from, ds] of sources) {
+          const r = await transcodeDataset(ds, from, [target]);
+          assert.equal(r.transferSyntaxUid, target, `${what} from ${from}`);
+          const back = await transcodeDataset(r.bytes, target, [EXPLICIT]);
+          const els = parse(back.bytes, { explicit: true, le: true }).els;
+          assert.deepEqual(Buffer.from(find(els, 0x7fe00010)!.value!.subarray(0, all.length)), all, `${what} from ${from}: decodes to the source pixels`);
+          assert.deepEqual(find(els, 0x00091001)!.value, latin1('kept ÿ'), `${what} from ${from}: private value kept`);
+          const tool = dcmtkDecoder[target];
+          if (from !== EXPLICIT || !tool || !has(tool)) continue;
+          const file = join(tmp, `${image.name.replace(/ /g, '-')}-${target}.dcm`);
+          writeFileSync(file, part10(r.bytes, target, '1.2.840.10008.5.1.4.1.1.7', '1.2.3.4.5.7'));
+          execFileSync(tool, [file, `${file}.dec`], { stdio: 'ignore' });
+          const decoded = find(parse(readPart10(`${file}.dec`).dataset, { explicit: true, le: true }).els, 0x7fe00010)!.value!;
+          assert.deepEqual(Buffer.from(decoded.subarray(0, all.length)), all, `${what}: ${tool} decodes the source pixels (frames and offset table read right)`);
+        }
+      }
+      // A compressed source goes through its decoder first.
+      const rle = await transcodeDataset(explicit, EXPLICIT, [RLE]);
+      const viaRle = await transcodeDataset(rle.bytes, RLE, [JPEG_LOSSLESS]);
+      const back = await transcodeDataset(viaRle.bytes, JPEG_LOSSLESS, [EXPLICIT]);
+      assert.deepEqual(Buffer.from(find(parse(back.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!.subarray(0, all.length)), all, `${image.name}: RLE -> JPEG Lossless`);
+    }
+    // Bits above High Bit in use, which JPEG 2000 does not keep: the frame would not come back as it was,
+    // so nothing is sent (JPEG Lossless keeps them, and passes the same check).
+    const dirty = [
+      { tag: 0x00280002, vr: 'US', value: us(1) },
+      { tag: 0x00280004, vr: 'CS', value: latin1('MONOCHROME2') },
+      { tag: 0x00280010, vr: 'US', value: us(2) },
+      { tag: 0x00280011, vr: 'US', value: us(2) },
+      { tag: 0x00280100, vr: 'US', value: us(16) },
+      { tag: 0x00280101, vr: 'US', value: us(12) },
+      { tag: 0x00280102, vr: 'US', value: us(11) },
+      { tag: 0x00280103, vr: 'US', value: us(0) },
+      { tag: 0x7fe00010, vr: 'OW', value: us(1, 0xf002, 3, 4) },
+    ];
+    await assert.rejects(transcodeDataset(new Uint8Array(encode(dirty, { explicit: true, le: true })), EXPLICIT, [J2K]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_FAILED'));
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
   }
 });
 

@@ -37,15 +37,23 @@
  *   dcmjs-dimse refuses, go to that decoder directly too (same pixels as dcmdjpeg); the corpus JPEG baseline and
  *   RLE files decode byte-identical to DCMTK's dcmdjpeg/dcmdrle. Lossy Image Compression attributes are left as they are (a decoded lossy
  *   image still is lossy-derived).
- * - NOT supported: encoding into any compressed syntax (canTranscode says false), JPEG XL JPEG recompression (.111), MPEG/HEVC video, and compressed
+ * - uncompressed or decodable -> lossless compressed: RLE (.5), JPEG lossless SV1 (.70), JPEG-LS lossless
+ *   (.80), and for one sample per pixel JPEG 2000 lossless (.90) and HTJ2K lossless (.201), frame by frame
+ *   through dcmjs-dimse `Transcoding`; every frame is decoded back and compared with its source before it
+ *   is used (`encodePixelData`), and the output decodes with DCMTK's dcmdrle/dcmdjpeg/dcmdjpls to the same
+ *   pixels. This is what lets a C-GET requestor that lists JPEG Lossless first (getscu +xs) receive the
+ *   instances stored otherwise (helper 47). Only 8/16-bit MONOCHROME1/2, PALETTE COLOR and interleaved RGB.
+ * - NOT supported: encoding into a lossy syntax (JPEG baseline/extended, lossy JPEG-LS/JPEG 2000), JPEG XL
+ *   JPEG recompression (.111), MPEG/HEVC video, and compressed
  *   sources with Bits Allocated other than 8 or 16 (dcmjs-codecs limit; fails with ERR_TRANSCODE_FAILED).
  *
  * Target choice (`transcodeDataset`): if the stored syntax is acceptable the bytes are returned untouched.
- * Otherwise the receiver's list is walked in its order and the first syntax we can produce wins, with one
- * rule on top: a lossless target always beats a lossy one, whatever the order; a lossy target is taken
- * only when it is the only reachable option. As this module only ever produces uncompressed output, every
- * reachable target is lossless today (decoding a lossy source does not lose more); the rule is there so
- * that adding an encoder later cannot silently turn a lossless original into a lossy copy.
+ * Otherwise the receiver's list is walked in its order and the first syntax we can produce wins, with two
+ * rules on top: a target we only decode into beats one we would compress into, and a lossless target
+ * always beats a lossy one, whatever the order; a lossy target is taken only when it is the only reachable
+ * option. As this module never encodes lossily, every reachable target is lossless today (decoding a lossy
+ * source does not lose more); the rule is there so that a lossy encoder added later cannot silently turn a
+ * lossless original into a lossy copy.
  *
  * Memory (per call, proportional to the instance, nothing kept between calls except the codec module):
  * - uncompressed: input + output (+ the inflated/deflated copy for deflated syntaxes, + swapped copies of
@@ -109,6 +117,21 @@ const DECODABLE: ReadonlySet<string> = new Set([
   '1.2.840.10008.1.2.4.112', // JPEG XL
 ]);
 
+/**
+ * Lossless syntaxes we can encode into (dcmjs-dimse `Transcoding` over dcmjs-codecs, each frame decoded back
+ * and compared before it is used), so a C-GET context accepted in one of them carries every instance.
+ */
+const ENCODABLE: ReadonlySet<string> = new Set([
+  '1.2.840.10008.1.2.5', // RLE lossless
+  '1.2.840.10008.1.2.4.70', // JPEG lossless, first-order prediction
+  '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
+  '1.2.840.10008.1.2.4.90', // JPEG 2000 lossless only (one sample per pixel)
+  '1.2.840.10008.1.2.4.201', // HTJ2K lossless (one sample per pixel)
+]);
+
+/** Our JPEG 2000 encoders' colour output is not checked against a DICOM colour model (YBR_RCT): monochrome only. */
+const MONOCHROME_ONLY_TARGETS: ReadonlySet<string> = new Set(['1.2.840.10008.1.2.4.90', '1.2.840.10008.1.2.4.201']);
+
 /** Syntaxes whose encoding loses information (relevant only as targets). */
 const LOSSY: ReadonlySet<string> = new Set([
   '1.2.840.10008.1.2.4.50',
@@ -130,18 +153,25 @@ const LOSSY: ReadonlySet<string> = new Set([
 
 export function canTranscode(fromTransferSyntaxUid: string, toTransferSyntaxUid: string): boolean {
   if (fromTransferSyntaxUid === toTransferSyntaxUid) return true;
-  if (!UNCOMPRESSED.has(toTransferSyntaxUid)) return false;
+  if (!UNCOMPRESSED.has(toTransferSyntaxUid) && !ENCODABLE.has(toTransferSyntaxUid)) return false;
   return UNCOMPRESSED.has(fromTransferSyntaxUid) || DECODABLE.has(fromTransferSyntaxUid);
 }
 
+/** True when producing `to` means compressing (costlier than decoding, and only lossless syntaxes). */
+export function needsEncoding(toTransferSyntaxUid: string): boolean {
+  return ENCODABLE.has(toTransferSyntaxUid);
+}
+
 function chooseTarget(from: string, acceptable: readonly string[]): string | undefined {
+  let encodedFallback: string | undefined;
   let lossyFallback: string | undefined;
   for (const ts of acceptable) {
     if (typeof ts !== 'string' || !canTranscode(from, ts)) continue;
-    if (!LOSSY.has(ts) || ts === from) return ts;
-    lossyFallback ??= ts;
+    if (LOSSY.has(ts) && ts !== from) lossyFallback ??= ts;
+    else if (ENCODABLE.has(ts)) encodedFallback ??= ts;
+    else return ts;
   }
-  return lossyFallback;
+  return encodedFallback ?? lossyFallback;
 }
 
 export async function transcodeDataset(
@@ -169,8 +199,14 @@ export async function transcodeDataset(
   }
 
   if (UNCOMPRESSED.has(from)) {
+    let elements: El[];
     try {
-      const elements = parseDataset(inflateIfNeeded(datasetBytes, from), encodingOf(from));
+      elements = parseDataset(inflateIfNeeded(datasetBytes, from), encodingOf(from));
+    } catch (err) {
+      throw asTranscodeError(err);
+    }
+    if (ENCODABLE.has(target)) await encodePixelData(elements, target);
+    try {
       return { bytes: finish(elements, target), transferSyntaxUid: target };
     } catch (err) {
       throw asTranscodeError(err);
@@ -191,6 +227,7 @@ export async function transcodeDataset(
     throw new TranscodeError('ERR_TRANSCODE_FAILED', `pixel data of a ${from} dataset is not encapsulated`);
   }
   await decodeNestedPixelData(elements, from);
+  if (ENCODABLE.has(target)) await encodePixelData(elements, target);
   try {
     return { bytes: finish(elements, target), transferSyntaxUid: target };
   } catch (err) {
@@ -211,6 +248,8 @@ function fail(message: string): never {
 interface Encoding {
   explicit: boolean;
   littleEndian: boolean;
+  /** A compressed target: Pixel Data may be encapsulated (explicit VR LE everywhere else). */
+  encapsulated?: boolean;
 }
 
 function encodingOf(ts: string): Encoding {
@@ -234,7 +273,7 @@ function inflateIfNeeded(bytes: Uint8Array, ts: string): Uint8Array {
 }
 
 function finish(elements: El[], target: string): Uint8Array {
-  const enc = encodingOf(target);
+  const enc: Encoding = { ...encodingOf(target), encapsulated: ENCODABLE.has(target) };
   const out = new Sink();
   writeDataset(elements, enc, out);
   const bytes = out.concat();
@@ -607,8 +646,15 @@ function writeDataset(elements: El[], enc: Encoding, out: Sink, depth = 0): void
       out.append(sink);
       continue;
     }
-    if (el.fragments) fail('encapsulated pixel data cannot be written in an uncompressed syntax');
-    if (el.items) {
+    if (el.fragments && !enc.encapsulated) fail('encapsulated pixel data cannot be written in an uncompressed syntax');
+    if (el.fragments) {
+      sink.push(header(el.tag, 'OB', UNDEFINED, enc));
+      for (const fragment of el.fragments) {
+        sink.push(header(ITEM, null, fragment.length, enc));
+        sink.push(fragment);
+      }
+      sink.push(header(SEQ_DELIM, null, 0, enc));
+    } else if (el.items) {
       writeSequence(el, vr, enc, sink, depth);
     } else {
       let value = el.value ?? new Uint8Array(0);
@@ -679,6 +725,19 @@ function ensureCodecs(): Promise<void> {
   return codecsReady;
 }
 
+/** The codec module, loaded; from the caller's next synchronous step on, no other call can release it. */
+async function loadCodecs(): Promise<void> {
+  try {
+    await ensureCodecs();
+    // Another call may have released the module between our await and now: initialise again if so.
+    while (!Transcoding.isInitialized()) await ensureCodecs();
+  } catch (err) {
+    throw new TranscodeError('ERR_TRANSCODE_FAILED', `cannot load the codec WASM: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
 function releaseCodecs(): void {
   codecsReady = undefined;
   try {
@@ -723,7 +782,8 @@ function textValue(el: El | undefined): string | undefined {
 function pixelAttrs(elements: El[]): PixelAttrs {
   const get = (tag: number) => elements.find((e) => e.tag === tag);
   const us = (tag: number, name: string, dflt?: number): number => {
-    const v = readUint(get(tag)?.value, true);
+    const el = get(tag);
+    const v = readUint(el?.value, el?.littleEndian ?? true);
     if (v === undefined) {
       if (dflt !== undefined) return dflt;
       fail(`missing ${name}`);
@@ -737,7 +797,8 @@ function pixelAttrs(elements: El[]): PixelAttrs {
   if (!Number.isSafeInteger(frames) || frames < 1) fail(`bad NumberOfFrames ${JSON.stringify(framesText)}`);
   const photometric = textValue(get(0x00280004));
   if (!photometric) fail('missing PhotometricInterpretation');
-  const planar = get(0x00280006) ? readUint(get(0x00280006)?.value, true) : undefined;
+  const planarEl = get(0x00280006);
+  const planar = planarEl ? readUint(planarEl.value, planarEl.littleEndian) : undefined;
   return {
     rows: us(0x00280010, 'Rows'),
     columns: us(0x00280011, 'Columns'),
@@ -919,15 +980,7 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
   } catch (err) {
     throw asTranscodeError(err);
   }
-  try {
-    await ensureCodecs();
-    // Another call may have released the module between our await and now: initialise again if so.
-    while (!Transcoding.isInitialized()) await ensureCodecs();
-  } catch (err) {
-    throw new TranscodeError('ERR_TRANSCODE_FAILED', `cannot load the codec WASM: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
+  await loadCodecs();
 
   // From here to the end of the loop everything is synchronous: no other call can touch the module.
   const decoded: Uint8Array[] = [];
@@ -1011,4 +1064,113 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
   if (attrs.samplesPerPixel > 1 && outPlanar !== undefined && outPlanar !== attrs.planarConfiguration) {
     setElement(elements, 0x00280006, 'US', usValue(outPlanar));
   }
+}
+
+/** One encoded frame's bytes from a dcmjs Transcoding result (an array of fragments, or one buffer). */
+function encodedFrameOf(result: Record<string, unknown>): Uint8Array {
+  const px = result.PixelData;
+  const parts = (Array.isArray(px) ? px : [px]).filter((p): p is ArrayBuffer => p instanceof ArrayBuffer);
+  if (parts.length === 0) fail('encoder returned no pixel data');
+  const sink = new Sink();
+  for (const p of parts) sink.push(new Uint8Array(p));
+  return sink.concat();
+}
+
+function unsupported(message: string): never {
+  throw new TranscodeError('ERR_TRANSCODE_UNSUPPORTED', message);
+}
+
+/**
+ * Compresses native Pixel Data losslessly into `target`, frame by frame. Each frame is decoded back and must
+ * equal its source bytes, or nothing is sent: a copy that is not the original is never delivered as one.
+ * Only what the encoders are checked for (PS3.5 8.2): 8 or 16 bits allocated, MONOCHROME1/2 or PALETTE
+ * COLOR, or interleaved RGB (not for JPEG 2000); anything else is ERR_TRANSCODE_UNSUPPORTED. Nested pixel
+ * data (icons) stays native, which the encapsulated syntaxes allow. Without Pixel Data the data set is
+ * written in explicit VR LE under the target's UID, as the syntax defines.
+ */
+async function encodePixelData(elements: El[], target: string): Promise<void> {
+  const index = elements.findIndex((e) => e.tag === PIXEL_DATA);
+  if (index < 0) return;
+  const pixel = elements[index]!;
+  if (pixel.fragments || !pixel.value) fail('pixel data to compress is not native');
+  let attrs: PixelAttrs;
+  try {
+    attrs = pixelAttrs(elements);
+  } catch (err) {
+    throw asTranscodeError(err);
+  }
+  if (attrs.bitsAllocated !== 8 && attrs.bitsAllocated !== 16) unsupported(`cannot compress ${attrs.bitsAllocated}-bit pixel data`);
+  const monochrome = attrs.samplesPerPixel === 1 && ['MONOCHROME1', 'MONOCHROME2', 'PALETTE COLOR'].includes(attrs.photometric);
+  const rgb = attrs.samplesPerPixel === 3 && attrs.photometric === 'RGB' && (attrs.planarConfiguration ?? 0) === 0;
+  if (!monochrome && !(rgb && !MONOCHROME_ONLY_TARGETS.has(target))) {
+    unsupported(`cannot compress ${attrs.photometric} with ${attrs.samplesPerPixel} samples (planar ${attrs.planarConfiguration ?? 0}) into ${target}`);
+  }
+  const bytesPerSample = attrs.bitsAllocated / 8;
+  const frameSize = attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
+  let native = pixel.value;
+  if (native.length < frameSize * attrs.frames) fail(`pixel data holds ${native.length} bytes, ${attrs.frames} frames need ${frameSize * attrs.frames}`);
+  if (!pixel.littleEndian && bytesPerSample === 2) native = swapped(native.subarray(0, frameSize * attrs.frames), 2);
+
+  await loadCodecs();
+  // From here to the end of the loop everything is synchronous: no other call can touch the module.
+  const encoded: Uint8Array[] = [];
+  let failed = false;
+  const log = dcmjsDimse.log;
+  const savedLevel = log.getLevel();
+  if (savedLevel < log.levels.WARN) log.setLevel(log.levels.WARN, false);
+  try {
+    for (let i = 0; i < attrs.frames; i++) {
+      // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
+      const frame = new Uint8Array(native.subarray(i * frameSize, (i + 1) * frameSize));
+      const input: Record<string, unknown> = {
+        Rows: attrs.rows,
+        Columns: attrs.columns,
+        BitsAllocated: attrs.bitsAllocated,
+        BitsStored: attrs.bitsStored,
+        HighBit: attrs.highBit,
+        PixelRepresentation: attrs.pixelRepresentation,
+        SamplesPerPixel: attrs.samplesPerPixel,
+        PhotometricInterpretation: attrs.photometric,
+        NumberOfFrames: 1,
+      };
+      if (attrs.samplesPerPixel > 1) input.PlanarConfiguration = 0;
+      const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
+      if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
+        fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
+      }
+      const bytes = encodedFrameOf(result);
+      const back = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [bytes.slice().buffer] }, target), EXPLICIT_LE).getElements();
+      const decoded = back.PixelData;
+      const decodedFrame = Array.isArray(decoded) ? decoded[0] : decoded;
+      if (!(decodedFrame instanceof ArrayBuffer) || decodedFrame.byteLength < frameSize || !Buffer.from(decodedFrame, 0, frameSize).equals(frame)) {
+        fail(`frame ${i} does not decode back to its source in ${target} (bits above High Bit in use?)`);
+      }
+      encoded.push(bytes.length % 2 ? concatBytes(bytes, new Uint8Array(1)) : bytes);
+    }
+  } catch (err) {
+    failed = true;
+    throw asTranscodeError(err);
+  } finally {
+    if (log.getLevel() !== savedLevel) log.setLevel(savedLevel, false);
+    if (failed || wasmMemoryBytes() > WASM_RESET_BYTES) releaseCodecs();
+  }
+  // A Basic Offset Table for several frames (offsets from the first fragment's item tag); empty for one.
+  let bot = new Uint8Array(0);
+  if (encoded.length > 1) {
+    bot = new Uint8Array(4 * encoded.length);
+    const view = new DataView(bot.buffer);
+    let offset = 0;
+    encoded.forEach((f, i) => {
+      view.setUint32(4 * i, offset, true);
+      offset += 8 + f.length;
+    });
+  }
+  elements[index] = { tag: PIXEL_DATA, vr: 'OB', fragments: [bot, ...encoded], undefinedLength: true, littleEndian: true };
+}
+
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }

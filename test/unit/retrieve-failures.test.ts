@@ -175,3 +175,52 @@ test('C-GET of damaged copies: lost or flipped, a failed sub-operation without i
   assert.equal(echo.command.status, 0);
   await echoClient.client.release();
 });
+
+test('a C-GET context accepted in JPEG Lossless (listed first, as getscu +xs does) carries instances stored uncompressed, compressed losslessly', async (t) => {
+  const { transcodeDataset } = await import('../../src/codec/transcode.ts');
+  const jpegLossless = '1.2.840.10008.1.2.4.70';
+  const peer = await startTestPeer([], 'getter-jpeg');
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1';
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
+  const stored: Uint8Array[] = [];
+  for (let i = 0; i < 2; i++) {
+    const reply = await store.storeInstance({ study: { uid: studyInstanceUid }, rows: 64, columns: 48 });
+    assert.equal(reply.command.status, 0);
+    const entry = (await peer.store.getEntry(reply.command.affectedSopInstanceUid!))!;
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of peer.store.readInstance(entry)) chunks.push(chunk);
+    stored.push(Buffer.concat(chunks));
+  }
+  await store.client.release();
+
+  const received: Uint8Array[] = [];
+  const client = await openPeerClient(
+    peer.dicomPort,
+    'GETTER',
+    [
+      { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: ctImage, transferSyntaxUids: [jpegLossless, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] },
+    ],
+    {
+      roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }],
+      onIncomingStore: (_command, dataSet) => {
+        received.push(dataSet!);
+        return Status.Success;
+      },
+    },
+  );
+  t.after(() => client.abort());
+  assert.equal(client.contexts[1]!.transferSyntaxUid, jpegLossless, 'the requestor\'s first choice is kept: instances stored in it go as they are');
+  const final = await client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
+  );
+  assert.equal(final.command.status, Status.Success, 'before, every sub-operation failed: "no accepted presentation context" (helper 47)');
+  assert.equal(final.command.completedSubOperations, 2);
+  assert.equal(received.length, 2);
+  // Each copy decodes back to the stored data set, byte for byte.
+  const decoded = await Promise.all(received.map(async (d) => Buffer.from((await transcodeDataset(d, jpegLossless, [TransferSyntax.ExplicitVrLittleEndian])).bytes)));
+  assert.deepEqual(decoded.map((d) => d.toString('hex')).sort(), stored.map((s) => Buffer.from(s).toString('hex')).sort());
+});

@@ -452,9 +452,9 @@ export class AcceptorSession {
   /** C-GET: sub-operations travel back over this association, to contexts where the requestor is SCP. */
   private async getTarget(): Promise<SubOperationTarget & { close(): Promise<void> }> {
     const usable = [...this.contexts.values()].filter((c) => c.requestorIsScp);
-    const { canTranscode } = await loadTranscoder();
+    const transcoder = await loadTranscoder();
     return {
-      pickContext: (entry) => pickContextFor(entry, usable, canTranscode),
+      pickContext: (entry) => pickContextFor(entry, usable, transcoder),
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         const messageId = this.core.allocateMessageId();
@@ -484,9 +484,9 @@ export class AcceptorSession {
       presentationContexts: proposalsForMove(entries),
       clock: this.deps.clock,
     });
-    const { canTranscode } = await loadTranscoder();
+    const transcoder = await loadTranscoder();
     return {
-      pickContext: (entry) => pickContextFor(entry, client.contexts, canTranscode),
+      pickContext: (entry) => pickContextFor(entry, client.contexts, transcoder),
       store: async (presentationContextId, storeCommand, dataSet) => {
         const reply = await client.request(presentationContextId, storeCommand, dataSet);
         return reply.command.status ?? Status.UnableToProcess;

@@ -374,17 +374,22 @@ async function checkedStream(store: ReplicaStore, entry: CatalogEntry): Promise<
   })();
 }
 
-/** Picks a context among accepted ones: the stored syntax first, then any syntax we can transcode to. */
+/**
+ * Picks a context among accepted ones: the stored syntax first, then one we only need to decode into, then
+ * one we would compress into (a C-MOVE destination that took both a JPEG Lossless context and explicit VR
+ * LE gets a JPEG 2000 instance decoded, not re-compressed).
+ */
 export function pickContextFor(
   entry: CatalogEntry,
   contexts: Iterable<{ id: number; abstractSyntaxUid: string; transferSyntaxUid: string }>,
-  canTranscode: (from: string, to: string) => boolean,
+  transcoder: Pick<TranscodeModule, 'canTranscode' | 'needsEncoding'>,
 ): { presentationContextId: number; transferSyntaxUid: string } | undefined {
   const candidates = [...contexts].filter((c) => c.abstractSyntaxUid === entry.sopClassUid);
   const exact = candidates.find((c) => c.transferSyntaxUid === entry.transferSyntaxUid);
   if (exact) return { presentationContextId: exact.id, transferSyntaxUid: exact.transferSyntaxUid };
-  const convertible = candidates.find((c) => canTranscode(entry.transferSyntaxUid, c.transferSyntaxUid));
-  return convertible ? { presentationContextId: convertible.id, transferSyntaxUid: convertible.transferSyntaxUid } : undefined;
+  const convertible = candidates.filter((c) => transcoder.canTranscode(entry.transferSyntaxUid, c.transferSyntaxUid));
+  const chosen = convertible.find((c) => !transcoder.needsEncoding(c.transferSyntaxUid)) ?? convertible[0];
+  return chosen ? { presentationContextId: chosen.id, transferSyntaxUid: chosen.transferSyntaxUid } : undefined;
 }
 
 /** What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed fallback. */
