@@ -430,6 +430,33 @@ function encapsulated(frames: Uint8Array[], bot: boolean, splitEachFrameInto = 1
   ]);
 }
 
+interface ImageShape {
+  rows: number;
+  columns: number;
+  bits: number;
+  stored: number;
+  spp: number;
+  pi: string;
+  signed?: number;
+  frames?: number;
+}
+
+/** The Image Pixel module's elements (group 0028) of an image shaped so, in tag order. */
+function imagePixelElements(image: ImageShape): TEl[] {
+  return [
+    { tag: 0x00280002, vr: 'US', value: us(image.spp) },
+    { tag: 0x00280004, vr: 'CS', value: latin1(image.pi) },
+    ...(image.spp > 1 ? [{ tag: 0x00280006, vr: 'US', value: us(0) }] : []),
+    ...(image.frames !== undefined ? [{ tag: 0x00280008, vr: 'IS', value: latin1(String(image.frames)) }] : []),
+    { tag: 0x00280010, vr: 'US', value: us(image.rows) },
+    { tag: 0x00280011, vr: 'US', value: us(image.columns) },
+    { tag: 0x00280100, vr: 'US', value: us(image.bits) },
+    { tag: 0x00280101, vr: 'US', value: us(image.stored) },
+    { tag: 0x00280102, vr: 'US', value: us(image.stored - 1) },
+    { tag: 0x00280103, vr: 'US', value: us(image.signed ?? 0) },
+  ];
+}
+
 function pixels(w: number, h: number, spp: number, bits: number, frame: number): Uint8Array {
   const px = new Uint8Array(w * h * spp * (bits / 8));
   for (let i = 0; i < px.length; i++) px[i] = bits === 16 && i % 2 ? (i + frame) & 0x0f : (i * 7 + frame * 31 + (i >> 5)) & 0xff;
@@ -501,16 +528,7 @@ test('compressed -> uncompressed: RLE, JPEG lossless, JPEG-LS, J2K, HTJ2K, JPEG 
 
 test('an encapsulated icon (Icon Image Sequence in the instance\'s syntax) is decoded too, not left encapsulated', async () => {
   await codecs();
-  const imageAttrs = (w: number, h: number): TEl[] => [
-    { tag: 0x00280002, vr: 'US', value: us(1) },
-    { tag: 0x00280004, vr: 'CS', value: latin1('MONOCHROME2') },
-    { tag: 0x00280010, vr: 'US', value: us(h) },
-    { tag: 0x00280011, vr: 'US', value: us(w) },
-    { tag: 0x00280100, vr: 'US', value: us(8) },
-    { tag: 0x00280101, vr: 'US', value: us(8) },
-    { tag: 0x00280102, vr: 'US', value: us(7) },
-    { tag: 0x00280103, vr: 'US', value: us(0) },
-  ];
+  const imageAttrs = (w: number, h: number): TEl[] => imagePixelElements({ rows: h, columns: w, bits: 8, stored: 8, spp: 1, pi: 'MONOCHROME2' });
   const rle = (w: number, h: number, px: Uint8Array) =>
     NativeCodecs.encodeRle(
       new Context({ width: w, height: h, bitsAllocated: 8, bitsStored: 8, samplesPerPixel: 1, pixelRepresentation: 0,
@@ -546,14 +564,6 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
   const W = 33;
   const H = 17;
   const FRAMES = 3;
-  const has = (tool: string) => {
-    try {
-      execFileSync(tool, ['--version'], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  };
   const dcmtkDecoder: Record<string, string | undefined> = { [RLE]: 'dcmdrle', [JPEG_LOSSLESS]: 'dcmdjpeg', [JPEG_LS]: 'dcmdjpls' };
   const images = [
     { name: 'mono16 12 stored', bits: 16, stored: 12, spp: 1, pi: 'MONOCHROME2', signed: 0 },
@@ -572,16 +582,7 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
         { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.7') },
         { tag: 0x00090010, vr: 'LO', value: latin1('ACME PRIVATE') },
         { tag: 0x00091001, vr: 'LO', value: latin1('kept ÿ') },
-        { tag: 0x00280002, vr: 'US', value: us(image.spp) },
-        { tag: 0x00280004, vr: 'CS', value: latin1(image.pi) },
-        ...(image.spp > 1 ? [{ tag: 0x00280006, vr: 'US', value: us(0) }] : []),
-        { tag: 0x00280008, vr: 'IS', value: latin1(String(FRAMES)) },
-        { tag: 0x00280010, vr: 'US', value: us(H) },
-        { tag: 0x00280011, vr: 'US', value: us(W) },
-        { tag: 0x00280100, vr: 'US', value: us(image.bits) },
-        { tag: 0x00280101, vr: 'US', value: us(image.stored) },
-        { tag: 0x00280102, vr: 'US', value: us(image.stored - 1) },
-        { tag: 0x00280103, vr: 'US', value: us(image.signed) },
+        ...imagePixelElements({ ...image, rows: H, columns: W, frames: FRAMES }),
         { tag: 0x7fe00010, vr: image.bits === 8 ? 'OB' : 'OW', value: new Uint8Array(all) },
       ];
       const explicit = new Uint8Array(encode(elements, { explicit: true, le: true }));
@@ -605,7 +606,7 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
           assert.deepEqual(Buffer.from(find(els, 0x7fe00010)!.value!.subarray(0, all.length)), all, `${what} from ${from}: decodes to the source pixels`);
           assert.deepEqual(find(els, 0x00091001)!.value, latin1('kept ÿ'), `${what} from ${from}: private value kept`);
           const tool = dcmtkDecoder[target];
-          if (from !== EXPLICIT || !tool || !has(tool)) continue;
+          if (from !== EXPLICIT || !tool || !hasTool(tool)) continue;
           const file = join(tmp, `${image.name.replace(/ /g, '-')}-${target}.dcm`);
           writeFileSync(file, part10(r.bytes, target, '1.2.840.10008.5.1.4.1.1.7', '1.2.3.4.5.7'));
           execFileSync(tool, [file, `${file}.dec`], { stdio: 'ignore' });
@@ -622,14 +623,7 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
     // Bits above High Bit in use, which JPEG 2000 does not keep: the frame would not come back as it was,
     // so nothing is sent (JPEG Lossless keeps them, and passes the same check).
     const dirty = [
-      { tag: 0x00280002, vr: 'US', value: us(1) },
-      { tag: 0x00280004, vr: 'CS', value: latin1('MONOCHROME2') },
-      { tag: 0x00280010, vr: 'US', value: us(2) },
-      { tag: 0x00280011, vr: 'US', value: us(2) },
-      { tag: 0x00280100, vr: 'US', value: us(16) },
-      { tag: 0x00280101, vr: 'US', value: us(12) },
-      { tag: 0x00280102, vr: 'US', value: us(11) },
-      { tag: 0x00280103, vr: 'US', value: us(0) },
+      ...imagePixelElements({ rows: 2, columns: 2, bits: 16, stored: 12, spp: 1, pi: 'MONOCHROME2' }),
       { tag: 0x7fe00010, vr: 'OW', value: us(1, 0xf002, 3, 4) },
     ];
     await assert.rejects(transcodeDataset(new Uint8Array(encode(dirty, { explicit: true, le: true })), EXPLICIT, [J2K]), (e) => assertTranscodeError(e, 'ERR_TRANSCODE_FAILED'));
@@ -700,25 +694,20 @@ function part10(dataset: Uint8Array, ts: string, sopClass: string, sopInstance: 
   return Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), gl, meta, Buffer.from(dataset)]);
 }
 
-function hasDcmdump(): boolean {
+/** True when a DCMTK tool is on PATH (the tests that need one skip their DCMTK checks without it). */
+function hasTool(tool: string): boolean {
   try {
-    execFileSync('dcmdump', ['--version'], { stdio: 'ignore' });
+    execFileSync(tool, ['--version'], { stdio: 'ignore' });
     return true;
   } catch {
     return false;
   }
 }
 
+const hasDcmdump = (): boolean => hasTool('dcmdump');
+
 test('JPEG extended (.51) and lossless with any predictor (.57) decode to the pixels dcmdjpeg gives', async (t) => {
-  const has = (tool: string) => {
-    try {
-      execFileSync(tool, ['--version'], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (!has('dcmcjpeg') || !has('dcmdjpeg')) {
+  if (!hasTool('dcmcjpeg') || !hasTool('dcmdjpeg')) {
     t.skip('DCMTK (dcmcjpeg, dcmdjpeg) is not installed');
     return;
   }
@@ -737,15 +726,7 @@ test('JPEG extended (.51) and lossless with any predictor (.57) decode to the pi
       const ds = encode([
         { tag: 0x00080016, vr: 'UI', value: uid('1.2.840.10008.5.1.4.1.1.7') },
         { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.6') },
-        { tag: 0x00280002, vr: 'US', value: us(image.spp) },
-        { tag: 0x00280004, vr: 'CS', value: latin1(image.pi) },
-        ...(image.spp > 1 ? [{ tag: 0x00280006, vr: 'US', value: us(0) }] : []),
-        { tag: 0x00280010, vr: 'US', value: us(H) },
-        { tag: 0x00280011, vr: 'US', value: us(W) },
-        { tag: 0x00280100, vr: 'US', value: us(image.bits) },
-        { tag: 0x00280101, vr: 'US', value: us(image.stored) },
-        { tag: 0x00280102, vr: 'US', value: us(image.stored - 1) },
-        { tag: 0x00280103, vr: 'US', value: us(0) },
+        ...imagePixelElements({ ...image, rows: H, columns: W }),
         { tag: 0x7fe00010, vr: image.bits === 8 ? 'OB' : 'OW', value: raw },
       ], { explicit: true, le: true });
       const source = join(tmp, `${image.name}.dcm`);

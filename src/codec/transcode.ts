@@ -725,6 +725,45 @@ function ensureCodecs(): Promise<void> {
   return codecsReady;
 }
 
+/**
+ * Runs `work` on the loaded codec module (synchronously, so no other call can touch the module meanwhile),
+ * with dcmjs-dimse's logger quieted: it logs every transcode at INFO level (its logger starts with
+ * everything enabled); the application's level is restored after. The module is dropped after a failure
+ * or once it has grown past WASM_RESET_BYTES. Any error comes out as a TranscodeError.
+ */
+function withCodecs(work: () => void): void {
+  const log = dcmjsDimse.log;
+  const savedLevel = log.getLevel();
+  if (savedLevel < log.levels.WARN) log.setLevel(log.levels.WARN, false);
+  let failed = false;
+  try {
+    work();
+  } catch (err) {
+    failed = true;
+    throw asTranscodeError(err);
+  } finally {
+    if (log.getLevel() !== savedLevel) log.setLevel(savedLevel, false);
+    if (failed || wasmMemoryBytes() > WASM_RESET_BYTES) releaseCodecs();
+  }
+}
+
+/** The Image Pixel attributes of one frame, for a throw-away dcmjs data set around it. */
+function onePixelFrame(attrs: PixelAttrs, planarConfiguration: number | undefined): Record<string, unknown> {
+  const input: Record<string, unknown> = {
+    Rows: attrs.rows,
+    Columns: attrs.columns,
+    BitsAllocated: attrs.bitsAllocated,
+    BitsStored: attrs.bitsStored,
+    HighBit: attrs.highBit,
+    PixelRepresentation: attrs.pixelRepresentation,
+    SamplesPerPixel: attrs.samplesPerPixel,
+    PhotometricInterpretation: attrs.photometric,
+    NumberOfFrames: 1,
+  };
+  if (planarConfiguration !== undefined) input.PlanarConfiguration = planarConfiguration;
+  return input;
+}
+
 /** The codec module, loaded; from the caller's next synchronous step on, no other call can release it. */
 async function loadCodecs(): Promise<void> {
   try {
@@ -982,33 +1021,14 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
   }
   await loadCodecs();
 
-  // From here to the end of the loop everything is synchronous: no other call can touch the module.
   const decoded: Uint8Array[] = [];
   let outPhotometric = attrs.photometric;
   let outPlanar = attrs.planarConfiguration;
-  let failed = false;
-  // dcmjs-dimse logs every transcode at INFO level (its logger starts with everything enabled): quiet it
-  // for this synchronous loop only, and restore whatever level the application chose.
-  const log = dcmjsDimse.log;
-  const savedLevel = log.getLevel();
-  if (savedLevel < log.levels.WARN) log.setLevel(log.levels.WARN, false);
-  try {
+  withCodecs(() => {
     const bytesPerSample = Math.ceil(attrs.bitsAllocated / 8);
     for (let i = 0; i < frames.length; i++) {
       const f = frames[i]!;
-      const input: Record<string, unknown> = {
-        Rows: attrs.rows,
-        Columns: attrs.columns,
-        BitsAllocated: attrs.bitsAllocated,
-        BitsStored: attrs.bitsStored,
-        HighBit: attrs.highBit,
-        PixelRepresentation: attrs.pixelRepresentation,
-        SamplesPerPixel: attrs.samplesPerPixel,
-        PhotometricInterpretation: attrs.photometric,
-        NumberOfFrames: 1,
-        PixelData: [f.buffer.slice(f.byteOffset, f.byteOffset + f.byteLength)],
-      };
-      if (attrs.planarConfiguration !== undefined) input.PlanarConfiguration = attrs.planarConfiguration;
+      const input = { ...onePixelFrame(attrs, attrs.planarConfiguration), PixelData: [f.buffer.slice(f.byteOffset, f.byteOffset + f.byteLength)] };
       const result =
         (ts === JPEG_BASELINE && attrs.photometric === 'RGB') || JPEG_DIRECT.has(ts)
           ? decodeJpegDirect(f, attrs)
@@ -1034,13 +1054,7 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
       // dcmjs-codecs pads each odd-sized frame; frames must be contiguous, so trim to the exact size.
       decoded.push(new Uint8Array(buf, 0, frameSize));
     }
-  } catch (err) {
-    failed = true;
-    throw asTranscodeError(err);
-  } finally {
-    if (log.getLevel() !== savedLevel) log.setLevel(savedLevel, false);
-    if (failed || wasmMemoryBytes() > WASM_RESET_BYTES) releaseCodecs();
-  }
+  });
 
   const sink = new Sink();
   for (const d of decoded) sink.push(d);
@@ -1112,28 +1126,12 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
   if (!pixel.littleEndian && bytesPerSample === 2) native = swapped(native.subarray(0, frameSize * attrs.frames), 2);
 
   await loadCodecs();
-  // From here to the end of the loop everything is synchronous: no other call can touch the module.
   const encoded: Uint8Array[] = [];
-  let failed = false;
-  const log = dcmjsDimse.log;
-  const savedLevel = log.getLevel();
-  if (savedLevel < log.levels.WARN) log.setLevel(log.levels.WARN, false);
-  try {
+  withCodecs(() => {
+    const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
     for (let i = 0; i < attrs.frames; i++) {
       // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
       const frame = new Uint8Array(native.subarray(i * frameSize, (i + 1) * frameSize));
-      const input: Record<string, unknown> = {
-        Rows: attrs.rows,
-        Columns: attrs.columns,
-        BitsAllocated: attrs.bitsAllocated,
-        BitsStored: attrs.bitsStored,
-        HighBit: attrs.highBit,
-        PixelRepresentation: attrs.pixelRepresentation,
-        SamplesPerPixel: attrs.samplesPerPixel,
-        PhotometricInterpretation: attrs.photometric,
-        NumberOfFrames: 1,
-      };
-      if (attrs.samplesPerPixel > 1) input.PlanarConfiguration = 0;
       const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
       if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
         fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
@@ -1147,13 +1145,7 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
       }
       encoded.push(bytes.length % 2 ? concatBytes(bytes, new Uint8Array(1)) : bytes);
     }
-  } catch (err) {
-    failed = true;
-    throw asTranscodeError(err);
-  } finally {
-    if (log.getLevel() !== savedLevel) log.setLevel(savedLevel, false);
-    if (failed || wasmMemoryBytes() > WASM_RESET_BYTES) releaseCodecs();
-  }
+  });
   // A Basic Offset Table for several frames (offsets from the first fragment's item tag); empty for one.
   let bot = new Uint8Array(0);
   if (encoded.length > 1) {
