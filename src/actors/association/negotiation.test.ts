@@ -55,3 +55,18 @@ test('role selections are answered only for storage classes of an accepted conte
   assert.deepEqual(result.ac.userInformation.roleSelections, [{ sopClassUid: ct, scuRole: false, scpRole: true }]);
   assert.equal(result.contexts.get(3)?.requestorIsScp, true);
 });
+
+test('storage classes: every UID under the storage root, and the patient-level ones PS3.4 B.5 lists outside it', () => {
+  const result = negotiate(
+    request([
+      { id: 1, abstractSyntaxUid: ct, transferSyntaxUids: [explicitLe] },
+      { id: 3, abstractSyntaxUid: '1.2.840.10008.5.1.4.34.7', transferSyntaxUids: [explicitLe] }, // RT Beams Delivery Instruction
+      { id: 5, abstractSyntaxUid: '1.2.840.10008.5.1.4.34.10', transferSyntaxUids: [explicitLe] }, // RT Brachy Application Setup Delivery Instruction
+      { id: 7, abstractSyntaxUid: '1.2.840.10008.5.1.4.38.1', transferSyntaxUids: [explicitLe] }, // Hanging Protocol: no patient, no study
+    ]),
+    config,
+  );
+  assert.equal(result.outcome, 'accept');
+  if (result.outcome !== 'accept') return;
+  assert.deepEqual(result.ac.presentationContexts.map((pc) => [pc.id, pc.result]), [[1, 0], [3, 0], [5, 0], [7, 3]]);
+});

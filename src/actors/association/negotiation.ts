@@ -48,7 +48,18 @@ export function serviceOf(abstractSyntaxUid: string): { kind: ServiceKind; root?
   return undefined;
 }
 
+/**
+ * Patient-level storage classes PS3.4 B.5 lists outside that root (storescp accepts them; helper 47). The
+ * other classes there (Hanging Protocol, Color Palette, implant templates) describe no patient and no
+ * study, which this archive files every instance under: they are not accepted.
+ */
+const storageSopClassesOutsideRoot: ReadonlySet<string> = new Set([
+  '1.2.840.10008.5.1.4.34.7', // RT Beams Delivery Instruction Storage
+  '1.2.840.10008.5.1.4.34.10', // RT Brachy Application Setup Delivery Instruction Storage
+]);
+
 export function isStorageSopClass(uid: string): boolean {
+  if (storageSopClassesOutsideRoot.has(uid)) return true;
   return uid.startsWith(storageSopClassRoot) && /^[0-9.]+$/.test(uid) && uid.length <= 64;
 }
 
