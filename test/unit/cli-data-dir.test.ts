@@ -114,6 +114,15 @@ test('a blob database whose MANIFEST is damaged: exit 1 and one line saying what
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 
+test('a blob database whose MANIFEST file is gone: exit 1 and one line saying what to do (helper 48)', async (t) => {
+  const dir = await dataDirHoldingOneInstance(t);
+  const blobs = join(dir, 'store', 'blobs');
+  rmSync(join(blobs, readdirSync(blobs).find((name) => name.startsWith('MANIFEST-'))!));
+  const r = await start(dir);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*MANIFEST-\d+: No such file or directory; its database files are damaged: move the data directory away and start on an empty one/);
+});
+
 test('a data directory on a full disk that the store cannot open: exit 1 and one line saying why', async (t) => {
   const tmpfs = tmpfsOrSkip(t, 16 * 1024 * 1024);
   if (tmpfs === undefined) return;

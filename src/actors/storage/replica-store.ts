@@ -96,9 +96,15 @@ export function storageErrorText(error: unknown): string {
 function openError(path: string, error: unknown): StoreError {
   const cause = (error as { cause?: unknown })?.cause;
   const why = cause === undefined ? errorText(error) : errorText(cause);
-  // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table): say what to do as well.
-  const whatToDo = /^Corruption:/.test(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
+  // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table), or a MANIFEST lost (a copy
+  // taken while the peer ran: helper 48): say what to do as well.
+  const whatToDo = /^Corruption:/.test(why) || isMissingManifestText(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
   return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
+}
+
+/** LevelDB's open error when CURRENT names a MANIFEST file that is not there. */
+function isMissingManifestText(text: string): boolean {
+  return /MANIFEST-\d+: No such file or directory/.test(text);
 }
 
 /**
@@ -509,7 +515,9 @@ class LevelReplicaStore implements ReplicaStore {
     } catch (error) {
       // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
-      if (!isCatalogDamage(cause)) throw error;
+      // A catalog whose MANIFEST is gone is damage too: it can be rebuilt (helper 48: the start was refused).
+      const manifestLost = cause !== undefined && isMissingManifestText(errorText((cause as { cause?: unknown }).cause ?? cause));
+      if (!isCatalogDamage(cause) && !manifestLost) throw error;
       this.markCatalogDamaged(`at open: ${errorText(error)}`);
       try {
         await this.openOnce();
