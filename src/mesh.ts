@@ -81,6 +81,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
     onIdentityConflict: (conflict) =>
       log.error(`two processes use one peer identity (a copied data directory?): ${twinAdvice}`, { peer: conflict.peerId, addresses: conflict.addresses }),
+    onIdentityTwinAddress: (twin) =>
+      log.error(`another process runs with this peer identity at a --bootstrap address (a copied data directory?); this peer cannot join through it and may be serving alone: ${twinAdvice}`, { address: twin.address }),
     onIdentityConflictNotice: (notice) =>
       log.error(`another process runs with this peer identity (a copied data directory?), says a peer that sees both: ${twinAdvice}`, {
         reportedBy: notice.reportedBy,

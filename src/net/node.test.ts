@@ -273,10 +273,33 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([joining.stop(), restored.stop()]);
     // The same list at every site names each site itself (by address): dropped, not retried and reported.
     const ownPort = await getFreePort();
-    const selfListed = await start({ p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}`], onBootstrapUnreachable: (f) => failures.push(f) });
+    const twins: string[] = [];
+    const selfListed = await start({ p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}`], onBootstrapUnreachable: (f) => failures.push(f), onIdentityTwinAddress: (t) => twins.push(t.address) });
     await new Promise((r) => setTimeout(r, 1500));
     await selfListed.stop();
     assert.deepEqual(failures, [], 'its own address is no unreachable bootstrap peer');
+    assert.deepEqual(twins, [], 'nor another process with its identity');
+  });
+
+  it('a copy of a peer bootstrapped at its original (by address, or by address and PeerId) says another process runs with its identity there', async () => {
+    const original = await start({});
+    const originalDir = dirs[dirs.length - 1]!;
+    const withPeerId = loopbackAddress(original);
+    const bare = withPeerId.replace(/\/p2p\/.*$/, '');
+    for (const bootstrapAddress of [bare, withPeerId]) {
+      const copyDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+      dirs.push(copyDir);
+      await cp(join(originalDir, 'peer-key'), join(copyDir, 'peer-key'));
+      const twins: string[] = [];
+      const copy = await start({ dataDir: copyDir, bootstrap: [bootstrapAddress], onIdentityTwinAddress: (t) => twins.push(t.address) });
+      assert.equal(copy.peerId, original.peerId);
+      await waitFor(`the twin at ${bootstrapAddress} reported`, () => twins.length > 0, 10_000);
+      assert.equal(portOf(twins[0]!), portOf(bare));
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(twins.length, 1, 'once per address');
+      await copy.stop();
+    }
+    await original.stop();
   });
 
   it('redials an unreachable bootstrap address on its backoff, not on the 5 s maximum', async () => {

@@ -14,6 +14,7 @@
  * Peers learnt from elsewhere (e.g. membership heartbeats carrying addresses) go in via `addKnownPeer`.
  */
 import '../polyfill.ts';
+import { networkInterfaces } from 'node:os';
 import { createLibp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
 import { noise } from '@chainsafe/libp2p-noise';
@@ -115,6 +116,12 @@ export interface MeshNodeInit {
    * Called at most once a minute.
    */
   onIdentityConflictNotice?: (notice: IdentityConflictNotice) => void;
+  /**
+   * A bootstrap address that is not this node's own answers with this node's identity (or names it in its
+   * /p2p/ part): another process runs with this identity there, and this one, which cannot join through
+   * it, may be serving alone (helper 48: a copy bootstrapped at its original said nothing). Once per address.
+   */
+  onIdentityTwinAddress?: (twin: { readonly address: string }) => void;
 }
 
 export interface IdentityConflictNotice {
@@ -306,7 +313,23 @@ class Reconnector {
     private readonly selfPeerId: string,
     private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
     private readonly onBootstrapIdentityChanged: (change: BootstrapIdentityChange) => void = () => undefined,
+    private readonly onIdentityTwinAddress: (twin: { readonly address: string }) => void = () => undefined,
   ) {}
+
+  /**
+   * Whether `ma` is where this node listens: one of its TCP ports on an address of this host (loopback,
+   * an interface's, or a DNS name, which cannot be told apart here). Anything else that answers with this
+   * node's identity is another process.
+   */
+  private isOwnAddress(ma: Multiaddr): boolean {
+    const components = ma.getComponents();
+    const port = components.find((c) => c.name === 'tcp')?.value;
+    const ownPorts = new Set(this.node.getMultiaddrs().flatMap((a) => a.getComponents().filter((c) => c.name === 'tcp').map((c) => c.value)));
+    if (port === undefined || !ownPorts.has(port)) return false;
+    const host = components.find((c) => ['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(c.name));
+    if (host === undefined || host.name.startsWith('dns')) return true;
+    return isThisHost(host.value ?? '');
+  }
 
   start(): void {
     this.running = true;
@@ -331,7 +354,10 @@ class Reconnector {
   private addAddressTarget(ma: Multiaddr, bootstrap: boolean): void {
     const peerId = peerIdOf(ma);
     // The same --bootstrap list given to every site names each site itself too: nothing to dial there.
-    if (peerId === this.selfPeerId) return;
+    if (peerId === this.selfPeerId) {
+      if (bootstrap && !this.isOwnAddress(ma)) this.onIdentityTwinAddress({ address: ma.toString() });
+      return;
+    }
     const key = peerId ?? ma.toString();
     const existing = this.targets.get(key);
     if (existing !== undefined) {
@@ -492,6 +518,8 @@ class Reconnector {
     if (/dial(led)? self/i.test(text)) {
       this.targets.delete(t.key);
       this.log('dropped %s: it is this peer', t.key);
+      const elsewhere = t.addrs.find((a) => !this.isOwnAddress(a));
+      if (elsewhere !== undefined) this.onIdentityTwinAddress({ address: elsewhere.toString() });
       return true;
     }
     if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
@@ -509,6 +537,12 @@ class Reconnector {
     this.scheduleWithin(0);
     return true;
   }
+}
+
+/** Whether `ip` names this host: unspecified, loopback, or one of its interfaces' addresses. */
+function isThisHost(ip: string): boolean {
+  if (ip === '0.0.0.0' || ip === '::' || ip === '::1' || ip.startsWith('127.')) return true;
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === ip));
 }
 
 /** The messages of an error and its causes, for matching what a library reports only in words. */
@@ -599,7 +633,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     maxDelay: tuning.reconnectMaxDelayMs ?? 5000,
     maxKnown: tuning.maxKnownPeers ?? 64,
     dialTimeout: tuning.dialTimeoutMs ?? 5000,
-  }, node.peerId.toString(), init.onBootstrapUnreachable, init.onBootstrapIdentityChanged);
+  }, node.peerId.toString(), init.onBootstrapUnreachable, init.onBootstrapIdentityChanged, init.onIdentityTwinAddress);
   for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
 
   const connectedHandlers = new Set<PeerHandler>();
