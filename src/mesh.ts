@@ -160,6 +160,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       retrieveSource: {
         resolve: (request, limit) => custody.retrieve.resolveRetrieveEverywhere(request, { limit }),
         ensureLocal: (entry) => custody.retrieve.ensureLocal(entry),
+        repairCopy: async (entry) => ((await custody.retrieve.repairCopy(entry)) === 'unavailable' ? undefined : init.store.getEntry(entry.sopInstanceUid)),
         searchRefusal: () => custody.searchRefusal(),
       },
       frontDoor,

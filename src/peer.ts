@@ -186,6 +186,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
             await meshReady;
             return current().retrieveSource.ensureLocal(entry);
           },
+          repairCopy: async (entry) => current().retrieveSource.repairCopy?.(entry),
           searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
         },
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),

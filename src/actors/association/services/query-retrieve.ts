@@ -252,9 +252,17 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       }
       // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
       const local = await source.ensureLocal(entry).catch(() => undefined);
-      const { status, reason } = local
+      let outcome: SubOperationOutcome = local
         ? await sendOne(ctx, target, store, local)
         : { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
+      // The copy here is damaged and nothing of it went out: a peer's good copy replaces it, and it is sent
+      // once more (a site restored from a copy taken while it ran failed retrieves the other sites could
+      // serve until its scrub came by: helper 48).
+      if (outcome.localCopyUnreadable && source.repairCopy !== undefined) {
+        const repaired = await source.repairCopy(local!).catch(() => undefined);
+        if (repaired !== undefined) outcome = await sendOne(ctx, target, store, repaired);
+      }
+      const { status, reason } = outcome;
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
@@ -297,6 +305,24 @@ const NoContextForInstance = 0xa702;
 interface SubOperationOutcome {
   status: number;
   reason?: string;
+  /** Failed reading or checking the local copy, before any of it was sent. */
+  localCopyUnreadable?: boolean;
+}
+
+/** The local copy could not be read or did not match its SHA-256 before anything was sent. */
+class LocalCopyUnreadable extends Error {
+  constructor(cause: unknown) {
+    super(errorText(cause), { cause });
+  }
+}
+
+/** `read`, with a failure marked as the local copy's. */
+async function readLocal<T>(read: Promise<T>): Promise<T> {
+  try {
+    return await read;
+  } catch (error) {
+    throw new LocalCopyUnreadable(error);
+  }
 }
 
 async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry): Promise<SubOperationOutcome> {
@@ -315,10 +341,10 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     const asStored = picked.transferSyntaxUid === entry.transferSyntaxUid;
     let status: number;
     if (asStored && entry.byteLength > checkedWholeBytesMax) {
-      status = await target.store(picked.presentationContextId, command, await checkedStream(store, entry));
+      status = await target.store(picked.presentationContextId, command, await readLocal(checkedStream(store, entry)));
     } else {
       // Transcoding needs the whole instance in memory too; it only runs when the receiver refuses the stored syntax.
-      const bytes = await checkedWhole(store, entry);
+      const bytes = await readLocal(checkedWhole(store, entry));
       if (asStored) status = await target.store(picked.presentationContextId, command, bytes);
       else {
         const { transcodeDataset } = await loadTranscoder();
@@ -328,7 +354,7 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     }
     return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
   } catch (error) {
-    return { status: Status.UnableToProcess, reason: errorText(error) };
+    return { status: Status.UnableToProcess, reason: errorText(error), localCopyUnreadable: error instanceof LocalCopyUnreadable };
   }
 }
 
@@ -419,6 +445,12 @@ export interface RetrieveSource {
   resolve(request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[]; truncated: boolean; peersMissed?: readonly string[] }>;
   /** The local entry of an instance, pulled from a peer first when only a peer holds it; undefined when nobody does. */
   ensureLocal(entry: CatalogEntry): Promise<CatalogEntry | undefined>;
+  /**
+   * A local copy that could not be read whole or checked (lost chunks, other bytes) replaced by a peer's
+   * good one now, rather than after the scrub: its local entry, or undefined when no peer could. Absent
+   * without a mesh.
+   */
+  repairCopy?(entry: CatalogEntry): Promise<CatalogEntry | undefined>;
   /** Why a C-FIND should not be answered from the local catalog now (an Error Comment); absent or undefined: answer. */
   searchRefusal?(): string | undefined;
 }
