@@ -632,6 +632,34 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
   }
 });
 
+test('a multi-frame instance is decoded and compressed a frame at a time, giving the event loop a turn between frames', async () => {
+  await codecs();
+  const FRAMES = 24;
+  const image = { rows: 64, columns: 64, bits: 16, stored: 12, spp: 1, pi: 'MONOCHROME2', frames: FRAMES };
+  const raw = new Uint8Array(64 * 64 * 2 * FRAMES);
+  for (let i = 0; i < raw.length; i += 2) raw[i] = i & 0xff;
+  const ds = new Uint8Array(encode([...imagePixelElements(image), { tag: 0x7fe00010, vr: 'OW', value: raw }], { explicit: true, le: true }));
+  // Turns of the event loop while one transcode runs (each setImmediate callback is one).
+  const turnsDuring = async (work: () => Promise<unknown>) => {
+    let turns = 0;
+    let running = true;
+    const spin = () => {
+      if (!running) return;
+      turns++;
+      setImmediate(spin);
+    };
+    setImmediate(spin);
+    await work();
+    running = false;
+    return turns;
+  };
+  let compressed: Uint8Array | undefined;
+  const encodeTurns = await turnsDuring(async () => (compressed = (await transcodeDataset(ds, EXPLICIT, [RLE])).bytes));
+  const decodeTurns = await turnsDuring(() => transcodeDataset(compressed!, RLE, [EXPLICIT]));
+  assert.ok(encodeTurns >= FRAMES - 1, `compressing: ${encodeTurns} turns for ${FRAMES} frames`);
+  assert.ok(decodeTurns >= FRAMES - 1, `decoding: ${decodeTurns} turns for ${FRAMES} frames`);
+});
+
 test('undecodable compressed data throws ERR_TRANSCODE_FAILED and the codec recovers', async () => {
   const attrs = encode(
     [

@@ -747,6 +747,19 @@ function withCodecs(work: () => void): void {
   }
 }
 
+/**
+ * `work` for each frame, on the loaded codec module, with the event loop given a turn between frames: a
+ * large multi-frame instance decoded or compressed in one go held the peer's heartbeats and every other
+ * association for seconds.
+ */
+async function eachFrameWithCodecs(frames: number, work: (index: number) => void): Promise<void> {
+  for (let i = 0; i < frames; i++) {
+    if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    await loadCodecs();
+    withCodecs(() => work(i));
+  }
+}
+
 /** The Image Pixel attributes of one frame, for a throw-away dcmjs data set around it. */
 function onePixelFrame(attrs: PixelAttrs, planarConfiguration: number | undefined): Record<string, unknown> {
   const input: Record<string, unknown> = {
@@ -1019,41 +1032,37 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
   } catch (err) {
     throw asTranscodeError(err);
   }
-  await loadCodecs();
-
   const decoded: Uint8Array[] = [];
   let outPhotometric = attrs.photometric;
   let outPlanar = attrs.planarConfiguration;
-  withCodecs(() => {
-    const bytesPerSample = Math.ceil(attrs.bitsAllocated / 8);
-    for (let i = 0; i < frames.length; i++) {
-      const f = frames[i]!;
-      const input = { ...onePixelFrame(attrs, attrs.planarConfiguration), PixelData: [f.buffer.slice(f.byteOffset, f.byteOffset + f.byteLength)] };
-      const result =
-        (ts === JPEG_BASELINE && attrs.photometric === 'RGB') || JPEG_DIRECT.has(ts)
-          ? decodeJpegDirect(f, attrs)
-          : Transcoding.transcodeDataset(new Dataset(input, ts), EXPLICIT_LE).getElements();
-      const px = result.PixelData;
-      const buf = Array.isArray(px) ? px[0] : px;
-      if (!(buf instanceof ArrayBuffer)) fail(`decoder returned no pixel data for frame ${i}`);
-      const photometric = String(result.PhotometricInterpretation ?? attrs.photometric);
-      const planar = typeof result.PlanarConfiguration === 'number' ? result.PlanarConfiguration : outPlanar;
-      if (i === 0) {
-        outPhotometric = photometric;
-        outPlanar = planar;
-      } else if (photometric !== outPhotometric) {
-        fail(`frames decode to different photometric interpretations (${outPhotometric}, ${photometric})`);
-      }
-      const frameSize =
-        photometric === 'YBR_FULL_422'
-          ? 2 * bytesPerSample * attrs.rows * attrs.columns
-          : attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
-      if (buf.byteLength < frameSize) {
-        fail(`frame ${i} decoded to ${buf.byteLength} bytes, expected ${frameSize}`);
-      }
-      // dcmjs-codecs pads each odd-sized frame; frames must be contiguous, so trim to the exact size.
-      decoded.push(new Uint8Array(buf, 0, frameSize));
+  const bytesPerSample = Math.ceil(attrs.bitsAllocated / 8);
+  await eachFrameWithCodecs(frames.length, (i) => {
+    const f = frames[i]!;
+    const input = { ...onePixelFrame(attrs, attrs.planarConfiguration), PixelData: [f.buffer.slice(f.byteOffset, f.byteOffset + f.byteLength)] };
+    const result =
+      (ts === JPEG_BASELINE && attrs.photometric === 'RGB') || JPEG_DIRECT.has(ts)
+        ? decodeJpegDirect(f, attrs)
+        : Transcoding.transcodeDataset(new Dataset(input, ts), EXPLICIT_LE).getElements();
+    const px = result.PixelData;
+    const buf = Array.isArray(px) ? px[0] : px;
+    if (!(buf instanceof ArrayBuffer)) fail(`decoder returned no pixel data for frame ${i}`);
+    const photometric = String(result.PhotometricInterpretation ?? attrs.photometric);
+    const planar = typeof result.PlanarConfiguration === 'number' ? result.PlanarConfiguration : outPlanar;
+    if (i === 0) {
+      outPhotometric = photometric;
+      outPlanar = planar;
+    } else if (photometric !== outPhotometric) {
+      fail(`frames decode to different photometric interpretations (${outPhotometric}, ${photometric})`);
     }
+    const frameSize =
+      photometric === 'YBR_FULL_422'
+        ? 2 * bytesPerSample * attrs.rows * attrs.columns
+        : attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
+    if (buf.byteLength < frameSize) {
+      fail(`frame ${i} decoded to ${buf.byteLength} bytes, expected ${frameSize}`);
+    }
+    // dcmjs-codecs pads each odd-sized frame; frames must be contiguous, so trim to the exact size.
+    decoded.push(new Uint8Array(buf, 0, frameSize));
   });
 
   const sink = new Sink();
@@ -1125,26 +1134,23 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
   if (native.length < frameSize * attrs.frames) fail(`pixel data holds ${native.length} bytes, ${attrs.frames} frames need ${frameSize * attrs.frames}`);
   if (!pixel.littleEndian && bytesPerSample === 2) native = swapped(native.subarray(0, frameSize * attrs.frames), 2);
 
-  await loadCodecs();
   const encoded: Uint8Array[] = [];
-  withCodecs(() => {
-    const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
-    for (let i = 0; i < attrs.frames; i++) {
-      // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
-      const frame = new Uint8Array(native.subarray(i * frameSize, (i + 1) * frameSize));
-      const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
-      if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
-        fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
-      }
-      const bytes = encodedFrameOf(result);
-      const back = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [bytes.slice().buffer] }, target), EXPLICIT_LE).getElements();
-      const decoded = back.PixelData;
-      const decodedFrame = Array.isArray(decoded) ? decoded[0] : decoded;
-      if (!(decodedFrame instanceof ArrayBuffer) || decodedFrame.byteLength < frameSize || !Buffer.from(decodedFrame, 0, frameSize).equals(frame)) {
-        fail(`frame ${i} does not decode back to its source in ${target} (bits above High Bit in use?)`);
-      }
-      encoded.push(bytes.length % 2 ? concatBytes(bytes, new Uint8Array(1)) : bytes);
+  const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
+  await eachFrameWithCodecs(attrs.frames, (i) => {
+    // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
+    const frame = new Uint8Array(native.subarray(i * frameSize, (i + 1) * frameSize));
+    const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
+    if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
+      fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
     }
+    const bytes = encodedFrameOf(result);
+    const back = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [bytes.slice().buffer] }, target), EXPLICIT_LE).getElements();
+    const decoded = back.PixelData;
+    const decodedFrame = Array.isArray(decoded) ? decoded[0] : decoded;
+    if (!(decodedFrame instanceof ArrayBuffer) || decodedFrame.byteLength < frameSize || !Buffer.from(decodedFrame, 0, frameSize).equals(frame)) {
+      fail(`frame ${i} does not decode back to its source in ${target} (bits above High Bit in use?)`);
+    }
+    encoded.push(bytes.length % 2 ? concatBytes(bytes, new Uint8Array(1)) : bytes);
   });
   // A Basic Offset Table for several frames (offsets from the first fragment's item tag); empty for one.
   let bot = new Uint8Array(0);
