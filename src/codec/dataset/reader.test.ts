@@ -516,6 +516,30 @@ describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
     });
   }
 
+  it('reads an icon whose Pixel Data is encapsulated too, with an offset table and fragments that look like elements', () => {
+    const iconPixels = concat([
+      element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),
+      marker(0xfffee000, 4, explicitLittle), Uint8Array.from([0, 0, 0, 0]),
+      // Fragment bytes that would read as an item tag and a header if walked as elements.
+      marker(0xfffee000, 8, explicitLittle), Uint8Array.from([0xfe, 0xff, 0x00, 0xe0, 0x40, 0x00, 0x00, 0x00]),
+      marker(0xfffee0dd, 0, explicitLittle),
+    ]);
+    const icon = concat([element(Tags.Rows, 'US', uint16Value([8], true), explicitLittle), iconPixels]);
+    for (const definedItem of [false, true]) {
+      const bytes = concat([
+        prefix(explicitLittle),
+        undefinedLengthSequence(Tags.IconImageSequence, [item(icon, explicitLittle, definedItem)], explicitLittle),
+        element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),
+        marker(0xfffee000, 0, explicitLittle),
+        marker(0xfffee000, 4, explicitLittle), Uint8Array.from([0xff, 0xd8, 0xff, 0xd9]),
+        marker(0xfffee0dd, 0, explicitLittle),
+      ]);
+      const header = parseDataset(bytes, jpegBaseline, whole);
+      assert.equal(header.reachedPixelData, true, `defined-length item ${definedItem}`);
+      assert.deepEqual(header.elements.map((e) => e.value), ['1.2.840.10008.5.1.4.1.1.7', '1.2.3.4.5', 'P1']);
+    }
+  });
+
   it('reads encapsulated Pixel Data fragment by fragment, in any split', () => {
     assert.equal(parseDataset(jpeg, jpegBaseline, whole).reachedPixelData, true);
     for (let cut = 1; cut < jpeg.length; cut++) {

@@ -76,7 +76,7 @@ type Phase = typeof phaseHeader | typeof phaseValue | typeof phaseSkip;
 
 /** A container being walked: to its delimiter, or (whole data sets only) to the end of its defined length. */
 interface Level {
-  /** 'fragments': top-level encapsulated Pixel Data, a sequence of defined-length items (PS3.5 A.4). */
+  /** 'fragments': encapsulated Pixel Data (top-level, or an icon's), a sequence of defined-length items (PS3.5 A.4). */
   kind: 'sequence' | 'item' | 'fragments';
   implicitVr: boolean;
   littleEndian: boolean;
@@ -433,6 +433,12 @@ export class DatasetHeaderReader {
       // implicit VR little endian sequence, PS3.5 6.2.2): walk its items to find the delimiter.
       if (this.levels.length >= this.maxNestingDepth) {
         throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+      }
+      if (tag === pixelDataTag && !implicitVr && (vr === 'OB' || vr === 'OW')) {
+        // An icon's Pixel Data in the instance's compressed syntax (PS3.5 8.2): fragments, whose bytes are
+        // no elements (read as items, the whole-data-set walk refused such instances 0xC000: helper 49).
+        this.levels.push({ kind: 'fragments', implicitVr: false, littleEndian });
+        return headerLength;
       }
       if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
       const holdsImplicitVr = implicitVr || vr === 'UN';
