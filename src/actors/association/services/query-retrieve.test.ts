@@ -9,7 +9,8 @@ import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
-import { failedUidIdentifier, parseQueryIdentifier, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import * as transcoder from '../../../codec/transcode.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 
@@ -147,4 +148,21 @@ test('1,200 failed sub-operations: the final response carries as many failed UID
     }
   }
   assert.equal(failedUidIdentifier({ failedUids: [] }, TransferSyntax.ExplicitVrLittleEndian), undefined);
+});
+
+test('a C-MOVE offers each class as stored, uncompressed, and losslessly compressed; the copy goes decoded when it can, compressed only when it must', () => {
+  const ct = '1.2.840.10008.5.1.4.1.1.2';
+  const j2k = '1.2.840.10008.1.2.4.90';
+  const jpegLossless = '1.2.840.10008.1.2.4.70';
+  const entry = (transferSyntaxUid: string) => ({ sopClassUid: ct, transferSyntaxUid }) as CatalogEntry;
+  const proposals = proposalsForMove([entry(TransferSyntax.ExplicitVrLittleEndian), entry(j2k)]);
+  assert.deepEqual(proposals.map((p) => p.transferSyntaxUids[0]), [TransferSyntax.ExplicitVrLittleEndian, j2k, TransferSyntax.ExplicitVrLittleEndian, jpegLossless]);
+  // A destination that took explicit VR LE and JPEG Lossless: the J2K copy is decoded, not re-compressed.
+  const both = [{ id: 5, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }, { id: 7, abstractSyntaxUid: ct, transferSyntaxUid: jpegLossless }];
+  assert.equal(pickContextFor(entry(j2k), [...both].reverse(), transcoder)?.presentationContextId, 5);
+  // One that took JPEG Lossless only (helper 49: every instance not stored so failed): compressed for it.
+  assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian), [both[1]!], transcoder)?.presentationContextId, 7);
+  // 128 contexts at most: with 43 classes there is no room for the compressed ones.
+  const many = Array.from({ length: 43 }, (_, i) => ({ sopClassUid: `${ct}.${i}`, transferSyntaxUid: j2k }) as CatalogEntry);
+  assert.equal(proposalsForMove(many).length, 86);
 });

@@ -418,7 +418,17 @@ export function pickContextFor(
   return chosen ? { presentationContextId: chosen.id, transferSyntaxUid: chosen.transferSyntaxUid } : undefined;
 }
 
-/** What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed fallback. */
+/**
+ * Lossless syntaxes a C-MOVE offers for a class beside the uncompressed fallback, for a destination that
+ * takes compressed data only (helper 49: it got none of the instances stored uncompressed). JPEG 2000 is
+ * left out: it is encoded for monochrome images only.
+ */
+const compressedFallbackSyntaxes = ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.5'];
+
+/**
+ * What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed
+ * fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one.
+ */
 export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
   const pairs = new Map<string, Set<string>>();
   for (const entry of entries) {
@@ -433,6 +443,9 @@ export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abst
     proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] });
   }
   // Presentation context IDs are odd numbers 1..255: at most 128 contexts.
+  if (proposals.length + pairs.size <= 128) {
+    for (const sopClassUid of pairs.keys()) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [...compressedFallbackSyntaxes] });
+  }
   return proposals.slice(0, 128);
 }
 
