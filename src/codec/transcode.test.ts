@@ -632,6 +632,29 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
   }
 });
 
+test('colour by plane (Planar Configuration 1) is interleaved before it is compressed, and says so', async () => {
+  await codecs();
+  const W = 5;
+  const H = 3;
+  const interleavedFrames = [pixels(W, H, 3, 8, 0), pixels(W, H, 3, 8, 1)];
+  const byPlane = interleavedFrames.map((f) => {
+    const out = new Uint8Array(f.length);
+    for (let p = 0; p < W * H; p++) for (let c = 0; c < 3; c++) out[c * W * H + p] = f[p * 3 + c]!;
+    return out;
+  });
+  const elements = [
+    ...imagePixelElements({ rows: H, columns: W, bits: 8, stored: 8, spp: 3, pi: 'RGB', frames: 2 }).map((e) => (e.tag === 0x00280006 ? { ...e, value: us(1) } : e)),
+    { tag: 0x7fe00010, vr: 'OB', value: new Uint8Array(Buffer.concat([...byPlane, Buffer.alloc(1)])) },
+  ];
+  const ds = new Uint8Array(encode(elements, { explicit: true, le: true }));
+  for (const target of [RLE, JPEG_LOSSLESS, JPEG_LS]) {
+    const compressed = await transcodeDataset(ds, EXPLICIT, [target]);
+    const back = parse((await transcodeDataset(compressed.bytes, target, [EXPLICIT])).bytes, { explicit: true, le: true }).els;
+    assert.deepEqual(Buffer.from(find(back, 0x7fe00010)!.value!.subarray(0, 2 * W * H * 3)), Buffer.concat(interleavedFrames.map((f) => Buffer.from(f))), target);
+    assert.equal(Buffer.from(find(back, 0x00280006)!.value!).readUInt16LE(), 0, `${target}: Planar Configuration now 0`);
+  }
+});
+
 test('a multi-frame instance is decoded and compressed a frame at a time, giving the event loop a turn between frames', async () => {
   await codecs();
   const FRAMES = 24;

@@ -42,7 +42,7 @@
  *   through dcmjs-dimse `Transcoding`; every frame is decoded back and compared with its source before it
  *   is used (`encodePixelData`), and the output decodes with DCMTK's dcmdrle/dcmdjpeg/dcmdjpls to the same
  *   pixels. This is what lets a C-GET requestor that lists JPEG Lossless first (getscu +xs) receive the
- *   instances stored otherwise (helper 47). Only 8/16-bit MONOCHROME1/2, PALETTE COLOR and interleaved RGB.
+ *   instances stored otherwise (helper 47). Only 8/16-bit MONOCHROME1/2, PALETTE COLOR and RGB (by plane: interleaved first).
  * - NOT supported: encoding into a lossy syntax (JPEG baseline/extended, lossy JPEG-LS/JPEG 2000), JPEG XL
  *   JPEG recompression (.111), MPEG/HEVC video, and compressed
  *   sources with Bits Allocated other than 8 or 16 (dcmjs-codecs limit; fails with ERR_TRANSCODE_FAILED).
@@ -1107,7 +1107,7 @@ function unsupported(message: string): never {
  * Compresses native Pixel Data losslessly into `target`, frame by frame. Each frame is decoded back and must
  * equal its source bytes, or nothing is sent: a copy that is not the original is never delivered as one.
  * Only what the encoders are checked for (PS3.5 8.2): 8 or 16 bits allocated, MONOCHROME1/2 or PALETTE
- * COLOR, or interleaved RGB (not for JPEG 2000); anything else is ERR_TRANSCODE_UNSUPPORTED. Nested pixel
+ * COLOR, or RGB (not for JPEG 2000); anything else is ERR_TRANSCODE_UNSUPPORTED. Nested pixel
  * data (icons) stays native, which the encapsulated syntaxes allow. Without Pixel Data the data set is
  * written in explicit VR LE under the target's UID, as the syntax defines.
  */
@@ -1124,10 +1124,12 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
   }
   if (attrs.bitsAllocated !== 8 && attrs.bitsAllocated !== 16) unsupported(`cannot compress ${attrs.bitsAllocated}-bit pixel data`);
   const monochrome = attrs.samplesPerPixel === 1 && ['MONOCHROME1', 'MONOCHROME2', 'PALETTE COLOR'].includes(attrs.photometric);
-  const rgb = attrs.samplesPerPixel === 3 && attrs.photometric === 'RGB' && (attrs.planarConfiguration ?? 0) === 0;
+  const rgb = attrs.samplesPerPixel === 3 && attrs.photometric === 'RGB';
   if (!monochrome && !(rgb && !MONOCHROME_ONLY_TARGETS.has(target))) {
-    unsupported(`cannot compress ${attrs.photometric} with ${attrs.samplesPerPixel} samples (planar ${attrs.planarConfiguration ?? 0}) into ${target}`);
+    unsupported(`cannot compress ${attrs.photometric} with ${attrs.samplesPerPixel} samples into ${target}`);
   }
+  // Colour by plane (R..., G..., B...) is interleaved first: the encoders take it so, and decoders give it so.
+  const planar = rgb && attrs.planarConfiguration === 1;
   const bytesPerSample = attrs.bitsAllocated / 8;
   const frameSize = attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
   let native = pixel.value;
@@ -1138,7 +1140,8 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
   const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
   await eachFrameWithCodecs(attrs.frames, (i) => {
     // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
-    const frame = new Uint8Array(native.subarray(i * frameSize, (i + 1) * frameSize));
+    const source = native.subarray(i * frameSize, (i + 1) * frameSize);
+    const frame = planar ? interleaved(source, attrs.rows * attrs.columns, bytesPerSample) : new Uint8Array(source);
     const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
     if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
       fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
@@ -1164,6 +1167,21 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
     });
   }
   elements[index] = { tag: PIXEL_DATA, vr: 'OB', fragments: [bot, ...encoded], undefinedLength: true, littleEndian: true };
+  if (planar) setElement(elements, 0x00280006, 'US', usValue(0));
+}
+
+/** One frame of three colour planes (pixels samples each) as interleaved samples, in a buffer of its own. */
+function interleaved(planes: Uint8Array, pixels: number, bytesPerSample: number): Uint8Array {
+  const out = new Uint8Array(planes.length);
+  const planeBytes = pixels * bytesPerSample;
+  for (let p = 0; p < pixels; p++) {
+    for (let c = 0; c < 3; c++) {
+      const from = c * planeBytes + p * bytesPerSample;
+      const to = (p * 3 + c) * bytesPerSample;
+      for (let b = 0; b < bytesPerSample; b++) out[to + b] = planes[from + b]!;
+    }
+  }
+  return out;
 }
 
 function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
