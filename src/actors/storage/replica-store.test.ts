@@ -335,6 +335,18 @@ test('a catalog reported damaged while serving is set aside and rebuilt at the n
   assert.ok(!readdirSync(dir).includes('catalog-damaged'), 'the mark is gone once rebuilt');
 });
 
+test('a catalog directory gone altogether is rebuilt from the commit records, and said so', async (t) => {
+  const { dir, store } = await storeHolding(t, ['1.2.3.55', '1.2.3.56'], 4);
+  await store.close();
+  rmSync(join(dir, 'catalog'), { recursive: true });
+  const notices: string[] = [];
+  const reopened = createReplicaStore({ path: dir, onOpenNotice: (message) => notices.push(message) });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.countInstances(), 2);
+  assert.match(notices.join('\n'), /the catalog was missing: rebuilt/);
+});
+
 test('a data directory deleted under the running store: the next commit is refused and the store faults, not acknowledged', async (t) => {
   const parent = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(parent, { recursive: true, force: true }));

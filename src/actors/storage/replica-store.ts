@@ -497,6 +497,12 @@ class LevelReplicaStore implements ReplicaStore {
       compression: false,
       writeBufferSize: 32 * 1024 * 1024,
     });
+    // abstract-level opens a database by itself on the next microtask, creating files where CURRENT is
+    // missing and the directory where it is gone, before open() has looked at them: cancelled here (a
+    // close before that microtask), so open() decides (a catalog deleted was rebuilt without a word:
+    // helper 49; a lost CURRENT was caught only because open() usually read the directory first).
+    void this.db.close();
+    void this.blobDb.close();
     this.chunkBytes = init.chunkBytes ?? 64 * 1024;
     this.maxChunkWritesInFlight = init.maxChunkWritesInFlight ?? 16;
     this.checkpointIntervalMs = init.checkpointIntervalMs ?? 1000;
@@ -620,6 +626,10 @@ class LevelReplicaStore implements ReplicaStore {
     const markerPath = join(this.path, catalogDamagedMarker);
     const markedDamaged = existsSync(markerPath);
     const files = await databaseFilesWithoutCurrent(catalogDir);
+    if (!existsSync(catalogDir) && existsSync(join(this.path, 'blobs', 'CURRENT'))) {
+      // Instances without a catalog (catalog/ deleted, or left out of a copy): rebuilt, and said so (helper 49).
+      this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
+    }
     if (files.length === 0 && !markedDamaged) return;
     if (existsSync(catalogDir)) {
       const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;

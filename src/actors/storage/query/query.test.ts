@@ -769,6 +769,8 @@ describe('a study filed under two PatientIDs', () => {
           const studyRootKeys = [k(T.PatientID, 'LO', patientId), k(T.StudyInstanceUID, 'UI', study.studyUid), ...(level === 'SERIES' ? [k(T.SeriesInstanceUID, 'UI', '1.2.3.60.1')] : [])];
           assert.equal((await retrieveUids(db, { root: 'STUDY', level, keys: studyRootKeys })).length, 2, `Study Root ${level} retrieve with PatientID ${patientId}`);
         }
+        // Not even a wildcard there is refused (0xC002 for a Patient Root unique key).
+        assert.equal((await retrieveUids(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'P6*'), k(T.StudyInstanceUID, 'UI', study.studyUid)] })).length, 2);
       }
       // Both patients matched (a wildcard), or no PatientID key: the whole study, the latest instance's attributes.
       for (const patientKey of [[k(T.PatientID, 'LO', 'P6*')], []]) {

@@ -867,7 +867,8 @@ export function validateRetrieve(asked: QueryRequest): QueryValidation {
       comment: `a ${request.level}-level retrieve needs a value for ${formatTag(uniqueTag)}`,
     };
   }
-  for (const level of QUERY_LEVELS_OF_ROOT.PATIENT) {
+  // The unique keys of this root's levels only: a PatientID in a Study Root retrieve is ignored, whatever it holds.
+  for (const level of QUERY_LEVELS_OF_ROOT[request.root]) {
     if (LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) break;
     const tag = UNIQUE_KEY_OF_LEVEL[level];
     const invalid = uniqueKeyValues(request, tag)?.find((value) => invalidUniqueValue(tag, value));
