@@ -160,7 +160,12 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       retrieveSource: {
         resolve: (request, limit) => custody.retrieve.resolveRetrieveEverywhere(request, { limit }),
         ensureLocal: (entry) => custody.retrieve.ensureLocal(entry),
-        repairCopy: async (entry) => ((await custody.retrieve.repairCopy(entry)) === 'unavailable' ? undefined : init.store.getEntry(entry.sopInstanceUid)),
+        repairCopy: async (entry) => {
+          const outcome = await custody.retrieve.repairCopy(entry);
+          // The scrub's figures do not count these: the log says what became of the copy (helper 49).
+          log.info(outcome === 'unavailable' ? 'retrieve: a damaged copy here could not be replaced from any peer' : 'retrieve: a damaged copy here was replaced from a peer', { sopInstanceUid: entry.sopInstanceUid, outcome });
+          return outcome === 'unavailable' ? undefined : init.store.getEntry(entry.sopInstanceUid);
+        },
         searchRefusal: () => custody.searchRefusal(),
       },
       frontDoor,
