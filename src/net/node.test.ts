@@ -277,6 +277,11 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     const selfListed = await start({ p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}`], onBootstrapUnreachable: (f) => failures.push(f), onIdentityTwinAddress: (t) => twins.push(t.address) });
     await new Promise((r) => setTimeout(r, 1500));
     await selfListed.stop();
+    // Named with its PeerId as well (a restart of the same site, the list copied to every site).
+    const selfNamed = await start({ dataDir: dirs[dirs.length - 1]!, p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}/p2p/${selfListed.peerId}`], onIdentityTwinAddress: (t) => twins.push(t.address) });
+    assert.equal(selfNamed.peerId, selfListed.peerId);
+    await new Promise((r) => setTimeout(r, 1000));
+    await selfNamed.stop();
     assert.deepEqual(failures, [], 'its own address is no unreachable bootstrap peer');
     assert.deepEqual(twins, [], 'nor another process with its identity');
   });
