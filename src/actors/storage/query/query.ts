@@ -843,10 +843,6 @@ function invalidUniqueValue(tag: Tag, value: string): boolean {
 }
 
 /**
- * Checks a C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1): the level's unique key must be present and non-empty
- * (a list for UIDs); the unique keys of upper levels may be present; no wildcard anywhere in them.
- */
-/**
  * A PATIENT-level C-MOVE/C-GET on a Study Root context is served as Patient Root: Orthanc 1.10 sends its
  * patient-level retrieves that way (it proposes no Patient Root MOVE), and Orthanc as an archive accepts
  * them (helper 47). PS3.4 C.6.2 would answer 0xA900; a PATIENT-level C-FIND on Study Root still is.
@@ -855,6 +851,10 @@ function retrieveModelOf(request: QueryRequest): QueryRequest {
   return request.root === 'STUDY' && request.level === 'PATIENT' ? { ...request, root: 'PATIENT' } : request;
 }
 
+/**
+ * Checks a C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1): the level's unique key must be present and non-empty
+ * (a list for UIDs); the unique keys of upper levels may be present; no wildcard anywhere in them.
+ */
 export function validateRetrieve(asked: QueryRequest): QueryValidation {
   const request = retrieveModelOf(asked);
   const rootAndLevel = checkRootAndLevel(request);
