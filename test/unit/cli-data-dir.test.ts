@@ -114,10 +114,16 @@ test('a blob database whose MANIFEST is damaged: exit 1 and one line saying what
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 
-test('a blob database whose MANIFEST file is gone: exit 1 and one line saying what to do (helper 48)', async (t) => {
+test('a blob database whose MANIFEST file is gone, or whose CURRENT names another file: exit 1 and one line saying what to do (helpers 48, 50)', async (t) => {
   const dir = await dataDirHoldingOneInstance(t);
   const blobs = join(dir, 'store', 'blobs');
-  rmSync(join(blobs, readdirSync(blobs).find((name) => name.startsWith('MANIFEST-'))!));
+  const manifest = readdirSync(blobs).find((name) => name.startsWith('MANIFEST-'))!;
+  writeFileSync(join(blobs, 'CURRENT'), 'garbage\n');
+  const garbage = await start(dir);
+  assert.equal(garbage.status, 1, garbage.stderr);
+  assert.match(garbage.stderr, /^pacs-mesh: cannot open the store in .*garbage: No such file or directory; its database files are damaged: move the data directory away and start on an empty one/);
+  writeFileSync(join(blobs, 'CURRENT'), `${manifest}\n`);
+  rmSync(join(blobs, manifest));
   const r = await start(dir);
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*MANIFEST-\d+: No such file or directory; its database files are damaged: move the data directory away and start on an empty one/);

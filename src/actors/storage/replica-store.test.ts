@@ -375,13 +375,17 @@ test('a catalog LevelDB finds corrupt at open (a damaged MANIFEST) is set aside 
   await assertCatalogRebuiltAtOpen(t, dir, 2);
 });
 
-test('a catalog whose MANIFEST file is gone (a copy taken while the peer ran) is set aside and rebuilt too', async (t) => {
+test('a catalog whose MANIFEST file is gone (a copy taken while the peer ran), or whose CURRENT names another file, is set aside and rebuilt too', async (t) => {
   const { dir, store } = await storeHolding(t, ['1.2.3.53', '1.2.3.54'], 3);
   await store.close();
   const manifest = join(dir, 'catalog', readdirSync(join(dir, 'catalog')).find((name) => name.startsWith('MANIFEST-'))!);
   rmSync(manifest);
-
   await assertCatalogRebuiltAtOpen(t, dir, 2);
+
+  const again = await storeHolding(t, ['1.2.3.57'], 3);
+  await again.store.close();
+  writeFileSync(join(again.dir, 'catalog', 'CURRENT'), 'garbage\n');
+  await assertCatalogRebuiltAtOpen(t, again.dir, 1);
 });
 
 test('a store written before the held and search indexes gets them at open: custody load and count read the held index alone', async (t) => {

@@ -102,9 +102,12 @@ function openError(path: string, error: unknown): StoreError {
   return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
 }
 
-/** LevelDB's open error when CURRENT names a MANIFEST file that is not there. */
+/**
+ * LevelDB's open error when CURRENT names a file that is not there (a MANIFEST lost, or CURRENT itself
+ * damaged into naming something else: helper 50): the directory itself is created when missing.
+ */
 function isMissingManifestText(text: string): boolean {
-  return /MANIFEST-\d+: No such file or directory/.test(text);
+  return /IO error: .*: No such file or directory/.test(text);
 }
 
 /**
