@@ -347,6 +347,20 @@ test('a catalog directory gone altogether is rebuilt from the commit records, an
   assert.match(notices.join('\n'), /the catalog was missing: rebuilt/);
 });
 
+test('a file where the catalog directory belongs is set aside and the catalog rebuilt (not a raw EEXIST at start)', async (t) => {
+  const { dir, store } = await storeHolding(t, ['1.2.3.58', '1.2.3.59'], 4);
+  await store.close();
+  rmSync(join(dir, 'catalog'), { recursive: true });
+  writeFileSync(join(dir, 'catalog'), 'not a database');
+  const notices: string[] = [];
+  const reopened = createReplicaStore({ path: dir, onOpenNotice: (message) => notices.push(message) });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.countInstances(), 2);
+  assert.match(notices.join('\n'), /the catalog was a file, not a directory: set aside, rebuilt/);
+  assert.ok(readdirSync(dir).some((name) => name.startsWith('catalog.damaged-')));
+});
+
 test('a data directory deleted under the running store: the next commit is refused and the store faults, not acknowledged', async (t) => {
   const parent = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(parent, { recursive: true, force: true }));

@@ -22,7 +22,7 @@
  * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
@@ -628,6 +628,14 @@ class LevelReplicaStore implements ReplicaStore {
     const catalogDir = join(this.path, 'catalog');
     const markerPath = join(this.path, catalogDamagedMarker);
     const markedDamaged = existsSync(markerPath);
+    if (existsSync(catalogDir) && !statSync(catalogDir).isDirectory()) {
+      // A file where the catalog belongs (EEXIST from mkdir before: helper 50): set aside like damage.
+      const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+      await rename(catalogDir, setAsideDir);
+      this.onOpenNotice("the catalog was a file, not a directory: set aside, rebuilt from the instances' commit records", { setAsideDir });
+      await rm(markerPath, { force: true });
+      return;
+    }
     const files = await databaseFilesWithoutCurrent(catalogDir);
     if (!existsSync(catalogDir) && existsSync(join(this.path, 'blobs', 'CURRENT'))) {
       // Instances without a catalog (catalog/ deleted, or left out of a copy): rebuilt, and said so (helper 49).
