@@ -748,12 +748,12 @@ function withCodecs(work: () => void): void {
 }
 
 /**
- * `work` for each frame, on the loaded codec module, with the event loop given a turn between frames: a
- * large multi-frame instance decoded or compressed in one go held the peer's heartbeats and every other
- * association for seconds.
+ * `work` for each of `steps` (frames, or parts of them), on the loaded codec module, with the event loop
+ * given a turn between steps: a large multi-frame instance decoded or compressed in one go held the peer's
+ * heartbeats and every other association for seconds.
  */
-async function eachFrameWithCodecs(frames: number, work: (index: number) => void): Promise<void> {
-  for (let i = 0; i < frames; i++) {
+async function eachFrameWithCodecs(steps: number, work: (index: number) => void): Promise<void> {
+  for (let i = 0; i < steps; i++) {
     if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     await loadCodecs();
     withCodecs(() => work(i));
@@ -1138,15 +1138,24 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
 
   const encoded: Uint8Array[] = [];
   const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
-  await eachFrameWithCodecs(attrs.frames, (i) => {
-    // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
-    const source = native.subarray(i * frameSize, (i + 1) * frameSize);
-    const frame = planar ? interleaved(source, attrs.rows * attrs.columns, bytesPerSample) : new Uint8Array(source);
-    const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
-    if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
-      fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
+  // Compressing a frame and decoding it back are separate turns of the event loop: together, one 27 MB
+  // mammogram held it for 1.7 s in JPEG-LS, longer than a peer may miss heartbeats before it is suspect.
+  let pending: { frame: Uint8Array; bytes: Uint8Array } | undefined;
+  await eachFrameWithCodecs(2 * attrs.frames, (step) => {
+    const i = step >> 1;
+    if (step % 2 === 0) {
+      // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).
+      const source = native.subarray(i * frameSize, (i + 1) * frameSize);
+      const frame = planar ? interleaved(source, attrs.rows * attrs.columns, bytesPerSample) : new Uint8Array(source);
+      const result = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [frame.buffer] }, EXPLICIT_LE), target).getElements();
+      if (String(result.PhotometricInterpretation ?? attrs.photometric) !== attrs.photometric) {
+        fail(`the ${target} encoder changed the photometric interpretation to ${String(result.PhotometricInterpretation)}`);
+      }
+      pending = { frame, bytes: encodedFrameOf(result) };
+      return;
     }
-    const bytes = encodedFrameOf(result);
+    const { frame, bytes } = pending!;
+    pending = undefined;
     const back = Transcoding.transcodeDataset(new Dataset({ ...input, PixelData: [bytes.slice().buffer] }, target), EXPLICIT_LE).getElements();
     const decoded = back.PixelData;
     const decodedFrame = Array.isArray(decoded) ? decoded[0] : decoded;
