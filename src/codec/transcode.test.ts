@@ -632,6 +632,14 @@ test('native and decoded pixels compress losslessly into RLE, JPEG Lossless, JPE
   }
 });
 
+test('a data set without Pixel Data (a report) goes into a compressed syntax as explicit VR LE, every element kept', async () => {
+  const report = sampleElements().filter((e) => e.tag !== 0x7fe00010);
+  const implicit = new Uint8Array(encode(report, { explicit: false, le: true }));
+  const r = await transcodeDataset(implicit, IMPLICIT, [JPEG_LOSSLESS]);
+  assert.equal(r.transferSyntaxUid, JPEG_LOSSLESS);
+  assert.deepEqual(Buffer.from(r.bytes), Buffer.from((await transcodeDataset(implicit, IMPLICIT, [EXPLICIT])).bytes));
+});
+
 test('colour by plane (Planar Configuration 1) is interleaved before it is compressed, and says so', async () => {
   await codecs();
   const W = 5;
