@@ -98,7 +98,7 @@ function openError(path: string, error: unknown): StoreError {
   const why = cause === undefined ? errorText(error) : errorText(cause);
   // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table), or a MANIFEST lost (a copy
   // taken while the peer ran: helper 48): say what to do as well.
-  const whatToDo = /^Corruption:/.test(why) || isMissingManifestText(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
+  const whatToDo = /^Corruption:/.test(why) || isMissingFileText(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
   return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
 }
 
@@ -106,7 +106,7 @@ function openError(path: string, error: unknown): StoreError {
  * LevelDB's open error when CURRENT names a file that is not there (a MANIFEST lost, or CURRENT itself
  * damaged into naming something else: helper 50): the directory itself is created when missing.
  */
-function isMissingManifestText(text: string): boolean {
+function isMissingFileText(text: string): boolean {
   return /IO error: .*: No such file or directory/.test(text);
 }
 
@@ -525,7 +525,7 @@ class LevelReplicaStore implements ReplicaStore {
       // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
       // A catalog whose MANIFEST is gone is damage too: it can be rebuilt (helper 48: the start was refused).
-      const manifestLost = cause !== undefined && isMissingManifestText(errorText((cause as { cause?: unknown }).cause ?? cause));
+      const manifestLost = cause !== undefined && isMissingFileText(errorText((cause as { cause?: unknown }).cause ?? cause));
       if (!isCatalogDamage(cause) && !manifestLost) throw error;
       this.markCatalogDamaged(`at open: ${errorText(error)}`);
       try {
@@ -628,26 +628,24 @@ class LevelReplicaStore implements ReplicaStore {
     const catalogDir = join(this.path, 'catalog');
     const markerPath = join(this.path, catalogDamagedMarker);
     const markedDamaged = existsSync(markerPath);
-    if (existsSync(catalogDir) && !statSync(catalogDir).isDirectory()) {
-      // A file where the catalog belongs (EEXIST from mkdir before: helper 50): set aside like damage.
-      const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-      await rename(catalogDir, setAsideDir);
-      this.onOpenNotice("the catalog was a file, not a directory: set aside, rebuilt from the instances' commit records", { setAsideDir });
-      await rm(markerPath, { force: true });
-      return;
-    }
-    const files = await databaseFilesWithoutCurrent(catalogDir);
-    if (!existsSync(catalogDir) && existsSync(join(this.path, 'blobs', 'CURRENT'))) {
+    if (!existsSync(catalogDir)) {
       // Instances without a catalog (catalog/ deleted, or left out of a copy): rebuilt, and said so (helper 49).
-      this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
-    }
-    if (files.length === 0 && !markedDamaged) return;
-    if (existsSync(catalogDir)) {
-      const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-      await rename(catalogDir, setAsideDir);
-      const why = markedDamaged ? 'was found damaged' : 'had lost its CURRENT file';
-      const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
-      this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir, ...(reason && { reason }) });
+      if (existsSync(join(this.path, 'blobs', 'CURRENT'))) this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
+    } else {
+      // A file where the catalog belongs (an EEXIST from mkdir before: helper 50) is set aside like damage.
+      const why = !statSync(catalogDir).isDirectory()
+        ? 'was a file, not a directory'
+        : markedDamaged
+          ? 'was found damaged'
+          : (await databaseFilesWithoutCurrent(catalogDir)).length > 0
+            ? 'had lost its CURRENT file'
+            : undefined;
+      if (why !== undefined) {
+        const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+        await rename(catalogDir, setAsideDir);
+        const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
+        this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir, ...(reason && { reason }) });
+      }
     }
     await rm(markerPath, { force: true });
   }
