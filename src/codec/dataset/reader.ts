@@ -324,8 +324,20 @@ export class DatasetHeaderReader {
     return this.levels.length === 0 ? undefined : this.levels[this.levels.length - 1];
   }
 
+  /** One more level would not go beyond maxNestingDepth. */
+  private assertRoomForLevel(what: 'sequences' | 'items', elementOffset: number): void {
+    if (this.levels.length >= this.maxNestingDepth) {
+      throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `${what} nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
+    }
+  }
+
+  /** The innermost open container of defined length, which everything read now must end within. */
+  private innermostDefinedLength(): Level | undefined {
+    return this.levels.findLast((l) => l.endOffset !== undefined);
+  }
+
   private pushDefinedLength(level: Level): void {
-    const enclosing = this.levels.findLast((l) => l.endOffset !== undefined);
+    const enclosing = this.innermostDefinedLength();
     if (enclosing !== undefined && level.endOffset! > enclosing.endOffset!) {
       throw new DatasetParseError('ERR_DATASET_MALFORMED',
         `a defined-length ${level.kind} runs ${level.endOffset! - enclosing.endOffset!} bytes past the end of its defined-length ${enclosing.kind}`, enclosing.endOffset);
@@ -406,7 +418,7 @@ export class DatasetHeaderReader {
     if (!this.complete && this.definedLengthLevels === 0) this.chargeExaminedBytes(headerLength, elementOffset);
     if (this.definedLengthLevels > 0) {
       // An element must end within its defined-length item: found here, not after the value is skipped.
-      const enclosing = this.levels.findLast((l) => l.endOffset !== undefined)!;
+      const enclosing = this.innermostDefinedLength()!;
       const endOffset = elementOffset + headerLength + (valueLength === undefinedLength ? 0 : valueLength);
       if (endOffset > enclosing.endOffset!) {
         throw new DatasetParseError('ERR_DATASET_MALFORMED',
@@ -431,9 +443,7 @@ export class DatasetHeaderReader {
     if (valueLength === undefinedLength) {
       // A sequence, or undefined-length bulk data (encapsulated pixels in an icon, or UN holding an
       // implicit VR little endian sequence, PS3.5 6.2.2): walk its items to find the delimiter.
-      if (this.levels.length >= this.maxNestingDepth) {
-        throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
-      }
+      this.assertRoomForLevel('sequences', elementOffset);
       if (tag === pixelDataTag && !implicitVr && (vr === 'OB' || vr === 'OW')) {
         // An icon's Pixel Data in the instance's compressed syntax (PS3.5 8.2): fragments, whose bytes are
         // no elements (read as items, the whole-data-set walk refused such instances 0xC000: helper 49).
@@ -449,9 +459,7 @@ export class DatasetHeaderReader {
       // A defined-length sequence is walked too: skipped by length, an item longer than its sequence or an
       // element cut off at its item's end was stored with Success, and no DCMTK reader could read it back
       // (helper 44). Nothing inside is kept, so no header counts against the header bound.
-      if (this.levels.length >= this.maxNestingDepth) {
-        throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `sequences nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
-      }
+      this.assertRoomForLevel('sequences', elementOffset);
       if (level === undefined && this.includeSkippedElements && !this.complete) this.elements.push({ tag, vr, value: undefined });
       this.pushDefinedLength({ kind: 'sequence', implicitVr, littleEndian, endOffset: elementOffset + headerLength + valueLength });
       return headerLength;
@@ -489,9 +497,7 @@ export class DatasetHeaderReader {
           this.startSkip(tag, length);
           return;
         }
-        if (this.levels.length >= this.maxNestingDepth) {
-          throw new DatasetParseError('ERR_DATASET_TOO_DEEP', `items nested deeper than ${this.maxNestingDepth} levels`, elementOffset);
-        }
+        this.assertRoomForLevel('items', elementOffset);
         const item: Level = { kind: 'item', implicitVr: level.implicitVr, littleEndian: level.littleEndian };
         if (length === undefinedLength) this.levels.push(item);
         else this.pushDefinedLength({ ...item, endOffset: elementOffset + 8 + length });
