@@ -235,7 +235,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     counts.failedUids.push(...entries.map((e) => e.sopInstanceUid));
     counts.remaining = 0;
     await ctx.send(
-      retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`.slice(0, 64)),
+      retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
       failedUidIdentifier(counts, ctx.transferSyntaxUid),
     );
     return;
