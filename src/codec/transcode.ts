@@ -1162,7 +1162,7 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
     if (!(decodedFrame instanceof ArrayBuffer) || decodedFrame.byteLength < frameSize || !Buffer.from(decodedFrame, 0, frameSize).equals(frame)) {
       fail(`frame ${i} does not decode back to its source in ${target} (bits above High Bit in use?)`);
     }
-    encoded.push(bytes.length % 2 ? concatBytes(bytes, new Uint8Array(1)) : bytes);
+    encoded.push(bytes.length % 2 ? Buffer.concat([bytes, new Uint8Array(1)]) : bytes);
   });
   // A Basic Offset Table for several frames (offsets from the first fragment's item tag); empty for one.
   let bot = new Uint8Array(0);
@@ -1190,12 +1190,5 @@ function interleaved(planes: Uint8Array, pixels: number, bytesPerSample: number)
       for (let b = 0; b < bytesPerSample; b++) out[to + b] = planes[from + b]!;
     }
   }
-  return out;
-}
-
-function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
   return out;
 }
