@@ -156,8 +156,12 @@ export interface BalancerService {
 type BalancerMsg =
   | { readonly type: 'tick' }
   | { readonly type: 'view' }
-  /** The operator decommissioned these peers' site: they leave the learnt roster now, not after rosterForgetAfterMs. */
-  | { readonly type: 'forgetPeers'; readonly peerIds: readonly string[] }
+  /**
+   * The operator took these peers out, or their site was forgotten (`site`: its peers in the view and in
+   * the roster, found when the message is handled, the roster loaded): they leave the learnt roster now,
+   * not after rosterForgetAfterMs.
+   */
+  | { readonly type: 'forgetPeers'; readonly peerIds: readonly string[]; readonly site?: string }
   | { readonly type: 'mesh'; readonly from: string; readonly message: BalancerMessage }
   | { readonly type: 'crash'; readonly reason: string };
 
@@ -391,7 +395,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   };
 
   /** Drops peers that are not up from the learnt roster, persisted before the reducer counts without them. */
-  const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[]): Promise<RosterState> => {
+  const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[], site: string | undefined): Promise<RosterState> => {
     if (pinned) return roster;
     const { peers, gone } = forgetRosterPeers(roster.peers, peerIds, upPeerIds(), self);
     if (gone.length === 0) return roster;
@@ -401,7 +405,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       noteStateWriteFailure(err);
       return roster;
     }
-    log.warn('roster forgot peers on the operator\'s request', { peers: gone });
+    if (site === undefined) log.warn('roster forgot peers on the operator\'s request', { peers: gone });
+    else log.warn('roster forgot the peers of a forgotten site', { peers: gone, memberSite: site });
     return { peers, persistedAtMs: clock.nowMs() };
   };
 
@@ -536,7 +541,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     if (message.type === 'mesh') {
       step = stepBalancer(balancer, { type: 'messageReceived', from: message.from, message: message.message, nowMs });
     } else if (message.type === 'forgetPeers') {
-      roster = await forgetFromRoster(roster, message.peerIds);
+      const ofSite = message.site === undefined ? [] : [...membership.members().filter((m) => m.siteName === message.site).map((m) => m.peerId), ...rosterPeersOfSite(roster.peers, message.site)];
+      roster = await forgetFromRoster(roster, [...message.peerIds, ...ofSite], message.site);
       balancer = withRoster(balancer, roster);
       step = stepBalancer(balancer, { type: 'viewChanged', members: membership.members(), nowMs });
     } else if (message.type === 'view' || fresh || message.type === 'tick') {
@@ -683,9 +689,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       }));
     },
     forgetSitePeers(site) {
-      const fromView = membership.members().filter((m) => m.siteName === site).map((m) => m.peerId);
-      const peerIds = [...new Set([...fromView, ...(current ? rosterPeersOfSite(current.roster.peers, site) : [])])];
-      if (peerIds.length > 0) send({ type: 'forgetPeers', peerIds });
+      send({ type: 'forgetPeers', peerIds: [], site });
     },
     forgetPeer(peerId) {
       if (pinned) return 'pinned';
