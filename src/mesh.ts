@@ -115,6 +115,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes: init.store.writeFault === undefined ? freeDiskBytes : 0 },
         instanceCount: stats.instanceCount,
         digestRoot: stats.digestRoot,
+        forgottenSites: stats.forgottenSites,
       };
     };
     const children = await init.supervisor.startMesh({
@@ -135,6 +136,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     const { membership, balancer } = children;
     const publishStats = () => membership.updateLocalStats(localStats());
     custody.onStatsChanged(publishStats);
+    // A forgotten site's peers leave the election roster too: counted as voters, a site that is gone for
+    // good could leave the others short of a majority.
+    custody.onSitesForgotten((siteNames) => {
+      for (const siteName of siteNames) balancer.forgetSitePeers(siteName);
+    });
     membership.onViewChanged((members) => custody.onViewChanged(members));
     custody.onViewChanged(membership.members());
     publishStats();
@@ -170,13 +176,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       },
       frontDoor,
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
-      forgetSite: (siteName) => {
-        const result = custody.forgetSite(siteName);
-        // Its peers leave the election roster too: counted as voters, a site that is gone for good could
-        // leave the others short of a majority.
-        if (result.outcome === 'forgotten') balancer.forgetSitePeers(siteName);
-        return result;
-      },
+      forgetSite: (siteName) => custody.forgetSite(siteName),
       forgetPeer: (peerId) => balancer.forgetPeer(peerId),
       status: () => {
         const leader = balancer.leader();

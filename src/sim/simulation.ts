@@ -41,12 +41,13 @@ type SimPayload =
   | { readonly kind: 'fetchRequest'; readonly sopInstanceUid: string }
   | { readonly kind: 'fetchReply'; readonly sopInstanceUid: string; readonly instance: SimInstance | null };
 
-/** Survives crashes: the local store, the debt table, the known sites, the election record and the incarnation counter. */
+/** Survives crashes: the local store, the debt table, the known sites and tombstones, the election record and the incarnation counter. */
 interface DurableState {
   incarnation: number;
   readonly store: Map<string, SimInstance>;
   readonly debt: Map<string, DebtEntry>;
   readonly knownSites: Map<string, number>;
+  readonly forgottenSites: Map<string, number>;
   election: ElectionDurable | null;
 }
 
@@ -154,7 +155,7 @@ export function runSimulation(options: SimOptions): SimResult {
       peerId: `peer-${letter}`,
       siteName: `site-${letter}`,
       priority: faultPrng.nextInt(3),
-      durable: { incarnation: 0, store: new Map(), debt: new Map(), knownSites: new Map(), election: null },
+      durable: { incarnation: 0, store: new Map(), debt: new Map(), knownSites: new Map(), forgottenSites: new Map(), election: null },
       live: null,
       restartAtMs: 0,
       electionWritesFailUntilMs: 0,
@@ -250,6 +251,7 @@ export function runSimulation(options: SimOptions): SimResult {
         digest: digestOf(peer.durable.store.values()),
         debt: [...peer.durable.debt.values()],
         knownSites: [...peer.durable.knownSites].map(([siteName, lastHeardMs]) => ({ siteName, lastHeardMs })),
+        forgottenSites: [...peer.durable.forgottenSites].map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs })),
       },
     );
     peer.live = { membership, balancer, custody, staging: new Map(), electable: true };
@@ -449,7 +451,11 @@ export function runSimulation(options: SimOptions): SimResult {
         return;
       case 'persistKnownSites':
         for (const k of e.seen) peer.durable.knownSites.set(k.siteName, k.lastHeardMs);
-        for (const siteName of e.forgotten) peer.durable.knownSites.delete(siteName);
+        for (const f of [...e.forgotten, ...e.tombstonesAdopted]) {
+          peer.durable.knownSites.delete(f.siteName);
+          peer.durable.forgottenSites.set(f.siteName, f.forgottenAtMs);
+        }
+        for (const siteName of e.tombstonesDropped) peer.durable.forgottenSites.delete(siteName);
         return;
       case 'replicate': {
         const instance = peer.durable.store.get(e.sopInstanceUid);
@@ -471,6 +477,7 @@ export function runSimulation(options: SimOptions): SimResult {
             load: { ...loadOf(peer), queuedCustodyWork: e.queuedWork },
             instanceCount: e.instanceCount,
             digestRoot: e.digestRoot,
+            forgottenSites: e.forgottenSites,
           },
         });
         return;

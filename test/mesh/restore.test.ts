@@ -5,12 +5,12 @@
  * part of the matches (black-box helpers 40 and 41 saw Success with nothing, for good before the redial).
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { runTool } from '../support/dicom-tools.ts';
-import { eventually, startThreeSites } from './support.ts';
+import { eventually, startThreeSites, type PeerProcess } from './support.ts';
 
 test('a site restored on an empty disk without --bootstrap rejoins, and answers searches whole or not at all', { timeout: 120_000 }, async (t) => {
   const { cluster, a, c } = await startThreeSites(t);
@@ -51,4 +51,37 @@ test('a site restored on an empty disk without --bootstrap rejoins, and answers 
   assert.notEqual(status.self.peerId, oldPeerId, 'a new identity');
   assert.equal(status.instances, count);
   assert.equal(status.members?.filter((m) => m.alive).length, 3, JSON.stringify(status.members));
+});
+
+test('a site forgotten at one peer is forgotten at every peer, one restored from a backup taken before the forgetting included', { timeout: 180_000 }, async (t) => {
+  const { cluster, a, b, c } = await startThreeSites(t);
+  const knows = async (peer: PeerProcess, site: string) => ((await peer.status()).custody?.knownSites ?? []).some((k) => k.site === site);
+  const votersOf = async (peer: PeerProcess, site: string) => ((await peer.status()).balancer?.rosterMembers ?? []).filter((m) => m.site === site).length;
+  const describe = (peer: PeerProcess) => async () => {
+    const s = await peer.status();
+    return `${peer.site} knows ${JSON.stringify(s.custody?.knownSites)}, voters ${JSON.stringify(s.balancer?.rosterMembers?.map((m) => m.site))}\n${peer.output().slice(-3000)}`;
+  };
+  await eventually(async () => (await knows(b, 'site-c')) && (await votersOf(b, 'site-c')) === 1, 20_000, describe(b));
+  // A backup of site-b, taken with the peer stopped, while site-c is still part of the mesh.
+  const ports = { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort };
+  const backup = join(cluster.root, 'site-b-backup');
+  await b.stop();
+  cpSync(b.dataDir, backup, { recursive: true });
+  const b2 = await cluster.start('site-b', { dataDir: b.dataDir, ports });
+  // site-c is decommissioned: the operator forgets it at one peer.
+  await c.kill9();
+  // Dead everywhere first: a forgetting is undone by news of the site heard after it (a late heartbeat relayed).
+  for (const peer of [a, b2]) await eventually(async () => (await peer.status()).members?.find((m) => m.site === 'site-c')?.alive === false, 20_000, describe(peer));
+  const forgot = await fetch(`http://127.0.0.1:${a.httpPort}/api/forget-site?site=site-c`, { method: 'POST' });
+  assert.equal(forgot.status, 200, await forgot.text());
+  // site-b forgets it from site-a's heartbeats, copies and voters alike.
+  await eventually(async () => !(await knows(b2, 'site-c')) && (await votersOf(b2, 'site-c')) === 0, 20_000, describe(b2));
+  // site-b restored from the backup, which knows site-c: forgotten again there, from the others' heartbeats.
+  await b2.stop();
+  rmSync(b.dataDir, { recursive: true, force: true });
+  cpSync(backup, b.dataDir, { recursive: true });
+  const restored = await cluster.start('site-b', { dataDir: b.dataDir, ports });
+  await eventually(async () => !(await knows(restored, 'site-c')) && (await votersOf(restored, 'site-c')) === 0, 20_000, describe(restored));
+  assert.match(restored.output(), /site forgotten: no copies are owed to it any more.*site-c/);
+  assert.ok(await knows(restored, 'site-a'), 'the sites still there stay known');
 });

@@ -10,7 +10,7 @@ import { systemClock } from '../runtime/clock.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { startActorSystem, stopActor } from '../runtime/nact.ts';
 import { bumpIncarnation, parseHeartbeat, startMembership, type LocalStats, type MembershipService } from './actor.ts';
-import { membershipTopic } from './messages.ts';
+import { heartbeatForgottenSitesMax, membershipTopic } from './messages.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
 import { waitFor } from '../../../test/support/wait.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
@@ -201,5 +201,13 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     assert.equal(parseHeartbeat(valid)?.addresses.accessDigest, undefined);
     assert.equal(parseHeartbeat({ ...valid, addresses: { ...valid.addresses, accessDigest: '0123abcd' } })?.addresses.accessDigest, '0123abcd');
     assert.equal(parseHeartbeat({ ...valid, addresses: { ...valid.addresses, accessDigest: 7 } }), null);
+    // Likewise the forgotten sites: bounded, each a site name and a time; anything else is junk.
+    const tombstone = { siteName: 'site-x', forgottenAtMs: 5 };
+    assert.equal(parseHeartbeat(valid)?.forgottenSites, undefined);
+    assert.deepEqual(parseHeartbeat({ ...valid, forgottenSites: [tombstone] })?.forgottenSites, [tombstone]);
+    assert.deepEqual(parseHeartbeat({ ...valid, forgottenSites: Array(heartbeatForgottenSitesMax).fill(tombstone) })?.forgottenSites?.length, heartbeatForgottenSitesMax);
+    for (const junk of [Array(heartbeatForgottenSitesMax + 1).fill(tombstone), 'site-x', [{ siteName: '', forgottenAtMs: 5 }], [{ siteName: 'site-x' }], [{ siteName: 'x'.repeat(300), forgottenAtMs: 5 }], [{ siteName: 'site-x', forgottenAtMs: Infinity }], [null]]) {
+      assert.equal(parseHeartbeat({ ...valid, forgottenSites: junk }), null, JSON.stringify(junk).slice(0, 80));
+    }
   });
 });

@@ -29,7 +29,7 @@ import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
-import { membershipTopic, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad } from './messages.ts';
+import { heartbeatForgottenSitesMax, membershipTopic, type ForgottenSite, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad } from './messages.ts';
 
 export const membershipTimings = {
   heartbeatIntervalMs: 500,
@@ -38,7 +38,7 @@ export const membershipTimings = {
   tickIntervalMs: 100,
 } as const;
 
-/** Largest heartbeat envelope sent or accepted (a heartbeat is ~300 bytes). */
+/** Largest heartbeat envelope sent or accepted (a heartbeat is ~300 bytes; 16 tombstones of 64-character site names add ~1.5 KiB). */
 export const HEARTBEAT_MAX_BYTES = 8 * 1024;
 const STRING_MAX_CHARS = 256;
 const INCARNATION_FILE = 'membership-incarnation';
@@ -90,6 +90,8 @@ export interface LocalStats {
   load: PeerLoad;
   instanceCount: number;
   digestRoot: string;
+  /** Custody's tombstones (see Heartbeat.forgottenSites); absent or empty when none. */
+  forgottenSites?: readonly ForgottenSite[];
 }
 
 export interface MembershipService {
@@ -178,6 +180,15 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   const load = v.load as Record<string, unknown> | null;
   if (typeof load !== 'object' || load === null) return null;
   if (!count(load.activeAssociations) || !count(load.queuedCustodyWork) || !count(load.freeDiskBytes)) return null;
+  // Absent in heartbeats of peers from before the field.
+  const forgotten = v.forgottenSites ?? [];
+  if (!Array.isArray(forgotten) || forgotten.length > heartbeatForgottenSitesMax) return null;
+  const forgottenSites: ForgottenSite[] = [];
+  for (const f of forgotten as unknown[]) {
+    const site = f as Record<string, unknown> | null;
+    if (typeof site !== 'object' || site === null || !str(site.siteName) || site.siteName.length === 0 || !finite(site.forgottenAtMs)) return null;
+    forgottenSites.push({ siteName: site.siteName, forgottenAtMs: site.forgottenAtMs });
+  }
   return {
     type: 'heartbeat',
     peerId: v.peerId,
@@ -195,6 +206,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     load: { activeAssociations: load.activeAssociations, queuedCustodyWork: load.queuedCustodyWork, freeDiskBytes: load.freeDiskBytes },
     instanceCount: v.instanceCount,
     digestRoot: v.digestRoot,
+    ...(forgottenSites.length > 0 ? { forgottenSites } : {}),
   };
 }
 

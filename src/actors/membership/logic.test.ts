@@ -81,6 +81,25 @@ test('whether this peer can be elected travels in its heartbeat and its own reco
   assert.equal(seen.members.get('peer-a')?.electable, false);
 });
 
+test('the sites custody forgot travel in the heartbeat and reach the member record; none, no field', () => {
+  const forgottenSites = [{ siteName: 'site-x', forgottenAtMs: 500 }];
+  const stats = { load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 1 }, instanceCount: 0, digestRoot: '' };
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }).state;
+  const publishedAt = (state: MembershipState, nowMs: number) => {
+    const published = run(state, { type: 'tick', nowMs }).effects.find((e) => e.type === 'publish');
+    assert.ok(published && published.type === 'publish');
+    return published.message;
+  };
+  assert.equal('forgottenSites' in publishedAt(s, 1000), false);
+  s = run(s, { type: 'localStatsChanged', ...stats, forgottenSites }).state;
+  const heartbeatWith = publishedAt(s, 1000);
+  assert.deepEqual(heartbeatWith.forgottenSites, forgottenSites);
+  const seen = run(initMembership({ ...config, peerId: 'peer-b', siteName: 'site-b' }), { type: 'heartbeatReceived', heartbeat: heartbeatWith, nowMs: 1001 }).state;
+  assert.deepEqual(seen.members.get('peer-a')?.forgottenSites, forgottenSites);
+  s = run(s, { type: 'localStatsChanged', ...stats, forgottenSites: [] }).state;
+  assert.equal('forgottenSites' in publishedAt(s, 2000), false);
+});
+
 test('a heartbeat of our predecessor (this site and DICOM address, another PeerId) relayed late is not a member', () => {
   const predecessor = heartbeat('peer-old', 1, 7, { siteName: config.siteName, addresses: config.addresses });
   const { state, effects } = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: predecessor, nowMs: 10 });

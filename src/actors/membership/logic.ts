@@ -4,6 +4,7 @@
  */
 import {
   membershipTopic,
+  type ForgottenSite,
   type Heartbeat,
   type MemberRecord,
   type MemberStatus,
@@ -20,6 +21,7 @@ export interface MembershipState {
   readonly selfLoad: PeerLoad;
   readonly selfInstanceCount: number;
   readonly selfDigestRoot: string;
+  readonly selfForgottenSites: readonly ForgottenSite[];
   readonly selfElectable: boolean;
   readonly heartbeatSequence: number;
   /** Null until the first tick, which sends at once so that a restart is announced without waiting. */
@@ -52,6 +54,7 @@ export function initMembership(config: MembershipConfig): MembershipState {
     selfLoad: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 },
     selfInstanceCount: 0,
     selfDigestRoot: '',
+    selfForgottenSites: [],
     selfElectable: true,
     heartbeatSequence: 0,
     nextHeartbeatAtMs: null,
@@ -75,6 +78,7 @@ export function stepMembership(state: MembershipState, input: MembershipInput): 
           selfLoad: input.load,
           selfInstanceCount: input.instanceCount,
           selfDigestRoot: input.digestRoot,
+          selfForgottenSites: input.forgottenSites ?? [],
         },
         effects: [],
       };
@@ -110,6 +114,7 @@ function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: numb
     load: hb.load,
     instanceCount: hb.instanceCount,
     digestRoot: hb.digestRoot,
+    ...(hb.forgottenSites !== undefined && hb.forgottenSites.length > 0 ? { forgottenSites: hb.forgottenSites } : {}),
     status: 'alive',
     lastHeardAtMs,
     statusSinceMs,
@@ -192,6 +197,7 @@ function heartbeatOf(state: MembershipState): Heartbeat {
     load: state.selfLoad,
     instanceCount: state.selfInstanceCount,
     digestRoot: state.selfDigestRoot,
+    ...(state.selfForgottenSites.length > 0 ? { forgottenSites: state.selfForgottenSites } : {}),
   };
 }
 

@@ -28,6 +28,18 @@ export interface PeerLoad {
   readonly freeDiskBytes: number;
 }
 
+/**
+ * A site a peer forgot (an operator's POST /api/forget-site, or long silence), and when by that peer's clock:
+ * carried in its heartbeats so that every peer forgets it, a peer restored from a backup taken before too.
+ */
+export interface ForgottenSite {
+  readonly siteName: string;
+  readonly forgottenAtMs: number;
+}
+
+/** Bound on forgotten sites one heartbeat carries (the newest); a heartbeat with more is malformed. */
+export const heartbeatForgottenSitesMax = 16;
+
 /** The heartbeat published every heartbeatIntervalMs on membershipTopic. */
 export interface Heartbeat {
   readonly type: 'heartbeat';
@@ -49,6 +61,8 @@ export interface Heartbeat {
   readonly instanceCount: number;
   /** Root of the custody digest (hex), so peers can see cheaply whether repair has anything to do. */
   readonly digestRoot: string;
+  /** Sites this peer forgot lately (custody's tombstones, newest first); absent when none, and from older peers. */
+  readonly forgottenSites?: readonly ForgottenSite[];
 }
 
 /** What one peer knows about another (or itself), the unit of the view. */
@@ -63,6 +77,8 @@ export interface MemberRecord {
   readonly load: PeerLoad;
   readonly instanceCount: number;
   readonly digestRoot: string;
+  /** As in its last heartbeat. */
+  readonly forgottenSites?: readonly ForgottenSite[];
   readonly status: MemberStatus;
   /** Local receive time of the newest accepted heartbeat (never the sender's clock). */
   readonly lastHeardAtMs: number;
@@ -93,6 +109,7 @@ export type MembershipInput =
       readonly load: PeerLoad;
       readonly instanceCount: number;
       readonly digestRoot: string;
+      readonly forgottenSites?: readonly ForgottenSite[];
     }
   | { readonly type: 'electabilityChanged'; readonly electable: boolean }
   /** A connected peer subscribed to the membership topic (it joined, or came back). */

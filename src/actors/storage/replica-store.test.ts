@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
+import { pack } from 'msgpackr';
 import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PATIENT_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { createQueryStats, findMatches } from './query/query.ts';
@@ -181,20 +182,24 @@ test('debt updates made at once land in call order: the last op on an (instance,
   await store.close();
 });
 
-test('known sites persist across a reopen; forgotten ones and damaged records are gone', async (t) => {
+test('known sites and tombstones persist across a reopen; a forgotten site turns into a tombstone, one heard again back into a known site; damaged records are skipped', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   let store = createReplicaStore({ path: dir });
   await store.open();
-  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 5 }, { siteName: 'site-c', lastHeardMs: 6 }], []);
-  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 70_000 }], ['site-c']);
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 5 }, { siteName: 'site-c', lastHeardMs: 6 }, { siteName: 'site-d', lastHeardMs: 7 }], []);
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 70_000 }], [{ siteName: 'site-c', forgottenAtMs: 80_000 }, { siteName: 'site-d', forgottenAtMs: 80_001 }, { siteName: 'site-e', forgottenAtMs: 80_002 }]);
+  // site-d heard again, site-e's tombstone too old to pass on.
+  await store.updateKnownSites([{ siteName: 'site-d', lastHeardMs: 90_000 }], [], ['site-d', 'site-e']);
   await store.db.put('k!site-x', new Uint8Array([0xc1]));
+  await store.db.put('f!site-y', new Uint8Array(pack({ siteName: 'site-z', forgottenAtMs: 1 })));
   await store.close();
   store = createReplicaStore({ path: dir });
   await store.open();
   const damaged: string[] = [];
-  assert.deepEqual(await store.listKnownSites((key) => damaged.push(key)), [{ siteName: 'site-b', lastHeardMs: 70_000 }]);
-  assert.deepEqual(damaged, ['k!site-x']);
+  assert.deepEqual(await store.listKnownSites((key) => damaged.push(key)), [{ siteName: 'site-b', lastHeardMs: 70_000 }, { siteName: 'site-d', lastHeardMs: 90_000 }]);
+  assert.deepEqual(await store.listForgottenSites((key) => damaged.push(key)), [{ siteName: 'site-c', forgottenAtMs: 80_000 }]);
+  assert.deepEqual(damaged, ['k!site-x', 'f!site-y']);
   await store.close();
 });
 

@@ -32,6 +32,7 @@ import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
+import type { ForgottenSite } from '../membership/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
 
@@ -253,10 +254,15 @@ export interface ReplicaStore {
    * `onDamaged`: debt is a hint that anti-entropy repair backs up, so it must not stop custody.
    */
   listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
-  /** Custody's known sites: `seen` written, `forgotten` deleted, in the same write order as updateDebt (not synced). */
-  updateKnownSites(seen: readonly KnownSite[], forgotten: readonly string[]): Promise<void>;
+  /**
+   * Custody's known sites and tombstones, in the same write order as updateDebt (not synced): `seen` written,
+   * `forgotten` turned from known sites into tombstones, `tombstonesDropped` deleted.
+   */
+  updateKnownSites(seen: readonly KnownSite[], forgotten: readonly ForgottenSite[], tombstonesDropped?: readonly string[]): Promise<void>;
   /** Every persisted known site; a damaged record is skipped and named to `onDamaged` (the site is learnt again when heard). */
   listKnownSites(onDamaged?: (key: string) => void): Promise<KnownSite[]>;
+  /** Every persisted tombstone (see ForgottenSite); a damaged record is skipped and named to `onDamaged`. */
+  listForgottenSites(onDamaged?: (key: string) => void): Promise<ForgottenSite[]>;
 }
 
 const blobPrefix = 'b!';
@@ -288,6 +294,8 @@ const blobsPerIndexBatch = 256;
 const debtPrefix = 'd!';
 /** k!<siteName> -> msgpack(KnownSite). */
 const knownSitePrefix = 'k!';
+/** f!<siteName> -> msgpack(ForgottenSite): a site forgotten lately, which custody's heartbeats gossip. */
+const forgottenSitePrefix = 'f!';
 /** Blob ids start with a strictly increasing tick (milliseconds when the clock allows), fixed width. */
 const blobTickDigits = 9;
 /** Chunks read by one call at most (each holds chunkBytes plus at most one received piece). */
@@ -1062,15 +1070,21 @@ class LevelReplicaStore implements ReplicaStore {
     );
   }
 
-  async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly string[]): Promise<void> {
-    if (seen.length === 0 && forgotten.length === 0) return;
+  async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly ForgottenSite[], tombstonesDropped: readonly string[] = []): Promise<void> {
+    if (seen.length === 0 && forgotten.length === 0 && tombstonesDropped.length === 0) return;
     const ops: Op[] = [];
     for (const k of seen) {
       const site: KnownSite = { siteName: k.siteName, lastHeardMs: k.lastHeardMs };
       ops.push({ type: 'put', key: `${knownSitePrefix}${k.siteName}`, value: new Uint8Array(pack(site)) });
     }
-    for (const siteName of forgotten) ops.push({ type: 'del', key: `${knownSitePrefix}${siteName}` });
-    // Not synced, like debt: a site lost by a power cut is learnt again from its next heartbeat.
+    for (const f of forgotten) {
+      const tombstone: ForgottenSite = { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs };
+      ops.push({ type: 'del', key: `${knownSitePrefix}${f.siteName}` });
+      ops.push({ type: 'put', key: `${forgottenSitePrefix}${f.siteName}`, value: new Uint8Array(pack(tombstone)) });
+    }
+    for (const siteName of tombstonesDropped) ops.push({ type: 'del', key: `${forgottenSitePrefix}${siteName}` });
+    // Not synced, like debt: a site lost by a power cut is learnt again from its next heartbeat, a
+    // tombstone lost so from the next heartbeat of a peer that forgot it too.
     await this.catalogWrites.submit(ops);
   }
 
@@ -1078,6 +1092,14 @@ class LevelReplicaStore implements ReplicaStore {
     return this.listRecords(knownSitePrefix, onDamaged, (key, k: Partial<KnownSite>) =>
       typeof k.siteName === 'string' && key === `${knownSitePrefix}${k.siteName}` && Number.isFinite(k.lastHeardMs)
         ? { siteName: k.siteName, lastHeardMs: k.lastHeardMs as number }
+        : undefined,
+    );
+  }
+
+  async listForgottenSites(onDamaged: (key: string) => void = () => undefined): Promise<ForgottenSite[]> {
+    return this.listRecords(forgottenSitePrefix, onDamaged, (key, f: Partial<ForgottenSite>) =>
+      typeof f.siteName === 'string' && key === `${forgottenSitePrefix}${f.siteName}` && Number.isFinite(f.forgottenAtMs)
+        ? { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs as number }
         : undefined,
     );
   }

@@ -25,7 +25,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { IngestPort } from '../../association/services/deps.ts';
-import type { MemberRecord } from '../../membership/messages.ts';
+import type { ForgottenSite, MemberRecord } from '../../membership/messages.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
@@ -59,6 +59,8 @@ export interface CustodyStats {
   debtEntries: number;
   /** UIDs found holding other bytes at another peer since this process started (see the uidConflict effect). */
   uidConflicts: number;
+  /** Sites forgotten lately, here or at another peer, newest first: the heartbeat passes them on. */
+  forgottenSites: readonly ForgottenSite[];
 }
 
 export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' | 'selfSiteName' | 'writeQuorum' | 'quorumTimeoutMs'>> {
@@ -128,6 +130,8 @@ export interface CustodyService {
   forgetSite(siteName: string): { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
   /** Feeds membership heartbeats; returns the unsubscribe function. */
   onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
+  /** Called with the sites forgotten by a step (by the operator, by silence, or after another peer did). */
+  onSitesForgotten(listener: (siteNames: readonly string[]) => void): () => void;
   /** Makes the actor throw on its next message (supervision tests). */
   crashForTest(reason?: string): void;
   stop(): Promise<void>;
@@ -228,8 +232,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const tasks = new Set<Promise<unknown>>();
   /** The last step's debt write (the store writes them in call order); acks of a step wait for it. */
   let debtChain: Promise<boolean> = Promise.resolve(true);
-  let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0, uidConflicts: 0 };
+  let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0, uidConflicts: 0, forgottenSites: [] };
   const statsListeners = new Set<(stats: CustodyStats) => void>();
+  const sitesForgottenListeners = new Set<(siteNames: readonly string[]) => void>();
   const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
   let sendsInFlight = 0;
   const ready = Promise.withResolvers<void>();
@@ -285,9 +290,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     if (damaged.length > 0) log.warn('damaged debt records skipped (repair finds the copies they owed)', { count: damaged.length, keys: damaged.slice(0, 10) });
     const damagedSites: string[] = [];
     const knownSites = await store.listKnownSites((key) => damagedSites.push(key));
+    const forgottenSites = await store.listForgottenSites((key) => damagedSites.push(key));
     if (damagedSites.length > 0) log.warn('damaged known-site records skipped (those sites are learnt again when heard from)', { keys: damagedSites.slice(0, 10) });
     log.info('custody loaded', { instances: digest.size, debtEntries: debt.length, knownSites: knownSites.map((k) => k.siteName) });
-    const state = initCustody(config, { digest, debt, knownSites });
+    const state = initCustody(config, { digest, debt, knownSites, forgottenSites });
     warnIfWriteQuorumAboveSitesKnown(sitesKnown(state));
     return state;
   }
@@ -310,7 +316,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       next.digestRoot === current.digestRoot &&
       next.queuedWork === current.queuedWork &&
       next.debtEntries === current.debtEntries &&
-      next.uidConflicts === current.uidConflicts
+      next.uidConflicts === current.uidConflicts &&
+      sameTombstones(next.forgottenSites, current.forgottenSites)
     ) {
       return;
     }
@@ -320,6 +327,16 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         listener(next);
       } catch (error) {
         log.warn('stats listener threw', { error: String(error) });
+      }
+    }
+  }
+
+  function notifySitesForgotten(siteNames: readonly string[]): void {
+    for (const listener of sitesForgottenListeners) {
+      try {
+        listener(siteNames);
+      } catch (error) {
+        log.warn('sites-forgotten listener threw', { error: String(error) });
       }
     }
   }
@@ -345,13 +362,16 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         case 'removeDebt':
           dels.push({ sopInstanceUid: e.sopInstanceUid, siteName: e.siteName });
           break;
-        case 'persistKnownSites':
-          for (const siteName of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: siteName });
+        case 'persistKnownSites': {
+          for (const f of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: f.siteName, forgottenAt: new Date(f.forgottenAtMs).toISOString() });
           for (const siteName of e.learnt) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: siteName });
           if (e.forgotten.length > 0) warnIfWriteQuorumAboveSitesKnown(e.sitesKnown);
+          const tombstones = [...e.forgotten, ...e.tombstonesAdopted];
           // A lost write only means the site is learnt again from its next heartbeat after a restart.
-          track(store.updateKnownSites(e.seen, e.forgotten).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
+          track(store.updateKnownSites(e.seen, tombstones, e.tombstonesDropped).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
+          if (tombstones.length > 0) notifySitesForgotten(tombstones.map((f) => f.siteName));
           break;
+        }
         case 'replicate':
           track(replicate(e.toPeerId, e.toSiteName, e.sopInstanceUid));
           break;
@@ -780,6 +800,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       statsListeners.add(listener);
       return () => statsListeners.delete(listener);
     },
+    onSitesForgotten(listener) {
+      sitesForgottenListeners.add(listener);
+      return () => sitesForgottenListeners.delete(listener);
+    },
     crashForTest(reason = 'test') {
       send({ type: 'crash', reason });
     },
@@ -799,4 +823,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         await debtChain;
       })()),
   };
+}
+
+function sameTombstones(a: readonly ForgottenSite[], b: readonly ForgottenSite[]): boolean {
+  return a.length === b.length && a.every((f, i) => f.siteName === b[i]!.siteName && f.forgottenAtMs === b[i]!.forgottenAtMs);
 }

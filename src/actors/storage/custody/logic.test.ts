@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
+import { heartbeatForgottenSitesMax, type MemberRecord, type MemberStatus } from '../../membership/messages.ts';
 import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
 import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
@@ -137,6 +137,8 @@ test('a restarted peer owes copies to the sites it knew before it hears from the
       seen: [{ siteName: 'site-b', lastHeardMs: 10 }, { siteName: 'site-c', lastHeardMs: 10 }],
       learnt: ['site-b', 'site-c'],
       forgotten: [],
+      tombstonesAdopted: [],
+      tombstonesDropped: [],
       sitesKnown: 3,
     },
   ]);
@@ -165,7 +167,7 @@ test('a site silent for knownSiteForgetAfterMs is forgotten with the copies owed
   s = run(s, ack('1.2.8', 'site-c', 30)).state;
   assert.deepEqual([...s.debt.values()].map((d) => d.siteName), ['site-b']);
   const forgetting = (effects: CustodyEffect[]) =>
-    effects.flatMap((e) => (e.type === 'removeDebt' ? [`owed ${e.sopInstanceUid} to ${e.siteName}`] : e.type === 'persistKnownSites' ? e.forgotten : []));
+    effects.flatMap((e) => (e.type === 'removeDebt' ? [`owed ${e.sopInstanceUid} to ${e.siteName}`] : e.type === 'persistKnownSites' ? e.forgotten.map((f) => f.siteName) : []));
   assert.deepEqual(forgetting(run(s, { type: 'tick', nowMs: config.knownSiteForgetAfterMs - 1 }).effects), []);
   const forgot = run(s, { type: 'tick', nowMs: config.knownSiteForgetAfterMs });
   assert.deepEqual(forgetting(forgot.effects), ['owed 1.2.8 to site-b', 'site-b']);
@@ -264,8 +266,9 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   const forgot = run(alive.state, { type: 'forgetSiteRequested', siteName: 'site-b', nowMs: 5 });
   assert.deepEqual(forgot.effects, [
     { type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-b' },
-    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: ['site-b'], sitesKnown: 2 },
+    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: [{ siteName: 'site-b', forgottenAtMs: 5 }], tombstonesAdopted: [], tombstonesDropped: [], sitesKnown: 2 },
   ]);
+  assert.deepEqual(custodyStats(forgot.state).forgottenSites, [{ siteName: 'site-b', forgottenAtMs: 5 }], 'passed on in the heartbeat');
   assert.equal(forgot.state.debt.size, 0);
   assert.deepEqual([...forgot.state.knownSites.keys()], ['site-c']);
   // Its dead record, still in the view, does not bring it back (it was heard before it was forgotten).
@@ -276,6 +279,95 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   // Heard from again: known again.
   s = run(stored.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 9 }).state;
   assert.deepEqual([...s.knownSites.keys()].sort(), ['site-b', 'site-c']);
+});
+
+/** A member whose heartbeat carries tombstones. */
+function forgetting(peerId: string, ...tombstones: Array<[siteName: string, forgottenAtMs: number]>): MemberRecord {
+  return { ...member(peerId), forgottenSites: tombstones.map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs })) };
+}
+
+test('a site forgotten at another peer is forgotten here, with its debt (a peer restored from a backup taken before the forgetting)', () => {
+  // Restored: it knew site-x (heard at 100) and owes it a copy; site-b forgot site-x at 500.
+  let s = initCustody(config, {
+    digest: createDigest(),
+    debt: [{ sopInstanceUid: 'u1', siteName: 'site-x', sinceMs: 90 }],
+    knownSites: [{ siteName: 'site-b', lastHeardMs: 100 }, { siteName: 'site-x', lastHeardMs: 100 }],
+  });
+  const heard = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 500])], nowMs: 1000 });
+  assert.deepEqual(heard.effects.filter((e) => e.type === 'removeDebt' || e.type === 'persistKnownSites'), [
+    { type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-x' },
+    {
+      type: 'persistKnownSites',
+      seen: [],
+      learnt: [],
+      forgotten: [{ siteName: 'site-x', forgottenAtMs: 500 }],
+      tombstonesAdopted: [],
+      tombstonesDropped: [],
+      sitesKnown: 2,
+    },
+  ]);
+  s = heard.state;
+  assert.deepEqual([...s.knownSites.keys()], ['site-b']);
+  assert.equal(s.debt.size, 0);
+  // Passed on with the forgetting peer's time, and not taken in again from the next heartbeat.
+  assert.deepEqual(custodyStats(s).forgottenSites, [{ siteName: 'site-x', forgottenAtMs: 500 }]);
+  assert.deepEqual(run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 500])], nowMs: 1100 }).effects.filter((e) => e.type === 'persistKnownSites'), []);
+  // A store owes site-x nothing now.
+  const stored = store(s, 'r1', 'u2', 1200);
+  assert.deepEqual(stored.effects.filter((e) => e.type === 'persistDebt').map((e) => (e.type === 'persistDebt' ? e.entry.siteName : '')), ['site-b']);
+});
+
+test('a tombstone from another peer is not taken while the site is up here, or when this peer heard it after it was forgotten there', () => {
+  const known = { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 100 }, { siteName: 'site-x', lastHeardMs: 600 }] };
+  const forgottenHere = (members: MemberRecord[], nowMs: number) =>
+    run(initCustody(config, known), { type: 'viewChanged', members, nowMs }).effects.flatMap((e) => (e.type === 'persistKnownSites' ? [...e.forgotten, ...e.tombstonesAdopted].map((f) => f.siteName) : []));
+  // Heard here at 600, after site-b forgot it at 500: news site-b lacks.
+  assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 500])], 1000), []);
+  // Heard here at 800 as the view records it (a heartbeat relayed after the forgetting; the known site's
+  // time is rewritten once a minute only): neither forgotten nor learnt again in one step.
+  const deadSince800 = { ...member('peer-x', 'dead'), siteName: 'site-x', lastHeardAtMs: 800 };
+  assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 700]), deadSince800], 1000), []);
+  // Up here (alive, or suspect: a pause is not a death).
+  for (const status of ['alive', 'suspect'] as const) {
+    assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 700]), { ...member('peer-x', status), siteName: 'site-x' }], 1000), [], status);
+  }
+  // From a peer not alive here (its record dates from before its silence), or a tombstone too old to pass on.
+  assert.deepEqual(forgottenHere([member('peer-a'), { ...forgetting('peer-b', ['site-x', 700]), status: 'dead' }], 1000), []);
+  assert.ok(!forgottenHere([member('peer-a'), forgetting('peer-b', ['site-y', 700])], 700 + config.knownSiteForgetAfterMs).includes('site-y'));
+  // This site itself is never forgotten.
+  assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-a', 700])], 1000), []);
+  // Otherwise it is.
+  assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 700])], 1000), ['site-x']);
+});
+
+test('tombstones: one of a site unknown here is passed on; the newest go in the heartbeat; dropped after knownSiteForgetAfterMs, or when the site is heard again', () => {
+  let s = initCustody({ ...config, knownSitesMax: 64 }, { digest: createDigest(), debt: [] });
+  const many = Array.from({ length: heartbeatForgottenSitesMax + 2 }, (_, i): [string, number] => [`site-t${i}`, 100 + i]);
+  const adopted = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ...many)], nowMs: 1000 });
+  assert.deepEqual(adopted.effects.flatMap((e) => (e.type === 'persistKnownSites' ? [e.forgotten.length, e.tombstonesAdopted.length] : [])), [0, many.length]);
+  s = adopted.state;
+  const passedOn = custodyStats(s).forgottenSites;
+  assert.equal(passedOn.length, heartbeatForgottenSitesMax);
+  assert.deepEqual(passedOn[0], { siteName: `site-t${many.length - 1}`, forgottenAtMs: 100 + many.length - 1 }, 'newest first');
+  // One of them returns: known again, its tombstone dropped with the write that records it.
+  const back = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), { ...member('peer-t'), siteName: 'site-t0' }], nowMs: 2000 });
+  assert.deepEqual(back.effects.flatMap((e) => (e.type === 'persistKnownSites' ? [...e.learnt, ...e.tombstonesDropped] : [])), ['site-t0', 'site-t0']);
+  s = back.state;
+  assert.ok(!s.forgottenSites.has('site-t0'));
+  // An old heartbeat's tombstone does not forget it again: heard here after.
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ...many), { ...member('peer-t', 'dead'), siteName: 'site-t0', lastHeardAtMs: 2000 }], nowMs: 3000 }).state;
+  assert.ok(s.knownSites.has('site-t0'));
+  // Too old to pass on: dropped (a backup older than that forgets such a site by itself).
+  const expired = run(s, { type: 'tick', nowMs: 101 + config.knownSiteForgetAfterMs });
+  assert.deepEqual(expired.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.tombstonesDropped : [])), ['site-t1']);
+  assert.equal(custodyStats(expired.state).forgottenSites.length, heartbeatForgottenSitesMax);
+});
+
+test('tombstones are restored from disk, so a restarted peer passes them on and ignores dead records of those sites', () => {
+  const s = initCustody(config, { digest: createDigest(), debt: [], forgottenSites: [{ siteName: 'site-x', forgottenAtMs: 50 }, { siteName: 'site-w', forgottenAtMs: 60 }] });
+  assert.deepEqual(custodyStats(s).forgottenSites, [{ siteName: 'site-w', forgottenAtMs: 60 }, { siteName: 'site-x', forgottenAtMs: 50 }]);
+  const step = run(s, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-x', 'dead'), siteName: 'site-x', lastHeardAtMs: 40 }], nowMs: 100 });
+  assert.ok(!step.state.knownSites.has('site-x'));
 });
 
 test('an explicit write quorum above the sites known is flagged; auto never is', () => {
@@ -293,7 +385,7 @@ test('beyond knownSitesMax the site silent for longest is forgotten', () => {
   });
   const learnt = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-f')], nowMs: 200 });
   assert.deepEqual(learnt.effects.filter((e) => e.type === 'persistKnownSites'), [
-    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], learnt: ['site-f'], forgotten: ['site-b'], sitesKnown: 5 },
+    { type: 'persistKnownSites', seen: [{ siteName: 'site-f', lastHeardMs: 200 }], learnt: ['site-f'], forgotten: [{ siteName: 'site-b', forgottenAtMs: 200 }], tombstonesAdopted: [], tombstonesDropped: [], sitesKnown: 5 },
   ]);
   s = learnt.state;
   assert.deepEqual([...s.knownSites.keys()].sort(), ['site-c', 'site-d', 'site-e', 'site-f']);

@@ -10,7 +10,7 @@
  * removed when that site acknowledges a durable copy. So in-flight replicas and copies for absent sites are
  * one mechanism, and a crash loses no obligation.
  */
-import type { MemberRecord, MemberStatus } from '../../membership/messages.ts';
+import { heartbeatForgottenSitesMax, type ForgottenSite, type MemberRecord, type MemberStatus } from '../../membership/messages.ts';
 import {
   bucketOf,
   diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, digestSha256, keysInBuckets, missingKeys, type Digest } from './digest.ts';
@@ -54,8 +54,10 @@ export interface CustodyState {
   /** Mirror of the persisted known sites: other sites heard from -> when last (see KnownSite). */
   readonly knownSites: Map<string, number>;
   /**
-   * Sites forgotten in this process -> when: a dead record of one still in the view must not bring it back;
-   * only hearing from it again after that does (volatile: after a restart the view holds no such record).
+   * Mirror of the persisted tombstones: sites forgotten lately -> when (here, or by the peer whose heartbeat
+   * said so first). A dead record of one still in the view must not bring it back; only hearing from it
+   * again after that does. Passed on in heartbeats for knownSiteForgetAfterMs, so that every peer forgets
+   * such a site, a peer restored from a backup taken before the forgetting too.
    */
   readonly forgottenSites: Map<string, number>;
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
@@ -111,6 +113,8 @@ export interface CustodyDurable {
   readonly debt: readonly DebtEntry[];
   /** Absent: none yet (a new data directory). */
   readonly knownSites?: readonly KnownSite[];
+  /** Absent: none. */
+  readonly forgottenSites?: readonly ForgottenSite[];
 }
 
 export function debtKey(sopInstanceUid: string, siteName: string): string {
@@ -129,13 +133,15 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
   }
   const knownSites = new Map<string, number>();
   for (const k of durable.knownSites ?? []) if (k.siteName !== config.selfSiteName) knownSites.set(k.siteName, k.lastHeardMs);
+  const forgottenSites = new Map<string, number>();
+  for (const f of [...(durable.forgottenSites ?? [])].sort((x, y) => x.forgottenAtMs - y.forgottenAtMs)) forgottenSites.set(f.siteName, f.forgottenAtMs);
   return {
     config,
     digest,
     debt,
     debtBySite,
     knownSites,
-    forgottenSites: new Map(),
+    forgottenSites,
     writing: new Map(),
     pending: new Map(),
     replicationsInFlight: new Map(),
@@ -204,8 +210,10 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     }
     case 'forgetSiteRequested':
       if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
-        forgetSites(state, [input.siteName], input.nowMs, effects);
-        effects.push({ type: 'persistKnownSites', seen: [], learnt: [], forgotten: [input.siteName], sitesKnown: sitesKnown(state) });
+        const change = noSitesChange();
+        forgetSites(state, [{ siteName: input.siteName, forgottenAtMs: input.nowMs }], change, effects);
+        change.forgotten.push({ siteName: input.siteName, forgottenAtMs: input.nowMs });
+        persistSitesChange(state, change, effects);
       }
       break;
     case 'fetchFailed':
@@ -236,12 +244,34 @@ function otherKnownSites(state: CustodyState): string[] {
 /** Last-heard times matter at the scale of knownSiteForgetAfterMs: a known site's is rewritten at most this often. */
 export const knownSiteRefreshMs = 60_000;
 
+/** What one step changed in the known sites and tombstones (see the persistKnownSites effect). */
+interface SitesChange {
+  readonly seen: KnownSite[];
+  readonly learnt: string[];
+  readonly forgotten: ForgottenSite[];
+  readonly tombstonesAdopted: ForgottenSite[];
+  readonly tombstonesDropped: string[];
+}
+
+function noSitesChange(): SitesChange {
+  return { seen: [], learnt: [], forgotten: [], tombstonesAdopted: [], tombstonesDropped: [] };
+}
+
+function persistSitesChange(state: CustodyState, change: SitesChange, effects: CustodyEffect[]): void {
+  const { seen, learnt, forgotten, tombstonesAdopted, tombstonesDropped } = change;
+  if (seen.length + forgotten.length + tombstonesAdopted.length + tombstonesDropped.length === 0) return;
+  effects.push({ type: 'persistKnownSites', seen, learnt, forgotten, tombstonesAdopted, tombstonesDropped, sitesKnown: sitesKnown(state) });
+}
+
 /**
- * Learns the sites of the view (when last heard: now while alive), forgets long-silent ones, and persists
- * what changed in one effect. A site last heard longer ago than knownSiteForgetAfterMs is not learnt, so
- * the record of a forgotten site that lingers in the view as dead does not bring it back.
+ * Takes in the tombstones of the other peers' heartbeats, learns the sites of the view (when last heard:
+ * now while alive), forgets long-silent ones, drops tombstones too old to pass on, and persists what
+ * changed in one effect. A site last heard longer ago than knownSiteForgetAfterMs is not learnt, so the
+ * record of a forgotten site that lingers in the view as dead does not bring it back.
  */
 function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
+  const change = noSitesChange();
+  adoptTombstones(state, nowMs, change, effects);
   const heard = new Map<string, number>();
   for (const m of state.members) {
     if (m.siteName === state.config.selfSiteName) continue;
@@ -250,55 +280,98 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     if (heardMs <= (state.forgottenSites.get(m.siteName) ?? Number.NEGATIVE_INFINITY)) continue;
     heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
   }
-  const seen: KnownSite[] = [];
-  const learnt: string[] = [];
   for (const [siteName, lastHeardMs] of heard) {
     if (nowMs - lastHeardMs >= state.config.knownSiteForgetAfterMs) continue;
-    state.forgottenSites.delete(siteName);
+    // Heard again: its tombstone goes.
+    if (state.forgottenSites.delete(siteName)) change.tombstonesDropped.push(siteName);
     const known = state.knownSites.get(siteName);
     if (known !== undefined && lastHeardMs - known < knownSiteRefreshMs) continue;
-    if (known === undefined) learnt.push(siteName);
+    if (known === undefined) change.learnt.push(siteName);
     state.knownSites.set(siteName, lastHeardMs);
-    seen.push({ siteName, lastHeardMs });
+    change.seen.push({ siteName, lastHeardMs });
   }
-  const forgotten = forgetSilentSites(state, nowMs, effects);
-  if (seen.length > 0 || forgotten.length > 0) effects.push({ type: 'persistKnownSites', seen, learnt, forgotten, sitesKnown: sitesKnown(state) });
+  forgetSilentSites(state, nowMs, change, effects);
+  for (const [siteName, forgottenAtMs] of state.forgottenSites) {
+    if (nowMs - forgottenAtMs < state.config.knownSiteForgetAfterMs) continue;
+    state.forgottenSites.delete(siteName);
+    change.tombstonesDropped.push(siteName);
+  }
+  persistSitesChange(state, change, effects);
+}
+
+/**
+ * A site another peer forgot is forgotten here too (a week's silence there, or the operator's
+ * POST /api/forget-site at one peer), unless it is up here or was heard here after it was forgotten there
+ * (news the other peer lacks). A tombstone of a site unknown here is kept to pass on, so that it reaches
+ * peers that start later, restored from an older backup. Tombstones are compared by the forgetting peer's
+ * clock: clocks apart by more than the time between a site's last heartbeat and its forgetting could
+ * keep it known at a peer whose clock is ahead (until forgotten there as well).
+ */
+function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange, effects: CustodyEffect[]): void {
+  const c = state.config;
+  let up: Set<string> | undefined;
+  for (const m of state.members) {
+    if (m.forgottenSites === undefined || m.status !== 'alive' || m.peerId === c.selfPeerId) continue;
+    for (const tombstone of m.forgottenSites) {
+      const { siteName, forgottenAtMs } = tombstone;
+      if (siteName === c.selfSiteName || nowMs - forgottenAtMs >= c.knownSiteForgetAfterMs) continue;
+      if ((state.forgottenSites.get(siteName) ?? Number.NEGATIVE_INFINITY) >= forgottenAtMs) continue;
+      // As updateKnownSites judges it: the view's record is fresher than the known site (rewritten once a minute).
+      const lastHeardMs = Math.max(state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY, lastHeardInView(state, siteName));
+      if (lastHeardMs > forgottenAtMs) continue;
+      up ??= sitesUp(state);
+      if (up.has(siteName)) continue;
+      const wasKnown = state.knownSites.has(siteName) || state.debtBySite.has(siteName);
+      forgetSites(state, [tombstone], change, effects);
+      (wasKnown ? change.forgotten : change.tombstonesAdopted).push(tombstone);
+    }
+  }
+}
+
+/** When a peer of the site was last heard, as the view records it (a dead record keeps its last heartbeat's time). */
+function lastHeardInView(state: CustodyState, siteName: string): number {
+  let lastHeardMs = Number.NEGATIVE_INFINITY;
+  for (const m of state.members) if (m.siteName === siteName) lastHeardMs = Math.max(lastHeardMs, m.lastHeardAtMs);
+  return lastHeardMs;
 }
 
 /**
  * Forgets sites not alive now and silent for knownSiteForgetAfterMs, then the longest-silent ones beyond
  * knownSitesMax, with the copies owed to them.
  */
-function forgetSilentSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): string[] {
+function forgetSilentSites(state: CustodyState, nowMs: number, change: SitesChange, effects: CustodyEffect[]): void {
   const c = state.config;
   const alive = new Set(state.members.filter((m) => m.status === 'alive').map((m) => m.siteName));
-  const forgotten: string[] = [];
+  const silent: string[] = [];
   for (const [siteName, lastHeardMs] of state.knownSites) {
-    if (!alive.has(siteName) && nowMs - lastHeardMs >= c.knownSiteForgetAfterMs) forgotten.push(siteName);
+    if (!alive.has(siteName) && nowMs - lastHeardMs >= c.knownSiteForgetAfterMs) silent.push(siteName);
   }
-  const excess = state.knownSites.size - forgotten.length - c.knownSitesMax;
+  const excess = state.knownSites.size - silent.length - c.knownSitesMax;
   if (excess > 0) {
-    const silentLongestFirst = [...state.knownSites].filter(([siteName]) => !forgotten.includes(siteName)).sort((a, b) => a[1] - b[1]);
-    forgotten.push(...silentLongestFirst.slice(0, excess).map(([siteName]) => siteName));
+    const silentLongestFirst = [...state.knownSites].filter(([siteName]) => !silent.includes(siteName)).sort((a, b) => a[1] - b[1]);
+    silent.push(...silentLongestFirst.slice(0, excess).map(([siteName]) => siteName));
   }
-  forgetSites(state, forgotten, nowMs, effects);
-  return forgotten;
+  const forgotten = silent.map((siteName) => ({ siteName, forgottenAtMs: nowMs }));
+  forgetSites(state, forgotten, change, effects);
+  change.forgotten.push(...forgotten);
 }
 
-/** Drops sites from the known ones, with every copy owed to them. */
-function forgetSites(state: CustodyState, siteNames: readonly string[], nowMs: number, effects: CustodyEffect[]): void {
-  if (siteNames.length === 0) return;
-  const gone = new Set(siteNames);
-  for (const siteName of siteNames) {
+/** Drops sites from the known ones, with every copy owed to them, and keeps their tombstones (bounded). */
+function forgetSites(state: CustodyState, sites: readonly ForgottenSite[], change: SitesChange, effects: CustodyEffect[]): void {
+  if (sites.length === 0) return;
+  for (const { siteName, forgottenAtMs } of sites) {
     state.knownSites.delete(siteName);
-    state.forgottenSites.set(siteName, nowMs);
+    // Deleted first, so that the map's order is the order of forgetting and the bound drops the oldest.
+    state.forgottenSites.delete(siteName);
+    state.forgottenSites.set(siteName, forgottenAtMs);
   }
   // Bounded like the known sites: the oldest forgetting is dropped first (its dead record is long gone).
   for (const siteName of state.forgottenSites.keys()) {
     if (state.forgottenSites.size <= state.config.knownSitesMax) break;
     state.forgottenSites.delete(siteName);
+    change.tombstonesDropped.push(siteName);
   }
-  for (const siteName of gone) {
+  for (const { siteName } of sites) {
     for (const [key, entry] of [...(state.debtBySite.get(siteName) ?? [])]) {
       forgiveCopy(state, key);
       state.replicationsInFlight.delete(key);
@@ -674,11 +747,6 @@ function startRepair(state: CustodyState, effects: CustodyEffect[]): boolean {
 }
 
 /**
- * Figures for the heartbeat: held instances, digest root, and work waiting now: copies owed to sites that
- * are alive, plus pulls. Copies owed to absent sites wait for them, not for this peer, so they do not
- * make it look busy to the balancer (which would send its own site's associations elsewhere).
- */
-/**
  * Whether a peer holds nothing this one lacks, as far as this one knows: it is alive and its last digest
  * root equals `ownRoot`. A suspect or dead member's root dates from before its silence (or from before
  * this process's own pause) and may hide what it stored since, so it is never trusted.
@@ -687,14 +755,32 @@ export function holdsNothingMore(members: readonly MemberRecord[], peerId: strin
   return ownRoot !== '' && members.some((m) => m.peerId === peerId && m.status === 'alive' && m.digestRoot === ownRoot);
 }
 
-export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number } {
+/**
+ * Figures for the heartbeat: held instances, digest root, work waiting now (copies owed to sites that are
+ * alive, plus pulls), and the tombstones to pass on. Copies owed to absent sites wait for them, not for
+ * this peer, so they do not make it look busy to the balancer (which would send its own site's
+ * associations elsewhere).
+ */
+export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number; forgottenSites: readonly ForgottenSite[] } {
   let owedToAlive = 0;
   for (const { siteName } of aliveReplicaTargets(state.members, state.config.selfSiteName)) owedToAlive += state.debtBySite.get(siteName)?.size ?? 0;
   return {
     instanceCount: state.digest.size,
     digestRoot: digestRoot(state.digest),
     queuedWork: owedToAlive + state.fetchesInFlight.size,
+    forgottenSites: tombstonesToPassOn(state),
   };
+}
+
+const noTombstones: readonly ForgottenSite[] = [];
+
+/** The newest tombstones, as many as a heartbeat carries. */
+function tombstonesToPassOn(state: CustodyState): readonly ForgottenSite[] {
+  if (state.forgottenSites.size === 0) return noTombstones;
+  return [...state.forgottenSites]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, heartbeatForgottenSitesMax)
+    .map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
 }
 
 function pushStats(state: CustodyState, effects: CustodyEffect[]): void {

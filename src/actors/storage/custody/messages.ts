@@ -3,7 +3,7 @@
  * C-STORE status; copies still owed become persistent, bounded replication debt; anti-entropy repair.
  * Closed unions: every input, mesh message and effect of the custody reducer is listed here.
  */
-import type { MemberRecord } from '../../membership/messages.ts';
+import type { ForgottenSite, MemberRecord } from '../../membership/messages.ts';
 
 /** C-STORE-RSP statuses custody decides (PS3.4 Annex B). */
 export const StoreStatus = {
@@ -70,6 +70,7 @@ export interface CustodyConfig {
   /**
    * A known site not heard from for this long is forgotten, and the copies owed to it with it (a
    * decommissioned site must not fill the debt table; if it returns, repair brings it what it misses).
+   * Also how long a tombstone is passed on: a peer restored from an older backup forgets such a site by itself.
    */
   readonly knownSiteForgetAfterMs: number;
   /** Bound on known sites; beyond it the one silent for longest is forgotten. */
@@ -163,13 +164,21 @@ export type CustodyEffect =
       readonly sitesUp?: number;
     }
   | { readonly type: 'persistDebt'; readonly entry: DebtEntry }
-  /** Record sites heard from (new, or heard again) and drop forgotten ones; a lost write only costs a hint. */
+  /**
+   * Record sites heard from (new, or heard again) and turn forgotten ones into tombstones; a lost write
+   * only costs a hint.
+   */
   | {
       readonly type: 'persistKnownSites';
       readonly seen: readonly KnownSite[];
       /** Those of `seen` not known before (for the log). */
       readonly learnt: readonly string[];
-      readonly forgotten: readonly string[];
+      /** Known sites forgotten now (here, or at the peer whose heartbeat said so): their tombstones. */
+      readonly forgotten: readonly ForgottenSite[];
+      /** Tombstones of sites not known here, taken from other peers' heartbeats to pass on in ours. */
+      readonly tombstonesAdopted: readonly ForgottenSite[];
+      /** Tombstones too old to pass on, or beyond the bound. */
+      readonly tombstonesDropped: readonly string[];
       /** Sites known after the change, this one included (a forgotten site may leave a --write-quorum out of reach). */
       readonly sitesKnown: number;
     }
@@ -190,4 +199,6 @@ export type CustodyEffect =
       readonly instanceCount: number;
       readonly digestRoot: string;
       readonly queuedWork: number;
+      /** Tombstones for the heartbeat (see Heartbeat.forgottenSites), newest first. */
+      readonly forgottenSites: readonly ForgottenSite[];
     };
