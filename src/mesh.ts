@@ -135,12 +135,14 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     stopping.unshift(() => children.stop());
     const { membership, balancer } = children;
     const publishStats = () => membership.updateLocalStats(localStats());
-    custody.onStatsChanged(publishStats);
     // A forgotten site's peers leave the election roster too: counted as voters, a site that is gone for
     // good could leave the others short of a majority.
-    custody.onSitesForgotten((siteNames) => {
-      for (const siteName of siteNames) balancer.forgetSitePeers(siteName);
+    const forgetSitesInRoster = () => balancer.setForgottenSites(custody.stats().forgottenSites.map((f) => f.siteName));
+    custody.onStatsChanged(() => {
+      publishStats();
+      forgetSitesInRoster();
     });
+    forgetSitesInRoster();
     membership.onViewChanged((members) => custody.onViewChanged(members));
     custody.onViewChanged(membership.members());
     publishStats();

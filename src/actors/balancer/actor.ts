@@ -34,7 +34,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeer, type RosterPeers } from './roster.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, type RosterPeer, type RosterPeers } from './roster.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   routingTopic,
@@ -132,8 +132,11 @@ export interface RosterMember {
 export type ForgetPeerOutcome = 'forgotten' | 'up' | 'unknown' | 'pinned' | 'self';
 
 export interface BalancerService {
-  /** Takes the peers last seen at `site` (in the roster or the view) that are not up out of the learnt roster at once; pinned: nothing. */
-  forgetSitePeers(site: string): void;
+  /**
+   * The sites custody forgot (its tombstones): their peers in the learnt roster that are not up leave it now
+   * and at every later view (see learnRoster); pinned: nothing.
+   */
+  setForgottenSites(siteNames: readonly string[]): void;
   /**
    * Takes one peer that is not up out of the learnt roster (a ghost: e.g. a site moved to another address
    * under a new PeerId). The outcome is decided on the roster as it is now; the write follows.
@@ -156,12 +159,8 @@ export interface BalancerService {
 type BalancerMsg =
   | { readonly type: 'tick' }
   | { readonly type: 'view' }
-  /**
-   * The operator took these peers out, or their site was forgotten (`site`: its peers in the view and in
-   * the roster, found when the message is handled, the roster loaded): they leave the learnt roster now,
-   * not after rosterForgetAfterMs.
-   */
-  | { readonly type: 'forgetPeers'; readonly peerIds: readonly string[]; readonly site?: string }
+  /** The operator took these peers out (POST /api/forget-peer): they leave the learnt roster now, not after rosterForgetAfterMs. */
+  | { readonly type: 'forgetPeers'; readonly peerIds: readonly string[] }
   | { readonly type: 'mesh'; readonly from: string; readonly message: BalancerMessage }
   | { readonly type: 'crash'; readonly reason: string };
 
@@ -301,6 +300,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let current: ActorState | null = null;
   let stopped = false;
   let viewPending = false;
+  /** Custody's forgotten sites (setForgottenSites): applied to the roster at every view. */
+  let forgottenSites: ReadonlySet<string> = new Set();
   let queuedMesh = 0;
   let sendsInFlight = 0;
   let dropped = 0;
@@ -374,9 +375,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, learnt, forgotten, replaced, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs);
+    const { peers, learnt, forgotten, replaced, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
-    const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || detailsChanged;
+    const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
       try {
         await persistRoster(peers);
@@ -389,13 +390,14 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       for (const m of learnt) log.info('roster learnt a peer', { peer: m.peerId, memberSite: m.siteName });
       for (const r of replaced) log.warn('roster replaced a peer by its successor (same site and DICOM address, new PeerId)', { peer: r.peer, by: r.by, memberSite: r.site, dicom: r.dicom });
       for (const f of forgotten) log.warn('roster forgot a long-absent peer', f);
+      for (const f of ofForgottenSites) log.warn('roster forgot a peer of a forgotten site', { peer: f.peer, memberSite: f.site });
       return { peers, persistedAtMs: nowMs };
     }
     return { peers, persistedAtMs: roster.persistedAtMs };
   };
 
   /** Drops peers that are not up from the learnt roster, persisted before the reducer counts without them. */
-  const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[], site: string | undefined): Promise<RosterState> => {
+  const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[]): Promise<RosterState> => {
     if (pinned) return roster;
     const { peers, gone } = forgetRosterPeers(roster.peers, peerIds, upPeerIds(), self);
     if (gone.length === 0) return roster;
@@ -405,8 +407,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       noteStateWriteFailure(err);
       return roster;
     }
-    if (site === undefined) log.warn('roster forgot peers on the operator\'s request', { peers: gone });
-    else log.warn('roster forgot the peers of a forgotten site', { peers: gone, memberSite: site });
+    log.warn('roster forgot peers on the operator\'s request', { peers: gone });
     return { peers, persistedAtMs: clock.nowMs() };
   };
 
@@ -541,8 +542,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     if (message.type === 'mesh') {
       step = stepBalancer(balancer, { type: 'messageReceived', from: message.from, message: message.message, nowMs });
     } else if (message.type === 'forgetPeers') {
-      const ofSite = message.site === undefined ? [] : [...membership.members().filter((m) => m.siteName === message.site).map((m) => m.peerId), ...rosterPeersOfSite(roster.peers, message.site)];
-      roster = await forgetFromRoster(roster, [...message.peerIds, ...ofSite], message.site);
+      roster = await forgetFromRoster(roster, message.peerIds);
       balancer = withRoster(balancer, roster);
       step = stepBalancer(balancer, { type: 'viewChanged', members: membership.members(), nowMs });
     } else if (message.type === 'view' || fresh || message.type === 'tick') {
@@ -642,11 +642,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     enqueueMesh(m.from, message);
   });
 
-  membership.onViewChanged(() => {
+  const viewChanged = (): void => {
     if (viewPending) return;
     viewPending = true;
     send({ type: 'view' });
-  });
+  };
+  membership.onViewChanged(viewChanged);
 
   ticker.postNow();
   await ready.promise;
@@ -688,8 +689,11 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         up: peerId === self || up.has(peerId),
       }));
     },
-    forgetSitePeers(site) {
-      send({ type: 'forgetPeers', peerIds: [], site });
+    setForgottenSites(siteNames) {
+      const next = new Set(siteNames);
+      if (next.size === forgottenSites.size && [...next].every((site) => forgottenSites.has(site))) return;
+      forgottenSites = next;
+      viewChanged();
     },
     forgetPeer(peerId) {
       if (pinned) return 'pinned';

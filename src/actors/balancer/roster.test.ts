@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterPeersOfSite, type RosterPeers } from './roster.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, type RosterPeers } from './roster.ts';
 
 const forgetAfterMs = 24 * 3600_000;
 const site = (peerId: string, siteName: string, dicom: string, status: MemberStatus = 'alive'): MemberRecord =>
@@ -69,14 +69,32 @@ test('a known peer seen at a new address is recorded there; peers absent for for
   assert.deepEqual([...later.peers.keys()].sort(), ['peer-a', 'peer-b']);
 });
 
-test('forgetRosterPeers takes out only peers that are not up and not self; rosterPeersOfSite finds a site by its record', () => {
+test('the peers of forgotten sites leave the roster at every update once they are not up (a suspect one later, when dead)', () => {
+  const peers: RosterPeers = new Map([
+    ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: 'a' }],
+    ['peer-x1', { seenAtMs: 0, site: 'site-x', dicom: 'x1' }],
+    ['peer-x2', { seenAtMs: 0, site: 'site-x', dicom: 'x2' }],
+    ['peer-old', { seenAtMs: 0, site: null, dicom: null }],
+  ]);
+  const forgotten = new Set(['site-x', 'site-a']);
+  const suspect = learnRoster(peers, [site('peer-x2', 'site-x', 'x2', 'suspect')], 'peer-a', 10, forgetAfterMs, forgotten);
+  assert.deepEqual(suspect.ofForgottenSites, [{ peer: 'peer-x1', site: 'site-x' }]);
+  assert.deepEqual([...suspect.peers.keys()], ['peer-a', 'peer-x2', 'peer-old'], 'self and a suspect peer stay');
+  const dead = learnRoster(suspect.peers, [site('peer-x2', 'site-x', 'x2', 'dead')], 'peer-a', 20, forgetAfterMs, forgotten);
+  assert.deepEqual(dead.ofForgottenSites, [{ peer: 'peer-x2', site: 'site-x' }]);
+  assert.deepEqual([...dead.peers.keys()], ['peer-a', 'peer-old']);
+  // Alive again (its site known again at custody soon): learnt, not taken out.
+  const back = learnRoster(dead.peers, [site('peer-x2', 'site-x', 'x2')], 'peer-a', 30, forgetAfterMs, forgotten);
+  assert.deepEqual([back.ofForgottenSites, back.learnt.map((m) => m.peerId)], [[], ['peer-x2']]);
+});
+
+test('forgetRosterPeers takes out only peers that are not up and not self', () => {
   const peers: RosterPeers = new Map([
     ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: 'a' }],
     ['peer-b1', { seenAtMs: 0, site: 'site-b', dicom: 'b' }],
     ['peer-b2', { seenAtMs: 0, site: 'site-b', dicom: 'b2' }],
     ['peer-c', { seenAtMs: 0, site: 'site-c', dicom: 'c' }],
   ]);
-  assert.deepEqual(rosterPeersOfSite(peers, 'site-b'), ['peer-b1', 'peer-b2']);
   const { peers: left, gone } = forgetRosterPeers(peers, ['peer-a', 'peer-b1', 'peer-b2', 'peer-x', 'peer-b1'], new Set(['peer-b2']), 'peer-a');
   assert.deepEqual(gone, ['peer-b1']);
   assert.deepEqual([...left.keys()], ['peer-a', 'peer-b2', 'peer-c']);

@@ -29,15 +29,27 @@ export interface RosterUpdate {
   readonly forgotten: readonly { readonly peer: string; readonly absentMs: number }[];
   /** Old PeerIds of a site whose new PeerId took their DICOM address. */
   readonly replaced: readonly { readonly peer: string; readonly by: string; readonly site: string; readonly dicom: string }[];
+  /** Peers taken out because their site was forgotten (see learnRoster's `forgottenSites`). */
+  readonly ofForgottenSites: readonly { readonly peer: string; readonly site: string }[];
   /** A known peer's site or address changed: worth persisting now rather than at the next refresh. */
   readonly detailsChanged: boolean;
 }
 
 /**
  * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
- * predecessors, and forgets peers absent for `forgetAfterMs`. Self is always kept.
+ * predecessors, forgets peers absent for `forgetAfterMs`, and takes out the peers of `forgottenSites`
+ * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
+ * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
+ * that missed the change (a crash) is put right at the next start.
  */
-export function learnRoster(peers: RosterPeers, members: readonly MemberRecord[], selfPeerId: string, nowMs: number, forgetAfterMs: number): RosterUpdate {
+export function learnRoster(
+  peers: RosterPeers,
+  members: readonly MemberRecord[],
+  selfPeerId: string,
+  nowMs: number,
+  forgetAfterMs: number,
+  forgottenSites: ReadonlySet<string> = new Set(),
+): RosterUpdate {
   const next = new Map(peers);
   const learnt: MemberRecord[] = [];
   const forgotten: Array<{ peer: string; absentMs: number }> = [];
@@ -63,13 +75,18 @@ export function learnRoster(peers: RosterPeers, members: readonly MemberRecord[]
       replaced.push({ peer: peerId, by: m.peerId, site: m.siteName, dicom: m.addresses.dicom });
     }
   }
+  const ofForgottenSites: Array<{ peer: string; site: string }> = [];
   for (const [peerId, entry] of next) {
-    if (peerId !== selfPeerId && nowMs - entry.seenAtMs >= forgetAfterMs) {
+    if (peerId === selfPeerId) continue;
+    if (nowMs - entry.seenAtMs >= forgetAfterMs) {
       next.delete(peerId);
       forgotten.push({ peer: peerId, absentMs: nowMs - entry.seenAtMs });
+    } else if (entry.site !== null && forgottenSites.has(entry.site) && !up.has(peerId)) {
+      next.delete(peerId);
+      ofForgottenSites.push({ peer: peerId, site: entry.site });
     }
   }
-  return { peers: next, learnt, forgotten, replaced, detailsChanged };
+  return { peers: next, learnt, forgotten, replaced, ofForgottenSites, detailsChanged };
 }
 
 /** Takes `peerIds` out, except self and peers up (`upPeerIds`); `gone` lists those taken out. */
@@ -79,11 +96,6 @@ export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[]
   const next = new Map(peers);
   for (const peerId of gone) next.delete(peerId);
   return { peers: next, gone };
-}
-
-/** The roster's peers last seen at `site`. */
-export function rosterPeersOfSite(peers: RosterPeers, site: string): string[] {
-  return [...peers].filter(([, entry]) => entry.site === site).map(([peerId]) => peerId);
 }
 
 export const ROSTER_FILE_VERSION = 2;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { initMembership, liveView, selfRecord, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
 import { memberRecord } from './fixtures/member-record.ts';
-import type { Heartbeat, MembershipConfig, MembershipEffect, MembershipInput } from './messages.ts';
+import { heartbeatForgottenSitesMax, type Heartbeat, type MembershipConfig, type MembershipEffect, type MembershipInput } from './messages.ts';
 
 const config: MembershipConfig = {
   peerId: 'peer-a',
@@ -98,6 +98,17 @@ test('the sites custody forgot travel in the heartbeat and reach the member reco
   assert.deepEqual(seen.members.get('peer-a')?.forgottenSites, forgottenSites);
   s = run(s, { type: 'localStatsChanged', ...stats, forgottenSites: [] }).state;
   assert.equal('forgottenSites' in publishedAt(s, 2000), false);
+  // More than a heartbeat carries: a page each, every one within a few heartbeats.
+  const many = Array.from({ length: 2 * heartbeatForgottenSitesMax + 1 }, (_, i) => ({ siteName: `site-t${i}`, forgottenAtMs: i }));
+  s = run(s, { type: 'localStatsChanged', ...stats, forgottenSites: many }).state;
+  const carried = new Set<string>();
+  for (let i = 0; i < 3; i++) {
+    const page = publishedAt(s, 3000 + i * 1000).forgottenSites ?? [];
+    assert.ok(page.length > 0 && page.length <= heartbeatForgottenSitesMax);
+    for (const f of page) carried.add(f.siteName);
+    s = run(s, { type: 'tick', nowMs: 3000 + i * 1000 }).state;
+  }
+  assert.equal(carried.size, many.length);
 });
 
 test('a heartbeat of our predecessor (this site and DICOM address, another PeerId) relayed late is not a member', () => {

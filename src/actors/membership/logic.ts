@@ -3,6 +3,7 @@
  * Pure: time arrives in the inputs, effects go out; the state is immutable (a new object per change).
  */
 import {
+  heartbeatForgottenSitesMax,
   membershipTopic,
   type ForgottenSite,
   type Heartbeat,
@@ -197,8 +198,20 @@ function heartbeatOf(state: MembershipState): Heartbeat {
     load: state.selfLoad,
     instanceCount: state.selfInstanceCount,
     digestRoot: state.selfDigestRoot,
-    ...(state.selfForgottenSites.length > 0 ? { forgottenSites: state.selfForgottenSites } : {}),
+    ...(state.selfForgottenSites.length > 0 ? { forgottenSites: tombstonePage(state.selfForgottenSites, state.heartbeatSequence) } : {}),
   };
+}
+
+/**
+ * The tombstones one heartbeat carries: a page of heartbeatForgottenSitesMax, the next page in the next
+ * heartbeat, so that every one reaches a peer that starts later within a few heartbeats (with only the
+ * newest, a restored peer missed a site forgotten before 16 others: helper 52).
+ */
+function tombstonePage(tombstones: readonly ForgottenSite[], sequence: number): readonly ForgottenSite[] {
+  if (tombstones.length <= heartbeatForgottenSitesMax) return tombstones;
+  const pages = Math.ceil(tombstones.length / heartbeatForgottenSitesMax);
+  const start = (sequence % pages) * heartbeatForgottenSitesMax;
+  return tombstones.slice(start, start + heartbeatForgottenSitesMax);
 }
 
 function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): MembershipStep {

@@ -37,7 +37,7 @@ export interface ForgottenSite {
   readonly forgottenAtMs: number;
 }
 
-/** Bound on forgotten sites one heartbeat carries (the newest); a heartbeat with more is malformed. */
+/** Bound on forgotten sites one heartbeat carries (a page of them); a heartbeat with more is malformed. */
 export const heartbeatForgottenSitesMax = 16;
 
 /** The heartbeat published every heartbeatIntervalMs on membershipTopic. */
@@ -61,7 +61,7 @@ export interface Heartbeat {
   readonly instanceCount: number;
   /** Root of the custody digest (hex), so peers can see cheaply whether repair has anything to do. */
   readonly digestRoot: string;
-  /** Sites this peer forgot lately (custody's tombstones, newest first); absent when none, and from older peers. */
+  /** A page of the sites this peer forgot lately (custody's tombstones); absent when none, and from older peers. */
   readonly forgottenSites?: readonly ForgottenSite[];
 }
 

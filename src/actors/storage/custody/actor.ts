@@ -59,7 +59,7 @@ export interface CustodyStats {
   debtEntries: number;
   /** UIDs found holding other bytes at another peer since this process started (see the uidConflict effect). */
   uidConflicts: number;
-  /** Sites forgotten lately, here or at another peer, newest first: the heartbeat passes them on. */
+  /** Sites forgotten lately, here or at another peer (its tombstones), newest first: the heartbeats pass them on. */
   forgottenSites: readonly ForgottenSite[];
 }
 
@@ -130,8 +130,6 @@ export interface CustodyService {
   forgetSite(siteName: string): { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
   /** Feeds membership heartbeats; returns the unsubscribe function. */
   onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
-  /** Called with the sites forgotten by a step (by the operator, by silence, or after another peer did). */
-  onSitesForgotten(listener: (siteNames: readonly string[]) => void): () => void;
   /** Makes the actor throw on its next message (supervision tests). */
   crashForTest(reason?: string): void;
   stop(): Promise<void>;
@@ -234,7 +232,6 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   let debtChain: Promise<boolean> = Promise.resolve(true);
   let current: CustodyStats = { instanceCount: 0, digestRoot: '', queuedWork: 0, debtEntries: 0, uidConflicts: 0, forgottenSites: [] };
   const statsListeners = new Set<(stats: CustodyStats) => void>();
-  const sitesForgottenListeners = new Set<(siteNames: readonly string[]) => void>();
   const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
   let sendsInFlight = 0;
   const ready = Promise.withResolvers<void>();
@@ -331,16 +328,6 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     }
   }
 
-  function notifySitesForgotten(siteNames: readonly string[]): void {
-    for (const listener of sitesForgottenListeners) {
-      try {
-        listener(siteNames);
-      } catch (error) {
-        log.warn('sites-forgotten listener threw', { error: String(error) });
-      }
-    }
-  }
-
   function perform(effects: readonly CustodyEffect[], viaStreamFrom: string | undefined): void {
     const puts: DebtEntry[] = [];
     const dels: Array<{ sopInstanceUid: string; siteName: string }> = [];
@@ -366,10 +353,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           for (const f of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: f.siteName, forgottenAt: new Date(f.forgottenAtMs).toISOString() });
           for (const siteName of e.learnt) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: siteName });
           if (e.forgotten.length > 0) warnIfWriteQuorumAboveSitesKnown(e.sitesKnown);
-          const tombstones = [...e.forgotten, ...e.tombstonesAdopted];
           // A lost write only means the site is learnt again from its next heartbeat after a restart.
-          track(store.updateKnownSites(e.seen, tombstones, e.tombstonesDropped).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
-          if (tombstones.length > 0) notifySitesForgotten(tombstones.map((f) => f.siteName));
+          track(store.updateKnownSites(e.seen, [...e.forgotten, ...e.tombstonesAdopted], e.tombstonesDropped).catch((error: unknown) => log.warn('known sites not written', { error: errorText(error) })));
           break;
         }
         case 'replicate':
@@ -799,10 +784,6 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     onStatsChanged(listener) {
       statsListeners.add(listener);
       return () => statsListeners.delete(listener);
-    },
-    onSitesForgotten(listener) {
-      sitesForgottenListeners.add(listener);
-      return () => sitesForgottenListeners.delete(listener);
     },
     crashForTest(reason = 'test') {
       send({ type: 'crash', reason });

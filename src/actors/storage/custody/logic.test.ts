@@ -323,10 +323,6 @@ test('a tombstone from another peer is not taken while the site is up here, or w
     run(initCustody(config, known), { type: 'viewChanged', members, nowMs }).effects.flatMap((e) => (e.type === 'persistKnownSites' ? [...e.forgotten, ...e.tombstonesAdopted].map((f) => f.siteName) : []));
   // Heard here at 600, after site-b forgot it at 500: news site-b lacks.
   assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 500])], 1000), []);
-  // Heard here at 800 as the view records it (a heartbeat relayed after the forgetting; the known site's
-  // time is rewritten once a minute only): neither forgotten nor learnt again in one step.
-  const deadSince800 = { ...member('peer-x', 'dead'), siteName: 'site-x', lastHeardAtMs: 800 };
-  assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 700]), deadSince800], 1000), []);
   // Up here (alive, or suspect: a pause is not a death).
   for (const status of ['alive', 'suspect'] as const) {
     assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 700]), { ...member('peer-x', status), siteName: 'site-x' }], 1000), [], status);
@@ -347,7 +343,7 @@ test('tombstones: one of a site unknown here is passed on; the newest go in the 
   assert.deepEqual(adopted.effects.flatMap((e) => (e.type === 'persistKnownSites' ? [e.forgotten.length, e.tombstonesAdopted.length] : [])), [0, many.length]);
   s = adopted.state;
   const passedOn = custodyStats(s).forgottenSites;
-  assert.equal(passedOn.length, heartbeatForgottenSitesMax);
+  assert.equal(passedOn.length, many.length, 'all of them (the heartbeats carry a page each)');
   assert.deepEqual(passedOn[0], { siteName: `site-t${many.length - 1}`, forgottenAtMs: 100 + many.length - 1 }, 'newest first');
   // One of them returns: known again, its tombstone dropped with the write that records it.
   const back = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), { ...member('peer-t'), siteName: 'site-t0' }], nowMs: 2000 });
@@ -360,7 +356,24 @@ test('tombstones: one of a site unknown here is passed on; the newest go in the 
   // Too old to pass on: dropped (a backup older than that forgets such a site by itself).
   const expired = run(s, { type: 'tick', nowMs: 101 + config.knownSiteForgetAfterMs });
   assert.deepEqual(expired.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.tombstonesDropped : [])), ['site-t1']);
-  assert.equal(custodyStats(expired.state).forgottenSites.length, heartbeatForgottenSitesMax);
+  assert.equal(custodyStats(expired.state).forgottenSites.length, many.length - 2);
+});
+
+test('a dead record does not bring a forgotten site back, even with a time after the forgetting (this peer paused: membership moves its records on)', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 100 }, { siteName: 'site-x', lastHeardMs: 600 }] });
+  s = run(s, { type: 'forgetSiteRequested', siteName: 'site-x', nowMs: 700 }).state;
+  const movedOn = { ...member('peer-x', 'dead'), siteName: 'site-x', lastHeardAtMs: 900 };
+  const paused = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), movedOn], nowMs: 1000 });
+  assert.deepEqual(paused.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.learnt : [])), []);
+  assert.ok(!paused.state.knownSites.has('site-x') && paused.state.forgottenSites.has('site-x'));
+  // A tombstone from another peer is taken in likewise: the known site's time decides, not the dead record's.
+  const elsewhere = initCustody(config, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-x', lastHeardMs: 600 }] });
+  const adopted = run(elsewhere, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 700]), movedOn], nowMs: 1000 });
+  assert.ok(!adopted.state.knownSites.has('site-x'));
+  assert.ok(!adopted.effects.some((e) => e.type === 'persistKnownSites' && e.learnt.includes('site-x')), 'nor learnt again in the same step');
+  // Heard alive: known again.
+  const back = run(adopted.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), { ...member('peer-x'), siteName: 'site-x' }], nowMs: 1100 });
+  assert.ok(back.state.knownSites.has('site-x'));
 });
 
 test('tombstones are restored from disk, so a restarted peer passes them on and ignores dead records of those sites', () => {

@@ -10,7 +10,7 @@
  * removed when that site acknowledges a durable copy. So in-flight replicas and copies for absent sites are
  * one mechanism, and a crash loses no obligation.
  */
-import { heartbeatForgottenSitesMax, type ForgottenSite, type MemberRecord, type MemberStatus } from '../../membership/messages.ts';
+import type { ForgottenSite, MemberRecord, MemberStatus } from '../../membership/messages.ts';
 import {
   bucketOf,
   diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, digestSha256, keysInBuckets, missingKeys, type Digest } from './digest.ts';
@@ -276,8 +276,11 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
   for (const m of state.members) {
     if (m.siteName === state.config.selfSiteName) continue;
     const heardMs = m.status === 'alive' ? nowMs : m.lastHeardAtMs;
-    // Heard before it was forgotten: the record of a site that is gone, not news of it.
-    if (heardMs <= (state.forgottenSites.get(m.siteName) ?? Number.NEGATIVE_INFINITY)) continue;
+    // A forgotten site is known again only when heard alive since: a dead or suspect record is the record
+    // of a site that is gone, whose time this process's own pause may even have moved on (membership's
+    // stall rule: helper 52 saw a paused peer learn a site it had just forgotten).
+    const forgottenAtMs = state.forgottenSites.get(m.siteName);
+    if (forgottenAtMs !== undefined && (m.status !== 'alive' || heardMs <= forgottenAtMs)) continue;
     heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
   }
   for (const [siteName, lastHeardMs] of heard) {
@@ -316,9 +319,8 @@ function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange
       const { siteName, forgottenAtMs } = tombstone;
       if (siteName === c.selfSiteName || nowMs - forgottenAtMs >= c.knownSiteForgetAfterMs) continue;
       if ((state.forgottenSites.get(siteName) ?? Number.NEGATIVE_INFINITY) >= forgottenAtMs) continue;
-      // As updateKnownSites judges it: the view's record is fresher than the known site (rewritten once a minute).
-      const lastHeardMs = Math.max(state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY, lastHeardInView(state, siteName));
-      if (lastHeardMs > forgottenAtMs) continue;
+      // Not the view's dead records' times: this process's pauses move them on (see updateKnownSites).
+      if ((state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY) > forgottenAtMs) continue;
       up ??= sitesUp(state);
       if (up.has(siteName)) continue;
       const wasKnown = state.knownSites.has(siteName) || state.debtBySite.has(siteName);
@@ -326,13 +328,6 @@ function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange
       (wasKnown ? change.forgotten : change.tombstonesAdopted).push(tombstone);
     }
   }
-}
-
-/** When a peer of the site was last heard, as the view records it (a dead record keeps its last heartbeat's time). */
-function lastHeardInView(state: CustodyState, siteName: string): number {
-  let lastHeardMs = Number.NEGATIVE_INFINITY;
-  for (const m of state.members) if (m.siteName === siteName) lastHeardMs = Math.max(lastHeardMs, m.lastHeardAtMs);
-  return lastHeardMs;
 }
 
 /**
@@ -774,13 +769,10 @@ export function custodyStats(state: CustodyState): { instanceCount: number; dige
 
 const noTombstones: readonly ForgottenSite[] = [];
 
-/** The newest tombstones, as many as a heartbeat carries. */
+/** Every tombstone, newest first (at most knownSitesMax; the heartbeats carry them a page at a time). */
 function tombstonesToPassOn(state: CustodyState): readonly ForgottenSite[] {
   if (state.forgottenSites.size === 0) return noTombstones;
-  return [...state.forgottenSites]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, heartbeatForgottenSitesMax)
-    .map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
+  return [...state.forgottenSites].sort((a, b) => b[1] - a[1]).map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
 }
 
 function pushStats(state: CustodyState, effects: CustodyEffect[]): void {
