@@ -51,7 +51,7 @@ function makeEntry(overrides: Partial<CatalogEntry> & { accessionNumber?: string
 }
 
 describe('catalogWriteOps (pure)', () => {
-  it('writes the entry, the held index and the seven indexes, with escaped PatientID and AccessionNumber', () => {
+  it('writes the entry, the held index and the indexes, with escaped PatientID and AccessionNumber, and an unknown StudyDate under the empty value', () => {
     const entry = makeEntry();
     const ops = catalogWriteOps(entry);
     assert.deepEqual(catalogWriteOps(entry), ops, 'same input, same output');
@@ -66,6 +66,7 @@ describe('catalogWriteOps (pure)', () => {
         `x!newest!studypid!1.2.3:${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
         `x!newest!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
         `x!name!${Buffer.from('doe^john').toString('hex')}!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
+        `x!da!!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
       ],
     );
@@ -85,9 +86,10 @@ describe('catalogWriteOps (pure)', () => {
     assert.equal(key.split('!').length, 6);
   });
 
-  it('writes no accession index for an empty AccessionNumber, and accepts an empty PatientID', () => {
+  it('indexes an empty AccessionNumber under the empty value (unknown: it matches every search by it), and accepts an empty PatientID', () => {
     const keys = catalogWriteOps(makeEntry({ accessionNumber: '', patientId: '' })).map((op) => op.key);
-    assert.equal(keys.length, 8);
+    assert.equal(keys.length, 10);
+    assert.ok(keys.includes('x!acc!!1.2.3!1.2.3.4!1.2.3.4.5'));
     assert.ok(keys.includes('x!pid!!1.2.3!1.2.3.4!1.2.3.4.5'));
     assert.ok(keys.includes('x!newest!pid!!9005499254740991!1.2.3.4.5'));
   });
@@ -216,7 +218,7 @@ describe('catalog in LevelDB', () => {
       remainingIndexKeys++;
       assert.ok(!key.endsWith('!1.2.3.4.2'));
     }
-    assert.equal(remainingIndexKeys, 14);
+    assert.equal(remainingIndexKeys, 16);
   });
 
   it('buildHeldIndex gives a catalog written before the held index its held keys', async () => {

@@ -52,7 +52,7 @@ import { crc32 } from 'node:zlib';
 import { pack, unpack } from 'msgpackr';
 import type { Level } from 'level';
 import type { CatalogEntry } from './catalog-types.ts';
-import { dateIndexForms, personNameForms } from './query/matching.ts';
+import { dateIndexForms, isUnknownValue, personNameForms } from './query/matching.ts';
 
 export type CatalogDb = Level<string, Uint8Array>;
 
@@ -75,6 +75,9 @@ export const PERSON_NAME_INDEX_PREFIX = 'x!name!';
  */
 const LEGACY_SEARCH_INDEX_PREFIXES = ['x!pn!', 'x!newest!study!'];
 export const STUDY_DATE_INDEX_PREFIX = 'x!da!';
+/** The index entries of instances whose AccessionNumber / StudyDate is unknown (see attributeIndexKeys). */
+export const UNKNOWN_ACCESSION_INDEX_PREFIX = 'x!acc!!';
+export const UNKNOWN_STUDY_DATE_INDEX_PREFIX = 'x!da!!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
 const PATIENT_NAME_TAG = 0x00100010;
@@ -193,13 +196,20 @@ export function studyDateIndexRange(from: string | undefined, to: string | undef
   return { gte: STUDY_DATE_INDEX_PREFIX + (from ?? ''), lt: to === undefined ? prefixRange(STUDY_DATE_INDEX_PREFIX).lt : `${STUDY_DATE_INDEX_PREFIX}${to}"` };
 }
 
-/** The name and date index keys of `entry`: one per name form and one per StudyDate value. */
+/**
+ * The name and date index keys of `entry`: one per name form and one per StudyDate value; an unknown
+ * (zero-length) StudyDate or AccessionNumber under the empty value (`x!da!!...`, `x!acc!!...`), which every
+ * search by that key also reads: unknown Required Keys match (PS3.4 C.2.2.1.2).
+ */
 function attributeIndexKeys(entry: CatalogEntry): string[] {
   const attribute = (tag: number): string | undefined => entry.attributes.find((element) => element.tag === tag)?.value;
   const suffix = `!${encodeKeyText(entry.patientId)}!${entry.studyInstanceUid}!${entry.sopInstanceUid}`;
+  const studyDate = attribute(STUDY_DATE_TAG);
+  const dates = isUnknownValue('DA', studyDate) ? [''] : dateIndexForms(studyDate);
   return [
     ...personNameForms(attribute(PATIENT_NAME_TAG), attribute(SPECIFIC_CHARACTER_SET_TAG)).map((form) => personNameIndexPrefix(form) + suffix),
-    ...dateIndexForms(attribute(STUDY_DATE_TAG)).map((date) => STUDY_DATE_INDEX_PREFIX + date + suffix),
+    ...dates.map((date) => STUDY_DATE_INDEX_PREFIX + date + suffix),
+    ...(accessionNumberOf(entry) === '' ? [`${UNKNOWN_ACCESSION_INDEX_PREFIX}${entry.studyInstanceUid}!${entry.seriesInstanceUid}!${entry.sopInstanceUid}`] : []),
   ];
 }
 

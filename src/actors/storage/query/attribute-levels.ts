@@ -21,6 +21,23 @@ export const LEVEL_DEPTH: Readonly<Record<QueryLevel, number>> = { PATIENT: 0, S
 
 
 /** The unique key of each level (PS3.4 C.6.1.1.1). */
+/**
+ * Required Keys (PS3.4 C.6.1.1, C.6.2.1) that an entity may hold with zero length: such a value is unknown,
+ * and matching against it succeeds (C.2.2.1.2), so a search by date, accession number or series number
+ * does not hide the studies, series and images whose value is not known. Not the patient's name and ID
+ * (Required Keys at STUDY level in Study Root): a search for one patient must not list the studies of
+ * unknown patients (a wrong-patient risk). See docs/conformance.md.
+ */
+export const REQUIRED_KEYS_MATCHING_UNKNOWN: ReadonlySet<Tag> = new Set<Tag>([
+  Tags.StudyDate,
+  Tags.StudyTime,
+  Tags.AccessionNumber,
+  Tags.StudyID,
+  Tags.Modality,
+  Tags.SeriesNumber,
+  Tags.InstanceNumber,
+]);
+
 export const UNIQUE_KEY_OF_LEVEL: Readonly<Record<QueryLevel, Tag>> = {
   PATIENT: Tags.PatientID,
   STUDY: Tags.StudyInstanceUID,

@@ -308,6 +308,11 @@ function storedValuesOf(vr: string, storedValue: string | undefined, storedChara
   return splitValues(vr, text).filter((value) => value !== '');
 }
 
+/** Whether a stored attribute is absent or zero length (no value but empty ones): unknown, for C.2.2.1.2. */
+export function isUnknownValue(vr: string, storedValue: string | undefined): boolean {
+  return storedValuesOf(vr, storedValue).length === 0;
+}
+
 /** For PN: the forms of a stored name a key is compared with (whole name, and each group if key has no `=`). */
 function personNameCandidates(storedName: string, keyHasGroups: boolean): string[] {
   const whole = normalizePersonName(storedName);

@@ -446,7 +446,8 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
 
     it('Study Root: StudyTime range', async () => {
       const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.StudyTime, 'TM', '1400-2359')] });
-      assert.deepEqual(column(responses, T.StudyInstanceUID), [S2, S3]);
+      // S4's StudyTime is unknown (zero length): a Required Key, it matches (PS3.4 C.2.2.1.2).
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S2, S3, S4]);
     });
 
     it('Study Root: ModalitiesInStudy matches any modality of the study (OR for several values)', async () => {
@@ -463,11 +464,12 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
     it('Study Root: AccessionNumber lookup uses its index and finds every study with it', async () => {
       const stats = createQueryStats();
       const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.AccessionNumber, 'SH', 'ACC-001')] }, { stats });
-      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S3]);
+      // S4's AccessionNumber is unknown: it matches too (C.2.2.1.2), found under the index's empty value.
+      assert.deepEqual(column(responses, T.StudyInstanceUID), [S1, S3, S4]);
       assert.equal(stats.plan, 'index x!acc! (AccessionNumber)');
-      assert.equal(stats.entriesRead, 6);
+      assert.equal(stats.entriesRead, 7);
       const wildcard = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.AccessionNumber, 'SH', 'ACC-00?')] });
-      assert.deepEqual(column(wildcard, T.StudyInstanceUID), [S1, S2, S3, S5]);
+      assert.deepEqual(column(wildcard, T.StudyInstanceUID), [S1, S2, S3, S4, S5]);
     });
 
     it('Study Root: list of StudyInstanceUIDs uses the study index; an unknown or invalid UID matches nothing', async () => {
@@ -689,6 +691,62 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
         });
       }
     });
+  });
+});
+
+describe('an unknown (zero-length) Required Key matches every key (PS3.4 C.2.2.1.2: black-box helper 51)', () => {
+  it('StudyDate, StudyTime, AccessionNumber, StudyID, Modality, SeriesNumber and InstanceNumber: by index, by newest scan and by full scan alike; the patient\'s name and ID not', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const spec = (n: number, known: boolean): InstanceSpec => ({
+        patientId: known ? 'PK' : '',
+        patientName: known ? 'Known^Date' : '',
+        studyUid: `1.2.9.${n}`,
+        studyDate: known ? '20240101' : '',
+        studyTime: known ? '101010' : '',
+        accession: known ? 'ACC1' : '',
+        studyDescription: '',
+        seriesUid: `1.2.9.${n}.1`,
+        modality: known ? 'CT' : '',
+        seriesNumber: known ? '1' : '',
+        sopUid: `1.2.9.${n}.1.1`,
+        sopClassUid: CT_IMAGE,
+        instanceNumber: known ? '1' : '',
+        storedAtMs: 1000 + n,
+      });
+      const known = makeEntry(spec(1, true));
+      // StudyID is not in the fixture's attributes: absent is unknown too.
+      const unknown = makeEntry(spec(2, false));
+      await store(db, [{ ...known, attributes: [...known.attributes, k(T.StudyID, 'SH', '7')] }, unknown]);
+      const levelUid = { STUDY: T.StudyInstanceUID, SERIES: T.SeriesInstanceUID, IMAGE: T.SOPInstanceUID } as const;
+      const found = async (level: 'STUDY' | 'SERIES' | 'IMAGE', key: DicomElement, options?: FindOptions) =>
+        column(await find(db, { root: 'STUDY', level, keys: [k(levelUid[level], 'UI'), key] }, options), levelUid[level]);
+      const both = (level: 'STUDY' | 'SERIES' | 'IMAGE') => [`1.2.9.1${level === 'STUDY' ? '' : level === 'SERIES' ? '.1' : '.1.1'}`, `1.2.9.2${level === 'STUDY' ? '' : level === 'SERIES' ? '.1' : '.1.1'}`];
+      for (const searchIndexes of [true, false]) {
+        for (const [level, key] of [
+          ['STUDY', k(T.StudyDate, 'DA', '20240101')],
+          ['STUDY', k(T.StudyDate, 'DA', '20240101-20240131')],
+          ['STUDY', k(T.StudyTime, 'TM', '1000-1100')],
+          ['STUDY', k(T.AccessionNumber, 'SH', 'ACC1')],
+          ['STUDY', k(T.AccessionNumber, 'SH', 'ACC*')],
+          ['STUDY', k(T.StudyID, 'SH', '7')],
+          ['SERIES', k(T.Modality, 'CS', 'CT')],
+          ['SERIES', k(T.SeriesNumber, 'IS', '1')],
+          ['IMAGE', k(T.InstanceNumber, 'IS', '1')],
+          ['IMAGE', k(T.StudyDate, 'DA', '20240101')],
+        ] as const) {
+          assert.deepEqual(await found(level, key, { searchIndexes }), both(level), `${level} ${key.tag.toString(16)}=${key.value} (indexes ${searchIndexes})`);
+        }
+        // A search for one patient does not list the studies of unknown patients.
+        assert.deepEqual(await found('STUDY', k(T.PatientName, 'PN', 'Known^Date'), { searchIndexes }), ['1.2.9.1']);
+        assert.deepEqual(await found('STUDY', k(T.PatientID, 'LO', 'PK'), { searchIndexes }), ['1.2.9.1']);
+        // Nor does a key that is not a Required Key (StudyDescription is optional).
+        assert.deepEqual(await found('STUDY', k(T.StudyDescription, 'LO', 'X*'), { searchIndexes }), []);
+      }
+    } finally {
+      await close();
+    }
   });
 });
 

@@ -61,6 +61,8 @@ import {
   STUDY_DATE_INDEX_PREFIX,
   SERIES_INDEX_PREFIX,
   STUDY_INDEX_PREFIX,
+  UNKNOWN_ACCESSION_INDEX_PREFIX,
+  UNKNOWN_STUDY_DATE_INDEX_PREFIX,
   accessionIndexPrefix,
   encodeKeyText,
   getCatalogEntries,
@@ -82,6 +84,7 @@ import { Tags } from '../../../codec/dictionary.ts';
 import {
   LEVEL_DEPTH,
   QUERY_LEVELS_OF_ROOT,
+  REQUIRED_KEYS_MATCHING_UNKNOWN,
   UNIQUE_KEY_OF_LEVEL,
   attributeLevelOf,
   formatTag,
@@ -91,7 +94,7 @@ import {
   type QueryLevel,
   type QueryRoot,
 } from './attribute-levels.ts';
-import { compileKeyMatcher, literalPrefixes, normalizeValue, splitValues, type ValueMatcher } from './matching.ts';
+import { compileKeyMatcher, isUnknownValue, literalPrefixes, normalizeValue, splitValues, type ValueMatcher } from './matching.ts';
 import { splitValueBytes } from '../../../codec/character-sets.ts';
 import {
   COMPUTED_ATTRIBUTES,
@@ -231,9 +234,9 @@ function compileQuery(request: QueryRequest): Compiled {
     if (!compiledMatcher.ok) {
       return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
     }
-    const matcher = compiledMatcher.matcher;
     const isMatching =
-      !isPrivate && !NEVER_MATCHED_TAGS.has(element.tag) && matcher.type !== 'universal' && matcher.type !== 'sequence';
+      !isPrivate && !NEVER_MATCHED_TAGS.has(element.tag) && compiledMatcher.matcher.type !== 'universal' && compiledMatcher.matcher.type !== 'sequence';
+    const matcher = isMatching && REQUIRED_KEYS_MATCHING_UNKNOWN.has(element.tag) ? matchingUnknown(compiledMatcher.matcher, element.vr) : compiledMatcher.matcher;
     if (level !== 'ANY' && LEVEL_DEPTH[level] > LEVEL_DEPTH[request.level]) {
       // An empty key of a lower level is a return key that an entity of this level has no one value for:
       // it comes back zero-length, rather than failing a viewer's whole study list over one extra column.
@@ -251,6 +254,11 @@ function compileQuery(request: QueryRequest): Compiled {
     keys.push({ element, level, computed, matcher, isMatching, returnedEmpty: false });
   }
   return { ok: true, keys };
+}
+
+/** The matcher of a Required Key that also matches an unknown (zero-length) value: PS3.4 C.2.2.1.2. */
+function matchingUnknown(matcher: ValueMatcher, vr: string): ValueMatcher {
+  return { ...matcher, matches: (stored, storedCharacterSet) => isUnknownValue(vr, stored) || matcher.matches(stored, storedCharacterSet) };
 }
 
 /** Checks a C-FIND request; on failure gives the C-FIND status and an Error Comment. */
@@ -454,7 +462,8 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
   if (accessionNumbers) {
     return {
       kind: 'prefixes',
-      prefixes: accessionNumbers.map(accessionIndexPrefix),
+      // With the studies whose AccessionNumber is unknown: they match (C.2.2.1.2).
+      prefixes: [...accessionNumbers.map(accessionIndexPrefix), UNKNOWN_ACCESSION_INDEX_PREFIX],
       contiguous: false,
       description: 'index x!acc! (AccessionNumber)',
     };
@@ -481,20 +490,20 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
   if (searchIndexes && dateIntervals && level === 'STUDY') {
     return {
       kind: 'prefixes',
-      prefixes: dateIntervals.map(({ from, to }) => studyDateIndexRange(from, to)),
+      prefixes: [...dateIntervals.map(({ from, to }) => studyDateIndexRange(from, to)), UNKNOWN_STUDY_DATE_INDEX_PREFIX],
       contiguous: false,
       description: 'index x!da! (StudyDate)',
     };
   }
   // A PatientID or AccessionNumber pattern with a literal start (`PID42*`): the index range of that start.
-  const identifierRanges: Array<[Tag, number, string, string]> = [
-    [Tags.PatientID, LEVEL_DEPTH.PATIENT, PATIENT_INDEX_PREFIX, 'PatientID'],
-    [Tags.AccessionNumber, LEVEL_DEPTH.STUDY, ACCESSION_INDEX_PREFIX, 'AccessionNumber'],
+  const identifierRanges: Array<[Tag, number, string, string, string[]]> = [
+    [Tags.PatientID, LEVEL_DEPTH.PATIENT, PATIENT_INDEX_PREFIX, 'PatientID', []],
+    [Tags.AccessionNumber, LEVEL_DEPTH.STUDY, ACCESSION_INDEX_PREFIX, 'AccessionNumber', [UNKNOWN_ACCESSION_INDEX_PREFIX]],
   ];
-  for (const [tag, minimumDepth, indexPrefix, name] of identifierRanges) {
+  for (const [tag, minimumDepth, indexPrefix, name, unknown] of identifierRanges) {
     const starts = searchIndexes && depth >= minimumDepth ? identifierLiteralStarts(keyOf(tag)) : undefined;
     if (starts) {
-      return { kind: 'prefixes', prefixes: starts.map((start) => indexPrefix + encodeKeyText(start)), contiguous: false, description: `range ${indexPrefix} (${name} literal start)` };
+      return { kind: 'prefixes', prefixes: [...starts.map((start) => indexPrefix + encodeKeyText(start)), ...unknown], contiguous: false, description: `range ${indexPrefix} (${name} literal start)` };
     }
   }
   if (searchIndexes && (level === 'STUDY' || level === 'PATIENT')) {
