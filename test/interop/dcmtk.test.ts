@@ -326,9 +326,11 @@ describe('DCMTK interop', { timeout: 170_000 }, () => {
 
   it('findscu -P and -S STUDY: StudyDate ranges and single dates', async () => {
     requireStored();
-    // Legacy dates (1993.04.30 in the corpus) are matched as 19930430, as PS3.5 6.2 recommends.
+    // Legacy dates (1993.04.30 in the corpus) are matched as 19930430, as PS3.5 6.2 recommends; a study
+    // whose date is unknown (zero length) matches every date (PS3.4 C.2.2.1.2).
     const inRange = (from: string, to: string) => (i: Instance) => {
       const date = normalizeDate(i.studyDate);
+      if (date.trim() === '') return true;
       return /^\d{8}$/.test(date) && (from === '' || date >= from) && (to === '' || date <= to);
     };
     const cases: Array<[string, (i: Instance) => boolean]> = [
