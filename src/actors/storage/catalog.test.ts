@@ -51,7 +51,7 @@ function makeEntry(overrides: Partial<CatalogEntry> & { accessionNumber?: string
 }
 
 describe('catalogWriteOps (pure)', () => {
-  it('writes the entry, the held index and the indexes, with escaped PatientID and AccessionNumber, and an unknown StudyDate under the empty value', () => {
+  it('writes the entry, the held index and the indexes, with escaped PatientID and AccessionNumber, and an unknown StudyDate and Modality under the empty value', () => {
     const entry = makeEntry();
     const ops = catalogWriteOps(entry);
     assert.deepEqual(catalogWriteOps(entry), ops, 'same input, same output');
@@ -67,6 +67,7 @@ describe('catalogWriteOps (pure)', () => {
         `x!newest!pid!${Buffer.from('P!1', 'latin1').toString('hex')}!9005499254740991!1.2.3.4.5`,
         `x!name!${Buffer.from('doe^john').toString('hex')}!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
         `x!da!!${Buffer.from('P!1', 'latin1').toString('hex')}!1.2.3!1.2.3.4.5`,
+        'x!mod!!1.2.3!1.2.3.4!1.2.3.4.5',
         `x!acc!${Buffer.from('ACC 1').toString('hex')}!1.2.3!1.2.3.4!1.2.3.4.5`,
       ],
     );
@@ -88,7 +89,7 @@ describe('catalogWriteOps (pure)', () => {
 
   it('indexes an empty AccessionNumber under the empty value (unknown: it matches every search by it), and accepts an empty PatientID', () => {
     const keys = catalogWriteOps(makeEntry({ accessionNumber: '', patientId: '' })).map((op) => op.key);
-    assert.equal(keys.length, 10);
+    assert.equal(keys.length, 11);
     assert.ok(keys.includes('x!acc!!1.2.3!1.2.3.4!1.2.3.4.5'));
     assert.ok(keys.includes('x!pid!!1.2.3!1.2.3.4!1.2.3.4.5'));
     assert.ok(keys.includes('x!newest!pid!!9005499254740991!1.2.3.4.5'));
@@ -218,7 +219,7 @@ describe('catalog in LevelDB', () => {
       remainingIndexKeys++;
       assert.ok(!key.endsWith('!1.2.3.4.2'));
     }
-    assert.equal(remainingIndexKeys, 16);
+    assert.equal(remainingIndexKeys, 18);
   });
 
   it('buildHeldIndex gives a catalog written before the held index its held keys', async () => {

@@ -52,7 +52,7 @@ import { crc32 } from 'node:zlib';
 import { pack, unpack } from 'msgpackr';
 import type { Level } from 'level';
 import type { CatalogEntry } from './catalog-types.ts';
-import { dateIndexForms, isUnknownValue, personNameForms } from './query/matching.ts';
+import { dateIndexForms, isUnknownValue, personNameForms, splitValues } from './query/matching.ts';
 
 export type CatalogDb = Level<string, Uint8Array>;
 
@@ -75,13 +75,17 @@ export const PERSON_NAME_INDEX_PREFIX = 'x!name!';
  */
 const LEGACY_SEARCH_INDEX_PREFIXES = ['x!pn!', 'x!newest!study!'];
 export const STUDY_DATE_INDEX_PREFIX = 'x!da!';
-/** The index entries of instances whose AccessionNumber / StudyDate is unknown (see attributeIndexKeys). */
+/** x!mod!<hex Modality>!<study>!<series>!<sop>: each instance under its series' Modality. */
+export const MODALITY_INDEX_PREFIX = 'x!mod!';
+/** The index entries of instances whose AccessionNumber / StudyDate / Modality is unknown (see attributeIndexKeys). */
 export const UNKNOWN_ACCESSION_INDEX_PREFIX = 'x!acc!!';
 export const UNKNOWN_STUDY_DATE_INDEX_PREFIX = 'x!da!!';
+export const UNKNOWN_MODALITY_INDEX_PREFIX = 'x!mod!!';
 
 const ACCESSION_NUMBER_TAG = 0x00080050;
 const PATIENT_NAME_TAG = 0x00100010;
 const STUDY_DATE_TAG = 0x00080020;
+const MODALITY_TAG = 0x00080060;
 const SPECIFIC_CHARACTER_SET_TAG = 0x00080005;
 const EMPTY_VALUE = new Uint8Array(0);
 const ITERATOR_BATCH_SIZE = 1000;
@@ -197,20 +201,33 @@ export function studyDateIndexRange(from: string | undefined, to: string | undef
 }
 
 /**
- * The name and date index keys of `entry`: one per name form and one per StudyDate value; an unknown
- * (zero-length) StudyDate or AccessionNumber under the empty value (`x!da!!...`, `x!acc!!...`), which every
- * search by that key also reads: unknown Required Keys match (PS3.4 C.2.2.1.2).
+ * The name, date and modality index keys of `entry`: one per name form, per StudyDate value and per
+ * Modality value; an unknown (zero-length) StudyDate, AccessionNumber or Modality under the empty value
+ * (`x!da!!...`, `x!acc!!...`, `x!mod!!...`), which every search by that key also reads: unknown Required
+ * Keys match (PS3.4 C.2.2.1.2).
  */
 function attributeIndexKeys(entry: CatalogEntry): string[] {
   const attribute = (tag: number): string | undefined => entry.attributes.find((element) => element.tag === tag)?.value;
   const suffix = `!${encodeKeyText(entry.patientId)}!${entry.studyInstanceUid}!${entry.sopInstanceUid}`;
+  const hierarchy = `${entry.studyInstanceUid}!${entry.seriesInstanceUid}!${entry.sopInstanceUid}`;
   const studyDate = attribute(STUDY_DATE_TAG);
   const dates = isUnknownValue('DA', studyDate) ? [''] : dateIndexForms(studyDate);
   return [
     ...personNameForms(attribute(PATIENT_NAME_TAG), attribute(SPECIFIC_CHARACTER_SET_TAG)).map((form) => personNameIndexPrefix(form) + suffix),
     ...dates.map((date) => STUDY_DATE_INDEX_PREFIX + date + suffix),
-    ...(accessionNumberOf(entry) === '' ? [`${UNKNOWN_ACCESSION_INDEX_PREFIX}${entry.studyInstanceUid}!${entry.seriesInstanceUid}!${entry.sopInstanceUid}`] : []),
+    ...(accessionNumberOf(entry) === '' ? [`${UNKNOWN_ACCESSION_INDEX_PREFIX}${hierarchy}`] : []),
+    ...modalityIndexValues(attribute(MODALITY_TAG)).map((modality) => `${modalityIndexPrefix(modality)}${hierarchy}`),
   ];
+}
+
+/** The values a stored Modality is indexed under: each of its values, or the empty one when unknown. */
+function modalityIndexValues(modality: string | undefined): string[] {
+  const values = modality === undefined ? [] : splitValues('CS', modality).filter((value) => value !== '');
+  return values.length === 0 ? [''] : [...new Set(values)];
+}
+
+export function modalityIndexPrefix(modality: string): string {
+  return `${MODALITY_INDEX_PREFIX}${encodeKeyText(modality)}!`;
 }
 
 function newestIndexKeys(entry: CatalogEntry): string[] {

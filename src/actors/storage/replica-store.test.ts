@@ -422,7 +422,7 @@ test('a store written before the held and search indexes gets them at open: cust
   await store.close();
   // What an older version left: entries and indexes, no h!, x!newest!, x!name! or x!da! keys and no record that they were built.
   const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
-  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }, { type: 'del', key: 'm!search-indexes!3' }];
+  const ops: Array<{ type: 'del'; key: string }> = [{ type: 'del', key: 'm!held-index' }, { type: 'del', key: 'm!search-indexes!4' }];
   for await (const key of catalog.keys({ gte: 'h!', lt: 'h"' })) ops.push({ type: 'del', key });
   for await (const key of catalog.keys({ gte: 'x!newest!', lt: 'x!newest"' })) ops.push({ type: 'del', key });
   for await (const key of catalog.keys({ gte: 'x!name!', lt: 'x!name"' })) ops.push({ type: 'del', key });
@@ -446,7 +446,7 @@ test('a store written before the held and search indexes gets them at open: cust
   }
   assert.equal((await reopened.db.keys({ gte: 'x!name!', lt: 'x!name"' }).all()).length, 3, 'each instance under its name');
   assert.equal((await reopened.db.keys({ gte: 'x!da!', lt: 'x!da"' }).all()).length, 3, 'and its date');
-  assert.notEqual(await reopened.db.get('m!search-indexes!3'), undefined);
+  assert.notEqual(await reopened.db.get('m!search-indexes!4'), undefined);
 });
 
 test('entries an earlier build stored after this one had indexed (a rollback, then forward again) get their search-index keys at open', async (t) => {
@@ -473,7 +473,7 @@ test('entries an earlier build stored after this one had indexed (a rollback, th
   const catalogPath = join(dir, 'catalog');
   const rawCatalog = () => new Level<string, Uint8Array>(catalogPath, { keyEncoding: 'utf8', valueEncoding: 'view' });
   let catalog = rawCatalog();
-  const checkpointAtClose = await catalog.get('m!search-indexes!3');
+  const checkpointAtClose = await catalog.get('m!search-indexes!4');
   assert.ok(checkpointAtClose !== undefined && checkpointAtClose.length > 0);
   await catalog.close();
   // The earlier build: it stores 1.2.6.2 without search-index keys and leaves the checkpoint as it found it.
@@ -481,10 +481,10 @@ test('entries an earlier build stored after this one had indexed (a rollback, th
   await commit(store, '1.2.6.2');
   await store.close();
   catalog = rawCatalog();
-  const searchKeysOf = async (uid: string) => (await catalog.keys({ gte: 'x!', lt: 'x"' }).all()).filter((key) => key.endsWith(`!${uid}`) && /^x!(newest|name|da|acc)!/.test(key));
+  const searchKeysOf = async (uid: string) => (await catalog.keys({ gte: 'x!', lt: 'x"' }).all()).filter((key) => key.endsWith(`!${uid}`) && /^x!(newest|name|da|acc|mod)!/.test(key));
   const written = await searchKeysOf('1.2.6.2');
-  assert.equal(written.length, 5, 'newest of study and patient, name, unknown StudyDate and AccessionNumber');
-  await catalog.batch([...written.map((key) => ({ type: 'del' as const, key })), { type: 'put', key: 'm!search-indexes!3', value: checkpointAtClose }]);
+  assert.equal(written.length, 6, 'newest of study and patient, name, unknown StudyDate, AccessionNumber and Modality');
+  await catalog.batch([...written.map((key) => ({ type: 'del' as const, key })), { type: 'put', key: 'm!search-indexes!4', value: checkpointAtClose }]);
   await catalog.close();
 
   store = await openStore();
@@ -512,11 +512,11 @@ test('a store whose search indexes an earlier build wrote (ASCII folding, x!pn!;
   const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
   const nameKeys = await catalog.keys({ gte: 'x!name!', lt: 'x!name"' }).all();
   assert.equal(nameKeys.length, 1);
-  const checkpoint = (await catalog.get('m!search-indexes!3'))!;
+  const checkpoint = (await catalog.get('m!search-indexes!4'))!;
   const legacyKey = `x!pn!${Buffer.from('mÜller^jÜrgen', 'utf8').toString('hex')}!${nameKeys[0]!.split('!').slice(3).join('!')}`;
   await catalog.batch([
     ...nameKeys.map((key) => ({ type: 'del' as const, key })),
-    { type: 'del', key: 'm!search-indexes!3' },
+    { type: 'del', key: 'm!search-indexes!4' },
     { type: 'put', key: 'm!search-indexes', value: checkpoint },
     { type: 'put', key: legacyKey, value: new Uint8Array(0) },
     { type: 'put', key: `x!newest!study!1.2.3!9005499254740991!${uid}`, value: new Uint8Array(0) },
@@ -538,7 +538,7 @@ test('a store whose search indexes an earlier build wrote (ASCII folding, x!pn!;
   assert.deepEqual(await store.db.keys({ gte: 'x!newest!study!', lt: 'x!newest!study"' }).all(), [], 'and its newest index per study');
   assert.equal((await store.db.keys({ gte: 'x!newest!studypid!', lt: 'x!newest!studypid"' }).all()).length, 1, 'this one written');
   assert.equal(await store.db.get('m!search-indexes'), undefined, 'so that the earlier build, run again, indexes every entry itself');
-  assert.notEqual(await store.db.get('m!search-indexes!3'), undefined);
+  assert.notEqual(await store.db.get('m!search-indexes!4'), undefined);
   await store.close();
 });
 

@@ -284,12 +284,12 @@ const heldIndexBuiltKey = 'm!held-index';
  * The key names the index format: earlier builds used legacySearchIndexedBeforeKey (and the indexes that
  * clearLegacySearchIndexes deletes). Such a build indexes every entry again when it finds its own key
  * absent, and this one deletes that key (and those indexes) whenever it finds it, so each build's search
- * indexes stay whole across rollbacks in either direction. Format 3 adds the entries of unknown StudyDate
- * and AccessionNumber values (catalog.ts attributeIndexKeys): a store of format 2 is indexed whole once;
- * its key stays, so a format-2 build run again indexes from its own (older) checkpoint, as after any
- * rollback, and writes nothing this build lacks.
+ * indexes stay whole across rollbacks in either direction. Format 3 added the entries of unknown StudyDate
+ * and AccessionNumber values, format 4 the modality index (catalog.ts attributeIndexKeys): a store of an
+ * earlier format is indexed whole once; its key stays, so a build of that format run again indexes from
+ * its own (older) checkpoint, as after any rollback, and writes nothing this build lacks.
  */
-const searchIndexedBeforeKey = 'm!search-indexes!3';
+const searchIndexedBeforeKey = 'm!search-indexes!4';
 const legacySearchIndexedBeforeKey = 'm!search-indexes';
 /** Entries indexed per catalog batch by indexEntriesFrom. */
 const blobsPerIndexBatch = 256;

@@ -898,7 +898,7 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
             accession: `A${study}`,
             studyDescription: prng.pick(['CT CHEST', 'CT HEAD', 'MR KNEE']),
             seriesUid: `${studyUid}.${series}`,
-            modality: series === 1 ? 'CT' : 'MR',
+            modality: series === 1 ? prng.pick(['CT', 'CT', 'CT', '']) : prng.pick(['MR', 'MR\\SR']),
             seriesNumber: String(series),
             // Numbers 1-12 as text: "10" sorts before "9", which the newest index's tie-break must agree on.
             sopUid: `${studyUid}.${series}.${n + prng.nextInt(2) * 7}`,
@@ -923,8 +923,12 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
     const keys = [name, patientId, k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS')];
     if (prng.chance(0.2)) keys.push(k(T.AccessionNumber, 'SH', prng.pick(['A1*', 'A?', 'A1?'])));
     if (prng.chance(0.5)) keys.push(k(T.StudyDate, 'DA', prng.pick(['20200101-20211231', '20230704', '-20201231', '20211231-', '2020.01.15', '20200115\\20230704'])));
-    // Some searches by date alone (a day's worklist): the date index.
+    // Some searches by date alone (a day's worklist): the date index; some by modality alone: the modality index.
     if (prng.chance(0.3)) return { root, level, keys: keys.filter((key) => key.tag !== T.PatientName) };
+    if (prng.chance(0.2)) {
+      const modalities = k(T.ModalitiesInStudy, 'CS', prng.pick(['CT', 'MR', 'CT\\SR', 'US', 'SR']));
+      return { root, level, keys: [...keys.filter((key) => key.tag !== T.PatientName && key.tag !== T.PatientID && key.tag !== T.ModalitiesInStudy && key.tag !== T.StudyDate && key.tag !== T.AccessionNumber), modalities] };
+    }
     if (prng.chance(0.5)) keys.push(k(T.StudyDescription, 'LO', prng.pick(['CT*', 'MR KNEE'])));
     return { root, level, keys };
   }
@@ -952,7 +956,53 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
     } finally {
       await close();
     }
-    for (const index of ['x!name!', 'x!da!', 'x!newest!studypid!', 'x!newest!pid!', 'x!pid!', 'x!acc!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
+    for (const index of ['x!name!', 'x!da!', 'x!newest!studypid!', 'x!newest!pid!', 'x!pid!', 'x!acc!', 'x!mod!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
+  });
+});
+
+describe('a search by modality reads the modality index (black-box helper 51: it read every study or series)', () => {
+  it('ModalitiesInStudy at STUDY level, Modality at SERIES and IMAGE level: only the matching studies, series, images are read', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const entries: CatalogEntry[] = [];
+      for (let n = 1; n <= 40; n++) {
+        for (let series = 1; series <= 2; series++) {
+          for (let instance = 1; instance <= 3; instance++) {
+            entries.push(
+              makeEntry({
+                patientId: `M${n}`, patientName: `M^${n}`, studyUid: `1.2.55.${n}`, studyDate: '20240101', studyTime: '120000', accession: `M${n}`,
+                studyDescription: '', seriesUid: `1.2.55.${n}.${series}`, modality: series === 2 && n === 7 ? 'SR' : 'CT', seriesNumber: String(series),
+                sopUid: `1.2.55.${n}.${series}.${instance}`, sopClassUid: CT_IMAGE, instanceNumber: String(instance), storedAtMs: instance,
+              }),
+            );
+          }
+        }
+      }
+      await store(db, entries);
+      const measure = async (request: QueryRequest) => {
+        const stats = createQueryStats();
+        const responses = await find(db, request, { stats });
+        return { responses, stats };
+      };
+      const studies = await measure({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.ModalitiesInStudy, 'CS', 'SR')] });
+      assert.deepEqual(column(studies.responses, T.StudyInstanceUID), ['1.2.55.7']);
+      assert.equal(studies.stats.plan, 'index x!mod! (Modality)');
+      assert.equal(studies.stats.entriesRead, 6, 'the one study, whole (its modalities)');
+      const series = await measure({ root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI'), k(T.Modality, 'CS', 'SR')] });
+      assert.deepEqual(column(series.responses, T.SeriesInstanceUID), ['1.2.55.7.2']);
+      assert.equal(series.stats.plan, 'index x!mod! (Modality)');
+      assert.equal(series.stats.entriesRead, 3);
+      const images = await measure({ root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI'), k(T.Modality, 'CS', 'SR\\US')] });
+      assert.equal(images.responses.length, 3);
+      assert.equal(images.stats.entriesRead, 3);
+      // A wildcard is matched over a scan, as before.
+      const wildcard = await measure({ root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI'), k(T.Modality, 'CS', 'S*')] });
+      assert.deepEqual(column(wildcard.responses, T.SeriesInstanceUID), ['1.2.55.7.2']);
+      assert.match(wildcard.stats.plan, /full scan/);
+    } finally {
+      await close();
+    }
   });
 });
 

@@ -31,6 +31,8 @@
  * personNamePrefixes), then
  *   StudyDate (STUDY)                       -> x!da!<from> to x!da!<to> (ranges)
  * for a date or a range (open or closed) of dates, then
+ *   ModalitiesInStudy (STUDY), Modality (SERIES, IMAGE) -> x!mod!<hex>!
+ * for values without wildcards, then
  *   AccessionNumber (STUDY and below)       -> x!acc!<hex of its literal start> (ranges)
  *   PatientID (any level)                   -> x!pid!<hex of its literal start> (ranges)
  * for a printable-ASCII pattern whose values each start with something other than a wildcard (`PID42*`).
@@ -61,10 +63,13 @@ import {
   STUDY_DATE_INDEX_PREFIX,
   SERIES_INDEX_PREFIX,
   STUDY_INDEX_PREFIX,
+  MODALITY_INDEX_PREFIX,
   UNKNOWN_ACCESSION_INDEX_PREFIX,
+  UNKNOWN_MODALITY_INDEX_PREFIX,
   UNKNOWN_STUDY_DATE_INDEX_PREFIX,
   accessionIndexPrefix,
   encodeKeyText,
+  modalityIndexPrefix,
   getCatalogEntries,
   isValidUid,
   keyBatches,
@@ -288,7 +293,7 @@ function parseIndexKey(key: string): IndexedInstance | undefined {
   if (key.startsWith(SERIES_INDEX_PREFIX) && parts.length === 4) {
     return { seriesInstanceUid: parts[2]!, sopInstanceUid: parts[3]! };
   }
-  if (key.startsWith(ACCESSION_INDEX_PREFIX) && parts.length === 6) {
+  if ((key.startsWith(ACCESSION_INDEX_PREFIX) || key.startsWith(MODALITY_INDEX_PREFIX)) && parts.length === 6) {
     return { studyInstanceUid: parts[3]!, seriesInstanceUid: parts[4]!, sopInstanceUid: parts[5]! };
   }
   if ((key.startsWith(PERSON_NAME_INDEX_PREFIX) || key.startsWith(STUDY_DATE_INDEX_PREFIX)) && parts.length === 6) {
@@ -493,6 +498,19 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
       prefixes: [...dateIntervals.map(({ from, to }) => studyDateIndexRange(from, to)), UNKNOWN_STUDY_DATE_INDEX_PREFIX],
       contiguous: false,
       description: 'index x!da! (StudyDate)',
+    };
+  }
+  // ModalitiesInStudy (STUDY) or Modality (SERIES, IMAGE) values without wildcards: the modality index.
+  // Modality is a Required Key, so series whose modality is unknown match too (C.2.2.1.2); ModalitiesInStudy
+  // is none, and a study matches by the modalities it has.
+  const modalityKey = level === 'STUDY' ? keyOf(Tags.ModalitiesInStudy) : depth >= LEVEL_DEPTH.SERIES ? keyOf(Tags.Modality) : undefined;
+  const modalities = searchIndexes && modalityKey?.element.value !== undefined && /^[ -~]*$/.test(modalityKey.element.value) ? lookupValues(modalityKey) : undefined;
+  if (modalities) {
+    return {
+      kind: 'prefixes',
+      prefixes: [...modalities.map(modalityIndexPrefix), ...(level === 'STUDY' ? [] : [UNKNOWN_MODALITY_INDEX_PREFIX])],
+      contiguous: false,
+      description: 'index x!mod! (Modality)',
     };
   }
   // A PatientID or AccessionNumber pattern with a literal start (`PID42*`): the index range of that start.
