@@ -27,6 +27,7 @@ import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
 import { tmpfsOrSkip } from '../../../../test/support/tmpfs.ts';
+import { recordingLogger, type RecordedLine } from '../../../../test/support/recording-logger.ts';
 
 const swarmKey = generateSwarmKey();
 
@@ -314,7 +315,8 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     // A new mesh emulation: site-a's view starts with itself only, as membership's does after a restart.
     const second = new TestMesh('auto');
     meshes.push(second);
-    const restarted = await second.start('site-a', aDir);
+    const logged: RecordedLine[] = [];
+    const restarted = await second.start('site-a', aDir, recordingLogger([], {}, logged));
     const uid = newUid();
     const answer = await cstore(restarted.custody.ingest, uid, randomBytes(50_000));
     assert.equal(answer.status, 0x0000, 'alone: acknowledged with quorum 1');
@@ -324,6 +326,10 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.deepEqual(restarted.custody.forgetSite('site-b'), { outcome: 'forgotten', debtEntriesDropped: 1 });
     await waitFor('debt and known site gone from disk', async () => (await restarted.store.listDebt()).length === 0 && (await restarted.store.listKnownSites()).length === 0);
     assert.deepEqual(restarted.custody.knownSites(), []);
+    // The log says what the forgetting dropped, and the tombstone is kept to pass on.
+    const forgotten = logged.find((l) => l.message.startsWith('site forgotten: no copies are owed'));
+    assert.deepEqual([forgotten?.fields?.memberSite, forgotten?.fields?.debtEntriesDropped], ['site-b', 1]);
+    assert.deepEqual((await restarted.store.listForgottenSites()).map((f) => f.siteName), ['site-b']);
   });
 
   it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {

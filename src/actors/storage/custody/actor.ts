@@ -350,7 +350,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           dels.push({ sopInstanceUid: e.sopInstanceUid, siteName: e.siteName });
           break;
         case 'persistKnownSites': {
-          for (const f of e.forgotten) log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: f.siteName, forgottenAt: new Date(f.forgottenAtMs).toISOString() });
+          for (const f of e.forgotten) {
+            // The step's removeDebt effects come before this one: how many copies the forgetting dropped.
+            const debtEntriesDropped = dels.filter((d) => d.siteName === f.siteName).length;
+            log.warn('site forgotten: no copies are owed to it any more (repair brings them if it returns)', { memberSite: f.siteName, forgottenAt: new Date(f.forgottenAtMs).toISOString(), debtEntriesDropped });
+          }
+          if (e.tombstonesAdopted.length > 0) log.info('tombstones taken in from other peers\' heartbeats (sites not known here), passed on in ours', { memberSites: e.tombstonesAdopted.map((f) => f.siteName) });
           for (const siteName of e.learnt) log.info('site known: copies are owed to it from now on, across restarts', { memberSite: siteName });
           if (e.forgotten.length > 0) warnIfWriteQuorumAboveSitesKnown(e.sitesKnown);
           // A lost write only means the site is learnt again from its next heartbeat after a restart.
