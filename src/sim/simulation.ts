@@ -102,6 +102,8 @@ export interface SimResult {
     readonly storesAcked: number;
     readonly storesRefused: number;
     readonly crashes: number;
+    /** 1 when a site was decommissioned and forgotten by the operator during the run (invariant g). */
+    readonly decommissions: number;
     readonly partitions: number;
     readonly electionDiskFaults: number;
     /** Balancer steps undone because their election write failed. */
@@ -136,6 +138,8 @@ export function runSimulation(options: SimOptions): SimResult {
   const workPrng = root.fork();
   const netPrng = root.fork();
   const siteCount = options.siteCount ?? 3 + root.nextInt(3);
+  // Forked last, so that the draws of the forks above (and every earlier seed's run) stay as they were.
+  const decommissionPrng = root.fork();
   const faultPhaseMs = options.faultPhaseMs ?? 20_000;
   const settleMaxMs = options.settleMaxMs ?? 30_000;
 
@@ -162,6 +166,15 @@ export function runSimulation(options: SimOptions): SimResult {
     });
   }
   const byId = new Map(peers.map((p) => [p.peerId, p]));
+  /**
+   * In half the runs one site is decommissioned during the fault phase: it crashes for good, and once it
+   * is not alive at some peer an operator forgets it there (POST /api/forget-site); the tombstone must
+   * reach every other peer through heartbeats, whatever the faults: invariant (g) after healing.
+   */
+  const decommission: { readonly peer: SimPeer; readonly atMs: number; forgotten: boolean } | undefined = decommissionPrng.chance(0.5)
+    ? { peer: decommissionPrng.pick(peers), atMs: decommissionPrng.between(Math.floor(faultPhaseMs * 0.2), Math.floor(faultPhaseMs * 0.6)), forgotten: false }
+    : undefined;
+  const active = peers.filter((p) => p !== decommission?.peer);
   const roster = peers.map((p) => p.peerId);
 
   const violations: string[] = [];
@@ -246,6 +259,7 @@ export function runSimulation(options: SimOptions): SimResult {
         // Longer than any run: forgetting is the reducer tests' business, not the simulation's.
         knownSiteForgetAfterMs: 24 * 3600_000,
         knownSitesMax: 16,
+        forgottenSiteReturnAliveMs: 3 * timings.suspectAfterMs,
       },
       {
         digest: digestOf(peer.durable.store.values()),
@@ -576,9 +590,11 @@ export function runSimulation(options: SimOptions): SimResult {
   const checkOwedCopies = (): void => {
     // Invariant (f): every site the acknowledging peer had ever seen alive holds an acknowledged instance, or
     // a peer holding it owes it that copy durably: no copy rests on repair alone (e.g. one acknowledged
-    // after its entry peer restarted, before it heard from that site again).
+    // after its entry peer restarted, before it heard from that site again). Not a site the operator
+    // forgot: nothing is owed to it any more.
     for (const [uid, sites] of ackedOwedTo) {
       for (const siteName of sites) {
+        if (decommission?.forgotten === true && siteName === decommission.peer.siteName) continue;
         const site = peers.find((p) => p.siteName === siteName);
         if (site === undefined || site.durable.store.has(uid)) continue;
         const owed = peers.some((p) => p.durable.store.has(uid) && p.durable.debt.has(debtKey(uid, siteName)));
@@ -598,6 +614,35 @@ export function runSimulation(options: SimOptions): SimResult {
       if (other !== undefined && other !== p.peerId) violate(`(a) ${other} and ${p.peerId} lead the same term in {${key}}`);
       seen.set(key, p.peerId);
     }
+  };
+
+  const stepDecommission = (): void => {
+    const d = decommission;
+    if (d === undefined || nowMs < d.atMs || d.forgotten) return;
+    if (d.peer.restartAtMs !== Number.POSITIVE_INFINITY) {
+      if (d.peer.live !== null) crash(d.peer, Number.POSITIVE_INFINITY);
+      d.peer.restartAtMs = Number.POSITIVE_INFINITY;
+      log(`${d.peer.peerId} decommissioned: down for good`);
+      return;
+    }
+    // Now and then, at a live peer where it is not up (an operator looks at /api/mesh first).
+    const candidates = active.filter((p) => {
+      const status = p.live?.membership.members.get(d.peer.peerId)?.status;
+      return p.live !== null && status !== 'alive' && status !== 'suspect';
+    });
+    if (candidates.length === 0 || !decommissionPrng.chance(0.05)) return;
+    const at = decommissionPrng.pick(candidates);
+    run(at, [{ to: 'custody', input: { type: 'forgetSiteRequested', siteName: d.peer.siteName, nowMs } }]);
+    d.forgotten = at.live?.custody.forgottenSites.has(d.peer.siteName) === true;
+    if (d.forgotten) log(`operator forgets ${d.peer.siteName} at ${at.peerId}`);
+  };
+
+  /** Invariant (g): a decommissioned site, once forgotten at one peer, is forgotten at every other (no debt to it either). */
+  const forgottenEverywhere = (): boolean => {
+    const d = decommission;
+    if (d === undefined) return true;
+    const site = d.peer.siteName;
+    return d.forgotten && active.every((p) => p.live !== null && !p.live.custody.knownSites.has(site) && p.live.custody.forgottenSites.has(site));
   };
 
   const tickAll = (): void => {
@@ -627,6 +672,7 @@ export function runSimulation(options: SimOptions): SimResult {
   let healAtMs = -1;
   for (; nowMs < faultPhaseMs && violations.length === 0; nowMs += tickMs) {
     for (const p of peers) if (p.live === null && nowMs >= p.restartAtMs) start(p);
+    stepDecommission();
     if (healAtMs >= 0 && nowMs >= healAtMs) {
       network.heal();
       healAtMs = -1;
@@ -677,24 +723,29 @@ export function runSimulation(options: SimOptions): SimResult {
   const healedAtMs = nowMs;
   let converged = false;
   for (; nowMs < healedAtMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
-    for (const p of peers) if (p.live === null) start(p);
+    for (const p of active) if (p.live === null) start(p);
+    stepDecommission();
     deliverDue();
     tickAll();
     checkAckedCopies();
     checkOwedCopies();
     checkLeadersPerComponent();
-    if (settled(peers)) {
+    if (settled(active) && forgottenEverywhere()) {
       converged = true;
       break;
     }
   }
   if (violations.length === 0 && !converged) {
-    const leaders = peers.filter((p) => p.live?.balancer.role === 'leader').map((p) => p.peerId);
+    const leaders = active.filter((p) => p.live?.balancer.role === 'leader').map((p) => p.peerId);
     if (leaders.length !== 1) violate(`(c) after healing ${leaders.length} leaders: [${leaders.join(',')}]`);
-    const sizes = peers.map((p) => `${p.peerId}:${p.durable.store.size}`).join(' ');
-    if (!sameStores(peers)) violate(`(d) sites hold different instance sets after healing: ${sizes}`);
-    const debts = peers.map((p) => `${p.peerId}:${p.durable.debt.size}`).join(' ');
-    if (peers.some((p) => p.durable.debt.size > 0)) violate(`(e) replication debt left after healing: ${debts}`);
+    const sizes = active.map((p) => `${p.peerId}:${p.durable.store.size}`).join(' ');
+    if (!sameStores(active)) violate(`(d) sites hold different instance sets after healing: ${sizes}`);
+    const debts = active.map((p) => `${p.peerId}:${p.durable.debt.size}`).join(' ');
+    if (active.some((p) => p.durable.debt.size > 0)) violate(`(e) replication debt left after healing: ${debts}`);
+    if (!forgottenEverywhere()) {
+      const where = active.map((p) => `${p.peerId}:${p.live?.custody.knownSites.has(decommission!.peer.siteName) ? 'known' : p.live?.custody.forgottenSites.has(decommission!.peer.siteName) ? 'tombstone' : 'neither'}`);
+      violate(`(g) decommissioned ${decommission!.peer.siteName} (forgotten by the operator: ${decommission!.forgotten}) not forgotten everywhere: ${where.join(' ')}`);
+    }
     if (violations.length === 0) violate('mesh did not settle after healing');
   }
 
@@ -721,6 +772,7 @@ export function runSimulation(options: SimOptions): SimResult {
       storesAcked,
       storesRefused,
       crashes,
+      decommissions: decommission?.forgotten === true ? 1 : 0,
       partitions,
       electionDiskFaults,
       electionWritesRefused,

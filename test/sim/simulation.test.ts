@@ -37,11 +37,12 @@ if (single !== undefined) {
     assert.deepEqual(a.traceTail, b.traceTail);
   });
 
-  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e after heal)', () => {
+  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e and g after heal)', () => {
     const count = Number(process.env.SIM_SEEDS ?? 300);
     const first = Number(process.env.SIM_FIRST_SEED ?? 1);
     let acked = 0;
     let crashes = 0;
+    let decommissions = 0;
     let partitions = 0;
     let electionDiskFaults = 0;
     let electionWritesRefused = 0;
@@ -50,12 +51,13 @@ if (single !== undefined) {
       assert.ok(r.ok, describeFailure(r));
       acked += r.stats.storesAcked;
       crashes += r.stats.crashes;
+      decommissions += r.stats.decommissions;
       partitions += r.stats.partitions;
       electionDiskFaults += r.stats.electionDiskFaults;
       electionWritesRefused += r.stats.electionWritesRefused;
     }
-    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${partitions} partitions, ${electionDiskFaults} disks refusing election writes (${electionWritesRefused} writes refused)`);
+    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${decommissions} sites decommissioned and forgotten, ${partitions} partitions, ${electionDiskFaults} disks refusing election writes (${electionWritesRefused} writes refused)`);
     // The faults must really happen, or the invariants above prove little.
-    assert.ok(crashes > 0 && partitions > 0 && electionWritesRefused > 0 && acked > 0);
+    assert.ok(crashes > 0 && decommissions > 0 && partitions > 0 && electionWritesRefused > 0 && acked > 0);
   });
 }

@@ -184,6 +184,8 @@ export const defaultCustodyTuning = {
   // A site down for a long weekend is still owed its copies; one gone for a week is taken as decommissioned.
   knownSiteForgetAfterMs: 7 * 24 * 3600_000,
   knownSitesMax: 256,
+  // Several times membership's suspectAfterMs (1.5 s).
+  forgottenSiteReturnAliveMs: 10_000,
   // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
   // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
   viewSettleAfterStartMs: 5_000,
@@ -221,6 +223,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     fetchesInFlightMax: tuning.fetchesInFlightMax,
     knownSiteForgetAfterMs: tuning.knownSiteForgetAfterMs,
     knownSitesMax: tuning.knownSitesMax,
+    forgottenSiteReturnAliveMs: tuning.forgottenSiteReturnAliveMs,
   };
 
   let stopped = false;

@@ -21,6 +21,7 @@ const config: CustodyConfig = {
   repairQuietMs: 0,
   knownSiteForgetAfterMs: 3_600_000,
   knownSitesMax: 4,
+  forgottenSiteReturnAliveMs: 0,
 };
 
 function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
@@ -374,6 +375,17 @@ test('a dead record does not bring a forgotten site back, even with a time after
   // Heard alive: known again.
   const back = run(adopted.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), { ...member('peer-x'), siteName: 'site-x' }], nowMs: 1100 });
   assert.ok(back.state.knownSites.has('site-x'));
+});
+
+test('a forgotten site is known again only once alive for forgottenSiteReturnAliveMs: a late heartbeat of a site that is gone does not undo the forgetting', () => {
+  const patient = { ...config, forgottenSiteReturnAliveMs: 1000 };
+  let s = initCustody(patient, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-x', lastHeardMs: 100 }] });
+  s = run(s, { type: 'forgetSiteRequested', siteName: 'site-x', nowMs: 200 }).state;
+  const aliveSince = (statusSinceMs: number) => ({ ...member('peer-x'), siteName: 'site-x', statusSinceMs });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), aliveSince(5000)], nowMs: 5500 }).state;
+  assert.ok(!s.knownSites.has('site-x') && s.forgottenSites.has('site-x'), 'alive for 500 ms: a moment');
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), aliveSince(5000)], nowMs: 6000 }).state;
+  assert.ok(s.knownSites.has('site-x') && !s.forgottenSites.has('site-x'), 'alive for 1 s: back');
 });
 
 test('tombstones are restored from disk, so a restarted peer passes them on and ignores dead records of those sites', () => {

@@ -279,8 +279,9 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     // A forgotten site is known again only when heard alive since: a dead or suspect record is the record
     // of a site that is gone, whose time this process's own pause may even have moved on (membership's
     // stall rule: helper 52 saw a paused peer learn a site it had just forgotten).
+    // Nor a heartbeat that made it alive a moment ago: a late or relayed one of a site that is gone.
     const forgottenAtMs = state.forgottenSites.get(m.siteName);
-    if (forgottenAtMs !== undefined && (m.status !== 'alive' || heardMs <= forgottenAtMs)) continue;
+    if (forgottenAtMs !== undefined && (m.status !== 'alive' || heardMs <= forgottenAtMs || nowMs - m.statusSinceMs < state.config.forgottenSiteReturnAliveMs)) continue;
     heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
   }
   for (const [siteName, lastHeardMs] of heard) {

@@ -75,6 +75,12 @@ export interface CustodyConfig {
   readonly knownSiteForgetAfterMs: number;
   /** Bound on known sites; beyond it the one silent for longest is forgotten. */
   readonly knownSitesMax: number;
+  /**
+   * A forgotten site is known again once one of its peers has been alive this long, not at its first
+   * heartbeat: a late or relayed heartbeat of a site that is gone makes it alive for a moment only (until
+   * membership's suspectAfterMs), and undid the operator's forgetting (the simulation found it).
+   */
+  readonly forgottenSiteReturnAliveMs: number;
 }
 
 /** Custody messages between peers (the bytes themselves travel on the replicate and fetch streams). */
