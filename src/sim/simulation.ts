@@ -1,8 +1,9 @@
 /**
  * Deterministic simulation of a pacs-mesh: N sites (one peer each) run the membership, balancer and custody
  * reducers over SimNetwork while faults (loss, delay, duplication, reordering, partitions, crashes with
- * restarts at a higher incarnation, a disk refusing election writes for a while) and modality stores
- * happen at random. One seed reproduces the run.
+ * restarts at a higher incarnation, a disk refusing election writes for a while, a site decommissioned
+ * and forgotten by the operator at one peer) and modality stores happen at random. One seed reproduces
+ * the run.
  *
  * The simulation is the reducers' caller: it performs their effects (sends, persists, local writes) the way
  * the nact actors will, and keeps each peer's "durable" state apart from the volatile reducer state,
