@@ -14,7 +14,7 @@ import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
 import type { BalancerService } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
-import { startCustody, type CustodyService } from './actors/storage/custody/actor.ts';
+import { startCustody, type CustodyService, type CustodyStats } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
 import type { ReplicaStore } from './actors/storage/replica-store.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
@@ -137,7 +137,14 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     const publishStats = () => membership.updateLocalStats(localStats());
     // A forgotten site's peers leave the election roster too: counted as voters, a site that is gone for
     // good could leave the others short of a majority.
-    const forgetSitesInRoster = () => balancer.setForgottenSites(custody.stats().forgottenSites.map((f) => f.siteName));
+    // Custody's stats change with every store; its tombstones are the same array until they change.
+    let tombstonesInRoster: CustodyStats['forgottenSites'] | undefined;
+    const forgetSitesInRoster = () => {
+      const tombstones = custody.stats().forgottenSites;
+      if (tombstones === tombstonesInRoster) return;
+      tombstonesInRoster = tombstones;
+      balancer.setForgottenSites(tombstones.map((f) => f.siteName));
+    };
     custody.onStatsChanged(() => {
       publishStats();
       forgetSitesInRoster();

@@ -317,7 +317,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       next.queuedWork === current.queuedWork &&
       next.debtEntries === current.debtEntries &&
       next.uidConflicts === current.uidConflicts &&
-      sameTombstones(next.forgottenSites, current.forgottenSites)
+      // The same array while the tombstones are unchanged (CustodyState.tombstonesPassedOn).
+      next.forgottenSites === current.forgottenSites
     ) {
       return;
     }
@@ -812,8 +813,4 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         await debtChain;
       })()),
   };
-}
-
-function sameTombstones(a: readonly ForgottenSite[], b: readonly ForgottenSite[]): boolean {
-  return a.length === b.length && a.every((f, i) => f.siteName === b[i]!.siteName && f.forgottenAtMs === b[i]!.forgottenAtMs);
 }

@@ -346,6 +346,9 @@ test('tombstones: one of a site unknown here is passed on; the newest go in the 
   const passedOn = custodyStats(s).forgottenSites;
   assert.equal(passedOn.length, many.length, 'all of them (the heartbeats carry a page each)');
   assert.deepEqual(passedOn[0], { siteName: `site-t${many.length - 1}`, forgottenAtMs: 100 + many.length - 1 }, 'newest first');
+  // Computed once per change, not after every step (stats follow each store): the same array until then.
+  s = store(s, 'r1', 'u1', 1500).state;
+  assert.equal(custodyStats(s).forgottenSites, passedOn);
   // One of them returns: known again, its tombstone dropped with the write that records it.
   const back = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), { ...member('peer-t'), siteName: 'site-t0' }], nowMs: 2000 });
   assert.deepEqual(back.effects.flatMap((e) => (e.type === 'persistKnownSites' ? [...e.learnt, ...e.tombstonesDropped] : [])), ['site-t0', 'site-t0']);

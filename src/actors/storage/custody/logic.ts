@@ -60,6 +60,12 @@ export interface CustodyState {
    * such a site, a peer restored from a backup taken before the forgetting too.
    */
   readonly forgottenSites: Map<string, number>;
+  /**
+   * forgottenSites as the heartbeat passes them on, newest first; null once they changed (every change
+   * goes through persistSitesChange). Kept, so the stats computed after every step neither sort nor
+   * allocate, and an unchanged list is the same array (the actor and the mesh compare by identity).
+   */
+  tombstonesPassedOn: readonly ForgottenSite[] | null;
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
   readonly writing: Map<string, WritingStore>;
   /** Stores waiting for their quorum (volatile). */
@@ -142,6 +148,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     debtBySite,
     knownSites,
     forgottenSites,
+    tombstonesPassedOn: null,
     writing: new Map(),
     pending: new Map(),
     replicationsInFlight: new Map(),
@@ -260,6 +267,7 @@ function noSitesChange(): SitesChange {
 function persistSitesChange(state: CustodyState, change: SitesChange, effects: CustodyEffect[]): void {
   const { seen, learnt, forgotten, tombstonesAdopted, tombstonesDropped } = change;
   if (seen.length + forgotten.length + tombstonesAdopted.length + tombstonesDropped.length === 0) return;
+  if (forgotten.length + tombstonesAdopted.length + tombstonesDropped.length > 0) state.tombstonesPassedOn = null;
   effects.push({ type: 'persistKnownSites', seen, learnt, forgotten, tombstonesAdopted, tombstonesDropped, sitesKnown: sitesKnown(state) });
 }
 
@@ -768,12 +776,10 @@ export function custodyStats(state: CustodyState): { instanceCount: number; dige
   };
 }
 
-const noTombstones: readonly ForgottenSite[] = [];
-
 /** Every tombstone, newest first (at most knownSitesMax; the heartbeats carry them a page at a time). */
 function tombstonesToPassOn(state: CustodyState): readonly ForgottenSite[] {
-  if (state.forgottenSites.size === 0) return noTombstones;
-  return [...state.forgottenSites].sort((a, b) => b[1] - a[1]).map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
+  state.tombstonesPassedOn ??= [...state.forgottenSites].sort((a, b) => b[1] - a[1]).map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
+  return state.tombstonesPassedOn;
 }
 
 function pushStats(state: CustodyState, effects: CustodyEffect[]): void {
