@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
@@ -35,6 +35,19 @@ async function moveStudy(client: DicomClientAssociation, studyInstanceUid: strin
   return client.request(client.contexts[0]!.id, { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination, hasDataSet: true }, identifier);
 }
 
+/** Stores `count` instances of one study (rows x columns each) at the peer, each acknowledged: their SOP Instance UIDs. */
+async function storeStudy(peer: TestPeer, studyInstanceUid: string, count: number, rows: number, columns = rows): Promise<string[]> {
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
+  const stored: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const reply = await store.storeInstance({ study: { uid: studyInstanceUid }, rows, columns });
+    assert.equal(reply.command.status, 0);
+    stored.push(reply.command.affectedSopInstanceUid!);
+  }
+  await store.client.release();
+  return stored;
+}
+
 test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
   const destination = await acceptorThatHangsUpMidRequest();
   const lines: RecordedLine[] = [];
@@ -44,13 +57,8 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
     await destination.close();
   });
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.77.1';
-  const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
-  for (let i = 0; i < 3; i++) {
-    // 2 MB each: read from the store in several reads, so the connection closes while one is being sent.
-    const reply = await store.storeInstance({ study: { uid: studyInstanceUid }, rows: 1024, columns: 1024 });
-    assert.equal(reply.command.status, 0);
-  }
-  await store.client.release();
+  // 2 MB each: read from the store in several reads, so the connection closes while one is being sent.
+  await storeStudy(peer, studyInstanceUid, 3, 1024);
 
   const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
     { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
@@ -77,14 +85,7 @@ test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted
   const peer = await startTestPeer(['--move-dest', `GONE=127.0.0.1:${closedPort}`], 'mover-gone', recordingLogger(logged));
   t.after(() => peer.dispose());
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1';
-  const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
-  const stored: string[] = [];
-  for (let i = 0; i < 2; i++) {
-    const reply = await store.storeInstance({ study: { uid: studyInstanceUid }, rows: 16, columns: 16 });
-    assert.equal(reply.command.status, 0);
-    stored.push(reply.command.affectedSopInstanceUid!);
-  }
-  await store.client.release();
+  const stored = await storeStudy(peer, studyInstanceUid, 2, 16);
   const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
   t.after(() => client.release().catch(() => undefined));
   const final = await moveStudy(client, studyInstanceUid, 'GONE');
@@ -182,17 +183,13 @@ test('a C-GET context accepted in JPEG Lossless (listed first, as getscu +xs doe
   const peer = await startTestPeer([], 'getter-jpeg');
   t.after(() => peer.dispose());
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1';
-  const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
   const stored: Uint8Array[] = [];
-  for (let i = 0; i < 2; i++) {
-    const reply = await store.storeInstance({ study: { uid: studyInstanceUid }, rows: 64, columns: 48 });
-    assert.equal(reply.command.status, 0);
-    const entry = (await peer.store.getEntry(reply.command.affectedSopInstanceUid!))!;
+  for (const uid of await storeStudy(peer, studyInstanceUid, 2, 64, 48)) {
+    const entry = (await peer.store.getEntry(uid))!;
     const chunks: Uint8Array[] = [];
     for await (const chunk of peer.store.readInstance(entry)) chunks.push(chunk);
     stored.push(Buffer.concat(chunks));
   }
-  await store.client.release();
 
   const received: Uint8Array[] = [];
   const client = await openPeerClient(
