@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 /**
- * Bundles src/ with its pure-JS dependencies into dist/pacs-mesh.js (esbuild). A peer started from the
- * bundle is ready in ~0.7 s instead of ~1.9 s through tsx's loader (or ~1.1 s from per-file tsc output:
- * most of the rest was resolving and loading ~600 modules), which matters when a killed site restarts
- * and catches up. bin/pacs-mesh.js uses the bundle only while no source file is newer than this build,
+ * Bundles src/ with its pure-JS dependencies into dist/pacs-mesh.js, and the transcoder's worker thread
+ * into dist/transcode-worker.js (esbuild). A peer started from the bundle is ready in ~0.7 s instead of
+ * ~1.9 s through tsx's loader (or ~1.1 s from per-file tsc output: most of the rest was resolving and
+ * loading ~600 modules), which matters when a killed site restarts and catches up. bin/pacs-mesh.js uses the bundle only while no source file is newer than this build,
  * and runs src/ through tsx otherwise, so a stale or missing build never runs old code. Type checking
  * stays with tsc (`npm run typecheck`, part of `npm test`).
  *
@@ -24,8 +24,12 @@ rmSync(dist, { recursive: true, force: true });
 try {
   const { build } = await import('esbuild');
   await build({
-    entryPoints: [join(root, 'src', 'cli.ts')],
-    outfile: join(dist, 'pacs-mesh.js'),
+    // The transcoder's worker thread is its own bundle, found beside the command's (src/codec/transcode-pool.ts).
+    entryPoints: [
+      { in: join(root, 'src', 'cli.ts'), out: 'pacs-mesh' },
+      { in: join(root, 'src', 'codec', 'transcode-worker.ts'), out: 'transcode-worker' },
+    ],
+    outdir: dist,
     bundle: true,
     platform: 'node',
     format: 'esm',

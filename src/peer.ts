@@ -18,6 +18,7 @@ import { startSiteSupervisor, type MeshChildName } from './actors/supervisor/sit
 import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
+import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
 
@@ -159,6 +160,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       return current().ingest.afterCommit(entry, outcome);
     },
   };
+  // Started with the peer, its worker only with the first transcode.
+  const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }) });
   try {
     dicom = await startDicomListener({
       host: config.host,
@@ -190,6 +193,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
         },
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),
+        transcoder,
         clock,
         log,
         artimTimeoutMs: 30_000,
@@ -269,6 +273,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     await mesh?.stop();
     await dicom?.stop(0);
     await http?.stop();
+    await transcoder.stop();
     supervisor.stop();
     stopLoggingFaults();
     stopLoggingCatalogDamage();
@@ -299,6 +304,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         await scrub?.stop();
         await mesh?.stop();
         await runningHttp.stop();
+        await transcoder.stop();
         supervisor.stop();
         stopLoggingFaults();
         stopLoggingCatalogDamage();

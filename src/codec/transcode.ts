@@ -1,6 +1,7 @@
 /**
  * Transfer syntax conversion of one stored instance, for C-GET / C-MOVE receivers that do not accept
- * the syntax the instance was stored in.
+ * the syntax the instance was stored in. The peer runs it in a worker thread (transcode-pool.ts), where a
+ * codec busy with a large frame holds no association and no heartbeat.
  *
  * Input and output are dataset bytes WITHOUT the Part 10 meta header.
  *
@@ -73,21 +74,15 @@
 import { createRequire } from 'node:module';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type DcmjsDimse from 'dcmjs-dimse';
+import { TranscodeError } from './transcode-error.ts';
+
+export { TranscodeError } from './transcode-error.ts';
 
 // Required when this module is first used (it is imported on the first retrieve that transcodes), not
 // imported: a bundler hoists static imports of external packages to the start of the bundle, and loading
 // dcmjs-dimse with dcmjs (dictionaries built at load) cost every peer start ~40-60 ms.
 const dcmjsDimse = createRequire(import.meta.url)('dcmjs-dimse') as typeof DcmjsDimse;
 const { Dataset, Transcoding } = dcmjsDimse;
-
-export class TranscodeError extends Error {
-  override name = 'TranscodeError';
-  code: string;
-  constructor(code: 'ERR_TRANSCODE_UNSUPPORTED' | 'ERR_TRANSCODE_FAILED', message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Transfer syntaxes

@@ -431,6 +431,7 @@ export class AcceptorSession {
               callingAeTitle: this.callingAeTitle,
               isReleasing: () => context.service === 'get' && this.releaseRequested,
               onSubOperationFailures: (reasons) => this.log.warn(`${serviceNames[context.service]} sub-operations failed`, { reasons }),
+              transcoder: this.deps.transcoder,
               openTarget: (entries) =>
                 context.service === 'get'
                   ? this.getTarget()

@@ -9,6 +9,7 @@ import type { Clock } from '../../runtime/clock.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import type { AcceptorConfig } from '../negotiation.ts';
 import type { RetrieveSource } from './query-retrieve.ts';
+import type { Transcoder } from '../../../codec/transcode-pool.ts';
 
 export interface IngestPort {
   /**
@@ -36,6 +37,8 @@ export interface AssociationDeps {
   retrieveSource: RetrieveSource;
   /** AE title -> where C-MOVE sends instances; undefined for an unknown destination (0xA801). */
   resolveMoveDestination(aeTitle: string): MoveDestination | undefined;
+  /** Converts instances for C-GET / C-MOVE receivers that refuse the stored transfer syntax. */
+  transcoder: Transcoder;
   clock: Clock;
   log: Logger;
   /** How long an association may stay silent in Sta2/Sta13 (ARTIM) before we close it. */

@@ -9,6 +9,7 @@ import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
+import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 import * as transcoder from '../../../codec/transcode.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
@@ -40,6 +41,9 @@ function studyRootRequest(command: DimseCommand, keys: DicomElement[], sent: Dim
   };
 }
 
+/** These retrieves never reach a sub-operation, so nothing is transcoded. */
+const noTranscoder: Transcoder = { transcode: () => Promise.reject(new Error('no transcode expected')) };
+
 function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
   return withEmptyStore(async (store) => {
     const sent: DimseCommand[] = [];
@@ -53,6 +57,7 @@ function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
         kind: 'get',
         callingAeTitle: 'VIEWER',
         openTarget: () => Promise.reject(new Error('no sub-operation expected')),
+        transcoder: noTranscoder,
       },
       store,
       source,
@@ -131,6 +136,7 @@ test('1,200 failed sub-operations: the final response carries as many failed UID
           kind: 'move',
           callingAeTitle: 'VIEWER',
           openTarget: () => Promise.reject(new Error('connection refused')),
+          transcoder: noTranscoder,
         },
         store,
         { resolve: async () => ({ entries: failedUids.map((sopInstanceUid) => ({ sopInstanceUid }) as CatalogEntry), truncated: false }), ensureLocal: async (entry) => entry },

@@ -14,6 +14,7 @@ import { errorText } from '../../runtime/logger.ts';
 import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
+import type { Transcoder } from '../../../codec/transcode-pool.ts';
 
 /** Sends one DIMSE message on the association that carries the request. */
 export type SendMessage = (command: DimseCommand, dataSet?: Uint8Array) => Promise<void>;
@@ -149,6 +150,8 @@ export interface RetrieveContext extends QueryContext {
   isReleasing?(): boolean;
   /** Why sub-operations failed, each reason with how many, once at the end (the response has room for none). */
   onSubOperationFailures?(reasons: Record<string, number>): void;
+  /** For receivers that refuse the stored syntax (in the peer: a worker thread, off the event loop). */
+  transcoder: Transcoder;
 }
 
 /** Distinct failure reasons kept per retrieve; more are counted under one. */
@@ -347,8 +350,7 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       const bytes = await readLocal(checkedWhole(store, entry));
       if (asStored) status = await target.store(picked.presentationContextId, command, bytes);
       else {
-        const { transcodeDataset } = await loadTranscoder();
-        const transcoded = await transcodeDataset(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid]);
+        const transcoded = await ctx.transcoder.transcode(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid]);
         status = await target.store(picked.presentationContextId, command, transcoded.bytes);
       }
     }

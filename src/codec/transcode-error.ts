@@ -1,0 +1,25 @@
+/**
+ * The transcoder's one error class, apart from the codecs so that the thread pool (main thread) can name
+ * it without loading them.
+ */
+export type TranscodeErrorCode =
+  /** No acceptable syntax can be produced from the stored one. */
+  | 'ERR_TRANSCODE_UNSUPPORTED'
+  /** Malformed or undecodable data, or a codec that failed or ran past its time. */
+  | 'ERR_TRANSCODE_FAILED'
+  /** The transcoder could not take the job: its queue is full, or the peer is stopping. */
+  | 'ERR_TRANSCODE_UNAVAILABLE';
+
+export class TranscodeError extends Error {
+  static readonly NAME = 'TranscodeError';
+  override readonly name = TranscodeError.NAME;
+  readonly code: TranscodeErrorCode;
+  constructor(code: TranscodeErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export function isTranscodeErrorCode(value: unknown): value is TranscodeErrorCode {
+  return value === 'ERR_TRANSCODE_UNSUPPORTED' || value === 'ERR_TRANSCODE_FAILED' || value === 'ERR_TRANSCODE_UNAVAILABLE';
+}

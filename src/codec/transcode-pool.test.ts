@@ -1,0 +1,252 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, statSync } from 'node:fs';
+import { systemClock, type Clock, type TimerHandle } from '../actors/runtime/clock.ts';
+import { silentLogger } from '../actors/runtime/logger.ts';
+import { TranscodeError } from './transcode-error.ts';
+import { startTranscoderPool } from './transcode-pool.ts';
+import { transcodeDataset } from './transcode.ts';
+
+const EXPLICIT = '1.2.840.10008.1.2.1';
+const IMPLICIT = '1.2.840.10008.1.2';
+const JPEG_LS = '1.2.840.10008.1.2.4.80';
+const JPEG_BASELINE = '1.2.840.10008.1.2.4.50';
+
+/** One explicit VR LE element (short-length VRs only, plus OW). */
+function element(tag: number, vr: string, value: Uint8Array): Buffer {
+  const long = vr === 'OW';
+  const head = Buffer.alloc(long ? 12 : 8);
+  head.writeUInt16LE(tag >>> 16, 0);
+  head.writeUInt16LE(tag & 0xffff, 2);
+  head.write(vr, 4, 'latin1');
+  if (long) head.writeUInt32LE(value.length, 8);
+  else head.writeUInt16LE(value.length, 6);
+  return Buffer.concat([head, value]);
+}
+const text = (s: string) => Buffer.from(s.length % 2 ? `${s} ` : s, 'latin1');
+const uid = (s: string) => Buffer.from(s.length % 2 ? `${s}\0` : s, 'latin1');
+const us = (n: number) => Buffer.from([n & 0xff, n >> 8]);
+
+/** A 16-bit MONOCHROME2 image in explicit VR LE, with a gradient the encoder must keep exactly. */
+function monochromeImage(rows: number, columns: number): Uint8Array {
+  const pixels = Buffer.alloc(rows * columns * 2);
+  for (let i = 0; i < rows * columns; i++) pixels.writeUInt16LE((i * 7 + (i >> 9)) & 0x0fff, i * 2);
+  return new Uint8Array(
+    Buffer.concat([
+      element(0x00080016, 'UI', uid('1.2.840.10008.5.1.4.1.1.7')),
+      element(0x00080018, 'UI', uid('1.2.826.0.1.3680043.10.1453.77.1')),
+      element(0x00280002, 'US', us(1)),
+      element(0x00280004, 'CS', text('MONOCHROME2')),
+      element(0x00280010, 'US', us(rows)),
+      element(0x00280011, 'US', us(columns)),
+      element(0x00280100, 'US', us(16)),
+      element(0x00280101, 'US', us(12)),
+      element(0x00280102, 'US', us(11)),
+      element(0x00280103, 'US', us(0)),
+      element(0x7fe00010, 'OW', pixels),
+    ]),
+  );
+}
+
+/** A clock whose timers fire only when the test says so. */
+function manualClock(): Clock & { fireAll(): void; pending(): number } {
+  const timers = new Map<number, () => void>();
+  let nextId = 1;
+  return {
+    nowMs: () => 0,
+    dateMs: () => 0,
+    setTimeout(callback) {
+      const id = nextId++;
+      timers.set(id, callback);
+      return { id };
+    },
+    clearTimeout(handle: TimerHandle | undefined) {
+      if (handle) timers.delete(handle.id as number);
+    },
+    fireAll() {
+      const due = [...timers.values()];
+      timers.clear();
+      for (const callback of due) callback();
+    },
+    pending: () => timers.size,
+  };
+}
+
+/** A worker script given as a data: URL: `onMessage` is the body of its message handler (job `m`). */
+function scriptedWorker(onMessage: string): URL {
+  const source = `import { parentPort } from 'node:worker_threads'; parentPort.on('message', (m) => { ${onMessage} });`;
+  return new URL(`data:text/javascript,${encodeURIComponent(source)}`);
+}
+
+const isTranscodeError = (code: string, pattern?: RegExp) => (error: unknown) => {
+  assert.ok(error instanceof TranscodeError, `expected a TranscodeError, got ${String(error)}`);
+  assert.equal(error.name, 'TranscodeError');
+  assert.equal(error.code, code);
+  if (pattern) assert.match(error.message, pattern);
+  return true;
+};
+
+test('the worker thread gives the bytes transcodeDataset gives in this thread, compressing and decompressing', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
+  try {
+    const image = monochromeImage(64, 48);
+    const here = await transcodeDataset(image, EXPLICIT, [JPEG_LS]);
+    const there = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+    assert.equal(there.transferSyntaxUid, JPEG_LS);
+    assert.deepEqual(Buffer.from(there.bytes), Buffer.from(here.bytes));
+    // And back: the pixels come out as they went in, with the implicit VR LE the receiver asked for.
+    const back = await pool.transcode(there.bytes, JPEG_LS, [IMPLICIT]);
+    assert.equal(back.transferSyntaxUid, IMPLICIT);
+    assert.deepEqual(Buffer.from(back.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
+    // The caller's bytes stay usable: the pool moved a copy, not them.
+    assert.equal(image.length, monochromeImage(64, 48).length);
+    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsDone: 2, jobsFailed: 0 });
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('a view into a larger buffer is transcoded alone, not with the rest of its buffer', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
+  try {
+    const image = monochromeImage(8, 8);
+    const larger = Buffer.concat([Buffer.from('garbage before'), image, Buffer.from('garbage after!')]);
+    const view = new Uint8Array(larger.buffer, larger.byteOffset + 14, image.length);
+    const result = await pool.transcode(view, EXPLICIT, [IMPLICIT]);
+    assert.deepEqual(Buffer.from(result.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('errors keep their code across the thread, and the worker goes on serving', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
+  try {
+    const image = monochromeImage(8, 8);
+    await assert.rejects(pool.transcode(image, EXPLICIT, [JPEG_BASELINE]), isTranscodeError('ERR_TRANSCODE_UNSUPPORTED', /cannot transcode/));
+    await assert.rejects(pool.transcode(new Uint8Array([1, 2, 3, 4, 5]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED'));
+    const ok = await pool.transcode(image, EXPLICIT, [IMPLICIT]);
+    assert.equal(ok.transferSyntaxUid, IMPLICIT);
+    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsDone: 1, jobsFailed: 2 });
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('the event loop keeps turning while a large frame is compressed (in this thread it waited for the whole frame)', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
+  try {
+    // Load the worker and its codecs first, so that only the frame's own work is counted.
+    await pool.transcode(monochromeImage(8, 8), EXPLICIT, [JPEG_LS]);
+    const image = monochromeImage(1024, 1024);
+    let turns = 0;
+    let done = false;
+    const spin = () => {
+      turns += 1;
+      if (!done) setImmediate(spin);
+    };
+    setImmediate(spin);
+    const result = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+    done = true;
+    assert.equal(result.transferSyntaxUid, JPEG_LS);
+    // One frame is one uninterrupted codec call: in this thread the loop would turn a handful of times.
+    assert.ok(turns >= 100, `the event loop turned only ${turns} times during the transcode`);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('a job past its time ends the worker; the next job gets a new one', async () => {
+  const clock = manualClock();
+  // Hangs on a job whose first byte is 1, answers the others.
+  const workerUrl = scriptedWorker(
+    `if (m.bytes[0] === 1) return; parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
+  );
+  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl, jobTimeoutMs: 1000 });
+  try {
+    const hanging = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    clock.fireAll();
+    await assert.rejects(hanging, isTranscodeError('ERR_TRANSCODE_FAILED', /took longer than 1000 ms/));
+    const next = await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]);
+    assert.deepEqual([...next.bytes], [2]);
+    assert.equal(pool.stats().workersStarted, 2);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('a worker that dies fails its job alone; queued jobs go to a new worker', async () => {
+  const workerUrl = scriptedWorker(
+    `if (m.bytes[0] === 9) process.exit(3); parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
+  );
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl });
+  try {
+    const dying = pool.transcode(new Uint8Array([9]), EXPLICIT, [IMPLICIT]);
+    const queued = pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
+    await assert.rejects(dying, isTranscodeError('ERR_TRANSCODE_FAILED', /exit code 3/));
+    assert.deepEqual([...(await queued).bytes], [4]);
+    assert.equal(pool.stats().workersStarted, 2);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('a reply that is no known message fails its job, not the peer', async () => {
+  const workerUrl = scriptedWorker(`parentPort.postMessage({ type: 'surprise', jobId: m.jobId });`);
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl });
+  try {
+    await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED', /unknown reply: surprise/));
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('the queue is bounded, and stopping fails what waits and what runs', async () => {
+  const workerUrl = scriptedWorker('/* never answers */');
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, queuedJobsMax: 1 });
+  const running = assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
+  const queued = assert.rejects(pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
+  await assert.rejects(pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /busy: 1 transcodes waiting/));
+  assert.equal(pool.stats().jobsQueued, 1);
+  await pool.stop();
+  await running;
+  await queued;
+  await assert.rejects(pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
+  assert.equal(pool.stats().workerRunning, false);
+});
+
+test('an idle worker ends (its WebAssembly memory goes with it); the next job starts another', async () => {
+  const clock = manualClock();
+  const workerUrl = scriptedWorker(`parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`);
+  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl });
+  try {
+    await pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
+    // Only the idle timer is left once the job is done.
+    assert.equal(clock.pending(), 1);
+    clock.fireAll();
+    assert.equal(pool.stats().workerRunning, false);
+    await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]);
+    assert.equal(pool.stats().workersStarted, 2);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('the bundled worker (dist/transcode-worker.js, built by npm install) transcodes as the source does', async (t) => {
+  const bundled = new URL('../../dist/transcode-worker.js', import.meta.url);
+  const sources = ['transcode.ts', 'transcode-error.ts', 'transcode-worker.ts', 'transcode-pool.ts'].map((name) => new URL(name, import.meta.url));
+  if (!existsSync(bundled) || sources.some((source) => statSync(source).mtimeMs > statSync(bundled).mtimeMs)) {
+    t.skip('dist/ is missing or older than the transcoder: `npm run build` first');
+    return;
+  }
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: bundled });
+  try {
+    const image = monochromeImage(32, 32);
+    const there = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+    assert.deepEqual(Buffer.from(there.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [JPEG_LS])).bytes));
+    await assert.rejects(pool.transcode(image, EXPLICIT, [JPEG_BASELINE]), isTranscodeError('ERR_TRANSCODE_UNSUPPORTED'));
+  } finally {
+    await pool.stop();
+  }
+});

@@ -1,0 +1,33 @@
+/**
+ * The transcoder's thread (see transcode-pool.ts): runs `transcodeDataset` for the pool, one job at a time,
+ * so that a codec busy with a large frame (0.4-1.1 s for a 27 MB mammogram) never holds the peer's event
+ * loop, where heartbeats and every other association run.
+ */
+import { parentPort } from 'node:worker_threads';
+import { transcodeDataset } from './transcode.ts';
+import { isTranscodeErrorCode } from './transcode-error.ts';
+import type { TranscodeJob, TranscodeReply } from './transcode-pool.ts';
+
+if (!parentPort) throw new Error('transcode-worker.ts runs as a worker thread of the transcode pool');
+const port = parentPort;
+
+port.on('message', (job: TranscodeJob) => {
+  void run(job).then(({ reply, transfer }) => port.postMessage(reply, transfer));
+});
+
+async function run(job: TranscodeJob): Promise<{ reply: TranscodeReply; transfer: ArrayBuffer[] }> {
+  try {
+    const result = await transcodeDataset(job.bytes, job.fromTransferSyntaxUid, job.acceptableTransferSyntaxUids);
+    // Moved, not copied, to the main thread; a view into a larger (pooled) buffer is cut out first.
+    const bytes = ownsItsBuffer(result.bytes) ? result.bytes : new Uint8Array(result.bytes);
+    return { reply: { type: 'transcoded', jobId: job.jobId, bytes, transferSyntaxUid: result.transferSyntaxUid }, transfer: [bytes.buffer as ArrayBuffer] };
+  } catch (error) {
+    const code = (error as { code?: unknown } | undefined)?.code;
+    const message = error instanceof Error ? error.message : String(error);
+    return { reply: { type: 'failed', jobId: job.jobId, code: isTranscodeErrorCode(code) ? code : 'ERR_TRANSCODE_FAILED', message }, transfer: [] };
+  }
+}
+
+function ownsItsBuffer(bytes: Uint8Array): boolean {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer;
+}
