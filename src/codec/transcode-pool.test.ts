@@ -192,6 +192,16 @@ test('a worker that dies fails its job alone; queued jobs go to a new worker', a
   }
 });
 
+test('a thread that cannot start fails the waiting jobs at once', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: new URL('https://example.invalid/transcode-worker.js') });
+  try {
+    await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /could not start/));
+    assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsDone: 0, jobsFailed: 1 });
+  } finally {
+    await pool.stop();
+  }
+});
+
 test('a reply that is no known message fails its job, not the peer', async () => {
   const workerUrl = scriptedWorker(`parentPort.postMessage({ type: 'surprise', jobId: m.jobId });`);
   const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl });

@@ -109,7 +109,17 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     if (stopped || running !== undefined || queue.length === 0) return;
     clock.clearTimeout(idleTimer);
     idleTimer = undefined;
-    worker ??= spawn();
+    try {
+      worker ??= spawn();
+    } catch (error) {
+      // Refused at once (no thread to be had, an unusable script): what waits fails now, not never.
+      const reason = `the transcoder thread could not start: ${error instanceof Error ? error.message : String(error)}`;
+      log.warn('a transcoder thread could not start', { reason });
+      const failed = queue.splice(0);
+      counts.jobsFailed += failed.length;
+      for (const job of failed) job.reject(new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', reason));
+      return;
+    }
     const job = queue.shift()!;
     // Only running jobs keep the process alive; an idle worker must not hold up a peer's exit.
     worker.ref();
