@@ -225,6 +225,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           instances: await store.countInstances(),
           ...(store.writeFault !== undefined ? { storeFault: store.writeFault } : {}),
           ...(scrub ? { scrub: scrub.stats() } : {}),
+          transcoder: transcoder.stats(),
           // Restarts per supervised mesh actor since start, and whether one gave up (the peer then stops).
           ...(mesh ? { supervision: Object.fromEntries(['membership', 'balancer', 'custody'].map((child) => [child, supervisor.supervision(child)])) } : {}),
           activeAssociations: listener.activeAssociations(),

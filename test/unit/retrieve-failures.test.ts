@@ -220,4 +220,7 @@ test('a C-GET context accepted in JPEG Lossless (listed first, as getscu +xs doe
   // Each copy decodes back to the stored data set, byte for byte.
   const decoded = await Promise.all(received.map(async (d) => Buffer.from((await transcodeDataset(d, jpegLossless, [TransferSyntax.ExplicitVrLittleEndian])).bytes)));
   assert.deepEqual(decoded.map((d) => d.toString('hex')).sort(), stored.map((s) => Buffer.from(s).toString('hex')).sort());
+  // Compressed in the transcoder's thread, not the peer's.
+  const { transcoder } = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { transcoder: { jobsDone: number; workersStarted: number } };
+  assert.deepEqual([transcoder.jobsDone, transcoder.workersStarted], [2, 1]);
 });
