@@ -3,9 +3,10 @@
  * Bundles src/ with its pure-JS dependencies into dist/pacs-mesh.js, and the transcoder's worker thread
  * into dist/transcode-worker.js (esbuild). A peer started from the bundle is ready in ~0.7 s instead of
  * ~1.9 s through tsx's loader (or ~1.1 s from per-file tsc output: most of the rest was resolving and
- * loading ~600 modules), which matters when a killed site restarts and catches up. bin/pacs-mesh.js uses the bundle only while no source file is newer than this build,
- * and runs src/ through tsx otherwise, so a stale or missing build never runs old code. Type checking
- * stays with tsc (`npm run typecheck`, part of `npm test`).
+ * loading ~600 modules), which matters when a killed site restarts and catches up. bin/pacs-mesh.js uses
+ * the bundle only while no source file is newer than this build, and runs src/ through tsx otherwise, so
+ * a stale or missing build never runs old code. Type checking stays with tsc (`npm run typecheck`, part
+ * of `npm test`).
  *
  *   node scripts/build.js               exit 1 when the build fails
  *   node scripts/build.js --if-possible always 0 (npm's `prepare`): a failed build only means tsx start-up
