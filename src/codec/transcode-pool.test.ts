@@ -119,6 +119,22 @@ test('a view into a larger buffer is transcoded alone, not with the rest of its 
   }
 });
 
+test('bytes handed over move to the thread without a copy when they fill their buffer, and are copied otherwise', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
+  try {
+    const expected = Buffer.from((await transcodeDataset(monochromeImage(8, 8), EXPLICIT, [IMPLICIT])).bytes);
+    const whole = monochromeImage(8, 8);
+    assert.deepEqual(Buffer.from((await pool.transcode(whole, EXPLICIT, [IMPLICIT], { handOver: true })).bytes), expected);
+    assert.equal(whole.byteLength, 0, 'moved: the caller\'s view is empty');
+    const larger = Buffer.concat([Buffer.from('before'), monochromeImage(8, 8)]);
+    const view = larger.subarray(6);
+    assert.deepEqual(Buffer.from((await pool.transcode(view, EXPLICIT, [IMPLICIT], { handOver: true })).bytes), expected);
+    assert.equal(larger.subarray(6).equals(monochromeImage(8, 8)), true, 'a view into a larger buffer is copied, its buffer stays');
+  } finally {
+    await pool.stop();
+  }
+});
+
 test('errors keep their code across the thread, and the worker goes on serving', async () => {
   const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
   try {

@@ -6,7 +6,7 @@
 import { parentPort } from 'node:worker_threads';
 import { transcodeDataset } from './transcode.ts';
 import { isTranscodeErrorCode } from './transcode-error.ts';
-import type { TranscodeJob, TranscodeReply } from './transcode-pool.ts';
+import { fillsItsBuffer, type TranscodeJob, type TranscodeReply } from './transcode-pool.ts';
 
 if (!parentPort) throw new Error('transcode-worker.ts runs as a worker thread of the transcode pool');
 const port = parentPort;
@@ -19,15 +19,11 @@ async function run(job: TranscodeJob): Promise<{ reply: TranscodeReply; transfer
   try {
     const result = await transcodeDataset(job.bytes, job.fromTransferSyntaxUid, job.acceptableTransferSyntaxUids);
     // Moved, not copied, to the main thread; a view into a larger (pooled) buffer is cut out first.
-    const bytes = ownsItsBuffer(result.bytes) ? result.bytes : new Uint8Array(result.bytes);
+    const bytes = fillsItsBuffer(result.bytes) ? result.bytes : new Uint8Array(result.bytes);
     return { reply: { type: 'transcoded', jobId: job.jobId, bytes, transferSyntaxUid: result.transferSyntaxUid }, transfer: [bytes.buffer as ArrayBuffer] };
   } catch (error) {
     const code = (error as { code?: unknown } | undefined)?.code;
     const message = error instanceof Error ? error.message : String(error);
     return { reply: { type: 'failed', jobId: job.jobId, code: isTranscodeErrorCode(code) ? code : 'ERR_TRANSCODE_FAILED', message }, transfer: [] };
   }
-}
-
-function ownsItsBuffer(bytes: Uint8Array): boolean {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer;
 }

@@ -350,7 +350,7 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       const bytes = await readLocal(checkedWhole(store, entry));
       if (asStored) status = await target.store(picked.presentationContextId, command, bytes);
       else {
-        const transcoded = await ctx.transcoder.transcode(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid]);
+        const transcoded = await ctx.transcoder.transcode(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid], { handOver: true });
         status = await target.store(picked.presentationContextId, command, transcoded.bytes);
       }
     }
