@@ -48,25 +48,29 @@ function monochromeImage(rows: number, columns: number): Uint8Array {
   );
 }
 
-/** A clock whose timers fire only when the test says so. */
-function manualClock(): Clock & { fireAll(): void; pending(): number } {
-  const timers = new Map<number, () => void>();
+/** A clock whose timers fire only when the test moves it on. */
+function manualClock(): Clock & { advance(ms: number): void; pending(): number } {
+  const timers = new Map<number, { callback: () => void; dueMs: number }>();
+  let nowMs = 0;
   let nextId = 1;
   return {
-    nowMs: () => 0,
-    dateMs: () => 0,
-    setTimeout(callback) {
+    nowMs: () => nowMs,
+    dateMs: () => nowMs,
+    setTimeout(callback, delayMs) {
       const id = nextId++;
-      timers.set(id, callback);
+      timers.set(id, { callback, dueMs: nowMs + delayMs });
       return { id };
     },
     clearTimeout(handle: TimerHandle | undefined) {
       if (handle) timers.delete(handle.id as number);
     },
-    fireAll() {
-      const due = [...timers.values()];
-      timers.clear();
-      for (const callback of due) callback();
+    advance(ms) {
+      nowMs += ms;
+      const due = [...timers].filter(([, t]) => t.dueMs <= nowMs).sort(([, a], [, b]) => a.dueMs - b.dueMs);
+      for (const [id, timer] of due) {
+        timers.delete(id);
+        timer.callback();
+      }
     },
     pending: () => timers.size,
   };
@@ -182,7 +186,7 @@ test('a job past its time ends the worker; the next job gets a new one', async (
   try {
     const hanging = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
     await new Promise((resolve) => setTimeout(resolve, 50));
-    clock.fireAll();
+    clock.advance(1000);
     await assert.rejects(hanging, isTranscodeError('ERR_TRANSCODE_FAILED', /took longer than 1000 ms/));
     const next = await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]);
     assert.deepEqual([...next.bytes], [2]);
@@ -242,18 +246,39 @@ test('the queue is bounded, and stopping fails what waits and what runs', async 
   assert.equal(pool.stats().workerRunning, false);
 });
 
-test('an idle worker ends (its WebAssembly memory goes with it); the next job starts another', async () => {
+test('an idle worker first drops its codecs, later ends; the next job starts another', async () => {
   const clock = manualClock();
-  const workerUrl = scriptedWorker(`parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`);
-  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl });
+  // Answers each job with the number of releases it was asked for so far.
+  const workerUrl = scriptedWorker(
+    `globalThis.released ??= 0; if (m.type === 'releaseCodecs') { globalThis.released += 1; return; } parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: new Uint8Array([globalThis.released]), transferSyntaxUid: '${IMPLICIT}' });`,
+  );
+  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl, codecIdleMs: 1000, workerIdleMs: 5000 });
   try {
-    await pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
-    // Only the idle timer is left once the job is done.
-    assert.equal(clock.pending(), 1);
-    clock.fireAll();
+    assert.deepEqual([...(await pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT])).bytes], [0]);
+    // Only the two idle timers are left once the job is done.
+    assert.equal(clock.pending(), 2);
+    clock.advance(1000);
+    assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [1], 'the codecs were dropped, the thread kept');
+    clock.advance(999);
+    assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [1], 'a job in time restarts the idle timers');
+    clock.advance(5000);
     assert.equal(pool.stats().workerRunning, false);
-    await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]);
+    await pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
     assert.equal(pool.stats().workersStarted, 2);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('the real worker compresses as before after dropping its codecs', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, codecIdleMs: 1 });
+  try {
+    const image = monochromeImage(16, 16);
+    const first = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const second = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+    assert.deepEqual(Buffer.from(second.bytes), Buffer.from(first.bytes));
+    assert.equal(pool.stats().workersStarted, 1);
   } finally {
     await pool.stop();
   }

@@ -4,16 +4,20 @@
  * the heartbeats for 0.4-1.1 s, near the 1.5 s after which the other sites suspect a peer. One thread on
  * these 2 cores leaves the other to the peer; jobs beyond it wait in a bounded queue.
  *
- * The worker starts on the first job and ends after `workerIdleMs` without one, which gives back its
- * WebAssembly memory (it never shrinks). A job that runs past `jobTimeoutMs` ends the worker, as does a
- * crash; the job fails with ERR_TRANSCODE_FAILED and the next job starts a new worker.
+ * The worker starts on the first job (~0.2 s to load, plus ~0.1-0.2 s for the codecs' WebAssembly on the
+ * first compressed job). After `codecIdleMs` without a job it drops the codecs, whose WebAssembly memory
+ * never shrinks otherwise (up to 512 MB after large frames); after `workerIdleMs` the thread ends. A job
+ * that runs past `jobTimeoutMs` ends the worker, as does a crash; the job fails with
+ * ERR_TRANSCODE_FAILED and the next job starts a new worker.
  */
 import { Worker } from 'node:worker_threads';
 import type { Clock, TimerHandle } from '../actors/runtime/clock.ts';
 import type { Logger } from '../actors/runtime/logger.ts';
 import { TranscodeError, type TranscodeErrorCode } from './transcode-error.ts';
 
-/** Main thread to worker. */
+/** Main thread to worker: a job, or (between jobs) drop the codecs' memory. */
+export type TranscodeRequest = TranscodeJob | { type: 'releaseCodecs' };
+
 export interface TranscodeJob {
   type: 'transcode';
   jobId: number;
@@ -60,7 +64,9 @@ export interface TranscoderPoolInit {
   queuedJobsMax?: number;
   /** A job running longer ends the worker: a codec stuck on malformed data must not hold retrieves for ever. */
   jobTimeoutMs?: number;
-  /** An idle worker ends after this long. */
+  /** An idle worker drops its codecs after this long (their memory goes; reloading them takes ~0.1-0.2 s). */
+  codecIdleMs?: number;
+  /** An idle worker ends after this long (its ~20-30 MB go; restarting it takes ~0.2 s more). */
   workerIdleMs?: number;
 }
 
@@ -82,7 +88,8 @@ export const transcoderPoolDefaults = {
   queuedJobsMax: 64,
   // A 300 MB multi-frame instance in JPEG-LS takes ~15 s here: ample room for slower machines.
   jobTimeoutMs: 300_000,
-  workerIdleMs: 30_000,
+  codecIdleMs: 30_000,
+  workerIdleMs: 600_000,
 };
 
 interface Job {
@@ -96,12 +103,13 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   const workerUrl = init.workerUrl ?? defaultWorkerUrl();
   const queuedJobsMax = init.queuedJobsMax ?? transcoderPoolDefaults.queuedJobsMax;
   const jobTimeoutMs = init.jobTimeoutMs ?? transcoderPoolDefaults.jobTimeoutMs;
+  const codecIdleMs = init.codecIdleMs ?? transcoderPoolDefaults.codecIdleMs;
   const workerIdleMs = init.workerIdleMs ?? transcoderPoolDefaults.workerIdleMs;
 
   const queue: Job[] = [];
   let worker: Worker | undefined;
   let running: { job: Job; timer: TimerHandle } | undefined;
-  let idleTimer: TimerHandle | undefined;
+  let idleTimers: TimerHandle[] = [];
   let nextJobId = 1;
   let stopped = false;
   const counts = { workersStarted: 0, jobsDone: 0, jobsFailed: 0 };
@@ -121,8 +129,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
 
   function pump(): void {
     if (stopped || running !== undefined || queue.length === 0) return;
-    clock.clearTimeout(idleTimer);
-    idleTimer = undefined;
+    clearIdleTimers();
     try {
       worker ??= spawn();
     } catch (error) {
@@ -141,7 +148,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     running = { job, timer };
     const bytes = job.message.bytes;
     job.message.bytes = new Uint8Array(0);
-    worker.postMessage({ ...job.message, bytes }, [bytes.buffer as ArrayBuffer]);
+    worker.postMessage({ ...job.message, bytes } satisfies TranscodeRequest, [bytes.buffer as ArrayBuffer]);
   }
 
   function finishRunning(): Job | undefined {
@@ -155,9 +162,15 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   function afterJob(): void {
     if (worker && queue.length === 0) {
       worker.unref();
-      idleTimer = clock.setTimeout(endIdleWorker, workerIdleMs);
+      const idle = worker;
+      idleTimers = [clock.setTimeout(() => idle.postMessage({ type: 'releaseCodecs' } satisfies TranscodeRequest), codecIdleMs), clock.setTimeout(endIdleWorker, workerIdleMs)];
     }
     pump();
+  }
+
+  function clearIdleTimers(): void {
+    for (const timer of idleTimers) clock.clearTimeout(timer);
+    idleTimers = [];
   }
 
   function onReply(reply: TranscodeReply): void {
@@ -187,8 +200,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   function workerGone(gone: Worker, reason: string): void {
     if (gone !== worker) return;
     worker = undefined;
-    clock.clearTimeout(idleTimer);
-    idleTimer = undefined;
+    clearIdleTimers();
     const job = finishRunning();
     if (job) {
       counts.jobsFailed += 1;
@@ -211,7 +223,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   }
 
   function endIdleWorker(): void {
-    idleTimer = undefined;
+    idleTimers = [];
     if (running || queue.length > 0 || !worker) return;
     const ending = worker;
     worker = undefined;
@@ -245,7 +257,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     stats: () => ({ workerRunning: worker !== undefined, jobsQueued: queue.length, ...counts }),
     async stop() {
       stopped = true;
-      clock.clearTimeout(idleTimer);
+      clearIdleTimers();
       const unavailable = () => new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', 'the transcoder is stopped: the peer is stopping');
       finishRunning()?.reject(unavailable());
       for (const job of queue.splice(0)) job.reject(unavailable());

@@ -4,15 +4,27 @@
  * loop, where heartbeats and every other association run.
  */
 import { parentPort } from 'node:worker_threads';
-import { transcodeDataset } from './transcode.ts';
+import { releaseCodecs, transcodeDataset } from './transcode.ts';
 import { isTranscodeErrorCode } from './transcode-error.ts';
-import { fillsItsBuffer, type TranscodeJob, type TranscodeReply } from './transcode-pool.ts';
+import { fillsItsBuffer, type TranscodeJob, type TranscodeReply, type TranscodeRequest } from './transcode-pool.ts';
 
 if (!parentPort) throw new Error('transcode-worker.ts runs as a worker thread of the transcode pool');
 const port = parentPort;
 
-port.on('message', (job: TranscodeJob) => {
-  void run(job).then(({ reply, transfer }) => port.postMessage(reply, transfer));
+port.on('message', (message: TranscodeRequest) => {
+  switch (message.type) {
+    case 'transcode':
+      void run(message).then(({ reply, transfer }) => port.postMessage(reply, transfer));
+      break;
+    case 'releaseCodecs':
+      // Sent only between jobs: no codec call is under way.
+      releaseCodecs();
+      break;
+    default: {
+      const unknown: never = message;
+      throw new Error(`unknown request to the transcoder thread: ${String((unknown as { type?: unknown }).type)}`);
+    }
+  }
 });
 
 async function run(job: TranscodeJob): Promise<{ reply: TranscodeReply; transfer: ArrayBuffer[] }> {

@@ -785,7 +785,8 @@ async function loadCodecs(): Promise<void> {
   }
 }
 
-function releaseCodecs(): void {
+/** Drops the codec module and its WebAssembly memory (re-created on the next compressed call). */
+export function releaseCodecs(): void {
   codecsReady = undefined;
   try {
     Transcoding.release();
