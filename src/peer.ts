@@ -65,6 +65,8 @@ export interface PeerOptions {
   clock?: Clock;
   /** How long shutdown waits for running associations before aborting them. */
   shutdownGraceMs?: number;
+  /** Tests: another transcoder thread script (one that holds its jobs, say). */
+  transcoderWorkerUrl?: URL;
 }
 
 
@@ -161,7 +163,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     },
   };
   // Started with the peer, its worker only with the first transcode.
-  const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }) });
+  const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }), workerUrl: options.transcoderWorkerUrl });
   try {
     dicom = await startDicomListener({
       host: config.host,

@@ -8,7 +8,9 @@ export type TranscodeErrorCode =
   /** Malformed or undecodable data, or a codec that failed or ran past its time. */
   | 'ERR_TRANSCODE_FAILED'
   /** The transcoder could not take the job: its queue is full, or the peer is stopping. */
-  | 'ERR_TRANSCODE_UNAVAILABLE';
+  | 'ERR_TRANSCODE_UNAVAILABLE'
+  /** Its requestor is gone (the association ended, a C-CANCEL): the work stopped. */
+  | 'ERR_TRANSCODE_CANCELLED';
 
 export class TranscodeError extends Error {
   static readonly NAME = 'TranscodeError';
@@ -21,5 +23,5 @@ export class TranscodeError extends Error {
 }
 
 export function isTranscodeErrorCode(value: unknown): value is TranscodeErrorCode {
-  return value === 'ERR_TRANSCODE_UNSUPPORTED' || value === 'ERR_TRANSCODE_FAILED' || value === 'ERR_TRANSCODE_UNAVAILABLE';
+  return value === 'ERR_TRANSCODE_UNSUPPORTED' || value === 'ERR_TRANSCODE_FAILED' || value === 'ERR_TRANSCODE_UNAVAILABLE' || value === 'ERR_TRANSCODE_CANCELLED';
 }

@@ -28,15 +28,16 @@ const uid = (s: string) => Buffer.from(s.length % 2 ? `${s}\0` : s, 'latin1');
 const us = (n: number) => Buffer.from([n & 0xff, n >> 8]);
 
 /** A 16-bit MONOCHROME2 image in explicit VR LE, with a gradient the encoder must keep exactly. */
-function monochromeImage(rows: number, columns: number): Uint8Array {
-  const pixels = Buffer.alloc(rows * columns * 2);
-  for (let i = 0; i < rows * columns; i++) pixels.writeUInt16LE((i * 7 + (i >> 9)) & 0x0fff, i * 2);
+function monochromeImage(rows: number, columns: number, frames = 1): Uint8Array {
+  const pixels = Buffer.alloc(rows * columns * 2 * frames);
+  for (let i = 0; i < rows * columns * frames; i++) pixels.writeUInt16LE((i * 7 + (i >> 9)) & 0x0fff, i * 2);
   return new Uint8Array(
     Buffer.concat([
       element(0x00080016, 'UI', uid('1.2.840.10008.5.1.4.1.1.7')),
       element(0x00080018, 'UI', uid('1.2.826.0.1.3680043.10.1453.77.1')),
       element(0x00280002, 'US', us(1)),
       element(0x00280004, 'CS', text('MONOCHROME2')),
+      ...(frames > 1 ? [element(0x00280008, 'IS', text(String(frames)))] : []),
       element(0x00280010, 'US', us(rows)),
       element(0x00280011, 'US', us(columns)),
       element(0x00280100, 'US', us(16)),
@@ -104,7 +105,7 @@ test('the worker thread gives the bytes transcodeDataset gives in this thread, c
     assert.deepEqual(Buffer.from(back.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
     // The caller's bytes stay usable: the pool moved a copy, not them.
     assert.equal(image.length, monochromeImage(64, 48).length);
-    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsDone: 2, jobsFailed: 0 });
+    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 2, jobsFailed: 0, jobsCancelled: 0 });
   } finally {
     await pool.stop();
   }
@@ -123,17 +124,21 @@ test('a view into a larger buffer is transcoded alone, not with the rest of its 
   }
 });
 
-test('bytes handed over move to the thread without a copy when they fill their buffer, and are copied otherwise', async () => {
+test('a source read when its job starts moves its own buffer to the thread, and a view into a larger one is copied', async () => {
   const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
   try {
     const expected = Buffer.from((await transcodeDataset(monochromeImage(8, 8), EXPLICIT, [IMPLICIT])).bytes);
     const whole = monochromeImage(8, 8);
-    assert.deepEqual(Buffer.from((await pool.transcode(whole, EXPLICIT, [IMPLICIT], { handOver: true })).bytes), expected);
-    assert.equal(whole.byteLength, 0, 'moved: the caller\'s view is empty');
+    assert.deepEqual(Buffer.from((await pool.transcode({ byteLength: whole.length, read: async () => whole }, EXPLICIT, [IMPLICIT])).bytes), expected);
+    assert.equal(whole.byteLength, 0, 'moved: the view read is empty now');
     const larger = Buffer.concat([Buffer.from('before'), monochromeImage(8, 8)]);
     const view = larger.subarray(6);
-    assert.deepEqual(Buffer.from((await pool.transcode(view, EXPLICIT, [IMPLICIT], { handOver: true })).bytes), expected);
+    assert.deepEqual(Buffer.from((await pool.transcode({ byteLength: view.length, read: async () => view }, EXPLICIT, [IMPLICIT])).bytes), expected);
     assert.equal(larger.subarray(6).equals(monochromeImage(8, 8)), true, 'a view into a larger buffer is copied, its buffer stays');
+    // Bytes given as they are stay the caller's.
+    const kept = monochromeImage(8, 8);
+    await pool.transcode(kept, EXPLICIT, [IMPLICIT]);
+    assert.equal(kept.byteLength, monochromeImage(8, 8).byteLength);
   } finally {
     await pool.stop();
   }
@@ -147,7 +152,7 @@ test('errors keep their code across the thread, and the worker goes on serving',
     await assert.rejects(pool.transcode(new Uint8Array([1, 2, 3, 4, 5]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED'));
     const ok = await pool.transcode(image, EXPLICIT, [IMPLICIT]);
     assert.equal(ok.transferSyntaxUid, IMPLICIT);
-    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsDone: 1, jobsFailed: 2 });
+    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 1, jobsFailed: 2, jobsCancelled: 0 });
   } finally {
     await pool.stop();
   }
@@ -176,31 +181,35 @@ test('the event loop keeps turning while a large frame is compressed (in this th
   }
 });
 
-test('a job past its time ends the worker; the next job gets a new one', async () => {
+test('a job past its time fails and is cancelled; a thread that does not answer the cancel is ended', async () => {
   const clock = manualClock();
-  // Hangs on a job whose first byte is 1, answers the others.
+  // Hangs on a job whose first byte is 1 (and ignores its cancel), answers the others.
   const workerUrl = scriptedWorker(
-    `if (m.bytes[0] === 1) return; parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
+    `if (m.type !== 'transcode' || m.bytes[0] === 1) return; parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
   );
-  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl, jobTimeoutMs: 1000 });
+  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl, jobTimeoutMs: 1000, stuckGraceMs: 500 });
   try {
     const hanging = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
     await new Promise((resolve) => setTimeout(resolve, 50));
     clock.advance(1000);
     await assert.rejects(hanging, isTranscodeError('ERR_TRANSCODE_FAILED', /took longer than 1000 ms/));
-    const next = await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]);
-    assert.deepEqual([...next.bytes], [2]);
+    // The thread still serves the others meanwhile.
+    assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [2]);
+    assert.equal(pool.stats().jobsRunning, 1, 'the timed-out job keeps its place until its thread answers');
+    clock.advance(500);
+    assert.deepEqual([pool.stats().workerRunning, pool.stats().jobsRunning], [false, 0], 'no answer to the cancel: the thread is ended');
+    assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [3]);
     assert.equal(pool.stats().workersStarted, 2);
   } finally {
     await pool.stop();
   }
 });
 
-test('a worker that dies fails its job alone; queued jobs go to a new worker', async () => {
+test('a worker that dies fails the jobs it held; waiting jobs go to a new worker', async () => {
   const workerUrl = scriptedWorker(
     `if (m.bytes[0] === 9) process.exit(3); parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
   );
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl });
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, runningJobsMax: 1 });
   try {
     const dying = pool.transcode(new Uint8Array([9]), EXPLICIT, [IMPLICIT]);
     const queued = pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
@@ -216,7 +225,7 @@ test('a thread that cannot start fails the waiting jobs at once', async () => {
   const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: new URL('https://example.invalid/transcode-worker.js') });
   try {
     await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /could not start/));
-    assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsDone: 0, jobsFailed: 1 });
+    assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 0, jobsFailed: 1, jobsCancelled: 0 });
   } finally {
     await pool.stop();
   }
@@ -234,7 +243,7 @@ test('a reply that is no known message fails its job, not the peer', async () =>
 
 test('the queue is bounded, and stopping fails what waits and what runs', async () => {
   const workerUrl = scriptedWorker('/* never answers */');
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, queuedJobsMax: 1 });
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, runningJobsMax: 1, queuedJobsMax: 1 });
   const running = assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
   const queued = assert.rejects(pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
   await assert.rejects(pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /busy: 1 transcodes waiting/));
@@ -244,6 +253,101 @@ test('the queue is bounded, and stopping fails what waits and what runs', async 
   await queued;
   await assert.rejects(pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
   assert.equal(pool.stats().workerRunning, false);
+});
+
+/** A source whose read the test completes: `started` says whether the pool began reading it. */
+function deferredSource(byteLength: number, first: number) {
+  let release!: () => void;
+  const readable = new Promise<void>((resolve) => (release = resolve));
+  const source = {
+    started: false,
+    byteLength,
+    async read() {
+      source.started = true;
+      await readable;
+      return new Uint8Array([first]);
+    },
+    release,
+  };
+  return source;
+}
+
+const echoWorker = () => scriptedWorker(`if (m.type === 'transcode') parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`);
+const settledSoon = () => new Promise((resolve) => setTimeout(resolve, 30));
+
+test('jobs start while they fit in the running jobs and bytes, one alone whatever its size; waiting ones are not read', async () => {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: echoWorker(), runningJobsMax: 2, runningBytesMax: 100 });
+  try {
+    const [a, b, c] = [deferredSource(60, 1), deferredSource(30, 2), deferredSource(20, 3)];
+    const done = [a, b, c].map((source) => pool.transcode(source, EXPLICIT, [IMPLICIT]));
+    await settledSoon();
+    assert.deepEqual([a.started, b.started, c.started], [true, true, false], 'two jobs at most');
+    a.release();
+    assert.deepEqual([...(await done[0]!).bytes], [1]);
+    await settledSoon();
+    assert.equal(c.started, true, 'a slot freed: the next job starts');
+    b.release();
+    c.release();
+    await Promise.all(done);
+    const [big, small] = [deferredSource(150, 4), deferredSource(10, 5)];
+    const bigDone = pool.transcode(big, EXPLICIT, [IMPLICIT]);
+    const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT]);
+    await settledSoon();
+    assert.deepEqual([big.started, small.started, pool.stats().bytesRunning], [true, false, 150], 'larger than the budget: it runs alone');
+    big.release();
+    await bigDone;
+    await settledSoon();
+    small.release();
+    assert.deepEqual([...(await smallDone).bytes], [5]);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test("a reader's error comes out as it is, and frees the job's place", async () => {
+  class Unreadable extends Error {}
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: echoWorker(), runningJobsMax: 1 });
+  try {
+    const unreadable = new Unreadable('the local copy does not match its SHA-256');
+    await assert.rejects(pool.transcode({ byteLength: 10, read: () => Promise.reject(unreadable) }, EXPLICIT, [IMPLICIT]), (error) => error === unreadable);
+    assert.deepEqual([...(await pool.transcode(new Uint8Array([7]), EXPLICIT, [IMPLICIT])).bytes], [7]);
+    assert.equal(pool.stats().jobsFailed, 1);
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('a cancelled job leaves the queue unread, or stops at the thread, which frees its place when it answers', async () => {
+  // Holds every job until it is cancelled, then answers as the real thread does.
+  const workerUrl = scriptedWorker(
+    `globalThis.held ??= new Set(); if (m.type === 'transcode') { globalThis.held.add(m.jobId); return; } if (m.type === 'cancel' && globalThis.held.delete(m.jobId)) parentPort.postMessage({ type: 'failed', jobId: m.jobId, code: 'ERR_TRANSCODE_CANCELLED', message: 'cancelled' });`,
+  );
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, runningJobsMax: 1 });
+  try {
+    const [first, second] = [new AbortController(), new AbortController()];
+    const waiting = deferredSource(10, 2);
+    const atThread = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT], { signal: first.signal });
+    const queued = pool.transcode(waiting, EXPLICIT, [IMPLICIT], { signal: second.signal });
+    await settledSoon();
+    second.abort();
+    await assert.rejects(queued, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
+    assert.deepEqual([waiting.started, pool.stats().jobsQueued], [false, 0], 'never read');
+    first.abort();
+    await assert.rejects(atThread, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
+    // Its place stays taken until the thread (which may still be loading) has answered the cancel.
+    while (pool.stats().jobsRunning > 0) await settledSoon();
+    assert.equal(pool.stats().jobsCancelled, 2);
+    await assert.rejects(pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT], { signal: AbortSignal.abort() }), isTranscodeError('ERR_TRANSCODE_CANCELLED'));
+  } finally {
+    await pool.stop();
+  }
+});
+
+test('transcodeDataset stops at the next frame once its signal is aborted', async () => {
+  const controller = new AbortController();
+  const work = transcodeDataset(monochromeImage(256, 256, 16), EXPLICIT, [JPEG_LS], { signal: controller.signal });
+  setImmediate(() => controller.abort());
+  await assert.rejects(work, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
 });
 
 test('an idle worker first drops its codecs, later ends; the next job starts another', async () => {

@@ -1,22 +1,30 @@
 /**
- * Transcoding for C-GET / C-MOVE off the peer's event loop: one worker thread (transcode-worker.ts) runs
- * `transcodeDataset` for one job at a time. In the main thread a 27 MB frame held every association and
- * the heartbeats for 0.4-1.1 s, near the 1.5 s after which the other sites suspect a peer. One thread on
- * these 2 cores leaves the other to the peer; jobs beyond it wait in a bounded queue.
+ * Transcoding for C-GET / C-MOVE off the peer's event loop, in one worker thread (transcode-worker.ts). In
+ * the main thread a 27 MB frame held every association and the heartbeats for 0.4-1.1 s, near the 1.5 s
+ * after which the other sites suspect a peer. One thread on these 2 cores leaves the other to the peer.
+ *
+ * Up to `runningJobsMax` jobs run at once, their instances together within `runningBytesMax` (a larger one
+ * runs alone): the thread takes their frames in turn, so each requestor sees progress, as when the codecs
+ * ran here frame by frame. An instance is read from the store only when its job starts: waiting jobs
+ * hold no bytes, and the reading never outruns the thread (reading and hashing the instances of many
+ * retrieves at once held this thread for seconds: helper 54). More jobs wait in a bounded queue. A job
+ * whose requestor is gone (its signal aborted: the association ended, a C-CANCEL) leaves the queue, or
+ * stops at the thread's next frame.
  *
  * The worker starts on the first job (~0.2 s to load, plus ~0.1-0.2 s for the codecs' WebAssembly on the
  * first compressed job). After `codecIdleMs` without a job it drops the codecs, whose WebAssembly memory
  * never shrinks otherwise (up to 512 MB after large frames); after `workerIdleMs` the thread ends. A job
- * that runs past `jobTimeoutMs` ends the worker, as does a crash; the job fails with
- * ERR_TRANSCODE_FAILED and the next job starts a new worker.
+ * that runs past `jobTimeoutMs` fails with ERR_TRANSCODE_FAILED and is cancelled; a thread that does not
+ * answer the cancel within `stuckGraceMs` (stuck inside one codec call) is ended, as is one that crashes:
+ * the jobs it held fail, and the next job starts a new thread.
  */
 import { Worker } from 'node:worker_threads';
 import type { Clock, TimerHandle } from '../actors/runtime/clock.ts';
 import type { Logger } from '../actors/runtime/logger.ts';
 import { TranscodeError, type TranscodeErrorCode } from './transcode-error.ts';
 
-/** Main thread to worker: a job, or (between jobs) drop the codecs' memory. */
-export type TranscodeRequest = TranscodeJob | { type: 'releaseCodecs' };
+/** Main thread to worker: a job, a job's cancellation, or (with no job running) drop the codecs' memory. */
+export type TranscodeRequest = TranscodeJob | { type: 'cancel'; jobId: number } | { type: 'releaseCodecs' };
 
 export interface TranscodeJob {
   type: 'transcode';
@@ -36,18 +44,21 @@ export interface TranscodeResult {
   transferSyntaxUid: string;
 }
 
+/**
+ * The instance to transcode: bytes (copied for the thread: the caller keeps them), or how to read them
+ * when the job starts (the bytes read are the job's own and move to the thread without a copy).
+ */
+export type TranscodeSource = Uint8Array | { byteLength: number; read(): Promise<Uint8Array> };
+
 export interface TranscodeOptions {
-  /**
-   * The caller is done with `bytes`: when they fill their own buffer, that buffer moves to the thread
-   * instead of a copy (a copy of a 300 MB instance is 300 MB more, and ~0.1 s of this thread), and the
-   * caller's view is left empty.
-   */
-  handOver?: boolean;
+  /** Aborted when the requestor is gone: the job is dropped or stopped, and fails ERR_TRANSCODE_CANCELLED. */
+  signal?: AbortSignal;
 }
 
 /** What the retrieve services need: `transcodeDataset`'s contract (transcode.ts), wherever it runs. */
 export interface Transcoder {
-  transcode(bytes: Uint8Array, fromTransferSyntaxUid: string, acceptableTransferSyntaxUids: readonly string[], options?: TranscodeOptions): Promise<TranscodeResult>;
+  /** Rejects with a TranscodeError, or with the reader's own error when `source.read()` fails. */
+  transcode(source: TranscodeSource, fromTransferSyntaxUid: string, acceptableTransferSyntaxUids: readonly string[], options?: TranscodeOptions): Promise<TranscodeResult>;
 }
 
 /** True when `bytes` is its whole buffer: moving the buffer to another thread moves these bytes alone. */
@@ -60,10 +71,16 @@ export interface TranscoderPoolInit {
   log: Logger;
   /** The worker's script; tests give one that hangs or dies. Default: transcode-worker beside this module. */
   workerUrl?: URL;
-  /** Jobs waiting for the worker (each holds its instance in memory); more are refused. */
+  /** Jobs at the thread (or reading their instance) at once. */
+  runningJobsMax?: number;
+  /** Their instances' bytes together (the thread needs ~2-3x that); one larger instance runs alone. */
+  runningBytesMax?: number;
+  /** Jobs waiting to start (they hold no bytes); more are refused. */
   queuedJobsMax?: number;
-  /** A job running longer ends the worker: a codec stuck on malformed data must not hold retrieves for ever. */
+  /** A job running longer fails and is cancelled: a codec stuck on malformed data must not hold retrieves for ever. */
   jobTimeoutMs?: number;
+  /** A thread that has not answered a cancelled job this long after is stuck in a codec call, and ended. */
+  stuckGraceMs?: number;
   /** An idle worker drops its codecs after this long (their memory goes; reloading them takes ~0.1-0.2 s). */
   codecIdleMs?: number;
   /** An idle worker ends after this long (its ~20-30 MB go; restarting it takes ~0.2 s more). */
@@ -74,8 +91,11 @@ export interface TranscoderStats {
   workerRunning: boolean;
   workersStarted: number;
   jobsQueued: number;
+  jobsRunning: number;
+  bytesRunning: number;
   jobsDone: number;
   jobsFailed: number;
+  jobsCancelled: number;
 }
 
 export interface TranscoderPool extends Transcoder {
@@ -85,34 +105,66 @@ export interface TranscoderPool extends Transcoder {
 }
 
 export const transcoderPoolDefaults = {
+  runningJobsMax: 4,
+  runningBytesMax: 256 * 1024 * 1024,
   queuedJobsMax: 64,
-  // A 300 MB multi-frame instance in JPEG-LS takes ~15 s here: ample room for slower machines.
+  // A 300 MB multi-frame instance in JPEG-LS takes ~15 s here alone: ample room for sharing and slower machines.
   jobTimeoutMs: 300_000,
+  stuckGraceMs: 30_000,
   codecIdleMs: 30_000,
   workerIdleMs: 600_000,
 };
 
 interface Job {
-  message: TranscodeJob;
+  jobId: number;
+  source: TranscodeSource | undefined;
+  byteLength: number;
+  fromTransferSyntaxUid: string;
+  acceptableTransferSyntaxUids: string[];
+  /** queued: waiting to start; reading: its instance being read; atThread: posted to the worker. */
+  phase: 'queued' | 'reading' | 'atThread';
+  /** Its promise is settled (done, failed, cancelled, timed out); an atThread job keeps its slot until the thread answers. */
+  settled: boolean;
   resolve(result: TranscodeResult): void;
-  reject(error: TranscodeError): void;
+  reject(error: unknown): void;
+  detachSignal(): void;
+  timers: TimerHandle[];
 }
 
 export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   const { clock, log } = init;
+  const d = transcoderPoolDefaults;
   const workerUrl = init.workerUrl ?? defaultWorkerUrl();
-  const queuedJobsMax = init.queuedJobsMax ?? transcoderPoolDefaults.queuedJobsMax;
-  const jobTimeoutMs = init.jobTimeoutMs ?? transcoderPoolDefaults.jobTimeoutMs;
-  const codecIdleMs = init.codecIdleMs ?? transcoderPoolDefaults.codecIdleMs;
-  const workerIdleMs = init.workerIdleMs ?? transcoderPoolDefaults.workerIdleMs;
+  const runningJobsMax = init.runningJobsMax ?? d.runningJobsMax;
+  const runningBytesMax = init.runningBytesMax ?? d.runningBytesMax;
+  const queuedJobsMax = init.queuedJobsMax ?? d.queuedJobsMax;
+  const jobTimeoutMs = init.jobTimeoutMs ?? d.jobTimeoutMs;
+  const stuckGraceMs = init.stuckGraceMs ?? d.stuckGraceMs;
+  const codecIdleMs = init.codecIdleMs ?? d.codecIdleMs;
+  const workerIdleMs = init.workerIdleMs ?? d.workerIdleMs;
 
   const queue: Job[] = [];
+  const running = new Map<number, Job>();
+  let bytesRunning = 0;
   let worker: Worker | undefined;
-  let running: { job: Job; timer: TimerHandle } | undefined;
   let idleTimers: TimerHandle[] = [];
   let nextJobId = 1;
   let stopped = false;
-  const counts = { workersStarted: 0, jobsDone: 0, jobsFailed: 0 };
+  const counts = { workersStarted: 0, jobsDone: 0, jobsFailed: 0, jobsCancelled: 0 };
+
+  function settle(job: Job, outcome: { result: TranscodeResult } | { error: unknown }): void {
+    if (job.settled) return;
+    job.settled = true;
+    job.detachSignal();
+    if ('result' in outcome) {
+      counts.jobsDone += 1;
+      job.resolve(outcome.result);
+    } else {
+      if ((outcome.error as { code?: unknown })?.code === 'ERR_TRANSCODE_CANCELLED') counts.jobsCancelled += 1;
+      else counts.jobsFailed += 1;
+      job.reject(outcome.error);
+    }
+  }
 
   function spawn(): Worker {
     const started = startWorker(workerUrl);
@@ -127,45 +179,64 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     return started;
   }
 
+  /** Starts queued jobs while the running ones leave room (always one, whatever its size). */
   function pump(): void {
-    if (stopped || running !== undefined || queue.length === 0) return;
-    clearIdleTimers();
-    try {
-      worker ??= spawn();
-    } catch (error) {
-      // Refused at once (no thread to be had, an unusable script): what waits fails now, not never.
-      const reason = `the transcoder thread could not start: ${error instanceof Error ? error.message : String(error)}`;
-      log.warn('a transcoder thread could not start', { reason });
-      const failed = queue.splice(0);
-      counts.jobsFailed += failed.length;
-      for (const job of failed) job.reject(new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', reason));
-      return;
+    while (!stopped && queue.length > 0) {
+      const next = queue[0]!;
+      if (running.size > 0 && (running.size >= runningJobsMax || bytesRunning + next.byteLength > runningBytesMax)) return;
+      queue.shift();
+      start(next);
     }
-    const job = queue.shift()!;
-    // Only running jobs keep the process alive; an idle worker must not hold up a peer's exit.
-    worker.ref();
-    const timer = clock.setTimeout(() => timedOut(job), jobTimeoutMs);
-    running = { job, timer };
-    const bytes = job.message.bytes;
-    job.message.bytes = new Uint8Array(0);
-    worker.postMessage({ ...job.message, bytes } satisfies TranscodeRequest, [bytes.buffer as ArrayBuffer]);
   }
 
-  function finishRunning(): Job | undefined {
-    if (!running) return undefined;
-    const { job, timer } = running;
-    clock.clearTimeout(timer);
-    running = undefined;
-    return job;
+  function start(job: Job): void {
+    clearIdleTimers();
+    job.phase = 'reading';
+    running.set(job.jobId, job);
+    bytesRunning += job.byteLength;
+    void (async () => {
+      let bytes: Uint8Array;
+      try {
+        bytes = await ownBytes(job.source!);
+      } catch (error) {
+        // The reader's own error, as it is: the caller tells an unreadable local copy from a failed transcode.
+        settle(job, { error });
+        finish(job);
+        return;
+      }
+      job.source = undefined;
+      // Cancelled or stopped while its instance was read: the thread never sees it.
+      if (job.settled || stopped) return finish(job);
+      try {
+        worker ??= spawn();
+      } catch (error) {
+        // Refused at once (no thread to be had, an unusable script).
+        const reason = `the transcoder thread could not start: ${error instanceof Error ? error.message : String(error)}`;
+        log.warn('a transcoder thread could not start', { reason });
+        settle(job, { error: new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', reason) });
+        return finish(job);
+      }
+      job.phase = 'atThread';
+      // Only jobs at the thread keep the process alive; an idle worker must not hold up a peer's exit.
+      worker.ref();
+      job.timers.push(clock.setTimeout(() => timedOut(job), jobTimeoutMs));
+      const message: TranscodeJob = { type: 'transcode', jobId: job.jobId, bytes, fromTransferSyntaxUid: job.fromTransferSyntaxUid, acceptableTransferSyntaxUids: job.acceptableTransferSyntaxUids };
+      worker.postMessage(message satisfies TranscodeRequest, [bytes.buffer as ArrayBuffer]);
+    })();
   }
 
-  function afterJob(): void {
-    if (worker && queue.length === 0) {
-      worker.unref();
+  /** The job leaves its slot: the next ones may start, or the idle timers run. */
+  function finish(job: Job): void {
+    if (!running.delete(job.jobId)) return;
+    bytesRunning -= job.byteLength;
+    for (const timer of job.timers) clock.clearTimeout(timer);
+    job.timers = [];
+    if (worker && ![...running.values()].some((j) => j.phase === 'atThread')) worker.unref();
+    pump();
+    if (running.size === 0 && queue.length === 0 && worker && !stopped) {
       const idle = worker;
       idleTimers = [clock.setTimeout(() => idle.postMessage({ type: 'releaseCodecs' } satisfies TranscodeRequest), codecIdleMs), clock.setTimeout(endIdleWorker, workerIdleMs)];
     }
-    pump();
   }
 
   function clearIdleTimers(): void {
@@ -174,98 +245,127 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   }
 
   function onReply(reply: TranscodeReply): void {
-    if (reply?.jobId !== running?.job.message.jobId) {
+    const job = running.get(reply?.jobId);
+    if (job?.phase !== 'atThread') {
       log.warn('the transcoder thread answered a job that is not running: ignored', { jobId: reply?.jobId });
       return;
     }
-    const job = finishRunning()!;
+    // A cancelled or timed-out job's answer only frees its slot.
     switch (reply.type) {
       case 'transcoded':
-        counts.jobsDone += 1;
-        job.resolve({ bytes: reply.bytes, transferSyntaxUid: reply.transferSyntaxUid });
+        settle(job, { result: { bytes: reply.bytes, transferSyntaxUid: reply.transferSyntaxUid } });
         break;
       case 'failed':
-        counts.jobsFailed += 1;
-        job.reject(new TranscodeError(reply.code, reply.message));
+        settle(job, { error: new TranscodeError(reply.code, reply.message) });
         break;
       default: {
         const unknown: never = reply;
-        counts.jobsFailed += 1;
-        job.reject(new TranscodeError('ERR_TRANSCODE_FAILED', `the transcoder thread sent an unknown reply: ${String((unknown as { type?: unknown }).type)}`));
+        settle(job, { error: new TranscodeError('ERR_TRANSCODE_FAILED', `the transcoder thread sent an unknown reply: ${String((unknown as { type?: unknown }).type)}`) });
       }
     }
-    afterJob();
+    finish(job);
   }
 
+  /** The thread ended or failed: every job it held fails; reading and queued ones go to the next thread. */
   function workerGone(gone: Worker, reason: string): void {
     if (gone !== worker) return;
     worker = undefined;
     clearIdleTimers();
-    const job = finishRunning();
-    if (job) {
-      counts.jobsFailed += 1;
-      log.warn('a transcode failed: its thread ended', { reason });
-      job.reject(new TranscodeError('ERR_TRANSCODE_FAILED', reason));
+    const lost = [...running.values()].filter((job) => job.phase === 'atThread');
+    if (lost.some((job) => !job.settled)) log.warn('transcodes failed: their thread ended', { reason, jobs: lost.length });
+    for (const job of lost) {
+      settle(job, { error: new TranscodeError('ERR_TRANSCODE_FAILED', reason) });
+      finish(job);
     }
-    pump();
+  }
+
+  function cancel(job: Job): void {
+    if (job.settled) return;
+    settle(job, { error: new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone') });
+    if (job.phase === 'queued') queue.splice(queue.indexOf(job), 1);
+    else if (job.phase === 'atThread') worker?.postMessage({ type: 'cancel', jobId: job.jobId } satisfies TranscodeRequest);
+    // A reading job leaves its slot once its read ends (start()); one at the thread once the thread answers.
   }
 
   function timedOut(job: Job): void {
-    if (running?.job !== job) return;
-    const ending = worker;
-    finishRunning();
-    counts.jobsFailed += 1;
-    log.warn('a transcode ran too long: its thread is ended', { jobTimeoutMs });
-    job.reject(new TranscodeError('ERR_TRANSCODE_FAILED', `transcoding took longer than ${jobTimeoutMs} ms`));
-    worker = undefined;
-    void ending?.terminate();
-    pump();
+    if (job.settled) return;
+    log.warn('a transcode ran too long: cancelled', { jobTimeoutMs });
+    settle(job, { error: new TranscodeError('ERR_TRANSCODE_FAILED', `transcoding took longer than ${jobTimeoutMs} ms`) });
+    worker?.postMessage({ type: 'cancel', jobId: job.jobId } satisfies TranscodeRequest);
+    const thread = worker;
+    job.timers.push(
+      clock.setTimeout(() => {
+        if (!running.has(job.jobId) || thread !== worker || thread === undefined) return;
+        // Still no answer: the thread is inside one codec call that does not return.
+        log.warn('the transcoder thread is stuck in a codec call: ended', { stuckGraceMs });
+        void thread.terminate();
+        workerGone(thread, `the transcoder thread was stuck in a codec call for ${jobTimeoutMs + stuckGraceMs} ms and was ended`);
+      }, stuckGraceMs),
+    );
   }
 
   function endIdleWorker(): void {
     idleTimers = [];
-    if (running || queue.length > 0 || !worker) return;
+    if (running.size > 0 || queue.length > 0 || !worker) return;
     const ending = worker;
     worker = undefined;
     void ending.terminate();
   }
 
   return {
-    transcode(bytes, fromTransferSyntaxUid, acceptableTransferSyntaxUids, options) {
+    transcode(source, fromTransferSyntaxUid, acceptableTransferSyntaxUids, options = {}) {
       if (stopped) return Promise.reject(new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', 'the transcoder is stopped: the peer is stopping'));
+      const { signal } = options;
+      if (signal?.aborted) return Promise.reject(new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone'));
       if (queue.length >= queuedJobsMax) {
         return Promise.reject(new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', `the transcoder is busy: ${queue.length} transcodes waiting`));
       }
-      if (!(bytes instanceof Uint8Array)) return Promise.reject(new TranscodeError('ERR_TRANSCODE_FAILED', 'datasetBytes must be a Uint8Array'));
+      const byteLength = source instanceof Uint8Array ? source.byteLength : Number(source?.byteLength);
+      if (!(source instanceof Uint8Array) && (typeof source?.read !== 'function' || !Number.isSafeInteger(byteLength) || byteLength < 0)) {
+        return Promise.reject(new TranscodeError('ERR_TRANSCODE_FAILED', 'the source must be bytes or { byteLength, read() }'));
+      }
       return new Promise<TranscodeResult>((resolve, reject) => {
-        queue.push({
-          // Moved to the worker: the caller's own buffer when handed over, else a copy (the bytes may be a
-          // view into a larger buffer, which would go along whole, or ones the caller still uses).
-          message: {
-            type: 'transcode',
-            jobId: nextJobId++,
-            bytes: options?.handOver === true && fillsItsBuffer(bytes) ? bytes : new Uint8Array(bytes),
-            fromTransferSyntaxUid: String(fromTransferSyntaxUid),
-            acceptableTransferSyntaxUids: Array.from(acceptableTransferSyntaxUids, String),
-          },
+        const job: Job = {
+          jobId: nextJobId++,
+          source,
+          byteLength,
+          fromTransferSyntaxUid: String(fromTransferSyntaxUid),
+          acceptableTransferSyntaxUids: Array.from(acceptableTransferSyntaxUids, String),
+          phase: 'queued',
+          settled: false,
           resolve,
           reject,
-        });
+          detachSignal: () => signal?.removeEventListener('abort', onAbort),
+          timers: [],
+        };
+        const onAbort = () => cancel(job);
+        signal?.addEventListener('abort', onAbort, { once: true });
+        queue.push(job);
         pump();
       });
     },
-    stats: () => ({ workerRunning: worker !== undefined, jobsQueued: queue.length, ...counts }),
+    stats: () => ({ workerRunning: worker !== undefined, jobsQueued: queue.length, jobsRunning: running.size, bytesRunning, ...counts }),
     async stop() {
       stopped = true;
       clearIdleTimers();
       const unavailable = () => new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', 'the transcoder is stopped: the peer is stopping');
-      finishRunning()?.reject(unavailable());
-      for (const job of queue.splice(0)) job.reject(unavailable());
+      for (const job of [...queue.splice(0), ...running.values()]) {
+        settle(job, { error: unavailable() });
+        finish(job);
+      }
       const ending = worker;
       worker = undefined;
       await ending?.terminate();
     },
   };
+}
+
+/** The source's bytes as the job's own buffer: read ones move to the thread as they are when they fill it. */
+async function ownBytes(source: TranscodeSource): Promise<Uint8Array> {
+  if (source instanceof Uint8Array) return new Uint8Array(source);
+  const bytes = await source.read();
+  if (!(bytes instanceof Uint8Array)) throw new TranscodeError('ERR_TRANSCODE_FAILED', 'the source read no bytes');
+  return fillsItsBuffer(bytes) ? bytes : new Uint8Array(bytes);
 }
 
 /** From the sources (tsx) the worker is the .ts file beside this one; from the bundle, dist/transcode-worker.js. */

@@ -69,7 +69,8 @@
  *   dcmjs-dimse; this module owns its life cycle, other code should transcode through here.
  *
  * Errors: never throws anything but TranscodeError ('ERR_TRANSCODE_UNSUPPORTED' when no acceptable syntax
- * can be produced from the stored one, 'ERR_TRANSCODE_FAILED' for malformed or undecodable data).
+ * can be produced from the stored one, 'ERR_TRANSCODE_FAILED' for malformed or undecodable data,
+ * 'ERR_TRANSCODE_CANCELLED' once the caller's signal is aborted).
  */
 import { createRequire } from 'node:module';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
@@ -169,11 +170,17 @@ function chooseTarget(from: string, acceptable: readonly string[]): string | und
   return encodedFallback ?? lossyFallback;
 }
 
+/**
+ * `signal`: when aborted, the work stops at the next frame with ERR_TRANSCODE_CANCELLED (its requestor is
+ * gone: the codec's time goes to the others).
+ */
 export async function transcodeDataset(
   datasetBytes: Uint8Array,
   fromTransferSyntaxUid: string,
   acceptableTransferSyntaxUids: readonly string[],
+  options: { signal?: AbortSignal } = {},
 ): Promise<{ bytes: Uint8Array; transferSyntaxUid: string }> {
+  const { signal } = options;
   if (!(datasetBytes instanceof Uint8Array)) {
     throw new TranscodeError('ERR_TRANSCODE_FAILED', 'datasetBytes must be a Uint8Array');
   }
@@ -200,7 +207,7 @@ export async function transcodeDataset(
     } catch (err) {
       throw asTranscodeError(err);
     }
-    if (ENCODABLE.has(target)) await encodePixelData(elements, target);
+    if (ENCODABLE.has(target)) await encodePixelData(elements, target, signal);
     try {
       return { bytes: finish(elements, target), transferSyntaxUid: target };
     } catch (err) {
@@ -217,12 +224,12 @@ export async function transcodeDataset(
   }
   const pixel = elements.find((e) => e.tag === PIXEL_DATA);
   if (pixel?.fragments) {
-    await decodePixelData(elements, pixel, from);
+    await decodePixelData(elements, pixel, from, signal);
   } else if (pixel) {
     throw new TranscodeError('ERR_TRANSCODE_FAILED', `pixel data of a ${from} dataset is not encapsulated`);
   }
-  await decodeNestedPixelData(elements, from);
-  if (ENCODABLE.has(target)) await encodePixelData(elements, target);
+  await decodeNestedPixelData(elements, from, signal);
+  if (ENCODABLE.has(target)) await encodePixelData(elements, target, signal);
   try {
     return { bytes: finish(elements, target), transferSyntaxUid: target };
   } catch (err) {
@@ -747,9 +754,10 @@ function withCodecs(work: () => void): void {
  * given a turn between steps: a large multi-frame instance decoded or compressed in one go held the peer's
  * heartbeats and every other association for seconds.
  */
-async function eachFrameWithCodecs(steps: number, work: (index: number) => void): Promise<void> {
+async function eachFrameWithCodecs(steps: number, signal: AbortSignal | undefined, work: (index: number) => void): Promise<void> {
   for (let i = 0; i < steps; i++) {
     if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    if (signal?.aborted) throw new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone');
     await loadCodecs();
     withCodecs(() => work(i));
   }
@@ -1008,17 +1016,17 @@ function decodeJpegDirect(frame: Uint8Array, attrs: PixelAttrs): Record<string, 
  * the instance's syntax (PS3.5 8.2, PS3.3 C.7.6.1.1.6). Each item's image is decoded with that item's own
  * Image Pixel attributes, so the output has no encapsulated value left anywhere.
  */
-async function decodeNestedPixelData(elements: El[], ts: string): Promise<void> {
+async function decodeNestedPixelData(elements: El[], ts: string, signal: AbortSignal | undefined): Promise<void> {
   for (const el of elements) {
     for (const item of el.items ?? []) {
       const pixel = item.elements.find((e) => e.tag === PIXEL_DATA);
-      if (pixel?.fragments) await decodePixelData(item.elements, pixel, ts);
-      await decodeNestedPixelData(item.elements, ts);
+      if (pixel?.fragments) await decodePixelData(item.elements, pixel, ts, signal);
+      await decodeNestedPixelData(item.elements, ts, signal);
     }
   }
 }
 
-async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<void> {
+async function decodePixelData(elements: El[], pixel: El, ts: string, signal: AbortSignal | undefined): Promise<void> {
   let attrs: PixelAttrs;
   let frames: Uint8Array[];
   try {
@@ -1032,7 +1040,7 @@ async function decodePixelData(elements: El[], pixel: El, ts: string): Promise<v
   let outPhotometric = attrs.photometric;
   let outPlanar = attrs.planarConfiguration;
   const bytesPerSample = Math.ceil(attrs.bitsAllocated / 8);
-  await eachFrameWithCodecs(frames.length, (i) => {
+  await eachFrameWithCodecs(frames.length, signal, (i) => {
     const f = frames[i]!;
     const input = { ...onePixelFrame(attrs, attrs.planarConfiguration), PixelData: [f.buffer.slice(f.byteOffset, f.byteOffset + f.byteLength)] };
     const result =
@@ -1107,7 +1115,7 @@ function unsupported(message: string): never {
  * data (icons) stays native, which the encapsulated syntaxes allow. Without Pixel Data the data set is
  * written in explicit VR LE under the target's UID, as the syntax defines.
  */
-async function encodePixelData(elements: El[], target: string): Promise<void> {
+async function encodePixelData(elements: El[], target: string, signal: AbortSignal | undefined): Promise<void> {
   const index = elements.findIndex((e) => e.tag === PIXEL_DATA);
   if (index < 0) return;
   const pixel = elements[index]!;
@@ -1137,7 +1145,7 @@ async function encodePixelData(elements: El[], target: string): Promise<void> {
   // Compressing a frame and decoding it back are separate turns of the event loop: together, one 27 MB
   // mammogram held it for 1.7 s in JPEG-LS, longer than a peer may miss heartbeats before it is suspect.
   let pending: { frame: Uint8Array; bytes: Uint8Array } | undefined;
-  await eachFrameWithCodecs(2 * attrs.frames, (step) => {
+  await eachFrameWithCodecs(2 * attrs.frames, signal, (step) => {
     const i = step >> 1;
     if (step % 2 === 0) {
       // A copy with its own buffer (a Buffer's slice() is a view of the whole inflated data set).

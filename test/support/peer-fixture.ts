@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseStartArgs } from '../../src/config.ts';
-import { startPeer, type Peer } from '../../src/peer.ts';
+import { startPeer, type Peer, type PeerOptions } from '../../src/peer.ts';
 import { silentLogger, type Logger } from '../../src/actors/runtime/logger.ts';
 import { DicomClientAssociation, type ClientInit, type DimseReply } from '../../src/actors/association/client.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -37,10 +37,10 @@ export interface TestPeer extends Peer {
   dispose(): Promise<void>;
 }
 
-export async function startTestPeer(extraArgs: string[] = [], site = 'test', log: Logger = silentLogger): Promise<TestPeer> {
+export async function startTestPeer(extraArgs: string[] = [], site = 'test', log: Logger = silentLogger, options: PeerOptions = {}): Promise<TestPeer> {
   const dataDir = mkdtempSync(join(tmpdir(), `pacs-${site}-`));
   const config = parseStartArgs(['--site', site, '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', '0', '--http-port', '0', '--log-level', 'silent', ...extraArgs]);
-  const peer = await startPeer(config, { log, shutdownGraceMs: 1000 });
+  const peer = await startPeer(config, { log, shutdownGraceMs: 1000, ...options });
   return {
     ...peer,
     dataDir,

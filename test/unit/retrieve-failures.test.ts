@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -223,4 +224,46 @@ test('a C-GET context accepted in JPEG Lossless (listed first, as getscu +xs doe
   // Compressed in the transcoder's thread, not the peer's.
   const { transcoder } = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { transcoder: { jobsDone: number; workersStarted: number } };
   assert.deepEqual([transcoder.jobsDone, transcoder.workersStarted], [2, 1]);
+});
+
+test('a C-GET whose association is aborted while its instance waits at the transcoder: the transcode is cancelled, its place freed', { timeout: 60_000 }, async (t) => {
+  // A transcoder thread that holds every job until it is cancelled, as the real one stops at its next frame.
+  const holdingWorker = new URL(
+    `data:text/javascript,${encodeURIComponent(
+      "import { parentPort } from 'node:worker_threads'; const held = new Set(); parentPort.on('message', (m) => { if (m.type === 'transcode') held.add(m.jobId); else if (m.type === 'cancel' && held.delete(m.jobId)) parentPort.postMessage({ type: 'failed', jobId: m.jobId, code: 'ERR_TRANSCODE_CANCELLED', message: 'cancelled' }); });",
+    )}`,
+  );
+  const peer = await startTestPeer([], 'getter-abort', silentLogger, { transcoderWorkerUrl: holdingWorker });
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.2';
+  await storeStudy(peer, studyInstanceUid, 1, 16);
+  const transcoderStats = async () => ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { transcoder: { jobsRunning: number; jobsCancelled: number } }).transcoder;
+
+  const client = await openPeerClient(
+    peer.dicomPort,
+    'GETTER',
+    [
+      { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      // JPEG Lossless only: the instance, stored uncompressed, must be compressed for it.
+      { abstractSyntaxUid: ctImage, transferSyntaxUids: ['1.2.840.10008.1.2.4.70'] },
+    ],
+    { roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
+  );
+  const get = client
+    .request(
+      client.contexts[0]!.id,
+      { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+      encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
+    )
+    .catch(() => undefined);
+  while ((await transcoderStats()).jobsRunning === 0) await new Promise((resolve) => setTimeout(resolve, 20));
+  client.abort();
+  await get;
+  // Before, the job stayed to the end of its transcode (minutes, behind others), for nobody (helper 54).
+  let stats = await transcoderStats();
+  while (stats.jobsRunning > 0) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    stats = await transcoderStats();
+  }
+  assert.equal(stats.jobsCancelled, 1);
 });

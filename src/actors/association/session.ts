@@ -39,7 +39,17 @@ interface IdentifierBuffer {
 interface Task {
   /** C-CANCEL-RQ received, or the association aborted (a release is `releaseRequested`: see endOperations). */
   cancelled: boolean;
+  /** Aborted with `cancelled`: stops what waits for the requestor's sake (a queued or running transcode). */
+  controller: AbortController;
   done: Promise<void>;
+}
+
+/** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
+const retrievePendingIntervalMs = 10_000;
+
+function cancelTask(task: Task): void {
+  task.cancelled = true;
+  task.controller.abort();
 }
 
 export interface SessionCallbacks {
@@ -316,7 +326,7 @@ export class AcceptorSession {
       }
       case CommandField.CCancelRq: {
         const task = command.messageIdBeingRespondedTo === undefined ? undefined : this.tasks.get(command.messageIdBeingRespondedTo);
-        if (task) task.cancelled = true;
+        if (task) cancelTask(task);
         return;
       }
       default:
@@ -392,7 +402,7 @@ export class AcceptorSession {
       return;
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
-    const task: Task = { cancelled: false, done: Promise.resolve() };
+    const task: Task = { cancelled: false, controller: new AbortController(), done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => {
       // The client sees the status; the operator sees it here (a C-MOVE whose destination is down, say).
       if (this.ended && rsp.status !== undefined && !isPendingStatus(rsp.status)) {
@@ -432,6 +442,8 @@ export class AcceptorSession {
               isReleasing: () => context.service === 'get' && this.releaseRequested,
               onSubOperationFailures: (reasons) => this.log.warn(`${serviceNames[context.service]} sub-operations failed`, { reasons }),
               transcoder: this.deps.transcoder,
+              signal: task.controller.signal,
+              pendingKeepAlive: { clock: this.deps.clock, intervalMs: retrievePendingIntervalMs },
               openTarget: (entries) =>
                 context.service === 'get'
                   ? this.getTarget()
@@ -501,7 +513,7 @@ export class AcceptorSession {
    * (the requestor has said it is done). Either way a half-received instance is discarded.
    */
   private async endOperations(how: 'abort' | 'release' = 'abort'): Promise<void> {
-    if (how === 'abort') for (const task of this.tasks.values()) task.cancelled = true;
+    if (how === 'abort') for (const task of this.tasks.values()) cancelTask(task);
     for (const [messageId, waiter] of this.subOperationWaiters) {
       this.subOperationWaiters.delete(messageId);
       waiter.resolve(noAnswer);

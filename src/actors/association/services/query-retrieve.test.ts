@@ -81,6 +81,60 @@ test('every peer answered (or those silent hold nothing more): the retrieve goes
   assert.deepEqual(sent.map((r) => r.status), [Status.Success]);
 });
 
+test('a sub-operation that takes long gets Pending responses meanwhile; the final comment says why sub-operations failed', async () => {
+  await withEmptyStore(async (store) => {
+    const timers = new Map<number, () => void>();
+    let nextTimerId = 1;
+    const clock = {
+      nowMs: () => 0,
+      dateMs: () => 0,
+      setTimeout: (callback: () => void) => {
+        timers.set(nextTimerId, callback);
+        return { id: nextTimerId++ };
+      },
+      clearTimeout: (handle: { id: unknown } | undefined) => void (handle && timers.delete(handle.id as number)),
+    };
+    const fireTimers = () => [...timers].forEach(([id, callback]) => (timers.delete(id), callback()));
+    const sent: DimseCommand[] = [];
+    let pullArrives!: () => void;
+    const pulled = new Promise<void>((resolve) => (pullArrives = resolve));
+    const uids = ['1.2.826.0.1.3680043.10.1453.6.1', '1.2.826.0.1.3680043.10.1453.6.2'];
+    const done = runRetrieve(
+      {
+        ...studyRootRequest(
+          { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
+          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.6' }],
+          sent,
+        ),
+        kind: 'get',
+        callingAeTitle: 'VIEWER',
+        openTarget: async () => ({ pickContext: () => undefined, store: async () => Status.Success, close: async () => undefined }),
+        transcoder: noTranscoder,
+        pendingKeepAlive: { clock, intervalMs: 10_000 },
+      },
+      store,
+      {
+        resolve: async () => ({ entries: uids.map((sopInstanceUid) => ({ sopInstanceUid }) as CatalogEntry), truncated: false }),
+        // The first instance is pulled from another site, slowly; then neither is to be had.
+        ensureLocal: async (entry) => (entry.sopInstanceUid === uids[0] ? pulled.then(() => undefined) : undefined),
+      },
+    );
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    for (let interval = 0; interval < 2; interval++) {
+      while (timers.size === 0) await turn();
+      fireTimers();
+    }
+    while (sent.length < 2) await turn();
+    assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations]), [[Status.Pending, 2], [Status.Pending, 2]], 'a Pending response each interval, the counts unchanged');
+    pullArrives();
+    await done;
+    assert.equal(timers.size, 0, 'no keep-alive once the sub-operations are over');
+    const final = sent.at(-1)!;
+    assert.equal(final.status, Status.OutOfResourcesSubOps);
+    assert.equal(final.errorComment, 'all 2 failed: not here, and no peer could send it (or it holds other bytes here: a UID conflict)');
+  });
+});
+
 test('a search the mesh says the catalog cannot answer yet (a site just restored) gets 0xA700 and the reason, not Success with part of the matches', async () => {
   await withEmptyStore(async (store) => {
     const find = async (refusal: string | undefined): Promise<DimseCommand[]> => {

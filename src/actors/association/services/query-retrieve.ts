@@ -15,6 +15,7 @@ import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrie
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
+import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 
 /** Sends one DIMSE message on the association that carries the request. */
 export type SendMessage = (command: DimseCommand, dataSet?: Uint8Array) => Promise<void>;
@@ -152,6 +153,14 @@ export interface RetrieveContext extends QueryContext {
   onSubOperationFailures?(reasons: Record<string, number>): void;
   /** For receivers that refuse the stored syntax (in the peer: a worker thread, off the event loop). */
   transcoder: Transcoder;
+  /** Aborted when the requestor is gone (the association aborted, a C-CANCEL): pending transcodes stop. */
+  signal?: AbortSignal;
+  /**
+   * While one sub-operation takes longer than `intervalMs` (a transcode waiting its turn, a pull from
+   * another site), a Pending response with the same counts every `intervalMs`: requestors give up an
+   * association silent for long (DCMTK's tools after 60 s: helper 54).
+   */
+  pendingKeepAlive?: { clock: Clock; intervalMs: number };
 }
 
 /** Distinct failure reasons kept per retrieve; more are counted under one. */
@@ -253,19 +262,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         counts.remaining = 0;
         break;
       }
-      // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
-      const local = await source.ensureLocal(entry).catch(() => undefined);
-      let outcome: SubOperationOutcome = local
-        ? await sendOne(ctx, target, store, local)
-        : { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
-      // The copy here is damaged and nothing of it went out: a peer's good copy replaces it, and it is sent
-      // once more (a site restored from a copy taken while it ran failed retrieves the other sites could
-      // serve until its scrub came by: helper 48).
-      if (outcome.localCopyUnreadable && source.repairCopy !== undefined) {
-        const repaired = await source.repairCopy(local!).catch(() => undefined);
-        if (repaired !== undefined) outcome = await sendOne(ctx, target, store, repaired);
-      }
-      const { status, reason } = outcome;
+      const { status, reason } = await withPendingKeepAlive(ctx, counts, subOperation(ctx, target, store, source, entry));
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
@@ -290,7 +287,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   // failed; Failure when every one failed (A702, as dcm4che answers); the failed UIDs listed either way.
   const everyOneFailed = counts.failed > 0 && counts.completed + counts.warning === 0;
   const finalStatus = everyOneFailed ? Status.OutOfResourcesSubOps : counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
-  const comment = everyOneFailed ? `all ${counts.failed} sub-operations failed` : undefined;
+  // The most frequent reason, cut at the comment's 64 characters (all of them are in the log).
+  const [topReason] = [...failureReasons].sort((a, b) => b[1] - a[1])[0] ?? [];
+  const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topReason === undefined ? '' : `: ${topReason}`}`;
   await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
 
@@ -320,6 +319,47 @@ class LocalCopyUnreadable extends Error {
 }
 
 /** `read`, with a failure marked as the local copy's. */
+async function subOperation(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, source: RetrieveSource, entry: CatalogEntry): Promise<SubOperationOutcome> {
+  // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
+  const local = await source.ensureLocal(entry).catch(() => undefined);
+  if (!local) return { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
+  const outcome = await sendOne(ctx, target, store, local);
+  // The copy here is damaged and nothing of it went out: a peer's good copy replaces it, and it is sent
+  // once more (a site restored from a copy taken while it ran failed retrieves the other sites could
+  // serve until its scrub came by: helper 48).
+  if (outcome.localCopyUnreadable && source.repairCopy !== undefined) {
+    const repaired = await source.repairCopy(local).catch(() => undefined);
+    if (repaired !== undefined) return sendOne(ctx, target, store, repaired);
+  }
+  return outcome;
+}
+
+/** `work`, with Pending responses every ctx.pendingKeepAlive.intervalMs until it settles. */
+async function withPendingKeepAlive<T>(ctx: RetrieveContext, counts: SubOperationCounts, work: Promise<T>): Promise<T> {
+  const keepAlive = ctx.pendingKeepAlive;
+  if (keepAlive === undefined) return work;
+  let settled = false;
+  let timer: TimerHandle | undefined;
+  const arm = () => {
+    timer = keepAlive.clock.setTimeout(() => {
+      // Sent between whole messages (the association sends one at a time), with the counts as they stand.
+      void ctx
+        .send(retrieveResponse(ctx, Status.Pending, counts))
+        .catch(() => undefined)
+        .finally(() => {
+          if (!settled) arm();
+        });
+    }, keepAlive.intervalMs);
+  };
+  arm();
+  try {
+    return await work;
+  } finally {
+    settled = true;
+    keepAlive.clock.clearTimeout(timer);
+  }
+}
+
 async function readLocal<T>(read: Promise<T>): Promise<T> {
   try {
     return await read;
@@ -345,14 +385,14 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     let status: number;
     if (asStored && entry.byteLength > checkedWholeBytesMax) {
       status = await target.store(picked.presentationContextId, command, await readLocal(checkedStream(store, entry)));
+    } else if (asStored) {
+      status = await target.store(picked.presentationContextId, command, await readLocal(checkedWhole(store, entry)));
     } else {
-      // Transcoding needs the whole instance in memory too; it only runs when the receiver refuses the stored syntax.
-      const bytes = await readLocal(checkedWhole(store, entry));
-      if (asStored) status = await target.store(picked.presentationContextId, command, bytes);
-      else {
-        const transcoded = await ctx.transcoder.transcode(bytes, entry.transferSyntaxUid, [picked.transferSyntaxUid], { handOver: true });
-        status = await target.store(picked.presentationContextId, command, transcoded.bytes);
-      }
+      // Only when the receiver refuses the stored syntax. Transcoding needs the whole instance in memory; it is
+      // read when the transcoder takes the job, so that a job waiting its turn holds no bytes.
+      const source = { byteLength: entry.byteLength, read: () => readLocal(checkedWhole(store, entry)) };
+      const transcoded = await ctx.transcoder.transcode(source, entry.transferSyntaxUid, [picked.transferSyntaxUid], { signal: ctx.signal });
+      status = await target.store(picked.presentationContextId, command, transcoded.bytes);
     }
     return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
   } catch (error) {
