@@ -22,7 +22,7 @@ import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
-import { SERVER_FACTORIES, startOrthanc, type BenchServer, type BenchServerStartOptions } from './lib/index.ts';
+import { SERVER_FACTORIES, startBenchServer, type BenchServer } from './lib/index.ts';
 import { choicesArg, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
@@ -83,17 +83,13 @@ async function main(): Promise<number> {
       const result: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', timesMs: { name: [], wildcard: [], suffix: [], week: [], id: [], idprefix: [], echo: [] } };
       results.push(result);
       const dataDir = await mkdtemp(join(workDir, `${id}-`));
-      let server: BenchServer;
-      try {
-        // Orthanc answers C-FIND only for declared modalities unless told otherwise.
-        const start = id === 'orthanc' ? (o: BenchServerStartOptions) => startOrthanc({ ...o, config: { DicomAlwaysAllowFind: true } }) : factory.start;
-        server = await start({ dataDir });
-      } catch (e) {
+      const started = await startBenchServer(id, dataDir, { DicomAlwaysAllowFind: true });
+      if ('skipped' in started) {
         result.status = 'skipped';
-        result.message = `${factory.name} failed to start: ${(e as Error).message.split('\n')[0]}`;
-        console.log(`!! SKIPPED ${result.message}`);
+        result.message = started.skipped;
         continue;
       }
+      const { server } = started;
       running.push({ result, server, dataDir });
       const loaded = await runTool('storescu', ['-aet', CLIENT_AE, '-aec', server.aeTitle, '+sd', '+r', server.host, String(server.dicomPort), inputDir], {
         timeoutMs: 1_800_000,

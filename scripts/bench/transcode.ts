@@ -19,7 +19,7 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool, startRssSampler, which } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
-import { SERVER_FACTORIES, startOrthanc, type BenchServer, type BenchServerStartOptions } from './lib/index.ts';
+import { SERVER_FACTORIES, startBenchServer, type BenchServer } from './lib/index.ts';
 import { choicesArg, fmt, hostInfo, intArg, median, MiB, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
@@ -86,17 +86,13 @@ async function main(): Promise<number> {
       results.push(result);
       const dataDir = join(workDir, `${id}-data`);
       await mkdir(dataDir, { recursive: true });
-      let server: BenchServer;
-      try {
-        // Orthanc answers C-GET only for declared modalities unless told otherwise.
-        const start = id === 'orthanc' ? (o: BenchServerStartOptions) => startOrthanc({ ...o, config: { DicomAlwaysAllowGet: true } }) : factory.start;
-        server = await start({ dataDir });
-      } catch (e) {
+      const started = await startBenchServer(id, dataDir, { DicomAlwaysAllowGet: true });
+      if ('skipped' in started) {
         result.status = 'skipped';
-        result.message = `${factory.name} failed to start: ${(e as Error).message.split('\n')[0]}`;
-        console.log(`!! SKIPPED ${result.message}`);
+        result.message = started.skipped;
         continue;
       }
+      const { server } = started;
       running.push({ result, server, dataDir });
       const stored = await runTool('storescu', ['-aet', CLIENT_AE, '-aec', server.aeTitle, '-xt', '+sd', server.host, String(server.dicomPort), compressedDir], { timeoutMs: 600_000, env: { TCP_NODELAY: '1' } });
       const held = await server.countStored().catch(() => -1);
