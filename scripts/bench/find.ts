@@ -83,13 +83,8 @@ async function main(): Promise<number> {
       const result: ServerResult = { id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', timesMs: { name: [], wildcard: [], suffix: [], week: [], id: [], idprefix: [], echo: [] } };
       results.push(result);
       const dataDir = await mkdtemp(join(workDir, `${id}-`));
-      const started = await startBenchServer(id, dataDir, { DicomAlwaysAllowFind: true });
-      if ('skipped' in started) {
-        result.status = 'skipped';
-        result.message = started.skipped;
-        continue;
-      }
-      const { server } = started;
+      const server = await startBenchServer(result, dataDir, { DicomAlwaysAllowFind: true });
+      if (!server) continue;
       running.push({ result, server, dataDir });
       const loaded = await runTool('storescu', ['-aet', CLIENT_AE, '-aec', server.aeTitle, '+sd', '+r', server.host, String(server.dicomPort), inputDir], {
         timeoutMs: 1_800_000,

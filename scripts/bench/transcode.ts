@@ -86,13 +86,8 @@ async function main(): Promise<number> {
       results.push(result);
       const dataDir = join(workDir, `${id}-data`);
       await mkdir(dataDir, { recursive: true });
-      const started = await startBenchServer(id, dataDir, { DicomAlwaysAllowGet: true });
-      if ('skipped' in started) {
-        result.status = 'skipped';
-        result.message = started.skipped;
-        continue;
-      }
-      const { server } = started;
+      const server = await startBenchServer(result, dataDir, { DicomAlwaysAllowGet: true });
+      if (!server) continue;
       running.push({ result, server, dataDir });
       const stored = await runTool('storescu', ['-aet', CLIENT_AE, '-aec', server.aeTitle, '-xt', '+sd', server.host, String(server.dicomPort), compressedDir], { timeoutMs: 600_000, env: { TCP_NODELAY: '1' } });
       const held = await server.countStored().catch(() => -1);

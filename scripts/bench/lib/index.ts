@@ -16,17 +16,22 @@ export const SERVER_FACTORIES: Record<string, BenchServerFactory> = {
 };
 
 /**
- * Starts the server `id` on a fresh `dataDir` (Orthanc with `orthancConfig` over its defaults: it answers
- * C-FIND and C-GET only for declared modalities unless told otherwise). A server that cannot start is
- * skipped, said in one line: `skipped` holds why.
+ * Starts the server of `result.id` on a fresh `dataDir` (Orthanc with `orthancConfig` over its defaults: it
+ * answers C-FIND and C-GET only for declared modalities unless told otherwise). A server that cannot start
+ * is skipped: said in one line, and recorded in `result` (undefined is returned).
  */
-export async function startBenchServer(id: string, dataDir: string, orthancConfig: Record<string, unknown> = {}): Promise<{ server: BenchServer } | { skipped: string }> {
-  const factory = SERVER_FACTORIES[id]!;
+export async function startBenchServer(
+  result: { id: string; status: string; message?: string },
+  dataDir: string,
+  orthancConfig: Record<string, unknown> = {},
+): Promise<BenchServer | undefined> {
+  const factory = SERVER_FACTORIES[result.id]!;
   try {
-    return { server: id === 'orthanc' ? await startOrthanc({ dataDir, config: orthancConfig }) : await factory.start({ dataDir }) };
+    return result.id === 'orthanc' ? await startOrthanc({ dataDir, config: orthancConfig }) : await factory.start({ dataDir });
   } catch (e) {
-    const skipped = `${factory.name} failed to start: ${(e as Error).message.split('\n')[0]}`;
-    console.log(`!! SKIPPED ${skipped}`);
-    return { skipped };
+    result.status = 'skipped';
+    result.message = `${factory.name} failed to start: ${(e as Error).message.split('\n')[0]}`;
+    console.log(`!! SKIPPED ${result.message}`);
+    return undefined;
   }
 }
