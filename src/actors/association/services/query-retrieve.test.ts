@@ -135,6 +135,50 @@ test('a sub-operation that takes long gets Pending responses meanwhile; the fina
   });
 });
 
+test('Pending keep-alives run while a C-MOVE destination stores, not while a C-GET requestor answers (writes to a hung one would pass for progress)', async () => {
+  await withEmptyStore(async (store) => {
+    for (const kind of ['get', 'move'] as const) {
+      const timers = new Set<number>();
+      let nextTimerId = 1;
+      const clock = {
+        nowMs: () => 0,
+        dateMs: () => 0,
+        setTimeout: () => (timers.add(nextTimerId), { id: nextTimerId++ }),
+        clearTimeout: (handle: { id: unknown } | undefined) => void (handle && timers.delete(handle.id as number)),
+      };
+      let answer!: (status: number) => void;
+      let storing = false;
+      const entry = { sopInstanceUid: '1.2.826.0.1.3680043.10.1453.8.1', sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 } as CatalogEntry;
+      const done = runRetrieve(
+        {
+          ...studyRootRequest(
+            { commandField: kind === 'get' ? CommandField.CGetRq : CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', moveDestination: 'DEST', hasDataSet: true },
+            [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.8' }],
+            [],
+          ),
+          kind,
+          callingAeTitle: 'VIEWER',
+          openTarget: async () => ({
+            // Accepted only in implicit VR LE: the instance goes through the transcoder (here at once).
+            pickContext: () => ({ presentationContextId: 3, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+            store: () => ((storing = true), new Promise<number>((resolve) => (answer = resolve))),
+            close: async () => undefined,
+          }),
+          transcoder: { transcode: async () => ({ bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+          pendingKeepAlive: { clock, intervalMs: 10_000 },
+        },
+        store,
+        { resolve: async () => ({ entries: [entry], truncated: false }), ensureLocal: async (e) => e },
+      );
+      while (!storing) await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(timers.size, kind === 'move' ? 1 : 0, kind);
+      answer(Status.Success);
+      await done;
+      assert.equal(timers.size, 0);
+    }
+  });
+});
+
 test('a search the mesh says the catalog cannot answer yet (a site just restored) gets 0xA700 and the reason, not Success with part of the matches', async () => {
   await withEmptyStore(async (store) => {
     const find = async (refusal: string | undefined): Promise<DimseCommand[]> => {

@@ -262,7 +262,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         counts.remaining = 0;
         break;
       }
-      const { status, reason } = await withPendingKeepAlive(ctx, counts, subOperation(ctx, target, store, source, entry));
+      const { status, reason } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
@@ -318,18 +318,24 @@ class LocalCopyUnreadable extends Error {
   }
 }
 
-/** `read`, with a failure marked as the local copy's. */
-async function subOperation(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, source: RetrieveSource, entry: CatalogEntry): Promise<SubOperationOutcome> {
+/**
+ * What a sub-operation waits for on our side (a pull from another site, a transcode waiting its turn, a
+ * C-MOVE destination storing), with Pending responses meanwhile. Not the C-GET requestor's own answer:
+ * writes to a requestor that has hung would look like progress to the idle rule (helper 42).
+ */
+type WhileOurs = <T>(work: Promise<T>) => Promise<T>;
+
+async function subOperation(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, source: RetrieveSource, entry: CatalogEntry, whileOurs: WhileOurs): Promise<SubOperationOutcome> {
   // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
-  const local = await source.ensureLocal(entry).catch(() => undefined);
+  const local = await whileOurs(source.ensureLocal(entry).catch(() => undefined));
   if (!local) return { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
-  const outcome = await sendOne(ctx, target, store, local);
+  const outcome = await sendOne(ctx, target, store, local, whileOurs);
   // The copy here is damaged and nothing of it went out: a peer's good copy replaces it, and it is sent
   // once more (a site restored from a copy taken while it ran failed retrieves the other sites could
   // serve until its scrub came by: helper 48).
   if (outcome.localCopyUnreadable && source.repairCopy !== undefined) {
-    const repaired = await source.repairCopy(local).catch(() => undefined);
-    if (repaired !== undefined) return sendOne(ctx, target, store, repaired);
+    const repaired = await whileOurs(source.repairCopy(local).catch(() => undefined));
+    if (repaired !== undefined) return sendOne(ctx, target, store, repaired, whileOurs);
   }
   return outcome;
 }
@@ -360,6 +366,7 @@ async function withPendingKeepAlive<T>(ctx: RetrieveContext, counts: SubOperatio
   }
 }
 
+/** `read`, with a failure marked as the local copy's. */
 async function readLocal<T>(read: Promise<T>): Promise<T> {
   try {
     return await read;
@@ -368,7 +375,7 @@ async function readLocal<T>(read: Promise<T>): Promise<T> {
   }
 }
 
-async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry): Promise<SubOperationOutcome> {
+async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry, whileOurs: WhileOurs): Promise<SubOperationOutcome> {
   const picked = target.pickContext(entry);
   if (!picked) return { status: NoContextForInstance, reason: `no accepted presentation context for ${entry.sopClassUid} (stored as ${entry.transferSyntaxUid})` };
   const command: DimseCommand = {
@@ -383,16 +390,21 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   try {
     const asStored = picked.transferSyntaxUid === entry.transferSyntaxUid;
     let status: number;
+    // A C-MOVE destination's answer is ours to wait for; a C-GET requestor's is its own.
+    const storeAt = (dataSet: Uint8Array | AsyncIterable<Uint8Array>) => {
+      const stored = target.store(picked.presentationContextId, command, dataSet);
+      return ctx.kind === 'move' ? whileOurs(stored) : stored;
+    };
     if (asStored && entry.byteLength > checkedWholeBytesMax) {
-      status = await target.store(picked.presentationContextId, command, await readLocal(checkedStream(store, entry)));
+      status = await storeAt(await readLocal(checkedStream(store, entry)));
     } else if (asStored) {
-      status = await target.store(picked.presentationContextId, command, await readLocal(checkedWhole(store, entry)));
+      status = await storeAt(await readLocal(checkedWhole(store, entry)));
     } else {
       // Only when the receiver refuses the stored syntax. Transcoding needs the whole instance in memory; it is
       // read when the transcoder takes the job, so that a job waiting its turn holds no bytes.
       const source = { byteLength: entry.byteLength, read: () => readLocal(checkedWhole(store, entry)) };
-      const transcoded = await ctx.transcoder.transcode(source, entry.transferSyntaxUid, [picked.transferSyntaxUid], { signal: ctx.signal });
-      status = await target.store(picked.presentationContextId, command, transcoded.bytes);
+      const transcoded = await whileOurs(ctx.transcoder.transcode(source, entry.transferSyntaxUid, [picked.transferSyntaxUid], { signal: ctx.signal }));
+      status = await storeAt(transcoded.bytes);
     }
     return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
   } catch (error) {
