@@ -10,6 +10,7 @@ import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
+import { TranscodeError } from '../../../codec/transcode-error.ts';
 import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 import * as transcoder from '../../../codec/transcode.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
@@ -176,6 +177,42 @@ test('Pending keep-alives run while a C-MOVE destination stores, not while a C-G
       await done;
       assert.equal(timers.size, 0);
     }
+  });
+});
+
+test('a C-CANCEL while a sub-operation waits at the transcoder ends in Cancel with it remaining, not a failure', async () => {
+  await withEmptyStore(async (store) => {
+    const sent: DimseCommand[] = [];
+    let cancelled = false;
+    let cancel!: () => void;
+    const entries = ['1.2.826.0.1.3680043.10.1453.9.1', '1.2.826.0.1.3680043.10.1453.9.2'].map(
+      (sopInstanceUid) => ({ sopInstanceUid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry,
+    );
+    const done = runRetrieve(
+      {
+        ...studyRootRequest(
+          { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
+          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.9' }],
+          sent,
+        ),
+        isCancelled: () => cancelled,
+        kind: 'get',
+        callingAeTitle: 'VIEWER',
+        openTarget: async () => ({ pickContext: () => ({ presentationContextId: 3, transferSyntaxUid: '1.2.840.10008.1.2.4.80' }), store: async () => Status.Success, close: async () => undefined }),
+        // The transcode stops once the requestor cancels, as the pool does with the task's signal.
+        transcoder: { transcode: () => new Promise((_, reject) => (cancel = () => reject(new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone')))) },
+      },
+      store,
+      { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+    );
+    while (cancel === undefined) await new Promise((resolve) => setImmediate(resolve));
+    cancelled = true;
+    cancel();
+    await done;
+    assert.deepEqual(
+      sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]),
+      [[Status.Cancel, 2, 0, 0]],
+    );
   });
 });
 

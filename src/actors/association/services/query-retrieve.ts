@@ -263,6 +263,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         break;
       }
       const { status, reason } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+      // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
+      // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
+      if (ctx.isCancelled() && status !== Status.Success && (status & 0xf000) !== 0xb000) break;
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
