@@ -22,7 +22,7 @@ import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
-import { SERVER_FACTORIES, startBenchServer, type BenchServer } from './lib/index.ts';
+import { SERVER_FACTORIES, startBenchServer, type BenchServer, type BenchServerResult } from './lib/index.ts';
 import { choicesArg, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
@@ -33,12 +33,7 @@ const DAY_MS = 86_400_000;
 const studyDate = (study: number): string => new Date(Date.UTC(2020, 0, 1) + study * DAY_MS).toISOString().slice(0, 10).replaceAll('-', '');
 type Search = (typeof SEARCHES)[number];
 
-interface ServerResult {
-  id: string;
-  name: string;
-  version?: string;
-  status: 'ok' | 'skipped' | 'failed';
-  message?: string;
+interface ServerResult extends BenchServerResult {
   loadSeconds?: number;
   timesMs: Record<Search, number[]>;
   medianMs?: Record<Search, number>;

@@ -19,19 +19,14 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool, startRssSampler, which } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir } from '../../test/support/synthetic-dicom.ts';
-import { SERVER_FACTORIES, startBenchServer, type BenchServer } from './lib/index.ts';
+import { SERVER_FACTORIES, startBenchServer, type BenchServer, type BenchServerResult } from './lib/index.ts';
 import { choicesArg, fmt, hostInfo, intArg, median, MiB, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
 const CLIENT_AE = 'BENCH';
 const UNCOMPRESSED = new Set([TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian, '1.2.840.10008.1.2.2']);
 
-interface ServerResult {
-  id: string;
-  name: string;
-  version?: string;
-  status: 'ok' | 'skipped' | 'failed';
-  message?: string;
+interface ServerResult extends BenchServerResult {
   retrieveMs: number[];
   echoMs: number[];
   peakRssBytes: number;

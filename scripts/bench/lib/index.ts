@@ -15,13 +15,22 @@ export const SERVER_FACTORIES: Record<string, BenchServerFactory> = {
   'pacs-mesh': pacsMeshFactory,
 };
 
+/** What a benchmark records of each server, before its own figures. */
+export interface BenchServerResult {
+  id: string;
+  name: string;
+  version?: string;
+  status: 'ok' | 'skipped' | 'failed';
+  message?: string;
+}
+
 /**
  * Starts the server of `result.id` on a fresh `dataDir` (Orthanc with `orthancConfig` over its defaults: it
  * answers C-FIND and C-GET only for declared modalities unless told otherwise). A server that cannot start
  * is skipped: said in one line, and recorded in `result` (undefined is returned).
  */
 export async function startBenchServer(
-  result: { id: string; status: string; message?: string },
+  result: BenchServerResult,
   dataDir: string,
   orthancConfig: Record<string, unknown> = {},
 ): Promise<BenchServer | undefined> {
