@@ -15,6 +15,7 @@ import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrie
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
+import { TranscodeError } from '../../../codec/transcode-error.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 
 /** Sends one DIMSE message on the association that carries the request. */
@@ -262,10 +263,11 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         counts.remaining = 0;
         break;
       }
-      const { status, reason } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+      const { status, reason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
       // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
       // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
-      if (ctx.isCancelled() && status !== Status.Success && (status & 0xf000) !== 0xb000) break;
+      // One that was sent and not answered is a failure, whatever ended the association.
+      if (cancelledBeforeSending && ctx.isCancelled()) break;
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
       else if ((status & 0xf000) === 0xb000) counts.warning++;
@@ -312,6 +314,8 @@ interface SubOperationOutcome {
   reason?: string;
   /** Failed reading or checking the local copy, before any of it was sent. */
   localCopyUnreadable?: boolean;
+  /** Its transcode was stopped because the requestor is gone or cancelled: nothing of it was sent. */
+  cancelledBeforeSending?: boolean;
 }
 
 /** The local copy could not be read or did not match its SHA-256 before anything was sent. */
@@ -411,7 +415,12 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     }
     return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
   } catch (error) {
-    return { status: Status.UnableToProcess, reason: errorText(error), localCopyUnreadable: error instanceof LocalCopyUnreadable };
+    return {
+      status: Status.UnableToProcess,
+      reason: errorText(error),
+      localCopyUnreadable: error instanceof LocalCopyUnreadable,
+      cancelledBeforeSending: error instanceof TranscodeError && error.code === 'ERR_TRANSCODE_CANCELLED',
+    };
   }
 }
 
