@@ -12,7 +12,7 @@ import { DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
-import { loadTranscoder, pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
+import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
 import { IncomingStore, storeResponse } from './services/store.ts';
 import type { UlIndication } from './state-machine.ts';
 import type { Logger } from '../runtime/logger.ts';
@@ -465,9 +465,8 @@ export class AcceptorSession {
   /** C-GET: sub-operations travel back over this association, to contexts where the requestor is SCP. */
   private async getTarget(): Promise<SubOperationTarget & { close(): Promise<void> }> {
     const usable = [...this.contexts.values()].filter((c) => c.requestorIsScp);
-    const transcoder = await loadTranscoder();
     return {
-      pickContext: (entry) => pickContextFor(entry, usable, transcoder),
+      pickContext: (entry) => pickContextFor(entry, usable),
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         const messageId = this.core.allocateMessageId();
@@ -497,9 +496,8 @@ export class AcceptorSession {
       presentationContexts: proposalsForMove(entries),
       clock: this.deps.clock,
     });
-    const transcoder = await loadTranscoder();
     return {
-      pickContext: (entry) => pickContextFor(entry, client.contexts, transcoder),
+      pickContext: (entry) => pickContextFor(entry, client.contexts),
       store: async (presentationContextId, storeCommand, dataSet) => {
         const reply = await client.request(presentationContextId, storeCommand, dataSet);
         return reply.command.status ?? Status.UnableToProcess;

@@ -12,7 +12,6 @@ import { createReplicaStore, type ReplicaStore } from '../../storage/replica-sto
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
 import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
-import * as transcoder from '../../../codec/transcode.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 
@@ -300,9 +299,9 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
   assert.deepEqual(proposals.map((p) => p.transferSyntaxUids[0]), [TransferSyntax.ExplicitVrLittleEndian, j2k, TransferSyntax.ExplicitVrLittleEndian, jpegLossless]);
   // A destination that took explicit VR LE and JPEG Lossless: the J2K copy is decoded, not re-compressed.
   const both = [{ id: 5, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }, { id: 7, abstractSyntaxUid: ct, transferSyntaxUid: jpegLossless }];
-  assert.equal(pickContextFor(entry(j2k), [...both].reverse(), transcoder)?.presentationContextId, 5);
+  assert.equal(pickContextFor(entry(j2k), [...both].reverse())?.presentationContextId, 5);
   // One that took JPEG Lossless only (helper 49: every instance not stored so failed): compressed for it.
-  assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian), [both[1]!], transcoder)?.presentationContextId, 7);
+  assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian), [both[1]!])?.presentationContextId, 7);
   // 128 contexts at most: with 43 classes there is no room for the compressed ones.
   const many = Array.from({ length: 43 }, (_, i) => ({ sopClassUid: `${ct}.${i}`, transferSyntaxUid: j2k }) as CatalogEntry);
   assert.equal(proposalsForMove(many).length, 86);

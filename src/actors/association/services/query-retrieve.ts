@@ -16,6 +16,7 @@ import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels
 import type { ReplicaStore } from '../../storage/replica-store.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
+import { canTranscode, needsEncoding } from '../../../codec/transcode-targets.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 
 /** Sends one DIMSE message on the association that carries the request. */
@@ -298,13 +299,6 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
 
-type TranscodeModule = typeof import('../../../codec/transcode.ts');
-let transcodeModule: Promise<TranscodeModule> | undefined;
-/** The codecs (WASM) load on the first retrieve, not at start: most retrieves never transcode. */
-export function loadTranscoder(): Promise<TranscodeModule> {
-  return (transcodeModule ??= import('../../../codec/transcode.ts'));
-}
-
 /** Sub-operation statuses of our own making, for instances we could not even send. */
 const NoContextForInstance = 0xa702;
 
@@ -474,13 +468,12 @@ async function checkedStream(store: ReplicaStore, entry: CatalogEntry): Promise<
 export function pickContextFor(
   entry: CatalogEntry,
   contexts: Iterable<{ id: number; abstractSyntaxUid: string; transferSyntaxUid: string }>,
-  transcoder: Pick<TranscodeModule, 'canTranscode' | 'needsEncoding'>,
 ): { presentationContextId: number; transferSyntaxUid: string } | undefined {
   const candidates = [...contexts].filter((c) => c.abstractSyntaxUid === entry.sopClassUid);
   const exact = candidates.find((c) => c.transferSyntaxUid === entry.transferSyntaxUid);
   if (exact) return { presentationContextId: exact.id, transferSyntaxUid: exact.transferSyntaxUid };
-  const convertible = candidates.filter((c) => transcoder.canTranscode(entry.transferSyntaxUid, c.transferSyntaxUid));
-  const chosen = convertible.find((c) => !transcoder.needsEncoding(c.transferSyntaxUid)) ?? convertible[0];
+  const convertible = candidates.filter((c) => canTranscode(entry.transferSyntaxUid, c.transferSyntaxUid));
+  const chosen = convertible.find((c) => !needsEncoding(c.transferSyntaxUid)) ?? convertible[0];
   return chosen ? { presentationContextId: chosen.id, transferSyntaxUid: chosen.transferSyntaxUid } : undefined;
 }
 
