@@ -37,20 +37,16 @@ interface IdentifierBuffer {
 }
 
 interface Task {
-  /** C-CANCEL-RQ received, or the association aborted (a release is `releaseRequested`: see endOperations). */
-  cancelled: boolean;
-  /** Aborted with `cancelled`: stops what waits for the requestor's sake (a queued or running transcode). */
-  controller: AbortController;
+  /**
+   * Aborted on a C-CANCEL-RQ or when the association aborts (a release is `releaseRequested`: see
+   * endOperations): the operation stops, and so does what waits for the requestor's sake (a transcode).
+   */
+  cancel: AbortController;
   done: Promise<void>;
 }
 
 /** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
 const retrievePendingIntervalMs = 10_000;
-
-function cancelTask(task: Task): void {
-  task.cancelled = true;
-  task.controller.abort();
-}
 
 export interface SessionCallbacks {
   /** Route an ARTIM expiry through the actor's mailbox. */
@@ -326,7 +322,7 @@ export class AcceptorSession {
       }
       case CommandField.CCancelRq: {
         const task = command.messageIdBeingRespondedTo === undefined ? undefined : this.tasks.get(command.messageIdBeingRespondedTo);
-        if (task) cancelTask(task);
+        if (task) task.cancel.abort();
         return;
       }
       default:
@@ -402,7 +398,7 @@ export class AcceptorSession {
       return;
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
-    const task: Task = { cancelled: false, controller: new AbortController(), done: Promise.resolve() };
+    const task: Task = { cancel: new AbortController(), done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => {
       // The client sees the status; the operator sees it here (a C-MOVE whose destination is down, say).
       if (this.ended && rsp.status !== undefined && !isPendingStatus(rsp.status)) {
@@ -428,7 +424,7 @@ export class AcceptorSession {
       command,
       identifier,
       send,
-      isCancelled: () => task.cancelled,
+      isCancelled: () => task.cancel.signal.aborted,
       retrieveAeTitle: this.deps.config.aeTitle,
     };
     const run =
@@ -442,7 +438,7 @@ export class AcceptorSession {
               isReleasing: () => context.service === 'get' && this.releaseRequested,
               onSubOperationFailures: (reasons) => this.log.warn(`${serviceNames[context.service]} sub-operations failed`, { reasons }),
               transcoder: this.deps.transcoder,
-              signal: task.controller.signal,
+              signal: task.cancel.signal,
               pendingKeepAlive: { clock: this.deps.clock, intervalMs: retrievePendingIntervalMs },
               openTarget: (entries) =>
                 context.service === 'get'
@@ -511,7 +507,7 @@ export class AcceptorSession {
    * (the requestor has said it is done). Either way a half-received instance is discarded.
    */
   private async endOperations(how: 'abort' | 'release' = 'abort'): Promise<void> {
-    if (how === 'abort') for (const task of this.tasks.values()) cancelTask(task);
+    if (how === 'abort') for (const task of this.tasks.values()) task.cancel.abort();
     for (const [messageId, waiter] of this.subOperationWaiters) {
       this.subOperationWaiters.delete(messageId);
       waiter.resolve(noAnswer);
