@@ -1,10 +1,10 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, statSync } from 'node:fs';
 import { systemClock, type Clock, type TimerHandle } from '../actors/runtime/clock.ts';
 import { silentLogger } from '../actors/runtime/logger.ts';
 import { TranscodeError } from './transcode-error.ts';
-import { startTranscoderPool } from './transcode-pool.ts';
+import { startTranscoderPool, type TranscoderPool, type TranscoderPoolInit } from './transcode-pool.ts';
 import { transcodeDataset } from './transcode.ts';
 
 const EXPLICIT = '1.2.840.10008.1.2.1';
@@ -49,6 +49,13 @@ function monochromeImage(rows: number, columns: number, frames = 1): Uint8Array 
   );
 }
 
+/** A pool for one test, stopped after it: the real worker, the system clock and no logs unless `init` says otherwise. */
+function startPool(t: TestContext, init: Partial<TranscoderPoolInit> = {}): TranscoderPool {
+  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, ...init });
+  t.after(() => pool.stop());
+  return pool;
+}
+
 /** A clock whose timers fire only when the test moves it on. */
 function manualClock(): Clock & { advance(ms: number): void; pending(): number } {
   const timers = new Map<number, { callback: () => void; dueMs: number }>();
@@ -91,159 +98,123 @@ const isTranscodeError = (code: string, pattern?: RegExp) => (error: unknown) =>
   return true;
 };
 
-test('the worker thread gives the bytes transcodeDataset gives in this thread, compressing and decompressing', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
-  try {
-    const image = monochromeImage(64, 48);
-    const here = await transcodeDataset(image, EXPLICIT, [JPEG_LS]);
-    const there = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
-    assert.equal(there.transferSyntaxUid, JPEG_LS);
-    assert.deepEqual(Buffer.from(there.bytes), Buffer.from(here.bytes));
-    // And back: the pixels come out as they went in, with the implicit VR LE the receiver asked for.
-    const back = await pool.transcode(there.bytes, JPEG_LS, [IMPLICIT]);
-    assert.equal(back.transferSyntaxUid, IMPLICIT);
-    assert.deepEqual(Buffer.from(back.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
-    // The caller's bytes stay usable: the pool moved a copy, not them.
-    assert.equal(image.length, monochromeImage(64, 48).length);
-    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 2, jobsFailed: 0, jobsCancelled: 0 });
-  } finally {
-    await pool.stop();
-  }
+test('the worker thread gives the bytes transcodeDataset gives in this thread, compressing and decompressing', async (t) => {
+  const pool = startPool(t);
+  const image = monochromeImage(64, 48);
+  const here = await transcodeDataset(image, EXPLICIT, [JPEG_LS]);
+  const there = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+  assert.equal(there.transferSyntaxUid, JPEG_LS);
+  assert.deepEqual(Buffer.from(there.bytes), Buffer.from(here.bytes));
+  // And back: the pixels come out as they went in, with the implicit VR LE the receiver asked for.
+  const back = await pool.transcode(there.bytes, JPEG_LS, [IMPLICIT]);
+  assert.equal(back.transferSyntaxUid, IMPLICIT);
+  assert.deepEqual(Buffer.from(back.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
+  // The caller's bytes stay usable: the pool moved a copy, not them.
+  assert.equal(image.length, monochromeImage(64, 48).length);
+  assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 2, jobsFailed: 0, jobsCancelled: 0 });
 });
 
-test('a view into a larger buffer is transcoded alone, not with the rest of its buffer', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
-  try {
-    const image = monochromeImage(8, 8);
-    const larger = Buffer.concat([Buffer.from('garbage before'), image, Buffer.from('garbage after!')]);
-    const view = new Uint8Array(larger.buffer, larger.byteOffset + 14, image.length);
-    const result = await pool.transcode(view, EXPLICIT, [IMPLICIT]);
-    assert.deepEqual(Buffer.from(result.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
-  } finally {
-    await pool.stop();
-  }
+test('a view into a larger buffer is transcoded alone, not with the rest of its buffer', async (t) => {
+  const pool = startPool(t);
+  const image = monochromeImage(8, 8);
+  const larger = Buffer.concat([Buffer.from('garbage before'), image, Buffer.from('garbage after!')]);
+  const view = new Uint8Array(larger.buffer, larger.byteOffset + 14, image.length);
+  const result = await pool.transcode(view, EXPLICIT, [IMPLICIT]);
+  assert.deepEqual(Buffer.from(result.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
 });
 
-test('a source read when its job starts moves its own buffer to the thread, and a view into a larger one is copied', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
-  try {
-    const expected = Buffer.from((await transcodeDataset(monochromeImage(8, 8), EXPLICIT, [IMPLICIT])).bytes);
-    const whole = monochromeImage(8, 8);
-    assert.deepEqual(Buffer.from((await pool.transcode({ byteLength: whole.length, read: async () => whole }, EXPLICIT, [IMPLICIT])).bytes), expected);
-    assert.equal(whole.byteLength, 0, 'moved: the view read is empty now');
-    const larger = Buffer.concat([Buffer.from('before'), monochromeImage(8, 8)]);
-    const view = larger.subarray(6);
-    assert.deepEqual(Buffer.from((await pool.transcode({ byteLength: view.length, read: async () => view }, EXPLICIT, [IMPLICIT])).bytes), expected);
-    assert.equal(larger.subarray(6).equals(monochromeImage(8, 8)), true, 'a view into a larger buffer is copied, its buffer stays');
-    // Bytes given as they are stay the caller's.
-    const kept = monochromeImage(8, 8);
-    await pool.transcode(kept, EXPLICIT, [IMPLICIT]);
-    assert.equal(kept.byteLength, monochromeImage(8, 8).byteLength);
-  } finally {
-    await pool.stop();
-  }
+test('a source read when its job starts moves its own buffer to the thread, and a view into a larger one is copied', async (t) => {
+  const pool = startPool(t);
+  const expected = Buffer.from((await transcodeDataset(monochromeImage(8, 8), EXPLICIT, [IMPLICIT])).bytes);
+  const whole = monochromeImage(8, 8);
+  assert.deepEqual(Buffer.from((await pool.transcode({ byteLength: whole.length, read: async () => whole }, EXPLICIT, [IMPLICIT])).bytes), expected);
+  assert.equal(whole.byteLength, 0, 'moved: the view read is empty now');
+  const larger = Buffer.concat([Buffer.from('before'), monochromeImage(8, 8)]);
+  const view = larger.subarray(6);
+  assert.deepEqual(Buffer.from((await pool.transcode({ byteLength: view.length, read: async () => view }, EXPLICIT, [IMPLICIT])).bytes), expected);
+  assert.equal(larger.subarray(6).equals(monochromeImage(8, 8)), true, 'a view into a larger buffer is copied, its buffer stays');
+  // Bytes given as they are stay the caller's.
+  const kept = monochromeImage(8, 8);
+  await pool.transcode(kept, EXPLICIT, [IMPLICIT]);
+  assert.equal(kept.byteLength, monochromeImage(8, 8).byteLength);
 });
 
-test('errors keep their code across the thread, and the worker goes on serving', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
-  try {
-    const image = monochromeImage(8, 8);
-    await assert.rejects(pool.transcode(image, EXPLICIT, [JPEG_BASELINE]), isTranscodeError('ERR_TRANSCODE_UNSUPPORTED', /cannot transcode/));
-    await assert.rejects(pool.transcode(new Uint8Array([1, 2, 3, 4, 5]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED'));
-    const ok = await pool.transcode(image, EXPLICIT, [IMPLICIT]);
-    assert.equal(ok.transferSyntaxUid, IMPLICIT);
-    assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 1, jobsFailed: 2, jobsCancelled: 0 });
-  } finally {
-    await pool.stop();
-  }
+test('errors keep their code across the thread, and the worker goes on serving', async (t) => {
+  const pool = startPool(t);
+  const image = monochromeImage(8, 8);
+  await assert.rejects(pool.transcode(image, EXPLICIT, [JPEG_BASELINE]), isTranscodeError('ERR_TRANSCODE_UNSUPPORTED', /cannot transcode/));
+  await assert.rejects(pool.transcode(new Uint8Array([1, 2, 3, 4, 5]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED'));
+  const ok = await pool.transcode(image, EXPLICIT, [IMPLICIT]);
+  assert.equal(ok.transferSyntaxUid, IMPLICIT);
+  assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 1, jobsFailed: 2, jobsCancelled: 0 });
 });
 
-test('the event loop keeps turning while a large frame is compressed (in this thread it waited for the whole frame)', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger });
-  try {
-    // Load the worker and its codecs first, so that only the frame's own work is counted.
-    await pool.transcode(monochromeImage(8, 8), EXPLICIT, [JPEG_LS]);
-    const image = monochromeImage(1024, 1024);
-    let turns = 0;
-    let done = false;
-    const spin = () => {
-      turns += 1;
-      if (!done) setImmediate(spin);
-    };
-    setImmediate(spin);
-    const result = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
-    done = true;
-    assert.equal(result.transferSyntaxUid, JPEG_LS);
-    // One frame is one uninterrupted codec call: in this thread the loop would turn a handful of times.
-    assert.ok(turns >= 100, `the event loop turned only ${turns} times during the transcode`);
-  } finally {
-    await pool.stop();
-  }
+test('the event loop keeps turning while a large frame is compressed (in this thread it waited for the whole frame)', async (t) => {
+  const pool = startPool(t);
+  // Load the worker and its codecs first, so that only the frame's own work is counted.
+  await pool.transcode(monochromeImage(8, 8), EXPLICIT, [JPEG_LS]);
+  const image = monochromeImage(1024, 1024);
+  let turns = 0;
+  let done = false;
+  const spin = () => {
+    turns += 1;
+    if (!done) setImmediate(spin);
+  };
+  setImmediate(spin);
+  const result = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+  done = true;
+  assert.equal(result.transferSyntaxUid, JPEG_LS);
+  // One frame is one uninterrupted codec call: in this thread the loop would turn a handful of times.
+  assert.ok(turns >= 100, `the event loop turned only ${turns} times during the transcode`);
 });
 
-test('a job past its time fails and is cancelled; a thread that does not answer the cancel is ended', async () => {
+test('a job past its time fails and is cancelled; a thread that does not answer the cancel is ended', async (t) => {
   const clock = manualClock();
   // Hangs on a job whose first byte is 1 (and ignores its cancel), answers the others.
   const workerUrl = scriptedWorker(
     `if (m.type !== 'transcode' || m.bytes[0] === 1) return; parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
   );
-  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl, jobTimeoutMs: 1000, stuckGraceMs: 500 });
-  try {
-    const hanging = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    clock.advance(1000);
-    await assert.rejects(hanging, isTranscodeError('ERR_TRANSCODE_FAILED', /took longer than 1000 ms/));
-    // The thread still serves the others meanwhile.
-    assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [2]);
-    assert.equal(pool.stats().jobsRunning, 1, 'the timed-out job keeps its place until its thread answers');
-    clock.advance(500);
-    assert.deepEqual([pool.stats().workerRunning, pool.stats().jobsRunning], [false, 0], 'no answer to the cancel: the thread is ended');
-    assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [3]);
-    assert.equal(pool.stats().workersStarted, 2);
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { clock, workerUrl, jobTimeoutMs: 1000, stuckGraceMs: 500 });
+  const hanging = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  clock.advance(1000);
+  await assert.rejects(hanging, isTranscodeError('ERR_TRANSCODE_FAILED', /took longer than 1000 ms/));
+  // The thread still serves the others meanwhile.
+  assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [2]);
+  assert.equal(pool.stats().jobsRunning, 1, 'the timed-out job keeps its place until its thread answers');
+  clock.advance(500);
+  assert.deepEqual([pool.stats().workerRunning, pool.stats().jobsRunning], [false, 0], 'no answer to the cancel: the thread is ended');
+  assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [3]);
+  assert.equal(pool.stats().workersStarted, 2);
 });
 
-test('a worker that dies fails the jobs it held; waiting jobs go to a new worker', async () => {
+test('a worker that dies fails the jobs it held; waiting jobs go to a new worker', async (t) => {
   const workerUrl = scriptedWorker(
     `if (m.bytes[0] === 9) process.exit(3); parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`,
   );
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, runningJobsMax: 1 });
-  try {
-    const dying = pool.transcode(new Uint8Array([9]), EXPLICIT, [IMPLICIT]);
-    const queued = pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
-    await assert.rejects(dying, isTranscodeError('ERR_TRANSCODE_FAILED', /exit code 3/));
-    assert.deepEqual([...(await queued).bytes], [4]);
-    assert.equal(pool.stats().workersStarted, 2);
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { workerUrl, runningJobsMax: 1 });
+  const dying = pool.transcode(new Uint8Array([9]), EXPLICIT, [IMPLICIT]);
+  const queued = pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
+  await assert.rejects(dying, isTranscodeError('ERR_TRANSCODE_FAILED', /exit code 3/));
+  assert.deepEqual([...(await queued).bytes], [4]);
+  assert.equal(pool.stats().workersStarted, 2);
 });
 
-test('a thread that cannot start fails the waiting jobs at once', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: new URL('https://example.invalid/transcode-worker.js') });
-  try {
-    await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /could not start/));
-    assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 0, jobsFailed: 1, jobsCancelled: 0 });
-  } finally {
-    await pool.stop();
-  }
+test('a thread that cannot start fails the waiting jobs at once', async (t) => {
+  const pool = startPool(t, { workerUrl: new URL('https://example.invalid/transcode-worker.js') });
+  await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /could not start/));
+  assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 0, jobsFailed: 1, jobsCancelled: 0 });
 });
 
-test('a reply that is no known message fails its job, not the peer', async () => {
+test('a reply that is no known message fails its job, not the peer', async (t) => {
   const workerUrl = scriptedWorker(`parentPort.postMessage({ type: 'surprise', jobId: m.jobId });`);
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl });
-  try {
-    await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED', /unknown reply: surprise/));
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { workerUrl });
+  await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED', /unknown reply: surprise/));
 });
 
-test('the queue is bounded, and stopping fails what waits and what runs', async () => {
+test('the queue is bounded, and stopping fails what waits and what runs', async (t) => {
   const workerUrl = scriptedWorker('/* never answers */');
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, runningJobsMax: 1, queuedJobsMax: 1 });
+  const pool = startPool(t, { workerUrl, runningJobsMax: 1, queuedJobsMax: 1 });
   const running = assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
   const queued = assert.rejects(pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /stopping/));
   await assert.rejects(pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /busy: 1 transcodes waiting/));
@@ -275,72 +246,60 @@ function deferredSource(byteLength: number, first: number) {
 const echoWorker = () => scriptedWorker(`if (m.type === 'transcode') parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`);
 const settledSoon = () => new Promise((resolve) => setTimeout(resolve, 30));
 
-test('jobs start while they fit in the running jobs and bytes, one alone whatever its size; waiting ones are not read', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: echoWorker(), runningJobsMax: 2, runningBytesMax: 100 });
-  try {
-    const [a, b, c] = [deferredSource(60, 1), deferredSource(30, 2), deferredSource(20, 3)];
-    const done = [a, b, c].map((source) => pool.transcode(source, EXPLICIT, [IMPLICIT]));
-    await settledSoon();
-    assert.deepEqual([a.started, b.started, c.started], [true, true, false], 'two jobs at most');
-    a.release();
-    assert.deepEqual([...(await done[0]!).bytes], [1]);
-    await settledSoon();
-    assert.equal(c.started, true, 'a slot freed: the next job starts');
-    b.release();
-    c.release();
-    await Promise.all(done);
-    const [big, small] = [deferredSource(150, 4), deferredSource(10, 5)];
-    const bigDone = pool.transcode(big, EXPLICIT, [IMPLICIT]);
-    const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT]);
-    await settledSoon();
-    assert.deepEqual([big.started, small.started, pool.stats().bytesRunning], [true, false, 150], 'larger than the budget: it runs alone');
-    big.release();
-    await bigDone;
-    await settledSoon();
-    small.release();
-    assert.deepEqual([...(await smallDone).bytes], [5]);
-  } finally {
-    await pool.stop();
-  }
+test('jobs start while they fit in the running jobs and bytes, one alone whatever its size; waiting ones are not read', async (t) => {
+  const pool = startPool(t, { workerUrl: echoWorker(), runningJobsMax: 2, runningBytesMax: 100 });
+  const [a, b, c] = [deferredSource(60, 1), deferredSource(30, 2), deferredSource(20, 3)];
+  const done = [a, b, c].map((source) => pool.transcode(source, EXPLICIT, [IMPLICIT]));
+  await settledSoon();
+  assert.deepEqual([a.started, b.started, c.started], [true, true, false], 'two jobs at most');
+  a.release();
+  assert.deepEqual([...(await done[0]!).bytes], [1]);
+  await settledSoon();
+  assert.equal(c.started, true, 'a slot freed: the next job starts');
+  b.release();
+  c.release();
+  await Promise.all(done);
+  const [big, small] = [deferredSource(150, 4), deferredSource(10, 5)];
+  const bigDone = pool.transcode(big, EXPLICIT, [IMPLICIT]);
+  const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT]);
+  await settledSoon();
+  assert.deepEqual([big.started, small.started, pool.stats().bytesRunning], [true, false, 150], 'larger than the budget: it runs alone');
+  big.release();
+  await bigDone;
+  await settledSoon();
+  small.release();
+  assert.deepEqual([...(await smallDone).bytes], [5]);
 });
 
-test("a reader's error comes out as it is, and frees the job's place", async () => {
+test("a reader's error comes out as it is, and frees the job's place", async (t) => {
   class Unreadable extends Error {}
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: echoWorker(), runningJobsMax: 1 });
-  try {
-    const unreadable = new Unreadable('the local copy does not match its SHA-256');
-    await assert.rejects(pool.transcode({ byteLength: 10, read: () => Promise.reject(unreadable) }, EXPLICIT, [IMPLICIT]), (error) => error === unreadable);
-    assert.deepEqual([...(await pool.transcode(new Uint8Array([7]), EXPLICIT, [IMPLICIT])).bytes], [7]);
-    assert.equal(pool.stats().jobsFailed, 1);
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { workerUrl: echoWorker(), runningJobsMax: 1 });
+  const unreadable = new Unreadable('the local copy does not match its SHA-256');
+  await assert.rejects(pool.transcode({ byteLength: 10, read: () => Promise.reject(unreadable) }, EXPLICIT, [IMPLICIT]), (error) => error === unreadable);
+  assert.deepEqual([...(await pool.transcode(new Uint8Array([7]), EXPLICIT, [IMPLICIT])).bytes], [7]);
+  assert.equal(pool.stats().jobsFailed, 1);
 });
 
-test('a cancelled job leaves the queue unread, or stops at the thread, which frees its place when it answers', async () => {
+test('a cancelled job leaves the queue unread, or stops at the thread, which frees its place when it answers', async (t) => {
   // Holds every job until it is cancelled, then answers as the real thread does.
   const workerUrl = scriptedWorker(
     `globalThis.held ??= new Set(); if (m.type === 'transcode') { globalThis.held.add(m.jobId); return; } if (m.type === 'cancel' && globalThis.held.delete(m.jobId)) parentPort.postMessage({ type: 'failed', jobId: m.jobId, code: 'ERR_TRANSCODE_CANCELLED', message: 'cancelled' });`,
   );
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl, runningJobsMax: 1 });
-  try {
-    const [first, second] = [new AbortController(), new AbortController()];
-    const waiting = deferredSource(10, 2);
-    const atThread = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT], { signal: first.signal });
-    const queued = pool.transcode(waiting, EXPLICIT, [IMPLICIT], { signal: second.signal });
-    await settledSoon();
-    second.abort();
-    await assert.rejects(queued, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
-    assert.deepEqual([waiting.started, pool.stats().jobsQueued], [false, 0], 'never read');
-    first.abort();
-    await assert.rejects(atThread, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
-    // Its place stays taken until the thread (which may still be loading) has answered the cancel.
-    while (pool.stats().jobsRunning > 0) await settledSoon();
-    assert.equal(pool.stats().jobsCancelled, 2);
-    await assert.rejects(pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT], { signal: AbortSignal.abort() }), isTranscodeError('ERR_TRANSCODE_CANCELLED'));
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { workerUrl, runningJobsMax: 1 });
+  const [first, second] = [new AbortController(), new AbortController()];
+  const waiting = deferredSource(10, 2);
+  const atThread = pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT], { signal: first.signal });
+  const queued = pool.transcode(waiting, EXPLICIT, [IMPLICIT], { signal: second.signal });
+  await settledSoon();
+  second.abort();
+  await assert.rejects(queued, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
+  assert.deepEqual([waiting.started, pool.stats().jobsQueued], [false, 0], 'never read');
+  first.abort();
+  await assert.rejects(atThread, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
+  // Its place stays taken until the thread (which may still be loading) has answered the cancel.
+  while (pool.stats().jobsRunning > 0) await settledSoon();
+  assert.equal(pool.stats().jobsCancelled, 2);
+  await assert.rejects(pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT], { signal: AbortSignal.abort() }), isTranscodeError('ERR_TRANSCODE_CANCELLED'));
 });
 
 test('transcodeDataset stops at the next frame once its signal is aborted', async () => {
@@ -350,58 +309,46 @@ test('transcodeDataset stops at the next frame once its signal is aborted', asyn
   await assert.rejects(work, isTranscodeError('ERR_TRANSCODE_CANCELLED'));
 });
 
-test('an idle worker first drops its codecs, later ends; the next job starts another', async () => {
+test('an idle worker first drops its codecs, later ends; the next job starts another', async (t) => {
   const clock = manualClock();
   // Answers each job with the number of releases it was asked for so far.
   const workerUrl = scriptedWorker(
     `globalThis.released ??= 0; if (m.type === 'releaseCodecs') { globalThis.released += 1; return; } parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: new Uint8Array([globalThis.released]), transferSyntaxUid: '${IMPLICIT}' });`,
   );
-  const pool = startTranscoderPool({ clock, log: silentLogger, workerUrl, codecIdleMs: 1000, workerIdleMs: 5000 });
-  try {
-    assert.deepEqual([...(await pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT])).bytes], [0]);
-    // Only the two idle timers are left once the job is done.
-    assert.equal(clock.pending(), 2);
-    clock.advance(1000);
-    assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [1], 'the codecs were dropped, the thread kept');
-    clock.advance(999);
-    assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [1], 'a job in time restarts the idle timers');
-    clock.advance(5000);
-    assert.equal(pool.stats().workerRunning, false);
-    await pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
-    assert.equal(pool.stats().workersStarted, 2);
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { clock, workerUrl, codecIdleMs: 1000, workerIdleMs: 5000 });
+  assert.deepEqual([...(await pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT])).bytes], [0]);
+  // Only the two idle timers are left once the job is done.
+  assert.equal(clock.pending(), 2);
+  clock.advance(1000);
+  assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [1], 'the codecs were dropped, the thread kept');
+  clock.advance(999);
+  assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [1], 'a job in time restarts the idle timers');
+  clock.advance(5000);
+  assert.equal(pool.stats().workerRunning, false);
+  await pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
+  assert.equal(pool.stats().workersStarted, 2);
 });
 
-test('the real worker compresses as before after dropping its codecs', async () => {
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, codecIdleMs: 1 });
-  try {
-    const image = monochromeImage(16, 16);
-    const first = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    const second = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
-    assert.deepEqual(Buffer.from(second.bytes), Buffer.from(first.bytes));
-    assert.equal(pool.stats().workersStarted, 1);
-  } finally {
-    await pool.stop();
-  }
+test('the real worker compresses as before after dropping its codecs', async (t) => {
+  const pool = startPool(t, { codecIdleMs: 1 });
+  const image = monochromeImage(16, 16);
+  const first = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const second = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+  assert.deepEqual(Buffer.from(second.bytes), Buffer.from(first.bytes));
+  assert.equal(pool.stats().workersStarted, 1);
 });
 
 test('the bundled worker (dist/transcode-worker.js, built by npm install) transcodes as the source does', async (t) => {
   const bundled = new URL('../../dist/transcode-worker.js', import.meta.url);
-  const sources = ['transcode.ts', 'transcode-error.ts', 'transcode-worker.ts', 'transcode-pool.ts'].map((name) => new URL(name, import.meta.url));
+  const sources = ['transcode.ts', 'transcode-targets.ts', 'transcode-error.ts', 'transcode-worker.ts', 'transcode-pool.ts'].map((name) => new URL(name, import.meta.url));
   if (!existsSync(bundled) || sources.some((source) => statSync(source).mtimeMs > statSync(bundled).mtimeMs)) {
     t.skip('dist/ is missing or older than the transcoder: `npm run build` first');
     return;
   }
-  const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, workerUrl: bundled });
-  try {
-    const image = monochromeImage(32, 32);
-    const there = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
-    assert.deepEqual(Buffer.from(there.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [JPEG_LS])).bytes));
-    await assert.rejects(pool.transcode(image, EXPLICIT, [JPEG_BASELINE]), isTranscodeError('ERR_TRANSCODE_UNSUPPORTED'));
-  } finally {
-    await pool.stop();
-  }
+  const pool = startPool(t, { workerUrl: bundled });
+  const image = monochromeImage(32, 32);
+  const there = await pool.transcode(image, EXPLICIT, [JPEG_LS]);
+  assert.deepEqual(Buffer.from(there.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [JPEG_LS])).bytes));
+  await assert.rejects(pool.transcode(image, EXPLICIT, [JPEG_BASELINE]), isTranscodeError('ERR_TRANSCODE_UNSUPPORTED'));
 });
