@@ -64,6 +64,9 @@ const entries = [
   ['ReferencedSOPClassUID', 0x00081150, 'UI'],
   ['ReferencedSOPInstanceUID', 0x00081155, 'UI'],
   ['RetrieveURL', 0x00081190, 'UR'],
+  ['TransactionUID', 0x00081195, 'UI'],
+  ['FailureReason', 0x00081197, 'US'],
+  ['FailedSOPSequence', 0x00081198, 'SQ'],
   ['ReferencedSOPSequence', 0x00081199, 'SQ'],
   // Patient.
   ['PatientName', 0x00100010, 'PN'],

@@ -15,9 +15,11 @@ export const CommandField = {
   CEchoRq: 0x0030,
   CEchoRsp: 0x8030,
   NEventReportRq: 0x0100,
+  NEventReportRsp: 0x8100,
   NGetRq: 0x0110,
   NSetRq: 0x0120,
   NActionRq: 0x0130,
+  NActionRsp: 0x8130,
   NCreateRq: 0x0140,
   NDeleteRq: 0x0150,
   CCancelRq: 0x0fff,
@@ -44,6 +46,13 @@ export const Status = {
   CannotUnderstand: 0xc000,
   UnableToProcess: 0xc001,
   SubOpsCompleteWithFailures: 0xb000,
+  /** DIMSE-N failures (PS3.7 C.4): the N-ACTION statuses a Storage Commitment SCP gives. */
+  ProcessingFailure: 0x0110,
+  NoSuchSopInstance: 0x0112,
+  InvalidArgumentValue: 0x0115,
+  NoSuchSopClass: 0x0118,
+  NoSuchAction: 0x0123,
+  ResourceLimitation: 0x0213,
 } as const;
 
 const commandVr: Record<number, 'UL' | 'US' | 'UI' | 'AE' | 'LO' | 'AT'> = {
@@ -62,6 +71,8 @@ const commandVr: Record<number, 'UL' | 'US' | 'UI' | 'AE' | 'LO' | 'AT'> = {
   0x00000903: 'US',
   0x00001000: 'UI',
   0x00001001: 'UI',
+  0x00001002: 'US',
+  0x00001008: 'US',
   0x00001020: 'US',
   0x00001021: 'US',
   0x00001022: 'US',
@@ -89,6 +100,10 @@ export interface DimseCommand {
   warningSubOperations?: number;
   moveOriginatorAeTitle?: string;
   moveOriginatorMessageId?: number;
+  /** N-EVENT-REPORT: which event (PS3.7 10.1.1.1.8). */
+  eventTypeId?: number;
+  /** N-ACTION: which action (PS3.7 10.1.4.1.9). */
+  actionTypeId?: number;
 }
 
 export class DimseError extends Error {
@@ -115,6 +130,8 @@ const field = {
   errorComment: 0x00000902,
   affectedSopInstanceUid: 0x00001000,
   requestedSopInstanceUid: 0x00001001,
+  eventTypeId: 0x00001002,
+  actionTypeId: 0x00001008,
   remaining: 0x00001020,
   completed: 0x00001021,
   failed: 0x00001022,
@@ -181,6 +198,8 @@ export function decodeCommand(bytes: Uint8Array): DimseCommand {
     warningSubOperations: num(field.warning),
     moveOriginatorAeTitle: str(field.moveOriginatorAeTitle),
     moveOriginatorMessageId: num(field.moveOriginatorMessageId),
+    eventTypeId: num(field.eventTypeId),
+    actionTypeId: num(field.actionTypeId),
   };
 }
 
@@ -209,6 +228,8 @@ export function encodeCommand(command: DimseCommand): Uint8Array {
   putText(field.errorComment, command.errorComment === undefined ? undefined : errorCommentValue(command.errorComment), 0x20);
   putText(field.affectedSopInstanceUid, command.affectedSopInstanceUid, 0);
   putText(field.requestedSopInstanceUid, command.requestedSopInstanceUid, 0);
+  putUs(field.eventTypeId, command.eventTypeId);
+  putUs(field.actionTypeId, command.actionTypeId);
   putUs(field.remaining, command.remainingSubOperations);
   putUs(field.completed, command.completedSubOperations);
   putUs(field.failed, command.failedSubOperations);

@@ -6,7 +6,7 @@ import zlib from 'node:zlib';
 import type { DicomElement, Vr } from '../dicom-types.ts';
 import { tagHex } from '../dicom-types.ts';
 import { DatasetEncodeError } from './errors.ts';
-import { layoutOf, longLengthVrs, numericVrSizes, textVrs } from './vr.ts';
+import { layoutOf, longLengthVrs, numericVrSizes, textVrs, type TransferSyntaxLayout } from './vr.ts';
 
 const vrPattern = /^[A-Z]{2}$/;
 const maxShortValueBytes = 0xffff;
@@ -21,8 +21,13 @@ const bigIntRanges: ReadonlyMap<Vr, readonly [bigint, bigint]> = new Map([
   ['SV', [-(2n ** 63n), 2n ** 63n - 1n]], ['UV', [0n, 2n ** 64n - 1n]],
 ]);
 
-function encodeValue(element: DicomElement, littleEndian: boolean): Uint8Array {
+/** An element to write; a sequence (VR SQ) carries its items, each written as a defined-length item. */
+export type WritableElement = DicomElement & { readonly items?: readonly (readonly WritableElement[])[] };
+
+function encodeValue(element: WritableElement, layout: TransferSyntaxLayout): Uint8Array {
   const { vr, value } = element;
+  const littleEndian = layout.littleEndian;
+  if (vr === 'SQ') return encodeItems(element.items ?? [], layout);
   if (value === undefined || value === '') return new Uint8Array(0);
   if (textVrs.has(vr)) {
     const text = Buffer.from(value, 'latin1');
@@ -78,15 +83,38 @@ function encodeValue(element: DicomElement, littleEndian: boolean): Uint8Array {
  * explicit VR LE (any other syntax is written as explicit VR LE). Text values are padded to even length
  * (UI with NUL, others with space); an element whose value is undefined or '' is written with length 0.
  */
-export function encodeDataset(elements: readonly DicomElement[], transferSyntaxUid: string): Uint8Array {
+export function encodeDataset(elements: readonly WritableElement[], transferSyntaxUid: string): Uint8Array {
   const layout = layoutOf(transferSyntaxUid);
+  const output = encodeElements(elements, layout);
+  if (!layout.deflated) return output;
+  const deflated = zlib.deflateRawSync(output);
+  return new Uint8Array(deflated.buffer, deflated.byteOffset, deflated.length);
+}
+
+/** A sequence's value: each item as (FFFE,E000) with its defined length, then its elements. */
+function encodeItems(items: readonly (readonly WritableElement[])[], layout: TransferSyntaxLayout): Uint8Array {
+  const bodies = items.map((item) => encodeElements(item, layout));
+  const output = new Uint8Array(bodies.reduce((sum, body) => sum + 8 + body.length, 0));
+  const view = new DataView(output.buffer);
+  let at = 0;
+  for (const body of bodies) {
+    view.setUint16(at, 0xfffe, layout.littleEndian);
+    view.setUint16(at + 2, 0xe000, layout.littleEndian);
+    view.setUint32(at + 4, body.length, layout.littleEndian);
+    output.set(body, at + 8);
+    at += 8 + body.length;
+  }
+  return output;
+}
+
+function encodeElements(elements: readonly WritableElement[], layout: TransferSyntaxLayout): Uint8Array {
   const littleEndian = layout.littleEndian;
   const sorted = [...elements].sort((a, b) => (a.tag >>> 0) - (b.tag >>> 0));
   const encoded = sorted.map((element) => {
     if (!vrPattern.test(element.vr)) {
       throw new DatasetEncodeError('ERR_DATASET_ENCODE_VR', `(${tagHex(element.tag)}): invalid VR "${element.vr}"`);
     }
-    const value = encodeValue(element, littleEndian);
+    const value = encodeValue(element, layout);
     const longForm = layout.implicitVr || longLengthVrs.has(element.vr);
     if (value.length > (longForm ? maxLongValueBytes : maxShortValueBytes)) {
       throw new DatasetEncodeError('ERR_DATASET_ENCODE_VALUE',
@@ -121,7 +149,5 @@ export function encodeDataset(elements: readonly DicomElement[], transferSyntaxU
     output.set(value, at);
     at += value.length;
   }
-  if (!layout.deflated) return output;
-  const deflated = zlib.deflateRawSync(output);
-  return new Uint8Array(deflated.buffer, deflated.byteOffset, deflated.length);
+  return output;
 }
