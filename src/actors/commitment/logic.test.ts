@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Status } from '../../codec/dimse.ts';
+import { parseDatasetTree } from '../../codec/dataset/tree.ts';
+import { encodeDataset, type WritableElement } from '../../codec/dataset/writer.ts';
+import { TransferSyntax } from '../../codec/dicom-types.ts';
+import { Tags } from '../../codec/dictionary.ts';
+import { canAdmit, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, readCommitmentRequest, stepCommitments, type CommitmentState } from './logic.ts';
+import { FailureReason, StorageCommitment, type CommitmentEffect, type CommitmentInput, type CommitmentRecord } from './messages.ts';
+
+const ct = '1.2.840.10008.5.1.4.1.1.2';
+const mr = '1.2.840.10008.5.1.4.1.1.4';
+const config = { ...defaultCommitmentConfig, checkWaitMs: 3_000, checkIntervalMs: 1_000, retryDelaysMs: [5_000, 60_000], reportLifetimeMs: 600_000, transactionsMax: 2 };
+
+function record(transactionUid: string, uids: string[], deliverVia: CommitmentRecord['deliverVia'] = 'directory'): CommitmentRecord {
+  return { transactionUid, requestorAeTitle: 'MODALITY', references: uids.map((sopInstanceUid) => ({ sopClassUid: ct, sopInstanceUid })), receivedAtMs: 0, deliverVia };
+}
+
+/** Runs inputs through the reducer, collecting every effect. */
+function run(state: CommitmentState, ...inputs: CommitmentInput[]): { state: CommitmentState; effects: CommitmentEffect[] } {
+  const effects: CommitmentEffect[] = [];
+  for (const input of inputs) {
+    const step = stepCommitments(state, input);
+    state = step.state;
+    effects.push(...step.effects);
+  }
+  return { state, effects };
+}
+
+const deliveries = (effects: CommitmentEffect[]) => effects.filter((e): e is Extract<CommitmentEffect, { type: 'deliver' }> => e.type === 'deliver');
+
+test('instances this site holds are committed at once, and the delivered report ends the transaction', () => {
+  let { state, effects } = run(initCommitments(config), { type: 'accepted', record: record('9.1', ['1.1', '1.2']), nowMs: 0 });
+  assert.deepEqual(effects, [{ type: 'check', transactionUid: '9.1', sopInstanceUids: ['1.1', '1.2'] }]);
+  ({ state, effects } = run(state, { type: 'checked', transactionUid: '9.1', found: new Map([['1.1', ct], ['1.2', ct]]), nowMs: 10 }));
+  assert.equal(deliveries(effects).length, 1);
+  assert.deepEqual(deliveries(effects)[0]!.outcome, { committed: [{ sopClassUid: ct, sopInstanceUid: '1.1' }, { sopClassUid: ct, sopInstanceUid: '1.2' }], failed: [] });
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 5_000 }));
+  assert.deepEqual(effects, [], 'nothing more while the delivery is out');
+  ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.1', outcome: 'delivered', nowMs: 20 }));
+  assert.deepEqual(effects.map((e) => e.type), ['forget', 'report']);
+  assert.deepEqual(commitmentStats(state), { pending: 0, reportsDelivered: 1, reportsDropped: 0, instancesCommitted: 2, instancesFailed: 0 });
+});
+
+test('an instance not here yet is looked for again until checkWaitMs; one that never comes fails with No such object instance', () => {
+  let { state, effects } = run(initCommitments(config), { type: 'accepted', record: record('9.2', ['1.1', '1.2', '1.3']), nowMs: 0 });
+  ({ state, effects } = run(state, { type: 'checked', transactionUid: '9.2', found: new Map([['1.1', ct]]), nowMs: 5 }));
+  assert.deepEqual(effects, [], 'waits for the others');
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 500 }));
+  assert.deepEqual(effects, [], 'not before checkIntervalMs');
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 1_005 }));
+  assert.deepEqual(effects, [{ type: 'check', transactionUid: '9.2', sopInstanceUids: ['1.2', '1.3'] }], 'only the missing ones');
+  // 1.2 arrived meanwhile (another site's copy), under another class than the requestor named.
+  ({ state, effects } = run(state, { type: 'checked', transactionUid: '9.2', found: new Map([['1.2', mr]]), nowMs: 1_010 }));
+  assert.deepEqual(effects, []);
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 3_010 }, { type: 'checked', transactionUid: '9.2', found: new Map(), nowMs: 3_011 }));
+  const [delivery] = deliveries(effects);
+  assert.ok(delivery, 'past checkWaitMs the report goes out');
+  assert.deepEqual(delivery.outcome.committed.map((r) => r.sopInstanceUid), ['1.1']);
+  assert.deepEqual(delivery.outcome.failed, [
+    { sopClassUid: ct, sopInstanceUid: '1.2', failureReason: FailureReason.ClassInstanceConflict },
+    { sopClassUid: ct, sopInstanceUid: '1.3', failureReason: FailureReason.NoSuchObjectInstance },
+  ]);
+  assert.equal(commitmentStats(state).instancesFailed, 2);
+});
+
+test('a failed delivery is retried on the configured delays, and dropped past the report lifetime', () => {
+  let { state, effects } = run(initCommitments(config), { type: 'accepted', record: record('9.3', ['1.1']), nowMs: 0 }, { type: 'checked', transactionUid: '9.3', found: new Map([['1.1', ct]]), nowMs: 0 });
+  ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.3', outcome: 'failed', error: 'ECONNREFUSED', nowMs: 100 }));
+  assert.equal(effects[0]?.type, 'report');
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 5_099 }));
+  assert.equal(deliveries(effects).length, 0);
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 5_100 }));
+  assert.equal(deliveries(effects).length, 1, 'second attempt after 5 s');
+  ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.3', outcome: 'failed', nowMs: 5_200 }, { type: 'tick', nowMs: 65_199 }));
+  assert.equal(deliveries(effects).length, 0);
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 65_200 }));
+  assert.equal(deliveries(effects).length, 1, 'third attempt after 60 s');
+  ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.3', outcome: 'failed', nowMs: 125_200 }, { type: 'tick', nowMs: 185_200 }));
+  assert.equal(deliveries(effects).length, 1, 'the last delay repeats');
+  ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.3', outcome: 'failed', nowMs: 600_000 }));
+  assert.deepEqual(effects.map((e) => e.type), ['forget', 'report']);
+  assert.equal(commitmentStats(state).reportsDropped, 1);
+  assert.equal(commitmentStats(state).pending, 0);
+});
+
+test('a report that can only go back on its ended association is dropped at once', () => {
+  let { state } = run(initCommitments(config), { type: 'accepted', record: record('9.4', ['1.1'], 'association'), nowMs: 0 }, { type: 'checked', transactionUid: '9.4', found: new Map(), nowMs: 4_000 });
+  const step = stepCommitments(state, { type: 'deliveryEnded', transactionUid: '9.4', outcome: 'unreachable', error: 'the association ended', nowMs: 4_001 });
+  state = step.state;
+  assert.deepEqual(step.effects.map((e) => e.type), ['forget', 'report']);
+  assert.equal(commitmentStats(state).pending, 0);
+});
+
+test('transactions are bounded (a repeated Transaction UID replaces its own), and records from disk are checked again', () => {
+  let { state } = run(initCommitments(config), { type: 'accepted', record: record('9.5', ['1.1']), nowMs: 0 }, { type: 'accepted', record: record('9.6', ['1.1']), nowMs: 0 });
+  assert.equal(canAdmit(state, '9.7'), false);
+  assert.equal(canAdmit(state, '9.5'), true);
+  const loaded = run(initCommitments(config), { type: 'loaded', records: [record('9.5', ['1.1']), record('9.6', ['1.2'])], nowMs: 0 });
+  assert.deepEqual(loaded.effects.map((e) => e.type), ['check', 'check']);
+});
+
+const requestElements = (items: WritableElement[][], transactionUid = '1.2.3.4'): WritableElement[] => [
+  { tag: Tags.TransactionUID, vr: 'UI', value: transactionUid },
+  { tag: Tags.ReferencedSOPSequence, vr: 'SQ', value: undefined, items },
+];
+const item = (sopClassUid: string, sopInstanceUid: string): WritableElement[] => [
+  { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: sopClassUid },
+  { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: sopInstanceUid },
+];
+const read = (elements: WritableElement[]) => readCommitmentRequest(parseDatasetTree(encodeDataset(elements, TransferSyntax.ImplicitVrLittleEndian), TransferSyntax.ImplicitVrLittleEndian));
+
+test('the N-ACTION data set: its references, once each; a missing or invalid part is refused 0x0115', () => {
+  assert.deepEqual(read(requestElements([item(ct, '1.1'), item(ct, '1.2'), item(ct, '1.1')])), {
+    transactionUid: '1.2.3.4',
+    references: [{ sopClassUid: ct, sopInstanceUid: '1.1' }, { sopClassUid: ct, sopInstanceUid: '1.2' }],
+  });
+  assert.deepEqual(read(requestElements([item(ct, '1.1')], '')), { status: Status.InvalidArgumentValue, errorComment: 'no Transaction UID' });
+  assert.deepEqual(read(requestElements([item(ct, '1.1')], 'x.1')), { status: Status.InvalidArgumentValue, errorComment: 'Transaction UID is not a valid UID' });
+  assert.deepEqual(read(requestElements([])), { status: Status.InvalidArgumentValue, errorComment: 'no Referenced SOP Sequence item' });
+  assert.deepEqual(read([{ tag: Tags.TransactionUID, vr: 'UI', value: '1.2' }]), { status: Status.InvalidArgumentValue, errorComment: 'no Referenced SOP Sequence item' });
+  assert.deepEqual(read(requestElements([item(ct, '1.1'), item(ct, '1..2')])), { status: Status.InvalidArgumentValue, errorComment: 'Referenced SOP item 2: missing or invalid UID' });
+});
+
+test('the N-EVENT-REPORT data set: event type 1 when all are committed, 2 with the failures and their reasons', () => {
+  const allCommitted = commitmentReport('1.2.3', { committed: [{ sopClassUid: ct, sopInstanceUid: '1.1' }], failed: [] }, 'PACSMESH');
+  assert.equal(allCommitted.eventTypeId, StorageCommitment.eventTypeAllCommitted);
+  assert.equal(allCommitted.elements.some((e) => e.tag === Tags.FailedSOPSequence), false);
+  const withFailures = commitmentReport('1.2.3', { committed: [], failed: [{ sopClassUid: ct, sopInstanceUid: '1.2', failureReason: FailureReason.NoSuchObjectInstance }] }, 'PACSMESH');
+  assert.equal(withFailures.eventTypeId, StorageCommitment.eventTypeFailuresExist);
+  const tree = parseDatasetTree(encodeDataset(withFailures.elements, TransferSyntax.ExplicitVrLittleEndian), TransferSyntax.ExplicitVrLittleEndian);
+  assert.deepEqual(tree.map((e) => e.tag), [Tags.RetrieveAETitle, Tags.TransactionUID, Tags.FailedSOPSequence]);
+  assert.deepEqual(tree[2]!.items![0]!.map((e) => e.value), [ct, '1.2', String(0x0112)]);
+});
