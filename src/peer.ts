@@ -16,6 +16,8 @@ import { localRetrieveSource } from './actors/association/services/query-retriev
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor, type MeshChildName } from './actors/supervisor/site-supervisor.ts';
 import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
+import { startCommitments } from './actors/commitment/actor.ts';
+import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
@@ -67,6 +69,8 @@ export interface PeerOptions {
   shutdownGraceMs?: number;
   /** Tests: another transcoder thread script (one that holds its jobs, say). */
   transcoderWorkerUrl?: URL;
+  /** Tests: shorter Storage Commitment waits and retries. */
+  commitment?: Partial<CommitmentConfig>;
 }
 
 
@@ -164,6 +168,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   };
   // Started with the peer, its worker only with the first transcode.
   const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }), workerUrl: options.transcoderWorkerUrl });
+  const commitments = startCommitments({ store, clock, log, parent: supervisor.system, aeTitle: config.aeTitle, resolveAe: (aeTitle) => aeDirectory.resolve(aeTitle), config: options.commitment });
   try {
     dicom = await startDicomListener({
       host: config.host,
@@ -196,6 +201,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         },
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),
         transcoder,
+        commitments,
         clock,
         log,
         artimTimeoutMs: 30_000,
@@ -228,6 +234,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           ...(store.writeFault !== undefined ? { storeFault: store.writeFault } : {}),
           ...(scrub ? { scrub: scrub.stats() } : {}),
           transcoder: transcoder.stats(),
+          commitment: commitments.stats(),
           // Restarts per supervised mesh actor since start, and whether one gave up (the peer then stops).
           ...(mesh ? { supervision: Object.fromEntries(['membership', 'balancer', 'custody'].map((child) => [child, supervisor.supervision(child)])) } : {}),
           activeAssociations: listener.activeAssociations(),
@@ -275,6 +282,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     await scrub?.stop();
     await mesh?.stop();
     await dicom?.stop(0);
+    await commitments.stop();
     await http?.stop();
     await transcoder.stop();
     supervisor.stop();
@@ -304,6 +312,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         const graceMs = options.shutdownGraceMs ?? 5000;
         log.info('peer stopping: new associations refused, open ones drain', { graceMs });
         await runningDicom.stop(graceMs);
+        await commitments.stop();
         await scrub?.stop();
         await mesh?.stop();
         await runningHttp.stop();

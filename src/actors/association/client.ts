@@ -3,7 +3,7 @@
  * sub-operations and by tests. Requests are sent one at a time (no asynchronous operations window).
  */
 import { connect, type Socket } from 'node:net';
-import { CommandField, Status, isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
+import { CommandField, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import {
   AbortReason,
   DicomApplicationContext,
@@ -48,6 +48,8 @@ export interface ClientInit {
    * answered with the status this returns. Without it they are refused (0x0122).
    */
   onIncomingStore?: (command: DimseCommand, dataSet: Uint8Array | undefined) => number;
+  /** N-EVENT-REPORT requests the acceptor sends (a Storage Commitment report): answered with the status this returns. */
+  onIncomingEventReport?: (command: DimseCommand, dataSet: Uint8Array | undefined) => number;
   maxPduLength?: number;
   /** Bound on connecting plus negotiating, and on waiting for any one response. */
   timeoutMs?: number;
@@ -255,15 +257,19 @@ export class DicomClientAssociation {
 
   private completeReply(): void {
     const command = this.replyCommand;
-    if (command?.commandField === CommandField.CStoreRq) {
+    const incoming =
+      command?.commandField === CommandField.CStoreRq ? this.init.onIncomingStore : command?.commandField === CommandField.NEventReportRq ? this.init.onIncomingEventReport : undefined;
+    if (command && (command.commandField === CommandField.CStoreRq || command.commandField === CommandField.NEventReportRq)) {
+      // A request from the acceptor (a C-GET sub-operation, a commitment report), not a reply to ours.
       this.replyCommand = undefined;
       const dataSet = command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined;
-      const status = this.init.onIncomingStore?.(command, dataSet) ?? Status.SopClassNotSupported;
+      const status = incoming?.(command, dataSet) ?? Status.SopClassNotSupported;
       void this.core.sendMessage(this.replyContextId, {
-        commandField: CommandField.CStoreRsp,
+        commandField: responseFieldFor(command.commandField),
         messageIdBeingRespondedTo: command.messageId,
         affectedSopClassUid: command.affectedSopClassUid,
         affectedSopInstanceUid: command.affectedSopInstanceUid,
+        ...(command.eventTypeId === undefined ? {} : { eventTypeId: command.eventTypeId }),
         status,
         hasDataSet: false,
       });

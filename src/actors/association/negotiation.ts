@@ -15,6 +15,7 @@ import {
   type RoleSelection,
 } from '../../codec/pdu.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
+import { StorageCommitment } from '../commitment/messages.ts';
 
 export const SopClass = {
   Verification: '1.2.840.10008.1.1',
@@ -26,7 +27,7 @@ export const SopClass = {
   StudyRootGet: '1.2.840.10008.5.1.4.1.2.2.3',
 } as const;
 
-export type ServiceKind = 'verification' | 'find' | 'get' | 'move' | 'storage';
+export type ServiceKind = 'verification' | 'find' | 'get' | 'move' | 'storage' | 'commitment';
 
 const queryRetrieveClasses: Record<string, { kind: ServiceKind; root: 'PATIENT' | 'STUDY' }> = {
   [SopClass.PatientRootFind]: { kind: 'find', root: 'PATIENT' },
@@ -42,6 +43,7 @@ const storageSopClassRoot = '1.2.840.10008.5.1.4.1.1.';
 
 export function serviceOf(abstractSyntaxUid: string): { kind: ServiceKind; root?: 'PATIENT' | 'STUDY' } | undefined {
   if (abstractSyntaxUid === SopClass.Verification) return { kind: 'verification' };
+  if (abstractSyntaxUid === StorageCommitment.sopClassUid) return { kind: 'commitment' };
   const qr = queryRetrieveClasses[abstractSyntaxUid];
   if (qr) return qr;
   if (isStorageSopClass(abstractSyntaxUid)) return { kind: 'storage' };

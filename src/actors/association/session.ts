@@ -15,6 +15,12 @@ import type { AssociationDeps } from './services/deps.ts';
 import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
 import { IncomingStore, storeResponse } from './services/store.ts';
 import type { UlIndication } from './state-machine.ts';
+import { DatasetParseError } from '../../codec/dataset/errors.ts';
+import { parseDatasetTree } from '../../codec/dataset/tree.ts';
+import { encodeDataset } from '../../codec/dataset/writer.ts';
+import type { ReportChannel } from '../commitment/actor.ts';
+import { readCommitmentRequest } from '../commitment/logic.ts';
+import { StorageCommitment } from '../commitment/messages.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { TimerHandle } from '../runtime/clock.ts';
 
@@ -26,13 +32,17 @@ const maxConcurrentTasks = 4;
 /** What a C-GET sub-operation waiter gets when the association ends before the requestor's C-STORE-RSP. */
 const noAnswer = -1;
 
-const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE' };
+/** A Storage Commitment request's data set larger than this is refused (20,000 references take ~2.4 MB). */
+const maxCommitmentRequestBytes = 4 * 1024 * 1024;
+
+const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE', commitment: 'N-ACTION' };
 
 interface IdentifierBuffer {
   command: DimseCommand;
   context: NegotiatedContext;
   parts: Uint8Array[];
   bytes: number;
+  limitBytes: number;
   tooLarge: boolean;
 }
 
@@ -317,7 +327,26 @@ export class AcceptorSession {
           return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `request does not match the presentation context's SOP class ${context.abstractSyntaxUid}`);
         }
         if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.IdentifierDoesNotMatchSopClass, 'request without an identifier');
-        this.identifier = { command, context, parts: [], bytes: 0, tooLarge: false };
+        this.identifier = { command, context, parts: [], bytes: 0, limitBytes: maxIdentifierBytes, tooLarge: false };
+        return;
+      }
+      case CommandField.NActionRq: {
+        // PS3.4 J.3.2.1: the Storage Commitment Push Model class, its well-known instance, action type 1.
+        const nActionRefusal: [number, string] | undefined =
+          context.service !== 'commitment' || command.requestedSopClassUid !== StorageCommitment.sopClassUid
+            ? [Status.NoSuchSopClass, `N-ACTION for ${command.requestedSopClassUid ?? '(none)'} on a context for ${context.abstractSyntaxUid}`]
+            : command.requestedSopInstanceUid !== StorageCommitment.sopInstanceUid
+              ? [Status.NoSuchSopInstance, `N-ACTION for instance ${command.requestedSopInstanceUid ?? '(none)'}, not ${StorageCommitment.sopInstanceUid}`]
+              : command.actionTypeId !== StorageCommitment.actionTypeRequest
+                ? [Status.NoSuchAction, `N-ACTION type ${command.actionTypeId ?? '(none)'}: only 1 (Request Storage Commitment)`]
+                : !command.hasDataSet
+                  ? [Status.InvalidArgumentValue, 'N-ACTION-RQ without a data set']
+                  : undefined;
+        if (nActionRefusal) {
+          this.discardingDataSet = command.hasDataSet;
+          return this.answerNAction(presentationContextId, command, ...nActionRefusal);
+        }
+        this.identifier = { command, context, parts: [], bytes: 0, limitBytes: maxCommitmentRequestBytes, tooLarge: false };
         return;
       }
       case CommandField.CCancelRq: {
@@ -369,12 +398,16 @@ export class AcceptorSession {
     if (this.identifier) {
       const buffer = this.identifier;
       buffer.bytes += event.data.length;
-      if (buffer.bytes > maxIdentifierBytes) buffer.tooLarge = true;
+      if (buffer.bytes > buffer.limitBytes) buffer.tooLarge = true;
       else buffer.parts.push(Uint8Array.from(event.data));
       if (!event.isLast) return;
       this.identifier = undefined;
+      if (buffer.command.commandField === CommandField.NActionRq) {
+        if (buffer.tooLarge) return this.answerNAction(event.presentationContextId, buffer.command, Status.ResourceLimitation, `data set over ${buffer.limitBytes} bytes`);
+        return this.requestCommitment(event.presentationContextId, buffer);
+      }
       if (buffer.tooLarge) {
-        return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${maxIdentifierBytes} bytes`);
+        return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${buffer.limitBytes} bytes`);
       }
       this.startTask(event.presentationContextId, buffer);
       return;
@@ -384,6 +417,56 @@ export class AcceptorSession {
       return;
     }
     throw new DimseProtocolError('ERR_DIMSE_SEQUENCE', 'data set fragment with no operation to receive it');
+  }
+
+  /** The N-ACTION-RSP (PS3.7 10.1.4.1): it names the class and instance as the affected ones. */
+  private async answerNAction(presentationContextId: number, command: DimseCommand, status: number, errorComment?: string): Promise<void> {
+    if (status !== Status.Success) {
+      this.log.warn('storage commitment request refused', { status: `0x${status.toString(16)}`, errorComment });
+    }
+    await this.send(presentationContextId, {
+      commandField: CommandField.NActionRsp,
+      messageIdBeingRespondedTo: command.messageId,
+      affectedSopClassUid: command.requestedSopClassUid,
+      affectedSopInstanceUid: command.requestedSopInstanceUid,
+      ...(status === Status.Success ? { actionTypeId: command.actionTypeId } : {}),
+      status,
+      ...(errorComment === undefined ? {} : { errorComment }),
+      hasDataSet: false,
+    });
+  }
+
+  /** A whole N-ACTION data set: read, handed to the commitment service, answered; the report follows later. */
+  private async requestCommitment(presentationContextId: number, buffer: IdentifierBuffer): Promise<void> {
+    const { command, context } = buffer;
+    let request: ReturnType<typeof readCommitmentRequest>;
+    try {
+      request = readCommitmentRequest(parseDatasetTree(Buffer.concat(buffer.parts, buffer.bytes), context.transferSyntaxUid));
+    } catch (error) {
+      if (!(error instanceof DatasetParseError)) throw error;
+      return this.answerNAction(presentationContextId, command, Status.InvalidArgumentValue, `data set cannot be read: ${error.message}`);
+    }
+    if ('status' in request) return this.answerNAction(presentationContextId, command, request.status, request.errorComment);
+    const channel: ReportChannel = {
+      send: async (eventTypeId, elements) => {
+        if (this.ended || this.releaseRequested) throw new Error('the N-ACTION\'s association is over');
+        const messageId = this.core.allocateMessageId();
+        const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
+        await this.send(
+          presentationContextId,
+          { commandField: CommandField.NEventReportRq, messageId, affectedSopClassUid: StorageCommitment.sopClassUid, affectedSopInstanceUid: StorageCommitment.sopInstanceUid, eventTypeId, hasDataSet: true },
+          encodeDataset(elements, context.transferSyntaxUid),
+        );
+        const status = await answered;
+        if (status === noAnswer) throw new Error('the association ended before the requestor answered the N-EVENT-REPORT');
+        return status;
+      },
+    };
+    const admission = await this.deps.commitments.admit(request, this.callingAeTitle, channel);
+    if (!admission.admitted) return this.answerNAction(presentationContextId, command, admission.status, admission.errorComment);
+    await this.answerNAction(presentationContextId, command, Status.Success);
+    this.log.info('storage commitment requested', { transactionUid: request.transactionUid, instances: request.references.length, requestor: this.callingAeTitle });
+    admission.begin();
   }
 
   private startTask(presentationContextId: number, buffer: IdentifierBuffer): void {

@@ -33,6 +33,7 @@ import type { CatalogEntry } from './catalog-types.ts';
 import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 import type { ForgottenSite } from '../membership/messages.ts';
+import type { CommitmentRecord } from '../commitment/messages.ts';
 
 export type StoreDb = Level<string, Uint8Array>;
 
@@ -263,6 +264,14 @@ export interface ReplicaStore {
   listKnownSites(onDamaged?: (key: string) => void): Promise<KnownSite[]>;
   /** Every persisted tombstone (see ForgottenSite); a damaged record is skipped and named to `onDamaged`. */
   listForgottenSites(onDamaged?: (key: string) => void): Promise<ForgottenSite[]>;
+  /**
+   * A Storage Commitment transaction whose report is still owed, synced: the N-ACTION-RSP that follows
+   * promises the report, which must survive a power cut. Replaces a record of the same Transaction UID.
+   */
+  putCommitment(record: CommitmentRecord): Promise<void>;
+  deleteCommitment(transactionUid: string): Promise<void>;
+  /** Every persisted commitment record; a damaged one is skipped and named to `onDamaged`. */
+  listCommitments(onDamaged?: (key: string) => void): Promise<CommitmentRecord[]>;
 }
 
 const blobPrefix = 'b!';
@@ -299,6 +308,8 @@ const debtPrefix = 'd!';
 const knownSitePrefix = 'k!';
 /** f!<siteName> -> msgpack(ForgottenSite): a site forgotten lately, which custody's heartbeats gossip. */
 const forgottenSitePrefix = 'f!';
+/** s!<transactionUid> -> msgpack(CommitmentRecord): a Storage Commitment report still owed. */
+const commitmentPrefix = 's!';
 /** Blob ids start with a strictly increasing tick (milliseconds when the clock allows), fixed width. */
 const blobTickDigits = 9;
 /** Chunks read by one call at most (each holds chunkBytes plus at most one received piece). */
@@ -1103,6 +1114,28 @@ class LevelReplicaStore implements ReplicaStore {
     return this.listRecords(forgottenSitePrefix, onDamaged, (key, f: Partial<ForgottenSite>) =>
       typeof f.siteName === 'string' && key === `${forgottenSitePrefix}${f.siteName}` && Number.isFinite(f.forgottenAtMs)
         ? { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs as number }
+        : undefined,
+    );
+  }
+
+  async putCommitment(record: CommitmentRecord): Promise<void> {
+    await this.written(this.db.put(`${commitmentPrefix}${record.transactionUid}`, new Uint8Array(pack(record)), { sync: true }));
+  }
+
+  async deleteCommitment(transactionUid: string): Promise<void> {
+    // Not synced: a record back after a power cut only sends its report once more.
+    await this.written(this.db.del(`${commitmentPrefix}${transactionUid}`));
+  }
+
+  async listCommitments(onDamaged: (key: string) => void = () => undefined): Promise<CommitmentRecord[]> {
+    return this.listRecords(commitmentPrefix, onDamaged, (key, r: Partial<CommitmentRecord>) =>
+      typeof r.transactionUid === 'string' &&
+      key === `${commitmentPrefix}${r.transactionUid}` &&
+      typeof r.requestorAeTitle === 'string' &&
+      Number.isFinite(r.receivedAtMs) &&
+      Array.isArray(r.references) &&
+      r.references.every((ref: Partial<CommitmentRecord['references'][number]>) => typeof ref?.sopClassUid === 'string' && typeof ref.sopInstanceUid === 'string')
+        ? { transactionUid: r.transactionUid, requestorAeTitle: r.requestorAeTitle, references: r.references, receivedAtMs: r.receivedAtMs as number, deliverVia: 'directory' }
         : undefined,
     );
   }

@@ -10,6 +10,7 @@ import type { Logger } from '../../runtime/logger.ts';
 import type { AcceptorConfig } from '../negotiation.ts';
 import type { RetrieveSource } from './query-retrieve.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
+import type { CommitmentService } from '../../commitment/actor.ts';
 
 export interface IngestPort {
   /**
@@ -39,6 +40,8 @@ export interface AssociationDeps {
   resolveMoveDestination(aeTitle: string): MoveDestination | undefined;
   /** Converts instances for C-GET / C-MOVE receivers that refuse the stored transfer syntax. */
   transcoder: Transcoder;
+  /** Storage Commitment: takes N-ACTION requests and delivers their reports. */
+  commitments: CommitmentService;
   clock: Clock;
   log: Logger;
   /** How long an association may stay silent in Sta2/Sta13 (ARTIM) before we close it. */

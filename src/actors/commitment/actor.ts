@@ -1,0 +1,254 @@
+/**
+ * The commitment actor: a thin nact shell around the commitment reducer (logic.ts). It admits the
+ * N-ACTIONs associations hand it (keeping a 'directory' record on disk before the N-ACTION-RSP goes out),
+ * looks the asked instances up in the catalog, and delivers each report: back on the N-ACTION's own
+ * association when the requestor is not in the AE directory, otherwise over a new association to the
+ * requestor (PS3.4 J.3.3; IHE RAD-10's asynchronous mode), with this archive in the SCP role.
+ */
+import { CommandField, Status } from '../../codec/dimse.ts';
+import { TransferSyntax } from '../../codec/dicom-types.ts';
+import { encodeDataset, type WritableElement } from '../../codec/dataset/writer.ts';
+import { DicomClientAssociation } from '../association/client.ts';
+import type { MoveDestination } from '../association/services/deps.ts';
+import type { Clock } from '../runtime/clock.ts';
+import { errorText, type Logger } from '../runtime/logger.ts';
+import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
+import type { ReplicaStore } from '../storage/replica-store.ts';
+import { canAdmit, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
+import {
+  StorageCommitment,
+  type CommitmentConfig,
+  type CommitmentEffect,
+  type CommitmentInput,
+  type CommitmentOutcome,
+  type CommitmentRecord,
+  type CommitmentReference,
+  type CommitmentStats,
+} from './messages.ts';
+
+/** The N-ACTION's association, while it lasts: the way back for a requestor not in the AE directory. */
+export interface ReportChannel {
+  /** Sends the N-EVENT-REPORT; resolves with the requestor's status, rejects once the association is over. */
+  send(eventTypeId: number, elements: WritableElement[]): Promise<number>;
+}
+
+export type Admission = { readonly admitted: true; begin(): void } | { readonly admitted: false; readonly status: number; readonly errorComment: string };
+
+export interface CommitmentService {
+  /**
+   * Takes an N-ACTION's request: 'admitted' once its record is safe, then the caller sends the
+   * N-ACTION-RSP and calls begin() (so the report cannot overtake that response).
+   */
+  admit(request: { transactionUid: string; references: readonly CommitmentReference[] }, requestorAeTitle: string, channel: ReportChannel): Promise<Admission>;
+  stats(): CommitmentStats;
+  stop(): Promise<void>;
+}
+
+export interface CommitmentServiceInit {
+  store: ReplicaStore;
+  clock: Clock;
+  log: Logger;
+  parent: Ref<any>;
+  /** This archive's AE title: the calling AE of report associations and the reports' Retrieve AE Title. */
+  aeTitle: string;
+  /** The AE directory (`--move-dest`): where a requestor listens for its reports. */
+  resolveAe(aeTitle: string): MoveDestination | undefined;
+  config?: Partial<CommitmentConfig>;
+  /** Default 250 ms. */
+  tickIntervalMs?: number;
+  /** Bound on connecting, negotiating and each answer of a report association. Default 30 s. */
+  deliveryTimeoutMs?: number;
+  onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
+}
+
+type CommitmentMsg = { readonly type: 'tick' } | { readonly type: 'input'; readonly input: CommitmentInput };
+
+const reportTransferSyntaxes = [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian];
+
+export function startCommitments(init: CommitmentServiceInit): CommitmentService {
+  const { store, clock } = init;
+  const log = init.log.child({ component: 'commitment' });
+  const config: CommitmentConfig = { ...defaultCommitmentConfig, ...init.config };
+  const tickIntervalMs = init.tickIntervalMs ?? 250;
+  const deliveryTimeoutMs = init.deliveryTimeoutMs ?? 30_000;
+  let stopped = false;
+  let current: CommitmentState = initCommitments(config);
+  const channels = new Map<string, ReportChannel>();
+  const tasks = new Set<Promise<void>>();
+
+  const send = (message: CommitmentMsg): void => {
+    if (!stopped) dispatch(ref, message);
+  };
+  const input = (i: CommitmentInput): void => send({ type: 'input', input: i });
+  const run = (task: () => Promise<CommitmentInput>): void => {
+    const t = task().then(input, (error: unknown) => log.error('commitment task failed', { error: errorText(error) }));
+    tasks.add(t);
+    void t.finally(() => tasks.delete(t));
+  };
+
+  async function check(transactionUid: string, sopInstanceUids: readonly string[]): Promise<CommitmentInput> {
+    try {
+      const entries = await store.getEntries(sopInstanceUids);
+      const found = new Map<string, string>();
+      for (const entry of entries) if (entry !== undefined) found.set(entry.sopInstanceUid, entry.sopClassUid);
+      return { type: 'checked', transactionUid, found, nowMs: clock.nowMs() };
+    } catch (error) {
+      return { type: 'checkFailed', transactionUid, error: errorText(error), nowMs: clock.nowMs() };
+    }
+  }
+
+  async function deliver(record: CommitmentRecord, outcome: CommitmentOutcome): Promise<CommitmentInput> {
+    const ended = (result: 'delivered' | 'failed' | 'unreachable', error?: string): CommitmentInput => ({
+      type: 'deliveryEnded',
+      transactionUid: record.transactionUid,
+      outcome: result,
+      ...(error === undefined ? {} : { error }),
+      nowMs: clock.nowMs(),
+    });
+    const report = commitmentReport(record.transactionUid, outcome, init.aeTitle);
+    if (record.deliverVia === 'association') {
+      const channel = channels.get(record.transactionUid);
+      if (!channel) return ended('unreachable', `the N-ACTION's association is over and "${record.requestorAeTitle}" is not in the AE directory`);
+      try {
+        const status = await channel.send(report.eventTypeId, report.elements);
+        return status === Status.Success ? ended('delivered') : ended('unreachable', `the requestor answered the N-EVENT-REPORT with 0x${status.toString(16)}`);
+      } catch (error) {
+        return ended('unreachable', `${errorText(error)}; "${record.requestorAeTitle}" is not in the AE directory`);
+      }
+    }
+    const destination = init.resolveAe(record.requestorAeTitle);
+    if (!destination) return ended('failed', `"${record.requestorAeTitle}" is not in the AE directory (--move-dest)`);
+    let client: DicomClientAssociation | undefined;
+    try {
+      client = await DicomClientAssociation.open({
+        host: destination.host,
+        port: destination.port,
+        callingAeTitle: init.aeTitle,
+        calledAeTitle: record.requestorAeTitle,
+        presentationContexts: [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: reportTransferSyntaxes }],
+        // PS3.4 J.3.3: on an association of its own, the SCP proposes to take the SCP role.
+        roleSelections: [{ sopClassUid: StorageCommitment.sopClassUid, scuRole: false, scpRole: true }],
+        timeoutMs: deliveryTimeoutMs,
+        clock,
+      });
+      const context = client.contexts[0];
+      if (!context) return ended('failed', `${record.requestorAeTitle} refused the Storage Commitment presentation context`);
+      const reply = await client.request(
+        context.id,
+        {
+          commandField: CommandField.NEventReportRq,
+          affectedSopClassUid: StorageCommitment.sopClassUid,
+          affectedSopInstanceUid: StorageCommitment.sopInstanceUid,
+          eventTypeId: report.eventTypeId,
+          hasDataSet: true,
+        },
+        encodeDataset(report.elements, context.transferSyntaxUid),
+      );
+      const status = reply.command.status ?? Status.ProcessingFailure;
+      return status === Status.Success ? ended('delivered') : ended('failed', `${record.requestorAeTitle} answered the N-EVENT-REPORT with 0x${status.toString(16)}`);
+    } catch (error) {
+      return ended('failed', errorText(error));
+    } finally {
+      await client?.release().catch(() => client?.abort());
+    }
+  }
+
+  function perform(effects: readonly CommitmentEffect[]): void {
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'check':
+          run(() => check(effect.transactionUid, effect.sopInstanceUids));
+          break;
+        case 'deliver':
+          run(() => deliver(effect.record, effect.outcome));
+          break;
+        case 'forget':
+          channels.delete(effect.record.transactionUid);
+          if (effect.record.deliverVia === 'directory') {
+            void store.deleteCommitment(effect.record.transactionUid).catch((error: unknown) => log.warn('commitment: deleting a delivered record failed', { transactionUid: effect.record.transactionUid, error: errorText(error) }));
+          }
+          break;
+        case 'report':
+          log[effect.level](effect.message, effect.fields);
+          break;
+        default: {
+          const unreachable: never = effect;
+          throw new Error(`unhandled commitment effect ${JSON.stringify(unreachable)}`);
+        }
+      }
+    }
+  }
+
+  const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
+
+  async function initialState(): Promise<CommitmentState> {
+    const records = await store.listCommitments((key) => log.error('commitment: a stored record is damaged; skipped', { key })).catch((error: unknown) => {
+      log.error('commitment: reading the owed reports failed', { error: errorText(error) });
+      return [];
+    });
+    if (records.length > 0) log.info('commitment: reports a previous run owed are sent again', { transactions: records.length });
+    return stepAndPerform(initCommitments(config), { type: 'loaded', records, nowMs: clock.nowMs() });
+  }
+
+  function stepAndPerform(state: CommitmentState, i: CommitmentInput): CommitmentState {
+    const step = stepCommitments(state, i);
+    perform(step.effects);
+    current = step.state;
+    return step.state;
+  }
+
+  const ref: Ref<CommitmentMsg> = spawnActor<CommitmentState | null, CommitmentMsg>(init.parent, {
+    name: 'commitment',
+    // null: (re)load the owed reports from disk on the next message; nact's 'reset' comes back here.
+    initialState: null,
+    async handle(state, message) {
+      if (message.type === 'tick') ticker.handled();
+      const s = state ?? (await initialState());
+      switch (message.type) {
+        case 'tick':
+          ticker.schedule(tickIntervalMs);
+          return stepAndPerform(s, { type: 'tick', nowMs: clock.nowMs() });
+        case 'input':
+          return stepAndPerform(s, message.input);
+        default: {
+          const unreachable: never = message;
+          throw new Error(`unhandled commitment message ${JSON.stringify(unreachable)}`);
+        }
+      }
+    },
+    onCrash: (error) => onTickingActorCrash(ticker, log, 'commitment', error, init.onCrash),
+  });
+  ticker.postNow();
+
+  let stopping: Promise<void> | undefined;
+  return {
+    async admit(request, requestorAeTitle, channel) {
+      if (stopped) return { admitted: false, status: Status.ResourceLimitation, errorComment: 'the archive is stopping' };
+      if (!canAdmit(current, request.transactionUid)) {
+        return { admitted: false, status: Status.ResourceLimitation, errorComment: `${config.transactionsMax} commitment reports are owed already` };
+      }
+      const deliverVia = init.resolveAe(requestorAeTitle) ? 'directory' : 'association';
+      const record: CommitmentRecord = { transactionUid: request.transactionUid, requestorAeTitle, references: request.references, receivedAtMs: clock.nowMs(), deliverVia };
+      if (deliverVia === 'directory') {
+        try {
+          await store.putCommitment(record);
+        } catch (error) {
+          log.error('commitment: keeping the request failed', { transactionUid: record.transactionUid, error: errorText(error) });
+          return { admitted: false, status: Status.ProcessingFailure, errorComment: `the request could not be kept: ${errorText(error)}` };
+        }
+      } else {
+        channels.set(record.transactionUid, channel);
+      }
+      return { admitted: true, begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
+    },
+    stats: () => commitmentStats(current),
+    stop: () =>
+      (stopping ??= (async () => {
+        stopped = true;
+        ticker.stop();
+        stopActor(ref);
+        await Promise.allSettled([...tasks]);
+      })()),
+  };
+}

@@ -1,0 +1,174 @@
+/**
+ * Storage Commitment Push Model as an SCP, end to end against a real peer: a dcmjs-dimse modality that
+ * waits on its own association for the report; a modality in the AE directory that gets it over a new
+ * association, also after the peer restarts; and the N-ACTIONs that are refused, each with its status.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import dimse from 'dcmjs-dimse';
+import { CommandField, Status } from '../../src/codec/dimse.ts';
+import { TransferSyntax } from '../../src/codec/dicom-types.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { encodeDataset, type WritableElement } from '../../src/codec/dataset/writer.ts';
+import { parseStartArgs } from '../../src/config.ts';
+import { startPeer } from '../../src/peer.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
+import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
+import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { startReportReceiver } from '../support/report-receiver.ts';
+import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
+import { waitFor } from '../support/wait.ts';
+
+const { Client, Dataset } = dimse;
+const { NActionRequest } = dimse.requests;
+const { NEventReportResponse } = dimse.responses;
+
+const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
+const uid = (n: number) => `1.2.826.0.1.3680043.10.1453.77.${n}`;
+const fastChecks = { checkWaitMs: 400, checkIntervalMs: 100 };
+
+async function storeInstances(port: number, callingAeTitle: string, uids: string[]): Promise<void> {
+  const store = await openStoreClient(port, callingAeTitle, StorageCommitment.sopClassUid);
+  for (const [index, sopInstanceUid] of uids.entries()) {
+    const reply = await store.storeInstance({ sopInstanceUid, instanceNumber: index + 1, rows: 8, columns: 8 });
+    assert.equal(reply.command.status, Status.Success);
+  }
+  await store.client.release();
+}
+
+const apiMesh = async (httpPort: number) => (await (await fetch(`http://127.0.0.1:${httpPort}/api/mesh`)).json()) as { commitment: Record<string, number> };
+
+function requestDataSet(transactionUid: string, uids: string[], transferSyntaxUid: string = TransferSyntax.ExplicitVrLittleEndian): Uint8Array {
+  const elements: WritableElement[] = [
+    { tag: Tags.TransactionUID, vr: 'UI', value: transactionUid },
+    {
+      tag: Tags.ReferencedSOPSequence,
+      vr: 'SQ',
+      value: undefined,
+      items: uids.map((sopInstanceUid) => [
+        { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: ct },
+        { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: sopInstanceUid },
+      ]),
+    },
+  ];
+  return encodeDataset(elements, transferSyntaxUid);
+}
+
+const nAction = (overrides: Record<string, unknown> = {}) => ({
+  commandField: CommandField.NActionRq,
+  requestedSopClassUid: StorageCommitment.sopClassUid,
+  requestedSopInstanceUid: StorageCommitment.sopInstanceUid,
+  actionTypeId: 1,
+  hasDataSet: true,
+  ...overrides,
+});
+
+test('a modality not in the AE directory gets its report on its own association: held instances committed, an unknown one failed 0x0112', async (t) => {
+  const peer = await startTestPeer([], 'commit', silentLogger, { commitment: fastChecks });
+  t.after(() => peer.dispose());
+  await storeInstances(peer.dicomPort, 'MODALITY', [uid(1), uid(2)]);
+
+  // dcmjs-dimse as the modality: an independent implementation of the SCU side.
+  const request = new NActionRequest(StorageCommitment.sopClassUid, StorageCommitment.sopInstanceUid, 1);
+  request.setDataset(
+    new Dataset({
+      TransactionUID: uid(100),
+      ReferencedSOPSequence: [uid(1), uid(2), uid(3)].map((sopInstanceUid) => ({ ReferencedSOPClassUID: ct, ReferencedSOPInstanceUID: sopInstanceUid })),
+    }),
+  );
+  let actionStatus: number | undefined;
+  request.on('response', (response: { getStatus(): number }) => (actionStatus = response.getStatus()));
+  const report = await new Promise<{ eventTypeId: number; dataset: Record<string, any> }>((resolve, reject) => {
+    const client = new Client();
+    client.addRequest(request);
+    client.on('nEventReportRequest', (incoming: any, callback: (r: unknown) => void) => {
+      resolve({ eventTypeId: incoming.getEventTypeId(), dataset: incoming.getDataset().getElements() });
+      const response = NEventReportResponse.fromRequest(incoming);
+      response.setStatus(Status.Success);
+      callback(response);
+    });
+    client.on('networkError', reject);
+    client.on('closed', () => reject(new Error('association closed before the report')));
+    // The modality stays on the association after the N-ACTION-RSP, waiting for the report.
+    client.send('127.0.0.1', peer.dicomPort, 'MODALITY', 'PACSMESH', { associationLingerTimeout: 5_000 });
+  });
+  assert.equal(actionStatus, Status.Success);
+  assert.equal(report.eventTypeId, StorageCommitment.eventTypeFailuresExist);
+  assert.equal(report.dataset.TransactionUID, uid(100));
+  assert.deepEqual(report.dataset.ReferencedSOPSequence.map((i: any) => i.ReferencedSOPInstanceUID).sort(), [uid(1), uid(2)]);
+  assert.deepEqual(report.dataset.FailedSOPSequence.map((i: any) => [i.ReferencedSOPInstanceUID, i.FailureReason]), [[uid(3), 0x0112]]);
+  await waitFor('the delivery counted in /api/mesh', async () => (await apiMesh(peer.httpPort)).commitment.reportsDelivered === 1, 5_000);
+});
+
+test('a modality in the AE directory gets its report over a new association, also when it listens only after the peer restarted', async (t) => {
+  const receiver = await startReportReceiver('MODALITY');
+  const receiverPort = receiver.port;
+  await receiver.close(); // the modality is down when the report is first due
+  const peer = await startTestPeer(['--move-dest', `MODALITY=127.0.0.1:${receiverPort}`], 'commit-dir', silentLogger, { commitment: { ...fastChecks, retryDelaysMs: [200] } });
+  let restarted: Awaited<ReturnType<typeof startPeer>> | undefined;
+  let back: Awaited<ReturnType<typeof startReportReceiver>> | undefined;
+  t.after(async () => {
+    await restarted?.stop();
+    await back?.close();
+    await peer.dispose();
+  });
+  await storeInstances(peer.dicomPort, 'MODALITY', [uid(11)]);
+
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  const reply = await client.request(client.contexts[0]!.id, nAction(), requestDataSet(uid(200), [uid(11)], TransferSyntax.ImplicitVrLittleEndian));
+  assert.equal(reply.command.status, Status.Success);
+  assert.equal(reply.command.affectedSopInstanceUid, StorageCommitment.sopInstanceUid);
+  await client.release(); // asynchronous mode: the modality does not wait on this association
+  await waitFor('the report is owed', async () => (await apiMesh(peer.httpPort)).commitment.pending === 1, 5_000);
+  await new Promise((resolve) => setTimeout(resolve, 600)); // a few attempts against the closed port
+
+  // A restart: the owed report was kept on disk (its N-ACTION-RSP promised it).
+  await peer.stop();
+  restarted = await startPeer(
+    parseStartArgs(['--site', 'commit-dir', '--data', peer.dataDir, '--host', '127.0.0.1', '--dicom-port', '0', '--http-port', '0', '--log-level', 'silent', '--move-dest', `MODALITY=127.0.0.1:${receiverPort}`]),
+    { log: silentLogger, shutdownGraceMs: 1000, commitment: { ...fastChecks, retryDelaysMs: [200] } },
+  );
+  back = await startReportReceiver('MODALITY', receiverPort);
+  await back.waitFor(1);
+  const [received] = back.reports;
+  assert.equal(received!.callingAeTitle, 'PACSMESH');
+  assert.deepEqual(received!.roleSelections, [{ sopClassUid: StorageCommitment.sopClassUid, scuRole: false, scpRole: true }], 'the archive proposes the SCP role');
+  assert.equal(received!.command.commandField, CommandField.NEventReportRq);
+  assert.equal(received!.command.eventTypeId, StorageCommitment.eventTypeAllCommitted);
+  assert.equal(received!.command.affectedSopInstanceUid, StorageCommitment.sopInstanceUid);
+  const byTag = new Map(received!.elements.map((e) => [e.tag, e]));
+  assert.equal(byTag.get(Tags.TransactionUID)?.value, uid(200));
+  assert.equal(byTag.get(Tags.RetrieveAETitle)?.value, 'PACSMESH');
+  assert.deepEqual(byTag.get(Tags.ReferencedSOPSequence)?.items?.map((item) => item.map((e) => e.value)), [[ct, uid(11)]]);
+  assert.equal(byTag.has(Tags.FailedSOPSequence), false);
+  await waitFor('nothing owed once delivered', async () => (await apiMesh(restarted!.httpPort)).commitment.pending === 0, 5_000);
+  assert.equal(back.reports.length, 1, 'delivered once');
+});
+
+test('N-ACTIONs that cannot be taken are answered with their DIMSE status, and the association goes on', async (t) => {
+  const peer = await startTestPeer([], 'commit-bad', silentLogger, { commitment: fastChecks });
+  t.after(() => peer.dispose());
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [
+    { abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    { abstractSyntaxUid: ct, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    { abstractSyntaxUid: '1.2.840.10008.1.1', transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+  ]);
+  t.after(() => client.abort());
+  const [commitment, storage, verification] = client.contexts;
+  const statusOf = async (contextId: number, command: Record<string, unknown>, dataSet: Uint8Array) => {
+    const reply = await client.request(contextId, nAction(command), dataSet);
+    return [reply.command.status, reply.command.errorComment];
+  };
+  const good = requestDataSet(uid(300), [uid(1)]);
+  assert.deepEqual(await statusOf(commitment!.id, { requestedSopInstanceUid: '1.2.3' }, good), [Status.NoSuchSopInstance, `N-ACTION for instance 1.2.3, not ${StorageCommitment.sopInstanceUid}`]);
+  assert.deepEqual(await statusOf(commitment!.id, { actionTypeId: 2 }, good), [Status.NoSuchAction, 'N-ACTION type 2: only 1 (Request Storage Commitment)']);
+  assert.equal((await statusOf(storage!.id, { requestedSopClassUid: ct }, good))[0], Status.NoSuchSopClass);
+  assert.deepEqual(await statusOf(commitment!.id, {}, requestDataSet('', [uid(1)])), [Status.InvalidArgumentValue, 'no Transaction UID']);
+  assert.deepEqual(await statusOf(commitment!.id, {}, requestDataSet(uid(301), ['1..2'])), [Status.InvalidArgumentValue, 'Referenced SOP item 1: missing or invalid UID']);
+  const [status, comment] = await statusOf(commitment!.id, {}, Buffer.from('\x08\x00\x95\x11UI\xff\x00garbage'));
+  assert.equal(status, Status.InvalidArgumentValue);
+  assert.match(String(comment), /^data set cannot be read/);
+  const echo = await client.request(verification!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false });
+  assert.equal(echo.command.status, Status.Success, 'the association is still usable');
+  assert.equal((await apiMesh(peer.httpPort)).commitment.pending, 0, 'nothing was taken on');
+});
