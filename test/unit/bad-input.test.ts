@@ -11,7 +11,8 @@ import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
-import { encodeDataset } from '../../src/codec/dataset/writer.ts';
+import { encodeDataset, type WritableElement } from '../../src/codec/dataset/writer.ts';
+import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
 import { Prng } from '../../src/sim/prng.ts';
@@ -386,6 +387,34 @@ test('seeded fuzz: a thousand C-FINDs with mutated command and identifier bytes 
   const association = associateRq('PACSMESH', studyRootFind);
   const valid = Buffer.concat([association, ...encodePDataFragments(1, true, command, 4096), ...encodePDataFragments(1, false, identifier, 4096), encodePdu({ type: 'releaseRq' })]);
   // Only the P-DATA carrying the command and the identifier is mutated: the association itself is fuzzed above.
+  await sendMutated(prng, valid, association.length, valid.length);
+  assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
+});
+
+test('seeded fuzz: a thousand Storage Commitment N-ACTIONs with mutated command and data set bytes never take the peer down', async () => {
+  const seed = Number(process.env.FUZZ_SEED ?? 4244);
+  const prng = new Prng(seed);
+  const command = encodeCommand({
+    commandField: CommandField.NActionRq,
+    messageId: 1,
+    requestedSopClassUid: StorageCommitment.sopClassUid,
+    requestedSopInstanceUid: StorageCommitment.sopInstanceUid,
+    actionTypeId: 1,
+    hasDataSet: true,
+  });
+  const reference = (n: number): WritableElement[] => [
+    { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' },
+    { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: `1.2.826.0.1.3680043.10.1453.79.${n}` },
+  ];
+  const dataSet = encodeDataset(
+    [
+      { tag: Tags.TransactionUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.79.100' },
+      { tag: Tags.ReferencedSOPSequence, vr: 'SQ', value: undefined, items: [reference(1), reference(2)] },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const association = associateRq('PACSMESH', StorageCommitment.sopClassUid);
+  const valid = Buffer.concat([association, ...encodePDataFragments(1, true, command, 4096), ...encodePDataFragments(1, false, dataSet, 4096), encodePdu({ type: 'releaseRq' })]);
   await sendMutated(prng, valid, association.length, valid.length);
   assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
 });

@@ -5,6 +5,7 @@ import { Tags } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { parseDatasetTree } from './tree.ts';
 import { encodeDataset, type WritableElement } from './writer.ts';
+import { Prng } from '../../sim/prng.ts';
 
 const reference = (sopInstanceUid: string): WritableElement[] => [
   { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' },
@@ -64,4 +65,23 @@ test('a truncated, malformed or oversized data set is refused with a DatasetPars
   assert.equal(codeOf(bytes, { maxElements: 3 }), 'ERR_DATASET_TOO_MANY_ELEMENTS');
   assert.equal(codeOf(bytes, { maxDepth: 1 }), 'ERR_DATASET_TOO_DEEP');
   assert.equal(codeOf(bytes), 'parsed');
+});
+
+test('seeded fuzz: mutated and cut data sets either read or fail with a DatasetParseError, nothing else', () => {
+  const seed = Number(process.env.FUZZ_SEED ?? 4245);
+  const prng = new Prng(seed);
+  for (const syntax of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian]) {
+    const valid = encodeDataset(request, syntax);
+    for (let round = 0; round < 3000; round++) {
+      const mutated = Buffer.from(valid);
+      const flips = 1 + prng.nextInt(6);
+      for (let i = 0; i < flips; i++) mutated[prng.nextInt(mutated.length)] = prng.nextInt(256);
+      const cut = prng.chance(0.3) ? prng.nextInt(mutated.length) : mutated.length;
+      try {
+        parseDatasetTree(mutated.subarray(0, cut), syntax);
+      } catch (error) {
+        assert.ok(error instanceof DatasetParseError, `FUZZ_SEED=${seed} round ${round}: ${String(error)}`);
+      }
+    }
+  }
 });
