@@ -1,7 +1,8 @@
 /**
  * Issue 3, acceptance 2: three real peers in separate processes on loopback. Store at site A; query and
  * retrieve everything from site C; kill -9 A and B; C still answers C-FIND and C-GET for every
- * acknowledged instance; restart B with its data directory, then with an empty one: both converge.
+ * acknowledged instance (and commits them all to a modality that asks it); restart B with its data
+ * directory, then with an empty one: both converge.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,12 +12,50 @@ import { MeshCluster, eventually, getStudy, startThreeSites, type PeerProcess } 
 import { runTool } from '../support/dicom-tools.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { parseDatasetTree } from '../../src/codec/dataset/tree.ts';
+import { encodeDataset, type WritableElement } from '../../src/codec/dataset/writer.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { CommandField } from '../../src/codec/dimse.ts';
+import { DicomClientAssociation } from '../../src/actors/association/client.ts';
+import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
 
 const instanceCount = 24;
 
 async function storeAll(peer: PeerProcess, files: string[]): Promise<void> {
   const result = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), ...files], { timeoutMs: 60_000, env: { TCP_NODELAY: '1' } });
   assert.equal(result.code, 0, `storescu to ${peer.site} failed:\n${result.stderr}`);
+}
+
+/** A Storage Commitment request at `peer`, whose report comes back on the same association. */
+async function commitmentAt(peer: PeerProcess, references: Array<{ sopClassUid: string; sopInstanceUid: string }>) {
+  let received!: (report: { eventTypeId: number; dataSet: Uint8Array }) => void;
+  const report = new Promise<{ eventTypeId: number; dataSet: Uint8Array }>((resolve) => (received = resolve));
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle: 'MODALITY',
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+    onIncomingEventReport: (command, dataSet) => {
+      received({ eventTypeId: command.eventTypeId ?? 0, dataSet: dataSet ?? new Uint8Array(0) });
+      return 0;
+    },
+  });
+  try {
+    const items = references.map((r) => [
+      { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: r.sopClassUid },
+      { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: r.sopInstanceUid },
+    ] satisfies WritableElement[]);
+    const request = encodeDataset([{ tag: Tags.TransactionUID, vr: 'UI', value: `2.25.${Date.now()}` }, { tag: Tags.ReferencedSOPSequence, vr: 'SQ', value: undefined, items }], TransferSyntax.ExplicitVrLittleEndian);
+    const command = { commandField: CommandField.NActionRq, requestedSopClassUid: StorageCommitment.sopClassUid, requestedSopInstanceUid: StorageCommitment.sopInstanceUid, actionTypeId: 1, hasDataSet: true };
+    assert.equal((await client.request(client.contexts[0]!.id, command, request)).command.status, 0);
+    const { eventTypeId, dataSet } = await report;
+    const tree = parseDatasetTree(dataSet, TransferSyntax.ExplicitVrLittleEndian);
+    const count = (tag: number) => tree.find((e) => e.tag === tag)?.items?.length ?? 0;
+    return { eventTypeId, committed: count(Tags.ReferencedSOPSequence), failed: count(Tags.FailedSOPSequence) };
+  } finally {
+    await client.release();
+  }
 }
 
 async function studyUidsAt(peer: PeerProcess): Promise<string[]> {
@@ -32,6 +71,7 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   const inputDir = join(cluster.root, 'input');
   mkdirSync(inputDir);
   const sent = new Map<string, Buffer>();
+  const references: Array<{ sopClassUid: string; sopInstanceUid: string }> = [];
   const studies = ['A', 'B', 'C'].map((_, i) => `2.25.${1000 + i}${Date.now()}`);
   const files: string[] = [];
   for (let i = 0; i < instanceCount; i++) {
@@ -48,6 +88,7 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
     writeFileSync(file, bytes);
     files.push(file);
     sent.set(resolved.sopInstanceUid, Buffer.from(bytes.subarray(splitPart10(bytes).datasetOffset)));
+    references.push({ sopClassUid: resolved.sopClassUid, sopInstanceUid: resolved.sopInstanceUid });
   }
   await storeAll(a, files);
 
@@ -79,6 +120,8 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   ]);
   assert.deepEqual(await studyUidsAt(c), [...studies].sort());
   await checkRetrieveAt(c, 'c-alone');
+  // A modality that stored at A asks C, the survivor, for storage commitment: all committed.
+  assert.deepEqual(await commitmentAt(c, references), { eventTypeId: StorageCommitment.eventTypeAllCommitted, committed: instanceCount, failed: 0 });
 
   // B comes back with its data directory, then as a fresh site-b on an empty disk, on its own ports.
   const cAddress = (await c.status()).self.multiaddrs!.slice(0, 1);
