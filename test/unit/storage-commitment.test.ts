@@ -5,6 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { rmSync } from 'node:fs';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { join } from 'node:path';
 import dimse from 'dcmjs-dimse';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { TransferSyntax } from '../../src/codec/dicom-types.ts';
@@ -14,6 +17,7 @@ import { parseStartArgs } from '../../src/config.ts';
 import { startPeer } from '../../src/peer.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
+import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { startReportReceiver } from '../support/report-receiver.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
@@ -171,4 +175,30 @@ test('N-ACTIONs that cannot be taken are answered with their DIMSE status, and t
   const echo = await client.request(verification!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false });
   assert.equal(echo.command.status, Status.Success, 'the association is still usable');
   assert.equal((await apiMesh(peer.httpPort)).commitment.pending, 0, 'nothing was taken on');
+});
+
+test('a stop does not wait for a report association the modality never answers; the report stays owed', async (t) => {
+  // A modality that accepts the TCP connection and then says nothing (no A-ASSOCIATE-AC).
+  const sockets = new Set<Socket>();
+  const silent = createServer((socket) => sockets.add(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    silent.close();
+  });
+  const silentPort = (silent.address() as AddressInfo).port;
+  const peer = await startTestPeer(['--move-dest', `MODALITY=127.0.0.1:${silentPort}`], 'commit-stop', silentLogger, { commitment: fastChecks });
+  t.after(() => rmSync(peer.dataDir, { recursive: true, force: true }));
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
+  assert.equal((await client.request(client.contexts[0]!.id, nAction(), requestDataSet(uid(400), [uid(41)]))).command.status, Status.Success);
+  await client.release();
+  await waitFor('the report association to be under way', () => sockets.size > 0, 10_000);
+  const stopStartedMs = Date.now();
+  await peer.stop();
+  const stopMs = Date.now() - stopStartedMs;
+  assert.ok(stopMs < 10_000, `the stop took ${stopMs} ms (the report association's own timeout is 30 s)`);
+  const store = createReplicaStore({ path: join(peer.dataDir, 'store') });
+  await store.open();
+  t.after(() => store.close());
+  assert.deepEqual((await store.listCommitments()).map((r) => r.transactionUid), [uid(400)], 'still owed at the next start');
 });

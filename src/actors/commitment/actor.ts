@@ -10,7 +10,7 @@ import { TransferSyntax } from '../../codec/dicom-types.ts';
 import { encodeDataset, type WritableElement } from '../../codec/dataset/writer.ts';
 import { DicomClientAssociation } from '../association/client.ts';
 import type { MoveDestination } from '../association/services/deps.ts';
-import type { Clock } from '../runtime/clock.ts';
+import type { Clock, TimerHandle } from '../runtime/clock.ts';
 import { errorText, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
@@ -65,6 +65,8 @@ export interface CommitmentServiceInit {
 type CommitmentMsg = { readonly type: 'tick' } | { readonly type: 'input'; readonly input: CommitmentInput };
 
 const reportTransferSyntaxes = [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian];
+/** How long a stop waits for look-ups and deliveries under way. */
+const stopWaitMs = 2_000;
 
 export function startCommitments(init: CommitmentServiceInit): CommitmentService {
   const { store, clock } = init;
@@ -76,6 +78,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   let current: CommitmentState = initCommitments(config);
   const channels = new Map<string, ReportChannel>();
   const tasks = new Set<Promise<void>>();
+  /** Report associations open now: a stop aborts them (their records stay on disk for the next start). */
+  const openClients = new Set<DicomClientAssociation>();
 
   const send = (message: CommitmentMsg): void => {
     if (!stopped) dispatch(ref, message);
@@ -132,6 +136,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         timeoutMs: deliveryTimeoutMs,
         clock,
       });
+      openClients.add(client);
+      if (stopped) throw new Error('the archive is stopping');
       const context = client.contexts[0];
       if (!context) return ended('failed', `${record.requestorAeTitle} refused the Storage Commitment presentation context`);
       const reply = await client.request(
@@ -150,6 +156,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     } catch (error) {
       return ended('failed', errorText(error));
     } finally {
+      if (client) openClients.delete(client);
       await client?.release().catch(() => client?.abort());
     }
   }
@@ -248,7 +255,13 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         stopped = true;
         ticker.stop();
         stopActor(ref);
-        await Promise.allSettled([...tasks]);
+        for (const client of openClients) client.abort();
+        // A delivery still connecting to a host that does not answer would hold the stop for its whole
+        // timeout: the stop waits a moment, not for that (the record stays on disk, due at the next start).
+        let timer: TimerHandle | undefined;
+        const moment = new Promise<void>((resolve) => (timer = clock.setTimeout(resolve, stopWaitMs)));
+        await Promise.race([Promise.allSettled([...tasks]), moment]);
+        clock.clearTimeout(timer);
       })()),
   };
 }
