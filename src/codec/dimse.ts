@@ -260,11 +260,16 @@ export function encodeCommand(command: DimseCommand): Uint8Array {
 /**
  * Error Comment is one LO value in the default repertoire (the command set has no character set): a
  * backslash from a request (`STUDY\SERIES`) would split it into two values, and other bytes would be
- * read as whatever the receiver guesses. Both become stand-ins, and the value keeps LO's 64 characters.
+ * read as whatever the receiver guesses. Both become stand-ins, and the value keeps LO's 64 characters:
+ * a longer text ends in "..." so that a UID cut short does not read as a whole (other) UID.
  */
 export function errorCommentValue(text: string): string {
-  return text.replace(/\\/g, '/').replace(/[^\x20-\x7e]/g, '?').slice(0, 64);
+  const value = text.replace(/\\/g, '/').replace(/[^\x20-\x7e]/g, '?');
+  return value.length <= errorCommentMaxChars ? value : `${value.slice(0, errorCommentMaxChars - 3)}...`;
 }
+
+/** LO's length (PS3.5 6.2). */
+const errorCommentMaxChars = 64;
 
 /** The response command field for a request command field (bit 15 set, PS3.7 E.1). */
 export function responseFieldFor(requestField: number): number {

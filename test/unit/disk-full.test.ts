@@ -78,7 +78,7 @@ test('a full disk: C-STORE answers 0xA700, and the store writes again once space
   // Still full: refused again, at once.
   const again = await store(refused.n);
   assert.equal(again.command.status, Status.OutOfResources);
-  assert.match(again.command.errorComment ?? '', /^storage failed: writes refused since "No space left on device"/);
+  assert.match(again.command.errorComment ?? '', /^storage failed: "No space left on device": writes refused/);
 
   rmSync(ballast);
   await waitFor('the store to reopen after space was freed', () => events.some((e) => e.type === 'reopened'), 60_000);

@@ -164,9 +164,9 @@ test('N-ACTIONs that cannot be taken are answered with their DIMSE status, and t
     return [reply.command.status, reply.command.errorComment];
   };
   const good = requestDataSet(uid(300), [uid(1)]);
-  assert.deepEqual(await statusOf(commitment!.id, { requestedSopInstanceUid: '1.2.3' }, good), [Status.NoSuchSopInstance, `N-ACTION for instance 1.2.3, not ${StorageCommitment.sopInstanceUid}`]);
+  assert.deepEqual(await statusOf(commitment!.id, { requestedSopInstanceUid: '1.2.3' }, good), [Status.NoSuchSopInstance, `Requested SOP Instance must be ${StorageCommitment.sopInstanceUid}`]);
   assert.deepEqual(await statusOf(commitment!.id, { actionTypeId: 2 }, good), [Status.NoSuchAction, 'N-ACTION type 2: only 1 (Request Storage Commitment)']);
-  assert.equal((await statusOf(storage!.id, { requestedSopClassUid: ct }, good))[0], Status.NoSuchSopClass);
+  assert.deepEqual(await statusOf(storage!.id, { requestedSopClassUid: ct }, good), [Status.NoSuchSopClass, `N-ACTION is for ${StorageCommitment.sopClassUid}, on its own context`]);
   assert.deepEqual(await statusOf(commitment!.id, {}, requestDataSet('', [uid(1)])), [Status.InvalidArgumentValue, 'no Transaction UID']);
   assert.deepEqual(await statusOf(commitment!.id, {}, requestDataSet(uid(301), ['1..2'])), [Status.InvalidArgumentValue, 'Referenced SOP item 1: missing or invalid UID']);
   const [status, comment] = await statusOf(commitment!.id, {}, Buffer.from('\x08\x00\x95\x11UI\xff\x00garbage'));

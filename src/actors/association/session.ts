@@ -334,9 +334,9 @@ export class AcceptorSession {
         // PS3.4 J.3.2.1: the Storage Commitment Push Model class, its well-known instance, action type 1.
         const nActionRefusal: [number, string] | undefined =
           context.service !== 'commitment' || command.requestedSopClassUid !== StorageCommitment.sopClassUid
-            ? [Status.NoSuchSopClass, `N-ACTION for ${command.requestedSopClassUid ?? '(none)'} on a context for ${context.abstractSyntaxUid}`]
+            ? [Status.NoSuchSopClass, `N-ACTION is for ${StorageCommitment.sopClassUid}, on its own context`]
             : command.requestedSopInstanceUid !== StorageCommitment.sopInstanceUid
-              ? [Status.NoSuchSopInstance, `N-ACTION for instance ${command.requestedSopInstanceUid ?? '(none)'}, not ${StorageCommitment.sopInstanceUid}`]
+              ? [Status.NoSuchSopInstance, `Requested SOP Instance must be ${StorageCommitment.sopInstanceUid}`]
               : command.actionTypeId !== StorageCommitment.actionTypeRequest
                 ? [Status.NoSuchAction, `N-ACTION type ${command.actionTypeId ?? '(none)'}: only 1 (Request Storage Commitment)`]
                 : !command.hasDataSet

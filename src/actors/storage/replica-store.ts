@@ -774,7 +774,7 @@ class LevelReplicaStore implements ReplicaStore {
   /** Throws while writes are refused, or for an upload begun before the last fault (`epoch`). */
   assertWritable(epoch: number): void {
     if (this.fault !== undefined) {
-      throw new StoreError('ERR_STORE_FAULTED', `writes refused since "${storageErrorText(this.fault.error)}" until the store reopens`);
+      throw new StoreError('ERR_STORE_FAULTED', `"${storageErrorText(this.fault.error)}": writes refused until the store reopens`);
     }
     if (epoch !== this.faultEpoch) throw new StoreError('ERR_STORE_FAULTED', 'this upload began before the store reopened after an I/O error');
   }
