@@ -111,18 +111,20 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
       nowMs: clock.nowMs(),
     });
     const report = commitmentReport(record.transactionUid, outcome, init.aeTitle);
+    // What the operator can do about an undeliverable report: tell the archive where the modality listens.
+    const notInDirectory = `"${record.requestorAeTitle}" is not in the AE directory (--move-dest ${record.requestorAeTitle}=host:port)`;
     if (record.deliverVia === 'association') {
       const channel = channels.get(record.transactionUid);
-      if (!channel) return ended('unreachable', `the N-ACTION's association is over and "${record.requestorAeTitle}" is not in the AE directory`);
+      if (!channel) return ended('unreachable', `the N-ACTION's association is over and ${notInDirectory}`);
       try {
         const status = await channel.send(report.eventTypeId, report.elements);
         return status === Status.Success ? ended('delivered') : ended('unreachable', `the requestor answered the N-EVENT-REPORT with 0x${status.toString(16)}`);
       } catch (error) {
-        return ended('unreachable', `${errorText(error)}; "${record.requestorAeTitle}" is not in the AE directory`);
+        return ended('unreachable', `${errorText(error)}; ${notInDirectory}`);
       }
     }
     const destination = init.resolveAe(record.requestorAeTitle);
-    if (!destination) return ended('failed', `"${record.requestorAeTitle}" is not in the AE directory (--move-dest)`);
+    if (!destination) return ended('failed', notInDirectory);
     let client: DicomClientAssociation | undefined;
     try {
       client = await DicomClientAssociation.open({
