@@ -6,6 +6,7 @@ import {
   PduFramer,
   decodePdu,
   defaultPduLimits,
+  describeRejection,
   encodePDataFragments,
   encodePdu,
   evenChunks,
@@ -178,4 +179,10 @@ test('PDUs handed out stay intact while later chunks arrive (they are handled as
   assert.equal(held.length, 3);
   const fills = held.map((p) => (p.type === 'pData' ? new Set(p.values[0]!.data).size === 1 && p.values[0]!.data[0] : -1));
   assert.deepEqual(fills, [0xaa, 0xbb, 0xaa]);
+});
+
+test('an A-ASSOCIATE-RJ is described in words for the log', () => {
+  assert.equal(describeRejection({ result: 1, source: 1, reason: 7 }), 'permanent, by the service user: called AE title not recognized');
+  assert.equal(describeRejection({ result: 2, source: 3, reason: 1 }), 'transient, by the presentation provider: temporary congestion');
+  assert.equal(describeRejection({ result: 9, source: 9, reason: 9 }), 'result 9, source 9: reason 9');
 });

@@ -53,6 +53,18 @@ export const RejectReason = {
   LocalLimitExceeded: 2,
 } as const;
 
+/** An A-ASSOCIATE-RJ in words (PS3.8 9.3.4), for operators' logs. */
+export function describeRejection(rj: { result: number; source: number; reason: number }): string {
+  const result = rj.result === RejectResult.Permanent ? 'permanent' : rj.result === RejectResult.Transient ? 'transient' : `result ${rj.result}`;
+  const reasons: Record<number, Record<number, string>> = {
+    [RejectSource.ServiceUser]: { 1: 'no reason given', 2: 'application context not supported', 3: 'calling AE title not recognized', 7: 'called AE title not recognized' },
+    [RejectSource.ServiceProviderAcse]: { 1: 'no reason given', 2: 'protocol version not supported' },
+    [RejectSource.ServiceProviderPresentation]: { 1: 'temporary congestion', 2: 'local limit exceeded' },
+  };
+  const source = rj.source === RejectSource.ServiceUser ? 'by the service user' : rj.source === RejectSource.ServiceProviderAcse ? 'by the ACSE provider' : rj.source === RejectSource.ServiceProviderPresentation ? 'by the presentation provider' : `source ${rj.source}`;
+  return `${result}, ${source}: ${reasons[rj.source]?.[rj.reason] ?? `reason ${rj.reason}`}`;
+}
+
 /** A-ABORT fields (PS3.8 9.3.8). */
 export const AbortSource = { ServiceUser: 0, ServiceProvider: 2 } as const;
 export const AbortReason = {

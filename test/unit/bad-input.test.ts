@@ -130,7 +130,9 @@ test('a C-ECHO for another SOP class, on a storage context, or with a data set: 
   const [echoContext, ctContext] = client.contexts;
   const echo = (contextId: number, affectedSopClassUid: string, dataSet?: Uint8Array) =>
     client.request(contextId, { commandField: CommandField.CEchoRq, affectedSopClassUid, hasDataSet: dataSet !== undefined }, dataSet);
-  assert.equal((await echo(echoContext!.id, ctImage)).command.status, 0x0122, 'another SOP class on the Verification context');
+  const otherClass = (await echo(echoContext!.id, ctImage)).command;
+  assert.equal(otherClass.status, 0x0122, 'another SOP class on the Verification context');
+  assert.equal(otherClass.errorComment, 'C-ECHO is for 1.2.840.10008.1.1 (Verification) only');
   assert.equal((await echo(ctContext!.id, ctImage)).command.status, 0x0122, 'on a storage context');
   assert.equal((await echo(echoContext!.id, verification, new Uint8Array(8))).command.status, 0x0212, 'with a data set');
   assert.equal((await echo(echoContext!.id, verification)).command.status, 0x0000);

@@ -9,6 +9,7 @@ import {
   DicomApplicationContext,
   PresentationContextResult,
   defaultPduLimits,
+  describeRejection,
   type AssociateRjPdu,
   type RoleSelection,
 } from '../../codec/pdu.ts';
@@ -22,7 +23,7 @@ export class AssociationRejectedError extends Error {
   override readonly name = 'AssociationRejectedError';
   readonly code = 'ERR_ASSOCIATION_REJECTED';
   constructor(readonly rj: AssociateRjPdu) {
-    super(`association rejected: result ${rj.result}, source ${rj.source}, reason ${rj.reason}`);
+    super(`association rejected (${describeRejection(rj)})`);
   }
 }
 
@@ -53,6 +54,8 @@ export interface ClientInit {
   maxPduLength?: number;
   /** Bound on connecting plus negotiating, and on waiting for any one response. */
   timeoutMs?: number;
+  /** Aborts the association (or the connection under way): a stopping owner need not wait for the timeouts. */
+  signal?: AbortSignal;
   clock?: Clock;
 }
 
@@ -79,6 +82,8 @@ const maxReplyDataSetBytes = 64 * 1024 * 1024;
 
 export class DicomClientAssociation {
   readonly contexts: AcceptedContext[] = [];
+  /** The acceptor's answers to our role selections (PS3.7 D.3.3.4); a class it did not answer keeps the default roles. */
+  readonly acceptedRoles: RoleSelection[] = [];
   private waiter: Waiter | undefined;
   /** The request being sent: a cancel must not cut in between its PDUs. */
   private requestSent: Promise<void> = Promise.resolve();
@@ -130,8 +135,14 @@ export class DicomClientAssociation {
 
   static async open(init: ClientInit): Promise<DicomClientAssociation> {
     const timeoutMs = init.timeoutMs ?? 30_000;
+    const aborted = () => new AssociationClosedError('ERR_ASSOCIATION_ABORTED', 'aborted by its owner');
+    if (init.signal?.aborted) throw aborted();
     const socket = await new Promise<Socket>((resolve, reject) => {
       const s = connect({ host: init.host, port: init.port });
+      init.signal?.addEventListener('abort', () => {
+        s.destroy();
+        reject(aborted());
+      }, { once: true });
       const timer = setTimeout(() => {
         s.destroy();
         reject(new AssociationClosedError('ERR_CONNECT', `connect to ${init.host}:${init.port} timed out`));
@@ -146,6 +157,13 @@ export class DicomClientAssociation {
       });
     });
     const association = new DicomClientAssociation(socket, init);
+    const abort = () => {
+      association.fail(aborted());
+      association.settleOpen?.reject(aborted());
+      association.abort();
+    };
+    init.signal?.addEventListener('abort', abort, { once: true });
+    socket.once('close', () => init.signal?.removeEventListener('abort', abort));
     await association.negotiate();
     return association;
   }
@@ -208,6 +226,7 @@ export class DicomClientAssociation {
           }
         }
         this.core.peerMaxPduLength = indication.ac.userInformation.maxPduLength;
+        this.acceptedRoles.push(...indication.ac.userInformation.roleSelections);
         this.settleOpen.resolve();
         return;
       }

@@ -10,7 +10,7 @@ import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
-import { negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
+import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
 import { IncomingStore, storeResponse } from './services/store.ts';
@@ -309,7 +309,7 @@ export class AcceptorSession {
       case CommandField.CEchoRq:
         // PS3.7 9.3.5: Verification only, on its own context (0x0122), and without a data set (0x0212).
         if (context.service !== 'verification' || command.affectedSopClassUid !== context.abstractSyntaxUid) {
-          return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `C-ECHO for ${command.affectedSopClassUid ?? '(none)'} on a context for ${context.abstractSyntaxUid}`);
+          return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `C-ECHO is for ${SopClass.Verification} (Verification) only`);
         }
         if (command.hasDataSet) return this.refuse(presentationContextId, command, Status.MistypedArgument, 'C-ECHO-RQ with a data set');
         await this.send(presentationContextId, { commandField: CommandField.CEchoRsp, messageIdBeingRespondedTo: command.messageId, affectedSopClassUid: command.affectedSopClassUid, status: Status.Success, hasDataSet: false });
