@@ -23,13 +23,17 @@ export interface ReceivedReport {
 export interface ReportReceiver {
   port: number;
   reports: ReceivedReport[];
+  /** Associations accepted so far. */
+  associations(): number;
   /** Resolves once `count` reports have arrived. */
   waitFor(count: number, timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
 }
 
-export async function startReportReceiver(aeTitle = 'MODALITY', port = 0): Promise<ReportReceiver> {
+/** `refuseScpRole`: the A-ASSOCIATE-AC answers every proposed role selection with the SCP role withheld. */
+export async function startReportReceiver(aeTitle = 'MODALITY', port = 0, options: { refuseScpRole?: boolean } = {}): Promise<ReportReceiver> {
   const reports: ReceivedReport[] = [];
+  let associations = 0;
   const sockets = new Set<Socket>();
   const server = createServer((socket) => {
     sockets.add(socket);
@@ -65,6 +69,7 @@ export async function startReportReceiver(aeTitle = 'MODALITY', port = 0): Promi
           switch (indication.type) {
             case 'associateRequested': {
               const rq = indication.rq;
+              associations++;
               callingAeTitle = rq.callingAeTitle;
               roleSelections = rq.userInformation.roleSelections;
               const answers = rq.presentationContexts.map((pc) => ({ id: pc.id, result: PresentationContextResult.Acceptance, transferSyntaxUid: pc.transferSyntaxUids[0]! }));
@@ -78,7 +83,11 @@ export async function startReportReceiver(aeTitle = 'MODALITY', port = 0): Promi
                   callingAeTitle: rq.callingAeTitle,
                   applicationContextName: DicomApplicationContext,
                   presentationContexts: answers,
-                  userInformation: { maxPduLength: 65536, implementationClassUid: '1.2.3.4', roleSelections: rq.userInformation.roleSelections },
+                  userInformation: {
+                    maxPduLength: 65536,
+                    implementationClassUid: '1.2.3.4',
+                    roleSelections: rq.userInformation.roleSelections.map((r) => (options.refuseScpRole ? { ...r, scpRole: false } : r)),
+                  },
                 },
               });
               return;
@@ -118,6 +127,7 @@ export async function startReportReceiver(aeTitle = 'MODALITY', port = 0): Promi
   return {
     port: address.port,
     reports,
+    associations: () => associations,
     waitFor: async (count, timeoutMs = 20_000) => {
       await waitFor(`${count} commitment reports`, () => reports.length >= count, timeoutMs);
     },

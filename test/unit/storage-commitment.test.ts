@@ -202,3 +202,18 @@ test('a stop does not wait for a report association the modality never answers; 
   t.after(() => store.close());
   assert.deepEqual((await store.listCommitments()).map((r) => r.transactionUid), [uid(400)], 'still owed at the next start');
 });
+
+test('a modality that withholds the SCP role from the archive gets no report on that association; the report stays owed', async (t) => {
+  const receiver = await startReportReceiver('MODALITY', 0, { refuseScpRole: true });
+  const peer = await startTestPeer(['--move-dest', `MODALITY=127.0.0.1:${receiver.port}`], 'commit-role', silentLogger, { commitment: { ...fastChecks, retryDelaysMs: [200] } });
+  t.after(async () => {
+    await peer.dispose();
+    await receiver.close();
+  });
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
+  assert.equal((await client.request(client.contexts[0]!.id, nAction(), requestDataSet(uid(500), [uid(51)]))).command.status, Status.Success);
+  await client.release();
+  await waitFor('two delivery attempts', () => receiver.associations() >= 2, 10_000);
+  assert.equal(receiver.reports.length, 0, 'no N-EVENT-REPORT without the SCP role');
+  assert.equal((await apiMesh(peer.httpPort)).commitment.pending, 1);
+});

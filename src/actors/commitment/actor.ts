@@ -11,11 +11,11 @@ import { encodeDataset, type WritableElement } from '../../codec/dataset/writer.
 import { DicomClientAssociation } from '../association/client.ts';
 import type { MoveDestination } from '../association/services/deps.ts';
 import type { Clock, TimerHandle } from '../runtime/clock.ts';
-import { errorText, type Logger } from '../runtime/logger.ts';
+import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { ReplicaStore } from '../storage/replica-store.ts';
-import { canAdmit, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
+import { admissionRefusal, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
 import {
   StorageCommitment,
   type CommitmentConfig,
@@ -78,8 +78,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   let current: CommitmentState = initCommitments(config);
   const channels = new Map<string, ReportChannel>();
   const tasks = new Set<Promise<void>>();
-  /** Report associations open now: a stop aborts them (their records stay on disk for the next start). */
-  const openClients = new Set<DicomClientAssociation>();
+  /** A stop aborts the report associations under way, connecting or open (their records stay on disk for the next start). */
+  const halt = new AbortController();
 
   const send = (message: CommitmentMsg): void => {
     if (!stopped) dispatch(ref, message);
@@ -91,21 +91,22 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     void t.finally(() => tasks.delete(t));
   };
 
-  async function check(transactionUid: string, sopInstanceUids: readonly string[]): Promise<CommitmentInput> {
+  async function check(transactionUid: string, generation: number, sopInstanceUids: readonly string[]): Promise<CommitmentInput> {
     try {
       const entries = await store.getEntries(sopInstanceUids);
       const found = new Map<string, string>();
       for (const entry of entries) if (entry !== undefined) found.set(entry.sopInstanceUid, entry.sopClassUid);
-      return { type: 'checked', transactionUid, found, nowMs: clock.nowMs() };
+      return { type: 'checked', transactionUid, generation, found, nowMs: clock.nowMs() };
     } catch (error) {
-      return { type: 'checkFailed', transactionUid, error: errorText(error), nowMs: clock.nowMs() };
+      return { type: 'checkFailed', transactionUid, generation, error: errorText(error), nowMs: clock.nowMs() };
     }
   }
 
-  async function deliver(record: CommitmentRecord, outcome: CommitmentOutcome): Promise<CommitmentInput> {
+  async function deliver(record: CommitmentRecord, generation: number, outcome: CommitmentOutcome): Promise<CommitmentInput> {
     const ended = (result: 'delivered' | 'failed' | 'unreachable', error?: string): CommitmentInput => ({
       type: 'deliveryEnded',
       transactionUid: record.transactionUid,
+      generation,
       outcome: result,
       ...(error === undefined ? {} : { error }),
       nowMs: clock.nowMs(),
@@ -137,11 +138,14 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         roleSelections: [{ sopClassUid: StorageCommitment.sopClassUid, scuRole: false, scpRole: true }],
         timeoutMs: deliveryTimeoutMs,
         clock,
+        signal: halt.signal,
       });
-      openClients.add(client);
-      if (stopped) throw new Error('the archive is stopping');
       const context = client.contexts[0];
       if (!context) return ended('failed', `${record.requestorAeTitle} refused the Storage Commitment presentation context`);
+      // An answer that withholds the SCP role is a refusal (PS3.7 D.3.3.4); no answer at all is taken as
+      // consent, as many modalities leave role selection unanswered and still take the report.
+      const role = client.acceptedRoles.find((r) => r.sopClassUid === StorageCommitment.sopClassUid);
+      if (role && !role.scpRole) return ended('failed', `${record.requestorAeTitle} refused this archive the SCP role for Storage Commitment`);
       const reply = await client.request(
         context.id,
         {
@@ -158,7 +162,6 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     } catch (error) {
       return ended('failed', errorText(error));
     } finally {
-      if (client) openClients.delete(client);
       await client?.release().catch(() => client?.abort());
     }
   }
@@ -167,10 +170,10 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     for (const effect of effects) {
       switch (effect.type) {
         case 'check':
-          run(() => check(effect.transactionUid, effect.sopInstanceUids));
+          run(() => check(effect.transactionUid, effect.generation, effect.sopInstanceUids));
           break;
         case 'deliver':
-          run(() => deliver(effect.record, effect.outcome));
+          run(() => deliver(effect.record, effect.generation, effect.outcome));
           break;
         case 'forget':
           channels.delete(effect.record.transactionUid);
@@ -179,7 +182,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
           }
           break;
         case 'report':
-          log[effect.level](effect.message, effect.fields);
+          if (effect.repeatKey !== undefined && effect.level !== 'error') repeats[effect.level](effect.repeatKey, effect.message, effect.fields);
+          else log[effect.level](effect.message, effect.fields);
           break;
         default: {
           const unreachable: never = effect;
@@ -189,6 +193,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     }
   }
 
+  const repeats = createRepeatLimiter(log, 60_000, () => clock.nowMs());
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   async function initialState(): Promise<CommitmentState> {
@@ -234,9 +239,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   return {
     async admit(request, requestorAeTitle, channel) {
       if (stopped) return { admitted: false, status: Status.ResourceLimitation, errorComment: 'the archive is stopping' };
-      if (!canAdmit(current, request.transactionUid)) {
-        return { admitted: false, status: Status.ResourceLimitation, errorComment: `${config.transactionsMax} commitment reports are owed already` };
-      }
+      const refusal = admissionRefusal(current, request.transactionUid, request.references.length);
+      if (refusal !== undefined) return { admitted: false, status: Status.ResourceLimitation, errorComment: refusal };
       const deliverVia = init.resolveAe(requestorAeTitle) ? 'directory' : 'association';
       const record: CommitmentRecord = { transactionUid: request.transactionUid, requestorAeTitle, references: request.references, receivedAtMs: clock.nowMs(), deliverVia };
       if (deliverVia === 'directory') {
@@ -257,7 +261,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         stopped = true;
         ticker.stop();
         stopActor(ref);
-        for (const client of openClients) client.abort();
+        halt.abort();
         // A delivery still connecting to a host that does not answer would hold the stop for its whole
         // timeout: the stop waits a moment, not for that (the record stays on disk, due at the next start).
         let timer: TimerHandle | undefined;

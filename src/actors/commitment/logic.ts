@@ -28,9 +28,11 @@ import {
 export const defaultCommitmentConfig: CommitmentConfig = {
   checkWaitMs: 30_000,
   checkIntervalMs: 1_000,
+  checkIntervalMaxMs: 8_000,
   retryDelaysMs: [5_000, 30_000, 120_000, 600_000, 900_000],
   reportLifetimeMs: 24 * 3600_000,
   transactionsMax: 1_000,
+  referencesMax: 200_000,
 };
 
 /** References one request may hold: a large study's instances, with room to spare. */
@@ -38,6 +40,9 @@ export const referencesPerRequestMax = 20_000;
 
 interface Transaction {
   record: CommitmentRecord;
+  /** This admission's number (see CommitmentInput). */
+  generation: number;
+  checksDone: number;
   phase: 'checking' | 'delivering';
   /** A check or delivery is out; its result comes back as an input. */
   inFlight: boolean;
@@ -53,6 +58,7 @@ interface Transaction {
 export interface CommitmentState {
   readonly config: CommitmentConfig;
   transactions: Map<string, Transaction>;
+  nextGeneration: number;
   stats: { -readonly [K in Exclude<keyof CommitmentStats, 'pending'>]: CommitmentStats[K] };
 }
 
@@ -62,16 +68,21 @@ export interface CommitmentStep {
 }
 
 export function initCommitments(config: CommitmentConfig = defaultCommitmentConfig): CommitmentState {
-  return { config, transactions: new Map(), stats: { reportsDelivered: 0, reportsDropped: 0, instancesCommitted: 0, instancesFailed: 0 } };
+  return { config, transactions: new Map(), nextGeneration: 1, stats: { reportsDelivered: 0, reportsDropped: 0, instancesCommitted: 0, instancesFailed: 0 } };
 }
 
 export function commitmentStats(state: CommitmentState): CommitmentStats {
   return { pending: state.transactions.size, ...state.stats };
 }
 
-/** Whether one more transaction fits (a repeated Transaction UID replaces its own). */
-export function canAdmit(state: CommitmentState, transactionUid: string): boolean {
-  return state.transactions.has(transactionUid) || state.transactions.size < state.config.transactionsMax;
+/** Why one more transaction of `referenceCount` references does not fit, or undefined when it does (a repeated Transaction UID replaces its own). */
+export function admissionRefusal(state: CommitmentState, transactionUid: string, referenceCount: number): string | undefined {
+  const replaced = state.transactions.get(transactionUid);
+  if (!replaced && state.transactions.size >= state.config.transactionsMax) return `${state.config.transactionsMax} commitment requests are waiting already`;
+  let references = referenceCount - (replaced?.record.references.length ?? 0);
+  for (const t of state.transactions.values()) references += t.record.references.length;
+  if (references > state.config.referencesMax) return `over ${state.config.referencesMax} instances in commitment requests waiting`;
+  return undefined;
 }
 
 export function stepCommitments(state: CommitmentState, input: CommitmentInput): CommitmentStep {
@@ -82,8 +93,11 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
 
   const admit = (record: CommitmentRecord, nowMs: number) => {
     const missing = new Map(record.references.map((r) => [r.sopInstanceUid, r.sopClassUid]));
+    const generation = next.nextGeneration++;
     transactions.set(record.transactionUid, {
       record,
+      generation,
+      checksDone: 0,
       phase: 'checking',
       inFlight: true,
       nextAtMs: nowMs,
@@ -93,30 +107,39 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
       missing,
       attempts: 0,
     });
-    effects.push({ type: 'check', transactionUid: record.transactionUid, sopInstanceUids: [...missing.keys()] });
+    effects.push({ type: 'check', transactionUid: record.transactionUid, generation, sopInstanceUids: [...missing.keys()] });
   };
-  const update = (transactionUid: string, change: (t: Transaction) => Transaction | undefined) => {
+  /** Changes the transaction (undefined ends it); a result of an admission since replaced changes nothing. */
+  const update = (transactionUid: string, generation: number, change: (t: Transaction) => Transaction | undefined) => {
     const current = transactions.get(transactionUid);
-    if (!current) return;
+    if (!current || current.generation !== generation) return;
     const changed = change({ ...current });
     if (changed) transactions.set(transactionUid, changed);
     else transactions.delete(transactionUid);
   };
   const deliver = (t: Transaction): Transaction => {
-    effects.push({ type: 'deliver', record: t.record, outcome: { committed: t.committed, failed: t.failed } });
+    effects.push({ type: 'deliver', record: t.record, generation: t.generation, outcome: { committed: t.committed, failed: t.failed } });
     return { ...t, phase: 'delivering', inFlight: true, attempts: t.attempts + 1 };
   };
-  const drop = (t: Transaction, why: string, nowMs: number): undefined => {
+  /**
+   * 'lifetime': a report owed to a modality in the AE directory that never took it (an error). 'unreachable':
+   * one for a modality outside it that did not wait on its association (a configuration matter, logged once
+   * a minute per modality however many requests it sends).
+   */
+  const drop = (t: Transaction, why: string, kind: 'lifetime' | 'unreachable', nowMs: number): undefined => {
     next.stats.reportsDropped++;
     effects.push({ type: 'forget', record: t.record });
     effects.push({
       type: 'report',
-      level: 'error',
+      level: kind === 'lifetime' ? 'error' : 'warn',
       message: 'storage commitment report dropped',
       fields: { transactionUid: t.record.transactionUid, requestor: t.record.requestorAeTitle, why, attempts: t.attempts, ageMs: nowMs - t.record.receivedAtMs },
+      ...(kind === 'unreachable' ? { repeatKey: `unreachable:${t.record.requestorAeTitle}` } : {}),
     });
     return undefined;
   };
+  /** The failed instances a log line names (the report itself holds them all). */
+  const failedNamedMax = 10;
 
   switch (input.type) {
     case 'accepted':
@@ -126,7 +149,7 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
       for (const record of input.records) if (!transactions.has(record.transactionUid)) admit(record, input.nowMs);
       break;
     case 'checked':
-      update(input.transactionUid, (t) => {
+      update(input.transactionUid, input.generation, (t) => {
         if (t.phase !== 'checking') return t;
         const missing = new Map(t.missing);
         const committed = [...t.committed];
@@ -139,7 +162,10 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
           if (storedClass === sopClassUid) committed.push({ sopClassUid, sopInstanceUid });
           else failed.push({ sopClassUid, sopInstanceUid, failureReason: FailureReason.ClassInstanceConflict });
         }
-        const checked = { ...t, missing, committed, failed, inFlight: false, nextAtMs: input.nowMs + config.checkIntervalMs };
+        // Looked up again less and less often: a large request for instances that never come costs a few look-ups, not thirty.
+        const checksDone = t.checksDone + 1;
+        const intervalMs = Math.min(config.checkIntervalMs * 2 ** (checksDone - 1), config.checkIntervalMaxMs);
+        const checked = { ...t, missing, committed, failed, checksDone, inFlight: false, nextAtMs: Math.min(input.nowMs + intervalMs, t.checkUntilMs) };
         if (missing.size > 0 && input.nowMs < t.checkUntilMs) return checked;
         for (const [sopInstanceUid, sopClassUid] of missing) failed.push({ sopClassUid, sopInstanceUid, failureReason: FailureReason.NoSuchObjectInstance });
         next.stats.instancesCommitted += committed.length;
@@ -148,13 +174,13 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
       });
       break;
     case 'checkFailed':
-      update(input.transactionUid, (t) => {
+      update(input.transactionUid, input.generation, (t) => {
         effects.push({ type: 'report', level: 'warn', message: 'storage commitment: looking up instances failed; trying again', fields: { transactionUid: t.record.transactionUid, error: input.error } });
         return { ...t, inFlight: false, nextAtMs: input.nowMs + config.checkIntervalMs, checkUntilMs: Math.max(t.checkUntilMs, input.nowMs + config.checkIntervalMs) };
       });
       break;
     case 'deliveryEnded':
-      update(input.transactionUid, (t) => {
+      update(input.transactionUid, input.generation, (t) => {
         if (input.outcome === 'delivered') {
           next.stats.reportsDelivered++;
           effects.push({ type: 'forget', record: t.record });
@@ -162,12 +188,19 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
             type: 'report',
             level: 'info',
             message: 'storage commitment report delivered',
-            fields: { transactionUid: t.record.transactionUid, requestor: t.record.requestorAeTitle, committed: t.committed.length, failed: t.failed.length, via: t.record.deliverVia },
+            fields: {
+              transactionUid: t.record.transactionUid,
+              requestor: t.record.requestorAeTitle,
+              committed: t.committed.length,
+              failed: t.failed.length,
+              ...(t.failed.length > 0 ? { failedInstances: t.failed.slice(0, failedNamedMax).map((f) => `${f.sopInstanceUid} (0x${f.failureReason.toString(16).padStart(4, '0')})`) } : {}),
+              via: t.record.deliverVia,
+            },
           });
           return undefined;
         }
-        if (input.outcome === 'unreachable') return drop(t, input.error ?? 'no way to reach the requestor', input.nowMs);
-        if (input.nowMs - t.record.receivedAtMs >= config.reportLifetimeMs) return drop(t, `not delivered within ${config.reportLifetimeMs} ms: ${input.error ?? ''}`, input.nowMs);
+        if (input.outcome === 'unreachable') return drop(t, input.error ?? 'no way to reach the requestor', 'unreachable', input.nowMs);
+        if (input.nowMs - t.record.receivedAtMs >= config.reportLifetimeMs) return drop(t, `not delivered within ${config.reportLifetimeMs} ms: ${input.error ?? ''}`, 'lifetime', input.nowMs);
         const delayMs = config.retryDelaysMs[Math.min(t.attempts - 1, config.retryDelaysMs.length - 1)] ?? config.checkIntervalMs;
         effects.push({
           type: 'report',
@@ -181,9 +214,9 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
     case 'tick':
       for (const [transactionUid, t] of state.transactions) {
         if (t.inFlight || input.nowMs < t.nextAtMs) continue;
-        update(transactionUid, (current) => {
+        update(transactionUid, t.generation, (current) => {
           if (current.phase === 'delivering') return deliver(current);
-          effects.push({ type: 'check', transactionUid, sopInstanceUids: [...current.missing.keys()] });
+          effects.push({ type: 'check', transactionUid, generation: current.generation, sopInstanceUids: [...current.missing.keys()] });
           return { ...current, inFlight: true };
         });
       }
@@ -208,8 +241,9 @@ export interface CommitmentRequestRefusal {
  */
 export function readCommitmentRequest(elements: readonly TreeElement[]): { transactionUid: string; references: CommitmentReference[] } | CommitmentRequestRefusal {
   const invalid = (errorComment: string): CommitmentRequestRefusal => ({ status: Status.InvalidArgumentValue, errorComment });
-  const transactionUid = findElement(elements, Tags.TransactionUID)?.value ?? '';
-  if (!isAcceptableUid(transactionUid)) return invalid(transactionUid === '' ? 'no Transaction UID' : 'Transaction UID is not a valid UID');
+  const transactionUid = uidValue(findElement(elements, Tags.TransactionUID));
+  if (transactionUid === '') return invalid('no Transaction UID');
+  if (transactionUid === undefined || !isAcceptableUid(transactionUid)) return invalid('Transaction UID is not a valid UID');
   const sequence = findElement(elements, Tags.ReferencedSOPSequence);
   if (!sequence?.items || sequence.items.length === 0) return invalid('no Referenced SOP Sequence item');
   if (sequence.items.length > referencesPerRequestMax) {
@@ -217,12 +251,23 @@ export function readCommitmentRequest(elements: readonly TreeElement[]): { trans
   }
   const references = new Map<string, CommitmentReference>();
   for (const [index, item] of sequence.items.entries()) {
-    const sopClassUid = findElement(item, Tags.ReferencedSOPClassUID)?.value ?? '';
-    const sopInstanceUid = findElement(item, Tags.ReferencedSOPInstanceUID)?.value ?? '';
-    if (!isAcceptableUid(sopClassUid) || !isAcceptableUid(sopInstanceUid)) return invalid(`Referenced SOP item ${index + 1}: missing or invalid UID`);
+    const sopClassUid = uidValue(findElement(item, Tags.ReferencedSOPClassUID));
+    const sopInstanceUid = uidValue(findElement(item, Tags.ReferencedSOPInstanceUID));
+    if (sopClassUid === undefined || sopInstanceUid === undefined || !isAcceptableUid(sopClassUid) || !isAcceptableUid(sopInstanceUid)) {
+      return invalid(`Referenced SOP item ${index + 1}: missing or invalid UID`);
+    }
     references.set(sopInstanceUid, { sopClassUid, sopInstanceUid });
   }
   return { transactionUid, references: [...references.values()] };
+}
+
+/**
+ * A UID element's value: '' when absent, undefined when not of VR UI (a number sent as US would pass for a
+ * UID). Leading zeros in a component are taken, as C-STORE takes them (real devices send such UIDs).
+ */
+function uidValue(element: TreeElement | undefined): string | undefined {
+  if (element === undefined) return '';
+  return element.vr === 'UI' ? (element.value ?? '') : undefined;
 }
 
 /** The N-EVENT-REPORT's Event Type ID and data set elements (PS3.4 J.3.3.1). */

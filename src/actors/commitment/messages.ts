@@ -55,15 +55,23 @@ export interface CommitmentOutcome {
 export interface CommitmentConfig {
   /** How long an instance not found yet is looked for again (it may still be on its way from another site). */
   readonly checkWaitMs: number;
+  /** The first look-up again after this; each later one waits twice as long, up to checkIntervalMaxMs. */
   readonly checkIntervalMs: number;
+  readonly checkIntervalMaxMs: number;
   /** Waits before the 2nd, 3rd ... delivery attempt; the last one repeats. */
   readonly retryDelaysMs: readonly number[];
   /** A report not delivered within this time after its request is dropped (the modality will have asked again). */
   readonly reportLifetimeMs: number;
   /** Transactions held at once; an N-ACTION beyond is refused (0x0213). */
   readonly transactionsMax: number;
+  /** References held at once over all transactions (each costs some 300 bytes and its look-ups); beyond, 0x0213. */
+  readonly referencesMax: number;
 }
 
+/**
+ * Results name the admission they belong to (`generation`): a request that reuses a Transaction UID
+ * replaces the one before, whose late look-up or delivery results must not close the new one.
+ */
 export type CommitmentInput =
   | { readonly type: 'tick'; readonly nowMs: number }
   /** An N-ACTION accepted (a 'directory' record is already on disk). */
@@ -71,17 +79,18 @@ export type CommitmentInput =
   /** Records a previous run left on disk. */
   | { readonly type: 'loaded'; readonly records: readonly CommitmentRecord[]; readonly nowMs: number }
   /** SOP Instance UID -> SOP Class UID of each asked instance this site holds. */
-  | { readonly type: 'checked'; readonly transactionUid: string; readonly found: ReadonlyMap<string, string>; readonly nowMs: number }
-  | { readonly type: 'checkFailed'; readonly transactionUid: string; readonly error: string; readonly nowMs: number }
+  | { readonly type: 'checked'; readonly transactionUid: string; readonly generation: number; readonly found: ReadonlyMap<string, string>; readonly nowMs: number }
+  | { readonly type: 'checkFailed'; readonly transactionUid: string; readonly generation: number; readonly error: string; readonly nowMs: number }
   /** 'unreachable': it can never be delivered (the N-ACTION's association is over). */
-  | { readonly type: 'deliveryEnded'; readonly transactionUid: string; readonly outcome: 'delivered' | 'failed' | 'unreachable'; readonly error?: string; readonly nowMs: number };
+  | { readonly type: 'deliveryEnded'; readonly transactionUid: string; readonly generation: number; readonly outcome: 'delivered' | 'failed' | 'unreachable'; readonly error?: string; readonly nowMs: number };
 
 export type CommitmentEffect =
-  | { readonly type: 'check'; readonly transactionUid: string; readonly sopInstanceUids: readonly string[] }
-  | { readonly type: 'deliver'; readonly record: CommitmentRecord; readonly outcome: CommitmentOutcome }
+  | { readonly type: 'check'; readonly transactionUid: string; readonly generation: number; readonly sopInstanceUids: readonly string[] }
+  | { readonly type: 'deliver'; readonly record: CommitmentRecord; readonly generation: number; readonly outcome: CommitmentOutcome }
   /** The transaction is over: its record leaves the disk. */
   | { readonly type: 'forget'; readonly record: CommitmentRecord }
-  | { readonly type: 'report'; readonly level: 'info' | 'warn' | 'error'; readonly message: string; readonly fields: Readonly<Record<string, unknown>> };
+  /** A log line; one with `repeatKey` is logged once a minute per key, the others counted (a flood of like requests). */
+  | { readonly type: 'report'; readonly level: 'info' | 'warn' | 'error'; readonly message: string; readonly fields: Readonly<Record<string, unknown>>; readonly repeatKey?: string };
 
 export interface CommitmentStats {
   /** Transactions whose report is not delivered yet. */
