@@ -76,7 +76,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   const deliveryTimeoutMs = init.deliveryTimeoutMs ?? 30_000;
   let stopped = false;
   let current: CommitmentState = initCommitments(config);
-  const channels = new Map<string, ReportChannel>();
+  /** By record, not Transaction UID: a request reusing a UID must not take the earlier one's way back. */
+  const channels = new WeakMap<CommitmentRecord, ReportChannel>();
   const tasks = new Set<Promise<void>>();
   /** A stop aborts the report associations under way, connecting or open (their records stay on disk for the next start). */
   const halt = new AbortController();
@@ -115,7 +116,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     // What the operator can do about an undeliverable report: tell the archive where the modality listens.
     const notInDirectory = `"${record.requestorAeTitle}" is not in the AE directory (--move-dest ${record.requestorAeTitle}=host:port)`;
     if (record.deliverVia === 'association') {
-      const channel = channels.get(record.transactionUid);
+      const channel = channels.get(record);
       if (!channel) return ended('unreachable', `the N-ACTION's association is over and ${notInDirectory}`);
       try {
         const status = await channel.send(report.eventTypeId, report.elements);
@@ -176,7 +177,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
           run(() => deliver(effect.record, effect.generation, effect.outcome));
           break;
         case 'forget':
-          channels.delete(effect.record.transactionUid);
+          channels.delete(effect.record);
           if (effect.record.deliverVia === 'directory') {
             void store.deleteCommitment(effect.record.transactionUid).catch((error: unknown) => log.warn('commitment: deleting a delivered record failed', { transactionUid: effect.record.transactionUid, error: errorText(error) }));
           }
@@ -251,7 +252,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
           return { admitted: false, status: Status.ProcessingFailure, errorComment: `the request could not be kept: ${errorText(error)}` };
         }
       } else {
-        channels.set(record.transactionUid, channel);
+        channels.set(record, channel);
       }
       return { admitted: true, begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
     },
