@@ -263,8 +263,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         ticker.stop();
         stopActor(ref);
         halt.abort();
-        // A delivery still connecting to a host that does not answer would hold the stop for its whole
-        // timeout: the stop waits a moment, not for that (the record stays on disk, due at the next start).
+        // Deliveries under way are aborted above (their records stay on disk, due at the next start); what
+        // is left, look-ups in the store, gets a moment, so that nothing holds a stop for a timeout.
         let timer: TimerHandle | undefined;
         const moment = new Promise<void>((resolve) => (timer = clock.setTimeout(resolve, stopWaitMs)));
         await Promise.race([Promise.allSettled([...tasks]), moment]);
