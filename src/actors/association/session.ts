@@ -421,9 +421,7 @@ export class AcceptorSession {
 
   /** The N-ACTION-RSP (PS3.7 10.1.4.1): it names the class and instance as the affected ones. */
   private async answerNAction(presentationContextId: number, command: DimseCommand, status: number, errorComment?: string): Promise<void> {
-    if (status !== Status.Success) {
-      this.log.warn('storage commitment request refused', { status: `0x${status.toString(16)}`, errorComment });
-    }
+    if (status !== Status.Success) this.deps.commitments.refused(this.callingAeTitle, status, errorComment ?? '');
     await this.send(presentationContextId, {
       commandField: CommandField.NActionRsp,
       messageIdBeingRespondedTo: command.messageId,
@@ -464,9 +462,13 @@ export class AcceptorSession {
     };
     const admission = await this.deps.commitments.admit(request, this.callingAeTitle, channel);
     if (!admission.admitted) return this.answerNAction(presentationContextId, command, admission.status, admission.errorComment);
-    await this.answerNAction(presentationContextId, command, Status.Success);
-    this.log.info('storage commitment requested', { transactionUid: request.transactionUid, instances: request.references.length, requestor: this.callingAeTitle });
-    admission.begin();
+    try {
+      await this.answerNAction(presentationContextId, command, Status.Success);
+      this.log.info('storage commitment requested', { transactionUid: request.transactionUid, instances: request.references.length, requestor: this.callingAeTitle });
+    } finally {
+      // Whatever became of the response, the admitted request goes on (its record may be on disk already).
+      admission.begin();
+    }
   }
 
   private startTask(presentationContextId: number, buffer: IdentifierBuffer): void {

@@ -41,6 +41,8 @@ export interface CommitmentService {
    * N-ACTION-RSP and calls begin() (so the report cannot overtake that response).
    */
   admit(request: { transactionUid: string; references: readonly CommitmentReference[] }, requestorAeTitle: string, channel: ReportChannel): Promise<Admission>;
+  /** Logs an N-ACTION refused (once a minute per requestor and status: a flood of them is one line). */
+  refused(requestorAeTitle: string, status: number, errorComment: string): void;
   stats(): CommitmentStats;
   stop(): Promise<void>;
 }
@@ -81,6 +83,10 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   const tasks = new Set<Promise<void>>();
   /** A stop aborts the report associations under way, connecting or open (their records stay on disk for the next start). */
   const halt = new AbortController();
+  /** Requests admitted, not yet stepped in by the actor: counted by admissions meanwhile (helper 57: 47 of them passed a bound of 10). */
+  const admitting = { transactions: 0, references: 0 };
+  /** Each admitted request's share of `admitting`, given back once the actor has stepped it in. */
+  const admissions = new WeakMap<CommitmentRecord, () => void>();
 
   const send = (message: CommitmentMsg): void => {
     if (!stopped) dispatch(ref, message);
@@ -224,8 +230,11 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         case 'tick':
           ticker.schedule(tickIntervalMs);
           return stepAndPerform(s, { type: 'tick', nowMs: clock.nowMs() });
-        case 'input':
-          return stepAndPerform(s, message.input);
+        case 'input': {
+          const stepped = stepAndPerform(s, message.input);
+          if (message.input.type === 'accepted') admissions.get(message.input.record)?.();
+          return stepped;
+        }
         default: {
           const unreachable: never = message;
           throw new Error(`unhandled commitment message ${JSON.stringify(unreachable)}`);
@@ -240,21 +249,34 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   return {
     async admit(request, requestorAeTitle, channel) {
       if (stopped) return { admitted: false, status: Status.ResourceLimitation, errorComment: 'the archive is stopping' };
-      const refusal = admissionRefusal(current, request.transactionUid, request.references.length);
+      const refusal = admissionRefusal(current, request.transactionUid, request.references.length, admitting);
       if (refusal !== undefined) return { admitted: false, status: Status.ResourceLimitation, errorComment: refusal };
+      const held = { transactions: 1, references: request.references.length };
+      const release = () => {
+        admitting.transactions -= held.transactions;
+        admitting.references -= held.references;
+        held.transactions = held.references = 0;
+      };
+      admitting.transactions += held.transactions;
+      admitting.references += held.references;
       const deliverVia = init.resolveAe(requestorAeTitle) ? 'directory' : 'association';
       const record: CommitmentRecord = { transactionUid: request.transactionUid, requestorAeTitle, references: request.references, receivedAtMs: clock.nowMs(), deliverVia };
       if (deliverVia === 'directory') {
         try {
           await store.putCommitment(record);
         } catch (error) {
+          release();
           log.error('commitment: keeping the request failed', { transactionUid: record.transactionUid, error: errorText(error) });
           return { admitted: false, status: Status.ProcessingFailure, errorComment: `the request could not be kept: ${errorText(error)}` };
         }
       } else {
         channels.set(record, channel);
       }
+      admissions.set(record, release);
       return { admitted: true, begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
+    },
+    refused(requestorAeTitle, status, errorComment) {
+      repeats.warn(`refused:${requestorAeTitle}:${status}`, 'storage commitment request refused', { requestor: requestorAeTitle, status: `0x${status.toString(16)}`, errorComment });
     },
     stats: () => commitmentStats(current),
     stop: () =>

@@ -148,7 +148,7 @@ test('a request reusing a pending Transaction UID replaces it: the first one\'s 
   assert.deepEqual(effects, [{ type: 'check', transactionUid: '9.8', generation: 2, sopInstanceUids: ['1.1', '1.2'] }]);
   // The first delivery ends now: it neither ends the second transaction nor deletes its record.
   ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.8', generation: 1, outcome: 'delivered', nowMs: 3 }, { type: 'checked', transactionUid: '9.8', generation: 1, found: new Map(), nowMs: 3 }));
-  assert.deepEqual(effects, []);
+  assert.deepEqual(effects.map((e) => e.type), ['report'], 'a log line, no forget');
   assert.equal(commitmentStats(state).pending, 1);
   ({ state, effects } = run(state, { type: 'checked', transactionUid: '9.8', generation: 2, found: new Map([['1.1', ct], ['1.2', ct]]), nowMs: 4 }));
   assert.deepEqual(deliveries(effects).map((d) => [d.generation, d.outcome.committed.length]), [[2, 2]], 'the second request gets its own report');
@@ -166,4 +166,20 @@ test('instances still missing are looked up again less and less often, and once 
     if (deliveries(effects).length > 0) break;
   }
   assert.deepEqual(checksAt, [0, 1_000, 3_000, 7_000, 15_000, 23_000, 30_000]);
+});
+
+test('requests admitted but not stepped in yet count against the bounds', () => {
+  const state = run(initCommitments(config), { type: 'accepted', record: record('9.10', ['1.1']), nowMs: 0 }).state;
+  assert.equal(admissionRefusal(state, '9.11', 2, { transactions: 0, references: 2 }), undefined, '1 + 2 + 2 of 5');
+  assert.equal(admissionRefusal(state, '9.11', 2, { transactions: 0, references: 3 }), 'over 5 instances in commitment requests waiting');
+  assert.equal(admissionRefusal(state, '9.11', 1, { transactions: 1, references: 0 }), '2 commitment requests are waiting already');
+});
+
+test('the delivered report of a request since replaced is counted and logged, and closes nothing', () => {
+  let { state } = run(initCommitments(config), { type: 'accepted', record: record('9.12', ['1.1']), nowMs: 0 }, { type: 'checked', transactionUid: '9.12', generation: 1, found: new Map([['1.1', ct]]), nowMs: 0 });
+  ({ state } = run(state, { type: 'accepted', record: record('9.12', ['1.1']), nowMs: 1 }));
+  const step = stepCommitments(state, { type: 'deliveryEnded', transactionUid: '9.12', generation: 1, outcome: 'delivered', nowMs: 2 });
+  assert.deepEqual(step.effects.map((e) => e.type), ['report']);
+  assert.deepEqual(commitmentStats(step.state), { ...commitmentStats(state), reportsDelivered: 1 });
+  assert.equal(commitmentStats(step.state).pending, 1);
 });

@@ -75,11 +75,19 @@ export function commitmentStats(state: CommitmentState): CommitmentStats {
   return { pending: state.transactions.size, ...state.stats };
 }
 
-/** Why one more transaction of `referenceCount` references does not fit, or undefined when it does (a repeated Transaction UID replaces its own). */
-export function admissionRefusal(state: CommitmentState, transactionUid: string, referenceCount: number): string | undefined {
+/**
+ * Why one more transaction of `referenceCount` references does not fit, or undefined when it does (a
+ * repeated Transaction UID replaces its own). `admitting`: requests admitted but not yet stepped in.
+ */
+export function admissionRefusal(
+  state: CommitmentState,
+  transactionUid: string,
+  referenceCount: number,
+  admitting: { transactions: number; references: number } = { transactions: 0, references: 0 },
+): string | undefined {
   const replaced = state.transactions.get(transactionUid);
-  if (!replaced && state.transactions.size >= state.config.transactionsMax) return `${state.config.transactionsMax} commitment requests are waiting already`;
-  let references = referenceCount - (replaced?.record.references.length ?? 0);
+  if (!replaced && state.transactions.size + admitting.transactions >= state.config.transactionsMax) return `${state.config.transactionsMax} commitment requests are waiting already`;
+  let references = admitting.references + referenceCount - (replaced?.record.references.length ?? 0);
   for (const t of state.transactions.values()) references += t.record.references.length;
   if (references > state.config.referencesMax) return `over ${state.config.referencesMax} instances in commitment requests waiting`;
   return undefined;
@@ -180,6 +188,12 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
       });
       break;
     case 'deliveryEnded':
+      if (input.outcome === 'delivered' && transactions.get(input.transactionUid)?.generation !== input.generation) {
+        // The report of a request since replaced by one reusing its Transaction UID: delivered all the same.
+        next.stats.reportsDelivered++;
+        effects.push({ type: 'report', level: 'info', message: 'storage commitment report delivered (its Transaction UID was asked again since)', fields: { transactionUid: input.transactionUid } });
+        break;
+      }
       update(input.transactionUid, input.generation, (t) => {
         if (input.outcome === 'delivered') {
           next.stats.reportsDelivered++;

@@ -1,0 +1,53 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Status } from '../../codec/dimse.ts';
+import { systemClock } from '../runtime/clock.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { startActorSystem, stopActor } from '../runtime/nact.ts';
+import type { ReplicaStore } from '../storage/replica-store.ts';
+import { startCommitments, type ReportChannel } from './actor.ts';
+import type { CommitmentRecord } from './messages.ts';
+
+/** The store's commitment records in memory, each write taking `writeMs` (a synced write on a slow disk). */
+function slowStore(writeMs: number): ReplicaStore {
+  const records = new Map<string, CommitmentRecord>();
+  const twin: Pick<ReplicaStore, 'putCommitment' | 'deleteCommitment' | 'listCommitments' | 'getEntries'> = {
+    putCommitment: async (record) => {
+      await new Promise((resolve) => setTimeout(resolve, writeMs));
+      records.set(record.transactionUid, record);
+    },
+    deleteCommitment: async (transactionUid) => void records.delete(transactionUid),
+    listCommitments: async () => [...records.values()],
+    getEntries: async (uids) => uids.map(() => undefined),
+  };
+  return twin as ReplicaStore;
+}
+
+const noChannel: ReportChannel = { send: () => Promise.reject(new Error('no association')) };
+
+test('admissions under way count against the bounds: requests that arrive together cannot pass them between them (helper 57)', async (t) => {
+  const system = startActorSystem('commitment-test');
+  const service = startCommitments({
+    store: slowStore(20),
+    clock: systemClock,
+    log: silentLogger,
+    parent: system,
+    aeTitle: 'PACSMESH',
+    resolveAe: () => ({ host: '127.0.0.1', port: 9 }),
+    config: { checkWaitMs: 60_000, referencesMax: 10 },
+  });
+  t.after(async () => {
+    await service.stop();
+    stopActor(system);
+  });
+  const request = (i: number) => ({ transactionUid: `1.2.${i}`, references: [1, 2, 3, 4, 5].map((n) => ({ sopClassUid: '1.2.840.10008.5.1.4.1.1.2', sopInstanceUid: `1.3.${i}.${n}` })) });
+  // All twenty are checked while the first records are still being written.
+  const admissions = await Promise.all(Array.from({ length: 20 }, (_, i) => service.admit(request(i), 'MODALITY', noChannel)));
+  for (const admission of admissions) if (admission.admitted) admission.begin();
+  assert.equal(admissions.filter((a) => a.admitted).length, 2);
+  assert.deepEqual(new Set(admissions.filter((a) => !a.admitted).map((a) => !a.admitted && a.status)), new Set([Status.ResourceLimitation]));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(service.stats().pending, 2);
+  // Stepped in, the two still hold their places; a third waits for one to end.
+  assert.equal((await service.admit(request(21), 'MODALITY', noChannel)).admitted, false);
+});
