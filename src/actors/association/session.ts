@@ -437,6 +437,9 @@ export class AcceptorSession {
   /** A whole N-ACTION data set: read, handed to the commitment service, answered; the report follows later. */
   private async requestCommitment(presentationContextId: number, buffer: IdentifierBuffer): Promise<void> {
     const { command, context } = buffer;
+    // Full already: refused before the data set is read (reading a large one costs tens of milliseconds).
+    const full = this.deps.commitments.full();
+    if (full !== undefined) return this.answerNAction(presentationContextId, command, Status.ResourceLimitation, full);
     let request: ReturnType<typeof readCommitmentRequest>;
     try {
       request = readCommitmentRequest(parseDatasetTree(Buffer.concat(buffer.parts, buffer.bytes), context.transferSyntaxUid));

@@ -51,3 +51,16 @@ test('admissions under way count against the bounds: requests that arrive togeth
   // Stepped in, the two still hold their places; a third waits for one to end.
   assert.equal((await service.admit(request(21), 'MODALITY', noChannel)).admitted, false);
 });
+
+test('a service at its bounds says so before any request is read', async (t) => {
+  const system = startActorSystem('commitment-full');
+  const service = startCommitments({ store: slowStore(0), clock: systemClock, log: silentLogger, parent: system, aeTitle: 'PACSMESH', resolveAe: () => undefined, config: { checkWaitMs: 60_000, transactionsMax: 1 } });
+  t.after(async () => {
+    await service.stop();
+    stopActor(system);
+  });
+  assert.equal(service.full(), undefined);
+  const admission = await service.admit({ transactionUid: '1.2.1', references: [{ sopClassUid: '1.2.3', sopInstanceUid: '1.3.1' }] }, 'MODALITY', noChannel);
+  assert.ok(admission.admitted);
+  assert.equal(service.full(), '1 commitment requests are waiting already');
+});

@@ -41,6 +41,8 @@ export interface CommitmentService {
    * N-ACTION-RSP and calls begin() (so the report cannot overtake that response).
    */
   admit(request: { transactionUid: string; references: readonly CommitmentReference[] }, requestorAeTitle: string, channel: ReportChannel): Promise<Admission>;
+  /** Why no request at all would be admitted now (the bounds are reached), so that one need not even be read. */
+  full(): string | undefined;
   /** Logs an N-ACTION refused (once a minute per requestor and status: a flood of them is one line). */
   refused(requestorAeTitle: string, status: number, errorComment: string): void;
   stats(): CommitmentStats;
@@ -275,6 +277,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
       admissions.set(record, release);
       return { admitted: true, begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
     },
+    full: () => (stopped ? 'the archive is stopping' : admissionRefusal(current, '', 1, admitting)),
     refused(requestorAeTitle, status, errorComment) {
       repeats.warn(`refused:${requestorAeTitle}:${status}`, 'storage commitment request refused', { requestor: requestorAeTitle, status: `0x${status.toString(16)}`, errorComment });
     },
