@@ -4,6 +4,7 @@ import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
 import { buildRoutingTable, chooseTarget, initBalancer, ruleWinner, stepBalancer, type BalancerState } from './logic.ts';
 import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, RoutingTable } from './messages.ts';
+import { runSteps } from '../runtime/run-steps.ts';
 
 const roster = ['peer-a', 'peer-b', 'peer-c'];
 
@@ -31,15 +32,7 @@ function member(
   });
 }
 
-function run(state: BalancerState, ...inputs: BalancerInput[]): { state: BalancerState; effects: BalancerEffect[] } {
-  const effects: BalancerEffect[] = [];
-  for (const input of inputs) {
-    const step = stepBalancer(state, input);
-    state = step.state;
-    effects.push(...step.effects);
-  }
-  return { state, effects };
-}
+const run = (state: BalancerState, ...inputs: BalancerInput[]) => runSteps(stepBalancer, state, inputs);
 
 const allAlive = [member('peer-a'), member('peer-b'), member('peer-c')];
 

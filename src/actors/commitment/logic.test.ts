@@ -7,6 +7,7 @@ import { TransferSyntax } from '../../codec/dicom-types.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { admissionRefusal, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, readCommitmentRequest, stepCommitments, type CommitmentState } from './logic.ts';
 import { FailureReason, StorageCommitment, type CommitmentEffect, type CommitmentInput, type CommitmentRecord } from './messages.ts';
+import { runSteps } from '../runtime/run-steps.ts';
 
 const ct = '1.2.840.10008.5.1.4.1.1.2';
 const mr = '1.2.840.10008.5.1.4.1.1.4';
@@ -16,16 +17,7 @@ function record(transactionUid: string, uids: string[], deliverVia: CommitmentRe
   return { transactionUid, requestorAeTitle: 'MODALITY', references: uids.map((sopInstanceUid) => ({ sopClassUid: ct, sopInstanceUid })), receivedAtMs: 0, deliverVia };
 }
 
-/** Runs inputs through the reducer, collecting every effect. */
-function run(state: CommitmentState, ...inputs: CommitmentInput[]): { state: CommitmentState; effects: CommitmentEffect[] } {
-  const effects: CommitmentEffect[] = [];
-  for (const input of inputs) {
-    const step = stepCommitments(state, input);
-    state = step.state;
-    effects.push(...step.effects);
-  }
-  return { state, effects };
-}
+const run = (state: CommitmentState, ...inputs: CommitmentInput[]) => runSteps(stepCommitments, state, inputs);
 
 const deliveries = (effects: CommitmentEffect[]) => effects.filter((e): e is Extract<CommitmentEffect, { type: 'deliver' }> => e.type === 'deliver');
 

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { initMembership, liveView, selfRecord, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
 import { memberRecord } from './fixtures/member-record.ts';
 import { heartbeatForgottenSitesMax, type Heartbeat, type MembershipConfig, type MembershipEffect, type MembershipInput } from './messages.ts';
+import { runSteps } from '../runtime/run-steps.ts';
 
 const config: MembershipConfig = {
   peerId: 'peer-a',
@@ -33,15 +34,7 @@ function heartbeat(peerId: string, incarnation: number, sequence: number, extra:
   };
 }
 
-function run(state: MembershipState, ...inputs: MembershipInput[]): { state: MembershipState; effects: MembershipEffect[] } {
-  const effects: MembershipEffect[] = [];
-  for (const input of inputs) {
-    const step = stepMembership(state, input);
-    state = step.state;
-    effects.push(...step.effects);
-  }
-  return { state, effects };
-}
+const run = (state: MembershipState, ...inputs: MembershipInput[]) => runSteps(stepMembership, state, inputs);
 
 const statusOf = (s: MembershipState, peerId: string) => s.members.get(peerId)?.status;
 

@@ -5,6 +5,7 @@ import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestOf } from './digest.ts';
 import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
+import { runSteps } from '../../runtime/run-steps.ts';
 
 const config: CustodyConfig = {
   selfPeerId: 'peer-a',
@@ -28,15 +29,7 @@ function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
   return memberRecord(peerId, { status, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 } });
 }
 
-function run(state: CustodyState, ...inputs: CustodyInput[]): { state: CustodyState; effects: CustodyEffect[] } {
-  const effects: CustodyEffect[] = [];
-  for (const input of inputs) {
-    const step = stepCustody(state, input);
-    state = step.state;
-    effects.push(...step.effects);
-  }
-  return { state, effects };
-}
+const run = (state: CustodyState, ...inputs: CustodyInput[]) => runSteps(stepCustody, state, inputs);
 
 /** Store uid through admission and a successful local write. */
 function store(state: CustodyState, requestId: string, uid: string, nowMs: number) {
