@@ -2,11 +2,14 @@
  * The requestor side (C-MOVE and C-GET sub-operations, tests) against a raw TCP acceptor that misbehaves.
  */
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
+import { createServer, type AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { CommandField } from '../../codec/dimse.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
 import { AssociationClosedError, DicomClientAssociation } from './client.ts';
 import { acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
+import { startReportReceiver } from '../../../test/support/report-receiver.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 
@@ -49,4 +52,35 @@ test('the acceptor hangs up while a request is being sent: the request fails wit
   await new Promise((r) => setTimeout(r, 200));
   assert.deepEqual(unhandled.map((e) => (e instanceof AssociationClosedError ? e.code : String(e))), []);
   client.abort();
+});
+
+test('an owner\'s AbortSignal ends a negotiation under way at once, and keeps no listener from associations that ended', async (t) => {
+  const receiver = await startReportReceiver('DEST');
+  const silent = createServer(() => undefined);
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  t.after(async () => {
+    await receiver.close();
+    silent.close();
+  });
+  const owner = new AbortController();
+  const open = (port: number) =>
+    DicomClientAssociation.open({
+      host: '127.0.0.1',
+      port,
+      callingAeTitle: 'PACSMESH',
+      calledAeTitle: 'DEST',
+      presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+      timeoutMs: 30_000,
+      signal: owner.signal,
+    });
+  for (let i = 0; i < 12; i++) await (await open(receiver.port)).release();
+  await new Promise((resolve) => setTimeout(resolve, 50)); // the last socket's close event
+  assert.equal(getEventListeners(owner.signal, 'abort').length, 0, 'one listener per association would pile up on a long-lived signal');
+  // A peer that accepts the connection and never answers the A-ASSOCIATE-RQ.
+  const pending = open((silent.address() as AddressInfo).port);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const startedMs = Date.now();
+  owner.abort();
+  await assert.rejects(pending, (error: unknown) => error instanceof AssociationClosedError && error.code === 'ERR_ASSOCIATION_ABORTED');
+  assert.ok(Date.now() - startedMs < 5_000, 'not the 30 s negotiation timeout');
 });

@@ -139,20 +139,27 @@ export class DicomClientAssociation {
     if (init.signal?.aborted) throw aborted();
     const socket = await new Promise<Socket>((resolve, reject) => {
       const s = connect({ host: init.host, port: init.port });
-      init.signal?.addEventListener('abort', () => {
+      const onAbort = () => {
         s.destroy();
         reject(aborted());
-      }, { once: true });
+      };
+      // Removed once connected or failed: a long-lived owner's signal must not gather one per association.
+      const settled = () => {
+        clearTimeout(timer);
+        init.signal?.removeEventListener('abort', onAbort);
+      };
+      init.signal?.addEventListener('abort', onAbort, { once: true });
       const timer = setTimeout(() => {
+        settled();
         s.destroy();
         reject(new AssociationClosedError('ERR_CONNECT', `connect to ${init.host}:${init.port} timed out`));
       }, timeoutMs);
       s.once('connect', () => {
-        clearTimeout(timer);
+        settled();
         resolve(s);
       });
       s.once('error', (error) => {
-        clearTimeout(timer);
+        settled();
         reject(new AssociationClosedError('ERR_CONNECT', `connect to ${init.host}:${init.port}: ${error.message}`));
       });
     });

@@ -1,5 +1,6 @@
 /**
- * Encodes a flat list of elements as a dataset (no Part 10 header), e.g. a C-FIND response identifier.
+ * Encodes a list of elements as a dataset (no Part 10 header), e.g. a C-FIND response identifier or a
+ * Storage Commitment report with its sequences.
  * Values follow the `DicomElement` conventions, so `parseDataset(encodeDataset(x, ts), ts)` gives x back.
  */
 import zlib from 'node:zlib';
