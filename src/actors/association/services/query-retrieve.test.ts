@@ -41,6 +41,19 @@ function studyRootRequest(command: DimseCommand, keys: DicomElement[], sent: Dim
   };
 }
 
+/** A Study Root C-GET of one study from a viewer (the fields every C-GET test here shares). */
+function studyGetRequest(studyInstanceUid: string, sent: DimseCommand[]) {
+  return {
+    ...studyRootRequest(
+      { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
+      [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }],
+      sent,
+    ),
+    kind: 'get' as const,
+    callingAeTitle: 'VIEWER',
+  };
+}
+
 /** These retrieves never reach a sub-operation, so nothing is transcoded. */
 const noTranscoder: Transcoder = { transcode: () => Promise.reject(new Error('no transcode expected')) };
 
@@ -49,13 +62,7 @@ function retrieveWith(source: RetrieveSource): Promise<DimseCommand[]> {
     const sent: DimseCommand[] = [];
     await runRetrieve(
       {
-        ...studyRootRequest(
-          { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
-          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.5' }],
-          sent,
-        ),
-        kind: 'get',
-        callingAeTitle: 'VIEWER',
+        ...studyGetRequest('1.2.826.0.1.3680043.10.1453.5', sent),
         openTarget: () => Promise.reject(new Error('no sub-operation expected')),
         transcoder: noTranscoder,
       },
@@ -101,13 +108,7 @@ test('a sub-operation that takes long gets Pending responses meanwhile; the fina
     const uids = ['1.2.826.0.1.3680043.10.1453.6.1', '1.2.826.0.1.3680043.10.1453.6.2'];
     const done = runRetrieve(
       {
-        ...studyRootRequest(
-          { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
-          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.6' }],
-          sent,
-        ),
-        kind: 'get',
-        callingAeTitle: 'VIEWER',
+        ...studyGetRequest('1.2.826.0.1.3680043.10.1453.6', sent),
         openTarget: async () => ({ pickContext: () => undefined, store: async () => Status.Success, close: async () => undefined }),
         transcoder: noTranscoder,
         pendingKeepAlive: { clock, intervalMs: 10_000 },
@@ -189,14 +190,8 @@ test('a C-CANCEL while a sub-operation waits at the transcoder ends in Cancel wi
     );
     const done = runRetrieve(
       {
-        ...studyRootRequest(
-          { commandField: CommandField.CGetRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true },
-          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.9' }],
-          sent,
-        ),
+        ...studyGetRequest('1.2.826.0.1.3680043.10.1453.9', sent),
         isCancelled: () => cancelled,
-        kind: 'get',
-        callingAeTitle: 'VIEWER',
         openTarget: async () => ({ pickContext: () => ({ presentationContextId: 3, transferSyntaxUid: '1.2.840.10008.1.2.4.80' }), store: async () => Status.Success, close: async () => undefined }),
         // The transcode stops once the requestor cancels, as the pool does with the task's signal.
         transcoder: { transcode: () => new Promise((_, reject) => (cancel = () => reject(new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone')))) },
