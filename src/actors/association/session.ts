@@ -451,16 +451,11 @@ export class AcceptorSession {
     const channel: ReportChannel = {
       send: async (eventTypeId, elements) => {
         if (this.ended || this.releaseRequested) throw new Error('the N-ACTION\'s association is over');
-        const messageId = this.core.allocateMessageId();
-        const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
-        await this.send(
+        return this.requestOfRequestor(
           presentationContextId,
-          { commandField: CommandField.NEventReportRq, messageId, affectedSopClassUid: StorageCommitment.sopClassUid, affectedSopInstanceUid: StorageCommitment.sopInstanceUid, eventTypeId, hasDataSet: true },
+          { commandField: CommandField.NEventReportRq, affectedSopClassUid: StorageCommitment.sopClassUid, affectedSopInstanceUid: StorageCommitment.sopInstanceUid, eventTypeId, hasDataSet: true },
           encodeDataset(elements, context.transferSyntaxUid),
         );
-        const status = await answered;
-        if (status === noAnswer) throw new Error('the association ended before the requestor answered the N-EVENT-REPORT');
-        return status;
       },
     };
     const admission = await this.deps.commitments.admit(request, this.callingAeTitle, channel);
@@ -553,18 +548,25 @@ export class AcceptorSession {
       pickContext: (entry) => pickContextFor(entry, usable),
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
-        const messageId = this.core.allocateMessageId();
-        // Answered by the requestor's C-STORE-RSP, or noAnswer when the association ends first (the idle rule
-        // aborts it when the requestor neither answers nor reads).
-        const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
-        await this.send(presentationContextId, { ...command, messageId }, dataSet);
-        const status = await answered;
-        // Not the requestor's answer: the failure's reason in the log says so (helper 45).
-        if (status === noAnswer) throw new Error('the association ended or was released before the requestor answered');
-        return status;
+        return this.requestOfRequestor(presentationContextId, command, dataSet);
       },
       close: async () => undefined,
     };
+  }
+
+  /**
+   * A request of ours to the requestor (a C-GET sub-operation's C-STORE, a commitment report), resolved with
+   * the status of its response. Rejects when the association ends or is released first (the idle rule
+   * aborts one whose requestor neither answers nor reads): not the requestor's answer, and the failure's
+   * reason in the log says so (helper 45).
+   */
+  private async requestOfRequestor(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<number> {
+    const messageId = this.core.allocateMessageId();
+    const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
+    await this.send(presentationContextId, { ...command, messageId }, dataSet);
+    const status = await answered;
+    if (status === noAnswer) throw new Error('the association ended or was released before the requestor answered');
+    return status;
   }
 
   /** C-MOVE: a new association from us to the destination AE. */
