@@ -85,10 +85,16 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   const tasks = new Set<Promise<void>>();
   /** A stop aborts the report associations under way, connecting or open (their records stay on disk for the next start). */
   const halt = new AbortController();
-  /** Requests admitted, not yet stepped in by the actor: counted by admissions meanwhile (helper 57: 47 of them passed a bound of 10). */
+  /**
+   * Requests admitted, not yet stepped in by the actor: counted by admissions meanwhile (helper 57: 47 of
+   * them passed a bound of 10). Each admission ends in its 'accepted' input (the session calls begin()
+   * whatever becomes of its response), or, when its record cannot be kept, is not admitted after all.
+   */
   const admitting = { transactions: 0, references: 0 };
-  /** Each admitted request's share of `admitting`, given back once the actor has stepped it in. */
-  const admissions = new WeakMap<CommitmentRecord, () => void>();
+  const reserve = (references: number, sign: 1 | -1) => {
+    admitting.transactions += sign;
+    admitting.references += sign * references;
+  };
 
   const send = (message: CommitmentMsg): void => {
     if (!stopped) dispatch(ref, message);
@@ -232,11 +238,10 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
         case 'tick':
           ticker.schedule(tickIntervalMs);
           return stepAndPerform(s, { type: 'tick', nowMs: clock.nowMs() });
-        case 'input': {
-          const stepped = stepAndPerform(s, message.input);
-          if (message.input.type === 'accepted') admissions.get(message.input.record)?.();
-          return stepped;
-        }
+        case 'input':
+          // Given back before the step: a step that throws must not keep the place for ever.
+          if (message.input.type === 'accepted') reserve(message.input.record.references.length, -1);
+          return stepAndPerform(s, message.input);
         default: {
           const unreachable: never = message;
           throw new Error(`unhandled commitment message ${JSON.stringify(unreachable)}`);
@@ -253,28 +258,20 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
       if (stopped) return { admitted: false, status: Status.ResourceLimitation, errorComment: 'the archive is stopping' };
       const refusal = admissionRefusal(current, request.transactionUid, request.references.length, admitting);
       if (refusal !== undefined) return { admitted: false, status: Status.ResourceLimitation, errorComment: refusal };
-      const held = { transactions: 1, references: request.references.length };
-      const release = () => {
-        admitting.transactions -= held.transactions;
-        admitting.references -= held.references;
-        held.transactions = held.references = 0;
-      };
-      admitting.transactions += held.transactions;
-      admitting.references += held.references;
+      reserve(request.references.length, 1);
       const deliverVia = init.resolveAe(requestorAeTitle) ? 'directory' : 'association';
       const record: CommitmentRecord = { transactionUid: request.transactionUid, requestorAeTitle, references: request.references, receivedAtMs: clock.nowMs(), deliverVia };
       if (deliverVia === 'directory') {
         try {
           await store.putCommitment(record);
         } catch (error) {
-          release();
+          reserve(request.references.length, -1);
           log.error('commitment: keeping the request failed', { transactionUid: record.transactionUid, error: errorText(error) });
           return { admitted: false, status: Status.ProcessingFailure, errorComment: `the request could not be kept: ${errorText(error)}` };
         }
       } else {
         channels.set(record, channel);
       }
-      admissions.set(record, release);
       return { admitted: true, begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
     },
     full: () => (stopped ? 'the archive is stopping' : admissionRefusal(current, '', 1, admitting)),
