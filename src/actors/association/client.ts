@@ -283,13 +283,12 @@ export class DicomClientAssociation {
 
   private completeReply(): void {
     const command = this.replyCommand;
-    const incoming =
-      command?.commandField === CommandField.CStoreRq ? this.init.onIncomingStore : command?.commandField === CommandField.NEventReportRq ? this.init.onIncomingEventReport : undefined;
     if (command && (command.commandField === CommandField.CStoreRq || command.commandField === CommandField.NEventReportRq)) {
       // A request from the acceptor (a C-GET sub-operation, a commitment report), not a reply to ours.
       this.replyCommand = undefined;
       const dataSet = command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined;
-      const status = incoming?.(command, dataSet) ?? Status.SopClassNotSupported;
+      const handler = command.commandField === CommandField.CStoreRq ? this.init.onIncomingStore : this.init.onIncomingEventReport;
+      const status = handler?.(command, dataSet) ?? Status.SopClassNotSupported;
       void this.core.sendMessage(this.replyContextId, {
         commandField: responseFieldFor(command.commandField),
         messageIdBeingRespondedTo: command.messageId,
