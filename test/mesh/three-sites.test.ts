@@ -13,11 +13,10 @@ import { runTool } from '../support/dicom-tools.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { parseDatasetTree } from '../../src/codec/dataset/tree.ts';
-import { encodeDataset, type WritableElement } from '../../src/codec/dataset/writer.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
-import { CommandField } from '../../src/codec/dimse.ts';
 import { DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
+import { commitmentRequestDataSet, nActionCommand } from '../support/commitment.ts';
 
 const instanceCount = 24;
 
@@ -42,13 +41,8 @@ async function commitmentAt(peer: PeerProcess, references: Array<{ sopClassUid: 
     },
   });
   try {
-    const items = references.map((r) => [
-      { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: r.sopClassUid },
-      { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: r.sopInstanceUid },
-    ] satisfies WritableElement[]);
-    const request = encodeDataset([{ tag: Tags.TransactionUID, vr: 'UI', value: `2.25.${Date.now()}` }, { tag: Tags.ReferencedSOPSequence, vr: 'SQ', value: undefined, items }], TransferSyntax.ExplicitVrLittleEndian);
-    const command = { commandField: CommandField.NActionRq, requestedSopClassUid: StorageCommitment.sopClassUid, requestedSopInstanceUid: StorageCommitment.sopInstanceUid, actionTypeId: 1, hasDataSet: true };
-    assert.equal((await client.request(client.contexts[0]!.id, command, request)).command.status, 0);
+    const request = commitmentRequestDataSet(`2.25.${Date.now()}`, references);
+    assert.equal((await client.request(client.contexts[0]!.id, nActionCommand(), request)).command.status, 0);
     const { eventTypeId, dataSet } = await report;
     const tree = parseDatasetTree(dataSet, TransferSyntax.ExplicitVrLittleEndian);
     const count = (tag: number) => tree.find((e) => e.tag === tag)?.items?.length ?? 0;

@@ -11,7 +11,8 @@ import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
-import { encodeDataset, type WritableElement } from '../../src/codec/dataset/writer.ts';
+import { encodeDataset } from '../../src/codec/dataset/writer.ts';
+import { commitmentRequestDataSet, nActionCommand } from '../support/commitment.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDataFragments, encodePdu, type Pdu } from '../../src/codec/pdu.ts';
@@ -396,23 +397,10 @@ test('seeded fuzz: a thousand C-FINDs with mutated command and identifier bytes 
 test('seeded fuzz: a thousand Storage Commitment N-ACTIONs with mutated command and data set bytes never take the peer down', async () => {
   const seed = Number(process.env.FUZZ_SEED ?? 4244);
   const prng = new Prng(seed);
-  const command = encodeCommand({
-    commandField: CommandField.NActionRq,
-    messageId: 1,
-    requestedSopClassUid: StorageCommitment.sopClassUid,
-    requestedSopInstanceUid: StorageCommitment.sopInstanceUid,
-    actionTypeId: 1,
-    hasDataSet: true,
-  });
-  const reference = (n: number): WritableElement[] => [
-    { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: '1.2.840.10008.5.1.4.1.1.2' },
-    { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: `1.2.826.0.1.3680043.10.1453.79.${n}` },
-  ];
-  const dataSet = encodeDataset(
-    [
-      { tag: Tags.TransactionUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.79.100' },
-      { tag: Tags.ReferencedSOPSequence, vr: 'SQ', value: undefined, items: [reference(1), reference(2)] },
-    ],
+  const command = encodeCommand(nActionCommand({ messageId: 1 }));
+  const dataSet = commitmentRequestDataSet(
+    '1.2.826.0.1.3680043.10.1453.79.100',
+    [1, 2].map((n) => ({ sopClassUid: '1.2.840.10008.5.1.4.1.1.2', sopInstanceUid: `1.2.826.0.1.3680043.10.1453.79.${n}` })),
     TransferSyntax.ImplicitVrLittleEndian,
   );
   const association = associateRq('PACSMESH', StorageCommitment.sopClassUid);

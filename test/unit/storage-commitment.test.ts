@@ -9,15 +9,15 @@ import { rmSync } from 'node:fs';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import dimse from 'dcmjs-dimse';
-import { CommandField, Status } from '../../src/codec/dimse.ts';
+import { CommandField, Status, type DimseCommand } from '../../src/codec/dimse.ts';
 import { TransferSyntax } from '../../src/codec/dicom-types.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
-import { encodeDataset, type WritableElement } from '../../src/codec/dataset/writer.ts';
 import { parseStartArgs } from '../../src/config.ts';
 import { startPeer } from '../../src/peer.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
+import { commitmentRequestDataSet, nActionCommand } from '../support/commitment.ts';
 import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { startReportReceiver } from '../support/report-receiver.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
@@ -42,30 +42,9 @@ async function storeInstances(port: number, callingAeTitle: string, uids: string
 
 const apiMesh = async (httpPort: number) => (await (await fetch(`http://127.0.0.1:${httpPort}/api/mesh`)).json()) as { commitment: Record<string, number> };
 
-function requestDataSet(transactionUid: string, uids: string[], transferSyntaxUid: string = TransferSyntax.ExplicitVrLittleEndian): Uint8Array {
-  const elements: WritableElement[] = [
-    { tag: Tags.TransactionUID, vr: 'UI', value: transactionUid },
-    {
-      tag: Tags.ReferencedSOPSequence,
-      vr: 'SQ',
-      value: undefined,
-      items: uids.map((sopInstanceUid) => [
-        { tag: Tags.ReferencedSOPClassUID, vr: 'UI', value: ct },
-        { tag: Tags.ReferencedSOPInstanceUID, vr: 'UI', value: sopInstanceUid },
-      ]),
-    },
-  ];
-  return encodeDataset(elements, transferSyntaxUid);
-}
-
-const nAction = (overrides: Record<string, unknown> = {}) => ({
-  commandField: CommandField.NActionRq,
-  requestedSopClassUid: StorageCommitment.sopClassUid,
-  requestedSopInstanceUid: StorageCommitment.sopInstanceUid,
-  actionTypeId: 1,
-  hasDataSet: true,
-  ...overrides,
-});
+/** A request for the CT instances `uids`. */
+const requestDataSet = (transactionUid: string, uids: string[], transferSyntaxUid?: string) =>
+  commitmentRequestDataSet(transactionUid, uids.map((sopInstanceUid) => ({ sopClassUid: ct, sopInstanceUid })), transferSyntaxUid);
 
 test('a modality not in the AE directory gets its report on its own association: held instances committed, an unknown one failed 0x0112', async (t) => {
   const peer = await startTestPeer([], 'commit', silentLogger, { commitment: fastChecks });
@@ -119,7 +98,7 @@ test('a modality in the AE directory gets its report over a new association, als
   await storeInstances(peer.dicomPort, 'MODALITY', [uid(11)]);
 
   const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
-  const reply = await client.request(client.contexts[0]!.id, nAction(), requestDataSet(uid(200), [uid(11)], TransferSyntax.ImplicitVrLittleEndian));
+  const reply = await client.request(client.contexts[0]!.id, nActionCommand(), requestDataSet(uid(200), [uid(11)], TransferSyntax.ImplicitVrLittleEndian));
   assert.equal(reply.command.status, Status.Success);
   assert.equal(reply.command.affectedSopInstanceUid, StorageCommitment.sopInstanceUid);
   await client.release(); // asynchronous mode: the modality does not wait on this association
@@ -159,8 +138,8 @@ test('N-ACTIONs that cannot be taken are answered with their DIMSE status, and t
   ]);
   t.after(() => client.abort());
   const [commitment, storage, verification] = client.contexts;
-  const statusOf = async (contextId: number, command: Record<string, unknown>, dataSet: Uint8Array) => {
-    const reply = await client.request(contextId, nAction(command), dataSet);
+  const statusOf = async (contextId: number, command: Partial<DimseCommand>, dataSet: Uint8Array) => {
+    const reply = await client.request(contextId, nActionCommand(command), dataSet);
     return [reply.command.status, reply.command.errorComment];
   };
   const good = requestDataSet(uid(300), [uid(1)]);
@@ -190,7 +169,7 @@ test('a stop does not wait for a report association the modality never answers; 
   const peer = await startTestPeer(['--move-dest', `MODALITY=127.0.0.1:${silentPort}`], 'commit-stop', silentLogger, { commitment: fastChecks });
   t.after(() => rmSync(peer.dataDir, { recursive: true, force: true }));
   const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
-  assert.equal((await client.request(client.contexts[0]!.id, nAction(), requestDataSet(uid(400), [uid(41)]))).command.status, Status.Success);
+  assert.equal((await client.request(client.contexts[0]!.id, nActionCommand(), requestDataSet(uid(400), [uid(41)]))).command.status, Status.Success);
   await client.release();
   await waitFor('the report association to be under way', () => sockets.size > 0, 10_000);
   const stopStartedMs = Date.now();
@@ -211,7 +190,7 @@ test('a modality that withholds the SCP role from the archive gets no report on 
     await receiver.close();
   });
   const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
-  assert.equal((await client.request(client.contexts[0]!.id, nAction(), requestDataSet(uid(500), [uid(51)]))).command.status, Status.Success);
+  assert.equal((await client.request(client.contexts[0]!.id, nActionCommand(), requestDataSet(uid(500), [uid(51)]))).command.status, Status.Success);
   await client.release();
   await waitFor('two delivery attempts', () => receiver.associations() >= 2, 10_000);
   assert.equal(receiver.reports.length, 0, 'no N-EVENT-REPORT without the SCP role');
