@@ -25,3 +25,8 @@ export class TranscodeError extends Error {
 export function isTranscodeErrorCode(value: unknown): value is TranscodeErrorCode {
   return value === 'ERR_TRANSCODE_UNSUPPORTED' || value === 'ERR_TRANSCODE_FAILED' || value === 'ERR_TRANSCODE_UNAVAILABLE' || value === 'ERR_TRANSCODE_CANCELLED';
 }
+
+/** The error of a transcode whose requestor is gone, wherever it stopped (queue, thread, codec loop). */
+export function transcodeCancelled(): TranscodeError {
+  return new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone');
+}

@@ -21,7 +21,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Clock, TimerHandle } from '../actors/runtime/clock.ts';
 import type { Logger } from '../actors/runtime/logger.ts';
-import { TranscodeError, type TranscodeErrorCode } from './transcode-error.ts';
+import { TranscodeError, transcodeCancelled, type TranscodeErrorCode } from './transcode-error.ts';
 
 /** Main thread to worker: a job, a job's cancellation, or (with no job running) drop the codecs' memory. */
 export type TranscodeRequest = TranscodeJob | { type: 'cancel'; jobId: number } | { type: 'releaseCodecs' };
@@ -281,7 +281,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
 
   function cancel(job: Job): void {
     if (job.settled) return;
-    settle(job, { error: new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone') });
+    settle(job, { error: transcodeCancelled() });
     if (job.phase === 'queued') queue.splice(queue.indexOf(job), 1);
     else if (job.phase === 'atThread') worker?.postMessage({ type: 'cancel', jobId: job.jobId } satisfies TranscodeRequest);
     // A reading job leaves its slot once its read ends (start()); one at the thread once the thread answers.
@@ -316,7 +316,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     transcode(source, fromTransferSyntaxUid, acceptableTransferSyntaxUids, options = {}) {
       if (stopped) return Promise.reject(new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', 'the transcoder is stopped: the peer is stopping'));
       const { signal } = options;
-      if (signal?.aborted) return Promise.reject(new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone'));
+      if (signal?.aborted) return Promise.reject(transcodeCancelled());
       if (queue.length >= queuedJobsMax) {
         return Promise.reject(new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', `the transcoder is busy: ${queue.length} transcodes waiting`));
       }

@@ -75,7 +75,7 @@
 import { createRequire } from 'node:module';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import type DcmjsDimse from 'dcmjs-dimse';
-import { TranscodeError } from './transcode-error.ts';
+import { TranscodeError, transcodeCancelled } from './transcode-error.ts';
 import { chooseTarget, DEFLATED_LE, ENCODABLE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, MONOCHROME_ONLY_TARGETS, UNCOMPRESSED } from './transcode-targets.ts';
 
 export { TranscodeError } from './transcode-error.ts';
@@ -675,7 +675,7 @@ function withCodecs(work: () => void): void {
 async function eachFrameWithCodecs(steps: number, signal: AbortSignal | undefined, work: (index: number) => void): Promise<void> {
   for (let i = 0; i < steps; i++) {
     if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
-    if (signal?.aborted) throw new TranscodeError('ERR_TRANSCODE_CANCELLED', 'transcoding cancelled: its requestor is gone');
+    if (signal?.aborted) throw transcodeCancelled();
     await loadCodecs();
     withCodecs(() => work(i));
   }
