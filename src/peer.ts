@@ -12,7 +12,7 @@ import { localIngest, type IngestPort } from './actors/association/services/deps
 import { startMesh, type Mesh } from './mesh.ts';
 import { tunnelledClientOfSync } from './net/tunnel.ts';
 import { networkInterfaces } from 'node:os';
-import { localRetrieveSource } from './actors/association/services/query-retrieve.ts';
+import { localRetrieveSource, type RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor, type MeshChildName } from './actors/supervisor/site-supervisor.ts';
 import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
@@ -166,6 +166,20 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       return current().ingest.afterCommit(entry, outcome);
     },
   };
+  // C-GET, C-MOVE and DICOMweb find instances here: before the mesh is up, the local catalog alone could
+  // pass part of the archive off as all of it.
+  const retrieveSource: RetrieveSource = {
+    resolve: async (request, limit) => {
+      await meshReady;
+      return current().retrieveSource.resolve(request, limit);
+    },
+    ensureLocal: async (entry) => {
+      await meshReady;
+      return current().retrieveSource.ensureLocal(entry);
+    },
+    repairCopy: async (entry) => current().retrieveSource.repairCopy?.(entry),
+    searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
+  };
   // Started with the peer, its worker only with the first transcode.
   const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }), workerUrl: options.transcoderWorkerUrl });
   const commitments = startCommitments({ store, clock, log, parent: supervisor.system, aeTitle: config.aeTitle, resolveAe: (aeTitle) => aeDirectory.resolve(aeTitle), config: options.commitment });
@@ -186,19 +200,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         },
         store,
         ingest,
-        retrieveSource: {
-          // Before the mesh is up, the local catalog alone could pass part of the archive off as all of it.
-          resolve: async (request, limit) => {
-            await meshReady;
-            return current().retrieveSource.resolve(request, limit);
-          },
-          ensureLocal: async (entry) => {
-            await meshReady;
-            return current().retrieveSource.ensureLocal(entry);
-          },
-          repairCopy: async (entry) => current().retrieveSource.repairCopy?.(entry),
-          searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
-        },
+        retrieveSource,
         resolveMoveDestination: (aeTitle) => aeDirectory.resolve(aeTitle),
         transcoder,
         commitments,
@@ -215,6 +217,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       host: config.host,
       port: config.httpPort,
       isHealthy: () => healthy,
+      dicomWeb: { store, retrieveSource, ingest, transcoder, clock, log: log.child({ component: 'dicomweb' }) },
       scrubNow: () => {
         scrub?.startNow();
         return scrub?.stats();

@@ -1,11 +1,14 @@
 /**
  * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh,
  * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site,
- * POST /api/forget-peer?peer=PEERID to take one ghost voter out of the election roster.
+ * POST /api/forget-peer?peer=PEERID to take one ghost voter out of the election roster; and DICOMweb
+ * (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web.
  */
 import type { ForgetPeerOutcome } from '../actors/balancer/actor.ts';
 import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { DicomWebContext } from './dicomweb/context.ts';
+import { dicomWebPrefix, handleDicomWeb } from './dicomweb/service.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
 
@@ -22,6 +25,8 @@ export interface HttpServerInit {
   maxConnections?: number;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
   scrubNow?: () => object | undefined;
+  /** DICOMweb under /dicom-web; undefined: those paths are 404. */
+  dicomWeb?: DicomWebContext;
 }
 
 export interface RunningHttpServer {
@@ -38,8 +43,12 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
 const resources = new Set(['/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh']);
 
-async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
+  if (init.dicomWeb !== undefined && (path === dicomWebPrefix || path.startsWith(`${dicomWebPrefix}/`))) {
+    await handleDicomWeb(init.dicomWeb, req, res, ownAddress);
+    return;
+  }
   if (!resources.has(path)) {
     sendJson(res, 404, { error: `no resource at ${path.slice(0, 200)}`, code: 'ERR_HTTP_NOT_FOUND' });
     return;
@@ -157,18 +166,21 @@ function forgetPeer(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
 }
 
 export async function startHttpServer(init: HttpServerInit): Promise<RunningHttpServer> {
+  let ownAddress = `${init.host}:${init.port}`;
   const server: Server = createServer((req, res) => {
-    route(init, req, res).catch((error: unknown) => {
+    route(init, req, res, ownAddress).catch((error: unknown) => {
       if (!res.headersSent) sendJson(res, 500, { error: error instanceof Error ? error.message : String(error), code: 'ERR_HTTP_INTERNAL' });
       else res.destroy();
     });
   });
   server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
+  // A STOW-RS upload of a large study takes its time; headersTimeout and maxConnections still bound idle clients.
+  server.requestTimeout = 10 * 60_000;
   // Idle or slow connections beyond this are closed at once: they must not use up the file descriptors
   // the DICOM port and the mesh need (20,000 of them made the whole peer unreachable for ~7 s).
   server.maxConnections = init.maxConnections ?? 1024;
   const port = await listenOn(server, init.port, init.host);
+  ownAddress = `${init.host.includes(':') ? `[${init.host}]` : init.host}:${port}`;
   return {
     port,
     stop: () =>

@@ -6,6 +6,7 @@ import type { DicomElement } from '../dicom-types.ts';
 import { tagHex } from '../dicom-types.ts';
 import { Tags } from '../dictionary.ts';
 import { normalizeUidValue } from '../uid.ts';
+import { encodeDataset } from './writer.ts';
 import { DatasetParseError } from './errors.ts';
 import { decodeNumbers, decodeText, longLengthVrs, numericVrSizes, textVrs } from './vr.ts';
 
@@ -67,4 +68,41 @@ export function splitPart10(bytes: Uint8Array): Part10Split {
     throw new DatasetParseError('ERR_PART10_MALFORMED', 'file meta information has no Transfer Syntax UID (0002,0010)');
   }
   return { metaElements, transferSyntaxUid: normalizeUidValue(transferSyntax), datasetOffset: at };
+}
+
+export interface Part10HeaderFields {
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+  implementationClassUid: string;
+  implementationVersionName: string;
+}
+
+/**
+ * The preamble, "DICM" and File Meta Information (PS3.10 7.1) of a file whose data set follows as is:
+ * what a DICOMweb application/dicom part is made of. Group 0002 is always explicit VR little endian.
+ */
+export function encodePart10Header(fields: Part10HeaderFields): Uint8Array {
+  const rest = encodeDataset(
+    [
+      { tag: Tags.MediaStorageSOPClassUID, vr: 'UI', value: fields.sopClassUid },
+      { tag: Tags.MediaStorageSOPInstanceUID, vr: 'UI', value: fields.sopInstanceUid },
+      { tag: Tags.TransferSyntaxUID, vr: 'UI', value: fields.transferSyntaxUid },
+      { tag: Tags.ImplementationClassUID, vr: 'UI', value: fields.implementationClassUid },
+      { tag: Tags.ImplementationVersionName, vr: 'SH', value: fields.implementationVersionName },
+    ],
+    '1.2.840.10008.1.2.1',
+  );
+  // (0002,0001) OB 00\01, written here: the writer carries text and numbers only.
+  const version = Uint8Array.of(0x02, 0x00, 0x01, 0x00, 0x4f, 0x42, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01);
+  const groupLength = version.length + rest.length;
+  const header = new Uint8Array(128 + 4 + 12 + groupLength);
+  const view = new DataView(header.buffer);
+  header.set([0x44, 0x49, 0x43, 0x4d], 128);
+  // (0002,0000) UL, 4 bytes: the length of the rest of the group.
+  header.set([0x02, 0x00, 0x00, 0x00, 0x55, 0x4c, 0x04, 0x00], 132);
+  view.setUint32(140, groupLength, true);
+  header.set(version, 144);
+  header.set(rest, 144 + version.length);
+  return header;
 }

@@ -2,7 +2,6 @@
  * C-FIND, C-GET and C-MOVE as an SCP (PS3.4 annex C). Matching lives in the storage query engine;
  * this file speaks DIMSE: identifiers in, pending responses out, sub-operations counted and reported.
  */
-import { createHash } from 'node:crypto';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import { encodeDataset } from '../../../codec/dataset/writer.ts';
@@ -14,6 +13,7 @@ import { errorText } from '../../runtime/logger.ts';
 import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
+import { checkedStream, checkedWhole, checkedWholeBytesMax } from '../../storage/checked-read.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
 import { canTranscode, needsEncoding } from '../../../codec/transcode-targets.ts';
@@ -416,48 +416,6 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       cancelledBeforeSending: error instanceof TranscodeError && error.code === 'ERR_TRANSCODE_CANCELLED',
     };
   }
-}
-
-/**
- * What a sub-operation sends is checked against the SHA-256 the catalog recorded for it: a copy the disk
- * damaged never goes out as Success, and is reported suspect (the scrub replaces it from another site).
- * Instances up to this size are read and checked whole before their C-STORE-RQ goes out, so a damaged
- * one fails its sub-operation alone; larger ones stream (see checkedStream).
- */
-const checkedWholeBytesMax = 4 * 1024 * 1024;
-
-/** The whole instance, read through checkedStream: it throws before returning a damaged copy. */
-async function checkedWhole(store: ReplicaStore, entry: CatalogEntry): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const chunk of await checkedStream(store, entry)) chunks.push(chunk);
-  return Buffer.concat(chunks);
-}
-
-/**
- * A large instance as it is read, hashed on the way. Its first chunk is read before this returns, so a
- * copy that cannot be read at all fails before its C-STORE-RQ; a mismatch is thrown after the last chunk
- * was read and before it is sent (AssociationCore.sendMessage holds one back), so the receiver never gets
- * a whole damaged data set: the association carrying it is aborted instead.
- */
-async function checkedStream(store: ReplicaStore, entry: CatalogEntry): Promise<AsyncIterable<Uint8Array>> {
-  const chunks = store.readInstance(entry);
-  const first = await chunks.next();
-  const hash = createHash('sha256');
-  return (async function* () {
-    if (first.done !== true) {
-      hash.update(first.value);
-      yield first.value;
-      for await (const chunk of chunks) {
-        hash.update(chunk);
-        yield chunk;
-      }
-    }
-    const sha256 = hash.digest('hex');
-    if (sha256 === entry.sha256) return;
-    const reason = `read for a retrieve: SHA-256 ${sha256.slice(0, 16)}..., catalog says ${entry.sha256.slice(0, 16)}...`;
-    store.reportSuspectCopy(entry.sopInstanceUid, reason);
-    throw new Error(`the stored copy of ${entry.sopInstanceUid} is damaged (${reason})`);
-  })();
 }
 
 /**

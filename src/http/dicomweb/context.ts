@@ -1,0 +1,57 @@
+/**
+ * What the DICOMweb services (PS3.18) need from the peer: the same ports the DICOM associations use, so
+ * a study stored over STOW-RS is replicated like a C-STORE, and QIDO-RS and WADO-RS see what C-FIND and
+ * C-GET see, at any site of the mesh.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IngestPort } from '../../actors/association/services/deps.ts';
+import type { RetrieveSource } from '../../actors/association/services/query-retrieve.ts';
+import type { ReplicaStore } from '../../actors/storage/replica-store.ts';
+import type { Clock } from '../../actors/runtime/clock.ts';
+import type { Logger } from '../../actors/runtime/logger.ts';
+import type { Transcoder } from '../../codec/transcode-pool.ts';
+
+export interface DicomWebContext {
+  store: ReplicaStore;
+  /** Where retrieves find instances (in a mesh: at every alive site), and whether searches may be answered now. */
+  retrieveSource: RetrieveSource;
+  /** Where STOW-RS instances go: the C-STORE's path, write quorum included. */
+  ingest: IngestPort;
+  /** Converts instances for clients that do not accept the stored transfer syntax. */
+  transcoder: Transcoder;
+  clock: Clock;
+  log: Logger;
+}
+
+/** One request, as the services see it: the base URL of this service names the resources in responses. */
+export interface DicomWebExchange {
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** The query string's parameters. */
+  query: URLSearchParams;
+  /** `http://host:port/dicom-web`, from the request's Host header: what RetrieveURL and BulkDataURI start with. */
+  baseUrl: string;
+}
+
+/** An error answer: an HTTP status and a message, with a stable code as on the rest of this port. */
+export class DicomWebError extends Error {
+  override readonly name = 'DicomWebError';
+  constructor(
+    readonly httpStatus: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function sendJsonBody(res: ServerResponse, status: number, body: unknown, contentType = 'application/json; charset=utf-8'): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** PS3.18 8.7.3: DICOM JSON. */
+export function sendDicomJson(res: ServerResponse, status: number, body: unknown): void {
+  sendJsonBody(res, status, body, 'application/dicom+json');
+}

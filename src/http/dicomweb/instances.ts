@@ -1,0 +1,101 @@
+/**
+ * The instances a WADO-RS request names, found as a C-GET finds them (in a mesh: at every alive site),
+ * and each one's stored bytes, pulled here first when only a peer holds it and checked against its SHA-256.
+ */
+import { maxRetrieveInstances } from '../../actors/association/services/query-retrieve.ts';
+import { checkedStream, checkedWhole } from '../../actors/storage/checked-read.ts';
+import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
+import { isCatalogDamage } from '../../actors/storage/catalog.ts';
+import { QueryError } from '../../actors/storage/query/query.ts';
+import { errorText } from '../../actors/runtime/logger.ts';
+import { Tags } from '../../codec/dictionary.ts';
+import type { DicomElement } from '../../codec/dicom-types.ts';
+import { DicomWebError, type DicomWebContext } from './context.ts';
+import type { SearchLevel } from './routes.ts';
+
+export interface InstanceSelector {
+  level: SearchLevel;
+  studyUid: string;
+  seriesUid?: string;
+  instanceUid?: string;
+}
+
+/**
+ * The selected instances in study, series and instance number order. Throws DicomWebError: 404 when none
+ * is known, 503 when a peer that may hold some did not answer (a partial study must not pass for the
+ * whole one), 413 beyond what one retrieve may hold.
+ */
+export async function selectInstances(ctx: DicomWebContext, selector: InstanceSelector): Promise<CatalogEntry[]> {
+  const keys: DicomElement[] = [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: selector.studyUid }];
+  if (selector.seriesUid !== undefined) keys.push({ tag: Tags.SeriesInstanceUID, vr: 'UI', value: selector.seriesUid });
+  if (selector.instanceUid !== undefined) keys.push({ tag: Tags.SOPInstanceUID, vr: 'UI', value: selector.instanceUid });
+  let resolved: Awaited<ReturnType<DicomWebContext['retrieveSource']['resolve']>>;
+  try {
+    resolved = await ctx.retrieveSource.resolve({ root: 'STUDY', level: selector.level, keys }, maxRetrieveInstances);
+  } catch (error) {
+    if (isCatalogDamage(error)) ctx.store.reportCatalogDamage(`DICOMweb retrieve: ${errorText(error)}`);
+    if (error instanceof QueryError) throw new DicomWebError(400, 'ERR_DICOMWEB_QUERY', error.message);
+    throw new DicomWebError(500, 'ERR_DICOMWEB_LOOKUP', `retrieve lookup failed: ${errorText(error)}`);
+  }
+  if (resolved.truncated) throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_MANY', `more than ${maxRetrieveInstances} instances: ask for a series or an instance`);
+  if (resolved.peersMissed !== undefined && resolved.peersMissed.length > 0) {
+    throw new DicomWebError(503, 'ERR_DICOMWEB_PEERS_SILENT', `${resolved.peersMissed.length} peer(s) that may hold matches did not answer: retry`);
+  }
+  if (resolved.entries.length === 0) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `no instance of ${describe(selector)} is stored in this mesh`);
+  return resolved.entries.sort(compareEntries);
+}
+
+function describe(selector: InstanceSelector): string {
+  if (selector.instanceUid !== undefined) return `instance ${selector.instanceUid} of series ${selector.seriesUid ?? ''} of study ${selector.studyUid}`;
+  if (selector.seriesUid !== undefined) return `series ${selector.seriesUid} of study ${selector.studyUid}`;
+  return `study ${selector.studyUid}`;
+}
+
+function instanceNumberOf(entry: CatalogEntry): number {
+  const value = entry.attributes.find((element) => element.tag === Tags.InstanceNumber)?.value;
+  const number = value === undefined ? NaN : Number(value.trim());
+  return Number.isFinite(number) ? number : Number.MAX_SAFE_INTEGER;
+}
+
+/** Series together, each in Instance Number order, as a viewer loads them. */
+function compareEntries(a: CatalogEntry, b: CatalogEntry): number {
+  if (a.studyInstanceUid !== b.studyInstanceUid) return a.studyInstanceUid < b.studyInstanceUid ? -1 : 1;
+  if (a.seriesInstanceUid !== b.seriesInstanceUid) return a.seriesInstanceUid < b.seriesInstanceUid ? -1 : 1;
+  return instanceNumberOf(a) - instanceNumberOf(b) || (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0);
+}
+
+/** The local entry of an instance, pulled from a peer first when only a peer holds it. */
+async function localEntryOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<CatalogEntry> {
+  const local = await ctx.retrieveSource.ensureLocal(entry).catch(() => undefined);
+  if (local === undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_UNAVAILABLE', `instance ${entry.sopInstanceUid} is not here, and no peer could send it: retry`);
+  return local;
+}
+
+/**
+ * A checked read of the instance's data set: `read` gets the local entry (whose transfer syntax and length
+ * describe the bytes). A local copy that cannot be read or checked before anything was taken from it is
+ * replaced by a peer's good one and read once more, as a C-GET does.
+ */
+async function withLocalCopy<T>(ctx: DicomWebContext, entry: CatalogEntry, read: (local: CatalogEntry) => Promise<T>): Promise<T> {
+  const local = await localEntryOf(ctx, entry);
+  try {
+    return await read(local);
+  } catch (error) {
+    const repaired = await ctx.retrieveSource.repairCopy?.(local).catch(() => undefined);
+    if (repaired === undefined) throw new DicomWebError(500, 'ERR_DICOMWEB_COPY_DAMAGED', `the stored copy of ${entry.sopInstanceUid} cannot be read: ${errorText(error)}`);
+    return read(repaired);
+  }
+}
+
+/** The whole data set in memory (for a transcode, or a small instance), checked. */
+export function readWholeInstance(ctx: DicomWebContext, entry: CatalogEntry): Promise<{ entry: CatalogEntry; bytes: Buffer }> {
+  return withLocalCopy(ctx, entry, async (local) => ({ entry: local, bytes: await checkedWhole(ctx.store, local) }));
+}
+
+/**
+ * The data set as it is read, hashed on the way: its first chunk is read before this returns; a mismatch
+ * throws after the last chunk, before the caller ends its part, so the client sees a broken response.
+ */
+export function streamInstance(ctx: DicomWebContext, entry: CatalogEntry): Promise<{ entry: CatalogEntry; chunks: AsyncIterable<Uint8Array> }> {
+  return withLocalCopy(ctx, entry, async (local) => ({ entry: local, chunks: await checkedStream(ctx.store, local) }));
+}

@@ -1,0 +1,95 @@
+/**
+ * The DICOMweb resources (PS3.18 10.4-10.6) as a closed union, read from a request's method and path:
+ * a pure function, so every path a client may send is checked without a server.
+ */
+import { isAcceptableUid } from '../../codec/uid.ts';
+
+export type SearchLevel = 'STUDY' | 'SERIES' | 'IMAGE';
+
+export type DicomWebRoute =
+  /** QIDO-RS: /studies, /series, /instances, or under a study or series. */
+  | { type: 'search'; level: SearchLevel; studyUid?: string; seriesUid?: string }
+  /** WADO-RS: the instances of a study, series or one instance, or their metadata. */
+  | { type: 'retrieve'; level: SearchLevel; studyUid: string; seriesUid?: string; instanceUid?: string; metadata: boolean }
+  /** WADO-RS: frames of one instance, numbered from 1. */
+  | { type: 'frames'; studyUid: string; seriesUid: string; instanceUid: string; frameNumbers: number[] }
+  /** STOW-RS: POST /studies, or /studies/{uid} for instances of that study only. */
+  | { type: 'store'; studyUid?: string };
+
+export type RouteResult =
+  | { ok: true; route: DicomWebRoute }
+  | { ok: false; httpStatus: 400 | 404 | 405; code: string; message: string; allow?: string };
+
+/** A frame list holds at most this many numbers: each is a part of the response. */
+export const frameNumbersMax = 10_000;
+
+const notFound = (path: string): RouteResult => ({ ok: false, httpStatus: 404, code: 'ERR_HTTP_NOT_FOUND', message: `no DICOMweb resource at ${path.slice(0, 200)}` });
+
+/**
+ * The route of `method` on `path` (the part after /dicom-web, without the query). UIDs are checked here
+ * (digits and dots, at most 64 characters): a malformed one is a 400 naming it, never a key.
+ */
+export function routeOf(method: string, path: string): RouteResult {
+  const segments = path.split('/').filter((segment) => segment !== '');
+  const [top, studyUid, second, seriesUid, third, instanceUid, fourth, ...rest] = segments.map(safeDecode);
+  if (segments.some((segment) => safeDecode(segment) === undefined)) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_PATH', message: 'the path holds a malformed percent-encoding' };
+  const uids = [studyUid, seriesUid, instanceUid].filter((uid): uid is string => uid !== undefined);
+  const badUid = uids.find((uid) => !isAcceptableUid(uid));
+  const isRead = method === 'GET' || method === 'HEAD';
+  const readOnly = (route: DicomWebRoute): RouteResult => (isRead ? { ok: true, route } : { ok: false, httpStatus: 405, code: 'ERR_HTTP_METHOD', message: `method ${method} not allowed here`, allow: 'GET, HEAD' });
+
+  if (top === undefined) return notFound(path);
+  if (segments.length === 1 && (top === 'series' || top === 'instances')) {
+    return readOnly({ type: 'search', level: top === 'series' ? 'SERIES' : 'IMAGE' });
+  }
+  if (top !== 'studies') return notFound(path);
+  if (studyUid === undefined) {
+    if (method === 'POST') return { ok: true, route: { type: 'store' } };
+    return isRead ? { ok: true, route: { type: 'search', level: 'STUDY' } } : { ok: false, httpStatus: 405, code: 'ERR_HTTP_METHOD', message: `method ${method} not allowed here`, allow: 'GET, HEAD, POST' };
+  }
+  if (badUid !== undefined) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_UID', message: `not a valid UID (digits and dots, at most 64 characters): "${badUid.slice(0, 80)}"` };
+  if (second === undefined) {
+    if (method === 'POST') return { ok: true, route: { type: 'store', studyUid } };
+    return isRead ? { ok: true, route: { type: 'retrieve', level: 'STUDY', studyUid, metadata: false } } : { ok: false, httpStatus: 405, code: 'ERR_HTTP_METHOD', message: `method ${method} not allowed here`, allow: 'GET, HEAD, POST' };
+  }
+  if (second === 'metadata' && seriesUid === undefined) return readOnly({ type: 'retrieve', level: 'STUDY', studyUid, metadata: true });
+  if (second === 'instances' && seriesUid === undefined) return readOnly({ type: 'search', level: 'IMAGE', studyUid });
+  if (second !== 'series') return notFound(path);
+  if (seriesUid === undefined) return readOnly({ type: 'search', level: 'SERIES', studyUid });
+  if (third === undefined) return readOnly({ type: 'retrieve', level: 'SERIES', studyUid, seriesUid, metadata: false });
+  if (third === 'metadata' && instanceUid === undefined) return readOnly({ type: 'retrieve', level: 'SERIES', studyUid, seriesUid, metadata: true });
+  if (third !== 'instances') return notFound(path);
+  if (instanceUid === undefined) return readOnly({ type: 'search', level: 'IMAGE', studyUid, seriesUid });
+  if (fourth === undefined) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: false });
+  if (fourth === 'metadata' && rest.length === 0) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: true });
+  if (fourth === 'frames' && rest.length === 1) {
+    const frameNumbers = parseFrameList(rest[0]!);
+    if (frameNumbers === undefined) {
+      return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_FRAMES', message: `frame list "${rest[0]!.slice(0, 80)}" is not a comma-separated list of frame numbers from 1 (at most ${frameNumbersMax})` };
+    }
+    return readOnly({ type: 'frames', studyUid, seriesUid, instanceUid, frameNumbers });
+  }
+  return notFound(path);
+}
+
+function safeDecode(segment: string): string | undefined {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
+}
+
+/** "1,3,5" -> [1, 3, 5]; undefined for anything else (PS3.18 8.3.5.1: uintList, numbered from 1). */
+export function parseFrameList(text: string): number[] | undefined {
+  const parts = text.split(',');
+  if (parts.length > frameNumbersMax) return undefined;
+  const numbers: number[] = [];
+  for (const part of parts) {
+    if (!/^[0-9]{1,9}$/.test(part)) return undefined;
+    const number = Number(part);
+    if (number < 1) return undefined;
+    numbers.push(number);
+  }
+  return numbers;
+}

@@ -1,0 +1,62 @@
+/**
+ * DICOMweb (PS3.18) on the HTTP port, under /dicom-web: QIDO-RS searches, WADO-RS retrieves and STOW-RS
+ * stores, for viewers and systems that speak HTTP rather than DIMSE. Each request is routed by a pure
+ * function, then served by its service; every refusal is an HTTP status with a message and a stable code.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { retrieveFrames } from './frames.ts';
+import { searchEntities } from './qido.ts';
+import { routeOf } from './routes.ts';
+import { storeInstances } from './stow.ts';
+import { retrieveInstances, retrieveMetadata } from './wado.ts';
+
+export const dicomWebPrefix = '/dicom-web';
+
+/** A Host header fit to start the URLs a response names; anything else falls back to this peer's own address. */
+const hostPattern = /^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$/;
+
+export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://peer');
+  const routed = routeOf(req.method ?? 'GET', url.pathname.slice(dicomWebPrefix.length));
+  if (!routed.ok) {
+    if (routed.allow !== undefined) res.setHeader('allow', routed.allow);
+    sendJsonBody(res, routed.httpStatus, { error: routed.message, code: routed.code });
+    return;
+  }
+  const host = req.headers.host !== undefined && hostPattern.test(req.headers.host) ? req.headers.host : ownAddress;
+  const exchange: DicomWebExchange = { req, res, query: url.searchParams, baseUrl: `http://${host}${dicomWebPrefix}` };
+  const route = routed.route;
+  try {
+    switch (route.type) {
+      case 'search':
+        await searchEntities(ctx, exchange, route);
+        return;
+      case 'retrieve':
+        if (route.metadata) await retrieveMetadata(ctx, exchange, route);
+        else await retrieveInstances(ctx, exchange, route);
+        return;
+      case 'frames':
+        await retrieveFrames(ctx, exchange, route);
+        return;
+      case 'store':
+        await storeInstances(ctx, exchange, route);
+        return;
+      default: {
+        const unreachable: never = route;
+        throw new Error(`unhandled route ${JSON.stringify(unreachable)}`);
+      }
+    }
+  } catch (error) {
+    // Once a multipart body has started, a status can no longer be sent: the connection is cut, so the
+    // client sees a broken response rather than a short one that looks whole.
+    if (res.headersSent) {
+      ctx.log.warn('DICOMweb response cut short', { path: url.pathname.slice(0, 200), error: error instanceof Error ? error.message : String(error) });
+      res.destroy();
+      return;
+    }
+    if (!(error instanceof DicomWebError)) throw error;
+    if (error.httpStatus === 503) res.setHeader('retry-after', '5');
+    sendJsonBody(res, error.httpStatus, { error: error.message, code: error.code });
+  }
+}
