@@ -169,25 +169,38 @@ for (const [keyword, tag, vr] of entries) {
   tagByKeyword.set(keyword, tag);
 }
 
-let registryVrByTag: Map<Tag, Vr> | undefined;
+interface Registry {
+  vrByTag: Map<Tag, Vr>;
+  tagByKeyword: Map<string, Tag>;
+}
 
-/** The VR of a standard attribute in the PS3.6 registry; attributes with several possible VRs are left out. */
-function registryVrOf(tag: Tag): Vr | undefined {
-  if (registryVrByTag === undefined) {
-    registryVrByTag = new Map();
+let registry: Registry | undefined;
+
+/** The PS3.6 registry from dcmjs's copy of it, read once. */
+function loadRegistry(): Registry {
+  if (registry === undefined) {
+    registry = { vrByTag: new Map(), tagByKeyword: new Map() };
     try {
-      type RegistryEntry = { tag: string; vr: string };
+      type RegistryEntry = { tag: string; vr: string; name?: string };
       const dcmjs = createRequire(import.meta.url)('dcmjs') as { data: { DicomMetaDictionary: { nameMap: Record<string, RegistryEntry> } } };
-      for (const { tag: text, vr } of Object.values(dcmjs.data.DicomMetaDictionary.nameMap)) {
+      for (const [keyword, { tag: text, vr }] of Object.entries(dcmjs.data.DicomMetaDictionary.nameMap)) {
         // `US or SS` (xs), `OB or OW` (ox) and repeating groups (60xx,...) have no single VR for a tag.
         const match = /^\(([0-9A-F]{4}),([0-9A-F]{4})\)$/i.exec(text);
-        if (match && /^[A-Z]{2}$/.test(vr)) registryVrByTag.set(parseInt(match[1]! + match[2]!, 16) >>> 0, vr);
+        if (!match) continue;
+        const tag = parseInt(match[1]! + match[2]!, 16) >>> 0;
+        registry.tagByKeyword.set(keyword, tag);
+        if (/^[A-Z]{2}$/.test(vr)) registry.vrByTag.set(tag, vr);
       }
     } catch {
       // Without dcmjs the small dictionary alone: other implicit VR attributes are read as UN.
     }
   }
-  return registryVrByTag.get(tag);
+  return registry;
+}
+
+/** The VR of a standard attribute in the PS3.6 registry; attributes with several possible VRs are left out. */
+function registryVrOf(tag: Tag): Vr | undefined {
+  return loadRegistry().vrByTag.get(tag);
 }
 
 /**
@@ -214,4 +227,9 @@ export function keywordOf(tag: Tag): string | undefined {
 /** The tag of a keyword in this dictionary, or undefined (keywords are case-sensitive, as in PS3.6). */
 export function tagOf(keyword: string): Tag | undefined {
   return tagByKeyword.get(keyword);
+}
+
+/** The tag of any PS3.6 keyword ("BodyPartExamined"), this dictionary first, then the registry; undefined when neither knows it. */
+export function registryTagOf(keyword: string): Tag | undefined {
+  return tagByKeyword.get(keyword) ?? loadRegistry().tagByKeyword.get(keyword);
 }

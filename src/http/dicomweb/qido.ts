@@ -1,9 +1,190 @@
 /**
- * QIDO-RS (PS3.18 10.6): searches for studies, series and instances, answered from the catalog as C-FIND is.
+ * QIDO-RS (PS3.18 10.6): searches for studies, series and instances, answered from the catalog by the
+ * C-FIND engine, so both see the same matches with the same PS3.4 C.2.2.2 matching rules. In a mesh the
+ * catalog here holds every site's instances (they reach every site), as C-FIND at this site does.
  */
-import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import type { DicomWebRoute } from './routes.ts';
+import { Tags, registryTagOf, vrOf } from '../../codec/dictionary.ts';
+import type { DicomElement, Tag } from '../../codec/dicom-types.ts';
+import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-json.ts';
+import { isCatalogDamage } from '../../actors/storage/catalog.ts';
+import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
+import { errorText } from '../../actors/runtime/logger.ts';
+import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
-export async function searchEntities(_ctx: DicomWebContext, _exchange: DicomWebExchange, _route: Extract<DicomWebRoute, { type: 'search' }>): Promise<void> {
-  throw new DicomWebError(501, 'ERR_DICOMWEB_NOT_IMPLEMENTED', 'QIDO-RS is not available yet');
+type SearchRoute = Extract<DicomWebRoute, { type: 'search' }>;
+
+/** Results in one response at most: a client pages beyond it with offset (and is told so in a Warning). */
+export const searchResultsMax = 10_000;
+
+const InstanceAvailability = 0x00080056;
+const RetrieveURL = 0x00081190;
+
+/** The attributes each level returns unasked (PS3.18 Tables 10.6.3-5 to -7), with this archive's VRs. */
+const DEFAULT_ATTRIBUTES: Readonly<Record<SearchLevel, readonly Tag[]>> = {
+  STUDY: [
+    Tags.StudyDate, Tags.StudyTime, Tags.AccessionNumber, Tags.ModalitiesInStudy, Tags.ReferringPhysicianName,
+    Tags.PatientName, Tags.PatientID, Tags.PatientBirthDate, Tags.PatientSex, Tags.StudyInstanceUID, Tags.StudyID,
+    Tags.NumberOfStudyRelatedSeries, Tags.NumberOfStudyRelatedInstances, Tags.TimezoneOffsetFromUTC,
+  ],
+  SERIES: [
+    Tags.Modality, Tags.SeriesDescription, Tags.SeriesInstanceUID, Tags.SeriesNumber, Tags.NumberOfSeriesRelatedInstances,
+    0x00400244 /* PerformedProcedureStepStartDate */, 0x00400245 /* PerformedProcedureStepStartTime */, Tags.TimezoneOffsetFromUTC,
+  ],
+  IMAGE: [
+    Tags.SOPClassUID, Tags.SOPInstanceUID, Tags.InstanceNumber, Tags.Rows, Tags.Columns, Tags.BitsAllocated,
+    Tags.NumberOfFrames, Tags.TimezoneOffsetFromUTC,
+  ],
+};
+
+/** `includefield=all`: the defaults of every level down to the searched one, and the descriptions viewers show. */
+const ALL_EXTRA_ATTRIBUTES: readonly Tag[] = [
+  Tags.StudyDescription, 0x00101010 /* PatientAge */, Tags.InstitutionName, Tags.BodyPartExamined, Tags.SeriesDate, Tags.SeriesTime,
+];
+
+const LEVELS: readonly SearchLevel[] = ['STUDY', 'SERIES', 'IMAGE'];
+const CONTROL_PARAMETERS = new Set(['includefield', 'limit', 'offset', 'fuzzymatching']);
+
+export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute): Promise<void> {
+  checkAccept(exchange.req.headers.accept);
+  const search = parseSearch(route, exchange.query);
+  // A catalog known to be incomplete (a site refilling after an empty disk) says "retry", as C-FIND does.
+  const refusal = ctx.retrieveSource.searchRefusal?.();
+  if (refusal !== undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_SEARCH_REFUSED', refusal);
+  const results: DicomJsonObject[] = [];
+  let skipped = 0;
+  let truncated = false;
+  try {
+    for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1 })) {
+      if (skipped < search.offset) {
+        skipped++;
+        continue;
+      }
+      if (results.length === search.limit) {
+        truncated = true;
+        break;
+      }
+      results.push(resultOf(identifier, route.level, exchange.baseUrl));
+    }
+  } catch (error) {
+    if (error instanceof QueryError) throw new DicomWebError(400, 'ERR_DICOMWEB_QUERY', error.message);
+    if (isCatalogDamage(error)) ctx.store.reportCatalogDamage(`QIDO-RS: ${errorText(error)}`);
+    throw new DicomWebError(500, 'ERR_DICOMWEB_SEARCH', `search failed: ${errorText(error)}`);
+  }
+  const warnings: string[] = [];
+  if (search.fuzzy) warnings.push('299 pacs-mesh "The fuzzymatching parameter is not supported. Only literal matching has been performed."');
+  // PS3.18 8.3.4.4: more matches than returned, and the client did not ask for fewer: say so.
+  if (truncated && !search.limitAsked) warnings.push(`299 pacs-mesh "The number of results exceeded the maximum supported by the server (${searchResultsMax}). Additional results can be requested with offset."`);
+  if (warnings.length > 0) exchange.res.setHeader('warning', warnings);
+  // 200 with an empty array when nothing matches (CP-2473; RFC 9110 15.3.5 gives 204 no body at all).
+  sendDicomJson(exchange.res, 200, results);
+}
+
+/** PS3.18 8.3.3.1: a QIDO-RS response is DICOM JSON here; XML is not offered. */
+function checkAccept(accept: string | undefined): void {
+  if (accept === undefined || accept.trim() === '') return;
+  const ranges = accept.split(',').map((range) => range.split(';')[0]!.trim().toLowerCase());
+  if (ranges.some((range) => range === 'application/dicom+json' || range === 'application/json' || range === '*/*' || range === 'application/*')) return;
+  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `search results are sent as application/dicom+json only (asked: ${accept.slice(0, 120)})`);
+}
+
+interface ParsedSearch {
+  request: QueryRequest;
+  offset: number;
+  limit: number;
+  limitAsked: boolean;
+  fuzzy: boolean;
+}
+
+/** The query parameters as a C-FIND identifier (PS3.18 8.3.4), or a 400 naming the parameter at fault. */
+export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedSearch {
+  const badRequest = (message: string) => new DicomWebError(400, 'ERR_DICOMWEB_QUERY', message);
+  const keys = new Map<Tag, DicomElement>();
+  const put = (tag: Tag, value: string) => keys.set(tag, { tag, vr: vrOf(tag) ?? 'UN', value });
+  // Query values are Unicode in the URL: sent to the engine as UTF-8 bytes, named so.
+  put(Tags.SpecificCharacterSet, 'ISO_IR 192');
+  const depth = LEVELS.indexOf(route.level);
+  // The unique keys of the levels above are always returned: a client builds the next URL from them.
+  for (const level of LEVELS.slice(0, depth + 1)) {
+    const searchedHere = level === route.level || (level === 'STUDY' && route.studyUid === undefined) || (level === 'SERIES' && route.seriesUid === undefined);
+    if (searchedHere) for (const tag of DEFAULT_ATTRIBUTES[level]) put(tag, '');
+  }
+  put(Tags.StudyInstanceUID, route.studyUid ?? '');
+  if (depth >= 1) put(Tags.SeriesInstanceUID, route.seriesUid ?? '');
+  if (depth >= 2) put(Tags.SOPInstanceUID, '');
+
+  let offset = 0;
+  let limit = searchResultsMax;
+  let limitAsked = false;
+  let fuzzy = false;
+  const seen = new Set<string>();
+  for (const [name, value] of query) {
+    if (name === 'includefield') {
+      for (const field of value.split(',')) {
+        if (field === 'all') {
+          for (const level of LEVELS.slice(0, depth + 1)) for (const tag of DEFAULT_ATTRIBUTES[level]) if (!keys.has(tag)) put(tag, '');
+          for (const tag of ALL_EXTRA_ATTRIBUTES) if (!keys.has(tag)) put(tag, '');
+          continue;
+        }
+        const tag = attributeTagOf(field);
+        if (tag === undefined) throw badRequest(`includefield "${field.slice(0, 80)}" is neither a keyword nor a tag (8 hex digits), nor "all"`);
+        if (!keys.has(tag)) put(tag, '');
+      }
+      continue;
+    }
+    if (seen.has(name)) throw badRequest(`parameter ${name.slice(0, 80)} is given twice`);
+    seen.add(name);
+    if (name === 'limit' || name === 'offset') {
+      if (!/^[0-9]{1,9}$/.test(value)) throw badRequest(`${name} must be a whole number, not "${value.slice(0, 40)}"`);
+      if (name === 'offset') offset = Number(value);
+      else {
+        limit = Math.min(Number(value), searchResultsMax);
+        limitAsked = true;
+      }
+      continue;
+    }
+    if (name === 'fuzzymatching') {
+      if (value !== 'true' && value !== 'false') throw badRequest(`fuzzymatching must be true or false, not "${value.slice(0, 40)}"`);
+      fuzzy = value === 'true';
+      continue;
+    }
+    if (CONTROL_PARAMETERS.has(name)) continue;
+    if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
+    const tag = attributeTagOf(name);
+    if (tag === undefined) throw badRequest(`unknown query parameter "${name.slice(0, 80)}": use an attribute keyword or tag, includefield, limit, offset or fuzzymatching`);
+    const vr = vrOf(tag);
+    if (vr === undefined || vr === 'SQ' || vr === 'UN') throw badRequest(`attribute ${name.slice(0, 80)} cannot be matched${vr === 'SQ' ? ': it is a sequence' : ''}`);
+    const pathUid = tag === Tags.StudyInstanceUID ? route.studyUid : tag === Tags.SeriesInstanceUID ? route.seriesUid : undefined;
+    if (pathUid !== undefined) throw badRequest(`${name} is already given by the path`);
+    // A UID list may be separated by commas or backslashes (PS3.18 8.3.4.1).
+    const text = vr === 'UI' ? value.replaceAll(',', '\\') : value;
+    keys.set(tag, { tag, vr, value: Buffer.from(text, 'utf8').toString('latin1') });
+  }
+  return {
+    request: { root: 'STUDY', level: route.level, keys: [...keys.values()] },
+    offset,
+    limit,
+    limitAsked,
+    fuzzy,
+  };
+}
+
+/** A keyword ("PatientName") or a tag as eight hex digits ("00100010"). */
+function attributeTagOf(name: string): Tag | undefined {
+  if (/^[0-9A-Fa-f]{8}$/.test(name)) return parseInt(name, 16) >>> 0;
+  return /^[A-Za-z][A-Za-z0-9]*$/.test(name) ? registryTagOf(name) : undefined;
+}
+
+/** One match as DICOM JSON: the engine's identifier, decoded, with where to retrieve the entity. */
+function resultOf(identifier: readonly DicomElement[], level: SearchLevel, baseUrl: string): DicomJsonObject {
+  const characterSet = identifier.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+  const valueOf = (tag: Tag) => identifier.find((element) => element.tag === tag)?.value ?? '';
+  let url = `${baseUrl}/studies/${valueOf(Tags.StudyInstanceUID)}`;
+  if (level !== 'STUDY') url += `/series/${valueOf(Tags.SeriesInstanceUID)}`;
+  if (level === 'IMAGE') url += `/instances/${valueOf(Tags.SOPInstanceUID)}`;
+  const elements = identifier
+    // The values are Unicode in JSON: the character set they were stored in says nothing here.
+    .filter((element) => element.tag !== Tags.SpecificCharacterSet && element.tag !== Tags.QueryRetrieveLevel);
+  elements.push({ tag: InstanceAvailability, vr: 'CS', value: 'ONLINE' }, { tag: RetrieveURL, vr: 'UR', value: url });
+  return toDicomJson(elements, characterSet);
 }
