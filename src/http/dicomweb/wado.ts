@@ -1,16 +1,182 @@
 /**
- * WADO-RS (PS3.18 10.4): the instances of a study, series or one instance as application/dicom parts, and
- * their metadata as DICOM JSON.
+ * WADO-RS (PS3.18 10.4): the instances of a study, series or one instance as application/dicom parts of
+ * a multipart/related response, and their metadata as DICOM JSON. Instances go out as stored when the
+ * client takes that syntax (`transfer-syntax=*`, or the stored one), else converted by the transcoder,
+ * which C-GET uses too.
  */
+import { inflateRawSync } from 'node:zlib';
+import { checkedWholeBytesMax } from '../../actors/storage/checked-read.ts';
+import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
+import { implementationClassUid, implementationVersionName } from '../../actors/association/implementation.ts';
+import { errorText } from '../../actors/runtime/logger.ts';
+import { toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-json.ts';
+import { encodePart10Header } from '../../codec/dataset/part10.ts';
+import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
+import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
+import { layoutOf } from '../../codec/dataset/vr.ts';
+import { Tags } from '../../codec/dictionary.ts';
+import { EXPLICIT_LE, canTranscode } from '../../codec/transcode-targets.ts';
+import { parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { readWholeInstance, selectInstances, streamInstance } from './instances.ts';
+import { ClientGoneError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
 
-export async function retrieveInstances(_ctx: DicomWebContext, _exchange: DicomWebExchange, _route: RetrieveRoute): Promise<void> {
-  throw new DicomWebError(501, 'ERR_DICOMWEB_NOT_IMPLEMENTED', 'WADO-RS is not available yet');
+/** `*`: each instance as stored; else the one syntax every part is sent in. */
+type InstanceSyntax = '*' | string;
+
+/**
+ * The transfer syntax to send the instances in, from the Accept header's ranges (PS3.18 8.7.3.5): the
+ * first range, best first, that names application/dicom (or any type) with a syntax every instance can be
+ * sent in. Without a transfer-syntax parameter that is Explicit VR Little Endian, application/dicom's
+ * default (PS3.18 8.7.3.5.2); `*` keeps each instance as stored. undefined when no range can be served.
+ */
+export function instanceSyntaxFor(ranges: readonly MediaRange[], storedSyntaxes: ReadonlySet<string>): InstanceSyntax | undefined {
+  for (const range of ranges) {
+    const partType = range.mediaType === 'multipart/related' ? (range.parameters.get('type') ?? 'application/dicom').toLowerCase() : range.mediaType;
+    const servesDicom = partType === 'application/dicom' || range.mediaType === '*/*' || range.mediaType === 'multipart/*';
+    if (!servesDicom) continue;
+    const asked = range.parameters.get('transfer-syntax') ?? EXPLICIT_LE;
+    if (asked === '*') return '*';
+    if ([...storedSyntaxes].every((stored) => canTranscode(stored, asked))) return asked;
+  }
+  return undefined;
 }
 
-export async function retrieveMetadata(_ctx: DicomWebContext, _exchange: DicomWebExchange, _route: RetrieveRoute): Promise<void> {
-  throw new DicomWebError(501, 'ERR_DICOMWEB_NOT_IMPLEMENTED', 'WADO-RS metadata is not available yet');
+export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
+  const entries = await selectInstances(ctx, route);
+  const storedSyntaxes = new Set(entries.map((entry) => entry.transferSyntaxUid));
+  const syntax = instanceSyntaxFor(parseAccept(exchange.req.headers.accept), storedSyntaxes);
+  if (syntax === undefined) {
+    throw new DicomWebError(
+      406,
+      'ERR_DICOMWEB_NOT_ACCEPTABLE',
+      `instances are sent as multipart/related; type="application/dicom" with transfer-syntax=* (as stored: ${[...storedSyntaxes].join(', ')}) or one they can be converted to (asked: ${(exchange.req.headers.accept ?? '').slice(0, 160)})`,
+    );
+  }
+  const { res } = exchange;
+  if (exchange.req.method === 'HEAD') {
+    res.writeHead(200, { 'content-type': 'multipart/related; type="application/dicom"' });
+    res.end();
+    return;
+  }
+  // Transcodes under way stop when the client goes away.
+  const abort = new AbortController();
+  res.once('close', () => abort.abort());
+  const writer = startMultipart(res, 'application/dicom');
+  try {
+    for (const entry of entries) {
+      const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
+      const headers = {
+        'content-type': `application/dicom; transfer-syntax=${target}`,
+        'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
+      };
+      const header = (transferSyntaxUid: string) =>
+        encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
+      if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
+        const { chunks } = await streamInstance(ctx, entry);
+        await writer.writePart(headers, (async function* () {
+          yield header(target);
+          yield* chunks;
+        })());
+      } else if (target === entry.transferSyntaxUid) {
+        const { bytes } = await readWholeInstance(ctx, entry);
+        await writer.writePart(headers, Buffer.concat([header(target), bytes]));
+      } else {
+        const { entry: local, bytes } = await readWholeInstance(ctx, entry);
+        const transcoded = await ctx.transcoder.transcode({ byteLength: bytes.byteLength, read: async () => bytes }, local.transferSyntaxUid, [target], { signal: abort.signal });
+        await writer.writePart({ ...headers, 'content-type': `application/dicom; transfer-syntax=${transcoded.transferSyntaxUid}` }, Buffer.concat([header(transcoded.transferSyntaxUid), transcoded.bytes]));
+      }
+    }
+  } catch (error) {
+    if (error instanceof ClientGoneError || abort.signal.aborted) return;
+    throw error;
+  }
+  writer.end();
+}
+
+/** A header beyond this (before Pixel Data) is not turned into metadata: no instance of this archive's kinds has one. */
+const metadataHeaderBytesMax = 64 * 1024 * 1024;
+
+export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
+  checkJsonAccepted(exchange.req.headers.accept);
+  const entries = await selectInstances(ctx, route);
+  const { res } = exchange;
+  res.writeHead(200, { 'content-type': 'application/dicom+json' });
+  if (exchange.req.method === 'HEAD') {
+    res.end();
+    return;
+  }
+  // One instance's metadata at a time: a study of thousands of instances is never held whole.
+  let first = true;
+  for (const entry of entries) {
+    const elements = await metadataElementsOf(ctx, entry);
+    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(withoutBinaryValues(elements)))}`;
+    first = false;
+    if (res.destroyed) return;
+    if (!res.write(text)) await new Promise<void>((resolve) => {
+      res.once('drain', resolve);
+      res.once('close', resolve);
+    });
+  }
+  res.end(']');
+}
+
+function checkJsonAccepted(accept: string | undefined): void {
+  const ranges = parseAccept(accept);
+  if (ranges.some((range) => ['application/dicom+json', 'application/json', '*/*', 'application/*'].includes(range.mediaType))) return;
+  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `metadata is sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
+}
+
+/**
+ * The attributes of an instance, sequences included, up to its Pixel Data: the bytes before it are read
+ * (the rest of a large instance is not), or the whole data set when it is deflated.
+ */
+async function metadataElementsOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<TreeElement[]> {
+  const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `metadata of ${entry.sopInstanceUid}: ${errorText(error)}`);
+  try {
+    if (layoutOf(entry.transferSyntaxUid).deflated) {
+      const { bytes } = await readWholeInstance(ctx, entry);
+      const inflated = inflateRawSync(bytes, { maxOutputLength: metadataHeaderBytesMax });
+      return parseDatasetTree(inflated, EXPLICIT_LE);
+    }
+    const { entry: local, chunks } = await streamInstance(ctx, entry);
+    const reader = new DatasetHeaderReader({ transferSyntaxUid: local.transferSyntaxUid });
+    const kept: Uint8Array[] = [];
+    let keptBytes = 0;
+    for await (const chunk of chunks) {
+      kept.push(chunk);
+      keptBytes += chunk.byteLength;
+      reader.push(chunk);
+      if (reader.isComplete) break;
+      if (keptBytes > metadataHeaderBytesMax) throw new Error(`more than ${metadataHeaderBytesMax} bytes before Pixel Data`);
+    }
+    const header = reader.end();
+    const bytes = Buffer.concat(kept);
+    return parseDatasetTree(header.pixelDataOffset === undefined ? bytes : bytes.subarray(0, header.pixelDataOffset), local.transferSyntaxUid);
+  } catch (error) {
+    if (error instanceof DicomWebError) throw error;
+    throw describeFailure(error);
+  }
+}
+
+/**
+ * Binary values (Pixel Data, overlays, private blobs) are not read into metadata, and are left out rather
+ * than shown empty: PS3.18 F.2.7 would send them as BulkDataURI or InlineBinary, which this archive does
+ * not serve yet. A viewer takes the pixels from the frames resource or the instance.
+ */
+function withoutBinaryValues(elements: readonly TreeElement[]): JsonSourceElement[] {
+  const kept: JsonSourceElement[] = [];
+  for (const element of elements) {
+    if (element.tag === Tags.PixelData) continue;
+    if (element.items !== undefined) kept.push({ ...element, items: element.items.map((item) => withoutBinaryValues(item)) });
+    else if (element.value !== undefined || !isBinaryVr(element.vr)) kept.push(element);
+  }
+  return kept;
+}
+
+function isBinaryVr(vr: string): boolean {
+  return vr === 'OB' || vr === 'OW' || vr === 'OF' || vr === 'OD' || vr === 'OL' || vr === 'OV' || vr === 'UN';
 }

@@ -1,0 +1,130 @@
+/**
+ * WADO-RS against a real peer over HTTP: instances of a study, series or one instance as Part 10 parts,
+ * byte for byte as stored or converted to the syntax asked for, their metadata as DICOM JSON, and the
+ * requests that cannot be served.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Status } from '../../src/codec/dimse.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { parseDataset } from '../../src/codec/dataset/reader.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { parseMultipart } from '../support/multipart.ts';
+import { TransferSyntax, makeInstanceWithInfo, type InstanceOptions } from '../support/synthetic-dicom.ts';
+
+const study = '1.2.826.0.1.3680043.10.1453.201.1';
+const series1 = `${study}.1`;
+const series2 = `${study}.2`;
+
+let peer: TestPeer;
+let base: string;
+/** The data set bytes each instance was stored with, by SOP Instance UID. */
+const storedDataSets = new Map<string, Buffer>();
+
+const instanceOptions = (n: number, more: Partial<InstanceOptions> = {}): InstanceOptions => ({
+  patient: { id: 'WADO-1', name: 'Łukasz^Żółw' },
+  specificCharacterSet: 'ISO_IR 192',
+  study: { uid: study, description: 'retrieve me' },
+  series: { uid: n <= 2 ? series1 : series2, modality: 'CT', number: n <= 2 ? 1 : 2 },
+  sopInstanceUid: `${n <= 2 ? series1 : series2}.${n}`,
+  // Stored out of order: the response orders by series, then Instance Number.
+  instanceNumber: n,
+  rows: 16,
+  columns: 16,
+  bitsAllocated: 16,
+  ...more,
+});
+
+before(async () => {
+  peer = await startTestPeer([], 'wado');
+  base = `http://127.0.0.1:${peer.httpPort}/dicom-web`;
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+  // Instance 3 is over 4 MiB: it is streamed from the store rather than read whole.
+  for (const [n, more] of [[2, {}], [1, {}], [3, { rows: 1600, columns: 1600 }]] as const) {
+    const options = instanceOptions(n, more);
+    const { bytes } = makeInstanceWithInfo({ ...options, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+    storedDataSets.set(options.sopInstanceUid!, Buffer.from(bytes.subarray(splitPart10(bytes).datasetOffset)));
+    assert.equal((await store.storeInstance(options)).command.status, Status.Success);
+  }
+  await store.client.release();
+});
+
+after(() => peer.dispose());
+
+async function retrieve(path: string, accept?: string): Promise<{ status: number; contentType: string; body: Buffer }> {
+  const response = await fetch(`${base}${path}`, accept === undefined ? {} : { headers: { accept } });
+  return { status: response.status, contentType: response.headers.get('content-type') ?? '', body: Buffer.from(await response.arrayBuffer()) };
+}
+
+describe('WADO-RS', () => {
+  it('sends a study as stored with transfer-syntax=*, each part a Part 10 file, in series and instance order', async () => {
+    const { status, contentType, body } = await retrieve(`/studies/${study}`, 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    assert.equal(status, 200);
+    assert.match(contentType, /^multipart\/related; type="application\/dicom"; boundary=/);
+    const parts = parseMultipart(body, contentType);
+    assert.deepEqual(parts.map((part) => part.headers['content-location']!.split('/').at(-1)), [`${series1}.1`, `${series1}.2`, `${series2}.3`]);
+    for (const part of parts) {
+      assert.equal(part.headers['content-type'], `application/dicom; transfer-syntax=${TransferSyntax.ExplicitVrLittleEndian}`);
+      const split = splitPart10(part.body);
+      const uid = split.metaElements.find((element) => element.tag === Tags.MediaStorageSOPInstanceUID)!.value!.replace(/\0$/, '');
+      assert.equal(split.transferSyntaxUid, TransferSyntax.ExplicitVrLittleEndian);
+      assert.ok(part.body.subarray(split.datasetOffset).equals(storedDataSets.get(uid)!), `${uid}: the data set as stored`);
+    }
+  });
+
+  it('sends Explicit VR Little Endian by default, and converts to a syntax asked for', async () => {
+    const defaulted = await retrieve(`/studies/${study}/series/${series1}`);
+    assert.equal(defaulted.status, 200);
+    assert.equal(parseMultipart(defaulted.body, defaulted.contentType).length, 2);
+
+    const implicit = await retrieve(`/studies/${study}/series/${series1}/instances/${series1}.1`, `multipart/related; type="application/dicom"; transfer-syntax=${TransferSyntax.ImplicitVrLittleEndian}`);
+    assert.equal(implicit.status, 200);
+    const [part] = parseMultipart(implicit.body, implicit.contentType);
+    assert.equal(part!.headers['content-type'], `application/dicom; transfer-syntax=${TransferSyntax.ImplicitVrLittleEndian}`);
+    const split = splitPart10(part!.body);
+    assert.equal(split.transferSyntaxUid, TransferSyntax.ImplicitVrLittleEndian);
+    const converted = parseDataset(part!.body.subarray(split.datasetOffset), TransferSyntax.ImplicitVrLittleEndian).elements;
+    const original = parseDataset(storedDataSets.get(`${series1}.1`)!, TransferSyntax.ExplicitVrLittleEndian).elements;
+    assert.equal(converted.find((e) => e.tag === Tags.PatientName)?.value, original.find((e) => e.tag === Tags.PatientName)?.value);
+    assert.equal(converted.find((e) => e.tag === Tags.SOPInstanceUID)?.value, `${series1}.1`);
+  });
+
+  it('returns metadata as DICOM JSON, one object per instance, Unicode names and no binary values', async () => {
+    const response = await fetch(`${base}/studies/${study}/metadata`);
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get('content-type'), 'application/dicom+json');
+    const instances = (await response.json()) as Array<Record<string, { vr: string; Value?: unknown[] }>>;
+    assert.deepEqual(instances.map((instance) => instance['00080018']!.Value![0]), [`${series1}.1`, `${series1}.2`, `${series2}.3`]);
+    assert.deepEqual(instances[0]!['00100010']!.Value![0], { Alphabetic: 'Łukasz^Żółw' });
+    assert.equal(instances[2]!['00280010']!.Value![0], 1600);
+    assert.ok(instances.every((instance) => instance['7FE00010'] === undefined), 'Pixel Data is not in metadata');
+    const one = (await (await fetch(`${base}/studies/${study}/series/${series2}/instances/${series2}.3/metadata`)).json()) as unknown[];
+    assert.equal(one.length, 1);
+  });
+
+  it('answers 404, 406 and 400 with a message for what it cannot serve, and survives a client that leaves', async () => {
+    const cases: Array<[string, string | undefined, number, RegExp]> = [
+      ['/studies/1.2.3.4.5', undefined, 404, /no instance of study 1\.2\.3\.4\.5/],
+      [`/studies/${study}/series/1.2.3`, undefined, 404, /no instance of series/],
+      [`/studies/${study}`, 'application/dicom+json', 406, /transfer-syntax=\*/],
+      [`/studies/${study}`, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50', 406, /as stored/],
+      [`/studies/${study}/metadata`, 'multipart/related; type="application/dicom+xml"', 406, /application\/dicom\+json only/],
+      ['/studies/1..2', undefined, 400, /not a valid UID/],
+    ];
+    for (const [path, accept, status, message] of cases) {
+      const response = await retrieve(path, accept);
+      assert.equal(response.status, status, `${path} ${accept ?? ''}: ${response.body.toString()}`);
+      assert.match((JSON.parse(response.body.toString()) as { error: string }).error, message);
+    }
+    // A client that goes away in the middle of the large instance.
+    const abort = new AbortController();
+    const response = await fetch(`${base}/studies/${study}/series/${series2}`, { signal: abort.signal, headers: { accept: '*/*; transfer-syntax=*' } });
+    const reader = response.body!.getReader();
+    await reader.read();
+    abort.abort();
+    await reader.read().catch(() => undefined);
+    assert.equal((await fetch(`http://127.0.0.1:${peer.httpPort}/healthz`)).status, 200);
+    assert.equal((await retrieve(`/studies/${study}`, '*/*')).status, 200);
+  });
+});
