@@ -72,8 +72,8 @@ describe('QIDO-RS', () => {
     assert.equal(valueOf(study!, '00080020'), '20240105');
     assert.equal(valueOf(study!, '00080050'), 'ACC-1');
     assert.deepEqual(study!['00080061']!.Value, ['CT', 'SR']);
-    assert.equal(valueOf(study!, '00201206'), 2, 'NumberOfStudyRelatedSeries as a JSON number');
-    assert.equal(valueOf(study!, '00201208'), 3);
+    assert.equal(valueOf(study!, '00201206'), '2', 'NumberOfStudyRelatedSeries (IS) as a string: CP-1861');
+    assert.equal(valueOf(study!, '00201208'), '3');
     assert.equal(valueOf(study!, '00080056'), 'ONLINE');
     assert.equal(valueOf(study!, '00081190'), `${base}/studies/${studyA}`);
     assert.equal(study!['00100030']!.vr, 'DA');
@@ -99,7 +99,7 @@ describe('QIDO-RS', () => {
     const series = await results(`/studies/${studyA}/series`);
     assert.deepEqual(series.map((s) => valueOf(s, '0020000E')).sort(), [seriesA1, seriesA2]);
     const ct = series.find((s) => valueOf(s, '00080060') === 'CT')!;
-    assert.equal(valueOf(ct, '00201209'), 2);
+    assert.equal(valueOf(ct, '00201209'), '2');
     assert.equal(valueOf(ct, '0020000D'), studyA);
     assert.equal(valueOf(ct, '00081190'), `${base}/studies/${studyA}/series/${seriesA1}`);
 
@@ -108,7 +108,7 @@ describe('QIDO-RS', () => {
     assert.deepEqual(valueOf(allSeries[0]!, '00100010'), { Alphabetic: 'Smith^John' }, '/series carries the study attributes');
 
     const instances = await results(`/studies/${studyA}/series/${seriesA1}/instances`);
-    assert.deepEqual(instances.map((i) => valueOf(i, '00200013')).sort(), [1, 2]);
+    assert.deepEqual(instances.map((i) => valueOf(i, '00200013')).sort(), ['1', '2']);
     assert.equal(valueOf(instances[0]!, '00280010'), 4, 'Rows (US) as a number');
     assert.match(String(valueOf(instances[0]!, '00081190')), new RegExp(`/studies/${studyA}/series/${seriesA1}/instances/${seriesA1}\\.[12]$`));
     assert.equal((await results(`/studies/${studyA}/instances`)).length, 3);

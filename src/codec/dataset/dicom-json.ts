@@ -34,7 +34,11 @@ export interface JsonSourceElement {
 
 /** Text VRs whose value is one string, backslashes included (PS3.5 6.2: LT, ST, UT, UR have no multiplicity). */
 const SINGLE_VALUED_TEXT = new Set(['LT', 'ST', 'UT', 'UR']);
-/** Number strings that JSON carries as numbers (PS3.18 F.2.3). */
+/**
+ * IS and DS go out as JSON strings, which CP-1861 allows beside numbers (PS3.18 F.2.3.1): the value is
+ * kept exactly ("0.50", "1E3"), as dcm4chee does by default, and Orthanc 1.10's DICOMweb client drops
+ * IS and DS values sent as numbers (our interop test saw it).
+ */
 const NUMBER_STRINGS = new Set(['IS', 'DS']);
 const BINARY_NUMBERS = new Set(['US', 'SS', 'UL', 'SL', 'FL', 'FD']);
 /** 64-bit integers beyond 2^53 would lose digits as JSON numbers: kept as strings (PS3.18 F.2.3.1). */
@@ -76,7 +80,7 @@ function valuesOf(vr: Vr, text: string, characterSet: string | undefined): Dicom
   if (vr === 'AT') return text.split('\\').map((value) => jsonTag(Number(value)));
   if (BINARY_NUMBERS.has(vr)) return text.split('\\').map(numberOrText);
   if (BIG_INTEGERS.has(vr)) return text.split('\\');
-  if (NUMBER_STRINGS.has(vr)) return text.split('\\').map((value) => (value.trim() === '' ? null : numberOrText(value.trim())));
+  if (NUMBER_STRINGS.has(vr)) return text.split('\\').map((value) => (value.trim() === '' ? null : value.trim()));
   const decoded = decodeCharacters(text, characterSet);
   if (SINGLE_VALUED_TEXT.has(vr)) return [decoded];
   const values = decoded.split('\\');
@@ -88,7 +92,7 @@ function valuesOf(vr: Vr, text: string, characterSet: string | undefined): Dicom
   });
 }
 
-/** A number where the text is one, else the text: a malformed IS or DS is shown as it was stored, not lost. */
+/** A number where the text is one, else the text: a malformed value is shown as it was stored, not lost. */
 function numberOrText(value: string): number | string {
   const parsed = Number(value);
   return value !== '' && Number.isFinite(parsed) ? parsed : value;

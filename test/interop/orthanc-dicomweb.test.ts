@@ -1,0 +1,96 @@
+/**
+ * Interop: Orthanc's DICOMweb plugin (Debian `orthanc-dicomweb`) as the client of a pacs-mesh peer's
+ * DICOMweb service. The corpus goes into the peer with DCMTK's storescu; Orthanc then searches it with
+ * QIDO-RS and retrieves every study with WADO-RS, and each instance it receives must be the one storescu
+ * sent, element by element. Skipped when Orthanc or its DICOMweb plugin is not installed (`.ci/run`
+ * installs both).
+ */
+import '../../src/polyfill.ts';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { orthancBin, startOrthanc, type OrthancServer } from '../../scripts/bench/lib/orthanc.ts';
+import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { compareInstances } from './compare.ts';
+import { dcmtk, groupBy, loadCorpus, storescuProposal, type Instance } from './harness.ts';
+
+const dicomWebPlugin = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
+const skip = orthancBin() === undefined ? 'Orthanc is not installed' : !existsSync(dicomWebPlugin) ? 'orthanc-dicomweb is not installed' : false;
+
+let peer: TestPeer;
+let orthanc: OrthancServer;
+let orthancDir: string;
+let corpus: Instance[];
+
+/** A result as Orthanc's DICOMweb client gives it back. */
+type OrthancTags = Record<string, { Name: string; vr: string; Value?: string }>;
+
+/** Orthanc's DICOMweb client call `path` (under /dicom-web/servers/pacsmesh) with a JSON body. */
+async function viaOrthanc(path: string, body: unknown): Promise<{ status: number; json: unknown }> {
+  const response = await fetch(`${orthanc.url}/dicom-web/servers/pacsmesh/${path}`, { method: 'POST', body: JSON.stringify(body) });
+  const text = await response.text();
+  return { status: response.status, json: text === '' ? undefined : JSON.parse(text) };
+}
+
+describe('Orthanc as a DICOMweb client of pacs-mesh', { skip }, () => {
+  before(async () => {
+    corpus = loadCorpus();
+    peer = await startTestPeer([], 'dicomweb-orthanc');
+    for (const [ts, instances] of groupBy(corpus, (instance) => instance.transferSyntaxUid)) {
+      const run = await dcmtk('storescu', ['-R', storescuProposal(ts), '-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), ...instances.map((instance) => instance.path)], 60_000);
+      assert.equal(run.code, 0, run.output);
+    }
+    orthancDir = mkdtempSync(join(tmpdir(), 'pacs-orthanc-dicomweb-'));
+    orthanc = await startOrthanc({
+      dataDir: orthancDir,
+      config: { Plugins: [dicomWebPlugin], DicomWeb: { Enable: true, Servers: { pacsmesh: [`http://127.0.0.1:${peer.httpPort}/dicom-web/`] } } },
+    });
+  });
+
+  after(async () => {
+    await orthanc?.stop();
+    await peer?.dispose();
+    if (orthancDir) rmSync(orthancDir, { recursive: true, force: true });
+  });
+
+  it('QIDO-RS: Orthanc finds every study, and each study\'s series and instances', async () => {
+    const studies = groupBy(corpus, (instance) => instance.studyUid);
+    const found = await viaOrthanc('qido', { Uri: '/studies' });
+    assert.equal(found.status, 200, JSON.stringify(found.json));
+    // Orthanc parses the DICOM JSON and answers in its own model: each tag's Value as one string.
+    const studyUids = (found.json as OrthancTags[]).map((study) => study['0020000D']!.Value).sort();
+    assert.deepEqual(studyUids, [...studies.keys()].sort());
+    for (const study of found.json as OrthancTags[]) {
+      const instances = studies.get(study['0020000D']!.Value!)!;
+      assert.equal(study['00201208']!.Value, String(instances.length), 'NumberOfStudyRelatedInstances');
+      // A study filed under several PatientIDs shows its newest instance's.
+      assert.ok(instances.some((instance) => instance.patientId === (study['00100020']!.Value ?? '')), 'PatientID');
+    }
+    for (const [studyUid, instances] of studies) {
+      const series = await viaOrthanc('qido', { Uri: `/studies/${studyUid}/series` });
+      assert.equal((series.json as unknown[]).length, groupBy(instances, (instance) => instance.seriesUid).size, studyUid);
+      const listed = await viaOrthanc('qido', { Uri: `/studies/${studyUid}/instances` });
+      assert.deepEqual(
+        (listed.json as OrthancTags[]).map((instance) => instance['00080018']!.Value).sort(),
+        instances.map((instance) => instance.sopInstanceUid).sort(),
+      );
+    }
+  });
+
+  it('WADO-RS: Orthanc retrieves every study, and holds each instance as storescu sent it', async () => {
+    const studyUids = [...new Set(corpus.map((instance) => instance.studyUid))];
+    const retrieved = await viaOrthanc('retrieve', { Resources: studyUids.map((studyUid) => ({ Study: studyUid })) });
+    assert.equal(retrieved.status, 200, JSON.stringify(retrieved.json));
+    const held = (await (await fetch(`${orthanc.url}/instances?expand`)).json()) as Array<{ ID: string; MainDicomTags: { SOPInstanceUID: string } }>;
+    assert.equal(held.length, corpus.length, 'every instance reached Orthanc');
+    for (const instance of corpus) {
+      const id = held.find((h) => h.MainDicomTags.SOPInstanceUID === instance.sopInstanceUid)?.ID;
+      assert.ok(id, `${instance.name} reached Orthanc`);
+      const copy = new Uint8Array(await (await fetch(`${orthanc.url}/instances/${id}/file`)).arrayBuffer());
+      const comparison = compareInstances(instance.bytes, copy);
+      assert.notEqual(comparison.identity, 'different', `${instance.name}: ${JSON.stringify(comparison).slice(0, 600)}`);
+    }
+  });
+});
