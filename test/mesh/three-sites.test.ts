@@ -1,6 +1,6 @@
 /**
  * Issue 3, acceptance 2: three real peers in separate processes on loopback. Store at site A; query and
- * retrieve everything from site C; kill -9 A and B; C still answers C-FIND and C-GET for every
+ * retrieve everything from site C; kill -9 A and B; C still answers C-FIND and C-GET (and QIDO-RS and WADO-RS) for every
  * acknowledged instance (and commits them all to a modality that asks it); restart B with its data
  * directory, then with an empty one: both converge.
  */
@@ -17,6 +17,7 @@ import { Tags } from '../../src/codec/dictionary.ts';
 import { DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
 import { commitmentRequestDataSet, nActionCommand } from '../support/commitment.ts';
+import { parseMultipart } from '../support/multipart.ts';
 
 const instanceCount = 24;
 
@@ -114,6 +115,21 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
   ]);
   assert.deepEqual(await studyUidsAt(c), [...studies].sort());
   await checkRetrieveAt(c, 'c-alone');
+  // The same over DICOMweb, for viewers: QIDO-RS lists every study, WADO-RS sends every instance as sent.
+  const found = (await (await fetch(`http://127.0.0.1:${c.httpPort}/dicom-web/studies`)).json()) as Array<Record<string, { Value: string[] }>>;
+  assert.deepEqual(found.map((study) => study['0020000D']!.Value[0]).sort(), [...studies].sort());
+  let retrievedOverHttp = 0;
+  for (const study of studies) {
+    const response = await fetch(`http://127.0.0.1:${c.httpPort}/dicom-web/studies/${study}`, { headers: { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' } });
+    assert.equal(response.status, 200);
+    for (const part of parseMultipart(Buffer.from(await response.arrayBuffer()), response.headers.get('content-type')!)) {
+      const split = splitPart10(part.body);
+      const uid = split.metaElements.find((element) => element.tag === Tags.MediaStorageSOPInstanceUID)!.value!.replace(/\0$/, '');
+      assert.ok(sent.get(uid)?.equals(part.body.subarray(split.datasetOffset)), `WADO-RS at C: ${uid} differs from what was sent`);
+      retrievedOverHttp++;
+    }
+  }
+  assert.equal(retrievedOverHttp, instanceCount);
   // A modality that stored at A asks C, the survivor, for storage commitment: all committed.
   assert.deepEqual(await commitmentAt(c, references), { eventTypeId: StorageCommitment.eventTypeAllCommitted, committed: instanceCount, failed: 0 });
 
