@@ -1,0 +1,98 @@
+/**
+ * The Accept header (RFC 9110 12.5.1) as media ranges: comma-separated, each with `;` parameters whose
+ * values may be quoted (commas and semicolons inside quotes stay in the value), and a q weight. Bounded:
+ * a header past `acceptHeaderCharsMax` or `mediaRangesMax` ranges is read only that far.
+ */
+
+export interface MediaRange {
+  /** Lower case, `*` for a wildcard. */
+  type: string;
+  subtype: string;
+  /** Parameter names in lower case, values unquoted (case kept: a transfer syntax is a UID). `q` is not kept here. */
+  parameters: ReadonlyMap<string, string>;
+  /** 0 to 1; 0 means "not acceptable". */
+  q: number;
+}
+
+export const acceptHeaderCharsMax = 8192;
+export const mediaRangesMax = 64;
+
+const tokenPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const qPattern = /^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$/;
+
+/** Splits `text` at `separator` outside double quotes (a backslash escapes the next character inside them). */
+function splitOutsideQuotes(text: string, separator: string): string[] {
+  const parts: string[] = [];
+  let current = '';
+  let quoted = false;
+  for (let index = 0; index < text.length; index++) {
+    const char = text[index]!;
+    if (quoted && char === '\\' && index + 1 < text.length) {
+      current += char + text[++index]!;
+      continue;
+    }
+    if (char === '"') quoted = !quoted;
+    if (char === separator && !quoted) {
+      parts.push(current);
+      current = '';
+      continue;
+    }
+    current += char;
+  }
+  parts.push(current);
+  return parts;
+}
+
+function unquote(value: string): string | undefined {
+  if (!value.startsWith('"')) return value;
+  if (value.length < 2 || !value.endsWith('"')) return undefined;
+  return value.slice(1, -1).replace(/\\(.)/g, '$1');
+}
+
+/**
+ * The ranges of an Accept header in the order sent; a malformed range (no type/subtype, a bad parameter or
+ * q) is left out, as if not sent. An absent or empty header means anything: one `*\/*` range.
+ */
+export function parseAccept(header: string | readonly string[] | undefined): MediaRange[] {
+  const text = (Array.isArray(header) ? header.join(',') : (header as string | undefined) ?? '').slice(0, acceptHeaderCharsMax);
+  if (text.trim() === '') return [{ type: '*', subtype: '*', parameters: new Map(), q: 1 }];
+  const ranges: MediaRange[] = [];
+  for (const rangeText of splitOutsideQuotes(text, ',')) {
+    if (ranges.length >= mediaRangesMax) break;
+    if (rangeText.trim() === '') continue;
+    const range = parseRange(rangeText);
+    if (range !== undefined) ranges.push(range);
+  }
+  return ranges;
+}
+
+function parseRange(text: string): MediaRange | undefined {
+  const [mediaType, ...parameterTexts] = splitOutsideQuotes(text, ';').map((part) => part.trim());
+  const slash = mediaType?.indexOf('/') ?? -1;
+  if (mediaType === undefined || slash < 0) return undefined;
+  const type = mediaType.slice(0, slash).toLowerCase();
+  const subtype = mediaType.slice(slash + 1).toLowerCase();
+  if (!tokenPattern.test(type) || !tokenPattern.test(subtype) || (type === '*' && subtype !== '*')) return undefined;
+  const parameters = new Map<string, string>();
+  let q = 1;
+  for (const parameterText of parameterTexts) {
+    if (parameterText === '') continue;
+    const equals = parameterText.indexOf('=');
+    if (equals <= 0) return undefined;
+    const name = parameterText.slice(0, equals).trim().toLowerCase();
+    const value = unquote(parameterText.slice(equals + 1).trim());
+    if (!tokenPattern.test(name) || value === undefined) return undefined;
+    if (name === 'q') {
+      if (!qPattern.test(value)) return undefined;
+      q = Number(value);
+      continue;
+    }
+    parameters.set(name, value);
+  }
+  return { type, subtype, parameters, q };
+}
+
+/** `type/subtype; name="value"`, as a Content-Type or a 406 message names a representation. */
+export function formatMediaType(mediaType: string, parameters: ReadonlyArray<readonly [string, string]>): string {
+  return [mediaType, ...parameters.map(([name, value]) => `${name}=${tokenPattern.test(value) ? value : `"${value.replace(/(["\\])/g, '\\$1')}"`}`)].join('; ');
+}
