@@ -10,7 +10,7 @@ import { parseMultipart, mediaTypeParameter, type ReceivedPart } from '../suppor
 import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
-import { readPixelData } from '../../src/codec/dataset/pixel-data.ts';
+import { framesOnlyDataset, readPixelData, readPixelDataHeader } from '../../src/codec/dataset/pixel-data.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 
@@ -189,6 +189,21 @@ describe('WADO-RS frames of a JPEG-LS instance', () => {
     assert.equal(pixel.kind, 'encapsulated');
     codestreams = pixel.kind === 'encapsulated' ? pixel.fragments.map((fragment) => Buffer.from(fragment)) : [];
     assert.equal(codestreams.length, frameCount, 'one fragment per frame');
+  });
+
+  it('a frames-only data set (what a default request decodes) decodes to those frames alone', async () => {
+    const { transcodeDataset } = await import('../../src/codec/transcode.ts');
+    const stored = await (async () => {
+      const entry = (await peer.store.getEntry(image.instanceUid))!;
+      const chunks: Uint8Array[] = [];
+      for await (const chunk of peer.store.readInstance(entry)) chunks.push(chunk);
+      return Buffer.concat(chunks);
+    })();
+    const { elements } = readPixelDataHeader(stored, jpegLsLossless);
+    const decoded = readPixelData((await transcodeDataset(framesOnlyDataset(elements, [codestreams[2]!, codestreams[0]!]), jpegLsLossless, [explicitLe])).bytes, explicitLe);
+    assert.equal(decoded.kind, 'native');
+    assert.equal(decoded.image.numberOfFrames, 2);
+    assert.equal(Buffer.from(decoded.kind === 'native' ? decoded.value : []).toString('hex'), Buffer.concat([image.frames[2]!, image.frames[0]!]).toString('hex'));
   });
 
   it('by default: decoded to uncompressed frames, equal to the pixels that were compressed', async () => {

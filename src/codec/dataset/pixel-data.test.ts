@@ -4,7 +4,7 @@ import { deflateRawSync } from 'node:zlib';
 import { TransferSyntax } from '../dicom-types.ts';
 import { Tags } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
-import { encapsulatedFrame, nativeFrame, readPixelData, readPixelDataHeader, type PixelData } from './pixel-data.ts';
+import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readPixelDataHeader, type PixelData } from './pixel-data.ts';
 import { concat, element, explicitBig, explicitLittle, implicitLittle, marker, uint16Value, undefinedLength, type Encoding } from './test-fixtures.ts';
 
 const jpegLs = '1.2.840.10008.1.2.4.80';
@@ -195,5 +195,33 @@ describe('readPixelData: encapsulated', () => {
     const three = concat([header, encapsulated([], [fragment(1, 2), fragment(3, 4), fragment(5, 6)])]);
     assert.equal(codeOf(three, 2), 'ERR_DATASET_TOO_MANY_ELEMENTS');
     assert.equal(codeOf(three, 3), 'parsed');
+  });
+});
+
+describe('framesOnlyDataset', () => {
+  it('keeps the Image Pixel attributes a decoder reads, sets Number of Frames, and holds one (even) fragment per frame', () => {
+    const header = concat([
+      element(Tags.SOPInstanceUID, 'UI', '1.2.3.4\0', explicitLittle),
+      element(Tags.SamplesPerPixel, 'US', uint16Value([3], true), explicitLittle),
+      element(Tags.PhotometricInterpretation, 'CS', 'YBR_FULL_422', explicitLittle),
+      element(0x00280006, 'US', uint16Value([0], true), explicitLittle),
+      element(Tags.NumberOfFrames, 'IS', '10', explicitLittle),
+      element(Tags.Rows, 'US', uint16Value([2], true), explicitLittle),
+      element(Tags.Columns, 'US', uint16Value([3], true), explicitLittle),
+      element(Tags.BitsAllocated, 'US', uint16Value([8], true), explicitLittle),
+      element(Tags.BitsStored, 'US', uint16Value([8], true), explicitLittle),
+      element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),
+    ]);
+    const { elements } = readPixelDataHeader(header, jpegLs);
+    const data = framesOnlyDataset(elements, [bytes(0xff, 0xd8, 0xff, 0xd9), bytes(0xff, 0xd8, 1, 0xff, 0xd9)]);
+    const reread = readPixelDataHeader(data, jpegLs);
+    assert.deepEqual(reread.elements.map((e) => [e.tag, e.value]), [
+      [Tags.SamplesPerPixel, '3'], [Tags.PhotometricInterpretation, 'YBR_FULL_422'], [0x00280006, '0'], [Tags.NumberOfFrames, '2'],
+      [Tags.Rows, '2'], [Tags.Columns, '3'], [Tags.BitsAllocated, '8'], [Tags.BitsStored, '8'],
+    ]);
+    const pixel = asEncapsulated(readPixelData(data, jpegLs));
+    assert.equal(pixel.image.numberOfFrames, 2);
+    assert.deepEqual(pixel.fragments.map((f) => [...f]), [[0xff, 0xd8, 0xff, 0xd9], [0xff, 0xd8, 1, 0xff, 0xd9, 0]]);
+    assert.deepEqual([...encapsulatedFrame(pixel, 2)], [0xff, 0xd8, 1, 0xff, 0xd9, 0]);
   });
 });

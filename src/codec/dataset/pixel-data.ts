@@ -7,11 +7,12 @@
  * Not covered: Float / Double Float Pixel Data (7FE0,0008/0009), the Extended Offset Table (7FE0,0001),
  * and deflated data sets (the caller inflates them first, as for tree.ts).
  */
-import { tagHex } from '../dicom-types.ts';
+import { tagHex, type DicomElement } from '../dicom-types.ts';
 import { Tags } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { parseDataset } from './reader.ts';
 import { layoutOf } from './vr.ts';
+import { encodeDataset } from './writer.ts';
 
 /** What the frames of an image are made of (PS3.3 C.7.6.3). */
 export interface ImagePixelAttributes {
@@ -92,9 +93,9 @@ function integerOf(elements: ReadonlyArray<{ tag: number; value: string | undefi
  * The Image Pixel attributes and whether top-level Pixel Data is there, from the header alone (any
  * syntax, deflated ones included: the reader inflates as it goes). Throws DatasetParseError.
  */
-export function readPixelDataHeader(bytes: Uint8Array, transferSyntaxUid: string): { header: PixelDataHeader; pixelDataOffset: number | undefined } {
+export function readPixelDataHeader(bytes: Uint8Array, transferSyntaxUid: string): { header: PixelDataHeader; pixelDataOffset: number | undefined; elements: DicomElement[] } {
   const dataset = parseDataset(bytes, transferSyntaxUid);
-  if (!dataset.reachedPixelData) return { header: { kind: 'absent' }, pixelDataOffset: undefined };
+  if (!dataset.reachedPixelData) return { header: { kind: 'absent' }, pixelDataOffset: undefined, elements: dataset.elements };
   const elements = dataset.elements;
   const bitsAllocated = integerOf(elements, Tags.BitsAllocated, 'Bits Allocated', undefined, 1, 64);
   if (bitsAllocated !== 1 && bitsAllocated % 8 !== 0) throw malformed(`Bits Allocated is ${bitsAllocated}: only 1 or a multiple of 8 describes whole samples`);
@@ -105,7 +106,7 @@ export function readPixelDataHeader(bytes: Uint8Array, transferSyntaxUid: string
     bitsAllocated,
     numberOfFrames: integerOf(elements, Tags.NumberOfFrames, 'Number of Frames', 1, 1, 2 ** 31 - 1),
   };
-  return { header: { kind: 'present', image }, pixelDataOffset: dataset.pixelDataOffset };
+  return { header: { kind: 'present', image }, pixelDataOffset: dataset.pixelDataOffset, elements };
 }
 
 /**
@@ -252,4 +253,46 @@ function checkFrameNumber(image: ImagePixelAttributes, frameNumber: number): voi
   if (!Number.isSafeInteger(frameNumber) || frameNumber < 1 || frameNumber > image.numberOfFrames) {
     throw new RangeError(`frame ${frameNumber} is not one of the image's ${image.numberOfFrames} frame(s)`);
   }
+}
+
+/** The Image Pixel attributes a decoder reads (PS3.3 C.7.6.3), which a frames-only data set keeps. */
+const planarConfigurationTag = 0x00280006;
+const decoderAttributeTags: ReadonlySet<number> = new Set([
+  Tags.SamplesPerPixel, Tags.PhotometricInterpretation, planarConfigurationTag, Tags.Rows, Tags.Columns,
+  Tags.BitsAllocated, Tags.BitsStored, Tags.HighBit, Tags.PixelRepresentation,
+]);
+
+/**
+ * A data set in explicit VR little endian framing of an encapsulated syntax, holding the Image Pixel
+ * attributes of `elements` (a header read by readPixelDataHeader) and only `codestreams`, one fragment
+ * each, as Number of Frames frames: what a decoder needs to decode those frames and no others.
+ */
+export function framesOnlyDataset(elements: readonly DicomElement[], codestreams: readonly Uint8Array[]): Uint8Array {
+  const kept = elements.filter((element) => decoderAttributeTags.has(element.tag) && element.value !== undefined);
+  const header = encodeDataset([...kept, { tag: Tags.NumberOfFrames, vr: 'IS', value: String(codestreams.length) }], '1.2.840.10008.1.2.1');
+  const paddedBytes = (codestream: Uint8Array) => codestream.length + (codestream.length % 2);
+  const out = new Uint8Array(header.length + 12 + 8 + codestreams.reduce((sum, codestream) => sum + 8 + paddedBytes(codestream), 0) + 8);
+  const view = new DataView(out.buffer);
+  out.set(header, 0);
+  let at = header.length;
+  const itemHeader = (tag: number, length: number) => {
+    view.setUint16(at, tag >>> 16, true);
+    view.setUint16(at + 2, tag & 0xffff, true);
+    view.setUint32(at + 4, length, true);
+    at += 8;
+  };
+  view.setUint16(at, 0x7fe0, true);
+  view.setUint16(at + 2, 0x0010, true);
+  out.set([0x4f, 0x42], at + 4); // OB, then 2 reserved bytes
+  view.setUint32(at + 8, undefinedLength, true);
+  at += 12;
+  itemHeader(itemTag, 0); // an empty Basic Offset Table: one fragment per frame says where frames start
+  for (const codestream of codestreams) {
+    // A fragment has an even length (PS3.5 A.4): an odd codestream gets one zero byte, as encoders pad.
+    itemHeader(itemTag, paddedBytes(codestream));
+    out.set(codestream, at);
+    at += paddedBytes(codestream);
+  }
+  itemHeader(sequenceDelimiterTag, 0);
+  return out;
 }

@@ -10,13 +10,16 @@
  *
  * Memory: the stored data set is read whole (instances up to `frameSourceBytesMax`), and the requested
  * frames are views into it (copies only for a frame of several fragments, or a 1-bit frame that starts
- * inside a byte). A decode holds the decoded instance instead: the stored bytes move to the transcoder's
- * thread, and its whole output (all frames, up to `decodedPixelBytesMax` of pixels) comes back.
+ * inside a byte). Decoding an encapsulated instance whose frames are located decodes a data set of the
+ * requested frames alone; otherwise (frames not located, big endian, deflated) the whole instance is
+ * converted: its bytes move to the transcoder's thread, and the converted instance comes back (up to
+ * `decodedPixelBytesMax` of pixels).
  */
 import { TranscodeError } from '../../codec/transcode-error.ts';
 import { canTranscode, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED } from '../../codec/transcode-targets.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
-import { encapsulatedFrame, nativeFrame, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
+import type { DicomElement } from '../../codec/dicom-types.ts';
+import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
@@ -57,7 +60,7 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   const storedSyntax = entry.transferSyntaxUid;
   const layout = storedLayoutOf(storedSyntax);
 
-  const image = pixelAttributesOf(bytes, storedSyntax, route.instanceUid);
+  const { image, elements } = pixelAttributesOf(bytes, storedSyntax, route.instanceUid);
   const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
   if (missing !== undefined) {
     // PS3.18 Table 10.4.3-1: 404, the Target Resource (that frame) does not exist.
@@ -91,14 +94,27 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
       break;
     }
     case 'native': {
-      if (layout !== 'nativeLittleEndian') {
+      /** Where a requested frame is in the Pixel Data read below (a frames-only decode holds those frames alone). */
+      let decodedFrameOf = (frameNumber: number) => frameNumber;
+      if (stored?.kind === 'encapsulated' && stored.frameFragments !== undefined) {
+        // Only the requested frames are decoded: a client that fetches a long cine frame by frame must not
+        // cost one decode of every frame per request.
+        const wanted = [...new Set(route.frameNumbers)];
+        const encapsulated = stored;
+        const codestreams = wanted.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
+        stored = undefined;
+        const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(elements, codestreams), storedSyntax, { ...image, numberOfFrames: wanted.length }, route.instanceUid);
+        stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
+        const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
+        decodedFrameOf = (frameNumber) => positions.get(frameNumber)!;
+      } else if (layout !== 'nativeLittleEndian') {
         stored = undefined;
         const decoded = await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid);
         stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
       }
       if (stored?.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
       const native = stored;
-      frames = route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, frameNumber), route.instanceUid));
+      frames = route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, decodedFrameOf(frameNumber)), route.instanceUid));
       break;
     }
     default: {
@@ -109,14 +125,14 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   await sendFrames(exchange, route, representation, frames);
 }
 
-function pixelAttributesOf(bytes: Uint8Array, transferSyntaxUid: string, instanceUid: string): ImagePixelAttributes {
-  const { header } = checked(() => readPixelDataHeader(bytes, transferSyntaxUid), instanceUid);
+function pixelAttributesOf(bytes: Uint8Array, transferSyntaxUid: string, instanceUid: string): { image: ImagePixelAttributes; elements: DicomElement[] } {
+  const { header, elements } = checked(() => readPixelDataHeader(bytes, transferSyntaxUid), instanceUid);
   switch (header.kind) {
     case 'absent':
       // Frames exist only in Pixel Data (7FE0,0010): for another instance the frames resource does not exist.
       throw new DicomWebError(404, 'ERR_DICOMWEB_NO_PIXEL_DATA', `instance ${instanceUid} has no Pixel Data, so no frames`);
     case 'present':
-      return header.image;
+      return { image: header.image, elements };
     default: {
       const unreachable: never = header;
       throw new Error(`unhandled pixel data header ${JSON.stringify(unreachable)}`);
