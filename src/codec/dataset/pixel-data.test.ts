@@ -65,7 +65,7 @@ describe('readPixelData: native', () => {
       const value = Uint8Array.from({ length: 18 }, (_, index) => index);
       const data = concat([imageHeader(encoding, { frames: '3' }), element(Tags.PixelData, 'OB', value, encoding), element(0xfffcfffc, 'OB', new Uint8Array(4), encoding)]);
       const pixel = asNative(readPixelData(data, uid));
-      assert.deepEqual(pixel.image, { rows: 2, columns: 3, samplesPerPixel: 1, bitsAllocated: 8, numberOfFrames: 3 });
+      assert.deepEqual(pixel.image, { rows: 2, columns: 3, samplesPerPixel: 1, bitsAllocated: 8, numberOfFrames: 3, photometricInterpretation: '' });
       assert.deepEqual([...pixel.value], [...value]);
       assert.equal(pixel.littleEndian, encoding.littleEndian);
       assert.deepEqual([...nativeFrame(pixel, 2)], [6, 7, 8, 9, 10, 11]);
@@ -99,12 +99,27 @@ describe('readPixelData: native', () => {
     assert.equal(nativeFrame(pixel, 2).buffer, data.buffer);
   });
 
+  it('YBR_FULL_422 frames hold two samples a pixel (PS3.3 C.7.6.3.1.2)', () => {
+    const ordered = concat([
+      element(Tags.SOPInstanceUID, 'UI', '1.2.3.4\0', explicitLittle),
+      element(Tags.SamplesPerPixel, 'US', uint16Value([3], true), explicitLittle),
+      element(Tags.PhotometricInterpretation, 'CS', 'YBR_FULL_422', explicitLittle),
+      element(Tags.NumberOfFrames, 'IS', '2 ', explicitLittle),
+      element(Tags.Rows, 'US', uint16Value([2], true), explicitLittle),
+      element(Tags.Columns, 'US', uint16Value([2], true), explicitLittle),
+      element(Tags.BitsAllocated, 'US', uint16Value([8], true), explicitLittle),
+      element(Tags.PixelData, 'OB', Uint8Array.from({ length: 16 }, (_, index) => index), explicitLittle),
+    ]);
+    const pixel = asNative(readPixelData(ordered, TransferSyntax.ExplicitVrLittleEndian));
+    assert.deepEqual([...nativeFrame(pixel, 2)], [8, 9, 10, 11, 12, 13, 14, 15]);
+  });
+
   it('no Pixel Data: absent; a deflated data set: the header is read, the pixels are refused', () => {
     assert.deepEqual(readPixelData(imageHeader(explicitLittle), TransferSyntax.ExplicitVrLittleEndian), { kind: 'absent' });
     const plain = concat([imageHeader(explicitLittle, { frames: '1' }), element(Tags.PixelData, 'OB', new Uint8Array(6), explicitLittle)]);
     const deflated = new Uint8Array(deflateRawSync(plain));
     const { header } = readPixelDataHeader(deflated, TransferSyntax.DeflatedExplicitVrLittleEndian);
-    assert.deepEqual(header, { kind: 'present', image: { rows: 2, columns: 3, samplesPerPixel: 1, bitsAllocated: 8, numberOfFrames: 1 } });
+    assert.deepEqual(header, { kind: 'present', image: { rows: 2, columns: 3, samplesPerPixel: 1, bitsAllocated: 8, numberOfFrames: 1, photometricInterpretation: '' } });
     assert.throws(() => readPixelData(deflated, TransferSyntax.DeflatedExplicitVrLittleEndian), DatasetParseError);
   });
 

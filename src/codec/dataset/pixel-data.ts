@@ -23,6 +23,8 @@ export interface ImagePixelAttributes {
   bitsAllocated: number;
   /** (0028,0008), 1 when absent (a single-frame image). */
   numberOfFrames: number;
+  /** (0028,0004), '' when absent: YBR_FULL_422 and YBR_PARTIAL_422 frames hold two samples per pixel, not three. */
+  photometricInterpretation: string;
 }
 
 export type PixelDataHeader =
@@ -105,6 +107,7 @@ export function readPixelDataHeader(bytes: Uint8Array, transferSyntaxUid: string
     samplesPerPixel: integerOf(elements, Tags.SamplesPerPixel, 'Samples per Pixel', 1, 1, 4),
     bitsAllocated,
     numberOfFrames: integerOf(elements, Tags.NumberOfFrames, 'Number of Frames', 1, 1, 2 ** 31 - 1),
+    photometricInterpretation: elements.find((element) => element.tag === Tags.PhotometricInterpretation)?.value?.trim() ?? '',
   };
   return { header: { kind: 'present', image }, pixelDataOffset: dataset.pixelDataOffset, elements };
 }
@@ -212,9 +215,14 @@ function binarySearch(sorted: readonly number[], wanted: number): number {
   return -1;
 }
 
-/** Bits of one native frame: Rows x Columns x Samples per Pixel x Bits Allocated. */
+/**
+ * Bits of one native frame: Rows x Columns x Samples per Pixel x Bits Allocated, where 4:2:2 subsampled
+ * colour (YBR_FULL_422, YBR_PARTIAL_422) holds two Cb and two Cr per two pixels: two samples a pixel
+ * (PS3.3 C.7.6.3.1.2).
+ */
 export function nativeFrameBits(image: ImagePixelAttributes): number {
-  return image.rows * image.columns * image.samplesPerPixel * image.bitsAllocated;
+  const subsampled = image.samplesPerPixel === 3 && /^YBR_(FULL|PARTIAL)_422$/.test(image.photometricInterpretation);
+  return image.rows * image.columns * (subsampled ? 2 : image.samplesPerPixel) * image.bitsAllocated;
 }
 
 /**
