@@ -2,10 +2,11 @@
  * The top-level Pixel Data (7FE0,0010) of an in-memory data set, and its frames: native (one value, frames
  * back to back, PS3.5 8.1.1) or encapsulated (a Basic Offset Table item, then fragments, PS3.5 A.4). The
  * Image Pixel attributes come from the streaming header reader (reader.ts), which stops at Pixel Data; the
- * element there is then read by hand, every length checked against the bytes that hold it.
+ * element there is then read by hand, every length checked against the bytes that hold it. Also builds
+ * a data set of some frames alone (framesOnlyDataset), for a decoder to decode those and no others.
  *
  * Not covered: Float / Double Float Pixel Data (7FE0,0008/0009), the Extended Offset Table (7FE0,0001),
- * and deflated data sets (the caller inflates them first, as for tree.ts).
+ * and deflated data sets (their header is read; for the pixels the caller inflates them first, as for tree.ts).
  */
 import { tagHex, type DicomElement } from '../dicom-types.ts';
 import { Tags } from '../dictionary.ts';
