@@ -1,19 +1,95 @@
-import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseAccept } from './accept.ts';
+import assert from 'node:assert/strict';
+import { acceptsDicomJson, parseAccept } from './accept.ts';
 import { instanceSyntaxFor } from './wado.ts';
+import { chooseFrameRepresentation, offeredRepresentations, describeRepresentation, type FrameOffers } from './pixel-media-types.ts';
+
+const jpegLs = '1.2.840.10008.1.2.4.80';
+const explicitLe = '1.2.840.10008.1.2.1';
 
 describe('parseAccept', () => {
-  it('reads ranges with quoted parameters, best quality first, and drops q=0', () => {
-    const ranges = parseAccept('application/json;q=0.5, multipart/related; type="application/dicom"; transfer-syntax=*, text/html;q=0');
-    assert.deepEqual(ranges.map((range) => range.mediaType), ['multipart/related', 'application/json']);
-    assert.equal(ranges[0]!.parameters.get('type'), 'application/dicom');
-    assert.equal(ranges[0]!.parameters.get('transfer-syntax'), '*');
-    assert.deepEqual(parseAccept(undefined).map((range) => range.mediaType), ['*/*']);
-    assert.deepEqual(parseAccept('garbage, ,/;'), []);
-    assert.deepEqual(parseAccept('a/b; x="1,2;3", c/d').map((range) => [range.mediaType, range.parameters.get('x')]), [['a/b', '1,2;3'], ['c/d', undefined]]);
+  it('absent or empty: one */* range', () => {
+    for (const header of [undefined, '', '  ']) assert.deepEqual(parseAccept(header), [{ type: '*', subtype: '*', parameters: new Map(), q: 1 }]);
   });
 
+  it('several ranges with parameters, quoted values (commas and semicolons inside quotes) and q', () => {
+    const ranges = parseAccept('multipart/related; type="application/octet-stream"; transfer-syntax=*, Multipart/Related;TYPE="image/jls";q=0.5 , */*;q=0.1, x/y; name="a,b;c\\"d"');
+    assert.deepEqual(ranges.map((r) => [r.type, r.subtype, Object.fromEntries(r.parameters), r.q]), [
+      ['multipart', 'related', { type: 'application/octet-stream', 'transfer-syntax': '*' }, 1],
+      ['multipart', 'related', { type: 'image/jls' }, 0.5],
+      ['*', '*', {}, 0.1],
+      ['x', 'y', { name: 'a,b;c"d' }, 1],
+    ]);
+  });
+
+  it('leaves out malformed ranges and keeps the rest', () => {
+    const ranges = parseAccept('garbage, text/html;q=2, a/b;q=0.1234, */html, a/b;=x, a/b;p="open, multipart/related;type=image/jls');
+    // The unclosed quote swallows the rest of the header into one (malformed) range.
+    assert.deepEqual(ranges, []);
+    assert.deepEqual(parseAccept('garbage, multipart/related;type=image/jls').map((r) => r.parameters.get('type')), ['image/jls']);
+  });
+
+  it('is bounded: at most 64 ranges from at most 8 KiB', () => {
+    assert.equal(parseAccept(Array.from({ length: 200 }, () => 'a/b').join(',')).length, 64);
+    assert.equal(parseAccept(`${'x'.repeat(9000)}/y, a/b`).length, 0);
+  });
+
+  it('joins a header sent more than once', () => {
+    assert.equal(parseAccept(['a/b', 'c/d']).length, 2);
+  });
+});
+
+describe('chooseFrameRepresentation', () => {
+  const compressed: FrameOffers = { storedTransferSyntaxUid: jpegLs, storedEncapsulated: true, asStored: true, native: true };
+  const uncompressed: FrameOffers = { storedTransferSyntaxUid: explicitLe, storedEncapsulated: false, asStored: false, native: true };
+  const choose = (accept: string | undefined, offers: FrameOffers) => {
+    const chosen = chooseFrameRepresentation(parseAccept(accept), offers);
+    return chosen === undefined ? undefined : `${chosen.kind} ${chosen.mediaType} ${chosen.transferSyntaxUid}`;
+  };
+
+  it('the default (no Accept, */*, multipart/related with or without octet-stream) is uncompressed', () => {
+    for (const accept of [undefined, '*/*', 'multipart/related', 'multipart/*', 'multipart/related; type="application/octet-stream"', `multipart/related; type=application/octet-stream; transfer-syntax=${explicitLe}`]) {
+      assert.equal(choose(accept, compressed), `native application/octet-stream ${explicitLe}`, String(accept));
+    }
+  });
+
+  it('transfer-syntax=* or the stored syntax sends the frames as stored, in the media type asked for', () => {
+    assert.equal(choose('multipart/related; type="application/octet-stream"; transfer-syntax=*', compressed), `stored application/octet-stream ${jpegLs}`);
+    assert.equal(choose(`multipart/related; type="application/octet-stream"; transfer-syntax=${jpegLs}`, compressed), `stored application/octet-stream ${jpegLs}`);
+    assert.equal(choose('multipart/related; type="image/jls"', compressed), `stored image/jls ${jpegLs}`);
+    assert.equal(choose('multipart/related; type="image/x-jls"', compressed), `stored image/x-jls ${jpegLs}`);
+    assert.equal(choose(`multipart/related; type="image/jls"; transfer-syntax=${jpegLs}`, compressed), `stored image/jls ${jpegLs}`);
+    assert.equal(choose('multipart/related; type="image/*"', compressed), `stored image/jls ${jpegLs}`);
+    // An uncompressed instance: * means the uncompressed frames.
+    assert.equal(choose('multipart/related; type="application/octet-stream"; transfer-syntax=*', uncompressed), `native application/octet-stream ${explicitLe}`);
+  });
+
+  it('frames that cannot be told apart fall back to decoding under transfer-syntax=*, and nothing else', () => {
+    const opaque: FrameOffers = { ...compressed, asStored: false };
+    assert.equal(choose('multipart/related; type="application/octet-stream"; transfer-syntax=*', opaque), `native application/octet-stream ${explicitLe}`);
+    assert.equal(choose('multipart/related; type="image/jls"', opaque), undefined);
+  });
+
+  it('q orders the ranges, then the order sent; q=0 is never chosen', () => {
+    assert.equal(choose('multipart/related; type="application/octet-stream"; q=0.5, multipart/related; type="image/jls"', compressed), `stored image/jls ${jpegLs}`);
+    assert.equal(choose('multipart/related; type="image/jls"; q=0, */*;q=0.1', compressed), `native application/octet-stream ${explicitLe}`);
+    assert.equal(choose('multipart/related; type="image/jp2", multipart/related; type="image/jls"; q=0.2, */*; q=0.1', compressed), `stored image/jls ${jpegLs}`);
+  });
+
+  it('nothing acceptable: undefined, and the offers say what can be sent', () => {
+    for (const accept of ['multipart/related; type="image/jp2"', 'image/jls', 'application/dicom', `multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.81`, 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2']) {
+      assert.equal(choose(accept, compressed), undefined, accept);
+    }
+    assert.equal(choose('multipart/related; type="image/jls"', uncompressed), undefined);
+    assert.equal(choose('*/*', { ...compressed, native: false }), undefined);
+    assert.deepEqual(offeredRepresentations(compressed).map(describeRepresentation), [
+      `multipart/related; type="application/octet-stream"; transfer-syntax=${explicitLe}`,
+      `multipart/related; type="image/jls"; transfer-syntax=${jpegLs}`,
+    ]);
+  });
+});
+
+describe('instance and JSON negotiation', () => {
   it('negotiates the instances\' transfer syntax (PS3.18 8.7.3.5)', () => {
     const jpegLs = new Set(['1.2.840.10008.1.2.4.80']);
     assert.equal(instanceSyntaxFor(parseAccept(undefined), jpegLs), '1.2.840.10008.1.2.1', 'the default is Explicit VR LE');
@@ -26,5 +102,10 @@ describe('parseAccept', () => {
       '1.2.840.10008.1.2.1',
       'the next range when the first cannot be served',
     );
+  });
+
+  it('takes DICOM JSON where a range covers it', () => {
+    for (const header of [undefined, '*/*', 'application/dicom+json', 'application/json;q=0.2, text/html', 'application/*']) assert.equal(acceptsDicomJson(header), true, String(header));
+    for (const header of ['multipart/related; type="application/dicom+xml"', 'application/dicom+json;q=0', 'text/*']) assert.equal(acceptsDicomJson(header), false, header);
   });
 });

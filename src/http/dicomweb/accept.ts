@@ -1,61 +1,110 @@
 /**
- * The Accept header as media ranges (RFC 9110 12.5.1), best first: what DICOMweb retrieves negotiate
- * their media type and transfer syntax from (PS3.18 8.7). Bounded: a header of thousands of ranges is
- * read no further than its first ones.
+ * The Accept header (RFC 9110 12.5.1) as media ranges: comma-separated, each with `;` parameters whose
+ * values may be quoted (commas and semicolons inside quotes stay in the value), and a q weight. Bounded:
+ * a header past `acceptHeaderCharsMax` or `mediaRangesMax` ranges is read only that far.
  */
 
 export interface MediaRange {
-  /** Lowercase `type/subtype`, wildcards included ("*\/*", "multipart/*"). */
-  mediaType: string;
-  /** Parameter names lowercase; values unquoted, as sent. */
+  /** Lower case, `*` for a wildcard. */
+  type: string;
+  subtype: string;
+  /** Parameter names in lower case, values unquoted (case kept: a transfer syntax is a UID). `q` is not kept here. */
   parameters: ReadonlyMap<string, string>;
-  /** 0..1; 0 means "not acceptable". */
-  quality: number;
+  /** 0 to 1; 0 means "not acceptable". */
+  q: number;
 }
 
-/** Ranges read from one header at most. */
-const rangesMax = 64;
+export const acceptHeaderCharsMax = 8192;
+export const mediaRangesMax = 64;
 
-/** The ranges of an Accept header, highest quality first (stable); `*\/*` when the header is absent or empty. */
-export function parseAccept(header: string | undefined): MediaRange[] {
-  if (header === undefined || header.trim() === '') return [{ mediaType: '*/*', parameters: new Map(), quality: 1 }];
-  const ranges: MediaRange[] = [];
-  for (const text of splitOutsideQuotes(header, ',').slice(0, rangesMax)) {
-    const [typeText, ...parameterTexts] = splitOutsideQuotes(text, ';');
-    const mediaType = typeText!.trim().toLowerCase();
-    if (!/^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+*-]+$|^\*\/\*$/.test(mediaType)) continue;
-    const parameters = new Map<string, string>();
-    let quality = 1;
-    for (const parameterText of parameterTexts) {
-      const equals = parameterText.indexOf('=');
-      if (equals < 0) continue;
-      const name = parameterText.slice(0, equals).trim().toLowerCase();
-      let value = parameterText.slice(equals + 1).trim();
-      if (value.startsWith('"') && value.endsWith('"') && value.length >= 2) value = value.slice(1, -1).replace(/\\(.)/g, '$1');
-      if (name === 'q') {
-        const parsed = Number(value);
-        quality = Number.isFinite(parsed) && parsed >= 0 && parsed <= 1 ? parsed : 1;
-      } else parameters.set(name, value);
-    }
-    ranges.push({ mediaType, parameters, quality });
-  }
-  return ranges.filter((range) => range.quality > 0).sort((a, b) => b.quality - a.quality);
-}
+const tokenPattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const qPattern = /^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$/;
 
-/** `text` split at `separator` where it is not inside a quoted string. */
+/** Splits `text` at `separator` outside double quotes (a backslash escapes the next character inside them). */
 function splitOutsideQuotes(text: string, separator: string): string[] {
   const parts: string[] = [];
-  let start = 0;
+  let current = '';
   let quoted = false;
   for (let index = 0; index < text.length; index++) {
-    const char = text[index];
-    if (char === '\\' && quoted) index++;
-    else if (char === '"') quoted = !quoted;
-    else if (char === separator && !quoted) {
-      parts.push(text.slice(start, index));
-      start = index + 1;
+    const char = text[index]!;
+    if (quoted && char === '\\' && index + 1 < text.length) {
+      current += char + text[++index]!;
+      continue;
     }
+    if (char === '"') quoted = !quoted;
+    if (char === separator && !quoted) {
+      parts.push(current);
+      current = '';
+      continue;
+    }
+    current += char;
   }
-  parts.push(text.slice(start));
+  parts.push(current);
   return parts;
+}
+
+function unquote(value: string): string | undefined {
+  if (!value.startsWith('"')) return value;
+  if (value.length < 2 || !value.endsWith('"')) return undefined;
+  return value.slice(1, -1).replace(/\\(.)/g, '$1');
+}
+
+/**
+ * The ranges of an Accept header in the order sent; a malformed range (no type/subtype, a bad parameter or
+ * q) is left out, as if not sent. An absent or empty header means anything: one `*\/*` range.
+ */
+export function parseAccept(header: string | readonly string[] | undefined): MediaRange[] {
+  const text = (Array.isArray(header) ? header.join(',') : (header as string | undefined) ?? '').slice(0, acceptHeaderCharsMax);
+  if (text.trim() === '') return [{ type: '*', subtype: '*', parameters: new Map(), q: 1 }];
+  const ranges: MediaRange[] = [];
+  for (const rangeText of splitOutsideQuotes(text, ',')) {
+    if (ranges.length >= mediaRangesMax) break;
+    if (rangeText.trim() === '') continue;
+    const range = parseRange(rangeText);
+    if (range !== undefined) ranges.push(range);
+  }
+  return ranges;
+}
+
+function parseRange(text: string): MediaRange | undefined {
+  const [mediaType, ...parameterTexts] = splitOutsideQuotes(text, ';').map((part) => part.trim());
+  const slash = mediaType?.indexOf('/') ?? -1;
+  if (mediaType === undefined || slash < 0) return undefined;
+  const type = mediaType.slice(0, slash).toLowerCase();
+  const subtype = mediaType.slice(slash + 1).toLowerCase();
+  if (!tokenPattern.test(type) || !tokenPattern.test(subtype) || (type === '*' && subtype !== '*')) return undefined;
+  const parameters = new Map<string, string>();
+  let q = 1;
+  for (const parameterText of parameterTexts) {
+    if (parameterText === '') continue;
+    const equals = parameterText.indexOf('=');
+    if (equals <= 0) return undefined;
+    const name = parameterText.slice(0, equals).trim().toLowerCase();
+    const value = unquote(parameterText.slice(equals + 1).trim());
+    if (!tokenPattern.test(name) || value === undefined) return undefined;
+    if (name === 'q') {
+      if (!qPattern.test(value)) return undefined;
+      q = Number(value);
+      continue;
+    }
+    parameters.set(name, value);
+  }
+  return { type, subtype, parameters, q };
+}
+
+/** `type/subtype; name="value"`, as a Content-Type or a 406 message names a representation. */
+export function formatMediaType(mediaType: string, parameters: ReadonlyArray<readonly [string, string]>): string {
+  return [mediaType, ...parameters.map(([name, value]) => `${name}=${tokenPattern.test(value) ? value : `"${value.replace(/(["\\])/g, '\\$1')}"`}`)].join('; ');
+}
+
+/** The ranges that accept something (q above 0), best first; ranges of equal q keep the order sent. */
+export function acceptableRanges(ranges: readonly MediaRange[]): MediaRange[] {
+  return ranges.filter((range) => range.q > 0).sort((a, b) => b.q - a.q);
+}
+
+/** Whether DICOM JSON (application/dicom+json, or a range that covers it) is acceptable: searches and metadata are sent only so. */
+export function acceptsDicomJson(header: string | readonly string[] | undefined): boolean {
+  return acceptableRanges(parseAccept(header)).some(
+    (range) => (range.type === '*' && range.subtype === '*') || (range.type === 'application' && ['dicom+json', 'json', '*'].includes(range.subtype)),
+  );
 }

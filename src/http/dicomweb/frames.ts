@@ -1,9 +1,198 @@
 /**
- * WADO-RS frames (PS3.18 10.4.1.1.5): /studies/{s}/series/{se}/instances/{i}/frames/{list}.
+ * WADO-RS frames (PS3.18 10.4, frames resources): /studies/{s}/series/{se}/instances/{i}/frames/{list}
+ * answers one multipart/related part per listed frame, in the order listed.
+ *
+ * Representations (PS3.18 8.7.3.3, see pixel-media-types.ts): by default uncompressed little endian
+ * (application/octet-stream, transfer syntax 1.2.840.10008.1.2.1), an encapsulated instance decoded by
+ * the transcoder first; a client that accepts the stored compressed syntax (`type="image/jls"`,
+ * `transfer-syntax=*`, or that syntax's UID) gets each frame's codestream as stored, fragments joined.
+ * Explicit VR big endian and deflated instances go through the transcoder to explicit VR little endian.
+ *
+ * Memory: the stored data set is read whole (instances up to `frameSourceBytesMax`), and the requested
+ * frames are views into it (copies only for a frame of several fragments, or a 1-bit frame that starts
+ * inside a byte). Decoding an encapsulated instance whose frames are located decodes a data set of the
+ * requested frames alone; otherwise (frames not located, big endian, deflated) the whole instance is
+ * converted: its bytes move to the transcoder's thread, and the converted instance comes back (up to
+ * `decodedPixelBytesMax` of pixels).
  */
+import { TranscodeError } from '../../codec/transcode-error.ts';
+import { canTranscode, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED } from '../../codec/transcode-targets.ts';
+import { DatasetParseError } from '../../codec/dataset/errors.ts';
+import type { DicomElement } from '../../codec/dicom-types.ts';
+import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
+import { errorText } from '../../actors/runtime/logger.ts';
+import { parseAccept } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { readWholeInstance, selectInstances } from './instances.ts';
+import { startMultipart } from './multipart-writer.ts';
+import { chooseFrameRepresentation, describeRepresentation, offeredRepresentations, type FrameOffers, type FrameRepresentation } from './pixel-media-types.ts';
 import type { DicomWebRoute } from './routes.ts';
 
-export async function retrieveFrames(_ctx: DicomWebContext, _exchange: DicomWebExchange, _route: Extract<DicomWebRoute, { type: 'frames' }>): Promise<void> {
-  throw new DicomWebError(501, 'ERR_DICOMWEB_NOT_IMPLEMENTED', 'frame retrieval is not available yet');
+type FramesRoute = Extract<DicomWebRoute, { type: 'frames' }>;
+
+/** Stored instances larger than this are refused (413): the frames are cut from the instance read whole. */
+export const frameSourceBytesMax = 512 * 1024 * 1024;
+/** Decoding an encapsulated instance produces all its frames: beyond this many pixel bytes, 413. */
+export const decodedPixelBytesMax = 1024 * 1024 * 1024;
+
+/** How the stored bytes hold their pixels, which says how native frames are had. */
+type StoredLayout =
+  /** Implicit or explicit VR little endian: frames are cut from the value as they are. */
+  | 'nativeLittleEndian'
+  /** Explicit VR big endian or deflated: converted to explicit VR little endian by the transcoder first. */
+  | 'nativeConverted'
+  /** A compressed syntax: frames as stored, or decoded by the transcoder. */
+  | 'encapsulated';
+
+function storedLayoutOf(transferSyntaxUid: string): StoredLayout {
+  if (transferSyntaxUid === IMPLICIT_LE || transferSyntaxUid === EXPLICIT_LE) return 'nativeLittleEndian';
+  return UNCOMPRESSED.has(transferSyntaxUid) ? 'nativeConverted' : 'encapsulated';
+}
+
+export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute): Promise<void> {
+  const ranges = parseAccept(exchange.req.headers.accept);
+  const [selected] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
+  if (selected === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `instance ${route.instanceUid} is not stored in this mesh`);
+  if (selected.byteLength > frameSourceBytesMax) {
+    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax}`);
+  }
+  const { entry, bytes } = await readWholeInstance(ctx, selected);
+  const storedSyntax = entry.transferSyntaxUid;
+  const layout = storedLayoutOf(storedSyntax);
+
+  const { image, elements } = pixelAttributesOf(bytes, storedSyntax, route.instanceUid);
+  const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
+  if (missing !== undefined) {
+    // PS3.18 Table 10.4.3-1: 404, the Target Resource (that frame) does not exist.
+    throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
+  }
+
+  let stored: PixelData | undefined = layout === 'nativeConverted' ? undefined : checked(() => readPixelData(bytes, storedSyntax), route.instanceUid);
+  if (layout === 'encapsulated' && stored?.kind !== 'encapsulated') {
+    throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `instance ${route.instanceUid} is stored in ${storedSyntax}, but its Pixel Data is not encapsulated`);
+  }
+  const offers: FrameOffers = {
+    storedTransferSyntaxUid: storedSyntax,
+    storedEncapsulated: layout === 'encapsulated',
+    asStored: stored?.kind === 'encapsulated' && stored.frameFragments !== undefined,
+    native: layout !== 'encapsulated' || canTranscode(storedSyntax, EXPLICIT_LE),
+  };
+  const representation = chooseFrameRepresentation(ranges, offers);
+  if (representation === undefined) {
+    const offered = offeredRepresentations(offers).map(describeRepresentation);
+    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', offered.length === 0
+      ? `the frames of instance ${route.instanceUid} (stored in ${storedSyntax}) can be sent in no representation: they cannot be told apart, nor decoded`
+      : `the frames of instance ${route.instanceUid} can be sent as: ${offered.join(', ')}`);
+  }
+
+  let frames: Uint8Array[];
+  switch (representation.kind) {
+    case 'stored': {
+      if (stored?.kind !== 'encapsulated') throw new Error('frames offered as stored without encapsulated Pixel Data');
+      const encapsulated = stored;
+      frames = route.frameNumbers.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
+      break;
+    }
+    case 'native': {
+      /** Where a requested frame is in the Pixel Data read below (a frames-only decode holds those frames alone). */
+      let decodedFrameOf = (frameNumber: number) => frameNumber;
+      if (stored?.kind === 'encapsulated' && stored.frameFragments !== undefined) {
+        // Only the requested frames are decoded: a client that fetches a long cine frame by frame must not
+        // cost one decode of every frame per request.
+        const wanted = [...new Set(route.frameNumbers)];
+        const encapsulated = stored;
+        const codestreams = wanted.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
+        stored = undefined;
+        const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(elements, codestreams), storedSyntax, { ...image, numberOfFrames: wanted.length }, route.instanceUid);
+        stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
+        const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
+        decodedFrameOf = (frameNumber) => positions.get(frameNumber)!;
+      } else if (layout !== 'nativeLittleEndian') {
+        stored = undefined;
+        const decoded = await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid);
+        stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
+      }
+      if (stored?.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
+      const native = stored;
+      frames = route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, decodedFrameOf(frameNumber)), route.instanceUid));
+      break;
+    }
+    default: {
+      const unreachable: never = representation;
+      throw new Error(`unhandled representation ${JSON.stringify(unreachable)}`);
+    }
+  }
+  await sendFrames(exchange, route, representation, frames);
+}
+
+function pixelAttributesOf(bytes: Uint8Array, transferSyntaxUid: string, instanceUid: string): { image: ImagePixelAttributes; elements: DicomElement[] } {
+  const { header, elements } = checked(() => readPixelDataHeader(bytes, transferSyntaxUid), instanceUid);
+  switch (header.kind) {
+    case 'absent':
+      // Frames exist only in Pixel Data (7FE0,0010): for another instance the frames resource does not exist.
+      throw new DicomWebError(404, 'ERR_DICOMWEB_NO_PIXEL_DATA', `instance ${instanceUid} has no Pixel Data, so no frames`);
+    case 'present':
+      return { image: header.image, elements };
+    default: {
+      const unreachable: never = header;
+      throw new Error(`unhandled pixel data header ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+/** `read()`, with a stored instance the reader finds malformed answered 500 (it cannot be served, whatever the request). */
+function checked<T>(read: () => T, instanceUid: string): T {
+  try {
+    return read();
+  } catch (error) {
+    if (error instanceof DatasetParseError) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${instanceUid} cannot be read: ${error.message}`);
+    throw error;
+  }
+}
+
+/** The instance in explicit VR little endian, made in the transcoder's thread (stopped if the client goes away). */
+async function toExplicitLittleEndian(ctx: DicomWebContext, exchange: DicomWebExchange, bytes: Uint8Array, fromSyntax: string, image: ImagePixelAttributes, instanceUid: string): Promise<Uint8Array> {
+  const decodedPixelBytes = image.rows * image.columns * image.samplesPerPixel * Math.ceil(image.bitsAllocated / 8) * image.numberOfFrames;
+  if (decodedPixelBytes > decodedPixelBytesMax) {
+    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${instanceUid} decodes to ${decodedPixelBytes} bytes of pixels (more than ${decodedPixelBytesMax}): ask for its frames as stored (transfer-syntax=${fromSyntax})`);
+  }
+  const cancel = new AbortController();
+  const onClose = () => cancel.abort();
+  exchange.res.once('close', onClose);
+  // The bytes are handed over when the job starts (and moved to the thread): this side keeps no copy.
+  let held: Uint8Array | undefined = bytes;
+  const source = { byteLength: bytes.byteLength, read: async () => { const taken = held!; held = undefined; return taken; } };
+  try {
+    const result = await ctx.transcoder.transcode(source, fromSyntax, [EXPLICIT_LE], { signal: cancel.signal });
+    return result.bytes;
+  } catch (error) {
+    if (!(error instanceof TranscodeError)) throw error;
+    switch (error.code) {
+      case 'ERR_TRANSCODE_UNAVAILABLE':
+        throw new DicomWebError(503, 'ERR_DICOMWEB_TRANSCODER_BUSY', `instance ${instanceUid} cannot be decoded now: ${error.message}`);
+      case 'ERR_TRANSCODE_CANCELLED':
+        throw new DicomWebError(499, 'ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection during the decoding');
+      case 'ERR_TRANSCODE_UNSUPPORTED':
+      case 'ERR_TRANSCODE_FAILED':
+        ctx.log.warn('DICOMweb frames: an instance could not be decoded', { instanceUid, transferSyntaxUid: fromSyntax, error: errorText(error) });
+        throw new DicomWebError(500, 'ERR_DICOMWEB_DECODE', `instance ${instanceUid} (${fromSyntax}) could not be decoded: ${error.message}; its frames may be had as stored (transfer-syntax=${fromSyntax})`);
+      default: {
+        const unreachable: never = error.code;
+        throw new Error(`unhandled transcode error ${String(unreachable)}`);
+      }
+    }
+  } finally {
+    held = undefined;
+    exchange.res.off('close', onClose);
+  }
+}
+
+async function sendFrames(exchange: DicomWebExchange, route: FramesRoute, representation: FrameRepresentation, frames: readonly Uint8Array[]): Promise<void> {
+  const partType = `${representation.mediaType}; transfer-syntax=${representation.transferSyntaxUid}`;
+  const instanceUrl = `${exchange.baseUrl}/studies/${route.studyUid}/series/${route.seriesUid}/instances/${route.instanceUid}`;
+  const writer = startMultipart(exchange.res, { type: representation.mediaType, transferSyntax: representation.transferSyntaxUid, headers: { vary: 'Accept' } });
+  for (const [index, frame] of frames.entries()) {
+    await writer.writePart({ 'Content-Type': partType, 'Content-Location': `${instanceUrl}/frames/${route.frameNumbers[index]!}` }, frame);
+  }
+  writer.end();
 }

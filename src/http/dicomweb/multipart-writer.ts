@@ -1,48 +1,109 @@
 /**
- * A multipart/related response (RFC 2387, PS3.18 8.7.3.2) written part by part as the bytes come, with
- * the socket's back-pressure: a study of any size goes out with one chunk of it in memory at a time.
+ * A multipart/related response body (RFC 2387, PS3.18 8.6.1.2) written part by part, honouring the
+ * response's back-pressure: a write the socket cannot take yet is awaited ('drain'), so a response holds
+ * no more than one chunk beyond the socket's buffer whatever its size. A client that goes away ends the
+ * writing with ERR_DICOMWEB_CLIENT_GONE instead of a wait for ever.
  */
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import { formatMediaType } from './accept.ts';
+
+export interface MultipartOptions {
+  /** The parts' media type: the `type` parameter of multipart/related. */
+  type: string;
+  /** The `transfer-syntax` parameter, when the parts have one. */
+  transferSyntax?: string;
+  /** Default 200. */
+  status?: number;
+  /** More response headers. */
+  headers?: Readonly<Record<string, string>>;
+}
 
 export interface MultipartWriter {
-  /** One part: its headers, then its body, waiting whenever the client reads slower than we write. */
+  readonly boundary: string;
+  /**
+   * Writes one part: its headers (names as given, values without CR or LF), then its body, chunk by chunk.
+   * A Uint8Array body also gets a Content-Length header. Rejects with MultipartError when the client is
+   * gone; parts must be written one after the other (await each).
+   */
   writePart(headers: Readonly<Record<string, string>>, body: Uint8Array | AsyncIterable<Uint8Array>): Promise<void>;
-  /** The closing delimiter; the response ends. */
+  /** Writes the closing delimiter and ends the response. */
   end(): void;
 }
 
-export class ClientGoneError extends Error {
-  override readonly name = 'ClientGoneError';
-  readonly code = 'ERR_DICOMWEB_CLIENT_GONE';
-  constructor() {
-    super('the client closed the connection');
+export class MultipartError extends Error {
+  override readonly name = 'MultipartError';
+  constructor(
+    readonly code: 'ERR_DICOMWEB_CLIENT_GONE' | 'ERR_DICOMWEB_MULTIPART_USAGE',
+    message: string,
+  ) {
+    super(message);
   }
 }
 
-/** Starts a 200 multipart/related response whose parts are of media type `type`. */
-export function startMultipart(res: ServerResponse, type: string): MultipartWriter {
-  const boundary = `pacs-mesh-${randomBytes(12).toString('hex')}`;
-  res.writeHead(200, { 'content-type': `multipart/related; type="${type}"; boundary=${boundary}` });
-  const write = async (chunk: Uint8Array | string): Promise<void> => {
-    if (res.destroyed || res.writableEnded) throw new ClientGoneError();
+const crlf = '\r\n';
+const headerValuePattern = /^[^\r\n]*$/;
+const headerNamePattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** Sends the status and headers now (a later error can only cut the connection) and returns the part writer. */
+export function startMultipart(res: ServerResponse, options: MultipartOptions): MultipartWriter {
+  // 32 random hex digits: a boundary that no part's bytes can be expected to hold (RFC 2046 5.1.1).
+  const boundary = randomBytes(16).toString('hex');
+  const parameters: Array<[string, string]> = [['type', options.type]];
+  if (options.transferSyntax !== undefined) parameters.push(['transfer-syntax', options.transferSyntax]);
+  parameters.push(['boundary', boundary]);
+  res.writeHead(options.status ?? 200, { ...options.headers, 'content-type': formatMediaType('multipart/related', parameters) });
+  // A HEAD response has the headers only: its parts are not written (nor read).
+  const headOnly = res.req?.method === 'HEAD';
+  let writing = false;
+  let ended = false;
+
+  async function write(chunk: Uint8Array | string): Promise<void> {
+    if (res.destroyed || res.writableEnded) throw new MultipartError('ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection');
     if (res.write(chunk)) return;
-    // Waits for the client to read, or for it to go away (then nothing more is read from the store).
-    await Promise.race([once(res, 'drain'), once(res, 'close')]);
-    if (res.destroyed) throw new ClientGoneError();
-  };
-  let partsWritten = 0;
+    await new Promise<void>((resolve, reject) => {
+      const drained = () => {
+        res.off('close', closed);
+        resolve();
+      };
+      const closed = () => {
+        res.off('drain', drained);
+        reject(new MultipartError('ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection'));
+      };
+      res.once('drain', drained);
+      res.once('close', closed);
+    });
+  }
+
   return {
+    boundary,
     async writePart(headers, body) {
-      const headerText = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
-      // The first delimiter opens the body; each later one starts with the CRLF that ends the part before.
-      await write(`${partsWritten++ === 0 ? '' : '\r\n'}--${boundary}\r\n${headerText}\r\n`);
-      if (body instanceof Uint8Array) await write(body);
-      else for await (const chunk of body) await write(chunk);
+      if (ended || writing) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', ended ? 'the multipart response has ended' : 'parts must be written one at a time');
+      const lines: string[] = [];
+      for (const [name, value] of Object.entries(headers)) {
+        if (!headerNamePattern.test(name) || !headerValuePattern.test(value)) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', `part header ${JSON.stringify(name.slice(0, 40))} is not a header line`);
+        lines.push(`${name}: ${value}`);
+      }
+      if (body instanceof Uint8Array && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) lines.push(`Content-Length: ${body.byteLength}`);
+      if (headOnly) return;
+      writing = true;
+      try {
+        await write(`--${boundary}${crlf}${lines.join(crlf)}${crlf}${crlf}`);
+        if (body instanceof Uint8Array) {
+          if (body.byteLength > 0) await write(body);
+        } else {
+          for await (const chunk of body) if (chunk.byteLength > 0) await write(chunk);
+        }
+        await write(crlf);
+      } finally {
+        writing = false;
+      }
     },
     end() {
-      res.end(`\r\n--${boundary}--\r\n`);
+      if (ended) return;
+      ended = true;
+      if (headOnly) res.end();
+      else res.end(`--${boundary}--${crlf}`);
     },
   };
 }

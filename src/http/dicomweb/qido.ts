@@ -9,6 +9,7 @@ import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-jso
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
+import { acceptsDicomJson } from './accept.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
@@ -82,10 +83,8 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
 
 /** PS3.18 8.3.3.1: a QIDO-RS response is DICOM JSON here; XML is not offered. */
 function checkAccept(accept: string | undefined): void {
-  if (accept === undefined || accept.trim() === '') return;
-  const ranges = accept.split(',').map((range) => range.split(';')[0]!.trim().toLowerCase());
-  if (ranges.some((range) => range === 'application/dicom+json' || range === 'application/json' || range === '*/*' || range === 'application/*')) return;
-  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `search results are sent as application/dicom+json only (asked: ${accept.slice(0, 120)})`);
+  if (acceptsDicomJson(accept)) return;
+  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `search results are sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }
 
 interface ParsedSearch {

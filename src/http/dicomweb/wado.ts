@@ -16,10 +16,10 @@ import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts'
 import { layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscode } from '../../codec/transcode-targets.ts';
-import { parseAccept, type MediaRange } from './accept.ts';
+import { acceptableRanges, acceptsDicomJson, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { readWholeInstance, selectInstances, streamInstance } from './instances.ts';
-import { ClientGoneError, startMultipart } from './multipart-writer.ts';
+import { MultipartError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
@@ -34,9 +34,10 @@ type InstanceSyntax = '*' | string;
  * default (PS3.18 8.7.3.5.2); `*` keeps each instance as stored. undefined when no range can be served.
  */
 export function instanceSyntaxFor(ranges: readonly MediaRange[], storedSyntaxes: ReadonlySet<string>): InstanceSyntax | undefined {
-  for (const range of ranges) {
-    const partType = range.mediaType === 'multipart/related' ? (range.parameters.get('type') ?? 'application/dicom').toLowerCase() : range.mediaType;
-    const servesDicom = partType === 'application/dicom' || range.mediaType === '*/*' || range.mediaType === 'multipart/*';
+  for (const range of acceptableRanges(ranges)) {
+    const mediaType = `${range.type}/${range.subtype}`;
+    const partType = mediaType === 'multipart/related' ? (range.parameters.get('type') ?? 'application/dicom').toLowerCase() : mediaType;
+    const servesDicom = partType === 'application/dicom' || mediaType === '*/*' || mediaType === 'multipart/*';
     if (!servesDicom) continue;
     const asked = range.parameters.get('transfer-syntax') ?? EXPLICIT_LE;
     if (asked === '*') return '*';
@@ -65,7 +66,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   // Transcodes under way stop when the client goes away.
   const abort = new AbortController();
   res.once('close', () => abort.abort());
-  const writer = startMultipart(res, 'application/dicom');
+  const writer = startMultipart(res, { type: 'application/dicom' });
   try {
     for (const entry of entries) {
       const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
@@ -91,7 +92,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
       }
     }
   } catch (error) {
-    if (error instanceof ClientGoneError || abort.signal.aborted) return;
+    if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || abort.signal.aborted) return;
     throw error;
   }
   writer.end();
@@ -125,8 +126,7 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
 }
 
 function checkJsonAccepted(accept: string | undefined): void {
-  const ranges = parseAccept(accept);
-  if (ranges.some((range) => ['application/dicom+json', 'application/json', '*/*', 'application/*'].includes(range.mediaType))) return;
+  if (acceptsDicomJson(accept)) return;
   throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `metadata is sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }
 
