@@ -242,6 +242,14 @@ export async function dcmtk(tool: string, args: string[], timeoutMs = toolTimeou
   return { ...result, output: `${result.stdout}\n${result.stderr}` };
 }
 
+/** storescu of `instances` to the peer at `port` (AE PACSMESH), each proposing its own transfer syntax; every one must succeed. */
+export async function storeWithStorescu(port: number, instances: readonly Instance[]): Promise<void> {
+  for (const [ts, group] of groupBy(instances, (instance) => instance.transferSyntaxUid)) {
+    const run = await dcmtk('storescu', ['-R', storescuProposal(ts), '-aec', 'PACSMESH', '127.0.0.1', String(port), ...group.map((instance) => instance.path)], 60_000);
+    if (run.code !== 0) throw new Error(`storescu ${tsName[ts] ?? ts} failed:\n${run.output}`);
+  }
+}
+
 /** Reads every DICOM file of a directory, keyed by the SOP Instance UID of its data set. */
 export async function readReceived(dir: string): Promise<Map<string, { file: string; bytes: Uint8Array }>> {
   const out = new Map<string, { file: string; bytes: Uint8Array }>();

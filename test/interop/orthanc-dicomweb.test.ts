@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { orthancBin, startOrthanc, type OrthancServer } from '../../scripts/bench/lib/orthanc.ts';
 import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { compareInstances } from './compare.ts';
-import { dcmtk, groupBy, loadCorpus, storescuProposal, type Instance } from './harness.ts';
+import { groupBy, loadCorpus, storeWithStorescu, type Instance } from './harness.ts';
 
 const dicomWebPlugin = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
 const skip = orthancBin() === undefined ? 'Orthanc is not installed' : !existsSync(dicomWebPlugin) ? 'orthanc-dicomweb is not installed' : false;
@@ -38,10 +38,7 @@ describe('Orthanc as a DICOMweb client of pacs-mesh', { skip }, () => {
   before(async () => {
     corpus = loadCorpus();
     peer = await startTestPeer([], 'dicomweb-orthanc');
-    for (const [ts, instances] of groupBy(corpus, (instance) => instance.transferSyntaxUid)) {
-      const run = await dcmtk('storescu', ['-R', storescuProposal(ts), '-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), ...instances.map((instance) => instance.path)], 60_000);
-      assert.equal(run.code, 0, run.output);
-    }
+    await storeWithStorescu(peer.dicomPort, corpus);
     orthancDir = mkdtempSync(join(tmpdir(), 'pacs-orthanc-dicomweb-'));
     orthanc = await startOrthanc({
       dataDir: orthancDir,
