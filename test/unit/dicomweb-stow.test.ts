@@ -100,6 +100,13 @@ async function storedBytes(peer: TestPeer, sopInstanceUid: string): Promise<Buff
   return Buffer.concat(chunks);
 }
 
+/** Keys in the blob database: chunks of an instance that was neither committed nor aborted would stay there. */
+async function blobKeyCount(peer: TestPeer): Promise<number> {
+  let count = 0;
+  for await (const _key of peer.store.blobDb.keys()) count++;
+  return count;
+}
+
 const small = (options: InstanceOptions = {}) => makeInstanceWithInfo({ rows: 8, columns: 8, ...options });
 
 test('STOW-RS over HTTP', async (t) => {
@@ -173,10 +180,12 @@ test('STOW-RS over HTTP', async (t) => {
     assert.deepEqual(items(answer.body, Tag.FailedSOPSequence)[0]![Tag.ReferencedSOPClassUID], { vr: 'UI', Value: [other.resolved.sopClassUid] });
     assert.match(answer.warning ?? '', /^299 pacs-mesh ".*0xA900.*not of the target study/);
     assert.equal(await peer.store.getEntry(other.resolved.sopInstanceUid), undefined);
+    const blobKeysBefore = await blobKeyCount(peer);
     // Alone, it is a conflict (409): nothing was stored.
     const alone = await stow(port, multipart([dicomPart(small().bytes)]), { studyUid });
     assert.equal(alone.status, 409);
     assert.equal(failures(alone.body)[0]?.reason, 0xa900);
+    assert.equal(await blobKeyCount(peer), blobKeysBefore);
   });
 
   await t.test('a SOP class that is not a storage class fails with 0122; an unknown transfer syntax with C122; a data set unlike its meta with its C-STORE status', async () => {
@@ -252,6 +261,13 @@ test('STOW-RS over HTTP', async (t) => {
     const fourth = small();
     const nothing = await stow(port, multipart([dicomPart(fourth.bytes)]).subarray(0, 300));
     assert.equal(nothing.status, 400);
+    // A larger instance cut after some of its chunks were written: not one chunk of it remains.
+    const blobKeysBefore = await blobKeyCount(peer);
+    const large = makeInstanceWithInfo({ rows: 512, columns: 1024, bitsAllocated: 16, pixelPattern: 'gradient' });
+    const largeCut = await stow(port, multipart([dicomPart(large.bytes)]).subarray(0, Math.floor(large.bytes.length * 0.8)));
+    assert.equal(largeCut.status, 400);
+    assert.equal(await peer.store.getEntry(large.resolved.sopInstanceUid), undefined);
+    assert.equal(await blobKeyCount(peer), blobKeysBefore);
     assert.equal(nothing.body.code, 'ERR_STOW_MULTIPART');
     assert.match(nothing.body.error ?? '', /no instance was stored/);
     assert.equal(await peer.store.getEntry(fourth.resolved.sopInstanceUid), undefined);
