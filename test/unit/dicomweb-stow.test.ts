@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import { test } from 'node:test';
+import { waitFor } from '../support/wait.ts';
 import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -277,6 +279,49 @@ test('STOW-RS over HTTP', async (t) => {
     assert.equal(empty.body.code, 'ERR_STOW_NO_PARTS');
     const otherBoundary = await stow(port, multipart([dicomPart(small().bytes)], { boundary: 'another' }));
     assert.equal(otherBoundary.status, 400);
+  });
+
+  await t.test('a client that goes away mid-upload leaves nothing of the instance it was sending, and the peer serves on', async () => {
+    const blobKeysBefore = await blobKeyCount(peer);
+    const large = makeInstanceWithInfo({ rows: 512, columns: 1024, bitsAllocated: 16, pixelPattern: 'gradient' });
+    const body = multipart([dicomPart(large.bytes)]);
+    const socket = connect({ host: '127.0.0.1', port });
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write(`POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: ${dicomMultipart}\r\nContent-Length: ${body.length}\r\n\r\n`);
+    socket.write(body.subarray(0, Math.floor(body.length * 0.7)));
+    // Some of its chunks are written before the client leaves.
+    await waitFor('chunks of the upload in the blob database', async () => (await blobKeyCount(peer)) > blobKeysBefore);
+    socket.destroy();
+    await waitFor('the upload aborted', async () => (await blobKeyCount(peer)) === blobKeysBefore);
+    assert.equal(await peer.store.getEntry(large.resolved.sopInstanceUid), undefined);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    assert.equal((await stow(port, multipart([dicomPart(small().bytes)]))).status, 200);
+  });
+
+  await t.test('parts delivered in pieces of a few bytes are read as well as whole ones', async () => {
+    const files = [small(), small({ transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian })];
+    const body = multipart(files.map((file) => dicomPart(file.bytes)));
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.setNoDelay(true);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    const response = new Promise<string>((resolve) => {
+      let text = '';
+      socket.on('data', (data) => {
+        text += data.toString('latin1');
+        if (/\r\n\r\n[\s\S]*\}$/.test(text)) resolve(text);
+      });
+    });
+    socket.write(`POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: ${dicomMultipart}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+    // The first kilobytes (preamble, meta, delimiters) in pieces of 7 bytes, each its own TCP segment.
+    for (let at = 0; at < 2048; at += 7) {
+      socket.write(body.subarray(at, Math.min(at + 7, 2048)));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    socket.write(body.subarray(2048));
+    const text = await response;
+    socket.destroy();
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    for (const file of files) assert.ok((await storedBytes(peer, file.resolved.sopInstanceUid))?.equals(dataSetOf(file.bytes)));
   });
 
   await t.test('what is not multipart/related of application/dicom parts is refused with 415, saying what is accepted', async () => {
