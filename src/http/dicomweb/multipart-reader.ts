@@ -63,6 +63,9 @@ export function isValidBoundary(boundary: string): boolean {
   return boundaryPattern.test(boundary);
 }
 
+/** Transport padding after a boundary (RFC 2046 5.1.1: white space a gateway may add): a few bytes in practice. */
+const paddingMaxBytes = 1024;
+
 const crlf = Buffer.from('\r\n', 'latin1');
 const headerEnd = Buffer.from('\r\n\r\n', 'latin1');
 const empty = Buffer.alloc(0);
@@ -148,7 +151,7 @@ class DelimitedReader {
     if (!(await this.have(2))) throw new MultipartError('ERR_MULTIPART_TRUNCATED', 'the body ends just after a boundary: no close delimiter');
     if (this.buffer[0] === 0x2d && this.buffer[1] === 0x2d) return true;
     for (let at = 0; ; at++) {
-      if (at > 1024) throw new MultipartError('ERR_MULTIPART_DELIMITER', 'over 1 KiB of padding after a boundary');
+      if (at > paddingMaxBytes) throw new MultipartError('ERR_MULTIPART_DELIMITER', `over ${paddingMaxBytes} bytes of padding after a boundary`);
       if (!(await this.have(at + 2))) throw new MultipartError('ERR_MULTIPART_TRUNCATED', 'the body ends inside a delimiter line');
       const byte = this.buffer[at];
       if (byte === 0x20 || byte === 0x09) continue;

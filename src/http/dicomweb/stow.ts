@@ -63,7 +63,8 @@ const part10HeadMaxBytes = 64 * 1024;
 /** Reasons quoted in the Warning header: enough to tell a client what went wrong, never an unbounded header. */
 const warningReasonsMax = 5;
 
-export const stowLimits: MultipartLimits = defaultMultipartLimits;
+/** 10,000 parts of 16 KiB of headers at most: bounds on one request, not on the instances' sizes. */
+const stowLimits: MultipartLimits = defaultMultipartLimits;
 
 const accepted = 'STOW-RS takes Content-Type: multipart/related; type="application/dicom"; boundary=... (one DICOM Part 10 file per part)';
 
@@ -115,7 +116,7 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
     if (!req.readableEnded) req.resume();
   }
 
-  const stored = outcomes.filter((outcome) => outcome.type === 'stored');
+  const stored = outcomes.filter((outcome): outcome is Extract<PartOutcome, { type: 'stored' }> => outcome.type === 'stored');
   if (!req.complete) res.setHeader('connection', 'close');
   if (damage !== undefined) {
     log.warn('STOW-RS body is not valid multipart', { code: damage.code, error: damage.message, parts: outcomes.length, storedCount: stored.length });
@@ -126,7 +127,7 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   if (outcomes.length === 0) throw new DicomWebError(400, 'ERR_STOW_NO_PARTS', 'the multipart body holds no part: nothing to store');
 
   const failures = outcomes.filter((outcome): outcome is Extract<PartOutcome, { type: 'failed' }> => outcome.type === 'failed');
-  const hasWarnings = stored.some((outcome) => outcome.type === 'stored' && outcome.warningReason !== undefined);
+  const hasWarnings = stored.some((outcome) => outcome.warningReason !== undefined);
   // PS3.18 table 10.5.3-1: 200 all stored; 202 some stored with failures or warnings; 409 none stored.
   const status = stored.length === 0 ? 409 : failures.length > 0 || hasWarnings ? 202 : 200;
   if (failures.length > 0) res.setHeader('warning', warningHeader(failures, outcomes.length));
