@@ -79,8 +79,7 @@ export class IncomingStore {
   private readonly writer: InstanceWriter | undefined;
   private refusal: StoreResult | undefined;
   private receivedBytes = 0;
-  /** The data set's own UIDs, once finish() has read them. */
-  identity: StoreIdentity | undefined;
+  private readIdentity: StoreIdentity | undefined;
 
   /**
    * The store of a Part 10 file's data set (STOW-RS), through exactly the C-STORE's checks: its meta
@@ -156,7 +155,7 @@ export class IncomingStore {
       return { status: StoreFailure.CannotParse, errorComment: `data set of odd length (${oddLength} bytes): an odd value` };
     }
     const identity = identify(elements);
-    this.identity = identity;
+    this.readIdentity = identity;
     const problem = this.checkIdentity(identity) ?? this.options.checkIdentity?.(identity);
     if (problem) {
       await this.writer.abort();
@@ -180,6 +179,11 @@ export class IncomingStore {
     } catch (error) {
       return storageFailure(error);
     }
+  }
+
+  /** The data set's own UIDs, once finish() has read them (undefined when it could not). */
+  get identity(): StoreIdentity | undefined {
+    return this.readIdentity;
   }
 
   /** The association ended before the last fragment: nothing of this instance may remain. */
