@@ -46,16 +46,16 @@ export const StowFailure = {
   StudyMismatch: 0xa900,
 } as const;
 
-/** Tags of the Store Instances Response Module (PS3.18 I.1) not in the codec's dictionary. */
+/** Tags of the Store Instances Response Module (PS3.18 I.1), the codec's dictionary's and two it lacks. */
 const ResponseTags = {
-  RetrieveURL: 0x00081190,
+  RetrieveURL: Tags.RetrieveURL,
   WarningReason: 0x00081196,
-  FailureReason: 0x00081197,
-  FailedSOPSequence: 0x00081198,
-  ReferencedSOPSequence: 0x00081199,
+  FailureReason: Tags.FailureReason,
+  FailedSOPSequence: Tags.FailedSOPSequence,
+  ReferencedSOPSequence: Tags.ReferencedSOPSequence,
   OtherFailuresSequence: 0x0008119a,
-  ReferencedSOPClassUID: 0x00081150,
-  ReferencedSOPInstanceUID: 0x00081155,
+  ReferencedSOPClassUID: Tags.ReferencedSOPClassUID,
+  ReferencedSOPInstanceUID: Tags.ReferencedSOPInstanceUID,
 } as const;
 
 /** Preamble, "DICM" and group 0002 together: the meta is a few hundred bytes; more is no Part 10 file this archive takes. */
