@@ -58,18 +58,46 @@ function storageFailure(error: unknown): StoreResult {
   return { status: StoreFailure.OutOfResources, errorComment: `storage failed: ${storageErrorText(error)}` };
 }
 
+export interface IncomingStoreOptions {
+  /**
+   * A check of the data set's identity beyond the C-STORE's own, run after the whole data set was read and
+   * before anything is committed (STOW-RS: the study its target resource names).
+   */
+  checkIdentity?: (identity: StoreIdentity) => StoreResult | undefined;
+}
+
+/** What a Part 10 file's meta information says of its data set (PS3.10 7.1): what a C-STORE command says. */
+export interface Part10Description {
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+}
+
 /** One C-STORE in progress on an association: created at the command, fed fragments, finished at the last one. */
 export class IncomingStore {
   private readonly reader: DatasetHeaderReader | undefined;
   private readonly writer: InstanceWriter | undefined;
   private refusal: StoreResult | undefined;
   private receivedBytes = 0;
+  private readIdentity: StoreIdentity | undefined;
+
+  /**
+   * The store of a Part 10 file's data set (STOW-RS), through exactly the C-STORE's checks: its meta
+   * information stands in for the command and the presentation context. The caller has checked what
+   * negotiation checks for an association: a storage SOP class and a storable transfer syntax.
+   */
+  static ofPart10File(file: Part10Description, ingest: IngestPort, dateMs: () => number, options: IncomingStoreOptions = {}): IncomingStore {
+    const command: DimseCommand = { commandField: CommandField.CStoreRq, messageId: 0, affectedSopClassUid: file.sopClassUid, affectedSopInstanceUid: file.sopInstanceUid, priority: 0, hasDataSet: true };
+    const context: NegotiatedContext = { id: 0, abstractSyntaxUid: file.sopClassUid, transferSyntaxUid: file.transferSyntaxUid, service: 'storage', requestorIsScp: false };
+    return new IncomingStore(command, context, ingest, dateMs, options);
+  }
 
   constructor(
     readonly command: DimseCommand,
     private readonly context: NegotiatedContext,
     private readonly ingest: IngestPort,
     private readonly dateMs: () => number,
+    private readonly options: IncomingStoreOptions = {},
   ) {
     this.refusal = this.checkCommand();
     if (!this.refusal) {
@@ -127,7 +155,8 @@ export class IncomingStore {
       return { status: StoreFailure.CannotParse, errorComment: `data set of odd length (${oddLength} bytes): an odd value` };
     }
     const identity = identify(elements);
-    const problem = this.checkIdentity(identity);
+    this.readIdentity = identity;
+    const problem = this.checkIdentity(identity) ?? this.options.checkIdentity?.(identity);
     if (problem) {
       await this.writer.abort();
       return problem;
@@ -152,12 +181,17 @@ export class IncomingStore {
     }
   }
 
+  /** The data set's own UIDs, once finish() has read them (undefined when it could not). */
+  get identity(): StoreIdentity | undefined {
+    return this.readIdentity;
+  }
+
   /** The association ended before the last fragment: nothing of this instance may remain. */
   async cancel(): Promise<void> {
     await this.writer?.abort();
   }
 
-  private checkIdentity(id: Identity): StoreResult | undefined {
+  private checkIdentity(id: StoreIdentity): StoreResult | undefined {
     for (const [name, uid] of [
       ['SOP Instance UID', id.sopInstanceUid],
       ['SOP Class UID', id.sopClassUid],
@@ -176,7 +210,7 @@ export class IncomingStore {
   }
 }
 
-interface Identity {
+export interface StoreIdentity {
   sopInstanceUid: string;
   sopClassUid: string;
   studyInstanceUid: string;
@@ -184,7 +218,7 @@ interface Identity {
   patientId: string;
 }
 
-function identify(elements: readonly DicomElement[]): Identity {
+function identify(elements: readonly DicomElement[]): StoreIdentity {
   const valueOf = (tag: number) => elements.find((e) => e.tag === tag)?.value ?? '';
   return {
     sopInstanceUid: valueOf(Tags.SOPInstanceUID),
