@@ -87,9 +87,22 @@ function parseRange(text: string): MediaRange | undefined {
       q = Number(value);
       continue;
     }
-    parameters.set(name, value);
+    // A parameter given twice keeps its first value.
+    if (!parameters.has(name)) parameters.set(name, value);
   }
   return { type, subtype, parameters, q };
+}
+
+/** A media type (RFC 9110 8.3.1), as a Content-Type gives it: `type/subtype` in lower case and its parameters. */
+export interface MediaType {
+  essence: string;
+  parameters: ReadonlyMap<string, string>;
+}
+
+/** The media type of a Content-Type value (or a part's); undefined when it does not parse. */
+export function parseMediaType(text: string): MediaType | undefined {
+  const range = parseRange(text);
+  return range === undefined || range.type === '*' || range.subtype === '*' ? undefined : { essence: `${range.type}/${range.subtype}`, parameters: range.parameters };
 }
 
 /** `type/subtype; name="value"`, as a Content-Type or a 406 message names a representation. */

@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Prng } from '../../sim/prng.ts';
-import { isValidBoundary, MultipartError, parseMediaType, readMultipart, type MultipartErrorCode, type MultipartLimits } from './multipart-reader.ts';
+import { parseMediaType } from './accept.ts';
+import { isValidBoundary, MultipartError, readMultipart, type MultipartErrorCode, type MultipartLimits } from './multipart-reader.ts';
 
 interface ReadPart {
   headers: Record<string, string>;

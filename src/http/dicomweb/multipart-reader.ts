@@ -253,37 +253,3 @@ function parseHeaders(text: string): Map<string, string> {
 export function printable(text: string): string {
   return text.slice(0, 80).replace(/[^\x20-\x7e]/g, '?');
 }
-
-/** A media type (RFC 9110 8.3.1): type/subtype in lower case, parameter names in lower case, quoted values unquoted. */
-export interface MediaType {
-  essence: string;
-  parameters: ReadonlyMap<string, string>;
-}
-
-const token = "[!#$%&'*+\\-.^_`|~0-9A-Za-z]+";
-const mediaTypePattern = new RegExp(`^\\s*(${token})/(${token})\\s*`);
-// A bare value may hold "/": clients send type=application/dicom unquoted though RFC 9110 wants it quoted.
-const parameterPattern = new RegExp(`^;\\s*(${token})\\s*=\\s*(?:([^;\\s"]+)|"((?:[^"\\\\]|\\\\.)*)")\\s*`);
-
-/** The media type in a Content-Type value; undefined when it does not parse. A parameter given twice keeps its first value. */
-export function parseMediaType(text: string): MediaType | undefined {
-  const head = mediaTypePattern.exec(text);
-  if (head === null) return undefined;
-  const parameters = new Map<string, string>();
-  let rest = text.slice(head[0].length);
-  while (rest !== '') {
-    // Empty parameters (";;" or a trailing ";") are tolerated, as HTTP's own grammar does.
-    const emptyParameter = /^;\s*(?=;|$)/.exec(rest);
-    if (emptyParameter !== null) {
-      rest = rest.slice(emptyParameter[0].length);
-      continue;
-    }
-    const parameter = parameterPattern.exec(rest);
-    if (parameter === null) return undefined;
-    const name = parameter[1]!.toLowerCase();
-    const value = parameter[2] ?? parameter[3]!.replace(/\\(.)/g, '$1');
-    if (!parameters.has(name)) parameters.set(name, value);
-    rest = rest.slice(parameter[0].length);
-  }
-  return { essence: `${head[1]!.toLowerCase()}/${head[2]!.toLowerCase()}`, parameters };
-}

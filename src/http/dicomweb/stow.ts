@@ -33,7 +33,8 @@ import { longLengthVrs } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { isAcceptableUid, normalizeUidValue } from '../../codec/uid.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { defaultMultipartLimits, isValidBoundary, MultipartError, parseMediaType, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
+import { acceptsDicomJson, parseMediaType } from './accept.ts';
+import { defaultMultipartLimits, isValidBoundary, MultipartError, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type StoreRoute = Extract<DicomWebRoute, { type: 'store' }>;
@@ -156,17 +157,6 @@ function requestBoundary(req: IncomingMessage): string {
   if (boundary === undefined) throw new DicomWebError(415, 'ERR_STOW_MEDIA_TYPE', `${accepted}; the Content-Type has no boundary parameter`);
   if (!isValidBoundary(boundary)) throw new DicomWebError(415, 'ERR_STOW_MEDIA_TYPE', `${accepted}; the boundary must be 1 to 70 characters (RFC 2046 5.1.1)`);
   return boundary;
-}
-
-/** PS3.18 10.5.1.3: the response is DICOM JSON here (XML is not offered); no Accept header accepts anything. */
-function acceptsDicomJson(accept: string | undefined): boolean {
-  if (accept === undefined || accept.trim() === '') return true;
-  return accept.split(',').some((range) => {
-    const media = parseMediaType(range);
-    if (media === undefined) return false;
-    const quality = Number(media.parameters.get('q') ?? '1');
-    return quality > 0 && ['application/dicom+json', 'application/json', 'application/*', '*/*'].includes(media.essence);
-  });
 }
 
 /** An error of the request stream itself (the client went away), told apart from a malformed body. */
