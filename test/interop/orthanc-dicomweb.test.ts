@@ -2,7 +2,7 @@
  * Interop: Orthanc's DICOMweb plugin (Debian `orthanc-dicomweb`) as the client of a pacs-mesh peer's
  * DICOMweb service. The corpus goes into the peer with DCMTK's storescu; Orthanc then searches it with
  * QIDO-RS and retrieves every study with WADO-RS, and each instance it receives must be the one storescu
- * sent, element by element. Skipped when Orthanc or its DICOMweb plugin is not installed (`.ci/run`
+ * sent, element by element; and it sends a study of its own with STOW-RS. Skipped when Orthanc or its DICOMweb plugin is not installed (`.ci/run`
  * installs both).
  */
 import '../../src/polyfill.ts';
@@ -14,6 +14,8 @@ import { after, before, describe, it } from 'node:test';
 import { orthancBin, startOrthanc, type OrthancServer } from '../../scripts/bench/lib/orthanc.ts';
 import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { compareInstances } from './compare.ts';
+import { parseMultipart } from '../support/multipart.ts';
+import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { groupBy, loadCorpus, storeWithStorescu, type Instance } from './harness.ts';
 
 const dicomWebPlugin = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
@@ -76,8 +78,31 @@ describe('Orthanc as a DICOMweb client of pacs-mesh', { skip }, () => {
     }
   });
 
+  it('STOW-RS: Orthanc sends a study it holds, and each instance is stored as Orthanc sent it', async () => {
+    const study = '1.2.826.0.1.3680043.10.1453.203.1';
+    const sent = new Map<string, Uint8Array>();
+    let orthancStudyId = '';
+    for (const n of [1, 2, 3]) {
+      const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, instanceNumber: n, rows: 32, columns: 32 });
+      const uploaded = (await (await fetch(`${orthanc.url}/instances`, { method: 'POST', body: Buffer.from(bytes) })).json()) as { ParentStudy: string };
+      orthancStudyId = uploaded.ParentStudy;
+      sent.set(resolved.sopInstanceUid, bytes);
+    }
+    const stow = await viaOrthanc('stow', { Resources: [orthancStudyId] });
+    assert.equal(stow.status, 200, `${JSON.stringify(stow.json)}\n${orthanc.output().slice(-3000)}`);
+    for (const [uid, bytes] of sent) {
+      const response = await fetch(`http://127.0.0.1:${peer.httpPort}/dicom-web/studies/${study}/series/${study}.1/instances/${uid}`, { headers: { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' } });
+      assert.equal(response.status, 200, uid);
+      const [part] = parseMultipart(Buffer.from(await response.arrayBuffer()), response.headers.get('content-type')!);
+      const comparison = compareInstances(bytes, part!.body);
+      assert.notEqual(comparison.identity, 'different', `${uid}: ${JSON.stringify(comparison).slice(0, 600)}`);
+    }
+  });
+
   it('WADO-RS: Orthanc retrieves every study, and holds each instance as storescu sent it', async () => {
     const studyUids = [...new Set(corpus.map((instance) => instance.studyUid))];
+    // The study Orthanc itself sent over STOW-RS is dropped first: Orthanc then holds the corpus alone.
+    for (const study of (await (await fetch(`${orthanc.url}/studies`)).json()) as string[]) await fetch(`${orthanc.url}/studies/${study}`, { method: 'DELETE' });
     const retrieved = await viaOrthanc('retrieve', { Resources: studyUids.map((studyUid) => ({ Study: studyUid })) });
     assert.equal(retrieved.status, 200, JSON.stringify(retrieved.json));
     const held = (await (await fetch(`${orthanc.url}/instances?expand`)).json()) as Array<{ ID: string; MainDicomTags: { SOPInstanceUID: string } }>;

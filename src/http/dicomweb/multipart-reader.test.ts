@@ -171,12 +171,14 @@ test('a large part goes through in bounded pieces, pulled only as the consumer r
   assert.ok(largestPieceBytes <= chunkBytes + 64);
 });
 
-test('boundaries: 1 to 70 bchars, not ending in a space', () => {
+test('boundaries: 1 to 200 bchars (70 in RFC 2046; Orthanc sends 73), not ending in a space', () => {
   assert.ok(isValidBoundary('a'));
   assert.ok(isValidBoundary('x'.repeat(70)));
+  assert.ok(isValidBoundary('16b5a06e-4284-4caf-8f54-4f292bf04f6c-16b5a06e-4284-4caf-8f54-4f292bf04f6c'));
+  assert.ok(isValidBoundary('x'.repeat(200)));
   assert.ok(isValidBoundary("gc0p4Jq0M2Yt08j34c0p'()+_,-./:=? z"));
   assert.ok(!isValidBoundary(''));
-  assert.ok(!isValidBoundary('x'.repeat(71)));
+  assert.ok(!isValidBoundary('x'.repeat(201)));
   assert.ok(!isValidBoundary('ends with space '));
   assert.ok(!isValidBoundary('semi;colon'));
   assert.ok(!isValidBoundary('quote"'));

@@ -56,8 +56,12 @@ export interface MultipartPart {
   body: AsyncIterable<Uint8Array>;
 }
 
-/** RFC 2046 5.1.1: 1 to 70 characters of bchars, not ending with a space. */
-const boundaryPattern = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
+/**
+ * RFC 2046 5.1.1's bchars, not ending with a space, 1 to 200 characters rather than 70: Orthanc 1.10's
+ * DICOMweb client sends 73 (two UUIDs), and the length only sets the size of a delimiter we look for.
+ */
+export const boundaryMaxChars = 200;
+const boundaryPattern = new RegExp(`^[0-9A-Za-z'()+_,\\-./:=? ]{0,${boundaryMaxChars - 1}}[0-9A-Za-z'()+_,\\-./:=?]$`);
 
 export function isValidBoundary(boundary: string): boolean {
   return boundaryPattern.test(boundary);
@@ -76,7 +80,7 @@ const empty = Buffer.alloc(0);
  * before it have been delivered whole.
  */
 export async function* readMultipart(source: AsyncIterable<Uint8Array>, boundary: string, limits: MultipartLimits = defaultMultipartLimits): AsyncGenerator<MultipartPart> {
-  if (!isValidBoundary(boundary)) throw new MultipartError('ERR_MULTIPART_DELIMITER', 'the boundary must be 1 to 70 characters (RFC 2046 5.1.1)');
+  if (!isValidBoundary(boundary)) throw new MultipartError('ERR_MULTIPART_DELIMITER', `the boundary must be 1 to ${boundaryMaxChars} characters of RFC 2046 5.1.1`);
   const reader = new DelimitedReader(source[Symbol.asyncIterator](), Buffer.from(`\r\n--${boundary}`, 'latin1'));
   try {
     await reader.skipPreamble(limits.preambleMaxBytes);

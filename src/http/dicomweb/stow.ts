@@ -34,7 +34,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { isAcceptableUid, normalizeUidValue } from '../../codec/uid.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { acceptsDicomJson, parseMediaType } from './accept.ts';
-import { defaultMultipartLimits, isValidBoundary, MultipartError, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
+import { boundaryMaxChars, defaultMultipartLimits, isValidBoundary, MultipartError, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type StoreRoute = Extract<DicomWebRoute, { type: 'store' }>;
@@ -155,7 +155,7 @@ function requestBoundary(req: IncomingMessage): string {
   }
   const boundary = media.parameters.get('boundary');
   if (boundary === undefined) throw new DicomWebError(415, 'ERR_STOW_MEDIA_TYPE', `${accepted}; the Content-Type has no boundary parameter`);
-  if (!isValidBoundary(boundary)) throw new DicomWebError(415, 'ERR_STOW_MEDIA_TYPE', `${accepted}; the boundary must be 1 to 70 characters (RFC 2046 5.1.1)`);
+  if (!isValidBoundary(boundary)) throw new DicomWebError(415, 'ERR_STOW_MEDIA_TYPE', `${accepted}; the boundary must be 1 to ${boundaryMaxChars} characters of RFC 2046 5.1.1`);
   return boundary;
 }
 
