@@ -3,13 +3,14 @@
  * the corpus (stored with DCMTK's storescu). It does what a viewer does to open a study: search studies,
  * series and instances, read each instance's metadata, fetch frames (decoded, and as stored the way OHIF
  * asks for them), retrieve instances and whole studies. The original files are read with dcmjs, not with
- * this archive's codec. Needs DCMTK (`.ci/run` installs it).
+ * this archive's codec. It also stores instances with STOW-RS. Needs DCMTK (`.ci/run` installs it).
  */
 import '../../src/polyfill.ts';
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import XMLHttpRequest from 'xhr2';
 import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { TS, compareInstances, datasetText, flattenFile } from './compare.ts';
 import { groupBy, loadCorpus, storeWithStorescu, type Instance } from './harness.ts';
 
@@ -30,6 +31,7 @@ interface ViewerClient {
   retrieveInstanceFrames(options: Uids & { frameNumbers: number[]; mediaTypes?: MediaType[] }): Promise<ArrayBuffer[]>;
   retrieveInstance(options: Uids): Promise<ArrayBuffer>;
   retrieveStudy(options: Uids): Promise<ArrayBuffer[]>;
+  storeInstances(options: { datasets: ArrayBuffer[]; studyInstanceUID?: string }): Promise<unknown>;
 }
 
 let peer: TestPeer;
@@ -119,6 +121,19 @@ describe('dicomweb-client (OHIF) as a viewer of pacs-mesh', () => {
       assert.ok(asStored[0]!.byteLength > 0, instance.name);
     }
     assert.ok(decodedChecked >= 10, `decoded frames checked for ${decodedChecked} instances`);
+  });
+
+  it('stores instances with STOW-RS, which then come back as sent', async () => {
+    const study = '1.2.826.0.1.3680043.10.1453.204.1';
+    const files = [1, 2].map((n) => makeInstanceWithInfo({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, instanceNumber: n, rows: 16, columns: 16 }).bytes);
+    const response = (await client.storeInstances({ datasets: files.map((bytes) => bytes.slice().buffer as ArrayBuffer), studyInstanceUID: study })) as string;
+    const answer = (typeof response === 'string' ? JSON.parse(response) : response) as Json;
+    assert.equal(answer['00081199']!.Value!.length, 2, JSON.stringify(answer));
+    for (const [index, bytes] of files.entries()) {
+      const copy = new Uint8Array(await client.retrieveInstance({ studyInstanceUID: study, seriesInstanceUID: `${study}.1`, sopInstanceUID: `${study}.1.${index + 1}` }));
+      const comparison = compareInstances(bytes, copy);
+      assert.notEqual(comparison.identity, 'different', JSON.stringify(comparison).slice(0, 600));
+    }
   });
 
   it('retrieves instances (the default: Explicit VR Little Endian) and whole studies', async () => {
