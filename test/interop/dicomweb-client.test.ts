@@ -2,8 +2,9 @@
  * Interop: `dicomweb-client`, the DICOMweb library of the OHIF viewer, against a pacs-mesh peer holding
  * the corpus (stored with DCMTK's storescu). It does what a viewer does to open a study: search studies,
  * series and instances, read each instance's metadata, fetch frames (decoded, and as stored the way OHIF
- * asks for them), retrieve instances and whole studies. The original files are read with dcmjs, not with
- * this archive's codec. It also stores instances with STOW-RS. Needs DCMTK (`.ci/run` installs it).
+ * asks for them), retrieve instances and whole studies; and it stores instances with STOW-RS. The original
+ * files are read with the interop suite's own walker, not this archive's codec. Needs DCMTK (`.ci/run`
+ * installs it).
  */
 import '../../src/polyfill.ts';
 import assert from 'node:assert/strict';
