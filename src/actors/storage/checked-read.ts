@@ -16,9 +16,14 @@ export const checkedWholeBytesMax = 4 * 1024 * 1024;
 
 /** The whole instance, read through checkedStream: it throws before returning a damaged copy. */
 export async function checkedWhole(store: ReplicaStore, entry: CatalogEntry): Promise<Buffer> {
+  return Buffer.concat(await checkedChunks(store, entry));
+}
+
+/** The whole instance as its stored chunks (no copy into one buffer), checked as checkedWhole does. */
+export async function checkedChunks(store: ReplicaStore, entry: CatalogEntry): Promise<Uint8Array[]> {
   const chunks: Uint8Array[] = [];
   for await (const chunk of await checkedStream(store, entry)) chunks.push(chunk);
-  return Buffer.concat(chunks);
+  return chunks;
 }
 
 /**

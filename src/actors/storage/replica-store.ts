@@ -194,8 +194,12 @@ export interface ReplicaStore {
   getEntry(sopInstanceUid: string): Promise<CatalogEntry | undefined>;
   /** Several entries in one read, in order (undefined where not stored). */
   getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>>;
-  /** The stored bytes of an instance, chunk by chunk, in order; never more than its byteLength (else ERR_STORE_CORRUPT). */
-  readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array>;
+  /**
+   * The stored bytes of an instance, chunk by chunk, in order; never more than its byteLength (else
+   * ERR_STORE_CORRUPT). `chunksPerRead` 1 reads a chunk at a time, for a reader that wants the start only
+   * (a data set's header); by default a few are read per call.
+   */
+  readInstance(entry: CatalogEntry, options?: { chunksPerRead?: number }): AsyncGenerator<Uint8Array>;
   /**
    * The bytes of many instances, in order, for a sender that sends one after another: small instances are
    * read many per native call, and the next group while the caller sends the current one. Each `chunks`
@@ -902,8 +906,8 @@ class LevelReplicaStore implements ReplicaStore {
     return getCatalogEntries(this.db, sopInstanceUids);
   }
 
-  readInstance(entry: CatalogEntry): AsyncGenerator<Uint8Array> {
-    return this.readChunks(entry, true);
+  readInstance(entry: CatalogEntry, options: { chunksPerRead?: number } = {}): AsyncGenerator<Uint8Array> {
+    return this.readChunks(entry, true, Math.max(1, Math.min(options.chunksPerRead ?? chunksPerReadMax, chunksPerReadMax)));
   }
 
   reportSuspectCopy(sopInstanceUid: string, reason: string): void {
@@ -940,7 +944,7 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   /** readInstance; `report` false (verifying): a damaged copy is not reported suspect, and the cache is left alone. */
-  private async *readChunks(entry: CatalogEntry, report: boolean): AsyncGenerator<Uint8Array> {
+  private async *readChunks(entry: CatalogEntry, report: boolean, chunksPerRead = chunksPerReadMax): AsyncGenerator<Uint8Array> {
     const damaged = (message: string): StoreError => {
       if (report) this.reportSuspectCopy(entry.sopInstanceUid, message);
       return new StoreError('ERR_STORE_CORRUPT', message);
@@ -956,7 +960,7 @@ class LevelReplicaStore implements ReplicaStore {
     const keysAtMost = chunksAtMost(entry.byteLength, this.chunkBytes);
     direct: while (expectedSequence < keysAtMost && total < entry.byteLength) {
       const keys: string[] = [];
-      for (let s = expectedSequence; s < Math.min(keysAtMost, expectedSequence + chunksPerReadMax); s++) keys.push(chunkKey(entry.blobId, s));
+      for (let s = expectedSequence; s < Math.min(keysAtMost, expectedSequence + chunksPerRead); s++) keys.push(chunkKey(entry.blobId, s));
       // A scrub's reads (report false) would only push the copies being served out of LevelDB's cache.
       for (const value of await readAcrossReopen(this.blobDb, () => this.blobDb.getMany(keys, { fillCache: report }))) {
         if (value === undefined) break direct;

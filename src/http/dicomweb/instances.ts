@@ -3,7 +3,7 @@
  * and each one's stored bytes, pulled here first when only a peer holds it and checked against its SHA-256.
  */
 import { maxRetrieveInstances } from '../../actors/association/services/query-retrieve.ts';
-import { checkedStream, checkedWhole } from '../../actors/storage/checked-read.ts';
+import { checkedChunks, checkedStream, checkedWhole } from '../../actors/storage/checked-read.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError } from '../../actors/storage/query/query.ts';
@@ -92,10 +92,59 @@ export function readWholeInstance(ctx: DicomWebContext, entry: CatalogEntry): Pr
   return withLocalCopy(ctx, entry, async (local) => ({ entry: local, bytes: await checkedWhole(ctx.store, local) }));
 }
 
+/** The whole data set as its stored chunks, checked: for sending as stored, without a copy into one buffer. */
+export function readInstanceChunks(ctx: DicomWebContext, entry: CatalogEntry): Promise<{ entry: CatalogEntry; chunks: Uint8Array[] }> {
+  return withLocalCopy(ctx, entry, async (local) => ({ entry: local, chunks: await checkedChunks(ctx.store, local) }));
+}
+
 /**
  * The data set as it is read, hashed on the way: its first chunk is read before this returns; a mismatch
  * throws after the last chunk, before the caller ends its part, so the client sees a broken response.
  */
 export function streamInstance(ctx: DicomWebContext, entry: CatalogEntry): Promise<{ entry: CatalogEntry; chunks: AsyncIterable<Uint8Array> }> {
   return withLocalCopy(ctx, entry, async (local) => ({ entry: local, chunks: await checkedStream(ctx.store, local) }));
+}
+
+/**
+ * The first bytes of the data set, a chunk at a time, not checked against its SHA-256 (that needs every
+ * byte): for a reader of its header, which stops early. A copy that cannot be read is replaced as above.
+ */
+export function streamInstanceHead(ctx: DicomWebContext, entry: CatalogEntry): Promise<{ entry: CatalogEntry; chunks: AsyncGenerator<Uint8Array> }> {
+  return withLocalCopy(ctx, entry, async (local) => {
+    const chunks = ctx.store.readInstance(local, { chunksPerRead: 1 });
+    // The first chunk is read now, so a copy that cannot be read at all is found (and repaired) here.
+    const first = await chunks.next();
+    return {
+      entry: local,
+      chunks: (async function* () {
+        try {
+          if (first.done === true) return;
+          yield first.value;
+          yield* chunks;
+        } finally {
+          // A reader that stops early ends the store's read too.
+          await chunks.return(undefined);
+        }
+      })(),
+    };
+  });
+}
+
+/**
+ * `prepare(item)` of each item in order, the next one started while the caller uses the current one (one
+ * ahead at most): reading instance n+1 from the store, or transcoding it, overlaps sending instance n.
+ * `prepare` must hold nothing but memory (no open store iterator): a prepared item the caller never takes
+ * is dropped, its failure ignored.
+ */
+export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: T) => Promise<R>): AsyncGenerator<R> {
+  let next: Promise<R> | undefined = items.length > 0 ? prepare(items[0]!) : undefined;
+  try {
+    for (let index = 0; index < items.length; index++) {
+      const current = await next!;
+      next = index + 1 < items.length ? prepare(items[index + 1]!) : undefined;
+      yield current;
+    }
+  } finally {
+    next?.catch(() => undefined);
+  }
 }

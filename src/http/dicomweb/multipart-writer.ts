@@ -23,10 +23,11 @@ export interface MultipartWriter {
   readonly boundary: string;
   /**
    * Writes one part: its headers (names as given, values without CR or LF), then its body, chunk by chunk.
-   * A Uint8Array body also gets a Content-Length header. Rejects with MultipartError when the client is
-   * gone; parts must be written one after the other (await each).
+   * A body in memory (one Uint8Array, or an array of them, written in one go) also gets a Content-Length
+   * header. Rejects with MultipartError when the client is gone; parts must be written one after the other
+   * (await each).
    */
-  writePart(headers: Readonly<Record<string, string>>, body: Uint8Array | AsyncIterable<Uint8Array>): Promise<void>;
+  writePart(headers: Readonly<Record<string, string>>, body: Uint8Array | readonly Uint8Array[] | AsyncIterable<Uint8Array>): Promise<void>;
   /** Writes the closing delimiter and ends the response. */
   end(): void;
 }
@@ -58,10 +59,13 @@ export function startMultipart(res: ServerResponse, options: MultipartOptions): 
   let writing = false;
   let ended = false;
 
-  async function write(chunk: Uint8Array | string): Promise<void> {
+  const checkClient = (): void => {
     if (res.destroyed || res.writableEnded) throw new MultipartError('ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection');
-    if (res.write(chunk)) return;
-    await new Promise<void>((resolve, reject) => {
+  };
+
+  /** Waits until the socket has taken what it holds, or the client is gone. */
+  function drain(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
       const drained = () => {
         res.off('close', closed);
         resolve();
@@ -75,6 +79,11 @@ export function startMultipart(res: ServerResponse, options: MultipartOptions): 
     });
   }
 
+  async function write(chunk: Uint8Array | string): Promise<void> {
+    checkClient();
+    if (!res.write(chunk)) await drain();
+  }
+
   return {
     boundary,
     async writePart(headers, body) {
@@ -84,15 +93,25 @@ export function startMultipart(res: ServerResponse, options: MultipartOptions): 
         if (!headerNamePattern.test(name) || !headerValuePattern.test(value)) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', `part header ${JSON.stringify(name.slice(0, 40))} is not a header line`);
         lines.push(`${name}: ${value}`);
       }
-      if (body instanceof Uint8Array && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) lines.push(`Content-Length: ${body.byteLength}`);
+      const inMemory = body instanceof Uint8Array ? [body] : Array.isArray(body) ? (body as readonly Uint8Array[]) : undefined;
+      if (inMemory !== undefined && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) {
+        lines.push(`Content-Length: ${inMemory.reduce((sum, chunk) => sum + chunk.byteLength, 0)}`);
+      }
       if (headOnly) return;
       writing = true;
       try {
         await write(`--${boundary}${crlf}${lines.join(crlf)}${crlf}${crlf}`);
-        if (body instanceof Uint8Array) {
-          if (body.byteLength > 0) await write(body);
+        if (inMemory !== undefined) {
+          // Chunks already in memory go out in one corked write (a few syscalls, not one per chunk), then
+          // the writer waits for the socket once.
+          checkClient();
+          res.cork();
+          let taken = true;
+          for (const chunk of inMemory) if (chunk.byteLength > 0) taken = res.write(chunk) && taken;
+          res.uncork();
+          if (!taken) await drain();
         } else {
-          for await (const chunk of body) if (chunk.byteLength > 0) await write(chunk);
+          for await (const chunk of body as AsyncIterable<Uint8Array>) if (chunk.byteLength > 0) await write(chunk);
         }
         await write(crlf);
       } finally {

@@ -18,7 +18,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscode } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, acceptsDicomJson, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { readWholeInstance, selectInstances, streamInstance } from './instances.ts';
+import { preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead } from './instances.ts';
 import { MultipartError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -67,30 +67,35 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   const abort = new AbortController();
   res.once('close', () => abort.abort());
   const writer = startMultipart(res, { type: 'application/dicom' });
-  try {
-    for (const entry of entries) {
-      const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
-      const headers = {
-        'content-type': `application/dicom; transfer-syntax=${target}`,
-        'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
-      };
-      const header = (transferSyntaxUid: string) =>
-        encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
-      if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
-        const { chunks } = await streamInstance(ctx, entry);
-        await writer.writePart(headers, (async function* () {
+  const prepare = async (entry: CatalogEntry): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
+    const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
+    const headers = (transferSyntaxUid: string) => ({
+      'content-type': `application/dicom; transfer-syntax=${transferSyntaxUid}`,
+      'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
+    });
+    const header = (transferSyntaxUid: string) =>
+      encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
+    if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
+      // Opened only when its turn comes: a large instance is streamed, and an open read must not wait ahead.
+      return {
+        headers: headers(target),
+        body: (async function* () {
+          const { chunks } = await streamInstance(ctx, entry);
           yield header(target);
           yield* chunks;
-        })());
-      } else if (target === entry.transferSyntaxUid) {
-        const { bytes } = await readWholeInstance(ctx, entry);
-        await writer.writePart(headers, Buffer.concat([header(target), bytes]));
-      } else {
-        const { entry: local, bytes } = await readWholeInstance(ctx, entry);
-        const transcoded = await ctx.transcoder.transcode({ byteLength: bytes.byteLength, read: async () => bytes }, local.transferSyntaxUid, [target], { signal: abort.signal });
-        await writer.writePart({ ...headers, 'content-type': `application/dicom; transfer-syntax=${transcoded.transferSyntaxUid}` }, Buffer.concat([header(transcoded.transferSyntaxUid), transcoded.bytes]));
-      }
+        })(),
+      };
     }
+    if (target === entry.transferSyntaxUid) {
+      const { chunks } = await readInstanceChunks(ctx, entry);
+      return { headers: headers(target), body: [header(target), ...chunks] };
+    }
+    const { entry: local, bytes } = await readWholeInstance(ctx, entry);
+    const transcoded = await ctx.transcoder.transcode({ byteLength: bytes.byteLength, read: async () => bytes }, local.transferSyntaxUid, [target], { signal: abort.signal });
+    return { headers: headers(transcoded.transferSyntaxUid), body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
+  };
+  try {
+    for await (const part of preparedAhead(entries, prepare)) await writer.writePart(part.headers, part.body);
   } catch (error) {
     if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || abort.signal.aborted) return;
     throw error;
@@ -112,8 +117,7 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   }
   // One instance's metadata at a time: a study of thousands of instances is never held whole.
   let first = true;
-  for (const entry of entries) {
-    const elements = await metadataElementsOf(ctx, entry);
+  for await (const elements of preparedAhead(entries, (entry) => metadataElementsOf(ctx, entry))) {
     const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(withoutBinaryValues(elements)))}`;
     first = false;
     if (res.destroyed) return;
@@ -142,19 +146,25 @@ async function metadataElementsOf(ctx: DicomWebContext, entry: CatalogEntry): Pr
       const inflated = inflateRawSync(bytes, { maxOutputLength: metadataHeaderBytesMax });
       return parseDatasetTree(inflated, EXPLICIT_LE);
     }
-    const { entry: local, chunks } = await streamInstance(ctx, entry);
+    const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
     const reader = new DatasetHeaderReader({ transferSyntaxUid: local.transferSyntaxUid });
     const kept: Uint8Array[] = [];
     let keptBytes = 0;
-    for await (const chunk of chunks) {
-      kept.push(chunk);
-      keptBytes += chunk.byteLength;
-      reader.push(chunk);
-      if (reader.isComplete) break;
-      if (keptBytes > metadataHeaderBytesMax) throw new Error(`more than ${metadataHeaderBytesMax} bytes before Pixel Data`);
+    try {
+      for await (const chunk of chunks) {
+        kept.push(chunk);
+        keptBytes += chunk.byteLength;
+        reader.push(chunk);
+        if (reader.isComplete) break;
+        if (keptBytes > metadataHeaderBytesMax) throw new Error(`more than ${metadataHeaderBytesMax} bytes before Pixel Data`);
+      }
+    } finally {
+      // The store's read ends here when the header was had before the last chunk.
+      await chunks.return(undefined);
     }
     const header = reader.end();
-    const bytes = Buffer.concat(kept);
+    // Most headers fit in the first chunk: no copy then.
+    const bytes = kept.length === 1 ? kept[0]! : Buffer.concat(kept);
     return parseDatasetTree(header.pixelDataOffset === undefined ? bytes : bytes.subarray(0, header.pixelDataOffset), local.transferSyntaxUid);
   } catch (error) {
     if (error instanceof DicomWebError) throw error;
