@@ -48,6 +48,8 @@ describe('startMultipart', () => {
         yield Buffer.from('\r\n--not-the-boundary\r\n');
       })());
       await writer.writePart({}, new Uint8Array(0));
+      // Chunks in memory: one part, its Content-Length their sum.
+      await writer.writePart({ 'Content-Type': 'application/dicom' }, [Buffer.from('ab'), new Uint8Array(0), Buffer.from('cde')]);
       writer.end();
     });
     try {
@@ -59,6 +61,7 @@ describe('startMultipart', () => {
         [{ 'content-type': 'application/octet-stream', 'content-length': '3' }, '\x01\x02\x03'],
         [{ 'content-type': 'application/octet-stream' }, '\x04\r\n--not-the-boundary\r\n'],
         [{ 'content-length': '0' }, ''],
+        [{ 'content-type': 'application/dicom', 'content-length': '5' }, 'abcde'],
       ]);
       assert.equal(mediaTypeParameter(contentType, 'type'), 'application/octet-stream');
       assert.equal(await served.outcome, 'done');
