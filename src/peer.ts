@@ -20,6 +20,7 @@ import { startCommitments } from './actors/commitment/actor.ts';
 import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
+import { createDicomWebStats } from './http/dicomweb/context.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
@@ -180,6 +181,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     repairCopy: async (entry) => current().retrieveSource.repairCopy?.(entry),
     searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
   };
+  const dicomWebStats = createDicomWebStats();
   // Started with the peer, its worker only with the first transcode.
   const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }), workerUrl: options.transcoderWorkerUrl });
   const commitments = startCommitments({ store, clock, log, parent: supervisor.system, aeTitle: config.aeTitle, resolveAe: (aeTitle) => aeDirectory.resolve(aeTitle), config: options.commitment });
@@ -217,7 +219,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       host: config.host,
       port: config.httpPort,
       isHealthy: () => healthy,
-      dicomWeb: { store, retrieveSource, ingest, transcoder, clock, log: log.child({ component: 'dicomweb' }) },
+      dicomWeb: { store, retrieveSource, ingest, transcoder, clock, log: log.child({ component: 'dicomweb' }), stats: dicomWebStats },
       scrubNow: () => {
         scrub?.startNow();
         return scrub?.stats();
@@ -238,6 +240,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           ...(scrub ? { scrub: scrub.stats() } : {}),
           transcoder: transcoder.stats(),
           commitment: commitments.stats(),
+          dicomweb: { ...dicomWebStats },
           // Restarts per supervised mesh actor since start, and whether one gave up (the peer then stops).
           ...(mesh ? { supervision: Object.fromEntries(['membership', 'balancer', 'custody'].map((child) => [child, supervisor.supervision(child)])) } : {}),
           activeAssociations: listener.activeAssociations(),

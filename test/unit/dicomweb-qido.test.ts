@@ -154,5 +154,10 @@ describe('QIDO-RS', () => {
       assert.match((response.body as { code: string }).code, /^ERR_/);
     }
     assert.equal((await fetch(`http://127.0.0.1:${peer.httpPort}/healthz`)).status, 200);
+    // The operator sees the requests and the refusals.
+    const { dicomweb } = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { dicomweb: Record<string, number> };
+    assert.ok(dicomweb.searches! >= 20, JSON.stringify(dicomweb));
+    assert.ok(dicomweb.refused! >= refusals.length, JSON.stringify(dicomweb));
+    assert.equal(dicomweb.failed, 0);
   });
 });

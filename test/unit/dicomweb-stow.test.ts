@@ -21,7 +21,7 @@ import { startHttpServer } from '../../src/http/server.ts';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { systemClock } from '../../src/actors/runtime/clock.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import type { DicomWebContext } from '../../src/http/dicomweb/context.ts';
+import { createDicomWebStats, type DicomWebContext } from '../../src/http/dicomweb/context.ts';
 
 const boundary = 'stow-test-boundary-0123456789';
 const dicomMultipart = `multipart/related; type="application/dicom"; boundary=${boundary}`;
@@ -468,6 +468,7 @@ test('STOW-RS: a write quorum that is not reached fails the instance with A700, 
     transcoder: undefined as never,
     clock: systemClock,
     log: silentLogger,
+    stats: createDicomWebStats(),
   };
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, dicomWeb });
   t.after(async () => {

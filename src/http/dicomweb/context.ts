@@ -21,6 +21,27 @@ export interface DicomWebContext {
   transcoder: Transcoder;
   clock: Clock;
   log: Logger;
+  /** Counted here, shown in GET /api/mesh (`dicomweb`). */
+  stats: DicomWebStats;
+}
+
+/** Requests by service, and how they ended: what an operator reads to see whether viewers are served. */
+export interface DicomWebStats {
+  searches: number;
+  retrieves: number;
+  metadata: number;
+  frames: number;
+  stores: number;
+  /** Answered 4xx (or 503: retry), or refused by the router. */
+  refused: number;
+  /** Answered 500. */
+  failed: number;
+  /** Ended before the response was whole: the client left, or a read failed after the headers went out. */
+  cutShort: number;
+}
+
+export function createDicomWebStats(): DicomWebStats {
+  return { searches: 0, retrieves: 0, metadata: 0, frames: 0, stores: 0, refused: 0, failed: 0, cutShort: 0 };
 }
 
 /** One request, as the services see it: the base URL of this service names the resources in responses. */

@@ -4,10 +4,10 @@
  * function, then served by its service; every refusal is an HTTP status with a message and a stable code.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
 import { retrieveFrames } from './frames.ts';
 import { searchEntities } from './qido.ts';
-import { routeOf } from './routes.ts';
+import { routeOf, type DicomWebRoute } from './routes.ts';
 import { storeInstances } from './stow.ts';
 import { retrieveInstances, retrieveMetadata } from './wado.ts';
 
@@ -19,6 +19,7 @@ const hostPattern = /^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}
 export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://peer');
   const routed = routeOf(req.method ?? 'GET', url.pathname.slice(dicomWebPrefix.length));
+  countOutcome(ctx.stats, res);
   if (!routed.ok) {
     if (routed.allow !== undefined) res.setHeader('allow', routed.allow);
     sendJsonBody(res, routed.httpStatus, { error: routed.message, code: routed.code });
@@ -27,6 +28,7 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
   const host = req.headers.host !== undefined && hostPattern.test(req.headers.host) ? req.headers.host : ownAddress;
   const exchange: DicomWebExchange = { req, res, query: url.searchParams, baseUrl: `http://${host}${dicomWebPrefix}` };
   const route = routed.route;
+  countRequest(ctx.stats, route);
   try {
     switch (route.type) {
       case 'search':
@@ -59,4 +61,35 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
     if (error.httpStatus === 503) res.setHeader('retry-after', '5');
     sendJsonBody(res, error.httpStatus, { error: error.message, code: error.code });
   }
+}
+
+function countRequest(stats: DicomWebStats, route: DicomWebRoute): void {
+  switch (route.type) {
+    case 'search':
+      stats.searches++;
+      return;
+    case 'retrieve':
+      if (route.metadata) stats.metadata++;
+      else stats.retrieves++;
+      return;
+    case 'frames':
+      stats.frames++;
+      return;
+    case 'store':
+      stats.stores++;
+      return;
+    default: {
+      const unreachable: never = route;
+      throw new Error(`unhandled route ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+/** Counts how the response ends: refused, failed, or cut before it was whole. */
+function countOutcome(stats: DicomWebStats, res: ServerResponse): void {
+  res.once('close', () => {
+    if (!res.writableFinished) stats.cutShort++;
+    else if (res.statusCode >= 500 && res.statusCode !== 503) stats.failed++;
+    else if (res.statusCode >= 400) stats.refused++;
+  });
 }
