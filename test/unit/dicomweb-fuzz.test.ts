@@ -30,7 +30,7 @@ const values = ['', '*', '?', 'A*B?', '20240101-', '-20240101', '20240101-202312
 const accepts = [undefined, '*/*', 'application/dicom+json', 'application/json', 'multipart/related; type="application/dicom"', 'multipart/related; type="application/dicom"; transfer-syntax=*', 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2', 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50', 'multipart/related; type="application/octet-stream"', 'text/html', 'garbage;;;', 'a/b;q=0', ',,,'];
 const methods = ['GET', 'GET', 'GET', 'GET', 'GET', 'HEAD', 'DELETE', 'PUT', 'OPTIONS', 'PATCH'];
 /** The resources' shapes, `S`, `E` and `I` standing for a study, series and instance UID (valid or not). */
-const templates = ['studies', 'series', 'instances', 'studies/S', 'studies/S/metadata', 'studies/S/series', 'studies/S/instances', 'studies/S/series/E', 'studies/S/series/E/metadata', 'studies/S/series/E/instances', 'studies/S/series/E/instances/I', 'studies/S/series/E/instances/I/metadata', 'studies/S/series/E/instances/I/frames/1'];
+const templates = ['studies', 'series', 'instances', 'studies/S', 'studies/S/metadata', 'studies/S/series', 'studies/S/instances', 'studies/S/series/E', 'studies/S/series/E/metadata', 'studies/S/series/E/instances', 'studies/S/series/E/instances/I', 'studies/S/series/E/instances/I/metadata', 'studies/S/series/E/instances/I/frames/1', 'studies/S/series/E/instances/I/bulkdata/00091003', 'studies/S/series/E/instances/I/bulkdata/7FE00010'];
 const uidsOrNot = [study, series, instance, '1.2.3', '1.2.x', '', '01.2'];
 
 test('seeded fuzz: a thousand malformed DICOMweb requests each get a clear answer, and the peer keeps serving', async () => {

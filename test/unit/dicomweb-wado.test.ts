@@ -103,6 +103,52 @@ describe('WADO-RS', () => {
     assert.equal(one.length, 1);
   });
 
+  it('names top-level binary values in metadata with a BulkDataURI, and sends each one as stored (little endian)', async () => {
+    const bulkStudy = '1.2.826.0.1.3680043.10.1453.201.2';
+    const overlay = Uint8Array.from([0x01, 0x02, 0x03, 0x04]);
+    const privateBlob = Uint8Array.from([0xde, 0xad, 0xbe, 0xef, 0x00, 0x01]);
+    // One explicit VR little endian, one big endian (its OW words stored swapped), both over STOW-RS.
+    const files = [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian].map((transferSyntaxUid, index) =>
+      makeInstanceWithInfo({
+        transferSyntaxUid,
+        study: { uid: bulkStudy },
+        series: { uid: `${bulkStudy}.1` },
+        sopInstanceUid: `${bulkStudy}.1.${index + 1}`,
+        instanceNumber: index + 1,
+        rows: 4,
+        columns: 4,
+        privateElements: true,
+        extraElements: [{ tag: 0x60003000, vr: 'OW', value: overlay }],
+      }).bytes,
+    );
+    const body = Buffer.concat([...files.flatMap((file) => [Buffer.from('--b\r\nContent-Type: application/dicom\r\n\r\n'), Buffer.from(file), Buffer.from('\r\n')]), Buffer.from('--b--\r\n')]);
+    const stored = await fetch(`${base}/studies`, { method: 'POST', body, headers: { 'content-type': 'multipart/related; type="application/dicom"; boundary=b' } });
+    assert.equal(stored.status, 200, await stored.text());
+    for (const index of [1, 2]) {
+      const instanceUrl = `${base}/studies/${bulkStudy}/series/${bulkStudy}.1/instances/${bulkStudy}.1.${index}`;
+      const [metadata] = (await (await fetch(`${instanceUrl}/metadata`)).json()) as Array<Record<string, { vr: string; BulkDataURI?: string }>>;
+      assert.deepEqual(metadata!['00091003'], { vr: 'OB', BulkDataURI: `${instanceUrl}/bulkdata/00091003` });
+      assert.deepEqual(metadata!['60003000'], { vr: 'OW', BulkDataURI: `${instanceUrl}/bulkdata/60003000` });
+      for (const [tag, expected] of [['00091003', privateBlob], ['60003000', overlay]] as const) {
+        const response = await retrieve(`/studies/${bulkStudy}/series/${bulkStudy}.1/instances/${bulkStudy}.1.${index}/bulkdata/${tag}`);
+        assert.equal(response.status, 200);
+        const [part] = parseMultipart(response.body, response.contentType);
+        assert.deepEqual([...part!.body], [...expected], `instance ${index}, ${tag}`);
+      }
+    }
+    const refusals: Array<[string, string | undefined, number, RegExp]> = [
+      ['/bulkdata/7FE00010', undefined, 404, /frames resource/],
+      ['/bulkdata/00100010', undefined, 404, /no top-level binary value/],
+      ['/bulkdata/0010001', undefined, 400, /8 hex digits/],
+      ['/bulkdata/00091003', 'image/jpeg', 406, /application\/octet-stream" only/],
+    ];
+    for (const [suffix, accept, status, message] of refusals) {
+      const response = await retrieve(`/studies/${bulkStudy}/series/${bulkStudy}.1/instances/${bulkStudy}.1.1${suffix}`, accept);
+      assert.equal(response.status, status, `${suffix}: ${response.body.toString()}`);
+      assert.match((JSON.parse(response.body.toString()) as { error: string }).error, message);
+    }
+  });
+
   it('answers 404, 406 and 400 with a message for what it cannot serve, and survives a client that leaves', async () => {
     const cases: Array<[string, string | undefined, number, RegExp]> = [
       ['/studies/1.2.3.4.5', undefined, 404, /no instance of study 1\.2\.3\.4\.5/],

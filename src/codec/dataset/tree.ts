@@ -17,6 +17,9 @@ export interface TreeElement {
   value: string | undefined;
   /** A sequence's items, each its elements in stream order. */
   items?: TreeElement[][];
+  /** Where the value's bytes are in the data set read (absent for sequences): bulk data is served from them. */
+  valueOffset?: number;
+  valueLength?: number;
 }
 
 export interface TreeLimits {
@@ -90,7 +93,7 @@ export function parseDatasetTree(bytes: Uint8Array, transferSyntaxUid: string, l
       if (length === undefinedLength) throw new DatasetParseError('ERR_DATASET_MALFORMED', `(${tagHex(tag)}) ${vr} of undefined length`, at);
       const valueEnd = checkedEnd(at, length, end);
       const value = textVrs.has(vr) ? decodeText(bytes, at, valueEnd) : numericVrSizes.has(vr) ? decodeNumbers(bytes, at, length, vr, layout.littleEndian) : undefined;
-      out.push({ tag, vr, value });
+      out.push({ tag, vr, value, valueOffset: at, valueLength: length });
       at = valueEnd;
     }
     if (untilDelimiter) throw new DatasetParseError('ERR_DATASET_TRUNCATED', 'item of undefined length has no delimiter', at);

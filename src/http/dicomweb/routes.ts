@@ -11,6 +11,8 @@ export type DicomWebRoute =
   | { type: 'search'; level: SearchLevel; studyUid?: string; seriesUid?: string }
   /** WADO-RS: the instances of a study, series or one instance, or their metadata. */
   | { type: 'retrieve'; level: SearchLevel; studyUid: string; seriesUid?: string; instanceUid?: string; metadata: boolean }
+  /** WADO-RS: one top-level binary value of an instance, named by its tag (the BulkDataURI metadata gives). */
+  | { type: 'bulkdata'; studyUid: string; seriesUid: string; instanceUid: string; tag: number }
   /** WADO-RS: frames of one instance, numbered from 1. */
   | { type: 'frames'; studyUid: string; seriesUid: string; instanceUid: string; frameNumbers: number[] }
   /** STOW-RS: POST /studies, or /studies/{uid} for instances of that study only. */
@@ -62,6 +64,10 @@ export function routeOf(method: string, path: string): RouteResult {
   if (instanceUid === undefined) return readOnly({ type: 'search', level: 'IMAGE', studyUid, seriesUid });
   if (fourth === undefined) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: false });
   if (fourth === 'metadata' && rest.length === 0) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: true });
+  if (fourth === 'bulkdata' && rest.length === 1) {
+    if (!/^[0-9A-Fa-f]{8}$/.test(rest[0]!)) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_TAG', message: `bulk data is named by a tag of 8 hex digits, not "${rest[0]!.slice(0, 80)}"` };
+    return readOnly({ type: 'bulkdata', studyUid, seriesUid, instanceUid, tag: parseInt(rest[0]!, 16) >>> 0 });
+  }
   if (fourth === 'frames' && rest.length === 1) {
     const frameNumbers = parseFrameList(rest[0]!);
     if (frameNumbers === undefined) {

@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
+import { retrieveBulkData } from './bulkdata.ts';
 import { retrieveFrames } from './frames.ts';
 import { searchEntities } from './qido.ts';
 import { routeOf, type DicomWebRoute } from './routes.ts';
@@ -41,6 +42,9 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
       case 'frames':
         await retrieveFrames(ctx, exchange, route);
         return;
+      case 'bulkdata':
+        await retrieveBulkData(ctx, exchange, route);
+        return;
       case 'store':
         await storeInstances(ctx, exchange, route);
         return;
@@ -73,6 +77,7 @@ function countRequest(stats: DicomWebStats, route: DicomWebRoute): void {
       else stats.retrieves++;
       return;
     case 'frames':
+    case 'bulkdata':
       stats.frames++;
       return;
     case 'store':

@@ -9,7 +9,7 @@ import { checkedWholeBytesMax } from '../../actors/storage/checked-read.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { implementationClassUid, implementationVersionName } from '../../actors/association/implementation.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
-import { toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-json.ts';
+import { jsonTag, toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-json.ts';
 import { encodePart10Header } from '../../codec/dataset/part10.ts';
 import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
 import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
@@ -117,8 +117,9 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   }
   // One instance's metadata at a time: a study of thousands of instances is never held whole.
   let first = true;
-  for await (const elements of preparedAhead(entries, (entry) => metadataElementsOf(ctx, entry))) {
-    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(withoutBinaryValues(elements)))}`;
+  for await (const [entry, header] of preparedAhead(entries, async (entry) => [entry, await instanceHeaderOf(ctx, entry)] as const)) {
+    const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
+    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl)))}`;
     first = false;
     if (res.destroyed) return;
     if (!res.write(text)) await new Promise<void>((resolve) => {
@@ -134,17 +135,25 @@ function checkJsonAccepted(accept: string | undefined): void {
   throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `metadata is sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }
 
+/** An instance's attributes up to Pixel Data, and the bytes they were read from (values are sliced from them). */
+export interface InstanceHeader {
+  elements: TreeElement[];
+  bytes: Uint8Array;
+  /** The syntax of `bytes`: the stored one, or explicit VR little endian for a deflated instance (inflated). */
+  transferSyntaxUid: string;
+}
+
 /**
  * The attributes of an instance, sequences included, up to its Pixel Data: the bytes before it are read
  * (the rest of a large instance is not), or the whole data set when it is deflated.
  */
-async function metadataElementsOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<TreeElement[]> {
-  const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `metadata of ${entry.sopInstanceUid}: ${errorText(error)}`);
+export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<InstanceHeader> {
+  const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `the attributes of ${entry.sopInstanceUid} cannot be read: ${errorText(error)}`);
   try {
     if (layoutOf(entry.transferSyntaxUid).deflated) {
       const { bytes } = await readWholeInstance(ctx, entry);
       const inflated = inflateRawSync(bytes, { maxOutputLength: metadataHeaderBytesMax });
-      return parseDatasetTree(inflated, EXPLICIT_LE);
+      return { elements: parseDatasetTree(inflated, EXPLICIT_LE), bytes: inflated, transferSyntaxUid: EXPLICIT_LE };
     }
     const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
     const reader = new DatasetHeaderReader({ transferSyntaxUid: local.transferSyntaxUid });
@@ -164,8 +173,9 @@ async function metadataElementsOf(ctx: DicomWebContext, entry: CatalogEntry): Pr
     }
     const header = reader.end();
     // Most headers fit in the first chunk: no copy then.
-    const bytes = kept.length === 1 ? kept[0]! : Buffer.concat(kept);
-    return parseDatasetTree(header.pixelDataOffset === undefined ? bytes : bytes.subarray(0, header.pixelDataOffset), local.transferSyntaxUid);
+    const read = kept.length === 1 ? kept[0]! : Buffer.concat(kept);
+    const bytes = header.pixelDataOffset === undefined ? read : read.subarray(0, header.pixelDataOffset);
+    return { elements: parseDatasetTree(bytes, local.transferSyntaxUid), bytes, transferSyntaxUid: local.transferSyntaxUid };
   } catch (error) {
     if (error instanceof DicomWebError) throw error;
     throw describeFailure(error);
@@ -173,20 +183,21 @@ async function metadataElementsOf(ctx: DicomWebContext, entry: CatalogEntry): Pr
 }
 
 /**
- * Binary values (Pixel Data, overlays, private blobs) are not read into metadata, and are left out rather
- * than shown empty: PS3.18 F.2.7 would send them as BulkDataURI or InlineBinary, which this archive does
- * not serve yet. A viewer takes the pixels from the frames resource or the instance.
+ * Binary values (PS3.18 F.2.7): a top-level one is named by a BulkDataURI (its bulkdata resource); one
+ * inside a sequence is left out rather than shown empty, and so is Pixel Data, which a viewer takes from
+ * the frames resource or the instance.
  */
-function withoutBinaryValues(elements: readonly TreeElement[]): JsonSourceElement[] {
+function forMetadata(elements: readonly TreeElement[], instanceUrl: string | undefined): JsonSourceElement[] {
   const kept: JsonSourceElement[] = [];
   for (const element of elements) {
     if (element.tag === Tags.PixelData) continue;
-    if (element.items !== undefined) kept.push({ ...element, items: element.items.map((item) => withoutBinaryValues(item)) });
+    if (element.items !== undefined) kept.push({ ...element, items: element.items.map((item) => forMetadata(item, undefined)) });
     else if (element.value !== undefined || !isBinaryVr(element.vr)) kept.push(element);
+    else if (instanceUrl !== undefined) kept.push({ tag: element.tag, vr: element.vr, value: undefined, bulkDataUri: `${instanceUrl}/bulkdata/${jsonTag(element.tag)}` });
   }
   return kept;
 }
 
-function isBinaryVr(vr: string): boolean {
+export function isBinaryVr(vr: string): boolean {
   return vr === 'OB' || vr === 'OW' || vr === 'OF' || vr === 'OD' || vr === 'OL' || vr === 'OV' || vr === 'UN';
 }

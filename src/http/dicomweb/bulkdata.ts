@@ -1,0 +1,58 @@
+/**
+ * WADO-RS bulk data (PS3.18 10.4, "Retrieve Bulkdata"): `.../instances/{i}/bulkdata/{tag}` sends one
+ * top-level binary value of an instance (an encapsulated document, an overlay, a private blob), the
+ * resource the instance's metadata names in a BulkDataURI. The value goes out as one
+ * application/octet-stream part in little endian (a big endian instance's words are swapped). Pixel Data
+ * is served by the frames resource, not here.
+ */
+import { Tags } from '../../codec/dictionary.ts';
+import { EXPLICIT_BE } from '../../codec/transcode-targets.ts';
+import { acceptableRanges, parseAccept } from './accept.ts';
+import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { selectInstances } from './instances.ts';
+import { startMultipart } from './multipart-writer.ts';
+import type { DicomWebRoute } from './routes.ts';
+import { instanceHeaderOf, isBinaryVr } from './wado.ts';
+
+type BulkDataRoute = Extract<DicomWebRoute, { type: 'bulkdata' }>;
+
+/** Bytes per word of the binary VRs whose values a big endian syntax stores byte-swapped. */
+const wordBytes: Readonly<Record<string, number>> = { OW: 2, OF: 4, OL: 4, OD: 8, OV: 8 };
+
+export async function retrieveBulkData(ctx: DicomWebContext, exchange: DicomWebExchange, route: BulkDataRoute): Promise<void> {
+  if (!acceptsOctetStream(exchange.req.headers.accept)) {
+    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `bulk data is sent as multipart/related; type="application/octet-stream" only (asked: ${(exchange.req.headers.accept ?? '').slice(0, 120)})`);
+  }
+  const tagText = route.tag.toString(16).toUpperCase().padStart(8, '0');
+  if (route.tag === Tags.PixelData) {
+    throw new DicomWebError(404, 'ERR_DICOMWEB_NO_BULK_DATA', `Pixel Data is served by the frames resource (.../instances/${route.instanceUid}/frames/1), not as bulk data`);
+  }
+  const [entry] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
+  const header = await instanceHeaderOf(ctx, entry!);
+  const element = header.elements.find((candidate) => candidate.tag === route.tag);
+  if (element === undefined || element.valueOffset === undefined || element.valueLength === undefined || !isBinaryVr(element.vr)) {
+    throw new DicomWebError(404, 'ERR_DICOMWEB_NO_BULK_DATA', `instance ${route.instanceUid} has no top-level binary value (${tagText}) before its Pixel Data`);
+  }
+  let value = header.bytes.subarray(element.valueOffset, element.valueOffset + element.valueLength);
+  const size = wordBytes[element.vr];
+  if (header.transferSyntaxUid === EXPLICIT_BE && size !== undefined) value = swapWords(value, size);
+  const writer = startMultipart(exchange.res, { type: 'application/octet-stream' });
+  await writer.writePart({ 'Content-Type': 'application/octet-stream', 'Content-Location': `${exchange.baseUrl}/studies/${route.studyUid}/series/${route.seriesUid}/instances/${route.instanceUid}/bulkdata/${tagText}` }, value);
+  writer.end();
+}
+
+/** Whether the Accept header takes an octet-stream part: absent, `*\/*`, multipart/related (of octet-stream), application/octet-stream. */
+function acceptsOctetStream(accept: string | undefined): boolean {
+  return acceptableRanges(parseAccept(accept)).some((range) => {
+    const mediaType = `${range.type}/${range.subtype}`;
+    if (mediaType === 'multipart/related') return (range.parameters.get('type') ?? 'application/octet-stream').toLowerCase() === 'application/octet-stream';
+    return mediaType === '*/*' || mediaType === 'multipart/*' || mediaType === 'application/octet-stream' || mediaType === 'application/*';
+  });
+}
+
+/** The value with each word's bytes reversed (big endian to little endian); a copy. */
+function swapWords(value: Uint8Array, size: number): Uint8Array {
+  const swapped = Buffer.from(value);
+  for (let at = 0; at + size <= swapped.length; at += size) swapped.subarray(at, at + size).reverse();
+  return swapped;
+}
