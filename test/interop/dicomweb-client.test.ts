@@ -32,6 +32,7 @@ interface ViewerClient {
   retrieveInstanceFrames(options: Uids & { frameNumbers: number[]; mediaTypes?: MediaType[] }): Promise<ArrayBuffer[]>;
   retrieveInstance(options: Uids): Promise<ArrayBuffer>;
   retrieveStudy(options: Uids): Promise<ArrayBuffer[]>;
+  retrieveBulkData(options: { BulkDataURI: string }): Promise<ArrayBuffer[]>;
   storeInstances(options: { datasets: ArrayBuffer[]; studyInstanceUID?: string }): Promise<unknown>;
 }
 
@@ -88,13 +89,26 @@ describe('dicomweb-client (OHIF) as a viewer of pacs-mesh', () => {
     }
   });
 
-  it('reads every instance\'s metadata', async () => {
+  it('reads every instance\'s metadata, and the binary values it names', async () => {
+    let bulkValues = 0;
     for (const instance of corpus) {
       const [metadata] = await client.retrieveInstanceMetadata(uidsOf(instance));
       assert.equal(metadata!['00080018']!.Value![0], instance.sopInstanceUid, instance.name);
       assert.equal(metadata!['00080016']!.Value![0], instance.sopClassUid, instance.name);
       assert.equal(metadata!['7FE00010'], undefined, `${instance.name}: no Pixel Data in metadata`);
+      // Each binary value the metadata names comes back as the original file holds it.
+      const { flat } = flattenFile(instance.bytes);
+      for (const [tag, attribute] of Object.entries(metadata!)) {
+        const uri = (attribute as { BulkDataURI?: string }).BulkDataURI;
+        if (uri === undefined) continue;
+        const [value] = await client.retrieveBulkData({ BulkDataURI: uri });
+        const original = flat.get(`(${tag.slice(0, 4)},${tag.slice(4)})`);
+        assert.ok(original?.kind === 'value', `${instance.name} ${tag}`);
+        assert.deepEqual(Buffer.from(value!), Buffer.from(original.bytes), `${instance.name}: bulk data ${tag}`);
+        bulkValues++;
+      }
     }
+    assert.ok(bulkValues >= 3, `bulk data values fetched: ${bulkValues}`);
   });
 
   it('fetches frames decoded by default, and as stored when asked the way OHIF asks', async () => {
