@@ -61,6 +61,8 @@ const ResponseTags = {
 
 /** Preamble, "DICM" and group 0002 together: the meta is a few hundred bytes; more is no Part 10 file this archive takes. */
 const part10HeadMaxBytes = 64 * 1024;
+/** Parts read whole whose commit and write quorum are awaited while the next part is read. */
+const finishesInFlightMax = 16;
 /** Reasons quoted in the Warning header: enough to tell a client what went wrong, never an unbounded header. */
 const warningReasonsMax = 5;
 
@@ -87,7 +89,9 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
     throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', 'STOW-RS answers application/dicom+json: the Accept header excludes it');
   }
 
-  const outcomes: PartOutcome[] = [];
+  // Each part's outcome, in order: a part read whole waits for its commit and write quorum while the next
+  // part is read, at most finishesInFlightMax at once (a mesh's quorum wait would otherwise add up).
+  const finishing: Array<Promise<PartOutcome>> = [];
   let damage: MultipartError | undefined;
   /** Whether the damage was inside a part, so that part's outcome already tells of it. */
   let damageInPart = false;
@@ -95,8 +99,13 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   try {
     for await (const part of readMultipart(requestBody(req), boundary, stowLimits)) {
       const { outcome, damage: partDamage } = await storePart(ctx, route, part);
-      outcomes.push(outcome);
-      if (outcome.type === 'failed') log.warn('STOW-RS part not stored', { part: part.index + 1, failureReason: hex(outcome.failureReason), why: outcome.why, sopInstanceUid: outcome.reference?.sopInstanceUid });
+      finishing.push(
+        Promise.resolve(outcome).then((settled) => {
+          if (settled.type === 'failed') log.warn('STOW-RS part not stored', { part: part.index + 1, failureReason: hex(settled.failureReason), why: settled.why, sopInstanceUid: settled.reference?.sopInstanceUid });
+          return settled;
+        }),
+      );
+      if (finishing.length > finishesInFlightMax) await finishing[finishing.length - 1 - finishesInFlightMax];
       if (partDamage !== undefined) {
         damage = partDamage;
         damageInPart = true;
@@ -106,7 +115,8 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   } catch (error) {
     if (error instanceof RequestBodyError) {
       // The client is gone (or its connection broke): nobody can read an answer; what it sent in full is stored.
-      log.warn('STOW-RS request body broken off', { error: error.message, storedCount: outcomes.filter((o) => o.type === 'stored').length });
+      const gone = await Promise.all(finishing);
+      log.warn('STOW-RS request body broken off', { error: error.message, storedCount: gone.filter((o) => o.type === 'stored').length });
       res.destroy();
       return;
     }
@@ -116,6 +126,7 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
     // Whatever is left of the body is read and dropped (not left to stall the connection).
     if (!req.readableEnded) req.resume();
   }
+  const outcomes = await Promise.all(finishing);
 
   const stored = outcomes.filter((outcome): outcome is Extract<PartOutcome, { type: 'stored' }> => outcome.type === 'stored');
   if (!req.complete) res.setHeader('connection', 'close');
@@ -173,8 +184,11 @@ async function* requestBody(req: IncomingMessage): AsyncGenerator<Uint8Array> {
   }
 }
 
-/** Reads one part and stores its data set; `damage` when the multipart body broke inside it (nothing of it is stored). */
-async function storePart(ctx: DicomWebContext, route: StoreRoute, part: MultipartPart): Promise<{ outcome: PartOutcome; damage?: MultipartError }> {
+/**
+ * Reads one part and stores its data set: `outcome` settles once it is committed and at its write quorum
+ * (or failed); `damage` when the multipart body broke inside it (nothing of it is stored).
+ */
+async function storePart(ctx: DicomWebContext, route: StoreRoute, part: MultipartPart): Promise<{ outcome: PartOutcome | Promise<PartOutcome>; damage?: MultipartError }> {
   const failed = (reference: SopReference | undefined, failureReason: number, why: string): PartOutcome => ({ type: 'failed', reference, failureReason, why });
   const contentType = part.headers.get('content-type');
   if (contentType !== undefined && parseMediaType(contentType)?.essence !== 'application/dicom') {
@@ -228,12 +242,14 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
   } finally {
     if (!finished) await store.cancel();
   }
-  const result = await store.finish();
-  if (result.status === 0x0000 || isWarning(result.status)) {
-    const identity = store.identity!;
-    return { outcome: { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarning(result.status) ? result.status : undefined } };
-  }
-  return { outcome: failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`) };
+  const committed = store.finish().then((result): PartOutcome => {
+    if (result.status === 0x0000 || isWarning(result.status)) {
+      const identity = store.identity!;
+      return { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarning(result.status) ? result.status : undefined };
+    }
+    return failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);
+  });
+  return { outcome: committed };
 }
 
 /** PS3.4 B.2.3: B000, B006, B007 store the instance with a warning. */
