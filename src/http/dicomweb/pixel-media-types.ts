@@ -2,7 +2,7 @@
  * Media types of pixel data in WADO-RS responses (PS3.18 8.7.3.3, Tables 8.7.3-4 and 8.7.3-5), and the
  * choice among an Accept header's ranges of the representation a frames response is sent in.
  */
-import { formatMediaType, type MediaRange } from './accept.ts';
+import { acceptableRanges, formatMediaType, type MediaRange } from './accept.ts';
 
 export const explicitVrLittleEndian = '1.2.840.10008.1.2.1';
 export const octetStream = 'application/octet-stream';
@@ -59,8 +59,7 @@ const native: FrameRepresentation = { kind: 'native', mediaType: octetStream, tr
  * Single-part media types are not offered: this response is always multipart (PS3.18 8.6.1).
  */
 export function chooseFrameRepresentation(ranges: readonly MediaRange[], offers: FrameOffers): FrameRepresentation | undefined {
-  const ordered = ranges.map((range, index) => ({ range, index })).filter(({ range }) => range.q > 0).sort((a, b) => b.range.q - a.range.q || a.index - b.index);
-  for (const { range } of ordered) {
+  for (const range of acceptableRanges(ranges)) {
     for (const candidate of candidatesOf(range, offers)) {
       if (candidate.kind === 'native' ? offers.native : offers.asStored) return candidate;
     }
