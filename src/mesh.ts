@@ -50,6 +50,12 @@ export interface Mesh {
   forgetSite: CustodyService['forgetSite'];
   /** See BalancerService.forgetPeer. */
   forgetPeer: BalancerService['forgetPeer'];
+  /**
+   * While the leader's table marks this site refilling (far fewer instances than the fullest site), where
+   * an HTTP search goes instead: a whole site's HTTP address, when one is alive. DICOM associations are
+   * sent there by the front door; an HTTP request can only be redirected. Undefined when this site is whole.
+   */
+  searchElsewhere(): { reason: string; httpAddress?: string } | undefined;
   stop(): Promise<void>;
 }
 
@@ -187,6 +193,20 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       forgetSite: (siteName) => custody.forgetSite(siteName),
       forgetPeer: (peerId) => balancer.forgetPeer(peerId),
+      searchElsewhere: () => {
+        const table = balancer.table();
+        if (!(table?.entries.some((e) => e.peerId === node.peerId && e.refilling) ?? false)) return undefined;
+        const alive = new Map(membership.members().filter((m) => m.status === 'alive').map((m) => [m.peerId, m]));
+        // A whole site, the least loaded first (as the front door picks one for an association).
+        const whole = (table?.entries ?? [])
+          .filter((e) => !e.refilling && e.peerId !== node.peerId && alive.has(e.peerId))
+          .sort((a, b) => Number(a.saturated) - Number(b.saturated) || b.weight - a.weight)[0];
+        const fullest = Math.max(0, ...[...alive.values()].map((m) => m.instanceCount));
+        return {
+          reason: `this site is refilling: ${custody.stats().instanceCount} of ${fullest} instances here`,
+          httpAddress: whole === undefined ? undefined : alive.get(whole.peerId)!.addresses.http,
+        };
+      },
       status: () => {
         const leader = balancer.leader();
         const members = membership.members();

@@ -20,7 +20,8 @@ import { startCommitments } from './actors/commitment/actor.ts';
 import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
-import { createDicomWebStats } from './http/dicomweb/context.ts';
+import { createDicomWebStats, meshLookupsQueuedMax, meshLookupsRunningMax } from './http/dicomweb/context.ts';
+import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
@@ -219,7 +220,17 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       host: config.host,
       port: config.httpPort,
       isHealthy: () => healthy,
-      dicomWeb: { store, retrieveSource, ingest, transcoder, clock, log: log.child({ component: 'dicomweb' }), stats: dicomWebStats },
+      dicomWeb: {
+        store,
+        retrieveSource,
+        ingest,
+        transcoder,
+        clock,
+        log: log.child({ component: 'dicomweb' }),
+        stats: dicomWebStats,
+        meshLookups: createConcurrencyLimit(meshLookupsRunningMax, meshLookupsQueuedMax),
+        searchElsewhere: () => mesh?.searchElsewhere(),
+      },
       scrubNow: () => {
         scrub?.startNow();
         return scrub?.stats();

@@ -174,7 +174,10 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
     });
   });
   server.headersTimeout = 10_000;
-  // A STOW-RS upload of a large study takes its time; headersTimeout and maxConnections still bound idle clients.
+  // A STOW-RS upload of a large study takes its time; headersTimeout and maxConnections still bound idle clients,
+  // and a connection on which nothing moves either way for 2 minutes (a stalled upload, a viewer that stopped
+  // reading a retrieve) is closed, as the DICOM port's --idle-timeout does by default.
+  server.timeout = 120_000;
   server.requestTimeout = 10 * 60_000;
   // Idle or slow connections beyond this are closed at once: they must not use up the file descriptors
   // the DICOM port and the mesh need (20,000 of them made the whole peer unreachable for ~7 s).

@@ -8,6 +8,7 @@ import type { IngestPort } from '../../actors/association/services/deps.ts';
 import type { RetrieveSource } from '../../actors/association/services/query-retrieve.ts';
 import type { ReplicaStore } from '../../actors/storage/replica-store.ts';
 import type { Clock } from '../../actors/runtime/clock.ts';
+import type { ConcurrencyLimit } from '../../actors/runtime/concurrency-limit.ts';
 import type { Logger } from '../../actors/runtime/logger.ts';
 import type { Transcoder } from '../../codec/transcode-pool.ts';
 
@@ -23,6 +24,16 @@ export interface DicomWebContext {
   log: Logger;
   /** Counted here, shown in GET /api/mesh (`dicomweb`). */
   stats: DicomWebStats;
+  /**
+   * Bounds the lookups and pulls that go to other sites (a mesh protocol takes 64 streams at once): a
+   * flood of requests waits its turn rather than failing as "peers did not answer".
+   */
+  meshLookups: ConcurrencyLimit;
+  /**
+   * Where a search should go instead while this site is refilling (its catalog far behind the fullest
+   * site's): a whole site's HTTP address, or none known. Undefined when searches may be answered here.
+   */
+  searchElsewhere?: () => { reason: string; httpAddress?: string } | undefined;
 }
 
 /** Requests by service, and how they ended: what an operator reads to see whether viewers are served. */
@@ -39,6 +50,10 @@ export interface DicomWebStats {
   /** Ended before the response was whole: the client left, or a read failed after the headers went out. */
   cutShort: number;
 }
+
+/** Lookups and pulls at other sites running at once for DICOMweb, and waiting; beyond, 503. */
+export const meshLookupsRunningMax = 16;
+export const meshLookupsQueuedMax = 1024;
 
 export function createDicomWebStats(): DicomWebStats {
   return { searches: 0, retrieves: 0, metadata: 0, frames: 0, stores: 0, refused: 0, failed: 0, cutShort: 0 };

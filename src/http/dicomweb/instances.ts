@@ -8,6 +8,7 @@ import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
+import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
 import { DicomWebError, type DicomWebContext } from './context.ts';
@@ -31,8 +32,9 @@ export async function selectInstances(ctx: DicomWebContext, selector: InstanceSe
   if (selector.instanceUid !== undefined) keys.push({ tag: Tags.SOPInstanceUID, vr: 'UI', value: selector.instanceUid });
   let resolved: Awaited<ReturnType<DicomWebContext['retrieveSource']['resolve']>>;
   try {
-    resolved = await ctx.retrieveSource.resolve({ root: 'STUDY', level: selector.level, keys }, maxRetrieveInstances);
+    resolved = await meshWork(ctx, () => ctx.retrieveSource.resolve({ root: 'STUDY', level: selector.level, keys }, maxRetrieveInstances));
   } catch (error) {
+    if (error instanceof DicomWebError) throw error;
     if (isCatalogDamage(error)) ctx.store.reportCatalogDamage(`DICOMweb retrieve: ${errorText(error)}`);
     if (error instanceof QueryError) throw new DicomWebError(400, 'ERR_DICOMWEB_QUERY', error.message);
     throw new DicomWebError(500, 'ERR_DICOMWEB_LOOKUP', `retrieve lookup failed: ${errorText(error)}`);
@@ -64,11 +66,31 @@ function compareEntries(a: CatalogEntry, b: CatalogEntry): number {
   return instanceNumberOf(a) - instanceNumberOf(b) || (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0);
 }
 
+/** `work` (a lookup or pull at other sites) within ctx.meshLookups; 503 when too many already wait. */
+async function meshWork<T>(ctx: DicomWebContext, work: () => Promise<T>): Promise<T> {
+  try {
+    return await ctx.meshLookups.run(work);
+  } catch (error) {
+    if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many DICOMweb requests wait for other sites (${error.message}): retry`);
+    throw error;
+  }
+}
+
+/** Pauses before asking peers again for an instance none could send (a busy peer, a stream cut): then 503. */
+const pullRetryDelaysMs = [200, 1000];
+
 /** The local entry of an instance, pulled from a peer first when only a peer holds it. */
 async function localEntryOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<CatalogEntry> {
-  const local = await ctx.retrieveSource.ensureLocal(entry).catch(() => undefined);
-  if (local === undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_UNAVAILABLE', `instance ${entry.sopInstanceUid} is not here, and no peer could send it: retry`);
-  return local;
+  for (let attempt = 0; ; attempt++) {
+    const local = await meshWork(ctx, () => ctx.retrieveSource.ensureLocal(entry)).catch((error: unknown) => {
+      if (error instanceof DicomWebError) throw error;
+      return undefined;
+    });
+    if (local !== undefined) return local;
+    const delayMs = pullRetryDelaysMs[attempt];
+    if (delayMs === undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_UNAVAILABLE', `instance ${entry.sopInstanceUid} is not here, and no peer could send it: retry`);
+    await new Promise<void>((resolve) => ctx.clock.setTimeout(resolve, delayMs));
+  }
 }
 
 /**

@@ -10,7 +10,7 @@ import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { acceptsDicomJson } from './accept.ts';
-import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, sendDicomJson, sendJsonBody, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
 type SearchRoute = Extract<DicomWebRoute, { type: 'search' }>;
@@ -52,6 +52,15 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   // A catalog known to be incomplete (a site refilling after an empty disk) says "retry", as C-FIND does.
   const refusal = ctx.retrieveSource.searchRefusal?.();
   if (refusal !== undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_SEARCH_REFUSED', refusal);
+  // Later in a refill, the front door sends a C-FIND's association to a whole site; a search is redirected
+  // there (307 keeps the method), or refused when no whole site is alive, never answered with part of the matches.
+  const elsewhere = ctx.searchElsewhere?.();
+  if (elsewhere !== undefined) {
+    if (elsewhere.httpAddress === undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_SEARCH_REFUSED', `${elsewhere.reason}, and no whole site is alive: retry`);
+    exchange.res.setHeader('location', `http://${elsewhere.httpAddress}${exchange.req.url ?? ''}`);
+    sendJsonBody(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
+    return;
+  }
   const results: DicomJsonObject[] = [];
   let skipped = 0;
   let truncated = false;

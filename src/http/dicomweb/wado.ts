@@ -66,7 +66,6 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   // Transcodes under way stop when the client goes away.
   const abort = new AbortController();
   res.once('close', () => abort.abort());
-  const writer = startMultipart(res, { type: 'application/dicom' });
   const prepare = async (entry: CatalogEntry): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
     const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
     const headers = (transferSyntaxUid: string) => ({
@@ -94,8 +93,14 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     const transcoded = await ctx.transcoder.transcode({ byteLength: bytes.byteLength, read: async () => bytes }, local.transferSyntaxUid, [target], { signal: abort.signal });
     return { headers: headers(transcoded.transferSyntaxUid), body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
   };
+  // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
+  // send it) is a 503, not a cut connection. A later one that fails can only cut the response.
+  const parts = preparedAhead(entries, prepare);
+  const first = await parts.next();
+  const writer = startMultipart(res, { type: 'application/dicom' });
   try {
-    for await (const part of preparedAhead(entries, prepare)) await writer.writePart(part.headers, part.body);
+    if (first.done !== true) await writer.writePart(first.value.headers, first.value.body);
+    for await (const part of parts) await writer.writePart(part.headers, part.body);
   } catch (error) {
     if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || abort.signal.aborted) return;
     throw error;
@@ -110,14 +115,22 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   checkJsonAccepted(exchange.req.headers.accept);
   const entries = await selectInstances(ctx, route);
   const { res } = exchange;
-  res.writeHead(200, { 'content-type': 'application/dicom+json' });
   if (exchange.req.method === 'HEAD') {
+    res.writeHead(200, { 'content-type': 'application/dicom+json' });
     res.end();
     return;
   }
-  // One instance's metadata at a time: a study of thousands of instances is never held whole.
+  // One instance's metadata at a time: a study of thousands of instances is never held whole. The first
+  // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
+  const headers = preparedAhead(entries, async (entry) => [entry, await instanceHeaderOf(ctx, entry)] as const);
+  const firstHeader = await headers.next();
+  res.writeHead(200, { 'content-type': 'application/dicom+json' });
   let first = true;
-  for await (const [entry, header] of preparedAhead(entries, async (entry) => [entry, await instanceHeaderOf(ctx, entry)] as const)) {
+  const rest = (async function* () {
+    if (firstHeader.done !== true) yield firstHeader.value;
+    yield* headers;
+  })();
+  for await (const [entry, header] of rest) {
     const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
     const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl)))}`;
     first = false;

@@ -1,0 +1,124 @@
+/**
+ * DICOMweb's answers when the mesh behind it cannot serve: a search at a refilling site goes to a whole
+ * site (307) or is refused (503), never answered with part of the matches; a retrieve whose first instance
+ * no peer can send is a 503 before anything was sent; a flood of lookups waits its turn. The peer's real
+ * store and HTTP server, with the mesh's ports (searchElsewhere, retrieveSource) played by the test.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Status } from '../../src/codec/dimse.ts';
+import { startHttpServer, type RunningHttpServer } from '../../src/http/server.ts';
+import { createDicomWebStats, type DicomWebContext } from '../../src/http/dicomweb/context.ts';
+import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { localRetrieveSource } from '../../src/actors/association/services/query-retrieve.ts';
+import { localIngest } from '../../src/actors/association/services/deps.ts';
+import { systemClock } from '../../src/actors/runtime/clock.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
+import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+
+const study = '1.2.826.0.1.3680043.10.1453.205.1';
+const series = `${study}.1`;
+
+let peer: TestPeer;
+const servers: RunningHttpServer[] = [];
+
+before(async () => {
+  peer = await startTestPeer([], 'dicomweb-ports');
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+  for (const n of [1, 2]) assert.equal((await store.storeInstance({ study: { uid: study }, series: { uid: series }, sopInstanceUid: `${series}.${n}`, instanceNumber: n, rows: 8, columns: 8 })).command.status, Status.Success);
+  await store.client.release();
+});
+
+after(async () => {
+  for (const server of servers) await server.stop();
+  await peer.dispose();
+});
+
+/** An HTTP server on the peer's store whose mesh ports are `ports`. */
+async function serverWith(ports: Partial<DicomWebContext>): Promise<string> {
+  const server = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    meshStatus: async () => ({}),
+    isHealthy: () => true,
+    dicomWeb: {
+      store: peer.store,
+      retrieveSource: localRetrieveSource(peer.store),
+      ingest: localIngest(peer.store),
+      transcoder: undefined as never,
+      clock: systemClock,
+      log: silentLogger,
+      stats: createDicomWebStats(),
+      meshLookups: createConcurrencyLimit(4, 64),
+      ...ports,
+    },
+  });
+  servers.push(server);
+  return `http://127.0.0.1:${server.port}/dicom-web`;
+}
+
+describe('DICOMweb in front of a mesh that cannot serve', () => {
+  it('sends a search at a refilling site to a whole site, or refuses it when none is alive', async () => {
+    const whole = await serverWith({});
+    const wholeAddress = new URL(whole).host;
+    const refilling = await serverWith({ searchElsewhere: () => ({ reason: 'this site is refilling: 3 of 2910 instances here', httpAddress: wholeAddress }) });
+    const redirected = await fetch(`${refilling}/studies?PatientID=*`, { redirect: 'manual' });
+    assert.equal(redirected.status, 307);
+    assert.equal(redirected.headers.get('location'), `${whole}/studies?PatientID=*`);
+    assert.match(((await redirected.json()) as { error: string }).error, /refilling: 3 of 2910 .*whole site/);
+    // A client that follows redirects gets every match from the whole site.
+    const followed = (await (await fetch(`${refilling}/studies/${study}/series/${series}/instances`)).json()) as unknown[];
+    assert.equal(followed.length, 2);
+
+    const alone = await serverWith({ searchElsewhere: () => ({ reason: 'this site is refilling: 3 of 2910 instances here' }) });
+    const refused = await fetch(`${alone}/studies`);
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get('retry-after'), '5');
+    assert.match(((await refused.json()) as { error: string }).error, /no whole site is alive: retry/);
+  });
+
+  it('answers 503 before sending anything when no peer can send a retrieve\'s first instance', async () => {
+    let asked = 0;
+    const base = await serverWith({
+      retrieveSource: {
+        ...localRetrieveSource(peer.store),
+        ensureLocal: async () => {
+          asked++;
+          return undefined;
+        },
+      },
+    });
+    for (const [path, accept] of [[`/studies/${study}`, '*/*'], [`/studies/${study}/metadata`, 'application/dicom+json']] as const) {
+      asked = 0;
+      const response = await fetch(`${base}${path}`, { headers: { accept } });
+      assert.equal(response.status, 503, path);
+      assert.equal(response.headers.get('retry-after'), '5');
+      assert.match(((await response.json()) as { error: string }).error, /no peer could send it: retry/);
+      assert.equal(asked, 3, `${path}: asked the peers three times (two pauses) before giving up`);
+    }
+  });
+
+  it('lets lookups at other sites wait their turn beyond the limit, and refuses beyond the queue', async () => {
+    let running = 0;
+    let runningMax = 0;
+    const slowSource = {
+      ...localRetrieveSource(peer.store),
+      resolve: async (...args: Parameters<ReturnType<typeof localRetrieveSource>['resolve']>) => {
+        running++;
+        runningMax = Math.max(runningMax, running);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        running--;
+        return localRetrieveSource(peer.store).resolve(...args);
+      },
+    };
+    const base = await serverWith({ retrieveSource: slowSource, meshLookups: createConcurrencyLimit(4, 40) });
+    const answers = await Promise.all(Array.from({ length: 60 }, () => fetch(`${base}/studies/${study}/metadata`).then(async (response) => ({ status: response.status, body: await response.text() }))));
+    const statuses = answers.map((answer) => answer.status);
+    assert.equal(runningMax, 4, 'never more than the limit at once');
+    assert.ok(statuses.filter((status) => status === 200).length >= 44, JSON.stringify(statuses));
+    for (const answer of answers.filter((a) => a.status !== 200)) {
+      assert.equal(answer.status, 503);
+      assert.match(answer.body, /too many DICOMweb requests wait for other sites/);
+    }
+  });
+});
