@@ -104,3 +104,22 @@ test('POST /api/forget-peer?peer=PEERID: 200 forgotten, 409 up, self, pinned or 
   assert.equal(noMesh.status, 409);
   assert.equal(((await noMesh.json()) as { code: string }).code, 'ERR_NO_MESH');
 });
+
+test('requests the HTTP parser refuses get a status with a JSON body: headers over 16 KiB (431), an unknown method (400)', async (t) => {
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  t.after(() => server.stop());
+  const raw = (request: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(server.port, '127.0.0.1', () => socket.end(request));
+      let answer = '';
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+      socket.on('end', () => resolve(answer));
+      socket.on('error', reject);
+    });
+  const oversized = await raw(`GET /dicom-web/studies?PatientName=${'x'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  assert.match(oversized, /^HTTP\/1\.1 431 /);
+  assert.match(oversized, /"code":"ERR_HTTP_HEADERS_TOO_LARGE"/);
+  const unknown = await raw('FOO / HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.match(unknown, /^HTTP\/1\.1 400 /);
+  assert.match(unknown, /"code":"ERR_HTTP_MALFORMED"/);
+});

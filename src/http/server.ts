@@ -182,6 +182,17 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // Idle or slow connections beyond this are closed at once: they must not use up the file descriptors
   // the DICOM port and the mesh need (20,000 of them made the whole peer unreachable for ~7 s).
   server.maxConnections = init.maxConnections ?? 1024;
+  // Requests the HTTP parser refuses (headers over 16 KiB, an unknown method, a malformed line) get a JSON
+  // body too, as every other refusal on this port does.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const [status, reason] = error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
+    const body = JSON.stringify({ error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : 'ERR_HTTP_MALFORMED' });
+    socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  });
   const port = await listenOn(server, init.port, init.host);
   ownAddress = `${init.host.includes(':') ? `[${init.host}]` : init.host}:${port}`;
   return {

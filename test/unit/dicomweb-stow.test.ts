@@ -171,6 +171,13 @@ test('STOW-RS over HTTP', async (t) => {
     assert.equal(again.status, 200, JSON.stringify(again.body));
     assert.deepEqual(referencedUids(again.body), [file.resolved.sopInstanceUid, file.resolved.sopInstanceUid]);
     assert.equal(await peer.store.countInstances(), countBefore);
+    // The same SOP Instance UID sent again under another study: the answer names where it is stored.
+    const moved = small({ sopInstanceUid: file.resolved.sopInstanceUid, study: { uid: newUid() } });
+    const renamed = await stow(port, multipart([dicomPart(moved.bytes)]));
+    assert.equal(renamed.status, 200);
+    const retrieveUrl = items(renamed.body, Tag.ReferencedSOPSequence)[0]![Tag.RetrieveURL]!.Value![0] as string;
+    assert.match(retrieveUrl, new RegExp(`/studies/${file.resolved.studyInstanceUid}/series/${file.resolved.seriesInstanceUid}/instances/${file.resolved.sopInstanceUid}$`));
+    assert.equal((await fetch(retrieveUrl)).status, 200, 'the URL answered leads to the stored copy');
   });
 
   await t.test('POST /studies/{study}: an instance of another study fails with A900 and is not stored; the others are stored (202)', async () => {

@@ -43,12 +43,12 @@ export async function selectInstances(ctx: DicomWebContext, selector: InstanceSe
   if (resolved.peersMissed !== undefined && resolved.peersMissed.length > 0) {
     throw new DicomWebError(503, 'ERR_DICOMWEB_PEERS_SILENT', `${resolved.peersMissed.length} peer(s) that may hold matches did not answer: retry`);
   }
-  if (resolved.entries.length === 0) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `no instance of ${describe(selector)} is stored in this mesh`);
+  if (resolved.entries.length === 0) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `${selector.instanceUid === undefined ? 'no instance of ' : 'no instance '}${describe(selector)} is stored in this mesh`);
   return resolved.entries.sort(compareEntries);
 }
 
 function describe(selector: InstanceSelector): string {
-  if (selector.instanceUid !== undefined) return `instance ${selector.instanceUid} of series ${selector.seriesUid ?? ''} of study ${selector.studyUid}`;
+  if (selector.instanceUid !== undefined) return `${selector.instanceUid} in series ${selector.seriesUid ?? ''} of study ${selector.studyUid}`;
   if (selector.seriesUid !== undefined) return `series ${selector.seriesUid} of study ${selector.studyUid}`;
   return `study ${selector.studyUid}`;
 }

@@ -10,7 +10,7 @@ import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { acceptsDicomJson } from './accept.ts';
-import { DicomWebError, sendDicomJson, sendJsonBody, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
 type SearchRoute = Extract<DicomWebRoute, { type: 'search' }>;
@@ -61,7 +61,8 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
     sendJsonBody(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
     return;
   }
-  const results: DicomJsonObject[] = [];
+  // Each match is kept as its JSON text: a 10,000-match answer then weighs its bytes, not 10,000 object trees.
+  const results: string[] = [];
   let skipped = 0;
   let truncated = false;
   try {
@@ -74,7 +75,7 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
         truncated = true;
         break;
       }
-      results.push(resultOf(identifier, route.level, exchange.baseUrl));
+      results.push(JSON.stringify(resultOf(identifier, route.level, exchange.baseUrl)));
     }
   } catch (error) {
     if (error instanceof QueryError) throw new DicomWebError(400, 'ERR_DICOMWEB_QUERY', error.message);
@@ -83,11 +84,13 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   }
   const warnings: string[] = [];
   if (search.fuzzy) warnings.push('299 pacs-mesh "The fuzzymatching parameter is not supported. Only literal matching has been performed."');
-  // PS3.18 8.3.4.4: more matches than returned, and the client did not ask for fewer: say so.
+  // PS3.18 8.3.4.4: more matches than returned, and not because the client asked for fewer: say so.
   if (truncated && !search.limitAsked) warnings.push(`299 pacs-mesh "The number of results exceeded the maximum supported by the server (${searchResultsMax}). Additional results can be requested with offset."`);
   if (warnings.length > 0) exchange.res.setHeader('warning', warnings);
   // 200 with an empty array when nothing matches (CP-2473; RFC 9110 15.3.5 gives 204 no body at all).
-  sendDicomJson(exchange.res, 200, results);
+  const body = `[${results.join(',')}]`;
+  exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': Buffer.byteLength(body) });
+  exchange.res.end(body);
 }
 
 /** PS3.18 8.3.3.1: a QIDO-RS response is DICOM JSON here; XML is not offered. */
@@ -147,7 +150,8 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
       if (name === 'offset') offset = Number(value);
       else {
         limit = Math.min(Number(value), searchResultsMax);
-        limitAsked = true;
+        // A limit above the maximum is cut to it: then the Warning says so, as when none was asked.
+        limitAsked = Number(value) <= searchResultsMax;
       }
       continue;
     }

@@ -244,7 +244,9 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
   }
   const committed = store.finish().then((result): PartOutcome => {
     if (result.status === 0x0000 || isWarning(result.status)) {
-      const identity = store.identity!;
+      // A duplicate's URLs name the copy stored before, under its own study and series (helper 60).
+      const stored = store.storedEntry;
+      const identity = stored === undefined ? store.identity! : { ...store.identity!, studyInstanceUid: stored.studyInstanceUid, seriesInstanceUid: stored.seriesInstanceUid };
       return { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarning(result.status) ? result.status : undefined };
     }
     return failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);

@@ -59,6 +59,8 @@ function storageFailure(error: unknown): StoreResult {
 }
 
 export interface IncomingStoreOptions {
+  /** What announced the UIDs the data set must carry, as error comments name it. Default "the command's". */
+  announcer?: string;
   /**
    * A check of the data set's identity beyond the C-STORE's own, run after the whole data set was read and
    * before anything is committed (STOW-RS: the study its target resource names).
@@ -80,6 +82,7 @@ export class IncomingStore {
   private refusal: StoreResult | undefined;
   private receivedBytes = 0;
   private readIdentity: StoreIdentity | undefined;
+  private committedEntry: CatalogEntry | undefined;
 
   /**
    * The store of a Part 10 file's data set (STOW-RS), through exactly the C-STORE's checks: its meta
@@ -89,7 +92,7 @@ export class IncomingStore {
   static ofPart10File(file: Part10Description, ingest: IngestPort, dateMs: () => number, options: IncomingStoreOptions = {}): IncomingStore {
     const command: DimseCommand = { commandField: CommandField.CStoreRq, messageId: 0, affectedSopClassUid: file.sopClassUid, affectedSopInstanceUid: file.sopInstanceUid, priority: 0, hasDataSet: true };
     const context: NegotiatedContext = { id: 0, abstractSyntaxUid: file.sopClassUid, transferSyntaxUid: file.transferSyntaxUid, service: 'storage', requestorIsScp: false };
-    return new IncomingStore(command, context, ingest, dateMs, options);
+    return new IncomingStore(command, context, ingest, dateMs, { announcer: "the file meta information's", ...options });
   }
 
   constructor(
@@ -175,10 +178,19 @@ export class IncomingStore {
         blobId: info.blobId,
         attributes: elements.filter((e) => e.value !== undefined && (e.tag & 0xffff) !== 0 && e.tag >>> 16 !== 0x0002),
       }));
+      this.committedEntry = result.entry;
       return await this.ingest.afterCommit(result.entry, result.outcome);
     } catch (error) {
       return storageFailure(error);
     }
+  }
+
+  /**
+   * The catalog entry of what is stored under the data set's SOP Instance UID once finish() committed it:
+   * for a duplicate, the copy stored before (its study and series, whatever this data set says).
+   */
+  get storedEntry(): CatalogEntry | undefined {
+    return this.committedEntry;
   }
 
   /** The data set's own UIDs, once finish() has read them (undefined when it could not). */
@@ -201,10 +213,10 @@ export class IncomingStore {
       if (!isAcceptableUid(uid)) return { status: StoreFailure.InvalidUid, errorComment: `data set has an invalid or missing ${name} "${uid}"` };
     }
     if (id.sopInstanceUid !== this.command.affectedSopInstanceUid) {
-      return { status: StoreFailure.UidMismatch, errorComment: `data set SOP Instance UID ${id.sopInstanceUid} differs from the command's` };
+      return { status: StoreFailure.UidMismatch, errorComment: `data set SOP Instance UID ${id.sopInstanceUid} differs from ${this.options.announcer ?? "the command's"}` };
     }
     if (id.sopClassUid !== this.command.affectedSopClassUid) {
-      return { status: StoreFailure.SopClassMismatch, errorComment: `data set SOP Class UID ${id.sopClassUid} differs from the command's` };
+      return { status: StoreFailure.SopClassMismatch, errorComment: `data set SOP Class UID ${id.sopClassUid} differs from ${this.options.announcer ?? "the command's"}` };
     }
     return undefined;
   }
