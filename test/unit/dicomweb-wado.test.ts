@@ -9,6 +9,9 @@ import { Status } from '../../src/codec/dimse.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { parseDataset } from '../../src/codec/dataset/reader.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
+import { corpusDirectory } from '../../src/codec/dataset/test-fixtures.ts';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
 import { TransferSyntax, makeInstanceWithInfo, type InstanceOptions } from '../support/synthetic-dicom.ts';
@@ -147,6 +150,29 @@ describe('WADO-RS', () => {
       assert.equal(response.status, status, `${suffix}: ${response.body.toString()}`);
       assert.match((JSON.parse(response.body.toString()) as { error: string }).error, message);
     }
+  });
+
+  it('answers 406 for an instance that cannot be converted as asked, and sends it as stored', async () => {
+    // A JPEG baseline file of the corpus whose codestream lost its start marker: it cannot be decoded.
+    const file = Buffer.from(readFileSync(join(corpusDirectory, 'public', 'pydicom__SC_rgb_jpeg_dcmtk.dcm')));
+    const split = splitPart10(file);
+    const soi = file.indexOf(Buffer.from([0xff, 0xd8, 0xff]), split.datasetOffset);
+    file[soi] = 0x00;
+    file[soi + 1] = 0x00;
+    const uidOf = (tag: number) => split.metaElements.find((element) => element.tag === tag)!.value!.replace(/\0$/, '');
+    const body = Buffer.concat([Buffer.from('--b\r\nContent-Type: application/dicom\r\n\r\n'), file, Buffer.from('\r\n--b--\r\n')]);
+    const stored = await fetch(`${base}/studies`, { method: 'POST', body, headers: { 'content-type': 'multipart/related; type="application/dicom"; boundary=b' } });
+    assert.equal(stored.status, 200, await stored.text());
+    const elements = parseDataset(file.subarray(split.datasetOffset), split.transferSyntaxUid).elements;
+    const valueOf = (tag: number) => elements.find((element) => element.tag === tag)!.value!.replace(/\0$/, '');
+    const path = `/studies/${valueOf(Tags.StudyInstanceUID)}/series/${valueOf(Tags.SeriesInstanceUID)}/instances/${uidOf(Tags.MediaStorageSOPInstanceUID)}`;
+    const refused = await retrieve(path);
+    assert.equal(refused.status, 406, refused.body.toString());
+    assert.match((JSON.parse(refused.body.toString()) as { error: string }).error, /cannot be converted to 1\.2\.840\.10008\.1\.2\.1: .*as stored \(transfer-syntax=\*\)/);
+    const asStored = await retrieve(path, 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    assert.equal(asStored.status, 200);
+    const [part] = parseMultipart(asStored.body, asStored.contentType);
+    assert.ok(part!.body.subarray(splitPart10(part!.body).datasetOffset).equals(file.subarray(split.datasetOffset)));
   });
 
   it('answers 404, 406 and 400 with a message for what it cannot serve, and survives a client that leaves', async () => {

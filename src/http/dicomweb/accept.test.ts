@@ -91,7 +91,7 @@ describe('chooseFrameRepresentation', () => {
 
 describe('instance and JSON negotiation', () => {
   it('negotiates the instances\' transfer syntax (PS3.18 8.7.3.5)', () => {
-    const jpegLs = new Set(['1.2.840.10008.1.2.4.80']);
+    const jpegLs = [{ transferSyntaxUid: '1.2.840.10008.1.2.4.80', attributes: [] }];
     assert.equal(instanceSyntaxFor(parseAccept(undefined), jpegLs), '1.2.840.10008.1.2.1', 'the default is Explicit VR LE');
     assert.equal(instanceSyntaxFor(parseAccept('multipart/related; type="application/dicom"; transfer-syntax=*'), jpegLs), '*');
     assert.equal(instanceSyntaxFor(parseAccept('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'), jpegLs), '1.2.840.10008.1.2.4.80');
@@ -102,6 +102,11 @@ describe('instance and JSON negotiation', () => {
       '1.2.840.10008.1.2.1',
       'the next range when the first cannot be served',
     );
+    // A colour instance is not encoded into JPEG 2000 (our encoder takes one sample per pixel); a monochrome one is.
+    const rgb = [{ transferSyntaxUid: '1.2.840.10008.1.2.1', attributes: [{ tag: 0x00280002, vr: 'US', value: '3' }] }];
+    const j2k = parseAccept('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90');
+    assert.equal(instanceSyntaxFor(j2k, rgb), undefined);
+    assert.equal(instanceSyntaxFor(j2k, [{ transferSyntaxUid: '1.2.840.10008.1.2.1', attributes: [{ tag: 0x00280002, vr: 'US', value: '1' }] }]), '1.2.840.10008.1.2.4.90');
   });
 
   it('takes DICOM JSON where a range covers it', () => {

@@ -23,7 +23,7 @@ import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readP
 import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { readWholeInstance, selectInstances } from './instances.ts';
+import { convertInstance, readWholeInstance, selectInstances } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
 import { chooseFrameRepresentation, describeRepresentation, offeredRepresentations, type FrameOffers, type FrameRepresentation } from './pixel-media-types.ts';
 import type { DicomWebRoute } from './routes.ts';
@@ -156,35 +156,7 @@ async function toExplicitLittleEndian(ctx: DicomWebContext, exchange: DicomWebEx
   if (decodedPixelBytes > decodedPixelBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${instanceUid} decodes to ${decodedPixelBytes} bytes of pixels (more than ${decodedPixelBytesMax}): ask for its frames as stored (transfer-syntax=${fromSyntax})`);
   }
-  const cancel = new AbortController();
-  const onClose = () => cancel.abort();
-  exchange.res.once('close', onClose);
-  // The bytes are handed over when the job starts (and moved to the thread): this side keeps no copy.
-  let held: Uint8Array | undefined = bytes;
-  const source = { byteLength: bytes.byteLength, read: async () => { const taken = held!; held = undefined; return taken; } };
-  try {
-    const result = await ctx.transcoder.transcode(source, fromSyntax, [EXPLICIT_LE], { signal: cancel.signal });
-    return result.bytes;
-  } catch (error) {
-    if (!(error instanceof TranscodeError)) throw error;
-    switch (error.code) {
-      case 'ERR_TRANSCODE_UNAVAILABLE':
-        throw new DicomWebError(503, 'ERR_DICOMWEB_TRANSCODER_BUSY', `instance ${instanceUid} cannot be decoded now: ${error.message}`);
-      case 'ERR_TRANSCODE_CANCELLED':
-        throw new DicomWebError(499, 'ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection during the decoding');
-      case 'ERR_TRANSCODE_UNSUPPORTED':
-      case 'ERR_TRANSCODE_FAILED':
-        ctx.log.warn('DICOMweb frames: an instance could not be decoded', { instanceUid, transferSyntaxUid: fromSyntax, error: errorText(error) });
-        throw new DicomWebError(500, 'ERR_DICOMWEB_DECODE', `instance ${instanceUid} (${fromSyntax}) could not be decoded: ${error.message}; its frames may be had as stored (transfer-syntax=${fromSyntax})`);
-      default: {
-        const unreachable: never = error.code;
-        throw new Error(`unhandled transcode error ${String(unreachable)}`);
-      }
-    }
-  } finally {
-    held = undefined;
-    exchange.res.off('close', onClose);
-  }
+  return (await convertInstance(ctx, exchange, bytes, fromSyntax, EXPLICIT_LE, instanceUid)).bytes;
 }
 
 async function sendFrames(exchange: DicomWebExchange, route: FramesRoute, representation: FrameRepresentation, frames: readonly Uint8Array[]): Promise<void> {

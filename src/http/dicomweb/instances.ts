@@ -11,7 +11,9 @@ import { errorText } from '../../actors/runtime/logger.ts';
 import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
-import { DicomWebError, type DicomWebContext } from './context.ts';
+import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { TranscodeError } from '../../codec/transcode-error.ts';
+import type { TranscodeResult } from '../../codec/transcode-pool.ts';
 import type { SearchLevel } from './routes.ts';
 
 export interface InstanceSelector {
@@ -168,5 +170,47 @@ export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: 
     }
   } finally {
     next?.catch(() => undefined);
+  }
+}
+
+/**
+ * The instance converted to `toSyntax` in the transcoder's thread, stopped if the client goes away. The
+ * bytes move to the thread when the job starts: this side keeps no copy. A conversion that cannot be done
+ * is a 406 saying the instance can be had as stored; a transcoder too busy, a 503.
+ */
+export async function convertInstance(ctx: DicomWebContext, exchange: DicomWebExchange, bytes: Uint8Array, fromSyntax: string, toSyntax: string, instanceUid: string): Promise<TranscodeResult> {
+  const cancel = new AbortController();
+  const onClose = () => cancel.abort();
+  exchange.res.once('close', onClose);
+  let held: Uint8Array | undefined = bytes;
+  const source = {
+    byteLength: bytes.byteLength,
+    read: async () => {
+      const taken = held!;
+      held = undefined;
+      return taken;
+    },
+  };
+  try {
+    return await ctx.transcoder.transcode(source, fromSyntax, [toSyntax], { signal: cancel.signal });
+  } catch (error) {
+    if (!(error instanceof TranscodeError)) throw error;
+    switch (error.code) {
+      case 'ERR_TRANSCODE_UNAVAILABLE':
+        throw new DicomWebError(503, 'ERR_DICOMWEB_TRANSCODER_BUSY', `instance ${instanceUid} cannot be converted now: ${error.message}`);
+      case 'ERR_TRANSCODE_CANCELLED':
+        throw new DicomWebError(499, 'ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection during the conversion');
+      case 'ERR_TRANSCODE_UNSUPPORTED':
+      case 'ERR_TRANSCODE_FAILED':
+        ctx.log.warn('DICOMweb: an instance could not be converted', { instanceUid, from: fromSyntax, to: toSyntax, error: errorText(error) });
+        throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_CONVERTIBLE', `instance ${instanceUid} (stored as ${fromSyntax}) cannot be converted to ${toSyntax}: ${error.message}; it can be had as stored (transfer-syntax=*)`);
+      default: {
+        const unreachable: never = error.code;
+        throw new Error(`unhandled transcode error ${String(unreachable)}`);
+      }
+    }
+  } finally {
+    held = undefined;
+    exchange.res.off('close', onClose);
   }
 }

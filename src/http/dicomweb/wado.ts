@@ -15,10 +15,10 @@ import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
 import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
 import { layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
-import { EXPLICIT_LE, canTranscode } from '../../codec/transcode-targets.ts';
+import { EXPLICIT_LE, MONOCHROME_ONLY_TARGETS, canTranscode } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, acceptsDicomJson, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead } from './instances.ts';
+import { convertInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead } from './instances.ts';
 import { MultipartError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -33,7 +33,7 @@ type InstanceSyntax = '*' | string;
  * sent in. Without a transfer-syntax parameter that is Explicit VR Little Endian, application/dicom's
  * default (PS3.18 8.7.3.5.2); `*` keeps each instance as stored. undefined when no range can be served.
  */
-export function instanceSyntaxFor(ranges: readonly MediaRange[], storedSyntaxes: ReadonlySet<string>): InstanceSyntax | undefined {
+export function instanceSyntaxFor(ranges: readonly MediaRange[], entries: ReadonlyArray<Pick<CatalogEntry, 'transferSyntaxUid' | 'attributes'>>): InstanceSyntax | undefined {
   for (const range of acceptableRanges(ranges)) {
     const mediaType = `${range.type}/${range.subtype}`;
     const partType = mediaType === 'multipart/related' ? (range.parameters.get('type') ?? 'application/dicom').toLowerCase() : mediaType;
@@ -41,15 +41,27 @@ export function instanceSyntaxFor(ranges: readonly MediaRange[], storedSyntaxes:
     if (!servesDicom) continue;
     const asked = range.parameters.get('transfer-syntax') ?? EXPLICIT_LE;
     if (asked === '*') return '*';
-    if ([...storedSyntaxes].every((stored) => canTranscode(stored, asked))) return asked;
+    if (entries.every((entry) => canSend(entry, asked))) return asked;
   }
   return undefined;
+}
+
+/**
+ * Whether an instance can go out in `syntax`: as stored, or converted; our JPEG 2000 and HTJ2K encoders
+ * take one sample per pixel, so a colour instance is not encoded into them (helper 60: an RGB instance
+ * asked so got a cut connection).
+ */
+function canSend(entry: Pick<CatalogEntry, 'transferSyntaxUid' | 'attributes'>, syntax: string): boolean {
+  if (syntax === entry.transferSyntaxUid) return true;
+  if (!canTranscode(entry.transferSyntaxUid, syntax)) return false;
+  const samplesPerPixel = Number(entry.attributes.find((element) => element.tag === Tags.SamplesPerPixel)?.value ?? 1);
+  return !(MONOCHROME_ONLY_TARGETS.has(syntax) && samplesPerPixel > 1);
 }
 
 export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
   const entries = await selectInstances(ctx, route);
   const storedSyntaxes = new Set(entries.map((entry) => entry.transferSyntaxUid));
-  const syntax = instanceSyntaxFor(parseAccept(exchange.req.headers.accept), storedSyntaxes);
+  const syntax = instanceSyntaxFor(parseAccept(exchange.req.headers.accept), entries);
   if (syntax === undefined) {
     throw new DicomWebError(
       406,
@@ -90,7 +102,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
       return { headers: headers(target), body: [header(target), ...chunks] };
     }
     const { entry: local, bytes } = await readWholeInstance(ctx, entry);
-    const transcoded = await ctx.transcoder.transcode({ byteLength: bytes.byteLength, read: async () => bytes }, local.transferSyntaxUid, [target], { signal: abort.signal });
+    const transcoded = await convertInstance(ctx, exchange, bytes, local.transferSyntaxUid, target, entry.sopInstanceUid);
     return { headers: headers(transcoded.transferSyntaxUid), body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
   };
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
