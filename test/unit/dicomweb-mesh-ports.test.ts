@@ -50,6 +50,7 @@ async function serverWith(ports: Partial<DicomWebContext>): Promise<string> {
       log: silentLogger,
       stats: createDicomWebStats(),
       meshLookups: createConcurrencyLimit(4, 64),
+      frameSourceBytes: createConcurrencyLimit(64 * 1024 * 1024, 16),
       ...ports,
     },
   });
@@ -120,5 +121,35 @@ describe('DICOMweb in front of a mesh that cannot serve', () => {
       assert.equal(answer.status, 503);
       assert.match(answer.body, /too many DICOMweb requests wait for other sites/);
     }
+  });
+
+  it('holds at most its byte budget of instances for frame requests at once, the others waiting their turn', async () => {
+    const entry = (await peer.store.getEntry(`${series}.1`))!;
+    const limit = createConcurrencyLimit(entry.byteLength * 3, 64);
+    let active = 0;
+    let activeMax = 0;
+    const base = await serverWith({
+      frameSourceBytes: {
+        run: (work, weight) =>
+          limit.run(async () => {
+            active++;
+            activeMax = Math.max(activeMax, active);
+            try {
+              return await work();
+            } finally {
+              active--;
+            }
+          }, weight),
+        stats: () => limit.stats(),
+      },
+    });
+    const statuses = await Promise.all(
+      Array.from({ length: 12 }, (_, index) => fetch(`${base}/studies/${study}/series/${series}/instances/${series}.${(index % 2) + 1}/frames/1`).then(async (response) => {
+        await response.arrayBuffer();
+        return response.status;
+      })),
+    );
+    assert.deepEqual(statuses, Array.from({ length: 12 }, () => 200));
+    assert.equal(activeMax, 1, 'one instance held at a time under a budget of one');
   });
 });

@@ -34,3 +34,36 @@ test('at most runningMax run at once, the rest wait in order, and a full queue r
   assert.equal(await limit.run(async () => 7), 7);
   assert.deepEqual(limit.stats(), { running: 0, queued: 0 });
 });
+
+test('weighted: works run while their weights fit the bound, in order, and one heavier than the bound runs alone', async () => {
+  const limit = createConcurrencyLimit(100, 10);
+  const log: string[] = [];
+  const gates = new Map<string, () => void>();
+  const task = (name: string, weight: number) =>
+    limit.run(async () => {
+      log.push(`start ${name}`);
+      await new Promise<void>((resolve) => gates.set(name, resolve));
+      log.push(`end ${name}`);
+    }, weight);
+  const tick = () => new Promise((resolve) => setImmediate(resolve));
+  const a = task('a', 60);
+  const b = task('b', 50); // 110 > 100: waits for a
+  const c = task('c', 10); // would fit, but waits behind b (first come, first served)
+  await tick();
+  assert.deepEqual(log, ['start a']);
+  gates.get('a')!();
+  await tick();
+  await tick();
+  assert.deepEqual(log, ['start a', 'end a', 'start b', 'start c']);
+  const huge = task('huge', 500);
+  await tick();
+  assert.equal(log.includes('start huge'), false, 'waits until nothing runs');
+  gates.get('b')!();
+  gates.get('c')!();
+  await tick();
+  await tick();
+  assert.ok(log.includes('start huge'));
+  gates.get('huge')!();
+  await Promise.all([a, b, c, huge]);
+  assert.deepEqual(limit.stats(), { running: 0, queued: 0 });
+});

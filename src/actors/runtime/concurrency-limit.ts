@@ -1,6 +1,7 @@
 /**
- * A bound on how many of some work run at once, with a bounded queue of the rest: what keeps a flood of
- * HTTP requests from opening more mesh streams than a protocol allows (libp2p refuses the 65th).
+ * A bound on how much of some work runs at once, with a bounded queue of the rest: what keeps a flood of
+ * HTTP requests from opening more mesh streams than a protocol allows (libp2p refuses the 65th), or from
+ * holding more instance bytes in memory than a budget. Each work weighs 1 unless told (bytes, say).
  */
 
 export class ConcurrencyLimitError extends Error {
@@ -12,32 +13,41 @@ export class ConcurrencyLimitError extends Error {
 }
 
 export interface ConcurrencyLimit {
-  /** Runs `work` once fewer than `runningMax` run; rejects with ConcurrencyLimitError when `queuedMax` already wait. */
-  run<T>(work: () => Promise<T>): Promise<T>;
-  /** Running and waiting now. */
+  /**
+   * Runs `work` once the weight running plus `weight` is at most `weightMax` (or nothing runs: a work
+   * heavier than the whole bound runs alone), in the order asked; rejects with ConcurrencyLimitError when
+   * `queuedMax` already wait.
+   */
+  run<T>(work: () => Promise<T>, weight?: number): Promise<T>;
+  /** Running (their weight) and waiting now. */
   stats(): { running: number; queued: number };
 }
 
-export function createConcurrencyLimit(runningMax: number, queuedMax: number): ConcurrencyLimit {
+export function createConcurrencyLimit(weightMax: number, queuedMax: number): ConcurrencyLimit {
   let running = 0;
-  const queue: Array<() => void> = [];
-  const release = (): void => {
-    const next = queue.shift();
-    if (next !== undefined) next();
-    else running--;
+  const queue: Array<{ weight: number; start: () => void }> = [];
+  const fits = (weight: number): boolean => running === 0 || running + weight <= weightMax;
+  const startWaiting = (): void => {
+    // First come, first served: a heavy work at the head is not overtaken by lighter ones behind it.
+    while (queue.length > 0 && fits(queue[0]!.weight)) {
+      const next = queue.shift()!;
+      running += next.weight;
+      next.start();
+    }
   };
   return {
-    async run<T>(work: () => Promise<T>): Promise<T> {
-      if (running < runningMax) running++;
+    async run<T>(work: () => Promise<T>, weight = 1): Promise<T> {
+      if (queue.length === 0 && fits(weight)) running += weight;
       else {
         if (queue.length >= queuedMax) throw new ConcurrencyLimitError(queuedMax);
-        // The slot is handed over by release: `running` stays the same.
-        await new Promise<void>((resolve) => queue.push(resolve));
+        // Its weight is counted by startWaiting when its turn comes.
+        await new Promise<void>((resolve) => queue.push({ weight, start: resolve }));
       }
       try {
         return await work();
       } finally {
-        release();
+        running -= weight;
+        startWaiting();
       }
     },
     stats: () => ({ running, queued: queue.length }),

@@ -22,6 +22,8 @@ import type { DicomElement } from '../../codec/dicom-types.ts';
 import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
+import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
+import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, readWholeInstance, selectInstances } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
@@ -56,6 +58,17 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   if (selected.byteLength > frameSourceBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax}`);
   }
+  // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
+  // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
+  try {
+    await ctx.frameSourceBytes.run(() => framesOf(ctx, exchange, route, ranges, selected), selected.byteLength * 3);
+  } catch (error) {
+    if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many frame requests wait for memory (${error.message}): retry`);
+    throw error;
+  }
+}
+
+async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<void> {
   const { entry, bytes } = await readWholeInstance(ctx, selected);
   const storedSyntax = entry.transferSyntaxUid;
   const layout = storedLayoutOf(storedSyntax);
