@@ -117,6 +117,24 @@ describe('WADO-RS frames of uncompressed instances', () => {
     assert.ok(third.parts[0]!.body.equals(image.frames[2]!));
   });
 
+  it('a large multi-frame image (over 8 MiB, explicit and implicit VR LE): frames read by range, byte for byte', async () => {
+    for (const transferSyntaxUid of [explicitLe, TransferSyntax.ImplicitVrLittleEndian] as const) {
+      const image = await storeImage({ frameCount: 40, rows: 384, columns: 384, bitsAllocated: 16, transferSyntaxUid });
+      const response = await getFrames(image, '40,1,17,17');
+      assertUncompressed(response);
+      assert.deepEqual(
+        response.parts.map((part) => part.body.toString('hex')),
+        [image.frames[39]!, image.frames[0]!, image.frames[16]!, image.frames[16]!].map((frame) => frame.toString('hex')),
+        transferSyntaxUid,
+      );
+      const beyond = await getFrames(image, '41');
+      assert.equal(beyond.status, 404);
+      assert.match(beyond.error!.error, /has 40 frame\(s\): there is no frame 41/);
+      const asStored = await getFrames(image, '1', 'multipart/related; type="image/jls"');
+      assert.equal(asStored.status, 406);
+    }
+  });
+
   it('explicit VR big endian and deflated instances: converted to little endian frames', async () => {
     for (const transferSyntaxUid of [TransferSyntax.ExplicitVrBigEndian, TransferSyntax.DeflatedExplicitVrLittleEndian]) {
       const image = await storeImage({ frameCount: 2, rows: 8, columns: 6, bitsAllocated: 16, transferSyntaxUid });

@@ -19,13 +19,15 @@ import { TranscodeError } from '../../codec/transcode-error.ts';
 import { canTranscode, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED } from '../../codec/transcode-targets.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
-import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
+import { encapsulatedFrame, framesOnlyDataset, nativeFrame, nativeFrameBits, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
 import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, readWholeInstance, selectInstances } from './instances.ts';
+import { convertInstance, readWholeInstance, selectInstances, streamInstanceHead } from './instances.ts';
+import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
+import { metadataHeaderBytesMax } from './wado.ts';
 import { startMultipart } from './multipart-writer.ts';
 import { chooseFrameRepresentation, describeRepresentation, offeredRepresentations, type FrameOffers, type FrameRepresentation } from './pixel-media-types.ts';
 import type { DicomWebRoute } from './routes.ts';
@@ -58,6 +60,10 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   if (selected.byteLength > frameSourceBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax}`);
   }
+  // A large native little endian instance: only its header and the asked frames' bytes are kept.
+  if (selected.byteLength > frameStreamingBytesMin && storedLayoutOf(selected.transferSyntaxUid) === 'nativeLittleEndian') {
+    if (await nativeFramesByRange(ctx, exchange, route, ranges, selected)) return;
+  }
   // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
   // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
   try {
@@ -66,6 +72,83 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
     if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many frame requests wait for memory (${error.message}): retry`);
     throw error;
   }
+}
+
+/** Above this, a native little endian instance's frames are read by range rather than with the whole instance. */
+export const frameStreamingBytesMin = 8 * 1024 * 1024;
+
+/**
+ * The asked frames of a native little endian instance, read from the store as it goes: the header up to
+ * Pixel Data, then only the frames' bytes are kept (the chunks before them are read and dropped). Not
+ * checked against the SHA-256, which needs every byte: the scrub checks stored copies. False (nothing
+ * sent) for what this path does not take: 1-bit frames, no Pixel Data, Pixel Data of undefined length.
+ */
+async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<boolean> {
+  const offers: FrameOffers = { storedTransferSyntaxUid: selected.transferSyntaxUid, storedEncapsulated: false, asStored: false, native: true };
+  const representation = chooseFrameRepresentation(ranges, offers);
+  if (representation === undefined) {
+    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `the frames of instance ${route.instanceUid} can be sent as: ${offeredRepresentations(offers).map(describeRepresentation).join(', ')}`);
+  }
+  const { entry, chunks } = await streamInstanceHead(ctx, selected, 4);
+  const syntax = entry.transferSyntaxUid;
+  const reader = new DatasetHeaderReader({ transferSyntaxUid: syntax });
+  const headChunks: Uint8Array[] = [];
+  let offset = 0;
+  let pixelDataOffset: number | undefined;
+  let frameRanges: Array<{ start: number; end: number }> | undefined;
+  const frames: Uint8Array[] = [];
+  try {
+    for await (const chunk of chunks) {
+      const chunkStart = offset;
+      offset += chunk.byteLength;
+      if (frameRanges !== undefined) {
+        copyOverlaps(chunk, chunkStart, frameRanges, frames);
+      } else {
+        headChunks.push(chunk);
+        if (pixelDataOffset === undefined) {
+          reader.push(chunk);
+          if (reader.isComplete) pixelDataOffset = reader.end().pixelDataOffset;
+          // No Pixel Data within the bound: the whole-instance path says so (404).
+          else if (offset > metadataHeaderBytesMax) return false;
+        }
+        // The Pixel Data element's own header (8 or 12 bytes) must be in hand too.
+        if (pixelDataOffset === undefined || offset < pixelDataOffset + 12) continue;
+        const head = Buffer.concat(headChunks);
+        headChunks.length = 0;
+        const image = pixelAttributesOf(head, syntax, route.instanceUid).image;
+        const elementHeaderBytes = syntax === IMPLICIT_LE ? 8 : 12;
+        const valueLength = head.readUInt32LE(pixelDataOffset + elementHeaderBytes - 4);
+        if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
+        const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
+        if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
+        const size = nativeFrameBits(image) / 8;
+        if (route.frameNumbers.some((frameNumber) => frameNumber * size > valueLength)) {
+          throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
+        }
+        const valueStart = pixelDataOffset + elementHeaderBytes;
+        frameRanges = route.frameNumbers.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
+        for (const _ of frameRanges) frames.push(Buffer.alloc(size));
+        copyOverlaps(head, 0, frameRanges, frames);
+      }
+      if (frameRanges !== undefined && frameRanges.every((range) => range.end <= offset)) break;
+    }
+  } finally {
+    await chunks.return(undefined);
+  }
+  if (frameRanges === undefined) return false;
+  if (frameRanges.some((range) => range.end > offset)) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends before its frames do`);
+  await sendFrames(exchange, route, representation, frames);
+  return true;
+}
+
+/** Copies the part of `bytes` (at `bytesStart` in the data set) that falls in each range into its frame. */
+function copyOverlaps(bytes: Uint8Array, bytesStart: number, ranges: ReadonlyArray<{ start: number; end: number }>, frames: Uint8Array[]): void {
+  const bytesEnd = bytesStart + bytes.byteLength;
+  ranges.forEach((range, index) => {
+    const from = Math.max(range.start, bytesStart);
+    const to = Math.min(range.end, bytesEnd);
+    if (from < to) frames[index]!.set(bytes.subarray(from - bytesStart, to - bytesStart), from - range.start);
+  });
 }
 
 async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<void> {

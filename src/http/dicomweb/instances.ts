@@ -130,12 +130,13 @@ export function streamInstance(ctx: DicomWebContext, entry: CatalogEntry): Promi
 }
 
 /**
- * The first bytes of the data set, a chunk at a time, not checked against its SHA-256 (that needs every
- * byte): for a reader of its header, which stops early. A copy that cannot be read is replaced as above.
+ * The data set from its start, `chunksPerRead` chunks per store read (1 for a reader of its header, which
+ * stops early), not checked against its SHA-256 (that needs every byte). A copy that cannot be read is
+ * replaced as above.
  */
-export function streamInstanceHead(ctx: DicomWebContext, entry: CatalogEntry): Promise<{ entry: CatalogEntry; chunks: AsyncGenerator<Uint8Array> }> {
+export function streamInstanceHead(ctx: DicomWebContext, entry: CatalogEntry, chunksPerRead = 1): Promise<{ entry: CatalogEntry; chunks: AsyncGenerator<Uint8Array> }> {
   return withLocalCopy(ctx, entry, async (local) => {
-    const chunks = ctx.store.readInstance(local, { chunksPerRead: 1 });
+    const chunks = ctx.store.readInstance(local, { chunksPerRead });
     // The first chunk is read now, so a copy that cannot be read at all is found (and repaired) here.
     const first = await chunks.next();
     return {

@@ -121,7 +121,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
 }
 
 /** A header beyond this (before Pixel Data) is not turned into metadata: no instance of this archive's kinds has one. */
-const metadataHeaderBytesMax = 64 * 1024 * 1024;
+export const metadataHeaderBytesMax = 64 * 1024 * 1024;
 
 export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
   checkJsonAccepted(exchange.req.headers.accept);
