@@ -96,6 +96,7 @@ describe('dicomweb-client (OHIF) as a viewer of pacs-mesh', () => {
       assert.equal(metadata!['00080018']!.Value![0], instance.sopInstanceUid, instance.name);
       assert.equal(metadata!['00080016']!.Value![0], instance.sopClassUid, instance.name);
       assert.equal(metadata!['7FE00010'], undefined, `${instance.name}: no Pixel Data in metadata`);
+      if (metadata!['00080005'] !== undefined) assert.deepEqual(metadata!['00080005'].Value, ['ISO_IR 192'], `${instance.name}: the JSON's values are Unicode`);
       // Each binary value the metadata names comes back as the original file holds it.
       const { flat } = flattenFile(instance.bytes);
       for (const [tag, attribute] of Object.entries(metadata!)) {

@@ -134,6 +134,7 @@ describe('QIDO-RS', () => {
   it('refuses malformed searches with 400, 405, 406 or 404 and a message', async () => {
     const refusals: Array<[string, number, RegExp, RequestInit?]> = [
       ['/studies?NoSuchKeyword=1', 400, /unknown query parameter/],
+      ['/studies?PatientName=%00', 400, /control character/],
       ['/studies?StudyDate=2024-01', 400, /malformed DA/],
       ['/studies?limit=-1', 400, /limit must be a whole number/],
       ['/studies?PatientID=A&PatientID=B', 400, /given twice/],

@@ -100,6 +100,7 @@ describe('WADO-RS', () => {
     const instances = (await response.json()) as Array<Record<string, { vr: string; Value?: unknown[] }>>;
     assert.deepEqual(instances.map((instance) => instance['00080018']!.Value![0]), [`${series1}.1`, `${series1}.2`, `${series2}.3`]);
     assert.deepEqual(instances[0]!['00100010']!.Value![0], { Alphabetic: 'Łukasz^Żółw' });
+    assert.deepEqual(instances[0]!['00080005'], { vr: 'CS', Value: ['ISO_IR 192'] }, 'the JSON is Unicode whatever the stored set');
     assert.equal(instances[2]!['00280010']!.Value![0], 1600);
     assert.ok(instances.every((instance) => instance['7FE00010'] === undefined), 'Pixel Data is not in metadata');
     const one = (await (await fetch(`${base}/studies/${study}/series/${series2}/instances/${series2}.3/metadata`)).json()) as unknown[];

@@ -162,6 +162,8 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
     }
     if (CONTROL_PARAMETERS.has(name)) continue;
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
+    // A control character is in no value a search can match (a NUL read as padding matched everything: helper 60).
+    if (/[\x00-\x1f\x7f]/.test(value)) throw badRequest(`the value of ${name.slice(0, 80)} holds a control character`);
     const tag = attributeTagOf(name);
     if (tag === undefined) throw badRequest(`unknown query parameter "${name.slice(0, 80)}": use an attribute keyword or tag, includefield, limit, offset or fuzzymatching`);
     const vr = vrOf(tag);

@@ -216,6 +216,11 @@ function forMetadata(elements: readonly TreeElement[], instanceUrl: string | und
   const kept: JsonSourceElement[] = [];
   for (const element of elements) {
     if (element.tag === Tags.PixelData) continue;
+    // The values are Unicode in JSON, whatever set they were stored in: the set named is UTF-8's.
+    if (element.tag === Tags.SpecificCharacterSet && (element.value ?? '') !== '') {
+      kept.push({ ...element, value: 'ISO_IR 192' });
+      continue;
+    }
     if (element.items !== undefined) kept.push({ ...element, items: element.items.map((item) => forMetadata(item, undefined)) });
     else if (element.value !== undefined || !isBinaryVr(element.vr)) kept.push(element);
     else if (instanceUrl !== undefined) kept.push({ tag: element.tag, vr: element.vr, value: undefined, bulkDataUri: `${instanceUrl}/bulkdata/${jsonTag(element.tag)}` });
