@@ -215,3 +215,16 @@ export async function convertInstance(ctx: DicomWebContext, exchange: DicomWebEx
     exchange.res.off('close', onClose);
   }
 }
+
+/**
+ * `items` with its first item already had: awaited before a response's status goes out, so that a failure
+ * to get it is still a status (a 503, a 406), not a cut response. The rest follow as they come.
+ */
+export async function withFirstReady<T>(items: AsyncGenerator<T>): Promise<AsyncGenerator<T>> {
+  const first = await items.next();
+  return (async function* () {
+    if (first.done === true) return;
+    yield first.value;
+    yield* items;
+  })();
+}

@@ -18,7 +18,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, MONOCHROME_ONLY_TARGETS, canTranscode } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, acceptsDicomJson, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead } from './instances.ts';
+import { convertInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
 import { MultipartError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -75,9 +75,6 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     res.end();
     return;
   }
-  // Transcodes under way stop when the client goes away.
-  const abort = new AbortController();
-  res.once('close', () => abort.abort());
   const prepare = async (entry: CatalogEntry): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
     const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
     const headers = (transferSyntaxUid: string) => ({
@@ -107,14 +104,13 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   };
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
   // send it) is a 503, not a cut connection. A later one that fails can only cut the response.
-  const parts = preparedAhead(entries, prepare);
-  const first = await parts.next();
+  const parts = await withFirstReady(preparedAhead(entries, prepare));
   const writer = startMultipart(res, { type: 'application/dicom' });
   try {
-    if (first.done !== true) await writer.writePart(first.value.headers, first.value.body);
     for await (const part of parts) await writer.writePart(part.headers, part.body);
   } catch (error) {
-    if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || abort.signal.aborted) return;
+    // The client went away (a conversion under way stopped with it): nobody is left to answer.
+    if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || res.destroyed) return;
     throw error;
   }
   writer.end();
@@ -134,15 +130,10 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   }
   // One instance's metadata at a time: a study of thousands of instances is never held whole. The first
   // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
-  const headers = preparedAhead(entries, async (entry) => [entry, await instanceHeaderOf(ctx, entry)] as const);
-  const firstHeader = await headers.next();
+  const headers = await withFirstReady(preparedAhead(entries, async (entry) => [entry, await instanceHeaderOf(ctx, entry)] as const));
   res.writeHead(200, { 'content-type': 'application/dicom+json' });
   let first = true;
-  const rest = (async function* () {
-    if (firstHeader.done !== true) yield firstHeader.value;
-    yield* headers;
-  })();
-  for await (const [entry, header] of rest) {
+  for await (const [entry, header] of headers) {
     const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
     const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl)))}`;
     first = false;
