@@ -57,12 +57,12 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   const ranges = parseAccept(exchange.req.headers.accept);
   const [selected] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
   if (selected === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `instance ${route.instanceUid} is not stored in this mesh`);
-  if (selected.byteLength > frameSourceBytesMax) {
-    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax}`);
-  }
-  // A large native little endian instance: only its header and the asked frames' bytes are kept.
+  // A large native little endian instance: only its header and the asked frames' bytes are kept, whatever its size.
   if (selected.byteLength > frameStreamingBytesMin && storedLayoutOf(selected.transferSyntaxUid) === 'nativeLittleEndian') {
     if (await nativeFramesByRange(ctx, exchange, route, ranges, selected)) return;
+  }
+  if (selected.byteLength > frameSourceBytesMax) {
+    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax} read whole`);
   }
   // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
   // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
