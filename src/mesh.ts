@@ -56,6 +56,8 @@ export interface Mesh {
    * sent there by the front door; an HTTP request can only be redirected. Undefined when this site is whole.
    */
   searchElsewhere(): { reason: string; httpAddress?: string } | undefined;
+  /** The other sites this peer knows of (copies are owed to them) with no peer alive now. */
+  sitesDown(): string[];
   stop(): Promise<void>;
 }
 
@@ -193,6 +195,10 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       forgetSite: (siteName) => custody.forgetSite(siteName),
       forgetPeer: (peerId) => balancer.forgetPeer(peerId),
+      sitesDown: () => {
+        const alive = new Set(membership.members().filter((m) => m.status === 'alive').map((m) => m.siteName));
+        return custody.knownSites().map((known) => known.site).filter((site) => !alive.has(site));
+      },
       searchElsewhere: () => {
         const table = balancer.table();
         if (!(table?.entries.some((e) => e.peerId === node.peerId && e.refilling) ?? false)) return undefined;

@@ -231,6 +231,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         meshLookups: createConcurrencyLimit(meshLookupsRunningMax, meshLookupsQueuedMax),
         frameSourceBytes: createConcurrencyLimit(frameSourceBytesInFlightMax, frameRequestsQueuedMax),
         searchElsewhere: () => mesh?.searchElsewhere(),
+        sitesDown: () => mesh?.sitesDown() ?? [],
       },
       scrubNow: () => {
         scrub?.startNow();

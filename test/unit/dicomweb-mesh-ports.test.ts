@@ -152,4 +152,11 @@ describe('DICOMweb in front of a mesh that cannot serve', () => {
     assert.deepEqual(statuses, Array.from({ length: 12 }, () => 200));
     assert.equal(activeMax, 1, 'one instance held at a time under a budget of one');
   });
+
+  it('names the known sites that are down in a 404: an instance found nowhere may be there', async () => {
+    const base = await serverWith({ sitesDown: () => ['site-a'] });
+    const response = await fetch(`${base}/studies/1.2.3.4.5`);
+    assert.equal(response.status, 404);
+    assert.match(((await response.json()) as { error: string }).error, /no instance of study 1\.2\.3\.4\.5 is stored at the sites up; 1 known site\(s\) are down and may hold it \(site-a\)/);
+  });
 });

@@ -39,6 +39,8 @@ export interface DicomWebContext {
    * site's): a whole site's HTTP address, or none known. Undefined when searches may be answered here.
    */
   searchElsewhere?: () => { reason: string; httpAddress?: string } | undefined;
+  /** The other known sites with no peer alive: an instance found nowhere may be there (named in a 404). */
+  sitesDown?: () => readonly string[];
 }
 
 /** Requests by service, and how they ended: what an operator reads to see whether viewers are served. */

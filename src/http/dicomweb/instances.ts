@@ -45,7 +45,12 @@ export async function selectInstances(ctx: DicomWebContext, selector: InstanceSe
   if (resolved.peersMissed !== undefined && resolved.peersMissed.length > 0) {
     throw new DicomWebError(503, 'ERR_DICOMWEB_PEERS_SILENT', `${resolved.peersMissed.length} peer(s) that may hold matches did not answer: retry`);
   }
-  if (resolved.entries.length === 0) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `${selector.instanceUid === undefined ? 'no instance of ' : 'no instance '}${describe(selector)} is stored in this mesh`);
+  if (resolved.entries.length === 0) {
+    // Not found among the sites up; one that is down may hold it (stored there alone, under a quorum of 1).
+    const down = ctx.sitesDown?.() ?? [];
+    const hint = down.length === 0 ? '' : `; ${down.length} known site(s) are down and may hold it (${down.slice(0, 3).join(', ')}${down.length > 3 ? ', ...' : ''})`;
+    throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `${selector.instanceUid === undefined ? 'no instance of ' : 'no instance '}${describe(selector)} is stored at the sites up${hint}`);
+  }
   return resolved.entries.sort(compareEntries);
 }
 
