@@ -144,7 +144,7 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   const status = stored.length === 0 ? 409 : failures.length > 0 || hasWarnings ? 202 : 200;
   if (failures.length > 0) res.setHeader('warning', warningHeader(failures, outcomes.length));
   log.info('STOW-RS request', { httpStatus: status, parts: outcomes.length, storedCount: stored.length, failedCount: failures.length });
-  sendDicomJson(res, status, responseModule(outcomes, route, exchange.baseUrl));
+  sendDicomJson(res, status, responseModule(outcomes, exchange.baseUrl));
 }
 
 /** The boundary of a request whose media type is multipart/related of application/dicom parts; 415 otherwise. */
@@ -304,7 +304,7 @@ function describePart10(head: Buffer): Part10Head {
 }
 
 /** The Store Instances Response Module (PS3.18 annex I, table I.1-1). */
-function responseModule(outcomes: readonly PartOutcome[], route: StoreRoute, baseUrl: string): unknown {
+function responseModule(outcomes: readonly PartOutcome[], baseUrl: string): unknown {
   const uid = (tag: number, value: string): JsonSourceElement => ({ tag, vr: 'UI', value });
   const referenced: JsonSourceElement[][] = [];
   const failed: JsonSourceElement[][] = [];
@@ -336,9 +336,10 @@ function responseModule(outcomes: readonly PartOutcome[], route: StoreRoute, bas
       }
     }
   }
-  // Type 2: the study's URL when the stored instances are of one study (the target's, if named), else empty.
+  // Type 2: the study's URL when the stored instances are of one study (where they are stored: a duplicate's
+  // copy may be filed under another study than the path named, helper 62), else empty.
   const studyUid = studies.size === 1 ? [...studies][0]! : undefined;
-  const elements: JsonSourceElement[] = [{ tag: ResponseTags.RetrieveURL, vr: 'UR', value: studyUid === undefined ? undefined : `${baseUrl}/studies/${route.studyUid ?? studyUid}` }];
+  const elements: JsonSourceElement[] = [{ tag: ResponseTags.RetrieveURL, vr: 'UR', value: studyUid === undefined ? undefined : `${baseUrl}/studies/${studyUid}` }];
   if (failed.length > 0) elements.push({ tag: ResponseTags.FailedSOPSequence, vr: 'SQ', value: undefined, items: failed });
   if (referenced.length > 0) elements.push({ tag: ResponseTags.ReferencedSOPSequence, vr: 'SQ', value: undefined, items: referenced });
   if (otherFailures.length > 0) elements.push({ tag: ResponseTags.OtherFailuresSequence, vr: 'SQ', value: undefined, items: otherFailures });
