@@ -20,7 +20,7 @@ import { startCommitments } from './actors/commitment/actor.ts';
 import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
-import { createDicomWebStats, frameRequestsQueuedMax, frameSourceBytesInFlightMax, meshLookupsQueuedMax, meshLookupsRunningMax } from './http/dicomweb/context.ts';
+import { createDicomWebStats, heldInstanceRequestsQueuedMax, heldInstanceBytesMax, meshLookupsQueuedMax, meshLookupsRunningMax } from './http/dicomweb/context.ts';
 import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
@@ -229,7 +229,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         log: log.child({ component: 'dicomweb' }),
         stats: dicomWebStats,
         meshLookups: createConcurrencyLimit(meshLookupsRunningMax, meshLookupsQueuedMax),
-        frameSourceBytes: createConcurrencyLimit(frameSourceBytesInFlightMax, frameRequestsQueuedMax),
+        heldInstanceBytes: createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax),
         searchElsewhere: () => mesh?.searchElsewhere(),
         sitesDown: () => mesh?.sitesDown() ?? [],
       },

@@ -50,7 +50,7 @@ async function serverWith(ports: Partial<DicomWebContext>): Promise<string> {
       log: silentLogger,
       stats: createDicomWebStats(),
       meshLookups: createConcurrencyLimit(4, 64),
-      frameSourceBytes: createConcurrencyLimit(64 * 1024 * 1024, 16),
+      heldInstanceBytes: createConcurrencyLimit(64 * 1024 * 1024, 16),
       ...ports,
     },
   });
@@ -129,7 +129,7 @@ describe('DICOMweb in front of a mesh that cannot serve', () => {
     let active = 0;
     let activeMax = 0;
     const base = await serverWith({
-      frameSourceBytes: {
+      heldInstanceBytes: {
         run: (work, weight) =>
           limit.run(async () => {
             active++;

@@ -478,7 +478,7 @@ test('STOW-RS: a write quorum that is not reached fails the instance with A700, 
     log: silentLogger,
     stats: createDicomWebStats(),
     meshLookups: createConcurrencyLimit(4, 4),
-    frameSourceBytes: createConcurrencyLimit(1024 * 1024, 4),
+    heldInstanceBytes: createConcurrencyLimit(1024 * 1024, 4),
   };
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, dicomWeb });
   t.after(async () => {

@@ -67,3 +67,20 @@ test('weighted: works run while their weights fit the bound, in order, and one h
   await Promise.all([a, b, c, huge]);
   assert.deepEqual(limit.stats(), { running: 0, queued: 0 });
 });
+
+test('a wait aborted by its signal leaves the queue: the ones behind it go on', async () => {
+  const limit = createConcurrencyLimit(1, 10);
+  let release!: () => void;
+  const first = limit.run(() => new Promise<void>((resolve) => (release = resolve)));
+  const abort = new AbortController();
+  const abandoned = limit.run(async () => 'never', 1, abort.signal);
+  const next = limit.run(async () => 'next');
+  assert.deepEqual(limit.stats(), { running: 1, queued: 2 });
+  abort.abort(new Error('the client left'));
+  await assert.rejects(abandoned, /the client left/);
+  assert.deepEqual(limit.stats(), { running: 1, queued: 1 });
+  release();
+  assert.equal(await next, 'next');
+  await first;
+  assert.deepEqual(limit.stats(), { running: 0, queued: 0 });
+});

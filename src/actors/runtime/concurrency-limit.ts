@@ -16,9 +16,9 @@ export interface ConcurrencyLimit {
   /**
    * Runs `work` once the weight running plus `weight` is at most `weightMax` (or nothing runs: a work
    * heavier than the whole bound runs alone), in the order asked; rejects with ConcurrencyLimitError when
-   * `queuedMax` already wait.
+   * `queuedMax` already wait. A wait aborted by `signal` leaves the queue and rejects with its reason.
    */
-  run<T>(work: () => Promise<T>, weight?: number): Promise<T>;
+  run<T>(work: () => Promise<T>, weight?: number, signal?: AbortSignal): Promise<T>;
   /** Running (their weight) and waiting now. */
   stats(): { running: number; queued: number };
 }
@@ -36,12 +36,25 @@ export function createConcurrencyLimit(weightMax: number, queuedMax: number): Co
     }
   };
   return {
-    async run<T>(work: () => Promise<T>, weight = 1): Promise<T> {
+    async run<T>(work: () => Promise<T>, weight = 1, signal?: AbortSignal): Promise<T> {
+      signal?.throwIfAborted();
       if (queue.length === 0 && fits(weight)) running += weight;
       else {
         if (queue.length >= queuedMax) throw new ConcurrencyLimitError(queuedMax);
-        // Its weight is counted by startWaiting when its turn comes.
-        await new Promise<void>((resolve) => queue.push({ weight, start: resolve }));
+        // Its weight is counted by startWaiting when its turn comes; an aborted wait gives its place up.
+        await new Promise<void>((resolve, reject) => {
+          const waiting = { weight, start: () => {
+            signal?.removeEventListener('abort', onAbort);
+            resolve();
+          } };
+          const onAbort = () => {
+            queue.splice(queue.indexOf(waiting), 1);
+            startWaiting();
+            reject(signal!.reason);
+          };
+          signal?.addEventListener('abort', onAbort, { once: true });
+          queue.push(waiting);
+        });
       }
       try {
         return await work();

@@ -30,10 +30,11 @@ export interface DicomWebContext {
    */
   meshLookups: ConcurrencyLimit;
   /**
-   * Bounds the bytes the frames resource holds at once (it reads an instance whole, and may decode it),
-   * weighted by each instance's size: parallel requests for frames of a large cine wait their turn.
+   * Bounds the bytes of instances held whole at once (frames read from an instance read whole, and
+   * conversions, which decode it), weighted by each instance's size: parallel requests of a large cine wait
+   * their turn rather than exhaust memory.
    */
-  frameSourceBytes: ConcurrencyLimit;
+  heldInstanceBytes: ConcurrencyLimit;
   /**
    * Where a search should go instead while this site is refilling (its catalog far behind the fullest
    * site's): a whole site's HTTP address, or none known. Undefined when searches may be answered here.
@@ -61,9 +62,11 @@ export interface DicomWebStats {
 /** Lookups and pulls at other sites running at once for DICOMweb, and waiting; beyond, 503. */
 export const meshLookupsRunningMax = 16;
 export const meshLookupsQueuedMax = 1024;
-/** Instance bytes (times three: the chunks, the whole, its frames) frame requests hold at once; beyond, they wait. */
-export const frameSourceBytesInFlightMax = 1024 * 1024 * 1024;
-export const frameRequestsQueuedMax = 256;
+/** Instance bytes held whole at once (weighed several times each: chunks, the whole, what is made of it); beyond, requests wait. */
+export const heldInstanceBytesMax = 1024 * 1024 * 1024;
+export const heldInstanceRequestsQueuedMax = 256;
+/** A request waits this long at most for its turn to hold an instance; then 503 (before the idle timeout closes it). */
+export const heldInstanceWaitMaxMs = 60_000;
 
 export function createDicomWebStats(): DicomWebStats {
   return { searches: 0, retrieves: 0, metadata: 0, frames: 0, stores: 0, refused: 0, failed: 0, cutShort: 0 };

@@ -22,10 +22,9 @@ import type { DicomElement } from '../../codec/dicom-types.ts';
 import { encapsulatedFrame, framesOnlyDataset, nativeFrame, nativeFrameBits, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
-import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, readWholeInstance, selectInstances, streamInstanceHead } from './instances.ts';
+import { convertInstance, holdingInstance, readWholeInstance, selectInstances, streamInstanceHead } from './instances.ts';
 import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
 import { metadataHeaderBytesMax } from './wado.ts';
 import { startMultipart } from './multipart-writer.ts';
@@ -66,12 +65,7 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   }
   // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
   // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
-  try {
-    await ctx.frameSourceBytes.run(() => framesOf(ctx, exchange, route, ranges, selected), selected.byteLength * 3);
-  } catch (error) {
-    if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many frame requests wait for memory (${error.message}): retry`);
-    throw error;
-  }
+  await holdingInstance(ctx, exchange, selected.byteLength * 3, () => framesOf(ctx, exchange, route, ranges, selected));
 }
 
 /** Above this, a native little endian instance's frames are read by range rather than with the whole instance. */

@@ -11,7 +11,7 @@ import { errorText } from '../../actors/runtime/logger.ts';
 import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
-import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, heldInstanceWaitMaxMs, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { TranscodeError } from '../../codec/transcode-error.ts';
 import type { TranscodeResult } from '../../codec/transcode-pool.ts';
 import type { SearchLevel } from './routes.ts';
@@ -232,4 +232,35 @@ export async function withFirstReady<T>(items: AsyncGenerator<T>): Promise<Async
     yield first.value;
     yield* items;
   })();
+}
+
+/**
+ * `work`, which holds an instance whole (read, decoded), within ctx.heldInstanceBytes, weighing `weight`
+ * bytes. The wait ends when the client leaves (its place is given up, nothing is read for it) or after
+ * heldInstanceWaitMaxMs (503); a queue already full is a 503 at once.
+ */
+export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWebExchange, weight: number, work: () => Promise<T>): Promise<T> {
+  const waiting = new AbortController();
+  const onClose = () => waiting.abort(new DicomWebError(499, 'ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection while its request waited'));
+  exchange.res.once('close', onClose);
+  const timer = ctx.clock.setTimeout(
+    () => waiting.abort(new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `waited ${heldInstanceWaitMaxMs / 1000} s for other requests holding large instances: retry`)),
+    heldInstanceWaitMaxMs,
+  );
+  try {
+    return await ctx.heldInstanceBytes.run(
+      async () => {
+        ctx.clock.clearTimeout(timer);
+        return work();
+      },
+      weight,
+      waiting.signal,
+    );
+  } catch (error) {
+    if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many requests wait to hold large instances (${error.message}): retry`);
+    throw error;
+  } finally {
+    ctx.clock.clearTimeout(timer);
+    exchange.res.off('close', onClose);
+  }
 }

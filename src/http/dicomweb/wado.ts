@@ -18,7 +18,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, MONOCHROME_ONLY_TARGETS, canTranscode } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, acceptsDicomJson, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
+import { convertInstance, holdingInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
 import { MultipartError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -98,8 +98,11 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
       const { chunks } = await readInstanceChunks(ctx, entry);
       return { headers: headers(target), body: [header(target), ...chunks] };
     }
-    const { entry: local, bytes } = await readWholeInstance(ctx, entry);
-    const transcoded = await convertInstance(ctx, exchange, bytes, local.transferSyntaxUid, target, entry.sopInstanceUid);
+    // A conversion decodes the whole instance: it holds a share of the budget (several times its size).
+    const transcoded = await holdingInstance(ctx, exchange, entry.byteLength * 6, async () => {
+      const { entry: local, bytes } = await readWholeInstance(ctx, entry);
+      return convertInstance(ctx, exchange, bytes, local.transferSyntaxUid, target, entry.sopInstanceUid);
+    });
     return { headers: headers(transcoded.transferSyntaxUid), body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
   };
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could

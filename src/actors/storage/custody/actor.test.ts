@@ -402,6 +402,22 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('site-b answers searches', () => fresh.custody.searchRefusal() === undefined);
   });
 
+  it('a site that was alone refuses searches when a site holding more is first heard, as just after a start', { timeout: 25_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const a = await mesh.start('site-a');
+    for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
+    await mesh.stop('site-a');
+    // Restored on an empty disk while the others are down: after its start window it answers, alone.
+    const settleMs = 1_500;
+    const fresh = await mesh.start('site-b', undefined, silentLogger, undefined, { tuning: { viewSettleAfterStartMs: settleMs, repairIntervalMs: 60_000 } });
+    await new Promise((resolve) => setTimeout(resolve, settleMs + 200));
+    assert.equal(fresh.custody.searchRefusal(), undefined, 'alone, it answers from what it holds');
+    // The site holding the instances comes back: until it caught up, its part of the matches is no answer.
+    await mesh.start('site-a', a.dir);
+    await waitFor('site-b refuses searches once it hears site-a', () => /^refilling: 0 of 12 instances here: retry$/.test(fresh.custody.searchRefusal() ?? ''), settleMs);
+  });
+
   it('just after its start, a site restored without --bootstrap refuses searches while a peer that connected to it is not heard yet', { timeout: 15_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);

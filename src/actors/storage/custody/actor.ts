@@ -116,8 +116,10 @@ export interface CustodyService {
    * characters); undefined when it may answer. Only in the first viewSettleAfterStartMs after a start: known
    * sites not heard yet (or none at all though bootstrap addresses were given: a site restored on an empty
    * disk), a connected peer not heard yet (one that reconnected to a site restored without --bootstrap), or
-   * this site searchLagInstancesMax or more instances behind the fullest alive one. After that the leader's
-   * table routes new associations away from a refilling site.
+   * this site searchLagInstancesMax or more instances behind the fullest alive one. Also in the same window
+   * after a site is first heard since the start, while this site is behind it (one that was alone, restored
+   * on an empty disk while the others were down). After that the leader's table routes new associations
+   * away from a refilling site.
    */
   searchRefusal(): string | undefined;
   stats(): CustodyStats;
@@ -694,6 +696,18 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const sitesHeardSinceStart = new Set<string>();
   const suspectPeers = (): string[] => members.filter((m) => m.status === 'suspect' && m.peerId !== init.peerId).map((m) => m.peerId);
   const settlingAfterStart = (): boolean => clock.nowMs() - startedAtMs < tuning.viewSettleAfterStartMs;
+  /** When a site was last heard for the first time since this start. */
+  let siteFirstHeardAtMs = Number.NEGATIVE_INFINITY;
+  /**
+   * A site first heard lately, that holds more instances than this one: this site, alone until then (a
+   * site restored on an empty disk while the others were down), is behind it until the leader's table
+   * says it refills; searches wait that long too, not only after a start (black-box helper 62).
+   */
+  const behindSiteHeardLately = (): string | undefined => {
+    if (clock.nowMs() - siteFirstHeardAtMs >= tuning.viewSettleAfterStartMs) return undefined;
+    const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
+    return fullest - current.instanceCount >= tuning.searchLagInstancesMax ? `refilling: ${current.instanceCount} of ${fullest} instances here: retry` : undefined;
+  };
   const knownSitesNotHeard = (): string[] =>
     [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName && !sitesHeardSinceStart.has(site));
   const peersUnreachable = (): string[] => {
@@ -758,7 +772,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     ingest: createMeshIngest(store, gate),
     retrieve,
     searchRefusal() {
-      if (!settlingAfterStart()) return undefined;
+      if (!settlingAfterStart()) return behindSiteHeardLately();
       const unheard = knownSitesNotHeard().length;
       if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;
       // Every known site heard, and none heard: none known, though bootstrap addresses said there are some.
@@ -771,7 +785,11 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     },
     onViewChanged(view) {
       members = view;
-      for (const m of view) if (m.status === 'alive' && m.peerId !== init.peerId) sitesHeardSinceStart.add(m.siteName);
+      for (const m of view) {
+        if (m.status !== 'alive' || m.peerId === init.peerId || sitesHeardSinceStart.has(m.siteName)) continue;
+        sitesHeardSinceStart.add(m.siteName);
+        siteFirstHeardAtMs = clock.nowMs();
+      }
       input({ type: 'viewChanged', members: view, nowMs: clock.nowMs() });
     },
     stats: () => ({ ...current }),
