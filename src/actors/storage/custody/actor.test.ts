@@ -402,6 +402,15 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('site-b answers searches', () => fresh.custody.searchRefusal() === undefined);
   });
 
+  it('a site with a new identity that hears no other site refuses searches for the join wait, beyond the start window, then answers alone', { timeout: 15_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    meshes.push(mesh);
+    const restored = await mesh.start('site-r', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 300, joinWaitAfterStartMs: 1_500 } });
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    assert.equal(restored.custody.searchRefusal(), 'joining the mesh: no other site heard yet: retry', 'past the start window, still waiting for a first site');
+    await waitFor('answers alone once the join wait is over', () => restored.custody.searchRefusal() === undefined, 5_000);
+  });
+
   it('a site that was alone refuses searches when a site holding more is first heard, as just after a start', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);

@@ -78,6 +78,8 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   batchesPerPeerMax?: number;
   /** After a start, how long retrieves and searches wait for the known sites to be heard. Default 5 s. */
   viewSettleAfterStartMs?: number;
+  /** A site expecting others (a new identity, or --bootstrap) that heard none: how long searches wait for one. Default 15 s. */
+  joinWaitAfterStartMs?: number;
   /** Instances behind the fullest site from which a search just after a start is refused. Default 1. */
   searchLagInstancesMax?: number;
 }
@@ -191,6 +193,11 @@ export const defaultCustodyTuning = {
   // After a start, retrieves wait this long for the known sites (or, knowing none, any peer) to be heard
   // before trusting a view without them: heartbeats every 500 ms, a connection in well under a second.
   viewSettleAfterStartMs: 5_000,
+  // A site with a new identity told of no other site (restored on an empty disk without --bootstrap) hears
+  // the others only once they redial its address and find the new identity there (their back-off reaches
+  // 5 s): searches wait this long for a first site before it answers alone (an empty catalog answered
+  // Success with none of a study's 40 instances when they came at 5.5 s).
+  joinWaitAfterStartMs: 15_000,
   // Just after its start, a site holding fewer instances than the fullest alive one is still catching up:
   // any lag, not only the balancer's refilling threshold (a site restored on an empty disk of a small
   // archive answered Success with part of the matches, black-box helper 40). Heartbeats may be up to an
@@ -772,7 +779,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     ingest: createMeshIngest(store, gate),
     retrieve,
     searchRefusal() {
-      if (!settlingAfterStart()) return behindSiteHeardLately();
+      if (!settlingAfterStart()) {
+        const waitingToJoin = sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false) && clock.nowMs() - startedAtMs < tuning.joinWaitAfterStartMs;
+        return waitingToJoin ? 'joining the mesh: no other site heard yet: retry' : behindSiteHeardLately();
+      }
       const unheard = knownSitesNotHeard().length;
       if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;
       // Every known site heard, and none heard: none known, though bootstrap addresses said there are some.
