@@ -254,6 +254,21 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([other.stop(), restored.stop()]);
   });
 
+  it('a peer learnt only from its own connection (no address given) that came back under a new PeerId at its address is dialled there again', async () => {
+    const other = await start({});
+    const old = await start({});
+    const oldAddress = loopbackAddress(old);
+    const port = Number(oldAddress.split('/')[4]);
+    // The old peer dials: `other` knows it only from that connection, its address from identify.
+    await old.dial(loopbackAddress(other));
+    await waitFor('connected to the peer that dialled', () => other.connectedPeers().includes(old.peerId), 10_000);
+    await old.stop();
+    const restored = await start({ p2pPort: port });
+    assert.notEqual(restored.peerId, old.peerId);
+    await waitFor('connected to the restored peer through the address its old self announced', () => other.connectedPeers().includes(restored.peerId), 15_000);
+    await Promise.all([other.stop(), restored.stop()]);
+  });
+
   it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', async () => {
     const old = await start({});
     const oldAddress = loopbackAddress(old);

@@ -524,6 +524,23 @@ class Reconnector {
     }
     if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
     this.targets.delete(t.key);
+    if (t.addrs.length === 0) {
+      // A peer learnt from a connection (it dialled us) is dialled through the peer store: its addresses are
+      // there. Without them the target was dropped with nothing in its place, and a site restored without
+      // --bootstrap was never dialled again (seen in the mesh test, whatever the peer that connected first).
+      const peerId = t.peerId;
+      void this.node.peerStore
+        .get(parsePeerId(peerId))
+        .then((peer) => {
+          for (const { multiaddr } of peer.addresses) {
+            this.log('%s answers under another PeerId than %s: dialling the address', multiaddr.toString(), peerId);
+            this.addAddressTarget(multiaddr.decapsulateCode(P2P_CODE), false);
+          }
+          this.scheduleWithin(0);
+        })
+        .catch(() => undefined);
+      return true;
+    }
     for (const a of t.addrs) {
       const bare = a.decapsulateCode(P2P_CODE);
       if (t.bootstrap) {
