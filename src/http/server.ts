@@ -9,6 +9,7 @@ import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb } from './dicomweb/service.ts';
+import { sendJson } from './respond.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
 
@@ -32,12 +33,6 @@ export interface HttpServerInit {
 export interface RunningHttpServer {
   port: number;
   stop(): Promise<void>;
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
 }
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */

@@ -4,6 +4,7 @@
  * C-GET see, at any site of the mesh.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { sendJson } from '../respond.ts';
 import type { IngestPort } from '../../actors/association/services/deps.ts';
 import type { RetrieveSource } from '../../actors/association/services/query-retrieve.ts';
 import type { ReplicaStore } from '../../actors/storage/replica-store.ts';
@@ -94,13 +95,7 @@ export class DicomWebError extends Error {
   }
 }
 
-export function sendJsonBody(res: ServerResponse, status: number, body: unknown, contentType = 'application/json; charset=utf-8'): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
 /** PS3.18 8.7.3: DICOM JSON. */
 export function sendDicomJson(res: ServerResponse, status: number, body: unknown): void {
-  sendJsonBody(res, status, body, 'application/dicom+json');
+  sendJson(res, status, body, 'application/dicom+json');
 }

@@ -10,7 +10,8 @@ import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { acceptsDicomJson } from './accept.ts';
-import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { sendJson } from '../respond.ts';
+import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
 type SearchRoute = Extract<DicomWebRoute, { type: 'search' }>;
@@ -58,7 +59,7 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   if (elsewhere !== undefined) {
     if (elsewhere.httpAddress === undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_SEARCH_REFUSED', `${elsewhere.reason}, and no whole site is alive: retry`);
     exchange.res.setHeader('location', `http://${elsewhere.httpAddress}${exchange.req.url ?? ''}`);
-    sendJsonBody(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
+    sendJson(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
     return;
   }
   // Each match is kept as its JSON text: a 10,000-match answer then weighs its bytes, not 10,000 object trees.

@@ -4,7 +4,8 @@
  * function, then served by its service; every refusal is an HTTP status with a message and a stable code.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { DicomWebError, sendJsonBody, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
+import { sendJson } from '../respond.ts';
+import { DicomWebError, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
 import { retrieveBulkData } from './bulkdata.ts';
 import { retrieveFrames } from './frames.ts';
 import { searchEntities } from './qido.ts';
@@ -23,7 +24,7 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
   countOutcome(ctx.stats, res);
   if (!routed.ok) {
     if (routed.allow !== undefined) res.setHeader('allow', routed.allow);
-    sendJsonBody(res, routed.httpStatus, { error: routed.message, code: routed.code });
+    sendJson(res, routed.httpStatus, { error: routed.message, code: routed.code });
     return;
   }
   const host = req.headers.host !== undefined && hostPattern.test(req.headers.host) ? req.headers.host : ownAddress;
@@ -63,7 +64,7 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
     }
     if (!(error instanceof DicomWebError)) throw error;
     if (error.httpStatus === 503) res.setHeader('retry-after', '5');
-    sendJsonBody(res, error.httpStatus, { error: error.message, code: error.code });
+    sendJson(res, error.httpStatus, { error: error.message, code: error.code });
   }
 }
 
