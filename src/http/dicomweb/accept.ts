@@ -1,3 +1,5 @@
+import { DicomWebError } from './context.ts';
+
 /**
  * The Accept header (RFC 9110 12.5.1) as media ranges: comma-separated, each with `;` parameters whose
  * values may be quoted (commas and semicolons inside quotes stay in the value), and a q weight. Bounded:
@@ -120,4 +122,10 @@ export function acceptsDicomJson(header: string | readonly string[] | undefined)
   return acceptableRanges(parseAccept(header)).some(
     (range) => (range.type === '*' && range.subtype === '*') || (range.type === 'application' && ['dicom+json', 'json', '*'].includes(range.subtype)),
   );
+}
+
+/** Refuses (406) a request whose Accept header excludes DICOM JSON, the one form `what` is sent in (XML is not offered). */
+export function requireDicomJson(accept: string | undefined, what: string): void {
+  if (acceptsDicomJson(accept)) return;
+  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `${what} sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }

@@ -9,7 +9,7 @@ import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-jso
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
-import { acceptsDicomJson } from './accept.ts';
+import { requireDicomJson } from './accept.ts';
 import { sendJson } from '../respond.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
@@ -45,10 +45,10 @@ const ALL_EXTRA_ATTRIBUTES: readonly Tag[] = [
 ];
 
 const LEVELS: readonly SearchLevel[] = ['STUDY', 'SERIES', 'IMAGE'];
-const CONTROL_PARAMETERS = new Set(['includefield', 'limit', 'offset', 'fuzzymatching']);
 
 export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute): Promise<void> {
-  checkAccept(exchange.req.headers.accept);
+  // PS3.18 8.3.3.1.
+  requireDicomJson(exchange.req.headers.accept, 'search results are');
   const search = parseSearch(route, exchange.query);
   // A catalog known to be incomplete (a site refilling after an empty disk) says "retry", as C-FIND does.
   const refusal = ctx.retrieveSource.searchRefusal?.();
@@ -92,12 +92,6 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   const body = `[${results.join(',')}]`;
   exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': Buffer.byteLength(body) });
   exchange.res.end(body);
-}
-
-/** PS3.18 8.3.3.1: a QIDO-RS response is DICOM JSON here; XML is not offered. */
-function checkAccept(accept: string | undefined): void {
-  if (acceptsDicomJson(accept)) return;
-  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `search results are sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }
 
 interface ParsedSearch {
@@ -161,7 +155,6 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
       fuzzy = value === 'true';
       continue;
     }
-    if (CONTROL_PARAMETERS.has(name)) continue;
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
     // A control character is in no value a search can match (a NUL read as padding matched everything: helper 60).
     if (/[\x00-\x1f\x7f]/.test(value)) throw badRequest(`the value of ${name.slice(0, 80)} holds a control character`);

@@ -33,7 +33,7 @@ import { longLengthVrs } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { isAcceptableUid, normalizeUidValue } from '../../codec/uid.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { acceptsDicomJson, parseMediaType } from './accept.ts';
+import { parseMediaType, requireDicomJson } from './accept.ts';
 import { boundaryMaxChars, defaultMultipartLimits, isValidBoundary, MultipartError, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -85,9 +85,7 @@ type PartOutcome =
 export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: StoreRoute): Promise<void> {
   const { req, res } = exchange;
   const boundary = requestBoundary(req);
-  if (!acceptsDicomJson(req.headers.accept)) {
-    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', 'STOW-RS answers application/dicom+json: the Accept header excludes it');
-  }
+  requireDicomJson(req.headers.accept, 'STOW-RS answers are');
 
   // Each part's outcome, in order: a part read whole waits for its commit and write quorum while the next
   // part is read, at most finishesInFlightMax at once (a mesh's quorum wait would otherwise add up).

@@ -16,7 +16,7 @@ import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts'
 import { layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, MONOCHROME_ONLY_TARGETS, canTranscode } from '../../codec/transcode-targets.ts';
-import { acceptableRanges, acceptsDicomJson, parseAccept, type MediaRange } from './accept.ts';
+import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, holdingInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
 import { MultipartError, startMultipart } from './multipart-writer.ts';
@@ -123,7 +123,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
 export const metadataHeaderBytesMax = 64 * 1024 * 1024;
 
 export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
-  checkJsonAccepted(exchange.req.headers.accept);
+  requireDicomJson(exchange.req.headers.accept, 'metadata is');
   const entries = await selectInstances(ctx, route);
   const { res } = exchange;
   if (exchange.req.method === 'HEAD') {
@@ -147,11 +147,6 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
     });
   }
   res.end(']');
-}
-
-function checkJsonAccepted(accept: string | undefined): void {
-  if (acceptsDicomJson(accept)) return;
-  throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `metadata is sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }
 
 /** An instance's attributes up to Pixel Data, and the bytes they were read from (values are sliced from them). */
