@@ -705,16 +705,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const settlingAfterStart = (): boolean => clock.nowMs() - startedAtMs < tuning.viewSettleAfterStartMs;
   /** When a site was last heard for the first time since this start. */
   let siteFirstHeardAtMs = Number.NEGATIVE_INFINITY;
-  /**
-   * A site first heard lately, that holds more instances than this one: this site, alone until then (a
-   * site restored on an empty disk while the others were down), is behind it until the leader's table
-   * says it refills; searches wait that long too, not only after a start (black-box helper 62).
-   */
-  const behindSiteHeardLately = (): string | undefined => {
-    if (clock.nowMs() - siteFirstHeardAtMs >= tuning.viewSettleAfterStartMs) return undefined;
+  /** Searches wait while this site holds searchLagInstancesMax or more instances fewer than the fullest alive one. */
+  const lagRefusal = (): string | undefined => {
     const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
     return fullest - current.instanceCount >= tuning.searchLagInstancesMax ? `refilling: ${current.instanceCount} of ${fullest} instances here: retry` : undefined;
   };
+  /** Told there are other sites (--bootstrap, or a new identity), and none heard since the start. */
+  const noSiteHeardYet = (): boolean => sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false);
   const knownSitesNotHeard = (): string[] =>
     [...(lastState?.knownSites.keys() ?? [])].filter((site) => site !== init.siteName && !sitesHeardSinceStart.has(site));
   const peersUnreachable = (): string[] => {
@@ -779,19 +776,20 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     ingest: createMeshIngest(store, gate),
     retrieve,
     searchRefusal() {
+      const noSiteHeard = 'joining the mesh: no other site heard yet: retry';
       if (!settlingAfterStart()) {
-        const waitingToJoin = sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false) && clock.nowMs() - startedAtMs < tuning.joinWaitAfterStartMs;
-        return waitingToJoin ? 'joining the mesh: no other site heard yet: retry' : behindSiteHeardLately();
+        if (noSiteHeardYet() && clock.nowMs() - startedAtMs < tuning.joinWaitAfterStartMs) return noSiteHeard;
+        // A site first heard lately that holds more: this site, alone until then (restored on an empty disk
+        // while the others were down), is behind it until the leader's table says it refills (helper 62).
+        return clock.nowMs() - siteFirstHeardAtMs < tuning.viewSettleAfterStartMs ? lagRefusal() : undefined;
       }
       const unheard = knownSitesNotHeard().length;
       if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;
       // Every known site heard, and none heard: none known, though bootstrap addresses said there are some.
-      if (sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false)) return 'joining the mesh: no other site heard yet: retry';
+      if (noSiteHeardYet()) return noSiteHeard;
       const heard = new Set(members.filter((m) => m.status === 'alive').map((m) => m.peerId));
       if (node.connectedPeers().some((peerId) => !heard.has(peerId))) return 'joining the mesh: a connected peer not heard yet: retry';
-      const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
-      if (fullest - current.instanceCount >= tuning.searchLagInstancesMax) return `refilling: ${current.instanceCount} of ${fullest} instances here: retry`;
-      return undefined;
+      return lagRefusal();
     },
     onViewChanged(view) {
       members = view;
