@@ -524,35 +524,34 @@ class Reconnector {
     }
     if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
     this.targets.delete(t.key);
-    if (t.addrs.length === 0) {
-      // A peer learnt from a connection (it dialled us) is dialled through the peer store: its addresses are
-      // there. Without them the target was dropped with nothing in its place, and a site restored without
-      // --bootstrap was never dialled again (seen in the mesh test, whatever the peer that connected first).
-      const peerId = t.peerId;
-      void this.node.peerStore
-        .get(parsePeerId(peerId))
-        .then((peer) => {
-          for (const { multiaddr } of peer.addresses) {
-            this.log('%s answers under another PeerId than %s: dialling the address', multiaddr.toString(), peerId);
-            this.addAddressTarget(multiaddr.decapsulateCode(P2P_CODE), false);
-          }
-          this.scheduleWithin(0);
-        })
-        .catch(() => undefined);
+    if (t.addrs.length > 0) {
+      this.replaceByAddresses(t, t.peerId, t.addrs, err);
       return true;
     }
-    for (const a of t.addrs) {
+    // A peer learnt from a connection (it dialled us) is dialled through the peer store: its addresses are
+    // there. Without them the target was dropped with nothing in its place, and a site restored without
+    // --bootstrap was never dialled again (seen in the mesh test, whatever the peer that connected first).
+    const peerId = t.peerId;
+    void this.node.peerStore
+      .get(parsePeerId(peerId))
+      .then((peer) => this.replaceByAddresses(t, peerId, peer.addresses.map((address) => address.multiaddr), err))
+      .catch(() => undefined);
+    return true;
+  }
+
+  /** Targets of `addrs` without their /p2p/ part, in place of `t`, whose identity is no longer there. */
+  private replaceByAddresses(t: Target, expectedPeerId: string, addrs: readonly Multiaddr[], err: Error): void {
+    for (const a of addrs) {
       const bare = a.decapsulateCode(P2P_CODE);
       if (t.bootstrap) {
-        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId: t.peerId, error: err.message });
+        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId, error: err.message });
         this.addBootstrap(bare);
       } else {
-        this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), t.peerId);
+        this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), expectedPeerId);
         this.addAddressTarget(bare, false);
       }
     }
     this.scheduleWithin(0);
-    return true;
   }
 }
 
