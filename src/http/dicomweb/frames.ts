@@ -24,9 +24,7 @@ import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, holdingInstance, readWholeInstance, selectInstances, streamInstanceHead } from './instances.ts';
-import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
-import { metadataHeaderBytesMax } from './wado.ts';
+import { convertInstance, holdingInstance, readToPixelData, readWholeInstance, selectInstances, streamInstanceHead } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
 import { chooseFrameRepresentation, describeRepresentation, offeredRepresentations, type FrameOffers, type FrameRepresentation } from './pixel-media-types.ts';
 import type { DicomWebRoute } from './routes.ts';
@@ -85,51 +83,39 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
   }
   const { entry, chunks } = await streamInstanceHead(ctx, selected, 4);
   const syntax = entry.transferSyntaxUid;
-  const reader = new DatasetHeaderReader({ transferSyntaxUid: syntax });
-  const headChunks: Uint8Array[] = [];
-  let offset = 0;
-  let pixelDataOffset: number | undefined;
-  let frameRanges: Array<{ start: number; end: number }> | undefined;
+  // The Pixel Data element's own header (8 or 12 bytes) is read with the rest of the header.
+  const elementHeaderBytes = syntax === IMPLICIT_LE ? 8 : 12;
   const frames: Uint8Array[] = [];
+  let frameRanges: Array<{ start: number; end: number }>;
+  let offset: number;
   try {
-    for await (const chunk of chunks) {
-      const chunkStart = offset;
-      offset += chunk.byteLength;
-      if (frameRanges !== undefined) {
-        copyOverlaps(chunk, chunkStart, frameRanges, frames);
-      } else {
-        headChunks.push(chunk);
-        if (pixelDataOffset === undefined) {
-          reader.push(chunk);
-          if (reader.isComplete) pixelDataOffset = reader.end().pixelDataOffset;
-          // No Pixel Data within the bound: the whole-instance path says so (404).
-          else if (offset > metadataHeaderBytesMax) return false;
-        }
-        // The Pixel Data element's own header (8 or 12 bytes) must be in hand too.
-        if (pixelDataOffset === undefined || offset < pixelDataOffset + 12) continue;
-        const head = Buffer.concat(headChunks);
-        headChunks.length = 0;
-        const image = pixelAttributesOf(head, syntax, route.instanceUid).image;
-        const elementHeaderBytes = syntax === IMPLICIT_LE ? 8 : 12;
-        const valueLength = head.readUInt32LE(pixelDataOffset + elementHeaderBytes - 4);
-        if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
-        const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
-        if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
-        const size = nativeFrameBits(image) / 8;
-        if (route.frameNumbers.some((frameNumber) => frameNumber * size > valueLength)) {
-          throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
-        }
-        const valueStart = pixelDataOffset + elementHeaderBytes;
-        frameRanges = route.frameNumbers.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
-        for (const _ of frameRanges) frames.push(Buffer.alloc(size));
-        copyOverlaps(head, 0, frameRanges, frames);
-      }
-      if (frameRanges !== undefined && frameRanges.every((range) => range.end <= offset)) break;
+    const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, elementHeaderBytes);
+    // No Pixel Data within the bound, or none at all: the whole-instance path says so (404).
+    if (pixelDataOffset === undefined || head.length < pixelDataOffset + elementHeaderBytes) return false;
+    const image = pixelAttributesOf(head, syntax, route.instanceUid).image;
+    const valueLength = head.readUInt32LE(pixelDataOffset + elementHeaderBytes - 4);
+    if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
+    const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
+    if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
+    const size = nativeFrameBits(image) / 8;
+    if (route.frameNumbers.some((frameNumber) => frameNumber * size > valueLength)) {
+      throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
+    }
+    const valueStart = pixelDataOffset + elementHeaderBytes;
+    frameRanges = route.frameNumbers.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
+    for (const _ of frameRanges) frames.push(Buffer.alloc(size));
+    copyOverlaps(head, 0, frameRanges, frames);
+    offset = head.length;
+    // The chunks before the frames are read and dropped; the store's read ends once the last frame is whole.
+    while (frameRanges.some((range) => range.end > offset)) {
+      const next = await chunks.next();
+      if (next.done === true) break;
+      copyOverlaps(next.value, offset, frameRanges, frames);
+      offset += next.value.byteLength;
     }
   } finally {
     await chunks.return(undefined);
   }
-  if (frameRanges === undefined) return false;
   if (frameRanges.some((range) => range.end > offset)) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends before its frames do`);
   await sendFrames(exchange, route, representation, frames);
   return true;

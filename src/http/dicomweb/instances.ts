@@ -10,6 +10,7 @@ import { QueryError } from '../../actors/storage/query/query.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import { Tags } from '../../codec/dictionary.ts';
+import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
 import { DicomWebError, heldInstanceWaitMaxMs, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { TranscodeError } from '../../codec/transcode-error.ts';
@@ -263,4 +264,38 @@ export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWe
     ctx.clock.clearTimeout(timer);
     exchange.res.off('close', onClose);
   }
+}
+
+/** A header beyond this (before Pixel Data) is not read for metadata or frames: no instance of this archive's kinds has one. */
+export const headerBytesMax = 64 * 1024 * 1024;
+
+/**
+ * The data set's bytes from `chunks` up to its Pixel Data and `bytesPastPixelData` more (the element's own
+ * header, say), or to its end when it has none; `chunks` is left open at the next chunk. `pixelDataOffset`
+ * is undefined without Pixel Data, and `overBound` true when none came within headerBytesMax.
+ */
+export async function readToPixelData(
+  chunks: AsyncIterator<Uint8Array>,
+  transferSyntaxUid: string,
+  bytesPastPixelData = 0,
+): Promise<{ head: Buffer; pixelDataOffset: number | undefined; overBound: boolean }> {
+  const reader = new DatasetHeaderReader({ transferSyntaxUid });
+  const kept: Uint8Array[] = [];
+  let keptBytes = 0;
+  let pixelDataOffset: number | undefined;
+  const head = () => (kept.length === 1 ? Buffer.from(kept[0]!.buffer, kept[0]!.byteOffset, kept[0]!.byteLength) : Buffer.concat(kept));
+  while (pixelDataOffset === undefined || keptBytes < pixelDataOffset + bytesPastPixelData) {
+    const next = await chunks.next();
+    if (next.done === true) break;
+    kept.push(next.value);
+    keptBytes += next.value.byteLength;
+    if (pixelDataOffset !== undefined) continue;
+    reader.push(next.value);
+    if (reader.isComplete) pixelDataOffset = reader.end().pixelDataOffset;
+    // Most headers fit in the first chunk: no copy then.
+    else if (keptBytes > headerBytesMax) return { head: head(), pixelDataOffset: undefined, overBound: true };
+  }
+  // Read to its end without Pixel Data: the reader checks what it read is whole.
+  if (!reader.isComplete) reader.end();
+  return { head: head(), pixelDataOffset, overBound: false };
 }

@@ -11,14 +11,13 @@ import { implementationClassUid, implementationVersionName } from '../../actors/
 import { errorText } from '../../actors/runtime/logger.ts';
 import { jsonTag, toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-json.ts';
 import { encodePart10Header } from '../../codec/dataset/part10.ts';
-import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
 import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
 import { layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, MONOCHROME_ONLY_TARGETS, canTranscode } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, holdingInstance, preparedAhead, readInstanceChunks, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
+import { convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
 import { MultipartError, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -119,9 +118,6 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   writer.end();
 }
 
-/** A header beyond this (before Pixel Data) is not turned into metadata: no instance of this archive's kinds has one. */
-export const metadataHeaderBytesMax = 64 * 1024 * 1024;
-
 export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
   requireDicomJson(exchange.req.headers.accept, 'metadata is');
   const entries = await selectInstances(ctx, route);
@@ -166,29 +162,19 @@ export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry
   try {
     if (layoutOf(entry.transferSyntaxUid).deflated) {
       const { bytes } = await readWholeInstance(ctx, entry);
-      const inflated = inflateRawSync(bytes, { maxOutputLength: metadataHeaderBytesMax });
+      const inflated = inflateRawSync(bytes, { maxOutputLength: headerBytesMax });
       return { elements: parseDatasetTree(inflated, EXPLICIT_LE), bytes: inflated, transferSyntaxUid: EXPLICIT_LE };
     }
     const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
-    const reader = new DatasetHeaderReader({ transferSyntaxUid: local.transferSyntaxUid });
-    const kept: Uint8Array[] = [];
-    let keptBytes = 0;
+    let read: Awaited<ReturnType<typeof readToPixelData>>;
     try {
-      for await (const chunk of chunks) {
-        kept.push(chunk);
-        keptBytes += chunk.byteLength;
-        reader.push(chunk);
-        if (reader.isComplete) break;
-        if (keptBytes > metadataHeaderBytesMax) throw new Error(`more than ${metadataHeaderBytesMax} bytes before Pixel Data`);
-      }
+      read = await readToPixelData(chunks, local.transferSyntaxUid);
     } finally {
       // The store's read ends here when the header was had before the last chunk.
       await chunks.return(undefined);
     }
-    const header = reader.end();
-    // Most headers fit in the first chunk: no copy then.
-    const read = kept.length === 1 ? kept[0]! : Buffer.concat(kept);
-    const bytes = header.pixelDataOffset === undefined ? read : read.subarray(0, header.pixelDataOffset);
+    if (read.overBound) throw new Error(`more than ${headerBytesMax} bytes before Pixel Data`);
+    const bytes = read.pixelDataOffset === undefined ? read.head : read.head.subarray(0, read.pixelDataOffset);
     return { elements: parseDatasetTree(bytes, local.transferSyntaxUid), bytes, transferSyntaxUid: local.transferSyntaxUid };
   } catch (error) {
     if (error instanceof DicomWebError) throw error;
