@@ -15,12 +15,10 @@
  * converted: its bytes move to the transcoder's thread, and the converted instance comes back (up to
  * `decodedPixelBytesMax` of pixels).
  */
-import { TranscodeError } from '../../codec/transcode-error.ts';
 import { canTranscode, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED } from '../../codec/transcode-targets.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
 import { encapsulatedFrame, framesOnlyDataset, nativeFrame, nativeFrameBits, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
-import { errorText } from '../../actors/runtime/logger.ts';
 import { parseAccept } from './accept.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
