@@ -68,6 +68,12 @@ export function canTranscode(fromTransferSyntaxUid: string, toTransferSyntaxUid:
   return UNCOMPRESSED.has(fromTransferSyntaxUid) || DECODABLE.has(fromTransferSyntaxUid);
 }
 
+/** canTranscode for an instance of `samplesPerPixel`: a colour one is not encoded into the monochrome-only targets. */
+export function canTranscodeSamples(fromTransferSyntaxUid: string, toTransferSyntaxUid: string, samplesPerPixel: number): boolean {
+  if (fromTransferSyntaxUid === toTransferSyntaxUid) return true;
+  return canTranscode(fromTransferSyntaxUid, toTransferSyntaxUid) && !(MONOCHROME_ONLY_TARGETS.has(toTransferSyntaxUid) && samplesPerPixel > 1);
+}
+
 /** True when producing `to` means compressing (costlier than decoding, and only lossless syntaxes). */
 export function needsEncoding(toTransferSyntaxUid: string): boolean {
   return ENCODABLE.has(toTransferSyntaxUid);

@@ -14,7 +14,7 @@ import { encodePart10Header } from '../../codec/dataset/part10.ts';
 import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
 import { layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
-import { EXPLICIT_LE, MONOCHROME_ONLY_TARGETS, canTranscode } from '../../codec/transcode-targets.ts';
+import { EXPLICIT_LE, canTranscodeSamples } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
@@ -45,16 +45,10 @@ export function instanceSyntaxFor(ranges: readonly MediaRange[], entries: Readon
   return undefined;
 }
 
-/**
- * Whether an instance can go out in `syntax`: as stored, or converted; our JPEG 2000 and HTJ2K encoders
- * take one sample per pixel, so a colour instance is not encoded into them (helper 60: an RGB instance
- * asked so got a cut connection).
- */
+/** Whether an instance can go out in `syntax`, as stored or converted (helper 60: an RGB instance asked in JPEG 2000 got a cut connection). */
 function canSend(entry: Pick<CatalogEntry, 'transferSyntaxUid' | 'attributes'>, syntax: string): boolean {
-  if (syntax === entry.transferSyntaxUid) return true;
-  if (!canTranscode(entry.transferSyntaxUid, syntax)) return false;
   const samplesPerPixel = Number(entry.attributes.find((element) => element.tag === Tags.SamplesPerPixel)?.value ?? 1);
-  return !(MONOCHROME_ONLY_TARGETS.has(syntax) && samplesPerPixel > 1);
+  return canTranscodeSamples(entry.transferSyntaxUid, syntax, samplesPerPixel);
 }
 
 export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
