@@ -329,12 +329,12 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       (stopping ??= (async () => {
         healthy = false;
         const graceMs = options.shutdownGraceMs ?? 5000;
-        log.info('peer stopping: new associations refused, open ones drain', { graceMs });
-        await runningDicom.stop(graceMs);
+        log.info('peer stopping: new associations and HTTP connections refused, open ones drain', { graceMs });
+        // Both drain before the mesh stops: a C-STORE or a STOW-RS in flight still needs its write quorum.
+        await Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
         await commitments.stop();
         await scrub?.stop();
         await mesh?.stop();
-        await runningHttp.stop();
         await transcoder.stop();
         supervisor.stop();
         stopLoggingFaults();

@@ -123,3 +123,67 @@ test('requests the HTTP parser refuses get a status with a JSON body: headers ov
   assert.match(unknown, /^HTTP\/1\.1 400 /);
   assert.match(unknown, /"code":"ERR_HTTP_MALFORMED"/);
 });
+
+test('a stop refuses new connections and closes idle ones at once, lets a request in flight finish, and answers one more on its connection 503', async () => {
+  let entered!: () => void;
+  const inFlight = new Promise<void>((resolve) => (entered = resolve));
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const server = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    meshStatus: async () => {
+      entered();
+      await gate;
+      return { instances: 7 };
+    },
+    isHealthy: () => true,
+  });
+  const idle = connect(server.port, '127.0.0.1');
+  idle.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+  await new Promise((resolve) => idle.once('data', resolve));
+  const idleClosed = new Promise((resolve) => idle.once('close', resolve));
+  const busy = connect(server.port, '127.0.0.1');
+  let answers = '';
+  busy.on('data', (chunk: Buffer) => (answers += chunk.toString('latin1')));
+  const busyClosed = new Promise((resolve) => busy.once('close', resolve));
+  busy.write('GET /api/mesh HTTP/1.1\r\nhost: x\r\n\r\n');
+  await inFlight;
+  const stopped = server.stop(10_000);
+  await idleClosed;
+  await assert.rejects(fetch(`http://127.0.0.1:${server.port}/healthz`, { signal: AbortSignal.timeout(2000) }));
+  busy.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+  await new Promise((r) => setTimeout(r, 100));
+  release();
+  const started = Date.now();
+  await busyClosed;
+  await stopped;
+  assert.ok(Date.now() - started < 2000, 'the stop waited for the grace period though nothing was in flight');
+  const [first, second] = answers.split(/(?=HTTP\/1\.1 )/);
+  assert.match(first ?? '', /^HTTP\/1\.1 200 /);
+  assert.match(first ?? '', /"instances":7/);
+  assert.match(second ?? '', /^HTTP\/1\.1 503 /);
+  assert.match(second ?? '', /ERR_HTTP_STOPPING/);
+  assert.match(second ?? '', /connection: close/i);
+});
+
+test('a request still in flight when the grace period ends is cut, and the stop returns', async () => {
+  let entered!: () => void;
+  const inFlight = new Promise<void>((resolve) => (entered = resolve));
+  const server = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    meshStatus: () => {
+      entered();
+      return new Promise(() => undefined);
+    },
+    isHealthy: () => true,
+  });
+  const request = fetch(`http://127.0.0.1:${server.port}/api/mesh`);
+  request.catch(() => undefined);
+  await inFlight;
+  const started = Date.now();
+  await server.stop(300);
+  assert.ok(Date.now() - started >= 250 && Date.now() - started < 2000);
+  await assert.rejects(request);
+});

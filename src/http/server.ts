@@ -32,7 +32,11 @@ export interface HttpServerInit {
 
 export interface RunningHttpServer {
   port: number;
-  stop(): Promise<void>;
+  /**
+   * Stops accepting connections and closes idle ones at once; requests in flight get up to `graceMs` to
+   * finish (a retrieve being sent, a STOW-RS waiting for its quorum), then their connections are cut.
+   */
+  stop(graceMs?: number): Promise<void>;
 }
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
@@ -162,7 +166,18 @@ function forgetPeer(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
 
 export async function startHttpServer(init: HttpServerInit): Promise<RunningHttpServer> {
   let ownAddress = `${init.host}:${init.port}`;
+  let stopping = false;
   const server: Server = createServer((req, res) => {
+    if (stopping) {
+      // A request on a connection kept alive from before the stop: the client should ask another site.
+      res.setHeader('connection', 'close');
+      sendJson(res, 503, { error: 'this peer is stopping: ask another site', code: 'ERR_HTTP_STOPPING' });
+      return;
+    }
+    // Once the stop has begun, a connection whose last response is sent closes rather than waiting for more.
+    res.once('finish', () => {
+      if (stopping) setImmediate(() => server.closeIdleConnections());
+    });
     route(init, req, res, ownAddress).catch((error: unknown) => {
       if (!res.headersSent) sendJson(res, 500, { error: error instanceof Error ? error.message : String(error), code: 'ERR_HTTP_INTERNAL' });
       else res.destroy();
@@ -192,10 +207,15 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   ownAddress = `${init.host.includes(':') ? `[${init.host}]` : init.host}:${port}`;
   return {
     port,
-    stop: () =>
+    stop: (graceMs = 0) =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
+        stopping = true;
+        const cut = setTimeout(() => server.closeAllConnections(), graceMs);
+        server.close(() => {
+          clearTimeout(cut);
+          resolve();
+        });
+        server.closeIdleConnections();
       }),
   };
 }

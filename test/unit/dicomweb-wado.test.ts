@@ -201,3 +201,26 @@ describe('WADO-RS', () => {
     assert.equal((await retrieve(`/studies/${study}`, '*/*')).status, 200);
   });
 });
+
+it('a retrieve in flight when the peer stops is sent whole; new connections are refused meanwhile', async () => {
+  const stopping = await startTestPeer([], 'wado-stop');
+  const options = instanceOptions(1, { rows: 3000, columns: 3000 });
+  const store = await openStoreClient(stopping.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+  assert.equal((await store.storeInstance(options)).command.status, Status.Success);
+  await store.client.release();
+  const { bytes } = makeInstanceWithInfo({ ...options, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+  const stopBase = `http://127.0.0.1:${stopping.httpPort}/dicom-web`;
+  const response = await fetch(`${stopBase}/studies/${study}`, { headers: { accept: '*/*; transfer-syntax=*' } });
+  const reader = response.body!.getReader();
+  const chunks: Uint8Array[] = [];
+  const first = await reader.read();
+  chunks.push(first.value!);
+  const stopped = stopping.dispose();
+  await new Promise((r) => setTimeout(r, 200));
+  await assert.rejects(fetch(`${stopBase}/studies/${study}`, { signal: AbortSignal.timeout(2000) }));
+  for (let next = await reader.read(); !next.done; next = await reader.read()) chunks.push(next.value);
+  await stopped;
+  const [part, ...more] = parseMultipart(Buffer.concat(chunks), response.headers.get('content-type') ?? '');
+  assert.equal(more.length, 0);
+  assert.ok(part!.body.subarray(splitPart10(part!.body).datasetOffset).equals(Buffer.from(bytes.subarray(splitPart10(bytes).datasetOffset))));
+});
