@@ -110,7 +110,7 @@ describe('instance and JSON negotiation', () => {
   });
 
   it('takes DICOM JSON where a range covers it', () => {
-    for (const header of [undefined, '*/*', 'application/dicom+json', 'application/json;q=0.2, text/html', 'application/*']) assert.equal(acceptsDicomJson(header), true, String(header));
-    for (const header of ['multipart/related; type="application/dicom+xml"', 'application/dicom+json;q=0', 'text/*']) assert.equal(acceptsDicomJson(header), false, header);
+    for (const header of [undefined, '*/*', 'application/dicom+json', 'application/json;q=0.2, text/html', 'application/*', 'application/*;q=0, application/dicom+json', 'application/dicom+json;q=0, application/json']) assert.equal(acceptsDicomJson(header), true, String(header));
+    for (const header of ['multipart/related; type="application/dicom+xml"', 'application/dicom+json;q=0', 'text/*', 'application/dicom+json;q=0, application/json;q=0, */*', 'application/*;q=0, */*', 'application/dicom+json;q=0, application/*']) assert.equal(acceptsDicomJson(header), false, header);
   });
 });

@@ -117,11 +117,16 @@ export function acceptableRanges(ranges: readonly MediaRange[]): MediaRange[] {
   return ranges.filter((range) => range.q > 0).sort((a, b) => b.q - a.q);
 }
 
-/** Whether DICOM JSON (application/dicom+json, or a range that covers it) is acceptable: searches and metadata are sent only so. */
+/**
+ * Whether DICOM JSON is acceptable: searches and metadata are sent only so. It is when the most
+ * specific range covering application/dicom+json has a q above 0, or application/json is named (RFC 9110 12.5.1:
+ * `application/dicom+json;q=0, *\/*` refuses it).
+ */
 export function acceptsDicomJson(header: string | readonly string[] | undefined): boolean {
-  return acceptableRanges(parseAccept(header)).some(
-    (range) => (range.type === '*' && range.subtype === '*') || (range.type === 'application' && ['dicom+json', 'json', '*'].includes(range.subtype)),
-  );
+  const ranges = parseAccept(header);
+  const named = (subtype: string) => ranges.find((range) => range.type === 'application' && range.subtype === subtype);
+  const dicomJson = named('dicom+json') ?? named('*') ?? ranges.find((range) => range.type === '*');
+  return (dicomJson?.q ?? 0) > 0 || (named('json')?.q ?? 0) > 0;
 }
 
 /** Refuses (406) a request whose Accept header excludes DICOM JSON, the one form `what` is sent in (XML is not offered). */
