@@ -3,6 +3,9 @@
  * codecs, so that choosing a C-GET / C-MOVE presentation context in the peer's thread loads no codec
  * (the transcoding itself runs in the transcoder's thread: transcode-pool.ts).
  */
+import type { DicomElement } from './dicom-types.ts';
+import { Tags } from './dictionary.ts';
+
 export const IMPLICIT_LE = '1.2.840.10008.1.2';
 export const EXPLICIT_LE = '1.2.840.10008.1.2.1';
 export const DEFLATED_LE = '1.2.840.10008.1.2.1.99';
@@ -72,6 +75,12 @@ export function canTranscode(fromTransferSyntaxUid: string, toTransferSyntaxUid:
 export function canTranscodeSamples(fromTransferSyntaxUid: string, toTransferSyntaxUid: string, samplesPerPixel: number): boolean {
   if (fromTransferSyntaxUid === toTransferSyntaxUid) return true;
   return canTranscode(fromTransferSyntaxUid, toTransferSyntaxUid) && !(MONOCHROME_ONLY_TARGETS.has(toTransferSyntaxUid) && samplesPerPixel > 1);
+}
+
+/** canTranscodeSamples for a stored instance, its Samples per Pixel read from its catalog attributes (1 when absent). */
+export function canTranscodeInstance(instance: { transferSyntaxUid: string; attributes: readonly DicomElement[] }, toTransferSyntaxUid: string): boolean {
+  const samplesPerPixel = Number(instance.attributes.find((element) => element.tag === Tags.SamplesPerPixel)?.value ?? 1);
+  return canTranscodeSamples(instance.transferSyntaxUid, toTransferSyntaxUid, samplesPerPixel);
 }
 
 /** True when producing `to` means compressing (costlier than decoding, and only lossless syntaxes). */

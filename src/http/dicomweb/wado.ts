@@ -14,7 +14,7 @@ import { encodePart10Header } from '../../codec/dataset/part10.ts';
 import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
 import { layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
-import { EXPLICIT_LE, canTranscodeSamples } from '../../codec/transcode-targets.ts';
+import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
@@ -40,15 +40,10 @@ export function instanceSyntaxFor(ranges: readonly MediaRange[], entries: Readon
     if (!servesDicom) continue;
     const asked = range.parameters.get('transfer-syntax') ?? EXPLICIT_LE;
     if (asked === '*') return '*';
-    if (entries.every((entry) => canSend(entry, asked))) return asked;
+    // Helper 60: an RGB instance asked in JPEG 2000 got a cut connection.
+    if (entries.every((entry) => canTranscodeInstance(entry, asked))) return asked;
   }
   return undefined;
-}
-
-/** Whether an instance can go out in `syntax`, as stored or converted (helper 60: an RGB instance asked in JPEG 2000 got a cut connection). */
-function canSend(entry: Pick<CatalogEntry, 'transferSyntaxUid' | 'attributes'>, syntax: string): boolean {
-  const samplesPerPixel = Number(entry.attributes.find((element) => element.tag === Tags.SamplesPerPixel)?.value ?? 1);
-  return canTranscodeSamples(entry.transferSyntaxUid, syntax, samplesPerPixel);
 }
 
 export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {

@@ -289,7 +289,7 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
   const ct = '1.2.840.10008.5.1.4.1.1.2';
   const j2k = '1.2.840.10008.1.2.4.90';
   const jpegLossless = '1.2.840.10008.1.2.4.70';
-  const entry = (transferSyntaxUid: string) => ({ sopClassUid: ct, transferSyntaxUid }) as CatalogEntry;
+  const entry = (transferSyntaxUid: string, samplesPerPixel = 1) => ({ sopClassUid: ct, transferSyntaxUid, attributes: [{ tag: Tags.SamplesPerPixel, vr: 'US', value: String(samplesPerPixel) }] }) as CatalogEntry;
   const proposals = proposalsForMove([entry(TransferSyntax.ExplicitVrLittleEndian), entry(j2k)]);
   assert.deepEqual(proposals.map((p) => p.transferSyntaxUids[0]), [TransferSyntax.ExplicitVrLittleEndian, j2k, TransferSyntax.ExplicitVrLittleEndian, jpegLossless]);
   // A destination that took explicit VR LE and JPEG Lossless: the J2K copy is decoded, not re-compressed.
@@ -297,6 +297,12 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
   assert.equal(pickContextFor(entry(j2k), [...both].reverse())?.presentationContextId, 5);
   // One that took JPEG Lossless only (helper 49: every instance not stored so failed): compressed for it.
   assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian), [both[1]!])?.presentationContextId, 7);
+  // A colour instance is not encoded in JPEG 2000 (monochrome only): another accepted compressed context, or none.
+  const rle = { id: 9, abstractSyntaxUid: ct, transferSyntaxUid: '1.2.840.10008.1.2.5' };
+  const j2kContext = { id: 11, abstractSyntaxUid: ct, transferSyntaxUid: j2k };
+  assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian, 3), [j2kContext, rle])?.presentationContextId, 9);
+  assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian, 3), [j2kContext]), undefined);
+  assert.equal(pickContextFor(entry(TransferSyntax.ExplicitVrLittleEndian, 1), [j2kContext])?.presentationContextId, 11);
   // 128 contexts at most: with 43 classes there is no room for the compressed ones.
   const many = Array.from({ length: 43 }, (_, i) => ({ sopClassUid: `${ct}.${i}`, transferSyntaxUid: j2k }) as CatalogEntry);
   assert.equal(proposalsForMove(many).length, 86);

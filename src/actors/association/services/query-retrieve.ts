@@ -16,7 +16,7 @@ import type { ReplicaStore } from '../../storage/replica-store.ts';
 import { checkedStream, checkedWhole, checkedWholeBytesMax } from '../../storage/checked-read.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
-import { canTranscode, needsEncoding } from '../../../codec/transcode-targets.ts';
+import { canTranscodeInstance, needsEncoding } from '../../../codec/transcode-targets.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 
 /** Sends one DIMSE message on the association that carries the request. */
@@ -430,7 +430,7 @@ export function pickContextFor(
   const candidates = [...contexts].filter((c) => c.abstractSyntaxUid === entry.sopClassUid);
   const exact = candidates.find((c) => c.transferSyntaxUid === entry.transferSyntaxUid);
   if (exact) return { presentationContextId: exact.id, transferSyntaxUid: exact.transferSyntaxUid };
-  const convertible = candidates.filter((c) => canTranscode(entry.transferSyntaxUid, c.transferSyntaxUid));
+  const convertible = candidates.filter((c) => canTranscodeInstance(entry, c.transferSyntaxUid));
   const chosen = convertible.find((c) => !needsEncoding(c.transferSyntaxUid)) ?? convertible[0];
   return chosen ? { presentationContextId: chosen.id, transferSyntaxUid: chosen.transferSyntaxUid } : undefined;
 }
