@@ -35,7 +35,7 @@ async function main(argv: readonly string[]): Promise<number> {
         for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
           process.on(signal, () => {
             if (stopping) {
-              const when = started ? 'while stopping: the peer stops as soon as its associations have drained' : 'while starting: the peer stops as soon as it has started';
+              const when = started ? 'while stopping: the peer stops as soon as its associations and HTTP requests have drained' : 'while starting: the peer stops as soon as it has started';
               process.stderr.write(`pacs-mesh: ${signal} ${when}\n`);
             }
             stopping = true;

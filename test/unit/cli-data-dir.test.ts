@@ -248,7 +248,7 @@ test('a SIGTERM during the start, then SIGHUP and another SIGTERM while stopping
   assert.equal(await exited, 0, stderr);
   assert.match(stderr, /peer started/);
   // The operator sees the stop begin (the drain may take its grace period), then end.
-  assert.match(stderr, /peer stopping: new associations refused, open ones drain[\s\S]*peer stopped/);
+  assert.match(stderr, /peer stopping: new associations and HTTP connections refused, open ones drain[\s\S]*peer stopped/);
 });
 
 test('a DICOM or HTTP port another process holds: exit 1 and one line naming the option', async (t) => {
