@@ -85,6 +85,9 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   }
   const warnings: string[] = [];
   if (search.fuzzy) warnings.push('299 pacs-mesh "The fuzzymatching parameter is not supported. Only literal matching has been performed."');
+  if (search.emptyValueMatching) warnings.push('299 pacs-mesh "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed."');
+  if (search.multipleValueMatching) warnings.push('299 pacs-mesh "The multiplevaluematching parameter is not supported. Multiple Value Matching has not been performed."');
+  if (search.ignored.length > 0) warnings.push(`299 pacs-mesh "Unsupported query parameters have been ignored: ${search.ignored.map((name) => name.replace(/[^\x20-\x7e]|"|\\/g, '?')).join(', ')}"`);
   // PS3.18 8.3.4.4: more matches than returned, and not because the client asked for fewer: say so.
   if (truncated && !search.limitAsked) warnings.push(`299 pacs-mesh "The number of results exceeded the maximum supported by the server (${searchResultsMax}). Additional results can be requested with offset."`);
   if (warnings.length > 0) exchange.res.setHeader('warning', warnings);
@@ -100,7 +103,14 @@ interface ParsedSearch {
   limit: number;
   limitAsked: boolean;
   fuzzy: boolean;
+  emptyValueMatching: boolean;
+  multipleValueMatching: boolean;
+  /** Parameters that are neither a control of PS3.18 8.3.4 nor an attribute, ignored as 8.3 says (the first few named). */
+  ignored: string[];
 }
+
+/** Ignored parameters named in the Warning header: enough to spot a misspelt keyword, bounded. */
+const ignoredNamedMax = 5;
 
 /** The query parameters as a C-FIND identifier (PS3.18 8.3.4), or a 400 naming the parameter at fault. */
 export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedSearch {
@@ -122,9 +132,12 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
   let offset = 0;
   let limit = searchResultsMax;
   let limitAsked = false;
-  let fuzzy = false;
+  const flags = { fuzzymatching: false, emptyvaluematching: false, multiplevaluematching: false };
+  const ignored: string[] = [];
   const seen = new Set<string>();
   for (const [name, value] of query) {
+    // `?&includefield=...` (Weasis sends it) has an empty one.
+    if (name === '') continue;
     if (name === 'includefield') {
       for (const field of value.split(',')) {
         if (field === 'all') {
@@ -150,22 +163,27 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
       }
       continue;
     }
-    if (name === 'fuzzymatching') {
-      if (value !== 'true' && value !== 'false') throw badRequest(`fuzzymatching must be true or false, not "${value.slice(0, 40)}"`);
-      fuzzy = value === 'true';
+    if (name === 'fuzzymatching' || name === 'emptyvaluematching' || name === 'multiplevaluematching') {
+      if (value !== 'true' && value !== 'false') throw badRequest(`${name} must be true or false, not "${value.slice(0, 40)}"`);
+      flags[name] = value === 'true';
       continue;
     }
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
     // A control character is in no value a search can match (a NUL read as padding matched everything: helper 60).
     if (/[\x00-\x1f\x7f]/.test(value)) throw badRequest(`the value of ${name.slice(0, 80)} holds a control character`);
     const tag = attributeTagOf(name);
-    if (tag === undefined) throw badRequest(`unknown query parameter "${name.slice(0, 80)}": use an attribute keyword or tag, includefield, limit, offset or fuzzymatching`);
+    if (tag === undefined) {
+      // PS3.18 8.3: unsupported parameters are ignored (a cache-buster `_=...`, a vendor's own); the Warning names them.
+      if (ignored.length < ignoredNamedMax) ignored.push(name.slice(0, 64));
+      continue;
+    }
     const vr = vrOf(tag);
     if (vr === undefined || vr === 'SQ' || vr === 'UN') throw badRequest(`attribute ${name.slice(0, 80)} cannot be matched${vr === 'SQ' ? ': it is a sequence' : ''}`);
     const pathUid = tag === Tags.StudyInstanceUID ? route.studyUid : tag === Tags.SeriesInstanceUID ? route.seriesUid : undefined;
     if (pathUid !== undefined) throw badRequest(`${name} is already given by the path`);
-    // A UID list may be separated by commas or backslashes (PS3.18 8.3.4.1).
-    const text = vr === 'UI' ? value.replaceAll(',', '\\') : value;
+    // A UID list may be separated by commas or backslashes (PS3.18 8.3.4.1); so may a list of code strings,
+    // whose values hold no comma (`ModalitiesInStudy=CT,MR`, as Orthanc takes it).
+    const text = vr === 'UI' || vr === 'CS' ? value.replaceAll(',', '\\') : value;
     keys.set(tag, { tag, vr, value: Buffer.from(text, 'utf8').toString('latin1') });
   }
   return {
@@ -173,7 +191,10 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
     offset,
     limit,
     limitAsked,
-    fuzzy,
+    fuzzy: flags.fuzzymatching,
+    emptyValueMatching: flags.emptyvaluematching,
+    multipleValueMatching: flags.multiplevaluematching,
+    ignored,
   };
 }
 
