@@ -27,11 +27,17 @@ export interface EntityAggregate {
    * be found from either patient, not only from the ID of its latest instance.
    */
   patientIds: Set<string>;
+  /**
+   * For each attribute, the value of the newest instance that has one (not empty): a later instance that
+   * leaves an attribute out (a key object without the birth date) does not blank it for the entity.
+   */
+  newestValues: Map<Tag, { element: DicomElement; entry: CatalogEntry }>;
 }
 
 export function createAggregate(): EntityAggregate {
   return {
     latest: undefined,
+    newestValues: new Map(),
     studyInstanceUids: new Set(),
     seriesInstanceUids: new Set(),
     instanceCount: 0,
@@ -58,6 +64,31 @@ export function addInstance(aggregate: EntityAggregate, entry: CatalogEntry): vo
     if (normalized !== '') aggregate.modalities.add(normalized);
   }
   if (aggregate.latest === undefined || isNewerInstance(entry, aggregate.latest)) aggregate.latest = entry;
+  for (const element of entry.attributes) {
+    if (element.value === undefined || element.value === '' || catalogFieldTags.has(element.tag)) continue;
+    const known = aggregate.newestValues.get(element.tag);
+    if (known === undefined || isNewerInstance(entry, known.entry)) aggregate.newestValues.set(element.tag, { element, entry });
+  }
+}
+
+/** Attributes the catalog entry holds as fields (identity), and the character set: never taken from another instance. */
+const catalogFieldTags: ReadonlySet<Tag> = new Set([Tags.SpecificCharacterSet, Tags.PatientID, Tags.StudyInstanceUID, Tags.SeriesInstanceUID, Tags.SOPInstanceUID, Tags.SOPClassUID]);
+
+/**
+ * An entity's attributes: its newest instance's, with those it lacks or has empty taken from the newest
+ * instance that has them (an absent value is unknown, not changed: PS3.4 C.2.2.1.2's sense of zero length).
+ * A value in another character set than the newest instance's is taken only when it is plain ASCII.
+ */
+export function entityAttributes(aggregate: EntityAggregate): Map<Tag, DicomElement> {
+  const byTag = attributesByTag(aggregate.latest!);
+  const characterSet = byTag.get(Tags.SpecificCharacterSet)?.value ?? '';
+  for (const [tag, { element, entry }] of aggregate.newestValues) {
+    const own = byTag.get(tag);
+    if (own !== undefined && own.value !== undefined && own.value !== '') continue;
+    const sameCharacterSet = (entry.attributes.find((e) => e.tag === Tags.SpecificCharacterSet)?.value ?? '') === characterSet;
+    if (sameCharacterSet || !/[\x1b\x80-\xff]/.test(element.value!)) byTag.set(tag, element);
+  }
+  return byTag;
 }
 
 /** The attributes of an instance by tag; the catalog's own fields win over the attribute list. */

@@ -750,6 +750,53 @@ describe('an unknown (zero-length) Required Key matches every key (PS3.4 C.2.2.1
   });
 });
 
+describe('an attribute a later instance leaves out is not blanked (helper 63: a key object without the birth date)', () => {
+  it('PATIENT and STUDY level take it from the newest instance that has it, by every plan; a later value still wins', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const spec = (n: number, more: Partial<InstanceSpec>): InstanceSpec => ({
+        patientId: 'HX20',
+        patientName: 'Birth^Date',
+        studyUid: `1.2.20.${n}`,
+        studyDate: '20240101',
+        studyTime: '101010',
+        accession: `A${n}`,
+        studyDescription: 'first',
+        seriesUid: `1.2.20.${n}.1`,
+        modality: 'CT',
+        seriesNumber: '1',
+        sopUid: `1.2.20.${n}.1.1`,
+        sopClassUid: CT_IMAGE,
+        instanceNumber: '1',
+        storedAtMs: 1000 + n,
+        ...more,
+      });
+      // The first study knows the birth date; a later key object of another study leaves it and the description out.
+      const withBirthDate = makeEntry(spec(1, { birthDate: '19800505' }));
+      const later = makeEntry(spec(2, { sopClassUid: BASIC_TEXT_SR, studyDescription: '' }));
+      // Within the first study too: its own later instance without the birth date or description.
+      const laterInFirst = makeEntry(spec(1, { sopUid: '1.2.20.1.1.2', studyDescription: '', storedAtMs: 1005 }));
+      await store(db, [withBirthDate, later, laterInFirst]);
+      for (const searchIndexes of [true, false]) {
+        const patients = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.PatientName, 'PN', '*ate'), k(T.PatientBirthDate, 'DA', '19800505')] }, { searchIndexes });
+        assert.deepEqual(column(patients, T.PatientBirthDate), ['19800505'], `indexes ${searchIndexes}`);
+        const byName = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.PatientName, 'PN', 'Birth*'), k(T.PatientBirthDate, 'DA')] }, { searchIndexes });
+        assert.deepEqual(column(byName, T.PatientBirthDate), ['19800505']);
+        const studies = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', '1.2.20.1'), k(T.StudyDescription, 'LO'), k(T.PatientBirthDate, 'DA')] }, { searchIndexes });
+        assert.deepEqual(column(studies, T.StudyDescription), ['first']);
+        assert.deepEqual(column(studies, T.PatientBirthDate), ['19800505']);
+      }
+      // A later instance with another value still wins (a corrected birth date).
+      await store(db, [makeEntry(spec(3, { birthDate: '19800506', storedAtMs: 2000 }))]);
+      const corrected = await find(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'HX20'), k(T.PatientBirthDate, 'DA')] });
+      assert.deepEqual(column(corrected, T.PatientBirthDate), ['19800506']);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('stale index keys (instance re-stored under another PatientID without deleting)', () => {
   it('are ignored: the entry, not the index, decides', async () => {
     const { db, close } = openTempDb();

@@ -42,11 +42,11 @@
  * match on that is not computed (`*MITH`, a description...) and no PatientID key to match, the scan goes
  * through the newest index (x!newest!): one entry read per patient, or per study and PatientID in it, the
  * newest, whose attributes are the entity's (or that patient's part's); only an entity whose newest entry
- * matches those keys is then read whole (counts, modalities).
+ * matches those keys, or has no value for one, is then read whole (counts, modalities).
  * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
- * isNewerInstance for ties). A study or series filed under several PatientIDs that does not match so
+ * isNewerInstance for ties), each one it lacks taken from the newest instance that has it (entityAttributes). A study or series filed under several PatientIDs that does not match so
  * matches by any one patient's part (its latest instance's attributes) when that part does: see respond().
  * A PATIENT entity is identified by its PatientID alone (IssuerOfPatientID is not considered); instances
  * without PatientID form one patient with an empty ID.
@@ -106,6 +106,7 @@ import {
   addInstance,
   addInstanceKey,
   attributesByTag,
+  entityAttributes,
   createAggregate,
   type ComputedAttribute,
   type EntityAggregate,
@@ -628,7 +629,7 @@ async function* newestMatchingEntities(
       const entry = entries[i];
       if (entry !== undefined) stats.entriesRead++;
       const confirmed = entry !== undefined && indexedIdOf(entry) === newest.entityId && newestIndexAge(entry) === newest.age;
-      if (confirmed && !matchesStoredAttributes(plan.checkedKeys, attributesByTag(entry))) continue;
+      if (confirmed && !mayMatchNewestAttributes(plan.checkedKeys, attributesByTag(entry))) continue;
       lastExamined = entityId;
       const aggregate = await loadAggregate(db, level, entityId, true, stats);
       if (aggregate.latest) yield aggregate;
@@ -646,10 +647,13 @@ async function* newestMatchingEntities(
 // ---------------------------------------------------------------------------------------------------
 // Matching entities and building responses
 
-/** Whether every one of `keys` (not computed) matches the entity's stored attributes. */
-function matchesStoredAttributes(keys: CompiledKey[], stored: Map<Tag, DicomElement>): boolean {
+/** Whether an entity whose newest instance has these attributes may match every one of `keys` (not computed): one it has no value for may come from an older instance. */
+function mayMatchNewestAttributes(keys: CompiledKey[], stored: Map<Tag, DicomElement>): boolean {
   const characterSet = stored.get(Tags.SpecificCharacterSet)?.value;
-  return keys.every((key) => key.matcher.matches(stored.get(key.element.tag)?.value, characterSet));
+  return keys.every((key) => {
+    const value = stored.get(key.element.tag)?.value;
+    return value === undefined || value === '' || key.matcher.matches(value, characterSet);
+  });
 }
 
 class UpperAggregateCache {
@@ -761,7 +765,7 @@ async function firstMatchingPatientPart(
     if (patientId === newestPart) continue;
     const part = await upper.get(level, entityIdOf(level, whole.latest!), true, patients);
     if (part.latest === undefined) continue;
-    const partStored = attributesByTag(part.latest);
+    const partStored = entityAttributes(part);
     if (matchesStoredKeys(keys, partStored, part)) return partStored;
   }
   return undefined;
@@ -779,12 +783,12 @@ async function respond(
   whole: EntityAggregate,
   upper: UpperAggregateCache,
 ): Promise<DicomElement[] | undefined> {
-  const wholeStored = attributesByTag(whole.latest!);
+  const wholeStored = entityAttributes(whole);
   const narrowed = await narrowToMatchedPatients(level, keys, whole, wholeStored.get(Tags.SpecificCharacterSet)?.value, upper);
   if (narrowed === null) return undefined;
   const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
   const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
-  let stored = narrowed === undefined ? wholeStored : attributesByTag(narrowed.entity.latest!);
+  let stored = narrowed === undefined ? wholeStored : entityAttributes(narrowed.entity);
   if (!matchesStoredKeys(keys, stored, aggregate)) {
     // Not narrowed to a patient by its keys: one patient's part of the entity may match instead.
     const partStored = narrowed === undefined ? await firstMatchingPatientPart(level, keys, whole, upper) : undefined;
