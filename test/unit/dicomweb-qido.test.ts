@@ -106,6 +106,10 @@ describe('QIDO-RS', () => {
     assert.deepEqual((ignored.body as unknown[]).length, 1);
     assert.match(ignored.headers.get('warning') ?? '', /299 pacs-mesh "Unsupported query parameters have been ignored: _, vendorFlag, patientid"/);
     // Weasis sends `?&includefield=...`.
+    // A cache-buster given twice, or with a control character in its value, is still only ignored.
+    const repeated = await search('/studies?_=1&_=2%00');
+    assert.equal(repeated.status, 200);
+    assert.match(repeated.headers.get('warning') ?? '', /ignored: _"/);
     const weasis = await search('/studies?&includefield=00081030');
     assert.equal(weasis.status, 200);
     assert.equal(weasis.headers.get('warning'), null);

@@ -135,6 +135,10 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
   const flags = { fuzzymatching: false, emptyvaluematching: false, multiplevaluematching: false };
   const ignored: string[] = [];
   const seen = new Set<string>();
+  const once = (name: string): void => {
+    if (seen.has(name)) throw badRequest(`parameter ${name.slice(0, 80)} is given twice`);
+    seen.add(name);
+  };
   for (const [name, value] of query) {
     // `?&includefield=...` (Weasis sends it) has an empty one.
     if (name === '') continue;
@@ -151,9 +155,8 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
       }
       continue;
     }
-    if (seen.has(name)) throw badRequest(`parameter ${name.slice(0, 80)} is given twice`);
-    seen.add(name);
     if (name === 'limit' || name === 'offset') {
+      once(name);
       if (!/^[0-9]{1,9}$/.test(value)) throw badRequest(`${name} must be a whole number, not "${value.slice(0, 40)}"`);
       if (name === 'offset') offset = Number(value);
       else {
@@ -164,19 +167,22 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
       continue;
     }
     if (name === 'fuzzymatching' || name === 'emptyvaluematching' || name === 'multiplevaluematching') {
+      once(name);
       if (value !== 'true' && value !== 'false') throw badRequest(`${name} must be true or false, not "${value.slice(0, 40)}"`);
       flags[name] = value === 'true';
       continue;
     }
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
-    // A control character is in no value a search can match (a NUL read as padding matched everything: helper 60).
-    if (/[\x00-\x1f\x7f]/.test(value)) throw badRequest(`the value of ${name.slice(0, 80)} holds a control character`);
     const tag = attributeTagOf(name);
     if (tag === undefined) {
       // PS3.18 8.3: unsupported parameters are ignored (a cache-buster `_=...`, a vendor's own); the Warning names them.
-      if (ignored.length < ignoredNamedMax) ignored.push(name.slice(0, 64));
+      const shown = name.slice(0, 64);
+      if (ignored.length < ignoredNamedMax && !ignored.includes(shown)) ignored.push(shown);
       continue;
     }
+    once(name);
+    // A control character is in no value a search can match (a NUL read as padding matched everything: helper 60).
+    if (/[\x00-\x1f\x7f]/.test(value)) throw badRequest(`the value of ${name.slice(0, 80)} holds a control character`);
     const vr = vrOf(tag);
     if (vr === undefined || vr === 'SQ' || vr === 'UN') throw badRequest(`attribute ${name.slice(0, 80)} cannot be matched${vr === 'SQ' ? ': it is a sequence' : ''}`);
     const pathUid = tag === Tags.StudyInstanceUID ? route.studyUid : tag === Tags.SeriesInstanceUID ? route.seriesUid : undefined;

@@ -46,8 +46,9 @@
  * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
- * isNewerInstance for ties), each one it lacks taken from the newest instance that has it (entityAttributes). A study or series filed under several PatientIDs that does not match so
- * matches by any one patient's part (its latest instance's attributes) when that part does: see respond().
+ * isNewerInstance for ties), each one it lacks taken from the newest instance that has it (entityAttributes).
+ * A study or series filed under several PatientIDs that does not match so matches by any one patient's
+ * part (its latest instance's attributes) when that part does: see respond().
  * A PATIENT entity is identified by its PatientID alone (IssuerOfPatientID is not considered); instances
  * without PatientID form one patient with an empty ID.
  */
