@@ -55,6 +55,14 @@ export const Status = {
   ResourceLimitation: 0x0213,
 } as const;
 
+/**
+ * Whether a status is of the Warning class (PS3.7 Annex C: 0001, 0107, 0116 and Bxxx): the operation was
+ * done, with a remark. A C-STORE sub-operation so answered counts as a warning, not a failure (PS3.4 C.4.2.3.1).
+ */
+export function isWarningStatus(status: number): boolean {
+  return status === 0x0001 || status === 0x0107 || status === 0x0116 || (status >= 0xb000 && status <= 0xbfff);
+}
+
 const commandVr: Record<number, 'UL' | 'US' | 'UI' | 'AE' | 'LO' | 'AT'> = {
   0x00000000: 'UL',
   0x00000002: 'UI',

@@ -31,6 +31,7 @@ import { toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-j
 import { splitPart10 } from '../../codec/dataset/part10.ts';
 import { longLengthVrs } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
+import { isWarningStatus } from '../../codec/dimse.ts';
 import { isAcceptableUid, normalizeUidValue } from '../../codec/uid.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { parseMediaType, requireDicomJson } from './accept.ts';
@@ -241,20 +242,15 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
     if (!finished) await store.cancel();
   }
   const committed = store.finish().then((result): PartOutcome => {
-    if (result.status === 0x0000 || isWarning(result.status)) {
+    if (result.status === 0x0000 || isWarningStatus(result.status)) {
       // A duplicate's URLs name the copy stored before, under its own study and series (helper 60).
       const stored = store.storedEntry;
       const identity = stored === undefined ? store.identity! : { ...store.identity!, studyInstanceUid: stored.studyInstanceUid, seriesInstanceUid: stored.seriesInstanceUid };
-      return { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarning(result.status) ? result.status : undefined };
+      return { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarningStatus(result.status) ? result.status : undefined };
     }
     return failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);
   });
   return { outcome: committed };
-}
-
-/** PS3.4 B.2.3: B000, B006, B007 store the instance with a warning. */
-function isWarning(status: number): boolean {
-  return status >= 0xb000 && status <= 0xbfff;
 }
 
 /**

@@ -180,6 +180,38 @@ test('Pending keep-alives run while a C-MOVE destination stores, not while a C-G
   });
 });
 
+test('C-STORE sub-operations answered 0001, 0107, 0116 or Bxxx count as warnings, not failures (PS3.7 Annex C; helper 66)', async () => {
+  await withEmptyStore(async (store) => {
+    for (const [answers, expected] of [
+      [[Status.Success, 0x0001, 0x0107, 0x0116, 0xb007, 0xa700], { status: Status.SubOpsCompleteWithFailures, completed: 1, warning: 4, failed: 1 }],
+      [[0x0001, 0x0001], { status: Status.SubOpsCompleteWithFailures, completed: 0, warning: 2, failed: 0 }],
+    ] as const) {
+      const sent: DimseCommand[] = [];
+      const entries = answers.map((_, i) => ({ sopInstanceUid: `1.2.826.0.1.3680043.10.1453.9.${i + 1}`, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry);
+      let next = 0;
+      await runRetrieve(
+        {
+          ...studyGetRequest('1.2.826.0.1.3680043.10.1453.9', sent),
+          openTarget: async () => ({
+            pickContext: () => ({ presentationContextId: 3, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+            store: async () => answers[next++]!,
+            close: async () => undefined,
+          }),
+          transcoder: { transcode: async () => ({ bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+        },
+        store,
+        { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+      );
+      const final = sent.at(-1)!;
+      assert.deepEqual(
+        { status: final.status, completed: final.completedSubOperations, warning: final.warningSubOperations, failed: final.failedSubOperations },
+        expected,
+        answers.map((a) => a.toString(16)).join(','),
+      );
+    }
+  });
+});
+
 test('a C-CANCEL while a sub-operation waits at the transcoder ends in Cancel with it remaining, not a failure', async () => {
   await withEmptyStore(async (store) => {
     const sent: DimseCommand[] = [];

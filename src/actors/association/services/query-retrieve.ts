@@ -2,7 +2,7 @@
  * C-FIND, C-GET and C-MOVE as an SCP (PS3.4 annex C). Matching lives in the storage query engine;
  * this file speaks DIMSE: identifiers in, pending responses out, sub-operations counted and reported.
  */
-import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
+import { CommandField, Status, isWarningStatus, type DimseCommand } from '../../../codec/dimse.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
@@ -271,7 +271,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       if (cancelledBeforeSending && ctx.isCancelled()) break;
       counts.remaining--;
       if (status === Status.Success) counts.completed++;
-      else if ((status & 0xf000) === 0xb000) counts.warning++;
+      // Helper 66: 0001, 0107 and 0116 are warnings too; they were counted (and listed) as failures.
+      else if (isWarningStatus(status)) counts.warning++;
       else {
         counts.failed++;
         counts.failedUids.push(entry.sopInstanceUid);
