@@ -63,10 +63,13 @@ test('storage classes: every UID under the storage root, and the patient-level o
       { id: 3, abstractSyntaxUid: '1.2.840.10008.5.1.4.34.7', transferSyntaxUids: [explicitLe] }, // RT Beams Delivery Instruction
       { id: 5, abstractSyntaxUid: '1.2.840.10008.5.1.4.34.10', transferSyntaxUids: [explicitLe] }, // RT Brachy Application Setup Delivery Instruction
       { id: 7, abstractSyntaxUid: '1.2.840.10008.5.1.4.38.1', transferSyntaxUids: [explicitLe] }, // Hanging Protocol: no patient, no study
+      // Not UIDs (helper 66: accepted as storage classes): a trailing dot, an empty component.
+      { id: 9, abstractSyntaxUid: '1.2.840.10008.5.1.4.1.1.', transferSyntaxUids: [explicitLe] },
+      { id: 11, abstractSyntaxUid: '1.2.840.10008.5.1.4.1.1..2', transferSyntaxUids: [explicitLe] },
     ]),
     config,
   );
   assert.equal(result.outcome, 'accept');
   if (result.outcome !== 'accept') return;
-  assert.deepEqual(result.ac.presentationContexts.map((pc) => [pc.id, pc.result]), [[1, 0], [3, 0], [5, 0], [7, 3]]);
+  assert.deepEqual(result.ac.presentationContexts.map((pc) => [pc.id, pc.result]), [[1, 0], [3, 0], [5, 0], [7, 3], [9, 3], [11, 3]]);
 });

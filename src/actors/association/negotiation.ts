@@ -15,6 +15,7 @@ import {
   type RoleSelection,
 } from '../../codec/pdu.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
+import { isAcceptableUid } from '../../codec/uid.ts';
 import { StorageCommitment } from '../commitment/messages.ts';
 
 export const SopClass = {
@@ -62,7 +63,7 @@ const storageSopClassesOutsideRoot: ReadonlySet<string> = new Set([
 
 export function isStorageSopClass(uid: string): boolean {
   if (storageSopClassesOutsideRoot.has(uid)) return true;
-  return uid.startsWith(storageSopClassRoot) && /^[0-9.]+$/.test(uid) && uid.length <= 64;
+  return uid.startsWith(storageSopClassRoot) && isAcceptableUid(uid);
 }
 
 const uncompressedTransferSyntaxes: readonly string[] = [
