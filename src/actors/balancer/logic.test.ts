@@ -273,9 +273,14 @@ test('a site far behind the fullest site is refilling: its new associations go t
   // 99 behind (limit 100): replication lag, not a gap.
   const lagging = buildRoutingTable([held('peer-n', 'north', 4901), held('peer-s', 'south', 5000)], 3, 'peer-s', limits);
   assert.ok(lagging.entries.every((e) => !e.refilling));
-  // A site's peers hold their shares: the site counts their sum.
-  const shared = buildRoutingTable([held('peer-n1', 'north', 2600), held('peer-n2', 'north', 2400), held('peer-s', 'south', 5000)], 3, 'peer-s', limits);
-  assert.ok(shared.entries.every((e) => !e.refilling));
+  // Each peer is judged by what it holds (repair fills every peer, its searches answer from its own
+  // catalog): a second peer of a whole site does not make the other sites look behind (helper 64: they
+  // were summed, and a second site-a peer sent every association to site-a), and a new one refills.
+  const second = buildRoutingTable([held('peer-n1', 'north', 5000), held('peer-n2', 'north', 5000), held('peer-s', 'south', 5000)], 3, 'peer-s', limits);
+  assert.ok(second.entries.every((e) => !e.refilling));
+  const joining = buildRoutingTable([held('peer-n1', 'north', 5000), held('peer-n2', 'north', 40), held('peer-s', 'south', 5000)], 3, 'peer-s', limits);
+  assert.deepEqual(joining.entries.map((e) => [e.peerId, e.refilling]), [['peer-n1', false], ['peer-n2', true], ['peer-s', false]]);
+  for (let i = 0; i < 20; i += 1) assert.deepEqual(chooseTarget(joining, 'peer-n2', i / 20), { peerId: 'peer-n1', reason: 'same-site' });
   // Everyone refilling is impossible (the fullest site never is); a lone refilling site with no whole site alive serves itself.
   const alone = buildRoutingTable([held('peer-n', 'north', 40)], 3, 'peer-n', limits);
   assert.deepEqual(chooseTarget(alone, 'peer-n', 0.5), { peerId: 'peer-n', reason: 'same-site' });

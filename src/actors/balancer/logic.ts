@@ -381,7 +381,7 @@ function sameTable(a: RoutingTable | null, b: RoutingTable | null): boolean {
 
 /**
  * The leader's table: every alive member with a weight from its spare association and custody capacity,
- * and whether its site is refilling (see RoutingEntry.refilling).
+ * and whether it is refilling (see RoutingEntry.refilling).
  */
 export function buildRoutingTable(
   members: readonly MemberRecord[],
@@ -390,10 +390,10 @@ export function buildRoutingTable(
   limits: RoutingLimits,
 ): RoutingTable {
   const alive = members.filter((m) => m.status === 'alive');
-  // A site's peers do not copy among themselves (each holds its share): the site holds their sum.
-  const instancesBySite = new Map<string, number>();
-  for (const m of alive) instancesBySite.set(m.siteName, (instancesBySite.get(m.siteName) ?? 0) + m.instanceCount);
-  const fullestSiteInstances = Math.max(0, ...instancesBySite.values());
+  // Each peer converges to the whole archive (repair pulls from every peer, its own site's too), and
+  // searches answer from the peer's own catalog: a peer far behind the fullest one is refilling. Summed
+  // per site (as before), a second peer under a site's name made every other site look behind (helper 64).
+  const fullestPeerInstances = Math.max(0, ...alive.map((m) => m.instanceCount));
   const entries: RoutingEntry[] = alive
     .map((m) => {
       const { activeAssociations, queuedCustodyWork, freeDiskBytes } = m.load;
@@ -404,7 +404,7 @@ export function buildRoutingTable(
       const associationHeadroom = 1 - activeAssociations / limits.associationsPerPeerMax;
       const custodyHeadroom = 1 - queuedCustodyWork / limits.custodyQueueMax;
       // Integer weights keep tables comparable and the choice reproducible across platforms.
-      const refilling = fullestSiteInstances - (instancesBySite.get(m.siteName) ?? 0) >= limits.refillLagInstancesMin;
+      const refilling = fullestPeerInstances - m.instanceCount >= limits.refillLagInstancesMin;
       const weight = saturated || refilling ? 0 : Math.max(1, Math.round(1000 * associationHeadroom * custodyHeadroom));
       return {
         peerId: m.peerId,

@@ -19,8 +19,8 @@ export interface RoutingEntry {
   readonly weight: number;
   readonly saturated: boolean;
   /**
-   * Its site holds far fewer instances than the fullest site (restored from an empty disk, back from a long
-   * absence): a query there would miss studies, so new associations go to a whole site while it refills.
+   * It holds far fewer instances than the fullest peer (restored from an empty disk, back from a long
+   * absence, a site's new peer): a query there would miss studies, so new associations go to a whole peer while it refills.
    * Absent in announcements of pacs-mesh versions before it (read as false).
    */
   readonly refilling: boolean;
@@ -56,7 +56,7 @@ export interface RoutingLimits {
   /** Below this much free disk a peer takes no new associations. */
   readonly freeDiskBytesMin: number;
   /**
-   * A site holding this many instances fewer than the fullest site counts as refilling. Well above what
+   * A peer holding this many instances fewer than the fullest peer counts as refilling. Well above what
    * replication lags behind under load (copies arrive within a second), so only a real gap moves work.
    */
   readonly refillLagInstancesMin: number;
