@@ -22,7 +22,7 @@ import { PUSH_PROTOCOL } from '../../src/actors/storage/push.ts';
 import { CUSTODY_PROTOCOL, FETCH_BATCH_PROTOCOL, FETCH_PROTOCOL, QUERY_PROTOCOL, REPLICATE_BATCH_PROTOCOL } from '../../src/actors/storage/replication.ts';
 import { ELECTION_PROTOCOL } from '../../src/actors/balancer/actor.ts';
 import { membershipTopic } from '../../src/actors/membership/messages.ts';
-import { routingTopic } from '../../src/actors/balancer/messages.ts';
+import { forgetPeerTopic, routingTopic } from '../../src/actors/balancer/messages.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { runTool } from '../support/dicom-tools.ts';
 import { testNodes } from '../support/mesh-nodes.ts';
@@ -31,7 +31,7 @@ import { MeshCluster, eventually, type PeerProcess } from './support.ts';
 const seed = Number(process.env.MESH_FUZZ_SEED ?? 1);
 const rounds = Number(process.env.MESH_FUZZ_ROUNDS ?? 400);
 const PROTOCOLS = [PUSH_PROTOCOL, REPLICATE_BATCH_PROTOCOL, FETCH_BATCH_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL, ELECTION_PROTOCOL, TUNNEL_PROTOCOL, '/pacs-mesh/identity-conflict/1'];
-const TOPICS = [membershipTopic, routingTopic, PEERS_TOPIC];
+const TOPICS = [membershipTopic, routingTopic, forgetPeerTopic, PEERS_TOPIC];
 /** Message types of the mesh protocols and a few strangers, so that decoders get past their `type` check. */
 const TYPES = [
   'push', 'end', 'abort', 'offerBatch', 'want', 'batchResult', 'fetchBatch', 'fetch', 'instance', 'missing', 'query', 'entries',

@@ -10,8 +10,8 @@ import { encodeEnvelope } from '../../codec/envelope.ts';
 import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../supervisor/site-supervisor.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
-import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage } from './actor.ts';
-import { routingTopic } from './messages.ts';
+import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
+import { forgetPeerTopic, routingTopic } from './messages.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 
@@ -145,14 +145,16 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
       const t = survivors[0]!.mesh.balancer.chooseTarget();
       assert.ok(t === 'local' || t.peerId !== first.peerId);
     }
-    // Its site decommissioned: the survivors take it out of their rosters (persisted); a live peer stays.
+    // Its site decommissioned: asked at one survivor, every survivor takes it out of its roster (persisted;
+    // helper 64: only the one asked did); a live peer stays.
     for (const p of survivors) {
       assert.equal(p.mesh.balancer.forgetPeer(survivors.find((q) => q !== p)!.node.peerId), 'up');
       assert.equal(p.mesh.balancer.forgetPeer(p.node.peerId), 'self');
       assert.equal(p.mesh.balancer.forgetPeer('12D3KooWNotInTheRoster'), 'unknown');
-      assert.equal(p.mesh.balancer.forgetPeer(first.peerId), 'forgotten');
     }
+    assert.equal(survivors[0]!.mesh.balancer.forgetPeer(first.peerId), 'forgotten');
     await waitFor('the stopped leader out of both rosters', () => survivors.every((p) => p.mesh.balancer.roster().length === 2), 5000);
+    assert.equal(survivors[1]!.mesh.balancer.forgetPeer(first.peerId), 'unknown');
     for (const p of survivors) {
       const onDisk = JSON.parse(await readFile(join(p.dataDir, 'balancer-roster.json'), 'utf8')) as { peers: Record<string, unknown> };
       assert.deepEqual(Object.keys(onDisk.peers).sort(), survivors.map((q) => q.node.peerId).sort());
@@ -291,6 +293,13 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     assert.deepEqual(agreedLeader([a, b]), before);
     assert.equal(parseBalancerMessage({ type: 'vote', term: -1, voterId: 'x', granted: true }), null);
     assert.equal(parseBalancerMessage({ type: 'announce', term: 1, leaderId: 'x', table: { term: 2, leaderId: 'x', entries: [] } }), null);
+    // Forget-peer messages: garbage, and a forget of a peer that is up, change nothing.
+    await follower.node.publish(forgetPeerTopic, new Uint8Array([0xc1, 0xc1]));
+    await follower.node.publish(forgetPeerTopic, encodeEnvelope({ type: 'forgetPeers', peerIds: [other.node.peerId] }));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(other.mesh.balancer.roster().length, 2);
+    assert.deepEqual(parseForgetPeers({ type: 'forgetPeers', peerIds: ['a', 'b'] }), ['a', 'b']);
+    for (const bad of [{ type: 'forgetPeers', peerIds: [] }, { type: 'forgetPeers', peerIds: [7] }, { type: 'forgetPeers', peerIds: Array(17).fill('a') }, { type: 'other', peerIds: ['a'] }, null]) assert.equal(parseForgetPeers(bad), null);
   });
 
   it('a site far behind the others (restored from an empty disk) sends its new associations to a whole site until it has caught up', { timeout: 30_000 }, async () => {

@@ -37,6 +37,7 @@ import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '.
 import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, type RosterPeer, type RosterPeers } from './roster.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
 import {
+  forgetPeerTopic,
   routingTopic,
   type BalancerEffect,
   type BalancerMessage,
@@ -219,6 +220,15 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
     default:
       return null;
   }
+}
+
+/** The peer IDs of a forget-peer message (see forgetPeerTopic); null for anything malformed. */
+export function parseForgetPeers(value: unknown): string[] | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const v = value as Record<string, unknown>;
+  if (v.type !== 'forgetPeers' || !Array.isArray(v.peerIds) || v.peerIds.length === 0 || v.peerIds.length > 16) return null;
+  const peerIds = v.peerIds as unknown[];
+  return peerIds.every((id): id is string => typeof id === 'string' && id.length > 0 && id.length <= STRING_MAX_CHARS) ? peerIds : null;
 }
 
 /** The peer a message claims to come from, which must be the authenticated sender. */
@@ -642,6 +652,25 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     enqueueMesh(m.from, message);
   });
 
+  // A forget asked at another peer: taken here too, unless the peer is up as this peer sees it.
+  const unsubscribeForget = node.subscribe(forgetPeerTopic, (m: GossipMessage) => {
+    let peerIds: string[] | null = null;
+    try {
+      peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES }));
+    } catch {
+      peerIds = null;
+    }
+    if (peerIds === null) {
+      badInput.warn(`dropped invalid forget-peer message ${m.from}`, 'dropped invalid forget-peer message', { from: m.from });
+      return;
+    }
+    const up = upPeerIds();
+    const forgotten = pinned ? [] : peerIds.filter((peerId) => peerId !== self && !up.has(peerId) && (current?.roster.peers.has(peerId) ?? false));
+    if (forgotten.length === 0) return;
+    log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten, from: m.from });
+    send({ type: 'forgetPeers', peerIds: forgotten });
+  });
+
   const viewChanged = (): void => {
     if (viewPending) return;
     viewPending = true;
@@ -701,6 +730,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       if (upPeerIds().has(peerId)) return 'up';
       if (!current?.roster.peers.has(peerId)) return 'unknown';
       send({ type: 'forgetPeers', peerIds: [peerId] });
+      // Every other alive peer drops it too (helper 64: only this one did, and the others' rosters still
+      // counted the ghost: no majority once one more site went down). A peer down now keeps it until it
+      // has been absent rosterForgetAfterMs, or a forget there.
+      node.publish(forgetPeerTopic, encodeEnvelope({ type: 'forgetPeers', peerIds: [peerId] }, { maxBytes: ELECTION_MAX_BYTES })).catch((err: Error) => {
+        log.warn('forget-peer not passed on to the other peers: ask each of them', { peerId, error: err.message });
+      });
       return 'forgotten';
     },
     status() {
@@ -715,6 +750,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       stopped = true;
       ticker.stop();
       unsubscribe();
+      unsubscribeForget();
       await node.unhandle(ELECTION_PROTOCOL).catch(() => undefined);
       leader = null;
       table = null;

@@ -5,6 +5,8 @@
 import type { MemberRecord } from '../membership/messages.ts';
 
 export const routingTopic = 'pacs-mesh/routing/1';
+/** An operator's POST /api/forget-peer at one peer, passed on to every other so that all rosters drop the ghost. */
+export const forgetPeerTopic = 'pacs-mesh/forget-peer/1';
 
 /** One peer's share of new associations, as the leader computed it from the heartbeats' load figures. */
 export interface RoutingEntry {
