@@ -2,7 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -405,6 +405,28 @@ test('a catalog whose MANIFEST file is gone (a copy taken while the peer ran), o
   await again.store.close();
   writeFileSync(join(again.dir, 'catalog', 'CURRENT'), 'garbage\n');
   await assertCatalogRebuiltAtOpen(t, again.dir, 1);
+});
+
+test('a catalog whose table file is cut short (helper 64: "IO error: ...ldb: Invalid argument" refused the start) is set aside and rebuilt; blobs so damaged get a line saying what to do', async (t) => {
+  const { dir, store } = await storeHolding(t, ['1.2.3.58', '1.2.3.59'], 3);
+  await store.close();
+  // A reopen turns the log into a table file.
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  await reopened.close();
+  const tables = (sub: string) => readdirSync(join(dir, sub)).filter((name) => name.endsWith('.ldb'));
+  assert.ok(tables('catalog').length > 0 && tables('blobs').length > 0, 'table files written');
+  for (const table of tables('catalog')) truncateSync(join(dir, 'catalog', table), Math.floor(statSync(join(dir, 'catalog', table)).size / 2));
+  await assertCatalogRebuiltAtOpen(t, dir, 2);
+
+  const again = await storeHolding(t, ['1.2.3.60'], 3);
+  await again.store.close();
+  const blobsReopened = createReplicaStore({ path: again.dir });
+  await blobsReopened.open();
+  await blobsReopened.close();
+  for (const table of readdirSync(join(again.dir, 'blobs')).filter((name) => name.endsWith('.ldb'))) truncateSync(join(again.dir, 'blobs', table), 100);
+  const damaged = createReplicaStore({ path: again.dir });
+  await assert.rejects(damaged.open(), /its database files are damaged: move the data directory away/);
 });
 
 test('a store written before the held and search indexes gets them at open: custody load and count read the held index alone', async (t) => {

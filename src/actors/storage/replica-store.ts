@@ -100,7 +100,7 @@ function openError(path: string, error: unknown): StoreError {
   const why = cause === undefined ? errorText(error) : errorText(cause);
   // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table), or a MANIFEST lost (a copy
   // taken while the peer ran: helper 48): say what to do as well.
-  const whatToDo = /^Corruption:/.test(why) || isMissingFileText(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
+  const whatToDo = /^Corruption:/.test(why) || isMissingFileText(why) || isCutShortFileText(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
   return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
 }
 
@@ -110,6 +110,11 @@ function openError(path: string, error: unknown): StoreError {
  */
 function isMissingFileText(text: string): boolean {
   return /IO error: .*: No such file or directory/.test(text);
+}
+
+/** LevelDB's open error for a table file cut short (a copy interrupted, a truncated file: helper 64). */
+function isCutShortFileText(text: string): boolean {
+  return /IO error: .*\.ldb: Invalid argument/.test(text);
 }
 
 /**
@@ -550,9 +555,10 @@ class LevelReplicaStore implements ReplicaStore {
     } catch (error) {
       // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
-      // A catalog whose MANIFEST is gone is damage too: it can be rebuilt (helper 48: the start was refused).
-      const manifestLost = cause !== undefined && isMissingFileText(errorText((cause as { cause?: unknown }).cause ?? cause));
-      if (!isCatalogDamage(cause) && !manifestLost) throw error;
+      // A catalog whose MANIFEST is gone, or with a table cut short, is damage too: it can be rebuilt
+      // (helpers 48 and 64: the start was refused).
+      const causeText = cause === undefined ? '' : errorText((cause as { cause?: unknown }).cause ?? cause);
+      if (!isCatalogDamage(cause) && !isMissingFileText(causeText) && !isCutShortFileText(causeText)) throw error;
       this.markCatalogDamaged(`at open: ${errorText(error)}`);
       try {
         await this.openOnce();
