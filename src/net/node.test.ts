@@ -8,6 +8,8 @@ import { cp, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { createMeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
@@ -236,6 +238,22 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.match(failures[0]!.error, /ECONNREFUSED/);
     assert.match(failures[0]!.likelyCause, /nothing listens there/);
     assert.equal(failures[0]!.connectedPeers, 0, 'alone: not in the mesh through others');
+  });
+
+  it('a bootstrap address where an HTTP server answers is named as not a pacs-mesh libp2p port (helper 64: "see the error")', async () => {
+    const http = createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+    const { port } = http.address() as AddressInfo;
+    const failures: BootstrapFailure[] = [];
+    const lonely = await start({ bootstrap: [`/ip4/127.0.0.1/tcp/${port}/p2p/12D3KooWRM9K8Yu2EAXDbRBFgDAKE4Ck6T3dJc3nSK8i4tDDHHH1`], onBootstrapUnreachable: (f) => failures.push(f) });
+    try {
+      await waitFor('a failure reported', () => failures.length > 0, 15_000);
+    } finally {
+      await lonely.stop();
+      http.close();
+    }
+    assert.match(failures[0]!.likelyCause, /not a pacs-mesh peer's --p2p-port|another swarm key/, failures[0]!.error);
+    assert.doesNotMatch(failures[0]!.likelyCause, /see the error/);
   });
 
   it('a peer learnt from the mesh that came back under a new PeerId at its address is dialled there again (a site restored without --bootstrap)', async () => {
