@@ -64,34 +64,14 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     return;
   }
   const prepare = async (entry: CatalogEntry): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
-    const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
-    const headers = (transferSyntaxUid: string) => ({
-      'content-type': `application/dicom; transfer-syntax=${transferSyntaxUid}`,
-      'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
-    });
-    const header = (transferSyntaxUid: string) =>
-      encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
-    if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
-      // Opened only when its turn comes: a large instance is streamed, and an open read must not wait ahead.
-      return {
-        headers: headers(target),
-        body: (async function* () {
-          const { chunks } = await streamInstance(ctx, entry);
-          yield header(target);
-          yield* chunks;
-        })(),
-      };
-    }
-    if (target === entry.transferSyntaxUid) {
-      const { chunks } = await readInstanceChunks(ctx, entry);
-      return { headers: headers(target), body: [header(target), ...chunks] };
-    }
-    // A conversion decodes the whole instance: it holds a share of the budget (several times its size).
-    const transcoded = await holdingInstance(ctx, exchange, entry.byteLength * 6, async () => {
-      const { entry: local, bytes } = await readWholeInstance(ctx, entry);
-      return convertInstance(ctx, exchange, bytes, local.transferSyntaxUid, target, entry.sopInstanceUid);
-    });
-    return { headers: headers(transcoded.transferSyntaxUid), body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
+    const file = await part10File(ctx, exchange, entry, syntax === '*' ? entry.transferSyntaxUid : syntax);
+    return {
+      headers: {
+        'content-type': `application/dicom; transfer-syntax=${file.transferSyntaxUid}`,
+        'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
+      },
+      body: file.body,
+    };
   };
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
   // send it) is a 503, not a cut connection. A later one that fails can only cut the response.
@@ -105,6 +85,40 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     throw error;
   }
   writer.end();
+}
+
+/**
+ * One instance as a Part 10 file in `target`: as stored (streamed when large, opened only when its turn
+ * comes, so an open read does not wait ahead) or converted (holding a share of the budget: a conversion
+ * decodes the whole instance, several times its size). The caller has checked that it can be converted.
+ */
+export async function part10File(
+  ctx: DicomWebContext,
+  exchange: DicomWebExchange,
+  entry: CatalogEntry,
+  target: string,
+): Promise<{ transferSyntaxUid: string; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> {
+  const header = (transferSyntaxUid: string) =>
+    encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
+  if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
+    return {
+      transferSyntaxUid: target,
+      body: (async function* () {
+        const { chunks } = await streamInstance(ctx, entry);
+        yield header(target);
+        yield* chunks;
+      })(),
+    };
+  }
+  if (target === entry.transferSyntaxUid) {
+    const { chunks } = await readInstanceChunks(ctx, entry);
+    return { transferSyntaxUid: target, body: [header(target), ...chunks] };
+  }
+  const transcoded = await holdingInstance(ctx, exchange, entry.byteLength * 6, async () => {
+    const { entry: local, bytes } = await readWholeInstance(ctx, entry);
+    return convertInstance(ctx, exchange, bytes, local.transferSyntaxUid, target, entry.sopInstanceUid);
+  });
+  return { transferSyntaxUid: transcoded.transferSyntaxUid, body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
 }
 
 export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
