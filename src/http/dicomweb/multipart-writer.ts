@@ -58,7 +58,48 @@ export function startMultipart(res: ServerResponse, options: MultipartOptions): 
   const headOnly = res.req?.method === 'HEAD';
   let writing = false;
   let ended = false;
+  const body = responseBodyWriter(res);
 
+  return {
+    boundary,
+    async writePart(headers, partBody) {
+      if (ended || writing) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', ended ? 'the multipart response has ended' : 'parts must be written one at a time');
+      const lines: string[] = [];
+      for (const [name, value] of Object.entries(headers)) {
+        if (!headerNamePattern.test(name) || !headerValuePattern.test(value)) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', `part header ${JSON.stringify(name.slice(0, 40))} is not a header line`);
+        lines.push(`${name}: ${value}`);
+      }
+      const inMemory = partBody instanceof Uint8Array ? [partBody] : Array.isArray(partBody) ? (partBody as readonly Uint8Array[]) : undefined;
+      if (inMemory !== undefined && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) {
+        lines.push(`Content-Length: ${inMemory.reduce((sum, chunk) => sum + chunk.byteLength, 0)}`);
+      }
+      if (headOnly) return;
+      writing = true;
+      try {
+        await body.write(`--${boundary}${crlf}${lines.join(crlf)}${crlf}${crlf}`);
+        await body.writeAll(inMemory ?? (partBody as AsyncIterable<Uint8Array>));
+        await body.write(crlf);
+      } finally {
+        writing = false;
+      }
+    },
+    end() {
+      if (ended) return;
+      ended = true;
+      if (headOnly) res.end();
+      else res.end(`--${boundary}--${crlf}`);
+    },
+  };
+}
+
+/** Writes a response body with back-pressure (see the module comment); rejects with ERR_DICOMWEB_CLIENT_GONE once the client is gone. */
+export interface ResponseBodyWriter {
+  write(chunk: Uint8Array | string): Promise<void>;
+  /** Chunks in memory go out in one corked write (a few syscalls, not one per chunk), then one wait for the socket; others one by one. */
+  writeAll(chunks: readonly Uint8Array[] | AsyncIterable<Uint8Array>): Promise<void>;
+}
+
+export function responseBodyWriter(res: ServerResponse): ResponseBodyWriter {
   const checkClient = (): void => {
     if (res.destroyed || res.writableEnded) throw new MultipartError('ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection');
   };
@@ -85,44 +126,18 @@ export function startMultipart(res: ServerResponse, options: MultipartOptions): 
   }
 
   return {
-    boundary,
-    async writePart(headers, body) {
-      if (ended || writing) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', ended ? 'the multipart response has ended' : 'parts must be written one at a time');
-      const lines: string[] = [];
-      for (const [name, value] of Object.entries(headers)) {
-        if (!headerNamePattern.test(name) || !headerValuePattern.test(value)) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', `part header ${JSON.stringify(name.slice(0, 40))} is not a header line`);
-        lines.push(`${name}: ${value}`);
+    write,
+    async writeAll(chunks) {
+      if (Array.isArray(chunks)) {
+        checkClient();
+        res.cork();
+        let taken = true;
+        for (const chunk of chunks as readonly Uint8Array[]) if (chunk.byteLength > 0) taken = res.write(chunk) && taken;
+        res.uncork();
+        if (!taken) await drain();
+        return;
       }
-      const inMemory = body instanceof Uint8Array ? [body] : Array.isArray(body) ? (body as readonly Uint8Array[]) : undefined;
-      if (inMemory !== undefined && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) {
-        lines.push(`Content-Length: ${inMemory.reduce((sum, chunk) => sum + chunk.byteLength, 0)}`);
-      }
-      if (headOnly) return;
-      writing = true;
-      try {
-        await write(`--${boundary}${crlf}${lines.join(crlf)}${crlf}${crlf}`);
-        if (inMemory !== undefined) {
-          // Chunks already in memory go out in one corked write (a few syscalls, not one per chunk), then
-          // the writer waits for the socket once.
-          checkClient();
-          res.cork();
-          let taken = true;
-          for (const chunk of inMemory) if (chunk.byteLength > 0) taken = res.write(chunk) && taken;
-          res.uncork();
-          if (!taken) await drain();
-        } else {
-          for await (const chunk of body as AsyncIterable<Uint8Array>) if (chunk.byteLength > 0) await write(chunk);
-        }
-        await write(crlf);
-      } finally {
-        writing = false;
-      }
-    },
-    end() {
-      if (ended) return;
-      ended = true;
-      if (headOnly) res.end();
-      else res.end(`--${boundary}--${crlf}`);
+      for await (const chunk of chunks as AsyncIterable<Uint8Array>) if (chunk.byteLength > 0) await write(chunk);
     },
   };
 }
