@@ -2,13 +2,13 @@
  * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh,
  * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site,
  * POST /api/forget-peer?peer=PEERID to take one ghost voter out of the election roster; and DICOMweb
- * (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web.
+ * (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web, WADO-URI at /wado.
  */
 import type { ForgetPeerOutcome } from '../actors/balancer/actor.ts';
 import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { DicomWebContext } from './dicomweb/context.ts';
-import { dicomWebPrefix, handleDicomWeb } from './dicomweb/service.ts';
+import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
 import { sendJson } from './respond.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
@@ -44,7 +44,7 @@ const resources = new Set(['/api/scrub', '/api/forget-site', '/api/forget-peer',
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
-  if (init.dicomWeb !== undefined && (path === dicomWebPrefix || path.startsWith(`${dicomWebPrefix}/`))) {
+  if (init.dicomWeb !== undefined && (path === dicomWebPrefix || path.startsWith(`${dicomWebPrefix}/`) || path === wadoUriPath)) {
     await handleDicomWeb(init.dicomWeb, req, res, ownAddress);
     return;
   }

@@ -176,6 +176,49 @@ describe('WADO-RS', () => {
     assert.ok(part!.body.subarray(splitPart10(part!.body).datasetOffset).equals(file.subarray(split.datasetOffset)));
   });
 
+  it('WADO-URI: sends an instance as a DICOM file at /wado (and under /dicom-web), Explicit VR Little Endian by default, as stored with transferSyntax=*', async () => {
+    const root = `http://127.0.0.1:${peer.httpPort}`;
+    const uri = (objectUid: string, more = '') => `requestType=WADO&studyUID=${study}&seriesUID=${objectUid.startsWith(series1) ? series1 : series2}&objectUID=${objectUid}${more}`;
+    const dataSetOf = (body: Buffer) => body.subarray(splitPart10(body).datasetOffset);
+    for (const path of ['/wado', '/dicom-web/wado']) {
+      const response = await fetch(`${root}${path}?${uri(`${series1}.1`, '&contentType=application%2Fdicom')}`);
+      assert.equal(response.status, 200, path);
+      assert.equal(response.headers.get('content-type'), 'application/dicom');
+      const body = Buffer.from(await response.arrayBuffer());
+      assert.equal(splitPart10(body).transferSyntaxUid, TransferSyntax.ExplicitVrLittleEndian);
+      assert.ok(dataSetOf(body).equals(storedDataSets.get(`${series1}.1`)!), path);
+    }
+    // Over 4 MiB: streamed from the store, whole.
+    const large = await fetch(`${root}/wado?${uri(`${series2}.3`, '&contentType=application/dicom&transferSyntax=*')}`);
+    assert.equal(large.status, 200);
+    assert.ok(dataSetOf(Buffer.from(await large.arrayBuffer())).equals(storedDataSets.get(`${series2}.3`)!));
+    // Converted as asked.
+    const implicit = await fetch(`${root}/wado?${uri(`${series1}.2`, `&contentType=application/dicom&transferSyntax=${TransferSyntax.ImplicitVrLittleEndian}`)}`);
+    assert.equal(implicit.status, 200);
+    const converted = Buffer.from(await implicit.arrayBuffer());
+    assert.equal(splitPart10(converted).transferSyntaxUid, TransferSyntax.ImplicitVrLittleEndian);
+    const { elements } = parseDataset(dataSetOf(converted), TransferSyntax.ImplicitVrLittleEndian);
+    assert.equal(elements.find((element) => element.tag === Tags.SOPInstanceUID)?.value, `${series1}.2`);
+    const head = await fetch(`${root}/wado?${uri(`${series1}.1`, '&contentType=application/dicom')}`, { method: 'HEAD' });
+    assert.equal(head.status, 200);
+    // What it cannot serve: each a status and a message.
+    const cases: Array<[string, number, RegExp]> = [
+      [uri(`${series1}.1`), 406, /application\/dicom only; rendered images \(image\/jpeg, the default/],
+      [uri(`${series1}.1`, '&contentType=image/jpeg'), 406, /rendered images \(image\/jpeg\)/],
+      [uri(`${series1}.1`, '&contentType=application/dicom&rows=64'), 400, /rows apply to rendered images/],
+      [uri(`${series1}.1`, '&contentType=application/dicom&anonymize=yes'), 400, /anonymize is not supported/],
+      [uri(`${series1}.1`, '&contentType=application/dicom').replace('requestType=WADO', 'requestType=WADO-RS'), 400, /requestType must be WADO/],
+      [uri(`${series1}.1`, '&contentType=application/dicom').replace(`objectUID=${series1}.1`, 'objectUID=1.2.x'), 400, /objectUID is not a valid UID/],
+      [uri(`${series1}.9`, '&contentType=application/dicom'), 404, /no instance/],
+    ];
+    for (const [query, status, message] of cases) {
+      const response = await fetch(`${root}/wado?${query}`);
+      const text = await response.text();
+      assert.equal(response.status, status, `${query}: ${text}`);
+      assert.match((JSON.parse(text) as { error: string }).error, message, query);
+    }
+  });
+
   it('answers 404, 406 and 400 with a message for what it cannot serve, and survives a client that leaves', async () => {
     const cases: Array<[string, string | undefined, number, RegExp]> = [
       ['/studies/1.2.3.4.5', undefined, 404, /no instance of study 1\.2\.3\.4\.5/],

@@ -23,6 +23,7 @@ describe('routeOf', () => {
       ['GET', `/studies/${s}/series/${se}/instances/${i}/metadata`, { type: 'retrieve', level: 'IMAGE', studyUid: s, seriesUid: se, instanceUid: i, metadata: true }],
       ['GET', `/studies/${s}/series/${se}/instances/${i}/frames/3,1`, { type: 'frames', studyUid: s, seriesUid: se, instanceUid: i, frameNumbers: [3, 1] }],
       ['GET', `/studies/${s}/series/${se}/instances/${i}/bulkdata/60003000`, { type: 'bulkdata', studyUid: s, seriesUid: se, instanceUid: i, tag: 0x60003000 }],
+      ['GET', '/wado', { type: 'uri' }],
       ['POST', '/studies', { type: 'store' }],
       ['POST', `/studies/${s}`, { type: 'store', studyUid: s }],
       ['GET', `/studies/${s}/`, { type: 'retrieve', level: 'STUDY', studyUid: s, metadata: false }],

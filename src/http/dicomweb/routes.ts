@@ -16,7 +16,9 @@ export type DicomWebRoute =
   /** WADO-RS: frames of one instance, numbered from 1. */
   | { type: 'frames'; studyUid: string; seriesUid: string; instanceUid: string; frameNumbers: number[] }
   /** STOW-RS: POST /studies, or /studies/{uid} for instances of that study only. */
-  | { type: 'store'; studyUid?: string };
+  | { type: 'store'; studyUid?: string }
+  /** WADO-URI: /wado, the instance named by its query parameters (see wado-uri.ts). */
+  | { type: 'uri' };
 
 export type RouteResult =
   | { ok: true; route: DicomWebRoute }
@@ -44,6 +46,7 @@ export function routeOf(method: string, path: string): RouteResult {
   if (segments.length === 1 && (top === 'series' || top === 'instances')) {
     return readOnly({ type: 'search', level: top === 'series' ? 'SERIES' : 'IMAGE' });
   }
+  if (segments.length === 1 && top === 'wado') return readOnly({ type: 'uri' });
   if (top !== 'studies') return notFound(path);
   if (studyUid === undefined) {
     if (method === 'POST') return { ok: true, route: { type: 'store' } };

@@ -12,15 +12,18 @@ import { searchEntities } from './qido.ts';
 import { routeOf, type DicomWebRoute } from './routes.ts';
 import { storeInstances } from './stow.ts';
 import { retrieveInstances, retrieveMetadata } from './wado.ts';
+import { retrieveUriInstance } from './wado-uri.ts';
 
 export const dicomWebPrefix = '/dicom-web';
+/** WADO-URI also at the server's root, where Orthanc and most viewers' wadoUriRoot expect it. */
+export const wadoUriPath = '/wado';
 
 /** A Host header fit to start the URLs a response names; anything else falls back to this peer's own address. */
 const hostPattern = /^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$/;
 
 export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://peer');
-  const routed = routeOf(req.method ?? 'GET', url.pathname.slice(dicomWebPrefix.length));
+  const routed = routeOf(req.method ?? 'GET', url.pathname === wadoUriPath ? wadoUriPath : url.pathname.slice(dicomWebPrefix.length));
   countOutcome(ctx.stats, res);
   if (!routed.ok) {
     if (routed.allow !== undefined) res.setHeader('allow', routed.allow);
@@ -49,6 +52,9 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
       case 'store':
         await storeInstances(ctx, exchange, route);
         return;
+      case 'uri':
+        await retrieveUriInstance(ctx, exchange);
+        return;
       default: {
         const unreachable: never = route;
         throw new Error(`unhandled route ${JSON.stringify(unreachable)}`);
@@ -76,6 +82,9 @@ function countRequest(stats: DicomWebStats, route: DicomWebRoute): void {
     case 'retrieve':
       if (route.metadata) stats.metadata++;
       else stats.retrieves++;
+      return;
+    case 'uri':
+      stats.retrieves++;
       return;
     case 'frames':
     case 'bulkdata':
