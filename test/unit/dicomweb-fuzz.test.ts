@@ -32,22 +32,30 @@ const methods = ['GET', 'GET', 'GET', 'GET', 'GET', 'HEAD', 'DELETE', 'PUT', 'OP
 /** The resources' shapes, `S`, `E` and `I` standing for a study, series and instance UID (valid or not). */
 const templates = ['studies', 'series', 'instances', 'studies/S', 'studies/S/metadata', 'studies/S/series', 'studies/S/instances', 'studies/S/series/E', 'studies/S/series/E/metadata', 'studies/S/series/E/instances', 'studies/S/series/E/instances/I', 'studies/S/series/E/instances/I/metadata', 'studies/S/series/E/instances/I/frames/1', 'studies/S/series/E/instances/I/bulkdata/00091003', 'studies/S/series/E/instances/I/bulkdata/7FE00010'];
 const uidsOrNot = [study, series, instance, '1.2.3', '1.2.x', '', '01.2'];
+const uriParameters = [['requestType', 'WADO'], ['studyUID', study], ['seriesUID', series], ['objectUID', instance], ['contentType', 'application/dicom'], ['transferSyntax', '*']] as const;
 
 test('seeded fuzz: a thousand malformed DICOMweb requests each get a clear answer, and the peer keeps serving', async () => {
   const seed = Number(process.env.FUZZ_SEED ?? 5151);
   const prng = new Prng(seed);
   const statuses = new Map<number, number>();
+  const uriStatuses = new Set<number>();
   for (let round = 0; round < 1000; round++) {
     const path = prng.chance(0.75)
       ? prng.pick(templates).replace('S', prng.chance(0.7) ? study : prng.pick(uidsOrNot)).replace('E', prng.chance(0.7) ? series : prng.pick(uidsOrNot)).replace('I', prng.chance(0.7) ? instance : prng.pick(uidsOrNot))
       : Array.from({ length: prng.between(0, 8) }, () => prng.pick(segments)).join('/');
-    const query = Array.from({ length: prng.between(0, 3) }, () => `${encodeURIComponent(prng.pick(names))}=${encodeURIComponent(prng.pick(values))}`).join('&');
+    // WADO-URI (at /dicom-web/wado): its parameters, mostly right, sometimes wrong, missing or repeated.
+    const wado = prng.chance(0.1);
+    const uriParameter = ([name, right]: readonly [string, string]): string[] => (prng.chance(0.85) ? [`${name}=${encodeURIComponent(prng.chance(0.8) ? right : prng.pick(values))}`] : []);
+    const query = wado
+      ? [...uriParameters.flatMap(uriParameter), ...(prng.chance(0.2) ? [`${prng.pick(['rows', 'anonymize', 'transferSyntax', 'objectUID', 'charset'])}=${encodeURIComponent(prng.pick(values))}`] : [])].join('&')
+      : Array.from({ length: prng.between(0, 3) }, () => `${encodeURIComponent(prng.pick(names))}=${encodeURIComponent(prng.pick(values))}`).join('&');
     const accept = prng.pick(accepts);
     const method = prng.pick(methods);
-    const url = `http://127.0.0.1:${peer.httpPort}/dicom-web/${path}${query === '' ? '' : `?${query}`}`;
+    const url = `http://127.0.0.1:${peer.httpPort}/dicom-web/${wado ? 'wado' : path}${query === '' ? '' : `?${query}`}`;
     const response = await fetch(url, { method, headers: accept === undefined ? {} : { accept } });
     const body = await response.text();
     statuses.set(response.status, (statuses.get(response.status) ?? 0) + 1);
+    if (wado) uriStatuses.add(response.status);
     const context = `${method} ${url.slice(0, 300)} accept=${accept} -> ${response.status} ${body.slice(0, 200)} (FUZZ_SEED=${seed}, round ${round})`;
     assert.ok(response.status < 500 || response.status === 503, context);
     if (response.status >= 400 && method !== 'HEAD') {
@@ -58,6 +66,7 @@ test('seeded fuzz: a thousand malformed DICOMweb requests each get a clear answe
   }
   // Every kind of answer came up, so the fuzz reached the services and not only the router.
   for (const status of [200, 400, 404, 405, 406]) assert.ok((statuses.get(status) ?? 0) > 0, `no ${status} among ${JSON.stringify([...statuses])}`);
+  for (const status of [200, 400, 406]) assert.ok(uriStatuses.has(status), `WADO-URI: no ${status} among ${JSON.stringify([...uriStatuses])}`);
   assert.equal((await fetch(`http://127.0.0.1:${peer.httpPort}/healthz`)).status, 200);
   const found = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/dicom-web/studies`)).json()) as unknown[];
   assert.equal(found.length, 1);
