@@ -473,7 +473,8 @@ export class AcceptorSession {
     const { command, context } = buffer;
     const messageId = command.messageId ?? 0;
     if (this.tasks.size >= maxConcurrentTasks || this.tasks.has(messageId)) {
-      void this.refuse(presentationContextId, command, this.tasks.has(messageId) ? Status.DuplicateInvocation : Status.OutOfResources, 'too many operations in progress on this association');
+      if (this.tasks.has(messageId)) void this.refuse(presentationContextId, command, Status.DuplicateInvocation, `message ID ${messageId} is that of an operation still in progress`);
+      else void this.refuse(presentationContextId, command, Status.OutOfResources, 'too many operations in progress on this association');
       return;
     }
     if (context.service === 'move' && !this.deps.resolveMoveDestination(command.moveDestination ?? '')) {
