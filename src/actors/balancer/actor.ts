@@ -654,7 +654,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   // A forget asked at another peer: taken here too, unless the peer is up as this peer sees it.
   const unsubscribeForget = node.subscribe(forgetPeerTopic, (m: GossipMessage) => {
-    let peerIds: string[] | null = null;
+    let peerIds: string[] | null;
     try {
       peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES }));
     } catch {

@@ -60,10 +60,11 @@ export function parseUriRequest(query: URLSearchParams): UriRequest {
 
 export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomWebExchange): Promise<void> {
   const request = parseUriRequest(exchange.query);
-  const [entry] = await selectInstances(ctx, { level: 'IMAGE', studyUid: request.studyUid, seriesUid: request.seriesUid, instanceUid: request.objectUid });
-  const target = request.transferSyntax === '*' ? entry!.transferSyntaxUid : request.transferSyntax;
-  if (!canTranscodeInstance(entry!, target)) {
-    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `instance ${entry!.sopInstanceUid} (stored in ${entry!.transferSyntaxUid}) cannot be sent in ${target}: ask transferSyntax=* for it as stored, or ${EXPLICIT_LE}`);
+  // One instance, or a 404 (selectInstances says which, and whether a site holding it is down).
+  const entry = (await selectInstances(ctx, { level: 'IMAGE', studyUid: request.studyUid, seriesUid: request.seriesUid, instanceUid: request.objectUid }))[0]!;
+  const target = request.transferSyntax === '*' ? entry.transferSyntaxUid : request.transferSyntax;
+  if (!canTranscodeInstance(entry, target)) {
+    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `instance ${entry.sopInstanceUid} (stored in ${entry.transferSyntaxUid}) cannot be sent in ${target}: ask transferSyntax=* for it as stored, or ${EXPLICIT_LE}`);
   }
   const { res } = exchange;
   // PS3.18 9.3: no transfer-syntax parameter on the media type; the file meta information says it.
@@ -72,12 +73,12 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
     res.end();
     return;
   }
-  const file = await part10File(ctx, exchange, entry!, target);
+  const file = await part10File(ctx, exchange, entry, target);
   const inMemory = Array.isArray(file.body) ? (file.body as readonly Uint8Array[]) : undefined;
   const length = inMemory?.reduce((sum, chunk) => sum + chunk.byteLength, 0);
   res.writeHead(200, {
     'content-type': 'application/dicom',
-    'content-disposition': `attachment; filename="${entry!.sopInstanceUid}.dcm"`,
+    'content-disposition': `attachment; filename="${entry.sopInstanceUid}.dcm"`,
     ...(length === undefined ? {} : { 'content-length': String(length) }),
   });
   try {
