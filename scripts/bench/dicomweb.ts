@@ -12,6 +12,7 @@
  *   qido-instances GET /studies/{s}/series/{se}/instances (all `--count`)
  *   metadata       GET /studies/{s}/metadata
  *   frame          GET .../instances/{i}/frames/1 (native: uncompressed little endian), `--frames` instances
+ *   wado-uri       GET /wado?requestType=WADO&...&contentType=application/dicom (one instance, a DICOM file), as many
  *   retrieve       GET /studies/{s} with transfer-syntax=* (the whole study as stored; MB/s)
  * Every answer's count is checked. Medians, the ratios pacs-mesh / Orthanc (time), and each server's peak
  * RSS are printed and written to scripts/bench/out/dicomweb-<timestamp>.json.
@@ -29,7 +30,7 @@ import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './
 import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
 const dicomWebPlugin = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
-const READS = ['qido-study', 'qido-instances', 'metadata', 'frame', 'retrieve'] as const;
+const READS = ['qido-study', 'qido-instances', 'metadata', 'frame', 'wado-uri', 'retrieve'] as const;
 type Read = (typeof READS)[number];
 
 interface ServerResult extends BenchServerResult {
@@ -71,7 +72,7 @@ async function main(): Promise<number> {
 
   const results: ServerResult[] = [];
   const running: Running[] = [];
-  const timesMs = (): Record<Read, number[]> => ({ 'qido-study': [], 'qido-instances': [], metadata: [], frame: [], retrieve: [] });
+  const timesMs = (): Record<Read, number[]> => ({ 'qido-study': [], 'qido-instances': [], metadata: [], frame: [], 'wado-uri': [], retrieve: [] });
   try {
     for (const id of ['orthanc', 'pacs-mesh'] as const) {
       const result: ServerResult = { id, name: id === 'orthanc' ? 'Orthanc' : 'pacs-mesh', version: id === 'orthanc' ? await orthancVersion() : await pacsMeshFactory.version(), status: 'ok', timesMs: timesMs() };
@@ -144,6 +145,15 @@ async function main(): Promise<number> {
         if (response.status !== 200 || body.length < rows * columns * 2) {
           result.status = 'failed';
           result.message = `frame of instance ${index}: HTTP ${response.status}, ${body.length} bytes`;
+        }
+        // WADO-URI, at the server's root for both (the slash not percent-encoded: Orthanc 1.10's plugin does not decode it).
+        const uriStarted = performance.now();
+        const uri = await fetch(`${base.replace(/\/dicom-web$/, '')}/wado?requestType=WADO&studyUID=${studyUid}&seriesUID=${seriesUid}&objectUID=${instanceUids[index]!}&contentType=application/dicom`);
+        const file = Buffer.from(await uri.arrayBuffer());
+        result.timesMs['wado-uri'].push(performance.now() - uriStarted);
+        if (uri.status !== 200 || file.length < rows * columns * 2) {
+          result.status = 'failed';
+          result.message = `WADO-URI of instance ${index}: HTTP ${uri.status}, ${file.length} bytes`;
         }
       }
     }
