@@ -4,7 +4,7 @@
  * single-site archive.
  */
 import { defaultRoutingLimits } from './actors/balancer/logic.ts';
-import type { PeerAddresses } from './actors/membership/messages.ts';
+import type { MemberRecord, PeerAddresses } from './actors/membership/messages.ts';
 import type { LocalStats } from './actors/membership/actor.ts';
 import { supersededMembers } from './actors/membership/logic.ts';
 import type { PeerConfig } from './config.ts';
@@ -218,6 +218,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         const members = membership.members();
         const superseded = supersededMembers(members);
         const stats = custody.stats();
+        // A dead peer the operator took out (its site forgotten, or itself out of a learnt roster) is
+        // not listed: membership keeps its record only to fence its stale heartbeats (helper 64).
+        const forgottenSiteNames = new Set(stats.forgottenSites.map((site) => site.siteName));
+        const voters = new Set(balancer.roster());
+        const decommissioned = (m: MemberRecord): boolean => forgottenSiteNames.has(m.siteName) || (config.roster.length === 0 && !voters.has(m.peerId));
         return {
           balancer: {
             ...balancer.status(),
@@ -230,7 +235,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
           peerId: node.peerId,
           multiaddrs: node.multiaddrs(),
           leader: leader ?? null,
-          members: members.filter((m) => !superseded.has(m.peerId)).map((m) => ({
+          members: members.filter((m) => !superseded.has(m.peerId) && !(m.status === 'dead' && decommissioned(m))).map((m) => ({
             peerId: m.peerId,
             site: m.siteName,
             alive: m.status === 'alive',

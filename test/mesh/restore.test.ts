@@ -76,6 +76,8 @@ test('a site forgotten at one peer is forgotten at every peer, one restored from
   assert.equal(forgot.status, 200, await forgot.text());
   // site-b forgets it from site-a's heartbeats, copies and voters alike.
   await eventually(async () => !(await knows(b2, 'site-c')) && (await votersOf(b2, 'site-c')) === 0, 20_000, describe(b2));
+  // Nor is it listed among the members any more (helper 64: listed dead until a restart).
+  for (const peer of [a, b2]) await eventually(async () => !(await peer.status()).members?.some((m) => m.site === 'site-c'), 10_000, describe(peer));
   // site-b restored from the backup, which knows site-c: forgotten again there, from the others' heartbeats.
   await b2.stop();
   rmSync(b.dataDir, { recursive: true, force: true });
