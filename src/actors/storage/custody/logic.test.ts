@@ -249,6 +249,20 @@ test('an explicit write quorum that the sites up cannot reach is refused at once
   assert.equal(died.state.pending.size, 0);
 });
 
+test('writeQuorum auto: a store in flight when this site is left alone is acknowledged on its local copy once the others are dead, not refused (helper 65)', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  const inFlight = store(s, 'r1', 'u1', 1);
+  assert.deepEqual(acks(inFlight.effects), [], 'waits for a second site');
+  // Suspect: may be back, the store waits.
+  s = run(inFlight.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'suspect'), member('peer-c', 'suspect')], nowMs: 2 }).state;
+  assert.equal(s.pending.size, 1);
+  const alone = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')], nowMs: 3 });
+  assert.deepEqual(acks(alone.effects), [{ type: 'ackStore', requestId: 'r1', sopInstanceUid: 'u1', status: StoreStatus.Success, quorum: 1, sitesHolding: ['site-a'] }]);
+  assert.equal(alone.state.pending.size, 0);
+  assert.equal(alone.state.debt.size, 2, 'owed to site-b and site-c');
+});
+
 test('a site the operator forgets is dropped with its debt, unless one of its peers is alive', () => {
   let s = initCustody(config, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;

@@ -494,8 +494,9 @@ function onLocalWriteDone(
 }
 
 /**
- * Answers a pending store 0xA700 at once when its quorum can no longer be reached: the sites holding it and
- * those still up (alive or suspect: a pause is not a death) are fewer than the quorum. An explicit
+ * Answers a pending store at once when its quorum can no longer be reached: the sites holding it and
+ * those still up (alive or suspect: a pause is not a death) are fewer than the quorum. 0xA700, or under
+ * 'auto' Success when what it holds is what the sites up now ask for. An explicit
  * --write-quorum at a site cut off from the others otherwise waited the whole quorum timeout per C-STORE
  * (10 s an image). The copies stay owed as debt, as on a timeout.
  */
@@ -503,6 +504,13 @@ function refuseIfQuorumUnreachable(state: CustodyState, pending: PendingStore, u
   const canHold = new Set([...pending.sitesHolding, ...up]);
   if (canHold.size >= pending.quorum) return;
   state.pending.delete(pending.requestId);
+  // 'auto' asks for what the sites up can give: a store in flight when this site is left alone is
+  // acknowledged on its local copy, as the next one is (helper 65: it was answered 0xA700, and storescu stopped).
+  const quorumNow = effectiveWriteQuorum(state.config, canHold.size);
+  if (state.config.writeQuorum === 'auto' && pending.sitesHolding.size >= quorumNow) {
+    effects.push(ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.Success, quorumNow, [...pending.sitesHolding].sort()));
+    return;
+  }
   effects.push(ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.OutOfResources, pending.quorum, [...pending.sitesHolding].sort(), up.size));
 }
 
