@@ -175,8 +175,13 @@ export interface BootstrapFailure {
  */
 export function bootstrapFailureCause(error: string): string {
   if (/ECONNREFUSED/.test(error)) return 'nothing listens there: the site is down, or the address or port is wrong';
-  if (/ECONNRESET|EPIPE|timed? ?out|timeout|aborted/i.test(error)) {
+  if (/ECONNRESET|EPIPE/.test(error)) {
     return 'something answers there but the private-network handshake did not complete: most likely another swarm key (or not a pacs-mesh libp2p port)';
+  }
+  // A peer with another swarm key never completes the handshake, and a link that drops every packet (a
+  // partition, a firewall) never answers: both end at the dial timeout (helper 65 saw the first named for the second).
+  if (/timed? ?out|timeout|aborted/i.test(error)) {
+    return 'no complete answer in time: most likely another swarm key if a pacs-mesh peer listens there, else the host is cut off (a partition, a firewall dropping packets)';
   }
   if (/EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN/.test(error)) return 'the host cannot be reached or its name not resolved';
   // Another protocol answered (helper 64: the HTTP port gave "Missing newline", the DICOM port "pnet nonce
