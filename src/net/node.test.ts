@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { createMeshNode } from './node.ts';
+import { createMeshNode, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, MeshNode, MeshNodeInit } from './node.ts';
@@ -134,7 +134,11 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     unsubB();
   });
 
-  it('round-trips a request with a body and an ack over a custom protocol', async () => {
+  it('round-trips a request with a body and an ack over a custom protocol; the data tells each side the other is alive, a few times a second at most', async () => {
+    const heardByA: number[] = [];
+    const heardByB: number[] = [];
+    const offA = a.onPeerActivity((peerId) => peerId === b.peerId && heardByA.push(performance.now()));
+    const offB = b.onPeerActivity((peerId) => peerId === a.peerId && heardByB.push(performance.now()));
     await a.handle('/pacs-mesh/test-replicate/1', async (stream) => {
       const req = await readRequest<{ type: 'offer'; sha256: string }>(stream, { maxBodyBytes: 10 * 1024 * 1024 });
       const hash = createHash('sha256');
@@ -149,7 +153,11 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       for (let off = 0; off < body.byteLength; off += 100_000) yield body.subarray(off, off + 100_000);
     })();
     const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: AbortSignal.timeout(15_000) });
+    offA();
+    offB();
     assert.deepEqual(ack, { type: 'ack', ok: true, from: b.peerId });
+    assert.ok(heardByA.length >= 1 && heardByB.length >= 1, `activity heard: a ${heardByA.length}, b ${heardByB.length}`);
+    for (const heard of [heardByA, heardByB]) for (let i = 1; i < heard.length; i++) assert.ok(heard[i]! - heard[i - 1]! >= peerActivityNoticeMs - 1, 'throttled');
   });
 
   it('keeps its connection to a peer that stands still for 2.5 s (a loaded machine, a long pause): no ping drops it', async () => {

@@ -37,6 +37,9 @@ import type { Libp2p, Logger, PeerId } from '@libp2p/interface';
 import type { GossipSub, Message } from '@libp2p/gossipsub';
 import type { Multiaddr } from '@multiformats/multiaddr';
 
+/** How often, at most, data from one peer is reported as a sign of life (MeshNode.onPeerActivity). */
+export const peerActivityNoticeMs = 250;
+
 export interface MeshNodeTuning {
   /**
    * yamux per-stream receive window cap (bytes). Default 4 MiB: window updates go out every half window
@@ -235,6 +238,11 @@ export interface MeshNode {
   subscribe(topic: string, handler: GossipHandler): () => void;
   onPeerConnected(handler: PeerHandler): () => void;
   onPeerDisconnected(handler: PeerHandler): () => void;
+  /**
+   * Bytes arrived from a peer on one of the mesh's streams (at most every peerActivityNoticeMs per peer):
+   * it is alive, however long its heartbeats wait behind the bulk data on a slow link.
+   */
+  onPeerActivity(handler: PeerHandler): () => void;
   /** A connected peer subscribed to `topic` (gossip published to the topic reaches it from now on). */
   onTopicJoined(topic: string, handler: PeerHandler): () => void;
   /** Serve a stream protocol. If the handler throws or rejects, the stream is reset. */
@@ -594,6 +602,22 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const pingInterval = tuning.pingInterval ?? 2000;
   const pingStreamsMax = Math.ceil((2 * pingTimeout) / pingInterval) + 2;
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
+  // Data from a peer is proof of life (helper 65: on a 3 Mbit/s link its heartbeats waited over 3 s behind
+  // bulk copies, the peer was declared dead, its connections dropped, and the copies sent again).
+  const activityHandlers = new Set<PeerHandler>();
+  const activityNotedAtMs = new Map<string, number>();
+  const streamInitFor = (peerId: string): MeshStreamInit => ({
+    ...streamInit,
+    onData: () => {
+      if (activityHandlers.size === 0) return;
+      const nowMs = performance.now();
+      if (nowMs - (activityNotedAtMs.get(peerId) ?? Number.NEGATIVE_INFINITY) < peerActivityNoticeMs) return;
+      // One entry per peer with streams; bounded all the same (a mesh has far fewer peers).
+      if (activityNotedAtMs.size >= 4096 && !activityNotedAtMs.has(peerId)) activityNotedAtMs.clear();
+      activityNotedAtMs.set(peerId, nowMs);
+      for (const handler of activityHandlers) handler(peerId);
+    },
+  });
   const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 4 * 1024 * 1024;
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
   const { privateKey, created: identityCreated } = await loadOrCreatePeerKey(init.dataDir);
@@ -727,7 +751,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   let noticeReceivedAtMs = Number.NEGATIVE_INFINITY;
   // Peers only tell; a notice costs one frame of at most 8 KiB, read within 5 s.
   await node.handle(IDENTITY_CONFLICT_PROTOCOL, async (raw, connection) => {
-    const stream = new MeshStream(raw, connection.remotePeer.toString(), streamInit);
+    const stream = new MeshStream(raw, connection.remotePeer.toString(), streamInitFor(connection.remotePeer.toString()));
     const signal = AbortSignal.timeout(5000);
     let addresses: [string[], string[]] | null;
     try {
@@ -836,6 +860,10 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       disconnectedHandlers.add(handler);
       return () => disconnectedHandlers.delete(handler);
     },
+    onPeerActivity(handler) {
+      activityHandlers.add(handler);
+      return () => activityHandlers.delete(handler);
+    },
     onTopicJoined(topic, handler) {
       let handlers = topicJoinedHandlers.get(topic);
       if (handlers === undefined) topicJoinedHandlers.set(topic, (handlers = new Set()));
@@ -847,7 +875,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     },
     async handle(protocol, handler, options = {}) {
       await node.handle(protocol, async (stream, connection) => {
-        const mesh = new MeshStream(stream, connection.remotePeer.toString(), streamInit);
+        const mesh = new MeshStream(stream, connection.remotePeer.toString(), streamInitFor(connection.remotePeer.toString()));
         try {
           await handler(mesh);
         } catch (err) {
@@ -864,7 +892,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     },
     async openStream(peerId, protocol, options = {}) {
       const stream = await node.dialProtocol(parsePeerId(peerId), protocol, { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
-      return new MeshStream(stream, peerId, streamInit);
+      return new MeshStream(stream, peerId, streamInitFor(peerId));
     },
     async addKnownPeer(peerId, addrs = []) {
       const id = parsePeerId(peerId);

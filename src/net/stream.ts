@@ -52,6 +52,8 @@ function closedError(stream: Stream, err?: Error): MeshStreamError {
 export interface StreamReaderInit {
   /** Pause the stream when this many bytes are queued unread. Default 1 MiB. */
   highWaterMark?: number;
+  /** Called whenever bytes arrive (the remote peer is alive, whatever its heartbeats' delay). Must be cheap. */
+  onData?: () => void;
 }
 
 /**
@@ -70,8 +72,11 @@ export class StreamReader implements AsyncIterable<Uint8Array> {
   private wake: (() => void) | undefined;
   private bytesRead = 0;
 
+  private readonly onData: (() => void) | undefined;
+
   constructor(stream: Stream, init: StreamReaderInit = {}) {
     this.stream = stream;
+    this.onData = init.onData;
     this.highWaterMark = Math.max(1, init.highWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK);
     stream.addEventListener('message', this.onMessage);
     stream.addEventListener('end', this.onEnd);
@@ -95,6 +100,7 @@ export class StreamReader implements AsyncIterable<Uint8Array> {
   }
 
   private readonly onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
+    this.onData?.();
     const data = evt.data;
     if (data instanceof Uint8Array) {
       this.enqueue(data);

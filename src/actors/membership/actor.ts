@@ -114,6 +114,7 @@ type MembershipMsg =
   | { readonly type: 'tick' }
   | { readonly type: 'heartbeat'; readonly heartbeat: Heartbeat }
   | { readonly type: 'peerDisconnected'; readonly peerId: string }
+  | { readonly type: 'peerActive'; readonly peerId: string }
   | { readonly type: 'localStats' }
   | { readonly type: 'electability'; readonly electable: boolean }
   | { readonly type: 'peerSubscribed' }
@@ -225,6 +226,8 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   let incarnation = 0;
   let stopped = false;
   let queuedHeartbeats = 0;
+  /** Peers with a peerActive message in the mailbox: one each at a time. */
+  const activityQueued = new Set<string>();
   let statsPending = false;
   let latestStats: LocalStats | null = init.localStats ?? null;
   // Survives an actor restart, as the stats do: only the balancer changes it.
@@ -308,6 +311,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
 
   const handle = async (state: MembershipState | null, message: MembershipMsg): Promise<MembershipState | null> => {
     if (message.type === 'heartbeat') queuedHeartbeats--;
+    if (message.type === 'peerActive') activityQueued.delete(message.peerId);
     if (message.type === 'tick') ticker.handled();
     if (message.type === 'localStats') statsPending = false;
     if (stopped) return state;
@@ -326,6 +330,9 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
         break;
       case 'peerDisconnected':
         step = stepMembership(s, { type: 'peerDisconnected', peerId: message.peerId, nowMs });
+        break;
+      case 'peerActive':
+        step = stepMembership(s, { type: 'peerActive', peerId: message.peerId, nowMs });
         break;
       case 'localStats':
         step = latestStats ? stepMembership(s, { type: 'localStatsChanged', ...latestStats }) : { state: s, effects: [] };
@@ -387,6 +394,12 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     send({ type: 'heartbeat', heartbeat });
   });
   const offDisconnect = node.onPeerDisconnected((peerId) => send({ type: 'peerDisconnected', peerId }));
+  // Throttled by the node (a few per second per peer), and one message per peer queued at a time.
+  const offActivity = node.onPeerActivity((peerId) => {
+    if (activityQueued.has(peerId)) return;
+    activityQueued.add(peerId);
+    send({ type: 'peerActive', peerId });
+  });
   // Several peers subscribing in one tick need one heartbeat: one message queued at a time.
   let subscribedPending = false;
   const offSubscribed = node.onTopicJoined(membershipTopic, () => {
@@ -428,6 +441,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       ticker.stop();
       unsubscribe();
       offDisconnect();
+      offActivity();
       offSubscribed();
       listeners.clear();
       try {

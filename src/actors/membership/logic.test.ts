@@ -152,6 +152,24 @@ test('silence makes a member suspect, then dead; a newer heartbeat brings it bac
   assert.equal(statusOf(s, 'peer-b'), 'alive');
 });
 
+test('data from a peer keeps it alive while its heartbeats are delayed (a slow link: helper 65); it never revives a dead or suspect one', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  // No heartbeat for 10 s, but copies keep arriving from peer-b.
+  for (let nowMs = 250; nowMs <= 10_000; nowMs += 250) s = run(s, { type: 'peerActive', peerId: 'peer-b', nowMs }, { type: 'tick', nowMs }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'alive');
+  // The data stops too: silence as usual.
+  s = run(s, ...ticks(10_000, 13_000)).state;
+  assert.equal(statusOf(s, 'peer-b'), 'suspect');
+  s = run(s, { type: 'peerActive', peerId: 'peer-b', nowMs: 13_100 }, { type: 'tick', nowMs: 13_100 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'suspect', 'back to alive only by a heartbeat');
+  s = run(s, ...ticks(13_100, 20_000)).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  const afterDeath = run(s, { type: 'peerActive', peerId: 'peer-b', nowMs: 20_100 }, { type: 'peerActive', peerId: 'peer-x', nowMs: 20_100 });
+  assert.equal(statusOf(afterDeath.state, 'peer-b'), 'dead');
+  assert.equal(afterDeath.state.members.has('peer-x'), false, 'an unknown peer is not made a member');
+  assert.deepEqual(afterDeath.effects, []);
+});
+
 test('time this process stood still (ticks far apart) is not the others\' silence', () => {
   let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
   s = run(s, ...ticks(0, 500)).state;

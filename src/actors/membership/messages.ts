@@ -104,6 +104,8 @@ export type MembershipInput =
   | { readonly type: 'tick'; readonly nowMs: number }
   | { readonly type: 'heartbeatReceived'; readonly heartbeat: Heartbeat; readonly nowMs: number }
   | { readonly type: 'peerDisconnected'; readonly peerId: string; readonly nowMs: number }
+  /** Data arrived from this peer on a mesh stream: it is alive now, whatever became of its heartbeats. */
+  | { readonly type: 'peerActive'; readonly peerId: string; readonly nowMs: number }
   | {
       readonly type: 'localStatsChanged';
       readonly load: PeerLoad;
