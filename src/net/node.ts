@@ -189,7 +189,7 @@ export function bootstrapFailureCause(error: string): string {
   if (/EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN/.test(error)) return 'the host cannot be reached or its name not resolved';
   // Another protocol answered (helper 64: the HTTP port gave "Missing newline", the DICOM port "pnet nonce
   // exchange failed: Unexpected EOF"), or a pacs-mesh peer with another swarm key.
-  if (/Missing newline|Message length too long|nonce exchange|Unexpected EOF|unexpected end|protocol selection/i.test(error)) {
+  if (/Missing newline|length too long|varint|nonce exchange|Unexpected EOF|unexpected end|protocol selection/i.test(error)) {
     return "something else answers there: not a pacs-mesh peer's --p2p-port (its DICOM or HTTP port?), or another swarm key";
   }
   return 'see the error';
