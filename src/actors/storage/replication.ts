@@ -135,6 +135,9 @@ type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'
 type FetchBatchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
 
+/** While an offered batch's bytes flow, custody hears that copies are arriving this often (below its repairQuietMs). */
+const copiesArrivingRepeatMs = 500;
+
 /** Query answers are cut into frames of about this many bytes of entries. */
 const queryFrameBytesTarget = 256 * 1024;
 
@@ -489,6 +492,11 @@ export interface ReplicationServerInit {
   onReplicaStored(entry: CatalogEntry, fromPeerId: string): void;
   /** A valid custody message arrived. */
   onCustodyMessage(fromPeerId: string, message: CustodyMessage): void;
+  /**
+   * A peer offered copies we lack (their UIDs) and is sending them; called again, with no UIDs, every
+   * copiesArrivingRepeatMs while their bytes flow (custody then pulls none of them: see 'copiesOffered').
+   */
+  onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
 }
 
@@ -566,6 +574,13 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       const stored: number[] = [];
       const failed: BatchFailure[] = [];
       const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
+      let arriving: ReturnType<typeof setInterval> | undefined;
+      if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
+        const onOffered = init.onCopiesOffered;
+        onOffered(wanted.map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
+        arriving = setInterval(() => onOffered([], stream.remotePeer), copiesArrivingRepeatMs);
+        arriving.unref();
+      }
       try {
         for (const index of wanted) {
           const entry = entries[index]!;
@@ -581,6 +596,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           });
         }
       } finally {
+        clearInterval(arriving);
         await commits.drain();
       }
       await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);

@@ -756,6 +756,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       onReplicaStored: (entry, fromPeerId) =>
         input({ type: 'replicaStored', sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256, fromPeerId, nowMs: clock.nowMs() }, true),
       onCustodyMessage: (from, message) => input({ type: 'messageReceived', from, message, nowMs: clock.nowMs() }),
+      onCopiesOffered: (sopInstanceUids) => input({ type: 'copiesOffered', sopInstanceUids, nowMs: clock.nowMs() }),
     });
   } catch (error) {
     stopped = true;

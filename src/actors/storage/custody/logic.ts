@@ -208,6 +208,10 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
       pullNext(state, input.nowMs, effects);
       break;
+    case 'copiesOffered':
+      state.lastPushedCopyAtMs = Math.max(state.lastPushedCopyAtMs, input.nowMs);
+      for (const uid of input.sopInstanceUids) state.pullQueue.delete(uid);
+      break;
     case 'replicationFailed': {
       const key = debtKey(input.sopInstanceUid, input.toSiteName);
       // Held as if just sent: the tick frees it after replicationRetryMs.

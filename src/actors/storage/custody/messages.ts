@@ -124,6 +124,13 @@ export type CustodyInput =
       readonly nowMs: number;
     }
   /**
+   * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated
+   * while they flow, with no UIDs). Repair waits as for copies arriving (repairQuietMs), and those UIDs
+   * leave the pull queue: pulling them too sent each copy twice over the link (hunt 67: the peers catching
+   * up pulled from the returning site nearly everything it was draining to them).
+   */
+  | { readonly type: 'copiesOffered'; readonly sopInstanceUids: readonly string[]; readonly nowMs: number }
+  /**
    * A replicate transfer failed (the copy stays owed): it is offered again at the next drain, or, with
    * `retryLater` (this site's own copy could not be read, or the receiver refused its bytes), only after
    * replicationRetryMs, so that it does not come back in every batch.
