@@ -551,7 +551,7 @@ function onMessage(
       const buckets = diffBuckets(state.digest, message.buckets);
       if (buckets.length === 0) return;
       const afterUid = message.afterUid ?? '';
-      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax, afterUid);
+      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax, afterUid, owedTo(state, from));
       effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets, keys, replyWanted: true, afterUid } });
       return;
     }
@@ -563,7 +563,7 @@ function onMessage(
       if (!repairPaused(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
       if (message.replyWanted) {
         const afterUid = message.afterUid ?? '';
-        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid);
+        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid, owedTo(state, from));
         effects.push({
           type: 'send',
           to: from,
@@ -576,6 +576,19 @@ function onMessage(
     default:
       assertNever(message);
   }
+}
+
+/**
+ * The keys this peer owes `peerId`'s site a copy of (debt entries): left out of the keys it lists to that
+ * peer, which would otherwise pull them while the debt drain sends them too. Each copy then crossed the
+ * link twice (hunt 67: two sites catching up over 10 Mbit/s pulled from the returning site nearly all it
+ * was draining to them). The debt stays until that site acknowledges the copy, so it still gets there.
+ */
+function owedTo(state: CustodyState, peerId: string): ((sopInstanceUid: string) => boolean) | undefined {
+  const siteName = state.members.find((m) => m.peerId === peerId)?.siteName;
+  const owed = siteName === undefined ? undefined : state.debtBySite.get(siteName);
+  if (owed === undefined || owed.size === 0) return undefined;
+  return (sopInstanceUid) => owed.has(debtKey(sopInstanceUid, siteName!));
 }
 
 function onReplicaAck(
