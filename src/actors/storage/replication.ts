@@ -135,7 +135,7 @@ type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'
 type FetchBatchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
 
-/** While an offered batch's bytes flow, custody hears that copies are arriving this often (below its repairQuietMs). */
+/** While an offered batch's bytes flow, custody hears which copies are still coming this often (well below incomingCopyForgetMs). */
 const copiesArrivingRepeatMs = 500;
 
 /** Query answers are cut into frames of about this many bytes of entries. */
@@ -493,8 +493,9 @@ export interface ReplicationServerInit {
   /** A valid custody message arrived. */
   onCustodyMessage(fromPeerId: string, message: CustodyMessage): void;
   /**
-   * A peer offered copies we lack (their UIDs) and is sending them; called again, with no UIDs, every
-   * copiesArrivingRepeatMs while their bytes flow (custody then pulls none of them: see 'copiesOffered').
+   * A peer offered copies we lack (their UIDs) and is sending them; called again with those still to
+   * come every copiesArrivingRepeatMs while their bytes flow (custody pulls none of them meanwhile: see
+   * 'copiesOffered').
    */
   onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
@@ -574,15 +575,19 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       const stored: number[] = [];
       const failed: BatchFailure[] = [];
       const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
+      // Custody hears which copies are still on their way (from the one being read on) until they are in.
+      let receiving = 0;
       let arriving: ReturnType<typeof setInterval> | undefined;
       if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
         const onOffered = init.onCopiesOffered;
-        onOffered(wanted.map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
-        arriving = setInterval(() => onOffered([], stream.remotePeer), copiesArrivingRepeatMs);
+        const tell = (): void => onOffered(wanted.slice(receiving).map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
+        tell();
+        arriving = setInterval(tell, copiesArrivingRepeatMs);
         arriving.unref();
       }
       try {
-        for (const index of wanted) {
+        for (const [position, index] of wanted.entries()) {
+          receiving = position;
           const entry = entries[index]!;
           await readBodyLength(stream, entry, signal);
           await commits.receive(store, stream, entry, signal, (outcome) => {

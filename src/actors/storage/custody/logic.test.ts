@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { heartbeatForgottenSitesMax, type MemberRecord, type MemberStatus } from '../../membership/messages.ts';
 import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestBuckets, digestOf } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, incomingCopyForgetMs, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 import { runSteps } from '../../runtime/run-steps.ts';
 
@@ -780,4 +780,13 @@ test('copies another peer offered us leave the pull queue and pause repair as co
   assert.ok(!during.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'no exchange while they arrive');
   const after = run(during.state, { type: 'tick', nowMs: 1100 });
   assert.ok(after.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'repair resumes once they stop');
+  // Still said to be coming (an exchange runs: a due repair stops waiting after a while), they are not pulled...
+  s = run(after.state, { type: 'copiesOffered', sopInstanceUids: offered, nowMs: 1150 }, { type: 'tick', nowMs: 2200 }).state;
+  const listedAgain = run(s, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 2210 });
+  assert.deepEqual(listedAgain.effects.filter((e) => e.type === 'fetch').map((e) => e.type === 'fetch' && e.sopInstanceUid), [pulled.sopInstanceUid]);
+  // ...until the offer is no longer repeated (a batch that failed): then repair pulls them.
+  s = run(listedAgain.state, { type: 'fetchFailed', sopInstanceUid: pulled.sopInstanceUid, nowMs: 2220 }, { type: 'tick', nowMs: 1150 + incomingCopyForgetMs }).state;
+  const forgotten = run(s, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 1160 + incomingCopyForgetMs });
+  const fetchedNow = forgotten.effects.flatMap((e) => (e.type === 'fetch' ? [e.sopInstanceUid] : []));
+  for (const uid of offered) assert.ok(fetchedNow.includes(uid) || forgotten.state.pullQueue.has(uid), `${uid} pulled or queued to be (one pull in flight at most)`);
 });

@@ -92,6 +92,12 @@ export interface CustodyState {
   readonly repairCursors: Map<string, string>;
   /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
   lastPushedCopyAtMs: number;
+  /**
+   * Copies another peer offered us and is sending (replicate-batch/1), by UID, with when it last said so
+   * (see 'copiesOffered'): not pulled meanwhile. Forgotten incomingCopyForgetMs after the last word
+   * (the sender repeats it while the bytes flow), or when the copy is stored. Volatile.
+   */
+  readonly copiesIncoming: Map<string, number>;
   /** false while the local store refuses writes: no repair exchange, no pull (see storeWritableChanged). */
   storeWritable: boolean;
   /**
@@ -159,10 +165,17 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     nextRepairAtMs: 0,
     repairCursors: new Map(),
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
+    copiesIncoming: new Map(),
     storeWritable: true,
     repairDeferredSinceMs: undefined,
   };
 }
+
+/**
+ * A copy offered to us (see CustodyState.copiesIncoming) is pulled again once its sender has not said it
+ * is still coming for this long; senders repeat it every 500 ms while the bytes flow.
+ */
+export const incomingCopyForgetMs = 2_000;
 
 /** The quorum a store accepted now must reach ('auto': 2 if another site is alive, else 1). */
 export function effectiveWriteQuorum(config: CustodyConfig, aliveSiteCount: number): number {
@@ -210,7 +223,10 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       break;
     case 'copiesOffered':
       state.lastPushedCopyAtMs = Math.max(state.lastPushedCopyAtMs, input.nowMs);
-      for (const uid of input.sopInstanceUids) state.pullQueue.delete(uid);
+      for (const uid of input.sopInstanceUids) {
+        state.pullQueue.delete(uid);
+        if (!digestHas(state.digest, uid)) state.copiesIncoming.set(uid, input.nowMs);
+      }
       break;
     case 'replicationFailed': {
       const key = debtKey(input.sopInstanceUid, input.toSiteName);
@@ -527,6 +543,7 @@ function onReplicaStored(
 ): void {
   state.fetchesInFlight.delete(sopInstanceUid);
   state.pullQueue.delete(sopInstanceUid);
+  state.copiesIncoming.delete(sopInstanceUid);
   if (digestAdd(state.digest, sopInstanceUid, sha256)) pushStats(state, effects);
   // Acknowledge even a copy we already had: the sender may still owe it to this site.
   effects.push({
@@ -667,7 +684,7 @@ function copiesArriving(state: CustodyState, nowMs: number): boolean {
 /** Queues the keys `from` holds and we miss (as another holder where queued already), then starts pulls. */
 function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], nowMs: number, effects: CustodyEffect[]): void {
   for (const k of keys) {
-    if (state.fetchesInFlight.has(k.sopInstanceUid)) continue;
+    if (state.fetchesInFlight.has(k.sopInstanceUid) || state.copiesIncoming.has(k.sopInstanceUid)) continue;
     const holders = state.pullQueue.get(k.sopInstanceUid);
     if (holders === undefined) {
       if (state.pullQueue.size < state.config.repairKeysMax) state.pullQueue.set(k.sopInstanceUid, [from]);
@@ -689,7 +706,7 @@ function pullNext(state: CustodyState, nowMs: number, effects: CustodyEffect[]):
   for (const [uid, holders] of state.pullQueue) {
     if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
     state.pullQueue.delete(uid);
-    if (digestHas(state.digest, uid) || state.fetchesInFlight.has(uid)) continue;
+    if (digestHas(state.digest, uid) || state.fetchesInFlight.has(uid) || state.copiesIncoming.has(uid)) continue;
     let from = holders[0]!;
     for (const holder of holders) if ((inFlightFrom.get(holder) ?? 0) < (inFlightFrom.get(from) ?? 0)) from = holder;
     inFlightFrom.set(from, (inFlightFrom.get(from) ?? 0) + 1);
@@ -713,6 +730,9 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   }
   for (const [uid, fetch] of [...state.fetchesInFlight]) {
     if (nowMs - fetch.sinceMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
+  }
+  for (const [uid, saidAtMs] of [...state.copiesIncoming]) {
+    if (nowMs - saidAtMs >= incomingCopyForgetMs) state.copiesIncoming.delete(uid);
   }
   updateKnownSites(state, nowMs, effects);
   drainDebt(state, nowMs, effects);

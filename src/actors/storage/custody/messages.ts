@@ -124,10 +124,11 @@ export type CustodyInput =
       readonly nowMs: number;
     }
   /**
-   * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated
-   * while they flow, with no UIDs). Repair waits as for copies arriving (repairQuietMs), and those UIDs
-   * leave the pull queue: pulling them too sent each copy twice over the link (hunt 67: the peers catching
-   * up pulled from the returning site nearly everything it was draining to them).
+   * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated,
+   * with those still to come, while they flow). Repair waits as for copies arriving (repairQuietMs), and
+   * those UIDs are not pulled until stored or no longer said to come (incomingCopyForgetMs): pulling them
+   * too sent each copy twice over the link (hunt 67: sites catching up over 10 Mbit/s pulled from each
+   * other, once a due repair stopped waiting, copies the returning site was still sending them).
    */
   | { readonly type: 'copiesOffered'; readonly sopInstanceUids: readonly string[]; readonly nowMs: number }
   /**
