@@ -135,6 +135,9 @@ type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'
 type FetchBatchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
 
+/** While an offered batch's bytes flow, custody hears which copies are still coming this often (well below incomingCopyForgetMs). */
+const copiesArrivingRepeatMs = 500;
+
 /** Query answers are cut into frames of about this many bytes of entries. */
 const queryFrameBytesTarget = 256 * 1024;
 
@@ -489,6 +492,12 @@ export interface ReplicationServerInit {
   onReplicaStored(entry: CatalogEntry, fromPeerId: string): void;
   /** A valid custody message arrived. */
   onCustodyMessage(fromPeerId: string, message: CustodyMessage): void;
+  /**
+   * A peer offered copies we lack (their UIDs) and is sending them; called again with those still to
+   * come every copiesArrivingRepeatMs while their bytes flow (custody pulls none of them meanwhile: see
+   * 'copiesOffered').
+   */
+  onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
 }
 
@@ -566,8 +575,19 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       const stored: number[] = [];
       const failed: BatchFailure[] = [];
       const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
+      // Custody hears which copies are still on their way (from the one being read on) until they are in.
+      let receiving = 0;
+      let arriving: ReturnType<typeof setInterval> | undefined;
+      if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
+        const onOffered = init.onCopiesOffered;
+        const tell = (): void => onOffered(wanted.slice(receiving).map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
+        tell();
+        arriving = setInterval(tell, copiesArrivingRepeatMs);
+        arriving.unref();
+      }
       try {
-        for (const index of wanted) {
+        for (const [position, index] of wanted.entries()) {
+          receiving = position;
           const entry = entries[index]!;
           await readBodyLength(stream, entry, signal);
           await commits.receive(store, stream, entry, signal, (outcome) => {
@@ -581,6 +601,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           });
         }
       } finally {
+        clearInterval(arriving);
         await commits.drain();
       }
       await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);

@@ -520,7 +520,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       for (const item of items) failed(item, error);
     }
     inputs(outcomes);
-  }, batchLimits);
+    // A copy offered again by the reducer while its batch still runs is not queued a second time.
+  }, batchLimits, (item) => item.sopInstanceUid);
 
   // A peer that cannot serve pulls (its store faulted) fails several batches a second: one line per 5 s.
   const pullFailures = createRepeatLimiter(log, 5_000);
@@ -545,7 +546,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       results.push({ type: 'fetchFailed', sopInstanceUid: outcome.sopInstanceUid, nowMs: clock.nowMs() });
     }
     inputs(results);
-  }, batchLimits);
+    // A pull started again by the reducer (its retry time passed) while its batch still runs is not queued twice.
+  }, batchLimits, (uid) => uid);
 
   function pull(fromPeerId: string, sopInstanceUid: string): Promise<void> {
     return pulls.enqueue(fromPeerId, sopInstanceUid);
@@ -754,6 +756,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       onReplicaStored: (entry, fromPeerId) =>
         input({ type: 'replicaStored', sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256, fromPeerId, nowMs: clock.nowMs() }, true),
       onCustodyMessage: (from, message) => input({ type: 'messageReceived', from, message, nowMs: clock.nowMs() }),
+      onCopiesOffered: (sopInstanceUids) => input({ type: 'copiesOffered', sopInstanceUids, nowMs: clock.nowMs() }),
     });
   } catch (error) {
     stopped = true;

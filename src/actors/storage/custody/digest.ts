@@ -93,12 +93,12 @@ export function diffBuckets(digest: Digest, theirBuckets: readonly string[]): nu
 }
 
 /** This side's keys in the given buckets whose uid sorts after `afterUid`, sorted by uid, at most keysMax of them. */
-export function keysInBuckets(digest: Digest, buckets: readonly number[], keysMax: number, afterUid = ''): InstanceKey[] {
+export function keysInBuckets(digest: Digest, buckets: readonly number[], keysMax: number, afterUid = '', skip?: (sopInstanceUid: string) => boolean): InstanceKey[] {
   const out: InstanceKey[] = [];
   for (const b of buckets) {
     const members = digest.keys[b];
     if (members === undefined) continue;
-    for (const [sopInstanceUid, sha256] of members) if (sopInstanceUid > afterUid) out.push({ sopInstanceUid, sha256 });
+    for (const [sopInstanceUid, sha256] of members) if (sopInstanceUid > afterUid && skip?.(sopInstanceUid) !== true) out.push({ sopInstanceUid, sha256 });
   }
   out.sort((a, b) => (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0));
   return out.slice(0, keysMax);

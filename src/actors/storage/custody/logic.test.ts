@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { heartbeatForgottenSitesMax, type MemberRecord, type MemberStatus } from '../../membership/messages.ts';
 import { memberRecord } from '../../membership/fixtures/member-record.ts';
-import { bucketOf, createDigest, digestOf } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
+import { bucketOf, createDigest, digestBuckets, digestOf } from './digest.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, incomingCopyForgetMs, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 import { runSteps } from '../../runtime/run-steps.ts';
 
@@ -735,4 +735,58 @@ test('holdsNothingMore trusts only an alive member\'s digest root: a suspect one
   assert.equal(holdsNothingMore(members, 'peer-d', 'r1'), false);
   assert.equal(holdsNothingMore(members, 'peer-b', ''), false, 'an empty store knows nothing');
   assert.equal(holdsNothingMore(members, 'peer-x', 'r1'), false);
+});
+
+test('repair lists to a peer none of the keys this peer owes its site (the debt drain brings them): it does not pull them a second time', () => {
+  let s = initCustody({ ...config, debtEntriesMax: 100 }, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  // site-b away: 8.1 and 8.2 are owed to it; 8.3 reached it.
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c')], nowMs: 10 }).state;
+  for (const uid of ['8.1', '8.2', '8.3']) s = store(s, `r-${uid}`, uid, 20).state;
+  s = run(s, ack('8.3', 'site-b', 30), ack('8.1', 'site-c', 30), ack('8.2', 'site-c', 30), ack('8.3', 'site-c', 30)).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 40 }).state;
+  const listed = (effects: CustodyEffect[], to: string) =>
+    effects.flatMap((e) => (e.type === 'send' && e.to === to && e.message.type === 'repairKeys' ? e.message.keys.map((k) => k.sopInstanceUid) : [])).sort();
+  const empty = digestBuckets(createDigest());
+  // Asked by site-b (its digest lacks all three): only 8.3, which it is not owed by us, is listed...
+  const toB = run(s, { type: 'messageReceived', from: 'peer-b', message: { type: 'repairDigest', buckets: [...empty] }, nowMs: 50 });
+  assert.deepEqual(listed(toB.effects, 'peer-b'), ['8.3']);
+  // ...and in the reply of an exchange it started; site-c, owed nothing, hears of all three.
+  const buckets = [...new Set(['8.1', '8.2', '8.3'].map(bucketOf))];
+  const theirKeys = { type: 'repairKeys', buckets, keys: [], replyWanted: true } as const;
+  assert.deepEqual(listed(run(s, { type: 'messageReceived', from: 'peer-b', message: theirKeys, nowMs: 50 }).effects, 'peer-b'), ['8.3']);
+  assert.deepEqual(listed(run(s, { type: 'messageReceived', from: 'peer-c', message: { type: 'repairDigest', buckets: [...empty] }, nowMs: 50 }).effects, 'peer-c'), ['8.1', '8.2', '8.3']);
+  // Once site-b has acknowledged 8.1, it is listed again (should the copy be lost there, repair finds it).
+  s = run(s, ack('8.1', 'site-b', 60)).state;
+  assert.deepEqual(listed(run(s, { type: 'messageReceived', from: 'peer-b', message: { type: 'repairDigest', buckets: [...empty] }, nowMs: 70 }).effects, 'peer-b'), ['8.1', '8.3']);
+});
+
+test('copies another peer offered us leave the pull queue and pause repair as copies arriving do', () => {
+  const quiet = { ...config, repairQuietMs: 1000, repairIntervalMs: 100, fetchesInFlightMax: 1 };
+  let s = initCustody(quiet, { digest: createDigest(), debt: [] });
+  const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
+  s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  const keys = ['9.1', '9.2', '9.3'].map((sopInstanceUid) => ({ sopInstanceUid, sha256: `h${sopInstanceUid}` }));
+  const repairKeys = { type: 'repairKeys', buckets: [...new Set(keys.map((k) => bucketOf(k.sopInstanceUid)))], keys, replyWanted: false } as const;
+  const first = run(s, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 10 });
+  assert.equal(first.effects.filter((e) => e.type === 'fetch').length, 1, 'one pull in flight, two queued');
+  const pulled = first.effects.find((e) => e.type === 'fetch')!;
+  assert.ok(pulled.type === 'fetch');
+  // peer-b offers the other two: they are not pulled once the first pull is done, and no exchange starts meanwhile.
+  const offered = keys.map((k) => k.sopInstanceUid).filter((uid) => uid !== pulled.sopInstanceUid);
+  s = run(first.state, { type: 'copiesOffered', sopInstanceUids: offered, nowMs: 20 }).state;
+  const during = run(s, { type: 'fetchFailed', sopInstanceUid: pulled.sopInstanceUid, nowMs: 30 }, { type: 'tick', nowMs: 900 });
+  assert.ok(!during.effects.some((e) => e.type === 'fetch'), 'the offered copies are not pulled');
+  assert.ok(!during.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'no exchange while they arrive');
+  const after = run(during.state, { type: 'tick', nowMs: 1100 });
+  assert.ok(after.effects.some((e) => e.type === 'send' && e.message.type === 'repairDigest'), 'repair resumes once they stop');
+  // Still said to be coming (an exchange runs: a due repair stops waiting after a while), they are not pulled...
+  s = run(after.state, { type: 'copiesOffered', sopInstanceUids: offered, nowMs: 1150 }, { type: 'tick', nowMs: 2200 }).state;
+  const listedAgain = run(s, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 2210 });
+  assert.deepEqual(listedAgain.effects.filter((e) => e.type === 'fetch').map((e) => e.type === 'fetch' && e.sopInstanceUid), [pulled.sopInstanceUid]);
+  // ...until the offer is no longer repeated (a batch that failed): then repair pulls them.
+  s = run(listedAgain.state, { type: 'fetchFailed', sopInstanceUid: pulled.sopInstanceUid, nowMs: 2220 }, { type: 'tick', nowMs: 1150 + incomingCopyForgetMs }).state;
+  const forgotten = run(s, { type: 'messageReceived', from: 'peer-b', message: repairKeys, nowMs: 1160 + incomingCopyForgetMs });
+  const fetchedNow = forgotten.effects.flatMap((e) => (e.type === 'fetch' ? [e.sopInstanceUid] : []));
+  for (const uid of offered) assert.ok(fetchedNow.includes(uid) || forgotten.state.pullQueue.has(uid), `${uid} pulled or queued to be (one pull in flight at most)`);
 });

@@ -92,6 +92,12 @@ export interface CustodyState {
   readonly repairCursors: Map<string, string>;
   /** When the last copy pushed to us (not one we pulled) arrived; see CustodyConfig.repairQuietMs. */
   lastPushedCopyAtMs: number;
+  /**
+   * Copies another peer offered us and is sending (replicate-batch/1), by UID, with when it last said so
+   * (see 'copiesOffered'): not pulled meanwhile. Forgotten incomingCopyForgetMs after the last word
+   * (the sender repeats it while the bytes flow), or when the copy is stored. Volatile.
+   */
+  readonly copiesIncoming: Map<string, number>;
   /** false while the local store refuses writes: no repair exchange, no pull (see storeWritableChanged). */
   storeWritable: boolean;
   /**
@@ -159,10 +165,17 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     nextRepairAtMs: 0,
     repairCursors: new Map(),
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
+    copiesIncoming: new Map(),
     storeWritable: true,
     repairDeferredSinceMs: undefined,
   };
 }
+
+/**
+ * A copy offered to us (see CustodyState.copiesIncoming) is pulled again once its sender has not said it
+ * is still coming for this long; senders repeat it every 500 ms while the bytes flow.
+ */
+export const incomingCopyForgetMs = 2_000;
 
 /** The quorum a store accepted now must reach ('auto': 2 if another site is alive, else 1). */
 export function effectiveWriteQuorum(config: CustodyConfig, aliveSiteCount: number): number {
@@ -207,6 +220,13 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       if (!state.fetchesInFlight.has(input.sopInstanceUid)) state.lastPushedCopyAtMs = input.nowMs;
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
       pullNext(state, input.nowMs, effects);
+      break;
+    case 'copiesOffered':
+      state.lastPushedCopyAtMs = Math.max(state.lastPushedCopyAtMs, input.nowMs);
+      for (const uid of input.sopInstanceUids) {
+        state.pullQueue.delete(uid);
+        if (!digestHas(state.digest, uid)) state.copiesIncoming.set(uid, input.nowMs);
+      }
       break;
     case 'replicationFailed': {
       const key = debtKey(input.sopInstanceUid, input.toSiteName);
@@ -523,6 +543,7 @@ function onReplicaStored(
 ): void {
   state.fetchesInFlight.delete(sopInstanceUid);
   state.pullQueue.delete(sopInstanceUid);
+  state.copiesIncoming.delete(sopInstanceUid);
   if (digestAdd(state.digest, sopInstanceUid, sha256)) pushStats(state, effects);
   // Acknowledge even a copy we already had: the sender may still owe it to this site.
   effects.push({
@@ -547,7 +568,7 @@ function onMessage(
       const buckets = diffBuckets(state.digest, message.buckets);
       if (buckets.length === 0) return;
       const afterUid = message.afterUid ?? '';
-      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax, afterUid);
+      const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax, afterUid, owedTo(state, from));
       effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets, keys, replyWanted: true, afterUid } });
       return;
     }
@@ -559,7 +580,7 @@ function onMessage(
       if (!repairPaused(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
       if (message.replyWanted) {
         const afterUid = message.afterUid ?? '';
-        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid);
+        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid, owedTo(state, from));
         effects.push({
           type: 'send',
           to: from,
@@ -572,6 +593,19 @@ function onMessage(
     default:
       assertNever(message);
   }
+}
+
+/**
+ * The keys this peer owes `peerId`'s site a copy of (debt entries): left out of the keys it lists to that
+ * peer, which would otherwise pull them while the debt drain sends them too. Each copy then crossed the
+ * link twice (hunt 67: two sites catching up over 10 Mbit/s pulled from the returning site nearly all it
+ * was draining to them). The debt stays until that site acknowledges the copy, so it still gets there.
+ */
+function owedTo(state: CustodyState, peerId: string): ((sopInstanceUid: string) => boolean) | undefined {
+  const siteName = state.members.find((m) => m.peerId === peerId)?.siteName;
+  const owed = siteName === undefined ? undefined : state.debtBySite.get(siteName);
+  if (owed === undefined || owed.size === 0) return undefined;
+  return (sopInstanceUid) => owed.has(debtKey(sopInstanceUid, siteName!));
 }
 
 function onReplicaAck(
@@ -650,7 +684,7 @@ function copiesArriving(state: CustodyState, nowMs: number): boolean {
 /** Queues the keys `from` holds and we miss (as another holder where queued already), then starts pulls. */
 function pull(state: CustodyState, from: string, keys: readonly InstanceKey[], nowMs: number, effects: CustodyEffect[]): void {
   for (const k of keys) {
-    if (state.fetchesInFlight.has(k.sopInstanceUid)) continue;
+    if (state.fetchesInFlight.has(k.sopInstanceUid) || state.copiesIncoming.has(k.sopInstanceUid)) continue;
     const holders = state.pullQueue.get(k.sopInstanceUid);
     if (holders === undefined) {
       if (state.pullQueue.size < state.config.repairKeysMax) state.pullQueue.set(k.sopInstanceUid, [from]);
@@ -672,7 +706,7 @@ function pullNext(state: CustodyState, nowMs: number, effects: CustodyEffect[]):
   for (const [uid, holders] of state.pullQueue) {
     if (state.fetchesInFlight.size >= state.config.fetchesInFlightMax) return;
     state.pullQueue.delete(uid);
-    if (digestHas(state.digest, uid) || state.fetchesInFlight.has(uid)) continue;
+    if (digestHas(state.digest, uid) || state.fetchesInFlight.has(uid) || state.copiesIncoming.has(uid)) continue;
     let from = holders[0]!;
     for (const holder of holders) if ((inFlightFrom.get(holder) ?? 0) < (inFlightFrom.get(from) ?? 0)) from = holder;
     inFlightFrom.set(from, (inFlightFrom.get(from) ?? 0) + 1);
@@ -696,6 +730,9 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   }
   for (const [uid, fetch] of [...state.fetchesInFlight]) {
     if (nowMs - fetch.sinceMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
+  }
+  for (const [uid, saidAtMs] of [...state.copiesIncoming]) {
+    if (nowMs - saidAtMs >= incomingCopyForgetMs) state.copiesIncoming.delete(uid);
   }
   updateKnownSites(state, nowMs, effects);
   drainDebt(state, nowMs, effects);

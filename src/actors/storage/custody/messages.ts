@@ -124,6 +124,14 @@ export type CustodyInput =
       readonly nowMs: number;
     }
   /**
+   * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated,
+   * with those still to come, while they flow). Repair waits as for copies arriving (repairQuietMs), and
+   * those UIDs are not pulled until stored or no longer said to come (incomingCopyForgetMs): pulling them
+   * too sent each copy twice over the link (hunt 67: sites catching up over 10 Mbit/s pulled from each
+   * other, once a due repair stopped waiting, copies the returning site was still sending them).
+   */
+  | { readonly type: 'copiesOffered'; readonly sopInstanceUids: readonly string[]; readonly nowMs: number }
+  /**
    * A replicate transfer failed (the copy stays owed): it is offered again at the next drain, or, with
    * `retryLater` (this site's own copy could not be read, or the receiver refused its bytes), only after
    * replicationRetryMs, so that it does not come back in every batch.

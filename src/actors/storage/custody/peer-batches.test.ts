@@ -116,3 +116,30 @@ test('pipelined: a batch that ends while opening or flowing gives its place back
   runs[2]!.end();
   await Promise.all(done);
 });
+
+test('with keyOf, an item already queued or in a running batch of that peer is not queued again (a copy the reducer offers again while its batch still flows)', async () => {
+  const runs: Array<{ peer: string; items: string[] }> = [];
+  let release!: () => void;
+  const firstRunBlocks = new Promise<void>((resolve) => (release = resolve));
+  const batches = new PeerBatches<string>(8, async (peer, items) => {
+    runs.push({ peer, items });
+    if (runs.length === 1) await firstRunBlocks;
+  }, { flowingMax: 2, runningMax: 4 }, (uid) => uid);
+  const first = [batches.enqueue('p1', 'a'), batches.enqueue('p1', 'b')];
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(runs, [{ peer: 'p1', items: ['a', 'b'] }], 'the first batch runs');
+  assert.equal(batches.pendingCount('p1'), 2);
+  // Offered again while the first batch runs: 'a' rides with it, 'c' is new; another peer is separate.
+  const again = batches.enqueue('p1', 'a');
+  const later = [batches.enqueue('p1', 'c'), batches.enqueue('p1', 'c'), batches.enqueue('p2', 'a')];
+  assert.equal(again, first[0], 'the same promise as the queued one');
+  release();
+  await Promise.all([...first, again, ...later]);
+  assert.deepEqual(runs.filter((r) => r.peer === 'p1').map((r) => r.items), [['a', 'b'], ['c']]);
+  assert.deepEqual(runs.filter((r) => r.peer === 'p2').map((r) => r.items), [['a']]);
+  assert.equal(batches.pendingCount('p1'), 0);
+  // Once its batch has run, an item may be queued again (a copy that failed is offered again).
+  await batches.enqueue('p1', 'a');
+  assert.deepEqual(runs.at(-1), { peer: 'p1', items: ['a'] });
+});

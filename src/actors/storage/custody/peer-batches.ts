@@ -14,6 +14,13 @@
  * finished batch frees many slots at once) travel together instead of the first alone. No bound of its
  * own on items: every item is one of the custody reducer's replications or fetches in flight, which the
  * reducer bounds.
+ *
+ * With `keyOf`, an item whose key is already queued or in a running batch of the same peer is not queued
+ * again: its enqueue resolves with the one already there. The custody reducer offers an owed copy again
+ * once replicationRetryMs passed without an outcome, but over a slow link one batch's bytes take longer
+ * than that (128 copies of 0.5 MB at 10 Mbit/s: ~50 s), so the copy went into a second batch while the
+ * first still carried it, and the receiver, not holding it yet, wanted it twice (hunt 66-67: 4.1x the
+ * bytes of a catch-up over 10 Mbit/s links). The batch that carries it reports its outcome either way.
  */
 export interface BatchPhases {
   /** The opening exchange is done and the batch's bytes flow: the next batch may open. */
@@ -39,24 +46,49 @@ interface PeerQueue<T> {
 export class PeerBatches<T> {
   private readonly peers = new Map<string, PeerQueue<T>>();
   private readonly limits: PeerBatchLimits;
+  /** With keyOf: the items of each peer queued or in a running batch, by key, with their enqueue's promise. */
+  private readonly pending = new Map<string, Map<string, Promise<void>>>();
 
   constructor(
     private readonly batchMax: number,
     /** Runs one batch; must report each item's outcome itself and never throw. */
     private readonly run: (peerId: string, items: T[], phases: BatchPhases) => Promise<void>,
     limits: Partial<PeerBatchLimits> = {},
+    /** Items of one peer with the same key are one item: queued or running once (see the class comment). */
+    private readonly keyOf?: (item: T) => string,
   ) {
     this.limits = { flowingMax: 1, runningMax: 1, ...limits };
   }
 
-  /** Resolves once the batch holding `item` has run. */
+  /** Resolves once the batch holding `item` (or an item of the same key already there) has run. */
   enqueue(peerId: string, item: T): Promise<void> {
-    return new Promise<void>((done) => {
+    const key = this.keyOf?.(item);
+    let pending = key === undefined ? undefined : this.pending.get(peerId);
+    const already = key === undefined ? undefined : pending?.get(key);
+    if (already !== undefined) return already;
+    const promise = new Promise<void>((resolve) => {
+      const done = (): void => {
+        if (key !== undefined && pending !== undefined) {
+          pending.delete(key);
+          if (pending.size === 0 && this.pending.get(peerId) === pending) this.pending.delete(peerId);
+        }
+        resolve();
+      };
       let peer = this.peers.get(peerId);
       if (peer === undefined) this.peers.set(peerId, (peer = { items: [], opening: 0, flowing: 0, running: 0 }));
       peer.items.push({ item, done });
       this.pump(peerId, peer);
     });
+    if (key !== undefined) {
+      if (pending === undefined) this.pending.set(peerId, (pending = new Map()));
+      pending.set(key, promise);
+    }
+    return promise;
+  }
+
+  /** Items of `peerId` queued or in a running batch (with keyOf only; 0 otherwise). */
+  pendingCount(peerId: string): number {
+    return this.pending.get(peerId)?.size ?? 0;
   }
 
   /** Opens the next batch of a peer if its phases allow one. */
