@@ -652,6 +652,15 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     enqueueMesh(m.from, message);
   });
 
+  /** Whether `peerId` may leave the roster here ('forgotten'), or why not: one rule for a forget asked here or at another peer. */
+  const forgetOutcome = (peerId: string): ForgetPeerOutcome => {
+    if (pinned) return 'pinned';
+    if (peerId === self) return 'self';
+    if (upPeerIds().has(peerId)) return 'up';
+    if (!current?.roster.peers.has(peerId)) return 'unknown';
+    return 'forgotten';
+  };
+
   // A forget asked at another peer: taken here too, unless the peer is up as this peer sees it.
   const unsubscribeForget = node.subscribe(forgetPeerTopic, (m: GossipMessage) => {
     let peerIds: string[] | null;
@@ -664,8 +673,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       badInput.warn(`dropped invalid forget-peer message ${m.from}`, 'dropped invalid forget-peer message', { from: m.from });
       return;
     }
-    const up = upPeerIds();
-    const forgotten = pinned ? [] : peerIds.filter((peerId) => peerId !== self && !up.has(peerId) && (current?.roster.peers.has(peerId) ?? false));
+    const forgotten = peerIds.filter((peerId) => forgetOutcome(peerId) === 'forgotten');
     if (forgotten.length === 0) return;
     log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten, from: m.from });
     send({ type: 'forgetPeers', peerIds: forgotten });
@@ -725,10 +733,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       viewChanged();
     },
     forgetPeer(peerId) {
-      if (pinned) return 'pinned';
-      if (peerId === self) return 'self';
-      if (upPeerIds().has(peerId)) return 'up';
-      if (!current?.roster.peers.has(peerId)) return 'unknown';
+      const outcome = forgetOutcome(peerId);
+      if (outcome !== 'forgotten') return outcome;
       send({ type: 'forgetPeers', peerIds: [peerId] });
       // Every other alive peer drops it too (helper 64: only this one did, and the others' rosters still
       // counted the ghost: no majority once one more site went down). A peer down now keeps it until it
