@@ -84,9 +84,7 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
     throw new DicomWebError(500, 'ERR_DICOMWEB_SEARCH', `search failed: ${errorText(error)}`);
   }
   const warnings: string[] = [];
-  if (search.fuzzy) warnings.push('299 pacs-mesh "The fuzzymatching parameter is not supported. Only literal matching has been performed."');
-  if (search.emptyValueMatching) warnings.push('299 pacs-mesh "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed."');
-  if (search.multipleValueMatching) warnings.push('299 pacs-mesh "The multiplevaluematching parameter is not supported. Multiple Value Matching has not been performed."');
+  for (const flag of search.unsupportedFlagsAsked) warnings.push(`299 pacs-mesh "The ${flag} parameter is not supported. ${unsupportedFlags[flag]}"`);
   if (search.ignored.length > 0) warnings.push(`299 pacs-mesh "Unsupported query parameters have been ignored: ${search.ignored.map((name) => name.replace(/[^\x20-\x7e]|"|\\/g, '?')).join(', ')}"`);
   // PS3.18 8.3.4.4: more matches than returned, and not because the client asked for fewer: say so.
   if (truncated && !search.limitAsked) warnings.push(`299 pacs-mesh "The number of results exceeded the maximum supported by the server (${searchResultsMax}). Additional results can be requested with offset."`);
@@ -102,12 +100,20 @@ interface ParsedSearch {
   offset: number;
   limit: number;
   limitAsked: boolean;
-  fuzzy: boolean;
-  emptyValueMatching: boolean;
-  multipleValueMatching: boolean;
+  /** Matching extensions asked for (=true) that are not performed: each gets a Warning. */
+  unsupportedFlagsAsked: UnsupportedFlag[];
   /** Parameters that are neither a control of PS3.18 8.3.4 nor an attribute, ignored as 8.3 says (the first few named). */
   ignored: string[];
 }
+
+/** PS3.18 Table 8.3.4-1's matching extensions, none performed: what the Warning says for each (8.3.4.3, 8.3.4.5, 8.3.4.6). */
+const unsupportedFlags = {
+  fuzzymatching: 'Only literal matching has been performed.',
+  emptyvaluematching: 'Empty Value Matching has not been performed.',
+  multiplevaluematching: 'Multiple Value Matching has not been performed.',
+} as const;
+type UnsupportedFlag = keyof typeof unsupportedFlags;
+const isUnsupportedFlag = (name: string): name is UnsupportedFlag => Object.hasOwn(unsupportedFlags, name);
 
 /** Ignored parameters named in the Warning header: enough to spot a misspelt keyword, bounded. */
 const ignoredNamedMax = 5;
@@ -132,7 +138,7 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
   let offset = 0;
   let limit = searchResultsMax;
   let limitAsked = false;
-  const flags = { fuzzymatching: false, emptyvaluematching: false, multiplevaluematching: false };
+  const flagsAsked = new Set<UnsupportedFlag>();
   const ignored: string[] = [];
   const seen = new Set<string>();
   const once = (name: string): void => {
@@ -166,10 +172,10 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
       }
       continue;
     }
-    if (name === 'fuzzymatching' || name === 'emptyvaluematching' || name === 'multiplevaluematching') {
+    if (isUnsupportedFlag(name)) {
       once(name);
       if (value !== 'true' && value !== 'false') throw badRequest(`${name} must be true or false, not "${value.slice(0, 40)}"`);
-      flags[name] = value === 'true';
+      if (value === 'true') flagsAsked.add(name);
       continue;
     }
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
@@ -197,9 +203,7 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
     offset,
     limit,
     limitAsked,
-    fuzzy: flags.fuzzymatching,
-    emptyValueMatching: flags.emptyvaluematching,
-    multipleValueMatching: flags.multiplevaluematching,
+    unsupportedFlagsAsked: [...flagsAsked],
     ignored,
   };
 }
