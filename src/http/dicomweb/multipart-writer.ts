@@ -42,6 +42,21 @@ export class MultipartError extends Error {
   }
 }
 
+/** Whether `error` (or the response's state) says the client went away: nobody is left to answer. */
+export function isClientGone(error: unknown, res: ServerResponse): boolean {
+  return (error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || res.destroyed;
+}
+
+/** The chunks of a body held in memory (one Uint8Array or an array of them); undefined for a stream. */
+export function inMemoryChunks(body: Uint8Array | readonly Uint8Array[] | AsyncIterable<Uint8Array>): readonly Uint8Array[] | undefined {
+  return body instanceof Uint8Array ? [body] : Array.isArray(body) ? (body as readonly Uint8Array[]) : undefined;
+}
+
+/** The total length of chunks in memory. */
+export function byteLengthOf(chunks: readonly Uint8Array[]): number {
+  return chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0);
+}
+
 const crlf = '\r\n';
 const headerValuePattern = /^[^\r\n]*$/;
 const headerNamePattern = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -69,9 +84,9 @@ export function startMultipart(res: ServerResponse, options: MultipartOptions): 
         if (!headerNamePattern.test(name) || !headerValuePattern.test(value)) throw new MultipartError('ERR_DICOMWEB_MULTIPART_USAGE', `part header ${JSON.stringify(name.slice(0, 40))} is not a header line`);
         lines.push(`${name}: ${value}`);
       }
-      const inMemory = partBody instanceof Uint8Array ? [partBody] : Array.isArray(partBody) ? (partBody as readonly Uint8Array[]) : undefined;
+      const inMemory = inMemoryChunks(partBody);
       if (inMemory !== undefined && !Object.keys(headers).some((name) => name.toLowerCase() === 'content-length')) {
-        lines.push(`Content-Length: ${inMemory.reduce((sum, chunk) => sum + chunk.byteLength, 0)}`);
+        lines.push(`Content-Length: ${byteLengthOf(inMemory)}`);
       }
       if (headOnly) return;
       writing = true;

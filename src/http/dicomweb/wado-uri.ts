@@ -9,7 +9,7 @@ import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets
 import { acceptableRanges, parseAccept } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { selectInstances } from './instances.ts';
-import { MultipartError, responseBodyWriter } from './multipart-writer.ts';
+import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter } from './multipart-writer.ts';
 import { part10File } from './wado.ts';
 
 export interface UriRequest {
@@ -74,8 +74,8 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
     return;
   }
   const file = await part10File(ctx, exchange, entry, target);
-  const inMemory = Array.isArray(file.body) ? (file.body as readonly Uint8Array[]) : undefined;
-  const length = inMemory?.reduce((sum, chunk) => sum + chunk.byteLength, 0);
+  const inMemory = inMemoryChunks(file.body);
+  const length = inMemory === undefined ? undefined : byteLengthOf(inMemory);
   res.writeHead(200, {
     'content-type': 'application/dicom',
     'content-disposition': `attachment; filename="${entry.sopInstanceUid}.dcm"`,
@@ -84,8 +84,7 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
   try {
     await responseBodyWriter(res).writeAll(file.body);
   } catch (error) {
-    // The client went away: nobody is left to answer.
-    if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || res.destroyed) return;
+    if (isClientGone(error, res)) return;
     throw error;
   }
   res.end();

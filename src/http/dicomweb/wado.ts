@@ -18,7 +18,7 @@ import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
-import { MultipartError, startMultipart } from './multipart-writer.ts';
+import { isClientGone, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
@@ -81,7 +81,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     for await (const part of parts) await writer.writePart(part.headers, part.body);
   } catch (error) {
     // The client went away (a conversion under way stopped with it): nobody is left to answer.
-    if ((error instanceof MultipartError && error.code === 'ERR_DICOMWEB_CLIENT_GONE') || res.destroyed) return;
+    if (isClientGone(error, res)) return;
     throw error;
   }
   writer.end();
