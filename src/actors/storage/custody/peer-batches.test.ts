@@ -1,15 +1,21 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PeerBatches, type BatchPhases } from './peer-batches.ts';
+import { PeerBatches, type BatchPhases, type PeerBatchLimits } from './peer-batches.ts';
 
-test('one batch per peer at a time by default (a run that reports no phases counts as opening until it ends); items queued meanwhile form the next batch, at most batchMax each', async () => {
-  const runs: Array<{ peer: string; items: number[] }> = [];
+/** Batches that record each run; the first run holds until `release` is called. */
+function batchesWhoseFirstRunBlocks<T>(batchMax: number, limits?: Partial<PeerBatchLimits>, keyOf?: (item: T) => string) {
+  const runs: Array<{ peer: string; items: T[] }> = [];
   let release!: () => void;
   const firstRunBlocks = new Promise<void>((resolve) => (release = resolve));
-  const batches = new PeerBatches<number>(3, async (peer, items) => {
+  const batches = new PeerBatches<T>(batchMax, async (peer, items) => {
     runs.push({ peer, items });
     if (runs.length === 1) await firstRunBlocks;
-  });
+  }, limits, keyOf);
+  return { runs, release, batches };
+}
+
+test('one batch per peer at a time by default (a run that reports no phases counts as opening until it ends); items queued meanwhile form the next batch, at most batchMax each', async () => {
+  const { runs, release, batches } = batchesWhoseFirstRunBlocks<number>(3);
   const done = [batches.enqueue('p1', 1)];
   await new Promise((r) => setImmediate(r));
   await new Promise((r) => setImmediate(r));
@@ -118,13 +124,7 @@ test('pipelined: a batch that ends while opening or flowing gives its place back
 });
 
 test('with keyOf, an item already queued or in a running batch of that peer is not queued again (a copy the reducer offers again while its batch still flows)', async () => {
-  const runs: Array<{ peer: string; items: string[] }> = [];
-  let release!: () => void;
-  const firstRunBlocks = new Promise<void>((resolve) => (release = resolve));
-  const batches = new PeerBatches<string>(8, async (peer, items) => {
-    runs.push({ peer, items });
-    if (runs.length === 1) await firstRunBlocks;
-  }, { flowingMax: 2, runningMax: 4 }, (uid) => uid);
+  const { runs, release, batches } = batchesWhoseFirstRunBlocks<string>(8, { flowingMax: 2, runningMax: 4 }, (uid) => uid);
   const first = [batches.enqueue('p1', 'a'), batches.enqueue('p1', 'b')];
   await new Promise((r) => setImmediate(r));
   await new Promise((r) => setImmediate(r));
