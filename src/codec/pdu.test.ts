@@ -14,6 +14,7 @@ import {
   type Pdu,
 } from './pdu.ts';
 import { Prng } from '../sim/prng.ts';
+import { negotiate } from '../actors/association/negotiation.ts';
 
 const rq: AssociateRqPdu = {
   type: 'associateRq',
@@ -58,10 +59,30 @@ test('every PDU type survives encode then decode', () => {
     if (pdu.type === 'pData' && decoded.type === 'pData') {
       assert.deepEqual([...decoded.values[0]!.data], [...pdu.values[0]!.data]);
       assert.equal(decoded.values[0]!.isCommand, true);
+    } else if (decoded.type === 'associateRq') {
+      const { aeTitleFields, ...rest } = decoded;
+      assert.deepEqual(rest, pdu);
+      assert.equal(Buffer.from(aeTitleFields!).toString('latin1'), 'PACSMESH        MODALITY        ');
     } else {
       assert.deepEqual(decoded, pdu);
     }
   }
+});
+
+test('the A-ASSOCIATE-AC sends back the AE title fields exactly as the request had them (PS3.8 9.3.3.2)', () => {
+  // A leading space and NUL padding: not significant to us, but echoed unchanged.
+  const fields = Buffer.from(' PACSMESH\0\0\0\0\0\0\0 MOD A          ', 'latin1');
+  assert.equal(fields.length, 32);
+  const bytes = encodePdu(rq);
+  bytes.set(fields, 10);
+  const received = decodePdu(bytes);
+  assert.equal(received.type, 'associateRq');
+  if (received.type !== 'associateRq') return;
+  assert.equal(received.calledAeTitle, 'PACSMESH');
+  const result = negotiate(received, { aeTitle: 'PACSMESH', maxPduLength: 16384, implementationClassUid: '1.2.3', implementationVersionName: 'TEST' });
+  assert.equal(result.outcome, 'accept');
+  if (result.outcome !== 'accept') return;
+  assert.deepEqual(Buffer.from(encodePdu(result.ac).subarray(10, 42)), fields);
 });
 
 test('the framer gives the same PDUs whatever the split points', () => {

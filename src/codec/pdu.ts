@@ -108,6 +108,8 @@ export interface AssociateRqPdu {
   protocolVersion: number;
   calledAeTitle: string;
   callingAeTitle: string;
+  /** The called and calling AE title fields as received (32 bytes), for the AC to echo; absent when built here. */
+  aeTitleFields?: Uint8Array;
   applicationContextName: string;
   presentationContexts: ProposedPresentationContext[];
   userInformation: UserInformation;
@@ -118,6 +120,12 @@ export interface AssociateAcPdu {
   protocolVersion: number;
   calledAeTitle: string;
   callingAeTitle: string;
+  /**
+   * The request's two 16-byte AE title fields as received: PS3.8 9.3.3.2 has the AC send them back
+   * identical (padding and case included), which the trimmed titles cannot restore. Encoded instead of
+   * the two titles when present.
+   */
+  aeTitleFieldsOfRequest?: Uint8Array;
   applicationContextName: string;
   presentationContexts: AcceptedPresentationContext[];
   userInformation: UserInformation;
@@ -380,6 +388,7 @@ function decodePData(r: Reader): PDataPdu {
 function decodeAssociate(r: Reader, isRequest: boolean): AssociateRqPdu | AssociateAcPdu {
   const protocolVersion = r.u16('protocol version');
   r.u16('reserved');
+  const aeTitleFields = Uint8Array.prototype.slice.call(r.bytes, r.offset, r.offset + 32);
   const calledAeTitle = r.text(16, 'called AE title');
   const callingAeTitle = r.text(16, 'calling AE title');
   r.slice(32, 'reserved');
@@ -418,7 +427,7 @@ function decodeAssociate(r: Reader, isRequest: boolean): AssociateRqPdu | Associ
   if (!userInformation) throw new PduError('ERR_PDU_MALFORMED', 'no user information item');
   const common = { protocolVersion, calledAeTitle, callingAeTitle, applicationContextName, userInformation };
   return isRequest
-    ? { type: 'associateRq', ...common, presentationContexts: proposed }
+    ? { type: 'associateRq', ...common, aeTitleFields, presentationContexts: proposed }
     : { type: 'associateAc', ...common, presentationContexts: accepted };
 }
 
@@ -567,8 +576,7 @@ export function encodePdu(pdu: Pdu): Uint8Array {
       const w = new Writer()
         .u16(pdu.protocolVersion)
         .u16(0)
-        .bytes(aeField(pdu.calledAeTitle))
-        .bytes(aeField(pdu.callingAeTitle))
+        .bytes(pdu.type === 'associateAc' && pdu.aeTitleFieldsOfRequest?.length === 32 ? pdu.aeTitleFieldsOfRequest : Buffer.concat([aeField(pdu.calledAeTitle), aeField(pdu.callingAeTitle)]))
         .bytes(new Uint8Array(32))
         .item(ItemType.ApplicationContext, Buffer.from(pdu.applicationContextName, 'latin1'));
       if (pdu.type === 'associateRq') {

@@ -163,6 +163,7 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
     protocolVersion: 1,
     calledAeTitle: rq.calledAeTitle,
     callingAeTitle: rq.callingAeTitle,
+    ...(rq.aeTitleFields === undefined ? {} : { aeTitleFieldsOfRequest: rq.aeTitleFields }),
     applicationContextName: DicomApplicationContext,
     presentationContexts: answers,
     userInformation: {
