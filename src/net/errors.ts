@@ -53,7 +53,8 @@ export type MeshNodeErrorCode =
   | 'ERR_NOT_STARTED'
   | 'ERR_INVALID_PEER_ID'
   | 'ERR_INVALID_MULTIADDR'
-  | 'ERR_PEER_DROPPED';
+  | 'ERR_PEER_DROPPED'
+  | 'ERR_CONNECTION_SILENT';
 
 export class MeshNodeError extends Error {
   static readonly NAME = 'MeshNodeError';

@@ -3,10 +3,14 @@
  *
  * Stack: TCP on `/ip4/<host>/tcp/<p2pPort>` -> private network (our noble-xsalsa20 pnet protector) ->
  * noise -> yamux (stream window capped) ; services identify, ping, gossipsub (small-mesh settings).
- * The connection monitor pings every peer each `pingInterval` and aborts a connection whose ping takes
- * longer than `pingTimeoutMs` (5-10 s: a half-open connection ends). Not sooner: a peer on a loaded machine
- * answered a ping 2 s late and lost every stream of the connection with it (retrieves refused, pushes
- * failed). A hung peer is membership's to find, by its silence (3 s), which then drops it ({@link MeshNode.dropPeer}).
+ * The connection monitor pings every peer each `pingInterval`. With the private network, a connection
+ * ends when nothing at all has arrived on it for twice `pingTimeoutMs` (10 s: a half-open connection, a
+ * peer standing still), whether or not its pings were answered (inbound-activity.ts: on a slow link pings
+ * wait behind copies in flight, and the connection delivering them was aborted); the pings keep an idle
+ * connection talking. Without it (tests), libp2p's rule: a ping over `pingTimeoutMs` (adaptive up to
+ * twice that) aborts the connection. Not sooner: a peer on a loaded machine answered a ping 2 s late and
+ * lost every stream of the connection with it (retrieves refused, pushes failed). A hung peer is
+ * membership's to find, by its silence (3 s), which then drops it ({@link MeshNode.dropPeer}).
  *
  * Reconnect loop: every bootstrap address and every peer we have been connected to (bounded) is dialled
  * again while it is not connected, with exponential back-off (min..max delay, jittered), forever, since
@@ -27,6 +31,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
 import { MeshNodeError } from './errors.ts';
+import { InboundActivity } from './inbound-activity.ts';
 import { loadOrCreatePeerKey } from './peer-key.ts';
 import { pskProtector } from './protector.ts';
 import './yamux-window.ts';
@@ -51,7 +56,10 @@ export interface MeshNodeTuning {
   readHighWaterMark?: number;
   /** Connection monitor ping period (ms). Default 2000. */
   pingInterval?: number;
-  /** Ping timeout (ms); adaptive between this and 2x this. Default 5000 (see the header comment). */
+  /**
+   * Ping timeout (ms); adaptive between this and 2x this. Default 5000. With the private network a
+   * connection silent for 2x this ends instead (see the header comment).
+   */
   pingTimeoutMs?: number;
   /** Reconnect back-off bounds (ms). Default 250 .. 5000. */
   reconnectMinDelayMs?: number;
@@ -601,6 +609,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const pingTimeout = tuning.pingTimeoutMs ?? 5000;
   const pingInterval = tuning.pingInterval ?? 2000;
   const pingStreamsMax = Math.ceil((2 * pingTimeout) / pingInterval) + 2;
+  const connectionSilentMaxMs = 2 * pingTimeout;
+  const inboundActivity = init.swarmKey === null ? undefined : new InboundActivity();
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
   // Data from a peer is proof of life (helper 65: on a 3 Mbit/s link its heartbeats waited over 3 s behind
   // bulk copies, the peer was declared dead, its connections dropped, and the copies sent again).
@@ -631,7 +641,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       announce,
     },
     transports: [tcp()],
-    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey }) }),
+    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey, inboundActivity }) }),
     connectionEncrypters: [noise()],
     streamMuxers: [
       yamux({
@@ -650,6 +660,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     connectionMonitor: {
       pingInterval,
       pingTimeout: { minTimeout: pingTimeout, maxTimeout: pingTimeout * 2 },
+      // Silence decides where bytes are seen (see the header comment); a late ping alone does not.
+      abortConnectionOnPingFailure: inboundActivity === undefined,
     },
     services: {
       identify: identify(),
@@ -826,6 +838,19 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     });
   }
 
+  const silenceTimer =
+    inboundActivity === undefined
+      ? undefined
+      : setInterval(() => {
+          for (const connection of node.getConnections()) {
+            const silentForMs = inboundActivity.silentForMs(connection.remoteAddr.toString());
+            if (silentForMs === undefined || silentForMs < connectionSilentMaxMs) continue;
+            log('connection to %s silent for %d ms: aborting it', connection.remotePeer.toString(), Math.round(silentForMs));
+            connection.abort(new MeshNodeError('ERR_CONNECTION_SILENT', `nothing received on the connection for ${Math.round(silentForMs)} ms`));
+          }
+        }, Math.min(pingInterval, connectionSilentMaxMs / 4));
+  silenceTimer?.unref();
+
   const facade: MeshNode = {
     peerId: node.peerId.toString(),
     identityCreated,
@@ -918,6 +943,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       if (stopped) return;
       stopped = true;
       if (announceTimer !== undefined) clearInterval(announceTimer);
+      if (silenceTimer !== undefined) clearInterval(silenceTimer);
       if (announceSoon !== undefined) clearTimeout(announceSoon);
       await reconnector.stop();
       await node.stop();

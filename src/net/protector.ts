@@ -36,6 +36,7 @@ import { hchacha } from '@noble/ciphers/chacha.js';
 import { xsalsa20 } from '@noble/ciphers/salsa.js';
 import { AbstractMultiaddrConnection, byteStream } from '@libp2p/utils';
 import { ProtectorError } from './errors.ts';
+import type { InboundActivity } from './inbound-activity.ts';
 import type { SwarmKey } from './swarm-key.ts';
 import type { AbortOptions, ConnectionProtector, MessageStream, MultiaddrConnection } from '@libp2p/interface';
 import type { SendResult } from '@libp2p/utils';
@@ -232,6 +233,7 @@ interface PnetConnectionInit {
   psk: Uint8Array;
   cipher: PnetCipher;
   log: MultiaddrConnection['log'];
+  inboundActivity?: InboundActivity;
 }
 
 /** The protected connection: same shape as @libp2p/pnet's BoxMessageStream, with our keystreams. */
@@ -245,8 +247,12 @@ class PnetConnection extends AbstractMultiaddrConnection {
     this.maConn = init.maConn;
     this.inbound = createKeystream(init.cipher, init.psk, init.remoteNonce);
     this.outbound = createKeystream(init.cipher, init.psk, init.localNonce);
+    const activity = init.inboundActivity;
+    const remoteAddr = init.maConn.remoteAddr.toString();
+    activity?.opened(remoteAddr);
 
     this.maConn.addEventListener('message', (evt) => {
+      activity?.received(remoteAddr);
       let plain: Uint8Array[];
       try {
         plain = this.inbound.processChunks(evt.data);
@@ -261,6 +267,7 @@ class PnetConnection extends AbstractMultiaddrConnection {
       this.onMuxerDrain();
     });
     this.maConn.addEventListener('close', (evt) => {
+      activity?.closed(remoteAddr);
       if (evt.error != null) {
         if (evt.local) {
           this.abort(evt.error);
@@ -308,6 +315,8 @@ export interface PskProtectorInit {
   cipher?: PnetCipher;
   /** The nonce exchange must finish within this many ms (also bounded by the upgrader's signal). Default 5000. */
   handshakeTimeout?: number;
+  /** Told when each protected connection opens, receives bytes and closes (the node's silence check). */
+  inboundActivity?: InboundActivity;
 }
 
 function isMultiaddrConnection(stream: MessageStream): stream is MultiaddrConnection {
@@ -319,6 +328,7 @@ class PskConnectionProtector implements ConnectionProtector {
   private readonly psk: Uint8Array;
   private readonly cipher: PnetCipher;
   private readonly handshakeTimeout: number;
+  private readonly inboundActivity: InboundActivity | undefined;
 
   constructor(init: PskProtectorInit) {
     const psk = init.swarmKey instanceof Uint8Array ? init.swarmKey : init.swarmKey.psk;
@@ -332,6 +342,7 @@ class PskConnectionProtector implements ConnectionProtector {
     this.psk = Uint8Array.from(psk);
     this.cipher = cipher;
     this.handshakeTimeout = init.handshakeTimeout ?? 5000;
+    this.inboundActivity = init.inboundActivity;
   }
 
   async protect(connection: MessageStream, options?: AbortOptions): Promise<MessageStream> {
@@ -354,7 +365,7 @@ class PskConnectionProtector implements ConnectionProtector {
       throw new ProtectorError('ERR_PNET_HANDSHAKE', `pnet nonce exchange failed: ${(err as Error).message}`, { cause: err });
     }
     log('exchanged nonces (%s)', this.cipher);
-    return new PnetConnection({ maConn: bytes.unwrap(), localNonce, remoteNonce, psk: this.psk, cipher: this.cipher, log });
+    return new PnetConnection({ maConn: bytes.unwrap(), localNonce, remoteNonce, psk: this.psk, cipher: this.cipher, log, inboundActivity: this.inboundActivity });
   }
 }
 

@@ -1,0 +1,185 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InboundActivity, connectionAddressKey } from './inbound-activity.ts';
+import { createMeshNode, type MeshNode } from './node.ts';
+import { generateSwarmKey } from './swarm-key.ts';
+import { readRequest, sendRequest, writeResponse } from './stream.ts';
+import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
+
+test('a connection is silent for the time since its last inbound bytes, whichever layer names it', () => {
+  let now = 1000;
+  const activity = new InboundActivity({ nowMs: () => now });
+  // pnet sees the dialled address with the peer ID, libp2p's connection may add or drop it.
+  activity.opened('/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWExample');
+  now += 700;
+  assert.equal(activity.silentForMs('/ip4/10.0.0.2/tcp/4001'), 700);
+  activity.received('/ip4/10.0.0.2/tcp/4001');
+  now += 50;
+  assert.equal(activity.silentForMs('/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWExample'), 50);
+  assert.equal(activity.silentForMs('/ip4/10.0.0.3/tcp/4001'), undefined, 'not tracked');
+  assert.equal(connectionAddressKey('/ip4/10.0.0.2/tcp/4001'), '/ip4/10.0.0.2/tcp/4001');
+});
+
+test('two connections at one address share an entry until the last one closes; then nothing is kept', () => {
+  let now = 0;
+  const activity = new InboundActivity({ nowMs: () => now });
+  activity.opened('/ip4/127.0.0.1/tcp/5000');
+  activity.opened('/ip4/127.0.0.1/tcp/5000');
+  now = 400;
+  activity.received('/ip4/127.0.0.1/tcp/5000');
+  activity.closed('/ip4/127.0.0.1/tcp/5000');
+  now = 500;
+  assert.equal(activity.silentForMs('/ip4/127.0.0.1/tcp/5000'), 100);
+  activity.closed('/ip4/127.0.0.1/tcp/5000');
+  assert.equal(activity.silentForMs('/ip4/127.0.0.1/tcp/5000'), undefined);
+  assert.equal(activity.size, 0);
+  activity.closed('/ip4/127.0.0.1/tcp/5000');
+  activity.received('/ip4/127.0.0.1/tcp/5000');
+  assert.equal(activity.size, 0, 'bytes or a close for an address no longer tracked add nothing');
+});
+
+/**
+ * A TCP relay that passes one direction at `bytesPerSecond` (queueing at most `queueBytesMax`, then
+ * holding the sender back) and the other at full speed: a slow uplink in front of a peer. `cut()` makes
+ * it swallow everything from then on, both ways, with the connections left open (a half-open path).
+ */
+async function slowLink(targetPort: number, bytesPerSecond: number, queueBytesMax = 64 * 1024): Promise<{ port: number; cut(): void; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let isCut = false;
+  const server = createServer((inbound) => {
+    const outbound = connect(targetPort, '127.0.0.1');
+    sockets.add(inbound).add(outbound);
+    const queue: Buffer[] = [];
+    let queued = 0;
+    const tickMs = 10;
+    const timer = setInterval(() => {
+      let budget = (bytesPerSecond * tickMs) / 1000;
+      while (budget > 0 && queue.length > 0) {
+        const head = queue[0]!;
+        const piece = head.subarray(0, budget);
+        outbound.write(piece);
+        budget -= piece.length;
+        queued -= piece.length;
+        if (piece.length === head.length) queue.shift();
+        else queue[0] = head.subarray(piece.length);
+      }
+      if (queued < queueBytesMax) inbound.resume();
+    }, tickMs);
+    inbound.on('data', (data: Buffer) => {
+      if (isCut) return;
+      queue.push(data);
+      queued += data.length;
+      if (queued >= queueBytesMax) inbound.pause();
+    });
+    outbound.on('data', (data: Buffer) => {
+      if (!isCut) inbound.write(data);
+    });
+    const end = () => {
+      clearInterval(timer);
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on('close', end).on('error', end);
+    outbound.on('close', end).on('error', end);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    cut() {
+      isCut = true;
+    },
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** Two mesh nodes whose pings time out after 0.4-0.8 s, so a connection silent for 0.8 s ends; no redials. */
+async function twoNodesBehindASlowLink(bytesPerSecond: number): Promise<{ sender: MeshNode; receiver: MeshNode; link: Awaited<ReturnType<typeof slowLink>>; stop(): Promise<void> }> {
+  const swarmKey = generateSwarmKey();
+  const dirs: string[] = [];
+  const nodes: MeshNode[] = [];
+  const tuning = { pingInterval: 200, pingTimeoutMs: 400, maxStreamWindowSize: 256 * 1024, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000, peerAnnounceIntervalMs: 0 };
+  const start = async (): Promise<MeshNode> => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-silence-'));
+    dirs.push(dataDir);
+    const node = await createMeshNode({ dataDir, host: '127.0.0.1', p2pPort: 0, swarmKey, tuning });
+    nodes.push(node);
+    return node;
+  };
+  const receiver = await start();
+  const sender = await start();
+  const link = await slowLink(Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond);
+  await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
+  return {
+    sender,
+    receiver,
+    link,
+    async stop() {
+      await Promise.allSettled(nodes.map((node) => node.stop()));
+      await link.close();
+      await Promise.allSettled(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+    },
+  };
+}
+
+test('a connection whose pings wait behind data on a slow link is kept: bytes arriving prove it alive', { timeout: 60_000 }, async () => {
+  // 256 KiB of window queued at 200 KB/s keeps each ping ~1.3 s behind the data, past its timeout.
+  const { sender, receiver, stop } = await twoNodesBehindASlowLink(200_000);
+  try {
+    const received = Promise.withResolvers<number>();
+    await receiver.handle('/pacs-mesh/test-slow-link/1', async (stream) => {
+      const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 4 * 1024 * 1024 });
+      let bytes = 0;
+      for await (const chunk of request.body) bytes += chunk.byteLength;
+      await writeResponse(stream, { type: 'ack', bytes });
+      received.resolve(bytes);
+    });
+    const disconnects: string[] = [];
+    sender.onPeerDisconnected((peerId) => disconnects.push(`sender lost ${peerId}`));
+    receiver.onPeerDisconnected((peerId) => disconnects.push(`receiver lost ${peerId}`));
+    const body = randomBytes(1024 * 1024);
+    const stream = await sender.openStream(receiver.peerId, '/pacs-mesh/test-slow-link/1');
+    const ack = await sendRequest<{ type: 'offer' }, { type: 'ack'; bytes: number }>(stream, { type: 'offer' }, [body], body.byteLength, { signal: AbortSignal.timeout(30_000) });
+    assert.deepEqual(ack, { type: 'ack', bytes: body.byteLength });
+    assert.equal(await received.promise, body.byteLength);
+    assert.deepEqual(disconnects, []);
+  } finally {
+    await stop();
+  }
+});
+
+test('a connection on which nothing arrives any more ends on both sides (a half-open path)', { timeout: 60_000 }, async () => {
+  const { sender, receiver, link, stop } = await twoNodesBehindASlowLink(10_000_000);
+  try {
+    // Connected and idle: the pings keep it talking, past several silence limits.
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    assert.ok(sender.connectedPeers().includes(receiver.peerId), 'an idle connection stays up');
+    const cutAtMs = performance.now();
+    link.cut();
+    const endedAfterMs = await Promise.all(
+      [sender, receiver].map(
+        (node) =>
+          new Promise<number>((resolve) => {
+            const giveUp = setTimeout(() => resolve(Number.POSITIVE_INFINITY), 10_000);
+            const off = node.onPeerDisconnected(() => {
+              off();
+              clearTimeout(giveUp);
+              resolve(performance.now() - cutAtMs);
+            });
+          }),
+      ),
+    );
+    for (const ms of endedAfterMs) assert.ok(ms < 5000, `ended ${Math.round(ms)} ms after the cut`);
+  } finally {
+    await stop();
+  }
+});

@@ -1,0 +1,67 @@
+/**
+ * When each protected connection last received bytes: the proof of life that decides whether a connection
+ * whose pings go unanswered is dead. A ping waits behind every byte queued before it in the same TCP
+ * connection; on a slow link (3 Mbit/s) a few MiB of copies in flight held pings past their timeout, and
+ * libp2p's connection monitor aborted a connection that was delivering data the whole time (helper 68:
+ * both sites marked each other dead, every stream of the connection failed). Any byte arriving proves the
+ * other side and the path are alive; a half-open connection, or a peer that stands still, sends none.
+ *
+ * Connections are known by their remote address without its `/p2p/` part, as the pnet layer (which sees
+ * every byte) and libp2p's connection object (which can be aborted) both name it. Two connections with the
+ * same remote address (rare: each TCP connection has its own port on one side) share one entry, alive
+ * while either receives.
+ */
+export interface InboundActivityInit {
+  /** Monotonic milliseconds (a wall clock step must not make every connection look silent). */
+  nowMs?: () => number;
+}
+
+/** The key both layers derive from a remote multiaddr: the address without the peer ID. */
+export function connectionAddressKey(remoteAddr: string): string {
+  const at = remoteAddr.indexOf('/p2p/');
+  return at < 0 ? remoteAddr : remoteAddr.slice(0, at);
+}
+
+export class InboundActivity {
+  private readonly nowMs: () => number;
+  /** One entry per open connection address; deleted when its last connection closes (bounded by connections). */
+  private readonly entries = new Map<string, { connections: number; lastInboundMs: number }>();
+
+  constructor(init: InboundActivityInit = {}) {
+    this.nowMs = init.nowMs ?? (() => performance.now());
+  }
+
+  /** A connection opened: it counts as heard now (its handshake just arrived). */
+  opened(remoteAddr: string): void {
+    const key = connectionAddressKey(remoteAddr);
+    const entry = this.entries.get(key);
+    if (entry === undefined) this.entries.set(key, { connections: 1, lastInboundMs: this.nowMs() });
+    else {
+      entry.connections += 1;
+      entry.lastInboundMs = this.nowMs();
+    }
+  }
+
+  received(remoteAddr: string): void {
+    const entry = this.entries.get(connectionAddressKey(remoteAddr));
+    if (entry !== undefined) entry.lastInboundMs = this.nowMs();
+  }
+
+  closed(remoteAddr: string): void {
+    const key = connectionAddressKey(remoteAddr);
+    const entry = this.entries.get(key);
+    if (entry === undefined) return;
+    entry.connections -= 1;
+    if (entry.connections <= 0) this.entries.delete(key);
+  }
+
+  /** How long nothing has arrived on the connection at this address; undefined for one not tracked here. */
+  silentForMs(remoteAddr: string): number | undefined {
+    const entry = this.entries.get(connectionAddressKey(remoteAddr));
+    return entry === undefined ? undefined : this.nowMs() - entry.lastInboundMs;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
