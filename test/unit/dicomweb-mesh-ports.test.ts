@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { Status } from '../../src/codec/dimse.ts';
 import { startHttpServer, type RunningHttpServer } from '../../src/http/server.ts';
 import { createDicomWebStats, type DicomWebContext } from '../../src/http/dicomweb/context.ts';
-import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { ConcurrencyLimitError, createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
 import { localRetrieveSource } from '../../src/actors/association/services/query-retrieve.ts';
 import { localIngest } from '../../src/actors/association/services/deps.ts';
 import { systemClock } from '../../src/actors/runtime/clock.ts';
@@ -121,6 +121,44 @@ describe('DICOMweb in front of a mesh that cannot serve', () => {
       assert.equal(answer.status, 503);
       assert.match(answer.body, /too many DICOMweb requests wait for other sites/);
     }
+  });
+
+  it('a lookup queue that fills while a response is under way makes its later instances wait, not cut it', async () => {
+    // Every lookup not yet admitted is refused once the queue is "full", which it becomes during the first
+    // request's first instance: a 60-request flood had cut responses this way (fetch failed, 1 run in 8).
+    let full = false;
+    const admittedFlags: boolean[] = [];
+    const fillingQueue: DicomWebContext['meshLookups'] = {
+      run: async (work, _weight, _signal, admitted = false) => {
+        admittedFlags.push(admitted);
+        if (full && !admitted) throw new ConcurrencyLimitError(0);
+        return await work();
+      },
+      stats: () => ({ running: 0, queued: full ? 1 : 0 }),
+    };
+    const source = localRetrieveSource(peer.store);
+    const base = await serverWith({
+      meshLookups: fillingQueue,
+      retrieveSource: {
+        ...source,
+        ensureLocal: async (...args: Parameters<typeof source.ensureLocal>) => {
+          full = true;
+          return await source.ensureLocal(...args);
+        },
+      },
+    });
+    for (const path of [`/studies/${study}/metadata`, `/studies/${study}`]) {
+      full = false;
+      const response = await fetch(`${base}${path}`, { headers: { accept: path.endsWith('metadata') ? 'application/dicom+json' : 'multipart/related; type="application/dicom"' } });
+      assert.equal(response.status, 200, path);
+      const body = Buffer.from(await response.arrayBuffer());
+      if (path.endsWith('metadata')) assert.equal((JSON.parse(body.toString()) as unknown[]).length, 2);
+      else assert.equal(body.toString('latin1').match(/content-type: application\/dicom/gi)?.length, 2, 'two parts');
+      // A request that comes while the queue is full is refused before anything is sent.
+      const refused = await fetch(`${base}${path}`);
+      assert.equal(refused.status, 503, path);
+    }
+    assert.ok(admittedFlags.includes(true), 'later instances were looked up as admitted');
   });
 
   it('holds at most its byte budget of instances for frame requests at once, the others waiting their turn', async () => {

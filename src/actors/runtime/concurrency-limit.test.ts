@@ -84,3 +84,17 @@ test('a wait aborted by its signal leaves the queue: the ones behind it go on', 
   await first;
   assert.deepEqual(limit.stats(), { running: 0, queued: 0 });
 });
+
+test('an admitted work waits beyond a full queue, in its turn, where a new one is refused', async () => {
+  const limit = createConcurrencyLimit(1, 1);
+  const order: string[] = [];
+  let release = (): void => {};
+  const first = limit.run(() => new Promise<void>((resolve) => (release = resolve)).then(() => void order.push('first')));
+  const queued = limit.run(async () => void order.push('queued'));
+  await assert.rejects(limit.run(async () => void order.push('new')), ConcurrencyLimitError);
+  const admitted = limit.run(async () => void order.push('admitted'), 1, undefined, true);
+  assert.deepEqual(limit.stats(), { running: 1, queued: 2 });
+  release();
+  await Promise.all([first, queued, admitted]);
+  assert.deepEqual(order, ['first', 'queued', 'admitted']);
+});

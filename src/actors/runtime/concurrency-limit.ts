@@ -17,8 +17,10 @@ export interface ConcurrencyLimit {
    * Runs `work` once the weight running plus `weight` is at most `weightMax` (or nothing runs: a work
    * heavier than the whole bound runs alone), in the order asked; rejects with ConcurrencyLimitError when
    * `queuedMax` already wait. A wait aborted by `signal` leaves the queue and rejects with its reason.
+   * `admitted`: a later step of a request that already got in (its response under way) waits its turn
+   * even beyond `queuedMax`, rather than be refused halfway; such waits are bounded by the requests admitted.
    */
-  run<T>(work: () => Promise<T>, weight?: number, signal?: AbortSignal): Promise<T>;
+  run<T>(work: () => Promise<T>, weight?: number, signal?: AbortSignal, admitted?: boolean): Promise<T>;
   /** Running (their weight) and waiting now. */
   stats(): { running: number; queued: number };
 }
@@ -36,11 +38,11 @@ export function createConcurrencyLimit(weightMax: number, queuedMax: number): Co
     }
   };
   return {
-    async run<T>(work: () => Promise<T>, weight = 1, signal?: AbortSignal): Promise<T> {
+    async run<T>(work: () => Promise<T>, weight = 1, signal?: AbortSignal, admitted = false): Promise<T> {
       signal?.throwIfAborted();
       if (queue.length === 0 && fits(weight)) running += weight;
       else {
-        if (queue.length >= queuedMax) throw new ConcurrencyLimitError(queuedMax);
+        if (queue.length >= queuedMax && !admitted) throw new ConcurrencyLimitError(queuedMax);
         // Its weight is counted by startWaiting when its turn comes; an aborted wait gives its place up.
         await new Promise<void>((resolve, reject) => {
           const waiting = { weight, start: () => {

@@ -74,10 +74,19 @@ function compareEntries(a: CatalogEntry, b: CatalogEntry): number {
   return instanceNumberOf(a) - instanceNumberOf(b) || (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0);
 }
 
+/**
+ * The context for the instances of a response after its first: their lookups at other sites wait their
+ * turn rather than be refused for a full queue (the first one decided whether the request gets in; a
+ * refusal after the status went out could only cut the response).
+ */
+export function admittedContext(ctx: DicomWebContext): DicomWebContext {
+  return { ...ctx, meshLookupsAdmitted: true };
+}
+
 /** `work` (a lookup or pull at other sites) within ctx.meshLookups; 503 when too many already wait. */
 async function meshWork<T>(ctx: DicomWebContext, work: () => Promise<T>): Promise<T> {
   try {
-    return await ctx.meshLookups.run(work);
+    return await ctx.meshLookups.run(work, 1, undefined, ctx.meshLookupsAdmitted === true);
   } catch (error) {
     if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many DICOMweb requests wait for other sites (${error.message}): retry`);
     throw error;
@@ -162,17 +171,17 @@ export function streamInstanceHead(ctx: DicomWebContext, entry: CatalogEntry, ch
 }
 
 /**
- * `prepare(item)` of each item in order, the next one started while the caller uses the current one (one
- * ahead at most): reading instance n+1 from the store, or transcoding it, overlaps sending instance n.
+ * `prepare(item, index)` of each item in order, the next one started while the caller uses the current one
+ * (one ahead at most): reading instance n+1 from the store, or transcoding it, overlaps sending instance n.
  * `prepare` must hold nothing but memory (no open store iterator): a prepared item the caller never takes
  * is dropped, its failure ignored.
  */
-export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: T) => Promise<R>): AsyncGenerator<R> {
-  let next: Promise<R> | undefined = items.length > 0 ? prepare(items[0]!) : undefined;
+export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: T, index: number) => Promise<R>): AsyncGenerator<R> {
+  let next: Promise<R> | undefined = items.length > 0 ? prepare(items[0]!, 0) : undefined;
   try {
     for (let index = 0; index < items.length; index++) {
       const current = await next!;
-      next = index + 1 < items.length ? prepare(items[index + 1]!) : undefined;
+      next = index + 1 < items.length ? prepare(items[index + 1]!, index + 1) : undefined;
       yield current;
     }
   } finally {

@@ -17,7 +17,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
+import { admittedContext, convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
 import { isClientGone, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -63,8 +63,9 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     res.end();
     return;
   }
-  const prepare = async (entry: CatalogEntry): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
-    const file = await part10File(ctx, exchange, entry, syntax === '*' ? entry.transferSyntaxUid : syntax);
+  const admitted = admittedContext(ctx);
+  const prepare = async (entry: CatalogEntry, index: number): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
+    const file = await part10File(index === 0 ? ctx : admitted, exchange, entry, syntax === '*' ? entry.transferSyntaxUid : syntax);
     return {
       headers: {
         'content-type': `application/dicom; transfer-syntax=${file.transferSyntaxUid}`,
@@ -132,7 +133,8 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   }
   // One instance's metadata at a time: a study of thousands of instances is never held whole. The first
   // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
-  const headers = await withFirstReady(preparedAhead(entries, async (entry) => [entry, await instanceHeaderOf(ctx, entry)] as const));
+  const admitted = admittedContext(ctx);
+  const headers = await withFirstReady(preparedAhead(entries, async (entry, index) => [entry, await instanceHeaderOf(index === 0 ? ctx : admitted, entry)] as const));
   res.writeHead(200, { 'content-type': 'application/dicom+json' });
   let first = true;
   for await (const [entry, header] of headers) {
