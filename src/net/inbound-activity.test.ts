@@ -183,3 +183,21 @@ test('a connection on which nothing arrives any more ends on both sides (a half-
     await stop();
   }
 });
+
+test('a process that stood still keeps its connections: what arrived meanwhile is read before silence is judged', { timeout: 60_000 }, async () => {
+  const { sender, receiver, stop } = await twoNodesBehindASlowLink(10_000_000);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const disconnects: string[] = [];
+    sender.onPeerDisconnected((peerId) => disconnects.push(`sender lost ${peerId}`));
+    receiver.onPeerDisconnected((peerId) => disconnects.push(`receiver lost ${peerId}`));
+    // Both nodes live in this process: 1.5 s without a turn of the event loop, twice the silence limit.
+    const until = performance.now() + 1500;
+    while (performance.now() < until);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.deepEqual(disconnects, []);
+    assert.ok(sender.connectedPeers().includes(receiver.peerId));
+  } finally {
+    await stop();
+  }
+});

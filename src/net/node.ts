@@ -838,17 +838,25 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     });
   }
 
+  const silenceCheckIntervalMs = Math.min(pingInterval, connectionSilentMaxMs / 4);
+  let silenceCheckedAtMs = performance.now();
   const silenceTimer =
     inboundActivity === undefined
       ? undefined
       : setInterval(() => {
+          const nowMs = performance.now();
+          const stalled = nowMs - silenceCheckedAtMs > 2 * silenceCheckIntervalMs;
+          silenceCheckedAtMs = nowMs;
+          // This process stood still (SIGSTOP, a long pause): what arrived meanwhile is still unread in the
+          // sockets, and would be read right after this tick. The next check judges.
+          if (stalled) return;
           for (const connection of node.getConnections()) {
             const silentForMs = inboundActivity.silentForMs(connection.remoteAddr.toString());
             if (silentForMs === undefined || silentForMs < connectionSilentMaxMs) continue;
             log('connection to %s silent for %d ms: aborting it', connection.remotePeer.toString(), Math.round(silentForMs));
             connection.abort(new MeshNodeError('ERR_CONNECTION_SILENT', `nothing received on the connection for ${Math.round(silentForMs)} ms`));
           }
-        }, Math.min(pingInterval, connectionSilentMaxMs / 4));
+        }, silenceCheckIntervalMs);
   silenceTimer?.unref();
 
   const facade: MeshNode = {
