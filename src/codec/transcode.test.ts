@@ -960,3 +960,29 @@ test('group lengths (gggg,0000) of groups whose elements the transcoder rewrites
   const be = await transcodeDataset(native, EXPLICIT, [BIG]);
   assert.deepEqual(Buffer.from((await transcodeDataset(be.bytes, BIG, [EXPLICIT])).bytes), Buffer.from(native));
 });
+
+test('big endian 8-bit Pixel Data in OW (byte-swapped per word) is un-swapped before it is compressed', async () => {
+  await codecs();
+  // 3x3 RGB, 8 bits: 27 samples, an odd length padded to 28 (the last word holds one sample and the pad).
+  const W = 3;
+  const H = 3;
+  const samples = pixels(W, H, 3, 8, 2);
+  const padded = Buffer.concat([Buffer.from(samples), Buffer.alloc(1)]);
+  const elements: TEl[] = [
+    { tag: 0x00080016, vr: 'UI', value: uid('1.2.840.10008.5.1.4.1.1.7') },
+    { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.9') },
+    ...imagePixelElements({ rows: H, columns: W, bits: 8, stored: 8, spp: 3, pi: 'RGB' }),
+    // encode() swaps OW per 16-bit word for big endian, as PS3.5 has it.
+    { tag: 0x7fe00010, vr: 'OW', value: new Uint8Array(padded) },
+  ];
+  const big = new Uint8Array(encode(elements, { explicit: true, le: false }));
+  // The uncompressed path un-swaps it (the reference for what the samples are).
+  const le = await transcodeDataset(big, BIG, [EXPLICIT]);
+  assert.deepEqual(Buffer.from(find(parse(le.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!.subarray(0, samples.length)), Buffer.from(samples));
+  for (const target of [RLE, JPEG_LOSSLESS, JPEG_LS]) {
+    const r = await transcodeDataset(big, BIG, [target]);
+    const back = await transcodeDataset(r.bytes, target, [EXPLICIT]);
+    const px = find(parse(back.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!;
+    assert.deepEqual(Buffer.from(px.subarray(0, samples.length)), Buffer.from(samples), `big endian OW 8-bit -> ${target}: the source samples`);
+  }
+});

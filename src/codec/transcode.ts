@@ -1064,7 +1064,10 @@ async function encodePixelData(elements: El[], target: string, signal: AbortSign
   const frameSize = attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
   let native = pixel.value;
   if (native.length < frameSize * attrs.frames) fail(`pixel data holds ${native.length} bytes, ${attrs.frames} frames need ${frameSize * attrs.frames}`);
-  if (!pixel.littleEndian && bytesPerSample === 2) native = swapped(native.subarray(0, frameSize * attrs.frames), 2);
+  // Big endian: an OW value is byte-swapped per 16-bit word whatever Bits Allocated says (8-bit samples in OW
+  // too, PS3.5 8.1.1), as the uncompressed path un-swaps it; the whole value, so an odd-length last word is right.
+  const word = pixel.vr === null ? undefined : WORD_SIZE[pixel.vr];
+  if (!pixel.littleEndian && word !== undefined) native = swapped(native, word);
 
   const encoded: Uint8Array[] = [];
   const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
