@@ -835,9 +835,12 @@ test('corpus: JPEG baseline, RLE and JPEG 2000 files decode to explicit VR LE wi
       const px = find(els, 0x7fe00010)!;
       assert.equal(px.value!.length, size + (size % 2), `${name}: pixel data size`);
       assert.equal(px.vr, num(0x00280100) === 8 ? 'OB' : 'OW');
+      const group7fe0 = find(els, 0x7fe00000)?.value;
+      if (group7fe0) assert.equal(Buffer.from(group7fe0).readUInt32LE(), 12 + px.value!.length, `${name}: (7FE0,0000) is the native Pixel Data's size`);
       // Every non-pixel element is still there with the same bytes (photometric may change to RGB).
       for (const el of source) {
-        if ([0x7fe00010, 0x7fe00001, 0x7fe00002, 0x00280004, 0x00280006].includes(el.tag)) continue;
+        // Group lengths of the groups rewritten (0028 when the photometric changes, 7FE0) are recomputed.
+        if ([0x7fe00010, 0x7fe00001, 0x7fe00002, 0x00280004, 0x00280006, 0x00280000, 0x7fe00000].includes(el.tag)) continue;
         const out = find(els, el.tag);
         assert.ok(out, `${name}: element ${el.tag.toString(16)} kept`);
         if (el.value) assert.deepEqual(out.value, el.value, `${name}: ${el.tag.toString(16)} bytes`);
@@ -906,5 +909,80 @@ test('corpus: uncompressed files survive implicit <-> explicit <-> BE <-> deflat
     }
   } finally {
     rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('group lengths (gggg,0000) of groups whose elements the transcoder rewrites are recomputed (PS3.5 7.2)', async () => {
+  await codecs();
+  const W = 5;
+  const H = 3;
+  const e = { explicit: true, le: true };
+  const planes = pixels(W, H, 3, 8, 0); // R..., G..., B... (Planar Configuration 1)
+  const image = imagePixelElements({ rows: H, columns: W, bits: 8, stored: 8, spp: 3, pi: 'RGB' }).map((el) =>
+    el.tag === 0x00280006 ? { ...el, value: us(1) } : el,
+  );
+  const withGroupLength = (group: number, body: Buffer) => Buffer.concat([encode([{ tag: (group << 16) >>> 0, vr: 'UL', value: ul(body.length) }], e), body]);
+  const top = encode([{ tag: 0x00080016, vr: 'UI', value: uid('1.2.840.10008.5.1.4.1.1.7') }, { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.8') }], e);
+  const group28 = withGroupLength(0x0028, encode(image, e));
+  const nativePixels = withGroupLength(0x7fe0, encode([{ tag: 0x7fe00010, vr: 'OB', value: planes }], e));
+  const native = new Uint8Array(Buffer.concat([top, group28, nativePixels]));
+
+  /** The (gggg,0000) value at the group's start and the group's real encoded size after it (groups 0028 and 7FE0). */
+  const groupLengths = (bytes: Uint8Array, explicit: boolean) => {
+    const b = Buffer.from(bytes);
+    const at = (group: number) => {
+      const tag = Buffer.alloc(4);
+      tag.writeUInt16LE(group, 0);
+      const pattern = explicit ? Buffer.concat([tag, Buffer.from('UL'), Buffer.from([4, 0])]) : Buffer.concat([tag, ul(4)]);
+      const pos = b.indexOf(pattern);
+      assert.ok(pos >= 0, `(${group.toString(16)},0000) kept`);
+      return { value: b.readUInt32LE(pos + 8), after: pos + 12 }; // both headers are 8 bytes, then the 4-byte value
+    };
+    const g28 = at(0x0028);
+    const g7fe0 = at(0x7fe0);
+    return { '0028': [g28.value, g7fe0.after - 12 - g28.after], '7fe0': [g7fe0.value, b.length - g7fe0.after] };
+  };
+  // Native -> compressed (Pixel Data encapsulated, Planar Configuration set to 0).
+  for (const target of [RLE, JPEG_LOSSLESS, JPEG_LS]) {
+    const r = await transcodeDataset(native, EXPLICIT, [target]);
+    const lengths = groupLengths(r.bytes, true);
+    assert.equal(lengths['7fe0'][0], lengths['7fe0'][1], `${target}: (7FE0,0000) is the encapsulated Pixel Data's size`);
+    assert.equal(lengths['0028'][0], lengths['0028'][1], `${target}: (0028,0000)`);
+    // ... and back: compressed -> native, in explicit and implicit VR.
+    for (const back of [EXPLICIT, IMPLICIT]) {
+      const n = await transcodeDataset(r.bytes, target, [back]);
+      const l = groupLengths(n.bytes, back !== IMPLICIT);
+      assert.equal(l['7fe0'][0], l['7fe0'][1], `${target} -> ${back}: (7FE0,0000) is the native Pixel Data's size`);
+      assert.equal(l['0028'][0], l['0028'][1], `${target} -> ${back}: (0028,0000)`);
+    }
+  }
+  // Untouched groups keep their value byte for byte (explicit LE <-> BE round trip stays exact).
+  const be = await transcodeDataset(native, EXPLICIT, [BIG]);
+  assert.deepEqual(Buffer.from((await transcodeDataset(be.bytes, BIG, [EXPLICIT])).bytes), Buffer.from(native));
+});
+
+test('big endian 8-bit Pixel Data in OW (byte-swapped per word) is un-swapped before it is compressed', async () => {
+  await codecs();
+  // 3x3 RGB, 8 bits: 27 samples, an odd length padded to 28 (the last word holds one sample and the pad).
+  const W = 3;
+  const H = 3;
+  const samples = pixels(W, H, 3, 8, 2);
+  const padded = Buffer.concat([Buffer.from(samples), Buffer.alloc(1)]);
+  const elements: TEl[] = [
+    { tag: 0x00080016, vr: 'UI', value: uid('1.2.840.10008.5.1.4.1.1.7') },
+    { tag: 0x00080018, vr: 'UI', value: uid('1.2.3.4.5.9') },
+    ...imagePixelElements({ rows: H, columns: W, bits: 8, stored: 8, spp: 3, pi: 'RGB' }),
+    // encode() swaps OW per 16-bit word for big endian, as PS3.5 has it.
+    { tag: 0x7fe00010, vr: 'OW', value: new Uint8Array(padded) },
+  ];
+  const big = new Uint8Array(encode(elements, { explicit: true, le: false }));
+  // The uncompressed path un-swaps it (the reference for what the samples are).
+  const le = await transcodeDataset(big, BIG, [EXPLICIT]);
+  assert.deepEqual(Buffer.from(find(parse(le.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!.subarray(0, samples.length)), Buffer.from(samples));
+  for (const target of [RLE, JPEG_LOSSLESS, JPEG_LS]) {
+    const r = await transcodeDataset(big, BIG, [target]);
+    const back = await transcodeDataset(r.bytes, target, [EXPLICIT]);
+    const px = find(parse(back.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!;
+    assert.deepEqual(Buffer.from(px.subarray(0, samples.length)), Buffer.from(samples), `big endian OW 8-bit -> ${target}: the source samples`);
   }
 });

@@ -19,9 +19,10 @@
  *   for a VR with a 16-bit length field, or whose length is not a multiple of the VR's word size, becomes
  *   'UN'. An element of undefined length in implicit VR is a sequence (written as SQ); an explicit 'UN' of
  *   undefined length stays 'UN' with its items in implicit VR LE, as PS3.5 requires. Group length elements
- *   (gggg,0000) are kept; recomputed when the header sizes change (explicit <-> implicit), otherwise
- *   copied (a wrong value in the source stays wrong, but explicit LE/BE/deflated round trips stay
- *   byte-exact); sequence/item lengths are recomputed (defined stays defined,
+ *   (gggg,0000) are kept; recomputed when the header sizes change (explicit <-> implicit) or when the
+ *   transcoder rewrote an element of their group (decoded or compressed Pixel Data, a new Photometric
+ *   Interpretation or Planar Configuration), otherwise copied (a wrong value in the source stays wrong, but
+ *   explicit LE/BE/deflated round trips stay byte-exact); sequence/item lengths are recomputed (defined stays defined,
  *   undefined stays undefined).
  * - compressed -> uncompressed (any of the four above): JPEG baseline (.50), JPEG extended (.51), JPEG
  *   lossless with any predictor (.57) and SV1 (.70),
@@ -228,6 +229,8 @@ interface El {
   undefinedLength?: boolean;
   /** Encapsulated pixel data: the items in order (first one is the Basic Offset Table). */
   fragments?: Uint8Array[];
+  /** Made or replaced by the transcoder (decoded/encoded Pixel Data, a new Photometric Interpretation...): its group's length is recomputed. */
+  rewritten?: boolean;
 }
 
 const PIXEL_DATA = 0x7fe00010;
@@ -549,16 +552,20 @@ function writeDataset(elements: El[], enc: Encoding, out: Sink, depth = 0): void
   const ctx: LevelContext = {};
   const groupLengthFixups: { group: number; buf: Uint8Array }[] = [];
   const groupSizes = new Map<number, number>();
+  // Groups where the transcoder made or replaced an element: their stored lengths no longer hold.
+  const rewrittenGroups = new Set<number>();
+  for (const el of elements) if (el.rewritten) rewrittenGroups.add(el.tag >>> 16);
   for (const el of elements) {
     if (el.tag === 0x00280100) ctx.bitsAllocated = readUint(el.value, el.littleEndian);
     if (el.tag === 0x00280103) ctx.pixelRepresentation = readUint(el.value, el.littleEndian);
     const sink = new Sink();
     const vr = enc.explicit ? resolveVr(el, ctx) : null;
     const group = el.tag >>> 16;
-    if ((el.tag & 0xffff) === 0 && el.value?.length === 4 && !el.items && (el.vr !== null) !== enc.explicit) {
-      // Group length, and the header sizes change (explicit <-> implicit): recomputed below once the
-      // group's encoded size is known. Between explicit syntaxes sizes do not change and the value is
-      // kept as it was (swapped if needed), so explicit LE <-> BE <-> deflated stays byte-exact.
+    if ((el.tag & 0xffff) === 0 && el.value?.length === 4 && !el.items && ((el.vr !== null) !== enc.explicit || rewrittenGroups.has(group))) {
+      // Group length, and the header sizes change (explicit <-> implicit) or the transcoder rewrote an
+      // element of the group (decoded or compressed Pixel Data, a new Photometric Interpretation, PS3.5
+      // 7.2): recomputed below once the group's encoded size is known. Otherwise the value is kept as it
+      // was (swapped if needed), so explicit LE <-> BE <-> deflated stays byte-exact.
       const buf = new Uint8Array(4);
       groupLengthFixups.push({ group, buf });
       sink.push(header(el.tag, vr, 4, enc));
@@ -876,7 +883,7 @@ function usValue(n: number): Uint8Array {
 }
 
 function setElement(elements: El[], tag: number, vr: string, value: Uint8Array): void {
-  const el: El = { tag, vr, value, littleEndian: true };
+  const el: El = { tag, vr, value, littleEndian: true, rewritten: true };
   const i = elements.findIndex((e) => e.tag >= tag);
   if (i < 0) elements.push(el);
   else if (elements[i]!.tag === tag) elements[i] = el;
@@ -999,6 +1006,7 @@ async function decodePixelData(elements: El[], pixel: El, ts: string, signal: Ab
     vr: attrs.bitsAllocated <= 8 ? 'OB' : 'OW',
     value: pixelValue,
     littleEndian: true,
+    rewritten: true,
   };
   // The Extended Offset Table describes encapsulated data only.
   for (const tag of [0x7fe00001, 0x7fe00002]) {
@@ -1056,7 +1064,10 @@ async function encodePixelData(elements: El[], target: string, signal: AbortSign
   const frameSize = attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
   let native = pixel.value;
   if (native.length < frameSize * attrs.frames) fail(`pixel data holds ${native.length} bytes, ${attrs.frames} frames need ${frameSize * attrs.frames}`);
-  if (!pixel.littleEndian && bytesPerSample === 2) native = swapped(native.subarray(0, frameSize * attrs.frames), 2);
+  // Big endian: an OW value is byte-swapped per 16-bit word whatever Bits Allocated says (8-bit samples in OW
+  // too, PS3.5 8.1.1), as the uncompressed path un-swaps it; the whole value, so an odd-length last word is right.
+  const word = pixel.vr === null ? undefined : WORD_SIZE[pixel.vr];
+  if (!pixel.littleEndian && word !== undefined) native = swapped(native, word);
 
   const encoded: Uint8Array[] = [];
   const input = onePixelFrame(attrs, attrs.samplesPerPixel > 1 ? 0 : undefined);
@@ -1097,7 +1108,7 @@ async function encodePixelData(elements: El[], target: string, signal: AbortSign
       offset += 8 + f.length;
     });
   }
-  elements[index] = { tag: PIXEL_DATA, vr: 'OB', fragments: [bot, ...encoded], undefinedLength: true, littleEndian: true };
+  elements[index] = { tag: PIXEL_DATA, vr: 'OB', fragments: [bot, ...encoded], undefinedLength: true, littleEndian: true, rewritten: true };
   if (planar) setElement(elements, 0x00280006, 'US', usValue(0));
 }
 

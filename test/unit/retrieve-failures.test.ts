@@ -226,6 +226,35 @@ test('a C-GET context accepted in JPEG Lossless (listed first, as getscu +xs doe
   assert.deepEqual([transcoder.jobsDone, transcoder.workersStarted], [2, 1]);
 });
 
+test('a C-GET whose only context for the class takes a syntax the instances cannot be converted into: 0xA702, the comment names their stored syntax', async (t) => {
+  const jpegBaseline = '1.2.840.10008.1.2.4.50'; // lossy: never encoded into
+  const peer = await startTestPeer([], 'getter-baseline');
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.2';
+  const [uid] = await storeStudy(peer, studyInstanceUid, 1, 8, 8);
+  const storedAs = (await peer.store.getEntry(uid!))!.transferSyntaxUid;
+  const client = await openPeerClient(
+    peer.dicomPort,
+    'GETTER',
+    [
+      { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: ctImage, transferSyntaxUids: [jpegBaseline, TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    { roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
+  );
+  t.after(() => client.abort());
+  assert.equal(client.contexts[1]!.transferSyntaxUid, jpegBaseline);
+  const final = await client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
+  );
+  assert.equal(final.command.status, 0xa702);
+  assert.equal(final.command.failedSubOperations, 1);
+  // Before: "all 1 failed: no accepted presentation context for 1.2.840.10..." (cut at 64), which hid why.
+  assert.ok((final.command.errorComment ?? '').startsWith(`all 1 failed: stored as ${storedAs}: not convertible`), final.command.errorComment);
+});
+
 test('a C-GET whose association is aborted while its instance waits at the transcoder: the transcode is cancelled, its place freed', { timeout: 60_000 }, async (t) => {
   // A transcoder thread that holds every job until it is cancelled, as the real one stops at its next frame.
   const holdingWorker = new URL(

@@ -379,7 +379,9 @@ async function readLocal<T>(read: Promise<T>): Promise<T> {
 
 async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry, whileOurs: WhileOurs): Promise<SubOperationOutcome> {
   const picked = target.pickContext(entry);
-  if (!picked) return { status: NoContextForInstance, reason: `no accepted presentation context for ${entry.sopClassUid} (stored as ${entry.transferSyntaxUid})` };
+  // The stored syntax first: the final response's Error Comment keeps 64 characters of the reason, and a
+  // context for the class may well be accepted, in a syntax this instance cannot be converted into.
+  if (!picked) return { status: NoContextForInstance, reason: `stored as ${entry.transferSyntaxUid}: not convertible to a syntax accepted for ${entry.sopClassUid}` };
   const command: DimseCommand = {
     commandField: CommandField.CStoreRq,
     affectedSopClassUid: entry.sopClassUid,
