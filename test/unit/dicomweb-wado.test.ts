@@ -176,6 +176,36 @@ describe('WADO-RS', () => {
     assert.ok(part!.body.subarray(splitPart10(part!.body).datasetOffset).equals(file.subarray(split.datasetOffset)));
   });
 
+  it('sends the instances it can convert as asked with 206 and a Warning naming the others; 406 when it can convert none (PS3.18 10.4.3)', async () => {
+    // A colour instance cannot be had in JPEG 2000 (its encoder takes one sample per pixel); a monochrome one can.
+    const mixedStudy = '1.2.826.0.1.3680043.10.1453.201.9';
+    const rgb = [
+      { tag: Tags.SamplesPerPixel, vr: 'US', value: [3] },
+      { tag: Tags.PhotometricInterpretation, vr: 'CS', value: 'RGB' },
+      { tag: 0x00280006, vr: 'US', value: [0] },
+      { tag: Tags.PixelData, vr: 'OB', value: new Uint8Array(4 * 4 * 3) },
+    ];
+    const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+    for (const [n, extraElements] of [[1, []], [2, rgb]] as const) {
+      const reply = await store.storeInstance({ study: { uid: mixedStudy }, series: { uid: `${mixedStudy}.1` }, sopInstanceUid: `${mixedStudy}.1.${n}`, instanceNumber: n, rows: 4, columns: 4, bitsAllocated: 8, extraElements: [...extraElements] });
+      assert.equal(reply.command.status, Status.Success);
+    }
+    await store.client.release();
+    const jpeg2000 = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90';
+    const response = await fetch(`${base}/studies/${mixedStudy}`, { headers: { accept: jpeg2000 } });
+    assert.equal(response.status, 206);
+    assert.match(response.headers.get('warning') ?? '', /^299 pacs-mesh "1 of 2 instances cannot be converted to 1\.2\.840\.10008\.1\.2\.4\.90 .*transfer-syntax=\* .*1\.2\.826\.0\.1\.3680043\.10\.1453\.201\.9\.1\.2"$/);
+    const parts = parseMultipart(Buffer.from(await response.arrayBuffer()), response.headers.get('content-type') ?? '');
+    assert.equal(parts.length, 1);
+    assert.equal(splitPart10(parts[0]!.body).transferSyntaxUid, '1.2.840.10008.1.2.4.90');
+    // A range that serves every instance is preferred to one that serves some; none at all is a 406.
+    const whole = await retrieve(`/studies/${mixedStudy}`, `${jpeg2000}, multipart/related; type="application/dicom"; q=0.5`);
+    assert.equal(whole.status, 200);
+    assert.equal(parseMultipart(whole.body, whole.contentType).length, 2);
+    const refused = await retrieve(`/studies/${mixedStudy}/series/${mixedStudy}.1/instances/${mixedStudy}.1.2`, jpeg2000);
+    assert.equal(refused.status, 406);
+  });
+
   it('WADO-URI: sends an instance as a DICOM file at /wado (and under /dicom-web), Explicit VR Little Endian by default, as stored with transferSyntax=*', async () => {
     const root = `http://127.0.0.1:${peer.httpPort}`;
     const uri = (objectUid: string, more = '') => `requestType=WADO&studyUID=${study}&seriesUID=${objectUid.startsWith(series1) ? series1 : series2}&objectUID=${objectUid}${more}`;

@@ -26,6 +26,18 @@ type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
 /** `*`: each instance as stored; else the one syntax every part is sent in. */
 type InstanceSyntax = '*' | string;
 
+/** The syntaxes the Accept header's ranges ask application/dicom in, best first (`*`: as stored). */
+function dicomSyntaxesAsked(ranges: readonly MediaRange[]): string[] {
+  const asked: string[] = [];
+  for (const range of acceptableRanges(ranges)) {
+    const mediaType = `${range.type}/${range.subtype}`;
+    const partType = mediaType === 'multipart/related' ? (range.parameters.get('type') ?? 'application/dicom').toLowerCase() : mediaType;
+    const servesDicom = partType === 'application/dicom' || mediaType === '*/*' || mediaType === 'multipart/*';
+    if (servesDicom) asked.push(range.parameters.get('transfer-syntax') ?? EXPLICIT_LE);
+  }
+  return asked;
+}
+
 /**
  * The transfer syntax to send the instances in, from the Accept header's ranges (PS3.18 8.7.3.5): the
  * first range, best first, that names application/dicom (or any type) with a syntax every instance can be
@@ -33,33 +45,47 @@ type InstanceSyntax = '*' | string;
  * default (PS3.18 8.7.3.5.2); `*` keeps each instance as stored. undefined when no range can be served.
  */
 export function instanceSyntaxFor(ranges: readonly MediaRange[], entries: ReadonlyArray<Pick<CatalogEntry, 'transferSyntaxUid' | 'attributes'>>): InstanceSyntax | undefined {
-  for (const range of acceptableRanges(ranges)) {
-    const mediaType = `${range.type}/${range.subtype}`;
-    const partType = mediaType === 'multipart/related' ? (range.parameters.get('type') ?? 'application/dicom').toLowerCase() : mediaType;
-    const servesDicom = partType === 'application/dicom' || mediaType === '*/*' || mediaType === 'multipart/*';
-    if (!servesDicom) continue;
-    const asked = range.parameters.get('transfer-syntax') ?? EXPLICIT_LE;
-    if (asked === '*') return '*';
-    // Helper 60: an RGB instance asked in JPEG 2000 got a cut connection.
-    if (entries.every((entry) => canTranscodeInstance(entry, asked))) return asked;
+  // Helper 60: an RGB instance asked in JPEG 2000 got a cut connection.
+  return dicomSyntaxesAsked(ranges).find((asked) => asked === '*' || entries.every((entry) => canTranscodeInstance(entry, asked)));
+}
+
+/**
+ * When no range serves every instance: the first one, best first, that serves some, and those it serves
+ * (a 206 Partial Content, PS3.18 10.4.3: one video instance no longer makes a whole study 406).
+ */
+export function instanceSyntaxForSome<E extends Pick<CatalogEntry, 'transferSyntaxUid' | 'attributes'>>(ranges: readonly MediaRange[], entries: readonly E[]): { syntax: string; served: E[] } | undefined {
+  for (const asked of dicomSyntaxesAsked(ranges)) {
+    const served = entries.filter((entry) => canTranscodeInstance(entry, asked));
+    if (served.length > 0) return { syntax: asked, served };
   }
   return undefined;
 }
 
 export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
-  const entries = await selectInstances(ctx, route);
-  const storedSyntaxes = new Set(entries.map((entry) => entry.transferSyntaxUid));
-  const syntax = instanceSyntaxFor(parseAccept(exchange.req.headers.accept), entries);
+  const selected = await selectInstances(ctx, route);
+  const ranges = parseAccept(exchange.req.headers.accept);
+  let entries = selected;
+  let syntax = instanceSyntaxFor(ranges, selected);
+  const headers: Record<string, string> = {};
   if (syntax === undefined) {
-    throw new DicomWebError(
-      406,
-      'ERR_DICOMWEB_NOT_ACCEPTABLE',
-      `instances are sent as multipart/related; type="application/dicom" with transfer-syntax=* (as stored: ${[...storedSyntaxes].join(', ')}) or one they can be converted to (asked: ${(exchange.req.headers.accept ?? '').slice(0, 160)})`,
-    );
+    const some = instanceSyntaxForSome(ranges, selected);
+    if (some === undefined) {
+      const storedSyntaxes = new Set(selected.map((entry) => entry.transferSyntaxUid));
+      throw new DicomWebError(
+        406,
+        'ERR_DICOMWEB_NOT_ACCEPTABLE',
+        `instances are sent as multipart/related; type="application/dicom" with transfer-syntax=* (as stored: ${[...storedSyntaxes].join(', ')}) or one they can be converted to (asked: ${(exchange.req.headers.accept ?? '').slice(0, 160)})`,
+      );
+    }
+    ({ syntax, served: entries } = some);
+    const left = selected.filter((entry) => !entries.includes(entry));
+    const leftSyntaxes = [...new Set(left.map((entry) => entry.transferSyntaxUid))].join(', ');
+    headers.warning = `299 pacs-mesh "${left.length} of ${selected.length} instances cannot be converted to ${syntax} (stored as ${leftSyntaxes}) and are left out; transfer-syntax=* sends every one as stored. First left out: ${left[0]!.sopInstanceUid}"`;
   }
+  const status = entries.length < selected.length ? 206 : 200;
   const { res } = exchange;
   if (exchange.req.method === 'HEAD') {
-    res.writeHead(200, { 'content-type': 'multipart/related; type="application/dicom"' });
+    res.writeHead(status, { ...headers, 'content-type': 'multipart/related; type="application/dicom"' });
     res.end();
     return;
   }
@@ -77,7 +103,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
   // send it) is a 503, not a cut connection. A later one that fails can only cut the response.
   const parts = await withFirstReady(preparedAhead(entries, prepare));
-  const writer = startMultipart(res, { type: 'application/dicom' });
+  const writer = startMultipart(res, { type: 'application/dicom', status, headers });
   try {
     for await (const part of parts) await writer.writePart(part.headers, part.body);
   } catch (error) {
