@@ -583,6 +583,14 @@ describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
     }
   });
 
+  it('rejects native (defined-length) Pixel Data in an encapsulated syntax', () => {
+    // Labelled JPEG Lossless, the defined-length pixels could be kept but never decoded for a requestor
+    // that takes uncompressed data: "pixel data of a 1.2.840.10008.1.2.4.70 dataset is not encapsulated".
+    const error = expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(native(explicitLittle), '1.2.840.10008.1.2.4.70', whole));
+    assert.match(error.message, /native \(defined-length\) Pixel Data in an encapsulated transfer syntax/);
+    assert.equal(parseDataset(native(explicitLittle), '1.2.840.10008.1.2.4.70').reachedPixelData, true);
+  });
+
   it('rejects bytes trailing the last element: too few for a header, or a header whose value is missing', () => {
     for (let extra = 1; extra <= 20; extra++) {
       const garbage = concat([native(explicitLittle), new Uint8Array(extra).fill(0xff)]);

@@ -62,6 +62,8 @@ export const defaultMaxElementCount = 16384;
 export const defaultMaxNestingDepth = 128;
 
 const undefinedLength = 0xffffffff;
+/** JPIP Referenced (Deflate): the pixels are referenced, not in the data set. */
+const jpipReferencedSyntaxUids: ReadonlySet<string> = new Set(['1.2.840.10008.1.2.4.94', '1.2.840.10008.1.2.4.95']);
 /** The native (unencapsulated) transfer syntaxes: their Pixel Data is never encapsulated. */
 const nativeSyntaxUids: ReadonlySet<string> = new Set([
   TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian,
@@ -131,6 +133,8 @@ export class DatasetHeaderReader {
   private readonly wholeDataset: boolean;
   /** A native (uncompressed) syntax: Pixel Data has a defined length, never fragments (PS3.5 A.1-A.3, A.4). */
   private readonly nativeSyntax: boolean;
+  /** An encapsulated syntax (PS3.5 A.4): Pixel Data is fragments, never a defined-length value. */
+  private readonly encapsulatedSyntax: boolean;
   private inflater: StreamingInflater | undefined;
 
   private phase: Phase = phaseHeader;
@@ -176,6 +180,7 @@ export class DatasetHeaderReader {
     this.includeSkippedElements = options.includeSkippedElements ?? false;
     this.wholeDataset = options.wholeDataset ?? false;
     this.nativeSyntax = nativeSyntaxUids.has(options.transferSyntaxUid);
+    this.encapsulatedSyntax = !this.nativeSyntax && !jpipReferencedSyntaxUids.has(options.transferSyntaxUid);
     if (layout.deflated) this.inflater = new StreamingInflater();
   }
 
@@ -452,6 +457,12 @@ export class DatasetHeaderReader {
         }
         this.levels.push({ kind: 'fragments', implicitVr: false, littleEndian });
       } else {
+        // And the other way round: native (defined-length) Pixel Data labelled with an encapsulated syntax
+        // (JPIP referenced syntaxes aside, whose instances carry no pixels) cannot be decoded either.
+        if (this.encapsulatedSyntax) {
+          throw new DatasetParseError('ERR_DATASET_MALFORMED',
+            'native (defined-length) Pixel Data in an encapsulated transfer syntax (PS3.5 A.4: its Pixel Data is a sequence of fragments)', elementOffset);
+        }
         this.startSkip(tag, valueLength);
       }
       return headerLength;
