@@ -654,6 +654,32 @@ export async function* evenChunks(chunks: AsyncIterable<Uint8Array>): AsyncGener
   if (carried !== undefined) yield Uint8Array.of(carried);
 }
 
+/**
+ * One P-DATA-TF PDU carrying a whole command set and its whole (small) data set as two PDVs (PS3.8 9.3.5:
+ * a P-DATA-TF holds one or more PDV items), or undefined when they do not fit in the peer's maximum PDU
+ * length. PixelMed 20220618 reads a final C-GET-RSP's command from one PDU and, when that PDU does not end
+ * with the last data fragment, stops reading ("stop anyway unless pending"): the Failed SOP Instance UID
+ * List in the next PDU then arrives after its A-RELEASE-RQ and it aborts the association.
+ */
+export function encodePDataCommandAndDataSet(presentationContextId: number, command: Uint8Array, dataSet: Uint8Array, peerMaxPduLength: number): Uint8Array | undefined {
+  const length = 6 + command.length + 6 + dataSet.length;
+  if (length > (peerMaxPduLength > 0 ? peerMaxPduLength : 1024 * 1024)) return undefined;
+  const pdu = new Uint8Array(6 + length);
+  const view = new DataView(pdu.buffer);
+  pdu[0] = PduType.PData;
+  view.setUint32(2, length);
+  view.setUint32(6, 2 + command.length);
+  pdu[10] = presentationContextId;
+  pdu[11] = 3; // command, last fragment
+  pdu.set(command, 12);
+  const at = 12 + command.length;
+  view.setUint32(at, 2 + dataSet.length);
+  pdu[at + 4] = presentationContextId;
+  pdu[at + 5] = 2; // data set, last fragment
+  pdu.set(dataSet, at + 6);
+  return pdu;
+}
+
 export function encodePDataFragments(
   presentationContextId: number,
   isCommand: boolean,

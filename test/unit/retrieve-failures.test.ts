@@ -6,13 +6,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { connect } from 'node:net';
+import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
-import { CommandField, Status } from '../../src/codec/dimse.ts';
+import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
+import { PduFramer, encodePDataFragments, type Pdu } from '../../src/codec/pdu.ts';
 import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
@@ -295,4 +297,51 @@ test('a C-GET whose association is aborted while its instance waits at the trans
     stats = await transcoderStats();
   }
   assert.equal(stats.jobsCancelled, 1);
+});
+
+test('a final C-MOVE response and its Failed SOP Instance UID List travel in one P-DATA-TF PDU (PixelMed and getscu 3.6.7 read it only so)', async (t) => {
+  // PixelMed 20220618 stops reading a final C-GET/C-MOVE response after the PDU holding its command unless
+  // that PDU ends with the last data fragment; DCMTK getscu 3.6.7 leaves the identifier unread. Sent in a
+  // second PDU, the list then arrived after their A-RELEASE-RQ: "unexpected PDU" / "DUL P-Data PDU arrived",
+  // and both aborted (black-box helper 70). PS3.8 9.3.5 lets one P-DATA-TF carry both PDVs.
+  const closedPort = await getFreePort();
+  const peer = await startTestPeer(['--move-dest', `GONE=127.0.0.1:${closedPort}`], 'mover-one-pdu', silentLogger);
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.2';
+  await storeStudy(peer, studyInstanceUid, 2, 16);
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const command = encodeCommand({ commandField: CommandField.CMoveRq, messageId: 1, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: 'GONE', hasDataSet: true });
+  const rq = associateRqBytes('PACSMESH', studyRootMove, TransferSyntax.ImplicitVrLittleEndian, 'VIEWER');
+  const pdus: Pdu[] = await new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port: peer.dicomPort });
+    const framer = new PduFramer();
+    const got: Pdu[] = [];
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no final response: ${JSON.stringify(got.map((p) => p.type))}`)); }, 20_000);
+    socket.on('data', (data) => {
+      for (const pdu of framer.push(data)) {
+        got.push(pdu);
+        if (pdu.type === 'associateAc') for (const chunk of [...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]) socket.write(chunk);
+        const finalCommand = pdu.type === 'pData' && pdu.values.some((v) => v.isCommand && v.isLast && decodeCommand(v.data).status !== 0xff00);
+        if (finalCommand) {
+          clearTimeout(timer);
+          socket.destroy();
+          resolve(got);
+        }
+      }
+    });
+    socket.on('error', reject);
+    socket.on('connect', () => socket.write(rq));
+  });
+  const last = pdus[pdus.length - 1]!;
+  assert.equal(last.type, 'pData');
+  if (last.type !== 'pData') return;
+  assert.deepEqual(last.values.map((v) => [v.isCommand, v.isLast]), [[true, true], [false, true]], 'the command and its identifier in one PDU');
+  assert.equal(decodeCommand(last.values[0]!.data).status, 0xa702);
+  assert.equal(parseDataset(last.values[1]!.data, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value?.split('\\').length, 2);
 });

@@ -12,6 +12,7 @@ import {
   AbortReason,
   PduError,
   PduFramer,
+  encodePDataCommandAndDataSet,
   encodePDataFragments,
   evenChunks,
   encodePdu,
@@ -242,6 +243,15 @@ export class AssociationCore {
   /** Sends a command and, if given, its data set as a series of chunks (streamed, never concatenated). */
   async sendMessage(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
     const commandBytes = encodeCommand({ ...command, hasDataSet: dataSet !== undefined });
+    if (dataSet instanceof Uint8Array && dataSet.length > 0) {
+      // A small data set (a C-FIND match, a retrieve's Failed SOP Instance UID List) goes in the command's
+      // PDU: PixelMed reads a final response's identifier only from there.
+      const single = encodePDataCommandAndDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength);
+      if (single) {
+        await this.sendFragments([single]);
+        return;
+      }
+    }
     if (!(await this.sendFragments(encodePDataFragments(presentationContextId, true, commandBytes, this.peerMaxPduLength)))) return;
     if (dataSet === undefined) return;
     if (dataSet instanceof Uint8Array) {

@@ -562,6 +562,35 @@ describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
     expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(stray, jpegBaseline, whole));
   });
 
+  it('rejects encapsulated Pixel Data in a native syntax (odil 0.12 sends JPEG files so on an explicit VR LE context)', () => {
+    // The same bytes are a valid JPEG Baseline data set; labelled explicit VR LE (or any native syntax) they
+    // cannot be retrieved as what they claim to be, so a C-STORE must not answer Success (PS3.5 A.4).
+    assert.equal(parseDataset(jpeg, jpegBaseline, whole).reachedPixelData, true);
+    const implicitJpeg = concat([
+      prefix(implicitLittle),
+      element(Tags.PixelData, 'OB', new Uint8Array(0), implicitLittle, undefinedLength),
+      marker(0xfffee000, 0, implicitLittle),
+      marker(0xfffee000, 4, implicitLittle), Uint8Array.from([0xff, 0xd8, 0xff, 0xd9]),
+      marker(0xfffee0dd, 0, implicitLittle),
+    ]);
+    for (const uid of [explicitUid, TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.DeflatedExplicitVrLittleEndian]) {
+      const plain = uid === TransferSyntax.ImplicitVrLittleEndian ? implicitJpeg : jpeg;
+      const bytes = uid === TransferSyntax.DeflatedExplicitVrLittleEndian ? new Uint8Array(zlib.deflateRawSync(plain)) : plain;
+      const error = expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(bytes, uid, whole));
+      assert.match(error.message, /encapsulated \(undefined-length\) Pixel Data in a native transfer syntax/, uid);
+      // The header reader (C-FIND, indexing) still stops at Pixel Data without judging it.
+      assert.equal(parseDataset(bytes, uid).reachedPixelData, true, uid);
+    }
+  });
+
+  it('rejects native (defined-length) Pixel Data in an encapsulated syntax', () => {
+    // Labelled JPEG Lossless, the defined-length pixels could be kept but never decoded for a requestor
+    // that takes uncompressed data: "pixel data of a 1.2.840.10008.1.2.4.70 dataset is not encapsulated".
+    const error = expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(native(explicitLittle), '1.2.840.10008.1.2.4.70', whole));
+    assert.match(error.message, /native \(defined-length\) Pixel Data in an encapsulated transfer syntax/);
+    assert.equal(parseDataset(native(explicitLittle), '1.2.840.10008.1.2.4.70').reachedPixelData, true);
+  });
+
   it('rejects bytes trailing the last element: too few for a header, or a header whose value is missing', () => {
     for (let extra = 1; extra <= 20; extra++) {
       const garbage = concat([native(explicitLittle), new Uint8Array(extra).fill(0xff)]);

@@ -6,7 +6,7 @@
  * `wholeDataset` it goes on past Pixel Data, still by length, to check the structure to the end.
  */
 import type { DicomElement, Tag, Vr } from '../dicom-types.ts';
-import { tagHex } from '../dicom-types.ts';
+import { TransferSyntax, tagHex } from '../dicom-types.ts';
 import { Tags, vrOf } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { StreamingInflater } from './inflater.ts';
@@ -62,6 +62,13 @@ export const defaultMaxElementCount = 16384;
 export const defaultMaxNestingDepth = 128;
 
 const undefinedLength = 0xffffffff;
+/** JPIP Referenced (Deflate): the pixels are referenced, not in the data set. */
+const jpipReferencedSyntaxUids: ReadonlySet<string> = new Set(['1.2.840.10008.1.2.4.94', '1.2.840.10008.1.2.4.95']);
+/** The native (unencapsulated) transfer syntaxes: their Pixel Data is never encapsulated. */
+const nativeSyntaxUids: ReadonlySet<string> = new Set([
+  TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian,
+  TransferSyntax.ExplicitVrBigEndian, TransferSyntax.DeflatedExplicitVrLittleEndian,
+]);
 const itemTag = Tags.Item;
 const itemDelimitationTag = Tags.ItemDelimitationItem;
 const sequenceDelimitationTag = Tags.SequenceDelimitationItem;
@@ -124,6 +131,10 @@ export class DatasetHeaderReader {
   private readonly maxNestingDepth: number;
   private readonly includeSkippedElements: boolean;
   private readonly wholeDataset: boolean;
+  /** A native (uncompressed) syntax: Pixel Data has a defined length, never fragments (PS3.5 A.1-A.3, A.4). */
+  private readonly nativeSyntax: boolean;
+  /** An encapsulated syntax (PS3.5 A.4): Pixel Data is fragments, never a defined-length value. */
+  private readonly encapsulatedSyntax: boolean;
   private inflater: StreamingInflater | undefined;
 
   private phase: Phase = phaseHeader;
@@ -168,6 +179,8 @@ export class DatasetHeaderReader {
     this.maxNestingDepth = positiveInteger(options.maxNestingDepth, defaultMaxNestingDepth, 'maxNestingDepth');
     this.includeSkippedElements = options.includeSkippedElements ?? false;
     this.wholeDataset = options.wholeDataset ?? false;
+    this.nativeSyntax = nativeSyntaxUids.has(options.transferSyntaxUid);
+    this.encapsulatedSyntax = !this.nativeSyntax && !jpipReferencedSyntaxUids.has(options.transferSyntaxUid);
     if (layout.deflated) this.inflater = new StreamingInflater();
   }
 
@@ -434,8 +447,22 @@ export class DatasetHeaderReader {
         this.done = true;
         this.levels.length = 0;
       } else if (valueLength === undefinedLength) {
+        // Encapsulated (undefined-length, fragment) Pixel Data belongs to the encapsulated syntaxes only
+        // (PS3.5 A.4). In a native one it is a mislabelled compressed instance (odil 0.12's `odil store`
+        // sends a JPEG file so on an explicit VR LE context): stored with Success, no transcoder or reader
+        // could turn it into the syntax it claims, so every retrieve needing a conversion failed.
+        if (this.nativeSyntax) {
+          throw new DatasetParseError('ERR_DATASET_MALFORMED',
+            'encapsulated (undefined-length) Pixel Data in a native transfer syntax (PS3.5 A.4: only encapsulated syntaxes carry fragments)', elementOffset);
+        }
         this.levels.push({ kind: 'fragments', implicitVr: false, littleEndian });
       } else {
+        // And the other way round: native (defined-length) Pixel Data labelled with an encapsulated syntax
+        // (JPIP referenced syntaxes aside, whose instances carry no pixels) cannot be decoded either.
+        if (this.encapsulatedSyntax) {
+          throw new DatasetParseError('ERR_DATASET_MALFORMED',
+            'native (defined-length) Pixel Data in an encapsulated transfer syntax (PS3.5 A.4: its Pixel Data is a sequence of fragments)', elementOffset);
+        }
         this.startSkip(tag, valueLength);
       }
       return headerLength;
