@@ -274,6 +274,28 @@ test('a stale incarnation neither resurrects nor overwrites the restarted peer',
   assert.equal(statusOf(s, 'peer-b'), 'dead');
 });
 
+test('a peer restarted below the incarnation remembered here (it once ran with its clock ahead) is taken back once dead for long', () => {
+  const dayMs = 24 * 3600_000;
+  const t0 = 1_800_000_000_000;
+  // Its run with the wall clock a day ahead: the incarnation is that date.
+  let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', t0 + dayMs, 5), nowMs: 0 }).state;
+  s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 1000 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  // Restored from a backup taken before, clock right: incarnation max(backup's + 1, date) = the date, a day lower.
+  const restarted = (sequence: number, nowMs: number): MembershipInput => ({ type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', t0 + 60_000, sequence), nowMs });
+  // Moments after its death it may still be a late heartbeat of an older process: ignored.
+  s = run(s, restarted(1, 2000)).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  // Dead here for 10 x deadAfterMs: it is this peer, restarted. Before, ignored until the date caught up (a day).
+  const back = run(s, restarted(2, 1000 + 10 * config.deadAfterMs));
+  assert.equal(statusOf(back.state, 'peer-b'), 'alive');
+  assert.equal(back.state.members.get('peer-b')?.incarnation, t0 + 60_000);
+  assert.ok(back.effects.some((e) => e.type === 'memberStatusChanged' && e.peerId === 'peer-b' && e.to === 'alive'));
+  // From then on it is ordered by its new incarnation as usual.
+  s = run(back.state, restarted(1, 1000 + 10 * config.deadAfterMs + 100)).state;
+  assert.equal(s.members.get('peer-b')?.sequence, 2);
+});
+
 test('our own heartbeat echoed by gossip is ignored, and the member table is bounded', () => {
   let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-a', 9, 9), nowMs: 0 }).state;
   assert.equal(s.members.size, 0);

@@ -247,7 +247,8 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   if (hb.siteName === c.siteName && hb.addresses.dicom === c.addresses.dicom) return { state, effects: [] };
   const known = state.members.get(hb.peerId);
   // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
-  if (known && compareVersion(hb, known) <= 0) return { state, effects: [] };
+  // Except a lower incarnation of a peer dead here for long (see reincarnatedBelowAfterMs).
+  if (known && compareVersion(hb, known) <= 0 && !reincarnatedBelow(state, known, hb, nowMs)) return { state, effects: [] };
   const record = aliveRecordOf(hb, nowMs, known && known.status === 'alive' ? known.statusSinceMs : nowMs, nowMs);
   const members = new Map(state.members);
   members.set(hb.peerId, record);
@@ -296,6 +297,25 @@ function onDisconnected(state: MembershipState, peerId: string, nowMs: number): 
     state: next,
     effects: [statusChanged(known, known.status, status), { type: 'viewChanged', members: viewMembers(next, nowMs) }],
   };
+}
+
+/**
+ * How long a peer must have been dead here before a heartbeat of a lower incarnation brings it back, in
+ * deadAfterMs: a late or relayed heartbeat of a process that has since restarted arrives within moments
+ * (gossip keeps messages for a few seconds), not this long after its successor died.
+ */
+export const reincarnatedBelowAfterDeadTimes = 10;
+
+/**
+ * A restarted peer whose incarnation is below the one remembered here: the incarnation is the previous
+ * one + 1 or the date in ms if larger, so a peer that once ran with its wall clock ahead (a day, a year)
+ * and was then restored from a backup taken before, or lost its incarnation file, starts below the value
+ * its run ahead announced. Its heartbeats were ignored as stale and the others kept it dead for as long
+ * as its clock had been ahead, while it saw them alive (hunt 72: a day, one run with the clock a day
+ * ahead). Accepted once the record has been dead for reincarnatedBelowAfterDeadTimes x deadAfterMs.
+ */
+function reincarnatedBelow(state: MembershipState, known: MemberRecord, hb: Heartbeat, nowMs: number): boolean {
+  return known.status === 'dead' && hb.incarnation < known.incarnation && nowMs - known.statusSinceMs >= reincarnatedBelowAfterDeadTimes * state.config.deadAfterMs;
 }
 
 function compareVersion(
