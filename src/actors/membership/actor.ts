@@ -190,6 +190,8 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     if (typeof site !== 'object' || site === null || !str(site.siteName) || site.siteName.length === 0 || !finite(site.forgottenAtMs)) return null;
     forgottenSites.push({ siteName: site.siteName, forgottenAtMs: site.forgottenAtMs });
   }
+  // Absent in heartbeats of peers from before the field (and without tombstones).
+  if (v.sentAtMs !== undefined && !finite(v.sentAtMs)) return null;
   return {
     type: 'heartbeat',
     peerId: v.peerId,
@@ -208,6 +210,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     instanceCount: v.instanceCount,
     digestRoot: v.digestRoot,
     ...(forgottenSites.length > 0 ? { forgottenSites } : {}),
+    ...(forgottenSites.length > 0 && v.sentAtMs !== undefined ? { sentAtMs: v.sentAtMs as number } : {}),
   };
 }
 

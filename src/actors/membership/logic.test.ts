@@ -87,8 +87,10 @@ test('the sites custody forgot travel in the heartbeat and reach the member reco
   s = run(s, { type: 'localStatsChanged', ...stats, forgottenSites }).state;
   const heartbeatWith = publishedAt(s, 1000);
   assert.deepEqual(heartbeatWith.forgottenSites, forgottenSites);
+  assert.equal(heartbeatWith.sentAtMs, 1000);
   const seen = run(initMembership({ ...config, peerId: 'peer-b', siteName: 'site-b' }), { type: 'heartbeatReceived', heartbeat: heartbeatWith, nowMs: 1001 }).state;
-  assert.deepEqual(seen.members.get('peer-a')?.forgottenSites, forgottenSites);
+  // On the receiver's clock: forgotten 500 ms before the heartbeat left, which took 1 ms.
+  assert.deepEqual(seen.members.get('peer-a')?.forgottenSites, [{ siteName: 'site-x', forgottenAtMs: 501 }]);
   s = run(s, { type: 'localStatsChanged', ...stats, forgottenSites: [] }).state;
   assert.equal('forgottenSites' in publishedAt(s, 2000), false);
   // More than a heartbeat carries: a page each, every one within a few heartbeats.
@@ -102,6 +104,29 @@ test('the sites custody forgot travel in the heartbeat and reach the member reco
     s = run(s, { type: 'tick', nowMs: 3000 + i * 1000 }).state;
   }
   assert.equal(carried.size, many.length);
+});
+
+test('tombstones of a peer whose wall clock is a day ahead or behind are read on this peer\'s clock', () => {
+  const dayMs = 24 * 3600_000;
+  const nowMs = 1_800_000_000_000;
+  const receiver = () => initMembership({ ...config, peerId: 'peer-b', siteName: 'site-b' });
+  for (const skewMs of [dayMs, -dayMs, 5 * 60_000, -5 * 60_000]) {
+    // The other peer forgot site-x 30 s ago by its own clock, and its heartbeat takes 20 ms to arrive.
+    const senderNow = nowMs + skewMs;
+    const hb = heartbeat('peer-c', 1, 1, { forgottenSites: [{ siteName: 'site-x', forgottenAtMs: senderNow - 30_000 }], sentAtMs: senderNow });
+    const seen = run(receiver(), { type: 'heartbeatReceived', heartbeat: hb, nowMs: nowMs + 20 }).state;
+    // Before: the sender's time as it was, a day in this peer's future (the site stayed forgotten here for a
+    // day after it came back) or a day in its past (older than this peer's last heartbeat from the site, so
+    // the forgetting was ignored here).
+    assert.deepEqual(seen.members.get('peer-c')?.forgottenSites, [{ siteName: 'site-x', forgottenAtMs: nowMs + 20 - 30_000 }], `skew ${skewMs}`);
+  }
+  // An older peer sends no time of its own: its tombstones are at least never in this peer's future.
+  const legacy = heartbeat('peer-c', 1, 1, { forgottenSites: [{ siteName: 'site-x', forgottenAtMs: nowMs + dayMs }, { siteName: 'site-y', forgottenAtMs: nowMs - 5000 }] });
+  const seen = run(receiver(), { type: 'heartbeatReceived', heartbeat: legacy, nowMs }).state;
+  assert.deepEqual(seen.members.get('peer-c')?.forgottenSites, [
+    { siteName: 'site-x', forgottenAtMs: nowMs },
+    { siteName: 'site-y', forgottenAtMs: nowMs - 5000 },
+  ]);
 });
 
 test('a heartbeat of our predecessor (this site and DICOM address, another PeerId) relayed late is not a member', () => {
@@ -247,6 +272,28 @@ test('a stale incarnation neither resurrects nor overwrites the restarted peer',
   s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 300 }).state;
   s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 92), nowMs: 400 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');
+});
+
+test('a peer restarted below the incarnation remembered here (it once ran with its clock ahead) is taken back once dead for long', () => {
+  const dayMs = 24 * 3600_000;
+  const t0 = 1_800_000_000_000;
+  // Its run with the wall clock a day ahead: the incarnation is that date.
+  let s = run(initMembership(config), { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', t0 + dayMs, 5), nowMs: 0 }).state;
+  s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 1000 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  // Restored from a backup taken before, clock right: incarnation max(backup's + 1, date) = the date, a day lower.
+  const restarted = (sequence: number, nowMs: number): MembershipInput => ({ type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', t0 + 60_000, sequence), nowMs });
+  // Moments after its death it may still be a late heartbeat of an older process: ignored.
+  s = run(s, restarted(1, 2000)).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  // Dead here for 10 x deadAfterMs: it is this peer, restarted. Before, ignored until the date caught up (a day).
+  const back = run(s, restarted(2, 1000 + 10 * config.deadAfterMs));
+  assert.equal(statusOf(back.state, 'peer-b'), 'alive');
+  assert.equal(back.state.members.get('peer-b')?.incarnation, t0 + 60_000);
+  assert.ok(back.effects.some((e) => e.type === 'memberStatusChanged' && e.peerId === 'peer-b' && e.to === 'alive'));
+  // From then on it is ordered by its new incarnation as usual.
+  s = run(back.state, restarted(1, 1000 + 10 * config.deadAfterMs + 100)).state;
+  assert.equal(s.members.get('peer-b')?.sequence, 2);
 });
 
 test('our own heartbeat echoed by gossip is ignored, and the member table is bounded', () => {

@@ -104,8 +104,26 @@ export function selfRecord(state: MembershipState, nowMs: number): MemberRecord 
   return aliveRecordOf(heartbeatOf(state), nowMs, 0);
 }
 
-/** The view's record of an alive member, from its heartbeat (field by field: nothing else from the wire). */
-function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: number): MemberRecord {
+/**
+ * Another peer's tombstones on this peer's clock. Custody compares a tombstone's time with when this peer
+ * last heard the site, and drops it once knownSiteForgetAfterMs old: read on the forgetting peer's clock,
+ * a site forgotten by a peer whose clock ran a day ahead stayed forgotten here for a day after it came
+ * back (no copies owed to it), and one forgotten by a peer running behind was never forgotten here (hunt
+ * 72). The time since the forgetting, as the sender counts it, is carried onto this clock; a heartbeat
+ * without the sender's time (an older peer) at least never puts a forgetting in this peer's future.
+ */
+function tombstonesOnOwnClock(hb: Heartbeat, receivedAtMs: number): readonly ForgottenSite[] | undefined {
+  if (hb.forgottenSites === undefined || hb.forgottenSites.length === 0) return undefined;
+  const shift = hb.sentAtMs === undefined ? 0 : receivedAtMs - hb.sentAtMs;
+  return hb.forgottenSites.map((f) => ({ siteName: f.siteName, forgottenAtMs: Math.min(receivedAtMs, f.forgottenAtMs + shift) }));
+}
+
+/**
+ * The view's record of an alive member, from its heartbeat (field by field: nothing else from the wire);
+ * with `receivedAtMs`, another peer's heartbeat received then (its tombstones are put on this clock).
+ */
+function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: number, receivedAtMs?: number): MemberRecord {
+  const forgottenSites = receivedAtMs === undefined ? hb.forgottenSites : tombstonesOnOwnClock(hb, receivedAtMs);
   return {
     peerId: hb.peerId,
     siteName: hb.siteName,
@@ -117,7 +135,7 @@ function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: numb
     load: hb.load,
     instanceCount: hb.instanceCount,
     digestRoot: hb.digestRoot,
-    ...(hb.forgottenSites !== undefined && hb.forgottenSites.length > 0 ? { forgottenSites: hb.forgottenSites } : {}),
+    ...(forgottenSites !== undefined && forgottenSites.length > 0 ? { forgottenSites } : {}),
     status: 'alive',
     lastHeardAtMs,
     statusSinceMs,
@@ -180,13 +198,14 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
   if (next.nextHeartbeatAtMs === null || nowMs >= next.nextHeartbeatAtMs) {
     const sequence = next.heartbeatSequence + 1;
     next = { ...next, heartbeatSequence: sequence, nextHeartbeatAtMs: nowMs + c.heartbeatIntervalMs };
-    effects.push({ type: 'publish', topic: membershipTopic, message: heartbeatOf(next) });
+    effects.push({ type: 'publish', topic: membershipTopic, message: heartbeatOf(next, nowMs) });
   }
   if (viewChanged) effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
   return { state: next, effects };
 }
 
-function heartbeatOf(state: MembershipState): Heartbeat {
+/** This peer's heartbeat; `sentAtMs` (now, when published) goes with its tombstones. */
+function heartbeatOf(state: MembershipState, sentAtMs?: number): Heartbeat {
   const c = state.config;
   return {
     type: 'heartbeat',
@@ -200,7 +219,9 @@ function heartbeatOf(state: MembershipState): Heartbeat {
     load: state.selfLoad,
     instanceCount: state.selfInstanceCount,
     digestRoot: state.selfDigestRoot,
-    ...(state.selfForgottenSites.length > 0 ? { forgottenSites: tombstonePage(state.selfForgottenSites, state.heartbeatSequence) } : {}),
+    ...(state.selfForgottenSites.length > 0
+      ? { forgottenSites: tombstonePage(state.selfForgottenSites, state.heartbeatSequence), ...(sentAtMs !== undefined ? { sentAtMs } : {}) }
+      : {}),
   };
 }
 
@@ -226,8 +247,9 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   if (hb.siteName === c.siteName && hb.addresses.dicom === c.addresses.dicom) return { state, effects: [] };
   const known = state.members.get(hb.peerId);
   // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
-  if (known && compareVersion(hb, known) <= 0) return { state, effects: [] };
-  const record = aliveRecordOf(hb, nowMs, known && known.status === 'alive' ? known.statusSinceMs : nowMs);
+  // Except a lower incarnation of a peer dead here for long (see reincarnatedBelowAfterMs).
+  if (known && compareVersion(hb, known) <= 0 && !reincarnatedBelow(state, known, hb, nowMs)) return { state, effects: [] };
+  const record = aliveRecordOf(hb, nowMs, known && known.status === 'alive' ? known.statusSinceMs : nowMs, nowMs);
   const members = new Map(state.members);
   members.set(hb.peerId, record);
   const next: MembershipState = { ...state, members: pruneDead(members, state.config.membersMax) };
@@ -275,6 +297,25 @@ function onDisconnected(state: MembershipState, peerId: string, nowMs: number): 
     state: next,
     effects: [statusChanged(known, known.status, status), { type: 'viewChanged', members: viewMembers(next, nowMs) }],
   };
+}
+
+/**
+ * How long a peer must have been dead here before a heartbeat of a lower incarnation brings it back, in
+ * deadAfterMs: a late or relayed heartbeat of a process that has since restarted arrives within moments
+ * (gossip keeps messages for a few seconds), not this long after its successor died.
+ */
+export const reincarnatedBelowAfterDeadTimes = 10;
+
+/**
+ * A restarted peer whose incarnation is below the one remembered here: the incarnation is the previous
+ * one + 1 or the date in ms if larger, so a peer that once ran with its wall clock ahead (a day, a year)
+ * and was then restored from a backup taken before, or lost its incarnation file, starts below the value
+ * its run ahead announced. Its heartbeats were ignored as stale and the others kept it dead for as long
+ * as its clock had been ahead, while it saw them alive (hunt 72: a day, one run with the clock a day
+ * ahead). Accepted once the record has been dead for reincarnatedBelowAfterDeadTimes x deadAfterMs.
+ */
+function reincarnatedBelow(state: MembershipState, known: MemberRecord, hb: Heartbeat, nowMs: number): boolean {
+  return known.status === 'dead' && hb.incarnation < known.incarnation && nowMs - known.statusSinceMs >= reincarnatedBelowAfterDeadTimes * state.config.deadAfterMs;
 }
 
 function compareVersion(

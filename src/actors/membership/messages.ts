@@ -63,6 +63,12 @@ export interface Heartbeat {
   readonly digestRoot: string;
   /** A page of the sites this peer forgot lately (custody's tombstones); absent when none, and from older peers. */
   readonly forgottenSites?: readonly ForgottenSite[];
+  /**
+   * The sender's clock when it built this heartbeat, sent with forgottenSites: the receiver reads their
+   * times on its own clock (forgottenAtMs + its now - sentAtMs), since the sites' wall clocks may disagree.
+   * Absent from older peers (their tombstone times are then only kept from lying in the receiver's future).
+   */
+  readonly sentAtMs?: number;
 }
 
 /** What one peer knows about another (or itself), the unit of the view. */

@@ -332,12 +332,21 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
 }
 
 /**
+ * One forgetting read on two peers' clocks differs by the heartbeats' transit times (membership carries
+ * tombstone times onto the receiver's clock): a later time for a tombstone held here is news only beyond
+ * this, or two peers passing one tombstone back and forth would each take the other's as newer, every
+ * heartbeat, and move it on by the transit time each time.
+ */
+export const tombstoneNewsMinMs = knownSiteRefreshMs;
+
+/**
  * A site another peer forgot is forgotten here too (a week's silence there, or the operator's
  * POST /api/forget-site at one peer), unless it is up here or was heard here after it was forgotten there
  * (news the other peer lacks). A tombstone of a site unknown here is kept to pass on, so that it reaches
- * peers that start later, restored from an older backup. Tombstones are compared by the forgetting peer's
- * clock: clocks apart by more than the time between a site's last heartbeat and its forgetting could
- * keep it known at a peer whose clock is ahead (until forgotten there as well).
+ * peers that start later, restored from an older backup. Tombstone times are on this peer's clock (the
+ * member records' tombstones are shifted by membership), so sites whose wall clocks disagree still agree
+ * on which came first, the forgetting or the last heartbeat (before, a day's skew kept a returned site
+ * forgotten for a day, or a forgetting from spreading: hunt 72).
  */
 function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange, effects: CustodyEffect[]): void {
   const c = state.config;
@@ -347,7 +356,7 @@ function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange
     for (const tombstone of m.forgottenSites) {
       const { siteName, forgottenAtMs } = tombstone;
       if (siteName === c.selfSiteName || nowMs - forgottenAtMs >= c.knownSiteForgetAfterMs) continue;
-      if ((state.forgottenSites.get(siteName) ?? Number.NEGATIVE_INFINITY) >= forgottenAtMs) continue;
+      if ((state.forgottenSites.get(siteName) ?? Number.NEGATIVE_INFINITY) >= forgottenAtMs - tombstoneNewsMinMs) continue;
       // Not the view's dead records' times: this process's pauses move them on (see updateKnownSites).
       if ((state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY) > forgottenAtMs) continue;
       up ??= sitesUp(state);
