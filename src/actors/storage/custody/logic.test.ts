@@ -790,3 +790,27 @@ test('copies another peer offered us leave the pull queue and pause repair as co
   const fetchedNow = forgotten.effects.flatMap((e) => (e.type === 'fetch' ? [e.sopInstanceUid] : []));
   for (const uid of offered) assert.ok(fetchedNow.includes(uid) || forgotten.state.pullQueue.has(uid), `${uid} pulled or queued to be (one pull in flight at most)`);
 });
+
+test('a restart is not the other sites\' silence: a clock a year ahead forgets nobody at once, one a year behind does not keep dead sites for a year', () => {
+  const yearMs = 365 * 24 * 3600_000;
+  const forgotten = (effects: CustodyEffect[]) => effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.forgotten.map((f) => f.siteName) : []));
+  const restarted = () =>
+    initCustody(config, {
+      digest: createDigest(),
+      debt: [{ sopInstanceUid: 'u1', siteName: 'site-c', sinceMs: 900 }],
+      // Written by the last run: site-b heard until it stopped (1000), site-c silent since 500.
+      knownSites: [{ siteName: 'site-b', lastHeardMs: 1000 }, { siteName: 'site-c', lastHeardMs: 500 }],
+    });
+  for (const startMs of [1000 + yearMs, 1000 - yearMs]) {
+    // Nobody heard yet at the start.
+    const first = run(restarted(), { type: 'viewChanged', members: [member('peer-a')], nowMs: startMs });
+    assert.deepEqual(forgotten(first.effects), [], `start at ${startMs}: before, every site not yet heard was forgotten with its debt`);
+    assert.equal(first.state.debt.size, 1);
+    // Silent while this peer runs: site-c (silent 500 ms more in the last run) goes first, then site-b.
+    const cGoes = startMs + config.knownSiteForgetAfterMs - (startMs > 1000 ? 500 : 0);
+    assert.deepEqual(forgotten(run(first.state, { type: 'tick', nowMs: cGoes - 1 }).effects), []);
+    const later = run(first.state, { type: 'tick', nowMs: cGoes });
+    assert.deepEqual(forgotten(later.effects), startMs > 1000 ? ['site-c'] : ['site-b', 'site-c']);
+    assert.equal(later.state.debt.size, 0);
+  }
+});

@@ -66,6 +66,11 @@ export interface CustodyState {
    * allocate, and an unchanged list is the same array (the actor and the mesh compare by identity).
    */
   tombstonesPassedOn: readonly ForgottenSite[] | null;
+  /**
+   * This peer's time away, left out of the other sites' silence (undefined until the first view after a
+   * start sets it, see creditDowntime): persisted times are on the clock of the run that wrote them.
+   */
+  silenceCreditMs?: number;
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
   readonly writing: Map<string, WritingStore>;
   /** Stores waiting for their quorum (volatile). */
@@ -299,6 +304,7 @@ function persistSitesChange(state: CustodyState, change: SitesChange, effects: C
  */
 function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const change = noSitesChange();
+  if (state.silenceCreditMs === undefined) creditDowntime(state, nowMs, change);
   adoptTombstones(state, nowMs, change, effects);
   const heard = new Map<string, number>();
   for (const m of state.members) {
@@ -324,11 +330,31 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
   }
   forgetSilentSites(state, nowMs, change, effects);
   for (const [siteName, forgottenAtMs] of state.forgottenSites) {
-    if (nowMs - forgottenAtMs < state.config.knownSiteForgetAfterMs) continue;
+    if (nowMs - forgottenAtMs - (state.silenceCreditMs ?? 0) < state.config.knownSiteForgetAfterMs) continue;
     state.forgottenSites.delete(siteName);
     change.tombstonesDropped.push(siteName);
   }
   persistSitesChange(state, change, effects);
+}
+
+/**
+ * At the first view after a start: the time since this peer last heard any site (it was down, or its
+ * clock was set forward meanwhile) is not the other sites' silence, and sites last heard "in the future"
+ * (its clock was set back) were heard now. Before, a restart with the clock a year ahead forgot every site
+ * not yet heard, with the copies owed to them, and passed the forgetting on (hunt 72); one set back kept
+ * dead sites known, and their debt growing to the bound, for as long as the step. Sites are forgotten by
+ * silence during this peer's own runs, across restarts.
+ */
+function creditDowntime(state: CustodyState, nowMs: number, change: SitesChange): void {
+  let lastHeardAnyMs = Number.NEGATIVE_INFINITY;
+  for (const [siteName, lastHeardMs] of state.knownSites) {
+    if (lastHeardMs > nowMs) {
+      state.knownSites.set(siteName, nowMs);
+      change.seen.push({ siteName, lastHeardMs: nowMs });
+    }
+    lastHeardAnyMs = Math.max(lastHeardAnyMs, Math.min(lastHeardMs, nowMs));
+  }
+  state.silenceCreditMs = lastHeardAnyMs === Number.NEGATIVE_INFINITY ? 0 : nowMs - lastHeardAnyMs;
 }
 
 /**
@@ -377,7 +403,7 @@ function forgetSilentSites(state: CustodyState, nowMs: number, change: SitesChan
   const alive = new Set(state.members.filter((m) => m.status === 'alive').map((m) => m.siteName));
   const silent: string[] = [];
   for (const [siteName, lastHeardMs] of state.knownSites) {
-    if (!alive.has(siteName) && nowMs - lastHeardMs >= c.knownSiteForgetAfterMs) silent.push(siteName);
+    if (!alive.has(siteName) && nowMs - lastHeardMs - (state.silenceCreditMs ?? 0) >= c.knownSiteForgetAfterMs) silent.push(siteName);
   }
   const excess = state.knownSites.size - silent.length - c.knownSitesMax;
   if (excess > 0) {
