@@ -34,7 +34,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, type RosterPeer, type RosterPeers } from './roster.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
@@ -297,6 +297,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const tickIntervalMs = init.tickIntervalMs ?? balancerTimings.tickIntervalMs;
   const settleMs = init.settleMs ?? balancerTimings.settleMs;
   const forgetAfterMs = init.rosterForgetAfterMs ?? balancerTimings.rosterForgetAfterMs;
+  /** forgetAfterMs plus the time this peer was away before this run (rosterAtStart). */
+  let rosterForgetAfterMs = forgetAfterMs;
   const stateWriteProbeIntervalMs = init.stateWriteProbeIntervalMs ?? balancerTimings.stateWriteProbeIntervalMs;
   const mailboxMax = init.mailboxMax ?? 256;
   const sendsInFlightMax = init.sendsInFlightMax ?? 16;
@@ -385,7 +387,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, learnt, forgotten, replaced, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites);
+    const { peers, learnt, forgotten, replaced, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, rosterForgetAfterMs, forgottenSites);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
@@ -432,7 +434,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const initialize = async (): Promise<ActorState> => {
     const nowMs = clock.nowMs();
     const durable = await loadElection(init.dataDir);
-    const peers = pinned ? new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : await loadRoster(init.dataDir);
+    const loaded = pinned ? { peers: new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)), awayMs: 0 } : rosterAtStart(await loadRoster(init.dataDir), self, nowMs);
+    const { peers } = loaded;
+    rosterForgetAfterMs = forgetAfterMs + loaded.awayMs;
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
     const roster: RosterState = { peers, persistedAtMs: 0 };
     const balancer = initBalancer(

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, type RosterPeers } from './roster.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeers } from './roster.ts';
 
 const forgetAfterMs = 24 * 3600_000;
 const site = (peerId: string, siteName: string, dicom: string, status: MemberStatus = 'alive'): MemberRecord =>
@@ -67,6 +67,29 @@ test('a known peer seen at a new address is recorded there; peers absent for for
   const later = learnRoster(moved.peers, [], 'peer-a', forgetAfterMs + 5, forgetAfterMs);
   assert.deepEqual(later.forgotten, [{ peer: 'peer-c', absentMs: forgetAfterMs + 5 }]);
   assert.deepEqual([...later.peers.keys()].sort(), ['peer-a', 'peer-b']);
+});
+
+test('at a start, the time this peer was away (or its clock jumped ahead) is no absence of the others; entries in the future count as now', () => {
+  const dayMs = 24 * 3600_000;
+  // The last run refreshed its own entry at 5000; peer-b was seen then too, peer-c an hour before.
+  const saved: RosterPeers = new Map([
+    ['peer-a', { seenAtMs: 5000, site: 'site-a', dicom: '10.0.0.1:104' }],
+    ['peer-b', { seenAtMs: 5000, site: 'site-b', dicom: '10.0.0.2:104' }],
+    ['peer-c', { seenAtMs: 5000 - 3_600_000, site: 'site-c', dicom: '10.0.0.3:104' }],
+  ]);
+  // Two days later (down, or the clock set two days ahead), nobody heard yet: before, both were forgotten.
+  const ahead = rosterAtStart(saved, 'peer-a', 5000 + 2 * dayMs);
+  assert.equal(ahead.awayMs, 2 * dayMs);
+  const first = learnRoster(ahead.peers, [], 'peer-a', 5000 + 2 * dayMs, forgetAfterMs + ahead.awayMs);
+  assert.deepEqual(first.forgotten, []);
+  // Absent while this peer runs: peer-c, absent an hour more before the stop, goes first.
+  const cGoes = learnRoster(first.peers, [], 'peer-a', 5000 + 2 * dayMs + forgetAfterMs - 3_600_000, forgetAfterMs + ahead.awayMs);
+  assert.deepEqual(cGoes.forgotten.map((f) => f.peer), ['peer-c']);
+  // The clock set back a day: the entries "in the future" are put at now, nothing is credited.
+  const behind = rosterAtStart(saved, 'peer-a', 5000 - dayMs);
+  assert.equal(behind.awayMs, 0);
+  assert.deepEqual([...behind.peers.values()].map((p) => p.seenAtMs), [5000 - dayMs, 5000 - dayMs, 5000 - dayMs]);
+  assert.deepEqual(learnRoster(behind.peers, [], 'peer-a', 5000 - dayMs + forgetAfterMs, forgetAfterMs).forgotten.map((f) => f.peer), ['peer-b', 'peer-c']);
 });
 
 test('the peers of forgotten sites leave the roster at every update once they are not up (a suspect one later, when dead)', () => {

@@ -89,6 +89,19 @@ export function learnRoster(
   return { peers: next, learnt, forgotten, replaced, ofForgottenSites, detailsChanged };
 }
 
+/**
+ * A roster read at a start: the time this peer was away (since its own entry was last refreshed) is not
+ * the others' absence, so it is returned to be added to forgetAfterMs for this run; entries seen "in the
+ * future" (the clock was set back) are put at now. Before, a restart after a day down, or with the clock a
+ * day ahead, forgot every voter not yet heard (hunt 72: both, with the clock two days ahead).
+ */
+export function rosterAtStart(peers: RosterPeers, selfPeerId: string, nowMs: number): { peers: Map<string, RosterPeer>; awayMs: number } {
+  const next = new Map(peers);
+  for (const [peerId, entry] of next) if (entry.seenAtMs > nowMs) next.set(peerId, { ...entry, seenAtMs: nowMs });
+  const selfSeenAtMs = next.get(selfPeerId)?.seenAtMs;
+  return { peers: next, awayMs: selfSeenAtMs === undefined ? 0 : nowMs - selfSeenAtMs };
+}
+
 /** Takes `peerIds` out, except self and peers up (`upPeerIds`); `gone` lists those taken out. */
 export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[], upPeerIds: ReadonlySet<string>, selfPeerId: string): { peers: RosterPeers; gone: string[] } {
   const gone = [...new Set(peerIds)].filter((peerId) => peerId !== selfPeerId && !upPeerIds.has(peerId) && peers.has(peerId));
