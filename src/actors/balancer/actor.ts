@@ -297,8 +297,6 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const tickIntervalMs = init.tickIntervalMs ?? balancerTimings.tickIntervalMs;
   const settleMs = init.settleMs ?? balancerTimings.settleMs;
   const forgetAfterMs = init.rosterForgetAfterMs ?? balancerTimings.rosterForgetAfterMs;
-  /** forgetAfterMs plus the time this peer was away before this run (rosterAtStart). */
-  let rosterForgetAfterMs = forgetAfterMs;
   const stateWriteProbeIntervalMs = init.stateWriteProbeIntervalMs ?? balancerTimings.stateWriteProbeIntervalMs;
   const mailboxMax = init.mailboxMax ?? 256;
   const sendsInFlightMax = init.sendsInFlightMax ?? 16;
@@ -387,7 +385,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, learnt, forgotten, replaced, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, rosterForgetAfterMs, forgottenSites);
+    const { peers, learnt, forgotten, replaced, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
@@ -434,9 +432,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const initialize = async (): Promise<ActorState> => {
     const nowMs = clock.nowMs();
     const durable = await loadElection(init.dataDir);
-    const loaded = pinned ? { peers: new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)), awayMs: 0 } : rosterAtStart(await loadRoster(init.dataDir), self, nowMs);
-    const { peers } = loaded;
-    rosterForgetAfterMs = forgetAfterMs + loaded.awayMs;
+    const peers = pinned ? new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(await loadRoster(init.dataDir), self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
     const roster: RosterState = { peers, persistedAtMs: 0 };
     const balancer = initBalancer(

@@ -90,16 +90,17 @@ export function learnRoster(
 }
 
 /**
- * A roster read at a start: the time this peer was away (since its own entry was last refreshed) is not
- * the others' absence, so it is returned to be added to forgetAfterMs for this run; entries seen "in the
- * future" (the clock was set back) are put at now. Before, a restart after a day down, or with the clock a
- * day ahead, forgot every voter not yet heard (hunt 72: both, with the clock two days ahead).
+ * A roster read at a start, its times moved on by the time this peer was away (since its own entry was last
+ * refreshed), which is not the others' absence; entries seen "in the future" (the clock was set back) are
+ * put at now. Before, a restart after a day down, or with the clock a day ahead, forgot every voter not
+ * yet heard (hunt 72: both, with the clock two days ahead). Absence counts while this peer runs.
  */
-export function rosterAtStart(peers: RosterPeers, selfPeerId: string, nowMs: number): { peers: Map<string, RosterPeer>; awayMs: number } {
-  const next = new Map(peers);
-  for (const [peerId, entry] of next) if (entry.seenAtMs > nowMs) next.set(peerId, { ...entry, seenAtMs: nowMs });
-  const selfSeenAtMs = next.get(selfPeerId)?.seenAtMs;
-  return { peers: next, awayMs: selfSeenAtMs === undefined ? 0 : nowMs - selfSeenAtMs };
+export function rosterAtStart(peers: RosterPeers, selfPeerId: string, nowMs: number): Map<string, RosterPeer> {
+  const selfSeenAtMs = peers.get(selfPeerId)?.seenAtMs;
+  const awayMs = selfSeenAtMs === undefined ? 0 : Math.max(0, nowMs - selfSeenAtMs);
+  const next = new Map<string, RosterPeer>();
+  for (const [peerId, entry] of peers) next.set(peerId, { ...entry, seenAtMs: Math.min(nowMs, entry.seenAtMs + awayMs) });
+  return next;
 }
 
 /** Takes `peerIds` out, except self and peers up (`upPeerIds`); `gone` lists those taken out. */

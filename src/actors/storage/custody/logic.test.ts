@@ -814,3 +814,15 @@ test('a restart is not the other sites\' silence: a clock a year ahead forgets n
     assert.equal(later.state.debt.size, 0);
   }
 });
+
+test('the time away is credited only to what was heard before the start: a site heard in this run, then silent, is forgotten on time', () => {
+  const yearMs = 365 * 24 * 3600_000;
+  const startMs = 1000 + yearMs;
+  let s = initCustody(config, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 1000 }] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-c')], nowMs: startMs }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-c', 'dead')], nowMs: startMs + 10 }).state;
+  const forgotten = (nowMs: number) => run(s, { type: 'tick', nowMs }).effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.forgotten.map((f) => f.siteName) : []));
+  // site-c was heard at the start, in this run: a week of silence (not a year and a week). site-b's time away is credited.
+  assert.deepEqual(forgotten(startMs + config.knownSiteForgetAfterMs - 1), []);
+  assert.deepEqual(forgotten(startMs + config.knownSiteForgetAfterMs), ['site-b', 'site-c']);
+});

@@ -67,10 +67,11 @@ export interface CustodyState {
    */
   tombstonesPassedOn: readonly ForgottenSite[] | null;
   /**
-   * This peer's time away, left out of the other sites' silence (undefined until the first view after a
-   * start sets it, see creditDowntime): persisted times are on the clock of the run that wrote them.
+   * The first view after this start (see creditDowntime), and this peer's time away before it: left out of
+   * the silence of what was last heard (or forgotten) before the start, whose persisted times are on the
+   * clock of the run that wrote them. Undefined until that view.
    */
-  silenceCreditMs?: number;
+  startedAt?: { readonly nowMs: number; readonly awayMs: number };
   /** Stores whose local write is under way (volatile: a crash loses them and the modality retries). */
   readonly writing: Map<string, WritingStore>;
   /** Stores waiting for their quorum (volatile). */
@@ -304,7 +305,7 @@ function persistSitesChange(state: CustodyState, change: SitesChange, effects: C
  */
 function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const change = noSitesChange();
-  if (state.silenceCreditMs === undefined) creditDowntime(state, nowMs, change);
+  if (state.startedAt === undefined) creditDowntime(state, nowMs, change);
   adoptTombstones(state, nowMs, change, effects);
   const heard = new Map<string, number>();
   for (const m of state.members) {
@@ -330,7 +331,7 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
   }
   forgetSilentSites(state, nowMs, change, effects);
   for (const [siteName, forgottenAtMs] of state.forgottenSites) {
-    if (nowMs - forgottenAtMs - (state.silenceCreditMs ?? 0) < state.config.knownSiteForgetAfterMs) continue;
+    if (silenceMs(state, nowMs, forgottenAtMs) < state.config.knownSiteForgetAfterMs) continue;
     state.forgottenSites.delete(siteName);
     change.tombstonesDropped.push(siteName);
   }
@@ -343,7 +344,8 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
  * (its clock was set back) were heard now. Before, a restart with the clock a year ahead forgot every site
  * not yet heard, with the copies owed to them, and passed the forgetting on (hunt 72); one set back kept
  * dead sites known, and their debt growing to the bound, for as long as the step. Sites are forgotten by
- * silence during this peer's own runs, across restarts.
+ * silence during this peer's own runs, across restarts. The times themselves are kept (apart from those
+ * in the future): a tombstone is compared with when a site was really last heard.
  */
 function creditDowntime(state: CustodyState, nowMs: number, change: SitesChange): void {
   let lastHeardAnyMs = Number.NEGATIVE_INFINITY;
@@ -354,7 +356,13 @@ function creditDowntime(state: CustodyState, nowMs: number, change: SitesChange)
     }
     lastHeardAnyMs = Math.max(lastHeardAnyMs, Math.min(lastHeardMs, nowMs));
   }
-  state.silenceCreditMs = lastHeardAnyMs === Number.NEGATIVE_INFINITY ? 0 : nowMs - lastHeardAnyMs;
+  state.startedAt = { nowMs, awayMs: lastHeardAnyMs === Number.NEGATIVE_INFINITY ? 0 : nowMs - lastHeardAnyMs };
+}
+
+/** Time since `sinceMs` that this peer ran: its time away before this start left out for older times. */
+function silenceMs(state: CustodyState, nowMs: number, sinceMs: number): number {
+  const startedAt = state.startedAt;
+  return nowMs - sinceMs - (startedAt !== undefined && sinceMs < startedAt.nowMs ? startedAt.awayMs : 0);
 }
 
 /**
@@ -403,7 +411,7 @@ function forgetSilentSites(state: CustodyState, nowMs: number, change: SitesChan
   const alive = new Set(state.members.filter((m) => m.status === 'alive').map((m) => m.siteName));
   const silent: string[] = [];
   for (const [siteName, lastHeardMs] of state.knownSites) {
-    if (!alive.has(siteName) && nowMs - lastHeardMs - (state.silenceCreditMs ?? 0) >= c.knownSiteForgetAfterMs) silent.push(siteName);
+    if (!alive.has(siteName) && silenceMs(state, nowMs, lastHeardMs) >= c.knownSiteForgetAfterMs) silent.push(siteName);
   }
   const excess = state.knownSites.size - silent.length - c.knownSitesMax;
   if (excess > 0) {
