@@ -167,6 +167,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       await meshReady;
       return current().ingest.afterCommit(entry, outcome);
     },
+    newestStoredAtOfPatient: (patientId) => store.newestStoredAtOfPatient(patientId),
   };
   // C-GET, C-MOVE and DICOMweb find instances here: before the mesh is up, the local catalog alone could
   // pass part of the archive off as all of it.

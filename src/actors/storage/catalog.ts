@@ -371,6 +371,18 @@ export async function readAcrossReopen<T>(db: CatalogDb, read: () => Promise<T>)
 }
 
 /** The entries of several instances in one read (getMany), in order: undefined where none is stored. */
+/**
+ * The storedAtMs of the newest instance of `patientId` held here (the first key of its newest index),
+ * undefined when none: a store of the same patient is dated after it (see IncomingStore.finish).
+ */
+export async function newestStoredAtOfPatient(db: CatalogDb, patientId: string): Promise<number | undefined> {
+  const prefix = `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(patientId)}!`;
+  const [key] = await readAcrossReopen(db, () => db.keys({ ...prefixRange(prefix), limit: 1 }).all());
+  if (key === undefined) return undefined;
+  const age = Number(key.slice(prefix.length, prefix.length + 16));
+  return Number.isSafeInteger(age) ? Number.MAX_SAFE_INTEGER - age : undefined;
+}
+
 export async function getCatalogEntries(db: CatalogDb, sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
   const valid = sopInstanceUids.filter(isValidUid);
   const values = valid.length === 0 ? [] : await readAcrossReopen(db, () => db.getMany(valid.map(catalogEntryKey)));

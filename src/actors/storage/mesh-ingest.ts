@@ -159,6 +159,7 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
       // Committed by a writer we did not hand out: custody still has to reach the quorum for it.
       return gate.submitStore(entry.sopInstanceUid, entry.sha256, async () => true).answer;
     },
+    newestStoredAtOfPatient: (patientId) => store.newestStoredAtOfPatient(patientId),
   };
 }
 

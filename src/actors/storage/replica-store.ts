@@ -30,7 +30,7 @@ import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, newestStoredAtOfPatient, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 import type { ForgottenSite } from '../membership/messages.ts';
 import type { CommitmentRecord } from '../commitment/messages.ts';
@@ -199,6 +199,8 @@ export interface ReplicaStore {
   getEntry(sopInstanceUid: string): Promise<CatalogEntry | undefined>;
   /** Several entries in one read, in order (undefined where not stored). */
   getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>>;
+  /** The storedAtMs of the newest instance of a patient held here (undefined when none). */
+  newestStoredAtOfPatient(patientId: string): Promise<number | undefined>;
   /**
    * The stored bytes of an instance, chunk by chunk, in order; never more than its byteLength (else
    * ERR_STORE_CORRUPT). `chunksPerRead` 1 reads a chunk at a time, for a reader that wants the start only
@@ -906,6 +908,10 @@ class LevelReplicaStore implements ReplicaStore {
 
   async getEntry(sopInstanceUid: string): Promise<CatalogEntry | undefined> {
     return getCatalogEntry(this.db, sopInstanceUid);
+  }
+
+  newestStoredAtOfPatient(patientId: string): Promise<number | undefined> {
+    return newestStoredAtOfPatient(this.db, patientId);
   }
 
   getEntries(sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {

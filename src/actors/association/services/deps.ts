@@ -23,6 +23,8 @@ export interface IngestPort {
    * here (issue 3). Returns the C-STORE status to send.
    */
   afterCommit(entry: CatalogEntry, outcome: 'stored' | 'duplicate'): Promise<{ status: number; errorComment?: string }>;
+  /** The storedAtMs of the newest instance of a patient held here (undefined when none, or not known). */
+  newestStoredAtOfPatient?(patientId: string): Promise<number | undefined>;
 }
 
 export interface MoveDestination {
@@ -59,5 +61,6 @@ export function localIngest(store: ReplicaStore): IngestPort {
   return {
     beginWrite: () => store.beginWrite(),
     afterCommit: async () => ({ status: 0x0000 }),
+    newestStoredAtOfPatient: (patientId) => store.newestStoredAtOfPatient(patientId),
   };
 }

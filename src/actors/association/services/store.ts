@@ -165,6 +165,7 @@ export class IncomingStore {
       return problem;
     }
     try {
+      const storedAtMs = await this.storedAtMs(identity.patientId);
       const result = await this.writer.commit(identity.sopInstanceUid, (info): CatalogEntry => ({
         sopInstanceUid: identity.sopInstanceUid,
         sopClassUid: identity.sopClassUid,
@@ -174,7 +175,7 @@ export class IncomingStore {
         transferSyntaxUid: this.context.transferSyntaxUid,
         byteLength: info.byteLength,
         sha256: info.sha256,
-        storedAtMs: this.dateMs(),
+        storedAtMs,
         blobId: info.blobId,
         attributes: elements.filter((e) => e.value !== undefined && (e.tag & 0xffff) !== 0 && e.tag >>> 16 !== 0x0002),
       }));
@@ -183,6 +184,19 @@ export class IncomingStore {
     } catch (error) {
       return storageFailure(error);
     }
+  }
+
+  /**
+   * When this instance is stored, as the newest-instance order sees it: now, or just after the newest
+   * instance of the same patient held here if that is later. Sites' clocks disagree, and the newest
+   * instance's attributes are the patient's and study's in C-FIND and QIDO: a correction stored at a site
+   * whose clock ran behind the one that stored the original lost to it (hunt 72: a day behind, every site
+   * answered the old name). A hybrid logical clock: a store comes after everything it could have seen.
+   * Read while the last chunk writes finish; a failed read leaves the date alone.
+   */
+  private async storedAtMs(patientId: string): Promise<number> {
+    const newestMs = await this.ingest.newestStoredAtOfPatient?.(patientId).catch(() => undefined);
+    return Math.max(this.dateMs(), newestMs === undefined ? 0 : newestMs + 1);
   }
 
   /**

@@ -1,0 +1,54 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CommandField } from '../../../codec/dimse.ts';
+import { splitPart10 } from '../../../codec/dataset/part10.ts';
+import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
+import { isNewerInstance } from '../../storage/catalog.ts';
+import type { CatalogEntry } from '../../storage/catalog-types.ts';
+import { makeInstance } from '../../../../test/support/synthetic-dicom.ts';
+import { localIngest } from './deps.ts';
+import { IncomingStore } from './store.ts';
+
+const ct = '1.2.840.10008.5.1.4.1.1.2';
+
+/** One instance through the C-STORE code into `store`, at a site whose clock reads `dateMs`. */
+async function storeAt(store: ReplicaStore, dateMs: number, sopInstanceUid: string, patientName: string): Promise<CatalogEntry> {
+  const bytes = makeInstance({ sopClassUid: ct, sopInstanceUid, patient: { id: 'SKEW-1', name: patientName }, study: { uid: '1.2.826.0.1.3680043.10.1453.72.1' }, rows: 4, columns: 4 });
+  const split = splitPart10(bytes);
+  const incoming = new IncomingStore(
+    { commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: ct, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true },
+    { id: 1, abstractSyntaxUid: ct, transferSyntaxUid: split.transferSyntaxUid, service: 'storage', requestorIsScp: false },
+    localIngest(store),
+    () => dateMs,
+  );
+  await incoming.push(bytes.slice(split.datasetOffset));
+  assert.equal((await incoming.finish()).status, 0);
+  return incoming.storedEntry!;
+}
+
+test('a store comes after every instance of its patient held here, whatever clock stored them (a hybrid logical clock)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-stored-at-'));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  try {
+    const nowMs = 1_800_000_000_000;
+    // The original, stored at a site whose clock ran a day ahead (replicated here with its date).
+    const original = await storeAt(store, nowMs + 24 * 3600_000, '1.2.826.0.1.3680043.10.1453.72.1.1.1', 'OLD^NAME');
+    // The correction, stored here an hour later by the right clock: before, it stayed the older one, and
+    // every site answered the old name.
+    const correction = await storeAt(store, nowMs + 3600_000, '1.2.826.0.1.3680043.10.1453.72.1.1.2', 'NEW^NAME');
+    assert.equal(correction.storedAtMs, original.storedAtMs + 1);
+    assert.ok(isNewerInstance(correction, original));
+    assert.equal(await store.newestStoredAtOfPatient('SKEW-1'), correction.storedAtMs);
+    // With no later instance, the date is the date.
+    const later = await storeAt(store, nowMs + 48 * 3600_000, '1.2.826.0.1.3680043.10.1453.72.1.1.3', 'NEW^NAME');
+    assert.equal(later.storedAtMs, nowMs + 48 * 3600_000);
+    assert.equal(await store.newestStoredAtOfPatient('NOBODY'), undefined);
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
