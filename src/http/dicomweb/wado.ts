@@ -78,7 +78,8 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
       );
     }
     ({ syntax, served: entries } = some);
-    const left = selected.filter((entry) => !entries.includes(entry));
+    const served = new Set(entries);
+    const left = selected.filter((entry) => !served.has(entry));
     const leftSyntaxes = [...new Set(left.map((entry) => entry.transferSyntaxUid))].join(', ');
     headers.warning = `299 pacs-mesh "${left.length} of ${selected.length} instances cannot be converted to ${syntax} (stored as ${leftSyntaxes}) and are left out; transfer-syntax=* sends every one as stored. First left out: ${left[0]!.sopInstanceUid}"`;
   }
