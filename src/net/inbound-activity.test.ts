@@ -201,31 +201,3 @@ test('a process that stood still keeps its connections: what arrived meanwhile i
     await stop();
   }
 });
-
-test('bytes arriving on the connection tell the peer is alive before the muxer has a whole frame of them', { timeout: 60_000 }, async () => {
-  // 200 KB/s and frames as large as the 256 KiB window: a frame takes ~1.3 s to arrive whole.
-  const { sender, receiver, stop } = await twoNodesBehindASlowLink(200_000);
-  try {
-    const heard: number[] = [];
-    const done = Promise.withResolvers<void>();
-    await receiver.handle('/pacs-mesh/test-slow-frames/1', async (stream) => {
-      const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 4 * 1024 * 1024 });
-      for await (const chunk of request.body) void chunk;
-      await writeResponse(stream, { type: 'ack' });
-      done.resolve();
-    });
-    const off = receiver.onPeerActivity((peerId) => peerId === sender.peerId && heard.push(performance.now()));
-    const body = randomBytes(1024 * 1024);
-    const stream = await sender.openStream(receiver.peerId, '/pacs-mesh/test-slow-frames/1');
-    const startedMs = performance.now();
-    await sendRequest<{ type: 'offer' }, { type: 'ack' }>(stream, { type: 'offer' }, [body], body.byteLength, { signal: AbortSignal.timeout(30_000) });
-    await done.promise;
-    off();
-    const times = [startedMs, ...heard.filter((t) => t >= startedMs)];
-    const gapMaxMs = Math.max(...times.slice(1).map((t, i) => t - times[i]!));
-    // The membership suspects a peer silent for 1.5 s (wired); stream data alone left gaps of a frame's time.
-    assert.ok(gapMaxMs < 800, `longest time without a sign of life: ${Math.round(gapMaxMs)} ms (${heard.length} notices)`);
-  } finally {
-    await stop();
-  }
-});

@@ -248,9 +248,8 @@ export interface MeshNode {
   onPeerConnected(handler: PeerHandler): () => void;
   onPeerDisconnected(handler: PeerHandler): () => void;
   /**
-   * Bytes arrived from a peer on one of the mesh's streams, or on its connection (with the private network)
-   * (at most every peerActivityNoticeMs per peer): it is alive, however long its heartbeats wait behind
-   * the bulk data on a slow link.
+   * Bytes arrived from a peer on one of the mesh's streams (at most every peerActivityNoticeMs per peer):
+   * it is alive, however long its heartbeats wait behind the bulk data on a slow link.
    */
   onPeerActivity(handler: PeerHandler): () => void;
   /** A connected peer subscribed to `topic` (gossip published to the topic reaches it from now on). */
@@ -618,16 +617,18 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   // bulk copies, the peer was declared dead, its connections dropped, and the copies sent again).
   const activityHandlers = new Set<PeerHandler>();
   const activityNotedAtMs = new Map<string, number>();
-  const notePeerActivity = (peerId: string): void => {
-    if (activityHandlers.size === 0) return;
-    const nowMs = performance.now();
-    if (nowMs - (activityNotedAtMs.get(peerId) ?? Number.NEGATIVE_INFINITY) < peerActivityNoticeMs) return;
-    // One entry per peer with streams; bounded all the same (a mesh has far fewer peers).
-    if (activityNotedAtMs.size >= 4096 && !activityNotedAtMs.has(peerId)) activityNotedAtMs.clear();
-    activityNotedAtMs.set(peerId, nowMs);
-    for (const handler of activityHandlers) handler(peerId);
-  };
-  const streamInitFor = (peerId: string): MeshStreamInit => ({ ...streamInit, onData: () => notePeerActivity(peerId) });
+  const streamInitFor = (peerId: string): MeshStreamInit => ({
+    ...streamInit,
+    onData: () => {
+      if (activityHandlers.size === 0) return;
+      const nowMs = performance.now();
+      if (nowMs - (activityNotedAtMs.get(peerId) ?? Number.NEGATIVE_INFINITY) < peerActivityNoticeMs) return;
+      // One entry per peer with streams; bounded all the same (a mesh has far fewer peers).
+      if (activityNotedAtMs.size >= 4096 && !activityNotedAtMs.has(peerId)) activityNotedAtMs.clear();
+      activityNotedAtMs.set(peerId, nowMs);
+      for (const handler of activityHandlers) handler(peerId);
+    },
+  });
   const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 4 * 1024 * 1024;
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
   const { privateKey, created: identityCreated } = await loadOrCreatePeerKey(init.dataDir);
@@ -858,20 +859,6 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
           }
         }, silenceCheckIntervalMs);
   silenceTimer?.unref();
-  // Bytes on a peer's connection are a sign of life before the muxer holds a whole frame of them: a frame
-  // is as large as the stream's send window, and on a 1 Mbit/s link one took 3 s to arrive while the
-  // heartbeats waited behind it (helper 72: the peer was suspected though its bytes came all along).
-  const connectionActivityTimer =
-    inboundActivity === undefined
-      ? undefined
-      : setInterval(() => {
-          if (activityHandlers.size === 0) return;
-          for (const connection of node.getConnections()) {
-            const silentForMs = inboundActivity.silentForMs(connection.remoteAddr.toString());
-            if (silentForMs !== undefined && silentForMs < peerActivityNoticeMs) notePeerActivity(connection.remotePeer.toString());
-          }
-        }, peerActivityNoticeMs);
-  connectionActivityTimer?.unref();
 
   const facade: MeshNode = {
     peerId: node.peerId.toString(),
@@ -966,7 +953,6 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       stopped = true;
       if (announceTimer !== undefined) clearInterval(announceTimer);
       if (silenceTimer !== undefined) clearInterval(silenceTimer);
-      if (connectionActivityTimer !== undefined) clearInterval(connectionActivityTimer);
       if (announceSoon !== undefined) clearTimeout(announceSoon);
       await reconnector.stop();
       await node.stop();
