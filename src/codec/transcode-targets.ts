@@ -65,11 +65,6 @@ const LOSSY: ReadonlySet<string> = new Set([
   '1.2.840.10008.1.2.4.112',
 ]);
 
-/** A syntax instances stored in others can be converted into (uncompressed, or one we encode), not only passed through. */
-export function isProducibleTransferSyntax(transferSyntaxUid: string): boolean {
-  return UNCOMPRESSED.has(transferSyntaxUid) || ENCODABLE.has(transferSyntaxUid);
-}
-
 export function canTranscode(fromTransferSyntaxUid: string, toTransferSyntaxUid: string): boolean {
   if (fromTransferSyntaxUid === toTransferSyntaxUid) return true;
   if (!UNCOMPRESSED.has(toTransferSyntaxUid) && !ENCODABLE.has(toTransferSyntaxUid)) return false;

