@@ -16,10 +16,10 @@ test('a connection is silent for the time since its last inbound bytes, whicheve
   let now = 1000;
   const activity = new InboundActivity({ nowMs: () => now });
   // pnet sees the dialled address with the peer ID, libp2p's connection may add or drop it.
-  activity.opened('/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWExample');
+  const connection = activity.opened('/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWExample');
   now += 700;
   assert.equal(activity.silentForMs('/ip4/10.0.0.2/tcp/4001'), 700);
-  activity.received('/ip4/10.0.0.2/tcp/4001');
+  connection.received();
   now += 50;
   assert.equal(activity.silentForMs('/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWExample'), 50);
   assert.equal(activity.silentForMs('/ip4/10.0.0.3/tcp/4001'), undefined, 'not tracked');
@@ -29,18 +29,19 @@ test('a connection is silent for the time since its last inbound bytes, whicheve
 test('two connections at one address share an entry until the last one closes; then nothing is kept', () => {
   let now = 0;
   const activity = new InboundActivity({ nowMs: () => now });
-  activity.opened('/ip4/127.0.0.1/tcp/5000');
-  activity.opened('/ip4/127.0.0.1/tcp/5000');
+  const first = activity.opened('/ip4/127.0.0.1/tcp/5000');
+  const second = activity.opened('/ip4/127.0.0.1/tcp/5000');
   now = 400;
-  activity.received('/ip4/127.0.0.1/tcp/5000');
-  activity.closed('/ip4/127.0.0.1/tcp/5000');
+  second.received();
+  first.closed();
+  first.closed();
   now = 500;
-  assert.equal(activity.silentForMs('/ip4/127.0.0.1/tcp/5000'), 100);
-  activity.closed('/ip4/127.0.0.1/tcp/5000');
+  assert.equal(activity.silentForMs('/ip4/127.0.0.1/tcp/5000'), 100, 'a second close of one connection counts once');
+  second.closed();
   assert.equal(activity.silentForMs('/ip4/127.0.0.1/tcp/5000'), undefined);
   assert.equal(activity.size, 0);
-  activity.closed('/ip4/127.0.0.1/tcp/5000');
-  activity.received('/ip4/127.0.0.1/tcp/5000');
+  second.closed();
+  second.received();
   assert.equal(activity.size, 0, 'bytes or a close for an address no longer tracked add nothing');
 });
 

@@ -22,6 +22,14 @@ export function connectionAddressKey(remoteAddr: string): string {
   return at < 0 ? remoteAddr : remoteAddr.slice(0, at);
 }
 
+/** One connection's side of the record: what the pnet layer calls as bytes arrive and when it closes. */
+export interface ConnectionActivity {
+  /** Bytes arrived (called for every chunk: one clock read and one field write). */
+  received(): void;
+  /** The connection closed (once; later calls do nothing). */
+  closed(): void;
+}
+
 export class InboundActivity {
   private readonly nowMs: () => number;
   /** One entry per open connection address; deleted when its last connection closes (bounded by connections). */
@@ -32,27 +40,25 @@ export class InboundActivity {
   }
 
   /** A connection opened: it counts as heard now (its handshake just arrived). */
-  opened(remoteAddr: string): void {
+  opened(remoteAddr: string): ConnectionActivity {
     const key = connectionAddressKey(remoteAddr);
-    const entry = this.entries.get(key);
-    if (entry === undefined) this.entries.set(key, { connections: 1, lastInboundMs: this.nowMs() });
-    else {
-      entry.connections += 1;
-      entry.lastInboundMs = this.nowMs();
-    }
-  }
-
-  received(remoteAddr: string): void {
-    const entry = this.entries.get(connectionAddressKey(remoteAddr));
-    if (entry !== undefined) entry.lastInboundMs = this.nowMs();
-  }
-
-  closed(remoteAddr: string): void {
-    const key = connectionAddressKey(remoteAddr);
-    const entry = this.entries.get(key);
-    if (entry === undefined) return;
-    entry.connections -= 1;
-    if (entry.connections <= 0) this.entries.delete(key);
+    let entry = this.entries.get(key);
+    if (entry === undefined) this.entries.set(key, (entry = { connections: 0, lastInboundMs: 0 }));
+    entry.connections += 1;
+    entry.lastInboundMs = this.nowMs();
+    const tracked = entry;
+    let open = true;
+    return {
+      received: () => {
+        tracked.lastInboundMs = this.nowMs();
+      },
+      closed: () => {
+        if (!open) return;
+        open = false;
+        tracked.connections -= 1;
+        if (tracked.connections <= 0 && this.entries.get(key) === tracked) this.entries.delete(key);
+      },
+    };
   }
 
   /** How long nothing has arrived on the connection at this address; undefined for one not tracked here. */

@@ -247,12 +247,10 @@ class PnetConnection extends AbstractMultiaddrConnection {
     this.maConn = init.maConn;
     this.inbound = createKeystream(init.cipher, init.psk, init.remoteNonce);
     this.outbound = createKeystream(init.cipher, init.psk, init.localNonce);
-    const activity = init.inboundActivity;
-    const remoteAddr = init.maConn.remoteAddr.toString();
-    activity?.opened(remoteAddr);
+    const activity = init.inboundActivity?.opened(init.maConn.remoteAddr.toString());
 
     this.maConn.addEventListener('message', (evt) => {
-      activity?.received(remoteAddr);
+      activity?.received();
       let plain: Uint8Array[];
       try {
         plain = this.inbound.processChunks(evt.data);
@@ -267,7 +265,7 @@ class PnetConnection extends AbstractMultiaddrConnection {
       this.onMuxerDrain();
     });
     this.maConn.addEventListener('close', (evt) => {
-      activity?.closed(remoteAddr);
+      activity?.closed();
       if (evt.error != null) {
         if (evt.local) {
           this.abort(evt.error);
