@@ -74,15 +74,6 @@ function compareEntries(a: CatalogEntry, b: CatalogEntry): number {
   return instanceNumberOf(a) - instanceNumberOf(b) || (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0);
 }
 
-/**
- * The context for the instances of a response after its first: their lookups at other sites wait their
- * turn rather than be refused for a full queue (the first one decided whether the request gets in; a
- * refusal after the status went out could only cut the response).
- */
-export function admittedContext(ctx: DicomWebContext): DicomWebContext {
-  return { ...ctx, meshLookupsAdmitted: true };
-}
-
 /** `work` (a lookup or pull at other sites) within ctx.meshLookups; 503 when too many already wait. */
 async function meshWork<T>(ctx: DicomWebContext, work: () => Promise<T>): Promise<T> {
   try {
@@ -229,6 +220,17 @@ export async function convertInstance(ctx: DicomWebContext, exchange: DicomWebEx
     held = undefined;
     exchange.res.off('close', onClose);
   }
+}
+
+/**
+ * The instances of one response, each prepared one ahead (preparedAhead), the first had before the status
+ * goes out (withFirstReady). The first decides whether the request gets in; the later ones are prepared with
+ * their lookups at other sites admitted: they wait their turn rather than be refused for a full queue,
+ * which after the status could only cut the response (DicomWebContext.meshLookupsAdmitted).
+ */
+export function responseInstances<R>(ctx: DicomWebContext, entries: readonly CatalogEntry[], prepare: (entry: CatalogEntry, ctx: DicomWebContext) => Promise<R>): Promise<AsyncGenerator<R>> {
+  const admitted: DicomWebContext = { ...ctx, meshLookupsAdmitted: true };
+  return withFirstReady(preparedAhead(entries, (entry, index) => prepare(entry, index === 0 ? ctx : admitted)));
 }
 
 /**

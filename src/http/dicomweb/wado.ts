@@ -17,7 +17,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { admittedContext, convertInstance, headerBytesMax, holdingInstance, preparedAhead, readInstanceChunks, readToPixelData, readWholeInstance, selectInstances, streamInstance, streamInstanceHead, withFirstReady } from './instances.ts';
+import { convertInstance, headerBytesMax, holdingInstance, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead } from './instances.ts';
 import { isClientGone, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -90,9 +90,8 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     res.end();
     return;
   }
-  const admitted = admittedContext(ctx);
-  const prepare = async (entry: CatalogEntry, index: number): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
-    const file = await part10File(index === 0 ? ctx : admitted, exchange, entry, syntax === '*' ? entry.transferSyntaxUid : syntax);
+  const prepare = async (entry: CatalogEntry, entryCtx: DicomWebContext): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
+    const file = await part10File(entryCtx, exchange, entry, syntax === '*' ? entry.transferSyntaxUid : syntax);
     return {
       headers: {
         'content-type': `application/dicom; transfer-syntax=${file.transferSyntaxUid}`,
@@ -103,7 +102,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   };
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
   // send it) is a 503, not a cut connection. A later one that fails can only cut the response.
-  const parts = await withFirstReady(preparedAhead(entries, prepare));
+  const parts = await responseInstances(ctx, entries, prepare);
   const writer = startMultipart(res, { type: 'application/dicom', status, headers });
   try {
     for await (const part of parts) await writer.writePart(part.headers, part.body);
@@ -160,8 +159,7 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   }
   // One instance's metadata at a time: a study of thousands of instances is never held whole. The first
   // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
-  const admitted = admittedContext(ctx);
-  const headers = await withFirstReady(preparedAhead(entries, async (entry, index) => [entry, await instanceHeaderOf(index === 0 ? ctx : admitted, entry)] as const));
+  const headers = await responseInstances(ctx, entries, async (entry, entryCtx) => [entry, await instanceHeaderOf(entryCtx, entry)] as const);
   res.writeHead(200, { 'content-type': 'application/dicom+json' });
   let first = true;
   for await (const [entry, header] of headers) {
