@@ -771,10 +771,11 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
   for (const [key, sentAtMs] of [...state.replicationsInFlight]) {
     if (nowMs - sentAtMs >= c.replicationRetryMs) state.replicationsInFlight.delete(key);
   }
-  for (const [uid, fetch] of [...state.fetchesInFlight]) {
+  // Deleting the entry being visited is safe in a Map's iteration: no copy of the map per tick.
+  for (const [uid, fetch] of state.fetchesInFlight) {
     if (nowMs - fetch.sinceMs >= c.replicationRetryMs) state.fetchesInFlight.delete(uid);
   }
-  for (const [uid, saidAtMs] of [...state.copiesIncoming]) {
+  for (const [uid, saidAtMs] of state.copiesIncoming) {
     if (nowMs - saidAtMs >= incomingCopyForgetMs) state.copiesIncoming.delete(uid);
   }
   updateKnownSites(state, nowMs, effects);
