@@ -662,22 +662,16 @@ export async function* evenChunks(chunks: AsyncIterable<Uint8Array>): AsyncGener
  * List in the next PDU then arrives after its A-RELEASE-RQ and it aborts the association.
  */
 export function encodePDataCommandAndDataSet(presentationContextId: number, command: Uint8Array, dataSet: Uint8Array, peerMaxPduLength: number): Uint8Array | undefined {
+  // The PDU's variable field: two PDV items of a 4-byte length, a context ID and a control header each.
   const length = 6 + command.length + 6 + dataSet.length;
   if (length > (peerMaxPduLength > 0 ? peerMaxPduLength : 1024 * 1024)) return undefined;
-  const pdu = new Uint8Array(6 + length);
-  const view = new DataView(pdu.buffer);
-  pdu[0] = PduType.PData;
-  view.setUint32(2, length);
-  view.setUint32(6, 2 + command.length);
-  pdu[10] = presentationContextId;
-  pdu[11] = 3; // command, last fragment
-  pdu.set(command, 12);
-  const at = 12 + command.length;
-  view.setUint32(at, 2 + dataSet.length);
-  pdu[at + 4] = presentationContextId;
-  pdu[at + 5] = 2; // data set, last fragment
-  pdu.set(dataSet, at + 6);
-  return pdu;
+  return encodePdu({
+    type: 'pData',
+    values: [
+      { presentationContextId, isCommand: true, isLast: true, data: command },
+      { presentationContextId, isCommand: false, isLast: true, data: dataSet },
+    ],
+  });
 }
 
 export function encodePDataFragments(
