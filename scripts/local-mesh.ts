@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
@@ -61,10 +62,23 @@ function startSite(site: Site, bootstrap: string[]): ChildProcess {
   return child;
 }
 
-/** Waits for a site's HTTP port and returns its dialable multiaddrs (empty without a mesh). */
+/** Whether something already listens on 127.0.0.1:`port` (another `npm start`, say). */
+async function portTaken(port: number): Promise<boolean> {
+  const probe = createServer();
+  return new Promise((resolve) => {
+    probe.once('error', () => resolve(true));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(false)));
+  });
+}
+
+/**
+ * Waits for a site's HTTP port and returns its dialable multiaddrs (empty without a mesh). A site whose
+ * process has ended is not ready, whatever answers on its port.
+ */
 async function waitReady(site: Site, timeoutMs = 30_000): Promise<string[]> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
+    if (site.child !== undefined && site.child.exitCode !== null) throw new Error(`${site.name} exited before it was ready (its message is above)`);
     try {
       // /healthz turns 200 only once the mesh is up, so the addresses below are complete.
       const health = await fetch(`http://127.0.0.1:${site.httpPort}/healthz`);
@@ -119,6 +133,16 @@ async function main(): Promise<void> {
   setInterval(() => {
     if (process.ppid !== parentPid) stopAll();
   }, 500).unref();
+  // Ports already taken (a mesh started before and still running): its answers would pass for ours, and
+  // "is up" was printed while every site here had exited (a new-user run of the README).
+  for (const site of sites) {
+    for (const port of [site.dicomPort, site.httpPort, site.p2pPort]) {
+      if (await portTaken(port)) {
+        process.stderr.write(`local-mesh: 127.0.0.1:${port} (${site.name}) is in use: is another \`npm start\` running? Stop it first, or pass --base-port\n`);
+        process.exit(1);
+      }
+    }
+  }
   const [first, ...rest] = sites;
   first!.child = startSite(first!, []);
   const bootstrap = await waitReady(first!);
