@@ -1,13 +1,18 @@
 /** A raw TCP DICOM acceptor that misbehaves on purpose, for tests of the requestor side (C-MOVE, clients). */
 import { createServer, type Socket } from 'node:net';
-import { DicomApplicationContext, PduFramer, encodePdu } from '../../src/codec/pdu.ts';
+import { Status, decodeCommand, encodeCommand, responseFieldFor, type DimseCommand } from '../../src/codec/dimse.ts';
+import { DicomApplicationContext, PduFramer, encodePdu, type PDataPdu } from '../../src/codec/pdu.ts';
+
+interface RawAcceptor {
+  port: number;
+  close: () => Promise<void>;
+}
 
 /**
- * Accepts every association (its first presentation context, with the first transfer syntax proposed),
- * then closes the connection without an A-ABORT as soon as the first P-DATA PDU arrives: a destination
- * that dies mid-transfer.
+ * Accepts every association (its first presentation context, with the first transfer syntax proposed) and
+ * hands each P-DATA PDU to `onPData`.
  */
-export async function acceptorThatHangsUpMidRequest(): Promise<{ port: number; close: () => Promise<void> }> {
+async function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Promise<RawAcceptor> {
   const sockets = new Set<Socket>();
   const server = createServer((socket) => {
     sockets.add(socket);
@@ -15,6 +20,7 @@ export async function acceptorThatHangsUpMidRequest(): Promise<{ port: number; c
     socket.on('error', () => undefined);
     socket.on('data', (chunk) => {
       for (const pdu of framer.push(chunk)) {
+        if (socket.destroyed) return;
         if (pdu.type === 'associateRq') {
           socket.write(
             encodePdu({
@@ -28,8 +34,7 @@ export async function acceptorThatHangsUpMidRequest(): Promise<{ port: number; c
             }),
           );
         } else if (pdu.type === 'pData') {
-          socket.destroy();
-          return;
+          onPData(socket, pdu);
         }
       }
     });
@@ -45,4 +50,43 @@ export async function acceptorThatHangsUpMidRequest(): Promise<{ port: number; c
         server.close(() => resolve());
       }),
   };
+}
+
+/** Closes the connection without an A-ABORT as soon as the first P-DATA PDU arrives: a destination that dies mid-transfer. */
+export function acceptorThatHangsUpMidRequest(): Promise<RawAcceptor> {
+  return rawAcceptor((socket) => socket.destroy());
+}
+
+/**
+ * Answers each request (once its data set, if any, has arrived) with Success for a Message ID one above
+ * the request's: a destination whose answers match no request of ours.
+ */
+export function acceptorAnsweringWrongMessageId(): Promise<RawAcceptor> {
+  const awaitingDataSet = new WeakMap<Socket, DimseCommand>();
+  return rawAcceptor((socket, pdu) => {
+    for (const value of pdu.values) {
+      if (!value.isLast) continue;
+      let command: DimseCommand | undefined;
+      if (value.isCommand) {
+        command = decodeCommand(value.data);
+        if (command.hasDataSet) {
+          awaitingDataSet.set(socket, command);
+          continue;
+        }
+      } else {
+        command = awaitingDataSet.get(socket);
+        awaitingDataSet.delete(socket);
+      }
+      if (!command) continue;
+      const response = encodeCommand({
+        commandField: responseFieldFor(command.commandField),
+        messageIdBeingRespondedTo: (command.messageId ?? 0) + 1,
+        affectedSopClassUid: command.affectedSopClassUid,
+        affectedSopInstanceUid: command.affectedSopInstanceUid,
+        status: Status.Success,
+        hasDataSet: false,
+      });
+      socket.write(encodePdu({ type: 'pData', values: [{ presentationContextId: value.presentationContextId, isCommand: true, isLast: true, data: response }] }));
+    }
+  });
 }

@@ -297,6 +297,14 @@ test('a request without its Message ID (a C-ECHO, a C-STORE): A-ABORT (provider,
   assert.ok(await echoWorks(peer));
 });
 
+test('a response to no request of ours (a C-STORE-RSP out of the blue): A-ABORT (provider, invalid parameter value)', async () => {
+  const response = encodeCommand({ commandField: CommandField.CStoreRsp, messageIdBeingRespondedTo: 7, affectedSopClassUid: verification, status: 0, hasDataSet: false });
+  const { pdus } = await exchange(peer.dicomPort, [associateRq(), ...encodePDataFragments(1, true, response, 16384)]);
+  assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
+  assert.deepEqual(pdus[1], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.InvalidPduParameterValue });
+  assert.ok(await echoWorks(peer));
+});
+
 test('an A-RELEASE-RQ sent with a C-FIND still running: every match and a final Success, then the A-RELEASE-RP (no Cancel nobody asked for)', async () => {
   for (let i = 0; i < 3; i++) {
     const { dataSet, resolved } = dataSetOf({});

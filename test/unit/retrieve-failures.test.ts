@@ -10,7 +10,7 @@ import { connect } from 'node:net';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
+import { acceptorAnsweringWrongMessageId, acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
@@ -79,6 +79,26 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   // The same association, and the peer, go on.
   const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
   assert.equal(echo.command.status, 0);
+  await client.release();
+});
+
+test('C-MOVE to a destination whose answers match no request: the sub-association is aborted at once and every instance counted failed, not one response timeout each (helper 69)', async (t) => {
+  const destination = await acceptorAnsweringWrongMessageId();
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer(['--move-dest', `WRONGID=127.0.0.1:${destination.port}`], 'mover-wrong-id', recordingLogger([], {}, lines));
+  t.after(async () => {
+    await peer.dispose();
+    await destination.close();
+  });
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.78.1';
+  await storeStudy(peer, studyInstanceUid, 3, 16);
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  const final = await moveStudy(client, studyInstanceUid, 'WRONGID');
+  assert.equal(final.command.status, 0xa702);
+  assert.equal(final.command.completedSubOperations ?? 0, 0);
+  assert.equal(final.command.failedSubOperations, 3);
+  const reasons = lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('answered message')), JSON.stringify(reasons));
   await client.release();
 });
 

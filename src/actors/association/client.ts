@@ -30,7 +30,7 @@ export class AssociationRejectedError extends Error {
 export class AssociationClosedError extends Error {
   override readonly name = 'AssociationClosedError';
   constructor(
-    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT',
+    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT' | 'ERR_UNEXPECTED_RESPONSE',
     message: string,
   ) {
     super(message);
@@ -300,8 +300,17 @@ export class DicomClientAssociation {
       });
       return;
     }
+    if (!command) return;
     const waiter = this.waiter;
-    if (!command || !waiter || command.messageIdBeingRespondedTo !== waiter.messageId) return;
+    if (!waiter || command.messageIdBeingRespondedTo !== waiter.messageId) {
+      // A response to no request of ours is a protocol error (DCMTK aborts likewise): ignoring it left the
+      // request waiting out the whole response timeout, 30 s per C-MOVE (helper 69).
+      this.replyCommand = undefined;
+      const expected = waiter === undefined ? 'no request outstanding' : `awaiting message ${waiter.messageId}`;
+      this.fail(new AssociationClosedError('ERR_UNEXPECTED_RESPONSE', `the acceptor answered message ${command.messageIdBeingRespondedTo ?? '(none)'} (${expected}): association aborted`));
+      this.abort();
+      return;
+    }
     const reply: DimseReply = { command, dataSet: command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined };
     this.replyCommand = undefined;
     if (command.status !== undefined && isPendingStatus(command.status)) {

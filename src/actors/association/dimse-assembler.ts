@@ -13,7 +13,7 @@ export type DimseEvent =
 export class DimseProtocolError extends Error {
   override readonly name = 'DimseProtocolError';
   constructor(
-    readonly code: 'ERR_DIMSE_SEQUENCE' | 'ERR_DIMSE_COMMAND_TOO_LARGE' | 'ERR_DIMSE_CONTEXT',
+    readonly code: 'ERR_DIMSE_SEQUENCE' | 'ERR_DIMSE_COMMAND_TOO_LARGE' | 'ERR_DIMSE_CONTEXT' | 'ERR_DIMSE_UNEXPECTED_RESPONSE',
     message: string,
   ) {
     super(message);

@@ -376,10 +376,8 @@ export class AcceptorSession {
 
   private onResponse(command: DimseCommand): void {
     const waiter = command.messageIdBeingRespondedTo === undefined ? undefined : this.subOperationWaiters.get(command.messageIdBeingRespondedTo);
-    if (!waiter) {
-      this.log.warn('response to no request of ours', { messageId: command.messageIdBeingRespondedTo });
-      return;
-    }
+    // A protocol error, as DCMTK treats it: ignored, it left a C-GET sub-operation waiting out the idle timeout.
+    if (!waiter) throw new DimseProtocolError('ERR_DIMSE_UNEXPECTED_RESPONSE', `a response to message ${command.messageIdBeingRespondedTo ?? '(none)'}, which is no request of ours`);
     this.subOperationWaiters.delete(command.messageIdBeingRespondedTo!);
     waiter.resolve(command.status ?? Status.UnableToProcess);
   }
