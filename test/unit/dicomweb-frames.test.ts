@@ -12,11 +12,13 @@ import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { framesOnlyDataset, readPixelData, readPixelDataHeader } from '../../src/codec/dataset/pixel-data.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
+import { encapsulated } from '../../src/codec/dataset/test-fixtures.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const secondaryCapture = '1.2.840.10008.5.1.4.1.1.7';
 const jpegLsLossless = '1.2.840.10008.1.2.4.80';
+const jpegBaseline = '1.2.840.10008.1.2.4.50';
 const explicitLe = TransferSyntax.ExplicitVrLittleEndian;
 
 interface StoredImage {
@@ -257,5 +259,79 @@ describe('WADO-RS frames of a JPEG-LS instance', () => {
     assert.equal(response.error?.code, 'ERR_DICOMWEB_NOT_ACCEPTABLE');
     assert.match(response.error!.error, /type="application\/octet-stream"; transfer-syntax=1\.2\.840\.10008\.1\.2\.1/);
     assert.match(response.error!.error, /type="image\/jls"; transfer-syntax=1\.2\.840\.10008\.1\.2\.4\.80/);
+  });
+});
+
+describe('WADO-RS frames of large compressed instances (over 8 MiB: read by range)', () => {
+  it('JPEG-LS: decoded by default, as stored with transfer-syntax=*, 404 beyond the frames', async () => {
+    const { transcodeDataset } = await import('../../src/codec/transcode.ts');
+    const rows = 12;
+    const columns = 10;
+    const frameCount = 3;
+    const pixels = randomBytes(rows * columns * 2 * frameCount);
+    for (let at = 1; at < pixels.length; at += 2) pixels[at]! &= 0x0f;
+    // A private element before Pixel Data makes the instance large; its frames stay small.
+    const { bytes, resolved } = makeInstanceWithInfo({
+      study: { uid: studyUid },
+      series: { uid: seriesUid },
+      rows,
+      columns,
+      bitsAllocated: 16,
+      extraElements: [
+        { tag: Tags.NumberOfFrames, vr: 'IS', value: String(frameCount) },
+        { tag: 0x00090010, vr: 'LO', value: 'PACSMESH TEST' },
+        { tag: 0x00091000, vr: 'OB', value: randomBytes(9 * 1024 * 1024) },
+        { tag: Tags.PixelData, vr: 'OW', value: pixels },
+      ],
+    });
+    const compressed = await transcodeDataset(bytes.subarray(splitPart10(bytes).datasetOffset), explicitLe, [jpegLsLossless]);
+    assert.ok(compressed.bytes.length > 9 * 1024 * 1024, `${compressed.bytes.length} bytes`);
+    await store(ctImage, resolved.sopInstanceUid, compressed.bytes, jpegLsLossless);
+    const image = { studyUid, seriesUid, instanceUid: resolved.sopInstanceUid };
+    const frameBytes = rows * columns * 2;
+    const framePixels = (frameNumber: number) => pixels.subarray((frameNumber - 1) * frameBytes, frameNumber * frameBytes).toString('hex');
+    const stored = readPixelData(compressed.bytes, jpegLsLossless);
+    const codestreams = stored.kind === 'encapsulated' ? stored.fragments : [];
+
+    const decoded = await getFrames(image, '3,1,3');
+    assertUncompressed(decoded);
+    assert.deepEqual(decoded.parts.map((part) => part.body.toString('hex')), [3, 1, 3].map(framePixels));
+    const asStored = await getFrames(image, '2', 'multipart/related; type="application/octet-stream"; transfer-syntax=*');
+    assert.equal(asStored.status, 200, JSON.stringify(asStored.error));
+    assert.equal(mediaTypeParameter(asStored.contentType, 'transfer-syntax'), jpegLsLossless);
+    assert.ok(asStored.parts[0]!.body.equals(codestreams[1]!), 'frame 2 as stored');
+    const beyond = await getFrames(image, '4');
+    assert.equal(beyond.status, 404);
+    assert.match(beyond.error!.error, /has 3 frame\(s\): there is no frame 4/);
+  });
+
+  it('JPEG baseline cine of two fragments a frame, with an offset table: each frame\'s fragments joined, as stored', async () => {
+    const frameCount = 12;
+    // Stand-in codestreams (not decodable): SOI, 1 MiB, EOI, in two fragments each.
+    const frames = Array.from({ length: frameCount }, (_, index) => {
+      const codestream = Buffer.concat([Buffer.from([0xff, 0xd8]), Buffer.alloc(1024 * 1024, index + 1), Buffer.from([0xff, 0xd9])]);
+      return [codestream.subarray(0, 100_000), codestream.subarray(100_000)];
+    });
+    const starts: number[] = [];
+    let position = 0;
+    for (const fragments of frames) {
+      starts.push(position);
+      for (const fragment of fragments) position += 8 + fragment.length;
+    }
+    const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: studyUid }, series: { uid: seriesUid }, rows: 512, columns: 1024, bitsAllocated: 8, extraElements: [{ tag: Tags.NumberOfFrames, vr: 'IS', value: String(frameCount) }] });
+    const dataset = bytes.subarray(splitPart10(bytes).datasetOffset);
+    const { pixelDataOffset } = readPixelDataHeader(dataset, explicitLe);
+    const instance = Buffer.concat([dataset.subarray(0, pixelDataOffset), encapsulated(starts, frames.flat())]);
+    assert.ok(instance.length > 8 * 1024 * 1024, `${instance.length} bytes`);
+    await store(ctImage, resolved.sopInstanceUid, instance, jpegBaseline);
+    const image = { studyUid, seriesUid, instanceUid: resolved.sopInstanceUid };
+
+    const response = await getFrames(image, '5,2', 'multipart/related; type="image/jpeg"');
+    assert.equal(response.status, 200, JSON.stringify(response.error));
+    assert.deepEqual(response.parts.map((part) => part.headers['content-type']), [`image/jpeg; transfer-syntax=${jpegBaseline}`, `image/jpeg; transfer-syntax=${jpegBaseline}`]);
+    assert.deepEqual(response.parts.map((part) => part.body.toString('hex')), [5, 2].map((frameNumber) => Buffer.concat(frames[frameNumber - 1]!).toString('hex')));
+    const last = await getFrames(image, '12', 'multipart/related; type="application/octet-stream"; transfer-syntax=*');
+    assert.equal(last.status, 200, JSON.stringify(last.error));
+    assert.ok(last.parts[0]!.body.equals(Buffer.concat(frames[11]!)), 'frame 12 as stored');
   });
 });

@@ -5,43 +5,10 @@ import { TransferSyntax } from '../dicom-types.ts';
 import { Tags } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { encapsulatedFrame, framesOnlyDataset, nativeFrame, readPixelData, readPixelDataHeader, type PixelData } from './pixel-data.ts';
-import { concat, element, explicitBig, explicitLittle, implicitLittle, marker, uint16Value, undefinedLength, type Encoding } from './test-fixtures.ts';
+import { concat, element, encapsulated, explicitBig, explicitLittle, imageHeader, implicitLittle, marker, uint16Value, undefinedLength, type Encoding } from './test-fixtures.ts';
 
 const jpegLs = '1.2.840.10008.1.2.4.80';
 const rle = '1.2.840.10008.1.2.5';
-
-interface ImageOptions {
-  rows?: number;
-  columns?: number;
-  samplesPerPixel?: number;
-  bitsAllocated?: number;
-  frames?: string;
-}
-
-function imageHeader(encoding: Encoding, options: ImageOptions = {}): Uint8Array {
-  const us = (tag: number, value: number) => element(tag, 'US', uint16Value([value], encoding.littleEndian), encoding);
-  return concat([
-    element(Tags.SOPInstanceUID, 'UI', '1.2.3.4\0', encoding),
-    us(Tags.SamplesPerPixel, options.samplesPerPixel ?? 1),
-    ...(options.frames === undefined ? [] : [element(Tags.NumberOfFrames, 'IS', options.frames.length % 2 === 0 ? options.frames : `${options.frames} `, encoding)]),
-    us(Tags.Rows, options.rows ?? 2),
-    us(Tags.Columns, options.columns ?? 3),
-    us(Tags.BitsAllocated, options.bitsAllocated ?? 8),
-  ]);
-}
-
-/** Encapsulated Pixel Data: a Basic Offset Table item, then the fragments, then the delimiter. */
-function encapsulated(offsets: number[], fragments: Uint8Array[]): Uint8Array {
-  const table = new Uint8Array(offsets.length * 4);
-  offsets.forEach((offset, index) => new DataView(table.buffer).setUint32(index * 4, offset, true));
-  return concat([
-    element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),
-    marker(0xfffee000, table.length, explicitLittle),
-    table,
-    ...fragments.flatMap((fragment) => [marker(0xfffee000, fragment.length, explicitLittle), fragment]),
-    marker(0xfffee0dd, 0, explicitLittle),
-  ]);
-}
 
 function asNative(pixel: PixelData): Extract<PixelData, { kind: 'native' }> {
   assert.equal(pixel.kind, 'native');

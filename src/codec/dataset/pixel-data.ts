@@ -63,8 +63,8 @@ export interface PixelDataLimits {
 export const defaultMaxFragmentCount = 262_144;
 
 const undefinedLength = 0xffffffff;
-const itemTag = 0xfffee000;
-const sequenceDelimiterTag = 0xfffee0dd;
+export const itemTag = 0xfffee000;
+export const sequenceDelimiterTag = 0xfffee0dd;
 
 /**
  * Syntaxes whose frames are JPEG-family codestreams, each ending with an EOI / EOC marker (FFD9): with
@@ -166,44 +166,59 @@ export function readPixelData(bytes: Uint8Array, transferSyntaxUid: string, limi
     cursor += 8 + itemLength;
   }
   if (basicOffsetTable === undefined) throw malformed('encapsulated Pixel Data has no Basic Offset Table item', valueStart);
-  const frameFragments = locateFrames(image.numberOfFrames, basicOffsetTable, fragments, fragmentPositions, markerDelimitedSyntaxes.has(transferSyntaxUid));
+  const markerDelimited = isMarkerDelimited(transferSyntaxUid);
+  const frameFragments = locateFrames(image.numberOfFrames, basicOffsetTable, fragmentPositions, (index) => markerDelimited && endsWithEndOfImage(fragments[index]!), markerDelimited);
   return { kind: 'encapsulated', image, basicOffsetTable, fragments, frameFragments };
 }
 
 /**
  * Which fragments make each frame, by the first rule that applies (PS3.5 A.4): the Basic Offset Table when
  * it has one entry per frame, each at a fragment's start; one fragment per frame; all fragments for a single
- * frame; the end-of-image markers of JPEG-family codestreams. Undefined when none does.
+ * frame; the end-of-image markers of JPEG-family codestreams. Undefined when none does. Fragments are
+ * given by their item's position from the first fragment's item tag (what offset table entries point at).
  */
-function locateFrames(numberOfFrames: number, basicOffsetTable: readonly number[], fragments: readonly Uint8Array[], fragmentPositions: readonly number[], markerDelimited: boolean): Array<{ first: number; count: number }> | undefined {
-  if (numberOfFrames > fragments.length) return undefined;
+export function locateFrames(
+  numberOfFrames: number,
+  basicOffsetTable: readonly number[],
+  fragmentPositions: readonly number[],
+  endsWithEndOfImageAt: (fragmentIndex: number) => boolean,
+  markerDelimited: boolean,
+): Array<{ first: number; count: number }> | undefined {
+  const fragmentCount = fragmentPositions.length;
+  if (numberOfFrames > fragmentCount) return undefined;
   if (basicOffsetTable.length === numberOfFrames) {
     const starts = basicOffsetTable.map((offset) => binarySearch(fragmentPositions, offset));
     if (starts[0] === 0 && starts.every((start, index) => start >= 0 && (index === 0 || start > starts[index - 1]!))) {
-      return starts.map((first, index) => ({ first, count: (starts[index + 1] ?? fragments.length) - first }));
+      return starts.map((first, index) => ({ first, count: (starts[index + 1] ?? fragmentCount) - first }));
     }
   }
-  if (fragments.length === numberOfFrames) return fragments.map((_, index) => ({ first: index, count: 1 }));
-  if (numberOfFrames === 1) return [{ first: 0, count: fragments.length }];
+  if (fragmentCount === numberOfFrames) return fragmentPositions.map((_, index) => ({ first: index, count: 1 }));
+  if (numberOfFrames === 1) return [{ first: 0, count: fragmentCount }];
   if (!markerDelimited) return undefined;
   const frames: Array<{ first: number; count: number }> = [];
   let first = 0;
-  for (let index = 0; index < fragments.length; index++) {
-    if (!endsWithEndOfImage(fragments[index]!)) continue;
+  for (let index = 0; index < fragmentCount; index++) {
+    if (!endsWithEndOfImageAt(index)) continue;
     frames.push({ first, count: index + 1 - first });
     first = index + 1;
   }
-  return frames.length === numberOfFrames && first === fragments.length ? frames : undefined;
+  return frames.length === numberOfFrames && first === fragmentCount ? frames : undefined;
+}
+
+/** Whether the syntax's frames end with an end-of-image marker that tells fragments of one frame from the next. */
+export function isMarkerDelimited(transferSyntaxUid: string): boolean {
+  return markerDelimitedSyntaxes.has(transferSyntaxUid);
 }
 
 /** FFD9 at the end, or before the one padding byte an odd codestream gets. */
-function endsWithEndOfImage(fragment: Uint8Array): boolean {
+export function endsWithEndOfImage(fragment: Uint8Array): boolean {
   const n = fragment.length;
   if (n >= 2 && fragment[n - 2] === 0xff && fragment[n - 1] === 0xd9) return true;
   return n >= 3 && fragment[n - 3] === 0xff && fragment[n - 2] === 0xd9 && fragment[n - 1] === 0x00;
 }
 
-function binarySearch(sorted: readonly number[], wanted: number): number {
+/** The index of `wanted` in an ascending array, or -1. */
+export function binarySearch(sorted: readonly number[], wanted: number): number {
   let low = 0;
   let high = sorted.length - 1;
   while (low <= high) {

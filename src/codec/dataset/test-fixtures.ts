@@ -2,6 +2,7 @@
  * Hand-built dataset bytes for the codec tests: sequences, items and delimiters in any byte order and
  * VR style, which the writer deliberately does not produce. Not used by production code.
  */
+import { Tags } from '../dictionary.ts';
 import { longLengthVrs } from './vr.ts';
 
 export interface Encoding {
@@ -92,3 +93,36 @@ export function seededRandom(seed: number): () => number {
 
 /** The shared read-only corpus (GPL files: read in place, never copied); PACS_MESH_CORPUS_DIR overrides it. */
 export const corpusDirectory = process.env['PACS_MESH_CORPUS_DIR'] ?? new URL('../../../../shared/dicom-corpus/', import.meta.url).pathname;
+
+export interface ImageOptions {
+  rows?: number;
+  columns?: number;
+  samplesPerPixel?: number;
+  bitsAllocated?: number;
+  frames?: string;
+}
+
+export function imageHeader(encoding: Encoding, options: ImageOptions = {}): Uint8Array {
+  const us = (tag: number, value: number) => element(tag, 'US', uint16Value([value], encoding.littleEndian), encoding);
+  return concat([
+    element(Tags.SOPInstanceUID, 'UI', '1.2.3.4\0', encoding),
+    us(Tags.SamplesPerPixel, options.samplesPerPixel ?? 1),
+    ...(options.frames === undefined ? [] : [element(Tags.NumberOfFrames, 'IS', options.frames.length % 2 === 0 ? options.frames : `${options.frames} `, encoding)]),
+    us(Tags.Rows, options.rows ?? 2),
+    us(Tags.Columns, options.columns ?? 3),
+    us(Tags.BitsAllocated, options.bitsAllocated ?? 8),
+  ]);
+}
+
+/** Encapsulated Pixel Data: a Basic Offset Table item, then the fragments, then the delimiter. */
+export function encapsulated(offsets: number[], fragments: Uint8Array[]): Uint8Array {
+  const table = new Uint8Array(offsets.length * 4);
+  offsets.forEach((offset, index) => new DataView(table.buffer).setUint32(index * 4, offset, true));
+  return concat([
+    element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),
+    marker(0xfffee000, table.length, explicitLittle),
+    table,
+    ...fragments.flatMap((fragment) => [marker(0xfffee000, fragment.length, explicitLittle), fragment]),
+    marker(0xfffee0dd, 0, explicitLittle),
+  ]);
+}

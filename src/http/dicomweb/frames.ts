@@ -8,8 +8,9 @@
  * `transfer-syntax=*`, or that syntax's UID) gets each frame's codestream as stored, fragments joined.
  * Explicit VR big endian and deflated instances go through the transcoder to explicit VR little endian.
  *
- * Memory: the stored data set is read whole (instances up to `frameSourceBytesMax`), and the requested
- * frames are views into it (copies only for a frame of several fragments, or a 1-bit frame that starts
+ * Memory: an instance over `frameStreamingBytesMin` in little endian or a compressed syntax is read as it
+ * streams, keeping its header and the requested frames' bytes only. Otherwise the stored data set is read
+ * whole (instances up to `frameSourceBytesMax`), and the requested frames are views into it (copies only for a frame of several fragments, or a 1-bit frame that starts
  * inside a byte). Decoding an encapsulated instance whose frames are located decodes a data set of the
  * requested frames alone; otherwise (frames not located, big endian, deflated) the whole instance is
  * converted: its bytes move to the transcoder's thread, and the converted instance comes back (up to
@@ -18,6 +19,7 @@
 import { canTranscode, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED } from '../../codec/transcode-targets.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
+import { EncapsulatedFrameScanner } from '../../codec/dataset/encapsulated-scan.ts';
 import { encapsulatedFrame, framesOnlyDataset, nativeFrame, nativeFrameBits, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
 import { parseAccept } from './accept.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
@@ -52,9 +54,12 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   const ranges = parseAccept(exchange.req.headers.accept);
   const [selected] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
   if (selected === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `instance ${route.instanceUid} is not stored in this mesh`);
-  // A large native little endian instance: only its header and the asked frames' bytes are kept, whatever its size.
-  if (selected.byteLength > frameStreamingBytesMin && storedLayoutOf(selected.transferSyntaxUid) === 'nativeLittleEndian') {
-    if (await nativeFramesByRange(ctx, exchange, route, ranges, selected)) return;
+  // A large native little endian or encapsulated instance: only its header and the asked frames' bytes are
+  // kept, whatever its size.
+  if (selected.byteLength > frameStreamingBytesMin) {
+    const layout = storedLayoutOf(selected.transferSyntaxUid);
+    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, exchange, route, ranges, selected))) return;
+    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected))) return;
   }
   if (selected.byteLength > frameSourceBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax} read whole`);
@@ -64,7 +69,7 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
   await holdingInstance(ctx, exchange, selected.byteLength * 3, () => framesOf(ctx, exchange, route, ranges, selected));
 }
 
-/** Above this, a native little endian instance's frames are read by range rather than with the whole instance. */
+/** Above this, a little endian or compressed instance's frames are read by range rather than with the whole instance. */
 export const frameStreamingBytesMin = 8 * 1024 * 1024;
 
 /**
@@ -119,6 +124,71 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
   return true;
 }
 
+/**
+ * The asked frames of a compressed instance, read from the store as it goes: the header up to Pixel Data,
+ * then only the fragments of those frames are kept; the read stops where an offset table says they end.
+ * Sent as stored, or decoded (those frames alone). Not checked against the SHA-256, as nativeFramesByRange.
+ * False (nothing sent) when the frames cannot be told apart this way: the whole-instance path decides.
+ */
+async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<boolean> {
+  const syntax = selected.transferSyntaxUid;
+  const offers: FrameOffers = { storedTransferSyntaxUid: syntax, storedEncapsulated: true, asStored: true, native: canTranscode(syntax, EXPLICIT_LE) };
+  const representation = chooseFrameRepresentation(ranges, offers);
+  if (representation === undefined) return false;
+  const { chunks } = await streamInstanceHead(ctx, selected, 4);
+  let codestreams: Map<number, Uint8Array> | undefined;
+  let image: ImagePixelAttributes;
+  let elements: DicomElement[];
+  try {
+    // The Pixel Data element's header (12 bytes in explicit VR little endian) is read with the rest of the header.
+    const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, encapsulatedElementHeaderBytes);
+    if (pixelDataOffset === undefined || head.length < pixelDataOffset + encapsulatedElementHeaderBytes) return false;
+    ({ image, elements } = pixelAttributesOf(head, syntax, route.instanceUid));
+    if (head.readUInt32LE(pixelDataOffset + 8) !== 0xffffffff) return false;
+    const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
+    if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
+    const scanner = new EncapsulatedFrameScanner({ numberOfFrames: image.numberOfFrames, wantedFrames: route.frameNumbers, transferSyntaxUid: syntax });
+    checked(() => scanner.push(head.subarray(pixelDataOffset + encapsulatedElementHeaderBytes)), route.instanceUid);
+    while (!scanner.done) {
+      const next = await chunks.next();
+      if (next.done === true) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends inside its Pixel Data`);
+      checked(() => scanner.push(next.value), route.instanceUid);
+    }
+    codestreams = scanner.frames();
+  } finally {
+    await chunks.return(undefined);
+  }
+  if (codestreams === undefined) return false;
+  const codestreamOf = (frameNumber: number) => codestreams.get(frameNumber)!;
+  const frames = representation.kind === 'stored' ? route.frameNumbers.map(codestreamOf) : await decodedFrames(ctx, exchange, route, elements, image, syntax, codestreamOf);
+  await sendFrames(exchange, route, representation, frames);
+  return true;
+}
+
+/** Explicit VR little endian Pixel Data element header: tag, VR, two reserved bytes, length. */
+const encapsulatedElementHeaderBytes = 12;
+
+/**
+ * The asked frames decoded to native little endian: a data set of those codestreams alone goes through the
+ * transcoder, so a client that fetches a long cine frame by frame does not cost a decode of every frame.
+ */
+async function decodedFrames(
+  ctx: DicomWebContext,
+  exchange: DicomWebExchange,
+  route: FramesRoute,
+  elements: readonly DicomElement[],
+  image: ImagePixelAttributes,
+  storedSyntax: string,
+  codestreamOf: (frameNumber: number) => Uint8Array,
+): Promise<Uint8Array[]> {
+  const wanted = [...new Set(route.frameNumbers)];
+  const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(elements, wanted.map(codestreamOf)), storedSyntax, { ...image, numberOfFrames: wanted.length }, route.instanceUid);
+  const native = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
+  if (native.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
+  const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
+  return route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, positions.get(frameNumber)!), route.instanceUid));
+}
+
 /** Copies the part of `bytes` (at `bytesStart` in the data set) that falls in each range into its frame. */
 function copyOverlaps(bytes: Uint8Array, bytesStart: number, ranges: ReadonlyArray<{ start: number; end: number }>, frames: Uint8Array[]): void {
   const bytesEnd = bytesStart + bytes.byteLength;
@@ -168,27 +238,20 @@ async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route:
       break;
     }
     case 'native': {
-      /** Where a requested frame is in the Pixel Data read below (a frames-only decode holds those frames alone). */
-      let decodedFrameOf = (frameNumber: number) => frameNumber;
       if (stored?.kind === 'encapsulated' && stored.frameFragments !== undefined) {
-        // Only the requested frames are decoded: a client that fetches a long cine frame by frame must not
-        // cost one decode of every frame per request.
-        const wanted = [...new Set(route.frameNumbers)];
         const encapsulated = stored;
-        const codestreams = wanted.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
         stored = undefined;
-        const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(elements, codestreams), storedSyntax, { ...image, numberOfFrames: wanted.length }, route.instanceUid);
-        stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
-        const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
-        decodedFrameOf = (frameNumber) => positions.get(frameNumber)!;
-      } else if (layout !== 'nativeLittleEndian') {
+        frames = await decodedFrames(ctx, exchange, route, elements, image, storedSyntax, (frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
+        break;
+      }
+      if (layout !== 'nativeLittleEndian') {
         stored = undefined;
         const decoded = await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid);
         stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
       }
       if (stored?.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
       const native = stored;
-      frames = route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, decodedFrameOf(frameNumber)), route.instanceUid));
+      frames = route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, frameNumber), route.instanceUid));
       break;
     }
     default: {
