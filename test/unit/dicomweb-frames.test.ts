@@ -180,29 +180,35 @@ describe('WADO-RS frames of uncompressed instances', () => {
   });
 });
 
+/** A CT of 3 frames of 12 x 10 random 12-bit pixels (with `extraElements`), compressed to JPEG-LS and stored. */
+async function storeJpegLs(extraElements: NonNullable<InstanceOptions['extraElements']>) {
+  const { transcodeDataset } = await import('../../src/codec/transcode.ts');
+  const rows = 12;
+  const columns = 10;
+  const frameCount = 3;
+  const pixels = randomBytes(rows * columns * 2 * frameCount);
+  for (let at = 1; at < pixels.length; at += 2) pixels[at]! &= 0x0f;
+  const { bytes, resolved } = makeInstanceWithInfo({
+    study: { uid: studyUid },
+    series: { uid: seriesUid },
+    rows,
+    columns,
+    bitsAllocated: 16,
+    extraElements: [{ tag: Tags.NumberOfFrames, vr: 'IS', value: String(frameCount) }, ...extraElements, { tag: Tags.PixelData, vr: 'OW', value: pixels }],
+  });
+  const compressed = await transcodeDataset(bytes.subarray(splitPart10(bytes).datasetOffset), explicitLe, [jpegLsLossless]);
+  assert.equal(compressed.transferSyntaxUid, jpegLsLossless);
+  await store(ctImage, resolved.sopInstanceUid, compressed.bytes, jpegLsLossless);
+  return { compressed, resolved, pixels, rows, columns, frameCount };
+}
+
 describe('WADO-RS frames of a JPEG-LS instance', () => {
   let image: StoredImage;
   /** The stored codestream of each frame. */
   let codestreams: Buffer[];
 
   before(async () => {
-    const { transcodeDataset } = await import('../../src/codec/transcode.ts');
-    const rows = 12;
-    const columns = 10;
-    const frameCount = 3;
-    const pixels = randomBytes(rows * columns * 2 * frameCount);
-    for (let at = 1; at < pixels.length; at += 2) pixels[at]! &= 0x0f;
-    const { bytes, resolved } = makeInstanceWithInfo({
-      study: { uid: studyUid },
-      series: { uid: seriesUid },
-      rows,
-      columns,
-      bitsAllocated: 16,
-      extraElements: [{ tag: Tags.NumberOfFrames, vr: 'IS', value: String(frameCount) }, { tag: Tags.PixelData, vr: 'OW', value: pixels }],
-    });
-    const compressed = await transcodeDataset(bytes.subarray(splitPart10(bytes).datasetOffset), explicitLe, [jpegLsLossless]);
-    assert.equal(compressed.transferSyntaxUid, jpegLsLossless);
-    await store(ctImage, resolved.sopInstanceUid, compressed.bytes, jpegLsLossless);
+    const { compressed, resolved, pixels, rows, columns, frameCount } = await storeJpegLs([]);
     const frameBytes = rows * columns * 2;
     image = { studyUid, seriesUid, instanceUid: resolved.sopInstanceUid, frames: Array.from({ length: frameCount }, (_, index) => pixels.subarray(index * frameBytes, (index + 1) * frameBytes)) };
     const pixel = readPixelData(compressed.bytes, jpegLsLossless);
@@ -264,29 +270,12 @@ describe('WADO-RS frames of a JPEG-LS instance', () => {
 
 describe('WADO-RS frames of large compressed instances (over 8 MiB: read by range)', () => {
   it('JPEG-LS: decoded by default, as stored with transfer-syntax=*, 404 beyond the frames', async () => {
-    const { transcodeDataset } = await import('../../src/codec/transcode.ts');
-    const rows = 12;
-    const columns = 10;
-    const frameCount = 3;
-    const pixels = randomBytes(rows * columns * 2 * frameCount);
-    for (let at = 1; at < pixels.length; at += 2) pixels[at]! &= 0x0f;
     // A private element before Pixel Data makes the instance large; its frames stay small.
-    const { bytes, resolved } = makeInstanceWithInfo({
-      study: { uid: studyUid },
-      series: { uid: seriesUid },
-      rows,
-      columns,
-      bitsAllocated: 16,
-      extraElements: [
-        { tag: Tags.NumberOfFrames, vr: 'IS', value: String(frameCount) },
-        { tag: 0x00090010, vr: 'LO', value: 'PACSMESH TEST' },
-        { tag: 0x00091000, vr: 'OB', value: randomBytes(9 * 1024 * 1024) },
-        { tag: Tags.PixelData, vr: 'OW', value: pixels },
-      ],
-    });
-    const compressed = await transcodeDataset(bytes.subarray(splitPart10(bytes).datasetOffset), explicitLe, [jpegLsLossless]);
+    const { compressed, resolved, pixels, rows, columns } = await storeJpegLs([
+      { tag: 0x00090010, vr: 'LO', value: 'PACSMESH TEST' },
+      { tag: 0x00091000, vr: 'OB', value: randomBytes(9 * 1024 * 1024) },
+    ]);
     assert.ok(compressed.bytes.length > 9 * 1024 * 1024, `${compressed.bytes.length} bytes`);
-    await store(ctImage, resolved.sopInstanceUid, compressed.bytes, jpegLsLossless);
     const image = { studyUid, seriesUid, instanceUid: resolved.sopInstanceUid };
     const frameBytes = rows * columns * 2;
     const framePixels = (frameNumber: number) => pixels.subarray((frameNumber - 1) * frameBytes, frameNumber * frameBytes).toString('hex');
