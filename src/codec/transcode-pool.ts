@@ -32,6 +32,7 @@ export interface TranscodeJob {
   bytes: Uint8Array;
   fromTransferSyntaxUid: string;
   acceptableTransferSyntaxUids: string[];
+  renderedJpegQuality?: number;
 }
 
 /** Worker to main thread. */
@@ -53,6 +54,8 @@ export type TranscodeSource = Uint8Array | { byteLength: number; read(): Promise
 export interface TranscodeOptions {
   /** Aborted when the requestor is gone: the job is dropped or stopped, and fails ERR_TRANSCODE_CANCELLED. */
   signal?: AbortSignal;
+  /** The source is a rendered image (8-bit, one frame, explicit VR LE): made lossy JPEG Baseline at this quality. */
+  renderedJpegQuality?: number;
 }
 
 /** What the retrieve services need: `transcodeDataset`'s contract (transcode.ts), wherever it runs. */
@@ -121,6 +124,7 @@ interface Job {
   byteLength: number;
   fromTransferSyntaxUid: string;
   acceptableTransferSyntaxUids: string[];
+  renderedJpegQuality: number | undefined;
   /** queued: waiting to start; reading: its instance being read; atThread: posted to the worker. */
   phase: 'queued' | 'reading' | 'atThread';
   /** Its promise is settled (done, failed, cancelled, timed out); an atThread job keeps its slot until the thread answers. */
@@ -220,7 +224,14 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
       // Only jobs at the thread keep the process alive; an idle worker must not hold up a peer's exit.
       worker.ref();
       job.timers.push(clock.setTimeout(() => timedOut(job), jobTimeoutMs));
-      const message: TranscodeJob = { type: 'transcode', jobId: job.jobId, bytes, fromTransferSyntaxUid: job.fromTransferSyntaxUid, acceptableTransferSyntaxUids: job.acceptableTransferSyntaxUids };
+      const message: TranscodeJob = {
+        type: 'transcode',
+        jobId: job.jobId,
+        bytes,
+        fromTransferSyntaxUid: job.fromTransferSyntaxUid,
+        acceptableTransferSyntaxUids: job.acceptableTransferSyntaxUids,
+        ...(job.renderedJpegQuality === undefined ? {} : { renderedJpegQuality: job.renderedJpegQuality }),
+      };
       worker.postMessage(message satisfies TranscodeRequest, [bytes.buffer as ArrayBuffer]);
     })();
   }
@@ -331,6 +342,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
           byteLength,
           fromTransferSyntaxUid: String(fromTransferSyntaxUid),
           acceptableTransferSyntaxUids: Array.from(acceptableTransferSyntaxUids, String),
+          renderedJpegQuality: options.renderedJpegQuality,
           phase: 'queued',
           settled: false,
           resolve,

@@ -41,7 +41,7 @@ port.on('message', (message: TranscodeRequest) => {
 
 async function run(job: TranscodeJob, signal: AbortSignal): Promise<{ reply: TranscodeReply; transfer: ArrayBuffer[] }> {
   try {
-    const result = await transcodeDataset(job.bytes, job.fromTransferSyntaxUid, job.acceptableTransferSyntaxUids, { signal });
+    const result = await transcodeDataset(job.bytes, job.fromTransferSyntaxUid, job.acceptableTransferSyntaxUids, { signal, renderedJpegQuality: job.renderedJpegQuality });
     // Moved, not copied, to the main thread; a view into a larger (pooled) buffer is cut out first.
     const bytes = fillsItsBuffer(result.bytes) ? result.bytes : new Uint8Array(result.bytes);
     return { reply: { type: 'transcoded', jobId: job.jobId, bytes, transferSyntaxUid: result.transferSyntaxUid }, transfer: [bytes.buffer as ArrayBuffer] };

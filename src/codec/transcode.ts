@@ -97,9 +97,10 @@ export async function transcodeDataset(
   datasetBytes: Uint8Array,
   fromTransferSyntaxUid: string,
   acceptableTransferSyntaxUids: readonly string[],
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; renderedJpegQuality?: number } = {},
 ): Promise<{ bytes: Uint8Array; transferSyntaxUid: string }> {
   const { signal } = options;
+  if (options.renderedJpegQuality !== undefined) return encodeRenderedJpeg(datasetBytes, fromTransferSyntaxUid, options.renderedJpegQuality, signal);
   if (!(datasetBytes instanceof Uint8Array)) {
     throw new TranscodeError('ERR_TRANSCODE_FAILED', 'datasetBytes must be a Uint8Array');
   }
@@ -194,7 +195,7 @@ function inflateIfNeeded(bytes: Uint8Array, ts: string): Uint8Array {
 }
 
 function finish(elements: El[], target: string): Uint8Array {
-  const enc: Encoding = { ...encodingOf(target), encapsulated: ENCODABLE.has(target) };
+  const enc: Encoding = { ...encodingOf(target), encapsulated: ENCODABLE.has(target) || target === JPEG_BASELINE };
   const out = new Sink();
   writeDataset(elements, enc, out);
   const bytes = out.concat();
@@ -898,6 +899,7 @@ interface NativeCodecsApi {
       getDecodedBuffer(): Uint8Array | undefined;
       getPhotometricInterpretation(): string | undefined;
     };
+    encodeJpeg(context: unknown, parameters?: { lossy?: boolean; quality?: number }): { getEncodedBuffer(): Uint8Array | undefined };
   };
   Context: new (attrs: Record<string, unknown>) => unknown;
 }
@@ -1110,6 +1112,50 @@ async function encodePixelData(elements: El[], target: string, signal: AbortSign
   }
   elements[index] = { tag: PIXEL_DATA, vr: 'OB', fragments: [bot, ...encoded], undefinedLength: true, littleEndian: true, rewritten: true };
   if (planar) setElement(elements, 0x00280006, 'US', usValue(0));
+}
+
+/**
+ * A rendered image (8 bits a sample, MONOCHROME2 or RGB, one frame, explicit VR little endian) as lossy JPEG
+ * Baseline at `quality` (1-100): for a browser, never stored nor sent as DICOM, hence lossy and unchecked.
+ */
+async function encodeRenderedJpeg(datasetBytes: Uint8Array, from: string, quality: number, signal: AbortSignal | undefined): Promise<{ bytes: Uint8Array; transferSyntaxUid: string }> {
+  if (from !== EXPLICIT_LE) unsupported(`a rendered image comes in ${EXPLICIT_LE}, not ${from}`);
+  let elements: El[];
+  let attrs: PixelAttrs;
+  try {
+    elements = parseDataset(datasetBytes, encodingOf(from));
+    attrs = pixelAttrs(elements);
+  } catch (err) {
+    throw asTranscodeError(err);
+  }
+  const index = elements.findIndex((e) => e.tag === PIXEL_DATA);
+  const pixels = elements[index]?.value;
+  const frameBytes = attrs.rows * attrs.columns * attrs.samplesPerPixel;
+  if (!pixels || attrs.bitsAllocated !== 8 || attrs.frames !== 1 || pixels.length < frameBytes) fail('a rendered image is one frame of 8-bit samples');
+  let jpeg: Uint8Array | undefined;
+  await eachFrameWithCodecs(1, signal, () => {
+    const req = createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'));
+    const { NativeCodecs, Context } = req('dcmjs-codecs') as NativeCodecsApi;
+    const ctx = new Context({
+      width: attrs.columns,
+      height: attrs.rows,
+      bitsAllocated: 8,
+      bitsStored: 8,
+      samplesPerPixel: attrs.samplesPerPixel,
+      pixelRepresentation: 0,
+      planarConfiguration: 0,
+      photometricInterpretation: attrs.photometric,
+      decodedBuffer: new Uint8Array(pixels.subarray(0, frameBytes)),
+    });
+    jpeg = NativeCodecs.encodeJpeg(ctx, { lossy: true, quality: Math.min(100, Math.max(1, Math.round(quality))) }).getEncodedBuffer()?.slice();
+  });
+  if (!jpeg || jpeg.length === 0) fail('the JPEG encoder returned no data');
+  elements[index] = { tag: PIXEL_DATA, vr: 'OB', fragments: [new Uint8Array(0), jpeg.length % 2 ? Buffer.concat([jpeg, new Uint8Array(1)]) : jpeg], undefinedLength: true, littleEndian: true, rewritten: true };
+  try {
+    return { bytes: finish(elements, JPEG_BASELINE), transferSyntaxUid: JPEG_BASELINE };
+  } catch (err) {
+    throw asTranscodeError(err);
+  }
 }
 
 /** One frame of three colour planes (pixels samples each) as interleaved samples, in a buffer of its own. */

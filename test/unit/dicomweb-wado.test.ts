@@ -233,8 +233,7 @@ describe('WADO-RS', () => {
     assert.equal(head.status, 200);
     // What it cannot serve: each a status and a message.
     const cases: Array<[string, number, RegExp]> = [
-      [uri(`${series1}.1`), 406, /application\/dicom only; rendered images \(image\/jpeg, the default/],
-      [uri(`${series1}.1`, '&contentType=image/jpeg'), 406, /rendered images \(image\/jpeg\)/],
+      [uri(`${series1}.1`, '&contentType=image/gif'), 406, /application\/dicom, image\/jpeg or image\/png, not image\/gif/],
       [uri(`${series1}.1`, '&contentType=application/dicom&rows=64'), 400, /rows apply to rendered images/],
       [uri(`${series1}.1`, '&contentType=application/dicom&anonymize=yes'), 400, /anonymize is not supported/],
       [uri(`${series1}.1`, '&contentType=application/dicom').replace('requestType=WADO', 'requestType=WADO-RS'), 400, /requestType must be WADO/],

@@ -21,6 +21,7 @@ import { DatasetParseError } from '../../codec/dataset/errors.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
 import { EncapsulatedFrameScanner } from '../../codec/dataset/encapsulated-scan.ts';
 import { encapsulatedFrame, framesOnlyDataset, nativeFrame, nativeFrameBits, readPixelData, readPixelDataHeader, type ImagePixelAttributes, type PixelData } from '../../codec/dataset/pixel-data.ts';
+import { Tags } from '../../codec/dictionary.ts';
 import { parseAccept } from './accept.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
@@ -51,22 +52,35 @@ function storedLayoutOf(transferSyntaxUid: string): StoredLayout {
 }
 
 export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute): Promise<void> {
-  const ranges = parseAccept(exchange.req.headers.accept);
+  await framesFor(ctx, exchange, route, parseAccept(exchange.req.headers.accept), (representation, frames) => sendFrames(exchange, route, representation, frames));
+}
+
+/** What the delivered frames are cut from: their pixel attributes and the header of their data set (after any decode). */
+export interface FramesSource {
+  image: ImagePixelAttributes;
+  elements: readonly DicomElement[];
+}
+
+/** Where frames go once had: the multipart response, or a rendering. */
+export type DeliverFrames = (representation: FrameRepresentation, frames: Uint8Array[], source: FramesSource) => Promise<void>;
+
+/** The asked frames of an instance, in the representation the ranges choose, handed to `deliver`. */
+export async function framesFor(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, deliver: DeliverFrames): Promise<void> {
   const [selected] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
   if (selected === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `instance ${route.instanceUid} is not stored in this mesh`);
   // A large native little endian or encapsulated instance: only its header and the asked frames' bytes are
   // kept, whatever its size.
   if (selected.byteLength > frameStreamingBytesMin) {
     const layout = storedLayoutOf(selected.transferSyntaxUid);
-    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, exchange, route, ranges, selected))) return;
-    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected))) return;
+    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, route, ranges, selected, deliver))) return;
+    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected, deliver))) return;
   }
   if (selected.byteLength > frameSourceBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax} read whole`);
   }
   // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
   // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
-  await holdingInstance(ctx, exchange, selected.byteLength * 3, () => framesOf(ctx, exchange, route, ranges, selected));
+  await holdingInstance(ctx, exchange, selected.byteLength * 3, () => framesOf(ctx, exchange, route, ranges, selected, deliver));
 }
 
 /** Above this, a little endian or compressed instance's frames are read by range rather than with the whole instance. */
@@ -78,7 +92,7 @@ export const frameStreamingBytesMin = 8 * 1024 * 1024;
  * checked against the SHA-256, which needs every byte: the scrub checks stored copies. False (nothing
  * sent) for what this path does not take: 1-bit frames, no Pixel Data, Pixel Data of undefined length.
  */
-async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<boolean> {
+async function nativeFramesByRange(ctx: DicomWebContext, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<boolean> {
   const offers: FrameOffers = { storedTransferSyntaxUid: selected.transferSyntaxUid, storedEncapsulated: false, asStored: false, native: true };
   const representation = chooseFrameRepresentation(ranges, offers);
   if (representation === undefined) {
@@ -91,11 +105,13 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
   const frames: Uint8Array[] = [];
   let frameRanges: Array<{ start: number; end: number }>;
   let offset: number;
+  let source: FramesSource;
   try {
     const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, elementHeaderBytes);
     // No Pixel Data within the bound, or none at all: the whole-instance path says so (404).
     if (pixelDataOffset === undefined || head.length < pixelDataOffset + elementHeaderBytes) return false;
-    const image = pixelAttributesOf(head, syntax, route.instanceUid).image;
+    source = pixelAttributesOf(head, syntax, route.instanceUid);
+    const image = source.image;
     const valueLength = head.readUInt32LE(pixelDataOffset + elementHeaderBytes - 4);
     if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
     const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
@@ -120,7 +136,7 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
     await chunks.return(undefined);
   }
   if (frameRanges.some((range) => range.end > offset)) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends before its frames do`);
-  await sendFrames(exchange, route, representation, frames);
+  await deliver(representation, frames, source);
   return true;
 }
 
@@ -130,7 +146,7 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
  * Sent as stored, or decoded (those frames alone). Not checked against the SHA-256, as nativeFramesByRange.
  * False (nothing sent) when the frames cannot be told apart this way: the whole-instance path decides.
  */
-async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<boolean> {
+async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<boolean> {
   const syntax = selected.transferSyntaxUid;
   const offers: FrameOffers = { storedTransferSyntaxUid: syntax, storedEncapsulated: true, asStored: true, native: canTranscode(syntax, EXPLICIT_LE) };
   const representation = chooseFrameRepresentation(ranges, offers);
@@ -160,8 +176,11 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   }
   if (codestreams === undefined) return false;
   const codestreamOf = (frameNumber: number) => codestreams.get(frameNumber)!;
-  const frames = representation.kind === 'stored' ? route.frameNumbers.map(codestreamOf) : await decodedFrames(ctx, exchange, route, elements, image, syntax, codestreamOf);
-  await sendFrames(exchange, route, representation, frames);
+  if (representation.kind === 'stored') await deliver(representation, route.frameNumbers.map(codestreamOf), { image, elements });
+  else {
+    const decoded = await decodedFrames(ctx, exchange, route, elements, image, syntax, codestreamOf);
+    await deliver(representation, decoded.frames, decoded.source);
+  }
   return true;
 }
 
@@ -180,14 +199,28 @@ async function decodedFrames(
   image: ImagePixelAttributes,
   storedSyntax: string,
   codestreamOf: (frameNumber: number) => Uint8Array,
-): Promise<Uint8Array[]> {
+): Promise<{ frames: Uint8Array[]; source: FramesSource }> {
   const wanted = [...new Set(route.frameNumbers)];
   const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(elements, wanted.map(codestreamOf)), storedSyntax, { ...image, numberOfFrames: wanted.length }, route.instanceUid);
-  const native = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
-  if (native.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
+  const { native, source } = nativeOf(decoded, elements, route.instanceUid);
   const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
-  return route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, positions.get(frameNumber)!), route.instanceUid));
+  return { frames: route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, positions.get(frameNumber)!), route.instanceUid)), source };
 }
+
+/**
+ * A data set the transcoder made in explicit VR little endian: its native Pixel Data, and the stored header
+ * with the colour layout the decoder gave (a frames-only data set keeps no window or rescale).
+ */
+function nativeOf(decoded: Uint8Array, storedElements: readonly DicomElement[], instanceUid: string): { native: Extract<PixelData, { kind: 'native' }>; source: FramesSource } {
+  const native = checked(() => readPixelData(decoded, EXPLICIT_LE), instanceUid);
+  if (native.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
+  const decodedElements = pixelAttributesOf(decoded, EXPLICIT_LE, instanceUid).elements;
+  const layoutTags = new Set([Tags.PhotometricInterpretation, planarConfigurationTag]);
+  const elements = [...storedElements.filter((element) => !layoutTags.has(element.tag)), ...decodedElements.filter((element) => layoutTags.has(element.tag))];
+  return { native, source: { image: native.image, elements } };
+}
+
+const planarConfigurationTag = 0x00280006;
 
 /** Copies the part of `bytes` (at `bytesStart` in the data set) that falls in each range into its frame. */
 function copyOverlaps(bytes: Uint8Array, bytesStart: number, ranges: ReadonlyArray<{ start: number; end: number }>, frames: Uint8Array[]): void {
@@ -199,7 +232,7 @@ function copyOverlaps(bytes: Uint8Array, bytesStart: number, ranges: ReadonlyArr
   });
 }
 
-async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry): Promise<void> {
+async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<void> {
   const { entry, bytes } = await readWholeInstance(ctx, selected);
   const storedSyntax = entry.transferSyntaxUid;
   const layout = storedLayoutOf(storedSyntax);
@@ -229,37 +262,38 @@ async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route:
       : `the frames of instance ${route.instanceUid} can be sent as: ${offered.join(', ')}`);
   }
 
-  let frames: Uint8Array[];
   switch (representation.kind) {
     case 'stored': {
       if (stored?.kind !== 'encapsulated') throw new Error('frames offered as stored without encapsulated Pixel Data');
       const encapsulated = stored;
-      frames = route.frameNumbers.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
-      break;
+      await deliver(representation, route.frameNumbers.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid)), { image, elements });
+      return;
     }
     case 'native': {
       if (stored?.kind === 'encapsulated' && stored.frameFragments !== undefined) {
         const encapsulated = stored;
         stored = undefined;
-        frames = await decodedFrames(ctx, exchange, route, elements, image, storedSyntax, (frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
-        break;
+        const decoded = await decodedFrames(ctx, exchange, route, elements, image, storedSyntax, (frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
+        await deliver(representation, decoded.frames, decoded.source);
+        return;
       }
+      let source: FramesSource = { image, elements };
       if (layout !== 'nativeLittleEndian') {
         stored = undefined;
-        const decoded = await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid);
-        stored = checked(() => readPixelData(decoded, EXPLICIT_LE), route.instanceUid);
+        const converted = nativeOf(await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid), elements, route.instanceUid);
+        stored = converted.native;
+        source = converted.source;
       }
       if (stored?.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
       const native = stored;
-      frames = route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, frameNumber), route.instanceUid));
-      break;
+      await deliver(representation, route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, frameNumber), route.instanceUid)), source);
+      return;
     }
     default: {
       const unreachable: never = representation;
       throw new Error(`unhandled representation ${JSON.stringify(unreachable)}`);
     }
   }
-  await sendFrames(exchange, route, representation, frames);
 }
 
 function pixelAttributesOf(bytes: Uint8Array, transferSyntaxUid: string, instanceUid: string): { image: ImagePixelAttributes; elements: DicomElement[] } {

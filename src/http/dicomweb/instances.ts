@@ -185,7 +185,15 @@ export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: 
  * bytes move to the thread when the job starts: this side keeps no copy. A conversion that cannot be done
  * is a 406 saying the instance can be had as stored; a transcoder too busy, a 503.
  */
-export async function convertInstance(ctx: DicomWebContext, exchange: DicomWebExchange, bytes: Uint8Array, fromSyntax: string, toSyntax: string, instanceUid: string): Promise<TranscodeResult> {
+export async function convertInstance(
+  ctx: DicomWebContext,
+  exchange: DicomWebExchange,
+  bytes: Uint8Array,
+  fromSyntax: string,
+  toSyntax: string,
+  instanceUid: string,
+  options: { renderedJpegQuality?: number } = {},
+): Promise<TranscodeResult> {
   const cancel = new AbortController();
   const onClose = () => cancel.abort();
   exchange.res.once('close', onClose);
@@ -199,7 +207,7 @@ export async function convertInstance(ctx: DicomWebContext, exchange: DicomWebEx
     },
   };
   try {
-    return await ctx.transcoder.transcode(source, fromSyntax, [toSyntax], { signal: cancel.signal });
+    return await ctx.transcoder.transcode(source, fromSyntax, [toSyntax], { signal: cancel.signal, ...options });
   } catch (error) {
     if (!(error instanceof TranscodeError)) throw error;
     switch (error.code) {

@@ -15,6 +15,8 @@ export type DicomWebRoute =
   | { type: 'bulkdata'; studyUid: string; seriesUid: string; instanceUid: string; tag: number }
   /** WADO-RS: frames of one instance, numbered from 1. */
   | { type: 'frames'; studyUid: string; seriesUid: string; instanceUid: string; frameNumbers: number[] }
+  /** WADO-RS Retrieve Rendered: one frame of an instance (frame 1 for the instance's own resource) as an image. */
+  | { type: 'rendered'; studyUid: string; seriesUid: string; instanceUid: string; frameNumber: number }
   /** STOW-RS: POST /studies, or /studies/{uid} for instances of that study only. */
   | { type: 'store'; studyUid?: string }
   /** WADO-URI: /wado, the instance named by its query parameters (see wado-uri.ts). */
@@ -67,6 +69,12 @@ export function routeOf(method: string, path: string): RouteResult {
   if (instanceUid === undefined) return readOnly({ type: 'search', level: 'IMAGE', studyUid, seriesUid });
   if (fourth === undefined) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: false });
   if (fourth === 'metadata' && rest.length === 0) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: true });
+  if (fourth === 'rendered' && rest.length === 0) return readOnly({ type: 'rendered', studyUid, seriesUid, instanceUid, frameNumber: 1 });
+  if (fourth === 'frames' && rest.length === 2 && rest[1] === 'rendered') {
+    const frameNumbers = parseFrameList(rest[0]!);
+    if (frameNumbers?.length !== 1) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_FRAMES', message: `frames are rendered one at a time: "${rest[0]!.slice(0, 80)}" is not one frame number from 1` };
+    return readOnly({ type: 'rendered', studyUid, seriesUid, instanceUid, frameNumber: frameNumbers[0]! });
+  }
   if (fourth === 'bulkdata' && rest.length === 1) {
     if (!/^[0-9A-Fa-f]{8}$/.test(rest[0]!)) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_TAG', message: `bulk data is named by a tag of 8 hex digits, not "${rest[0]!.slice(0, 80)}"` };
     return readOnly({ type: 'bulkdata', studyUid, seriesUid, instanceUid, tag: parseInt(rest[0]!, 16) >>> 0 });

@@ -1,0 +1,81 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { inflateSync } from 'node:zlib';
+import { Tags } from './dictionary.ts';
+import { encodePng } from './png.ts';
+import { RenderError, fittedSize, renderAttributesOf, renderFrame, type RenderAttributes } from './render.ts';
+import type { ImagePixelAttributes } from './dataset/pixel-data.ts';
+
+const grey16: ImagePixelAttributes = { rows: 2, columns: 2, samplesPerPixel: 1, bitsAllocated: 16, numberOfFrames: 1, photometricInterpretation: 'MONOCHROME2' };
+const plain: RenderAttributes = { bitsStored: 16, pixelRepresentation: 0, planarConfiguration: 0, rescaleSlope: 1, rescaleIntercept: 0, window: undefined };
+const words = (...values: number[]) => {
+  const bytes = Buffer.alloc(values.length * 2);
+  values.forEach((value, index) => bytes.writeUInt16LE(value & 0xffff, index * 2));
+  return bytes;
+};
+
+describe('renderFrame', () => {
+  it('a CT window on rescaled signed values (PS3.3 C.11.2.1.2.1 LINEAR): below, at the centre, above', () => {
+    const attributes = renderAttributesOf(
+      [
+        { tag: Tags.BitsStored, vr: 'US', value: '12' },
+        { tag: Tags.PixelRepresentation, vr: 'US', value: '1' },
+        { tag: Tags.RescaleIntercept, vr: 'DS', value: '-1024' },
+        { tag: Tags.RescaleSlope, vr: 'DS', value: '1' },
+        { tag: Tags.WindowCenter, vr: 'DS', value: '40\\400' },
+        { tag: Tags.WindowWidth, vr: 'DS', value: '400\\2000' },
+      ],
+      grey16,
+    );
+    assert.deepEqual(attributes.window, { center: 40, width: 400, function: 'LINEAR' });
+    // Stored 12-bit signed: 0x800 is -2048 (below), 1064 is 40 HU (the centre), 2047 is 1023 HU (above).
+    const image = renderFrame(words(0x800, 1064, 2047, 0xf000 | 1064), grey16, attributes);
+    assert.deepEqual([...image.pixels], [0, 128, 255, 128]);
+    const asked = renderFrame(words(1064, 1064, 1064, 1064), grey16, attributes, { window: { center: 1040, width: 2000, function: 'LINEAR_EXACT' } });
+    assert.equal(asked.pixels[0], 0);
+  });
+
+  it("without a window: the frame's own range; MONOCHROME1 inverted; 8-bit", () => {
+    const image = renderFrame(Uint8Array.from([10, 20, 30, 40]), { ...grey16, bitsAllocated: 8, photometricInterpretation: 'MONOCHROME1' }, { ...plain, bitsStored: 8 });
+    assert.deepEqual([...image.pixels], [255, 170, 85, 0]);
+  });
+
+  it('RGB by pixel or by plane, and YBR_FULL converted to RGB', () => {
+    const rgb = { ...grey16, rows: 1, samplesPerPixel: 3, bitsAllocated: 8, photometricInterpretation: 'RGB' };
+    assert.deepEqual([...renderFrame(Uint8Array.from([1, 2, 3, 4, 5, 6]), rgb, plain).pixels], [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual([...renderFrame(Uint8Array.from([1, 4, 2, 5, 3, 6]), rgb, { ...plain, planarConfiguration: 1 }).pixels], [1, 2, 3, 4, 5, 6]);
+    const ybr = renderFrame(Uint8Array.from([128, 128, 128, 255, 128, 128]), { ...rgb, photometricInterpretation: 'YBR_FULL' }, plain);
+    assert.deepEqual([...ybr.pixels], [128, 128, 128, 255, 255, 255]);
+  });
+
+  it('fits the asked size keeping the aspect ratio (at most twice the image)', () => {
+    assert.deepEqual(fittedSize(512, 256, 128), { columns: 128, rows: 64 });
+    assert.deepEqual(fittedSize(512, 256, 128, 32), { columns: 64, rows: 32 });
+    assert.deepEqual(fittedSize(100, 100, 1000, 1000), { columns: 200, rows: 200 });
+    const image = renderFrame(Uint8Array.from([0, 255, 0, 255]), { ...grey16, bitsAllocated: 8 }, { ...plain, bitsStored: 8 }, { maxColumns: 1 });
+    assert.deepEqual([image.columns, image.rows, image.pixels.length], [1, 1, 1]);
+  });
+
+  it('refuses what it does not render: PALETTE COLOR, 32-bit, a short frame', () => {
+    assert.throws(() => renderFrame(new Uint8Array(4), { ...grey16, photometricInterpretation: 'PALETTE COLOR', bitsAllocated: 8 }, plain), (e: unknown) => e instanceof RenderError && e.code === 'ERR_RENDER_UNSUPPORTED');
+    assert.throws(() => renderFrame(new Uint8Array(16), { ...grey16, bitsAllocated: 32 }, plain), (e: unknown) => e instanceof RenderError && e.code === 'ERR_RENDER_UNSUPPORTED');
+    assert.throws(() => renderFrame(new Uint8Array(3), grey16, plain), (e: unknown) => e instanceof RenderError && e.code === 'ERR_RENDER_PIXEL_DATA');
+  });
+});
+
+describe('encodePng', () => {
+  it('a grey and an RGB image: signature, IHDR, and the rows back from IDAT', () => {
+    for (const samples of [1, 3] as const) {
+      const pixels = Uint8Array.from({ length: 3 * 2 * samples }, (_, index) => index * 7);
+      const png = encodePng(pixels, 3, 2, samples);
+      assert.equal(png.subarray(0, 8).toString('hex'), '89504e470d0a1a0a');
+      assert.equal(png.subarray(12, 16).toString('latin1'), 'IHDR');
+      assert.deepEqual([png.readUInt32BE(16), png.readUInt32BE(20), png[24], png[25]], [3, 2, 8, samples === 1 ? 0 : 2]);
+      const idatAt = png.indexOf('IDAT');
+      const raw = inflateSync(png.subarray(idatAt + 4, idatAt + 4 + png.readUInt32BE(idatAt - 4)));
+      const rowBytes = 3 * samples;
+      assert.deepEqual([...raw.subarray(1, 1 + rowBytes), ...raw.subarray(2 + rowBytes, 2 + 2 * rowBytes)], [...pixels]);
+      assert.equal(png.subarray(-8, -4).toString('latin1'), 'IEND');
+    }
+  });
+});

@@ -1,0 +1,132 @@
+/**
+ * Rendered images (PS3.18 8.3.5 and 10.4 "Retrieve Rendered"; WADO-URI's image/jpeg and image/png, 9.2.2):
+ * one frame made 8-bit by src/codec/render.ts (rescale, VOI window, MONOCHROME1 inverted, fitted to the asked
+ * size), as JPEG Baseline (lossy, made in the transcoder's thread) or PNG (lossless). For a browser, a report
+ * or an EHR link: never a diagnostic representation.
+ *
+ * WADO-RS: /studies/{s}/series/{se}/instances/{i}/rendered (frame 1) and .../frames/{n}/rendered, Accept
+ * image/jpeg (the default) or image/png; `window=center,width[,linear|linear-exact|sigmoid]`,
+ * `viewport=vw,vh` (a source region after them is a 400), `quality` (1-100, JPEG), `annotation` ignored.
+ */
+import { encodeDataset } from '../../codec/dataset/writer.ts';
+import { readPixelData } from '../../codec/dataset/pixel-data.ts';
+import { Tags } from '../../codec/dictionary.ts';
+import { encodePng } from '../../codec/png.ts';
+import { RenderError, renderAttributesOf, renderFrame, voiFunctions, type RenderOptions, type RenderedImage, type VoiFunction } from '../../codec/render.ts';
+import { EXPLICIT_LE } from '../../codec/transcode-targets.ts';
+import { acceptableRanges, parseAccept, type MediaRange } from './accept.ts';
+import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { framesFor } from './frames.ts';
+import { convertInstance } from './instances.ts';
+
+export type RenderedMediaType = 'image/jpeg' | 'image/png';
+
+export interface RenderedRequest {
+  studyUid: string;
+  seriesUid: string;
+  instanceUid: string;
+  frameNumber: number;
+  mediaType: RenderedMediaType;
+  options: RenderOptions;
+  /** JPEG quality, 1-100. */
+  quality: number;
+}
+
+/** JPEG quality when the request names none: a browser's view, small enough to send quickly. */
+export const defaultJpegQuality = 90;
+/** A rendered image is at most this many pixels a side: a viewport asking more is fitted to it. */
+export const renderedSideMax = 8192;
+
+/** The rendered media type the first acceptable range takes (JPEG for `*\/*`, `image/*` or no header); undefined: 406. */
+export function chooseRenderedType(ranges: readonly MediaRange[]): RenderedMediaType | undefined {
+  if (ranges.length === 0) return 'image/jpeg';
+  for (const range of acceptableRanges(ranges)) {
+    if (range.type === '*' || (range.type === 'image' && (range.subtype === '*' || range.subtype === 'jpeg'))) return 'image/jpeg';
+    if (range.type === 'image' && range.subtype === 'png') return 'image/png';
+  }
+  return undefined;
+}
+
+const badRequest = (message: string) => new DicomWebError(400, 'ERR_DICOMWEB_RENDER_QUERY', message);
+
+/** A number parameter in [min, max], or a 400 naming it. */
+export function numberParameter(name: string, text: string, min: number, max: number): number {
+  const value = /^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isFinite(value) || value < min || value > max) throw badRequest(`${name} is "${text.slice(0, 40)}", not a number from ${min} to ${max}`);
+  return value;
+}
+
+/** WADO-RS rendered parameters (PS3.18 8.3.5.1): window, viewport, quality; others are ignored. */
+export function parseRenderedQuery(query: URLSearchParams): { options: RenderOptions; quality: number } {
+  const options: RenderOptions = {};
+  const window = query.get('window');
+  if (window !== null) {
+    const [center, width, fn, ...extra] = window.split(',');
+    if (center === undefined || width === undefined || extra.length > 0) throw badRequest(`window is "${window.slice(0, 60)}", not center,width[,function]`);
+    const voiFunction = (fn ?? 'linear').trim().toUpperCase().replace('-', '_') as VoiFunction;
+    if (!voiFunctions.includes(voiFunction)) throw badRequest(`window function "${(fn ?? '').slice(0, 20)}" is not linear, linear-exact or sigmoid`);
+    options.window = { center: numberParameter('window center', center, -1e9, 1e9), width: numberParameter('window width', width, 1, 1e9), function: voiFunction };
+  }
+  const viewport = query.get('viewport');
+  if (viewport !== null) {
+    const parts = viewport.split(',');
+    if (parts.length !== 2) throw badRequest(`viewport is "${viewport.slice(0, 60)}": only vw,vh is supported (no source region)`);
+    options.maxColumns = numberParameter('viewport width', parts[0]!, 1, renderedSideMax);
+    options.maxRows = numberParameter('viewport height', parts[1]!, 1, renderedSideMax);
+  }
+  const quality = query.get('quality');
+  return { options, quality: quality === null ? defaultJpegQuality : numberParameter('quality', quality, 1, 100) };
+}
+
+/** The request's one frame, rendered and sent as a single image. */
+export async function sendRendered(ctx: DicomWebContext, exchange: DicomWebExchange, request: RenderedRequest): Promise<void> {
+  const route = { type: 'frames' as const, studyUid: request.studyUid, seriesUid: request.seriesUid, instanceUid: request.instanceUid, frameNumbers: [request.frameNumber] };
+  // The frame as native little endian, decoded first when stored compressed.
+  const nativeRanges = parseAccept('multipart/related; type="application/octet-stream"');
+  await framesFor(ctx, exchange, route, nativeRanges, async (_representation, frames, source) => {
+    let image: RenderedImage;
+    try {
+      image = renderFrame(frames[0]!, source.image, renderAttributesOf(source.elements, source.image), request.options);
+    } catch (error) {
+      if (error instanceof RenderError) throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_RENDERABLE', `instance ${request.instanceUid} cannot be rendered: ${error.message}; it can be had as DICOM`);
+      throw error;
+    }
+    const body = request.mediaType === 'image/png' ? encodePng(image.pixels, image.columns, image.rows, image.samplesPerPixel) : await jpegOf(ctx, exchange, image, request);
+    exchange.res.writeHead(200, { 'content-type': request.mediaType, 'content-length': String(body.length), vary: 'Accept' });
+    exchange.res.end(exchange.req.method === 'HEAD' ? undefined : body);
+  });
+}
+
+/** The image as JPEG Baseline, encoded in the transcoder's thread: a large one must not hold the event loop. */
+async function jpegOf(ctx: DicomWebContext, exchange: DicomWebExchange, image: RenderedImage, request: RenderedRequest): Promise<Uint8Array> {
+  const us = (tag: number, value: number) => ({ tag, vr: 'US' as const, value: String(value) });
+  const header = encodeDataset(
+    [
+      us(Tags.SamplesPerPixel, image.samplesPerPixel),
+      { tag: Tags.PhotometricInterpretation, vr: 'CS', value: image.samplesPerPixel === 1 ? 'MONOCHROME2' : 'RGB' },
+      ...(image.samplesPerPixel === 3 ? [us(0x00280006, 0)] : []),
+      us(Tags.Rows, image.rows),
+      us(Tags.Columns, image.columns),
+      us(Tags.BitsAllocated, 8),
+      us(Tags.BitsStored, 8),
+      us(Tags.HighBit, 7),
+      us(Tags.PixelRepresentation, 0),
+    ],
+    EXPLICIT_LE,
+  );
+  // Pixel Data (explicit VR little endian, OB, even length) after the header the writer made.
+  const pixelBytes = image.pixels.length + (image.pixels.length % 2);
+  const dataset = Buffer.alloc(header.length + 12 + pixelBytes);
+  dataset.set(header, 0);
+  dataset.writeUInt16LE(0x7fe0, header.length);
+  dataset.writeUInt16LE(0x0010, header.length + 2);
+  dataset.write('OB', header.length + 4, 'latin1');
+  dataset.writeUInt32LE(pixelBytes, header.length + 8);
+  dataset.set(image.pixels, header.length + 12);
+  const encoded = await convertInstance(ctx, exchange, dataset, EXPLICIT_LE, jpegBaseline, request.instanceUid, { renderedJpegQuality: request.quality });
+  const pixel = readPixelData(encoded.bytes, jpegBaseline);
+  if (pixel.kind !== 'encapsulated' || pixel.fragments.length !== 1) throw new Error('the JPEG encoder made no single codestream');
+  return pixel.fragments[0]!;
+}
+
+const jpegBaseline = '1.2.840.10008.1.2.4.50';

@@ -1,0 +1,164 @@
+/**
+ * Rendered images from a real peer (PS3.18 8.3.5 WADO-RS Retrieve Rendered, 9.2.2 WADO-URI image/jpeg and
+ * image/png): instances stored by C-STORE, rendered over HTTP, checked as images (PNG rows, JPEG frame header).
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { inflateSync } from 'node:zlib';
+import { openPeerClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { makeInstanceWithInfo, newUid, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { encodeDataset } from '../../src/codec/dataset/writer.ts';
+import { readPixelData, readPixelDataHeader, nativeFrame } from '../../src/codec/dataset/pixel-data.ts';
+import { renderAttributesOf, renderFrame } from '../../src/codec/render.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { CommandField, Status } from '../../src/codec/dimse.ts';
+
+const ctImage = '1.2.840.10008.5.1.4.1.1.2';
+const basicTextSr = '1.2.840.10008.5.1.4.1.1.88.11';
+const jpegLsLossless = '1.2.840.10008.1.2.4.80';
+const explicitLe = TransferSyntax.ExplicitVrLittleEndian;
+
+let peer: TestPeer;
+const studyUid = newUid();
+const seriesUid = newUid();
+
+async function store(sopClassUid: string, sopInstanceUid: string, dataset: Uint8Array, transferSyntaxUid: string): Promise<void> {
+  const client = await openPeerClient(peer.dicomPort, 'RENDER', [{ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [transferSyntaxUid] }]);
+  try {
+    const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: sopClassUid, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true }, dataset);
+    assert.equal(reply.command.status, Status.Success);
+  } finally {
+    await client.release();
+  }
+}
+
+/** A PNG's size, samples a pixel and rows of pixels (filter type 0 rows, as ours). */
+function readPng(png: Buffer): { columns: number; rows: number; samples: number; pixels: Buffer } {
+  assert.equal(png.subarray(0, 8).toString('hex'), '89504e470d0a1a0a', 'a PNG signature');
+  const columns = png.readUInt32BE(16);
+  const rows = png.readUInt32BE(20);
+  const samples = png[25] === 0 ? 1 : 3;
+  const idatAt = png.indexOf('IDAT');
+  const raw = inflateSync(png.subarray(idatAt + 4, idatAt + 4 + png.readUInt32BE(idatAt - 4)));
+  const rowBytes = columns * samples;
+  const pixels = Buffer.concat(Array.from({ length: rows }, (_, row) => raw.subarray(row * (rowBytes + 1) + 1, (row + 1) * (rowBytes + 1))));
+  return { columns, rows, samples, pixels };
+}
+
+/** A JPEG's size from its frame header: SOF0, or SOF1 (8-bit, with 16-bit quantization tables at low quality). */
+function jpegSize(jpeg: Buffer): { columns: number; rows: number } {
+  assert.equal(jpeg.readUInt16BE(0), 0xffd8, 'a JPEG starts with SOI');
+  const sof = [0xc0, 0xc1].map((marker) => jpeg.indexOf(Buffer.from([0xff, marker]))).find((at) => at > 0);
+  assert.ok(sof !== undefined, 'a sequential DCT frame header (SOF0 or SOF1)');
+  return { rows: jpeg.readUInt16BE(sof + 5), columns: jpeg.readUInt16BE(sof + 7) };
+}
+
+async function get(path: string, accept?: string): Promise<{ status: number; contentType: string; body: Buffer }> {
+  const response = await fetch(`http://127.0.0.1:${peer.httpPort}${path}`, { headers: accept === undefined ? {} : { accept } });
+  return { status: response.status, contentType: response.headers.get('content-type') ?? '', body: Buffer.from(await response.arrayBuffer()) };
+}
+
+/** The instance's frame rendered here, as the peer should have (its window and rescale). */
+function expectedRendering(dataset: Uint8Array, transferSyntaxUid: string, frameNumber: number, options = {}) {
+  const pixel = readPixelData(dataset, transferSyntaxUid);
+  assert.equal(pixel.kind, 'native');
+  if (pixel.kind !== 'native') throw new Error('native expected');
+  const { elements } = readPixelDataHeader(dataset, transferSyntaxUid);
+  return renderFrame(nativeFrame(pixel, frameNumber), pixel.image, renderAttributesOf(elements, pixel.image), options);
+}
+
+let ct: { instanceUid: string; dataset: Uint8Array };
+
+before(async () => {
+  peer = await startTestPeer([], 'rendered');
+  const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: studyUid }, series: { uid: seriesUid }, rows: 96, columns: 128, bitsAllocated: 16 });
+  const dataset = bytes.subarray(splitPart10(bytes).datasetOffset);
+  await store(ctImage, resolved.sopInstanceUid, dataset, explicitLe);
+  ct = { instanceUid: resolved.sopInstanceUid, dataset };
+});
+
+after(async () => {
+  await peer.dispose();
+});
+
+describe('rendered images', () => {
+  it('WADO-URI without contentType: a JPEG of the image (PS3.18 9.2.2 default); image/png: its windowed pixels', async () => {
+    const query = `requestType=WADO&studyUID=${studyUid}&seriesUID=${seriesUid}&objectUID=${ct.instanceUid}`;
+    const jpeg = await get(`/wado?${query}`);
+    assert.equal(jpeg.status, 200, jpeg.body.toString());
+    assert.equal(jpeg.contentType, 'image/jpeg');
+    assert.deepEqual(jpegSize(jpeg.body), { columns: 128, rows: 96 });
+    const png = await get(`/wado?${query}&contentType=image/png`);
+    assert.equal(png.status, 200, png.body.toString());
+    assert.equal(png.contentType, 'image/png');
+    const image = readPng(png.body);
+    const expected = expectedRendering(ct.dataset, explicitLe, 1);
+    assert.deepEqual([image.columns, image.rows, image.samples], [128, 96, 1]);
+    assert.ok(image.pixels.equals(expected.pixels), 'the instance\'s own window (40/400) over rescaled values');
+    const windowed = readPng((await get(`/wado?${query}&contentType=image/png&windowCenter=1000&windowWidth=4000&columns=64`)).body);
+    assert.deepEqual([windowed.columns, windowed.rows], [64, 48]);
+    assert.ok(windowed.pixels.equals(expectedRendering(ct.dataset, explicitLe, 1, { window: { center: 1000, width: 4000, function: 'LINEAR' }, maxColumns: 64 }).pixels), 'the asked window, fitted');
+  });
+
+  it('WADO-RS rendered: an instance as JPEG by default, PNG when asked, with viewport, window and quality', async () => {
+    const path = `/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${ct.instanceUid}/rendered`;
+    const jpeg = await get(path);
+    assert.equal(jpeg.status, 200, jpeg.body.toString());
+    assert.equal(jpeg.contentType, 'image/jpeg');
+    const small = await get(`${path}?quality=10&viewport=64,64`, 'image/jpeg');
+    assert.deepEqual(jpegSize(small.body), { columns: 64, rows: 48 });
+    assert.ok(small.body.length < jpeg.body.length, `quality 10 at 64 x 48 (${small.body.length} bytes) is smaller than the default (${jpeg.body.length})`);
+    const png = await get(`${path}?window=1000,4000,linear&viewport=256,256`, 'image/png');
+    assert.equal(png.contentType, 'image/png');
+    const image = readPng(png.body);
+    assert.deepEqual([image.columns, image.rows], [256, 192]);
+    assert.ok(image.pixels.equals(expectedRendering(ct.dataset, explicitLe, 1, { window: { center: 1000, width: 4000, function: 'LINEAR' }, maxColumns: 256, maxRows: 256 }).pixels));
+  });
+
+  it('a frame of a JPEG-LS multi-frame instance: decoded, then rendered', async () => {
+    const { transcodeDataset } = await import('../../src/codec/transcode.ts');
+    const frames = 3;
+    const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: studyUid }, series: { uid: seriesUid }, rows: 16, columns: 16, bitsAllocated: 8, extraElements: [{ tag: Tags.NumberOfFrames, vr: 'IS', value: String(frames) }, { tag: Tags.PixelData, vr: 'OB', value: Buffer.from(Array.from({ length: 16 * 16 * frames }, (_, i) => (i * 13) % 251)) }] });
+    const native = bytes.subarray(splitPart10(bytes).datasetOffset);
+    const compressed = await transcodeDataset(native, explicitLe, [jpegLsLossless]);
+    await store(ctImage, resolved.sopInstanceUid, compressed.bytes, jpegLsLossless);
+    const png = await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${resolved.sopInstanceUid}/frames/2/rendered`, 'image/png');
+    assert.equal(png.status, 200, png.body.toString());
+    const expected = expectedRendering(native, explicitLe, 2);
+    assert.ok(readPng(png.body).pixels.equals(expected.pixels), 'the stored window and rescale apply to the decoded frame');
+    const windowed = await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${resolved.sopInstanceUid}/frames/2/rendered?window=-900,300`, 'image/png');
+    const expectedWindowed = expectedRendering(native, explicitLe, 2, { window: { center: -900, width: 300, function: 'LINEAR' } });
+    assert.ok(new Set(expectedWindowed.pixels).size > 100, 'a window over the frame\'s values');
+    assert.ok(readPng(windowed.body).pixels.equals(expectedWindowed.pixels));
+  });
+
+  it('what it does not render: 406 for another image type, 400 for a frame list or a source region, 404 for a frame beyond the image; a report without contentType comes as DICOM', async () => {
+    const base = `/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${ct.instanceUid}`;
+    const cases: Array<[string, string | undefined, number, RegExp]> = [
+      [`${base}/rendered`, 'image/gif', 406, /image\/jpeg or image\/png/],
+      [`${base}/frames/1,2/rendered`, undefined, 400, /rendered one at a time/],
+      [`${base}/rendered?viewport=64,64,0,0,10,10`, undefined, 400, /only vw,vh/],
+      [`${base}/rendered?window=40`, undefined, 400, /center,width/],
+      [`${base}/frames/2/rendered`, undefined, 404, /there is no frame 2/],
+    ];
+    for (const [path, accept, status, message] of cases) {
+      const response = await get(path, accept);
+      assert.equal(response.status, status, `${path}: ${response.body.toString()}`);
+      assert.match((JSON.parse(response.body.toString()) as { error: string }).error, message, path);
+    }
+    const reportUid = newUid();
+    const report = encodeDataset([
+      { tag: Tags.SOPClassUID, vr: 'UI', value: basicTextSr },
+      { tag: Tags.SOPInstanceUID, vr: 'UI', value: reportUid },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyUid },
+      { tag: Tags.SeriesInstanceUID, vr: 'UI', value: seriesUid },
+    ], explicitLe);
+    await store(basicTextSr, reportUid, report, explicitLe);
+    const file = await get(`/wado?requestType=WADO&studyUID=${studyUid}&seriesUID=${seriesUid}&objectUID=${reportUid}`);
+    assert.equal(file.status, 200, file.body.toString());
+    assert.equal(file.contentType, 'application/dicom');
+    assert.equal(file.body.subarray(128, 132).toString('latin1'), 'DICM');
+    assert.equal((await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${reportUid}/rendered`)).status, 404);
+  });
+});
