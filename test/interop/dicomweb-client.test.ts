@@ -33,6 +33,9 @@ interface ViewerClient {
   retrieveInstance(options: Uids): Promise<ArrayBuffer>;
   retrieveStudy(options: Uids): Promise<ArrayBuffer[]>;
   retrieveBulkData(options: { BulkDataURI: string }): Promise<ArrayBuffer[]>;
+  /** One image, as the only item of an array (the client reads every response as multipart when configured so). */
+  retrieveInstanceRendered(options: Uids & { mediaTypes?: MediaType[]; queryParams?: Record<string, string> }): Promise<ArrayBuffer[]>;
+  retrieveInstanceThumbnail(options: Uids & { mediaTypes?: MediaType[] }): Promise<ArrayBuffer[]>;
   storeInstances(options: { datasets: ArrayBuffer[]; studyInstanceUID?: string }): Promise<unknown>;
 }
 
@@ -137,6 +140,23 @@ describe('dicomweb-client (OHIF) as a viewer of pacs-mesh', () => {
       assert.ok(asStored[0]!.byteLength > 0, instance.name);
     }
     assert.ok(decodedChecked >= 10, `decoded frames checked for ${decodedChecked} instances`);
+  });
+
+  it('gets every image rendered as JPEG and PNG, and its thumbnail (PALETTE COLOR is not rendered)', async () => {
+    let rendered = 0;
+    for (const instance of corpus) {
+      const image = imageOf(instance);
+      if (image === undefined || image.photometric === 'PALETTE COLOR') continue;
+      const [jpeg] = (await client.retrieveInstanceRendered({ ...uidsOf(instance), mediaTypes: [{ mediaType: 'image/jpeg' }], queryParams: { viewport: '256,256' } })).map((part) => Buffer.from(part));
+      assert.equal(jpeg?.readUInt16BE(0), 0xffd8, `${instance.name}: a JPEG`);
+      const [png] = (await client.retrieveInstanceRendered({ ...uidsOf(instance), mediaTypes: [{ mediaType: 'image/png' }] })).map((part) => Buffer.from(part));
+      assert.equal(png?.subarray(1, 4).toString('latin1'), 'PNG', `${instance.name}: a PNG`);
+      assert.deepEqual([png!.readUInt32BE(16), png!.readUInt32BE(20)], [image.columns, image.rows], `${instance.name}: the image's size`);
+      const [thumbnail] = (await client.retrieveInstanceThumbnail({ ...uidsOf(instance), mediaTypes: [{ mediaType: 'image/jpeg' }] })).map((part) => Buffer.from(part));
+      assert.equal(thumbnail?.readUInt16BE(0), 0xffd8, `${instance.name}: a JPEG thumbnail`);
+      rendered++;
+    }
+    assert.ok(rendered >= 10, `${rendered} instances rendered`);
   });
 
   it('stores instances with STOW-RS, which then come back as sent', async () => {

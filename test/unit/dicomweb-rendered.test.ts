@@ -133,6 +133,21 @@ describe('rendered images', () => {
     assert.ok(readPng(windowed.body).pixels.equals(expectedWindowed.pixels));
   });
 
+  it('thumbnails of an instance, a frame, a series and a study: small renderings (128 pixels a side unless a viewport says)', async () => {
+    const instance = await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${ct.instanceUid}/thumbnail`);
+    assert.equal(instance.status, 200, instance.body.toString());
+    assert.equal(instance.contentType, 'image/jpeg');
+    assert.deepEqual(jpegSize(instance.body), { columns: 128, rows: 96 });
+    const frame = await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${ct.instanceUid}/frames/1/thumbnail?viewport=32,32`, 'image/png');
+    assert.deepEqual([readPng(frame.body).columns, readPng(frame.body).rows], [32, 24]);
+    for (const path of [`/dicom-web/studies/${studyUid}/series/${seriesUid}/thumbnail`, `/dicom-web/studies/${studyUid}/thumbnail`]) {
+      const response = await get(path, 'image/png');
+      assert.equal(response.status, 200, `${path}: ${response.body.toString()}`);
+      assert.ok(Math.max(readPng(response.body).columns, readPng(response.body).rows) <= 128, path);
+    }
+    assert.equal((await get(`/dicom-web/studies/${newUid()}/thumbnail`)).status, 404);
+  });
+
   it('what it does not render: 406 for another image type, 400 for a frame list or a source region, 404 for a frame beyond the image; a report without contentType comes as DICOM', async () => {
     const base = `/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${ct.instanceUid}`;
     const cases: Array<[string, string | undefined, number, RegExp]> = [

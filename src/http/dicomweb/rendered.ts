@@ -17,7 +17,8 @@ import { EXPLICIT_LE } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { framesFor } from './frames.ts';
-import { convertInstance } from './instances.ts';
+import { convertInstance, selectInstances } from './instances.ts';
+import type { DicomWebRoute } from './routes.ts';
 
 export type RenderedMediaType = 'image/jpeg' | 'image/png';
 
@@ -76,6 +77,36 @@ export function parseRenderedQuery(query: URLSearchParams): { options: RenderOpt
   }
   const quality = query.get('quality');
   return { options, quality: quality === null ? defaultJpegQuality : numberParameter('quality', quality, 1, 100) };
+}
+
+/** The rendered media type the request's Accept header takes first; a 406 when it takes none. */
+export function renderedTypeAsked(exchange: DicomWebExchange): RenderedMediaType {
+  const mediaType = chooseRenderedType(parseAccept(exchange.req.headers.accept));
+  if (mediaType === undefined) throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', 'rendered images are sent as image/jpeg or image/png');
+  return mediaType;
+}
+
+/** A thumbnail's largest side when the request gives no viewport. */
+export const thumbnailSideDefault = 128;
+
+/**
+ * A thumbnail (PS3.18 10.4.1.1.4): a small rendering of the frame, the instance's first frame, or for a
+ * series or a study the middle image of its (first) series with images, in Instance Number order.
+ */
+export async function sendThumbnail(ctx: DicomWebContext, exchange: DicomWebExchange, route: Extract<DicomWebRoute, { type: 'thumbnail' }>, mediaType: RenderedMediaType): Promise<void> {
+  const { options, quality } = parseRenderedQuery(exchange.query);
+  options.maxColumns ??= thumbnailSideDefault;
+  options.maxRows ??= thumbnailSideDefault;
+  let chosen: { seriesUid: string; instanceUid: string } | undefined;
+  if (route.instanceUid !== undefined) chosen = { seriesUid: route.seriesUid!, instanceUid: route.instanceUid };
+  else {
+    const images = (await selectInstances(ctx, { level: route.level, studyUid: route.studyUid, seriesUid: route.seriesUid })).filter((entry) => entry.attributes.some((element) => element.tag === Tags.Rows));
+    const series = images.filter((entry) => entry.seriesInstanceUid === images[0]?.seriesInstanceUid);
+    const middle = series[Math.floor((series.length - 1) / 2)];
+    if (middle === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_PIXEL_DATA', `${route.level === 'STUDY' ? 'study' : 'series'} ${route.seriesUid ?? route.studyUid} holds no image to make a thumbnail of`);
+    chosen = { seriesUid: middle.seriesInstanceUid, instanceUid: middle.sopInstanceUid };
+  }
+  await sendRendered(ctx, exchange, { studyUid: route.studyUid, ...chosen, frameNumber: route.frameNumber, mediaType, options, quality });
 }
 
 /** The request's one frame, rendered and sent as a single image. */

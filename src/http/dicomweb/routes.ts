@@ -17,6 +17,8 @@ export type DicomWebRoute =
   | { type: 'frames'; studyUid: string; seriesUid: string; instanceUid: string; frameNumbers: number[] }
   /** WADO-RS Retrieve Rendered: one frame of an instance (frame 1 for the instance's own resource) as an image. */
   | { type: 'rendered'; studyUid: string; seriesUid: string; instanceUid: string; frameNumber: number }
+  /** WADO-RS thumbnail (PS3.18 10.4.1.1.4): of a study, a series, an instance (its first frame) or one frame. */
+  | { type: 'thumbnail'; level: SearchLevel; studyUid: string; seriesUid?: string; instanceUid?: string; frameNumber: number }
   /** STOW-RS: POST /studies, or /studies/{uid} for instances of that study only. */
   | { type: 'store'; studyUid?: string }
   /** WADO-URI: /wado, the instance named by its query parameters (see wado-uri.ts). */
@@ -60,20 +62,24 @@ export function routeOf(method: string, path: string): RouteResult {
     return isRead ? { ok: true, route: { type: 'retrieve', level: 'STUDY', studyUid, metadata: false } } : { ok: false, httpStatus: 405, code: 'ERR_HTTP_METHOD', message: `method ${method} not allowed here`, allow: 'GET, HEAD, POST' };
   }
   if (second === 'metadata' && seriesUid === undefined) return readOnly({ type: 'retrieve', level: 'STUDY', studyUid, metadata: true });
+  if (second === 'thumbnail' && seriesUid === undefined) return readOnly({ type: 'thumbnail', level: 'STUDY', studyUid, frameNumber: 1 });
   if (second === 'instances' && seriesUid === undefined) return readOnly({ type: 'search', level: 'IMAGE', studyUid });
   if (second !== 'series') return notFound(path);
   if (seriesUid === undefined) return readOnly({ type: 'search', level: 'SERIES', studyUid });
   if (third === undefined) return readOnly({ type: 'retrieve', level: 'SERIES', studyUid, seriesUid, metadata: false });
   if (third === 'metadata' && instanceUid === undefined) return readOnly({ type: 'retrieve', level: 'SERIES', studyUid, seriesUid, metadata: true });
+  if (third === 'thumbnail' && instanceUid === undefined) return readOnly({ type: 'thumbnail', level: 'SERIES', studyUid, seriesUid, frameNumber: 1 });
   if (third !== 'instances') return notFound(path);
   if (instanceUid === undefined) return readOnly({ type: 'search', level: 'IMAGE', studyUid, seriesUid });
   if (fourth === undefined) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: false });
   if (fourth === 'metadata' && rest.length === 0) return readOnly({ type: 'retrieve', level: 'IMAGE', studyUid, seriesUid, instanceUid, metadata: true });
   if (fourth === 'rendered' && rest.length === 0) return readOnly({ type: 'rendered', studyUid, seriesUid, instanceUid, frameNumber: 1 });
-  if (fourth === 'frames' && rest.length === 2 && rest[1] === 'rendered') {
+  if (fourth === 'thumbnail' && rest.length === 0) return readOnly({ type: 'thumbnail', level: 'IMAGE', studyUid, seriesUid, instanceUid, frameNumber: 1 });
+  if (fourth === 'frames' && rest.length === 2 && (rest[1] === 'rendered' || rest[1] === 'thumbnail')) {
     const frameNumbers = parseFrameList(rest[0]!);
     if (frameNumbers?.length !== 1) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_FRAMES', message: `frames are rendered one at a time: "${rest[0]!.slice(0, 80)}" is not one frame number from 1` };
-    return readOnly({ type: 'rendered', studyUid, seriesUid, instanceUid, frameNumber: frameNumbers[0]! });
+    const frameNumber = frameNumbers[0]!;
+    return readOnly(rest[1] === 'rendered' ? { type: 'rendered', studyUid, seriesUid, instanceUid, frameNumber } : { type: 'thumbnail', level: 'IMAGE', studyUid, seriesUid, instanceUid, frameNumber });
   }
   if (fourth === 'bulkdata' && rest.length === 1) {
     if (!/^[0-9A-Fa-f]{8}$/.test(rest[0]!)) return { ok: false, httpStatus: 400, code: 'ERR_DICOMWEB_TAG', message: `bulk data is named by a tag of 8 hex digits, not "${rest[0]!.slice(0, 80)}"` };

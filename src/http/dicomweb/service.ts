@@ -7,9 +7,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sendJson } from '../respond.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
 import { retrieveBulkData } from './bulkdata.ts';
-import { parseAccept } from './accept.ts';
 import { retrieveFrames } from './frames.ts';
-import { chooseRenderedType, parseRenderedQuery, sendRendered } from './rendered.ts';
+import { parseRenderedQuery, renderedTypeAsked, sendRendered, sendThumbnail } from './rendered.ts';
 import { searchEntities } from './qido.ts';
 import { routeOf, type DicomWebRoute } from './routes.ts';
 import { storeInstances } from './stow.ts';
@@ -48,12 +47,12 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
       case 'frames':
         await retrieveFrames(ctx, exchange, route);
         return;
-      case 'rendered': {
-        const mediaType = chooseRenderedType(parseAccept(exchange.req.headers.accept));
-        if (mediaType === undefined) throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', 'rendered images are sent as image/jpeg or image/png');
-        await sendRendered(ctx, exchange, { ...route, mediaType, ...parseRenderedQuery(exchange.query) });
+      case 'rendered':
+        await sendRendered(ctx, exchange, { ...route, mediaType: renderedTypeAsked(exchange), ...parseRenderedQuery(exchange.query) });
         return;
-      }
+      case 'thumbnail':
+        await sendThumbnail(ctx, exchange, route, renderedTypeAsked(exchange));
+        return;
       case 'bulkdata':
         await retrieveBulkData(ctx, exchange, route);
         return;
@@ -96,6 +95,7 @@ function countRequest(stats: DicomWebStats, route: DicomWebRoute): void {
       return;
     case 'frames':
     case 'rendered':
+    case 'thumbnail':
     case 'bulkdata':
       stats.frames++;
       return;
