@@ -12,6 +12,7 @@
  *   qido-instances GET /studies/{s}/series/{se}/instances (all `--count`)
  *   metadata       GET /studies/{s}/metadata
  *   frame          GET .../instances/{i}/frames/1 (native: uncompressed little endian), `--frames` instances
+ *   rendered       GET .../instances/{i}/rendered, Accept image/jpeg (frame 1 windowed, a JPEG), as many
  *   wado-uri       GET /wado?requestType=WADO&...&contentType=application/dicom (one instance, a DICOM file), as many
  *   retrieve       GET /studies/{s} with transfer-syntax=* (the whole study as stored; MB/s)
  * Every answer's count is checked. Medians, the ratios pacs-mesh / Orthanc (time), and each server's peak
@@ -30,7 +31,7 @@ import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './
 import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
 const dicomWebPlugin = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
-const READS = ['qido-study', 'qido-instances', 'metadata', 'frame', 'wado-uri', 'retrieve'] as const;
+const READS = ['qido-study', 'qido-instances', 'metadata', 'frame', 'rendered', 'wado-uri', 'retrieve'] as const;
 type Read = (typeof READS)[number];
 
 interface ServerResult extends BenchServerResult {
@@ -72,7 +73,7 @@ async function main(): Promise<number> {
 
   const results: ServerResult[] = [];
   const running: Running[] = [];
-  const timesMs = (): Record<Read, number[]> => ({ 'qido-study': [], 'qido-instances': [], metadata: [], frame: [], 'wado-uri': [], retrieve: [] });
+  const timesMs = (): Record<Read, number[]> => ({ 'qido-study': [], 'qido-instances': [], metadata: [], frame: [], rendered: [], 'wado-uri': [], retrieve: [] });
   try {
     for (const id of ['orthanc', 'pacs-mesh'] as const) {
       const result: ServerResult = { id, name: id === 'orthanc' ? 'Orthanc' : 'pacs-mesh', version: id === 'orthanc' ? await orthancVersion() : await pacsMeshFactory.version(), status: 'ok', timesMs: timesMs() };
@@ -145,6 +146,14 @@ async function main(): Promise<number> {
         if (response.status !== 200 || body.length < rows * columns * 2) {
           result.status = 'failed';
           result.message = `frame of instance ${index}: HTTP ${response.status}, ${body.length} bytes`;
+        }
+        const renderedStarted = performance.now();
+        const rendered = await fetch(`${base}/studies/${studyUid}/series/${seriesUid}/instances/${instanceUids[index]!}/rendered`, { headers: { accept: 'image/jpeg' } });
+        const jpeg = Buffer.from(await rendered.arrayBuffer());
+        result.timesMs.rendered.push(performance.now() - renderedStarted);
+        if (rendered.status !== 200 || jpeg.length < 4 || jpeg.readUInt16BE(0) !== 0xffd8) {
+          result.status = 'failed';
+          result.message = `rendered instance ${index}: HTTP ${rendered.status}, ${jpeg.length} bytes`;
         }
         // WADO-URI, at the server's root for both (the slash not percent-encoded: Orthanc 1.10's plugin does not decode it).
         const uriStarted = performance.now();

@@ -291,7 +291,8 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await old.stop();
     const restored = await start({ p2pPort: port });
     assert.notEqual(restored.peerId, old.peerId);
-    await waitFor('connected to the restored peer through the address its old self announced', () => other.connectedPeers().includes(restored.peerId), 15_000);
+    // Up to two reconnect backoffs (5 s at most each) plus a dial; the bound is for a loaded machine (it failed at 15 s under load 6).
+    await waitFor('connected to the restored peer through the address its old self announced', () => other.connectedPeers().includes(restored.peerId), 30_000);
     await Promise.all([other.stop(), restored.stop()]);
   });
 
