@@ -52,6 +52,7 @@ describe('renderFrame', () => {
     assert.deepEqual(fittedSize(512, 256, 128), { columns: 128, rows: 64 });
     assert.deepEqual(fittedSize(512, 256, 128, 32), { columns: 64, rows: 32 });
     assert.deepEqual(fittedSize(100, 100, 1000, 1000), { columns: 200, rows: 200 });
+    assert.deepEqual(fittedSize(100, 20000, 8192), { columns: 41, rows: 8192 }, 'one bound asked: the other side stays within renderedSideMax');
     const image = renderFrame(Uint8Array.from([0, 255, 0, 255]), { ...grey16, bitsAllocated: 8 }, { ...plain, bitsStored: 8 }, { maxColumns: 1 });
     assert.deepEqual([image.columns, image.rows, image.pixels.length], [1, 1, 1]);
   });

@@ -100,22 +100,27 @@ function renderGrey(frame: Uint8Array, pixelCount: number, image: ImagePixelAttr
   const mask = bitsStored >= 32 ? 0xffffffff : 2 ** bitsStored - 1;
   const signBit = 2 ** (bitsStored - 1);
   const signed = attributes.pixelRepresentation === 1;
-  const values = new Float64Array(pixelCount);
-  let min = Infinity;
-  let max = -Infinity;
-  for (let i = 0; i < pixelCount; i++) {
+  // Recomputed in each pass rather than kept: a large mammogram's values would take 8 bytes a pixel.
+  const valueAt = (i: number) => {
     let stored = (bytesPerSample === 1 ? frame[i]! : frame[2 * i]! | (frame[2 * i + 1]! << 8)) & mask;
     if (signed && stored >= signBit) stored -= 2 * signBit;
-    const value = stored * attributes.rescaleSlope + attributes.rescaleIntercept;
-    values[i] = value;
-    if (value < min) min = value;
-    if (value > max) max = value;
+    return stored * attributes.rescaleSlope + attributes.rescaleIntercept;
+  };
+  let window = asked ?? attributes.window;
+  if (window === undefined) {
+    let min = Infinity;
+    let max = -Infinity;
+    for (let i = 0; i < pixelCount; i++) {
+      const value = valueAt(i);
+      if (value < min) min = value;
+      if (value > max) max = value;
+    }
+    window = { center: (min + max) / 2, width: Math.max(1, max - min), function: 'LINEAR_EXACT' };
   }
-  const window = asked ?? attributes.window ?? { center: (min + max) / 2, width: Math.max(1, max - min), function: 'LINEAR_EXACT' as const };
   const out = new Uint8Array(pixelCount);
   const toGrey = voiTransform(window);
   for (let i = 0; i < pixelCount; i++) {
-    const grey = toGrey(values[i]!);
+    const grey = toGrey(valueAt(i));
     out[i] = inverted ? 255 - grey : grey;
   }
   return out;
@@ -168,10 +173,16 @@ function clampByte(value: number): number {
   return value <= 0 ? 0 : value >= 255 ? 255 : Math.round(value);
 }
 
-/** The largest size within the bounds with the image's aspect ratio (at most twice the image, at least 1 x 1). */
+/** A rendered image asked a size is at most this many pixels a side. */
+export const renderedSideMax = 8192;
+
+/**
+ * The largest size within the bounds with the image's aspect ratio (at most twice the image, at most
+ * renderedSideMax a side when a size is asked, at least 1 x 1).
+ */
 export function fittedSize(columns: number, rows: number, maxColumns?: number, maxRows?: number): { columns: number; rows: number } {
   if (maxColumns === undefined && maxRows === undefined) return { columns, rows };
-  const scale = Math.min(2, maxColumns === undefined ? Infinity : maxColumns / columns, maxRows === undefined ? Infinity : maxRows / rows);
+  const scale = Math.min(2, (maxColumns ?? renderedSideMax) / columns, (maxRows ?? renderedSideMax) / rows, renderedSideMax / columns, renderedSideMax / rows);
   return { columns: Math.max(1, Math.round(columns * scale)), rows: Math.max(1, Math.round(rows * scale)) };
 }
 

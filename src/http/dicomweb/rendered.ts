@@ -12,7 +12,7 @@ import { encodeDataset } from '../../codec/dataset/writer.ts';
 import { readPixelData } from '../../codec/dataset/pixel-data.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { encodePng } from '../../codec/png.ts';
-import { RenderError, renderAttributesOf, renderFrame, voiFunctions, type RenderOptions, type RenderedImage, type VoiFunction } from '../../codec/render.ts';
+import { RenderError, renderAttributesOf, renderFrame, renderedSideMax, voiFunctions, type RenderOptions, type RenderedImage, type VoiFunction } from '../../codec/render.ts';
 import { EXPLICIT_LE } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
@@ -35,8 +35,6 @@ export interface RenderedRequest {
 
 /** JPEG quality when the request names none: a browser's view, small enough to send quickly. */
 export const defaultJpegQuality = 90;
-/** A rendered image is at most this many pixels a side: a viewport asking more is fitted to it. */
-export const renderedSideMax = 8192;
 
 /** The rendered media type the first acceptable range takes (JPEG for `*\/*`, `image/*` or no header); undefined: 406. */
 export function chooseRenderedType(ranges: readonly MediaRange[]): RenderedMediaType | undefined {

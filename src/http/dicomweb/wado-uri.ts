@@ -9,8 +9,8 @@ import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets
 import { acceptableRanges, parseAccept } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { selectInstances } from './instances.ts';
-import { chooseRenderedType, defaultJpegQuality, numberParameter, renderedSideMax, sendRendered, type RenderedMediaType, type RenderedRequest } from './rendered.ts';
-import type { RenderOptions } from '../../codec/render.ts';
+import { chooseRenderedType, defaultJpegQuality, numberParameter, sendRendered, type RenderedMediaType, type RenderedRequest } from './rendered.ts';
+import { renderedSideMax, type RenderOptions } from '../../codec/render.ts';
 import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter } from './multipart-writer.ts';
 import { part10File } from './wado.ts';
 
