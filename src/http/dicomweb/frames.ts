@@ -10,8 +10,8 @@
  *
  * Memory: an instance over `frameStreamingBytesMin` in little endian or a compressed syntax is read as it
  * streams, keeping its header and the requested frames' bytes only. Otherwise the stored data set is read
- * whole (instances up to `frameSourceBytesMax`), and the requested frames are views into it (copies only for a frame of several fragments, or a 1-bit frame that starts
- * inside a byte). Decoding an encapsulated instance whose frames are located decodes a data set of the
+ * whole (instances up to `frameSourceBytesMax`), and the requested frames are views into it (copies only
+ * for a frame of several fragments, or a 1-bit frame that starts inside a byte). Decoding an encapsulated instance whose frames are located decodes a data set of the
  * requested frames alone; otherwise (frames not located, big endian, deflated) the whole instance is
  * converted: its bytes move to the transcoder's thread, and the converted instance comes back (up to
  * `decodedPixelBytesMax` of pixels).

@@ -79,17 +79,16 @@ function renderedUriParameters(one: (name: string) => string | undefined, badReq
   for (const name of ['region', 'presentationUID', 'presentationSeriesUID']) {
     if (one(name) !== undefined) throw badRequest(`${name} is not supported for rendered images`);
   }
-  const text = (name: string) => one(name);
   const options: RenderOptions = {};
-  const [center, width] = [text('windowCenter'), text('windowWidth')];
+  const [center, width] = [one('windowCenter'), one('windowWidth')];
   if ((center === undefined) !== (width === undefined)) throw badRequest('windowCenter and windowWidth go together');
   if (center !== undefined && width !== undefined) options.window = { center: numberParameter('windowCenter', center, -1e9, 1e9), width: numberParameter('windowWidth', width, 1, 1e9), function: 'LINEAR' };
-  const rows = text('rows');
-  const columns = text('columns');
+  const rows = one('rows');
+  const columns = one('columns');
   if (rows !== undefined) options.maxRows = numberParameter('rows', rows, 1, renderedSideMax);
   if (columns !== undefined) options.maxColumns = numberParameter('columns', columns, 1, renderedSideMax);
-  const frameNumber = text('frameNumber');
-  const quality = text('imageQuality');
+  const frameNumber = one('frameNumber');
+  const quality = one('imageQuality');
   return {
     frameNumber: frameNumber === undefined ? 1 : frameNumberOf(frameNumber, badRequest),
     options,
