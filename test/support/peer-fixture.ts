@@ -8,9 +8,11 @@ import { startPeer, type Peer, type PeerOptions } from '../../src/peer.ts';
 import { silentLogger, type Logger } from '../../src/actors/runtime/logger.ts';
 import { DicomClientAssociation, type ClientInit, type DimseReply } from '../../src/actors/association/client.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
-import { CommandField } from '../../src/codec/dimse.ts';
+import { CommandField, Status } from '../../src/codec/dimse.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { DicomApplicationContext, encodePdu, type AssociateRqPdu } from '../../src/codec/pdu.ts';
-import { makeInstanceWithInfo, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
+import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
 
 /** The bytes of an A-ASSOCIATE-RQ (one presentation context unless given), for tests that talk raw PDUs to a peer. */
 export function associateRqBytes(
@@ -91,4 +93,32 @@ export async function openStoreClient(port: number, callingAeTitle: string, othe
       return client.request(client.contexts[0]!.id, command, bytes.subarray(splitPart10(bytes).datasetOffset));
     },
   };
+}
+
+/** C-STORE of one data set in `transferSyntaxUid` (a context proposing that syntax alone); fails unless Success. */
+export async function storeDataset(port: number, sopClassUid: string, sopInstanceUid: string, dataset: Uint8Array, transferSyntaxUid: string): Promise<void> {
+  const client = await openPeerClient(port, 'STORESCU', [{ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [transferSyntaxUid] }]);
+  try {
+    if (client.contexts[0]?.transferSyntaxUid !== transferSyntaxUid) throw new Error(`the peer did not accept ${transferSyntaxUid} for ${sopClassUid}`);
+    const reply = await client.request(client.contexts[0].id, { commandField: CommandField.CStoreRq, affectedSopClassUid: sopClassUid, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true }, dataset);
+    if (reply.command.status !== Status.Success) throw new Error(`C-STORE of ${sopInstanceUid}: status 0x${reply.command.status?.toString(16)}`);
+  } finally {
+    await client.release();
+  }
+}
+
+/** Stores an object of `sopClassUid` without Pixel Data (a report, a Secondary Capture without pixels) in the series: its UID. */
+export async function storeWithoutPixels(port: number, sopClassUid: string, studyInstanceUid: string, seriesInstanceUid: string): Promise<string> {
+  const sopInstanceUid = newUid();
+  const dataset = encodeDataset(
+    [
+      { tag: Tags.SOPClassUID, vr: 'UI', value: sopClassUid },
+      { tag: Tags.SOPInstanceUID, vr: 'UI', value: sopInstanceUid },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+      { tag: Tags.SeriesInstanceUID, vr: 'UI', value: seriesInstanceUid },
+    ],
+    TransferSyntax.ExplicitVrLittleEndian,
+  );
+  await storeDataset(port, sopClassUid, sopInstanceUid, dataset, TransferSyntax.ExplicitVrLittleEndian);
+  return sopInstanceUid;
 }

@@ -5,15 +5,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { openPeerClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { startTestPeer, storeDataset, storeWithoutPixels, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart, mediaTypeParameter, type ReceivedPart } from '../support/multipart.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
-import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { framesOnlyDataset, readPixelData, readPixelDataHeader } from '../../src/codec/dataset/pixel-data.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encapsulated } from '../../src/codec/dataset/test-fixtures.ts';
-import { CommandField, Status } from '../../src/codec/dimse.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const secondaryCapture = '1.2.840.10008.5.1.4.1.1.7';
@@ -34,16 +32,7 @@ const studyUid = newUid();
 const seriesUid = newUid();
 
 /** C-STORE of a data set in `transferSyntaxUid` (a context proposing that syntax alone). */
-async function store(sopClassUid: string, sopInstanceUid: string, dataset: Uint8Array, transferSyntaxUid: string): Promise<void> {
-  const client = await openPeerClient(peer.dicomPort, 'FRAMES', [{ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [transferSyntaxUid] }]);
-  try {
-    assert.equal(client.contexts[0]!.transferSyntaxUid, transferSyntaxUid, 'the peer accepts the syntax');
-    const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: sopClassUid, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true }, dataset);
-    assert.equal(reply.command.status, Status.Success);
-  } finally {
-    await client.release();
-  }
-}
+const store = (sopClassUid: string, sopInstanceUid: string, dataset: Uint8Array, transferSyntaxUid: string) => storeDataset(peer.dicomPort, sopClassUid, sopInstanceUid, dataset, transferSyntaxUid);
 
 /** A synthetic CT of `frameCount` frames of random pixels, stored in `transferSyntaxUid`. */
 async function storeImage(options: { frameCount: number; rows: number; columns: number; bitsAllocated: 8 | 16; transferSyntaxUid: InstanceOptions['transferSyntaxUid'] }): Promise<StoredImage> {
@@ -166,14 +155,7 @@ describe('WADO-RS frames of uncompressed instances', () => {
   });
 
   it('an instance without Pixel Data: 404', async () => {
-    const instanceUid = newUid();
-    const dataset = encodeDataset([
-      { tag: Tags.SOPClassUID, vr: 'UI', value: secondaryCapture },
-      { tag: Tags.SOPInstanceUID, vr: 'UI', value: instanceUid },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyUid },
-      { tag: Tags.SeriesInstanceUID, vr: 'UI', value: seriesUid },
-    ], explicitLe);
-    await store(secondaryCapture, instanceUid, dataset, explicitLe);
+    const instanceUid = await storeWithoutPixels(peer.dicomPort, secondaryCapture, studyUid, seriesUid);
     const response = await getFrames({ studyUid, seriesUid, instanceUid }, '1');
     assert.equal(response.status, 404);
     assert.equal(response.error?.code, 'ERR_DICOMWEB_NO_PIXEL_DATA');

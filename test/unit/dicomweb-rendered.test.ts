@@ -5,14 +5,12 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { inflateSync } from 'node:zlib';
-import { openPeerClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { startTestPeer, storeDataset, storeWithoutPixels, type TestPeer } from '../support/peer-fixture.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
-import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { readPixelData, readPixelDataHeader, nativeFrame } from '../../src/codec/dataset/pixel-data.ts';
 import { renderAttributesOf, renderFrame } from '../../src/codec/render.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
-import { CommandField, Status } from '../../src/codec/dimse.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const basicTextSr = '1.2.840.10008.5.1.4.1.1.88.11';
@@ -23,15 +21,7 @@ let peer: TestPeer;
 const studyUid = newUid();
 const seriesUid = newUid();
 
-async function store(sopClassUid: string, sopInstanceUid: string, dataset: Uint8Array, transferSyntaxUid: string): Promise<void> {
-  const client = await openPeerClient(peer.dicomPort, 'RENDER', [{ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [transferSyntaxUid] }]);
-  try {
-    const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: sopClassUid, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true }, dataset);
-    assert.equal(reply.command.status, Status.Success);
-  } finally {
-    await client.release();
-  }
-}
+const store = (sopClassUid: string, sopInstanceUid: string, dataset: Uint8Array, transferSyntaxUid: string) => storeDataset(peer.dicomPort, sopClassUid, sopInstanceUid, dataset, transferSyntaxUid);
 
 /** A PNG's size, samples a pixel and rows of pixels (filter type 0 rows, as ours). */
 function readPng(png: Buffer): { columns: number; rows: number; samples: number; pixels: Buffer } {
@@ -162,14 +152,7 @@ describe('rendered images', () => {
       assert.equal(response.status, status, `${path}: ${response.body.toString()}`);
       assert.match((JSON.parse(response.body.toString()) as { error: string }).error, message, path);
     }
-    const reportUid = newUid();
-    const report = encodeDataset([
-      { tag: Tags.SOPClassUID, vr: 'UI', value: basicTextSr },
-      { tag: Tags.SOPInstanceUID, vr: 'UI', value: reportUid },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyUid },
-      { tag: Tags.SeriesInstanceUID, vr: 'UI', value: seriesUid },
-    ], explicitLe);
-    await store(basicTextSr, reportUid, report, explicitLe);
+    const reportUid = await storeWithoutPixels(peer.dicomPort, basicTextSr, studyUid, seriesUid);
     const file = await get(`/wado?requestType=WADO&studyUID=${studyUid}&seriesUID=${seriesUid}&objectUID=${reportUid}`);
     assert.equal(file.status, 200, file.body.toString());
     assert.equal(file.contentType, 'application/dicom');
