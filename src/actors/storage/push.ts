@@ -27,6 +27,9 @@ import { replicaEntryBuilder, type ReplicaStore } from './replica-store.ts';
 
 export const PUSH_PROTOCOL = '/pacs-mesh/push/1';
 
+/** While a copy's bytes flow in (a push, or a batch: replication.ts), custody hears it is still coming this often (well below incomingCopyForgetMs). */
+export const copiesArrivingRepeatMs = 500;
+
 export interface PushLimits {
   /** Largest control frame (a catalog entry with its attributes). */
   frameBytesMax: number;
@@ -291,6 +294,11 @@ export interface PushReceiverInit {
   validateEntry(value: unknown): CatalogEntry;
   /** A pushed copy was verified and made durable here (the stream answer is the replicaAck). */
   onReplicaStored(entry: CatalogEntry, fromPeerId: string): void;
+  /**
+   * A push of a copy we lack started (its UID), said again every copiesArrivingRepeatMs while its bytes
+   * flow: custody pulls none of them meanwhile (see 'copiesOffered').
+   */
+  onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
 }
 
 /**
@@ -333,6 +341,16 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
   const uid = header.sopInstanceUid;
   // Already held: read and drop the bytes (the sender does not wait for an answer before sending them).
   const writer = (await store.getEntry(uid)) === undefined ? store.beginWrite() : undefined;
+  // Over a slow link a push takes seconds: repair would pull the same copy from a site that has it already
+  // (hunt 74: 4-27 MB between sites b and c at 1 Mbit/s while site a's pushes to them were in flight).
+  let arriving: ReturnType<typeof setInterval> | undefined;
+  if (writer !== undefined && init.onCopiesOffered !== undefined) {
+    const onOffered = init.onCopiesOffered;
+    const tell = (): void => onOffered([uid], stream.remotePeer);
+    tell();
+    arriving = setInterval(tell, copiesArrivingRepeatMs);
+    arriving.unref();
+  }
   try {
     let total = 0;
     for (;;) {
@@ -364,5 +382,7 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
   } catch (error) {
     await writer?.abort();
     throw error;
+  } finally {
+    clearInterval(arriving);
   }
 }

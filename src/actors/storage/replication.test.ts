@@ -280,6 +280,47 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     }
   });
 
+  it('custody hears of a pushed copy while its bytes flow, and of none it holds already', async () => {
+    const protocol = '/pacs-mesh/test/push-offered/1';
+    const offered: Array<{ uids: string[]; from: string }> = [];
+    await b.handle(protocol, async (stream) => {
+      const init = {
+        store: storeB,
+        siteName: 'site-b',
+        limits: defaultPushLimits,
+        validateEntry: validateCatalogEntry,
+        onReplicaStored: () => undefined,
+        onCopiesOffered: (uids: string[], from: string) => offered.push({ uids, from }),
+      };
+      await receivePushes(stream, new AbortController().signal, init).catch(() => undefined);
+    });
+    try {
+      const streams = new PushStreams({ ...a, openStream: (peerId, _protocol, options) => a.openStream(peerId, protocol, options) });
+      const bytes = randomBytes(20_000);
+      const push = new ReplicaPush(streams, b.peerId, '1.2.3.2.30', defaultPushLimits);
+      await push.write(bytes.subarray(0, 10_000));
+      for (const deadline = Date.now() + 5_000; offered.length === 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 10));
+      assert.deepEqual(offered[0], { uids: ['1.2.3.2.30'], from: a.peerId.toString() }, 'said when the push starts');
+      // The rest comes after more than a repeat interval: the receiver says it again meanwhile.
+      await new Promise((r) => setTimeout(r, 1_200));
+      assert.ok(offered.length >= 2, `said again while the bytes flow (${offered.length} times)`);
+      await push.write(bytes.subarray(10_000));
+      push.end(buildEntry('1.2.3.2.30')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
+      assert.equal((await push.result).outcome, 'stored');
+      const saidWhileFlowing = offered.length;
+      await new Promise((r) => setTimeout(r, 700));
+      assert.equal(offered.length, saidWhileFlowing, 'no longer said once stored');
+      const again = new ReplicaPush(streams, b.peerId, '1.2.3.2.30', defaultPushLimits);
+      await again.write(bytes);
+      again.end(buildEntry('1.2.3.2.30')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
+      assert.equal((await again.result).outcome, 'have');
+      assert.equal(offered.length, saidWhileFlowing, 'a copy held already is not said to be coming');
+      streams.stop();
+    } finally {
+      await b.unhandle(protocol);
+    }
+  });
+
   it('a push whose bytes do not match its entry, or that is aborted, stores nothing at the receiver', async () => {
     const bytes = randomBytes(100_000);
     const lying = new ReplicaPush(pushStreams, b.peerId, '1.2.3.2.2', defaultPushLimits);

@@ -38,7 +38,7 @@ import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
 import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
 import type { BatchPhases } from './custody/peer-batches.ts';
-import { PUSH_PROTOCOL, defaultPushLimits, receivePushes } from './push.ts';
+import { PUSH_PROTOCOL, copiesArrivingRepeatMs, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
 import { StoreError, replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
 
@@ -134,9 +134,6 @@ type BatchAnswer = { type: 'batchResult'; siteName: string; stored: number[]; fa
 type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing' } | Refused;
 type FetchBatchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
-
-/** While an offered batch's bytes flow, custody hears which copies are still coming this often (well below incomingCopyForgetMs). */
-const copiesArrivingRepeatMs = 500;
 
 /** Query answers are cut into frames of about this many bytes of entries. */
 const queryFrameBytesTarget = 256 * 1024;
@@ -493,8 +490,8 @@ export interface ReplicationServerInit {
   /** A valid custody message arrived. */
   onCustodyMessage(fromPeerId: string, message: CustodyMessage): void;
   /**
-   * A peer offered copies we lack (their UIDs) and is sending them; called again with those still to
-   * come every copiesArrivingRepeatMs while their bytes flow (custody pulls none of them meanwhile: see
+   * A peer offered copies we lack (their UIDs) and is sending them, in a batch or a push; called again
+   * with those still to come every copiesArrivingRepeatMs while their bytes flow (custody pulls none of them meanwhile: see
    * 'copiesOffered').
    */
   onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
@@ -618,7 +615,14 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       // A push stream carries one push after another: each has its own deadline, and idle streams end.
       null,
       (stream, signal) =>
-        receivePushes(stream, signal, { store, siteName: init.siteName, limits: pushLimits, validateEntry: validateCatalogEntry, onReplicaStored: init.onReplicaStored }),
+        receivePushes(stream, signal, {
+          store,
+          siteName: init.siteName,
+          limits: pushLimits,
+          validateEntry: validateCatalogEntry,
+          onReplicaStored: init.onReplicaStored,
+          ...(init.onCopiesOffered !== undefined && { onCopiesOffered: init.onCopiesOffered }),
+        }),
       true,
     ),
     { maxInboundStreams: limits.inboundPushesMax },
