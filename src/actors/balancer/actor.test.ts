@@ -356,4 +356,18 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     assert.equal(messages.filter((m) => m === 'dropped malformed election message').length, 1, 'only the garbage counts as malformed, one line for five from one sender');
     assert.ok(agreedLeader([a, b]) !== null, 'the election carries on');
   });
+
+  it('an election message whose frame comes 2.5 s after its stream opened (a slow link) is still taken', { timeout: 30_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await peer(key, [], 'site-a');
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-a');
+    await waitFor('one leader', () => agreedLeader([a, b]) !== null, 10_000);
+    const before = agreedLeader([a, b])!.term;
+    const slow = await b.node.openStream(a.node.peerId, ELECTION_PROTOCOL);
+    await new Promise((r) => setTimeout(r, 2_500));
+    await slow.writer.writeFrame(encodeEnvelope({ type: 'newerTerm', term: before + 5 }, { maxBytes: ELECTION_MAX_BYTES }));
+    await slow.close().catch(() => undefined);
+    // Taking the term, a steps down if it led; either way the next leader is elected above it.
+    await waitFor('a term above the one sent', () => (agreedLeader([a, b])?.term ?? 0) > before + 5, 10_000);
+  });
 });

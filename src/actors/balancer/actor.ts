@@ -50,6 +50,19 @@ import {
 export const ELECTION_PROTOCOL = '/pacs-mesh/election/1';
 /** Election frames are tiny; anything bigger is an attack or a bug. */
 export const ELECTION_MAX_BYTES = 4 * 1024;
+/**
+ * Deadline of one election message's stream (open, frame, close) at either end. Its opening and closing
+ * cross the link twice behind whatever copies are queued on it: at 1 Mbit/s every `newerTerm` a peer sent
+ * for 3 minutes missed a 2 s deadline (helper 73: the receiver logged over 200 streams reset before their
+ * frame), and that peer stayed without a leader the whole time. A late vote is harmless: the reducer
+ * ignores one of another term or after its candidacy.
+ */
+export const electionMessageDeadlineMs = 10_000;
+/**
+ * Election streams in flight to one peer: a peer that does not answer (hung, or behind a cut link) holds
+ * its streams until their deadline, and must not take the slots of messages to the others.
+ */
+export const electionSendsPerPeerMax = 4;
 /** An announcement carries the table: ~150 bytes per member, membersMax 256. */
 export const ANNOUNCE_MAX_BYTES = 256 * 1024;
 const ENTRIES_MAX = 1024;
@@ -314,6 +327,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let forgottenSites: ReadonlySet<string> = new Set();
   let queuedMesh = 0;
   let sendsInFlight = 0;
+  /** Election streams in flight per peer (see electionSendsPerPeerMax). */
+  const sendsInFlightTo = new Map<string, number>();
   let dropped = 0;
   let electionReadFailures = 0;
   /** Input another peer gets wrong (a bug, a newer version) repeats at every election or announce: one line per kind and sender each 10 s. */
@@ -459,12 +474,14 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   };
 
   const sendMessage = (to: string, message: BalancerMessage): void => {
-    if (sendsInFlight >= sendsInFlightMax) {
+    const toPeer = sendsInFlightTo.get(to) ?? 0;
+    if (sendsInFlight >= sendsInFlightMax || toPeer >= electionSendsPerPeerMax) {
       if (dropped++ % 100 === 0) log.warn('election send dropped: too many in flight', { to, type: message.type, dropped });
       return;
     }
     sendsInFlight++;
-    const signal = AbortSignal.timeout(2000);
+    sendsInFlightTo.set(to, toPeer + 1);
+    const signal = AbortSignal.timeout(electionMessageDeadlineMs);
     void (async () => {
       let stream: MeshStream | undefined;
       try {
@@ -476,6 +493,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         stream?.abort(err as Error);
       } finally {
         sendsInFlight--;
+        const left = (sendsInFlightTo.get(to) ?? 1) - 1;
+        if (left > 0) sendsInFlightTo.set(to, left);
+        else sendsInFlightTo.delete(to);
       }
     })();
   };
@@ -605,7 +625,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   await node.handle(
     ELECTION_PROTOCOL,
     async (stream) => {
-      const signal = AbortSignal.timeout(2000);
+      const signal = AbortSignal.timeout(electionMessageDeadlineMs);
       let frame: Uint8Array;
       try {
         frame = await stream.reader.readFrame(ELECTION_MAX_BYTES, { signal });
