@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { inflateSync } from 'node:zlib';
 import { Tags } from './dictionary.ts';
 import { encodePng } from './png.ts';
-import { RenderError, fittedSize, renderAttributesOf, renderFrame, type RenderAttributes } from './render.ts';
+import { RenderError, fittedSize, paletteDataTags, renderAttributesOf, renderFrame, type RenderAttributes } from './render.ts';
+import { parseDataset } from './dataset/reader.ts';
+import { encodeDataset } from './dataset/writer.ts';
 import type { ImagePixelAttributes } from './dataset/pixel-data.ts';
 
 const grey16: ImagePixelAttributes = { rows: 2, columns: 2, samplesPerPixel: 1, bitsAllocated: 16, numberOfFrames: 1, photometricInterpretation: 'MONOCHROME2' };
@@ -57,7 +59,37 @@ describe('renderFrame', () => {
     assert.deepEqual([image.columns, image.rows, image.pixels.length], [1, 1, 1]);
   });
 
-  it('refuses what it does not render: PALETTE COLOR, 32-bit, a short frame', () => {
+  it('PALETTE COLOR through its tables (16-bit entries, and 8-bit ones packed two a word), read as words by the header reader', () => {
+    const palette8 = { ...grey16, bitsAllocated: 8, photometricInterpretation: 'PALETTE COLOR' };
+    const words = (values: number[]) => Buffer.from(Uint16Array.from(values).buffer);
+    for (const [bits, red, green, blue] of [
+      [16, words([0x0000, 0xff00, 0x8000]), words([0x1000, 0x2000, 0x3000]), words([0xffff, 0, 0x7fff])],
+      // Packed: entries 0 and 1 in the first word's low and high bytes, entry 2 in the next word's low byte.
+      [8, Buffer.from([0x00, 0xff, 0x80, 0x00]), Buffer.from([0x10, 0x20, 0x30, 0x00]), Buffer.from([0xff, 0x00, 0x7f, 0x00])],
+    ] as const) {
+      // A header as stored: descriptors (3 entries from stored value 10) and the tables, OW, after them.
+      const header = Buffer.concat([
+        encodeDataset([0x00281101, 0x00281102, 0x00281103].map((tag) => ({ tag, vr: 'US' as const, value: `3\\10\\${bits}` })), '1.2.840.10008.1.2.1'),
+        ...[[0x1201, red], [0x1202, green], [0x1203, blue]].map(([element, data]) => {
+          const head = Buffer.alloc(12);
+          head.writeUInt16LE(0x0028, 0);
+          head.writeUInt16LE(element as number, 2);
+          head.write('OW', 4, 'latin1');
+          head.writeUInt32LE((data as Buffer).length, 8);
+          return Buffer.concat([head, data as Buffer]);
+        }),
+      ]);
+      const { elements } = parseDataset(header, '1.2.840.10008.1.2.1', { wordValueTags: paletteDataTags });
+      const attributes = renderAttributesOf(elements, palette8);
+      assert.ok(attributes.palette, `${bits}-bit entries read`);
+      // Stored values 9 (below the first mapped: entry 0), 10, 11, 12 (entry 2), 200 (beyond: the last entry).
+      const image = renderFrame(Uint8Array.from([10, 11, 12, 200]), palette8, attributes);
+      assert.equal(image.samplesPerPixel, 3);
+      assert.deepEqual([...image.pixels], [0x00, 0x10, 0xff, 0xff, 0x20, 0x00, 0x80, 0x30, 0x7f, 0x80, 0x30, 0x7f], `${bits}-bit entries`);
+    }
+  });
+
+  it('refuses what it does not render: a palette without tables, 32-bit, a short frame', () => {
     assert.throws(() => renderFrame(new Uint8Array(4), { ...grey16, photometricInterpretation: 'PALETTE COLOR', bitsAllocated: 8 }, plain), (e: unknown) => e instanceof RenderError && e.code === 'ERR_RENDER_UNSUPPORTED');
     assert.throws(() => renderFrame(new Uint8Array(16), { ...grey16, bitsAllocated: 32 }, plain), (e: unknown) => e instanceof RenderError && e.code === 'ERR_RENDER_UNSUPPORTED');
     assert.throws(() => renderFrame(new Uint8Array(3), grey16, plain), (e: unknown) => e instanceof RenderError && e.code === 'ERR_RENDER_PIXEL_DATA');

@@ -2,11 +2,12 @@
  * Rendering of one native frame into an 8-bit image a browser shows (PS3.18 8.3.5 rendered resources, WADO-URI's
  * image/jpeg and image/png): the Modality LUT as a rescale (PS3.3 C.11.1), a VOI window (PS3.3 C.11.2.1.2:
  * LINEAR, LINEAR_EXACT or SIGMOID) from the request, else the instance's first Window Center / Width, else
- * the frame's own range, MONOCHROME1 inverted; colour (RGB, YBR_FULL) as it is, 8 bits a sample. Then a
- * scale to fit the asked size, keeping the aspect ratio (nearest pixel). Pure: no I/O, no codec.
+ * the frame's own range, MONOCHROME1 inverted; colour (RGB, YBR_FULL) as it is, 8 bits a sample; PALETTE
+ * COLOR through its lookup tables. Then a scale to fit the asked size, keeping the aspect ratio (nearest
+ * pixel). Pure: no I/O, no codec.
  *
- * Not rendered (RenderError): PALETTE COLOR and other photometric interpretations, colour of more than 8
- * bits, Bits Allocated other than 8 or 16, presentation states, overlays, ICC profiles.
+ * Not rendered (RenderError): segmented palettes and other photometric interpretations, colour of more
+ * than 8 bits, Bits Allocated other than 8 or 16; presentation states, overlays and ICC profiles are not applied.
  */
 import type { DicomElement } from './dicom-types.ts';
 import { Tags } from './dictionary.ts';
@@ -48,6 +49,49 @@ export interface RenderAttributes {
   rescaleSlope: number;
   rescaleIntercept: number;
   window: { center: number; width: number; function: VoiFunction } | undefined;
+  /** PALETTE COLOR's lookup tables, 8 bits an entry (from the data elements read as words: paletteDataTags). */
+  palette?: Palette;
+}
+
+/** A Palette Color Lookup Table (PS3.3 C.7.6.3.1.5-6), each entry brought to 8 bits. */
+export interface Palette {
+  firstMapped: number;
+  red: Uint8Array;
+  green: Uint8Array;
+  blue: Uint8Array;
+}
+
+/** Red, Green and Blue Palette Color Lookup Table Data: read as 16-bit words (reader option wordValueTags). */
+export const paletteDataTags: ReadonlySet<number> = new Set([0x00281201, 0x00281202, 0x00281203]);
+const paletteDescriptorTags = [0x00281101, 0x00281102, 0x00281103];
+
+/** The palette of `elements` (descriptors and data read as words), or undefined when absent or unusable (segmented, short). */
+export function paletteOf(elements: readonly DicomElement[]): Palette | undefined {
+  const numbers = (tag: number) => elements.find((element) => element.tag === tag)?.value?.split('\\').map(Number);
+  const channels: Uint8Array[] = [];
+  let firstMapped = 0;
+  for (const [index, descriptorTag] of paletteDescriptorTags.entries()) {
+    const [entriesValue, first, bits] = numbers(descriptorTag) ?? [];
+    const words = numbers([...paletteDataTags][index]!);
+    if (entriesValue === undefined || first === undefined || words === undefined || words.some((word) => !Number.isInteger(word))) return undefined;
+    const entries = entriesValue === 0 ? 65536 : entriesValue;
+    firstMapped = first;
+    const channel = new Uint8Array(entries);
+    if (bits === 16 && words.length >= entries) {
+      for (let i = 0; i < entries; i++) channel[i] = words[i]! >> 8;
+    } else if (bits === 8 && words.length >= entries) {
+      // One 8-bit entry a word (some writers): in the low byte, or the high one when any exceeds 255.
+      const shift = words.some((word) => word > 255) ? 8 : 0;
+      for (let i = 0; i < entries; i++) channel[i] = (words[i]! >> shift) & 0xff;
+    } else if (bits === 8 && words.length * 2 >= entries) {
+      // Two entries a word, the first in the low byte (PS3.3 C.7.6.3.1.6: as 8 bits allocated).
+      for (let i = 0; i < entries; i++) channel[i] = (words[i >> 1]! >> ((i & 1) * 8)) & 0xff;
+    } else {
+      return undefined;
+    }
+    channels.push(channel);
+  }
+  return { firstMapped, red: channels[0]!, green: channels[1]!, blue: channels[2]! };
 }
 
 export function renderAttributesOf(elements: readonly DicomElement[], image: ImagePixelAttributes): RenderAttributes {
@@ -66,6 +110,7 @@ export function renderAttributesOf(elements: readonly DicomElement[], image: Ima
     rescaleSlope: firstNumber(Tags.RescaleSlope) ?? 1,
     rescaleIntercept: firstNumber(Tags.RescaleIntercept) ?? 0,
     window: center !== undefined && width !== undefined && width >= 1 ? { center, width, function: voiFunctions.includes(voiFunction) ? voiFunction : 'LINEAR' } : undefined,
+    ...(image.photometricInterpretation.toUpperCase() === 'PALETTE COLOR' ? { palette: paletteOf(elements) } : {}),
   };
 }
 
@@ -80,6 +125,9 @@ export function renderFrame(frame: Uint8Array, image: ImagePixelAttributes, attr
   let full: { samplesPerPixel: 1 | 3; pixels: Uint8Array };
   if (image.samplesPerPixel === 1 && (photometric === 'MONOCHROME1' || photometric === 'MONOCHROME2')) {
     full = { samplesPerPixel: 1, pixels: renderGrey(frame, pixelCount, image, attributes, options.window, photometric === 'MONOCHROME1') };
+  } else if (image.samplesPerPixel === 1 && photometric === 'PALETTE COLOR') {
+    if (attributes.palette === undefined) throw new RenderError('ERR_RENDER_UNSUPPORTED', 'PALETTE COLOR without a usable lookup table (segmented tables are not rendered)');
+    full = { samplesPerPixel: 3, pixels: renderPalette(frame, pixelCount, image, attributes.palette) };
   } else if (image.samplesPerPixel === 3 && (photometric === 'RGB' || photometric === 'YBR_FULL')) {
     if (image.bitsAllocated !== 8) throw new RenderError('ERR_RENDER_UNSUPPORTED', `colour of ${image.bitsAllocated} bits a sample is not rendered`);
     if (frame.length < pixelCount * 3) throw new RenderError('ERR_RENDER_PIXEL_DATA', `the frame holds ${frame.length} bytes, ${pixelCount * 3} expected`);
@@ -147,6 +195,23 @@ function voiTransform(window: { center: number; width: number; function: VoiFunc
       throw new RenderError('ERR_RENDER_UNSUPPORTED', `VOI LUT function ${String(unreachable)}`);
     }
   }
+}
+
+/** Each stored value looked up in the palette (clamped to its first and last entries, PS3.3 C.7.6.3.1.5). */
+function renderPalette(frame: Uint8Array, pixelCount: number, image: ImagePixelAttributes, palette: Palette): Uint8Array {
+  const bytesPerSample = image.bitsAllocated === 8 ? 1 : image.bitsAllocated === 16 ? 2 : 0;
+  if (bytesPerSample === 0) throw new RenderError('ERR_RENDER_UNSUPPORTED', `PALETTE COLOR of ${image.bitsAllocated} bits allocated is not rendered`);
+  if (frame.length < pixelCount * bytesPerSample) throw new RenderError('ERR_RENDER_PIXEL_DATA', `the frame holds ${frame.length} bytes, ${pixelCount * bytesPerSample} expected`);
+  const last = palette.red.length - 1;
+  const out = new Uint8Array(pixelCount * 3);
+  for (let i = 0; i < pixelCount; i++) {
+    const stored = bytesPerSample === 1 ? frame[i]! : frame[2 * i]! | (frame[2 * i + 1]! << 8);
+    const entry = Math.min(last, Math.max(0, stored - palette.firstMapped));
+    out[3 * i] = palette.red[entry]!;
+    out[3 * i + 1] = palette.green[entry]!;
+    out[3 * i + 2] = palette.blue[entry]!;
+  }
+  return out;
 }
 
 function renderColour(frame: Uint8Array, pixelCount: number, planar: boolean, ybr: boolean): Uint8Array {

@@ -142,16 +142,17 @@ describe('dicomweb-client (OHIF) as a viewer of pacs-mesh', () => {
     assert.ok(decodedChecked >= 10, `decoded frames checked for ${decodedChecked} instances`);
   });
 
-  it('gets every image rendered as JPEG and PNG, and its thumbnail (PALETTE COLOR is not rendered)', async () => {
+  it('gets every image rendered as JPEG and PNG (a palette in colour), and its thumbnail', async () => {
     let rendered = 0;
     for (const instance of corpus) {
       const image = imageOf(instance);
-      if (image === undefined || image.photometric === 'PALETTE COLOR') continue;
+      if (image === undefined) continue;
       const [jpeg] = (await client.retrieveInstanceRendered({ ...uidsOf(instance), mediaTypes: [{ mediaType: 'image/jpeg' }], queryParams: { viewport: '256,256' } })).map((part) => Buffer.from(part));
       assert.equal(jpeg?.readUInt16BE(0), 0xffd8, `${instance.name}: a JPEG`);
       const [png] = (await client.retrieveInstanceRendered({ ...uidsOf(instance), mediaTypes: [{ mediaType: 'image/png' }] })).map((part) => Buffer.from(part));
       assert.equal(png?.subarray(1, 4).toString('latin1'), 'PNG', `${instance.name}: a PNG`);
       assert.deepEqual([png!.readUInt32BE(16), png!.readUInt32BE(20)], [image.columns, image.rows], `${instance.name}: the image's size`);
+      assert.equal(png![25], image.samplesPerPixel === 3 || image.photometric === 'PALETTE COLOR' ? 2 : 0, `${instance.name}: a colour PNG for colour, grey for grey`);
       const [thumbnail] = (await client.retrieveInstanceThumbnail({ ...uidsOf(instance), mediaTypes: [{ mediaType: 'image/jpeg' }] })).map((part) => Buffer.from(part));
       assert.equal(thumbnail?.readUInt16BE(0), 0xffd8, `${instance.name}: a JPEG thumbnail`);
       rendered++;

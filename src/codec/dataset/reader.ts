@@ -35,6 +35,11 @@ export interface DatasetHeaderReaderOptions {
    */
   includeSkippedElements?: boolean;
   /**
+   * Top-level OW / OB values to keep as 16-bit little endian words (decimal values joined by backslash, as
+   * a US value), e.g. Palette Color Lookup Table Data for rendering; still within maxValueBytes.
+   */
+  wordValueTags?: ReadonlySet<number>;
+  /**
    * Read past Pixel Data to the end and check the whole dataset's structure, as a C-STORE must before it
    * answers Success (PS3.4 B.2.3: what is stored can be retrieved): every value complete, encapsulated
    * pixel data as even-length fragments closed by its delimiter, nothing trailing, top-level tags in
@@ -130,6 +135,7 @@ export class DatasetHeaderReader {
   private readonly maxElementCount: number;
   private readonly maxNestingDepth: number;
   private readonly includeSkippedElements: boolean;
+  private readonly wordValueTags: ReadonlySet<number> | undefined;
   private readonly wholeDataset: boolean;
   /** A native (uncompressed) syntax: Pixel Data has a defined length, never fragments (PS3.5 A.1-A.3, A.4). */
   private readonly nativeSyntax: boolean;
@@ -178,6 +184,7 @@ export class DatasetHeaderReader {
     this.maxElementCount = positiveInteger(options.maxElementCount, defaultMaxElementCount, 'maxElementCount');
     this.maxNestingDepth = positiveInteger(options.maxNestingDepth, defaultMaxNestingDepth, 'maxNestingDepth');
     this.includeSkippedElements = options.includeSkippedElements ?? false;
+    this.wordValueTags = options.wordValueTags;
     this.wholeDataset = options.wholeDataset ?? false;
     this.nativeSyntax = nativeSyntaxUids.has(options.transferSyntaxUid);
     this.encapsulatedSyntax = !this.nativeSyntax && !jpipReferencedSyntaxUids.has(options.transferSyntaxUid);
@@ -493,7 +500,7 @@ export class DatasetHeaderReader {
     }
     if (level === undefined && !this.complete) {
       // A known text/numeric attribute sent as UN (explicit VR LE) is still worth indexing.
-      const keptVr = vr === 'UN' && !implicitVr && littleEndian ? (vrOf(tag) ?? vr) : vr;
+      const keptVr = this.wordValueTags?.has(tag) === true && littleEndian ? 'US' : vr === 'UN' && !implicitVr && littleEndian ? (vrOf(tag) ?? vr) : vr;
       if (isDecodableVr(keptVr) && valueLength <= this.maxValueBytes) {
         this.startKeptValue(tag, keptVr, valueLength, littleEndian, elementOffset);
         return headerLength;

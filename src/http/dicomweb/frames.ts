@@ -59,6 +59,9 @@ export async function retrieveFrames(ctx: DicomWebContext, exchange: DicomWebExc
 export interface FramesSource {
   image: ImagePixelAttributes;
   elements: readonly DicomElement[];
+  /** The stored data set's bytes up to its Pixel Data at least, in `transferSyntaxUid`: for values `elements` leaves out (a palette). */
+  header: Uint8Array;
+  transferSyntaxUid: string;
 }
 
 /** Where frames go once had: the multipart response, or a rendering. */
@@ -110,7 +113,7 @@ async function nativeFramesByRange(ctx: DicomWebContext, route: FramesRoute, ran
     const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, elementHeaderBytes);
     // No Pixel Data within the bound, or none at all: the whole-instance path says so (404).
     if (pixelDataOffset === undefined || head.length < pixelDataOffset + elementHeaderBytes) return false;
-    source = pixelAttributesOf(head, syntax, route.instanceUid);
+    source = { ...pixelAttributesOf(head, syntax, route.instanceUid), header: head, transferSyntaxUid: syntax };
     const image = source.image;
     const valueLength = head.readUInt32LE(pixelDataOffset + elementHeaderBytes - 4);
     if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
@@ -153,13 +156,13 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   if (representation === undefined) return false;
   const { chunks } = await streamInstanceHead(ctx, selected, 4);
   let codestreams: Map<number, Uint8Array> | undefined;
-  let image: ImagePixelAttributes;
-  let elements: DicomElement[];
+  let stored: FramesSource;
   try {
     // The Pixel Data element's header (12 bytes in explicit VR little endian) is read with the rest of the header.
     const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, encapsulatedElementHeaderBytes);
     if (pixelDataOffset === undefined || head.length < pixelDataOffset + encapsulatedElementHeaderBytes) return false;
-    ({ image, elements } = pixelAttributesOf(head, syntax, route.instanceUid));
+    stored = { ...pixelAttributesOf(head, syntax, route.instanceUid), header: head, transferSyntaxUid: syntax };
+    const image = stored.image;
     if (head.readUInt32LE(pixelDataOffset + 8) !== 0xffffffff) return false;
     const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
     if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
@@ -176,9 +179,9 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   }
   if (codestreams === undefined) return false;
   const codestreamOf = (frameNumber: number) => codestreams.get(frameNumber)!;
-  if (representation.kind === 'stored') await deliver(representation, route.frameNumbers.map(codestreamOf), { image, elements });
+  if (representation.kind === 'stored') await deliver(representation, route.frameNumbers.map(codestreamOf), stored);
   else {
-    const decoded = await decodedFrames(ctx, exchange, route, elements, image, syntax, codestreamOf);
+    const decoded = await decodedFrames(ctx, exchange, route, stored, codestreamOf);
     await deliver(representation, decoded.frames, decoded.source);
   }
   return true;
@@ -195,14 +198,12 @@ async function decodedFrames(
   ctx: DicomWebContext,
   exchange: DicomWebExchange,
   route: FramesRoute,
-  elements: readonly DicomElement[],
-  image: ImagePixelAttributes,
-  storedSyntax: string,
+  stored: FramesSource,
   codestreamOf: (frameNumber: number) => Uint8Array,
 ): Promise<{ frames: Uint8Array[]; source: FramesSource }> {
   const wanted = [...new Set(route.frameNumbers)];
-  const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(elements, wanted.map(codestreamOf)), storedSyntax, { ...image, numberOfFrames: wanted.length }, route.instanceUid);
-  const { native, source } = nativeOf(decoded, elements, route.instanceUid);
+  const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(stored.elements, wanted.map(codestreamOf)), stored.transferSyntaxUid, { ...stored.image, numberOfFrames: wanted.length }, route.instanceUid);
+  const { native, source } = nativeOf(decoded, stored, route.instanceUid);
   const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
   return { frames: route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, positions.get(frameNumber)!), route.instanceUid)), source };
 }
@@ -211,13 +212,13 @@ async function decodedFrames(
  * A data set the transcoder made in explicit VR little endian: its native Pixel Data, and the stored header
  * with the colour layout the decoder gave (a frames-only data set keeps no window or rescale).
  */
-function nativeOf(decoded: Uint8Array, storedElements: readonly DicomElement[], instanceUid: string): { native: Extract<PixelData, { kind: 'native' }>; source: FramesSource } {
+function nativeOf(decoded: Uint8Array, stored: FramesSource, instanceUid: string): { native: Extract<PixelData, { kind: 'native' }>; source: FramesSource } {
   const native = checked(() => readPixelData(decoded, EXPLICIT_LE), instanceUid);
   if (native.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
   const decodedElements = pixelAttributesOf(decoded, EXPLICIT_LE, instanceUid).elements;
   const layoutTags = new Set([Tags.PhotometricInterpretation, planarConfigurationTag]);
-  const elements = [...storedElements.filter((element) => !layoutTags.has(element.tag)), ...decodedElements.filter((element) => layoutTags.has(element.tag))];
-  return { native, source: { image: native.image, elements } };
+  const elements = [...stored.elements.filter((element) => !layoutTags.has(element.tag)), ...decodedElements.filter((element) => layoutTags.has(element.tag))];
+  return { native, source: { ...stored, image: native.image, elements } };
 }
 
 const planarConfigurationTag = 0x00280006;
@@ -237,7 +238,8 @@ async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route:
   const storedSyntax = entry.transferSyntaxUid;
   const layout = storedLayoutOf(storedSyntax);
 
-  const { image, elements } = pixelAttributesOf(bytes, storedSyntax, route.instanceUid);
+  const header: FramesSource = { ...pixelAttributesOf(bytes, storedSyntax, route.instanceUid), header: bytes, transferSyntaxUid: storedSyntax };
+  const image = header.image;
   const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
   if (missing !== undefined) {
     // PS3.18 Table 10.4.3-1: 404, the Target Resource (that frame) does not exist.
@@ -266,21 +268,21 @@ async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route:
     case 'stored': {
       if (stored?.kind !== 'encapsulated') throw new Error('frames offered as stored without encapsulated Pixel Data');
       const encapsulated = stored;
-      await deliver(representation, route.frameNumbers.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid)), { image, elements });
+      await deliver(representation, route.frameNumbers.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid)), header);
       return;
     }
     case 'native': {
       if (stored?.kind === 'encapsulated' && stored.frameFragments !== undefined) {
         const encapsulated = stored;
         stored = undefined;
-        const decoded = await decodedFrames(ctx, exchange, route, elements, image, storedSyntax, (frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
+        const decoded = await decodedFrames(ctx, exchange, route, header, (frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid));
         await deliver(representation, decoded.frames, decoded.source);
         return;
       }
-      let source: FramesSource = { image, elements };
+      let source = header;
       if (layout !== 'nativeLittleEndian') {
         stored = undefined;
-        const converted = nativeOf(await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid), elements, route.instanceUid);
+        const converted = nativeOf(await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid), header, route.instanceUid);
         stored = converted.native;
         source = converted.source;
       }

@@ -10,13 +10,16 @@
  */
 import { encodeDataset } from '../../codec/dataset/writer.ts';
 import { readPixelData } from '../../codec/dataset/pixel-data.ts';
+import { parseDataset } from '../../codec/dataset/reader.ts';
+import { DatasetParseError } from '../../codec/dataset/errors.ts';
+import type { DicomElement } from '../../codec/dicom-types.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { encodePng } from '../../codec/png.ts';
-import { RenderError, renderAttributesOf, renderFrame, renderedSideMax, voiFunctions, type RenderOptions, type RenderedImage, type VoiFunction } from '../../codec/render.ts';
+import { RenderError, paletteDataTags, renderAttributesOf, renderFrame, renderedSideMax, voiFunctions, type RenderOptions, type RenderedImage, type VoiFunction } from '../../codec/render.ts';
 import { EXPLICIT_LE } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { framesFor } from './frames.ts';
+import { framesFor, type FramesSource } from './frames.ts';
 import { convertInstance, selectInstances } from './instances.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -115,7 +118,7 @@ export async function sendRendered(ctx: DicomWebContext, exchange: DicomWebExcha
   await framesFor(ctx, exchange, route, nativeRanges, async (_representation, frames, source) => {
     let image: RenderedImage;
     try {
-      image = renderFrame(frames[0]!, source.image, renderAttributesOf(source.elements, source.image), request.options);
+      image = renderFrame(frames[0]!, source.image, renderAttributesOf(withPalette(source), source.image), request.options);
     } catch (error) {
       if (error instanceof RenderError) throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_RENDERABLE', `instance ${request.instanceUid} cannot be rendered: ${error.message}; it can be had as DICOM`);
       throw error;
@@ -125,6 +128,22 @@ export async function sendRendered(ctx: DicomWebContext, exchange: DicomWebExcha
     exchange.res.end(exchange.req.method === 'HEAD' ? undefined : body);
   });
 }
+
+/** Lookup Table Data is binary, which headers leave out: read again as words for a PALETTE COLOR image. */
+function withPalette(source: FramesSource): readonly DicomElement[] {
+  if (source.image.photometricInterpretation.toUpperCase() !== 'PALETTE COLOR') return source.elements;
+  let tables: DicomElement[];
+  try {
+    tables = parseDataset(source.header, source.transferSyntaxUid, { wordValueTags: paletteDataTags, maxValueBytes: paletteDataBytesMax }).elements.filter((element) => paletteDataTags.has(element.tag));
+  } catch (error) {
+    if (error instanceof DatasetParseError) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the palette of this instance cannot be read: ${error.message}`);
+    throw error;
+  }
+  return [...source.elements, ...tables];
+}
+
+/** A palette's table of 65,536 16-bit entries: 128 KiB. */
+const paletteDataBytesMax = 128 * 1024;
 
 /** The image as JPEG Baseline, encoded in the transcoder's thread: a large one must not hold the event loop. */
 async function jpegOf(ctx: DicomWebContext, exchange: DicomWebExchange, image: RenderedImage, request: RenderedRequest): Promise<Uint8Array> {
