@@ -16,6 +16,7 @@ import type { MeshNode } from '../../net/node.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
 import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
+import { ownString } from './custody/digest.ts';
 import { resolveRetrieve, retrieveInstanceUids, type QueryRequest } from './query/query.ts';
 import type { ReplicaStore } from './replica-store.ts';
 import { fetchFrom, queryPeer, repairFrom, type ReplicationLimits } from './replication.ts';
@@ -109,7 +110,8 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
 
   const remember = (uid: string, peerId: string): void => {
     hints.delete(uid);
-    hints.set(uid, peerId);
+    // Its own copy: a UID sliced from a peer's answer would keep the whole answer alive as long as the hint.
+    hints.set(ownString(uid), peerId);
     if (hints.size > hintsMax) hints.delete(hints.keys().next().value!);
   };
 
