@@ -99,6 +99,22 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
     settleWaitMaxMs: 200,
   }).resolveRetrieveEverywhere(request);
   assert.deepEqual(stuck.peersMissed, [a.peerId], 'the wait is bounded');
+  // An IMAGE-level retrieve of instances all held here: a silent or paused peer cannot add a match.
+  const silent = createRemoteRetrieve({
+    node: b, store: storeB, log: silentLogger,
+    peers: () => [unreachable],
+    peersUnreachable: () => [unreachable, 'site:c'],
+    peersSettling: () => true,
+    settleWaitMaxMs: 2000,
+  });
+  const imageKeys = (uids: string) => [{ tag: 0x0020000d, vr: 'UI', value: '1.2.9' }, { tag: 0x0020000e, vr: 'UI', value: '1.2.9.1' }, { tag: 0x00080018, vr: 'UI', value: uids }];
+  const t1 = performance.now();
+  const held = await silent.resolveRetrieveEverywhere({ root: 'STUDY', level: 'IMAGE', keys: imageKeys('1.2.9.1.2') });
+  assert.deepEqual(held.entries.map((e) => e.sopInstanceUid), ['1.2.9.1.2']);
+  assert.deepEqual(held.peersMissed, [], 'whole here: Success, not 0xA701');
+  assert.ok(performance.now() - t1 < 1000, 'no wait for a peer that cannot add anything');
+  const notHeld = await silent.resolveRetrieveEverywhere({ root: 'STUDY', level: 'IMAGE', keys: imageKeys('1.2.9.1.2\\1.2.9.1.9') });
+  assert.ok(notHeld.peersMissed.includes('site:c'), 'one named UID not here: the silent peers may hold it');
   const one = await retrieve.resolveRetrieveEverywhere(request, { limit: 1 });
   assert.equal(one.entries.length, 1);
   assert.equal(one.truncated, true);

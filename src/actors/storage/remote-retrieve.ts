@@ -16,7 +16,8 @@ import type { MeshNode } from '../../net/node.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
 import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { resolveRetrieve, type QueryRequest } from './query/query.ts';
+import { ownString } from './custody/digest.ts';
+import { resolveRetrieve, retrieveInstanceUids, type QueryRequest } from './query/query.ts';
 import type { ReplicaStore } from './replica-store.ts';
 import { fetchFrom, queryPeer, repairFrom, type ReplicationLimits } from './replication.ts';
 
@@ -109,7 +110,8 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
 
   const remember = (uid: string, peerId: string): void => {
     hints.delete(uid);
-    hints.set(uid, peerId);
+    // Its own copy: a UID sliced from a peer's answer would keep the whole answer alive as long as the hint.
+    hints.set(ownString(uid), peerId);
     if (hints.size > hintsMax) hints.delete(hints.keys().next().value!);
   };
 
@@ -180,11 +182,6 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
     async resolveRetrieveEverywhere(request, options = {}) {
       const limit = options.limit ?? 100_000;
       const signal = signalOf(options.signal);
-      // A pause of a second at another site made it suspect, and the retrieve answered 0xA701 (retry) though
-      // the site came back moments later: a short wait serves the viewer instead.
-      for (const until = clock.nowMs() + settleWaitMaxMs; init.peersSettling?.() === true && clock.nowMs() < until && signal?.aborted !== true; ) {
-        await new Promise<void>((resolve) => clock.setTimeout(resolve, settlePollMs));
-      }
       const byUid = new Map<string, CatalogEntry>();
       let truncated = false;
       for await (const entry of resolveRetrieve(store.db, request)) {
@@ -193,6 +190,15 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
           break;
         }
         byUid.set(entry.sopInstanceUid, entry);
+      }
+      // Every instance an IMAGE-level retrieve names is here: no peer can add a match, so a paused or silent
+      // one must not turn it into 0xA701 / 503 (the soak of helper 75 saw that for instances held here).
+      const named = retrieveInstanceUids(request);
+      if (!truncated && named !== undefined && named.every((uid) => byUid.has(uid))) return { entries: [...byUid.values()], truncated, peersFailed: [], peersMissed: [] };
+      // A pause of a second at another site made it suspect, and the retrieve answered 0xA701 (retry) though
+      // the site came back moments later: a short wait serves the viewer instead.
+      for (const until = clock.nowMs() + settleWaitMaxMs; init.peersSettling?.() === true && clock.nowMs() < until && signal?.aborted !== true; ) {
+        await new Promise<void>((resolve) => clock.setTimeout(resolve, settlePollMs));
       }
       const peers = init.peers().slice(0, peersAskedMax);
       const answers = await Promise.allSettled(peers.map((peerId) => queryPeer(node, peerId, request, limit, { limits: init.limits, signal })));

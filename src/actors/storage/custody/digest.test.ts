@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { encodeEnvelope, decodeEnvelope } from '../../../codec/envelope.ts';
 import { bucketOf, createDigest, diffBuckets, digestAdd, digestBuckets, digestRoot, keysInBuckets, missingKeys } from './digest.ts';
 
 const keys = Array.from({ length: 1000 }, (_, i) => ({ sopInstanceUid: `1.2.826.0.1.${i}`, sha256: `sha${i}` }));
@@ -52,4 +55,24 @@ test('a changed sha256 for the same uid shows up as a differing bucket', () => {
   digestAdd(a, '1.2.3', 'one');
   digestAdd(b, '1.2.3', 'two');
   assert.deepEqual(diffBuckets(a, digestBuckets(b)), [bucketOf('1.2.3')]);
+});
+
+test('the digest keeps no received message alive through the UIDs it holds', () => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const attributes = Array.from({ length: 40 }, (_, i) => ({ tag: 0x00100010 + i, vr: 'LO', value: `VALUE ${i} `.repeat(4) }));
+  const digest = createDigest();
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  const count = 20_000;
+  for (let i = 0; i < count; i++) {
+    // A push's end message as a peer receives it: the entry's UID and SHA-256 come out of a ~2 KB message.
+    const bytes = encodeEnvelope({ type: 'end', entry: { sopInstanceUid: `2.25.${1e15 + i}${'7'.repeat(20)}`, sha256: 'ab'.repeat(32), attributes } });
+    const message = decodeEnvelope<{ type: 'end'; entry: { sopInstanceUid: string; sha256: string } }>(bytes, { maxBytes: 1 << 20 });
+    digestAdd(digest, message.entry.sopInstanceUid, message.entry.sha256);
+  }
+  gc();
+  const perKey = (process.memoryUsage().heapUsed - before) / count;
+  assert.equal(digest.size, count);
+  assert.ok(perKey < 600, `${perKey.toFixed(0)} bytes of heap per key held (a whole message each would be ~2,000)`);
 });

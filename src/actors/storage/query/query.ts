@@ -883,6 +883,12 @@ function retrieveModelOf(request: QueryRequest): QueryRequest {
   return request.root === 'STUDY' && request.level === 'PATIENT' ? { ...request, root: 'PATIENT' } : request;
 }
 
+/** The SOP Instance UIDs an IMAGE-level retrieve names (its unique key), or undefined at any other level. */
+export function retrieveInstanceUids(asked: QueryRequest): string[] | undefined {
+  const request = retrieveModelOf(asked);
+  return request.level === 'IMAGE' ? uniqueKeyValues(request, UNIQUE_KEY_OF_LEVEL.IMAGE) : undefined;
+}
+
 /**
  * Checks a C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1): the level's unique key must be present and non-empty
  * (a list for UIDs); the unique keys of upper levels may be present; no wildcard anywhere in them.
