@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { createMeshNode, peerActivityNoticeMs } from './node.ts';
+import { bootstrapFailureCause, createMeshNode, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, MeshNode, MeshNodeInit } from './node.ts';
@@ -246,6 +246,14 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.match(failures[0]!.error, /ECONNREFUSED/);
     assert.match(failures[0]!.likelyCause, /nothing listens there/);
     assert.equal(failures[0]!.connectedPeers, 0, 'alone: not in the mesh through others');
+  });
+
+  it('a dial that times out or is reset at a bootstrap peer reached before is named as paused or cut off, not as another swarm key (helper 75)', () => {
+    for (const error of ['The operation was aborted due to timeout', 'read ECONNRESET']) {
+      assert.match(bootstrapFailureCause(error, true), /paused, overloaded or restarting/, error);
+      assert.match(bootstrapFailureCause(error, false), /most likely another swarm key/, error);
+    }
+    assert.match(bootstrapFailureCause('connect ECONNREFUSED 127.0.0.1:1', true), /nothing listens there/);
   });
 
   it('a bootstrap address where an HTTP server answers is named as not a pacs-mesh libp2p port (helper 64: "see the error")', async () => {

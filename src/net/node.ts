@@ -185,8 +185,13 @@ export interface BootstrapFailure {
  * TCP connection and then fails the private-network handshake: the dial ends in a reset or a timeout,
  * which read like a network fault and made a wrong key hard to tell (black-box helper 40).
  */
-export function bootstrapFailureCause(error: string): string {
+export function bootstrapFailureCause(error: string, reachedBefore = false): string {
   if (/ECONNREFUSED/.test(error)) return 'nothing listens there: the site is down, or the address or port is wrong';
+  // A peer this node was connected to there holds this swarm key: a paused or overloaded peer (SIGSTOP, a
+  // long GC) accepts the TCP connection and answers nothing, which read as a wrong key (helper 75).
+  if (reachedBefore && /ECONNRESET|EPIPE|timed? ?out|timeout|aborted/i.test(error)) {
+    return 'no complete answer from the peer reached there before: it is paused, overloaded or restarting, or the host is cut off (or it now holds another swarm key)';
+  }
   if (/ECONNRESET|EPIPE/.test(error)) {
     return 'something answers there but the private-network handshake did not complete: most likely another swarm key (or not a pacs-mesh libp2p port)';
   }
@@ -518,7 +523,7 @@ class Reconnector {
             attempts: t.attempts,
             nextTryInMs,
             error: err.message,
-            likelyCause: bootstrapFailureCause(error),
+            likelyCause: bootstrapFailureCause(error, t.reachedPeerId !== undefined || t.lastSeen > 0),
             connectedPeers: this.node.getPeers().length,
           });
         }
