@@ -101,29 +101,22 @@ async function nativeFramesByRange(ctx: DicomWebContext, route: FramesRoute, ran
   if (representation === undefined) {
     throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `the frames of instance ${route.instanceUid} can be sent as: ${offeredRepresentations(offers).map(describeRepresentation).join(', ')}`);
   }
-  const { entry, chunks } = await streamInstanceHead(ctx, selected, 4);
-  const syntax = entry.transferSyntaxUid;
-  // The Pixel Data element's own header (8 or 12 bytes) is read with the rest of the header.
-  const elementHeaderBytes = syntax === IMPLICIT_LE ? 8 : 12;
+  const { chunks } = await streamInstanceHead(ctx, selected, 4);
   const frames: Uint8Array[] = [];
   let frameRanges: Array<{ start: number; end: number }>;
   let offset: number;
   let source: FramesSource;
   try {
-    const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, elementHeaderBytes);
-    // No Pixel Data within the bound, or none at all: the whole-instance path says so (404).
-    if (pixelDataOffset === undefined || head.length < pixelDataOffset + elementHeaderBytes) return false;
-    source = { ...pixelAttributesOf(head, syntax, route.instanceUid), header: head, transferSyntaxUid: syntax };
+    const read = await pixelDataHead(chunks, selected.transferSyntaxUid, route);
+    if (read === undefined) return false;
+    const { head, valueStart, valueLength } = read;
+    source = read.source;
     const image = source.image;
-    const valueLength = head.readUInt32LE(pixelDataOffset + elementHeaderBytes - 4);
     if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
-    const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
-    if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
     const size = nativeFrameBits(image) / 8;
     if (route.frameNumbers.some((frameNumber) => frameNumber * size > valueLength)) {
       throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
     }
-    const valueStart = pixelDataOffset + elementHeaderBytes;
     frameRanges = route.frameNumbers.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
     for (const _ of frameRanges) frames.push(Buffer.alloc(size));
     copyOverlaps(head, 0, frameRanges, frames);
@@ -158,16 +151,11 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   let codestreams: Map<number, Uint8Array> | undefined;
   let stored: FramesSource;
   try {
-    // The Pixel Data element's header (12 bytes in explicit VR little endian) is read with the rest of the header.
-    const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, encapsulatedElementHeaderBytes);
-    if (pixelDataOffset === undefined || head.length < pixelDataOffset + encapsulatedElementHeaderBytes) return false;
-    stored = { ...pixelAttributesOf(head, syntax, route.instanceUid), header: head, transferSyntaxUid: syntax };
-    const image = stored.image;
-    if (head.readUInt32LE(pixelDataOffset + 8) !== 0xffffffff) return false;
-    const missing = route.frameNumbers.find((frameNumber) => frameNumber > image.numberOfFrames);
-    if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${image.numberOfFrames} frame(s): there is no frame ${missing}`);
-    const scanner = new EncapsulatedFrameScanner({ numberOfFrames: image.numberOfFrames, wantedFrames: route.frameNumbers, transferSyntaxUid: syntax });
-    checked(() => scanner.push(head.subarray(pixelDataOffset + encapsulatedElementHeaderBytes)), route.instanceUid);
+    const read = await pixelDataHead(chunks, syntax, route);
+    if (read === undefined || read.valueLength !== 0xffffffff) return false;
+    stored = read.source;
+    const scanner = new EncapsulatedFrameScanner({ numberOfFrames: stored.image.numberOfFrames, wantedFrames: route.frameNumbers, transferSyntaxUid: syntax });
+    checked(() => scanner.push(read.head.subarray(read.valueStart)), route.instanceUid);
     while (!scanner.done) {
       const next = await chunks.next();
       if (next.done === true) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends inside its Pixel Data`);
@@ -187,8 +175,22 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   return true;
 }
 
-/** Explicit VR little endian Pixel Data element header: tag, VR, two reserved bytes, length. */
-const encapsulatedElementHeaderBytes = 12;
+/**
+ * The stored header read from `chunks` up to and with the Pixel Data element's own header (8 bytes in
+ * implicit VR, 12 in explicit VR), and where the value starts; undefined without Pixel Data within the
+ * bound (the whole-instance path says so: 404). A 404 for a frame beyond the image.
+ */
+async function pixelDataHead(chunks: AsyncIterator<Uint8Array>, syntax: string, route: FramesRoute): Promise<{ head: Buffer; source: FramesSource; valueStart: number; valueLength: number } | undefined> {
+  const elementHeaderBytes = syntax === IMPLICIT_LE ? 8 : 12;
+  const { head, pixelDataOffset } = await readToPixelData(chunks, syntax, elementHeaderBytes);
+  if (pixelDataOffset === undefined || head.length < pixelDataOffset + elementHeaderBytes) return undefined;
+  const source: FramesSource = { ...pixelAttributesOf(head, syntax, route.instanceUid), header: head, transferSyntaxUid: syntax };
+  const { numberOfFrames } = source.image;
+  const missing = route.frameNumbers.find((frameNumber) => frameNumber > numberOfFrames);
+  if (missing !== undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NO_SUCH_FRAME', `instance ${route.instanceUid} has ${numberOfFrames} frame(s): there is no frame ${missing}`);
+  const valueStart = pixelDataOffset + elementHeaderBytes;
+  return { head, source, valueStart, valueLength: head.readUInt32LE(valueStart - 4) };
+}
 
 /**
  * The asked frames decoded to native little endian: a data set of those codestreams alone goes through the
