@@ -1,6 +1,6 @@
 /**
  * A PNG (ISO/IEC 15948) of an 8-bit grey or RGB image: IHDR, one zlib IDAT of filter-0 rows, IEND. Lossless,
- * for rendered images asked as image/png.
+ * for rendered images asked as image/png; deflate's fastest level (a 512 x 512 CT took 20 ms at level 6).
  */
 import { deflateSync } from 'node:zlib';
 
@@ -17,7 +17,7 @@ export function encodePng(pixels: Uint8Array, columns: number, rows: number, sam
   // Compression, filter method and interlace: 0 (deflate, adaptive filtering with type 0 rows, none).
   const raw = Buffer.alloc((rowBytes + 1) * rows);
   for (let row = 0; row < rows; row++) raw.set(pixels.subarray(row * rowBytes, (row + 1) * rowBytes), row * (rowBytes + 1) + 1);
-  return Buffer.concat([signature, chunk('IHDR', header), chunk('IDAT', deflateSync(raw, { level: 6 })), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([signature, chunk('IHDR', header), chunk('IDAT', deflateSync(raw, { level: 1 })), chunk('IEND', Buffer.alloc(0))]);
 }
 
 function chunk(type: string, data: Uint8Array): Buffer {
