@@ -184,6 +184,12 @@ export function newestIndexAge(entry: CatalogEntry): string {
   return String(Number.MAX_SAFE_INTEGER - storedAtRank(entry)).padStart(16, '0');
 }
 
+/** The storedAtMs rank a newest-index key's `<age>` stands for (newestIndexAge read back); undefined when not one. */
+function storedAtOfNewestIndexAge(age: string): number | undefined {
+  const value = /^[0-9]{16}$/.test(age) ? Number(age) : NaN;
+  return Number.isSafeInteger(value) ? Number.MAX_SAFE_INTEGER - value : undefined;
+}
+
 /** Whether `entry` is the newer of the two by the newest index's order (the one an entity's attributes come from). */
 export function isNewerInstance(entry: CatalogEntry, than: CatalogEntry): boolean {
   const difference = storedAtRank(entry) - storedAtRank(than);
@@ -370,7 +376,6 @@ export async function readAcrossReopen<T>(db: CatalogDb, read: () => Promise<T>)
   }
 }
 
-/** The entries of several instances in one read (getMany), in order: undefined where none is stored. */
 /**
  * The storedAtMs of the newest instance of `patientId` held here (the first key of its newest index),
  * undefined when none: a store of the same patient is dated after it (see IncomingStore.finish).
@@ -378,11 +383,10 @@ export async function readAcrossReopen<T>(db: CatalogDb, read: () => Promise<T>)
 export async function newestStoredAtOfPatient(db: CatalogDb, patientId: string): Promise<number | undefined> {
   const prefix = `${NEWEST_OF_PATIENT_PREFIX}${encodeKeyText(patientId)}!`;
   const [key] = await readAcrossReopen(db, () => db.keys({ ...prefixRange(prefix), limit: 1 }).all());
-  if (key === undefined) return undefined;
-  const age = Number(key.slice(prefix.length, prefix.length + 16));
-  return Number.isSafeInteger(age) ? Number.MAX_SAFE_INTEGER - age : undefined;
+  return key === undefined ? undefined : storedAtOfNewestIndexAge(key.slice(prefix.length, prefix.length + 16));
 }
 
+/** The entries of several instances in one read (getMany), in order: undefined where none is stored. */
 export async function getCatalogEntries(db: CatalogDb, sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
   const valid = sopInstanceUids.filter(isValidUid);
   const values = valid.length === 0 ? [] : await readAcrossReopen(db, () => db.getMany(valid.map(catalogEntryKey)));
