@@ -904,6 +904,11 @@ interface NativeCodecsApi {
   Context: new (attrs: Record<string, unknown>) => unknown;
 }
 
+/** dcmjs-codecs as dcmjs-dimse loads it (the same module instance, whose WASM the codecs share). */
+function nativeCodecs(): NativeCodecsApi {
+  return createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'))('dcmjs-codecs') as NativeCodecsApi;
+}
+
 /** JPEG syntaxes dcmjs-dimse's Transcoding refuses, which the dcmjs-codecs JPEG decoder reads (as dcmdjpeg does). */
 const JPEG_DIRECT: ReadonlySet<string> = new Set(['1.2.840.10008.1.2.4.51', '1.2.840.10008.1.2.4.57']);
 
@@ -916,8 +921,7 @@ const JPEG_DIRECT: ReadonlySet<string> = new Set(['1.2.840.10008.1.2.4.51', '1.2
  *   such instances never reached an uncompressed-only receiver); YBR colour is converted to RGB, as dcmdjpeg does.
  */
 function decodeJpegDirect(frame: Uint8Array, attrs: PixelAttrs): Record<string, unknown> {
-  const req = createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'));
-  const { NativeCodecs, Context } = req('dcmjs-codecs') as NativeCodecsApi;
+  const { NativeCodecs, Context } = nativeCodecs();
   const convert = attrs.samplesPerPixel === 3 && attrs.photometric.startsWith('YBR');
   const ctx = new Context({
     width: attrs.columns,
@@ -1134,8 +1138,7 @@ async function encodeRenderedJpeg(datasetBytes: Uint8Array, from: string, qualit
   if (!pixels || attrs.bitsAllocated !== 8 || attrs.frames !== 1 || pixels.length < frameBytes) fail('a rendered image is one frame of 8-bit samples');
   let jpeg: Uint8Array | undefined;
   await eachFrameWithCodecs(1, signal, () => {
-    const req = createRequire(createRequire(import.meta.url).resolve('dcmjs-dimse'));
-    const { NativeCodecs, Context } = req('dcmjs-codecs') as NativeCodecsApi;
+    const { NativeCodecs, Context } = nativeCodecs();
     const ctx = new Context({
       width: attrs.columns,
       height: attrs.rows,
