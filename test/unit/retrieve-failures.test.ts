@@ -4,7 +4,7 @@
  * response counting the failures, PS3.4 C.4.2.1.4, or an A-ABORT when a data set is cut off), never a
  * C-STORE-RQ whose data set does not follow; the peer keeps serving.
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
@@ -51,14 +51,24 @@ async function storeStudy(peer: TestPeer, studyInstanceUid: string, count: numbe
   return stored;
 }
 
-test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
-  const destination = await acceptorThatHangsUpMidRequest();
-  const lines: RecordedLine[] = [];
-  const peer = await startTestPeer(['--move-dest', `HANGUP=127.0.0.1:${destination.port}`], 'mover', recordingLogger([], {}, lines));
+/** A peer whose move destination `aeTitle` is a raw acceptor, its log lines kept in `lines`; both end with the test. */
+async function peerMovingTo(t: TestContext, destination: { port: number; close(): Promise<void> }, aeTitle: string, site: string, lines: RecordedLine[]): Promise<TestPeer> {
+  const peer = await startTestPeer(['--move-dest', `${aeTitle}=127.0.0.1:${destination.port}`], site, recordingLogger([], {}, lines));
   t.after(async () => {
     await peer.dispose();
     await destination.close();
   });
+  return peer;
+}
+
+/** The failed C-MOVE sub-operations by reason, as the peer logged them (the response has no room for them). */
+function moveFailureReasons(lines: readonly RecordedLine[]): Record<string, number> | undefined {
+  return lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+}
+
+test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, await acceptorThatHangsUpMidRequest(), 'HANGUP', 'mover', lines);
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.77.1';
   // 2 MB each: read from the store in several reads, so the connection closes while one is being sent.
   await storeStudy(peer, studyInstanceUid, 3, 1024);
@@ -72,8 +82,8 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   assert.ok(status === 0xa702 || status === 0xb000, `final status 0x${status?.toString(16)}`);
   assert.equal(completedSubOperations, 0);
   assert.equal(failedSubOperations + warningSubOperations, 3, 'every instance is accounted for as failed');
-  // The operator sees why (the response has no room for it): each failure under its reason.
-  const reasons = lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  // The operator sees why: each failure under its reason.
+  const reasons = moveFailureReasons(lines);
   assert.ok(reasons, lines.map((l) => l.message).join('\n'));
   assert.equal(Object.values(reasons).reduce((a, b) => a + b, 0), failedSubOperations);
   // The same association, and the peer, go on.
@@ -83,13 +93,8 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
 });
 
 test('C-MOVE to a destination whose answers match no request: the sub-association is aborted at once and every instance counted failed, not one response timeout each (helper 69)', async (t) => {
-  const destination = await acceptorAnsweringWrongMessageId();
   const lines: RecordedLine[] = [];
-  const peer = await startTestPeer(['--move-dest', `WRONGID=127.0.0.1:${destination.port}`], 'mover-wrong-id', recordingLogger([], {}, lines));
-  t.after(async () => {
-    await peer.dispose();
-    await destination.close();
-  });
+  const peer = await peerMovingTo(t, await acceptorAnsweringWrongMessageId(), 'WRONGID', 'mover-wrong-id', lines);
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.78.1';
   await storeStudy(peer, studyInstanceUid, 3, 16);
   const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
@@ -97,7 +102,7 @@ test('C-MOVE to a destination whose answers match no request: the sub-associatio
   assert.equal(final.command.status, 0xa702);
   assert.equal(final.command.completedSubOperations ?? 0, 0);
   assert.equal(final.command.failedSubOperations, 3);
-  const reasons = lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  const reasons = moveFailureReasons(lines);
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('answered message')), JSON.stringify(reasons));
   await client.release();
 });
