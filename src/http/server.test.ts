@@ -187,3 +187,37 @@ test('a request still in flight when the grace period ends is cut, and the stop 
   assert.ok(Date.now() - started >= 250 && Date.now() - started < 2000);
   await assert.rejects(request);
 });
+
+test('a request sent on a kept-alive connection while the peer was held past the keep-alive timeout is answered, not reset', async (t) => {
+  // Node destroys a socket whose keep-alive timeout fired in the loop's timers phase before it reads the bytes
+  // that arrived meanwhile: a peer paused (SIGSTOP) or stalled for over 5 s reset requests its clients sent in time.
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  t.after(() => server.stop());
+  const socket = connect(server.port, '127.0.0.1');
+  let answers = '';
+  const closed = new Promise((resolve) => socket.once('close', resolve));
+  socket.on('error', () => undefined);
+  const secondAnswered = new Promise<void>((resolve) => {
+    socket.on('data', (chunk: Buffer) => {
+      const first = answers === '';
+      answers += chunk.toString('latin1');
+      if (first) {
+        // Once the server has set its keep-alive timer, the second request is sent and this process's loop
+        // (the peer's, too) held past the 5 s timeout, as a pause would; the hold ends in the loop's check phase,
+        // so the timers phase comes before the server could read the request.
+        setTimeout(() => setImmediate(() => {
+          socket.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 6_000);
+        }), 100);
+      }
+      if ((answers.match(/HTTP\/1\.1 200 /g) ?? []).length === 2) resolve();
+    });
+  });
+  socket.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+  const outcome = await Promise.race([secondAnswered.then(() => 'answered'), closed.then(() => 'closed')]);
+  assert.equal(outcome, 'answered', `the second request was not answered: ${JSON.stringify(answers)}`);
+  // A connection on which nothing arrives is still closed by its keep-alive timeout.
+  const idleClosed = await Promise.race([closed.then(() => true), new Promise((r) => setTimeout(r, 8_000, false))]);
+  socket.destroy();
+  assert.equal(idleClosed, true, 'the idle connection was not closed by the keep-alive timeout');
+});

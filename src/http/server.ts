@@ -7,6 +7,7 @@
 import type { ForgetPeerOutcome } from '../actors/balancer/actor.ts';
 import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
 import { sendJson } from './respond.ts';
@@ -189,6 +190,16 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // reading a retrieve) is closed, as the DICOM port's --idle-timeout does by default.
   server.timeout = 120_000;
   server.requestTimeout = 10 * 60_000;
+  // Node destroys a socket at once when its keep-alive or idle timeout fires, and after this peer's loop was
+  // held (a pause, a long stall) the timer fires before the bytes that arrived meanwhile are read: a request
+  // a client sent in time was reset ("fetch failed": helper 75). The socket goes only if nothing arrived by
+  // the next turn of the loop, whose poll phase reads what is waiting.
+  server.on('timeout', (socket: Socket) => {
+    const bytesReadBefore = socket.bytesRead;
+    setImmediate(() => {
+      if (socket.bytesRead === bytesReadBefore) socket.destroy();
+    });
+  });
   // Idle or slow connections beyond this are closed at once: they must not use up the file descriptors
   // the DICOM port and the mesh need (20,000 of them made the whole peer unreachable for ~7 s).
   server.maxConnections = init.maxConnections ?? 1024;
