@@ -9,13 +9,19 @@ test('a path that is no resource is 404 whatever the method; a resource asked wi
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ instances: 0 }), isHealthy: () => true });
   t.after(() => server.stop());
   const base = `http://127.0.0.1:${server.port}`;
-  assert.equal((await fetch(`${base}/`, { method: 'POST' })).status, 404);
+  assert.equal((await fetch(`${base}/nothing`, { method: 'POST' })).status, 404);
+  assert.equal((await fetch(`${base}/`, { method: 'POST' })).status, 405, 'the status page is a resource');
   assert.equal((await fetch(`${base}/nothing`, { method: 'DELETE' })).status, 404);
   const wrong = await fetch(`${base}/healthz`, { method: 'DELETE' });
   assert.equal(wrong.status, 405);
   assert.equal(wrong.headers.get('allow'), 'GET, HEAD');
   assert.equal((await fetch(`${base}/healthz`)).status, 200);
   assert.deepEqual(await (await fetch(`${base}/api/mesh`)).json(), { instances: 0 });
+  const page = await fetch(`${base}/`);
+  assert.equal(page.status, 200, 'GET / is the status page');
+  assert.equal(page.headers.get('content-type'), 'text/html; charset=utf-8');
+  assert.match(await page.text(), /<td>0<\/td>/, 'the page shows the instance count');
+  assert.equal((await fetch(`${base}/`, { method: 'HEAD' })).status, 200, 'HEAD / as GET');
 });
 
 test('connections beyond maxConnections are closed at once, and served again once others close', async (t) => {

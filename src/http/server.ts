@@ -1,5 +1,6 @@
 /**
- * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh,
+ * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh (and
+ * / for the same as a page that reloads itself),
  * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site,
  * POST /api/forget-peer?peer=PEERID to take one ghost voter out of the election roster; and DICOMweb
  * (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web, WADO-URI at /wado.
@@ -11,6 +12,7 @@ import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
 import { sendJson } from './respond.ts';
+import { statusPageHtml } from './status-page.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
 
@@ -41,7 +43,7 @@ export interface RunningHttpServer {
 }
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
-const resources = new Set(['/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh']);
+const resources = new Set(['/', '/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh']);
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -82,6 +84,12 @@ async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResp
       if (init.isHealthy()) sendJson(res, 200, { status: 'ok' });
       else sendJson(res, 503, { status: 'starting or stopping' });
       return;
+    case '/': {
+      const page = statusPageHtml(await init.meshStatus(), init.isHealthy());
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(page), 'cache-control': 'no-store', 'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'" });
+      res.end(page);
+      return;
+    }
     default: // '/api/mesh'
       sendJson(res, 200, await init.meshStatus());
   }

@@ -1,0 +1,45 @@
+/** The status page at GET /: what it shows of /api/mesh, and that nothing from a peer becomes markup. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { statusPageHtml } from './status-page.ts';
+
+const meshStatus = {
+  self: { site: 'site-a', aeTitle: 'PACSMESH', dicom: { host: '127.0.0.1', port: 11112 }, peerId: '12D3KooWAAA' },
+  instances: 42,
+  activeAssociations: 1,
+  leader: { peerId: '12D3KooWBBB', site: 'site-b', term: 7 },
+  members: [
+    { peerId: '12D3KooWAAA', site: 'site-a', status: 'alive', dicom: '127.0.0.1:11112', http: '127.0.0.1:8042', instances: 42, load: 0.1 },
+    { peerId: '12D3KooWBBB', site: 'site-b', status: 'alive', dicom: '127.0.0.1:11113', http: '127.0.0.1:8043', instances: 42, load: 0 },
+    { peerId: '12D3KooWCCC', site: 'site-c', status: 'dead', dicom: '127.0.0.1:11114', http: '127.0.0.1:8044', instances: 30, load: { activeAssociations: 2, queuedCustodyWork: 5, freeDiskBytes: 75_085_082_624 } },
+  ],
+  custody: { debtEntries: 12, knownSites: [{ site: 'site-b', debtEntries: 0 }, { site: 'site-c', debtEntries: 12 }] },
+};
+
+test('the page shows this site, the leader, every member with its status and a link to its own page, and the copies owed', () => {
+  const page = statusPageHtml(meshStatus, true);
+  assert.match(page, /<meta http-equiv="refresh" content="2">/, 'the page reloads itself');
+  assert.match(page, /<h1>site-a<\/h1>/, 'the site is the heading');
+  assert.match(page, /<th>leader<\/th><td>site-b \(term 7\)<\/td>/, 'the leader and its term');
+  assert.match(page, /<tr class="dead"><td>site-c<\/td><td>dead<\/td><td>30<\/td><td>2<\/td><td>5<\/td><td>75\.1 GB<\/td>/, 'a dead member is marked so, with its count and last load');
+  assert.match(page, /<td>site-b \(leader\)<\/td>/, 'the leader is marked among the members');
+  assert.match(page, /<a href="http:\/\/127\.0\.0\.1:8044\/">/, 'a link to each member\'s page');
+  assert.match(page, /<th>copies owed to other sites<\/th><td>12<\/td>/, 'the debt in all');
+  assert.match(page, /<tr><td>site-c<\/td><td>12<\/td><\/tr>/, 'the debt by site');
+  assert.match(page, /<th>DICOM<\/th><td>127\.0\.0\.1:11112<\/td>/, 'its DICOM address');
+});
+
+test('a peer outside a mesh, or one not healthy, says so', () => {
+  const page = statusPageHtml({ self: { site: 'alone' }, instances: 3, leader: null, members: [] }, false);
+  assert.match(page, /none: this peer is not in a mesh/, 'no members table');
+  assert.match(page, /<th>leader<\/th><td>none<\/td>/, 'no leader');
+  assert.match(page, /\/healthz 503/, 'not healthy');
+  assert.doesNotMatch(page, /Copies owed, by site/, 'no debt table without custody');
+});
+
+test('values heard from other peers are escaped: a site name cannot inject markup', () => {
+  const hostile = '<script>alert(1)</script>"\'&';
+  const page = statusPageHtml({ ...meshStatus, members: [{ ...meshStatus.members[0], site: hostile, http: '"><img src=x>' }], custody: { knownSites: [{ site: hostile, debtEntries: 1 }] } }, true);
+  assert.doesNotMatch(page, /<script>|<img/, 'no markup from a peer');
+  assert.match(page, /&lt;script&gt;alert\(1\)&lt;\/script&gt;&quot;&#39;&amp;/, 'shown as text');
+});
