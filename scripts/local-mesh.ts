@@ -151,7 +151,7 @@ async function main(): Promise<void> {
   // "Up" once every site sees every other alive: a store made before a site is seen goes to it only by
   // repair, seconds later, which looked like a lost copy to someone trying the mesh right away.
   await waitConverged();
-  const lines = sites.map((s) => `  ${s.name}: DICOM 127.0.0.1:${s.dicomPort} (AE PACSMESH), HTTP http://127.0.0.1:${s.httpPort}/api/mesh, DICOMweb http://127.0.0.1:${s.httpPort}/dicom-web, data ${join(dataRoot, s.name)}`);
+  const lines = sites.map((s) => `  ${s.name}: DICOM 127.0.0.1:${s.dicomPort} (AE PACSMESH), status http://127.0.0.1:${s.httpPort}/, DICOMweb http://127.0.0.1:${s.httpPort}/dicom-web, data ${join(dataRoot, s.name)}`);
   process.stdout.write(`\nlocal mesh of ${sites.length} sites is up (swarm key ${swarmKeyFile}):\n${lines.join('\n')}\nCtrl-C stops them all.\n\n`);
   await Promise.all(sites.map((s) => new Promise((r) => s.child!.once('exit', r))));
   process.exit(0);
