@@ -110,7 +110,7 @@ main(process.argv.slice(2)).then(
           ? `another process is listening there: stop it, or choose another ${option ?? 'port'}`
           : code === 'EADDRNOTAVAIL'
             ? `${address ?? 'the address'} is not an address of this machine: give --host one of its addresses (0.0.0.0 for every interface)`
-            : `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up${option ? ` for ${option}` : ''}, or grant the capability`;
+            : `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`;
       process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): ${why}${option ? ` (${option})` : ''}\n`);
       process.exit(1);
     }

@@ -311,7 +311,7 @@ test('a port it cannot listen on says the one cause and way out: taken, an addre
     return;
   }
   assert.equal(low.status, 1, `a privileged port is a runtime failure: ${low.stderr}`);
-  assert.match(low.stderr, /\(EACCES\): ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up for --dicom-port/, `the line says why and what to do: ${low.stderr}`);
+  assert.match(low.stderr, /\(EACCES\): ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability \(--dicom-port\)/, `the line says why and what to do: ${low.stderr}`);
 });
 
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
