@@ -314,6 +314,17 @@ test('a port it cannot listen on says the one cause and way out: taken, an addre
   assert.match(low.stderr, /\(EACCES\): ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability \(--dicom-port\)/, `the line says why and what to do: ${low.stderr}`);
 });
 
+test('a --swarm-key file that does not exist: exit 2 and one line saying how a mesh gets its key', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const keyFile = join(dir, 'no-such.key');
+  const r = await start(join(dir, 'data'), ['--swarm-key', keyFile, '--p2p-port', String(await getFreePort())]);
+  assert.equal(r.status, 2, `a missing key is a configuration error: ${r.stderr}`);
+  assert.match(r.stderr, new RegExp(`cannot use --swarm-key ${keyFile}: .*ENOENT`), `the line names the file: ${r.stderr}`);
+  assert.match(r.stderr, /make one with pacs-mesh keygen --out FILE at the first site and copy that file to every other site\n$/, `the line says what to do: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
+
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
   const tmpfs = tmpfsOrSkip(t, 1024 * 1024);
   if (tmpfs === undefined) return;
