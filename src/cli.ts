@@ -12,6 +12,12 @@ const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PE
 
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // `pacs-mesh start --help` (or keygen's): the usage, as `pacs-mesh --help` gives it. Every option takes a
+  // value, so only a word where an option name stands asks for help (a value may be anything).
+  if ((command === 'start' || command === 'keygen') && rest.some((arg, i) => i % 2 === 0 && (arg === '--help' || arg === '-h'))) {
+    process.stdout.write(usage);
+    return 0;
+  }
   switch (command) {
     case 'start': {
       const config = parseStartArgs(rest);

@@ -325,6 +325,22 @@ test('a --swarm-key file that does not exist: exit 2 and one line saying how a m
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 
+test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --help does', () => {
+  const help = (args: readonly string[]) => spawnSync(process.execPath, peerProcessArgs(args), { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv() });
+  const top = help(['--help']);
+  assert.equal(top.status, 0, `pacs-mesh --help: ${top.stderr}`);
+  for (const args of [['start', '--help'], ['start', '--site', 'a', '-h'], ['keygen', '--help']]) {
+    const r = help(args);
+    assert.equal(r.status, 0, `${args.join(' ')} exits 0: ${r.stderr}`);
+    assert.equal(r.stdout, top.stdout, `${args.join(' ')} prints the usage`);
+    assert.equal(r.stderr, '', `${args.join(' ')} says nothing else`);
+  }
+  // A value that happens to read --help is a value: the usual refusal of a bad one, not the usage.
+  const value = help(['start', '--ae-title', '--help']);
+  assert.notEqual(value.status, 0, 'a value is not a request for help');
+  assert.equal(value.stdout, '', 'no usage for a value');
+});
+
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
   const tmpfs = tmpfsOrSkip(t, 1024 * 1024);
   if (tmpfs === undefined) return;
