@@ -12,6 +12,12 @@ const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PE
 
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // `pacs-mesh start --help` (or keygen's): the usage, as `pacs-mesh --help` gives it. Every option takes a
+  // value, so only a word where an option name stands asks for help (a value may be anything).
+  if ((command === 'start' || command === 'keygen') && rest.some((arg, i) => i % 2 === 0 && (arg === '--help' || arg === '-h'))) {
+    process.stdout.write(usage);
+    return 0;
+  }
   switch (command) {
     case 'start': {
       const config = parseStartArgs(rest);
@@ -104,7 +110,14 @@ main(process.argv.slice(2)).then(
     if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') {
       const { address, port } = error as NodeJS.ErrnoException & { address?: string; port?: number };
       const option = port === undefined ? undefined : portOptions.get(port);
-      process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): is another process using it, or is the address not on this machine?${option ? ` (${option})` : ''}\n`);
+      // Each code has one cause and one way out: say that one, not a guess between them.
+      const why =
+        code === 'EADDRINUSE'
+          ? `another process is listening there: stop it, or choose another ${option ?? 'port'}`
+          : code === 'EADDRNOTAVAIL'
+            ? `${address ?? 'the address'} is not an address of this machine: give --host one of its addresses (0.0.0.0 for every interface)`
+            : `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`;
+      process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): ${why}${option ? ` (${option})` : ''}\n`);
       process.exit(1);
     }
     process.stderr.write(`pacs-mesh: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);

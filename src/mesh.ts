@@ -69,7 +69,10 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
   const { config, log } = init;
   if (!config.swarmKeyFile) throw new ConfigError('the mesh needs --swarm-key FILE');
   const swarmKey = await readSwarmKeyFile(config.swarmKeyFile).catch((error: unknown) => {
-    throw new ConfigError(`cannot use --swarm-key ${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}`);
+    // A key that is not there yet: say how a mesh gets one (one key, made once, the same file at every site).
+    const missing = (error as { cause?: { code?: unknown } } | undefined)?.cause?.code === 'ENOENT';
+    const wayOut = missing ? ': make one with pacs-mesh keygen --out FILE at the first site and copy that file to every other site' : '';
+    throw new ConfigError(`cannot use --swarm-key ${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}${wayOut}`);
   });
   if (swarmKey.permissionsTooOpen) {
     log.warn('the swarm key file can be read by other users: anyone holding it can join the mesh and read every instance (chmod 600 it)', { file: config.swarmKeyFile });

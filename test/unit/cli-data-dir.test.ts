@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -270,6 +270,75 @@ test('a DICOM or HTTP port another process holds: exit 1 and one line naming the
     assert.match(r.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${taken} \\(EADDRINUSE\\).*\\(${option}\\)`));
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   }
+});
+
+test('a port it cannot listen on says the one cause and way out: taken, an address not on this machine, a privileged port', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const run = (args: readonly string[], options: { uid?: number; gid?: number } = {}) =>
+    new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, peerProcessArgs(['start', ...args]), { env: peerProcessEnv(), ...options });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.on('exit', (status) => resolve({ status, stderr }));
+    });
+  const holder = createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.after(() => holder.close());
+  const taken = (holder.address() as AddressInfo).port;
+
+  const inUse = await run(['--data', join(dir, 'in-use'), '--host', '127.0.0.1', '--dicom-port', String(taken), '--http-port', String(await getFreePort())]);
+  assert.equal(inUse.status, 1, `a port in use is a runtime failure: ${inUse.stderr}`);
+  assert.match(inUse.stderr, /\(EADDRINUSE\): another process is listening there: stop it, or choose another --dicom-port \(--dicom-port\)\n$/, `the line names the way out: ${inUse.stderr}`);
+  assert.doesNotMatch(inUse.stderr, /not on this machine/, `no guess at another cause: ${inUse.stderr}`);
+
+  // 192.0.2.1 (TEST-NET-1, RFC 5737) is on no machine.
+  const notHere = await run(['--data', join(dir, 'not-here'), '--host', '192.0.2.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
+  assert.equal(notHere.status, 1, `an address not on this machine is a runtime failure: ${notHere.stderr}`);
+  assert.match(notHere.stderr, /\(EADDRNOTAVAIL\): 192\.0\.2\.1 is not an address of this machine: give --host one of its addresses/, `the line names --host: ${notHere.stderr}`);
+  assert.doesNotMatch(notHere.stderr, /another process/, `no guess at another cause: ${notHere.stderr}`);
+  assert.doesNotMatch(notHere.stderr, /\n\s+at /, 'no stack trace');
+
+  // A port below 1024 needs privileges: as root, the command is run as nobody to see it refused.
+  const asRoot = process.getuid?.() === 0;
+  const unprivileged = join(dir, 'unprivileged');
+  mkdirSync(unprivileged);
+  chmodSync(dir, 0o755);
+  chmodSync(unprivileged, 0o777);
+  const low = await run(['--data', unprivileged, '--host', '127.0.0.1', '--dicom-port', '104', '--http-port', String(await getFreePort())], asRoot ? { uid: 65534, gid: 65534 } : {});
+  if (!low.stderr.includes('(EACCES)') && (asRoot || low.status === 0)) {
+    t.diagnostic(`privileged port not checked here (status ${low.status}): ${low.stderr.slice(0, 200)}`);
+    return;
+  }
+  assert.equal(low.status, 1, `a privileged port is a runtime failure: ${low.stderr}`);
+  assert.match(low.stderr, /\(EACCES\): ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability \(--dicom-port\)/, `the line says why and what to do: ${low.stderr}`);
+});
+
+test('a --swarm-key file that does not exist: exit 2 and one line saying how a mesh gets its key', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const keyFile = join(dir, 'no-such.key');
+  const r = await start(join(dir, 'data'), ['--swarm-key', keyFile, '--p2p-port', String(await getFreePort())]);
+  assert.equal(r.status, 2, `a missing key is a configuration error: ${r.stderr}`);
+  assert.match(r.stderr, new RegExp(`cannot use --swarm-key ${keyFile}: .*ENOENT`), `the line names the file: ${r.stderr}`);
+  assert.match(r.stderr, /make one with pacs-mesh keygen --out FILE at the first site and copy that file to every other site\n$/, `the line says what to do: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --help does', () => {
+  const help = (args: readonly string[]) => spawnSync(process.execPath, peerProcessArgs(args), { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv() });
+  const top = help(['--help']);
+  assert.equal(top.status, 0, `pacs-mesh --help: ${top.stderr}`);
+  for (const args of [['start', '--help'], ['start', '--site', 'a', '-h'], ['keygen', '--help']]) {
+    const r = help(args);
+    assert.equal(r.status, 0, `${args.join(' ')} exits 0: ${r.stderr}`);
+    assert.equal(r.stdout, top.stdout, `${args.join(' ')} prints the usage`);
+    assert.equal(r.stderr, '', `${args.join(' ')} says nothing else`);
+  }
+  // A value that happens to read --help is a value: the usual refusal of a bad one, not the usage.
+  const value = help(['start', '--ae-title', '--help']);
+  assert.notEqual(value.status, 0, 'a value is not a request for help');
+  assert.equal(value.stdout, '', 'no usage for a value');
 });
 
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
