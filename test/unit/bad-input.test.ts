@@ -216,6 +216,53 @@ test('a data set cut off in the middle (connection dropped): nothing is stored, 
   assert.ok(await echoWorks(peer));
 });
 
+test('a P-DATA-TF of hundreds of thousands of empty PDVs inside a C-STORE: handled in linear time, the instance stored whole (hunt 79: 191 s of a blocked peer for one 4 MB PDU)', async (t) => {
+  const bigPduPeer = await startTestPeer(['--max-pdu', '2097152'], 'big-pdu');
+  t.after(() => bigPduPeer.dispose());
+  const { dataSet, resolved } = dataSetOf({ rows: 64, columns: 64 });
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  // 349,525 PDVs of no data (6 bytes each): legal, and each one an event for the association to handle.
+  const pdvs = Math.floor(2 * 1024 * 1024 / 6);
+  const empties = Buffer.alloc(6 + pdvs * 6);
+  empties[0] = 0x04;
+  empties.writeUInt32BE(pdvs * 6, 2);
+  for (let i = 0; i < pdvs; i++) {
+    empties.writeUInt32BE(2, 6 + i * 6);
+    empties[6 + i * 6 + 4] = 1;
+  }
+  const started = Date.now();
+  const answer = await new Promise<{ pdus: Pdu[]; ms: number }>((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port: bigPduPeer.dicomPort });
+    const framer = new PduFramer();
+    const pdus: Pdu[] = [];
+    const finish = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ pdus, ms: Date.now() - started });
+    };
+    // Quadratic, it took 46 s here: well past this wait.
+    const timer = setTimeout(finish, 20_000);
+    socket.on('data', (data) => {
+      pdus.push(...framer.push(data));
+      if (pdus.some((pdu) => pdu.type === 'pData' || pdu.type === 'abort')) finish();
+    });
+    socket.on('error', finish);
+    socket.on('connect', () => {
+      socket.write(associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian));
+      for (const pdu of encodePDataFragments(1, true, command, 16384)) socket.write(pdu);
+      socket.write(empties);
+      for (const pdu of encodePDataFragments(1, false, dataSet, 16384)) socket.write(pdu);
+    });
+  });
+  const response = answer.pdus.find((pdu): pdu is Extract<Pdu, { type: 'pData' }> => pdu.type === 'pData');
+  assert.ok(response !== undefined, `a C-STORE-RSP, not ${answer.pdus.map((pdu) => pdu.type).join(', ') || 'nothing'} after ${answer.ms} ms`);
+  assert.equal(decodeCommand(response.values[0]!.data).status, 0, 'the instance is stored: empty PDVs add nothing to it');
+  assert.ok(answer.ms < 10_000, `answered after ${answer.ms} ms: the PDVs are handled in linear time`);
+  const stored: Uint8Array[] = [];
+  for await (const chunk of bigPduPeer.store.readInstance((await bigPduPeer.store.getEntry(resolved.sopInstanceUid))!)) stored.push(chunk);
+  assert.ok(Buffer.concat(stored).equals(dataSet), 'stored byte for byte');
+});
+
 test('a data set of odd length (an odd-length value) is refused with 0xC000, nothing stored: no DICOM receiver could take it back', async () => {
   const before = await storedKeyCount(peer);
   const { dataSet, resolved } = dataSetOf({ rows: 16, columns: 16 });

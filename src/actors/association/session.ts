@@ -225,10 +225,18 @@ export class AcceptorSession {
   }
 
   private async drain(): Promise<void> {
-    while (this.pendingEvents.length > 0) {
-      const next = this.pendingEvents.shift()!;
-      if (next.kind === 'indication') await this.onIndication(next.indication);
-      else await this.onDimse(next.event);
+    // Taken by position and removed together: a P-DATA-TF of many PDVs queues an event for each, and
+    // shift() moved the rest of the queue for every one (hunt 79: a PDU of 43,690 empty PDVs took 0.7 s of
+    // one thread, and a flood of them held C-ECHOs of other associations for 20 s).
+    let taken = 0;
+    try {
+      while (taken < this.pendingEvents.length) {
+        const next = this.pendingEvents[taken++]!;
+        if (next.kind === 'indication') await this.onIndication(next.indication);
+        else await this.onDimse(next.event);
+      }
+    } finally {
+      this.pendingEvents.splice(0, taken);
     }
   }
 
