@@ -11,7 +11,7 @@ import { QueryError, findMatches, type QueryRequest } from '../../actors/storage
 import { errorText } from '../../actors/runtime/logger.ts';
 import { requireDicomJson } from './accept.ts';
 import { sendJson } from '../respond.ts';
-import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, endAndDrain, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { holdingInstance } from './instances.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
@@ -78,15 +78,7 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   // The response is made and held whole (its Warning says whether matches were left out, known only at the
   // end): it counts in the budget of bytes held at once until the client has read it, waiting its turn beyond.
   await holdingInstance(ctx, exchange, searchResponseWeight, async () => {
-    const body = await searchResponse(ctx, exchange, route, search);
-    const { res } = exchange;
-    if (res.destroyed) return;
-    const sent = new Promise<void>((resolve) => {
-      res.once('finish', resolve);
-      res.once('close', resolve);
-    });
-    res.end(body);
-    await sent;
+    await endAndDrain(exchange.res, await searchResponse(ctx, exchange, route, search));
   });
 }
 
