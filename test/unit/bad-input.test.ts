@@ -352,6 +352,27 @@ test('a response to no request of ours (a C-STORE-RSP out of the blue): A-ABORT 
   assert.ok(await echoWorks(peer));
 });
 
+test('a C-FIND identifier of endless empty PDVs is refused at the identifier bound (0xA700), not gathered without end (hunt 79)', async () => {
+  const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
+  const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 9, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
+  // 8,192 PDVs of no bytes a PDU, 40 PDUs: no bytes at all, but each one a fragment to keep.
+  const pdvs = 8192;
+  const empties = Buffer.alloc(6 + pdvs * 6);
+  empties[0] = 0x04;
+  empties.writeUInt32BE(pdvs * 6, 2);
+  for (let i = 0; i < pdvs; i++) {
+    empties.writeUInt32BE(2, 6 + i * 6);
+    empties[6 + i * 6 + 4] = 1;
+  }
+  const last = encodePdu({ type: 'pData', values: [{ presentationContextId: 1, isCommand: false, isLast: true, data: new Uint8Array(0) }] });
+  const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', studyRootFind), ...encodePDataFragments(1, true, command, 16384), ...Array<Uint8Array>(40).fill(empties), last], { waitMs: 5000 });
+  const statuses = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : []));
+  assert.equal(statuses.length, 1, `one C-FIND-RSP, not ${pdus.map((pdu) => pdu.type).join(', ')}`);
+  assert.equal(statuses[0]!.status, 0xa700, `refused, out of resources: ${statuses[0]!.errorComment ?? ''}`);
+  assert.match(statuses[0]!.errorComment ?? '', /identifier over/, 'the comment names the bound');
+  assert.ok(await echoWorks(peer), 'the peer serves on');
+});
+
 test('an A-RELEASE-RQ sent with a C-FIND still running: every match and a final Success, then the A-RELEASE-RP (no Cancel nobody asked for)', async () => {
   for (let i = 0; i < 3; i++) {
     const { dataSet, resolved } = dataSetOf({});
