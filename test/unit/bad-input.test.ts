@@ -573,3 +573,44 @@ test('a C-GET requestor that stops answering its sub-operations, or stops readin
   // The slot is freed once the requestor has read nothing for the idle timeout.
   await waitFor('the slot freed', () => echoWorks(getPeer).catch(() => false), 10_000, 250);
 });
+
+test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {
+  const busyPeer = await startTestPeer([], 'busy-get');
+  t.after(() => busyPeer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.40';
+  // 8 MiB: more than loopback's socket buffers hold, so a requestor that reads nothing blocks the C-GET's write.
+  const filler = await openStoreClient(busyPeer.dicomPort, 'FILLER', verification);
+  assert.equal((await filler.storeInstance({ rows: 2048, columns: 2048, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.1` })).command.status, 0, 'stored');
+  await filler.client.release();
+  const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
+  const rq = encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'HUNG',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [
+      { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+      { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
+  });
+  const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
+  const identifier = encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ImplicitVrLittleEndian);
+  const getRq = Buffer.concat([...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]);
+  const socket = connect({ host: '127.0.0.1', port: busyPeer.dicomPort });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.pause();
+  socket.write(rq);
+  socket.write(getRq);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  // The same request again and again while the first runs: each is refused (duplicate message ID).
+  const duplicates = Buffer.concat(Array<Buffer>(100_000).fill(getRq));
+  socket.write(duplicates);
+  // Taken at its pace, before, the whole 16.8 MB was read within 3 s here.
+  await new Promise((resolve) => setTimeout(resolve, 6000));
+  assert.ok(socket.writableLength > duplicates.length / 2, `the peer read on: ${duplicates.length - socket.writableLength} of ${duplicates.length} bytes taken while its answers went unread`);
+});
+

@@ -420,7 +420,7 @@ export class AcceptorSession {
       if (buffer.tooLarge) {
         return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${buffer.limitBytes} bytes`);
       }
-      this.startTask(event.presentationContextId, buffer);
+      await this.startTask(event.presentationContextId, buffer);
       return;
     }
     if (this.discardingDataSet) {
@@ -480,17 +480,18 @@ export class AcceptorSession {
     }
   }
 
-  private startTask(presentationContextId: number, buffer: IdentifierBuffer): void {
+  /**
+   * Starts the operation (not awaited: it runs beside the next requests), or answers its refusal, awaited as
+   * every other answer is: not awaited, a requestor that read nothing while it sent requests an operation
+   * still running refused queued an answer each, without bound (hunt 79: 1.85 million in 40 s, 2.7 GB).
+   */
+  private async startTask(presentationContextId: number, buffer: IdentifierBuffer): Promise<void> {
     const { command, context } = buffer;
     const messageId = command.messageId ?? 0;
-    if (this.tasks.size >= maxConcurrentTasks || this.tasks.has(messageId)) {
-      if (this.tasks.has(messageId)) void this.refuse(presentationContextId, command, Status.DuplicateInvocation, `message ID ${messageId} is that of an operation still in progress`);
-      else void this.refuse(presentationContextId, command, Status.OutOfResources, 'too many operations in progress on this association');
-      return;
-    }
+    if (this.tasks.has(messageId)) return this.refuse(presentationContextId, command, Status.DuplicateInvocation, `message ID ${messageId} is that of an operation still in progress`);
+    if (this.tasks.size >= maxConcurrentTasks) return this.refuse(presentationContextId, command, Status.OutOfResources, 'too many operations in progress on this association');
     if (context.service === 'move' && !this.deps.resolveMoveDestination(command.moveDestination ?? '')) {
-      void this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
-      return;
+      return this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
     const task: Task = { cancel: new AbortController(), done: Promise.resolve() };
