@@ -574,6 +574,25 @@ test('a C-GET requestor that stops answering its sub-operations, or stops readin
   await waitFor('the slot freed', () => echoWorks(getPeer).catch(() => false), 10_000, 250);
 });
 
+test('a requestor that sends C-ECHOs and reads none of the answers is cut after the idle timeout, freeing its slot (hunt 79: it held it for good)', async (t) => {
+  const echoPeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle-echo');
+  t.after(() => echoPeer.dispose());
+  const echo = encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false });
+  // 200,000 requests: their answers are more than loopback's socket buffers hold, so the actor's write blocks.
+  const requests = Buffer.concat(Array<Uint8Array>(200_000).fill(encodePDataFragments(1, true, echo, 16384)[0]!));
+  const socket = connect({ host: '127.0.0.1', port: echoPeer.dicomPort });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  socket.on('connect', () => {
+    socket.pause();
+    socket.write(associateRq());
+    socket.write(requests);
+  });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await assert.rejects(echoWorks(echoPeer), AssociationRejectedError, 'the only slot is taken by the requestor that reads nothing');
+  await waitFor('the slot freed', () => echoWorks(echoPeer).catch(() => false), 10_000, 250);
+});
+
 test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {
   const busyPeer = await startTestPeer([], 'busy-get');
   t.after(() => busyPeer.dispose());

@@ -57,6 +57,9 @@ interface Task {
   done: Promise<void>;
 }
 
+/** How long an idle expiry may wait in the mailbox behind a stalled write before the connection is cut (see armIdleTimer). */
+const stalledCutGraceMs = 2000;
+
 /** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
 const retrievePendingIntervalMs = 10_000;
 
@@ -87,6 +90,8 @@ export class AcceptorSession {
   /** The requestor asked to release: it may not send P-DATA any more (PS3.8 Sta7), so no C-GET sub-operation can be answered. */
   private releaseRequested = false;
   private idleTimer: TimerHandle | undefined;
+  /** See armIdleTimer: the cut of a connection whose actor is stuck writing to a requestor that reads nothing. */
+  private stalledCut: TimerHandle | undefined;
   private lastActivityMs = 0;
 
   constructor(
@@ -140,8 +145,22 @@ export class AcceptorSession {
    */
   private armIdleTimer(delayMs = this.deps.idleTimeoutMs): void {
     this.deps.clock.clearTimeout(this.idleTimer);
+    this.deps.clock.clearTimeout(this.stalledCut);
     if (this.ended) return;
-    this.idleTimer = this.deps.clock.setTimeout(() => this.callbacks.idleExpired(), delayMs);
+    this.idleTimer = this.deps.clock.setTimeout(() => {
+      this.callbacks.idleExpired();
+      // The expiry waits in the actor's mailbox behind what the actor is doing, and that may be a write to a
+      // requestor that reads nothing (an answer it awaits: a C-ECHO-RSP, a refusal), which never ends: the
+      // association then held its slot for good (hunt 79). If the expiry is still not handled a moment
+      // later and the write still stalls, the connection is cut here, which ends the write.
+      if (!this.connection.writeBlocked) return;
+      this.stalledCut = this.deps.clock.setTimeout(() => {
+        const stalledMs = this.deps.clock.nowMs() - Math.max(this.lastActivityMs, this.connection.lastWriteProgressMs);
+        if (this.ended || this.connection.isClosed || !this.connection.writeBlocked || stalledMs < this.deps.idleTimeoutMs) return;
+        this.log.warn('aborting association', { why: `no PDU and nothing read for ${stalledMs} ms while an answer waits to be written: connection closed` });
+        this.connection.destroy();
+      }, stalledCutGraceMs);
+    }, delayMs);
   }
 
   /**
@@ -625,6 +644,7 @@ export class AcceptorSession {
     if (this.ended) return;
     this.ended = true;
     this.deps.clock.clearTimeout(this.idleTimer);
+    this.deps.clock.clearTimeout(this.stalledCut);
     await this.endOperations();
     this.core.stopTimers();
   }
