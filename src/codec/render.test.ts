@@ -55,6 +55,9 @@ describe('renderFrame', () => {
     assert.deepEqual(fittedSize(512, 256, 128, 32), { columns: 64, rows: 32 });
     assert.deepEqual(fittedSize(100, 100, 1000, 1000), { columns: 200, rows: 200 });
     assert.deepEqual(fittedSize(100, 20000, 8192), { columns: 41, rows: 8192 }, 'one bound asked: the other side stays within renderedSideMax');
+    // Enlarged up to 4 megapixels only (hunt 79: a 4096 x 4096 image at 8192 x 8192 held 64 MB a request).
+    assert.deepEqual(fittedSize(4096, 4096, 8192, 8192), { columns: 4096, rows: 4096 }, 'a large image is not enlarged');
+    assert.deepEqual(fittedSize(1500, 1000, 8192, 8192), { columns: 2508, rows: 1672 }, 'a middling one up to 4 megapixels');
     const image = renderFrame(Uint8Array.from([0, 255, 0, 255]), { ...grey16, bitsAllocated: 8 }, { ...plain, bitsStored: 8 }, { maxColumns: 1 });
     assert.deepEqual([image.columns, image.rows, image.pixels.length], [1, 1, 1]);
   });

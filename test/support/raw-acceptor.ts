@@ -90,3 +90,30 @@ export function acceptorAnsweringWrongMessageId(): Promise<RawAcceptor> {
     }
   });
 }
+
+/**
+ * Answers each request without a data set with Success announcing one, then sends `emptyPdvs` data set PDVs
+ * of no bytes, none of them the last: a destination that makes a requestor gather fragments for ever.
+ */
+export function acceptorAnsweringWithEmptyPdvs(emptyPdvs: number): Promise<RawAcceptor> {
+  return rawAcceptor((socket, pdu) => {
+    for (const value of pdu.values) {
+      if (!value.isCommand || !value.isLast) continue;
+      const command = decodeCommand(value.data);
+      const response = encodeCommand({
+        commandField: responseFieldFor(command.commandField),
+        messageIdBeingRespondedTo: command.messageId,
+        affectedSopClassUid: command.affectedSopClassUid,
+        status: Status.Success,
+        hasDataSet: true,
+      });
+      const id = value.presentationContextId;
+      socket.write(encodePdu({ type: 'pData', values: [{ presentationContextId: id, isCommand: true, isLast: true, data: response }] }));
+      const perPdu = 2048;
+      for (let sent = 0; sent < emptyPdvs; sent += perPdu) {
+        const values = Array.from({ length: Math.min(perPdu, emptyPdvs - sent) }, () => ({ presentationContextId: id, isCommand: false, isLast: false, data: new Uint8Array(0) }));
+        socket.write(encodePdu({ type: 'pData', values }));
+      }
+    }
+  });
+}

@@ -216,6 +216,53 @@ test('a data set cut off in the middle (connection dropped): nothing is stored, 
   assert.ok(await echoWorks(peer));
 });
 
+test('a P-DATA-TF of hundreds of thousands of empty PDVs inside a C-STORE: handled in linear time, the instance stored whole (hunt 79: 191 s of a blocked peer for one 4 MB PDU)', async (t) => {
+  const bigPduPeer = await startTestPeer(['--max-pdu', '2097152'], 'big-pdu');
+  t.after(() => bigPduPeer.dispose());
+  const { dataSet, resolved } = dataSetOf({ rows: 64, columns: 64 });
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  // 349,525 PDVs of no data (6 bytes each): legal, and each one an event for the association to handle.
+  const pdvs = Math.floor(2 * 1024 * 1024 / 6);
+  const empties = Buffer.alloc(6 + pdvs * 6);
+  empties[0] = 0x04;
+  empties.writeUInt32BE(pdvs * 6, 2);
+  for (let i = 0; i < pdvs; i++) {
+    empties.writeUInt32BE(2, 6 + i * 6);
+    empties[6 + i * 6 + 4] = 1;
+  }
+  const started = Date.now();
+  const answer = await new Promise<{ pdus: Pdu[]; ms: number }>((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port: bigPduPeer.dicomPort });
+    const framer = new PduFramer();
+    const pdus: Pdu[] = [];
+    const finish = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ pdus, ms: Date.now() - started });
+    };
+    // Quadratic, it took 46 s here: well past this wait.
+    const timer = setTimeout(finish, 20_000);
+    socket.on('data', (data) => {
+      pdus.push(...framer.push(data));
+      if (pdus.some((pdu) => pdu.type === 'pData' || pdu.type === 'abort')) finish();
+    });
+    socket.on('error', finish);
+    socket.on('connect', () => {
+      socket.write(associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian));
+      for (const pdu of encodePDataFragments(1, true, command, 16384)) socket.write(pdu);
+      socket.write(empties);
+      for (const pdu of encodePDataFragments(1, false, dataSet, 16384)) socket.write(pdu);
+    });
+  });
+  const response = answer.pdus.find((pdu): pdu is Extract<Pdu, { type: 'pData' }> => pdu.type === 'pData');
+  assert.ok(response !== undefined, `a C-STORE-RSP, not ${answer.pdus.map((pdu) => pdu.type).join(', ') || 'nothing'} after ${answer.ms} ms`);
+  assert.equal(decodeCommand(response.values[0]!.data).status, 0, 'the instance is stored: empty PDVs add nothing to it');
+  assert.ok(answer.ms < 10_000, `answered after ${answer.ms} ms: the PDVs are handled in linear time`);
+  const stored: Uint8Array[] = [];
+  for await (const chunk of bigPduPeer.store.readInstance((await bigPduPeer.store.getEntry(resolved.sopInstanceUid))!)) stored.push(chunk);
+  assert.ok(Buffer.concat(stored).equals(dataSet), 'stored byte for byte');
+});
+
 test('a data set of odd length (an odd-length value) is refused with 0xC000, nothing stored: no DICOM receiver could take it back', async () => {
   const before = await storedKeyCount(peer);
   const { dataSet, resolved } = dataSetOf({ rows: 16, columns: 16 });
@@ -303,6 +350,27 @@ test('a response to no request of ours (a C-STORE-RSP out of the blue): A-ABORT 
   assert.deepEqual(pdus.map((p) => p.type), ['associateAc', 'abort']);
   assert.deepEqual(pdus[1], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.InvalidPduParameterValue });
   assert.ok(await echoWorks(peer));
+});
+
+test('a C-FIND identifier of endless empty PDVs is refused at the identifier bound (0xA700), not gathered without end (hunt 79)', async () => {
+  const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
+  const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 9, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
+  // 8,192 PDVs of no bytes a PDU, 40 PDUs: no bytes at all, but each one a fragment to keep.
+  const pdvs = 8192;
+  const empties = Buffer.alloc(6 + pdvs * 6);
+  empties[0] = 0x04;
+  empties.writeUInt32BE(pdvs * 6, 2);
+  for (let i = 0; i < pdvs; i++) {
+    empties.writeUInt32BE(2, 6 + i * 6);
+    empties[6 + i * 6 + 4] = 1;
+  }
+  const last = encodePdu({ type: 'pData', values: [{ presentationContextId: 1, isCommand: false, isLast: true, data: new Uint8Array(0) }] });
+  const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', studyRootFind), ...encodePDataFragments(1, true, command, 16384), ...Array<Uint8Array>(40).fill(empties), last], { waitMs: 5000 });
+  const statuses = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : []));
+  assert.equal(statuses.length, 1, `one C-FIND-RSP, not ${pdus.map((pdu) => pdu.type).join(', ')}`);
+  assert.equal(statuses[0]!.status, 0xa700, `refused, out of resources: ${statuses[0]!.errorComment ?? ''}`);
+  assert.match(statuses[0]!.errorComment ?? '', /identifier over/, 'the comment names the bound');
+  assert.ok(await echoWorks(peer), 'the peer serves on');
 });
 
 test('an A-RELEASE-RQ sent with a C-FIND still running: every match and a final Success, then the A-RELEASE-RP (no Cancel nobody asked for)', async () => {
@@ -505,3 +573,63 @@ test('a C-GET requestor that stops answering its sub-operations, or stops readin
   // The slot is freed once the requestor has read nothing for the idle timeout.
   await waitFor('the slot freed', () => echoWorks(getPeer).catch(() => false), 10_000, 250);
 });
+
+test('a requestor that sends C-ECHOs and reads none of the answers is cut after the idle timeout, freeing its slot (hunt 79: it held it for good)', async (t) => {
+  const echoPeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle-echo');
+  t.after(() => echoPeer.dispose());
+  const echo = encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false });
+  // 200,000 requests: their answers are more than loopback's socket buffers hold, so the actor's write blocks.
+  const requests = Buffer.concat(Array<Uint8Array>(200_000).fill(encodePDataFragments(1, true, echo, 16384)[0]!));
+  const socket = connect({ host: '127.0.0.1', port: echoPeer.dicomPort });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  socket.on('connect', () => {
+    socket.pause();
+    socket.write(associateRq());
+    socket.write(requests);
+  });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await assert.rejects(echoWorks(echoPeer), AssociationRejectedError, 'the only slot is taken by the requestor that reads nothing');
+  await waitFor('the slot freed', () => echoWorks(echoPeer).catch(() => false), 10_000, 250);
+});
+
+test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {
+  const busyPeer = await startTestPeer([], 'busy-get');
+  t.after(() => busyPeer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.40';
+  // 8 MiB: more than loopback's socket buffers hold, so a requestor that reads nothing blocks the C-GET's write.
+  const filler = await openStoreClient(busyPeer.dicomPort, 'FILLER', verification);
+  assert.equal((await filler.storeInstance({ rows: 2048, columns: 2048, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.1` })).command.status, 0, 'stored');
+  await filler.client.release();
+  const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
+  const rq = encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'HUNG',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [
+      { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+      { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
+  });
+  const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
+  const identifier = encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ImplicitVrLittleEndian);
+  const getRq = Buffer.concat([...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]);
+  const socket = connect({ host: '127.0.0.1', port: busyPeer.dicomPort });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.pause();
+  socket.write(rq);
+  socket.write(getRq);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  // The same request again and again while the first runs: each is refused (duplicate message ID).
+  const duplicates = Buffer.concat(Array<Buffer>(100_000).fill(getRq));
+  socket.write(duplicates);
+  // Taken at its pace, before, the whole 16.8 MB was read within 3 s here.
+  await new Promise((resolve) => setTimeout(resolve, 6000));
+  assert.ok(socket.writableLength > duplicates.length / 2, `the peer read on: ${duplicates.length - socket.writableLength} of ${duplicates.length} bytes taken while its answers went unread`);
+});
+

@@ -126,6 +126,29 @@ describe('WADO-RS frames of uncompressed instances', () => {
     }
   });
 
+  it('a frame the list names many times is read and held once, not once a name (hunt 79: 100 names of a 32 MB frame took 4.8 GB)', async () => {
+    // One frame of 9.4 MB: over 8 MiB, read by range.
+    const image = await storeImage({ frameCount: 1, rows: 2048, columns: 2304, bitsAllocated: 16, transferSyntaxUid: explicitLe });
+    const names = 60;
+    const url = `http://127.0.0.1:${peer.httpPort}/dicom-web/studies/${image.studyUid}/series/${image.seriesUid}/instances/${image.instanceUid}/frames/${Array(names).fill('1').join(',')}`;
+    const baseline = process.memoryUsage().arrayBuffers;
+    let peak = baseline;
+    const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().arrayBuffers)), 2);
+    let received = 0;
+    try {
+      const response = await fetch(url);
+      assert.equal(response.status, 200, 'the frames are sent');
+      // Read and dropped as it comes: the client holds no more than a chunk.
+      const reader = response.body!.getReader();
+      for (let read = await reader.read(); !read.done; read = await reader.read()) received += read.value.byteLength;
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.ok(received > names * image.frames[0]!.length, `every part sent: ${received} bytes`);
+    const heldBytes = peak - baseline;
+    assert.ok(heldBytes < 10 * image.frames[0]!.length, `${heldBytes} bytes held at the peak for ${names} names of one frame of ${image.frames[0]!.length} bytes`);
+  });
+
   it('explicit VR big endian and deflated instances: converted to little endian frames', async () => {
     for (const transferSyntaxUid of [TransferSyntax.ExplicitVrBigEndian, TransferSyntax.DeflatedExplicitVrLittleEndian]) {
       const image = await storeImage({ frameCount: 2, rows: 8, columns: 6, bitsAllocated: 16, transferSyntaxUid });

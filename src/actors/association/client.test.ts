@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { CommandField } from '../../codec/dimse.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
 import { AssociationClosedError, DicomClientAssociation } from './client.ts';
-import { acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
+import { acceptorAnsweringWithEmptyPdvs, acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
 import { startReportReceiver } from '../../../test/support/report-receiver.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
@@ -83,4 +83,24 @@ test('an owner\'s AbortSignal ends a negotiation under way at once, and keeps no
   owner.abort();
   await assert.rejects(pending, (error: unknown) => error instanceof AssociationClosedError && error.code === 'ERR_ASSOCIATION_ABORTED');
   assert.ok(Date.now() - startedMs < 5_000, 'not the 30 s negotiation timeout');
+});
+
+test('a response data set of endless empty PDVs: the request fails at the reply bound, not gathering fragments until it times out (hunt 79)', async (t) => {
+  // 300,000 fragments of no bytes: under any byte limit, over the bound once each counts what it holds.
+  const acceptor = await acceptorAnsweringWithEmptyPdvs(300_000);
+  t.after(() => acceptor.close());
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: acceptor.port,
+    callingAeTitle: 'PACSMESH',
+    calledAeTitle: 'DEST',
+    presentationContexts: [{ abstractSyntaxUid: '1.2.840.10008.1.1', transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }],
+    timeoutMs: 20_000,
+  });
+  t.after(() => client.abort());
+  await assert.rejects(
+    client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false }),
+    (e: unknown) => e instanceof Error && /reply data set over/.test(e.message),
+    'refused at the bound on what the reply holds',
+  );
 });

@@ -49,7 +49,8 @@ export class DimseAssembler {
       const parts = state.phase === 'command' ? state.parts : [];
       const bytes = (state.phase === 'command' ? state.bytes : 0) + pdv.data.length;
       if (bytes > maxCommandBytes) throw new DimseProtocolError('ERR_DIMSE_COMMAND_TOO_LARGE', `command set over ${maxCommandBytes} bytes`);
-      parts.push(Uint8Array.from(pdv.data));
+      // Empty fragments add nothing, and kept they would grow the list without bound under the byte limit (hunt 79).
+      if (pdv.data.length > 0) parts.push(Uint8Array.from(pdv.data));
       if (!pdv.isLast) {
         this.state = { phase: 'command', presentationContextId: pdv.presentationContextId, parts, bytes };
         return [];

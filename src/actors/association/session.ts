@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
-import { AssociationCore, DicomConnection } from './connection.ts';
+import { AssociationCore, DicomConnection, heldBytesPerPdv } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
@@ -42,6 +42,8 @@ interface IdentifierBuffer {
   context: NegotiatedContext;
   parts: Uint8Array[];
   bytes: number;
+  /** `bytes` and heldBytesPerPdv a fragment: what the limit bounds. */
+  heldBytes: number;
   limitBytes: number;
   tooLarge: boolean;
 }
@@ -54,6 +56,9 @@ interface Task {
   cancel: AbortController;
   done: Promise<void>;
 }
+
+/** How long an idle expiry may wait in the mailbox behind a stalled write before the connection is cut (see armIdleTimer). */
+const stalledCutGraceMs = 2000;
 
 /** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
 const retrievePendingIntervalMs = 10_000;
@@ -85,6 +90,8 @@ export class AcceptorSession {
   /** The requestor asked to release: it may not send P-DATA any more (PS3.8 Sta7), so no C-GET sub-operation can be answered. */
   private releaseRequested = false;
   private idleTimer: TimerHandle | undefined;
+  /** See armIdleTimer: the cut of a connection whose actor is stuck writing to a requestor that reads nothing. */
+  private stalledCut: TimerHandle | undefined;
   private lastActivityMs = 0;
 
   constructor(
@@ -138,8 +145,22 @@ export class AcceptorSession {
    */
   private armIdleTimer(delayMs = this.deps.idleTimeoutMs): void {
     this.deps.clock.clearTimeout(this.idleTimer);
+    this.deps.clock.clearTimeout(this.stalledCut);
     if (this.ended) return;
-    this.idleTimer = this.deps.clock.setTimeout(() => this.callbacks.idleExpired(), delayMs);
+    this.idleTimer = this.deps.clock.setTimeout(() => {
+      this.callbacks.idleExpired();
+      // The expiry waits in the actor's mailbox behind what the actor is doing, and that may be a write to a
+      // requestor that reads nothing (an answer it awaits: a C-ECHO-RSP, a refusal), which never ends: the
+      // association then held its slot for good (hunt 79). If the expiry is still not handled a moment
+      // later and the write still stalls, the connection is cut here, which ends the write.
+      if (!this.connection.writeBlocked) return;
+      this.stalledCut = this.deps.clock.setTimeout(() => {
+        const stalledMs = this.deps.clock.nowMs() - Math.max(this.lastActivityMs, this.connection.lastWriteProgressMs);
+        if (this.ended || this.connection.isClosed || !this.connection.writeBlocked || stalledMs < this.deps.idleTimeoutMs) return;
+        this.log.warn('aborting association', { why: `no PDU and nothing read for ${stalledMs} ms while an answer waits to be written: connection closed` });
+        this.connection.destroy();
+      }, stalledCutGraceMs);
+    }, delayMs);
   }
 
   /**
@@ -225,10 +246,18 @@ export class AcceptorSession {
   }
 
   private async drain(): Promise<void> {
-    while (this.pendingEvents.length > 0) {
-      const next = this.pendingEvents.shift()!;
-      if (next.kind === 'indication') await this.onIndication(next.indication);
-      else await this.onDimse(next.event);
+    // Taken by position and removed together: a P-DATA-TF of many PDVs queues an event for each, and
+    // shift() moved the rest of the queue for every one (hunt 79: a PDU of 43,690 empty PDVs took 0.7 s of
+    // one thread, and a flood of them held C-ECHOs of other associations for 20 s).
+    let taken = 0;
+    try {
+      while (taken < this.pendingEvents.length) {
+        const next = this.pendingEvents[taken++]!;
+        if (next.kind === 'indication') await this.onIndication(next.indication);
+        else await this.onDimse(next.event);
+      }
+    } finally {
+      this.pendingEvents.splice(0, taken);
     }
   }
 
@@ -327,7 +356,7 @@ export class AcceptorSession {
           return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `request does not match the presentation context's SOP class ${context.abstractSyntaxUid}`);
         }
         if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.IdentifierDoesNotMatchSopClass, 'request without an identifier');
-        this.identifier = { command, context, parts: [], bytes: 0, limitBytes: maxIdentifierBytes, tooLarge: false };
+        this.identifier = { command, context, parts: [], bytes: 0, heldBytes: 0, limitBytes: maxIdentifierBytes, tooLarge: false };
         return;
       }
       case CommandField.NActionRq: {
@@ -346,7 +375,7 @@ export class AcceptorSession {
           this.discardingDataSet = command.hasDataSet;
           return this.answerNAction(presentationContextId, command, ...nActionRefusal);
         }
-        this.identifier = { command, context, parts: [], bytes: 0, limitBytes: maxCommitmentRequestBytes, tooLarge: false };
+        this.identifier = { command, context, parts: [], bytes: 0, heldBytes: 0, limitBytes: maxCommitmentRequestBytes, tooLarge: false };
         return;
       }
       case CommandField.CCancelRq: {
@@ -396,8 +425,11 @@ export class AcceptorSession {
     if (this.identifier) {
       const buffer = this.identifier;
       buffer.bytes += event.data.length;
-      if (buffer.bytes > buffer.limitBytes) buffer.tooLarge = true;
-      else buffer.parts.push(Uint8Array.from(event.data));
+      // Each fragment kept costs its object too: counted, or empty PDVs grew the list without bound under a
+      // byte limit they never reached (hunt 79).
+      buffer.heldBytes += event.data.length + heldBytesPerPdv;
+      if (buffer.heldBytes > buffer.limitBytes) buffer.tooLarge = true;
+      else if (event.data.length > 0) buffer.parts.push(Uint8Array.from(event.data));
       if (!event.isLast) return;
       this.identifier = undefined;
       if (buffer.command.commandField === CommandField.NActionRq) {
@@ -407,7 +439,7 @@ export class AcceptorSession {
       if (buffer.tooLarge) {
         return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${buffer.limitBytes} bytes`);
       }
-      this.startTask(event.presentationContextId, buffer);
+      await this.startTask(event.presentationContextId, buffer);
       return;
     }
     if (this.discardingDataSet) {
@@ -467,17 +499,18 @@ export class AcceptorSession {
     }
   }
 
-  private startTask(presentationContextId: number, buffer: IdentifierBuffer): void {
+  /**
+   * Starts the operation (not awaited: it runs beside the next requests), or answers its refusal, awaited as
+   * every other answer is: not awaited, a requestor that read nothing while it sent requests an operation
+   * still running refused queued an answer each, without bound (hunt 79: 1.85 million in 40 s, 2.7 GB).
+   */
+  private async startTask(presentationContextId: number, buffer: IdentifierBuffer): Promise<void> {
     const { command, context } = buffer;
     const messageId = command.messageId ?? 0;
-    if (this.tasks.size >= maxConcurrentTasks || this.tasks.has(messageId)) {
-      if (this.tasks.has(messageId)) void this.refuse(presentationContextId, command, Status.DuplicateInvocation, `message ID ${messageId} is that of an operation still in progress`);
-      else void this.refuse(presentationContextId, command, Status.OutOfResources, 'too many operations in progress on this association');
-      return;
-    }
+    if (this.tasks.has(messageId)) return this.refuse(presentationContextId, command, Status.DuplicateInvocation, `message ID ${messageId} is that of an operation still in progress`);
+    if (this.tasks.size >= maxConcurrentTasks) return this.refuse(presentationContextId, command, Status.OutOfResources, 'too many operations in progress on this association');
     if (context.service === 'move' && !this.deps.resolveMoveDestination(command.moveDestination ?? '')) {
-      void this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
-      return;
+      return this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
     }
     const identifier = Buffer.concat(buffer.parts, buffer.bytes);
     const task: Task = { cancel: new AbortController(), done: Promise.resolve() };
@@ -611,6 +644,7 @@ export class AcceptorSession {
     if (this.ended) return;
     this.ended = true;
     this.deps.clock.clearTimeout(this.idleTimer);
+    this.deps.clock.clearTimeout(this.stalledCut);
     await this.endOperations();
     this.core.stopTimers();
   }

@@ -100,6 +100,20 @@ export class DicomWebError extends Error {
   }
 }
 
+/**
+ * Ends the response with `body` and settles once it is all handed to the kernel, or the connection is gone:
+ * what is held whole for a response stays counted (in ctx.heldInstanceBytes) while a client is slow to read it.
+ */
+export function endAndDrain(res: ServerResponse, body?: Uint8Array): Promise<void> {
+  if (res.destroyed) return Promise.resolve();
+  const sent = new Promise<void>((resolve) => {
+    res.once('finish', resolve);
+    res.once('close', resolve);
+  });
+  res.end(body);
+  return sent;
+}
+
 /** PS3.18 8.7.3: DICOM JSON. */
 export function sendDicomJson(res: ServerResponse, status: number, body: unknown): void {
   sendJson(res, status, body, 'application/dicom+json');

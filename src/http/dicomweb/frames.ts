@@ -24,7 +24,7 @@ import { encapsulatedFrame, framesOnlyDataset, nativeFrame, nativeFrameBits, rea
 import { Tags } from '../../codec/dictionary.ts';
 import { parseAccept } from './accept.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
-import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, heldInstanceBytesMax, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, holdingInstance, readToPixelData, readWholeInstance, selectInstances, streamInstanceHead } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
 import { chooseFrameRepresentation, describeRepresentation, offeredRepresentations, type FrameOffers, type FrameRepresentation } from './pixel-media-types.ts';
@@ -75,7 +75,7 @@ export async function framesFor(ctx: DicomWebContext, exchange: DicomWebExchange
   // kept, whatever its size.
   if (selected.byteLength > frameStreamingBytesMin) {
     const layout = storedLayoutOf(selected.transferSyntaxUid);
-    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, route, ranges, selected, deliver))) return;
+    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, exchange, route, ranges, selected, deliver))) return;
     if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected, deliver))) return;
   }
   if (selected.byteLength > frameSourceBytesMax) {
@@ -95,44 +95,51 @@ export const frameStreamingBytesMin = 8 * 1024 * 1024;
  * checked against the SHA-256, which needs every byte: the scrub checks stored copies. False (nothing
  * sent) for what this path does not take: 1-bit frames, no Pixel Data, Pixel Data of undefined length.
  */
-async function nativeFramesByRange(ctx: DicomWebContext, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<boolean> {
+async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<boolean> {
   const offers: FrameOffers = { storedTransferSyntaxUid: selected.transferSyntaxUid, storedEncapsulated: false, asStored: false, native: true };
   const representation = chooseFrameRepresentation(ranges, offers);
   if (representation === undefined) {
     throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `the frames of instance ${route.instanceUid} can be sent as: ${offeredRepresentations(offers).map(describeRepresentation).join(', ')}`);
   }
   const { chunks } = await streamInstanceHead(ctx, selected, 4);
-  const frames: Uint8Array[] = [];
-  let frameRanges: Array<{ start: number; end: number }>;
-  let offset: number;
-  let source: FramesSource;
   try {
     const read = await pixelDataHead(chunks, selected.transferSyntaxUid, route);
     if (read === undefined) return false;
-    const { head, valueStart, valueLength } = read;
-    source = read.source;
+    const { head, valueStart, valueLength, source } = read;
     const image = source.image;
     if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
     const size = nativeFrameBits(image) / 8;
     if (route.frameNumbers.some((frameNumber) => frameNumber * size > valueLength)) {
       throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
     }
-    frameRanges = route.frameNumbers.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
-    for (const _ of frameRanges) frames.push(Buffer.alloc(size));
-    copyOverlaps(head, 0, frameRanges, frames);
-    offset = head.length;
-    // The chunks before the frames are read and dropped; the store's read ends once the last frame is whole.
-    while (frameRanges.some((range) => range.end > offset)) {
-      const next = await chunks.next();
-      if (next.done === true) break;
-      copyOverlaps(next.value, offset, frameRanges, frames);
-      offset += next.value.byteLength;
+    // One buffer a frame, however often the list names it, held within the budget of bytes held at once
+    // (as an instance read whole is): a list names up to 10,000 frames, and a buffer for each copy of a
+    // 32 MB frame took 4.8 GB for 100 of them (hunt 79), as many frames of a large cine do for many clients.
+    const wanted = [...new Set(route.frameNumbers)];
+    const wantedBytes = wanted.length * size;
+    if (wantedBytes > heldInstanceBytesMax) {
+      throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `the ${wanted.length} frames asked of instance ${route.instanceUid} hold ${wantedBytes} bytes (more than ${heldInstanceBytesMax} at once): ask for fewer frames a request`);
     }
+    await holdingInstance(ctx, exchange, wantedBytes, async () => {
+      const frameRanges = wanted.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
+      const frames = wanted.map(() => Buffer.alloc(size));
+      copyOverlaps(head, 0, frameRanges, frames);
+      let offset = head.length;
+      // The chunks before the frames are read and dropped; the store's read ends once the last frame is whole.
+      while (frameRanges.some((range) => range.end > offset)) {
+        const next = await chunks.next();
+        if (next.done === true) break;
+        copyOverlaps(next.value, offset, frameRanges, frames);
+        offset += next.value.byteLength;
+      }
+      await chunks.return(undefined);
+      if (frameRanges.some((range) => range.end > offset)) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends before its frames do`);
+      const frameOf = new Map(wanted.map((frameNumber, index) => [frameNumber, frames[index]!]));
+      await deliver(representation, route.frameNumbers.map((frameNumber) => frameOf.get(frameNumber)!), source);
+    });
   } finally {
     await chunks.return(undefined);
   }
-  if (frameRanges.some((range) => range.end > offset)) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the stored copy of instance ${route.instanceUid} ends before its frames do`);
-  await deliver(representation, frames, source);
   return true;
 }
 
@@ -207,7 +214,23 @@ async function decodedFrames(
   const decoded = await toExplicitLittleEndian(ctx, exchange, framesOnlyDataset(stored.elements, wanted.map(codestreamOf)), stored.transferSyntaxUid, { ...stored.image, numberOfFrames: wanted.length }, route.instanceUid);
   const { native, source } = nativeOf(decoded, stored, route.instanceUid);
   const positions = new Map(wanted.map((frameNumber, index) => [frameNumber, index + 1]));
-  return { frames: route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, positions.get(frameNumber)!), route.instanceUid)), source };
+  return { frames: eachFrame(route.frameNumbers, (frameNumber) => checked(() => nativeFrame(native, positions.get(frameNumber)!), route.instanceUid)), source };
+}
+
+/**
+ * `frameOf` each asked frame, made once a frame number: a list may name a frame many times (up to 10,000),
+ * and a frame copied out (joined fragments, 1-bit frames) made again for each would multiply its bytes.
+ */
+function eachFrame(frameNumbers: readonly number[], frameOf: (frameNumber: number) => Uint8Array): Uint8Array[] {
+  const made = new Map<number, Uint8Array>();
+  return frameNumbers.map((frameNumber) => {
+    let frame = made.get(frameNumber);
+    if (frame === undefined) {
+      frame = frameOf(frameNumber);
+      made.set(frameNumber, frame);
+    }
+    return frame;
+  });
 }
 
 /**
@@ -270,7 +293,7 @@ async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route:
     case 'stored': {
       if (stored?.kind !== 'encapsulated') throw new Error('frames offered as stored without encapsulated Pixel Data');
       const encapsulated = stored;
-      await deliver(representation, route.frameNumbers.map((frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid)), header);
+      await deliver(representation, eachFrame(route.frameNumbers, (frameNumber) => checked(() => encapsulatedFrame(encapsulated, frameNumber), route.instanceUid)), header);
       return;
     }
     case 'native': {
@@ -290,7 +313,7 @@ async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route:
       }
       if (stored?.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
       const native = stored;
-      await deliver(representation, route.frameNumbers.map((frameNumber) => checked(() => nativeFrame(native, frameNumber), route.instanceUid)), source);
+      await deliver(representation, eachFrame(route.frameNumbers, (frameNumber) => checked(() => nativeFrame(native, frameNumber), route.instanceUid)), source);
       return;
     }
     default: {

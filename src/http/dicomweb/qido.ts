@@ -11,13 +11,26 @@ import { QueryError, findMatches, type QueryRequest } from '../../actors/storage
 import { errorText } from '../../actors/runtime/logger.ts';
 import { requireDicomJson } from './accept.ts';
 import { sendJson } from '../respond.ts';
-import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, endAndDrain, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { holdingInstance } from './instances.ts';
 import type { DicomWebRoute, SearchLevel } from './routes.ts';
 
 type SearchRoute = Extract<DicomWebRoute, { type: 'search' }>;
 
 /** Results in one response at most: a client pages beyond it with offset (and is told so in a Warning). */
 export const searchResultsMax = 10_000;
+
+/**
+ * JSON text of one response at most: results beyond it are left for the next page, as beyond
+ * searchResultsMax. 10,000 results of a few attributes of 1 KiB made 35 MB; 30 clients that did not read
+ * theirs held 4 GB of the peer's memory (hunt 79).
+ */
+export const searchResponseBytesMax = 8 * 1024 * 1024;
+/**
+ * What a response is counted as in the budget of bytes held at once (ctx.heldInstanceBytes): its text, the
+ * strings it is joined from and the buffer it is sent from, until the client has read it.
+ */
+const searchResponseWeight = 3 * searchResponseBytesMax;
 
 const InstanceAvailability = 0x00080056;
 const RetrieveURL = 0x00081190;
@@ -62,10 +75,21 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
     sendJson(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
     return;
   }
+  // The response is made and held whole (its Warning says whether matches were left out, known only at the
+  // end): it counts in the budget of bytes held at once until the client has read it, waiting its turn beyond.
+  await holdingInstance(ctx, exchange, searchResponseWeight, async () => {
+    await endAndDrain(exchange.res, await searchResponse(ctx, exchange, route, search));
+  });
+}
+
+/** The matches as a DICOM JSON array, its status and headers set. */
+async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute, search: ParsedSearch): Promise<Buffer> {
   // Each match is kept as its JSON text: a 10,000-match answer then weighs its bytes, not 10,000 object trees.
   const results: string[] = [];
+  let resultsBytes = 2;
   let skipped = 0;
   let truncated = false;
+  let tooLarge = false;
   try {
     for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1 })) {
       if (skipped < search.offset) {
@@ -76,7 +100,14 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
         truncated = true;
         break;
       }
-      results.push(JSON.stringify(resultOf(identifier, route.level, exchange.baseUrl)));
+      const result = JSON.stringify(resultOf(identifier, route.level, exchange.baseUrl));
+      // A comma before each but the first; the text is mostly ASCII, its UTF-8 length checked at the end.
+      resultsBytes += result.length + 1;
+      if (resultsBytes > searchResponseBytesMax && results.length > 0) {
+        tooLarge = true;
+        break;
+      }
+      results.push(result);
     }
   } catch (error) {
     if (error instanceof QueryError) throw new DicomWebError(400, 'ERR_DICOMWEB_QUERY', error.message);
@@ -87,12 +118,14 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   for (const flag of search.unsupportedFlagsAsked) warnings.push(`299 pacs-mesh "The ${flag} parameter is not supported. ${unsupportedFlags[flag]}"`);
   if (search.ignored.length > 0) warnings.push(`299 pacs-mesh "Unsupported query parameters have been ignored: ${search.ignored.map((name) => name.replace(/[^\x20-\x7e]|"|\\/g, '?')).join(', ')}"`);
   // PS3.18 8.3.4.4: more matches than returned, and not because the client asked for fewer: say so.
-  if (truncated && !search.limitAsked) warnings.push(`299 pacs-mesh "The number of results exceeded the maximum supported by the server (${searchResultsMax}). Additional results can be requested with offset."`);
+  if (tooLarge) warnings.push(`299 pacs-mesh "The size of the results exceeded the maximum supported by the server (${searchResponseBytesMax / (1024 * 1024)} MiB) after ${results.length} results. Additional results can be requested with offset."`);
+  else if (truncated && !search.limitAsked) warnings.push(`299 pacs-mesh "The number of results exceeded the maximum supported by the server (${searchResultsMax}). Additional results can be requested with offset."`);
   if (warnings.length > 0) exchange.res.setHeader('warning', warnings);
   // 200 with an empty array when nothing matches (CP-2473; RFC 9110 15.3.5 gives 204 no body at all).
-  const body = `[${results.join(',')}]`;
-  exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': Buffer.byteLength(body) });
-  exchange.res.end(body);
+  // As bytes at once: only they are held while the client reads, not the text beside them.
+  const body = Buffer.from(`[${results.join(',')}]`, 'utf8');
+  exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
+  return body;
 }
 
 interface ParsedSearch {

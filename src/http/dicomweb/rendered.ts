@@ -18,7 +18,7 @@ import { encodePng } from '../../codec/png.ts';
 import { RenderError, paletteDataTags, renderAttributesOf, renderFrame, renderedSideMax, voiFunctions, type RenderOptions, type RenderedImage, type VoiFunction } from '../../codec/render.ts';
 import { EXPLICIT_LE } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, type MediaRange } from './accept.ts';
-import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
+import { DicomWebError, endAndDrain, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { framesFor, type FramesSource } from './frames.ts';
 import { convertInstance, selectInstances } from './instances.ts';
 import type { DicomWebRoute } from './routes.ts';
@@ -125,7 +125,9 @@ export async function sendRendered(ctx: DicomWebContext, exchange: DicomWebExcha
     }
     const body = request.mediaType === 'image/png' ? encodePng(image.pixels, image.columns, image.rows, image.samplesPerPixel) : await jpegOf(ctx, exchange, image, request);
     exchange.res.writeHead(200, { 'content-type': request.mediaType, 'content-length': String(body.length), vary: 'Accept' });
-    exchange.res.end(exchange.req.method === 'HEAD' ? undefined : body);
+    // Within the frames' hold on the budget of bytes held at once until read: a PNG of a large image can be
+    // as large as its pixels, and clients that do not read theirs would hold one each, unbounded (hunt 79).
+    await endAndDrain(exchange.res, exchange.req.method === 'HEAD' ? undefined : body);
   });
 }
 

@@ -52,3 +52,57 @@ test('a store comes after every instance of its patient held here, whatever cloc
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('tiny and empty fragments reach the writer copied together, and the instance is stored byte for byte (hunt 79: one view kept per PDV took the heap)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-tiny-fragments-'));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  try {
+    const sopInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1.1';
+    const bytes = makeInstance({ sopClassUid: ct, sopInstanceUid, rows: 64, columns: 64 });
+    const split = splitPart10(bytes);
+    const dataSet = bytes.slice(split.datasetOffset);
+    // What the writer is given: a requestor's 2-byte PDVs, each followed by an empty one, are views into its PDUs.
+    const written: Uint8Array[] = [];
+    const ingest = localIngest(store);
+    const recording = {
+      ...ingest,
+      beginWrite: () => {
+        const writer = ingest.beginWrite();
+        return {
+          get bytesWritten() {
+            return writer.bytesWritten;
+          },
+          write: (data: Uint8Array) => {
+            written.push(data);
+            return writer.write(data);
+          },
+          commit: writer.commit.bind(writer),
+          abort: writer.abort.bind(writer),
+        };
+      },
+    };
+    const incoming = new IncomingStore(
+      { commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: ct, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true },
+      { id: 1, abstractSyntaxUid: ct, transferSyntaxUid: split.transferSyntaxUid, service: 'storage', requestorIsScp: false },
+      recording,
+      () => 1_800_000_000_000,
+    );
+    const pdu = Buffer.from(dataSet);
+    for (let at = 0; at < pdu.length; at += 2) {
+      await incoming.push(pdu.subarray(at, at + 2));
+      await incoming.push(pdu.subarray(at, at));
+    }
+    const result = await incoming.finish();
+    assert.equal(result.status, 0, `stored: ${result.errorComment ?? ''}`);
+    const fragments = pdu.length / 2;
+    assert.ok(written.length <= Math.ceil(pdu.length / 4096) + 1, `${written.length} writes for ${fragments * 2} fragments: one per fragment keeps a view per PDV`);
+    assert.ok(written.every((data) => data.buffer !== pdu.buffer), 'no write is a view into the received PDU (it would keep the PDU)');
+    const stored: Uint8Array[] = [];
+    for await (const chunk of store.readInstance(incoming.storedEntry!)) stored.push(chunk);
+    assert.ok(Buffer.concat(stored).equals(dataSet), 'the stored instance is the data set, byte for byte');
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,64 @@
+/**
+ * QIDO-RS responses are made whole (their Warning says whether matches were left out): their size is
+ * bounded, and they count in the peer's budget of bytes held at once until the client has read them.
+ */
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { test } from 'node:test';
+import { localIngest } from '../../src/actors/association/services/deps.ts';
+import { IncomingStore } from '../../src/actors/association/services/store.ts';
+import { CommandField } from '../../src/codec/dimse.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
+import { searchResponseBytesMax } from '../../src/http/dicomweb/qido.ts';
+import { startTestPeer } from '../support/peer-fixture.ts';
+import { makeInstance } from '../support/synthetic-dicom.ts';
+
+const ct = '1.2.840.10008.5.1.4.1.1.2';
+const study = '1.2.826.0.1.3680043.10.1453.79.10';
+/** Three text attributes of 1,000 characters each, as a catalog keeps them (values up to 1 KiB). */
+const longTextTags = [0x00204000, 0x00324000, 0x001021b0];
+const longFields = longTextTags.map((tag) => `includefield=${tag.toString(16).padStart(8, '0').toUpperCase()}`).join('&');
+
+test('a search whose results would be over the size bound is cut there, with a Warning to page on (hunt 79: 35 MB responses, 4 GB held by 30 clients)', async (t) => {
+  const peer = await startTestPeer([], 'qido-size');
+  t.after(() => peer.dispose());
+  // Through the C-STORE's code straight into the store: 2,600 instances of ~3.7 KB of JSON each, over 9 MB.
+  const ingest = localIngest(peer.store);
+  const count = 2600;
+  for (let n = 1; n <= count; n++) {
+    const sopInstanceUid = `${study}.1.${n}`;
+    const bytes = makeInstance({ sopClassUid: ct, sopInstanceUid, instanceNumber: n, study: { uid: study }, series: { uid: `${study}.1` }, rows: 2, columns: 2, extraElements: longTextTags.map((tag) => ({ tag, vr: 'LT', value: `${n} `.padEnd(1000, 'x') })) });
+    const split = splitPart10(bytes);
+    const incoming = new IncomingStore(
+      { commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: ct, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true },
+      { id: 1, abstractSyntaxUid: ct, transferSyntaxUid: split.transferSyntaxUid, service: 'storage', requestorIsScp: false },
+      ingest,
+      () => Date.now(),
+    );
+    await incoming.push(bytes.slice(split.datasetOffset));
+    assert.equal((await incoming.finish()).status, 0, `instance ${n} stored`);
+  }
+  const base = `http://127.0.0.1:${peer.httpPort}/dicom-web`;
+  const response = await fetch(`${base}/instances?${longFields}`);
+  const text = await response.text();
+  assert.equal(response.status, 200, text.slice(0, 200));
+  const results = JSON.parse(text) as unknown[];
+  assert.ok(Buffer.byteLength(text) <= searchResponseBytesMax, `a response of ${Buffer.byteLength(text)} bytes, over the bound of ${searchResponseBytesMax}`);
+  assert.ok(results.length > 1000 && results.length < count, `${results.length} of ${count} results: cut at the size bound`);
+  assert.match(response.headers.get('warning') ?? '', /size of the results exceeded the maximum supported by the server .* requested with offset/, 'the Warning says why and how to go on');
+  // The next page goes on where the first stopped.
+  const next = await fetch(`${base}/instances?${longFields}&offset=${results.length}`);
+  const rest = JSON.parse(await next.text()) as unknown[];
+  assert.equal(results.length + rest.length, count, 'the second page holds the rest');
+  assert.equal(next.headers.get('warning'), null, 'the second page is whole');
+
+  // A client that does not read its response holds it in the budget of bytes held at once, until it is gone;
+  // the searches of others still run meanwhile, within that budget.
+  const idle = connect({ host: '127.0.0.1', port: peer.httpPort });
+  idle.on('error', () => undefined);
+  idle.write(`GET /dicom-web/instances?${longFields} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  idle.pause();
+  const small = await fetch(`${base}/studies?StudyInstanceUID=${study}`);
+  assert.equal(small.status, 200, 'another search is answered while the idle client holds its response');
+  idle.destroy();
+});
