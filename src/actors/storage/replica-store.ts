@@ -1190,11 +1190,25 @@ class LevelReplicaStore implements ReplicaStore {
   }
 }
 
+/**
+ * Pieces smaller than this are copied into the writer's own buffer (of smallPiecesBufferBytes) rather than
+ * kept as views until a chunk fills: each view keeps the whole buffer it came in (a PDU, a decrypted
+ * message), and a sender of 2-byte or empty pieces (PDVs, stream frames) made a writer keep one per piece,
+ * and its PDU: two associations took a 512 MB heap out of memory in 2 minutes (hunt 79). Real senders'
+ * pieces are PDU- or frame-sized, and go as views.
+ */
+const smallPieceMaxBytes = 4096;
+const smallPiecesBufferBytes = 64 * 1024;
+
 class LevelInstanceWriter implements InstanceWriter {
   private readonly blobId: string;
   private readonly hash = createHash('sha256');
+  /** Views and copies in order, `pendingBytes` in all with the small pieces not yet taken from `small`. */
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
+  /** Small pieces copied together (see smallPieceMaxBytes): its first `smallBytes` bytes, after `pending`. */
+  private small: Buffer | undefined;
+  private smallBytes = 0;
   private sequence = 0;
   private inFlight = new Set<Promise<void>>();
   private failure: unknown;
@@ -1214,8 +1228,16 @@ class LevelInstanceWriter implements InstanceWriter {
     this.store.assertWritable(this.faultEpoch);
     this.hash.update(data);
     this.bytesWritten += data.length;
-    // Received PDUs are never overwritten (the framer allocates afresh), so a view is safe to keep until the flush copies it.
-    this.pending.push(data);
+    if (data.length < smallPieceMaxBytes) {
+      if (this.smallBytes + data.length > smallPiecesBufferBytes) this.takeSmall();
+      this.small ??= Buffer.allocUnsafe(smallPiecesBufferBytes);
+      this.small.set(data, this.smallBytes);
+      this.smallBytes += data.length;
+    } else {
+      this.takeSmall();
+      // Received PDUs are never overwritten (the framer allocates afresh), so a view is safe to keep until the flush copies it.
+      this.pending.push(data);
+    }
     this.pendingBytes += data.length;
     if (this.pendingBytes >= this.store.chunkBytes) this.flushChunk();
     while (this.inFlight.size >= this.store.maxChunkWritesInFlight) await Promise.race(this.inFlight);
@@ -1226,7 +1248,15 @@ class LevelInstanceWriter implements InstanceWriter {
     return this.hash.copy().digest('hex');
   }
 
+  /** The small pieces so far go to `pending`, in a copy of their own (the buffer is reused). */
+  private takeSmall(): void {
+    if (this.smallBytes === 0 || this.small === undefined) return;
+    this.pending.push(Buffer.from(this.small.subarray(0, this.smallBytes)));
+    this.smallBytes = 0;
+  }
+
   private takePending(): Uint8Array {
+    this.takeSmall();
     const chunk = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
     this.pending = [];
     this.pendingBytes = 0;

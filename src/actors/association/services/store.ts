@@ -30,16 +30,6 @@ export const StoreFailure = {
 /** Values bigger than this are not kept in the catalog (they are never useful as query keys). */
 const catalogValueMaxBytes = 1024;
 
-/**
- * Fragments smaller than this are copied together, up to coalescedMaxBytes, before they go to the
- * writer. The writer keeps each fragment it is given (a view into its PDU) until a store chunk fills: a
- * requestor sending 2-byte or empty PDVs made it keep a view, and the whole PDU under it, per PDV (an
- * empty one never fills a chunk), and one association took the peer's heap (hunt 79: 2 associations of
- * empty PDVs, out of memory at 512 MB in 2 minutes). Real senders' fragments are PDU-sized.
- */
-const smallFragmentMaxBytes = 4096;
-const coalescedMaxBytes = 64 * 1024;
-
 export interface StoreResult {
   status: number;
   errorComment?: string;
@@ -91,9 +81,6 @@ export class IncomingStore {
   private readonly writer: InstanceWriter | undefined;
   private refusal: StoreResult | undefined;
   private receivedBytes = 0;
-  /** Small fragments copied together (see smallFragmentMaxBytes), not yet written. */
-  private coalesced: Buffer | undefined;
-  private coalescedBytes = 0;
   private readIdentity: StoreIdentity | undefined;
   private committedEntry: CatalogEntry | undefined;
 
@@ -145,28 +132,6 @@ export class IncomingStore {
       await this.writer.abort();
       return;
     }
-    if (data.length < smallFragmentMaxBytes) {
-      if (this.coalescedBytes + data.length > coalescedMaxBytes) await this.writeCoalesced();
-      this.coalesced ??= Buffer.allocUnsafe(coalescedMaxBytes);
-      this.coalesced.set(data, this.coalescedBytes);
-      this.coalescedBytes += data.length;
-      return;
-    }
-    // In order: what was coalesced before this fragment goes first.
-    await this.writeCoalesced();
-    await this.write(data);
-  }
-
-  private async writeCoalesced(): Promise<void> {
-    if (this.coalescedBytes === 0 || this.coalesced === undefined) return;
-    // A copy of its own: the writer keeps what it is given, and the buffer is reused.
-    const bytes = Buffer.from(this.coalesced.subarray(0, this.coalescedBytes));
-    this.coalescedBytes = 0;
-    await this.write(bytes);
-  }
-
-  private async write(data: Uint8Array): Promise<void> {
-    if (this.refusal || !this.writer) return;
     try {
       await this.writer.write(data);
     } catch (error) {
@@ -177,7 +142,6 @@ export class IncomingStore {
 
   /** Called after the last fragment: commits or discards, and gives the status to answer. */
   async finish(): Promise<StoreResult> {
-    if (!this.refusal) await this.writeCoalesced();
     if (this.refusal || !this.reader || !this.writer) return this.refusal ?? { status: StoreFailure.CannotParse };
     let elements: DicomElement[];
     try {
