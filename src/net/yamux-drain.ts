@@ -12,13 +12,15 @@
  * missed their 15 s deadline at the receiver, and pushes were reset by the receiver's 10 s limit on
  * protocol negotiation before their first byte.
  *
- * So a stream that holds nothing is not marked, and one whose send the connection accepted only over
- * its high-water mark is not marked either while it has handed over fewer than `smallWriteBytesMax`
- * bytes since it was last woken: control messages (protocol selection, custody messages, answers,
- * half-closes) join the connection's queue at once, which is FIFO, bounded by the socket's buffer and
- * what the windows of the bulk streams let in. A bulk stream passes the budget with its first piece
- * and waits as before. The library's stream class is patched once per process, on import of this
- * module (as `yamux-window.ts` does for window updates).
+ * So while the connection is full, every stream may hand over `smallWriteBytesMax` bytes until it
+ * drains, and no more: a stream holding nothing is not held back, and a window update no longer lets a
+ * copy refill the connection past that (it waits for the drain as the others do). Control messages
+ * (protocol selection, custody messages, answers, half-closes) join the connection's queue at once,
+ * behind at most the socket's buffer, one window of the stream that first sent after the last drain,
+ * and 16 KiB from each other stream. With a first version that left the window updates alone, copies
+ * queued ~1 MB in the socket (8 s at 1 Mbit/s) and custody messages still took 11-16 s. The library's
+ * stream class is patched once per process, on import of this module (as `yamux-window.ts` does for
+ * window updates).
  */
 import { YamuxStream } from '@chainsafe/libp2p-yamux/stream';
 
@@ -29,8 +31,17 @@ export const smallWriteBytesMax = 16 * 1024;
 interface DrainFields {
   writeBuffer: { byteLength: number };
   sendWindowCapacity: number;
-  /** Bytes handed to the muxer while the connection was full, since the stream was last woken. */
+  /** The connection said it is full and has not drained since (told to every stream by the muxer). */
+  connectionFull?: boolean;
+  /** Bytes handed to the muxer since the connection was last full and drained. */
   bytesSentWhileFull?: number;
+}
+
+/** The library's byte list (sublist and consume are all that is used here). */
+interface ByteList {
+  byteLength: number;
+  sublist(start: number, end: number): ByteList;
+  consume(bytes: number): void;
 }
 
 interface SendResult {
@@ -41,16 +52,12 @@ interface SendResult {
 interface Patched {
   onMuxerNeedsDrain(this: DrainFields): void;
   onMuxerDrain(this: DrainFields): void;
-  sendData(this: DrainFields, data: { byteLength: number }): SendResult;
-  handleWindowUpdate(this: DrainFields, frame: unknown): void;
+  sendData(this: DrainFields, data: ByteList): SendResult;
 }
 
-/**
- * Whether a stream must wait for the connection to drain: it has bytes of its own still queued, or it
- * has handed over its budget since it was last woken.
- */
-export function mustWaitForDrain(queuedBytes: number, bytesSentWhileFull: number): boolean {
-  return queuedBytes > 0 || bytesSentWhileFull >= smallWriteBytesMax;
+/** Bytes a stream may still hand over while the connection is full (0: it waits for the drain). */
+export function roomWhileFull(connectionFull: boolean, bytesSentWhileFull: number): number {
+  return connectionFull ? Math.max(0, smallWriteBytesMax - bytesSentWhileFull) : Number.POSITIVE_INFINITY;
 }
 
 const prototype = YamuxStream.prototype as unknown as Patched;
@@ -58,7 +65,6 @@ const library = {
   onMuxerNeedsDrain: prototype.onMuxerNeedsDrain,
   onMuxerDrain: prototype.onMuxerDrain,
   sendData: prototype.sendData,
-  handleWindowUpdate: prototype.handleWindowUpdate,
 };
 
 function fieldsPresent(stream: DrainFields): boolean {
@@ -66,27 +72,42 @@ function fieldsPresent(stream: DrainFields): boolean {
 }
 
 prototype.onMuxerNeedsDrain = function onMuxerNeedsDrain(this: DrainFields): void {
-  if (fieldsPresent(this) && !mustWaitForDrain(this.writeBuffer.byteLength, this.bytesSentWhileFull ?? 0)) return;
+  if (!fieldsPresent(this)) {
+    library.onMuxerNeedsDrain.call(this);
+    return;
+  }
+  this.connectionFull = true;
+  // A stream holding nothing, with room left, is not held back: its next few bytes go out (sendData).
+  if (this.writeBuffer.byteLength === 0 && roomWhileFull(true, this.bytesSentWhileFull ?? 0) > 0) return;
   library.onMuxerNeedsDrain.call(this);
 };
 
 prototype.onMuxerDrain = function onMuxerDrain(this: DrainFields): void {
+  this.connectionFull = false;
   this.bytesSentWhileFull = 0;
   library.onMuxerDrain.call(this);
 };
 
-prototype.handleWindowUpdate = function handleWindowUpdate(this: DrainFields, frame: unknown): void {
-  // A window update wakes a stream with data queued (the library dispatches 'drain'): a new budget too.
-  if (fieldsPresent(this) && this.writeBuffer.byteLength > 0) this.bytesSentWhileFull = 0;
-  library.handleWindowUpdate.call(this, frame);
-};
-
-prototype.sendData = function sendData(this: DrainFields, data: { byteLength: number }): SendResult {
-  const result = library.sendData.call(this, data);
-  // Not sent whole (the send window is used up) or sent on a connection with room: the library's answer.
-  if (result.canSendMore || !fieldsPresent(this) || data.byteLength > 0 || this.sendWindowCapacity === 0) return result;
-  // All of it was handed over, and the connection is now over its high-water mark.
-  this.bytesSentWhileFull = (this.bytesSentWhileFull ?? 0) + result.sentBytes;
-  if (mustWaitForDrain(0, this.bytesSentWhileFull)) return result;
-  return { sentBytes: result.sentBytes, canSendMore: true };
+prototype.sendData = function sendData(this: DrainFields, data: ByteList): SendResult {
+  if (!fieldsPresent(this)) return library.sendData.call(this, data);
+  const room = roomWhileFull(this.connectionFull === true, this.bytesSentWhileFull ?? 0);
+  // Woken by a window update while the connection is still full: the library would send the whole
+  // window's worth; this stream waits for the connection's drain instead (as every other one does).
+  if (room === 0) return { sentBytes: 0, canSendMore: false };
+  let result: SendResult;
+  if (data.byteLength <= room) {
+    result = library.sendData.call(this, data);
+  } else {
+    const part = data.sublist(0, room);
+    result = library.sendData.call(this, part);
+    data.consume(result.sentBytes);
+    result = { sentBytes: result.sentBytes, canSendMore: false };
+  }
+  if (this.connectionFull === true) this.bytesSentWhileFull = (this.bytesSentWhileFull ?? 0) + result.sentBytes;
+  // All of it handed over, the send window not used up, and room left: the connection being full
+  // (the library's false) does not hold this stream's next few bytes.
+  if (!result.canSendMore && data.byteLength === 0 && this.sendWindowCapacity > 0 && roomWhileFull(this.connectionFull === true, this.bytesSentWhileFull ?? 0) > 0) {
+    return { sentBytes: result.sentBytes, canSendMore: true };
+  }
+  return result;
 };
