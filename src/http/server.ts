@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
-import { sendJson } from './respond.ts';
+import { closeWithConnection, sendJson } from './respond.ts';
 import { statusPageHtml } from './status-page.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
@@ -177,6 +177,7 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   let ownAddress = `${init.host}:${init.port}`;
   let stopping = false;
   const server: Server = createServer((req, res) => {
+    closeWithConnection(req, res);
     if (stopping) {
       // A request on a connection kept alive from before the stop: the client should ask another site.
       res.setHeader('connection', 'close');
