@@ -153,13 +153,20 @@ export class AcceptorSession {
       // requestor that reads nothing (an answer it awaits: a C-ECHO-RSP, a refusal), which never ends: the
       // association then held its slot for good (hunt 79). If the expiry is still not handled a moment
       // later and the write still stalls, the connection is cut here, which ends the write.
-      if (!this.connection.writeBlocked) return;
-      this.stalledCut = this.deps.clock.setTimeout(() => {
-        const stalledMs = this.deps.clock.nowMs() - Math.max(this.lastActivityMs, this.connection.lastWriteProgressMs);
-        if (this.ended || this.connection.isClosed || !this.connection.writeBlocked || stalledMs < this.deps.idleTimeoutMs) return;
-        this.log.warn('aborting association', { why: `no PDU and nothing read for ${stalledMs} ms while an answer waits to be written: connection closed` });
-        this.connection.destroy();
-      }, stalledCutGraceMs);
+      this.armStalledCut(stalledCutGraceMs);
+    }, delayMs);
+  }
+
+  /** See armIdleTimer; checked again while the write stalls, since the actor stuck in it arms nothing. */
+  private armStalledCut(delayMs: number): void {
+    if (this.ended || this.connection.isClosed || !this.connection.writeBlocked) return;
+    this.stalledCut = this.deps.clock.setTimeout(() => {
+      if (this.ended || this.connection.isClosed || !this.connection.writeBlocked) return;
+      const stalledMs = this.deps.clock.nowMs() - Math.max(this.lastActivityMs, this.connection.lastWriteProgressMs);
+      // The requestor read a little lately: wait until it has been silent for the whole idle timeout.
+      if (stalledMs < this.deps.idleTimeoutMs) return this.armStalledCut(this.deps.idleTimeoutMs - stalledMs);
+      this.log.warn('aborting association', { why: `no PDU and nothing read for ${stalledMs} ms while an answer waits to be written: connection closed` });
+      this.connection.destroy();
     }, delayMs);
   }
 
