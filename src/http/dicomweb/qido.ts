@@ -27,10 +27,11 @@ export const searchResultsMax = 10_000;
  */
 export const searchResponseBytesMax = 8 * 1024 * 1024;
 /**
- * What a response is counted as in the budget of bytes held at once (ctx.heldInstanceBytes): its text, the
- * strings it is joined from and the buffer it is sent from, until the client has read it.
+ * A response of this size or more is counted in the budget of bytes held at once (ctx.heldInstanceBytes)
+ * until the client has read it; smaller ones (a study list: ~1 KB a study) go at once, not waiting behind
+ * retrieves of large instances, and 1,024 connections of them hold 256 MiB at most.
  */
-const searchResponseWeight = 3 * searchResponseBytesMax;
+const searchResponseHeldFromBytes = 256 * 1024;
 
 const InstanceAvailability = 0x00080056;
 const RetrieveURL = 0x00081190;
@@ -75,14 +76,18 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
     sendJson(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
     return;
   }
-  // The response is made and held whole (its Warning says whether matches were left out, known only at the
-  // end): it counts in the budget of bytes held at once until the client has read it, waiting its turn beyond.
-  await holdingInstance(ctx, exchange, searchResponseWeight, async () => {
-    await endAndDrain(exchange.res, await searchResponse(ctx, exchange, route, search));
-  });
+  // The response is made whole (its Warning says whether matches were left out, known only at the end); a
+  // large one counts in the budget of bytes held at once until the client has read it, waiting its turn beyond.
+  const body = await searchResponse(ctx, exchange, route, search);
+  const send = async (): Promise<void> => {
+    exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
+    await endAndDrain(exchange.res, body);
+  };
+  if (body.length < searchResponseHeldFromBytes) await send();
+  else await holdingInstance(ctx, exchange, body.length, send);
 }
 
-/** The matches as a DICOM JSON array, its status and headers set. */
+/** The matches as a DICOM JSON array, its Warning headers set. */
 async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute, search: ParsedSearch): Promise<Buffer> {
   // Each match is kept as its JSON text: a 10,000-match answer then weighs its bytes, not 10,000 object trees.
   const results: string[] = [];
@@ -101,8 +106,8 @@ async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, 
         break;
       }
       const result = JSON.stringify(resultOf(identifier, route.level, exchange.baseUrl));
-      // A comma before each but the first; the text is mostly ASCII, its UTF-8 length checked at the end.
-      resultsBytes += result.length + 1;
+      // A comma before each but the first.
+      resultsBytes += Buffer.byteLength(result) + 1;
       if (resultsBytes > searchResponseBytesMax && results.length > 0) {
         tooLarge = true;
         break;
@@ -123,9 +128,7 @@ async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, 
   if (warnings.length > 0) exchange.res.setHeader('warning', warnings);
   // 200 with an empty array when nothing matches (CP-2473; RFC 9110 15.3.5 gives 204 no body at all).
   // As bytes at once: only they are held while the client reads, not the text beside them.
-  const body = Buffer.from(`[${results.join(',')}]`, 'utf8');
-  exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
-  return body;
+  return Buffer.from(`[${results.join(',')}]`, 'utf8');
 }
 
 interface ParsedSearch {
