@@ -1235,8 +1235,10 @@ class LevelInstanceWriter implements InstanceWriter {
       this.smallBytes += data.length;
     } else {
       this.takeSmall();
-      // Received PDUs are never overwritten (the framer allocates afresh), so a view is safe to keep until the flush copies it.
-      this.pending.push(data);
+      // Received PDUs are never overwritten (the framer allocates afresh), so a view is safe to keep until the
+      // flush copies it; but one much smaller than its buffer (a PDV among empty ones in a large PDU) would
+      // keep that buffer alive: copied.
+      this.pending.push(data.length * 4 < data.buffer.byteLength ? Buffer.from(data) : data);
     }
     this.pendingBytes += data.length;
     if (this.pendingBytes >= this.store.chunkBytes) this.flushChunk();

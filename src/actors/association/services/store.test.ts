@@ -63,7 +63,7 @@ test('tiny and empty fragments keep none of the PDUs they came in alive, and the
   await store.open();
   try {
     const sopInstanceUid = '1.2.826.0.1.3680043.10.1453.79.1.1';
-    const bytes = makeInstance({ sopClassUid: ct, sopInstanceUid, rows: 64, columns: 64 });
+    const bytes = makeInstance({ sopClassUid: ct, sopInstanceUid, rows: 128, columns: 128 });
     const split = splitPart10(bytes);
     const dataSet = bytes.slice(split.datasetOffset);
     const incoming = new IncomingStore(
@@ -72,20 +72,28 @@ test('tiny and empty fragments keep none of the PDUs they came in alive, and the
       localIngest(store),
       () => 1_800_000_000_000,
     );
-    // A requestor's 2-byte PDVs, each followed by an empty one, each pair in a PDU of its own (8 KiB here).
+    // A requestor's 2-byte PDVs, each followed by an empty one, each pair in a PDU of its own (8 KiB here);
+    // then 4 KiB PDVs, each in a PDU of 256 KiB padded with empty PDVs.
     const pdus: Array<WeakRef<ArrayBuffer>> = [];
-    for (let at = 0; at < dataSet.length; at += 2) {
+    const tinyEnd = dataSet.length - 4 * 4096;
+    for (let at = 0; at < tinyEnd; at += 2) {
       const pdu = Buffer.alloc(8192);
       pdu.set(dataSet.subarray(at, at + 2), 100);
       pdus.push(new WeakRef(pdu.buffer));
       await incoming.push(pdu.subarray(100, 102));
       await incoming.push(pdu.subarray(102, 102));
     }
+    for (let at = tinyEnd; at < dataSet.length; at += 4096) {
+      const pdu = Buffer.alloc(256 * 1024);
+      pdu.set(dataSet.subarray(at, at + 4096), 100);
+      pdus.push(new WeakRef(pdu.buffer));
+      await incoming.push(pdu.subarray(100, 4196));
+    }
     // WeakRef targets stay alive until the current job ends (the loop above may be one): a macrotask first.
     await new Promise((resolve) => setImmediate(resolve));
     gc();
     const alive = pdus.filter((ref) => ref.deref() !== undefined).length;
-    assert.ok(alive < 64, `${alive} of ${pdus.length} PDUs still alive before the commit: views of them are kept`);
+    assert.ok(alive < 4, `${alive} of ${pdus.length} PDUs still alive before the commit: views of them are kept`);
     const result = await incoming.finish();
     assert.equal(result.status, 0, `stored: ${result.errorComment ?? ''}`);
     const stored: Uint8Array[] = [];
