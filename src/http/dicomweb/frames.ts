@@ -174,11 +174,22 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   }
   if (codestreams === undefined) return false;
   const codestreamOf = (frameNumber: number) => codestreams.get(frameNumber)!;
-  if (representation.kind === 'stored') await deliver(representation, route.frameNumbers.map(codestreamOf), stored);
-  else {
-    const decoded = await decodedFrames(ctx, exchange, route, stored, codestreamOf);
-    await deliver(representation, decoded.frames, decoded.source);
+  // Held within the budget of bytes held at once, as the native path's frames are: the codestreams, and
+  // the frames decoded from them (a rendering of a large compressed image was not counted: review).
+  const distinctFrames = new Set(route.frameNumbers).size;
+  let heldBytes = 0;
+  for (const codestream of codestreams.values()) heldBytes += codestream.byteLength;
+  if (representation.kind !== 'stored') heldBytes += (distinctFrames * nativeFrameBits(stored.image)) / 8;
+  if (heldBytes > heldInstanceBytesMax) {
+    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `the ${distinctFrames} frames asked of instance ${route.instanceUid} hold ${heldBytes} bytes (more than ${heldInstanceBytesMax} at once): ask for fewer frames a request`);
   }
+  await holdingInstance(ctx, exchange, heldBytes, async () => {
+    if (representation.kind === 'stored') await deliver(representation, route.frameNumbers.map(codestreamOf), stored);
+    else {
+      const decoded = await decodedFrames(ctx, exchange, route, stored, codestreamOf);
+      await deliver(representation, decoded.frames, decoded.source);
+    }
+  });
   return true;
 }
 
