@@ -10,11 +10,21 @@ import { failureText, startPeer } from './peer.ts';
 /** Errors whose message says all (a data directory in use, a store that cannot open, a damaged file, a child that kept failing at start). */
 const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE', 'ERR_CHILD_FAILED']);
 
+/**
+ * Whether --help or -h stands where an option name does. Every option takes a value, after it or after
+ * `=` (as parseStartArgs reads them), so a value that reads "--help" asks for nothing.
+ */
+function asksForHelp(args: readonly string[]): boolean {
+  for (let i = 0; i < args.length; i += args[i]!.startsWith('--') && args[i]!.includes('=') ? 1 : 2) {
+    if (args[i] === '--help' || args[i] === '-h') return true;
+  }
+  return false;
+}
+
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
-  // `pacs-mesh start --help` (or keygen's): the usage, as `pacs-mesh --help` gives it. Every option takes a
-  // value, so only a word where an option name stands asks for help (a value may be anything).
-  if ((command === 'start' || command === 'keygen') && rest.some((arg, i) => i % 2 === 0 && (arg === '--help' || arg === '-h'))) {
+  // `pacs-mesh start --help` (or keygen's): the usage, as `pacs-mesh --help` gives it.
+  if ((command === 'start' || command === 'keygen') && asksForHelp(rest)) {
     process.stdout.write(usage);
     return 0;
   }
@@ -116,7 +126,9 @@ main(process.argv.slice(2)).then(
           ? `another process is listening there: stop it, or choose another ${option ?? 'port'}`
           : code === 'EADDRNOTAVAIL'
             ? `${address ?? 'the address'} is not an address of this machine: give --host one of its addresses (0.0.0.0 for every interface)`
-            : `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`;
+            : port !== undefined && port < 1024
+              ? `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`
+              : `the system refused it (a security policy: SELinux, AppArmor or a container's): allow the port there, or choose another`;
       process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): ${why}${option ? ` (${option})` : ''}\n`);
       process.exit(1);
     }

@@ -329,7 +329,7 @@ test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --
   const help = (args: readonly string[]) => spawnSync(process.execPath, peerProcessArgs(args), { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv() });
   const top = help(['--help']);
   assert.equal(top.status, 0, `pacs-mesh --help: ${top.stderr}`);
-  for (const args of [['start', '--help'], ['start', '--site', 'a', '-h'], ['keygen', '--help']]) {
+  for (const args of [['start', '--help'], ['start', '--site', 'a', '-h'], ['start', '--data=/tmp/x', '--help'], ['keygen', '--help']]) {
     const r = help(args);
     assert.equal(r.status, 0, `${args.join(' ')} exits 0: ${r.stderr}`);
     assert.equal(r.stdout, top.stdout, `${args.join(' ')} prints the usage`);
