@@ -223,13 +223,7 @@ test('a P-DATA-TF of hundreds of thousands of empty PDVs inside a C-STORE: handl
   const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
   // 349,525 PDVs of no data (6 bytes each): legal, and each one an event for the association to handle.
   const pdvs = Math.floor(2 * 1024 * 1024 / 6);
-  const empties = Buffer.alloc(6 + pdvs * 6);
-  empties[0] = 0x04;
-  empties.writeUInt32BE(pdvs * 6, 2);
-  for (let i = 0; i < pdvs; i++) {
-    empties.writeUInt32BE(2, 6 + i * 6);
-    empties[6 + i * 6 + 4] = 1;
-  }
+  const empties = emptyDataPdvs(pdvs);
   const started = Date.now();
   const answer = await new Promise<{ pdus: Pdu[]; ms: number }>((resolve) => {
     const socket = connect({ host: '127.0.0.1', port: bigPduPeer.dicomPort });
@@ -357,13 +351,7 @@ test('a C-FIND identifier of endless empty PDVs is refused at the identifier bou
   const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 9, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
   // 8,192 PDVs of no bytes a PDU, 40 PDUs: no bytes at all, but each one a fragment to keep.
   const pdvs = 8192;
-  const empties = Buffer.alloc(6 + pdvs * 6);
-  empties[0] = 0x04;
-  empties.writeUInt32BE(pdvs * 6, 2);
-  for (let i = 0; i < pdvs; i++) {
-    empties.writeUInt32BE(2, 6 + i * 6);
-    empties[6 + i * 6 + 4] = 1;
-  }
+  const empties = emptyDataPdvs(pdvs);
   const last = encodePdu({ type: 'pData', values: [{ presentationContextId: 1, isCommand: false, isLast: true, data: new Uint8Array(0) }] });
   const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', studyRootFind), ...encodePDataFragments(1, true, command, 16384), ...Array<Uint8Array>(40).fill(empties), last], { waitMs: 5000 });
   const statuses = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : []));
@@ -525,28 +513,8 @@ test('a C-GET requestor that stops answering its sub-operations, or stops readin
   assert.equal(stored.command.status, 0);
   await filler.client.release();
 
-  const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
-  const rq = encodePdu({
-    type: 'associateRq',
-    protocolVersion: 1,
-    calledAeTitle: 'PACSMESH',
-    callingAeTitle: 'HUNG',
-    applicationContextName: DicomApplicationContext,
-    presentationContexts: [
-      { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-      { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-    ],
-    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
-  });
-  const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
-  const identifier = encodeDataset(
-    [
-      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
-    ],
-    TransferSyntax.ImplicitVrLittleEndian,
-  );
-  const request = [rq, ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)];
+  const { rq, getRq } = getStudyRequest(studyInstanceUid);
+  const request = [rq, getRq];
 
   // Reads the C-STORE sub-operation, never answers it: before, each sub-operation waited 120 s.
   const started = Date.now();
@@ -601,22 +569,7 @@ test('requests refused while an operation runs are answered in turn: a requestor
   const filler = await openStoreClient(busyPeer.dicomPort, 'FILLER', verification);
   assert.equal((await filler.storeInstance({ rows: 2048, columns: 2048, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.1` })).command.status, 0, 'stored');
   await filler.client.release();
-  const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
-  const rq = encodePdu({
-    type: 'associateRq',
-    protocolVersion: 1,
-    calledAeTitle: 'PACSMESH',
-    callingAeTitle: 'HUNG',
-    applicationContextName: DicomApplicationContext,
-    presentationContexts: [
-      { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-      { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
-    ],
-    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
-  });
-  const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
-  const identifier = encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ImplicitVrLittleEndian);
-  const getRq = Buffer.concat([...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]);
+  const { rq, getRq } = getStudyRequest(studyInstanceUid);
   const socket = connect({ host: '127.0.0.1', port: busyPeer.dicomPort });
   t.after(() => socket.destroy());
   socket.on('error', () => undefined);
@@ -633,3 +586,40 @@ test('requests refused while an operation runs are answered in turn: a requestor
   assert.ok(socket.writableLength > duplicates.length / 2, `the peer read on: ${duplicates.length - socket.writableLength} of ${duplicates.length} bytes taken while its answers went unread`);
 });
 
+/** A C-GET of a study from a requestor "HUNG" (SCP role for CT, 16 KiB PDUs): its A-ASSOCIATE-RQ and its request's PDUs. */
+function getStudyRequest(studyInstanceUid: string): { rq: Buffer; getRq: Buffer } {
+  const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
+  const rq = encodePdu({
+    type: 'associateRq',
+    protocolVersion: 1,
+    calledAeTitle: 'PACSMESH',
+    callingAeTitle: 'HUNG',
+    applicationContextName: DicomApplicationContext,
+    presentationContexts: [
+      { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+      { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
+  });
+  const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  return { rq: Buffer.from(rq), getRq: Buffer.concat([...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]) };
+}
+
+/** One P-DATA-TF PDU of `pdvs` PDVs of no bytes (data, not last, presentation context 1): 6 bytes each. */
+function emptyDataPdvs(pdvs: number): Buffer {
+  const pdu = Buffer.alloc(6 + pdvs * 6);
+  pdu[0] = 0x04;
+  pdu.writeUInt32BE(pdvs * 6, 2);
+  for (let i = 0; i < pdvs; i++) {
+    pdu.writeUInt32BE(2, 6 + i * 6);
+    pdu[6 + i * 6 + 4] = 1;
+  }
+  return pdu;
+}
