@@ -116,11 +116,7 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
     // (as an instance read whole is): a list names up to 10,000 frames, and a buffer for each copy of a
     // 32 MB frame took 4.8 GB for 100 of them (hunt 79), as many frames of a large cine do for many clients.
     const wanted = [...new Set(route.frameNumbers)];
-    const wantedBytes = wanted.length * size;
-    if (wantedBytes > heldInstanceBytesMax) {
-      throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `the ${wanted.length} frames asked of instance ${route.instanceUid} hold ${wantedBytes} bytes (more than ${heldInstanceBytesMax} at once): ask for fewer frames a request`);
-    }
-    await holdingInstance(ctx, exchange, wantedBytes, async () => {
+    await holdingFrames(ctx, exchange, route, wanted.length, wanted.length * size, async () => {
       const frameRanges = wanted.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
       const frames = wanted.map(() => Buffer.alloc(size));
       copyOverlaps(head, 0, frameRanges, frames);
@@ -176,14 +172,10 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   const codestreamOf = (frameNumber: number) => codestreams.get(frameNumber)!;
   // Held within the budget of bytes held at once, as the native path's frames are: the codestreams, and
   // the frames decoded from them (a rendering of a large compressed image was not counted: review).
-  const distinctFrames = new Set(route.frameNumbers).size;
   let heldBytes = 0;
   for (const codestream of codestreams.values()) heldBytes += codestream.byteLength;
-  if (representation.kind !== 'stored') heldBytes += (distinctFrames * nativeFrameBits(stored.image)) / 8;
-  if (heldBytes > heldInstanceBytesMax) {
-    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `the ${distinctFrames} frames asked of instance ${route.instanceUid} hold ${heldBytes} bytes (more than ${heldInstanceBytesMax} at once): ask for fewer frames a request`);
-  }
-  await holdingInstance(ctx, exchange, heldBytes, async () => {
+  if (representation.kind !== 'stored') heldBytes += (codestreams.size * nativeFrameBits(stored.image)) / 8;
+  await holdingFrames(ctx, exchange, route, codestreams.size, heldBytes, async () => {
     if (representation.kind === 'stored') await deliver(representation, route.frameNumbers.map(codestreamOf), stored);
     else {
       const decoded = await decodedFrames(ctx, exchange, route, stored, codestreamOf);
@@ -191,6 +183,17 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
     }
   });
   return true;
+}
+
+/**
+ * Runs `work`, which holds `bytes` for `distinctFrames` asked frames, within the budget of bytes held at
+ * once (waiting its turn beyond it); a 413 when they alone would take more than the whole budget.
+ */
+async function holdingFrames(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, distinctFrames: number, bytes: number, work: () => Promise<void>): Promise<void> {
+  if (bytes > heldInstanceBytesMax) {
+    throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `the ${distinctFrames} frames asked of instance ${route.instanceUid} hold ${bytes} bytes (more than ${heldInstanceBytesMax} at once): ask for fewer frames a request`);
+  }
+  await holdingInstance(ctx, exchange, bytes, work);
 }
 
 /**
