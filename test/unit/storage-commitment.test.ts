@@ -18,6 +18,7 @@ import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { commitmentRequestDataSet, nActionCommand } from '../support/commitment.ts';
+import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { startReportReceiver } from '../support/report-receiver.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
@@ -154,6 +155,20 @@ test('N-ACTIONs that cannot be taken are answered with their DIMSE status, and t
   const echo = await client.request(verification!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false });
   assert.equal(echo.command.status, Status.Success, 'the association is still usable');
   assert.equal((await apiMesh(peer.httpPort)).commitment.pending, 0, 'nothing was taken on');
+});
+
+test('an N-ACTION just under its 4 MiB bound in the smallest PDUs is taken: fragments are bounded apart from bytes', async (t) => {
+  // 4 MiB less 64 KiB in PDUs of 4 KiB: ~1,000 fragments, whose 256 bytes each used to count towards the 4 MiB.
+  const peer = await startTestPeer(['--max-pdu', '4096'], 'commit-small-pdus', silentLogger, { commitment: fastChecks });
+  t.after(() => peer.dispose());
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
+  t.after(() => client.abort());
+  const request = requestDataSet(uid(500), [uid(51)]);
+  const padding = encodeDataset([{ tag: 0x00091010, vr: 'UT', value: 'x'.repeat(4 * 1024 * 1024 - 64 * 1024 - request.length) }], TransferSyntax.ExplicitVrLittleEndian);
+  const reply = await client.request(client.contexts[0]!.id, nActionCommand(), Buffer.concat([request, padding]));
+  assert.deepEqual([reply.command.status, reply.command.errorComment], [Status.Success, undefined], 'taken, not refused for its fragments');
+  const over = await client.request(client.contexts[0]!.id, nActionCommand(), Buffer.concat([request, padding, new Uint8Array(128 * 1024)]));
+  assert.equal(over.command.status, Status.ResourceLimitation, 'over 4 MiB of bytes is still refused');
 });
 
 test('a stop does not wait for a report association the modality never answers; the report stays owed', async (t) => {

@@ -14,7 +14,7 @@ import {
   type RoleSelection,
 } from '../../codec/pdu.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
-import { AssociationCore, DicomConnection, heldBytesPerPdv } from './connection.ts';
+import { AssociationCore, DicomConnection, gatheredOverLimit, heldBytesPerPdv } from './connection.ts';
 import type { DimseEvent } from './dimse-assembler.ts';
 import type { UlIndication } from './state-machine.ts';
 import { implementationClassUid, implementationVersionName } from './implementation.ts';
@@ -91,7 +91,7 @@ export class DicomClientAssociation {
   private replyContextId = 0;
   private replyParts: Uint8Array[] = [];
   private replyBytes = 0;
-  private replyHeldBytes = 0;
+  private replyFragments = 0;
   private closedError: Error | undefined;
   private settleOpen!: { resolve: () => void; reject: (e: Error) => void };
   private settleRelease: (() => void) | undefined;
@@ -273,15 +273,17 @@ export class DicomClientAssociation {
       this.replyContextId = event.presentationContextId;
       this.replyParts = [];
       this.replyBytes = 0;
-      this.replyHeldBytes = 0;
+      this.replyFragments = 0;
       if (!event.command.hasDataSet) this.completeReply();
       return;
     }
     this.replyBytes += event.data.length;
     // Each fragment kept costs its object too: counted, so that a peer sending empty or 2-byte PDVs cannot
     // grow the list without bound under a byte limit it never reaches (hunt 79).
-    this.replyHeldBytes += event.data.length + heldBytesPerPdv;
-    if (this.replyHeldBytes > maxReplyDataSetBytes) throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes (its fragments counted ${heldBytesPerPdv} bytes each beside their data)`);
+    this.replyFragments += 1;
+    if (gatheredOverLimit(this.replyBytes, this.replyFragments, maxReplyDataSetBytes)) {
+      throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments)`);
+    }
     if (event.data.length > 0) this.replyParts.push(Uint8Array.from(event.data));
     if (event.isLast) this.completeReply();
   }

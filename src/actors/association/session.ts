@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
-import { AssociationCore, DicomConnection, heldBytesPerPdv } from './connection.ts';
+import { AssociationCore, DicomConnection, gatheredOverLimit } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
@@ -42,8 +42,8 @@ interface IdentifierBuffer {
   context: NegotiatedContext;
   parts: Uint8Array[];
   bytes: number;
-  /** `bytes` and heldBytesPerPdv a fragment: what the limit bounds. */
-  heldBytes: number;
+  /** Fragments received, empty ones too: the limit bounds them as well as the bytes. */
+  fragments: number;
   limitBytes: number;
   tooLarge: boolean;
 }
@@ -363,7 +363,7 @@ export class AcceptorSession {
           return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `request does not match the presentation context's SOP class ${context.abstractSyntaxUid}`);
         }
         if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.IdentifierDoesNotMatchSopClass, 'request without an identifier');
-        this.identifier = { command, context, parts: [], bytes: 0, heldBytes: 0, limitBytes: maxIdentifierBytes, tooLarge: false };
+        this.identifier = { command, context, parts: [], bytes: 0, fragments: 0, limitBytes: maxIdentifierBytes, tooLarge: false };
         return;
       }
       case CommandField.NActionRq: {
@@ -382,7 +382,7 @@ export class AcceptorSession {
           this.discardingDataSet = command.hasDataSet;
           return this.answerNAction(presentationContextId, command, ...nActionRefusal);
         }
-        this.identifier = { command, context, parts: [], bytes: 0, heldBytes: 0, limitBytes: maxCommitmentRequestBytes, tooLarge: false };
+        this.identifier = { command, context, parts: [], bytes: 0, fragments: 0, limitBytes: maxCommitmentRequestBytes, tooLarge: false };
         return;
       }
       case CommandField.CCancelRq: {
@@ -434,8 +434,8 @@ export class AcceptorSession {
       buffer.bytes += event.data.length;
       // Each fragment kept costs its object too: counted, or empty PDVs grew the list without bound under a
       // byte limit they never reached (hunt 79).
-      buffer.heldBytes += event.data.length + heldBytesPerPdv;
-      if (buffer.heldBytes > buffer.limitBytes) buffer.tooLarge = true;
+      buffer.fragments += 1;
+      if (gatheredOverLimit(buffer.bytes, buffer.fragments, buffer.limitBytes)) buffer.tooLarge = true;
       else if (event.data.length > 0) buffer.parts.push(Uint8Array.from(event.data));
       if (!event.isLast) return;
       this.identifier = undefined;
