@@ -21,7 +21,7 @@ import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
 import { createDicomWebStats, heldInstanceRequestsQueuedMax, heldInstanceBytesMax, meshLookupsQueuedMax, meshLookupsRunningMax } from './http/dicomweb/context.ts';
-import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
+import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
@@ -73,6 +73,8 @@ export interface PeerOptions {
   transcoderWorkerUrl?: URL;
   /** Tests: shorter Storage Commitment waits and retries. */
   commitment?: Partial<CommitmentConfig>;
+  /** Tests: the DICOMweb budget of bytes held until read (one that records what each response weighs). */
+  heldInstanceBytes?: ConcurrencyLimit;
 }
 
 
@@ -230,7 +232,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         log: log.child({ component: 'dicomweb' }),
         stats: dicomWebStats,
         meshLookups: createConcurrencyLimit(meshLookupsRunningMax, meshLookupsQueuedMax),
-        heldInstanceBytes: createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax),
+        heldInstanceBytes: options.heldInstanceBytes ?? createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax),
         searchElsewhere: () => mesh?.searchElsewhere(),
         sitesDown: () => mesh?.sitesDown() ?? [],
       },

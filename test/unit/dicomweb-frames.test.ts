@@ -12,6 +12,9 @@ import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { framesOnlyDataset, readPixelData, readPixelDataHeader } from '../../src/codec/dataset/pixel-data.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encapsulated } from '../../src/codec/dataset/test-fixtures.ts';
+import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { heldInstanceBytesMax, heldInstanceRequestsQueuedMax } from '../../src/http/dicomweb/context.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const secondaryCapture = '1.2.840.10008.5.1.4.1.1.7';
@@ -79,8 +82,19 @@ function assertUncompressed(response: FramesResponse): void {
   for (const part of response.parts) assert.equal(part.headers['content-type'], `application/octet-stream; transfer-syntax=${explicitLe}`);
 }
 
+/** What each response held within the peer's budget of bytes held until read weighed, in order. */
+const heldWeights: number[] = [];
+
 before(async () => {
-  peer = await startTestPeer([], 'frames');
+  const budget = createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax);
+  const recordingBudget: typeof budget = {
+    run: (work, weight, ...rest) => {
+      heldWeights.push(weight ?? 1);
+      return budget.run(work, weight, ...rest);
+    },
+    stats: () => budget.stats(),
+  };
+  peer = await startTestPeer([], 'frames', silentLogger, { heldInstanceBytes: recordingBudget });
 });
 
 after(async () => {
@@ -287,9 +301,12 @@ describe('WADO-RS frames of large compressed instances (over 8 MiB: read by rang
     const stored = readPixelData(compressed.bytes, jpegLsLossless);
     const codestreams = stored.kind === 'encapsulated' ? stored.fragments : [];
 
+    heldWeights.length = 0;
     const decoded = await getFrames(image, '3,1,3');
     assertUncompressed(decoded);
     assert.deepEqual(decoded.parts.map((part) => part.body.toString('hex')), [3, 1, 3].map(framePixels));
+    // Held until read, each distinct frame once: its codestream and the pixels decoded from it.
+    assert.deepEqual(heldWeights, [codestreams[2]!.length + codestreams[0]!.length + 2 * frameBytes], 'the decoded frames weigh their codestreams and pixels');
     const asStored = await getFrames(image, '2', 'multipart/related; type="application/octet-stream"; transfer-syntax=*');
     assert.equal(asStored.status, 200, JSON.stringify(asStored.error));
     assert.equal(mediaTypeParameter(asStored.contentType, 'transfer-syntax'), jpegLsLossless);
@@ -320,8 +337,10 @@ describe('WADO-RS frames of large compressed instances (over 8 MiB: read by rang
     await store(ctImage, resolved.sopInstanceUid, instance, jpegBaseline);
     const image = { studyUid, seriesUid, instanceUid: resolved.sopInstanceUid };
 
+    heldWeights.length = 0;
     const response = await getFrames(image, '5,2', 'multipart/related; type="image/jpeg"');
     assert.equal(response.status, 200, JSON.stringify(response.error));
+    assert.deepEqual(heldWeights, [Buffer.concat(frames[4]!).length + Buffer.concat(frames[1]!).length], 'frames sent as stored weigh their codestreams');
     assert.deepEqual(response.parts.map((part) => part.headers['content-type']), [`image/jpeg; transfer-syntax=${jpegBaseline}`, `image/jpeg; transfer-syntax=${jpegBaseline}`]);
     assert.deepEqual(response.parts.map((part) => part.body.toString('hex')), [5, 2].map((frameNumber) => Buffer.concat(frames[frameNumber - 1]!).toString('hex')));
     const last = await getFrames(image, '12', 'multipart/related; type="application/octet-stream"; transfer-syntax=*');
