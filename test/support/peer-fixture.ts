@@ -13,6 +13,8 @@ import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { DicomApplicationContext, encodePdu, type AssociateRqPdu } from '../../src/codec/pdu.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
+import { createConcurrencyLimit, type ConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { heldInstanceBytesMax, heldInstanceRequestsQueuedMax } from '../../src/http/dicomweb/context.ts';
 
 /** The bytes of an A-ASSOCIATE-RQ (one presentation context unless given), for tests that talk raw PDUs to a peer. */
 export function associateRqBytes(
@@ -122,3 +124,19 @@ export async function storeWithoutPixels(port: number, sopClassUid: string, stud
   await storeDataset(port, sopClassUid, sopInstanceUid, dataset, TransferSyntax.ExplicitVrLittleEndian);
   return sopInstanceUid;
 }
+
+/**
+ * The peer's DICOMweb budget of bytes held until read, as it is, recording into `weights` what each
+ * response weighs when it takes its hold (for PeerOptions.heldInstanceBytes).
+ */
+export function recordingHeldBytes(weights: number[]): ConcurrencyLimit {
+  const budget = createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax);
+  return {
+    run: (work, weight, ...rest) => {
+      weights.push(weight ?? 1);
+      return budget.run(work, weight, ...rest);
+    },
+    stats: () => budget.stats(),
+  };
+}
+

@@ -5,15 +5,13 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { startTestPeer, storeDataset, storeWithoutPixels, type TestPeer } from '../support/peer-fixture.ts';
+import { recordingHeldBytes, startTestPeer, storeDataset, storeWithoutPixels, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart, mediaTypeParameter, type ReceivedPart } from '../support/multipart.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { framesOnlyDataset, readPixelData, readPixelDataHeader } from '../../src/codec/dataset/pixel-data.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encapsulated } from '../../src/codec/dataset/test-fixtures.ts';
-import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
-import { heldInstanceBytesMax, heldInstanceRequestsQueuedMax } from '../../src/http/dicomweb/context.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
@@ -86,15 +84,7 @@ function assertUncompressed(response: FramesResponse): void {
 const heldWeights: number[] = [];
 
 before(async () => {
-  const budget = createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax);
-  const recordingBudget: typeof budget = {
-    run: (work, weight, ...rest) => {
-      heldWeights.push(weight ?? 1);
-      return budget.run(work, weight, ...rest);
-    },
-    stats: () => budget.stats(),
-  };
-  peer = await startTestPeer([], 'frames', silentLogger, { heldInstanceBytes: recordingBudget });
+  peer = await startTestPeer([], 'frames', silentLogger, { heldInstanceBytes: recordingHeldBytes(heldWeights) });
 });
 
 after(async () => {

@@ -5,7 +5,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { inflateSync } from 'node:zlib';
-import { startTestPeer, storeDataset, storeWithoutPixels, type TestPeer } from '../support/peer-fixture.ts';
+import { recordingHeldBytes, startTestPeer, storeDataset, storeWithoutPixels, type TestPeer } from '../support/peer-fixture.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { readPixelData, readPixelDataHeader, nativeFrame } from '../../src/codec/dataset/pixel-data.ts';
@@ -59,9 +60,11 @@ function expectedRendering(dataset: Uint8Array, transferSyntaxUid: string, frame
 }
 
 let ct: { instanceUid: string; dataset: Uint8Array };
+/** What each response held within the peer's budget of bytes held until read weighed, in order. */
+const heldWeights: number[] = [];
 
 before(async () => {
-  peer = await startTestPeer([], 'rendered');
+  peer = await startTestPeer([], 'rendered', silentLogger, { heldInstanceBytes: recordingHeldBytes(heldWeights) });
   const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: studyUid }, series: { uid: seriesUid }, rows: 96, columns: 128, bitsAllocated: 16 });
   const dataset = bytes.subarray(splitPart10(bytes).datasetOffset);
   await store(ctImage, resolved.sopInstanceUid, dataset, explicitLe);
@@ -121,6 +124,23 @@ describe('rendered images', () => {
     const expectedWindowed = expectedRendering(native, explicitLe, 2, { window: { center: -900, width: 300, function: 'LINEAR' } });
     assert.ok(new Set(expectedWindowed.pixels).size > 100, 'a window over the frame\'s values');
     assert.ok(readPng(windowed.body).pixels.equals(expectedWindowed.pixels));
+  });
+
+  it('a rendering weighs its pixels and body in the budget of bytes held until read, not the frame alone (hunt 79: 2.1 GB held against 1 GiB)', async () => {
+    // 1024 x 1024 8-bit: 1 MiB read whole; with 9 frames, over 8 MiB: its frames read by range.
+    const side = 1024;
+    for (const frames of [1, 9]) {
+      const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: studyUid }, series: { uid: seriesUid }, rows: side, columns: side, bitsAllocated: 8, extraElements: [{ tag: Tags.NumberOfFrames, vr: 'IS', value: String(frames) }, { tag: Tags.PixelData, vr: 'OB', value: Buffer.alloc(side * side * frames, 7) }] });
+      const dataset = bytes.subarray(splitPart10(bytes).datasetOffset);
+      await store(ctImage, resolved.sopInstanceUid, dataset, explicitLe);
+      heldWeights.length = 0;
+      // Enlarged to 2048 x 2048 (4 megapixels): its pixels at 1024 x 1024, again at 2048 x 2048, and the PNG.
+      const png = await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${resolved.sopInstanceUid}/frames/1/rendered?viewport=2048,2048`, 'image/png');
+      assert.equal(png.status, 200, png.body.toString());
+      assert.deepEqual([readPng(png.body).columns, readPng(png.body).rows], [2048, 2048]);
+      const frameBytes = frames === 1 ? dataset.length * 3 : side * side;
+      assert.deepEqual(heldWeights, [frameBytes + side * side + 2 * 2048 * 2048], `${frames} frame(s): the frame's weight and the rendering's`);
+    }
   });
 
   it('thumbnails of an instance, a frame, a series and a study: small renderings (128 pixels a side unless a viewport says)', async () => {

@@ -67,23 +67,53 @@ export interface FramesSource {
 /** Where frames go once had: the multipart response, or a rendering. */
 export type DeliverFrames = (representation: FrameRepresentation, frames: Uint8Array[], source: FramesSource) => Promise<void>;
 
-/** The asked frames of an instance, in the representation the ranges choose, handed to `deliver`. */
-export async function framesFor(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, deliver: DeliverFrames): Promise<void> {
+/** The image attributes that size what a deliverer makes of its frames. */
+export type DeliveredImageSize = Pick<ImagePixelAttributes, 'rows' | 'columns' | 'samplesPerPixel' | 'photometricInterpretation'>;
+
+/**
+ * Bytes a deliverer holds beyond the frames until its response is read (a rendering's pixels and encoded
+ * body), for an image of this size: weighed in the budget of bytes held at once with the frames.
+ */
+export type HeldBeyondFrames = (image: DeliveredImageSize) => number;
+
+/**
+ * The asked frames of an instance, in the representation the ranges choose, handed to `deliver`, which
+ * holds `heldBeyond` more bytes than the frames until its response is read.
+ */
+export async function framesFor(
+  ctx: DicomWebContext,
+  exchange: DicomWebExchange,
+  route: FramesRoute,
+  ranges: ReturnType<typeof parseAccept>,
+  deliver: DeliverFrames,
+  heldBeyond: HeldBeyondFrames = () => 0,
+): Promise<void> {
   const [selected] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
   if (selected === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `instance ${route.instanceUid} is not stored in this mesh`);
   // A large native little endian or encapsulated instance: only its header and the asked frames' bytes are
   // kept, whatever its size.
   if (selected.byteLength > frameStreamingBytesMin) {
     const layout = storedLayoutOf(selected.transferSyntaxUid);
-    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, exchange, route, ranges, selected, deliver))) return;
-    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected, deliver))) return;
+    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, exchange, route, ranges, selected, deliver, heldBeyond))) return;
+    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected, deliver, heldBeyond))) return;
   }
   if (selected.byteLength > frameSourceBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax} read whole`);
   }
   // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
   // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
-  await holdingInstance(ctx, exchange, selected.byteLength * 3, () => framesOf(ctx, exchange, route, ranges, selected, deliver));
+  // The image's size is weighed as the catalog holds it, since the hold comes before the read.
+  await holdingInstance(ctx, exchange, selected.byteLength * 3 + heldBeyond(catalogImageSize(selected)), () => framesOf(ctx, exchange, route, ranges, selected, deliver));
+}
+
+/** An image's size as its catalog entry holds it (what is missing or unreadable counts 0, or 1 sample). */
+function catalogImageSize(entry: CatalogEntry): DeliveredImageSize {
+  const text = (tag: number) => entry.attributes.find((element) => element.tag === tag)?.value?.split('\\')[0]?.trim() ?? '';
+  const count = (tag: number, fallback: number) => {
+    const value = Number(text(tag));
+    return Number.isSafeInteger(value) && value > 0 ? value : fallback;
+  };
+  return { rows: count(Tags.Rows, 0), columns: count(Tags.Columns, 0), samplesPerPixel: count(Tags.SamplesPerPixel, 1), photometricInterpretation: text(Tags.PhotometricInterpretation) };
 }
 
 /** Above this, a little endian or compressed instance's frames are read by range rather than with the whole instance. */
@@ -95,7 +125,15 @@ export const frameStreamingBytesMin = 8 * 1024 * 1024;
  * checked against the SHA-256, which needs every byte: the scrub checks stored copies. False (nothing
  * sent) for what this path does not take: 1-bit frames, no Pixel Data, Pixel Data of undefined length.
  */
-async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<boolean> {
+async function nativeFramesByRange(
+  ctx: DicomWebContext,
+  exchange: DicomWebExchange,
+  route: FramesRoute,
+  ranges: ReturnType<typeof parseAccept>,
+  selected: CatalogEntry,
+  deliver: DeliverFrames,
+  heldBeyond: HeldBeyondFrames,
+): Promise<boolean> {
   const offers: FrameOffers = { storedTransferSyntaxUid: selected.transferSyntaxUid, storedEncapsulated: false, asStored: false, native: true };
   const representation = chooseFrameRepresentation(ranges, offers);
   if (representation === undefined) {
@@ -116,7 +154,7 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
     // (as an instance read whole is): a list names up to 10,000 frames, and a buffer for each copy of a
     // 32 MB frame took 4.8 GB for 100 of them (hunt 79), as many frames of a large cine do for many clients.
     const wanted = [...new Set(route.frameNumbers)];
-    await holdingFrames(ctx, exchange, route, wanted.length, wanted.length * size, async () => {
+    await holdingFrames(ctx, exchange, route, wanted.length, wanted.length * size + heldBeyond(image), async () => {
       const frameRanges = wanted.map((frameNumber) => ({ start: valueStart + (frameNumber - 1) * size, end: valueStart + frameNumber * size }));
       const frames = wanted.map(() => Buffer.alloc(size));
       copyOverlaps(head, 0, frameRanges, frames);
@@ -145,7 +183,15 @@ async function nativeFramesByRange(ctx: DicomWebContext, exchange: DicomWebExcha
  * Sent as stored, or decoded (those frames alone). Not checked against the SHA-256, as nativeFramesByRange.
  * False (nothing sent) when the frames cannot be told apart this way: the whole-instance path decides.
  */
-async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<boolean> {
+async function encapsulatedFramesByRange(
+  ctx: DicomWebContext,
+  exchange: DicomWebExchange,
+  route: FramesRoute,
+  ranges: ReturnType<typeof parseAccept>,
+  selected: CatalogEntry,
+  deliver: DeliverFrames,
+  heldBeyond: HeldBeyondFrames,
+): Promise<boolean> {
   const syntax = selected.transferSyntaxUid;
   const offers: FrameOffers = { storedTransferSyntaxUid: syntax, storedEncapsulated: true, asStored: true, native: canTranscode(syntax, EXPLICIT_LE) };
   const representation = chooseFrameRepresentation(ranges, offers);
@@ -172,7 +218,7 @@ async function encapsulatedFramesByRange(ctx: DicomWebContext, exchange: DicomWe
   const codestreamOf = (frameNumber: number) => codestreams.get(frameNumber)!;
   // Held within the budget of bytes held at once, as the native path's frames are: the codestreams, and
   // the frames decoded from them (a rendering of a large compressed image was not counted: review).
-  let heldBytes = 0;
+  let heldBytes = heldBeyond(stored.image);
   for (const codestream of codestreams.values()) heldBytes += codestream.byteLength;
   if (representation.kind !== 'stored') heldBytes += (codestreams.size * nativeFrameBits(stored.image)) / 8;
   await holdingFrames(ctx, exchange, route, codestreams.size, heldBytes, async () => {
