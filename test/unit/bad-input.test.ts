@@ -24,8 +24,8 @@ const verification = '1.2.840.10008.1.1';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 
 
-/** Writes raw bytes, then collects the PDUs the peer answers with until it closes or the wait ends. */
-function exchange(port: number, chunks: Uint8Array[], opts: { waitMs?: number; endAfterWrite?: boolean } = {}): Promise<{ pdus: Pdu[]; closedByPeer: boolean }> {
+/** Writes raw bytes, then collects the PDUs the peer answers with until it closes, `until` holds, or the wait ends. */
+function exchange(port: number, chunks: Uint8Array[], opts: { waitMs?: number; endAfterWrite?: boolean; until?: (pdus: readonly Pdu[]) => boolean } = {}): Promise<{ pdus: Pdu[]; closedByPeer: boolean }> {
   return new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port });
     const framer = new PduFramer();
@@ -43,6 +43,7 @@ function exchange(port: number, chunks: Uint8Array[], opts: { waitMs?: number; e
       } catch {
         /* the peer's bytes are not under test here */
       }
+      if (opts.until?.(pdus)) finish();
     });
     socket.on('end', () => {
       closedByPeer = true;
@@ -353,7 +354,9 @@ test('a C-FIND identifier of endless empty PDVs is refused at the identifier bou
   const pdvs = 8192;
   const empties = emptyDataPdvs(pdvs);
   const last = encodePdu({ type: 'pData', values: [{ presentationContextId: 1, isCommand: false, isLast: true, data: new Uint8Array(0) }] });
-  const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', studyRootFind), ...encodePDataFragments(1, true, command, 16384), ...Array<Uint8Array>(40).fill(empties), last], { waitMs: 5000 });
+  // Until the answer: 327,680 PDVs take seconds to go through on a slow machine (over 5 s under coverage).
+  const answered = (received: readonly Pdu[]) => received.some((pdu) => pdu.type === 'pData' && pdu.values.some((v) => v.isCommand));
+  const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', studyRootFind), ...encodePDataFragments(1, true, command, 16384), ...Array<Uint8Array>(40).fill(empties), last], { waitMs: 30_000, until: answered });
   const statuses = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : []));
   assert.equal(statuses.length, 1, `one C-FIND-RSP, not ${pdus.map((pdu) => pdu.type).join(', ')}`);
   assert.equal(statuses[0]!.status, 0xa700, `refused, out of resources: ${statuses[0]!.errorComment ?? ''}`);
