@@ -33,7 +33,7 @@ import type { MemberRecord } from '../membership/messages.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
-import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -337,14 +337,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let table: RoutingTable | null = null;
   const ready = Promise.withResolvers<void>();
 
-  const send = (message: BalancerMsg): void => {
-    if (stopped) return;
-    try {
-      dispatch(ref, message);
-    } catch (err) {
-      log.warn('balancer actor unavailable', { error: (err as Error).message });
-    }
-  };
+  const send = actorSender(() => ref, () => stopped, log, 'balancer');
 
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 

@@ -12,7 +12,7 @@ import { DicomClientAssociation } from '../association/client.ts';
 import type { MoveDestination } from '../association/services/deps.ts';
 import type { Clock, TimerHandle } from '../runtime/clock.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
-import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { ReplicaStore } from '../storage/replica-store.ts';
 import { admissionRefusal, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
@@ -96,9 +96,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     admitting.references += sign * references;
   };
 
-  const send = (message: CommitmentMsg): void => {
-    if (!stopped) dispatch(ref, message);
-  };
+  const send = actorSender(() => ref, () => stopped, log, 'commitment');
   const input = (i: CommitmentInput): void => send({ type: 'input', input: i });
   const run = (task: () => Promise<CommitmentInput>): void => {
     const t = task().then(input, (error: unknown) => log.error('commitment task failed', { error: errorText(error) }));

@@ -27,7 +27,7 @@ import type { MeshNode, GossipMessage } from '../../net/node.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
-import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../runtime/nact.ts';
+import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
 import { heartbeatForgottenSitesMax, membershipTopic, type ForgottenSite, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad } from './messages.ts';
 
@@ -241,15 +241,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   let publishFailures = 0;
   const ready = Promise.withResolvers<void>();
 
-  const send = (message: MembershipMsg): void => {
-    if (stopped) return;
-    try {
-      dispatch(ref, message);
-    } catch (err) {
-      // nact throws on a stopped actor (escalated by the supervisor): nothing left to feed.
-      log.warn('membership actor unavailable', { error: (err as Error).message });
-    }
-  };
+  const send = actorSender(() => ref, () => stopped, log, 'membership');
 
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 

@@ -5,6 +5,7 @@
 import nact from 'nact';
 import type { ActorSystemRef, Ref, SupervisionActorFunc } from 'nact';
 import nactActorModule, { type NactActorInternals } from 'nact/lib/actor.js';
+import type { Logger } from './logger.ts';
 
 export type { Ref } from 'nact';
 export type ActorSystem = ActorSystemRef;
@@ -78,6 +79,22 @@ export function stopActor(ref: Ref<unknown>): void {
 
 export function dispatch<Msg>(ref: Ref<Msg>, message: Msg): void {
   nact.dispatch(ref, message);
+}
+
+/**
+ * Sends to an actor from outside it (timers, streams, store callbacks), which have nobody to catch a
+ * throw: nothing once `isStopped`, and a warning when nact refuses because it stopped the actor itself
+ * (escalated by its supervisor: nact asserts on a stopped actor).
+ */
+export function actorSender<Msg>(refOf: () => Ref<Msg>, isStopped: () => boolean, log: Logger, actorName: string): (message: Msg) => void {
+  return (message) => {
+    if (isStopped()) return;
+    try {
+      nact.dispatch(refOf(), message);
+    } catch (error) {
+      log.warn(`${actorName} actor unavailable`, { error: (error as Error).message });
+    }
+  };
 }
 
 export function spawnActor<State, Msg>(parent: Ref<any>, spec: ActorSpec<State, Msg>): Ref<Msg> {

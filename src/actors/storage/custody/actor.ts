@@ -28,7 +28,7 @@ import type { IngestPort } from '../../association/services/deps.ts';
 import type { ForgottenSite, MemberRecord } from '../../membership/messages.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
-import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
+import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { heldInstanceBatches, isCatalogDamage } from '../catalog.ts';
 import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
@@ -251,9 +251,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   /** The reducer's state as of its last step, read only (known sites and debt per site for /api/mesh). */
   let lastState: CustodyState | null = null;
 
-  const send = (msg: CustodyMsg): void => {
-    if (!stopped) dispatch(ref, msg);
-  };
+  const send = actorSender(() => ref, () => stopped, log, 'custody');
   // Debt writes that failed while the store refused writes: the state reloads once, when it writes again,
   // instead of crashing at every failed write meanwhile (acknowledgements of a catch-up arrive in batches,
   // and each would crash custody again, past its restart budget).

@@ -7,7 +7,7 @@
  */
 import type { Clock } from '../../runtime/clock.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
-import { dispatch, spawnActor, stopActor, type CrashDecision, type Ref } from '../../runtime/nact.ts';
+import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../../runtime/ticker.ts';
 import { catalogPage, decodeCatalogEntry, isCatalogDamage } from '../catalog.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
@@ -56,9 +56,7 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
   let current: ScrubStats = scrubStats(initScrub(config, clock.nowMs()));
   const tasks = new Set<Promise<void>>();
 
-  const send = (message: ScrubMsg): void => {
-    if (!stopped) dispatch(ref, message);
-  };
+  const send = actorSender(() => ref, () => stopped, log, 'scrub');
   const input = (i: ScrubInput): void => send({ type: 'input', input: i });
   const track = (t: Promise<void>): void => {
     tasks.add(t);
