@@ -90,12 +90,13 @@ export async function framesFor(
 ): Promise<void> {
   const [selected] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
   if (selected === undefined) throw new DicomWebError(404, 'ERR_DICOMWEB_NOT_FOUND', `instance ${route.instanceUid} is not stored in this mesh`);
+  const request: FramesRequest = { ctx, exchange, route, ranges, selected, deliver, heldBeyond };
   // A large native little endian or encapsulated instance: only its header and the asked frames' bytes are
   // kept, whatever its size.
   if (selected.byteLength > frameStreamingBytesMin) {
     const layout = storedLayoutOf(selected.transferSyntaxUid);
-    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(ctx, exchange, route, ranges, selected, deliver, heldBeyond))) return;
-    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(ctx, exchange, route, ranges, selected, deliver, heldBeyond))) return;
+    if (layout === 'nativeLittleEndian' && (await nativeFramesByRange(request))) return;
+    if (layout === 'encapsulated' && (await encapsulatedFramesByRange(request))) return;
   }
   if (selected.byteLength > frameSourceBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${route.instanceUid} holds ${selected.byteLength} bytes: frames are served from instances up to ${frameSourceBytesMax} read whole`);
@@ -103,7 +104,7 @@ export async function framesFor(
   // The instance is read whole (and, when decoded, its pixels made): requests share a budget of bytes held
   // at once, and wait their turn beyond it, so parallel viewers of a large cine cannot exhaust memory.
   // The image's size is weighed as the catalog holds it, since the hold comes before the read.
-  await holdingInstance(ctx, exchange, selected.byteLength * 3 + heldBeyond(catalogImageSize(selected)), () => framesOf(ctx, exchange, route, ranges, selected, deliver));
+  await holdingInstance(ctx, exchange, selected.byteLength * 3 + heldBeyond(catalogImageSize(selected)), () => framesOf(request));
 }
 
 /** An image's size as its catalog entry holds it (what is missing or unreadable counts 0, or 1 sample). */
@@ -116,6 +117,17 @@ function catalogImageSize(entry: CatalogEntry): DeliveredImageSize {
   return { rows: count(Tags.Rows, 0), columns: count(Tags.Columns, 0), samplesPerPixel: count(Tags.SamplesPerPixel, 1), photometricInterpretation: text(Tags.PhotometricInterpretation) };
 }
 
+/** A frames request once its instance is chosen: what the paths that read and hold its frames take. */
+interface FramesRequest {
+  ctx: DicomWebContext;
+  exchange: DicomWebExchange;
+  route: FramesRoute;
+  ranges: ReturnType<typeof parseAccept>;
+  selected: CatalogEntry;
+  deliver: DeliverFrames;
+  heldBeyond: HeldBeyondFrames;
+}
+
 /** Above this, a little endian or compressed instance's frames are read by range rather than with the whole instance. */
 export const frameStreamingBytesMin = 8 * 1024 * 1024;
 
@@ -125,15 +137,8 @@ export const frameStreamingBytesMin = 8 * 1024 * 1024;
  * checked against the SHA-256, which needs every byte: the scrub checks stored copies. False (nothing
  * sent) for what this path does not take: 1-bit frames, no Pixel Data, Pixel Data of undefined length.
  */
-async function nativeFramesByRange(
-  ctx: DicomWebContext,
-  exchange: DicomWebExchange,
-  route: FramesRoute,
-  ranges: ReturnType<typeof parseAccept>,
-  selected: CatalogEntry,
-  deliver: DeliverFrames,
-  heldBeyond: HeldBeyondFrames,
-): Promise<boolean> {
+async function nativeFramesByRange(request: FramesRequest): Promise<boolean> {
+  const { ctx, exchange, route, ranges, selected, deliver, heldBeyond } = request;
   const offers: FrameOffers = { storedTransferSyntaxUid: selected.transferSyntaxUid, storedEncapsulated: false, asStored: false, native: true };
   const representation = chooseFrameRepresentation(ranges, offers);
   if (representation === undefined) {
@@ -183,15 +188,8 @@ async function nativeFramesByRange(
  * Sent as stored, or decoded (those frames alone). Not checked against the SHA-256, as nativeFramesByRange.
  * False (nothing sent) when the frames cannot be told apart this way: the whole-instance path decides.
  */
-async function encapsulatedFramesByRange(
-  ctx: DicomWebContext,
-  exchange: DicomWebExchange,
-  route: FramesRoute,
-  ranges: ReturnType<typeof parseAccept>,
-  selected: CatalogEntry,
-  deliver: DeliverFrames,
-  heldBeyond: HeldBeyondFrames,
-): Promise<boolean> {
+async function encapsulatedFramesByRange(request: FramesRequest): Promise<boolean> {
+  const { ctx, exchange, route, ranges, selected, deliver, heldBeyond } = request;
   const syntax = selected.transferSyntaxUid;
   const offers: FrameOffers = { storedTransferSyntaxUid: syntax, storedEncapsulated: true, asStored: true, native: canTranscode(syntax, EXPLICIT_LE) };
   const representation = chooseFrameRepresentation(ranges, offers);
@@ -318,7 +316,8 @@ function copyOverlaps(bytes: Uint8Array, bytesStart: number, ranges: ReadonlyArr
   });
 }
 
-async function framesOf(ctx: DicomWebContext, exchange: DicomWebExchange, route: FramesRoute, ranges: ReturnType<typeof parseAccept>, selected: CatalogEntry, deliver: DeliverFrames): Promise<void> {
+async function framesOf(request: FramesRequest): Promise<void> {
+  const { ctx, exchange, route, ranges, selected, deliver } = request;
   const { entry, bytes } = await readWholeInstance(ctx, selected);
   const storedSyntax = entry.transferSyntaxUid;
   const layout = storedLayoutOf(storedSyntax);
