@@ -364,6 +364,40 @@ test('a C-FIND identifier of endless empty PDVs is refused at the identifier bou
   assert.ok(await echoWorks(peer), 'the peer serves on');
 });
 
+test('PDUs of 43,690 empty PDVs each do not hold other associations until they are through: an association yields to the others as it goes', async (t) => {
+  const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
+  const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 11, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
+  // PDUs of 256 KiB holding only 6-byte PDVs, the last one ending the identifier: refused (0xA700) once all
+  // went through. Each was handled in one go, which kept the event loop from serving anything else meanwhile.
+  const pdvs = Math.floor((256 * 1024 - 6) / 6);
+  const floodPdus = 4;
+  const last = emptyDataPdvs(pdvs);
+  last[6 + (pdvs - 1) * 6 + 5] = 0x02;
+  const flooding = connect({ host: '127.0.0.1', port: peer.dicomPort });
+  t.after(() => flooding.destroy());
+  const framer = new PduFramer();
+  const received: string[] = [];
+  flooding.on('error', () => undefined);
+  flooding.on('data', (data) => received.push(...framer.push(data).map((pdu) => pdu.type)));
+  await new Promise((resolve) => flooding.once('connect', resolve));
+  flooding.write(associateRq('PACSMESH', studyRootFind));
+  await waitFor('the flooding association accepted', () => received.includes('associateAc'), 5000, 10);
+  const other = await openPeerClient(peer.dicomPort, 'CHECK', [{ abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  t.after(() => other.abort());
+  for (const fragment of encodePDataFragments(1, true, command, 16384)) flooding.write(fragment);
+  for (let n = 1; n < floodPdus; n++) flooding.write(emptyDataPdvs(pdvs));
+  flooding.write(last);
+  // C-ECHOs one after another on the other association until the flood is answered.
+  let echoes = 0;
+  while (!received.includes('pData') && echoes < 10_000) {
+    const reply = await other.request(other.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+    assert.equal(reply.command.status, 0, 'each C-ECHO succeeds');
+    echoes++;
+  }
+  await waitFor('the flood answered', () => received.includes('pData'), 30_000, 10);
+  assert.ok(echoes >= 4 * floodPdus, `${echoes} C-ECHOs answered while ${floodPdus} PDUs of ${pdvs} PDVs went through`);
+});
+
 test('an A-RELEASE-RQ sent with a C-FIND still running: every match and a final Success, then the A-RELEASE-RP (no Cancel nobody asked for)', async () => {
   for (let i = 0; i < 3; i++) {
     const { dataSet, resolved } = dataSetOf({});
