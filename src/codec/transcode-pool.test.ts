@@ -1,7 +1,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, statSync } from 'node:fs';
-import { systemClock, type Clock, type TimerHandle } from '../actors/runtime/clock.ts';
+import { systemClock } from '../actors/runtime/clock.ts';
+import { manualClock } from '../../test/support/manual-clock.ts';
 import { silentLogger } from '../actors/runtime/logger.ts';
 import { TranscodeError } from './transcode-error.ts';
 import { startTranscoderPool, type TranscoderPool, type TranscoderPoolInit } from './transcode-pool.ts';
@@ -54,34 +55,6 @@ function startPool(t: TestContext, init: Partial<TranscoderPoolInit> = {}): Tran
   const pool = startTranscoderPool({ clock: systemClock, log: silentLogger, ...init });
   t.after(() => pool.stop());
   return pool;
-}
-
-/** A clock whose timers fire only when the test moves it on. */
-function manualClock(): Clock & { advance(ms: number): void; pending(): number } {
-  const timers = new Map<number, { callback: () => void; dueMs: number }>();
-  let nowMs = 0;
-  let nextId = 1;
-  return {
-    nowMs: () => nowMs,
-    dateMs: () => nowMs,
-    setTimeout(callback, delayMs) {
-      const id = nextId++;
-      timers.set(id, { callback, dueMs: nowMs + delayMs });
-      return { id };
-    },
-    clearTimeout(handle: TimerHandle | undefined) {
-      if (handle) timers.delete(handle.id as number);
-    },
-    advance(ms) {
-      nowMs += ms;
-      const due = [...timers].filter(([, t]) => t.dueMs <= nowMs).sort(([, a], [, b]) => a.dueMs - b.dueMs);
-      for (const [id, timer] of due) {
-        timers.delete(id);
-        timer.callback();
-      }
-    },
-    pending: () => timers.size,
-  };
 }
 
 /** A worker script given as a data: URL: `onMessage` is the body of its message handler (job `m`). */

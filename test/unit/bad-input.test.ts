@@ -19,6 +19,8 @@ import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDa
 import { Prng } from '../../src/sim/prng.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { waitFor } from '../support/wait.ts';
+import { manualClock } from '../support/manual-clock.ts';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
 
 const verification = '1.2.840.10008.1.1';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
@@ -596,6 +598,51 @@ test('a requestor that sends C-ECHOs and reads none of the answers is cut after 
   await new Promise((resolve) => setTimeout(resolve, 500));
   await assert.rejects(echoWorks(echoPeer), AssociationRejectedError, 'the only slot is taken by the requestor that reads nothing');
   await waitFor('the slot freed', () => echoWorks(echoPeer).catch(() => false), 10_000, 250);
+});
+
+test('a requestor that stops reading its answers is cut, but not while it still reads: only once it has read nothing for the idle timeout (the peer on a clock the test moves)', async (t) => {
+  // The peer's timers on a clock moved by the test: the idle timeout (1 s) and the cut's grace (2 s) are exact.
+  const clock = manualClock(1_000_000);
+  const cutPeer = await startTestPeer(['--idle-timeout', '1'], 'stalled-cut', silentLogger, { clock });
+  t.after(() => cutPeer.dispose());
+  const echo = encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false });
+  // More answers than loopback's socket buffers hold: the association's write blocks while nothing is read.
+  const requests = Buffer.concat(Array<Uint8Array>(200_000).fill(encodePDataFragments(1, true, echo, 16384)[0]!));
+  const socket = connect({ host: '127.0.0.1', port: cutPeer.dicomPort });
+  t.after(() => socket.destroy());
+  let closed = false;
+  socket.on('error', () => undefined);
+  socket.on('close', () => (closed = true));
+  socket.on('connect', () => {
+    socket.pause();
+    socket.write(associateRq());
+    socket.write(requests);
+  });
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 300));
+  // Until the answers fill the socket buffers and the association waits in a write (a few seconds here).
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  clock.advance(1000); // the idle timeout: the expiry waits behind the blocked write, the cut is armed (2 s)
+  clock.advance(1500);
+  // The requestor reads 0.5 s before the cut would come (what one turn of the loop reads; a single read of
+  // 64 KiB is not seen: no drain at the peer): the peer's write moves on, the association handles the
+  // expiry and takes more requests, and its write blocks again.
+  socket.resume();
+  await new Promise((resolve) => setImmediate(resolve));
+  socket.pause();
+  await settle();
+  const readAtMs = clock.nowMs();
+  // Then nothing more: cut once it has read nothing for the idle timeout (and the grace of an expiry that
+  // waits behind the write again).
+  let cutAtMs: number | undefined;
+  while (cutAtMs === undefined && clock.nowMs() - readAtMs < 10_000) {
+    clock.advance(250);
+    await settle();
+    if (closed) cutAtMs = clock.nowMs();
+  }
+  assert.ok(cutAtMs !== undefined, 'cut within 10 s of the clock after its last read');
+  // Not within the idle timeout of that read (the peer sees reading go on a little longer, while the socket
+  // buffers the read emptied fill again, so the cut comes a few seconds of the clock later).
+  assert.ok(cutAtMs - readAtMs >= 1000, `not cut while it read within the idle timeout: cut ${cutAtMs - readAtMs} ms after its last read`);
 });
 
 test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {
