@@ -173,6 +173,17 @@ describe('dicomweb-client (OHIF) as a viewer of pacs-mesh', () => {
     }
   });
 
+  it('stores every corpus file with STOW-RS as storescu stored it: under its data set\'s UIDs, whatever its file meta says', async () => {
+    // Three corpus files name another SOP Instance UID in their meta than in their data set (they were refused,
+    // 0xC002); Orthanc's STOW-RS stores them as storescu does. Already held here: each counts as stored.
+    // Copies: a small file read by readFileSync is a view into a shared pool, whose .buffer holds others too.
+    const response = (await client.storeInstances({ datasets: corpus.map((instance) => Uint8Array.from(instance.bytes).buffer) })) as string;
+    const answer = (typeof response === 'string' ? JSON.parse(response) : response) as Json;
+    assert.equal(answer['00081198'], undefined, `no failed instance: ${JSON.stringify(answer['00081198'] ?? null).slice(0, 800)}`);
+    const stored = (answer['00081199']?.Value ?? []) as Json[];
+    assert.deepEqual(stored.map((item) => item['00081155']!.Value![0]).sort(), corpus.map((instance) => instance.sopInstanceUid).sort(), 'every data set\'s own SOP Instance UID (one file\'s twice: two corpus files share it)');
+  });
+
   it('retrieves instances (the default: Explicit VR Little Endian) and whole studies', async () => {
     // dicomweb-client 0.11 cannot ask for instances in a transfer syntax (its media type check rejects
     // application/dicom), so it gets the default: uncompressed ones element-identical, compressed ones decoded.

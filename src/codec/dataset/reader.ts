@@ -218,6 +218,11 @@ export class DatasetHeaderReader {
     }
   }
 
+  /** The top-level elements read so far, in order (what end() will return begins so). */
+  get elementsRead(): readonly DicomElement[] {
+    return this.elements;
+  }
+
   /** Bytes of the data set read so far (inflated, for a deflated syntax). */
   get bytesRead(): number {
     return this.streamOffset;

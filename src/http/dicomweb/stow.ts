@@ -27,6 +27,7 @@ import type { IncomingMessage } from 'node:http';
 import { IncomingStore, type StoreIdentity } from '../../actors/association/services/store.ts';
 import { isStorableTransferSyntax, isStorageSopClass } from '../../actors/association/negotiation.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
+import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
 import { toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-json.ts';
 import { splitPart10 } from '../../codec/dataset/part10.ts';
 import { longLengthVrs } from '../../codec/dataset/vr.ts';
@@ -211,11 +212,28 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
     throw error;
   }
 
-  const file = describePart10(head);
-  if (file.type === 'invalid') return { outcome: failed(file.reference, StowFailure.CannotUnderstand, file.why) };
+  const meta = describePart10(head);
+  if (meta.type === 'invalid') return { outcome: failed(meta.reference, StowFailure.CannotUnderstand, meta.why) };
+  const metaReference = isAcceptableUid(meta.sopClassUid) && isAcceptableUid(meta.sopInstanceUid) ? { sopClassUid: meta.sopClassUid, sopInstanceUid: meta.sopInstanceUid } : undefined;
+  if (!isStorableTransferSyntax(meta.transferSyntaxUid)) return { outcome: failed(metaReference, StowFailure.TransferSyntaxNotSupported, `Transfer Syntax ${printable(meta.transferSyntaxUid)} is not one this archive stores`) };
+
+  // The data set's own SOP Class and Instance UIDs name the instance, as in a C-STORE of the file (storescu
+  // reads them from the data set), and as Orthanc's STOW-RS stores it: a meta that names others is a flaw of
+  // the file's wrapper, which is not stored (3 corpus files; they were refused, 0xC002).
+  const dataSetStart: Uint8Array[] = [head.subarray(meta.dataSetOffset)];
+  let own: { sopClassUid: string; sopInstanceUid: string } | undefined;
+  try {
+    const read = await readDataSetUids(dataSetStart, ended ? undefined : body, meta.transferSyntaxUid);
+    ended ||= read.ended;
+    own = read.uids;
+  } catch (error) {
+    if (error instanceof MultipartError) return { outcome: failed(metaReference, StowFailure.CannotUnderstand, `the body is not valid multipart inside this part: ${error.message}`), damage: error };
+    throw error;
+  }
+  const file = own === undefined || (own.sopClassUid === meta.sopClassUid && own.sopInstanceUid === meta.sopInstanceUid) ? meta : { ...meta, ...own };
+  if (file !== meta) ctx.log.warn('STOW-RS part stored under its data set\'s UIDs, not those of its file meta information', { metaSopInstanceUid: meta.sopInstanceUid, sopInstanceUid: file.sopInstanceUid, metaSopClassUid: meta.sopClassUid, sopClassUid: file.sopClassUid });
   const reference = isAcceptableUid(file.sopClassUid) && isAcceptableUid(file.sopInstanceUid) ? { sopClassUid: file.sopClassUid, sopInstanceUid: file.sopInstanceUid } : undefined;
   if (!isStorageSopClass(file.sopClassUid)) return { outcome: failed(reference, StowFailure.SopClassNotSupported, `SOP Class ${printable(file.sopClassUid)} is not a storage SOP class`) };
-  if (!isStorableTransferSyntax(file.transferSyntaxUid)) return { outcome: failed(reference, StowFailure.TransferSyntaxNotSupported, `Transfer Syntax ${printable(file.transferSyntaxUid)} is not one this archive stores`) };
 
   const targetStudyUid = route.studyUid;
   const store = IncomingStore.ofPart10File(file, ctx.ingest, () => ctx.clock.dateMs(), {
@@ -227,8 +245,7 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
   let finished = false;
   try {
     // The head was read into its own buffer and the chunks are never reused: the writer may keep them.
-    const dataSetStart = head.subarray(file.dataSetOffset);
-    if (dataSetStart.length > 0) await store.push(dataSetStart);
+    for (const chunk of dataSetStart) if (chunk.length > 0) await store.push(chunk);
     while (!ended) {
       const next = await body.next();
       if (next.done) break;
@@ -251,6 +268,44 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
     return failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);
   });
   return { outcome: committed };
+}
+
+/** How much of a data set's start is read for its SOP Class and Instance UIDs: they lead it (group 0008). */
+const dataSetUidsBytesMax = 64 * 1024;
+
+/**
+ * The data set's own SOP Class and Instance UIDs (0008,0016 and 0008,0018), from `start` and as many more
+ * chunks of `body` as it takes, each appended to `start` (at most dataSetUidsBytesMax in all). Undefined
+ * when they are not both there and valid, or the start cannot be read: the store's own reading then
+ * decides (and says why).
+ */
+async function readDataSetUids(start: Uint8Array[], body: AsyncIterator<Uint8Array> | undefined, transferSyntaxUid: string): Promise<{ uids?: { sopClassUid: string; sopInstanceUid: string }; ended: boolean }> {
+  const reader = new DatasetHeaderReader({ transferSyntaxUid, maxValueBytes: dataSetUidsBytesMax });
+  const pastUids = () => (reader.elementsRead.at(-1)?.tag ?? 0) > Tags.SOPInstanceUID || reader.isComplete;
+  let ended = body === undefined;
+  let bytes = 0;
+  try {
+    for (const chunk of start) {
+      reader.push(chunk);
+      bytes += chunk.length;
+    }
+    while (!ended && !pastUids() && bytes < dataSetUidsBytesMax) {
+      const next = await body!.next();
+      if (next.done === true) ended = true;
+      else {
+        start.push(next.value);
+        bytes += next.value.length;
+        reader.push(next.value);
+      }
+    }
+  } catch (error) {
+    if (error instanceof DatasetParseError) return { ended };
+    throw error;
+  }
+  const valueOf = (tag: number) => normalizeUidValue(reader.elementsRead.find((element) => element.tag === tag)?.value ?? '');
+  const sopClassUid = valueOf(Tags.SOPClassUID);
+  const sopInstanceUid = valueOf(Tags.SOPInstanceUID);
+  return isAcceptableUid(sopClassUid) && isAcceptableUid(sopInstanceUid) ? { uids: { sopClassUid, sopInstanceUid }, ended } : { ended };
 }
 
 /**
