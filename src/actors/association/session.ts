@@ -166,11 +166,16 @@ export class AcceptorSession {
     }, delayMs);
   }
 
-  /** See armIdleTimer; checked again while the write stalls, since the actor stuck in it arms nothing. */
+  /**
+   * See armIdleTimer; checked again until the actor handles the expiry (onIdleExpired clears it), since an
+   * actor stuck in a write arms nothing. Also when the expiry came while no write waited: the actor, busy
+   * between writes or yielding to others, may block in one before it gets to the expiry (held for good).
+   */
   private armStalledCut(delayMs: number): void {
-    if (this.ended || this.connection.isClosed || !this.connection.writeBlocked) return;
+    if (this.ended || this.connection.isClosed) return;
     this.stalledCut = this.deps.clock.setTimeout(() => {
-      if (this.ended || this.connection.isClosed || !this.connection.writeBlocked) return;
+      if (this.ended || this.connection.isClosed) return;
+      if (!this.connection.writeBlocked) return this.armStalledCut(stalledCutGraceMs);
       const stalledMs = this.deps.clock.nowMs() - Math.max(this.lastActivityMs, this.connection.lastWriteProgressMs);
       // The requestor read a little lately: wait until it has been silent for the whole idle timeout.
       if (stalledMs < this.deps.idleTimeoutMs) return this.armStalledCut(this.deps.idleTimeoutMs - stalledMs);
@@ -191,6 +196,7 @@ export class AcceptorSession {
   }
 
   async onIdleExpired(): Promise<void> {
+    this.deps.clock.clearTimeout(this.stalledCut);
     if (!this.holdsAssociationSlot) return;
     const silentMs = this.deps.clock.nowMs() - this.lastActivityMs;
     // Activity since the timer was set, or a running C-FIND/C-GET/C-MOVE (the peer may have nothing to say).
