@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { initMembership, liveView, selfRecord, siteConflictConfirmAfterDeadTimes, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
+import { initMembership, liveView, selfRecord, siteConflictConfirmAfterDeadTimes, siteNameTakenAfterDeadTimes, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
 import { memberRecord } from './fixtures/member-record.ts';
 import { heartbeatForgottenSitesMax, type Heartbeat, type MembershipConfig, type MembershipEffect, type MembershipInput } from './messages.ts';
 import { runSteps } from '../runtime/run-steps.ts';
@@ -330,6 +330,7 @@ test('dead records of a site that answers at the same DICOM address under a new 
 
 /** Site-name conflicts: a peer claiming this peer's site (or another's) at another DICOM address. */
 const confirmMs = siteConflictConfirmAfterDeadTimes * config.deadAfterMs;
+const takenAfterMs = siteNameTakenAfterDeadTimes * config.deadAfterMs;
 /** A heartbeat of `peerId` claiming site-a at `dicom`. */
 const claimant = (peerId: string, incarnation: number, sequence: number, dicom: string, extra: Partial<Heartbeat> = {}): Heartbeat =>
   heartbeat(peerId, incarnation, sequence, { siteName: 'site-a', addresses: { dicom, http: `${peerId}:8080`, aeTitle: 'PACSMESH' }, ...extra });
@@ -354,9 +355,11 @@ test('a live peer started before this one claiming its site at another DICOM add
   const early = runHeard(self, 0, confirmMs - 1000, [twin]);
   assert.deepEqual(ofType(early.effects, 'siteNameTaken'), [], 'not before the claim is confirmed (it could be a dead predecessor relayed late)');
   assert.deepEqual(ofType(early.effects, 'siteConflictsChanged'), [], 'nor reported');
-  const later = runHeard(early.state, confirmMs, confirmMs + 5000, [twin]);
+  const reported = runHeard(early.state, confirmMs, takenAfterMs - 1000, [twin]);
+  assert.deepEqual(ofType(reported.effects, 'siteNameTaken'), [], 'not while the others are only showing the conflict');
+  const later = runHeard(reported.state, takenAfterMs, takenAfterMs + 5000, [twin]);
   assert.deepEqual(ofType(later.effects, 'siteNameTaken'), [{ type: 'siteNameTaken', siteName: 'site-a', byPeerId: 'peer-twin', byDicom: 'twin:104' }], 'once, naming the peer and its address');
-  assert.deepEqual(ofType(later.effects, 'siteConflictsChanged'), [
+  assert.deepEqual(ofType(reported.effects, 'siteConflictsChanged'), [
     { type: 'siteConflictsChanged', conflicts: [{ siteName: 'site-a', peers: [{ peerId: 'peer-twin', dicom: 'twin:104', incarnation: 3 }, { peerId: 'peer-a', dicom: 'a:104', incarnation: 5 }] }] },
   ], 'the conflict reported once, the holder first');
 });
@@ -375,8 +378,8 @@ test('twins started at once agree which one stops: the same incarnation goes by 
   const atA = { ...config, peerId: 'peer-a', incarnation: 7 };
   const atB = { ...config, peerId: 'peer-b', incarnation: 7, addresses: { dicom: 'b:104', http: 'b:8080', aeTitle: 'PACSMESH' } };
   const hbOf = (c: MembershipConfig) => (sequence: number) => claimant(c.peerId, c.incarnation, sequence, c.addresses.dicom);
-  const a = runHeard(initMembership(atA), 0, confirmMs + 2000, [hbOf(atB)]);
-  const b = runHeard(initMembership(atB), 0, confirmMs + 2000, [hbOf(atA)]);
+  const a = runHeard(initMembership(atA), 0, takenAfterMs + 2000, [hbOf(atB)]);
+  const b = runHeard(initMembership(atB), 0, takenAfterMs + 2000, [hbOf(atA)]);
   assert.deepEqual(ofType(a.effects, 'siteNameTaken'), [], 'peer-a (lower PeerId) keeps the site');
   assert.deepEqual(ofType(b.effects, 'siteNameTaken').map((e) => e.byPeerId), ['peer-a'], 'peer-b stops');
 });
@@ -403,7 +406,7 @@ test('peers of one site on purpose (--site-peers several at each) are no conflic
   const shared = runHeard(self, 0, confirmMs + 2000, [(sequence) => claimant('peer-a2', 3, sequence, 'a2:104', { siteShared: true })]);
   assert.deepEqual(ofType(shared.effects, 'siteNameTaken'), [], 'both said several');
   assert.deepEqual(shared.state.siteConflicts, [], 'no conflict shown');
-  const alone = runHeard(self, 0, confirmMs + 2000, [(sequence) => claimant('peer-a2', 3, sequence, 'a2:104')]);
+  const alone = runHeard(self, 0, takenAfterMs + 2000, [(sequence) => claimant('peer-a2', 3, sequence, 'a2:104')]);
   assert.deepEqual(ofType(alone.effects, 'siteNameTaken').map((e) => e.byPeerId), ['peer-a2'], 'the other claims site-a alone: the later peer stops');
   const published = run(self, { type: 'tick', nowMs: 0 }).effects.find((e) => e.type === 'publish');
   assert.ok(published?.type === 'publish' && published.message.siteShared === true, 'the heartbeat says several');

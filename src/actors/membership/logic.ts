@@ -222,6 +222,13 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
 export const siteConflictConfirmAfterDeadTimes = 2;
 
 /**
+ * How long, in deadAfterMs, a peer with precedence must have been alive without a break before this peer
+ * stops for it: a deadAfterMs after the conflict is reported everywhere, so that the peer keeping the site
+ * and the others show it (log, /api/mesh, status page) before the later peer is gone.
+ */
+export const siteNameTakenAfterDeadTimes = 3;
+
+/**
  * Which of two peers claiming one site keeps it: the one started first (the incarnation is the start date
  * in ms, or a counter above it), then the lower PeerId. Both peers read the same two heartbeats, so both
  * agree which one must stop.
@@ -267,7 +274,12 @@ function checkSiteConflicts(state: MembershipState, nowMs: number, effects: Memb
   if (next.siteNameTakenBy !== null) return next;
   const own = conflicts.find((conflict) => conflict.siteName === c.siteName);
   const self = { peerId: c.peerId, incarnation: c.incarnation };
-  const holder = own?.peers.find((p) => p.dicom !== c.addresses.dicom && sitePrecedence(p, self) < 0 && !(c.siteShared === true && next.members.get(p.peerId)?.siteShared === true));
+  const takenAfterMs = siteNameTakenAfterDeadTimes * c.deadAfterMs;
+  const holder = own?.peers.find((p) => {
+    const record = next.members.get(p.peerId);
+    if (record === undefined || p.dicom === c.addresses.dicom || sitePrecedence(p, self) >= 0) return false;
+    return nowMs - record.statusSinceMs >= takenAfterMs && !(c.siteShared === true && record.siteShared === true);
+  });
   if (holder === undefined) return next;
   effects.push({ type: 'siteNameTaken', siteName: c.siteName, byPeerId: holder.peerId, byDicom: holder.dicom });
   return { ...next, siteNameTakenBy: holder.peerId };
