@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { eventually, MeshCluster } from './support.ts';
+import { eventually, newCluster } from './support.ts';
 
 interface SiteConflictView {
   site: string;
@@ -15,9 +15,7 @@ interface SiteConflictView {
 }
 
 test('a second peer under a site name held at another address stops (exit 2, naming both); the holder serves on; a moved site keeps running', { timeout: 180_000 }, async (t) => {
-  const cluster = new MeshCluster();
-  t.after(() => cluster.dispose());
-  await cluster.init();
+  const cluster = await newCluster(t);
   const a = await cluster.start('site-a');
   const b = await cluster.start('site-b');
   await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await b.status()).members));
