@@ -3,17 +3,17 @@
  * connection doubles the per-connection work (pings, window updates, Noise) and splits streams across two
  * congestion windows. Real libp2p nodes on 127.0.0.1.
  */
-import '../../src/polyfill.ts';
+import '../polyfill.ts';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { createMeshNode, type MeshNode } from '../../src/net/node.ts';
-import { generateSwarmKey, type SwarmKey } from '../../src/net/swarm-key.ts';
-import { getFreePort } from '../support/dicom-tools.ts';
-import { loopbackAddress } from '../support/mesh-nodes.ts';
-import { waitFor } from '../support/wait.ts';
+import { createMeshNode, type MeshNode } from './node.ts';
+import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
+import { getFreePort } from '../../test/support/dicom-tools.ts';
+import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
+import { waitFor } from '../../test/support/wait.ts';
 
 /** Nodes on fixed or free ports, each in its own data directory, stopped and removed after the test. */
 function nodesFor(t: { after(fn: () => Promise<void>): void }) {
@@ -28,7 +28,7 @@ function nodesFor(t: { after(fn: () => Promise<void>): void }) {
     async start(p2pPort: number, bootstrap: string[], dataDir?: string): Promise<MeshNode & { dataDir: string }> {
       const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-connections-')));
       if (!dirs.includes(dir)) dirs.push(dir);
-      const n = await createMeshNode({ host: '127.0.0.1', p2pPort, swarmKey: key, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
+      const n = await createMeshNode({ host: '127.0.0.1', p2pPort, swarmKey: key, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 250, reconnectMaxDelayMs: 1000 } });
       running.add(n);
       return Object.assign(n, { dataDir: dir });
     },
