@@ -9,7 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { createMeshNode, type MeshNode } from './node.ts';
+import { createMeshNode, duplicateSettleMs, type MeshNode } from './node.ts';
 import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
 import { getFreePort } from '../../test/support/dicom-tools.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
@@ -25,10 +25,10 @@ function nodesFor(t: { after(fn: () => Promise<void>): void }) {
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
   return {
-    async start(p2pPort: number, bootstrap: string[], dataDir?: string): Promise<MeshNode & { dataDir: string }> {
+    async start(p2pPort: number, bootstrap: string[], dataDir?: string, reconnectMinDelayMs = 250): Promise<MeshNode & { dataDir: string }> {
       const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-connections-')));
       if (!dirs.includes(dir)) dirs.push(dir);
-      const n = await createMeshNode({ host: '127.0.0.1', p2pPort, swarmKey: key, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 250, reconnectMaxDelayMs: 1000 } });
+      const n = await createMeshNode({ host: '127.0.0.1', p2pPort, swarmKey: key, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs, reconnectMaxDelayMs: Math.max(1000, reconnectMinDelayMs) } });
       running.add(n);
       return Object.assign(n, { dataDir: dir });
     },
@@ -42,9 +42,13 @@ function nodesFor(t: { after(fn: () => Promise<void>): void }) {
 /** Each pair's connection counts, both ends: "1/1" for every pair when settled. */
 const countsOf = (pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>): string[] => pairs.map(([x, y]) => `${x.connectionCount(y.peerId)}/${y.connectionCount(x.peerId)}`);
 
-/** Every pair connected once, then never two connections for a pair while the redial back-off runs its course (3 s). */
-async function assertOneConnectionPerPair(pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>, what: string): Promise<void> {
+/**
+ * Every pair connected, then, once a duplicate opened while they met has had time to be found idle and
+ * closed (duplicateSettleMs), never two connections for a pair while the redial back-off runs its course.
+ */
+async function assertOneConnectionPerPair(pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>, what: string, graceMs = duplicateSettleMs + 500): Promise<void> {
   await waitFor(`${what}: every pair connected`, () => countsOf(pairs).every((c) => c === '1/1'), 15_000, 20);
+  await new Promise((r) => setTimeout(r, graceMs));
   const seen = new Set<string>();
   for (const deadline = performance.now() + 3000; performance.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
     for (const counts of countsOf(pairs)) seen.add(counts);
@@ -53,14 +57,15 @@ async function assertOneConnectionPerPair(pairs: ReadonlyArray<readonly [MeshNod
   assert.deepEqual(countsOf(pairs), pairs.map(() => '1/1'), `${what}: one connection per pair at the end`);
 }
 
-test('a peer whose first dial of its bootstrap address failed keeps one connection to the peer that starts there and dials it', { timeout: 60_000 }, async (t) => {
+test('a peer whose first dial of its bootstrap address failed does not dial it again once the peer there has dialled it', { timeout: 60_000 }, async (t) => {
   const nodes = nodesFor(t);
   const portA = await getFreePort();
-  // b starts first: nothing listens at its bootstrap address yet, so it keeps dialling it.
-  const b = await nodes.start(0, [`/ip4/127.0.0.1/tcp/${portA}`]);
-  await new Promise((r) => setTimeout(r, 300));
+  // b starts first: nothing listens at its bootstrap address yet, and its next try is 1.5-2.5 s away.
+  const b = await nodes.start(0, [`/ip4/127.0.0.1/tcp/${portA}`], undefined, 2000);
+  await new Promise((r) => setTimeout(r, 100));
   const a = await nodes.start(portA, [loopbackAddress(b)]);
-  await assertOneConnectionPerPair([[a, b]], 'a dialled b first');
+  // From the first moment: a dial of the address after a's connection is a second connection for ~1 s.
+  await assertOneConnectionPerPair([[a, b]], 'a dialled b first', 0);
 });
 
 test('three peers joined through one bootstrap peer keep one connection per pair, and again after one restarts', { timeout: 90_000 }, async (t) => {
