@@ -70,10 +70,12 @@ async function main(argv: readonly string[]): Promise<number> {
       started = true;
       const failure = await Promise.race([signalled, peer.failed]);
       if (failure !== null) {
-        process.stderr.write(`pacs-mesh: ${failureText(failure)}: stopping the peer (exit 1) for its service manager to restart it\n`);
+        // A copied --site is a configuration error (exit 2): restarting the peer as it is would not cure it.
+        const outcome = failure.kind === 'siteNameTaken' ? 'stopping the peer (exit 2)' : 'stopping the peer (exit 1) for its service manager to restart it';
+        process.stderr.write(`pacs-mesh: ${failureText(failure)}: ${outcome}\n`);
       }
       await peer.stop();
-      return failure === null ? 0 : 1;
+      return failure === null ? 0 : failure.kind === 'siteNameTaken' ? 2 : 1;
     }
     case 'keygen': {
       const { runKeygen } = await import('./keygen.ts');

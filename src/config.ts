@@ -48,6 +48,12 @@ export interface PeerConfig {
    * leader per term even across partitions. Empty: the roster is learnt (every peer seen alive).
    */
   roster: string[];
+  /**
+   * Whether the operator runs several peers under this site name on purpose (`--site-peers several`).
+   * 'one': another live peer claiming the site at another DICOM address is a copied --site, and the peer
+   * that started later stops.
+   */
+  sitePeers: 'one' | 'several';
   logLevel: 'info' | 'warn' | 'error' | 'silent';
   /** Scrub: MB (10^6 bytes) of stored copies read back and checked per second while idle; 0 turns it off. */
   scrubMbPerS: number;
@@ -70,6 +76,7 @@ export const defaultConfig: PeerConfig = {
   bootstrap: [],
   priority: 100,
   roster: [],
+  sitePeers: 'one',
   logLevel: 'info',
   scrubMbPerS: 16,
 };
@@ -223,6 +230,13 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.roster.push(...ids);
     },
   },
+  '--site-peers': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (v !== 'one' && v !== 'several') throw new ConfigError(`--site-peers "${v}" must be one or several`);
+      c.sitePeers = v;
+    },
+  },
   '--scrub-mb-per-s': {
     takesValue: true,
     apply: (c, v) => {
@@ -262,7 +276,7 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   if (config.bootstrap.length > 0 && !config.swarmKeyFile) {
     throw new ConfigError('--bootstrap requires --swarm-key FILE: a mesh is private, create a key with pacs-mesh keygen');
   }
-  const meshOnly = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer'].filter((name) => given.has(name));
+  const meshOnly = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer', '--site-peers'].filter((name) => given.has(name));
   if (!config.swarmKeyFile && meshOnly.length > 0) {
     throw new ConfigError(`${meshOnly.join(', ')} ${meshOnly.length === 1 ? 'means' : 'mean'} something only in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
   }
@@ -303,6 +317,8 @@ start options (defaults in brackets):
   --write-quorum N            copies on distinct sites before Success [2 when 2+ sites are alive]
   --priority N                balancer election priority, lower wins [100]
   --roster PEERID,...         pin the election roster (strict one leader per term) [learnt]
+  --site-peers one|several    peers run under this --site; with one, a peer that finds its site name held
+                              by a live peer started before it at another DICOM address stops [one]
   --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it when busy);
                               damaged ones are replaced from another site; 0 = off [16]
   --log-level LEVEL           info | warn | error | silent [info]

@@ -5,7 +5,7 @@
  */
 import { defaultRoutingLimits } from './actors/balancer/logic.ts';
 import type { MemberRecord, PeerAddresses } from './actors/membership/messages.ts';
-import type { LocalStats } from './actors/membership/actor.ts';
+import type { LocalStats, MembershipServiceInit } from './actors/membership/actor.ts';
 import { supersededMembers } from './actors/membership/logic.ts';
 import type { PeerConfig } from './config.ts';
 import { ConfigError } from './config.ts';
@@ -36,6 +36,8 @@ export interface MeshInit {
   /** The bound DICOM port: tunnels from other peers are connected to it. */
   localDicomPort: number;
   activeAssociations(): number;
+  /** See MembershipServiceInit.onSiteNameTaken: the peer must stop. */
+  onSiteNameTaken?: MembershipServiceInit['onSiteNameTaken'];
 }
 
 export interface Mesh {
@@ -133,6 +135,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       node,
       peerId: node.peerId,
       siteName: config.site,
+      ...(config.sitePeers === 'several' ? { siteShared: true } : {}),
+      ...(init.onSiteNameTaken !== undefined ? { onSiteNameTaken: init.onSiteNameTaken } : {}),
       priority: config.priority,
       dataDir: init.dataDir,
       addresses: init.addresses,
@@ -238,6 +242,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
           peerId: node.peerId,
           multiaddrs: node.multiaddrs(),
           leader: leader ?? null,
+          // Live peers claiming one site name at several DICOM addresses (a copied --site), while it lasts.
+          siteConflicts: membership.siteConflicts().map((conflict) => ({ site: conflict.siteName, peers: conflict.peers.map((p) => ({ peerId: p.peerId, dicom: p.dicom })) })),
           members: members.filter((m) => !superseded.has(m.peerId) && !(m.status === 'dead' && decommissioned(m))).map((m) => ({
             peerId: m.peerId,
             site: m.siteName,

@@ -43,6 +43,8 @@ export interface Peer {
 }
 
 export interface PeerFailure {
+  /** childFailed: a supervised child past its budget (exit 1); siteNameTaken: a copied --site (exit 2, a restart would not cure it). */
+  readonly kind: 'childFailed' | 'siteNameTaken';
   readonly child: string;
   readonly error: string;
 }
@@ -61,7 +63,7 @@ export class PeerError extends Error {
 
 /** What a failed child's escalation says to an operator. */
 export function failureText(failure: PeerFailure): string {
-  return `the ${failure.child} actor kept failing (${failure.error})`;
+  return failure.kind === 'siteNameTaken' ? failure.error : `the ${failure.child} actor kept failing (${failure.error})`;
 }
 
 export interface PeerOptions {
@@ -148,7 +150,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     clock,
     log,
     onEscalate: (child, error) => {
-      failure ??= { child, error: error instanceof Error ? error.message : String(error) };
+      failure ??= { kind: 'childFailed', child, error: error instanceof Error ? error.message : String(error) };
       healthy = false;
       failed.resolve(failure);
     },
@@ -284,6 +286,12 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         },
         localDicomPort: listener.port,
         activeAssociations: () => listener.activeAssociations(),
+        // A copied --site: the peer stops (the command exits 2) rather than count as the site it is not.
+        onSiteNameTaken: (taken) => {
+          failure ??= { kind: 'siteNameTaken', child: 'membership', error: taken.message };
+          healthy = false;
+          failed.resolve(failure);
+        },
       });
     }
     markMeshReady();

@@ -43,3 +43,11 @@ test('values heard from other peers are escaped: a site name cannot inject marku
   assert.doesNotMatch(page, /<script>|<img/, 'no markup from a peer');
   assert.match(page, /&lt;script&gt;alert\(1\)&lt;\/script&gt;&quot;&#39;&amp;/, 'shown as text');
 });
+
+test('live peers claiming one site name at several addresses are named above everything while it lasts', () => {
+  const conflict = { site: 'site-a', peers: [{ peerId: '12D3KooWAAA', dicom: '127.0.0.1:11112' }, { peerId: '12D3KooWTWIN', dicom: '10.0.0.9:104' }] };
+  const page = statusPageHtml({ ...meshStatus, siteConflicts: [conflict] }, true);
+  assert.match(page, /<p class="conflict">Site name site-a is claimed by live peers at several DICOM addresses: 12D3KooWAAA at 127\.0\.0\.1:11112, 12D3KooWTWIN at 10\.0\.0\.9:104\./, 'the site, each peer and its address');
+  assert.match(page, /give each site its own --site/, 'the way out');
+  assert.doesNotMatch(statusPageHtml(meshStatus, true), /class="conflict"/, 'nothing without a conflict');
+});

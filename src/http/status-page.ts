@@ -61,6 +61,14 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
       return `<tr class="${statusClass(m.status)}"><td>${escapeHtml(m.site)}${leaderMark}</td><td>${escapeHtml(m.status)}</td><td>${escapeHtml(m.instances)}</td><td>${escapeHtml(m.activeAssociations)}</td><td>${escapeHtml(m.queuedCustodyWork)}</td><td>${escapeHtml(m.freeDisk)}</td><td>${escapeHtml(m.dicom)}</td><td>${link}</td><td><code>${escapeHtml(m.peerId)}</code></td></tr>`;
     })
     .join('\n');
+  // A copied --site: shown above everything while it lasts, since copies counted by site then mislead.
+  const siteConflicts = list(status.siteConflicts)
+    .map((value) => {
+      const conflict = record(value);
+      const peers = list(conflict.peers).map((peer) => `${text(record(peer).peerId)} at ${text(record(peer).dicom)}`);
+      return `<p class="conflict">Site name ${escapeHtml(text(conflict.site))} is claimed by live peers at several DICOM addresses: ${escapeHtml(peers.join(', '))}. Copies are counted by site, so these count as one site; give each site its own --site (the peer started later stops).</p>`;
+    })
+    .join('\n');
   const debtRows = list(custody.knownSites)
     .map((value) => {
       const known = record(value);
@@ -71,9 +79,10 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="${statusPageRefreshSeconds}">
 <title>${escapeHtml(site)} · pacs-mesh</title>
 <style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-tr.alive td:nth-child(2){color:#060}tr.suspect td:nth-child(2){color:#a60}tr.dead td:nth-child(2){color:#b00;font-weight:bold}code{font-size:.85em}</style>
+p.conflict{color:#b00;font-weight:bold}tr.alive td:nth-child(2){color:#060}tr.suspect td:nth-child(2){color:#a60}tr.dead td:nth-child(2){color:#b00;font-weight:bold}code{font-size:.85em}</style>
 </head><body>
 <h1>${escapeHtml(site)}</h1>
+${siteConflicts}
 <table>${facts.map(([name, value]) => `<tr><th>${escapeHtml(name)}</th><td>${escapeHtml(value)}</td></tr>`).join('')}</table>
 <h2>Members, as this peer sees them</h2>
 ${members.length > 0 ? `<table><tr><th>site</th><th>status</th><th>instances</th><th>associations</th><th>copies and pulls queued</th><th>free disk</th><th>DICOM</th><th>HTTP</th><th>PeerId</th></tr>\n${memberRows}</table>` : '<p>none: this peer is not in a mesh</p>'}

@@ -39,7 +39,7 @@ import './adaptive-timeout-clock.ts';
 import { MeshStream } from './stream.ts';
 import type { SwarmKey } from './swarm-key.ts';
 import type { MeshStreamInit } from './stream.ts';
-import type { Libp2p, Logger, PeerId } from '@libp2p/interface';
+import type { Connection, Libp2p, Logger, PeerId } from '@libp2p/interface';
 import type { GossipSub, Message } from '@libp2p/gossipsub';
 import type { Multiaddr } from '@multiformats/multiaddr';
 
@@ -246,6 +246,8 @@ export interface MeshNode {
   /** Dialable addresses, each ending in /p2p/<peerId>. */
   multiaddrs(): string[];
   connectedPeers(): string[];
+  /** Open connections to a peer: one per pair once the mesh has settled (see the reconnect loop). */
+  connectionCount(peerId: string): number;
   /** Publish on a gossip topic; resolves to the number of peers it was sent to. */
   publish(topic: string, data: Uint8Array): Promise<number>;
   /** Subscribe; returns the unsubscribe function. Handler errors are logged, never thrown into gossip. */
@@ -329,6 +331,9 @@ function dialableAddrs(t: Target): Multiaddr[] {
   });
 }
 
+/** The higher PeerId of a pair waits this many reconnectMinDelayMs before dialling (see firstDialDelayTo). */
+const higherPeerDialDelayFactor = 4;
+
 /** The reconnect loop: keeps dialling bootstrap and known peers that are not connected. */
 class Reconnector {
   private readonly targets = new Map<string, Target>();
@@ -409,9 +414,21 @@ class Reconnector {
       existing.lastSeen = performance.now();
       return;
     }
-    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, attempts: 0, nextAt: performance.now() + this.opts.minDelay, dialing: false, lastSeen: performance.now() });
+    const delay = this.firstDialDelayTo(peerId);
+    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: performance.now() });
     this.evict();
-    this.schedule(this.opts.minDelay);
+    this.schedule(delay);
+  }
+
+  /**
+   * How long to wait before dialling a peer this node has just learnt of or lost: both ends of a pair learn
+   * of each other together (address announcements) and see a dropped connection together, and two dials
+   * at once make two connections, each carrying one direction's gossip stream, neither of which can then
+   * be closed (see createDuplicateSweeper). The peer with the lower PeerId dials first; the other only if
+   * still not connected later (a peer it cannot reach from there).
+   */
+  private firstDialDelayTo(peerId: string): number {
+    return this.selfPeerId < peerId ? this.opts.minDelay : this.opts.minDelay * higherPeerDialDelayFactor;
   }
 
   /** A peer connected: a bootstrap target dialled by address learns its PeerId here. */
@@ -421,12 +438,27 @@ class Reconnector {
     if (t !== undefined) t.attempts = 0;
   }
 
+  /**
+   * A connected peer said where it listens (identify): an address target there now knows who answers, so
+   * it counts as connected. Without it a peer whose first dial of a --bootstrap address failed, and which
+   * the peer there then dialled, dialled that address again once connected: two connections per pair.
+   */
+  onIdentified(peerId: string, listenAddrs: readonly Multiaddr[]): void {
+    const listening = listenAddrs.map((a) => a.decapsulateCode(P2P_CODE));
+    for (const t of this.targets.values()) {
+      if (t.peerId !== undefined || !t.addrs.some((a) => listening.some((l) => l.equals(a)))) continue;
+      t.reachedPeerId = peerId;
+      t.attempts = 0;
+    }
+  }
+
   onDisconnected(peerId: string): void {
     const t = this.targets.get(peerId);
     if (t === undefined) return;
     t.attempts = 0;
-    t.nextAt = performance.now() + this.opts.minDelay;
-    this.schedule(this.opts.minDelay);
+    const delay = this.firstDialDelayTo(peerId);
+    t.nextAt = performance.now() + delay;
+    this.scheduleWithin(delay);
   }
 
   private evict(): void {
@@ -587,6 +619,58 @@ class Reconnector {
   }
 }
 
+/** How long after a second connection to a peer opened the duplicates are looked at: identify and gossip have attached by then. */
+export const duplicateSettleMs = 1000;
+
+/** Protocols of short-lived streams any connection carries now and then: a connection with only these is idle. */
+const transientProtocols = new Set(['/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0', '/ipfs/ping/1.0.0']);
+
+/**
+ * Two peers that dial each other at once (they learnt each other's addresses together, or share a
+ * --bootstrap list) get two connections; libp2p keeps both (it only refuses a second dial of a connected
+ * peer, and two connections to one address). One carries the gossip streams and every stream opened since;
+ * the other stays idle. The idle one is closed: with one in use, by either peer (closing a connection
+ * nothing uses costs nothing, and both see the same streams); with both idle, the one the lower PeerId did
+ * not dial, a choice both peers make alike. A connection in use is never closed: gossipsub attaches its
+ * stream to one connection per peer and never again while the peer stays connected, so closing that one
+ * would silence gossip between the two.
+ */
+function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connectionOpened(peer: PeerId): void; stop(): void } {
+  const selfPeerId = node.peerId.toString();
+  /** At most one check waiting per connected peer. */
+  const pending = new Map<string, ReturnType<typeof setTimeout>>();
+  const inUse = (c: Connection): boolean => c.streams.some((stream) => stream.protocol === undefined || !transientProtocols.has(stream.protocol));
+  const sweep = (peer: PeerId): void => {
+    const open = node.getConnections(peer).filter((c) => c.status === 'open');
+    if (open.length < 2) return;
+    const lowerDialled = (c: Connection): boolean => (selfPeerId < peer.toString()) === (c.direction === 'outbound');
+    const busy = open.filter(inUse);
+    const kept = busy.length > 0 ? busy : open.filter(lowerDialled).slice(0, 1);
+    if (kept.length === 0) return;
+    for (const c of open) {
+      if (kept.includes(c)) continue;
+      log('closing an idle duplicate connection to %p (%s)', peer, c.direction);
+      void c.close().catch((err: Error) => c.abort(err));
+    }
+  };
+  return {
+    connectionOpened(peer) {
+      const id = peer.toString();
+      if (pending.has(id) || node.getConnections(peer).length < 2) return;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        sweep(peer);
+      }, duplicateSettleMs);
+      timer.unref();
+      pending.set(id, timer);
+    },
+    stop() {
+      for (const timer of pending.values()) clearTimeout(timer);
+      pending.clear();
+    },
+  };
+}
+
 /** Whether `ip` names this host: unspecified, loopback, or one of its interfaces' addresses. */
 function isThisHost(ip: string): boolean {
   if (ip === '0.0.0.0' || ip === '::' || ip === '::1' || ip.startsWith('127.')) return true;
@@ -737,6 +821,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   node.addEventListener('peer:identify', (evt) => {
     const { peerId, listenAddrs, connection } = evt.detail;
     const id = peerId.toString();
+    reconnector.onIdentified(id, listenAddrs);
     const addresses = listenAddrs.map((a) => a.toString()).sort();
     const byConnection = identified.get(id) ?? new Map<string, string[]>();
     identified.set(id, byConnection);
@@ -786,6 +871,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     noticeReceivedAtMs = nowMs;
     if (init.onIdentityConflictNotice) safeCall(init.onIdentityConflictNotice, { reportedBy: stream.remotePeer, addresses }, 'identity conflict notice');
   }, { maxInboundStreams: 4, maxOutboundStreams: 4 });
+  const duplicates = createDuplicateSweeper(node, log);
+  node.addEventListener('connection:open', (evt) => duplicates.connectionOpened(evt.detail.remotePeer));
   node.addEventListener('peer:disconnect', (evt) => {
     const id = evt.detail.toString();
     identified.delete(id);
@@ -870,6 +957,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     identityCreated,
     multiaddrs: () => node.getMultiaddrs().map((ma) => ma.toString()),
     connectedPeers: () => node.getPeers().map((p) => p.toString()),
+    connectionCount: (peerId) => node.getConnections(parsePeerId(peerId)).filter((c) => c.status === 'open').length,
     async publish(topic, data) {
       const result = await pubsub.publish(topic, data);
       return result.recipients.length;
@@ -959,6 +1047,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       if (announceTimer !== undefined) clearInterval(announceTimer);
       if (silenceTimer !== undefined) clearInterval(silenceTimer);
       if (announceSoon !== undefined) clearTimeout(announceSoon);
+      duplicates.stop();
       await reconnector.stop();
       await node.stop();
     },

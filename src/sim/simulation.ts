@@ -377,6 +377,13 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'dropConnections':
         // The simulated network carries messages, not connections: each in flight is delivered or lost by its own rules.
         return;
+      case 'siteConflictsChanged':
+        // Every simulated site has a name of its own: crashes, restarts, delays and duplicates must never look like a copied --site.
+        for (const conflict of e.conflicts) violate(`(h) ${peer.peerId} sees site ${conflict.siteName} claimed by ${conflict.peers.map((p) => `${p.peerId}@${p.dicom}`).join(' and ')}`);
+        return;
+      case 'siteNameTaken':
+        violate(`(h) ${peer.peerId} was told its site ${e.siteName} is held by ${e.byPeerId}`);
+        return;
       case 'viewChanged':
         queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
         queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });

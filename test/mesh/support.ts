@@ -119,14 +119,20 @@ export class MeshCluster {
   }
 }
 
+/** A fresh cluster (its swarm key written), disposed after the test. */
+export async function newCluster(t: { after(fn: () => Promise<void>): void }): Promise<MeshCluster> {
+  const cluster = new MeshCluster();
+  t.after(() => cluster.dispose());
+  await cluster.init();
+  return cluster;
+}
+
 /**
  * Three sites (site-a, then site-b and site-c bootstrapping from it) on a fresh cluster disposed after the
  * test; resolves once site-c sees all three alive.
  */
 export async function startThreeSites(t: { after(fn: () => Promise<void>): void }): Promise<{ cluster: MeshCluster; a: PeerProcess; b: PeerProcess; c: PeerProcess }> {
-  const cluster = new MeshCluster();
-  t.after(() => cluster.dispose());
-  await cluster.init();
+  const cluster = await newCluster(t);
   const a = await cluster.start('site-a');
   const b = await cluster.start('site-b');
   const c = await cluster.start('site-c');

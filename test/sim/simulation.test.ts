@@ -37,7 +37,7 @@ if (single !== undefined) {
     assert.deepEqual(a.traceTail, b.traceTail);
   });
 
-  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e and g after heal)', () => {
+  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e and g after heal, h: no site name claimed at two places)', () => {
     const count = Number(process.env.SIM_SEEDS ?? 300);
     const first = Number(process.env.SIM_FIRST_SEED ?? 1);
     let acked = 0;

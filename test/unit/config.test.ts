@@ -15,6 +15,7 @@ test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8
   assert.equal(config.dataDir, '.data/site-a');
   assert.deepEqual(config.roster, []);
   assert.equal(config.scrubMbPerS, 16);
+  assert.equal(config.sitePeers, 'one', 'a site name is claimed by one peer unless the operator says otherwise');
   assert.equal(defaultConfig.site, 'site-a');
 });
 
@@ -26,7 +27,7 @@ test('every option parses, in both --name value and --name=value forms', () => {
     '--max-associations', '8', '--idle-timeout', '30', '--swarm-key', 'k', '--p2p-port', '4101',
     '--bootstrap', `/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, '--write-quorum', '2', '--priority', '5',
     '--roster', `${peerId},${peerId}`, '--associations-per-peer', '4', '--log-level', 'warn',
-    '--scrub-mb-per-s', '2.5',
+    '--scrub-mb-per-s', '2.5', '--site-peers', 'several',
   ]);
   assert.equal(config.site, 'cardio');
   assert.equal(config.dataDir, '/tmp/x');
@@ -37,6 +38,7 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.deepEqual(config.roster, [peerId, peerId]);
   assert.equal(config.associationsPerPeer, 4);
   assert.equal(config.scrubMbPerS, 2.5);
+  assert.equal(config.sitePeers, 'several');
   assert.equal(parseStartArgs(['--scrub-mb-per-s=0']).scrubMbPerS, 0, '0 turns the scrub off');
   assert.deepEqual(parseStartArgs(['--move-dest', 'V6=[::1]:11112']).moveDestinations, { V6: { host: '::1', port: 11112 } }, 'an IPv6 host in brackets');
 });
@@ -51,6 +53,8 @@ test('bad options are refused with a message naming the option', () => {
     [['--site', 'a b'], /--site/],
     [['--write-quorum', '0'], /--write-quorum/],
     [['--roster', 'not-a-peer-id'], /--roster/],
+    [['--swarm-key', 'k', '--site-peers', '2'], /--site-peers "2" must be one or several/],
+    [['--site-peers', 'several'], /--site-peers means something only in a mesh/],
     [['--scrub-mb-per-s', '-1'], /--scrub-mb-per-s/],
     [['--scrub-mb-per-s', 'fast'], /--scrub-mb-per-s/],
     [['--scrub-mb-per-s', ''], /--scrub-mb-per-s needs a value/],

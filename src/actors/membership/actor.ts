@@ -29,7 +29,7 @@ import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
-import { heartbeatForgottenSitesMax, membershipTopic, type ForgottenSite, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad } from './messages.ts';
+import { heartbeatForgottenSitesMax, membershipTopic, type ForgottenSite, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad, type SiteConflict } from './messages.ts';
 
 export const membershipTimings = {
   heartbeatIntervalMs: 500,
@@ -59,6 +59,13 @@ export interface MembershipServiceInit {
   node: MeshNode;
   peerId: string;
   siteName: string;
+  /** The operator runs several peers under this site name on purpose (`--site-peers several`). */
+  siteShared?: boolean;
+  /**
+   * Another live peer with precedence claims this site name at another DICOM address (a copied --site):
+   * the peer must stop. Called once, after the error is logged.
+   */
+  onSiteNameTaken?: (taken: SiteNameTaken) => void;
   priority: number;
   /** Holds the incarnation. */
   dataDir: string;
@@ -85,6 +92,23 @@ export interface MembershipServiceInit {
   onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
 }
 
+/** Who holds this peer's site name, and what to tell the operator. */
+export interface SiteNameTaken {
+  readonly siteName: string;
+  readonly byPeerId: string;
+  readonly byDicom: string;
+  /** One line naming the site, the other peer, its address and the way out. */
+  readonly message: string;
+}
+
+/** The operator's way out of a site-name conflict, said by every peer that sees one. */
+const siteConflictAdvice = 'give each site its own --site (or, for several peers of one site on purpose, --site-peers several at each of them)';
+
+/** One line for the peer that must stop: the site, who holds it, where, and the way out. */
+export function siteNameTakenMessage(siteName: string, byPeerId: string, byDicom: string): string {
+  return `site name "${siteName}" is already held by peer ${byPeerId} at DICOM address ${byDicom}, which started first: two live peers under one --site would count as one site for replica counts, so this peer stops; ${siteConflictAdvice}`;
+}
+
 /** This peer's figures that its heartbeats carry. */
 export interface LocalStats {
   load: PeerLoad;
@@ -101,6 +125,8 @@ export interface MembershipService {
   liveMembers(): MemberRecord[];
   onViewChanged(listener: (members: readonly MemberRecord[]) => void): void;
   updateLocalStats(stats: LocalStats): void;
+  /** Live peers claiming one site name at several DICOM addresses now (see SiteConflict). */
+  siteConflicts(): readonly SiteConflict[];
   /** Whether this peer may be elected (the balancer says no while it cannot record a vote). */
   setElectable(electable: boolean): void;
   /** The current incarnation (grows on every start and every actor restart). */
@@ -192,6 +218,8 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   }
   // Absent in heartbeats of peers from before the field (and without tombstones).
   if (v.sentAtMs !== undefined && !finite(v.sentAtMs)) return null;
+  // Absent in heartbeats of peers from before the field: they claim their site alone.
+  if (v.siteShared !== undefined && typeof v.siteShared !== 'boolean') return null;
   return {
     type: 'heartbeat',
     peerId: v.peerId,
@@ -211,6 +239,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     digestRoot: v.digestRoot,
     ...(forgottenSites.length > 0 ? { forgottenSites } : {}),
     ...(forgottenSites.length > 0 && v.sentAtMs !== undefined ? { sentAtMs: v.sentAtMs as number } : {}),
+    ...(v.siteShared === true ? { siteShared: true } : {}),
   };
 }
 
@@ -226,6 +255,8 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   const listeners = new Set<(members: readonly MemberRecord[]) => void>();
 
   let current: MembershipState | null = null;
+  // What the reducer last reported; an actor restart starts from none, as its new state does.
+  let siteConflicts: readonly SiteConflict[] = [];
   let incarnation = 0;
   let stopped = false;
   let queuedHeartbeats = 0;
@@ -247,6 +278,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
 
   const initialize = async (): Promise<MembershipState> => {
     incarnation = await bumpIncarnation(init.dataDir, clock.dateMs(), (reason) => log.warn('membership incarnation file', { reason }));
+    siteConflicts = [];
     let state = initMembership({
       peerId: init.peerId,
       siteName: init.siteName,
@@ -255,6 +287,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       addresses: init.addresses,
       ...timings,
       membersMax: init.membersMax ?? 256,
+      ...(init.siteShared === true ? { siteShared: true } : {}),
     });
     if (latestStats) state = stepMembership(state, { type: 'localStatsChanged', ...latestStats }).state;
     if (!electable) state = stepMembership(state, { type: 'electabilityChanged', electable }).state;
@@ -287,6 +320,22 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
             toSite: effect.toSite,
           });
           break;
+        case 'siteConflictsChanged':
+          for (const conflict of effect.conflicts) {
+            log.error(`live peers claim site "${conflict.siteName}" at several DICOM addresses: copies are counted by site, so they count as one site; ${siteConflictAdvice}`, {
+              memberSite: conflict.siteName,
+              peers: conflict.peers.map((p) => `${p.peerId}@${p.dicom}`),
+            });
+          }
+          if (effect.conflicts.length === 0) log.info('no site name is claimed at several DICOM addresses any more');
+          siteConflicts = effect.conflicts;
+          break;
+        case 'siteNameTaken': {
+          const message = siteNameTakenMessage(effect.siteName, effect.byPeerId, effect.byDicom);
+          log.error(message, { memberSite: effect.siteName, byPeer: effect.byPeerId, byDicom: effect.byDicom });
+          init.onSiteNameTaken?.({ siteName: effect.siteName, byPeerId: effect.byPeerId, byDicom: effect.byDicom, message });
+          break;
+        }
         case 'viewChanged':
           for (const listener of listeners) {
             try {
@@ -409,6 +458,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
   return {
     members: () => (current ? viewMembers(current, clock.nowMs()) : []),
     liveMembers: () => (current ? liveView(current, clock.nowMs()) : []),
+    siteConflicts: () => siteConflicts,
     onViewChanged(listener) {
       listeners.add(listener);
     },

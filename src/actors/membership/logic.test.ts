@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { initMembership, liveView, selfRecord, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
+import { initMembership, liveView, selfRecord, siteConflictConfirmAfterDeadTimes, siteNameTakenAfterDeadTimes, stepMembership, supersededMembers, type MembershipState } from './logic.ts';
 import { memberRecord } from './fixtures/member-record.ts';
 import { heartbeatForgottenSitesMax, type Heartbeat, type MembershipConfig, type MembershipEffect, type MembershipInput } from './messages.ts';
 import { runSteps } from '../runtime/run-steps.ts';
@@ -326,4 +326,98 @@ test('dead records of a site that answers at the same DICOM address under a new 
   // None alive there (restored twice, then down): the record heard last stays, the older ones go.
   const heardAt = (peerId: string, lastHeardAtMs: number) => ({ ...at(peerId, 'site-e', '10.0.0.5:104', 'dead'), lastHeardAtMs });
   assert.deepEqual([...supersededMembers([heardAt('e-1', 100), heardAt('e-3', 300), heardAt('e-2', 200)])].sort(), ['e-1', 'e-2']);
+});
+
+/** Site-name conflicts: a peer claiming this peer's site (or another's) at another DICOM address. */
+const confirmMs = siteConflictConfirmAfterDeadTimes * config.deadAfterMs;
+const takenAfterMs = siteNameTakenAfterDeadTimes * config.deadAfterMs;
+/** A heartbeat of `peerId` claiming site-a at `dicom`. */
+const claimant = (peerId: string, incarnation: number, sequence: number, dicom: string, extra: Partial<Heartbeat> = {}): Heartbeat =>
+  heartbeat(peerId, incarnation, sequence, { siteName: 'site-a', addresses: { dicom, http: `${peerId}:8080`, aeTitle: 'PACSMESH' }, ...extra });
+
+/** Ticks every 100 ms from `fromMs` to `toMs`, with a heartbeat of each source every interval (sequence = nowMs / 1000 + 1). */
+function runHeard(state: MembershipState, fromMs: number, toMs: number, sources: readonly ((sequence: number) => Heartbeat)[]) {
+  const inputs: MembershipInput[] = [];
+  for (let nowMs = fromMs; nowMs <= toMs; nowMs += 100) {
+    if (nowMs % config.heartbeatIntervalMs === 0) for (const source of sources) inputs.push({ type: 'heartbeatReceived', heartbeat: source(nowMs / 1000 + 1), nowMs });
+    inputs.push({ type: 'tick', nowMs });
+  }
+  return run(state, ...inputs);
+}
+
+const ofType = <T extends MembershipEffect['type']>(effects: readonly MembershipEffect[], type: T) =>
+  effects.filter((e): e is Extract<MembershipEffect, { type: T }> => e.type === type);
+
+test('a live peer started before this one claiming its site at another DICOM address, once confirmed, takes the site: siteNameTaken once', () => {
+  // peer-a started at incarnation 5; peer-twin at 3, so it holds the site.
+  const self = initMembership({ ...config, incarnation: 5 });
+  const twin = (sequence: number) => claimant('peer-twin', 3, sequence, 'twin:104');
+  const early = runHeard(self, 0, confirmMs - 1000, [twin]);
+  assert.deepEqual(ofType(early.effects, 'siteNameTaken'), [], 'not before the claim is confirmed (it could be a dead predecessor relayed late)');
+  assert.deepEqual(ofType(early.effects, 'siteConflictsChanged'), [], 'nor reported');
+  const reported = runHeard(early.state, confirmMs, takenAfterMs - 1000, [twin]);
+  assert.deepEqual(ofType(reported.effects, 'siteNameTaken'), [], 'not while the others are only showing the conflict');
+  const later = runHeard(reported.state, takenAfterMs, takenAfterMs + 5000, [twin]);
+  assert.deepEqual(ofType(later.effects, 'siteNameTaken'), [{ type: 'siteNameTaken', siteName: 'site-a', byPeerId: 'peer-twin', byDicom: 'twin:104' }], 'once, naming the peer and its address');
+  assert.deepEqual(ofType(reported.effects, 'siteConflictsChanged'), [
+    { type: 'siteConflictsChanged', conflicts: [{ siteName: 'site-a', peers: [{ peerId: 'peer-twin', dicom: 'twin:104', incarnation: 3 }, { peerId: 'peer-a', dicom: 'a:104', incarnation: 5 }] }] },
+  ], 'the conflict reported once, the holder first');
+});
+
+test('the peer started first keeps its site and reports the later twin while it lives; the report ends when the twin dies', () => {
+  const self = initMembership({ ...config, incarnation: 3 });
+  const twin = (sequence: number) => claimant('peer-twin', 5, sequence, 'twin:104');
+  const seen = runHeard(self, 0, confirmMs + 2000, [twin]);
+  assert.deepEqual(ofType(seen.effects, 'siteNameTaken'), [], 'the holder never stops');
+  assert.deepEqual(seen.state.siteConflicts.map((c) => c.peers.map((p) => p.peerId)), [['peer-a', 'peer-twin']], 'the conflict is shown, the holder first');
+  const gone = run(seen.state, { type: 'peerDisconnected', peerId: 'peer-twin', nowMs: confirmMs + 2050 }, { type: 'tick', nowMs: confirmMs + 2100 });
+  assert.deepEqual(ofType(gone.effects, 'siteConflictsChanged'), [{ type: 'siteConflictsChanged', conflicts: [] }], 'the end of the conflict is reported');
+});
+
+test('twins started at once agree which one stops: the same incarnation goes by PeerId, and exactly one is told', () => {
+  const atA = { ...config, peerId: 'peer-a', incarnation: 7 };
+  const atB = { ...config, peerId: 'peer-b', incarnation: 7, addresses: { dicom: 'b:104', http: 'b:8080', aeTitle: 'PACSMESH' } };
+  const hbOf = (c: MembershipConfig) => (sequence: number) => claimant(c.peerId, c.incarnation, sequence, c.addresses.dicom);
+  const a = runHeard(initMembership(atA), 0, takenAfterMs + 2000, [hbOf(atB)]);
+  const b = runHeard(initMembership(atB), 0, takenAfterMs + 2000, [hbOf(atA)]);
+  assert.deepEqual(ofType(a.effects, 'siteNameTaken'), [], 'peer-a (lower PeerId) keeps the site');
+  assert.deepEqual(ofType(b.effects, 'siteNameTaken').map((e) => e.byPeerId), ['peer-a'], 'peer-b stops');
+});
+
+test('a dead predecessor at another address, its last heartbeats relayed late from gossip caches, never makes the restarted site stop', () => {
+  // The site moved to a new address and was restored on an empty disk (new PeerId, higher incarnation);
+  // its predecessor (lower incarnation: it would hold the site if alive) died before, and its last
+  // heartbeats arrive together, then nothing more.
+  let s = run(initMembership({ ...config, incarnation: 9 }), { type: 'tick', nowMs: 0 }).state;
+  const lingering: MembershipInput[] = [];
+  for (let sequence = 40; sequence < 50; sequence += 1) lingering.push({ type: 'heartbeatReceived', heartbeat: claimant('peer-old', 2, sequence, 'old-host:104'), nowMs: 100 + sequence });
+  const effects: MembershipEffect[] = [];
+  for (const step of [run(s, ...lingering), runHeard(run(s, ...lingering).state, 200, 10 * confirmMs, [])]) {
+    effects.push(...step.effects);
+    s = step.state;
+  }
+  assert.deepEqual(ofType(effects, 'siteNameTaken'), [], 'never told to stop');
+  assert.deepEqual(ofType(effects, 'siteConflictsChanged'), [], 'never a conflict');
+  assert.equal(statusOf(s, 'peer-old'), 'dead', 'the predecessor is dead');
+});
+
+test('peers of one site on purpose (--site-peers several at each) are no conflict; one claiming the site alone makes it one', () => {
+  const self = initMembership({ ...config, incarnation: 5, siteShared: true });
+  const shared = runHeard(self, 0, confirmMs + 2000, [(sequence) => claimant('peer-a2', 3, sequence, 'a2:104', { siteShared: true })]);
+  assert.deepEqual(ofType(shared.effects, 'siteNameTaken'), [], 'both said several');
+  assert.deepEqual(shared.state.siteConflicts, [], 'no conflict shown');
+  const alone = runHeard(self, 0, takenAfterMs + 2000, [(sequence) => claimant('peer-a2', 3, sequence, 'a2:104')]);
+  assert.deepEqual(ofType(alone.effects, 'siteNameTaken').map((e) => e.byPeerId), ['peer-a2'], 'the other claims site-a alone: the later peer stops');
+  const published = run(self, { type: 'tick', nowMs: 0 }).effects.find((e) => e.type === 'publish');
+  assert.ok(published?.type === 'publish' && published.message.siteShared === true, 'the heartbeat says several');
+});
+
+test('another site claimed at two addresses is reported by a third peer, which stops for nothing', () => {
+  const site = (peerId: string, incarnation: number, dicom: string) => (sequence: number) => heartbeat(peerId, incarnation, sequence, { siteName: 'site-b', addresses: { dicom, http: 'h', aeTitle: 'PACSMESH' } });
+  const seen = runHeard(initMembership(config), 0, confirmMs + 2000, [site('peer-b', 2, 'b:104'), site('peer-b2', 4, 'b2:104')]);
+  assert.deepEqual(ofType(seen.effects, 'siteNameTaken'), [], 'not its own site');
+  assert.deepEqual(seen.state.siteConflicts, [{ siteName: 'site-b', peers: [{ peerId: 'peer-b', dicom: 'b:104', incarnation: 2 }, { peerId: 'peer-b2', dicom: 'b2:104', incarnation: 4 }] }], 'reported, the holder first');
+  // A restore at the same address (same site, new PeerId) is the site's successor, no conflict.
+  const successor = runHeard(initMembership(config), 0, confirmMs + 2000, [site('peer-b', 2, 'b:104'), site('peer-b3', 4, 'b:104')]);
+  assert.deepEqual(successor.state.siteConflicts, [], 'one address, one place');
 });

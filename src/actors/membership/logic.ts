@@ -13,6 +13,7 @@ import {
   type MembershipEffect,
   type MembershipInput,
   type PeerLoad,
+  type SiteConflict,
 } from './messages.ts';
 
 export interface MembershipState {
@@ -31,6 +32,10 @@ export interface MembershipState {
   readonly lastTickAtMs: number | null;
   /** When this process last found it had stood still (see onDisconnected). */
   readonly lastStallAtMs: number | null;
+  /** The site-name conflicts last reported (siteConflictsChanged), sorted by site name. */
+  readonly siteConflicts: readonly SiteConflict[];
+  /** Set once another live peer with precedence took this peer's site name (siteNameTaken emitted). */
+  readonly siteNameTakenBy: string | null;
 }
 
 export interface MembershipStep {
@@ -61,6 +66,8 @@ export function initMembership(config: MembershipConfig): MembershipState {
     nextHeartbeatAtMs: null,
     lastTickAtMs: null,
     lastStallAtMs: null,
+    siteConflicts: [],
+    siteNameTakenBy: null,
   };
 }
 
@@ -136,6 +143,7 @@ function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: numb
     instanceCount: hb.instanceCount,
     digestRoot: hb.digestRoot,
     ...(forgottenSites !== undefined && forgottenSites.length > 0 ? { forgottenSites } : {}),
+    ...(hb.siteShared === true ? { siteShared: true } : {}),
     status: 'alive',
     lastHeardAtMs,
     statusSinceMs,
@@ -201,7 +209,84 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
     effects.push({ type: 'publish', topic: membershipTopic, message: heartbeatOf(next, nowMs) });
   }
   if (viewChanged) effects.push({ type: 'viewChanged', members: viewMembers(next, nowMs) });
+  next = checkSiteConflicts(next, nowMs, effects);
   return { state: next, effects };
+}
+
+/**
+ * How long, in deadAfterMs, another peer must have been alive without a break before its claim on a site
+ * name counts against another's: a dead predecessor's last heartbeats, relayed late from gossip caches
+ * (a few seconds' worth, arriving together), make it alive for moments only, and must not make the site
+ * restarted after it (under a new PeerId, at a new address) stop. Only a live process keeps it alive.
+ */
+export const siteConflictConfirmAfterDeadTimes = 2;
+
+/**
+ * How long, in deadAfterMs, a peer with precedence must have been alive without a break before this peer
+ * stops for it: a deadAfterMs after the conflict is reported everywhere, so that the peer keeping the site
+ * and the others show it (log, /api/mesh, status page) before the later peer is gone.
+ */
+export const siteNameTakenAfterDeadTimes = 3;
+
+/**
+ * Which of two peers claiming one site keeps it: the one started first (the incarnation is the start date
+ * in ms, or a counter above it), then the lower PeerId. Both peers read the same two heartbeats, so both
+ * agree which one must stop.
+ */
+export function sitePrecedence(
+  a: { readonly incarnation: number; readonly peerId: string },
+  b: { readonly incarnation: number; readonly peerId: string },
+): number {
+  return a.incarnation !== b.incarnation ? a.incarnation - b.incarnation : byPeerId(a, b);
+}
+
+/**
+ * Live peers claiming one site name at two or more DICOM addresses, unless every one of them says the
+ * site has several peers on purpose: copies are counted by site, so two places under one name count as
+ * one site, and a copy owed to the site goes to either. Self counts at once; another peer once confirmed.
+ */
+export function siteConflictsOf(members: readonly MemberRecord[], selfPeerId: string, nowMs: number, confirmMs: number): SiteConflict[] {
+  const bySite = new Map<string, MemberRecord[]>();
+  for (const m of members) {
+    if (m.status !== 'alive' || (m.peerId !== selfPeerId && nowMs - m.statusSinceMs < confirmMs)) continue;
+    const peers = bySite.get(m.siteName);
+    if (peers === undefined) bySite.set(m.siteName, [m]);
+    else peers.push(m);
+  }
+  const conflicts: SiteConflict[] = [];
+  for (const [siteName, peers] of bySite) {
+    if (new Set(peers.map((p) => p.addresses.dicom)).size < 2 || peers.every((p) => p.siteShared === true)) continue;
+    const ordered = [...peers].sort(sitePrecedence);
+    conflicts.push({ siteName, peers: ordered.map((p) => ({ peerId: p.peerId, dicom: p.addresses.dicom, incarnation: p.incarnation })) });
+  }
+  return conflicts.sort((a, b) => (a.siteName < b.siteName ? -1 : a.siteName > b.siteName ? 1 : 0));
+}
+
+/** The conflicts reported again when they changed, and siteNameTaken once a peer with precedence holds this peer's site. */
+function checkSiteConflicts(state: MembershipState, nowMs: number, effects: MembershipEffect[]): MembershipState {
+  const c = state.config;
+  const conflicts = siteConflictsOf(viewMembers(state, nowMs), c.peerId, nowMs, siteConflictConfirmAfterDeadTimes * c.deadAfterMs);
+  let next = state;
+  if (conflictsKey(conflicts) !== conflictsKey(state.siteConflicts)) {
+    next = { ...next, siteConflicts: conflicts };
+    effects.push({ type: 'siteConflictsChanged', conflicts });
+  }
+  if (next.siteNameTakenBy !== null) return next;
+  const own = conflicts.find((conflict) => conflict.siteName === c.siteName);
+  const self = { peerId: c.peerId, incarnation: c.incarnation };
+  const takenAfterMs = siteNameTakenAfterDeadTimes * c.deadAfterMs;
+  const holder = own?.peers.find((p) => {
+    const record = next.members.get(p.peerId);
+    if (record === undefined || p.dicom === c.addresses.dicom || sitePrecedence(p, self) >= 0) return false;
+    return nowMs - record.statusSinceMs >= takenAfterMs && !(c.siteShared === true && record.siteShared === true);
+  });
+  if (holder === undefined) return next;
+  effects.push({ type: 'siteNameTaken', siteName: c.siteName, byPeerId: holder.peerId, byDicom: holder.dicom });
+  return { ...next, siteNameTakenBy: holder.peerId };
+}
+
+function conflictsKey(conflicts: readonly SiteConflict[]): string {
+  return conflicts.map((conflict) => `${conflict.siteName}\n${conflict.peers.map((p) => `${p.peerId}@${p.dicom}`).join(' ')}`).join('\n');
 }
 
 /** This peer's heartbeat; `sentAtMs` (now, when published) goes with its tombstones. */
@@ -219,6 +304,7 @@ function heartbeatOf(state: MembershipState, sentAtMs?: number): Heartbeat {
     load: state.selfLoad,
     instanceCount: state.selfInstanceCount,
     digestRoot: state.selfDigestRoot,
+    ...(c.siteShared === true ? { siteShared: true } : {}),
     ...(state.selfForgottenSites.length > 0
       ? { forgottenSites: tombstonePage(state.selfForgottenSites, state.heartbeatSequence), ...(sentAtMs !== undefined ? { sentAtMs } : {}) }
       : {}),

@@ -69,6 +69,22 @@ export interface Heartbeat {
    * Absent from older peers (their tombstone times are then only kept from lying in the receiver's future).
    */
   readonly sentAtMs?: number;
+  /**
+   * True when the operator runs several peers under this site name on purpose (`--site-peers several`):
+   * absent, the peer claims the site alone, and another live peer claiming it at another address is a
+   * configuration error (a copied --site). Absent from older peers.
+   */
+  readonly siteShared?: boolean;
+}
+
+/**
+ * Live peers claiming one site name at different DICOM addresses, at least one of them claiming it alone:
+ * custody counts copies by site name, so two places count as one. `peers` go by precedence, the first
+ * keeps the site (see sitePrecedence in logic.ts).
+ */
+export interface SiteConflict {
+  readonly siteName: string;
+  readonly peers: readonly { readonly peerId: string; readonly dicom: string; readonly incarnation: number }[];
 }
 
 /** What one peer knows about another (or itself), the unit of the view. */
@@ -85,6 +101,8 @@ export interface MemberRecord {
   readonly digestRoot: string;
   /** As in its last heartbeat. */
   readonly forgottenSites?: readonly ForgottenSite[];
+  /** As in its last heartbeat (see Heartbeat.siteShared); absent when false. */
+  readonly siteShared?: boolean;
   readonly status: MemberStatus;
   /** Local receive time of the newest accepted heartbeat (never the sender's clock). */
   readonly lastHeardAtMs: number;
@@ -104,6 +122,8 @@ export interface MembershipConfig {
   readonly deadAfterMs: number;
   /** Bound on remembered members; dead records are forgotten oldest first beyond it. */
   readonly membersMax: number;
+  /** The operator runs several peers under this site name on purpose (`--site-peers several`). Default false. */
+  readonly siteShared?: boolean;
 }
 
 export type MembershipInput =
@@ -143,5 +163,12 @@ export type MembershipEffect =
    * connection), are dropped so that streams to it fail now rather than at their own deadlines.
    */
   | { readonly type: 'dropConnections'; readonly peerId: string }
+  /** The site-name conflicts seen now changed (appeared, ended, or other peers): the operator is told. */
+  | { readonly type: 'siteConflictsChanged'; readonly conflicts: readonly SiteConflict[] }
+  /**
+   * Another live peer with precedence claims this peer's site name at another DICOM address: this peer
+   * must stop (emitted once). Its acknowledged data stays in its data directory.
+   */
+  | { readonly type: 'siteNameTaken'; readonly siteName: string; readonly byPeerId: string; readonly byDicom: string }
   /** The whole view (self included, sorted by peerId); emitted whenever a record changed. */
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[] };

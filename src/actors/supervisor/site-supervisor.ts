@@ -14,7 +14,7 @@
 import type { PeerAddresses } from '../membership/messages.ts';
 import type { MeshNode } from '../../net/node.ts';
 import { startBalancer, type BalancerService, type BalancerServiceInit } from '../balancer/actor.ts';
-import { startMembership, type LocalStats, type MembershipService } from '../membership/actor.ts';
+import { startMembership, type LocalStats, type MembershipService, type MembershipServiceInit } from '../membership/actor.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
 import { silentLogger, type Logger } from '../runtime/logger.ts';
 import { spawnActor, startActorSystem, stopActor, type ActorSystem, type CrashDecision, type Ref } from '../runtime/nact.ts';
@@ -42,6 +42,9 @@ export interface MeshChildrenInit {
   node: MeshNode;
   peerId: string;
   siteName: string;
+  /** See MembershipServiceInit.siteShared and onSiteNameTaken. */
+  siteShared?: boolean;
+  onSiteNameTaken?: MembershipServiceInit['onSiteNameTaken'];
   priority: number;
   dataDir: string;
   addresses: PeerAddresses;
@@ -115,6 +118,8 @@ export function startSiteSupervisor(site: string, options: SiteSupervisorOptions
         node: init.node,
         peerId: init.peerId,
         siteName: init.siteName,
+        ...(init.siteShared === true ? { siteShared: true } : {}),
+        ...(init.onSiteNameTaken !== undefined ? { onSiteNameTaken: init.onSiteNameTaken } : {}),
         priority: init.priority,
         dataDir: init.dataDir,
         addresses: init.addresses,

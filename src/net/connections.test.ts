@@ -1,0 +1,118 @@
+/**
+ * One TCP connection per pair of peers once the mesh has settled, whichever way they met: a second
+ * connection doubles the per-connection work (pings, window updates, Noise) and splits streams across two
+ * congestion windows. Real libp2p nodes on 127.0.0.1.
+ */
+import '../polyfill.ts';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { createMeshNode, duplicateSettleMs, type MeshNode } from './node.ts';
+import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
+import { getFreePort } from '../../test/support/dicom-tools.ts';
+import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
+import { waitFor } from '../../test/support/wait.ts';
+
+/** Nodes on fixed or free ports, each in its own data directory, stopped and removed after the test. */
+function nodesFor(t: { after(fn: () => Promise<void>): void }) {
+  const key: SwarmKey = generateSwarmKey();
+  const running = new Set<MeshNode>();
+  const dirs: string[] = [];
+  t.after(async () => {
+    for (const n of running) await n.stop().catch(() => undefined);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  return {
+    async start(p2pPort: number, bootstrap: string[], dataDir?: string, reconnectMinDelayMs = 250): Promise<MeshNode & { dataDir: string }> {
+      const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-connections-')));
+      if (!dirs.includes(dir)) dirs.push(dir);
+      const n = await createMeshNode({ host: '127.0.0.1', p2pPort, swarmKey: key, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs, reconnectMaxDelayMs: Math.max(1000, reconnectMinDelayMs) } });
+      running.add(n);
+      return Object.assign(n, { dataDir: dir });
+    },
+    async stop(n: MeshNode): Promise<void> {
+      running.delete(n);
+      await n.stop();
+    },
+  };
+}
+
+/** Each pair's connection counts, both ends: "1/1" for every pair when settled. */
+const countsOf = (pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>): string[] => pairs.map(([x, y]) => `${x.connectionCount(y.peerId)}/${y.connectionCount(x.peerId)}`);
+
+/**
+ * Every pair connected, then, once a duplicate opened while they met has had time to be found idle and
+ * closed (duplicateSettleMs), never two connections for a pair while the redial back-off runs its course.
+ */
+async function assertOneConnectionPerPair(pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>, what: string, graceMs = duplicateSettleMs + 500): Promise<void> {
+  await waitFor(`${what}: every pair connected`, () => countsOf(pairs).every((c) => c === '1/1'), 15_000, 20);
+  await new Promise((r) => setTimeout(r, graceMs));
+  const seen = new Set<string>();
+  for (const deadline = performance.now() + 3000; performance.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+    for (const counts of countsOf(pairs)) seen.add(counts);
+  }
+  assert.deepEqual([...seen].filter((counts) => counts.split('/').some((n) => Number(n) > 1)), [], `${what}: never two connections for one pair`);
+  assert.deepEqual(countsOf(pairs), pairs.map(() => '1/1'), `${what}: one connection per pair at the end`);
+}
+
+test('a peer whose first dial of its bootstrap address failed does not dial it again once the peer there has dialled it', { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const portA = await getFreePort();
+  // b starts first: nothing listens at its bootstrap address yet, and its next try is 1.5-2.5 s away.
+  const b = await nodes.start(0, [`/ip4/127.0.0.1/tcp/${portA}`], undefined, 2000);
+  await new Promise((r) => setTimeout(r, 100));
+  const a = await nodes.start(portA, [loopbackAddress(b)]);
+  // From the first moment: a dial of the address after a's connection is a second connection for ~1 s.
+  await assertOneConnectionPerPair([[a, b]], 'a dialled b first', 0);
+});
+
+test('three peers joined through one bootstrap peer keep one connection per pair, and again after one restarts', { timeout: 90_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const portA = await getFreePort();
+  const bootA = `/ip4/127.0.0.1/tcp/${portA}`;
+  const a = await nodes.start(portA, []);
+  const b = await nodes.start(0, [bootA]);
+  const c = await nodes.start(0, [bootA]);
+  await assertOneConnectionPerPair([[a, b], [a, c], [b, c]], 'joined through a');
+  // a restarts on its data directory and port (same PeerId): b and c dial it again, it dials nobody.
+  await nodes.stop(a);
+  const again = await nodes.start(portA, [], a.dataDir);
+  assert.equal(again.peerId, a.peerId, 'the same identity');
+  await assertOneConnectionPerPair([[again, b], [again, c], [b, c]], 'after a restarted');
+});
+
+test('two peers whose connection dropped redial each other at once, and keep one connection', { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const a = await nodes.start(0, []);
+  const b = await nodes.start(0, [loopbackAddress(a)]);
+  await assertOneConnectionPerPair([[a, b]], 'joined');
+  for (let drop = 1; drop <= 3; drop++) {
+    a.dropPeer(b.peerId, 'test: the link dropped');
+    await waitFor(`drop ${drop} seen`, () => a.connectionCount(b.peerId) === 0, 5000, 10);
+    await assertOneConnectionPerPair([[a, b]], `after drop ${drop}`);
+  }
+});
+
+test('a second connection to a connected peer that nothing uses is closed; the one carrying gossip stays', { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const a = await nodes.start(0, []);
+  const b = await nodes.start(0, [loopbackAddress(a)]);
+  await assertOneConnectionPerPair([[a, b]], 'joined');
+  // a dials b's listen address itself: libp2p refuses a second dial of a connected peer only by PeerId.
+  await a.dial(loopbackAddress(b).replace(/\/p2p\/.*$/, ''));
+  await waitFor('two connections for a moment', () => countsOf([[a, b]])[0] === '2/2', 2000, 5);
+  await waitFor('the idle duplicate closed', () => countsOf([[a, b]])[0] === '1/1', 5000, 50);
+  // Gossip still flows both ways on the connection kept.
+  for (const [from, to] of [[a, b], [b, a]] as const) {
+    const topic = `pacs-mesh/test-duplicate/${from.peerId}`;
+    let heard = false;
+    const off = to.subscribe(topic, () => (heard = true));
+    await waitFor(`gossip from ${from === a ? 'a' : 'b'} heard`, async () => {
+      await from.publish(topic, new TextEncoder().encode('still here')).catch(() => 0);
+      return heard;
+    }, 10_000, 200);
+    off();
+  }
+});

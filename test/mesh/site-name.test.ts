@@ -1,0 +1,58 @@
+/**
+ * A copied --site: a second live peer claiming a site name at another DICOM address stops with a message
+ * naming the site, the peer holding it, its address and the way out, while the holder serves on and
+ * shows the conflict; a site that moved to another address on an empty disk after its process died
+ * (a new PeerId, its predecessor's heartbeats still in gossip caches) keeps running.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { eventually, newCluster } from './support.ts';
+
+interface SiteConflictView {
+  site: string;
+  peers: Array<{ peerId: string; dicom: string }>;
+}
+
+test('a second peer under a site name held at another address stops (exit 2, naming both); the holder serves on; a moved site keeps running', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await b.status()).members));
+  const aPeerId = (await a.status()).self.peerId!;
+  const aDicom = `127.0.0.1:${a.dicomPort}`;
+
+  // The operator copies site-a's command to another machine (here: other ports, an empty directory).
+  const twin = await cluster.start('site-a', { dataDir: join(cluster.root, 'site-a-copy') });
+  const twinPeerId = (await twin.status()).self.peerId!;
+  const conflictsAt = async (peer: typeof a): Promise<SiteConflictView[]> => ((await peer.status()) as { siteConflicts?: SiteConflictView[] }).siteConflicts ?? [];
+  await eventually(
+    async () => (await conflictsAt(a)).some((c) => c.site === 'site-a' && c.peers.map((p) => p.peerId).join() === [aPeerId, twinPeerId].join()),
+    30_000,
+    async () => `site-a shows ${JSON.stringify(await conflictsAt(a))}\n${a.output().slice(-2000)}`,
+  );
+  const page = await (await fetch(`http://127.0.0.1:${a.httpPort}/`)).text();
+  assert.match(page, /Site name site-a is claimed by live peers at several DICOM addresses/, 'the status page shows it while it lasts');
+  const exit = await Promise.race([twin.process.exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+  assert.deepEqual(exit, { code: 2, signal: null }, `the later peer stops as a configuration error:\n${twin.output().slice(-3000)}`);
+  const said = twin.output();
+  assert.ok(said.includes(`site name "site-a" is already held by peer ${aPeerId} at DICOM address ${aDicom}`), `the site, the holder and its address:\n${said.slice(-3000)}`);
+  assert.match(said, /give each site its own --site/, 'the way out');
+  assert.match(a.output(), /live peers claim site \\?"site-a\\?" at several DICOM addresses/, 'the holder logged the conflict');
+
+  // The holder serves on, and the conflict ends with the twin.
+  assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).status, 200, 'site-a still healthy');
+  await eventually(async () => (await conflictsAt(a)).length === 0 && (await conflictsAt(b)).length === 0, 20_000, async () => `still shown: ${JSON.stringify(await conflictsAt(a))}`);
+
+  // site-b dies and comes back on another machine with an empty disk: a new PeerId at a new address.
+  // Its predecessor's last heartbeats may still reach it: it must not stop for them.
+  await b.kill9();
+  const moved = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-moved') });
+  const movedPeerId = (await moved.status()).self.peerId!;
+  await eventually(async () => (await a.status()).members?.some((m) => m.peerId === movedPeerId && m.alive) === true, 20_000, async () => JSON.stringify((await a.status()).members));
+  // Past the time a twin is stopped in (3 x 3 s), and some.
+  await new Promise((r) => setTimeout(r, 12_000));
+  assert.equal(moved.process.hasExited, false, `the moved site stopped:\n${moved.output().slice(-3000)}`);
+  assert.deepEqual(await conflictsAt(a), [], 'no conflict for a dead predecessor');
+  assert.equal((await a.status()).members?.find((m) => m.peerId === movedPeerId)?.alive, true, 'the moved site is alive at site-a');
+});
