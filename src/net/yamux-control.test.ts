@@ -5,11 +5,11 @@ import { defaultLogger } from '@libp2p/logger';
 import { AbstractMultiaddrConnection } from '@libp2p/utils';
 import type { Stream } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
-import { bulkTurnBytes, congestedAfter, congestedFullMs, controlBurstBytes, controlRefillBytesPerSecond, controlRoom, spendControl, type ControlBucket } from './yamux-control.ts';
+import { bulkTurnBytes, congestedAfter, congestedFullMs, controlBurstBytes, controlRefillBytesPerSecond, controlRoom, drainOrder, spendControl, type ControlBucket } from './yamux-control.ts';
 import { MeshStream } from './stream.ts';
 
 test('a stream is control until it has sent its burst, then bulk until quiet long enough to have it all back', () => {
-  const bucket: ControlBucket = { tokens: controlBurstBytes, atMs: 0, bulk: false };
+  const bucket: ControlBucket = { tokens: controlBurstBytes, atMs: 0, bulk: false, pending: false };
   assert.equal(controlRoom(bucket, 0), controlBurstBytes, 'a new stream: the whole burst');
   spendControl(bucket, 1000);
   assert.equal(controlRoom(bucket, 0), controlBurstBytes - 1000, 'what is left of it');
@@ -18,6 +18,15 @@ test('a stream is control until it has sent its burst, then bulk until quiet lon
   const halfRefillMs = (controlBurstBytes / 2 / controlRefillBytesPerSecond) * 1000;
   assert.equal(controlRoom(bucket, halfRefillMs), 0, 'half refilled: still bulk (a copy keeps it from filling)');
   assert.equal(controlRoom(bucket, 2 * halfRefillMs), controlBurstBytes, 'quiet for a whole refill: control again');
+  spendControl(bucket, controlBurstBytes);
+  bucket.pending = true;
+  assert.equal(controlRoom(bucket, 10 * halfRefillMs), 0, 'held with bytes to send all that time: waiting is not being quiet');
+  const order = [
+    { name: 'copy served last', lastTurn: 9 },
+    { name: 'custody tail, never served', lastTurn: undefined },
+    { name: 'copy served first', lastTurn: 4 },
+  ].sort(drainOrder);
+  assert.deepEqual(order.map((stream) => stream.name), ['custody tail, never served', 'copy served first', 'copy served last'], 'least recently served first');
   assert.equal(congestedAfter(congestedFullMs - 1), false, 'drained quickly: a fast link');
   assert.equal(congestedAfter(congestedFullMs), true, 'full for long: a slow link');
 });

@@ -12,15 +12,15 @@
  * 15 s deadline and pushes were reset by the receiver's 10 s limit on protocol negotiation.
  *
  * Here a stream is "control" while it has sent little lately: a token bucket of `controlBurstBytes`,
- * refilled at `controlRefillBytesPerSecond`; one that used it up counts as bulk until the bucket is full
- * again (a copy keeps it empty). Control bytes are handed to the connection at once, full or not: they
- * wait behind what the connection already holds, not for it to drain. Bulk streams are held while the
- * connection is full, window updates included (libp2p would let each one refill it), and at each drain
- * they are woken least recently served first. On a slow link (full for `congestedFullMs` or longer
- * before it drained) bulk streams hand over `bulkTurnBytes` at a time, so the connection holds about one
- * turn of a copy in front of the next control message, not a whole window's frame.
+ * refilled at `controlRefillBytesPerSecond` while it has nothing pending; one that used it up counts as
+ * bulk until the bucket is full again (a copy keeps it empty). Control bytes are handed to the connection
+ * at once, full or not: they wait behind what the connection already holds, not for it to drain. Bulk
+ * streams are held while the connection is full, window updates included (libp2p would let each one
+ * refill it); at each drain they are woken least recently served first. On a slow link (full for `congestedFullMs` or longer before it drained)
+ * bulk streams hand over `bulkTurnBytes` at a time, so the connection holds about one turn of a copy in
+ * front of the next control message, not a whole window's frame.
  *
- * What control streams may add to a full connection is bounded by their buckets (64 KiB per stream at
+ * What control streams may add to a full connection is bounded by their buckets (16 KiB per stream at
  * once, 4 KiB/s after that); bulk streams add nothing while it is full. helper 77's version gave every
  * stream 16 KiB per full period, copies included: with ~25 copy streams open, a custody batch waited
  * behind ~400 KB per turn. The library's classes are patched once per process, on import of this
@@ -29,14 +29,19 @@
 import { YamuxStream } from '@chainsafe/libp2p-yamux/stream';
 import { AbstractStreamMuxer } from '@libp2p/utils';
 
-/** Bytes a stream may hand over at once as control (a custody batch is up to ~40 KB). */
-export const controlBurstBytes = 64 * 1024;
+/**
+ * Bytes a stream may hand over at once as control. Every new stream starts with it, copies included, so
+ * it is kept small (with 64 KiB, 35 pings timed out at the receivers during a debt drain at 1 Mbit/s, 0
+ * with 16 KiB). A larger custody batch sends the rest in turns with the copies, first at the next drain.
+ */
+export const controlBurstBytes = 16 * 1024;
 /** Rate at which a stream's control allowance comes back (gossip and heartbeats stay well under it). */
 export const controlRefillBytesPerSecond = 4 * 1024;
 /** A connection that stayed full this long before it drained is a slow one (a fast link drains within a turn or two of the event loop). */
 export const congestedFullMs = 100;
 /** Bytes a bulk stream hands over at a time on a slow link (at 1 Mbit/s, ~130 ms). */
 export const bulkTurnBytes = 16 * 1024;
+
 
 /** The connection's side of it: one per muxer, shared by its streams. */
 export interface ConnectionState {
@@ -57,11 +62,16 @@ export interface ControlBucket {
   atMs: number;
   /** Used up its allowance and not yet quiet long enough to have it back. */
   bulk: boolean;
+  /** Has bytes it could not hand over yet (held, or out of send window): waiting is not being quiet. */
+  pending: boolean;
 }
 
-/** The bytes a stream may still hand over as control at `nowMs` (0: it is bulk); refills `bucket`. */
+/**
+ * The bytes a stream may still hand over as control at `nowMs` (0: it is bulk); refills `bucket` for the
+ * time it had nothing pending (a copy held for seconds must not come back as control).
+ */
 export function controlRoom(bucket: ControlBucket, nowMs: number): number {
-  bucket.tokens = Math.min(controlBurstBytes, bucket.tokens + ((nowMs - bucket.atMs) * controlRefillBytesPerSecond) / 1000);
+  if (!bucket.pending) bucket.tokens = Math.min(controlBurstBytes, bucket.tokens + ((nowMs - bucket.atMs) * controlRefillBytesPerSecond) / 1000);
   bucket.atMs = nowMs;
   if (bucket.bulk && bucket.tokens >= controlBurstBytes) bucket.bulk = false;
   return bucket.bulk ? 0 : Math.floor(bucket.tokens);
@@ -129,6 +139,15 @@ const library = {
 /** The connection whose full signal is being told to its streams (set only during that synchronous call). */
 let signalling: ConnectionState | undefined;
 
+/**
+ * Wake order at a drain: least recently served first, a stream never served (the tail of a custody batch)
+ * before all. Not fewest bytes first: on the emulator that let new copy streams (each light for its first
+ * 256 KiB) hold an older batch stream back for 60 s, and the sender gave it up as stalled.
+ */
+export function drainOrder(a: { lastTurn?: number }, b: { lastTurn?: number }): number {
+  return (a.lastTurn ?? -1) - (b.lastTurn ?? -1);
+}
+
 function connectionOf(muxer: MuxerFields): ConnectionState {
   if (muxer.meshConnection !== undefined) return muxer.meshConnection;
   const state: ConnectionState = { full: false, fullSinceMs: 0, congested: false, drains: 0, held: new Set() };
@@ -138,7 +157,7 @@ function connectionOf(muxer: MuxerFields): ConnectionState {
     state.congested = state.full && congestedAfter(performance.now() - state.fullSinceMs);
     state.full = false;
     state.drains += 1;
-    const held = [...state.held].sort((a, b) => (a.lastTurn ?? -1) - (b.lastTurn ?? -1));
+    const held = [...state.held].sort(drainOrder);
     state.held.clear();
     // Least recently served first: the first to send fills the connection again and the rest wait.
     for (const stream of held) library.onMuxerDrain.call(stream);
@@ -164,7 +183,7 @@ muxerPrototype.send = function send(this: MuxerFields, data: unknown): boolean {
 };
 
 function bucketOf(stream: ControlFields, nowMs: number): ControlBucket {
-  stream.bucket ??= { tokens: controlBurstBytes, atMs: nowMs, bulk: false };
+  stream.bucket ??= { tokens: controlBurstBytes, atMs: nowMs, bulk: false, pending: false };
   return stream.bucket;
 }
 
@@ -174,6 +193,7 @@ function fieldsPresent(stream: ControlFields): boolean {
 
 function hold(stream: ControlFields): void {
   stream.connection?.held.add(stream);
+  if (stream.bucket !== undefined) stream.bucket.pending = true;
 }
 
 streamPrototype.onMuxerNeedsDrain = function onMuxerNeedsDrain(this: ControlFields): void {
@@ -194,6 +214,12 @@ streamPrototype.onMuxerDrain = function onMuxerDrain(this: ControlFields): void 
   library.onMuxerDrain.call(this);
 };
 
+/** sendData's answer when bytes are left for later (the library keeps them and marks the stream). */
+function waiting(bucket: ControlBucket, sentBytes: number): SendResult {
+  bucket.pending = true;
+  return { sentBytes, canSendMore: false };
+}
+
 streamPrototype.sendData = function sendData(this: ControlFields, data: ByteList): SendResult {
   if (!fieldsPresent(this)) return library.sendData.call(this, data);
   let sentBytes = 0;
@@ -201,14 +227,14 @@ streamPrototype.sendData = function sendData(this: ControlFields, data: ByteList
     // Read each time: the connection's first full signal may come during this call.
     const state = this.connection;
     // An exhausted send window: the remote's window update wakes the stream (the library's way).
-    if (this.sendWindowCapacity <= 0) return { sentBytes, canSendMore: false };
     const nowMs = performance.now();
     const bucket = bucketOf(this, nowMs);
+    if (this.sendWindowCapacity <= 0) return waiting(bucket, sentBytes);
     const room = controlRoom(bucket, nowMs);
     if (room === 0 && state?.full === true) {
       // Bulk on a full connection (woken by a window update, or its turn taken): wait for the drain.
       hold(this);
-      return { sentBytes, canSendMore: false };
+      return waiting(bucket, sentBytes);
     }
     const pieceBytesMax = room > 0 ? room : state?.congested === true ? bulkTurnBytes : Number.POSITIVE_INFINITY;
     const piece = data.byteLength <= pieceBytesMax ? data : data.sublist(0, pieceBytesMax);
@@ -217,9 +243,10 @@ streamPrototype.sendData = function sendData(this: ControlFields, data: ByteList
     sentBytes += result.sentBytes;
     spendControl(bucket, result.sentBytes);
     if (room === 0 && state !== undefined) this.lastTurn = state.drains;
-    if (result.sentBytes === 0) return { sentBytes, canSendMore: false };
+    if (result.sentBytes === 0) return waiting(bucket, sentBytes);
     // Control bytes are not held by a full connection; bulk ones stop at it (the muxer held the stream).
-    if (!result.canSendMore && (room === 0 || this.sendWindowCapacity <= 0)) return { sentBytes, canSendMore: false };
+    if (!result.canSendMore && (room === 0 || this.sendWindowCapacity <= 0)) return waiting(bucket, sentBytes);
   }
+  if (this.bucket !== undefined) this.bucket.pending = false;
   return { sentBytes, canSendMore: true };
 };
