@@ -5,7 +5,7 @@ import { defaultLogger } from '@libp2p/logger';
 import { AbstractMultiaddrConnection } from '@libp2p/utils';
 import type { Stream } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
-import { bulkTurnBytes, congestedAfter, congestedFullMs, controlBurstBytes, controlRefillBytesPerSecond, controlRoom, drainOrder, spendControl, type ControlBucket } from './yamux-control.ts';
+import { bulkTurnBytes, congestedAfter, congestedFullMs, controlBurstBytes, controlRefillBytesPerSecond, controlRoom, drainOrder, lightStreamBytes, spendControl, type ControlBucket } from './yamux-control.ts';
 import { MeshStream } from './stream.ts';
 
 test('a stream is control until it has sent its burst, then bulk until quiet long enough to have it all back', () => {
@@ -21,12 +21,15 @@ test('a stream is control until it has sent its burst, then bulk until quiet lon
   spendControl(bucket, controlBurstBytes);
   bucket.pending = true;
   assert.equal(controlRoom(bucket, 10 * halfRefillMs), 0, 'held with bytes to send all that time: waiting is not being quiet');
-  const order = [
-    { name: 'copy served last', lastTurn: 9 },
-    { name: 'custody tail, never served', lastTurn: undefined },
-    { name: 'copy served first', lastTurn: 4 },
-  ].sort(drainOrder);
-  assert.deepEqual(order.map((stream) => stream.name), ['custody tail, never served', 'copy served first', 'copy served last'], 'least recently served first');
+  const held = [
+    { name: 'copy served last', sentBytesTotal: 50_000_000, lastTurn: 9 },
+    { name: 'copy served first', sentBytesTotal: 3 * lightStreamBytes, lastTurn: 4 },
+    { name: 'custody tail', sentBytesTotal: controlBurstBytes, lastTurn: 8 },
+    { name: 'new copy', sentBytesTotal: lightStreamBytes - 1, lastTurn: undefined },
+  ];
+  const names = (drains: number): string[] => [...held].sort(drainOrder(drains)).map((stream) => stream.name);
+  assert.deepEqual(names(10), ['custody tail', 'new copy', 'copy served first', 'copy served last'], 'even drains: light streams first, fewest bytes first');
+  assert.deepEqual(names(11), ['new copy', 'copy served first', 'custody tail', 'copy served last'], 'odd drains: least recently served first (no copy waits for ever)');
   assert.equal(congestedAfter(congestedFullMs - 1), false, 'drained quickly: a fast link');
   assert.equal(congestedAfter(congestedFullMs), true, 'full for long: a slow link');
 });

@@ -16,7 +16,8 @@
  * bulk until the bucket is full again (a copy keeps it empty). Control bytes are handed to the connection
  * at once, full or not: they wait behind what the connection already holds, not for it to drain. Bulk
  * streams are held while the connection is full, window updates included (libp2p would let each one
- * refill it); at each drain they are woken least recently served first. On a slow link (full for `congestedFullMs` or longer before it drained)
+ * refill it); at each drain they are woken in turn, on every other drain light streams (a custody
+ * batch's tail) first. On a slow link (full for `congestedFullMs` or longer before it drained)
  * bulk streams hand over `bulkTurnBytes` at a time, so the connection holds about one turn of a copy in
  * front of the next control message, not a whole window's frame.
  *
@@ -32,7 +33,7 @@ import { AbstractStreamMuxer } from '@libp2p/utils';
 /**
  * Bytes a stream may hand over at once as control. Every new stream starts with it, copies included, so
  * it is kept small (with 64 KiB, 35 pings timed out at the receivers during a debt drain at 1 Mbit/s, 0
- * with 16 KiB). A larger custody batch sends the rest in turns with the copies, first at the next drain.
+ * with 16 KiB). A larger custody batch sends the rest as a light stream (see drainOrder).
  */
 export const controlBurstBytes = 16 * 1024;
 /** Rate at which a stream's control allowance comes back (gossip and heartbeats stay well under it). */
@@ -101,6 +102,8 @@ interface ControlFields {
   bucket?: ControlBucket;
   /** The drain count when this stream last handed over bulk bytes. */
   lastTurn?: number;
+  /** Bytes this stream has handed over in its life. */
+  sentBytesTotal?: number;
 }
 
 /** The library's byte list (sublist and consume are all that is used here). */
@@ -140,12 +143,28 @@ const library = {
 let signalling: ConnectionState | undefined;
 
 /**
- * Wake order at a drain: least recently served first, a stream never served (the tail of a custody batch)
- * before all. Not fewest bytes first: on the emulator that let new copy streams (each light for its first
- * 256 KiB) hold an older batch stream back for 60 s, and the sender gave it up as stalled.
+ * Held streams that have sent less than this in their life are light (a custody batch: up to ~8 digest
+ * messages of ~17 KB): on every other drain they go first.
  */
-export function drainOrder(a: { lastTurn?: number }, b: { lastTurn?: number }): number {
-  return (a.lastTurn ?? -1) - (b.lastTurn ?? -1);
+export const lightStreamBytes = 256 * 1024;
+
+interface TurnFields {
+  lastTurn?: number;
+  sentBytesTotal?: number;
+}
+
+/**
+ * Wake order at the `drains`-th drain: on even ones light streams first, fewest bytes first; otherwise
+ * (and among the others) least recently served first, a stream never served before all. Light first
+ * always let the tail of custody batches through within their 15 s (helper 82, 1 Mbit/s: custody
+ * messages not delivered 86 -> 0 against turns alone) but also let new copy streams, light for their
+ * first 256 KiB, hold an older batch stream back for 60 s until its sender gave it up as stalled.
+ */
+export function drainOrder(drains: number): (a: TurnFields, b: TurnFields) => number {
+  const byTurn = (a: TurnFields, b: TurnFields): number => (a.lastTurn ?? -1) - (b.lastTurn ?? -1);
+  if (drains % 2 === 1) return byTurn;
+  const weight = (stream: TurnFields): number => Math.min(stream.sentBytesTotal ?? 0, lightStreamBytes);
+  return (a, b) => weight(a) - weight(b) || byTurn(a, b);
 }
 
 function connectionOf(muxer: MuxerFields): ConnectionState {
@@ -157,7 +176,7 @@ function connectionOf(muxer: MuxerFields): ConnectionState {
     state.congested = state.full && congestedAfter(performance.now() - state.fullSinceMs);
     state.full = false;
     state.drains += 1;
-    const held = [...state.held].sort(drainOrder);
+    const held = [...state.held].sort(drainOrder(state.drains));
     state.held.clear();
     // Least recently served first: the first to send fills the connection again and the rest wait.
     for (const stream of held) library.onMuxerDrain.call(stream);
@@ -241,6 +260,7 @@ streamPrototype.sendData = function sendData(this: ControlFields, data: ByteList
     const result = library.sendData.call(this, piece);
     if (piece !== data) data.consume(result.sentBytes);
     sentBytes += result.sentBytes;
+    this.sentBytesTotal = (this.sentBytesTotal ?? 0) + result.sentBytes;
     spendControl(bucket, result.sentBytes);
     if (room === 0 && state !== undefined) this.lastTurn = state.drains;
     if (result.sentBytes === 0) return waiting(bucket, sentBytes);
