@@ -157,7 +157,7 @@ interface TurnFields {
  * Wake order at the `drains`-th drain: on even ones light streams first, fewest bytes first; otherwise
  * (and among the others) least recently served first, a stream never served before all. Light first
  * always let the tail of custody batches through within their 15 s (helper 82, 1 Mbit/s: custody
- * messages not delivered 86 -> 0 against turns alone) but also let new copy streams, light for their
+ * messages not delivered 101 with turns alone, 0 with light first at every drain) but also let new copy streams, light for their
  * first 256 KiB, hold an older batch stream back for 60 s until its sender gave it up as stalled.
  */
 export function drainOrder(drains: number): (a: TurnFields, b: TurnFields) => number {
