@@ -43,6 +43,7 @@ export const congestedFullMs = 100;
 /** Bytes a bulk stream hands over at a time on a slow link (at 1 Mbit/s, ~130 ms). */
 export const bulkTurnBytes = 16 * 1024;
 
+
 /** The connection's side of it: one per muxer, shared by its streams. */
 export interface ConnectionState {
   /** The connection said it is full and has not drained since. */
@@ -99,7 +100,7 @@ interface ControlFields {
   /** Set at the connection's first full signal after the stream exists. */
   connection?: ConnectionState;
   bucket?: ControlBucket;
-  /** The drain count when this stream last handed over bulk bytes (or started waiting, if never). */
+  /** The drain count when this stream last handed over bulk bytes. */
   lastTurn?: number;
   /** Bytes this stream has handed over in its life. */
   sentBytesTotal?: number;
@@ -154,10 +155,10 @@ interface TurnFields {
 
 /**
  * Wake order at the `drains`-th drain: on even ones light streams first, fewest bytes first; otherwise
- * (and among the others) least recently served first (a new stream: since it started waiting). Helper 82,
- * 1 Mbit/s: with turns alone 101 custody batches from the busy site missed the receivers' 15 s; light
- * first at every drain, 0, but new copy streams (light for their first 256 KiB) then held an older batch
- * stream back for 60 s, until its sender gave it up as stalled.
+ * (and among the others) least recently served first, a stream never served before all. Light first
+ * always let the tail of custody batches through within their 15 s (helper 82, 1 Mbit/s: custody
+ * messages not delivered 101 with turns alone, 0 with light first at every drain) but also let new copy streams, light for their
+ * first 256 KiB, hold an older batch stream back for 60 s until its sender gave it up as stalled.
  */
 export function drainOrder(drains: number): (a: TurnFields, b: TurnFields) => number {
   const byTurn = (a: TurnFields, b: TurnFields): number => (a.lastTurn ?? -1) - (b.lastTurn ?? -1);
@@ -177,7 +178,7 @@ function connectionOf(muxer: MuxerFields): ConnectionState {
     state.drains += 1;
     const held = [...state.held].sort(drainOrder(state.drains));
     state.held.clear();
-    // In drainOrder's order: the first to send fills the connection again and the rest wait.
+    // Least recently served first: the first to send fills the connection again and the rest wait.
     for (const stream of held) library.onMuxerDrain.call(stream);
   });
   return state;
@@ -210,12 +211,8 @@ function fieldsPresent(stream: ControlFields): boolean {
 }
 
 function hold(stream: ControlFields): void {
+  stream.connection?.held.add(stream);
   if (stream.bucket !== undefined) stream.bucket.pending = true;
-  const state = stream.connection;
-  if (state === undefined) return;
-  // A stream never served counts from the drain it started waiting at: new streams do not go before old ones.
-  stream.lastTurn ??= state.drains;
-  state.held.add(stream);
 }
 
 streamPrototype.onMuxerNeedsDrain = function onMuxerNeedsDrain(this: ControlFields): void {
