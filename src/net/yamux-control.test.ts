@@ -98,7 +98,27 @@ interface Received {
   ended: boolean;
 }
 
-async function pairBehindHeldLink(): Promise<{ aToB: HeldLink; a: ReturnType<ReturnType<ReturnType<typeof yamux>>['createStreamMuxer']>; received: Map<number, Received>; close(): void }> {
+interface HeldPair {
+  aToB: HeldLink;
+  a: ReturnType<ReturnType<ReturnType<typeof yamux>>['createStreamMuxer']>;
+  received: Map<number, Received>;
+  /** Aborted when the test is over: copies in flight stop. */
+  stop: AbortController;
+}
+
+/** Runs `body` with two muxers joined by a held link (a to b) and an open one (b to a), then takes them down. */
+async function behindHeldLink(body: (pair: HeldPair) => Promise<void>): Promise<void> {
+  const { close, ...pair } = await pairBehindHeldLink();
+  const stop = new AbortController();
+  try {
+    await body({ ...pair, stop });
+  } finally {
+    stop.abort();
+    close();
+  }
+}
+
+async function pairBehindHeldLink(): Promise<{ aToB: HeldLink; a: HeldPair['a']; received: Map<number, Received>; close(): void }> {
   // 16 KiB: a Node socket's high-water mark.
   const aToB = new HeldLink('outbound', 16 * 1024);
   const bToA = new OpenLink('inbound', 16 * 1024);
@@ -136,9 +156,7 @@ async function pairBehindHeldLink(): Promise<{ aToB: HeldLink; a: ReturnType<Ret
 }
 
 test('on a connection kept full by a copy, a small stream hands over its bytes and half-close without waiting for a drain', { timeout: 20_000 }, async () => {
-  const { aToB, a, received, close } = await pairBehindHeldLink();
-  const stop = new AbortController();
-  try {
+  await behindHeldLink(async ({ aToB, a, received, stop }) => {
     const bulk = new MeshStream((await a.createStream()) as Stream, 'b');
     const copy = bulk.writer.write(new Uint8Array(4 * 1024 * 1024).fill(0xff), { signal: stop.signal }).catch(() => undefined);
     // A few drains: the copy uses up its control allowance and is bulk, the connection full again.
@@ -162,16 +180,11 @@ test('on a connection kept full by a copy, a small stream hands over its bytes a
     assert.deepEqual(received.get(0x00), { bytes: 5 * (4 + 18), ended: true }, 'the small exchange arrived whole');
     stop.abort();
     await copy;
-  } finally {
-    stop.abort();
-    close();
-  }
+  });
 });
 
 test('a copy on a full connection is not woken by window updates: it waits for the drain', { timeout: 20_000 }, async () => {
-  const { aToB, a, close } = await pairBehindHeldLink();
-  const stop = new AbortController();
-  try {
+  await behindHeldLink(async ({ aToB, a, stop }) => {
     // Room for a whole send window first: the copy uses its window up (256 KiB, nothing read yet) and
     // keeps the rest of a piece queued in its stream.
     aToB.capacityBytes = 1024 * 1024;
@@ -191,16 +204,11 @@ test('a copy on a full connection is not woken by window updates: it waits for t
     assert.ok(handedWhileFull < 1024, `the copy handed over ${handedWhileFull} bytes while the connection was full (window updates only)`);
     stop.abort();
     await copy;
-  } finally {
-    stop.abort();
-    close();
-  }
+  });
 });
 
 test('on a slow link copies hand over a turn at a time after each drain, and take turns', { timeout: 30_000 }, async () => {
-  const { aToB, a, received, close } = await pairBehindHeldLink();
-  const stop = new AbortController();
-  try {
+  await behindHeldLink(async ({ aToB, a, received, stop }) => {
     const copies = [0xff, 0xfe].map(async (fill) => {
       const bulk = new MeshStream((await a.createStream()) as Stream, 'b');
       await bulk.writer.write(new Uint8Array(8 * 1024 * 1024).fill(fill), { signal: stop.signal }).catch(() => undefined);
@@ -229,8 +237,5 @@ test('on a slow link copies hand over a turn at a time after each drain, and tak
     assert.ok(Math.min(...movedPerCopy) >= 3 * bulkTurnBytes, `both copies move on (bytes per copy over the 10 drains: ${movedPerCopy.join(', ')})`);
     stop.abort();
     await Promise.all(copies);
-  } finally {
-    stop.abort();
-    close();
-  }
+  });
 });
