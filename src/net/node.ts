@@ -35,6 +35,7 @@ import { InboundActivity } from './inbound-activity.ts';
 import { loadOrCreatePeerKey } from './peer-key.ts';
 import { pskProtector } from './protector.ts';
 import './yamux-window.ts';
+import './yamux-control.ts';
 import './adaptive-timeout-clock.ts';
 import { MeshStream } from './stream.ts';
 import type { SwarmKey } from './swarm-key.ts';
