@@ -33,7 +33,7 @@ export const heldBytesPerPdv = 256;
 /**
  * Whether a data set being gathered outgrew its bound: its bytes against limitBytes, and its fragments
  * (each holds heldBytesPerPdv beside its bytes) against as many as limitBytes pays for. Counted apart, a
- * legal data set in small PDUs is not refused for its fragments (an N-ACTION of 3.9 MiB in 16 KiB PDUs was,
+ * legal data set in small PDUs is not refused for its fragments (an N-ACTION of 3.9 MiB in 4 KiB PDUs was,
  * against 4 MiB), and empty PDVs still cannot grow the list without bound.
  */
 export function gatheredOverLimit(bytes: number, fragments: number, limitBytes: number): boolean {

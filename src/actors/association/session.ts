@@ -40,7 +40,7 @@ const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find
 /**
  * Events one association handles before it lets the event loop serve the others: a requestor sending tiny
  * PDVs (6 bytes each, up to 43,690 a PDU) held every other association while its PDUs went through (one
- * such requestor put others' C-ECHOs at ~0.7 s, four at 2-4 s). A C-STORE in 16 KiB PDVs yields every 32 MB.
+ * such requestor put others' C-ECHOs at ~0.7 s, four at 2-4 s). A C-STORE in DCMTK's 128 KiB PDVs yields every ~16 MB.
  */
 const eventsPerTurnMax = 256;
 

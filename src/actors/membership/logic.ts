@@ -271,14 +271,17 @@ function checkSiteConflicts(state: MembershipState, nowMs: number, effects: Memb
     next = { ...next, siteConflicts: conflicts };
     effects.push({ type: 'siteConflictsChanged', conflicts });
   }
-  if (next.siteNameTakenBy !== null) return next;
+  // A peer told its site has several peers never stops for another: a heartbeat without siteShared is also
+  // what a peer of an earlier version sends, and a rolling upgrade must not stop the peers restarted last.
+  // The conflict is still reported where the other claims the site alone.
+  if (next.siteNameTakenBy !== null || c.siteShared === true) return next;
   const own = conflicts.find((conflict) => conflict.siteName === c.siteName);
   const self = { peerId: c.peerId, incarnation: c.incarnation };
   const takenAfterMs = siteNameTakenAfterDeadTimes * c.deadAfterMs;
   const holder = own?.peers.find((p) => {
     const record = next.members.get(p.peerId);
     if (record === undefined || p.dicom === c.addresses.dicom || sitePrecedence(p, self) >= 0) return false;
-    return nowMs - record.statusSinceMs >= takenAfterMs && !(c.siteShared === true && record.siteShared === true);
+    return nowMs - record.statusSinceMs >= takenAfterMs;
   });
   if (holder === undefined) return next;
   effects.push({ type: 'siteNameTaken', siteName: c.siteName, byPeerId: holder.peerId, byDicom: holder.dicom });

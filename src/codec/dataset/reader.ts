@@ -223,6 +223,12 @@ export class DatasetHeaderReader {
     return this.elements;
   }
 
+  /** Stops reading before the end (nothing more will be pushed): frees a deflated syntax's inflater now. */
+  abandon(): void {
+    this.ended = true;
+    this.releaseInflater();
+  }
+
   /** Bytes of the data set read so far (inflated, for a deflated syntax). */
   get bytesRead(): number {
     return this.streamOffset;

@@ -301,6 +301,8 @@ async function readDataSetUids(start: Uint8Array[], body: AsyncIterator<Uint8Arr
   } catch (error) {
     if (error instanceof DatasetParseError) return { ended };
     throw error;
+  } finally {
+    reader.abandon();
   }
   const valueOf = (tag: number) => normalizeUidValue(reader.elementsRead.find((element) => element.tag === tag)?.value ?? '');
   const sopClassUid = valueOf(Tags.SOPClassUID);
