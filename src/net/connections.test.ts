@@ -44,9 +44,9 @@ const countsOf = (pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>): string[]
 
 /**
  * Every pair connected, then, once a duplicate opened while they met has had time to be found idle and
- * closed (duplicateSettleMs), never two connections for a pair while the redial back-off runs its course.
+ * closed (idle at two checks duplicateSettleMs apart), never two connections for a pair while the redial back-off runs its course.
  */
-async function assertOneConnectionPerPair(pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>, what: string, graceMs = duplicateSettleMs + 500): Promise<void> {
+async function assertOneConnectionPerPair(pairs: ReadonlyArray<readonly [MeshNode, MeshNode]>, what: string, graceMs = 2 * duplicateSettleMs + 500): Promise<void> {
   await waitFor(`${what}: every pair connected`, () => countsOf(pairs).every((c) => c === '1/1'), 15_000, 20);
   await new Promise((r) => setTimeout(r, graceMs));
   const seen = new Set<string>();

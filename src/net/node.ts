@@ -444,10 +444,13 @@ class Reconnector {
    * it counts as connected. Without it a peer whose first dial of a --bootstrap address failed, and which
    * the peer there then dialled, dialled that address again once connected: two connections per pair.
    */
-  onIdentified(peerId: string, listenAddrs: readonly Multiaddr[]): void {
+  onIdentified(peerId: string, listenAddrs: readonly Multiaddr[], remoteAddr: Multiaddr): void {
     const listening = listenAddrs.map((a) => a.decapsulateCode(P2P_CODE));
+    // Only where the peer is seen connecting from the target's host: a peer listening on 0.0.0.0 lists
+    // 127.0.0.1 among its addresses, and a remote one on the same port would claim a loopback target (review).
+    const fromHost = ipOf(remoteAddr);
     for (const t of this.targets.values()) {
-      if (t.peerId !== undefined || !t.addrs.some((a) => listening.some((l) => l.equals(a)))) continue;
+      if (t.peerId !== undefined || !t.addrs.some((a) => ipOf(a) === fromHost && listening.some((l) => l.equals(a)))) continue;
       t.reachedPeerId = peerId;
       t.attempts = 0;
     }
@@ -630,37 +633,51 @@ const transientProtocols = new Set(['/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0', '/i
  * Two peers that dial each other at once (they learnt each other's addresses together, or share a
  * --bootstrap list) get two connections; libp2p keeps both (it only refuses a second dial of a connected
  * peer, and two connections to one address). One carries the gossip streams and every stream opened since;
- * the other stays idle. The idle one is closed: with one in use, by either peer (closing a connection
- * nothing uses costs nothing, and both see the same streams); with both idle, the one the lower PeerId did
- * not dial, a choice both peers make alike. A connection in use is never closed: gossipsub attaches its
- * stream to one connection per peer and never again while the peer stays connected, so closing that one
- * would silence gossip between the two.
+ * the other stays idle. The idle one is closed, by the peer with the lower PeerId alone (two peers deciding
+ * apart, each from its own view, could close both), and only once it was seen idle at two checks
+ * duplicateSettleMs apart (a stream the other peer has just opened on it shows here a moment later). With
+ * both idle, the one kept is the one the lower PeerId dialled. A connection in use is never closed:
+ * gossipsub attaches its stream to one connection per peer and never again while the peer stays
+ * connected, so closing that one would silence gossip between the two.
  */
 function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connectionOpened(peer: PeerId): void; stop(): void } {
   const selfPeerId = node.peerId.toString();
   /** At most one check waiting per connected peer. */
   const pending = new Map<string, ReturnType<typeof setTimeout>>();
   const inUse = (c: Connection): boolean => c.streams.some((stream) => stream.protocol === undefined || !transientProtocols.has(stream.protocol));
-  const sweep = (peer: PeerId): void => {
+  /** The open connections to `peer` to close now: none unless there are two or more. */
+  const idleDuplicates = (peer: PeerId): Connection[] => {
     const open = node.getConnections(peer).filter((c) => c.status === 'open');
-    if (open.length < 2) return;
-    const lowerDialled = (c: Connection): boolean => (selfPeerId < peer.toString()) === (c.direction === 'outbound');
+    if (open.length < 2) return [];
     const busy = open.filter(inUse);
-    const kept = busy.length > 0 ? busy : open.filter(lowerDialled).slice(0, 1);
-    if (kept.length === 0) return;
-    for (const c of open) {
-      if (kept.includes(c)) continue;
+    const kept = busy.length > 0 ? busy : open.filter((c) => c.direction === 'outbound').slice(0, 1);
+    if (kept.length === 0) return [];
+    return open.filter((c) => !kept.includes(c));
+  };
+  const check = (peer: PeerId, seenIdleBefore: ReadonlySet<Connection> | undefined): void => {
+    const id = peer.toString();
+    const idle = idleDuplicates(peer);
+    if (idle.length === 0) return;
+    for (const c of idle) {
+      if (seenIdleBefore === undefined || !seenIdleBefore.has(c)) continue;
       log('closing an idle duplicate connection to %p (%s)', peer, c.direction);
       void c.close().catch((err: Error) => c.abort(err));
     }
+    // Looked at again while duplicates remain: those idle now are closed if still idle then.
+    const timer = setTimeout(() => {
+      pending.delete(id);
+      check(peer, new Set(idle));
+    }, duplicateSettleMs);
+    timer.unref();
+    pending.set(id, timer);
   };
   return {
     connectionOpened(peer) {
       const id = peer.toString();
-      if (pending.has(id) || node.getConnections(peer).length < 2) return;
+      if (selfPeerId > id || pending.has(id) || node.getConnections(peer).length < 2) return;
       const timer = setTimeout(() => {
         pending.delete(id);
-        sweep(peer);
+        check(peer, undefined);
       }, duplicateSettleMs);
       timer.unref();
       pending.set(id, timer);
@@ -670,6 +687,11 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
       pending.clear();
     },
   };
+}
+
+/** The IP address of a multiaddr, or undefined (a DNS name, another transport). */
+function ipOf(ma: Multiaddr): string | undefined {
+  return ma.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value;
 }
 
 /** Whether `ip` names this host: unspecified, loopback, or one of its interfaces' addresses. */
@@ -822,7 +844,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   node.addEventListener('peer:identify', (evt) => {
     const { peerId, listenAddrs, connection } = evt.detail;
     const id = peerId.toString();
-    reconnector.onIdentified(id, listenAddrs);
+    reconnector.onIdentified(id, listenAddrs, connection.remoteAddr);
     const addresses = listenAddrs.map((a) => a.toString()).sort();
     const byConnection = identified.get(id) ?? new Map<string, string[]>();
     identified.set(id, byConnection);
