@@ -1,9 +1,8 @@
 #!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216 node --initial-old-space-size=128
 // Runs the bundle in dist/ when it is newer than every source file (`npm install` builds it), otherwise the
 // TypeScript sources through tsx: the command always runs the current code, and needs no build step.
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildIsCurrent } from './build-current.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -19,26 +18,7 @@ globalThis[Symbol.for('pacs-mesh.early-signals')] = {
   },
 };
 
-function newestMtimeMs(dir) {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestMtimeMs(path) : statSync(path).mtimeMs);
-  }
-  return newest;
-}
-
-function buildIsCurrent() {
-  if (process.env.PACS_MESH_FROM_SOURCE === '1') return false;
-  try {
-    const { startedAtMs } = JSON.parse(readFileSync(join(root, 'dist', 'build-info.json'), 'utf8'));
-    return typeof startedAtMs === 'number' && newestMtimeMs(join(root, 'src')) < startedAtMs;
-  } catch {
-    return false;
-  }
-}
-
-if (buildIsCurrent()) {
+if (buildIsCurrent(root)) {
   await import('../dist/pacs-mesh.js');
 } else {
   const { register } = await import('tsx/esm/api');

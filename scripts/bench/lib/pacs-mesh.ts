@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { getFreePort, spawnManaged, waitForPort } from '../../../test/support/dicom-tools.ts';
 import { captureOutput, httpGetJson, waitForHttpOk, type BenchServer, type BenchServerFactory, type BenchServerStartOptions } from './server.ts';
 import { pacsMeshBin, peerProcessArgs, peerProcessEnv } from '../../../src/peer-process.ts';
+import { buildIsCurrent } from '../../../bin/build-current.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
@@ -34,7 +35,9 @@ export async function pacsMeshVersion(): Promise<string | undefined> {
     const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version?: string };
     // Which LevelDB addon the peers load (see scripts/build-leveldb.js): it moves the figures by ~10 %.
     const leveldb = execFileSync(process.execPath, [join(REPO_ROOT, 'scripts', 'build-leveldb.js'), '--status'], { encoding: 'utf8' }).trim();
-    return `pacs-mesh ${pkg.version ?? '?'}, LevelDB ${leveldb}`;
+    // Peers run the sources through tsx when dist/ is older than src/: ~80 MiB more each (helper 82).
+    const code = buildIsCurrent(REPO_ROOT) ? 'from the dist/ bundle' : 'SOURCES THROUGH TSX (dist/ is stale: npm run build)';
+    return `pacs-mesh ${pkg.version ?? '?'} ${code}, LevelDB ${leveldb}`;
   } catch {
     return 'pacs-mesh';
   }
