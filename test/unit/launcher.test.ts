@@ -16,7 +16,7 @@ const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 function scratchInstall(): { root: string; run: (env?: Record<string, string>) => string } {
   const root = mkdtempSync(join(tmpdir(), 'pacs-launcher-'));
   for (const dir of ['bin', 'src/actors', 'dist']) mkdirSync(join(root, dir), { recursive: true });
-  copyFileSync(join(repoRoot, 'bin/pacs-mesh.js'), join(root, 'bin/pacs-mesh.js'));
+  for (const file of ['pacs-mesh.js', 'build-current.js']) copyFileSync(join(repoRoot, 'bin', file), join(root, 'bin', file));
   writeFileSync(join(root, 'package.json'), '{ "type": "module" }\n');
   symlinkSync(join(repoRoot, 'node_modules'), join(root, 'node_modules'));
   writeFileSync(join(root, 'src/cli.ts'), "const from: string = 'src';\nconsole.log(from);\n");
