@@ -341,9 +341,9 @@ export function threeSites(n = 3): MeshPeerSpec[] {
   });
 }
 
-/** One site with `n` peers p1..pn. */
+/** One site with `n` peers p1..pn (on purpose: `--site-peers several`, else all but the first stop, exit 2). */
 export function oneSite(n = 3, site = 'site-a'): MeshPeerSpec[] {
-  return Array.from({ length: n }, (_, i) => ({ name: `p${i + 1}`, site }));
+  return Array.from({ length: n }, (_, i) => ({ name: `p${i + 1}`, site, extraArgs: ['--site-peers', 'several'] }));
 }
 
 export interface StorescuResult {
