@@ -14,7 +14,7 @@ import {
   type RoleSelection,
 } from '../../codec/pdu.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
-import { AssociationCore, DicomConnection, gatheredOverLimit, heldBytesPerPdv } from './connection.ts';
+import { AssociationCore, DicomConnection, GatheredDataSet, heldBytesPerPdv } from './connection.ts';
 import type { DimseEvent } from './dimse-assembler.ts';
 import type { UlIndication } from './state-machine.ts';
 import { implementationClassUid, implementationVersionName } from './implementation.ts';
@@ -89,9 +89,7 @@ export class DicomClientAssociation {
   private requestSent: Promise<void> = Promise.resolve();
   private replyCommand: DimseCommand | undefined;
   private replyContextId = 0;
-  private replyParts: Uint8Array[] = [];
-  private replyBytes = 0;
-  private replyFragments = 0;
+  private reply = new GatheredDataSet(maxReplyDataSetBytes);
   private closedError: Error | undefined;
   private settleOpen!: { resolve: () => void; reject: (e: Error) => void };
   private settleRelease: (() => void) | undefined;
@@ -271,20 +269,12 @@ export class DicomClientAssociation {
     if (event.type === 'command') {
       this.replyCommand = event.command;
       this.replyContextId = event.presentationContextId;
-      this.replyParts = [];
-      this.replyBytes = 0;
-      this.replyFragments = 0;
+      this.reply = new GatheredDataSet(maxReplyDataSetBytes);
       if (!event.command.hasDataSet) this.completeReply();
       return;
     }
-    this.replyBytes += event.data.length;
-    // Each fragment kept costs its object too: counted, so that a peer sending empty or 2-byte PDVs cannot
-    // grow the list without bound under a byte limit it never reaches (hunt 79).
-    this.replyFragments += 1;
-    if (gatheredOverLimit(this.replyBytes, this.replyFragments, maxReplyDataSetBytes)) {
-      throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments)`);
-    }
-    if (event.data.length > 0) this.replyParts.push(Uint8Array.from(event.data));
+    this.reply.add(event.data);
+    if (this.reply.overLimit) throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments)`);
     if (event.isLast) this.completeReply();
   }
 
@@ -293,7 +283,7 @@ export class DicomClientAssociation {
     if (command && (command.commandField === CommandField.CStoreRq || command.commandField === CommandField.NEventReportRq)) {
       // A request from the acceptor (a C-GET sub-operation, a commitment report), not a reply to ours.
       this.replyCommand = undefined;
-      const dataSet = command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined;
+      const dataSet = command.hasDataSet ? this.reply.concat() : undefined;
       const handler = command.commandField === CommandField.CStoreRq ? this.init.onIncomingStore : this.init.onIncomingEventReport;
       const status = handler?.(command, dataSet) ?? Status.SopClassNotSupported;
       void this.core.sendMessage(this.replyContextId, {
@@ -318,7 +308,7 @@ export class DicomClientAssociation {
       this.abort();
       return;
     }
-    const reply: DimseReply = { command, dataSet: command.hasDataSet ? Buffer.concat(this.replyParts, this.replyBytes) : undefined };
+    const reply: DimseReply = { command, dataSet: command.hasDataSet ? this.reply.concat() : undefined };
     this.replyCommand = undefined;
     if (command.status !== undefined && isPendingStatus(command.status)) {
       waiter.onPending?.(reply);

@@ -31,13 +31,34 @@ import type { Clock, TimerHandle } from '../runtime/clock.ts';
 export const heldBytesPerPdv = 256;
 
 /**
- * Whether a data set being gathered outgrew its bound: its bytes against limitBytes, and its fragments
- * (each holds heldBytesPerPdv beside its bytes) against as many as limitBytes pays for. Counted apart, a
- * legal data set in small PDUs is not refused for its fragments (an N-ACTION of 3.9 MiB in 4 KiB PDUs was,
- * against 4 MiB), and empty PDVs still cannot grow the list without bound.
+ * A data set received whole before it is handled (an identifier, an N-ACTION's, a reply's), its fragments
+ * copied out of their PDUs. Bounded in bytes and, apart, in fragments (each holds heldBytesPerPdv beside
+ * its bytes: as many as limitBytes pays for): empty or 2-byte PDVs cannot grow the list without bound, and
+ * a legal data set in small PDUs is not refused for its fragments (an N-ACTION of 3.9 MiB in 4 KiB PDUs
+ * was, against 4 MiB). Once over its bound nothing more is kept.
  */
-export function gatheredOverLimit(bytes: number, fragments: number, limitBytes: number): boolean {
-  return bytes > limitBytes || fragments * heldBytesPerPdv > limitBytes;
+export class GatheredDataSet {
+  private readonly parts: Uint8Array[] = [];
+  private bytes = 0;
+  private fragments = 0;
+
+  constructor(readonly limitBytes: number) {}
+
+  /** Takes one fragment, empty ones too (copied: the PDU it came in is not kept). */
+  add(data: Uint8Array): void {
+    this.bytes += data.length;
+    this.fragments += 1;
+    if (!this.overLimit && data.length > 0) this.parts.push(Uint8Array.from(data));
+  }
+
+  get overLimit(): boolean {
+    return this.bytes > this.limitBytes || this.fragments * heldBytesPerPdv > this.limitBytes;
+  }
+
+  /** The data set's bytes, while within its bound. */
+  concat(): Buffer {
+    return Buffer.concat(this.parts, this.bytes);
+  }
 }
 
 export interface ConnectionEvents {

@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
-import { AssociationCore, DicomConnection, gatheredOverLimit } from './connection.ts';
+import { AssociationCore, DicomConnection, GatheredDataSet } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
@@ -47,12 +47,7 @@ const eventsPerTurnMax = 256;
 interface IdentifierBuffer {
   command: DimseCommand;
   context: NegotiatedContext;
-  parts: Uint8Array[];
-  bytes: number;
-  /** Fragments received, empty ones too: the limit bounds them as well as the bytes. */
-  fragments: number;
-  limitBytes: number;
-  tooLarge: boolean;
+  dataSet: GatheredDataSet;
 }
 
 interface Task {
@@ -382,7 +377,7 @@ export class AcceptorSession {
           return this.refuse(presentationContextId, command, Status.SopClassNotSupported, `request does not match the presentation context's SOP class ${context.abstractSyntaxUid}`);
         }
         if (!command.hasDataSet) return this.refuse(presentationContextId, command, Status.IdentifierDoesNotMatchSopClass, 'request without an identifier');
-        this.identifier = { command, context, parts: [], bytes: 0, fragments: 0, limitBytes: maxIdentifierBytes, tooLarge: false };
+        this.identifier = { command, context, dataSet: new GatheredDataSet(maxIdentifierBytes) };
         return;
       }
       case CommandField.NActionRq: {
@@ -401,7 +396,7 @@ export class AcceptorSession {
           this.discardingDataSet = command.hasDataSet;
           return this.answerNAction(presentationContextId, command, ...nActionRefusal);
         }
-        this.identifier = { command, context, parts: [], bytes: 0, fragments: 0, limitBytes: maxCommitmentRequestBytes, tooLarge: false };
+        this.identifier = { command, context, dataSet: new GatheredDataSet(maxCommitmentRequestBytes) };
         return;
       }
       case CommandField.CCancelRq: {
@@ -450,20 +445,16 @@ export class AcceptorSession {
     }
     if (this.identifier) {
       const buffer = this.identifier;
-      buffer.bytes += event.data.length;
-      // Each fragment kept costs its object too: counted, or empty PDVs grew the list without bound under a
-      // byte limit they never reached (hunt 79).
-      buffer.fragments += 1;
-      if (gatheredOverLimit(buffer.bytes, buffer.fragments, buffer.limitBytes)) buffer.tooLarge = true;
-      else if (event.data.length > 0) buffer.parts.push(Uint8Array.from(event.data));
+      const { dataSet } = buffer;
+      dataSet.add(event.data);
       if (!event.isLast) return;
       this.identifier = undefined;
       if (buffer.command.commandField === CommandField.NActionRq) {
-        if (buffer.tooLarge) return this.answerNAction(event.presentationContextId, buffer.command, Status.ResourceLimitation, `data set over ${buffer.limitBytes} bytes`);
+        if (dataSet.overLimit) return this.answerNAction(event.presentationContextId, buffer.command, Status.ResourceLimitation, `data set over ${dataSet.limitBytes} bytes`);
         return this.requestCommitment(event.presentationContextId, buffer);
       }
-      if (buffer.tooLarge) {
-        return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${buffer.limitBytes} bytes`);
+      if (dataSet.overLimit) {
+        return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${dataSet.limitBytes} bytes`);
       }
       await this.startTask(event.presentationContextId, buffer);
       return;
@@ -498,7 +489,7 @@ export class AcceptorSession {
     if (full !== undefined) return this.answerNAction(presentationContextId, command, Status.ResourceLimitation, full);
     let request: ReturnType<typeof readCommitmentRequest>;
     try {
-      request = readCommitmentRequest(parseDatasetTree(Buffer.concat(buffer.parts, buffer.bytes), context.transferSyntaxUid));
+      request = readCommitmentRequest(parseDatasetTree(buffer.dataSet.concat(), context.transferSyntaxUid));
     } catch (error) {
       if (!(error instanceof DatasetParseError)) throw error;
       return this.answerNAction(presentationContextId, command, Status.InvalidArgumentValue, `data set cannot be read: ${error.message}`);
@@ -538,7 +529,7 @@ export class AcceptorSession {
     if (context.service === 'move' && !this.deps.resolveMoveDestination(command.moveDestination ?? '')) {
       return this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
     }
-    const identifier = Buffer.concat(buffer.parts, buffer.bytes);
+    const identifier = buffer.dataSet.concat();
     const task: Task = { cancel: new AbortController(), done: Promise.resolve() };
     const send = (rsp: DimseCommand, dataSet?: Uint8Array) => {
       // The client sees the status; the operator sees it here (a C-MOVE whose destination is down, say).
