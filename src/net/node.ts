@@ -654,33 +654,28 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
     if (kept.length === 0) return [];
     return open.filter((c) => !kept.includes(c));
   };
-  const check = (peer: PeerId, seenIdleBefore: ReadonlySet<Connection> | undefined): void => {
+  /** A check of `peer`'s connections duplicateSettleMs from now; those in `seenIdleBefore` still idle then are closed. */
+  const scheduleCheck = (peer: PeerId, seenIdleBefore: ReadonlySet<Connection>): void => {
     const id = peer.toString();
-    const idle = idleDuplicates(peer);
-    if (idle.length === 0) return;
-    for (const c of idle) {
-      if (seenIdleBefore === undefined || !seenIdleBefore.has(c)) continue;
-      log('closing an idle duplicate connection to %p (%s)', peer, c.direction);
-      void c.close().catch((err: Error) => c.abort(err));
-    }
-    // Looked at again while duplicates remain: those idle now are closed if still idle then.
     const timer = setTimeout(() => {
       pending.delete(id);
-      check(peer, new Set(idle));
+      const idle = idleDuplicates(peer);
+      if (idle.length === 0) return;
+      for (const c of idle) {
+        if (!seenIdleBefore.has(c)) continue;
+        log('closing an idle duplicate connection to %p (%s)', peer, c.direction);
+        void c.close().catch((err: Error) => c.abort(err));
+      }
+      // Looked at again while duplicates remain: those idle now are closed if still idle then.
+      scheduleCheck(peer, new Set(idle));
     }, duplicateSettleMs);
     timer.unref();
     pending.set(id, timer);
   };
   return {
     connectionOpened(peer) {
-      const id = peer.toString();
-      if (selfPeerId > id || pending.has(id) || node.getConnections(peer).length < 2) return;
-      const timer = setTimeout(() => {
-        pending.delete(id);
-        check(peer, undefined);
-      }, duplicateSettleMs);
-      timer.unref();
-      pending.set(id, timer);
+      if (selfPeerId > peer.toString() || pending.has(peer.toString()) || node.getConnections(peer).length < 2) return;
+      scheduleCheck(peer, new Set());
     },
     stop() {
       for (const timer of pending.values()) clearTimeout(timer);
