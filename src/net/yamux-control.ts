@@ -92,17 +92,13 @@ export function congestedAfter(fullForMs: number): boolean {
 }
 
 /** The fields of a yamux stream read or written here (private in the library's types). */
-interface ControlFields {
+interface ControlFields extends TurnFields {
   writeBuffer: { byteLength: number };
   sendWindowCapacity: number;
   writableNeedsDrain: boolean;
   /** Set at the connection's first full signal after the stream exists. */
   connection?: ConnectionState;
   bucket?: ControlBucket;
-  /** The drain count when this stream last handed over bulk bytes. */
-  lastTurn?: number;
-  /** Bytes this stream has handed over in its life. */
-  sentBytesTotal?: number;
 }
 
 /** The library's byte list (sublist and consume are all that is used here). */
@@ -148,7 +144,9 @@ let signalling: ConnectionState | undefined;
 export const lightStreamBytes = 256 * 1024;
 
 interface TurnFields {
+  /** The drain count when this stream last handed over bulk bytes. */
   lastTurn?: number;
+  /** Bytes this stream has handed over in its life. */
   sentBytesTotal?: number;
 }
 
@@ -221,7 +219,8 @@ streamPrototype.onMuxerNeedsDrain = function onMuxerNeedsDrain(this: ControlFiel
   }
   if (signalling !== undefined) this.connection = signalling;
   // A control stream is not held: its next few bytes join the connection's queue (sendData keeps to its allowance).
-  if (controlRoom(bucketOf(this, performance.now()), performance.now()) > 0) return;
+  const nowMs = performance.now();
+  if (controlRoom(bucketOf(this, nowMs), nowMs) > 0) return;
   library.onMuxerNeedsDrain.call(this);
   hold(this);
 };
