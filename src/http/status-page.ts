@@ -66,7 +66,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     .map((value) => {
       const conflict = record(value);
       const peers = list(conflict.peers).map((peer) => `${text(record(peer).peerId)} at ${text(record(peer).dicom)}`);
-      return `<p class="conflict">Site name ${escapeHtml(text(conflict.site))} is claimed by live peers at several DICOM addresses: ${escapeHtml(peers.join(', '))}. Copies are counted by site, so these count as one site; give each site its own --site (the peer started later stops).</p>`;
+      return `<p class="conflict">Site name ${escapeHtml(text(conflict.site))} is claimed by live peers at several DICOM addresses: ${escapeHtml(peers.join(', '))}. Copies are counted by site, so these count as one site; give each site its own --site (the peer started later stops, unless its site runs several peers on purpose: --site-peers several).</p>`;
     })
     .join('\n');
   const debtRows = list(custody.knownSites)
