@@ -77,6 +77,8 @@ export interface PeerOptions {
   commitment?: Partial<CommitmentConfig>;
   /** Tests: the DICOMweb budget of bytes held until read (one that records what each response weighs). */
   heldInstanceBytes?: ConcurrencyLimit;
+  /** Tests: awaited after each local commit, before its quorum is asked for (a commit that takes as long as the test wants). */
+  afterCommitGate?: () => Promise<void>;
 }
 
 
@@ -168,6 +170,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const ingest: IngestPort = {
     beginWrite: (sopInstanceUid) => current().ingest.beginWrite(sopInstanceUid),
     afterCommit: async (entry, outcome) => {
+      await options.afterCommitGate?.();
       await meshReady;
       return current().ingest.afterCommit(entry, outcome);
     },

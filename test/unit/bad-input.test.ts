@@ -10,7 +10,7 @@ import { associateRqBytes as associateRq, openPeerClient, openStoreClient, start
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
-import { CommandField, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
+import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { commitmentRequestDataSet, nActionCommand } from '../support/commitment.ts';
 import { StorageCommitment } from '../../src/actors/commitment/messages.ts';
@@ -644,6 +644,38 @@ test('a requestor that stops reading its answers is cut, but not while it still 
   // Not within the idle timeout of that read (the peer sees reading go on a little longer, while the socket
   // buffers the read emptied fill again, so the cut comes a few seconds of the clock later).
   assert.ok(cutAtMs - readAtMs >= 1000, `not cut while it read within the idle timeout: cut ${cutAtMs - readAtMs} ms after its last read`);
+});
+
+test('a C-STORE whose commit outlasts the idle timeout is answered and its association goes on: the requestor\'s silence counts from the answer (review 83: aborted just after its Success)', async (t) => {
+  const clock = manualClock(1_000_000);
+  let commitReached!: () => void;
+  const reached = new Promise<void>((resolve) => (commitReached = resolve));
+  let releaseCommit!: () => void;
+  const held = new Promise<void>((resolve) => (releaseCommit = resolve));
+  const slowPeer = await startTestPeer(['--idle-timeout', '1'], 'slow-commit', silentLogger, {
+    clock,
+    afterCommitGate: () => {
+      commitReached();
+      return held;
+    },
+  });
+  t.after(() => slowPeer.dispose());
+  const { client, otherContextId, storeInstance } = await openStoreClient(slowPeer.dicomPort, 'MODALITY', verification);
+  t.after(() => client.abort());
+  const stored = storeInstance({ rows: 16, columns: 16 });
+  await reached;
+  // The commit waits (a write quorum, say) for three idle timeouts; the expiry waits behind it.
+  clock.advance(1000);
+  clock.advance(2000);
+  releaseCommit();
+  assert.equal((await stored).command.status, Status.Success);
+  // The expiry handled after the answer: the modality just got its answer, it has not been silent.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const echo = await client.request(otherContextId, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  assert.equal(echo.command.status, Status.Success, 'the association still serves its requestor');
+  // And the idle rule still holds from then on.
+  clock.advance(1000);
+  await waitFor('the association aborted once silent for the idle timeout', () => client.request(otherContextId, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false }).then(() => false, () => true), 5000, 100);
 });
 
 test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {

@@ -96,6 +96,7 @@ export class AcceptorSession {
   private idleTimer: TimerHandle | undefined;
   /** See armIdleTimer: the cut of a connection whose actor is stuck writing to a requestor that reads nothing. */
   private stalledCut: TimerHandle | undefined;
+  /** The last PDU received or DIMSE message written: the requestor's silence counts from its turn, not from ours. */
   private lastActivityMs = 0;
 
   constructor(
@@ -334,7 +335,12 @@ export class AcceptorSession {
 
   private send(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
     // DIMSE messages must not interleave on the wire: one at a time, in order.
-    const sending = this.sendChain.then(() => this.core.sendMessage(presentationContextId, command, dataSet));
+    const sending = this.sendChain.then(async () => {
+      await this.core.sendMessage(presentationContextId, command, dataSet);
+      // A requestor awaiting an answer says nothing until it has it: a C-STORE whose quorum took longer than
+      // the idle timeout had its association aborted just after its Success went out (review 83).
+      this.lastActivityMs = this.deps.clock.nowMs();
+    });
     this.sendChain = sending.catch(() => undefined);
     return sending;
   }
