@@ -678,6 +678,66 @@ test('a C-STORE whose commit outlasts the idle timeout is answered and its assoc
   await waitFor('the association aborted once silent for the idle timeout', () => client.request(otherContextId, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false }).then(() => false, () => true), 5000, 100);
 });
 
+test('an idle expiry that comes while the association works (no write waiting) still cuts it once a write then blocks on a requestor that reads nothing: the cut is checked again until the expiry is handled', async (t) => {
+  const clock = manualClock(1_000_000);
+  // Commits pass until the test holds them; then each waits for its own release.
+  const gates: Array<{ reached: PromiseWithResolvers<void>; release: PromiseWithResolvers<void> }> = [];
+  let holding = false;
+  const gate = (i: number) => (gates[i] ??= { reached: Promise.withResolvers(), release: Promise.withResolvers() });
+  let commits = 0;
+  const lines: RecordedLine[] = [];
+  const cutPeer = await startTestPeer(['--idle-timeout', '1'], 'rearmed-cut', recordingLogger([], {}, lines), {
+    clock,
+    afterCommitGate: () => {
+      if (!holding) return Promise.resolve();
+      const g = gate(commits++);
+      g.reached.resolve();
+      return g.release.promise;
+    },
+  });
+  t.after(async () => {
+    for (let i = 0; i < 2; i++) gate(i).release.resolve();
+    await cutPeer.dispose();
+  });
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.78.2';
+  // 8 MiB: more than loopback's socket buffers hold, so a C-GET sub-operation's write blocks.
+  const filler = await openStoreClient(cutPeer.dicomPort, 'FILLER', verification);
+  assert.equal((await filler.storeInstance({ rows: 2048, columns: 2048, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.1` })).command.status, 0);
+  await filler.client.release();
+  holding = true;
+  const { rq, getRq } = getStudyRequest(studyInstanceUid, { requestorStores: true });
+  const storeRq = (n: number) => {
+    const { dataSet, resolved } = dataSetOf({ sopInstanceUid: `${studyInstanceUid}.9.${n}` });
+    const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 10 + n, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+    return [...encodePDataFragments(3, true, command, 16384), ...encodePDataFragments(3, false, dataSet, 16384)];
+  };
+  const socket = connect({ host: '127.0.0.1', port: cutPeer.dicomPort });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  socket.on('connect', () => {
+    socket.pause();
+    for (const chunk of [rq, ...storeRq(1), getRq, ...storeRq(2)]) socket.write(chunk);
+  });
+  // The paused requestor would not see the close (a FIN waits behind the bytes it has not read): the peer's log does.
+  const cut = () => lines.some((l) => l.message === 'aborting association' && /while an answer waits to be written/.test(String(l.fields?.why)));
+  // The first C-STORE's commit is held: the association works, no write waits.
+  await gate(0).reached.promise;
+  clock.advance(1000); // the idle timeout: the expiry waits in the mailbox behind the commit
+  clock.advance(2000); // the cut's first check finds no write waiting (the case under test): it looks again later
+  gate(0).release.resolve();
+  // The C-GET's sub-operation (8 MiB) fills the socket buffers while the second C-STORE's commit is held; its
+  // answer then waits behind that write, and the expiry is still not handled.
+  await gate(1).reached.promise;
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  gate(1).release.resolve();
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  for (let i = 0; i < 40 && !cut(); i++) {
+    clock.advance(250);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.ok(cut(), 'cut within 10 s of the clock once the write blocked (without the second look it was held until the peer stopped)');
+});
+
 test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {
   const busyPeer = await startTestPeer([], 'busy-get');
   t.after(() => busyPeer.dispose());
@@ -703,8 +763,11 @@ test('requests refused while an operation runs are answered in turn: a requestor
   assert.ok(socket.writableLength > duplicates.length / 2, `the peer read on: ${duplicates.length - socket.writableLength} of ${duplicates.length} bytes taken while its answers went unread`);
 });
 
-/** A C-GET of a study from a requestor "HUNG" (SCP role for CT, 16 KiB PDUs): its A-ASSOCIATE-RQ and its request's PDUs. */
-function getStudyRequest(studyInstanceUid: string): { rq: Buffer; getRq: Buffer } {
+/**
+ * A C-GET of a study from a requestor "HUNG" (SCP role for CT on context 3, 16 KiB PDUs): its A-ASSOCIATE-RQ
+ * and its request's PDUs. With `requestorStores` it may also send C-STOREs of its own on context 3.
+ */
+function getStudyRequest(studyInstanceUid: string, options: { requestorStores?: boolean } = {}): { rq: Buffer; getRq: Buffer } {
   const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
   const rq = encodePdu({
     type: 'associateRq',
@@ -716,7 +779,7 @@ function getStudyRequest(studyInstanceUid: string): { rq: Buffer; getRq: Buffer 
       { id: 1, abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
       { id: 3, abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
     ],
-    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: false, scpRole: true }] },
+    userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [{ sopClassUid: ctImage, scuRole: options.requestorStores === true, scpRole: true }] },
   });
   const command = encodeCommand({ commandField: CommandField.CGetRq, messageId: 1, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true });
   const identifier = encodeDataset(
