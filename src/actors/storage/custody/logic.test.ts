@@ -629,6 +629,41 @@ test('replica targets: one peer per other alive site, its lowest alive peerId; n
   assert.deepEqual(aliveReplicaTargets(view, 'site-b'), [{ siteName: 'site-a', peerId: 'p1-a' }]);
 });
 
+test('a copied --site: copies go to the peer that keeps the site (started first), and a twin started later does not count as the site (review 83)', () => {
+  const at = (peerId: string, incarnation: number, dicom: string, extra: Partial<MemberRecord> = {}) =>
+    memberRecord(peerId, { siteName: 'site-b', incarnation, addresses: { dicom, http: '', aeTitle: 'PACSMESH' }, ...extra });
+  // The twin has the lower peerId: by peerId alone the site's copies went to it.
+  const holder = at('peer-b9', 1_000, 'hospital-b:104');
+  const twin = at('peer-b1', 2_000, 'laptop:104');
+  const view = [member('peer-a'), twin, holder];
+  assert.deepEqual(aliveReplicaTargets(view, 'site-a'), [{ siteName: 'site-b', peerId: 'peer-b9' }]);
+
+  let s = initCustody({ ...config, writeQuorum: 2 }, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  const written = store(s, 'r1', '1.2.9', 0);
+  assert.deepEqual(written.effects.filter((e) => e.type === 'replicate').map((e) => (e.type === 'replicate' ? e.toPeerId : '')), ['peer-b9']);
+  const ackFrom = (from: string): CustodyInput => ({ type: 'messageReceived', from, message: { type: 'replicaAck', sopInstanceUid: '1.2.9', siteName: 'site-b' }, nowMs: 10 });
+  const fromTwin = run(written.state, ackFrom('peer-b1'));
+  assert.equal(acks(fromTwin.effects).length, 0, "the twin's copy is not the site's: no quorum on it");
+  assert.ok(!fromTwin.effects.some((e) => e.type === 'removeDebt'), 'the site is still owed its copy');
+  const fromHolder = run(fromTwin.state, ackFrom('peer-b9'));
+  assert.deepEqual(acks(fromHolder.effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
+  assert.ok(fromHolder.effects.some((e) => e.type === 'removeDebt' && e.siteName === 'site-b'));
+
+  // A site with several peers on purpose (each says so): any of them holds the site's copy.
+  const shared = [member('peer-a'), { ...twin, siteShared: true }, { ...holder, siteShared: true }];
+  let t = initCustody({ ...config, writeQuorum: 2 }, { digest: createDigest(), debt: [] });
+  t = run(t, { type: 'viewChanged', members: shared, nowMs: 0 }).state;
+  t = store(t, 'r2', '1.2.9', 0).state;
+  assert.deepEqual(acks(run(t, ackFrom('peer-b1')).effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
+  // Once the twin is gone nothing of this applies; nor to a restart at the same address under a new PeerId.
+  const sameAddress = [member('peer-a'), at('peer-b1', 2_000, 'hospital-b:104'), holder];
+  let u = initCustody({ ...config, writeQuorum: 2 }, { digest: createDigest(), debt: [] });
+  u = run(u, { type: 'viewChanged', members: sameAddress, nowMs: 0 }).state;
+  u = store(u, 'r3', '1.2.9', 0).state;
+  assert.equal(acks(run(u, ackFrom('peer-b1')).effects).length, 1);
+});
+
 test('while copies are pushed to us, repair neither starts an exchange nor pulls; it resumes once they stop', () => {
   const quiet = { ...config, repairQuietMs: 1000, repairIntervalMs: 100 };
   let s = initCustody(quiet, { digest: createDigest(), debt: [] });

@@ -11,6 +11,7 @@
  * one mechanism, and a crash loses no obligation.
  */
 import type { ForgottenSite, MemberRecord, MemberStatus } from '../../membership/messages.ts';
+import { sitePrecedence } from '../../membership/logic.ts';
 import {
   bucketOf,
   diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, digestSha256, keysInBuckets, missingKeys, type Digest } from './digest.ts';
@@ -470,16 +471,42 @@ function forgiveCopy(state: CustodyState, key: string): boolean {
 }
 
 /**
- * Where a new instance's copies go: one peer per other site that is alive, its lowest alive peerId
- * (members come sorted by peerId from the membership view). The ingest pushes to exactly these peers, so
- * that custody's `replicate` effects find the pushes' results.
+ * Where a new instance's copies go: one peer per other site that is alive, the one that keeps the site
+ * when several claim it (sitePrecedence: started first, then the lowest peerId). The ingest pushes to
+ * exactly these peers, so that custody's `replicate` effects find the pushes' results. A peer started
+ * later under a copied --site (it stops itself within seconds) held the site's copies while it lived when
+ * its peerId was the lower (review 83).
  */
 export function aliveReplicaTargets(members: readonly MemberRecord[], selfSiteName: string): Array<{ siteName: string; peerId: string }> {
-  const targets = new Map<string, string>();
-  for (const m of members) if (m.siteName !== selfSiteName && m.status === 'alive' && !targets.has(m.siteName)) targets.set(m.siteName, m.peerId);
-  return [...targets].map(([siteName, peerId]) => ({ siteName, peerId }));
+  const targets = new Map<string, MemberRecord>();
+  for (const m of members) {
+    if (m.siteName === selfSiteName || m.status !== 'alive') continue;
+    const chosen = targets.get(m.siteName);
+    if (chosen === undefined || sitePrecedence(m, chosen) < 0) targets.set(m.siteName, m);
+  }
+  return [...targets].map(([siteName, m]) => ({ siteName, peerId: m.peerId }));
 }
 
+/**
+ * Whether `from`'s acknowledgement stands for `siteName`: not while an alive peer with precedence claims
+ * that site at another DICOM address (as siteConflictsOf sees a conflict), unless both say the site has
+ * several peers on purpose. A twin's copy is elsewhere: counted, it made an instance acknowledged with its
+ * origin and the twin, online at its origin alone once the twin stopped, and forgave the real site's debt.
+ * A peer not in the view yet (its acknowledgement outran its heartbeat) is taken at its word.
+ */
+function ackCountsForSite(members: readonly MemberRecord[], from: string, siteName: string): boolean {
+  const acking = members.find((m) => m.peerId === from);
+  if (acking === undefined) return true;
+  return !members.some(
+    (m) =>
+      m.peerId !== from &&
+      m.siteName === siteName &&
+      m.status === 'alive' &&
+      m.addresses.dicom !== acking.addresses.dicom &&
+      !(m.siteShared === true && acking.siteShared === true) &&
+      sitePrecedence(m, acking) < 0,
+  );
+}
 
 /** This site and the sites of the members in one of `statuses`. */
 function sitesOf(state: CustodyState, statuses: readonly MemberStatus[]): Set<string> {
@@ -605,7 +632,7 @@ function onMessage(
 ): void {
   switch (message.type) {
     case 'replicaAck':
-      onReplicaAck(state, message.sopInstanceUid, message.siteName, nowMs, effects);
+      onReplicaAck(state, from, message.sopInstanceUid, message.siteName, nowMs, effects);
       return;
     case 'repairDigest': {
       const buckets = diffBuckets(state.digest, message.buckets);
@@ -653,6 +680,7 @@ function owedTo(state: CustodyState, peerId: string): ((sopInstanceUid: string) 
 
 function onReplicaAck(
   state: CustodyState,
+  from: string,
   sopInstanceUid: string,
   siteName: string,
   nowMs: number,
@@ -660,9 +688,11 @@ function onReplicaAck(
 ): void {
   const key = debtKey(sopInstanceUid, siteName);
   const wasInFlight = state.replicationsInFlight.delete(key);
-  if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
+  const counts = ackCountsForSite(state.members, from, siteName);
+  if (counts && forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
   // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
   if (wasInFlight) drainDebt(state, nowMs, effects);
+  if (!counts) return;
   for (const pending of [...state.pending.values()]) {
     if (pending.sopInstanceUid !== sopInstanceUid) continue;
     pending.sitesHolding.add(siteName);
