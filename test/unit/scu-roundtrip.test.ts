@@ -125,3 +125,34 @@ test('C-STORE is byte-faithful: the stored bytes are exactly the data set sent',
     assert.ok(Buffer.concat(chunks).equals(Buffer.from(dataSet)), `${transferSyntaxUid}: stored bytes differ from the sent data set`);
   }
 });
+
+test("C-STORE of a data set with a legacy writer's VR of two spaces (CTN 3.2): stored as sent, as DCMTK takes it (was 0xC000)", async (t) => {
+  const peer = await startTestPeer();
+  t.after(() => peer.dispose());
+  const { bytes, resolved } = makeInstanceWithInfo({ transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, patient: { id: 'CTN-1' } });
+  const original = bytes.subarray(splitPart10(bytes).datasetOffset);
+  // Before the first element past (0009,0010): a private creator CTN's dictionary lacks, VR "  ", 2-byte length.
+  const view = new DataView(original.buffer, original.byteOffset, original.byteLength);
+  let at = 0;
+  while (((view.getUint16(at, true) << 16) | view.getUint16(at + 2, true)) >>> 0 <= 0x00090010) {
+    const vr = String.fromCharCode(original[at + 4]!, original[at + 5]!);
+    at += ['OB', 'OW', 'SQ', 'UN', 'UT', 'UC', 'UR', 'OF', 'OD', 'OL', 'OV', 'SV', 'UV'].includes(vr) ? 12 + view.getUint32(at + 8, true) : 8 + view.getUint16(at + 6, true);
+  }
+  const legacy = Buffer.from([0x09, 0x00, 0x10, 0x00, 0x20, 0x20, 0x04, 0x00, ...Buffer.from('CTN ')]);
+  const dataSet = Buffer.concat([original.subarray(0, at), legacy, original.subarray(at)]);
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: peer.dicomPort,
+    callingAeTitle: 'CTN',
+    calledAeTitle: 'PACSMESH',
+    presentationContexts: [{ abstractSyntaxUid: resolved.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+  });
+  const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true }, dataSet);
+  await client.release();
+  assert.equal(reply.command.status, 0, reply.command.errorComment ?? '');
+  const entry = await peer.store.getEntry(resolved.sopInstanceUid);
+  assert.equal(entry?.patientId, 'CTN-1', 'indexed as any other');
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of peer.store.readInstance(entry!)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(dataSet), 'stored bytes differ from the sent data set');
+});

@@ -415,13 +415,34 @@ describe('DatasetHeaderReader: malformed input', () => {
     });
   }
 
-  it('rejects a VR that is not two upper-case letters in explicit VR', () => {
-    const bytes = concat([element(Tags.PatientID, 'LO', 'AB', explicitLittle), Uint8Array.from([0x10, 0, 0x20, 0, 0x6c, 0x6f, 2, 0, 0x41, 0x42])]);
+  it('rejects VR bytes that are not printable in explicit VR', () => {
+    const bytes = concat([element(Tags.PatientName, 'PN', 'AB', explicitLittle), Uint8Array.from([0x10, 0, 0x20, 0, 0x01, 0x6f, 2, 0, 0x41, 0x42])]);
     const error = expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(bytes, TransferSyntax.ExplicitVrLittleEndian));
-    assert.match(error.message, /VR/);
+    assert.match(error.message, /invalid VR bytes 0x01 0x6f/);
     // An implicit VR dataset announced as explicit is rejected, not misread.
     const implicit = element(Tags.PatientID, 'LO', 'AB', implicitLittle);
     expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(implicit, TransferSyntax.ExplicitVrLittleEndian));
+  });
+
+  it("reads a legacy writer's VR of two spaces (CTN 3.2) as DCMTK does: a 2-byte length, the value as the dictionary's VR, else UN", () => {
+    const legacy = (tag: number, value: string) => {
+      const bytes = new Uint8Array(8 + value.length);
+      new DataView(bytes.buffer).setUint16(0, tag >>> 16, true);
+      new DataView(bytes.buffer).setUint16(2, tag & 0xffff, true);
+      bytes[4] = 0x20;
+      bytes[5] = 0x20;
+      new DataView(bytes.buffer).setUint16(6, value.length, true);
+      bytes.set(Buffer.from(value, 'latin1'), 8);
+      return bytes;
+    };
+    const bytes = concat([element(Tags.PatientName, 'PN', 'DOE^JOHN', explicitLittle), legacy(Tags.PatientID, 'ID42'), legacy(0x00291010, 'priv'), element(Tags.StudyInstanceUID, 'UI', '1.2.3', explicitLittle)]);
+    const { elements } = parseDataset(bytes, TransferSyntax.ExplicitVrLittleEndian);
+    // The private element, UN, is stepped over (no value kept); what follows it is read in place.
+    assert.deepEqual(elements.map((e) => [e.tag, e.vr, e.value]), [
+      [Tags.PatientName, 'PN', 'DOE^JOHN'],
+      [Tags.PatientID, 'LO', 'ID42'],
+      [Tags.StudyInstanceUID, 'UI', '1.2.3'],
+    ]);
   });
 
   it('rejects a non-item tag inside a sequence and items outside one', () => {

@@ -11,7 +11,7 @@ import { Tags, vrOf } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { StreamingInflater } from './inflater.ts';
 import {
-  decodeNumbers, decodeText, isDecodableVr, knownVrs, layoutOf, longLengthVrs, textVrs,
+  decodeNumbers, decodeText, explicitVrHeader, isDecodableVr, layoutOf, textVrs,
 } from './vr.ts';
 
 export interface DatasetHeaderReaderOptions {
@@ -104,21 +104,6 @@ function readUint32(bytes: Uint8Array, at: number, littleEndian: boolean): numbe
   return littleEndian
     ? (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0
     : ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
-}
-
-function isUpperCaseLetter(byte: number): boolean {
-  return byte >= 0x41 && byte <= 0x5a;
-}
-
-const vrNameCache = new Map<number, Vr>();
-function vrName(first: number, second: number): Vr {
-  const key = (first << 8) | second;
-  let name = vrNameCache.get(key);
-  if (name === undefined) {
-    name = String.fromCharCode(first, second);
-    vrNameCache.set(key, name);
-  }
-  return name;
 }
 
 function positiveInteger(value: number | undefined, fallback: number, name: string): number {
@@ -397,9 +382,7 @@ export class DatasetHeaderReader {
     if (readUint16(bytes, at, littleEndian) === 0xfffe) return 8;
     const first = bytes[at + 4]!;
     const second = bytes[at + 5]!;
-    if (!isUpperCaseLetter(first) || !isUpperCaseLetter(second)) return 8; // parseHeader rejects it
-    const vr = vrName(first, second);
-    return longLengthVrs.has(vr) || !knownVrs.has(vr) ? 12 : 8;
+    return explicitVrHeader(first, second)?.longLength === true ? 12 : 8; // parseHeader rejects bytes that are no VR
   }
 
   /** Parses one element header (all its bytes are available at `at`) and sets the next phase; returns its length. */
@@ -431,14 +414,14 @@ export class DatasetHeaderReader {
     } else {
       const first = bytes[at + 4]!;
       const second = bytes[at + 5]!;
-      if (!isUpperCaseLetter(first) || !isUpperCaseLetter(second)) {
+      const header = explicitVrHeader(first, second);
+      if (header === undefined) {
         throw new DatasetParseError('ERR_DATASET_MALFORMED',
           `invalid VR bytes 0x${first.toString(16).padStart(2, '0')} 0x${second.toString(16).padStart(2, '0')} for (${tagHex(tag)}) in explicit VR`,
           elementOffset);
       }
-      vr = vrName(first, second);
-      // An unknown VR is read with a 4-byte length, the form any future VR must use (PS3.5 7.1.2).
-      if (longLengthVrs.has(vr) || !knownVrs.has(vr)) {
+      vr = header.vr ?? vrOf(tag) ?? 'UN';
+      if (header.longLength) {
         valueLength = readUint32(bytes, at + 8, littleEndian);
         headerLength = 12;
       } else {

@@ -60,7 +60,7 @@ test('a truncated, malformed or oversized data set is refused with a DatasetPars
   const transactionUidBytes = 16;
   for (let cut = 1; cut < bytes.length; cut++) assert.equal(codeOf(bytes.subarray(0, cut)) === 'parsed', cut === transactionUidBytes, `cut at ${cut}`);
   const badVr = Buffer.from(bytes);
-  badVr[4] = 0x7a;
+  badVr[4] = 0x01;
   assert.equal(codeOf(badVr), 'ERR_DATASET_MALFORMED');
   assert.equal(codeOf(bytes, { maxElements: 3 }), 'ERR_DATASET_TOO_MANY_ELEMENTS');
   assert.equal(codeOf(bytes, { maxDepth: 1 }), 'ERR_DATASET_TOO_DEEP');

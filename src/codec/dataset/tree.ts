@@ -8,7 +8,7 @@ import type { Tag, Vr } from '../dicom-types.ts';
 import { tagHex } from '../dicom-types.ts';
 import { vrOf } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
-import { decodeNumbers, decodeText, knownVrs, layoutOf, longLengthVrs, numericVrSizes, textVrs } from './vr.ts';
+import { decodeNumbers, decodeText, explicitVrHeader, layoutOf, numericVrSizes, textVrs } from './vr.ts';
 
 export interface TreeElement {
   tag: Tag;
@@ -71,9 +71,10 @@ export function parseDatasetTree(bytes: Uint8Array, transferSyntaxUid: string, l
         length = u32(at + 4);
         headerBytes = 8;
       } else {
-        vr = String.fromCharCode(bytes[at + 4]!, bytes[at + 5]!);
-        if (!knownVrs.has(vr)) throw new DatasetParseError('ERR_DATASET_MALFORMED', `(${tagHex(tag)}) has no valid VR`, at);
-        if (longLengthVrs.has(vr)) {
+        const header = explicitVrHeader(bytes[at + 4]!, bytes[at + 5]!);
+        if (header === undefined) throw new DatasetParseError('ERR_DATASET_MALFORMED', `(${tagHex(tag)}) has no valid VR`, at);
+        vr = header.vr ?? vrOf(tag) ?? 'UN';
+        if (header.longLength) {
           need(at, 12, end);
           length = u32(at + 8);
           headerBytes = 12;

@@ -22,6 +22,42 @@ export const knownVrs: ReadonlySet<Vr> = new Set([
   ...textVrs, ...numericVrSizes.keys(), 'OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'SQ', 'UN',
 ]);
 
+/** How an explicit VR element header goes on after its two VR bytes. */
+export interface ExplicitVrHeader {
+  /** The VR named; undefined for legacy bytes, whose value is read as in implicit VR (dictionary VR, else UN). */
+  readonly vr: Vr | undefined;
+  /** 2 reserved bytes and a 4-byte length follow; else a 2-byte length. */
+  readonly longLength: boolean;
+}
+
+const explicitVrHeaders = new Map<number, ExplicitVrHeader | null>();
+
+/**
+ * The header form of two explicit VR bytes; undefined when they are no VR at all (non-printable: an
+ * implicit VR data set sent as explicit, say). Two capital letters unknown here are a future VR, with a
+ * 4-byte length (PS3.5 7.1.2). Other printable bytes are a legacy writer's (CTN 3.2 writes two spaces for
+ * an element its dictionary lacks): read as DCMTK reads them, with a 2-byte length. At most 65,536 entries.
+ */
+export function explicitVrHeader(first: number, second: number): ExplicitVrHeader | undefined {
+  const key = (first << 8) | second;
+  let header = explicitVrHeaders.get(key);
+  if (header === undefined) {
+    header = classifyVrBytes(first, second);
+    explicitVrHeaders.set(key, header);
+  }
+  return header ?? undefined;
+}
+
+function classifyVrBytes(first: number, second: number): ExplicitVrHeader | null {
+  const upper = (byte: number) => byte >= 0x41 && byte <= 0x5a;
+  const printable = (byte: number) => byte >= 0x20 && byte <= 0x7e;
+  if (upper(first) && upper(second)) {
+    const vr = String.fromCharCode(first, second);
+    return { vr, longLength: longLengthVrs.has(vr) || !knownVrs.has(vr) };
+  }
+  return printable(first) && printable(second) ? { vr: undefined, longLength: false } : null;
+}
+
 /** True for the VRs whose value this codec decodes into `DicomElement.value`. */
 export function isDecodableVr(vr: Vr): boolean {
   return textVrs.has(vr) || numericVrSizes.has(vr);
