@@ -256,6 +256,8 @@ export function runSimulation(options: SimOptions): SimResult {
         repairIntervalMs: timings.repairIntervalMs,
         repairQuietMs: timings.repairQuietMs,
         repairKeysMax: 256,
+        // Leaf exchanges whenever few buckets differ (the default waits for large archives), so both forms run.
+        repairLeavesKeysPerBucketMin: 1,
         fetchesInFlightMax: 16,
         // Longer than any run: forgetting is the reducer tests' business, not the simulation's.
         knownSiteForgetAfterMs: 24 * 3600_000,

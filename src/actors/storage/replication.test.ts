@@ -201,6 +201,26 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     await sendCustodyMessage(a, b.peerId, { type: 'repairDigest', buckets });
     assert.deepEqual(messagesAtB.slice(1).map((m) => (m.message.type === 'repairDigest' ? m.message.afterUid : 'other')), ['1.2.3.1.2', undefined, undefined]);
     messagesAtB.length = 1;
+    // Leaf exchanges: the hashes travel as bytes, their length must match the buckets named, leaves are bounded.
+    const leafHashes = new Uint8Array(2 * 256 * 32).fill(7);
+    await sendCustodyMessage(a, b.peerId, { type: 'repairDigest', buckets, leaves: true });
+    await sendCustodyMessage(a, b.peerId, { type: 'repairLeaves', buckets: [3, 200], leafHashes, afterUid: '1.2.3' });
+    await sendCustodyMessage(a, b.peerId, { type: 'repairKeys', buckets: [], leaves: [770, 51_200], keys: [], replyWanted: true });
+    const [leavesAsked, leavesSent, keysByLeaf] = messagesAtB.slice(1).map((m) => m.message);
+    assert.ok(leavesAsked?.type === 'repairDigest' && leavesAsked.leaves === true);
+    assert.ok(leavesSent?.type === 'repairLeaves' && Buffer.from(leavesSent.leafHashes).equals(Buffer.from(leafHashes)) && leavesSent.afterUid === '1.2.3');
+    assert.ok(keysByLeaf?.type === 'repairKeys' && keysByLeaf.leaves?.join() === '770,51200');
+    messagesAtB.length = 1;
+    for (const malformed of [
+      { type: 'repairLeaves', buckets: [3, 200], leafHashes: new Uint8Array(100) },
+      { type: 'repairLeaves', buckets: [256], leafHashes: new Uint8Array(256 * 32) },
+      { type: 'repairLeaves', buckets: Array.from({ length: 33 }, (_, i) => i), leafHashes: new Uint8Array(33 * 256 * 32) },
+      { type: 'repairKeys', buckets: [], leaves: [65_536], keys: [], replyWanted: true },
+      { type: 'repairDigest', buckets, leaves: 'yes' },
+    ]) {
+      assert.equal(((await raw(CUSTODY_PROTOCOL, encodeEnvelope(malformed))) as { type: string }).type, 'refused', JSON.stringify(malformed).slice(0, 80));
+    }
+    assert.equal(messagesAtB.length, 1, 'the malformed leaf messages never reached custody');
     // Still serving.
     assert.equal((await replicateOne(a, b.peerId, storeA, (await storeA.getEntry('1.2.3.1.4'))!)).outcome, 'have');
   });

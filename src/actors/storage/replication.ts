@@ -36,7 +36,8 @@ import type { MeshStream } from '../../net/stream.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
-import type { CustodyMessage, InstanceKey } from './custody/messages.ts';
+import { repairLeafBucketsMax, type CustodyMessage, type InstanceKey } from './custody/messages.ts';
+import { digestBucketCount, digestHashBytes, digestLeavesPerBucket } from './custody/digest.ts';
 import type { BatchPhases } from './custody/peer-batches.ts';
 import { PUSH_PROTOCOL, copiesArrivingRepeatMs, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
@@ -378,6 +379,11 @@ function isOptionalAfterUid(value: unknown): value is string | undefined {
   return value === undefined || isString(value, 64);
 }
 
+/** An array of at most `lengthMax` whole numbers below `bound` (bucket or leaf numbers). */
+function isIndexList(value: unknown, lengthMax: number, bound: number): value is number[] {
+  return Array.isArray(value) && value.length <= lengthMax && value.every((b) => Number.isInteger(b) && (b as number) >= 0 && (b as number) < bound);
+}
+
 /** A custody message from a peer, or undefined when malformed (the reducer only ever sees valid ones). */
 export function validateCustodyMessage(value: unknown): CustodyMessage | undefined {
   const m = value as Record<string, unknown> | null;
@@ -388,14 +394,20 @@ export function validateCustodyMessage(value: unknown): CustodyMessage | undefin
       return { type: 'replicaAck', sopInstanceUid: m.sopInstanceUid, siteName: m.siteName };
     case 'repairDigest':
       if (!Array.isArray(m.buckets) || m.buckets.length !== 256 || !m.buckets.every((b) => isString(b, 64))) return undefined;
-      if (!isOptionalAfterUid(m.afterUid)) return undefined;
-      return { type: 'repairDigest', buckets: m.buckets as string[], afterUid: m.afterUid };
+      if (!isOptionalAfterUid(m.afterUid) || (m.leaves !== undefined && typeof m.leaves !== 'boolean')) return undefined;
+      return { type: 'repairDigest', buckets: m.buckets as string[], afterUid: m.afterUid, ...(m.leaves === true ? { leaves: true } : {}) };
+    case 'repairLeaves': {
+      if (!isIndexList(m.buckets, repairLeafBucketsMax, digestBucketCount) || !isOptionalAfterUid(m.afterUid)) return undefined;
+      const bucketBytes = digestLeavesPerBucket * digestHashBytes;
+      if (!(m.leafHashes instanceof Uint8Array) || m.leafHashes.length !== m.buckets.length * bucketBytes) return undefined;
+      return { type: 'repairLeaves', buckets: m.buckets, leafHashes: m.leafHashes, afterUid: m.afterUid };
+    }
     case 'repairKeys': {
-      if (!Array.isArray(m.buckets) || m.buckets.length > 256) return undefined;
-      if (!m.buckets.every((b) => Number.isInteger(b) && (b as number) >= 0 && (b as number) < 256)) return undefined;
+      if (!isIndexList(m.buckets, digestBucketCount, digestBucketCount)) return undefined;
+      if (m.leaves !== undefined && !isIndexList(m.leaves, repairLeafBucketsMax * digestLeavesPerBucket, digestBucketCount * digestLeavesPerBucket)) return undefined;
       const keys = validateInstanceKeys(m.keys);
       if (keys === undefined || typeof m.replyWanted !== 'boolean' || !isOptionalAfterUid(m.afterUid)) return undefined;
-      return { type: 'repairKeys', buckets: m.buckets as number[], keys, replyWanted: m.replyWanted, afterUid: m.afterUid };
+      return { type: 'repairKeys', buckets: m.buckets, ...(m.leaves === undefined ? {} : { leaves: m.leaves }), keys, replyWanted: m.replyWanted, afterUid: m.afterUid };
     }
     default:
       return undefined;

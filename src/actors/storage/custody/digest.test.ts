@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { encodeEnvelope, decodeEnvelope } from '../../../codec/envelope.ts';
-import { bucketOf, createDigest, diffBuckets, digestAdd, digestBuckets, digestRoot, keysInBuckets, missingKeys } from './digest.ts';
+import { bucketOf, createDigest, diffBuckets, diffLeaves, digestAdd, digestBuckets, digestLeafHashes, digestRoot, keysInBuckets, keysInLeaves, leafOf, missingKeys } from './digest.ts';
 
 const keys = Array.from({ length: 1000 }, (_, i) => ({ sopInstanceUid: `1.2.826.0.1.${i}`, sha256: `sha${i}` }));
 
@@ -75,4 +75,23 @@ test('the digest keeps no received message alive through the UIDs it holds', () 
   const perKey = (process.memoryUsage().heapUsed - before) / count;
   assert.equal(digest.size, count);
   assert.ok(perKey < 600, `${perKey.toFixed(0)} bytes of heap per key held (a whole message each would be ~2,000)`);
+});
+
+test('leaves: a bucket that differs is narrowed to the leaves that differ, whose keys alone are listed', () => {
+  const a = createDigest();
+  const b = createDigest();
+  for (const k of keys) {
+    digestAdd(a, k.sopInstanceUid, k.sha256);
+    digestAdd(b, k.sopInstanceUid, k.sha256);
+  }
+  const extra = { sopInstanceUid: '1.2.826.0.9.1', sha256: 'x' };
+  digestAdd(a, extra.sopInstanceUid, extra.sha256);
+  const buckets = diffBuckets(a, digestBuckets(b));
+  assert.deepEqual(buckets, [bucketOf(extra.sopInstanceUid)]);
+  assert.equal(leafOf(extra.sopInstanceUid) >> 8, bucketOf(extra.sopInstanceUid));
+  const leaves = diffLeaves(a, buckets, digestLeafHashes(b, buckets));
+  assert.deepEqual(leaves, [leafOf(extra.sopInstanceUid)]);
+  assert.deepEqual(keysInLeaves(a, leaves, 100).map((k) => k.sopInstanceUid), keys.filter((k) => leafOf(k.sopInstanceUid) === leaves[0]).map((k) => k.sopInstanceUid).concat(extra.sopInstanceUid).sort());
+  assert.ok(keysInBuckets(a, buckets, 100).length > keysInLeaves(a, leaves, 100).length, 'a leaf lists less than its bucket');
+  assert.deepEqual(diffLeaves(b, buckets, digestLeafHashes(b, buckets)), [], 'equal leaves');
 });

@@ -2,20 +2,28 @@
  * Anti-entropy digest: 256 buckets chosen by the first byte of SHA-256(SOP Instance UID); each bucket is
  * the XOR of its members' item hashes, item hash = SHA-256(uid | sha256 of the bytes). XOR makes an add
  * O(1) and order-free, so two sites holding the same set always have the same buckets.
- * The digest also indexes keys per bucket, so listing a differing bucket costs that bucket, not the store.
+ * Each bucket is split the same way into 256 leaves by the second byte, with their own XORs: two sites
+ * whose buckets differ compare those leaves, then list only the keys of the leaves that differ, so the
+ * keys listed grow with the difference, not with the archive (a bucket holds 1/256 of it, a leaf 1/65,536).
+ * The digest indexes keys per leaf, so listing a differing leaf or bucket costs that leaf or bucket.
  * Mutable: it is part of the custody state, which the custody reducer owns.
  */
 import { createHash, hash } from 'node:crypto';
 import type { InstanceKey } from './messages.ts';
 
 export const digestBucketCount = 256;
-const hashBytes = 32;
+/** Leaves per bucket. */
+export const digestLeavesPerBucket = 256;
+const leafCount = digestBucketCount * digestLeavesPerBucket;
+export const digestHashBytes = 32;
 
 export interface Digest {
   /** bucketCount * 32 bytes of XOR accumulators. */
   readonly xor: Uint8Array;
-  /** Per bucket: uid -> sha256 of the bytes. */
-  readonly keys: readonly Map<string, string>[];
+  /** leafCount * 32 bytes of XOR accumulators (2 MiB): leaf l is in bucket l >> 8. */
+  readonly leafXor: Uint8Array;
+  /** Per leaf, created when its first key comes: uid -> sha256 of the bytes. */
+  readonly keys: Array<Map<string, string> | undefined>;
   size: number;
   /** Cached root; null when a bucket changed since it was computed. */
   root: string | null;
@@ -23,8 +31,9 @@ export interface Digest {
 
 export function createDigest(): Digest {
   return {
-    xor: new Uint8Array(digestBucketCount * hashBytes),
-    keys: Array.from({ length: digestBucketCount }, () => new Map<string, string>()),
+    xor: new Uint8Array(digestBucketCount * digestHashBytes),
+    leafXor: new Uint8Array(leafCount * digestHashBytes),
+    keys: new Array<Map<string, string> | undefined>(leafCount),
     size: 0,
     root: null,
   };
@@ -32,21 +41,32 @@ export function createDigest(): Digest {
 
 // One-shot crypto.hash: about twice as fast as createHash for these short inputs (start-up adds every
 // held instance: 200,000 took ~1.9 s with createHash).
-export function bucketOf(sopInstanceUid: string): number {
-  return hash('sha256', sopInstanceUid, 'buffer')[0] as number;
+/** The leaf of a UID, 0..65535: the first two bytes of SHA-256(uid); its bucket is `leaf >> 8`. */
+export function leafOf(sopInstanceUid: string): number {
+  const h = hash('sha256', sopInstanceUid, 'buffer');
+  return ((h[0] as number) << 8) | (h[1] as number);
 }
+
+export function bucketOf(sopInstanceUid: string): number {
+  return leafOf(sopInstanceUid) >> 8;
+}
+
+const wordsPerHash = digestHashBytes / 4;
+/** Scratch for one item hash, as bytes and as words (digestAdd copies each hash here: one allocation per process). */
+const itemHashWords = new Uint32Array(wordsPerHash);
+const itemHashBytes = new Uint8Array(itemHashWords.buffer);
 
 function itemHash(sopInstanceUid: string, sha256: string): Buffer {
   return hash('sha256', `${sopInstanceUid}|${sha256}`, 'buffer');
 }
 
 export function digestHas(digest: Digest, sopInstanceUid: string): boolean {
-  return digest.keys[bucketOf(sopInstanceUid)]!.has(sopInstanceUid);
+  return digest.keys[leafOf(sopInstanceUid)]?.has(sopInstanceUid) === true;
 }
 
 /** The SHA-256 held for a UID, or undefined. */
 export function digestSha256(digest: Digest, sopInstanceUid: string): string | undefined {
-  return digest.keys[bucketOf(sopInstanceUid)]!.get(sopInstanceUid);
+  return digest.keys[leafOf(sopInstanceUid)]?.get(sopInstanceUid);
 }
 
 /**
@@ -60,14 +80,20 @@ export function ownString(text: string): string {
 
 /** Adds a key; returns false (and changes nothing) when it is already there, since XOR would cancel it. */
 export function digestAdd(digest: Digest, sopInstanceUid: string, sha256: string): boolean {
-  const bucket = bucketOf(sopInstanceUid);
-  const members = digest.keys[bucket]!;
+  const leaf = leafOf(sopInstanceUid);
+  let members = digest.keys[leaf];
+  if (members === undefined) digest.keys[leaf] = members = new Map();
   if (members.has(sopInstanceUid)) return false;
   // The digest keeps every held instance for the life of the process: only its own copies of the strings.
   members.set(ownString(sopInstanceUid), ownString(sha256));
-  const h = itemHash(sopInstanceUid, sha256);
-  const offset = bucket * hashBytes;
-  for (let i = 0; i < hashBytes; i += 1) digest.xor[offset + i] = (digest.xor[offset + i] as number) ^ (h[i] as number);
+  // XOR by 32-bit words (byte order does not matter to XOR): start-up adds every held instance.
+  itemHashBytes.set(itemHash(sopInstanceUid, sha256));
+  const bucketWords = new Uint32Array(digest.xor.buffer, digest.xor.byteOffset + (leaf >> 8) * digestHashBytes, wordsPerHash);
+  const leafWords = new Uint32Array(digest.leafXor.buffer, digest.leafXor.byteOffset + leaf * digestHashBytes, wordsPerHash);
+  for (let i = 0; i < wordsPerHash; i += 1) {
+    bucketWords[i] = (bucketWords[i] as number) ^ (itemHashWords[i] as number);
+    leafWords[i] = (leafWords[i] as number) ^ (itemHashWords[i] as number);
+  }
   digest.size += 1;
   digest.root = null;
   return true;
@@ -83,7 +109,7 @@ export function digestOf(keys: Iterable<InstanceKey>): Digest {
 export function digestBuckets(digest: Digest): string[] {
   const out: string[] = [];
   for (let b = 0; b < digestBucketCount; b += 1) {
-    out.push(Buffer.from(digest.xor.subarray(b * hashBytes, (b + 1) * hashBytes)).toString('hex'));
+    out.push(Buffer.from(digest.xor.subarray(b * digestHashBytes, (b + 1) * digestHashBytes)).toString('hex'));
   }
   return out;
 }
@@ -102,16 +128,60 @@ export function diffBuckets(digest: Digest, theirBuckets: readonly string[]): nu
   return differing;
 }
 
-/** This side's keys in the given buckets whose uid sorts after `afterUid`, sorted by uid, at most keysMax of them. */
-export function keysInBuckets(digest: Digest, buckets: readonly number[], keysMax: number, afterUid = '', skip?: (sopInstanceUid: string) => boolean): InstanceKey[] {
+/** The leaf hashes of `buckets`, 256 x 32 bytes each, in the order given (what a repairLeaves message carries). */
+export function digestLeafHashes(digest: Digest, buckets: readonly number[]): Uint8Array {
+  const out = new Uint8Array(buckets.length * digestLeavesPerBucket * digestHashBytes);
+  const bucketBytes = digestLeavesPerBucket * digestHashBytes;
+  buckets.forEach((b, i) => out.set(digest.leafXor.subarray(b * bucketBytes, (b + 1) * bucketBytes), i * bucketBytes));
+  return out;
+}
+
+/** The leaves of `buckets` whose hash differs from the other side's `theirLeafHashes` (digestLeafHashes of the same buckets). */
+export function diffLeaves(digest: Digest, buckets: readonly number[], theirLeafHashes: Uint8Array): number[] {
+  const differing: number[] = [];
+  buckets.forEach((b, i) => {
+    for (let l = 0; l < digestLeavesPerBucket; l += 1) {
+      const leaf = b * digestLeavesPerBucket + l;
+      const mine = leaf * digestHashBytes;
+      const theirs = (i * digestLeavesPerBucket + l) * digestHashBytes;
+      for (let k = 0; k < digestHashBytes; k += 1) {
+        if (digest.leafXor[mine + k] !== theirLeafHashes[theirs + k]) {
+          differing.push(leaf);
+          break;
+        }
+      }
+    }
+  });
+  return differing;
+}
+
+/** The leaves of the given buckets. */
+export function leavesOfBuckets(buckets: readonly number[]): number[] {
+  return buckets.flatMap((b) => Array.from({ length: digestLeavesPerBucket }, (_, l) => b * digestLeavesPerBucket + l));
+}
+
+/** Keys held in `buckets` (each leaf's count, without listing them). */
+export function keyCountInBuckets(digest: Digest, buckets: readonly number[]): number {
+  let n = 0;
+  for (const leaf of leavesOfBuckets(buckets)) n += digest.keys[leaf]?.size ?? 0;
+  return n;
+}
+
+/** This side's keys in the given leaves whose uid sorts after `afterUid`, sorted by uid, at most keysMax of them. */
+export function keysInLeaves(digest: Digest, leaves: readonly number[], keysMax: number, afterUid = '', skip?: (sopInstanceUid: string) => boolean): InstanceKey[] {
   const out: InstanceKey[] = [];
-  for (const b of buckets) {
-    const members = digest.keys[b];
+  for (const leaf of leaves) {
+    const members = digest.keys[leaf];
     if (members === undefined) continue;
     for (const [sopInstanceUid, sha256] of members) if (sopInstanceUid > afterUid && skip?.(sopInstanceUid) !== true) out.push({ sopInstanceUid, sha256 });
   }
   out.sort((a, b) => (a.sopInstanceUid < b.sopInstanceUid ? -1 : a.sopInstanceUid > b.sopInstanceUid ? 1 : 0));
   return out.slice(0, keysMax);
+}
+
+/** This side's keys in the given buckets whose uid sorts after `afterUid`, sorted by uid, at most keysMax of them. */
+export function keysInBuckets(digest: Digest, buckets: readonly number[], keysMax: number, afterUid = '', skip?: (sopInstanceUid: string) => boolean): InstanceKey[] {
+  return keysInLeaves(digest, leavesOfBuckets(buckets), keysMax, afterUid, skip);
 }
 
 /** The other side's keys this side lacks: what to pull. */

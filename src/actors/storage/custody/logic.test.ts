@@ -491,6 +491,51 @@ test('repair exchange: digests, then keys of differing buckets, then pulls of ex
   assert.ok(!bPulls.effects.some((e) => e.type === 'send'), 'the exchange ends after step 3');
 });
 
+test('repair in a large archive compares leaves of the differing buckets, then lists only the keys of the differing leaves; a peer that predates leaves gets keys by bucket', () => {
+  // 20,000 shared: a bucket holds ~78 keys, a leaf ~0.3. A holds 3 more; each differing bucket listed whole
+  // cost ~230 keys (about 30 KB) per exchange, and kept costing it for as long as a difference stayed.
+  const shared = Array.from({ length: 20_000 }, (_, i) => ({ sopInstanceUid: `1.2.840.${i}`, sha256: `h${i}` }));
+  const onlyA = [{ sopInstanceUid: '8.8.1', sha256: 'a1' }, { sopInstanceUid: '8.8.2', sha256: 'a2' }, { sopInstanceUid: '8.8.3', sha256: 'a3' }];
+  const onlyB = [{ sopInstanceUid: '9.9.1', sha256: 'b1' }];
+  let a = initCustody(config, { digest: digestOf([...shared, ...onlyA]), debt: [] });
+  let b = initCustody({ ...config, repairKeysMax: 2000, selfPeerId: 'peer-b', selfSiteName: 'site-b' }, { digest: digestOf([...shared, ...onlyB]), debt: [] });
+  const view = [{ ...member('peer-a'), digestRoot: 'x' }, { ...member('peer-b'), digestRoot: 'y' }];
+  a = run(a, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  b = run(b, { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  const sent = (effects: CustodyEffect[]) => effects.flatMap((e) => (e.type === 'send' ? [e.message] : []));
+  const fetched = (effects: CustodyEffect[]) => effects.flatMap((e) => (e.type === 'fetch' ? [e.sopInstanceUid] : [])).sort();
+
+  const start = run(b, { type: 'tick', nowMs: 0 });
+  b = start.state;
+  const [digestMessage] = sent(start.effects);
+  assert.ok(digestMessage?.type === 'repairDigest' && digestMessage.leaves === true);
+  const leavesStep = run(a, { type: 'messageReceived', from: 'peer-b', message: digestMessage, nowMs: 1 });
+  a = leavesStep.state;
+  const [leavesMessage] = sent(leavesStep.effects);
+  assert.ok(leavesMessage?.type === 'repairLeaves', `answered ${leavesMessage?.type}`);
+  assert.ok(leavesMessage.buckets.length <= 4 && leavesMessage.leafHashes.length === leavesMessage.buckets.length * 256 * 32);
+  const keysStep = run(b, { type: 'messageReceived', from: 'peer-a', message: leavesMessage, nowMs: 2 });
+  b = keysStep.state;
+  const [bKeys] = sent(keysStep.effects);
+  assert.ok(bKeys?.type === 'repairKeys' && bKeys.replyWanted && bKeys.leaves !== undefined && bKeys.leaves.length <= 4);
+  assert.deepEqual(bKeys.keys.map((k) => k.sopInstanceUid).filter((u) => u.startsWith('9.')), ['9.9.1']);
+  const replyStep = run(a, { type: 'messageReceived', from: 'peer-b', message: bKeys, nowMs: 3 });
+  a = replyStep.state;
+  assert.deepEqual(fetched(replyStep.effects), ['9.9.1']);
+  const [aKeys] = sent(replyStep.effects);
+  assert.ok(aKeys?.type === 'repairKeys' && !aKeys.replyWanted);
+  const lastStep = run(b, { type: 'messageReceived', from: 'peer-a', message: aKeys, nowMs: 4 });
+  assert.deepEqual(fetched(lastStep.effects), ['8.8.1', '8.8.2', '8.8.3']);
+  // Work proportional to the difference: a handful of keys, not the ~300 of the differing buckets.
+  const listed = bKeys.keys.length + aKeys.keys.length;
+  assert.ok(listed <= 12, `${listed} keys listed`);
+
+  // A peer of an earlier version asks without `leaves`: keys of the differing buckets, as before.
+  const { leaves: _leaves, ...oldDigest } = digestMessage;
+  const [oldAnswer] = sent(run(a, { type: 'messageReceived', from: 'peer-b', message: oldDigest, nowMs: 5 }).effects);
+  assert.ok(oldAnswer?.type === 'repairKeys' && oldAnswer.leaves === undefined && oldAnswer.keys.length === config.repairKeysMax, 'the differing buckets listed (a full window)');
+});
+
 test('repair works through a difference larger than one message, window by window', () => {
   // B lacks the 100 highest UIDs; the buckets that differ hold ~650 keys, more than repairKeysMax (100) in
   // one message. Listing the first 100 of them every round never named a missing one (found at 2,000 of 12,700).

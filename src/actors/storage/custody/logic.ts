@@ -14,8 +14,10 @@ import type { ForgottenSite, MemberRecord, MemberStatus } from '../../membership
 import { sitePrecedence } from '../../membership/logic.ts';
 import {
   bucketOf,
-  diffBuckets, digestAdd, digestBuckets, digestHas, digestRoot, digestSha256, keysInBuckets, missingKeys, type Digest } from './digest.ts';
+  diffBuckets, diffLeaves, digestAdd, digestBuckets, digestHas, digestLeafHashes, digestRoot, digestSha256, keyCountInBuckets, keysInBuckets, keysInLeaves, leafOf, missingKeys, type Digest } from './digest.ts';
 import {
+  repairLeafBucketsMax,
+  repairLeavesKeysPerBucketMinDefault,
   StoreStatus,
   type CustodyConfig,
   type CustodyEffect,
@@ -638,25 +640,49 @@ function onMessage(
       const buckets = diffBuckets(state.digest, message.buckets);
       if (buckets.length === 0) return;
       const afterUid = message.afterUid ?? '';
+      const perBucketMin = state.config.repairLeavesKeysPerBucketMin ?? repairLeavesKeysPerBucketMinDefault;
+      if (message.leaves === true && buckets.length <= repairLeafBucketsMax && keyCountInBuckets(state.digest, buckets) >= perBucketMin * buckets.length) {
+        effects.push({ type: 'send', to: from, message: { type: 'repairLeaves', buckets, leafHashes: digestLeafHashes(state.digest, buckets), afterUid } });
+        return;
+      }
       const keys = keysInBuckets(state.digest, buckets, state.config.repairKeysMax, afterUid, owedTo(state, from));
       effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets, keys, replyWanted: true, afterUid } });
       return;
     }
+    case 'repairLeaves': {
+      // Our answer to our own repairDigest: the leaves that differ, our keys in them, theirs asked for.
+      const leaves = diffLeaves(state.digest, message.buckets, message.leafHashes);
+      if (leaves.length === 0) return;
+      const afterUid = message.afterUid ?? '';
+      const keys = keysInLeaves(state.digest, leaves, state.config.repairKeysMax, afterUid, owedTo(state, from));
+      effects.push({ type: 'send', to: from, message: { type: 'repairKeys', buckets: [], leaves, keys, replyWanted: true, afterUid } });
+      return;
+    }
     case 'repairKeys': {
-      const wanted = new Set(message.buckets);
-      // Only keys of the buckets named count: a peer cannot make us pull from buckets it did not list.
-      const theirs = message.keys.filter((k) => wanted.has(bucketOf(k.sopInstanceUid)));
+      const { leaves } = message;
+      const afterUid = message.afterUid ?? '';
+      const wantedBuckets = new Set(message.buckets);
+      const wantedLeaves = new Set(leaves);
+      // Only keys of the buckets (or leaves) named count: a peer cannot make us pull from ones it did not list.
+      const theirs = message.keys.filter((k) => (leaves === undefined ? wantedBuckets.has(bucketOf(k.sopInstanceUid)) : wantedLeaves.has(leafOf(k.sopInstanceUid))));
       reportUidConflicts(state, from, theirs, effects);
       if (!repairPaused(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
+      const ourKeys = () =>
+        leaves === undefined
+          ? keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid, owedTo(state, from))
+          : keysInLeaves(state.digest, leaves, state.config.repairKeysMax, afterUid, owedTo(state, from));
       if (message.replyWanted) {
-        const afterUid = message.afterUid ?? '';
-        const keys = keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid, owedTo(state, from));
+        const keys = ourKeys();
         effects.push({
           type: 'send',
           to: from,
-          message: { type: 'repairKeys', buckets: message.buckets, keys, replyWanted: false, afterUid },
+          message: { type: 'repairKeys', buckets: message.buckets, ...(leaves === undefined ? {} : { leaves }), keys, replyWanted: false, afterUid },
         });
-        advanceRepairCursor(state, from, [theirs, keys]);
+        // By buckets, the peer answering with replyWanted began the exchange: it has both lists now.
+        if (leaves === undefined) advanceRepairCursor(state, from, [theirs, keys]);
+      } else if (leaves !== undefined) {
+        // By leaves, the exchange's last message comes back to the peer that began it (its own list again).
+        advanceRepairCursor(state, from, [theirs, ourKeys()]);
       }
       return;
     }
@@ -864,7 +890,7 @@ function startRepair(state: CustodyState, effects: CustodyEffect[]): boolean {
   if (partners.length === 0) return false;
   const buckets = digestBuckets(state.digest);
   for (const partner of partners) {
-    effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets, afterUid: state.repairCursors.get(partner.peerId) } });
+    effects.push({ type: 'send', to: partner.peerId, message: { type: 'repairDigest', buckets, afterUid: state.repairCursors.get(partner.peerId), leaves: true } });
   }
   return true;
 }

@@ -58,6 +58,12 @@ export interface CustodyConfig {
   readonly repairIntervalMs: number;
   /** Bound on keys in one repair message; the rest waits for the next round. */
   readonly repairKeysMax: number;
+  /**
+   * A repair partner holding at least this many keys per differing bucket (when at most
+   * repairLeafBucketsMax buckets differ) answers with those buckets' leaf hashes instead of their keys, so
+   * that only the keys of the differing leaves are listed (default repairLeavesKeysPerBucketMinDefault).
+   */
+  readonly repairLeavesKeysPerBucketMin?: number;
   /** Bound on repair pulls in flight. */
   readonly fetchesInFlightMax: number;
   /**
@@ -83,6 +89,14 @@ export interface CustodyConfig {
   readonly forgottenSiteReturnAliveMs: number;
 }
 
+/** Most buckets a repairLeaves message carries the leaf hashes of (8 KiB each); with more differing, keys are listed by bucket. */
+export const repairLeafBucketsMax = 32;
+/**
+ * Leaf hashes cost 8 KiB a bucket and a round trip; a key listed ~130 bytes: below ~64 keys a bucket
+ * (archives under ~16,000 instances) the keys themselves are cheaper.
+ */
+export const repairLeavesKeysPerBucketMinDefault = 64;
+
 /** Custody messages between peers (the bytes themselves travel on the replicate and fetch streams). */
 export type CustodyMessage =
   /** The sender holds sopInstanceUid durably at siteName. */
@@ -92,11 +106,27 @@ export type CustodyMessage =
    * after `afterUid` are listed (absent: from the first), so a difference larger than one message is
    * worked through window by window instead of listing the same first keys every round.
    */
-  | { readonly type: 'repairDigest'; readonly buckets: readonly string[]; readonly afterUid?: string }
-  /** Repair step 2 (and 3, with replyWanted false): the sender's keys in the buckets that differ, after afterUid. */
+  | {
+      readonly type: 'repairDigest';
+      readonly buckets: readonly string[];
+      readonly afterUid?: string;
+      /** The sender takes a repairLeaves answer (peers that predate leaves leave it out, and get keys). */
+      readonly leaves?: boolean;
+    }
+  /**
+   * Repair step 2 when the differing buckets hold many keys: their leaf hashes (digestLeafHashes, 8 KiB a
+   * bucket, at most repairLeafBucketsMax buckets). The first peer answers with its keys in the leaves that
+   * differ (repairKeys with `leaves`, replyWanted), the second with its own (replyWanted false).
+   */
+  | { readonly type: 'repairLeaves'; readonly buckets: readonly number[]; readonly leafHashes: Uint8Array; readonly afterUid?: string }
+  /**
+   * Repair step 2 (and 3, with replyWanted false): the sender's keys in the buckets that differ, after
+   * afterUid; with `leaves`, in those leaves instead (and `buckets` empty).
+   */
   | {
       readonly type: 'repairKeys';
       readonly buckets: readonly number[];
+      readonly leaves?: readonly number[];
       readonly keys: readonly InstanceKey[];
       readonly replyWanted: boolean;
       readonly afterUid?: string;
