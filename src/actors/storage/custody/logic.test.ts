@@ -661,7 +661,7 @@ test('a repair round asks every differing peer; keys several hold are pulled fro
   assert.deepEqual(fetches(next.effects), ['7.4<peer-b', '7.5<peer-b']);
 });
 
-test('replica targets: one peer per other alive site, its lowest alive peerId; never our own site', () => {
+test('replica targets: one peer per other alive site, the one with precedence (started first; here all at once, so the lowest peerId); never our own site', () => {
   const view = [
     { ...member('p1-a'), siteName: 'site-a' },
     { ...member('p2-b', 'suspect'), siteName: 'site-b' },
