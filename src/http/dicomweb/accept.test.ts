@@ -64,6 +64,17 @@ describe('chooseFrameRepresentation', () => {
     assert.equal(choose('multipart/related; type="application/octet-stream"; transfer-syntax=*', uncompressed), `native application/octet-stream ${explicitLe}`);
   });
 
+  it('video frames as stored go under the video media types (PS3.18 8.7.3.5), never under image/*', () => {
+    const mpeg2: FrameOffers = { storedTransferSyntaxUid: '1.2.840.10008.1.2.4.100', storedEncapsulated: true, asStored: true, native: false };
+    const hevc: FrameOffers = { ...mpeg2, storedTransferSyntaxUid: '1.2.840.10008.1.2.4.107' };
+    assert.equal(choose('multipart/related; type="video/mpeg"', mpeg2), 'stored video/mpeg 1.2.840.10008.1.2.4.100');
+    assert.equal(choose('multipart/related; type="video/*"', mpeg2), 'stored video/mpeg 1.2.840.10008.1.2.4.100');
+    assert.equal(choose('multipart/related; type="video/h265"', hevc), 'stored video/H265 1.2.840.10008.1.2.4.107');
+    assert.equal(choose('multipart/related; type="image/*"', mpeg2), undefined);
+    assert.equal(choose('multipart/related; type="video/*"', compressed), undefined);
+    assert.deepEqual(offeredRepresentations(mpeg2).map(describeRepresentation), ['multipart/related; type="video/mpeg"; transfer-syntax=1.2.840.10008.1.2.4.100']);
+  });
+
   it('frames that cannot be told apart fall back to decoding under transfer-syntax=*, and nothing else', () => {
     const opaque: FrameOffers = { ...compressed, asStored: false };
     assert.equal(choose('multipart/related; type="application/octet-stream"; transfer-syntax=*', opaque), `native application/octet-stream ${explicitLe}`);

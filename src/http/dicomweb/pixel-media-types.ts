@@ -21,9 +21,16 @@ const syntaxesOfMediaType: ReadonlyMap<string, readonly string[]> = new Map([
   ['image/jpx', ['1.2.840.10008.1.2.4.92', '1.2.840.10008.1.2.4.93']],
   ['image/jphc', ['1.2.840.10008.1.2.4.201', '1.2.840.10008.1.2.4.202', '1.2.840.10008.1.2.4.203']],
   ['image/jxl', ['1.2.840.10008.1.2.4.110', '1.2.840.10008.1.2.4.111', '1.2.840.10008.1.2.4.112']],
+  // PS3.18 8.7.3.5 video-pixel: MPEG-2, MPEG-4 AVC/H.264 and HEVC/H.265 (the fragmentable variants too).
+  ['video/mpeg', ['1.2.840.10008.1.2.4.100', '1.2.840.10008.1.2.4.100.1', '1.2.840.10008.1.2.4.101', '1.2.840.10008.1.2.4.101.1']],
+  ['video/mp4', [
+    '1.2.840.10008.1.2.4.102', '1.2.840.10008.1.2.4.102.1', '1.2.840.10008.1.2.4.103', '1.2.840.10008.1.2.4.103.1', '1.2.840.10008.1.2.4.104',
+    '1.2.840.10008.1.2.4.104.1', '1.2.840.10008.1.2.4.105', '1.2.840.10008.1.2.4.105.1', '1.2.840.10008.1.2.4.106', '1.2.840.10008.1.2.4.106.1',
+  ]],
+  ['video/H265', ['1.2.840.10008.1.2.4.107', '1.2.840.10008.1.2.4.108']],
 ]);
 
-/** The standard's media type of a compressed syntax's frames; undefined for one it names none for (video, private). */
+/** The standard's media type of a compressed syntax's frames; undefined for one it names none for (private ones). */
 export function mediaTypeOfSyntax(transferSyntaxUid: string): string | undefined {
   for (const [mediaType, syntaxes] of syntaxesOfMediaType) {
     if (!mediaType.includes('/x-') && syntaxes.includes(transferSyntaxUid)) return mediaType;
@@ -82,11 +89,13 @@ function candidatesOf(range: MediaRange, offers: FrameOffers): FrameRepresentati
     return transferSyntax === stored ? [asStored] : [];
   }
   if (!offers.storedEncapsulated || (transferSyntax !== undefined && transferSyntax !== '*' && transferSyntax !== stored)) return [];
-  if (partType === 'image/*') {
+  if (partType === 'image/*' || partType === 'video/*') {
     const mediaType = mediaTypeOfSyntax(stored);
-    return mediaType === undefined ? [] : [{ kind: 'stored', mediaType, transferSyntaxUid: stored }];
+    return mediaType?.startsWith(partType.slice(0, -1)) === true ? [{ kind: 'stored', mediaType, transferSyntaxUid: stored }] : [];
   }
-  return syntaxesOfMediaType.get(partType)?.includes(stored) ? [{ kind: 'stored', mediaType: partType, transferSyntaxUid: stored }] : [];
+  // Media type names are case-insensitive (video/H265 is written so by PS3.18).
+  const named = [...syntaxesOfMediaType.keys()].find((name) => name.toLowerCase() === partType);
+  return named !== undefined && syntaxesOfMediaType.get(named)!.includes(stored) ? [{ kind: 'stored', mediaType: named, transferSyntaxUid: stored }] : [];
 }
 
 /** The multipart media type a representation is asked for with: what a 406 lists. */
