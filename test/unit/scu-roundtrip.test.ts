@@ -8,7 +8,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import dimse from 'dcmjs-dimse';
-import { startTestPeer } from '../support/peer-fixture.ts';
+import { startTestPeer, storeDataset } from '../support/peer-fixture.ts';
+import { longLengthVrs } from '../../src/codec/dataset/vr.ts';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -136,20 +137,11 @@ test("C-STORE of a data set with a legacy writer's VR of two spaces (CTN 3.2): s
   let at = 0;
   while (((view.getUint16(at, true) << 16) | view.getUint16(at + 2, true)) >>> 0 <= 0x00090010) {
     const vr = String.fromCharCode(original[at + 4]!, original[at + 5]!);
-    at += ['OB', 'OW', 'SQ', 'UN', 'UT', 'UC', 'UR', 'OF', 'OD', 'OL', 'OV', 'SV', 'UV'].includes(vr) ? 12 + view.getUint32(at + 8, true) : 8 + view.getUint16(at + 6, true);
+    at += longLengthVrs.has(vr) ? 12 + view.getUint32(at + 8, true) : 8 + view.getUint16(at + 6, true);
   }
   const legacy = Buffer.from([0x09, 0x00, 0x10, 0x00, 0x20, 0x20, 0x04, 0x00, ...Buffer.from('CTN ')]);
   const dataSet = Buffer.concat([original.subarray(0, at), legacy, original.subarray(at)]);
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: peer.dicomPort,
-    callingAeTitle: 'CTN',
-    calledAeTitle: 'PACSMESH',
-    presentationContexts: [{ abstractSyntaxUid: resolved.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-  });
-  const reply = await client.request(client.contexts[0]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true }, dataSet);
-  await client.release();
-  assert.equal(reply.command.status, 0, reply.command.errorComment ?? '');
+  await storeDataset(peer.dicomPort, resolved.sopClassUid, resolved.sopInstanceUid, dataSet, TransferSyntax.ExplicitVrLittleEndian);
   const entry = await peer.store.getEntry(resolved.sopInstanceUid);
   assert.equal(entry?.patientId, 'CTN-1', 'indexed as any other');
   const chunks: Uint8Array[] = [];
