@@ -153,6 +153,38 @@ describe('WADO-RS', () => {
     }
   });
 
+  it('a large binary value before Pixel Data (an encapsulated document over the 64 MiB header bound) is named by its BulkDataURI and streamed, its study\'s metadata whole (hunt 85: 500, or cut mid-JSON)', async () => {
+    const bigStudy = '1.2.826.0.1.3680043.10.1453.201.3';
+    const document = Buffer.alloc(65 * 1024 * 1024 + 2);
+    for (let at = 0; at + 4 <= document.length; at += 4096) document.writeUInt32LE(at, at);
+    // Over the 1 MiB a header keeps, in big endian (stored swapped): its OW words are swapped back as they stream.
+    const overlay = Buffer.alloc(3 * 1024 * 1024 + 6);
+    for (let at = 0; at + 2 <= overlay.length; at += 2) overlay.writeUInt16LE(at & 0xffff, at);
+    const files = [
+      makeInstanceWithInfo({ transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, study: { uid: bigStudy }, series: { uid: `${bigStudy}.1` }, sopInstanceUid: `${bigStudy}.1.1`, instanceNumber: 1, rows: 4, columns: 4, extraElements: [{ tag: 0x00420011, vr: 'OB', value: document }] }).bytes,
+      makeInstanceWithInfo({ transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian, study: { uid: bigStudy }, series: { uid: `${bigStudy}.1` }, sopInstanceUid: `${bigStudy}.1.2`, instanceNumber: 2, rows: 4, columns: 4, extraElements: [{ tag: 0x60003000, vr: 'OW', value: overlay }] }).bytes,
+    ];
+    const body = Buffer.concat([...files.flatMap((file) => [Buffer.from('--b\r\nContent-Type: application/dicom\r\n\r\n'), Buffer.from(file), Buffer.from('\r\n')]), Buffer.from('--b--\r\n')]);
+    const stored = await fetch(`${base}/studies`, { method: 'POST', body, headers: { 'content-type': 'multipart/related; type="application/dicom"; boundary=b' } });
+    assert.equal(stored.status, 200, await stored.text());
+    const studyMetadata = await retrieve(`/studies/${bigStudy}/metadata`);
+    assert.equal(studyMetadata.status, 200, studyMetadata.body.toString().slice(0, 300));
+    const instances = JSON.parse(studyMetadata.body.toString()) as Array<Record<string, { vr: string; BulkDataURI?: string; Value?: unknown[] }>>;
+    assert.equal(instances.length, 2);
+    const instanceUrl = (n: number) => `${base}/studies/${bigStudy}/series/${bigStudy}.1/instances/${bigStudy}.1.${n}`;
+    assert.deepEqual(instances[0]!['00420011'], { vr: 'OB', BulkDataURI: `${instanceUrl(1)}/bulkdata/00420011` });
+    assert.deepEqual(instances[1]!['60003000'], { vr: 'OW', BulkDataURI: `${instanceUrl(2)}/bulkdata/60003000` });
+    assert.deepEqual(instances[0]!['00080018']?.Value, [`${bigStudy}.1.1`], 'the attributes after it are read too');
+    for (const [n, tag, expected] of [[1, '00420011', document], [2, '60003000', overlay]] as const) {
+      const response = await retrieve(`/studies/${bigStudy}/series/${bigStudy}.1/instances/${bigStudy}.1.${n}/bulkdata/${tag}`);
+      assert.equal(response.status, 200);
+      const [part] = parseMultipart(response.body, response.contentType);
+      assert.ok(Buffer.from(part!.body).equals(expected), `${tag}: ${part!.body.length} bytes, expected ${expected.length}, as stored in little endian`);
+    }
+    // The frames of an instance with such a value before its Pixel Data are still found.
+    assert.equal((await retrieve(`/studies/${bigStudy}/series/${bigStudy}.1/instances/${bigStudy}.1.1/frames/1`)).status, 200);
+  });
+
   it('answers 406 for an instance that cannot be converted as asked, and sends it as stored', async () => {
     // A JPEG baseline file of the corpus whose codestream lost its start marker: it cannot be decoded.
     const file = Buffer.from(readFileSync(join(corpusDirectory, 'public', 'pydicom__SC_rgb_jpeg_dcmtk.dcm')));

@@ -48,6 +48,21 @@ export interface DatasetHeaderReaderOptions {
    * the reader stops at Pixel Data.
    */
   wholeDataset?: boolean;
+  /**
+   * Told of each top-level value of defined length skipped before Pixel Data (bulk data, or longer than
+   * maxValueBytes), as its header is read: where the value starts in the stream and how long it is, and
+   * whether a 4-byte length field comes just before it (implicit VR, or an explicit VR long form). The
+   * DICOMweb header reader leaves large ones out of what it keeps (an encapsulated document of 70 MB).
+   */
+  onTopLevelValueSkipped?: (skipped: SkippedTopLevelValue) => void;
+}
+
+export interface SkippedTopLevelValue {
+  tag: Tag;
+  vr: Vr;
+  valueOffset: number;
+  valueLength: number;
+  lengthFieldOf4Bytes: boolean;
 }
 
 export interface DatasetHeader {
@@ -159,6 +174,7 @@ export class DatasetHeaderReader {
   private lastTopLevelTag = -1;
   private ended = false;
   private failure: DatasetParseError | undefined;
+  private readonly onTopLevelValueSkipped: ((skipped: SkippedTopLevelValue) => void) | undefined;
 
   constructor(options: DatasetHeaderReaderOptions) {
     const layout = layoutOf(options.transferSyntaxUid);
@@ -171,6 +187,7 @@ export class DatasetHeaderReader {
     this.includeSkippedElements = options.includeSkippedElements ?? false;
     this.wordValueTags = options.wordValueTags;
     this.wholeDataset = options.wholeDataset ?? false;
+    this.onTopLevelValueSkipped = options.onTopLevelValueSkipped;
     this.nativeSyntax = nativeSyntaxUids.has(options.transferSyntaxUid);
     this.encapsulatedSyntax = !this.nativeSyntax && !jpipReferencedSyntaxUids.has(options.transferSyntaxUid);
     if (layout.deflated) this.inflater = new StreamingInflater();
@@ -500,6 +517,7 @@ export class DatasetHeaderReader {
         return headerLength;
       }
       if (this.includeSkippedElements) this.elements.push({ tag, vr, value: undefined });
+      this.onTopLevelValueSkipped?.({ tag, vr, valueOffset: elementOffset + headerLength, valueLength, lengthFieldOf4Bytes: headerLength === 12 || implicitVr });
     }
     this.startSkip(tag, valueLength);
     return headerLength;

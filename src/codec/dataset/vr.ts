@@ -17,6 +17,9 @@ export const numericVrSizes: ReadonlyMap<Vr, number> = new Map([
   ['US', 2], ['SS', 2], ['UL', 4], ['SL', 4], ['FL', 4], ['FD', 8], ['SV', 8], ['UV', 8], ['AT', 4],
 ]);
 
+/** VRs whose value is bytes, not text or numbers: what DICOM JSON names by a BulkDataURI (PS3.18 F.2.7). */
+export const binaryVrs: ReadonlySet<Vr> = new Set(['OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'UN']);
+
 /** Every VR defined by PS3.5 6.2, used to tell a known VR from two random uppercase letters. */
 export const knownVrs: ReadonlySet<Vr> = new Set([
   ...textVrs, ...numericVrSizes.keys(), 'OB', 'OD', 'OF', 'OL', 'OV', 'OW', 'SQ', 'UN',

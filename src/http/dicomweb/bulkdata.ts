@@ -9,7 +9,7 @@ import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_BE } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { selectInstances } from './instances.ts';
+import { selectInstances, streamInstance } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 import { instanceHeaderOf, isBinaryVr } from './wado.ts';
@@ -33,12 +33,45 @@ export async function retrieveBulkData(ctx: DicomWebContext, exchange: DicomWebE
   if (element === undefined || element.valueOffset === undefined || element.valueLength === undefined || !isBinaryVr(element.vr)) {
     throw new DicomWebError(404, 'ERR_DICOMWEB_NO_BULK_DATA', `instance ${route.instanceUid} has no top-level binary value (${tagText}) before its Pixel Data`);
   }
-  let value = header.bytes.subarray(element.valueOffset, element.valueOffset + element.valueLength);
-  const size = wordBytes[element.vr];
-  if (header.transferSyntaxUid === EXPLICIT_BE && size !== undefined) value = swapWords(value, size);
+  const size = header.transferSyntaxUid === EXPLICIT_BE ? wordBytes[element.vr] : undefined;
+  const cut = header.cuts.find((candidate) => candidate.tag === route.tag);
+  let body: Uint8Array | AsyncIterable<Uint8Array>;
+  if (cut === undefined) {
+    const value = header.bytes.subarray(element.valueOffset, element.valueOffset + element.valueLength);
+    body = size === undefined ? value : swapWords(value, size);
+  } else {
+    // A large value left out of the header: streamed from the stored copy (checked against its SHA-256 as it goes).
+    const { chunks } = await streamInstance(ctx, header.entry);
+    const value = sliceOfStream(chunks, cut.valueOffset, cut.valueLength);
+    body = size === undefined ? value : swapWordsOfStream(value, size);
+  }
   const writer = startMultipart(exchange.res, { type: 'application/octet-stream' });
-  await writer.writePart({ 'Content-Type': 'application/octet-stream', 'Content-Location': `${exchange.baseUrl}/studies/${route.studyUid}/series/${route.seriesUid}/instances/${route.instanceUid}/bulkdata/${tagText}` }, value);
+  await writer.writePart({ 'Content-Type': 'application/octet-stream', 'Content-Location': `${exchange.baseUrl}/studies/${route.studyUid}/series/${route.seriesUid}/instances/${route.instanceUid}/bulkdata/${tagText}` }, body);
   writer.end();
+}
+
+/** Bytes `offset` to `offset + length` of a stream of chunks; the stream is read to its end (its check comes there). */
+async function* sliceOfStream(chunks: AsyncIterable<Uint8Array>, offset: number, length: number): AsyncGenerator<Uint8Array> {
+  let start = 0;
+  for await (const chunk of chunks) {
+    const end = start + chunk.byteLength;
+    const from = Math.max(offset, start);
+    const to = Math.min(offset + length, end);
+    if (from < to) yield chunk.subarray(from - start, to - start);
+    start = end;
+  }
+}
+
+/** swapWords over a stream whose chunks may split words. */
+async function* swapWordsOfStream(chunks: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
+  let carry: Uint8Array = new Uint8Array(0);
+  for await (const chunk of chunks) {
+    const joined = carry.byteLength === 0 ? chunk : Buffer.concat([carry, chunk]);
+    const whole = joined.byteLength - (joined.byteLength % size);
+    if (whole > 0) yield swapWords(joined.subarray(0, whole), size);
+    carry = joined.subarray(whole);
+  }
+  if (carry.byteLength > 0) yield carry;
 }
 
 /** Whether the Accept header takes an octet-stream part: absent, `*\/*`, multipart/related (of octet-stream), application/octet-stream. */

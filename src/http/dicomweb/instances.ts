@@ -11,6 +11,7 @@ import { errorText } from '../../actors/runtime/logger.ts';
 import { ConcurrencyLimitError } from '../../actors/runtime/concurrency-limit.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
+import { binaryVrs } from '../../codec/dataset/vr.ts';
 import type { DicomElement } from '../../codec/dicom-types.ts';
 import { DicomWebError, heldInstanceWaitMaxMs, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { TranscodeError } from '../../codec/transcode-error.ts';
@@ -285,36 +286,85 @@ export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWe
   }
 }
 
-/** A header beyond this (before Pixel Data) is not read for metadata or frames: no instance of this archive's kinds has one. */
+/** A header beyond this (before Pixel Data, without the values cut as bulk data) is not read for metadata or frames. */
 export const headerBytesMax = 64 * 1024 * 1024;
+
+/** A top-level binary value left out of a header read for metadata (see readToPixelData): where it is in the stored data set. */
+export interface BulkValueCut {
+  tag: number;
+  vr: string;
+  /** Offset of the value in the stored data set, and its length. */
+  valueOffset: number;
+  valueLength: number;
+}
 
 /**
  * The data set's bytes from `chunks` up to its Pixel Data and `bytesPastPixelData` more (the element's own
  * header, say), or to its end when it has none; `chunks` is left open at the next chunk. `pixelDataOffset`
  * is undefined without Pixel Data, and `overBound` true when none came within headerBytesMax.
+ * With `cutValuesFromBytes`, top-level binary values (OB, OW, UN...) that long or longer are left out of
+ * `head` as they stream by, their length fields set to 0, and listed in `cuts`: a 70 MB encapsulated PDF
+ * (or a large private blob) made its study's metadata a 500 and held its bytes per request (hunt 85).
+ * Offsets in `head` (pixelDataOffset among them) are then those of the data set without the cut values.
  */
 export async function readToPixelData(
   chunks: AsyncIterator<Uint8Array>,
   transferSyntaxUid: string,
   bytesPastPixelData = 0,
-): Promise<{ head: Buffer; pixelDataOffset: number | undefined; overBound: boolean }> {
-  const reader = new DatasetHeaderReader({ transferSyntaxUid });
+  cutValuesFromBytes = Number.POSITIVE_INFINITY,
+): Promise<{ head: Buffer; pixelDataOffset: number | undefined; overBound: boolean; cuts: BulkValueCut[] }> {
+  const cuts: BulkValueCut[] = [];
+  /** Offsets in `head` of the cut values' 4-byte length fields, set to 0 once head is joined. */
+  const lengthFields: number[] = [];
+  let cutBytes = 0;
+  const reader = new DatasetHeaderReader({
+    transferSyntaxUid,
+    onTopLevelValueSkipped: (skipped) => {
+      if (skipped.valueLength < cutValuesFromBytes || !skipped.lengthFieldOf4Bytes || !binaryVrs.has(skipped.vr)) return;
+      cuts.push({ tag: skipped.tag, vr: skipped.vr, valueOffset: skipped.valueOffset, valueLength: skipped.valueLength });
+      lengthFields.push(skipped.valueOffset - 4 - cutBytes);
+      cutBytes += skipped.valueLength;
+    },
+  });
   const kept: Uint8Array[] = [];
   let keptBytes = 0;
+  const keep = (bytes: Uint8Array) => {
+    if (bytes.byteLength === 0) return;
+    kept.push(bytes);
+    keptBytes += bytes.byteLength;
+  };
   let pixelDataOffset: number | undefined;
-  const head = () => (kept.length === 1 ? Buffer.from(kept[0]!.buffer, kept[0]!.byteOffset, kept[0]!.byteLength) : Buffer.concat(kept));
+  let streamOffset = 0;
+  let nextCut = 0;
+  const head = () => {
+    if (cuts.length === 0 && kept.length === 1) return Buffer.from(kept[0]!.buffer, kept[0]!.byteOffset, kept[0]!.byteLength);
+    const joined = Buffer.concat(kept);
+    for (const at of lengthFields) if (at + 4 <= joined.length) joined.fill(0, at, at + 4);
+    return joined;
+  };
   while (pixelDataOffset === undefined || keptBytes < pixelDataOffset + bytesPastPixelData) {
     const next = await chunks.next();
     if (next.done === true) break;
-    kept.push(next.value);
-    keptBytes += next.value.byteLength;
-    if (pixelDataOffset !== undefined) continue;
-    reader.push(next.value);
-    if (reader.isComplete) pixelDataOffset = reader.end().pixelDataOffset;
+    const chunk = next.value;
+    const start = streamOffset;
+    streamOffset += chunk.byteLength;
+    if (pixelDataOffset === undefined) {
+      reader.push(chunk);
+      // In head's offsets: every cut comes before Pixel Data.
+      if (reader.isComplete) pixelDataOffset = reader.end().pixelDataOffset! - cutBytes;
+    }
+    // The chunk without the cut values in it (all known by now: a value's header comes before it).
+    for (let at = start; at < streamOffset;) {
+      while (nextCut < cuts.length && cuts[nextCut]!.valueOffset + cuts[nextCut]!.valueLength <= at) nextCut++;
+      const cut = cuts[nextCut];
+      const keepUntil = cut === undefined ? streamOffset : Math.min(streamOffset, cut.valueOffset);
+      if (keepUntil > at) keep(chunk.subarray(at - start, keepUntil - start));
+      at = cut === undefined || keepUntil === streamOffset ? streamOffset : Math.min(streamOffset, cut.valueOffset + cut.valueLength);
+    }
     // Most headers fit in the first chunk: no copy then.
-    else if (keptBytes > headerBytesMax) return { head: head(), pixelDataOffset: undefined, overBound: true };
+    if (pixelDataOffset === undefined && keptBytes > headerBytesMax) return { head: head(), pixelDataOffset: undefined, overBound: true, cuts };
   }
   // Read to its end without Pixel Data: the reader checks what it read is whole.
   if (!reader.isComplete) reader.end();
-  return { head: head(), pixelDataOffset, overBound: false };
+  return { head: head(), pixelDataOffset, overBound: false, cuts };
 }

@@ -12,12 +12,12 @@ import { errorText } from '../../actors/runtime/logger.ts';
 import { jsonTag, toDicomJson, type JsonSourceElement } from '../../codec/dataset/dicom-json.ts';
 import { encodePart10Header } from '../../codec/dataset/part10.ts';
 import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts';
-import { layoutOf } from '../../codec/dataset/vr.ts';
+import { binaryVrs, layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, headerBytesMax, holdingInstance, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead } from './instances.ts';
+import { convertInstance, headerBytesMax, holdingInstance, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
 import { isClientGone, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -181,11 +181,22 @@ export interface InstanceHeader {
   bytes: Uint8Array;
   /** The syntax of `bytes`: the stored one, or explicit VR little endian for a deflated instance (inflated). */
   transferSyntaxUid: string;
+  /** Top-level binary values of bulkValueBytesMin or more, left out of `bytes` (zero-length in `elements`): where they are stored. */
+  cuts: BulkValueCut[];
+  /** The catalog entry of the copy read (this site's, or one just fetched from another). */
+  entry: CatalogEntry;
 }
 
 /**
+ * Top-level binary values this long or longer are not read into an instance's header: a viewer gets them
+ * by their BulkDataURI, streamed from the store (a 70 MB encapsulated PDF was held whole per request).
+ */
+export const bulkValueBytesMin = 1024 * 1024;
+
+/**
  * The attributes of an instance, sequences included, up to its Pixel Data: the bytes before it are read
- * (the rest of a large instance is not), or the whole data set when it is deflated.
+ * (the rest of a large instance is not, nor large binary values before it), or the whole data set when it
+ * is deflated.
  */
 export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<InstanceHeader> {
   const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `the attributes of ${entry.sopInstanceUid} cannot be read: ${errorText(error)}`);
@@ -193,19 +204,19 @@ export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry
     if (layoutOf(entry.transferSyntaxUid).deflated) {
       const { bytes } = await readWholeInstance(ctx, entry);
       const inflated = inflateRawSync(bytes, { maxOutputLength: headerBytesMax });
-      return { elements: parseDatasetTree(inflated, EXPLICIT_LE), bytes: inflated, transferSyntaxUid: EXPLICIT_LE };
+      return { elements: parseDatasetTree(inflated, EXPLICIT_LE), bytes: inflated, transferSyntaxUid: EXPLICIT_LE, cuts: [], entry };
     }
     const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
     let read: Awaited<ReturnType<typeof readToPixelData>>;
     try {
-      read = await readToPixelData(chunks, local.transferSyntaxUid);
+      read = await readToPixelData(chunks, local.transferSyntaxUid, 0, bulkValueBytesMin);
     } finally {
       // The store's read ends here when the header was had before the last chunk.
       await chunks.return(undefined);
     }
     if (read.overBound) throw new Error(`more than ${headerBytesMax} bytes before Pixel Data`);
     const bytes = read.pixelDataOffset === undefined ? read.head : read.head.subarray(0, read.pixelDataOffset);
-    return { elements: parseDatasetTree(bytes, local.transferSyntaxUid), bytes, transferSyntaxUid: local.transferSyntaxUid };
+    return { elements: parseDatasetTree(bytes, local.transferSyntaxUid), bytes, transferSyntaxUid: local.transferSyntaxUid, cuts: read.cuts, entry: local };
   } catch (error) {
     if (error instanceof DicomWebError) throw error;
     throw describeFailure(error);
@@ -234,5 +245,5 @@ function forMetadata(elements: readonly TreeElement[], instanceUrl: string | und
 }
 
 export function isBinaryVr(vr: string): boolean {
-  return vr === 'OB' || vr === 'OW' || vr === 'OF' || vr === 'OD' || vr === 'OL' || vr === 'OV' || vr === 'UN';
+  return binaryVrs.has(vr);
 }
