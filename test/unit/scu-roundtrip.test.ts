@@ -10,6 +10,9 @@ import { join } from 'node:path';
 import dimse from 'dcmjs-dimse';
 import { startTestPeer, storeDataset } from '../support/peer-fixture.ts';
 import { longLengthVrs } from '../../src/codec/dataset/vr.ts';
+import { duplicateWithOtherBytesMessage } from '../../src/actors/association/services/store.ts';
+import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
+import { createHash } from 'node:crypto';
 import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { DicomClientAssociation } from '../../src/actors/association/client.ts';
@@ -147,4 +150,26 @@ test("C-STORE of a data set with a legacy writer's VR of two spaces (CTN 3.2): s
   const chunks: Uint8Array[] = [];
   for await (const chunk of peer.store.readInstance(entry!)) chunks.push(chunk);
   assert.ok(Buffer.concat(chunks).equals(dataSet), 'stored bytes differ from the sent data set');
+});
+
+test('a SOP Instance UID stored again with other bytes: Success, the first copy kept, and a warning naming both SHA-256 (hunt 85: dropped without a word)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'dup', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  const uid = '1.2.826.0.1.3680043.10.1453.85.7';
+  const dataSetOf = (name: string) => {
+    const { bytes, resolved } = makeInstanceWithInfo({ transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, sopInstanceUid: uid, patient: { name } });
+    return { dataSet: bytes.subarray(splitPart10(bytes).datasetOffset), sopClassUid: resolved.sopClassUid };
+  };
+  const first = dataSetOf('FIRST^SENT');
+  const corrected = dataSetOf('CORRECTED^NAME');
+  for (const { dataSet, sopClassUid } of [first, first, corrected]) await storeDataset(peer.dicomPort, sopClassUid, uid, dataSet, TransferSyntax.ExplicitVrLittleEndian);
+  const entry = await peer.store.getEntry(uid);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of peer.store.readInstance(entry!)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(Buffer.from(first.dataSet)), 'the copy stored first is kept');
+  const warnings = lines.filter((l) => l.message === duplicateWithOtherBytesMessage);
+  assert.equal(warnings.length, 1, 'the same bytes again say nothing; other bytes are logged');
+  assert.equal(warnings[0]!.fields?.storedSha256, entry!.sha256);
+  assert.equal(warnings[0]!.fields?.sentSha256, createHash('sha256').update(corrected.dataSet).digest('hex'));
 });

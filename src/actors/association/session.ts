@@ -13,7 +13,7 @@ import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
-import { IncomingStore, storeResponse } from './services/store.ts';
+import { duplicateWithOtherBytesMessage, IncomingStore, storeResponse } from './services/store.ts';
 import type { UlIndication } from './state-machine.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
 import { parseDatasetTree } from '../../codec/dataset/tree.ts';
@@ -446,6 +446,8 @@ export class AcceptorSession {
       this.store = undefined;
       const result = await store.finish();
       if (result.status !== Status.Success) this.log.warn('C-STORE failed', { sopInstanceUid: store.command.affectedSopInstanceUid, ...result, status: `0x${result.status.toString(16)}` });
+      const otherBytes = store.duplicateWithOtherBytes;
+      if (otherBytes !== undefined) this.log.warn(duplicateWithOtherBytesMessage, { sopInstanceUid: store.command.affectedSopInstanceUid, requestor: this.callingAeTitle, ...otherBytes });
       await this.send(event.presentationContextId, storeResponse(store.command, result));
       return;
     }

@@ -165,7 +165,8 @@ export interface CommitInfo {
   blobId: string;
 }
 
-export type CommitResult = { outcome: 'stored'; entry: CatalogEntry } | { outcome: 'duplicate'; entry: CatalogEntry };
+/** 'duplicate': the UID was stored already; `entry` is that copy, `sentSha256` the hash of the bytes just written (and dropped). */
+export type CommitResult = { outcome: 'stored'; entry: CatalogEntry } | { outcome: 'duplicate'; entry: CatalogEntry; sentSha256: string };
 
 /** One instance being received. Call `write` for each piece, then exactly one of `commit` or `abort`. */
 export interface InstanceWriter {
@@ -1302,7 +1303,7 @@ class LevelInstanceWriter implements InstanceWriter {
       }
       if (existing !== undefined) {
         await this.abort();
-        return { outcome: 'duplicate', entry: existing } as const;
+        return { outcome: 'duplicate', entry: existing, sentSha256: entry.sha256 } as const;
       }
       try {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).

@@ -24,7 +24,7 @@
  *   Reference Macro). Why each part failed is logged, and the first few reasons go in a Warning header.
  */
 import type { IncomingMessage } from 'node:http';
-import { IncomingStore, type StoreIdentity } from '../../actors/association/services/store.ts';
+import { duplicateWithOtherBytesMessage, IncomingStore, type StoreIdentity } from '../../actors/association/services/store.ts';
 import { isStorableTransferSyntax, isStorageSopClass } from '../../actors/association/negotiation.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
 import { DatasetHeaderReader } from '../../codec/dataset/reader.ts';
@@ -259,6 +259,8 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
     if (!finished) await store.cancel();
   }
   const committed = store.finish().then((result): PartOutcome => {
+    const otherBytes = store.duplicateWithOtherBytes;
+    if (otherBytes !== undefined) ctx.log.warn(duplicateWithOtherBytesMessage, { sopInstanceUid: store.identity?.sopInstanceUid, via: 'STOW-RS', ...otherBytes });
     if (result.status === 0x0000 || isWarningStatus(result.status)) {
       // A duplicate's URLs name the copy stored before, under its own study and series (helper 60).
       const stored = store.storedEntry;

@@ -27,6 +27,9 @@ export const StoreFailure = {
   UidMismatch: 0xc002,
 } as const;
 
+/** Logged (a warning) when a store finds its UID held with other bytes: see IncomingStore.duplicateWithOtherBytes. */
+export const duplicateWithOtherBytesMessage = 'a SOP Instance UID already stored came again with other bytes: the stored copy is kept, the new bytes dropped (Success, as for any duplicate)';
+
 /** Values bigger than this are not kept in the catalog (they are never useful as query keys). */
 const catalogValueMaxBytes = 1024;
 
@@ -83,6 +86,7 @@ export class IncomingStore {
   private receivedBytes = 0;
   private readIdentity: StoreIdentity | undefined;
   private committedEntry: CatalogEntry | undefined;
+  private otherBytes: { storedSha256: string; sentSha256: string } | undefined;
 
   /**
    * The store of a Part 10 file's data set (STOW-RS), through exactly the C-STORE's checks: its meta
@@ -181,6 +185,7 @@ export class IncomingStore {
         attributes: elements.filter((e) => e.value !== undefined && (e.tag & 0xffff) !== 0 && e.tag >>> 16 !== 0x0002),
       }));
       this.committedEntry = result.entry;
+      if (result.outcome === 'duplicate' && result.sentSha256 !== result.entry.sha256) this.otherBytes = { storedSha256: result.entry.sha256, sentSha256: result.sentSha256 };
       return await this.ingest.afterCommit(result.entry, result.outcome);
     } catch (error) {
       return storageFailure(error);
@@ -206,6 +211,15 @@ export class IncomingStore {
    */
   get storedEntry(): CatalogEntry | undefined {
     return this.committedEntry;
+  }
+
+  /**
+   * Set when finish() found the UID stored already with other bytes: the stored copy is kept and the
+   * answer is Success (a UID names one instance), but the requestor's bytes are dropped, which the
+   * operator must hear of (a corrected re-send under the old UID went unnoticed: hunt 85).
+   */
+  get duplicateWithOtherBytes(): { storedSha256: string; sentSha256: string } | undefined {
+    return this.otherBytes;
   }
 
   /** The data set's own UIDs, once finish() has read them (undefined when it could not). */
