@@ -40,6 +40,40 @@ test('connections beyond maxConnections are closed at once, and served again onc
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/healthz`, { signal: AbortSignal.timeout(2000) })).status, 200);
 });
 
+test('one client holds at most its share of the connections: beyond it a 503, while another address still gets in (hunt 85: slow uploads took them all)', async (t) => {
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, maxConnections: 8, maxConnectionsPerClient: 2 });
+  t.after(() => server.stop());
+  const held: Socket[] = [];
+  t.after(() => held.forEach((socket) => socket.destroy()));
+  for (let i = 0; i < 2; i++) {
+    const socket = connect({ port: server.port, host: '127.0.0.1', localAddress: '127.0.0.2' });
+    await new Promise((resolve) => socket.once('connect', resolve));
+    held.push(socket);
+  }
+  const third = connect({ port: server.port, host: '127.0.0.1', localAddress: '127.0.0.2' });
+  held.push(third);
+  const answer = await new Promise<string>((resolve) => {
+    let text = '';
+    third.on('data', (chunk) => (text += chunk.toString()));
+    third.on('close', () => resolve(text));
+  });
+  assert.match(answer, /^HTTP\/1\.1 503 /);
+  assert.match(answer, /ERR_HTTP_TOO_MANY_CONNECTIONS/);
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/healthz`, { signal: AbortSignal.timeout(2000) })).status, 200, 'another address is served');
+  held[0]!.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  const again = connect({ port: server.port, host: '127.0.0.1', localAddress: '127.0.0.2' });
+  held.push(again);
+  await new Promise((resolve) => again.once('connect', resolve));
+  again.write('GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  const served = await new Promise<string>((resolve) => {
+    let text = '';
+    again.on('data', (chunk) => (text += chunk.toString()));
+    again.on('close', () => resolve(text));
+  });
+  assert.match(served, /^HTTP\/1\.1 200 /, 'a freed connection is its own again');
+});
+
 test('POST /api/forget-site?site=NAME: 200 with the debt dropped, 409 while the site is alive or without a mesh, 404 unknown, 400 unnamed', async (t) => {
   const forgot: string[] = [];
   const server = await startHttpServer({

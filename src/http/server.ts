@@ -27,6 +27,8 @@ export interface HttpServerInit {
   forgetPeer?: (peerId: string) => ForgetPeerOutcome;
   /** Connections open at once; beyond it new ones are closed. Default 1024. */
   maxConnections?: number;
+  /** Connections open at once from one address; beyond it new ones get a 503 and are closed. Default a quarter of maxConnections. */
+  maxConnectionsPerClient?: number;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
   scrubNow?: () => object | undefined;
   /** DICOMweb under /dicom-web; undefined: those paths are 404. */
@@ -212,6 +214,24 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // Idle or slow connections beyond this are closed at once: they must not use up the file descriptors
   // the DICOM port and the mesh need (20,000 of them made the whole peer unreachable for ~7 s).
   server.maxConnections = init.maxConnections ?? 1024;
+  // One client (a script of slow uploads sending a byte now and then, which no timeout ends) took every
+  // connection and kept viewers and /healthz out for as long as it went on (hunt 85): one address holds a
+  // quarter at most, so the others still get in.
+  const perClientMax = init.maxConnectionsPerClient ?? Math.max(1, Math.floor(server.maxConnections / 4));
+  const openByClient = new Map<string, number>();
+  server.on('connection', (socket: Socket) => {
+    const client = socket.remoteAddress ?? '';
+    const open = (openByClient.get(client) ?? 0) + 1;
+    openByClient.set(client, open);
+    socket.once('close', () => {
+      const left = (openByClient.get(client) ?? 1) - 1;
+      if (left <= 0) openByClient.delete(client);
+      else openByClient.set(client, left);
+    });
+    if (open <= perClientMax) return;
+    const body = JSON.stringify({ error: `this address has ${perClientMax} connections open here, the most one client may hold: close some and retry`, code: 'ERR_HTTP_TOO_MANY_CONNECTIONS' });
+    socket.end(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nretry-after: 5\r\nconnection: close\r\n\r\n${body}`);
+  });
   // Requests the HTTP parser refuses (headers over 16 KiB, an unknown method, a malformed line) get a JSON
   // body too, as every other refusal on this port does.
   server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
