@@ -227,6 +227,17 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
       pullNext(state, input.nowMs, effects);
       break;
+    case 'replicasStored': {
+      let added = false;
+      for (const copy of input.copies) {
+        if (!state.fetchesInFlight.has(copy.sopInstanceUid)) state.lastPushedCopyAtMs = input.nowMs;
+        added = holdReplica(state, copy.sopInstanceUid, copy.sha256) || added;
+        ackReplica(state, copy.sopInstanceUid, copy.fromPeerId, effects);
+      }
+      if (added) pushStats(state, effects);
+      pullNext(state, input.nowMs, effects);
+      break;
+    }
     case 'copiesOffered':
       state.lastPushedCopyAtMs = Math.max(state.lastPushedCopyAtMs, input.nowMs);
       for (const uid of input.sopInstanceUids) {
@@ -584,10 +595,19 @@ function onReplicaStored(
   fromPeerId: string,
   effects: CustodyEffect[],
 ): void {
+  if (holdReplica(state, sopInstanceUid, sha256)) pushStats(state, effects);
+  ackReplica(state, sopInstanceUid, fromPeerId, effects);
+}
+
+/** A stored copy is held from now on; returns whether it is new here (the figures for the heartbeat changed). */
+function holdReplica(state: CustodyState, sopInstanceUid: string, sha256: string): boolean {
   state.fetchesInFlight.delete(sopInstanceUid);
   state.pullQueue.delete(sopInstanceUid);
   state.copiesIncoming.delete(sopInstanceUid);
-  if (digestAdd(state.digest, sopInstanceUid, sha256)) pushStats(state, effects);
+  return digestAdd(state.digest, sopInstanceUid, sha256);
+}
+
+function ackReplica(state: CustodyState, sopInstanceUid: string, fromPeerId: string, effects: CustodyEffect[]): void {
   // Acknowledge even a copy we already had: the sender may still owe it to this site.
   effects.push({
     type: 'send',

@@ -102,6 +102,13 @@ export type CustodyMessage =
       readonly afterUid?: string;
     };
 
+/** A copy received from another peer, verified (SHA-256) and durably written. */
+export interface StoredCopy {
+  readonly sopInstanceUid: string;
+  readonly sha256: string;
+  readonly fromPeerId: string;
+}
+
 export type CustodyInput =
   | { readonly type: 'tick'; readonly nowMs: number }
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
@@ -123,6 +130,11 @@ export type CustodyInput =
       readonly fromPeerId: string;
       readonly nowMs: number;
     }
+  /**
+   * Several copies stored at once (those whose synced commits settled together), as one step: the figures
+   * for the heartbeat (a digest root is a SHA-256 of 8 KiB) are worked out once for them, not once per copy.
+   */
+  | { readonly type: 'replicasStored'; readonly copies: readonly StoredCopy[]; readonly nowMs: number }
   /**
    * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated,
    * with those still to come, while they flow). Repair waits as for copies arriving (repairQuietMs), and
