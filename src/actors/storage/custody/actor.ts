@@ -532,11 +532,14 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       }
       if (entries.length > 0) {
         const results = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal, phases });
+        // The batch's acknowledgements in one step: the slots they free are refilled together.
+        const acks: Array<{ sopInstanceUid: string; siteName: string }> = [];
         for (const [index, result] of results.entries()) {
           const item = items[index]!;
           if ('error' in result) failed(item, result.error);
-          else outcomes.push({ type: 'messageReceived', from: peerId, message: { type: 'replicaAck', sopInstanceUid: item.sopInstanceUid, siteName: result.siteName }, nowMs: clock.nowMs() });
+          else acks.push({ sopInstanceUid: item.sopInstanceUid, siteName: result.siteName });
         }
+        if (acks.length > 0) outcomes.push({ type: 'replicasAcknowledged', acks, nowMs: clock.nowMs() });
       }
     } catch (error) {
       for (const item of items) failed(item, error);

@@ -853,3 +853,33 @@ test('copies stored together are one step: held and acknowledged each, the heart
   assert.equal(again.effects.filter((e) => e.type === 'statsChanged').length, 0);
   assert.equal(again.effects.filter((e) => e.type === 'send').length, 1, 'acknowledged again all the same');
 });
+
+test("a batch's acknowledgements are one step: each forgiven, the slots they free refilled together with the oldest debt", () => {
+  const c = { ...config, debtEntriesMax: 100, replicationsInFlightMax: 4 };
+  const owed = Array.from({ length: 10 }, (_, i) => ({ sopInstanceUid: `9.${i}`, siteName: 'site-b', sinceMs: i }));
+  const start = () => {
+    const s = initCustody(c, { digest: digestOf(owed.map((d) => ({ sopInstanceUid: d.sopInstanceUid, sha256: `h${d.sopInstanceUid}` }))), debt: owed });
+    return run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 });
+  };
+  const replicated = (effects: CustodyEffect[]) => effects.flatMap((e) => (e.type === 'replicate' ? [e.sopInstanceUid] : []));
+  const first = start();
+  assert.deepEqual(replicated(first.effects), ['9.0', '9.1', '9.2', '9.3'], 'the in-flight bound');
+  const batch = ['9.0', '9.1', '9.2', '9.3'].map((sopInstanceUid) => ({ sopInstanceUid, siteName: 'site-b' }));
+  const together = run(first.state, { type: 'replicasAcknowledged', acks: batch, nowMs: 10 });
+  assert.deepEqual(
+    together.effects.map((e) => (e.type === 'removeDebt' ? `-${e.sopInstanceUid}` : e.type === 'replicate' ? `>${e.sopInstanceUid}` : e.type)),
+    ['-9.0', '-9.1', '-9.2', '-9.3', '>9.4', '>9.5', '>9.6', '>9.7'],
+    'forgiven each, then the four freed slots refilled at once',
+  );
+  // The same outcome as one step per acknowledgement.
+  const oneByOne = run(start().state, ...batch.map((a) => ack(a.sopInstanceUid, a.siteName, 10)));
+  assert.deepEqual(replicated(oneByOne.effects), ['9.4', '9.5', '9.6', '9.7']);
+  assert.deepEqual([...together.state.debt.keys()], [...oneByOne.state.debt.keys()]);
+  assert.deepEqual([...together.state.replicationsInFlight.keys()].sort(), [...oneByOne.state.replicationsInFlight.keys()].sort());
+  // A store waiting for its quorum is answered by an acknowledgement in a batch as by one alone.
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r9', '9.99', 0).state;
+  const answered = run(s, { type: 'replicasAcknowledged', acks: [{ sopInstanceUid: '9.99', siteName: 'site-b' }], nowMs: 1 });
+  assert.deepEqual(acks(answered.effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
+});

@@ -238,6 +238,13 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       pullNext(state, input.nowMs, effects);
       break;
     }
+    case 'replicasAcknowledged': {
+      let freed = false;
+      for (const ack of input.acks) freed = takeReplicaAck(state, ack.sopInstanceUid, ack.siteName, effects) || freed;
+      // The slots freed, refilled together (see onReplicaAck).
+      if (freed) drainDebt(state, input.nowMs, effects);
+      break;
+    }
     case 'copiesOffered':
       state.lastPushedCopyAtMs = Math.max(state.lastPushedCopyAtMs, input.nowMs);
       for (const uid of input.sopInstanceUids) {
@@ -683,6 +690,20 @@ function onReplicaAck(
   if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
   // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
   if (wasInFlight) drainDebt(state, nowMs, effects);
+  countTowardsQuorum(state, sopInstanceUid, siteName, effects);
+}
+
+/** onReplicaAck without the refill; returns whether the copy's transfer slot was freed. */
+function takeReplicaAck(state: CustodyState, sopInstanceUid: string, siteName: string, effects: CustodyEffect[]): boolean {
+  const key = debtKey(sopInstanceUid, siteName);
+  const wasInFlight = state.replicationsInFlight.delete(key);
+  if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
+  countTowardsQuorum(state, sopInstanceUid, siteName, effects);
+  return wasInFlight;
+}
+
+/** A site holds a copy: the stores waiting for their quorum that it completes are answered. */
+function countTowardsQuorum(state: CustodyState, sopInstanceUid: string, siteName: string, effects: CustodyEffect[]): void {
   for (const pending of [...state.pending.values()]) {
     if (pending.sopInstanceUid !== sopInstanceUid) continue;
     pending.sitesHolding.add(siteName);

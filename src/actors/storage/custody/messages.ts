@@ -136,6 +136,12 @@ export type CustodyInput =
    */
   | { readonly type: 'replicasStored'; readonly copies: readonly StoredCopy[]; readonly nowMs: number }
   /**
+   * Sites acknowledged durable copies we sent them (the outcome of a replicate-batch), as one step: the
+   * transfer slots they free are refilled once, not after each acknowledgement (each refill walks the
+   * copies in flight and the debt owed to each alive site).
+   */
+  | { readonly type: 'replicasAcknowledged'; readonly acks: readonly { readonly sopInstanceUid: string; readonly siteName: string }[]; readonly nowMs: number }
+  /**
    * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated,
    * with those still to come, while they flow). Repair waits as for copies arriving (repairQuietMs), and
    * those UIDs are not pulled until stored or no longer said to come (incomingCopyForgetMs): pulling them
