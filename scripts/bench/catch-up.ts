@@ -4,6 +4,7 @@
  *
  *   node --import tsx scripts/bench/catch-up.ts [--count 1000] [--rows 128] [--columns 128] [--runs 3]
  *        [--sites 3] [--write-quorum 2] [--timeout-s 180] [--no-orthanc] [--no-floor] [--tmp <dir>] [--keep]
+ *        [--log-level info|warn|error]
  *
  * Per run (a fresh three-site cluster each time):
  *   1. start sites A, B, C and wait until all see each other alive;
@@ -21,9 +22,12 @@
  * what the restarted site spends storing alone; the target leaves the network what is left of 1.5x.
  * Orthanc has no equivalent (a single node has nothing to catch up from); for context only, the time
  * Orthanc takes to receive the same instances from storescu is printed (skip with --no-orthanc).
+ * With --keep, each run's data directories stay in the work directory (LevelDB's LOG files are in each
+ * site's store/blobs and store/catalog) with what each peer wrote (the last 32 KB, at --log-level, warn
+ * by default) in <run dir>/<peer>.log.
  */
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureTransfer, type TransferResult } from '../../test/net/transfer-harness.ts';
@@ -105,6 +109,9 @@ async function main(): Promise<number> {
   const timeoutMs = intArg(args, 'timeout-s', 180) * 1000;
   const withOrthanc = !args.has('no-orthanc');
   const withFloor = !args.has('no-floor');
+  const keep = args.has('keep');
+  const logLevel = args.get('log-level');
+  if (logLevel !== undefined && logLevel !== 'info' && logLevel !== 'warn' && logLevel !== 'error') throw new Error('--log-level must be info, warn or error');
   if (sites < 2) throw new Error('--sites must be at least 2');
   const bench = await startBench('catch-up', args);
   if (!bench) return 2;
@@ -121,7 +128,7 @@ async function main(): Promise<number> {
     const rootDir = await mkdtemp(join(workDir, `mesh-run${run}-`));
     let cluster: MeshCluster | undefined;
     try {
-      cluster = await MeshCluster.create({ rootDir, peers: threeSites(sites), writeQuorum });
+      cluster = await MeshCluster.create({ rootDir, peers: threeSites(sites), writeQuorum, ...(logLevel !== undefined && { logLevel }) });
       await cluster.startAll();
       const whole = await cluster.waitWhole(30_000);
       if (!whole.ok) throw new Error(`the sites did not all see each other alive within 30 s: ${whole.detail}`);
@@ -201,7 +208,8 @@ async function main(): Promise<number> {
       }
     } finally {
       if (cluster !== undefined) await cluster.stopAll();
-      await rm(rootDir, { recursive: true, force: true });
+      if (!keep) await rm(rootDir, { recursive: true, force: true });
+      else if (cluster !== undefined) for (const p of cluster.peers) await writeFile(join(rootDir, `${p.name}.log`), p.pastOutput);
     }
     catchUps.push(rr);
     console.log(
