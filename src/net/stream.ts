@@ -403,10 +403,11 @@ export class StreamWriter {
 
   /**
    * Holds `bytes` (by reference: do not reuse the buffer) with what is staged, up to GATHER_BYTES_MAX (or
-   * the write chunk size, if smaller) in all; once more would not fit, what is held goes out first, in one send. For many small pieces written
-   * one after the other (the instances of a batch): each sent alone was a muxer frame, a Noise message and
-   * a socket write at the sender, and a decryption, a frame and a stream event at the receiver. The bytes
-   * held go out with the next write, flush or end (or stage, once more than STAGED_BYTES_MAX are held).
+   * the write chunk size, if smaller) in all; once more would not fit, what is held goes out first, in
+   * one send (one copy of the pieces). For many small pieces written one after the other (the instances
+   * of a batch): each sent alone was a muxer frame, a Noise message and a socket write at the sender, and
+   * a decryption, a frame and a stream event at the receiver. The bytes held go out with the next write,
+   * flush or end (or stage, once more than STAGED_BYTES_MAX are held).
    */
   async gather(bytes: Uint8Array, options?: ReadOptions): Promise<void> {
     const max = Math.min(GATHER_BYTES_MAX, this.chunkSize);
