@@ -4,6 +4,7 @@
  *
  *   node --import tsx scripts/bench/catch-up.ts [--count 1000] [--rows 128] [--columns 128] [--runs 3]
  *        [--sites 3] [--write-quorum 2] [--timeout-s 180] [--no-orthanc] [--no-floor] [--tmp <dir>] [--keep]
+ *        [--log-level info|warn|error]
  *
  * Per run (a fresh three-site cluster each time):
  *   1. start sites A, B, C and wait until all see each other alive;
@@ -21,8 +22,12 @@
  * what the restarted site spends storing alone; the target leaves the network what is left of 1.5x.
  * Orthanc has no equivalent (a single node has nothing to catch up from); for context only, the time
  * Orthanc takes to receive the same instances from storescu is printed (skip with --no-orthanc).
+ * With --keep, each run's data directories stay in the work directory (LevelDB's LOG files are in each
+ * site's store/blobs and store/catalog) with what each peer wrote (the last 32 KB, at --log-level, warn
+ * by default) in <run dir>/<peer>.log.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureTransfer, type TransferResult } from '../../test/net/transfer-harness.ts';
@@ -59,6 +64,38 @@ interface CatchUpRun {
   catchUpFromReadyMs?: number;
   /** C's instance count over time (ms since restart, count), one point per change. */
   progress?: Array<[number, number]>;
+  /**
+   * CPU time (ms, from /proc: Linux only) each site spent from C's readiness until C held all: its main
+   * thread, and all its threads (V8's compiler and GC helpers, LevelDB's and libuv's threads). Less moved by
+   * other work on the machine than the wall time, which on 2 cores is bound by the sum.
+   */
+  cpuFromReadyMs?: Record<string, { main: number; all: number }>;
+}
+
+/** utime + stime of a process (all threads) or of one thread, in ms; undefined where /proc is not there. */
+function cpuMs(pid: number, tid?: number): number | undefined {
+  try {
+    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
+    // The fields after the command name (which may hold spaces), from field 3 on: utime is 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
+  } catch {
+    return undefined;
+  }
+}
+const clockTicksPerSecond = 100;
+
+/** CPU of every running site's process (main thread, all threads), by site name. */
+function sitesCpu(peers: readonly MeshPeer[]): Map<string, { main: number; all: number }> {
+  const out = new Map<string, { main: number; all: number }>();
+  for (const p of peers) {
+    const pid = p.server?.pid;
+    if (pid === undefined) continue;
+    const main = cpuMs(pid, pid);
+    const all = cpuMs(pid);
+    if (main !== undefined && all !== undefined) out.set(p.name, { main, all });
+  }
+  return out;
 }
 
 async function main(): Promise<number> {
@@ -72,6 +109,9 @@ async function main(): Promise<number> {
   const timeoutMs = intArg(args, 'timeout-s', 180) * 1000;
   const withOrthanc = !args.has('no-orthanc');
   const withFloor = !args.has('no-floor');
+  const keep = args.has('keep');
+  const logLevel = args.get('log-level');
+  if (logLevel !== undefined && logLevel !== 'info' && logLevel !== 'warn' && logLevel !== 'error') throw new Error('--log-level must be info, warn or error');
   if (sites < 2) throw new Error('--sites must be at least 2');
   const bench = await startBench('catch-up', args);
   if (!bench) return 2;
@@ -88,7 +128,7 @@ async function main(): Promise<number> {
     const rootDir = await mkdtemp(join(workDir, `mesh-run${run}-`));
     let cluster: MeshCluster | undefined;
     try {
-      cluster = await MeshCluster.create({ rootDir, peers: threeSites(sites), writeQuorum });
+      cluster = await MeshCluster.create({ rootDir, peers: threeSites(sites), writeQuorum, ...(logLevel !== undefined && { logLevel }) });
       await cluster.startAll();
       const whole = await cluster.waitWhole(30_000);
       if (!whole.ok) throw new Error(`the sites did not all see each other alive within 30 s: ${whole.detail}`);
@@ -121,11 +161,13 @@ async function main(): Promise<number> {
       const progress: Array<[number, number]> = [];
       const t0 = performance.now();
       let readyAt: number | undefined;
+      let cpuAtReady = new Map<string, { main: number; all: number }>();
       let doneAt: number | undefined;
       let startError: unknown;
       const starting = cluster.start(c).then(
         () => {
           readyAt = performance.now();
+          cpuAtReady = sitesCpu(cluster!.peers);
         },
         (e: unknown) => {
           startError = e;
@@ -138,6 +180,12 @@ async function main(): Promise<number> {
           if (readyAt !== undefined && rr.cAtReady === undefined) rr.cAtReady = s.instances;
           if (s.instances >= count) {
             doneAt = performance.now();
+            const cpuAtDone = sitesCpu(cluster.peers);
+            rr.cpuFromReadyMs = {};
+            for (const [name, at] of cpuAtDone) {
+              const before = cpuAtReady.get(name);
+              if (before !== undefined) rr.cpuFromReadyMs[name] = { main: Math.round(at.main - before.main), all: Math.round(at.all - before.all) };
+            }
             break;
           }
         }
@@ -160,7 +208,8 @@ async function main(): Promise<number> {
       }
     } finally {
       if (cluster !== undefined) await cluster.stopAll();
-      await rm(rootDir, { recursive: true, force: true });
+      if (!keep) await rm(rootDir, { recursive: true, force: true });
+      else if (cluster !== undefined) for (const p of cluster.peers) await writeFile(join(rootDir, `${p.name}.log`), p.pastOutput);
     }
     catchUps.push(rr);
     console.log(
@@ -169,6 +218,10 @@ async function main(): Promise<number> {
             `(holding ${rr.cAtReady ?? '?'}), all ${count} after ${fmt(rr.catchUpFromRestartMs! / 1000, 2)} s from restart / ${fmt((rr.catchUpFromReadyMs ?? NaN) / 1000, 2)} s from ready`
         : `catch-up run ${run}/${runs}: FAILED: ${rr.error}`,
     );
+    if (rr.cpuFromReadyMs !== undefined) {
+      const cpu = Object.entries(rr.cpuFromReadyMs).map(([name, c]) => `${name} ${c.main} ms main thread / ${c.all} ms all threads`);
+      console.log(`   CPU from C ready to C holding all: ${cpu.join('; ')}`);
+    }
     if (!rr.ok && run === 1) {
       console.log('   (the mesh does not work here yet: the remaining catch-up runs are skipped)');
       break;

@@ -53,3 +53,24 @@ test('flush sends what is staged alone; end flushes; staging past the bound send
   await writer.end();
   assert.deepEqual([...sends.at(-1)!], [0, 0, 0, 1, 1]);
 });
+
+test('gathered pieces go out together, up to the write chunk size a send; a write, flush or end sends what is held first', async () => {
+  const { sends, writer } = recordingStream();
+  // Ten small instances of a batch, each its length and its bytes (100 KiB sends here).
+  const bodies = Array.from({ length: 10 }, (_, i) => Buffer.alloc(30_000, i + 1));
+  for (const body of bodies) {
+    await writer.gatherUint64(body.byteLength);
+    await writer.gather(body);
+  }
+  assert.deepEqual(sends.map((s) => s.byteLength), [90_032, 90_024, 90_024], 'three sends so far (each up to 100 KiB), not one or two per instance');
+  await writer.write(Buffer.alloc(10, 0xee));
+  assert.deepEqual(sends.slice(3).map((s) => s.byteLength), [30_000 + 10], 'the held bytes go out with the next write');
+  const expected = concat([...bodies.flatMap((b) => [Buffer.from([0, 0, 0, 0, 0, 0, 0x75, 0x30]), b]), Buffer.alloc(10, 0xee)]);
+  assert.deepEqual(concat(sends), expected, 'every byte, in order');
+  await writer.gather(Buffer.alloc(5, 1));
+  await writer.gather(Buffer.alloc(200 * 1024, 2));
+  assert.deepEqual(sends.slice(4).map((s) => s.byteLength), [5, 100 * 1024, 100 * 1024], 'a piece larger than a send: what is held first, then the piece as a write');
+  await writer.gather(Buffer.alloc(3, 3));
+  await writer.end();
+  assert.deepEqual([...sends.at(-1)!], [3, 3, 3], 'end sends what is held');
+});

@@ -31,6 +31,12 @@ export const STAGED_BYTES_MAX = 16 * 1024;
  * window has room for them.
  */
 const STAGED_SEND_BYTES_MAX = 60 * 1024;
+/**
+ * Gathered bytes (see StreamWriter.gather) go out together once this many are held: a muxer data frame
+ * (up to the send window, 256 KiB at first) and four 64 KiB Noise messages, where small pieces sent one
+ * by one were a frame and a Noise message each.
+ */
+export const GATHER_BYTES_MAX = 256 * 1024;
 
 export interface ReadOptions {
   signal?: AbortSignal;
@@ -393,6 +399,33 @@ export class StreamWriter {
     if (bytes.byteLength > STAGED_BYTES_MAX) return this.write(bytes, options);
     this.staged.push(bytes);
     this.stagedBytes += bytes.byteLength;
+  }
+
+  /**
+   * Holds `bytes` (by reference: do not reuse the buffer) with what is staged, up to GATHER_BYTES_MAX (or
+   * the write chunk size, if smaller) in all; once more would not fit, what is held goes out first, in
+   * one send (one copy of the pieces). For many small pieces written one after the other (the instances
+   * of a batch): each sent alone was a muxer frame, a Noise message and a socket write at the sender, and
+   * a decryption, a frame and a stream event at the receiver. The bytes held go out with the next write,
+   * flush or end (or stage, once more than STAGED_BYTES_MAX are held).
+   */
+  async gather(bytes: Uint8Array, options?: ReadOptions): Promise<void> {
+    const max = Math.min(GATHER_BYTES_MAX, this.chunkSize);
+    if (this.stagedBytes + bytes.byteLength > max) await this.flush(options);
+    if (bytes.byteLength > max) return this.write(bytes, options);
+    this.staged.push(bytes);
+    this.stagedBytes += bytes.byteLength;
+  }
+
+  /** Gathers a uint32 BE length-prefixed frame (see `gather`). */
+  async gatherFrame(payload: Uint8Array, options?: ReadOptions): Promise<void> {
+    await this.gather(frameLength(payload), options);
+    await this.gather(payload, options);
+  }
+
+  /** Gathers a uint64 BE (see `gather`). */
+  async gatherUint64(value: number, options?: ReadOptions): Promise<void> {
+    await this.gather(uint64Bytes(value), options);
   }
 
   /** Sends whatever is staged. */

@@ -176,6 +176,8 @@ const fillerChunk = new Uint8Array(64 * 1024);
  * read whole (StoreError ERR_STORE_CORRUPT) is padded with zeros, so the receiver's SHA-256 check fails
  * that one instance and the stream goes on with the next. Returns that read error (undefined when the
  * body was sent whole); a failure to write throws.
+ * With `gather`, the length and the chunks are gathered (StreamWriter.gather) and nothing is flushed at the
+ * end: the small instances of a batch then travel many per muxer frame, the caller flushing once.
  */
 async function writeBody(
   stream: MeshStream,
@@ -183,8 +185,10 @@ async function writeBody(
   chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   signal: AbortSignal,
   onProgress: () => void = () => {},
+  gather = false,
 ): Promise<unknown> {
-  await stream.writer.stageUint64(entry.byteLength, { signal });
+  if (gather) await stream.writer.gatherUint64(entry.byteLength, { signal });
+  else await stream.writer.stageUint64(entry.byteLength, { signal });
   const source = Symbol.asyncIterator in chunks ? chunks[Symbol.asyncIterator]() : chunks[Symbol.iterator]();
   let sent = 0;
   let readError: unknown;
@@ -202,7 +206,8 @@ async function writeBody(
         finished = true;
         break;
       }
-      await stream.writer.write(next.value, { signal });
+      if (gather) await stream.writer.gather(next.value, { signal });
+      else await stream.writer.write(next.value, { signal });
       onProgress();
       sent += next.value.byteLength;
     }
@@ -218,13 +223,13 @@ async function writeBody(
       sent += filler.byteLength;
     }
   }
-  await stream.writer.flush({ signal });
+  if (!gather) await stream.writer.flush({ signal });
   return readError;
 }
 
 /**
- * A fetch's 'instance' answer: the entry, then its body, in one muxer frame with the first chunk. A local
- * copy that cannot be read whole goes out padded (see writeBody) and is logged.
+ * A fetch's 'instance' answer: the entry, then its body, gathered (see writeBody: the caller's next write,
+ * flush or close sends what is held). A local copy that cannot be read whole goes out padded and is logged.
  */
 async function writeInstanceAnswer(
   stream: MeshStream,
@@ -234,8 +239,8 @@ async function writeInstanceAnswer(
   signal: AbortSignal,
   log: Logger,
 ): Promise<void> {
-  await stageFrameEnvelope(stream, { type: 'instance', entry }, limits.frameBytesMax, signal);
-  const readError = await writeBody(stream, entry, chunks, signal);
+  await stream.writer.gatherFrame(encodeEnvelope({ type: 'instance', entry }, { maxBytes: limits.frameBytesMax }), { signal });
+  const readError = await writeBody(stream, entry, chunks, signal, undefined, true);
   if (readError !== undefined) {
     log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to: stream.remotePeer, error: errorText(readError) });
   }
@@ -863,7 +868,7 @@ async function replicateBatchOver(
     // Copies that could not be read here went out padded: the receiver fails each alone, the rest travel.
     const unreadable = new Map<string, unknown>();
     for await (const { entry, chunks } of store.readInstances(sent)) {
-      const readError = await writeBody(stream, entry, chunks, signal, touch);
+      const readError = await writeBody(stream, entry, chunks, signal, touch, true);
       if (readError !== undefined) unreadable.set(entry.sopInstanceUid, readError);
     }
     await stream.closeWrite({ signal });

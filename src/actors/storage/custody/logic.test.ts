@@ -906,3 +906,60 @@ test('the time away is credited only to what was heard before the start: a site 
   assert.deepEqual(forgotten(startMs + config.knownSiteForgetAfterMs - 1), []);
   assert.deepEqual(forgotten(startMs + config.knownSiteForgetAfterMs), ['site-b', 'site-c']);
 });
+
+test('copies stored together are one step: held and acknowledged each, the heartbeat figures worked out once', () => {
+  const start = () => {
+    const s = initCustody(config, { digest: createDigest(), debt: [] });
+    return run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  };
+  const copies = [
+    { sopInstanceUid: '8.1', sha256: 'h1', fromPeerId: 'peer-b' },
+    { sopInstanceUid: '8.2', sha256: 'h2', fromPeerId: 'peer-c' },
+    { sopInstanceUid: '8.3', sha256: 'h3', fromPeerId: 'peer-b' },
+  ];
+  const together = run(start(), { type: 'replicasStored', copies, nowMs: 5 });
+  const stats = together.effects.filter((e) => e.type === 'statsChanged');
+  assert.equal(stats.length, 1, 'one statsChanged for the three copies');
+  assert.equal(stats[0]!.type === 'statsChanged' && stats[0]!.instanceCount, 3);
+  const sent = together.effects.flatMap((e) => (e.type === 'send' && e.message.type === 'replicaAck' ? [`${e.message.sopInstanceUid}>${e.to}`] : []));
+  assert.deepEqual(sent, ['8.1>peer-b', '8.2>peer-c', '8.3>peer-b'], 'each copy acknowledged to its sender');
+  // The same state as one step per copy.
+  const oneByOne = run(start(), ...copies.map((c): CustodyInput => ({ type: 'replicaStored', ...c, nowMs: 5 })));
+  assert.equal(oneByOne.effects.filter((e) => e.type === 'statsChanged').length, 3);
+  assert.equal(custodyStats(together.state).digestRoot, custodyStats(oneByOne.state).digestRoot);
+  assert.equal(together.state.lastPushedCopyAtMs, oneByOne.state.lastPushedCopyAtMs);
+  // A copy held already changes no figure: no statsChanged.
+  const again = run(together.state, { type: 'replicasStored', copies: copies.slice(0, 1), nowMs: 6 });
+  assert.equal(again.effects.filter((e) => e.type === 'statsChanged').length, 0);
+  assert.equal(again.effects.filter((e) => e.type === 'send').length, 1, 'acknowledged again all the same');
+});
+
+test("a batch's acknowledgements are one step: each forgiven, the slots they free refilled together with the oldest debt", () => {
+  const c = { ...config, debtEntriesMax: 100, replicationsInFlightMax: 4 };
+  const owed = Array.from({ length: 10 }, (_, i) => ({ sopInstanceUid: `9.${i}`, siteName: 'site-b', sinceMs: i }));
+  const start = () => {
+    const s = initCustody(c, { digest: digestOf(owed.map((d) => ({ sopInstanceUid: d.sopInstanceUid, sha256: `h${d.sopInstanceUid}` }))), debt: owed });
+    return run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 });
+  };
+  const replicated = (effects: CustodyEffect[]) => effects.flatMap((e) => (e.type === 'replicate' ? [e.sopInstanceUid] : []));
+  const first = start();
+  assert.deepEqual(replicated(first.effects), ['9.0', '9.1', '9.2', '9.3'], 'the in-flight bound');
+  const batch = ['9.0', '9.1', '9.2', '9.3'].map((sopInstanceUid) => ({ sopInstanceUid, siteName: 'site-b' }));
+  const together = run(first.state, { type: 'replicasAcknowledged', fromPeerId: 'peer-b', acks: batch, nowMs: 10 });
+  assert.deepEqual(
+    together.effects.map((e) => (e.type === 'removeDebt' ? `-${e.sopInstanceUid}` : e.type === 'replicate' ? `>${e.sopInstanceUid}` : e.type)),
+    ['-9.0', '-9.1', '-9.2', '-9.3', '>9.4', '>9.5', '>9.6', '>9.7'],
+    'forgiven each, then the four freed slots refilled at once',
+  );
+  // The same outcome as one step per acknowledgement.
+  const oneByOne = run(start().state, ...batch.map((a) => ack(a.sopInstanceUid, a.siteName, 10)));
+  assert.deepEqual(replicated(oneByOne.effects), ['9.4', '9.5', '9.6', '9.7']);
+  assert.deepEqual([...together.state.debt.keys()], [...oneByOne.state.debt.keys()]);
+  assert.deepEqual([...together.state.replicationsInFlight.keys()].sort(), [...oneByOne.state.replicationsInFlight.keys()].sort());
+  // A store waiting for its quorum is answered by an acknowledgement in a batch as by one alone.
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r9', '9.99', 0).state;
+  const answered = run(s, { type: 'replicasAcknowledged', fromPeerId: 'peer-b', acks: [{ sopInstanceUid: '9.99', siteName: 'site-b' }], nowMs: 1 });
+  assert.deepEqual(acks(answered.effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
+});

@@ -230,6 +230,24 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       onReplicaStored(state, input.sopInstanceUid, input.sha256, input.fromPeerId, effects);
       pullNext(state, input.nowMs, effects);
       break;
+    case 'replicasStored': {
+      let added = false;
+      for (const copy of input.copies) {
+        if (!state.fetchesInFlight.has(copy.sopInstanceUid)) state.lastPushedCopyAtMs = input.nowMs;
+        added = holdReplica(state, copy.sopInstanceUid, copy.sha256) || added;
+        ackReplica(state, copy.sopInstanceUid, copy.fromPeerId, effects);
+      }
+      if (added) pushStats(state, effects);
+      pullNext(state, input.nowMs, effects);
+      break;
+    }
+    case 'replicasAcknowledged': {
+      let freed = false;
+      for (const ack of input.acks) freed = takeReplicaAck(state, input.fromPeerId, ack.sopInstanceUid, ack.siteName, effects) || freed;
+      // The slots freed, refilled together (see onReplicaAck).
+      if (freed) drainDebt(state, input.nowMs, effects);
+      break;
+    }
     case 'copiesOffered':
       state.lastPushedCopyAtMs = Math.max(state.lastPushedCopyAtMs, input.nowMs);
       for (const uid of input.sopInstanceUids) {
@@ -613,10 +631,19 @@ function onReplicaStored(
   fromPeerId: string,
   effects: CustodyEffect[],
 ): void {
+  if (holdReplica(state, sopInstanceUid, sha256)) pushStats(state, effects);
+  ackReplica(state, sopInstanceUid, fromPeerId, effects);
+}
+
+/** A stored copy is held from now on; returns whether it is new here (the figures for the heartbeat changed). */
+function holdReplica(state: CustodyState, sopInstanceUid: string, sha256: string): boolean {
   state.fetchesInFlight.delete(sopInstanceUid);
   state.pullQueue.delete(sopInstanceUid);
   state.copiesIncoming.delete(sopInstanceUid);
-  if (digestAdd(state.digest, sopInstanceUid, sha256)) pushStats(state, effects);
+  return digestAdd(state.digest, sopInstanceUid, sha256);
+}
+
+function ackReplica(state: CustodyState, sopInstanceUid: string, fromPeerId: string, effects: CustodyEffect[]): void {
   // Acknowledge even a copy we already had: the sender may still owe it to this site.
   effects.push({
     type: 'send',
@@ -712,13 +739,23 @@ function onReplicaAck(
   nowMs: number,
   effects: CustodyEffect[],
 ): void {
+  // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
+  if (takeReplicaAck(state, from, sopInstanceUid, siteName, effects)) drainDebt(state, nowMs, effects);
+}
+
+/** onReplicaAck without the refill; returns whether the copy's transfer slot was freed. */
+function takeReplicaAck(state: CustodyState, from: string, sopInstanceUid: string, siteName: string, effects: CustodyEffect[]): boolean {
   const key = debtKey(sopInstanceUid, siteName);
   const wasInFlight = state.replicationsInFlight.delete(key);
-  const counts = ackCountsForSite(state.members, from, siteName);
-  if (counts && forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
-  // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
-  if (wasInFlight) drainDebt(state, nowMs, effects);
-  if (!counts) return;
+  // A later twin's copy is not the site's (see ackCountsForSite): the slot is free, the copy still owed.
+  if (!ackCountsForSite(state.members, from, siteName)) return wasInFlight;
+  if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
+  countTowardsQuorum(state, sopInstanceUid, siteName, effects);
+  return wasInFlight;
+}
+
+/** A site holds a copy: the stores waiting for their quorum that it completes are answered. */
+function countTowardsQuorum(state: CustodyState, sopInstanceUid: string, siteName: string, effects: CustodyEffect[]): void {
   for (const pending of [...state.pending.values()]) {
     if (pending.sopInstanceUid !== sopInstanceUid) continue;
     pending.sitesHolding.add(siteName);

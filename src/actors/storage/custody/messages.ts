@@ -132,6 +132,13 @@ export type CustodyMessage =
       readonly afterUid?: string;
     };
 
+/** A copy received from another peer, verified (SHA-256) and durably written. */
+export interface StoredCopy {
+  readonly sopInstanceUid: string;
+  readonly sha256: string;
+  readonly fromPeerId: string;
+}
+
 export type CustodyInput =
   | { readonly type: 'tick'; readonly nowMs: number }
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
@@ -153,6 +160,17 @@ export type CustodyInput =
       readonly fromPeerId: string;
       readonly nowMs: number;
     }
+  /**
+   * Several copies stored at once (those whose synced commits settled together), as one step: the figures
+   * for the heartbeat (a digest root is a SHA-256 of 8 KiB) are worked out once for them, not once per copy.
+   */
+  | { readonly type: 'replicasStored'; readonly copies: readonly StoredCopy[]; readonly nowMs: number }
+  /**
+   * Sites acknowledged durable copies we sent them (the outcome of a replicate-batch), as one step: the
+   * transfer slots they free are refilled once, not after each acknowledgement (each refill walks the
+   * copies in flight and the debt owed to each alive site).
+   */
+  | { readonly type: 'replicasAcknowledged'; readonly fromPeerId: string; readonly acks: readonly { readonly sopInstanceUid: string; readonly siteName: string }[]; readonly nowMs: number }
   /**
    * Another peer offered us copies we lack (replicate-batch/1) and their bytes are on their way (repeated,
    * with those still to come, while they flow). Repair waits as for copies arriving (repairQuietMs), and
