@@ -198,3 +198,13 @@ test('media types: case-insensitive names, quoted or bare values, parameters in 
   assert.equal(parseMediaType('a/b; boundary'), undefined);
   assert.equal(parseMediaType('a/b; x="unterminated'), undefined);
 });
+
+test('a body with LF line ends is refused naming CRLF, not as a boundary inside a part (helper 85)', async () => {
+  const lfOnly = Buffer.from('--B\nContent-Type: application/dicom\n\nx\n--B--\n');
+  await assert.rejects(
+    (async () => {
+      for await (const part of readMultipart(chunked(lfOnly, () => 5), 'B')) for await (const _ of part.body) void _;
+    })(),
+    (error: unknown) => error instanceof Error && (error as { code?: string }).code === 'ERR_MULTIPART_DELIMITER' && /LF alone: multipart lines end with CRLF/.test(error.message),
+  );
+});

@@ -163,6 +163,9 @@ class DelimitedReader {
         this.buffer = this.buffer.subarray(at);
         return false;
       }
+      // A bare LF: a body written with LF line ends, which multipart/related does not take (helper 85: the
+      // message below sent such clients looking for a boundary inside a part).
+      if (byte === 0x0a) throw new MultipartError('ERR_MULTIPART_DELIMITER', 'a boundary line ends with LF alone: multipart lines end with CRLF (RFC 2046 5.1.1)');
       throw new MultipartError('ERR_MULTIPART_DELIMITER', 'a boundary line goes on after the boundary: the boundary must not occur inside a part (RFC 2046 5.1.1)');
     }
   }
