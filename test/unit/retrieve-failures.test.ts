@@ -10,7 +10,7 @@ import { connect } from 'node:net';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorAnsweringWrongMessageId, acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
+import { acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
@@ -126,6 +126,58 @@ test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted
   // The operator learns of it too, with the whole reason (the comment holds 64 characters).
   assert.ok(logged.includes('C-MOVE destination unreachable'), logged.join('\n'));
   assert.ok(logged.includes('C-MOVE answered with a failure or warning'));
+});
+
+/** A C-MOVE of the study to `moveDestination`, with a C-CANCEL-RQ `cancelAfterMs` after it was sent: the final response and when it came. */
+async function cancelledMove(client: DicomClientAssociation, studyInstanceUid: string, moveDestination: string, cancelAfterMs: number) {
+  const started = Date.now();
+  const timer = setTimeout(() => void client.cancel(client.contexts[0]!.id), cancelAfterMs);
+  try {
+    const final = await moveStudy(client, studyInstanceUid, moveDestination);
+    return { final, elapsedMs: Date.now() - started };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('C-MOVE cancelled while the destination has not answered its A-ASSOCIATE-RQ: Cancel at once, every sub-operation remaining (PS3.4 C.4.2.3.1; hunt 85 waited out 30 s and failed them all)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, await silentTcpAcceptor(), 'SILENT', 'mover-silent', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.1';
+  await storeStudy(peer, studyInstanceUid, 3, 16);
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
+    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+  ]);
+  const { final, elapsedMs } = await cancelledMove(client, studyInstanceUid, 'SILENT', 300);
+  const { status, remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations } = final.command;
+  assert.equal(status, Status.Cancel, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''}) after ${elapsedMs} ms`);
+  assert.ok(elapsedMs < 5000, `the cancel took ${elapsedMs} ms`);
+  assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [3, 0, 0, 0]);
+  assert.equal(final.dataSet, undefined, 'nothing failed: no Failed SOP Instance UID List');
+  // The association goes on.
+  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  assert.equal(echo.command.status, 0);
+  await client.release();
+});
+
+test('C-MOVE cancelled while the destination sits on a C-STORE: the destination association is aborted after a short grace, that sub-operation failed, the rest remaining', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, await acceptorNeverAnswering(), 'MUTE', 'mover-mute', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.2';
+  const stored = await storeStudy(peer, studyInstanceUid, 3, 16);
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  t.after(() => client.release().catch(() => undefined));
+  const { final, elapsedMs } = await cancelledMove(client, studyInstanceUid, 'MUTE', 300);
+  const { status, remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations } = final.command;
+  assert.equal(status, Status.Cancel, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''}) after ${elapsedMs} ms`);
+  assert.ok(elapsedMs < 5000, `the cancel took ${elapsedMs} ms`);
+  // The one sent and never answered was initiated: failed, not remaining (remaining counts those not initiated).
+  assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [2, 0, 1, 0]);
+  const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
+  assert.ok(list !== undefined && stored.includes(list), `failed list ${list}`);
+  const reasons = moveFailureReasons(lines);
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('C-CANCEL')), JSON.stringify(reasons));
 });
 
 test('C-GET of damaged copies: lost or flipped, a failed sub-operation without its C-STORE-RQ; flipped in a large one, an A-ABORT before its end', async (t) => {

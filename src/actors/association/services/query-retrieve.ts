@@ -143,7 +143,10 @@ export interface SubOperationCounts {
 
 export interface RetrieveContext extends QueryContext {
   kind: 'get' | 'move';
-  /** C-MOVE: where to send; C-GET: undefined (the sub-operations use the same association). */
+  /**
+   * C-MOVE: a new association to the destination; C-GET: the same association. A C-CANCEL must stop a
+   * destination that takes its time (rejecting the opening at once, cutting a C-STORE it sits on).
+   */
   openTarget(entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }>;
   callingAeTitle: string;
   /**
@@ -242,8 +245,16 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   }
   let target: SubOperationTarget & { close(): Promise<void> };
   try {
-    target = await ctx.openTarget(entries);
+    // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
+    target = await withPendingKeepAlive(ctx, counts, ctx.openTarget(entries));
   } catch (error) {
+    if (ctx.isCancelled()) {
+      // A C-CANCEL stopped the opening (the target's signal): no sub-operation was initiated, so every one
+      // remains (PS3.4 C.4.2.3.1: "Remaining ... not initiated due to the C-CANCEL"); none failed. Hunt 85
+      // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
+      await ctx.send(retrieveResponse(ctx, Status.Cancel, counts));
+      return;
+    }
     // Every sub-operation failed before it began: counted and listed as such, so the client knows what was not sent.
     counts.failed = entries.length;
     counts.failedUids.push(...entries.map((e) => e.sopInstanceUid));
@@ -309,7 +320,7 @@ interface SubOperationOutcome {
   reason?: string;
   /** Failed reading or checking the local copy, before any of it was sent. */
   localCopyUnreadable?: boolean;
-  /** Its transcode was stopped because the requestor is gone or cancelled: nothing of it was sent. */
+  /** Stopped because the requestor is gone or cancelled (its transcode, or before its C-STORE-RQ): nothing of it was sent. */
   cancelledBeforeSending?: boolean;
 }
 
@@ -378,6 +389,8 @@ async function readLocal<T>(read: Promise<T>): Promise<T> {
 }
 
 async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry, whileOurs: WhileOurs): Promise<SubOperationOutcome> {
+  // Cancelled while its copy was pulled from another site or repaired: not initiated, so it remains.
+  if (ctx.isCancelled()) return { status: Status.Cancel, cancelledBeforeSending: true };
   const picked = target.pickContext(entry);
   // The stored syntax first: the final response's Error Comment keeps 64 characters of the reason, and a
   // context for the class may well be accepted, in a syntax this instance cannot be converted into.
