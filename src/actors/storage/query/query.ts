@@ -224,6 +224,8 @@ function compileQuery(request: QueryRequest): Compiled {
   const rootAndLevel = checkRootAndLevel(request);
   if (!rootAndLevel.ok) return rootAndLevel;
   const keyCharacterSet = request.keys.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+  // PS3.4 C.2.2.2.5.1: the query's Timezone Offset From UTC is the offset of its DT values that carry none.
+  const keyTimezone = request.keys.find((element) => element.tag === Tags.TimezoneOffsetFromUTC)?.value;
   const keys: CompiledKey[] = [];
   const seenTags = new Set<Tag>();
   for (const element of request.keys) {
@@ -237,7 +239,7 @@ function compileQuery(request: QueryRequest): Compiled {
     const computed = COMPUTED_ATTRIBUTES.get(element.tag);
     const isPrivate = (element.tag >>> 16) % 2 === 1;
     const level = computed?.level ?? (isPrivate ? 'IMAGE' : attributeLevelOf(element.tag));
-    const compiledMatcher = compileKeyMatcher(element.vr, element.value, keyCharacterSet);
+    const compiledMatcher = compileKeyMatcher(element.vr, element.value, keyCharacterSet, keyTimezone);
     if (!compiledMatcher.ok) {
       return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
     }
@@ -265,7 +267,7 @@ function compileQuery(request: QueryRequest): Compiled {
 
 /** The matcher of a Required Key that also matches an unknown (zero-length) value: PS3.4 C.2.2.1.2. */
 function matchingUnknown(matcher: ValueMatcher, vr: string): ValueMatcher {
-  return { ...matcher, matches: (stored, storedCharacterSet) => isUnknownValue(vr, stored) || matcher.matches(stored, storedCharacterSet) };
+  return { ...matcher, matches: (stored, storedCharacterSet, storedTimezone) => isUnknownValue(vr, stored) || matcher.matches(stored, storedCharacterSet, storedTimezone) };
 }
 
 /** Checks a C-FIND request; on failure gives the C-FIND status and an Error Comment. */
@@ -651,9 +653,10 @@ async function* newestMatchingEntities(
 /** Whether an entity whose newest instance has these attributes may match every one of `keys` (not computed): one it has no value for may come from an older instance. */
 function mayMatchNewestAttributes(keys: CompiledKey[], stored: Map<Tag, DicomElement>): boolean {
   const characterSet = stored.get(Tags.SpecificCharacterSet)?.value;
+  const timezone = stored.get(Tags.TimezoneOffsetFromUTC)?.value;
   return keys.every((key) => {
     const value = stored.get(key.element.tag)?.value;
-    return value === undefined || value === '' || key.matcher.matches(value, characterSet);
+    return value === undefined || value === '' || key.matcher.matches(value, characterSet, timezone);
   });
 }
 
@@ -735,9 +738,10 @@ function patientParts(aggregate: EntityAggregate): Map<string, Set<string>> {
  */
 function matchesStoredKeys(keys: CompiledKey[], stored: Map<Tag, DicomElement>, aggregate: EntityAggregate): boolean {
   const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
+  const storedTimezone = stored.get(Tags.TimezoneOffsetFromUTC)?.value;
   for (const key of keys) {
     if (key.computed || !key.isMatching) continue;
-    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet)) continue;
+    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet, storedTimezone)) continue;
     const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id, storedCharacterSet)) : undefined;
     if (otherPatientId === undefined) return false;
     stored.set(Tags.PatientID, { tag: Tags.PatientID, vr: 'LO', value: otherPatientId });
