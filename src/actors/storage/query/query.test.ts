@@ -376,6 +376,24 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
     });
   });
 
+  describe('keys sent with another VR than the attribute\'s (hunt 85: a UI key sent as LO was wildcard-matched)', () => {
+    it('are matched by the attribute\'s dictionary VR and answered in it', async () => {
+      for (const searchIndexes of [true, false]) {
+        const studies = async (key: DicomElement) => column(await find(db, { root: 'STUDY', level: 'STUDY', keys: key.tag === T.StudyInstanceUID ? [key] : [k(T.StudyInstanceUID, 'UI'), key] }, { searchIndexes }), T.StudyInstanceUID);
+        // UI takes no wildcards (PS3.4 C.2.2.2.4), whatever VR the requestor wrote.
+        assert.deepEqual(await studies(k(T.StudyInstanceUID, 'LO', '1.2.826*')), []);
+        assert.deepEqual(await studies(k(T.StudyInstanceUID, 'SH', '1.2.826.0.?.1')), []);
+        assert.deepEqual(await studies(k(T.StudyInstanceUID, 'LO', S3)), [S3]);
+        // A DA key sent as LO is still a date range; a PN key sent as LO still ignores case.
+        assert.deepEqual(await studies(k(T.StudyDate, 'LO', '20200101-20201231')), [S1, S3].sort());
+        assert.deepEqual(await studies(k(T.PatientName, 'LO', 'doe^john')), [S1, S2].sort());
+      }
+      const [response] = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'LO', S3), k(T.StudyDate, 'LO')] });
+      assert.deepEqual(response?.find((e) => e.tag === T.StudyInstanceUID), { tag: T.StudyInstanceUID, vr: 'UI', value: S3 });
+      assert.deepEqual(response?.find((e) => e.tag === T.StudyDate), { tag: T.StudyDate, vr: 'DA', value: '20201231' });
+    });
+  });
+
   describe('STUDY level', () => {
     const studyKeys = (): DicomElement[] => [
       k(T.StudyInstanceUID, 'UI'),

@@ -86,7 +86,7 @@ import {
   type CatalogDb,
   type NewestInstance,
 } from '../catalog.ts';
-import { Tags } from '../../../codec/dictionary.ts';
+import { Tags, vrOf } from '../../../codec/dictionary.ts';
 import {
   LEVEL_DEPTH,
   QUERY_LEVELS_OF_ROOT,
@@ -228,8 +228,14 @@ function compileQuery(request: QueryRequest): Compiled {
   const keyTimezone = request.keys.find((element) => element.tag === Tags.TimezoneOffsetFromUTC)?.value;
   const keys: CompiledKey[] = [];
   const seenTags = new Set<Tag>();
-  for (const element of request.keys) {
-    if (element.tag === Tags.QueryRetrieveLevel || (element.tag & 0xffff) === 0) continue;
+  for (const sent of request.keys) {
+    if (sent.tag === Tags.QueryRetrieveLevel || (sent.tag & 0xffff) === 0) continue;
+    // The matching type follows the attribute's VR (PS3.6), not the one the requestor wrote in an explicit
+    // VR identifier: a StudyInstanceUID key sent as LO with `1.3*` was wildcard-matched (hunt 85), where UI
+    // takes no wildcards (PS3.4 C.2.2.2.4). The response carries the attribute's VR too. Private keys
+    // (never matched) and attributes of several possible VRs keep the one sent.
+    const dictionaryVr = (sent.tag >>> 16) % 2 === 1 ? undefined : vrOf(sent.tag);
+    const element = dictionaryVr === undefined || dictionaryVr === sent.vr ? sent : { ...sent, vr: dictionaryVr };
     // Command (0000) and File Meta (0002) elements are not data set attributes: neither matched nor returned
     // (Orthanc 1.10 sends (0002,0002) in IMAGE-level queries, which then matched nothing: helper 47).
     const group = element.tag >>> 16;
