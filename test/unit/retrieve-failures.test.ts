@@ -334,6 +334,38 @@ test('a C-GET whose only context for the class takes a syntax the instances cann
   assert.ok((final.command.errorComment ?? '').startsWith(`all 1 failed: stored as ${storedAs}: not convertible`), final.command.errorComment);
 });
 
+test('a C-GET whose requestor accepted no context for the SOP class: the comment says so (not a conversion failure), the log names the class (hunt 85)', async (t) => {
+  const mrImage = '1.2.840.10008.5.1.4.1.1.4';
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'getter-no-context', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.3';
+  await storeStudy(peer, studyInstanceUid, 2, 8, 8);
+  const client = await openPeerClient(
+    peer.dicomPort,
+    'GETTER',
+    [
+      { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: mrImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    { roleSelections: [{ sopClassUid: mrImage, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
+  );
+  t.after(() => client.abort());
+  const final = await client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
+  );
+  assert.equal(final.command.status, 0xa702);
+  assert.equal(final.command.failedSubOperations, 2);
+  const comment = final.command.errorComment ?? '';
+  // Before: "all 2 failed: stored as 1.2.840.10008.1.2.1: not convertible ...", which reads as a transcoding failure.
+  assert.equal(comment, 'all 2 failed: the receiver accepted no context for its SOP class');
+  assert.ok(comment.length <= 64);
+  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
+});
+
 test('a C-GET whose association is aborted while its instance waits at the transcoder: the transcode is cancelled, its place freed', { timeout: 60_000 }, async (t) => {
   // A transcoder thread that holds every job until it is cancelled, as the real one stops at its next frame.
   const holdingWorker = new URL(

@@ -607,6 +607,7 @@ export class AcceptorSession {
     const usable = [...this.contexts.values()].filter((c) => c.requestorIsScp);
     return {
       pickContext: (entry) => pickContextFor(entry, usable),
+      acceptsSopClass: (sopClassUid) => usable.some((c) => c.abstractSyntaxUid === sopClassUid),
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         return this.requestOfRequestor(presentationContextId, command, dataSet);
@@ -677,6 +678,7 @@ export class AcceptorSession {
     opened = true;
     return {
       pickContext: (entry) => pickContextFor(entry, client.contexts),
+      acceptsSopClass: (sopClassUid) => client.contexts.some((c) => c.abstractSyntaxUid === sopClassUid),
       store: async (presentationContextId, storeCommand, dataSet) => {
         storing = true;
         if (cancelled.aborted) onCancel();

@@ -129,6 +129,8 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: P
 export interface SubOperationTarget {
   /** A presentation context for the instance: its stored syntax if accepted there, else one to transcode to. */
   pickContext(entry: CatalogEntry): { presentationContextId: number; transferSyntaxUid: string } | undefined;
+  /** Whether the receiver accepted any context for the SOP class (when pickContext finds none: why). */
+  acceptsSopClass?(sopClassUid: string): boolean;
   /** Sends C-STORE-RQ with the data set and resolves with the C-STORE-RSP status. */
   store(presentationContextId: number, command: DimseCommand, dataSet: Uint8Array | AsyncIterable<Uint8Array>): Promise<number>;
 }
@@ -266,6 +268,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     return;
   }
   const failureReasons = new Map<string, number>();
+  /** A failure reason's shorter form for the Error Comment, where it has one. */
+  const failureComments = new Map<string, string>();
   try {
     for (const entry of entries) {
       if (ctx.isCancelled()) break;
@@ -275,7 +279,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         counts.remaining = 0;
         break;
       }
-      const { status, reason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+      const { status, reason, comment, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
       // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
       // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
       // One that was sent and not answered is a failure, whatever ended the association.
@@ -290,6 +294,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         const known = reason ?? 'unknown';
         const key = failureReasons.has(known) || failureReasons.size < failureReasonsMax ? known : 'other reasons';
         failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
+        if (comment !== undefined && key === known) failureComments.set(key, comment);
       }
       if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
     }
@@ -307,7 +312,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   const finalStatus = everyOneFailed ? Status.OutOfResourcesSubOps : counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
   // The most frequent reason, cut at the comment's 64 characters (all of them are in the log).
   const [topReason] = [...failureReasons].sort((a, b) => b[1] - a[1])[0] ?? [];
-  const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topReason === undefined ? '' : `: ${topReason}`}`;
+  const topComment = topReason === undefined ? undefined : (failureComments.get(topReason) ?? topReason);
+  const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topComment === undefined ? '' : `: ${topComment}`}`;
   await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
 
@@ -320,6 +326,8 @@ interface SubOperationOutcome {
   reason?: string;
   /** Failed reading or checking the local copy, before any of it was sent. */
   localCopyUnreadable?: boolean;
+  /** What the final response's Error Comment says of this failure, when `reason` is too long for it. */
+  comment?: string;
   /** Stopped because the requestor is gone or cancelled (its transcode, or before its C-STORE-RQ): nothing of it was sent. */
   cancelledBeforeSending?: boolean;
 }
@@ -394,6 +402,15 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   const picked = target.pickContext(entry);
   // The stored syntax first: the final response's Error Comment keeps 64 characters of the reason, and a
   // context for the class may well be accepted, in a syntax this instance cannot be converted into.
+  if (!picked && target.acceptsSopClass?.(entry.sopClassUid) === false) {
+    // No context for the class at all: "stored as ...: not convertible" read as a transcoding failure (hunt
+    // 85). The comment keeps 64 characters with "all N failed: " before it; the log has the class.
+    return {
+      status: NoContextForInstance,
+      reason: `the receiver accepted no presentation context for SOP class ${entry.sopClassUid}`,
+      comment: 'the receiver accepted no context for its SOP class',
+    };
+  }
   if (!picked) return { status: NoContextForInstance, reason: `stored as ${entry.transferSyntaxUid}: not convertible to a syntax accepted for ${entry.sopClassUid}` };
   const command: DimseCommand = {
     commandField: CommandField.CStoreRq,
