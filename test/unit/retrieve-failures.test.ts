@@ -360,7 +360,7 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
   assert.equal(final.command.failedSubOperations, 2);
   const comment = final.command.errorComment ?? '';
   // Before: "all 2 failed: stored as 1.2.840.10008.1.2.1: not convertible ...", which reads as a transcoding failure.
-  assert.equal(comment, 'all 2 failed: the receiver accepted no context for its SOP class');
+  assert.equal(comment, 'all 2 failed: receiver accepted no context for SOP class');
   assert.ok(comment.length <= 64);
   const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));

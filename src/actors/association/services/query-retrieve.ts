@@ -404,11 +404,11 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   // context for the class may well be accepted, in a syntax this instance cannot be converted into.
   if (!picked && target.acceptsSopClass?.(entry.sopClassUid) === false) {
     // No context for the class at all: "stored as ...: not convertible" read as a transcoding failure (hunt
-    // 85). The comment keeps 64 characters with "all N failed: " before it; the log has the class.
+    // 85). It fits the comment's 64 characters after "all 100000 failed: "; the log has the class.
     return {
       status: NoContextForInstance,
       reason: `the receiver accepted no presentation context for SOP class ${entry.sopClassUid}`,
-      comment: 'the receiver accepted no context for its SOP class',
+      comment: 'receiver accepted no context for SOP class',
     };
   }
   if (!picked) return { status: NoContextForInstance, reason: `stored as ${entry.transferSyntaxUid}: not convertible to a syntax accepted for ${entry.sopClassUid}` };
