@@ -155,6 +155,7 @@ test('C-MOVE cancelled while the destination has not answered its A-ASSOCIATE-RQ
   assert.ok(elapsedMs < 5000, `the cancel took ${elapsedMs} ms`);
   assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [3, 0, 0, 0]);
   assert.equal(final.dataSet, undefined, 'nothing failed: no Failed SOP Instance UID List');
+  assert.ok(!lines.some((l) => l.message === 'C-MOVE destination unreachable'), 'a cancel is not the destination\'s fault');
   // The association goes on.
   const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
   assert.equal(echo.command.status, 0);

@@ -588,8 +588,10 @@ export class AcceptorSession {
                 context.service === 'get'
                   ? this.getTarget()
                   : this.moveTarget(command, entries, task.cancel.signal).catch((error: unknown) => {
+                      // A C-CANCEL that stopped the opening is no fault of the destination's.
+                      if (task.cancel.signal.aborted) this.log.info('C-MOVE cancelled while its destination\'s association was being opened', { moveDestination: command.moveDestination });
                       // The response's comment holds 64 characters: the whole reason goes to the log.
-                      this.log.warn('C-MOVE destination unreachable', { moveDestination: command.moveDestination, error: String(error) });
+                      else this.log.warn('C-MOVE destination unreachable', { moveDestination: command.moveDestination, error: String(error) });
                       throw error;
                     }),
             },
