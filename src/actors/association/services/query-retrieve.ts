@@ -279,7 +279,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         counts.remaining = 0;
         break;
       }
-      const { status, reason, comment, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+      const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
       // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
       // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
       // One that was sent and not answered is a failure, whatever ended the association.
@@ -294,7 +294,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         const known = reason ?? 'unknown';
         const key = failureReasons.has(known) || failureReasons.size < failureReasonsMax ? known : 'other reasons';
         failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
-        if (comment !== undefined && key === known) failureComments.set(key, comment);
+        if (shortReason !== undefined && key === known) failureComments.set(key, shortReason);
       }
       if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
     }
