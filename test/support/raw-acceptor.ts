@@ -52,6 +52,31 @@ async function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Pr
   };
 }
 
+/** Accepts the association, then never answers a request (a C-STORE waits for its response for ever). */
+export function acceptorNeverAnswering(): Promise<RawAcceptor> {
+  return rawAcceptor(() => undefined);
+}
+
+/** Accepts TCP connections and never answers anything, not even the A-ASSOCIATE-RQ. */
+export async function silentTcpAcceptor(): Promise<RawAcceptor> {
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  return {
+    port: address.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
 /** Closes the connection without an A-ABORT as soon as the first P-DATA PDU arrives: a destination that dies mid-transfer. */
 export function acceptorThatHangsUpMidRequest(): Promise<RawAcceptor> {
   return rawAcceptor((socket) => socket.destroy());

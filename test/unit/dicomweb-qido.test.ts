@@ -45,6 +45,8 @@ before(async () => {
       sopInstanceUid: `${n < 3 ? seriesA1 : seriesA2}.${n}`,
       instanceNumber: n,
       specificCharacterSet: 'ISO_IR 192' as const,
+      // 07:00Z and 20:00Z, each written in its own zone (hunt 85: DT offsets were ignored).
+      ...(n < 3 ? { extraElements: [{ tag: 0x0008002a, vr: 'DT', value: n === 1 ? '20200101120000+0500' : '20200101120000-0800' }] } : {}),
     })),
     {
       patient: { id: 'QIDO-2', name: 'Smith^John' },
@@ -96,6 +98,17 @@ describe('QIDO-RS', () => {
     assert.deepEqual(await uids('/studies?ModalitiesInStudy=SR,MR'), [studyA, studyB]);
     assert.deepEqual(await uids('/studies?ModalitiesInStudy=SR%5CMR'), [studyA, studyB]);
     assert.deepEqual(await uids('/studies?AccessionNumber=NONE'), []);
+  });
+
+  it('matches DT values as instants, taking their UTC offsets into account (PS3.4 C.2.2.2.5.1; hunt 85)', async () => {
+    const sops = async (path: string) => (await results(path)).map((instance) => valueOf(instance, '00080018')).sort();
+    assert.deepEqual(await sops('/instances?AcquisitionDateTime=20200101070000%2B0000'), [`${seriesA1}.1`]);
+    assert.deepEqual(await sops('/instances?AcquisitionDateTime=20200101120000%2B0500'), [`${seriesA1}.1`]);
+    assert.deepEqual(await sops('/instances?AcquisitionDateTime=20200101000000%2B0000-20200101100000%2B0000'), [`${seriesA1}.1`]);
+    assert.deepEqual(await sops('/instances?AcquisitionDateTime=20200101000000-20200101100000&TimezoneOffsetFromUTC=%2B0000'), [`${seriesA1}.1`]);
+    assert.deepEqual(await sops('/instances?AcquisitionDateTime=20200101200000-0000'), [`${seriesA1}.2`]);
+    // A `+` left unencoded reads as a space in a query string: taken as the offset's sign.
+    assert.deepEqual(await sops('/instances?AcquisitionDateTime=20200101200000+0000'), [`${seriesA1}.2`]);
   });
 
   it('ignores parameters it does not support, and an empty one, and says so in a Warning (PS3.18 8.3)', async () => {

@@ -10,7 +10,7 @@ import { connect } from 'node:net';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorAnsweringWrongMessageId, acceptorThatHangsUpMidRequest } from '../support/raw-acceptor.ts';
+import { acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
@@ -126,6 +126,59 @@ test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted
   // The operator learns of it too, with the whole reason (the comment holds 64 characters).
   assert.ok(logged.includes('C-MOVE destination unreachable'), logged.join('\n'));
   assert.ok(logged.includes('C-MOVE answered with a failure or warning'));
+});
+
+/** A C-MOVE of the study to `moveDestination`, with a C-CANCEL-RQ `cancelAfterMs` after it was sent: the final response and when it came. */
+async function cancelledMove(client: DicomClientAssociation, studyInstanceUid: string, moveDestination: string, cancelAfterMs: number) {
+  const started = Date.now();
+  const timer = setTimeout(() => void client.cancel(client.contexts[0]!.id), cancelAfterMs);
+  try {
+    const final = await moveStudy(client, studyInstanceUid, moveDestination);
+    return { final, elapsedMs: Date.now() - started };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('C-MOVE cancelled while the destination has not answered its A-ASSOCIATE-RQ: Cancel at once, every sub-operation remaining (PS3.4 C.4.2.3.1; hunt 85 waited out 30 s and failed them all)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, await silentTcpAcceptor(), 'SILENT', 'mover-silent', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.1';
+  await storeStudy(peer, studyInstanceUid, 3, 16);
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
+    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+  ]);
+  const { final, elapsedMs } = await cancelledMove(client, studyInstanceUid, 'SILENT', 300);
+  const { status, remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations } = final.command;
+  assert.equal(status, Status.Cancel, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''}) after ${elapsedMs} ms`);
+  assert.ok(elapsedMs < 5000, `the cancel took ${elapsedMs} ms`);
+  assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [3, 0, 0, 0]);
+  assert.equal(final.dataSet, undefined, 'nothing failed: no Failed SOP Instance UID List');
+  assert.ok(!lines.some((l) => l.message === 'C-MOVE destination unreachable'), 'a cancel is not the destination\'s fault');
+  // The association goes on.
+  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  assert.equal(echo.command.status, 0);
+  await client.release();
+});
+
+test('C-MOVE cancelled while the destination sits on a C-STORE: the destination association is aborted after a short grace, that sub-operation failed, the rest remaining', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, await acceptorNeverAnswering(), 'MUTE', 'mover-mute', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.2';
+  const stored = await storeStudy(peer, studyInstanceUid, 3, 16);
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  t.after(() => client.release().catch(() => undefined));
+  const { final, elapsedMs } = await cancelledMove(client, studyInstanceUid, 'MUTE', 300);
+  const { status, remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations } = final.command;
+  assert.equal(status, Status.Cancel, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''}) after ${elapsedMs} ms`);
+  assert.ok(elapsedMs < 5000, `the cancel took ${elapsedMs} ms`);
+  // The one sent and never answered was initiated: failed, not remaining (remaining counts those not initiated).
+  assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [2, 0, 1, 0]);
+  const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
+  assert.ok(list !== undefined && stored.includes(list), `failed list ${list}`);
+  const reasons = moveFailureReasons(lines);
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('C-CANCEL')), JSON.stringify(reasons));
 });
 
 test('C-GET of damaged copies: lost or flipped, a failed sub-operation without its C-STORE-RQ; flipped in a large one, an A-ABORT before its end', async (t) => {
@@ -280,6 +333,38 @@ test('a C-GET whose only context for the class takes a syntax the instances cann
   assert.equal(final.command.failedSubOperations, 1);
   // Before: "all 1 failed: no accepted presentation context for 1.2.840.10..." (cut at 64), which hid why.
   assert.ok((final.command.errorComment ?? '').startsWith(`all 1 failed: stored as ${storedAs}: not convertible`), final.command.errorComment);
+});
+
+test('a C-GET whose requestor accepted no context for the SOP class: the comment says so (not a conversion failure), the log names the class (hunt 85)', async (t) => {
+  const mrImage = '1.2.840.10008.5.1.4.1.1.4';
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'getter-no-context', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.3';
+  await storeStudy(peer, studyInstanceUid, 2, 8, 8);
+  const client = await openPeerClient(
+    peer.dicomPort,
+    'GETTER',
+    [
+      { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: mrImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    { roleSelections: [{ sopClassUid: mrImage, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
+  );
+  t.after(() => client.abort());
+  const final = await client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
+  );
+  assert.equal(final.command.status, 0xa702);
+  assert.equal(final.command.failedSubOperations, 2);
+  const comment = final.command.errorComment ?? '';
+  // Before: "all 2 failed: stored as 1.2.840.10008.1.2.1: not convertible ...", which reads as a transcoding failure.
+  assert.equal(comment, 'all 2 failed: receiver accepted no context for SOP class');
+  assert.ok(comment.length <= 64);
+  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
 });
 
 test('a C-GET whose association is aborted while its instance waits at the transcoder: the transcode is cancelled, its place freed', { timeout: 60_000 }, async (t) => {

@@ -62,6 +62,12 @@ interface Task {
 /** How long an idle expiry may wait in the mailbox behind a stalled write before the connection is cut (see armIdleTimer). */
 const stalledCutGraceMs = 2000;
 
+/**
+ * How long a C-CANCEL lets the C-STORE in flight at a C-MOVE destination be answered before that
+ * association is aborted (see moveTarget): long for a destination that answers, short beside a hung one.
+ */
+const cancelGraceMs = 1000;
+
 /** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
 const retrievePendingIntervalMs = 10_000;
 
@@ -583,9 +589,11 @@ export class AcceptorSession {
               openTarget: (entries) =>
                 context.service === 'get'
                   ? this.getTarget()
-                  : this.moveTarget(command, entries).catch((error: unknown) => {
+                  : this.moveTarget(command, entries, task.cancel.signal).catch((error: unknown) => {
+                      // A C-CANCEL that stopped the opening is no fault of the destination's.
+                      if (task.cancel.signal.aborted) this.log.info('C-MOVE cancelled while its destination\'s association was being opened', { moveDestination: command.moveDestination });
                       // The response's comment holds 64 characters: the whole reason goes to the log.
-                      this.log.warn('C-MOVE destination unreachable', { moveDestination: command.moveDestination, error: String(error) });
+                      else this.log.warn('C-MOVE destination unreachable', { moveDestination: command.moveDestination, error: String(error) });
                       throw error;
                     }),
             },
@@ -603,6 +611,7 @@ export class AcceptorSession {
     const usable = [...this.contexts.values()].filter((c) => c.requestorIsScp);
     return {
       pickContext: (entry) => pickContextFor(entry, usable),
+      acceptsSopClass: (sopClassUid) => usable.some((c) => c.abstractSyntaxUid === sopClassUid),
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         return this.requestOfRequestor(presentationContextId, command, dataSet);
@@ -626,26 +635,74 @@ export class AcceptorSession {
     return status;
   }
 
-  /** C-MOVE: a new association from us to the destination AE. */
-  private async moveTarget(command: DimseCommand, entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }> {
+  /**
+   * C-MOVE: a new association from us to the destination AE. `cancelled` (a C-CANCEL, or the requestor's
+   * association ending) interrupts it, as PS3.4 C.4.2.3.1 asks of a cancelled C-MOVE: an opening under way
+   * is dropped at once (nothing was sent; hunt 85 saw a cancel wait out the 30 s negotiation timeout), and
+   * a C-STORE in flight gets cancelGraceMs to be answered (a destination that answers stores in
+   * milliseconds keeps the instance it was storing, counted completed), then the association is aborted
+   * and that sub-operation fails (it was initiated, so it is not "remaining"). Between sub-operations
+   * nothing is cut: the retrieve stops sending and releases the association.
+   */
+  private async moveTarget(command: DimseCommand, entries: readonly CatalogEntry[], cancelled: AbortSignal): Promise<SubOperationTarget & { close(): Promise<void> }> {
     const destinationAe = command.moveDestination ?? '';
     const destination = this.deps.resolveMoveDestination(destinationAe);
     if (!destination) throw new MoveDestinationUnknownError(destinationAe);
-    const client = await DicomClientAssociation.open({
-      host: destination.host,
-      port: destination.port,
-      callingAeTitle: this.deps.config.aeTitle,
-      calledAeTitle: destinationAe,
-      presentationContexts: proposalsForMove(entries),
-      clock: this.deps.clock,
-    });
+    const clock = this.deps.clock;
+    const interrupt = new AbortController();
+    let opened = false;
+    let storing = false;
+    let grace: TimerHandle | undefined;
+    const onCancel = () => {
+      if (!opened) interrupt.abort();
+      else if (storing && grace === undefined) grace = clock.setTimeout(() => interrupt.abort(), cancelGraceMs);
+    };
+    const stopWatching = () => {
+      cancelled.removeEventListener('abort', onCancel);
+      clock.clearTimeout(grace);
+      grace = undefined;
+    };
+    cancelled.addEventListener('abort', onCancel, { once: true });
+    let client: DicomClientAssociation;
+    try {
+      if (cancelled.aborted) throw new Error('C-CANCEL before the destination was called');
+      client = await DicomClientAssociation.open({
+        host: destination.host,
+        port: destination.port,
+        callingAeTitle: this.deps.config.aeTitle,
+        calledAeTitle: destinationAe,
+        presentationContexts: proposalsForMove(entries),
+        clock,
+        signal: interrupt.signal,
+      });
+    } catch (error) {
+      stopWatching();
+      throw error;
+    }
+    opened = true;
     return {
       pickContext: (entry) => pickContextFor(entry, client.contexts),
+      acceptsSopClass: (sopClassUid) => client.contexts.some((c) => c.abstractSyntaxUid === sopClassUid),
       store: async (presentationContextId, storeCommand, dataSet) => {
-        const reply = await client.request(presentationContextId, storeCommand, dataSet);
-        return reply.command.status ?? Status.UnableToProcess;
+        storing = true;
+        if (cancelled.aborted) onCancel();
+        try {
+          const reply = await client.request(presentationContextId, storeCommand, dataSet);
+          return reply.command.status ?? Status.UnableToProcess;
+        } catch (error) {
+          // The reason the operator reads in the log (the response's comment has no room for it).
+          if (interrupt.signal.aborted) throw new Error(`C-CANCEL: the destination had not answered its C-STORE within ${cancelGraceMs} ms; association aborted`, { cause: error });
+          throw error;
+        } finally {
+          storing = false;
+          clock.clearTimeout(grace);
+          grace = undefined;
+        }
       },
-      close: () => client.release().catch(() => client.abort()),
+      close: () => {
+        stopWatching();
+        return client.release().catch(() => client.abort());
+      },
     };
   }
 

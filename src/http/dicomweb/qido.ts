@@ -231,7 +231,14 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
     if (pathUid !== undefined) throw badRequest(`${name} is already given by the path`);
     // A UID list may be separated by commas or backslashes (PS3.18 8.3.4.1); so may a list of code strings,
     // whose values hold no comma (`ModalitiesInStudy=CT,MR`, as Orthanc takes it).
-    const text = vr === 'UI' || vr === 'CS' ? value.replaceAll(',', '\\') : value;
+    // The `+` of a UTC offset arrives as a space when the client left it unencoded (form encoding reads `+`
+    // as a space): `20200101120000 0500` can only have meant `+0500` (a space has no place there).
+    const text =
+      vr === 'UI' || vr === 'CS'
+        ? value.replaceAll(',', '\\')
+        : vr === 'DT' || tag === Tags.TimezoneOffsetFromUTC
+          ? value.replace(/(^|\d) (\d{4})(?=$|-)/g, '$1+$2')
+          : value;
     keys.set(tag, { tag, vr, value: Buffer.from(text, 'utf8').toString('latin1') });
   }
   return {

@@ -129,6 +129,8 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: P
 export interface SubOperationTarget {
   /** A presentation context for the instance: its stored syntax if accepted there, else one to transcode to. */
   pickContext(entry: CatalogEntry): { presentationContextId: number; transferSyntaxUid: string } | undefined;
+  /** Whether the receiver accepted any context for the SOP class (when pickContext finds none: why). */
+  acceptsSopClass?(sopClassUid: string): boolean;
   /** Sends C-STORE-RQ with the data set and resolves with the C-STORE-RSP status. */
   store(presentationContextId: number, command: DimseCommand, dataSet: Uint8Array | AsyncIterable<Uint8Array>): Promise<number>;
 }
@@ -143,7 +145,10 @@ export interface SubOperationCounts {
 
 export interface RetrieveContext extends QueryContext {
   kind: 'get' | 'move';
-  /** C-MOVE: where to send; C-GET: undefined (the sub-operations use the same association). */
+  /**
+   * C-MOVE: a new association to the destination; C-GET: the same association. A C-CANCEL must stop a
+   * destination that takes its time (rejecting the opening at once, cutting a C-STORE it sits on).
+   */
   openTarget(entries: readonly CatalogEntry[]): Promise<SubOperationTarget & { close(): Promise<void> }>;
   callingAeTitle: string;
   /**
@@ -242,8 +247,16 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   }
   let target: SubOperationTarget & { close(): Promise<void> };
   try {
-    target = await ctx.openTarget(entries);
+    // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
+    target = await withPendingKeepAlive(ctx, counts, ctx.openTarget(entries));
   } catch (error) {
+    if (ctx.isCancelled()) {
+      // A C-CANCEL stopped the opening (the target's signal): no sub-operation was initiated, so every one
+      // remains (PS3.4 C.4.2.3.1: "Remaining ... not initiated due to the C-CANCEL"); none failed. Hunt 85
+      // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
+      await ctx.send(retrieveResponse(ctx, Status.Cancel, counts));
+      return;
+    }
     // Every sub-operation failed before it began: counted and listed as such, so the client knows what was not sent.
     counts.failed = entries.length;
     counts.failedUids.push(...entries.map((e) => e.sopInstanceUid));
@@ -255,6 +268,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     return;
   }
   const failureReasons = new Map<string, number>();
+  /** A failure reason's shorter form for the Error Comment, where it has one. */
+  const failureComments = new Map<string, string>();
   try {
     for (const entry of entries) {
       if (ctx.isCancelled()) break;
@@ -264,7 +279,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         counts.remaining = 0;
         break;
       }
-      const { status, reason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+      const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
       // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
       // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
       // One that was sent and not answered is a failure, whatever ended the association.
@@ -279,6 +294,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         const known = reason ?? 'unknown';
         const key = failureReasons.has(known) || failureReasons.size < failureReasonsMax ? known : 'other reasons';
         failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
+        if (shortReason !== undefined && key === known) failureComments.set(key, shortReason);
       }
       if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
     }
@@ -296,7 +312,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   const finalStatus = everyOneFailed ? Status.OutOfResourcesSubOps : counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
   // The most frequent reason, cut at the comment's 64 characters (all of them are in the log).
   const [topReason] = [...failureReasons].sort((a, b) => b[1] - a[1])[0] ?? [];
-  const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topReason === undefined ? '' : `: ${topReason}`}`;
+  const topComment = topReason === undefined ? undefined : (failureComments.get(topReason) ?? topReason);
+  const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topComment === undefined ? '' : `: ${topComment}`}`;
   await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
 
@@ -309,7 +326,9 @@ interface SubOperationOutcome {
   reason?: string;
   /** Failed reading or checking the local copy, before any of it was sent. */
   localCopyUnreadable?: boolean;
-  /** Its transcode was stopped because the requestor is gone or cancelled: nothing of it was sent. */
+  /** What the final response's Error Comment says of this failure, when `reason` is too long for it. */
+  comment?: string;
+  /** Stopped because the requestor is gone or cancelled (its transcode, or before its C-STORE-RQ): nothing of it was sent. */
   cancelledBeforeSending?: boolean;
 }
 
@@ -378,9 +397,20 @@ async function readLocal<T>(read: Promise<T>): Promise<T> {
 }
 
 async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, entry: CatalogEntry, whileOurs: WhileOurs): Promise<SubOperationOutcome> {
+  // Cancelled while its copy was pulled from another site or repaired: not initiated, so it remains.
+  if (ctx.isCancelled()) return { status: Status.Cancel, cancelledBeforeSending: true };
   const picked = target.pickContext(entry);
   // The stored syntax first: the final response's Error Comment keeps 64 characters of the reason, and a
   // context for the class may well be accepted, in a syntax this instance cannot be converted into.
+  if (!picked && target.acceptsSopClass?.(entry.sopClassUid) === false) {
+    // No context for the class at all: "stored as ...: not convertible" read as a transcoding failure (hunt
+    // 85). It fits the comment's 64 characters after "all 100000 failed: "; the log has the class.
+    return {
+      status: NoContextForInstance,
+      reason: `the receiver accepted no presentation context for SOP class ${entry.sopClassUid}`,
+      comment: 'receiver accepted no context for SOP class',
+    };
+  }
   if (!picked) return { status: NoContextForInstance, reason: `stored as ${entry.transferSyntaxUid}: not convertible to a syntax accepted for ${entry.sopClassUid}` };
   const command: DimseCommand = {
     commandField: CommandField.CStoreRq,

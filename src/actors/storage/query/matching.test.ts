@@ -340,6 +340,38 @@ describe('range matching', () => {
     assert.equal(parseDateTimeKey('DT', '20200101+0100-20201231+0100')?.isRange, true);
   });
 
+  it('DT: values with UTC offsets are compared as instants (PS3.4 C.2.2.2.5.1; hunt 85 compared them as written)', () => {
+    // 12:00+0500 and 07:00+0000 are the same instant; 12:00-0800 is 20:00Z.
+    assert.equal(matchesKey('DT', '20200101070000+0000', '20200101120000+0500'), true);
+    assert.equal(matchesKey('DT', '20200101120000+0500', '20200101120000-0800'), false);
+    assert.equal(matchesKey('DT', '20200101120000+0500', '20200101120000+0500'), true);
+    assert.equal(matchesKey('DT', '20200101000000+0000-20200101100000+0000', '20200101120000+0500'), true);
+    assert.equal(matchesKey('DT', '20200101000000+0000-20200101100000+0000', '20200101120000-0800'), false);
+    assert.equal(matchesKey('DT', '-20200101100000+0000', '20200101120000-0800'), false);
+    assert.equal(matchesKey('DT', '20200101100000+0000-', '20200101120000-0800'), true);
+    // Across a day: 2020-01-01 in UTC+1400 begins 2019-12-31 10:00Z.
+    assert.equal(matchesKey('DT', '20200101+1400', '20191231100000+0000'), true);
+    assert.equal(matchesKey('DT', '20200101+1400', '20191231095959+0000'), false);
+    assert.equal(matchesKey('DT', '20200101+1400', '20200101100000+0000'), false, '2020-01-02 00:00+1400');
+    // Into another year and month, both ways.
+    assert.equal(matchesKey('DT', '20200229233000-0100', '20200301003000+0000'), true);
+    assert.equal(matchesKey('DT', '2021+0000', '20210101003000+0100'), false, 'still 2020 in UTC');
+  });
+
+  it('DT: a value without an offset takes its instance\'s Timezone Offset From UTC, a key the query\'s; else it is compared as written', () => {
+    assert.equal(matchesKey('DT', '20200101070000+0000', '20200101120000', { storedTimezone: '+0500' }), true);
+    assert.equal(matchesKey('DT', '20200101070000+0000', '20200101070000', { storedTimezone: '+0500' }), false);
+    assert.equal(matchesKey('DT', '20200101070000', '20200101120000+0500', { keyTimezone: '+0000' }), true);
+    assert.equal(matchesKey('DT', '20200101000000-20200101100000', '20200101120000+0500', { keyTimezone: '+0000' }), true);
+    assert.equal(matchesKey('DT', '20200101000000-20200101100000', '20200101120000+0500', { keyTimezone: '+0800' }), false);
+    // The value's own offset wins over (0008,0201) (PS3.3 C.12.1.1.8: it does not apply to such values).
+    assert.equal(matchesKey('DT', '20200101070000+0000', '20200101120000+0500', { storedTimezone: '-0800' }), true);
+    // Unknown on one side: as written, as before.
+    assert.equal(matchesKey('DT', '20200101120000+0500', '20200101120000'), true);
+    assert.equal(matchesKey('DT', '20200101120000', '20200101120000-0800'), true);
+    assert.equal(matchesKey('DT', '2020', '20200101120000'), true);
+  });
+
   it('malformed keys are refused, with a comment', () => {
     for (const [vr, key] of [
       ['DA', '2020-01-01'],
@@ -349,6 +381,7 @@ describe('range matching', () => {
       ['TM', '25:00-xx'],
       ['TM', '1-2'],
       ['DT', 'yesterday'],
+      ['DT', '20200101+2000-20200102'],
     ] as const) {
       const compiled = compileKeyMatcher(vr, key);
       assert.equal(compiled.ok, false, `${vr} ${key}`);

@@ -27,8 +27,14 @@
  *   years. A single TM/DT value without `-` is matched the same way (key `1030` matches `103015`); a single
  *   DA value matches exactly. A TM range whose start is after its end spans midnight (`2300-0030`); a
  *   reversed DA or DT range matches nothing. A key naming no real date or time (month 13, 30 February,
- *   minute 60) is malformed. Legacy `1993.04.30` dates and `10:30:00` times are understood. Timezone
- *   offsets of DT values are ignored (values are compared as written). Combined StudyDate+StudyTime
+ *   minute 60) is malformed. Legacy `1993.04.30` dates and `10:30:00` times are understood.
+ * - DT and UTC offsets (PS3.4 C.2.2.2.5.1: the offset "shall be taken into account for the purposes of
+ *   the match"): a key value and a stored value are compared as instants (UTC) when the offset of each is
+ *   known: its own `&ZZXX` suffix, else, for a stored value, its instance's Timezone Offset From UTC
+ *   (0008,0201), and for a key, the query identifier's (PS3.3 C.12.1.1.8: that attribute applies to the DT
+ *   values without an explicit offset). When either side's offset is unknown (no suffix, no (0008,0201):
+ *   "undefined", PS3.3), the two are compared as written, as before (decision: neither UTC nor this
+ *   archive's clock is the right guess). DA and TM values are compared as written. Combined StudyDate+StudyTime
  *   datetime matching (an extended negotiation option) is not done: each attribute is matched on its own.
  * - Multiple values in a non-UI key (e.g. ModalitiesInStudy `CT\MR`): without extended negotiation the
  *   standard leaves this undefined; we match if any key value matches (OR).
@@ -44,8 +50,11 @@ export type MatchingType = 'universal' | 'single-value' | 'uid-list' | 'wildcard
 
 export interface ValueMatcher {
   readonly type: MatchingType;
-  /** `storedCharacterSet`: the (0008,0005) value of the instance the stored value comes from. */
-  matches(storedValue: string | undefined, storedCharacterSet?: string): boolean;
+  /**
+   * `storedCharacterSet`: the (0008,0005) value of the instance the stored value comes from;
+   * `storedTimezone` its Timezone Offset From UTC (0008,0201), for DT values without an offset.
+   */
+  matches(storedValue: string | undefined, storedCharacterSet?: string, storedTimezone?: string): boolean;
   /**
    * PN keys only: every stored name this key matches has a form (personNameForms) starting with one of
    * these texts; absent when some key value starts with a wildcard (no such bound).
@@ -217,15 +226,23 @@ function isClockTime(hours: string, minutes: string | undefined, seconds: string
   return Number(hours) <= 23 && (minutes === undefined || Number(minutes) <= 59) && (seconds === undefined || Number(seconds) <= 60);
 }
 
-function parseDateTime(value: string): { bounds: { first: string; last: string }; offsetValid: boolean } | undefined {
-  const match = /^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:[+-](\d{2})(\d{2}))?$/.exec(value);
+interface ParsedDateTime {
+  bounds: { first: string; last: string };
+  offsetValid: boolean;
+  /** The `&ZZXX` suffix in minutes east of UTC, when present and valid. */
+  offsetMinutes: number | undefined;
+}
+
+function parseDateTime(value: string): ParsedDateTime | undefined {
+  const match = /^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:([+-])(\d{2})(\d{2}))?$/.exec(value);
   if (!match) return undefined;
-  const [, year, month, day, hours, minutes, seconds, fraction, offsetHours, offsetMinutes] = match;
+  const [, year, month, day, hours, minutes, seconds, fraction, sign, offsetHours, offsetMinutes] = match;
   if (fraction !== undefined && seconds === undefined) return undefined;
   if (!isCalendarDate(year!, month, day) || (hours !== undefined && !isClockTime(hours, minutes, seconds))) return undefined;
   const offsetValid = offsetHours === undefined || (Number(offsetHours) <= 14 && Number(offsetMinutes) <= 59);
   return {
     offsetValid,
+    offsetMinutes: offsetHours === undefined || !offsetValid ? undefined : (sign === '-' ? -1 : 1) * (Number(offsetHours) * 60 + Number(offsetMinutes)),
     bounds: {
       first:
         year! + (month ?? '01') + (day ?? '01') + (hours ?? '00') + (minutes ?? '00') + (seconds ?? '00') +
@@ -288,6 +305,64 @@ function storedInstant(vr: string, storedValue: string): string | undefined {
   return dateTimeBounds(vr, storedValue)?.first;
 }
 
+/** A Timezone Offset From UTC (0008,0201) value (`+0500`, `-0800`) in minutes east of UTC; undefined unless valid. */
+export function timezoneOffsetMinutes(value: string | undefined): number | undefined {
+  const match = value === undefined ? null : /^([+-])(\d{2})(\d{2})$/.exec(value.trim());
+  if (!match || Number(match[2]) > 14 || Number(match[3]) > 59) return undefined;
+  return (match[1] === '-' ? -1 : 1) * (Number(match[2]) * 60 + Number(match[3]));
+}
+
+/**
+ * A fixed-width DT instant (YYYYMMDDHHMMSSFFFFFF) written at `offsetMinutes` east of UTC, as UTC. Seconds
+ * and fraction are kept as they are (a whole-minute shift leaves them, and a leap second stays 60).
+ * Undefined beyond years 0000-9999.
+ */
+export function dateTimeInUtc(digits: string, offsetMinutes: number): string | undefined {
+  if (offsetMinutes === 0) return digits;
+  const date = new Date(0);
+  date.setUTCFullYear(Number(digits.slice(0, 4)), Number(digits.slice(4, 6)) - 1, Number(digits.slice(6, 8)));
+  date.setUTCHours(Number(digits.slice(8, 10)), Number(digits.slice(10, 12)) - offsetMinutes, 0, 0);
+  const year = date.getUTCFullYear();
+  if (year < 0 || year > 9999) return undefined;
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `${String(year).padStart(4, '0')}${two(date.getUTCMonth() + 1)}${two(date.getUTCDate())}${two(date.getUTCHours())}${two(date.getUTCMinutes())}${digits.slice(12)}`;
+}
+
+/** One bound of a DT key, or a stored DT value: its fixed-width digits as written, and its offset when known. */
+interface DateTimePoint {
+  digits: string;
+  offsetMinutes: number | undefined;
+}
+
+/** `a` compared with `b` (negative, 0, positive): as instants when both offsets are known, else as written. */
+function compareDateTimes(a: DateTimePoint, b: DateTimePoint): number {
+  let left = a.digits;
+  let right = b.digits;
+  if (a.offsetMinutes !== undefined && b.offsetMinutes !== undefined) {
+    const leftUtc = dateTimeInUtc(left, a.offsetMinutes);
+    const rightUtc = dateTimeInUtc(right, b.offsetMinutes);
+    if (leftUtc !== undefined && rightUtc !== undefined) [left, right] = [leftUtc, rightUtc];
+  }
+  return left < right ? -1 : left > right ? 1 : 0;
+}
+
+/** A DT key value as bounds with their offsets (the value's own, else `keyTimezone`); undefined when malformed. */
+function parseDateTimeKeyPoints(keyValue: string, keyTimezone: number | undefined): { from?: DateTimePoint; to?: DateTimePoint; isRange: boolean } | undefined {
+  const point = (parsed: ParsedDateTime, which: 'first' | 'last'): DateTimePoint => ({ digits: parsed.bounds[which], offsetMinutes: parsed.offsetMinutes ?? keyTimezone });
+  const single = parseDateTime(keyValue);
+  if (single?.offsetValid) return { from: point(single, 'first'), to: point(single, 'last'), isRange: false };
+  for (let index = keyValue.indexOf('-'); index !== -1; index = keyValue.indexOf('-', index + 1)) {
+    const low = keyValue.slice(0, index).trim();
+    const high = keyValue.slice(index + 1).trim();
+    if (low === '' && high === '') continue;
+    const lowParsed = low === '' ? undefined : parseDateTime(low);
+    const highParsed = high === '' ? undefined : parseDateTime(high);
+    if ((low !== '' && !lowParsed?.offsetValid) || (high !== '' && !highParsed?.offsetValid)) continue;
+    return { from: lowParsed && point(lowParsed, 'first'), to: highParsed && point(highParsed, 'last'), isRange: true };
+  }
+  return undefined;
+}
+
 // ---------------------------------------------------------------------------------------------------
 
 function isNumber(text: string): boolean {
@@ -341,10 +416,11 @@ export function literalPrefixes(keys: readonly string[]): string[] | undefined {
 
 /**
  * Compiles the matcher for one key, once per query. `vr` is the key's VR (the caller substitutes the stored
- * VR when the key's is UN); `keyCharacterSet` is the query's (0008,0005). Fails only for malformed DA/TM/DT
+ * VR when the key's is UN); `keyCharacterSet` is the query's (0008,0005), `keyTimezone` its Timezone Offset
+ * From UTC (0008,0201), the offset of DT key values without their own. Fails only for malformed DA/TM/DT
  * keys.
  */
-export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyCharacterSet?: string): CompileMatcherResult {
+export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyCharacterSet?: string, keyTimezone?: string): CompileMatcherResult {
   if (vr === 'SQ') return { ok: true, matcher: SEQUENCE };
   if (keyValue === undefined) return { ok: true, matcher: UNIVERSAL };
   const keyText = normalizeValue(vr, CHARACTER_SET_VRS.has(vr) ? decodeCharacters(keyValue, keyCharacterSet) : keyValue);
@@ -358,6 +434,31 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
       matcher: {
         type: uids.size > 1 ? 'uid-list' : 'single-value',
         matches: (stored) => storedValuesOf(vr, stored).some((uid) => uids.has(uid)),
+      },
+    };
+  }
+
+  if (vr === 'DT') {
+    const queryOffset = timezoneOffsetMinutes(keyTimezone);
+    const intervals: Array<{ from?: DateTimePoint; to?: DateTimePoint; isRange: boolean }> = [];
+    for (const value of keyValues) {
+      const interval = parseDateTimeKeyPoints(value, queryOffset);
+      if (!interval) return { ok: false, comment: `malformed DT matching key value "${value}"` };
+      intervals.push(interval);
+    }
+    return {
+      ok: true,
+      matcher: {
+        type: intervals.some((interval) => interval.isRange) ? 'range' : 'single-value',
+        matches: (stored, _storedCharacterSet, storedTimezone) => {
+          const instanceOffset = timezoneOffsetMinutes(storedTimezone);
+          return storedValuesOf(vr, stored).some((value) => {
+            const parsed = parseDateTime(value);
+            if (parsed === undefined) return false;
+            const instant: DateTimePoint = { digits: parsed.bounds.first, offsetMinutes: parsed.offsetMinutes ?? instanceOffset };
+            return intervals.some(({ from, to }) => (from === undefined || compareDateTimes(from, instant) <= 0) && (to === undefined || compareDateTimes(instant, to) <= 0));
+          });
+        },
       },
     };
   }
@@ -441,9 +542,9 @@ export function matchesKey(
   vr: string,
   keyValue: string | undefined,
   storedValue: string | undefined,
-  characterSets: { key?: string; stored?: string } = {},
+  characterSets: { key?: string; stored?: string; keyTimezone?: string; storedTimezone?: string } = {},
 ): boolean {
-  const compiled = compileKeyMatcher(vr, keyValue, characterSets.key);
+  const compiled = compileKeyMatcher(vr, keyValue, characterSets.key, characterSets.keyTimezone);
   if (!compiled.ok) throw new MatchingKeyError(compiled.comment);
-  return compiled.matcher.matches(storedValue, characterSets.stored);
+  return compiled.matcher.matches(storedValue, characterSets.stored, characterSets.storedTimezone);
 }

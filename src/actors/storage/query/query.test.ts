@@ -376,6 +376,24 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
     });
   });
 
+  describe('keys sent with another VR than the attribute\'s (hunt 85: a UI key sent as LO was wildcard-matched)', () => {
+    it('are matched by the attribute\'s dictionary VR and answered in it', async () => {
+      for (const searchIndexes of [true, false]) {
+        const studies = async (key: DicomElement) => column(await find(db, { root: 'STUDY', level: 'STUDY', keys: key.tag === T.StudyInstanceUID ? [key] : [k(T.StudyInstanceUID, 'UI'), key] }, { searchIndexes }), T.StudyInstanceUID);
+        // UI takes no wildcards (PS3.4 C.2.2.2.4), whatever VR the requestor wrote.
+        assert.deepEqual(await studies(k(T.StudyInstanceUID, 'LO', '1.2.826*')), []);
+        assert.deepEqual(await studies(k(T.StudyInstanceUID, 'SH', '1.2.826.0.?.1')), []);
+        assert.deepEqual(await studies(k(T.StudyInstanceUID, 'LO', S3)), [S3]);
+        // A DA key sent as LO is still a date range; a PN key sent as LO still ignores case.
+        assert.deepEqual(await studies(k(T.StudyDate, 'LO', '20200101-20201231')), [S1, S3].sort());
+        assert.deepEqual(await studies(k(T.PatientName, 'LO', 'doe^john')), [S1, S2].sort());
+      }
+      const [response] = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'LO', S3), k(T.StudyDate, 'LO')] });
+      assert.deepEqual(response?.find((e) => e.tag === T.StudyInstanceUID), { tag: T.StudyInstanceUID, vr: 'UI', value: S3 });
+      assert.deepEqual(response?.find((e) => e.tag === T.StudyDate), { tag: T.StudyDate, vr: 'DA', value: '20201231' });
+    });
+  });
+
   describe('STUDY level', () => {
     const studyKeys = (): DicomElement[] => [
       k(T.StudyInstanceUID, 'UI'),
@@ -691,6 +709,49 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
         });
       }
     });
+  });
+});
+
+describe('DT keys and UTC offsets (PS3.4 C.2.2.2.5.1; hunt 85 compared them as written)', () => {
+  it('compare instants: the value\'s own offset, else its instance\'s or the query\'s Timezone Offset From UTC', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const instance = (n: number, acquired: string, timezone?: string): CatalogEntry => {
+        const entry = makeEntry({
+          patientId: 'TZ', patientName: 'Zone^Time', studyUid: '1.2.8.1', studyDate: '20200101', studyTime: '', accession: '', studyDescription: '',
+          seriesUid: '1.2.8.1.1', modality: 'CT', seriesNumber: '1', sopUid: `1.2.8.1.1.${n}`, sopClassUid: CT_IMAGE, instanceNumber: String(n), storedAtMs: 1000 + n,
+        });
+        const extra = [k(0x0008002a, 'DT', acquired), ...(timezone === undefined ? [] : [k(T.TimezoneOffsetFromUTC, 'SH', timezone)])];
+        return { ...entry, attributes: [...entry.attributes, ...extra].sort((a, b) => a.tag - b.tag) };
+      };
+      await store(db, [
+        instance(1, '20200101120000+0500'), // 07:00Z
+        instance(2, '20200101120000-0800'), // 20:00Z
+        instance(3, '20200101120000', '+0500'), // 07:00Z by its instance's offset
+        instance(4, '20200101120000'), // offset unknown
+      ]);
+      const images = async (acquired: string, queryTimezone?: string) =>
+        (
+          await find(db, {
+            root: 'STUDY',
+            level: 'IMAGE',
+            keys: [k(T.StudyInstanceUID, 'UI', '1.2.8.1'), k(T.SOPInstanceUID, 'UI'), k(0x0008002a, 'DT', acquired), ...(queryTimezone === undefined ? [] : [k(T.TimezoneOffsetFromUTC, 'SH', queryTimezone)])],
+          })
+        )
+          .map((response) => valueOf(response, T.SOPInstanceUID)!.split('.').pop())
+          .sort();
+      assert.deepEqual(await images('20200101070000+0000'), ['1', '3']);
+      // 4's offset is unknown: compared as written (12:00 is 12:00).
+      assert.deepEqual(await images('20200101120000+0500'), ['1', '3', '4']);
+      assert.deepEqual(await images('20200101000000+0000-20200101100000+0000'), ['1', '3']);
+      assert.deepEqual(await images('20200101200000+0000'), ['2']);
+      // A key without an offset is in the query's Timezone Offset From UTC; without one, as written.
+      assert.deepEqual(await images('20200101070000', '+0000'), ['1', '3']);
+      assert.deepEqual(await images('20200101120000'), ['1', '2', '3', '4']);
+    } finally {
+      await close();
+    }
   });
 });
 

@@ -86,7 +86,7 @@ import {
   type CatalogDb,
   type NewestInstance,
 } from '../catalog.ts';
-import { Tags } from '../../../codec/dictionary.ts';
+import { Tags, vrOf } from '../../../codec/dictionary.ts';
 import {
   LEVEL_DEPTH,
   QUERY_LEVELS_OF_ROOT,
@@ -224,10 +224,18 @@ function compileQuery(request: QueryRequest): Compiled {
   const rootAndLevel = checkRootAndLevel(request);
   if (!rootAndLevel.ok) return rootAndLevel;
   const keyCharacterSet = request.keys.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+  // PS3.4 C.2.2.2.5.1: the query's Timezone Offset From UTC is the offset of its DT values that carry none.
+  const keyTimezone = request.keys.find((element) => element.tag === Tags.TimezoneOffsetFromUTC)?.value;
   const keys: CompiledKey[] = [];
   const seenTags = new Set<Tag>();
-  for (const element of request.keys) {
-    if (element.tag === Tags.QueryRetrieveLevel || (element.tag & 0xffff) === 0) continue;
+  for (const sent of request.keys) {
+    if (sent.tag === Tags.QueryRetrieveLevel || (sent.tag & 0xffff) === 0) continue;
+    // The matching type follows the attribute's VR (PS3.6), not the one the requestor wrote in an explicit
+    // VR identifier: a StudyInstanceUID key sent as LO with `1.3*` was wildcard-matched (hunt 85), where UI
+    // takes no wildcards (PS3.4 C.2.2.2.4). The response carries the attribute's VR too. Private keys
+    // (never matched) and attributes of several possible VRs keep the one sent.
+    const dictionaryVr = (sent.tag >>> 16) % 2 === 1 ? undefined : vrOf(sent.tag);
+    const element = dictionaryVr === undefined || dictionaryVr === sent.vr ? sent : { ...sent, vr: dictionaryVr };
     // Command (0000) and File Meta (0002) elements are not data set attributes: neither matched nor returned
     // (Orthanc 1.10 sends (0002,0002) in IMAGE-level queries, which then matched nothing: helper 47).
     const group = element.tag >>> 16;
@@ -237,7 +245,7 @@ function compileQuery(request: QueryRequest): Compiled {
     const computed = COMPUTED_ATTRIBUTES.get(element.tag);
     const isPrivate = (element.tag >>> 16) % 2 === 1;
     const level = computed?.level ?? (isPrivate ? 'IMAGE' : attributeLevelOf(element.tag));
-    const compiledMatcher = compileKeyMatcher(element.vr, element.value, keyCharacterSet);
+    const compiledMatcher = compileKeyMatcher(element.vr, element.value, keyCharacterSet, keyTimezone);
     if (!compiledMatcher.ok) {
       return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
     }
@@ -265,7 +273,7 @@ function compileQuery(request: QueryRequest): Compiled {
 
 /** The matcher of a Required Key that also matches an unknown (zero-length) value: PS3.4 C.2.2.1.2. */
 function matchingUnknown(matcher: ValueMatcher, vr: string): ValueMatcher {
-  return { ...matcher, matches: (stored, storedCharacterSet) => isUnknownValue(vr, stored) || matcher.matches(stored, storedCharacterSet) };
+  return { ...matcher, matches: (stored, storedCharacterSet, storedTimezone) => isUnknownValue(vr, stored) || matcher.matches(stored, storedCharacterSet, storedTimezone) };
 }
 
 /** Checks a C-FIND request; on failure gives the C-FIND status and an Error Comment. */
@@ -651,9 +659,10 @@ async function* newestMatchingEntities(
 /** Whether an entity whose newest instance has these attributes may match every one of `keys` (not computed): one it has no value for may come from an older instance. */
 function mayMatchNewestAttributes(keys: CompiledKey[], stored: Map<Tag, DicomElement>): boolean {
   const characterSet = stored.get(Tags.SpecificCharacterSet)?.value;
+  const timezone = stored.get(Tags.TimezoneOffsetFromUTC)?.value;
   return keys.every((key) => {
     const value = stored.get(key.element.tag)?.value;
-    return value === undefined || value === '' || key.matcher.matches(value, characterSet);
+    return value === undefined || value === '' || key.matcher.matches(value, characterSet, timezone);
   });
 }
 
@@ -735,9 +744,10 @@ function patientParts(aggregate: EntityAggregate): Map<string, Set<string>> {
  */
 function matchesStoredKeys(keys: CompiledKey[], stored: Map<Tag, DicomElement>, aggregate: EntityAggregate): boolean {
   const storedCharacterSet = stored.get(Tags.SpecificCharacterSet)?.value;
+  const storedTimezone = stored.get(Tags.TimezoneOffsetFromUTC)?.value;
   for (const key of keys) {
     if (key.computed || !key.isMatching) continue;
-    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet)) continue;
+    if (key.matcher.matches(stored.get(key.element.tag)?.value, storedCharacterSet, storedTimezone)) continue;
     const otherPatientId = key.element.tag === Tags.PatientID ? [...aggregate.patientIds].find((id) => key.matcher.matches(id, storedCharacterSet)) : undefined;
     if (otherPatientId === undefined) return false;
     stored.set(Tags.PatientID, { tag: Tags.PatientID, vr: 'LO', value: otherPatientId });
