@@ -25,7 +25,7 @@ test('a path that is no resource is 404 whatever the method; a resource asked wi
 });
 
 test('connections beyond maxConnections are closed at once, and served again once others close', async (t) => {
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, maxConnections: 2 });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, maxConnections: 2, maxConnectionsPerClient: 2 });
   t.after(() => server.stop());
   const idle: Socket[] = [];
   for (let i = 0; i < 2; i++) {
@@ -41,7 +41,8 @@ test('connections beyond maxConnections are closed at once, and served again onc
 });
 
 test('one client holds at most its share of the connections: beyond it a 503, while another address still gets in (hunt 85: slow uploads took them all)', async (t) => {
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, maxConnections: 8, maxConnectionsPerClient: 2 });
+  let healthChecks = 0;
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => (healthChecks++, true), maxConnections: 8, maxConnectionsPerClient: 2 });
   t.after(() => server.stop());
   const held: Socket[] = [];
   t.after(() => held.forEach((socket) => socket.destroy()));
@@ -59,6 +60,20 @@ test('one client holds at most its share of the connections: beyond it a 503, wh
   });
   assert.match(answer, /^HTTP\/1\.1 503 /);
   assert.match(answer, /ERR_HTTP_TOO_MANY_CONNECTIONS/);
+  // A client that ignores the half-close and goes on sending is cut, and what it sends is not served.
+  const stubborn = connect({ port: server.port, host: '127.0.0.1', localAddress: '127.0.0.2', allowHalfOpen: true });
+  held.push(stubborn);
+  let stubbornClosed = false;
+  stubborn.on('error', () => undefined);
+  stubborn.on('close', () => (stubbornClosed = true));
+  await new Promise((resolve) => stubborn.once('connect', resolve));
+  const healthChecksBefore = healthChecks;
+  for (let i = 0; i < 5 && !stubbornClosed; i++) {
+    stubborn.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  assert.ok(stubbornClosed, 'the refused connection is closed both ways');
+  assert.equal(healthChecks, healthChecksBefore, 'nothing it sent was served');
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/healthz`, { signal: AbortSignal.timeout(2000) })).status, 200, 'another address is served');
   held[0]!.destroy();
   await new Promise((r) => setTimeout(r, 100));

@@ -178,7 +178,13 @@ function forgetPeer(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
 export async function startHttpServer(init: HttpServerInit): Promise<RunningHttpServer> {
   let ownAddress = `${init.host}:${init.port}`;
   let stopping = false;
+  /** Connections refused by the per-address cap (see below): a request that still arrives on one is dropped. */
+  const refused = new WeakSet<Socket>();
   const server: Server = createServer((req, res) => {
+    if (refused.has(req.socket)) {
+      req.socket.destroy();
+      return;
+    }
     closeWithConnection(req, res);
     if (stopping) {
       // A request on a connection kept alive from before the stop: the client should ask another site.
@@ -219,7 +225,8 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // quarter at most, so the others still get in.
   const perClientMax = init.maxConnectionsPerClient ?? Math.max(1, Math.floor(server.maxConnections / 4));
   const openByClient = new Map<string, number>();
-  server.on('connection', (socket: Socket) => {
+  // Ahead of the HTTP server's own listener, which attaches the request parser.
+  server.prependListener('connection', (socket: Socket) => {
     const client = socket.remoteAddress ?? '';
     const open = (openByClient.get(client) ?? 0) + 1;
     openByClient.set(client, open);
@@ -229,8 +236,12 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
       else openByClient.set(client, left);
     });
     if (open <= perClientMax) return;
+    // Closed both ways once the answer is out (or after a second): a client that ignores the half-close and
+    // goes on sending would otherwise keep the connection, and have its requests served (review 88).
+    refused.add(socket);
     const body = JSON.stringify({ error: `this address has ${perClientMax} connections open here, the most one client may hold: close some and retry`, code: 'ERR_HTTP_TOO_MANY_CONNECTIONS' });
-    socket.end(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nretry-after: 5\r\nconnection: close\r\n\r\n${body}`);
+    socket.end(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nretry-after: 5\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy());
+    setTimeout(() => socket.destroy(), 1000).unref();
   });
   // Requests the HTTP parser refuses (headers over 16 KiB, an unknown method, a malformed line) get a JSON
   // body too, as every other refusal on this port does.
