@@ -691,6 +691,8 @@ test('a copied --site: copies go to the peer that keeps the site (started first)
   const fromTwin = run(written.state, ackFrom('peer-b1'));
   assert.equal(acks(fromTwin.effects).length, 0, "the twin's copy is not the site's: no quorum on it");
   assert.ok(!fromTwin.effects.some((e) => e.type === 'removeDebt'), 'the site is still owed its copy');
+  assert.ok(!fromTwin.effects.some((e) => e.type === 'replicate'), 'the transfer to the holder keeps its slot: not sent again');
+  assert.equal(fromTwin.state.replicationsInFlight.size, 1);
   const fromHolder = run(fromTwin.state, ackFrom('peer-b9'));
   assert.deepEqual(acks(fromHolder.effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
   assert.ok(fromHolder.effects.some((e) => e.type === 'removeDebt' && e.siteName === 'site-b'));

@@ -745,10 +745,11 @@ function onReplicaAck(
 
 /** onReplicaAck without the refill; returns whether the copy's transfer slot was freed. */
 function takeReplicaAck(state: CustodyState, from: string, sopInstanceUid: string, siteName: string, effects: CustodyEffect[]): boolean {
+  // A later twin's copy is not the site's (see ackCountsForSite): the copy stays owed, and a transfer to the
+  // site's holder still under way keeps its slot (freed here, the drain sent the copy a second time: review 88).
+  if (!ackCountsForSite(state.members, from, siteName)) return false;
   const key = debtKey(sopInstanceUid, siteName);
   const wasInFlight = state.replicationsInFlight.delete(key);
-  // A later twin's copy is not the site's (see ackCountsForSite): the slot is free, the copy still owed.
-  if (!ackCountsForSite(state.members, from, siteName)) return wasInFlight;
   if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });
   countTowardsQuorum(state, sopInstanceUid, siteName, effects);
   return wasInFlight;
