@@ -10,7 +10,9 @@ export type TranscodeErrorCode =
   /** The transcoder could not take the job: its queue is full, or the peer is stopping. */
   | 'ERR_TRANSCODE_UNAVAILABLE'
   /** Its requestor is gone (the association ended, a C-CANCEL): the work stopped. */
-  | 'ERR_TRANSCODE_CANCELLED';
+  | 'ERR_TRANSCODE_CANCELLED'
+  /** Refused before it ran: converting it would hold more than the pool's per-job bound (transcode-estimate.ts). */
+  | 'ERR_TRANSCODE_TOO_LARGE';
 
 export class TranscodeError extends Error {
   static readonly NAME = 'TranscodeError';
@@ -23,7 +25,7 @@ export class TranscodeError extends Error {
 }
 
 export function isTranscodeErrorCode(value: unknown): value is TranscodeErrorCode {
-  return value === 'ERR_TRANSCODE_UNSUPPORTED' || value === 'ERR_TRANSCODE_FAILED' || value === 'ERR_TRANSCODE_UNAVAILABLE' || value === 'ERR_TRANSCODE_CANCELLED';
+  return value === 'ERR_TRANSCODE_UNSUPPORTED' || value === 'ERR_TRANSCODE_FAILED' || value === 'ERR_TRANSCODE_UNAVAILABLE' || value === 'ERR_TRANSCODE_CANCELLED' || value === 'ERR_TRANSCODE_TOO_LARGE';
 }
 
 /** The error of a transcode whose requestor is gone, wherever it stopped (queue, thread, codec loop). */

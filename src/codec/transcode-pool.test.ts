@@ -219,10 +219,11 @@ function deferredSource(byteLength: number, first: number) {
 const echoWorker = () => scriptedWorker(`if (m.type === 'transcode') parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`);
 const settledSoon = () => new Promise((resolve) => setTimeout(resolve, 30));
 
-test('jobs start while they fit in the running jobs and bytes, one alone whatever its size; waiting ones are not read', async (t) => {
+test('jobs start while they fit in the running jobs and estimated bytes, one alone whatever its size; waiting ones are not read', async (t) => {
   const pool = startPool(t, { workerUrl: echoWorker(), runningJobsMax: 2, runningBytesMax: 100 });
-  const [a, b, c] = [deferredSource(60, 1), deferredSource(30, 2), deferredSource(20, 3)];
-  const done = [a, b, c].map((source) => pool.transcode(source, EXPLICIT, [IMPLICIT]));
+  // Weighed by the estimates given (what the conversions hold), whatever the sources' sizes.
+  const [a, b, c] = [deferredSource(1, 1), deferredSource(1, 2), deferredSource(1, 3)];
+  const done = [a, b, c].map((source, i) => pool.transcode(source, EXPLICIT, [IMPLICIT], { estimatedBytes: [60, 30, 20][i]! }));
   await settledSoon();
   assert.deepEqual([a.started, b.started, c.started], [true, true, false], 'two jobs at most');
   a.release();
@@ -233,8 +234,8 @@ test('jobs start while they fit in the running jobs and bytes, one alone whateve
   c.release();
   await Promise.all(done);
   const [big, small] = [deferredSource(150, 4), deferredSource(10, 5)];
-  const bigDone = pool.transcode(big, EXPLICIT, [IMPLICIT]);
-  const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT]);
+  const bigDone = pool.transcode(big, EXPLICIT, [IMPLICIT], { estimatedBytes: 150 });
+  const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT], { estimatedBytes: 10 });
   await settledSoon();
   assert.deepEqual([big.started, small.started, pool.stats().bytesRunning], [true, false, 150], 'larger than the budget: it runs alone');
   big.release();
@@ -242,6 +243,31 @@ test('jobs start while they fit in the running jobs and bytes, one alone whateve
   await settledSoon();
   small.release();
   assert.deepEqual([...(await smallDone).bytes], [5]);
+});
+
+test('a small source estimated to hold much waits for room, one estimated over jobBytesMax is refused unread, none given weighs 3x its size (hunt 85)', async (t) => {
+  const pool = startPool(t, { workerUrl: echoWorker(), runningJobsMax: 4, runningBytesMax: 100, jobBytesMax: 400 });
+  // A 17 MB JPEG cine decoding to 553 MB was weighed 17 MB: three ran at once, 5 GB.
+  const [cine1, cine2] = [deferredSource(5, 1), deferredSource(5, 2)];
+  const done = [cine1, cine2].map((source) => pool.transcode(source, EXPLICIT, [IMPLICIT], { estimatedBytes: 80 }));
+  await settledSoon();
+  assert.deepEqual([cine1.started, cine2.started, pool.stats().bytesRunning, pool.stats().jobsQueued], [true, false, 80, 1], 'the second waits: together they would hold 160');
+  const huge = deferredSource(5, 3);
+  await assert.rejects(pool.transcode(huge, EXPLICIT, [IMPLICIT], { estimatedBytes: 401 }), isTranscodeError('ERR_TRANSCODE_TOO_LARGE', /^conversion needs ~1 MiB, over 1 MiB: refused/));
+  assert.equal(huge.started, false, 'never read');
+  cine1.release();
+  cine2.release();
+  await Promise.all(done);
+  // Without an estimate: 3x the source (a native conversion's), so 40 bytes weigh 120 and run alone.
+  const [plain, other] = [deferredSource(40, 4), deferredSource(1, 5)];
+  const plainDone = pool.transcode(plain, EXPLICIT, [IMPLICIT]);
+  const otherDone = pool.transcode(other, EXPLICIT, [IMPLICIT], { estimatedBytes: 1 });
+  await settledSoon();
+  assert.deepEqual([plain.started, other.started, pool.stats().bytesRunning], [true, false, 120]);
+  plain.release();
+  other.release();
+  await Promise.all([plainDone, otherDone]);
+  await assert.rejects(pool.transcode(new Uint8Array(200), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_TOO_LARGE'), '600 estimated: over 400');
 });
 
 test("a reader's error comes out as it is, and frees the job's place", async (t) => {

@@ -3,8 +3,11 @@
  * the main thread a 27 MB frame held every association and the heartbeats for 0.4-1.1 s, near the 1.5 s
  * after which the other sites suspect a peer. One thread on these 2 cores leaves the other to the peer.
  *
- * Up to `runningJobsMax` jobs run at once, their instances together within `runningBytesMax` (a larger one
- * runs alone): the thread takes their frames in turn, so each requestor sees progress, as when the codecs
+ * Up to `runningJobsMax` jobs run at once, what they hold together within `runningBytesMax` (a larger one
+ * runs alone), each weighed by what its conversion holds at its peak (TranscodeOptions.estimatedBytes, from
+ * transcode-estimate.ts: a 17 MB JPEG cine decodes to 553 MB and holds ~1.7 GB; weighed by its stored size,
+ * three ran at once, 5 GB: hunt 85); a job estimated over `jobBytesMax` is refused (ERR_TRANSCODE_TOO_LARGE)
+ * before its instance is read. The thread takes their frames in turn, so each requestor sees progress, as when the codecs
  * ran here frame by frame. An instance is read from the store only when its job starts: waiting jobs
  * hold no bytes, and the reading never outruns the thread (reading and hashing the instances of many
  * retrieves at once held this thread for seconds: helper 54). More jobs wait in a bounded queue. A job
@@ -22,6 +25,7 @@ import { Worker } from 'node:worker_threads';
 import type { Clock, TimerHandle } from '../actors/runtime/clock.ts';
 import type { Logger } from '../actors/runtime/logger.ts';
 import { TranscodeError, transcodeCancelled, type TranscodeErrorCode } from './transcode-error.ts';
+import { transcodeJobBytesMax, transcodeTooLarge } from './transcode-estimate.ts';
 
 /** Main thread to worker: a job, a job's cancellation, or (with no job running) drop the codecs' memory. */
 export type TranscodeRequest = TranscodeJob | { type: 'cancel'; jobId: number } | { type: 'releaseCodecs' };
@@ -56,6 +60,11 @@ export interface TranscodeOptions {
   signal?: AbortSignal;
   /** The source is a rendered image (8-bit, one frame, explicit VR LE): made lossy JPEG Baseline at this quality. */
   renderedJpegQuality?: number;
+  /**
+   * Peak bytes the conversion holds (estimateTranscodeBytes): its weight in runningBytesMax, refused over
+   * jobBytesMax. Default: 3x the source's size, a native -> native conversion's.
+   */
+  estimatedBytes?: number;
 }
 
 /** What the retrieve services need: `transcodeDataset`'s contract (transcode.ts), wherever it runs. */
@@ -76,8 +85,10 @@ export interface TranscoderPoolInit {
   workerUrl?: URL;
   /** Jobs at the thread (or reading their instance) at once. */
   runningJobsMax?: number;
-  /** Their instances' bytes together (the thread needs ~2-3x that); one larger instance runs alone. */
+  /** What the running jobs hold together, by their estimates; one larger job runs alone. */
   runningBytesMax?: number;
+  /** A job estimated to hold more is refused (ERR_TRANSCODE_TOO_LARGE), never run. */
+  jobBytesMax?: number;
   /** Jobs waiting to start (they hold no bytes); more are refused. */
   queuedJobsMax?: number;
   /** A job running longer fails and is cancelled: a codec stuck on malformed data must not hold retrieves for ever. */
@@ -95,6 +106,7 @@ export interface TranscoderStats {
   workersStarted: number;
   jobsQueued: number;
   jobsRunning: number;
+  /** The running jobs' estimated bytes together. */
   bytesRunning: number;
   jobsDone: number;
   jobsFailed: number;
@@ -109,7 +121,10 @@ export interface TranscoderPool extends Transcoder {
 
 export const transcoderPoolDefaults = {
   runningJobsMax: 4,
-  runningBytesMax: 256 * 1024 * 1024,
+  // Estimated bytes (what the conversions hold, not their instances' stored size): a 340 MB native instance
+  // or pixels decoding to 340 MB fill it; one larger, up to jobBytesMax, runs alone.
+  runningBytesMax: 1024 * 1024 * 1024,
+  jobBytesMax: transcodeJobBytesMax,
   queuedJobsMax: 64,
   // A 300 MB multi-frame instance in JPEG-LS takes ~15 s here alone: ample room for sharing and slower machines.
   jobTimeoutMs: 300_000,
@@ -121,7 +136,8 @@ export const transcoderPoolDefaults = {
 interface Job {
   jobId: number;
   source: TranscodeSource | undefined;
-  byteLength: number;
+  /** Its estimated peak bytes: its weight in runningBytesMax. */
+  weight: number;
   fromTransferSyntaxUid: string;
   acceptableTransferSyntaxUids: string[];
   renderedJpegQuality: number | undefined;
@@ -141,6 +157,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   const workerUrl = init.workerUrl ?? defaultWorkerUrl();
   const runningJobsMax = init.runningJobsMax ?? d.runningJobsMax;
   const runningBytesMax = init.runningBytesMax ?? d.runningBytesMax;
+  const jobBytesMax = init.jobBytesMax ?? d.jobBytesMax;
   const queuedJobsMax = init.queuedJobsMax ?? d.queuedJobsMax;
   const jobTimeoutMs = init.jobTimeoutMs ?? d.jobTimeoutMs;
   const stuckGraceMs = init.stuckGraceMs ?? d.stuckGraceMs;
@@ -187,7 +204,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   function pump(): void {
     while (!stopped && queue.length > 0) {
       const next = queue[0]!;
-      if (running.size > 0 && (running.size >= runningJobsMax || bytesRunning + next.byteLength > runningBytesMax)) return;
+      if (running.size > 0 && (running.size >= runningJobsMax || bytesRunning + next.weight > runningBytesMax)) return;
       queue.shift();
       start(next);
     }
@@ -197,7 +214,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     clearIdleTimers();
     job.phase = 'reading';
     running.set(job.jobId, job);
-    bytesRunning += job.byteLength;
+    bytesRunning += job.weight;
     void (async () => {
       let bytes: Uint8Array;
       try {
@@ -239,7 +256,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   /** The job leaves its slot: the next ones may start, or the idle timers run. */
   function finish(job: Job): void {
     if (!running.delete(job.jobId)) return;
-    bytesRunning -= job.byteLength;
+    bytesRunning -= job.weight;
     for (const timer of job.timers) clock.clearTimeout(timer);
     job.timers = [];
     if (worker && ![...running.values()].some((j) => j.phase === 'atThread')) worker.unref();
@@ -335,11 +352,18 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
       if (!(source instanceof Uint8Array) && (typeof source?.read !== 'function' || !Number.isSafeInteger(byteLength) || byteLength < 0)) {
         return Promise.reject(new TranscodeError('ERR_TRANSCODE_FAILED', 'the source must be bytes or { byteLength, read() }'));
       }
+      const estimated = Number(options.estimatedBytes);
+      const weight = Number.isFinite(estimated) && estimated >= 0 ? estimated : 3 * byteLength;
+      const tooLarge = transcodeTooLarge(weight, jobBytesMax);
+      if (tooLarge !== undefined) {
+        log.warn('a transcode was refused: it would hold too much memory', { estimatedBytes: weight, jobBytesMax, sourceBytes: byteLength, from: fromTransferSyntaxUid, to: acceptableTransferSyntaxUids.join(',') });
+        return Promise.reject(new TranscodeError('ERR_TRANSCODE_TOO_LARGE', tooLarge));
+      }
       return new Promise<TranscodeResult>((resolve, reject) => {
         const job: Job = {
           jobId: nextJobId++,
           source,
-          byteLength,
+          weight,
           fromTransferSyntaxUid: String(fromTransferSyntaxUid),
           acceptableTransferSyntaxUids: Array.from(acceptableTransferSyntaxUids, String),
           renderedJpegQuality: options.renderedJpegQuality,

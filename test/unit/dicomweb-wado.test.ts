@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
+import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
 import { TransferSyntax, makeInstanceWithInfo, type InstanceOptions } from '../support/synthetic-dicom.ts';
 
 const study = '1.2.826.0.1.3680043.10.1453.201.1';
@@ -236,6 +237,31 @@ describe('WADO-RS', () => {
     assert.equal(parseMultipart(whole.body, whole.contentType).length, 2);
     const refused = await retrieve(`/studies/${mixedStudy}/series/${mixedStudy}.1/instances/${mixedStudy}.1.2`, jpeg2000);
     assert.equal(refused.status, 406);
+  });
+
+  it('answers 413 naming the bound for an instance whose conversion would hold too much, leaves it out of a study (206), and sends it as stored (hunt 85)', async () => {
+    // Its header claims 65535 x 65535 RGB: decoding it would hold ~38 GB. Weighed by its stored size, it was decoded.
+    const big = oversizedJpegInstance('86413');
+    const body = Buffer.concat([Buffer.from('--b\r\nContent-Type: application/dicom\r\n\r\n'), big.file, Buffer.from('\r\n--b--\r\n')]);
+    const stored = await fetch(`${base}/studies`, { method: 'POST', body, headers: { 'content-type': 'multipart/related; type="application/dicom"; boundary=b' } });
+    assert.equal(stored.status, 200, await stored.text());
+    const path = `/studies/${big.studyUid}/series/${big.seriesUid}/instances/${big.sopInstanceUid}`;
+    const refused = await retrieve(path);
+    assert.equal(refused.status, 413, refused.body.toString());
+    const error = JSON.parse(refused.body.toString()) as { error: string; code?: string };
+    assert.equal(error.code, 'ERR_DICOMWEB_TOO_LARGE');
+    assert.match(error.error, /is not converted to 1\.2\.840\.10008\.1\.2\.1: conversion needs ~\d+ MiB, over 2048 MiB: refused.*transfer-syntax=\* or 1\.2\.840\.10008\.1\.2\.4\.50/);
+    const asStored = await retrieve(path, 'multipart/related; type="application/dicom"; transfer-syntax=*');
+    assert.equal(asStored.status, 200);
+    const [part] = parseMultipart(asStored.body, asStored.contentType);
+    assert.equal(splitPart10(part!.body).transferSyntaxUid, '1.2.840.10008.1.2.4.50');
+    // Beside an instance that converts: a 206 sending that one, with a Warning naming the other.
+    const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+    assert.equal((await store.storeInstance({ study: { uid: big.studyUid }, series: { uid: big.seriesUid }, rows: 4, columns: 4, bitsAllocated: 8 })).command.status, Status.Success);
+    await store.client.release();
+    const some = await retrieve(`/studies/${big.studyUid}`);
+    assert.equal(some.status, 206);
+    assert.equal(parseMultipart(some.body, some.contentType).length, 1);
   });
 
   it('WADO-URI: sends an instance as a DICOM file at /wado (and under /dicom-web), Explicit VR Little Endian by default, as stored with transferSyntax=*', async () => {

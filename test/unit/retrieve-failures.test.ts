@@ -20,6 +20,7 @@ import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { parseDataset } from '../../src/codec/dataset/reader.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
+import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
 
 const studyRootMove = '1.2.840.10008.5.1.4.1.2.2.2';
 const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
@@ -365,6 +366,40 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
   assert.ok(comment.length <= 64);
   const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
+});
+
+test('a C-GET of an instance whose conversion would hold too much: a failed sub-operation saying why, logged whole, never decoded (hunt 85)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'getter-too-large', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  // Stored as JPEG Baseline, its header claiming 65535 x 65535 RGB: ~38 GB to decode. Weighed by its stored
+  // size it went to the codec (a 17 MB cine decoding to 553 MB took 1.7 GB, three at once 5 GB).
+  const big = oversizedJpegInstance('86401');
+  const body = Buffer.concat([Buffer.from('--b\r\nContent-Type: application/dicom\r\n\r\n'), big.file, Buffer.from('\r\n--b--\r\n')]);
+  const stored = await fetch(`http://127.0.0.1:${peer.httpPort}/dicom-web/studies`, { method: 'POST', body, headers: { 'content-type': 'multipart/related; type="application/dicom"; boundary=b' } });
+  assert.equal(stored.status, 200, await stored.text());
+  const client = await openPeerClient(
+    peer.dicomPort,
+    'GETTER',
+    [
+      { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      { abstractSyntaxUid: big.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+    ],
+    { roleSelections: [{ sopClassUid: big.sopClassUid, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
+  );
+  t.after(() => client.abort());
+  const final = await client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: big.studyUid }], TransferSyntax.ExplicitVrLittleEndian),
+  );
+  assert.equal(final.command.status, Status.OutOfResourcesSubOps);
+  assert.equal(final.command.failedSubOperations, 1);
+  assert.match(final.command.errorComment ?? '', /^all 1 failed: conversion needs ~\d+ MiB, over 2048 MiB/);
+  assert.ok((final.command.errorComment ?? '').length <= 64);
+  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  assert.match(Object.keys(reasons ?? {})[0] ?? '', /over 2048 MiB: refused; the instance is sent as stored to a receiver that accepts its transfer syntax$/);
+  assert.ok(lines.some((l) => l.message === 'a transcode was refused: it would hold too much memory'));
 });
 
 test('a C-GET whose association is aborted while its instance waits at the transcoder: the transcode is cancelled, its place freed', { timeout: 60_000 }, async (t) => {

@@ -413,7 +413,8 @@ async function toExplicitLittleEndian(ctx: DicomWebContext, exchange: DicomWebEx
   if (decodedPixelBytes > decodedPixelBytesMax) {
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${instanceUid} decodes to ${decodedPixelBytes} bytes of pixels (more than ${decodedPixelBytesMax}): ask for its frames as stored (transfer-syntax=${fromSyntax})`);
   }
-  return (await convertInstance(ctx, exchange, bytes, fromSyntax, EXPLICIT_LE, instanceUid)).bytes;
+  // Weighed in the transcoder by what decoding holds (transcode-estimate.ts), not by the stored size.
+  return (await convertInstance(ctx, exchange, bytes, fromSyntax, EXPLICIT_LE, instanceUid, { estimatedBytes: bytes.byteLength + 3 * decodedPixelBytes })).bytes;
 }
 
 async function sendFrames(exchange: DicomWebExchange, route: FramesRoute, representation: FrameRepresentation, frames: readonly Uint8Array[]): Promise<void> {

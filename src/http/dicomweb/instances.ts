@@ -189,24 +189,28 @@ export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: 
 export async function convertInstance(
   ctx: DicomWebContext,
   exchange: DicomWebExchange,
-  bytes: Uint8Array,
+  input: Uint8Array | { byteLength: number; read(): Promise<Uint8Array> },
   fromSyntax: string,
   toSyntax: string,
   instanceUid: string,
-  options: { renderedJpegQuality?: number } = {},
+  options: { renderedJpegQuality?: number; estimatedBytes?: number } = {},
 ): Promise<TranscodeResult> {
   const cancel = new AbortController();
   const onClose = () => cancel.abort();
   exchange.res.once('close', onClose);
-  let held: Uint8Array | undefined = bytes;
-  const source = {
-    byteLength: bytes.byteLength,
-    read: async () => {
-      const taken = held!;
-      held = undefined;
-      return taken;
-    },
-  };
+  let held: Uint8Array | undefined = input instanceof Uint8Array ? input : undefined;
+  // Bytes given are handed over when the job starts; a reader given reads then (nothing held while waiting).
+  const source =
+    input instanceof Uint8Array
+      ? {
+          byteLength: input.byteLength,
+          read: async () => {
+            const taken = held!;
+            held = undefined;
+            return taken;
+          },
+        }
+      : input;
   try {
     return await ctx.transcoder.transcode(source, fromSyntax, [toSyntax], { signal: cancel.signal, ...options });
   } catch (error) {
@@ -216,6 +220,8 @@ export async function convertInstance(
         throw new DicomWebError(503, 'ERR_DICOMWEB_TRANSCODER_BUSY', `instance ${instanceUid} cannot be converted now: ${error.message}`);
       case 'ERR_TRANSCODE_CANCELLED':
         throw new DicomWebError(499, 'ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection during the conversion');
+      case 'ERR_TRANSCODE_TOO_LARGE':
+        throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${instanceUid} (stored as ${fromSyntax}) is not converted to ${toSyntax}: ${error.message} (transfer-syntax=* or ${fromSyntax})`);
       case 'ERR_TRANSCODE_UNSUPPORTED':
       case 'ERR_TRANSCODE_FAILED':
         ctx.log.warn('DICOMweb: an instance could not be converted', { instanceUid, from: fromSyntax, to: toSyntax, error: errorText(error) });

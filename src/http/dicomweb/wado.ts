@@ -15,6 +15,7 @@ import { parseDatasetTree, type TreeElement } from '../../codec/dataset/tree.ts'
 import { binaryVrs, layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets.ts';
+import { estimateTranscodeBytes, transcodeJobBytesMax, transcodeTooLarge } from '../../codec/transcode-estimate.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
@@ -83,6 +84,19 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     const leftSyntaxes = [...new Set(left.map((entry) => entry.transferSyntaxUid))].join(', ');
     headers.warning = `299 pacs-mesh "${left.length} of ${selected.length} instances cannot be converted to ${syntax} (stored as ${leftSyntaxes}) and are left out; transfer-syntax=* sends every one as stored. First left out: ${left[0]!.sopInstanceUid}"`;
   }
+  if (syntax !== '*') {
+    // Instances too large to convert are left out (a 206 saying why) rather than cut the response when
+    // their turn comes; when none is left, the first one's 413.
+    const target = syntax;
+    const fits = entries.filter((entry) => transcodeTooLarge(estimateTranscodeBytes(entry, target)) === undefined);
+    if (fits.length === 0) refuseTooLargeConversion(entries[0]!, target, estimateTranscodeBytes(entries[0]!, target));
+    if (fits.length < entries.length) {
+      const first = entries.find((entry) => !fits.includes(entry))!;
+      const tooLarge = `299 pacs-mesh "${entries.length - fits.length} of ${selected.length} instances would hold more than ${transcodeJobBytesMax} bytes converted to ${target} and are left out; transfer-syntax=* sends them as stored. First left out: ${first.sopInstanceUid}"`;
+      headers.warning = headers.warning === undefined ? tooLarge : `${headers.warning}, ${tooLarge}`;
+      entries = fits;
+    }
+  }
   const status = entries.length < selected.length ? 206 : 200;
   const { res } = exchange;
   if (exchange.req.method === 'HEAD') {
@@ -141,11 +155,35 @@ export async function part10File(
     const { chunks } = await readInstanceChunks(ctx, entry);
     return { transferSyntaxUid: target, body: [header(target), ...chunks] };
   }
-  const transcoded = await holdingInstance(ctx, exchange, entry.byteLength * 6, async () => {
-    const { entry: local, bytes } = await readWholeInstance(ctx, entry);
-    return convertInstance(ctx, exchange, bytes, local.transferSyntaxUid, target, entry.sopInstanceUid);
-  });
+  // Weighed by what the conversion holds (a 17 MB JPEG cine decodes to 553 MB), the same estimate the
+  // transcoder admits it by; one it would refuse is refused here before anything is read or waited for.
+  const estimatedBytes = estimateTranscodeBytes(entry, target);
+  refuseTooLargeConversion(entry, target, estimatedBytes);
+  // The instance is read when the transcoder takes the job, not before: read here, it was held while the
+  // job waited behind C-GET / C-MOVE conversions (the two budgets are apart).
+  const source = {
+    byteLength: entry.byteLength,
+    read: async () => {
+      const { entry: local, bytes } = await readWholeInstance(ctx, entry);
+      if (local.transferSyntaxUid !== entry.transferSyntaxUid) {
+        throw new DicomWebError(503, 'ERR_DICOMWEB_UNAVAILABLE', `the copy of ${entry.sopInstanceUid} read is stored as ${local.transferSyntaxUid}, not ${entry.transferSyntaxUid}: retry`);
+      }
+      return bytes;
+    },
+  };
+  const transcoded = await holdingInstance(ctx, exchange, estimatedBytes, () => convertInstance(ctx, exchange, source, entry.transferSyntaxUid, target, entry.sopInstanceUid, { estimatedBytes }));
   return { transferSyntaxUid: transcoded.transferSyntaxUid, body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
+}
+
+/** A 413 naming the bound and how to have the instance (as stored) when converting it would hold too much. */
+function refuseTooLargeConversion(entry: CatalogEntry, target: string, estimatedBytes: number): void {
+  const tooLarge = transcodeTooLarge(estimatedBytes);
+  if (tooLarge === undefined) return;
+  throw new DicomWebError(
+    413,
+    'ERR_DICOMWEB_TOO_LARGE',
+    `instance ${entry.sopInstanceUid} (stored as ${entry.transferSyntaxUid}, ${entry.byteLength} bytes) is not converted to ${target}: ${tooLarge} (transfer-syntax=* or ${entry.transferSyntaxUid}); a conversion may hold at most ${transcodeJobBytesMax} bytes`,
+  );
 }
 
 export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {

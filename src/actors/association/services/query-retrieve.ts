@@ -17,6 +17,7 @@ import { checkedStream, checkedWhole, checkedWholeBytesMax } from '../../storage
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
 import { canTranscodeInstance, needsEncoding } from '../../../codec/transcode-targets.ts';
+import { estimateTranscodeBytes } from '../../../codec/transcode-estimate.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 
 /** Sends one DIMSE message on the association that carries the request. */
@@ -437,7 +438,9 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       // Only when the receiver refuses the stored syntax. Transcoding needs the whole instance in memory; it is
       // read when the transcoder takes the job, so that a job waiting its turn holds no bytes.
       const source = { byteLength: entry.byteLength, read: () => readLocal(checkedWhole(store, entry)) };
-      const transcoded = await whileOurs(ctx.transcoder.transcode(source, entry.transferSyntaxUid, [picked.transferSyntaxUid], { signal: ctx.signal }));
+      // Weighed, and refused over its bound, by what the conversion holds, not by the stored size (hunt 85).
+      const estimatedBytes = estimateTranscodeBytes(entry, picked.transferSyntaxUid);
+      const transcoded = await whileOurs(ctx.transcoder.transcode(source, entry.transferSyntaxUid, [picked.transferSyntaxUid], { signal: ctx.signal, estimatedBytes }));
       status = await storeAt(transcoded.bytes);
     }
     return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
