@@ -216,6 +216,15 @@ async function siteAOnSmallTmpfs(t: TestContext) {
   return { tmpfs, mesh, lines, a, fillDisk };
 }
 
+/** Sites A and B connected, then B stopped with its data directory kept for a restart: where these tests start. */
+async function siteBAway(mesh: TestMesh): Promise<{ a: Awaited<ReturnType<TestMesh['start']>>; bDir: string }> {
+  const a = await mesh.start('site-a');
+  const b = await mesh.start('site-b');
+  await mesh.connected('site-a', 'site-b');
+  await mesh.stop('site-b');
+  return { a, bDir: b.dir };
+}
+
 describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
   const meshes: TestMesh[] = [];
   after(async () => {
@@ -252,11 +261,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
   it('site down: 0xA700 with quorum 2; debt persisted, survives a restart and a crash of custody, drains when the site is back', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh(2, 1000);
     meshes.push(mesh);
-    let a = await mesh.start('site-a');
-    const b = await mesh.start('site-b');
-    await mesh.connected('site-a', 'site-b');
-    const bDir = b.dir;
-    await mesh.stop('site-b');
+    let { a, bDir } = await siteBAway(mesh);
     const uid = newUid();
     const bytes = randomBytes(100_000);
     const refused = await cstore(a.custody.ingest, uid, bytes);
@@ -290,11 +295,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
   it('copies a returning site receives in a batch are taken by custody a commit group at a time, not one step each', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);
-    const a = await mesh.start('site-a');
-    const b = await mesh.start('site-b');
-    await mesh.connected('site-a', 'site-b');
-    const bDir = b.dir;
-    await mesh.stop('site-b');
+    const { a, bDir } = await siteBAway(mesh);
     const count = 40;
     for (let i = 0; i < count; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(20_000))).status, 0);
     assert.equal(a.custody.stats().debtEntries, count);
@@ -360,11 +361,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
   it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
     meshes.push(mesh);
-    const a = await mesh.start('site-a');
-    const b = await mesh.start('site-b');
-    await mesh.connected('site-a', 'site-b');
-    const bDir = b.dir;
-    await mesh.stop('site-b');
+    const { a, bDir } = await siteBAway(mesh);
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(100_000))).status, 0, 'alone: quorum 1, a copy owed to site-b');
     const entry = (await a.store.getEntry(uid))!;
