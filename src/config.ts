@@ -35,6 +35,8 @@ export interface PeerConfig {
   associationsPerPeer: number;
   /** An established association silent this long (no operation running) is aborted. */
   idleTimeoutMs: number;
+  /** HTTP connections one address may hold at once (0: no cap of its own); undefined: a quarter of the port's. */
+  httpConnectionsPerClient?: number;
   // The mesh (issue 3).
   swarmKeyFile?: string;
   p2pPort: number;
@@ -202,6 +204,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--max-pdu': { takesValue: true, apply: (c, v) => (c.maxPduLength = wholeNumberIn(v, '--max-pdu', 4096, 4 * 1024 * 1024)) },
   '--max-associations': { takesValue: true, apply: (c, v) => (c.maxAssociations = wholeNumberIn(v, '--max-associations', 1, 10_000)) },
   '--associations-per-peer': { takesValue: true, apply: (c, v) => (c.associationsPerPeer = wholeNumberIn(v, '--associations-per-peer', 1, 10_000)) },
+  '--http-connections-per-client': { takesValue: true, apply: (c, v) => (c.httpConnectionsPerClient = wholeNumberIn(v, '--http-connections-per-client', 0, 1024)) },
   '--idle-timeout': {
     takesValue: true,
     apply: (c, v) => {
@@ -305,6 +308,7 @@ start options (defaults in brackets):
   --host IP                   address the DICOM and HTTP ports bind to [0.0.0.0]
   --dicom-port N              DICOM port [11112]
   --http-port N               HTTP port for /healthz and /api [8042]
+  --http-connections-per-client N  HTTP connections one address may hold, of 1024 (0: no cap; a reverse proxy) [256]
   --move-dest AET=host:port   C-MOVE destination, repeatable ([IPv6]:port in brackets); persisted in DIR/ae-directory.json
   --allow-calling AET,...     only these calling AE titles may associate [any]
   --max-pdu N                 maximum PDU length we receive [262144]

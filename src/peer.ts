@@ -227,6 +227,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     http = await startHttpServer({
       host: config.host,
       port: config.httpPort,
+      ...(config.httpConnectionsPerClient === undefined ? {} : { maxConnectionsPerClient: config.httpConnectionsPerClient === 0 ? Number.POSITIVE_INFINITY : config.httpConnectionsPerClient }),
       isHealthy: () => healthy,
       dicomWeb: {
         store,

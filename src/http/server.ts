@@ -27,7 +27,7 @@ export interface HttpServerInit {
   forgetPeer?: (peerId: string) => ForgetPeerOutcome;
   /** Connections open at once; beyond it new ones are closed. Default 1024. */
   maxConnections?: number;
-  /** Connections open at once from one address; beyond it new ones get a 503 and are closed. Default a quarter of maxConnections. */
+  /** Connections open at once from one address; beyond it new ones get a 503 and are closed. Default a quarter of maxConnections (--http-connections-per-client). */
   maxConnectionsPerClient?: number;
   /** Starts a scrub pass now and returns the scrub's figures; undefined when the scrub is off. */
   scrubNow?: () => object | undefined;

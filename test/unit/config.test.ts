@@ -27,7 +27,7 @@ test('every option parses, in both --name value and --name=value forms', () => {
     '--max-associations', '8', '--idle-timeout', '30', '--swarm-key', 'k', '--p2p-port', '4101',
     '--bootstrap', `/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, '--write-quorum', '2', '--priority', '5',
     '--roster', `${peerId},${peerId}`, '--associations-per-peer', '4', '--log-level', 'warn',
-    '--scrub-mb-per-s', '2.5', '--site-peers', 'several',
+    '--scrub-mb-per-s', '2.5', '--site-peers', 'several', '--http-connections-per-client', '0',
   ]);
   assert.equal(config.site, 'cardio');
   assert.equal(config.dataDir, '/tmp/x');
@@ -39,6 +39,9 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.equal(config.associationsPerPeer, 4);
   assert.equal(config.scrubMbPerS, 2.5);
   assert.equal(config.sitePeers, 'several');
+  assert.equal(config.httpConnectionsPerClient, 0, 'no cap per address (behind a reverse proxy)');
+  assert.equal(parseStartArgs([]).httpConnectionsPerClient, undefined, 'a quarter of the port by default');
+  assert.throws(() => parseStartArgs(['--http-connections-per-client', '2000']), /--http-connections-per-client/);
   assert.equal(parseStartArgs(['--scrub-mb-per-s=0']).scrubMbPerS, 0, '0 turns the scrub off');
   assert.deepEqual(parseStartArgs(['--move-dest', 'V6=[::1]:11112']).moveDestinations, { V6: { host: '::1', port: 11112 } }, 'an IPv6 host in brackets');
 });
