@@ -263,6 +263,7 @@ export function runSimulation(options: SimOptions): SimResult {
         knownSiteForgetAfterMs: 24 * 3600_000,
         knownSitesMax: 16,
         forgottenSiteReturnAliveMs: 3 * timings.suspectAfterMs,
+        siteClaimConfirmMs: 2 * timings.deadAfterMs,
       },
       {
         digest: digestOf(peer.durable.store.values()),

@@ -687,7 +687,8 @@ test('a copied --site: copies go to the peer that keeps the site (started first)
   s = run(s, { type: 'viewChanged', members: view, nowMs: 0 }).state;
   const written = store(s, 'r1', '1.2.9', 0);
   assert.deepEqual(written.effects.filter((e) => e.type === 'replicate').map((e) => (e.type === 'replicate' ? e.toPeerId : '')), ['peer-b9']);
-  const ackFrom = (from: string): CustodyInput => ({ type: 'messageReceived', from, message: { type: 'replicaAck', sopInstanceUid: '1.2.9', siteName: 'site-b' }, nowMs: 10 });
+  // Acknowledgements come 10 s on: the holder's claim has lasted (a claim counts against another's once alive 6 s).
+  const ackFrom = (from: string): CustodyInput => ({ type: 'messageReceived', from, message: { type: 'replicaAck', sopInstanceUid: '1.2.9', siteName: 'site-b' }, nowMs: 10_000 });
   const fromTwin = run(written.state, ackFrom('peer-b1'));
   assert.equal(acks(fromTwin.effects).length, 0, "the twin's copy is not the site's: no quorum on it");
   assert.ok(!fromTwin.effects.some((e) => e.type === 'removeDebt'), 'the site is still owed its copy');
@@ -703,6 +704,12 @@ test('a copied --site: copies go to the peer that keeps the site (started first)
   t = run(t, { type: 'viewChanged', members: shared, nowMs: 0 }).state;
   t = store(t, 'r2', '1.2.9', 0).state;
   assert.deepEqual(acks(run(t, ackFrom('peer-b1')).effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
+  // A dead predecessor's late heartbeat (earlier start, another address, alive for a moment): it outranks no one.
+  const lateHeartbeat = [member('peer-a'), at('peer-b1', 2_000, 'new-host:104'), { ...holder, statusSinceMs: 9_900 }];
+  let v = initCustody({ ...config, writeQuorum: 2 }, { digest: createDigest(), debt: [] });
+  v = run(v, { type: 'viewChanged', members: lateHeartbeat, nowMs: 0 }).state;
+  v = store(v, 'r4', '1.2.9', 0).state;
+  assert.equal(acks(run(v, ackFrom('peer-b1')).effects).length, 1, 'the site as it runs now still counts');
   // Once the twin is gone nothing of this applies; nor to a restart at the same address under a new PeerId.
   const sameAddress = [member('peer-a'), at('peer-b1', 2_000, 'hospital-b:104'), holder];
   let u = initCustody({ ...config, writeQuorum: 2 }, { digest: createDigest(), debt: [] });

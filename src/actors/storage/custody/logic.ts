@@ -18,6 +18,7 @@ import {
 import {
   repairLeafBucketsMax,
   repairLeavesKeysPerBucketMinDefault,
+  siteClaimConfirmMsDefault,
   StoreStatus,
   type CustodyConfig,
   type CustodyEffect,
@@ -243,7 +244,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     }
     case 'replicasAcknowledged': {
       let freed = false;
-      for (const ack of input.acks) freed = takeReplicaAck(state, input.fromPeerId, ack.sopInstanceUid, ack.siteName, effects) || freed;
+      for (const ack of input.acks) freed = takeReplicaAck(state, input.fromPeerId, ack.sopInstanceUid, ack.siteName, input.nowMs, effects) || freed;
       // The slots freed, refilled together (see onReplicaAck).
       if (freed) drainDebt(state, input.nowMs, effects);
       break;
@@ -514,14 +515,18 @@ export function aliveReplicaTargets(members: readonly MemberRecord[], selfSiteNa
  * origin and the twin, online at its origin alone once the twin stopped, and forgave the real site's debt.
  * A peer not in the view yet (its acknowledgement outran its heartbeat) is taken at its word.
  */
-function ackCountsForSite(members: readonly MemberRecord[], from: string, siteName: string): boolean {
+function ackCountsForSite(state: CustodyState, from: string, siteName: string, nowMs: number): boolean {
+  const { members } = state;
   const acking = members.find((m) => m.peerId === from);
   if (acking === undefined) return true;
+  const confirmMs = state.config.siteClaimConfirmMs ?? siteClaimConfirmMsDefault;
   return !members.some(
     (m) =>
       m.peerId !== from &&
       m.siteName === siteName &&
       m.status === 'alive' &&
+      // A dead predecessor's late heartbeats make it alive for moments: its claim must last (review 88).
+      nowMs - m.statusSinceMs >= confirmMs &&
       m.addresses.dicom !== acking.addresses.dicom &&
       !(m.siteShared === true && acking.siteShared === true) &&
       sitePrecedence(m, acking) < 0,
@@ -740,14 +745,14 @@ function onReplicaAck(
   effects: CustodyEffect[],
 ): void {
   // A finished transfer frees a slot: offer the next owed copy now rather than at the next tick.
-  if (takeReplicaAck(state, from, sopInstanceUid, siteName, effects)) drainDebt(state, nowMs, effects);
+  if (takeReplicaAck(state, from, sopInstanceUid, siteName, nowMs, effects)) drainDebt(state, nowMs, effects);
 }
 
 /** onReplicaAck without the refill; returns whether the copy's transfer slot was freed. */
-function takeReplicaAck(state: CustodyState, from: string, sopInstanceUid: string, siteName: string, effects: CustodyEffect[]): boolean {
+function takeReplicaAck(state: CustodyState, from: string, sopInstanceUid: string, siteName: string, nowMs: number, effects: CustodyEffect[]): boolean {
   // A later twin's copy is not the site's (see ackCountsForSite): the copy stays owed, and a transfer to the
   // site's holder still under way keeps its slot (freed here, the drain sent the copy a second time: review 88).
-  if (!ackCountsForSite(state.members, from, siteName)) return false;
+  if (!ackCountsForSite(state, from, siteName, nowMs)) return false;
   const key = debtKey(sopInstanceUid, siteName);
   const wasInFlight = state.replicationsInFlight.delete(key);
   if (forgiveCopy(state, key)) effects.push({ type: 'removeDebt', sopInstanceUid, siteName });

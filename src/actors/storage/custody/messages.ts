@@ -87,7 +87,16 @@ export interface CustodyConfig {
    * membership's suspectAfterMs), and undid the operator's forgetting (the simulation found it).
    */
   readonly forgottenSiteReturnAliveMs: number;
+  /**
+   * How long a peer claiming another's site name must have been alive before it outranks that peer's
+   * acknowledgements (see ackCountsForSite): a dead predecessor's late heartbeats make it alive for
+   * moments only. Default siteClaimConfirmMsDefault (membership's own wait: 2 x deadAfterMs wired).
+   */
+  readonly siteClaimConfirmMs?: number;
 }
+
+/** See CustodyConfig.siteClaimConfirmMs. */
+export const siteClaimConfirmMsDefault = 6000;
 
 /** Most buckets a repairLeaves message carries the leaf hashes of (8 KiB each); with more differing, keys are listed by bucket. */
 export const repairLeafBucketsMax = 32;
