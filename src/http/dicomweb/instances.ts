@@ -320,15 +320,12 @@ export async function readToPixelData(
   cutValuesFromBytes = Number.POSITIVE_INFINITY,
 ): Promise<{ head: Buffer; pixelDataOffset: number | undefined; overBound: boolean; cuts: BulkValueCut[] }> {
   const cuts: BulkValueCut[] = [];
-  /** Offsets in `head` of the cut values' 4-byte length fields, set to 0 once head is joined. */
-  const lengthFields: number[] = [];
   let cutBytes = 0;
   const reader = new DatasetHeaderReader({
     transferSyntaxUid,
     onTopLevelValueSkipped: (skipped) => {
       if (skipped.valueLength < cutValuesFromBytes || !skipped.lengthFieldOf4Bytes || !binaryVrs.has(skipped.vr)) return;
       cuts.push({ tag: skipped.tag, vr: skipped.vr, valueOffset: skipped.valueOffset, valueLength: skipped.valueLength });
-      lengthFields.push(skipped.valueOffset - 4 - cutBytes);
       cutBytes += skipped.valueLength;
     },
   });
@@ -345,7 +342,13 @@ export async function readToPixelData(
   const head = () => {
     if (cuts.length === 0 && kept.length === 1) return Buffer.from(kept[0]!.buffer, kept[0]!.byteOffset, kept[0]!.byteLength);
     const joined = Buffer.concat(kept);
-    for (const at of lengthFields) if (at + 4 <= joined.length) joined.fill(0, at, at + 4);
+    // Each cut value's 4-byte length field, just before it, moved back by the values cut before it.
+    let cutBefore = 0;
+    for (const cut of cuts) {
+      const at = cut.valueOffset - 4 - cutBefore;
+      if (at + 4 <= joined.length) joined.fill(0, at, at + 4);
+      cutBefore += cut.valueLength;
+    }
     return joined;
   };
   while (pixelDataOffset === undefined || keptBytes < pixelDataOffset + bytesPastPixelData) {
