@@ -22,6 +22,9 @@ export interface Digest {
   readonly xor: Uint8Array;
   /** leafCount * 32 bytes of XOR accumulators (2 MiB): leaf l is in bucket l >> 8. */
   readonly leafXor: Uint8Array;
+  /** `xor` and `leafXor` as 32-bit words, for digestAdd (byte order does not matter to XOR). */
+  readonly xorWords: Uint32Array;
+  readonly leafXorWords: Uint32Array;
   /** Per leaf, created when its first key comes: uid -> sha256 of the bytes. */
   readonly keys: Array<Map<string, string> | undefined>;
   size: number;
@@ -30,9 +33,13 @@ export interface Digest {
 }
 
 export function createDigest(): Digest {
+  const xor = new Uint8Array(digestBucketCount * digestHashBytes);
+  const leafXor = new Uint8Array(leafCount * digestHashBytes);
   return {
-    xor: new Uint8Array(digestBucketCount * digestHashBytes),
-    leafXor: new Uint8Array(leafCount * digestHashBytes),
+    xor,
+    leafXor,
+    xorWords: new Uint32Array(xor.buffer),
+    leafXorWords: new Uint32Array(leafXor.buffer),
     keys: new Array<Map<string, string> | undefined>(leafCount),
     size: 0,
     root: null,
@@ -86,13 +93,13 @@ export function digestAdd(digest: Digest, sopInstanceUid: string, sha256: string
   if (members.has(sopInstanceUid)) return false;
   // The digest keeps every held instance for the life of the process: only its own copies of the strings.
   members.set(ownString(sopInstanceUid), ownString(sha256));
-  // XOR by 32-bit words (byte order does not matter to XOR): start-up adds every held instance.
+  // XOR by 32-bit words: start-up adds every held instance.
   itemHashBytes.set(itemHash(sopInstanceUid, sha256));
-  const bucketWords = new Uint32Array(digest.xor.buffer, digest.xor.byteOffset + (leaf >> 8) * digestHashBytes, wordsPerHash);
-  const leafWords = new Uint32Array(digest.leafXor.buffer, digest.leafXor.byteOffset + leaf * digestHashBytes, wordsPerHash);
+  const bucketAt = (leaf >> 8) * wordsPerHash;
+  const leafAt = leaf * wordsPerHash;
   for (let i = 0; i < wordsPerHash; i += 1) {
-    bucketWords[i] = (bucketWords[i] as number) ^ (itemHashWords[i] as number);
-    leafWords[i] = (leafWords[i] as number) ^ (itemHashWords[i] as number);
+    digest.xorWords[bucketAt + i] = (digest.xorWords[bucketAt + i] as number) ^ (itemHashWords[i] as number);
+    digest.leafXorWords[leafAt + i] = (digest.leafXorWords[leafAt + i] as number) ^ (itemHashWords[i] as number);
   }
   digest.size += 1;
   digest.root = null;
