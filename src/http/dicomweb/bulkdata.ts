@@ -12,7 +12,8 @@ import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './co
 import { selectInstances, streamInstance } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
-import { instanceHeaderOf, isBinaryVr } from './wado.ts';
+import { instanceHeaderOf } from './wado.ts';
+import { binaryVrs } from '../../codec/dataset/vr.ts';
 
 type BulkDataRoute = Extract<DicomWebRoute, { type: 'bulkdata' }>;
 
@@ -30,7 +31,7 @@ export async function retrieveBulkData(ctx: DicomWebContext, exchange: DicomWebE
   const [entry] = await selectInstances(ctx, { level: 'IMAGE', studyUid: route.studyUid, seriesUid: route.seriesUid, instanceUid: route.instanceUid });
   const header = await instanceHeaderOf(ctx, entry!);
   const element = header.elements.find((candidate) => candidate.tag === route.tag);
-  if (element === undefined || element.valueOffset === undefined || element.valueLength === undefined || !isBinaryVr(element.vr)) {
+  if (element === undefined || element.valueOffset === undefined || element.valueLength === undefined || !binaryVrs.has(element.vr)) {
     throw new DicomWebError(404, 'ERR_DICOMWEB_NO_BULK_DATA', `instance ${route.instanceUid} has no top-level binary value (${tagText}) before its Pixel Data`);
   }
   const size = header.transferSyntaxUid === EXPLICIT_BE ? wordBytes[element.vr] : undefined;

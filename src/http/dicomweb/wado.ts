@@ -276,12 +276,9 @@ function forMetadata(elements: readonly TreeElement[], instanceUrl: string | und
       continue;
     }
     if (element.items !== undefined) kept.push({ ...element, items: element.items.map((item) => forMetadata(item, undefined)) });
-    else if (element.value !== undefined || !isBinaryVr(element.vr)) kept.push(element);
+    else if (element.value !== undefined || !binaryVrs.has(element.vr)) kept.push(element);
     else if (instanceUrl !== undefined) kept.push({ tag: element.tag, vr: element.vr, value: undefined, bulkDataUri: `${instanceUrl}/bulkdata/${jsonTag(element.tag)}` });
   }
   return kept;
 }
 
-export function isBinaryVr(vr: string): boolean {
-  return binaryVrs.has(vr);
-}
