@@ -241,6 +241,19 @@ export function sitePrecedence(
 }
 
 /**
+ * Of two peers claiming one site name, whether `claimant` keeps it against `other`: they are at different
+ * DICOM addresses (one address is one place: a restart, not a conflict), not both told the site has several
+ * peers on purpose, and the claimant has precedence. The pairwise form of siteConflictsOf's rule, for
+ * custody's count of one peer's acknowledgement.
+ */
+export function keepsSiteAgainst(
+  claimant: Pick<MemberRecord, 'incarnation' | 'peerId' | 'addresses' | 'siteShared'>,
+  other: Pick<MemberRecord, 'incarnation' | 'peerId' | 'addresses' | 'siteShared'>,
+): boolean {
+  return claimant.addresses.dicom !== other.addresses.dicom && !(claimant.siteShared === true && other.siteShared === true) && sitePrecedence(claimant, other) < 0;
+}
+
+/**
  * Live peers claiming one site name at two or more DICOM addresses, unless every one of them says the
  * site has several peers on purpose: copies are counted by site, so two places under one name count as
  * one site, and a copy owed to the site goes to either. Self counts at once; another peer once confirmed.

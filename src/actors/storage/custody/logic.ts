@@ -11,7 +11,7 @@
  * one mechanism, and a crash loses no obligation.
  */
 import type { ForgottenSite, MemberRecord, MemberStatus } from '../../membership/messages.ts';
-import { sitePrecedence } from '../../membership/logic.ts';
+import { keepsSiteAgainst, sitePrecedence } from '../../membership/logic.ts';
 import {
   bucketOf,
   diffBuckets, diffLeaves, digestAdd, digestBuckets, digestHas, digestLeafHashes, digestRoot, digestSha256, keyCountInBuckets, keysInBuckets, keysInLeaves, leafOf, missingKeys, type Digest } from './digest.ts';
@@ -527,9 +527,7 @@ function ackCountsForSite(state: CustodyState, from: string, siteName: string, n
       m.status === 'alive' &&
       // A dead predecessor's late heartbeats make it alive for moments: its claim must last (review 88).
       nowMs - m.statusSinceMs >= confirmMs &&
-      m.addresses.dicom !== acking.addresses.dicom &&
-      !(m.siteShared === true && acking.siteShared === true) &&
-      sitePrecedence(m, acking) < 0,
+      keepsSiteAgainst(m, acking),
   );
 }
 
