@@ -236,13 +236,13 @@ interface ParsedDateTime {
 function parseDateTime(value: string): ParsedDateTime | undefined {
   const match = /^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?(?:([+-])(\d{2})(\d{2}))?$/.exec(value);
   if (!match) return undefined;
-  const [, year, month, day, hours, minutes, seconds, fraction, sign, offsetHours, offsetMinutes] = match;
+  const [, year, month, day, hours, minutes, seconds, fraction, sign, offsetHours, offsetMins] = match;
   if (fraction !== undefined && seconds === undefined) return undefined;
   if (!isCalendarDate(year!, month, day) || (hours !== undefined && !isClockTime(hours, minutes, seconds))) return undefined;
-  const offsetValid = offsetHours === undefined || (Number(offsetHours) <= 14 && Number(offsetMinutes) <= 59);
+  const offsetMinutes = sign === undefined ? undefined : timezoneOffsetMinutes(`${sign}${offsetHours}${offsetMins}`);
   return {
-    offsetValid,
-    offsetMinutes: offsetHours === undefined || !offsetValid ? undefined : (sign === '-' ? -1 : 1) * (Number(offsetHours) * 60 + Number(offsetMinutes)),
+    offsetValid: sign === undefined || offsetMinutes !== undefined,
+    offsetMinutes,
     bounds: {
       first:
         year! + (month ?? '01') + (day ?? '01') + (hours ?? '00') + (minutes ?? '00') + (seconds ?? '00') +
@@ -282,15 +282,8 @@ function intervalFromParts(vr: string, low: string, high: string): Interval | un
 /** Parses one DA/TM/DT key value: a single value or a range. Undefined when malformed. */
 export function parseDateTimeKey(vr: string, keyValue: string): Interval | undefined {
   if (vr === 'DT') {
-    // `-` is both the range separator and the sign of a UTC offset: a value that parses as one DT with a
-    // plausible offset (<= 14 hours) is a single value, otherwise try each `-` as the separator.
-    const single = parseDateTime(keyValue);
-    if (single?.offsetValid) return { from: single.bounds.first, to: single.bounds.last, isRange: false };
-    for (let index = keyValue.indexOf('-'); index !== -1; index = keyValue.indexOf('-', index + 1)) {
-      const interval = intervalFromParts(vr, keyValue.slice(0, index), keyValue.slice(index + 1));
-      if (interval) return interval;
-    }
-    return undefined;
+    const points = parseDateTimeKeyPoints(keyValue, undefined);
+    return points && { from: points.from?.digits, to: points.to?.digits, isRange: points.isRange };
   }
   const parts = keyValue.split('-');
   if (parts.length === 1) {
@@ -346,7 +339,11 @@ function compareDateTimes(a: DateTimePoint, b: DateTimePoint): number {
   return left < right ? -1 : left > right ? 1 : 0;
 }
 
-/** A DT key value as bounds with their offsets (the value's own, else `keyTimezone`); undefined when malformed. */
+/**
+ * A DT key value as bounds with their offsets (the value's own, else `keyTimezone`); undefined when malformed.
+ * `-` is both the range separator and the sign of a UTC offset: a value that parses as one DT with a
+ * plausible offset (<= 14 hours) is a single value, otherwise each `-` is tried as the separator.
+ */
 function parseDateTimeKeyPoints(keyValue: string, keyTimezone: number | undefined): { from?: DateTimePoint; to?: DateTimePoint; isRange: boolean } | undefined {
   const point = (parsed: ParsedDateTime, which: 'first' | 'last'): DateTimePoint => ({ digits: parsed.bounds[which], offsetMinutes: parsed.offsetMinutes ?? keyTimezone });
   const single = parseDateTime(keyValue);
