@@ -88,9 +88,7 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   assert.ok(reasons, lines.map((l) => l.message).join('\n'));
   assert.equal(Object.values(reasons).reduce((a, b) => a + b, 0), failedSubOperations);
   // The same association, and the peer, go on.
-  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
-  assert.equal(echo.command.status, 0);
-  await client.release();
+  await echoThenRelease(client);
 });
 
 test('C-MOVE to a destination whose answers match no request: the sub-association is aborted at once and every instance counted failed, not one response timeout each (helper 69)', async (t) => {
@@ -158,9 +156,7 @@ test('C-MOVE cancelled while the destination has not answered its A-ASSOCIATE-RQ
   assert.equal(final.dataSet, undefined, 'nothing failed: no Failed SOP Instance UID List');
   assert.ok(!lines.some((l) => l.message === 'C-MOVE destination unreachable'), 'a cancel is not the destination\'s fault');
   // The association goes on.
-  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
-  assert.equal(echo.command.status, 0);
-  await client.release();
+  await echoThenRelease(client);
 });
 
 test('C-MOVE cancelled while the destination sits on a C-STORE: the destination association is aborted after a short grace, that sub-operation failed, the rest remaining', async (t) => {
@@ -490,3 +486,10 @@ test('a final C-MOVE response and its Failed SOP Instance UID List travel in one
   assert.equal(decodeCommand(last.values[0]!.data).status, 0xa702);
   assert.equal(parseDataset(last.values[1]!.data, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value?.split('\\').length, 2);
 });
+
+/** The requestor's association still answers a C-ECHO (its second context, Verification), then is released. */
+async function echoThenRelease(client: DicomClientAssociation): Promise<void> {
+  const echo = await client.request(client.contexts[1]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: verification, hasDataSet: false });
+  assert.equal(echo.command.status, 0);
+  await client.release();
+}
