@@ -87,6 +87,19 @@ export function acceptorThatHangsUpMidRequest(): Promise<RawAcceptor> {
  * the request's: a destination whose answers match no request of ours.
  */
 export function acceptorAnsweringWrongMessageId(): Promise<RawAcceptor> {
+  return acceptorAnsweringSuccess(1);
+}
+
+/**
+ * Answers each request with Success and never answers an A-RELEASE-RQ (nor closes): a destination that
+ * keeps its association open once the requestor is done.
+ */
+export function acceptorNeverReleasing(): Promise<RawAcceptor> {
+  return acceptorAnsweringSuccess(0);
+}
+
+/** Answers each request, once its data set (if any) has arrived, with Success for its Message ID plus `messageIdShift`. */
+function acceptorAnsweringSuccess(messageIdShift: number): Promise<RawAcceptor> {
   const awaitingDataSet = new WeakMap<Socket, DimseCommand>();
   return rawAcceptor((socket, pdu) => {
     for (const value of pdu.values) {
@@ -105,7 +118,7 @@ export function acceptorAnsweringWrongMessageId(): Promise<RawAcceptor> {
       if (!command) continue;
       const response = encodeCommand({
         commandField: responseFieldFor(command.commandField),
-        messageIdBeingRespondedTo: (command.messageId ?? 0) + 1,
+        messageIdBeingRespondedTo: (command.messageId ?? 0) + messageIdShift,
         affectedSopClassUid: command.affectedSopClassUid,
         affectedSopInstanceUid: command.affectedSopInstanceUid,
         status: Status.Success,

@@ -10,7 +10,7 @@ import { connect } from 'node:net';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
+import { acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
@@ -104,6 +104,24 @@ test('C-MOVE to a destination whose answers match no request: the sub-associatio
   const reasons = moveFailureReasons(lines);
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('answered message')), JSON.stringify(reasons));
   await client.release();
+});
+
+test('C-MOVE to a destination that never answers the A-RELEASE-RQ: the final response follows the last sub-operation within seconds, not the release timeout (30 s)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, await acceptorNeverReleasing(), 'STICKY', 'mover-sticky', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.89.1';
+  await storeStudy(peer, studyInstanceUid, 3, 16);
+  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
+    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+  ]);
+  const started = Date.now();
+  const final = await moveStudy(client, studyInstanceUid, 'STICKY');
+  const elapsedMs = Date.now() - started;
+  assert.equal(final.command.status, Status.Success, `0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}`);
+  assert.deepEqual([final.command.remainingSubOperations ?? 0, final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [0, 3, 0, 0]);
+  assert.ok(elapsedMs < 10_000, `the final response took ${elapsedMs} ms`);
+  await echoThenRelease(client);
 });
 
 test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted failed and listed (PS3.4 C.4.2.1.5)', async (t) => {

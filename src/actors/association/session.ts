@@ -68,6 +68,12 @@ const stalledCutGraceMs = 2000;
  */
 const cancelGraceMs = 1000;
 
+/**
+ * How long a C-MOVE's final response waits for the destination to confirm the release of its association
+ * (see moveTarget): ample for one that answers (milliseconds), short beside one that never does.
+ */
+const releaseWaitMs = 2000;
+
 /** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
 const retrievePendingIntervalMs = 10_000;
 
@@ -701,7 +707,17 @@ export class AcceptorSession {
       },
       close: () => {
         stopWatching();
-        return client.release().catch(() => client.abort());
+        const released = client.release().catch(() => client.abort());
+        // The retrieve's outcome is known once its last C-STORE is answered: a destination that never
+        // answers the A-RELEASE-RQ must not hold the final C-MOVE response for the release timeout (30 s).
+        // The release goes on behind it and ends in an A-ABORT at that timeout.
+        return new Promise<void>((resolve) => {
+          const waited = clock.setTimeout(resolve, releaseWaitMs);
+          void released.then(() => {
+            clock.clearTimeout(waited);
+            resolve();
+          });
+        });
       },
     };
   }
