@@ -84,7 +84,11 @@ test('the worker thread gives the bytes transcodeDataset gives in this thread, c
   assert.deepEqual(Buffer.from(back.bytes), Buffer.from((await transcodeDataset(image, EXPLICIT, [IMPLICIT])).bytes));
   // The caller's bytes stay usable: the pool moved a copy, not them.
   assert.equal(image.length, monochromeImage(64, 48).length);
-  assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 2, jobsFailed: 0, jobsCancelled: 0 });
+  assert.deepEqual([pool.stats().outputsHeld, pool.stats().bytesHeld], [2, there.bytes.byteLength + back.bytes.byteLength], 'counted until the caller is done with them');
+  there.release!();
+  back.release!();
+  back.release!();
+  assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, outputsHeld: 0, bytesHeld: 0, jobsDone: 2, jobsFailed: 0, jobsCancelled: 0 });
 });
 
 test('a view into a larger buffer is transcoded alone, not with the rest of its buffer', async (t) => {
@@ -119,7 +123,8 @@ test('errors keep their code across the thread, and the worker goes on serving',
   await assert.rejects(pool.transcode(new Uint8Array([1, 2, 3, 4, 5]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_FAILED'));
   const ok = await pool.transcode(image, EXPLICIT, [IMPLICIT]);
   assert.equal(ok.transferSyntaxUid, IMPLICIT);
-  assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 1, jobsFailed: 2, jobsCancelled: 0 });
+  ok.release!();
+  assert.deepEqual(pool.stats(), { workerRunning: true, workersStarted: 1, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, outputsHeld: 0, bytesHeld: 0, jobsDone: 1, jobsFailed: 2, jobsCancelled: 0 });
 });
 
 test('the event loop keeps turning while a large frame is compressed (in this thread it waited for the whole frame)', async (t) => {
@@ -176,7 +181,7 @@ test('a worker that dies fails the jobs it held; waiting jobs go to a new worker
 test('a thread that cannot start fails the waiting jobs at once', async (t) => {
   const pool = startPool(t, { workerUrl: new URL('https://example.invalid/transcode-worker.js') });
   await assert.rejects(pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /could not start/));
-  assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, jobsDone: 0, jobsFailed: 1, jobsCancelled: 0 });
+  assert.deepEqual(pool.stats(), { workerRunning: false, workersStarted: 0, jobsQueued: 0, jobsRunning: 0, bytesRunning: 0, outputsHeld: 0, bytesHeld: 0, jobsDone: 0, jobsFailed: 1, jobsCancelled: 0 });
 });
 
 test('a reply that is no known message fails its job, not the peer', async (t) => {
@@ -216,6 +221,9 @@ function deferredSource(byteLength: number, first: number) {
   return source;
 }
 
+/** The caller is done with these outputs: their bytes leave the pool's budget. */
+const releaseAll = (results: ReadonlyArray<{ release?(): void }>) => results.forEach((result) => result.release!());
+
 const echoWorker = () => scriptedWorker(`if (m.type === 'transcode') parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: m.bytes, transferSyntaxUid: '${IMPLICIT}' });`);
 const settledSoon = () => new Promise((resolve) => setTimeout(resolve, 30));
 
@@ -232,14 +240,14 @@ test('jobs start while they fit in the running jobs and estimated bytes, one alo
   assert.equal(c.started, true, 'a slot freed: the next job starts');
   b.release();
   c.release();
-  await Promise.all(done);
+  releaseAll(await Promise.all(done));
   const [big, small] = [deferredSource(150, 4), deferredSource(10, 5)];
   const bigDone = pool.transcode(big, EXPLICIT, [IMPLICIT], { estimatedBytes: 150 });
   const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT], { estimatedBytes: 10 });
   await settledSoon();
   assert.deepEqual([big.started, small.started, pool.stats().bytesRunning], [true, false, 150], 'larger than the budget: it runs alone');
   big.release();
-  await bigDone;
+  releaseAll([await bigDone]);
   await settledSoon();
   small.release();
   assert.deepEqual([...(await smallDone).bytes], [5]);
@@ -257,7 +265,7 @@ test('a small source estimated to hold much waits for room, one estimated over j
   assert.equal(huge.started, false, 'never read');
   cine1.release();
   cine2.release();
-  await Promise.all(done);
+  releaseAll(await Promise.all(done));
   // Without an estimate: 3x the source (a native conversion's), so 40 bytes weigh 120 and run alone.
   const [plain, other] = [deferredSource(40, 4), deferredSource(1, 5)];
   const plainDone = pool.transcode(plain, EXPLICIT, [IMPLICIT]);
@@ -266,8 +274,38 @@ test('a small source estimated to hold much waits for room, one estimated over j
   assert.deepEqual([plain.started, other.started, pool.stats().bytesRunning], [true, false, 120]);
   plain.release();
   other.release();
-  await Promise.all([plainDone, otherDone]);
+  releaseAll(await Promise.all([plainDone, otherDone]));
   await assert.rejects(pool.transcode(new Uint8Array(200), EXPLICIT, [IMPLICIT]), isTranscodeError('ERR_TRANSCODE_TOO_LARGE'), '600 estimated: over 400');
+});
+
+test('an output counts in the budget until its caller releases it (sent); one never released stops counting after heldOutputMaxMs', async (t) => {
+  // Converted instances held while a slow receiver read them were outside every bound: the pool admitted
+  // more conversions as soon as the thread had made them.
+  const clock = manualClock();
+  const pool = startPool(t, { clock, workerUrl: echoWorker(), runningBytesMax: 100, heldOutputMaxMs: 60_000 });
+  const first = await pool.transcode(new Uint8Array(60), EXPLICIT, [IMPLICIT], { estimatedBytes: 90 });
+  assert.deepEqual([pool.stats().outputsHeld, pool.stats().bytesHeld, pool.stats().bytesRunning], [1, 60, 0]);
+  const next = deferredSource(1, 2);
+  const nextDone = pool.transcode(next, EXPLICIT, [IMPLICIT], { estimatedBytes: 50 });
+  await settledSoon();
+  assert.equal(next.started, false, 'it would hold 50 beside the 60 not yet sent');
+  first.release!();
+  await settledSoon();
+  assert.equal(next.started, true, 'released: the next one starts');
+  next.release();
+  const unreleased = await nextDone;
+  // A caller that never releases (a bug) holds its place for heldOutputMaxMs, not for good.
+  const last = deferredSource(1, 3);
+  const lastDone = pool.transcode(last, EXPLICIT, [IMPLICIT], { estimatedBytes: 100 });
+  await settledSoon();
+  assert.equal(last.started, false, '100 beside the 1 byte held');
+  clock.advance(60_000);
+  await settledSoon();
+  assert.deepEqual([last.started, pool.stats().outputsHeld], [true, 0]);
+  last.release();
+  releaseAll([await lastDone]);
+  unreleased.release!();
+  assert.deepEqual([pool.stats().outputsHeld, pool.stats().bytesHeld], [0, 0], 'a late release changes nothing');
 });
 
 test("a reader's error comes out as it is, and frees the job's place", async (t) => {
@@ -315,16 +353,22 @@ test('an idle worker first drops its codecs, later ends; the next job starts ano
     `globalThis.released ??= 0; if (m.type === 'releaseCodecs') { globalThis.released += 1; return; } parentPort.postMessage({ type: 'transcoded', jobId: m.jobId, bytes: new Uint8Array([globalThis.released]), transferSyntaxUid: '${IMPLICIT}' });`,
   );
   const pool = startPool(t, { clock, workerUrl, codecIdleMs: 1000, workerIdleMs: 5000 });
-  assert.deepEqual([...(await pool.transcode(new Uint8Array([1]), EXPLICIT, [IMPLICIT])).bytes], [0]);
+  // Each output released at once, as a caller does once it has sent it.
+  const transcoded = async (byte: number) => {
+    const result = await pool.transcode(new Uint8Array([byte]), EXPLICIT, [IMPLICIT]);
+    result.release!();
+    return [...result.bytes];
+  };
+  assert.deepEqual(await transcoded(1), [0]);
   // Only the two idle timers are left once the job is done.
   assert.equal(clock.pending(), 2);
   clock.advance(1000);
-  assert.deepEqual([...(await pool.transcode(new Uint8Array([2]), EXPLICIT, [IMPLICIT])).bytes], [1], 'the codecs were dropped, the thread kept');
+  assert.deepEqual(await transcoded(2), [1], 'the codecs were dropped, the thread kept');
   clock.advance(999);
-  assert.deepEqual([...(await pool.transcode(new Uint8Array([3]), EXPLICIT, [IMPLICIT])).bytes], [1], 'a job in time restarts the idle timers');
+  assert.deepEqual(await transcoded(3), [1], 'a job in time restarts the idle timers');
   clock.advance(5000);
   assert.equal(pool.stats().workerRunning, false);
-  await pool.transcode(new Uint8Array([4]), EXPLICIT, [IMPLICIT]);
+  await transcoded(4);
   assert.equal(pool.stats().workersStarted, 2);
 });
 

@@ -7,7 +7,9 @@
  * runs alone), each weighed by what its conversion holds at its peak (TranscodeOptions.estimatedBytes, from
  * transcode-estimate.ts: a 17 MB JPEG cine decodes to 553 MB and holds ~1.7 GB; weighed by its stored size,
  * three ran at once, 5 GB: hunt 85); a job estimated over `jobBytesMax` is refused (ERR_TRANSCODE_TOO_LARGE)
- * before its instance is read. The thread takes their frames in turn, so each requestor sees progress, as when the codecs
+ * before its instance is read. A finished job's output stays counted, by its size, until the caller releases
+ * it (TranscodeResult.release, once sent): converted instances held while a slow receiver reads them were
+ * outside every bound. The thread takes their frames in turn, so each requestor sees progress, as when the codecs
  * ran here frame by frame. An instance is read from the store only when its job starts: waiting jobs
  * hold no bytes, and the reading never outruns the thread (reading and hashing the instances of many
  * retrieves at once held this thread for seconds: helper 54). More jobs wait in a bounded queue. A job
@@ -47,6 +49,12 @@ export type TranscodeReply =
 export interface TranscodeResult {
   bytes: Uint8Array;
   transferSyntaxUid: string;
+  /**
+   * The caller is done with `bytes` (sent, or dropped): from the pool, the output stays counted in its
+   * bytes budget until this is called (or heldOutputMaxMs has passed). Idempotent; absent from
+   * transcoders without a budget.
+   */
+  release?(): void;
 }
 
 /**
@@ -95,6 +103,8 @@ export interface TranscoderPoolInit {
   jobTimeoutMs?: number;
   /** A thread that has not answered a cancelled job this long after is stuck in a codec call, and ended. */
   stuckGraceMs?: number;
+  /** An output not released this long after its job finished no longer counts (a caller that never releases must not block the pool for good). */
+  heldOutputMaxMs?: number;
   /** An idle worker drops its codecs after this long (their memory goes; reloading them takes ~0.1-0.2 s). */
   codecIdleMs?: number;
   /** An idle worker ends after this long (its ~20-30 MB go; restarting it takes ~0.2 s more). */
@@ -108,6 +118,9 @@ export interface TranscoderStats {
   jobsRunning: number;
   /** The running jobs' estimated bytes together. */
   bytesRunning: number;
+  /** Finished jobs' outputs not yet released by their callers, and their bytes together (also within runningBytesMax). */
+  outputsHeld: number;
+  bytesHeld: number;
   jobsDone: number;
   jobsFailed: number;
   jobsCancelled: number;
@@ -129,6 +142,8 @@ export const transcoderPoolDefaults = {
   // A 300 MB multi-frame instance in JPEG-LS takes ~15 s here alone: ample room for sharing and slower machines.
   jobTimeoutMs: 300_000,
   stuckGraceMs: 30_000,
+  // Sending 680 MB (the largest output jobBytesMax admits) at 10 Mbit/s takes ~9 minutes.
+  heldOutputMaxMs: 600_000,
   codecIdleMs: 30_000,
   workerIdleMs: 600_000,
 };
@@ -161,12 +176,16 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   const queuedJobsMax = init.queuedJobsMax ?? d.queuedJobsMax;
   const jobTimeoutMs = init.jobTimeoutMs ?? d.jobTimeoutMs;
   const stuckGraceMs = init.stuckGraceMs ?? d.stuckGraceMs;
+  const heldOutputMaxMs = init.heldOutputMaxMs ?? d.heldOutputMaxMs;
   const codecIdleMs = init.codecIdleMs ?? d.codecIdleMs;
   const workerIdleMs = init.workerIdleMs ?? d.workerIdleMs;
 
   const queue: Job[] = [];
   const running = new Map<number, Job>();
   let bytesRunning = 0;
+  /** Outputs given to callers and not yet released: their bytes, and the timers that stop counting them. */
+  const held = new Map<number, { byteLength: number; timer: TimerHandle }>();
+  let bytesHeld = 0;
   let worker: Worker | undefined;
   let idleTimers: TimerHandle[] = [];
   let nextJobId = 1;
@@ -200,11 +219,12 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     return started;
   }
 
-  /** Starts queued jobs while the running ones leave room (always one, whatever its size). */
+  /** Starts queued jobs while the running ones and the outputs held leave room (always one alone, whatever its size). */
   function pump(): void {
     while (!stopped && queue.length > 0) {
       const next = queue[0]!;
-      if (running.size > 0 && (running.size >= runningJobsMax || bytesRunning + next.weight > runningBytesMax)) return;
+      const alone = running.size === 0 && held.size === 0;
+      if (!alone && (running.size >= runningJobsMax || bytesRunning + bytesHeld + next.weight > runningBytesMax)) return;
       queue.shift();
       start(next);
     }
@@ -281,7 +301,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     // A cancelled or timed-out job's answer only frees its slot.
     switch (reply.type) {
       case 'transcoded':
-        settle(job, { result: { bytes: reply.bytes, transferSyntaxUid: reply.transferSyntaxUid } });
+        if (!job.settled) settle(job, { result: { bytes: reply.bytes, transferSyntaxUid: reply.transferSyntaxUid, release: holdOutput(job.jobId, reply.bytes.byteLength) } });
         break;
       case 'failed':
         settle(job, { error: new TranscodeError(reply.code, reply.message) });
@@ -292,6 +312,25 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
       }
     }
     finish(job);
+  }
+
+  /** Counts an output handed to its caller until it is released (or heldOutputMaxMs has passed): its release. */
+  function holdOutput(jobId: number, byteLength: number): () => void {
+    const release = () => {
+      const output = held.get(jobId);
+      if (output === undefined) return;
+      held.delete(jobId);
+      bytesHeld -= output.byteLength;
+      clock.clearTimeout(output.timer);
+      pump();
+    };
+    const timer = clock.setTimeout(() => {
+      log.warn('a converted output was not released in time: no longer counted', { byteLength, heldOutputMaxMs });
+      release();
+    }, heldOutputMaxMs);
+    held.set(jobId, { byteLength, timer });
+    bytesHeld += byteLength;
+    return release;
   }
 
   /** The thread ended or failed: every job it held fails; reading and queued ones go to the next thread. */
@@ -380,10 +419,11 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
         pump();
       });
     },
-    stats: () => ({ workerRunning: worker !== undefined, jobsQueued: queue.length, jobsRunning: running.size, bytesRunning, ...counts }),
+    stats: () => ({ workerRunning: worker !== undefined, jobsQueued: queue.length, jobsRunning: running.size, bytesRunning, outputsHeld: held.size, bytesHeld, ...counts }),
     async stop() {
       stopped = true;
       clearIdleTimers();
+      for (const output of held.values()) clock.clearTimeout(output.timer);
       const unavailable = () => new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', 'the transcoder is stopped: the peer is stopping');
       for (const job of [...queue.splice(0), ...running.values()]) {
         settle(job, { error: unavailable() });

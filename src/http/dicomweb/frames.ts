@@ -414,7 +414,10 @@ async function toExplicitLittleEndian(ctx: DicomWebContext, exchange: DicomWebEx
     throw new DicomWebError(413, 'ERR_DICOMWEB_TOO_LARGE', `instance ${instanceUid} decodes to ${decodedPixelBytes} bytes of pixels (more than ${decodedPixelBytesMax}): ask for its frames as stored (transfer-syntax=${fromSyntax})`);
   }
   // Weighed in the transcoder by what decoding holds (transcode-estimate.ts), not by the stored size.
-  return (await convertInstance(ctx, exchange, bytes, fromSyntax, EXPLICIT_LE, instanceUid, { estimatedBytes: bytes.byteLength + 3 * decodedPixelBytes })).bytes;
+  const converted = await convertInstance(ctx, exchange, bytes, fromSyntax, EXPLICIT_LE, instanceUid, { estimatedBytes: bytes.byteLength + 3 * decodedPixelBytes });
+  // Its frames are counted in the budget of bytes held until read (framesFor) from here on.
+  converted.release?.();
+  return converted.bytes;
 }
 
 async function sendFrames(exchange: DicomWebExchange, route: FramesRoute, representation: FrameRepresentation, frames: readonly Uint8Array[]): Promise<void> {

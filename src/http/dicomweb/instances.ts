@@ -168,7 +168,7 @@ export function streamInstanceHead(ctx: DicomWebContext, entry: CatalogEntry, ch
  * `prepare` must hold nothing but memory (no open store iterator): a prepared item the caller never takes
  * is dropped, its failure ignored.
  */
-export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: T, index: number) => Promise<R>): AsyncGenerator<R> {
+export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: T, index: number) => Promise<R>, discard?: (prepared: R) => void): AsyncGenerator<R> {
   let next: Promise<R> | undefined = items.length > 0 ? prepare(items[0]!, 0) : undefined;
   try {
     for (let index = 0; index < items.length; index++) {
@@ -177,7 +177,8 @@ export async function* preparedAhead<T, R>(items: readonly T[], prepare: (item: 
       yield current;
     }
   } finally {
-    next?.catch(() => undefined);
+    // A prepared item never taken gives back what it holds (a converted instance's place in the transcoder's budget).
+    next?.then((dropped) => discard?.(dropped), () => undefined);
   }
 }
 
@@ -243,9 +244,14 @@ export async function convertInstance(
  * their lookups at other sites admitted: they wait their turn rather than be refused for a full queue,
  * which after the status could only cut the response (DicomWebContext.meshLookupsAdmitted).
  */
-export function responseInstances<R>(ctx: DicomWebContext, entries: readonly CatalogEntry[], prepare: (entry: CatalogEntry, ctx: DicomWebContext) => Promise<R>): Promise<AsyncGenerator<R>> {
+export function responseInstances<R>(
+  ctx: DicomWebContext,
+  entries: readonly CatalogEntry[],
+  prepare: (entry: CatalogEntry, ctx: DicomWebContext) => Promise<R>,
+  discard?: (prepared: R) => void,
+): Promise<AsyncGenerator<R>> {
   const admitted: DicomWebContext = { ...ctx, meshLookupsAdmitted: true };
-  return withFirstReady(preparedAhead(entries, (entry, index) => prepare(entry, index === 0 ? ctx : admitted)));
+  return withFirstReady(preparedAhead(entries, (entry, index) => prepare(entry, index === 0 ? ctx : admitted), discard));
 }
 
 /**

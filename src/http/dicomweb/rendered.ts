@@ -187,6 +187,8 @@ async function jpegOf(ctx: DicomWebContext, exchange: DicomWebExchange, image: R
   dataset.writeUInt32LE(pixelBytes, header.length + 8);
   dataset.set(image.pixels, header.length + 12);
   const encoded = await convertInstance(ctx, exchange, dataset, EXPLICIT_LE, jpegBaseline, request.instanceUid, { renderedJpegQuality: request.quality });
+  // A JPEG of one 8-bit frame, counted with the rendering in the budget of bytes held until read.
+  encoded.release?.();
   const pixel = readPixelData(encoded.bytes, jpegBaseline);
   if (pixel.kind !== 'encapsulated' || pixel.fragments.length !== 1) throw new Error('the JPEG encoder made no single codestream');
   return pixel.fragments[0]!;

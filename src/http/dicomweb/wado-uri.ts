@@ -137,6 +137,8 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
   } catch (error) {
     if (isClientGone(error, res)) return;
     throw error;
+  } finally {
+    file.release?.();
   }
   res.end();
 }

@@ -104,7 +104,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
     res.end();
     return;
   }
-  const prepare = async (entry: CatalogEntry, entryCtx: DicomWebContext): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> => {
+  const prepare = async (entry: CatalogEntry, entryCtx: DicomWebContext): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array>; release?: () => void }> => {
     const file = await part10File(entryCtx, exchange, entry, syntax === '*' ? entry.transferSyntaxUid : syntax);
     return {
       headers: {
@@ -112,14 +112,21 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
         'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
       },
       body: file.body,
+      ...(file.release === undefined ? {} : { release: file.release }),
     };
   };
   // The first instance is had before the status goes out: a retrieve that cannot get it (no peer could
   // send it) is a 503, not a cut connection. A later one that fails can only cut the response.
-  const parts = await responseInstances(ctx, entries, prepare);
+  const parts = await responseInstances(ctx, entries, prepare, (part) => part.release?.());
   const writer = startMultipart(res, { type: 'application/dicom', status, headers });
   try {
-    for await (const part of parts) await writer.writePart(part.headers, part.body);
+    for await (const part of parts) {
+      try {
+        await writer.writePart(part.headers, part.body);
+      } finally {
+        part.release?.();
+      }
+    }
   } catch (error) {
     // The client went away (a conversion under way stopped with it): nobody is left to answer.
     if (isClientGone(error, res)) return;
@@ -138,7 +145,7 @@ export async function part10File(
   exchange: DicomWebExchange,
   entry: CatalogEntry,
   target: string,
-): Promise<{ transferSyntaxUid: string; body: readonly Uint8Array[] | AsyncIterable<Uint8Array> }> {
+): Promise<{ transferSyntaxUid: string; body: readonly Uint8Array[] | AsyncIterable<Uint8Array>; release?: () => void }> {
   const header = (transferSyntaxUid: string) =>
     encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
   if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
@@ -172,7 +179,8 @@ export async function part10File(
     },
   };
   const transcoded = await holdingInstance(ctx, exchange, estimatedBytes, () => convertInstance(ctx, exchange, source, entry.transferSyntaxUid, target, entry.sopInstanceUid, { estimatedBytes }));
-  return { transferSyntaxUid: transcoded.transferSyntaxUid, body: [header(transcoded.transferSyntaxUid), transcoded.bytes] };
+  // The output stays counted in the transcoder's budget until the caller has written it (release).
+  return { transferSyntaxUid: transcoded.transferSyntaxUid, body: [header(transcoded.transferSyntaxUid), transcoded.bytes], ...(transcoded.release === undefined ? {} : { release: transcoded.release }) };
 }
 
 /** A 413 naming the bound and how to have the instance (as stored) when converting it would hold too much. */

@@ -149,6 +149,7 @@ test('Pending keep-alives run while a C-MOVE destination stores, not while a C-G
       };
       let answer!: (status: number) => void;
       let storing = false;
+      let released = 0;
       const entry = { sopInstanceUid: '1.2.826.0.1.3680043.10.1453.8.1', sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 } as CatalogEntry;
       const done = runRetrieve(
         {
@@ -165,7 +166,7 @@ test('Pending keep-alives run while a C-MOVE destination stores, not while a C-G
             store: () => ((storing = true), new Promise<number>((resolve) => (answer = resolve))),
             close: async () => undefined,
           }),
-          transcoder: { transcode: async () => ({ bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+          transcoder: { transcode: async () => ({ bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian, release: () => released++ }) },
           pendingKeepAlive: { clock, intervalMs: 10_000 },
         },
         store,
@@ -173,9 +174,11 @@ test('Pending keep-alives run while a C-MOVE destination stores, not while a C-G
       );
       while (!storing) await new Promise((resolve) => setImmediate(resolve));
       assert.equal(timers.size, kind === 'move' ? 1 : 0, kind);
+      assert.equal(released, 0, 'the converted output stays counted in the transcoder until the receiver has answered');
       answer(Status.Success);
       await done;
       assert.equal(timers.size, 0);
+      assert.equal(released, 1);
     }
   });
 });

@@ -441,7 +441,12 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       // Weighed, and refused over its bound, by what the conversion holds, not by the stored size (hunt 85).
       const estimatedBytes = estimateTranscodeBytes(entry, picked.transferSyntaxUid);
       const transcoded = await whileOurs(ctx.transcoder.transcode(source, entry.transferSyntaxUid, [picked.transferSyntaxUid], { signal: ctx.signal, estimatedBytes }));
-      status = await storeAt(transcoded.bytes);
+      // The output counts in the transcoder's budget until the receiver has answered for it.
+      try {
+        status = await storeAt(transcoded.bytes);
+      } finally {
+        transcoded.release?.();
+      }
     }
     return status === Status.Success ? { status } : { status, reason: `the receiver answered 0x${status.toString(16).padStart(4, '0')}` };
   } catch (error) {
