@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
+import { waitFor } from '../support/wait.ts';
 import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
 import { TransferSyntax, makeInstanceWithInfo, type InstanceOptions } from '../support/synthetic-dicom.ts';
 
@@ -92,6 +93,20 @@ describe('WADO-RS', () => {
     const original = parseDataset(storedDataSets.get(`${series1}.1`)!, TransferSyntax.ExplicitVrLittleEndian).elements;
     assert.equal(converted.find((e) => e.tag === Tags.PatientName)?.value, original.find((e) => e.tag === Tags.PatientName)?.value);
     assert.equal(converted.find((e) => e.tag === Tags.SOPInstanceUID)?.value, `${series1}.1`);
+  });
+
+  it('counts a converted instance in the transcoder until its part is written: none held after a whole response, nor after a client that leaves halfway', async () => {
+    const implicitStudy = `multipart/related; type="application/dicom"; transfer-syntax=${TransferSyntax.ImplicitVrLittleEndian}`;
+    const outputsHeld = async () => ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { transcoder: { outputsHeld: number } }).transcoder.outputsHeld;
+    const whole = await retrieve(`/studies/${study}`, implicitStudy);
+    assert.equal(parseMultipart(whole.body, whole.contentType).length, 3);
+    assert.equal(await outputsHeld(), 0);
+    // Gone after the first bytes: the part being written and the one prepared ahead are given back.
+    const leaving = new AbortController();
+    const response = await fetch(`${base}/studies/${study}`, { headers: { accept: implicitStudy }, signal: leaving.signal });
+    await response.body!.getReader().read();
+    leaving.abort();
+    await waitFor('every converted output released', async () => (await outputsHeld()) === 0, 5000);
   });
 
   it('returns metadata as DICOM JSON, one object per instance, Unicode names and no binary values', async () => {
