@@ -872,6 +872,72 @@ function checkRleHeader(frame: Uint8Array, attrs: PixelAttrs, index: number): vo
   }
 }
 
+/**
+ * The size a JPEG, JPEG-LS, JPEG 2000 or HTJ2K frame declares in its own header (SOFn, SOF55, SIZ), read
+ * before anything is decoded; undefined when the frame has no such header where this looks (JPEG XL, or
+ * bytes no decoder takes: the decoder says why). Rows 0 is a JPEG height given later (DNL).
+ */
+export function codestreamSize(frame: Uint8Array): { columns: number; rows: number } | undefined {
+  const u16 = (at: number) => (at + 2 <= frame.length ? (frame[at]! << 8) | frame[at + 1]! : undefined);
+  const u32 = (at: number) => (at + 4 <= frame.length ? ((frame[at]! << 24) >>> 0) + (frame[at + 1]! << 16) + (frame[at + 2]! << 8) + frame[at + 3]! : undefined);
+  let at = 0;
+  // A JP2 file (PS3.5 A.4.4 wants a bare codestream, but some writers keep the boxes): the codestream box.
+  if (u32(0) === 12 && u32(4) === 0x6a502020) {
+    while (at + 8 <= frame.length) {
+      const length = u32(at)!;
+      if (u32(at + 4) === 0x6a703263) {
+        at += 8;
+        break;
+      }
+      if (length < 8) return undefined;
+      at += length;
+    }
+  }
+  if (u16(at) === 0xff4f && u16(at + 2) === 0xff51) {
+    // SOC, then SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz (PS3.5 refers to ISO/IEC 15444-1 A.5.1).
+    const [x, y, x0, y0] = [u32(at + 8), u32(at + 12), u32(at + 16), u32(at + 20)];
+    if (x === undefined || y === undefined || x0 === undefined || y0 === undefined) return undefined;
+    return { columns: x - x0, rows: y - y0 };
+  }
+  if (u16(at) !== 0xffd8) return undefined;
+  at += 2;
+  // JPEG and JPEG-LS: marker segments up to the frame header (ISO/IEC 10918-1 B.2, 14495-1 C.2.2).
+  while (at + 4 <= frame.length) {
+    if (frame[at] !== 0xff) return undefined;
+    const marker = frame[at + 1]!;
+    if (marker === 0xff) {
+      at += 1;
+      continue;
+    }
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+      at += 2;
+      continue;
+    }
+    if (marker === 0xda || marker === 0xd9) return undefined;
+    const isFrameHeader = (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) || marker === 0xf7;
+    if (isFrameHeader) {
+      const rows = u16(at + 5);
+      const columns = u16(at + 7);
+      return rows === undefined || columns === undefined ? undefined : { columns, rows };
+    }
+    at += 2 + u16(at + 2)!;
+  }
+  return undefined;
+}
+
+/**
+ * A compressed frame must be of the data set's Rows x Columns: the decoders size their output by the
+ * frame's own header, so a codestream declaring 30000 x 30000 in a 128 x 128 instance took 7 GB and 11 s
+ * to decode, and its first Rows x Columns samples went out as the image, with Success (hunt 89).
+ */
+function checkCodestreamSize(frame: Uint8Array, attrs: PixelAttrs, index: number): void {
+  const size = codestreamSize(frame);
+  if (size === undefined) return;
+  if (size.columns !== attrs.columns || (size.rows !== 0 && size.rows !== attrs.rows)) {
+    fail(`frame ${index}'s codestream declares ${size.columns} x ${size.rows} pixels, the data set ${attrs.columns} x ${attrs.rows} (Columns x Rows): not decoded`);
+  }
+}
+
 function csValue(text: string): Uint8Array {
   const padded = text.length % 2 ? `${text} ` : text;
   return new Uint8Array(Buffer.from(padded, 'latin1'));
@@ -964,6 +1030,7 @@ async function decodePixelData(elements: El[], pixel: El, ts: string, signal: Ab
     attrs = pixelAttrs(elements);
     frames = splitFrames(elements, pixel.fragments!, attrs.frames, ts);
     if (ts === '1.2.840.10008.1.2.5') frames.forEach((f, i) => checkRleHeader(f, attrs, i));
+    else frames.forEach((f, i) => checkCodestreamSize(f, attrs, i));
   } catch (err) {
     throw asTranscodeError(err);
   }
@@ -993,7 +1060,8 @@ async function decodePixelData(elements: El[], pixel: El, ts: string, signal: Ab
       photometric === 'YBR_FULL_422'
         ? 2 * bytesPerSample * attrs.rows * attrs.columns
         : attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
-    if (buf.byteLength < frameSize) {
+    // More than one byte of padding is another image than the data set describes (other components or depth).
+    if (buf.byteLength < frameSize || buf.byteLength > frameSize + 1) {
       fail(`frame ${i} decoded to ${buf.byteLength} bytes, expected ${frameSize}`);
     }
     // dcmjs-codecs pads each odd-sized frame; frames must be contiguous, so trim to the exact size.
