@@ -586,6 +586,21 @@ test('a codestream whose own header declares another size than Rows x Columns is
     const ok = await transcodeDataset(new Uint8Array(Buffer.concat([attrs, encapsulated([frame], false)])), ts, [EXPLICIT]);
     assert.equal(find(parse(ok.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!.length, W * H + 1);
   }
+  // JPEG XL's SizeHeader is bit-packed: frames encoded at other sizes (small and large forms, aspect ratios).
+  for (const [columns, rows] of [[2 * W, H], [W, H], [64, 48], [40, 40], [300, 200], [W, 2 * H]]) {
+    await codecs();
+    const frame = Buffer.from(
+      NativeCodecs.encodeJpegXl(new Context({ width: columns, height: rows, bitsAllocated: 8, bitsStored: 8, samplesPerPixel: 1, pixelRepresentation: 0, planarConfiguration: 0,
+        photometricInterpretation: 'MONOCHROME2', decodedBuffer: pixels(columns, rows, 1, 8, 0) }), { lossy: false }).getEncodedBuffer()!,
+    );
+    assert.deepEqual(codestreamSize(frame), { columns, rows }, `JPEG XL ${columns} x ${rows}`);
+    if (columns === W && rows === H) continue;
+    const ds = new Uint8Array(Buffer.concat([attrs, encapsulated([frame], false)]));
+    await assert.rejects(transcodeDataset(ds, JXL, [EXPLICIT]), (e) => {
+      assert.match((e as Error).message, new RegExp(`declares ${columns} x ${rows} pixels, the data set ${W} x ${H}`));
+      return true;
+    });
+  }
 });
 
 test('an encapsulated icon (Icon Image Sequence in the instance\'s syntax) is decoded too, not left encapsulated', async () => {

@@ -873,9 +873,9 @@ function checkRleHeader(frame: Uint8Array, attrs: PixelAttrs, index: number): vo
 }
 
 /**
- * The size a JPEG, JPEG-LS, JPEG 2000 or HTJ2K frame declares in its own header (SOFn, SOF55, SIZ), read
- * before anything is decoded; undefined when the frame has no such header where this looks (JPEG XL, or
- * bytes no decoder takes: the decoder says why). Rows 0 is a JPEG height given later (DNL).
+ * The size a JPEG, JPEG-LS, JPEG 2000, HTJ2K or JPEG XL frame declares in its own header (SOFn, SOF55,
+ * SIZ, SizeHeader), read before anything is decoded; undefined when the frame has no such header where this
+ * looks (bytes no decoder takes: the decoder says why). Rows 0 is a JPEG height given later (DNL).
  */
 export function codestreamSize(frame: Uint8Array): { columns: number; rows: number } | undefined {
   const u16 = (at: number) => (at + 2 <= frame.length ? (frame[at]! << 8) | frame[at + 1]! : undefined);
@@ -899,6 +899,8 @@ export function codestreamSize(frame: Uint8Array): { columns: number; rows: numb
     if (x === undefined || y === undefined || x0 === undefined || y0 === undefined) return undefined;
     return { columns: x - x0, rows: y - y0 };
   }
+  const jpegXl = jpegXlSize(frame);
+  if (jpegXl !== undefined) return jpegXl;
   if (u16(at) !== 0xffd8) return undefined;
   at += 2;
   // JPEG and JPEG-LS: marker segments up to the frame header (ISO/IEC 10918-1 B.2, 14495-1 C.2.2).
@@ -923,6 +925,59 @@ export function codestreamSize(frame: Uint8Array): { columns: number; rows: numb
     at += 2 + u16(at + 2)!;
   }
   return undefined;
+}
+
+/**
+ * A JPEG XL frame's size (ISO/IEC 18181-1 SizeHeader, after the FF 0A signature; in a container, the first
+ * `jxlc` or `jxlp` box's codestream), or undefined when it is neither.
+ */
+function jpegXlSize(frame: Uint8Array): { columns: number; rows: number } | undefined {
+  let at = 0;
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  if (frame.length >= 12 && view.getUint32(0) === 12 && view.getUint32(4) === 0x4a584c20) {
+    // ISOBMFF boxes (18181-2): size, type; a jxlp box starts with a 4-byte index.
+    while (at + 8 <= frame.length) {
+      const size = view.getUint32(at);
+      const type = view.getUint32(at + 4);
+      if (type === 0x6a786c63) {
+        at += 8;
+        break;
+      }
+      if (type === 0x6a786c70) {
+        at += 12;
+        break;
+      }
+      if (size < 8) return undefined;
+      at += size;
+    }
+  }
+  if (frame[at] !== 0xff || frame[at + 1] !== 0x0a) return undefined;
+  let bit = (at + 2) * 8;
+  const bits = (n: number): number | undefined => {
+    let value = 0;
+    for (let i = 0; i < n; i++, bit++) {
+      const byte = frame[bit >> 3];
+      if (byte === undefined) return undefined;
+      value += ((byte >> (bit & 7)) & 1) * 2 ** i;
+    }
+    return value;
+  };
+  const u32 = (): number | undefined => {
+    const selector = bits(2);
+    return selector === undefined ? undefined : bits([9, 13, 18, 30][selector]!);
+  };
+  const small = bits(1);
+  const rowsValue = small === 1 ? bits(5) : u32();
+  const ratio = bits(3);
+  if (rowsValue === undefined || ratio === undefined) return undefined;
+  const rows = small === 1 ? (rowsValue + 1) * 8 : rowsValue + 1;
+  if (ratio !== 0) {
+    const [numerator, denominator] = [[1, 1], [12, 10], [4, 3], [3, 2], [16, 9], [5, 4], [2, 1]][ratio - 1]!;
+    return { columns: Math.floor((rows * numerator!) / denominator!), rows };
+  }
+  const columnsValue = small === 1 ? bits(5) : u32();
+  if (columnsValue === undefined) return undefined;
+  return { columns: small === 1 ? (columnsValue + 1) * 8 : columnsValue + 1, rows };
 }
 
 /**
