@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import dcmjsCodecs from 'dcmjs-codecs';
-import { canTranscode, TranscodeError, transcodeDataset } from './transcode.ts';
+import { canTranscode, codestreamSize, TranscodeError, transcodeDataset } from './transcode.ts';
 
 const IMPLICIT = '1.2.840.10008.1.2';
 const EXPLICIT = '1.2.840.10008.1.2.1';
@@ -523,6 +523,83 @@ test('compressed -> uncompressed: RLE, JPEG lossless, JPEG-LS, J2K, HTJ2K, JPEG 
         }
       }
     }
+  }
+});
+
+test('a codestream whose own header declares another size than Rows x Columns is refused before it is decoded (hunt 89: 30000 x 30000 in a 128 x 128 CT took 7 GB, and went out with Success)', async () => {
+  await codecs();
+  const W = 33;
+  const H = 17;
+  const encoders: [string, string, (c: InstanceType<typeof Context>) => InstanceType<typeof Context>][] = [
+    [JPEG_BASELINE, 'ffc0', (c) => NativeCodecs.encodeJpeg(c, { lossy: true, quality: 90 })],
+    [JPEG_LOSSLESS, 'ffc3', (c) => NativeCodecs.encodeJpeg(c, { lossy: false, predictor: 1, pointTransform: 0 })],
+    [JPEG_LS, 'fff7', (c) => NativeCodecs.encodeJpegLs(c, { lossy: false })],
+    [J2K, 'ff51', (c) => NativeCodecs.encodeJpeg2000(c, { lossy: false })],
+    [HTJ2K, 'ff51', (c) => NativeCodecs.encodeHtJpeg2000(c, { lossy: false })],
+  ];
+  const attrs = encode(
+    [
+      { tag: 0x00280002, vr: 'US', value: us(1) },
+      { tag: 0x00280004, vr: 'CS', value: latin1('MONOCHROME2') },
+      { tag: 0x00280010, vr: 'US', value: us(H) },
+      { tag: 0x00280011, vr: 'US', value: us(W) },
+      { tag: 0x00280100, vr: 'US', value: us(8) },
+      { tag: 0x00280101, vr: 'US', value: us(8) },
+      { tag: 0x00280102, vr: 'US', value: us(7) },
+      { tag: 0x00280103, vr: 'US', value: us(0) },
+    ],
+    { explicit: true, le: true },
+  );
+  for (const [ts, marker, enc] of encoders) {
+    await codecs();
+    const frame = Buffer.from(
+      enc(new Context({ width: W, height: H, bitsAllocated: 8, bitsStored: 8, samplesPerPixel: 1, pixelRepresentation: 0, planarConfiguration: 0,
+        photometricInterpretation: 'MONOCHROME2', decodedBuffer: pixels(W, H, 1, 8, 0) })).getEncodedBuffer()!,
+    );
+    const at = frame.indexOf(Buffer.from(marker, 'hex'));
+    assert.ok(at > 0, `${ts}: no ${marker} in the encoder's output`);
+    const declaring = (columns: number, rows: number) => {
+      const lying = Buffer.from(frame);
+      // SOFn / SOF55: Lf, P, Y, X. SIZ: Lsiz, Rsiz, Xsiz, Ysiz (no image offset here).
+      if (marker === 'ff51') {
+        lying.writeUInt32BE(columns, at + 6);
+        lying.writeUInt32BE(rows, at + 10);
+      } else {
+        lying.writeUInt16BE(rows, at + 5);
+        lying.writeUInt16BE(columns, at + 7);
+      }
+      return lying;
+    };
+    assert.deepEqual(codestreamSize(frame), { columns: W, rows: H }, ts);
+    // Read without decoding anything: 30000 x 30000 is 900 M samples a decoder would hold.
+    assert.deepEqual(codestreamSize(declaring(30000, 30000)), { columns: 30000, rows: 30000 }, ts);
+    // A wider image decodes to more bytes than Rows x Columns, of which the first ones went out as the image.
+    for (const [columns, rows] of [[2 * W, H], [W, H + 3], [W - 1, H]]) {
+      const ds = new Uint8Array(Buffer.concat([attrs, encapsulated([declaring(columns, rows)], false)]));
+      await assert.rejects(transcodeDataset(ds, ts, [EXPLICIT]), (e) => {
+        assertTranscodeError(e, 'ERR_TRANSCODE_FAILED');
+        assert.match((e as Error).message, new RegExp(`declares ${columns} x ${rows} pixels, the data set ${W} x ${H}`), ts);
+        return true;
+      });
+    }
+    // The frame as encoded still decodes.
+    const ok = await transcodeDataset(new Uint8Array(Buffer.concat([attrs, encapsulated([frame], false)])), ts, [EXPLICIT]);
+    assert.equal(find(parse(ok.bytes, { explicit: true, le: true }).els, 0x7fe00010)!.value!.length, W * H + 1);
+  }
+  // JPEG XL's SizeHeader is bit-packed: frames encoded at other sizes (small and large forms, aspect ratios).
+  for (const [columns, rows] of [[2 * W, H], [W, H], [64, 48], [40, 40], [300, 200], [W, 2 * H]]) {
+    await codecs();
+    const frame = Buffer.from(
+      NativeCodecs.encodeJpegXl(new Context({ width: columns, height: rows, bitsAllocated: 8, bitsStored: 8, samplesPerPixel: 1, pixelRepresentation: 0, planarConfiguration: 0,
+        photometricInterpretation: 'MONOCHROME2', decodedBuffer: pixels(columns, rows, 1, 8, 0) }), { lossy: false }).getEncodedBuffer()!,
+    );
+    assert.deepEqual(codestreamSize(frame), { columns, rows }, `JPEG XL ${columns} x ${rows}`);
+    if (columns === W && rows === H) continue;
+    const ds = new Uint8Array(Buffer.concat([attrs, encapsulated([frame], false)]));
+    await assert.rejects(transcodeDataset(ds, JXL, [EXPLICIT]), (e) => {
+      assert.match((e as Error).message, new RegExp(`declares ${columns} x ${rows} pixels, the data set ${W} x ${H}`));
+      return true;
+    });
   }
 });
 

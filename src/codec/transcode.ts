@@ -872,6 +872,127 @@ function checkRleHeader(frame: Uint8Array, attrs: PixelAttrs, index: number): vo
   }
 }
 
+/**
+ * The size a JPEG, JPEG-LS, JPEG 2000, HTJ2K or JPEG XL frame declares in its own header (SOFn, SOF55,
+ * SIZ, SizeHeader), read before anything is decoded; undefined when the frame has no such header where this
+ * looks (bytes no decoder takes: the decoder says why). Rows 0 is a JPEG height given later (DNL).
+ */
+export function codestreamSize(frame: Uint8Array): { columns: number; rows: number } | undefined {
+  const u16 = (at: number) => (at + 2 <= frame.length ? (frame[at]! << 8) | frame[at + 1]! : undefined);
+  const u32 = (at: number) => (at + 4 <= frame.length ? ((frame[at]! << 24) >>> 0) + (frame[at + 1]! << 16) + (frame[at + 2]! << 8) + frame[at + 3]! : undefined);
+  let at = 0;
+  // A JP2 file (PS3.5 A.4.4 wants a bare codestream, but some writers keep the boxes): the codestream box.
+  if (u32(0) === 12 && u32(4) === 0x6a502020) {
+    while (at + 8 <= frame.length) {
+      const length = u32(at)!;
+      if (u32(at + 4) === 0x6a703263) {
+        at += 8;
+        break;
+      }
+      if (length < 8) return undefined;
+      at += length;
+    }
+  }
+  if (u16(at) === 0xff4f && u16(at + 2) === 0xff51) {
+    // SOC, then SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz (PS3.5 refers to ISO/IEC 15444-1 A.5.1).
+    const [x, y, x0, y0] = [u32(at + 8), u32(at + 12), u32(at + 16), u32(at + 20)];
+    if (x === undefined || y === undefined || x0 === undefined || y0 === undefined) return undefined;
+    return { columns: x - x0, rows: y - y0 };
+  }
+  const jpegXl = jpegXlSize(frame);
+  if (jpegXl !== undefined) return jpegXl;
+  if (u16(at) !== 0xffd8) return undefined;
+  at += 2;
+  // JPEG and JPEG-LS: marker segments up to the frame header (ISO/IEC 10918-1 B.2, 14495-1 C.2.2).
+  while (at + 4 <= frame.length) {
+    if (frame[at] !== 0xff) return undefined;
+    const marker = frame[at + 1]!;
+    if (marker === 0xff) {
+      at += 1;
+      continue;
+    }
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+      at += 2;
+      continue;
+    }
+    if (marker === 0xda || marker === 0xd9) return undefined;
+    const isFrameHeader = (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) || marker === 0xf7;
+    if (isFrameHeader) {
+      const rows = u16(at + 5);
+      const columns = u16(at + 7);
+      return rows === undefined || columns === undefined ? undefined : { columns, rows };
+    }
+    at += 2 + u16(at + 2)!;
+  }
+  return undefined;
+}
+
+/**
+ * A JPEG XL frame's size (ISO/IEC 18181-1 SizeHeader, after the FF 0A signature; in a container, the first
+ * `jxlc` or `jxlp` box's codestream), or undefined when it is neither.
+ */
+function jpegXlSize(frame: Uint8Array): { columns: number; rows: number } | undefined {
+  let at = 0;
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  if (frame.length >= 12 && view.getUint32(0) === 12 && view.getUint32(4) === 0x4a584c20) {
+    // ISOBMFF boxes (18181-2): size, type; a jxlp box starts with a 4-byte index.
+    while (at + 8 <= frame.length) {
+      const size = view.getUint32(at);
+      const type = view.getUint32(at + 4);
+      if (type === 0x6a786c63) {
+        at += 8;
+        break;
+      }
+      if (type === 0x6a786c70) {
+        at += 12;
+        break;
+      }
+      if (size < 8) return undefined;
+      at += size;
+    }
+  }
+  if (frame[at] !== 0xff || frame[at + 1] !== 0x0a) return undefined;
+  let bit = (at + 2) * 8;
+  const bits = (n: number): number | undefined => {
+    let value = 0;
+    for (let i = 0; i < n; i++, bit++) {
+      const byte = frame[bit >> 3];
+      if (byte === undefined) return undefined;
+      value += ((byte >> (bit & 7)) & 1) * 2 ** i;
+    }
+    return value;
+  };
+  const u32 = (): number | undefined => {
+    const selector = bits(2);
+    return selector === undefined ? undefined : bits([9, 13, 18, 30][selector]!);
+  };
+  const small = bits(1);
+  const rowsValue = small === 1 ? bits(5) : u32();
+  const ratio = bits(3);
+  if (rowsValue === undefined || ratio === undefined) return undefined;
+  const rows = small === 1 ? (rowsValue + 1) * 8 : rowsValue + 1;
+  if (ratio !== 0) {
+    const [numerator, denominator] = [[1, 1], [12, 10], [4, 3], [3, 2], [16, 9], [5, 4], [2, 1]][ratio - 1]!;
+    return { columns: Math.floor((rows * numerator!) / denominator!), rows };
+  }
+  const columnsValue = small === 1 ? bits(5) : u32();
+  if (columnsValue === undefined) return undefined;
+  return { columns: small === 1 ? (columnsValue + 1) * 8 : columnsValue + 1, rows };
+}
+
+/**
+ * A compressed frame must be of the data set's Rows x Columns: the decoders size their output by the
+ * frame's own header, so a codestream declaring 30000 x 30000 in a 128 x 128 instance took 7 GB and 11 s
+ * to decode, and its first Rows x Columns samples went out as the image, with Success (hunt 89).
+ */
+function checkCodestreamSize(frame: Uint8Array, attrs: PixelAttrs, index: number): void {
+  const size = codestreamSize(frame);
+  if (size === undefined) return;
+  if (size.columns !== attrs.columns || (size.rows !== 0 && size.rows !== attrs.rows)) {
+    fail(`frame ${index}'s codestream declares ${size.columns} x ${size.rows} pixels, the data set ${attrs.columns} x ${attrs.rows} (Columns x Rows): not decoded`);
+  }
+}
+
 function csValue(text: string): Uint8Array {
   const padded = text.length % 2 ? `${text} ` : text;
   return new Uint8Array(Buffer.from(padded, 'latin1'));
@@ -964,6 +1085,7 @@ async function decodePixelData(elements: El[], pixel: El, ts: string, signal: Ab
     attrs = pixelAttrs(elements);
     frames = splitFrames(elements, pixel.fragments!, attrs.frames, ts);
     if (ts === '1.2.840.10008.1.2.5') frames.forEach((f, i) => checkRleHeader(f, attrs, i));
+    else frames.forEach((f, i) => checkCodestreamSize(f, attrs, i));
   } catch (err) {
     throw asTranscodeError(err);
   }
@@ -993,7 +1115,8 @@ async function decodePixelData(elements: El[], pixel: El, ts: string, signal: Ab
       photometric === 'YBR_FULL_422'
         ? 2 * bytesPerSample * attrs.rows * attrs.columns
         : attrs.rows * attrs.columns * attrs.samplesPerPixel * bytesPerSample;
-    if (buf.byteLength < frameSize) {
+    // More than one byte of padding is another image than the data set describes (other components or depth).
+    if (buf.byteLength < frameSize || buf.byteLength > frameSize + 1) {
       fail(`frame ${i} decoded to ${buf.byteLength} bytes, expected ${frameSize}`);
     }
     // dcmjs-codecs pads each odd-sized frame; frames must be contiguous, so trim to the exact size.

@@ -382,6 +382,40 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
 });
 
+test('a C-GET whose requestor proposed the SOP class but took no SCP role for it: the comment says so, not "no context" (hunt 89)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'getter-no-role', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.89.3';
+  await storeStudy(peer, studyInstanceUid, 2, 8, 8);
+  for (const roleSelections of [[], [{ sopClassUid: ctImage, scuRole: true, scpRole: false }]]) {
+    const client = await openPeerClient(
+      peer.dicomPort,
+      'GETTER',
+      [
+        { abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+        { abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] },
+      ],
+      { roleSelections, onIncomingStore: () => Status.Success },
+    );
+    t.after(() => client.abort());
+    assert.ok(client.contexts.some((c) => c.abstractSyntaxUid === ctImage), 'the CT context is accepted');
+    const final = await client.request(
+      client.contexts[0]!.id,
+      { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
+      encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
+    );
+    assert.equal(final.command.status, 0xa702);
+    assert.equal(final.command.failedSubOperations, 2);
+    // Before: "all 2 failed: receiver accepted no context for SOP class", while the context was accepted.
+    assert.equal(final.command.errorComment, 'all 2 failed: requestor took no SCP role for SOP class');
+    assert.ok(final.command.errorComment!.length <= 64);
+    await client.release();
+  }
+  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('SCP role')), JSON.stringify(reasons));
+});
+
 test('a C-GET of an instance whose conversion would hold too much: a failed sub-operation saying why, logged whole, never decoded (hunt 85)', async (t) => {
   const lines: RecordedLine[] = [];
   const peer = await startTestPeer([], 'getter-too-large', recordingLogger([], {}, lines));

@@ -618,6 +618,7 @@ export class AcceptorSession {
     return {
       pickContext: (entry) => pickContextFor(entry, usable),
       acceptsSopClass: (sopClassUid) => usable.some((c) => c.abstractSyntaxUid === sopClassUid),
+      lacksScpRole: (sopClassUid) => [...this.contexts.values()].some((c) => c.abstractSyntaxUid === sopClassUid && !c.requestorIsScp),
       store: async (presentationContextId, command, dataSet) => {
         if (this.releaseRequested) return Status.UnableToProcess;
         return this.requestOfRequestor(presentationContextId, command, dataSet);

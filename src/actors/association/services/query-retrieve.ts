@@ -132,6 +132,11 @@ export interface SubOperationTarget {
   pickContext(entry: CatalogEntry): { presentationContextId: number; transferSyntaxUid: string } | undefined;
   /** Whether the receiver accepted any context for the SOP class (when pickContext finds none: why). */
   acceptsSopClass?(sopClassUid: string): boolean;
+  /**
+   * C-GET: a context for the SOP class was accepted, but the requestor did not take the SCP role for it
+   * (no SCP/SCU Role Selection item, or SCP role 0: PS3.7 D.3.3.4), so no C-STORE may go to it there.
+   */
+  lacksScpRole?(sopClassUid: string): boolean;
   /** Sends C-STORE-RQ with the data set and resolves with the C-STORE-RSP status. */
   store(presentationContextId: number, command: DimseCommand, dataSet: Uint8Array | AsyncIterable<Uint8Array>): Promise<number>;
 }
@@ -403,6 +408,15 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
   const picked = target.pickContext(entry);
   // The stored syntax first: the final response's Error Comment keeps 64 characters of the reason, and a
   // context for the class may well be accepted, in a syntax this instance cannot be converted into.
+  if (!picked && target.acceptsSopClass?.(entry.sopClassUid) === false && target.lacksScpRole?.(entry.sopClassUid) === true) {
+    // A getscu-like requestor configured without role selection: "no context" sent its operator looking at
+    // the presentation contexts, which were there (hunt 89).
+    return {
+      status: NoContextForInstance,
+      reason: `the requestor did not take the SCP role (SCP/SCU Role Selection, PS3.7 D.3.3.4) for SOP class ${entry.sopClassUid}, whose context it proposed`,
+      comment: 'requestor took no SCP role for SOP class',
+    };
+  }
   if (!picked && target.acceptsSopClass?.(entry.sopClassUid) === false) {
     // No context for the class at all: "stored as ...: not convertible" read as a transcoding failure (hunt
     // 85). It fits the comment's 64 characters after "all 100000 failed: "; the log has the class.
