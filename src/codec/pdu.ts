@@ -202,7 +202,14 @@ export interface PduLimits {
   maxAssociateBytes: number;
 }
 
-export const defaultPduLimits: PduLimits = { maxPDataBytes: 1024 * 1024 + 64, maxAssociateBytes: 128 * 1024 };
+/**
+ * PS3.8 bounds an A-ASSOCIATE-RQ by its 4-byte length only. 128 contexts of 40 transfer syntaxes each take
+ * ~360 KB; 128 KiB aborted requests of ~136 KB that DCMTK's storescp accepts (hunt 89). Bounded all the
+ * same: each connection not yet associated may hold one, for ARTIM's 30 s.
+ */
+export const associateBytesMax = 512 * 1024;
+
+export const defaultPduLimits: PduLimits = { maxPDataBytes: 1024 * 1024 + 64, maxAssociateBytes: associateBytesMax };
 
 const pduHeaderBytes = 6;
 

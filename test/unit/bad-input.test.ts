@@ -95,6 +95,15 @@ test('an oversized length field: A-ABORT before anything is buffered', async () 
   assert.ok(await echoWorks(peer));
 });
 
+test('an A-ASSOCIATE-RQ of 128 contexts with 40 transfer syntaxes each (~360 KB): negotiated, not aborted (hunt 89: over 128 KiB was aborted; storescp accepts it)', async () => {
+  const syntaxes = [TransferSyntax.ImplicitVrLittleEndian, ...Array.from({ length: 39 }, (_, i) => `1.2.826.0.1.3680043.10.1453.89.${1_000_000_000 + i}.${'7'.repeat(22)}`)];
+  const contexts = Array.from({ length: 128 }, (_, i) => ({ id: 2 * i + 1, abstractSyntaxUid: i === 0 ? verification : `1.2.826.0.1.3680043.10.1453.89.2.${i}`, transferSyntaxUids: syntaxes }));
+  const rq = associateRq('PACSMESH', undefined, undefined, 'FUZZER', contexts);
+  assert.ok(rq.length > 300 * 1024, `${rq.length} bytes`);
+  const { pdus } = await exchange(peer.dicomPort, [rq], { until: (answered) => answered.length > 0 });
+  assert.equal(pdus[0]?.type, 'associateAc', JSON.stringify(pdus[0]));
+});
+
 test('a truncated PDU followed by a close: the peer just closes its side', async () => {
   const rq = associateRq();
   const { pdus } = await exchange(peer.dicomPort, [rq.subarray(0, rq.length - 10)], { endAfterWrite: true });

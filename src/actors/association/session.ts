@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'node:net';
 import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
-import { AbortReason, RejectReason, RejectResult, RejectSource, type Pdu } from '../../codec/pdu.ts';
+import { AbortReason, RejectReason, RejectResult, RejectSource, associateBytesMax, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection, GatheredDataSet } from './connection.ts';
 import { DicomClientAssociation } from './client.ts';
@@ -125,7 +125,7 @@ export class AcceptorSession {
     this.connection = new DicomConnection(
       {
         socket,
-        limits: { maxPDataBytes: deps.config.maxPduLength + 64, maxAssociateBytes: 128 * 1024 },
+        limits: { maxPDataBytes: deps.config.maxPduLength + 64, maxAssociateBytes: associateBytesMax },
         maxUnprocessedBytes: deps.maxUnprocessedBytes,
         nowMs: () => deps.clock.nowMs(),
       },
