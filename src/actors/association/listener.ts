@@ -87,15 +87,18 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     socket.once('close', () => connections--);
     const frontDoor = init.frontDoor;
     if (!frontDoor) return serveHere(socket);
+    // Until the association or the tunnel listens, a reset by the modality (an 'error' with no listener)
+    // would end the process; the socket is destroyed all the same, and not served below.
+    socket.on('error', () => undefined);
     // Until a handler reads it, the socket buffers what the modality sends, so nothing is lost while routing.
     routing = routing.then(() =>
       frontDoor.route(socket).then(
         (decision) => {
-          if (decision === 'local') serveHere(socket);
+          if (decision === 'local' && !socket.destroyed) serveHere(socket);
         },
         (error: unknown) => {
           init.deps.log.warn('front door failed: serving here', { error: String(error) });
-          serveHere(socket);
+          if (!socket.destroyed) serveHere(socket);
         },
       ),
     );
