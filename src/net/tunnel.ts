@@ -141,6 +141,13 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
   // socket -> stream: writes are chained in order; the socket is paused while more than
   // UPSTREAM_QUEUE_MAX_BYTES wait for the stream (pausing on every chunk halves the throughput).
   const upstream = new Promise<void>((resolve) => {
+    // Closed while the tunnel opened (the client reset it): no 'end' or 'close' will come, nothing can go either way.
+    if (socket.destroyed) {
+      fail(new Error('client socket closed before the tunnel opened'));
+      resolve();
+      return;
+    }
+    let ended = false;
     let writing: Promise<void> = Promise.resolve();
     let queuedBytes = 0;
     let paused = false;
@@ -163,13 +170,16 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
         .catch((err: Error) => fail(err));
     });
     socket.once('end', () => {
+      ended = true;
       writing
         .then(() => (failed ? undefined : stream.closeWrite()))
         .catch((err: Error) => fail(err))
         .finally(resolve);
     });
     socket.once('close', (hadError) => {
-      if (hadError) fail(new Error('client socket closed with an error'));
+      // Closed without its end: destroyed here (a stop, a failed write). Nothing can reach it any more, and the
+      // other side would wait for our end for ever.
+      if (hadError || !ended) fail(new Error(hadError ? 'client socket closed with an error' : 'client socket destroyed before its end'));
       resolve();
     });
     socket.on('error', (err) => fail(err));
