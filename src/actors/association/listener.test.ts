@@ -48,4 +48,42 @@ describe('DICOM listener', () => {
       await listener.stop(0);
     }
   });
+
+  it('takes the next routing decision while a tunnel is being opened', { timeout: 10_000 }, async () => {
+    const routedAt: number[] = [];
+    const start = performance.now();
+    let calls = 0;
+    const listener = await startDicomListener({
+      host: '127.0.0.1',
+      port: 0,
+      maxAssociations: 4,
+      parent: undefined as never,
+      deps: { log: silentLogger } as unknown as AssociationDeps,
+      frontDoor: {
+        // The first connection goes to a peer whose tunnel takes 1.5 s to open (a stalled peer: up to the 2 s timeout).
+        route: (socket, onTunnelling) => {
+          const first = calls++ === 0;
+          if (first) onTunnelling?.();
+          return new Promise((resolve) =>
+            setTimeout(
+              () => {
+                routedAt.push(Math.round(performance.now() - start));
+                socket.destroy();
+                resolve('tunnelled');
+              },
+              first ? 1500 : 10,
+            ),
+          );
+        },
+      },
+    });
+    try {
+      const sockets = [0, 1].map(() => connect(listener.port, '127.0.0.1').on('error', () => undefined));
+      await waitFor('both routed', () => routedAt.length === 2);
+      for (const socket of sockets) socket.destroy();
+      assert.ok(routedAt[0]! < 1000, `the second connection waited for the first one's tunnel (routed after ${routedAt.join(', ')} ms)`);
+    } finally {
+      await listener.stop(0);
+    }
+  });
 });
