@@ -86,4 +86,39 @@ describe('DICOM listener', () => {
       await listener.stop(0);
     }
   });
+
+  it('goes on routing after a connection could not be served, and closes that one', { timeout: 10_000 }, async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    let routed = 0;
+    const listener = await startDicomListener({
+      host: '127.0.0.1',
+      port: 0,
+      maxAssociations: 4,
+      // No actor system and no deps: serving here throws (as a bug in starting an association would).
+      parent: undefined as never,
+      deps: { log: silentLogger } as unknown as AssociationDeps,
+      frontDoor: {
+        route: async () => {
+          routed++;
+          return 'local';
+        },
+      },
+    });
+    try {
+      const first = connect(listener.port, '127.0.0.1').on('error', () => undefined);
+      const closed = new Promise((resolve) => first.once('close', resolve));
+      await waitFor('first routed', () => routed === 1);
+      const second = connect(listener.port, '127.0.0.1').on('error', () => undefined);
+      await waitFor('second routed', () => routed === 2, 2000);
+      await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the connection not served was left open')), 2000))]);
+      second.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(unhandled.map(String), []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await listener.stop(0);
+    }
+  });
 });

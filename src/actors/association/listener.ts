@@ -96,15 +96,24 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     routing = routing.then(
       () =>
         new Promise<void>((decided) => {
-          frontDoor.route(socket, decided).then(
-            (decision) => {
-              if (decision === 'local' && !socket.destroyed) serveHere(socket);
-            },
-            (error: unknown) => {
-              init.deps.log.warn('front door failed: serving here', { error: String(error) });
-              if (!socket.destroyed) serveHere(socket);
-            },
-          ).finally(decided);
+          frontDoor
+            .route(socket, decided)
+            .then(
+              (decision) => {
+                if (decision === 'local' && !socket.destroyed) serveHere(socket);
+              },
+              (error: unknown) => {
+                init.deps.log.warn('front door failed: serving here', { error: String(error) });
+                if (!socket.destroyed) serveHere(socket);
+              },
+            )
+            // A connection that could not be served (a bug) is closed: it neither holds the routing of the next
+            // ones nor stays open unread.
+            .catch((error: unknown) => {
+              init.deps.log.error('DICOM connection not served', { error: String(error) });
+              socket.destroy();
+            })
+            .finally(decided);
         }),
     );
   });
