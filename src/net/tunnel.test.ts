@@ -174,4 +174,39 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     await waitFor('tunnels released at the server', () => server.active() === 0, 5000);
     second.destroy();
   });
+
+  it('a client that keeps its end open after the association closed is closed after a grace, as a direct one is', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [loopbackAddress(a)]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    // The local DICOM port closes a connection that says nothing (as ARTIM does, after 30 s).
+    const artim = createServer((socket) => {
+      socket.on('error', () => undefined);
+      setTimeout(() => socket.destroy(), 200);
+    });
+    const artimPort = await listen(artim);
+    cleanups.push(() => void artim.close());
+    const server = await startTunnelServer({ node: b, localPort: artimPort, log: quiet });
+    cleanups.push(() => server.stop());
+    const finished: Promise<unknown>[] = [];
+    const door = createServer((socket: Socket) => {
+      socket.on('error', () => undefined);
+      void openTunnel(a, b.peerId, socket, { endGraceMs: 300 }).then((t) => finished.push(t.finished));
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+    // A client that ignores the server's end: its own stays open.
+    const client = connect({ port: doorPort, host: '127.0.0.1', allowHalfOpen: true });
+    client.on('error', () => undefined);
+    let ended = false;
+    client.on('end', () => (ended = true));
+    client.resume();
+    await waitFor('tunnel opened', () => finished.length === 1);
+    await waitFor('the association\'s end reached the client', () => ended, 5000);
+    const settled = await Promise.race([finished[0]!.then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
+    assert.equal(settled, true, 'the tunnel stays open for as long as the client keeps its end open');
+    await waitFor('tunnel released at the server', () => server.active() === 0, 3000);
+    client.destroy();
+  });
 });

@@ -28,6 +28,13 @@ export const TUNNEL_PROTOCOL = '/pacs-mesh/tunnel/1';
 const HEADER_MAX_BYTES = 1024;
 /** Client bytes read from the socket but not yet taken by the stream, before the socket is paused. */
 const UPSTREAM_QUEUE_MAX_BYTES = 256 * 1024;
+/**
+ * How long a socket may keep its own end open once the other side's end reached it. The association at the
+ * other end is over then (released, aborted, or closed by ARTIM); a direct connection is destroyed at that
+ * point, but a tunnelled one waited for the client's end for ever: clients that never close theirs held a
+ * connection of the DICOM port and a tunnel at the serving peer each, until neither took any more.
+ */
+export const DEFAULT_END_GRACE_MS = 10_000;
 
 export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN';
 
@@ -128,7 +135,7 @@ export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined 
  * Pipes a TCP socket and a mesh stream both ways until both directions ended; resolves with the byte
  * counts. Never throws: an error on either side resets/destroys the other.
  */
-export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise<TunnelStats> {
+export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options: { endGraceMs?: number } = {}): Promise<TunnelStats> {
   const stats: TunnelStats = { bytesToStream: 0, bytesToSocket: 0 };
   let failed = false;
   const fail = (err: Error): void => {
@@ -209,7 +216,13 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
           });
         }
       }
-      if (!socket.destroyed) socket.end();
+      if (!socket.destroyed) {
+        socket.end();
+        // Destroyed after the grace if its end has not come: 'close' without 'end' fails the tunnel (see above).
+        const grace = setTimeout(() => socket.destroy(), options.endGraceMs ?? DEFAULT_END_GRACE_MS);
+        grace.unref();
+        socket.once('close', () => clearTimeout(grace));
+      }
     } catch (err) {
       fail(err as Error);
     }
@@ -226,6 +239,8 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
 export interface OpenTunnelOptions {
   /** Bound on dialling, opening the stream and the remote's connect to its DICOM port. Default 3000. */
   timeoutMs?: number;
+  /** See DEFAULT_END_GRACE_MS. */
+  endGraceMs?: number;
 }
 
 export interface OpenedTunnel {
@@ -260,7 +275,7 @@ export async function openTunnel(node: MeshNode, peerId: string, socket: Socket,
     throw new TunnelError('ERR_TUNNEL_OPEN', `tunnel to ${peerId} failed to open: ${(err as Error).message}`, { cause: err });
   }
   socket.setNoDelay(true);
-  return { peerId, finished: pipeSocketAndStream(socket, stream) };
+  return { peerId, finished: pipeSocketAndStream(socket, stream, options.endGraceMs === undefined ? {} : { endGraceMs: options.endGraceMs }) };
 }
 
 export interface TunnelServerInit {
