@@ -209,4 +209,37 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     await waitFor('tunnel released at the server', () => server.active() === 0, 3000);
     client.destroy();
   });
+
+  it('a tunnel reset at the serving peer ends at once, also while a client that does not read holds its bytes back', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [loopbackAddress(a)]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    // The local DICOM port sends 8 MiB, then its connection is reset (an association aborted).
+    const talker = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.write(Buffer.alloc(8 * 1024 * 1024), () => undefined);
+      setTimeout(() => socket.resetAndDestroy(), 500);
+    });
+    const talkerPort = await listen(talker);
+    cleanups.push(() => void talker.close());
+    const server = await startTunnelServer({ node: b, localPort: talkerPort, log: quiet });
+    cleanups.push(() => server.stop());
+    const finished: Promise<unknown>[] = [];
+    const door = createServer((socket: Socket) => {
+      socket.on('error', () => undefined);
+      void openTunnel(a, b.peerId, socket).then((t) => finished.push(t.finished));
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+    // A client that reads nothing (its receive buffer fills, and the tunnel waits for 'drain').
+    const client = connect({ port: doorPort, host: '127.0.0.1' });
+    client.on('error', () => undefined);
+    client.pause();
+    await waitFor('tunnel opened', () => finished.length === 1);
+    await waitFor('tunnel released at the server', () => server.active() === 0, 5000);
+    const settled = await Promise.race([finished[0]!.then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
+    assert.equal(settled, true, 'the tunnel waits for the client to read, though its stream was reset');
+    client.destroy();
+  });
 });

@@ -203,16 +203,33 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
         stats.bytesToSocket += chunk.byteLength;
         if (!socket.write(chunk)) {
           await new Promise<void>((resolve, reject) => {
-            const onDrain = (): void => {
+            const cleanup = (): void => {
+              socket.off('drain', onDrain);
               socket.off('close', onClose);
+              stream.raw.removeEventListener('close', onStreamClose);
+            };
+            const onDrain = (): void => {
+              cleanup();
               resolve();
             };
             const onClose = (): void => {
-              socket.off('drain', onDrain);
+              cleanup();
               reject(new Error('client socket closed while writing'));
             };
+            // A reset of the stream (the other side failed) ends the tunnel now, not once a client that does not
+            // read takes these bytes: nothing it sends can reach the other side any more.
+            const onStreamClose = (evt: { error?: Error }): void => {
+              if (evt.error == null) return;
+              cleanup();
+              reject(evt.error);
+            };
+            if (stream.raw.status === 'reset' || stream.raw.status === 'aborted') {
+              reject(new Error(`tunnel stream ${stream.raw.status}`));
+              return;
+            }
             socket.once('drain', onDrain);
             socket.once('close', onClose);
+            stream.raw.addEventListener('close', onStreamClose);
           });
         }
       }
