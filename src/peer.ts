@@ -200,7 +200,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       port: config.dicomPort,
       maxAssociations: config.maxAssociations,
       parent: supervisor.associations,
-      frontDoor: { route: (socket) => (mesh ? mesh.frontDoor.route(socket) : Promise.resolve('local')) },
+      frontDoor: { route: (socket, onTunnelling) => (mesh ? mesh.frontDoor.route(socket, onTunnelling) : Promise.resolve('local')) },
       deps: {
         config: {
           aeTitle: config.aeTitle,

@@ -276,3 +276,32 @@ test('a request sent on a kept-alive connection while the peer was held past the
   socket.destroy();
   assert.equal(idleClosed, true, 'the idle connection was not closed by the keep-alive timeout');
 });
+
+test('requests pipelined on one connection are handled a few at a time: beyond, a 503 and the connection closes (one write of 20,000 searches took 500 MiB)', async (t) => {
+  let running = 0;
+  let runningMax = 0;
+  let calls = 0;
+  const meshStatus = async () => {
+    calls++;
+    running++;
+    runningMax = Math.max(runningMax, running);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    running--;
+    return {};
+  };
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus, isHealthy: () => true });
+  t.after(() => server.stop());
+  const socket = connect(server.port, '127.0.0.1');
+  t.after(() => socket.destroy());
+  let text = '';
+  socket.on('data', (chunk) => (text += chunk.toString('latin1')));
+  const closed = new Promise((resolve) => socket.once('close', resolve));
+  socket.write('GET /api/mesh HTTP/1.1\r\nhost: x\r\n\r\n'.repeat(200));
+  await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  assert.ok(runningMax <= 16, `${runningMax} requests of one connection ran at once`);
+  const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+  assert.ok(statuses.length > 0 && statuses.slice(0, runningMax).every((status) => status === 200), 'the first ones are answered');
+  assert.equal(statuses.at(-1), 503);
+  assert.match(text, /ERR_HTTP_PIPELINING/);
+  assert.ok(calls <= 16);
+});

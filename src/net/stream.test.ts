@@ -74,3 +74,10 @@ test('gathered pieces go out together, up to the write chunk size a send; a writ
   await writer.end();
   assert.deepEqual([...sends.at(-1)!], [3, 3, 3], 'end sends what is held');
 });
+
+test('a write after its signal is aborted fails with the stream error code ERR_ABORTED, as a wait for drain does', async () => {
+  const { sends, writer } = recordingStream();
+  const signal = AbortSignal.abort(new Error('deadline'));
+  await assert.rejects(writer.write(new Uint8Array(10), { signal }), (error: Error & { code?: string }) => error.name === 'MeshStreamError' && error.code === 'ERR_ABORTED');
+  assert.equal(sends.length, 0, 'nothing sent');
+});

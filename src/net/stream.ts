@@ -472,7 +472,8 @@ export class StreamWriter {
 
   private async send(piece: Uint8Array, options?: ReadOptions): Promise<void> {
     await this.waitWritable(options);
-    options?.signal?.throwIfAborted();
+    const signal = options?.signal;
+    if (signal?.aborted === true) throw abortError(signal);
     let ok: boolean;
     try {
       ok = this.stream.send(piece);

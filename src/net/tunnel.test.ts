@@ -131,4 +131,115 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     assert.equal((error as Error & { code: string }).code, 'ERR_TUNNEL_REFUSED');
     assert.equal(data.toString(), 'hello');
   });
+
+  it('ends on both sides when the client socket is gone before the tunnel opened, or destroyed here after', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [loopbackAddress(a)]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    // The local DICOM port: an association that says nothing until its client does (as ours do before the A-ASSOCIATE-RQ).
+    const echo = await echoServer();
+    cleanups.push(() => void echo.server.close());
+    const server = await startTunnelServer({ node: b, localPort: echo.port, log: quiet });
+    cleanups.push(() => server.stop());
+
+    const finished: Promise<unknown>[] = [];
+    const opened: Socket[] = [];
+    const door = createServer((socket: Socket) => {
+      socket.on('error', () => undefined);
+      if (opened.length === 0) {
+        // The first client resets while its tunnel is being opened (the front door has it, nobody reads it).
+        opened.push(socket);
+        socket.once('close', () => void openTunnel(a, b.peerId, socket).then((t) => finished.push(t.finished)));
+      } else {
+        // The second one is destroyed here once its tunnel is open (as the front door's stop does).
+        opened.push(socket);
+        void openTunnel(a, b.peerId, socket).then((t) => {
+          finished.push(t.finished);
+          socket.destroy();
+        });
+      }
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+
+    const first = connect({ port: doorPort, host: '127.0.0.1' }, () => first.resetAndDestroy());
+    first.on('error', () => undefined);
+    await waitFor('first tunnel opened', () => finished.length === 1);
+    const second = connect({ port: doorPort, host: '127.0.0.1' });
+    second.on('error', () => undefined);
+    await waitFor('second tunnel opened', () => finished.length === 2);
+    const settled = await Promise.race([Promise.all(finished).then(() => true), new Promise((r) => setTimeout(() => r(false), 5000))]);
+    assert.equal(settled, true, 'the tunnels of closed client sockets never finish (their streams and the remote connections stay open)');
+    await waitFor('tunnels released at the server', () => server.active() === 0, 5000);
+    second.destroy();
+  });
+
+  it('a client that keeps its end open after the association closed is closed after a grace, as a direct one is', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [loopbackAddress(a)]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    // The local DICOM port closes a connection that says nothing (as ARTIM does, after 30 s).
+    const artim = createServer((socket) => {
+      socket.on('error', () => undefined);
+      setTimeout(() => socket.destroy(), 200);
+    });
+    const artimPort = await listen(artim);
+    cleanups.push(() => void artim.close());
+    const server = await startTunnelServer({ node: b, localPort: artimPort, log: quiet });
+    cleanups.push(() => server.stop());
+    const finished: Promise<unknown>[] = [];
+    const door = createServer((socket: Socket) => {
+      socket.on('error', () => undefined);
+      void openTunnel(a, b.peerId, socket, { endGraceMs: 300 }).then((t) => finished.push(t.finished));
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+    // A client that ignores the server's end: its own stays open.
+    const client = connect({ port: doorPort, host: '127.0.0.1', allowHalfOpen: true });
+    client.on('error', () => undefined);
+    let ended = false;
+    client.on('end', () => (ended = true));
+    client.resume();
+    await waitFor('tunnel opened', () => finished.length === 1);
+    await waitFor('the association\'s end reached the client', () => ended, 5000);
+    const settled = await Promise.race([finished[0]!.then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
+    assert.equal(settled, true, 'the tunnel stays open for as long as the client keeps its end open');
+    await waitFor('tunnel released at the server', () => server.active() === 0, 3000);
+    client.destroy();
+  });
+
+  it('a tunnel reset at the serving peer ends at once, also while a client that does not read holds its bytes back', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [loopbackAddress(a)]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    // The local DICOM port sends 8 MiB, then its connection is reset (an association aborted).
+    const talker = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.write(Buffer.alloc(8 * 1024 * 1024), () => undefined);
+      setTimeout(() => socket.resetAndDestroy(), 500);
+    });
+    const talkerPort = await listen(talker);
+    cleanups.push(() => void talker.close());
+    const server = await startTunnelServer({ node: b, localPort: talkerPort, log: quiet });
+    cleanups.push(() => server.stop());
+    const finished: Promise<unknown>[] = [];
+    const door = createServer((socket: Socket) => {
+      socket.on('error', () => undefined);
+      void openTunnel(a, b.peerId, socket).then((t) => finished.push(t.finished));
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+    // A client that reads nothing (its receive buffer fills, and the tunnel waits for 'drain').
+    const client = connect({ port: doorPort, host: '127.0.0.1' });
+    client.on('error', () => undefined);
+    client.pause();
+    await waitFor('tunnel opened', () => finished.length === 1);
+    await waitFor('tunnel released at the server', () => server.active() === 0, 5000);
+    const settled = await Promise.race([finished[0]!.then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
+    assert.equal(settled, true, 'the tunnel waits for the client to read, though its stream was reset');
+    client.destroy();
+  });
 });

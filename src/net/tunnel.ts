@@ -28,6 +28,13 @@ export const TUNNEL_PROTOCOL = '/pacs-mesh/tunnel/1';
 const HEADER_MAX_BYTES = 1024;
 /** Client bytes read from the socket but not yet taken by the stream, before the socket is paused. */
 const UPSTREAM_QUEUE_MAX_BYTES = 256 * 1024;
+/**
+ * How long a socket may keep its own end open once the other side's end reached it. The association at the
+ * other end is over then (released, aborted, or closed by ARTIM); a direct connection is destroyed at that
+ * point, but a tunnelled one waited for the client's end for ever: clients that never close theirs held a
+ * connection of the DICOM port and a tunnel at the serving peer each, until neither took any more.
+ */
+export const DEFAULT_END_GRACE_MS = 10_000;
 
 export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN';
 
@@ -128,7 +135,7 @@ export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined 
  * Pipes a TCP socket and a mesh stream both ways until both directions ended; resolves with the byte
  * counts. Never throws: an error on either side resets/destroys the other.
  */
-export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise<TunnelStats> {
+export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options: { endGraceMs?: number } = {}): Promise<TunnelStats> {
   const stats: TunnelStats = { bytesToStream: 0, bytesToSocket: 0 };
   let failed = false;
   const fail = (err: Error): void => {
@@ -141,6 +148,13 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
   // socket -> stream: writes are chained in order; the socket is paused while more than
   // UPSTREAM_QUEUE_MAX_BYTES wait for the stream (pausing on every chunk halves the throughput).
   const upstream = new Promise<void>((resolve) => {
+    // Closed while the tunnel opened (the client reset it): no 'end' or 'close' will come, nothing can go either way.
+    if (socket.destroyed) {
+      fail(new Error('client socket closed before the tunnel opened'));
+      resolve();
+      return;
+    }
+    let ended = false;
     let writing: Promise<void> = Promise.resolve();
     let queuedBytes = 0;
     let paused = false;
@@ -163,13 +177,16 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
         .catch((err: Error) => fail(err));
     });
     socket.once('end', () => {
+      ended = true;
       writing
         .then(() => (failed ? undefined : stream.closeWrite()))
         .catch((err: Error) => fail(err))
         .finally(resolve);
     });
     socket.once('close', (hadError) => {
-      if (hadError) fail(new Error('client socket closed with an error'));
+      // Closed without its end: destroyed here (a stop, a failed write). Nothing can reach it any more, and the
+      // other side would wait for our end for ever.
+      if (hadError || !ended) fail(new Error(hadError ? 'client socket closed with an error' : 'client socket destroyed before its end'));
       resolve();
     });
     socket.on('error', (err) => fail(err));
@@ -186,20 +203,43 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
         stats.bytesToSocket += chunk.byteLength;
         if (!socket.write(chunk)) {
           await new Promise<void>((resolve, reject) => {
-            const onDrain = (): void => {
+            const cleanup = (): void => {
+              socket.off('drain', onDrain);
               socket.off('close', onClose);
+              stream.raw.removeEventListener('close', onStreamClose);
+            };
+            const onDrain = (): void => {
+              cleanup();
               resolve();
             };
             const onClose = (): void => {
-              socket.off('drain', onDrain);
+              cleanup();
               reject(new Error('client socket closed while writing'));
             };
+            // A reset of the stream (the other side failed) ends the tunnel now, not once a client that does not
+            // read takes these bytes: nothing it sends can reach the other side any more.
+            const onStreamClose = (evt: { error?: Error }): void => {
+              if (evt.error == null) return;
+              cleanup();
+              reject(evt.error);
+            };
+            if (stream.raw.status === 'reset' || stream.raw.status === 'aborted') {
+              reject(new Error(`tunnel stream ${stream.raw.status}`));
+              return;
+            }
             socket.once('drain', onDrain);
             socket.once('close', onClose);
+            stream.raw.addEventListener('close', onStreamClose);
           });
         }
       }
-      if (!socket.destroyed) socket.end();
+      if (!socket.destroyed) {
+        socket.end();
+        // Destroyed after the grace if its end has not come: 'close' without 'end' fails the tunnel (see above).
+        const grace = setTimeout(() => socket.destroy(), options.endGraceMs ?? DEFAULT_END_GRACE_MS);
+        grace.unref();
+        socket.once('close', () => clearTimeout(grace));
+      }
     } catch (err) {
       fail(err as Error);
     }
@@ -216,6 +256,8 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream): Promise
 export interface OpenTunnelOptions {
   /** Bound on dialling, opening the stream and the remote's connect to its DICOM port. Default 3000. */
   timeoutMs?: number;
+  /** See DEFAULT_END_GRACE_MS. */
+  endGraceMs?: number;
 }
 
 export interface OpenedTunnel {
@@ -250,7 +292,7 @@ export async function openTunnel(node: MeshNode, peerId: string, socket: Socket,
     throw new TunnelError('ERR_TUNNEL_OPEN', `tunnel to ${peerId} failed to open: ${(err as Error).message}`, { cause: err });
   }
   socket.setNoDelay(true);
-  return { peerId, finished: pipeSocketAndStream(socket, stream) };
+  return { peerId, finished: pipeSocketAndStream(socket, stream, options.endGraceMs === undefined ? {} : { endGraceMs: options.endGraceMs }) };
 }
 
 export interface TunnelServerInit {

@@ -18,9 +18,10 @@ export interface DicomListenerInit {
   deps: AssociationDeps;
   /**
    * The balancer's front door (issue 4): may hand the connection to another peer through a tunnel.
-   * Without one, or when it answers 'local', the association is served here.
+   * Without one, or when it answers 'local', the association is served here. `onTunnelling` is called once the
+   * decision is to open a tunnel, before it is opened.
    */
-  frontDoor?: { route(socket: Socket): Promise<'local' | 'tunnelled'> };
+  frontDoor?: { route(socket: Socket, onTunnelling?: () => void): Promise<'local' | 'tunnelled'> };
 }
 
 export interface DicomListener {
@@ -53,7 +54,8 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     active.add(association);
     void association.finished.then(() => active.delete(association));
   };
-  // Routing decisions are taken one at a time, so each sees the associations the previous one started here.
+  // Routing decisions are taken one at a time, so each sees the associations the previous one started here;
+  // a tunnel being opened (up to 2 s to a slow or stalled peer) does not hold the next decision.
   let routing: Promise<void> = Promise.resolve();
   // A bound on descriptors: connections that have not associated yet (closed by ARTIM after 30 s), those
   // waiting to be closed and those tunnelled to another peer come on top of the associations, up to this.
@@ -87,17 +89,32 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     socket.once('close', () => connections--);
     const frontDoor = init.frontDoor;
     if (!frontDoor) return serveHere(socket);
+    // Until the association or the tunnel listens, a reset by the modality (an 'error' with no listener)
+    // would end the process; the socket is destroyed all the same, and not served below.
+    socket.on('error', () => undefined);
     // Until a handler reads it, the socket buffers what the modality sends, so nothing is lost while routing.
-    routing = routing.then(() =>
-      frontDoor.route(socket).then(
-        (decision) => {
-          if (decision === 'local') serveHere(socket);
-        },
-        (error: unknown) => {
-          init.deps.log.warn('front door failed: serving here', { error: String(error) });
-          serveHere(socket);
-        },
-      ),
+    routing = routing.then(
+      () =>
+        new Promise<void>((decided) => {
+          frontDoor
+            .route(socket, decided)
+            .then(
+              (decision) => {
+                if (decision === 'local' && !socket.destroyed) serveHere(socket);
+              },
+              (error: unknown) => {
+                init.deps.log.warn('front door failed: serving here', { error: String(error) });
+                if (!socket.destroyed) serveHere(socket);
+              },
+            )
+            // A connection that could not be served (a bug) is closed: it neither holds the routing of the next
+            // ones nor stays open unread.
+            .catch((error: unknown) => {
+              init.deps.log.error('DICOM connection not served', { error: String(error) });
+              socket.destroy();
+            })
+            .finally(decided);
+        }),
     );
   });
   const port = await listenOn(server, init.port, init.host);

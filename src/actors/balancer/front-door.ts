@@ -34,8 +34,12 @@ export interface FrontDoorStats {
 }
 
 export interface FrontDoor {
-  /** Call before spawning a local association; 'tunnelled' means the socket now belongs to a tunnel. */
-  route(socket: Socket): Promise<RouteResult>;
+  /**
+   * Call before spawning a local association; 'tunnelled' means the socket now belongs to a tunnel.
+   * `onTunnelling` is called when the decision is to tunnel, before the tunnel is opened (which may take up to
+   * tunnelOpenTimeoutMs): the caller need not hold its next decision for that.
+   */
+  route(socket: Socket, onTunnelling?: () => void): Promise<RouteResult>;
   /** The real client of a connection, when it came through a tunnel (for logs and access control). */
   clientOf(socket: Socket): Promise<TunnelClient | undefined>;
   /** Accept tunnels from other peers, connecting each to this peer's DICOM port. */
@@ -57,7 +61,7 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
   };
 
   return {
-    async route(socket) {
+    async route(socket, onTunnelling) {
       if (stopped) return local();
       if ((await tunnelledClientOf(socket)) !== undefined) return local();
       let target: ReturnType<BalancerService['chooseTarget']>;
@@ -69,6 +73,7 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
       }
       if (target === 'local' || target.peerId === init.selfPeerId) return local();
       const client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+      onTunnelling?.();
       try {
         const tunnel = await openTunnel(node, target.peerId, socket, { timeoutMs: init.tunnelOpenTimeoutMs ?? 2000 });
         stats.tunnelled++;

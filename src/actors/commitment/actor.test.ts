@@ -7,6 +7,8 @@ import { startActorSystem, stopActor } from '../runtime/nact.ts';
 import type { ReplicaStore } from '../storage/replica-store.ts';
 import { startCommitments, type ReportChannel } from './actor.ts';
 import type { CommitmentRecord } from './messages.ts';
+import { startReportReceiver } from '../../../test/support/report-receiver.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
 /** The store's commitment records in memory, each write taking `writeMs` (a synced write on a slow disk). */
 function slowStore(writeMs: number): ReplicaStore {
@@ -63,4 +65,48 @@ test('a service at its bounds says so before any request is read', async (t) => 
   const admission = await service.admit({ transactionUid: '1.2.1', references: [{ sopClassUid: '1.2.3', sopInstanceUid: '1.3.1' }] }, 'MODALITY', noChannel);
   assert.ok(admission.admitted);
   assert.equal(service.full(), '1 commitment requests are waiting already');
+});
+
+test('a request reusing a Transaction UID keeps its record on disk when the earlier request\'s report is delivered meanwhile', { timeout: 20_000 }, async (t) => {
+  const receiver = await startReportReceiver('MODALITY');
+  const records = new Map<string, CommitmentRecord>();
+  // Look-ups take their time, so that the first report is delivered after the second request's record is written.
+  const store: Pick<ReplicaStore, 'putCommitment' | 'deleteCommitment' | 'listCommitments' | 'getEntries'> = {
+    putCommitment: async (record) => void records.set(record.transactionUid, record),
+    deleteCommitment: async (transactionUid) => void records.delete(transactionUid),
+    listCommitments: async () => [...records.values()],
+    getEntries: async (uids) => {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return uids.map(() => undefined);
+    },
+  };
+  const system = startActorSystem('commitment-reuse');
+  const service = startCommitments({
+    store: store as ReplicaStore,
+    clock: systemClock,
+    log: silentLogger,
+    parent: system,
+    aeTitle: 'PACSMESH',
+    resolveAe: () => ({ host: '127.0.0.1', port: receiver.port }),
+    config: { checkWaitMs: 0 },
+  });
+  t.after(async () => {
+    await service.stop();
+    stopActor(system);
+    await receiver.close();
+  });
+  const request = { transactionUid: '1.2.77', references: [{ sopClassUid: '1.2.840.10008.5.1.4.1.1.2', sopInstanceUid: '1.3.77.1' }] };
+  const first = await service.admit(request, 'MODALITY', noChannel);
+  assert.ok(first.admitted);
+  first.begin();
+  // The modality asks again under the same Transaction UID (it gave up waiting): its record is kept, and the
+  // N-ACTION-RSP goes out; the first report is delivered before the session calls begin().
+  const second = await service.admit(request, 'MODALITY', noChannel);
+  assert.ok(second.admitted);
+  assert.ok(records.has(request.transactionUid));
+  await receiver.waitFor(1, 5_000);
+  await waitFor('the first report counted', () => service.stats().reportsDelivered === 1, 5_000);
+  second.begin();
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.ok(records.has(request.transactionUid), 'the second request\'s record, promised by its N-ACTION-RSP, was deleted with the first one\'s: a restart would not deliver it');
 });

@@ -95,6 +95,16 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
     admitting.transactions += sign;
     admitting.references += sign * references;
   };
+  /**
+   * Transaction UIDs of 'directory' requests whose record is (being) written but not yet stepped in: an
+   * earlier request under the same UID that ends meanwhile must not delete that record (same key) with its own.
+   */
+  const recordsAdmitting = new Map<string, number>();
+  const recordAdmitting = (transactionUid: string, sign: 1 | -1) => {
+    const count = (recordsAdmitting.get(transactionUid) ?? 0) + sign;
+    if (count > 0) recordsAdmitting.set(transactionUid, count);
+    else recordsAdmitting.delete(transactionUid);
+  };
 
   const send = actorSender(() => ref, () => stopped, log, 'commitment');
   const input = (i: CommitmentInput): void => send({ type: 'input', input: i });
@@ -190,7 +200,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
           break;
         case 'forget':
           channels.delete(effect.record);
-          if (effect.record.deliverVia === 'directory') {
+          if (effect.record.deliverVia === 'directory' && !recordsAdmitting.has(effect.record.transactionUid)) {
             void store.deleteCommitment(effect.record.transactionUid).catch((error: unknown) => log.warn('commitment: deleting a delivered record failed', { transactionUid: effect.record.transactionUid, error: errorText(error) }));
           }
           break;
@@ -238,7 +248,10 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
           return stepAndPerform(s, { type: 'tick', nowMs: clock.nowMs() });
         case 'input':
           // Given back before the step: a step that throws must not keep the place for ever.
-          if (message.input.type === 'accepted') reserve(message.input.record.references.length, -1);
+          if (message.input.type === 'accepted') {
+            reserve(message.input.record.references.length, -1);
+            if (message.input.record.deliverVia === 'directory') recordAdmitting(message.input.record.transactionUid, -1);
+          }
           return stepAndPerform(s, message.input);
         default: {
           const unreachable: never = message;
@@ -260,10 +273,12 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
       const deliverVia = init.resolveAe(requestorAeTitle) ? 'directory' : 'association';
       const record: CommitmentRecord = { transactionUid: request.transactionUid, requestorAeTitle, references: request.references, receivedAtMs: clock.nowMs(), deliverVia };
       if (deliverVia === 'directory') {
+        recordAdmitting(record.transactionUid, 1);
         try {
           await store.putCommitment(record);
         } catch (error) {
           reserve(request.references.length, -1);
+          recordAdmitting(record.transactionUid, -1);
           log.error('commitment: keeping the request failed', { transactionUid: record.transactionUid, error: errorText(error) });
           return { admitted: false, status: Status.ProcessingFailure, errorComment: `the request could not be kept: ${errorText(error)}` };
         }
