@@ -21,6 +21,9 @@ import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import type { Clock } from './actors/runtime/clock.ts';
 import type { Logger } from './actors/runtime/logger.ts';
 import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
+import { effectiveWriteQuorum } from './actors/storage/custody/logic.ts';
+import { queryPeer } from './actors/storage/replication.ts';
+import { Tags } from './codec/dictionary.ts';
 import { statfs } from 'node:fs/promises';
 
 export interface MeshInit {
@@ -60,8 +63,17 @@ export interface Mesh {
   searchElsewhere(): { reason: string; httpAddress?: string } | undefined;
   /** The other sites this peer knows of (copies are owed to them) with no peer alive now. */
   sitesDown(): string[];
+  /**
+   * For Storage Commitment: at how many sites (this one included) each of these local instances is held
+   * with the same bytes, asked of every alive peer (one that does not answer counts as not holding), and
+   * the write quorum a store would need now.
+   */
+  sitesHolding(entries: readonly CatalogEntry[]): Promise<{ quorum: number; sitesHolding: Map<string, number> }>;
   stop(): Promise<void>;
 }
+
+/** SOP Instance UIDs asked of a peer in one query by sitesHolding (a UID list key of ~65 KB). */
+const sitesHoldingUidsPerQuery = 1000;
 
 /** What two processes with one identity cost, and the way out: said by the peers that see them and by the twins. */
 const twinAdvice =
@@ -202,6 +214,24 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       forgetSite: (siteName) => custody.forgetSite(siteName),
       forgetPeer: (peerId) => balancer.forgetPeer(peerId),
+      sitesHolding: async (entries) => {
+        const others = membership.members().filter((m) => m.status === 'alive' && m.peerId !== node.peerId && m.siteName !== config.site);
+        const quorum = effectiveWriteQuorum({ writeQuorum: config.writeQuorum ?? 'auto' }, new Set([config.site, ...others.map((m) => m.siteName)]).size);
+        const holders = new Map(entries.map((entry) => [entry.sopInstanceUid, new Set([config.site])]));
+        if (quorum > 1) {
+          const bytesOf = new Map(entries.map((entry) => [entry.sopInstanceUid, entry.sha256]));
+          for (let first = 0; first < entries.length; first += sitesHoldingUidsPerQuery) {
+            const uids = entries.slice(first, first + sitesHoldingUidsPerQuery).map((entry) => entry.sopInstanceUid);
+            const request = { root: 'STUDY' as const, level: 'IMAGE' as const, keys: [{ tag: Tags.SOPInstanceUID, vr: 'UI' as const, value: uids.join('\\') }] };
+            const answers = await Promise.allSettled(others.map((m) => queryPeer(node, m.peerId, request, uids.length)));
+            answers.forEach((answer, i) => {
+              if (answer.status === 'rejected') return;
+              for (const held of answer.value.entries) if (bytesOf.get(held.sopInstanceUid) === held.sha256) holders.get(held.sopInstanceUid)?.add(others[i]!.siteName);
+            });
+          }
+        }
+        return { quorum, sitesHolding: new Map([...holders].map(([uid, sites]) => [uid, sites.size])) };
+      },
       sitesDown: () => {
         const alive = new Set(membership.members().filter((m) => m.status === 'alive').map((m) => m.siteName));
         return custody.knownSites().map((known) => known.site).filter((site) => !alive.has(site));

@@ -14,6 +14,7 @@ import { tunnelledClientOfSync } from './net/tunnel.ts';
 import { networkInterfaces } from 'node:os';
 import { localRetrieveSource, type RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
+import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import { startSiteSupervisor, type MeshChildName } from './actors/supervisor/site-supervisor.ts';
 import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
 import { startCommitments } from './actors/commitment/actor.ts';
@@ -193,7 +194,17 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const dicomWebStats = createDicomWebStats();
   // Started with the peer, its worker only with the first transcode.
   const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }), workerUrl: options.transcoderWorkerUrl });
-  const commitments = startCommitments({ store, clock, log, parent: supervisor.system, aeTitle: config.aeTitle, resolveAe: (aeTitle) => aeDirectory.resolve(aeTitle), config: options.commitment });
+  const commitments = startCommitments({
+    store,
+    clock,
+    log,
+    parent: supervisor.system,
+    aeTitle: config.aeTitle,
+    resolveAe: (aeTitle) => aeDirectory.resolve(aeTitle),
+    config: options.commitment,
+    // Committed only at the write quorum's sites: before the mesh is up, no other site is counted.
+    ...(config.swarmKeyFile ? { sitesHolding: async (entries: readonly CatalogEntry[]) => (await meshReady, mesh ? mesh.sitesHolding(entries) : { quorum: 1, sitesHolding: new Map() }) } : {}),
+  });
   try {
     dicom = await startDicomListener({
       host: config.host,

@@ -104,6 +104,9 @@ test('three sites: store at A, serve everything from C, survive A and B, refill 
     assert.equal(retrieved, instanceCount, `${label}: retrieved ${retrieved} of ${instanceCount}`);
   };
   await checkRetrieveAt(c, 'c-before');
+  // Storage commitment while all three are up: each instance is counted at the sites holding it (asked of
+  // the others), at least the write quorum's two.
+  assert.deepEqual(await commitmentAt(c, references), { eventTypeId: StorageCommitment.eventTypeAllCommitted, committed: instanceCount, failed: 0 });
 
   // A and B die hard; C alone still answers for everything acknowledged.
   await a.kill9();

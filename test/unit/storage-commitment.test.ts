@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import dimse from 'dcmjs-dimse';
@@ -23,6 +24,7 @@ import { openPeerClient, openStoreClient, startTestPeer } from '../support/peer-
 import { startReportReceiver } from '../support/report-receiver.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { waitFor } from '../support/wait.ts';
+import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
 
 const { Client, Dataset } = dimse;
 const { NActionRequest } = dimse.requests;
@@ -127,6 +129,34 @@ test('a modality in the AE directory gets its report over a new association, als
   assert.equal(byTag.has(Tags.FailedSOPSequence), false);
   await waitFor('nothing owed once delivered', async () => (await apiMesh(restarted!.httpPort)).commitment.pending === 0, 5_000);
   assert.equal(back.reports.length, 1, 'delivered once');
+});
+
+test('an instance held at fewer sites than the write quorum is not reported committed: failed 0x0213 (helper 90: committed after its C-STORE was refused 0xA700)', { timeout: 60_000 }, async (t) => {
+  const keyDir = mkdtempSync(join(tmpdir(), 'pacs-commitment-key-'));
+  const keyFile = join(keyDir, 'swarm.key');
+  await writeSwarmKeyFile(keyFile);
+  const receiver = await startReportReceiver('MODALITY');
+  // A lone site whose operator asked for two sites' copies before anything is acknowledged.
+  const peer = await startTestPeer(['--swarm-key', keyFile, '--p2p-port', '0', '--write-quorum', '2', '--move-dest', `MODALITY=127.0.0.1:${receiver.port}`], 'commitment-quorum', silentLogger, { commitment: fastChecks });
+  t.after(async () => {
+    await peer.dispose();
+    await receiver.close();
+    rmSync(keyDir, { recursive: true, force: true });
+  });
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', StorageCommitment.sopClassUid);
+  const stored = await store.storeInstance({ sopInstanceUid: uid(901), rows: 8, columns: 8 });
+  await store.client.release();
+  assert.equal(stored.command.status, 0xa700, 'the C-STORE is not acknowledged without its quorum');
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
+  const reply = await client.request(client.contexts[0]!.id, nActionCommand(), commitmentRequestDataSet(uid(902), [{ sopClassUid: ct, sopInstanceUid: uid(901) }]));
+  assert.equal(reply.command.status, Status.Success);
+  await client.release();
+  await receiver.waitFor(1, 10_000);
+  const report = receiver.reports[0]!;
+  assert.equal(report.command.eventTypeId, StorageCommitment.eventTypeFailuresExist);
+  const failed = report.elements.find((e) => e.tag === Tags.FailedSOPSequence)?.items ?? [];
+  assert.equal(failed.length, 1);
+  assert.equal(failed[0]!.find((e) => e.tag === Tags.FailureReason)?.value, String(0x0213));
 });
 
 test('N-ACTIONs that cannot be taken are answered with their DIMSE status, and the association goes on', async (t) => {

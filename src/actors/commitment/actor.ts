@@ -15,6 +15,7 @@ import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.t
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { ReplicaStore } from '../storage/replica-store.ts';
+import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { admissionRefusal, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
 import {
   StorageCommitment,
@@ -59,6 +60,11 @@ export interface CommitmentServiceInit {
   /** The AE directory (`--move-dest`): where a requestor listens for its reports. */
   resolveAe(aeTitle: string): MoveDestination | undefined;
   config?: Partial<CommitmentConfig>;
+  /**
+   * In a mesh: at how many sites (this one included) each of these instances is held with these bytes,
+   * and how many the write quorum asks for now. An instance is committed only at that many sites.
+   */
+  sitesHolding?(entries: readonly CatalogEntry[]): Promise<{ quorum: number; sitesHolding: ReadonlyMap<string, number> }>;
   /** Default 250 ms. */
   tickIntervalMs?: number;
   /** Bound on connecting, negotiating and each answer of a report association. Default 30 s. */
@@ -116,10 +122,13 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
 
   async function check(transactionUid: string, generation: number, sopInstanceUids: readonly string[]): Promise<CommitmentInput> {
     try {
-      const entries = await store.getEntries(sopInstanceUids);
+      const entries = (await store.getEntries(sopInstanceUids)).filter((entry) => entry !== undefined);
       const found = new Map<string, string>();
-      for (const entry of entries) if (entry !== undefined) found.set(entry.sopInstanceUid, entry.sopClassUid);
-      return { type: 'checked', transactionUid, generation, found, nowMs: clock.nowMs() };
+      for (const entry of entries) found.set(entry.sopInstanceUid, entry.sopClassUid);
+      if (init.sitesHolding === undefined || entries.length === 0) return { type: 'checked', transactionUid, generation, found, nowMs: clock.nowMs() };
+      const { quorum, sitesHolding } = await init.sitesHolding(entries);
+      const belowQuorum = new Set(entries.filter((entry) => (sitesHolding.get(entry.sopInstanceUid) ?? 1) < quorum).map((entry) => entry.sopInstanceUid));
+      return { type: 'checked', transactionUid, generation, found, belowQuorum, nowMs: clock.nowMs() };
     } catch (error) {
       return { type: 'checkFailed', transactionUid, generation, error: errorText(error), nowMs: clock.nowMs() };
     }

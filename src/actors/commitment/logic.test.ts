@@ -56,6 +56,27 @@ test('an instance not here yet is looked for again until checkWaitMs; one that n
   assert.equal(commitmentStats(state).instancesFailed, 2);
 });
 
+test('an instance held here below the write quorum waits like a missing one: committed once at quorum, else failed 0x0213 (helper 90)', () => {
+  let { state, effects } = run(initCommitments(config), { type: 'accepted', record: record('9.9', ['1.1', '1.2', '1.3']), nowMs: 0 });
+  const held = new Map([['1.1', ct], ['1.2', ct], ['1.3', mr]]);
+  // 1.3 is held under another class: a conflict whatever its copies.
+  ({ state, effects } = run(state, { type: 'checked', transactionUid: '9.9', generation: 1, found: held, belowQuorum: new Set(['1.1', '1.2', '1.3']), nowMs: 5 }));
+  assert.deepEqual(effects, [], 'no report while copies are on their way');
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 1_005 }));
+  assert.deepEqual(effects, [{ type: 'check', transactionUid: '9.9', generation: 1, sopInstanceUids: ['1.1', '1.2'] }]);
+  // 1.1 reached another site meanwhile; 1.2 never does.
+  ({ state, effects } = run(state, { type: 'checked', transactionUid: '9.9', generation: 1, found: held, belowQuorum: new Set(['1.2']), nowMs: 1_010 }));
+  assert.deepEqual(effects, []);
+  ({ state, effects } = run(state, { type: 'tick', nowMs: 3_010 }, { type: 'checked', transactionUid: '9.9', generation: 1, found: held, belowQuorum: new Set(['1.2']), nowMs: 3_011 }));
+  const [delivery] = deliveries(effects);
+  assert.ok(delivery);
+  assert.deepEqual(delivery.outcome.committed.map((r) => r.sopInstanceUid), ['1.1']);
+  assert.deepEqual(delivery.outcome.failed, [
+    { sopClassUid: ct, sopInstanceUid: '1.3', failureReason: FailureReason.ClassInstanceConflict },
+    { sopClassUid: ct, sopInstanceUid: '1.2', failureReason: FailureReason.ResourceLimitation },
+  ]);
+});
+
 test('a failed delivery is retried on the configured delays, and dropped past the report lifetime', () => {
   let { state, effects } = run(initCommitments(config), { type: 'accepted', record: record('9.3', ['1.1']), nowMs: 0 }, { type: 'checked', transactionUid: '9.3', generation: 1, found: new Map([['1.1', ct]]), nowMs: 0 });
   ({ state, effects } = run(state, { type: 'deliveryEnded', transactionUid: '9.3', generation: 1, outcome: 'failed', error: 'ECONNREFUSED', nowMs: 100 }));

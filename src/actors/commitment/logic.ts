@@ -52,6 +52,8 @@ interface Transaction {
   failed: FailedReference[];
   /** SOP Instance UIDs not found yet -> the class the requestor named. */
   missing: Map<string, string>;
+  /** Of `missing`, those held here but below the write quorum at the last look-up (their failure, at the end, says so). */
+  belowQuorum: ReadonlySet<string>;
   attempts: number;
 }
 
@@ -113,6 +115,7 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
       committed: [],
       failed: [],
       missing,
+      belowQuorum: new Set(),
       attempts: 0,
     });
     effects.push({ type: 'check', transactionUid: record.transactionUid, generation, sopInstanceUids: [...missing.keys()] });
@@ -162,9 +165,16 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
         const missing = new Map(t.missing);
         const committed = [...t.committed];
         const failed = [...t.failed];
+        const belowQuorum = new Set<string>();
         for (const [sopInstanceUid, sopClassUid] of t.missing) {
           const storedClass = input.found.get(sopInstanceUid);
           if (storedClass === undefined) continue;
+          // Held here alone while the write quorum asks for more sites: a modality told "committed" deletes
+          // its copy, and the one site holding it is then all there is (helper 90: committed after 0xA700).
+          if (storedClass === sopClassUid && input.belowQuorum?.has(sopInstanceUid) === true) {
+            belowQuorum.add(sopInstanceUid);
+            continue;
+          }
           missing.delete(sopInstanceUid);
           // PS3.4 J.3.2.1.1: an instance held under another class is not the one the requestor means.
           if (storedClass === sopClassUid) committed.push({ sopClassUid, sopInstanceUid });
@@ -173,9 +183,11 @@ export function stepCommitments(state: CommitmentState, input: CommitmentInput):
         // Looked up again less and less often: a large request for instances that never come costs a few look-ups, not thirty.
         const checksDone = t.checksDone + 1;
         const intervalMs = Math.min(config.checkIntervalMs * 2 ** (checksDone - 1), config.checkIntervalMaxMs);
-        const checked = { ...t, missing, committed, failed, checksDone, inFlight: false, nextAtMs: Math.min(input.nowMs + intervalMs, t.checkUntilMs) };
+        const checked = { ...t, missing, belowQuorum, committed, failed, checksDone, inFlight: false, nextAtMs: Math.min(input.nowMs + intervalMs, t.checkUntilMs) };
         if (missing.size > 0 && input.nowMs < t.checkUntilMs) return checked;
-        for (const [sopInstanceUid, sopClassUid] of missing) failed.push({ sopClassUid, sopInstanceUid, failureReason: FailureReason.NoSuchObjectInstance });
+        for (const [sopInstanceUid, sopClassUid] of missing) {
+          failed.push({ sopClassUid, sopInstanceUid, failureReason: belowQuorum.has(sopInstanceUid) ? FailureReason.ResourceLimitation : FailureReason.NoSuchObjectInstance });
+        }
         next.stats.instancesCommitted += committed.length;
         next.stats.instancesFailed += failed.length;
         return deliver({ ...checked, missing: new Map() });

@@ -21,6 +21,8 @@ export const FailureReason = {
   ProcessingFailure: 0x0110,
   NoSuchObjectInstance: 0x0112,
   ClassInstanceConflict: 0x0119,
+  /** Held here, but not at as many sites as the write quorum asks (the others down or still receiving it). */
+  ResourceLimitation: 0x0213,
 } as const;
 
 export interface CommitmentReference {
@@ -78,8 +80,18 @@ export type CommitmentInput =
   | { readonly type: 'accepted'; readonly record: CommitmentRecord; readonly nowMs: number }
   /** Records a previous run left on disk. */
   | { readonly type: 'loaded'; readonly records: readonly CommitmentRecord[]; readonly nowMs: number }
-  /** SOP Instance UID -> SOP Class UID of each asked instance this site holds. */
-  | { readonly type: 'checked'; readonly transactionUid: string; readonly generation: number; readonly found: ReadonlyMap<string, string>; readonly nowMs: number }
+  /**
+   * SOP Instance UID -> SOP Class UID of each asked instance this site holds; `belowQuorum`: those of them
+   * not held at as many sites as the write quorum asks (in a mesh), not committed yet.
+   */
+  | {
+      readonly type: 'checked';
+      readonly transactionUid: string;
+      readonly generation: number;
+      readonly found: ReadonlyMap<string, string>;
+      readonly belowQuorum?: ReadonlySet<string>;
+      readonly nowMs: number;
+    }
   | { readonly type: 'checkFailed'; readonly transactionUid: string; readonly generation: number; readonly error: string; readonly nowMs: number }
   /** 'unreachable': it can never be delivered (the N-ACTION's association is over). */
   | { readonly type: 'deliveryEnded'; readonly transactionUid: string; readonly generation: number; readonly outcome: 'delivered' | 'failed' | 'unreachable'; readonly error?: string; readonly nowMs: number };

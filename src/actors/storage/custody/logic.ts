@@ -188,7 +188,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
 export const incomingCopyForgetMs = 2_000;
 
 /** The quorum a store accepted now must reach ('auto': 2 if another site is alive, else 1). */
-export function effectiveWriteQuorum(config: CustodyConfig, aliveSiteCount: number): number {
+export function effectiveWriteQuorum(config: Pick<CustodyConfig, 'writeQuorum'>, aliveSiteCount: number): number {
   if (config.writeQuorum === 'auto') return aliveSiteCount >= 2 ? 2 : 1;
   return Math.max(1, config.writeQuorum);
 }
