@@ -62,6 +62,7 @@ interface StowAnswer {
   status: number;
   contentType: string | null;
   warning: string | null;
+  retryAfter: string | null;
   body: DicomJson & { error?: string; code?: string };
 }
 
@@ -73,7 +74,7 @@ async function stow(port: number, body: Uint8Array | ReadableStream<Uint8Array>,
   const init: RequestInit & { duplex?: 'half' } = { method: 'POST', headers, body: body as BodyInit, duplex: 'half' };
   const response = await fetch(`http://127.0.0.1:${port}${path}`, init);
   const text = await response.text();
-  return { status: response.status, contentType: response.headers.get('content-type'), warning: response.headers.get('warning'), body: text === '' ? {} : JSON.parse(text) };
+  return { status: response.status, contentType: response.headers.get('content-type'), warning: response.headers.get('warning'), retryAfter: response.headers.get('retry-after'), body: text === '' ? {} : JSON.parse(text) };
 }
 
 function items(body: DicomJson, tag: string): DicomJson[] {
@@ -468,7 +469,7 @@ function mutate(body: Buffer, prng: Prng): Buffer {
   }
 }
 
-test('STOW-RS: a write quorum that is not reached fails the instance with A700, and nothing is acknowledged', async (t) => {
+test('STOW-RS: a write quorum that is not reached fails the instance with A700, and nothing is acknowledged: 503 with Retry-After (worth retrying, not a conflict)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-stow-quorum-'));
   const store = createReplicaStore({ path: dir });
   await store.open();
@@ -491,7 +492,8 @@ test('STOW-RS: a write quorum that is not reached fails the instance with A700, 
   });
   const file = small();
   const answer = await stow(server.port, multipart([dicomPart(file.bytes)]));
-  assert.equal(answer.status, 409);
+  assert.equal(answer.status, 503);
+  assert.equal(answer.retryAfter, '10');
   assert.deepEqual(failures(answer.body), [{ uid: file.resolved.sopInstanceUid, reason: 0xa700 }]);
   assert.match(answer.warning ?? '', /write quorum not reached/);
 });

@@ -7,7 +7,8 @@
  * Conformance, where PS3.18 leaves a choice:
  * - The response (a Store Instances Response Module, annex I, as application/dicom+json) is sent once the
  *   whole body was read: 200 when every instance was stored, 202 when some were and others failed or
- *   carry a warning, 409 when none was (10.5.3, table 10.5.3-1).
+ *   carry a warning, 409 when none was (10.5.3, table 10.5.3-1), 503 with Retry-After when none was for
+ *   want of resources alone (A7xx: no write quorum in time, a full disk), which is worth retrying.
  * - A body that stops being valid multipart (no close delimiter, cut short, a malformed part header) ends
  *   the reading there. Instances stored in full before the damage stay stored: then the answer is 202,
  *   naming them in the Referenced SOP Sequence and the damage in the Failed SOP Sequence (or the Other
@@ -40,6 +41,9 @@ import { boundaryMaxChars, defaultMultipartLimits, isValidBoundary, MultipartErr
 import type { DicomWebRoute } from './routes.ts';
 
 type StoreRoute = Extract<DicomWebRoute, { type: 'store' }>;
+
+/** Retry-After of a STOW-RS refused for want of resources: about a write quorum's wait. */
+const stowRetryAfterSeconds = 10;
 
 /** Failure Reason (0008,1197) values this service gives beyond the C-STORE statuses (PS3.18 I.2.2). */
 export const StowFailure = {
@@ -140,8 +144,12 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
 
   const failures = outcomes.filter((outcome): outcome is Extract<PartOutcome, { type: 'failed' }> => outcome.type === 'failed');
   const hasWarnings = stored.some((outcome) => outcome.warningReason !== undefined);
-  // PS3.18 table 10.5.3-1: 200 all stored; 202 some stored with failures or warnings; 409 none stored.
-  const status = stored.length === 0 ? 409 : failures.length > 0 || hasWarnings ? 202 : 200;
+  // PS3.18 table 10.5.3-1: 200 all stored; 202 some stored with failures or warnings; 409 none stored;
+  // 503 (busy) when none was for want of resources alone (A7xx: the write quorum, a full disk), which a
+  // client may retry, where 409 says that the request itself conflicts.
+  const outOfResources = failures.length > 0 && failures.every((failure) => (failure.failureReason & 0xff00) === 0xa700);
+  const status = stored.length === 0 ? (outOfResources ? 503 : 409) : failures.length > 0 || hasWarnings ? 202 : 200;
+  if (status === 503) res.setHeader('retry-after', String(stowRetryAfterSeconds));
   if (failures.length > 0) res.setHeader('warning', warningHeader(failures, outcomes.length));
   log.info('STOW-RS request', { httpStatus: status, parts: outcomes.length, storedCount: stored.length, failedCount: failures.length });
   sendDicomJson(res, status, responseModule(outcomes, exchange.baseUrl));
