@@ -377,6 +377,14 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
       }
       settlePending();
       const key = connectionKey(socket.localPort, socket.remotePort);
+      // Stopped while the local connection was made: stop() has destroyed the live sockets already, not this one.
+      if (stopped) {
+        socket.destroy();
+        tunnelledConnections.delete(key);
+        await reply(stream, { type: 'tunnel-refused', reason: 'stopping' }, signal).catch(() => undefined);
+        await stream.close({ signal }).catch(() => undefined);
+        return;
+      }
       live.add(socket);
       try {
         await reply(stream, { type: 'tunnel-ready' }, signal);
