@@ -12,6 +12,7 @@ import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { readPixelData, readPixelDataHeader, nativeFrame } from '../../src/codec/dataset/pixel-data.ts';
 import { renderAttributesOf, renderFrame } from '../../src/codec/render.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
+import { resizedJpegInstance } from '../support/oversized-jpeg.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const basicTextSr = '1.2.840.10008.5.1.4.1.1.88.11';
@@ -178,5 +179,22 @@ describe('rendered images', () => {
     assert.equal(file.contentType, 'application/dicom');
     assert.equal(file.body.subarray(128, 132).toString('latin1'), 'DICM');
     assert.equal((await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${reportUid}/rendered`)).status, 404);
+  });
+
+  it('an image whose pixel data cannot be decoded: 406 saying why and that it can be had as DICOM, not a transfer-syntax parameter rendered resources do not have (hunt 89)', async () => {
+    // The JPEG frame declares 256 x 256, the data set 200 x 200: refused before it is decoded.
+    const lying = resizedJpegInstance('89406', 200);
+    const split = splitPart10(lying.file);
+    await store(lying.sopClassUid, lying.sopInstanceUid, lying.file.subarray(split.datasetOffset), split.transferSyntaxUid);
+    for (const path of [
+      `/dicom-web/studies/${lying.studyUid}/series/${lying.seriesUid}/instances/${lying.sopInstanceUid}/rendered`,
+      `/wado?requestType=WADO&studyUID=${lying.studyUid}&seriesUID=${lying.seriesUid}&objectUID=${lying.sopInstanceUid}`,
+    ]) {
+      const response = await get(path);
+      assert.equal(response.status, 406, `${path}: ${response.body.toString()}`);
+      const { error } = JSON.parse(response.body.toString()) as { error: string };
+      assert.match(error, /cannot be rendered: .*declares 256 x 256 pixels.*; it can be had as DICOM$/, path);
+      assert.doesNotMatch(error, /transfer-syntax/, path);
+    }
   });
 });

@@ -95,8 +95,9 @@ export class DicomWebError extends Error {
     readonly httpStatus: number,
     readonly code: string,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
   }
 }
 

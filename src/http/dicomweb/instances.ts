@@ -226,7 +226,7 @@ export async function convertInstance(
       case 'ERR_TRANSCODE_UNSUPPORTED':
       case 'ERR_TRANSCODE_FAILED':
         ctx.log.warn('DICOMweb: an instance could not be converted', { instanceUid, from: fromSyntax, to: toSyntax, error: errorText(error) });
-        throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_CONVERTIBLE', `instance ${instanceUid} (stored as ${fromSyntax}) cannot be converted to ${toSyntax}: ${error.message}; it can be had as stored (transfer-syntax=*)`);
+        throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_CONVERTIBLE', `instance ${instanceUid} (stored as ${fromSyntax}) cannot be converted to ${toSyntax}: ${error.message}; it can be had as stored (transfer-syntax=*)`, { cause: error });
       default: {
         const unreachable: never = error.code;
         throw new Error(`unhandled transcode error ${String(unreachable)}`);

@@ -115,6 +115,18 @@ export async function sendRendered(ctx: DicomWebContext, exchange: DicomWebExcha
   const route = { type: 'frames' as const, studyUid: request.studyUid, seriesUid: request.seriesUid, instanceUid: request.instanceUid, frameNumbers: [request.frameNumber] };
   // The frame as native little endian, decoded first when stored compressed.
   const nativeRanges = parseAccept('multipart/related; type="application/octet-stream"');
+  try {
+    await renderedFrame(ctx, exchange, request, route, nativeRanges);
+  } catch (error) {
+    // The conversion's own message offers the instance as stored (transfer-syntax=*), which a rendered
+    // resource has no parameter for (hunt 89): its pixel data cannot be decoded, or the image encoded.
+    if (!(error instanceof DicomWebError) || error.code !== 'ERR_DICOMWEB_NOT_CONVERTIBLE') throw error;
+    const reason = error.cause instanceof Error ? error.cause.message : error.message;
+    throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_RENDERABLE', `instance ${request.instanceUid} cannot be rendered: ${reason}; it can be had as DICOM`);
+  }
+}
+
+async function renderedFrame(ctx: DicomWebContext, exchange: DicomWebExchange, request: RenderedRequest, route: Extract<DicomWebRoute, { type: 'frames' }>, nativeRanges: ReturnType<typeof parseAccept>): Promise<void> {
   await framesFor(ctx, exchange, route, nativeRanges, async (_representation, frames, source) => {
     let image: RenderedImage;
     try {
