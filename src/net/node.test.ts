@@ -408,6 +408,29 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([twin.stop(), original.stop(), observer.stop()]);
   });
 
+  it('tells a copy started again within the minute of the last report (helper 91: it heard nothing and served alone)', async () => {
+    const conflicts: IdentityConflict[] = [];
+    const observer = await start({ onIdentityConflict: (c) => conflicts.push(c) });
+    const boot = [loopbackAddress(observer)];
+    const original = await start({ bootstrap: boot });
+    const dataDir = dirs[dirs.length - 1]!;
+    const copy = async (): Promise<{ node: MeshNode; notices: IdentityConflictNotice[] }> => {
+      const copyDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+      dirs.push(copyDir);
+      await cp(join(dataDir, 'peer-key'), join(copyDir, 'peer-key'));
+      const notices: IdentityConflictNotice[] = [];
+      return { node: await start({ dataDir: copyDir, bootstrap: boot, onIdentityConflictNotice: (n) => notices.push(n) }), notices };
+    };
+    const first = await copy();
+    await waitFor('the first copy told', () => first.notices.length > 0, 15_000);
+    await first.node.stop();
+    const second = await copy();
+    await waitFor('the second copy told, within the minute of the first report', () => second.notices.length > 0, 15_000);
+    assert.equal(second.notices[0]!.reportedBy, observer.peerId);
+    assert.equal(conflicts.length, 1, "the observer's own report stays once a minute");
+    await Promise.all([second.node.stop(), original.stop(), observer.stop()]);
+  });
+
   it('an identity conflict notice that is not one (junk, a malformed address list) is dropped', async () => {
     const notices: IdentityConflictNotice[] = [];
     const told = await start({ bootstrap: [loopbackAddress(a)], onIdentityConflictNotice: (n) => notices.push(n) });

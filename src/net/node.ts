@@ -848,12 +848,18 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     byConnection.set(connection.id, addresses);
     // One process reports the same addresses on every connection: none in common means two processes.
     const other = [...byConnection.entries()].find(([cid, theirs]) => cid !== connection.id && theirs.length > 0 && !theirs.some((a) => addresses.includes(a)));
+    if (other === undefined || addresses.length === 0) return;
+    // This peer's own report is once a minute per identity; the twins are told at every conflict seen (one
+    // frame per new connection; each logs it once a minute): a copy started again within the minute (the
+    // operator retrying under another --site) is a new process that has heard nothing yet, and serves
+    // alone meanwhile (helper 91).
     const nowMs = performance.now();
-    if (other === undefined || addresses.length === 0 || nowMs - (conflictReportedAtMs.get(id) ?? Number.NEGATIVE_INFINITY) < IDENTITY_CONFLICT_REPORT_INTERVAL_MS) return;
-    conflictReportedAtMs.delete(id);
-    conflictReportedAtMs.set(id, nowMs);
-    if (conflictReportedAtMs.size > 256) conflictReportedAtMs.delete(conflictReportedAtMs.keys().next().value!);
-    if (init.onIdentityConflict) safeCall(init.onIdentityConflict, { peerId: id, addresses: [other[1], addresses] }, 'identity conflict');
+    if (nowMs - (conflictReportedAtMs.get(id) ?? Number.NEGATIVE_INFINITY) >= IDENTITY_CONFLICT_REPORT_INTERVAL_MS) {
+      conflictReportedAtMs.delete(id);
+      conflictReportedAtMs.set(id, nowMs);
+      if (conflictReportedAtMs.size > 256) conflictReportedAtMs.delete(conflictReportedAtMs.keys().next().value!);
+      if (init.onIdentityConflict) safeCall(init.onIdentityConflict, { peerId: id, addresses: [other[1], addresses] }, 'identity conflict');
+    }
     const notice: IdentityConflictMessage = { type: 'identity-conflict', addresses: [other[1].slice(0, MAX_ANNOUNCED_ADDRS), addresses.slice(0, MAX_ANNOUNCED_ADDRS)] };
     for (const twin of node.getConnections(peerId).filter((c) => c.id === other[0] || c.id === connection.id)) {
       void (async () => {
