@@ -63,6 +63,13 @@ export interface Mesh {
   stop(): Promise<void>;
 }
 
+/**
+ * A peer started without --bootstrap that knows other sites but has no connection this long after its start
+ * warns (the others redial a restarted peer's old address within ~5 s), and again at this interval.
+ */
+const isolationFirstCheckMs = 15_000;
+const isolationRecheckMs = 10 * 60_000;
+
 /** What two processes with one identity cost, and the way out: said by the peers that see them and by the twins. */
 const twinAdvice =
   'elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)';
@@ -184,6 +191,22 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     }, 1000);
     statsTimer.unref();
     stopping.unshift(async () => clearInterval(statsTimer));
+    // Without --bootstrap, a peer is found by the others redialling the address they knew it at. A site
+    // that moved (another host or --p2p-port) without --bootstrap is never found: it served alone, every
+    // C-STORE acknowledged on its one copy, and said nothing (helper 91). Its data directory says which
+    // sites it belongs with: none connected by now is worth a warning, again every 10 minutes while so.
+    if (config.bootstrap.length === 0) {
+      let isolationTimer: ReturnType<Clock['setTimeout']> | undefined;
+      const checkIsolation = (): void => {
+        const known = custody.knownSites().map((k) => k.site);
+        if (known.length > 0 && node.connectedPeers().length === 0) {
+          log.warn('no other site has connected to this peer: it serves alone. Its data directory knows sites that are down, or that dial the address it had before: if this site moved (another host or --p2p-port), start it with --bootstrap <a running site\'s /api/mesh self.multiaddrs>', { knownSites: known.slice(0, 16), bootstrap: 'none' });
+        }
+        isolationTimer = init.clock.setTimeout(checkIsolation, isolationRecheckMs);
+      };
+      isolationTimer = init.clock.setTimeout(checkIsolation, isolationFirstCheckMs);
+      stopping.unshift(async () => init.clock.clearTimeout(isolationTimer));
+    }
     return {
       node,
       ingest: custody.ingest,
