@@ -102,7 +102,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     onIdentityConflict: (conflict) =>
       log.error(`two processes use one peer identity (a copied data directory?): ${twinAdvice}`, { peer: conflict.peerId, addresses: conflict.addresses }),
     onIdentityTwinAddress: (twin) =>
-      log.error(`another process runs with this peer identity at a --bootstrap address (a copied data directory?); this peer cannot join through it and may be serving alone: ${twinAdvice}`, { address: twin.address }),
+      twin.bootstrap
+        ? log.error(`another process runs with this peer identity at a --bootstrap address (a copied data directory?); this peer cannot join through it and may be serving alone: ${twinAdvice}`, { address: twin.address })
+        : log.error(`another process runs with this peer identity at an address learnt from the mesh (a copied data directory?): ${twinAdvice}`, { address: twin.address }),
     onIdentityConflictNotice: (notice) =>
       log.error(`another process runs with this peer identity (a copied data directory?), says a peer that sees both: ${twinAdvice}`, {
         reportedBy: notice.reportedBy,

@@ -134,7 +134,17 @@ export interface MeshNodeInit {
    * /p2p/ part): another process runs with this identity there, and this one, which cannot join through
    * it, may be serving alone (helper 48: a copy bootstrapped at its original said nothing). Once per address.
    */
-  onIdentityTwinAddress?: (twin: { readonly address: string }) => void;
+  onIdentityTwinAddress?: (twin: IdentityTwinAddress) => void;
+}
+
+/** An address where another process answers with this peer's identity. */
+export interface IdentityTwinAddress {
+  readonly address: string;
+  /**
+   * A --bootstrap address (this peer cannot join through it), or one learnt from the mesh (the original of
+   * a copy dials its copy's address, gossiped by the others: it is in the mesh all the same).
+   */
+  readonly bootstrap: boolean;
 }
 
 export interface IdentityConflictNotice {
@@ -351,7 +361,7 @@ class Reconnector {
     private readonly selfPeerId: string,
     private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
     private readonly onBootstrapIdentityChanged: (change: BootstrapIdentityChange) => void = () => undefined,
-    private readonly onIdentityTwinAddress: (twin: { readonly address: string }) => void = () => undefined,
+    private readonly onIdentityTwinAddress: (twin: IdentityTwinAddress) => void = () => undefined,
   ) {}
 
   /**
@@ -393,7 +403,7 @@ class Reconnector {
     const peerId = peerIdOf(ma);
     // The same --bootstrap list given to every site names each site itself too: nothing to dial there.
     if (peerId === this.selfPeerId) {
-      if (bootstrap && !this.isOwnAddress(ma)) this.onIdentityTwinAddress({ address: ma.toString() });
+      if (bootstrap && !this.isOwnAddress(ma)) this.onIdentityTwinAddress({ address: ma.toString(), bootstrap: true });
       return;
     }
     const key = peerId ?? ma.toString();
@@ -587,7 +597,7 @@ class Reconnector {
       this.targets.delete(t.key);
       this.log('dropped %s: it is this peer', t.key);
       const elsewhere = t.addrs.find((a) => !this.isOwnAddress(a));
-      if (elsewhere !== undefined) this.onIdentityTwinAddress({ address: elsewhere.toString() });
+      if (elsewhere !== undefined) this.onIdentityTwinAddress({ address: elsewhere.toString(), bootstrap: t.bootstrap });
       return true;
     }
     if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
