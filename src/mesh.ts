@@ -98,7 +98,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ? log.info('a bootstrap peer is not reachable now (this peer is in the mesh through others)', { ...failure })
         : log.warn(`cannot reach a bootstrap peer: ${failure.likelyCause}`, { ...failure }),
     onBootstrapIdentityChanged: (change) =>
-      log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
+      change.ownAddress
+        ? log.warn("a --bootstrap address is this peer's own --p2p-port but names another PeerId: a wrong port? (nothing to dial there); correct --bootstrap", { ...change })
+        : log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
     onIdentityConflict: (conflict) =>
       log.error(`two processes use one peer identity (a copied data directory?): ${twinAdvice}`, { peer: conflict.peerId, addresses: conflict.addresses }),
     onIdentityTwinAddress: (twin) =>

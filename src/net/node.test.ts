@@ -334,6 +334,16 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await selfNamed.stop();
     assert.deepEqual(failures, [], 'its own address is no unreachable bootstrap peer');
     assert.deepEqual(twins, [], 'nor another process with its identity');
+    // Its own port named with another peer's PeerId (a wrong port in --bootstrap): said so, not taken for
+    // a site restored on an empty disk there (helper 91).
+    const ownChanges: BootstrapIdentityChange[] = [];
+    const ownFailures: BootstrapFailure[] = [];
+    const wrongPort = await start({ dataDir: dirs[dirs.length - 1]!, p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}/p2p/${joining.peerId}`], onBootstrapIdentityChanged: (c) => ownChanges.push(c), onBootstrapUnreachable: (f) => ownFailures.push(f) });
+    await waitFor('the identity change reported', () => ownChanges.length > 0, 10_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    await wrongPort.stop();
+    assert.deepEqual(ownChanges.map((c) => c.ownAddress), [true]);
+    assert.deepEqual(ownFailures, [], 'nor an unreachable bootstrap peer');
   });
 
   it('a copy of a peer bootstrapped at its original (by address, or by address and PeerId) says another process runs with its identity there', async () => {

@@ -225,6 +225,8 @@ export interface BootstrapIdentityChange {
   /** The PeerId the address named. */
   readonly expectedPeerId: string;
   readonly error: string;
+  /** The address is this peer's own --p2p-port, named with another's PeerId: a wrong port, no restored site. */
+  readonly ownAddress?: true;
 }
 
 export interface GossipMessage {
@@ -622,7 +624,7 @@ class Reconnector {
     for (const a of addrs) {
       const bare = a.decapsulateCode(P2P_CODE);
       if (t.bootstrap) {
-        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId, error: err.message });
+        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId, error: err.message, ...(this.isOwnAddress(bare) ? { ownAddress: true as const } : {}) });
         this.addBootstrap(bare);
       } else {
         this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), expectedPeerId);
