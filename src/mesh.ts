@@ -75,6 +75,13 @@ export interface Mesh {
 /** SOP Instance UIDs asked of a peer in one query by sitesHolding (a UID list key of ~65 KB). */
 const sitesHoldingUidsPerQuery = 1000;
 
+/**
+ * A peer started without --bootstrap that knows other sites but has no connection this long after its start
+ * warns (the others redial a restarted peer's old address within ~5 s), and again at this interval.
+ */
+const isolationFirstCheckMs = 15_000;
+const isolationRecheckMs = 10 * 60_000;
+
 /** What two processes with one identity cost, and the way out: said by the peers that see them and by the twins. */
 const twinAdvice =
   'elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)';
@@ -103,11 +110,15 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ? log.info('a bootstrap peer is not reachable now (this peer is in the mesh through others)', { ...failure })
         : log.warn(`cannot reach a bootstrap peer: ${failure.likelyCause}`, { ...failure }),
     onBootstrapIdentityChanged: (change) =>
-      log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
+      change.ownAddress
+        ? log.warn("a --bootstrap address is this peer's own --p2p-port but names another PeerId: a wrong port? (nothing to dial there); correct --bootstrap", { ...change })
+        : log.warn('a bootstrap address answers under another PeerId (the site there restored on an empty disk?): dialling the address without its /p2p/ part from now on; update --bootstrap', { ...change }),
     onIdentityConflict: (conflict) =>
       log.error(`two processes use one peer identity (a copied data directory?): ${twinAdvice}`, { peer: conflict.peerId, addresses: conflict.addresses }),
     onIdentityTwinAddress: (twin) =>
-      log.error(`another process runs with this peer identity at a --bootstrap address (a copied data directory?); this peer cannot join through it and may be serving alone: ${twinAdvice}`, { address: twin.address }),
+      twin.bootstrap
+        ? log.error(`another process runs with this peer identity at a --bootstrap address (a copied data directory?); this peer cannot join through it and may be serving alone: ${twinAdvice}`, { address: twin.address })
+        : log.error(`another process runs with this peer identity at an address learnt from the mesh (a copied data directory?): ${twinAdvice}`, { address: twin.address }),
     onIdentityConflictNotice: (notice) =>
       log.error(`another process runs with this peer identity (a copied data directory?), says a peer that sees both: ${twinAdvice}`, {
         reportedBy: notice.reportedBy,
@@ -196,6 +207,22 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     }, 1000);
     statsTimer.unref();
     stopping.unshift(async () => clearInterval(statsTimer));
+    // Without --bootstrap, a peer is found by the others redialling the address they knew it at. A site
+    // that moved (another host or --p2p-port) without --bootstrap is never found: it served alone, every
+    // C-STORE acknowledged on its one copy, and said nothing (helper 91). Its data directory says which
+    // sites it belongs with: none connected by now is worth a warning, again every 10 minutes while so.
+    if (config.bootstrap.length === 0) {
+      let isolationTimer: ReturnType<Clock['setTimeout']> | undefined;
+      const checkIsolation = (): void => {
+        const known = custody.knownSites().map((k) => k.site);
+        if (known.length > 0 && node.connectedPeers().length === 0) {
+          log.warn('no other site has connected to this peer: it serves alone. Its data directory knows sites that are down, or that dial the address it had before: if this site moved (another host or --p2p-port), start it with --bootstrap <a running site\'s /api/mesh self.multiaddrs>', { knownSites: known.slice(0, 16), bootstrap: 'none' });
+        }
+        isolationTimer = init.clock.setTimeout(checkIsolation, isolationRecheckMs);
+      };
+      isolationTimer = init.clock.setTimeout(checkIsolation, isolationFirstCheckMs);
+      stopping.unshift(async () => init.clock.clearTimeout(isolationTimer));
+    }
     return {
       node,
       ingest: custody.ingest,

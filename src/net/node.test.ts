@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { bootstrapFailureCause, createMeshNode, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
-import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, MeshNode, MeshNodeInit } from './node.ts';
+import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
 import { encodeEnvelope } from '../codec/envelope.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 import { getFreePort } from '../../test/support/dicom-tools.ts';
@@ -334,6 +334,16 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await selfNamed.stop();
     assert.deepEqual(failures, [], 'its own address is no unreachable bootstrap peer');
     assert.deepEqual(twins, [], 'nor another process with its identity');
+    // Its own port named with another peer's PeerId (a wrong port in --bootstrap): said so, not taken for
+    // a site restored on an empty disk there (helper 91).
+    const ownChanges: BootstrapIdentityChange[] = [];
+    const ownFailures: BootstrapFailure[] = [];
+    const wrongPort = await start({ dataDir: dirs[dirs.length - 1]!, p2pPort: ownPort, bootstrap: [`/ip4/127.0.0.1/tcp/${ownPort}/p2p/${joining.peerId}`], onBootstrapIdentityChanged: (c) => ownChanges.push(c), onBootstrapUnreachable: (f) => ownFailures.push(f) });
+    await waitFor('the identity change reported', () => ownChanges.length > 0, 10_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    await wrongPort.stop();
+    assert.deepEqual(ownChanges.map((c) => c.ownAddress), [true]);
+    assert.deepEqual(ownFailures, [], 'nor an unreachable bootstrap peer');
   });
 
   it('a copy of a peer bootstrapped at its original (by address, or by address and PeerId) says another process runs with its identity there', async () => {
@@ -346,7 +356,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       dirs.push(copyDir);
       await cp(join(originalDir, 'peer-key'), join(copyDir, 'peer-key'));
       const twins: string[] = [];
-      const copy = await start({ dataDir: copyDir, bootstrap: [bootstrapAddress], onIdentityTwinAddress: (t) => twins.push(t.address) });
+      const copy = await start({ dataDir: copyDir, bootstrap: [bootstrapAddress], onIdentityTwinAddress: (t) => twins.push(t.bootstrap ? t.address : `learnt ${t.address}`) });
       assert.equal(copy.peerId, original.peerId);
       await waitFor(`the twin at ${bootstrapAddress} reported`, () => twins.length > 0, 10_000);
       assert.equal(portOf(twins[0]!), portOf(bare));
@@ -406,6 +416,48 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.equal(conflicts.length, 1);
     assert.equal(notices.length, 2);
     await Promise.all([twin.stop(), original.stop(), observer.stop()]);
+  });
+
+  it('tells a copy started again within the minute of the last report (helper 91: it heard nothing and served alone)', async () => {
+    const conflicts: IdentityConflict[] = [];
+    const observer = await start({ onIdentityConflict: (c) => conflicts.push(c) });
+    const boot = [loopbackAddress(observer)];
+    const original = await start({ bootstrap: boot });
+    const dataDir = dirs[dirs.length - 1]!;
+    const copy = async (): Promise<{ node: MeshNode; notices: IdentityConflictNotice[] }> => {
+      const copyDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+      dirs.push(copyDir);
+      await cp(join(dataDir, 'peer-key'), join(copyDir, 'peer-key'));
+      const notices: IdentityConflictNotice[] = [];
+      return { node: await start({ dataDir: copyDir, bootstrap: boot, onIdentityConflictNotice: (n) => notices.push(n) }), notices };
+    };
+    const first = await copy();
+    await waitFor('the first copy told', () => first.notices.length > 0, 15_000);
+    await first.node.stop();
+    const second = await copy();
+    await waitFor('the second copy told, within the minute of the first report', () => second.notices.length > 0, 15_000);
+    assert.equal(second.notices[0]!.reportedBy, observer.peerId);
+    assert.equal(conflicts.length, 1, "the observer's own report stays once a minute");
+    await Promise.all([second.node.stop(), original.stop(), observer.stop()]);
+  });
+
+  it("the original of a copy met at an address learnt from the mesh does not call it a --bootstrap address (helper 91)", async () => {
+    // The original knew a peer at a port; that peer stopped and a copy of the original took the port.
+    const twinAddresses: IdentityTwinAddress[] = [];
+    const original = await start({ onIdentityTwinAddress: (t) => twinAddresses.push(t) });
+    const dataDir = dirs[dirs.length - 1]!;
+    const gone = await start({});
+    const goneAddress = loopbackAddress(gone);
+    await original.addKnownPeer(gone.peerId, [goneAddress]);
+    await waitFor('connected to the peer learnt', () => original.connectedPeers().includes(gone.peerId), 10_000);
+    await gone.stop();
+    const copyDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    dirs.push(copyDir);
+    await cp(join(dataDir, 'peer-key'), join(copyDir, 'peer-key'));
+    const copy = await start({ dataDir: copyDir, p2pPort: Number(goneAddress.split('/')[4]) });
+    await waitFor('the twin met at the learnt address', () => twinAddresses.length > 0, 15_000);
+    assert.deepEqual(twinAddresses.map((t) => t.bootstrap), [false]);
+    await Promise.all([copy.stop(), original.stop()]);
   });
 
   it('an identity conflict notice that is not one (junk, a malformed address list) is dropped', async () => {

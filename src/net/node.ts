@@ -134,7 +134,17 @@ export interface MeshNodeInit {
    * /p2p/ part): another process runs with this identity there, and this one, which cannot join through
    * it, may be serving alone (helper 48: a copy bootstrapped at its original said nothing). Once per address.
    */
-  onIdentityTwinAddress?: (twin: { readonly address: string }) => void;
+  onIdentityTwinAddress?: (twin: IdentityTwinAddress) => void;
+}
+
+/** An address where another process answers with this peer's identity. */
+export interface IdentityTwinAddress {
+  readonly address: string;
+  /**
+   * A --bootstrap address (this peer cannot join through it), or one learnt from the mesh (the original of
+   * a copy dials its copy's address, gossiped by the others: it is in the mesh all the same).
+   */
+  readonly bootstrap: boolean;
 }
 
 export interface IdentityConflictNotice {
@@ -215,6 +225,8 @@ export interface BootstrapIdentityChange {
   /** The PeerId the address named. */
   readonly expectedPeerId: string;
   readonly error: string;
+  /** The address is this peer's own --p2p-port, named with another's PeerId: a wrong port, no restored site. */
+  readonly ownAddress?: true;
 }
 
 export interface GossipMessage {
@@ -351,7 +363,7 @@ class Reconnector {
     private readonly selfPeerId: string,
     private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
     private readonly onBootstrapIdentityChanged: (change: BootstrapIdentityChange) => void = () => undefined,
-    private readonly onIdentityTwinAddress: (twin: { readonly address: string }) => void = () => undefined,
+    private readonly onIdentityTwinAddress: (twin: IdentityTwinAddress) => void = () => undefined,
   ) {}
 
   /**
@@ -393,7 +405,7 @@ class Reconnector {
     const peerId = peerIdOf(ma);
     // The same --bootstrap list given to every site names each site itself too: nothing to dial there.
     if (peerId === this.selfPeerId) {
-      if (bootstrap && !this.isOwnAddress(ma)) this.onIdentityTwinAddress({ address: ma.toString() });
+      if (bootstrap && !this.isOwnAddress(ma)) this.onIdentityTwinAddress({ address: ma.toString(), bootstrap: true });
       return;
     }
     const key = peerId ?? ma.toString();
@@ -587,7 +599,7 @@ class Reconnector {
       this.targets.delete(t.key);
       this.log('dropped %s: it is this peer', t.key);
       const elsewhere = t.addrs.find((a) => !this.isOwnAddress(a));
-      if (elsewhere !== undefined) this.onIdentityTwinAddress({ address: elsewhere.toString() });
+      if (elsewhere !== undefined) this.onIdentityTwinAddress({ address: elsewhere.toString(), bootstrap: t.bootstrap });
       return true;
     }
     if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
@@ -612,7 +624,7 @@ class Reconnector {
     for (const a of addrs) {
       const bare = a.decapsulateCode(P2P_CODE);
       if (t.bootstrap) {
-        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId, error: err.message });
+        this.onBootstrapIdentityChanged({ address: a.toString(), expectedPeerId, error: err.message, ...(this.isOwnAddress(bare) ? { ownAddress: true as const } : {}) });
         this.addBootstrap(bare);
       } else {
         this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), expectedPeerId);
@@ -848,12 +860,18 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     byConnection.set(connection.id, addresses);
     // One process reports the same addresses on every connection: none in common means two processes.
     const other = [...byConnection.entries()].find(([cid, theirs]) => cid !== connection.id && theirs.length > 0 && !theirs.some((a) => addresses.includes(a)));
+    if (other === undefined || addresses.length === 0) return;
+    // This peer's own report is once a minute per identity; the twins are told at every conflict seen (one
+    // frame per new connection; each logs it once a minute): a copy started again within the minute (the
+    // operator retrying under another --site) is a new process that has heard nothing yet, and serves
+    // alone meanwhile (helper 91).
     const nowMs = performance.now();
-    if (other === undefined || addresses.length === 0 || nowMs - (conflictReportedAtMs.get(id) ?? Number.NEGATIVE_INFINITY) < IDENTITY_CONFLICT_REPORT_INTERVAL_MS) return;
-    conflictReportedAtMs.delete(id);
-    conflictReportedAtMs.set(id, nowMs);
-    if (conflictReportedAtMs.size > 256) conflictReportedAtMs.delete(conflictReportedAtMs.keys().next().value!);
-    if (init.onIdentityConflict) safeCall(init.onIdentityConflict, { peerId: id, addresses: [other[1], addresses] }, 'identity conflict');
+    if (nowMs - (conflictReportedAtMs.get(id) ?? Number.NEGATIVE_INFINITY) >= IDENTITY_CONFLICT_REPORT_INTERVAL_MS) {
+      conflictReportedAtMs.delete(id);
+      conflictReportedAtMs.set(id, nowMs);
+      if (conflictReportedAtMs.size > 256) conflictReportedAtMs.delete(conflictReportedAtMs.keys().next().value!);
+      if (init.onIdentityConflict) safeCall(init.onIdentityConflict, { peerId: id, addresses: [other[1], addresses] }, 'identity conflict');
+    }
     const notice: IdentityConflictMessage = { type: 'identity-conflict', addresses: [other[1].slice(0, MAX_ANNOUNCED_ADDRS), addresses.slice(0, MAX_ANNOUNCED_ADDRS)] };
     for (const twin of node.getConnections(peerId).filter((c) => c.id === other[0] || c.id === connection.id)) {
       void (async () => {

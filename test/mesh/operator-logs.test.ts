@@ -2,10 +2,14 @@
  * What operators read in the peers' logs (warn level and above, as `--log-level warn` shows them) during
  * routine maintenance: a bootstrap site stopped for a while is no warning at peers that are in the mesh
  * through others (it warned "cannot reach a bootstrap peer" at every retry, black-box helper 40).
+ * A site that moved without --bootstrap, that nobody can find, says so (helper 91).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { eventually, startThreeSites } from './support.ts';
+import { join } from 'node:path';
+import { getFreePort, runTool } from '../support/dicom-tools.ts';
+import { writeSeriesToDir } from '../support/synthetic-dicom.ts';
+import { eventually, newCluster, startThreeSites, type PeerProcess } from './support.ts';
 
 const bootstrapWarning = /cannot reach a bootstrap peer/;
 
@@ -19,4 +23,50 @@ test('a bootstrap site stopped for maintenance: no bootstrap warning at the site
   await new Promise((r) => setTimeout(r, 5000));
   assert.ok((await b.status()).members?.find((m) => m.site === 'site-c')?.alive, 'b and c still see each other');
   for (const peer of [b, c]) assert.doesNotMatch(peer.output(), bootstrapWarning, `${peer.site} warned:\n${peer.output().slice(-2000)}`);
+});
+
+const servesAloneWarning = /no other site has connected to this peer: it serves alone/;
+
+test('a site without --bootstrap moved to another --p2p-port says it serves alone; restarted where it was, it does not (helper 91)', { timeout: 120_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  const aliveAt = async (peer: PeerProcess, site: string) => (await peer.status()).members?.find((m) => m.site === site)?.alive === true;
+  await eventually(() => aliveAt(a, 'site-b'), 20_000, async () => JSON.stringify((await a.status()).members));
+  // Restarted without --bootstrap where it was: b redials it there, no warning.
+  const ports = { dicom: a.dicomPort, http: a.httpPort, p2p: a.p2pPort };
+  await a.stop();
+  const sameAddress = await cluster.start('site-a', { dataDir: a.dataDir, bootstrap: [], ports });
+  await eventually(() => aliveAt(sameAddress, 'site-b'), 20_000, async () => JSON.stringify((await sameAddress.status()).members));
+  await new Promise((r) => setTimeout(r, 17_000));
+  assert.doesNotMatch(sameAddress.output(), servesAloneWarning);
+  // Moved to another libp2p port, still without --bootstrap: b dials the old one, nobody finds it.
+  await sameAddress.stop();
+  const moved = await cluster.start('site-a', { dataDir: a.dataDir, bootstrap: [], ports: { ...ports, p2p: await getFreePort() } });
+  await eventually(async () => servesAloneWarning.test(moved.output()), 30_000, () => moved.output().slice(-3000));
+  assert.match(moved.output(), /"knownSites":\["site-b"\]/);
+  assert.match(moved.output(), /--bootstrap/);
+});
+
+const notDialableYet = /no valid addresses/;
+
+test('a site restarted on another --p2p-port, owing copies to a site it first hears of through a third: no "no valid addresses" warnings (helper 91)', { timeout: 120_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  const c = await cluster.start('site-c');
+  await eventually(async () => (await a.status()).members?.filter((m) => m.alive).length === 3, 20_000, async () => JSON.stringify((await a.status()).members));
+  await c.stop();
+  await eventually(async () => (await a.status()).members?.find((m) => m.site === 'site-c')?.alive === false, 20_000, async () => JSON.stringify((await a.status()).members));
+  const series = await writeSeriesToDir(join(cluster.root, 'series'), { count: 5, rows: 8, columns: 8, uidSeed: 'helper-91-owed' });
+  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(a.dicomPort), ...series.files], { timeoutMs: 60_000, env: { TCP_NODELAY: '1' } });
+  assert.equal(stored.code, 0, stored.stderr);
+  await a.stop();
+  const bAddress = ((await b.status()).self.multiaddrs ?? []).slice(0, 1);
+  const restartedC = await cluster.start('site-c', { dataDir: c.dataDir, bootstrap: bAddress, ports: { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort } });
+  await eventually(async () => (await restartedC.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await restartedC.status()).members));
+  const movedA = await cluster.start('site-a', { dataDir: a.dataDir, bootstrap: bAddress, ports: { dicom: a.dicomPort, http: a.httpPort, p2p: await getFreePort() } });
+  await eventually(async () => (await restartedC.status()).instances === 5, 30_000, async () => JSON.stringify(await restartedC.status()));
+  await eventually(async () => (await movedA.status()).custody?.debtEntries === 0, 30_000, async () => JSON.stringify((await movedA.status()).custody));
+  assert.doesNotMatch(movedA.output(), notDialableYet, movedA.output().slice(-3000));
 });

@@ -220,6 +220,15 @@ function streamSenders(i: CustodyInput): ReadonlySet<string> | undefined {
   return undefined;
 }
 
+/**
+ * A peer heard alive through another's gossip before this peer has an address for it (it joined, or
+ * this one restarted on another port, through a third): routine, the copy is owed and goes once the two
+ * have connected. Logged as a warning, it was a handful of them at every site at each such restart (helper 91).
+ */
+function notDialableYet(error: unknown): boolean {
+  return (error as Error | undefined)?.name === 'NoValidAddressesError' || /no valid addresses for peer/.test(errorText(error));
+}
+
 export async function startCustody(init: CustodyServiceInit): Promise<CustodyService> {
   const { node, store, clock } = init;
   const log = init.log.child({ component: 'custody' });
@@ -513,6 +522,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       if (!stopped) {
         const fields = { sopInstanceUid: item.sopInstanceUid, to: peerId, toSite: item.toSiteName, error: errorText(error) };
         if (unreadable || refused) log.error(`replication failed: the local copy is ${unreadable ? 'unreadable' : 'refused'}; retried after replicationRetryMs`, fields);
+        else if (notDialableYet(error)) transferFailures.info(`replicate ${peerId}`, 'replication deferred: no address known for the peer yet', fields);
         else transferFailures.warn(`replicate ${peerId}`, 'replication failed', fields);
       }
       // Sending the same bytes again at once would fail the same way: back off until the scrub had a look.
@@ -603,7 +613,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       track(
         sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal })
           .catch((error: unknown) => {
-            if (!stopped) log.warn('custody messages not delivered', { to, messages: messages.length, error: errorText(error) });
+            if (!stopped) log[notDialableYet(error) ? 'info' : 'warn']('custody messages not delivered', { to, messages: messages.length, error: errorText(error) });
           })
           .finally(() => {
             sendsInFlight--;
