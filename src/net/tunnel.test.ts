@@ -55,12 +55,27 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
     await nodes.dispose();
   });
-
-  it('carries bytes both ways with the client address first, and closes cleanly', { timeout: 20_000 }, async () => {
+  /** Two nodes of one mesh, connected: a opens tunnels, b serves them. */
+  const connectedPair = async () => {
     const key = generateSwarmKey();
     const a = await node(key, []);
     const b = await node(key, [loopbackAddress(a)]);
     await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    return { a, b };
+  };
+  /** A front door at a tunnelling every connection to b (its tunnels' `finished` kept in order): its port. */
+  const doorTo = async (a: Awaited<ReturnType<typeof connectedPair>>['a'], bPeerId: string, finished: Promise<unknown>[], options?: Parameters<typeof openTunnel>[3]) => {
+    const door = createServer((socket: Socket) => {
+      socket.on('error', () => undefined);
+      void openTunnel(a, bPeerId, socket, options).then((t) => finished.push(t.finished));
+    });
+    const doorPort = await listen(door);
+    cleanups.push(() => void door.close());
+    return doorPort;
+  };
+
+  it('carries bytes both ways with the client address first, and closes cleanly', { timeout: 20_000 }, async () => {
+    const { a, b } = await connectedPair();
 
     const echo = await echoServer();
     cleanups.push(() => void echo.server.close());
@@ -97,10 +112,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
   });
 
   it('refuses when the local port is down; the opener gets a TunnelError and the socket is untouched', { timeout: 20_000 }, async () => {
-    const key = generateSwarmKey();
-    const a = await node(key, []);
-    const b = await node(key, [loopbackAddress(a)]);
-    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    const { a, b } = await connectedPair();
     const unused = createServer();
     const deadPort = await listen(unused);
     await new Promise((r) => unused.close(r));
@@ -133,10 +145,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
   });
 
   it('ends on both sides when the client socket is gone before the tunnel opened, or destroyed here after', { timeout: 20_000 }, async () => {
-    const key = generateSwarmKey();
-    const a = await node(key, []);
-    const b = await node(key, [loopbackAddress(a)]);
-    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    const { a, b } = await connectedPair();
     // The local DICOM port: an association that says nothing until its client does (as ours do before the A-ASSOCIATE-RQ).
     const echo = await echoServer();
     cleanups.push(() => void echo.server.close());
@@ -176,10 +185,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
   });
 
   it('a client that keeps its end open after the association closed is closed after a grace, as a direct one is', { timeout: 20_000 }, async () => {
-    const key = generateSwarmKey();
-    const a = await node(key, []);
-    const b = await node(key, [loopbackAddress(a)]);
-    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    const { a, b } = await connectedPair();
     // The local DICOM port closes a connection that says nothing (as ARTIM does, after 30 s).
     const artim = createServer((socket) => {
       socket.on('error', () => undefined);
@@ -190,12 +196,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     const server = await startTunnelServer({ node: b, localPort: artimPort, log: quiet });
     cleanups.push(() => server.stop());
     const finished: Promise<unknown>[] = [];
-    const door = createServer((socket: Socket) => {
-      socket.on('error', () => undefined);
-      void openTunnel(a, b.peerId, socket, { endGraceMs: 300 }).then((t) => finished.push(t.finished));
-    });
-    const doorPort = await listen(door);
-    cleanups.push(() => void door.close());
+    const doorPort = await doorTo(a, b.peerId, finished, { endGraceMs: 300 });
     // A client that ignores the server's end: its own stays open.
     const client = connect({ port: doorPort, host: '127.0.0.1', allowHalfOpen: true });
     client.on('error', () => undefined);
@@ -211,10 +212,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
   });
 
   it('a tunnel reset at the serving peer ends at once, also while a client that does not read holds its bytes back', { timeout: 20_000 }, async () => {
-    const key = generateSwarmKey();
-    const a = await node(key, []);
-    const b = await node(key, [loopbackAddress(a)]);
-    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    const { a, b } = await connectedPair();
     // The local DICOM port sends 8 MiB, then its connection is reset (an association aborted).
     const talker = createServer((socket) => {
       socket.on('error', () => undefined);
@@ -226,12 +224,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     const server = await startTunnelServer({ node: b, localPort: talkerPort, log: quiet });
     cleanups.push(() => server.stop());
     const finished: Promise<unknown>[] = [];
-    const door = createServer((socket: Socket) => {
-      socket.on('error', () => undefined);
-      void openTunnel(a, b.peerId, socket).then((t) => finished.push(t.finished));
-    });
-    const doorPort = await listen(door);
-    cleanups.push(() => void door.close());
+    const doorPort = await doorTo(a, b.peerId, finished);
     // A client that reads nothing (its receive buffer fills, and the tunnel waits for 'drain').
     const client = connect({ port: doorPort, host: '127.0.0.1' });
     client.on('error', () => undefined);

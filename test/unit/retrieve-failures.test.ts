@@ -39,6 +39,18 @@ async function moveStudy(client: DicomClientAssociation, studyInstanceUid: strin
   return client.request(client.contexts[0]!.id, { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination, hasDataSet: true }, identifier);
 }
 
+/** A Study Root C-GET of one study over the association's first context (Study Root GET), its identifier in explicit VR LE. */
+async function getStudy(client: DicomClientAssociation, studyInstanceUid: string) {
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ExplicitVrLittleEndian,
+  );
+  return client.request(client.contexts[0]!.id, { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true }, identifier);
+}
+
 /** Stores `count` instances of one study (rows x columns each) at the peer, each acknowledged: their SOP Instance UIDs. */
 async function storeStudy(peer: TestPeer, studyInstanceUid: string, count: number, rows: number, columns = rows): Promise<string[]> {
   const store = await openStoreClient(peer.dicomPort, 'MODALITY', verification);
@@ -62,6 +74,14 @@ async function peerMovingTo(t: TestContext, destination: { port: number; close()
   return peer;
 }
 
+/** A viewer's association for C-MOVE (its first context) and C-ECHO (its second, for echoThenRelease). */
+function moveClient(peer: TestPeer): Promise<DicomClientAssociation> {
+  return openPeerClient(peer.dicomPort, 'VIEWER', [
+    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+  ]);
+}
+
 /** The failed C-MOVE sub-operations by reason, as the peer logged them (the response has no room for them). */
 function moveFailureReasons(lines: readonly RecordedLine[]): Record<string, number> | undefined {
   return lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
@@ -74,10 +94,7 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   // 2 MB each: read from the store in several reads, so the connection closes while one is being sent.
   await storeStudy(peer, studyInstanceUid, 3, 1024);
 
-  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
-    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-  ]);
+  const client = await moveClient(peer);
   const final = await moveStudy(client, studyInstanceUid, 'HANGUP');
   const { status, completedSubOperations = 0, failedSubOperations = 0, warningSubOperations = 0 } = final.command;
   assert.ok(status === 0xa702 || status === 0xb000, `final status 0x${status?.toString(16)}`);
@@ -111,10 +128,7 @@ test('C-MOVE to a destination that never answers the A-RELEASE-RQ: the final res
   const peer = await peerMovingTo(t, await acceptorNeverReleasing(), 'STICKY', 'mover-sticky', lines);
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.89.1';
   await storeStudy(peer, studyInstanceUid, 3, 16);
-  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
-    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-  ]);
+  const client = await moveClient(peer);
   const started = Date.now();
   const final = await moveStudy(client, studyInstanceUid, 'STICKY');
   const elapsedMs = Date.now() - started;
@@ -162,10 +176,7 @@ test('C-MOVE cancelled while the destination has not answered its A-ASSOCIATE-RQ
   const peer = await peerMovingTo(t, await silentTcpAcceptor(), 'SILENT', 'mover-silent', lines);
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.87.1';
   await storeStudy(peer, studyInstanceUid, 3, 16);
-  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [
-    { abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-    { abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
-  ]);
+  const client = await moveClient(peer);
   const { final, elapsedMs } = await cancelledMove(client, studyInstanceUid, 'SILENT', 300);
   const { status, remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations } = final.command;
   assert.equal(status, Status.Cancel, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''}) after ${elapsedMs} ms`);
@@ -305,11 +316,7 @@ test('a C-GET context accepted in JPEG Lossless (listed first, as getscu +xs doe
   );
   t.after(() => client.abort());
   assert.equal(client.contexts[1]!.transferSyntaxUid, jpegLossless, 'the requestor\'s first choice is kept: instances stored in it go as they are');
-  const final = await client.request(
-    client.contexts[0]!.id,
-    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
-    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
-  );
+  const final = await getStudy(client, studyInstanceUid);
   assert.equal(final.command.status, Status.Success, 'before, every sub-operation failed: "no accepted presentation context" (helper 47)');
   assert.equal(final.command.completedSubOperations, 2);
   assert.equal(received.length, 2);
@@ -339,11 +346,7 @@ test('a C-GET whose only context for the class takes a syntax the instances cann
   );
   t.after(() => client.abort());
   assert.equal(client.contexts[1]!.transferSyntaxUid, jpegBaseline);
-  const final = await client.request(
-    client.contexts[0]!.id,
-    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
-    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
-  );
+  const final = await getStudy(client, studyInstanceUid);
   assert.equal(final.command.status, 0xa702);
   assert.equal(final.command.failedSubOperations, 1);
   // Before: "all 1 failed: no accepted presentation context for 1.2.840.10..." (cut at 64), which hid why.
@@ -367,11 +370,7 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
     { roleSelections: [{ sopClassUid: mrImage, scuRole: false, scpRole: true }], onIncomingStore: () => Status.Success },
   );
   t.after(() => client.abort());
-  const final = await client.request(
-    client.contexts[0]!.id,
-    { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
-    encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
-  );
+  const final = await getStudy(client, studyInstanceUid);
   assert.equal(final.command.status, 0xa702);
   assert.equal(final.command.failedSubOperations, 2);
   const comment = final.command.errorComment ?? '';
@@ -400,11 +399,7 @@ test('a C-GET whose requestor proposed the SOP class but took no SCP role for it
     );
     t.after(() => client.abort());
     assert.ok(client.contexts.some((c) => c.abstractSyntaxUid === ctImage), 'the CT context is accepted');
-    const final = await client.request(
-      client.contexts[0]!.id,
-      { commandField: CommandField.CGetRq, affectedSopClassUid: studyRootGet, priority: 0, hasDataSet: true },
-      encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid }], TransferSyntax.ExplicitVrLittleEndian),
-    );
+    const final = await getStudy(client, studyInstanceUid);
     assert.equal(final.command.status, 0xa702);
     assert.equal(final.command.failedSubOperations, 2);
     // Before: "all 2 failed: receiver accepted no context for SOP class", while the context was accepted.

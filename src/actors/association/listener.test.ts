@@ -1,10 +1,15 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { startDicomListener } from './listener.ts';
+import { startDicomListener, type DicomListenerInit } from './listener.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { waitFor } from '../../../test/support/wait.ts';
+
+/** A listener on a free port whose front door routes by `route`, with no actor system or deps: serving a connection here throws. */
+function listenerRouting(route: NonNullable<DicomListenerInit['frontDoor']>['route']) {
+  return startDicomListener({ host: '127.0.0.1', port: 0, maxAssociations: 4, parent: undefined as never, deps: { log: silentLogger } as unknown as AssociationDeps, frontDoor: { route } });
+}
 
 describe('DICOM listener', () => {
   it('survives a connection reset while the front door routes it, and does not serve it after', { timeout: 10_000 }, async () => {
@@ -16,22 +21,15 @@ describe('DICOM listener', () => {
     process.on('uncaughtException', onUncaught);
     let routed = 0;
     // A route that takes its time, as opening a tunnel does (or a connection queued behind one): then 'local'.
-    const listener = await startDicomListener({
-      host: '127.0.0.1',
-      port: 0,
-      maxAssociations: 4,
-      parent: undefined as never,
-      deps: { log: silentLogger } as unknown as AssociationDeps,
-      frontDoor: {
-        route: () =>
-          new Promise((resolve) =>
-            setTimeout(() => {
-              routed++;
-              resolve('local');
-            }, 300),
-          ),
-      },
-    });
+    const listener = await listenerRouting(
+      () =>
+        new Promise((resolve) =>
+          setTimeout(() => {
+            routed++;
+            resolve('local');
+          }, 300),
+        ),
+    );
     try {
       const socket = connect(listener.port, '127.0.0.1', () => {
         socket.write(Buffer.alloc(64));
@@ -53,30 +51,23 @@ describe('DICOM listener', () => {
     const routedAt: number[] = [];
     const start = performance.now();
     let calls = 0;
-    const listener = await startDicomListener({
-      host: '127.0.0.1',
-      port: 0,
-      maxAssociations: 4,
-      parent: undefined as never,
-      deps: { log: silentLogger } as unknown as AssociationDeps,
-      frontDoor: {
-        // The first connection goes to a peer whose tunnel takes 1.5 s to open (a stalled peer: up to the 2 s timeout).
-        route: (socket, onTunnelling) => {
-          const first = calls++ === 0;
-          if (first) onTunnelling?.();
-          return new Promise((resolve) =>
-            setTimeout(
-              () => {
-                routedAt.push(Math.round(performance.now() - start));
-                socket.destroy();
-                resolve('tunnelled');
-              },
-              first ? 1500 : 10,
-            ),
-          );
-        },
+    const listener = await listenerRouting(
+      // The first connection goes to a peer whose tunnel takes 1.5 s to open (a stalled peer: up to the 2 s timeout).
+      (socket, onTunnelling) => {
+        const first = calls++ === 0;
+        if (first) onTunnelling?.();
+        return new Promise((resolve) =>
+          setTimeout(
+            () => {
+              routedAt.push(Math.round(performance.now() - start));
+              socket.destroy();
+              resolve('tunnelled');
+            },
+            first ? 1500 : 10,
+          ),
+        );
       },
-    });
+    );
     try {
       const sockets = [0, 1].map(() => connect(listener.port, '127.0.0.1').on('error', () => undefined));
       await waitFor('both routed', () => routedAt.length === 2);
@@ -92,20 +83,13 @@ describe('DICOM listener', () => {
     const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
     process.on('unhandledRejection', onUnhandled);
     let routed = 0;
-    const listener = await startDicomListener({
-      host: '127.0.0.1',
-      port: 0,
-      maxAssociations: 4,
-      // No actor system and no deps: serving here throws (as a bug in starting an association would).
-      parent: undefined as never,
-      deps: { log: silentLogger } as unknown as AssociationDeps,
-      frontDoor: {
-        route: async () => {
-          routed++;
-          return 'local';
-        },
+    const listener = // No actor system and no deps: serving here throws (as a bug in starting an association would).
+    await listenerRouting(
+      async () => {
+        routed++;
+        return 'local';
       },
-    });
+    );
     try {
       const first = connect(listener.port, '127.0.0.1').on('error', () => undefined);
       const closed = new Promise((resolve) => first.once('close', resolve));
