@@ -105,7 +105,12 @@ export class MeshCluster {
       } catch {
         // not yet listening
       }
-      if (Date.now() > deadline) throw new Error(`${site} not ready in 30 s:\n${output}`);
+      if (Date.now() > deadline) {
+        // Stopped, or it outlived the test (it is in no cluster's peers to dispose of) and its pipes held the
+        // test file open for good: a balancer test hung 50 min after a slow start on a loaded machine (helper 92).
+        await process.stop(5000);
+        throw new Error(`${site} not ready in 30 s:\n${output}`);
+      }
       await new Promise((r) => setTimeout(r, 150));
     }
     this.peers.push(peer);

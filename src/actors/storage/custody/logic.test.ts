@@ -398,6 +398,40 @@ test('a forgotten site is known again only once alive for forgottenSiteReturnAli
   assert.ok(s.knownSites.has('site-x') && !s.forgottenSites.has('site-x'), 'alive for 1 s: back');
 });
 
+test('a site forgotten elsewhere just after it went down is forgotten here too: a late heartbeat, or this peer\'s pause, is not news of it after the forgetting', () => {
+  // Known here since 100, its time last written then; down at 60_000; site-b forgets it at 62_000 and its
+  // tombstone arrives here at 64_000. Meanwhile (after the forgetting, before its tombstone came) one more
+  // heartbeat of site-x was relayed here late (alive for a moment), or this peer stood still and membership
+  // moved the dead record's time on: either moved the known time past the forgetting, a minute after the
+  // last write, and the tombstone was refused for good (a 3-site mesh test, under load: helper 92).
+  const patient = { ...config, forgottenSiteReturnAliveMs: 1000 };
+  const knownSince = { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 100 }, { siteName: 'site-x', lastHeardMs: 100 }] };
+  const down = { ...member('peer-x', 'dead'), siteName: 'site-x', lastHeardAtMs: 60_000, statusSinceMs: 60_000 };
+  const tombstone = forgetting('peer-b', ['site-x', 62_000]);
+  const stale = {
+    'a late heartbeat': { ...member('peer-x'), siteName: 'site-x', lastHeardAtMs: 63_000, statusSinceMs: 63_000 },
+    'a dead record moved on by a pause': { ...down, lastHeardAtMs: 63_000 },
+  };
+  for (const [what, record] of Object.entries(stale)) {
+    let s = initCustody(patient, knownSince);
+    s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), record], nowMs: 63_000 }).state;
+    assert.equal(s.knownSites.get('site-x'), 100, `${what}: not heard since`);
+    s = run(s, { type: 'viewChanged', members: [member('peer-a'), tombstone, down], nowMs: 64_000 }).state;
+    assert.ok(!s.knownSites.has('site-x') && s.forgottenSites.has('site-x'), what);
+  }
+  // A peer of the site alive for forgottenSiteReturnAliveMs is news: it was heard after the forgetting.
+  let s = initCustody(patient, knownSince);
+  const back = { ...member('peer-x'), siteName: 'site-x', statusSinceMs: 62_500 };
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), back], nowMs: 63_500 }).state;
+  assert.equal(s.knownSites.get('site-x'), 63_500);
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), tombstone, { ...down, lastHeardAtMs: 63_500, statusSinceMs: 64_000 }], nowMs: 64_000 }).state;
+  assert.ok(s.knownSites.has('site-x') && !s.forgottenSites.has('site-x'));
+  // A site not known here is still learnt at its first heartbeat: copies are owed to it at once.
+  s = initCustody(patient, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-y'), statusSinceMs: 63_000 }], nowMs: 63_000 }).state;
+  assert.ok(s.knownSites.has('site-y'));
+});
+
 test('tombstones are restored from disk, so a restarted peer passes them on and ignores dead records of those sites', () => {
   const s = initCustody(config, { digest: createDigest(), debt: [], forgottenSites: [{ siteName: 'site-x', forgottenAtMs: 50 }, { siteName: 'site-w', forgottenAtMs: 60 }] });
   assert.deepEqual(custodyStats(s).forgottenSites, [{ siteName: 'site-w', forgottenAtMs: 60 }, { siteName: 'site-x', forgottenAtMs: 50 }]);

@@ -333,12 +333,18 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
   for (const m of state.members) {
     if (m.siteName === state.config.selfSiteName) continue;
     const heardMs = m.status === 'alive' ? nowMs : m.lastHeardAtMs;
-    // A forgotten site is known again only when heard alive since: a dead or suspect record is the record
-    // of a site that is gone, whose time this process's own pause may even have moved on (membership's
-    // stall rule: helper 52 saw a paused peer learn a site it had just forgotten).
-    // Nor a heartbeat that made it alive a moment ago: a late or relayed one of a site that is gone.
+    // A forgotten site is known again, and a known site's time moves on, only with a peer of it alive for
+    // forgottenSiteReturnAliveMs. Not a dead or suspect record: the record of a site that is gone, whose
+    // time this process's own pause may even have moved on (membership's stall rule: helper 52 saw a paused
+    // peer learn a site it had just forgotten). Nor a heartbeat that made it alive a moment ago: a late or
+    // relayed one of a site that is gone. Either moved a known site's time past a forgetting at another
+    // peer whose tombstone had not arrived yet, which was then refused here for good as older than that
+    // news (helper 92: a site stopped and forgotten at once stayed known, owed copies and counted as a
+    // voter at one peer). A site not known here is learnt from any record: copies are owed to it at once.
+    const settled = m.status === 'alive' && nowMs - m.statusSinceMs >= state.config.forgottenSiteReturnAliveMs;
     const forgottenAtMs = state.forgottenSites.get(m.siteName);
-    if (forgottenAtMs !== undefined && (m.status !== 'alive' || heardMs <= forgottenAtMs || nowMs - m.statusSinceMs < state.config.forgottenSiteReturnAliveMs)) continue;
+    if (forgottenAtMs !== undefined && (!settled || heardMs <= forgottenAtMs)) continue;
+    if (!settled && state.knownSites.has(m.siteName)) continue;
     heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
   }
   for (const [siteName, lastHeardMs] of heard) {
