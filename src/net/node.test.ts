@@ -29,6 +29,11 @@ const HWM = 256 * 1024;
 
 const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 50);
 
+/** Whether `<dir>/known-peers.json` names `peerId`. */
+async function savedIn(dir: string, peerId: string): Promise<boolean> {
+  return (await readFile(join(dir, 'known-peers.json'), 'utf8').catch(() => '')).includes(peerId);
+}
+
 function portOf(addr: string): number {
   return Number(/\/tcp\/(\d+)/.exec(addr)?.[1]);
 }
@@ -545,16 +550,17 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     const failures: BootstrapFailure[] = [];
     const changes: BootstrapIdentityChange[] = [];
     const quiet = { onBootstrapUnreachable: (f: BootstrapFailure) => failures.push(f), onBootstrapIdentityChanged: (c: BootstrapIdentityChange) => changes.push(c) };
-    let p = await start({ ...quiet });
+    const tuning = { knownPeersWriteDelayMs: 100 };
+    let p = await start({ ...quiet, tuning });
     const pDir = dirs[dirs.length - 1]!;
     const pPort = portOf(loopbackAddress(p));
-    let q = await start({ bootstrap: [loopbackAddress(p)], ...quiet });
+    let q = await start({ bootstrap: [loopbackAddress(p)], ...quiet, tuning });
     const qDir = dirs[dirs.length - 1]!;
     const qOldPort = portOf(loopbackAddress(q));
     await waitFor('q joined p', () => p.connectedPeers().includes(q.peerId) && q.connectedPeers().includes(p.peerId));
     assert.equal(p.savedPeers, 0);
     // Addresses are saved once the peer has said where it listens (identify, right after connecting).
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor('each saved the other', async () => (await savedIn(pDir, q.peerId)) && (await savedIn(qDir, p.peerId)));
     const pId = p.peerId;
     const qId = q.peerId;
     // stop() writes what changed since the last write
@@ -589,13 +595,15 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     dirs.push(dataDir);
     await writeFile(join(dataDir, 'known-peers.json'), '{"version":1,"peers":[{"peerId":"12D3Koo');
-    const damaged = await start({ dataDir, bootstrap: [loopbackAddress(a)], onKnownPeersProblem: (problem) => problems.push(problem) });
+    const damaged = await start({ dataDir, bootstrap: [loopbackAddress(a)], tuning: { knownPeersWriteDelayMs: 100 }, onKnownPeersProblem: (problem) => problems.push(problem) });
     assert.equal(problems.length, 1);
     assert.equal(problems[0]!.operation, 'read');
     assert.equal(problems[0]!.path, join(dataDir, 'known-peers.json'));
     assert.match(problems[0]!.error, /not JSON/);
     assert.equal(damaged.savedPeers, 0);
     await waitFor('joined through its bootstrap address all the same', () => damaged.connectedPeers().includes(a.peerId));
+    // Saved once a has said where it listens (identify, right after connecting).
+    await waitFor('a saved', () => savedIn(dataDir, a.peerId));
     await damaged.stop();
     const text = await readFile(join(dataDir, 'known-peers.json'), 'utf8');
     assert.ok((JSON.parse(text) as { peers: Array<{ peerId: string }> }).peers.some((x) => x.peerId === a.peerId), text);
