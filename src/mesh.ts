@@ -77,7 +77,8 @@ const sitesHoldingUidsPerQuery = 1000;
 
 /**
  * A peer started without --bootstrap that knows other sites but has no connection this long after its start
- * warns (the others redial a restarted peer's old address within ~5 s), and again at this interval.
+ * warns (the others redial a restarted peer's old address within ~5 s, and it dials the addresses it saved,
+ * each at least once by then: a dial gives up after 5 s), and again at this interval.
  */
 const isolationFirstCheckMs = 15_000;
 const isolationRecheckMs = 10 * 60_000;
@@ -119,6 +120,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       twin.bootstrap
         ? log.error(`another process runs with this peer identity at a --bootstrap address (a copied data directory?); this peer cannot join through it and may be serving alone: ${twinAdvice}`, { address: twin.address })
         : log.error(`another process runs with this peer identity at an address learnt from the mesh (a copied data directory?): ${twinAdvice}`, { address: twin.address }),
+    // A hint only: the peer starts as it would without it (and finds the others with --bootstrap, or by being dialled).
+    onKnownPeersProblem: (problem) =>
+      problem.operation === 'read'
+        ? log.warn('the saved addresses of other peers cannot be read: ignored (this start dials only --bootstrap addresses, and is found by the others redialling it)', { ...problem })
+        : log.warn('the addresses of other peers cannot be saved: a restart on another host or --p2p-port without --bootstrap will not find them', { ...problem }),
     onIdentityConflictNotice: (notice) =>
       log.error(`another process runs with this peer identity (a copied data directory?), says a peer that sees both: ${twinAdvice}`, {
         reportedBy: notice.reportedBy,
@@ -207,16 +213,18 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     }, 1000);
     statsTimer.unref();
     stopping.unshift(async () => clearInterval(statsTimer));
-    // Without --bootstrap, a peer is found by the others redialling the address they knew it at. A site
-    // that moved (another host or --p2p-port) without --bootstrap is never found: it served alone, every
-    // C-STORE acknowledged on its one copy, and said nothing (helper 91). Its data directory says which
-    // sites it belongs with: none connected by now is worth a warning, again every 10 minutes while so.
+    // Without --bootstrap, a peer finds the others at the addresses it saved (known-peers.json), and is
+    // found by them redialling the address they knew it at. A site that moved (another host or --p2p-port)
+    // while every site it saved moved or is down too is found by nobody: it served alone, every C-STORE
+    // acknowledged on its one copy, and said nothing (helper 91). Its data directory says which sites it
+    // belongs with: none connected by now is worth a warning, again every 10 minutes while so.
     if (config.bootstrap.length === 0) {
       let isolationTimer: ReturnType<Clock['setTimeout']> | undefined;
       const checkIsolation = (): void => {
         const known = custody.knownSites().map((k) => k.site);
         if (known.length > 0 && node.connectedPeers().length === 0) {
-          log.warn('no other site has connected to this peer: it serves alone. Its data directory knows sites that are down, or that dial the address it had before: if this site moved (another host or --p2p-port), start it with --bootstrap <a running site\'s /api/mesh self.multiaddrs>', { knownSites: known.slice(0, 16), bootstrap: 'none' });
+          const saved = node.savedPeers > 0 ? `none of the ${node.savedPeers} peer(s) whose addresses it saved answers, and ` : 'it saved no address of another peer, and ';
+          log.warn(`no other site has connected to this peer: it serves alone. Its data directory knows other sites; ${saved}none has dialled it: they are down, or moved, or dial the address it had before. If this site moved (another host or --p2p-port), start it with --bootstrap <a running site's /api/mesh self.multiaddrs>`, { knownSites: known.slice(0, 16), savedPeers: node.savedPeers, bootstrap: 'none' });
         }
         isolationTimer = init.clock.setTimeout(checkIsolation, isolationRecheckMs);
       };

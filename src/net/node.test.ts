@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { cp, mkdtemp, rm, stat } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -15,6 +15,7 @@ import { bootstrapFailureCause, createMeshNode, peerActivityNoticeMs } from './n
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
+import type { KnownPeersProblem } from './known-peers.ts';
 import { encodeEnvelope } from '../codec/envelope.ts';
 import { waitFor as waitForCondition } from '../../test/support/wait.ts';
 import { getFreePort } from '../../test/support/dicom-tools.ts';
@@ -27,6 +28,11 @@ const WINDOW = 256 * 1024;
 const HWM = 256 * 1024;
 
 const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 50);
+
+/** Whether `<dir>/known-peers.json` names `peerId`. */
+async function savedIn(dir: string, peerId: string): Promise<boolean> {
+  return (await readFile(join(dir, 'known-peers.json'), 'utf8').catch(() => '')).includes(peerId);
+}
 
 function portOf(addr: string): number {
   return Number(/\/tcp\/(\d+)/.exec(addr)?.[1]);
@@ -537,5 +543,77 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await waitFor('q to notice p is gone', () => !q.connectedPeers().includes(oldId));
     p = await start({ dataDir: pDir, p2pPort: port });
     await waitFor('q reconnects to the restarted p', () => q.connectedPeers().includes(p.peerId), 15_000);
+  });
+
+  it('a site restarted on another port without --bootstrap dials the addresses it saved, quietly; the peer it finds does too (helper 93)', async () => {
+    // A mesh of two, apart from the others: only the saved addresses can bring them together again.
+    const failures: BootstrapFailure[] = [];
+    const changes: BootstrapIdentityChange[] = [];
+    const quiet = { onBootstrapUnreachable: (f: BootstrapFailure) => failures.push(f), onBootstrapIdentityChanged: (c: BootstrapIdentityChange) => changes.push(c) };
+    const tuning = { knownPeersWriteDelayMs: 100 };
+    let p = await start({ ...quiet, tuning });
+    const pDir = dirs[dirs.length - 1]!;
+    const pPort = portOf(loopbackAddress(p));
+    let q = await start({ bootstrap: [loopbackAddress(p)], ...quiet, tuning });
+    const qDir = dirs[dirs.length - 1]!;
+    const qOldPort = portOf(loopbackAddress(q));
+    await waitFor('q joined p', () => p.connectedPeers().includes(q.peerId) && q.connectedPeers().includes(p.peerId));
+    assert.equal(p.savedPeers, 0);
+    // Addresses are saved once the peer has said where it listens (identify, right after connecting).
+    await waitFor('each saved the other', async () => (await savedIn(pDir, q.peerId)) && (await savedIn(qDir, p.peerId)));
+    const pId = p.peerId;
+    const qId = q.peerId;
+    // stop() writes what changed since the last write
+    await Promise.all([q.stop(), p.stop()]);
+    const savedAtQ = JSON.parse(await readFile(join(qDir, 'known-peers.json'), 'utf8')) as { version: number; peers: Array<{ peerId: string; addrs: string[] }> };
+    assert.deepEqual(savedAtQ.peers.map((x) => x.peerId), [pId], 'q saved p, and not itself');
+    assert.ok(savedAtQ.peers[0]!.addrs.includes(`/ip4/127.0.0.1/tcp/${pPort}/p2p/${pId}`), JSON.stringify(savedAtQ));
+    const savedAtP = JSON.parse(await readFile(join(pDir, 'known-peers.json'), 'utf8')) as typeof savedAtQ;
+    assert.deepEqual(savedAtP.peers.map((x) => x.peerId), [qId]);
+    // q moves to another port; p comes back where it was: q knows where p is, p only q's old address.
+    q = await start({ dataDir: qDir, ...quiet });
+    const qNewPort = portOf(loopbackAddress(q));
+    assert.notEqual(qNewPort, qOldPort);
+    p = await start({ dataDir: pDir, p2pPort: pPort, ...quiet });
+    assert.equal(q.peerId, qId);
+    assert.equal(q.savedPeers, 1);
+    assert.equal(p.savedPeers, 1);
+    await waitFor('q found p at the address it saved', () => q.connectedPeers().includes(pId) && p.connectedPeers().includes(qId), 15_000);
+    // p's dials of q's old address failed meanwhile: none of that is a bootstrap warning.
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(failures, []);
+    assert.deepEqual(changes, []);
+    assert.equal(p.connectionCount(qId), 1, 'one connection per pair');
+    // p learns q's new address (identify) and saves it at stop.
+    await Promise.all([q.stop(), p.stop()]);
+    const resaved = JSON.parse(await readFile(join(pDir, 'known-peers.json'), 'utf8')) as typeof savedAtQ;
+    assert.deepEqual(resaved.peers[0]!.addrs, [`/ip4/127.0.0.1/tcp/${qNewPort}/p2p/${qId}`]);
+  });
+
+  it('a damaged known-peers file is a warning and ignored; it is replaced at the next connection (helper 93)', async () => {
+    const problems: KnownPeersProblem[] = [];
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    dirs.push(dataDir);
+    await writeFile(join(dataDir, 'known-peers.json'), '{"version":1,"peers":[{"peerId":"12D3Koo');
+    const damaged = await start({ dataDir, bootstrap: [loopbackAddress(a)], tuning: { knownPeersWriteDelayMs: 100 }, onKnownPeersProblem: (problem) => problems.push(problem) });
+    assert.equal(problems.length, 1);
+    assert.equal(problems[0]!.operation, 'read');
+    assert.equal(problems[0]!.path, join(dataDir, 'known-peers.json'));
+    assert.match(problems[0]!.error, /not JSON/);
+    assert.equal(damaged.savedPeers, 0);
+    await waitFor('joined through its bootstrap address all the same', () => damaged.connectedPeers().includes(a.peerId));
+    // Saved once a has said where it listens (identify, right after connecting).
+    await waitFor('a saved', () => savedIn(dataDir, a.peerId));
+    await damaged.stop();
+    const text = await readFile(join(dataDir, 'known-peers.json'), 'utf8');
+    assert.ok((JSON.parse(text) as { peers: Array<{ peerId: string }> }).peers.some((x) => x.peerId === a.peerId), text);
+    // A directory in its place cannot be read either: a warning, and the node runs.
+    const blockedDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    dirs.push(blockedDir);
+    await mkdir(join(blockedDir, 'known-peers.json'));
+    const blocked = await start({ dataDir: blockedDir, onKnownPeersProblem: (problem) => problems.push(problem) });
+    assert.equal(problems.length, 2);
+    assert.equal(problems[1]!.operation, 'read');
+    await blocked.stop();
   });
 });

@@ -16,6 +16,9 @@
  * again while it is not connected, with exponential back-off (min..max delay, jittered), forever, since
  * operators stop and restart sites on purpose. A node with no bootstrap list is the first of its mesh.
  * Peers learnt from elsewhere (e.g. membership heartbeats carrying addresses) go in via `addKnownPeer`.
+ * The addresses of the peers connected are saved in the data directory (known-peers.ts) and dialled at
+ * the next start too, quietly and only while no peer is connected: a site moved to another host or port
+ * without --bootstrap finds the others itself (it served alone before: helper 91).
  */
 import '../polyfill.ts';
 import { networkInterfaces } from 'node:os';
@@ -27,12 +30,13 @@ import { identify } from '@libp2p/identify';
 import { ping } from '@libp2p/ping';
 import { bootstrap } from '@libp2p/bootstrap';
 import { gossipsub } from '@libp2p/gossipsub';
-import { peerIdFromString } from '@libp2p/peer-id';
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
 import { MeshNodeError } from './errors.ts';
 import { InboundActivity } from './inbound-activity.ts';
 import { loadOrCreatePeerKey } from './peer-key.ts';
+import { KnownPeersFile, readKnownPeers, type KnownPeersProblem } from './known-peers.ts';
 import { pskProtector } from './protector.ts';
 import './yamux-window.ts';
 import './yamux-control.ts';
@@ -72,6 +76,9 @@ export interface MeshNodeTuning {
   dialTimeoutMs?: number;
   /** Largest gossip message accepted (bytes). Default 1 MiB. */
   maxGossipBytes?: number;
+  /** known-peers.json: first write this long after a change, then at most every knownPeersWriteIntervalMs (ms). Defaults 1000, 30000. */
+  knownPeersWriteDelayMs?: number;
+  knownPeersWriteIntervalMs?: number;
   /**
    * Period (ms) of the built-in address announcement on {@link PEERS_TOPIC}, which lets peers that joined
    * through different bootstrap nodes find and dial each other (full mesh). 0 disables it. Default 5000.
@@ -90,7 +97,7 @@ interface PeerAddrsMessage {
 }
 
 export interface MeshNodeInit {
-  /** Holds `peer-key` (created on first start). */
+  /** Holds `peer-key` (created on first start) and `known-peers.json` (see known-peers.ts). */
   dataDir: string;
   /** Interface to listen on. Default '0.0.0.0'. */
   host?: string;
@@ -135,6 +142,11 @@ export interface MeshNodeInit {
    * it, may be serving alone (helper 48: a copy bootstrapped at its original said nothing). Once per address.
    */
   onIdentityTwinAddress?: (twin: IdentityTwinAddress) => void;
+  /**
+   * `known-peers.json` is damaged or unreadable (ignored: the node starts as without it), or cannot be
+   * written (said once until a write succeeds; the list is kept in memory meanwhile).
+   */
+  onKnownPeersProblem?: (problem: KnownPeersProblem) => void;
 }
 
 /** An address where another process answers with this peer's identity. */
@@ -256,6 +268,8 @@ export interface MeshNode {
   readonly peerId: string;
   /** Whether this start created the identity (`peer-key`): a new site, or a data directory restored empty. */
   readonly identityCreated: boolean;
+  /** Peers whose saved addresses (known-peers.json) this start dials while no peer is connected. */
+  readonly savedPeers: number;
   /** Dialable addresses, each ending in /p2p/<peerId>. */
   multiaddrs(): string[];
   connectedPeers(): string[];
@@ -298,6 +312,12 @@ interface Target {
   reachedPeerId?: string;
   addrs: Multiaddr[];
   bootstrap: boolean;
+  /**
+   * Read from the data directory's known-peers file at start (addresses saved at an earlier run): dialled
+   * only while this node has no connection at all, and without the bootstrap warnings (a peer that moved
+   * or is down is expected). Becomes an ordinary learnt target once its peer connects or is announced.
+   */
+  saved: boolean;
   attempts: number;
   /** performance.now() of the next dial: a monotonic clock, so a wall clock stepped back does not stop redialling. */
   nextAt: number;
@@ -394,14 +414,34 @@ class Reconnector {
   }
 
   addBootstrap(ma: Multiaddr): void {
-    this.addAddressTarget(ma, true);
+    this.addAddressTarget(ma, 'bootstrap');
   }
 
   /**
-   * A target dialled by its address: a --bootstrap one (kept for good), or a learnt peer's after its
-   * identity changed (dials whoever answers there; evictable like other learnt targets).
+   * A peer's addresses saved at an earlier run (known-peers.json): dialled while this node has no
+   * connection, quietly (see Target.saved). Nothing is added for this peer itself, for a peer already a
+   * target (a --bootstrap address naming it), or for an address where this node listens now (the peer
+   * moved away and this one took its port) or that a --bootstrap address already dials.
    */
-  private addAddressTarget(ma: Multiaddr, bootstrap: boolean): void {
+  addSaved(peerId: string, addrs: readonly Multiaddr[]): boolean {
+    if (peerId === this.selfPeerId || this.targets.has(peerId)) return false;
+    const bootstrapAddrs = [...this.targets.values()].filter((t) => t.bootstrap).flatMap((t) => t.addrs.map((a) => a.decapsulateCode(P2P_CODE)));
+    const usable = addrs.filter((a) => peerIdOf(a) === peerId && !this.isOwnAddress(a) && !bootstrapAddrs.some((b) => b.equals(a.decapsulateCode(P2P_CODE))));
+    if (usable.length === 0) return false;
+    const delay = this.firstDialDelayTo(peerId);
+    this.targets.set(peerId, { key: peerId, peerId, addrs: usable.slice(-8), bootstrap: false, saved: true, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: 0 });
+    this.evict();
+    this.scheduleWithin(delay);
+    return true;
+  }
+
+  /**
+   * A target dialled by its address: a --bootstrap one (kept for good), or a learnt or saved peer's after
+   * its identity changed (dials whoever answers there; evictable like other learnt targets, and quiet
+   * like other saved ones).
+   */
+  private addAddressTarget(ma: Multiaddr, kind: 'bootstrap' | 'learnt' | 'saved'): void {
+    const bootstrap = kind === 'bootstrap';
     const peerId = peerIdOf(ma);
     // The same --bootstrap list given to every site names each site itself too: nothing to dial there.
     if (peerId === this.selfPeerId) {
@@ -412,23 +452,27 @@ class Reconnector {
     const existing = this.targets.get(key);
     if (existing !== undefined) {
       existing.bootstrap ||= bootstrap;
+      if (kind !== 'saved') existing.saved = false;
       if (!existing.addrs.some((a) => a.equals(ma))) existing.addrs.push(ma);
       return;
     }
-    this.targets.set(key, { key, peerId, addrs: [ma], bootstrap, attempts: 0, nextAt: 0, dialing: false, lastSeen: bootstrap ? 0 : performance.now() });
+    this.targets.set(key, { key, peerId, addrs: [ma], bootstrap, saved: kind === 'saved', attempts: 0, nextAt: 0, dialing: false, lastSeen: kind === 'learnt' ? performance.now() : 0 });
     if (!bootstrap) this.evict();
   }
 
   addPeer(peerId: string, addrs: Multiaddr[] = []): void {
     const existing = this.targets.get(peerId);
     if (existing !== undefined) {
+      // A saved peer connected or announced: an ordinary learnt one from now on, dialled where it says it is.
+      if (existing.saved && addrs.length > 0) existing.addrs = [];
+      existing.saved = false;
       for (const a of addrs) if (!existing.addrs.some((b) => b.equals(a))) existing.addrs.push(a);
       existing.addrs = existing.addrs.slice(-8);
       existing.lastSeen = performance.now();
       return;
     }
     const delay = this.firstDialDelayTo(peerId);
-    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: performance.now() });
+    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, saved: false, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: performance.now() });
     this.evict();
     this.schedule(delay);
   }
@@ -518,12 +562,16 @@ class Reconnector {
     if (!this.running) return;
     const now = performance.now();
     let next = this.opts.maxDelay;
+    // Saved addresses bring a node back into the mesh; once in, the peers' announcements say where each
+    // is now, and the saved ones (stale or not) rest until this node is alone again.
+    const inMesh = this.node.getConnections().length > 0;
     for (const t of this.targets.values()) {
       if (t.dialing) continue;
       if (this.isConnected(t)) {
         t.attempts = 0;
         continue;
       }
+      if (t.saved && inMesh) continue;
       if (t.nextAt > now) {
         next = Math.min(next, t.nextAt - now);
         continue;
@@ -602,6 +650,8 @@ class Reconnector {
       if (elsewhere !== undefined) this.onIdentityTwinAddress({ address: elsewhere.toString(), bootstrap: t.bootstrap });
       return true;
     }
+    // A saved address answered by a site restored there under a new PeerId: dialled without its /p2p/ part,
+    // still quietly, like a learnt one.
     if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
     this.targets.delete(t.key);
     if (t.addrs.length > 0) {
@@ -628,7 +678,7 @@ class Reconnector {
         this.addBootstrap(bare);
       } else {
         this.log('%s answers under another PeerId than %s: dialling the address', bare.toString(), expectedPeerId);
-        this.addAddressTarget(bare, false);
+        this.addAddressTarget(bare, t.saved ? 'saved' : 'learnt');
       }
     }
     this.scheduleWithin(0);
@@ -696,6 +746,24 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
   };
 }
 
+/**
+ * The addresses of a connected peer worth saving (known-peers.json): those it listens on (identify) over
+ * TCP, on a host address (not 0.0.0.0), the ones on the address it was reached at first; loopback ones only
+ * if it was reached over loopback (elsewhere they would name this host).
+ */
+function savedAddressesOf(listenAddrs: readonly Multiaddr[], remoteAddr: Multiaddr): string[] {
+  const remoteIp = ipOf(remoteAddr);
+  const remoteLoopback = remoteIp !== undefined && (remoteIp === '::1' || remoteIp.startsWith('127.'));
+  const usable = listenAddrs.filter((a) => {
+    const components = a.getComponents();
+    if (!components.some((c) => c.name === 'tcp')) return false;
+    const ip = ipOf(a);
+    if (ip === '0.0.0.0' || ip === '::') return false;
+    return remoteLoopback || ip === undefined || !(ip === '::1' || ip.startsWith('127.'));
+  });
+  return [...usable.filter((a) => ipOf(a) === remoteIp), ...usable.filter((a) => ipOf(a) !== remoteIp)].map((a) => a.toString());
+}
+
 /** The IP address of a multiaddr, or undefined (a DNS name, another transport). */
 function ipOf(ma: Multiaddr): string | undefined {
   return ma.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value;
@@ -751,6 +819,9 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const maxStreamWindowSize = tuning.maxStreamWindowSize ?? 4 * 1024 * 1024;
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
   const { privateKey, created: identityCreated } = await loadOrCreatePeerKey(init.dataDir);
+  const selfId = peerIdFromPrivateKey(privateKey).toString();
+  const knownPeersOptions = { maxPeers: tuning.maxKnownPeers ?? 64, writeDelayMs: tuning.knownPeersWriteDelayMs, writeIntervalMs: tuning.knownPeersWriteIntervalMs };
+  const saved = await readKnownPeers(init.dataDir, selfId, knownPeersOptions);
 
   const withPeerId = bootstrapAddrs.filter((ma) => peerIdOf(ma) !== undefined).map((ma) => ma.toString());
 
@@ -817,11 +888,6 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     dialTimeout: tuning.dialTimeoutMs ?? 5000,
   }, node.peerId.toString(), init.onBootstrapUnreachable, init.onBootstrapIdentityChanged, init.onIdentityTwinAddress);
   for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
-
-  const connectedHandlers = new Set<PeerHandler>();
-  const disconnectedHandlers = new Set<PeerHandler>();
-  const topicHandlers = new Map<string, Set<GossipHandler>>();
-
   const safeCall = <A>(fn: (arg: A) => void, arg: A, what: string): void => {
     try {
       fn(arg);
@@ -829,6 +895,22 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       log.error('%s handler threw - %e', what, err);
     }
   };
+
+  const onKnownPeersProblem = (problem: KnownPeersProblem): void => {
+    log('known peers file: cannot %s %s: %s', problem.operation, problem.path, problem.error);
+    if (init.onKnownPeersProblem) safeCall(init.onKnownPeersProblem, problem, 'known peers problem');
+  };
+  if (saved.problem !== undefined) onKnownPeersProblem(saved.problem);
+  const knownPeers = new KnownPeersFile(init.dataDir, selfId, saved.peers, knownPeersOptions, onKnownPeersProblem);
+  let savedPeers = 0;
+  for (const peer of saved.peers) {
+    if (reconnector.addSaved(peer.peerId, peer.addrs.map((a) => multiaddr(a)))) savedPeers++;
+  }
+  if (savedPeers > 0) log('dialling %d peer(s) saved in %s until one connects', savedPeers, knownPeers.path);
+
+  const connectedHandlers = new Set<PeerHandler>();
+  const disconnectedHandlers = new Set<PeerHandler>();
+  const topicHandlers = new Map<string, Set<GossipHandler>>();
 
   const topicJoinedHandlers = new Map<string, Set<PeerHandler>>();
   pubsub.addEventListener('subscription-change', (evt) => {
@@ -852,6 +934,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     const { peerId, listenAddrs, connection } = evt.detail;
     const id = peerId.toString();
     reconnector.onIdentified(id, listenAddrs, connection.remoteAddr);
+    knownPeers.noteConnected(id, savedAddressesOf(listenAddrs, connection.remoteAddr));
     const addresses = listenAddrs.map((a) => a.toString()).sort();
     const byConnection = identified.get(id) ?? new Map<string, string[]>();
     identified.set(id, byConnection);
@@ -932,7 +1015,6 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   let announceTimer: ReturnType<typeof setInterval> | undefined;
   let announceSoon: ReturnType<typeof setTimeout> | undefined;
   if (announceInterval > 0) {
-    const selfId = node.peerId.toString();
     const announce = (): void => {
       const addrs = node.getMultiaddrs().map((ma) => ma.toString()).slice(0, MAX_ANNOUNCED_ADDRS);
       const msg: PeerAddrsMessage = { type: 'peer-addrs', peerId: selfId, addrs };
@@ -991,6 +1073,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const facade: MeshNode = {
     peerId: node.peerId.toString(),
     identityCreated,
+    savedPeers,
     multiaddrs: () => node.getMultiaddrs().map((ma) => ma.toString()),
     connectedPeers: () => node.getPeers().map((p) => p.toString()),
     connectionCount: (peerId) => node.getConnections(parsePeerId(peerId)).filter((c) => c.status === 'open').length,
@@ -1085,6 +1168,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       if (announceSoon !== undefined) clearTimeout(announceSoon);
       duplicates.stop();
       await reconnector.stop();
+      await knownPeers.stop();
       await node.stop();
     },
   };

@@ -2,7 +2,8 @@
  * What operators read in the peers' logs (warn level and above, as `--log-level warn` shows them) during
  * routine maintenance: a bootstrap site stopped for a while is no warning at peers that are in the mesh
  * through others (it warned "cannot reach a bootstrap peer" at every retry, black-box helper 40).
- * A site that moved without --bootstrap, that nobody can find, says so (helper 91).
+ * A site that moved without --bootstrap finds the others at the addresses it saved (helper 93); one that
+ * nobody can find, and that finds none of them, says so (helper 91).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -27,7 +28,7 @@ test('a bootstrap site stopped for maintenance: no bootstrap warning at the site
 
 const servesAloneWarning = /no other site has connected to this peer: it serves alone/;
 
-test('a site without --bootstrap moved to another --p2p-port says it serves alone; restarted where it was, it does not (helper 91)', { timeout: 120_000 }, async (t) => {
+test('a site without --bootstrap moved to another --p2p-port finds the others at the addresses it saved, quietly; with none of them up it says it serves alone (helpers 91, 93)', { timeout: 150_000 }, async (t) => {
   const cluster = await newCluster(t);
   const a = await cluster.start('site-a');
   const b = await cluster.start('site-b');
@@ -40,12 +41,25 @@ test('a site without --bootstrap moved to another --p2p-port says it serves alon
   await eventually(() => aliveAt(sameAddress, 'site-b'), 20_000, async () => JSON.stringify((await sameAddress.status()).members));
   await new Promise((r) => setTimeout(r, 17_000));
   assert.doesNotMatch(sameAddress.output(), servesAloneWarning);
-  // Moved to another libp2p port, still without --bootstrap: b dials the old one, nobody finds it.
+  // Moved to another libp2p port, still without --bootstrap: b dials the old one in vain, but a dials b
+  // at the address it saved (helper 91 saw it serve alone). b's failed redials of a's old port, and a's
+  // dials, say nothing at warn level.
   await sameAddress.stop();
   const moved = await cluster.start('site-a', { dataDir: a.dataDir, bootstrap: [], ports: { ...ports, p2p: await getFreePort() } });
-  await eventually(async () => servesAloneWarning.test(moved.output()), 30_000, () => moved.output().slice(-3000));
-  assert.match(moved.output(), /"knownSites":\["site-b"\]/);
-  assert.match(moved.output(), /--bootstrap/);
+  await eventually(() => aliveAt(moved, 'site-b'), 20_000, async () => JSON.stringify((await moved.status()).members) + moved.output().slice(-3000));
+  await eventually(() => aliveAt(b, 'site-a'), 20_000, async () => JSON.stringify((await b.status()).members));
+  await new Promise((r) => setTimeout(r, 16_000));
+  assert.doesNotMatch(moved.output(), servesAloneWarning);
+  for (const peer of [moved, b]) assert.doesNotMatch(peer.output(), bootstrapWarning, peer.output().slice(-3000));
+  // Moved again while b is down: none of the addresses it saved answers, and nobody finds it.
+  await moved.stop();
+  await b.stop();
+  const alone = await cluster.start('site-a', { dataDir: a.dataDir, bootstrap: [], ports: { ...ports, p2p: await getFreePort() } });
+  await eventually(async () => servesAloneWarning.test(alone.output()), 30_000, () => alone.output().slice(-3000));
+  assert.match(alone.output(), /"knownSites":\["site-b"\]/);
+  assert.match(alone.output(), /none of the 1 peer\(s\) whose addresses it saved answers/);
+  assert.match(alone.output(), /--bootstrap/);
+  assert.doesNotMatch(alone.output(), bootstrapWarning);
 });
 
 const notDialableYet = /no valid addresses/;

@@ -1,0 +1,96 @@
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { KNOWN_PEERS_FILE, KnownPeersFile, parseKnownPeers, readKnownPeers, type KnownPeersProblem } from './known-peers.ts';
+
+const newPeerId = async (): Promise<string> => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
+
+describe('known peers file', () => {
+  const dirs: string[] = [];
+  const newDir = async (): Promise<string> => {
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-known-'));
+    dirs.push(dir);
+    return dir;
+  };
+  after(async () => {
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+
+  it('keeps only addresses naming their peer; never this peer; a bad entry among good ones is left out', async () => {
+    const [self, x, y] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const text = JSON.stringify({
+      version: 1,
+      peers: [
+        { peerId: self, addrs: [`/ip4/127.0.0.1/tcp/1/p2p/${self}`] },
+        { peerId: x, addrs: [`/ip4/127.0.0.1/tcp/2/p2p/${x}`, `/ip4/127.0.0.1/tcp/3/p2p/${y}`, 'not a multiaddr', 42, `/ip4/127.0.0.1/tcp/4`] },
+        { peerId: 'not a peer id', addrs: ['/ip4/127.0.0.1/tcp/5'] },
+        { peerId: y, addrs: [] },
+        null,
+      ],
+    });
+    assert.deepEqual(parseKnownPeers(text, self), { peers: [{ peerId: x, addrs: [`/ip4/127.0.0.1/tcp/2/p2p/${x}`] }] });
+    assert.match(parseKnownPeers('[]', self).error ?? '', /not a version 1 known-peers file/);
+    assert.match(parseKnownPeers('{"version":2,"peers":[]}', self).error ?? '', /not a version 1/);
+    assert.match(parseKnownPeers('{"vers', self).error ?? '', /not JSON/);
+  });
+
+  it('no file is no peers and no problem; a damaged, oversized or unreadable one is a problem and no peers', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    assert.deepEqual(await readKnownPeers(dir, self), { peers: [] });
+    await writeFile(join(dir, KNOWN_PEERS_FILE), '\u0000\u0001garbage');
+    const damaged = await readKnownPeers(dir, self);
+    assert.deepEqual(damaged.peers, []);
+    assert.equal(damaged.problem?.operation, 'read');
+    await writeFile(join(dir, KNOWN_PEERS_FILE), ' '.repeat(300 * 1024));
+    assert.match((await readKnownPeers(dir, self)).problem?.error ?? '', /too large/);
+    const other = await newDir();
+    await mkdir(join(other, KNOWN_PEERS_FILE));
+    assert.equal((await readKnownPeers(other, self)).problem?.operation, 'read');
+  });
+
+  it('saves the last peers connected, bounded, a few addresses each; writes once after a burst of changes, and at stop', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const ids = await Promise.all([0, 1, 2, 3].map(() => newPeerId()));
+    const file = new KnownPeersFile(dir, self, [], { maxPeers: 3, maxAddrsPerPeer: 2, writeDelayMs: 200, writeIntervalMs: 60_000 });
+    file.noteConnected(self, ['/ip4/127.0.0.1/tcp/9']);
+    ids.forEach((id, i) => file.noteConnected(id, [`/ip4/10.0.0.${i}/tcp/1`, `/ip4/10.0.0.${i}/tcp/2`, `/ip4/10.0.0.${i}/tcp/3`]));
+    await assert.rejects(stat(file.path), 'nothing written at once');
+    await new Promise((r) => setTimeout(r, 500));
+    const written = (await readKnownPeers(dir, self, { maxPeers: 3 })).peers;
+    assert.deepEqual(written.map((p) => p.peerId), ids.slice(1), 'the three last, this peer never');
+    assert.deepEqual(written[0]!.addrs, [`/ip4/10.0.0.1/tcp/1/p2p/${ids[1]}`, `/ip4/10.0.0.1/tcp/2/p2p/${ids[1]}`]);
+    // Within the interval a change waits; the same addresses again are no change; stop writes what waits.
+    file.noteConnected(ids[0]!, ['/ip4/10.0.0.9/tcp/1']);
+    await new Promise((r) => setTimeout(r, 400));
+    assert.deepEqual((await readKnownPeers(dir, self, { maxPeers: 3 })).peers.map((p) => p.peerId), ids.slice(1));
+    await file.stop();
+    assert.deepEqual((await readKnownPeers(dir, self, { maxPeers: 3 })).peers.map((p) => p.peerId), [ids[2], ids[3], ids[0]]);
+    const text = await readFile(file.path, 'utf8');
+    assert.equal(JSON.parse(text).version, 1);
+    assert.equal((await stat(file.path)).mode & 0o777, 0o600);
+  });
+
+  it('a file that cannot be written is said once, and the list is kept', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    // A directory in the file's place: the rename fails.
+    await mkdir(join(dir, KNOWN_PEERS_FILE));
+    await writeFile(join(dir, KNOWN_PEERS_FILE, 'x'), 'x');
+    const problems: KnownPeersProblem[] = [];
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 10, writeIntervalMs: 50 }, (p) => problems.push(p));
+    const [x, y] = [await newPeerId(), await newPeerId()];
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    await new Promise((r) => setTimeout(r, 200));
+    file.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
+    await file.stop();
+    assert.equal(problems.length, 1, JSON.stringify(problems));
+    assert.equal(problems[0]!.operation, 'write');
+    assert.deepEqual(file.list().map((p) => p.peerId), [x, y]);
+  });
+});

@@ -1,0 +1,231 @@
+/**
+ * Where the other mesh peers were last seen: `<dataDir>/known-peers.json`, the dialable addresses (each
+ * ending in /p2p/<PeerId>) of the peers this one has been connected to, the most recently connected last,
+ * bounded (maxPeers, maxAddrsPerPeer). A restarted site dials them (quietly: see the reconnect loop in
+ * node.ts), so a site moved to another host or --p2p-port without --bootstrap finds the others itself, as
+ * long as one of them is still where it was; before, only the others' redials of its old address could
+ * bring it back, and a moved site served alone (helper 91, helper 93).
+ *
+ * Written like the peer key (a temporary file, fsync, rename, fsync of the directory), a moment after a
+ * change and then at most every `writeIntervalMs`, and at stop. A damaged or unreadable file is reported
+ * through `onProblem` and ignored (the peer starts as it would without it), as is a file that cannot be
+ * written (reported once until a write succeeds again): the file is a hint, never a reason to stop.
+ */
+import { mkdir, open, readFile, rename, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { multiaddr } from '@multiformats/multiaddr';
+
+export const KNOWN_PEERS_FILE = 'known-peers.json';
+const KNOWN_PEERS_VERSION = 1;
+const MAX_FILE_BYTES = 256 * 1024;
+const MAX_ADDR_CHARS = 512;
+const P2P_CODE = 421;
+
+export interface KnownPeer {
+  readonly peerId: string;
+  /** Dialable addresses, each ending in /p2p/<peerId>. */
+  readonly addrs: readonly string[];
+}
+
+export interface KnownPeersOptions {
+  /** Peers kept (the most recently connected). Default 64. */
+  maxPeers?: number;
+  /** Addresses kept per peer. Default 8. */
+  maxAddrsPerPeer?: number;
+  /** Delay of the first write after a change (ms). Default 1000. */
+  writeDelayMs?: number;
+  /** Least time between two writes (ms). Default 30000. */
+  writeIntervalMs?: number;
+}
+
+/** The file could not be read (damaged, unreadable: ignored) or written (kept in memory until it can). */
+export interface KnownPeersProblem {
+  readonly path: string;
+  readonly operation: 'read' | 'write';
+  readonly error: string;
+}
+
+/** The addresses of `value` that name `peerId` in their last /p2p/ part, at most `max`. */
+function validAddrs(value: unknown, peerId: string, max: number): string[] {
+  if (!Array.isArray(value)) return [];
+  const addrs: string[] = [];
+  for (const text of value) {
+    if (typeof text !== 'string' || text.length > MAX_ADDR_CHARS) continue;
+    try {
+      const named = multiaddr(text).getComponents().findLast((c) => c.code === P2P_CODE)?.value;
+      if (named === peerId && !addrs.includes(text)) addrs.push(text);
+    } catch {
+      // not a multiaddr: left out
+    }
+    if (addrs.length >= max) break;
+  }
+  return addrs;
+}
+
+/**
+ * Parses the file's text: the valid entries (a bad entry among good ones is left out), or an error for a
+ * file that is not a known-peers file at all.
+ */
+export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPeersOptions = {}): { peers: KnownPeer[]; error?: string } {
+  const maxPeers = opts.maxPeers ?? 64;
+  const maxAddrs = opts.maxAddrsPerPeer ?? 8;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return { peers: [], error: `not JSON (${(err as Error).message})` };
+  }
+  const v = value as { version?: unknown; peers?: unknown } | null;
+  if (typeof v !== 'object' || v === null || v.version !== KNOWN_PEERS_VERSION || !Array.isArray(v.peers)) {
+    return { peers: [], error: `not a version ${KNOWN_PEERS_VERSION} known-peers file` };
+  }
+  const byId = new Map<string, KnownPeer>();
+  for (const entry of v.peers.slice(-maxPeers * 2)) {
+    const e = entry as { peerId?: unknown; addrs?: unknown } | null;
+    if (typeof e !== 'object' || e === null || typeof e.peerId !== 'string' || e.peerId === selfPeerId) continue;
+    try {
+      peerIdFromString(e.peerId);
+    } catch {
+      continue;
+    }
+    const addrs = validAddrs(e.addrs, e.peerId, maxAddrs);
+    if (addrs.length === 0) continue;
+    byId.delete(e.peerId);
+    byId.set(e.peerId, { peerId: e.peerId, addrs });
+  }
+  return { peers: [...byId.values()].slice(-maxPeers) };
+}
+
+/** Reads `<dataDir>/known-peers.json`: no file is no peers; a damaged or unreadable one is a problem and no peers. */
+export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: KnownPeersOptions = {}): Promise<{ peers: KnownPeer[]; problem?: KnownPeersProblem }> {
+  const path = join(dataDir, KNOWN_PEERS_FILE);
+  let text: string;
+  try {
+    const st = await stat(path);
+    if (st.size > MAX_FILE_BYTES) return { peers: [], problem: { path, operation: 'read', error: `${st.size} bytes: too large for a known-peers file` } };
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { peers: [] };
+    return { peers: [], problem: { path, operation: 'read', error: (err as Error).message } };
+  }
+  const { peers, error } = parseKnownPeers(text, selfPeerId, opts);
+  return error === undefined ? { peers } : { peers, problem: { path, operation: 'read', error } };
+}
+
+/** Write to a temporary file, fsync, rename, fsync the directory: the file holds the old or the new list after a crash. */
+async function writeDurably(dataDir: string, path: string, text: string): Promise<void> {
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+  const dir = await open(dataDir, 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
+/** The list kept in memory and written to the data directory now and then (see the header comment). */
+export class KnownPeersFile {
+  readonly path: string;
+  private readonly peers = new Map<string, string[]>();
+  private readonly maxPeers: number;
+  private readonly maxAddrs: number;
+  private readonly writeDelayMs: number;
+  private readonly writeIntervalMs: number;
+  private dirty = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private writing: Promise<void> | undefined;
+  /** performance.now() of the last write begun. */
+  private writtenAtMs = Number.NEGATIVE_INFINITY;
+  private failing = false;
+  private stopped = false;
+
+  constructor(
+    private readonly dataDir: string,
+    private readonly selfPeerId: string,
+    initial: readonly KnownPeer[],
+    opts: KnownPeersOptions = {},
+    private readonly onProblem: (problem: KnownPeersProblem) => void = () => undefined,
+  ) {
+    this.path = join(dataDir, KNOWN_PEERS_FILE);
+    this.maxPeers = opts.maxPeers ?? 64;
+    this.maxAddrs = opts.maxAddrsPerPeer ?? 8;
+    this.writeDelayMs = opts.writeDelayMs ?? 1000;
+    this.writeIntervalMs = opts.writeIntervalMs ?? 30_000;
+    for (const p of initial) this.peers.set(p.peerId, [...p.addrs]);
+  }
+
+  /** The peers kept, the most recently connected last. */
+  list(): KnownPeer[] {
+    return [...this.peers].map(([peerId, addrs]) => ({ peerId, addrs: [...addrs] }));
+  }
+
+  /**
+   * A peer connected and said where it listens: kept as the most recent (a write follows if its addresses
+   * are new). Addresses without /p2p/ get the peer's; those naming another peer, and this peer, are left out.
+   */
+  noteConnected(peerId: string, addrs: readonly string[]): void {
+    if (this.stopped || peerId === this.selfPeerId) return;
+    const named = validAddrs(addrs.map((a) => (/\/p2p\//.test(a) ? a : `${a}/p2p/${peerId}`)), peerId, this.maxAddrs);
+    if (named.length === 0) return;
+    const before = this.peers.get(peerId);
+    this.peers.delete(peerId);
+    this.peers.set(peerId, named);
+    const changed = before === undefined || before.length !== named.length || before.some((a, i) => a !== named[i]);
+    while (this.peers.size > this.maxPeers) this.peers.delete(this.peers.keys().next().value!);
+    if (changed) this.markDirty();
+  }
+
+  private markDirty(): void {
+    this.dirty = true;
+    if (this.timer !== undefined || this.writing !== undefined || this.stopped) return;
+    const delay = Math.max(this.writeDelayMs, this.writtenAtMs + this.writeIntervalMs - performance.now());
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.write();
+    }, delay);
+    this.timer.unref();
+  }
+
+  private write(): Promise<void> {
+    if (this.writing !== undefined) return this.writing;
+    this.dirty = false;
+    this.writtenAtMs = performance.now();
+    const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, peers: this.list() }, null, 1)}\n`;
+    this.writing = writeDurably(this.dataDir, this.path, text)
+      .then(() => {
+        this.failing = false;
+      })
+      .catch((err: Error) => {
+        // Kept in memory; tried again after writeIntervalMs and at stop. Said once until a write succeeds.
+        this.dirty = true;
+        if (this.failing) return;
+        this.failing = true;
+        this.onProblem({ path: this.path, operation: 'write', error: err.message });
+      })
+      .finally(() => {
+        this.writing = undefined;
+        if (this.dirty && !this.stopped) this.markDirty();
+      });
+    return this.writing;
+  }
+
+  /** Writes what changed since the last write, and stops writing. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.writing !== undefined) await this.writing;
+    if (this.dirty) await this.write();
+  }
+}
