@@ -196,5 +196,9 @@ describe('rendered images', () => {
       assert.match(error, /cannot be rendered: .*declares 256 x 256 pixels.*; it can be had as DICOM$/, path);
       assert.doesNotMatch(error, /transfer-syntax/, path);
     }
+    // Asked for as a DICOM file in another syntax: WADO-URI's own parameter is named (transferSyntax).
+    const asFile = await get(`/wado?requestType=WADO&studyUID=${lying.studyUid}&seriesUID=${lying.seriesUid}&objectUID=${lying.sopInstanceUid}&contentType=application/dicom&transferSyntax=${explicitLe}`);
+    assert.equal(asFile.status, 406, asFile.body.toString());
+    assert.match((JSON.parse(asFile.body.toString()) as { error: string }).error, /declares 256 x 256 pixels.*\(transferSyntax=\*\)$/);
   });
 });

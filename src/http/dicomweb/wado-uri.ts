@@ -124,7 +124,12 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
     res.end();
     return;
   }
-  const file = await part10File(ctx, exchange, entry, target);
+  const file = await part10File(ctx, exchange, entry, target).catch((error: unknown) => {
+    // The conversion's message names WADO-RS's parameter (transfer-syntax=*): WADO-URI's is transferSyntax.
+    if (!(error instanceof DicomWebError) || error.code !== 'ERR_DICOMWEB_NOT_CONVERTIBLE') throw error;
+    const reason = error.cause instanceof Error ? error.cause.message : error.message;
+    throw new DicomWebError(406, error.code, `instance ${entry.sopInstanceUid} (stored as ${entry.transferSyntaxUid}) cannot be converted to ${target}: ${reason}; it can be had as stored (transferSyntax=*)`);
+  });
   const inMemory = inMemoryChunks(file.body);
   const length = inMemory === undefined ? undefined : byteLengthOf(inMemory);
   res.writeHead(200, {
