@@ -32,6 +32,8 @@ describe('swarm key', () => {
     assert.equal(Buffer.from(k.psk).toString('hex'), HEX);
     const b64 = Buffer.from(HEX, 'hex').toString('base64');
     assert.deepEqual(parseSwarmKey(`/key/swarm/psk/1.0.0/\n/base64/\n${b64}\n`).psk, k.psk);
+    // Blank lines before and after, as an editor or a copy-paste leaves them.
+    assert.deepEqual(parseSwarmKey(`\n \n/key/swarm/psk/1.0.0/\n/base16/\n${HEX}\n\n`).psk, k.psk);
   });
 
   it('rejects malformed keys with clear codes', () => {

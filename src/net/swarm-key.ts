@@ -45,7 +45,9 @@ export function generateSwarmKey(): SwarmKey {
 export function parseSwarmKey(input: string | Uint8Array): SwarmKey {
   const text = typeof input === 'string' ? input : Buffer.from(input).toString('utf8');
   const lines = text.split(/\r\n|\r|\n/).map((l) => l.trim());
+  // Blank lines around the key (an editor's, a copy-paste's) are no part of it: "found 4 lines" misled (helper 91).
   while (lines.length > 0 && lines[lines.length - 1] === '') lines.pop();
+  while (lines.length > 0 && lines[0] === '') lines.shift();
   if (lines.length !== 3) {
     throw new SwarmKeyError('ERR_SWARM_KEY_FORMAT', `swarm key must have 3 lines (${SWARM_KEY_HEADER}, /base16/, key), found ${lines.length}`);
   }
