@@ -84,7 +84,7 @@ const sitesHoldingUidsPerQuery = 1000;
  * streams"), which failed the user's own C-GET/C-MOVE/DICOMweb look-ups at other sites, and counted the
  * instances as held here alone (committed late, or failed 0x0213: helper 94).
  */
-const sitesHoldingRoundsMax = 4;
+const sitesHoldingRoundsMax = 8;
 
 export interface SitesHoldingDeps {
   site: string;
