@@ -24,6 +24,8 @@ import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { effectiveWriteQuorum } from './actors/storage/custody/logic.ts';
 import { queryPeer } from './actors/storage/replication.ts';
 import { Tags } from './codec/dictionary.ts';
+import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
+import type { QueryRequest } from './actors/storage/query/query.ts';
 import { statfs } from 'node:fs/promises';
 
 export interface MeshInit {
@@ -74,6 +76,46 @@ export interface Mesh {
 
 /** SOP Instance UIDs asked of a peer in one query by sitesHolding (a UID list key of ~65 KB). */
 const sitesHoldingUidsPerQuery = 1000;
+
+/**
+ * Query rounds of sitesHolding in flight at once (a round: one query/1 stream to each other peer). Every
+ * commitment transaction checks at once (all records loaded at a start, a burst of requests): unbounded,
+ * 65 of them opened more query/1 streams than libp2p lets out to one peer ("Too many outbound protocol
+ * streams"), which failed the user's own C-GET/C-MOVE/DICOMweb look-ups at other sites, and counted the
+ * instances as held here alone (committed late, or failed 0x0213: helper 94).
+ */
+const sitesHoldingRoundsMax = 8;
+
+export interface SitesHoldingDeps {
+  site: string;
+  writeQuorum: PeerConfig['writeQuorum'] | 'auto';
+  /** The alive peers of the other sites. */
+  others: ReadonlyArray<{ peerId: string; siteName: string }>;
+  query(peerId: string, request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[] }>;
+  /** Shared by every call: bounds the query rounds in flight. */
+  limit: ConcurrencyLimit;
+}
+
+/** Mesh.sitesHolding: at how many sites each local instance is held with its bytes, and the quorum now. */
+export async function sitesHoldingOf(deps: SitesHoldingDeps, entries: readonly CatalogEntry[]): Promise<{ quorum: number; sitesHolding: Map<string, number> }> {
+  const { others } = deps;
+  const quorum = effectiveWriteQuorum({ writeQuorum: deps.writeQuorum ?? 'auto' }, new Set([deps.site, ...others.map((m) => m.siteName)]).size);
+  const holders = new Map(entries.map((entry) => [entry.sopInstanceUid, new Set([deps.site])]));
+  if (quorum > 1) {
+    const bytesOf = new Map(entries.map((entry) => [entry.sopInstanceUid, entry.sha256]));
+    for (let first = 0; first < entries.length; first += sitesHoldingUidsPerQuery) {
+      const uids = entries.slice(first, first + sitesHoldingUidsPerQuery).map((entry) => entry.sopInstanceUid);
+      const request: QueryRequest = { root: 'STUDY', level: 'IMAGE', keys: [{ tag: Tags.SOPInstanceUID, vr: 'UI', value: uids.join('\\') }] };
+      // Waits its turn however many wait: the callers (commitment checks) are bounded by the transactions admitted.
+      const answers = await deps.limit.run(() => Promise.allSettled(others.map((m) => deps.query(m.peerId, request, uids.length))), 1, undefined, true);
+      answers.forEach((answer, i) => {
+        if (answer.status === 'rejected') return;
+        for (const held of answer.value.entries) if (bytesOf.get(held.sopInstanceUid) === held.sha256) holders.get(held.sopInstanceUid)?.add(others[i]!.siteName);
+      });
+    }
+  }
+  return { quorum, sitesHolding: new Map([...holders].map(([uid, sites]) => [uid, sites.size])) };
+}
 
 /**
  * A peer started without --bootstrap that knows other sites but has no connection this long after its start
@@ -231,6 +273,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       isolationTimer = init.clock.setTimeout(checkIsolation, isolationFirstCheckMs);
       stopping.unshift(async () => init.clock.clearTimeout(isolationTimer));
     }
+    const sitesHoldingQueries = createConcurrencyLimit(sitesHoldingRoundsMax, 0);
     return {
       node,
       ingest: custody.ingest,
@@ -249,24 +292,17 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       forgetSite: (siteName) => custody.forgetSite(siteName),
       forgetPeer: (peerId) => balancer.forgetPeer(peerId),
-      sitesHolding: async (entries) => {
-        const others = membership.members().filter((m) => m.status === 'alive' && m.peerId !== node.peerId && m.siteName !== config.site);
-        const quorum = effectiveWriteQuorum({ writeQuorum: config.writeQuorum ?? 'auto' }, new Set([config.site, ...others.map((m) => m.siteName)]).size);
-        const holders = new Map(entries.map((entry) => [entry.sopInstanceUid, new Set([config.site])]));
-        if (quorum > 1) {
-          const bytesOf = new Map(entries.map((entry) => [entry.sopInstanceUid, entry.sha256]));
-          for (let first = 0; first < entries.length; first += sitesHoldingUidsPerQuery) {
-            const uids = entries.slice(first, first + sitesHoldingUidsPerQuery).map((entry) => entry.sopInstanceUid);
-            const request = { root: 'STUDY' as const, level: 'IMAGE' as const, keys: [{ tag: Tags.SOPInstanceUID, vr: 'UI' as const, value: uids.join('\\') }] };
-            const answers = await Promise.allSettled(others.map((m) => queryPeer(node, m.peerId, request, uids.length)));
-            answers.forEach((answer, i) => {
-              if (answer.status === 'rejected') return;
-              for (const held of answer.value.entries) if (bytesOf.get(held.sopInstanceUid) === held.sha256) holders.get(held.sopInstanceUid)?.add(others[i]!.siteName);
-            });
-          }
-        }
-        return { quorum, sitesHolding: new Map([...holders].map(([uid, sites]) => [uid, sites.size])) };
-      },
+      sitesHolding: (entries) =>
+        sitesHoldingOf(
+          {
+            site: config.site,
+            writeQuorum: config.writeQuorum ?? 'auto',
+            others: membership.members().filter((m) => m.status === 'alive' && m.peerId !== node.peerId && m.siteName !== config.site),
+            query: (peerId, request, limit) => queryPeer(node, peerId, request, limit),
+            limit: sitesHoldingQueries,
+          },
+          entries,
+        ),
       sitesDown: () => {
         const alive = new Set(membership.members().filter((m) => m.status === 'alive').map((m) => m.siteName));
         return custody.knownSites().map((known) => known.site).filter((site) => !alive.has(site));

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { preparedAhead } from './instances.ts';
+import type { DicomWebContext } from './context.ts';
+import { preparedAhead, responseInstances } from './instances.ts';
 
 describe('preparedAhead', () => {
   it('gives each item prepared, in order, with the next one started while the current one is used', async () => {
@@ -35,5 +36,19 @@ describe('preparedAhead', () => {
     } finally {
       process.off('unhandledRejection', onUnhandled);
     }
+  });
+});
+
+describe('responseInstances', () => {
+  it('discards the item prepared ahead when the caller stops at the first item (helper 94)', async () => {
+    const discarded: number[] = [];
+    const entries = [{ n: 1 }, { n: 2 }] as never;
+    const parts = await responseInstances({} as DicomWebContext, entries, async (entry) => (entry as unknown as { n: number }).n, (n) => discarded.push(n));
+    for await (const part of parts) {
+      assert.equal(part, 1);
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(discarded, [2]);
   });
 });

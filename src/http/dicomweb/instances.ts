@@ -261,9 +261,16 @@ export function responseInstances<R>(
 export async function withFirstReady<T>(items: AsyncGenerator<T>): Promise<AsyncGenerator<T>> {
   const first = await items.next();
   return (async function* () {
-    if (first.done === true) return;
-    yield first.value;
-    yield* items;
+    try {
+      if (first.done === true) return;
+      yield first.value;
+      yield* items;
+    } finally {
+      // A caller that stops at the first item (the client gone while it was written) never reached yield*,
+      // which would have passed its return on: the item prepared ahead is discarded here (its converted
+      // output stayed counted in the transcoder's budget for 10 minutes: helper 94).
+      await items.return(undefined);
+    }
   })();
 }
 
