@@ -3,9 +3,10 @@
  * destinations given once on the command line survive restarts; a bad file is an error, not a reset.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ConfigError, parseAeAddress, type AeAddress } from './config.ts';
+import { writeFileDurably } from './durable-file.ts';
 
 export interface AeDirectory {
   resolve(aeTitle: string): AeAddress | undefined;
@@ -55,10 +56,7 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
     entries: () => ({ ...merged }),
     async persist() {
       if (Object.keys(fromCommandLine).length === 0) return;
-      await mkdir(dirname(file), { recursive: true });
-      // Write then rename, so a crash never leaves half a file.
-      await writeFile(`${file}.tmp`, `${JSON.stringify(merged, null, 2)}\n`);
-      await rename(`${file}.tmp`, file);
+      await writeFileDurably(file, `${JSON.stringify(merged, null, 2)}\n`);
     },
   };
 }

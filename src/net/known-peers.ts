@@ -11,10 +11,11 @@
  * through `onProblem` and ignored (the peer starts as it would without it), as is a file that cannot be
  * written (reported once until a write succeeds again): the file is a hint, never a reason to stop.
  */
-import { mkdir, open, readFile, rename, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
+import { writeFileDurably } from '../durable-file.ts';
 
 export const KNOWN_PEERS_FILE = 'known-peers.json';
 const KNOWN_PEERS_VERSION = 1;
@@ -113,26 +114,6 @@ export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: 
   return error === undefined ? { peers } : { peers, problem: { path, operation: 'read', error } };
 }
 
-/** Write to a temporary file, fsync, rename, fsync the directory: the file holds the old or the new list after a crash. */
-async function writeDurably(dataDir: string, path: string, text: string): Promise<void> {
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-  const dir = await open(dataDir, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
-
 /** The list kept in memory and written to the data directory now and then (see the header comment). */
 export class KnownPeersFile {
   readonly path: string;
@@ -150,7 +131,7 @@ export class KnownPeersFile {
   private stopped = false;
 
   constructor(
-    private readonly dataDir: string,
+    dataDir: string,
     private readonly selfPeerId: string,
     initial: readonly KnownPeer[],
     opts: KnownPeersOptions = {},
@@ -201,7 +182,7 @@ export class KnownPeersFile {
     this.dirty = false;
     this.writtenAtMs = performance.now();
     const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, peers: this.list() }, null, 1)}\n`;
-    this.writing = writeDurably(this.dataDir, this.path, text)
+    this.writing = writeFileDurably(this.path, text, { mode: 0o600 })
       .then(() => {
         this.failing = false;
       })

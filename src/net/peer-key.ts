@@ -2,10 +2,11 @@
  * The site's persistent libp2p identity: an Ed25519 private key stored as libp2p protobuf bytes in
  * `<dataDir>/peer-key` (mode 0600), created on first start, so a restarted site keeps its PeerId.
  */
-import { chmod, mkdir, open, readFile, rename, stat } from 'node:fs/promises';
+import { chmod, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import { MeshNodeError } from './errors.ts';
+import { writeFileDurably } from '../durable-file.ts';
 import type { PrivateKey } from '@libp2p/interface';
 
 export const PEER_KEY_FILE = 'peer-key';
@@ -43,22 +44,6 @@ export async function loadOrCreatePeerKey(dataDir: string): Promise<LoadedPeerKe
     }
   }
   const privateKey = await generateKeyPair('Ed25519');
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(privateKeyToProtobuf(privateKey));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-  // make the rename durable
-  const dir = await open(dataDir, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+  await writeFileDurably(path, privateKeyToProtobuf(privateKey), { mode: 0o600 });
   return { privateKey, created: true, path };
 }

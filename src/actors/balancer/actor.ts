@@ -28,7 +28,7 @@ import type { GossipMessage, MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
 import { MeshStreamError } from '../../net/errors.ts';
 import type { MembershipService } from '../membership/actor.ts';
-import { writeFileDurably } from '../membership/actor.ts';
+import { writeFileDurably } from '../../durable-file.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';

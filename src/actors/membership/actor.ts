@@ -20,7 +20,8 @@
  * Bounds: one tick in flight at a time, local stats coalesced to the latest, and at most
  * `mailboxMax` heartbeats queued (more are dropped: the next heartbeat carries the same news).
  */
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { writeFileDurably } from '../../durable-file.ts';
 import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode, GossipMessage } from '../../net/node.ts';
@@ -174,20 +175,6 @@ export async function bumpIncarnation(
   const next = Math.max(previous + 1, Math.floor(dateMs));
   await writeFileDurably(path, `${next}\n`).catch((error: unknown) => warn(`cannot write ${path} (${(error as Error).message}): incarnation ${next} kept in memory only`));
   return next;
-}
-
-/** Write to a temporary file, fsync, rename: the file holds the old or the new value after a crash. */
-export async function writeFileDurably(path: string, text: string): Promise<void> {
-  await mkdir(join(path, '..'), { recursive: true });
-  const tmp = `${path}.tmp`;
-  const handle = await open(tmp, 'w');
-  try {
-    await handle.writeFile(text);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(tmp, path);
 }
 
 /** Validates a decoded heartbeat field by field; null for anything malformed. */
