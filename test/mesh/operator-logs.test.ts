@@ -48,9 +48,13 @@ test('a site without --bootstrap moved to another --p2p-port finds the others at
   const moved = await cluster.start('site-a', { dataDir: a.dataDir, bootstrap: [], ports: { ...ports, p2p: await getFreePort() } });
   await eventually(() => aliveAt(moved, 'site-b'), 20_000, async () => JSON.stringify((await moved.status()).members) + moved.output().slice(-3000));
   await eventually(() => aliveAt(b, 'site-a'), 20_000, async () => JSON.stringify((await b.status()).members));
+  // Until then b, whose --bootstrap is a's old address, was alone with its bootstrap peer down: a warning
+  // there is true (on a loaded machine its redial may fall in that window). From now on it is meshed.
+  const bOutputBefore = b.output().length;
   await new Promise((r) => setTimeout(r, 16_000));
   assert.doesNotMatch(moved.output(), servesAloneWarning);
-  for (const peer of [moved, b]) assert.doesNotMatch(peer.output(), bootstrapWarning, peer.output().slice(-3000));
+  assert.doesNotMatch(moved.output(), bootstrapWarning, moved.output().slice(-3000));
+  assert.doesNotMatch(b.output().slice(bOutputBefore), bootstrapWarning, b.output().slice(-3000));
   // Moved again while b is down: none of the addresses it saved answers, and nobody finds it.
   await moved.stop();
   await b.stop();
