@@ -12,12 +12,9 @@ interface RawAcceptor {
  * Accepts every association (its first presentation context, with the first transfer syntax proposed) and
  * hands each P-DATA PDU to `onPData`.
  */
-async function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Promise<RawAcceptor> {
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
+function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Promise<RawAcceptor> {
+  return tcpAcceptor((socket) => {
     const framer = new PduFramer();
-    socket.on('error', () => undefined);
     socket.on('data', (chunk) => {
       for (const pdu of framer.push(chunk)) {
         if (socket.destroyed) return;
@@ -39,6 +36,16 @@ async function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Pr
       }
     });
   });
+}
+
+/** A TCP server on a free loopback port handing each connection to `onConnection`; close() destroys them all. */
+async function tcpAcceptor(onConnection: (socket: Socket) => void): Promise<RawAcceptor> {
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    onConnection(socket);
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
   if (address === null || typeof address === 'string') throw new Error('no port');
@@ -58,23 +65,8 @@ export function acceptorNeverAnswering(): Promise<RawAcceptor> {
 }
 
 /** Accepts TCP connections and never answers anything, not even the A-ASSOCIATE-RQ. */
-export async function silentTcpAcceptor(): Promise<RawAcceptor> {
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return {
-    port: address.port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
+export function silentTcpAcceptor(): Promise<RawAcceptor> {
+  return tcpAcceptor(() => undefined);
 }
 
 /** Closes the connection without an A-ABORT as soon as the first P-DATA PDU arrives: a destination that dies mid-transfer. */
