@@ -82,9 +82,9 @@ function moveClient(peer: TestPeer): Promise<DicomClientAssociation> {
   ]);
 }
 
-/** The failed C-MOVE sub-operations by reason, as the peer logged them (the response has no room for them). */
-function moveFailureReasons(lines: readonly RecordedLine[]): Record<string, number> | undefined {
-  return lines.find((l) => l.message === 'C-MOVE sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+/** The failed C-GET or C-MOVE sub-operations by reason, as the peer logged them (the response has no room for them). */
+function failureReasons(lines: readonly RecordedLine[], service: 'C-GET' | 'C-MOVE' = 'C-MOVE'): Record<string, number> | undefined {
+  return lines.find((l) => l.message === `${service} sub-operations failed`)?.fields?.reasons as Record<string, number> | undefined;
 }
 
 test('C-MOVE to a destination whose connection closes mid-transfer: failures counted in the final response, the peer keeps serving', async (t) => {
@@ -101,7 +101,7 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   assert.equal(completedSubOperations, 0);
   assert.equal(failedSubOperations + warningSubOperations, 3, 'every instance is accounted for as failed');
   // The operator sees why: each failure under its reason.
-  const reasons = moveFailureReasons(lines);
+  const reasons = failureReasons(lines);
   assert.ok(reasons, lines.map((l) => l.message).join('\n'));
   assert.equal(Object.values(reasons).reduce((a, b) => a + b, 0), failedSubOperations);
   // The same association, and the peer, go on.
@@ -118,7 +118,7 @@ test('C-MOVE to a destination whose answers match no request: the sub-associatio
   assert.equal(final.command.status, 0xa702);
   assert.equal(final.command.completedSubOperations ?? 0, 0);
   assert.equal(final.command.failedSubOperations, 3);
-  const reasons = moveFailureReasons(lines);
+  const reasons = failureReasons(lines);
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('answered message')), JSON.stringify(reasons));
   await client.release();
 });
@@ -203,7 +203,7 @@ test('C-MOVE cancelled while the destination sits on a C-STORE: the destination 
   assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [2, 0, 1, 0]);
   const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
   assert.ok(list !== undefined && stored.includes(list), `failed list ${list}`);
-  const reasons = moveFailureReasons(lines);
+  const reasons = failureReasons(lines);
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('C-CANCEL')), JSON.stringify(reasons));
 });
 
@@ -377,7 +377,7 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
   // Before: "all 2 failed: stored as 1.2.840.10008.1.2.1: not convertible ...", which reads as a transcoding failure.
   assert.equal(comment, 'all 2 failed: receiver accepted no context for SOP class');
   assert.ok(comment.length <= 64);
-  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  const reasons = failureReasons(lines, 'C-GET');
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
 });
 
@@ -407,7 +407,7 @@ test('a C-GET whose requestor proposed the SOP class but took no SCP role for it
     assert.ok(final.command.errorComment!.length <= 64);
     await client.release();
   }
-  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  const reasons = failureReasons(lines, 'C-GET');
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('SCP role')), JSON.stringify(reasons));
 });
 
@@ -440,7 +440,7 @@ test('a C-GET of an instance whose conversion would hold too much: a failed sub-
   assert.equal(final.command.failedSubOperations, 1);
   assert.match(final.command.errorComment ?? '', /^all 1 failed: conversion needs ~\d+ MiB, over 2048 MiB/);
   assert.ok((final.command.errorComment ?? '').length <= 64);
-  const reasons = lines.find((l) => l.message === 'C-GET sub-operations failed')?.fields?.reasons as Record<string, number> | undefined;
+  const reasons = failureReasons(lines, 'C-GET');
   assert.match(Object.keys(reasons ?? {})[0] ?? '', /over 2048 MiB: refused; the instance is sent as stored to a receiver that accepts its transfer syntax$/);
   assert.ok(lines.some((l) => l.message === 'a transcode was refused: it would hold too much memory'));
 });
