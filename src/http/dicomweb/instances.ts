@@ -143,22 +143,9 @@ export function streamInstance(ctx: DicomWebContext, entry: CatalogEntry): Promi
  */
 export function streamInstanceHead(ctx: DicomWebContext, entry: CatalogEntry, chunksPerRead = 1): Promise<{ entry: CatalogEntry; chunks: AsyncGenerator<Uint8Array> }> {
   return withLocalCopy(ctx, entry, async (local) => {
-    const chunks = ctx.store.readInstance(local, { chunksPerRead });
-    // The first chunk is read now, so a copy that cannot be read at all is found (and repaired) here.
-    const first = await chunks.next();
-    return {
-      entry: local,
-      chunks: (async function* () {
-        try {
-          if (first.done === true) return;
-          yield first.value;
-          yield* chunks;
-        } finally {
-          // A reader that stops early ends the store's read too.
-          await chunks.return(undefined);
-        }
-      })(),
-    };
+    // The first chunk is read now, so a copy that cannot be read at all is found (and repaired) here; a
+    // reader that stops early ends the store's read too.
+    return { entry: local, chunks: await withFirstReady(ctx.store.readInstance(local, { chunksPerRead })) };
   });
 }
 
@@ -266,9 +253,9 @@ export async function withFirstReady<T>(items: AsyncGenerator<T>): Promise<Async
       yield first.value;
       yield* items;
     } finally {
-      // A caller that stops at the first item (the client gone while it was written) never reached yield*,
-      // which would have passed its return on: the item prepared ahead is discarded here (its converted
-      // output stayed counted in the transcoder's budget for 10 minutes: helper 94).
+      // A caller that stops at the first item never reached yield*, which would have passed its return on:
+      // `items` is ended here (an item prepared ahead discarded: its converted output stayed counted in the
+      // transcoder's budget for 10 minutes, helper 94; a store read closed).
       await items.return(undefined);
     }
   })();
