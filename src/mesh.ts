@@ -88,7 +88,8 @@ const sitesHoldingRoundsMax = 8;
 
 export interface SitesHoldingDeps {
   site: string;
-  writeQuorum: PeerConfig['writeQuorum'] | 'auto';
+  /** --write-quorum, or 'auto' without one (see effectiveWriteQuorum). */
+  writeQuorum: number | 'auto';
   /** The alive peers of the other sites. */
   others: ReadonlyArray<{ peerId: string; siteName: string }>;
   query(peerId: string, request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[] }>;
@@ -99,7 +100,7 @@ export interface SitesHoldingDeps {
 /** Mesh.sitesHolding: at how many sites each local instance is held with its bytes, and the quorum now. */
 export async function sitesHoldingOf(deps: SitesHoldingDeps, entries: readonly CatalogEntry[]): Promise<{ quorum: number; sitesHolding: Map<string, number> }> {
   const { others } = deps;
-  const quorum = effectiveWriteQuorum({ writeQuorum: deps.writeQuorum ?? 'auto' }, new Set([deps.site, ...others.map((m) => m.siteName)]).size);
+  const quorum = effectiveWriteQuorum(deps, new Set([deps.site, ...others.map((m) => m.siteName)]).size);
   const holders = new Map(entries.map((entry) => [entry.sopInstanceUid, new Set([deps.site])]));
   if (quorum > 1) {
     const bytesOf = new Map(entries.map((entry) => [entry.sopInstanceUid, entry.sha256]));
