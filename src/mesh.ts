@@ -11,6 +11,7 @@ import type { PeerConfig } from './config.ts';
 import { ConfigError } from './config.ts';
 import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
+import { SwarmKeyError } from './net/errors.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
 import type { BalancerService } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
@@ -137,7 +138,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     // A key that is not there yet: say how a mesh gets one (one key, made once, the same file at every site).
     const missing = (error as { cause?: { code?: unknown } } | undefined)?.cause?.code === 'ENOENT';
     const wayOut = missing ? ': make one with pacs-mesh keygen --out FILE at the first site and copy that file to every other site' : '';
-    throw new ConfigError(`cannot use --swarm-key ${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}${wayOut}`);
+    // A SwarmKeyError names the file already.
+    const reason = error instanceof SwarmKeyError ? error.message : `${config.swarmKeyFile}: ${error instanceof Error ? error.message : String(error)}`;
+    throw new ConfigError(`cannot use --swarm-key ${reason}${wayOut}`);
   });
   if (swarmKey.permissionsTooOpen) {
     log.warn('the swarm key file can be read by other users: anyone holding it can join the mesh and read every instance (chmod 600 it)', { file: config.swarmKeyFile });

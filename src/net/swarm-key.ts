@@ -80,7 +80,14 @@ export interface SwarmKeyFile extends SwarmKey {
   readonly permissionsTooOpen: boolean;
 }
 
-/** Read and parse a swarm key file. Errors name the path but never the key. */
+/** A file system error's reason without the path Node appends ("ENOENT: no such file or directory, stat '/x'"), which the caller names once. */
+function readFailureReason(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  const system = /^(E[A-Z]+): (.*?), \w+ '.*'$/s.exec(message);
+  return system ? `${system[2]} (${system[1]})` : message;
+}
+
+/** Read and parse a swarm key file. Errors name the path (once) but never the key. */
 export async function readSwarmKeyFile(path: string): Promise<SwarmKeyFile> {
   let bytes: Buffer;
   let mode: number;
@@ -91,7 +98,7 @@ export async function readSwarmKeyFile(path: string): Promise<SwarmKeyFile> {
     mode = st.mode;
     bytes = await readFile(path);
   } catch (err) {
-    throw new SwarmKeyError('ERR_SWARM_KEY_READ', `cannot read swarm key ${path}: ${(err as Error).message}`, { cause: err });
+    throw new SwarmKeyError('ERR_SWARM_KEY_READ', `${path}: ${readFailureReason(err)}`, { cause: err });
   }
   try {
     return { ...parseSwarmKey(bytes), permissionsTooOpen: (mode & 0o077) !== 0 };

@@ -320,7 +320,8 @@ test('a --swarm-key file that does not exist: exit 2 and one line saying how a m
   const keyFile = join(dir, 'no-such.key');
   const r = await start(join(dir, 'data'), ['--swarm-key', keyFile, '--p2p-port', String(await getFreePort())]);
   assert.equal(r.status, 2, `a missing key is a configuration error: ${r.stderr}`);
-  assert.match(r.stderr, new RegExp(`cannot use --swarm-key ${keyFile}: .*ENOENT`), `the line names the file: ${r.stderr}`);
+  assert.match(r.stderr, new RegExp(`cannot use --swarm-key ${keyFile}: no such file or directory \\(ENOENT\\)`), `the line names the file and why: ${r.stderr}`);
+  assert.equal(r.stderr.split(keyFile).length - 1, 1, `the file named once: ${r.stderr}`);
   assert.match(r.stderr, /make one with pacs-mesh keygen --out FILE at the first site and copy that file to every other site\n$/, `the line says what to do: ${r.stderr}`);
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
