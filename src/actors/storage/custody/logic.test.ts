@@ -23,6 +23,8 @@ const config: CustodyConfig = {
   knownSiteForgetAfterMs: 3_600_000,
   knownSitesMax: 4,
   forgottenSiteReturnAliveMs: 0,
+  // The steady state: a start's wait for the known sites has its own test.
+  storeSettleAfterStartMs: 0,
 };
 
 function member(peerId: string, status: MemberStatus = 'alive'): MemberRecord {
@@ -227,6 +229,33 @@ test('copies owed to a site that is down cost no work per store: the drain walks
   assert.equal(s.debtBySite.get('site-c')?.size, owedToAbsentSite + stores, 'every copy for site-c stays owed');
   assert.ok(!s.debtBySite.has('site-b'), 'site-b acknowledged each copy');
   assert.ok(walked.entries <= stores * config.replicationsInFlightMax, `${walked.entries} debt entries walked for ${stores} stores with ${owedToAbsentSite} owed to a site that is down`);
+});
+
+test('after a start the known sites not heard yet count for the quorum: a store waits for them, then gets what the sites up can give', () => {
+  const settling = { ...config, storeSettleAfterStartMs: 5000, quorumTimeoutMs: 10_000 };
+  const restart = (c: CustodyConfig) => initCustody(c, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 0 }, { siteName: 'site-c', lastHeardMs: 0 }] });
+  // Restarted, nobody heard yet: 'auto' does not acknowledge on the one copy here while site-b may be alive.
+  let s = run(restart(settling), { type: 'viewChanged', members: [member('peer-a')], nowMs: 1000 }).state;
+  const early = store(s, 'r1', 'u1', 1100);
+  assert.deepEqual(acks(early.effects), [], 'waits for the known sites');
+  // site-b heard: the copy goes to it, and its acknowledgement makes the quorum of 2.
+  const heard = run(early.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 1500 });
+  assert.ok(heard.effects.some((e) => e.type === 'replicate' && e.toPeerId === 'peer-b'));
+  const acked = run(heard.state, ack('u1', 'site-b', 1600));
+  assert.deepEqual(acks(acked.effects), [{ type: 'ackStore', requestId: 'r1', sopInstanceUid: 'u1', status: StoreStatus.Success, quorum: 2, sitesHolding: ['site-a', 'site-b'] }]);
+  // Nobody comes: at the end of the wait the store gets Success on its local copy ('auto' alone).
+  s = run(restart(settling), { type: 'viewChanged', members: [member('peer-a')], nowMs: 1000 }).state;
+  s = store(s, 'r2', 'u2', 1100).state;
+  assert.deepEqual(acks(run(s, { type: 'tick', nowMs: 5999 }).effects), [], 'still waiting');
+  assert.deepEqual(acks(run(s, { type: 'tick', nowMs: 6000 }).effects), [{ type: 'ackStore', requestId: 'r2', sopInstanceUid: 'u2', status: StoreStatus.Success, quorum: 1, sitesHolding: ['site-a'] }]);
+  // An explicit quorum is not refused 0xA700 before the known sites could be heard; at the end of the wait it is.
+  s = run(restart({ ...settling, writeQuorum: 2 }), { type: 'viewChanged', members: [member('peer-a')], nowMs: 1000 }).state;
+  const explicit = store(s, 'r3', 'u3', 1100);
+  assert.deepEqual(acks(explicit.effects), []);
+  assert.deepEqual(acks(run(explicit.state, { type: 'tick', nowMs: 6000 }).effects).map((e) => (e.type === 'ackStore' ? e.status : 0)), [StoreStatus.OutOfResources]);
+  // A store after the wait is not held: the wait is a start's only.
+  s = run(restart(settling), { type: 'viewChanged', members: [member('peer-a')], nowMs: 1000 }, { type: 'tick', nowMs: 6000 }).state;
+  assert.deepEqual(acks(store(s, 'r4', 'u4', 6100).effects).map((e) => (e.type === 'ackStore' ? e.quorum : 0)), [1]);
 });
 
 test('an explicit write quorum that the sites up cannot reach is refused at once, not at the deadline; a suspect site still counts', () => {

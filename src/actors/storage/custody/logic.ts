@@ -19,6 +19,7 @@ import {
   repairLeafBucketsMax,
   repairLeavesKeysPerBucketMinDefault,
   siteClaimConfirmMsDefault,
+  storeSettleAfterStartMsDefault,
   StoreStatus,
   type CustodyConfig,
   type CustodyEffect,
@@ -213,10 +214,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       state.members = input.members;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
       updateKnownSites(state, input.nowMs, effects);
-      if (state.pending.size > 0) {
-        const up = sitesUp(state);
-        for (const pending of [...state.pending.values()]) refuseIfQuorumUnreachable(state, pending, up, effects);
-      }
+      answerUnreachableQuorums(state, input.nowMs, effects);
       drainDebt(state, input.nowMs, effects);
       break;
     case 'storeRequested':
@@ -544,13 +542,29 @@ function sitesOf(state: CustodyState, statuses: readonly MemberStatus[]): Set<st
   return sites;
 }
 
-function aliveSiteCount(state: CustodyState): number {
-  return sitesOf(state, ['alive']).size;
-}
-
 /** Sites up: alive or suspect (a pause is not a death). */
 function sitesUp(state: CustodyState): Set<string> {
   return sitesOf(state, ['alive', 'suspect']);
+}
+
+/** True in the first storeSettleAfterStartMs after a start (see CustodyConfig.storeSettleAfterStartMs). */
+function settlingAfterStart(state: CustodyState, nowMs: number): boolean {
+  const settleMs = state.config.storeSettleAfterStartMs ?? storeSettleAfterStartMsDefault;
+  return settleMs > 0 && (state.startedAt === undefined || nowMs - state.startedAt.nowMs < settleMs);
+}
+
+/** The sites a store's quorum may count on: alive ones, and after a start the known ones not heard yet. */
+function sitesForQuorum(state: CustodyState, nowMs: number): number {
+  const sites = sitesOf(state, ['alive']);
+  if (settlingAfterStart(state, nowMs)) for (const siteName of state.knownSites.keys()) sites.add(siteName);
+  return sites.size;
+}
+
+/** Sites up (see sitesUp), and after a start the known ones not heard yet. */
+function sitesUpOrAwaited(state: CustodyState, nowMs: number): Set<string> {
+  const up = sitesUp(state);
+  if (settlingAfterStart(state, nowMs)) for (const siteName of state.knownSites.keys()) up.add(siteName);
+  return up;
 }
 
 function onStoreRequested(
@@ -595,7 +609,7 @@ function onLocalWriteDone(
     oweCopy(state, key, entry);
     effects.push({ type: 'persistDebt', entry });
   }
-  const quorum = effectiveWriteQuorum(state.config, aliveSiteCount(state));
+  const quorum = effectiveWriteQuorum(state.config, sitesForQuorum(state, nowMs));
   const pending: PendingStore = {
     requestId,
     sopInstanceUid: store.sopInstanceUid,
@@ -607,9 +621,16 @@ function onLocalWriteDone(
     effects.push(ackOf(requestId, store.sopInstanceUid, StoreStatus.Success, quorum, [...pending.sitesHolding]));
   } else {
     state.pending.set(requestId, pending);
-    refuseIfQuorumUnreachable(state, pending, sitesUp(state), effects);
+    refuseIfQuorumUnreachable(state, pending, sitesUpOrAwaited(state, nowMs), effects);
   }
   drainDebt(state, nowMs, effects);
+}
+
+/** refuseIfQuorumUnreachable for every pending store: the view changed, or a start's wait for the known sites ended. */
+function answerUnreachableQuorums(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
+  if (state.pending.size === 0) return;
+  const up = sitesUpOrAwaited(state, nowMs);
+  for (const pending of [...state.pending.values()]) refuseIfQuorumUnreachable(state, pending, up, effects);
 }
 
 /**
@@ -871,6 +892,7 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
       ackOf(pending.requestId, pending.sopInstanceUid, StoreStatus.OutOfResources, pending.quorum, [...pending.sitesHolding].sort()),
     );
   }
+  answerUnreachableQuorums(state, nowMs, effects);
   for (const [key, sentAtMs] of [...state.replicationsInFlight]) {
     if (nowMs - sentAtMs >= c.replicationRetryMs) state.replicationsInFlight.delete(key);
   }

@@ -93,10 +93,21 @@ export interface CustodyConfig {
    * moments only. Default siteClaimConfirmMsDefault (membership's own wait: 2 x deadAfterMs wired).
    */
   readonly siteClaimConfirmMs?: number;
+  /**
+   * For this long after a start (from the first view), the known sites not heard yet count as up for the
+   * write quorum: a store in the first moments waits for them instead of an 'auto' quorum of 1 acknowledging
+   * it on the one copy here while they are alive, or an explicit quorum refusing it 0xA700 before they are
+   * heard. Once it is over, a store still waiting gets what the sites really up can give. Default
+   * storeSettleAfterStartMsDefault.
+   */
+  readonly storeSettleAfterStartMs?: number;
 }
 
 /** See CustodyConfig.siteClaimConfirmMs. */
 export const siteClaimConfirmMsDefault = 6000;
+
+/** See CustodyConfig.storeSettleAfterStartMs: heartbeats every 500 ms, a known peer redialled at once, the view settled within a second or two. */
+export const storeSettleAfterStartMsDefault = 5000;
 
 /** Most buckets a repairLeaves message carries the leaf hashes of (8 KiB each); with more differing, keys are listed by bucket. */
 export const repairLeafBucketsMax = 32;
