@@ -29,7 +29,7 @@ test('sitesHolding: every commitment check at once opens a bounded number of que
     inFlight--;
     return { entries };
   };
-  const deps = { site: 'a', writeQuorum: 'auto' as const, others: [{ peerId: 'peer-b', siteName: 'b' }, { peerId: 'peer-b2', siteName: 'b' }], query, limit: createConcurrencyLimit(4, 0) };
+  const deps = { site: 'a', quorum: 2, others: [{ peerId: 'peer-b', siteName: 'b' }, { peerId: 'peer-b2', siteName: 'b' }], query, limit: createConcurrencyLimit(4, 0) };
   // 100 transactions checked at once (records loaded at a start).
   const results = await Promise.all(Array.from({ length: 100 }, () => sitesHoldingOf(deps, entries)));
   assert.ok(inFlightMax <= 4 * 2, `${inFlightMax} queries in flight`);
@@ -44,7 +44,7 @@ test('sitesHolding: other bytes at a peer, or a peer that does not answer, do no
   const entries = [entry(1), entry(2)];
   const deps = {
     site: 'a',
-    writeQuorum: 'auto' as const,
+    quorum: 2,
     others: [{ peerId: 'b', siteName: 'b' }, { peerId: 'c', siteName: 'c' }],
     query: async (peerId: string) => (peerId === 'c' ? Promise.reject(new Error('timeout')) : { entries: [entry(1), { ...entry(2), sha256: 'other' }] }),
     limit: createConcurrencyLimit(4, 0),

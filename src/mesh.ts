@@ -22,7 +22,6 @@ import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import type { Clock } from './actors/runtime/clock.ts';
 import type { Logger } from './actors/runtime/logger.ts';
 import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
-import { effectiveWriteQuorum } from './actors/storage/custody/logic.ts';
 import { queryPeer } from './actors/storage/replication.ts';
 import { Tags } from './codec/dictionary.ts';
 import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
@@ -89,8 +88,8 @@ const sitesHoldingRoundsMax = 8;
 
 export interface SitesHoldingDeps {
   site: string;
-  /** --write-quorum, or 'auto' without one (see effectiveWriteQuorum). */
-  writeQuorum: number | 'auto';
+  /** The write quorum a C-STORE accepted now must reach (CustodyService.writeQuorumNow). */
+  quorum: number;
   /** The alive peers of the other sites. */
   others: ReadonlyArray<{ peerId: string; siteName: string }>;
   query(peerId: string, request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[] }>;
@@ -101,7 +100,7 @@ export interface SitesHoldingDeps {
 /** Mesh.sitesHolding: at how many sites each local instance is held with its bytes, and the quorum now. */
 export async function sitesHoldingOf(deps: SitesHoldingDeps, entries: readonly CatalogEntry[]): Promise<{ quorum: number; sitesHolding: Map<string, number> }> {
   const { others } = deps;
-  const quorum = effectiveWriteQuorum(deps, new Set([deps.site, ...others.map((m) => m.siteName)]).size);
+  const { quorum } = deps;
   const holders = new Map(entries.map((entry) => [entry.sopInstanceUid, new Set([deps.site])]));
   if (quorum > 1) {
     const bytesOf = new Map(entries.map((entry) => [entry.sopInstanceUid, entry.sha256]));
@@ -300,7 +299,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         sitesHoldingOf(
           {
             site: config.site,
-            writeQuorum: config.writeQuorum ?? 'auto',
+            quorum: custody.writeQuorumNow(),
             others: membership.members().filter((m) => m.status === 'alive' && m.peerId !== node.peerId && m.siteName !== config.site),
             query: (peerId, request, limit) => queryPeer(node, peerId, request, limit),
             limit: sitesHoldingQueries,

@@ -49,7 +49,7 @@ import {
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { createDigest, digestAdd } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, holdsNothingMore, initCustody, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry, type StoredCopy } from './messages.ts';
 
 export interface CustodyStats {
@@ -127,6 +127,8 @@ export interface CustodyService {
   stats(): CustodyStats;
   /** The other sites copies are owed to, present or absent (see KnownSite), with the copies owed now, by name. */
   knownSites(): Array<{ site: string; debtEntries: number }>;
+  /** The write quorum a C-STORE accepted now must reach (Storage Commitment counts copies against it). */
+  writeQuorumNow(): number;
   /**
    * Decommissions a site by hand: it is forgotten with the copies owed to it ('forgotten', and how many),
    * unless one of its peers is alive ('alive') or it is not known here ('unknown').
@@ -842,6 +844,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     },
     stats: () => ({ ...current }),
     // Sites owed copies but not known (debt written before known sites were) are listed too.
+    // Before the reducer's first step, the most a store could ask for.
+    writeQuorumNow: () => (lastState ? writeQuorumNow(lastState, clock.nowMs()) : effectiveWriteQuorum(config, Number.POSITIVE_INFINITY)),
     knownSites: () => {
       const known = lastState?.knownSites ?? new Map<string, number>();
       const debtBySite = lastState?.debtBySite ?? new Map<string, ReadonlyMap<string, DebtEntry>>();

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { heartbeatForgottenSitesMax, type MemberRecord, type MemberStatus } from '../../membership/messages.ts';
 import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestBuckets, digestOf } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, incomingCopyForgetMs, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, incomingCopyForgetMs, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
 import { runSteps } from '../../runtime/run-steps.ts';
 
@@ -236,6 +236,8 @@ test('after a start the known sites not heard yet count for the quorum: a store 
   const restart = (c: CustodyConfig) => initCustody(c, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 0 }, { siteName: 'site-c', lastHeardMs: 0 }] });
   // Restarted, nobody heard yet: 'auto' does not acknowledge on the one copy here while site-b may be alive.
   let s = run(restart(settling), { type: 'viewChanged', members: [member('peer-a')], nowMs: 1000 }).state;
+  // Storage Commitment counts copies against the same quorum.
+  assert.deepEqual([writeQuorumNow(s, 1100), writeQuorumNow(s, 6000)], [2, 1]);
   const early = store(s, 'r1', 'u1', 1100);
   assert.deepEqual(acks(early.effects), [], 'waits for the known sites');
   // site-b heard: the copy goes to it, and its acknowledgement makes the quorum of 2.

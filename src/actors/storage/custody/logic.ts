@@ -194,6 +194,11 @@ export function effectiveWriteQuorum(config: Pick<CustodyConfig, 'writeQuorum'>,
   return Math.max(1, config.writeQuorum);
 }
 
+/** The quorum a store whose local write completes now must reach (see sitesForQuorum). */
+export function writeQuorumNow(state: CustodyState, nowMs: number): number {
+  return effectiveWriteQuorum(state.config, sitesForQuorum(state, nowMs));
+}
+
 /** The sites this peer knows of, itself included. */
 export function sitesKnown(state: CustodyState): number {
   return state.knownSites.size + 1;
@@ -609,7 +614,7 @@ function onLocalWriteDone(
     oweCopy(state, key, entry);
     effects.push({ type: 'persistDebt', entry });
   }
-  const quorum = effectiveWriteQuorum(state.config, sitesForQuorum(state, nowMs));
+  const quorum = writeQuorumNow(state, nowMs);
   const pending: PendingStore = {
     requestId,
     sopInstanceUid: store.sopInstanceUid,
