@@ -1,0 +1,38 @@
+/**
+ * A site restarted while the others are alive: the membership view starts empty, so a C-STORE in its first
+ * moments was answered Success on its one local copy (the 'auto' quorum of a site alone) although the other
+ * site was alive. It now waits for the sites it knew (at most 5 s after the start).
+ */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
+import { runTool } from '../support/dicom-tools.ts';
+import { eventually, newCluster } from './support.ts';
+
+test('a C-STORE at a site just restarted is acknowledged once a second site holds it, as the write quorum asks', { timeout: 120_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await eventually(async () => (await a.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await a.status()).members));
+  const ports = { dicom: a.dicomPort, http: a.httpPort, p2p: a.p2pPort };
+  await a.kill9();
+  const restarting = cluster.start('site-a', { dataDir: a.dataDir, bootstrap: [], ports });
+  const env = { TCP_NODELAY: '1' };
+  // The first association the restarted peer accepts.
+  for (let i = 0; i < 300; i++) {
+    if ((await runTool('echoscu', ['-aec', 'PACSMESH', '127.0.0.1', String(ports.dicom)], { env, timeoutMs: 20_000 })).code === 0) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const file = join(cluster.root, 'early.dcm');
+  const { bytes, resolved } = makeInstanceWithInfo({ rows: 8, columns: 8 });
+  writeFileSync(file, bytes);
+  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(ports.dicom), file], { env, timeoutMs: 30_000 });
+  assert.equal(stored.code, 0, stored.stderr);
+  // Success means two sites hold it: site-b has it already, not only once the debt drains.
+  const search = await fetch(`http://127.0.0.1:${b.httpPort}/dicom-web/instances?SOPInstanceUID=${resolved.sopInstanceUid}`);
+  const matches = search.status === 200 ? ((await search.json()) as unknown[]).length : 0;
+  assert.equal(matches, 1, `site-b does not hold the instance acknowledged by the restarted site-a (HTTP ${search.status})\n${(await restarting).output().slice(-3000)}`);
+  await restarting;
+});
