@@ -79,6 +79,12 @@ export const balancerTimings = {
   leaderSilenceMaxMs: 2000,
   /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
   settleMs: 2000,
+  /**
+   * A leader hands over to a better-ranked peer when it asks for votes, or after this long alive without
+   * asking: above a returning peer's way from its first heartbeat to its first candidacy (its balancer
+   * starting, ~1 s on a loaded machine, then settleMs), so that it hears the current term meanwhile.
+   */
+  handOverGraceMs: 6000,
   /** A roster peer absent this long is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
   /** After a failed state write, how often the election record is written again to see if the disk takes it. */
@@ -114,6 +120,7 @@ export interface BalancerServiceInit {
   voteTimeoutMs?: number;
   announceIntervalMs?: number;
   leaderSilenceMaxMs?: number;
+  handOverGraceMs?: number;
   stateWriteProbeIntervalMs?: number;
   routing?: RoutingLimits;
   /** Uniform draw in [0, 1) for chooseTarget. Default Math.random. */
@@ -450,6 +457,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         voteTimeoutMs: init.voteTimeoutMs ?? balancerTimings.voteTimeoutMs,
         announceIntervalMs: init.announceIntervalMs ?? balancerTimings.announceIntervalMs,
         leaderSilenceMaxMs: init.leaderSilenceMaxMs ?? balancerTimings.leaderSilenceMaxMs,
+        handOverGraceMs: init.handOverGraceMs ?? balancerTimings.handOverGraceMs,
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,
