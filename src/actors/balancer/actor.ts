@@ -338,6 +338,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const sendsInFlightTo = new Map<string, number>();
   let dropped = 0;
   let electionReadFailures = 0;
+  let announceTooLarge = 0;
   /** Input another peer gets wrong (a bug, a newer version) repeats at every election or announce: one line per kind and sender each 10 s. */
   const badInput = createRepeatLimiter(log, 10_000);
   let leader: { peerId: string; term: number } | null = null;
@@ -511,11 +512,24 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         case 'send':
           sendMessage(effect.to, effect.message);
           break;
-        case 'publish':
-          node.publish(routingTopic, encodeEnvelope(effect.message, { maxBytes: ANNOUNCE_MAX_BYTES })).catch((err: Error) => {
+        case 'publish': {
+          let bytes: Uint8Array;
+          try {
+            bytes = encodeEnvelope(effect.message, { maxBytes: ANNOUNCE_MAX_BYTES });
+          } catch (err) {
+            // A table the others would refuse (too many members, or members with long names): not announced,
+            // and the followers serve locally, rather than a crash at every announcement that spent the
+            // restart budget and stopped the peer, then the next leader (helper 97).
+            if (announceTooLarge++ % 100 === 0) {
+              log.error('routing announcement not sent: the table is too large to announce', { error: (err as Error).message, entries: effect.message.type === 'announce' ? effect.message.table.entries.length : 0, failures: announceTooLarge });
+            }
+            break;
+          }
+          node.publish(routingTopic, bytes).catch((err: Error) => {
             log.warn('routing announcement failed', { error: err.message });
           });
           break;
+        }
         case 'leaderChanged':
           leader = effect.leaderId === null ? null : { peerId: effect.leaderId, term: effect.term };
           log.info('leader changed', { term: effect.term, leader: effect.leaderId });
