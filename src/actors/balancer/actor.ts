@@ -580,6 +580,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   /** One message through the reducer, then its effects in order. */
   const stepAndPerform = async (s: ActorState, message: Exclude<BalancerMsg, { type: 'crash' }>, fresh: boolean): Promise<ActorState> => {
+    // A fresh balancer (a start, a restart, a state file not written) learns the view first: stepped with the
+    // reducer's empty one, a request for votes found every candidate the rule's winner and was granted (helper 97).
+    if (fresh && message.type === 'mesh') s = await stepAndPerform(s, { type: 'view' }, true);
     const nowMs = clock.nowMs();
     let roster = s.roster;
     let balancer = s.balancer;
