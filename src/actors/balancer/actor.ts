@@ -79,6 +79,12 @@ export const balancerTimings = {
   leaderSilenceMaxMs: 2000,
   /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
   settleMs: 2000,
+  /**
+   * A leader hands over to a better-ranked peer when it asks for votes, or after this long alive without
+   * asking: above a returning peer's way from its first heartbeat to its first candidacy (its balancer
+   * starting, ~1 s on a loaded machine, then settleMs), so that it hears the current term meanwhile.
+   */
+  handOverGraceMs: 6000,
   /** A roster peer absent this long is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
   /** After a failed state write, how often the election record is written again to see if the disk takes it. */
@@ -114,6 +120,7 @@ export interface BalancerServiceInit {
   voteTimeoutMs?: number;
   announceIntervalMs?: number;
   leaderSilenceMaxMs?: number;
+  handOverGraceMs?: number;
   stateWriteProbeIntervalMs?: number;
   routing?: RoutingLimits;
   /** Uniform draw in [0, 1) for chooseTarget. Default Math.random. */
@@ -331,6 +338,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const sendsInFlightTo = new Map<string, number>();
   let dropped = 0;
   let electionReadFailures = 0;
+  let announceTooLarge = 0;
   /** Input another peer gets wrong (a bug, a newer version) repeats at every election or announce: one line per kind and sender each 10 s. */
   const badInput = createRepeatLimiter(log, 10_000);
   let leader: { peerId: string; term: number } | null = null;
@@ -450,6 +458,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         voteTimeoutMs: init.voteTimeoutMs ?? balancerTimings.voteTimeoutMs,
         announceIntervalMs: init.announceIntervalMs ?? balancerTimings.announceIntervalMs,
         leaderSilenceMaxMs: init.leaderSilenceMaxMs ?? balancerTimings.leaderSilenceMaxMs,
+        handOverGraceMs: init.handOverGraceMs ?? balancerTimings.handOverGraceMs,
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,
@@ -503,11 +512,24 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         case 'send':
           sendMessage(effect.to, effect.message);
           break;
-        case 'publish':
-          node.publish(routingTopic, encodeEnvelope(effect.message, { maxBytes: ANNOUNCE_MAX_BYTES })).catch((err: Error) => {
+        case 'publish': {
+          let bytes: Uint8Array;
+          try {
+            bytes = encodeEnvelope(effect.message, { maxBytes: ANNOUNCE_MAX_BYTES });
+          } catch (err) {
+            // A table the others would refuse (too many members, or members with long names): not announced,
+            // and the followers serve locally, rather than a crash at every announcement that spent the
+            // restart budget and stopped the peer, then the next leader (helper 97).
+            if (announceTooLarge++ % 100 === 0) {
+              log.error('routing announcement not sent: the table is too large to announce', { error: (err as Error).message, entries: effect.message.type === 'announce' ? effect.message.table.entries.length : 0, failures: announceTooLarge });
+            }
+            break;
+          }
+          node.publish(routingTopic, bytes).catch((err: Error) => {
             log.warn('routing announcement failed', { error: err.message });
           });
           break;
+        }
         case 'leaderChanged':
           leader = effect.leaderId === null ? null : { peerId: effect.leaderId, term: effect.term };
           log.info('leader changed', { term: effect.term, leader: effect.leaderId });
@@ -558,6 +580,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   /** One message through the reducer, then its effects in order. */
   const stepAndPerform = async (s: ActorState, message: Exclude<BalancerMsg, { type: 'crash' }>, fresh: boolean): Promise<ActorState> => {
+    // A fresh balancer (a start, a restart, a state file not written) learns the view first: stepped with the
+    // reducer's empty one, a request for votes found every candidate the rule's winner and was granted (helper 97).
+    if (fresh && message.type === 'mesh') s = await stepAndPerform(s, { type: 'view' }, true);
     const nowMs = clock.nowMs();
     let roster = s.roster;
     let balancer = s.balancer;

@@ -421,3 +421,74 @@ test('a leader that can no longer record votes (its disk full) does not hold its
   assert.equal(asked.state.durable.currentTerm, 2);
   assert.ok(asked.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
 });
+
+/**
+ * peer-b leads term 5 (peer-a, ranked best, was down); peer-a restarts at 10 s with term 4 on disk and, as the
+ * actor does, runs no candidacy for a 2 s settle time. Its heartbeats make it alive in the others' views at once.
+ * Every message is delivered at once. Returns, per 100 ms tick, the leader each peer follows.
+ */
+function bestRankedPeerReturns(handOverGraceMs: number | undefined): { leaders: Array<Array<string | null>>; states: BalancerState[] } {
+  const configOf = (peerId: string): BalancerConfig => ({ ...configFor(peerId), ...(handOverGraceMs !== undefined ? { handOverGraceMs } : {}) });
+  const deadA = [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 0 }, member('peer-b'), member('peer-c')];
+  const returned = [{ ...member('peer-a'), statusSinceMs: 10_000 }, member('peer-b'), member('peer-c')];
+  const peers = new Map<string, BalancerState>();
+  const deliver = (from: string, effects: readonly BalancerEffect[], nowMs: number): void => {
+    for (const effect of effects) {
+      if (effect.type !== 'send' && effect.type !== 'publish') continue;
+      const targets = effect.type === 'send' ? [effect.to] : roster.filter((peerId) => peerId !== from);
+      for (const to of targets) {
+        const state = peers.get(to);
+        if (state === undefined) continue;
+        const step = stepBalancer(state, { type: 'messageReceived', from, message: effect.message, nowMs });
+        peers.set(to, step.state);
+        deliver(to, step.effects, nowMs);
+      }
+    }
+  };
+  const input = (peerId: string, step: BalancerInput): void => {
+    const result = stepBalancer(peers.get(peerId)!, step);
+    peers.set(peerId, result.state);
+    deliver(peerId, result.effects, step.nowMs);
+  };
+  // peer-b leads term 5 with peer-c's vote.
+  peers.set('peer-b', { ...initBalancer(configOf('peer-b'), { currentTerm: 4, votedFor: 'peer-a' }), members: deadA });
+  peers.set('peer-c', { ...initBalancer(configOf('peer-c'), { currentTerm: 4, votedFor: 'peer-a' }), members: deadA });
+  input('peer-c', { type: 'viewChanged', members: deadA, nowMs: 5000 });
+  input('peer-b', { type: 'viewChanged', members: deadA, nowMs: 5000 });
+  assert.equal(peers.get('peer-b')!.role, 'leader');
+  assert.equal(peers.get('peer-b')!.durable.currentTerm, 5);
+  // peer-a is back: a fresh balancer with its record from before (term 4), settling for 2 s.
+  peers.set('peer-a', { ...initBalancer(configOf('peer-a'), { currentTerm: 4, votedFor: 'peer-a' }), candidacyDeadlineMs: 12_000 });
+  const leaders: Array<Array<string | null>> = [];
+  for (let nowMs = 10_000; nowMs <= 16_000; nowMs += 100) {
+    for (const peerId of roster) input(peerId, { type: 'viewChanged', members: returned, nowMs });
+    leaders.push(roster.map((peerId) => peers.get(peerId)!.leaderId));
+  }
+  return { leaders, states: roster.map((peerId) => peers.get(peerId)!) };
+}
+
+test('a leader hands over to a better-ranked peer that returns when it asks for votes, not at its first heartbeat: no leaderless settle time, one new term', () => {
+  const { leaders, states } = bestRankedPeerReturns(4000);
+  const leaderless = leaders.filter((l) => l[1] === null || l[2] === null).length;
+  assert.equal(leaderless, 0, `ticks where peer-b or peer-c followed no leader: ${leaderless} of ${leaders.length}`);
+  assert.deepEqual(states.map((s) => s.role), ['leader', 'follower', 'follower']);
+  assert.deepEqual(states.map((s) => s.durable.currentTerm), [6, 6, 6], 'one new term: the returning peer learnt term 5 from the announcements while it settled');
+  // A better-ranked peer that never asks (its balancer not running) still gets the lead handed over after the grace.
+  const b = run(
+    initBalancer({ ...configFor('peer-b'), handOverGraceMs: 4000 }, null),
+    { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c')], nowMs: 0 },
+    { type: 'messageReceived', from: 'peer-c', message: { type: 'vote', term: 1, voterId: 'peer-c', granted: true }, nowMs: 1 },
+  ).state;
+  assert.equal(b.role, 'leader');
+  const back = [{ ...member('peer-a'), statusSinceMs: 1000 }, member('peer-b'), member('peer-c')];
+  assert.equal(run(b, { type: 'viewChanged', members: back, nowMs: 4999 }).state.role, 'leader');
+  assert.equal(run(b, { type: 'viewChanged', members: back, nowMs: 5000 }).state.role, 'follower');
+  // And a leader that can no longer record votes makes way at once, grace or not.
+  const full = [{ ...member('peer-a'), statusSinceMs: 1000 }, member('peer-b', { electable: false }), member('peer-c')];
+  assert.equal(run(b, { type: 'viewChanged', members: full, nowMs: 1001 }).state.role, 'follower');
+});
+
+test('without a hand-over grace, the leader quits at the returning peer\'s first heartbeat (the wiring before the grace)', () => {
+  const { leaders } = bestRankedPeerReturns(undefined);
+  assert.ok(leaders.filter((l) => l[1] === null || l[2] === null).length >= 20, 'leaderless for the whole settle time');
+});

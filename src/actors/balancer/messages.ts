@@ -77,6 +77,12 @@ export interface BalancerConfig {
   readonly announceIntervalMs: number;
   /** A follower forgets a leader it has not heard from for this long. */
   readonly leaderSilenceMaxMs: number;
+  /**
+   * A leader hands over to a better-ranked peer when that peer asks for votes, or once the peer has been
+   * alive in its view this long without asking (a returning peer's balancer starts after its heartbeats, and
+   * settles before it runs). 0 or absent: at the peer's first heartbeat.
+   */
+  readonly handOverGraceMs?: number;
   readonly routing: RoutingLimits;
 }
 

@@ -422,3 +422,17 @@ test('another site claimed at two addresses is reported by a third peer, which s
   const successor = runHeard(initMembership(config), 0, confirmMs + 2000, [site('peer-b', 2, 'b:104'), site('peer-b3', 4, 'b:104')]);
   assert.deepEqual(successor.state.siteConflicts, [], 'one address, one place');
 });
+
+test('the member table stays within membersMax when every peer in it is alive: a new peer waits for a place (helper 97)', () => {
+  // Heartbeats from many identities (each signed by its own key: one insider can make any number of them).
+  let s = initMembership(config);
+  for (let i = 0; i < 40; i += 1) s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat(`peer-x${String(i).padStart(2, '0')}`, 1, 1), nowMs: i }).state;
+  assert.ok(s.members.size <= config.membersMax, `${s.members.size} members, membersMax ${config.membersMax}`);
+  // The members admitted are kept up to date, and one that dies makes room for the next.
+  const admitted = [...s.members.keys()];
+  s = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat(admitted[0]!, 1, 2), nowMs: 100 }).state;
+  assert.equal(s.members.get(admitted[0]!)?.sequence, 2);
+  s = run(s, { type: 'peerDisconnected', peerId: admitted[1]!, nowMs: 101 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-late', 1, 1), nowMs: 102 }).state;
+  assert.equal(statusOf(s, 'peer-late'), 'alive');
+  assert.ok(s.members.size <= config.membersMax);
+});

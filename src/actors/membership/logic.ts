@@ -354,7 +354,12 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   const record = aliveRecordOf(hb, nowMs, known && known.status === 'alive' ? known.statusSinceMs : nowMs, nowMs);
   const members = new Map(state.members);
   members.set(hb.peerId, record);
-  const next: MembershipState = { ...state, members: pruneDead(members, state.config.membersMax) };
+  const pruned = pruneDead(members, state.config.membersMax);
+  // A table full of members not dead has no place for a new peer until one dies: pruneDead only forgets
+  // dead records, and each signing key is a member, so one insider made the table (and the learnt roster,
+  // and the routing table announced) as large as it liked (helper 97).
+  if (!known && pruned.size > state.config.membersMax) return { state, effects: [] };
+  const next: MembershipState = { ...state, members: pruned };
   const effects: MembershipEffect[] = [];
   if (!known || known.status !== 'alive' || known.incarnation !== hb.incarnation) {
     effects.push(statusChanged(record, known ? known.status : 'unknown', 'alive'));
