@@ -375,6 +375,27 @@ test('a C-FIND identifier of endless empty PDVs is refused at the identifier bou
   assert.ok(await echoWorks(peer), 'the peer serves on');
 });
 
+test('a C-GET or C-MOVE identifier over the bound is refused 0xA701, a status of those services, not C-FIND\'s 0xA700 (hunt 96)', async () => {
+  for (const [sopClassUid, commandField, field] of [
+    ['1.2.840.10008.5.1.4.1.2.2.3', CommandField.CGetRq, 'C-GET'],
+    ['1.2.840.10008.5.1.4.1.2.2.2', CommandField.CMoveRq, 'C-MOVE'],
+  ] as const) {
+    const command = encodeCommand({ commandField, messageId: 9, affectedSopClassUid: sopClassUid, priority: 0, hasDataSet: true, ...(commandField === CommandField.CMoveRq ? { moveDestination: 'FUZZER' } : {}) });
+    // 1 MiB and a bit of a private value: over the identifier bound.
+    const identifier = Buffer.alloc(1024 * 1024 + 16);
+    identifier.writeUInt16LE(0x0009, 0);
+    identifier.writeUInt16LE(0x1010, 2);
+    identifier.writeUInt32LE(identifier.length - 8, 4);
+    const answered = (received: readonly Pdu[]) => received.some((pdu) => pdu.type === 'pData' && pdu.values.some((v) => v.isCommand));
+    const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', sopClassUid), ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)], { waitMs: 30_000, until: answered });
+    const responses = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : []));
+    assert.equal(responses.length, 1, `${field}: one response, not ${pdus.map((pdu) => pdu.type).join(', ')}`);
+    assert.equal(responses[0]!.status, 0xa701, `${field}: refused, out of resources (unable to calculate the number of matches): ${responses[0]!.errorComment ?? ''}`);
+    assert.match(responses[0]!.errorComment ?? '', /identifier over/);
+  }
+  assert.ok(await echoWorks(peer), 'the peer serves on');
+});
+
 test('PDUs of 43,690 empty PDVs each do not hold other associations until they are through: an association yields to the others as it goes', async (t) => {
   const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
   const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 11, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
