@@ -542,6 +542,34 @@ test('seeded fuzz: a thousand Storage Commitment N-ACTIONs with mutated command 
   assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
 });
 
+test('an unexpected PDU on an established association (a second A-ASSOCIATE-RQ) is answered with an A-ABORT, and ARTIM closes the connection if the requestor never does (hunt 96: held for good, each one a listener connection)', async (t) => {
+  const clock = manualClock(1_000_000);
+  const artimPeer = await startTestPeer([], 'artim', silentLogger, { clock });
+  t.after(() => artimPeer.dispose());
+  const socket = connect({ host: '127.0.0.1', port: artimPeer.dicomPort });
+  t.after(() => socket.destroy());
+  const framer = new PduFramer();
+  const pdus: Pdu[] = [];
+  let closed = false;
+  socket.on('error', () => undefined);
+  socket.on('close', () => (closed = true));
+  socket.on('data', (data) => {
+    for (const pdu of framer.push(data)) {
+      pdus.push(pdu);
+      if (pdu.type === 'associateAc') socket.write(associateRq());
+    }
+  });
+  socket.on('connect', () => socket.write(associateRq()));
+  await waitFor('the A-ABORT', () => pdus.some((pdu) => pdu.type === 'abort'));
+  assert.deepEqual(pdus, [pdus[0], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.UnexpectedPdu }]);
+  // Sta13: the peer waits for the requestor to close, for ARTIM's 30 s at most.
+  clock.advance(29_000);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(closed, false, 'not closed before ARTIM expires');
+  clock.advance(2_000);
+  await waitFor('the peer to close the connection once ARTIM expired', () => closed, 5000);
+});
+
 test('an association that stays silent past the idle timeout is aborted, freeing its slot, also in the middle of a C-STORE', async (t) => {
   const idlePeer = await startTestPeer(['--idle-timeout', '1', '--max-associations', '1'], 'idle');
   t.after(() => idlePeer.dispose());

@@ -745,7 +745,10 @@ export class AcceptorSession {
     this.deps.clock.clearTimeout(this.idleTimer);
     this.deps.clock.clearTimeout(this.stalledCut);
     await this.endOperations();
-    this.core.stopTimers();
+    // Not ARTIM in Sta13 (AA-8: an unexpected PDU was answered with an A-ABORT): it bounds the wait for the
+    // requestor to close, and cleared here a requestor that never did held its connection for good, each one
+    // of the listener's connections (hunt 96: eight of them refused every association of a peer of two).
+    if (this.core.machine.state !== 'Sta13') this.core.stopTimers();
   }
 }
 
