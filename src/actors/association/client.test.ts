@@ -101,7 +101,7 @@ test('a response data set of endless empty PDVs: the request fails at the reply 
   t.after(() => client.abort());
   await assert.rejects(
     client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false }),
-    (e: unknown) => e instanceof Error && /reply data set over/.test(e.message),
+    (e: unknown) => e instanceof AssociationClosedError && e.code === 'ERR_REPLY_TOO_LARGE' && /reply data set over/.test(e.message),
     'refused at the bound on what the reply holds',
   );
 });

@@ -30,7 +30,7 @@ export class AssociationRejectedError extends Error {
 export class AssociationClosedError extends Error {
   override readonly name = 'AssociationClosedError';
   constructor(
-    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT' | 'ERR_UNEXPECTED_RESPONSE',
+    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT' | 'ERR_UNEXPECTED_RESPONSE' | 'ERR_REPLY_TOO_LARGE',
     message: string,
   ) {
     super(message);
@@ -274,7 +274,7 @@ export class DicomClientAssociation {
       return;
     }
     this.reply.add(event.data);
-    if (this.reply.overLimit) throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments)`);
+    if (this.reply.overLimit) throw new AssociationClosedError('ERR_REPLY_TOO_LARGE', `reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments): association aborted`);
     if (event.isLast) this.completeReply();
   }
 
