@@ -375,6 +375,27 @@ test('a C-FIND identifier of endless empty PDVs is refused at the identifier bou
   assert.ok(await echoWorks(peer), 'the peer serves on');
 });
 
+test('a C-GET or C-MOVE identifier over the bound is refused 0xA701, a status of those services, not C-FIND\'s 0xA700 (hunt 96)', async () => {
+  for (const [sopClassUid, commandField, field] of [
+    ['1.2.840.10008.5.1.4.1.2.2.3', CommandField.CGetRq, 'C-GET'],
+    ['1.2.840.10008.5.1.4.1.2.2.2', CommandField.CMoveRq, 'C-MOVE'],
+  ] as const) {
+    const command = encodeCommand({ commandField, messageId: 9, affectedSopClassUid: sopClassUid, priority: 0, hasDataSet: true, ...(commandField === CommandField.CMoveRq ? { moveDestination: 'FUZZER' } : {}) });
+    // 1 MiB and a bit of a private value: over the identifier bound.
+    const identifier = Buffer.alloc(1024 * 1024 + 16);
+    identifier.writeUInt16LE(0x0009, 0);
+    identifier.writeUInt16LE(0x1010, 2);
+    identifier.writeUInt32LE(identifier.length - 8, 4);
+    const answered = (received: readonly Pdu[]) => received.some((pdu) => pdu.type === 'pData' && pdu.values.some((v) => v.isCommand));
+    const { pdus } = await exchange(peer.dicomPort, [associateRq('PACSMESH', sopClassUid), ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)], { waitMs: 30_000, until: answered });
+    const responses = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : []));
+    assert.equal(responses.length, 1, `${field}: one response, not ${pdus.map((pdu) => pdu.type).join(', ')}`);
+    assert.equal(responses[0]!.status, 0xa701, `${field}: refused, out of resources (unable to calculate the number of matches): ${responses[0]!.errorComment ?? ''}`);
+    assert.match(responses[0]!.errorComment ?? '', /identifier over/);
+  }
+  assert.ok(await echoWorks(peer), 'the peer serves on');
+});
+
 test('PDUs of 43,690 empty PDVs each do not hold other associations until they are through: an association yields to the others as it goes', async (t) => {
   const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
   const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 11, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
@@ -519,6 +540,34 @@ test('seeded fuzz: a thousand Storage Commitment N-ACTIONs with mutated command 
   const valid = Buffer.concat([association, ...encodePDataFragments(1, true, command, 4096), ...encodePDataFragments(1, false, dataSet, 4096), encodePdu({ type: 'releaseRq' })]);
   await sendMutated(prng, valid, association.length, valid.length);
   assert.ok(await echoWorks(peer), `peer stopped answering (FUZZ_SEED=${seed})`);
+});
+
+test('an unexpected PDU on an established association (a second A-ASSOCIATE-RQ) is answered with an A-ABORT, and ARTIM closes the connection if the requestor never does (hunt 96: held for good, each one a listener connection)', async (t) => {
+  const clock = manualClock(1_000_000);
+  const artimPeer = await startTestPeer([], 'artim', silentLogger, { clock });
+  t.after(() => artimPeer.dispose());
+  const socket = connect({ host: '127.0.0.1', port: artimPeer.dicomPort });
+  t.after(() => socket.destroy());
+  const framer = new PduFramer();
+  const pdus: Pdu[] = [];
+  let closed = false;
+  socket.on('error', () => undefined);
+  socket.on('close', () => (closed = true));
+  socket.on('data', (data) => {
+    for (const pdu of framer.push(data)) {
+      pdus.push(pdu);
+      if (pdu.type === 'associateAc') socket.write(associateRq());
+    }
+  });
+  socket.on('connect', () => socket.write(associateRq()));
+  await waitFor('the A-ABORT', () => pdus.some((pdu) => pdu.type === 'abort'));
+  assert.deepEqual(pdus, [pdus[0], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.UnexpectedPdu }]);
+  // Sta13: the peer waits for the requestor to close, for ARTIM's 30 s at most.
+  clock.advance(29_000);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(closed, false, 'not closed before ARTIM expires');
+  clock.advance(2_000);
+  await waitFor('the peer to close the connection once ARTIM expired', () => closed, 5000);
 });
 
 test('an association that stays silent past the idle timeout is aborted, freeing its slot, also in the middle of a C-STORE', async (t) => {

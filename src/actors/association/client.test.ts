@@ -3,9 +3,10 @@
  */
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { CommandField } from '../../codec/dimse.ts';
+import { DicomApplicationContext, PduFramer, encodePdu } from '../../codec/pdu.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
 import { AssociationClosedError, DicomClientAssociation } from './client.ts';
 import { acceptorAnsweringWithEmptyPdvs, acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
@@ -100,7 +101,56 @@ test('a response data set of endless empty PDVs: the request fails at the reply 
   t.after(() => client.abort());
   await assert.rejects(
     client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false }),
-    (e: unknown) => e instanceof Error && /reply data set over/.test(e.message),
+    (e: unknown) => e instanceof AssociationClosedError && e.code === 'ERR_REPLY_TOO_LARGE' && /reply data set over/.test(e.message),
     'refused at the bound on what the reply holds',
   );
+});
+
+test('an acceptor that stops reading in the middle of a data set: the request fails with ERR_ASSOCIATION_TIMEOUT once nothing was read for the timeout (hunt 96: a C-MOVE held for good)', async (t) => {
+  // Accepts, then reads nothing once the request's first P-DATA has come (a hung process, a full disk).
+  const sockets: Socket[] = [];
+  const server = createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => undefined);
+    const framer = new PduFramer();
+    socket.on('data', (chunk) => {
+      for (const pdu of framer.push(chunk)) {
+        if (pdu.type === 'associateRq') {
+          socket.write(encodePdu({ type: 'associateAc', protocolVersion: 1, calledAeTitle: pdu.calledAeTitle, callingAeTitle: pdu.callingAeTitle, applicationContextName: DicomApplicationContext, presentationContexts: pdu.presentationContexts.map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! })), userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] } }));
+        } else if (pdu.type === 'pData') {
+          socket.pause();
+          return;
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    // Paused, they would never see the client's close, and server.close() would wait for them.
+    for (const socket of sockets) socket.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const client = await DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port: (server.address() as AddressInfo).port,
+    callingAeTitle: 'PACSMESH',
+    calledAeTitle: 'DEST',
+    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+    timeoutMs: 1000,
+  });
+  t.after(() => client.abort());
+  // Far more than loopback's socket buffers hold.
+  const request = client.request(
+    client.contexts[0]!.id,
+    { commandField: CommandField.CStoreRq, affectedSopClassUid: ctImage, affectedSopInstanceUid: '1.2.3.4', priority: 0, hasDataSet: true },
+    new Uint8Array(48 * 1024 * 1024),
+  );
+  const outcome = await Promise.race([
+    request.then(
+      () => 'answered',
+      (e: unknown) => (e instanceof AssociationClosedError ? e.code : String(e)),
+    ),
+    new Promise<string>((resolve) => setTimeout(() => resolve('still sending after 10 s'), 10_000)),
+  ]);
+  assert.equal(outcome, 'ERR_ASSOCIATION_TIMEOUT');
 });

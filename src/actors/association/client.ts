@@ -13,7 +13,7 @@ import {
   type AssociateRjPdu,
   type RoleSelection,
 } from '../../codec/pdu.ts';
-import { systemClock, type Clock } from '../runtime/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../runtime/clock.ts';
 import { AssociationCore, DicomConnection, GatheredDataSet, heldBytesPerPdv } from './connection.ts';
 import type { DimseEvent } from './dimse-assembler.ts';
 import type { UlIndication } from './state-machine.ts';
@@ -30,7 +30,7 @@ export class AssociationRejectedError extends Error {
 export class AssociationClosedError extends Error {
   override readonly name = 'AssociationClosedError';
   constructor(
-    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT' | 'ERR_UNEXPECTED_RESPONSE',
+    readonly code: 'ERR_ASSOCIATION_ABORTED' | 'ERR_ASSOCIATION_TIMEOUT' | 'ERR_CONNECT' | 'ERR_UNEXPECTED_RESPONSE' | 'ERR_REPLY_TOO_LARGE',
     message: string,
   ) {
     super(message);
@@ -274,7 +274,7 @@ export class DicomClientAssociation {
       return;
     }
     this.reply.add(event.data);
-    if (this.reply.overLimit) throw new Error(`reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments)`);
+    if (this.reply.overLimit) throw new AssociationClosedError('ERR_REPLY_TOO_LARGE', `reply data set over ${maxReplyDataSetBytes} bytes (or over ${maxReplyDataSetBytes / heldBytesPerPdv} fragments): association aborted`);
     if (event.isLast) this.completeReply();
   }
 
@@ -342,8 +342,34 @@ export class DicomClientAssociation {
     // that rejection is handled (below, once sent), not an unhandled one that ends the process.
     replied.catch(() => undefined);
     this.requestSent = this.core.sendMessage(presentationContextId, { ...command, messageId }, dataSet);
-    await this.requestSent;
+    await this.whileSendingProgresses(this.requestSent, `message ${messageId}`);
     return this.withTimeout(replied, `response to message ${messageId}`);
+  }
+
+  /**
+   * `sending`, with the association aborted once the acceptor has read nothing of it for the timeout: the
+   * timeout bounded the wait for a response only, and an acceptor that stopped reading in the middle of a
+   * data set (a hung process, a full disk) held the C-MOVE sending to it for good, Pending after Pending to
+   * its requestor (hunt 96). Only a write that waits counts: a slow data set source is not the acceptor's.
+   */
+  private async whileSendingProgresses(sending: Promise<void>, what: string): Promise<void> {
+    const connection = this.core.connection;
+    let timer: TimerHandle | undefined;
+    const watch = (delayMs: number) => {
+      timer = this.clock.setTimeout(() => {
+        const stalledMs = this.clock.nowMs() - connection.lastWriteProgressMs;
+        if (!connection.writeBlocked || stalledMs < this.timeoutMs) return watch(connection.writeBlocked ? this.timeoutMs - stalledMs : this.timeoutMs);
+        this.fail(new AssociationClosedError('ERR_ASSOCIATION_TIMEOUT', `sending ${what}: the acceptor read nothing for ${stalledMs} ms; association aborted`));
+        // Destroyed, the connection ends the write that waits, and with it the sending.
+        this.abort();
+      }, delayMs);
+    };
+    watch(this.timeoutMs);
+    try {
+      await sending;
+    } finally {
+      this.clock.clearTimeout(timer);
+    }
   }
 
   /**

@@ -2,11 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { DicomConnection } from './connection.ts';
-import { PduType, defaultPduLimits } from '../../codec/pdu.ts';
+import { AssociationCore, DicomConnection } from './connection.ts';
+import { PduFramer, PduType, defaultPduLimits, type Pdu } from '../../codec/pdu.ts';
+import { CommandField } from '../../codec/dimse.ts';
+import { systemClock } from '../runtime/clock.ts';
 
 /** The socket surface DicomConnection uses, recording whether reading is paused. */
-function fakeSocket(): Socket & { isPaused(): boolean } {
+function fakeSocket(): Socket & { isPaused(): boolean; written: Uint8Array[] } {
   let paused = false;
   const socket = Object.assign(new EventEmitter(), {
     remoteAddress: '127.0.0.1',
@@ -23,8 +25,14 @@ function fakeSocket(): Socket & { isPaused(): boolean } {
     },
     isPaused: () => paused,
     destroy: () => socket,
+    /** A reader that keeps up: every write is taken at once. */
+    written: [] as Uint8Array[],
+    write: (bytes: Uint8Array) => {
+      socket.written.push(bytes);
+      return true;
+    },
   });
-  return socket as unknown as Socket & { isPaused(): boolean };
+  return socket as unknown as Socket & { isPaused(): boolean; written: Uint8Array[] };
 }
 
 /** One P-DATA-TF PDU of `count` empty PDVs (6 bytes each: length 2, context ID, control header). */
@@ -54,4 +62,44 @@ test('received PDVs count towards the read bound by what they hold, not only by 
   assert.equal(socket.isPaused(), true, 'reading pauses: what the PDVs hold is over the bound');
   connection.consumed(given[0]!);
   assert.equal(socket.isPaused(), false, 'reading resumes once they are handled');
+});
+
+test('a requestor announcing a maximum PDU length of 8 bytes: a 1 MiB data set goes out as valid 2-byte fragments in few writes, and the event loop serves others meanwhile (hunt 96: a million 14-byte buffers, ~400 MB, and a peer deaf for 30 s)', async () => {
+  const socket = fakeSocket();
+  const connection = new DicomConnection(
+    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, nowMs: () => 0 },
+    { onPdus: () => undefined, onInvalidPdu: () => undefined, onClosed: () => undefined },
+  );
+  const core = new AssociationCore({ connection, clock: systemClock, artimTimeoutMs: 30_000, isRequestor: false }, { onIndication: () => undefined, onDimse: () => undefined });
+  core.machine = { state: 'Sta6', isRequestor: false };
+  core.peerMaxPduLength = 8;
+  const dataSet = new Uint8Array(1024 * 1024).map((_, i) => i & 0xff);
+  let servedMeanwhile = false;
+  setImmediate(() => (servedMeanwhile = true));
+  let sent = false;
+  const sending = core.sendMessage(1, { commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: '1.2.3', affectedSopInstanceUid: '1.2.3.4', priority: 0, hasDataSet: true }, dataSet).then(() => (sent = true));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(servedMeanwhile, true);
+  assert.equal(sent, false, 'the event loop turned while the data set was still going out');
+  await sending;
+  // 1 MiB in 2-byte fragments is ~7.3 MB of PDUs: written in batches, not a write (a system call) each.
+  assert.ok(socket.written.length < 64, `${socket.written.length} writes`);
+  const framer = new PduFramer();
+  const pdus: Pdu[] = [];
+  for (const bytes of socket.written) pdus.push(...framer.push(bytes));
+  const data: Uint8Array[] = [];
+  let lastFlags = 0;
+  for (const pdu of pdus) {
+    assert.equal(pdu.type, 'pData');
+    if (pdu.type !== 'pData') continue;
+    assert.equal(pdu.values.length, 1);
+    const pdv = pdu.values[0]!;
+    assert.ok(pdv.data.length + 6 <= 8, 'within the announced maximum length');
+    if (!pdv.isCommand) data.push(pdv.data);
+    if (pdv.isLast) lastFlags++;
+  }
+  assert.equal(lastFlags, 2, 'one last fragment for the command, one for the data set');
+  const last = pdus[pdus.length - 1]!;
+  assert.ok(last.type === 'pData' && last.values[0]!.isLast && !last.values[0]!.isCommand);
+  assert.deepEqual(Buffer.concat(data), Buffer.from(dataSet));
 });

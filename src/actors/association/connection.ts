@@ -13,7 +13,7 @@ import {
   PduError,
   PduFramer,
   encodePDataCommandAndDataSet,
-  encodePDataFragments,
+  pDataFragmentBatches,
   evenChunks,
   encodePdu,
   type Pdu,
@@ -180,6 +180,9 @@ export class DicomConnection {
   }
 }
 
+/** Bytes an association writes before it lets the event loop serve the others (see sendFragments). */
+const yieldEveryBytes = 1024 * 1024;
+
 export interface CoreHandlers {
   onIndication(indication: UlIndication): void;
   onDimse(event: DimseEvent): void;
@@ -204,6 +207,8 @@ export class AssociationCore {
   acceptedContexts = new Map<number, { abstractSyntaxUid: string; transferSyntaxUid: string }>();
   peerMaxPduLength = 16384;
   private nextMessageId = 1;
+  /** Bytes written since this association last let the event loop serve the others (see sendFragments). */
+  private bytesSinceYield = 0;
 
   constructor(
     private readonly init: AssociationCoreInit,
@@ -292,17 +297,17 @@ export class AssociationCore {
         return;
       }
     }
-    if (!(await this.sendFragments(encodePDataFragments(presentationContextId, true, commandBytes, this.peerMaxPduLength)))) return;
+    if (!(await this.sendFragments(pDataFragmentBatches(presentationContextId, true, commandBytes, this.peerMaxPduLength)))) return;
     if (dataSet === undefined) return;
     if (dataSet instanceof Uint8Array) {
-      await this.sendFragments(encodePDataFragments(presentationContextId, false, dataSet, this.peerMaxPduLength));
+      await this.sendFragments(pDataFragmentBatches(presentationContextId, false, dataSet, this.peerMaxPduLength));
       return;
     }
     // One chunk of look-ahead tells which fragment is the last one.
     let previous: Uint8Array | undefined;
     try {
       for await (const chunk of evenChunks(dataSet)) {
-        if (previous && !(await this.sendFragments(encodePDataFragments(presentationContextId, false, previous, this.peerMaxPduLength, false)))) return;
+        if (previous && !(await this.sendFragments(pDataFragmentBatches(presentationContextId, false, previous, this.peerMaxPduLength, false)))) return;
         previous = chunk;
       }
     } catch (error) {
@@ -311,7 +316,7 @@ export class AssociationCore {
       this.abort(AbortReason.NotSpecified);
       throw error;
     }
-    await this.sendFragments(encodePDataFragments(presentationContextId, false, previous ?? new Uint8Array(0), this.peerMaxPduLength, true));
+    await this.sendFragments(pDataFragmentBatches(presentationContextId, false, previous ?? new Uint8Array(0), this.peerMaxPduLength, true));
   }
 
   /**
@@ -323,6 +328,14 @@ export class AssociationCore {
     for (const pdu of pdus) {
       if (this.machine.state !== 'Sta6' && this.machine.state !== 'Sta8') return false;
       await this.fire({ type: 'pDataRequest', pdu });
+      // A reader that keeps up takes every write at once, and awaiting a write that went through never leaves
+      // the microtask queue: a large data set (a requestor announcing a tiny maximum PDU length made it 7
+      // times larger on the wire) held every other association and the mesh until its last byte was out.
+      this.bytesSinceYield += pdu.length;
+      if (this.bytesSinceYield >= yieldEveryBytes) {
+        this.bytesSinceYield = 0;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
     }
     return true;
   }

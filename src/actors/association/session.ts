@@ -474,7 +474,7 @@ export class AcceptorSession {
         return this.requestCommitment(event.presentationContextId, buffer);
       }
       if (dataSet.overLimit) {
-        return this.refuse(event.presentationContextId, buffer.command, Status.OutOfResources, `identifier over ${dataSet.limitBytes} bytes`);
+        return this.refuse(event.presentationContextId, buffer.command, outOfResourcesFor(buffer.command), `identifier over ${dataSet.limitBytes} bytes`);
       }
       await this.startTask(event.presentationContextId, buffer);
       return;
@@ -545,7 +545,7 @@ export class AcceptorSession {
     const { command, context } = buffer;
     const messageId = command.messageId ?? 0;
     if (this.tasks.has(messageId)) return this.refuse(presentationContextId, command, Status.DuplicateInvocation, `message ID ${messageId} is that of an operation still in progress`);
-    if (this.tasks.size >= maxConcurrentTasks) return this.refuse(presentationContextId, command, Status.OutOfResources, 'too many operations in progress on this association');
+    if (this.tasks.size >= maxConcurrentTasks) return this.refuse(presentationContextId, command, outOfResourcesFor(command), 'too many operations in progress on this association');
     if (context.service === 'move' && !this.deps.resolveMoveDestination(command.moveDestination ?? '')) {
       return this.refuse(presentationContextId, command, Status.MoveDestinationUnknown, `unknown move destination "${command.moveDestination ?? ''}"`);
     }
@@ -745,8 +745,20 @@ export class AcceptorSession {
     this.deps.clock.clearTimeout(this.idleTimer);
     this.deps.clock.clearTimeout(this.stalledCut);
     await this.endOperations();
-    this.core.stopTimers();
+    // Not ARTIM in Sta13 (AA-8: an unexpected PDU was answered with an A-ABORT): it bounds the wait for the
+    // requestor to close, and cleared here a requestor that never did held its connection for good, each one
+    // of the listener's connections (hunt 96: eight of them refused every association of a peer of two).
+    if (this.core.machine.state !== 'Sta13') this.core.stopTimers();
   }
+}
+
+/**
+ * "Refused: Out of Resources" as the request's service spells it: 0xA700 for C-FIND (PS3.4 C.4.1.1.4);
+ * C-GET and C-MOVE have no 0xA700 (PS3.4 C.4.2.1.5, C.4.3.1.4), and a refusal before any matching is
+ * 0xA701, unable to calculate the number of matches (DCMTK's getscu/movescu print 0xA700 as unknown).
+ */
+function outOfResourcesFor(command: DimseCommand): number {
+  return command.commandField === CommandField.CGetRq || command.commandField === CommandField.CMoveRq ? Status.OutOfResourcesMatches : Status.OutOfResources;
 }
 
 export class MoveDestinationUnknownError extends Error {
