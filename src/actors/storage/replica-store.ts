@@ -493,9 +493,20 @@ class LevelReplicaStore implements ReplicaStore {
    * Commits running at once share one synced blob batch and one duplicate read; each gets back the entry
    * already stored under its UID, if any. A commit's ops are its last chunk and its commit record.
    */
-  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[]; faultEpoch: number }, CatalogEntry | undefined>(async (commits) => {
+  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[]; faultEpoch: number }, { existing: CatalogEntry | undefined } | { refused: unknown }>(async (all) => {
     // An upload cut off by a fault may have lost chunks to the reopening: its commit record must not follow.
-    for (const commit of commits) this.assertWritable(commit.faultEpoch);
+    // Refused alone: the commits batched with it began after the reopening and are written (they were
+    // all refused with it, told their upload began before the reopening).
+    const refusals = all.map((commit) => {
+      try {
+        this.assertWritable(commit.faultEpoch);
+        return undefined;
+      } catch (error) {
+        return error;
+      }
+    });
+    const commits = all.filter((_, index) => refusals[index] === undefined);
+    if (commits.length === 0) return refusals.map((refused) => ({ refused }));
     const [found, synced] = await Promise.allSettled([
       this.getEntries(commits.map((commit) => commit.sopInstanceUid)),
       this.written(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
@@ -506,7 +517,8 @@ class LevelReplicaStore implements ReplicaStore {
     // A data directory deleted under a running peer takes synced writes into files no open will find
     // again (LevelDB notices only when it next creates a file): refused and faulted, not acknowledged.
     await this.written(this.assertDataDirectoryPresent());
-    return found.value;
+    const existing = found.value[Symbol.iterator]();
+    return refusals.map((refused) => (refused === undefined ? { existing: existing.next().value } : { refused }));
   }, commitsPerBatchMax);
 
   private async assertDataDirectoryPresent(): Promise<void> {
@@ -1296,7 +1308,9 @@ class LevelInstanceWriter implements InstanceWriter {
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       let existing: CatalogEntry | undefined;
       try {
-        existing = await this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
+        const result = await this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
+        if ('refused' in result) throw result.refused;
+        existing = result.existing;
       } catch (error) {
         await this.abort();
         throw error;
