@@ -708,3 +708,28 @@ test('after a write fault and reopening, an upload begun before the fault is ref
   assert.deepEqual(text.filter((_, i) => i !== 1), Array(6).fill('stored'), 'stores begun after the reopening are refused because of another one');
   assert.ok(await store.getEntry('1.2.3.62'));
 });
+
+test('a damaged catalog record fails only the commit of its own UID, not the commits batched with it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  t.after(() => store.close());
+  const put = async (uid: string, fill: number) => {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, fill));
+    return writer;
+  };
+  await (await put('1.2.3.70', 1)).commit('1.2.3.70', entryFor('1.2.3.70'));
+  // Its catalog record damaged on disk (a checked record whose CRC no longer matches).
+  const record = Buffer.from((await store.db.get('c!i!1.2.3.70'))!);
+  record[record.length - 1]! ^= 0xff;
+  await store.db.put('c!i!1.2.3.70', record);
+  const writers = [await put('1.2.3.71', 2), await put('1.2.3.70', 3), await put('1.2.3.72', 4), await put('1.2.3.73', 5)];
+  await new Promise((resolve) => setTimeout(resolve, 100)); // every chunk written: the commits start in call order
+  // The first goes alone; the others share the next synced batch (and its duplicate read).
+  const outcomes = await Promise.allSettled(writers.map((writer, i) => writer.commit(['1.2.3.71', '1.2.3.70', '1.2.3.72', '1.2.3.73'][i]!, entryFor(['1.2.3.71', '1.2.3.70', '1.2.3.72', '1.2.3.73'][i]!))));
+  const text = outcomes.map((o) => (o.status === 'rejected' ? (o.reason as Error).message : o.value.outcome));
+  assert.equal(outcomes[1]!.status, 'rejected', 'the UID whose stored entry cannot be read is not stored again');
+  assert.deepEqual([text[0], text[2], text[3]], ['stored', 'stored', 'stored'], 'other UIDs are refused for a record they do not touch');
+});

@@ -508,7 +508,7 @@ class LevelReplicaStore implements ReplicaStore {
     const commits = all.filter((_, index) => refusals[index] === undefined);
     if (commits.length === 0) return refusals.map((refused) => ({ refused }));
     const [found, synced] = await Promise.allSettled([
-      this.getEntries(commits.map((commit) => commit.sopInstanceUid)),
+      this.existingEntries(commits.map((commit) => commit.sopInstanceUid)),
       this.written(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
     ]);
     // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
@@ -518,8 +518,29 @@ class LevelReplicaStore implements ReplicaStore {
     // again (LevelDB notices only when it next creates a file): refused and faulted, not acknowledged.
     await this.written(this.assertDataDirectoryPresent());
     const existing = found.value[Symbol.iterator]();
-    return refusals.map((refused) => (refused === undefined ? { existing: existing.next().value } : { refused }));
+    return refusals.map((refused) => {
+      if (refused !== undefined) return { refused };
+      const read = existing.next().value!;
+      return 'error' in read ? { refused: read.error } : { existing: read.value };
+    });
   }, commitsPerBatchMax);
+
+  /**
+   * The entries stored under these UIDs (a commit's duplicate check), each read on its own: a record that
+   * fails its check refuses the commit of its UID only (and is reported), not every commit batched with it.
+   */
+  private async existingEntries(sopInstanceUids: readonly string[]): Promise<Array<Settled<CatalogEntry | undefined>>> {
+    const values = await readAcrossReopen(this.db, () => this.db.getMany(sopInstanceUids.map((uid) => CATALOG_ENTRY_PREFIX + uid)));
+    return values.map((bytes, index) => {
+      if (bytes === undefined || !isValidUid(sopInstanceUids[index]!)) return { value: undefined };
+      try {
+        return { value: decodeCatalogEntry(bytes) };
+      } catch (error) {
+        if (isCatalogDamage(error)) this.reportCatalogDamage(`commit of ${sopInstanceUids[index]}: ${errorText(error)}`);
+        return { error };
+      }
+    });
+  }
 
   private async assertDataDirectoryPresent(): Promise<void> {
     if (existsSync(join(this.path, 'blobs', 'CURRENT'))) return;
