@@ -119,7 +119,12 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
       let committed: CommitResult | undefined;
       let failure: unknown;
       const ticket = gate.submitStore(sopInstanceUid, sha256, async () => {
-        this.endPushes(buildEntry, sha256);
+        // A UID held here with other bytes is a duplicate: this site keeps its copy and drops these bytes,
+        // so no other site may store them either (a site that lacked the UID, refilling, kept them for good:
+        // one UID, two data sets in the mesh). Custody replicates the stored copy once the pushes fail.
+        const held = this.pushes.length === 0 ? undefined : await store.getEntry(sopInstanceUid).catch(() => null);
+        if (held === undefined || held?.sha256 === sha256) this.endPushes(buildEntry, sha256);
+        else for (const push of this.pushes) push.abort();
         try {
           committed = await this.inner.commit(sopInstanceUid, buildEntry);
           return true;

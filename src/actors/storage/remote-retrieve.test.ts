@@ -125,3 +125,34 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   for await (const c of storeB.readInstance(x)) chunks.push(c);
   assert.deepEqual(Buffer.concat(chunks), remoteBytes);
 });
+
+test('a pull shared by two retrieves is not given up because the first one was cancelled', { timeout: 30_000 }, async (t) => {
+  const swarmKey = generateSwarmKey();
+  const dirs = [await mkdtemp(join(tmpdir(), 'pacs-rr-')), await mkdtemp(join(tmpdir(), 'pacs-rr-'))];
+  const a = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
+  const b = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, bootstrap: [loopbackAddress(a)] });
+  const storeA = createReplicaStore({ path: join(dirs[0]!, 'store') });
+  const storeB = createReplicaStore({ path: join(dirs[1]!, 'store') });
+  await storeA.open();
+  await storeB.open();
+  const server = await serveReplication({ node: a, store: storeA, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  t.after(async () => {
+    await server.stop();
+    await Promise.allSettled([a.stop(), b.stop()]);
+    await Promise.allSettled([storeA.close(), storeB.close()]);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  for (let deadline = Date.now() + 10_000; !b.connectedPeers().includes(a.peerId); await new Promise((r) => setTimeout(r, 50))) {
+    if (Date.now() > deadline) throw new Error('no connection');
+  }
+  await put(storeA, '1.2.9.2.1', randomBytes(16 * 1024 * 1024));
+  const retrieve = createRemoteRetrieve({ node: b, store: storeB, log: silentLogger, peers: () => [a.peerId] });
+  // A viewer's C-GET that is cancelled (its association aborted) while the instance is pulled, and another
+  // requestor's retrieve of the same instance, which is not.
+  const cancelled = new AbortController();
+  const first = retrieve.ensureLocal('1.2.9.2.1', { signal: cancelled.signal });
+  const second = retrieve.ensureLocal('1.2.9.2.1');
+  setTimeout(() => cancelled.abort(new Error('association aborted')), 20);
+  await first.catch(() => undefined);
+  assert.ok(await second, 'the retrieve that was not cancelled gets the instance');
+});

@@ -95,6 +95,17 @@ export interface RemoteRetrieve {
   resolveRetrieveEverywhere(request: QueryRequest, options?: ResolveOptions): Promise<ResolveResult>;
 }
 
+/** `promise`, or undefined as soon as `signal` aborts (the promise runs on for its other waiters). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T | undefined> {
+  if (signal === undefined) return promise;
+  if (signal.aborted) return Promise.resolve(undefined);
+  return new Promise<T | undefined>((resolve, reject) => {
+    const onAbort = (): void => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
 /** How often a resolution looks again at peers settling. */
 const settlePollMs = 50;
 
@@ -153,10 +164,12 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
       if (local === undefined) {
         let running = pulls.get(uid);
         if (running === undefined) {
-          running = pull(uid, signalOf(options.signal)).finally(() => pulls.delete(uid));
+          // Shared by every caller, so not cut off by one caller's signal (a cancelled C-GET left another
+          // requestor's sub-operation failed); only shutdown stops it, and each caller stops waiting on its own.
+          running = pull(uid, init.signal).finally(() => pulls.delete(uid));
           pulls.set(uid, running);
         }
-        local = await running;
+        local = await untilAborted(running, options.signal);
       }
       // Two instances sent under one UID (a UID conflict): the copy here, or the one pulled, may be another
       // instance than the one a peer matched, of another study or patient. Sending it would answer a

@@ -672,3 +672,64 @@ test('verifyInstance finds a flipped byte and a lost chunk; repairCopy puts good
   }
   assert.equal(await reopened.countInstances(), 3);
 });
+
+test('after a write fault and reopening, an upload begun before the fault is refused alone: commits batched with it still store', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100, reopenAfterFaultMs: 20 });
+  await store.open();
+  t.after(() => store.close());
+  // An upload whose bytes were written before the fault (the reopening deletes its chunks).
+  const stale = store.beginWrite();
+  await stale.write(Buffer.alloc(150, 1));
+  const reopened = new Promise<void>((resolve) => store.onWriteFault((event) => event.type === 'reopened' && resolve()));
+  // A write fails with an I/O error (a full disk): the store faults, then reopens itself.
+  const ioError = Object.assign(new Error('IO error: test: No space left on device'), { code: 'LEVEL_IO_ERROR' });
+  await assert.rejects((store as unknown as { written(p: Promise<unknown>): Promise<unknown> }).written(Promise.reject(ioError)));
+  const keepAlive = setInterval(() => undefined, 1000); // the reopening's timer is unref'd
+  await reopened;
+  clearInterval(keepAlive);
+  const fresh = async (uid: string, fill: number) => {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, fill));
+    return writer;
+  };
+  const writers = [];
+  for (let i = 0; i < 6; i++) writers.push(await fresh(`1.2.3.6${i + 1}`, i + 2));
+  await new Promise((resolve) => setTimeout(resolve, 100)); // every chunk written: the commits start in call order
+  // The first goes alone; the stale upload and the others wait for it and share the next synced batch.
+  const outcomes = await Promise.allSettled([
+    writers[0]!.commit('1.2.3.61', entryFor('1.2.3.61')),
+    stale.commit('1.2.3.60', entryFor('1.2.3.60')),
+    ...writers.slice(1).map((writer, i) => writer.commit(`1.2.3.6${i + 2}`, entryFor(`1.2.3.6${i + 2}`))),
+  ]);
+  const text = outcomes.map((o) => (o.status === 'rejected' ? (o.reason as Error).message : o.value.outcome));
+  assert.equal(outcomes[1]!.status, 'rejected', 'the upload cut off by the fault never commits');
+  assert.deepEqual(text.filter((_, i) => i !== 1), Array(6).fill('stored'), 'stores begun after the reopening are refused because of another one');
+  assert.ok(await store.getEntry('1.2.3.62'));
+});
+
+test('a damaged catalog record fails only the commit of its own UID, not the commits batched with it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  t.after(() => store.close());
+  const put = async (uid: string, fill: number) => {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(150, fill));
+    return writer;
+  };
+  await (await put('1.2.3.70', 1)).commit('1.2.3.70', entryFor('1.2.3.70'));
+  // Its catalog record damaged on disk (a checked record whose CRC no longer matches).
+  const record = Buffer.from((await store.db.get('c!i!1.2.3.70'))!);
+  record[record.length - 1]! ^= 0xff;
+  await store.db.put('c!i!1.2.3.70', record);
+  const writers = [await put('1.2.3.71', 2), await put('1.2.3.70', 3), await put('1.2.3.72', 4), await put('1.2.3.73', 5)];
+  await new Promise((resolve) => setTimeout(resolve, 100)); // every chunk written: the commits start in call order
+  // The first goes alone; the others share the next synced batch (and its duplicate read).
+  const outcomes = await Promise.allSettled(writers.map((writer, i) => writer.commit(['1.2.3.71', '1.2.3.70', '1.2.3.72', '1.2.3.73'][i]!, entryFor(['1.2.3.71', '1.2.3.70', '1.2.3.72', '1.2.3.73'][i]!))));
+  const text = outcomes.map((o) => (o.status === 'rejected' ? (o.reason as Error).message : o.value.outcome));
+  assert.equal(outcomes[1]!.status, 'rejected', 'the UID whose stored entry cannot be read is not stored again');
+  assert.deepEqual([text[0], text[2], text[3]], ['stored', 'stored', 'stored'], 'other UIDs are refused for a record they do not touch');
+});

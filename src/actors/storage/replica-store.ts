@@ -493,11 +493,22 @@ class LevelReplicaStore implements ReplicaStore {
    * Commits running at once share one synced blob batch and one duplicate read; each gets back the entry
    * already stored under its UID, if any. A commit's ops are its last chunk and its commit record.
    */
-  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[]; faultEpoch: number }, CatalogEntry | undefined>(async (commits) => {
+  readonly blobCommits = new BatchCombiner<{ sopInstanceUid: string; blobOps: Op[]; faultEpoch: number }, { existing: CatalogEntry | undefined } | { refused: unknown }>(async (all) => {
     // An upload cut off by a fault may have lost chunks to the reopening: its commit record must not follow.
-    for (const commit of commits) this.assertWritable(commit.faultEpoch);
+    // Refused alone: the commits batched with it began after the reopening and are written (they were
+    // all refused with it, told their upload began before the reopening).
+    const refusals = all.map((commit) => {
+      try {
+        this.assertWritable(commit.faultEpoch);
+        return undefined;
+      } catch (error) {
+        return error;
+      }
+    });
+    const commits = all.filter((_, index) => refusals[index] === undefined);
+    if (commits.length === 0) return refusals.map((refused) => ({ refused }));
     const [found, synced] = await Promise.allSettled([
-      this.getEntries(commits.map((commit) => commit.sopInstanceUid)),
+      this.existingEntries(commits.map((commit) => commit.sopInstanceUid)),
       this.written(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
     ]);
     // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
@@ -506,8 +517,30 @@ class LevelReplicaStore implements ReplicaStore {
     // A data directory deleted under a running peer takes synced writes into files no open will find
     // again (LevelDB notices only when it next creates a file): refused and faulted, not acknowledged.
     await this.written(this.assertDataDirectoryPresent());
-    return found.value;
+    const existing = found.value[Symbol.iterator]();
+    return refusals.map((refused) => {
+      if (refused !== undefined) return { refused };
+      const read = existing.next().value!;
+      return 'error' in read ? { refused: read.error } : { existing: read.value };
+    });
   }, commitsPerBatchMax);
+
+  /**
+   * The entries stored under these UIDs (a commit's duplicate check), each read on its own: a record that
+   * fails its check refuses the commit of its UID only (and is reported), not every commit batched with it.
+   */
+  private async existingEntries(sopInstanceUids: readonly string[]): Promise<Array<Settled<CatalogEntry | undefined>>> {
+    const values = await readAcrossReopen(this.db, () => this.db.getMany(sopInstanceUids.map((uid) => CATALOG_ENTRY_PREFIX + uid)));
+    return values.map((bytes, index) => {
+      if (bytes === undefined || !isValidUid(sopInstanceUids[index]!)) return { value: undefined };
+      try {
+        return { value: decodeCatalogEntry(bytes) };
+      } catch (error) {
+        if (isCatalogDamage(error)) this.reportCatalogDamage(`commit of ${sopInstanceUids[index]}: ${errorText(error)}`);
+        return { error };
+      }
+    });
+  }
 
   private async assertDataDirectoryPresent(): Promise<void> {
     if (existsSync(join(this.path, 'blobs', 'CURRENT'))) return;
@@ -1296,7 +1329,9 @@ class LevelInstanceWriter implements InstanceWriter {
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       let existing: CatalogEntry | undefined;
       try {
-        existing = await this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
+        const result = await this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
+        if ('refused' in result) throw result.refused;
+        existing = result.existing;
       } catch (error) {
         await this.abort();
         throw error;

@@ -18,6 +18,7 @@ import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import type { CustodyMessage } from './custody/messages.ts';
+import { createMeshIngest, type CustodyGate } from './mesh-ingest.ts';
 import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, receivePushes, type PushOutcome } from './push.ts';
 import {
   CUSTODY_PROTOCOL,
@@ -537,6 +538,35 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
       storeB.beginWrite = beginWrite;
       release.resolve();
     }
+  });
+
+  it('an ingest of a UID held here with other bytes pushes none of them: the other sites get the stored copy, not the dropped one', async () => {
+    const uid = '1.2.3.9.1';
+    const first = randomBytes(40_000);
+    const stored = await storeLocally(storeA, uid, first);
+    const pushes: ReplicaPush[] = [];
+    const gate: CustodyGate = {
+      submitStore: (_uid, _sha256, writeLocal) => {
+        const written = writeLocal();
+        return { written, answer: written.then(() => ({ status: 0 })) };
+      },
+      startPushes: (sopInstanceUid) => {
+        const push = new ReplicaPush(pushStreams, b.peerId, sopInstanceUid, defaultPushLimits);
+        pushes.push(push);
+        return [push];
+      },
+    };
+    const ingest = createMeshIngest(storeA, gate);
+    // The same UID again, other bytes (a corrected re-send, or the same file in another transfer syntax).
+    const second = randomBytes(40_000);
+    const writer = ingest.beginWrite(uid);
+    await writer.write(second);
+    const result = await writer.commit(uid, buildEntry(uid));
+    assert.equal(result.outcome, 'duplicate', 'site a keeps its copy');
+    assert.equal(result.entry.sha256, stored.sha256);
+    await Promise.allSettled(pushes.map((push) => push.result));
+    const atB = await storeB.getEntry(uid);
+    assert.ok(atB === undefined || atB.sha256 === stored.sha256, `site b holds ${uid} with the bytes site a dropped (${atB?.sha256.slice(0, 12)}), site a with ${stored.sha256.slice(0, 12)}`);
   });
 
   it('debt entries persist, list and delete', async () => {
