@@ -123,6 +123,25 @@ describe('WADO-RS', () => {
     assert.equal(one.length, 1);
   });
 
+  it('decodes the metadata of an instance stored in another set than UTF-8 from that set (helper 98: Latin-1 names came out as U+FFFD)', async () => {
+    const latinStudy = '1.2.826.0.1.3680043.10.1453.201.98';
+    const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+    const reply = await store.storeInstance({
+      ...instanceOptions(1),
+      patient: { id: 'WADO-98', name: 'Müller^Zoë' },
+      specificCharacterSet: 'ISO_IR 100',
+      study: { uid: latinStudy, description: 'Études' },
+      series: { uid: `${latinStudy}.1`, modality: 'CT', number: 1 },
+      sopInstanceUid: `${latinStudy}.1.1`,
+    });
+    await store.client.release();
+    assert.equal(reply.command.status, Status.Success);
+    const [instance] = (await (await fetch(`${base}/studies/${latinStudy}/metadata`)).json()) as Array<Record<string, { vr: string; Value?: unknown[] }>>;
+    assert.deepEqual(instance!['00100010']!.Value![0], { Alphabetic: 'Müller^Zoë' });
+    assert.deepEqual(instance!['00081030']!.Value, ['Études']);
+    assert.deepEqual(instance!['00080005'], { vr: 'CS', Value: ['ISO_IR 192'] });
+  });
+
   it('names top-level binary values in metadata with a BulkDataURI, and sends each one as stored (little endian)', async () => {
     const bulkStudy = '1.2.826.0.1.3680043.10.1453.201.2';
     const overlay = Uint8Array.from([0x01, 0x02, 0x03, 0x04]);

@@ -210,7 +210,10 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   let first = true;
   for await (const [entry, header] of headers) {
     const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
-    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl)))}`;
+    // Decoded from the set the instance was stored in: forMetadata renames it UTF-8's for the JSON it becomes
+    // (decoding by that name made every Latin-1 or ISO 2022 name U+FFFD: helper 98).
+    const storedCharacterSet = header.elements.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl), storedCharacterSet ?? ''))}`;
     first = false;
     if (res.destroyed) return;
     if (!res.write(text)) await new Promise<void>((resolve) => {
