@@ -167,6 +167,12 @@ export interface FindOptions {
    * newest indexes (as before they existed; tests compare the two).
    */
   searchIndexes?: boolean;
+  /**
+   * True once the requestor no longer wants the answer (a C-CANCEL-RQ, an aborted association, an HTTP
+   * client gone): the search ends at its next entity or index key, matching or not. A scan that matched
+   * nothing went on to the end of the level, its association held open meanwhile (helper 98).
+   */
+  stopped?: () => boolean;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -556,7 +562,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
 }
 
 /** Candidate entity ids at `level`, each once, from the plan's index (keys only). */
-async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Plan, { kind: 'newest' }>, stats: QueryStats): AsyncGenerator<string> {
+async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Plan, { kind: 'newest' }>, stats: QueryStats, stopped: () => boolean): AsyncGenerator<string> {
   if (plan.kind === 'nothing') return;
   if (plan.kind === 'instances') {
     yield* plan.sopInstanceUids;
@@ -566,6 +572,7 @@ async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Pla
   let previous: string | undefined;
   for (const prefix of plan.prefixes) {
     for await (const indexed of scanIndex(db, prefix, stats)) {
+      if (stopped()) return;
       const id = entityIdAt(level, indexed);
       if (id === undefined || id === previous) continue;
       previous = id;
@@ -584,14 +591,15 @@ async function* candidateEntities(
   level: QueryLevel,
   plan: Plan,
   stats: QueryStats,
+  stopped: () => boolean,
 ): AsyncGenerator<EntityAggregate> {
   if (plan.kind === 'newest') {
     if (level === 'IMAGE') throw new Error('a newest-index plan is for STUDY and PATIENT level only');
-    yield* newestMatchingEntities(db, level, plan, stats);
+    yield* newestMatchingEntities(db, level, plan, stats, stopped);
     return;
   }
   if (level !== 'IMAGE') {
-    for await (const id of candidateIds(db, level, plan, stats)) {
+    for await (const id of candidateIds(db, level, plan, stats, stopped)) {
       const aggregate = await loadAggregate(db, level, id, true, stats);
       if (aggregate.latest) yield aggregate;
     }
@@ -606,7 +614,7 @@ async function* candidateEntities(
     }
     batch = [];
   };
-  for await (const id of candidateIds(db, level, plan, stats)) {
+  for await (const id of candidateIds(db, level, plan, stats, stopped)) {
     batch.push(id);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
@@ -623,6 +631,7 @@ async function* newestMatchingEntities(
   level: Exclude<QueryLevel, 'IMAGE'>,
   plan: Extract<Plan, { kind: 'newest' }>,
   stats: QueryStats,
+  stopped: () => boolean,
 ): AsyncGenerator<EntityAggregate> {
   let batch: NewestInstance[] = [];
   // At STUDY level the index names each study's part under each PatientID (contiguous per study): the
@@ -646,6 +655,7 @@ async function* newestMatchingEntities(
     batch = [];
   };
   for await (const newest of newestInstances(db, plan.prefix)) {
+    if (stopped()) return;
     stats.indexKeysRead++;
     batch.push(newest);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
@@ -855,10 +865,12 @@ export async function* findMatches(
   const plan = planQuery(request.level, compiled.keys, options.searchIndexes ?? true);
   stats.plan = plan.description;
   const upper = new UpperAggregateCache(db, stats);
+  const stopped = options.stopped ?? (() => false);
   let responses = 0;
-  for await (const aggregate of candidateEntities(db, request.level, plan, stats)) {
+  for await (const aggregate of candidateEntities(db, request.level, plan, stats, stopped)) {
     stats.entitiesExamined++;
     const response = await respond(request.root, request.level, compiled.keys, aggregate, upper);
+    if (stopped()) return;
     if (!response) continue;
     yield response;
     if (++responses >= limit) return;
