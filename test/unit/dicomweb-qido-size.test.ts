@@ -10,7 +10,9 @@ import { IncomingStore } from '../../src/actors/association/services/store.ts';
 import { CommandField } from '../../src/codec/dimse.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { searchResponseBytesMax } from '../../src/http/dicomweb/qido.ts';
+import { catalogWriteOps } from '../../src/actors/storage/catalog.ts';
 import { startTestPeer } from '../support/peer-fixture.ts';
+import { waitFor } from '../support/wait.ts';
 import { makeInstance } from '../support/synthetic-dicom.ts';
 
 const ct = '1.2.840.10008.5.1.4.1.1.2';
@@ -61,4 +63,37 @@ test('a search whose results would be over the size bound is cut there, with a W
   const small = await fetch(`${base}/studies?StudyInstanceUID=${study}`);
   assert.equal(small.status, 200, 'another search is answered while the idle client holds its response');
   idle.destroy();
+});
+
+test('a search whose client leaves stops, though nothing has matched yet (helper 98: it read on to the end of the level)', async (t) => {
+  const peer = await startTestPeer([], 'qido-gone');
+  t.after(() => peer.dispose());
+  // Catalog entries alone are enough to search: 3,000 instances, none of which the search matches.
+  const count = 3000;
+  const ops = [];
+  for (let n = 1; n <= count; n++) {
+    const uid = `1.2.826.0.1.3680043.10.1453.98.${n}`;
+    ops.push(
+      ...catalogWriteOps({
+        sopInstanceUid: `${uid}.1.1`, sopClassUid: ct, studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: `P${n}`, transferSyntaxUid: '1.2.840.10008.1.2.1',
+        byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`, attributes: [{ tag: 0x00204000, vr: 'LT', value: 'nothing to see' }],
+      }),
+    );
+  }
+  await peer.store.db.batch(ops);
+  const client = connect({ host: '127.0.0.1', port: peer.httpPort });
+  client.on('error', () => undefined);
+  let entriesRead = 0;
+  let lastReadAt = Date.now();
+  const getMany = peer.store.db.getMany.bind(peer.store.db);
+  peer.store.db.getMany = ((keys: string[], ...rest: unknown[]) => {
+    // The client leaves once the search has started reading.
+    if (entriesRead === 0) client.destroy();
+    entriesRead += keys.length;
+    lastReadAt = Date.now();
+    return (getMany as (...args: unknown[]) => unknown)(keys, ...rest);
+  }) as typeof peer.store.db.getMany;
+  client.write('GET /dicom-web/instances?ImageComments=*zzz* HTTP/1.1\r\nHost: x\r\n\r\n');
+  await waitFor('the search has read nothing for 500 ms', async () => entriesRead > 0 && Date.now() - lastReadAt > 500, 20_000);
+  assert.ok(entriesRead < count / 2, `${entriesRead} of ${count} entries read after the client left`);
 });

@@ -79,6 +79,8 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   // The response is made whole (its Warning says whether matches were left out, known only at the end); a
   // large one counts in the budget of bytes held at once until the client has read it, waiting its turn beyond.
   const body = await searchResponse(ctx, exchange, route, search);
+  // A client gone during the search stopped it (see searchResponse): nobody reads what it found.
+  if (exchange.req.socket.destroyed) return;
   const send = async (): Promise<void> => {
     exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
     await endAndDrain(exchange.res, body);
@@ -96,7 +98,9 @@ async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, 
   let truncated = false;
   let tooLarge = false;
   try {
-    for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1 })) {
+    // A client that leaves stops the search (helper 98: a scan matching nothing read on to the end of the level).
+    const stopped = () => exchange.req.socket.destroyed;
+    for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1, stopped })) {
       if (skipped < search.offset) {
         skipped++;
         continue;
