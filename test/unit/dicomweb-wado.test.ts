@@ -11,6 +11,7 @@ import { parseDataset } from '../../src/codec/dataset/reader.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { corpusDirectory } from '../../src/codec/dataset/test-fixtures.ts';
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
@@ -140,6 +141,36 @@ describe('WADO-RS', () => {
     assert.deepEqual(instance!['00100010']!.Value![0], { Alphabetic: 'Müller^Zoë' });
     assert.deepEqual(instance!['00081030']!.Value, ['Études']);
     assert.deepEqual(instance!['00080005'], { vr: 'CS', Value: ['ISO_IR 192'] });
+  });
+
+  it('sends a study\'s metadata to a slow reader without a listener left per wait for the socket (helper 98: MaxListenersExceededWarning, one per instance)', async () => {
+    const slowStudy = '1.2.826.0.1.3680043.10.1453.201.99';
+    const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+    const longText = (tag: number, letter: string) => ({ tag, vr: 'LT', value: letter.repeat(10_000) });
+    for (let n = 1; n <= 30; n++) {
+      const reply = await store.storeInstance({ ...instanceOptions(n), study: { uid: slowStudy }, series: { uid: `${slowStudy}.1`, modality: 'CT', number: 1 }, sopInstanceUid: `${slowStudy}.1.${n}`, extraElements: [longText(0x00204000, 'x'), longText(0x00324000, 'y'), longText(0x001021b0, 'z')] });
+      assert.equal(reply.command.status, Status.Success);
+    }
+    await store.client.release();
+    const warnings: string[] = [];
+    const onWarning = (warning: Error) => warnings.push(`${warning.name}: ${warning.message}`);
+    process.on('warning', onWarning);
+    try {
+      const client = connect({ host: '127.0.0.1', port: peer.httpPort });
+      client.pause();
+      client.write(`GET /dicom-web/studies/${slowStudy}/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      let received = 0;
+      const ended = new Promise<void>((resolve) => client.on('close', () => resolve()));
+      // 2 KB every 5 ms: the peer waits for the socket many times.
+      const reader = setInterval(() => (received += client.read(2048)?.length ?? 0), 5);
+      await ended;
+      clearInterval(reader);
+      assert.ok(received > 30 * 30_000, `${received} bytes received`);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(warnings.filter((warning) => warning.includes('MaxListeners')), []);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 
   it('names top-level binary values in metadata with a BulkDataURI, and sends each one as stored (little endian)', async () => {

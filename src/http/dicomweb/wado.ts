@@ -19,7 +19,7 @@ import { estimateTranscodeBytes, transcodeJobBytesMax, transcodeTooLarge } from 
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
-import { isClientGone, startMultipart } from './multipart-writer.ts';
+import { isClientGone, responseBodyWriter, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
@@ -207,6 +207,9 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
   const headers = await responseInstances(ctx, entries, async (entry, entryCtx) => [entry, await instanceHeaderOf(entryCtx, entry)] as const);
   res.writeHead(200, { 'content-type': 'application/dicom+json' });
+  // Each wait for the socket takes its listeners off again (a 'close' one left per wait gave a slow
+  // reader's response one listener per instance, with a MaxListenersExceededWarning: helper 98).
+  const body = responseBodyWriter(res);
   let first = true;
   for await (const [entry, header] of headers) {
     const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
@@ -215,11 +218,12 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
     const storedCharacterSet = header.elements.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
     const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl), storedCharacterSet ?? ''))}`;
     first = false;
-    if (res.destroyed) return;
-    if (!res.write(text)) await new Promise<void>((resolve) => {
-      res.once('drain', resolve);
-      res.once('close', resolve);
-    });
+    try {
+      await body.write(text);
+    } catch (error) {
+      if (isClientGone(error, res)) return;
+      throw error;
+    }
   }
   res.end(']');
 }
