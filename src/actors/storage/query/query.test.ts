@@ -1270,3 +1270,32 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.equal(stats.entriesRead, perPatient);
   });
 });
+
+describe('a search by PatientID and AccessionNumber in an archive of studies without an AccessionNumber (helper 98)', () => {
+  it('reads only that patient, not every study whose AccessionNumber is unknown (they match the accession, not the patient)', async () => {
+    const { db, close } = openTempDb();
+    await db.open();
+    try {
+      const entries: CatalogEntry[] = [];
+      for (let patient = 0; patient < 300; patient++) {
+        for (let instance = 1; instance <= 5; instance++) {
+          entries.push(
+            makeEntry({
+              patientId: `P${patient}`, patientName: `NAME^${patient}`, studyUid: `1.2.998.${patient}`, studyDate: '20240101', studyTime: '120000',
+              // Only patient 7's study has an accession number (a RIS order); the others came from a modality without one.
+              accession: patient === 7 ? 'ACC7' : '', studyDescription: 'X', seriesUid: `1.2.998.${patient}.1`, modality: 'CT', seriesNumber: '1',
+              sopUid: `1.2.998.${patient}.1.${instance}`, sopClassUid: CT_IMAGE, instanceNumber: String(instance), storedAtMs: instance,
+            }),
+          );
+        }
+      }
+      await store(db, entries);
+      const stats = createQueryStats();
+      const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'P7'), k(T.AccessionNumber, 'SH', 'ACC7'), k(T.StudyInstanceUID, 'UI')] }, { stats });
+      assert.deepEqual(column(responses, T.StudyInstanceUID), ['1.2.998.7']);
+      assert.equal(stats.entriesRead, 5, `plan ${stats.plan}: ${stats.entriesRead} entries read`);
+    } finally {
+      await close();
+    }
+  });
+});

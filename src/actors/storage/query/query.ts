@@ -23,7 +23,7 @@
  *   SOPInstanceUID (IMAGE level)            -> direct gets of c!i!<uid>
  *   SeriesInstanceUID (SERIES, IMAGE)       -> x!series!<uid>!
  *   StudyInstanceUID (STUDY and below)      -> x!study!<uid>!
- *   AccessionNumber (STUDY and below)       -> x!acc!<hex>!
+ *   AccessionNumber (STUDY and below)       -> x!acc!<hex>! (without a PatientID key to look up)
  *   PatientID (any level)                   -> x!pid!<hex>!
  * when that key uses single value or UID list matching (no wildcard, not universal), then
  *   PatientName (STUDY, PATIENT)            -> x!name!<hex of its literal start> (ranges)
@@ -479,8 +479,12 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
     if (uids.length === 0) return { kind: 'nothing', description: `no valid ${description}` };
     return { kind: 'prefixes', prefixes: uids.map(prefixOf), contiguous: false, description };
   }
+  const patientIds = identifierLookupValues(keyOf(Tags.PatientID));
   const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? identifierLookupValues(keyOf(Tags.AccessionNumber)) : undefined;
-  if (accessionNumbers) {
+  // With a PatientID too, that patient's index: the accession index's list of studies whose AccessionNumber
+  // is unknown (they match it) grows with the archive, and none of them is that patient's but by chance (a
+  // RIS asking for its order by PatientID and AccessionNumber read every such study: helper 98).
+  if (accessionNumbers && !patientIds) {
     return {
       kind: 'prefixes',
       // With the studies whose AccessionNumber is unknown: they match (C.2.2.1.2).
@@ -489,7 +493,6 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
       description: 'index x!acc! (AccessionNumber)',
     };
   }
-  const patientIds = identifierLookupValues(keyOf(Tags.PatientID));
   if (patientIds) {
     return {
       kind: 'prefixes',
