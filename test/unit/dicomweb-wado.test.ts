@@ -13,7 +13,7 @@ import { corpusDirectory } from '../../src/codec/dataset/test-fixtures.ts';
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { openStoreClient, startTestPeer, storeDataset, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
 import { waitFor } from '../support/wait.ts';
 import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
@@ -171,6 +171,30 @@ describe('WADO-RS', () => {
     } finally {
       process.off('warning', onWarning);
     }
+  });
+
+  it('sends the metadata of a deflated instance larger inflated than the 64 MiB header bound: inflated up to its Pixel Data only (helper 98: 500)', async () => {
+    const deflatedStudy = '1.2.826.0.1.3680043.10.1453.201.100';
+    const sopInstanceUid = `${deflatedStudy}.1.1`;
+    const { bytes, resolved } = makeInstanceWithInfo({
+      transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian,
+      patient: { id: 'WADO-100', name: 'Deflated^Large' },
+      study: { uid: deflatedStudy },
+      series: { uid: `${deflatedStudy}.1` },
+      sopInstanceUid,
+      // 72 MB of pixels inflated, 70 KB deflated.
+      rows: 6000,
+      columns: 6000,
+      bitsAllocated: 16,
+      pixelPattern: 'zero',
+    });
+    await storeDataset(peer.dicomPort, resolved.sopClassUid, sopInstanceUid, bytes.subarray(splitPart10(bytes).datasetOffset), TransferSyntax.DeflatedExplicitVrLittleEndian);
+    const response = await fetch(`${base}/studies/${deflatedStudy}/metadata`);
+    assert.equal(response.status, 200);
+    const [instance] = (await response.json()) as Array<Record<string, { vr: string; Value?: unknown[] }>>;
+    assert.deepEqual(instance!['00100010']!.Value, [{ Alphabetic: 'Deflated^Large' }]);
+    assert.deepEqual(instance!['00280010']!.Value, [6000]);
+    assert.equal(instance!['7FE00010'], undefined);
   });
 
   it('names top-level binary values in metadata with a BulkDataURI, and sends each one as stored (little endian)', async () => {

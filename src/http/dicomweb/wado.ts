@@ -4,7 +4,7 @@
  * client takes that syntax (`transfer-syntax=*`, or the stored one), else converted by the transcoder,
  * which C-GET uses too.
  */
-import { inflateRawSync } from 'node:zlib';
+import { createInflateRaw } from 'node:zlib';
 import { checkedWholeBytesMax } from '../../actors/storage/checked-read.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { implementationClassUid, implementationVersionName } from '../../actors/association/implementation.ts';
@@ -255,9 +255,23 @@ export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry
   const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `the attributes of ${entry.sopInstanceUid} cannot be read: ${errorText(error)}`);
   try {
     if (layoutOf(entry.transferSyntaxUid).deflated) {
+      // Inflated as it is read, up to Pixel Data only: inflated whole, a data set over headerBytesMax (its
+      // pixels: a 6000 x 6000 image) was a 500 for its metadata and bulk data (helper 98). No value is cut
+      // out (the bulk data resource reads cut values from the stored bytes, which are deflated here).
       const { bytes } = await readWholeInstance(ctx, entry);
-      const inflated = inflateRawSync(bytes, { maxOutputLength: headerBytesMax });
-      return { elements: parseDatasetTree(inflated, EXPLICIT_LE), bytes: inflated, transferSyntaxUid: EXPLICIT_LE, cuts: [], entry };
+      const inflater = createInflateRaw();
+      inflater.end(bytes);
+      const inflated = inflater[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+      let read: Awaited<ReturnType<typeof readToPixelData>>;
+      try {
+        read = await readToPixelData(inflated, EXPLICIT_LE);
+      } finally {
+        await inflated.return?.();
+        inflater.destroy();
+      }
+      if (read.overBound) throw new Error(`more than ${headerBytesMax} bytes before Pixel Data`);
+      const head = read.pixelDataOffset === undefined ? read.head : read.head.subarray(0, read.pixelDataOffset);
+      return { elements: parseDatasetTree(head, EXPLICIT_LE), bytes: head, transferSyntaxUid: EXPLICIT_LE, cuts: [], entry };
     }
     const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
     let read: Awaited<ReturnType<typeof readToPixelData>>;
