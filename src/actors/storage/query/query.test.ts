@@ -241,6 +241,33 @@ describe('validateQuery', () => {
     assert.deepEqual(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.SpecificCharacterSet, 'CS', 'ISO_IR 100'), k(T.QueryRetrieveLevel, 'CS', 'STUDY')] }), ok);
   });
 
+  it('takes the attributes of the series modules (General Series, General Equipment, Frame of Reference) at SERIES level, and of the study modules at STUDY level (helper 98: PatientPosition was an IMAGE attribute, refused with 0xA900)', () => {
+    const ok = { ok: true };
+    const seriesKeys: Array<[number, string, string]> = [
+      [0x00185100, 'CS', 'HFS'], // Patient Position
+      [0x00181020, 'LO', '05'], // Software Versions
+      [0x00181000, 'LO', 'SN1'], // Device Serial Number
+      [0x00080081, 'ST', 'X'], // Institution Address
+      [0x00201040, 'LO', 'XY'], // Position Reference Indicator
+      [0x00280108, 'US', '0'], // Smallest Pixel Value in Series
+      [0x00400250, 'DA', '20200101'], // Performed Procedure Step End Date
+    ];
+    for (const [tag, vr, value] of seriesKeys) {
+      assert.deepEqual(validateQuery({ root: 'STUDY', level: 'SERIES', keys: [k(tag, vr, value)] }), ok, `(${tag.toString(16)}) at SERIES level`);
+      assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(tag, vr, value)] }), 0xa900, /SERIES-level/);
+    }
+    const studyKeys: Array<[number, string, string]> = [
+      [0x00380010, 'LO', 'ADM1'], // Admission ID
+      [0x0008009c, 'PN', 'DOE'], // Consulting Physician's Name
+      [0x00321033, 'LO', 'RAD'], // Requesting Service
+      [0x001021c0, 'US', '4'], // Pregnancy Status (Patient Study module)
+    ];
+    for (const [tag, vr, value] of studyKeys) {
+      assert.deepEqual(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(tag, vr, value)] }), ok, `(${tag.toString(16)}) at STUDY level`);
+    }
+    assertInvalid(validateQuery({ root: 'PATIENT', level: 'PATIENT', keys: [k(0x001021c0, 'US', '4')] }), 0xa900, /STUDY-level/);
+  });
+
   it('refuses malformed ranges with 0xC001 and a comment', () => {
     assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyDate, 'DA', '2020-01-01')] }), 0xc001, /\(0008,0020\).*malformed DA/);
     assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyTime, 'TM', 'noon-')] }), 0xc001, /malformed TM/);
