@@ -220,7 +220,9 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
     }
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
     const tag = attributeTagOf(name);
-    if (tag === undefined) {
+    // The values in the URL are Unicode, sent to the engine as UTF-8 whatever set a client names: naming
+    // another made their bytes that set's text, so `müller*` matched nothing (helper 98).
+    if (tag === undefined || tag === Tags.SpecificCharacterSet) {
       // PS3.18 8.3: unsupported parameters are ignored (a cache-buster `_=...`, a vendor's own); the Warning names them.
       const shown = name.slice(0, 64);
       if (ignored.length < ignoredNamedMax && !ignored.includes(shown)) ignored.push(shown);
