@@ -197,6 +197,33 @@ describe('WADO-RS', () => {
     assert.equal(instance!['7FE00010'], undefined);
   });
 
+  it('a deflated instance\'s large binary value before Pixel Data is named by its BulkDataURI and sent inflated (helper 98: over the 64 MiB header bound its metadata was a 500)', async () => {
+    const deflatedStudy = '1.2.826.0.1.3680043.10.1453.201.101';
+    const sopInstanceUid = `${deflatedStudy}.1.1`;
+    const document = Buffer.alloc(65 * 1024 * 1024 + 2);
+    for (let at = 0; at + 4 <= document.length; at += 4096) document.writeUInt32LE(at, at);
+    const { bytes, resolved } = makeInstanceWithInfo({
+      transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian,
+      study: { uid: deflatedStudy },
+      series: { uid: `${deflatedStudy}.1` },
+      sopInstanceUid,
+      rows: 4,
+      columns: 4,
+      extraElements: [{ tag: 0x00420011, vr: 'OB', value: document }],
+    });
+    await storeDataset(peer.dicomPort, resolved.sopClassUid, sopInstanceUid, bytes.subarray(splitPart10(bytes).datasetOffset), TransferSyntax.DeflatedExplicitVrLittleEndian);
+    const metadata = await retrieve(`/studies/${deflatedStudy}/metadata`);
+    assert.equal(metadata.status, 200, metadata.body.toString().slice(0, 300));
+    const [instance] = JSON.parse(metadata.body.toString()) as Array<Record<string, { vr: string; BulkDataURI?: string; Value?: unknown[] }>>;
+    const uri = instance!['00420011']!.BulkDataURI!;
+    assert.match(uri, /\/bulkdata\/00420011$/);
+    assert.deepEqual(instance!['00280010']!.Value, [4]);
+    const bulk = await retrieve(uri.slice(base.length));
+    assert.equal(bulk.status, 200, bulk.body.toString().slice(0, 300));
+    const [part] = parseMultipart(bulk.body, bulk.contentType);
+    assert.ok(part!.body.equals(document), `the document inflated, ${part!.body.length} bytes`);
+  });
+
   it('names top-level binary values in metadata with a BulkDataURI, and sends each one as stored (little endian)', async () => {
     const bulkStudy = '1.2.826.0.1.3680043.10.1453.201.2';
     const overlay = Uint8Array.from([0x01, 0x02, 0x03, 0x04]);

@@ -4,6 +4,7 @@
  * client takes that syntax (`transfer-syntax=*`, or the stored one), else converted by the transcoder,
  * which C-GET uses too.
  */
+import { once } from 'node:events';
 import { createInflateRaw } from 'node:zlib';
 import { checkedWholeBytesMax } from '../../actors/storage/checked-read.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
@@ -231,6 +232,24 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   res.end(']');
 }
 
+/** A deflated data set's stored chunks inflated as they are read; returning ends the store's read too. */
+export async function* inflatedChunks(chunks: AsyncGenerator<Uint8Array> | AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const inflater = createInflateRaw();
+  const source = (async () => {
+    for await (const chunk of chunks) if (!inflater.write(chunk)) await once(inflater, 'drain');
+    inflater.end();
+  })();
+  // A failure to read is the inflater's, so that its reader sees it; once it is ended, nobody is left to.
+  source.catch((error: unknown) => inflater.destroy(error instanceof Error ? error : new Error(String(error))));
+  try {
+    for await (const chunk of inflater) yield chunk as Uint8Array;
+  } finally {
+    inflater.destroy();
+    // The store's read, stopped where it is (an early end leaves the source waiting for 'drain': no more comes).
+    if (Symbol.asyncIterator in chunks && 'return' in chunks) await (chunks as AsyncGenerator<Uint8Array>).return(undefined).catch(() => undefined);
+  }
+}
+
 /** An instance's attributes up to Pixel Data, and the bytes they were read from (values are sliced from them). */
 export interface InstanceHeader {
   elements: TreeElement[];
@@ -258,23 +277,20 @@ export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry
   const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `the attributes of ${entry.sopInstanceUid} cannot be read: ${errorText(error)}`);
   try {
     if (layoutOf(entry.transferSyntaxUid).deflated) {
-      // Inflated as it is read, up to Pixel Data only: inflated whole, a data set over headerBytesMax (its
-      // pixels: a 6000 x 6000 image) was a 500 for its metadata and bulk data (helper 98). No value is cut
-      // out (the bulk data resource reads cut values from the stored bytes, which are deflated here).
-      const { bytes } = await readWholeInstance(ctx, entry);
-      const inflater = createInflateRaw();
-      inflater.end(bytes);
-      const inflated = inflater[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+      // Inflated as it is read, up to Pixel Data only, its large binary values cut as for the other syntaxes
+      // (the bulk data resource inflates the stored bytes again for them): inflated whole, a data set over
+      // headerBytesMax (its pixels: a 6000 x 6000 image; a large document) was a 500 (helper 98).
+      const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
+      const inflated = inflatedChunks(chunks);
       let read: Awaited<ReturnType<typeof readToPixelData>>;
       try {
-        read = await readToPixelData(inflated, EXPLICIT_LE);
+        read = await readToPixelData(inflated, EXPLICIT_LE, 0, bulkValueBytesMin);
       } finally {
-        await inflated.return?.();
-        inflater.destroy();
+        await inflated.return(undefined);
       }
       if (read.overBound) throw new Error(`more than ${headerBytesMax} bytes before Pixel Data`);
       const head = read.pixelDataOffset === undefined ? read.head : read.head.subarray(0, read.pixelDataOffset);
-      return { elements: parseDatasetTree(head, EXPLICIT_LE), bytes: head, transferSyntaxUid: EXPLICIT_LE, cuts: [], entry };
+      return { elements: parseDatasetTree(head, EXPLICIT_LE), bytes: head, transferSyntaxUid: EXPLICIT_LE, cuts: read.cuts, entry: local };
     }
     const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
     let read: Awaited<ReturnType<typeof readToPixelData>>;
