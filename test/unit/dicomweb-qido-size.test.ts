@@ -10,7 +10,10 @@ import { IncomingStore } from '../../src/actors/association/services/store.ts';
 import { CommandField } from '../../src/codec/dimse.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { searchResponseBytesMax } from '../../src/http/dicomweb/qido.ts';
+import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { catalogWriteOps } from '../../src/actors/storage/catalog.ts';
 import { startTestPeer } from '../support/peer-fixture.ts';
+import { waitFor } from '../support/wait.ts';
 import { makeInstance } from '../support/synthetic-dicom.ts';
 
 const ct = '1.2.840.10008.5.1.4.1.1.2';
@@ -61,4 +64,79 @@ test('a search whose results would be over the size bound is cut there, with a W
   const small = await fetch(`${base}/studies?StudyInstanceUID=${study}`);
   assert.equal(small.status, 200, 'another search is answered while the idle client holds its response');
   idle.destroy();
+});
+
+test('a search whose client leaves stops, though nothing has matched yet (helper 98: it read on to the end of the level)', async (t) => {
+  const peer = await startTestPeer([], 'qido-gone');
+  t.after(() => peer.dispose());
+  // Catalog entries alone are enough to search: 3,000 instances, none of which the search matches.
+  const count = 3000;
+  const ops = [];
+  for (let n = 1; n <= count; n++) {
+    const uid = `1.2.826.0.1.3680043.10.1453.98.${n}`;
+    ops.push(
+      ...catalogWriteOps({
+        sopInstanceUid: `${uid}.1.1`, sopClassUid: ct, studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: `P${n}`, transferSyntaxUid: '1.2.840.10008.1.2.1',
+        byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`, attributes: [{ tag: 0x00204000, vr: 'LT', value: 'nothing to see' }],
+      }),
+    );
+  }
+  await peer.store.db.batch(ops);
+  const client = connect({ host: '127.0.0.1', port: peer.httpPort });
+  client.on('error', () => undefined);
+  let entriesRead = 0;
+  let lastReadAt = Date.now();
+  const getMany = peer.store.db.getMany.bind(peer.store.db);
+  peer.store.db.getMany = ((keys: string[], ...rest: unknown[]) => {
+    // The client leaves once the search has started reading.
+    if (entriesRead === 0) client.destroy();
+    entriesRead += keys.length;
+    lastReadAt = Date.now();
+    return (getMany as (...args: unknown[]) => unknown)(keys, ...rest);
+  }) as typeof peer.store.db.getMany;
+  client.write('GET /dicom-web/instances?ImageComments=*zzz* HTTP/1.1\r\nHost: x\r\n\r\n');
+  await waitFor('the search has read nothing for 500 ms', async () => entriesRead > 0 && Date.now() - lastReadAt > 500, 20_000);
+  assert.ok(entriesRead < count / 2, `${entriesRead} of ${count} entries read after the client left`);
+});
+
+test('a large search takes its place in the budget of bytes held at once before it gathers more than 256 KiB: those waiting their turn hold no more (helper 98: 20 idle clients held 168 MiB for a budget of 12 MiB)', async (t) => {
+  const budget = createConcurrencyLimit(12 * 1024 * 1024, 256);
+  const peer = await startTestPeer([], 'qido-held', undefined, { heldInstanceBytes: budget });
+  t.after(() => peer.dispose());
+  // 2,600 instances of ~3.3 KB of JSON each: every search below is over 8 MiB, cut at the bound.
+  const count = 2600;
+  const ops = [];
+  for (let n = 1; n <= count; n++) {
+    const uid = `1.2.826.0.1.3680043.10.1453.98.8.${n}`;
+    ops.push(
+      ...catalogWriteOps({
+        // Each in its own study and series: a result reads its own entry, and the one of its study for its counts.
+        sopInstanceUid: `${uid}.1.1`, sopClassUid: ct, studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: 'P', transferSyntaxUid: '1.2.840.10008.1.2.1',
+        byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`, attributes: longTextTags.map((tag) => ({ tag, vr: 'LT', value: `${n} `.padEnd(1000, 'x') })),
+      }),
+    );
+  }
+  await peer.store.db.batch(ops);
+  let entriesRead = 0;
+  const getMany = peer.store.db.getMany.bind(peer.store.db);
+  peer.store.db.getMany = ((keys: string[], ...rest: unknown[]) => {
+    entriesRead += keys.length;
+    return (getMany as (...args: unknown[]) => unknown)(keys, ...rest);
+  }) as typeof peer.store.db.getMany;
+  const clients = Array.from({ length: 20 }, () => {
+    const client = connect({ host: '127.0.0.1', port: peer.httpPort });
+    client.on('error', () => undefined);
+    client.pause();
+    client.write(`GET /dicom-web/instances?${longFields} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    return client;
+  });
+  try {
+    // One response is held (its client does not read it); the 19 others wait their turn.
+    await waitFor('one search holding its response, 19 waiting', async () => budget.stats().queued === 19, 60_000);
+    // The one held read its 8 MiB of matches (~2,500, twice: each result's entry and its study's); the waiting
+    // ones about 256 KiB each (~80 results, in a first batch of 256 entries), not their 8 MiB.
+    assert.ok(entriesRead < 2 * count + 19 * 500, `${entriesRead} entries read: the searches waiting their turn gathered their whole results`);
+  } finally {
+    for (const client of clients) client.destroy();
+  }
 });

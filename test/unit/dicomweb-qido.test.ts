@@ -98,6 +98,11 @@ describe('QIDO-RS', () => {
     assert.deepEqual(await uids('/studies?ModalitiesInStudy=SR,MR'), [studyA, studyB]);
     assert.deepEqual(await uids('/studies?ModalitiesInStudy=SR%5CMR'), [studyA, studyB]);
     assert.deepEqual(await uids('/studies?AccessionNumber=NONE'), []);
+    // The URL's values are Unicode whatever SpecificCharacterSet a client adds (helper 98: ISO_IR 100 made
+    // the UTF-8 bytes of `müller*` Latin-1 text, which matched nothing); the Warning says it was ignored.
+    const named = await search('/studies?PatientName=m%C3%BCller*&SpecificCharacterSet=ISO_IR%20100');
+    assert.deepEqual((named.body as Json[]).map((study) => valueOf(study, '0020000D')), [studyA]);
+    assert.match(named.headers.get('warning') ?? '', /ignored: SpecificCharacterSet/);
   });
 
   it('matches DT values as instants, taking their UTC offsets into account (PS3.4 C.2.2.2.5.1; hunt 85)', async () => {

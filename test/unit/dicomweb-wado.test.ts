@@ -11,8 +11,9 @@ import { parseDataset } from '../../src/codec/dataset/reader.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { corpusDirectory } from '../../src/codec/dataset/test-fixtures.ts';
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
-import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { openStoreClient, startTestPeer, storeDataset, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
 import { waitFor } from '../support/wait.ts';
 import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
@@ -121,6 +122,106 @@ describe('WADO-RS', () => {
     assert.ok(instances.every((instance) => instance['7FE00010'] === undefined), 'Pixel Data is not in metadata');
     const one = (await (await fetch(`${base}/studies/${study}/series/${series2}/instances/${series2}.3/metadata`)).json()) as unknown[];
     assert.equal(one.length, 1);
+  });
+
+  it('decodes the metadata of an instance stored in another set than UTF-8 from that set (helper 98: Latin-1 names came out as U+FFFD)', async () => {
+    const latinStudy = '1.2.826.0.1.3680043.10.1453.201.98';
+    const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+    const reply = await store.storeInstance({
+      ...instanceOptions(1),
+      patient: { id: 'WADO-98', name: 'Müller^Zoë' },
+      specificCharacterSet: 'ISO_IR 100',
+      study: { uid: latinStudy, description: 'Études' },
+      series: { uid: `${latinStudy}.1`, modality: 'CT', number: 1 },
+      sopInstanceUid: `${latinStudy}.1.1`,
+    });
+    await store.client.release();
+    assert.equal(reply.command.status, Status.Success);
+    const [instance] = (await (await fetch(`${base}/studies/${latinStudy}/metadata`)).json()) as Array<Record<string, { vr: string; Value?: unknown[] }>>;
+    assert.deepEqual(instance!['00100010']!.Value![0], { Alphabetic: 'Müller^Zoë' });
+    assert.deepEqual(instance!['00081030']!.Value, ['Études']);
+    assert.deepEqual(instance!['00080005'], { vr: 'CS', Value: ['ISO_IR 192'] });
+  });
+
+  it('sends a study\'s metadata to a slow reader without a listener left per wait for the socket (helper 98: MaxListenersExceededWarning, one per instance)', async () => {
+    const slowStudy = '1.2.826.0.1.3680043.10.1453.201.99';
+    const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+    const longText = (tag: number, letter: string) => ({ tag, vr: 'LT', value: letter.repeat(10_000) });
+    for (let n = 1; n <= 30; n++) {
+      const reply = await store.storeInstance({ ...instanceOptions(n), study: { uid: slowStudy }, series: { uid: `${slowStudy}.1`, modality: 'CT', number: 1 }, sopInstanceUid: `${slowStudy}.1.${n}`, extraElements: [longText(0x00204000, 'x'), longText(0x00324000, 'y'), longText(0x001021b0, 'z')] });
+      assert.equal(reply.command.status, Status.Success);
+    }
+    await store.client.release();
+    const warnings: string[] = [];
+    const onWarning = (warning: Error) => warnings.push(`${warning.name}: ${warning.message}`);
+    process.on('warning', onWarning);
+    try {
+      const client = connect({ host: '127.0.0.1', port: peer.httpPort });
+      client.pause();
+      client.write(`GET /dicom-web/studies/${slowStudy}/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      let received = 0;
+      const ended = new Promise<void>((resolve) => client.on('close', () => resolve()));
+      // 2 KB every 5 ms: the peer waits for the socket many times.
+      const reader = setInterval(() => (received += client.read(2048)?.length ?? 0), 5);
+      await ended;
+      clearInterval(reader);
+      assert.ok(received > 30 * 30_000, `${received} bytes received`);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(warnings.filter((warning) => warning.includes('MaxListeners')), []);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('sends the metadata of a deflated instance larger inflated than the 64 MiB header bound: inflated up to its Pixel Data only (helper 98: 500)', async () => {
+    const deflatedStudy = '1.2.826.0.1.3680043.10.1453.201.100';
+    const sopInstanceUid = `${deflatedStudy}.1.1`;
+    const { bytes, resolved } = makeInstanceWithInfo({
+      transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian,
+      patient: { id: 'WADO-100', name: 'Deflated^Large' },
+      study: { uid: deflatedStudy },
+      series: { uid: `${deflatedStudy}.1` },
+      sopInstanceUid,
+      // 72 MB of pixels inflated, 70 KB deflated.
+      rows: 6000,
+      columns: 6000,
+      bitsAllocated: 16,
+      pixelPattern: 'zero',
+    });
+    await storeDataset(peer.dicomPort, resolved.sopClassUid, sopInstanceUid, bytes.subarray(splitPart10(bytes).datasetOffset), TransferSyntax.DeflatedExplicitVrLittleEndian);
+    const response = await fetch(`${base}/studies/${deflatedStudy}/metadata`);
+    assert.equal(response.status, 200);
+    const [instance] = (await response.json()) as Array<Record<string, { vr: string; Value?: unknown[] }>>;
+    assert.deepEqual(instance!['00100010']!.Value, [{ Alphabetic: 'Deflated^Large' }]);
+    assert.deepEqual(instance!['00280010']!.Value, [6000]);
+    assert.equal(instance!['7FE00010'], undefined);
+  });
+
+  it('a deflated instance\'s large binary value before Pixel Data is named by its BulkDataURI and sent inflated (helper 98: over the 64 MiB header bound its metadata was a 500)', async () => {
+    const deflatedStudy = '1.2.826.0.1.3680043.10.1453.201.101';
+    const sopInstanceUid = `${deflatedStudy}.1.1`;
+    const document = Buffer.alloc(65 * 1024 * 1024 + 2);
+    for (let at = 0; at + 4 <= document.length; at += 4096) document.writeUInt32LE(at, at);
+    const { bytes, resolved } = makeInstanceWithInfo({
+      transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian,
+      study: { uid: deflatedStudy },
+      series: { uid: `${deflatedStudy}.1` },
+      sopInstanceUid,
+      rows: 4,
+      columns: 4,
+      extraElements: [{ tag: 0x00420011, vr: 'OB', value: document }],
+    });
+    await storeDataset(peer.dicomPort, resolved.sopClassUid, sopInstanceUid, bytes.subarray(splitPart10(bytes).datasetOffset), TransferSyntax.DeflatedExplicitVrLittleEndian);
+    const metadata = await retrieve(`/studies/${deflatedStudy}/metadata`);
+    assert.equal(metadata.status, 200, metadata.body.toString().slice(0, 300));
+    const [instance] = JSON.parse(metadata.body.toString()) as Array<Record<string, { vr: string; BulkDataURI?: string; Value?: unknown[] }>>;
+    const uri = instance!['00420011']!.BulkDataURI!;
+    assert.match(uri, /\/bulkdata\/00420011$/);
+    assert.deepEqual(instance!['00280010']!.Value, [4]);
+    const bulk = await retrieve(uri.slice(base.length));
+    assert.equal(bulk.status, 200, bulk.body.toString().slice(0, 300));
+    const [part] = parseMultipart(bulk.body, bulk.contentType);
+    assert.ok(part!.body.equals(document), `the document inflated, ${part!.body.length} bytes`);
   });
 
   it('names top-level binary values in metadata with a BulkDataURI, and sends each one as stored (little endian)', async () => {

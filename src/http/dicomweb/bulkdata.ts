@@ -12,8 +12,8 @@ import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './co
 import { selectInstances, streamInstance } from './instances.ts';
 import { startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
-import { instanceHeaderOf } from './wado.ts';
-import { binaryVrs } from '../../codec/dataset/vr.ts';
+import { inflatedChunks, instanceHeaderOf } from './wado.ts';
+import { binaryVrs, layoutOf } from '../../codec/dataset/vr.ts';
 
 type BulkDataRoute = Extract<DicomWebRoute, { type: 'bulkdata' }>;
 
@@ -43,7 +43,9 @@ export async function retrieveBulkData(ctx: DicomWebContext, exchange: DicomWebE
   } else {
     // A large value left out of the header: streamed from the stored copy (checked against its SHA-256 as it goes).
     const { chunks } = await streamInstance(ctx, header.entry);
-    const value = sliceOfStream(chunks, cut.valueOffset, cut.valueLength);
+    // A deflated instance's cuts are offsets in its inflated data set (see instanceHeaderOf).
+    const dataSet = layoutOf(header.entry.transferSyntaxUid).deflated ? inflatedChunks(chunks) : chunks;
+    const value = sliceOfStream(dataSet, cut.valueOffset, cut.valueLength);
     body = size === undefined ? value : swapWordsOfStream(value, size);
   }
   const writer = startMultipart(exchange.res, { type: 'application/octet-stream' });

@@ -292,6 +292,22 @@ export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWe
   }
 }
 
+/**
+ * `read`'s result, counted in ctx.heldInstanceBytes at `weight` (see holdingInstance) from before it is read
+ * until `release` is called: for what a response holds until the client has taken it, not only while it is
+ * made. `release` must be called once the result is written or dropped.
+ */
+export function holdingUntilReleased<T>(ctx: DicomWebContext, exchange: DicomWebExchange, weight: number, read: () => Promise<T>): Promise<{ value: T; release: () => void }> {
+  return new Promise((resolve, reject) => {
+    let release!: () => void;
+    const released = new Promise<void>((resolveReleased) => (release = resolveReleased));
+    holdingInstance(ctx, exchange, weight, async () => {
+      resolve({ value: await read(), release });
+      await released;
+    }).catch(reject);
+  });
+}
+
 /** A header beyond this (before Pixel Data, without the values cut as bulk data) is not read for metadata or frames. */
 export const headerBytesMax = 64 * 1024 * 1024;
 

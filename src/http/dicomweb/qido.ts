@@ -76,27 +76,52 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
     sendJson(exchange.res, 307, { error: `${elsewhere.reason}: the search goes to a whole site, ${elsewhere.httpAddress}`, code: 'ERR_DICOMWEB_REFILLING' });
     return;
   }
-  // The response is made whole (its Warning says whether matches were left out, known only at the end); a
-  // large one counts in the budget of bytes held at once until the client has read it, waiting its turn beyond.
-  const body = await searchResponse(ctx, exchange, route, search);
-  const send = async (): Promise<void> => {
-    exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
-    await endAndDrain(exchange.res, body);
-  };
-  if (body.length < searchResponseHeldFromBytes) await send();
-  else await holdingInstance(ctx, exchange, body.length, send);
+  // The response is made whole (its Warning says whether matches were left out, known only at the end). Its
+  // first 256 KiB are gathered outside the budget of bytes held at once (a study list goes at once, not waiting
+  // behind retrieves of large instances); a larger one takes its place in the budget, weighed at the bound of
+  // a response, before it gathers more, and holds it until the client has read it. Gathered whole first, the
+  // responses waiting their turn held theirs outside the budget (helper 98: 20 clients not reading an 8 MiB
+  // search held 168 MiB for a budget of 12 MiB; 256 may wait).
+  const gathering = gatherResults(ctx, exchange, route, search);
+  try {
+    const first = await gathering.next();
+    if (first.done === true) {
+      await sendResults(exchange, search, first.value);
+      return;
+    }
+    await holdingInstance(ctx, exchange, searchResponseBytesMax, async () => {
+      const rest = await gathering.next();
+      if (rest.done !== true) throw new Error('the results were gathered in more than two parts');
+      await sendResults(exchange, search, rest.value);
+    });
+  } finally {
+    await gathering.return(undefined as never);
+  }
 }
 
-/** The matches as a DICOM JSON array, its Warning headers set. */
-async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute, search: ParsedSearch): Promise<Buffer> {
+/** What a search found: the results' JSON texts, and whether more matched than they hold. */
+interface GatheredResults {
+  results: string[];
+  truncated: boolean;
+  tooLarge: boolean;
+}
+
+/**
+ * The matches as JSON texts: it yields once when they reach searchResponseHeldFromBytes with more to come
+ * (the caller then takes its place in the budget and asks for the rest), and returns them all.
+ */
+async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute, search: ParsedSearch): AsyncGenerator<void, GatheredResults> {
   // Each match is kept as its JSON text: a 10,000-match answer then weighs its bytes, not 10,000 object trees.
   const results: string[] = [];
   let resultsBytes = 2;
   let skipped = 0;
   let truncated = false;
   let tooLarge = false;
+  let held = false;
   try {
-    for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1 })) {
+    // A client that leaves stops the search (helper 98: a scan matching nothing read on to the end of the level).
+    const stopped = () => exchange.req.socket.destroyed;
+    for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1, stopped })) {
       if (skipped < search.offset) {
         skipped++;
         continue;
@@ -113,12 +138,23 @@ async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, 
         break;
       }
       results.push(result);
+      if (!held && resultsBytes >= searchResponseHeldFromBytes) {
+        held = true;
+        yield;
+      }
     }
   } catch (error) {
     if (error instanceof QueryError) throw new DicomWebError(400, 'ERR_DICOMWEB_QUERY', error.message);
     if (isCatalogDamage(error)) ctx.store.reportCatalogDamage(`QIDO-RS: ${errorText(error)}`);
     throw new DicomWebError(500, 'ERR_DICOMWEB_SEARCH', `search failed: ${errorText(error)}`);
   }
+  return { results, truncated, tooLarge };
+}
+
+/** The results as a DICOM JSON array, with the Warning headers that say what was left out or ignored. */
+async function sendResults(exchange: DicomWebExchange, search: ParsedSearch, { results, truncated, tooLarge }: GatheredResults): Promise<void> {
+  // A client gone during the search stopped it: nobody reads what it found.
+  if (exchange.req.socket.destroyed) return;
   const warnings: string[] = [];
   for (const flag of search.unsupportedFlagsAsked) warnings.push(`299 pacs-mesh "The ${flag} parameter is not supported. ${unsupportedFlags[flag]}"`);
   if (search.ignored.length > 0) warnings.push(`299 pacs-mesh "Unsupported query parameters have been ignored: ${search.ignored.map((name) => name.replace(/[^\x20-\x7e]|"|\\/g, '?')).join(', ')}"`);
@@ -128,7 +164,10 @@ async function searchResponse(ctx: DicomWebContext, exchange: DicomWebExchange, 
   if (warnings.length > 0) exchange.res.setHeader('warning', warnings);
   // 200 with an empty array when nothing matches (CP-2473; RFC 9110 15.3.5 gives 204 no body at all).
   // As bytes at once: only they are held while the client reads, not the text beside them.
-  return Buffer.from(`[${results.join(',')}]`, 'utf8');
+  const body = Buffer.from(`[${results.join(',')}]`, 'utf8');
+  results.length = 0;
+  exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
+  await endAndDrain(exchange.res, body);
 }
 
 interface ParsedSearch {
@@ -216,7 +255,9 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
     }
     if (name.includes('.')) throw badRequest(`matching on attributes inside sequences (${name.slice(0, 80)}) is not supported`);
     const tag = attributeTagOf(name);
-    if (tag === undefined) {
+    // The values in the URL are Unicode, sent to the engine as UTF-8 whatever set a client names: naming
+    // another made their bytes that set's text, so `müller*` matched nothing (helper 98).
+    if (tag === undefined || tag === Tags.SpecificCharacterSet) {
       // PS3.18 8.3: unsupported parameters are ignored (a cache-buster `_=...`, a vendor's own); the Warning names them.
       const shown = name.slice(0, 64);
       if (ignored.length < ignoredNamedMax && !ignored.includes(shown)) ignored.push(shown);

@@ -4,7 +4,8 @@
  * client takes that syntax (`transfer-syntax=*`, or the stored one), else converted by the transcoder,
  * which C-GET uses too.
  */
-import { inflateRawSync } from 'node:zlib';
+import { once } from 'node:events';
+import { createInflateRaw } from 'node:zlib';
 import { checkedWholeBytesMax } from '../../actors/storage/checked-read.ts';
 import type { CatalogEntry } from '../../actors/storage/catalog-types.ts';
 import { implementationClassUid, implementationVersionName } from '../../actors/association/implementation.ts';
@@ -18,8 +19,8 @@ import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets
 import { estimateTranscodeBytes, transcodeJobBytesMax, transcodeTooLarge } from '../../codec/transcode-estimate.ts';
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
-import { convertInstance, headerBytesMax, holdingInstance, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
-import { isClientGone, startMultipart } from './multipart-writer.ts';
+import { convertInstance, headerBytesMax, holdingInstance, holdingUntilReleased, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
+import { isClientGone, responseBodyWriter, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
@@ -159,8 +160,11 @@ export async function part10File(
     };
   }
   if (target === entry.transferSyntaxUid) {
-    const { chunks } = await readInstanceChunks(ctx, entry);
-    return { transferSyntaxUid: target, body: [header(target), ...chunks] };
+    // Read whole, and counted in the budget of bytes held at once until the caller has written it (release):
+    // clients that did not read held the part being written and the one prepared ahead outside every bound
+    // (helper 98: 40 of them held 113 MiB of 3 MiB instances; 1,024 connections, 8 GiB).
+    const { value: chunks, release } = await holdingUntilReleased(ctx, exchange, entry.byteLength, async () => (await readInstanceChunks(ctx, entry)).chunks);
+    return { transferSyntaxUid: target, body: [header(target), ...chunks], release };
   }
   // Weighed by what the conversion holds (a 17 MB JPEG cine decodes to 553 MB), the same estimate the
   // transcoder admits it by; one it would refuse is refused here before anything is read or waited for.
@@ -207,18 +211,43 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
   const headers = await responseInstances(ctx, entries, async (entry, entryCtx) => [entry, await instanceHeaderOf(entryCtx, entry)] as const);
   res.writeHead(200, { 'content-type': 'application/dicom+json' });
+  // Each wait for the socket takes its listeners off again (a 'close' one left per wait gave a slow
+  // reader's response one listener per instance, with a MaxListenersExceededWarning: helper 98).
+  const body = responseBodyWriter(res);
   let first = true;
   for await (const [entry, header] of headers) {
     const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
-    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl)))}`;
+    // Decoded from the set the instance was stored in: forMetadata renames it UTF-8's for the JSON it becomes
+    // (decoding by that name made every Latin-1 or ISO 2022 name U+FFFD: helper 98).
+    const storedCharacterSet = header.elements.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl), storedCharacterSet ?? ''))}`;
     first = false;
-    if (res.destroyed) return;
-    if (!res.write(text)) await new Promise<void>((resolve) => {
-      res.once('drain', resolve);
-      res.once('close', resolve);
-    });
+    try {
+      await body.write(text);
+    } catch (error) {
+      if (isClientGone(error, res)) return;
+      throw error;
+    }
   }
   res.end(']');
+}
+
+/** A deflated data set's stored chunks inflated as they are read; returning ends the store's read too. */
+export async function* inflatedChunks(chunks: AsyncGenerator<Uint8Array> | AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const inflater = createInflateRaw();
+  const source = (async () => {
+    for await (const chunk of chunks) if (!inflater.write(chunk)) await once(inflater, 'drain');
+    inflater.end();
+  })();
+  // A failure to read is the inflater's, so that its reader sees it; once it is ended, nobody is left to.
+  source.catch((error: unknown) => inflater.destroy(error instanceof Error ? error : new Error(String(error))));
+  try {
+    for await (const chunk of inflater) yield chunk as Uint8Array;
+  } finally {
+    inflater.destroy();
+    // The store's read, stopped where it is (an early end leaves the source waiting for 'drain': no more comes).
+    if (Symbol.asyncIterator in chunks && 'return' in chunks) await (chunks as AsyncGenerator<Uint8Array>).return(undefined).catch(() => undefined);
+  }
 }
 
 /** An instance's attributes up to Pixel Data, and the bytes they were read from (values are sliced from them). */
@@ -248,9 +277,20 @@ export async function instanceHeaderOf(ctx: DicomWebContext, entry: CatalogEntry
   const describeFailure = (error: unknown) => new DicomWebError(500, 'ERR_DICOMWEB_METADATA', `the attributes of ${entry.sopInstanceUid} cannot be read: ${errorText(error)}`);
   try {
     if (layoutOf(entry.transferSyntaxUid).deflated) {
-      const { bytes } = await readWholeInstance(ctx, entry);
-      const inflated = inflateRawSync(bytes, { maxOutputLength: headerBytesMax });
-      return { elements: parseDatasetTree(inflated, EXPLICIT_LE), bytes: inflated, transferSyntaxUid: EXPLICIT_LE, cuts: [], entry };
+      // Inflated as it is read, up to Pixel Data only, its large binary values cut as for the other syntaxes
+      // (the bulk data resource inflates the stored bytes again for them): inflated whole, a data set over
+      // headerBytesMax (its pixels: a 6000 x 6000 image; a large document) was a 500 (helper 98).
+      const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
+      const inflated = inflatedChunks(chunks);
+      let read: Awaited<ReturnType<typeof readToPixelData>>;
+      try {
+        read = await readToPixelData(inflated, EXPLICIT_LE, 0, bulkValueBytesMin);
+      } finally {
+        await inflated.return(undefined);
+      }
+      if (read.overBound) throw new Error(`more than ${headerBytesMax} bytes before Pixel Data`);
+      const head = read.pixelDataOffset === undefined ? read.head : read.head.subarray(0, read.pixelDataOffset);
+      return { elements: parseDatasetTree(head, EXPLICIT_LE), bytes: head, transferSyntaxUid: EXPLICIT_LE, cuts: read.cuts, entry: local };
     }
     const { entry: local, chunks } = await streamInstanceHead(ctx, entry);
     let read: Awaited<ReturnType<typeof readToPixelData>>;

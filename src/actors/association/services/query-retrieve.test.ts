@@ -14,6 +14,7 @@ import { TranscodeError } from '../../../codec/transcode-error.ts';
 import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
+import { catalogWriteOps } from '../../storage/catalog.ts';
 
 /** Runs `use` with a fresh, empty store, removed afterwards. */
 async function withEmptyStore<T>(use: (store: ReplicaStore) => Promise<T>): Promise<T> {
@@ -341,4 +342,36 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
   // 128 contexts at most: with 43 classes there is no room for the compressed ones.
   const many = Array.from({ length: 43 }, (_, i) => ({ sopClassUid: `${ct}.${i}`, transferSyntaxUid: j2k }) as CatalogEntry);
   assert.equal(proposalsForMove(many).length, 86);
+});
+
+test('a C-FIND cancelled (C-CANCEL-RQ, or its association aborted) stops its scan though nothing matches yet, answering Cancel (helper 98: it read the whole level first)', async () => {
+  await withEmptyStore(async (store) => {
+    const instances = 2000;
+    const ops = [];
+    for (let n = 1; n <= instances; n++) {
+      const uid = `1.2.826.0.1.3680043.10.1453.298.${n}`;
+      ops.push(
+        ...catalogWriteOps({
+          sopInstanceUid: `${uid}.1.1`, sopClassUid: '1.2.840.10008.5.1.4.1.1.7', studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: `P${n}`,
+          transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`,
+          attributes: [{ tag: Tags.StudyDescription, vr: 'LO', value: 'HEAD' }],
+        }),
+      );
+    }
+    await store.db.batch(ops);
+    let entriesRead = 0;
+    const getMany = store.db.getMany.bind(store.db);
+    store.db.getMany = ((keys: string[], ...rest: unknown[]) => {
+      entriesRead += keys.length;
+      return (getMany as (...args: unknown[]) => unknown)(keys, ...rest);
+    }) as typeof store.db.getMany;
+    const sent: DimseCommand[] = [];
+    // Nothing matches this at IMAGE level: every instance is read; the cancel comes while the scan runs.
+    let cancelled = false;
+    const request = studyRootRequest({ commandField: CommandField.CFindRq, messageId: 3, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.1', hasDataSet: true }, [{ tag: Tags.StudyDescription, vr: 'LO', value: '*CHEST*' }], sent);
+    setImmediate(() => (cancelled = true));
+    await runFind({ ...request, isCancelled: () => cancelled }, store);
+    assert.deepEqual(sent.map((rsp) => rsp.status), [Status.Cancel]);
+    assert.ok(entriesRead < instances / 2, `${entriesRead} of ${instances} entries read after the cancel`);
+  });
 });

@@ -107,7 +107,7 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: P
   }
   try {
     let matches = 0;
-    for await (const identifier of findMatches(store.db, parsed.request)) {
+    for await (const identifier of findMatches(store.db, parsed.request, { stopped: ctx.isCancelled })) {
       // Each response is written at once while the socket takes it, so without a turn of the event loop now
       // and then a C-CANCEL-RQ would not be read before the whole result had gone out (one turn per match
       // made a 5,000-match C-FIND ~1.8x slower).

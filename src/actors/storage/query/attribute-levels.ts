@@ -67,6 +67,13 @@ const STUDY_TAGS_IN_PATIENT_GROUP = new Set<Tag>([
   0x00101030, // Patient's Weight
   0x00102180, // Occupation
   0x001021b0, // Additional Patient History
+  0x00101021, // Patient's Size Code Sequence
+  0x00101022, // Patient's Body Mass Index
+  0x00101023, // Measured AP Dimension
+  0x00101024, // Measured Lateral Dimension
+  0x001021a0, // Smoking Status
+  0x001021c0, // Pregnancy Status
+  0x001021d0, // Last Menstrual Date
 ]);
 
 const STUDY_TAGS = new Set<Tag>([
@@ -91,6 +98,22 @@ const STUDY_TAGS = new Set<Tag>([
   0x00321032, // Requesting Physician
   0x00321060, // Requested Procedure Description
   0x00324000, // Study Comments
+  // General Study and Patient Study modules (PS3.3 C.7.2.1, C.7.2.2): study attributes too (helper 98).
+  0x00080096, // Referring Physician Identification Sequence
+  0x0008009c, // Consulting Physician's Name
+  0x00081049, // Physician(s) of Record Identification Sequence
+  0x00081062, // Physician(s) Reading Study Identification Sequence
+  0x00081084, // Admitting Diagnoses Code Sequence
+  0x00081110, // Referenced Study Sequence
+  0x00321033, // Requesting Service
+  0x00321034, // Requesting Service Code Sequence
+  0x00321066, // Reason for Visit
+  0x00380010, // Admission ID
+  0x00380014, // Issuer of Admission ID Sequence
+  0x00380060, // Service Episode ID
+  0x00380062, // Service Episode Description
+  0x00380500, // Patient State
+  0x00401012, // Reason For Performed Procedure Code Sequence
 ]);
 
 const SERIES_TAGS = new Set<Tag>([
@@ -117,6 +140,33 @@ const SERIES_TAGS = new Set<Tag>([
   0x00400253, // Performed Procedure Step ID
   0x00400254, // Performed Procedure Step Description
   0x00400275, // Request Attributes Sequence
+  // The rest of the General Series, General Equipment and Frame of Reference modules (PS3.3 C.7.3.1,
+  // C.7.5.1, C.7.4.1): series attributes, asked at SERIES level (PatientPosition was an IMAGE attribute:
+  // zero-length when asked, 0xA900 when matched: helper 98).
+  0x00080081, // Institution Address
+  0x0008103f, // Series Description Code Sequence
+  0x00081041, // Institutional Department Type Code Sequence
+  0x00081052, // Performing Physician Identification Sequence
+  0x00081072, // Operator Identification Sequence
+  0x00081111, // Referenced Performed Procedure Step Sequence
+  0x00081250, // Related Series Sequence
+  0x00181000, // Device Serial Number
+  0x00181008, // Gantry ID
+  0x0018100a, // UDI Sequence
+  0x0018100b, // Manufacturer's Device Class UID
+  0x00181020, // Software Versions
+  0x00181050, // Spatial Resolution
+  0x00181200, // Date of Last Calibration
+  0x00181201, // Time of Last Calibration
+  0x00185100, // Patient Position
+  0x00201040, // Position Reference Indicator
+  0x00280108, // Smallest Pixel Value in Series
+  0x00280109, // Largest Pixel Value in Series
+  0x00400250, // Performed Procedure Step End Date
+  0x00400251, // Performed Procedure Step End Time
+  0x00400260, // Performed Protocol Code Sequence
+  0x00400280, // Comments on the Performed Procedure Step
+  0x300a0700, // Treatment Session UID
 ]);
 
 export function attributeLevelOf(tag: Tag): AttributeLevel {

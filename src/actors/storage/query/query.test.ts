@@ -241,6 +241,33 @@ describe('validateQuery', () => {
     assert.deepEqual(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.SpecificCharacterSet, 'CS', 'ISO_IR 100'), k(T.QueryRetrieveLevel, 'CS', 'STUDY')] }), ok);
   });
 
+  it('takes the attributes of the series modules (General Series, General Equipment, Frame of Reference) at SERIES level, and of the study modules at STUDY level (helper 98: PatientPosition was an IMAGE attribute, refused with 0xA900)', () => {
+    const ok = { ok: true };
+    const seriesKeys: Array<[number, string, string]> = [
+      [0x00185100, 'CS', 'HFS'], // Patient Position
+      [0x00181020, 'LO', '05'], // Software Versions
+      [0x00181000, 'LO', 'SN1'], // Device Serial Number
+      [0x00080081, 'ST', 'X'], // Institution Address
+      [0x00201040, 'LO', 'XY'], // Position Reference Indicator
+      [0x00280108, 'US', '0'], // Smallest Pixel Value in Series
+      [0x00400250, 'DA', '20200101'], // Performed Procedure Step End Date
+    ];
+    for (const [tag, vr, value] of seriesKeys) {
+      assert.deepEqual(validateQuery({ root: 'STUDY', level: 'SERIES', keys: [k(tag, vr, value)] }), ok, `(${tag.toString(16)}) at SERIES level`);
+      assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(tag, vr, value)] }), 0xa900, /SERIES-level/);
+    }
+    const studyKeys: Array<[number, string, string]> = [
+      [0x00380010, 'LO', 'ADM1'], // Admission ID
+      [0x0008009c, 'PN', 'DOE'], // Consulting Physician's Name
+      [0x00321033, 'LO', 'RAD'], // Requesting Service
+      [0x001021c0, 'US', '4'], // Pregnancy Status (Patient Study module)
+    ];
+    for (const [tag, vr, value] of studyKeys) {
+      assert.deepEqual(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(tag, vr, value)] }), ok, `(${tag.toString(16)}) at STUDY level`);
+    }
+    assertInvalid(validateQuery({ root: 'PATIENT', level: 'PATIENT', keys: [k(0x001021c0, 'US', '4')] }), 0xa900, /STUDY-level/);
+  });
+
   it('refuses malformed ranges with 0xC001 and a comment', () => {
     assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyDate, 'DA', '2020-01-01')] }), 0xc001, /\(0008,0020\).*malformed DA/);
     assertInvalid(validateQuery({ root: 'STUDY', level: 'STUDY', keys: [k(T.StudyTime, 'TM', 'noon-')] }), 0xc001, /malformed TM/);
@@ -1268,5 +1295,34 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     for await (const _entry of resolveRetrieve(db, { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO', 'PID!3')] }, { stats })) count++;
     assert.equal(count, perPatient);
     assert.equal(stats.entriesRead, perPatient);
+  });
+});
+
+describe('a search by PatientID and AccessionNumber in an archive of studies without an AccessionNumber (helper 98)', () => {
+  it('reads only that patient, not every study whose AccessionNumber is unknown (they match the accession, not the patient)', async () => {
+    const { db, close } = openTempDb();
+    await db.open();
+    try {
+      const entries: CatalogEntry[] = [];
+      for (let patient = 0; patient < 300; patient++) {
+        for (let instance = 1; instance <= 5; instance++) {
+          entries.push(
+            makeEntry({
+              patientId: `P${patient}`, patientName: `NAME^${patient}`, studyUid: `1.2.998.${patient}`, studyDate: '20240101', studyTime: '120000',
+              // Only patient 7's study has an accession number (a RIS order); the others came from a modality without one.
+              accession: patient === 7 ? 'ACC7' : '', studyDescription: 'X', seriesUid: `1.2.998.${patient}.1`, modality: 'CT', seriesNumber: '1',
+              sopUid: `1.2.998.${patient}.1.${instance}`, sopClassUid: CT_IMAGE, instanceNumber: String(instance), storedAtMs: instance,
+            }),
+          );
+        }
+      }
+      await store(db, entries);
+      const stats = createQueryStats();
+      const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'P7'), k(T.AccessionNumber, 'SH', 'ACC7'), k(T.StudyInstanceUID, 'UI')] }, { stats });
+      assert.deepEqual(column(responses, T.StudyInstanceUID), ['1.2.998.7']);
+      assert.equal(stats.entriesRead, 5, `plan ${stats.plan}: ${stats.entriesRead} entries read`);
+    } finally {
+      await close();
+    }
   });
 });

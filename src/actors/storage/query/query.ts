@@ -23,7 +23,7 @@
  *   SOPInstanceUID (IMAGE level)            -> direct gets of c!i!<uid>
  *   SeriesInstanceUID (SERIES, IMAGE)       -> x!series!<uid>!
  *   StudyInstanceUID (STUDY and below)      -> x!study!<uid>!
- *   AccessionNumber (STUDY and below)       -> x!acc!<hex>!
+ *   AccessionNumber (STUDY and below)       -> x!acc!<hex>! (without a PatientID key to look up)
  *   PatientID (any level)                   -> x!pid!<hex>!
  * when that key uses single value or UID list matching (no wildcard, not universal), then
  *   PatientName (STUDY, PATIENT)            -> x!name!<hex of its literal start> (ranges)
@@ -167,6 +167,12 @@ export interface FindOptions {
    * newest indexes (as before they existed; tests compare the two).
    */
   searchIndexes?: boolean;
+  /**
+   * True once the requestor no longer wants the answer (a C-CANCEL-RQ, an aborted association, an HTTP
+   * client gone): the search ends at its next entity or index key, matching or not. A scan that matched
+   * nothing went on to the end of the level, its association held open meanwhile (helper 98).
+   */
+  stopped?: () => boolean;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -473,8 +479,12 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
     if (uids.length === 0) return { kind: 'nothing', description: `no valid ${description}` };
     return { kind: 'prefixes', prefixes: uids.map(prefixOf), contiguous: false, description };
   }
+  const patientIds = identifierLookupValues(keyOf(Tags.PatientID));
   const accessionNumbers = depth >= LEVEL_DEPTH.STUDY ? identifierLookupValues(keyOf(Tags.AccessionNumber)) : undefined;
-  if (accessionNumbers) {
+  // With a PatientID too, that patient's index: the accession index's list of studies whose AccessionNumber
+  // is unknown (they match it) grows with the archive, and none of them is that patient's but by chance (a
+  // RIS asking for its order by PatientID and AccessionNumber read every such study: helper 98).
+  if (accessionNumbers && !patientIds) {
     return {
       kind: 'prefixes',
       // With the studies whose AccessionNumber is unknown: they match (C.2.2.1.2).
@@ -483,7 +493,6 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
       description: 'index x!acc! (AccessionNumber)',
     };
   }
-  const patientIds = identifierLookupValues(keyOf(Tags.PatientID));
   if (patientIds) {
     return {
       kind: 'prefixes',
@@ -556,7 +565,7 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
 }
 
 /** Candidate entity ids at `level`, each once, from the plan's index (keys only). */
-async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Plan, { kind: 'newest' }>, stats: QueryStats): AsyncGenerator<string> {
+async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Plan, { kind: 'newest' }>, stats: QueryStats, stopped: () => boolean): AsyncGenerator<string> {
   if (plan.kind === 'nothing') return;
   if (plan.kind === 'instances') {
     yield* plan.sopInstanceUids;
@@ -566,6 +575,7 @@ async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Pla
   let previous: string | undefined;
   for (const prefix of plan.prefixes) {
     for await (const indexed of scanIndex(db, prefix, stats)) {
+      if (stopped()) return;
       const id = entityIdAt(level, indexed);
       if (id === undefined || id === previous) continue;
       previous = id;
@@ -584,14 +594,15 @@ async function* candidateEntities(
   level: QueryLevel,
   plan: Plan,
   stats: QueryStats,
+  stopped: () => boolean,
 ): AsyncGenerator<EntityAggregate> {
   if (plan.kind === 'newest') {
     if (level === 'IMAGE') throw new Error('a newest-index plan is for STUDY and PATIENT level only');
-    yield* newestMatchingEntities(db, level, plan, stats);
+    yield* newestMatchingEntities(db, level, plan, stats, stopped);
     return;
   }
   if (level !== 'IMAGE') {
-    for await (const id of candidateIds(db, level, plan, stats)) {
+    for await (const id of candidateIds(db, level, plan, stats, stopped)) {
       const aggregate = await loadAggregate(db, level, id, true, stats);
       if (aggregate.latest) yield aggregate;
     }
@@ -606,7 +617,7 @@ async function* candidateEntities(
     }
     batch = [];
   };
-  for await (const id of candidateIds(db, level, plan, stats)) {
+  for await (const id of candidateIds(db, level, plan, stats, stopped)) {
     batch.push(id);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
@@ -623,6 +634,7 @@ async function* newestMatchingEntities(
   level: Exclude<QueryLevel, 'IMAGE'>,
   plan: Extract<Plan, { kind: 'newest' }>,
   stats: QueryStats,
+  stopped: () => boolean,
 ): AsyncGenerator<EntityAggregate> {
   let batch: NewestInstance[] = [];
   // At STUDY level the index names each study's part under each PatientID (contiguous per study): the
@@ -646,6 +658,7 @@ async function* newestMatchingEntities(
     batch = [];
   };
   for await (const newest of newestInstances(db, plan.prefix)) {
+    if (stopped()) return;
     stats.indexKeysRead++;
     batch.push(newest);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
@@ -855,10 +868,12 @@ export async function* findMatches(
   const plan = planQuery(request.level, compiled.keys, options.searchIndexes ?? true);
   stats.plan = plan.description;
   const upper = new UpperAggregateCache(db, stats);
+  const stopped = options.stopped ?? (() => false);
   let responses = 0;
-  for await (const aggregate of candidateEntities(db, request.level, plan, stats)) {
+  for await (const aggregate of candidateEntities(db, request.level, plan, stats, stopped)) {
     stats.entitiesExamined++;
     const response = await respond(request.root, request.level, compiled.keys, aggregate, upper);
+    if (stopped()) return;
     if (!response) continue;
     yield response;
     if (++responses >= limit) return;

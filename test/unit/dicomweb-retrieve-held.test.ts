@@ -1,0 +1,41 @@
+/**
+ * WADO-RS instances sent as stored (read whole up to 4 MiB) count in the budget of bytes held at once until
+ * their part is written: clients that do not read their responses hold no more than it.
+ */
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { test } from 'node:test';
+import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { Status } from '../../src/codec/dimse.ts';
+import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { waitFor } from '../support/wait.ts';
+
+test('instances sent as stored to clients that do not read are held within the budget of bytes held at once (helper 98: 40 such clients held 136 MiB beside a budget of 16 MiB)', async (t) => {
+  const budget = createConcurrencyLimit(16 * 1024 * 1024, 256);
+  const peer = await startTestPeer([], 'retrieve-held', undefined, { heldInstanceBytes: budget });
+  t.after(() => peer.dispose());
+  const study = '1.2.826.0.1.3680043.10.1453.98.21';
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+  // Six instances of 3 MB each: each read whole (up to 4 MiB) when sent as stored.
+  for (let n = 1; n <= 6; n++) {
+    const reply = await store.storeInstance({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, rows: 1200, columns: 1250, bitsAllocated: 16, pixelPattern: 'random' });
+    assert.equal(reply.command.status, Status.Success);
+  }
+  await store.client.release();
+  const clients = Array.from({ length: 40 }, () => {
+    const client = connect({ host: '127.0.0.1', port: peer.httpPort });
+    client.on('error', () => undefined);
+    client.pause();
+    client.write(`GET /dicom-web/studies/${study} HTTP/1.1\r\nHost: x\r\nAccept: multipart/related; type="application/dicom"; transfer-syntax=*\r\n\r\n`);
+    return client;
+  });
+  try {
+    // The parts written to the first clients (and those prepared ahead) fill the budget; the others wait their turn.
+    await waitFor('the budget full of unread parts, other retrieves waiting', async () => budget.stats().queued >= 30, 30_000);
+    assert.ok(budget.stats().running <= 16 * 1024 * 1024, `${budget.stats().running} bytes held`);
+  } finally {
+    for (const client of clients) client.destroy();
+  }
+  // Once those clients are gone, every hold is given back.
+  await waitFor('every hold given back', async () => budget.stats().running === 0 && budget.stats().queued === 0, 30_000);
+});
