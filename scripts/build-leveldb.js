@@ -13,6 +13,10 @@
  * this says why in one line; npm install never fails because of it. The build is kept across installs
  * while classic-level's version is unchanged. PACS_MESH_LEVELDB=prebuilt skips it.
  *
+ * The build also syncs a full log file before LevelDB starts the next one (SOURCE_PATCHES below): LevelDB 1.20
+ * closes it unsynced (google/leveldb#193), so a synced write after a switch left the records at the end of
+ * the old log, the chunks of an instance acknowledged since, to a power cut (hunt 95).
+ *
  * The whole addon is compiled with -msse4.2, so the result only runs on CPUs with SSE4.2: it is built on
  * the machine that runs it (node_modules is not copied between machines; the check above is on this CPU).
  *
@@ -20,7 +24,7 @@
  *   node scripts/build-leveldb.js --status print which addon is in use
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,11 +35,39 @@ const releaseDir = join(packageDir, 'build', 'Release');
 const markerPath = join(packageDir, 'build', 'pacs-mesh-leveldb.json');
 const say = (line) => process.stderr.write(`pacs-mesh: ${line}\n`);
 
+/**
+ * Changes to LevelDB's sources, each a unique anchor and what it becomes. A build without every one of them
+ * (an earlier pacs-mesh's) is rebuilt.
+ */
+const SOURCE_PATCHES = [
+  {
+    name: 'sync-log-at-switch',
+    file: join('deps', 'leveldb', 'leveldb-1.20', 'db', 'db_impl.cc'),
+    anchor: '      uint64_t new_log_number = versions_->NewFileNumber();\n',
+    replacement:
+      '      // pacs-mesh: the full log synced before the next one takes the writes: closed unsynced, its last\n' +
+      '      // records were lost in a power cut after a later synced write had been acknowledged (leveldb#193).\n' +
+      '      s = logfile_->Sync();\n' +
+      '      if (!s.ok()) break;\n' +
+      '      uint64_t new_log_number = versions_->NewFileNumber();\n',
+  },
+];
+
+function patchSources(copy) {
+  for (const patch of SOURCE_PATCHES) {
+    const path = join(copy, patch.file);
+    const source = readFileSync(path, 'utf8');
+    if (source.split(patch.anchor).length !== 2) throw new Error(`LevelDB source patch ${patch.name}: its anchor is not found once in ${patch.file}`);
+    writeFileSync(path, source.replace(patch.anchor, patch.replacement));
+  }
+}
+
 /** The classic-level version the addon in build/ was built here for, or undefined: node-gyp-build loads the prebuilt one. */
 function builtForVersion() {
   try {
     const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
-    return existsSync(join(releaseDir, 'classic_level.node')) ? marker.classicLevelVersion : undefined;
+    const patched = SOURCE_PATCHES.every((patch) => marker.patches?.includes(patch.name));
+    return existsSync(join(releaseDir, 'classic_level.node')) && patched ? marker.classicLevelVersion : undefined;
   } catch {
     return undefined;
   }
@@ -44,7 +76,7 @@ function builtForVersion() {
 /** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
 function leveldbBuildStatus() {
   const version = builtForVersion();
-  return version === undefined ? 'prebuilt (software CRC32C)' : `built here with SSE4.2 CRC32C (classic-level ${version})`;
+  return version === undefined ? 'prebuilt (software CRC32C, logs closed unsynced)' : `built here with SSE4.2 CRC32C and full logs synced (classic-level ${version})`;
 }
 
 function classicLevelVersion() {
@@ -134,6 +166,7 @@ function build() {
     cpSync(packageDir, copy, { recursive: true, filter: (src) => !src.startsWith(join(packageDir, 'build')) });
     // node-gyp-build, napi-macros and the rest resolve from the project's node_modules.
     symlinkSync(join(root, 'node_modules'), join(scratch, 'node_modules'));
+    patchSources(copy);
     say('building LevelDB with SSE4.2 CRC32C (about 20 s; PACS_MESH_LEVELDB=prebuilt skips this)');
     const flags = '-msse4.2 -DLEVELDB_PLATFORM_POSIX_SSE=1';
     execFileSync(process.execPath, [nodeGyp(), 'rebuild', `--nodedir=${nodeDir()}`, '-j', '2'], {
@@ -147,9 +180,13 @@ function build() {
     checkStore(packageDir, join(scratch, 'prebuilt-writes'), 'write');
     checkStore(copy, join(scratch, 'prebuilt-writes'), 'read');
     mkdirSync(releaseDir, { recursive: true });
-    copyFileSync(join(copy, 'build', 'Release', 'classic_level.node'), join(releaseDir, 'classic_level.node'));
-    writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags })}\n`);
-    say('LevelDB built with SSE4.2 CRC32C');
+    // Copied beside it, then renamed over it: peers running from this node_modules keep the file they
+    // mapped (overwritten in place, a mapped library can take a running process down with it).
+    const addon = join(releaseDir, 'classic_level.node');
+    copyFileSync(join(copy, 'build', 'Release', 'classic_level.node'), `${addon}.new`);
+    renameSync(`${addon}.new`, addon);
+    writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags, patches: SOURCE_PATCHES.map((patch) => patch.name) })}\n`);
+    say('LevelDB built with SSE4.2 CRC32C and full logs synced');
   } catch (error) {
     rmSync(join(packageDir, 'build'), { recursive: true, force: true });
     // The compiler's or make's own error line says more than node-gyp's closing "not ok".

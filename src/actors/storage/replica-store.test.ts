@@ -281,6 +281,39 @@ test('power cut after the synced blob commit: open() restores the catalog entry 
   assert.equal(await reopened.countInstances(), 2);
 });
 
+test('power cut after a LevelDB log switch: a commit found without all of its chunks is deleted unless the catalog lists it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  for (const uid of ['1.2.95.1', '1.2.95.2', '1.2.95.3']) {
+    const writer = store.beginWrite();
+    for (let i = 0; i < 5; i++) await writer.write(Buffer.alloc(100, 3));
+    await writer.commit(uid, entryFor(uid));
+  }
+  const unlisted = (await store.getEntry('1.2.95.2'))!;
+  const listed = (await store.getEntry('1.2.95.3'))!;
+  // What the power cut leaves: a middle chunk of each gone (written before the switch, in the log LevelDB
+  // closed unsynced), the commit records kept (synced in the new log), 1.2.95.2's unsynced catalog entry lost.
+  await damageChunk(store, unlisted.blobId, 1, 'lose');
+  await damageChunk(store, listed.blobId, 1, 'lose');
+  await store.close();
+  const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+  await catalog.batch([...catalogDeleteOps(unlisted), { type: 'del', key: 'm!recovery-from' }]);
+  await catalog.close();
+
+  const notices: string[] = [];
+  const reopened = createReplicaStore({ path: dir, onOpenNotice: (message) => notices.push(message) });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.getEntry('1.2.95.2'), undefined, 'not listed with a hole in its bytes: it was never acknowledged');
+  assert.equal(await countKeys(reopened, `b!${unlisted.blobId}`), 0, 'its chunks deleted');
+  assert.deepEqual(await reopened.getEntry('1.2.95.3'), listed, 'a listed one stays for the scrub to replace');
+  assert.deepEqual(await readAll(reopened, '1.2.95.1'), Buffer.alloc(500, 3));
+  assert.match(notices.join('\n'), /a commit found without all of its chunks \(a power cut\): deleted/);
+  assert.match(notices.join('\n'), /a listed instance is missing chunks: the scrub replaces it/);
+});
+
 /** A fresh store in a temp directory (removed after the test) holding `uids`, each 150 bytes of `fill`. */
 async function storeHolding(t: TestContext, uids: readonly string[], fill = 1): Promise<{ dir: string; store: ReplicaStore }> {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));

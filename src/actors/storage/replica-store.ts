@@ -11,7 +11,11 @@
  * Durability contract: `commit()` resolves only after one `sync: true` batch in the blob database that
  * holds the last chunk and a commit record (`b!<blobId>!~`, the catalog entry); commits running at once
  * share that batch (see BatchCombiner). LevelDB writes one log in
- * order, so that sync also makes every earlier chunk durable. The catalog entry is then written to the
+ * order, so that sync also makes every earlier chunk durable, in the log it syncs and, with the LevelDB
+ * that `npm install` builds, in the full logs before it, synced at each switch (scripts/build-leveldb.js;
+ * the prebuilt addon closes them unsynced: see leveldb-logs.ts). At open, a commit record whose chunks have
+ * a gap (a switch a power cut undid) is deleted unless the catalog lists it, which the scrub then repairs.
+ * The catalog entry is then written to the
  * catalog database without a sync of its own: a process crash keeps it (the OS has the write), and after a
  * power cut `open()` re-applies every commit record newer than the last catalog checkpoint. A checkpoint
  * is a synced write of the oldest blob id that may still lack its catalog entry, made every
@@ -29,6 +33,7 @@ import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
 import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
+import { createOlderLogSync } from './leveldb-logs.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, newestStoredAtOfPatient, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
@@ -291,6 +296,8 @@ const blobPrefix = 'b!';
 const commitRecordSuffix = '~';
 /** The oldest blob id whose catalog entry may not be durable yet (see the checkpoint in the header comment). */
 const recoveryFromKey = 'm!recovery-from';
+/** Written synced before a checkpoint, so that every catalog write before it is in a synced log. */
+const logBarrierKey = 'm!log-barrier';
 /** A file beside the databases: the catalog was found damaged, so the next open rebuilds it. */
 const catalogDamagedMarker = 'catalog-damaged';
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
@@ -554,6 +561,8 @@ class LevelReplicaStore implements ReplicaStore {
   }, commitsPerBatchMax);
 
   private readonly path: string;
+  /** After a synced write: the catalog's log files it did not sync made durable too (see leveldb-logs.ts). */
+  private readonly syncOlderCatalogLogs: () => Promise<void>;
   private readonly onOpenNotice: NonNullable<ReplicaStoreInit['onOpenNotice']>;
 
   constructor(init: ReplicaStoreInit) {
@@ -561,6 +570,7 @@ class LevelReplicaStore implements ReplicaStore {
     // Pixel data rarely compresses and Snappy costs CPU on every byte; a larger write buffer means fewer
     // memtable flushes while instances stream in.
     this.db = new Level<string, Uint8Array>(join(init.path, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+    this.syncOlderCatalogLogs = createOlderLogSync(join(init.path, 'catalog'));
     this.blobDb = new Level<string, Uint8Array>(join(init.path, 'blobs'), {
       keyEncoding: 'utf8',
       valueEncoding: 'view',
@@ -727,10 +737,14 @@ class LevelReplicaStore implements ReplicaStore {
     const fromBlobId = from === undefined ? '' : Buffer.from(from).toString('utf8');
     const committed: string[] = [];
     const unfinished: string[] = [];
+    /** Committed, but a chunk is missing: written before a LevelDB log switch that a power cut undid (see leveldb-logs.ts). */
+    const chunksLost: string[] = [];
     let blobId: string | undefined;
     let hasCommitRecord = false;
+    let nextChunk = 0;
+    let chunksWhole = true;
     const endBlob = () => {
-      if (blobId !== undefined) (hasCommitRecord ? committed : unfinished).push(blobId);
+      if (blobId !== undefined) (!hasCommitRecord ? unfinished : chunksWhole ? committed : chunksLost).push(blobId);
     };
     for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
       const id = blobIdOfKey(key);
@@ -738,11 +752,30 @@ class LevelReplicaStore implements ReplicaStore {
         endBlob();
         blobId = id;
         hasCommitRecord = false;
+        nextChunk = 0;
+        chunksWhole = true;
       }
-      if (key.endsWith(`!${commitRecordSuffix}`)) hasCommitRecord = true;
+      if (key.endsWith(`!${commitRecordSuffix}`)) {
+        hasCommitRecord = true;
+        continue;
+      }
+      // Chunks are numbered from 0 without a gap, the last one in the commit's own batch.
+      const chunk = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
+      if (chunk !== nextChunk) chunksWhole = false;
+      nextChunk = chunk + 1;
     }
     endBlob();
     for (const id of unfinished) await this.deleteBlob(id, true);
+    for (const id of chunksLost) {
+      const listed = await this.listedEntryOf(id);
+      // Never acknowledged (a commit is answered once the older logs are synced too): deleted, the sender
+      // retries. One the catalog lists was acknowledged: kept for the scrub, which replaces it from a peer.
+      if (listed === undefined) await this.deleteBlob(id, true);
+      this.onOpenNotice(
+        listed === undefined ? 'a commit found without all of its chunks (a power cut): deleted, it was never acknowledged' : 'a listed instance is missing chunks: the scrub replaces it from another site',
+        { blobId: id, ...(listed ? { sopInstanceUid: listed.sopInstanceUid } : {}) },
+      );
+    }
     for (const id of committed) {
       const bytes = await this.blobDb.get(commitRecordKey(id));
       if (bytes === undefined) continue;
@@ -758,6 +791,18 @@ class LevelReplicaStore implements ReplicaStore {
       if (current === undefined) await this.db.batch(catalogWriteOpsEncoded(entry, bytes), { sync: true });
       // Committed, lost its catalog entry in a power cut, and stored again since: keep one copy.
       else if (current.blobId !== entry.blobId) await this.deleteBlob(entry.blobId, true);
+    }
+  }
+
+  /** The catalog entry that points at this blob, if its commit record can be read and the catalog lists it. */
+  private async listedEntryOf(blobId: string): Promise<CatalogEntry | undefined> {
+    const bytes = await this.blobDb.get(commitRecordKey(blobId));
+    if (bytes === undefined) return undefined;
+    try {
+      const current = await this.getEntry(decodeCatalogEntry(bytes).sopInstanceUid);
+      return current?.blobId === blobId ? current : undefined;
+    } catch {
+      return undefined;
     }
   }
 
@@ -934,7 +979,13 @@ class LevelReplicaStore implements ReplicaStore {
     for (const blobId of this.openUploads) if (blobId < from) from = blobId;
     const checkpoint = Buffer.from(from, 'utf8');
     const ops = [recoveryFromKey, searchIndexedBeforeKey].map((key) => ({ type: 'put' as const, key, value: checkpoint }));
-    this.checkpointRunning = this.written(this.db.batch(ops, { sync: true })).finally(() => {
+    this.checkpointRunning = (async () => {
+      // The catalog entries before it durable first, in whichever log they went to: a synced write, then the
+      // logs LevelDB closed unsynced before it (see leveldb-logs.ts). Only then may recovery start after them.
+      await this.written(this.db.put(logBarrierKey, new Uint8Array(0), { sync: true }));
+      await this.written(this.syncOlderCatalogLogs());
+      await this.written(this.db.batch(ops, { sync: true }));
+    })().finally(() => {
       this.checkpointRunning = undefined;
     });
     return this.checkpointRunning;
