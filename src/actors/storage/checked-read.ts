@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { CatalogEntry } from './catalog-types.ts';
-import type { ReplicaStore } from './replica-store.ts';
+import { StoreError, type ReplicaStore } from './replica-store.ts';
 
 /**
  * What a sub-operation sends is checked against the SHA-256 the catalog recorded for it: a copy the disk
@@ -49,6 +49,6 @@ export async function checkedStream(store: ReplicaStore, entry: CatalogEntry): P
     if (sha256 === entry.sha256) return;
     const reason = `read for a retrieve: SHA-256 ${sha256.slice(0, 16)}..., catalog says ${entry.sha256.slice(0, 16)}...`;
     store.reportSuspectCopy(entry.sopInstanceUid, reason);
-    throw new Error(`the stored copy of ${entry.sopInstanceUid} is damaged (${reason})`);
+    throw new StoreError('ERR_STORE_CORRUPT', `the stored copy of ${entry.sopInstanceUid} is damaged (${reason})`);
   })();
 }

@@ -680,7 +680,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           continue;
         }
         const body = await bodies.next();
-        if (body.done === true) throw new Error('readInstances ended early');
+        if (body.done === true) throw new StoreError('ERR_STORE_CORRUPT', `the store ended its reads before instance ${index + 1} of ${held.length}`);
         await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal, log);
       }
       await bodies.return(undefined);
