@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { test } from 'node:test';
-import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
+import { createConcurrencyLimit, type ConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
 import { Status } from '../../src/codec/dimse.ts';
 import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { waitFor } from '../support/wait.ts';
@@ -38,4 +38,35 @@ test('instances sent as stored to clients that do not read are held within the b
   }
   // Once those clients are gone, every hold is given back.
   await waitFor('every hold given back', async () => budget.stats().running === 0 && budget.stats().queued === 0, 30_000);
+});
+
+test('a later instance of a WADO-RS response under way waits its turn in the budget of bytes held at once, not refused for a full queue (which could only cut the response)', async (t) => {
+  const inner = createConcurrencyLimit(16 * 1024 * 1024, 1);
+  let calls = 0;
+  let releaseBlocker!: () => void;
+  const blocker = new Promise<void>((resolve) => (releaseBlocker = resolve));
+  // Another request comes in just as the response's second instance asks for its place: it fills the queue (of 1).
+  const budget: ConcurrencyLimit = {
+    run(work, weight, signal, admitted) {
+      if (++calls === 2) {
+        void inner.run(() => blocker, 16 * 1024 * 1024);
+        setTimeout(releaseBlocker, 300);
+      }
+      return inner.run(work, weight, signal, admitted);
+    },
+    stats: () => inner.stats(),
+  };
+  const peer = await startTestPeer([], 'retrieve-held-admitted', undefined, { heldInstanceBytes: budget });
+  t.after(() => peer.dispose());
+  const study = '1.2.826.0.1.3680043.10.1453.99.31';
+  const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+  for (let n = 1; n <= 3; n++) {
+    const reply = await store.storeInstance({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, rows: 512, columns: 512, bitsAllocated: 16, pixelPattern: 'random' });
+    assert.equal(reply.command.status, Status.Success);
+  }
+  await store.client.release();
+  const response = await fetch(`http://127.0.0.1:${peer.httpPort}/dicom-web/studies/${study}`, { headers: { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' } });
+  assert.equal(response.status, 200);
+  const body = Buffer.from(await response.arrayBuffer()).toString('latin1');
+  assert.equal(body.match(/content-type: application\/dicom/gi)?.length, 3, 'every instance of the study in the response');
 });

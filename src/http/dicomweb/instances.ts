@@ -264,7 +264,8 @@ export async function withFirstReady<T>(items: AsyncGenerator<T>): Promise<Async
 /**
  * `work`, which holds an instance whole (read, decoded), within ctx.heldInstanceBytes, weighing `weight`
  * bytes. The wait ends when the client leaves (its place is given up, nothing is read for it) or after
- * heldInstanceWaitMaxMs (503); a queue already full is a 503 at once.
+ * heldInstanceWaitMaxMs (503); a queue already full is a 503 at once, unless the response is under way
+ * (ctx.meshLookupsAdmitted: a later instance of it).
  */
 export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWebExchange, weight: number, work: () => Promise<T>): Promise<T> {
   const waiting = new AbortController();
@@ -282,6 +283,9 @@ export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWe
       },
       weight,
       waiting.signal,
+      // A later instance of a response under way waits its turn beyond the queue's bound: refused, it could
+      // only cut the response (see responseInstances).
+      ctx.meshLookupsAdmitted === true,
     );
   } catch (error) {
     if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many requests wait to hold large instances (${error.message}): retry`);
