@@ -255,6 +255,9 @@ test('after a start the known sites not heard yet count for the quorum: a store 
   const explicit = store(s, 'r3', 'u3', 1100);
   assert.deepEqual(acks(explicit.effects), []);
   assert.deepEqual(acks(run(explicit.state, { type: 'tick', nowMs: 6000 }).effects).map((e) => (e.type === 'ackStore' ? e.status : 0)), [StoreStatus.OutOfResources]);
+  // A known site already seen dead in this run is not awaited: answered at once, as before.
+  s = run(restart(settling), { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')], nowMs: 1000 }).state;
+  assert.deepEqual(acks(store(s, 'r5', 'u5', 1100).effects).map((e) => (e.type === 'ackStore' ? e.quorum : 0)), [1]);
   // A store after the wait is not held: the wait is a start's only.
   s = run(restart(settling), { type: 'viewChanged', members: [member('peer-a')], nowMs: 1000 }, { type: 'tick', nowMs: 6000 }).state;
   assert.deepEqual(acks(store(s, 'r4', 'u4', 6100).effects).map((e) => (e.type === 'ackStore' ? e.quorum : 0)), [1]);

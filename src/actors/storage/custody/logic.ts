@@ -558,17 +558,24 @@ function settlingAfterStart(state: CustodyState, nowMs: number): boolean {
   return settleMs > 0 && (state.startedAt === undefined || nowMs - state.startedAt.nowMs < settleMs);
 }
 
-/** The sites a store's quorum may count on: alive ones, and after a start the known ones not heard yet. */
+/** After a start, the known sites not heard yet in this run (no record of theirs in the view: one seen dead is not awaited). */
+function sitesAwaited(state: CustodyState, nowMs: number): string[] {
+  if (!settlingAfterStart(state, nowMs)) return [];
+  const heard = new Set(state.members.map((m) => m.siteName));
+  return [...state.knownSites.keys()].filter((siteName) => !heard.has(siteName));
+}
+
+/** The sites a store's quorum may count on: alive ones, and the awaited ones (see sitesAwaited). */
 function sitesForQuorum(state: CustodyState, nowMs: number): number {
   const sites = sitesOf(state, ['alive']);
-  if (settlingAfterStart(state, nowMs)) for (const siteName of state.knownSites.keys()) sites.add(siteName);
+  for (const siteName of sitesAwaited(state, nowMs)) sites.add(siteName);
   return sites.size;
 }
 
-/** Sites up (see sitesUp), and after a start the known ones not heard yet. */
+/** Sites up (see sitesUp), and the awaited ones (see sitesAwaited). */
 function sitesUpOrAwaited(state: CustodyState, nowMs: number): Set<string> {
   const up = sitesUp(state);
-  if (settlingAfterStart(state, nowMs)) for (const siteName of state.knownSites.keys()) up.add(siteName);
+  for (const siteName of sitesAwaited(state, nowMs)) up.add(siteName);
   return up;
 }
 
