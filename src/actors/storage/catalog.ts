@@ -388,13 +388,15 @@ export async function newestStoredAtOfPatient(db: CatalogDb, patientId: string):
 
 /** The entries of several instances in one read (getMany), in order: undefined where none is stored. */
 export async function getCatalogEntries(db: CatalogDb, sopInstanceUids: readonly string[]): Promise<Array<CatalogEntry | undefined>> {
+  return (await getCatalogEntryRecords(db, sopInstanceUids)).map((bytes) => (bytes === undefined ? undefined : decodeCatalogEntry(bytes)));
+}
+
+/** The encoded catalog entries of these UIDs, in order (undefined: none, or not a valid UID), for callers that decode each on its own. */
+export async function getCatalogEntryRecords(db: CatalogDb, sopInstanceUids: readonly string[]): Promise<Array<Uint8Array | undefined>> {
   const valid = sopInstanceUids.filter(isValidUid);
   const values = valid.length === 0 ? [] : await readAcrossReopen(db, () => db.getMany(valid.map(catalogEntryKey)));
   const byUid = new Map<string, Uint8Array | undefined>(valid.map((uid, i) => [uid, values[i]]));
-  return sopInstanceUids.map((uid) => {
-    const bytes = byUid.get(uid);
-    return bytes === undefined ? undefined : decodeCatalogEntry(bytes);
-  });
+  return sopInstanceUids.map((uid) => byUid.get(uid));
 }
 
 export async function hasInstance(db: CatalogDb, sopInstanceUid: string): Promise<boolean> {

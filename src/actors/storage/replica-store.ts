@@ -35,7 +35,7 @@ import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import { createOlderLogSync } from './leveldb-logs.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntry, newestStoredAtOfPatient, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntryRecords, getCatalogEntry, newestStoredAtOfPatient, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 import type { ForgottenSite } from '../membership/messages.ts';
 import type { CommitmentRecord } from '../commitment/messages.ts';
@@ -537,9 +537,9 @@ class LevelReplicaStore implements ReplicaStore {
    * fails its check refuses the commit of its UID only (and is reported), not every commit batched with it.
    */
   private async existingEntries(sopInstanceUids: readonly string[]): Promise<Array<Settled<CatalogEntry | undefined>>> {
-    const values = await readAcrossReopen(this.db, () => this.db.getMany(sopInstanceUids.map((uid) => CATALOG_ENTRY_PREFIX + uid)));
-    return values.map((bytes, index) => {
-      if (bytes === undefined || !isValidUid(sopInstanceUids[index]!)) return { value: undefined };
+    const records = await getCatalogEntryRecords(this.db, sopInstanceUids);
+    return records.map((bytes, index) => {
+      if (bytes === undefined) return { value: undefined };
       try {
         return { value: decodeCatalogEntry(bytes) };
       } catch (error) {
