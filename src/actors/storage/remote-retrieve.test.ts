@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { createMeshNode } from '../../net/node.ts';
 import { generateSwarmKey } from '../../net/swarm-key.ts';
 import { silentLogger } from '../runtime/logger.ts';
@@ -25,7 +25,8 @@ async function put(store: ReplicaStore, uid: string, bytes: Uint8Array): Promise
   }));
 }
 
-test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pulls once; limits and failures reported', { timeout: 30_000 }, async (t) => {
+/** Peer a (serving replication from its store) and peer b, connected, each with its store; all stopped after the test. */
+async function connectedPeers(t: TestContext) {
   const swarmKey = generateSwarmKey();
   const dirs = [await mkdtemp(join(tmpdir(), 'pacs-rr-')), await mkdtemp(join(tmpdir(), 'pacs-rr-'))];
   const a = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
@@ -44,6 +45,11 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
   for (let deadline = Date.now() + 10_000; !b.connectedPeers().includes(a.peerId); await new Promise((r) => setTimeout(r, 50))) {
     if (Date.now() > deadline) throw new Error('no connection');
   }
+  return { a, b, storeA, storeB };
+}
+
+test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pulls once; limits and failures reported', { timeout: 30_000 }, async (t) => {
+  const { a, b, storeA, storeB } = await connectedPeers(t);
   const remoteBytes = randomBytes(80_000);
   await put(storeA, '1.2.9.1.1', remoteBytes);
   await put(storeA, '1.2.9.1.2', randomBytes(10));
@@ -127,24 +133,7 @@ test('resolveRetrieveEverywhere merges local and remote matches; ensureLocal pul
 });
 
 test('a pull shared by two retrieves is not given up because the first one was cancelled', { timeout: 30_000 }, async (t) => {
-  const swarmKey = generateSwarmKey();
-  const dirs = [await mkdtemp(join(tmpdir(), 'pacs-rr-')), await mkdtemp(join(tmpdir(), 'pacs-rr-'))];
-  const a = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
-  const b = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, bootstrap: [loopbackAddress(a)] });
-  const storeA = createReplicaStore({ path: join(dirs[0]!, 'store') });
-  const storeB = createReplicaStore({ path: join(dirs[1]!, 'store') });
-  await storeA.open();
-  await storeB.open();
-  const server = await serveReplication({ node: a, store: storeA, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
-  t.after(async () => {
-    await server.stop();
-    await Promise.allSettled([a.stop(), b.stop()]);
-    await Promise.allSettled([storeA.close(), storeB.close()]);
-    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
-  });
-  for (let deadline = Date.now() + 10_000; !b.connectedPeers().includes(a.peerId); await new Promise((r) => setTimeout(r, 50))) {
-    if (Date.now() > deadline) throw new Error('no connection');
-  }
+  const { a, b, storeA, storeB } = await connectedPeers(t);
   await put(storeA, '1.2.9.2.1', randomBytes(16 * 1024 * 1024));
   const retrieve = createRemoteRetrieve({ node: b, store: storeB, log: silentLogger, peers: () => [a.peerId] });
   // A viewer's C-GET that is cancelled (its association aborted) while the instance is pulled, and another
