@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { bootstrapFailureCause, createMeshNode, peerActivityNoticeMs } from './node.ts';
+import { bootstrapFailureCause, createMeshNode, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
@@ -198,6 +198,39 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       child.stdin!.end();
       await once(child, 'exit');
     }
+  });
+
+  it('a stream its handler is done with ends, also when the remote keeps its end open and sends on (hunt 100)', async () => {
+    // The handler answers and returns, as a refusal of a malformed request does; the remote neither
+    // closes nor reads, and keeps sending: left open, each such stream held a reader queue and a window.
+    let handled = false;
+    await b.handle('/pacs-mesh/test-half-open/1', async (stream) => {
+      await stream.reader.readFrame(1024, { signal: AbortSignal.timeout(5000) });
+      await stream.writer.writeFrame(encodeEnvelope({ type: 'refused' }));
+      await stream.closeWrite();
+      handled = true;
+    });
+    const stream = await a.openStream(b.peerId, '/pacs-mesh/test-half-open/1');
+    await stream.writer.writeFrame(encodeEnvelope({ type: 'x' }));
+    await waitFor('the handler to return', () => handled);
+    const junk = new Uint8Array(16 * 1024);
+    const startedMs = performance.now();
+    let sent = 0;
+    const outcome = await (async () => {
+      try {
+        while (performance.now() - startedMs < handledStreamCloseMs + 5000) {
+          await stream.writer.write(junk, { signal: AbortSignal.timeout(handledStreamCloseMs + 5000) });
+          sent += junk.byteLength;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        return 'still open';
+      } catch (err) {
+        return (err as { code?: string }).code ?? String(err);
+      }
+    })();
+    assert.equal(outcome, 'ERR_STREAM_RESET', `after ${sent} bytes sent in ${Math.round(performance.now() - startedMs)} ms`);
+    assert.ok(performance.now() - startedMs < handledStreamCloseMs + 2000, `reset after ${Math.round(performance.now() - startedMs)} ms`);
+    await b.unhandle('/pacs-mesh/test-half-open/1');
   });
 
   it('applies back-pressure: a slow reader does not make the writer buffer without bound', async () => {

@@ -51,6 +51,12 @@ import type { Multiaddr } from '@multiformats/multiaddr';
 /** How often, at most, data from one peer is reported as a sign of life (MeshNode.onPeerActivity). */
 export const peerActivityNoticeMs = 250;
 
+/**
+ * A stream whose handler is done waits this long at most for the remote's end (what it still sends is
+ * read and dropped), then is reset (see MeshNode.handle).
+ */
+export const handledStreamCloseMs = 5000;
+
 export interface MeshNodeTuning {
   /**
    * yamux per-stream receive window cap (bytes). Default 4 MiB: window updates go out every half window
@@ -288,7 +294,10 @@ export interface MeshNode {
   onPeerActivity(handler: PeerHandler): () => void;
   /** A connected peer subscribed to `topic` (gossip published to the topic reaches it from now on). */
   onTopicJoined(topic: string, handler: PeerHandler): () => void;
-  /** Serve a stream protocol. If the handler throws or rejects, the stream is reset. */
+  /**
+   * Serve a stream protocol. If the handler throws or rejects, the stream is reset. Once it returns, the
+   * stream is closed: our end, then the remote's awaited for handledStreamCloseMs at most, else reset.
+   */
   handle(protocol: string, handler: StreamHandler, options?: HandleOptions): Promise<void>;
   unhandle(protocol: string): Promise<void>;
   openStream(peerId: string, protocol: string, options?: OpenStreamOptions): Promise<MeshStream>;
@@ -1126,6 +1135,17 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
           await handler(mesh);
         } catch (err) {
           log.error('handler for %s threw - %e', protocol, err);
+          mesh.abort(err instanceof Error ? err : new Error(String(err)));
+          return;
+        }
+        // The handler is done with the stream: it ends here. A remote that neither closed its end nor
+        // reset the stream (a refused request, then more bytes) kept it open for good, each holding the
+        // reader's high-water mark plus a stream window and a place in the protocol's stream limit (hunt
+        // 100: 80 such streams from one peer held 470 MiB at the receiver, for as long as it liked).
+        if (mesh.raw.status !== 'open') return;
+        try {
+          await mesh.close({ signal: AbortSignal.timeout(handledStreamCloseMs) });
+        } catch (err) {
           mesh.abort(err instanceof Error ? err : new Error(String(err)));
         }
       }, {
