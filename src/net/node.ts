@@ -90,6 +90,11 @@ export interface MeshNodeTuning {
    * through different bootstrap nodes find and dial each other (full mesh). 0 disables it. Default 5000.
    */
   peerAnnounceIntervalMs?: number;
+  /**
+   * Bytes one connection may hold for its peer (waiting for its socket) before it is aborted: a peer that
+   * keeps its connection alive but reads nothing. Default 64 MiB. Private network only.
+   */
+  maxConnectionWriteBufferBytes?: number;
 }
 
 /** Gossip topic of the built-in address announcements: envelope `{ type: 'peer-addrs', peerId, addrs }`. */
@@ -791,6 +796,11 @@ function errorChainText(err: unknown): string {
   return parts.join(' | ');
 }
 
+/** Bytes of gossip queued for one peer at most (see the gossipsub options): eight of the largest messages. */
+export function gossipOutboundBufferBytes(maxGossipBytes: number): number {
+  return 8 * maxGossipBytes;
+}
+
 /** Build and start a mesh node. */
 export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   if (init.swarmKey === undefined) {
@@ -841,7 +851,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       announce,
     },
     transports: [tcp()],
-    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey, inboundActivity }) }),
+    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey, inboundActivity, maxWriteBufferBytes: tuning.maxConnectionWriteBufferBytes }) }),
     connectionEncrypters: [noise()],
     streamMuxers: [
       yamux({
@@ -878,6 +888,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
         emitSelf: false,
         doPX: false,
         maxInboundDataLength: maxGossipBytes,
+        // Gossipsub writes to a peer's stream without back-pressure: to a connected peer that reads
+        // nothing (its pings still arrive, so it is not silent) every message published was queued, for
+        // as long as it stayed connected (hunt 100: 50 MiB held for 50 MiB published). Past this the
+        // stream is reset: that peer hears no more gossip from here, and its membership drops this peer
+        // (then both reconnect) if it is alive at all.
+        maxOutboundBufferSize: gossipOutboundBufferBytes(maxGossipBytes),
         // No penalty for many PeerIds behind one IP address. gossipsub's default scores each peer down by
         // the square of the PeerIds past 10 seen at its address, remembered for an hour after they leave:
         // a site restarted on empty data directories gets a new PeerId each time, so after about a dozen
