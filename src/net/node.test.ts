@@ -9,9 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
-import { bootstrapFailureCause, createMeshNode, peerActivityNoticeMs } from './node.ts';
+import { bootstrapFailureCause, createMeshNode, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from './stream.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
@@ -197,6 +199,97 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       child.kill('SIGCONT');
       child.stdin!.end();
       await once(child, 'exit');
+    }
+  });
+
+  it('a stream its handler is done with ends, also when the remote keeps its end open and sends on (hunt 100)', async () => {
+    // The handler answers and returns, as a refusal of a malformed request does; the remote neither
+    // closes nor reads, and keeps sending: left open, each such stream held a reader queue and a window.
+    let handled = false;
+    await b.handle('/pacs-mesh/test-half-open/1', async (stream) => {
+      await stream.reader.readFrame(1024, { signal: AbortSignal.timeout(5000) });
+      await stream.writer.writeFrame(encodeEnvelope({ type: 'refused' }));
+      await stream.closeWrite();
+      handled = true;
+    });
+    const stream = await a.openStream(b.peerId, '/pacs-mesh/test-half-open/1');
+    await stream.writer.writeFrame(encodeEnvelope({ type: 'x' }));
+    await waitFor('the handler to return', () => handled);
+    const junk = new Uint8Array(16 * 1024);
+    const startedMs = performance.now();
+    let sent = 0;
+    const outcome = await (async () => {
+      try {
+        while (performance.now() - startedMs < handledStreamCloseMs + 5000) {
+          await stream.writer.write(junk, { signal: AbortSignal.timeout(handledStreamCloseMs + 5000) });
+          sent += junk.byteLength;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        return 'still open';
+      } catch (err) {
+        return (err as { code?: string }).code ?? String(err);
+      }
+    })();
+    assert.equal(outcome, 'ERR_STREAM_RESET', `after ${sent} bytes sent in ${Math.round(performance.now() - startedMs)} ms`);
+    assert.ok(performance.now() - startedMs < handledStreamCloseMs + 2000, `reset after ${Math.round(performance.now() - startedMs)} ms`);
+    await b.unhandle('/pacs-mesh/test-half-open/1');
+  });
+
+  it('gossip to a connected peer that reads nothing is not queued without bound (hunt 100)', async () => {
+    // The peer keeps the connection alive (its pings arrive: no silence here) but reads nothing of what
+    // this one sends: a proxy that stops forwarding this node's direction. Gossipsub writes without
+    // back-pressure, so every message published was queued for it, for as long as it stayed connected.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    let frozen = false;
+    const victimSides: Socket[] = [];
+    const proxy = createTcpServer((client) => {
+      const upstream = connect({ host: '127.0.0.1', port: portOf(a.multiaddrs()[0]!) });
+      victimSides.push(upstream);
+      client.on('error', () => undefined);
+      upstream.on('error', () => undefined);
+      client.on('data', (d) => upstream.write(d));
+      upstream.on('data', (d) => {
+        if (!frozen) client.write(d);
+      });
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+    const liar = await start({ tuning: { peerAnnounceIntervalMs: 0, pingTimeoutMs: 3_600_000 } });
+    const topic = 'pacs-mesh/test-never-reads/1';
+    let heard = 0;
+    const offLiar = liar.subscribe(topic, () => heard++);
+    const offA = a.subscribe(topic, () => undefined);
+    try {
+      await liar.dial(`/ip4/127.0.0.1/tcp/${(proxy.address() as AddressInfo).port}`);
+      const payload = new Uint8Array(64 * 1024).fill(1);
+      await waitFor('the liar to hear gossip', async () => {
+        await a.publish(topic, payload);
+        await new Promise((r) => setTimeout(r, 200));
+        return heard > 0;
+      });
+      // only the liar reads this topic: what a publishes goes to it alone
+      frozen = true;
+      for (const socket of victimSides) socket.pause();
+      gc();
+      const before = process.memoryUsage().arrayBuffers;
+      let published = 0;
+      for (let i = 0; i < 800; i++) {
+        await a.publish(topic, payload).catch(() => undefined);
+        published += payload.byteLength;
+        if (i % 50 === 49) await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      gc();
+      const grown = process.memoryUsage().arrayBuffers - before;
+      assert.ok(grown < 24 * 1024 * 1024, `${Math.round(grown / 1048576)} MiB held after ${Math.round(published / 1048576)} MiB published to a peer that reads nothing`);
+    } finally {
+      offLiar();
+      offA();
+      for (const socket of victimSides) socket.destroy();
+      proxy.close();
+      await liar.stop();
     }
   });
 

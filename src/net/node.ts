@@ -51,6 +51,12 @@ import type { Multiaddr } from '@multiformats/multiaddr';
 /** How often, at most, data from one peer is reported as a sign of life (MeshNode.onPeerActivity). */
 export const peerActivityNoticeMs = 250;
 
+/**
+ * A stream whose handler is done waits this long at most for the remote's end (what it still sends is
+ * read and dropped), then is reset (see MeshNode.handle).
+ */
+export const handledStreamCloseMs = 5000;
+
 export interface MeshNodeTuning {
   /**
    * yamux per-stream receive window cap (bytes). Default 4 MiB: window updates go out every half window
@@ -84,6 +90,11 @@ export interface MeshNodeTuning {
    * through different bootstrap nodes find and dial each other (full mesh). 0 disables it. Default 5000.
    */
   peerAnnounceIntervalMs?: number;
+  /**
+   * Bytes one connection may hold for its peer (waiting for its socket) before it is aborted: a peer that
+   * keeps its connection alive but reads nothing. Default 64 MiB. Private network only.
+   */
+  maxConnectionWriteBufferBytes?: number;
 }
 
 /** Gossip topic of the built-in address announcements: envelope `{ type: 'peer-addrs', peerId, addrs }`. */
@@ -288,7 +299,10 @@ export interface MeshNode {
   onPeerActivity(handler: PeerHandler): () => void;
   /** A connected peer subscribed to `topic` (gossip published to the topic reaches it from now on). */
   onTopicJoined(topic: string, handler: PeerHandler): () => void;
-  /** Serve a stream protocol. If the handler throws or rejects, the stream is reset. */
+  /**
+   * Serve a stream protocol. If the handler throws or rejects, the stream is reset. Once it returns, the
+   * stream is closed: our end, then the remote's awaited for handledStreamCloseMs at most, else reset.
+   */
   handle(protocol: string, handler: StreamHandler, options?: HandleOptions): Promise<void>;
   unhandle(protocol: string): Promise<void>;
   openStream(peerId: string, protocol: string, options?: OpenStreamOptions): Promise<MeshStream>;
@@ -782,6 +796,11 @@ function errorChainText(err: unknown): string {
   return parts.join(' | ');
 }
 
+/** Bytes of gossip queued for one peer at most (see the gossipsub options): eight of the largest messages. */
+export function gossipOutboundBufferBytes(maxGossipBytes: number): number {
+  return 8 * maxGossipBytes;
+}
+
 /** Build and start a mesh node. */
 export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   if (init.swarmKey === undefined) {
@@ -832,7 +851,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       announce,
     },
     transports: [tcp()],
-    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey, inboundActivity }) }),
+    ...(init.swarmKey === null ? {} : { connectionProtector: pskProtector({ swarmKey: init.swarmKey, inboundActivity, maxWriteBufferBytes: tuning.maxConnectionWriteBufferBytes }) }),
     connectionEncrypters: [noise()],
     streamMuxers: [
       yamux({
@@ -869,6 +888,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
         emitSelf: false,
         doPX: false,
         maxInboundDataLength: maxGossipBytes,
+        // Gossipsub writes to a peer's stream without back-pressure: to a connected peer that reads
+        // nothing (its pings still arrive, so it is not silent) every message published was queued, for
+        // as long as it stayed connected (hunt 100: 50 MiB held for 50 MiB published). Past this the
+        // stream is reset: that peer hears no more gossip from here, and its membership drops this peer
+        // (then both reconnect) if it is alive at all.
+        maxOutboundBufferSize: gossipOutboundBufferBytes(maxGossipBytes),
         // No penalty for many PeerIds behind one IP address. gossipsub's default scores each peer down by
         // the square of the PeerIds past 10 seen at its address, remembered for an hour after they leave:
         // a site restarted on empty data directories gets a new PeerId each time, so after about a dozen
@@ -1126,6 +1151,17 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
           await handler(mesh);
         } catch (err) {
           log.error('handler for %s threw - %e', protocol, err);
+          mesh.abort(err instanceof Error ? err : new Error(String(err)));
+          return;
+        }
+        // The handler is done with the stream: it ends here. A remote that neither closed its end nor
+        // reset the stream (a refused request, then more bytes) kept it open for good, each holding the
+        // reader's high-water mark plus a stream window and a place in the protocol's stream limit (hunt
+        // 100: 80 such streams from one peer held 470 MiB at the receiver, for as long as it liked).
+        if (mesh.raw.status !== 'open') return;
+        try {
+          await mesh.close({ signal: AbortSignal.timeout(handledStreamCloseMs) });
+        } catch (err) {
           mesh.abort(err instanceof Error ? err : new Error(String(err)));
         }
       }, {

@@ -234,6 +234,24 @@ describe('pskProtector', () => {
     }
   });
 
+  it('a connection whose remote reads nothing is aborted once more than maxWriteBufferBytes wait for it (hunt 100)', async () => {
+    const swarmKey = generateSwarmKey();
+    const bound = 256 * 1024;
+    const [a, b] = await protectedPair(protectorFrom(pskProtector({ swarmKey, maxWriteBufferBytes: bound })), protectorFrom(pskProtector({ swarmKey })));
+    b.pause(); // the remote reads nothing from now on
+    const closed = new Promise<Error | undefined>((resolve) => a.addEventListener('close', (evt) => resolve((evt as { error?: Error }).error), { once: true }));
+    const piece = new Uint8Array(16 * 1024);
+    let sent = 0;
+    for (let i = 0; i < 64 && a.status === 'open'; i++) {
+      a.send(piece);
+      sent += piece.byteLength;
+    }
+    const error = await Promise.race([closed, new Promise<string>((r) => setTimeout(() => r('still open'), 2000))]);
+    assert.notEqual(error, 'still open', `${sent} bytes queued, ${a.writeBufferLength} held, the connection still open`);
+    assert.equal((error as Error | undefined)?.name, 'StreamBufferError');
+    assert.ok(sent <= bound + 2 * piece.byteLength + 64 * 1024, `aborted after ${sent} bytes`);
+  });
+
   it('refuses an unknown cipher', () => {
     assert.throws(
       () => protectorFrom(pskProtector({ swarmKey: generateSwarmKey(), cipher: 'aes' as PnetCipher })),

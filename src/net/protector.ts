@@ -234,6 +234,7 @@ interface PnetConnectionInit {
   cipher: PnetCipher;
   log: MultiaddrConnection['log'];
   inboundActivity?: InboundActivity;
+  maxWriteBufferBytes: number;
 }
 
 /** The protected connection: same shape as @libp2p/pnet's BoxMessageStream, with our keystreams. */
@@ -243,7 +244,8 @@ class PnetConnection extends AbstractMultiaddrConnection {
   private readonly outbound: Keystream;
 
   constructor(init: PnetConnectionInit) {
-    super({ log: init.log, remoteAddr: init.maConn.remoteAddr, direction: init.maConn.direction });
+    // Past maxWriteBufferBytes queued for a peer that reads nothing, the connection is aborted (StreamBufferError).
+    super({ log: init.log, remoteAddr: init.maConn.remoteAddr, direction: init.maConn.direction, maxWriteBufferLength: init.maxWriteBufferBytes });
     this.maConn = init.maConn;
     this.inbound = createKeystream(init.cipher, init.psk, init.remoteNonce);
     this.outbound = createKeystream(init.cipher, init.psk, init.localNonce);
@@ -315,7 +317,15 @@ export interface PskProtectorInit {
   handshakeTimeout?: number;
   /** Told when each protected connection opens, receives bytes and closes (the node's silence check). */
   inboundActivity?: InboundActivity;
+  /**
+   * Bytes a connection may hold for the remote at most (waiting for its socket); past it the connection is
+   * aborted. Default 64 MiB (DEFAULT_CONNECTION_WRITE_BUFFER_BYTES). Without it, a peer that kept its
+   * connection alive (it sends) but read nothing had every small stream write queued for it (hunt 100).
+   */
+  maxWriteBufferBytes?: number;
 }
+
+export const DEFAULT_CONNECTION_WRITE_BUFFER_BYTES = 64 * 1024 * 1024;
 
 function isMultiaddrConnection(stream: MessageStream): stream is MultiaddrConnection {
   return (stream as Partial<MultiaddrConnection>).remoteAddr != null;
@@ -327,6 +337,7 @@ class PskConnectionProtector implements ConnectionProtector {
   private readonly cipher: PnetCipher;
   private readonly handshakeTimeout: number;
   private readonly inboundActivity: InboundActivity | undefined;
+  private readonly maxWriteBufferBytes: number;
 
   constructor(init: PskProtectorInit) {
     const psk = init.swarmKey instanceof Uint8Array ? init.swarmKey : init.swarmKey.psk;
@@ -341,6 +352,7 @@ class PskConnectionProtector implements ConnectionProtector {
     this.cipher = cipher;
     this.handshakeTimeout = init.handshakeTimeout ?? 5000;
     this.inboundActivity = init.inboundActivity;
+    this.maxWriteBufferBytes = init.maxWriteBufferBytes ?? DEFAULT_CONNECTION_WRITE_BUFFER_BYTES;
   }
 
   async protect(connection: MessageStream, options?: AbortOptions): Promise<MessageStream> {
@@ -363,7 +375,7 @@ class PskConnectionProtector implements ConnectionProtector {
       throw new ProtectorError('ERR_PNET_HANDSHAKE', `pnet nonce exchange failed: ${(err as Error).message}`, { cause: err });
     }
     log('exchanged nonces (%s)', this.cipher);
-    return new PnetConnection({ maConn: bytes.unwrap(), localNonce, remoteNonce, psk: this.psk, cipher: this.cipher, log, inboundActivity: this.inboundActivity });
+    return new PnetConnection({ maConn: bytes.unwrap(), localNonce, remoteNonce, psk: this.psk, cipher: this.cipher, log, inboundActivity: this.inboundActivity, maxWriteBufferBytes: this.maxWriteBufferBytes });
   }
 }
 

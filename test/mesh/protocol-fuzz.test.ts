@@ -193,9 +193,15 @@ describe(`mesh protocol fuzz (MESH_FUZZ_SEED=${seed}, MESH_FUZZ_ROUNDS=${rounds}
     const store = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), file], { env, timeoutMs: 30_000 });
     assert.equal(store.code, 0, store.stderr);
     assert.doesNotMatch(store.stderr + store.stdout, /E:/, `C-STORE after the fuzz: ${store.stderr}`);
-    const find = await runTool('findscu', ['-S', '-aec', 'PACSMESH', '-k', 'QueryRetrieveLevel=IMAGE', '-k', `SOPInstanceUID=${resolved.sopInstanceUid}`, '127.0.0.1', String(peer.dicomPort)], { env, timeoutMs: 20_000 });
-    assert.equal(find.code, 0, find.stderr);
-    assert.match(find.stderr + find.stdout, new RegExp(resolved.sopInstanceUid.replaceAll('.', '\\.')), 'the instance stored after the fuzz is found');
+    // A peer that has heard no other site answers C-FIND "joining the mesh: retry" for its first 15 s
+    // (joinWaitAfterStartMs): the fuzz may be over sooner, now that the peer closes the streams the
+    // fuzzer leaves open at once (hunt 100), where each round waited for the fuzzer's read to time out.
+    let find: Awaited<ReturnType<typeof runTool>> | undefined;
+    await eventually(async () => {
+      find = await runTool('findscu', ['-S', '-aec', 'PACSMESH', '-k', 'QueryRetrieveLevel=IMAGE', '-k', `SOPInstanceUID=${resolved.sopInstanceUid}`, '127.0.0.1', String(peer.dicomPort)], { env, timeoutMs: 20_000 });
+      return find.code === 0 && (find.stderr + find.stdout).includes(resolved.sopInstanceUid);
+    }, 30_000, () => `C-FIND after the fuzz: ${find?.code} ${find?.stderr}`);
+    assert.match(find!.stderr + find!.stdout, new RegExp(resolved.sopInstanceUid.replaceAll('.', '\\.')), 'the instance stored after the fuzz is found');
     assert.equal((await peer.status()).instances, 1, 'nothing the fuzzer sent was stored');
   });
 });

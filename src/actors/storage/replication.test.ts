@@ -27,6 +27,7 @@ import {
   ReplicationError,
   fetchBatchFrom,
   fetchFrom,
+  queryPeer,
   replicateBatchTo,
   sendCustodyMessage,
   sendCustodyMessages,
@@ -567,6 +568,27 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     await Promise.allSettled(pushes.map((push) => push.result));
     const atB = await storeB.getEntry(uid);
     assert.ok(atB === undefined || atB.sha256 === stored.sha256, `site b holds ${uid} with the bytes site a dropped (${atB?.sha256.slice(0, 12)}), site a with ${stored.sha256.slice(0, 12)}`);
+  });
+
+  it('query: entries with long header values are answered in frames that fit, whatever their attributes weigh (hunt 100)', async () => {
+    // Values up to 1,024 bytes are kept in the catalog (store.ts); frames were sized at 64 bytes an
+    // attribute, so 200 such entries made a frame of ~8 MiB, over the 1 MiB limit: the query was refused.
+    const studyUid = '1.2.3.100';
+    const longValue = 'X'.repeat(1000);
+    for (let i = 0; i < 200; i++) {
+      const uid = `1.2.3.100.${i + 1}`;
+      const writer = storeB.beginWrite();
+      await writer.write(randomBytes(64));
+      await writer.commit(uid, (info) => ({
+        ...buildEntry(uid)(info),
+        studyInstanceUid: studyUid,
+        seriesInstanceUid: `${studyUid}.1`,
+        attributes: Array.from({ length: 40 }, (_, n) => ({ tag: 0x00091000 + n, vr: 'LT', value: longValue })),
+      }));
+    }
+    const answer = await queryPeer(a, b.peerId, { root: 'STUDY', level: 'STUDY', keys: [{ tag: 0x0020000d, vr: 'UI', value: studyUid }] }, 1000);
+    assert.equal(answer.entries.length, 200);
+    assert.equal(answer.truncated, false);
   });
 
   it('debt entries persist, list and delete', async () => {

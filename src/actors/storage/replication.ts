@@ -139,6 +139,18 @@ type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end';
 /** Query answers are cut into frames of about this many bytes of entries. */
 const queryFrameBytesTarget = 256 * 1024;
 
+/**
+ * At most the bytes of `entry` in an envelope (MessagePack): its fixed fields, and per attribute its keys
+ * and at most 3 bytes a UTF-16 unit of its value. Frames were sized at 64 bytes an attribute, but the
+ * catalog keeps values of up to 1,024 bytes: 200 entries of 40 long values made an 'entries' frame of
+ * 3.5 MB, over frameBytesMax, and the query was refused (hunt 100).
+ */
+function entryBytesMax(entry: CatalogEntry): number {
+  let bytes = 512;
+  for (const attribute of entry.attributes) bytes += 32 + 3 * (attribute.value?.length ?? 0);
+  return bytes;
+}
+
 // ---------------------------------------------------------------- framing
 
 async function writeFrameEnvelope<T extends { type: string }>(stream: MeshStream, message: T, maxBytes: number, signal: AbortSignal): Promise<void> {
@@ -725,7 +737,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         }
         batch.push(entry);
         sent++;
-        batchBytes += 512 + entry.attributes.length * 64;
+        batchBytes += entryBytesMax(entry);
         if (batchBytes >= queryFrameBytesTarget) {
           await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
           batch = [];
