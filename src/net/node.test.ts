@@ -683,6 +683,34 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.deepEqual(resaved.peers[0]!.addrs, [`/ip4/127.0.0.1/tcp/${qNewPort}/p2p/${qId}`]);
   });
 
+  it('idle TCP connections without the swarm key, held open as the handshake timeout closes them, do not keep a key holder out (hunt 100)', async () => {
+    const victim = await start({});
+    const port = portOf(loopbackAddress(victim));
+    const idle = new Set<Socket>();
+    let holding = true;
+    // Ten at a time, reopened as they close, at most 5 a second (libp2p refuses more from one host).
+    const hold = (): void => {
+      if (!holding) return;
+      const socket = connect({ host: '127.0.0.1', port });
+      idle.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        idle.delete(socket);
+        setTimeout(hold, 10);
+      });
+    };
+    for (let i = 0; i < 10; i++) setTimeout(hold, i * 220);
+    try {
+      await new Promise((r) => setTimeout(r, 2600));
+      const honest = await start({ tuning: { peerAnnounceIntervalMs: 0 } });
+      await honest.dial(loopbackAddress(victim), { signal: AbortSignal.timeout(5000) });
+      assert.ok(honest.connectedPeers().includes(victim.peerId));
+    } finally {
+      holding = false;
+      for (const socket of idle) socket.destroy();
+    }
+  });
+
   it('a damaged known-peers file is a warning and ignored; it is replaced at the next connection (helper 93)', async () => {
     const problems: KnownPeersProblem[] = [];
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));

@@ -796,6 +796,9 @@ function errorChainText(err: unknown): string {
   return parts.join(' | ');
 }
 
+/** Inbound connections still in their handshake at once (see the connection manager options). */
+export const incomingPendingConnectionsMax = 128;
+
 /** Bytes of gossip queued for one peer at most (see the gossipsub options): eight of the largest messages. */
 export function gossipOutboundBufferBytes(maxGossipBytes: number): number {
   return 8 * maxGossipBytes;
@@ -866,6 +869,11 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     peerDiscovery: withPeerId.length > 0 ? [bootstrap({ list: withPeerId, timeout: 10 })] : [],
     connectionManager: {
       dialTimeout: tuning.dialTimeoutMs ?? 5000,
+      // Connections that have not finished their handshake. libp2p's 10 were filled by anyone who reached
+      // the port, without the swarm key: 10 TCP connections that never send the pnet nonce, reopened as its
+      // 5 s timeout closes them (2 a second, under the 5 a second a host may open), kept every site out
+      // (hunt 100). One host can now hold ~25 at most; the others still get in.
+      maxIncomingPendingConnections: incomingPendingConnectionsMax,
     },
     connectionMonitor: {
       pingInterval,
