@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, test } from 'node:test';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
 import { generateSwarmKey } from '../../net/swarm-key.ts';
@@ -23,6 +23,7 @@ import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, receivePush
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
+  QUERY_PROTOCOL,
   REPLICATE_BATCH_PROTOCOL,
   ReplicationError,
   fetchBatchFrom,
@@ -606,4 +607,28 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     await storeB.updateDebt([], [{ sopInstanceUid: '1.2.5', siteName: 'site-x' }]);
     assert.deepEqual(await storeB.listDebt(), [{ sopInstanceUid: '1.2.5', siteName: 'site-y', sinceMs: 6 }]);
   });
+});
+
+test('a peer that opens query streams and sends nothing holds their slots for exchangeTimeoutMs, not the transfer deadline (hunt 100)', { timeout: 30_000 }, async (t) => {
+  const dirs = [await mkdtemp(join(tmpdir(), 'pacs-repl-')), await mkdtemp(join(tmpdir(), 'pacs-repl-'))];
+  const server = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
+  const client = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, bootstrap: [loopbackAddress(server)] });
+  const store = createReplicaStore({ path: join(dirs[0]!, 'store') });
+  await store.open();
+  const serving = await serveReplication({ node: server, store, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined, limits: { exchangeTimeoutMs: 600, inboundQueriesMax: 2 } });
+  t.after(async () => {
+    await serving.stop();
+    await Promise.allSettled([server.stop(), client.stop()]);
+    await store.close();
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  for (const deadline = Date.now() + 10_000; !client.connectedPeers().includes(server.peerId); await new Promise((r) => setTimeout(r, 50))) {
+    if (Date.now() > deadline) throw new Error('nodes did not connect');
+  }
+  // Every query slot taken by a stream that never says what it wants.
+  const silent = [await client.openStream(server.peerId, QUERY_PROTOCOL), await client.openStream(server.peerId, QUERY_PROTOCOL)];
+  t.after(() => silent.forEach((stream) => stream.abort(new Error('test over'))));
+  await new Promise((r) => setTimeout(r, 1200));
+  const answer = await queryPeer(client, server.peerId, { root: 'STUDY', level: 'IMAGE', keys: [{ tag: 0x00080018, vr: 'UI', value: '1.2.3.4.5' }] }, 10);
+  assert.deepEqual(answer.entries, [], 'served once the silent streams lost their slots');
 });

@@ -569,6 +569,13 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       }
     };
 
+  /**
+   * The first frame of a request is due within exchangeTimeoutMs, not the transfer's deadline: a peer that
+   * opened streams and sent nothing held every slot of a protocol for 10 minutes (hunt 100: another peer's
+   * batches refused busy, its queries waiting, for as long as it liked).
+   */
+  const requestWithin = (signal: AbortSignal): AbortSignal => AbortSignal.any([signal, AbortSignal.timeout(limits.exchangeTimeoutMs)]);
+
   const answerAndClose = async <T extends { type: string }>(stream: MeshStream, answer: T, signal: AbortSignal): Promise<void> => {
     try {
       await writeFrameEnvelope(stream, answer, limits.frameBytesMax, signal);
@@ -581,7 +588,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     REPLICATE_BATCH_PROTOCOL,
     guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const offer = await readRequestFrame<{ type: string; entries?: unknown }>(stream, limits.frameBytesMax, signal);
+      const offer = await readRequestFrame<{ type: string; entries?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
       if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
       }
@@ -660,7 +667,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     FETCH_PROTOCOL,
     guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequestFrame<{ type: string; sopInstanceUid?: unknown }>(stream, limits.frameBytesMax, signal);
+      const request = await readRequestFrame<{ type: string; sopInstanceUid?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
       if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid)) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
       }
@@ -678,7 +685,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     FETCH_BATCH_PROTOCOL,
     guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequestFrame<{ type: string; uids?: unknown }>(stream, limits.frameBytesMax, signal);
+      const request = await readRequestFrame<{ type: string; uids?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
       const uids = request.uids;
       if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
@@ -721,7 +728,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     QUERY_PROTOCOL,
     guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const raw = await readRequestFrame<{ type: string; request?: unknown; limit?: unknown }>(stream, limits.frameBytesMax, signal);
+      const raw = await readRequestFrame<{ type: string; request?: unknown; limit?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
       if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
       const request = validateQueryRequest(raw.request);
       const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;
