@@ -634,6 +634,9 @@ export class AcceptorSession {
    * reason in the log says so (helper 45).
    */
   private async requestOfRequestor(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<number> {
+    // Ended already (a C-GET's instance was still being read when the requestor left): endOperations has
+    // answered every waiter, and a new one would wait for good, holding the association's end (helper 101).
+    if (this.ended) throw new Error('the association ended before the request was sent');
     const messageId = this.core.allocateMessageId();
     const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
     await this.send(presentationContextId, { ...command, messageId }, dataSet);
