@@ -8,7 +8,7 @@ import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, ty
 import { AbortReason, RejectReason, RejectResult, RejectSource, associateBytesMax, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection, GatheredDataSet } from './connection.ts';
-import { DicomClientAssociation } from './client.ts';
+import { AssociationClosedError, DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
@@ -636,7 +636,7 @@ export class AcceptorSession {
   private async requestOfRequestor(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<number> {
     // Ended already (a C-GET's instance was still being read when the requestor left): endOperations has
     // answered every waiter, and a new one would wait for good, holding the association's end (helper 101).
-    if (this.ended) throw new Error('the association ended before the request was sent');
+    if (this.ended) throw new AssociationClosedError('ERR_ASSOCIATION_ABORTED', 'the association ended before the request was sent');
     const messageId = this.core.allocateMessageId();
     const answered = new Promise<number>((resolve) => this.subOperationWaiters.set(messageId, { resolve }));
     await this.send(presentationContextId, { ...command, messageId }, dataSet);
