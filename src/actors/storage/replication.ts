@@ -579,16 +579,20 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
    * nothing is seen of a frame before its last byte), and every batch was refused (hunt 102).
    */
   const readRequest = async <T extends { type: string }>(stream: MeshStream, signal: AbortSignal): Promise<T> => {
-    const firstBytes = new AbortController();
-    const timer = setTimeout(() => firstBytes.abort(new DOMException(`no byte of the request in ${limits.exchangeTimeoutMs} ms`, 'TimeoutError')), limits.exchangeTimeoutMs);
-    const arrived = (): void => clearTimeout(timer);
+    const late = new AbortController();
+    const giveUp = (message: string) => (): void => late.abort(new DOMException(message, 'TimeoutError'));
+    // Timers of our own, cleared once the frame is in (AbortSignal.timeout would keep one per request alive).
+    const firstBytesTimer = setTimeout(giveUp(`no byte of the request in ${limits.exchangeTimeoutMs} ms`), limits.exchangeTimeoutMs);
+    const wholeTimer = setTimeout(giveUp(`the request not whole in ${limits.stallTimeoutMs} ms`), limits.stallTimeoutMs);
+    const arrived = (): void => clearTimeout(firstBytesTimer);
     // The stream's reader listens from its creation, so a listener of ours takes nothing from it.
     stream.raw.addEventListener('message', arrived, { once: true });
     if (stream.reader.bufferedBytes > 0) arrived();
     try {
-      return await readRequestFrame<T>(stream, limits.frameBytesMax, AbortSignal.any([signal, firstBytes.signal, AbortSignal.timeout(limits.stallTimeoutMs)]));
+      return await readRequestFrame<T>(stream, limits.frameBytesMax, AbortSignal.any([signal, late.signal]));
     } finally {
-      clearTimeout(timer);
+      clearTimeout(firstBytesTimer);
+      clearTimeout(wholeTimer);
       stream.raw.removeEventListener('message', arrived);
     }
   };
