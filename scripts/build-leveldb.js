@@ -76,7 +76,10 @@ function builtForVersion() {
 /** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
 function leveldbBuildStatus() {
   const version = builtForVersion();
-  return version === undefined ? 'prebuilt (software CRC32C, logs closed unsynced)' : `built here with SSE4.2 CRC32C and full logs synced (classic-level ${version})`;
+  if (version !== undefined) return `built here with SSE4.2 CRC32C and full logs synced (classic-level ${version})`;
+  // An earlier build (without SOURCE_PATCHES) is still the one node-gyp-build loads until it is rebuilt.
+  if (existsSync(join(releaseDir, 'classic_level.node'))) return 'built here before the log sync (SSE4.2 CRC32C, logs closed unsynced): `node scripts/build-leveldb.js` rebuilds it';
+  return 'prebuilt (software CRC32C, logs closed unsynced)';
 }
 
 function classicLevelVersion() {

@@ -8,6 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { after, before, describe, it, test } from 'node:test';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
@@ -631,4 +632,59 @@ test('a peer that opens query streams and sends nothing holds their slots for ex
   await new Promise((r) => setTimeout(r, 1200));
   const answer = await queryPeer(client, server.peerId, { root: 'STUDY', level: 'IMAGE', keys: [{ tag: 0x00080018, vr: 'UI', value: '1.2.3.4.5' }] }, 10);
   assert.deepEqual(answer.entries, [], 'served once the silent streams lost their slots');
+});
+
+test('a batch offer that arrives slowly but steadily (a slow WAN link) is not refused for taking longer than exchangeTimeoutMs (hunt 102)', { timeout: 60_000 }, async (t) => {
+  const dirs = [await mkdtemp(join(tmpdir(), 'pacs-repl-')), await mkdtemp(join(tmpdir(), 'pacs-repl-'))];
+  const limits = { exchangeTimeoutMs: 1_000 };
+  const server = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]!, tuning: { peerAnnounceIntervalMs: 0 } });
+  const serverStore = createReplicaStore({ path: join(dirs[0]!, 'store') });
+  await serverStore.open();
+  const serving = await serveReplication({ node: server, store: serverStore, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined, limits });
+  // The client reaches the server through a link of ~128 KB/s in its direction.
+  const bytesPerSecond = 128 * 1024;
+  const sockets: Socket[] = [];
+  const link = createServer((near) => {
+    const far = connect({ host: '127.0.0.1', port: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(server))![1]) });
+    sockets.push(near, far);
+    near.on('error', () => undefined);
+    far.on('error', () => undefined);
+    far.on('data', (d) => near.write(d));
+    let freeAtMs = performance.now();
+    near.on('data', (d) => {
+      far.write(d);
+      freeAtMs = Math.max(freeAtMs, performance.now()) + (d.byteLength / bytesPerSecond) * 1000;
+      const waitMs = freeAtMs - performance.now();
+      if (waitMs > 1) {
+        near.pause();
+        setTimeout(() => near.resume(), waitMs);
+      }
+    });
+    near.on('close', () => far.destroy());
+    far.on('close', () => near.destroy());
+  });
+  await new Promise<void>((resolve) => link.listen(0, '127.0.0.1', () => resolve()));
+  const client = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, tuning: { peerAnnounceIntervalMs: 0 } });
+  const clientStore = createReplicaStore({ path: join(dirs[1]!, 'store') });
+  await clientStore.open();
+  t.after(async () => {
+    await serving.stop();
+    for (const socket of sockets) socket.destroy();
+    link.close();
+    await Promise.allSettled([server.stop(), client.stop()]);
+    await Promise.allSettled([serverStore.close(), clientStore.close()]);
+    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  await client.dial(`/ip4/127.0.0.1/tcp/${(link.address() as AddressInfo).port}/p2p/${server.peerId}`);
+  // 128 entries with a CT-like header (~60 attributes): an offer of ~400 KB, ~3 s on this link.
+  const entries: CatalogEntry[] = [];
+  for (let i = 0; i < 128; i++) {
+    const uid = `1.2.3.102.${i + 1}`;
+    const writer = clientStore.beginWrite();
+    await writer.write(randomBytes(16));
+    entries.push((await writer.commit(uid, (info) => ({ ...buildEntry(uid)(info), attributes: Array.from({ length: 60 }, (_, n) => ({ tag: 0x00181000 + n, vr: 'LO', value: `value ${n} `.padEnd(40, 'x') })) }))).entry);
+  }
+  const outcomes = await replicateBatchTo(client, server.peerId, clientStore, entries, { limits });
+  const failed = outcomes.filter((outcome) => 'error' in outcome);
+  assert.equal(failed.length, 0, `${failed.length} of 128 refused: ${'error' in (failed[0] ?? {}) ? (failed[0] as { error: Error }).error.message : ''}`);
 });

@@ -570,11 +570,32 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     };
 
   /**
-   * The first frame of a request is due within exchangeTimeoutMs, not the transfer's deadline: a peer that
-   * opened streams and sent nothing held every slot of a protocol for 10 minutes (hunt 100: another peer's
-   * batches refused busy, its queries waiting, for as long as it liked).
+   * The first frame of a request. Its first bytes are due within exchangeTimeoutMs, not the transfer's
+   * deadline: a peer that opened streams and sent nothing held every slot of a protocol for 10 minutes
+   * (hunt 100: another peer's batches refused busy, its queries waiting, for as long as it liked). The
+   * whole frame only within stallTimeoutMs, the sender's own bound on a transfer without progress: an
+   * offer of 128 entries with full headers (~0.5 MB) on a slow link, or one busy with other streams, takes
+   * longer than exchangeTimeoutMs while it arrives (yamux delivers it in frames of up to a stream window:
+   * nothing is seen of a frame before its last byte), and every batch was refused (hunt 102).
    */
-  const requestWithin = (signal: AbortSignal): AbortSignal => AbortSignal.any([signal, AbortSignal.timeout(limits.exchangeTimeoutMs)]);
+  const readRequest = async <T extends { type: string }>(stream: MeshStream, signal: AbortSignal): Promise<T> => {
+    const late = new AbortController();
+    const giveUp = (message: string) => (): void => late.abort(new DOMException(message, 'TimeoutError'));
+    // Timers of our own, cleared once the frame is in (AbortSignal.timeout would keep one per request alive).
+    const firstBytesTimer = setTimeout(giveUp(`no byte of the request in ${limits.exchangeTimeoutMs} ms`), limits.exchangeTimeoutMs);
+    const wholeTimer = setTimeout(giveUp(`the request not whole in ${limits.stallTimeoutMs} ms`), limits.stallTimeoutMs);
+    const arrived = (): void => clearTimeout(firstBytesTimer);
+    // The stream's reader listens from its creation, so a listener of ours takes nothing from it.
+    stream.raw.addEventListener('message', arrived, { once: true });
+    if (stream.reader.bufferedBytes > 0) arrived();
+    try {
+      return await readRequestFrame<T>(stream, limits.frameBytesMax, AbortSignal.any([signal, late.signal]));
+    } finally {
+      clearTimeout(firstBytesTimer);
+      clearTimeout(wholeTimer);
+      stream.raw.removeEventListener('message', arrived);
+    }
+  };
 
   const answerAndClose = async <T extends { type: string }>(stream: MeshStream, answer: T, signal: AbortSignal): Promise<void> => {
     try {
@@ -588,7 +609,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     REPLICATE_BATCH_PROTOCOL,
     guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const offer = await readRequestFrame<{ type: string; entries?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
+      const offer = await readRequest<{ type: string; entries?: unknown }>(stream, signal);
       if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
       }
@@ -667,7 +688,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     FETCH_PROTOCOL,
     guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequestFrame<{ type: string; sopInstanceUid?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
+      const request = await readRequest<{ type: string; sopInstanceUid?: unknown }>(stream, signal);
       if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid)) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
       }
@@ -685,7 +706,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     FETCH_BATCH_PROTOCOL,
     guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequestFrame<{ type: string; uids?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
+      const request = await readRequest<{ type: string; uids?: unknown }>(stream, signal);
       const uids = request.uids;
       if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
@@ -728,7 +749,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     QUERY_PROTOCOL,
     guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const raw = await readRequestFrame<{ type: string; request?: unknown; limit?: unknown }>(stream, limits.frameBytesMax, requestWithin(signal));
+      const raw = await readRequest<{ type: string; request?: unknown; limit?: unknown }>(stream, signal);
       if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
       const request = validateQueryRequest(raw.request);
       const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;

@@ -1,0 +1,35 @@
+/**
+ * `node scripts/build-leveldb.js --status` names the addon node-gyp-build loads, run against a copy of the
+ * script beside a fake classic-level (the real node_modules is never touched).
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const script = fileURLToPath(new URL('../../scripts/build-leveldb.js', import.meta.url));
+
+function statusWith(marker: object | undefined, addon: boolean): string {
+  const root = mkdtempSync(join(tmpdir(), 'pacs-leveldb-status-'));
+  try {
+    const packageDir = join(root, 'node_modules', 'classic-level');
+    mkdirSync(join(root, 'scripts'));
+    mkdirSync(join(packageDir, 'build', 'Release'), { recursive: true });
+    copyFileSync(script, join(root, 'scripts', 'build-leveldb.js'));
+    writeFileSync(join(packageDir, 'package.json'), JSON.stringify({ version: '3.0.0' }));
+    if (addon) writeFileSync(join(packageDir, 'build', 'Release', 'classic_level.node'), '');
+    if (marker !== undefined) writeFileSync(join(packageDir, 'build', 'pacs-mesh-leveldb.json'), JSON.stringify(marker));
+    return execFileSync(process.execPath, [join(root, 'scripts', 'build-leveldb.js'), '--status'], { encoding: 'utf8' }).trim();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+test('--status tells an earlier build (loaded, without the log sync) from the prebuilt addon (hunt 102)', () => {
+  assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: ['sync-log-at-switch'] }, true), /^built here with SSE4\.2 CRC32C and full logs synced/);
+  assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2' }, true), /^built here before the log sync/);
+  assert.match(statusWith(undefined, false), /^prebuilt/);
+});
