@@ -52,7 +52,9 @@ export function createOlderLogSync(dir: string, syncFile: SyncFile = fsyncFile):
         await syncFile(join(dir, name));
       } catch (error) {
         // Gone meanwhile: its memtable reached a synced table file, and LevelDB deleted it.
-        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        // An I/O error as LevelDB's own are coded, so that the store faults on it as on theirs.
+        throw Object.assign(new Error(`IO error: ${join(dir, name)}: ${(error as Error).message}`, { cause: error }), { code: 'LEVEL_IO_ERROR' });
       }
     }
     synced = new Set(older);

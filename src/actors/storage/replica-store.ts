@@ -768,11 +768,13 @@ class LevelReplicaStore implements ReplicaStore {
     for (const id of unfinished) await this.deleteBlob(id, true);
     for (const id of chunksLost) {
       const listed = await this.listedEntryOf(id);
-      // Never acknowledged (a commit is answered once the older logs are synced too): deleted, the sender
-      // retries. One the catalog lists was acknowledged: kept for the scrub, which replaces it from a peer.
+      // Never acknowledged with the LevelDB npm install builds (a full log is synced before the next): deleted,
+      // the sender retries. One the catalog lists was acknowledged: kept for the scrub, which replaces it from
+      // a peer. (With the prebuilt addon an acknowledged one can lose its chunks and its unsynced catalog entry
+      // to a power cut: its bytes are gone either way, and the other sites hold copies.)
       if (listed === undefined) await this.deleteBlob(id, true);
       this.onOpenNotice(
-        listed === undefined ? 'a commit found without all of its chunks (a power cut): deleted, it was never acknowledged' : 'a listed instance is missing chunks: the scrub replaces it from another site',
+        listed === undefined ? 'a commit found without all of its chunks (a power cut): deleted, the sender is to send it again' : 'a listed instance is missing chunks: the scrub replaces it from another site',
         { blobId: id, ...(listed ? { sopInstanceUid: listed.sopInstanceUid } : {}) },
       );
     }
