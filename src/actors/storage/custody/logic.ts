@@ -558,25 +558,25 @@ function settlingAfterStart(state: CustodyState, nowMs: number): boolean {
   return settleMs > 0 && (state.startedAt === undefined || nowMs - state.startedAt.nowMs < settleMs);
 }
 
-/** After a start, the known sites not heard yet in this run (no record of theirs in the view: one seen dead is not awaited). */
-function sitesAwaited(state: CustodyState, nowMs: number): string[] {
-  if (!settlingAfterStart(state, nowMs)) return [];
+/**
+ * `sites`, and after a start the known sites not heard yet in this run (no record of theirs in the view: one
+ * seen dead is not awaited).
+ */
+function withSitesAwaited(state: CustodyState, sites: Set<string>, nowMs: number): Set<string> {
+  if (!settlingAfterStart(state, nowMs)) return sites;
   const heard = new Set(state.members.map((m) => m.siteName));
-  return [...state.knownSites.keys()].filter((siteName) => !heard.has(siteName));
+  for (const siteName of state.knownSites.keys()) if (!heard.has(siteName)) sites.add(siteName);
+  return sites;
 }
 
-/** The sites a store's quorum may count on: alive ones, and the awaited ones (see sitesAwaited). */
+/** The sites a store's quorum may count on: alive ones, and the awaited ones (see withSitesAwaited). */
 function sitesForQuorum(state: CustodyState, nowMs: number): number {
-  const sites = sitesOf(state, ['alive']);
-  for (const siteName of sitesAwaited(state, nowMs)) sites.add(siteName);
-  return sites.size;
+  return withSitesAwaited(state, sitesOf(state, ['alive']), nowMs).size;
 }
 
-/** Sites up (see sitesUp), and the awaited ones (see sitesAwaited). */
+/** Sites up (see sitesUp), and the awaited ones (see withSitesAwaited). */
 function sitesUpOrAwaited(state: CustodyState, nowMs: number): Set<string> {
-  const up = sitesUp(state);
-  for (const siteName of sitesAwaited(state, nowMs)) up.add(siteName);
-  return up;
+  return withSitesAwaited(state, sitesUp(state), nowMs);
 }
 
 function onStoreRequested(
