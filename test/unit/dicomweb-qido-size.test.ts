@@ -12,6 +12,7 @@ import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { searchResponseBytesMax } from '../../src/http/dicomweb/qido.ts';
 import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
 import { catalogWriteOps } from '../../src/actors/storage/catalog.ts';
+import { oneInstanceStudies } from '../../src/actors/storage/fixtures/test-entry.ts';
 import { startTestPeer } from '../support/peer-fixture.ts';
 import { waitFor } from '../support/wait.ts';
 import { makeInstance } from '../support/synthetic-dicom.ts';
@@ -71,17 +72,8 @@ test('a search whose client leaves stops, though nothing has matched yet (helper
   t.after(() => peer.dispose());
   // Catalog entries alone are enough to search: 3,000 instances, none of which the search matches.
   const count = 3000;
-  const ops = [];
-  for (let n = 1; n <= count; n++) {
-    const uid = `1.2.826.0.1.3680043.10.1453.98.${n}`;
-    ops.push(
-      ...catalogWriteOps({
-        sopInstanceUid: `${uid}.1.1`, sopClassUid: ct, studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: `P${n}`, transferSyntaxUid: '1.2.840.10008.1.2.1',
-        byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`, attributes: [{ tag: 0x00204000, vr: 'LT', value: 'nothing to see' }],
-      }),
-    );
-  }
-  await peer.store.db.batch(ops);
+  const studies = oneInstanceStudies(count, '1.2.826.0.1.3680043.10.1453.98', { sopClassUid: ct, attributes: () => [{ tag: 0x00204000, vr: 'LT', value: 'nothing to see' }] });
+  await peer.store.db.batch(studies.flatMap((entry) => catalogWriteOps(entry)));
   const client = connect({ host: '127.0.0.1', port: peer.httpPort });
   client.on('error', () => undefined);
   let entriesRead = 0;
@@ -105,18 +97,13 @@ test('a large search takes its place in the budget of bytes held at once before 
   t.after(() => peer.dispose());
   // 2,600 instances of ~3.3 KB of JSON each: every search below is over 8 MiB, cut at the bound.
   const count = 2600;
-  const ops = [];
-  for (let n = 1; n <= count; n++) {
-    const uid = `1.2.826.0.1.3680043.10.1453.98.8.${n}`;
-    ops.push(
-      ...catalogWriteOps({
-        // Each in its own study and series: a result reads its own entry, and the one of its study for its counts.
-        sopInstanceUid: `${uid}.1.1`, sopClassUid: ct, studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: 'P', transferSyntaxUid: '1.2.840.10008.1.2.1',
-        byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`, attributes: longTextTags.map((tag) => ({ tag, vr: 'LT', value: `${n} `.padEnd(1000, 'x') })),
-      }),
-    );
-  }
-  await peer.store.db.batch(ops);
+  // Each in its own study and series: a result reads its own entry, and the one of its study for its counts.
+  const studies = oneInstanceStudies(count, '1.2.826.0.1.3680043.10.1453.98.8', {
+    sopClassUid: ct,
+    patientId: () => 'P',
+    attributes: (n) => longTextTags.map((tag) => ({ tag, vr: 'LT', value: `${n} `.padEnd(1000, 'x') })),
+  });
+  await peer.store.db.batch(studies.flatMap((entry) => catalogWriteOps(entry)));
   let entriesRead = 0;
   const getMany = peer.store.db.getMany.bind(peer.store.db);
   peer.store.db.getMany = ((keys: string[], ...rest: unknown[]) => {

@@ -15,6 +15,7 @@ import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsFor
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import { catalogWriteOps } from '../../storage/catalog.ts';
+import { oneInstanceStudies } from '../../storage/fixtures/test-entry.ts';
 
 /** Runs `use` with a fresh, empty store, removed afterwards. */
 async function withEmptyStore<T>(use: (store: ReplicaStore) => Promise<T>): Promise<T> {
@@ -347,18 +348,8 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
 test('a C-FIND cancelled (C-CANCEL-RQ, or its association aborted) stops its scan though nothing matches yet, answering Cancel (helper 98: it read the whole level first)', async () => {
   await withEmptyStore(async (store) => {
     const instances = 2000;
-    const ops = [];
-    for (let n = 1; n <= instances; n++) {
-      const uid = `1.2.826.0.1.3680043.10.1453.298.${n}`;
-      ops.push(
-        ...catalogWriteOps({
-          sopInstanceUid: `${uid}.1.1`, sopClassUid: '1.2.840.10008.5.1.4.1.1.7', studyInstanceUid: uid, seriesInstanceUid: `${uid}.1`, patientId: `P${n}`,
-          transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 100, sha256: '00'.repeat(32), storedAtMs: n, blobId: `b${n}`,
-          attributes: [{ tag: Tags.StudyDescription, vr: 'LO', value: 'HEAD' }],
-        }),
-      );
-    }
-    await store.db.batch(ops);
+    const studies = oneInstanceStudies(instances, '1.2.826.0.1.3680043.10.1453.298', { attributes: () => [{ tag: Tags.StudyDescription, vr: 'LO', value: 'HEAD' }] });
+    await store.db.batch(studies.flatMap((entry) => catalogWriteOps(entry)));
     let entriesRead = 0;
     const getMany = store.db.getMany.bind(store.db);
     store.db.getMany = ((keys: string[], ...rest: unknown[]) => {
