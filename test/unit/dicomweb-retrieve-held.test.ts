@@ -10,18 +10,23 @@ import { Status } from '../../src/codec/dimse.ts';
 import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
 import { waitFor } from '../support/wait.ts';
 
+/** Stores `count` instances of random 16-bit pixels (rows x columns) in one series of `study`. */
+async function storeStudy(dicomPort: number, study: string, count: number, rows: number, columns: number): Promise<void> {
+  const store = await openStoreClient(dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
+  for (let n = 1; n <= count; n++) {
+    const reply = await store.storeInstance({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, rows, columns, bitsAllocated: 16, pixelPattern: 'random' });
+    assert.equal(reply.command.status, Status.Success);
+  }
+  await store.client.release();
+}
+
 test('instances sent as stored to clients that do not read are held within the budget of bytes held at once (helper 98: 40 such clients held 136 MiB beside a budget of 16 MiB)', async (t) => {
   const budget = createConcurrencyLimit(16 * 1024 * 1024, 256);
   const peer = await startTestPeer([], 'retrieve-held', undefined, { heldInstanceBytes: budget });
   t.after(() => peer.dispose());
   const study = '1.2.826.0.1.3680043.10.1453.98.21';
-  const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
   // Six instances of 3 MB each: each read whole (up to 4 MiB) when sent as stored.
-  for (let n = 1; n <= 6; n++) {
-    const reply = await store.storeInstance({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, rows: 1200, columns: 1250, bitsAllocated: 16, pixelPattern: 'random' });
-    assert.equal(reply.command.status, Status.Success);
-  }
-  await store.client.release();
+  await storeStudy(peer.dicomPort, study, 6, 1200, 1250);
   const clients = Array.from({ length: 40 }, () => {
     const client = connect({ host: '127.0.0.1', port: peer.httpPort });
     client.on('error', () => undefined);
@@ -59,12 +64,7 @@ test('a later instance of a WADO-RS response under way waits its turn in the bud
   const peer = await startTestPeer([], 'retrieve-held-admitted', undefined, { heldInstanceBytes: budget });
   t.after(() => peer.dispose());
   const study = '1.2.826.0.1.3680043.10.1453.99.31';
-  const store = await openStoreClient(peer.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
-  for (let n = 1; n <= 3; n++) {
-    const reply = await store.storeInstance({ study: { uid: study }, series: { uid: `${study}.1` }, sopInstanceUid: `${study}.1.${n}`, rows: 512, columns: 512, bitsAllocated: 16, pixelPattern: 'random' });
-    assert.equal(reply.command.status, Status.Success);
-  }
-  await store.client.release();
+  await storeStudy(peer.dicomPort, study, 3, 512, 512);
   const response = await fetch(`http://127.0.0.1:${peer.httpPort}/dicom-web/studies/${study}`, { headers: { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' } });
   assert.equal(response.status, 200);
   const body = Buffer.from(await response.arrayBuffer()).toString('latin1');
