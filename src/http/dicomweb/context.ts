@@ -31,10 +31,11 @@ export interface DicomWebContext {
    */
   meshLookups: ConcurrencyLimit;
   /**
-   * Set on the context of a request's later instances, once its response is under way: their lookups
-   * wait their turn rather than be refused for a full queue (which could only cut the response).
+   * Set on the context of a request's later instances, once its response is under way: their mesh lookups
+   * and their holds in heldInstanceBytes wait their turn rather than be refused for a full queue (which could
+   * only cut the response).
    */
-  meshLookupsAdmitted?: boolean;
+  responseUnderWay?: boolean;
   /**
    * Bounds the bytes of instances held whole at once (frames read from an instance read whole, and
    * conversions, which decode it), weighted by each instance's size: parallel requests of a large cine wait

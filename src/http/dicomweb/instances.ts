@@ -78,7 +78,7 @@ function compareEntries(a: CatalogEntry, b: CatalogEntry): number {
 /** `work` (a lookup or pull at other sites) within ctx.meshLookups; 503 when too many already wait. */
 async function meshWork<T>(ctx: DicomWebContext, work: () => Promise<T>): Promise<T> {
   try {
-    return await ctx.meshLookups.run(work, 1, undefined, ctx.meshLookupsAdmitted === true);
+    return await ctx.meshLookups.run(work, 1, undefined, ctx.responseUnderWay === true);
   } catch (error) {
     if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many DICOMweb requests wait for other sites (${error.message}): retry`);
     throw error;
@@ -229,7 +229,7 @@ export async function convertInstance(
  * The instances of one response, each prepared one ahead (preparedAhead), the first had before the status
  * goes out (withFirstReady). The first decides whether the request gets in; the later ones are prepared with
  * their lookups at other sites admitted: they wait their turn rather than be refused for a full queue,
- * which after the status could only cut the response (DicomWebContext.meshLookupsAdmitted).
+ * which after the status could only cut the response (DicomWebContext.responseUnderWay).
  */
 export function responseInstances<R>(
   ctx: DicomWebContext,
@@ -237,7 +237,7 @@ export function responseInstances<R>(
   prepare: (entry: CatalogEntry, ctx: DicomWebContext) => Promise<R>,
   discard?: (prepared: R) => void,
 ): Promise<AsyncGenerator<R>> {
-  const admitted: DicomWebContext = { ...ctx, meshLookupsAdmitted: true };
+  const admitted: DicomWebContext = { ...ctx, responseUnderWay: true };
   return withFirstReady(preparedAhead(entries, (entry, index) => prepare(entry, index === 0 ? ctx : admitted), discard));
 }
 
@@ -265,7 +265,7 @@ export async function withFirstReady<T>(items: AsyncGenerator<T>): Promise<Async
  * `work`, which holds an instance whole (read, decoded), within ctx.heldInstanceBytes, weighing `weight`
  * bytes. The wait ends when the client leaves (its place is given up, nothing is read for it) or after
  * heldInstanceWaitMaxMs (503); a queue already full is a 503 at once, unless the response is under way
- * (ctx.meshLookupsAdmitted: a later instance of it).
+ * (ctx.responseUnderWay: a later instance of it).
  */
 export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWebExchange, weight: number, work: () => Promise<T>): Promise<T> {
   const waiting = new AbortController();
@@ -285,7 +285,7 @@ export async function holdingInstance<T>(ctx: DicomWebContext, exchange: DicomWe
       waiting.signal,
       // A later instance of a response under way waits its turn beyond the queue's bound: refused, it could
       // only cut the response (see responseInstances).
-      ctx.meshLookupsAdmitted === true,
+      ctx.responseUnderWay === true,
     );
   } catch (error) {
     if (error instanceof ConcurrencyLimitError) throw new DicomWebError(503, 'ERR_DICOMWEB_BUSY', `too many requests wait to hold large instances (${error.message}): retry`);
