@@ -232,7 +232,11 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   res.end(']');
 }
 
-/** A deflated data set's stored chunks inflated as they are read; returning ends the store's read too. */
+/**
+ * A deflated data set's stored chunks inflated as they are read; returning ends the store's read too. A zlib
+ * stream, not codec/dataset/inflater.ts's StreamingInflater: that one hands over all of one input chunk's
+ * output before it can stop (a 64 KiB chunk of deflated zeros is ~64 MB), this one waits for its reader.
+ */
 export async function* inflatedChunks(chunks: AsyncGenerator<Uint8Array> | AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   const inflater = createInflateRaw();
   const source = (async () => {
