@@ -18,6 +18,7 @@
  * Sender memory is bounded: each push queues at most `queuedBytesMax`; past it, the local ingest waits
  * for the remote, and a remote that takes nothing for `stallTimeoutMs` is dropped (custody falls back).
  */
+import { startDeadline, withDeadline } from '../runtime/deadline.ts';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
@@ -167,8 +168,8 @@ export class ReplicaPush {
     private readonly limits: PushLimits,
     signal?: AbortSignal,
   ) {
-    const deadline = AbortSignal.timeout(limits.transferTimeoutMs);
-    this.result = this.run(signal ? AbortSignal.any([signal, deadline]) : deadline);
+    const deadline = startDeadline(limits.transferTimeoutMs, signal, `push to ${peerId} not done in ${limits.transferTimeoutMs} ms`);
+    this.result = this.run(deadline.signal).finally(deadline.clear);
     // Settled by whoever awaits it; this keeps a failure nobody awaited from being reported as unhandled.
     this.result.catch(() => undefined);
   }
@@ -309,25 +310,23 @@ export interface PushReceiverInit {
 export async function receivePushes(stream: MeshStream, signal: AbortSignal, init: PushReceiverInit): Promise<void> {
   const { limits } = init;
   for (;;) {
-    // A timer cleared as soon as the next push starts (AbortSignal.timeout would keep one per push alive).
-    const idle = new AbortController();
-    const idleTimer = setTimeout(() => idle.abort(new PushError('ERR_PUSH_ABORTED', `push stream idle for ${limits.receiverIdleMs} ms`)), limits.receiverIdleMs);
+    const idle = startDeadline(limits.receiverIdleMs, signal, `push stream idle for ${limits.receiverIdleMs} ms`);
     let header: Uint8Array | null;
     try {
-      header = await stream.reader.readFrameOrEnd(limits.frameBytesMax, { signal: AbortSignal.any([signal, idle.signal]) });
+      header = await stream.reader.readFrameOrEnd(limits.frameBytesMax, { signal: idle.signal });
     } catch (error) {
       if (signal.aborted || !idle.signal.aborted) throw error;
       // Left idle: a sender that still meant to use the stream sees the reset and falls back.
-      stream.abort(idle.signal.reason as Error);
+      stream.abort(new PushError('ERR_PUSH_ABORTED', (idle.signal.reason as Error).message));
       return;
     } finally {
-      clearTimeout(idleTimer);
+      idle.clear();
     }
     if (header === null) {
       await stream.closeWrite({ signal: AbortSignal.any([signal, AbortSignal.timeout(5_000)]) });
       return;
     }
-    await receiveOnePush(stream, header, AbortSignal.any([signal, AbortSignal.timeout(limits.transferTimeoutMs)]), init);
+    await withDeadline(limits.transferTimeoutMs, signal, (pushSignal) => receiveOnePush(stream, header, pushSignal, init));
   }
 }
 

@@ -33,6 +33,7 @@
 import { EnvelopeError, decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
+import { startDeadline, withDeadline } from '../runtime/deadline.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
@@ -552,20 +553,25 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
    */
   const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
-      const signal = timeoutMs === null ? new AbortController().signal : AbortSignal.timeout(timeoutMs);
-      if (!(await slots.take())) {
-        if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
-        else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
-        return;
-      }
+      const deadline = timeoutMs === null ? { signal: new AbortController().signal, clear: () => undefined } : startDeadline(timeoutMs);
+      const { signal } = deadline;
       try {
-        await body(stream, signal);
-      } catch (error) {
-        failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
-        if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
-        else await answerAndClose(stream, refusalOf(error), signal);
+        if (!(await slots.take())) {
+          if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
+          else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
+          return;
+        }
+        try {
+          await body(stream, signal);
+        } catch (error) {
+          failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
+          if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
+          else await answerAndClose(stream, refusalOf(error), signal);
+        } finally {
+          slots.give();
+        }
       } finally {
-        slots.give();
+        deadline.clear();
       }
     };
 
@@ -795,11 +801,6 @@ export interface ClientOptions {
   phases?: BatchPhases;
 }
 
-function deadline(options: ClientOptions, timeoutMs: number): AbortSignal {
-  const timeout = AbortSignal.timeout(timeoutMs);
-  return options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
-}
-
 async function withStream<T>(node: MeshNode, peerId: string, protocol: string, signal: AbortSignal, run: (stream: MeshStream) => Promise<T>): Promise<T> {
   const stream = await node.openStream(peerId, protocol, { signal });
   try {
@@ -845,7 +846,8 @@ export async function replicateBatchTo(
     options.phases?.flowed();
     return outcomes;
   }
-  const stall = stallWatch(deadline(options, limits.transferTimeoutMs), limits.stallTimeoutMs);
+  const transfer = startDeadline(limits.transferTimeoutMs, options.signal);
+  const stall = stallWatch(transfer.signal, limits.stallTimeoutMs);
   const { signal, touch } = stall;
   try {
     return await replicateBatchOver(node, peerId, store, entries, offer, limits, options, signal, touch);
@@ -854,6 +856,7 @@ export async function replicateBatchTo(
     throw new ReplicationError('ERR_REPLICATION_STALLED', `replicate-batch to ${peerId}: no byte moved and no answer for ${limits.stallTimeoutMs / 1000} s (the receiver may be stalled); offered again later`, { cause: error });
   } finally {
     stall.stop();
+    transfer.clear();
   }
 }
 
@@ -982,8 +985,7 @@ async function fetchOne<T>(
   receive: (entry: CatalogEntry, body: AsyncGenerator<Uint8Array>) => Promise<T>,
 ): Promise<T | undefined> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
-  const signal = deadline(options, limits.transferTimeoutMs);
-  return withStream(node, peerId, FETCH_PROTOCOL, signal, async (stream) => {
+  return withDeadline(limits.transferTimeoutMs, options.signal, (signal) => withStream(node, peerId, FETCH_PROTOCOL, signal, async (stream) => {
     await writeFrameEnvelope(stream, { type: 'fetch', sopInstanceUid }, limits.frameBytesMax, signal);
     await stream.closeWrite({ signal });
     const answer = await readRequestFrame<FetchAnswer>(stream, limits.frameBytesMax, signal);
@@ -993,7 +995,7 @@ async function fetchOne<T>(
     const entry = fetchedEntry(answer.entry, sopInstanceUid, limits);
     const length = await readBodyLength(stream, entry, signal);
     return receive(entry, stream.reader.body(length, { signal }));
-  });
+  }));
 }
 
 export type FetchBatchOutcome = { sopInstanceUid: string; entry: CatalogEntry; outcome: 'stored' | 'duplicate' } | { sopInstanceUid: string; missing: true } | { sopInstanceUid: string; error: unknown };
@@ -1013,7 +1015,6 @@ export async function fetchBatchFrom(
 ): Promise<FetchBatchOutcome[]> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (uids.length > limits.batchEntriesMax) throw new RangeError(`a batch holds at most ${limits.batchEntriesMax} UIDs`);
-  const signal = deadline(options, limits.transferTimeoutMs);
   const outcomes = new Map<string, FetchBatchOutcome>();
   const wanted: string[] = [];
   const distinct = [...new Set(uids)];
@@ -1023,7 +1024,7 @@ export async function fetchBatchFrom(
     else outcomes.set(uid, { sopInstanceUid: uid, entry: held, outcome: 'duplicate' });
   }
   if (wanted.length > 0) {
-    await withStream(node, peerId, FETCH_BATCH_PROTOCOL, signal, async (stream) => {
+    await withDeadline(limits.transferTimeoutMs, options.signal, (signal) => withStream(node, peerId, FETCH_BATCH_PROTOCOL, signal, async (stream) => {
       await writeFrameEnvelope(stream, { type: 'fetchBatch', uids: wanted }, limits.frameBytesMax, signal);
       await stream.closeWrite({ signal });
       // The source answers at once with the first instance: there is no opening exchange to wait for.
@@ -1050,7 +1051,7 @@ export async function fetchBatchFrom(
       }
       const end = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
       if (end.type !== 'end') throw unexpected('fetchBatch end', end);
-    });
+    }));
   }
   return uids.map((uid) => outcomes.get(uid) ?? { sopInstanceUid: uid, error: new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome') });
 }
@@ -1064,12 +1065,11 @@ export async function sendCustodyMessage(node: MeshNode, peerId: string, message
 export async function sendCustodyMessages(node: MeshNode, peerId: string, messages: readonly CustodyMessage[], options: ClientOptions = {}): Promise<void> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
-  const signal = deadline(options, limits.exchangeTimeoutMs);
-  await withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
+  await withDeadline(limits.exchangeTimeoutMs, options.signal, (signal) => withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
     // Staged, so the messages share frames (closeWrite sends what is still held).
     for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
     await stream.closeWrite({ signal });
-  });
+  }));
 }
 
 /** Asks a peer which instances a C-GET/C-MOVE identifier selects there (catalog entries, at most `limit`). */
@@ -1081,8 +1081,7 @@ export async function queryPeer(
   options: ClientOptions = {},
 ): Promise<{ entries: CatalogEntry[]; truncated: boolean }> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
-  const signal = deadline(options, limits.exchangeTimeoutMs);
-  return withStream(node, peerId, QUERY_PROTOCOL, signal, async (stream) => {
+  return withDeadline(limits.exchangeTimeoutMs, options.signal, (signal) => withStream(node, peerId, QUERY_PROTOCOL, signal, async (stream) => {
     await writeFrameEnvelope(stream, { type: 'retrieve', request, limit }, limits.frameBytesMax, signal);
     await stream.closeWrite({ signal });
     const entries: CatalogEntry[] = [];
@@ -1096,5 +1095,5 @@ export async function queryPeer(
         entries.push(validateCatalogEntry(e));
       }
     }
-  });
+  }));
 }
