@@ -649,8 +649,10 @@ test('store format: a store without the marker (written before it) opens whole a
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   // A store as the builds before the marker left it (6500cbf, 68a3ccb): the same records, no m!store-format.
-  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  const notices: string[] = [];
+  const store = createReplicaStore({ path: dir, chunkBytes: 100, onOpenNotice: (message) => notices.push(message) });
   await store.open();
+  assert.deepEqual(notices, [], 'a new store opens without a word (the format is checked before the catalog is looked at)');
   const writer = store.beginWrite();
   await writer.write(Buffer.alloc(250, 7));
   await writer.commit('1.2.3.77', entryFor('1.2.3.77'));

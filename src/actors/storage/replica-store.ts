@@ -632,6 +632,8 @@ class LevelReplicaStore implements ReplicaStore {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
     await refuseDatabaseWithoutCurrent(join(this.path, 'blobs'));
+    // Read before the blob database's open creates it: a catalog missing beside blobs that were there is news.
+    const blobsExisted = existsSync(join(this.path, 'blobs', 'CURRENT'));
     this.blobOpenFailed = false;
     try {
       this.blobOpenFailed = true;
@@ -640,7 +642,7 @@ class LevelReplicaStore implements ReplicaStore {
       // Before anything changes the directory (the catalog set aside, recovery, indexing): a store of a
       // newer format is left exactly as it was, for the build that wrote it.
       await this.checkStoreFormat();
-      await this.setAsideCatalogWithoutCurrent();
+      await this.setAsideCatalogWithoutCurrent(blobsExisted);
       await this.db.open();
     } catch (error) {
       if (this.blobDb.status === 'open') await this.blobDb.close();
@@ -733,13 +735,13 @@ class LevelReplicaStore implements ReplicaStore {
    * LevelDB would delete the old tables). Moved aside whole instead, the catalog is rebuilt from the blobs'
    * commit records; what only the catalog held (debt, known sites) the mesh's repair makes good.
    */
-  private async setAsideCatalogWithoutCurrent(): Promise<void> {
+  private async setAsideCatalogWithoutCurrent(blobsExisted: boolean): Promise<void> {
     const catalogDir = join(this.path, 'catalog');
     const markerPath = join(this.path, catalogDamagedMarker);
     const markedDamaged = existsSync(markerPath);
     if (!existsSync(catalogDir)) {
       // Instances without a catalog (catalog/ deleted, or left out of a copy): rebuilt, and said so (helper 49).
-      if (existsSync(join(this.path, 'blobs', 'CURRENT'))) this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
+      if (blobsExisted) this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
     } else {
       // A file where the catalog belongs (an EEXIST from mkdir before: helper 50) is set aside like damage.
       const why = !statSync(catalogDir).isDirectory()
