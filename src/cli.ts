@@ -102,9 +102,9 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(2);
     }
-    // A data directory of another layout is a configuration problem; one in use, on a full disk, or with a
+    // A data directory of another layout or a newer store format is a configuration problem; one in use, on a full disk, or with a
     // damaged file, a runtime one. Their messages name the file and the way out: no stack trace.
-    if (error instanceof StoreError && error.code === 'ERR_STORE_LAYOUT') {
+    if (error instanceof StoreError && (error.code === 'ERR_STORE_LAYOUT' || error.code === 'ERR_STORE_FORMAT')) {
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(2);
     }

@@ -42,6 +42,8 @@ describe('envelope', () => {
   it('rejects an unknown version', () => {
     assertEnvelopeError(() => decodeEnvelope(raw.pack([2, { type: 'x' }]), { maxBytes: 100 }), 'ERR_ENVELOPE_VERSION');
     assertEnvelopeError(() => decodeEnvelope(raw.pack([0, { type: 'x' }]), { maxBytes: 100 }), 'ERR_ENVELOPE_VERSION');
+    // The receiver logs this text (dropped heartbeat, refused stream): it names both versions and the cause.
+    assert.throws(() => decodeEnvelope(raw.pack([2, { type: 'x' }]), { maxBytes: 100 }), /envelope version 2 \(supported: 1\): the sender runs a pacs-mesh version this one cannot read/);
   });
 
   it('rejects malformed envelopes', () => {

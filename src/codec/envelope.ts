@@ -108,7 +108,11 @@ export function decodeEnvelope<T extends { type: string }>(bytes: Uint8Array, op
     throw new EnvelopeError('ERR_ENVELOPE_MALFORMED', 'envelope version must be an integer');
   }
   if (version !== ENVELOPE_VERSION) {
-    throw new EnvelopeError('ERR_ENVELOPE_VERSION', `unsupported envelope version ${version} (supported: ${ENVELOPE_VERSION})`);
+    // Only another pacs-mesh version sends one: the operator is told so, not just that the input was bad.
+    throw new EnvelopeError(
+      'ERR_ENVELOPE_VERSION',
+      `unsupported envelope version ${version} (supported: ${ENVELOPE_VERSION}): the sender runs a pacs-mesh version this one cannot read; run one version at every site (docs/compatibility.md)`,
+    );
   }
   if (!isPlainObject(payload)) {
     throw new EnvelopeError('ERR_ENVELOPE_MALFORMED', 'envelope payload must be a map');

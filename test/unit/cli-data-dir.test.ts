@@ -1,5 +1,5 @@
 /**
- * The command's answer to a data directory it cannot use (another layout, in use, a full disk, damaged
+ * The command's answer to a data directory it cannot use (another layout, a newer format, in use, a full disk, damaged
  * state files): one line naming the problem, no stack trace,
  * and the exit code operators' scripts rely on (2 configuration, 1 runtime).
  */
@@ -33,6 +33,19 @@ test('a data directory in the old single-database layout: exit 2 and one line sa
   const r = await start(dir);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /old single-database layout; start with an empty data directory/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('a data directory a newer pacs-mesh wrote (a newer store format: a downgrade): exit 2 and one line saying what to do', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  await store.blobDb.put('m!store-format', Buffer.from('99', 'utf8'));
+  await store.close();
+  const r = await start(dir);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /holds a store of format "99", written by a newer pacs-mesh; this build reads format 1 and earlier: run the newer build on it/);
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 

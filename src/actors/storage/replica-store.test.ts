@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Level } from 'level';
 import { pack } from 'msgpackr';
 import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PATIENT_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
-import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
+import { STORE_FORMAT, createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { createQueryStats, findMatches } from './query/query.ts';
 import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
@@ -643,6 +643,42 @@ test('a duplicate commit leaves no second blob, and a store in the old single-da
   await old.open();
   await old.close();
   await assert.rejects(createReplicaStore({ path: join(dir, 'old') }).open(), { name: 'StoreError', code: 'ERR_STORE_LAYOUT' });
+});
+
+test('store format: a store without the marker (written before it) opens whole and gets it; one of a newer format is refused, left as it was', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // A store as the builds before the marker left it (6500cbf, 68a3ccb): the same records, no m!store-format.
+  const notices: string[] = [];
+  const store = createReplicaStore({ path: dir, chunkBytes: 100, onOpenNotice: (message) => notices.push(message) });
+  await store.open();
+  assert.deepEqual(notices, [], 'a new store opens without a word (the format is checked before the catalog is looked at)');
+  const writer = store.beginWrite();
+  await writer.write(Buffer.alloc(250, 7));
+  await writer.commit('1.2.3.77', entryFor('1.2.3.77'));
+  await store.blobDb.del('m!store-format');
+  await store.close();
+
+  const reopened = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await reopened.open();
+  assert.deepEqual(await readAll(reopened, '1.2.3.77'), Buffer.alloc(250, 7));
+  assert.equal(Buffer.from((await reopened.blobDb.get('m!store-format'))!).toString('utf8'), String(STORE_FORMAT), 'marked with this build\'s format');
+  // What a later build of an incompatible format would leave behind.
+  await reopened.blobDb.put('m!store-format', Buffer.from(String(STORE_FORMAT + 1), 'utf8'));
+  await reopened.close();
+
+  const catalogFiles = readdirSync(join(dir, 'catalog')).sort();
+  await assert.rejects(createReplicaStore({ path: dir }).open(), (error: Error & { code?: string }) => {
+    assert.equal(error.code, 'ERR_STORE_FORMAT');
+    assert.match(error.message, new RegExp(`store of format "${STORE_FORMAT + 1}", written by a newer pacs-mesh; this build reads format ${STORE_FORMAT} and earlier`));
+    return true;
+  });
+  await assert.rejects(createReplicaStore({ path: dir }).open(), { code: 'ERR_STORE_FORMAT' }, 'and again: nothing was changed to make it open');
+  assert.deepEqual(readdirSync(join(dir, 'catalog')).sort(), catalogFiles, 'the catalog is not set aside, opened or rewritten');
+  const blobs = new Level<string, Uint8Array>(join(dir, 'blobs'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+  await blobs.open();
+  assert.equal(Buffer.from((await blobs.get('m!store-format'))!).toString('utf8'), String(STORE_FORMAT + 1), 'the newer marker is kept');
+  await blobs.close();
 });
 
 test('verifyInstance finds a flipped byte and a lost chunk; repairCopy puts good bytes back under the same entry', async (t) => {

@@ -48,6 +48,8 @@ export type StoreErrorCode =
   | 'ERR_STORE_CORRUPT'
   /** The directory holds a store in the pre-release single-database layout. */
   | 'ERR_STORE_LAYOUT'
+  /** The store is of a format newer than this build reads (a newer pacs-mesh wrote it: a downgrade). */
+  | 'ERR_STORE_FORMAT'
   /** Another process (or another store in this one) has the databases open. */
   | 'ERR_STORE_LOCKED'
   /** The databases could not be opened or recovered (a full disk, damaged files ...): the message says why. */
@@ -291,6 +293,14 @@ export interface ReplicaStore {
   listCommitments(onDamaged?: (key: string) => void): Promise<CommitmentRecord[]>;
 }
 
+/**
+ * The store format this build writes, and the newest it reads (docs/compatibility.md). Raised only by a
+ * change an earlier build would misread; a change it ignores safely (a key of its own, an index with its
+ * own marker like searchIndexedBeforeKey) keeps it, so that a rollback to that build still works.
+ */
+export const STORE_FORMAT = 1;
+/** In the blob database (the catalog is rebuilt from it): the format of the store, as decimal text. */
+const storeFormatKey = 'm!store-format';
 const blobPrefix = 'b!';
 /** Sorts after every chunk sequence number of its blob (hex digits). */
 const commitRecordSuffix = '~';
@@ -622,15 +632,21 @@ class LevelReplicaStore implements ReplicaStore {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
     await refuseDatabaseWithoutCurrent(join(this.path, 'blobs'));
-    await this.setAsideCatalogWithoutCurrent();
+    // Read before the blob database's open creates it: a catalog missing beside blobs that were there is news.
+    const blobsExisted = existsSync(join(this.path, 'blobs', 'CURRENT'));
     this.blobOpenFailed = false;
     try {
-      await this.db.open();
       this.blobOpenFailed = true;
       await this.blobDb.open();
       this.blobOpenFailed = false;
+      // Before anything changes the directory (the catalog set aside, recovery, indexing): a store of a
+      // newer format is left exactly as it was, for the build that wrote it.
+      await this.checkStoreFormat();
+      await this.setAsideCatalogWithoutCurrent(blobsExisted);
+      await this.db.open();
     } catch (error) {
-      if (this.db.status === 'open') await this.db.close();
+      if (this.blobDb.status === 'open') await this.blobDb.close();
+      if (error instanceof StoreError) throw error;
       if ((error as { cause?: { code?: unknown } }).cause?.code === 'LEVEL_LOCKED') {
         throw new StoreError('ERR_STORE_LOCKED', `${this.path} is in use by another process: one pacs-mesh peer per data directory`);
       }
@@ -676,6 +692,23 @@ class LevelReplicaStore implements ReplicaStore {
     this.countFromNow();
   }
 
+  /**
+   * Refuses a store of a format newer than STORE_FORMAT (a downgrade: this build could misread it) and
+   * marks one without a format (new, or written before the marker) with this build's, synced.
+   */
+  private async checkStoreFormat(): Promise<void> {
+    const marker = await this.blobDb.get(storeFormatKey);
+    const text = marker === undefined ? undefined : Buffer.from(marker).toString('utf8');
+    const format = text !== undefined && /^[0-9]{1,9}$/.test(text) ? Number(text) : undefined;
+    if (text !== undefined && (format === undefined || format > STORE_FORMAT)) {
+      throw new StoreError(
+        'ERR_STORE_FORMAT',
+        `${this.path} holds a store of format ${JSON.stringify(text.slice(0, 20))}, written by a newer pacs-mesh; this build reads format ${STORE_FORMAT} and earlier: run the newer build on it (a downgrade is not supported), or start this one on an empty data directory (in a mesh the other sites refill it)`,
+      );
+    }
+    if (format !== STORE_FORMAT) await this.blobDb.put(storeFormatKey, Buffer.from(String(STORE_FORMAT), 'utf8'), { sync: true });
+  }
+
   /** Counts what the catalog holds now, in the background (see countAtOpen); commits from here on add to it. */
   private countFromNow(): void {
     this.countAtOpen = countInstances(this.db);
@@ -702,13 +735,13 @@ class LevelReplicaStore implements ReplicaStore {
    * LevelDB would delete the old tables). Moved aside whole instead, the catalog is rebuilt from the blobs'
    * commit records; what only the catalog held (debt, known sites) the mesh's repair makes good.
    */
-  private async setAsideCatalogWithoutCurrent(): Promise<void> {
+  private async setAsideCatalogWithoutCurrent(blobsExisted: boolean): Promise<void> {
     const catalogDir = join(this.path, 'catalog');
     const markerPath = join(this.path, catalogDamagedMarker);
     const markedDamaged = existsSync(markerPath);
     if (!existsSync(catalogDir)) {
       // Instances without a catalog (catalog/ deleted, or left out of a copy): rebuilt, and said so (helper 49).
-      if (existsSync(join(this.path, 'blobs', 'CURRENT'))) this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
+      if (blobsExisted) this.onOpenNotice("the catalog was missing: rebuilt from the instances' commit records", { catalogDir });
     } else {
       // A file where the catalog belongs (an EEXIST from mkdir before: helper 50) is set aside like damage.
       const why = !statSync(catalogDir).isDirectory()
