@@ -36,7 +36,7 @@ const UPSTREAM_QUEUE_MAX_BYTES = 256 * 1024;
  */
 export const DEFAULT_END_GRACE_MS = 10_000;
 
-export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN';
+export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN' | 'ERR_TUNNEL_ABANDONED';
 
 export class TunnelError extends Error {
   static readonly NAME = 'TunnelError';
@@ -74,11 +74,17 @@ export interface TunnelLogger {
   warn(message: string, fields?: Record<string, unknown>): void;
 }
 
+interface TunnelledConnection {
+  client: TunnelClient;
+  /** The listener's end of this connection closed: the association it carried is over. */
+  acceptorClosed(): void;
+}
+
 /**
  * Loopback connections made by tunnel servers in this process, keyed `<sourcePort>-><destinationPort>`
  * (the kernel may reuse a source port towards different destinations). Bounded by the live tunnels.
  */
-const tunnelledConnections = new Map<string, TunnelClient>();
+const tunnelledConnections = new Map<string, TunnelledConnection>();
 /** Loopback connects started but not yet registered (their source port is unknown until 'connect'). */
 let pendingLocalConnects = 0;
 const pendingWaiters = new Set<() => void>();
@@ -110,7 +116,7 @@ export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promi
   const deadline = performance.now() + waitMaxMs;
   while (true) {
     const found = tunnelledConnections.get(key);
-    if (found !== undefined || pendingLocalConnects === 0 || performance.now() >= deadline) return found;
+    if (found !== undefined || pendingLocalConnects === 0 || performance.now() >= deadline) return found?.client;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         pendingWaiters.delete(done);
@@ -128,7 +134,23 @@ export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promi
 /** Same, synchronously: only connections already registered. */
 export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined {
   if (!isLoopback(socket.remoteAddress)) return undefined;
-  return tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort));
+  return tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort))?.client;
+}
+
+/**
+ * For a connection the local DICOM listener accepted through a tunnel (no-op for any other): once the
+ * listener's end of it closes, the association is over, and the tunnel gets its end grace to deliver what
+ * is still in flight before it is reset. The tunnel cannot see that end itself while a client that does not
+ * read holds it paused (the FIN waits unread behind the data): a C-GET to a stalled viewer, aborted by the
+ * idle timeout, kept its tunnel and the viewer's connection at the entry peer for as long as the viewer
+ * kept its socket open (hunt 106), where a direct connection is closed.
+ */
+export function watchTunnelledAcceptor(socket: Socket): void {
+  if (!isLoopback(socket.remoteAddress)) return;
+  const found = tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort));
+  if (found === undefined) return;
+  if (socket.destroyed) found.acceptorClosed();
+  else socket.once('close', () => found.acceptorClosed());
 }
 
 /**
@@ -306,6 +328,8 @@ export interface TunnelServerInit {
   maxTunnels?: number;
   /** Bound on reading the header and connecting to the local port. Default 3000. */
   timeoutMs?: number;
+  /** See DEFAULT_END_GRACE_MS; also how long a tunnel may outlive its association at this end ({@link watchTunnelledAcceptor}). */
+  endGraceMs?: number;
 }
 
 export interface TunnelServer {
@@ -345,6 +369,7 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
   const { node, log } = init;
   const host = init.localHost ?? '127.0.0.1';
   const maxTunnels = init.maxTunnels ?? 256;
+  const endGraceMs = init.endGraceMs ?? DEFAULT_END_GRACE_MS;
   const live = new Set<Socket>();
   let stopped = false;
 
@@ -364,10 +389,21 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
       }
       const client: TunnelClient = { clientAddress: open.clientAddress, clientPort: open.clientPort, viaPeerId: stream.remotePeer };
       let socket: Socket;
+      let acceptorGrace: ReturnType<typeof setTimeout> | undefined;
+      const acceptorClosed = (): void => {
+        if (acceptorGrace !== undefined) return;
+        // Still piping once it fires (the pipe's end clears it), if only towards a socket closed already.
+        acceptorGrace = setTimeout(() => {
+          log.warn('tunnel reset: its association ended here and what was in flight did not reach the client in time (a client that does not read)', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}`, endGraceMs });
+          stream.abort(new TunnelError('ERR_TUNNEL_ABANDONED', 'the association ended at the serving peer'));
+          socket.destroy();
+        }, endGraceMs);
+        acceptorGrace.unref();
+      };
       pendingLocalConnects++;
       try {
         socket = await connectLocal(host, init.localPort, signal);
-        tunnelledConnections.set(connectionKey(socket.localPort, socket.remotePort), client);
+        tunnelledConnections.set(connectionKey(socket.localPort, socket.remotePort), { client, acceptorClosed });
       } catch (err) {
         settlePending();
         log.warn('tunnel refused: local DICOM port unreachable', { via: stream.remotePeer, error: (err as Error).message });
@@ -389,9 +425,10 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
       try {
         await reply(stream, { type: 'tunnel-ready' }, signal);
         log.info('tunnel opened', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}` });
-        const stats = await pipeSocketAndStream(socket, stream);
+        const stats = await pipeSocketAndStream(socket, stream, { endGraceMs });
         log.info('tunnel closed', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}`, ...stats });
       } finally {
+        clearTimeout(acceptorGrace);
         live.delete(socket);
         socket.destroy();
         tunnelledConnections.delete(key);

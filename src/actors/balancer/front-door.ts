@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { MeshNode } from '../../net/node.ts';
-import { openTunnel, startTunnelServer, tunnelledClientOf, type TunnelClient, type TunnelServer } from '../../net/tunnel.ts';
+import { openTunnel, startTunnelServer, tunnelledClientOf, watchTunnelledAcceptor, type TunnelClient, type TunnelServer } from '../../net/tunnel.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { BalancerService } from './actor.ts';
 
@@ -63,7 +63,10 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
   return {
     async route(socket, onTunnelling) {
       if (stopped) return local();
-      if ((await tunnelledClientOf(socket)) !== undefined) return local();
+      if ((await tunnelledClientOf(socket)) !== undefined) {
+        watchTunnelledAcceptor(socket);
+        return local();
+      }
       let target: ReturnType<BalancerService['chooseTarget']>;
       try {
         target = balancer.chooseTarget(init.localActiveAssociations?.());
