@@ -166,6 +166,13 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
     stream.abort(err);
     socket.destroy();
   };
+  // A reset of the stream (the other side failed) ends the tunnel now, whichever way is still waiting: nothing
+  // can cross any more. Waited for the client's end (up to the end grace) or for it to read (for ever) before.
+  const onStreamClosed = (evt: { error?: Error }): void => {
+    if (evt.error != null) fail(evt.error);
+  };
+  stream.raw.addEventListener('close', onStreamClosed);
+  if (stream.raw.status === 'reset' || stream.raw.status === 'aborted') fail(new Error(`tunnel stream ${stream.raw.status}`));
 
   // socket -> stream: writes are chained in order; the socket is paused while more than
   // UPSTREAM_QUEUE_MAX_BYTES wait for the stream (pausing on every chunk halves the throughput).
@@ -228,30 +235,22 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
             const cleanup = (): void => {
               socket.off('drain', onDrain);
               socket.off('close', onClose);
-              stream.raw.removeEventListener('close', onStreamClose);
             };
             const onDrain = (): void => {
               cleanup();
               resolve();
             };
+            // Also how a reset of the stream ends this wait (onStreamClosed destroys the socket).
             const onClose = (): void => {
               cleanup();
               reject(new Error('client socket closed while writing'));
             };
-            // A reset of the stream (the other side failed) ends the tunnel now, not once a client that does not
-            // read takes these bytes: nothing it sends can reach the other side any more.
-            const onStreamClose = (evt: { error?: Error }): void => {
-              if (evt.error == null) return;
-              cleanup();
-              reject(evt.error);
-            };
-            if (stream.raw.status === 'reset' || stream.raw.status === 'aborted') {
-              reject(new Error(`tunnel stream ${stream.raw.status}`));
+            if (socket.destroyed) {
+              reject(new Error('client socket closed while writing'));
               return;
             }
             socket.once('drain', onDrain);
             socket.once('close', onClose);
-            stream.raw.addEventListener('close', onStreamClose);
           });
         }
       }
@@ -268,6 +267,7 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
   })();
 
   return Promise.all([upstream, downstream]).then(() => {
+    stream.raw.removeEventListener('close', onStreamClosed);
     // Both directions are finished: release the stream (a no-op when it already closed cleanly).
     if (!failed && stream.raw.status === 'open') stream.abort(new Error('tunnel finished'));
     if (!socket.destroyed) socket.destroySoon();
