@@ -269,4 +269,27 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     await waitFor('tunnel released at the server', () => server.active() === 0, 3000);
     client.destroy();
   });
+
+  it('knows a tunnelled connection on a DICOM port bound to an address other than 127.0.0.1 (--host IP)', { timeout: 20_000 }, async () => {
+    const { a, b } = await connectedPair();
+    // A site started with --host <its address>: its listener, and the tunnel's connection to it, are on that address.
+    const host = '127.0.0.2';
+    const clients: (TunnelClient | undefined)[] = [];
+    const listener = createServer((socket) => {
+      socket.on('error', () => undefined);
+      void tunnelledClientOf(socket).then((client) => {
+        clients.push(client);
+        socket.pipe(socket);
+      });
+    });
+    const port = await new Promise<number>((resolve) => listener.listen(0, host, () => resolve((listener.address() as { port: number }).port)));
+    cleanups.push(() => void listener.close());
+    const server = await startTunnelServer({ node: b, localPort: port, localHost: host, log: quiet });
+    cleanups.push(() => server.stop());
+    const finished: Promise<unknown>[] = [];
+    const doorPort = await doorTo(a, b.peerId, finished);
+    const { echoed, localPort } = await roundTrip(doorPort, Buffer.from('A-ASSOCIATE-RQ'));
+    assert.equal(echoed.toString(), 'A-ASSOCIATE-RQ');
+    assert.deepEqual(clients, [{ clientAddress: '127.0.0.1', clientPort: localPort, viaPeerId: a.peerId }], 'taken for a direct client: the front door there would route it again, and the log and access checks see the peer');
+  });
 });

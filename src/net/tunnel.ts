@@ -81,20 +81,35 @@ interface TunnelledConnection {
 }
 
 /**
- * Loopback connections made by tunnel servers in this process, keyed `<sourcePort>-><destinationPort>`
- * (the kernel may reuse a source port towards different destinations). Bounded by the live tunnels.
+ * Connections made by tunnel servers in this process to their local DICOM port, keyed by source address and
+ * port and destination port (the kernel may reuse a source port towards different destinations). Bounded by
+ * the live tunnels.
  */
 const tunnelledConnections = new Map<string, TunnelledConnection>();
 /** Loopback connects started but not yet registered (their source port is unknown until 'connect'). */
 let pendingLocalConnects = 0;
 const pendingWaiters = new Set<() => void>();
 
-function connectionKey(sourcePort: number | undefined, destinationPort: number | undefined): string {
-  return `${sourcePort ?? 0}->${destinationPort ?? 0}`;
+/**
+ * The addresses tunnel servers of this process connect to (a peer started with `--host IP` listens there only).
+ * A connection to a host's own address comes from that address, not from 127.0.0.1: with loopback alone
+ * recognised, every tunnelled association at such a peer was taken for a direct one (hunt 106), its client
+ * logged as the peer itself, and routed again by its front door (a second hop, or back to the entry).
+ */
+const tunnelServerHosts = new Map<string, number>();
+
+function normalAddress(address: string | undefined): string {
+  return address === undefined ? '' : address.startsWith('::ffff:') ? address.slice(7) : address;
 }
 
-function isLoopback(address: string | undefined): boolean {
-  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
+function connectionKey(sourceAddress: string | undefined, sourcePort: number | undefined, destinationPort: number | undefined): string {
+  return `${normalAddress(sourceAddress)}:${sourcePort ?? 0}->${destinationPort ?? 0}`;
+}
+
+/** Whether a connection from `address` can be one of this process's tunnels (others never wait for one). */
+function mayBeTunnelled(address: string | undefined): boolean {
+  const normal = normalAddress(address);
+  return normal === '127.0.0.1' || normal === '::1' || tunnelServerHosts.has(normal);
 }
 
 function settlePending(): void {
@@ -111,8 +126,8 @@ function settlePending(): void {
  * connecting on loopback at that moment (its 'connect' and the listener's 'connection' race).
  */
 export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promise<TunnelClient | undefined> {
-  if (!isLoopback(socket.remoteAddress)) return undefined;
-  const key = connectionKey(socket.remotePort, socket.localPort);
+  if (!mayBeTunnelled(socket.remoteAddress)) return undefined;
+  const key = connectionKey(socket.remoteAddress, socket.remotePort, socket.localPort);
   const deadline = performance.now() + waitMaxMs;
   while (true) {
     const found = tunnelledConnections.get(key);
@@ -133,8 +148,8 @@ export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promi
 
 /** Same, synchronously: only connections already registered. */
 export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined {
-  if (!isLoopback(socket.remoteAddress)) return undefined;
-  return tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort))?.client;
+  if (!mayBeTunnelled(socket.remoteAddress)) return undefined;
+  return tunnelledConnections.get(connectionKey(socket.remoteAddress, socket.remotePort, socket.localPort))?.client;
 }
 
 /**
@@ -146,8 +161,8 @@ export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined 
  * kept its socket open (hunt 106), where a direct connection is closed.
  */
 export function watchTunnelledAcceptor(socket: Socket): void {
-  if (!isLoopback(socket.remoteAddress)) return;
-  const found = tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort));
+  if (!mayBeTunnelled(socket.remoteAddress)) return;
+  const found = tunnelledConnections.get(connectionKey(socket.remoteAddress, socket.remotePort, socket.localPort));
   if (found === undefined) return;
   if (socket.destroyed) found.acceptorClosed();
   else socket.once('close', () => found.acceptorClosed());
@@ -372,6 +387,8 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
   const endGraceMs = init.endGraceMs ?? DEFAULT_END_GRACE_MS;
   const live = new Set<Socket>();
   let stopped = false;
+  const hostKey = normalAddress(host);
+  tunnelServerHosts.set(hostKey, (tunnelServerHosts.get(hostKey) ?? 0) + 1);
 
   const reply = (stream: MeshStream, message: TunnelReply, signal: AbortSignal): Promise<void> =>
     stream.writer.writeFrame(encodeEnvelope(message, { maxBytes: HEADER_MAX_BYTES }), { signal });
@@ -403,7 +420,7 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
       pendingLocalConnects++;
       try {
         socket = await connectLocal(host, init.localPort, signal);
-        tunnelledConnections.set(connectionKey(socket.localPort, socket.remotePort), { client, acceptorClosed });
+        tunnelledConnections.set(connectionKey(socket.localAddress, socket.localPort, socket.remotePort), { client, acceptorClosed });
       } catch (err) {
         settlePending();
         log.warn('tunnel refused: local DICOM port unreachable', { via: stream.remotePeer, error: (err as Error).message });
@@ -412,7 +429,7 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
         return;
       }
       settlePending();
-      const key = connectionKey(socket.localPort, socket.remotePort);
+      const key = connectionKey(socket.localAddress, socket.localPort, socket.remotePort);
       // Stopped while the local connection was made: stop() has destroyed the live sockets already, not this one.
       if (stopped) {
         socket.destroy();
@@ -442,6 +459,9 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
     async stop() {
       if (stopped) return;
       stopped = true;
+      const servers = (tunnelServerHosts.get(hostKey) ?? 1) - 1;
+      if (servers > 0) tunnelServerHosts.set(hostKey, servers);
+      else tunnelServerHosts.delete(hostKey);
       await node.unhandle(TUNNEL_PROTOCOL).catch(() => undefined);
       for (const socket of live) socket.destroy();
     },
