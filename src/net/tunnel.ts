@@ -36,7 +36,7 @@ const UPSTREAM_QUEUE_MAX_BYTES = 256 * 1024;
  */
 export const DEFAULT_END_GRACE_MS = 10_000;
 
-export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN';
+export type TunnelErrorCode = 'ERR_TUNNEL_REFUSED' | 'ERR_TUNNEL_HEADER' | 'ERR_TUNNEL_OPEN' | 'ERR_TUNNEL_ABANDONED';
 
 export class TunnelError extends Error {
   static readonly NAME = 'TunnelError';
@@ -74,21 +74,42 @@ export interface TunnelLogger {
   warn(message: string, fields?: Record<string, unknown>): void;
 }
 
+interface TunnelledConnection {
+  client: TunnelClient;
+  /** The listener's end of this connection closed: the association it carried is over. */
+  acceptorClosed(): void;
+}
+
 /**
- * Loopback connections made by tunnel servers in this process, keyed `<sourcePort>-><destinationPort>`
- * (the kernel may reuse a source port towards different destinations). Bounded by the live tunnels.
+ * Connections made by tunnel servers in this process to their local DICOM port, keyed by source address and
+ * port and destination port (the kernel may reuse a source port towards different destinations). Bounded by
+ * the live tunnels.
  */
-const tunnelledConnections = new Map<string, TunnelClient>();
+const tunnelledConnections = new Map<string, TunnelledConnection>();
 /** Loopback connects started but not yet registered (their source port is unknown until 'connect'). */
 let pendingLocalConnects = 0;
 const pendingWaiters = new Set<() => void>();
 
-function connectionKey(sourcePort: number | undefined, destinationPort: number | undefined): string {
-  return `${sourcePort ?? 0}->${destinationPort ?? 0}`;
+/**
+ * The addresses tunnel servers of this process connect to (a peer started with `--host IP` listens there only).
+ * A connection to a host's own address comes from that address, not from 127.0.0.1: with loopback alone
+ * recognised, every tunnelled association at such a peer was taken for a direct one (hunt 106), its client
+ * logged as the peer itself, and routed again by its front door (a second hop, or back to the entry).
+ */
+const tunnelServerHosts = new Map<string, number>();
+
+function normalAddress(address: string | undefined): string {
+  return address === undefined ? '' : address.startsWith('::ffff:') ? address.slice(7) : address;
 }
 
-function isLoopback(address: string | undefined): boolean {
-  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
+function connectionKey(sourceAddress: string | undefined, sourcePort: number | undefined, destinationPort: number | undefined): string {
+  return `${normalAddress(sourceAddress)}:${sourcePort ?? 0}->${destinationPort ?? 0}`;
+}
+
+/** Whether a connection from `address` can be one of this process's tunnels (others never wait for one). */
+function mayBeTunnelled(address: string | undefined): boolean {
+  const normal = normalAddress(address);
+  return normal === '127.0.0.1' || normal === '::1' || tunnelServerHosts.has(normal);
 }
 
 function settlePending(): void {
@@ -105,12 +126,12 @@ function settlePending(): void {
  * connecting on loopback at that moment (its 'connect' and the listener's 'connection' race).
  */
 export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promise<TunnelClient | undefined> {
-  if (!isLoopback(socket.remoteAddress)) return undefined;
-  const key = connectionKey(socket.remotePort, socket.localPort);
+  if (!mayBeTunnelled(socket.remoteAddress)) return undefined;
+  const key = connectionKey(socket.remoteAddress, socket.remotePort, socket.localPort);
   const deadline = performance.now() + waitMaxMs;
   while (true) {
     const found = tunnelledConnections.get(key);
-    if (found !== undefined || pendingLocalConnects === 0 || performance.now() >= deadline) return found;
+    if (found !== undefined || pendingLocalConnects === 0 || performance.now() >= deadline) return found?.client;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         pendingWaiters.delete(done);
@@ -127,8 +148,24 @@ export async function tunnelledClientOf(socket: Socket, waitMaxMs = 1000): Promi
 
 /** Same, synchronously: only connections already registered. */
 export function tunnelledClientOfSync(socket: Socket): TunnelClient | undefined {
-  if (!isLoopback(socket.remoteAddress)) return undefined;
-  return tunnelledConnections.get(connectionKey(socket.remotePort, socket.localPort));
+  if (!mayBeTunnelled(socket.remoteAddress)) return undefined;
+  return tunnelledConnections.get(connectionKey(socket.remoteAddress, socket.remotePort, socket.localPort))?.client;
+}
+
+/**
+ * For a connection the local DICOM listener accepted through a tunnel (no-op for any other): once the
+ * listener's end of it closes, the association is over, and the tunnel gets its end grace to deliver what
+ * is still in flight before it is reset. The tunnel cannot see that end itself while a client that does not
+ * read holds it paused (the FIN waits unread behind the data): a C-GET to a stalled viewer, aborted by the
+ * idle timeout, kept its tunnel and the viewer's connection at the entry peer for as long as the viewer
+ * kept its socket open (hunt 106), where a direct connection is closed.
+ */
+export function watchTunnelledAcceptor(socket: Socket): void {
+  if (!mayBeTunnelled(socket.remoteAddress)) return;
+  const found = tunnelledConnections.get(connectionKey(socket.remoteAddress, socket.remotePort, socket.localPort));
+  if (found === undefined) return;
+  if (socket.destroyed) found.acceptorClosed();
+  else socket.once('close', () => found.acceptorClosed());
 }
 
 /**
@@ -144,6 +181,13 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
     stream.abort(err);
     socket.destroy();
   };
+  // A reset of the stream (the other side failed) ends the tunnel now, whichever way is still waiting: nothing
+  // can cross any more. Waited for the client's end (up to the end grace) or for it to read (for ever) before.
+  const onStreamClosed = (evt: { error?: Error }): void => {
+    if (evt.error != null) fail(evt.error);
+  };
+  stream.raw.addEventListener('close', onStreamClosed);
+  if (stream.raw.status === 'reset' || stream.raw.status === 'aborted') fail(new Error(`tunnel stream ${stream.raw.status}`));
 
   // socket -> stream: writes are chained in order; the socket is paused while more than
   // UPSTREAM_QUEUE_MAX_BYTES wait for the stream (pausing on every chunk halves the throughput).
@@ -206,30 +250,22 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
             const cleanup = (): void => {
               socket.off('drain', onDrain);
               socket.off('close', onClose);
-              stream.raw.removeEventListener('close', onStreamClose);
             };
             const onDrain = (): void => {
               cleanup();
               resolve();
             };
+            // Also how a reset of the stream ends this wait (onStreamClosed destroys the socket).
             const onClose = (): void => {
               cleanup();
               reject(new Error('client socket closed while writing'));
             };
-            // A reset of the stream (the other side failed) ends the tunnel now, not once a client that does not
-            // read takes these bytes: nothing it sends can reach the other side any more.
-            const onStreamClose = (evt: { error?: Error }): void => {
-              if (evt.error == null) return;
-              cleanup();
-              reject(evt.error);
-            };
-            if (stream.raw.status === 'reset' || stream.raw.status === 'aborted') {
-              reject(new Error(`tunnel stream ${stream.raw.status}`));
+            if (socket.destroyed) {
+              reject(new Error('client socket closed while writing'));
               return;
             }
             socket.once('drain', onDrain);
             socket.once('close', onClose);
-            stream.raw.addEventListener('close', onStreamClose);
           });
         }
       }
@@ -246,6 +282,7 @@ export function pipeSocketAndStream(socket: Socket, stream: MeshStream, options:
   })();
 
   return Promise.all([upstream, downstream]).then(() => {
+    stream.raw.removeEventListener('close', onStreamClosed);
     // Both directions are finished: release the stream (a no-op when it already closed cleanly).
     if (!failed && stream.raw.status === 'open') stream.abort(new Error('tunnel finished'));
     if (!socket.destroyed) socket.destroySoon();
@@ -306,6 +343,8 @@ export interface TunnelServerInit {
   maxTunnels?: number;
   /** Bound on reading the header and connecting to the local port. Default 3000. */
   timeoutMs?: number;
+  /** See DEFAULT_END_GRACE_MS; also how long a tunnel may outlive its association at this end ({@link watchTunnelledAcceptor}). */
+  endGraceMs?: number;
 }
 
 export interface TunnelServer {
@@ -345,8 +384,11 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
   const { node, log } = init;
   const host = init.localHost ?? '127.0.0.1';
   const maxTunnels = init.maxTunnels ?? 256;
+  const endGraceMs = init.endGraceMs ?? DEFAULT_END_GRACE_MS;
   const live = new Set<Socket>();
   let stopped = false;
+  const hostKey = normalAddress(host);
+  tunnelServerHosts.set(hostKey, (tunnelServerHosts.get(hostKey) ?? 0) + 1);
 
   const reply = (stream: MeshStream, message: TunnelReply, signal: AbortSignal): Promise<void> =>
     stream.writer.writeFrame(encodeEnvelope(message, { maxBytes: HEADER_MAX_BYTES }), { signal });
@@ -364,10 +406,21 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
       }
       const client: TunnelClient = { clientAddress: open.clientAddress, clientPort: open.clientPort, viaPeerId: stream.remotePeer };
       let socket: Socket;
+      let acceptorGrace: ReturnType<typeof setTimeout> | undefined;
+      const acceptorClosed = (): void => {
+        if (acceptorGrace !== undefined) return;
+        // Still piping once it fires (the pipe's end clears it), if only towards a socket closed already.
+        acceptorGrace = setTimeout(() => {
+          log.warn('tunnel reset: its association ended here and what was in flight did not reach the client in time (a client that does not read)', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}`, endGraceMs });
+          stream.abort(new TunnelError('ERR_TUNNEL_ABANDONED', 'the association ended at the serving peer'));
+          socket.destroy();
+        }, endGraceMs);
+        acceptorGrace.unref();
+      };
       pendingLocalConnects++;
       try {
         socket = await connectLocal(host, init.localPort, signal);
-        tunnelledConnections.set(connectionKey(socket.localPort, socket.remotePort), client);
+        tunnelledConnections.set(connectionKey(socket.localAddress, socket.localPort, socket.remotePort), { client, acceptorClosed });
       } catch (err) {
         settlePending();
         log.warn('tunnel refused: local DICOM port unreachable', { via: stream.remotePeer, error: (err as Error).message });
@@ -376,7 +429,7 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
         return;
       }
       settlePending();
-      const key = connectionKey(socket.localPort, socket.remotePort);
+      const key = connectionKey(socket.localAddress, socket.localPort, socket.remotePort);
       // Stopped while the local connection was made: stop() has destroyed the live sockets already, not this one.
       if (stopped) {
         socket.destroy();
@@ -389,9 +442,10 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
       try {
         await reply(stream, { type: 'tunnel-ready' }, signal);
         log.info('tunnel opened', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}` });
-        const stats = await pipeSocketAndStream(socket, stream);
+        const stats = await pipeSocketAndStream(socket, stream, { endGraceMs });
         log.info('tunnel closed', { via: stream.remotePeer, client: `${client.clientAddress}:${client.clientPort}`, ...stats });
       } finally {
+        clearTimeout(acceptorGrace);
         live.delete(socket);
         socket.destroy();
         tunnelledConnections.delete(key);
@@ -405,6 +459,9 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
     async stop() {
       if (stopped) return;
       stopped = true;
+      const servers = (tunnelServerHosts.get(hostKey) ?? 1) - 1;
+      if (servers > 0) tunnelServerHosts.set(hostKey, servers);
+      else tunnelServerHosts.delete(hostKey);
       await node.unhandle(TUNNEL_PROTOCOL).catch(() => undefined);
       for (const socket of live) socket.destroy();
     },

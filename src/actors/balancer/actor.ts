@@ -35,7 +35,7 @@ import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
-import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerRole, type BalancerState } from './logic.ts';
+import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
   routingTopic,
@@ -166,7 +166,8 @@ export interface BalancerService {
   leader(): LeaderInfo | null;
   table(): RoutingTable | null;
   /** Where the next new association should go: another peer's DICOM address, or here. */
-  chooseTarget(localActiveAssociations?: number): { peerId: string; dicom: string } | 'local';
+  /** `tunnelsOpenTo`: associations this peer tunnelled to each peer that have not ended yet. */
+  chooseTarget(localActiveAssociations?: number, tunnelsOpenTo?: ReadonlyMap<string, number>): { peerId: string; dicom: string } | 'local';
   /** The voters this peer counts a majority of. */
   roster(): string[];
   /** The voters with where they were last seen (learnt roster; pinned: PeerIds only). */
@@ -736,14 +737,11 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return { peerId, site, term: leader.term };
     },
     table: () => table,
-    chooseTarget(localActiveAssociations) {
-      // The table's load figures lag by a heartbeat; this peer's own count is live, so a burst of
-      // connections at one front door spills over as soon as this peer is really full.
+    chooseTarget(localActiveAssociations, tunnelsOpenTo) {
+      // The table's load figures lag by a heartbeat; this peer's own counts are live, so a burst of
+      // connections at one front door spills over as soon as this peer, or the one it tunnels to, is really full.
       const limits = init.routing ?? defaultRoutingLimits;
-      const live =
-        table !== null && localActiveAssociations !== undefined && localActiveAssociations >= limits.associationsPerPeerMax
-          ? { ...table, entries: table.entries.map((e) => (e.peerId === self ? { ...e, saturated: true, weight: 0 } : e)) }
-          : table;
+      const live = table === null ? null : withLiveLoad(table, self, { localActiveAssociations, tunnelsOpenTo }, limits);
       const choice = chooseRoute(live, self, random());
       if (choice.peerId === self) return 'local';
       const entry = table?.entries.find((e) => e.peerId === choice.peerId);

@@ -101,4 +101,44 @@ describe('front door', { timeout: 60_000 }, () => {
     assert.deepEqual({ local: stats.local, tunnelled: stats.tunnelled, fallbacks: stats.fallbacks }, { local: 3, tunnelled: 1, fallbacks: 2 });
     assert.deepEqual(portA.results, ['local', 'tunnelled', 'local', 'local']);
   });
+
+  it('tells routing how many of its tunnels to each peer are still open, from the decision to the tunnel\'s end', { timeout: 20_000 }, async () => {
+    const key = generateSwarmKey();
+    const a = await node(key, []);
+    const b = await node(key, [loopbackAddress(a)]);
+    await waitFor('connected', () => a.connectedPeers().includes(b.peerId));
+    const seen: Array<Record<string, number>> = [];
+    const doorA = createFrontDoor({
+      balancer: {
+        chooseTarget: (_local, tunnelsOpenTo) => {
+          seen.push(Object.fromEntries(tunnelsOpenTo ?? new Map()));
+          return { peerId: b.peerId, dicom: 'x' };
+        },
+      },
+      node: a,
+      selfPeerId: a.peerId,
+      log: silentLogger,
+    });
+    const doorB = createFrontDoor({ balancer: { chooseTarget: () => 'local' }, node: b, selfPeerId: b.peerId, log: silentLogger });
+    cleanups.push(() => doorA.stop(), () => doorB.stop());
+    const portA = await dicomPort('a', () => doorA);
+    const portB = await dicomPort('b', () => doorB);
+    cleanups.push(() => void portA.server.close(), () => void portB.server.close());
+    await doorB.serveInbound(portB.port);
+
+    // A client that has sent nothing yet keeps its tunnel to b open.
+    const held = connect({ port: portA.port, host: '127.0.0.1' });
+    held.on('error', () => undefined);
+    cleanups.push(() => void held.destroy());
+    await waitFor('first tunnel open', () => doorA.stats().tunnelsOpen === 1);
+    assert.equal(await ask(portA.port, 'echo-1'), `b:echo-1 via ${a.peerId.slice(-4)}`);
+    assert.deepEqual(seen, [{}, { [b.peerId]: 1 }], 'the second decision counts the first tunnel');
+    const ended = new Promise((resolve) => held.once('close', resolve));
+    held.write('echo-2');
+    held.resume();
+    await ended;
+    await waitFor('both tunnels ended', () => doorA.stats().tunnelsOpen === 0);
+    assert.equal(await ask(portA.port, 'echo-3'), `b:echo-3 via ${a.peerId.slice(-4)}`);
+    assert.deepEqual(seen.at(-1), {}, 'ended tunnels no longer count');
+  });
 });

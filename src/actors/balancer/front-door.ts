@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { MeshNode } from '../../net/node.ts';
-import { openTunnel, startTunnelServer, tunnelledClientOf, type TunnelClient, type TunnelServer } from '../../net/tunnel.ts';
+import { openTunnel, startTunnelServer, tunnelledClientOf, watchTunnelledAcceptor, type TunnelClient, type TunnelServer } from '../../net/tunnel.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { BalancerService } from './actor.ts';
 
@@ -52,6 +52,8 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
   const { balancer, node, log } = init;
   const stats: FrontDoorStats = { local: 0, tunnelled: 0, fallbacks: 0, tunnelsOpen: 0 };
   const outgoing = new Set<Socket>();
+  // Tunnels still open per target peer: routing counts them against the target's limit (the table lags).
+  const tunnelsOpenTo = new Map<string, number>();
   let server: TunnelServer | null = null;
   let stopped = false;
 
@@ -63,16 +65,27 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
   return {
     async route(socket, onTunnelling) {
       if (stopped) return local();
-      if ((await tunnelledClientOf(socket)) !== undefined) return local();
+      if ((await tunnelledClientOf(socket)) !== undefined) {
+        watchTunnelledAcceptor(socket);
+        return local();
+      }
       let target: ReturnType<BalancerService['chooseTarget']>;
       try {
-        target = balancer.chooseTarget(init.localActiveAssociations?.());
+        target = balancer.chooseTarget(init.localActiveAssociations?.(), tunnelsOpenTo);
       } catch (err) {
         log.warn('front door: routing failed, serving locally', { error: (err as Error).message });
         return local();
       }
       if (target === 'local' || target.peerId === init.selfPeerId) return local();
       const client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+      const targetPeerId = target.peerId;
+      // Counted from the decision on: the next decision must not send more to a target this one may fill.
+      tunnelsOpenTo.set(targetPeerId, (tunnelsOpenTo.get(targetPeerId) ?? 0) + 1);
+      const tunnelEnded = (): void => {
+        const open = (tunnelsOpenTo.get(targetPeerId) ?? 1) - 1;
+        if (open > 0) tunnelsOpenTo.set(targetPeerId, open);
+        else tunnelsOpenTo.delete(targetPeerId);
+      };
       onTunnelling?.();
       try {
         const tunnel = await openTunnel(node, target.peerId, socket, { timeoutMs: init.tunnelOpenTimeoutMs ?? 2000 });
@@ -81,12 +94,14 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
         outgoing.add(socket);
         void tunnel.finished.then((bytes) => {
           stats.tunnelsOpen--;
+          tunnelEnded();
           outgoing.delete(socket);
           log.info('front door: tunnel finished', { client, to: target.peerId, ...bytes });
         });
         log.info('front door: association tunnelled', { client, to: target.peerId, dicom: target.dicom });
         return 'tunnelled';
       } catch (err) {
+        tunnelEnded();
         stats.fallbacks++;
         log.warn('front door: tunnel failed, serving locally', { client, to: target.peerId, error: (err as Error).message });
         return local();

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { buildRoutingTable, chooseTarget, initBalancer, ruleWinner, stepBalancer, type BalancerState } from './logic.ts';
+import { buildRoutingTable, chooseTarget, initBalancer, ruleWinner, stepBalancer, withLiveLoad, type BalancerState } from './logic.ts';
 import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, RoutingTable } from './messages.ts';
 import { runSteps } from '../runtime/run-steps.ts';
 
@@ -237,6 +237,19 @@ test('routing prefers peers of the same site, crosses sites only when the site i
     limits,
   );
   assert.deepEqual(chooseTarget(saturated, 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
+});
+
+test('routing counts the associations this peer tunnelled to a peer and its own live ones: a peer full by them is full, whatever the table says', () => {
+  const limits = configFor('peer-a').routing;
+  const table = buildRoutingTable([member('peer-a1', { site: 'north' }), member('peer-b1', { site: 'south' })], 3, 'peer-a1', limits);
+  const selfFull = withLiveLoad(table, 'peer-a1', { localActiveAssociations: limits.associationsPerPeerMax }, limits);
+  assert.deepEqual(chooseTarget(selfFull, 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
+  // The table still shows peer-b1 empty; this peer has tunnelled it as many as it takes: the burst stays here.
+  const almost = new Map([['peer-b1', limits.associationsPerPeerMax - 1]]);
+  assert.deepEqual(chooseTarget(withLiveLoad(table, 'peer-a1', { localActiveAssociations: limits.associationsPerPeerMax, tunnelsOpenTo: almost }, limits), 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
+  const full = new Map([['peer-b1', limits.associationsPerPeerMax]]);
+  assert.deepEqual(chooseTarget(withLiveLoad(table, 'peer-a1', { localActiveAssociations: limits.associationsPerPeerMax, tunnelsOpenTo: full }, limits), 'peer-a1', 0.5), { peerId: 'peer-a1', reason: 'all-saturated' });
+  assert.equal(withLiveLoad(table, 'peer-a1', {}, limits), table, 'nothing live: the table as it is');
 });
 
 test('routing only picks peers answering the called AE title, with the C-MOVE destinations and allow-list, of the peer where the association arrived', () => {

@@ -437,6 +437,27 @@ export function buildRoutingTable(
   return { term, leaderId, entries };
 }
 
+/**
+ * The table as this peer sees it at this moment. The leader's load figures lag by a heartbeat or more; this
+ * peer knows its own associations and those it tunnelled to each peer that have not ended: a peer at the
+ * limit by either count is full. Without the tunnels, a burst at one front door all went to the peer the
+ * table still showed with room (89 of 100 at --associations-per-peer 10, 25 of them rejected there as
+ * congestion while the entry peer served none: hunt 106).
+ */
+export function withLiveLoad(
+  table: RoutingTable,
+  selfPeerId: string,
+  live: { localActiveAssociations?: number | undefined; tunnelsOpenTo?: ReadonlyMap<string, number> | undefined },
+  limits: RoutingLimits,
+): RoutingTable {
+  const full = (peerId: string): boolean =>
+    peerId === selfPeerId
+      ? live.localActiveAssociations !== undefined && live.localActiveAssociations >= limits.associationsPerPeerMax
+      : (live.tunnelsOpenTo?.get(peerId) ?? 0) >= limits.associationsPerPeerMax;
+  if (!table.entries.some((e) => !e.saturated && full(e.peerId))) return table;
+  return { ...table, entries: table.entries.map((e) => (!e.saturated && full(e.peerId) ? { ...e, saturated: true, weight: 0 } : e)) };
+}
+
 export type RouteReason = 'no-table' | 'unknown-origin' | 'same-site' | 'cross-site' | 'all-saturated';
 
 export interface RouteChoice {
