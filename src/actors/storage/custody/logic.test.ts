@@ -473,6 +473,24 @@ test('tombstones are restored from disk, so a restarted peer passes them on and 
   assert.ok(!step.state.knownSites.has('site-x'));
 });
 
+test('copies owed to a forgotten site that a crash left on disk are dropped at the first view after the start', () => {
+  // The tombstone was written, then the process died before the same step's debt removals landed.
+  let s = initCustody(config, {
+    digest: createDigest(),
+    debt: [
+      { sopInstanceUid: 'u1', siteName: 'site-x', sinceMs: 10 },
+      { sopInstanceUid: 'u1', siteName: 'site-b', sinceMs: 10 },
+    ],
+    knownSites: [{ siteName: 'site-b', lastHeardMs: 40 }],
+    forgottenSites: [{ siteName: 'site-x', forgottenAtMs: 50 }],
+  });
+  const step = run(s, { type: 'viewChanged', members: [member('peer-a')], nowMs: 100 });
+  assert.deepEqual(step.effects.filter((e) => e.type === 'removeDebt'), [{ type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-x' }]);
+  s = step.state;
+  assert.deepEqual([...s.debt.values()].map((d) => d.siteName), ['site-b'], 'the copy owed to a known site stays');
+  assert.ok(!s.debtBySite.has('site-x'));
+});
+
 test('an explicit write quorum above the sites known is flagged; auto never is', () => {
   assert.equal(writeQuorumAboveSitesKnown({ ...config, writeQuorum: 3 }, 2), true);
   assert.equal(writeQuorumAboveSitesKnown({ ...config, writeQuorum: 3 }, 3), false);
