@@ -50,6 +50,25 @@ const ack = (uid: string, site: string, nowMs: number): CustodyInput => ({
   nowMs,
 });
 
+test('an acknowledgement counts toward the quorum though its transfer was given up (its stream failed, or it outlived replicationRetryMs)', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r1', 'u1', 0).state;
+  // The copy arrived at site-b, but the stream broke before its answer: the slot is freed...
+  s = run(s, { type: 'replicationFailed', sopInstanceUid: 'u1', toSiteName: 'site-b', nowMs: 10 }).state;
+  assert.equal(s.replicationsInFlight.size, 0);
+  // ...and site-b's acknowledgement (a later transfer's "have", or a push's result) still completes the store.
+  const acked = run(s, ack('u1', 'site-b', 20));
+  assert.deepEqual(acks(acked.effects).map((e) => e.type === 'ackStore' && [e.status, e.sitesHolding]), [[StoreStatus.Success, ['site-a', 'site-b']]]);
+  // Likewise once a transfer outlived replicationRetryMs (its slot freed at a tick), without the repeat it started.
+  s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r2', 'u2', 0).state;
+  s.replicationsInFlight.clear();
+  const late = run(s, ack('u2', 'site-b', config.replicationRetryMs + 1));
+  assert.equal(acks(late.effects).length, 1);
+});
+
 test('write quorum default: 2 with another site alive, 1 when alone; a number is used as given', () => {
   assert.equal(effectiveWriteQuorum(config, 1), 1);
   assert.equal(effectiveWriteQuorum(config, 2), 2);
