@@ -91,6 +91,10 @@ test('a non-winner does not run, and votes only for its rule winner, once per te
   const fromA = run(b, { type: 'messageReceived', from: 'peer-a', message: { type: 'requestVote', term: 1, candidateId: 'peer-a' }, nowMs: 2 });
   assert.ok(fromA.effects.some((e) => e.type === 'persist' && e.value.votedFor === 'peer-a'));
   assert.ok(fromA.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+  // Durable before it leaves: a vote sent, then lost in a crash before its write, could be given again in this term.
+  const persistAt = fromA.effects.findIndex((e) => e.type === 'persist' && e.value.votedFor === 'peer-a');
+  const voteAt = fromA.effects.findIndex((e) => e.type === 'send' && e.message.type === 'vote');
+  assert.ok(persistAt >= 0 && persistAt < voteAt, 'the vote is persisted before it is sent');
   // Even with a changed view, a second candidate of the same term gets no vote.
   b = run(fromA.state, { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c', { priority: -1 })], nowMs: 3 }).state;
   const again = run(b, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 1, candidateId: 'peer-c' }, nowMs: 4 });
