@@ -157,6 +157,17 @@ test('no leader without a roster majority in view', () => {
   assert.equal(s.durable.currentTerm, 0);
 });
 
+test('a leader that no longer sees a roster majority steps down (a minority partition follows no stale table)', () => {
+  const started = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 });
+  let s = run(started.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 10 }).state;
+  assert.equal(s.role, 'leader');
+  const cut = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', { status: 'dead' }), member('peer-c', { status: 'dead' })], nowMs: 100 });
+  s = cut.state;
+  assert.equal(s.role, 'follower');
+  assert.equal(s.table, null);
+  assert.ok(cut.effects.some((e) => e.type === 'leaderChanged' && e.leaderId === null));
+});
+
 test('no candidacy while a roster majority cannot vote (their disks full): the term does not climb at every vote timeout', () => {
   let s = initBalancer(configFor('peer-a'), null);
   const effects: BalancerEffect[] = [];
