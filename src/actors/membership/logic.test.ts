@@ -191,6 +191,8 @@ test('data from a peer keeps it alive while its heartbeats are delayed (a slow l
   assert.equal(statusOf(s, 'peer-b'), 'dead');
   const afterDeath = run(s, { type: 'peerActive', peerId: 'peer-b', nowMs: 20_100 }, { type: 'peerActive', peerId: 'peer-x', nowMs: 20_100 });
   assert.equal(statusOf(afterDeath.state, 'peer-b'), 'dead');
+  // Nor moves a dead record's last-heard time: custody reads it as when that site was last heard.
+  assert.equal(afterDeath.state.members.get('peer-b')?.lastHeardAtMs, s.members.get('peer-b')?.lastHeardAtMs);
   assert.equal(afterDeath.state.members.has('peer-x'), false, 'an unknown peer is not made a member');
   assert.deepEqual(afterDeath.effects, []);
 });
