@@ -513,8 +513,8 @@ export function runSimulation(options: SimOptions): SimResult {
           live.balancer = step.state;
           // The actor awaits each persist before the step's next effect: a crash in that write leaves the
           // effects before it done, the record written or not, and nothing after it.
-          const persistAt = step.effects.findIndex((e) => e.type === 'persist');
-          const crashAt = persistAt >= 0 && extraPrng.chance(rates.crashDuringWrite) ? persistAt : -1;
+          const persistsAt = [...step.effects.keys()].filter((i) => step.effects[i]?.type === 'persist');
+          const crashAt = persistsAt.length > 0 && extraPrng.chance(rates.crashDuringWrite) ? extraPrng.pick(persistsAt) : -1;
           for (const [i, e] of step.effects.entries()) {
             if (i === crashAt) {
               if (extraPrng.chance(0.5)) onBalancerEffect(peer, e);
