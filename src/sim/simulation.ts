@@ -820,7 +820,7 @@ export function runSimulation(options: SimOptions): SimResult {
   /**
    * Invariant (i), at the moment of a Success: every site it names holds the instance durably, they are as
    * many as the quorum, and a quorum of 1 ('auto') means no other site could be asked: none alive in the
-   * acknowledging peer's view, and in the first storeSettleAfterStartMsDefault after its start none it
+   * acknowledging custody's view, and in the first storeSettleAfterStartMsDefault after its start none it
    * knows of (durably) that it has not heard from yet in this run.
    */
   const checkAckedStore = (peer: SimPeer, uid: string, quorum: number, sitesHolding: readonly string[]): void => {
@@ -831,7 +831,9 @@ export function runSimulation(options: SimOptions): SimResult {
     if (new Set(sitesHolding).size < quorum) violate(`(i) ${peer.peerId} acks ${uid} with quorum ${quorum} held at ${sitesHolding.length} site(s)`);
     const live = peer.live;
     if (quorum >= 2 || live === null) return;
-    const view = viewMembers(live.membership, nowMs);
+    // The view custody decided with: membership may have moved on within the same run of inputs (a
+    // stall found, then the heartbeats read after it), and custody hears of that next.
+    const view = live.custody.members;
     const otherAlive = view.filter((m) => m.status === 'alive' && m.siteName !== peer.siteName).map((m) => m.siteName);
     if (otherAlive.length > 0) violate(`(i) ${peer.peerId} acks ${uid} with quorum ${quorum} while ${otherAlive.join(',')} is alive in its view`);
     if (nowMs - peer.startedAtMs < storeSettleAfterStartMsDefault) {
