@@ -37,6 +37,8 @@ export class SimNetwork<M> {
   private seq = 0;
   faults: NetworkFaults = noFaults;
   readonly stats: NetworkStats = { sent: 0, delivered: 0, dropped: 0, duplicated: 0, overflowed: 0 };
+  /** Told of every message lost (dropped, cut by a partition or a dropped connection, overflowed): a stream's sender sees its failure. */
+  onLost: (e: Envelope<M>) => void = () => undefined;
 
   /** inFlightMax bounds the queue like a real link's buffers: beyond it, new messages are lost. */
   constructor(
@@ -66,17 +68,38 @@ export class SimNetwork<M> {
     return this.heap.length;
   }
 
-  send(from: string, to: string, payload: M, nowMs: number): void {
+  /** `extraDelayMs` holds this message back beyond the link's delay (gossip relaying it late from a cache). */
+  send(from: string, to: string, payload: M, nowMs: number, extraDelayMs = 0): void {
     this.stats.sent += 1;
     if (!this.connected(from, to) || this.prng.chance(this.faults.dropProbability)) {
       this.stats.dropped += 1;
+      this.onLost({ from, to, payload, deliverAtMs: nowMs, seq: this.seq++ });
       return;
     }
-    this.enqueue(from, to, payload, nowMs);
+    this.enqueue(from, to, payload, nowMs + extraDelayMs);
     if (this.prng.chance(this.faults.duplicateProbability)) {
       this.stats.duplicated += 1;
-      this.enqueue(from, to, payload, nowMs);
+      this.enqueue(from, to, payload, nowMs + extraDelayMs);
     }
+  }
+
+  /** A transport event (a connection closed): neither dropped nor duplicated, only cut by a partition. */
+  notify(from: string, to: string, payload: M, nowMs: number): void {
+    this.enqueue(from, to, payload, nowMs);
+  }
+
+  /** A connection dropped: what was in flight between a and b, either way, is lost. */
+  dropBetween(a: string, b: string): void {
+    const kept: Envelope<M>[] = [];
+    for (const e of this.heap.splice(0)) {
+      if ((e.from === a && e.to === b) || (e.from === b && e.to === a)) {
+        this.stats.dropped += 1;
+        this.onLost(e);
+      } else {
+        kept.push(e);
+      }
+    }
+    for (const e of kept) this.push(e);
   }
 
   /** Pops the next message due at or before nowMs; one cut by a partition since it was sent is lost. */
@@ -87,6 +110,7 @@ export class SimNetwork<M> {
       this.pop();
       if (!this.connected(top.from, top.to)) {
         this.stats.dropped += 1;
+        this.onLost(top);
         continue;
       }
       this.stats.delivered += 1;
@@ -97,6 +121,7 @@ export class SimNetwork<M> {
   private enqueue(from: string, to: string, payload: M, nowMs: number): void {
     if (this.heap.length >= this.inFlightMax) {
       this.stats.overflowed += 1;
+      this.onLost({ from, to, payload, deliverAtMs: nowMs, seq: this.seq++ });
       return;
     }
     const delayMs = this.prng.between(this.faults.delayMinMs, this.faults.delayMaxMs);

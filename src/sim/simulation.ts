@@ -22,7 +22,8 @@ import {
   type DebtEntry,
 } from '../actors/storage/custody/messages.ts';
 import { digestOf, digestRoot } from '../actors/storage/custody/digest.ts';
-import { noFaults, SimNetwork, type NetworkFaults } from './network.ts';
+import { storeSettleAfterStartMsDefault } from '../actors/storage/custody/messages.ts';
+import { noFaults, SimNetwork, type Envelope, type NetworkFaults } from './network.ts';
 import { Prng } from './prng.ts';
 
 /** What a site stores per instance: the catalog fields that must match everywhere after healing. */
@@ -40,7 +41,9 @@ type SimPayload =
   /** The replicate stream: header and bytes in one piece. */
   | { readonly kind: 'replica'; readonly instance: SimInstance }
   | { readonly kind: 'fetchRequest'; readonly sopInstanceUid: string }
-  | { readonly kind: 'fetchReply'; readonly sopInstanceUid: string; readonly instance: SimInstance | null };
+  | { readonly kind: 'fetchReply'; readonly sopInstanceUid: string; readonly instance: SimInstance | null }
+  /** The transport closed the connection from `from` (it dropped a peer it found dead): a peer:disconnect event. */
+  | { readonly kind: 'transportClosed' };
 
 /** Survives crashes: the local store, the debt table, the known sites and tombstones, the election record and the incarnation counter. */
 interface DurableState {
@@ -60,6 +63,8 @@ interface Reducers {
   readonly staging: Map<string, SimInstance>;
   /** The balancer actor's flag: false from a failed election write until one succeeds. */
   electable: boolean;
+  /** peerId -> when the node last reported data from it (peerActive, at most every peerActiveEveryMs). */
+  readonly activeReportedAtMs: Map<string, number>;
 }
 
 interface SimPeer {
@@ -71,7 +76,54 @@ interface SimPeer {
   restartAtMs: number;
   /** Election writes fail until then (a full disk); the disk's state, so it outlives a crash. */
   electionWritesFailUntilMs: number;
+  /** When this incarnation started. */
+  startedAtMs: number;
+  /** The process stands still until then (SIGSTOP, a long GC pause): no ticks, nothing read, nothing written. */
+  stalledUntilMs: number;
+  /** What arrived while it stood still, waiting unread in its sockets. */
+  readonly unread: Envelope<SimPayload>[];
 }
+
+/** Work a peer's process finishes later (a disk write, a stream's failure noticed): lost if it crashes first, late if it stalls. */
+interface LocalEvent {
+  readonly atMs: number;
+  readonly peer: SimPeer;
+  readonly incarnation: number;
+  readonly act: () => void;
+}
+
+/** How often each fault happens (per 50 ms tick unless said otherwise); SimOptions.faults overrides some. */
+export interface SimFaultRates {
+  readonly crashPerTick: number;
+  /** Per step that writes durable state (an election record, debt): the process dies while that write is in flight. */
+  readonly crashDuringWrite: number;
+  /** A live peer stands still for 0.5-4 s. */
+  readonly stallPerTick: number;
+  readonly partitionPerTick: number;
+  readonly electionDiskFaultPerTick: number;
+  /** Per instance written locally: the disk refuses it. */
+  readonly localWriteFailure: number;
+  /** Per gossip message and recipient: it arrives 1-3 s late, relayed from a gossip cache. */
+  readonly lateRelay: number;
+  /** Upper bounds of each seed's loss and duplication probabilities. */
+  readonly dropMax: number;
+  readonly duplicateMax: number;
+  /** Per tick: a modality sends an instance. */
+  readonly storePerTick: number;
+}
+
+export const defaultFaultRates: SimFaultRates = {
+  crashPerTick: 0.004,
+  crashDuringWrite: 0.03,
+  stallPerTick: 0.002,
+  partitionPerTick: 0.005,
+  electionDiskFaultPerTick: 0.003,
+  localWriteFailure: 0.01,
+  lateRelay: 0.02,
+  dropMax: 0.2,
+  duplicateMax: 0.1,
+  storePerTick: 0.15,
+};
 
 type Work =
   | { readonly to: 'membership'; readonly input: MembershipInput }
@@ -86,6 +138,8 @@ export interface SimOptions {
   readonly faultPhaseMs?: number;
   /** Longest simulated time allowed after the final heal for the mesh to converge. */
   readonly settleMaxMs?: number;
+  /** Fault rates other than the defaults (e.g. a harsher sweep). */
+  readonly faults?: Partial<SimFaultRates>;
 }
 
 export interface SimResult {
@@ -103,6 +157,13 @@ export interface SimResult {
     readonly storesAcked: number;
     readonly storesRefused: number;
     readonly crashes: number;
+    /** Crashes while a durable write of a step was in flight (part of the step's effects performed). */
+    readonly crashesDuringWrites: number;
+    readonly stalls: number;
+    readonly localWritesFailed: number;
+    readonly lateRelays: number;
+    /** Replica transfers and pulls whose failure the sender saw (replicationFailed, fetchFailed). */
+    readonly transfersFailed: number;
     /** 1 when a site was decommissioned and forgotten by the operator during the run (invariant g). */
     readonly decommissions: number;
     readonly partitions: number;
@@ -116,6 +177,8 @@ export interface SimResult {
 }
 
 const tickMs = 50;
+/** The node reports data from a peer at most this often (peerActive). */
+const peerActiveEveryMs = 250;
 const traceLinesMax = 60;
 const retriesPendingMax = 200;
 
@@ -142,13 +205,16 @@ export function runSimulation(options: SimOptions): SimResult {
   const siteCount = options.siteCount ?? 3 + root.nextInt(3);
   // Forked last, so that the draws of the forks above (and every earlier seed's run) stay as they were.
   const decommissionPrng = root.fork();
+  // The later fault kinds draw from their own stream, likewise.
+  const extraPrng = root.fork();
+  let rates: SimFaultRates = { ...defaultFaultRates, ...options.faults };
   const faultPhaseMs = options.faultPhaseMs ?? 20_000;
   const settleMaxMs = options.settleMaxMs ?? 30_000;
 
   const network = new SimNetwork<SimPayload>(netPrng, 20_000);
   const baseFaults: NetworkFaults = {
-    dropProbability: faultPrng.nextUnit() * 0.2,
-    duplicateProbability: faultPrng.nextUnit() * 0.1,
+    dropProbability: faultPrng.nextUnit() * rates.dropMax,
+    duplicateProbability: faultPrng.nextUnit() * rates.duplicateMax,
     delayMinMs: 1,
     delayMaxMs: 5 + faultPrng.nextInt(300),
   };
@@ -165,6 +231,9 @@ export function runSimulation(options: SimOptions): SimResult {
       live: null,
       restartAtMs: 0,
       electionWritesFailUntilMs: 0,
+      startedAtMs: 0,
+      stalledUntilMs: 0,
+      unread: [],
     });
   }
   const byId = new Map(peers.map((p) => [p.peerId, p]));
@@ -196,7 +265,7 @@ export function runSimulation(options: SimOptions): SimResult {
   const claimsByTerm = new Map<number, string>();
   const claimsByComponentTerm = new Map<string, string>();
   const ackedQuorum = new Map<string, number>();
-  /** Per peer, every other site it has seen alive since the run began, across its restarts. */
+  /** Per peer, every other site its custody has seen alive since the run began, across its restarts. */
   const sitesSeenAlive = new Map<string, Set<string>>();
   /** requestId -> the sites its peer had seen alive when the local write began (the copies it must owe). */
   const owedAtWrite = new Map<string, readonly string[]>();
@@ -207,6 +276,16 @@ export function runSimulation(options: SimOptions): SimResult {
   let storesAcked = 0;
   let storesRefused = 0;
   let crashes = 0;
+  let crashesDuringWrites = 0;
+  let stalls = 0;
+  let localWritesFailed = 0;
+  let lateRelays = 0;
+  let transfersFailed = 0;
+  const localEvents: LocalEvent[] = [];
+  /** requestId -> the answer its modality got. */
+  const answers = new Map<string, { readonly status: number; readonly quorum: number }>();
+  /** `${viewer}#${its incarnation}|${member}` -> the highest incarnation of member that view has held (invariant l). */
+  const highestIncarnationSeen = new Map<string, number>();
   let partitions = 0;
   let electionDiskFaults = 0;
   let electionWritesRefused = 0;
@@ -274,7 +353,8 @@ export function runSimulation(options: SimOptions): SimResult {
         forgottenSites: [...peer.durable.forgottenSites].map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs })),
       },
     );
-    peer.live = { membership, balancer, custody, staging: new Map(), electable: true };
+    peer.live = { membership, balancer, custody, staging: new Map(), electable: true, activeReportedAtMs: new Map() };
+    peer.startedAtMs = nowMs;
     log(`${peer.peerId} starts, incarnation ${peer.durable.incarnation}`);
     run(peer, [
       {
@@ -300,20 +380,99 @@ export function runSimulation(options: SimOptions): SimResult {
   };
 
   const crash = (peer: SimPeer, restartAtMs: number): void => {
-    if (peer.live === null) return;
+    const live = peer.live;
+    if (live === null) return;
     peer.live = null;
     peer.restartAtMs = restartAtMs;
     crashes += 1;
     log(`${peer.peerId} crashes`);
+    // The associations of the stores under way break: their modalities send them again later.
+    for (const requestId of new Set([...live.staging.keys(), ...live.custody.writing.keys(), ...live.custody.pending.keys()])) {
+      const instance = requestToUid.get(requestId);
+      requestToUid.delete(requestId);
+      if (instance !== undefined && retries.length < retriesPendingMax) retries.push(instance);
+    }
+    // What waited unread in its sockets is gone with it.
+    for (const e of peer.unread.splice(0)) transferLost(e);
+    peer.stalledUntilMs = 0;
     for (const other of peers) {
-      if (other.live !== null && network.connected(other.peerId, peer.peerId)) {
-        run(other, [{ to: 'membership', input: { type: 'peerDisconnected', peerId: peer.peerId, nowMs } }]);
-      }
+      if (other.live !== null && network.connected(other.peerId, peer.peerId)) transportClosed(other, peer.peerId);
     }
   };
 
+  /** The process dies while a durable write of the step it is performing is in flight. */
+  const crashDuringWrite = (peer: SimPeer, what: string): void => {
+    crashesDuringWrites += 1;
+    log(`${peer.peerId} crashes while writing ${what}`);
+    crash(peer, nowMs + extraPrng.between(500, 5000));
+  };
+
+  /** A peer:disconnect event at `at` about `peerId`: read at once, or when a stalled process resumes. */
+  const transportClosed = (at: SimPeer, peerId: string): void => {
+    if (at.live === null) return;
+    if (nowMs < at.stalledUntilMs) {
+      at.unread.push({ from: peerId, to: at.peerId, payload: { kind: 'transportClosed' }, deliverAtMs: nowMs, seq: -1 });
+      return;
+    }
+    run(at, [{ to: 'membership', input: { type: 'peerDisconnected', peerId, nowMs } }]);
+  };
+
+  const later = (peer: SimPeer, delayMs: number, act: () => void): void => {
+    if (peer.live === null) return;
+    localEvents.push({ atMs: nowMs + delayMs, peer, incarnation: peer.durable.incarnation, act });
+  };
+
+  /** Runs the local events that are due, in time order, at peers still in the incarnation that began them and not standing still. */
+  const runLocalEvents = (): void => {
+    for (;;) {
+      let next = -1;
+      for (let i = 0; i < localEvents.length; i += 1) {
+        const e = localEvents[i] as LocalEvent;
+        if (e.peer.live === null || e.peer.durable.incarnation !== e.incarnation) {
+          localEvents.splice(i, 1);
+          i -= 1;
+          continue;
+        }
+        if (e.atMs > nowMs || nowMs < e.peer.stalledUntilMs) continue;
+        if (next < 0 || e.atMs < (localEvents[next] as LocalEvent).atMs) next = i;
+      }
+      if (next < 0) return;
+      const [e] = localEvents.splice(next, 1);
+      e?.act();
+    }
+  };
+
+  /**
+   * A transfer lost on the way (dropped, cut, its receiver down): its stream fails, and the side that
+   * opened it hears so (replicationFailed, fetchFailed), as the custody actor's batches report it.
+   */
+  const transferLost = (e: Envelope<SimPayload>): void => {
+    const p = e.payload;
+    const notice = (at: string, input: CustodyInput): void => {
+      const peer = byId.get(at);
+      if (peer === undefined || peer.live === null) return;
+      transfersFailed += 1;
+      later(peer, extraPrng.between(1, 50), () => run(peer, [{ to: 'custody', input: { ...input, nowMs } as CustodyInput }]));
+    };
+    const siteOf = (peerId: string): string => byId.get(peerId)?.siteName ?? '';
+    if (p.kind === 'replica') notice(e.from, { type: 'replicationFailed', sopInstanceUid: p.instance.sopInstanceUid, toSiteName: siteOf(e.to), nowMs });
+    else if (p.kind === 'fetchRequest') notice(e.from, { type: 'fetchFailed', sopInstanceUid: p.sopInstanceUid, nowMs });
+    else if (p.kind === 'fetchReply') notice(e.to, { type: 'fetchFailed', sopInstanceUid: p.sopInstanceUid, nowMs });
+    else if (p.kind === 'custody' && p.message.type === 'replicaAck') {
+      // The acknowledgement travels back on the replicate stream: losing it fails the transfer.
+      notice(e.to, { type: 'replicationFailed', sopInstanceUid: p.message.sopInstanceUid, toSiteName: p.message.siteName, nowMs });
+    }
+  };
+  network.onLost = transferLost;
+
+  /** Gossip: now and then a copy reaches a peer only late, relayed from another peer's message cache. */
   const broadcast = (from: SimPeer, payload: SimPayload): void => {
-    for (const other of peers) if (other !== from) network.send(from.peerId, other.peerId, payload, nowMs);
+    for (const other of peers) {
+      if (other === from) continue;
+      const late = extraPrng.chance(rates.lateRelay);
+      if (late) lateRelays += 1;
+      network.send(from.peerId, other.peerId, payload, nowMs, late ? extraPrng.between(1000, 3000) : 0);
+    }
   };
 
   /** The balancer actor telling membership whether this peer can be elected; its balancer reads the view at once. */
@@ -335,6 +494,7 @@ export function runSimulation(options: SimOptions): SimResult {
         case 'membership': {
           const step = stepMembership(live.membership, work.input);
           live.membership = step.state;
+          if (work.input.type === 'heartbeatReceived') checkIncarnationOrder(peer, work.input.heartbeat.peerId);
           for (const e of step.effects) onMembershipEffect(peer, e, queue);
           break;
         }
@@ -351,15 +511,40 @@ export function runSimulation(options: SimOptions): SimResult {
             break;
           }
           live.balancer = step.state;
-          for (const e of step.effects) onBalancerEffect(peer, e);
+          // The actor awaits each persist before the step's next effect: a crash in that write leaves the
+          // effects before it done, the record written or not, and nothing after it.
+          const persistsAt = [...step.effects.keys()].filter((i) => step.effects[i]?.type === 'persist');
+          const crashAt = persistsAt.length > 0 && extraPrng.chance(rates.crashDuringWrite) ? extraPrng.pick(persistsAt) : -1;
+          for (const [i, e] of step.effects.entries()) {
+            if (i === crashAt) {
+              if (extraPrng.chance(0.5)) onBalancerEffect(peer, e);
+              crashDuringWrite(peer, 'its election record');
+              return;
+            }
+            onBalancerEffect(peer, e);
+          }
           // A write that succeeds ends it: a persist, or the actor's probe at a tick once the disk takes writes.
           if (!live.electable && nowMs >= peer.electionWritesFailUntilMs && (persists || work.input.type === 'tick')) setElectable(live, true, queue);
           break;
         }
         case 'custody': {
+          // Seen by custody, which learns (and persists) the sites it owes copies to; a crash in the step that
+          // brought the view to the balancer first leaves it unseen.
+          if (work.input.type === 'viewChanged') for (const m of work.input.members) if (m.status === 'alive') sitesSeenAlive.get(peer.peerId)?.add(m.siteName);
           const step = stepCustody(live.custody, work.input);
           live.custody = step.state;
-          for (const e of step.effects) onCustodyEffect(peer, e, queue);
+          // As the actor: the step's effects at once, its debt changes in one write after them, and its
+          // answers to modalities once that write is durable. A crash during the write loses the answers,
+          // and the write lands whole or not at all.
+          const debtWrites = step.effects.filter((e) => e.type === 'persistDebt' || e.type === 'removeDebt');
+          for (const e of step.effects) if (e.type !== 'persistDebt' && e.type !== 'removeDebt' && e.type !== 'ackStore') onCustodyEffect(peer, e, queue);
+          if (debtWrites.length > 0 && extraPrng.chance(rates.crashDuringWrite)) {
+            if (extraPrng.chance(0.5)) for (const e of debtWrites) onCustodyEffect(peer, e, queue);
+            crashDuringWrite(peer, 'debt');
+            return;
+          }
+          for (const e of debtWrites) onCustodyEffect(peer, e, queue);
+          for (const e of step.effects) if (e.type === 'ackStore') onCustodyEffect(peer, e, queue);
           break;
         }
         default:
@@ -379,9 +564,14 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'memberSiteRenamed':
         log(`${peer.peerId} sees ${e.peerId} move from ${e.fromSite} to ${e.toSite}`);
         return;
-      case 'dropConnections':
-        // The simulated network carries messages, not connections: each in flight is delivered or lost by its own rules.
+      case 'dropConnections': {
+        // The node closes its connection to a peer found dead: what is in flight either way is lost, and the
+        // other side sees a peer:disconnect (a stalled process when it resumes); the next message redials.
+        network.dropBetween(peer.peerId, e.peerId);
+        const other = byId.get(e.peerId);
+        if (other !== undefined && network.connected(peer.peerId, other.peerId)) transportClosed(other, peer.peerId);
         return;
+      }
       case 'siteConflictsChanged':
         // Every simulated site has a name of its own: crashes, restarts, delays and duplicates must never look like a copied --site.
         for (const conflict of e.conflicts) violate(`(h) ${peer.peerId} sees site ${conflict.siteName} claimed by ${conflict.peers.map((p) => `${p.peerId}@${p.dicom}`).join(' and ')}`);
@@ -392,7 +582,6 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'viewChanged':
         queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
         queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });
-        for (const m of e.members) if (m.status === 'alive') sitesSeenAlive.get(peer.peerId)?.add(m.siteName);
         return;
       default:
         assertNever(e);
@@ -444,20 +633,36 @@ export function runSimulation(options: SimOptions): SimResult {
     switch (e.type) {
       case 'writeLocal': {
         const staged = live.staging.get(e.requestId);
-        live.staging.delete(e.requestId);
         owedAtWrite.set(e.requestId, [...(sitesSeenAlive.get(peer.peerId) ?? [])]);
-        if (staged !== undefined && !peer.durable.store.has(staged.sopInstanceUid)) {
-          peer.durable.store.set(staged.sopInstanceUid, staged);
+        if (staged === undefined) {
+          queue.push({ to: 'custody', input: { type: 'localWriteDone', requestId: e.requestId, ok: false, nowMs } });
+          return;
         }
-        queue.push({ to: 'custody', input: { type: 'localWriteDone', requestId: e.requestId, ok: staged !== undefined, nowMs } });
+        // The association's writer commits later; custody hears of it later still (a crash in between
+        // leaves the instance stored, with neither debt nor answer). Now and then the disk refuses it.
+        const failed = extraPrng.chance(rates.localWriteFailure);
+        later(peer, extraPrng.between(1, 100), () => {
+          peer.live?.staging.delete(e.requestId);
+          if (failed) {
+            localWritesFailed += 1;
+            log(`${peer.peerId}'s disk refuses ${staged.sopInstanceUid}`);
+          } else if (!peer.durable.store.has(staged.sopInstanceUid)) {
+            peer.durable.store.set(staged.sopInstanceUid, staged);
+          }
+          later(peer, extraPrng.between(0, 20), () => run(peer, [{ to: 'custody', input: { type: 'localWriteDone', requestId: e.requestId, ok: !failed, nowMs } }]));
+        });
         return;
       }
       case 'ackStore': {
+        // (j) A modality gets one answer per C-STORE.
+        if (answers.has(e.requestId)) violate(`(j) ${peer.peerId} answers store ${e.requestId} (${e.sopInstanceUid}) a second time`);
+        answers.set(e.requestId, { status: e.status, quorum: e.quorum });
         const instance = requestToUid.get(e.requestId);
         requestToUid.delete(e.requestId);
         const owedTo = owedAtWrite.get(e.requestId) ?? [];
         owedAtWrite.delete(e.requestId);
         if (e.status === StoreStatus.Success) {
+          checkAckedStore(peer, e.sopInstanceUid, e.quorum, e.sitesHolding);
           storesAcked += 1;
           ackedQuorum.set(e.sopInstanceUid, Math.max(e.quorum, ackedQuorum.get(e.sopInstanceUid) ?? 0));
           if (!ackedOwedTo.has(e.sopInstanceUid)) ackedOwedTo.set(e.sopInstanceUid, owedTo);
@@ -516,9 +721,23 @@ export function runSimulation(options: SimOptions): SimResult {
     }
   };
 
-  const deliver = (to: SimPeer, from: string, payload: SimPayload): void => {
-    if (to.live === null) return;
+  const deliver = (to: SimPeer, envelope: Envelope<SimPayload>): void => {
+    const { from, payload } = envelope;
+    const live = to.live;
+    if (live === null) {
+      transferLost(envelope);
+      return;
+    }
+    // Bytes on a mesh stream (not gossip) count as hearing from their sender; the node reports it throttled.
+    const viaStream = payload.kind !== 'heartbeat' && payload.kind !== 'transportClosed' && !(payload.kind === 'balancer' && payload.message.type === 'announce');
+    if (viaStream && nowMs - (live.activeReportedAtMs.get(from) ?? Number.NEGATIVE_INFINITY) >= peerActiveEveryMs) {
+      live.activeReportedAtMs.set(from, nowMs);
+      run(to, [{ to: 'membership', input: { type: 'peerActive', peerId: from, nowMs } }]);
+    }
     switch (payload.kind) {
+      case 'transportClosed':
+        run(to, [{ to: 'membership', input: { type: 'peerDisconnected', peerId: from, nowMs } }]);
+        return;
       case 'heartbeat':
         run(to, [{ to: 'membership', input: { type: 'heartbeatReceived', heartbeat: payload.heartbeat, nowMs } }]);
         return;
@@ -564,20 +783,27 @@ export function runSimulation(options: SimOptions): SimResult {
 
   const store = (instance: SimInstance): void => {
     const door = workPrng.pick(peers);
-    if (door.live === null) return;
-    // The front door asks the table it follows; if the chosen peer is gone, it serves the association itself.
+    if (door.live === null || nowMs < door.stalledUntilMs) return;
+    // The front door asks the table it follows; if the chosen peer is gone (or stands still), it serves the association itself.
     const choice = chooseTarget(door.live.balancer.table, door.peerId, workPrng.nextUnit());
     const chosen = byId.get(choice.peerId);
-    const target = chosen !== undefined && chosen.live !== null && network.connected(door.peerId, chosen.peerId) ? chosen : door;
+    const target =
+      chosen !== undefined && chosen.live !== null && nowMs >= chosen.stalledUntilMs && network.connected(door.peerId, chosen.peerId) ? chosen : door;
+    log(`modality stores ${instance.sopInstanceUid} via ${door.peerId} at ${target.peerId} (${choice.reason})`);
+    storeAt(target, instance);
+  };
+
+  /** The association served at `target`: the bytes are received (staged), then custody takes the store. Returns its requestId. */
+  const storeAt = (target: SimPeer, instance: SimInstance): string | undefined => {
     const live = target.live;
-    if (live === null) return;
+    if (live === null) return undefined;
     const requestId = `r${nextRequest++}`;
     live.staging.set(requestId, instance);
     requestToUid.set(requestId, instance);
-    log(`modality stores ${instance.sopInstanceUid} via ${door.peerId} at ${target.peerId} (${choice.reason})`);
     run(target, [
       { to: 'custody', input: { type: 'storeRequested', requestId, sopInstanceUid: instance.sopInstanceUid, sha256: instance.sha256, nowMs } },
     ]);
+    return requestId;
   };
 
   const newInstance = (): SimInstance => {
@@ -589,6 +815,46 @@ export function runSimulation(options: SimOptions): SimResult {
       sha256: fakeSha(options.seed, n),
       byteLength: 1000 + workPrng.nextInt(500_000),
     };
+  };
+
+  /**
+   * Invariant (i), at the moment of a Success: every site it names holds the instance durably, they are as
+   * many as the quorum, and a quorum of 1 ('auto') means no other site could be asked: none alive in the
+   * acknowledging custody's view, and in the first storeSettleAfterStartMsDefault after its start none it
+   * knows of (durably) that it has not heard from yet in this run.
+   */
+  const checkAckedStore = (peer: SimPeer, uid: string, quorum: number, sitesHolding: readonly string[]): void => {
+    for (const siteName of sitesHolding) {
+      const site = peers.find((p) => p.siteName === siteName);
+      if (site === undefined || !site.durable.store.has(uid)) violate(`(i) ${peer.peerId} acks ${uid} as held at ${siteName}, which does not hold it durably`);
+    }
+    if (new Set(sitesHolding).size < quorum) violate(`(i) ${peer.peerId} acks ${uid} with quorum ${quorum} held at ${sitesHolding.length} site(s)`);
+    const live = peer.live;
+    if (quorum >= 2 || live === null) return;
+    // The view custody decided with: membership may have moved on within the same run of inputs (a
+    // stall found, then the heartbeats read after it), and custody hears of that next.
+    const view = live.custody.members;
+    const otherAlive = view.filter((m) => m.status === 'alive' && m.siteName !== peer.siteName).map((m) => m.siteName);
+    if (otherAlive.length > 0) violate(`(i) ${peer.peerId} acks ${uid} with quorum ${quorum} while ${otherAlive.join(',')} is alive in its view`);
+    if (nowMs - peer.startedAtMs < storeSettleAfterStartMsDefault) {
+      const heard = new Set(view.map((m) => m.siteName));
+      const awaited = [...peer.durable.knownSites.keys()].filter((siteName) => !heard.has(siteName));
+      if (awaited.length > 0) violate(`(i) ${peer.peerId} acks ${uid} with quorum ${quorum} ${nowMs - peer.startedAtMs} ms after its start, before hearing from known site(s) ${awaited.join(',')}`);
+    }
+  };
+
+  /**
+   * Invariant (l): a view never takes a member back to an older incarnation (an old process's heartbeat,
+   * relayed late, neither overwrites nor resurrects its restarted successor). Incarnations only grow here,
+   * so the reducer's one exception (a record dead for 10 x deadAfterMs) never applies.
+   */
+  const checkIncarnationOrder = (viewer: SimPeer, memberId: string): void => {
+    const incarnation = viewer.live?.membership.members.get(memberId)?.incarnation;
+    if (incarnation === undefined) return;
+    const key = `${viewer.peerId}#${viewer.durable.incarnation}|${memberId}`;
+    const highest = highestIncarnationSeen.get(key) ?? 0;
+    if (incarnation < highest) violate(`(l) ${viewer.peerId} took ${memberId} back from incarnation ${highest} to ${incarnation}`);
+    else highestIncarnationSeen.set(key, incarnation);
   };
 
   const checkAckedCopies = (): void => {
@@ -641,12 +907,13 @@ export function runSimulation(options: SimOptions): SimResult {
     // Now and then, at a live peer where it is not up (an operator looks at /api/mesh first).
     const candidates = active.filter((p) => {
       const status = p.live?.membership.members.get(d.peer.peerId)?.status;
-      return p.live !== null && status !== 'alive' && status !== 'suspect';
+      return p.live !== null && nowMs >= p.stalledUntilMs && status !== 'alive' && status !== 'suspect';
     });
     if (candidates.length === 0 || !decommissionPrng.chance(0.05)) return;
     const at = decommissionPrng.pick(candidates);
     run(at, [{ to: 'custody', input: { type: 'forgetSiteRequested', siteName: d.peer.siteName, nowMs } }]);
-    d.forgotten = at.live?.custody.forgottenSites.has(d.peer.siteName) === true;
+    // Durably: the peer may crash in the same step, after writing the tombstone.
+    d.forgotten = at.durable.forgottenSites.has(d.peer.siteName);
     if (d.forgotten) log(`operator forgets ${d.peer.siteName} at ${at.peerId}`);
   };
 
@@ -658,22 +925,32 @@ export function runSimulation(options: SimOptions): SimResult {
     return d.forgotten && active.every((p) => p.live !== null && !p.live.custody.knownSites.has(site) && p.live.custody.forgottenSites.has(site));
   };
 
+  const tick = (p: SimPeer): void => {
+    run(p, [
+      { to: 'membership', input: { type: 'tick', nowMs } },
+      { to: 'balancer', input: { type: 'tick', nowMs } },
+      { to: 'custody', input: { type: 'tick', nowMs } },
+    ]);
+  };
+
   const tickAll = (): void => {
-    for (const p of peers) {
-      if (p.live === null) continue;
-      run(p, [
-        { to: 'membership', input: { type: 'tick', nowMs } },
-        { to: 'balancer', input: { type: 'tick', nowMs } },
-        { to: 'custody', input: { type: 'tick', nowMs } },
-      ]);
-    }
+    for (const p of peers) if (p.live !== null && nowMs >= p.stalledUntilMs) tick(p);
   };
 
   const deliverDue = (): void => {
+    // A process that resumes reads what waited in its sockets (before or after its first tick: both happen).
+    for (const p of peers) {
+      if (p.live === null || p.unread.length === 0 || nowMs < p.stalledUntilMs) continue;
+      if (extraPrng.chance(0.5)) tick(p);
+      for (const e of p.unread.splice(0)) deliver(p, e);
+    }
     for (let e = network.nextDue(nowMs); e !== null; e = network.nextDue(nowMs)) {
       const to = byId.get(e.to);
-      if (to !== undefined) deliver(to, e.from, e.payload);
+      if (to === undefined) continue;
+      if (to.live !== null && nowMs < to.stalledUntilMs) to.unread.push(e);
+      else deliver(to, e);
     }
+    runLocalEvents();
   };
 
   for (const p of peers) {
@@ -692,14 +969,23 @@ export function runSimulation(options: SimOptions): SimResult {
       log('partition heals');
     }
     const upCount = peers.filter((p) => p.live !== null).length;
-    if (upCount > 1 && faultPrng.chance(0.004)) crash(faultPrng.pick(peers.filter((p) => p.live !== null)), nowMs + faultPrng.between(500, 5000));
-    if (faultPrng.chance(0.003)) {
+    if (upCount > 1 && faultPrng.chance(rates.crashPerTick)) crash(faultPrng.pick(peers.filter((p) => p.live !== null)), nowMs + faultPrng.between(500, 5000));
+    if (faultPrng.chance(rates.electionDiskFaultPerTick)) {
       const full = faultPrng.pick(peers);
       full.electionWritesFailUntilMs = nowMs + faultPrng.between(1000, 6000);
       electionDiskFaults += 1;
       log(`${full.peerId}'s disk refuses election writes until ${full.electionWritesFailUntilMs}`);
     }
-    if (healAtMs < 0 && faultPrng.chance(0.005)) {
+    if (extraPrng.chance(rates.stallPerTick)) {
+      const running = peers.filter((p) => p.live !== null && nowMs >= p.stalledUntilMs);
+      if (running.length > 0) {
+        const stalled = extraPrng.pick(running);
+        stalled.stalledUntilMs = nowMs + extraPrng.between(500, 4000);
+        stalls += 1;
+        log(`${stalled.peerId} stands still until ${stalled.stalledUntilMs}`);
+      }
+    }
+    if (healAtMs < 0 && faultPrng.chance(rates.partitionPerTick)) {
       const groups = new Map<string, number>();
       for (const p of peers) groups.set(p.peerId, faultPrng.nextInt(2));
       partitions += 1;
@@ -711,13 +997,11 @@ export function runSimulation(options: SimOptions): SimResult {
       for (const a of peers) {
         for (const b of peers) {
           if (a === b || a.live === null || b.live === null) continue;
-          if (before.get(a.peerId) === before.get(b.peerId) && !network.connected(a.peerId, b.peerId)) {
-            run(a, [{ to: 'membership', input: { type: 'peerDisconnected', peerId: b.peerId, nowMs } }]);
-          }
+          if (before.get(a.peerId) === before.get(b.peerId) && !network.connected(a.peerId, b.peerId)) transportClosed(a, b.peerId);
         }
       }
     }
-    if (workPrng.chance(0.15)) {
+    if (workPrng.chance(rates.storePerTick)) {
       if (retries.length > 0 && workPrng.chance(0.5)) store(retries.shift() as SimInstance);
       else store(newInstance());
     }
@@ -731,7 +1015,12 @@ export function runSimulation(options: SimOptions): SimResult {
   // Final heal: everyone up, no faults, no new stores; run until the mesh is quiet or time runs out.
   network.heal();
   network.faults = noFaults;
-  for (const p of peers) p.electionWritesFailUntilMs = 0;
+  for (const p of peers) {
+    p.electionWritesFailUntilMs = 0;
+    // Every process runs again (what waited in its sockets is read at the next step).
+    p.stalledUntilMs = Math.min(p.stalledUntilMs, nowMs);
+  }
+  rates = { ...rates, crashDuringWrite: 0, localWriteFailure: 0, lateRelay: 0 };
   log('final heal');
   const healedAtMs = nowMs;
   let converged = false;
@@ -746,6 +1035,36 @@ export function runSimulation(options: SimOptions): SimResult {
     if (settled(active) && forgottenEverywhere()) {
       converged = true;
       break;
+    }
+  }
+  if (violations.length === 0 && converged) {
+    // (k) The healed mesh takes stores again: one new instance at each peer, answered Success within the
+    // quorum timeout with a quorum of 2 (when there are two sites), then copied everywhere like the rest.
+    const probes = active.map((p) => ({ peer: p, requestId: storeAt(p, newInstance()) }));
+    const probedAtMs = nowMs;
+    for (; nowMs <= probedAtMs + timings.quorumTimeoutMs + 500 && probes.some((q) => !answers.has(q.requestId ?? '')); nowMs += tickMs) {
+      deliverDue();
+      tickAll();
+    }
+    for (const { peer, requestId } of probes) {
+      const answer = answers.get(requestId ?? '');
+      const quorumWanted = active.length >= 2 ? 2 : 1;
+      if (answer === undefined || answer.status !== StoreStatus.Success || answer.quorum < quorumWanted) {
+        violate(`(k) after healing, a store at ${peer.peerId} was answered ${answer === undefined ? 'never' : `0x${answer.status.toString(16)} with quorum ${answer.quorum}`}`);
+      }
+    }
+    converged = false;
+    const probesAnsweredAtMs = nowMs;
+    for (; nowMs < probesAnsweredAtMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
+      deliverDue();
+      tickAll();
+      checkAckedCopies();
+      checkOwedCopies();
+      checkLeadersPerComponent();
+      if (settled(active) && forgottenEverywhere()) {
+        converged = true;
+        break;
+      }
     }
   }
   if (violations.length === 0 && !converged) {
@@ -774,7 +1093,9 @@ export function runSimulation(options: SimOptions): SimResult {
       const view = live.membership.members;
       return (
         `${p.peerId} prio ${p.priority} ${b.role} term ${b.durable.currentTerm} voted ${b.durable.votedFor} leader ${b.leaderId}` +
-        ` store ${p.durable.store.size} debt ${p.durable.debt.size}/${live.custody.debt.size} pending ${live.custody.pending.size}` +
+        ` store ${p.durable.store.size} debt ${p.durable.debt.size}/${live.custody.debt.size} [${[...p.durable.debt.values()].slice(0, 3).map((d) => `${d.sopInstanceUid.split('.').pop()}->${d.siteName}`).join(' ')}]` +
+        ` known [${[...live.custody.knownSites.keys()].join(',')}] forgotten [${[...live.custody.forgottenSites.keys()].join(',')}]` +
+        ` pending ${live.custody.pending.size}` +
         ` view [${[...view.values()].map((m) => `${m.peerId}#${m.incarnation}:${m.status}`).join(' ')}]`
       );
     }),
@@ -785,6 +1106,11 @@ export function runSimulation(options: SimOptions): SimResult {
       storesAcked,
       storesRefused,
       crashes,
+      crashesDuringWrites,
+      stalls,
+      localWritesFailed,
+      lateRelays,
+      transfersFailed,
       decommissions: decommission?.forgotten === true ? 1 : 0,
       partitions,
       electionDiskFaults,

@@ -37,7 +37,7 @@ if (single !== undefined) {
     assert.deepEqual(a.traceTail, b.traceTail);
   });
 
-  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e and g after heal, h: no site name claimed at two places)', () => {
+  test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e and g after heal, h: no site name claimed at two places, i: each Success at once)', () => {
     const count = Number(process.env.SIM_SEEDS ?? 300);
     const first = Number(process.env.SIM_FIRST_SEED ?? 1);
     let acked = 0;
@@ -46,6 +46,11 @@ if (single !== undefined) {
     let partitions = 0;
     let electionDiskFaults = 0;
     let electionWritesRefused = 0;
+    let crashesDuringWrites = 0;
+    let stalls = 0;
+    let localWritesFailed = 0;
+    let lateRelays = 0;
+    let transfersFailed = 0;
     for (let seed = first; seed < first + count; seed += 1) {
       const r = runSimulation({ seed });
       assert.ok(r.ok, describeFailure(r));
@@ -55,9 +60,15 @@ if (single !== undefined) {
       partitions += r.stats.partitions;
       electionDiskFaults += r.stats.electionDiskFaults;
       electionWritesRefused += r.stats.electionWritesRefused;
+      crashesDuringWrites += r.stats.crashesDuringWrites;
+      stalls += r.stats.stalls;
+      localWritesFailed += r.stats.localWritesFailed;
+      lateRelays += r.stats.lateRelays;
+      transfersFailed += r.stats.transfersFailed;
     }
-    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${decommissions} sites decommissioned and forgotten, ${partitions} partitions, ${electionDiskFaults} disks refusing election writes (${electionWritesRefused} writes refused)`);
+    console.log(`${count} seeds from ${first}: ${acked} stores acknowledged, ${crashes} crashes, ${decommissions} sites decommissioned and forgotten, ${partitions} partitions, ${electionDiskFaults} disks refusing election writes (${electionWritesRefused} writes refused), ${crashesDuringWrites} crashes during durable writes, ${stalls} stalls, ${localWritesFailed} local writes refused, ${lateRelays} gossip messages relayed late, ${transfersFailed} transfer failures reported`);
     // The faults must really happen, or the invariants above prove little.
     assert.ok(crashes > 0 && decommissions > 0 && partitions > 0 && electionWritesRefused > 0 && acked > 0);
+    assert.ok(crashesDuringWrites > 0 && stalls > 0 && localWritesFailed > 0 && lateRelays > 0 && transfersFailed > 0);
   });
 }

@@ -91,6 +91,10 @@ test('a non-winner does not run, and votes only for its rule winner, once per te
   const fromA = run(b, { type: 'messageReceived', from: 'peer-a', message: { type: 'requestVote', term: 1, candidateId: 'peer-a' }, nowMs: 2 });
   assert.ok(fromA.effects.some((e) => e.type === 'persist' && e.value.votedFor === 'peer-a'));
   assert.ok(fromA.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+  // Durable before it leaves: a vote sent, then lost in a crash before its write, could be given again in this term.
+  const persistAt = fromA.effects.findIndex((e) => e.type === 'persist' && e.value.votedFor === 'peer-a');
+  const voteAt = fromA.effects.findIndex((e) => e.type === 'send' && e.message.type === 'vote');
+  assert.ok(persistAt >= 0 && persistAt < voteAt, 'the vote is persisted before it is sent');
   // Even with a changed view, a second candidate of the same term gets no vote.
   b = run(fromA.state, { type: 'viewChanged', members: [member('peer-a', { status: 'dead' }), member('peer-b'), member('peer-c', { priority: -1 })], nowMs: 3 }).state;
   const again = run(b, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 1, candidateId: 'peer-c' }, nowMs: 4 });
@@ -151,6 +155,17 @@ test('no leader without a roster majority in view', () => {
   }).state;
   assert.equal(s.role, 'follower');
   assert.equal(s.durable.currentTerm, 0);
+});
+
+test('a leader that no longer sees a roster majority steps down (a minority partition follows no stale table)', () => {
+  const started = run(initBalancer(configFor('peer-a'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 });
+  let s = run(started.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: 1, voterId: 'peer-b', granted: true }, nowMs: 10 }).state;
+  assert.equal(s.role, 'leader');
+  const cut = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', { status: 'dead' }), member('peer-c', { status: 'dead' })], nowMs: 100 });
+  s = cut.state;
+  assert.equal(s.role, 'follower');
+  assert.equal(s.table, null);
+  assert.ok(cut.effects.some((e) => e.type === 'leaderChanged' && e.leaderId === null));
 });
 
 test('no candidacy while a roster majority cannot vote (their disks full): the term does not climb at every vote timeout', () => {

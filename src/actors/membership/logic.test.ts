@@ -191,6 +191,8 @@ test('data from a peer keeps it alive while its heartbeats are delayed (a slow l
   assert.equal(statusOf(s, 'peer-b'), 'dead');
   const afterDeath = run(s, { type: 'peerActive', peerId: 'peer-b', nowMs: 20_100 }, { type: 'peerActive', peerId: 'peer-x', nowMs: 20_100 });
   assert.equal(statusOf(afterDeath.state, 'peer-b'), 'dead');
+  // Nor moves a dead record's last-heard time: custody reads it as when that site was last heard.
+  assert.equal(afterDeath.state.members.get('peer-b')?.lastHeardAtMs, s.members.get('peer-b')?.lastHeardAtMs);
   assert.equal(afterDeath.state.members.has('peer-x'), false, 'an unknown peer is not made a member');
   assert.deepEqual(afterDeath.effects, []);
 });
@@ -208,6 +210,32 @@ test('time this process stood still (ticks far apart) is not the others\' silenc
   assert.equal(statusOf(s, 'peer-b'), 'suspect');
   s = run(s, { type: 'tick', nowMs: 25_000 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'dead');
+});
+
+test('time this process stood still is not time a member was alive either: its time alive counts only what was heard', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, ...ticks(0, 500)).state;
+  assert.equal(s.members.get('peer-b')?.statusSinceMs, 0);
+  // Stood still for 20 s: peer-b was heard for 500 ms (plus the interval of slack), not for 20.5 s.
+  s = run(s, { type: 'tick', nowMs: 20_500 }).state;
+  assert.equal(statusOf(s, 'peer-b'), 'alive');
+  assert.equal(s.members.get('peer-b')?.statusSinceMs, 20_500 - 500 - config.heartbeatIntervalMs);
+});
+
+test('a stall is found by the first input after it: a heartbeat read before the first tick', () => {
+  let s = run(
+    initMembership(config),
+    { type: 'tick', nowMs: 0 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 1), nowMs: 0 },
+  ).state;
+  s = run(s, ...ticks(0, 500)).state;
+  // Stood still for 20 s; peer-c's heartbeat, waiting in the socket, is read before the first tick.
+  const read = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 2), nowMs: 20_500 });
+  const view = read.effects.filter((e) => e.type === 'viewChanged').at(-1);
+  const b = view?.type === 'viewChanged' ? view.members.find((m) => m.peerId === 'peer-b') : undefined;
+  assert.equal(b?.status, 'alive', 'not dead: the stall is not its silence');
+  assert.equal(b?.statusSinceMs, 19_000, 'nor its life');
 });
 
 test('a disconnect right after this process stood still makes a member suspect, not dead; later ones dead', () => {

@@ -72,6 +72,13 @@ export function initMembership(config: MembershipConfig): MembershipState {
 }
 
 export function stepMembership(state: MembershipState, input: MembershipInput): MembershipStep {
+  // A stall is found by whatever comes first after it: the heartbeats that waited in the sockets may be
+  // read before the first tick, and their view would count the stall as silence and as life (hunt 104).
+  if ((input.type === 'heartbeatReceived' || input.type === 'peerDisconnected' || input.type === 'peerActive') && stalledMsAt(state, input.nowMs) > 0) {
+    const ticked = onTick(state, input.nowMs);
+    const step = stepMembership(ticked.state, input);
+    return { state: step.state, effects: [...ticked.effects, ...step.effects] };
+  }
   switch (input.type) {
     case 'tick':
       return onTick(state, input.nowMs);
@@ -179,7 +186,12 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
   if (stalledMs > 0) {
     members = new Map();
     for (const [peerId, record] of state.members) {
-      members.set(peerId, { ...record, lastHeardAtMs: Math.min(nowMs, record.lastHeardAtMs + stalledMs) });
+      // Nor is it life: "alive without a break for X" (custody taking back a forgotten site, a site-name
+      // claim confirmed, the hand-over grace) counts only time this process heard the member. Counted, one
+      // late-relayed heartbeat of a decommissioned site before a 3.5 s stall made it alive "for 3.8 s" on
+      // resuming, past forgottenSiteReturnAliveMs: the site was known again there for good (hunt 104).
+      const statusSinceMs = record.status === 'alive' ? Math.min(nowMs, record.statusSinceMs + stalledMs) : record.statusSinceMs;
+      members.set(peerId, { ...record, lastHeardAtMs: Math.min(nowMs, record.lastHeardAtMs + stalledMs), statusSinceMs });
     }
   }
   let viewChanged = false;

@@ -50,6 +50,25 @@ const ack = (uid: string, site: string, nowMs: number): CustodyInput => ({
   nowMs,
 });
 
+test('an acknowledgement counts toward the quorum though its transfer was given up (its stream failed, or it outlived replicationRetryMs)', () => {
+  let s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r1', 'u1', 0).state;
+  // The copy arrived at site-b, but the stream broke before its answer: the slot is freed...
+  s = run(s, { type: 'replicationFailed', sopInstanceUid: 'u1', toSiteName: 'site-b', nowMs: 10 }).state;
+  assert.equal(s.replicationsInFlight.size, 0);
+  // ...and site-b's acknowledgement (a later transfer's "have", or a push's result) still completes the store.
+  const acked = run(s, ack('u1', 'site-b', 20));
+  assert.deepEqual(acks(acked.effects).map((e) => e.type === 'ackStore' && [e.status, e.sitesHolding]), [[StoreStatus.Success, ['site-a', 'site-b']]]);
+  // Likewise once a transfer outlived replicationRetryMs (its slot freed at a tick), without the repeat it started.
+  s = initCustody(config, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 0 }).state;
+  s = store(s, 'r2', 'u2', 0).state;
+  s.replicationsInFlight.clear();
+  const late = run(s, ack('u2', 'site-b', config.replicationRetryMs + 1));
+  assert.equal(acks(late.effects).length, 1);
+});
+
 test('write quorum default: 2 with another site alive, 1 when alone; a number is used as given', () => {
   assert.equal(effectiveWriteQuorum(config, 1), 1);
   assert.equal(effectiveWriteQuorum(config, 2), 2);
@@ -471,6 +490,24 @@ test('tombstones are restored from disk, so a restarted peer passes them on and 
   assert.deepEqual(custodyStats(s).forgottenSites, [{ siteName: 'site-w', forgottenAtMs: 60 }, { siteName: 'site-x', forgottenAtMs: 50 }]);
   const step = run(s, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-x', 'dead'), siteName: 'site-x', lastHeardAtMs: 40 }], nowMs: 100 });
   assert.ok(!step.state.knownSites.has('site-x'));
+});
+
+test('copies owed to a forgotten site that a crash left on disk are dropped at the first view after the start', () => {
+  // The tombstone was written, then the process died before the same step's debt removals landed.
+  let s = initCustody(config, {
+    digest: createDigest(),
+    debt: [
+      { sopInstanceUid: 'u1', siteName: 'site-x', sinceMs: 10 },
+      { sopInstanceUid: 'u1', siteName: 'site-b', sinceMs: 10 },
+    ],
+    knownSites: [{ siteName: 'site-b', lastHeardMs: 40 }],
+    forgottenSites: [{ siteName: 'site-x', forgottenAtMs: 50 }],
+  });
+  const step = run(s, { type: 'viewChanged', members: [member('peer-a')], nowMs: 100 });
+  assert.deepEqual(step.effects.filter((e) => e.type === 'removeDebt'), [{ type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-x' }]);
+  s = step.state;
+  assert.deepEqual([...s.debt.values()].map((d) => d.siteName), ['site-b'], 'the copy owed to a known site stays');
+  assert.ok(!s.debtBySite.has('site-x'));
 });
 
 test('an explicit write quorum above the sites known is flagged; auto never is', () => {

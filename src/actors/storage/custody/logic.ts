@@ -330,7 +330,10 @@ function persistSitesChange(state: CustodyState, change: SitesChange, effects: C
  */
 function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEffect[]): void {
   const change = noSitesChange();
-  if (state.startedAt === undefined) creditDowntime(state, nowMs, change);
+  if (state.startedAt === undefined) {
+    creditDowntime(state, nowMs, change);
+    dropDebtOfForgottenSites(state, effects);
+  }
   adoptTombstones(state, nowMs, change, effects);
   const heard = new Map<string, number>();
   for (const m of state.members) {
@@ -388,6 +391,22 @@ function creditDowntime(state: CustodyState, nowMs: number, change: SitesChange)
     lastHeardAnyMs = Math.max(lastHeardAnyMs, Math.min(lastHeardMs, nowMs));
   }
   state.startedAt = { nowMs, awayMs: lastHeardAnyMs === Number.NEGATIVE_INFINITY ? 0 : nowMs - lastHeardAnyMs };
+}
+
+/**
+ * At the first view after a start: copies still owed to a site that is forgotten here (a tombstone, not
+ * known) are dropped. The actor writes a forgetting's tombstone before the same step's debt removals, so a
+ * crash between the two left them on disk: nothing drained them (the site is never alive) and nothing
+ * forgot them again (the tombstone was already there), and they counted against debtEntriesMax for good.
+ */
+function dropDebtOfForgottenSites(state: CustodyState, effects: CustodyEffect[]): void {
+  for (const [siteName, owed] of [...state.debtBySite]) {
+    if (!state.forgottenSites.has(siteName) || state.knownSites.has(siteName)) continue;
+    for (const [key, entry] of [...owed]) {
+      forgiveCopy(state, key);
+      effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName });
+    }
+  }
 }
 
 /** Time since `sinceMs` that this peer ran: its time away before this start left out for older times. */
