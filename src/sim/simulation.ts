@@ -1023,20 +1023,24 @@ export function runSimulation(options: SimOptions): SimResult {
   rates = { ...rates, crashDuringWrite: 0, localWriteFailure: 0, lateRelay: 0 };
   log('final heal');
   const healedAtMs = nowMs;
-  let converged = false;
-  for (; nowMs < healedAtMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
-    for (const p of active) if (p.live === null) start(p);
-    stepDecommission();
-    deliverDue();
-    tickAll();
-    checkAckedCopies();
-    checkOwedCopies();
-    checkLeadersPerComponent();
-    if (settled(active) && forgottenEverywhere()) {
-      converged = true;
-      break;
+  /** Steps until every site settled and forgot what it must, checking as it goes; false when it never did. */
+  const settle = (restartAndDecommission: boolean): boolean => {
+    const fromMs = nowMs;
+    for (; nowMs < fromMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
+      if (restartAndDecommission) {
+        for (const p of active) if (p.live === null) start(p);
+        stepDecommission();
+      }
+      deliverDue();
+      tickAll();
+      checkAckedCopies();
+      checkOwedCopies();
+      checkLeadersPerComponent();
+      if (settled(active) && forgottenEverywhere()) return true;
     }
-  }
+    return false;
+  };
+  let converged = settle(true);
   if (violations.length === 0 && converged) {
     // (k) The healed mesh takes stores again: one new instance at each peer, answered Success within the
     // quorum timeout with a quorum of 2 (when there are two sites), then copied everywhere like the rest.
@@ -1053,19 +1057,7 @@ export function runSimulation(options: SimOptions): SimResult {
         violate(`(k) after healing, a store at ${peer.peerId} was answered ${answer === undefined ? 'never' : `0x${answer.status.toString(16)} with quorum ${answer.quorum}`}`);
       }
     }
-    converged = false;
-    const probesAnsweredAtMs = nowMs;
-    for (; nowMs < probesAnsweredAtMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
-      deliverDue();
-      tickAll();
-      checkAckedCopies();
-      checkOwedCopies();
-      checkLeadersPerComponent();
-      if (settled(active) && forgottenEverywhere()) {
-        converged = true;
-        break;
-      }
-    }
+    converged = settle(false);
   }
   if (violations.length === 0 && !converged) {
     const leaders = active.filter((p) => p.live?.balancer.role === 'leader').map((p) => p.peerId);

@@ -222,13 +222,18 @@ test('time this process stood still is not time a member was alive either: its t
   assert.equal(s.members.get('peer-b')?.statusSinceMs, 20_500 - 500 - config.heartbeatIntervalMs);
 });
 
-test('a stall is found by the first input after it: a heartbeat read before the first tick', () => {
-  let s = run(
+/** A view where peer-b and peer-c were both heard at 0 ms. */
+function peersBAndCHeardAtZero(): ReturnType<typeof run>['state'] {
+  return run(
     initMembership(config),
     { type: 'tick', nowMs: 0 },
     { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 },
     { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 1), nowMs: 0 },
   ).state;
+}
+
+test('a stall is found by the first input after it: a heartbeat read before the first tick', () => {
+  let s = peersBAndCHeardAtZero();
   s = run(s, ...ticks(0, 500)).state;
   // Stood still for 20 s; peer-c's heartbeat, waiting in the socket, is read before the first tick.
   const read = run(s, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 2), nowMs: 20_500 });
@@ -239,12 +244,7 @@ test('a stall is found by the first input after it: a heartbeat read before the 
 });
 
 test('a disconnect right after this process stood still makes a member suspect, not dead; later ones dead', () => {
-  let s = run(
-    initMembership(config),
-    { type: 'tick', nowMs: 0 },
-    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 },
-    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 1, 1), nowMs: 0 },
-  ).state;
+  let s = peersBAndCHeardAtZero();
   s = run(s, ...ticks(0, 500), { type: 'tick', nowMs: 20_500 }).state; // stood still for 20 s
   s = run(s, { type: 'peerDisconnected', peerId: 'peer-b', nowMs: 20_510 }).state;
   assert.equal(statusOf(s, 'peer-b'), 'suspect', 'the others closed the connection to a process that did not answer');
