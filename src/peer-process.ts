@@ -21,8 +21,13 @@ export const peerNodeFlags: readonly string[] = ['--initial-old-space-size=128']
  * Node's ChaCha20 on 1 MiB buffers 0.4 -> 3.6 GB/s; 1 GiB between two peers 197-221 -> 253-259 MiB/s;
  * catch-up of 1,000 instances from ready 1.62-1.83 s (mean 1.72, 4 runs) -> 1.46-1.79 s (mean 1.59,
  * 4 runs); the ingests within noise. Peak RSS ~10 MiB higher; the heap keeps up to 64 MiB of freed memory.
+ * arena_max=2: otherwise each thread that allocates gets an arena of its own (11 in a peer here), each
+ * keeping for good the memtable memory its LevelDB writes freed (glibc trims a thread arena only when more
+ * than trim_threshold is free at its top, and its heap is at most 64 MiB); in a 76-minute soak
+ * (docs/performance.md, "Memory at scale") malloc memory levelled off at ~125 MB with it, and was still
+ * creeping at 158-160 MB (towards the 240 MB it had mapped) without; no cost in CPU or ingest seen.
  */
-export const peerMallocTunables = 'glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216';
+export const peerMallocTunables = 'glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216:glibc.malloc.arena_max=2';
 
 /** The environment of a peer process: `base` with the malloc settings (an operator's own come after, and win). */
 export function peerProcessEnv(base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {

@@ -8,6 +8,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { report } from 'node:process';
 import { test } from 'node:test';
 import { pacsMeshBin, peerMallocTunables, peerNodeFlags, peerProcessEnv } from '../../src/peer-process.ts';
 
@@ -59,4 +60,50 @@ test("the command's #! line runs node with the peer flags and malloc settings th
   assert.ok(shebang.length < 256, 'Linux reads at most 256 bytes of a #! line');
   assert.equal(peerProcessEnv({ A: '1' }).GLIBC_TUNABLES, peerMallocTunables);
   assert.equal(peerProcessEnv({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }).GLIBC_TUNABLES, `${peerMallocTunables}:glibc.malloc.arena_max=2`, "an operator's own settings are kept, after ours");
+});
+
+// 800 LevelDB puts of 64 KiB, 16 at once (the blob store's chunk writes), then the number of thread arenas:
+// a glibc arena's heap is a 64 MiB-aligned reservation, its used part read-write and the rest inaccessible.
+const arenaProbe = String.raw`
+import { Level } from 'level';
+import { readFileSync } from 'node:fs';
+const db = new Level(process.argv[1], { valueEncoding: 'view', compression: false, writeBufferSize: 32 * 1024 * 1024 });
+await db.open();
+const value = new Uint8Array(64 * 1024).fill(7);
+let next = 0;
+await Promise.all(Array.from({ length: 16 }, async () => { while (next < 800) await db.put('k' + next++, value); }));
+await db.close();
+const arenaBytes = 64n << 20n;
+const maps = readFileSync('/proc/self/maps', 'utf8').trim().split('\n').map((line) => {
+  const [range, perms, , , , path = ''] = line.split(/\s+/);
+  const [start, end] = range.split('-').map((hex) => BigInt('0x' + hex));
+  return { start, end, perms, path };
+});
+let heaps = 0;
+for (const [i, m] of maps.entries()) {
+  const next = maps[i + 1];
+  const end = next !== undefined && next.start === m.end && next.path === '' && next.perms === '---p' ? next.end : m.end;
+  if (m.path === '' && m.perms === 'rw-p' && m.start % arenaBytes === 0n && end - m.start === arenaBytes) heaps++;
+}
+console.log(heaps);`;
+
+function threadArenasAfterLevelDbWrites(glibcTunables: string): number {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-arenas-'));
+  try {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', arenaProbe, dir], { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, GLIBC_TUNABLES: glibcTunables }, timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    return Number(r.stdout.trim());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const isGlibc = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime !== undefined;
+
+test('LevelDB writes on the thread pool share one malloc arena besides the main one in a peer process', { skip: !isGlibc && 'not glibc' }, () => {
+  // Each thread pool thread inserting into a memtable would otherwise keep an arena of its own, holding its
+  // share of freed memtables for good (docs/performance.md, "Memory at scale").
+  assert.ok(threadArenasAfterLevelDbWrites(peerProcessEnv({}).GLIBC_TUNABLES!) <= 1);
+  const withoutArenaMax = peerMallocTunables.split(':').filter((t) => !t.startsWith('glibc.malloc.arena_max=')).join(':');
+  assert.ok(threadArenasAfterLevelDbWrites(withoutArenaMax) >= 2, 'the probe sees the arenas glibc makes without the limit');
 });
