@@ -13,6 +13,7 @@ import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
 import { closeWithConnection, sendJson } from './respond.ts';
 import { statusPageHtml } from './status-page.ts';
+import { countDown, countUp } from '../keyed-counts.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
 
@@ -248,13 +249,8 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // Ahead of the HTTP server's own listener, which attaches the request parser.
   server.prependListener('connection', (socket: Socket) => {
     const client = socket.remoteAddress ?? '';
-    const open = (openByClient.get(client) ?? 0) + 1;
-    openByClient.set(client, open);
-    socket.once('close', () => {
-      const left = (openByClient.get(client) ?? 1) - 1;
-      if (left <= 0) openByClient.delete(client);
-      else openByClient.set(client, left);
-    });
+    const open = countUp(openByClient, client);
+    socket.once('close', () => countDown(openByClient, client));
     if (open <= perClientMax) return;
     // Closed both ways once the answer is out (or after a second): a client that ignores the half-close and
     // goes on sending would otherwise keep the connection, and have its requests served (review 88).

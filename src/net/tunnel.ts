@@ -23,6 +23,7 @@ import { connect, type Socket } from 'node:net';
 import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
 import type { MeshNode } from './node.ts';
 import type { MeshStream } from './stream.ts';
+import { countDown, countUp } from '../keyed-counts.ts';
 
 export const TUNNEL_PROTOCOL = '/pacs-mesh/tunnel/1';
 const HEADER_MAX_BYTES = 1024;
@@ -388,7 +389,7 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
   const live = new Set<Socket>();
   let stopped = false;
   const hostKey = normalAddress(host);
-  tunnelServerHosts.set(hostKey, (tunnelServerHosts.get(hostKey) ?? 0) + 1);
+  countUp(tunnelServerHosts, hostKey);
 
   const reply = (stream: MeshStream, message: TunnelReply, signal: AbortSignal): Promise<void> =>
     stream.writer.writeFrame(encodeEnvelope(message, { maxBytes: HEADER_MAX_BYTES }), { signal });
@@ -459,9 +460,7 @@ export async function startTunnelServer(init: TunnelServerInit): Promise<TunnelS
     async stop() {
       if (stopped) return;
       stopped = true;
-      const servers = (tunnelServerHosts.get(hostKey) ?? 1) - 1;
-      if (servers > 0) tunnelServerHosts.set(hostKey, servers);
-      else tunnelServerHosts.delete(hostKey);
+      countDown(tunnelServerHosts, hostKey);
       await node.unhandle(TUNNEL_PROTOCOL).catch(() => undefined);
       for (const socket of live) socket.destroy();
     },

@@ -29,6 +29,7 @@ import type { MeshStream } from '../../net/stream.ts';
 import { MeshStreamError } from '../../net/errors.ts';
 import type { MembershipService } from '../membership/actor.ts';
 import { writeFileDurably } from '../../durable-file.ts';
+import { countDown, countUp } from '../../keyed-counts.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
@@ -483,7 +484,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return;
     }
     sendsInFlight++;
-    sendsInFlightTo.set(to, toPeer + 1);
+    countUp(sendsInFlightTo, to);
     const signal = AbortSignal.timeout(electionMessageDeadlineMs);
     void (async () => {
       let stream: MeshStream | undefined;
@@ -496,9 +497,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         stream?.abort(err as Error);
       } finally {
         sendsInFlight--;
-        const left = (sendsInFlightTo.get(to) ?? 1) - 1;
-        if (left > 0) sendsInFlightTo.set(to, left);
-        else sendsInFlightTo.delete(to);
+        countDown(sendsInFlightTo, to);
       }
     })();
   };

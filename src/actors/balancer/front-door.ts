@@ -6,6 +6,7 @@
  * A connection that itself arrived through a tunnel is always served locally (no second hop, no loop).
  */
 import type { Socket } from 'node:net';
+import { countDown, countUp } from '../../keyed-counts.ts';
 import type { MeshNode } from '../../net/node.ts';
 import { openTunnel, startTunnelServer, tunnelledClientOf, watchTunnelledAcceptor, type TunnelClient, type TunnelServer } from '../../net/tunnel.ts';
 import type { Logger } from '../runtime/logger.ts';
@@ -80,12 +81,8 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
       const client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
       const targetPeerId = target.peerId;
       // Counted from the decision on: the next decision must not send more to a target this one may fill.
-      tunnelsOpenTo.set(targetPeerId, (tunnelsOpenTo.get(targetPeerId) ?? 0) + 1);
-      const tunnelEnded = (): void => {
-        const open = (tunnelsOpenTo.get(targetPeerId) ?? 1) - 1;
-        if (open > 0) tunnelsOpenTo.set(targetPeerId, open);
-        else tunnelsOpenTo.delete(targetPeerId);
-      };
+      countUp(tunnelsOpenTo, targetPeerId);
+      const tunnelEnded = (): void => countDown(tunnelsOpenTo, targetPeerId);
       onTunnelling?.();
       try {
         const tunnel = await openTunnel(node, target.peerId, socket, { timeoutMs: init.tunnelOpenTimeoutMs ?? 2000 });
