@@ -16,13 +16,13 @@ import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/mem
 import { custodyStats, debtKey, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
 import {
   StoreStatus,
+  storeSettleAfterStartMsDefault,
   type CustodyEffect,
   type CustodyInput,
   type CustodyMessage,
   type DebtEntry,
 } from '../actors/storage/custody/messages.ts';
 import { digestOf, digestRoot } from '../actors/storage/custody/digest.ts';
-import { storeSettleAfterStartMsDefault } from '../actors/storage/custody/messages.ts';
 import { noFaults, SimNetwork, type Envelope, type NetworkFaults } from './network.ts';
 import { Prng } from './prng.ts';
 
@@ -536,8 +536,9 @@ export function runSimulation(options: SimOptions): SimResult {
           // As the actor: the step's effects at once, its debt changes in one write after them, and its
           // answers to modalities once that write is durable. A crash during the write loses the answers,
           // and the write lands whole or not at all.
-          const debtWrites = step.effects.filter((e) => e.type === 'persistDebt' || e.type === 'removeDebt');
-          for (const e of step.effects) if (e.type !== 'persistDebt' && e.type !== 'removeDebt' && e.type !== 'ackStore') onCustodyEffect(peer, e, queue);
+          const isDebtWrite = (e: CustodyEffect): boolean => e.type === 'persistDebt' || e.type === 'removeDebt';
+          const debtWrites = step.effects.filter(isDebtWrite);
+          for (const e of step.effects) if (!isDebtWrite(e) && e.type !== 'ackStore') onCustodyEffect(peer, e, queue);
           if (debtWrites.length > 0 && extraPrng.chance(rates.crashDuringWrite)) {
             if (extraPrng.chance(0.5)) for (const e of debtWrites) onCustodyEffect(peer, e, queue);
             crashDuringWrite(peer, 'debt');

@@ -553,8 +553,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
    */
   const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
-      const deadline = timeoutMs === null ? { signal: new AbortController().signal, clear: () => undefined } : startDeadline(timeoutMs);
-      const { signal } = deadline;
+      const deadline = timeoutMs === null ? undefined : startDeadline(timeoutMs);
+      const signal = deadline?.signal ?? new AbortController().signal;
       try {
         if (!(await slots.take())) {
           if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
@@ -571,7 +571,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           slots.give();
         }
       } finally {
-        deadline.clear();
+        deadline?.clear();
       }
     };
 
@@ -585,21 +585,17 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
    * nothing is seen of a frame before its last byte), and every batch was refused (hunt 102).
    */
   const readRequest = async <T extends { type: string }>(stream: MeshStream, signal: AbortSignal): Promise<T> => {
-    const late = new AbortController();
-    const giveUp = (message: string) => (): void => late.abort(new DOMException(message, 'TimeoutError'));
-    // Timers of our own, cleared once the frame is in (AbortSignal.timeout would keep one per request alive).
-    const firstBytesTimer = setTimeout(giveUp(`no byte of the request in ${limits.exchangeTimeoutMs} ms`), limits.exchangeTimeoutMs);
-    const wholeTimer = setTimeout(giveUp(`the request not whole in ${limits.stallTimeoutMs} ms`), limits.stallTimeoutMs);
-    const arrived = (): void => clearTimeout(firstBytesTimer);
+    const whole = startDeadline(limits.stallTimeoutMs, signal, `the request not whole in ${limits.stallTimeoutMs} ms`);
+    const firstBytes = startDeadline(limits.exchangeTimeoutMs, whole.signal, `no byte of the request in ${limits.exchangeTimeoutMs} ms`);
     // The stream's reader listens from its creation, so a listener of ours takes nothing from it.
-    stream.raw.addEventListener('message', arrived, { once: true });
-    if (stream.reader.bufferedBytes > 0) arrived();
+    stream.raw.addEventListener('message', firstBytes.clear, { once: true });
+    if (stream.reader.bufferedBytes > 0) firstBytes.clear();
     try {
-      return await readRequestFrame<T>(stream, limits.frameBytesMax, AbortSignal.any([signal, late.signal]));
+      return await readRequestFrame<T>(stream, limits.frameBytesMax, firstBytes.signal);
     } finally {
-      clearTimeout(firstBytesTimer);
-      clearTimeout(wholeTimer);
-      stream.raw.removeEventListener('message', arrived);
+      firstBytes.clear();
+      whole.clear();
+      stream.raw.removeEventListener('message', firstBytes.clear);
     }
   };
 
@@ -801,6 +797,11 @@ export interface ClientOptions {
   phases?: BatchPhases;
 }
 
+/** withStream under a deadline of its own (and `options.signal`), its timer cleared when the exchange ends. */
+function exchange<T>(node: MeshNode, peerId: string, protocol: string, timeoutMs: number, options: ClientOptions, run: (stream: MeshStream, signal: AbortSignal) => Promise<T>): Promise<T> {
+  return withDeadline(timeoutMs, options.signal, (signal) => withStream(node, peerId, protocol, signal, (stream) => run(stream, signal)));
+}
+
 async function withStream<T>(node: MeshNode, peerId: string, protocol: string, signal: AbortSignal, run: (stream: MeshStream) => Promise<T>): Promise<T> {
   const stream = await node.openStream(peerId, protocol, { signal });
   try {
@@ -985,7 +986,7 @@ async function fetchOne<T>(
   receive: (entry: CatalogEntry, body: AsyncGenerator<Uint8Array>) => Promise<T>,
 ): Promise<T | undefined> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
-  return withDeadline(limits.transferTimeoutMs, options.signal, (signal) => withStream(node, peerId, FETCH_PROTOCOL, signal, async (stream) => {
+  return exchange(node, peerId, FETCH_PROTOCOL, limits.transferTimeoutMs, options, async (stream, signal) => {
     await writeFrameEnvelope(stream, { type: 'fetch', sopInstanceUid }, limits.frameBytesMax, signal);
     await stream.closeWrite({ signal });
     const answer = await readRequestFrame<FetchAnswer>(stream, limits.frameBytesMax, signal);
@@ -995,7 +996,7 @@ async function fetchOne<T>(
     const entry = fetchedEntry(answer.entry, sopInstanceUid, limits);
     const length = await readBodyLength(stream, entry, signal);
     return receive(entry, stream.reader.body(length, { signal }));
-  }));
+  });
 }
 
 export type FetchBatchOutcome = { sopInstanceUid: string; entry: CatalogEntry; outcome: 'stored' | 'duplicate' } | { sopInstanceUid: string; missing: true } | { sopInstanceUid: string; error: unknown };
@@ -1024,7 +1025,7 @@ export async function fetchBatchFrom(
     else outcomes.set(uid, { sopInstanceUid: uid, entry: held, outcome: 'duplicate' });
   }
   if (wanted.length > 0) {
-    await withDeadline(limits.transferTimeoutMs, options.signal, (signal) => withStream(node, peerId, FETCH_BATCH_PROTOCOL, signal, async (stream) => {
+    await exchange(node, peerId, FETCH_BATCH_PROTOCOL, limits.transferTimeoutMs, options, async (stream, signal) => {
       await writeFrameEnvelope(stream, { type: 'fetchBatch', uids: wanted }, limits.frameBytesMax, signal);
       await stream.closeWrite({ signal });
       // The source answers at once with the first instance: there is no opening exchange to wait for.
@@ -1051,7 +1052,7 @@ export async function fetchBatchFrom(
       }
       const end = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
       if (end.type !== 'end') throw unexpected('fetchBatch end', end);
-    }));
+    });
   }
   return uids.map((uid) => outcomes.get(uid) ?? { sopInstanceUid: uid, error: new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome') });
 }
@@ -1065,11 +1066,11 @@ export async function sendCustodyMessage(node: MeshNode, peerId: string, message
 export async function sendCustodyMessages(node: MeshNode, peerId: string, messages: readonly CustodyMessage[], options: ClientOptions = {}): Promise<void> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
-  await withDeadline(limits.exchangeTimeoutMs, options.signal, (signal) => withStream(node, peerId, CUSTODY_PROTOCOL, signal, async (stream) => {
+  await exchange(node, peerId, CUSTODY_PROTOCOL, limits.exchangeTimeoutMs, options, async (stream, signal) => {
     // Staged, so the messages share frames (closeWrite sends what is still held).
     for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
     await stream.closeWrite({ signal });
-  }));
+  });
 }
 
 /** Asks a peer which instances a C-GET/C-MOVE identifier selects there (catalog entries, at most `limit`). */
@@ -1081,7 +1082,7 @@ export async function queryPeer(
   options: ClientOptions = {},
 ): Promise<{ entries: CatalogEntry[]; truncated: boolean }> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
-  return withDeadline(limits.exchangeTimeoutMs, options.signal, (signal) => withStream(node, peerId, QUERY_PROTOCOL, signal, async (stream) => {
+  return exchange(node, peerId, QUERY_PROTOCOL, limits.exchangeTimeoutMs, options, async (stream, signal) => {
     await writeFrameEnvelope(stream, { type: 'retrieve', request, limit }, limits.frameBytesMax, signal);
     await stream.closeWrite({ signal });
     const entries: CatalogEntry[] = [];
@@ -1095,5 +1096,5 @@ export async function queryPeer(
         entries.push(validateCatalogEntry(e));
       }
     }
-  }));
+  });
 }

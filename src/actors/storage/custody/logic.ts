@@ -400,12 +400,17 @@ function creditDowntime(state: CustodyState, nowMs: number, change: SitesChange)
  * forgot them again (the tombstone was already there), and they counted against debtEntriesMax for good.
  */
 function dropDebtOfForgottenSites(state: CustodyState, effects: CustodyEffect[]): void {
-  for (const [siteName, owed] of [...state.debtBySite]) {
-    if (!state.forgottenSites.has(siteName) || state.knownSites.has(siteName)) continue;
-    for (const [key, entry] of [...owed]) {
-      forgiveCopy(state, key);
-      effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName });
-    }
+  for (const siteName of [...state.debtBySite.keys()]) {
+    if (state.forgottenSites.has(siteName) && !state.knownSites.has(siteName)) dropDebtOf(state, siteName, effects);
+  }
+}
+
+/** Every copy owed to `siteName` is dropped, here and on disk. */
+function dropDebtOf(state: CustodyState, siteName: string, effects: CustodyEffect[]): void {
+  for (const [key, entry] of [...(state.debtBySite.get(siteName) ?? [])]) {
+    forgiveCopy(state, key);
+    state.replicationsInFlight.delete(key);
+    effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
   }
 }
 
@@ -488,13 +493,7 @@ function forgetSites(state: CustodyState, sites: readonly ForgottenSite[], chang
     state.forgottenSites.delete(siteName);
     change.tombstonesDropped.push(siteName);
   }
-  for (const { siteName } of sites) {
-    for (const [key, entry] of [...(state.debtBySite.get(siteName) ?? [])]) {
-      forgiveCopy(state, key);
-      state.replicationsInFlight.delete(key);
-      effects.push({ type: 'removeDebt', sopInstanceUid: entry.sopInstanceUid, siteName: entry.siteName });
-    }
-  }
+  for (const { siteName } of sites) dropDebtOf(state, siteName, effects);
 }
 
 function siteDebt(debtBySite: Map<string, Map<string, DebtEntry>>, siteName: string): Map<string, DebtEntry> {
