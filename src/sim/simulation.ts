@@ -65,6 +65,8 @@ interface Reducers {
   electable: boolean;
   /** peerId -> when the node last reported data from it (peerActive, at most every peerActiveEveryMs). */
   readonly activeReportedAtMs: Map<string, number>;
+  /** Custody's figures last given to membership (the actor's publishStats compares the same ones). */
+  publishedStats: ReturnType<typeof custodyStats> | null;
 }
 
 interface SimPeer {
@@ -353,21 +355,44 @@ export function runSimulation(options: SimOptions): SimResult {
         forgottenSites: [...peer.durable.forgottenSites].map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs })),
       },
     );
-    peer.live = { membership, balancer, custody, staging: new Map(), electable: true, activeReportedAtMs: new Map() };
+    peer.live = { membership, balancer, custody, staging: new Map(), electable: true, activeReportedAtMs: new Map(), publishedStats: null };
     peer.startedAtMs = nowMs;
     log(`${peer.peerId} starts, incarnation ${peer.durable.incarnation}`);
-    run(peer, [
-      {
-        to: 'membership',
-        input: { type: 'localStatsChanged', load: loadOf(peer), instanceCount: custody.digest.size, digestRoot: rootOf(peer) },
-      },
-    ]);
+    const queue: Work[] = [];
+    publishStats(peer, queue);
+    run(peer, queue);
   };
 
-  const rootOf = (peer: SimPeer): string => {
+  /**
+   * As the custody actor: its figures recomputed after every step and given to membership when they
+   * changed (the tombstones to pass on included). Taking them only from statsChanged effects (a change of
+   * the digest) left an operator's forgetting out of the heartbeats until the next instance arrived there.
+   */
+  const publishStats = (peer: SimPeer, queue: Work[]): void => {
     const live = peer.live;
-    if (live === null) return '';
-    return digestRoot(live.custody.digest);
+    if (live === null) return;
+    const next = custodyStats(live.custody);
+    const last = live.publishedStats;
+    if (
+      last !== null &&
+      next.instanceCount === last.instanceCount &&
+      next.digestRoot === last.digestRoot &&
+      next.queuedWork === last.queuedWork &&
+      next.forgottenSites === last.forgottenSites
+    ) {
+      return;
+    }
+    live.publishedStats = next;
+    queue.push({
+      to: 'membership',
+      input: {
+        type: 'localStatsChanged',
+        load: { ...loadOf(peer), queuedCustodyWork: next.queuedWork },
+        instanceCount: next.instanceCount,
+        digestRoot: next.digestRoot,
+        forgottenSites: next.forgottenSites,
+      },
+    });
   };
 
   const loadOf = (peer: SimPeer) => {
@@ -546,6 +571,7 @@ export function runSimulation(options: SimOptions): SimResult {
           }
           for (const e of debtWrites) onCustodyEffect(peer, e, queue);
           for (const e of step.effects) if (e.type === 'ackStore') onCustodyEffect(peer, e, queue);
+          publishStats(peer, queue);
           break;
         }
         default:
@@ -703,16 +729,7 @@ export function runSimulation(options: SimOptions): SimResult {
         network.send(peer.peerId, e.to, { kind: 'custody', message: e.message }, nowMs);
         return;
       case 'statsChanged':
-        queue.push({
-          to: 'membership',
-          input: {
-            type: 'localStatsChanged',
-            load: { ...loadOf(peer), queuedCustodyWork: e.queuedWork },
-            instanceCount: e.instanceCount,
-            digestRoot: e.digestRoot,
-            forgottenSites: e.forgottenSites,
-          },
-        });
+        // Recomputed after every step (publishStats), as the actor does.
         return;
       case 'uidConflict':
         // Every simulated UID has one content: a conflict here is a custody bug.
