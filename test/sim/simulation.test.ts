@@ -1,17 +1,17 @@
 /**
  * Runs the deterministic mesh simulation over many seeds and checks its invariants (see src/sim/simulation.ts).
  * SIM_SEEDS=n changes how many seeds run (default 300), SIM_FIRST_SEED where they start,
- * SIM_SEED=s reruns exactly one seed and prints its trace.
+ * SIM_SEED=s reruns exactly one seed and prints its trace (SIM_SITES=n with it: that many sites).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { runSimulation, type SimResult } from '../../src/sim/simulation.ts';
 
-function describeFailure(r: SimResult): string {
+function describeFailure(r: SimResult, rerunEnv = ''): string {
   return [
     `simulation seed ${r.seed} failed:`,
     ...r.violations.map((v) => `  ${v}`),
-    `rerun: SIM_SEED=${r.seed} node --import tsx --test test/sim/simulation.test.ts`,
+    `rerun: ${rerunEnv}SIM_SEED=${r.seed} node --import tsx --test test/sim/simulation.test.ts`,
     'peers at the end:',
     ...r.finalPeers.map((l) => `  ${l}`),
     'trace before the failure:',
@@ -20,13 +20,14 @@ function describeFailure(r: SimResult): string {
 }
 
 const single = process.env.SIM_SEED;
+const sites = process.env.SIM_SITES;
 
 if (single !== undefined) {
   test(`simulation, seed ${single}`, () => {
-    const r = runSimulation({ seed: Number(single) });
+    const r = runSimulation({ seed: Number(single), ...(sites !== undefined ? { siteCount: Number(sites) } : {}) });
     console.log(JSON.stringify(r.stats));
     console.log(r.finalPeers.join('\n'));
-    assert.ok(r.ok, describeFailure(r));
+    assert.ok(r.ok, describeFailure(r, sites !== undefined ? `SIM_SITES=${sites} ` : ''));
   });
 } else {
   test('one seed reproduces the whole run', () => {
@@ -45,6 +46,19 @@ if (single !== undefined) {
       const r = runSimulation({ seed });
       assert.ok(r.ok, describeFailure(r));
     }
+  });
+
+  // Two hospitals is a real deployment, and the default draws 3-5 sites: with two, every quorum-2 store
+  // needs both, and a single survivor leads no one (it is no majority of the roster).
+  test('invariants hold with two sites', () => {
+    const count = Number(process.env.SIM_SEEDS ?? 300) / 3;
+    let acked = 0;
+    for (let seed = 20_000; seed < 20_000 + count; seed += 1) {
+      const r = runSimulation({ seed, siteCount: 2 });
+      assert.ok(r.ok, describeFailure(r, 'SIM_SITES=2 '));
+      acked += r.stats.storesAcked;
+    }
+    assert.ok(acked > 0);
   });
 
   test('invariants hold over many seeds (a: one leader per term per component, b: acked copies, f: owed copies, c-e and g after heal, h: no site name claimed at two places, i: each Success at once)', () => {
