@@ -21,6 +21,7 @@ import {
   type CustodyInput,
   type CustodyMessage,
   type DebtEntry,
+  type KnownSite,
 } from '../actors/storage/custody/messages.ts';
 import { digestOf, digestRoot } from '../actors/storage/custody/digest.ts';
 import { noFaults, SimNetwork, type Envelope, type NetworkFaults } from './network.ts';
@@ -50,7 +51,7 @@ interface DurableState {
   incarnation: number;
   readonly store: Map<string, SimInstance>;
   readonly debt: Map<string, DebtEntry>;
-  readonly knownSites: Map<string, number>;
+  readonly knownSites: Map<string, KnownSite>;
   readonly forgottenSites: Map<string, number>;
   election: ElectionDurable | null;
 }
@@ -353,7 +354,7 @@ export function runSimulation(options: SimOptions): SimResult {
       {
         digest: digestOf(peer.durable.store.values()),
         debt: [...peer.durable.debt.values()],
-        knownSites: [...peer.durable.knownSites].map(([siteName, lastHeardMs]) => ({ siteName, lastHeardMs })),
+        knownSites: [...peer.durable.knownSites.values()],
         forgottenSites: [...peer.durable.forgottenSites].map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs })),
       },
     );
@@ -711,7 +712,7 @@ export function runSimulation(options: SimOptions): SimResult {
         peer.durable.debt.delete(debtKey(e.sopInstanceUid, e.siteName));
         return;
       case 'persistKnownSites':
-        for (const k of e.seen) peer.durable.knownSites.set(k.siteName, k.lastHeardMs);
+        for (const k of e.seen) peer.durable.knownSites.set(k.siteName, k);
         for (const f of [...e.forgotten, ...e.tombstonesAdopted]) {
           peer.durable.knownSites.delete(f.siteName);
           peer.durable.forgottenSites.set(f.siteName, f.forgottenAtMs);

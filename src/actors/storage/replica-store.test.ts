@@ -189,15 +189,15 @@ test('known sites and tombstones persist across a reopen; a forgotten site turns
   await store.open();
   await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 5 }, { siteName: 'site-c', lastHeardMs: 6 }, { siteName: 'site-d', lastHeardMs: 7 }], []);
   await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 70_000 }], [{ siteName: 'site-c', forgottenAtMs: 80_000 }, { siteName: 'site-d', forgottenAtMs: 80_001 }, { siteName: 'site-e', forgottenAtMs: 80_002 }]);
-  // site-d heard again, site-e's tombstone too old to pass on.
-  await store.updateKnownSites([{ siteName: 'site-d', lastHeardMs: 90_000 }], [], ['site-d', 'site-e']);
+  // site-d heard again (from a peer not settled yet), site-e's tombstone too old to pass on.
+  await store.updateKnownSites([{ siteName: 'site-d', lastHeardMs: 90_000, unsettled: true }], [], ['site-d', 'site-e']);
   await store.db.put('k!site-x', new Uint8Array([0xc1]));
   await store.db.put('f!site-y', new Uint8Array(pack({ siteName: 'site-z', forgottenAtMs: 1 })));
   await store.close();
   store = createReplicaStore({ path: dir });
   await store.open();
   const damaged: string[] = [];
-  assert.deepEqual(await store.listKnownSites((key) => damaged.push(key)), [{ siteName: 'site-b', lastHeardMs: 70_000 }, { siteName: 'site-d', lastHeardMs: 90_000 }]);
+  assert.deepEqual(await store.listKnownSites((key) => damaged.push(key)), [{ siteName: 'site-b', lastHeardMs: 70_000 }, { siteName: 'site-d', lastHeardMs: 90_000, unsettled: true }]);
   assert.deepEqual(await store.listForgottenSites((key) => damaged.push(key)), [{ siteName: 'site-c', forgottenAtMs: 80_000 }]);
   assert.deepEqual(damaged, ['k!site-x', 'f!site-y']);
   await store.close();

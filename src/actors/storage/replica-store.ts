@@ -1224,7 +1224,7 @@ class LevelReplicaStore implements ReplicaStore {
     if (seen.length === 0 && forgotten.length === 0 && tombstonesDropped.length === 0) return;
     const ops: Op[] = [];
     for (const k of seen) {
-      const site: KnownSite = { siteName: k.siteName, lastHeardMs: k.lastHeardMs };
+      const site: KnownSite = { siteName: k.siteName, lastHeardMs: k.lastHeardMs, ...(k.unsettled === true ? { unsettled: true as const } : {}) };
       ops.push({ type: 'put', key: `${knownSitePrefix}${k.siteName}`, value: new Uint8Array(pack(site)) });
     }
     for (const f of forgotten) {
@@ -1241,7 +1241,7 @@ class LevelReplicaStore implements ReplicaStore {
   async listKnownSites(onDamaged: (key: string) => void = () => undefined): Promise<KnownSite[]> {
     return this.listRecords(knownSitePrefix, onDamaged, (key, k: Partial<KnownSite>) =>
       typeof k.siteName === 'string' && key === `${knownSitePrefix}${k.siteName}` && Number.isFinite(k.lastHeardMs)
-        ? { siteName: k.siteName, lastHeardMs: k.lastHeardMs as number }
+        ? { siteName: k.siteName, lastHeardMs: k.lastHeardMs as number, ...(k.unsettled === true ? { unsettled: true as const } : {}) }
         : undefined,
     );
   }

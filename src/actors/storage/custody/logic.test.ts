@@ -4,7 +4,7 @@ import { heartbeatForgottenSitesMax, type MemberRecord, type MemberStatus } from
 import { memberRecord } from '../../membership/fixtures/member-record.ts';
 import { bucketOf, createDigest, digestBuckets, digestOf } from './digest.ts';
 import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, incomingCopyForgetMs, initCustody, knownSiteRefreshMs, repairQuietOverrideFactor, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState } from './logic.ts';
-import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput } from './messages.ts';
+import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type KnownSite } from './messages.ts';
 import { runSteps } from '../../runtime/run-steps.ts';
 
 const config: CustodyConfig = {
@@ -483,6 +483,35 @@ test('a site forgotten elsewhere just after it went down is forgotten here too: 
   s = initCustody(patient, { digest: createDigest(), debt: [] });
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-y'), statusSinceMs: 63_000 }], nowMs: 63_000 }).state;
   assert.ok(s.knownSites.has('site-y'));
+});
+
+test('a site first heard of in a heartbeat read late is forgotten when a forgetting made before that comes: learnt at once, its time is no news until it settles', () => {
+  // This peer stood still (SIGSTOP) from 3_000 to 6_300; meanwhile site-x started, died at 4_900 and was
+  // forgotten at site-b at 5_300. On resuming, this peer read site-x's last heartbeat (sent before it died)
+  // from its socket and learnt the site "now"; the tombstone came at 9_700, older than that, and was
+  // refused for good: the site stayed known and owed copies (simulation, harsh sweep, seed 6854).
+  const patient = { ...config, forgottenSiteReturnAliveMs: 1000 };
+  let s = initCustody(patient, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 100 }] });
+  const late = { ...member('peer-x'), siteName: 'site-x', lastHeardAtMs: 6_300, statusSinceMs: 6_300 };
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), late], nowMs: 6_300 }).state;
+  assert.ok(s.knownSites.has('site-x'), 'copies are owed to a site at its first heartbeat');
+  const down = { ...late, status: 'dead' as const, statusSinceMs: 7_700 };
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 5_300]), down], nowMs: 9_700 }).state;
+  assert.ok(!s.knownSites.has('site-x') && s.forgottenSites.has('site-x'), 'the forgetting is taken in');
+  // Across a restart too: the site's record on disk says its time is no news yet.
+  const persisted = new Map<string, KnownSite>();
+  s = initCustody(patient, { digest: createDigest(), debt: [] });
+  const step = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), late], nowMs: 6_300 });
+  for (const e of step.effects) if (e.type === 'persistKnownSites') for (const k of e.seen) persisted.set(k.siteName, k);
+  s = initCustody(patient, { digest: createDigest(), debt: [], knownSites: [...persisted.values()] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 5_300]), down], nowMs: 9_700 }).state;
+  assert.ok(!s.knownSites.has('site-x') && s.forgottenSites.has('site-x'), 'after a restart');
+  // Once a peer of it has been alive for forgottenSiteReturnAliveMs it is news: an older forgetting is refused.
+  s = initCustody(patient, { digest: createDigest(), debt: [] });
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), late], nowMs: 6_300 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), late], nowMs: 7_300 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 7_000]), { ...down, lastHeardAtMs: 7_300 }], nowMs: 9_700 }).state;
+  assert.ok(s.knownSites.has('site-x') && !s.forgottenSites.has('site-x'), 'settled: heard after the forgetting');
 });
 
 test('tombstones are restored from disk, so a restarted peer passes them on and ignores dead records of those sites', () => {

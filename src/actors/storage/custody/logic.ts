@@ -58,6 +58,8 @@ export interface CustodyState {
   readonly debtBySite: Map<string, Map<string, DebtEntry>>;
   /** Mirror of the persisted known sites: other sites heard from -> when last (see KnownSite). */
   readonly knownSites: Map<string, number>;
+  /** Known sites learnt from a peer not settled yet (KnownSite.unsettled): their times are no news against a tombstone. */
+  readonly knownSitesUnsettled: Set<string>;
   /**
    * Mirror of the persisted tombstones: sites forgotten lately -> when (here, or by the peer whose heartbeat
    * said so first). A dead record of one still in the view must not bring it back; only hearing from it
@@ -155,7 +157,12 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     siteDebt(debtBySite, d.siteName).set(key, d);
   }
   const knownSites = new Map<string, number>();
-  for (const k of durable.knownSites ?? []) if (k.siteName !== config.selfSiteName) knownSites.set(k.siteName, k.lastHeardMs);
+  const knownSitesUnsettled = new Set<string>();
+  for (const k of durable.knownSites ?? []) {
+    if (k.siteName === config.selfSiteName) continue;
+    knownSites.set(k.siteName, k.lastHeardMs);
+    if (k.unsettled === true) knownSitesUnsettled.add(k.siteName);
+  }
   const forgottenSites = new Map<string, number>();
   for (const f of [...(durable.forgottenSites ?? [])].sort((x, y) => x.forgottenAtMs - y.forgottenAtMs)) forgottenSites.set(f.siteName, f.forgottenAtMs);
   return {
@@ -164,6 +171,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     debt,
     debtBySite,
     knownSites,
+    knownSitesUnsettled,
     forgottenSites,
     tombstonesPassedOn: null,
     writing: new Map(),
@@ -299,6 +307,12 @@ function otherKnownSites(state: CustodyState): string[] {
   return [...state.knownSites.keys()].sort();
 }
 
+/** A known site as it is persisted. */
+function knownSiteRecord(state: CustodyState, siteName: string): KnownSite {
+  const lastHeardMs = state.knownSites.get(siteName) as number;
+  return state.knownSitesUnsettled.has(siteName) ? { siteName, lastHeardMs, unsettled: true } : { siteName, lastHeardMs };
+}
+
 /** Last-heard times matter at the scale of knownSiteForgetAfterMs: a known site's is rewritten at most this often. */
 export const knownSiteRefreshMs = 60_000;
 
@@ -335,7 +349,7 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     dropDebtOfForgottenSites(state, effects);
   }
   adoptTombstones(state, nowMs, change, effects);
-  const heard = new Map<string, number>();
+  const heard = new Map<string, { lastHeardMs: number; settled: boolean }>();
   for (const m of state.members) {
     if (m.siteName === state.config.selfSiteName) continue;
     const heardMs = m.status === 'alive' ? nowMs : m.lastHeardAtMs;
@@ -351,17 +365,23 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     const forgottenAtMs = state.forgottenSites.get(m.siteName);
     if (forgottenAtMs !== undefined && (!settled || heardMs <= forgottenAtMs)) continue;
     if (!settled && state.knownSites.has(m.siteName)) continue;
-    heard.set(m.siteName, Math.max(heardMs, heard.get(m.siteName) ?? Number.NEGATIVE_INFINITY));
+    const before = heard.get(m.siteName);
+    heard.set(m.siteName, { lastHeardMs: Math.max(heardMs, before?.lastHeardMs ?? Number.NEGATIVE_INFINITY), settled: settled || before?.settled === true });
   }
-  for (const [siteName, lastHeardMs] of heard) {
+  for (const [siteName, { lastHeardMs, settled }] of heard) {
     if (nowMs - lastHeardMs >= state.config.knownSiteForgetAfterMs) continue;
     // Heard again: its tombstone goes.
     if (state.forgottenSites.delete(siteName)) change.tombstonesDropped.push(siteName);
     const known = state.knownSites.get(siteName);
-    if (known !== undefined && lastHeardMs - known < knownSiteRefreshMs) continue;
+    const settlesNow = settled && state.knownSitesUnsettled.has(siteName);
+    if (known !== undefined && !settlesNow && lastHeardMs - known < knownSiteRefreshMs) continue;
     if (known === undefined) change.learnt.push(siteName);
     state.knownSites.set(siteName, lastHeardMs);
-    change.seen.push({ siteName, lastHeardMs });
+    // Learnt from a record not settled: perhaps a heartbeat read late (this peer stood still), sent before
+    // the site went down and was forgotten elsewhere; that forgetting must still be taken in when it comes.
+    if (settled) state.knownSitesUnsettled.delete(siteName);
+    else state.knownSitesUnsettled.add(siteName);
+    change.seen.push(knownSiteRecord(state, siteName));
   }
   forgetSilentSites(state, nowMs, change, effects);
   for (const [siteName, forgottenAtMs] of state.forgottenSites) {
@@ -386,7 +406,7 @@ function creditDowntime(state: CustodyState, nowMs: number, change: SitesChange)
   for (const [siteName, lastHeardMs] of state.knownSites) {
     if (lastHeardMs > nowMs) {
       state.knownSites.set(siteName, nowMs);
-      change.seen.push({ siteName, lastHeardMs: nowMs });
+      change.seen.push(knownSiteRecord(state, siteName));
     }
     lastHeardAnyMs = Math.max(lastHeardAnyMs, Math.min(lastHeardMs, nowMs));
   }
@@ -446,8 +466,9 @@ function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange
       const { siteName, forgottenAtMs } = tombstone;
       if (siteName === c.selfSiteName || nowMs - forgottenAtMs >= c.knownSiteForgetAfterMs) continue;
       if ((state.forgottenSites.get(siteName) ?? Number.NEGATIVE_INFINITY) >= forgottenAtMs - tombstoneNewsMinMs) continue;
-      // Not the view's dead records' times: this process's pauses move them on (see updateKnownSites).
-      if ((state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY) > forgottenAtMs) continue;
+      // Not the view's dead records' times: this process's pauses move them on (see updateKnownSites); nor
+      // the time of a site learnt from a peer not settled (KnownSite.unsettled).
+      if (!state.knownSitesUnsettled.has(siteName) && (state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY) > forgottenAtMs) continue;
       up ??= sitesUp(state);
       if (up.has(siteName)) continue;
       const wasKnown = state.knownSites.has(siteName) || state.debtBySite.has(siteName);
@@ -483,6 +504,7 @@ function forgetSites(state: CustodyState, sites: readonly ForgottenSite[], chang
   if (sites.length === 0) return;
   for (const { siteName, forgottenAtMs } of sites) {
     state.knownSites.delete(siteName);
+    state.knownSitesUnsettled.delete(siteName);
     // Deleted first, so that the map's order is the order of forgetting and the bound drops the oldest.
     state.forgottenSites.delete(siteName);
     state.forgottenSites.set(siteName, forgottenAtMs);

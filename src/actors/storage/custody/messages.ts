@@ -28,6 +28,12 @@ export interface KnownSite {
   readonly siteName: string;
   /** When one of its peers was last heard (the time of the custody step that saw it alive). */
   readonly lastHeardMs: number;
+  /**
+   * Learnt from a peer of it not yet alive for forgottenSiteReturnAliveMs (perhaps a heartbeat read late,
+   * sent before the site went down): copies are owed to it, but its time is no news against a forgetting
+   * at another peer until one of its peers settles. Absent in records of older builds: settled.
+   */
+  readonly unsettled?: true;
 }
 
 /** A key of the repair exchange: an instance and the SHA-256 of its bytes. */
