@@ -167,8 +167,9 @@ test('a restarted peer owes copies to the sites it knew before it hears from the
     stored.effects.filter((e) => e.type === 'persistDebt').map((e) => (e.type === 'persistDebt' ? e.entry.siteName : '')),
     ['site-b', 'site-c'],
   );
-  // An alive site's last-heard time is rewritten once a minute, so it is recent after a restart.
-  const later = run(learnt.state, { type: 'tick', nowMs: 10 + knownSiteRefreshMs });
+  // An alive site's last-heard time is rewritten once a minute (at a view: one comes with every heartbeat),
+  // so it is recent after a restart.
+  const later = run(learnt.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 10 + knownSiteRefreshMs });
   assert.deepEqual(later.effects.filter((e) => e.type === 'persistKnownSites').map((e) => (e.type === 'persistKnownSites' ? e.seen.length : 0)), [2]);
   assert.deepEqual(later.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.learnt : [])), [], 'refreshed, not learnt');
 });
@@ -512,6 +513,22 @@ test('a site first heard of in a heartbeat read late is forgotten when a forgett
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), late], nowMs: 7_300 }).state;
   s = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 7_000]), { ...down, lastHeardAtMs: 7_300 }], nowMs: 9_700 }).state;
   assert.ok(s.knownSites.has('site-x') && !s.forgottenSites.has('site-x'), 'settled: heard after the forgetting');
+});
+
+test('a tick after this peer stood still reads its last view as of when it came: a site that died meanwhile is not heard "now", and its forgetting is taken in', () => {
+  // site-x first heard here at 2_950 (alive since then), last view at 3_300; this peer stood still until
+  // 5_850, and its first tick came before membership's next view: site-x counted as alive for 2.9 s and
+  // heard at 5_850, after it died (4_150) and was forgotten at site-b (4_950); the tombstone was refused
+  // for good (simulation, six sites, seed 40251).
+  const patient = { ...config, forgottenSiteReturnAliveMs: 1000 };
+  let s = initCustody(patient, { digest: createDigest(), debt: [], knownSites: [{ siteName: 'site-b', lastHeardMs: 100 }] });
+  const x = { ...member('peer-x'), siteName: 'site-x', lastHeardAtMs: 2_950, statusSinceMs: 2_950 };
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), x], nowMs: 2_950 }).state;
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), { ...x, lastHeardAtMs: 3_300 }], nowMs: 3_300 }).state;
+  s = run(s, { type: 'tick', nowMs: 5_850 }).state;
+  assert.equal(s.knownSites.get('site-x'), 2_950, 'not heard since');
+  s = run(s, { type: 'viewChanged', members: [member('peer-a'), forgetting('peer-b', ['site-x', 4_950]), { ...x, status: 'dead', statusSinceMs: 5_900 }], nowMs: 5_900 }).state;
+  assert.ok(!s.knownSites.has('site-x') && s.forgottenSites.has('site-x'));
 });
 
 test('tombstones are restored from disk, so a restarted peer passes them on and ignores dead records of those sites', () => {

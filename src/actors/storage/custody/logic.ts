@@ -97,6 +97,12 @@ export interface CustodyState {
   /** UIDs whose bytes differ at another peer, reported once each (volatile; at most uidConflictsMax). */
   readonly uidConflicts: Set<string>;
   members: readonly MemberRecord[];
+  /**
+   * When `members` came. Membership sends a view with every heartbeat, so between two views an alive record
+   * is alive as of the last one; after this process stood still, its first tick can come before the next
+   * view, and the last one is as old as the stall.
+   */
+  viewAtMs: number;
   nextRepairAtMs: number;
   /**
    * Per repair partner: the UID after which the next exchange's window of keys starts (see repairDigest),
@@ -181,6 +187,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     pullQueue: new Map(),
     uidConflicts: new Set(),
     members: [],
+    viewAtMs: Number.NEGATIVE_INFINITY,
     nextRepairAtMs: 0,
     repairCursors: new Map(),
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
@@ -225,6 +232,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       break;
     case 'viewChanged':
       state.members = input.members;
+      state.viewAtMs = input.nowMs;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
       updateKnownSites(state, input.nowMs, effects);
       answerUnreachableQuorums(state, input.nowMs, effects);
@@ -350,9 +358,12 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
   }
   adoptTombstones(state, nowMs, change, effects);
   const heard = new Map<string, { lastHeardMs: number; settled: boolean }>();
+  // An alive record is alive as of its view: a tick after this process stood still, before the next view,
+  // heard a site that had died meanwhile "now", past its forgetting elsewhere (simulation, seed 40251).
+  const aliveAsOfMs = Math.min(nowMs, state.viewAtMs);
   for (const m of state.members) {
     if (m.siteName === state.config.selfSiteName) continue;
-    const heardMs = m.status === 'alive' ? nowMs : m.lastHeardAtMs;
+    const heardMs = m.status === 'alive' ? aliveAsOfMs : m.lastHeardAtMs;
     // A forgotten site is known again, and a known site's time moves on, only with a peer of it alive for
     // forgottenSiteReturnAliveMs. Not a dead or suspect record: the record of a site that is gone, whose
     // time this process's own pause may even have moved on (membership's stall rule: helper 52 saw a paused
@@ -361,7 +372,7 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     // peer whose tombstone had not arrived yet, which was then refused here for good as older than that
     // news (helper 92: a site stopped and forgotten at once stayed known, owed copies and counted as a
     // voter at one peer). A site not known here is learnt from any record: copies are owed to it at once.
-    const settled = m.status === 'alive' && nowMs - m.statusSinceMs >= state.config.forgottenSiteReturnAliveMs;
+    const settled = m.status === 'alive' && aliveAsOfMs - m.statusSinceMs >= state.config.forgottenSiteReturnAliveMs;
     const forgottenAtMs = state.forgottenSites.get(m.siteName);
     if (forgottenAtMs !== undefined && (!settled || heardMs <= forgottenAtMs)) continue;
     if (!settled && state.knownSites.has(m.siteName)) continue;
