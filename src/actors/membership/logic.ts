@@ -186,11 +186,14 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
   if (stalledMs > 0) {
     members = new Map();
     for (const [peerId, record] of state.members) {
-      // Nor is it life: "alive without a break for X" (custody taking back a forgotten site, a site-name
-      // claim confirmed, the hand-over grace) counts only time this process heard the member. Counted, one
-      // late-relayed heartbeat of a decommissioned site before a 3.5 s stall made it alive "for 3.8 s" on
-      // resuming, past forgottenSiteReturnAliveMs: the site was known again there for good (hunt 104).
-      const statusSinceMs = record.status === 'alive' ? Math.min(nowMs, record.statusSinceMs + stalledMs) : record.statusSinceMs;
+      // Nor is it life: "alive without a break for X" (custody taking back a forgotten site or moving a known
+      // site's time on, a site-name claim confirmed, the hand-over grace) counts from the end of the stall,
+      // since the member may have died at any moment of it. Counted, one late-relayed heartbeat of a
+      // decommissioned site before a 3.5 s stall made it alive "for 3.8 s" on resuming, past
+      // forgottenSiteReturnAliveMs: the site was known again there for good (hunt 104); and with only the
+      // stall left out, a site heard for 2.1 s before a stall in which it died and was forgotten elsewhere
+      // (simulation, seed 8391).
+      const statusSinceMs = record.status === 'alive' ? nowMs : record.statusSinceMs;
       members.set(peerId, { ...record, lastHeardAtMs: Math.min(nowMs, record.lastHeardAtMs + stalledMs), statusSinceMs });
     }
   }
