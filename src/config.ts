@@ -257,6 +257,12 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   },
 };
 
+/** Every option `pacs-mesh start` takes (the README's synopsis and --help list each: test/unit/config.test.ts). */
+export const startOptionNames: readonly string[] = Object.keys(flags);
+
+/** Options that mean something only in a mesh: refused without --swarm-key. */
+export const meshOnlyOptions: readonly string[] = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer', '--site-peers'];
+
 export function parseStartArgs(args: readonly string[]): PeerConfig {
   const config: PeerConfig = { ...defaultConfig, moveDestinations: {}, allowedCallingAeTitles: [], bootstrap: [], roster: [] };
   const given = new Set<string>();
@@ -279,7 +285,7 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   if (config.bootstrap.length > 0 && !config.swarmKeyFile) {
     throw new ConfigError('--bootstrap requires --swarm-key FILE: a mesh is private, create a key with pacs-mesh keygen');
   }
-  const meshOnly = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer', '--site-peers'].filter((name) => given.has(name));
+  const meshOnly = meshOnlyOptions.filter((name) => given.has(name));
   if (!config.swarmKeyFile && meshOnly.length > 0) {
     throw new ConfigError(`${meshOnly.join(', ')} ${meshOnly.length === 1 ? 'means' : 'mean'} something only in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
   }
@@ -305,9 +311,9 @@ start options (defaults in brackets):
   --site NAME                 site name [site-a]
   --data DIR                  data directory [.data/<site>]
   --ae-title AET              called AE title to answer [PACSMESH]
-  --host IP                   address the DICOM and HTTP ports bind to [0.0.0.0]
+  --host IP                   address the DICOM, HTTP and libp2p ports bind to (IPv4 in a mesh) [0.0.0.0]
   --dicom-port N              DICOM port [11112]
-  --http-port N               HTTP port for /healthz and /api [8042]
+  --http-port N               HTTP port: status page, /healthz, /api, DICOMweb [8042]
   --http-connections-per-client N  HTTP connections one address may hold, of 1024 (0: no cap; a reverse proxy) [256]
   --move-dest AET=host:port   C-MOVE destination, repeatable ([IPv6]:port in brackets); persisted in DIR/ae-directory.json
   --allow-calling AET,...     only these calling AE titles may associate [any]

@@ -7,12 +7,14 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { corpusDirectory } from '../../src/codec/dataset/test-fixtures.ts';
 import { runTool, type RunToolResult } from '../support/dicom-tools.ts';
 import { makeInstance, SopClass, TransferSyntax, uidFromSeed, type InstanceOptions } from '../support/synthetic-dicom.ts';
 import { datasetText, flattenFile, TS, type FlatDataset } from './compare.ts';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-export const corpusDir = resolve(repoRoot, '../shared/dicom-corpus/public');
+/** ../shared/dicom-corpus/public beside the repository, or under PACS_MESH_CORPUS_DIR, as for the unit tests. */
+export const corpusDir = resolve(corpusDirectory, 'public');
 
 /** Tool runs are bounded; a tool that hangs fails its test instead of the suite. */
 export const toolTimeoutMs = 30_000;
@@ -71,7 +73,7 @@ function describeInstance(name: string, source: Instance['source'], path: string
  */
 export function loadCorpus(): Instance[] {
   if (!existsSync(corpusDir)) {
-    throw new Error(`DICOM corpus not found at ${corpusDir}: the interop suite needs ../shared/dicom-corpus/public beside the repository (see ../shared/dicom-corpus/README.md)`);
+    throw new Error(`DICOM corpus not found at ${corpusDir}: the interop suite needs ../shared/dicom-corpus/public beside the repository, or PACS_MESH_CORPUS_DIR naming the corpus (see ../shared/dicom-corpus/README.md)`);
   }
   const files = readdirSync(corpusDir).filter((f) => f.endsWith('.dcm')).sort();
   if (files.length === 0) throw new Error(`DICOM corpus at ${corpusDir} holds no .dcm file`);

@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from '../../src/ae-directory.ts';
 import { runKeygen } from '../../src/keygen.ts';
-import { ConfigError, defaultConfig, parseStartArgs } from '../../src/config.ts';
+import { ConfigError, defaultConfig, meshOnlyOptions, parseStartArgs, startOptionNames, usage } from '../../src/config.ts';
 
 test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8042)', () => {
   const config = parseStartArgs([]);
@@ -153,4 +154,20 @@ test('accessDigestOf: the same destinations and allow-list in any order give one
     accessDigestOf({ VIEWER: viewer, WS: ws }, ['CT1']),
     accessDigestOf({ VIEWER: viewer, WS: ws }, []),
   ]) assert.notEqual(other, base);
+});
+
+test('--help and the README list every option, and the README names every option refused without --swarm-key', () => {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const synopsis = /## The command\n+```\n([\s\S]*?)```/.exec(readme)?.[1] ?? '';
+  // The sentence that says which options need a mesh (hunt 109: --site-peers was refused but not named there).
+  const meshSentence = /the mesh's options \(([^)]*)\) need `--swarm-key`/.exec(readme.replace(/\s+/g, ' '))?.[1] ?? '';
+  for (const name of startOptionNames) {
+    assert.match(usage, new RegExp(`^  ${name} `, 'm'), `--help lists ${name}`);
+    assert.ok(synopsis.includes(`[${name} `) || synopsis.includes(` ${name} `), `README's synopsis lists ${name}`);
+  }
+  for (const name of meshOnlyOptions) {
+    assert.ok(meshSentence.includes(`\`${name}\``), `README names ${name} among the options that need --swarm-key`);
+    const value = name === '--bootstrap' ? '/ip4/127.0.0.1/tcp/4001' : name === '--site-peers' ? 'several' : name === '--roster' ? '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs' : '2';
+    assert.throws(() => parseStartArgs([name, value]), ConfigError, `${name} without --swarm-key is refused`);
+  }
 });
