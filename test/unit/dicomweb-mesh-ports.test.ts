@@ -99,6 +99,26 @@ describe('DICOMweb in front of a mesh that cannot serve', () => {
     }
   });
 
+  it('answers 500 naming the store when the lookup here fails, without asking the peers again', async () => {
+    let asked = 0;
+    const base = await serverWith({
+      retrieveSource: {
+        ...localRetrieveSource(peer.store),
+        // As the catalog read fails while the store reopens after a fault (LevelDB's error).
+        ensureLocal: () => {
+          asked++;
+          return Promise.reject(Object.assign(new Error('Database is not open'), { code: 'LEVEL_DATABASE_NOT_OPEN' }));
+        },
+      },
+    });
+    const response = await fetch(`${base}/studies/${study}`, { headers: { accept: '*/*' } });
+    assert.equal(response.status, 500);
+    const body = (await response.json()) as { error: string; code: string };
+    assert.equal(body.code, 'ERR_DICOMWEB_LOOKUP');
+    assert.match(body.error, /cannot be looked up in the store here: Database is not open/);
+    assert.equal(asked, 1, 'a fault of this store is not mended by asking the peers again');
+  });
+
   it('lets lookups at other sites wait their turn beyond the limit, and refuses beyond the queue', async () => {
     let running = 0;
     let runningMax = 0;
