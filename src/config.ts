@@ -167,6 +167,9 @@ export function parseAeAddress(value: string, what: string): { aeTitle: string; 
   return { aeTitle: checkAeTitle(match[1]!, `${what} AE title`), address: { host, port: checkPort(match[3]!, `${what} port`, false) } };
 }
 
+/** What --site takes, and so the one site name POST /api/forget-site can name. */
+export const siteNamePattern = /^[A-Za-z0-9_-]{1,64}$/;
+
 /** Options that may be given more than once (each adds to a list); the others once at most. */
 const repeatable = new Set(['--move-dest', '--allow-calling', '--bootstrap', '--roster']);
 
@@ -174,7 +177,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--site': {
     takesValue: true,
     apply: (c, v) => {
-      if (!/^[A-Za-z0-9_-]{1,64}$/.test(v)) throw new ConfigError(`--site "${v}" must be 1-64 letters, digits, '-' or '_'`);
+      if (!siteNamePattern.test(v)) throw new ConfigError(`--site "${v}" must be 1-64 letters, digits, '-' or '_'`);
       c.site = v;
     },
   },

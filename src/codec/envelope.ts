@@ -14,9 +14,6 @@ import { Packr, Unpackr } from 'msgpackr';
 
 export const ENVELOPE_VERSION = 1;
 
-/** Default decode limit when the caller gives none: 1 MiB. */
-export const DEFAULT_ENVELOPE_MAX_BYTES = 1024 * 1024;
-
 export type EnvelopeErrorCode =
   | 'ERR_ENVELOPE_TOO_LARGE'
   | 'ERR_ENVELOPE_VERSION'

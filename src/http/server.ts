@@ -14,6 +14,7 @@ import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.
 import { closeWithConnection, sendJson } from './respond.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
+import { siteNamePattern } from '../config.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
 
@@ -136,7 +137,7 @@ function forgetSite(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
     name: 'site',
     usage: 'POST /api/forget-site?site=NAME',
     meshAvailable: init.forgetSite !== undefined,
-    valid: /^[A-Za-z0-9_-]{1,64}$/,
+    valid: siteNamePattern,
   });
   if (siteName === null || init.forgetSite === undefined) return;
   const result = init.forgetSite(siteName);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { InboundActivity, connectionAddressKey } from './inbound-activity.ts';
 import { createMeshNode, type MeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
-import { readRequest, sendRequest, writeResponse } from './stream.ts';
+import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 
 test('a connection is silent for the time since its last inbound bytes, whichever layer names it', () => {

@@ -15,7 +15,7 @@ import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
 import { bootstrapFailureCause, createMeshNode, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
-import { readRequest, sendRequest, writeResponse } from './stream.ts';
+import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
 import type { KnownPeersProblem } from './known-peers.ts';
 import { encodeEnvelope } from '../codec/envelope.ts';

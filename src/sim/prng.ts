@@ -28,12 +28,6 @@ export function prngNextUint32(state: PrngState): { value: number; state: PrngSt
   return { value: (t ^ (t >>> 14)) >>> 0, state: { word: word >>> 0 } };
 }
 
-/** Pure step: a float in [0, 1) and the state after it. */
-export function prngNextUnit(state: PrngState): { value: number; state: PrngState } {
-  const next = prngNextUint32(state);
-  return { value: next.value / 4294967296, state: next.state };
-}
-
 /** A mutable wrapper for the simulation driver, where threading the state by hand would only add noise. */
 export class Prng {
   private state: PrngState;

@@ -14,6 +14,7 @@ import { localRetrieveSource } from '../../src/actors/association/services/query
 import { localIngest } from '../../src/actors/association/services/deps.ts';
 import { systemClock } from '../../src/actors/runtime/clock.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
+import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 
 const study = '1.2.826.0.1.3680043.10.1453.205.1';
@@ -97,6 +98,33 @@ describe('DICOMweb in front of a mesh that cannot serve', () => {
       assert.match(((await response.json()) as { error: string }).error, /no peer could send it: retry/);
       assert.equal(asked, 3, `${path}: asked the peers three times (two pauses) before giving up`);
     }
+  });
+
+  it('answers 500 naming the store when the lookup here fails, without asking the peers again', async () => {
+    let asked = 0;
+    const lines: RecordedLine[] = [];
+    const base = await serverWith({
+      log: recordingLogger([], {}, lines),
+      retrieveSource: {
+        ...localRetrieveSource(peer.store),
+        // As the catalog read fails while the store reopens after a fault (LevelDB's error).
+        ensureLocal: () => {
+          asked++;
+          return Promise.reject(Object.assign(new Error('Database is not open'), { code: 'LEVEL_DATABASE_NOT_OPEN' }));
+        },
+      },
+    });
+    const response = await fetch(`${base}/studies/${study}`, { headers: { accept: '*/*' } });
+    assert.equal(response.status, 500);
+    const body = (await response.json()) as { error: string; code: string };
+    assert.equal(body.code, 'ERR_DICOMWEB_LOOKUP');
+    assert.match(body.error, /cannot be looked up in the store here: Database is not open/);
+    assert.equal(asked, 1, 'a fault of this store is not mended by asking the peers again');
+    // Counted in /api/mesh, and said in the log: what failed, where.
+    const logged = lines.filter((line) => line.message === 'DICOMweb request failed');
+    assert.equal(logged.length, 1, JSON.stringify(lines));
+    assert.equal(logged[0]!.fields?.code, 'ERR_DICOMWEB_LOOKUP');
+    assert.match(String(logged[0]!.fields?.error), /Database is not open/);
   });
 
   it('lets lookups at other sites wait their turn beyond the limit, and refuses beyond the queue', async () => {

@@ -84,8 +84,13 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     // Malformed heartbeats (garbage, wrong fields, a forged peerId) are dropped, never a crash.
     await b.node.publish(membershipTopic, new Uint8Array([1, 2, 3, 4]));
     await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: 42 }));
-    await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: c.node.peerId, siteName: 'x', incarnation: 99, sequence: 1, priority: 0, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' }));
+    for (const sequence of [1, 2]) {
+      await b.node.publish(membershipTopic, encodeEnvelope({ type: 'heartbeat', peerId: c.node.peerId, siteName: 'x', incarnation: 99, sequence, priority: 0, addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' }, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0 }, instanceCount: 0, digestRoot: '' }));
+    }
+    await waitFor('a forged heartbeat heard', () => messagesAtA.includes('dropped heartbeat signed by another peer'));
     await new Promise((r) => setTimeout(r, 300));
+    // Forged ones too: one line each 10 s per sender, not one per heartbeat (a gossip-rate log flood).
+    assert.equal(messagesAtA.filter((m) => m === 'dropped heartbeat signed by another peer').length, 1, messagesAtA.join('\n'));
     assert.equal(a.membership.members().find((m) => m.peerId === c.node.peerId)?.incarnation, c.membership.incarnation);
     // One sender's bad heartbeats repeat at every interval: one line for them each 10 s, not one each.
     assert.equal(messagesAtA.filter((m) => m === 'dropped malformed heartbeat').length, 1, messagesAtA.join('\n'));

@@ -414,7 +414,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     }
     // Gossip is signed: a peer may only speak for itself.
     if (m.from !== heartbeat.peerId) {
-      log.warn('dropped heartbeat signed by another peer', { from: m.from, claims: heartbeat.peerId });
+      malformed.warn(`forged ${m.from}`, 'dropped heartbeat signed by another peer', { from: m.from, claims: heartbeat.peerId });
       return;
     }
     if (queuedHeartbeats >= mailboxMax) {

@@ -43,13 +43,6 @@ export interface MembershipStep {
   readonly effects: readonly MembershipEffect[];
 }
 
-export const defaultMembershipTimings = {
-  heartbeatIntervalMs: 1000,
-  suspectAfterMs: 3000,
-  deadAfterMs: 6000,
-  membersMax: 256,
-} as const;
-
 export function initMembership(config: MembershipConfig): MembershipState {
   if (!(config.heartbeatIntervalMs < config.suspectAfterMs && config.suspectAfterMs < config.deadAfterMs)) {
     throw new Error('membership timings must satisfy heartbeatIntervalMs < suspectAfterMs < deadAfterMs');
@@ -364,7 +357,7 @@ function onHeartbeat(state: MembershipState, hb: Heartbeat, nowMs: number): Memb
   if (hb.siteName === c.siteName && hb.addresses.dicom === c.addresses.dicom) return { state, effects: [] };
   const known = state.members.get(hb.peerId);
   // (incarnation, sequence) orders heartbeats: an old incarnation or a delayed duplicate changes nothing.
-  // Except a lower incarnation of a peer dead here for long (see reincarnatedBelowAfterMs).
+  // Except a lower incarnation of a peer dead here for long (see reincarnatedBelowAfterDeadTimes).
   if (known && compareVersion(hb, known) <= 0 && !reincarnatedBelow(state, known, hb, nowMs)) return { state, effects: [] };
   const record = aliveRecordOf(hb, nowMs, known && known.status === 'alive' ? known.statusSinceMs : nowMs, nowMs);
   const members = new Map(state.members);

@@ -20,7 +20,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { IngestPort } from '../association/services/deps.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { StoreStatus } from './custody/messages.ts';
 import type { CommitInfo, CommitResult, InstanceWriter, ReplicaStore } from './replica-store.ts';
 
 export interface StoreAnswer {
@@ -166,9 +165,4 @@ export function createMeshIngest(store: ReplicaStore, gate: CustodyGate): Ingest
     },
     newestStoredAtOfPatient: (patientId) => store.newestStoredAtOfPatient(patientId),
   };
-}
-
-/** The answer for a store custody refused or gave up on, with why. */
-export function refusedAnswer(comment: string): StoreAnswer {
-  return { status: StoreStatus.OutOfResources, errorComment: comment };
 }

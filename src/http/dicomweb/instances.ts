@@ -91,10 +91,16 @@ const pullRetryDelaysMs = [200, 1000];
 /** The local entry of an instance, pulled from a peer first when only a peer holds it. */
 async function localEntryOf(ctx: DicomWebContext, entry: CatalogEntry): Promise<CatalogEntry> {
   for (let attempt = 0; ; attempt++) {
-    const local = await meshWork(ctx, () => ctx.retrieveSource.ensureLocal(entry)).catch((error: unknown) => {
+    let local: CatalogEntry | undefined;
+    try {
+      local = await meshWork(ctx, () => ctx.retrieveSource.ensureLocal(entry));
+    } catch (error) {
+      // Peers that cannot send it make ensureLocal answer undefined: a failure is this site's own store (a
+      // fault, a damaged catalog), which asking the peers again cannot mend.
       if (error instanceof DicomWebError) throw error;
-      return undefined;
-    });
+      if (isCatalogDamage(error)) ctx.store.reportCatalogDamage(`DICOMweb retrieve: ${errorText(error)}`);
+      throw new DicomWebError(500, 'ERR_DICOMWEB_LOOKUP', `instance ${entry.sopInstanceUid} cannot be looked up in the store here: ${errorText(error)}`);
+    }
     if (local !== undefined) return local;
     const delayMs = pullRetryDelaysMs[attempt];
     if (delayMs === undefined) throw new DicomWebError(503, 'ERR_DICOMWEB_UNAVAILABLE', `instance ${entry.sopInstanceUid} is not here, and no peer could send it: retry`);

@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sendJson } from '../respond.ts';
+import { errorText } from '../../actors/runtime/logger.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
 import { retrieveBulkData } from './bulkdata.ts';
 import { retrieveFrames } from './frames.ts';
@@ -74,6 +75,11 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
       ctx.log.warn('DICOMweb response cut short', { path: url.pathname.slice(0, 200), error: error instanceof Error ? error.message : String(error) });
       res.destroy();
       return;
+    }
+    // A fault here (a 500, or a bug the server answers 500 to) was only counted: the operator had the count
+    // in /api/mesh and no line saying what failed; refusals (4xx) and busy answers (503) are the client's to read.
+    if (!(error instanceof DicomWebError) || (error.httpStatus >= 500 && error.httpStatus !== 503)) {
+      ctx.log.error('DICOMweb request failed', { path: url.pathname.slice(0, 200), code: error instanceof DicomWebError ? error.code : 'ERR_HTTP_INTERNAL', error: errorText(error), ...(error instanceof DicomWebError ? {} : { stack: (error as Error | undefined)?.stack }) });
     }
     if (!(error instanceof DicomWebError)) throw error;
     if (error.httpStatus === 503) res.setHeader('retry-after', '5');

@@ -14,7 +14,7 @@ import { TranscodeError } from '../../../codec/transcode-error.ts';
 import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
-import { catalogWriteOps } from '../../storage/catalog.ts';
+import { CatalogRecordError, catalogWriteOps } from '../../storage/catalog.ts';
 import { oneInstanceStudies } from '../../storage/fixtures/test-entry.ts';
 
 /** Runs `use` with a fresh, empty store, removed afterwards. */
@@ -213,6 +213,35 @@ test('C-STORE sub-operations answered 0001, 0107, 0116 or Bxxx count as warnings
         expected,
         answers.map((a) => a.toString(16)).join(','),
       );
+    }
+  });
+});
+
+test('a store that fails to look an instance up is named as the failure, not a missing instance no peer could send', async () => {
+  await withEmptyStore(async (store) => {
+    const damage: string[] = [];
+    store.onCatalogDamage((reason) => damage.push(reason));
+    const entry = { sopInstanceUid: '1.2.826.0.1.3680043.10.1453.10.1', sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 } as CatalogEntry;
+    // As the catalog read fails: LevelDB's error while the store reopens after a fault, then a damaged record.
+    const closed = Object.assign(new Error('Database is not open'), { code: 'LEVEL_DATABASE_NOT_OPEN' });
+    for (const [failure, damaged] of [[closed, false], [new CatalogRecordError('catalog record of 1.2.826.0.1.3680043.10.1453.10.1 fails its check'), true]] as const) {
+      const sent: DimseCommand[] = [];
+      const logged: Array<Record<string, number>> = [];
+      await runRetrieve(
+        {
+          ...studyGetRequest('1.2.826.0.1.3680043.10.1453.10', sent),
+          openTarget: async () => ({ pickContext: () => ({ presentationContextId: 3, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }), store: async () => Status.Success, close: async () => undefined }),
+          transcoder: noTranscoder,
+          onSubOperationFailures: (reasons) => logged.push(reasons),
+        },
+        store,
+        { resolve: async () => ({ entries: [entry], truncated: false }), ensureLocal: () => Promise.reject(failure) },
+      );
+      const final = sent.at(-1)!;
+      assert.equal(final.status, Status.OutOfResourcesSubOps);
+      assert.equal(final.errorComment, 'all 1 failed: the store here failed (see the log)');
+      assert.deepEqual(Object.keys(logged[0] ?? {}), [`cannot look the instance up in the store here: ${failure.message}`]);
+      assert.equal(damage.length, damaged ? 1 : 0, 'a damaged catalog is reported, so that the next start rebuilds it');
     }
   });
 });

@@ -354,7 +354,15 @@ type WhileOurs = <T>(work: Promise<T>) => Promise<T>;
 
 async function subOperation(ctx: RetrieveContext, target: SubOperationTarget, store: ReplicaStore, source: RetrieveSource, entry: CatalogEntry, whileOurs: WhileOurs): Promise<SubOperationOutcome> {
   // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
-  const local = await whileOurs(source.ensureLocal(entry).catch(() => undefined));
+  let local: CatalogEntry | undefined;
+  try {
+    local = await whileOurs(source.ensureLocal(entry));
+  } catch (error) {
+    // Peers that cannot send it make ensureLocal answer undefined: a failure is this site's own store
+    // failing to say whether it holds the instance (a fault, a damaged catalog), not a missing instance.
+    if (isCatalogDamage(error)) store.reportCatalogDamage(`retrieve: ${errorText(error)}`);
+    return { status: Status.UnableToProcess, reason: `cannot look the instance up in the store here: ${errorText(error)}`, comment: 'the store here failed (see the log)' };
+  }
   if (!local) return { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
   const outcome = await sendOne(ctx, target, store, local, whileOurs);
   // The copy here is damaged and nothing of it went out: a peer's good copy replaces it, and it is sent

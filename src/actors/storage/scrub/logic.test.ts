@@ -112,6 +112,18 @@ test('an operator can start a pass before the start delay is over; a running pas
   assert.deepEqual(step.effects, [], 'the page read already out is not asked for twice');
 });
 
+test('a step leaves the state it was given as it was (a reducer: the caller may keep it, or step it again)', () => {
+  const config = { ...defaultScrubConfig, startDelayMs: 0 };
+  let state = initScrub(config, 0);
+  state = stepScrub(state, { type: 'tick', nowMs: 1_000, busy: false }).state;
+  state = stepScrub(state, { type: 'listed', entries: [entry(1), entry(2)], lastUid: entry(2).sopInstanceUid, end: true, nowMs: 1_000 }).state;
+  const before = structuredClone(state);
+  const first = stepScrub(state, { type: 'suspected', entry: entry(3), reason: 'a checked read failed', nowMs: 1_000 });
+  stepScrub(state, { type: 'verified', sopInstanceUid: entry(1).sopInstanceUid, outcome: 'bad', reason: 'hash differs', nowMs: 1_100 });
+  assert.deepEqual(state, before);
+  assert.equal(first.state.suspects.size, 1);
+});
+
 test('reads are paced by the byte rate, and slowed to the busy share while associations are active', () => {
   const config = { startDelayMs: 0, bytesPerSecond: 10_000, busyRateShare: 1 / 4 };
   const idle = simulate({ catalog, untilMs: 10_000, config });

@@ -160,7 +160,16 @@ const repairReports: Record<RepairOutcome, { level: 'info' | 'warn' | 'error'; m
   noPeers: { level: 'error', message: 'scrub: damaged copy and no other site to repair it from (single-site archive); it is kept and checked again next pass' },
 };
 
-export function stepScrub(state: ScrubState, input: ScrubInput): ScrubStep {
+export function stepScrub(previous: ScrubState, input: ScrubInput): ScrubStep {
+  // The steps below change the state in place: on a copy, so that the state given stays as it was.
+  const state: ScrubState = {
+    ...previous,
+    page: [...previous.page],
+    suspects: new Map(previous.suspects),
+    unrepairable: new Map(previous.unrepairable),
+    repairing: new Set(previous.repairing),
+    stats: { ...previous.stats },
+  };
   const effects: ScrubEffect[] = [];
   switch (input.type) {
     case 'tick':
