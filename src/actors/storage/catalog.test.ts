@@ -1,4 +1,4 @@
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +19,7 @@ import {
   buildSearchIndexes,
   hasInstance,
   isNewerInstance,
+  isValidUid,
   NEWEST_OF_PATIENT_PREFIX,
   NEWEST_OF_STUDY_PATIENT_PREFIX,
   newestInstances,
@@ -286,4 +287,9 @@ describe('catalog in LevelDB', () => {
     for await (const batch of heldInstanceBatches(db)) held += batch.length;
     assert.equal(held, 20_002);
   });
+});
+
+test('a UID used as a key part is the C-STORE\'s: 1-64 digits and single dots', () => {
+  for (const uid of ['1.2.3', '1.2.246.352.91.0000217', '1'.repeat(64)]) assert.ok(isValidUid(uid), uid);
+  for (const uid of ['', '1..2', '.1', '1.', '1'.repeat(65), '1.2a']) assert.equal(isValidUid(uid), false, JSON.stringify(uid));
 });

@@ -53,6 +53,7 @@ import { pack, unpack } from 'msgpackr';
 import type { Level } from 'level';
 import type { CatalogEntry } from './catalog-types.ts';
 import { dateIndexForms, isUnknownValue, personNameForms, splitValues } from './query/matching.ts';
+import { isAcceptableUid } from '../../codec/uid.ts';
 
 export type CatalogDb = Level<string, Uint8Array>;
 
@@ -95,7 +96,6 @@ const ITERATOR_BATCH_SIZE = 1000;
  * lose (the seek after a long read costs more); 4 is even on both.
  */
 const NEWEST_KEYS_PER_READ = 4;
-const UID_PATTERN = /^[0-9.]+$/;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 export class CatalogKeyError extends Error {
@@ -106,9 +106,12 @@ export class CatalogKeyError extends Error {
   }
 }
 
-export function isValidUid(uid: string): boolean {
-  return UID_PATTERN.test(uid);
-}
+/**
+ * A UID safe as a key part: the check the C-STORE applies (1-64 digits and single dots). Before, a check of
+ * its own here took any run of digits and dots of any length ("1..2", 10,000 characters) for the copies,
+ * debt records and query keys a peer or a client sends, where the callers had to remember the length.
+ */
+export const isValidUid = isAcceptableUid;
 
 /** Leading/trailing spaces are padding for LO and SH (PatientID, AccessionNumber). */
 export function normalizeIdentifierText(value: string): string {
