@@ -80,6 +80,8 @@ export const balancerTimings = {
   leaderSilenceMaxMs: 2000,
   /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
   settleMs: 2000,
+  /** Ten ticks without an input: this process stood still, and settles again for settleMs (see BalancerConfig.stallMinMs). */
+  stallMinMs: 1000,
   /**
    * A leader hands over to a better-ranked peer when it asks for votes, or after this long alive without
    * asking: above a returning peer's way from its first heartbeat to its first candidacy (its balancer
@@ -461,6 +463,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         announceIntervalMs: init.announceIntervalMs ?? balancerTimings.announceIntervalMs,
         leaderSilenceMaxMs: init.leaderSilenceMaxMs ?? balancerTimings.leaderSilenceMaxMs,
         handOverGraceMs: init.handOverGraceMs ?? balancerTimings.handOverGraceMs,
+        stallMinMs: balancerTimings.stallMinMs,
+        settleAfterStallMs: settleMs,
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,

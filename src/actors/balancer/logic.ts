@@ -63,6 +63,8 @@ export interface BalancerState {
   /** The routing table this peer follows (its own when it leads). */
   readonly table: RoutingTable | null;
   readonly nextAnnounceAtMs: number;
+  /** When the last input came (see BalancerConfig.stallMinMs); undefined before the first. */
+  readonly lastInputAtMs?: number;
 }
 
 export interface BalancerStep {
@@ -95,8 +97,9 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   };
 }
 
-export function stepBalancer(state: BalancerState, input: BalancerInput): BalancerStep {
+export function stepBalancer(before: BalancerState, input: BalancerInput): BalancerStep {
   const effects: BalancerEffect[] = [];
+  const state = afterStall(before, input.nowMs);
   let next: BalancerState;
   switch (input.type) {
     case 'tick':
@@ -112,6 +115,25 @@ export function stepBalancer(state: BalancerState, input: BalancerInput): Balanc
       return assertNever(input);
   }
   return { state: next, effects };
+}
+
+/**
+ * Time this process stood still (see BalancerConfig.stallMinMs) is not its leader's silence, and its view
+ * is being rebuilt as the others reconnect: the stall is credited to the leader's last-heard time, and no
+ * candidacy starts for settleAfterStallMs. Whatever input comes first after the stall finds it.
+ */
+function afterStall(state: BalancerState, nowMs: number): BalancerState {
+  const { stallMinMs, settleAfterStallMs } = state.config;
+  const lastInputAtMs = state.lastInputAtMs;
+  if (stallMinMs === undefined) return state;
+  if (lastInputAtMs === undefined || nowMs - lastInputAtMs <= stallMinMs) return nowMs > (lastInputAtMs ?? Number.NEGATIVE_INFINITY) ? { ...state, lastInputAtMs: nowMs } : state;
+  const stalledMs = nowMs - lastInputAtMs;
+  return {
+    ...state,
+    lastInputAtMs: nowMs,
+    leaderHeardAtMs: state.leaderHeardAtMs + stalledMs,
+    candidacyDeadlineMs: Math.max(state.candidacyDeadlineMs, nowMs + (settleAfterStallMs ?? 0)),
+  };
 }
 
 /**
@@ -179,7 +201,8 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
   if (s.role === 'leader') {
     if (!keepsLead(s, nowMs) || !seesRosterMajority(s)) {
       // A better peer is back, or we lost the majority: hand over; the successor runs with a higher term.
-      s = { ...s, role: 'follower', leaderId: null, candidacyDeadlineMs: nowMs };
+      // Not sooner than a settle after a stall allows (see afterStall).
+      s = { ...s, role: 'follower', leaderId: null, candidacyDeadlineMs: Math.max(s.candidacyDeadlineMs, nowMs) };
       effects.push({ type: 'leaderChanged', term: s.durable.currentTerm, leaderId: null });
       s = setTable(s, null, effects);
     } else {
