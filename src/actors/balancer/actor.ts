@@ -80,8 +80,13 @@ export const balancerTimings = {
   leaderSilenceMaxMs: 2000,
   /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
   settleMs: 2000,
-  /** Ten ticks without an input: this process stood still, and settles again for settleMs (see BalancerConfig.stallMinMs). */
-  stallMinMs: 1000,
+  /**
+   * Two seconds without an input: this process stood still, and settles again for settleMs (see
+   * BalancerConfig.stallMinMs). Below membership's deadAfterMs (3 s), from which the others drop its
+   * connections; above the event-loop lags of a loaded machine (with 1 s, in-process election tests failed
+   * at load 13: every lag held a candidacy back 2 s).
+   */
+  stallMinMs: 2000,
   /**
    * A leader hands over to a better-ranked peer when it asks for votes, or after this long alive without
    * asking: above a returning peer's way from its first heartbeat to its first candidacy (its balancer
