@@ -526,7 +526,7 @@ test('without a hand-over grace, the leader quits at the returning peer\'s first
  * everyone alive at once (membership credits the stall), then both others suspect (they dropped its
  * connections meanwhile), then peer-c alive again 550 ms before peer-a. Returns what peer-b sent.
  */
-function secondRankedPeerResumes(stall: Pick<BalancerConfig, 'stallMinMs' | 'settleAfterStallMs'>): { sent: BalancerMessage[]; state: BalancerState } {
+function secondRankedPeerResumes(stall: Pick<BalancerConfig, 'stallMinMs' | 'settleAfterStallMs'>, leaderAliveAtMs = 17_400): { sent: BalancerMessage[]; state: BalancerState } {
   const config = { ...configFor('peer-b'), ...stall };
   const table = buildRoutingTable(allAlive, 1, 'peer-a', config.routing);
   const announce: BalancerInput = { type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table }, nowMs: 0 };
@@ -543,12 +543,12 @@ function secondRankedPeerResumes(stall: Pick<BalancerConfig, 'stallMinMs' | 'set
   const at = (peerId: string, status: MemberStatus, sinceMs: number): MemberRecord => ({ ...member(peerId, { status }), statusSinceMs: sinceMs });
   step({ type: 'viewChanged', members: allAlive, nowMs: 16_000 });
   step({ type: 'viewChanged', members: [at('peer-a', 'suspect', 16_050), member('peer-b'), at('peer-c', 'suspect', 16_050)], nowMs: 16_050 });
-  for (let nowMs = 16_100; nowMs < 17_400; nowMs += 100) {
+  for (let nowMs = 16_100; nowMs < leaderAliveAtMs; nowMs += 100) {
     if (nowMs === 16_600) step({ type: 'viewChanged', members: [at('peer-a', 'suspect', 16_050), member('peer-b'), at('peer-c', 'alive', 16_600)], nowMs });
     else step({ type: 'tick', nowMs });
   }
-  step({ type: 'viewChanged', members: [at('peer-a', 'alive', 17_400), member('peer-b'), at('peer-c', 'alive', 16_600)], nowMs: 17_400 });
-  for (let nowMs = 17_500; nowMs <= 20_000; nowMs += 100) step(nowMs % 200 === 0 ? { ...announce, nowMs } : { type: 'tick', nowMs });
+  step({ type: 'viewChanged', members: [at('peer-a', 'alive', leaderAliveAtMs), member('peer-b'), at('peer-c', 'alive', 16_600)], nowMs: leaderAliveAtMs });
+  for (let nowMs = leaderAliveAtMs + 100; nowMs <= leaderAliveAtMs + 2_600; nowMs += 100) step(nowMs % 200 === 0 ? { ...announce, nowMs } : { type: 'tick', nowMs });
   return { sent, state: b };
 }
 
@@ -561,6 +561,24 @@ test('a peer resumed after a stall settles before it runs: the second-ranked one
   const unsettled = secondRankedPeerResumes({});
   assert.ok(unsettled.sent.some((m) => m.type === 'requestVote'), 'without the settle, the resumed peer runs');
   assert.ok(unsettled.state.durable.currentTerm > 1);
+});
+
+test('a peer resumed after a stall does not run while the leader it followed is suspect, however long its connections take to come back', () => {
+  // The leader's heartbeats come through 3.4 s after the resume (a loaded machine), past the settle time.
+  const { sent, state } = secondRankedPeerResumes({ stallMinMs: 1000, settleAfterStallMs: 2000 }, 19_400);
+  assert.deepEqual(sent.filter((m) => m.type === 'requestVote'), [], 'no candidacy while the leader is suspect');
+  assert.deepEqual([state.durable.currentTerm, state.role, state.leaderId], [1, 'follower', 'peer-a']);
+  // A leader that really died meanwhile goes dead by silence: then the resumed peer runs.
+  const config = { ...configFor('peer-b'), stallMinMs: 1000, settleAfterStallMs: 2000 };
+  const table = buildRoutingTable(allAlive, 1, 'peer-a', config.routing);
+  let b = run(initBalancer(config, { currentTerm: 1, votedFor: 'peer-a' }), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table }, nowMs: 100,
+  }).state;
+  b = run(b, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'suspect' }), statusSinceMs: 16_000 }, member('peer-b'), member('peer-c')], nowMs: 16_000 }).state;
+  for (let nowMs = 16_100; nowMs <= 19_000; nowMs += 100) b = run(b, { type: 'tick', nowMs }).state;
+  assert.equal(b.role, 'follower', 'waits while the leader is suspect');
+  const ran = run(b, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 19_100 }, member('peer-b'), member('peer-c')], nowMs: 19_100 });
+  assert.equal(ran.state.role, 'candidate');
 });
 
 test('a stall is credited to the leader\'s silence: a follower that resumes keeps its leader until it could have heard it again', () => {
