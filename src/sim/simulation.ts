@@ -194,6 +194,9 @@ const timings = {
   announceIntervalMs: 200,
   leaderSilenceMaxMs: 1400,
   handOverGraceMs: 2800,
+  // Stalls are 0.5-4 s: a resumed balancer settles as after a start (wired: 2 s of deadAfterMs 3 s).
+  stallMinMs: 900,
+  settleAfterStallMs: 1000,
   quorumTimeoutMs: 1500,
   replicationRetryMs: 800,
   repairIntervalMs: 500,
@@ -325,6 +328,8 @@ export function runSimulation(options: SimOptions): SimResult {
         announceIntervalMs: timings.announceIntervalMs,
         leaderSilenceMaxMs: timings.leaderSilenceMaxMs,
         handOverGraceMs: timings.handOverGraceMs,
+        stallMinMs: timings.stallMinMs,
+        settleAfterStallMs: timings.settleAfterStallMs,
         routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
       },
       peer.durable.election,

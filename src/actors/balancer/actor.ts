@@ -81,6 +81,13 @@ export const balancerTimings = {
   /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
   settleMs: 2000,
   /**
+   * Two seconds without an input: this process stood still, and settles again for settleMs (see
+   * BalancerConfig.stallMinMs). Below membership's deadAfterMs (3 s), from which the others drop its
+   * connections; above the event-loop lags of a loaded machine (with 1 s, in-process election tests failed
+   * at load 13: every lag held a candidacy back 2 s).
+   */
+  stallMinMs: 2000,
+  /**
    * A leader hands over to a better-ranked peer when it asks for votes, or after this long alive without
    * asking: above a returning peer's way from its first heartbeat to its first candidacy (its balancer
    * starting, ~1 s on a loaded machine, then settleMs), so that it hears the current term meanwhile.
@@ -461,6 +468,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         announceIntervalMs: init.announceIntervalMs ?? balancerTimings.announceIntervalMs,
         leaderSilenceMaxMs: init.leaderSilenceMaxMs ?? balancerTimings.leaderSilenceMaxMs,
         handOverGraceMs: init.handOverGraceMs ?? balancerTimings.handOverGraceMs,
+        stallMinMs: balancerTimings.stallMinMs,
+        settleAfterStallMs: settleMs,
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,

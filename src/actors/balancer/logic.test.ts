@@ -520,3 +520,80 @@ test('without a hand-over grace, the leader quits at the returning peer\'s first
   const { leaders } = bestRankedPeerReturns(undefined);
   assert.ok(leaders.filter((l) => l[1] === null || l[2] === null).length >= 20, 'leaderless for the whole settle time');
 });
+
+/**
+ * peer-a leads term 1; peer-b (ranked second) stands still for 15 s (SIGSTOP) and resumes: its view has
+ * everyone alive at once (membership credits the stall), then both others suspect (they dropped its
+ * connections meanwhile), then peer-c alive again 550 ms before peer-a. Returns what peer-b sent.
+ */
+function secondRankedPeerResumes(stall: Pick<BalancerConfig, 'stallMinMs' | 'settleAfterStallMs'>, leaderAliveAtMs = 17_400): { sent: BalancerMessage[]; state: BalancerState } {
+  const config = { ...configFor('peer-b'), ...stall };
+  const table = buildRoutingTable(allAlive, 1, 'peer-a', config.routing);
+  const announce: BalancerInput = { type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table }, nowMs: 0 };
+  const sent: BalancerMessage[] = [];
+  let b = initBalancer(config, { currentTerm: 1, votedFor: 'peer-a' });
+  const step = (input: BalancerInput): void => {
+    const result = stepBalancer(b, input);
+    b = result.state;
+    for (const e of result.effects) if (e.type === 'send') sent.push(e.message);
+  };
+  step({ type: 'viewChanged', members: allAlive, nowMs: 0 });
+  for (let nowMs = 0; nowMs <= 1000; nowMs += 100) step(nowMs % 200 === 0 ? { ...announce, nowMs } : { type: 'tick', nowMs });
+  assert.equal(b.leaderId, 'peer-a');
+  const at = (peerId: string, status: MemberStatus, sinceMs: number): MemberRecord => ({ ...member(peerId, { status }), statusSinceMs: sinceMs });
+  step({ type: 'viewChanged', members: allAlive, nowMs: 16_000 });
+  step({ type: 'viewChanged', members: [at('peer-a', 'suspect', 16_050), member('peer-b'), at('peer-c', 'suspect', 16_050)], nowMs: 16_050 });
+  for (let nowMs = 16_100; nowMs < leaderAliveAtMs; nowMs += 100) {
+    if (nowMs === 16_600) step({ type: 'viewChanged', members: [at('peer-a', 'suspect', 16_050), member('peer-b'), at('peer-c', 'alive', 16_600)], nowMs });
+    else step({ type: 'tick', nowMs });
+  }
+  step({ type: 'viewChanged', members: [at('peer-a', 'alive', leaderAliveAtMs), member('peer-b'), at('peer-c', 'alive', 16_600)], nowMs: leaderAliveAtMs });
+  for (let nowMs = leaderAliveAtMs + 100; nowMs <= leaderAliveAtMs + 2_600; nowMs += 100) step(nowMs % 200 === 0 ? { ...announce, nowMs } : { type: 'tick', nowMs });
+  return { sent, state: b };
+}
+
+test('a peer resumed after a stall settles before it runs: the second-ranked one, its leader still suspect while a third is back, does not run', () => {
+  const { sent, state } = secondRankedPeerResumes({ stallMinMs: 1000, settleAfterStallMs: 2000 });
+  assert.deepEqual(sent.filter((m) => m.type === 'requestVote'), [], 'no candidacy: the leader is back within the settle time');
+  assert.deepEqual([state.durable.currentTerm, state.role, state.leaderId], [1, 'follower', 'peer-a']);
+  // Without the settle it ran in the moment its view had the leader suspect and peer-c alive (hunt 110 saw
+  // terms 6 -> 9 with real processes: its newerTerm answers to the leader's announcements unseated the leader).
+  const unsettled = secondRankedPeerResumes({});
+  assert.ok(unsettled.sent.some((m) => m.type === 'requestVote'), 'without the settle, the resumed peer runs');
+  assert.ok(unsettled.state.durable.currentTerm > 1);
+});
+
+test('a peer resumed after a stall does not run while the leader it followed is suspect, however long its connections take to come back', () => {
+  // The leader's heartbeats come through 3.4 s after the resume (a loaded machine), past the settle time.
+  const { sent, state } = secondRankedPeerResumes({ stallMinMs: 1000, settleAfterStallMs: 2000 }, 19_400);
+  assert.deepEqual(sent.filter((m) => m.type === 'requestVote'), [], 'no candidacy while the leader is suspect');
+  assert.deepEqual([state.durable.currentTerm, state.role, state.leaderId], [1, 'follower', 'peer-a']);
+  // A leader that really died meanwhile goes dead by silence: then the resumed peer runs.
+  const config = { ...configFor('peer-b'), stallMinMs: 1000, settleAfterStallMs: 2000 };
+  const table = buildRoutingTable(allAlive, 1, 'peer-a', config.routing);
+  let b = run(initBalancer(config, { currentTerm: 1, votedFor: 'peer-a' }), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table }, nowMs: 100,
+  }).state;
+  b = run(b, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'suspect' }), statusSinceMs: 16_000 }, member('peer-b'), member('peer-c')], nowMs: 16_000 }).state;
+  for (let nowMs = 16_100; nowMs <= 19_000; nowMs += 100) b = run(b, { type: 'tick', nowMs }).state;
+  assert.equal(b.role, 'follower', 'waits while the leader is suspect');
+  const ran = run(b, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 19_100 }, member('peer-b'), member('peer-c')], nowMs: 19_100 });
+  assert.equal(ran.state.role, 'candidate');
+});
+
+test('a stall is credited to the leader\'s silence: a follower that resumes keeps its leader until it could have heard it again', () => {
+  const config = { ...configFor('peer-c'), stallMinMs: 1000, settleAfterStallMs: 2000 };
+  const table = buildRoutingTable(allAlive, 1, 'peer-a', config.routing);
+  const following = run(initBalancer(config, null), { type: 'viewChanged', members: allAlive, nowMs: 0 }, {
+    type: 'messageReceived', from: 'peer-a', message: { type: 'announce', term: 1, leaderId: 'peer-a', table }, nowMs: 100,
+  }).state;
+  // 10 s of nothing, then a tick: the leader was heard 100 ms before the stall, not 10 s ago.
+  let resumed = run(following, { type: 'tick', nowMs: 10_100 }).state;
+  assert.equal(resumed.leaderId, 'peer-a');
+  for (let nowMs = 10_200; nowMs <= 11_200; nowMs += 100) resumed = run(resumed, { type: 'tick', nowMs }).state;
+  assert.equal(resumed.leaderId, null, 'silent for leaderSilenceMaxMs after the stall: forgotten');
+  // Ordinary ticks detect no stall.
+  let s = following;
+  for (let nowMs = 200; nowMs <= 1000; nowMs += 100) s = run(s, { type: 'tick', nowMs }).state;
+  assert.equal(run(s, { type: 'tick', nowMs: 1200 }).state.leaderId, null, 'silent for leaderSilenceMaxMs (1 s): forgotten, no credit');
+});

@@ -63,6 +63,13 @@ export interface BalancerState {
   /** The routing table this peer follows (its own when it leads). */
   readonly table: RoutingTable | null;
   readonly nextAnnounceAtMs: number;
+  /** When the last input came (see BalancerConfig.stallMinMs); undefined before the first. */
+  readonly lastInputAtMs?: number;
+  /**
+   * The leader this peer followed when it last stalled: no candidacy while its view has it suspect (see
+   * afterStall and leaderAtStallSuspect). Undefined when none.
+   */
+  readonly leaderAtStall?: string;
 }
 
 export interface BalancerStep {
@@ -95,8 +102,9 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   };
 }
 
-export function stepBalancer(state: BalancerState, input: BalancerInput): BalancerStep {
+export function stepBalancer(before: BalancerState, input: BalancerInput): BalancerStep {
   const effects: BalancerEffect[] = [];
+  const state = afterStall(before, input.nowMs);
   let next: BalancerState;
   switch (input.type) {
     case 'tick':
@@ -112,6 +120,38 @@ export function stepBalancer(state: BalancerState, input: BalancerInput): Balanc
       return assertNever(input);
   }
   return { state: next, effects };
+}
+
+/**
+ * Time this process stood still (see BalancerConfig.stallMinMs) is not its leader's silence, and its view
+ * is being rebuilt as the others reconnect: the stall is credited to the leader's last-heard time, and no
+ * candidacy starts for settleAfterStallMs, nor while the leader it followed is suspect (the others dropped
+ * its connections while it stood still, so a suspect leader may well be alive: it is alive again once its
+ * heartbeats come through, dead after membership's silence). Whatever input comes first after the stall
+ * finds it.
+ */
+function afterStall(state: BalancerState, nowMs: number): BalancerState {
+  const { stallMinMs, settleAfterStallMs } = state.config;
+  const lastInputAtMs = state.lastInputAtMs;
+  if (stallMinMs === undefined) return state;
+  if (lastInputAtMs === undefined || nowMs - lastInputAtMs <= stallMinMs) return nowMs > (lastInputAtMs ?? Number.NEGATIVE_INFINITY) ? { ...state, lastInputAtMs: nowMs } : state;
+  const stalledMs = nowMs - lastInputAtMs;
+  return {
+    ...state,
+    lastInputAtMs: nowMs,
+    leaderAtStall: state.role === 'follower' && state.leaderId !== null ? state.leaderId : undefined,
+    leaderHeardAtMs: state.leaderHeardAtMs + stalledMs,
+    candidacyDeadlineMs: Math.max(state.candidacyDeadlineMs, nowMs + (settleAfterStallMs ?? 0)),
+  };
+}
+
+/**
+ * The leader followed at a stall is suspect in the view (see BalancerState.leaderAtStall). Kept while it is
+ * alive (the view right after a stall has everyone alive, credited, before the disconnects come), forgotten
+ * once it is dead or gone, or announces again.
+ */
+function leaderAtStallSuspect(state: BalancerState): boolean {
+  return state.members.some((m) => m.peerId === state.leaderAtStall && m.status === 'suspect');
 }
 
 /**
@@ -179,7 +219,8 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
   if (s.role === 'leader') {
     if (!keepsLead(s, nowMs) || !seesRosterMajority(s)) {
       // A better peer is back, or we lost the majority: hand over; the successor runs with a higher term.
-      s = { ...s, role: 'follower', leaderId: null, candidacyDeadlineMs: nowMs };
+      // Not sooner than a settle after a stall allows (see afterStall).
+      s = { ...s, role: 'follower', leaderId: null, candidacyDeadlineMs: Math.max(s.candidacyDeadlineMs, nowMs) };
       effects.push({ type: 'leaderChanged', term: s.durable.currentTerm, leaderId: null });
       s = setTable(s, null, effects);
     } else {
@@ -199,8 +240,10 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
     // waiting longer only delays the failover (2.3 s instead of ~1.5 s when a voter noticed after 1.5 s).
     s = { ...s, role: 'follower', votesGranted: [], candidaciesTimedOut: s.candidacyRefused ? s.candidaciesTimedOut : s.candidaciesTimedOut + 1 };
   }
+  if (s.leaderAtStall !== undefined && !s.members.some((m) => m.peerId === s.leaderAtStall && m.status !== 'dead')) s = { ...s, leaderAtStall: undefined };
   const wantsToRun =
     s.role === 'follower' &&
+    !leaderAtStallSuspect(s) &&
     s.leaderId !== self &&
     nowMs >= s.candidacyDeadlineMs &&
     selfIsWinner(s) &&
@@ -279,6 +322,7 @@ function onMessage(
         return s;
       }
       if (message.leaderId === s.config.selfPeerId) return s;
+      if (s.leaderAtStall !== undefined) s = { ...s, leaderAtStall: undefined };
       // A leader of our term exists: a candidate of this term lost, and a leader here would be a bug.
       if (s.leaderId !== message.leaderId) effects.push({ type: 'leaderChanged', term, leaderId: message.leaderId });
       s = { ...s, role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs, candidaciesTimedOut: 0 };

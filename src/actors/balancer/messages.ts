@@ -83,6 +83,18 @@ export interface BalancerConfig {
    * settles before it runs). 0 or absent: at the peer's first heartbeat.
    */
   readonly handOverGraceMs?: number;
+  /**
+   * A gap longer than this between two inputs means this process stood still (SIGSTOP, a long GC pause, a
+   * frozen VM; ticks come every 100 ms wired): its leader's silence is credited by the gap, and it runs no
+   * candidacy for settleAfterStallMs. Absent: no stall is detected.
+   */
+  readonly stallMinMs?: number;
+  /**
+   * After a stall, no candidacy for this long, as after a start: the connections the others dropped meanwhile
+   * come back one by one, and a view in which the leader is still suspect while another peer is alive again
+   * made the second-ranked peer run (terms 6 -> 9 and the leader unseated by its newerTerm, hunt 110).
+   */
+  readonly settleAfterStallMs?: number;
   readonly routing: RoutingLimits;
 }
 

@@ -21,7 +21,8 @@ import { startActorSystem, stopActor, type ActorSystem } from '../../runtime/nac
 import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
 import { startCustody, type CustodyService, type CustodyTuning } from './actor.ts';
-import type { ReplicationLimits } from '../replication.ts';
+import { REPLICATE_BATCH_PROTOCOL, type ReplicationLimits } from '../replication.ts';
+import { PUSH_PROTOCOL } from '../push.ts';
 import { createRemoteRetrieve } from '../remote-retrieve.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
@@ -47,6 +48,8 @@ class TestMesh {
   readonly sites = new Map<string, Site>();
   /** peerId and last stats of sites that ran once, so that stopped ones appear dead in the views. */
   private readonly known = new Map<string, { peerId: string; instanceCount: number; digestRoot: string }>();
+  /** Starts of each site: its incarnation in the views, as membership's is bumped at every start. */
+  private readonly starts = new Map<string, number>();
   private readonly dirs: string[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
 
@@ -95,6 +98,7 @@ class TestMesh {
     });
     const site: Site = { name, dir: dataDir, node, store, custody, system };
     this.sites.set(name, site);
+    this.starts.set(name, (this.starts.get(name) ?? 0) + 1);
     this.known.set(name, { peerId: node.peerId, ...custody.stats() });
     this.timer ??= setInterval(() => this.refreshViews(), 150);
     this.refreshViews();
@@ -117,7 +121,7 @@ class TestMesh {
     const view: MemberRecord[] = [...this.known].map(([name, k]) => ({
       peerId: k.peerId,
       siteName: name,
-      incarnation: 1,
+      incarnation: this.starts.get(name) ?? 1,
       sequence: 1,
       priority: 0,
       electable: true,
@@ -612,5 +616,42 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('debt drained once the store writes again', async () => (await a.store.listDebt()).length === 0, 30_000);
     assert.equal(lines.filter((l) => l === 'custody actor crashed').length, 1, 'one reload, after the store reopened');
     assert.equal(a.custody.stats().debtEntries, 0);
+  });
+
+  it('a peer that does not speak the replication protocols (another version) is retried with a back-off and logged once; its copies go once it restarts speaking them', { timeout: 30_000 }, async () => {
+    const mesh = new TestMesh(1);
+    meshes.push(mesh);
+    const lines: string[] = [];
+    const a = await mesh.start('site-a', undefined, loggingTo(lines));
+    let b = await mesh.start('site-b');
+    await mesh.connected('site-a', 'site-b');
+    // site-b as a build whose copies travel on other protocols: libp2p refuses both at multistream-select.
+    await b.node.unhandle(REPLICATE_BATCH_PROTOCOL);
+    await b.node.unhandle(PUSH_PROTOCOL);
+    const opened = new Map<string, number>();
+    const openStream = a.node.openStream.bind(a.node);
+    a.node.openStream = (peerId, protocol, options) => {
+      opened.set(protocol, (opened.get(protocol) ?? 0) + 1);
+      return openStream(peerId, protocol, options);
+    };
+    const uid = newUid();
+    assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0);
+    const watchMs = 6_000;
+    await new Promise((resolve) => setTimeout(resolve, watchMs));
+    const batches = opened.get(REPLICATE_BATCH_PROTOCOL) ?? 0;
+    console.log(`# replicate-batch streams tried in ${watchMs / 1000} s at a peer of another version: ${batches}, pushes ${opened.get(PUSH_PROTOCOL) ?? 0}`);
+    // Back-off 1, 2, 4 s after the first refusal: at most 4 attempts (every 250 ms tick before: ~24).
+    assert.ok(batches >= 1 && batches <= 4, `${batches} replicate-batch streams in ${watchMs} ms`);
+    const refusedLines = lines.filter((l) => l.startsWith('a peer does not speak this protocol'));
+    assert.equal(refusedLines.length, 1, 'logged once per peer and protocol');
+    assert.equal(a.custody.stats().debtEntries, 1, 'the copy stays owed');
+    // site-b restarts with a build that speaks them: the copy goes at once, not at the end of the back-off.
+    const bDir = b.dir;
+    await mesh.stop('site-b');
+    const t0 = performance.now();
+    b = await mesh.start('site-b', bDir);
+    await waitFor('site-b holds the copy', async () => (await b.store.getEntry(uid)) !== undefined, 10_000);
+    console.log(`# copy at the restarted peer ${(performance.now() - t0).toFixed(0)} ms after its start`);
+    await waitFor('no debt', () => a.custody.stats().debtEntries === 0);
   });
 });

@@ -36,6 +36,9 @@ import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts
 import type { ReplicaStore } from '../replica-store.ts';
 import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
 import {
+  CUSTODY_PROTOCOL,
+  FETCH_BATCH_PROTOCOL,
+  REPLICATE_BATCH_PROTOCOL,
   ReplicationError,
   defaultReplicationLimits,
   fetchBatchFrom,
@@ -49,7 +52,7 @@ import {
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { createDigest, digestAdd } from './digest.ts';
-import { aliveReplicaTargets, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, replicationBackedOff, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry, type StoredCopy } from './messages.ts';
 
 export interface CustodyStats {
@@ -229,6 +232,11 @@ function streamSenders(i: CustodyInput): ReadonlySet<string> | undefined {
  */
 function notDialableYet(error: unknown): boolean {
   return (error as Error | undefined)?.name === 'NoValidAddressesError' || /no valid addresses for peer/.test(errorText(error));
+}
+
+/** libp2p's multistream-select found no protocol both ends speak: the peer runs another version of it. */
+function protocolUnsupported(error: unknown): boolean {
+  return (error as Error | undefined)?.name === 'UnsupportedProtocolError';
 }
 
 export async function startCustody(init: CustodyServiceInit): Promise<CustodyService> {
@@ -485,7 +493,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   function startPushes(sopInstanceUid: string): ReplicaPush[] {
     if (stopped) return [];
-    return aliveReplicaTargets(members, init.siteName).map(({ peerId }) => {
+    const nowMs = clock.nowMs();
+    // A peer backed off for another version gets no push either: its copy waits as debt (see peerLacksProtocol).
+    const targets = aliveReplicaTargets(members, init.siteName).filter(({ peerId }) => lastState === null || !replicationBackedOff(lastState, peerId, nowMs));
+    return targets.map(({ peerId }) => {
       const push = new ReplicaPush(pushStreams, peerId, sopInstanceUid, pushLimits, shutdown.signal);
       while (pushResults.size >= tuning.pushesRememberedMax) pushResults.delete(pushResults.keys().next().value!);
       pushResults.set(pushKey(sopInstanceUid, peerId), push.result);
@@ -495,6 +506,20 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   // A peer whose store refuses everything (a full disk) fails each copy: one line per 5 s per peer, not thousands.
   const transferFailures = createRepeatLimiter(log, 5_000);
+  /**
+   * `${peerId} ${protocol}` of peers that refused a protocol, logged once each until the peer restarts
+   * (onViewChanged) or takes a copy again: a rolling upgrade may leave two versions side by side for hours.
+   */
+  const protocolsRefused = new Set<string>();
+  const noteProtocolRefused = (peerId: string, protocol: string, error: unknown): void => {
+    const key = `${peerId} ${protocol}`;
+    if (stopped || protocolsRefused.has(key)) return;
+    protocolsRefused.add(key);
+    log.warn('a peer does not speak this protocol (another pacs-mesh version?): copies to it wait as debt, tried again after a back-off up to a minute, and at once when it restarts', { peer: peerId, protocol, error: errorText(error) });
+  };
+  const forgetProtocolsRefusedBy = (peerId: string): void => {
+    for (const key of protocolsRefused) if (key.startsWith(`${peerId} `)) protocolsRefused.delete(key);
+  };
   async function replicate(toPeerId: string, toSiteName: string, sopInstanceUid: string): Promise<void> {
     const pushed = pushResults.get(pushKey(sopInstanceUid, toPeerId));
     if (pushed !== undefined) {
@@ -517,6 +542,11 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const replications = new PeerBatches<{ sopInstanceUid: string; toSiteName: string }>(batchEntriesMax, async (peerId, batch, phases) => {
     const outcomes: CustodyInput[] = [];
     const failed = (item: { sopInstanceUid: string; toSiteName: string }, error: unknown): void => {
+      if (protocolUnsupported(error)) {
+        // Logged once (noteProtocolRefused); the reducer backs off from this peer.
+        outcomes.push({ type: 'replicationFailed', sopInstanceUid: item.sopInstanceUid, toSiteName: item.toSiteName, nowMs: clock.nowMs() });
+        return;
+      }
       const unreadable = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_SOURCE_UNREADABLE';
       // The receiver's SHA-256 check refused the bytes we sent: our copy may be damaged (the scrub checks it).
       const refused = error instanceof ReplicationError && error.code === 'ERR_REPLICATION_MISMATCH';
@@ -554,8 +584,13 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         if (acks.length > 0) outcomes.push({ type: 'replicasAcknowledged', fromPeerId: peerId, acks, nowMs: clock.nowMs() });
       }
     } catch (error) {
+      if (protocolUnsupported(error)) {
+        noteProtocolRefused(peerId, REPLICATE_BATCH_PROTOCOL, error);
+        outcomes.unshift({ type: 'peerLacksProtocol', peerId, nowMs: clock.nowMs() });
+      }
       for (const item of items) failed(item, error);
     }
+    if (outcomes.some((o) => o.type === 'replicasAcknowledged')) forgetProtocolsRefusedBy(peerId);
     inputs(outcomes);
     // A copy offered again by the reducer while its batch still runs is not queued a second time.
   }, batchLimits, (item) => item.sopInstanceUid);
@@ -569,7 +604,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     try {
       outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal, phases });
     } catch (error) {
-      if (!stopped) pullFailures.warn(peerId, 'repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
+      if (protocolUnsupported(error)) noteProtocolRefused(peerId, FETCH_BATCH_PROTOCOL, error);
+      else if (!stopped) pullFailures.warn(peerId, 'repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
       outcomes = uids.map((sopInstanceUid) => ({ sopInstanceUid, error }));
       batchFailed = true;
     }
@@ -615,7 +651,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       track(
         sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal })
           .catch((error: unknown) => {
-            if (!stopped) log[notDialableYet(error) ? 'info' : 'warn']('custody messages not delivered', { to, messages: messages.length, error: errorText(error) });
+            if (protocolUnsupported(error)) noteProtocolRefused(to, CUSTODY_PROTOCOL, error);
+            else if (!stopped) log[notDialableYet(error) ? 'info' : 'warn']('custody messages not delivered', { to, messages: messages.length, error: errorText(error) });
           })
           .finally(() => {
             sendsInFlight--;
@@ -834,6 +871,11 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       return lagRefusal();
     },
     onViewChanged(view) {
+      // A peer restarted (maybe upgraded) or gone: what it refused is logged again if it still does.
+      for (const key of protocolsRefused) {
+        const [peerId] = key.split(' ');
+        if (!view.some((m) => m.peerId === peerId && members.some((old) => old.peerId === peerId && old.incarnation === m.incarnation))) protocolsRefused.delete(key);
+      }
       members = view;
       for (const m of view) {
         if (m.status !== 'alive' || m.peerId === init.peerId || sitesHeardSinceStart.has(m.siteName)) continue;

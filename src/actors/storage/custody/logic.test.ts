@@ -1123,3 +1123,37 @@ test("a batch's acknowledgements are one step: each forgiven, the slots they fre
   const answered = run(s, { type: 'replicasAcknowledged', fromPeerId: 'peer-b', acks: [{ sopInstanceUid: '9.99', siteName: 'site-b' }], nowMs: 1 });
   assert.deepEqual(acks(answered.effects).map((e) => e.type === 'ackStore' && e.status), [StoreStatus.Success]);
 });
+
+test('a peer that does not speak the replication protocol (another version) is retried after a back-off doubling to a minute, and at once when it restarts', () => {
+  let s = initCustody({ ...config, debtEntriesMax: 100 }, { digest: createDigest(), debt: [] });
+  const view = (incarnation: number) => [member('peer-a'), { ...member('peer-b'), incarnation }];
+  s = run(s, { type: 'viewChanged', members: view(1), nowMs: 0 }).state;
+  s = store(s, 'r1', 'u1', 0).state;
+  // Every attempt fails at once as the actor reports it: the protocol refused, then each copy failed.
+  const attempts: number[] = [];
+  for (let nowMs = 0; nowMs <= 240_000; nowMs += 250) {
+    const step = run(s, { type: 'tick', nowMs });
+    s = step.state;
+    const sent = step.effects.filter((e) => e.type === 'replicate');
+    if (sent.length === 0) continue;
+    attempts.push(nowMs);
+    s = run(s, { type: 'peerLacksProtocol', peerId: 'peer-b', nowMs }, ...sent.map((e): CustodyInput => ({ type: 'replicationFailed', sopInstanceUid: e.type === 'replicate' ? e.sopInstanceUid : '', toSiteName: 'site-b', nowMs }))).state;
+  }
+  const gaps = attempts.slice(1).map((t, i) => t - attempts[i]!);
+  // The store's copy was left unanswered (re-offered after replicationRetryMs); from its refusal on, 1 s, 2 s, ... 60 s apart.
+  assert.deepEqual(gaps, [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000], `retries at ${attempts.join(', ')}`);
+  assert.ok(attempts.length <= 12, `${attempts.length} attempts in 4 minutes (every tick before: 960)`);
+  // The peer restarts (with a build that speaks it): its copies go at the view that shows the new incarnation.
+  const restarted = run(s, { type: 'viewChanged', members: view(2), nowMs: 240_100 });
+  assert.deepEqual(restarted.effects.filter((e) => e.type === 'replicate').map((e) => e.type === 'replicate' && e.sopInstanceUid), ['u1']);
+  // A copy acknowledged by the peer ends its back-off too (it speaks the protocol again).
+  s = run(s, { type: 'peerLacksProtocol', peerId: 'peer-b', nowMs: 240_200 }).state;
+  assert.ok(s.replicationBackOff.has('peer-b'));
+  s = run(s, { type: 'replicasAcknowledged', fromPeerId: 'peer-b', acks: [{ sopInstanceUid: 'u9', siteName: 'site-b' }], nowMs: 240_300 }).state;
+  assert.equal(s.replicationBackOff.size, 0);
+  // Ordinary failures (a dropped connection) are not backed off: the copy is offered again at the next tick.
+  let t = initCustody({ ...config, debtEntriesMax: 100 }, { digest: createDigest(), debt: [] });
+  t = run(t, { type: 'viewChanged', members: view(1), nowMs: 0 }).state;
+  t = run(store(t, 'r1', 'u1', 0).state, { type: 'replicationFailed', sopInstanceUid: 'u1', toSiteName: 'site-b', nowMs: 10 }).state;
+  assert.equal(run(t, { type: 'tick', nowMs: 250 }).effects.filter((e) => e.type === 'replicate').length, 1);
+});

@@ -18,6 +18,8 @@ import {
 import {
   repairLeafBucketsMax,
   repairLeavesKeysPerBucketMinDefault,
+  replicationBackOffMaxMsDefault,
+  replicationBackOffMinMsDefault,
   siteClaimConfirmMsDefault,
   storeSettleAfterStartMsDefault,
   StoreStatus,
@@ -120,6 +122,12 @@ export interface CustodyState {
   /** false while the local store refuses writes: no repair exchange, no pull (see storeWritableChanged). */
   storeWritable: boolean;
   /**
+   * Peers that refused the replication protocol (see 'peerLacksProtocol'), by peerId: no copies go to them
+   * before `untilMs`. Dropped when the peer leaves the view, restarts (another incarnation) or acknowledges
+   * a copy. Volatile; at most one per member.
+   */
+  readonly replicationBackOff: Map<string, { readonly incarnation: number; readonly delayMs: number; readonly untilMs: number }>;
+  /**
    * When a due repair first waited for pushed copies to pause (undefined once they do): from
    * repairQuietOverrideFactor x repairQuietMs later, repair no longer waits for them.
    */
@@ -193,6 +201,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     lastPushedCopyAtMs: Number.NEGATIVE_INFINITY,
     copiesIncoming: new Map(),
     storeWritable: true,
+    replicationBackOff: new Map(),
     repairDeferredSinceMs: undefined,
   };
 }
@@ -234,6 +243,8 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       state.members = input.members;
       state.viewAtMs = input.nowMs;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
+      // A restart (another build, maybe) ends a back-off at once: its copies go at this drain.
+      for (const [peerId, backOff] of state.replicationBackOff) if (!input.members.some((m) => m.peerId === peerId && m.incarnation === backOff.incarnation)) state.replicationBackOff.delete(peerId);
       updateKnownSites(state, input.nowMs, effects);
       answerUnreachableQuorums(state, input.nowMs, effects);
       drainDebt(state, input.nowMs, effects);
@@ -262,6 +273,7 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       break;
     }
     case 'replicasAcknowledged': {
+      state.replicationBackOff.delete(input.fromPeerId);
       let freed = false;
       for (const ack of input.acks) freed = takeReplicaAck(state, input.fromPeerId, ack.sopInstanceUid, ack.siteName, input.nowMs, effects) || freed;
       // The slots freed, refilled together (see onReplicaAck).
@@ -282,6 +294,9 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       else state.replicationsInFlight.delete(key);
       break;
     }
+    case 'peerLacksProtocol':
+      backOffReplication(state, input.peerId, input.nowMs);
+      break;
     case 'forgetSiteRequested':
       if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
         const change = noSitesChange();
@@ -978,6 +993,26 @@ function onTick(state: CustodyState, nowMs: number, effects: CustodyEffect[]): v
 }
 
 /**
+ * A refusal while the peer's back-off runs is another batch of the same attempt; the first after it ran out
+ * doubles it, up to replicationBackOffMaxMs.
+ */
+function backOffReplication(state: CustodyState, peerId: string, nowMs: number): void {
+  const incarnation = state.members.find((m) => m.peerId === peerId)?.incarnation;
+  if (incarnation === undefined) return;
+  const c = state.config;
+  const previous = state.replicationBackOff.get(peerId);
+  if (previous !== undefined && previous.incarnation === incarnation && nowMs < previous.untilMs) return;
+  const minMs = c.replicationBackOffMinMs ?? replicationBackOffMinMsDefault;
+  const delayMs = previous === undefined || previous.incarnation !== incarnation ? minMs : Math.min(previous.delayMs * 2, c.replicationBackOffMaxMs ?? replicationBackOffMaxMsDefault);
+  state.replicationBackOff.set(peerId, { incarnation, delayMs, untilMs: nowMs + delayMs });
+}
+
+/** Whether copies to `peerId` wait for its back-off (see 'peerLacksProtocol'). */
+export function replicationBackedOff(state: CustodyState, peerId: string, nowMs: number): boolean {
+  return nowMs < (state.replicationBackOff.get(peerId)?.untilMs ?? Number.NEGATIVE_INFINITY);
+}
+
+/**
  * Offers owed copies to sites that are alive, oldest debt first, within the in-flight bound, leaving a
  * quarter of it to each other alive site: the copies to a site that refuses or stalls (a full disk) took
  * every slot, being the oldest debt, and a new store's copy to a healthy site waited behind them until its
@@ -996,6 +1031,7 @@ function drainDebt(state: CustodyState, nowMs: number, effects: CustodyEffect[])
     if (siteName !== undefined) inFlightBySite.set(siteName, (inFlightBySite.get(siteName) ?? 0) + 1);
   }
   for (const { siteName, peerId } of targets) {
+    if (replicationBackedOff(state, peerId, nowMs)) continue;
     let inFlight = inFlightBySite.get(siteName) ?? 0;
     // Oldest first; the entries skipped are those in flight, at most replicationsInFlightMax.
     for (const [key, entry] of state.debtBySite.get(siteName) ?? []) {

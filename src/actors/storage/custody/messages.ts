@@ -107,7 +107,20 @@ export interface CustodyConfig {
    * storeSettleAfterStartMsDefault.
    */
   readonly storeSettleAfterStartMs?: number;
+  /**
+   * A peer that does not speak the replication protocol (another version, during a rolling upgrade) is sent
+   * no copies for this long after the first refusal, twice as long after each refusal that follows, up to
+   * replicationBackOffMaxMs, until it restarts (a new incarnation) or acknowledges a copy. Defaults
+   * replicationBackOffMinMsDefault and replicationBackOffMaxMsDefault.
+   */
+  readonly replicationBackOffMinMs?: number;
+  readonly replicationBackOffMaxMs?: number;
 }
+
+/** See CustodyConfig.replicationBackOffMinMs. */
+export const replicationBackOffMinMsDefault = 1_000;
+/** See CustodyConfig.replicationBackOffMaxMs: a minute between attempts at a peer of another version. */
+export const replicationBackOffMaxMsDefault = 60_000;
 
 /** See CustodyConfig.siteClaimConfirmMs. */
 export const siteClaimConfirmMsDefault = 6000;
@@ -217,6 +230,13 @@ export type CustodyInput =
       readonly retryLater?: boolean;
       readonly nowMs: number;
     }
+  /**
+   * A peer refused the replication protocol itself (it speaks another version: multistream-select found no
+   * match), so every copy to it fails at once: no copies go to it for a back-off that doubles with each
+   * refusal (see CustodyConfig.replicationBackOffMinMs). Before, the drain offered them again at every tick,
+   * ~6 streams a second per peer for as long as the versions differed.
+   */
+  | { readonly type: 'peerLacksProtocol'; readonly peerId: string; readonly nowMs: number }
   /**
    * The operator decommissioned a site (POST /api/forget-site): forget it now, with the copies owed to it,
    * as knownSiteForgetAfterMs of silence would. Ignored while one of its peers is alive (it would be
