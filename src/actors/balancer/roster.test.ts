@@ -138,6 +138,26 @@ test('a peer that lost its site name to a peer started first leaves every roster
   }
 });
 
+test('a stopped twin learnt late (its last heartbeats relayed after its stop, before the keeper was confirmed here) leaves once the keeper is', () => {
+  const confirmMs = 6000;
+  const self = memberRecord('peer-c', { siteName: 'site-c' });
+  const keeper = (statusSinceMs: number): MemberRecord => memberRecord('peer-b', { siteName: 'site-b', incarnation: 100, statusSinceMs, addresses: { dicom: 'b:1', http: 'b:1h', aeTitle: 'A' } });
+  const twin = (status: MemberStatus): MemberRecord => memberRecord('peer-b2', { siteName: 'site-b', incarnation: 200, status, addresses: { dicom: 'b:2', http: 'b:2h', aeTitle: 'A' } });
+  // peer-c started at 10 000 and heard both at once; the twin is dead again a few seconds later.
+  let u = learnRoster(new Map(), [self, keeper(10_000), twin('alive')], 'peer-c', 10_500, forgetAfterMs, new Set(), confirmMs);
+  assert.equal(u.peers.get('peer-b2')?.siteLostTo, undefined);
+  u = learnRoster(u.peers, [self, keeper(10_000), twin('dead')], 'peer-c', 14_000, forgetAfterMs, new Set(), confirmMs);
+  assert.ok(u.peers.has('peer-b2'), 'the keeper is not confirmed yet: kept');
+  u = learnRoster(u.peers, [self, keeper(10_000), twin('dead')], 'peer-c', 16_000, forgetAfterMs, new Set(), confirmMs);
+  assert.deepEqual(u.ofLostSiteClaims, [{ peer: 'peer-b2', site: 'site-b', to: 'peer-b' }]);
+  assert.deepEqual([...u.peers.keys()].sort(), ['peer-b', 'peer-c']);
+  // A dead peer of a moved site (started first, at its old address) is no twin of its successor: kept.
+  const moved = learnRoster(new Map(), [self, keeper(0)], 'peer-c', 20_000, forgetAfterMs, new Set(), confirmMs);
+  const later = learnRoster(moved.peers, [self, twin('alive'), { ...keeper(0), status: 'dead' }], 'peer-c', 30_000, forgetAfterMs, new Set(), confirmMs);
+  assert.deepEqual(later.ofLostSiteClaims, []);
+  assert.ok(later.peers.has('peer-b'));
+});
+
 test('no peer is marked as having lost its site name where membership would not stop it', () => {
   const confirmMs = 6000;
   const at = (peerId: string, dicom: string, incarnation: number, extra: Partial<MemberRecord> = {}): MemberRecord =>

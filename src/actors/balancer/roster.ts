@@ -53,7 +53,8 @@ export interface RosterUpdate {
  *
  * A peer seen alive losing its site name to another (membership's rule, keepsSiteAgainst, with the keeper
  * alive for `siteClaimConfirmMs` without a break, as siteConflictsOf counts a claim) is marked, and taken
- * out once it is not up: it stops with exit 2 and never votes again, so leaving it out of some rosters and
+ * out once it is not up (so is a dead one that loses it now, never marked: seen alive only before the
+ * keeper's claim was confirmed here): it stops with exit 2 and never votes again, so leaving it out of some rosters and
  * not others lets no two majorities form (a majority of the roster with it, without its vote, is one of the
  * roster without it). Kept, it counted against the majority for rosterForgetAfterMs (hunt 109: three sites
  * and such a ghost in the rosters of some, and no leader after the leader's kill -9).
@@ -93,16 +94,24 @@ export function learnRoster(
       replaced.push({ peer: peerId, by: m.peerId, site: m.siteName, dicom: m.addresses.dicom });
     }
   }
+  // A peer not up losing its claim now counts too: a peer that joined late can learn a stopped twin from its
+  // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
+  const lostSiteTo = new Map<string, string>();
+  for (const m of members) {
+    const keeper = m.status === 'dead' ? siteKeeperAgainst(m, members, nowMs, siteClaimConfirmMs) : undefined;
+    if (keeper !== undefined) lostSiteTo.set(m.peerId, keeper.peerId);
+  }
   const ofForgottenSites: Array<{ peer: string; site: string }> = [];
   const ofLostSiteClaims: Array<{ peer: string; site: string; to: string }> = [];
   for (const [peerId, entry] of next) {
     if (peerId === selfPeerId) continue;
+    const lostTo = entry.siteLostTo ?? lostSiteTo.get(peerId);
     if (nowMs - entry.seenAtMs >= forgetAfterMs) {
       next.delete(peerId);
       forgotten.push({ peer: peerId, absentMs: nowMs - entry.seenAtMs });
-    } else if (entry.siteLostTo !== undefined && !up.has(peerId)) {
+    } else if (lostTo !== undefined && !up.has(peerId)) {
       next.delete(peerId);
-      ofLostSiteClaims.push({ peer: peerId, site: entry.site ?? '', to: entry.siteLostTo });
+      ofLostSiteClaims.push({ peer: peerId, site: entry.site ?? '', to: lostTo });
     } else if (entry.site !== null && forgottenSites.has(entry.site) && !up.has(peerId)) {
       next.delete(peerId);
       ofForgottenSites.push({ peer: peerId, site: entry.site });
