@@ -13,7 +13,8 @@
  * The roster (whose strict majority elects a leader) is formed here, see docs/mesh-algorithms.md
  * ("The roster in a real deployment"): the `roster` option when given (pinned), otherwise self plus every
  * peer ever seen alive, persisted in `<dataDir>/balancer-roster.json` with its site and DICOM address,
- * replaced by a successor at that address, and forgotten after `rosterForgetAfterMs` of absence (the rules
+ * replaced by a successor at that address, taken out once stopped for a copied --site, and forgotten after
+ * `rosterForgetAfterMs` of absence (the rules
  * are in roster.ts). A started (or restarted) balancer does not run for `settleMs`, so it
  * learns the view, the roster and the current term before it can split a vote.
  *
