@@ -2,7 +2,8 @@
  * A copied --site: a second live peer claiming a site name at another DICOM address stops with a message
  * naming the site, the peer holding it, its address and the way out, while the holder serves on and
  * shows the conflict; a site that moved to another address on an empty disk after its process died
- * (a new PeerId, its predecessor's heartbeats still in gossip caches) keeps running.
+ * (a new PeerId, its predecessor's heartbeats still in gossip caches) keeps running. The stopped twin leaves
+ * the election rosters, so it never keeps the survivors of a leader's kill -9 from electing one.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
