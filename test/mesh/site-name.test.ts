@@ -2,7 +2,8 @@
  * A copied --site: a second live peer claiming a site name at another DICOM address stops with a message
  * naming the site, the peer holding it, its address and the way out, while the holder serves on and
  * shows the conflict; a site that moved to another address on an empty disk after its process died
- * (a new PeerId, its predecessor's heartbeats still in gossip caches) keeps running.
+ * (a new PeerId, its predecessor's heartbeats still in gossip caches) keeps running. The stopped twin leaves
+ * the election rosters, so it never keeps the survivors of a leader's kill -9 from electing one.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -55,4 +56,36 @@ test('a second peer under a site name held at another address stops (exit 2, nam
   assert.equal(moved.process.hasExited, false, `the moved site stopped:\n${moved.output().slice(-3000)}`);
   assert.deepEqual(await conflictsAt(a), [], 'no conflict for a dead predecessor');
   assert.equal((await a.status()).members?.find((m) => m.peerId === movedPeerId)?.alive, true, 'the moved site is alive at site-a');
+});
+
+test('a peer stopped for a copied --site leaves the rosters: after a kill -9 of the leader, the two survivors elect one (hunt 109)', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  // site-a leads; of the survivors, site-b (which sees the twin) is the rule's winner: before, it needed 3 of 4 voters and never ran.
+  const a = await cluster.start('site-a', { extraArgs: ['--priority', '1'] });
+  const b = await cluster.start('site-b', { extraArgs: ['--priority', '2'] });
+  await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await b.status()).members));
+  const twin = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-copy'), extraArgs: ['--priority', '2'] });
+  const twinPeerId = (await twin.status()).self.peerId!;
+  const exit = await Promise.race([twin.process.exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+  assert.deepEqual(exit, { code: 2, signal: null }, `the twin stops:\n${twin.output().slice(-3000)}`);
+  const votersAt = async (peer: typeof a): Promise<string[]> => ((await peer.status()).balancer?.rosterMembers ?? []).map((m) => m.peerId);
+  await eventually(
+    async () => !(await votersAt(a)).includes(twinPeerId) && !(await votersAt(b)).includes(twinPeerId),
+    20_000,
+    async () => `the twin ${twinPeerId} is still a voter: site-a ${JSON.stringify(await votersAt(a))}, site-b ${JSON.stringify(await votersAt(b))}\n${b.output().slice(-2000)}`,
+  );
+  assert.match(b.output(), /roster forgot a peer that stopped for a copied --site/, 'said in the log');
+  const c = await cluster.start('site-c', { extraArgs: ['--priority', '3'] });
+  await eventually(async () => (await c.status()).balancer?.roster === 3 && (await b.status()).balancer?.roster === 3, 20_000, async () => `rosters: site-b ${JSON.stringify(await votersAt(b))}, site-c ${JSON.stringify(await votersAt(c))}`);
+  await eventually(async () => (await b.status()).leader?.site === 'site-a' && (await c.status()).leader?.site === 'site-a', 20_000, async () => JSON.stringify((await c.status()).leader));
+
+  await a.kill9();
+  await eventually(
+    async () => {
+      const [lb, lc] = [(await b.status()).leader, (await c.status()).leader];
+      return lb?.site === 'site-b' && lc?.site === 'site-b' && lb.term === lc.term;
+    },
+    20_000,
+    async () => `no leader after the kill: site-b ${JSON.stringify((await b.status()).leader)}, site-c ${JSON.stringify((await c.status()).leader)}\n${b.output().slice(-2000)}`,
+  );
 });

@@ -73,6 +73,8 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
       node,
       peerId: node.peerId,
       siteName: site,
+      // Several peers of one site on purpose: a later one is no copied --site, leaving the rosters once it stops.
+      siteShared: true,
       priority: 100,
       dataDir: dir,
       addresses: { dicom: dicom ?? `127.0.0.1:${10000 + nextDicomPort++}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },

@@ -13,7 +13,8 @@
  * The roster (whose strict majority elects a leader) is formed here, see docs/mesh-algorithms.md
  * ("The roster in a real deployment"): the `roster` option when given (pinned), otherwise self plus every
  * peer ever seen alive, persisted in `<dataDir>/balancer-roster.json` with its site and DICOM address,
- * replaced by a successor at that address, and forgotten after `rosterForgetAfterMs` of absence (the rules
+ * replaced by a successor at that address, taken out once stopped for a copied --site, and forgotten after
+ * `rosterForgetAfterMs` of absence (the rules
  * are in roster.ts). A started (or restarted) balancer does not run for `settleMs`, so it
  * learns the view, the roster and the current term before it can split a vote.
  *
@@ -410,9 +411,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, learnt, forgotten, replaced, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites);
+    const { peers, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites, membership.siteClaimConfirmMs);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
-    const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
+    const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofLostSiteClaims.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
       try {
         await persistRoster(peers);
@@ -426,6 +427,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       for (const r of replaced) log.warn('roster replaced a peer by its successor (same site and DICOM address, new PeerId)', { peer: r.peer, by: r.by, memberSite: r.site, dicom: r.dicom });
       for (const f of forgotten) log.warn('roster forgot a long-absent peer', f);
       for (const f of ofForgottenSites) log.warn('roster forgot a peer of a forgotten site', { peer: f.peer, memberSite: f.site });
+      for (const f of ofLostSiteClaims) log.warn('roster forgot a peer that stopped for a copied --site (its site name is held by a peer that started first)', { peer: f.peer, memberSite: f.site, heldBy: f.to });
       return { peers, persistedAtMs: nowMs };
     }
     return { peers, persistedAtMs: roster.persistedAtMs };

@@ -44,6 +44,7 @@ function stubMembership(members: MemberRecord[]): MembershipService {
     onViewChanged: () => undefined,
     updateLocalStats: () => undefined,
     siteConflicts: () => [],
+    siteClaimConfirmMs: 6000,
     setElectable: () => undefined,
     incarnation: 1,
     crashForTest: () => undefined,

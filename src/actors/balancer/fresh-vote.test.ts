@@ -47,6 +47,7 @@ test('a request for votes handled first by a fresh balancer (after a restart) is
     liveMembers: () => members,
     onViewChanged: () => undefined,
     setElectable: () => undefined,
+    siteClaimConfirmMs: 6000,
   } as unknown as MembershipService;
   const requestFrom = (candidateId: string, term: number): void => {
     const stream = {

@@ -110,6 +110,78 @@ test('the peers of forgotten sites leave the roster at every update once they ar
   assert.deepEqual([back.ofForgottenSites, back.learnt.map((m) => m.peerId)], [[], ['peer-x2']]);
 });
 
+test('a peer that lost its site name to a peer started first leaves every roster that saw it lose, once it has stopped (hunt 109: no leader after a kill -9)', () => {
+  const confirmMs = 6000;
+  // X1 and X2 run; a copy of X2's --site starts at another address later (incarnation 200 > 100), and stops with exit 2 about 9 s after it hears X2.
+  const x1 = memberRecord('peer-x1', { siteName: 'site-1', incarnation: 100, addresses: { dicom: 'h:1', http: 'h:1h', aeTitle: 'A' } });
+  const x2 = memberRecord('peer-x2', { siteName: 'site-2', incarnation: 100, addresses: { dicom: 'h:2', http: 'h:2h', aeTitle: 'A' } });
+  const twin = (status: MemberStatus, statusSinceMs = 1000): MemberRecord =>
+    memberRecord('peer-twin', { siteName: 'site-2', incarnation: 200, status, statusSinceMs, addresses: { dicom: 'h:3', http: 'h:3h', aeTitle: 'A' } });
+  // At X1 (X2 heard alive since 1000 ms) and at X2 itself (self counts at once, statusSinceMs 0).
+  for (const [self, x2Since] of [['peer-x1', 1000], ['peer-x2', 0]] as const) {
+    const view = (twinStatus: MemberStatus): MemberRecord[] => [{ ...x1, statusSinceMs: self === 'peer-x1' ? 0 : 1000 }, { ...x2, statusSinceMs: x2Since }, twin(twinStatus)];
+    let peers: RosterPeers = learnRoster(new Map(), view('alive'), self, 2000, forgetAfterMs, new Set(), confirmMs).peers;
+    if (self === 'peer-x1') assert.equal(peers.get('peer-twin')?.siteLostTo, undefined, "X2's claim is not confirmed yet");
+    const seen = learnRoster(peers, view('alive'), self, 7000, forgetAfterMs, new Set(), confirmMs);
+    assert.equal(seen.peers.get('peer-twin')?.siteLostTo, 'peer-x2', self);
+    assert.equal(seen.detailsChanged, true, `${self}: the mark is persisted at once`);
+    assert.equal(seen.peers.get('peer-x2')?.siteLostTo, undefined, `${self}: the keeper is not marked`);
+    peers = seen.peers;
+    // Suspect: it may still be up, kept. Dead (it stopped): out, though seen 3 s ago, not after 24 h.
+    peers = learnRoster(peers, view('suspect'), self, 9000, forgetAfterMs, new Set(), confirmMs).peers;
+    assert.ok(peers.has('peer-twin'), `${self}: kept while suspect`);
+    const gone = learnRoster(peers, view('dead'), self, 10_000, forgetAfterMs, new Set(), confirmMs);
+    assert.deepEqual(gone.ofLostSiteClaims, [{ peer: 'peer-twin', site: 'site-2', to: 'peer-x2' }], self);
+    assert.deepEqual([...gone.peers.keys()].sort(), ['peer-x1', 'peer-x2'], `${self}: the twin no longer counts against the majority`);
+    // Started again (the same copied --site): learnt again while it runs, as any alive peer.
+    assert.deepEqual(learnRoster(gone.peers, view('alive'), self, 11_000, forgetAfterMs, new Set(), confirmMs).learnt.map((m) => m.peerId), ['peer-twin']);
+  }
+});
+
+test('a stopped twin learnt late (its last heartbeats relayed after its stop, before the keeper was confirmed here) leaves once the keeper is', () => {
+  const confirmMs = 6000;
+  const self = memberRecord('peer-c', { siteName: 'site-c' });
+  const keeper = (statusSinceMs: number): MemberRecord => memberRecord('peer-b', { siteName: 'site-b', incarnation: 100, statusSinceMs, addresses: { dicom: 'b:1', http: 'b:1h', aeTitle: 'A' } });
+  const twin = (status: MemberStatus): MemberRecord => memberRecord('peer-b2', { siteName: 'site-b', incarnation: 200, status, addresses: { dicom: 'b:2', http: 'b:2h', aeTitle: 'A' } });
+  // peer-c started at 10 000 and heard both at once; the twin is dead again a few seconds later.
+  let u = learnRoster(new Map(), [self, keeper(10_000), twin('alive')], 'peer-c', 10_500, forgetAfterMs, new Set(), confirmMs);
+  assert.equal(u.peers.get('peer-b2')?.siteLostTo, undefined);
+  u = learnRoster(u.peers, [self, keeper(10_000), twin('dead')], 'peer-c', 14_000, forgetAfterMs, new Set(), confirmMs);
+  assert.ok(u.peers.has('peer-b2'), 'the keeper is not confirmed yet: kept');
+  u = learnRoster(u.peers, [self, keeper(10_000), twin('dead')], 'peer-c', 16_000, forgetAfterMs, new Set(), confirmMs);
+  assert.deepEqual(u.ofLostSiteClaims, [{ peer: 'peer-b2', site: 'site-b', to: 'peer-b' }]);
+  assert.deepEqual([...u.peers.keys()].sort(), ['peer-b', 'peer-c']);
+  // A dead peer of a moved site (started first, at its old address) is no twin of its successor: kept.
+  const moved = learnRoster(new Map(), [self, keeper(0)], 'peer-c', 20_000, forgetAfterMs, new Set(), confirmMs);
+  const later = learnRoster(moved.peers, [self, twin('alive'), { ...keeper(0), status: 'dead' }], 'peer-c', 30_000, forgetAfterMs, new Set(), confirmMs);
+  assert.deepEqual(later.ofLostSiteClaims, []);
+  assert.ok(later.peers.has('peer-b'));
+});
+
+test('no peer is marked as having lost its site name where membership would not stop it', () => {
+  const confirmMs = 6000;
+  const at = (peerId: string, dicom: string, incarnation: number, extra: Partial<MemberRecord> = {}): MemberRecord =>
+    memberRecord(peerId, { siteName: 'site-b', incarnation, addresses: { dicom, http: `${dicom}h`, aeTitle: 'A' }, ...extra });
+  const self = memberRecord('peer-a', { siteName: 'site-a' });
+  const marked = (members: MemberRecord[], nowMs = 10_000): string[] =>
+    [...learnRoster(new Map(), [self, ...members], 'peer-a', nowMs, forgetAfterMs, new Set(), confirmMs).peers].filter(([, e]) => e.siteLostTo !== undefined).map(([peerId]) => peerId);
+  const keeper = at('peer-b', 'b:1', 100);
+  assert.deepEqual(marked([keeper, at('peer-b2', 'b:2', 200)]), ['peer-b2'], 'the control: a later twin at another address');
+  assert.deepEqual(marked([keeper, at('peer-b2', 'b:2', 200)], 5999), [], 'the keeper alive for less than confirmMs (a dead predecessor\'s late heartbeats)');
+  assert.deepEqual(marked([{ ...keeper, status: 'suspect' }, at('peer-b2', 'b:2', 200)]), [], 'the keeper suspect');
+  assert.deepEqual(marked([keeper, at('peer-b2', 'b:1', 200)]), [], 'the same DICOM address: a restart, not a conflict');
+  assert.deepEqual(marked([keeper, at('peer-b2', 'b:2', 200, { siteShared: true })]), [], 'a peer told --site-peers several never stops');
+  assert.deepEqual(marked([{ ...keeper, siteShared: true }, at('peer-b2', 'b:2', 200, { siteShared: true })]), [], 'both told the site has several peers');
+  assert.deepEqual(marked([keeper, at('peer-b2', 'b:2', 100)]), ['peer-b2'], 'one start date: the higher PeerId stops');
+  // The keeper gone while the twin runs on: the twin keeps the site, and its mark goes.
+  const first = learnRoster(new Map(), [self, keeper, at('peer-b2', 'b:2', 200)], 'peer-a', 10_000, forgetAfterMs, new Set(), confirmMs);
+  const after = learnRoster(first.peers, [self, { ...keeper, status: 'dead' }, at('peer-b2', 'b:2', 200)], 'peer-a', 11_000, forgetAfterMs, new Set(), confirmMs);
+  assert.equal(after.peers.get('peer-b2')?.siteLostTo, undefined);
+  assert.equal(after.detailsChanged, true);
+  assert.deepEqual(after.ofLostSiteClaims, []);
+  assert.ok(after.peers.has('peer-b'), 'the keeper, dead, stays a voter as any dead peer');
+});
+
 test('forgetRosterPeers takes out only peers that are not up and not self', () => {
   const peers: RosterPeers = new Map([
     ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: 'a' }],
@@ -126,6 +198,8 @@ test('forgetRosterPeers takes out only peers that are not up and not self', () =
 test('the file: version 2 round trip, version 1 read without whereabouts, damage and newer versions refused', () => {
   const peers: RosterPeers = new Map([['peer-a', { seenAtMs: 5, site: 'site-a', dicom: '10.0.0.1:104' }]]);
   assert.deepEqual(decodeRosterFile(JSON.parse(encodeRosterFile(peers))), peers);
+  const marked: RosterPeers = new Map([['peer-t', { seenAtMs: 5, site: 'site-a', dicom: '10.0.0.2:104', siteLostTo: 'peer-a' }]]);
+  assert.deepEqual(decodeRosterFile(JSON.parse(encodeRosterFile(marked))), marked, 'the lost site claim, kept across a restart');
   assert.deepEqual(decodeRosterFile({ version: 1, peers: { 'peer-a': 5, 'peer-b': 7 } }), new Map([
     ['peer-a', { seenAtMs: 5, site: null, dicom: null }],
     ['peer-b', { seenAtMs: 7, site: null, dicom: null }],

@@ -11,7 +11,9 @@
  * Two live peers cannot share a DICOM address (one port, one listener; peers bound to all interfaces
  * advertise their machine's own address), so the same site at the same address is the same peer's successor.
  */
+import { keepsSiteAgainst } from '../membership/logic.ts';
 import type { MemberRecord } from '../membership/messages.ts';
+import { siteClaimConfirmMsDefault } from '../storage/custody/messages.ts';
 
 export interface RosterPeer {
   /** Last time this peer was seen alive (wall clock ms). */
@@ -19,6 +21,11 @@ export interface RosterPeer {
   /** Its site and DICOM address when last seen; null in entries written before they were recorded. */
   readonly site: string | null;
   readonly dicom: string | null;
+  /**
+   * Set while it was last seen alive claiming its site name against a peer that keeps it (an earlier start
+   * at another DICOM address: a copied --site): such a peer stops with exit 2 and never votes again.
+   */
+  readonly siteLostTo?: string;
 }
 
 export type RosterPeers = ReadonlyMap<string, RosterPeer>;
@@ -29,6 +36,8 @@ export interface RosterUpdate {
   readonly forgotten: readonly { readonly peer: string; readonly absentMs: number }[];
   /** Old PeerIds of a site whose new PeerId took their DICOM address. */
   readonly replaced: readonly { readonly peer: string; readonly by: string; readonly site: string; readonly dicom: string }[];
+  /** Peers taken out, once not up, because they had lost their site name to another peer (see RosterPeer.siteLostTo). */
+  readonly ofLostSiteClaims: readonly { readonly peer: string; readonly site: string; readonly to: string }[];
   /** Peers taken out because their site was forgotten (see learnRoster's `forgottenSites`). */
   readonly ofForgottenSites: readonly { readonly peer: string; readonly site: string }[];
   /** A known peer's site or address changed: worth persisting now rather than at the next refresh. */
@@ -41,6 +50,14 @@ export interface RosterUpdate {
  * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
  * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
  * that missed the change (a crash) is put right at the next start.
+ *
+ * A peer seen alive losing its site name to another (membership's rule, keepsSiteAgainst, with the keeper
+ * alive for `siteClaimConfirmMs` without a break, as siteConflictsOf counts a claim) is marked, and taken
+ * out once it is not up (so is a dead one that loses it now, never marked: seen alive only before the
+ * keeper's claim was confirmed here): it stops with exit 2 and never votes again, so leaving it out of some rosters and
+ * not others lets no two majorities form (a majority of the roster with it, without its vote, is one of the
+ * roster without it). Kept, it counted against the majority for rosterForgetAfterMs (hunt 109: three sites
+ * and such a ghost in the rosters of some, and no leader after the leader's kill -9).
  */
 export function learnRoster(
   peers: RosterPeers,
@@ -49,6 +66,7 @@ export function learnRoster(
   nowMs: number,
   forgetAfterMs: number,
   forgottenSites: ReadonlySet<string> = new Set(),
+  siteClaimConfirmMs: number = siteClaimConfirmMsDefault,
 ): RosterUpdate {
   const next = new Map(peers);
   const learnt: MemberRecord[] = [];
@@ -61,10 +79,11 @@ export function learnRoster(
   const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   for (const m of members) {
     if (m.status !== 'alive') continue;
+    const siteLostTo = siteKeeperAgainst(m, members, nowMs, siteClaimConfirmMs)?.peerId;
     const old = next.get(m.peerId);
     if (old === undefined) learnt.push(m);
-    else if (old.site !== m.siteName || old.dicom !== m.addresses.dicom) detailsChanged = true;
-    next.set(m.peerId, { seenAtMs: nowMs, site: m.siteName, dicom: m.addresses.dicom });
+    else if (old.site !== m.siteName || old.dicom !== m.addresses.dicom || old.siteLostTo !== siteLostTo) detailsChanged = true;
+    next.set(m.peerId, { seenAtMs: nowMs, site: m.siteName, dicom: m.addresses.dicom, ...(siteLostTo !== undefined ? { siteLostTo } : {}) });
   }
   for (const m of members) {
     if (m.status !== 'alive') continue;
@@ -75,18 +94,43 @@ export function learnRoster(
       replaced.push({ peer: peerId, by: m.peerId, site: m.siteName, dicom: m.addresses.dicom });
     }
   }
+  // A peer not up losing its claim now counts too: a peer that joined late can learn a stopped twin from its
+  // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
+  const lostSiteTo = new Map<string, string>();
+  for (const m of members) {
+    const keeper = m.status === 'dead' ? siteKeeperAgainst(m, members, nowMs, siteClaimConfirmMs) : undefined;
+    if (keeper !== undefined) lostSiteTo.set(m.peerId, keeper.peerId);
+  }
   const ofForgottenSites: Array<{ peer: string; site: string }> = [];
+  const ofLostSiteClaims: Array<{ peer: string; site: string; to: string }> = [];
   for (const [peerId, entry] of next) {
     if (peerId === selfPeerId) continue;
+    const lostTo = entry.siteLostTo ?? lostSiteTo.get(peerId);
     if (nowMs - entry.seenAtMs >= forgetAfterMs) {
       next.delete(peerId);
       forgotten.push({ peer: peerId, absentMs: nowMs - entry.seenAtMs });
+    } else if (lostTo !== undefined && !up.has(peerId)) {
+      next.delete(peerId);
+      ofLostSiteClaims.push({ peer: peerId, site: entry.site ?? '', to: lostTo });
     } else if (entry.site !== null && forgottenSites.has(entry.site) && !up.has(peerId)) {
       next.delete(peerId);
       ofForgottenSites.push({ peer: peerId, site: entry.site });
     }
   }
-  return { peers: next, learnt, forgotten, replaced, ofForgottenSites, detailsChanged };
+  return { peers: next, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged };
+}
+
+/**
+ * The alive member, self included, that keeps `m`'s site name against it, when `m` will stop for it: as
+ * membership's checkSiteConflicts decides, a peer told its site has several peers never stops, and a claim
+ * counts once its peer has been alive `confirmMs` without a break (a dead predecessor's late heartbeats
+ * make it alive for moments only).
+ */
+function siteKeeperAgainst(m: MemberRecord, members: readonly MemberRecord[], nowMs: number, confirmMs: number): MemberRecord | undefined {
+  if (m.siteShared === true) return undefined;
+  return members.find(
+    (k) => k.peerId !== m.peerId && k.status === 'alive' && k.siteName === m.siteName && nowMs - k.statusSinceMs >= confirmMs && keepsSiteAgainst(k, m),
+  );
 }
 
 /**
@@ -114,7 +158,7 @@ export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[]
 
 export const ROSTER_FILE_VERSION = 2;
 
-/** The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom}}}`. */
+/** The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?}}}`. */
 export function encodeRosterFile(peers: RosterPeers): string {
   return JSON.stringify({ version: ROSTER_FILE_VERSION, peers: Object.fromEntries(peers) });
 }
@@ -140,7 +184,9 @@ export function decodeRosterFile(value: unknown): Map<string, RosterPeer> {
     const e = entry as Record<string, unknown>;
     if (typeof e.seenAtMs !== 'number' || !Number.isFinite(e.seenAtMs)) throw new Error(`${what} has no last-seen time`);
     const text = (x: unknown): string | null => (typeof x === 'string' ? x : null);
-    peers.set(peerId, { seenAtMs: e.seenAtMs, site: text(e.site), dicom: text(e.dicom) });
+    // siteLostTo is optional within version 2: a version without it reads the file and ignores the field.
+    const siteLostTo = text(e.siteLostTo);
+    peers.set(peerId, { seenAtMs: e.seenAtMs, site: text(e.site), dicom: text(e.dicom), ...(siteLostTo !== null ? { siteLostTo } : {}) });
   }
   return peers;
 }

@@ -29,7 +29,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
-import { initMembership, liveView, stepMembership, viewMembers, type MembershipState } from './logic.ts';
+import { initMembership, liveView, siteConflictConfirmAfterDeadTimes, stepMembership, viewMembers, type MembershipState } from './logic.ts';
 import { heartbeatForgottenSitesMax, membershipTopic, type ForgottenSite, type Heartbeat, type MemberRecord, type MembershipEffect, type PeerAddresses, type PeerLoad, type SiteConflict } from './messages.ts';
 
 export const membershipTimings = {
@@ -128,6 +128,8 @@ export interface MembershipService {
   updateLocalStats(stats: LocalStats): void;
   /** Live peers claiming one site name at several DICOM addresses now (see SiteConflict). */
   siteConflicts(): readonly SiteConflict[];
+  /** How long a peer must have been alive without a break before its claim on a site name counts against another's. */
+  readonly siteClaimConfirmMs: number;
   /** Whether this peer may be elected (the balancer says no while it cannot record a vote). */
   setElectable(electable: boolean): void;
   /** The current incarnation (grows on every start and every actor restart). */
@@ -446,6 +448,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
     members: () => (current ? viewMembers(current, clock.nowMs()) : []),
     liveMembers: () => (current ? liveView(current, clock.nowMs()) : []),
     siteConflicts: () => siteConflicts,
+    siteClaimConfirmMs: siteConflictConfirmAfterDeadTimes * timings.deadAfterMs,
     onViewChanged(listener) {
       listeners.add(listener);
     },
