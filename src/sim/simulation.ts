@@ -373,7 +373,7 @@ export function runSimulation(options: SimOptions): SimResult {
 
   /**
    * As the custody actor: its figures recomputed after every step and given to membership when they
-   * changed (the tombstones to pass on included). Taking them only from statsChanged effects (a change of
+   * changed (the tombstones to pass on included). Taking them only from an effect at a change of
    * the digest) left an operator's forgetting out of the heartbeats until the next instance arrived there.
    */
   const publishStats = (peer: SimPeer, queue: Work[]): void => {
@@ -735,9 +735,6 @@ export function runSimulation(options: SimOptions): SimResult {
         return;
       case 'send':
         network.send(peer.peerId, e.to, { kind: 'custody', message: e.message }, nowMs);
-        return;
-      case 'statsChanged':
-        // Recomputed after every step (publishStats), as the actor does.
         return;
       case 'uidConflict':
         // Every simulated UID has one content: a conflict here is a custody bug.

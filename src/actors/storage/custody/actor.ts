@@ -426,9 +426,6 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           if (viaStreamFrom !== undefined && viaStreamFrom.has(e.to) && e.message.type === 'replicaAck') break;
           enqueueSend(e.to, e.message);
           break;
-        case 'statsChanged':
-          // Stats are recomputed after every step (they include the debt size, which this effect lacks).
-          break;
         case 'uidConflict':
           log.error('a SOP Instance UID holds other bytes at another peer: a modality sent two different instances under one UID; each site keeps the one it stored first', {
             sopInstanceUid: e.sopInstanceUid,

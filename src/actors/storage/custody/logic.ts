@@ -262,13 +262,11 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       pullNext(state, input.nowMs, effects);
       break;
     case 'replicasStored': {
-      let added = false;
       for (const copy of input.copies) {
         if (!state.fetchesInFlight.has(copy.sopInstanceUid)) state.lastPushedCopyAtMs = input.nowMs;
-        added = holdReplica(state, copy.sopInstanceUid, copy.sha256) || added;
+        holdReplica(state, copy.sopInstanceUid, copy.sha256);
         ackReplica(state, copy.sopInstanceUid, copy.fromPeerId, effects);
       }
-      if (added) pushStats(state, effects);
       pullNext(state, input.nowMs, effects);
       break;
     }
@@ -679,7 +677,7 @@ function onLocalWriteDone(
     effects.push(ackOf(requestId, store.sopInstanceUid, StoreStatus.OutOfResources, 0, []));
     return;
   }
-  if (digestAdd(state.digest, store.sopInstanceUid, store.sha256)) pushStats(state, effects);
+  digestAdd(state.digest, store.sopInstanceUid, store.sha256);
   for (const siteName of otherKnownSites(state)) {
     const key = debtKey(store.sopInstanceUid, siteName);
     if (state.debt.has(key)) continue;
@@ -739,16 +737,16 @@ function onReplicaStored(
   fromPeerId: string,
   effects: CustodyEffect[],
 ): void {
-  if (holdReplica(state, sopInstanceUid, sha256)) pushStats(state, effects);
+  holdReplica(state, sopInstanceUid, sha256);
   ackReplica(state, sopInstanceUid, fromPeerId, effects);
 }
 
-/** A stored copy is held from now on; returns whether it is new here (the figures for the heartbeat changed). */
-function holdReplica(state: CustodyState, sopInstanceUid: string, sha256: string): boolean {
+/** A stored copy is held from now on. */
+function holdReplica(state: CustodyState, sopInstanceUid: string, sha256: string): void {
   state.fetchesInFlight.delete(sopInstanceUid);
   state.pullQueue.delete(sopInstanceUid);
   state.copiesIncoming.delete(sopInstanceUid);
-  return digestAdd(state.digest, sopInstanceUid, sha256);
+  digestAdd(state.digest, sopInstanceUid, sha256);
 }
 
 function ackReplica(state: CustodyState, sopInstanceUid: string, fromPeerId: string, effects: CustodyEffect[]): void {
@@ -1093,10 +1091,6 @@ export function custodyStats(state: CustodyState): { instanceCount: number; dige
 function tombstonesToPassOn(state: CustodyState): readonly ForgottenSite[] {
   state.tombstonesPassedOn ??= [...state.forgottenSites].sort((a, b) => b[1] - a[1]).map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
   return state.tombstonesPassedOn;
-}
-
-function pushStats(state: CustodyState, effects: CustodyEffect[]): void {
-  effects.push({ type: 'statsChanged', ...custodyStats(state) });
 }
 
 /** Whether this peer holds an instance durably (for the front door's duplicate handling and tests). */

@@ -300,13 +300,4 @@ export type CustodyEffect =
    * A peer holds other bytes under a SOP Instance UID than this peer (a modality sent two instances under
    * one UID, each to another site): each keeps the one it stored first; reported once per UID.
    */
-  | { readonly type: 'uidConflict'; readonly sopInstanceUid: string; readonly localSha256: string; readonly peerSha256: string; readonly peerId: string }
-  /** Figures for the next heartbeat (membership's localStatsChanged). */
-  | {
-      readonly type: 'statsChanged';
-      readonly instanceCount: number;
-      readonly digestRoot: string;
-      readonly queuedWork: number;
-      /** Tombstones for the heartbeat (see Heartbeat.forgottenSites), newest first. */
-      readonly forgottenSites: readonly ForgottenSite[];
-    };
+  | { readonly type: 'uidConflict'; readonly sopInstanceUid: string; readonly localSha256: string; readonly peerSha256: string; readonly peerId: string };
