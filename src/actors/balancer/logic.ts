@@ -171,11 +171,6 @@ export function majorityOf(roster: readonly string[]): number {
   return Math.floor(roster.length / 2) + 1;
 }
 
-/** The table the front door should use now (null: serve locally). */
-export function currentTable(state: BalancerState): RoutingTable | null {
-  return state.table;
-}
-
 function compareRank(a: { priority: number; peerId: string }, b: { priority: number; peerId: string }): number {
   if (a.priority !== b.priority) return a.priority - b.priority;
   return a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0;

@@ -1093,11 +1093,6 @@ function tombstonesToPassOn(state: CustodyState): readonly ForgottenSite[] {
   return state.tombstonesPassedOn;
 }
 
-/** Whether this peer holds an instance durably (for the front door's duplicate handling and tests). */
-export function custodyHolds(state: CustodyState, sopInstanceUid: string): boolean {
-  return digestHas(state.digest, sopInstanceUid);
-}
-
 function ackOf(
   requestId: string,
   sopInstanceUid: string,
