@@ -10,7 +10,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it, type TestContext } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { createMeshNode, type MeshNode } from '../../../net/node.ts';
 import { generateSwarmKey } from '../../../net/swarm-key.ts';
 import type { IngestPort } from '../../association/services/deps.ts';
@@ -24,6 +24,7 @@ import { startCustody, type CustodyService, type CustodyTuning } from './actor.t
 import type { ReplicationLimits } from '../replication.ts';
 import { createRemoteRetrieve } from '../remote-retrieve.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
+import { suiteTeardown } from '../../../../test/support/teardown.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
 import { tmpfsOrSkip } from '../../../../test/support/tmpfs.ts';
@@ -49,6 +50,8 @@ class TestMesh {
   private readonly known = new Map<string, { peerId: string; instanceCount: number; digestRoot: string }>();
   private readonly dirs: string[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
+  /** Closed, a test that timed out and runs on can start nothing more in it: nobody would stop it, and the process never exited. */
+  private closed = false;
 
   constructor(private readonly writeQuorum: number | 'auto', private readonly quorumTimeoutMs = 10_000) {}
 
@@ -95,6 +98,10 @@ class TestMesh {
     });
     const site: Site = { name, dir: dataDir, node, store, custody, system };
     this.sites.set(name, site);
+    if (this.closed) {
+      await this.stop(name);
+      throw new Error(`the mesh is closed: ${name} not started`);
+    }
     this.known.set(name, { peerId: node.peerId, ...custody.stats() });
     this.timer ??= setInterval(() => this.refreshViews(), 150);
     this.refreshViews();
@@ -142,6 +149,7 @@ class TestMesh {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.timer !== undefined) clearInterval(this.timer);
     for (const name of [...this.sites.keys()]) await this.stop(name).catch(() => undefined);
     await Promise.allSettled(this.dirs.map((d) => rm(d, { recursive: true, force: true })));
@@ -226,14 +234,11 @@ async function siteBAway(mesh: TestMesh): Promise<{ a: Awaited<ReturnType<TestMe
 }
 
 describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
-  const meshes: TestMesh[] = [];
-  after(async () => {
-    await Promise.allSettled(meshes.map((m) => m.close()));
-  });
+  const teardown = suiteTeardown();
 
   it('write quorum 2: Success only once the other site holds the copy durably, with its catalog data', { timeout: 20_000 }, async () => {
     const mesh = new TestMesh(2);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
@@ -260,7 +265,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('site down: 0xA700 with quorum 2; debt persisted, survives a restart and a crash of custody, drains when the site is back', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh(2, 1000);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     let { a, bDir } = await siteBAway(mesh);
     const uid = newUid();
     const bytes = randomBytes(100_000);
@@ -294,7 +299,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('copies a returning site receives in a batch are taken by custody a commit group at a time, not one step each', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const { a, bDir } = await siteBAway(mesh);
     const count = 40;
     for (let i = 0; i < count; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(20_000))).status, 0);
@@ -315,7 +320,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a --write-quorum above the sites known is a warning at start, and again when the operator forgets a site', { timeout: 20_000 }, async () => {
     const mesh = new TestMesh(2);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const lines: string[] = [];
     const warning = (l: string) => l.startsWith('--write-quorum is above the sites this peer knows of');
     const a = await mesh.start('site-a', undefined, loggingTo(lines));
@@ -330,7 +335,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a restarted site owes copies to the sites it knew, before it hears from them again', { timeout: 25_000 }, async () => {
     const first = new TestMesh('auto');
-    meshes.push(first);
+    await teardown.add(() => first.close());
     const a = await first.start('site-a');
     await first.start('site-b');
     await first.connected('site-a', 'site-b');
@@ -340,7 +345,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await first.stop('site-a');
     // A new mesh emulation: site-a's view starts with itself only, as membership's does after a restart.
     const second = new TestMesh('auto');
-    meshes.push(second);
+    await teardown.add(() => second.close());
     const logged: RecordedLine[] = [];
     const restarted = await second.start('site-a', aDir, recordingLogger([], {}, logged));
     const uid = newUid();
@@ -360,7 +365,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const { a, bDir } = await siteBAway(mesh);
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(100_000))).status, 0, 'alone: quorum 1, a copy owed to site-b');
@@ -381,7 +386,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a site restored from an empty disk refills completely through repair', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
@@ -409,11 +414,11 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('just after its start, a site far behind the others refuses searches (not Success with part of them) until it caught up; a lone site answers', { timeout: 25_000 }, async () => {
     const alone = new TestMesh('auto');
-    meshes.push(alone);
+    await teardown.add(() => alone.close());
     const waiting = await alone.start('site-x', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 60_000 } });
     assert.equal(waiting.custody.searchRefusal(), 'joining the mesh: no other site heard yet: retry', 'told of other sites, none heard yet');
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     assert.equal(a.custody.searchRefusal(), undefined, 'a site given no other sites answers at once');
     for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
@@ -426,7 +431,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a site with a new identity that hears no other site refuses searches for the join wait, beyond the start window, then answers alone', { timeout: 15_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const restored = await mesh.start('site-r', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 300, joinWaitAfterStartMs: 1_500 } });
     await new Promise((resolve) => setTimeout(resolve, 600));
     assert.equal(restored.custody.searchRefusal(), 'joining the mesh: no other site heard yet: retry', 'past the start window, still waiting for a first site');
@@ -435,7 +440,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a site that was alone refuses searches when a site holding more is first heard, as just after a start', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
     await mesh.stop('site-a');
@@ -451,7 +456,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('just after its start, a site restored without --bootstrap refuses searches while a peer that connected to it is not heard yet', { timeout: 15_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const solo = await mesh.start('site-solo', undefined, silentLogger, undefined, { tuning: { viewSettleAfterStartMs: 60_000 } });
     assert.equal(solo.custody.searchRefusal(), undefined, 'alone, it answers');
     // A peer of the mesh reconnecting to it, before its first heartbeat (a bare node never sends one).
@@ -468,7 +473,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('one UID, two contents stored at two sites apart: each keeps its own, both report the conflict once', { timeout: 25_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const linesA: string[] = [];
     const linesB: string[] = [];
     const uid = newUid();
@@ -499,7 +504,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('a first load that fails is retried once custody restarts, instead of hanging the start', { timeout: 10_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     let loads = 0;
     await mesh.start('site-a', undefined, silentLogger, (store) => {
       const listDebt = store.listDebt.bind(store);
@@ -513,7 +518,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('retrieve anywhere: a site resolves and pulls an instance only a peer holds', { timeout: 20_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const uid = newUid();
     const bytes = randomBytes(70_000);
@@ -536,7 +541,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('retrieve anywhere under a burst: a peer whose query slots are all taken is asked again, not counted silent', { timeout: 20_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a', undefined, silentLogger, undefined, { limits: { inboundQueriesMax: 1 } });
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0, 'alone: quorum 1');
@@ -552,7 +557,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
 
   it('retrieve anywhere: a peer that answered and turned suspect before the last answer is not counted as silent', { timeout: 20_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0, 'alone: quorum 1');
