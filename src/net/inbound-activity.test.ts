@@ -59,8 +59,13 @@ async function slowLink(targetPort: number, bytesPerSecond: number, queueBytesMa
     const queue: Buffer[] = [];
     let queued = 0;
     const tickMs = 10;
+    let passedAtMs = performance.now();
     const timer = setInterval(() => {
-      let budget = (bytesPerSecond * tickMs) / 1000;
+      // The bytes due since the last tick, not a tick's worth: on a loaded machine ticks come late, and a
+      // link slowed with them starved the other side of bytes past its silence limit (no real link does).
+      const nowMs = performance.now();
+      let budget = Math.floor((bytesPerSecond * Math.min(nowMs - passedAtMs, 1000)) / 1000);
+      passedAtMs = nowMs;
       while (budget > 0 && queue.length > 0) {
         const head = queue[0]!;
         const piece = head.subarray(0, budget);
