@@ -155,7 +155,9 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
       assert.ok(t === 'local' || t.peerId !== first.peerId);
     }
     // Its site decommissioned: asked at one survivor, every survivor takes it out of its roster (persisted;
-    // helper 64: only the one asked did); a live peer stays.
+    // helper 64: only the one asked did); a live peer stays. Only a dead peer can be forgotten, and a survivor
+    // that found itself stalled (a loaded machine) has it suspect until its silence makes it dead.
+    await waitFor('the stopped leader dead at both survivors', () => survivors.every((p) => p.mesh.membership.members().find((m) => m.peerId === first.peerId)?.status === 'dead'), 10_000);
     for (const p of survivors) {
       assert.equal(p.mesh.balancer.forgetPeer(survivors.find((q) => q !== p)!.node.peerId), 'up');
       assert.equal(p.mesh.balancer.forgetPeer(p.node.peerId), 'self');
