@@ -2,8 +2,8 @@
 import { after, afterEach } from 'node:test';
 
 export interface SuiteTeardown {
-  /** Registers `stop` for the end of the test running; once the suite is over, runs it at once and throws. */
-  add(stop: () => Promise<void> | void): Promise<void>;
+  /** Registers stops for the end of the test running; once the suite is over, runs them at once and throws. */
+  add(...stop: (() => Promise<void> | void)[]): Promise<void>;
   /** Whether the suite is over (a test that timed out runs on: what it starts then has no test to end with). */
   readonly closed: boolean;
 }
@@ -25,8 +25,8 @@ export function suiteTeardown(atClose?: () => Promise<void> | void): SuiteTeardo
     await atClose?.();
   });
   return {
-    async add(stop) {
-      stops.push(stop);
+    async add(...stop) {
+      stops.push(...stop);
       if (closed) {
         // A timed-out test still running: its peer would keep the file's process from ever exiting.
         await runStops();
