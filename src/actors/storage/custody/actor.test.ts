@@ -233,7 +233,9 @@ async function siteBAway(mesh: TestMesh): Promise<{ a: Awaited<ReturnType<TestMe
   return { a, bDir: b.dir };
 }
 
-describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
+// A safety net against a hang, ~3x what the tests need together on a quiet machine: under load they took
+// over 180 s between them, their waits stretching with the loop's lateness (wait.ts).
+describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
   const teardown = suiteTeardown();
 
   it('write quorum 2: Success only once the other site holds the copy durably, with its catalog data', { timeout: 20_000 }, async () => {
