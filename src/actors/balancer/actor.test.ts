@@ -126,12 +126,16 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     const survivors = peers.filter((p) => p !== leaderPeer);
 
     // Routing: same-site peers by weight; 'local' or another live peer's DICOM address.
-    const choices = new Set<string>();
-    for (let i = 0; i < 200; i++) {
-      const t = survivors[0]!.mesh.balancer.chooseTarget();
-      choices.add(t === 'local' ? 'local' : t.peerId);
-    }
-    assert.equal(choices.size, 3, 'all three peers get associations');
+    // Sampled until it holds: on a loaded machine a peer can turn suspect for a moment (a late heartbeat)
+    // and out of the routing until its next one.
+    await waitFor('all three peers get associations', () => {
+      const choices = new Set<string>();
+      for (let i = 0; i < 200; i++) {
+        const t = survivors[0]!.mesh.balancer.chooseTarget();
+        choices.add(t === 'local' ? 'local' : t.peerId);
+      }
+      return choices.size === 3;
+    }, 10_000);
 
     const t0 = Date.now();
     const lag = trackLoopLag();
@@ -371,7 +375,8 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     await waitFor('oversized dropped', () => messages.includes('dropped oversized election message'), 5000);
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(messages.filter((m) => m === 'dropped malformed election message').length, 1, 'only the garbage counts as malformed, one line for five from one sender');
-    assert.ok(agreedLeader([a, b]) !== null, 'the election carries on');
+    // Waited for: on a loaded machine a late heartbeat can start a new term, and the two agree again after it.
+    await waitFor('the election carries on', () => agreedLeader([a, b]) !== null, 10_000);
   });
 
   it('an election message whose frame comes 2.5 s after its stream opened (a slow link) is still taken', { timeout: 90_000 }, async () => {
