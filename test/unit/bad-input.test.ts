@@ -19,6 +19,7 @@ import { AbortReason, AbortSource, DicomApplicationContext, PduFramer, encodePDa
 import { Prng } from '../../src/sim/prng.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { waitFor } from '../support/wait.ts';
+import { trackLoopLag } from '../support/loop-lag.ts';
 import { manualClock } from '../support/manual-clock.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 
@@ -26,19 +27,32 @@ const verification = '1.2.840.10008.1.1';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 
 
-/** Writes raw bytes, then collects the PDUs the peer answers with until it closes, `until` holds, or the wait ends. */
+/**
+ * Writes raw bytes, then collects the PDUs the peer answers with until it closes, `until` holds, or the wait
+ * ends. With `until`, the wait is a safety net, stretched as waitFor's is by the time this process's loop ran
+ * late (the peer runs in it: on a loaded machine 30 s went by before a refusal that takes ~5 s quiet).
+ */
 function exchange(port: number, chunks: Uint8Array[], opts: { waitMs?: number; endAfterWrite?: boolean; until?: (pdus: readonly Pdu[]) => boolean } = {}): Promise<{ pdus: Pdu[]; closedByPeer: boolean }> {
   return new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port });
     const framer = new PduFramer();
     const pdus: Pdu[] = [];
     let closedByPeer = false;
+    const waitMs = opts.waitMs ?? 1500;
+    const lag = opts.until === undefined ? undefined : trackLoopLag();
     const finish = () => {
       clearTimeout(timer);
+      lag?.stop();
       socket.destroy();
       resolve({ pdus, closedByPeer });
     };
-    const timer = setTimeout(finish, opts.waitMs ?? 1500);
+    const startedMs = performance.now();
+    const expire = (): void => {
+      const dueMs = startedMs + waitMs + Math.min(lag?.lateMs() ?? 0, 4 * waitMs);
+      if (performance.now() >= dueMs) finish();
+      else timer = setTimeout(expire, dueMs - performance.now());
+    };
+    let timer = setTimeout(expire, waitMs);
     socket.on('data', (data) => {
       try {
         pdus.push(...framer.push(data));
