@@ -59,8 +59,13 @@ async function slowLink(targetPort: number, bytesPerSecond: number, queueBytesMa
     const queue: Buffer[] = [];
     let queued = 0;
     const tickMs = 10;
+    let passedAtMs = performance.now();
     const timer = setInterval(() => {
-      let budget = (bytesPerSecond * tickMs) / 1000;
+      // The bytes due since the last tick, not a tick's worth: on a loaded machine ticks come late, and a
+      // link slowed with them starved the other side of bytes past its silence limit (no real link does).
+      const nowMs = performance.now();
+      let budget = Math.floor((bytesPerSecond * Math.min(nowMs - passedAtMs, 1000)) / 1000);
+      passedAtMs = nowMs;
       while (budget > 0 && queue.length > 0) {
         const head = queue[0]!;
         const piece = head.subarray(0, budget);
@@ -103,12 +108,12 @@ async function slowLink(targetPort: number, bytesPerSecond: number, queueBytesMa
   };
 }
 
-/** Two mesh nodes whose pings time out after 0.4-0.8 s, so a connection silent for 0.8 s ends; no redials. */
-async function twoNodesBehindASlowLink(bytesPerSecond: number): Promise<{ sender: MeshNode; receiver: MeshNode; link: Awaited<ReturnType<typeof slowLink>>; stop(): Promise<void> }> {
+/** Two mesh nodes whose pings time out after 1-2x pingTimeoutMs (0.4-0.8 s), so a connection silent for twice that ends; no redials. */
+async function twoNodesBehindASlowLink(bytesPerSecond: number, pingTimeoutMs = 400): Promise<{ sender: MeshNode; receiver: MeshNode; link: Awaited<ReturnType<typeof slowLink>>; stop(): Promise<void> }> {
   const swarmKey = generateSwarmKey();
   const dirs: string[] = [];
   const nodes: MeshNode[] = [];
-  const tuning = { pingInterval: 200, pingTimeoutMs: 400, maxStreamWindowSize: 256 * 1024, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000, peerAnnounceIntervalMs: 0 };
+  const tuning = { pingInterval: 200, pingTimeoutMs, maxStreamWindowSize: 256 * 1024, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000, peerAnnounceIntervalMs: 0 };
   const start = async (): Promise<MeshNode> => {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-silence-'));
     dirs.push(dataDir);
@@ -133,8 +138,10 @@ async function twoNodesBehindASlowLink(bytesPerSecond: number): Promise<{ sender
 }
 
 test('a connection whose pings wait behind data on a slow link is kept: bytes arriving prove it alive', { timeout: 60_000 }, async () => {
-  // 256 KiB of window queued at 200 KB/s keeps each ping ~1.3 s behind the data, past its timeout.
-  const { sender, receiver, stop } = await twoNodesBehindASlowLink(200_000);
+  // 256 KiB of window queued at 85 KB/s keeps each ping ~3 s behind the data, past its timeout (1-2 s); the
+  // receiver's window updates (one each half window) come ~1.5 s apart, inside the 2 s silence limit. At
+  // 200 KB/s with a 0.8 s limit they came 0.65 s apart: a loaded machine's late turns used up the 0.15 s left.
+  const { sender, receiver, stop } = await twoNodesBehindASlowLink(85_000, 1000);
   try {
     const received = Promise.withResolvers<number>();
     await receiver.handle('/pacs-mesh/test-slow-link/1', async (stream) => {
@@ -147,7 +154,7 @@ test('a connection whose pings wait behind data on a slow link is kept: bytes ar
     const disconnects: string[] = [];
     sender.onPeerDisconnected((peerId) => disconnects.push(`sender lost ${peerId}`));
     receiver.onPeerDisconnected((peerId) => disconnects.push(`receiver lost ${peerId}`));
-    const body = randomBytes(1024 * 1024);
+    const body = randomBytes(512 * 1024);
     const stream = await sender.openStream(receiver.peerId, '/pacs-mesh/test-slow-link/1');
     const ack = await sendRequest<{ type: 'offer' }, { type: 'ack'; bytes: number }>(stream, { type: 'offer' }, [body], body.byteLength, { signal: AbortSignal.timeout(30_000) });
     assert.deepEqual(ack, { type: 'ack', bytes: body.byteLength });

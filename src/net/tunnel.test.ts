@@ -1,5 +1,5 @@
 import '../polyfill.ts';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -7,6 +7,7 @@ import { generateSwarmKey } from './swarm-key.ts';
 import { openTunnel, startTunnelServer, tunnelledClientOf, watchTunnelledAcceptor, type TunnelClient } from './tunnel.ts';
 import { waitFor } from '../../test/support/wait.ts';
 import { loopbackAddress, testNodes } from '../../test/support/mesh-nodes.ts';
+import { suiteTeardown } from '../../test/support/teardown.ts';
 
 const quiet = { info: () => undefined, warn: () => undefined };
 
@@ -48,13 +49,10 @@ function roundTrip(port: number, payload: Buffer): Promise<{ echoed: Buffer; loc
 }
 
 describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
-  const cleanups: (() => Promise<void> | void)[] = [];
   const nodes = testNodes('pacs-mesh-tunnel-');
   const node = nodes.node;
-  after(async () => {
-    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
-    await nodes.dispose();
-  });
+  // Each test's servers and sockets go when it ends; the nodes, and anything a timed-out test starts late, with the suite.
+  const teardown = suiteTeardown(() => nodes.dispose());
   /** Two nodes of one mesh, connected: a opens tunnels, b serves them. */
   const connectedPair = async () => {
     const key = generateSwarmKey();
@@ -70,7 +68,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
       void openTunnel(a, bPeerId, socket, options).then((t) => finished.push(t.finished));
     });
     const doorPort = await listen(door);
-    cleanups.push(() => void door.close());
+    await teardown.add(() => void door.close());
     return doorPort;
   };
 
@@ -78,9 +76,9 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     const { a, b } = await connectedPair();
 
     const echo = await echoServer();
-    cleanups.push(() => void echo.server.close());
+    await teardown.add(() => void echo.server.close());
     const server = await startTunnelServer({ node: b, localPort: echo.port, log: quiet });
-    cleanups.push(() => server.stop());
+    await teardown.add(() => server.stop());
 
     // Peer a's "front door": every connection goes through a tunnel to b.
     const tunnels: Promise<unknown>[] = [];
@@ -90,7 +88,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
       t.catch(() => socket.destroy());
     });
     const doorPort = await listen(door);
-    cleanups.push(() => void door.close());
+    await teardown.add(() => void door.close());
 
     const small = Buffer.from('A-ASSOCIATE-RQ');
     const r1 = await roundTrip(doorPort, small);
@@ -117,7 +115,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     const deadPort = await listen(unused);
     await new Promise((r) => unused.close(r));
     const server = await startTunnelServer({ node: b, localPort: deadPort, log: quiet });
-    cleanups.push(() => server.stop());
+    await teardown.add(() => server.stop());
 
     const result = new Promise<{ error: Error; data: Buffer }>((resolve) => {
       const door = createServer((socket) => {
@@ -132,7 +130,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
           },
         );
       });
-      cleanups.push(() => void door.close());
+      teardown.add(() => void door.close()).catch(() => undefined);
       void listen(door).then((port) => {
         const client = connect({ port, host: '127.0.0.1' }, () => client.write('hello'));
         client.on('error', () => undefined);
@@ -148,9 +146,9 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
     const { a, b } = await connectedPair();
     // The local DICOM port: an association that says nothing until its client does (as ours do before the A-ASSOCIATE-RQ).
     const echo = await echoServer();
-    cleanups.push(() => void echo.server.close());
+    await teardown.add(() => void echo.server.close());
     const server = await startTunnelServer({ node: b, localPort: echo.port, log: quiet });
-    cleanups.push(() => server.stop());
+    await teardown.add(() => server.stop());
 
     const finished: Promise<unknown>[] = [];
     const opened: Socket[] = [];
@@ -170,7 +168,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
       }
     });
     const doorPort = await listen(door);
-    cleanups.push(() => void door.close());
+    await teardown.add(() => void door.close());
 
     const first = connect({ port: doorPort, host: '127.0.0.1' }, () => first.resetAndDestroy());
     first.on('error', () => undefined);
@@ -192,9 +190,9 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
       setTimeout(() => socket.destroy(), 200);
     });
     const artimPort = await listen(artim);
-    cleanups.push(() => void artim.close());
+    await teardown.add(() => void artim.close());
     const server = await startTunnelServer({ node: b, localPort: artimPort, log: quiet });
-    cleanups.push(() => server.stop());
+    await teardown.add(() => server.stop());
     const finished: Promise<unknown>[] = [];
     const doorPort = await doorTo(a, b.peerId, finished, { endGraceMs: 300 });
     // A client that ignores the server's end: its own stays open.
@@ -227,13 +225,13 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
       });
     });
     const talkerPort = await listen(talker);
-    cleanups.push(() => void talker.close());
+    await teardown.add(() => void talker.close());
     const server = await startTunnelServer({ node: b, localPort: talkerPort, log: quiet, endGraceMs: 300 });
-    cleanups.push(() => server.stop());
+    await teardown.add(() => server.stop());
     const finished: Promise<unknown>[] = [];
     const doorPort = await doorTo(a, b.peerId, finished);
     const client = connect({ port: doorPort, host: '127.0.0.1' });
-    cleanups.push(() => void client.destroy());
+    await teardown.add(() => void client.destroy());
     client.on('error', () => undefined);
     client.pause();
     await waitFor('tunnel opened', () => finished.length === 1);
@@ -271,9 +269,9 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
       });
     });
     const port = await new Promise<number>((resolve) => listener.listen(0, host, () => resolve((listener.address() as { port: number }).port)));
-    cleanups.push(() => void listener.close());
+    await teardown.add(() => void listener.close());
     const server = await startTunnelServer({ node: b, localPort: port, localHost: host, log: quiet });
-    cleanups.push(() => server.stop());
+    await teardown.add(() => server.stop());
     const finished: Promise<unknown>[] = [];
     const doorPort = await doorTo(a, b.peerId, finished);
     const { echoed, localPort } = await roundTrip(doorPort, Buffer.from('A-ASSOCIATE-RQ'));

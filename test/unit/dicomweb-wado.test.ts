@@ -13,6 +13,7 @@ import { corpusDirectory } from '../../src/codec/dataset/test-fixtures.ts';
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { openStoreClient, startTestPeer, storeDataset, type TestPeer } from '../support/peer-fixture.ts';
 import { parseMultipart } from '../support/multipart.ts';
 import { waitFor } from '../support/wait.ts';
@@ -449,7 +450,9 @@ describe('WADO-RS', () => {
 });
 
 it('a retrieve in flight when the peer stops is sent whole; new connections are refused meanwhile', async () => {
-  const stopping = await startTestPeer([], 'wado-stop');
+  // The drain ends once the retrieve is sent: a grace of 30 s, not the fixture's 1 s, lets it be sent on a
+  // loaded machine too (18 MB at a fraction of a CPU was cut: 'terminated').
+  const stopping = await startTestPeer([], 'wado-stop', silentLogger, { shutdownGraceMs: 30_000 });
   const options = instanceOptions(1, { rows: 3000, columns: 3000 });
   const store = await openStoreClient(stopping.dicomPort, 'MODALITY', '1.2.840.10008.5.1.4.1.1.7');
   assert.equal((await store.storeInstance(options)).command.status, Status.Success);

@@ -1,5 +1,5 @@
 import '../../polyfill.ts';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,8 @@ import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForge
 import { forgetPeerTopic, routingTopic } from './messages.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
+import { trackLoopLag } from '../../../test/support/loop-lag.ts';
+import { suiteTeardown } from '../../../test/support/teardown.ts';
 
 const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 10);
 
@@ -45,11 +47,11 @@ function settledLeader(peers: readonly TestPeer[]): { peerId: string; term: numb
   return peers.every((p) => p.mesh.balancer.roster().length === n && p.mesh.balancer.table()?.entries.length === n) ? l : null;
 }
 
-describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, () => {
+// The timeouts here are safety nets against a hang, 3x what a quiet machine needs: the bounds on the
+// behaviour are the waits and asserts inside, which on a loaded machine stretch with the loop's lateness.
+describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, () => {
   const dirs: string[] = [];
-  const cleanups: (() => Promise<void>)[] = [];
-  after(async () => {
-    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  const teardown = suiteTeardown(async () => {
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
 
@@ -61,6 +63,11 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
+    // A test that timed out runs on: past the suite's end, a node it starts would be stopped by nobody.
+    if (teardown.closed) {
+      await node.stop();
+      throw new Error('the suite is over: no new peer');
+    }
     const supervisor = startSiteSupervisor(`${site}-${node.peerId.slice(-6)}`, {
       ...(messages !== undefined
         ? { log: recordingLogger(messages, { site, peer: node.peerId.slice(-4) }) }
@@ -91,7 +98,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
       await mesh.stop();
       supervisor.stop();
     };
-    cleanups.push(stop);
+    await teardown.add(stop);
     return { node, supervisor, mesh, dataDir: dir, stop };
   }
 
@@ -106,7 +113,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     return [a, b, c];
   }
 
-  it('elects one leader; after the leader stops, the survivors elect a new one', { timeout: 20_000 }, async () => {
+  it('elects one leader; after the leader stops, the survivors elect a new one', { timeout: 60_000 }, async () => {
     const peers = await threePeers();
     const electedMs = await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const first = settledLeader(peers)!;
@@ -121,23 +128,31 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     const survivors = peers.filter((p) => p !== leaderPeer);
 
     // Routing: same-site peers by weight; 'local' or another live peer's DICOM address.
-    const choices = new Set<string>();
-    for (let i = 0; i < 200; i++) {
-      const t = survivors[0]!.mesh.balancer.chooseTarget();
-      choices.add(t === 'local' ? 'local' : t.peerId);
-    }
-    assert.equal(choices.size, 3, 'all three peers get associations');
+    // Sampled until it holds: on a loaded machine a peer can turn suspect for a moment (a late heartbeat)
+    // and out of the routing until its next one.
+    await waitFor('all three peers get associations', () => {
+      const choices = new Set<string>();
+      for (let i = 0; i < 200; i++) {
+        const t = survivors[0]!.mesh.balancer.chooseTarget();
+        choices.add(t === 'local' ? 'local' : t.peerId);
+      }
+      return choices.size === 3;
+    }, 10_000);
 
     const t0 = Date.now();
+    const lag = trackLoopLag();
     await leaderPeer.stop();
-    const failoverMs = await waitFor('a new leader agreed by the survivors', () => {
+    await waitFor('a new leader agreed by the survivors', () => {
       const l = agreedLeader(survivors);
       return l !== null && l.peerId !== first.peerId;
     }, 10_000);
+    const failoverMs = Date.now() - t0;
+    lag.stop();
     const second = agreedLeader(survivors)!;
-    console.log(`balancer: failover - survivors agreed on a new leader ${Date.now() - t0} ms after the leader's node stopped (term ${first.term} -> ${second.term})`);
+    console.log(`balancer: failover - survivors agreed on a new leader ${failoverMs} ms after the leader's node stopped (term ${first.term} -> ${second.term}; loop late ${lag.lateMs()} ms)`);
     assert.ok(second.term > first.term);
-    assert.ok(Date.now() - t0 < 2000, 'failover within 2 s');
+    // The survivors' timers run as late as this process's loop (one process hosts them): that time is not theirs.
+    assert.ok(failoverMs < 2000 + lag.lateMs(), `failover within 2 s: ${failoverMs} ms, the loop ${lag.lateMs()} ms late`);
     // Persisted election record of the new leader.
     const newLeader = survivors.find((p) => p.node.peerId === second.peerId)!;
     const record = JSON.parse(await readFile(join(newLeader.dataDir, 'balancer-election.json'), 'utf8')) as { currentTerm: number; votedFor: string };
@@ -148,7 +163,9 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
       assert.ok(t === 'local' || t.peerId !== first.peerId);
     }
     // Its site decommissioned: asked at one survivor, every survivor takes it out of its roster (persisted;
-    // helper 64: only the one asked did); a live peer stays.
+    // helper 64: only the one asked did); a live peer stays. Only a dead peer can be forgotten, and a survivor
+    // that found itself stalled (a loaded machine) has it suspect until its silence makes it dead.
+    await waitFor('the stopped leader dead at both survivors', () => survivors.every((p) => p.mesh.membership.members().find((m) => m.peerId === first.peerId)?.status === 'dead'), 10_000);
     for (const p of survivors) {
       assert.equal(p.mesh.balancer.forgetPeer(survivors.find((q) => q !== p)!.node.peerId), 'up');
       assert.equal(p.mesh.balancer.forgetPeer(p.node.peerId), 'self');
@@ -163,7 +180,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     }
   });
 
-  it('a peer restored under a new PeerId at its old DICOM address takes the old one\'s place in every roster: three restores, still a leader', { timeout: 60_000 }, async () => {
+  it('a peer restored under a new PeerId at its old DICOM address takes the old one\'s place in every roster: three restores, still a leader', { timeout: 180_000 }, async () => {
     const key = generateSwarmKey();
     const peers = await threePeers([], key);
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
@@ -190,24 +207,28 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     await waitFor('one leader followed by the three live peers', () => agreedLeader([a, b, restored]) !== null, 15_000);
   });
 
-  it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 20_000 }, async () => {
+  it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 60_000 }, async () => {
     const peers = await threePeers();
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const first = settledLeader(peers)!;
     const leaderPeer = peers.find((p) => p.node.peerId === first.peerId)!;
     const survivors = peers.filter((p) => p !== leaderPeer);
     const t0 = Date.now();
+    const lag = trackLoopLag();
     // Its actors stop; its libp2p node stays connected and answers pings: only silence gives it away.
     await leaderPeer.mesh.stop();
     await waitFor('a new leader agreed by the survivors', () => {
       const l = agreedLeader(survivors);
       return l !== null && l.peerId !== first.peerId;
     }, 10_000);
-    console.log(`balancer: hung leader replaced ${Date.now() - t0} ms after it went silent (term ${first.term} -> ${agreedLeader(survivors)!.term})`);
-    assert.ok(Date.now() - t0 < 3000);
+    const replacedMs = Date.now() - t0;
+    lag.stop();
+    console.log(`balancer: hung leader replaced ${replacedMs} ms after it went silent (term ${first.term} -> ${agreedLeader(survivors)!.term}; loop late ${lag.lateMs()} ms)`);
+    // As above: time the loop ran late is not the survivors'.
+    assert.ok(replacedMs < 3000 + lag.lateMs(), `replaced within 3 s: ${replacedMs} ms, the loop ${lag.lateMs()} ms late`);
   });
 
-  it('a peer that cannot write its election record (a full disk) neither votes nor crashes, and takes part again once it can', { timeout: 30_000 }, async () => {
+  it('a peer that cannot write its election record (a full disk) neither votes nor crashes, and takes part again once it can', { timeout: 90_000 }, async () => {
     const messages = [[], [], []] as string[][];
     const peers = await threePeers(messages);
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
@@ -237,7 +258,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
   });
 
-  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 60_000 }, async () => {
+  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 180_000 }, async () => {
     const peers = await threePeers();
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const [best, second, third] = [...peers].sort((x, y) => (x.node.peerId < y.node.peerId ? -1 : 1)) as [TestPeer, TestPeer, TestPeer];
@@ -259,7 +280,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     assert.equal(second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, true);
   });
 
-  it('supervision: crashed membership and balancer children restart and the mesh recovers', { timeout: 20_000 }, async () => {
+  it('supervision: crashed membership and balancer children restart and the mesh recovers', { timeout: 60_000 }, async () => {
     const peers = await threePeers();
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const leaderId = settledLeader(peers)!.peerId;
@@ -279,7 +300,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     assert.equal(peers.filter((p) => p.mesh.balancer.status().role === 'leader').length, 1);
   });
 
-  it('drops forged and malformed routing announcements', { timeout: 20_000 }, async () => {
+  it('drops forged and malformed routing announcements', { timeout: 60_000 }, async () => {
     const key = generateSwarmKey();
     const a = await peer(key, [], 'site-a');
     const b = await peer(key, [loopbackAddress(a.node)], 'site-a');
@@ -304,7 +325,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     for (const bad of [{ type: 'forgetPeers', peerIds: [] }, { type: 'forgetPeers', peerIds: [7] }, { type: 'forgetPeers', peerIds: Array(17).fill('a') }, { type: 'other', peerIds: ['a'] }, null]) assert.equal(parseForgetPeers(bad), null);
   });
 
-  it('a site far behind the others (restored from an empty disk) sends its new associations to a whole site until it has caught up', { timeout: 30_000 }, async () => {
+  it('a site far behind the others (restored from an empty disk) sends its new associations to a whole site until it has caught up', { timeout: 90_000 }, async () => {
     const key = generateSwarmKey();
     const a = await peer(key, [], 'site-a');
     const boot = [loopbackAddress(a.node)];
@@ -337,7 +358,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     assert.equal(announce({ ...entry, refilling: 'yes' }), null);
   });
 
-  it('an election stream cut off before its message is not logged as malformed; garbage and oversized frames are', { timeout: 20_000 }, async () => {
+  it('an election stream cut off before its message is not logged as malformed; garbage and oversized frames are', { timeout: 60_000 }, async () => {
     const key = generateSwarmKey();
     const messages: string[] = [];
     const a = await peer(key, [], 'site-a', undefined, messages);
@@ -356,10 +377,11 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 180_000 }, ()
     await waitFor('oversized dropped', () => messages.includes('dropped oversized election message'), 5000);
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(messages.filter((m) => m === 'dropped malformed election message').length, 1, 'only the garbage counts as malformed, one line for five from one sender');
-    assert.ok(agreedLeader([a, b]) !== null, 'the election carries on');
+    // Waited for: on a loaded machine a late heartbeat can start a new term, and the two agree again after it.
+    await waitFor('the election carries on', () => agreedLeader([a, b]) !== null, 10_000);
   });
 
-  it('an election message whose frame comes 2.5 s after its stream opened (a slow link) is still taken', { timeout: 30_000 }, async () => {
+  it('an election message whose frame comes 2.5 s after its stream opened (a slow link) is still taken', { timeout: 90_000 }, async () => {
     const key = generateSwarmKey();
     const a = await peer(key, [], 'site-a');
     const b = await peer(key, [loopbackAddress(a.node)], 'site-a');

@@ -1,5 +1,5 @@
 import '../../polyfill.ts';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { generateSwarmKey } from '../../net/swarm-key.ts';
@@ -9,6 +9,7 @@ import { createFrontDoor, type FrontDoor, type RouteResult } from './front-door.
 import type { BalancerService } from './actor.ts';
 import { waitFor } from '../../../test/support/wait.ts';
 import { loopbackAddress, testNodes } from '../../../test/support/mesh-nodes.ts';
+import { suiteTeardown } from '../../../test/support/teardown.ts';
 
 type Target = ReturnType<BalancerService['chooseTarget']>;
 
@@ -47,13 +48,10 @@ function ask(port: number, text: string): Promise<string> {
 }
 
 describe('front door', { timeout: 60_000 }, () => {
-  const cleanups: (() => Promise<void> | void)[] = [];
   const nodes = testNodes('pacs-mesh-door-');
   const node = nodes.node;
-  after(async () => {
-    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
-    await nodes.dispose();
-  });
+  // Each test's servers and sockets go when it ends; the nodes, and anything a timed-out test starts late, with the suite.
+  const teardown = suiteTeardown(() => nodes.dispose());
 
   it('serves locally without a table, tunnels to the named peer, falls back when the target is unreachable', { timeout: 20_000 }, async () => {
     const key = generateSwarmKey();
@@ -65,10 +63,10 @@ describe('front door', { timeout: 60_000 }, () => {
     const doorA = createFrontDoor({ balancer: { chooseTarget: () => target }, node: a, selfPeerId: a.peerId, log: silentLogger });
     // b's balancer would route to a: a tunnelled connection must still be served at b (no second hop).
     const doorB = createFrontDoor({ balancer: { chooseTarget: () => ({ peerId: a.peerId, dicom: 'x' }) }, node: b, selfPeerId: b.peerId, log: silentLogger });
-    cleanups.push(() => doorA.stop(), () => doorB.stop());
+    await teardown.add(() => doorA.stop(), () => doorB.stop());
     const portA = await dicomPort('a', () => doorA);
     const portB = await dicomPort('b', () => doorB);
-    cleanups.push(() => void portA.server.close(), () => void portB.server.close());
+    await teardown.add(() => void portA.server.close(), () => void portB.server.close());
     await doorB.serveInbound(portB.port);
 
     // No leader / no table: the balancer answers 'local'.
@@ -92,7 +90,7 @@ describe('front door', { timeout: 60_000 }, () => {
     const doorC = createFrontDoor({ balancer: { chooseTarget: () => { throw new Error('boom'); } }, node: a, selfPeerId: a.peerId, log: silentLogger });
     const socketPair = await new Promise<Socket>((resolve) => {
       const s = createServer((sock) => resolve(sock));
-      cleanups.push(() => void s.close());
+      teardown.add(() => void s.close()).catch(() => undefined);
       void listen(s).then((port) => connect({ port, host: '127.0.0.1' }).on('error', () => undefined));
     });
     assert.equal(await doorC.route(socketPair), 'local');
@@ -120,16 +118,16 @@ describe('front door', { timeout: 60_000 }, () => {
       log: silentLogger,
     });
     const doorB = createFrontDoor({ balancer: { chooseTarget: () => 'local' }, node: b, selfPeerId: b.peerId, log: silentLogger });
-    cleanups.push(() => doorA.stop(), () => doorB.stop());
+    await teardown.add(() => doorA.stop(), () => doorB.stop());
     const portA = await dicomPort('a', () => doorA);
     const portB = await dicomPort('b', () => doorB);
-    cleanups.push(() => void portA.server.close(), () => void portB.server.close());
+    await teardown.add(() => void portA.server.close(), () => void portB.server.close());
     await doorB.serveInbound(portB.port);
 
     // A client that has sent nothing yet keeps its tunnel to b open.
     const held = connect({ port: portA.port, host: '127.0.0.1' });
     held.on('error', () => undefined);
-    cleanups.push(() => void held.destroy());
+    await teardown.add(() => void held.destroy());
     await waitFor('first tunnel open', () => doorA.stats().tunnelsOpen === 1);
     assert.equal(await ask(portA.port, 'echo-1'), `b:echo-1 via ${a.peerId.slice(-4)}`);
     assert.deepEqual(seen, [{}, { [b.peerId]: 1 }], 'the second decision counts the first tunnel');

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { dispatch, messagesPerTurnMax, spawnActor, startActorSystem, stopActor, type CrashDecision } from './nact.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
 type Msg = { type: 'work'; n: number } | { type: 'fail'; n: number };
 
@@ -99,6 +100,8 @@ describe('actors on nact', () => {
     const actor = spawnRecorder('stop');
     try {
       dispatchFailingAtFour(actor.ref);
+      // The crash first (late on a loaded machine: 50 ms were not always enough), then a moment for anything after it.
+      await waitFor('the crash at message 4', () => actor.crashes.length > 0, 5000, 5);
       await new Promise((resolve) => setTimeout(resolve, 50));
       assert.deepEqual(actor.crashes, [4]);
       assert.deepEqual(

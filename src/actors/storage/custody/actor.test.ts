@@ -10,7 +10,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it, type TestContext } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { createMeshNode, type MeshNode } from '../../../net/node.ts';
 import { generateSwarmKey } from '../../../net/swarm-key.ts';
 import type { IngestPort } from '../../association/services/deps.ts';
@@ -25,6 +25,7 @@ import { REPLICATE_BATCH_PROTOCOL, type ReplicationLimits } from '../replication
 import { PUSH_PROTOCOL } from '../push.ts';
 import { createRemoteRetrieve } from '../remote-retrieve.ts';
 import { damageChunk } from '../fixtures/store-keys.ts';
+import { suiteTeardown } from '../../../../test/support/teardown.ts';
 import { waitFor as waitForCondition } from '../../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../../test/support/mesh-nodes.ts';
 import { tmpfsOrSkip } from '../../../../test/support/tmpfs.ts';
@@ -52,6 +53,8 @@ class TestMesh {
   private readonly starts = new Map<string, number>();
   private readonly dirs: string[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
+  /** Closed, a test that timed out and runs on can start nothing more in it: nobody would stop it, and the process never exited. */
+  private closed = false;
 
   constructor(private readonly writeQuorum: number | 'auto', private readonly quorumTimeoutMs = 10_000) {}
 
@@ -99,6 +102,10 @@ class TestMesh {
     const site: Site = { name, dir: dataDir, node, store, custody, system };
     this.sites.set(name, site);
     this.starts.set(name, (this.starts.get(name) ?? 0) + 1);
+    if (this.closed) {
+      await this.stop(name);
+      throw new Error(`the mesh is closed: ${name} not started`);
+    }
     this.known.set(name, { peerId: node.peerId, ...custody.stats() });
     this.timer ??= setInterval(() => this.refreshViews(), 150);
     this.refreshViews();
@@ -146,6 +153,7 @@ class TestMesh {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.timer !== undefined) clearInterval(this.timer);
     for (const name of [...this.sites.keys()]) await this.stop(name).catch(() => undefined);
     await Promise.allSettled(this.dirs.map((d) => rm(d, { recursive: true, force: true })));
@@ -229,15 +237,14 @@ async function siteBAway(mesh: TestMesh): Promise<{ a: Awaited<ReturnType<TestMe
   return { a, bDir: b.dir };
 }
 
-describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
-  const meshes: TestMesh[] = [];
-  after(async () => {
-    await Promise.allSettled(meshes.map((m) => m.close()));
-  });
+// The timeouts here are safety nets against a hang, 3x what a quiet machine needs: the bounds on the behaviour
+// are the waits and asserts inside, which on a loaded machine stretch with the loop's lateness (wait.ts).
+describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
+  const teardown = suiteTeardown();
 
-  it('write quorum 2: Success only once the other site holds the copy durably, with its catalog data', { timeout: 20_000 }, async () => {
+  it('write quorum 2: Success only once the other site holds the copy durably, with its catalog data', { timeout: 60_000 }, async () => {
     const mesh = new TestMesh(2);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
@@ -262,9 +269,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     console.log(`# quorum-2 store of 300 kB over the mesh: ${elapsedMs.toFixed(1)} ms`);
   });
 
-  it('site down: 0xA700 with quorum 2; debt persisted, survives a restart and a crash of custody, drains when the site is back', { timeout: 25_000 }, async () => {
+  it('site down: 0xA700 with quorum 2; debt persisted, survives a restart and a crash of custody, drains when the site is back', { timeout: 75_000 }, async () => {
     const mesh = new TestMesh(2, 1000);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     let { a, bDir } = await siteBAway(mesh);
     const uid = newUid();
     const bytes = randomBytes(100_000);
@@ -296,9 +303,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('stats show no debt', () => a.custody.stats().debtEntries === 0);
   });
 
-  it('copies a returning site receives in a batch are taken by custody a commit group at a time, not one step each', { timeout: 25_000 }, async () => {
+  it('copies a returning site receives in a batch are taken by custody a commit group at a time, not one step each', { timeout: 75_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const { a, bDir } = await siteBAway(mesh);
     const count = 40;
     for (let i = 0; i < count; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(20_000))).status, 0);
@@ -317,9 +324,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.ok(seen.length <= count / 2, `instance counts seen: ${seen.join(' ')}`);
   });
 
-  it('a --write-quorum above the sites known is a warning at start, and again when the operator forgets a site', { timeout: 20_000 }, async () => {
+  it('a --write-quorum above the sites known is a warning at start, and again when the operator forgets a site', { timeout: 60_000 }, async () => {
     const mesh = new TestMesh(2);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const lines: string[] = [];
     const warning = (l: string) => l.startsWith('--write-quorum is above the sites this peer knows of');
     const a = await mesh.start('site-a', undefined, loggingTo(lines));
@@ -332,9 +339,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('warned again', () => lines.filter(warning).length === 2);
   });
 
-  it('a restarted site owes copies to the sites it knew, before it hears from them again', { timeout: 25_000 }, async () => {
+  it('a restarted site owes copies to the sites it knew, before it hears from them again', { timeout: 75_000 }, async () => {
     const first = new TestMesh('auto');
-    meshes.push(first);
+    await teardown.add(() => first.close());
     const a = await first.start('site-a');
     await first.start('site-b');
     await first.connected('site-a', 'site-b');
@@ -344,7 +351,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await first.stop('site-a');
     // A new mesh emulation: site-a's view starts with itself only, as membership's does after a restart.
     const second = new TestMesh('auto');
-    meshes.push(second);
+    await teardown.add(() => second.close());
     const logged: RecordedLine[] = [];
     const restarted = await second.start('site-a', aDir, recordingLogger([], {}, logged));
     const uid = newUid();
@@ -362,9 +369,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.deepEqual((await restarted.store.listForgottenSites()).map((f) => f.siteName), ['site-b']);
   });
 
-  it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 25_000 }, async () => {
+  it('a copy the receiver refuses (SHA-256 mismatch) is reported suspect at the sender, for the scrub, and not resent at once', { timeout: 75_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const { a, bDir } = await siteBAway(mesh);
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(100_000))).status, 0, 'alone: quorum 1, a copy owed to site-b');
@@ -383,9 +390,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.equal((await a.store.listDebt()).length, 1, 'the copy stays owed until a good one can be sent');
   });
 
-  it('a site restored from an empty disk refills completely through repair', { timeout: 25_000 }, async () => {
+  it('a site restored from an empty disk refills completely through repair', { timeout: 75_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
@@ -411,13 +418,13 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     console.log(`# empty-disk refill of ${payloads.size} instances: ${refillMs.toFixed(0)} ms`);
   });
 
-  it('just after its start, a site far behind the others refuses searches (not Success with part of them) until it caught up; a lone site answers', { timeout: 25_000 }, async () => {
+  it('just after its start, a site far behind the others refuses searches (not Success with part of them) until it caught up; a lone site answers', { timeout: 75_000 }, async () => {
     const alone = new TestMesh('auto');
-    meshes.push(alone);
+    await teardown.add(() => alone.close());
     const waiting = await alone.start('site-x', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 60_000 } });
     assert.equal(waiting.custody.searchRefusal(), 'joining the mesh: no other site heard yet: retry', 'told of other sites, none heard yet');
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     assert.equal(a.custody.searchRefusal(), undefined, 'a site given no other sites answers at once');
     for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
@@ -428,18 +435,18 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('site-b answers searches', () => fresh.custody.searchRefusal() === undefined);
   });
 
-  it('a site with a new identity that hears no other site refuses searches for the join wait, beyond the start window, then answers alone', { timeout: 15_000 }, async () => {
+  it('a site with a new identity that hears no other site refuses searches for the join wait, beyond the start window, then answers alone', { timeout: 45_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const restored = await mesh.start('site-r', undefined, silentLogger, undefined, { expectsOtherSites: true, tuning: { viewSettleAfterStartMs: 300, joinWaitAfterStartMs: 1_500 } });
     await new Promise((resolve) => setTimeout(resolve, 600));
     assert.equal(restored.custody.searchRefusal(), 'joining the mesh: no other site heard yet: retry', 'past the start window, still waiting for a first site');
     await waitFor('answers alone once the join wait is over', () => restored.custody.searchRefusal() === undefined, 5_000);
   });
 
-  it('a site that was alone refuses searches when a site holding more is first heard, as just after a start', { timeout: 25_000 }, async () => {
+  it('a site that was alone refuses searches when a site holding more is first heard, as just after a start', { timeout: 75_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     for (let i = 0; i < 12; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
     await mesh.stop('site-a');
@@ -453,9 +460,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('site-b refuses searches once it hears site-a', () => /^refilling: 0 of 12 instances here: retry$/.test(fresh.custody.searchRefusal() ?? ''), settleMs);
   });
 
-  it('just after its start, a site restored without --bootstrap refuses searches while a peer that connected to it is not heard yet', { timeout: 15_000 }, async () => {
+  it('just after its start, a site restored without --bootstrap refuses searches while a peer that connected to it is not heard yet', { timeout: 45_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const solo = await mesh.start('site-solo', undefined, silentLogger, undefined, { tuning: { viewSettleAfterStartMs: 60_000 } });
     assert.equal(solo.custody.searchRefusal(), undefined, 'alone, it answers');
     // A peer of the mesh reconnecting to it, before its first heartbeat (a bare node never sends one).
@@ -470,9 +477,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('answers again once it is gone', () => solo.custody.searchRefusal() === undefined);
   });
 
-  it('one UID, two contents stored at two sites apart: each keeps its own, both report the conflict once', { timeout: 25_000 }, async () => {
+  it('one UID, two contents stored at two sites apart: each keeps its own, both report the conflict once', { timeout: 75_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const linesA: string[] = [];
     const linesB: string[] = [];
     const uid = newUid();
@@ -501,9 +508,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.equal((await back.custody.retrieve.ensureLocal((await back.store.getEntry(uid))!))?.sha256, createHash('sha256').update(first).digest('hex'));
   });
 
-  it('a first load that fails is retried once custody restarts, instead of hanging the start', { timeout: 10_000 }, async () => {
+  it('a first load that fails is retried once custody restarts, instead of hanging the start', { timeout: 30_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     let loads = 0;
     await mesh.start('site-a', undefined, silentLogger, (store) => {
       const listDebt = store.listDebt.bind(store);
@@ -515,9 +522,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.equal(loads, 2);
   });
 
-  it('retrieve anywhere: a site resolves and pulls an instance only a peer holds', { timeout: 20_000 }, async () => {
+  it('retrieve anywhere: a site resolves and pulls an instance only a peer holds', { timeout: 60_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const uid = newUid();
     const bytes = randomBytes(70_000);
@@ -538,9 +545,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.equal(await c.custody.retrieve.ensureLocal('1.2.3.4.5.6.7.8.9'), undefined, 'an instance nobody has');
   });
 
-  it('retrieve anywhere under a burst: a peer whose query slots are all taken is asked again, not counted silent', { timeout: 20_000 }, async () => {
+  it('retrieve anywhere under a burst: a peer whose query slots are all taken is asked again, not counted silent', { timeout: 60_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a', undefined, silentLogger, undefined, { limits: { inboundQueriesMax: 1 } });
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0, 'alone: quorum 1');
@@ -554,9 +561,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     }
   });
 
-  it('retrieve anywhere: a peer that answered and turned suspect before the last answer is not counted as silent', { timeout: 20_000 }, async () => {
+  it('retrieve anywhere: a peer that answered and turned suspect before the last answer is not counted as silent', { timeout: 60_000 }, async () => {
     const mesh = new TestMesh('auto');
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const a = await mesh.start('site-a');
     const uid = newUid();
     assert.equal((await cstore(a.custody.ingest, uid, randomBytes(20_000))).status, 0, 'alone: quorum 1');
@@ -570,7 +577,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.ok(entries.some((e) => e.sopInstanceUid === uid));
   });
 
-  it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 90_000 }, async (t) => {
+  it('a site whose disk is full pulls nothing (each pull would be dropped), and refills once it writes again', { timeout: 270_000 }, async (t) => {
     const sites = await siteAOnSmallTmpfs(t);
     if (sites === undefined) return;
     const { tmpfs, mesh, lines, a, fillDisk } = sites;
@@ -592,7 +599,7 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     await waitFor('site-a holds what was stored at site-b', async () => (await a.store.getEntries(atB)).every((e) => e !== undefined), 20_000);
   });
 
-  it('a full disk at the sender while it drains debt: custody reloads once when the store reopens, not at every failed debt write', { timeout: 90_000 }, async (t) => {
+  it('a full disk at the sender while it drains debt: custody reloads once when the store reopens, not at every failed debt write', { timeout: 270_000 }, async (t) => {
     const sites = await siteAOnSmallTmpfs(t);
     if (sites === undefined) return;
     const { tmpfs, mesh, lines, a, fillDisk } = sites;
@@ -618,9 +625,9 @@ describe('custody actor over a real mesh', { timeout: 180_000 }, () => {
     assert.equal(a.custody.stats().debtEntries, 0);
   });
 
-  it('a peer that does not speak the replication protocols (another version) is retried with a back-off and logged once; its copies go once it restarts speaking them', { timeout: 30_000 }, async () => {
+  it('a peer that does not speak the replication protocols (another version) is retried with a back-off and logged once; its copies go once it restarts speaking them', { timeout: 90_000 }, async () => {
     const mesh = new TestMesh(1);
-    meshes.push(mesh);
+    await teardown.add(() => mesh.close());
     const lines: string[] = [];
     const a = await mesh.start('site-a', undefined, loggingTo(lines));
     let b = await mesh.start('site-b');
