@@ -373,8 +373,8 @@ export function runSimulation(options: SimOptions): SimResult {
 
   /**
    * As the custody actor: its figures recomputed after every step and given to membership when they
-   * changed (the tombstones to pass on included). Taking them only from an effect at a change of
-   * the digest) left an operator's forgetting out of the heartbeats until the next instance arrived there.
+   * changed (the tombstones to pass on included). Taken only at each change of the digest, they left an
+   * operator's forgetting out of the heartbeats until the next instance arrived there (seed 2689).
    */
   const publishStats = (peer: SimPeer, queue: Work[]): void => {
     const live = peer.live;
