@@ -13,7 +13,7 @@ import { chooseTarget, defaultRoutingLimits, initBalancer, stepBalancer, type Ba
 import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
-import { custodyStats, debtKey, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
+import { custodyStats, debtKey, sameHeartbeatFigures, type HeartbeatFigures, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
 import {
   StoreStatus,
   storeSettleAfterStartMsDefault,
@@ -66,8 +66,8 @@ interface Reducers {
   electable: boolean;
   /** peerId -> when the node last reported data from it (peerActive, at most every peerActiveEveryMs). */
   readonly activeReportedAtMs: Map<string, number>;
-  /** Custody's figures last given to membership (the actor's publishStats compares the same ones). */
-  publishedStats: ReturnType<typeof custodyStats> | null;
+  /** Custody's figures last given to membership (compared as the actor's publishStats does). */
+  publishedStats: HeartbeatFigures | null;
 }
 
 interface SimPeer {
@@ -380,16 +380,7 @@ export function runSimulation(options: SimOptions): SimResult {
     const live = peer.live;
     if (live === null) return;
     const next = custodyStats(live.custody);
-    const last = live.publishedStats;
-    if (
-      last !== null &&
-      next.instanceCount === last.instanceCount &&
-      next.digestRoot === last.digestRoot &&
-      next.queuedWork === last.queuedWork &&
-      next.forgottenSites === last.forgottenSites
-    ) {
-      return;
-    }
+    if (live.publishedStats !== null && sameHeartbeatFigures(next, live.publishedStats)) return;
     live.publishedStats = next;
     queue.push({
       to: 'membership',

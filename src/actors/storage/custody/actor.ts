@@ -25,7 +25,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { IngestPort } from '../../association/services/deps.ts';
-import type { ForgottenSite, MemberRecord } from '../../membership/messages.ts';
+import type { MemberRecord } from '../../membership/messages.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../../runtime/nact.ts';
@@ -52,18 +52,14 @@ import {
 import { PeerBatches } from './peer-batches.ts';
 import type { MeshNode } from '../../../net/node.ts';
 import { createDigest, digestAdd } from './digest.ts';
-import { aliveReplicaTargets, replicationBackedOff, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState } from './logic.ts';
+import { aliveReplicaTargets, replicationBackedOff, custodyStats, effectiveWriteQuorum, holdsNothingMore, initCustody, sameHeartbeatFigures, sitesKnown, stepCustody, writeQuorumAboveSitesKnown, writeQuorumNow, type CustodyState, type HeartbeatFigures } from './logic.ts';
 import { StoreStatus, type CustodyConfig, type CustodyEffect, type CustodyInput, type CustodyMessage, type DebtEntry, type StoredCopy } from './messages.ts';
 
-export interface CustodyStats {
-  instanceCount: number;
-  digestRoot: string;
-  queuedWork: number;
-  debtEntries: number;
+/** The heartbeat's figures (forgottenSites: the tombstones, newest first, that the heartbeats pass on), and two more for /api/mesh. */
+export interface CustodyStats extends HeartbeatFigures {
+  readonly debtEntries: number;
   /** UIDs found holding other bytes at another peer since this process started (see the uidConflict effect). */
-  uidConflicts: number;
-  /** Sites forgotten lately, here or at another peer (its tombstones), newest first: the heartbeats pass them on. */
-  forgottenSites: readonly ForgottenSite[];
+  readonly uidConflicts: number;
 }
 
 export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' | 'selfSiteName' | 'writeQuorum' | 'quorumTimeoutMs'>> {
@@ -360,15 +356,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     lastState = state;
     const s = custodyStats(state);
     const next: CustodyStats = { ...s, debtEntries: state.debt.size, uidConflicts: state.uidConflicts.size };
-    if (
-      next.instanceCount === current.instanceCount &&
-      next.digestRoot === current.digestRoot &&
-      next.queuedWork === current.queuedWork &&
-      next.debtEntries === current.debtEntries &&
-      next.uidConflicts === current.uidConflicts &&
-      // The same array while the tombstones are unchanged (CustodyState.tombstonesPassedOn).
-      next.forgottenSites === current.forgottenSites
-    ) {
+    if (sameHeartbeatFigures(next, current) && next.debtEntries === current.debtEntries && next.uidConflicts === current.uidConflicts) {
       return;
     }
     current = next;

@@ -1076,7 +1076,14 @@ export function holdsNothingMore(members: readonly MemberRecord[], peerId: strin
  * this peer, so they do not make it look busy to the balancer (which would send its own site's
  * associations elsewhere).
  */
-export function custodyStats(state: CustodyState): { instanceCount: number; digestRoot: string; queuedWork: number; forgottenSites: readonly ForgottenSite[] } {
+export interface HeartbeatFigures {
+  readonly instanceCount: number;
+  readonly digestRoot: string;
+  readonly queuedWork: number;
+  readonly forgottenSites: readonly ForgottenSite[];
+}
+
+export function custodyStats(state: CustodyState): HeartbeatFigures {
   let owedToAlive = 0;
   for (const { siteName } of aliveReplicaTargets(state.members, state.config.selfSiteName)) owedToAlive += state.debtBySite.get(siteName)?.size ?? 0;
   return {
@@ -1085,6 +1092,11 @@ export function custodyStats(state: CustodyState): { instanceCount: number; dige
     queuedWork: owedToAlive + state.fetchesInFlight.size,
     forgottenSites: tombstonesToPassOn(state),
   };
+}
+
+/** Whether two sets of figures are the same (the tombstones the same array while unchanged: CustodyState.tombstonesPassedOn). */
+export function sameHeartbeatFigures(a: HeartbeatFigures, b: HeartbeatFigures): boolean {
+  return a.instanceCount === b.instanceCount && a.digestRoot === b.digestRoot && a.queuedWork === b.queuedWork && a.forgottenSites === b.forgottenSites;
 }
 
 /** Every tombstone, newest first (at most knownSitesMax; the heartbeats carry them a page at a time). */
