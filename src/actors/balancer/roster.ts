@@ -11,7 +11,7 @@
  * Two live peers cannot share a DICOM address (one port, one listener; peers bound to all interfaces
  * advertise their machine's own address), so the same site at the same address is the same peer's successor.
  */
-import { keepsSiteAgainst } from '../membership/logic.ts';
+import { siteKeeperAgainst } from '../membership/logic.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { siteClaimConfirmMsDefault } from '../storage/custody/messages.ts';
 
@@ -79,7 +79,7 @@ export function learnRoster(
   const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   for (const m of members) {
     if (m.status !== 'alive') continue;
-    const siteLostTo = siteKeeperAgainst(m, members, nowMs, siteClaimConfirmMs)?.peerId;
+    const siteLostTo = siteKeeperOf(m, members, nowMs, siteClaimConfirmMs)?.peerId;
     const old = next.get(m.peerId);
     if (old === undefined) learnt.push(m);
     else if (old.site !== m.siteName || old.dicom !== m.addresses.dicom || old.siteLostTo !== siteLostTo) detailsChanged = true;
@@ -98,7 +98,7 @@ export function learnRoster(
   // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
   const lostSiteTo = new Map<string, string>();
   for (const m of members) {
-    const keeper = m.status === 'dead' ? siteKeeperAgainst(m, members, nowMs, siteClaimConfirmMs) : undefined;
+    const keeper = m.status === 'dead' ? siteKeeperOf(m, members, nowMs, siteClaimConfirmMs) : undefined;
     if (keeper !== undefined) lostSiteTo.set(m.peerId, keeper.peerId);
   }
   const ofForgottenSites: Array<{ peer: string; site: string }> = [];
@@ -122,15 +122,10 @@ export function learnRoster(
 
 /**
  * The alive member, self included, that keeps `m`'s site name against it, when `m` will stop for it: as
- * membership's checkSiteConflicts decides, a peer told its site has several peers never stops, and a claim
- * counts once its peer has been alive `confirmMs` without a break (a dead predecessor's late heartbeats
- * make it alive for moments only).
+ * membership's checkSiteConflicts decides, a peer told its site has several peers never stops.
  */
-function siteKeeperAgainst(m: MemberRecord, members: readonly MemberRecord[], nowMs: number, confirmMs: number): MemberRecord | undefined {
-  if (m.siteShared === true) return undefined;
-  return members.find(
-    (k) => k.peerId !== m.peerId && k.status === 'alive' && k.siteName === m.siteName && nowMs - k.statusSinceMs >= confirmMs && keepsSiteAgainst(k, m),
-  );
+function siteKeeperOf(m: MemberRecord, members: readonly MemberRecord[], nowMs: number, confirmMs: number): MemberRecord | undefined {
+  return m.siteShared === true ? undefined : siteKeeperAgainst(members, m, m.siteName, nowMs, confirmMs);
 }
 
 /**

@@ -251,14 +251,25 @@ export function sitePrecedence(
 /**
  * Of two peers claiming one site name, whether `claimant` keeps it against `other`: they are at different
  * DICOM addresses (one address is one place: a restart, not a conflict), not both told the site has several
- * peers on purpose, and the claimant has precedence. The pairwise form of siteConflictsOf's rule, for
- * custody's count of one peer's acknowledgement.
+ * peers on purpose, and the claimant has precedence. The pairwise form of siteConflictsOf's rule (see
+ * siteKeeperAgainst).
  */
 export function keepsSiteAgainst(
   claimant: Pick<MemberRecord, 'incarnation' | 'peerId' | 'addresses' | 'siteShared'>,
   other: Pick<MemberRecord, 'incarnation' | 'peerId' | 'addresses' | 'siteShared'>,
 ): boolean {
   return claimant.addresses.dicom !== other.addresses.dicom && !(claimant.siteShared === true && other.siteShared === true) && sitePrecedence(claimant, other) < 0;
+}
+
+/**
+ * The alive member that keeps `siteName` against `claimant` (keepsSiteAgainst), its claim confirmed: alive
+ * for `confirmMs` without a break (a dead predecessor's late heartbeats make it alive for moments only).
+ * Custody's count of an acknowledgement and the roster's copied --site both ask this.
+ */
+export function siteKeeperAgainst(members: readonly MemberRecord[], claimant: MemberRecord, siteName: string, nowMs: number, confirmMs: number): MemberRecord | undefined {
+  return members.find(
+    (k) => k.peerId !== claimant.peerId && k.status === 'alive' && k.siteName === siteName && nowMs - k.statusSinceMs >= confirmMs && keepsSiteAgainst(k, claimant),
+  );
 }
 
 /**

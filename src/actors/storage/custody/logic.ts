@@ -11,7 +11,7 @@
  * one mechanism, and a crash loses no obligation.
  */
 import type { ForgottenSite, MemberRecord, MemberStatus } from '../../membership/messages.ts';
-import { keepsSiteAgainst, sitePrecedence } from '../../membership/logic.ts';
+import { siteKeeperAgainst, sitePrecedence } from '../../membership/logic.ts';
 import {
   bucketOf,
   diffBuckets, diffLeaves, digestAdd, digestBuckets, digestHas, digestLeafHashes, digestRoot, digestSha256, keyCountInBuckets, keysInBuckets, keysInLeaves, leafOf, missingKeys, type Digest } from './digest.ts';
@@ -592,16 +592,8 @@ function ackCountsForSite(state: CustodyState, from: string, siteName: string, n
   const { members } = state;
   const acking = members.find((m) => m.peerId === from);
   if (acking === undefined) return true;
-  const confirmMs = state.config.siteClaimConfirmMs ?? siteClaimConfirmMsDefault;
-  return !members.some(
-    (m) =>
-      m.peerId !== from &&
-      m.siteName === siteName &&
-      m.status === 'alive' &&
-      // A dead predecessor's late heartbeats make it alive for moments: its claim must last (review 88).
-      nowMs - m.statusSinceMs >= confirmMs &&
-      keepsSiteAgainst(m, acking),
-  );
+  // A dead predecessor's late heartbeats make it alive for moments: its claim must last (review 88).
+  return siteKeeperAgainst(members, acking, siteName, nowMs, state.config.siteClaimConfirmMs ?? siteClaimConfirmMsDefault) === undefined;
 }
 
 /** This site and the sites of the members in one of `statuses`. */
