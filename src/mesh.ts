@@ -333,6 +333,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         // not listed: membership keeps its record only to fence its stale heartbeats (helper 64).
         const forgottenSiteNames = new Set(stats.forgottenSites.map((site) => site.siteName));
         const voters = new Set(balancer.roster());
+        const connected = new Set(node.connectedPeers());
         const decommissioned = (m: MemberRecord): boolean => forgottenSiteNames.has(m.siteName) || (config.roster.length === 0 && !voters.has(m.peerId));
         return {
           balancer: {
@@ -359,6 +360,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
             load: m.load,
             // False while the peer cannot record a vote (a full disk): passed over in elections.
             electable: m.electable,
+            // Whether this peer holds a connection of its own to it (absent for itself): gossip between two
+            // peers without one passes through others, and stops with them.
+            ...(m.peerId === node.peerId ? {} : { connected: connected.has(m.peerId) }),
           })),
           custody: { ...stats, knownSites: custody.knownSites() },
         };

@@ -94,6 +94,18 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.equal(s.mode & 0o777, 0o600);
   });
 
+  it('completes the mesh on the announcements a join sets off, without waiting for the periodic ones (a site killed just after a join)', async () => {
+    // With the periodic announcement an hour away, only the answers to a new subscription and to a
+    // newcomer's announcement can tell q and r of each other: p is their only common peer.
+    const hourly = { peerAnnounceIntervalMs: 3_600_000 };
+    const p = await start({ tuning: hourly });
+    const q = await start({ bootstrap: [loopbackAddress(p)], tuning: hourly });
+    await waitFor('q connected to p', () => p.connectedPeers().includes(q.peerId));
+    const r = await start({ bootstrap: [loopbackAddress(p)], tuning: hourly });
+    await waitFor('q and r connected to each other', () => q.connectedPeers().includes(r.peerId) && r.connectedPeers().includes(q.peerId), 20_000);
+    await Promise.all([p, q, r].map((n) => n.stop()));
+  });
+
   it('delivers gossip to every subscriber', async () => {
     const got = new Map<string, string>();
     for (const n of [a, c]) n.subscribe(TOPIC, (m) => got.set(n.peerId, `${m.from}:${Buffer.from(m.data).toString()}`));

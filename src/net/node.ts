@@ -101,6 +101,8 @@ export interface MeshNodeTuning {
 export const PEERS_TOPIC = 'pacs-mesh/peers/1';
 const MAX_ANNOUNCE_BYTES = 8 * 1024;
 const MAX_ANNOUNCED_ADDRS = 16;
+/** How soon a peer answers a newcomer's announcement or subscription with its own (announcements coalesce meanwhile). */
+const announceReplyDelayMs = 100;
 interface PeerAddrsMessage {
   type: 'peer-addrs';
   peerId: string;
@@ -472,6 +474,11 @@ class Reconnector {
     }
     this.targets.set(key, { key, peerId, addrs: [ma], bootstrap, saved: kind === 'saved', attempts: 0, nextAt: 0, dialing: false, lastSeen: kind === 'learnt' ? performance.now() : 0 });
     if (!bootstrap) this.evict();
+  }
+
+  /** Whether `peerId` is a target already (learnt, saved, or connected once). */
+  knows(peerId: string): boolean {
+    return this.targets.has(peerId);
   }
 
   addPeer(peerId: string, addrs: Multiaddr[] = []): void {
@@ -1055,6 +1062,14 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
         log('peer announcement failed: %s', err.message);
       });
     };
+    /** One announcement within `delayMs`, however many asked for it meanwhile. */
+    const announceSoonAfter = (delayMs: number): void => {
+      if (announceSoon !== undefined || stopped) return;
+      announceSoon = setTimeout(() => {
+        announceSoon = undefined;
+        if (!stopped) announce();
+      }, delayMs);
+    };
     topicHandlers.set(PEERS_TOPIC, new Set([(m: GossipMessage) => {
       let msg: PeerAddrsMessage;
       try {
@@ -1066,20 +1081,19 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       // only a peer's own signed announcement counts
       if (msg.type !== 'peer-addrs' || msg.peerId !== m.from || msg.peerId === selfId || !Array.isArray(msg.addrs)) return;
       const addrs = msg.addrs.filter((a): a is string => typeof a === 'string' && a.length <= 512).slice(0, MAX_ANNOUNCED_ADDRS);
+      // A peer heard of for the first time hears of this one at once too, not at the next period: a newcomer
+      // that joined through one site must reach the others before that site can die (seen: two survivors
+      // that had not met yet when their only common peer was killed 2 s after the join never found each other).
+      const newcomer = !reconnector.knows(msg.peerId);
       facade.addKnownPeer(msg.peerId, addrs).catch((err: Error) => {
         log('ignoring peer announcement from %s: %s', msg.peerId, err.message);
       });
+      if (newcomer) announceSoonAfter(announceReplyDelayMs);
     }]));
     pubsub.subscribe(PEERS_TOPIC);
     announceTimer = setInterval(announce, announceInterval);
-    // announce shortly after each new connection (subscriptions need a moment to be exchanged)
-    node.addEventListener('peer:connect', () => {
-      if (announceSoon !== undefined || stopped) return;
-      announceSoon = setTimeout(() => {
-        announceSoon = undefined;
-        if (!stopped) announce();
-      }, 1000);
-    });
+    // A peer that has just subscribed to the announcements (a new connection) gets this one's at once.
+    topicJoinedHandlers.set(PEERS_TOPIC, new Set([() => announceSoonAfter(announceReplyDelayMs)]));
   }
 
   const silenceCheckIntervalMs = Math.min(pingInterval, connectionSilentMaxMs / 4);

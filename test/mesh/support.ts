@@ -21,6 +21,8 @@ export interface MeshMemberView {
   dicom: string;
   http: string;
   instances: number;
+  /** Whether the peer asked holds a connection of its own to this member (absent for itself). */
+  connected?: boolean;
 }
 
 export interface MeshStatus {
