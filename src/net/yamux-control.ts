@@ -19,7 +19,9 @@
  * refill it); at each drain they are woken in turn, on every other drain light streams (a custody
  * batch's tail) first. On a slow link (full for `congestedFullMs` or longer before it drained)
  * bulk streams hand over `bulkTurnBytes` at a time, so the connection holds about one turn of a copy in
- * front of the next control message, not a whole window's frame.
+ * front of the next control message, not a whole window's frame. On any link a data frame is at most
+ * `dataFrameBytesMax` (one Noise message): a frame is heard only once whole, and a window-sized one took
+ * seconds on a 100 KB/s link whose kernel buffers never let the connection look full (hunt 116).
  *
  * What control streams may add to a full connection is bounded by their buckets (16 KiB per stream at
  * once, 4 KiB/s after that); bulk streams add nothing while it is full. helper 77's version gave every
@@ -42,6 +44,15 @@ export const controlRefillBytesPerSecond = 4 * 1024;
 export const congestedFullMs = 100;
 /** Bytes a bulk stream hands over at a time on a slow link (at 1 Mbit/s, ~130 ms). */
 export const bulkTurnBytes = 16 * 1024;
+/**
+ * Largest yamux data frame a stream sends: one Noise message (65,535 bytes less its 16-byte tag and the
+ * 12-byte frame header). The receiver's muxer hands a frame's data over only once all of it has come, and
+ * only then does the peer count as heard (MeshNode.onPeerActivity): the library sizes frames by the send
+ * window (256 KiB to 4 MiB), which at 100 KB/s is 2.6-40 s with nothing heard while bytes arrive, and the
+ * peer was suspected every ~3 s for a whole copy (hunt 116). A connection whose socket takes everything
+ * (a large kernel buffer in front of a slow link) never looks full here, so this cap applies always.
+ */
+export const dataFrameBytesMax = 65_507;
 
 /** The connection's side of it: one per muxer, shared by its streams. */
 export interface ConnectionState {
@@ -253,7 +264,7 @@ streamPrototype.sendData = function sendData(this: ControlFields, data: ByteList
       hold(this);
       return waiting(bucket, sentBytes);
     }
-    const pieceBytesMax = room > 0 ? room : state?.congested === true ? bulkTurnBytes : Number.POSITIVE_INFINITY;
+    const pieceBytesMax = room > 0 ? room : state?.congested === true ? bulkTurnBytes : dataFrameBytesMax;
     const piece = data.byteLength <= pieceBytesMax ? data : data.sublist(0, pieceBytesMax);
     const result = library.sendData.call(this, piece);
     if (piece !== data) data.consume(result.sentBytes);
