@@ -319,6 +319,11 @@ function parseIndexKey(key: string): IndexedInstance | undefined {
   return undefined;
 }
 
+/** A level no case handles: a compile error where a switch misses one (QueryLevel grew). */
+function unhandledLevel(level: never): never {
+  throw new Error(`unhandled query level ${String(level)}`);
+}
+
 /** The entity id at `level`: hex PatientID, StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID. */
 function entityIdAt(level: QueryLevel, indexed: IndexedInstance): string | undefined {
   switch (level) {
@@ -330,6 +335,8 @@ function entityIdAt(level: QueryLevel, indexed: IndexedInstance): string | undef
       return indexed.seriesInstanceUid;
     case 'IMAGE':
       return indexed.sopInstanceUid;
+    default:
+      return unhandledLevel(level);
   }
 }
 
@@ -363,6 +370,8 @@ function entryBelongsTo(level: QueryLevel, id: string, entry: CatalogEntry): boo
       return entry.seriesInstanceUid === id;
     case 'IMAGE':
       return entry.sopInstanceUid === id;
+    default:
+      return unhandledLevel(level);
   }
 }
 
@@ -374,6 +383,8 @@ function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): str
       return studyIndexPrefix(id);
     case 'SERIES':
       return seriesIndexPrefix(id);
+    default:
+      return unhandledLevel(level);
   }
 }
 
