@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
-import { sitesHoldingOf } from './mesh.ts';
+import { freeDiskProbe, sitesHoldingOf } from './mesh.ts';
+import { recordingLogger, type RecordedLine } from '../test/support/recording-logger.ts';
 
 const entry = (n: number): CatalogEntry => ({
   sopInstanceUid: `1.2.94.${n}`,
@@ -52,4 +56,22 @@ test('sitesHolding: other bytes at a peer, or a peer that does not answer, do no
   const { quorum, sitesHolding } = await sitesHoldingOf(deps, entries);
   assert.equal(quorum, 2);
   assert.deepEqual([...sitesHolding], [['1.2.94.1', 2], ['1.2.94.2', 1]]);
+});
+
+test('freeDiskProbe: a statfs that fails reports unknown (not 0, a full disk), logged once per cause until it succeeds again', async (t) => {
+  const parent = await mkdtemp(join(tmpdir(), 'pacs-free-disk-'));
+  t.after(() => rm(parent, { recursive: true, force: true }));
+  const dataDir = join(parent, 'data');
+  const lines: RecordedLine[] = [];
+  const probe = freeDiskProbe(dataDir, recordingLogger([], {}, lines));
+  assert.equal(await probe(), undefined, 'no such directory');
+  assert.equal(await probe(), undefined);
+  assert.deepEqual(lines.map((l) => [l.message.split(':')[0], l.fields?.cause]), [['free disk space unknown', 'ENOENT']], 'logged once');
+  await mkdir(dataDir);
+  const bytes = await probe();
+  assert.ok(typeof bytes === 'number' && bytes > 0, `${bytes} bytes free`);
+  assert.equal(lines.at(-1)?.message, 'free disk space measured again');
+  await rm(dataDir, { recursive: true });
+  assert.equal(await probe(), undefined);
+  assert.equal(lines.length, 3, 'a failure after a success is logged again');
 });

@@ -20,7 +20,7 @@ import type { IngestPort } from './actors/association/services/deps.ts';
 import type { ReplicaStore } from './actors/storage/replica-store.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import type { Clock } from './actors/runtime/clock.ts';
-import type { Logger } from './actors/runtime/logger.ts';
+import { errorText, type Logger } from './actors/runtime/logger.ts';
 import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { queryPeer } from './actors/storage/replication.ts';
 import { Tags } from './codec/dictionary.ts';
@@ -194,12 +194,15 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     });
     stopping.unshift(() => custody.stop());
     // Free disk is part of the load the balancer routes by (a full peer gets no new associations).
-    let freeDiskBytes = await freeBytesAt(init.dataDir);
+    const freeBytesAt = freeDiskProbe(init.dataDir, log);
+    let freeDiskBytes = await freeBytesAt();
+    const freeDisk = (): Pick<LocalStats['load'], 'freeDiskBytes' | 'freeDiskUnknown'> =>
+      // A store refusing writes (see ReplicaStore.writeFault) counts as full until it has reopened.
+      init.store.writeFault !== undefined ? { freeDiskBytes: 0 } : freeDiskBytes === undefined ? { freeDiskBytes: 0, freeDiskUnknown: true } : { freeDiskBytes };
     const localStats = (): LocalStats => {
       const stats = custody.stats();
       return {
-        // A store refusing writes (see ReplicaStore.writeFault) counts as full until it has reopened.
-        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, freeDiskBytes: init.store.writeFault === undefined ? freeDiskBytes : 0 },
+        load: { activeAssociations: init.activeAssociations(), queuedCustodyWork: stats.queuedWork, ...freeDisk() },
         instanceCount: stats.instanceCount,
         digestRoot: stats.digestRoot,
         forgottenSites: stats.forgottenSites,
@@ -253,7 +256,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     await frontDoor.serveInbound(init.localDicomPort, config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host);
     // Load figures change with every association: refresh what the next heartbeat says once a second.
     const statsTimer = setInterval(() => {
-      void freeBytesAt(init.dataDir).then((bytes) => (freeDiskBytes = bytes));
+      void freeBytesAt().then((bytes) => (freeDiskBytes = bytes));
       publishStats();
     }, 1000);
     statsTimer.unref();
@@ -377,13 +380,33 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
   }
 }
 
-async function freeBytesAt(path: string): Promise<number> {
-  try {
-    const stats = await statfs(path);
-    return stats.bavail * stats.bsize;
-  } catch {
-    return 0;
-  }
+/** Distinct statfs failure causes logged per failure streak; past it, new causes are not logged. */
+const freeDiskCausesLoggedMax = 16;
+
+/**
+ * Measures the free bytes of the file system holding `path`; undefined when statfs fails (unknown, not a
+ * full disk: 0 sent every association of this site elsewhere, silently). A failure is logged once per
+ * cause until a measurement succeeds again, which is logged too.
+ */
+export function freeDiskProbe(path: string, log: Logger): () => Promise<number | undefined> {
+  const causesLogged = new Set<string>();
+  return async () => {
+    try {
+      const stats = await statfs(path);
+      if (causesLogged.size > 0) {
+        causesLogged.clear();
+        log.info('free disk space measured again', { path });
+      }
+      return stats.bavail * stats.bsize;
+    } catch (error) {
+      const cause = (error as NodeJS.ErrnoException).code ?? errorText(error);
+      if (!causesLogged.has(cause) && causesLogged.size < freeDiskCausesLoggedMax) {
+        causesLogged.add(cause);
+        log.warn('free disk space unknown: statfs of the data directory failed; the balancer does not count this peer as full meanwhile', { path, cause, error: errorText(error) });
+      }
+      return undefined;
+    }
+  };
 }
 
 /**

@@ -240,6 +240,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       port: config.httpPort,
       ...(config.httpConnectionsPerClient === undefined ? {} : { maxConnectionsPerClient: config.httpConnectionsPerClient === 0 ? Number.POSITIVE_INFINITY : config.httpConnectionsPerClient }),
       isHealthy: () => healthy,
+      log: log.child({ component: 'http' }),
       dicomWeb: {
         store,
         retrieveSource,

@@ -3,10 +3,13 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
 import type { ForgetPeerOutcome } from '../actors/balancer/actor.ts';
+import { silentLogger } from '../actors/runtime/logger.ts';
+import { recordingLogger, type RecordedLine } from '../../test/support/recording-logger.ts';
+import { createDicomWebStats } from './dicomweb/context.ts';
 import { startHttpServer } from './server.ts';
 
 test('a path that is no resource is 404 whatever the method; a resource asked with another method is 405 with Allow', async (t) => {
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ instances: 0 }), isHealthy: () => true });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ instances: 0 }), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
   const base = `http://127.0.0.1:${server.port}`;
   assert.equal((await fetch(`${base}/nothing`, { method: 'POST' })).status, 404);
@@ -25,7 +28,7 @@ test('a path that is no resource is 404 whatever the method; a resource asked wi
 });
 
 test('connections beyond maxConnections are closed at once, and served again once others close', async (t) => {
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, maxConnections: 2, maxConnectionsPerClient: 2 });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, maxConnections: 2, maxConnectionsPerClient: 2 });
   t.after(() => server.stop());
   const idle: Socket[] = [];
   for (let i = 0; i < 2; i++) {
@@ -42,7 +45,7 @@ test('connections beyond maxConnections are closed at once, and served again onc
 
 test('one client holds at most its share of the connections: beyond it a 503, while another address still gets in (hunt 85: slow uploads took them all)', async (t) => {
   let healthChecks = 0;
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => (healthChecks++, true), maxConnections: 8, maxConnectionsPerClient: 2 });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => (healthChecks++, true), log: silentLogger, maxConnections: 8, maxConnectionsPerClient: 2 });
   t.after(() => server.stop());
   const held: Socket[] = [];
   t.after(() => held.forEach((socket) => socket.destroy()));
@@ -96,6 +99,7 @@ test('POST /api/forget-site?site=NAME: 200 with the debt dropped, 409 while the 
     port: 0,
     meshStatus: async () => ({}),
     isHealthy: () => true,
+    log: silentLogger,
     forgetSite: (site) => {
       if (site === 'site-up') return { outcome: 'alive' };
       if (site !== 'site-gone') return { outcome: 'unknown' };
@@ -116,7 +120,7 @@ test('POST /api/forget-site?site=NAME: 200 with the debt dropped, 409 while the 
   assert.equal((await post('?site=site-gone&site=site-x')).status, 400, 'one site at a time');
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/api/forget-site?site=site-gone`)).status, 405);
 
-  const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
   t.after(() => alone.stop());
   const noMesh = await fetch(`http://127.0.0.1:${alone.port}/api/forget-site?site=site-gone`, { method: 'POST' });
   assert.equal(noMesh.status, 409);
@@ -132,6 +136,7 @@ test('POST /api/forget-peer?peer=PEERID: 200 forgotten, 409 up, self, pinned or 
     port: 0,
     meshStatus: async () => ({}),
     isHealthy: () => true,
+    log: silentLogger,
     forgetPeer: (peerId) => {
       asked.push(peerId);
       return outcomes[peerId] ?? 'unknown';
@@ -153,7 +158,7 @@ test('POST /api/forget-peer?peer=PEERID: 200 forgotten, 409 up, self, pinned or 
   assert.equal(asked.length, askedBefore, 'malformed requests never reach the balancer');
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/api/forget-peer?peer=${ghost}`)).status, 405);
 
-  const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  const alone = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
   t.after(() => alone.stop());
   const noMesh = await fetch(`http://127.0.0.1:${alone.port}/api/forget-peer?peer=${ghost}`, { method: 'POST' });
   assert.equal(noMesh.status, 409);
@@ -161,7 +166,7 @@ test('POST /api/forget-peer?peer=PEERID: 200 forgotten, 409 up, self, pinned or 
 });
 
 test('requests the HTTP parser refuses get a status with a JSON body: headers over 16 KiB (431), an unknown method (400)', async (t) => {
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
   const raw = (request: string) =>
     new Promise<string>((resolve, reject) => {
@@ -193,6 +198,7 @@ test('a stop refuses new connections and closes idle ones at once, lets a reques
       return { instances: 7 };
     },
     isHealthy: () => true,
+    log: silentLogger,
   });
   const idle = connect(server.port, '127.0.0.1');
   idle.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
@@ -233,6 +239,7 @@ test('a request still in flight when the grace period ends is cut, and the stop 
       return new Promise(() => undefined);
     },
     isHealthy: () => true,
+    log: silentLogger,
   });
   const request = fetch(`http://127.0.0.1:${server.port}/api/mesh`);
   request.catch(() => undefined);
@@ -246,7 +253,7 @@ test('a request still in flight when the grace period ends is cut, and the stop 
 test('a request sent on a kept-alive connection while the peer was held past the keep-alive timeout is answered, not reset', async (t) => {
   // Node destroys a socket whose keep-alive timeout fired in the loop's timers phase before it reads the bytes
   // that arrived meanwhile: a peer paused (SIGSTOP) or stalled for over 5 s reset requests its clients sent in time.
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
   const socket = connect(server.port, '127.0.0.1');
   let answers = '';
@@ -289,7 +296,7 @@ test('requests pipelined on one connection are handled a few at a time: beyond, 
     running--;
     return {};
   };
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus, isHealthy: () => true });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus, isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
   const socket = connect(server.port, '127.0.0.1');
   t.after(() => socket.destroy());
@@ -304,4 +311,35 @@ test('requests pipelined on one connection are handled a few at a time: beyond, 
   assert.equal(statuses.at(-1), 503);
   assert.match(text, /ERR_HTTP_PIPELINING/);
   assert.ok(calls <= 16);
+});
+
+test('every 500 this server answers is logged once, with what failed; a DICOMweb bug too, once', async (t) => {
+  const lines: RecordedLine[] = [];
+  const log = recordingLogger([], {}, lines);
+  const broken = () => {
+    throw new Error('a bug in the status');
+  };
+  const server = await startHttpServer({
+    host: '127.0.0.1',
+    port: 0,
+    meshStatus: async () => broken(),
+    isHealthy: () => true,
+    log,
+    // Any use of this context is a bug DICOMweb does not expect (not a DicomWebError).
+    dicomWeb: new Proxy({ stats: createDicomWebStats(), log, searchElsewhere: () => undefined, sitesDown: () => [] }, { get: (target, key) => (key in target ? target[key as keyof typeof target] : broken()) }) as never,
+  });
+  t.after(() => server.stop());
+  for (const path of ['/', '/api/mesh', '/dicom-web/studies']) {
+    const response = await fetch(`http://127.0.0.1:${server.port}${path}`);
+    assert.equal(response.status, 500, path);
+    assert.equal(((await response.json()) as { code: string }).code, 'ERR_HTTP_INTERNAL', path);
+  }
+  assert.deepEqual(
+    lines.map((l) => [l.message, l.fields?.path, l.fields?.error]),
+    [
+      ['HTTP request failed: answered 500', '/', 'a bug in the status'],
+      ['HTTP request failed: answered 500', '/api/mesh', 'a bug in the status'],
+      ['HTTP request failed: answered 500', '/dicom-web/studies', 'a bug in the status'],
+    ],
+  );
 });

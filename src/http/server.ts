@@ -15,6 +15,7 @@ import { closeWithConnection, sendJson } from './respond.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
 import { siteNamePattern } from '../config.ts';
+import { errorText, type Logger } from '../actors/runtime/logger.ts';
 
 export type MeshStatusProvider = () => Promise<Record<string, unknown>>;
 
@@ -23,6 +24,8 @@ export interface HttpServerInit {
   port: number;
   meshStatus: MeshStatusProvider;
   isHealthy: () => boolean;
+  /** Says what failed for every 500 this server answers (DICOMweb's own 500s are logged by DICOMweb). */
+  log: Logger;
   /** POST /api/forget-site?site=NAME (see CustodyService.forgetSite); undefined without a mesh. */
   forgetSite?: (siteName: string) => { outcome: 'forgotten'; debtEntriesDropped: number } | { outcome: 'alive' | 'unknown' };
   /** POST /api/forget-peer?peer=PEERID (see BalancerService.forgetPeer); undefined without a mesh. */
@@ -219,8 +222,15 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
       if (stopping) setImmediate(() => server.closeIdleConnections());
     });
     route(init, req, res, ownAddress).catch((error: unknown) => {
-      if (!res.headersSent) sendJson(res, 500, { error: error instanceof Error ? error.message : String(error), code: 'ERR_HTTP_INTERNAL' });
-      else res.destroy();
+      // A bug, or a status that could not be gathered: without this line the client's 500 was all there was.
+      const fields = { method: req.method, path: (req.url ?? '/').split('?')[0]!.slice(0, 200), code: 'ERR_HTTP_INTERNAL', error: errorText(error), stack: (error as Error | undefined)?.stack };
+      if (!res.headersSent) {
+        init.log.error('HTTP request failed: answered 500', fields);
+        sendJson(res, 500, { error: errorText(error), code: 'ERR_HTTP_INTERNAL' });
+      } else {
+        init.log.error('HTTP request failed: response cut short', fields);
+        res.destroy();
+      }
     });
   });
   server.headersTimeout = 10_000;

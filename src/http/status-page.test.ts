@@ -10,7 +10,7 @@ const meshStatus = {
   leader: { peerId: '12D3KooWBBB', site: 'site-b', term: 7 },
   members: [
     { peerId: '12D3KooWAAA', site: 'site-a', status: 'alive', dicom: '127.0.0.1:11112', http: '127.0.0.1:8042', instances: 42, load: 0.1 },
-    { peerId: '12D3KooWBBB', site: 'site-b', status: 'alive', dicom: '127.0.0.1:11113', http: '127.0.0.1:8043', instances: 42, load: 0 },
+    { peerId: '12D3KooWBBB', site: 'site-b', status: 'alive', dicom: '127.0.0.1:11113', http: '127.0.0.1:8043', instances: 42, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0, freeDiskUnknown: true } },
     { peerId: '12D3KooWCCC', site: 'site-c', status: 'dead', dicom: '127.0.0.1:11114', http: '127.0.0.1:8044', instances: 30, load: { activeAssociations: 2, queuedCustodyWork: 5, freeDiskBytes: 75_085_082_624 } },
   ],
   custody: { debtEntries: 12, knownSites: [{ site: 'site-b', debtEntries: 0 }, { site: 'site-c', debtEntries: 12 }] },
@@ -23,6 +23,7 @@ test('the page shows this site, the leader, every member with its status and a l
   assert.match(page, /<th>leader<\/th><td>site-b \(term 7\)<\/td>/, 'the leader and its term');
   assert.match(page, /<tr class="dead"><td>site-c<\/td><td>dead<\/td><td>30<\/td><td>2<\/td><td>5<\/td><td>75\.1 GB<\/td>/, 'a dead member is marked so, with its count and last load');
   assert.match(page, /<td>site-b \(leader\)<\/td>/, 'the leader is marked among the members');
+  assert.match(page, /<td>0<\/td><td>0<\/td><td>unknown<\/td>/, 'a free disk the peer could not measure is unknown, not 0.0 GB');
   assert.match(page, /<a href="http:\/\/127\.0\.0\.1:8044\/">/, 'a link to each member\'s page');
   assert.match(page, /<th>copies owed to other sites<\/th><td>12<\/td>/, 'the debt in all');
   assert.match(page, /<tr><td>site-c<\/td><td>12<\/td><\/tr>/, 'the debt by site');

@@ -38,7 +38,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
       http: text(member.http),
       activeAssociations: text(load.activeAssociations),
       queuedCustodyWork: text(load.queuedCustodyWork),
-      freeDisk: typeof load.freeDiskBytes === 'number' ? `${(load.freeDiskBytes / 1e9).toFixed(1)} GB` : '',
+      freeDisk: load.freeDiskUnknown === true ? 'unknown' : typeof load.freeDiskBytes === 'number' ? `${(load.freeDiskBytes / 1e9).toFixed(1)} GB` : '',
     };
   });
   members.sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));

@@ -113,7 +113,7 @@ async function twoNodesBehindASlowLink(bytesPerSecond: number, pingTimeoutMs = 4
   const swarmKey = generateSwarmKey();
   const dirs: string[] = [];
   const nodes: MeshNode[] = [];
-  const tuning = { pingInterval: 200, pingTimeoutMs, maxStreamWindowSize: 256 * 1024, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000, peerAnnounceIntervalMs: 0 };
+  const tuning = { pingIntervalMs: 200, pingTimeoutMs, maxStreamWindowSize: 256 * 1024, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000, peerAnnounceIntervalMs: 0 };
   const start = async (): Promise<MeshNode> => {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-silence-'));
     dirs.push(dataDir);

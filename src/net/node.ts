@@ -3,7 +3,7 @@
  *
  * Stack: TCP on `/ip4/<host>/tcp/<p2pPort>` -> private network (our noble-xsalsa20 pnet protector) ->
  * noise -> yamux (stream window capped) ; services identify, ping, gossipsub (small-mesh settings).
- * The connection monitor pings every peer each `pingInterval`. With the private network, a connection
+ * The connection monitor pings every peer each `pingIntervalMs`. With the private network, a connection
  * ends when nothing at all has arrived on it for twice `pingTimeoutMs` (10 s: a half-open connection, a
  * peer standing still), whether or not its pings were answered (inbound-activity.ts: on a slow link pings
  * wait behind copies in flight, and the connection delivering them was aborted); the pings keep an idle
@@ -67,7 +67,7 @@ export interface MeshNodeTuning {
   /** StreamReader queue bound per stream (bytes). Default 1 MiB. */
   readHighWaterMark?: number;
   /** Connection monitor ping period (ms). Default 2000. */
-  pingInterval?: number;
+  pingIntervalMs?: number;
   /**
    * Ping timeout (ms); adaptive between this and 2x this. Default 5000. With the private network a
    * connection silent for 2x this ends instead (see the header comment).
@@ -395,7 +395,7 @@ class Reconnector {
   constructor(
     private readonly node: Libp2p<Services>,
     private readonly log: Logger,
-    private readonly opts: { minDelay: number; maxDelay: number; maxKnown: number; dialTimeout: number },
+    private readonly opts: { minDelayMs: number; maxDelayMs: number; maxKnown: number; dialTimeoutMs: number },
     private readonly selfPeerId: string,
     private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
     private readonly onBootstrapIdentityChanged: (change: BootstrapIdentityChange) => void = () => undefined,
@@ -506,7 +506,7 @@ class Reconnector {
    * still not connected later (a peer it cannot reach from there).
    */
   private firstDialDelayTo(peerId: string): number {
-    return this.selfPeerId < peerId ? this.opts.minDelay : this.opts.minDelay * higherPeerDialDelayFactor;
+    return this.selfPeerId < peerId ? this.opts.minDelayMs : this.opts.minDelayMs * higherPeerDialDelayFactor;
   }
 
   /** A peer connected: a bootstrap target dialled by address learns its PeerId here. */
@@ -582,7 +582,7 @@ class Reconnector {
   private tick(): void {
     if (!this.running) return;
     const now = performance.now();
-    let next = this.opts.maxDelay;
+    let next = this.opts.maxDelayMs;
     // Saved addresses bring a node back into the mesh; once in, the peers' announcements say where each
     // is now, and the saved ones (stale or not) rest until this node is alone again.
     const inMesh = this.node.getConnections().length > 0;
@@ -598,7 +598,7 @@ class Reconnector {
         continue;
       }
       if (this.inflight.size >= 8) {
-        next = Math.min(next, this.opts.minDelay);
+        next = Math.min(next, this.opts.minDelayMs);
         continue;
       }
       this.dial(t);
@@ -608,7 +608,7 @@ class Reconnector {
 
   private dial(t: Target): void {
     t.dialing = true;
-    const signal = AbortSignal.timeout(this.opts.dialTimeout);
+    const signal = AbortSignal.timeout(this.opts.dialTimeoutMs);
     // known addresses first (bootstrap, addKnownPeer); otherwise the peer store (filled by identify)
     const addrs = dialableAddrs(t);
     const target = addrs.length > 0 || t.peerId === undefined ? addrs : parsePeerId(t.peerId);
@@ -628,7 +628,7 @@ class Reconnector {
       .catch((err: Error) => {
         if (this.replacedAfterFailure(t, err)) return;
         t.attempts++;
-        const backoff = Math.min(this.opts.maxDelay, this.opts.minDelay * 2 ** Math.min(t.attempts, 16));
+        const backoff = Math.min(this.opts.maxDelayMs, this.opts.minDelayMs * 2 ** Math.min(t.attempts, 16));
         t.nextAt = performance.now() + backoff * (0.75 + Math.random() * 0.5);
         const nextTryInMs = Math.round(t.nextAt - performance.now());
         this.log('dial %s failed (attempt %d, next in %d ms): %s', t.key, t.attempts, nextTryInMs, err.message);
@@ -648,7 +648,7 @@ class Reconnector {
       .finally(() => {
         t.dialing = false;
         this.inflight.delete(p);
-        // The tick that started this dial rescheduled itself for maxDelay; the backoff is usually shorter.
+        // The tick that started this dial rescheduled itself for maxDelayMs; the backoff is usually shorter.
         if (this.targets.get(t.key) === t && !this.isConnected(t)) this.scheduleWithin(Math.max(50, t.nextAt - performance.now()));
       });
     this.inflight.add(p);
@@ -824,8 +824,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const bootstrapAddrs = (init.bootstrap ?? []).map(parseMultiaddr);
   const announce = (init.announce ?? []).map((a) => parseMultiaddr(a).toString());
   const pingTimeout = tuning.pingTimeoutMs ?? 5000;
-  const pingInterval = tuning.pingInterval ?? 2000;
-  const pingStreamsMax = Math.ceil((2 * pingTimeout) / pingInterval) + 2;
+  const pingIntervalMs = tuning.pingIntervalMs ?? 2000;
+  const pingStreamsMax = Math.ceil((2 * pingTimeout) / pingIntervalMs) + 2;
   const connectionSilentMaxMs = 2 * pingTimeout;
   const inboundActivity = init.swarmKey === null ? undefined : new InboundActivity();
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
@@ -883,14 +883,14 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       maxIncomingPendingConnections: incomingPendingConnectionsMax,
     },
     connectionMonitor: {
-      pingInterval,
+      pingInterval: pingIntervalMs,
       pingTimeout: { minTimeout: pingTimeout, maxTimeout: pingTimeout * 2 },
       // Silence decides where bytes are seen (see the header comment); a late ping alone does not.
       abortConnectionOnPingFailure: inboundActivity === undefined,
     },
     services: {
       identify: identify(),
-      // Pings every pingInterval, each allowed up to twice the ping timeout: several in flight at once (one
+      // Pings every pingIntervalMs, each allowed up to twice the ping timeout: several in flight at once (one
       // outbound by default, and every ping over the limit aborted the connection as a failed one).
       ping: ping({ maxOutboundStreams: pingStreamsMax, maxInboundStreams: pingStreamsMax }),
       pubsub: gossipsub({
@@ -922,10 +922,10 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const log = node.logger.forComponent('pacs-mesh:net');
   const pubsub = node.services.pubsub;
   const reconnector = new Reconnector(node, log, {
-    minDelay: tuning.reconnectMinDelayMs ?? 250,
-    maxDelay: tuning.reconnectMaxDelayMs ?? 5000,
+    minDelayMs: tuning.reconnectMinDelayMs ?? 250,
+    maxDelayMs: tuning.reconnectMaxDelayMs ?? 5000,
     maxKnown: tuning.maxKnownPeers ?? 64,
-    dialTimeout: tuning.dialTimeoutMs ?? 5000,
+    dialTimeoutMs: tuning.dialTimeoutMs ?? 5000,
   }, node.peerId.toString(), init.onBootstrapUnreachable, init.onBootstrapIdentityChanged, init.onIdentityTwinAddress);
   for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
   const safeCall = <A>(fn: (arg: A) => void, arg: A, what: string): void => {
@@ -1096,7 +1096,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     topicJoinedHandlers.set(PEERS_TOPIC, new Set([() => announceSoonAfter(announceReplyDelayMs)]));
   }
 
-  const silenceCheckIntervalMs = Math.min(pingInterval, connectionSilentMaxMs / 4);
+  const silenceCheckIntervalMs = Math.min(pingIntervalMs, connectionSilentMaxMs / 4);
   let silenceCheckedAtMs = performance.now();
   const silenceTimer =
     inboundActivity === undefined

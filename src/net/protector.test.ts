@@ -260,7 +260,7 @@ describe('pskProtector', () => {
   });
 
   it('fails the handshake with a clear error when the remote sends no nonce', async () => {
-    const ours = protectorFrom(pskProtector({ swarmKey: generateSwarmKey(), handshakeTimeout: 200 }));
+    const ours = protectorFrom(pskProtector({ swarmKey: generateSwarmKey(), handshakeTimeoutMs: 200 }));
     const [outbound] = multiaddrConnectionPair();
     // AbortSignal.timeout does not keep the event loop alive (a real node's listener does): hold it here
     const keepAlive = setTimeout(() => {}, 5000);

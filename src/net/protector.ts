@@ -314,7 +314,7 @@ export interface PskProtectorInit {
    */
   cipher?: PnetCipher;
   /** The nonce exchange must finish within this many ms (also bounded by the upgrader's signal). Default 5000. */
-  handshakeTimeout?: number;
+  handshakeTimeoutMs?: number;
   /** Told when each protected connection opens, receives bytes and closes (the node's silence check). */
   inboundActivity?: InboundActivity;
   /**
@@ -335,7 +335,7 @@ class PskConnectionProtector implements ConnectionProtector {
   readonly [Symbol.toStringTag] = 'pacs-mesh/pnet';
   private readonly psk: Uint8Array;
   private readonly cipher: PnetCipher;
-  private readonly handshakeTimeout: number;
+  private readonly handshakeTimeoutMs: number;
   private readonly inboundActivity: InboundActivity | undefined;
   private readonly maxWriteBufferBytes: number;
 
@@ -350,7 +350,7 @@ class PskConnectionProtector implements ConnectionProtector {
     }
     this.psk = Uint8Array.from(psk);
     this.cipher = cipher;
-    this.handshakeTimeout = init.handshakeTimeout ?? 5000;
+    this.handshakeTimeoutMs = init.handshakeTimeoutMs ?? 5000;
     this.inboundActivity = init.inboundActivity;
     this.maxWriteBufferBytes = init.maxWriteBufferBytes ?? DEFAULT_CONNECTION_WRITE_BUFFER_BYTES;
   }
@@ -360,7 +360,7 @@ class PskConnectionProtector implements ConnectionProtector {
       throw new ProtectorError('ERR_PNET_HANDSHAKE', 'pnet can only protect a multiaddr connection');
     }
     const log = connection.log.newScope('pnet');
-    const timeout = AbortSignal.timeout(this.handshakeTimeout);
+    const timeout = AbortSignal.timeout(this.handshakeTimeoutMs);
     const signal = options?.signal != null ? AbortSignal.any([options.signal, timeout]) : timeout;
     const localNonce = new Uint8Array(randomBytes(NONCE_LENGTH));
     const bytes = byteStream(connection);

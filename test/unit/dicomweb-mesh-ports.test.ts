@@ -42,6 +42,7 @@ async function serverWith(ports: Partial<DicomWebContext>): Promise<string> {
     port: 0,
     meshStatus: async () => ({}),
     isHealthy: () => true,
+    log: silentLogger,
     dicomWeb: {
       store: peer.store,
       retrieveSource: localRetrieveSource(peer.store),

@@ -484,7 +484,7 @@ test('STOW-RS: a write quorum that is not reached fails the instance with A700, 
     meshLookups: createConcurrencyLimit(4, 4),
     heldInstanceBytes: createConcurrencyLimit(1024 * 1024, 4),
   };
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, dicomWeb });
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, dicomWeb });
   t.after(async () => {
     await server.stop();
     await store.close();

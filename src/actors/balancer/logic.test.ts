@@ -21,13 +21,18 @@ function configFor(selfPeerId: string): BalancerConfig {
 
 function member(
   peerId: string,
-  opts: { status?: MemberStatus; priority?: number; electable?: boolean; site?: string; active?: number; queued?: number; free?: number } = {},
+  opts: { status?: MemberStatus; priority?: number; electable?: boolean; site?: string; active?: number; queued?: number; free?: number; freeUnknown?: true } = {},
 ): MemberRecord {
   return memberRecord(peerId, {
     siteName: opts.site ?? `site-${peerId.slice(-1)}`,
     priority: opts.priority ?? 0,
     electable: opts.electable ?? true,
-    load: { activeAssociations: opts.active ?? 0, queuedCustodyWork: opts.queued ?? 0, freeDiskBytes: opts.free ?? 1e9 },
+    load: {
+      activeAssociations: opts.active ?? 0,
+      queuedCustodyWork: opts.queued ?? 0,
+      freeDiskBytes: opts.free ?? 1e9,
+      ...(opts.freeUnknown !== undefined ? { freeDiskUnknown: opts.freeUnknown } : {}),
+    },
     status: opts.status ?? 'alive',
   });
 }
@@ -252,6 +257,11 @@ test('routing prefers peers of the same site, crosses sites only when the site i
     limits,
   );
   assert.deepEqual(chooseTarget(saturated, 'peer-a1', 0.5), { peerId: 'peer-b1', reason: 'cross-site' });
+
+  // A peer that could not measure its free disk (statfs failed) is not full for it: its site keeps its associations.
+  const unknownDisk = buildRoutingTable([member('peer-a1', { site: 'north', free: 0, freeUnknown: true }), member('peer-b1', { site: 'south' })], 3, 'peer-a1', limits);
+  assert.equal(unknownDisk.entries.find((e) => e.peerId === 'peer-a1')?.saturated, false);
+  assert.deepEqual(chooseTarget(unknownDisk, 'peer-a1', 0.5), { peerId: 'peer-a1', reason: 'same-site' });
 });
 
 test('routing counts the associations this peer tunnelled to a peer and its own live ones: a peer full by them is full, whatever the table says', () => {

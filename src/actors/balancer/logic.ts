@@ -451,11 +451,11 @@ export function buildRoutingTable(
   const fullestPeerInstances = Math.max(0, ...alive.map((m) => m.instanceCount));
   const entries: RoutingEntry[] = alive
     .map((m) => {
-      const { activeAssociations, queuedCustodyWork, freeDiskBytes } = m.load;
+      const { activeAssociations, queuedCustodyWork, freeDiskBytes, freeDiskUnknown } = m.load;
       const saturated =
         activeAssociations >= limits.associationsPerPeerMax ||
         queuedCustodyWork >= limits.custodyQueueMax ||
-        freeDiskBytes < limits.freeDiskBytesMin;
+        (freeDiskUnknown !== true && freeDiskBytes < limits.freeDiskBytesMin);
       const associationHeadroom = 1 - activeAssociations / limits.associationsPerPeerMax;
       const custodyHeadroom = 1 - queuedCustodyWork / limits.custodyQueueMax;
       // Integer weights keep tables comparable and the choice reproducible across platforms.

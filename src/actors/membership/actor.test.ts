@@ -210,6 +210,11 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     assert.equal(parseHeartbeat(valid)?.electable, true);
     assert.equal(parseHeartbeat({ ...valid, electable: false })?.electable, false);
     assert.equal(parseHeartbeat({ ...valid, electable: 'no' }), null);
+    // Likewise `freeDiskUnknown`: absent when measured and from older peers, kept when true, junk when not a boolean.
+    assert.equal(parseHeartbeat(valid)?.load.freeDiskUnknown, undefined);
+    assert.equal(parseHeartbeat({ ...valid, load: { ...valid.load, freeDiskUnknown: true } })?.load.freeDiskUnknown, true);
+    assert.equal(parseHeartbeat({ ...valid, load: { ...valid.load, freeDiskUnknown: false } })?.load.freeDiskUnknown, undefined);
+    assert.equal(parseHeartbeat({ ...valid, load: { ...valid.load, freeDiskUnknown: 'yes' } }), null);
     // Likewise `accessDigest`: absent from older peers, kept when present, junk when not a string.
     assert.equal(parseHeartbeat(valid)?.addresses.accessDigest, undefined);
     assert.equal(parseHeartbeat({ ...valid, addresses: { ...valid.addresses, accessDigest: '0123abcd' } })?.addresses.accessDigest, '0123abcd');

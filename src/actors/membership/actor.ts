@@ -196,6 +196,7 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   const load = v.load as Record<string, unknown> | null;
   if (typeof load !== 'object' || load === null) return null;
   if (!count(load.activeAssociations) || !count(load.queuedCustodyWork) || !count(load.freeDiskBytes)) return null;
+  if (load.freeDiskUnknown !== undefined && typeof load.freeDiskUnknown !== 'boolean') return null;
   // Absent in heartbeats of peers from before the field.
   const forgotten = v.forgottenSites ?? [];
   if (!Array.isArray(forgotten) || forgotten.length > heartbeatForgottenSitesMax) return null;
@@ -223,7 +224,12 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
       aeTitle: addresses.aeTitle,
       ...(addresses.accessDigest !== undefined ? { accessDigest: addresses.accessDigest } : {}),
     },
-    load: { activeAssociations: load.activeAssociations, queuedCustodyWork: load.queuedCustodyWork, freeDiskBytes: load.freeDiskBytes },
+    load: {
+      activeAssociations: load.activeAssociations,
+      queuedCustodyWork: load.queuedCustodyWork,
+      freeDiskBytes: load.freeDiskBytes,
+      ...(load.freeDiskUnknown === true ? { freeDiskUnknown: true } : {}),
+    },
     instanceCount: v.instanceCount,
     digestRoot: v.digestRoot,
     ...(forgottenSites.length > 0 ? { forgottenSites } : {}),

@@ -26,6 +26,11 @@ export interface PeerLoad {
   /** Replication offers, debt drains and repair pulls waiting at this peer. */
   readonly queuedCustodyWork: number;
   readonly freeDiskBytes: number;
+  /**
+   * The peer could not measure its free disk (statfs failed): freeDiskBytes is 0 then, and is no reason to
+   * route elsewhere. Absent when measured, and from peers before the field (their 0 reads as a full disk).
+   */
+  readonly freeDiskUnknown?: true;
 }
 
 /**

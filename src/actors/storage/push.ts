@@ -102,12 +102,21 @@ export class PushStreams {
     private readonly limits: Pick<PushLimits, 'idleStreamsPerPeerMax' | 'idleStreamMs'> = defaultPushLimits,
   ) {}
 
+  /** Sites with at least one idle stream kept (an empty list is dropped, so sites that left cost nothing). */
+  get peersWithIdleStreams(): number {
+    return this.idle.size;
+  }
+
   async take(peerId: string, signal: AbortSignal): Promise<MeshStream> {
     const kept = this.idle.get(peerId) ?? [];
-    for (let entry = kept.pop(); entry !== undefined; entry = kept.pop()) {
-      clearTimeout(entry.timer);
-      if (entry.stream.reusable) return entry.stream;
-      entry.stream.abort(new PushError('ERR_PUSH_ABORTED', 'push stream closed while idle'));
+    try {
+      for (let entry = kept.pop(); entry !== undefined; entry = kept.pop()) {
+        clearTimeout(entry.timer);
+        if (entry.stream.reusable) return entry.stream;
+        entry.stream.abort(new PushError('ERR_PUSH_ABORTED', 'push stream closed while idle'));
+      }
+    } finally {
+      this.forgetIfEmpty(peerId, kept);
     }
     return this.node.openStream(peerId, PUSH_PROTOCOL, { signal });
   }
@@ -123,6 +132,7 @@ export class PushStreams {
       timer: setTimeout(() => {
         const at = kept.indexOf(entry);
         if (at >= 0) kept.splice(at, 1);
+        this.forgetIfEmpty(peerId, kept);
         void retire(stream);
       }, this.limits.idleStreamMs),
     };
@@ -140,6 +150,11 @@ export class PushStreams {
         void retire(entry.stream);
       }
     }
+    this.idle.clear();
+  }
+
+  private forgetIfEmpty(peerId: string, kept: IdleStream[]): void {
+    if (kept.length === 0 && this.idle.get(peerId) === kept) this.idle.delete(peerId);
   }
 }
 

@@ -272,12 +272,18 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     const shortLived = new PushStreams(a, { idleStreamsPerPeerMax: 1, idleStreamMs: 50 });
     const first = await shortLived.take(b.peerId, AbortSignal.timeout(5_000));
     shortLived.give(b.peerId, first);
+    assert.equal(shortLived.peersWithIdleStreams, 1);
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(first.reusable, false, 'closed after idleStreamMs');
+    assert.equal(shortLived.peersWithIdleStreams, 0, 'a site whose idle streams all closed is forgotten');
     const second = await shortLived.take(b.peerId, AbortSignal.timeout(5_000));
     assert.notEqual(second, first);
     shortLived.give(b.peerId, second);
+    assert.equal(await shortLived.take(b.peerId, AbortSignal.timeout(5_000)), second, 'an idle stream is reused');
+    assert.equal(shortLived.peersWithIdleStreams, 0, 'a site whose last idle stream was taken is forgotten');
+    shortLived.give(b.peerId, second);
     shortLived.stop();
+    assert.equal(shortLived.peersWithIdleStreams, 0);
   });
 
   it('the receiver resets a push stream left idle for receiverIdleMs, and answers the pushes before it', async () => {

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Prng } from '../../sim/prng.ts';
 import { parseMediaType } from './accept.ts';
-import { isValidBoundary, MultipartError, readMultipart, type MultipartErrorCode, type MultipartLimits } from './multipart-reader.ts';
+import { MultipartError, type MultipartErrorCode } from './multipart-error.ts';
+import { isValidBoundary, readMultipart, type MultipartLimits } from './multipart-reader.ts';
 
 interface ReadPart {
   headers: Record<string, string>;

@@ -4,30 +4,7 @@
  * through a buffer of one network chunk plus one delimiter. The reader pulls from its source only when the
  * consumer asks for more, which carries the consumer's back-pressure to the request stream.
  */
-
-export type MultipartErrorCode =
-  /** No delimiter line within the preamble's bound: not a multipart body with this boundary. */
-  | 'ERR_MULTIPART_NO_START'
-  /** The body ended before the close delimiter (a cut upload, or a client that never sent it). */
-  | 'ERR_MULTIPART_TRUNCATED'
-  /** A part's header section is over its bound. */
-  | 'ERR_MULTIPART_HEADER_TOO_LARGE'
-  /** A header line that is not `name: value`, or a Content-Type given twice. */
-  | 'ERR_MULTIPART_HEADER'
-  /** The boundary is followed by something other than `--` or optional padding and CRLF. */
-  | 'ERR_MULTIPART_DELIMITER'
-  /** More parts than one request may hold. */
-  | 'ERR_MULTIPART_TOO_MANY_PARTS';
-
-export class MultipartError extends Error {
-  override readonly name = 'MultipartError';
-  constructor(
-    readonly code: MultipartErrorCode,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+import { MultipartError } from './multipart-error.ts';
 
 export interface MultipartLimits {
   /** A part's header section, CRLFs included. */

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseMultipart, mediaTypeParameter } from '../../../test/support/multipart.ts';
-import { MultipartError, startMultipart, type MultipartWriter } from './multipart-writer.ts';
+import { MultipartError } from './multipart-error.ts';
+import { startMultipart, type MultipartWriter } from './multipart-writer.ts';
 
 /** A server whose one request is answered by `serve`; returns the port and a stop function. */
 async function serveOnce(serve: (res: ServerResponse) => Promise<void>): Promise<{ port: number; outcome: Promise<unknown>; stop(): Promise<void> }> {

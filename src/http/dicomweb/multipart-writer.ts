@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { formatMediaType } from './accept.ts';
+import { MultipartError } from './multipart-error.ts';
 
 export interface MultipartOptions {
   /** The parts' media type: the `type` parameter of multipart/related. */
@@ -30,16 +31,6 @@ export interface MultipartWriter {
   writePart(headers: Readonly<Record<string, string>>, body: Uint8Array | readonly Uint8Array[] | AsyncIterable<Uint8Array>): Promise<void>;
   /** Writes the closing delimiter and ends the response. */
   end(): void;
-}
-
-export class MultipartError extends Error {
-  override readonly name = 'MultipartError';
-  constructor(
-    readonly code: 'ERR_DICOMWEB_CLIENT_GONE' | 'ERR_DICOMWEB_MULTIPART_USAGE',
-    message: string,
-  ) {
-    super(message);
-  }
 }
 
 /** Whether `error` (or the response's state) says the client went away: nobody is left to answer. */

@@ -76,12 +76,11 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
       res.destroy();
       return;
     }
-    // A fault here (a 500, or a bug the server answers 500 to) was only counted: the operator had the count
-    // in /api/mesh and no line saying what failed; refusals (4xx) and busy answers (503) are the client's to read.
-    if (!(error instanceof DicomWebError) || (error.httpStatus >= 500 && error.httpStatus !== 503)) {
-      ctx.log.error('DICOMweb request failed', { path: url.pathname.slice(0, 200), code: error instanceof DicomWebError ? error.code : 'ERR_HTTP_INTERNAL', error: errorText(error), ...(error instanceof DicomWebError ? {} : { stack: (error as Error | undefined)?.stack }) });
-    }
+    // A fault answered here (a 500) was only counted: the operator had the count in /api/mesh and no line
+    // saying what failed; refusals (4xx) and busy answers (503) are the client's to read. A bug (any other
+    // error) is answered 500 and logged by the HTTP server, once.
     if (!(error instanceof DicomWebError)) throw error;
+    if (error.httpStatus >= 500 && error.httpStatus !== 503) ctx.log.error('DICOMweb request failed', { path: url.pathname.slice(0, 200), code: error.code, error: errorText(error) });
     if (error.httpStatus === 503) res.setHeader('retry-after', '5');
     sendJson(res, error.httpStatus, { error: error.message, code: error.code });
   }

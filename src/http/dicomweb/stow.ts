@@ -37,7 +37,8 @@ import { isWarningStatus } from '../../codec/dimse.ts';
 import { isAcceptableUid, normalizeUidValue } from '../../codec/uid.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { parseMediaType, requireDicomJson } from './accept.ts';
-import { boundaryMaxChars, defaultMultipartLimits, isValidBoundary, MultipartError, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
+import { MultipartError } from './multipart-error.ts';
+import { boundaryMaxChars, defaultMultipartLimits, isValidBoundary, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type StoreRoute = Extract<DicomWebRoute, { type: 'store' }>;

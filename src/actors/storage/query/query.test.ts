@@ -1082,17 +1082,44 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
           const request = randomRequest(prng);
           const stats = createQueryStats();
           const sorted = (responses: DicomElement[][]): string[] => responses.map((response) => JSON.stringify(response)).sort();
-          const indexed = sorted(await find(db, request, { stats }));
+          const inOrder = await find(db, request, { stats });
+          const indexed = sorted(inOrder);
           const scanned = sorted(await find(db, request, { searchIndexes: false }));
           assert.deepEqual(indexed, scanned, `seed ${seed} (QUERY_SEEDS), query ${query}: ${JSON.stringify(request)}`);
           plans.set(stats.plan.split(' ')[1]!, (plans.get(stats.plan.split(' ')[1]!) ?? 0) + 1);
+          await assertSameWithFewIdsRemembered(db, request, inOrder, `seed ${seed} (QUERY_SEEDS), query ${query}`);
+        }
+        // SERIES and IMAGE level by Modality (a series under 'MR\\SR' is in two ranges) and by PatientID start.
+        for (const [level, keys] of [
+          ['SERIES', [k(T.SeriesInstanceUID, 'UI'), k(T.Modality, 'CS', prng.pick(['MR\\SR', 'SR\\CT', 'CT']))]],
+          ['IMAGE', [k(T.SOPInstanceUID, 'UI'), k(T.Modality, 'CS', prng.pick(['MR\\SR', 'SR\\MR\\CT']))]],
+          ['IMAGE', [k(T.SOPInstanceUID, 'UI'), k(T.PatientID, 'LO', prng.pick(['P1*', 'P*', 'P1\\P1*']))]],
+        ] as const) {
+          const request: QueryRequest = { root: 'STUDY', level, keys: [...keys] };
+          const inOrder = await find(db, request);
+          assert.deepEqual(inOrder.map((r) => JSON.stringify(r)).sort(), (await find(db, request, { searchIndexes: false })).map((r) => JSON.stringify(r)).sort(), `seed ${seed}: ${JSON.stringify(request)}`);
+          await assertSameWithFewIdsRemembered(db, request, inOrder, `seed ${seed}`);
         }
       }
     } finally {
       await close();
     }
     for (const index of ['x!name!', 'x!da!', 'x!newest!studypid!', 'x!newest!pid!', 'x!pid!', 'x!acc!', 'x!mod!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
+    assert.ok(repeatsMetPastMemory > 0, 'some entities were met again past the remembered ids');
   });
+
+  let repeatsMetPastMemory = 0;
+  /** The same responses, in the same order, when the scan remembers no candidate ids, or one (bounded memory: hunt 113). */
+  async function assertSameWithFewIdsRemembered(db: CatalogDb, request: QueryRequest, expected: DicomElement[][], what: string): Promise<void> {
+    for (const rememberedMax of [0, 1]) {
+      const stats = createQueryStats();
+      assert.deepEqual(await find(db, request, { candidateIdsRememberedMax: rememberedMax, stats }), expected, `${what}, ${rememberedMax} ids remembered: ${JSON.stringify(request)}`);
+      assert.ok(stats.candidateIdsRemembered <= rememberedMax, `${stats.candidateIdsRemembered} ids remembered`);
+      const examinedWithMemory = createQueryStats();
+      await find(db, request, { stats: examinedWithMemory });
+      if (stats.entitiesExamined > examinedWithMemory.entitiesExamined || stats.entriesRead > examinedWithMemory.entriesRead) repeatsMetPastMemory++;
+    }
+  }
 });
 
 describe('a search by modality reads the modality index (black-box helper 51: it read every study or series)', () => {

@@ -69,6 +69,7 @@ import {
   UNKNOWN_MODALITY_INDEX_PREFIX,
   UNKNOWN_STUDY_DATE_INDEX_PREFIX,
   accessionIndexPrefix,
+  catalogKeysOf,
   encodeKeyText,
   modalityIndexPrefix,
   getCatalogEntries,
@@ -80,6 +81,7 @@ import {
   patientIndexPrefix,
   studyPatientId,
   personNameIndexPrefix,
+  prefixRange,
   seriesIndexPrefix,
   studyDateIndexRange,
   studyIndexPrefix,
@@ -152,10 +154,12 @@ export interface QueryStats {
   /** Catalog entries read and decoded. */
   entriesRead: number;
   entitiesExamined: number;
+  /** Entity ids a scan of several index ranges remembered to skip the ones it met before (see candidateIds). */
+  candidateIdsRemembered: number;
 }
 
 export function createQueryStats(): QueryStats {
-  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0 };
+  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0, candidateIdsRemembered: 0 };
 }
 
 export interface FindOptions {
@@ -173,7 +177,16 @@ export interface FindOptions {
    * nothing went on to the end of the level, its association held open meanwhile (helper 98).
    */
   stopped?: () => boolean;
+  /** Entity ids a scan of several index ranges remembers (default candidateIdsRememberedMax; tests lower it). */
+  candidateIdsRememberedMax?: number;
 }
+
+/**
+ * Entity ids a scan of several index ranges remembers, so that an entity met again (under another name form,
+ * date or modality) is skipped at once; past it, a repeat is told from the entity's own entries instead (see
+ * candidateIds). An id cut from its index key costs 85-240 bytes of heap (measured): at most ~4 MB a search.
+ */
+export const candidateIdsRememberedMax = 16_384;
 
 // ---------------------------------------------------------------------------------------------------
 // Compilation and validation
@@ -319,6 +332,11 @@ function parseIndexKey(key: string): IndexedInstance | undefined {
   return undefined;
 }
 
+/** A level no case handles: a compile error where a switch misses one (QueryLevel grew). */
+function unhandledLevel(level: never): never {
+  throw new Error(`unhandled query level ${String(level)}`);
+}
+
 /** The entity id at `level`: hex PatientID, StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID. */
 function entityIdAt(level: QueryLevel, indexed: IndexedInstance): string | undefined {
   switch (level) {
@@ -330,15 +348,17 @@ function entityIdAt(level: QueryLevel, indexed: IndexedInstance): string | undef
       return indexed.seriesInstanceUid;
     case 'IMAGE':
       return indexed.sopInstanceUid;
+    default:
+      return unhandledLevel(level);
   }
 }
 
-async function* scanIndex(db: CatalogDb, prefix: string | { gte: string; lt: string }, stats: QueryStats): AsyncGenerator<IndexedInstance> {
+async function* scanIndex(db: CatalogDb, prefix: string | { gte: string; lt: string }, stats: QueryStats): AsyncGenerator<IndexedInstance & { key: string }> {
   for await (const keys of keyBatches(db, prefix)) {
     stats.indexKeysRead += keys.length;
     for (const key of keys) {
       const indexed = parseIndexKey(key);
-      if (indexed) yield indexed;
+      if (indexed) yield { ...indexed, key };
     }
   }
 }
@@ -363,6 +383,8 @@ function entryBelongsTo(level: QueryLevel, id: string, entry: CatalogEntry): boo
       return entry.seriesInstanceUid === id;
     case 'IMAGE':
       return entry.sopInstanceUid === id;
+    default:
+      return unhandledLevel(level);
   }
 }
 
@@ -374,6 +396,8 @@ function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): str
       return studyIndexPrefix(id);
     case 'SERIES':
       return seriesIndexPrefix(id);
+    default:
+      return unhandledLevel(level);
   }
 }
 
@@ -389,12 +413,16 @@ async function loadAggregate(
   withEntries: boolean,
   stats: QueryStats,
   patientIds?: ReadonlySet<string>,
+  onEntry?: (entry: CatalogEntry) => void,
 ): Promise<EntityAggregate> {
   const aggregate = createAggregate();
   let pending: string[] = [];
   const flush = async (): Promise<void> => {
     for (const entry of await readEntries(db, pending, stats)) {
-      if (entryBelongsTo(level, id, entry) && (patientIds === undefined || patientIds.has(entry.patientId))) addInstance(aggregate, entry);
+      if (entryBelongsTo(level, id, entry) && (patientIds === undefined || patientIds.has(entry.patientId))) {
+        addInstance(aggregate, entry);
+        onEntry?.(entry);
+      }
     }
     pending = [];
   };
@@ -564,28 +592,89 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
   return { kind: 'prefixes', prefixes: [prefix], contiguous: true, description: `full scan ${prefix}` };
 }
 
-/** Candidate entity ids at `level`, each once, from the plan's index (keys only). */
-async function* candidateIds(db: CatalogDb, level: QueryLevel, plan: Exclude<Plan, { kind: 'newest' }>, stats: QueryStats, stopped: () => boolean): AsyncGenerator<string> {
+type RangesPlan = Extract<Plan, { kind: 'prefixes' }>;
+
+/** Index keys met in a row that name one entity, in one of the plan's ranges. */
+interface ScanRun {
+  readonly rangeIndex: number;
+  readonly firstKey: string;
+  lastKey: string;
+}
+
+/** A candidate entity; `run` is set when the scan no longer remembers ids: whether to read it is for metFirstIn. */
+interface Candidate {
+  readonly id: string;
+  readonly run?: ScanRun;
+}
+
+/**
+ * Candidate entity ids at `level`, each once, from the plan's index (keys only). In a plan of several ranges
+ * an entity is met once per run of its keys (its name forms, dates, modalities); the first
+ * `rememberedMax` ids are remembered, and an entity met past that comes with its run (see metFirstIn).
+ */
+async function* candidateIds(
+  db: CatalogDb,
+  level: QueryLevel,
+  plan: Exclude<Plan, { kind: 'newest' }>,
+  stats: QueryStats,
+  stopped: () => boolean,
+  rememberedMax: number,
+): AsyncGenerator<Candidate> {
   if (plan.kind === 'nothing') return;
   if (plan.kind === 'instances') {
-    yield* plan.sopInstanceUids;
+    for (const id of plan.sopInstanceUids) yield { id };
     return;
   }
   const seen = new Set<string>();
-  let previous: string | undefined;
-  for (const prefix of plan.prefixes) {
+  let pending: Candidate | undefined;
+  for (const [rangeIndex, prefix] of plan.prefixes.entries()) {
+    let previous: string | undefined;
     for await (const indexed of scanIndex(db, prefix, stats)) {
       if (stopped()) return;
       const id = entityIdAt(level, indexed);
-      if (id === undefined || id === previous) continue;
+      if (id === undefined) continue;
+      if (id === previous) {
+        if (pending?.run !== undefined) pending.run.lastKey = indexed.key;
+        continue;
+      }
       previous = id;
+      if (pending !== undefined) yield pending;
+      pending = undefined;
       if (!plan.contiguous) {
         if (seen.has(id)) continue;
+        if (seen.size >= rememberedMax) {
+          // Yielded once the run has ended: the entity's first key in the plan may lie anywhere in it.
+          pending = { id, run: { rangeIndex, firstKey: indexed.key, lastKey: indexed.key } };
+          continue;
+        }
         seen.add(id);
+        stats.candidateIdsRemembered = Math.max(stats.candidateIdsRemembered, seen.size);
       }
-      yield id;
+      yield { id };
+    }
+    if (pending !== undefined) yield pending;
+    pending = undefined;
+  }
+}
+
+/**
+ * Whether `run` is where the scan meets the entity of `entries` first: the run holding the first of their
+ * index keys in the plan's ranges, in scan order. An entity none of whose entries has a key there (index keys
+ * left stale) is read at every run, as the entries decide whether it matches. Exact for an archive that does
+ * not change during the scan; an instance stored meanwhile under a key the scan had passed can hide its
+ * entity from this search (past candidateIdsRememberedMax ids only).
+ */
+function metFirstIn(plan: RangesPlan, run: ScanRun, entries: Iterable<CatalogEntry>): boolean {
+  const ranges = plan.prefixes.map((prefix) => (typeof prefix === 'string' ? prefixRange(prefix) : prefix));
+  let first: { rangeIndex: number; key: string } | undefined;
+  for (const entry of entries) {
+    for (const key of catalogKeysOf(entry)) {
+      const rangeIndex = ranges.findIndex((range) => key >= range.gte && key < range.lt);
+      if (rangeIndex < 0) continue;
+      if (first === undefined || rangeIndex < first.rangeIndex || (rangeIndex === first.rangeIndex && key < first.key)) first = { rangeIndex, key };
     }
   }
+  return first === undefined || (first.rangeIndex === run.rangeIndex && first.key >= run.firstKey && first.key <= run.lastKey);
 }
 
 /** Loaded candidate entities: for IMAGE one entry each (read in batches), otherwise the whole entity. */
@@ -595,6 +684,7 @@ async function* candidateEntities(
   plan: Plan,
   stats: QueryStats,
   stopped: () => boolean,
+  rememberedMax: number,
 ): AsyncGenerator<EntityAggregate> {
   if (plan.kind === 'newest') {
     if (level === 'IMAGE') throw new Error('a newest-index plan is for STUDY and PATIENT level only');
@@ -602,23 +692,30 @@ async function* candidateEntities(
     return;
   }
   if (level !== 'IMAGE') {
-    for await (const id of candidateIds(db, level, plan, stats, stopped)) {
-      const aggregate = await loadAggregate(db, level, id, true, stats);
+    for await (const { id, run } of candidateIds(db, level, plan, stats, stopped, rememberedMax)) {
+      const entries: CatalogEntry[] = [];
+      const aggregate = await loadAggregate(db, level, id, true, stats, undefined, run === undefined ? undefined : (entry) => entries.push(entry));
+      if (run !== undefined && plan.kind === 'prefixes' && !metFirstIn(plan, run, entries)) continue;
       if (aggregate.latest) yield aggregate;
     }
     return;
   }
-  let batch: string[] = [];
+  let batch: Candidate[] = [];
   const emit = async function* (): AsyncGenerator<EntityAggregate> {
-    for (const entry of await readEntries(db, batch, stats)) {
+    const entries = await getCatalogEntries(db, batch.map((candidate) => candidate.id));
+    for (const [i, candidate] of batch.entries()) {
+      const entry = entries[i];
+      if (entry === undefined) continue; // index key without entry (being deleted): skip
+      stats.entriesRead++;
+      if (candidate.run !== undefined && plan.kind === 'prefixes' && !metFirstIn(plan, candidate.run, [entry])) continue;
       const aggregate = createAggregate();
       addInstance(aggregate, entry);
       yield aggregate;
     }
     batch = [];
   };
-  for await (const id of candidateIds(db, level, plan, stats, stopped)) {
-    batch.push(id);
+  for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax)) {
+    batch.push(candidate);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
   yield* emit();
@@ -870,7 +967,7 @@ export async function* findMatches(
   const upper = new UpperAggregateCache(db, stats);
   const stopped = options.stopped ?? (() => false);
   let responses = 0;
-  for await (const aggregate of candidateEntities(db, request.level, plan, stats, stopped)) {
+  for await (const aggregate of candidateEntities(db, request.level, plan, stats, stopped, options.candidateIdsRememberedMax ?? candidateIdsRememberedMax)) {
     stats.entitiesExamined++;
     const response = await respond(request.root, request.level, compiled.keys, aggregate, upper);
     if (stopped()) return;
