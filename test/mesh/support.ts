@@ -3,7 +3,7 @@
  * own data directory, and all share one swarm key.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -60,7 +60,8 @@ export class MeshCluster {
   }
 
   /** Starts a peer; `bootstrap` defaults to the first peer's address. Resolves once /healthz answers. */
-  async start(site: string, opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number } } = {}): Promise<PeerProcess> {
+  /** `logFile`: every byte the peer prints is also appended there (the output kept in memory is its last 20,000 characters). */
+  async start(site: string, opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string } = {}): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
     const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
@@ -74,9 +75,13 @@ export class MeshCluster {
     ]);
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });
     let output = '';
-    process.child.stdout?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
-    process.child.stderr?.on('data', (b: Buffer) => {
+    const keep = (b: Buffer) => {
       output = (output + b.toString()).slice(-20_000);
+      if (opts.logFile !== undefined) appendFileSync(opts.logFile, b);
+    };
+    process.child.stdout?.on('data', keep);
+    process.child.stderr?.on('data', (b: Buffer) => {
+      keep(b);
       // The peer serves on after an unhandled rejection (src/cli.ts); a test must not.
       if (b.includes('ERR_UNHANDLED_REJECTION')) this.unhandledRejections.push(`${site}: ${b.toString().slice(0, 2000)}`);
     });
