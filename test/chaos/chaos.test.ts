@@ -85,8 +85,12 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
 
   /** (d): exits nobody asked for, and graceful stops that did not exit 0. */
   const crashes: string[] = [];
-  /** (a): every leader seen for each term, with where it was seen first. */
-  const leadersByTerm = new Map<number, Map<string, string>>();
+  /**
+   * (a): every leader seen for each term, with where it was seen first, and whether it was seen leading with a
+   * roster of itself alone: a new peer that heard nobody in its settle time elects itself (a one-peer component,
+   * docs/mesh-algorithms.md "Trade-off"), in a term the mesh may have used; such terms are reported, not failed.
+   */
+  const leadersByTerm = new Map<number, Map<string, { firstSeen: string; alone: boolean }>>();
   let samples = 0;
   const startFailures: string[] = [];
   const acknowledged = new Map<string, Acknowledged>();
@@ -95,7 +99,7 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
   const launch = async (run: SiteRun): Promise<void> => {
     run.starts++;
     try {
-      const peer = await cluster.start(run.name, { dataDir: run.dataDir, bootstrap: run.bootstrap, ports: run.ports, logFile: join(logDir, `${run.name}.log`) });
+      const peer = await cluster.start(run.name, { dataDir: run.dataDir, bootstrap: run.bootstrap, ports: run.ports, logFile: join(logDir, `${run.name}.log`), logLevel: 'info' });
       run.peer = peer;
       void peer.process.exited.then(({ code, signal }) => {
         if (exitsAsked.has(peer)) return;
@@ -134,20 +138,23 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
       [...sites.values()].map(async (run) => {
         const peer = run.peer;
         if (peer === null || run.paused !== null || peer.process.hasExited) return;
-        let status: MeshStatus & { balancer?: { role?: string; term?: number } };
+        let status: MeshStatus & { balancer?: { role?: string; term?: number; roster?: number } };
         try {
           status = await peer.status();
         } catch {
           return;
         }
         samples++;
-        const record = (term: number, peerId: string, how: string) => {
+        const record = (term: number, peerId: string, how: string, alone: boolean) => {
           let seen = leadersByTerm.get(term);
           if (seen === undefined) leadersByTerm.set(term, (seen = new Map()));
-          if (!seen.has(peerId)) seen.set(peerId, `${how} at +${((Date.now() - startedAtMs) / 1000).toFixed(1)}s`);
+          const known = seen.get(peerId) ?? { firstSeen: `${how} at +${((Date.now() - startedAtMs) / 1000).toFixed(1)}s`, alone: false };
+          seen.set(peerId, { ...known, alone: known.alone || alone });
         };
-        if (status.leader) record(status.leader.term, status.leader.peerId, `${run.name}'s view`);
-        if (status.balancer?.role === 'leader' && status.balancer.term !== undefined && status.self.peerId !== undefined) record(status.balancer.term, status.self.peerId, `${run.name} itself`);
+        if (status.leader) record(status.leader.term, status.leader.peerId, `${run.name}'s view`, false);
+        if (status.balancer?.role === 'leader' && status.balancer.term !== undefined && status.self.peerId !== undefined) {
+          record(status.balancer.term, status.self.peerId, `${run.name} itself`, status.balancer.roster === 1);
+        }
       }),
     );
   };
@@ -203,6 +210,8 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
       }
       storeOutcomes.push(`step ${index} ${step.site}: ${successes}/${group.length} acknowledged${result.code === 0 ? '' : ` (storescu exit ${result.code}${result.timedOut ? ', timed out' : ''})`}`);
       say(`  store step ${index} at ${step.site}: ${successes}/${group.length} acknowledged`);
+      // The site is down or paused: the other groups would wait out the same timeouts.
+      if (successes === 0 && result.code !== 0) break;
     }
   };
   let storeInFlight: Promise<void> = Promise.resolve();
@@ -308,8 +317,14 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
     say(`healed: ${acknowledged.size} instances acknowledged; ${storeOutcomes.length} storescu runs`);
 
     // (c) Every site sees every site's peer alive and holds a connection to it, and all agree on the leader and term.
+    const healedAtMs = Date.now();
+    let lastProgressMs = healedAtMs;
     await eventually(
       async () => {
+        if (Date.now() - lastProgressMs >= 15_000) {
+          lastProgressMs = Date.now();
+          say(`not converged yet:\n${await summary()}`);
+        }
         const statuses = await Promise.all(peersNow().map((peer) => peer.status()));
         const ids = statuses.map((s) => s.self.peerId!).sort();
         return statuses.every((s) => {
@@ -326,7 +341,7 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
       convergeTimeoutMs,
       async () => `the sites did not converge after healing:\n${await summary()}`,
     );
-    say(`converged:\n${await summary()}`);
+    say(`converged ${((Date.now() - healedAtMs) / 1000).toFixed(1)} s after healing:\n${await summary()}`);
 
     // (b) Every site holds the same instances, every acknowledged one among them, and owes no copies.
     await eventually(
@@ -356,9 +371,12 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
       }
     }
 
-    // (a) At most one leader per term, in every view sampled.
-    const split = [...leadersByTerm].filter(([, leaders]) => leaders.size > 1);
-    assert.deepEqual(split.map(([term, leaders]) => `term ${term}: ${[...leaders].map(([peerId, how]) => `${peerId} (${how})`).join(', ')}`), [], 'two leaders in one term');
+    // (a) At most one leader per term, in every view sampled, besides peers that elected themselves alone.
+    const describeTerm = ([term, leaders]: [number, Map<string, { firstSeen: string; alone: boolean }>]) =>
+      `term ${term}: ${[...leaders].map(([peerId, seen]) => `${peerId.slice(-6)} (${seen.firstSeen}${seen.alone ? ', alone in its roster' : ''})`).join(', ')}`;
+    const shared = [...leadersByTerm].filter(([, leaders]) => leaders.size > 1);
+    for (const term of shared) say(`several leaders in ${describeTerm(term)}`);
+    assert.deepEqual(shared.filter(([, leaders]) => [...leaders.values()].filter((seen) => !seen.alone).length > 1).map(describeTerm), [], 'two leaders in one term');
     // (d) No peer exited unasked, and none logged an unhandled rejection.
     assert.deepEqual(crashes, [], 'peers crashed');
     assert.deepEqual(cluster.unhandledRejections, [], 'unhandled rejections');

@@ -60,8 +60,11 @@ export class MeshCluster {
   }
 
   /** Starts a peer; `bootstrap` defaults to the first peer's address. Resolves once /healthz answers. */
-  /** `logFile`: every byte the peer prints is also appended there (the output kept in memory is its last 20,000 characters). */
-  async start(site: string, opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string } = {}): Promise<PeerProcess> {
+  /**
+   * `logFile`: every byte the peer prints is also appended there (the output kept in memory is its last 20,000
+   * characters); `logLevel` defaults to warn.
+   */
+  async start(site: string, opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn' } = {}): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
     const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
@@ -71,7 +74,7 @@ export class MeshCluster {
       'start',
       '--site', site, '--data', dataDir, '--host', '127.0.0.1',
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort),
-      ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
+      ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', opts.logLevel ?? 'warn', ...(opts.extraArgs ?? []),
     ]);
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });
     let output = '';
