@@ -380,7 +380,7 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
     // (d) No peer exited unasked, and none logged an unhandled rejection.
     assert.deepEqual(crashes, [], 'peers crashed');
     assert.deepEqual(cluster.unhandledRejections, [], 'unhandled rejections');
-    say(`passed: ${acknowledged.size} acknowledged instances at ${sites.size} sites; terms ${[...leadersByTerm.keys()].sort((x, y) => x - y).join(',')}; ${samples} samples; start retries: ${startFailures.length}; ${((Date.now() - startedAtMs) / 1000).toFixed(0)} s`);
+    say(`passed: ${acknowledged.size} acknowledged instances at ${sites.size} sites; terms ${[...leadersByTerm.keys()].sort((x, y) => x - y).join(',')} (${shared.length} led by a peer alone besides another); ${samples} samples; start retries: ${startFailures.length}; ${((Date.now() - startedAtMs) / 1000).toFixed(0)} s`);
   } catch (error) {
     const kept = join(process.env['CHAOS_LOG_DIR'] ?? tmpdir(), `pacs-mesh-chaos-${seed}-${Date.now()}`);
     cpSync(logDir, kept, { recursive: true });
