@@ -2,7 +2,8 @@
  * A seeded chaos run of the real mesh: 3-5 `pacs-mesh` processes on loopback driven through random steps
  * (first starts, kill -9, SIGSTOP/SIGCONT, graceful stops, restarts on the same data directory, storescu
  * of corpus and synthetic instances to a random live site, pauses), then healed (every site up) and
- * checked: (a) at most one leader per term in every /api/mesh view sampled during the run; (b) every
+ * checked: (a) at most one leader per term in every /api/mesh view sampled during the run and in every
+ * leadership the peers logged (a peer alone in its roster besides another is reported, not failed); (b) every
  * acknowledged instance at every site (its replica count) and retrievable there (WADO-RS, as sent);
  * (c) every site sees the same members alive and connected, the same leader and term; (d) no peer exited
  * unasked, a graceful stop exited 0, and none logged an unhandled rejection.
@@ -16,7 +17,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
-import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually, newCluster, type MeshStatus, type PeerProcess } from '../mesh/support.ts';
@@ -377,10 +378,29 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
     const shared = [...leadersByTerm].filter(([, leaders]) => leaders.size > 1);
     for (const term of shared) say(`several leaders in ${describeTerm(term)}`);
     assert.deepEqual(shared.filter(([, leaders]) => [...leaders.values()].filter((seen) => !seen.alone).length > 1).map(describeTerm), [], 'two leaders in one term');
+    // The same from every claim the peers logged (one line per leadership won, none missed between samples).
+    const claims = new Map<number, Array<{ site: string; roster: number; time: string }>>();
+    for (const run of sites.values()) {
+      let text = '';
+      try {
+        text = readFileSync(join(logDir, `${run.name}.log`), 'utf8');
+      } catch {
+        continue;
+      }
+      for (const line of text.split('\n')) {
+        if (!line.includes('"leadership claimed"')) continue;
+        const entry = JSON.parse(line) as { term: number; roster: number; time: string };
+        claims.set(entry.term, [...(claims.get(entry.term) ?? []), { site: run.name, roster: entry.roster, time: entry.time }]);
+      }
+    }
+    const claimedTwice = [...claims].filter(([, list]) => new Set(list.map((c) => c.site)).size > 1);
+    const describeClaims = ([term, list]: [number, Array<{ site: string; roster: number; time: string }>]) => `term ${term}: ${list.map((c) => `${c.site} at ${c.time} (roster ${c.roster})`).join(', ')}`;
+    for (const term of claimedTwice) say(`leadership claimed by several peers in ${describeClaims(term)}`);
+    assert.deepEqual(claimedTwice.filter(([, list]) => list.filter((c) => c.roster > 1).length > 1).map(describeClaims), [], 'two leaders in one term, by their logs');
     // (d) No peer exited unasked, and none logged an unhandled rejection.
     assert.deepEqual(crashes, [], 'peers crashed');
     assert.deepEqual(cluster.unhandledRejections, [], 'unhandled rejections');
-    say(`passed: ${acknowledged.size} acknowledged instances at ${sites.size} sites; terms ${[...leadersByTerm.keys()].sort((x, y) => x - y).join(',')} (${shared.length} led by a peer alone besides another); ${samples} samples; start retries: ${startFailures.length}; ${((Date.now() - startedAtMs) / 1000).toFixed(0)} s`);
+    say(`passed: ${acknowledged.size} acknowledged instances at ${sites.size} sites; terms ${[...leadersByTerm.keys()].sort((x, y) => x - y).join(',')} (${shared.length} led by a peer alone besides another; ${claims.size} claims logged, ${claimedTwice.length} terms claimed twice); ${samples} samples; start retries: ${startFailures.length}; ${((Date.now() - startedAtMs) / 1000).toFixed(0)} s`);
   } catch (error) {
     const kept = join(process.env['CHAOS_LOG_DIR'] ?? tmpdir(), `pacs-mesh-chaos-${seed}-${Date.now()}`);
     cpSync(logDir, kept, { recursive: true });
