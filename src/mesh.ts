@@ -221,6 +221,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       balancer: {
         routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
+        joinsMesh: config.bootstrap.length > 0,
         random: lowDiscrepancyDraws(),
       },
     });

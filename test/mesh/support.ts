@@ -3,7 +3,7 @@
  * own data directory, and all share one swarm key.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -60,7 +60,14 @@ export class MeshCluster {
   }
 
   /** Starts a peer; `bootstrap` defaults to the first peer's address. Resolves once /healthz answers. */
-  async start(site: string, opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number } } = {}): Promise<PeerProcess> {
+  /**
+   * `logFile`: every byte the peer prints is also appended there (the output kept in memory is its last 20,000
+   * characters); `logLevel` defaults to warn; `readyTimeoutMs` (default 30 s) bounds the wait for /healthz.
+   */
+  async start(
+    site: string,
+    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number } = {},
+  ): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
     const bootstrap = opts.bootstrap ?? (this.peers.length > 0 ? await this.peers[0]!.status().then((s) => (s.self.multiaddrs ?? []).slice(0, 1)) : []);
@@ -70,13 +77,17 @@ export class MeshCluster {
       'start',
       '--site', site, '--data', dataDir, '--host', '127.0.0.1',
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort),
-      ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', 'warn', ...(opts.extraArgs ?? []),
+      ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', opts.logLevel ?? 'warn', ...(opts.extraArgs ?? []),
     ]);
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });
     let output = '';
-    process.child.stdout?.on('data', (b: Buffer) => (output = (output + b.toString()).slice(-20_000)));
-    process.child.stderr?.on('data', (b: Buffer) => {
+    const keep = (b: Buffer) => {
       output = (output + b.toString()).slice(-20_000);
+      if (opts.logFile !== undefined) appendFileSync(opts.logFile, b);
+    };
+    process.child.stdout?.on('data', keep);
+    process.child.stderr?.on('data', (b: Buffer) => {
+      keep(b);
       // The peer serves on after an unhandled rejection (src/cli.ts); a test must not.
       if (b.includes('ERR_UNHANDLED_REJECTION')) this.unhandledRejections.push(`${site}: ${b.toString().slice(0, 2000)}`);
     });
@@ -98,7 +109,8 @@ export class MeshCluster {
       stop: () => process.stop(5000),
       output: () => output,
     };
-    const deadline = Date.now() + 30_000;
+    const readyTimeoutMs = opts.readyTimeoutMs ?? 30_000;
+    const deadline = Date.now() + readyTimeoutMs;
     for (;;) {
       if (process.hasExited) throw new Error(`${site} exited during start:\n${output}`);
       try {
@@ -111,7 +123,7 @@ export class MeshCluster {
         // Stopped, or it outlived the test (it is in no cluster's peers to dispose of) and its pipes held the
         // test file open for good: a balancer test hung 50 min after a slow start on a loaded machine (helper 92).
         await process.stop(5000);
-        throw new Error(`${site} not ready in 30 s:\n${output}`);
+        throw new Error(`${site} not ready in ${readyTimeoutMs / 1000} s:\n${output}`);
       }
       await new Promise((r) => setTimeout(r, 150));
     }

@@ -82,6 +82,12 @@ export const balancerTimings = {
   /** No candidacy in the first 2 s after a (re)start: time to hear heartbeats and the current term. */
   settleMs: 2000,
   /**
+   * A peer started with --bootstrap that knows no other peer yet does not elect itself alone for this long
+   * after its start, unless it learns a peer first: what a peer without a connection waits before it warns
+   * that it serves alone (src/mesh.ts), far above a loaded machine's way to the first heartbeat.
+   */
+  aloneJoinWaitMs: 15_000,
+  /**
    * Two seconds without an input: this process stood still, and settles again for settleMs (see
    * BalancerConfig.stallMinMs). Below membership's deadAfterMs (3 s), from which the others drop its
    * connections; above the event-loop lags of a loaded machine (with 1 s, in-process election tests failed
@@ -125,6 +131,9 @@ export interface BalancerServiceInit {
   roster?: readonly string[];
   rosterForgetAfterMs?: number;
   settleMs?: number;
+  /** Started with --bootstrap: joining a mesh, so a roster of itself alone waits aloneJoinWaitMs before it elects itself. */
+  joinsMesh?: boolean;
+  aloneJoinWaitMs?: number;
   tickIntervalMs?: number;
   voteTimeoutMs?: number;
   announceIntervalMs?: number;
@@ -477,7 +486,11 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       durable,
     );
     // The reducer's own "no candidacy before" knob holds a fresh balancer back while the view settles.
-    const settled: BalancerState = { ...balancer, candidacyDeadlineMs: nowMs + settleMs };
+    const settled: BalancerState = {
+      ...balancer,
+      candidacyDeadlineMs: nowMs + settleMs,
+      ...(init.joinsMesh === true && roster.peers.size === 1 ? { aloneCandidacyNotBeforeMs: nowMs + (init.aloneJoinWaitMs ?? balancerTimings.aloneJoinWaitMs) } : {}),
+    };
     leader = null;
     table = null;
     // Once: later loads follow a state file not written (logged by noteStateWriteFailure) or a restart (logged

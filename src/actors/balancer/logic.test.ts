@@ -607,3 +607,19 @@ test('a stall is credited to the leader\'s silence: a follower that resumes keep
   for (let nowMs = 200; nowMs <= 1000; nowMs += 100) s = run(s, { type: 'tick', nowMs }).state;
   assert.equal(run(s, { type: 'tick', nowMs: 1200 }).state.leaderId, null, 'silent for leaderSilenceMaxMs (1 s): forgotten, no credit');
 });
+
+test('a peer joining a mesh with a roster of itself alone does not elect itself before the join wait, unless it learns a peer first', () => {
+  // The chaos test, seed 8: a newcomer that heard no heartbeat in its settle time (load 25) led term 1 beside the mesh's leader.
+  const alone: BalancerState = { ...initBalancer({ ...configFor('peer-a'), rosterPeerIds: ['peer-a'] }, null), candidacyDeadlineMs: 2000, aloneCandidacyNotBeforeMs: 15_000 };
+  const view = [member('peer-a')];
+  const waiting = run(alone, { type: 'viewChanged', members: view, nowMs: 3000 }, { type: 'tick', nowMs: 14_900 });
+  assert.equal(waiting.state.role, 'follower');
+  assert.equal(waiting.state.durable.currentTerm, 0);
+  // Nobody came: it serves as a one-peer mesh, as before.
+  assert.equal(run(waiting.state, { type: 'tick', nowMs: 15_000 }).state.role, 'leader');
+  // A peer heard (the roster learnt it): the ordinary rules, at once.
+  const met = run({ ...alone, config: { ...alone.config, rosterPeerIds: ['peer-a', 'peer-b'] } }, { type: 'viewChanged', members: [member('peer-a'), member('peer-b')], nowMs: 3000 });
+  assert.equal(met.state.role, 'candidate');
+  // Without the wait (a first site, no --bootstrap), it leads after its settle time.
+  assert.equal(run({ ...alone, aloneCandidacyNotBeforeMs: undefined }, { type: 'viewChanged', members: view, nowMs: 3000 }).state.role, 'leader');
+});
