@@ -20,7 +20,7 @@ import { silentLogger, type Logger } from '../../runtime/logger.ts';
 import { startActorSystem, stopActor, type ActorSystem } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from '../replica-store.ts';
-import { startCustody, type CustodyService, type CustodyTuning } from './actor.ts';
+import { protocolRefusalLogDelayMs, startCustody, type CustodyService, type CustodyTuning } from './actor.ts';
 import { REPLICATE_BATCH_PROTOCOL, type ReplicationLimits } from '../replication.ts';
 import { PUSH_PROTOCOL } from '../push.ts';
 import { createRemoteRetrieve } from '../remote-retrieve.ts';
@@ -625,6 +625,29 @@ describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
     assert.equal(a.custody.stats().debtEntries, 0);
   });
 
+  it('a peer that refuses the replication protocols as it stops (they go before its connections) is not reported as another version (hunt 115)', { timeout: 90_000 }, async () => {
+    const mesh = new TestMesh(1);
+    await teardown.add(() => mesh.close());
+    const lines: string[] = [];
+    const a = await mesh.start('site-a', undefined, loggingTo(lines));
+    const b = await mesh.start('site-b');
+    await mesh.connected('site-a', 'site-b');
+    // site-b as a stopping peer: its protocols gone first (the replication server's stop), then the node.
+    await b.node.unhandle(REPLICATE_BATCH_PROTOCOL);
+    await b.node.unhandle(PUSH_PROTOCOL);
+    let batches = 0;
+    const openStream = a.node.openStream.bind(a.node);
+    a.node.openStream = (peerId, protocol, options) => {
+      if (protocol === REPLICATE_BATCH_PROTOCOL) batches++;
+      return openStream(peerId, protocol, options);
+    };
+    assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(20_000))).status, 0);
+    await waitFor('a copy offered to site-b and refused', () => batches >= 1, 10_000);
+    await mesh.stop('site-b');
+    await new Promise((resolve) => setTimeout(resolve, protocolRefusalLogDelayMs + 2_000));
+    assert.deepEqual(lines.filter((l) => l.startsWith('a peer does not speak this protocol')), [], 'a stop is not another version');
+  });
+
   it('a peer that does not speak the replication protocols (another version) is retried with a back-off and logged once; its copies go once it restarts speaking them', { timeout: 90_000 }, async () => {
     const mesh = new TestMesh(1);
     await teardown.add(() => mesh.close());
@@ -649,6 +672,8 @@ describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
     console.log(`# replicate-batch streams tried in ${watchMs / 1000} s at a peer of another version: ${batches}, pushes ${opened.get(PUSH_PROTOCOL) ?? 0}`);
     // Back-off 1, 2, 4 s after the first refusal: at most 4 attempts (every 250 ms tick before: ~24).
     assert.ok(batches >= 1 && batches <= 4, `${batches} replicate-batch streams in ${watchMs} ms`);
+    // Said once the peer is still connected protocolRefusalLogDelayMs after refusing (a stopping one is not).
+    await waitFor('the refusal said', () => lines.some((l) => l.startsWith('a peer does not speak this protocol')), 15_000);
     const refusedLines = lines.filter((l) => l.startsWith('a peer does not speak this protocol'));
     assert.equal(refusedLines.length, 1, 'logged once per peer and protocol');
     assert.equal(a.custody.stats().debtEntries, 1, 'the copy stays owed');

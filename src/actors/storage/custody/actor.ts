@@ -230,6 +230,9 @@ function notDialableYet(error: unknown): boolean {
   return (error as Error | undefined)?.name === 'NoValidAddressesError' || /no valid addresses for peer/.test(errorText(error));
 }
 
+/** How long after a refused protocol the peer must still be connected for the refusal to be reported. */
+export const protocolRefusalLogDelayMs = 5_000;
+
 /** libp2p's multistream-select found no protocol both ends speak: the peer runs another version of it. */
 function protocolUnsupported(error: unknown): boolean {
   return (error as Error | undefined)?.name === 'UnsupportedProtocolError';
@@ -496,11 +499,24 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
    * (onViewChanged) or takes a copy again: a rolling upgrade may leave two versions side by side for hours.
    */
   const protocolsRefused = new Set<string>();
+  /** One per refusal not yet logged (bounded like protocolsRefused: a peer and protocol at a time). */
+  const refusalChecks = new Set<TimerHandle>();
   const noteProtocolRefused = (peerId: string, protocol: string, error: unknown): void => {
     const key = `${peerId} ${protocol}`;
     if (stopped || protocolsRefused.has(key)) return;
     protocolsRefused.add(key);
-    log.warn('a peer does not speak this protocol (another pacs-mesh version?): copies to it wait as debt, tried again after a back-off up to a minute, and at once when it restarts', { peer: peerId, protocol, error: errorText(error) });
+    // A peer that is stopping gives up its protocols before its connections: said only if it is still
+    // connected a while later (hunt 115: every graceful stop of a site was reported as another version).
+    const check = clock.setTimeout(() => {
+      refusalChecks.delete(check);
+      if (stopped) return;
+      if (!node.connectedPeers().includes(peerId)) {
+        protocolsRefused.delete(key);
+        return;
+      }
+      log.warn('a peer does not speak this protocol (another pacs-mesh version?): copies to it wait as debt, tried again after a back-off up to a minute, and at once when it restarts', { peer: peerId, protocol, error: errorText(error) });
+    }, protocolRefusalLogDelayMs);
+    refusalChecks.add(check);
   };
   const forgetProtocolsRefusedBy = (peerId: string): void => {
     for (const key of protocolsRefused) if (key.startsWith(`${peerId} `)) protocolsRefused.delete(key);
@@ -899,6 +915,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         stopped = true;
         stopWatchingStoreFaults();
         clock.clearTimeout(timer);
+        for (const check of refusalChecks) clock.clearTimeout(check);
         await server?.stop();
         shutdown.abort(new CustodyError('ERR_CUSTODY_STOPPED', 'custody stopped'));
         pushStreams.stop();
