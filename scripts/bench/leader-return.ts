@@ -18,7 +18,7 @@
  */
 import { join } from 'node:path';
 import { sleep, spawnManaged, type ManagedProcess } from '../../test/support/dicom-tools.ts';
-import { MeshCluster, firstLines, isRunning, threeSites, type MeshPeer } from './lib/mesh-cluster.ts';
+import { MeshCluster, firstLines, isRunning, pollUntil, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
 
@@ -110,12 +110,20 @@ async function main(): Promise<number> {
         } else {
           const pid = a.server!.process.child.pid!;
           process.kill(pid, 'SIGSTOP');
-          await sleep(stallS * 1000);
-          const led = await cluster.waitWhole(60_000, { requireLeader: true });
-          if (!led.ok) throw new Error(`B and C elected nobody: ${led.detail}`);
-          rd.termBefore = led.leader?.term;
-          returnedAtMs = Date.now();
-          process.kill(pid, 'SIGCONT');
+          try {
+            await sleep(stallS * 1000);
+            // A is still a running process: ask B and C alone.
+            const led = await pollUntil(async () => {
+              const [sb, sc] = await Promise.all([tryStatus(b, 1000), tryStatus(c, 1000)]);
+              const lb = sb?.leader;
+              return lb && lb.peerId !== a.peerId && sc?.leader?.peerId === lb.peerId ? lb : undefined;
+            }, 60_000);
+            if (led === undefined) throw new Error('B and C elected nobody while A stood still');
+            rd.termBefore = led.term;
+          } finally {
+            returnedAtMs = Date.now();
+            process.kill(pid, 'SIGCONT');
+          }
         }
         await sleep(observeMs);
         // A restart's readiness counts in the window (its balancer runs before /healthz answers).
