@@ -219,7 +219,7 @@ test('a peer cut off from the leader in one direction runs and is refused, witho
   assert.ok(!answers.some((e) => e.type === 'persist' || e.type === 'leaderChanged'), 'nothing changed at a or c');
   assert.equal(a.role, 'leader');
   assert.deepEqual([a.durable.currentTerm, c.durable.currentTerm, c.leaderId], [1, 1, 'peer-a']);
-  assert.ok(b.durable.currentTerm > 1, 'only the cut-off peer\'s own term climbs');
+  assert.equal(b.durable.currentTerm, 2, 'only the cut-off peer\'s own term rises, once: refused with an older term, it asks again in its own');
   // Once its leader is gone (dead in its view), c takes the higher term again as before.
   const leaderless = run(c, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 20_100 }, member('peer-b'), member('peer-c')], nowMs: 20_100 }, {
     type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: b.durable.currentTerm + 1, candidateId: 'peer-b' }, nowMs: 20_100,
