@@ -125,7 +125,7 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
 /**
  * Each persist writes the whole election record, so of two with nothing sent or published between them only
  * the later one need reach the disk: a voter adopting a candidate's term and granting it its vote wrote twice
- * before answering (each write 180-770 ms at load 20-25, hunt 117), and the vote came after the timeout.
+ * before answering (each write 0.1-2.4 s at load 21-31, hunt 117), and the vote came after the timeout.
  */
 function oneWritePerStep(effects: BalancerEffect[]): BalancerEffect[] {
   return effects.filter((e, i) => e.type !== 'persist' || !laterWriteBeforeAnythingLeaves(effects, i));
@@ -253,7 +253,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
       // Out of time with no refusal: the votes are late or lost, not denied. Ask again in this term (a voter
       // grants the candidate it voted for again, without a write), so that a late vote still counts; a new
       // term made every voter write again and this peer's own write held the late votes in its mailbox
-      // (2-4 new terms per return of the best-ranked peer at load 20-25, hunt 117).
+      // (2-5 new terms per return of the best-ranked peer at load 21-31, hunt 117).
       s = { ...s, candidaciesTimedOut: s.candidaciesTimedOut + 1 };
       s = { ...s, candidacyDeadlineMs: nowMs + candidacyTimeoutMs(s) };
       askForVotes(s, effects);
