@@ -224,7 +224,7 @@ test('a peer cut off from the leader in one direction runs and is refused, witho
   assert.ok(!answers.some((e) => e.type === 'persist' || e.type === 'leaderChanged'), 'nothing changed at a or c');
   assert.equal(a.role, 'leader');
   assert.deepEqual([a.durable.currentTerm, c.durable.currentTerm, c.leaderId], [1, 1, 'peer-a']);
-  assert.ok(b.durable.currentTerm > 1, 'only the cut-off peer\'s own term climbs');
+  assert.equal(b.durable.currentTerm, 2, 'only the cut-off peer\'s own term rises, once: refused with an older term, it asks again in its own');
   // Once its leader is gone (dead in its view), c takes the higher term again as before.
   const leaderless = run(c, { type: 'viewChanged', members: [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: 20_100 }, member('peer-b'), member('peer-c')], nowMs: 20_100 }, {
     type: 'messageReceived', from: 'peer-b', message: { type: 'requestVote', term: b.durable.currentTerm + 1, candidateId: 'peer-b' }, nowMs: 20_100,
@@ -330,17 +330,24 @@ test('with no table, or from a peer the table does not know, the front door serv
   assert.deepEqual(chooseTarget(table, 'peer-x', 0.3), { peerId: 'peer-x', reason: 'unknown-origin' });
 });
 
-test('a candidacy whose votes come late waits longer each time (up to 8x voteTimeoutMs), and a late vote then wins', () => {
+test('a candidacy whose votes come late asks again in its own term, waiting longer each time (up to 8x voteTimeoutMs), and a late vote then wins', () => {
   let s = initBalancer(configFor('peer-a'), null);
-  // The voters answer too late for every candidacy: when does each new term start?
+  // The voters answer too late for every request: when does each request go, in which term, and what is written?
   const candidacyStarts: number[] = [];
+  const terms = new Set<number>();
+  let writes = 0;
   for (let nowMs = 0; nowMs <= 12_000; nowMs += 50) {
     const step = run(s, nowMs === 0 ? { type: 'viewChanged', members: allAlive, nowMs } : { type: 'tick', nowMs });
     s = step.state;
+    writes += step.effects.filter((e) => e.type === 'persist').length;
+    for (const e of step.effects) if (e.type === 'send' && e.message.type === 'requestVote') terms.add(e.message.term);
     if (step.effects.some((e) => e.type === 'send' && e.message.type === 'requestVote')) candidacyStarts.push(nowMs);
   }
   const waits = candidacyStarts.slice(1).map((t, i) => t - candidacyStarts[i]!);
   assert.deepEqual(waits.slice(0, 5), [500, 1000, 2000, 4000, 4000]);
+  assert.deepEqual([...terms], [1], 'one term: late votes are not denied ones');
+  assert.equal(writes, 1, 'its own vote, written once');
+  assert.equal(s.role, 'candidate');
   // Refused in time (a voter that has not noticed the old leader's death yet): no longer waits, so the
   // round after its view catches up comes at once.
   let refused = initBalancer(configFor('peer-a'), null);
@@ -354,17 +361,42 @@ test('a candidacy whose votes come late waits longer each time (up to 8x voteTim
     }
   }
   assert.deepEqual(refusedStarts.slice(1).map((t, i) => t - refusedStarts[i]!).slice(0, 4), [500, 500, 500, 500]);
-  // A vote 700 ms after its request: too late for the first candidacy (500 ms), in time for the second.
+  // A vote 700 ms after its request, past the first timeout (500 ms): it still wins, in the first term. Before
+  // (hunt 117) the timeout started a new term and the vote, of the old one, was ignored.
   let late = initBalancer(configFor('peer-a'), null);
   late = run(late, { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
   const firstTerm = late.durable.currentTerm;
-  late = run(late, { type: 'tick', nowMs: 500 }, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: firstTerm, voterId: 'peer-b', granted: true }, nowMs: 700 }).state;
-  assert.equal(late.role, 'candidate', 'the first candidacy ran out of time, its vote came for an old term; the second runs');
-  const secondTerm = late.durable.currentTerm;
-  assert.equal(secondTerm, firstTerm + 1);
-  const won = run(late, { type: 'tick', nowMs: 1_150 }, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: secondTerm, voterId: 'peer-b', granted: true }, nowMs: 1_200 });
+  const reasked = run(late, { type: 'tick', nowMs: 500 });
+  assert.ok(!reasked.effects.some((e) => e.type === 'persist'), 'no new term to write');
+  assert.deepEqual(reasked.effects.flatMap((e) => (e.type === 'send' && e.message.type === 'requestVote' ? [[e.to, e.message.term]] : [])), [['peer-b', firstTerm], ['peer-c', firstTerm]]);
+  const won = run(reasked.state, { type: 'messageReceived', from: 'peer-b', message: { type: 'vote', term: firstTerm, voterId: 'peer-b', granted: true }, nowMs: 700 });
   assert.equal(won.state.role, 'leader');
+  assert.equal(won.state.durable.currentTerm, firstTerm);
   assert.equal(won.state.candidaciesTimedOut, 0, 'leading resets the backoff');
+  // A voter asked again grants the candidate it voted for in that term once more, with no second write.
+  const voter = run(initBalancer(configFor('peer-b'), null), { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
+  const ask = { type: 'messageReceived', from: 'peer-a', message: { type: 'requestVote', term: 1, candidateId: 'peer-a' }, nowMs: 10 } as const;
+  const first = run(voter, ask);
+  const second = run(first.state, { ...ask, nowMs: 600 });
+  assert.ok(second.effects.some((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted));
+  assert.ok(!second.effects.some((e) => e.type === 'persist'));
+  // No longer the rule's winner when its time runs out (a better peer came back): it stops asking.
+  const outranked = run(reasked.state, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', { priority: -1 }), member('peer-c')], nowMs: 600 }, { type: 'tick', nowMs: 1_600 });
+  assert.equal(outranked.state.role, 'follower');
+  assert.ok(!outranked.effects.some((e) => e.type === 'send' && e.message.type === 'requestVote'));
+});
+
+test('a voter that takes a candidate\'s newer term and grants it its vote writes its election record once, before the vote leaves', () => {
+  const voter = run(initBalancer(configFor('peer-b'), { currentTerm: 3, votedFor: 'peer-c' }), { type: 'viewChanged', members: allAlive, nowMs: 0 }).state;
+  const granted = run(voter, { type: 'messageReceived', from: 'peer-a', message: { type: 'requestVote', term: 4, candidateId: 'peer-a' }, nowMs: 10 });
+  const writes = granted.effects.filter((e) => e.type === 'persist');
+  assert.deepEqual(writes.map((e) => (e.type === 'persist' ? e.value : null)), [{ currentTerm: 4, votedFor: 'peer-a' }]);
+  const writeAt = granted.effects.findIndex((e) => e.type === 'persist');
+  const voteAt = granted.effects.findIndex((e) => e.type === 'send' && e.message.type === 'vote' && e.message.granted);
+  assert.ok(writeAt >= 0 && writeAt < voteAt);
+  // Refused (not its rule's winner): the newer term alone is written, once.
+  const refused = run(voter, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 4, candidateId: 'peer-c' }, nowMs: 10 });
+  assert.deepEqual(refused.effects.flatMap((e) => (e.type === 'persist' ? [e.value] : [])), [{ currentTerm: 4, votedFor: null }]);
 });
 
 /**

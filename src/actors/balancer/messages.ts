@@ -71,7 +71,10 @@ export interface BalancerConfig {
    * fixed list, which is what makes two leaders of one term impossible (see logic.ts).
    */
   readonly rosterPeerIds: readonly string[];
-  /** How long a candidate waits for votes before it tries again with a higher term. */
+  /**
+   * How long a candidate waits for votes before it asks again in its term (doubling each time, up to 8x);
+   * after a refusal it runs again with a higher term.
+   */
   readonly voteTimeoutMs: number;
   /** How often the leader publishes (term, leaderId, table). */
   readonly announceIntervalMs: number;
