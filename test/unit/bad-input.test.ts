@@ -622,6 +622,32 @@ test('an association that stays silent past the idle timeout is aborted, freeing
   assert.ok(await echoWorks(idlePeer), 'the slot is free again');
 });
 
+test('a request that arrived while this process stood still past the idle timeout is read before the timeout is judged: no abort (hunt 114: a loaded machine aborted requestors that had spoken)', async (t) => {
+  const stillPeer = await startTestPeer(['--idle-timeout', '1'], 'idle-still');
+  t.after(() => stillPeer.dispose());
+  const echo = encodePDataFragments(1, true, encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false }), 16384)[0]!;
+  const socket = connect({ host: '127.0.0.1', port: stillPeer.dicomPort });
+  t.after(() => socket.destroy());
+  const framer = new PduFramer();
+  const pdus: Pdu[] = [];
+  socket.on('error', () => undefined);
+  socket.on('data', (data) => {
+    for (const pdu of framer.push(data)) {
+      pdus.push(pdu);
+      if (pdu.type !== 'associateAc') continue;
+      // The C-ECHO reaches the peer's socket; then the process (the peer with it) stands still for 1.5 s, as
+      // a loaded machine's scheduler makes it: its idle timer is due before the request is read.
+      socket.write(echo);
+      const until = performance.now() + 1500;
+      while (performance.now() < until);
+    }
+  });
+  socket.on('connect', () => socket.write(associateRq()));
+  await waitFor('the C-ECHO answered or the association aborted', () => pdus.some((pdu) => pdu.type === 'pData' || pdu.type === 'abort'));
+  assert.deepEqual(pdus.map((pdu) => pdu.type), ['associateAc', 'pData'], 'answered, not aborted for a silence it did not keep');
+  assert.equal(decodeCommand((pdus[1] as Extract<Pdu, { type: 'pData' }>).values[0]!.data).status, Status.Success);
+});
+
 test('a C-GET requestor that stops answering its sub-operations, or stops reading, is aborted after the idle timeout, freeing its slot', async (t) => {
   const logged: string[] = [];
   const lines: RecordedLine[] = [];
