@@ -180,11 +180,11 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     });
     const body = randomBytes(3 * 1024 * 1024 + 17);
     const sha256 = createHash('sha256').update(body).digest('hex');
-    const stream = await b.openStream(a.peerId, '/pacs-mesh/test-replicate/1');
+    const stream = await b.openStream(a.peerId, '/pacs-mesh/test-replicate/1', { signal: runTimeSignal(5000) });
     const pieces = (function* () {
       for (let off = 0; off < body.byteLength; off += 100_000) yield body.subarray(off, off + 100_000);
     })();
-    const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: AbortSignal.timeout(15_000) });
+    const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: runTimeSignal(15_000) });
     offA();
     offB();
     assert.deepEqual(ack, { type: 'ack', ok: true, from: b.peerId });
@@ -231,12 +231,12 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     // closes nor reads, and keeps sending: left open, each such stream held a reader queue and a window.
     let handled = false;
     await b.handle('/pacs-mesh/test-half-open/1', async (stream) => {
-      await stream.reader.readFrame(1024, { signal: AbortSignal.timeout(5000) });
+      await stream.reader.readFrame(1024, { signal: runTimeSignal(5000) });
       await stream.writer.writeFrame(encodeEnvelope({ type: 'refused' }));
       await stream.closeWrite();
       handled = true;
     });
-    const stream = await a.openStream(b.peerId, '/pacs-mesh/test-half-open/1');
+    const stream = await a.openStream(b.peerId, '/pacs-mesh/test-half-open/1', { signal: runTimeSignal(5000) });
     await stream.writer.writeFrame(encodeEnvelope({ type: 'x' }));
     await waitFor('the handler to return', () => handled);
     const junk = new Uint8Array(16 * 1024);
@@ -337,7 +337,7 @@ describe('mesh node (in process, 127.0.0.1)', () => {
       await stream.closeWrite();
       done.resolve();
     });
-    const stream = await b.openStream(c.peerId, '/pacs-mesh/test-slow/1');
+    const stream = await b.openStream(c.peerId, '/pacs-mesh/test-slow/1', { signal: runTimeSignal(5000) });
     const sent = createHash('sha256');
     let maxWriteBuffered = 0;
     const chunk = 128 * 1024;
@@ -347,7 +347,7 @@ describe('mesh node (in process, 127.0.0.1)', () => {
       await stream.writer.write(piece);
       maxWriteBuffered = Math.max(maxWriteBuffered, stream.raw.writeBufferLength);
     }
-    await stream.close({ signal: AbortSignal.timeout(20_000) });
+    await stream.close({ signal: runTimeSignal(20_000) });
     await done.promise;
     assert.equal(receivedHash, sent.digest('hex'));
     // one piece may wait in the write buffer, never the whole transfer
@@ -588,7 +588,7 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     const told = await start({ bootstrap: [loopbackAddress(a)], onIdentityConflictNotice: (n) => notices.push(n) });
     await waitFor('connected', () => a.connectedPeers().includes(told.peerId));
     const send = async (frame: Uint8Array): Promise<void> => {
-      const stream = await a.openStream(told.peerId, '/pacs-mesh/identity-conflict/1');
+      const stream = await a.openStream(told.peerId, '/pacs-mesh/identity-conflict/1', { signal: runTimeSignal(5000) });
       await stream.writer.writeFrame(frame);
       await stream.close().catch(() => undefined);
     };
