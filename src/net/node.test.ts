@@ -636,7 +636,7 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     // Redials scheduled on the wall clock would then wait an hour.
     const undo = stepWallClock(-3_600_000);
     try {
-      a = await start({ dataDir, p2pPort: port });
+      a = await start({ dataDir, p2pPort: port }, true); // the suite's a again, not stopped at this test's end
       assert.equal(a.peerId, oldId);
       assert.equal(a.identityCreated, false, 'a restart keeps it (custody expects no other sites for that alone)');
       // nobody bootstraps *to* b or c from a: they come back through their reconnect loops
