@@ -19,7 +19,8 @@ import { readRequest, sendRequest, writeResponse } from '../../test/support/stre
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
 import type { KnownPeersProblem } from './known-peers.ts';
 import { encodeEnvelope } from '../codec/envelope.ts';
-import { waitFor as waitForCondition } from '../../test/support/wait.ts';
+import { runTimeSignal, waitFor as waitForCondition } from '../../test/support/wait.ts';
+import { suiteTeardown } from '../../test/support/teardown.ts';
 import { getFreePort } from '../../test/support/dicom-tools.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { stepWallClock } from '../../test/support/wall-clock.ts';
@@ -40,25 +41,35 @@ function portOf(addr: string): number {
   return Number(/\/tcp\/(\d+)/.exec(addr)?.[1]);
 }
 
-/** Publish until `received` holds something (gossip needs a moment to exchange subscriptions). */
+/** Publish until `received` holds something (gossip needs a moment to exchange subscriptions), for timeoutMs of run time. */
 async function publishUntil(node: MeshNode, data: Uint8Array, received: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!received()) {
-    if (Date.now() > deadline) throw new Error('gossip message not delivered');
+  await waitFor('gossip message delivered', async () => {
+    if (received()) return true;
     await node.publish(TOPIC, data);
     await new Promise((r) => setTimeout(r, 200));
-  }
+    return received();
+  }, timeoutMs);
 }
 
-describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
+/**
+ * Each test's safety net (the slowest takes ~10 s quiet; its waits stretch with the loop's lateness). Not one
+ * for the suite: at load 27 the file took 250 s, and the suite's 180 s cancelled every test still to come.
+ */
+const perTestTimeoutMs = 120_000;
+
+describe('mesh node (in process, 127.0.0.1)', () => {
   const swarmKey = generateSwarmKey();
+  // A test's nodes stop when it ends, passed, failed or timed out: one cancelled at the suite's timeout ran
+  // on, started nodes after the suite's stops, and kept the file's process alive (12 min, until killed).
+  const teardown = suiteTeardown();
   const nodes: MeshNode[] = [];
   const dirs: string[] = [];
   let a: MeshNode;
   let b: MeshNode;
   let c: MeshNode;
 
-  async function start(init: Partial<MeshNodeInit> & { dataDir?: string }): Promise<MeshNode> {
+  /** A node for the test running (stopped when it ends), or with `forTheSuite` one of a, b, c. */
+  async function start(init: Partial<MeshNodeInit> & { dataDir?: string }, forTheSuite = false): Promise<MeshNode> {
     const dataDir = init.dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-net-')));
     if (!dirs.includes(dataDir)) dirs.push(dataDir);
     const node = await createMeshNode({
@@ -70,14 +81,15 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       tuning: { maxStreamWindowSize: WINDOW, readHighWaterMark: HWM, reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000, ...init.tuning },
     });
     nodes.push(node);
+    if (!forTheSuite) await teardown.add(() => node.stop());
     return node;
   }
 
   before(async () => {
-    a = await start({});
+    a = await start({}, true);
     const boot = [loopbackAddress(a)];
-    b = await start({ bootstrap: boot });
-    c = await start({ bootstrap: boot });
+    b = await start({ bootstrap: boot }, true);
+    c = await start({ bootstrap: boot }, true);
   });
 
   after(async () => {
@@ -85,7 +97,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
   });
 
-  it('joins through a bootstrap address, completes the mesh, exposes dialable /p2p/ addresses', async () => {
+  it('joins through a bootstrap address, completes the mesh, exposes dialable /p2p/ addresses', { timeout: perTestTimeoutMs }, async () => {
     for (const addr of a.multiaddrs()) assert.ok(addr.endsWith(`/p2p/${a.peerId}`), addr);
     await waitFor('b and c connected to a', () => a.connectedPeers().includes(b.peerId) && a.connectedPeers().includes(c.peerId));
     // b and c only know a; the address announcements complete the mesh
@@ -94,7 +106,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.equal(s.mode & 0o777, 0o600);
   });
 
-  it('completes the mesh on the announcements a join sets off, without waiting for the periodic ones (a site killed just after a join)', async () => {
+  it('completes the mesh on the announcements a join sets off, without waiting for the periodic ones (a site killed just after a join)', { timeout: perTestTimeoutMs }, async () => {
     // With the periodic announcement an hour away, only the answers to a new subscription and to a
     // newcomer's announcement can tell q and r of each other: p is their only common peer.
     const hourly = { peerAnnounceIntervalMs: 3_600_000 };
@@ -106,7 +118,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([p, q, r].map((n) => n.stop()));
   });
 
-  it('delivers gossip to every subscriber', async () => {
+  it('delivers gossip to every subscriber', { timeout: perTestTimeoutMs }, async () => {
     const got = new Map<string, string>();
     for (const n of [a, c]) n.subscribe(TOPIC, (m) => got.set(n.peerId, `${m.from}:${Buffer.from(m.data).toString()}`));
     const unsubB = b.subscribe(TOPIC, () => {});
@@ -116,7 +128,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     unsubB();
   });
 
-  it('tells when a connected peer subscribes to a topic, and a message published then reaches it at once', async () => {
+  it('tells when a connected peer subscribes to a topic, and a message published then reaches it at once', { timeout: perTestTimeoutMs }, async () => {
     const topic = 'pacs-mesh/test-joined/1';
     const joined: string[] = [];
     const heard = Promise.withResolvers<string>();
@@ -136,7 +148,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     }
   });
 
-  it('keeps gossiping after many short-lived PeerIds came and went from the same address (no colocation penalty)', async () => {
+  it('keeps gossiping after many short-lived PeerIds came and went from the same address (no colocation penalty)', { timeout: perTestTimeoutMs }, async () => {
     // Fourteen identities at 127.0.0.1 beside a, b and c: gossipsub's default scoring had graylisted every
     // peer at that address from about thirteen on, and a and b, still connected, no longer heard each other.
     for (let i = 0; i < 14; i++) {
@@ -154,7 +166,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     unsubB();
   });
 
-  it('round-trips a request with a body and an ack over a custom protocol; the data tells each side the other is alive, a few times a second at most', async () => {
+  it('round-trips a request with a body and an ack over a custom protocol; the data tells each side the other is alive, a few times a second at most', { timeout: perTestTimeoutMs }, async () => {
     const heardByA: number[] = [];
     const heardByB: number[] = [];
     const offA = a.onPeerActivity((peerId) => peerId === b.peerId && heardByA.push(performance.now()));
@@ -168,11 +180,11 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     });
     const body = randomBytes(3 * 1024 * 1024 + 17);
     const sha256 = createHash('sha256').update(body).digest('hex');
-    const stream = await b.openStream(a.peerId, '/pacs-mesh/test-replicate/1');
+    const stream = await b.openStream(a.peerId, '/pacs-mesh/test-replicate/1', { signal: runTimeSignal(5000) });
     const pieces = (function* () {
       for (let off = 0; off < body.byteLength; off += 100_000) yield body.subarray(off, off + 100_000);
     })();
-    const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: AbortSignal.timeout(15_000) });
+    const ack = await sendRequest<{ type: 'offer'; sha256: string }, { type: 'ack'; ok: boolean; from: string }>(stream, { type: 'offer', sha256 }, pieces, body.byteLength, { signal: runTimeSignal(15_000) });
     offA();
     offB();
     assert.deepEqual(ack, { type: 'ack', ok: true, from: b.peerId });
@@ -180,7 +192,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     for (const heard of [heardByA, heardByB]) for (let i = 1; i < heard.length; i++) assert.ok(heard[i]! - heard[i - 1]! >= peerActivityNoticeMs - 1, 'throttled');
   });
 
-  it('keeps its connection to a peer that stands still for 2.5 s (a loaded machine, a long pause): no ping drops it', async () => {
+  it('keeps its connection to a peer that stands still for 2.5 s (a loaded machine, a long pause): no ping drops it', { timeout: perTestTimeoutMs }, async () => {
     // The peer in its own process, so that only it stands still (SIGSTOP) while this one's timers run.
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     dirs.push(dataDir);
@@ -192,7 +204,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
       const ready = JSON.parse(line) as { event: string; addr: string; peerId: string };
       assert.equal(ready.event, 'ready', line);
-      await a.dial(ready.addr);
+      await a.dial(ready.addr, { signal: runTimeSignal(5000) });
       // Past the first pings, so that the monitor's timeout has adapted to this connection.
       await new Promise((r) => setTimeout(r, 2500));
       const dropped: string[] = [];
@@ -214,17 +226,17 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     }
   });
 
-  it('a stream its handler is done with ends, also when the remote keeps its end open and sends on (hunt 100)', async () => {
+  it('a stream its handler is done with ends, also when the remote keeps its end open and sends on (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
     // The handler answers and returns, as a refusal of a malformed request does; the remote neither
     // closes nor reads, and keeps sending: left open, each such stream held a reader queue and a window.
     let handled = false;
     await b.handle('/pacs-mesh/test-half-open/1', async (stream) => {
-      await stream.reader.readFrame(1024, { signal: AbortSignal.timeout(5000) });
+      await stream.reader.readFrame(1024, { signal: runTimeSignal(5000) });
       await stream.writer.writeFrame(encodeEnvelope({ type: 'refused' }));
       await stream.closeWrite();
       handled = true;
     });
-    const stream = await a.openStream(b.peerId, '/pacs-mesh/test-half-open/1');
+    const stream = await a.openStream(b.peerId, '/pacs-mesh/test-half-open/1', { signal: runTimeSignal(5000) });
     await stream.writer.writeFrame(encodeEnvelope({ type: 'x' }));
     await waitFor('the handler to return', () => handled);
     const junk = new Uint8Array(16 * 1024);
@@ -247,7 +259,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await b.unhandle('/pacs-mesh/test-half-open/1');
   });
 
-  it('gossip to a connected peer that reads nothing is not queued without bound (hunt 100)', async () => {
+  it('gossip to a connected peer that reads nothing is not queued without bound (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
     // The peer keeps the connection alive (its pings arrive: no silence here) but reads nothing of what
     // this one sends: a proxy that stops forwarding this node's direction. Gossipsub writes without
     // back-pressure, so every message published was queued for it, for as long as it stayed connected.
@@ -274,7 +286,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     const offLiar = liar.subscribe(topic, () => heard++);
     const offA = a.subscribe(topic, () => undefined);
     try {
-      await liar.dial(`/ip4/127.0.0.1/tcp/${(proxy.address() as AddressInfo).port}`);
+      await liar.dial(`/ip4/127.0.0.1/tcp/${(proxy.address() as AddressInfo).port}`, { signal: runTimeSignal(5000) });
       const payload = new Uint8Array(64 * 1024).fill(1);
       await waitFor('the liar to hear gossip', async () => {
         await a.publish(topic, payload);
@@ -305,7 +317,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     }
   });
 
-  it('applies back-pressure: a slow reader does not make the writer buffer without bound', async () => {
+  it('applies back-pressure: a slow reader does not make the writer buffer without bound', { timeout: perTestTimeoutMs }, async () => {
     const total = 12 * 1024 * 1024;
     let maxReceiverBuffered = 0;
     let receivedHash = '';
@@ -325,7 +337,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       await stream.closeWrite();
       done.resolve();
     });
-    const stream = await b.openStream(c.peerId, '/pacs-mesh/test-slow/1');
+    const stream = await b.openStream(c.peerId, '/pacs-mesh/test-slow/1', { signal: runTimeSignal(5000) });
     const sent = createHash('sha256');
     let maxWriteBuffered = 0;
     const chunk = 128 * 1024;
@@ -335,7 +347,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
       await stream.writer.write(piece);
       maxWriteBuffered = Math.max(maxWriteBuffered, stream.raw.writeBufferLength);
     }
-    await stream.close({ signal: AbortSignal.timeout(20_000) });
+    await stream.close({ signal: runTimeSignal(20_000) });
     await done.promise;
     assert.equal(receivedHash, sent.digest('hex'));
     // one piece may wait in the write buffer, never the whole transfer
@@ -344,7 +356,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.ok(maxReceiverBuffered <= HWM + 2 * WINDOW + chunk, `receiver buffered ${maxReceiverBuffered} bytes`);
   });
 
-  it('tells the operator about a bootstrap address it cannot reach: at the 1st, 2nd, 4th failure, not at every retry', async () => {
+  it('tells the operator about a bootstrap address it cannot reach: at the 1st, 2nd, 4th failure, not at every retry', { timeout: perTestTimeoutMs }, async () => {
     const closed = await start({});
     const closedAddress = loopbackAddress(closed);
     await closed.stop();
@@ -359,7 +371,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.equal(failures[0]!.connectedPeers, 0, 'alone: not in the mesh through others');
   });
 
-  it('a dial that times out or is reset at a bootstrap peer reached before is named as paused or cut off, not as another swarm key (helper 75)', () => {
+  it('a dial that times out or is reset at a bootstrap peer reached before is named as paused or cut off, not as another swarm key (helper 75)', { timeout: perTestTimeoutMs }, () => {
     for (const error of ['The operation was aborted due to timeout', 'read ECONNRESET']) {
       assert.match(bootstrapFailureCause(error, true), /paused, overloaded or restarting/, error);
       assert.match(bootstrapFailureCause(error, false), /most likely another swarm key/, error);
@@ -367,7 +379,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.match(bootstrapFailureCause('connect ECONNREFUSED 127.0.0.1:1', true), /nothing listens there/);
   });
 
-  it('a bootstrap address where an HTTP server answers is named as not a pacs-mesh libp2p port (helper 64: "see the error")', async () => {
+  it('a bootstrap address where an HTTP server answers is named as not a pacs-mesh libp2p port (helper 64: "see the error")', { timeout: perTestTimeoutMs }, async () => {
     const http = createServer((_req, res) => res.end('ok'));
     await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
     const { port } = http.address() as AddressInfo;
@@ -383,7 +395,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.doesNotMatch(failures[0]!.likelyCause, /see the error/);
   });
 
-  it('a peer learnt from the mesh that came back under a new PeerId at its address is dialled there again (a site restored without --bootstrap)', async () => {
+  it('a peer learnt from the mesh that came back under a new PeerId at its address is dialled there again (a site restored without --bootstrap)', { timeout: perTestTimeoutMs }, async () => {
     const old = await start({});
     const oldAddress = loopbackAddress(old);
     const port = Number(oldAddress.split('/')[4]);
@@ -399,13 +411,13 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([other.stop(), restored.stop()]);
   });
 
-  it('a peer learnt only from its own connection (no address given) that came back under a new PeerId at its address is dialled there again', async () => {
+  it('a peer learnt only from its own connection (no address given) that came back under a new PeerId at its address is dialled there again', { timeout: perTestTimeoutMs }, async () => {
     const other = await start({});
     const old = await start({});
     const oldAddress = loopbackAddress(old);
     const port = Number(oldAddress.split('/')[4]);
     // The old peer dials: `other` knows it only from that connection, its address from identify.
-    await old.dial(loopbackAddress(other));
+    await old.dial(loopbackAddress(other), { signal: runTimeSignal(5000) });
     await waitFor('connected to the peer that dialled', () => other.connectedPeers().includes(old.peerId), 10_000);
     await old.stop();
     const restored = await start({ p2pPort: port });
@@ -415,7 +427,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([other.stop(), restored.stop()]);
   });
 
-  it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', async () => {
+  it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', { timeout: perTestTimeoutMs }, async () => {
     const old = await start({});
     const oldAddress = loopbackAddress(old);
     const port = Number(oldAddress.split('/')[4]);
@@ -457,7 +469,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.deepEqual(ownFailures, [], 'nor an unreachable bootstrap peer');
   });
 
-  it('a copy of a peer bootstrapped at its original (by address, or by address and PeerId) says another process runs with its identity there', async () => {
+  it('a copy of a peer bootstrapped at its original (by address, or by address and PeerId) says another process runs with its identity there', { timeout: perTestTimeoutMs }, async () => {
     const original = await start({});
     const originalDir = dirs[dirs.length - 1]!;
     const withPeerId = loopbackAddress(original);
@@ -478,7 +490,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await original.stop();
   });
 
-  it('redials an unreachable bootstrap address on its backoff, not on the 5 s maximum', async () => {
+  it('redials an unreachable bootstrap address on its backoff, not on the 5 s maximum', { timeout: perTestTimeoutMs }, async () => {
     const closed = await start({});
     const closedAddress = loopbackAddress(closed);
     await closed.stop();
@@ -495,7 +507,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.ok(failures.at(-1)!.atMs < 4000, `4th failure after ${Math.round(failures.at(-1)!.atMs)} ms`);
   });
 
-  it('notices two processes with one identity (a copied data directory): their connections report disjoint listen addresses', async () => {
+  it('notices two processes with one identity (a copied data directory): their connections report disjoint listen addresses', { timeout: perTestTimeoutMs }, async () => {
     const conflicts: IdentityConflict[] = [];
     const observer = await start({ onIdentityConflict: (c) => conflicts.push(c) });
     const boot = [loopbackAddress(observer)];
@@ -529,7 +541,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([twin.stop(), original.stop(), observer.stop()]);
   });
 
-  it('tells a copy started again within the minute of the last report (helper 91: it heard nothing and served alone)', async () => {
+  it('tells a copy started again within the minute of the last report (helper 91: it heard nothing and served alone)', { timeout: perTestTimeoutMs }, async () => {
     const conflicts: IdentityConflict[] = [];
     const observer = await start({ onIdentityConflict: (c) => conflicts.push(c) });
     const boot = [loopbackAddress(observer)];
@@ -552,7 +564,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([second.node.stop(), original.stop(), observer.stop()]);
   });
 
-  it("the original of a copy met at an address learnt from the mesh does not call it a --bootstrap address (helper 91)", async () => {
+  it("the original of a copy met at an address learnt from the mesh does not call it a --bootstrap address (helper 91)", { timeout: perTestTimeoutMs }, async () => {
     // The original knew a peer at a port; that peer stopped and a copy of the original took the port.
     const twinAddresses: IdentityTwinAddress[] = [];
     const original = await start({ onIdentityTwinAddress: (t) => twinAddresses.push(t) });
@@ -571,12 +583,12 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all([copy.stop(), original.stop()]);
   });
 
-  it('an identity conflict notice that is not one (junk, a malformed address list) is dropped', async () => {
+  it('an identity conflict notice that is not one (junk, a malformed address list) is dropped', { timeout: perTestTimeoutMs }, async () => {
     const notices: IdentityConflictNotice[] = [];
     const told = await start({ bootstrap: [loopbackAddress(a)], onIdentityConflictNotice: (n) => notices.push(n) });
     await waitFor('connected', () => a.connectedPeers().includes(told.peerId));
     const send = async (frame: Uint8Array): Promise<void> => {
-      const stream = await a.openStream(told.peerId, '/pacs-mesh/identity-conflict/1');
+      const stream = await a.openStream(told.peerId, '/pacs-mesh/identity-conflict/1', { signal: runTimeSignal(5000) });
       await stream.writer.writeFrame(frame);
       await stream.close().catch(() => undefined);
     };
@@ -589,7 +601,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await told.stop();
   });
 
-  it('keeps out a peer with another swarm key, or with none: no connection, no gossip', async () => {
+  it('keeps out a peer with another swarm key, or with none: no connection, no gossip', { timeout: perTestTimeoutMs }, async () => {
     const boot = [loopbackAddress(a)];
     const got: string[] = [];
     const outsiders = [
@@ -614,7 +626,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await Promise.all(outsiders.map((o) => o.stop()));
   });
 
-  it('keeps its PeerId across a restart with the same data dir, and the mesh reconnects, even with the wall clock stepped back meanwhile', async () => {
+  it('keeps its PeerId across a restart with the same data dir, and the mesh reconnects, even with the wall clock stepped back meanwhile', { timeout: perTestTimeoutMs }, async () => {
     const dataDir = dirs[0] as string;
     const port = portOf(loopbackAddress(a));
     const oldId = a.peerId;
@@ -624,7 +636,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     // Redials scheduled on the wall clock would then wait an hour.
     const undo = stepWallClock(-3_600_000);
     try {
-      a = await start({ dataDir, p2pPort: port });
+      a = await start({ dataDir, p2pPort: port }, true); // the suite's a again, not stopped at this test's end
       assert.equal(a.peerId, oldId);
       assert.equal(a.identityCreated, false, 'a restart keeps it (custody expects no other sites for that alone)');
       // nobody bootstraps *to* b or c from a: they come back through their reconnect loops
@@ -634,7 +646,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     }
   });
 
-  it('joined through an address without /p2p/, reconnects after that peer restarts', async () => {
+  it('joined through an address without /p2p/, reconnects after that peer restarts', { timeout: perTestTimeoutMs }, async () => {
     // A mesh of two, apart from the others: only q's reconnect loop can bring them together again.
     const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     let p = await start({ dataDir: pDir });
@@ -650,7 +662,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     await waitFor('q reconnects to the restarted p', () => q.connectedPeers().includes(p.peerId), 15_000);
   });
 
-  it('a site restarted on another port without --bootstrap dials the addresses it saved, quietly; the peer it finds does too (helper 93)', async () => {
+  it('a site restarted on another port without --bootstrap dials the addresses it saved, quietly; the peer it finds does too (helper 93)', { timeout: perTestTimeoutMs }, async () => {
     // A mesh of two, apart from the others: only the saved addresses can bring them together again.
     const failures: BootstrapFailure[] = [];
     const changes: BootstrapIdentityChange[] = [];
@@ -695,7 +707,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     assert.deepEqual(resaved.peers[0]!.addrs, [`/ip4/127.0.0.1/tcp/${qNewPort}/p2p/${qId}`]);
   });
 
-  it('idle TCP connections without the swarm key, held open as the handshake timeout closes them, do not keep a key holder out (hunt 100)', async () => {
+  it('idle TCP connections without the swarm key, held open as the handshake timeout closes them, do not keep a key holder out (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
     const victim = await start({});
     const port = portOf(loopbackAddress(victim));
     const idle = new Set<Socket>();
@@ -715,7 +727,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     try {
       await new Promise((r) => setTimeout(r, 2600));
       const honest = await start({ tuning: { peerAnnounceIntervalMs: 0 } });
-      await honest.dial(loopbackAddress(victim), { signal: AbortSignal.timeout(5000) });
+      await honest.dial(loopbackAddress(victim), { signal: runTimeSignal(5000) });
       assert.ok(honest.connectedPeers().includes(victim.peerId));
     } finally {
       holding = false;
@@ -723,7 +735,7 @@ describe('mesh node (in process, 127.0.0.1)', { timeout: 180_000 }, () => {
     }
   });
 
-  it('a damaged known-peers file is a warning and ignored; it is replaced at the next connection (helper 93)', async () => {
+  it('a damaged known-peers file is a warning and ignored; it is replaced at the next connection (helper 93)', { timeout: perTestTimeoutMs }, async () => {
     const problems: KnownPeersProblem[] = [];
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     dirs.push(dataDir);

@@ -165,7 +165,9 @@ export class AcceptorSession {
     this.deps.clock.clearTimeout(this.stalledCut);
     if (this.ended) return;
     this.idleTimer = this.deps.clock.setTimeout(() => {
-      this.callbacks.idleExpired();
+      // Judged after this turn's reads: timers run before the loop reads its sockets, so a process that stood
+      // still past the timeout (a loaded machine) took a request already in the socket for silence (hunt 114).
+      setImmediate(() => this.callbacks.idleExpired());
       // The expiry waits in the actor's mailbox behind what the actor is doing, and that may be a write to a
       // requestor that reads nothing (an answer it awaits: a C-ECHO-RSP, a refusal), which never ends: the
       // association then held its slot for good (hunt 79). If the expiry is still not handled a moment
