@@ -592,7 +592,12 @@ function planQuery(level: QueryLevel, keys: CompiledKey[], searchIndexes: boolea
   return { kind: 'prefixes', prefixes: [prefix], contiguous: true, description: `full scan ${prefix}` };
 }
 
-type RangesPlan = Extract<Plan, { kind: 'prefixes' }>;
+/** The key ranges of a plan's prefixes, in scan order (what metFirstIn compares an entity's keys with). */
+type ScanRanges = ReadonlyArray<{ readonly gte: string; readonly lt: string }>;
+
+function scanRangesOf(plan: Exclude<Plan, { kind: 'newest' }>): ScanRanges {
+  return plan.kind === 'prefixes' ? plan.prefixes.map((prefix) => (typeof prefix === 'string' ? prefixRange(prefix) : prefix)) : [];
+}
 
 /** Index keys met in a row that name one entity, in one of the plan's ranges. */
 interface ScanRun {
@@ -664,8 +669,7 @@ async function* candidateIds(
  * not change during the scan; an instance stored meanwhile under a key the scan had passed can hide its
  * entity from this search (past candidateIdsRememberedMax ids only).
  */
-function metFirstIn(plan: RangesPlan, run: ScanRun, entries: Iterable<CatalogEntry>): boolean {
-  const ranges = plan.prefixes.map((prefix) => (typeof prefix === 'string' ? prefixRange(prefix) : prefix));
+function metFirstIn(ranges: ScanRanges, run: ScanRun, entries: Iterable<CatalogEntry>): boolean {
   let first: { rangeIndex: number; key: string } | undefined;
   for (const entry of entries) {
     for (const key of catalogKeysOf(entry)) {
@@ -691,23 +695,26 @@ async function* candidateEntities(
     yield* newestMatchingEntities(db, level, plan, stats, stopped);
     return;
   }
+  // Computed once: only candidates met past the remembered ids (those with a run) are checked against them.
+  const ranges = scanRangesOf(plan);
   if (level !== 'IMAGE') {
     for await (const { id, run } of candidateIds(db, level, plan, stats, stopped, rememberedMax)) {
       const entries: CatalogEntry[] = [];
       const aggregate = await loadAggregate(db, level, id, true, stats, undefined, run === undefined ? undefined : (entry) => entries.push(entry));
-      if (run !== undefined && plan.kind === 'prefixes' && !metFirstIn(plan, run, entries)) continue;
+      if (run !== undefined && !metFirstIn(ranges, run, entries)) continue;
       if (aggregate.latest) yield aggregate;
     }
     return;
   }
   let batch: Candidate[] = [];
   const emit = async function* (): AsyncGenerator<EntityAggregate> {
+    // Read here rather than by readEntries: an instance met in several runs comes once per run, each judged by its own.
     const entries = await getCatalogEntries(db, batch.map((candidate) => candidate.id));
     for (const [i, candidate] of batch.entries()) {
       const entry = entries[i];
       if (entry === undefined) continue; // index key without entry (being deleted): skip
       stats.entriesRead++;
-      if (candidate.run !== undefined && plan.kind === 'prefixes' && !metFirstIn(plan, candidate.run, [entry])) continue;
+      if (candidate.run !== undefined && !metFirstIn(ranges, candidate.run, [entry])) continue;
       const aggregate = createAggregate();
       addInstance(aggregate, entry);
       yield aggregate;
