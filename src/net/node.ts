@@ -953,6 +953,16 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const topicHandlers = new Map<string, Set<GossipHandler>>();
 
   const topicJoinedHandlers = new Map<string, Set<PeerHandler>>();
+  /** MeshNode.onTopicJoined, also for the built-in address announcements. */
+  const onTopicJoined = (topic: string, handler: PeerHandler): (() => void) => {
+    let handlers = topicJoinedHandlers.get(topic);
+    if (handlers === undefined) topicJoinedHandlers.set(topic, (handlers = new Set()));
+    handlers.add(handler);
+    return () => {
+      handlers.delete(handler);
+      if (handlers.size === 0) topicJoinedHandlers.delete(topic);
+    };
+  };
   pubsub.addEventListener('subscription-change', (evt) => {
     const peerId = evt.detail.peerId.toString();
     for (const { topic, subscribe } of evt.detail.subscriptions) {
@@ -1062,13 +1072,13 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
         log('peer announcement failed: %s', err.message);
       });
     };
-    /** One announcement within `delayMs`, however many asked for it meanwhile. */
-    const announceSoonAfter = (delayMs: number): void => {
+    /** One announcement within announceReplyDelayMs, however many asked for it meanwhile. */
+    const announceShortly = (): void => {
       if (announceSoon !== undefined || stopped) return;
       announceSoon = setTimeout(() => {
         announceSoon = undefined;
         if (!stopped) announce();
-      }, delayMs);
+      }, announceReplyDelayMs);
     };
     topicHandlers.set(PEERS_TOPIC, new Set([(m: GossipMessage) => {
       let msg: PeerAddrsMessage;
@@ -1088,12 +1098,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       facade.addKnownPeer(msg.peerId, addrs).catch((err: Error) => {
         log('ignoring peer announcement from %s: %s', msg.peerId, err.message);
       });
-      if (newcomer) announceSoonAfter(announceReplyDelayMs);
+      if (newcomer) announceShortly();
     }]));
     pubsub.subscribe(PEERS_TOPIC);
     announceTimer = setInterval(announce, announceInterval);
     // A peer that has just subscribed to the announcements (a new connection) gets this one's at once.
-    topicJoinedHandlers.set(PEERS_TOPIC, new Set([() => announceSoonAfter(announceReplyDelayMs)]));
+    onTopicJoined(PEERS_TOPIC, announceShortly);
   }
 
   const silenceCheckIntervalMs = Math.min(pingIntervalMs, connectionSilentMaxMs / 4);
@@ -1157,15 +1167,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       activityHandlers.add(handler);
       return () => activityHandlers.delete(handler);
     },
-    onTopicJoined(topic, handler) {
-      let handlers = topicJoinedHandlers.get(topic);
-      if (handlers === undefined) topicJoinedHandlers.set(topic, (handlers = new Set()));
-      handlers.add(handler);
-      return () => {
-        handlers.delete(handler);
-        if (handlers.size === 0) topicJoinedHandlers.delete(topic);
-      };
-    },
+    onTopicJoined,
     async handle(protocol, handler, options = {}) {
       await node.handle(protocol, async (stream, connection) => {
         const mesh = new MeshStream(stream, connection.remotePeer.toString(), streamInitFor(connection.remotePeer.toString()));

@@ -708,7 +708,7 @@ async function* candidateEntities(
   }
   let batch: Candidate[] = [];
   const emit = async function* (): AsyncGenerator<EntityAggregate> {
-    // Read here rather than by readEntries: an instance met in several runs comes once per run, each judged by its own.
+    // Not readEntries, which drops missing entries: each entry must stay beside the candidate (and run) it was read for.
     const entries = await getCatalogEntries(db, batch.map((candidate) => candidate.id));
     for (const [i, candidate] of batch.entries()) {
       const entry = entries[i];
