@@ -412,13 +412,16 @@ describe('mesh node (in process, 127.0.0.1)', () => {
   });
 
   it('a peer learnt only from its own connection (no address given) that came back under a new PeerId at its address is dialled there again', { timeout: perTestTimeoutMs }, async () => {
-    const other = await start({});
+    const other = await start({ tuning: { knownPeersWriteDelayMs: 50 } });
+    const otherDir = dirs[dirs.length - 1]!;
     const old = await start({});
     const oldAddress = loopbackAddress(old);
     const port = Number(oldAddress.split('/')[4]);
     // The old peer dials: `other` knows it only from that connection, its address from identify.
     await old.dial(loopbackAddress(other), { signal: runTimeSignal(5000) });
     await waitFor('connected to the peer that dialled', () => other.connectedPeers().includes(old.peerId), 10_000);
+    // Stopped before `other` had its identify, it left no address to dial (hunt 119: the test's failures at load 11-27).
+    await waitFor('the peer that dialled identified (its addresses saved)', () => savedIn(otherDir, old.peerId), 10_000);
     await old.stop();
     const restored = await start({ p2pPort: port });
     assert.notEqual(restored.peerId, old.peerId);
