@@ -517,11 +517,17 @@ class Reconnector {
   }
 
   /**
-   * A connected peer said where it listens (identify): an address target there now knows who answers, so
-   * it counts as connected. Without it a peer whose first dial of a --bootstrap address failed, and which
-   * the peer there then dialled, dialled that address again once connected: two connections per pair.
+   * A connected peer said where it listens (identify): its target keeps those addresses, and an address
+   * target there now knows who answers, so it counts as connected. Without the first, a peer that had
+   * dialled this one was redialled through libp2p's peer store, whose addresses expire an hour after they
+   * were first seen (by Date.now(), never refreshed while connected, so also at once after a forward wall
+   * clock step): with no announcement from it, it was never redialled (hunt 119). Without the second, a peer
+   * whose first dial of a --bootstrap address failed, and which the peer there then dialled, dialled that
+   * address again once connected: two connections per pair.
    */
   onIdentified(peerId: string, listenAddrs: readonly Multiaddr[], remoteAddr: Multiaddr): void {
+    const dialable = savedAddressesOf(listenAddrs, remoteAddr).map((a) => multiaddr(a).encapsulate(`/p2p/${peerId}`));
+    if (dialable.length > 0 && peerId !== this.selfPeerId) this.addPeer(peerId, dialable);
     const listening = listenAddrs.map((a) => a.decapsulateCode(P2P_CODE));
     // Only where the peer is seen connecting from the target's host: a peer listening on 0.0.0.0 lists
     // 127.0.0.1 among its addresses, and a remote one on the same port would claim a loopback target (review).
@@ -673,20 +679,13 @@ class Reconnector {
     }
     // A saved address answered by a site restored there under a new PeerId: dialled without its /p2p/ part,
     // still quietly, like a learnt one.
-    if (t.peerId === undefined || !/does not match expected remote identity key/.test(text)) return false;
+    // A target without addresses (a peer that left before it said where it listens) has nothing to replace
+    // it by: it stays, an ordinary failure. Every other target holds the addresses it is dialled at (a peer
+    // learnt from its own connection: those it gave in identify), so no lookup elsewhere can come back empty
+    // after the target is gone (hunt 119: the peer store's could, and the peer was never dialled again).
+    if (t.peerId === undefined || t.addrs.length === 0 || !/does not match expected remote identity key/.test(text)) return false;
     this.targets.delete(t.key);
-    if (t.addrs.length > 0) {
-      this.replaceByAddresses(t, t.peerId, t.addrs, err);
-      return true;
-    }
-    // A peer learnt from a connection (it dialled us) is dialled through the peer store: its addresses are
-    // there. Without them the target was dropped with nothing in its place, and a site restored without
-    // --bootstrap was never dialled again (seen in the mesh test, whatever the peer that connected first).
-    const peerId = t.peerId;
-    void this.node.peerStore
-      .get(parsePeerId(peerId))
-      .then((peer) => this.replaceByAddresses(t, peerId, peer.addresses.map((address) => address.multiaddr), err))
-      .catch(() => undefined);
+    this.replaceByAddresses(t, t.peerId, t.addrs, err);
     return true;
   }
 
