@@ -6,7 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { InboundActivity, connectionAddressKey } from './inbound-activity.ts';
+import { InboundActivity, RunTimeClock, connectionAddressKey } from './inbound-activity.ts';
 import { createMeshNode, type MeshNode } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
@@ -43,6 +43,45 @@ test('two connections at one address share an entry until the last one closes; t
   second.closed();
   second.received();
   assert.equal(activity.size, 0, 'bytes or a close for an address no longer tracked add nothing');
+});
+
+test('run time leaves out the time the periodic check came late, and never runs backwards', () => {
+  let now = 0;
+  const clock = new RunTimeClock(100, () => now);
+  now = 100;
+  clock.checked();
+  now = 150;
+  assert.equal(clock.nowMs(), 150, 'on time: the monotonic clock');
+  // The loop stands still from 150 to 5150: the check due at 200 runs at 5150.
+  const seen: number[] = [];
+  for (now = 150; now <= 5150; now += 500) seen.push(clock.nowMs());
+  assert.deepEqual(seen.slice(0, 3), [150, 200, 200], 'it stands still once the check is late');
+  now = 5150;
+  const before = clock.nowMs();
+  clock.checked();
+  assert.equal(clock.nowMs(), before, 'the check that finds the gap changes nothing seen before it');
+  now = 5200;
+  assert.equal(clock.nowMs(), 250);
+});
+
+test('a connection heard right after a long stall of this process is judged on run time from then: neither cut for the stall nor spared for it', () => {
+  let now = 0;
+  const clock = new RunTimeClock(200, () => now);
+  const activity = new InboundActivity({ nowMs: () => clock.nowMs() });
+  const connection = activity.opened('/ip4/10.0.0.2/tcp/4001');
+  for (now = 200; now <= 1000; now += 200) clock.checked();
+  connection.received();
+  // An hour stopped (SIGSTOP); on resuming, the bytes waiting in the socket are read before the check runs.
+  now += 3_600_000;
+  connection.received();
+  clock.checked();
+  assert.ok(activity.silentForMs('/ip4/10.0.0.2/tcp/4001')! < 200, 'the hour is not silence');
+  // Then the peer goes quiet for good: silent for the run time since, not an hour less.
+  for (let i = 0; i < 50; i++) {
+    now += 200;
+    clock.checked();
+  }
+  assert.equal(activity.silentForMs('/ip4/10.0.0.2/tcp/4001'), 10_000);
 });
 
 /**
@@ -203,6 +242,30 @@ test('a process that stood still keeps its connections: what arrived meanwhile i
     const until = performance.now() + 1500;
     while (performance.now() < until);
     await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.deepEqual(disconnects, []);
+    assert.ok(sender.connectedPeers().includes(receiver.peerId));
+  } finally {
+    await stop();
+  }
+});
+
+test('a process that runs late turn after turn keeps its connections: silence counts the time it could run (hunt 114, hunt 119)', { timeout: 60_000 }, async () => {
+  const { sender, receiver, stop } = await twoNodesBehindASlowLink(10_000_000);
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const disconnects: string[] = [];
+    sender.onPeerDisconnected((peerId) => disconnects.push(`sender lost ${peerId}`));
+    receiver.onPeerDisconnected((peerId) => disconnects.push(`receiver lost ${peerId}`));
+    // For 4 s every turn of the loop comes 0.35 s late (a loaded machine's scheduler): less than two
+    // silence checks (0.4 s, the old rule for a stall), yet five times the silence limit (0.8 s) in all. Both nodes
+    // live in this process. Without run time: cut in 5 runs of 5 (at 0.25 s late, 4 of 5).
+    const endMs = performance.now() + 4000;
+    while (performance.now() < endMs) {
+      const until = performance.now() + 350;
+      while (performance.now() < until);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
     assert.deepEqual(disconnects, []);
     assert.ok(sender.connectedPeers().includes(receiver.peerId));
   } finally {

@@ -4,8 +4,9 @@
  * Stack: TCP on `/ip4/<host>/tcp/<p2pPort>` -> private network (our noble-xsalsa20 pnet protector) ->
  * noise -> yamux (stream window capped) ; services identify, ping, gossipsub (small-mesh settings).
  * The connection monitor pings every peer each `pingIntervalMs`. With the private network, a connection
- * ends when nothing at all has arrived on it for twice `pingTimeoutMs` (10 s: a half-open connection, a
- * peer standing still), whether or not its pings were answered (inbound-activity.ts: on a slow link pings
+ * ends when nothing at all has arrived on it for twice `pingTimeoutMs` of this process's run time (10 s: a
+ * half-open connection, a peer standing still; time this process stood still does not count, see
+ * RunTimeClock), whether or not its pings were answered (inbound-activity.ts: on a slow link pings
  * wait behind copies in flight, and the connection delivering them was aborted); the pings keep an idle
  * connection talking. Without it (tests), libp2p's rule: a ping over `pingTimeoutMs` (adaptive up to
  * twice that) aborts the connection. Not sooner: a peer on a loaded machine answered a ping 2 s late and
@@ -34,7 +35,7 @@ import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { decodeEnvelope, encodeEnvelope } from '../codec/envelope.ts';
 import { MeshNodeError } from './errors.ts';
-import { InboundActivity } from './inbound-activity.ts';
+import { InboundActivity, RunTimeClock } from './inbound-activity.ts';
 import { loadOrCreatePeerKey } from './peer-key.ts';
 import { KnownPeersFile, readKnownPeers, type KnownPeersProblem } from './known-peers.ts';
 import { pskProtector } from './protector.ts';
@@ -615,7 +616,7 @@ class Reconnector {
   private dial(t: Target): void {
     t.dialing = true;
     const signal = AbortSignal.timeout(this.opts.dialTimeoutMs);
-    // known addresses first (bootstrap, addKnownPeer); otherwise the peer store (filled by identify)
+    // the target's addresses (bootstrap, addKnownPeer, identify); with none, whatever the peer store holds
     const addrs = dialableAddrs(t);
     const target = addrs.length > 0 || t.peerId === undefined ? addrs : parsePeerId(t.peerId);
     const p = this.node.dial(target, { signal })
@@ -826,7 +827,10 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const pingIntervalMs = tuning.pingIntervalMs ?? 2000;
   const pingStreamsMax = Math.ceil((2 * pingTimeout) / pingIntervalMs) + 2;
   const connectionSilentMaxMs = 2 * pingTimeout;
-  const inboundActivity = init.swarmKey === null ? undefined : new InboundActivity();
+  const silenceCheckIntervalMs = Math.min(pingIntervalMs, connectionSilentMaxMs / 4);
+  // Silence counts the time this process could run: what arrived while it stood still is not read yet.
+  const runTime = new RunTimeClock(silenceCheckIntervalMs);
+  const inboundActivity = init.swarmKey === null ? undefined : new InboundActivity({ nowMs: () => runTime.nowMs() });
   const streamInit: MeshStreamInit = { highWaterMark: tuning.readHighWaterMark ?? 1024 * 1024 };
   // Data from a peer is proof of life (helper 65: on a 3 Mbit/s link its heartbeats waited over 3 s behind
   // bulk copies, the peer was declared dead, its connections dropped, and the copies sent again).
@@ -1105,23 +1109,16 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     onTopicJoined(PEERS_TOPIC, announceShortly);
   }
 
-  const silenceCheckIntervalMs = Math.min(pingIntervalMs, connectionSilentMaxMs / 4);
-  let silenceCheckedAtMs = performance.now();
   const silenceTimer =
     inboundActivity === undefined
       ? undefined
       : setInterval(() => {
-          const nowMs = performance.now();
-          const stalled = nowMs - silenceCheckedAtMs > 2 * silenceCheckIntervalMs;
-          silenceCheckedAtMs = nowMs;
-          // This process stood still (SIGSTOP, a long pause): what arrived meanwhile is still unread in the
-          // sockets, and would be read right after this tick. The next check judges.
-          if (stalled) return;
+          runTime.checked();
           for (const connection of node.getConnections()) {
             const silentForMs = inboundActivity.silentForMs(connection.remoteAddr.toString());
             if (silentForMs === undefined || silentForMs < connectionSilentMaxMs) continue;
-            log('connection to %s silent for %d ms: aborting it', connection.remotePeer.toString(), Math.round(silentForMs));
-            connection.abort(new MeshNodeError('ERR_CONNECTION_SILENT', `nothing received on the connection for ${Math.round(silentForMs)} ms`));
+            log('connection to %s silent for %d ms of run time: aborting it', connection.remotePeer.toString(), Math.round(silentForMs));
+            connection.abort(new MeshNodeError('ERR_CONNECTION_SILENT', `nothing received on the connection for ${Math.round(silentForMs)} ms of this process's run time`));
           }
         }, silenceCheckIntervalMs);
   silenceTimer?.unref();
