@@ -313,7 +313,11 @@ export interface PskProtectorInit {
    * 'xsalsa20' is the libp2p pnet spec (interoperates with go-libp2p and @libp2p/pnet). Both ends must agree.
    */
   cipher?: PnetCipher;
-  /** The nonce exchange must finish within this many ms (also bounded by the upgrader's signal). Default 5000. */
+  /**
+   * The nonce exchange must finish within this many ms (also bounded by the upgrader's signal). Default 5000.
+   * Elapsed time (a pause counts), not run time, on purpose: it bounds what a connection that never sends its nonce holds (see
+   * docs/mesh-algorithms.md, hunt 119).
+   */
   handshakeTimeoutMs?: number;
   /** Told when each protected connection opens, receives bytes and closes (the node's silence check). */
   inboundActivity?: InboundActivity;
