@@ -226,6 +226,36 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     }
   });
 
+  it('a peer stopped for longer than its own silence limit keeps its connection once resumed, the other side having talked meanwhile (hunt 119)', { timeout: perTestTimeoutMs }, async () => {
+    // The stopped peer judges silence after 0.8 s of its run time; this side pings every 0.2 s and waits 10 s.
+    const talker = await start({ tuning: { pingIntervalMs: 200, pingTimeoutMs: 5000 } });
+    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    dirs.push(dataDir);
+    const child = spawn(process.execPath, ['--import', 'tsx', TRANSFER_PEER], {
+      env: { ...process.env, ROLE: 'receiver', SWARM_KEY: swarmKey.text, DATA_DIR: dataDir, PING_INTERVAL_MS: '200', PING_TIMEOUT_MS: '400' },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    try {
+      const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
+      const ready = JSON.parse(line) as { event: string; addr: string; peerId: string };
+      assert.equal(ready.event, 'ready', line);
+      await talker.dial(ready.addr, { signal: runTimeSignal(5000) });
+      await new Promise((r) => setTimeout(r, 1000));
+      const dropped: string[] = [];
+      talker.onPeerDisconnected((peerId) => dropped.push(peerId));
+      child.kill('SIGSTOP');
+      await new Promise((r) => setTimeout(r, 3000));
+      child.kill('SIGCONT');
+      await new Promise((r) => setTimeout(r, 2000));
+      assert.deepEqual(dropped, [], 'the resumed peer cut the connection');
+      assert.ok(talker.connectedPeers().includes(ready.peerId));
+    } finally {
+      child.kill('SIGCONT');
+      child.stdin!.end();
+      await once(child, 'exit');
+    }
+  });
+
   it('a stream its handler is done with ends, also when the remote keeps its end open and sends on (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
     // The handler answers and returns, as a refusal of a malformed request does; the remote neither
     // closes nor reads, and keeps sending: left open, each such stream held a reader queue and a window.
