@@ -192,30 +192,32 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     for (const heard of [heardByA, heardByB]) for (let i = 1; i < heard.length; i++) assert.ok(heard[i]! - heard[i - 1]! >= peerActivityNoticeMs - 1, 'throttled');
   });
 
-  it('keeps its connection to a peer that stands still for 2.5 s (a loaded machine, a long pause): no ping drops it', { timeout: perTestTimeoutMs }, async () => {
-    // The peer in its own process, so that only it stands still (SIGSTOP) while this one's timers run.
+  /**
+   * `node` connected to a peer in its own process (so that only it stands still), which is stopped
+   * (SIGSTOP) for stopMs after settleMs and resumed; asserts that `node` kept its connection 2 s later.
+   */
+  async function keepsConnectionToAPeerStoppedFor(node: MeshNode, stopMs: number, settleMs: number, peerEnv: Record<string, string> = {}): Promise<void> {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     dirs.push(dataDir);
     const child = spawn(process.execPath, ['--import', 'tsx', TRANSFER_PEER], {
-      env: { ...process.env, ROLE: 'receiver', SWARM_KEY: swarmKey.text, DATA_DIR: dataDir },
+      env: { ...process.env, ROLE: 'receiver', SWARM_KEY: swarmKey.text, DATA_DIR: dataDir, ...peerEnv },
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     try {
       const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
       const ready = JSON.parse(line) as { event: string; addr: string; peerId: string };
       assert.equal(ready.event, 'ready', line);
-      await a.dial(ready.addr, { signal: runTimeSignal(5000) });
-      // Past the first pings, so that the monitor's timeout has adapted to this connection.
-      await new Promise((r) => setTimeout(r, 2500));
+      await node.dial(ready.addr, { signal: runTimeSignal(5000) });
+      await new Promise((r) => setTimeout(r, settleMs));
       const dropped: string[] = [];
-      const off = a.onPeerDisconnected((peerId) => dropped.push(peerId));
+      const off = node.onPeerDisconnected((peerId) => dropped.push(peerId));
       try {
         child.kill('SIGSTOP');
-        await new Promise((r) => setTimeout(r, 2500));
+        await new Promise((r) => setTimeout(r, stopMs));
         child.kill('SIGCONT');
         await new Promise((r) => setTimeout(r, 2000));
-        assert.deepEqual(dropped, [], 'the connection was dropped while the peer stood still');
-        assert.ok(a.connectedPeers().includes(ready.peerId));
+        assert.deepEqual(dropped, [], 'the connection was dropped');
+        assert.ok(node.connectedPeers().includes(ready.peerId));
       } finally {
         off();
       }
@@ -224,36 +226,17 @@ describe('mesh node (in process, 127.0.0.1)', () => {
       child.stdin!.end();
       await once(child, 'exit');
     }
+  }
+
+  it('keeps its connection to a peer that stands still for 2.5 s (a loaded machine, a long pause): no ping drops it', { timeout: perTestTimeoutMs }, async () => {
+    // Past the first pings before the stop, so that the monitor's timeout has adapted to this connection.
+    await keepsConnectionToAPeerStoppedFor(a, 2500, 2500);
   });
 
   it('a peer stopped for longer than its own silence limit keeps its connection once resumed, the other side having talked meanwhile (hunt 119)', { timeout: perTestTimeoutMs }, async () => {
     // The stopped peer judges silence after 0.8 s of its run time; this side pings every 0.2 s and waits 10 s.
     const talker = await start({ tuning: { pingIntervalMs: 200, pingTimeoutMs: 5000 } });
-    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
-    dirs.push(dataDir);
-    const child = spawn(process.execPath, ['--import', 'tsx', TRANSFER_PEER], {
-      env: { ...process.env, ROLE: 'receiver', SWARM_KEY: swarmKey.text, DATA_DIR: dataDir, PING_INTERVAL_MS: '200', PING_TIMEOUT_MS: '400' },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    try {
-      const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
-      const ready = JSON.parse(line) as { event: string; addr: string; peerId: string };
-      assert.equal(ready.event, 'ready', line);
-      await talker.dial(ready.addr, { signal: runTimeSignal(5000) });
-      await new Promise((r) => setTimeout(r, 1000));
-      const dropped: string[] = [];
-      talker.onPeerDisconnected((peerId) => dropped.push(peerId));
-      child.kill('SIGSTOP');
-      await new Promise((r) => setTimeout(r, 3000));
-      child.kill('SIGCONT');
-      await new Promise((r) => setTimeout(r, 2000));
-      assert.deepEqual(dropped, [], 'the resumed peer cut the connection');
-      assert.ok(talker.connectedPeers().includes(ready.peerId));
-    } finally {
-      child.kill('SIGCONT');
-      child.stdin!.end();
-      await once(child, 'exit');
-    }
+    await keepsConnectionToAPeerStoppedFor(talker, 3000, 1000, { PING_INTERVAL_MS: '200', PING_TIMEOUT_MS: '400' });
   });
 
   it('a stream its handler is done with ends, also when the remote keeps its end open and sends on (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
