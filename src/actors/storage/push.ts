@@ -26,6 +26,7 @@ import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
+import { bulkStarted } from './bulk-in-flight.ts';
 import type { PartialCopies } from './partial-copies.ts';
 import { StoreError, replicaEntryBuilder, type ReplicaStore } from './replica-store.ts';
 
@@ -101,7 +102,7 @@ export class PushStreams {
   private stopped = false;
 
   constructor(
-    private readonly node: MeshNode,
+    readonly node: MeshNode,
     private readonly limits: Pick<PushLimits, 'idleStreamsPerPeerMax' | 'idleStreamMs'> = defaultPushLimits,
   ) {}
 
@@ -187,7 +188,11 @@ export class ReplicaPush {
     signal?: AbortSignal,
   ) {
     const deadline = startDeadline(limits.transferTimeoutMs, signal, `push to ${peerId} not done in ${limits.transferTimeoutMs} ms`);
-    this.result = this.run(deadline.signal).finally(deadline.clear);
+    const ended = bulkStarted(streams.node, peerId);
+    this.result = this.run(deadline.signal).finally(() => {
+      ended();
+      deadline.clear();
+    });
     // Settled by whoever awaits it; this keeps a failure nobody awaited from being reported as unhandled.
     this.result.catch(() => undefined);
   }

@@ -698,13 +698,14 @@ test('a batch offer that arrives slowly but steadily (a slow WAN link) is not re
 });
 
 /** Two nodes, the receiver's address behind a throttled link (1 MB/s: a 2 MB push can be cut half-way), for resumed copies. */
-async function nodesOverLink(t: { after(fn: () => Promise<void>): void }, partialCopyLimits?: Partial<PartialCopyLimits>) {
+async function nodesOverLink(t: { after(fn: () => Promise<void>): void }, partialCopyLimits?: Partial<PartialCopyLimits>, bytesPerSecond = 1_000_000) {
   const dirs = [await mkdtemp(join(tmpdir(), 'pacs-repl-')), await mkdtemp(join(tmpdir(), 'pacs-repl-'))];
   const receiver = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]!, tuning: { peerAnnounceIntervalMs: 0 } });
   const receiverStore = createReplicaStore({ path: join(dirs[0]!, 'store'), chunkBytes: 64 * 1024 });
   await receiverStore.open();
-  const serving = await serveReplication({ node: receiver, store: receiverStore, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined, ...(partialCopyLimits && { partialCopyLimits }) });
-  const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond: 1_000_000 });
+  const messages: CustodyMessage[] = [];
+  const serving = await serveReplication({ node: receiver, store: receiverStore, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: (_from, message) => messages.push(message), ...(partialCopyLimits && { partialCopyLimits }) });
+  const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond });
   const sender = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, tuning: { peerAnnounceIntervalMs: 0 } });
   const senderStore = createReplicaStore({ path: join(dirs[1]!, 'store'), chunkBytes: 64 * 1024 });
   await senderStore.open();
@@ -736,7 +737,7 @@ async function nodesOverLink(t: { after(fn: () => Promise<void>): void }, partia
     }
     return serving.partialCopies.stats.bytes;
   };
-  return { sender, receiver, senderStore, receiverStore, link, serving, pushCut };
+  return { sender, receiver, senderStore, receiverStore, link, serving, pushCut, messages };
 }
 
 test('a cut-through push cut half-way is resumed: the stored copy that follows carries only the rest, verified whole (hunt 121)', { timeout: 60_000 }, async (t) => {
@@ -795,4 +796,23 @@ test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { ti
   assert.deepEqual(serving.partialCopies.stats, { bytes: second, copies: 1 }, `the older part (${first} bytes) was dropped`);
   for (const deadline = Date.now() + 10_000; serving.partialCopies.stats.copies > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 100));
   assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'dropped after keptMs');
+});
+
+test('custody messages behind a copy on a slow link are not given up while the copy drains: their deadline counts from its last progress (hunt 121)', { timeout: 90_000 }, async (t) => {
+  const { sender, receiver, senderStore, messages } = await nodesOverLink(t, undefined, 200_000);
+  // A copy of 3 MB: ~15 s at 200 KB/s, its writes paced by the receiver's window updates; what the kernel
+  // holds in front of anything sent after it (~0.5 MB) is ~2.5 s, past a 1.5 s deadline counted from the send.
+  const entry = await storeLocally(senderStore, '1.2.3.121.5', randomBytes(3_000_000));
+  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  const sends: Array<Promise<unknown>> = [];
+  for (let i = 0; i < 5; i++) {
+    await new Promise((r) => setTimeout(r, 1_000));
+    const message: CustodyMessage = { type: 'replicaAck', sopInstanceUid: `1.2.3.121.6.${i}`, siteName: 'site-a' };
+    sends.push(sendCustodyMessage(sender, receiver.peerId, message, { limits: { exchangeTimeoutMs: 1_500 } }).then(() => 'sent', (error: unknown) => String(error)));
+  }
+  const outcomes = await Promise.all(sends);
+  const [copied] = await copy;
+  assert.ok(copied !== undefined && 'outcome' in copied);
+  assert.deepEqual(outcomes, ['sent', 'sent', 'sent', 'sent', 'sent']);
+  assert.equal(messages.length, 5, 'each delivered once');
 });

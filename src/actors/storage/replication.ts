@@ -46,6 +46,7 @@ import { digestBucketCount, digestHashBytes, digestLeavesPerBucket } from './cus
 import type { BatchPhases } from './custody/peer-batches.ts';
 import { PUSH_PROTOCOL, copiesArrivingRepeatMs, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
+import { bulkDrainedAtMs, bulkStarted } from './bulk-in-flight.ts';
 import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
 import { StoreError, replicaEntryBuilder, type CommitResult, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
@@ -919,26 +920,29 @@ export async function replicateBatchTo(
   const transfer = startDeadline(limits.transferTimeoutMs, options.signal);
   const stall = stallWatch(transfer.signal, limits.stallTimeoutMs);
   const { signal, touch } = stall;
+  const ended = bulkStarted(node, peerId);
   try {
     return await replicateBatchOver(node, peerId, store, entries, offer, limits, options, signal, touch);
   } catch (error) {
     if (!stall.stalled) throw error;
     throw new ReplicationError('ERR_REPLICATION_STALLED', `replicate-batch to ${peerId}: no byte moved and no answer for ${limits.stallTimeoutMs / 1000} s (the receiver may be stalled); offered again later`, { cause: error });
   } finally {
+    ended();
     stall.stop();
     transfer.clear();
   }
 }
 
 /**
- * A signal that also aborts when `touch` was not called for `idleMs`: a peer that stopped reading or
- * answering. Checked a few times per idleMs, so it aborts between idleMs and 1.25 x idleMs.
+ * A signal that also aborts when `touch` was not called for `idleMs` (nor `progressAtMs` moved within it,
+ * when given): a peer that stopped reading or answering. Checked a few times per idleMs, so it aborts
+ * between idleMs and 1.25 x idleMs.
  */
-function stallWatch(parent: AbortSignal, idleMs: number): { signal: AbortSignal; touch(): void; stop(): void; readonly stalled: boolean } {
+function stallWatch(parent: AbortSignal, idleMs: number, progressAtMs?: () => number): { signal: AbortSignal; touch(): void; stop(): void; readonly stalled: boolean } {
   const controller = new AbortController();
   let lastProgressMs = performance.now();
   const timer = setInterval(() => {
-    if (performance.now() - lastProgressMs < idleMs) return;
+    if (performance.now() - Math.max(lastProgressMs, progressAtMs?.() ?? Number.NEGATIVE_INFINITY) < idleMs) return;
     controller.abort(new Error(`no progress for ${idleMs} ms`));
     clearInterval(timer);
   }, Math.max(10, idleMs / 4));
@@ -1141,15 +1145,27 @@ export async function sendCustodyMessage(node: MeshNode, peerId: string, message
   await sendCustodyMessages(node, peerId, [message], options);
 }
 
-/** Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. */
+/**
+ * Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. Its deadline,
+ * exchangeTimeoutMs, counts from when no copy of ours to that peer is in flight any more (bulk-in-flight.ts):
+ * on a slow link the messages wait behind the copies' bytes already handed to the connection, and are not
+ * given up while those drain; stallTimeoutMs bounds the whole.
+ */
 export async function sendCustodyMessages(node: MeshNode, peerId: string, messages: readonly CustodyMessage[], options: ClientOptions = {}): Promise<void> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
-  await exchange(node, peerId, CUSTODY_PROTOCOL, limits.exchangeTimeoutMs, options, async (stream, signal) => {
-    // Staged, so the messages share frames (closeWrite sends what is still held).
-    for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
-    await stream.closeWrite({ signal });
-  });
+  const whole = startDeadline(Math.max(limits.exchangeTimeoutMs, limits.stallTimeoutMs), options.signal);
+  const behindCopies = stallWatch(whole.signal, limits.exchangeTimeoutMs, () => bulkDrainedAtMs(node, peerId));
+  try {
+    await withStream(node, peerId, CUSTODY_PROTOCOL, behindCopies.signal, async (stream) => {
+      // Staged, so the messages share frames (closeWrite sends what is still held).
+      for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, behindCopies.signal);
+      await stream.closeWrite({ signal: behindCopies.signal });
+    });
+  } finally {
+    behindCopies.stop();
+    whole.clear();
+  }
 }
 
 /** Asks a peer which instances a C-GET/C-MOVE identifier selects there (catalog entries, at most `limit`). */
