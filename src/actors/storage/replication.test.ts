@@ -785,6 +785,29 @@ test('a kept part that does not match the instance never becomes a stored copy: 
   assert.ok(Buffer.concat(chunks).equals(bytes));
 });
 
+test('a sender that predates resumes (no resumable in its offer) gets no offsets and sends whole, even with a part kept (hunt 121)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(1_500_000);
+  const uid = '1.2.3.121.7';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  assert.ok((await pushCut(uid, bytes, 500_000)) > 0);
+  // The offer as the build before this one wrote it, and its body whole.
+  const stream = await sender.openStream(receiver.peerId, REPLICATE_BATCH_PROTOCOL);
+  await stream.writer.writeFrame(encodeEnvelope({ type: 'offerBatch', entries: [entry] }));
+  const want = decodeEnvelope<{ type: string; indices?: number[]; offsets?: number[] }>((await stream.reader.readFrameOrEnd(64 * 1024))!, { maxBytes: 64 * 1024 });
+  assert.deepEqual(want, { type: 'want', indices: [0] }, 'no offsets for a sender that did not say it can resume');
+  await stream.writer.stageUint64(bytes.length);
+  await stream.writer.write(bytes);
+  await stream.closeWrite();
+  const result = decodeEnvelope<{ type: string; stored?: number[] }>((await stream.reader.readFrameOrEnd(64 * 1024))!, { maxBytes: 64 * 1024 });
+  await stream.close().catch(() => undefined);
+  assert.deepEqual([result.type, result.stored], ['batchResult', [0]]);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of receiverStore.readInstance((await receiverStore.getEntry(uid))!)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(bytes));
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part dropped: the copy came whole');
+});
+
 test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { timeout: 60_000 }, async (t) => {
   // Each part kept is 0.8-1.4 MB (cut after 0.8 MB went through); two are over the bound.
   const { serving, pushCut } = await nodesOverLink(t, { bytesPerPeerMax: 1_500_000, keptMs: 6_000 });
