@@ -6,8 +6,8 @@
  *
  * Nothing here is trusted: the writer's running SHA-256 covers the kept bytes and the rest, and the commit
  * checks it against the sender's entry, so a partial that does not match stores nothing (the sender then
- * sends the whole copy). Bounded: bytes kept per sending peer and in all (the oldest partials are dropped
- * to make room), and each is dropped after `keptMs`. The kept bytes are chunks in the blob database (the
+ * sends the whole copy). Bounded: bytes kept per sending peer and in all, and partial copies in all (the
+ * oldest are dropped to make room), and each is dropped after `keptMs`. The kept bytes are chunks in the blob database (the
  * writer holds less than one chunk in memory); a restart drops them with every other unfinished upload.
  */
 import type { Clock, TimerHandle } from '../runtime/clock.ts';
@@ -19,6 +19,8 @@ export interface PartialCopyLimits {
   bytesPerPeerMax: number;
   /** Bytes of partial copies kept from all peers together. */
   bytesMax: number;
+  /** Partial copies kept at most: each open writer holds less than a chunk (64 KiB) and a small-piece buffer in memory. */
+  copiesMax: number;
   /** A partial copy not resumed within this long is dropped. */
   keptMs: number;
 }
@@ -26,6 +28,7 @@ export interface PartialCopyLimits {
 export const defaultPartialCopyLimits: PartialCopyLimits = {
   bytesPerPeerMax: 256 * 1024 * 1024,
   bytesMax: 1024 * 1024 * 1024,
+  copiesMax: 256,
   keptMs: 10 * 60_000,
 };
 
@@ -72,8 +75,9 @@ export class PartialCopies {
     }
     // Room is made by dropping the oldest: a recent cut is the one a copy is most likely to follow soon.
     for (const partial of [...this.byUid.values()]) {
-      if (this.bytesKept + bytes <= this.limits.bytesMax && this.peerBytes(fromPeerId) + bytes <= this.limits.bytesPerPeerMax) break;
-      if (this.bytesKept + bytes > this.limits.bytesMax || partial.fromPeerId === fromPeerId) this.drop(partial.sopInstanceUid);
+      const overall = this.bytesKept + bytes > this.limits.bytesMax || this.byUid.size >= this.limits.copiesMax;
+      if (!overall && this.peerBytes(fromPeerId) + bytes <= this.limits.bytesPerPeerMax) break;
+      if (overall || partial.fromPeerId === fromPeerId) this.drop(partial.sopInstanceUid);
     }
     const timer = this.clock.setTimeout(() => this.drop(sopInstanceUid), this.limits.keptMs);
     this.byUid.set(sopInstanceUid, { sopInstanceUid, fromPeerId, writer, bytes, timer });
