@@ -8,49 +8,26 @@
  *   node --import tsx scripts/bench/resume-slow-link.ts [--size-mb 10] [--bytes-per-second 100000] [--cut-at 0.5]
  *
  * Prints one JSON line: bytes through the link towards the receiver during the push and the follow-up,
- * and their sum over the instance's size. Runs against any build of the protocols (it uses no new API).
+ * and their sum over the instance's size. Runs against older builds of the protocols too (with this
+ * script's test/support/replication-over-link.ts copied there).
  */
 import '../../src/polyfill.ts';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createMeshNode } from '../../src/net/node.ts';
-import { generateSwarmKey } from '../../src/net/swarm-key.ts';
-import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
-import { PushStreams, ReplicaPush, defaultPushLimits } from '../../src/actors/storage/push.ts';
-import { replicateBatchTo, serveReplication } from '../../src/actors/storage/replication.ts';
-import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
-import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
+import { ReplicaPush, defaultPushLimits } from '../../src/actors/storage/push.ts';
+import { replicateBatchTo } from '../../src/actors/storage/replication.ts';
+import { startReplicationOverLink } from '../../test/support/replication-over-link.ts';
 
 const { values } = parseArgs({ options: { 'size-mb': { type: 'string', default: '10' }, 'bytes-per-second': { type: 'string', default: '100000' }, 'cut-at': { type: 'string', default: '0.5' } } });
 const sizeBytes = Math.round(Number(values['size-mb']) * 1_000_000);
 const bytesPerSecond = Number(values['bytes-per-second']);
 const cutAt = Number(values['cut-at']);
 
-const swarmKey = generateSwarmKey();
-const dirs = [await mkdtemp(join(tmpdir(), 'pacs-resume-')), await mkdtemp(join(tmpdir(), 'pacs-resume-'))];
-const receiver = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]!, tuning: { peerAnnounceIntervalMs: 0 } });
-const receiverStore = createReplicaStore({ path: join(dirs[0]!, 'store') });
-await receiverStore.open();
-const serving = await serveReplication({ node: receiver, store: receiverStore, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
-const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond, latencyMs: 25 });
-const sender = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, tuning: { peerAnnounceIntervalMs: 0 } });
-const senderStore = createReplicaStore({ path: join(dirs[1]!, 'store') });
-await senderStore.open();
-const streams = new PushStreams(sender);
+const { sender, receiver, senderStore, streams, link, serving, storeAtSender, stop } = await startReplicationOverLink({ bytesPerSecond });
 try {
-  await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
   const uid = '1.2.3.121.100';
   const bytes = randomBytes(sizeBytes);
-  const writer = senderStore.beginWrite();
-  await writer.write(bytes);
-  const { entry } = await writer.commit(uid, (info) => ({
-    sopInstanceUid: uid, sopClassUid: '1.2.840.10008.5.1.4.1.1.7', studyInstanceUid: '1.2.3', seriesInstanceUid: '1.2.3.1', patientId: 'P1',
-    transferSyntaxUid: '1.2.840.10008.1.2.1', byteLength: info.byteLength, sha256: info.sha256, storedAtMs: Date.now(), blobId: info.blobId, attributes: [],
-  }));
+  const entry = await storeAtSender(uid, bytes);
   const startMs = performance.now();
   const cut = new AbortController();
   const push = new ReplicaPush(streams, receiver.peerId, uid, defaultPushLimits, cut.signal);
@@ -89,10 +66,5 @@ try {
     }),
   );
 } finally {
-  streams.stop();
-  await serving.stop();
-  await Promise.allSettled([receiver.stop(), sender.stop()]);
-  await link.close();
-  await Promise.allSettled([receiverStore.close(), senderStore.close()]);
-  await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  await stop();
 }

@@ -18,7 +18,7 @@ import type { CatalogEntry } from './catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
-import { startThrottleProxy } from '../../../test/support/throttle-proxy.ts';
+import { startReplicationOverLink } from '../../../test/support/replication-over-link.ts';
 import type { PartialCopyLimits } from './partial-copies.ts';
 import type { CustodyMessage } from './custody/messages.ts';
 import { createMeshIngest, type CustodyGate } from './mesh-ingest.ts';
@@ -699,26 +699,9 @@ test('a batch offer that arrives slowly but steadily (a slow WAN link) is not re
 
 /** Two nodes, the receiver's address behind a throttled link (1 MB/s: a 2 MB push can be cut half-way), for resumed copies. */
 async function nodesOverLink(t: { after(fn: () => Promise<void>): void }, partialCopyLimits?: Partial<PartialCopyLimits>, bytesPerSecond = 1_000_000) {
-  const dirs = [await mkdtemp(join(tmpdir(), 'pacs-repl-')), await mkdtemp(join(tmpdir(), 'pacs-repl-'))];
-  const receiver = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]!, tuning: { peerAnnounceIntervalMs: 0 } });
-  const receiverStore = createReplicaStore({ path: join(dirs[0]!, 'store'), chunkBytes: 64 * 1024 });
-  await receiverStore.open();
-  const messages: CustodyMessage[] = [];
-  const serving = await serveReplication({ node: receiver, store: receiverStore, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: (_from, message) => messages.push(message), ...(partialCopyLimits && { partialCopyLimits }) });
-  const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond });
-  const sender = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[1]!, tuning: { peerAnnounceIntervalMs: 0 } });
-  const senderStore = createReplicaStore({ path: join(dirs[1]!, 'store'), chunkBytes: 64 * 1024 });
-  await senderStore.open();
-  const streams = new PushStreams(sender);
-  t.after(async () => {
-    streams.stop();
-    await serving.stop();
-    await Promise.allSettled([receiver.stop(), sender.stop()]);
-    await link.close();
-    await Promise.allSettled([receiverStore.close(), senderStore.close()]);
-    await Promise.allSettled(dirs.map((d) => rm(d, { recursive: true, force: true })));
-  });
-  await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
+  const pair = await startReplicationOverLink({ bytesPerSecond, latencyMs: 0, chunkBytes: 64 * 1024, ...(partialCopyLimits && { receiver: { partialCopyLimits } }) });
+  t.after(() => pair.stop());
+  const { receiver, streams, link, serving } = pair;
   /** Pushes `bytes` as `uid` and cuts the push (a stream reset) once `cutAfterBytes` went through the link; resolves with the bytes the receiver keeps then. */
   const pushCut = async (uid: string, bytes: Uint8Array, cutAfterBytes: number): Promise<number> => {
     const keptBefore = serving.partialCopies.keptSinceStart;
@@ -737,7 +720,7 @@ async function nodesOverLink(t: { after(fn: () => Promise<void>): void }, partia
     }
     return serving.partialCopies.stats.bytes;
   };
-  return { sender, receiver, senderStore, receiverStore, link, serving, pushCut, messages };
+  return { ...pair, pushCut };
 }
 
 test('a cut-through push cut half-way is resumed: the stored copy that follows carries only the rest, verified whole (hunt 121)', { timeout: 60_000 }, async (t) => {
