@@ -12,9 +12,9 @@
  *   the receiver kept `offsets[i]` bytes of that copy from a cut push or batch (partial-copies.ts), and
  *   its body is then `u64 (byteLength - offset)` and the bytes from that offset; the SHA-256 over the
  *   whole is checked as ever, and a kept part that fails it fails that copy (ERR_REPLICATION_RESUME_MISMATCH)
- *   and is dropped. A peer before this ignores `resumable` (and is not sent offsets): every byte travels. One stream and one round trip for up to batchEntriesMax instances; the receiver's
- *   synced commits overlap (LevelDB merges their fsyncs). A result is sent only after the receiver verified
- *   byteLength + SHA-256 and made each copy durable, so the sender's custody takes 'stored' (or 'have') as
+ *   and is dropped. A peer before this ignores `resumable` (and is not sent offsets): every byte travels.
+ *   One stream and one round trip for up to batchEntriesMax instances; the receiver's synced commits
+ *   overlap (LevelDB merges their fsyncs). A result is sent only after the receiver verified byteLength + SHA-256 and made each copy durable, so the sender's custody takes 'stored' (or 'have') as
  *   that site's replicaAck: the receiver does NOT also send a replicaAck on /custody/1 for a pushed copy.
  * /pacs-mesh/fetch-batch/1 (pull many instances: repair, catch-up):
  *   C: {type:'fetchBatch', uids}, close       S: per uid, in order: {type:'instance', entry} + u64 length + bytes
