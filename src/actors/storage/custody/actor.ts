@@ -35,6 +35,7 @@ import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket 
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
 import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
+import { takeNextSend } from './send-queue.ts';
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
@@ -649,16 +650,10 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   function pumpSends(): void {
     while (!stopped && sendsInFlight < tuning.sendsInFlightMax && sendQueue.length > 0) {
-      // Everything queued for the first destination with a stream to spare goes in one stream (in order),
-      // up to the per-stream bound.
-      const first = sendQueue.find((queued) => (sendsInFlightTo.get(queued.to) ?? 0) < tuning.sendsInFlightPerPeerMax);
-      if (first === undefined) return;
-      const to = first.to;
-      const messages: CustodyMessage[] = [];
-      for (let i = 0; i < sendQueue.length && messages.length < custodyMessagesPerStreamMax; ) {
-        if (sendQueue[i]!.to === to) messages.push(sendQueue.splice(i, 1)[0]!.message);
-        else i++;
-      }
+      // Everything queued for the first destination with a stream to spare goes in one stream (in order).
+      const next = takeNextSend(sendQueue, sendsInFlightTo, tuning.sendsInFlightPerPeerMax, custodyMessagesPerStreamMax);
+      if (next === undefined) return;
+      const { to, messages } = next;
       sendsInFlight++;
       sendsInFlightTo.set(to, (sendsInFlightTo.get(to) ?? 0) + 1);
       track(
