@@ -17,6 +17,8 @@
  *
  * Sender memory is bounded: each push queues at most `queuedBytesMax`; past it, the local ingest waits
  * for the remote, and a remote that takes nothing for `stallTimeoutMs` is dropped (custody falls back).
+ * A push cut while its bytes arrive (reset, stalled, the connection lost) leaves what arrived at the
+ * receiver (partial-copies.ts): custody's stored copy that follows sends only the rest (replication.ts).
  */
 import { startDeadline, withDeadline } from '../runtime/deadline.ts';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
@@ -24,7 +26,9 @@ import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
-import { replicaEntryBuilder, type ReplicaStore } from './replica-store.ts';
+import { bulkStarted } from './bulk-in-flight.ts';
+import type { PartialCopies } from './partial-copies.ts';
+import { StoreError, replicaEntryBuilder, type ReplicaStore } from './replica-store.ts';
 
 export const PUSH_PROTOCOL = '/pacs-mesh/push/1';
 
@@ -98,7 +102,7 @@ export class PushStreams {
   private stopped = false;
 
   constructor(
-    private readonly node: MeshNode,
+    readonly node: MeshNode,
     private readonly limits: Pick<PushLimits, 'idleStreamsPerPeerMax' | 'idleStreamMs'> = defaultPushLimits,
   ) {}
 
@@ -184,7 +188,11 @@ export class ReplicaPush {
     signal?: AbortSignal,
   ) {
     const deadline = startDeadline(limits.transferTimeoutMs, signal, `push to ${peerId} not done in ${limits.transferTimeoutMs} ms`);
-    this.result = this.run(deadline.signal).finally(deadline.clear);
+    const ended = bulkStarted(streams.node, peerId);
+    this.result = this.run(deadline.signal).finally(() => {
+      ended();
+      deadline.clear();
+    });
     // Settled by whoever awaits it; this keeps a failure nobody awaited from being reported as unhandled.
     this.result.catch(() => undefined);
   }
@@ -315,6 +323,8 @@ export interface PushReceiverInit {
    * flow: custody pulls none of them meanwhile (see 'copiesOffered').
    */
   onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
+  /** Where a push cut while its bytes arrived leaves them, for the stored copy that follows to resume. */
+  partials?: PartialCopies;
 }
 
 /**
@@ -353,6 +363,8 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
     throw new PushError('ERR_PUSH_MALFORMED', 'malformed push header');
   }
   const uid = header.sopInstanceUid;
+  // Arriving again whole: an older cut copy of it is of no more use.
+  init.partials?.drop(uid);
   // Already held: read and drop the bytes (the sender does not wait for an answer before sending them).
   const writer = (await store.getEntry(uid)) === undefined ? store.beginWrite() : undefined;
   // Over a slow link a push takes seconds: repair would pull the same copy from a site that has it already
@@ -365,6 +377,8 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
     arriving = setInterval(tell, copiesArrivingRepeatMs);
     arriving.unref();
   }
+  // While true, a failure is the stream's (reset, cut, timed out): what arrived is kept for a resume.
+  let readingData = true;
   try {
     let total = 0;
     for (;;) {
@@ -376,6 +390,7 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
       for await (const piece of stream.reader.body(length, options)) if (writer) await writer.write(piece);
     }
+    readingData = false;
     const tail = decodeEnvelope<PushTail>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });
     if (tail.type === 'abort') {
       await writer?.abort();
@@ -394,7 +409,9 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
     }
     await stream.writer.writeFrame(encodeEnvelope(answer, { maxBytes: limits.frameBytesMax }), options);
   } catch (error) {
-    await writer?.abort();
+    const cut = readingData && !(error instanceof PushError) && !(error instanceof StoreError);
+    if (writer !== undefined && cut && init.partials !== undefined) init.partials.keep(uid, stream.remotePeer, writer);
+    else await writer?.abort();
     throw error;
   } finally {
     clearInterval(arriving);

@@ -18,6 +18,8 @@ import type { CatalogEntry } from './catalog-types.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
+import { startReplicationOverLink } from '../../../test/support/replication-over-link.ts';
+import type { PartialCopyLimits } from './partial-copies.ts';
 import type { CustodyMessage } from './custody/messages.ts';
 import { createMeshIngest, type CustodyGate } from './mesh-ingest.ts';
 import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, receivePushes, type PushOutcome } from './push.ts';
@@ -693,4 +695,130 @@ test('a batch offer that arrives slowly but steadily (a slow WAN link) is not re
   const outcomes = await replicateBatchTo(client, server.peerId, clientStore, entries, { limits });
   const failed = outcomes.filter((outcome) => 'error' in outcome);
   assert.equal(failed.length, 0, `${failed.length} of 128 refused: ${'error' in (failed[0] ?? {}) ? (failed[0] as { error: Error }).error.message : ''}`);
+});
+
+/** Two nodes, the receiver's address behind a throttled link (1 MB/s: a 2 MB push can be cut half-way), for resumed copies. */
+async function nodesOverLink(t: { after(fn: () => Promise<void>): void }, partialCopyLimits?: Partial<PartialCopyLimits>, bytesPerSecond = 1_000_000) {
+  const pair = await startReplicationOverLink({ bytesPerSecond, latencyMs: 0, chunkBytes: 64 * 1024, ...(partialCopyLimits && { receiver: { partialCopyLimits } }) });
+  t.after(() => pair.stop());
+  const { receiver, streams, link, serving } = pair;
+  /** Pushes `bytes` as `uid` and cuts the push (a stream reset) once `cutAfterBytes` went through the link; resolves with the bytes the receiver keeps then. */
+  const pushCut = async (uid: string, bytes: Uint8Array, cutAfterBytes: number): Promise<number> => {
+    const keptBefore = serving.partialCopies.keptSinceStart;
+    const cut = new AbortController();
+    const startBytes = link.stats.forwardBytes;
+    const push = new ReplicaPush(streams, receiver.peerId, uid, defaultPushLimits, cut.signal);
+    const writing = (async () => {
+      for (let off = 0; off < bytes.length && !cut.signal.aborted; off += 64 * 1024) await push.write(bytes.subarray(off, off + 64 * 1024));
+    })();
+    while (link.stats.forwardBytes - startBytes < cutAfterBytes) await new Promise((r) => setTimeout(r, 10));
+    cut.abort(new Error('cut by the test'));
+    await assert.rejects(push.result);
+    await writing;
+    for (const deadline = Date.now() + 10_000; serving.partialCopies.keptSinceStart === keptBefore; await new Promise((r) => setTimeout(r, 20))) {
+      if (Date.now() > deadline) throw new Error('the receiver kept nothing of the cut push');
+    }
+    return serving.partialCopies.stats.bytes;
+  };
+  return { ...pair, pushCut };
+}
+
+test('a cut-through push cut half-way is resumed: the stored copy that follows carries only the rest, verified whole (hunt 121)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, link, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(2 * 1024 * 1024);
+  const uid = '1.2.3.121.1';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  const kept = await pushCut(uid, bytes, 1024 * 1024);
+  assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
+  const before = link.stats.forwardBytes;
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.deepEqual(outcome, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
+  const carried = link.stats.forwardBytes - before;
+  // The rest, plus the offer (its entry), frames and the encryption's overhead.
+  assert.ok(carried < bytes.length - kept + 32 * 1024, `the follow-up carried ${carried} bytes for the ${bytes.length - kept} the receiver lacked (it kept ${kept})`);
+  const atReceiver = (await receiverStore.getEntry(uid))!;
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of receiverStore.readInstance(atReceiver)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(bytes), 'the stored copy is the instance, byte for byte');
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 });
+  assert.equal(await uncommittedChunks(receiverStore), 0);
+});
+
+test('a kept part that does not match the instance never becomes a stored copy: dropped, and the next copy goes whole (hunt 121)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, link, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(2 * 1024 * 1024);
+  const uid = '1.2.3.121.2';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  // Other bytes under the same UID (a damaged or different data set) arrive first, and are cut.
+  const kept = await pushCut(uid, randomBytes(bytes.length), 512 * 1024);
+  assert.ok(kept > 0);
+  const [resumed] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.ok(resumed !== undefined && 'error' in resumed, 'the resumed copy failed its SHA-256 check');
+  assert.equal((resumed.error as ReplicationError).code, 'ERR_REPLICATION_RESUME_MISMATCH', 'the sender does not take its own copy for damaged');
+  assert.equal(await receiverStore.getEntry(uid), undefined, 'nothing stored');
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part was dropped');
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(receiverStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(receiverStore), 0, 'its chunks deleted');
+  const before = link.stats.forwardBytes;
+  const [whole] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.deepEqual(whole, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
+  assert.ok(link.stats.forwardBytes - before >= bytes.length, 'sent whole');
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of receiverStore.readInstance((await receiverStore.getEntry(uid))!)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(bytes));
+});
+
+test('a sender that predates resumes (no resumable in its offer) gets no offsets and sends whole, even with a part kept (hunt 121)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(1_500_000);
+  const uid = '1.2.3.121.7';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  assert.ok((await pushCut(uid, bytes, 500_000)) > 0);
+  // The offer as the build before this one wrote it, and its body whole.
+  const stream = await sender.openStream(receiver.peerId, REPLICATE_BATCH_PROTOCOL);
+  await stream.writer.writeFrame(encodeEnvelope({ type: 'offerBatch', entries: [entry] }));
+  const want = decodeEnvelope<{ type: string; indices?: number[]; offsets?: number[] }>((await stream.reader.readFrameOrEnd(64 * 1024))!, { maxBytes: 64 * 1024 });
+  assert.deepEqual(want, { type: 'want', indices: [0] }, 'no offsets for a sender that did not say it can resume');
+  await stream.writer.stageUint64(bytes.length);
+  await stream.writer.write(bytes);
+  await stream.closeWrite();
+  const result = decodeEnvelope<{ type: string; stored?: number[] }>((await stream.reader.readFrameOrEnd(64 * 1024))!, { maxBytes: 64 * 1024 });
+  await stream.close().catch(() => undefined);
+  assert.deepEqual([result.type, result.stored], ['batchResult', [0]]);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of receiverStore.readInstance((await receiverStore.getEntry(uid))!)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(bytes));
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part dropped: the copy came whole');
+});
+
+test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { timeout: 60_000 }, async (t) => {
+  // Each part kept is 0.8-1.4 MB (cut after 0.8 MB went through); two are over the bound.
+  const { serving, pushCut } = await nodesOverLink(t, { bytesPerPeerMax: 1_500_000, keptMs: 6_000 });
+  const bytes = randomBytes(1_400_000);
+  const first = await pushCut('1.2.3.121.3', bytes, 800_000);
+  assert.deepEqual(serving.partialCopies.stats, { bytes: first, copies: 1 });
+  // A second cut part from the same peer: together over the bound, so the older one makes room.
+  const second = await pushCut('1.2.3.121.4', bytes, 800_000);
+  assert.deepEqual(serving.partialCopies.stats, { bytes: second, copies: 1 }, `the older part (${first} bytes) was dropped`);
+  for (const deadline = Date.now() + 10_000; serving.partialCopies.stats.copies > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'dropped after keptMs');
+});
+
+test('custody messages behind a copy on a slow link are not given up while the copy drains: their deadline counts from its last progress (hunt 121)', { timeout: 90_000 }, async (t) => {
+  const { sender, receiver, senderStore, messages } = await nodesOverLink(t, undefined, 200_000);
+  // A copy of 3 MB: ~15 s at 200 KB/s, its writes paced by the receiver's window updates; what the kernel
+  // holds in front of anything sent after it (~0.5 MB) is ~2.5 s, past a 1.5 s deadline counted from the send.
+  const entry = await storeLocally(senderStore, '1.2.3.121.5', randomBytes(3_000_000));
+  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  const sends: Array<Promise<unknown>> = [];
+  for (let i = 0; i < 5; i++) {
+    await new Promise((r) => setTimeout(r, 1_000));
+    const message: CustodyMessage = { type: 'replicaAck', sopInstanceUid: `1.2.3.121.6.${i}`, siteName: 'site-a' };
+    sends.push(sendCustodyMessage(sender, receiver.peerId, message, { limits: { exchangeTimeoutMs: 1_500 } }).then(() => 'sent', (error: unknown) => String(error)));
+  }
+  const outcomes = await Promise.all(sends);
+  const [copied] = await copy;
+  assert.ok(copied !== undefined && 'outcome' in copied);
+  assert.deepEqual(outcomes, ['sent', 'sent', 'sent', 'sent', 'sent']);
+  assert.equal(messages.length, 5, 'each delivered once');
 });

@@ -8,9 +8,13 @@
  *   C: (u64 length, bytes) per wanted entry, in order, close
  *   S: {type:'batchResult', siteName, stored, failed: [{index, code, message}]}
  *   Entries not wanted are held there already ('have'): a modality retry or debt replayed after a restart
- *   costs no bytes. One stream and one round trip for up to batchEntriesMax instances; the receiver's
- *   synced commits overlap (LevelDB merges their fsyncs). A result is sent only after the receiver verified
- *   byteLength + SHA-256 and made each copy durable, so the sender's custody takes 'stored' (or 'have') as
+ *   costs no bytes. An offer with `resumable: true` may be answered `{type:'want', indices, offsets}`:
+ *   the receiver kept `offsets[i]` bytes of that copy from a cut push or batch (partial-copies.ts), and
+ *   its body is then `u64 (byteLength - offset)` and the bytes from that offset; the SHA-256 over the
+ *   whole is checked as ever, and a kept part that fails it fails that copy (ERR_REPLICATION_RESUME_MISMATCH)
+ *   and is dropped. A peer before this ignores `resumable` (and is not sent offsets): every byte travels.
+ *   One stream and one round trip for up to batchEntriesMax instances; the receiver's synced commits
+ *   overlap (LevelDB merges their fsyncs). A result is sent only after the receiver verified byteLength + SHA-256 and made each copy durable, so the sender's custody takes 'stored' (or 'have') as
  *   that site's replicaAck: the receiver does NOT also send a replicaAck on /custody/1 for a pushed copy.
  * /pacs-mesh/fetch-batch/1 (pull many instances: repair, catch-up):
  *   C: {type:'fetchBatch', uids}, close       S: per uid, in order: {type:'instance', entry} + u64 length + bytes
@@ -42,7 +46,9 @@ import { digestBucketCount, digestHashBytes, digestLeavesPerBucket } from './cus
 import type { BatchPhases } from './custody/peer-batches.ts';
 import { PUSH_PROTOCOL, copiesArrivingRepeatMs, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
-import { StoreError, replicaEntryBuilder, type CommitResult, type ReplicaStore } from './replica-store.ts';
+import { bulkDrainedAtMs, bulkStarted } from './bulk-in-flight.ts';
+import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
+import { StoreError, replicaEntryBuilder, type CommitResult, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
 export const REPLICATE_BATCH_PROTOCOL = '/pacs-mesh/replicate-batch/1';
 export const FETCH_BATCH_PROTOCOL = '/pacs-mesh/fetch-batch/1';
@@ -58,7 +64,9 @@ export type ReplicationErrorCode =
   /** This site's own copy could not be read whole (StoreError ERR_STORE_CORRUPT): retrying soon will not help. */
   | 'ERR_REPLICATION_SOURCE_UNREADABLE'
   /** A batch moved no byte and got no answer for stallTimeoutMs. */
-  | 'ERR_REPLICATION_STALLED';
+  | 'ERR_REPLICATION_STALLED'
+  /** The receiver resumed a copy from the part it kept of a cut transfer, and the whole did not match: it dropped that part, the next copy goes whole. */
+  | 'ERR_REPLICATION_RESUME_MISMATCH';
 
 export class ReplicationError extends Error {
   static readonly NAME = 'ReplicationError';
@@ -130,7 +138,12 @@ export const defaultReplicationLimits: ReplicationLimits = {
 };
 
 type Refused = { type: 'refused'; code: string; message: string };
-type WantAnswer = { type: 'want'; indices: number[] } | Refused;
+/**
+ * `offsets` (only to an offer with `resumable: true`; absent from peers before it): per wanted index, the
+ * bytes of that instance the receiver kept from a cut transfer (partial-copies.ts); the body then carries
+ * only the rest.
+ */
+type WantAnswer = { type: 'want'; indices: number[]; offsets?: number[] } | Refused;
 type BatchFailure = { index: number; code: string; message: string };
 type BatchAnswer = { type: 'batchResult'; siteName: string; stored: number[]; failed: BatchFailure[] } | Refused;
 type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing' } | Refused;
@@ -199,10 +212,12 @@ async function writeBody(
   signal: AbortSignal,
   onProgress: () => void = () => {},
   gather = false,
+  fromByte = 0,
 ): Promise<unknown> {
-  if (gather) await stream.writer.gatherUint64(entry.byteLength, { signal });
-  else await stream.writer.stageUint64(entry.byteLength, { signal });
-  const source = Symbol.asyncIterator in chunks ? chunks[Symbol.asyncIterator]() : chunks[Symbol.iterator]();
+  const length = entry.byteLength - fromByte;
+  if (gather) await stream.writer.gatherUint64(length, { signal });
+  else await stream.writer.stageUint64(length, { signal });
+  const source = fromByte > 0 ? bytesFrom(chunks, fromByte) : Symbol.asyncIterator in chunks ? chunks[Symbol.asyncIterator]() : chunks[Symbol.iterator]();
   let sent = 0;
   let readError: unknown;
   let finished = false;
@@ -228,16 +243,29 @@ async function writeBody(
     // A write that failed closes the read, and the LevelDB iterator behind it, now rather than at GC.
     if (!finished) await Promise.resolve(source.return?.()).catch(() => undefined);
   }
-  if (sent < entry.byteLength) {
-    readError ??= new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${sent} bytes, catalog says ${entry.byteLength}`);
-    while (sent < entry.byteLength) {
-      const filler = fillerChunk.subarray(0, Math.min(fillerChunk.byteLength, entry.byteLength - sent));
+  if (sent < length) {
+    readError ??= new StoreError('ERR_STORE_CORRUPT', `instance ${entry.sopInstanceUid} has ${fromByte + sent} bytes, catalog says ${entry.byteLength}`);
+    while (sent < length) {
+      const filler = fillerChunk.subarray(0, Math.min(fillerChunk.byteLength, length - sent));
       await stream.writer.write(filler, { signal });
       sent += filler.byteLength;
     }
   }
   if (!gather) await stream.writer.flush({ signal });
   return readError;
+}
+
+/** The chunks of a stored copy from byte `fromByte` on (those before are read and skipped). */
+async function* bytesFrom(chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, fromByte: number): AsyncGenerator<Uint8Array> {
+  let skip = fromByte;
+  for await (const chunk of chunks) {
+    if (skip >= chunk.byteLength) {
+      skip -= chunk.byteLength;
+      continue;
+    }
+    yield skip > 0 ? chunk.subarray(skip) : chunk;
+    skip = 0;
+  }
 }
 
 /**
@@ -259,10 +287,10 @@ async function writeInstanceAnswer(
   }
 }
 
-/** Reads a body's u64 length, which must be the byteLength of the entry it belongs to. */
-async function readBodyLength(stream: MeshStream, entry: CatalogEntry, signal: AbortSignal): Promise<number> {
+/** Reads a body's u64 length, which must be the byteLength of the entry it belongs to (less `fromByte`, a resume's offset). */
+async function readBodyLength(stream: MeshStream, entry: CatalogEntry, signal: AbortSignal, fromByte = 0): Promise<number> {
   const length = await stream.reader.readUint64({ signal });
-  if (length !== entry.byteLength) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength}`);
+  if (length !== entry.byteLength - fromByte) throw new ReplicationError('ERR_REPLICATION_MISMATCH', `body of ${length} bytes announced for an entry of ${entry.byteLength} resumed from byte ${fromByte}`);
   return length;
 }
 
@@ -288,8 +316,10 @@ class CommitPipeline {
   ) {}
 
   /**
-   * Reads `entry.byteLength` bytes from the stream into a new writer and starts the verified commit
-   * (byteLength and SHA-256 must match the entry); `settled` gets its outcome. A failure to read throws.
+   * Reads the entry's bytes from the stream into a new writer (or, `resumed`, the rest of them into the
+   * writer kept of a cut transfer) and starts the verified commit (byteLength and SHA-256 must match the
+   * entry); `settled` gets its outcome. A failure to read throws; with `partials`, what arrived of a
+   * stream that was cut is kept there for the next copy to resume.
    */
   async receive(
     store: ReplicaStore,
@@ -297,13 +327,15 @@ class CommitPipeline {
     entry: CatalogEntry,
     signal: AbortSignal,
     settled: (outcome: { result: CommitResult } | { error: unknown }) => void,
+    resume: { resumed?: { writer: InstanceWriter; offset: number }; partials?: PartialCopies } = {},
   ): Promise<void> {
-    const writer = store.beginWrite();
+    const writer = resume.resumed?.writer ?? store.beginWrite();
     try {
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(entry.byteLength, { signal })) await writer.write(piece);
+      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) await writer.write(piece);
     } catch (error) {
-      await writer.abort();
+      if (resume.partials !== undefined && !(error instanceof StoreError)) resume.partials.keep(entry.sopInstanceUid, stream.remotePeer, writer);
+      else await writer.abort();
       throw error;
     }
     const done = (): void => {
@@ -318,7 +350,9 @@ class CommitPipeline {
       async (error: unknown) => {
         done();
         await writer.abort();
-        settled({ error });
+        // Our kept part, not the sender's copy, may be what differs: the sender must not suspect its own.
+        const resumedMismatch = resume.resumed !== undefined && error instanceof StoreError && error.code === 'ERR_STORE_REPLICA_MISMATCH';
+        settled({ error: resumedMismatch ? new ReplicationError('ERR_REPLICATION_RESUME_MISMATCH', `resumed from byte ${resume.resumed!.offset}: ${error.message}`) : error });
       },
     );
     this.running.add(commit);
@@ -451,7 +485,12 @@ function validateQueryRequest(value: unknown): QueryRequest {
 }
 
 function refusedError(answer: Refused): ReplicationError {
-  const code = answer.code === 'ERR_REPLICATION_BUSY' ? 'ERR_REPLICATION_BUSY' : answer.code === 'ERR_STORE_REPLICA_MISMATCH' ? 'ERR_REPLICATION_MISMATCH' : 'ERR_REPLICATION_REFUSED';
+  const code =
+    answer.code === 'ERR_REPLICATION_BUSY' || answer.code === 'ERR_REPLICATION_RESUME_MISMATCH'
+      ? answer.code
+      : answer.code === 'ERR_STORE_REPLICA_MISMATCH'
+        ? 'ERR_REPLICATION_MISMATCH'
+        : 'ERR_REPLICATION_REFUSED';
   return new ReplicationError(code, `peer refused: ${String(answer.code).slice(0, 64)}: ${String(answer.message).slice(0, 512)}`);
 }
 
@@ -526,15 +565,20 @@ export interface ReplicationServerInit {
    */
   onCopiesOffered?(sopInstanceUids: string[], fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
+  /** Bounds on what is kept of cut transfers for a resume (partial-copies.ts). */
+  partialCopyLimits?: Partial<PartialCopyLimits>;
 }
 
 export interface ReplicationServer {
+  /** What is kept of cut transfers now. */
+  readonly partialCopies: { readonly stats: { bytes: number; copies: number }; readonly keptSinceStart: number };
   stop(): Promise<void>;
 }
 
 export async function serveReplication(init: ReplicationServerInit): Promise<ReplicationServer> {
   const limits = { ...defaultReplicationLimits, ...init.limits };
   const { node, store, log } = init;
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, ...init.partialCopyLimits });
   const replicateSlots = new Slots(limits.inboundReplicationsMax);
   const pushSlots = new Slots(limits.inboundPushesMax);
   const fetchSlots = new Slots(limits.inboundFetchesMax);
@@ -611,7 +655,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   await node.handle(
     REPLICATE_BATCH_PROTOCOL,
     guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const offer = await readRequest<{ type: string; entries?: unknown }>(stream, signal);
+      const offer = await readRequest<{ type: string; entries?: unknown; resumable?: unknown }>(stream, signal);
       if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
         throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
       }
@@ -625,9 +669,26 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       for (const [index, entry] of entries.entries()) {
         // A UID offered twice is wanted once.
         if (held[index] === undefined && !offered.has(entry.sopInstanceUid)) wanted.push(index);
+        else if (held[index] !== undefined) partials.drop(entry.sopInstanceUid);
         offered.add(entry.sopInstanceUid);
       }
-      await writeFrameEnvelope(stream, { type: 'want', indices: wanted }, limits.frameBytesMax, signal);
+      // A sender that can resume is told what was kept of each wanted copy; the others send every byte.
+      const resumed = new Map<number, { writer: InstanceWriter; offset: number }>();
+      for (const index of wanted) {
+        const uid = entries[index]!.sopInstanceUid;
+        const kept = offer.resumable === true ? partials.take(uid, stream.remotePeer) : undefined;
+        // More than the entry holds: not this instance's bytes. Without a resume the copy comes whole.
+        if (kept !== undefined && kept.offset <= entries[index]!.byteLength) resumed.set(index, kept);
+        else if (kept !== undefined) void kept.writer.abort();
+        else partials.drop(uid);
+      }
+      const want: WantAnswer = resumed.size === 0 ? { type: 'want', indices: wanted } : { type: 'want', indices: wanted, offsets: wanted.map((index) => resumed.get(index)?.offset ?? 0) };
+      try {
+        await writeFrameEnvelope(stream, want, limits.frameBytesMax, signal);
+      } catch (error) {
+        for (const kept of resumed.values()) void kept.writer.abort();
+        throw error;
+      }
       const stored: number[] = [];
       const failed: BatchFailure[] = [];
       const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
@@ -645,7 +706,10 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
         for (const [position, index] of wanted.entries()) {
           receiving = position;
           const entry = entries[index]!;
-          await readBodyLength(stream, entry, signal);
+          const resumedAt = resumed.get(index);
+          await readBodyLength(stream, entry, signal, resumedAt?.offset);
+          // From here the commit pipeline owns the kept writer (it keeps it again if the stream is cut).
+          resumed.delete(index);
           await commits.receive(store, stream, entry, signal, (outcome) => {
             if ('error' in outcome) {
               const { code, message } = refusalOf(outcome.error);
@@ -654,10 +718,12 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
             }
             stored.push(index);
             if (outcome.result.outcome === 'stored') init.onReplicaStored(outcome.result.entry, stream.remotePeer);
-          });
+          }, { resumed: resumedAt, partials });
         }
       } finally {
         clearInterval(arriving);
+        // Kept parts of copies the stream never reached go back, for the next offer.
+        for (const [index, kept] of resumed) partials.keep(entries[index]!.sopInstanceUid, stream.remotePeer, kept.writer);
         await commits.drain();
       }
       await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);
@@ -681,6 +747,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
           validateEntry: validateCatalogEntry,
           onReplicaStored: init.onReplicaStored,
           ...(init.onCopiesOffered !== undefined && { onCopiesOffered: init.onCopiesOffered }),
+          partials,
         }),
       true,
     ),
@@ -782,8 +849,10 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   );
 
   return {
+    partialCopies: partials,
     async stop() {
       await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      partials.stop();
     },
   };
 }
@@ -831,7 +900,8 @@ export async function replicateBatchTo(
   if (entries.length > limits.batchEntriesMax) throw new RangeError(`a batch holds at most ${limits.batchEntriesMax} entries`);
   let offer: Uint8Array;
   try {
-    offer = encodeEnvelope({ type: 'offerBatch', entries }, { maxBytes: limits.frameBytesMax });
+    // resumable: this sender sends a wanted copy from the offset the receiver names (older receivers ignore it).
+    offer = encodeEnvelope({ type: 'offerBatch', entries, resumable: true }, { maxBytes: limits.frameBytesMax });
   } catch (error) {
     // Entries with rich headers may not fit one offer frame: each half goes on its own stream.
     if (!(error instanceof EnvelopeError && error.code === 'ERR_ENVELOPE_TOO_LARGE')) throw error;
@@ -850,26 +920,29 @@ export async function replicateBatchTo(
   const transfer = startDeadline(limits.transferTimeoutMs, options.signal);
   const stall = stallWatch(transfer.signal, limits.stallTimeoutMs);
   const { signal, touch } = stall;
+  const ended = bulkStarted(node, peerId);
   try {
     return await replicateBatchOver(node, peerId, store, entries, offer, limits, options, signal, touch);
   } catch (error) {
     if (!stall.stalled) throw error;
     throw new ReplicationError('ERR_REPLICATION_STALLED', `replicate-batch to ${peerId}: no byte moved and no answer for ${limits.stallTimeoutMs / 1000} s (the receiver may be stalled); offered again later`, { cause: error });
   } finally {
+    ended();
     stall.stop();
     transfer.clear();
   }
 }
 
 /**
- * A signal that also aborts when `touch` was not called for `idleMs`: a peer that stopped reading or
- * answering. Checked a few times per idleMs, so it aborts between idleMs and 1.25 x idleMs.
+ * A signal that also aborts when `touch` was not called for `idleMs` (nor `progressAtMs` moved within it,
+ * when given): a peer that stopped reading or answering. Checked a few times per idleMs, so it aborts
+ * between idleMs and 1.25 x idleMs.
  */
-function stallWatch(parent: AbortSignal, idleMs: number): { signal: AbortSignal; touch(): void; stop(): void; readonly stalled: boolean } {
+function stallWatch(parent: AbortSignal, idleMs: number, progressAtMs?: () => number): { signal: AbortSignal; touch(): void; stop(): void; readonly stalled: boolean } {
   const controller = new AbortController();
   let lastProgressMs = performance.now();
   const timer = setInterval(() => {
-    if (performance.now() - lastProgressMs < idleMs) return;
+    if (performance.now() - Math.max(lastProgressMs, progressAtMs?.() ?? Number.NEGATIVE_INFINITY) < idleMs) return;
     controller.abort(new Error(`no progress for ${idleMs} ms`));
     clearInterval(timer);
   }, Math.max(10, idleMs / 4));
@@ -908,11 +981,21 @@ async function replicateBatchOver(
       if (!Number.isInteger(index) || index < 0 || index >= entries.length || wanted.has(index)) throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'want names an entry that was not offered');
       wanted.add(index);
     }
-    const sent = [...wanted].sort((x, y) => x - y).map((index) => entries[index]!);
+    const offsets = new Map<number, number>();
+    if (want.offsets !== undefined) {
+      if (!Array.isArray(want.offsets) || want.offsets.length !== want.indices.length) throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'want offsets do not match its indices');
+      for (const [at, offset] of want.offsets.entries()) {
+        const index = want.indices[at]!;
+        if (!isCount(offset) || offset > entries[index]!.byteLength) throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'a want offset is not within its entry');
+        if (offset > 0) offsets.set(index, offset);
+      }
+    }
+    const sentIndices = [...wanted].sort((x, y) => x - y);
     // Copies that could not be read here went out padded: the receiver fails each alone, the rest travel.
     const unreadable = new Map<string, unknown>();
-    for await (const { entry, chunks } of store.readInstances(sent)) {
-      const readError = await writeBody(stream, entry, chunks, signal, touch, true);
+    let position = 0;
+    for await (const { entry, chunks } of store.readInstances(sentIndices.map((index) => entries[index]!))) {
+      const readError = await writeBody(stream, entry, chunks, signal, touch, true, offsets.get(sentIndices[position++]!) ?? 0);
       if (readError !== undefined) unreadable.set(entry.sopInstanceUid, readError);
     }
     await stream.closeWrite({ signal });
@@ -1062,15 +1145,27 @@ export async function sendCustodyMessage(node: MeshNode, peerId: string, message
   await sendCustodyMessages(node, peerId, [message], options);
 }
 
-/** Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. */
+/**
+ * Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. Its deadline,
+ * exchangeTimeoutMs, counts from when no copy of ours to that peer is in flight any more (bulk-in-flight.ts):
+ * on a slow link the messages wait behind the copies' bytes already handed to the connection, and are not
+ * given up while those drain; stallTimeoutMs bounds the whole.
+ */
 export async function sendCustodyMessages(node: MeshNode, peerId: string, messages: readonly CustodyMessage[], options: ClientOptions = {}): Promise<void> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
-  await exchange(node, peerId, CUSTODY_PROTOCOL, limits.exchangeTimeoutMs, options, async (stream, signal) => {
-    // Staged, so the messages share frames (closeWrite sends what is still held).
-    for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, signal);
-    await stream.closeWrite({ signal });
-  });
+  const whole = startDeadline(Math.max(limits.exchangeTimeoutMs, limits.stallTimeoutMs), options.signal);
+  const behindCopies = stallWatch(whole.signal, limits.exchangeTimeoutMs, () => bulkDrainedAtMs(node, peerId));
+  try {
+    await withStream(node, peerId, CUSTODY_PROTOCOL, behindCopies.signal, async (stream) => {
+      // Staged, so the messages share frames (closeWrite sends what is still held).
+      for (const message of messages) await stageFrameEnvelope(stream, message, limits.custodyMessageBytesMax, behindCopies.signal);
+      await stream.closeWrite({ signal: behindCopies.signal });
+    });
+  } finally {
+    behindCopies.stop();
+    whole.clear();
+  }
 }
 
 /** Asks a peer which instances a C-GET/C-MOVE identifier selects there (catalog entries, at most `limit`). */

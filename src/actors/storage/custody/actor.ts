@@ -35,6 +35,7 @@ import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket 
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
 import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
+import { takeNextSend } from './send-queue.ts';
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
@@ -69,6 +70,11 @@ export interface CustodyTuning extends Partial<Omit<CustodyConfig, 'selfPeerId' 
   sendsQueuedMax?: number;
   /** Custody message streams open at once. */
   sendsInFlightMax?: number;
+  /**
+   * ...to one peer: a message to a peer with copies in flight waits behind them (sendCustodyMessages), so
+   * one slow link must not hold every stream while messages to the other sites wait.
+   */
+  sendsInFlightPerPeerMax?: number;
   /** Cut-through push results kept for custody's replicate effects (oldest forgotten first). */
   pushesRememberedMax?: number;
   /** Replication batches and pull batches of one peer whose bytes flow at once (see PeerBatches). */
@@ -181,6 +187,7 @@ export const defaultCustodyTuning = {
   // A catch-up acknowledges every pulled instance to its source: room for a few batches of them.
   sendsQueuedMax: 2048,
   sendsInFlightMax: 8,
+  sendsInFlightPerPeerMax: 2,
   pushesRememberedMax: 1024,
   // Catch-up of 1,000 instances: medians 3.0 s with one batch per peer at a time, 2.8 s with two at
   // once (opening, flowing and waiting in step). Pipelined, two flowing and four in all: see PeerBatches.
@@ -271,6 +278,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   const statsListeners = new Set<(stats: CustodyStats) => void>();
   const sendQueue: Array<{ to: string; message: CustodyMessage }> = [];
   let sendsInFlight = 0;
+  /** Custody message streams open per peer (entries removed at 0: bounded by the peers sent to at once). */
+  const sendsInFlightTo = new Map<string, number>();
   const ready = Promise.withResolvers<void>();
   let loadedOnce = false;
   /** The reducer's state as of its last step, read only (known sites and debt per site for /api/mesh). */
@@ -641,14 +650,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   function pumpSends(): void {
     while (!stopped && sendsInFlight < tuning.sendsInFlightMax && sendQueue.length > 0) {
-      // Everything queued for the first destination goes in one stream (in order), up to the per-stream bound.
-      const to = sendQueue[0]!.to;
-      const messages: CustodyMessage[] = [];
-      for (let i = 0; i < sendQueue.length && messages.length < custodyMessagesPerStreamMax; ) {
-        if (sendQueue[i]!.to === to) messages.push(sendQueue.splice(i, 1)[0]!.message);
-        else i++;
-      }
+      // Everything queued for the first destination with a stream to spare goes in one stream (in order).
+      const next = takeNextSend(sendQueue, sendsInFlightTo, tuning.sendsInFlightPerPeerMax, custodyMessagesPerStreamMax);
+      if (next === undefined) return;
+      const { to, messages } = next;
       sendsInFlight++;
+      sendsInFlightTo.set(to, (sendsInFlightTo.get(to) ?? 0) + 1);
       track(
         sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal })
           .catch((error: unknown) => {
@@ -657,6 +664,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
           })
           .finally(() => {
             sendsInFlight--;
+            const left = (sendsInFlightTo.get(to) ?? 1) - 1;
+            if (left > 0) sendsInFlightTo.set(to, left);
+            else sendsInFlightTo.delete(to);
             pumpSends();
           }),
       );

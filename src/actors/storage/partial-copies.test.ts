@@ -1,0 +1,61 @@
+/**
+ * What a receiving site keeps of cut copies (partial-copies.ts), with writers of a real store: bounds per
+ * peer, in all and in number (the oldest dropped, their chunks deleted), expiry, and who may resume.
+ */
+import '../../polyfill.ts';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { manualClock } from '../../../test/support/manual-clock.ts';
+import { uncommittedChunks } from './fixtures/store-keys.ts';
+import { PartialCopies, defaultPartialCopyLimits } from './partial-copies.ts';
+import { createReplicaStore, type InstanceWriter } from './replica-store.ts';
+
+test('partial copies: bounded per peer, in all and in number, dropped after keptMs; only the sending peer resumes', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  const store = createReplicaStore({ path: join(dir, 'store'), chunkBytes: 16 * 1024 });
+  await store.open();
+  t.after(async () => {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const writerOf = async (bytes: number): Promise<InstanceWriter> => {
+    const writer = store.beginWrite();
+    await writer.write(randomBytes(bytes));
+    return writer;
+  };
+  const clock = manualClock();
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, bytesPerPeerMax: 250_000, bytesMax: 400_000, copiesMax: 3, keptMs: 60_000 }, clock);
+
+  partials.keep('1.1', 'peer-a', await writerOf(100_000));
+  partials.keep('1.2', 'peer-a', await writerOf(100_000));
+  // Over peer-a's bound: its oldest goes, not peer-b's.
+  partials.keep('1.3', 'peer-b', await writerOf(100_000));
+  partials.keep('1.4', 'peer-a', await writerOf(100_000));
+  assert.deepEqual(partials.stats, { bytes: 300_000, copies: 3 });
+  assert.equal(partials.take('1.1', 'peer-a'), undefined, 'the oldest of peer-a was dropped');
+  // Over the count: the oldest of all goes (peer-a's 1.2).
+  partials.keep('1.5', 'peer-c', await writerOf(50_000));
+  assert.deepEqual(partials.stats, { bytes: 250_000, copies: 3 });
+  assert.equal(partials.take('1.2', 'peer-a'), undefined);
+  // Only the peer that sent it resumes it.
+  assert.equal(partials.take('1.3', 'peer-a'), undefined);
+  const resumed = partials.take('1.3', 'peer-b');
+  assert.equal(resumed?.offset, 100_000);
+  await resumed!.writer.abort();
+  // Empty, or larger than a bound alone: not kept.
+  partials.keep('1.6', 'peer-a', await writerOf(0));
+  partials.keep('1.7', 'peer-d', await writerOf(300_000));
+  assert.deepEqual(partials.stats, { bytes: 150_000, copies: 2 });
+  assert.equal(partials.keptSinceStart, 5);
+  clock.advance(60_000);
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'dropped after keptMs');
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(store), 0, 'every dropped part deleted its chunks');
+  partials.stop();
+  partials.keep('1.8', 'peer-a', await writerOf(10_000));
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'nothing kept once stopped');
+});

@@ -1,0 +1,121 @@
+/**
+ * What a receiving site keeps of a copy whose transfer was cut (a push or a replicate-batch stream reset, a
+ * connection dropped): the open writer with the bytes that arrived in order, so the sender's next copy of
+ * that instance sends only the rest (replicate-batch/1 'want' offsets). Before this, a cut-through push cut
+ * at 100 KB/s was followed by the whole stored copy: 1.2-1.4x the instance crossed the link (hunt 116).
+ *
+ * Nothing here is trusted: the writer's running SHA-256 covers the kept bytes and the rest, and the commit
+ * checks it against the sender's entry, so a partial that does not match stores nothing (the sender then
+ * sends the whole copy). Bounded: bytes kept per sending peer and in all, and partial copies in all (the
+ * oldest are dropped to make room), and each is dropped after `keptMs`. The kept bytes are chunks in the blob database (the
+ * writer holds less than one chunk in memory); a restart drops them with every other unfinished upload.
+ */
+import type { Clock, TimerHandle } from '../runtime/clock.ts';
+import { systemClock } from '../runtime/clock.ts';
+import type { InstanceWriter } from './replica-store.ts';
+
+export interface PartialCopyLimits {
+  /** Bytes of partial copies kept from one sending peer. */
+  bytesPerPeerMax: number;
+  /** Bytes of partial copies kept from all peers together. */
+  bytesMax: number;
+  /** Partial copies kept at most: each open writer holds less than a chunk (64 KiB) and a small-piece buffer in memory. */
+  copiesMax: number;
+  /** A partial copy not resumed within this long is dropped. */
+  keptMs: number;
+}
+
+export const defaultPartialCopyLimits: PartialCopyLimits = {
+  bytesPerPeerMax: 256 * 1024 * 1024,
+  bytesMax: 1024 * 1024 * 1024,
+  copiesMax: 256,
+  keptMs: 10 * 60_000,
+};
+
+interface Partial {
+  readonly sopInstanceUid: string;
+  readonly fromPeerId: string;
+  readonly writer: InstanceWriter;
+  readonly bytes: number;
+  readonly timer: TimerHandle;
+}
+
+/** Partial copies by SOP Instance UID (one each), oldest first. */
+export class PartialCopies {
+  private readonly byUid = new Map<string, Partial>();
+  private bytesKept = 0;
+  private keptCount = 0;
+  private stopped = false;
+
+  constructor(
+    private readonly limits: PartialCopyLimits = defaultPartialCopyLimits,
+    private readonly clock: Clock = systemClock,
+  ) {}
+
+  /** Bytes kept in all, and the partial copies kept. */
+  get stats(): { bytes: number; copies: number } {
+    return { bytes: this.bytesKept, copies: this.byUid.size };
+  }
+
+  /** Partial copies kept since the start (resumed, dropped or still here). */
+  get keptSinceStart(): number {
+    return this.keptCount;
+  }
+
+  /**
+   * Keeps an open writer whose transfer was cut (it must have had no write fail). Takes ownership: a writer
+   * that is empty or over the bounds is aborted here. Replaces (and aborts) an older partial of that UID.
+   */
+  keep(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): void {
+    this.drop(sopInstanceUid);
+    const bytes = writer.bytesWritten;
+    if (this.stopped || bytes === 0 || bytes > this.limits.bytesPerPeerMax || bytes > this.limits.bytesMax) {
+      void writer.abort();
+      return;
+    }
+    // Room is made by dropping the oldest: a recent cut is the one a copy is most likely to follow soon.
+    for (const partial of [...this.byUid.values()]) {
+      const overall = this.bytesKept + bytes > this.limits.bytesMax || this.byUid.size >= this.limits.copiesMax;
+      if (!overall && this.peerBytes(fromPeerId) + bytes <= this.limits.bytesPerPeerMax) break;
+      if (overall || partial.fromPeerId === fromPeerId) this.drop(partial.sopInstanceUid);
+    }
+    const timer = this.clock.setTimeout(() => this.drop(sopInstanceUid), this.limits.keptMs);
+    this.byUid.set(sopInstanceUid, { sopInstanceUid, fromPeerId, writer, bytes, timer });
+    this.bytesKept += bytes;
+    this.keptCount += 1;
+  }
+
+  /** The writer kept for this instance from this peer, now the caller's (it must commit or abort it). */
+  take(sopInstanceUid: string, fromPeerId: string): { writer: InstanceWriter; offset: number } | undefined {
+    const kept = this.byUid.get(sopInstanceUid);
+    if (kept === undefined || kept.fromPeerId !== fromPeerId) return undefined;
+    this.forget(kept);
+    return { writer: kept.writer, offset: kept.bytes };
+  }
+
+  /** Drops (aborts) what is kept of this instance, from any peer: it is stored, or arriving again whole. */
+  drop(sopInstanceUid: string): void {
+    const kept = this.byUid.get(sopInstanceUid);
+    if (kept === undefined) return;
+    this.forget(kept);
+    void kept.writer.abort();
+  }
+
+  /** Drops everything; later `keep`s abort their writer at once. */
+  stop(): void {
+    this.stopped = true;
+    for (const uid of [...this.byUid.keys()]) this.drop(uid);
+  }
+
+  private forget(kept: Partial): void {
+    this.clock.clearTimeout(kept.timer);
+    this.byUid.delete(kept.sopInstanceUid);
+    this.bytesKept -= kept.bytes;
+  }
+
+  private peerBytes(peerId: string): number {
+    let bytes = 0;
+    for (const partial of this.byUid.values()) if (partial.fromPeerId === peerId) bytes += partial.bytes;
+    return bytes;
+  }
+}
