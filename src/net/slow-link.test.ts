@@ -16,9 +16,14 @@ import { generateSwarmKey } from './swarm-key.ts';
 import { membershipTimings } from '../actors/membership/actor.ts';
 import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
-import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
+import { startThrottleProxy, type ThrottleProxy } from '../../test/support/throttle-proxy.ts';
 
 const linkBytesPerSecond = 100_000;
+/** Long enough for the library's windows to have grown past the link's buffers (its RTT ping comes every 30 s). */
+const copyBytes = Number(process.env.SLOW_COPY_BYTES ?? 4_500_000);
+const settleMs = 6000;
+/** About a second of the link per copy in flight, plus its 25 ms and the router's 64 KiB queue (0.65 s). */
+const gossipDelayMaxMs = Number(process.env.SLOW_GOSSIP_MAX_MS ?? 2500);
 
 test('the throttle proxy passes bytes intact, in order, no faster than its rate', { timeout: 20_000 }, async () => {
   let received = Buffer.alloc(0);
@@ -53,11 +58,22 @@ test('the throttle proxy passes bytes intact, in order, no faster than its rate'
   }
 });
 
-test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no gap near the suspect time (hunt 116)', { timeout: 60_000 }, async () => {
+interface SlowLinkPair {
+  sender: MeshNode;
+  receiver: MeshNode;
+  link: ThrottleProxy;
+  /** Sends `bodyBytes` random bytes from the sender to the receiver on one stream; resolves once acknowledged. */
+  copy(bodyBytes: number): Promise<void>;
+}
+
+/**
+ * Runs `body` with two mesh nodes, the sender connected to the receiver through a 100 KB/s link (25 ms one
+ * way), then takes them down. Default stream windows: their size is what these tests are about.
+ */
+async function throughSlowLink(body: (pair: SlowLinkPair) => Promise<void>): Promise<void> {
   const swarmKey = generateSwarmKey();
   const dirs: string[] = [];
   const nodes: MeshNode[] = [];
-  // The default stream window (4 MiB): yamux sized data frames by it, and a frame is heard only once whole.
   const start = async (): Promise<MeshNode> => {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-slow-link-'));
     dirs.push(dataDir);
@@ -70,29 +86,74 @@ test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no g
   const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond: linkBytesPerSecond, latencyMs: 25 });
   try {
     await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
-    const heardAtMs: number[] = [];
-    receiver.onPeerActivity((peerId) => {
-      if (peerId === sender.peerId) heardAtMs.push(performance.now());
-    });
     await receiver.handle('/pacs-mesh/test-slow-copy/1', async (stream) => {
-      const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 4 * 1024 * 1024 });
+      const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 64 * 1024 * 1024 });
       let bytes = 0;
       for await (const chunk of request.body) bytes += chunk.byteLength;
       await writeResponse(stream, { type: 'ack', bytes });
     });
-    const body = randomBytes(640 * 1024);
-    const stream = await sender.openStream(receiver.peerId, '/pacs-mesh/test-slow-copy/1');
-    const ack = await sendRequest<{ type: 'offer' }, { type: 'ack'; bytes: number }>(stream, { type: 'offer' }, [body], body.byteLength, { signal: AbortSignal.timeout(40_000) });
-    assert.deepEqual(ack, { type: 'ack', bytes: body.byteLength });
-    const gapsMs = heardAtMs.slice(1).map((atMs, i) => atMs - heardAtMs[i]!);
-    const longestGapMs = Math.max(...gapsMs);
-    // At 100 KB/s a 64 KiB frame takes ~0.65 s; a window-sized one (256 KiB and up) 2.6 s or more.
-    assert.ok(heardAtMs.length >= (body.byteLength / linkBytesPerSecond) * 1000 / (4 * peerActivityNoticeMs), `heard ${heardAtMs.length} times`);
-    assert.ok(longestGapMs < membershipTimings.suspectAfterMs * 0.75, `the receiver heard nothing from its sender for ${Math.round(longestGapMs)} ms while the copy arrived (gaps ${gapsMs.map(Math.round).join(', ')} ms)`);
-    assert.equal(link.stats.connectionsClosed, 0, 'the connection held');
+    const copy = async (bodyBytes: number): Promise<void> => {
+      const bytes = randomBytes(bodyBytes);
+      const stream = await sender.openStream(receiver.peerId, '/pacs-mesh/test-slow-copy/1');
+      const timeoutMs = 20_000 + Math.round((bodyBytes / linkBytesPerSecond) * 1000 * 2);
+      const ack = await sendRequest<{ type: 'offer' }, { type: 'ack'; bytes: number }>(stream, { type: 'offer' }, [bytes], bytes.byteLength, { signal: AbortSignal.timeout(timeoutMs) });
+      assert.deepEqual(ack, { type: 'ack', bytes: bodyBytes });
+    };
+    await body({ sender, receiver, link, copy });
   } finally {
     await Promise.allSettled(nodes.map((node) => node.stop()));
     await link.close();
     await Promise.allSettled(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
   }
+}
+
+test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no gap near the suspect time (hunt 116)', { timeout: 60_000 }, async () => {
+  await throughSlowLink(async ({ sender, receiver, link, copy }) => {
+    const heardAtMs: number[] = [];
+    receiver.onPeerActivity((peerId) => {
+      if (peerId === sender.peerId) heardAtMs.push(performance.now());
+    });
+    const bodyBytes = 640 * 1024;
+    await copy(bodyBytes);
+    const gapsMs = heardAtMs.slice(1).map((atMs, i) => atMs - heardAtMs[i]!);
+    const longestGapMs = Math.max(...gapsMs);
+    // At 100 KB/s a 64 KiB frame takes ~0.65 s; a window-sized one (256 KiB and up) 2.6 s or more.
+    assert.ok(heardAtMs.length >= (bodyBytes / linkBytesPerSecond) * 1000 / (4 * peerActivityNoticeMs), `heard ${heardAtMs.length} times`);
+    assert.ok(longestGapMs < membershipTimings.suspectAfterMs * 0.75, `the receiver heard nothing from its sender for ${Math.round(longestGapMs)} ms while the copy arrived (gaps ${gapsMs.map(Math.round).join(', ')} ms)`);
+    assert.equal(link.stats.connectionsClosed, 0, 'the connection held');
+  });
+});
+
+test('gossip from a site sending a large copy over a 100 KB/s link waits behind about a second of it, not the copy\'s window (hunt 118)', { timeout: 120_000 }, async (t) => {
+  await throughSlowLink(async ({ sender, receiver, link, copy }) => {
+    const topic = 'pacs-mesh/test-slow-gossip/1';
+    const delays: Array<{ sentAtMs: number; delayMs: number }> = [];
+    receiver.subscribe(topic, (message) => {
+      const sentAtMs = Number(Buffer.from(message.data).toString().split(' ')[1]);
+      delays.push({ sentAtMs, delayMs: performance.now() - sentAtMs });
+    });
+    const joined = Promise.withResolvers<void>();
+    const offJoined = sender.onTopicJoined(topic, (peerId) => peerId === receiver.peerId && joined.resolve());
+    sender.subscribe(topic, () => {});
+    await joined.promise;
+    offJoined();
+    const copyStartMs = performance.now();
+    let copying = true;
+    const copied = copy(copyBytes).finally(() => (copying = false));
+    // A heartbeat's pace (membershipTimings.heartbeatIntervalMs): each message is a few dozen bytes.
+    for (let sent = 0; copying; sent++) {
+      await sender.publish(topic, Buffer.from(`${sent} ${performance.now()}`));
+      await new Promise((resolve) => setTimeout(resolve, membershipTimings.heartbeatIntervalMs));
+    }
+    await copied;
+    const copyMs = performance.now() - copyStartMs;
+    // The first window is the protocol's 256 KiB (2.6 s of this link) whatever the receiver would grant.
+    const settled = delays.filter(({ sentAtMs }) => sentAtMs - copyStartMs > settleMs && sentAtMs - copyStartMs < copyMs - 1000);
+    const summary = `delays ${delays.map(({ sentAtMs, delayMs }) => `${Math.round((sentAtMs - copyStartMs) / 100) / 10}s:${Math.round(delayMs)}`).join(', ')} ms; copy ${Math.round(copyMs)} ms`;
+    t.diagnostic(summary);
+    assert.ok(settled.length >= 10, `gossip arrived during the copy: ${summary}`);
+    const longestDelayMs = Math.max(...settled.map(({ delayMs }) => delayMs));
+    assert.ok(longestDelayMs < gossipDelayMaxMs, `gossip waited up to ${Math.round(longestDelayMs)} ms behind the copy: ${summary}`);
+    assert.equal(link.stats.connectionsClosed, 0, 'the connection held');
+  });
 });

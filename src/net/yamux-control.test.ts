@@ -5,8 +5,10 @@ import { defaultLogger } from '@libp2p/logger';
 import { AbstractMultiaddrConnection } from '@libp2p/utils';
 import type { Stream } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
-import { bulkTurnBytes, congestedAfter, congestedFullMs, controlBurstBytes, controlRefillBytesPerSecond, controlRoom, drainOrder, lightStreamBytes, spendControl, type ControlBucket } from './yamux-control.ts';
-import { MeshStream } from './stream.ts';
+import { bulkTurnBytes, congestedAfter, dataFrameBytesMax, dataFrameBytesMaxFor, congestedFullMs, controlBurstBytes, controlRefillBytesPerSecond, controlRoom, drainOrder, lightStreamBytes, spendControl, type ControlBucket } from './yamux-control.ts';
+import { DEFAULT_WRITE_CHUNK, MeshStream } from './stream.ts';
+// The receiver's windows as a mesh node has them (node.ts loads both patches).
+import './yamux-window.ts';
 
 test('a stream is control until it has sent its burst, then bulk until quiet long enough to have it all back', () => {
   const bucket: ControlBucket = { tokens: controlBurstBytes, atMs: 0, bulk: false, pending: false };
@@ -42,6 +44,8 @@ class HeldLink extends AbstractMultiaddrConnection {
   peer: AbstractMultiaddrConnection | undefined;
   /** Bytes the muxer handed to this connection (what it queued in front of the socket included). */
   handedBytes = 0;
+  /** The largest piece the socket was given at once (a frame, with its header). */
+  largestWriteBytes = 0;
   private readonly queue: Uint8Array[] = [];
   private queuedBytes = 0;
   private full = false;
@@ -58,6 +62,7 @@ class HeldLink extends AbstractMultiaddrConnection {
   sendData(data: Parameters<AbstractMultiaddrConnection['sendData']>[0]): { sentBytes: number; canSendMore: boolean } {
     this.queue.push(data.subarray());
     this.queuedBytes += data.byteLength;
+    this.largestWriteBytes = Math.max(this.largestWriteBytes, data.byteLength);
     if (this.queuedBytes > this.capacityBytes) this.full = true;
     return { sentBytes: data.byteLength, canSendMore: !this.full };
   }
@@ -124,8 +129,10 @@ async function pairBehindHeldLink(): Promise<{ aToB: HeldLink; a: HeldPair['a'];
   const bToA = new OpenLink('inbound', 16 * 1024);
   aToB.peer = bToA;
   bToA.peer = aToB;
-  const a = yamux({ enableKeepAlive: false })().createStreamMuxer(aToB);
-  const b = yamux({ enableKeepAlive: false })().createStreamMuxer(bToA);
+  // Windows as a mesh node has them (node.ts): the library's 16 MiB cap is past a stream's 4 MB read buffer.
+  const options = { enableKeepAlive: false, streamOptions: { initialStreamWindowSize: 256 * 1024, maxStreamWindowSize: 4 * 1024 * 1024 } };
+  const a = yamux(options)().createStreamMuxer(aToB);
+  const b = yamux(options)().createStreamMuxer(bToA);
   // By the first byte a stream carries: bulk streams send 0xff, small ones a frame length (0x00 first).
   const received = new Map<number, Received>();
   b.addEventListener('stream', (event: { detail: unknown }) => {
@@ -237,5 +244,27 @@ test('on a slow link copies hand over a turn at a time after each drain, and tak
     assert.ok(Math.min(...movedPerCopy) >= 3 * bulkTurnBytes, `both copies move on (bytes per copy over the 10 drains: ${movedPerCopy.join(', ')})`);
     stop.abort();
     await Promise.all(copies);
+  });
+});
+
+test('once the remote has granted a large window, a copy on a fast link sends frames as large as its writes (up to half the grant), not one Noise message each', { timeout: 20_000 }, async () => {
+  await behindHeldLink(async ({ aToB, a, received, stop }) => {
+    // A socket that never fills (loopback): bytes reach the other side whenever the test delivers them.
+    aToB.capacityBytes = 64 * 1024 * 1024;
+    const bulk = new MeshStream((await a.createStream()) as Stream, 'b');
+    const copyBytes = 16 * 1024 * 1024;
+    const copy = bulk.writer.write(new Uint8Array(copyBytes).fill(0xff), { signal: stop.signal }).catch(() => undefined);
+    for (let i = 0; i < 1000 && (received.get(0xff)?.bytes ?? 0) < copyBytes; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      aToB.deliver();
+    }
+    assert.equal(received.get(0xff)?.bytes, copyBytes, 'the copy arrived');
+    // Its first 256 KiB go in frames of dataFrameBytesMax; the grant that follows is the receiver's whole
+    // window (4 MiB), so the writer's 256 KiB pieces (DEFAULT_WRITE_CHUNK) go as they are.
+    assert.ok(aToB.largestWriteBytes >= DEFAULT_WRITE_CHUNK, `largest frame ${aToB.largestWriteBytes} bytes`);
+    assert.equal(dataFrameBytesMaxFor(undefined), dataFrameBytesMax, 'no grant yet: one Noise message');
+    assert.equal(dataFrameBytesMaxFor(50_000), dataFrameBytesMax, 'a slow link\'s grant: still one Noise message');
+    assert.equal(dataFrameBytesMaxFor(4 * 1024 * 1024), 2 * 1024 * 1024, 'a fast link\'s: half of it');
+    await copy;
   });
 });

@@ -19,9 +19,11 @@
  * refill it); at each drain they are woken in turn, on every other drain light streams (a custody
  * batch's tail) first. On a slow link (full for `congestedFullMs` or longer before it drained)
  * bulk streams hand over `bulkTurnBytes` at a time, so the connection holds about one turn of a copy in
- * front of the next control message, not a whole window's frame. On any link a data frame is at most
- * `dataFrameBytesMax` (one Noise message): a frame is heard only once whole, and a window-sized one took
- * seconds on a 100 KB/s link whose kernel buffers never let the connection look full (hunt 116).
+ * front of the next control message, not a whole window's frame. A data frame is at most
+ * `dataFrameBytesMax` (one Noise message) until the remote grants a window update, then half that grant
+ * (about half a second of the link: the remote sizes its window by the rate its bytes arrive at): a frame
+ * is heard only once whole, and a window-sized one took seconds on a 100 KB/s link whose kernel buffers
+ * never let the connection look full (hunt 116).
  *
  * What control streams may add to a full connection is bounded by their buckets (16 KiB per stream at
  * once, 4 KiB/s after that); bulk streams add nothing while it is full. helper 77's version gave every
@@ -45,14 +47,27 @@ export const congestedFullMs = 100;
 /** Bytes a bulk stream hands over at a time on a slow link (at 1 Mbit/s, ~130 ms). */
 export const bulkTurnBytes = 16 * 1024;
 /**
- * Largest yamux data frame a stream sends: one Noise message (65,535 bytes less its 16-byte tag and the
- * 12-byte frame header). The receiver's muxer hands a frame's data over only once all of it has come, and
- * only then does the peer count as heard (MeshNode.onPeerActivity): the library sizes frames by the send
- * window (256 KiB to 4 MiB), which at 100 KB/s is 2.6-40 s with nothing heard while bytes arrive, and the
- * peer was suspected every ~3 s for a whole copy (hunt 116). A connection whose socket takes everything
- * (a large kernel buffer in front of a slow link) never looks full here, so this cap applies always.
+ * Largest yamux data frame a stream sends before its remote has granted it a window update: one Noise
+ * message (65,535 bytes less its 16-byte tag and the 12-byte frame header). The receiver's muxer hands a
+ * frame's data over only once all of it has come, and only then does the peer count as heard
+ * (MeshNode.onPeerActivity): the library sizes frames by the send window (256 KiB to 4 MiB), which at
+ * 100 KB/s is 2.6-40 s with nothing heard while bytes arrive, and the peer was suspected every ~3 s for a
+ * whole copy (hunt 116). A connection whose socket takes everything (a large kernel buffer in front of a
+ * slow link) never looks full here, so fullness cannot tell a slow link from a fast one; the remote's
+ * grants can (see dataFrameBytesMaxFor).
  */
 export const dataFrameBytesMax = 65_507;
+
+/**
+ * Largest data frame once the remote granted `lastGrantBytes` in a window update: half of it, at least
+ * dataFrameBytesMax. A receiver sizes its window to about a second of the rate its bytes arrive at
+ * (yamux-window.ts) and grants at most that, so a frame is at most ~0.5 s of the link on a slow one, while
+ * on loopback (4 MiB windows) frames of 1-2 MiB cost a muxer step per megabyte, not per 64 KiB: the
+ * fixed cap cost catch-up ~15-20 % there (docs/performance.md).
+ */
+export function dataFrameBytesMaxFor(lastGrantBytes: number | undefined): number {
+  return Math.max(dataFrameBytesMax, Math.floor((lastGrantBytes ?? 0) / 2));
+}
 
 /** The connection's side of it: one per muxer, shared by its streams. */
 export interface ConnectionState {
@@ -110,6 +125,8 @@ interface ControlFields extends TurnFields {
   /** Set at the connection's first full signal after the stream exists. */
   connection?: ConnectionState;
   bucket?: ControlBucket;
+  /** The remote's last window update that granted bytes (its length). */
+  lastGrantBytes?: number;
 }
 
 /** The library's byte list (sublist and consume are all that is used here). */
@@ -128,6 +145,7 @@ interface StreamMethods {
   onMuxerNeedsDrain(this: ControlFields): void;
   onMuxerDrain(this: ControlFields): void;
   sendData(this: ControlFields, data: ByteList): SendResult;
+  handleWindowUpdate(this: ControlFields, frame: { header: { length: number } }): void;
 }
 
 interface MuxerFields {
@@ -142,6 +160,7 @@ const library = {
   onMuxerNeedsDrain: streamPrototype.onMuxerNeedsDrain,
   onMuxerDrain: streamPrototype.onMuxerDrain,
   sendData: streamPrototype.sendData,
+  handleWindowUpdate: streamPrototype.handleWindowUpdate,
   send: muxerPrototype.send,
 };
 
@@ -242,6 +261,11 @@ streamPrototype.onMuxerDrain = function onMuxerDrain(this: ControlFields): void 
   library.onMuxerDrain.call(this);
 };
 
+streamPrototype.handleWindowUpdate = function handleWindowUpdate(this: ControlFields, frame: { header: { length: number } }): void {
+  if (frame.header.length > 0) this.lastGrantBytes = frame.header.length;
+  library.handleWindowUpdate.call(this, frame);
+};
+
 /** sendData's answer when bytes are left for later (the library keeps them and marks the stream). */
 function waiting(bucket: ControlBucket, sentBytes: number): SendResult {
   bucket.pending = true;
@@ -264,7 +288,7 @@ streamPrototype.sendData = function sendData(this: ControlFields, data: ByteList
       hold(this);
       return waiting(bucket, sentBytes);
     }
-    const pieceBytesMax = room > 0 ? room : state?.congested === true ? bulkTurnBytes : dataFrameBytesMax;
+    const pieceBytesMax = room > 0 ? room : state?.congested === true ? bulkTurnBytes : dataFrameBytesMaxFor(this.lastGrantBytes);
     const piece = data.byteLength <= pieceBytesMax ? data : data.sublist(0, pieceBytesMax);
     const result = library.sendData.call(this, piece);
     if (piece !== data) data.consume(result.sentBytes);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { YamuxStream } from '@chainsafe/libp2p-yamux/stream';
-import { windowUpdateDue } from './yamux-window.ts';
+import { receiveWindowMinBytes, receiveWindowQueueMs, tunedReceiveWindow, windowUpdateDue } from './yamux-window.ts';
 
 test('a window update waits until half the receive window is consumed', () => {
   const window = 256 * 1024;
@@ -17,37 +17,77 @@ test('a frame with a flag (SYN or ACK) always goes out', () => {
   assert.equal(windowUpdateDue(256 * 1024, 256 * 1024, 2), true);
 });
 
-test('the library stream sends updates through the half-window rule', () => {
+test('a window becomes its last epoch\'s arrival rate times the queue time, within its bounds', () => {
+  const maxBytes = 4 * 1024 * 1024;
+  assert.equal(tunedReceiveWindow(128 * 1024, 1, maxBytes), maxBytes, 'half a window in a millisecond (loopback): the cap at once');
+  assert.equal(tunedReceiveWindow(128 * 1024, 1310, maxBytes), Math.round((128 * 1024 * receiveWindowQueueMs) / 1310), '100 KB/s: a second of it');
+  assert.equal(tunedReceiveWindow(50_000, 100, maxBytes), 500_000, 'a window that limits its stream grows by the queue time over the epoch');
+  assert.equal(tunedReceiveWindow(1000, 60_000, maxBytes), receiveWindowMinBytes, 'an idle epoch: the floor');
+  assert.equal(tunedReceiveWindow(1000, 0, maxBytes), 1_000_000, 'no time elapsed counts as a millisecond');
+});
+
+/** A library stream's fields as the window update reads them, at `nowMs` epoch start. */
+function streamFields(recvWindow: number, epochStart: number) {
   const sent: Array<{ flag: number; length: number }> = [];
-  const record = (header: { flag: number; length: number }): boolean => sent.push(header) > 0;
   const fields = {
     state: 3,
-    recvWindow: 1024,
-    recvWindowCapacity: 1024,
-    maxStreamWindowSize: 4096,
-    epochStart: 0,
+    recvWindow,
+    recvWindowCapacity: recvWindow,
+    maxStreamWindowSize: 4 * 1024 * 1024,
+    epochStart,
     streamId: 7,
     getRTT: () => -1,
     getSendFlags: () => 0,
-    sendFrame: record,
+    sendFrame: (header: { flag: number; length: number }): boolean => sent.push(header) > 0,
   };
-  const sendWindowUpdate = (YamuxStream.prototype as unknown as { sendWindowUpdate(this: typeof fields): void }).sendWindowUpdate;
-  fields.recvWindowCapacity = 700;
+  return { fields, sent };
+}
+
+const sendWindowUpdate = (YamuxStream.prototype as unknown as { sendWindowUpdate(this: object): void }).sendWindowUpdate;
+
+test('the library stream sends updates through the half-window rule, sized by the arrival rate', () => {
+  const window = 256 * 1024;
+  // Epochs a second long: the arrival rate in bytes per second is what arrived in it.
+  const { fields, sent } = streamFields(window, Date.now() - 1000);
+  fields.recvWindowCapacity = window - 80 * 1024;
   sendWindowUpdate.call(fields);
-  assert.equal(sent.length, 0, 'a third of the window consumed: no update');
-  fields.recvWindowCapacity = 400;
+  assert.equal(sent.length, 0, 'under half the window consumed: no update');
+  fields.recvWindowCapacity = window - 200_000;
   sendWindowUpdate.call(fields);
   assert.equal(sent.length, 1);
-  assert.equal(sent[0]!.length, 624, 'the update restores the whole window');
-  assert.equal(fields.recvWindowCapacity, 1024);
+  assert.ok(Math.abs(fields.recvWindow - 200_000) < 2000, `200 KB in ~1 s: a window of ~200 KB (${fields.recvWindow})`);
+  assert.equal(sent[0]!.length, fields.recvWindow - (window - 200_000), 'the update restores the whole (new) window');
+  assert.equal(fields.recvWindowCapacity, fields.recvWindow);
   fields.state = 5;
   fields.recvWindowCapacity = 0;
   sendWindowUpdate.call(fields);
   assert.equal(sent.length, 1, 'a paused stream sends nothing');
+  fields.state = 3;
+  fields.epochStart -= 10_000;
+  const before = fields.recvWindow;
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 2, 'resumed: the update goes out');
+  assert.equal(fields.recvWindow, before, 'an epoch with a pause in it says nothing of the link: the window is kept');
+});
+
+test('a window larger than the link needs shrinks as its sender uses up what it was granted', () => {
+  const window = 4 * 1024 * 1024;
+  const { fields, sent } = streamFields(window, Date.now() - 21_000);
+  // Half of it over 21 s (100 KB/s): the sender still holds 2 MiB, more than the new window.
+  fields.recvWindowCapacity = window / 2;
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 0, 'nothing granted while the sender holds more than the new window');
+  assert.ok(fields.recvWindow < 120_000, `the window follows the rate (${fields.recvWindow})`);
+  const shrunk = fields.recvWindow;
+  // The sender uses up its credit at the same rate: once it holds half the new window, an update.
+  fields.epochStart = Date.now() - 20_500;
+  fields.recvWindowCapacity = Math.floor(shrunk / 2);
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 1);
+  assert.ok(fields.recvWindowCapacity <= 120_000, `the sender holds ~a second of the link again (${fields.recvWindowCapacity})`);
 });
 
 test('a stream without the fields this relies on gets the library behaviour', () => {
-  const sendWindowUpdate = (YamuxStream.prototype as unknown as { sendWindowUpdate(this: object): void }).sendWindowUpdate;
   // No recvWindow fields: our rule would send nothing; the library's own code sends an update frame.
   let sentByLibrary = 0;
   const stream = { state: 3, streamId: 1, epochStart: 0, getRTT: () => -1, getSendFlags: () => 0, sendFrame: () => (sentByLibrary += 1) > 0 };
