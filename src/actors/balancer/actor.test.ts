@@ -281,6 +281,9 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     const blockedMessages = messages[peers.indexOf(blocked)]!;
     assert.equal(blockedMessages.filter((m) => m === 'balancer started').length, 1, blockedMessages.join(' | '));
     assert.equal(blockedMessages.filter((m) => m.startsWith('balancer state not written')).length, 1);
+    // Its probes (every 1 s here) write the roster, which the disk takes, and the record, which it refuses:
+    // never electable in between (its heartbeat would say so to the others for that moment).
+    assert.equal(blockedMessages.filter((m) => m.startsWith('balancer state written again')).length, 0, blockedMessages.join(' | '));
     allowWrites();
     await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
   });

@@ -325,25 +325,38 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   // False from a failed state write until one succeeds: the heartbeat says so, and the others elect
   // among themselves instead of waiting for a best-ranked peer that cannot record its candidacy.
   let electable = true;
+  /**
+   * The files whose last write failed: electable again only once none is left. A roster written while the
+   * record is refused (at every reload) made the peer electable for a moment each time, and the record
+   * written on a full disk (in place) while the roster is refused did the same.
+   */
+  const filesNotWritten = new Set<'election' | 'roster'>();
   let stateWriteFailedAtMs = 0;
   let stateWriteFailures = 0;
 
   /** Writes the election record; a failure (a disk refusing writes) is ERR_BALANCER_STATE_WRITE, which `handle` answers by reloading. */
   const writeElection = async (durable: ElectionDurable): Promise<void> => {
-    await electionRecord.write(durable);
-    wroteState();
+    try {
+      await electionRecord.write(durable);
+    } catch (err) {
+      filesNotWritten.add('election');
+      throw err;
+    }
+    wroteState('election');
   };
   /** Writes the learnt roster, with the same failure as writeElection. */
   const writeRoster = async (peers: RosterPeers): Promise<void> => {
     try {
       await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${encodeRosterFile(peers)}\n`);
     } catch (err) {
+      filesNotWritten.add('roster');
       throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${ROSTER_FILE}: ${(err as Error).message}`, { cause: err });
     }
-    wroteState();
+    wroteState('roster');
   };
-  const wroteState = (): void => {
-    if (electable) return;
+  const wroteState = (file: 'election' | 'roster'): void => {
+    filesNotWritten.delete(file);
+    if (electable || filesNotWritten.size > 0) return;
     electable = true;
     membership.setElectable(true);
     log.info('balancer state written again: this peer votes and stands for election again', { failures: stateWriteFailures });
@@ -365,8 +378,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /**
    * While not electable, nothing else may write (no candidacy; others may not ask for votes): try now and
    * then. Both files: on a full disk the election record, written in place, still takes writes while the
-   * roster, written through a new file, does not; electable again on the record alone, the peer would be
-   * passed over again at the roster's next refresh, once a minute.
+   * roster, written through a new file, does not (see filesNotWritten).
    */
   const probeStateWrite = async (s: ActorState): Promise<void> => {
     if (electable || clock.nowMs() - stateWriteFailedAtMs < stateWriteProbeIntervalMs) return;
