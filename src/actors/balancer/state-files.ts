@@ -113,7 +113,10 @@ function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDur
   return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
 }
 
-/** This peer's term and vote: read once at start, then written before anything that depends on them leaves. */
+/**
+ * This peer's term and vote: read once at start, then written before anything that depends on them leaves.
+ * One writer, one write at a time (the balancer actor awaits each).
+ */
 export interface ElectionRecord {
   /** As last made durable (or read at start): what a restarted balancer starts from. */
   readonly durable: ElectionDurable;
@@ -138,7 +141,12 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
     throw unreadable(path, err);
   }
   if (file !== null) {
-    durable = decodeElectionRecord(dataDir, file.payload);
+    try {
+      durable = decodeElectionRecord(dataDir, file.payload);
+    } catch (err) {
+      await file.close();
+      throw err;
+    }
     await markMoved(dataDir);
   } else {
     durable = (await loadLegacyElection(dataDir)) ?? { currentTerm: 0, votedFor: null };
