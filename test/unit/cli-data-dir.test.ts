@@ -177,13 +177,15 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
     ['balancer-election.json', '{"currentTerm":', /balancer-election\.json is damaged \(.*JSON.*\): restore it, or move it away to start with no vote record/],
     ['balancer-election.json', '{"currentTerm":"seven","votedFor":null}', /balancer-election\.json is damaged \(not an election record\)/],
     ['balancer-election.json', '{"currentTerm":-5,"votedFor":null}', /balancer-election\.json is damaged \(not an election record\)/],
+    ['balancer-election.json', '{"movedTo":"balancer-election.rec"}', /balancer-election\.rec is damaged \(missing, though balancer-election\.json says the record moved there\): restore it, or move it and balancer-election\.json away/],
+    ['balancer-election.rec', 'a file that is not two slots', /balancer-election\.rec is damaged \(neither of its two slots is whole\): restore it, or move it and balancer-election\.json away to start with no vote record/],
     ['balancer-roster.json', '{"version":2,"peers":[]}', /balancer-roster\.json is damaged \(not a roster\)/],
     ['balancer-roster.json', '', /balancer-roster\.json is damaged \(.*JSON.*\): restore it, or move it away: the peer learns the roster again/],
     ['balancer-roster.json', '{"version":1,"peers":{"12D3KooW":null}}', /balancer-roster\.json is damaged \(peer 12D3KooW has no last-seen time\)/],
     ['peer-key', 'garbage', /peer-key is not a valid libp2p private key .*; move it away to create a new identity/],
   ];
   for (const [file, content, message] of cases) {
-    for (const name of ['balancer-election.json', 'balancer-roster.json', 'peer-key']) rmSync(join(dataDir, name), { force: true });
+    for (const name of ['balancer-election.json', 'balancer-election.rec', 'balancer-roster.json', 'peer-key']) rmSync(join(dataDir, name), { force: true });
     writeFileSync(join(dataDir, file), content);
     const r = await startMesh('warn');
     assert.equal(r.status, 1, `${file}: ${r.stderr}`);
@@ -192,21 +194,21 @@ test('a damaged election record, roster or peer key stops a mesh peer at start: 
   }
 });
 
-test('a mesh child that keeps failing at start (the balancer cannot read its election record) stops the start: exit 1 and one line, not a hung peer', async (t) => {
+test('a mesh child that keeps failing at start (the balancer cannot read its roster) stops the start: exit 1 and one line, not a hung peer', async (t) => {
   const { dataDir } = await meshSite(t);
-  // A disk that answers the first read of the election record (the check before the actors start), then
+  // A disk that answers the first read of the learnt roster (the check before the actors start), then
   // fails every read: the balancer actor crashes at each restart until its budget is spent.
   const faultyDisk = [
     "import fsp from 'node:fs/promises'; import { syncBuiltinESMExports } from 'node:module';",
     'const readFile = fsp.readFile; let reads = 0;',
-    "fsp.readFile = async (path, ...rest) => { if (String(path).endsWith('balancer-election.json') && ++reads > 1) throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' }); return readFile(path, ...rest); };",
+    "fsp.readFile = async (path, ...rest) => { if (String(path).endsWith('balancer-roster.json') && ++reads > 1) throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' }); return readFile(path, ...rest); };",
     'syncBuiltinESMExports();',
   ].join('\n');
   const swarmKeyPath = join(dataDir, '..', 'swarm.key');
   const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), '--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'silent']);
   const r = spawnSync(process.execPath, ['--import', `data:text/javascript,${encodeURIComponent(faultyDisk)}`, ...args], { encoding: 'utf8', timeout: 60_000, env: peerProcessEnv() });
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the balancer actor kept failing \(cannot read .*balancer-election\.json: EIO: i\/o error, read\)\n$/);
+  assert.match(r.stderr, /^pacs-mesh: the mesh could not start: the balancer actor kept failing \(cannot read .*balancer-roster\.json: EIO: i\/o error, read\)\n$/);
 });
 
 test('an unhandled rejection inside a running peer is reported on stderr and the peer serves on', async (t) => {

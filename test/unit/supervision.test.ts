@@ -35,11 +35,11 @@ test('a mesh child past its restart budget fails the peer: failed settles with t
     balancer: { restarts: 1, escalated: false },
     custody: { restarts: 0, escalated: false },
   });
-  // Now every restart fails (a restarted balancer reads its election record): past the budget, the peer fails.
-  writeFileSync(join(peer.dataDir, 'balancer-election.json'), 'garbage');
+  // Now every restart fails (a restarted balancer reads its learnt roster): past the budget, the peer fails.
+  writeFileSync(join(peer.dataDir, 'balancer-roster.json'), 'garbage');
   peer.crashChildForTest('balancer');
   const failure = await peer.failed;
   assert.equal(failure.child, 'balancer');
-  assert.match(failure.error, /balancer-election\.json is damaged/);
+  assert.match(failure.error, /balancer-roster\.json is damaged/);
   assert.equal(await healthz(), 503);
 });

@@ -1,7 +1,8 @@
 import '../../polyfill.ts';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
@@ -12,6 +13,9 @@ import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
 import { forgetPeerTopic, routingTopic } from './messages.ts';
+import { ELECTION_RECORD_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
+import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
+import { refuseWritesOrSkip } from '../../../test/support/refuse-writes.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import { trackLoopLag } from '../../../test/support/loop-lag.ts';
@@ -155,8 +159,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     assert.ok(failoverMs < 2000 + lag.lateMs(), `failover within 2 s: ${failoverMs} ms, the loop ${lag.lateMs()} ms late`);
     // Persisted election record of the new leader.
     const newLeader = survivors.find((p) => p.node.peerId === second.peerId)!;
-    const record = JSON.parse(await readFile(join(newLeader.dataDir, 'balancer-election.json'), 'utf8')) as { currentTerm: number; votedFor: string };
-    assert.deepEqual(record, { currentTerm: second.term, votedFor: second.peerId });
+    assert.deepEqual(await readElectionRecord(newLeader.dataDir), { currentTerm: second.term, votedFor: second.peerId });
     // The dead leader is no routing target.
     for (let i = 0; i < 50; i++) {
       const t = survivors[0]!.mesh.balancer.chooseTarget();
@@ -207,6 +210,30 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     await waitFor('one leader followed by the three live peers', () => agreedLeader([a, b, restored]) !== null, 15_000);
   });
 
+  it('a data dir of an earlier build (balancer-election.json) starts with its term and vote, and goes on from them in the two-slot file', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
+    dirs.push(dir);
+    await writeFile(join(dir, 'balancer-election.json'), '{"currentTerm":41,"votedFor":"12D3KooWAnEarlierCandidate"}\n');
+    const alone = await peer(generateSwarmKey(), [], 'site-a', dir);
+    // status() answers from the balancer's first step; it settles (1 s here) before it runs.
+    await waitFor('its first step', () => alone.mesh.balancer.status().term !== 0, 5000);
+    assert.deepEqual(alone.mesh.balancer.status(), { role: 'follower', term: 41, votedFor: '12D3KooWAnEarlierCandidate' });
+    // Alone in its roster, it elects itself once settled: in the term after the one it kept.
+    await waitFor('it leads', () => alone.mesh.balancer.status().role === 'leader', 15_000);
+    assert.equal(alone.mesh.balancer.status().term, 42);
+    // status() shows the step as soon as it is taken, while its record is written.
+    await waitFor('its candidacy recorded', async () => (await readElectionRecord(dir)).currentTerm === 42, 5000);
+    assert.deepEqual(await readElectionRecord(dir), { currentTerm: 42, votedFor: alone.node.peerId });
+    assert.equal((JSON.parse(await readFile(join(dir, 'balancer-election.json'), 'utf8')) as { movedTo?: string }).movedTo, ELECTION_RECORD_FILE);
+    // Restarted on its data dir: the term comes from the two-slot file now.
+    await alone.stop();
+    const again = await peer(generateSwarmKey(), [], 'site-a', dir);
+    await waitFor('its first step', () => again.mesh.balancer.status().term !== 0, 5000);
+    assert.equal(again.mesh.balancer.status().term, 42);
+    await waitFor('it leads again', () => again.mesh.balancer.status().role === 'leader', 15_000);
+    assert.equal(again.mesh.balancer.status().term, 43);
+  });
+
   it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 60_000 }, async () => {
     const peers = await threePeers();
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
@@ -228,7 +255,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     assert.ok(replacedMs < 3000 + lag.lateMs(), `replaced within 3 s: ${replacedMs} ms, the loop ${lag.lateMs()} ms late`);
   });
 
-  it('a peer that cannot write its election record (a full disk) neither votes nor crashes, and takes part again once it can', { timeout: 90_000 }, async () => {
+  it('a peer that cannot write its election record (a disk refusing writes) neither votes nor crashes, and takes part again once it can', { timeout: 90_000 }, async (t) => {
     const messages = [[], [], []] as string[][];
     const peers = await threePeers(messages);
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
@@ -236,9 +263,9 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     const leaderPeer = peers.find((p) => p.node.peerId === leaderId)!;
     const blocked = peers.find((p) => p !== leaderPeer)!;
     const other = peers.find((p) => p !== leaderPeer && p !== blocked)!;
-    // The record is written through this temporary file: a directory in its place fails every write.
-    const tmp = join(blocked.dataDir, 'balancer-election.json.tmp');
-    await mkdir(tmp);
+    // Every write of the record refused, through the descriptor the balancer keeps open too.
+    const allowWrites = refuseWritesOrSkip(t, join(blocked.dataDir, ELECTION_RECORD_FILE));
+    if (allowWrites === undefined) return;
     // A new term: the leader's restarted balancer campaigns again and needs the others to adopt the term.
     const term = settledLeader(peers)!.term;
     leaderPeer.supervisor.crashChild('balancer');
@@ -254,30 +281,71 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     const blockedMessages = messages[peers.indexOf(blocked)]!;
     assert.equal(blockedMessages.filter((m) => m === 'balancer started').length, 1, blockedMessages.join(' | '));
     assert.equal(blockedMessages.filter((m) => m.startsWith('balancer state not written')).length, 1);
-    await rm(tmp, { recursive: true });
+    // Its probes (every 1 s here) write the roster, which the disk takes, and the record, which it refuses:
+    // never electable in between (its heartbeat would say so to the others for that moment).
+    assert.equal(blockedMessages.filter((m) => m.startsWith('balancer state written again')).length, 0, blockedMessages.join(' | '));
+    allowWrites();
     await waitFor('all three follow the leader again', () => agreedLeader(peers) !== null && agreedLeader(peers)!.term > term, 10_000);
   });
 
-  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 180_000 }, async () => {
+  it('a best-ranked peer that cannot write its election record is passed over, and leads again once it can', { timeout: 180_000 }, async (t) => {
     const peers = await threePeers();
     await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);
     const [best, second, third] = [...peers].sort((x, y) => (x.node.peerId < y.node.peerId ? -1 : 1)) as [TestPeer, TestPeer, TestPeer];
     assert.equal(settledLeader(peers)!.peerId, best.node.peerId);
-    await mkdir(join(best.dataDir, 'balancer-election.json.tmp'));
+    const allowWrites = refuseWritesOrSkip(t, join(best.dataDir, ELECTION_RECORD_FILE));
+    if (allowWrites === undefined) return;
     // Its restarted balancer campaigns (the rule says it should lead) and cannot record the candidacy.
     best.supervisor.crashChild('balancer');
     const t0 = Date.now();
     await waitFor('the next-ranked peer leads, followed by the third', () => agreedLeader([second, third])?.peerId === second.node.peerId, 15_000);
-    console.log(`balancer: a best-ranked peer with a full disk passed over, new leader after ${Date.now() - t0} ms`);
+    console.log(`balancer: a best-ranked peer that cannot write its election record passed over, new leader after ${Date.now() - t0} ms`);
     // Under load the others may pass it over (a missed heartbeat) before its restarted balancer has tried to
     // campaign; it does once settled, and cannot record it.
     await waitFor('it marks itself not electable', () => best.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable === false, 5000);
     // Its heartbeat says so; under load the rule may already have passed it over for a missed heartbeat.
     await waitFor('its heartbeat says so', () => second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable === false, 3000);
     assert.equal(best.supervisor.supervision('balancer').escalated, false);
-    await rm(join(best.dataDir, 'balancer-election.json.tmp'), { recursive: true });
+    allowWrites();
     await waitFor('the best-ranked peer leads all three again', () => agreedLeader(peers)?.peerId === best.node.peerId, 30_000);
     assert.equal(second.mesh.membership.members().find((m) => m.peerId === best.node.peerId)?.electable, true);
+  });
+
+  it('a full disk: the election record still takes writes in place, the roster does not; the peer stays passed over until both can be written', { timeout: 120_000 }, async (t) => {
+    const tmpfs = tmpfsOrSkip(t, 1024 * 1024);
+    if (tmpfs === undefined) return;
+    const key = generateSwarmKey();
+    const a = await peer(key, [], 'site-a');
+    const boot = [loopbackAddress(a.node)];
+    const full = await peer(key, boot, 'site-a', join(tmpfs.mountPoint, 'data'));
+    // Before the suite's teardown, which would find the file system gone: the peer first, then the mount.
+    t.after(async () => {
+      await full.stop();
+      tmpfs.unmount();
+    });
+    await waitFor('one leader followed by both', () => settledLeader([a, full]) !== null, 15_000);
+    await waitFor('its election record written', async () => (await readElectionRecord(full.dataDir)).currentTerm > 0, 5000);
+    const { bavail, bsize } = statfsSync(tmpfs.mountPoint);
+    const ballast = join(tmpfs.mountPoint, 'ballast');
+    writeFileSync(ballast, Buffer.alloc(Number(bavail) * Number(bsize)));
+    // A third peer: the roster changes, and the full peer cannot write its new roster.
+    const third = await peer(key, boot, 'site-a');
+    const electableHere = (): boolean | undefined => full.mesh.membership.members().find((m) => m.peerId === full.node.peerId)?.electable;
+    await waitFor('the full peer passed over', () => electableHere() === false, 15_000);
+    // The record itself, overwritten in place, still takes a write on the full disk.
+    const record = await openElectionRecord(full.dataDir);
+    await record.write(record.durable);
+    await record.close();
+    // Probes every 1 s here: each tries the roster too, so the peer stays passed over rather than being
+    // electable again on the record alone until the next roster refresh.
+    const until = Date.now() + 4000;
+    while (Date.now() < until) {
+      assert.equal(electableHere(), false, 'electable again while its roster cannot be written');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    rmSync(ballast);
+    await waitFor('electable again once the disk has room', () => electableHere() === true, 10_000);
+    await waitFor('one leader followed by all three', () => agreedLeader([a, full, third]) !== null, 15_000);
   });
 
   it('supervision: crashed membership and balancer children restart and the mesh recovers', { timeout: 60_000 }, async () => {

@@ -7,8 +7,9 @@
  *   remote peer (noise), so a vote cannot be forged by a third peer.
  * - `publish` (announce) goes over gossip `pacs-mesh/routing/1`; only an announcement signed by the
  *   leader it names is accepted.
- * - `persist` ({currentTerm, votedFor}) is written with fsync + rename BEFORE any later effect of the same
- *   step is performed, so no vote or claim leaves the peer before it is durable.
+ * - `persist` ({currentTerm, votedFor}) is written (in place, one of two slots, then fdatasync: see
+ *   state-files.ts) BEFORE any later effect of the same step is performed, so no vote or claim leaves the
+ *   peer before it is durable.
  *
  * The roster (whose strict majority elects a leader) is formed here, see docs/mesh-algorithms.md
  * ("The roster in a real deployment"): the `roster` option when given (pinned), otherwise self plus every
@@ -22,21 +23,21 @@
  * queued, at most `sendsInFlightMax` outgoing election streams (more are dropped: the reducer retries
  * on its own timers).
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
+import { writeFileDurably } from '../../durable-file.ts';
 import type { GossipMessage, MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
 import { MeshStreamError } from '../../net/errors.ts';
 import type { MembershipService } from '../membership/actor.ts';
-import { writeFileDurably } from '../../durable-file.ts';
 import { countDown, countUp } from '../../keyed-counts.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
+import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
+import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
@@ -69,8 +70,6 @@ export const electionSendsPerPeerMax = 4;
 export const ANNOUNCE_MAX_BYTES = 256 * 1024;
 const ENTRIES_MAX = 1024;
 const STRING_MAX_CHARS = 256;
-const ELECTION_FILE = 'balancer-election.json';
-const ROSTER_FILE = 'balancer-roster.json';
 
 export const balancerTimings = {
   tickIntervalMs: 100,
@@ -102,21 +101,11 @@ export const balancerTimings = {
   handOverGraceMs: 6000,
   /** A roster peer absent this long is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
-  /** After a failed state write, how often the election record is written again to see if the disk takes it. */
+  /** After a failed state write, how often the election record (and the roster) is written again to see if the disk takes it. */
   stateWriteProbeIntervalMs: 5000,
 } as const;
 
-export type BalancerErrorCode = 'ERR_BALANCER_CRASH_TEST' | 'ERR_BALANCER_STATE_FILE' | 'ERR_BALANCER_STATE_WRITE';
-
-export class BalancerError extends Error {
-  static readonly NAME = 'BalancerError';
-  override readonly name = BalancerError.NAME;
-  readonly code: BalancerErrorCode;
-  constructor(code: BalancerErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
-}
+export { BalancerError, type BalancerErrorCode } from './state-files.ts';
 
 export interface BalancerServiceInit {
   node: MeshNode;
@@ -288,48 +277,6 @@ function claimedSender(message: BalancerMessage): string | null {
   }
 }
 
-/** What an operator can do about a damaged file, by file (the message names the file and what is wrong). */
-const WAY_OUT = {
-  [ELECTION_FILE]:
-    'restore it, or move it away to start with no vote record (safe unless an election is under way: the peer could vote twice in its term; it learns the current term from the others)',
-  [ROSTER_FILE]: 'restore it, or move it away: the peer learns the roster again from the peers it sees alive',
-} as const;
-
-function damaged(dataDir: string, file: keyof typeof WAY_OUT, what: string): BalancerError {
-  return new BalancerError('ERR_BALANCER_STATE_FILE', `${join(dataDir, file)} is damaged (${what}): ${WAY_OUT[file]}`);
-}
-
-async function readJson(dataDir: string, file: keyof typeof WAY_OUT): Promise<unknown> {
-  const path = join(dataDir, file);
-  try {
-    return JSON.parse(await readFile(path, 'utf8')) as unknown;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    if (err instanceof SyntaxError) throw damaged(dataDir, file, err.message);
-    throw new BalancerError('ERR_BALANCER_STATE_FILE', `cannot read ${path}: ${(err as Error).message}`, { cause: err });
-  }
-}
-
-export async function loadElection(dataDir: string): Promise<ElectionDurable | null> {
-  const v = (await readJson(dataDir, ELECTION_FILE)) as Record<string, unknown> | null;
-  if (v === null) return null;
-  if (typeof v !== 'object' || !Number.isSafeInteger(v.currentTerm) || (v.currentTerm as number) < 0 || (v.votedFor !== null && typeof v.votedFor !== 'string')) {
-    // Guessing a term could let this peer vote twice in one: refuse to start instead.
-    throw damaged(dataDir, ELECTION_FILE, 'not an election record');
-  }
-  return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
-}
-
-export async function loadRoster(dataDir: string): Promise<Map<string, RosterPeer>> {
-  const v = await readJson(dataDir, ROSTER_FILE);
-  if (v === null) return new Map();
-  try {
-    return decodeRosterFile(v);
-  } catch (err) {
-    throw damaged(dataDir, ROSTER_FILE, (err as Error).message);
-  }
-}
-
 export async function startBalancer(init: BalancerServiceInit): Promise<BalancerService> {
   const { node, clock, log, membership } = init;
   const self = init.peerId;
@@ -343,8 +290,11 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const pinned = init.roster ? new Set([...init.roster, self]) : null;
   // Damaged state files stop the start here, with the file named, rather than crash the actor until its
   // restart budget is spent and leave the peer running without a balancer.
-  await loadElection(init.dataDir);
-  if (!pinned) await loadRoster(init.dataDir);
+  const electionRecord = await openElectionRecord(init.dataDir);
+  if (!pinned) await loadRoster(init.dataDir).catch(async (err: unknown) => {
+    await electionRecord.close();
+    throw err;
+  });
 
   let current: ActorState | null = null;
   let stopped = false;
@@ -375,17 +325,38 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   // False from a failed state write until one succeeds: the heartbeat says so, and the others elect
   // among themselves instead of waiting for a best-ranked peer that cannot record its candidacy.
   let electable = true;
+  /**
+   * The files whose last write failed: electable again only once none is left. A roster written while the
+   * record is refused (at every reload) made the peer electable for a moment each time, and the record
+   * written on a full disk (in place) while the roster is refused did the same.
+   */
+  const filesNotWritten = new Set<'election' | 'roster'>();
   let stateWriteFailedAtMs = 0;
   let stateWriteFailures = 0;
 
-  /** Writes a state file; a failure (a full disk) is ERR_BALANCER_STATE_WRITE, which `handle` answers by reloading. */
-  const writeStateFile = async (file: string, body: string): Promise<void> => {
+  /** Writes the election record; a failure (a disk refusing writes) is ERR_BALANCER_STATE_WRITE, which `handle` answers by reloading. */
+  const writeElection = async (durable: ElectionDurable): Promise<void> => {
     try {
-      await writeFileDurably(join(init.dataDir, file), `${body}\n`);
+      await electionRecord.write(durable);
     } catch (err) {
-      throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${file}: ${(err as Error).message}`, { cause: err });
+      filesNotWritten.add('election');
+      throw err;
     }
-    if (electable) return;
+    wroteState('election');
+  };
+  /** Writes the learnt roster, with the same failure as writeElection. */
+  const writeRoster = async (peers: RosterPeers): Promise<void> => {
+    try {
+      await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${encodeRosterFile(peers)}\n`);
+    } catch (err) {
+      filesNotWritten.add('roster');
+      throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${ROSTER_FILE}: ${(err as Error).message}`, { cause: err });
+    }
+    wroteState('roster');
+  };
+  const wroteState = (file: 'election' | 'roster'): void => {
+    filesNotWritten.delete(file);
+    if (electable || filesNotWritten.size > 0) return;
     electable = true;
     membership.setElectable(true);
     log.info('balancer state written again: this peer votes and stands for election again', { failures: stateWriteFailures });
@@ -393,6 +364,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** A state file not written (a full disk): logged at the first failure and every 20th after it. */
   const noteStateWriteFailure = (err: unknown): void => {
     if (!(err instanceof BalancerError && err.code === 'ERR_BALANCER_STATE_WRITE')) throw err;
+    // A write cut short by stop() (the record closed) says nothing about the disk.
+    if (stopped) return;
     stateWriteFailedAtMs = clock.nowMs();
     if (electable) {
       electable = false;
@@ -402,19 +375,20 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       log.warn('balancer state not written: this peer neither votes nor stands for election until it is', { error: err.message, failures: stateWriteFailures });
     }
   };
-  /** While not electable, nothing else may write (no candidacy; others may not ask for votes): try now and then. */
-  const probeStateWrite = async (durable: ElectionDurable): Promise<void> => {
+  /**
+   * While not electable, nothing else may write (no candidacy; others may not ask for votes): try now and
+   * then. Both files: on a full disk the election record, written in place, still takes writes while the
+   * roster, written through a new file, does not (see filesNotWritten).
+   */
+  const probeStateWrite = async (s: ActorState): Promise<void> => {
     if (electable || clock.nowMs() - stateWriteFailedAtMs < stateWriteProbeIntervalMs) return;
     try {
-      // The record as it is on disk: writing it again changes nothing but tells whether the disk takes it.
-      await writeStateFile(ELECTION_FILE, JSON.stringify(durable));
+      // The records as they are on disk: writing them again changes nothing but tells whether the disk takes them.
+      if (!pinned) await writeRoster(s.roster.peers);
+      await writeElection(electionRecord.durable);
     } catch (err) {
       noteStateWriteFailure(err);
     }
-  };
-
-  const persistRoster = async (peers: RosterPeers): Promise<void> => {
-    await writeStateFile(ROSTER_FILE, encodeRosterFile(peers));
   };
 
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
@@ -425,7 +399,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofLostSiteClaims.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
       try {
-        await persistRoster(peers);
+        await writeRoster(peers);
       } catch (err) {
         // The election counts only with a roster on disk: keep the old one (following a leader needs no
         // writes) and try again with the next view.
@@ -448,7 +422,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const { peers, gone } = forgetRosterPeers(roster.peers, peerIds, upPeerIds(), self);
     if (gone.length === 0) return roster;
     try {
-      await persistRoster(peers);
+      await writeRoster(peers);
     } catch (err) {
       noteStateWriteFailure(err);
       return roster;
@@ -467,7 +441,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let startedOnce = false;
   const initialize = async (): Promise<ActorState> => {
     const nowMs = clock.nowMs();
-    const durable = await loadElection(init.dataDir);
+    // The record as last made durable: after a write that failed, what the disk holds may be newer, but it
+    // was never acted on, and the page cache may hold a record that never reached the disk.
+    const durable = electionRecord.durable;
     const peers = pinned ? new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(await loadRoster(init.dataDir), self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
     const roster: RosterState = { peers, persistedAtMs: 0 };
@@ -531,7 +507,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       switch (effect.type) {
         case 'persist':
           // Awaited: the vote or candidacy that follows in `effects` must not leave before it is durable.
-          await writeStateFile(ELECTION_FILE, JSON.stringify(effect.value));
+          await writeElection(effect.value);
           break;
         case 'send':
           sendMessage(effect.to, effect.message);
@@ -586,7 +562,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     let next: ActorState | null;
     try {
-      if (message.type === 'tick') await probeStateWrite(s.balancer.durable);
+      if (message.type === 'tick') await probeStateWrite(s);
       next = await stepAndPerform(s, message, fresh);
     } catch (err) {
       noteStateWriteFailure(err);
@@ -749,7 +725,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   membership.onViewChanged(viewChanged);
 
   ticker.postNow();
-  await ready.promise;
+  await ready.promise.catch(async (err: unknown) => {
+    await electionRecord.close();
+    throw err;
+  });
 
   return {
     leader() {
@@ -824,6 +803,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       } catch {
         // already stopped by its supervisor
       }
+      // Waits for a write in flight; a step still running after it finds the record closed and sends nothing.
+      await electionRecord.close();
     },
   };
 }

@@ -1,0 +1,94 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { SLOT_BYTES } from '../../durable-file.ts';
+import { ELECTION_RECORD_FILE, LEGACY_ELECTION_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
+
+async function dataDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-election-record-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const exists = (path: string): Promise<boolean> => stat(path).then(() => true, () => false);
+
+test('election record: an empty data dir reads term 0, no vote; the file comes with the first write and keeps the newest record', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  t.after(() => record.close());
+  assert.deepEqual(record.durable, { currentTerm: 0, votedFor: null });
+  assert.equal(await exists(join(dir, ELECTION_RECORD_FILE)), false, 'nothing written at start: a start on a full disk is not refused');
+  for (let term = 1; term <= 5; term++) {
+    await record.write({ currentTerm: term, votedFor: term % 2 === 0 ? null : `peer-${term}` });
+    assert.deepEqual(record.durable, { currentTerm: term, votedFor: term % 2 === 0 ? null : `peer-${term}` });
+  }
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 5, votedFor: 'peer-5' });
+  assert.equal((await stat(join(dir, ELECTION_RECORD_FILE))).size, 2 * SLOT_BYTES);
+});
+
+test('election record: a data dir of an earlier build keeps its term and vote; its file then points to the new one, which earlier builds refuse', async (t) => {
+  const dir = await dataDir(t);
+  await writeFile(join(dir, LEGACY_ELECTION_FILE), '{"currentTerm":41,"votedFor":"12D3KooWVoter"}\n');
+  const record = await openElectionRecord(dir);
+  assert.deepEqual(record.durable, { currentTerm: 41, votedFor: '12D3KooWVoter' });
+  // The first write (the next term or vote) creates the two-slot file and leaves the marker.
+  await record.write({ currentTerm: 42, votedFor: null });
+  await record.close();
+  const marker = JSON.parse(await readFile(join(dir, LEGACY_ELECTION_FILE), 'utf8')) as Record<string, unknown>;
+  assert.equal(marker.movedTo, ELECTION_RECORD_FILE);
+  // What earlier builds checked before they started (loadElection): no safe integer term, so they refuse.
+  assert.equal(Number.isSafeInteger(marker.currentTerm), false);
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 42, votedFor: null });
+  // The marker without its file is a record lost: refused, not read as no vote.
+  await rm(join(dir, ELECTION_RECORD_FILE));
+  await assert.rejects(openElectionRecord(dir), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ERR_BALANCER_STATE_FILE');
+    assert.match(err.message, /balancer-election\.rec is damaged \(missing, though balancer-election\.json says the record moved there\): restore it, or move it and balancer-election\.json away/);
+    return true;
+  });
+});
+
+test('election record: a migration cut off after the new file (the old record still in place) starts from the new file and leaves the marker', async (t) => {
+  const dir = await dataDir(t);
+  const first = await openElectionRecord(dir);
+  await first.write({ currentTerm: 9, votedFor: 'b' });
+  await first.close();
+  await writeFile(join(dir, LEGACY_ELECTION_FILE), '{"currentTerm":8,"votedFor":"a"}\n');
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 9, votedFor: 'b' });
+  assert.equal((JSON.parse(await readFile(join(dir, LEGACY_ELECTION_FILE), 'utf8')) as Record<string, unknown>).movedTo, ELECTION_RECORD_FILE);
+});
+
+test('election record: a torn newest slot reads as the record before it; both slots damaged stops the start with the file named', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  await record.write({ currentTerm: 3, votedFor: 'a' });
+  await record.write({ currentTerm: 4, votedFor: 'b' });
+  await record.close();
+  const path = join(dir, ELECTION_RECORD_FILE);
+  const handle = await open(path, 'r+');
+  try {
+    // The newest is in slot 1 (creation wrote slot 0); zeros over its payload, as a write torn by a power cut.
+    await handle.write(new Uint8Array(8), 0, 8, SLOT_BYTES + 20);
+    assert.deepEqual(await readElectionRecord(dir), { currentTerm: 3, votedFor: 'a' });
+    await handle.write(new Uint8Array(8), 0, 8, 20);
+  } finally {
+    await handle.close();
+  }
+  await assert.rejects(openElectionRecord(dir), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'ERR_BALANCER_STATE_FILE');
+    assert.match(err.message, /balancer-election\.rec is damaged \(neither of its two slots is whole\): restore it, or move it and balancer-election\.json away to start with no vote record/);
+    return true;
+  });
+});
+
+test('election record: a write after close is refused as a state write (ERR_BALANCER_STATE_WRITE), the record unchanged', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  await record.write({ currentTerm: 1, votedFor: 'a' });
+  await record.close();
+  await assert.rejects(record.write({ currentTerm: 2, votedFor: 'b' }), { code: 'ERR_BALANCER_STATE_WRITE' });
+  assert.deepEqual(record.durable, { currentTerm: 1, votedFor: 'a' });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 1, votedFor: 'a' });
+});
