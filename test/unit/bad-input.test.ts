@@ -751,12 +751,22 @@ test('a requestor that stops reading its answers is cut, but not while it still 
   await new Promise((resolve) => setTimeout(resolve, 3000));
   clock.advance(1000); // the idle timeout: the expiry waits behind the blocked write, the cut is armed (2 s)
   clock.advance(1500);
-  // The requestor reads 0.5 s before the cut would come (what one turn of the loop reads; a single read of
-  // 64 KiB is not seen: no drain at the peer): the peer's write moves on, the association handles the
-  // expiry and takes more requests, and its write blocks again.
+  // The requestor reads 0.5 s before the cut would come: the peer's write moves on, the association handles
+  // the expiry and takes more requests, and its write blocks again. It reads 1 MiB, counted: a single read of
+  // 64 KiB is not seen (no drain at the peer), and one turn of the loop read that little at times (CI, load ~3).
+  let readBytes = 0;
+  const countRead = (chunk: Buffer) => (readBytes += chunk.length);
+  socket.on('data', countRead); // the socket was paused on purpose: the listener does not resume it
   socket.resume();
-  await new Promise((resolve) => setImmediate(resolve));
+  const readEnough = runTimeDeadline(10_000);
+  try {
+    while (readBytes < 1024 * 1024 && !readEnough.passed()) await new Promise((resolve) => setImmediate(resolve));
+  } finally {
+    readEnough.stop();
+  }
   socket.pause();
+  socket.off('data', countRead);
+  assert.ok(readBytes >= 1024 * 1024, `the requestor read 1 MiB of answers (${readBytes} bytes)`);
   await settle();
   const readAtMs = clock.nowMs();
   // Then nothing more: cut once it has read nothing for the idle timeout (and the grace of an expiry that
