@@ -59,3 +59,31 @@ test('partial copies: bounded per peer, in all and in number, dropped after kept
   partials.keep('1.8', 'peer-a', await writerOf(10_000));
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'nothing kept once stopped');
 });
+
+test('partial copies: a part resumed and cut again is dropped keptMs after its first cut, not kept again for another keptMs', async (t) => {
+  // Its open upload holds the store's recovery checkpoint back (replica-store.ts openUploads): a part
+  // resumed and cut over and over (a sender that sends a byte a resume) must not hold it back for ever.
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  const store = createReplicaStore({ path: join(dir, 'store'), chunkBytes: 16 * 1024 });
+  await store.open();
+  t.after(async () => {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const clock = manualClock();
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, clock);
+  const writer = store.beginWrite();
+  await writer.write(randomBytes(10_000));
+  partials.keep('2.1', 'peer-a', writer);
+  for (let round = 0; round < 3; round += 1) {
+    clock.advance(25_000);
+    const resumed = partials.take('2.1', 'peer-a');
+    if (resumed === undefined) break;
+    await resumed.writer.write(randomBytes(1));
+    partials.keep('2.1', 'peer-a', resumed.writer);
+  }
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'dropped 60 s after its first cut, however often resumed');
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(store), 0, 'its chunks deleted');
+  partials.stop();
+});
