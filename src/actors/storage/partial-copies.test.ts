@@ -5,11 +5,12 @@
 import '../../polyfill.ts';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { manualClock } from '../../../test/support/manual-clock.ts';
+import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { PartialCopies, defaultPartialCopyLimits } from './partial-copies.ts';
 import { createReplicaStore, type InstanceWriter } from './replica-store.ts';
@@ -85,5 +86,33 @@ test('partial copies: a part resumed and cut again is dropped keptMs after its f
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'dropped 60 s after its first cut, however often resumed');
   for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
   assert.equal(await uncommittedChunks(store), 0, 'its chunks deleted');
+  partials.stop();
+});
+
+test('partial copies: a writer whose write failed (a full disk) is not kept, nor one kept before the store faulted handed out', async (t) => {
+  // Either would fail its resume at the first write, with the batch stream it came on (a write failure
+  // that is not a StoreError was kept again, and resumed and failed again, until it expired).
+  const tmpfs = tmpfsOrSkip(t, 24 * 1024 * 1024);
+  if (tmpfs === undefined) return;
+  const store = createReplicaStore({ path: join(tmpfs.mountPoint, 'store'), chunkBytes: 16 * 1024 });
+  await store.open();
+  t.after(async () => {
+    await store.close().catch(() => undefined);
+    tmpfs.unmount();
+  });
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, manualClock());
+  const before = store.beginWrite();
+  await before.write(randomBytes(20_000));
+  partials.keep('3.1', 'peer-a', before);
+  assert.deepEqual(partials.stats, { bytes: 20_000, copies: 1 });
+  await writeFile(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(22 * 1024 * 1024));
+  const failing = store.beginWrite();
+  let writeError: unknown;
+  for (let i = 0; i < 1024 && writeError === undefined; i += 1) await failing.write(randomBytes(64 * 1024)).catch((error: unknown) => (writeError = error));
+  assert.ok(writeError !== undefined, 'the filesystem never filled up');
+  partials.keep('3.2', 'peer-a', failing);
+  assert.equal(partials.take('3.2', 'peer-a'), undefined, 'a writer whose write failed is not kept');
+  assert.equal(partials.take('3.1', 'peer-a'), undefined, 'a part kept before the store faulted can never commit');
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
   partials.stop();
 });

@@ -69,8 +69,9 @@ export class PartialCopies {
   }
 
   /**
-   * Keeps an open writer whose transfer was cut (it must have had no write fail). Takes ownership: a writer
-   * that is empty or over the bounds is aborted here. Replaces (and aborts) an older partial of that UID.
+   * Keeps an open writer whose transfer was cut. Takes ownership: a writer that is empty, over the bounds,
+   * or no longer resumable (a write failed, the store faulted: its resume would fail at the first write)
+   * is aborted here. Replaces (and aborts) an older partial of that UID.
    */
   keep(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): void {
     this.drop(sopInstanceUid);
@@ -78,7 +79,7 @@ export class PartialCopies {
     const nowMs = this.clock.nowMs();
     const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? nowMs;
     const leftMs = firstKeptAtMs + this.limits.keptMs - nowMs;
-    if (this.stopped || bytes === 0 || bytes > this.limits.bytesPerPeerMax || bytes > this.limits.bytesMax || leftMs <= 0) {
+    if (this.stopped || bytes === 0 || bytes > this.limits.bytesPerPeerMax || bytes > this.limits.bytesMax || leftMs <= 0 || writer.resumable?.() === false) {
       void writer.abort();
       return;
     }
@@ -99,6 +100,11 @@ export class PartialCopies {
   take(sopInstanceUid: string, fromPeerId: string): { writer: InstanceWriter; offset: number } | undefined {
     const kept = this.byUid.get(sopInstanceUid);
     if (kept === undefined || kept.fromPeerId !== fromPeerId) return undefined;
+    // The store faulted since it was kept (or a chunk write it had in flight failed): it could not commit.
+    if (kept.writer.resumable?.() === false) {
+      this.drop(sopInstanceUid);
+      return undefined;
+    }
     this.forget(kept);
     return { writer: kept.writer, offset: kept.bytes };
   }
