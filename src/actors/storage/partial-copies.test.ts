@@ -8,14 +8,15 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { manualClock } from '../../../test/support/manual-clock.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { PartialCopies, defaultPartialCopyLimits } from './partial-copies.ts';
-import { createReplicaStore, type InstanceWriter } from './replica-store.ts';
+import { createReplicaStore, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
-test('partial copies: bounded per peer, in all and in number, dropped after keptMs; only the sending peer resumes', async (t) => {
+/** A real store in a temporary directory, closed and removed after the test. */
+async function openStore(t: TestContext): Promise<ReplicaStore> {
   const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
   const store = createReplicaStore({ path: join(dir, 'store'), chunkBytes: 16 * 1024 });
   await store.open();
@@ -23,6 +24,11 @@ test('partial copies: bounded per peer, in all and in number, dropped after kept
     await store.close();
     await rm(dir, { recursive: true, force: true });
   });
+  return store;
+}
+
+test('partial copies: bounded per peer, in all and in number, dropped after keptMs; only the sending peer resumes', async (t) => {
+  const store = await openStore(t);
   const writerOf = async (bytes: number): Promise<InstanceWriter> => {
     const writer = store.beginWrite();
     await writer.write(randomBytes(bytes));
@@ -64,13 +70,7 @@ test('partial copies: bounded per peer, in all and in number, dropped after kept
 test('partial copies: a part resumed and cut again is dropped keptMs after its first cut, not kept again for another keptMs', async (t) => {
   // Its open upload holds the store's recovery checkpoint back (replica-store.ts openUploads): a part
   // resumed and cut over and over (a sender that sends a byte a resume) must not hold it back for ever.
-  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
-  const store = createReplicaStore({ path: join(dir, 'store'), chunkBytes: 16 * 1024 });
-  await store.open();
-  t.after(async () => {
-    await store.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const store = await openStore(t);
   const clock = manualClock();
   const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, clock);
   const writer = store.beginWrite();
