@@ -443,30 +443,46 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     await Promise.all([other.stop(), restored.stop()]);
   });
 
-  it("redials a peer known only from its own connection once libp2p's peer store has let its addresses expire (an hour, or the wall clock stepped forward) (hunt 119)", { timeout: perTestTimeoutMs }, async () => {
-    // No announcements: the peer's own connection and its identify are all `other` knows of it.
+  /**
+   * `old` (started with `oldInit`) dials `other`, stops once identified, and comes back at its port with its
+   * identity but not its saved peers, the wall clock two hours on: only other's redial at the addresses of
+   * old's identify can bring them together (no announcements; libp2p's peer store keeps an address for an
+   * hour after it first saw it, by Date.now(), connected or not, and dials nothing after that).
+   */
+  async function redialsPeerKnownFromItsConnection(oldInit: Partial<MeshNodeInit>): Promise<void> {
     const tuning = { peerAnnounceIntervalMs: 0, knownPeersWriteDelayMs: 50 };
     const other = await start({ tuning });
     const otherDir = dirs[dirs.length - 1]!;
-    const old = await start({ tuning });
+    const old = await start({ ...oldInit, tuning });
     const oldDir = dirs[dirs.length - 1]!;
     const port = portOf(loopbackAddress(old));
     await old.dial(loopbackAddress(other), { signal: runTimeSignal(5000) });
     await waitFor('the peer that dialled identified (its addresses saved)', () => savedIn(otherDir, old.peerId), 10_000);
-    // The peer store keeps an address for an hour after it first saw it, by Date.now(), connected or not.
     const undo = stepWallClock(2 * 3_600_000);
     try {
       await old.stop();
       await waitFor('other to notice the peer is gone', () => !other.connectedPeers().includes(old.peerId));
-      // Restarted where it was, with its identity but without its saved peers: only other's redial can bring them together.
       await rm(join(oldDir, 'known-peers.json'), { force: true });
-      const restarted = await start({ dataDir: oldDir, p2pPort: port, tuning });
+      const restarted = await start({ ...oldInit, dataDir: oldDir, p2pPort: port, tuning });
       assert.equal(restarted.peerId, old.peerId);
       await waitFor('other redials the restarted peer', () => other.connectedPeers().includes(restarted.peerId), 15_000);
       await Promise.all([other.stop(), restarted.stop()]);
     } finally {
       undo();
     }
+  }
+
+  it("redials a peer known only from its own connection once libp2p's peer store has let its addresses expire (an hour, or the wall clock stepped forward) (hunt 119)", { timeout: perTestTimeoutMs }, async () => {
+    await redialsPeerKnownFromItsConnection({});
+  });
+
+  it('redials a peer known only from its own connection at the address its identify listed first, when it listed more than the 8 kept', { timeout: perTestTimeoutMs }, async () => {
+    // Targets kept the last 8 addresses, and savedAddressesOf puts first those on the address the peer
+    // connected from: a host listing 9 or more (0.0.0.0 on a machine with many interfaces) was redialled
+    // only at the others. Here the 8 after the real one lead nowhere.
+    const port = await getFreePort();
+    const nowhere = await Promise.all(Array.from({ length: 8 }, () => getFreePort()));
+    await redialsPeerKnownFromItsConnection({ p2pPort: port, announce: [port, ...nowhere].map((p) => `/ip4/127.0.0.1/tcp/${p}`) });
   });
 
   it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', { timeout: perTestTimeoutMs }, async () => {

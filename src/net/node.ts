@@ -381,6 +381,9 @@ function dialableAddrs(t: Target): Multiaddr[] {
   });
 }
 
+/** Addresses a reconnect target keeps (a peer's identify or announcement may list many). */
+const reconnectAddrsMax = 8;
+
 /** The higher PeerId of a pair waits this many reconnectMinDelayMs before dialling (see firstDialDelayTo). */
 const higherPeerDialDelayFactor = 4;
 
@@ -446,7 +449,7 @@ class Reconnector {
     const usable = addrs.filter((a) => peerIdOf(a) === peerId && !this.isOwnAddress(a) && !bootstrapAddrs.some((b) => b.equals(a.decapsulateCode(P2P_CODE))));
     if (usable.length === 0) return false;
     const delay = this.firstDialDelayTo(peerId);
-    this.targets.set(peerId, { key: peerId, peerId, addrs: usable.slice(-8), bootstrap: false, saved: true, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: 0 });
+    this.targets.set(peerId, { key: peerId, peerId, addrs: usable.slice(0, reconnectAddrsMax), bootstrap: false, saved: true, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: 0 });
     this.evict();
     this.scheduleWithin(delay);
     return true;
@@ -488,13 +491,13 @@ class Reconnector {
       // A saved peer connected or announced: an ordinary learnt one from now on, dialled where it says it is.
       if (existing.saved && addrs.length > 0) existing.addrs = [];
       existing.saved = false;
-      for (const a of addrs) if (!existing.addrs.some((b) => b.equals(a))) existing.addrs.push(a);
-      existing.addrs = existing.addrs.slice(-8);
+      // The newest first, in the order given (savedAddressesOf's best first): the cut to 8 takes the oldest.
+      existing.addrs = [...addrs, ...existing.addrs.filter((b) => !addrs.some((a) => a.equals(b)))].slice(0, reconnectAddrsMax);
       existing.lastSeen = performance.now();
       return;
     }
     const delay = this.firstDialDelayTo(peerId);
-    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(-8), bootstrap: false, saved: false, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: performance.now() });
+    this.targets.set(peerId, { key: peerId, peerId, addrs: addrs.slice(0, reconnectAddrsMax), bootstrap: false, saved: false, attempts: 0, nextAt: performance.now() + delay, dialing: false, lastSeen: performance.now() });
     this.evict();
     this.schedule(delay);
   }

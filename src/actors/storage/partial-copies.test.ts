@@ -5,16 +5,18 @@
 import '../../polyfill.ts';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { manualClock } from '../../../test/support/manual-clock.ts';
+import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { PartialCopies, defaultPartialCopyLimits } from './partial-copies.ts';
-import { createReplicaStore, type InstanceWriter } from './replica-store.ts';
+import { createReplicaStore, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
-test('partial copies: bounded per peer, in all and in number, dropped after keptMs; only the sending peer resumes', async (t) => {
+/** A real store in a temporary directory, closed and removed after the test. */
+async function openStore(t: TestContext): Promise<ReplicaStore> {
   const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
   const store = createReplicaStore({ path: join(dir, 'store'), chunkBytes: 16 * 1024 });
   await store.open();
@@ -22,6 +24,11 @@ test('partial copies: bounded per peer, in all and in number, dropped after kept
     await store.close();
     await rm(dir, { recursive: true, force: true });
   });
+  return store;
+}
+
+test('partial copies: bounded per peer, in all and in number, dropped after keptMs; only the sending peer resumes', async (t) => {
+  const store = await openStore(t);
   const writerOf = async (bytes: number): Promise<InstanceWriter> => {
     const writer = store.beginWrite();
     await writer.write(randomBytes(bytes));
@@ -58,4 +65,54 @@ test('partial copies: bounded per peer, in all and in number, dropped after kept
   partials.stop();
   partials.keep('1.8', 'peer-a', await writerOf(10_000));
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'nothing kept once stopped');
+});
+
+test('partial copies: a part resumed and cut again is dropped keptMs after its first cut, not kept again for another keptMs', async (t) => {
+  // Its open upload holds the store's recovery checkpoint back (replica-store.ts openUploads): a part
+  // resumed and cut over and over (a sender that sends a byte a resume) must not hold it back for ever.
+  const store = await openStore(t);
+  const clock = manualClock();
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, clock);
+  const writer = store.beginWrite();
+  await writer.write(randomBytes(10_000));
+  partials.keep('2.1', 'peer-a', writer);
+  for (let round = 0; round < 3; round += 1) {
+    clock.advance(25_000);
+    const resumed = partials.take('2.1', 'peer-a');
+    if (resumed === undefined) break;
+    await resumed.writer.write(randomBytes(1));
+    partials.keep('2.1', 'peer-a', resumed.writer);
+  }
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'dropped 60 s after its first cut, however often resumed');
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(store), 0, 'its chunks deleted');
+  partials.stop();
+});
+
+test('partial copies: a writer whose write failed (a full disk) is not kept, nor one kept before the store faulted handed out', async (t) => {
+  // Either would fail its resume at the first write, with the batch stream it came on (a write failure
+  // that is not a StoreError was kept again, and resumed and failed again, until it expired).
+  const tmpfs = tmpfsOrSkip(t, 24 * 1024 * 1024);
+  if (tmpfs === undefined) return;
+  const store = createReplicaStore({ path: join(tmpfs.mountPoint, 'store'), chunkBytes: 16 * 1024 });
+  await store.open();
+  t.after(async () => {
+    await store.close().catch(() => undefined);
+    tmpfs.unmount();
+  });
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, manualClock());
+  const before = store.beginWrite();
+  await before.write(randomBytes(20_000));
+  partials.keep('3.1', 'peer-a', before);
+  assert.deepEqual(partials.stats, { bytes: 20_000, copies: 1 });
+  await writeFile(join(tmpfs.mountPoint, 'ballast'), Buffer.alloc(22 * 1024 * 1024));
+  const failing = store.beginWrite();
+  let writeError: unknown;
+  for (let i = 0; i < 1024 && writeError === undefined; i += 1) await failing.write(randomBytes(64 * 1024)).catch((error: unknown) => (writeError = error));
+  assert.ok(writeError !== undefined, 'the filesystem never filled up');
+  partials.keep('3.2', 'peer-a', failing);
+  assert.equal(partials.take('3.2', 'peer-a'), undefined, 'a writer whose write failed is not kept');
+  assert.equal(partials.take('3.1', 'peer-a'), undefined, 'a part kept before the store faulted can never commit');
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  partials.stop();
 });

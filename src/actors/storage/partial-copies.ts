@@ -7,7 +7,8 @@
  * Nothing here is trusted: the writer's running SHA-256 covers the kept bytes and the rest, and the commit
  * checks it against the sender's entry, so a partial that does not match stores nothing (the sender then
  * sends the whole copy). Bounded: bytes kept per sending peer and in all, and partial copies in all (the
- * oldest are dropped to make room), and each is dropped after `keptMs`. The kept bytes are chunks in the blob database (the
+ * oldest are dropped to make room), and each is dropped `keptMs` after its first cut (resumed and cut again
+ * or not: its open upload holds the store's recovery checkpoint back). The kept bytes are chunks in the blob database (the
  * writer holds less than one chunk in memory); a restart drops them with every other unfinished upload.
  */
 import type { Clock, TimerHandle } from '../runtime/clock.ts';
@@ -21,7 +22,7 @@ export interface PartialCopyLimits {
   bytesMax: number;
   /** Partial copies kept at most: each open writer holds less than a chunk (64 KiB) and a small-piece buffer in memory. */
   copiesMax: number;
-  /** A partial copy not resumed within this long is dropped. */
+  /** A partial copy is dropped this long after its first cut, however often it was resumed and cut again. */
   keptMs: number;
 }
 
@@ -43,6 +44,11 @@ interface Partial {
 /** Partial copies by SOP Instance UID (one each), oldest first. */
 export class PartialCopies {
   private readonly byUid = new Map<string, Partial>();
+  /**
+   * When each writer was first kept: its open upload holds the store's recovery checkpoint back, so a part
+   * resumed and cut again must not win another keptMs each time (a byte a resume would hold it for ever).
+   */
+  private readonly firstKeptAtMs = new WeakMap<InstanceWriter, number>();
   private bytesKept = 0;
   private keptCount = 0;
   private stopped = false;
@@ -63,13 +69,17 @@ export class PartialCopies {
   }
 
   /**
-   * Keeps an open writer whose transfer was cut (it must have had no write fail). Takes ownership: a writer
-   * that is empty or over the bounds is aborted here. Replaces (and aborts) an older partial of that UID.
+   * Keeps an open writer whose transfer was cut. Takes ownership: a writer that is empty, over the bounds,
+   * or no longer resumable (a write failed, the store faulted: its resume would fail at the first write)
+   * is aborted here. Replaces (and aborts) an older partial of that UID.
    */
   keep(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): void {
     this.drop(sopInstanceUid);
     const bytes = writer.bytesWritten;
-    if (this.stopped || bytes === 0 || bytes > this.limits.bytesPerPeerMax || bytes > this.limits.bytesMax) {
+    const nowMs = this.clock.nowMs();
+    const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? nowMs;
+    const leftMs = firstKeptAtMs + this.limits.keptMs - nowMs;
+    if (this.stopped || bytes === 0 || bytes > this.limits.bytesPerPeerMax || bytes > this.limits.bytesMax || leftMs <= 0 || writer.resumable?.() === false) {
       void writer.abort();
       return;
     }
@@ -79,7 +89,8 @@ export class PartialCopies {
       if (!overall && this.peerBytes(fromPeerId) + bytes <= this.limits.bytesPerPeerMax) break;
       if (overall || partial.fromPeerId === fromPeerId) this.drop(partial.sopInstanceUid);
     }
-    const timer = this.clock.setTimeout(() => this.drop(sopInstanceUid), this.limits.keptMs);
+    this.firstKeptAtMs.set(writer, firstKeptAtMs);
+    const timer = this.clock.setTimeout(() => this.drop(sopInstanceUid), leftMs);
     this.byUid.set(sopInstanceUid, { sopInstanceUid, fromPeerId, writer, bytes, timer });
     this.bytesKept += bytes;
     this.keptCount += 1;
@@ -89,6 +100,11 @@ export class PartialCopies {
   take(sopInstanceUid: string, fromPeerId: string): { writer: InstanceWriter; offset: number } | undefined {
     const kept = this.byUid.get(sopInstanceUid);
     if (kept === undefined || kept.fromPeerId !== fromPeerId) return undefined;
+    // The store faulted since it was kept (or a chunk write it had in flight failed): it could not commit.
+    if (kept.writer.resumable?.() === false) {
+      this.drop(sopInstanceUid);
+      return undefined;
+    }
     this.forget(kept);
     return { writer: kept.writer, offset: kept.bytes };
   }

@@ -190,6 +190,12 @@ export interface InstanceWriter {
   commit(sopInstanceUid: string, buildEntry: (info: CommitInfo) => CatalogEntry): Promise<CommitResult>;
   abort(): Promise<void>;
   /**
+   * Whether bytes written from here on could still commit: open, no write failed, and the store has not
+   * faulted since the writer began (its reopening deletes the chunks of open uploads). What partial-copies.ts
+   * keeps for a resume; optional for other writers.
+   */
+  resumable?(): boolean;
+  /**
    * SHA-256 (hex) of the bytes written so far, without ending the writer: lets custody admit a store
    * (which needs the hash) before the commit, without hashing every byte twice. Optional for other writers.
    */
@@ -1368,6 +1374,16 @@ class LevelInstanceWriter implements InstanceWriter {
 
   sha256SoFar(): string {
     return this.hash.copy().digest('hex');
+  }
+
+  resumable(): boolean {
+    if (this.state !== 'open' || this.failure !== undefined) return false;
+    try {
+      this.store.assertWritable(this.faultEpoch);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** The small pieces so far go to `pending`, in a copy of their own (the buffer is reused). */
