@@ -82,17 +82,13 @@ function encodeSlot(sequence: number, payload: Uint8Array): Uint8Array {
   view.setBigUint64(4, BigInt(sequence));
   view.setUint16(12, payload.length);
   slot.set(payload, SLOT_HEADER_BYTES);
-  view.setUint32(14, crc32(slotChecked(slot)));
+  view.setUint32(14, slotCrc(slot, payload.length));
   return slot;
 }
 
-/** The bytes the CRC covers: sequence, length and payload (the magic only says what the file is). */
-function slotChecked(slot: Uint8Array): Uint8Array {
-  const length = new DataView(slot.buffer, slot.byteOffset).getUint16(12);
-  const checked = new Uint8Array(10 + length);
-  checked.set(slot.subarray(4, 14), 0);
-  checked.set(slot.subarray(SLOT_HEADER_BYTES, SLOT_HEADER_BYTES + length), 10);
-  return checked;
+/** CRC-32 of what a slot's checksum covers: sequence, length and payload (the magic only says what the file is). */
+function slotCrc(slot: Uint8Array, payloadBytes: number): number {
+  return crc32(slot.subarray(SLOT_HEADER_BYTES, SLOT_HEADER_BYTES + payloadBytes), crc32(slot.subarray(4, 14)));
 }
 
 /** A whole slot's sequence and payload; null for a slot never written, torn or otherwise damaged. */
@@ -102,7 +98,7 @@ function decodeSlot(slot: Uint8Array): { sequence: number; payload: Uint8Array }
   if (view.getUint32(0) !== SLOT_MAGIC) return null;
   const length = view.getUint16(12);
   if (SLOT_HEADER_BYTES + length > slot.length) return null;
-  if (view.getUint32(14) !== crc32(slotChecked(slot))) return null;
+  if (view.getUint32(14) !== slotCrc(slot, length)) return null;
   const sequence = view.getBigUint64(4);
   if (sequence > BigInt(Number.MAX_SAFE_INTEGER)) return null;
   return { sequence: Number(sequence), payload: slot.slice(SLOT_HEADER_BYTES, SLOT_HEADER_BYTES + length) };
