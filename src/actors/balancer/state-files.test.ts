@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -48,6 +48,25 @@ test('election record: a data dir of an earlier build keeps its term and vote; i
     assert.match(err.message, /balancer-election\.rec is damaged \(missing, though balancer-election\.json says the record moved there\): restore it, or move it and balancer-election\.json away/);
     return true;
   });
+});
+
+test('election record: a migration cut off before the new file exists leaves a marker earlier builds refuse, and this build starts from the record before it', async (t) => {
+  const dir = await dataDir(t);
+  await writeFile(join(dir, LEGACY_ELECTION_FILE), '{"currentTerm":41,"votedFor":"12D3KooWVoter"}\n');
+  const record = await openElectionRecord(dir);
+  // A directory where the file goes: creating it fails as a crash at that moment would leave things (no file).
+  await mkdir(join(dir, ELECTION_RECORD_FILE, 'in-the-way'), { recursive: true });
+  await assert.rejects(record.write({ currentTerm: 42, votedFor: null }), { code: 'ERR_BALANCER_STATE_WRITE' });
+  await record.close();
+  const marker = JSON.parse(await readFile(join(dir, LEGACY_ELECTION_FILE), 'utf8')) as Record<string, unknown>;
+  assert.equal(Number.isSafeInteger(marker.currentTerm), false, 'earlier builds refuse the data dir from here on');
+  await rm(join(dir, ELECTION_RECORD_FILE), { recursive: true });
+  const restarted = await openElectionRecord(dir);
+  assert.deepEqual(restarted.durable, { currentTerm: 41, votedFor: '12D3KooWVoter' }, 'the write never resolved: the record before it');
+  await restarted.write({ currentTerm: 42, votedFor: null });
+  await restarted.close();
+  assert.deepEqual(JSON.parse(await readFile(join(dir, LEGACY_ELECTION_FILE), 'utf8')), JSON.parse(JSON.stringify({ movedTo: ELECTION_RECORD_FILE, note: marker.note })), 'once the file exists the marker no longer holds a record');
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 42, votedFor: null });
 });
 
 test('election record: a migration cut off after the new file (the old record still in place) starts from the new file and leaves the marker', async (t) => {

@@ -80,8 +80,23 @@ const movedMarker = {
   note: 'the election record is in balancer-election.rec; builds that read this file instead refuse to start here',
 } as const;
 
+/**
+ * What `balancer-election.json` holds while the two-slot file is being created: earlier builds already refuse it
+ * (a crash here followed by a downgrade must not start them from an older record), and this build starts from
+ * `recordBeforeMove` when the crash left no `.rec`.
+ */
+function movingMarker(recordBeforeMove: ElectionDurable) {
+  return { movedTo: ELECTION_RECORD_FILE, recordBeforeMove, note: movedMarker.note };
+}
+
 function isMovedMarker(v: unknown): boolean {
   return typeof v === 'object' && v !== null && (v as Record<string, unknown>).movedTo === ELECTION_RECORD_FILE;
+}
+
+function isMovingMarker(v: unknown): v is Record<string, unknown> & { recordBeforeMove: ElectionDurable } {
+  if (!isMovedMarker(v)) return false;
+  const before = (v as Record<string, unknown>).recordBeforeMove;
+  return typeof before === 'object' && before !== null && isElectionDurable(before as Record<string, unknown>);
 }
 
 function isElectionDurable(v: Record<string, unknown>): boolean {
@@ -92,6 +107,7 @@ function isElectionDurable(v: Record<string, unknown>): boolean {
 async function loadLegacyElection(dataDir: string): Promise<ElectionDurable | null> {
   const v = (await readJson(dataDir, LEGACY_ELECTION_FILE)) as Record<string, unknown> | null;
   if (v === null) return null;
+  if (isMovingMarker(v)) return { currentTerm: v.recordBeforeMove.currentTerm, votedFor: v.recordBeforeMove.votedFor };
   if (isMovedMarker(v)) throw damaged(dataDir, ELECTION_RECORD_FILE, `missing, though ${LEGACY_ELECTION_FILE} says the record moved there`);
   // Guessing a term could let this peer vote twice in one: refuse to start instead.
   if (typeof v !== 'object' || !isElectionDurable(v)) throw damaged(dataDir, LEGACY_ELECTION_FILE, 'not an election record');
@@ -161,6 +177,8 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
         const payload = encodeElectionRecord(next);
         if (closed) throw new SlotFileError('ERR_SLOT_FILE_CLOSED', 'the balancer stopped');
         if (file === null) {
+          // The marker goes first and must succeed: with the `.rec` but the old record beside it, a downgrade would start from that record.
+          await writeFileDurably(join(dataDir, LEGACY_ELECTION_FILE), `${JSON.stringify(movingMarker(durable))}\n`);
           file = await createTwoSlotFile(path, payload);
           await markMoved(dataDir);
         } else {
@@ -185,10 +203,11 @@ export async function readElectionRecord(dataDir: string): Promise<ElectionDurab
   return record.durable;
 }
 
-/** Leaves earlier builds a legacy file they refuse to start on; best effort (the record itself is durable). */
+/** Leaves earlier builds a legacy file they refuse to start on, without the record from before the move; best effort (the record itself is durable). */
 async function markMoved(dataDir: string): Promise<void> {
   try {
-    if (isMovedMarker(JSON.parse(await readFile(join(dataDir, LEGACY_ELECTION_FILE), 'utf8')))) return;
+    const v: unknown = JSON.parse(await readFile(join(dataDir, LEGACY_ELECTION_FILE), 'utf8'));
+    if (isMovedMarker(v) && !isMovingMarker(v)) return;
   } catch {
     // Absent or unreadable: write the marker.
   }
