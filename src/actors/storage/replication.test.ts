@@ -791,6 +791,17 @@ test('a sender that predates resumes (no resumable in its offer) gets no offsets
   assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part dropped: the copy came whole');
 });
 
+test('a kept part is dropped once its instance is stored here another way (here a local ingest), not kept until keptMs', { timeout: 60_000 }, async (t) => {
+  const { receiverStore, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(1_500_000);
+  const uid = '1.2.3.123.1';
+  assert.ok((await pushCut(uid, bytes, 500_000)) > 0);
+  await storeLocally(receiverStore, uid, bytes);
+  for (const deadline = Date.now() + 5000; (serving.partialCopies.stats.copies > 0 || (await uncommittedChunks(receiverStore)) > 0) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part was dropped');
+  assert.equal(await uncommittedChunks(receiverStore), 0, 'its chunks deleted');
+});
+
 test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { timeout: 60_000 }, async (t) => {
   // Each part kept is 0.8-1.4 MB (cut after 0.8 MB went through); two are over the bound.
   const { serving, pushCut } = await nodesOverLink(t, { bytesPerPeerMax: 1_500_000, keptMs: 6_000 });

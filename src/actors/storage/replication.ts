@@ -37,6 +37,7 @@
 import { EnvelopeError, decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
+import { systemClock } from '../runtime/clock.ts';
 import { startDeadline, withDeadline } from '../runtime/deadline.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
@@ -578,7 +579,7 @@ export interface ReplicationServer {
 export async function serveReplication(init: ReplicationServerInit): Promise<ReplicationServer> {
   const limits = { ...defaultReplicationLimits, ...init.limits };
   const { node, store, log } = init;
-  const partials = new PartialCopies({ ...defaultPartialCopyLimits, ...init.partialCopyLimits });
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, ...init.partialCopyLimits }, systemClock, store);
   const replicateSlots = new Slots(limits.inboundReplicationsMax);
   const pushSlots = new Slots(limits.inboundPushesMax);
   const fetchSlots = new Slots(limits.inboundFetchesMax);
