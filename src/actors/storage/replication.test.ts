@@ -816,16 +816,16 @@ test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { ti
 });
 
 test('custody messages behind a copy on a slow link are not given up while the copy drains: their deadline counts from its last progress (hunt 121)', { timeout: 90_000 }, async (t) => {
-  const { sender, receiver, senderStore, messages } = await nodesOverLink(t, undefined, 200_000);
+  const { sender, receiver, senderStore, messages, bulkInFlight } = await nodesOverLink(t, undefined, 200_000);
   // A copy of 3 MB: ~15 s at 200 KB/s, its writes paced by the receiver's window updates; what the kernel
   // holds in front of anything sent after it (~0.5 MB) is ~2.5 s, past a 1.5 s deadline counted from the send.
   const entry = await storeLocally(senderStore, '1.2.3.121.5', randomBytes(3_000_000));
-  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry], { bulkInFlight });
   const sends: Array<Promise<unknown>> = [];
   for (let i = 0; i < 5; i++) {
     await new Promise((r) => setTimeout(r, 1_000));
     const message: CustodyMessage = { type: 'replicaAck', sopInstanceUid: `1.2.3.121.6.${i}`, siteName: 'site-a' };
-    sends.push(sendCustodyMessage(sender, receiver.peerId, message, { limits: { exchangeTimeoutMs: 1_500 } }).then(() => 'sent', (error: unknown) => String(error)));
+    sends.push(sendCustodyMessage(sender, receiver.peerId, message, { limits: { exchangeTimeoutMs: 1_500 }, bulkInFlight }).then(() => 'sent', (error: unknown) => String(error)));
   }
   const outcomes = await Promise.all(sends);
   const [copied] = await copy;

@@ -47,7 +47,7 @@ import { digestBucketCount, digestHashBytes, digestLeavesPerBucket } from './cus
 import type { BatchPhases } from './custody/peer-batches.ts';
 import { PUSH_PROTOCOL, copiesArrivingRepeatMs, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
-import { bulkDrainedAtMs, bulkStarted } from './bulk-in-flight.ts';
+import type { BulkInFlight } from './bulk-in-flight.ts';
 import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
 import { StoreError, replicaEntryBuilder, type CommitResult, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
@@ -865,6 +865,11 @@ export interface ClientOptions {
   signal?: AbortSignal;
   /** A batch transfer (replicateBatchTo, fetchBatchFrom) says when its bytes start and stop flowing. */
   phases?: BatchPhases;
+  /**
+   * The node's copies in flight per peer (bulk-in-flight.ts): replicateBatchTo counts its batch there, and
+   * sendCustodyMessages waits behind those; without it, neither is counted nor waited for.
+   */
+  bulkInFlight?: BulkInFlight;
 }
 
 /** withStream under a deadline of its own (and `options.signal`), its timer cleared when the exchange ends. */
@@ -921,7 +926,7 @@ export async function replicateBatchTo(
   const transfer = startDeadline(limits.transferTimeoutMs, options.signal);
   const stall = stallWatch(transfer.signal, limits.stallTimeoutMs);
   const { signal, touch } = stall;
-  const ended = bulkStarted(node, peerId);
+  const ended = options.bulkInFlight?.started(peerId) ?? (() => undefined);
   try {
     return await replicateBatchOver(node, peerId, store, entries, offer, limits, options, signal, touch);
   } catch (error) {
@@ -1148,7 +1153,7 @@ export async function sendCustodyMessage(node: MeshNode, peerId: string, message
 
 /**
  * Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. Its deadline,
- * exchangeTimeoutMs, counts from when no copy of ours to that peer is in flight any more (bulk-in-flight.ts):
+ * exchangeTimeoutMs, counts from when no copy of ours to that peer is in flight any more (`options.bulkInFlight`):
  * on a slow link the messages wait behind the copies' bytes already handed to the connection, and are not
  * given up while those drain; stallTimeoutMs bounds the whole.
  */
@@ -1156,7 +1161,7 @@ export async function sendCustodyMessages(node: MeshNode, peerId: string, messag
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
   const whole = startDeadline(Math.max(limits.exchangeTimeoutMs, limits.stallTimeoutMs), options.signal);
-  const behindCopies = stallWatch(whole.signal, limits.exchangeTimeoutMs, () => bulkDrainedAtMs(node, peerId));
+  const behindCopies = stallWatch(whole.signal, limits.exchangeTimeoutMs, () => options.bulkInFlight?.drainedAtMs(peerId) ?? Number.NEGATIVE_INFINITY);
   try {
     await withStream(node, peerId, CUSTODY_PROTOCOL, behindCopies.signal, async (stream) => {
       // Staged, so the messages share frames (closeWrite sends what is still held).
