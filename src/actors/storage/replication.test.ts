@@ -815,6 +815,20 @@ test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { ti
   assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'dropped after keptMs');
 });
 
+test('a batch whose stored copy is one large chunk is not given up as stalled while its bytes cross a slow link (hunt 123)', { timeout: 60_000 }, async (t) => {
+  // Progress was counted per stored chunk, and a chunk can be a whole instance: this one takes ~8 s of
+  // the link, twice the stall limit, so the batch was given up half-way with its bytes flowing.
+  const { sender, receiver, senderStore, receiverStore } = await nodesOverLink(t);
+  const bytes = randomBytes(8_000_000);
+  const entry = await storeLocally(senderStore, '1.2.3.123.2', bytes);
+  let chunks = 0;
+  for await (const _ of senderStore.readInstance(entry)) chunks += 1;
+  assert.equal(chunks, 1, 'written in one piece, stored as one chunk');
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry], { limits: { stallTimeoutMs: 4_000 } });
+  assert.deepEqual(outcome, { sopInstanceUid: '1.2.3.123.2', outcome: 'stored', siteName: 'site-b' });
+  assert.equal((await receiverStore.getEntry('1.2.3.123.2'))?.sha256, entry.sha256);
+});
+
 test('custody messages behind a copy on a slow link are not given up while the copy drains: their deadline counts from its last progress (hunt 121)', { timeout: 90_000 }, async (t) => {
   const { sender, receiver, senderStore, messages, bulkInFlight } = await nodesOverLink(t, undefined, 200_000);
   // A copy of 3 MB: ~15 s at 200 KB/s, its writes paced by the receiver's window updates; what the kernel

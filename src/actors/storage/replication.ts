@@ -193,6 +193,16 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
   return outcome;
 }
 
+/**
+ * A stored chunk goes to the stream in pieces of at most this many bytes, each one progress for the
+ * stall rule (stallTimeoutMs, 60 s, at 256 KiB a piece: links down to ~4.4 KB/s). A chunk can be a whole
+ * instance (one written in a single piece: the chunk is whatever the writer held when it flushed), and
+ * one such chunk of 10 MB took 100 s at 100 KB/s, so a batch whose bytes flowed steadily was given up as
+ * stalled ~60 s into it, and offered again to be cut the same way (hunt 123; hunt 121's stall at load 30
+ * was this: its resumed 6.47 MB were one chunk's tail, 65 s of the link).
+ */
+const progressPieceBytesMax = 256 * 1024;
+
 /** Filler for the part of a body that could not be read here (see writeBody). */
 const fillerChunk = new Uint8Array(64 * 1024);
 
@@ -235,10 +245,19 @@ async function writeBody(
         finished = true;
         break;
       }
-      if (gather) await stream.writer.gather(next.value, { signal });
-      else await stream.writer.write(next.value, { signal });
-      onProgress();
-      sent += next.value.byteLength;
+      const chunk = next.value;
+      if (chunk.byteLength > progressPieceBytesMax) {
+        // Written, not gathered: gathered, a piece this large would only be copied into the next send.
+        for (let at = 0; at < chunk.byteLength; at += progressPieceBytesMax) {
+          await stream.writer.write(chunk.subarray(at, Math.min(chunk.byteLength, at + progressPieceBytesMax)), { signal });
+          onProgress();
+        }
+      } else {
+        if (gather) await stream.writer.gather(chunk, { signal });
+        else await stream.writer.write(chunk, { signal });
+        onProgress();
+      }
+      sent += chunk.byteLength;
     }
   } finally {
     // A write that failed closes the read, and the LevelDB iterator behind it, now rather than at GC.
