@@ -123,7 +123,6 @@ test('partial copies: a part is dropped once its instance is stored by any path,
   // that came whole, a pull, a local ingest) until its keptMs or the next offer of that instance.
   const store = await openStore(t);
   const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, manualClock(), store);
-  t.after(() => partials.stop());
   const bytes = randomBytes(100_000);
   const storeWhole = async (uid: string): Promise<void> => {
     const writer = store.beginWrite();
@@ -156,4 +155,6 @@ test('partial copies: a part is dropped once its instance is stored by any path,
   await storeWhole('4.4');
   await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(partials.stats, { bytes: 40_000, copies: 1 });
+  partials.stop();
+  await droppedWithItsChunks('dropped when stopped');
 });
