@@ -18,7 +18,7 @@ const sizeBytes = Math.round(Number(values['size-mb']) * 1_000_000);
 const bytesPerSecond = Number(values['bytes-per-second']);
 const messageCount = Number(values.messages);
 
-const { sender, receiver, senderStore, messages, storeAtSender, stop } = await startReplicationOverLink({ bytesPerSecond });
+const { sender, receiver, senderStore, messages, bulkInFlight, storeAtSender, stop } = await startReplicationOverLink({ bytesPerSecond });
 // When each message arrived, by the UID it carries (afterUid for the repair messages).
 const arrivedAtMs = {
   has: (uid: string) => messages.some(({ message }) => ('sopInstanceUid' in message ? message.sopInstanceUid : 'afterUid' in message ? message.afterUid : undefined) === uid),
@@ -28,7 +28,7 @@ try {
   const entries = [];
   for (let c = 0; c < copies; c++) entries.push(await storeAtSender(`1.2.3.121.200.${c}`, randomBytes(sizeBytes)));
   const startMs = performance.now();
-  const copy = Promise.all(entries.map((entry) => replicateBatchTo(sender, receiver.peerId, senderStore, [entry]))).then(() => performance.now() - startMs);
+  const copy = Promise.all(entries.map((entry) => replicateBatchTo(sender, receiver.peerId, senderStore, [entry], { bulkInFlight }))).then(() => performance.now() - startMs);
   const sends: Array<Promise<{ i: number; sentAtS: number; sendMs: number; arrivedMs: number | null; error?: string }>> = [];
   for (let i = 0; i < messageCount; i++) {
     await new Promise((r) => setTimeout(r, 1000));
@@ -43,6 +43,7 @@ try {
           : kind === 'digest'
             ? { type: 'repairDigest', buckets: Array.from({ length: 256 }, () => randomBytes(32).toString('hex')), afterUid: messageUid }
             : { type: 'repairLeaves', buckets: Array.from({ length: 32 }, (_, b) => b), leafHashes: randomBytes(32 * 256 * 32), afterUid: messageUid },
+        { bulkInFlight },
       ).then(
         () => ({ i, sentAtS: Math.round((at - startMs) / 100) / 10, sendMs: Math.round(performance.now() - at), arrivedMs: arrivedAtMs.has(messageUid) ? Math.round(arrivedAtMs.get(messageUid)! - at) : null }),
         (error: unknown) => ({ i, sentAtS: Math.round((at - startMs) / 100) / 10, sendMs: Math.round(performance.now() - at), arrivedMs: arrivedAtMs.has(messageUid) ? Math.round(arrivedAtMs.get(messageUid)! - at) : null, error: String(error).slice(0, 120) }),

@@ -11,7 +11,8 @@ import { generateSwarmKey } from '../../src/net/swarm-key.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import type { CatalogEntry } from '../../src/actors/storage/catalog-types.ts';
 import type { CustodyMessage } from '../../src/actors/storage/custody/messages.ts';
-import { PushStreams } from '../../src/actors/storage/push.ts';
+import { BulkInFlight } from '../../src/actors/storage/bulk-in-flight.ts';
+import { PushStreams, defaultPushLimits } from '../../src/actors/storage/push.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
 import { createReplicaStore, type ReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { serveReplication, type ReplicationServer, type ReplicationServerInit } from '../../src/actors/storage/replication.ts';
@@ -25,6 +26,8 @@ export interface ReplicationOverLink {
   receiverStore: ReplicaStore;
   /** The sender's push streams to the receiver. */
   streams: PushStreams;
+  /** The sender's copies in flight (its pushes count there): pass it to replicateBatchTo and sendCustodyMessages as custody does. */
+  bulkInFlight: BulkInFlight;
   link: ThrottleProxy;
   serving: ReplicationServer;
   /** Custody messages the receiver got, in order, with when (performance.now()). */
@@ -70,8 +73,12 @@ export async function startReplicationOverLink(init: {
     const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond: init.bytesPerSecond, latencyMs: init.latencyMs ?? 25 });
     stoppers.push(() => link.close());
     const { node: sender, store: senderStore } = await start(dirs[1]!);
-    const streams = new PushStreams(sender);
-    stoppers.push(async () => streams.stop());
+    const bulkInFlight = new BulkInFlight();
+    const streams = new PushStreams(sender, defaultPushLimits, bulkInFlight);
+    stoppers.push(async () => {
+      streams.stop();
+      bulkInFlight.stop();
+    });
     await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
     const storeAtSender = async (uid: string, bytes: Uint8Array): Promise<CatalogEntry> => {
       const writer = senderStore.beginWrite();
@@ -79,7 +86,7 @@ export async function startReplicationOverLink(init: {
       const committed = await writer.commit(uid, testCatalogEntry(uid));
       return committed.entry;
     };
-    return { sender, receiver, senderStore, receiverStore, streams, link, serving, messages, storeAtSender, stop };
+    return { sender, receiver, senderStore, receiverStore, streams, bulkInFlight, link, serving, messages, storeAtSender, stop };
   } catch (error) {
     await stop();
     throw error;

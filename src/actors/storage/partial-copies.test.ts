@@ -12,6 +12,7 @@ import { type TestContext, test } from 'node:test';
 import { manualClock } from '../../../test/support/manual-clock.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
+import { testCatalogEntry } from './fixtures/test-entry.ts';
 import { PartialCopies, defaultPartialCopyLimits } from './partial-copies.ts';
 import { createReplicaStore, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
@@ -115,4 +116,45 @@ test('partial copies: a writer whose write failed (a full disk) is not kept, nor
   assert.equal(partials.take('3.1', 'peer-a'), undefined, 'a part kept before the store faulted can never commit');
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
   partials.stop();
+});
+
+test('partial copies: a part is dropped once its instance is stored by any path, also by a commit that came before the part was kept', async (t) => {
+  // Before, a part outlived a whole copy of its instance stored through another stream (a push or batch
+  // that came whole, a pull, a local ingest) until its keptMs or the next offer of that instance.
+  const store = await openStore(t);
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, manualClock(), store);
+  const bytes = randomBytes(100_000);
+  const storeWhole = async (uid: string): Promise<void> => {
+    const writer = store.beginWrite();
+    await writer.write(bytes);
+    await writer.commit(uid, testCatalogEntry(uid));
+  };
+  const keptPart = async (uid: string): Promise<void> => {
+    const writer = store.beginWrite();
+    await writer.write(bytes.subarray(0, 40_000));
+    partials.keep(uid, 'peer-a', writer);
+  };
+  const droppedWithItsChunks = async (what: string): Promise<void> => {
+    for (const deadline = Date.now() + 5000; (partials.stats.copies > 0 || (await uncommittedChunks(store)) > 0) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, what);
+    assert.equal(await uncommittedChunks(store), 0, `${what}: its chunks deleted`);
+  };
+
+  await keptPart('4.1');
+  assert.deepEqual(partials.stats, { bytes: 40_000, copies: 1 });
+  await storeWhole('4.1');
+  await droppedWithItsChunks('stored whole through another writer');
+
+  // A cut stream whose writer is kept only after another stream's copy of the instance committed.
+  await storeWhole('4.2');
+  await keptPart('4.2');
+  await droppedWithItsChunks('kept after its instance was stored');
+
+  // Another instance stored leaves the part alone.
+  await keptPart('4.3');
+  await storeWhole('4.4');
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(partials.stats, { bytes: 40_000, copies: 1 });
+  partials.stop();
+  await droppedWithItsChunks('dropped when stopped');
 });

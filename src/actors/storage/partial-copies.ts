@@ -10,10 +10,12 @@
  * oldest are dropped to make room), and each is dropped `keptMs` after its first cut (resumed and cut again
  * or not: its open upload holds the store's recovery checkpoint back). The kept bytes are chunks in the blob database (the
  * writer holds less than one chunk in memory); a restart drops them with every other unfinished upload.
+ * A part is dropped as soon as its instance is stored here by any path (a push or batch of it that came
+ * whole on another stream, a pull, a local ingest): before, it stayed until its keptMs or the next offer.
  */
 import type { Clock, TimerHandle } from '../runtime/clock.ts';
 import { systemClock } from '../runtime/clock.ts';
-import type { InstanceWriter } from './replica-store.ts';
+import type { InstanceWriter, ReplicaStore } from './replica-store.ts';
 
 export interface PartialCopyLimits {
   /** Bytes of partial copies kept from one sending peer. */
@@ -52,11 +54,16 @@ export class PartialCopies {
   private bytesKept = 0;
   private keptCount = 0;
   private stopped = false;
+  private readonly stopWatchingStore: () => void;
 
+  /** With `store`, the store the kept writers write to: a part is dropped once its instance is stored there. */
   constructor(
     private readonly limits: PartialCopyLimits = defaultPartialCopyLimits,
     private readonly clock: Clock = systemClock,
-  ) {}
+    private readonly store?: Pick<ReplicaStore, 'getEntry' | 'onInstanceStored'>,
+  ) {
+    this.stopWatchingStore = store?.onInstanceStored((sopInstanceUid) => this.drop(sopInstanceUid)) ?? (() => undefined);
+  }
 
   /** Bytes kept in all, and the partial copies kept. */
   get stats(): { bytes: number; copies: number } {
@@ -94,6 +101,14 @@ export class PartialCopies {
     this.byUid.set(sopInstanceUid, { sopInstanceUid, fromPeerId, writer, bytes, timer });
     this.bytesKept += bytes;
     this.keptCount += 1;
+    // Stored by another stream before this part was kept (its commit's onInstanceStored came first): the
+    // catalog already says so, since a commit writes it before it tells its listeners.
+    void this.store?.getEntry(sopInstanceUid).then(
+      (held) => {
+        if (held !== undefined && this.byUid.get(sopInstanceUid)?.writer === writer) this.drop(sopInstanceUid);
+      },
+      () => undefined,
+    );
   }
 
   /** The writer kept for this instance from this peer, now the caller's (it must commit or abort it). */
@@ -120,6 +135,7 @@ export class PartialCopies {
   /** Drops everything; later `keep`s abort their writer at once. */
   stop(): void {
     this.stopped = true;
+    this.stopWatchingStore();
     for (const uid of [...this.byUid.keys()]) this.drop(uid);
   }
 

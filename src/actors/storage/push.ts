@@ -26,7 +26,7 @@ import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
-import { bulkStarted } from './bulk-in-flight.ts';
+import { BulkInFlight } from './bulk-in-flight.ts';
 import type { PartialCopies } from './partial-copies.ts';
 import { StoreError, replicaEntryBuilder, type ReplicaStore } from './replica-store.ts';
 
@@ -101,9 +101,11 @@ export class PushStreams {
   private readonly idle = new Map<string, IdleStream[]>();
   private stopped = false;
 
+  /** `bulkInFlight` counts each push as a copy in flight to its site (share it with the node's replicate-batches and custody messages). */
   constructor(
     readonly node: MeshNode,
     private readonly limits: Pick<PushLimits, 'idleStreamsPerPeerMax' | 'idleStreamMs'> = defaultPushLimits,
+    readonly bulkInFlight: BulkInFlight = new BulkInFlight(),
   ) {}
 
   /** Sites with at least one idle stream kept (an empty list is dropped, so sites that left cost nothing). */
@@ -188,7 +190,7 @@ export class ReplicaPush {
     signal?: AbortSignal,
   ) {
     const deadline = startDeadline(limits.transferTimeoutMs, signal, `push to ${peerId} not done in ${limits.transferTimeoutMs} ms`);
-    const ended = bulkStarted(streams.node, peerId);
+    const ended = streams.bulkInFlight.started(peerId);
     this.result = this.run(deadline.signal).finally(() => {
       ended();
       deadline.clear();

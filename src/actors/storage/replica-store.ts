@@ -271,6 +271,11 @@ export interface ReplicaStore {
   /** Listens to write faults and the reopenings that end them; returns the unsubscribe function. */
   onWriteFault(listener: (event: StoreFaultEvent) => void): () => void;
   /**
+   * Listens to instances newly stored here, by any path (an ingest, a copy pushed, batched or pulled): the
+   * UID once its commit is durable (not a duplicate, nor a repaired copy); returns the unsubscribe function.
+   */
+  onInstanceStored(listener: (sopInstanceUid: string) => void): () => void;
+  /**
    * Replication debt, in one batch: puts first, then deletes (not synced; see the implementation). Calls
    * land in call order, those made while one is written together in one batch, so the last op on a key wins.
    */
@@ -500,6 +505,7 @@ class LevelReplicaStore implements ReplicaStore {
   private readonly blobIdSuffix = randomBytes(4).toString('hex');
   private readonly suspectListeners = new Set<(sopInstanceUid: string, reason: string) => void>();
   private readonly faultListeners = new Set<(event: StoreFaultEvent) => void>();
+  private readonly storedListeners = new Set<(sopInstanceUid: string) => void>();
   /**
    * The I/O error a write failed with. LevelDB refuses every later write once a log sync or a compaction
    * has failed, until the database is reopened: `reopenAfterFault` does that, and writes are refused
@@ -896,6 +902,16 @@ class LevelReplicaStore implements ReplicaStore {
 
   get writeFault(): string | undefined {
     return this.fault === undefined ? undefined : errorText(this.fault.error);
+  }
+
+  onInstanceStored(listener: (sopInstanceUid: string) => void): () => void {
+    this.storedListeners.add(listener);
+    return () => this.storedListeners.delete(listener);
+  }
+
+  /** A writer's commit stored a new instance (see onInstanceStored). */
+  instanceStored(sopInstanceUid: string): void {
+    callEach(this.storedListeners, sopInstanceUid);
   }
 
   onWriteFault(listener: (event: StoreFaultEvent) => void): () => void {
@@ -1451,6 +1467,7 @@ class LevelInstanceWriter implements InstanceWriter {
       }
       this.state = 'committed';
       this.store.endUpload(this.blobId, 'stored');
+      this.store.instanceStored(sopInstanceUid);
       return { outcome: 'stored', entry } as const;
     });
   }

@@ -791,6 +791,17 @@ test('a sender that predates resumes (no resumable in its offer) gets no offsets
   assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part dropped: the copy came whole');
 });
 
+test('a kept part is dropped once its instance is stored here another way (here a local ingest), not kept until keptMs', { timeout: 60_000 }, async (t) => {
+  const { receiverStore, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(1_500_000);
+  const uid = '1.2.3.123.1';
+  assert.ok((await pushCut(uid, bytes, 500_000)) > 0);
+  await storeLocally(receiverStore, uid, bytes);
+  for (const deadline = Date.now() + 5000; (serving.partialCopies.stats.copies > 0 || (await uncommittedChunks(receiverStore)) > 0) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part was dropped');
+  assert.equal(await uncommittedChunks(receiverStore), 0, 'its chunks deleted');
+});
+
 test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { timeout: 60_000 }, async (t) => {
   // Each part kept is 0.8-1.4 MB (cut after 0.8 MB went through); two are over the bound.
   const { serving, pushCut } = await nodesOverLink(t, { bytesPerPeerMax: 1_500_000, keptMs: 6_000 });
@@ -804,17 +815,31 @@ test('kept parts are bounded per peer and dropped after keptMs (hunt 121)', { ti
   assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'dropped after keptMs');
 });
 
+test('a batch whose stored copy is one large chunk is not given up as stalled while its bytes cross a slow link (hunt 123)', { timeout: 60_000 }, async (t) => {
+  // Progress was counted per stored chunk, and a chunk can be a whole instance: this one takes ~8 s of
+  // the link, twice the stall limit, so the batch was given up half-way with its bytes flowing.
+  const { sender, receiver, senderStore, receiverStore } = await nodesOverLink(t);
+  const bytes = randomBytes(8_000_000);
+  const entry = await storeLocally(senderStore, '1.2.3.123.2', bytes);
+  let chunks = 0;
+  for await (const _ of senderStore.readInstance(entry)) chunks += 1;
+  assert.equal(chunks, 1, 'written in one piece, stored as one chunk');
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry], { limits: { stallTimeoutMs: 4_000 } });
+  assert.deepEqual(outcome, { sopInstanceUid: '1.2.3.123.2', outcome: 'stored', siteName: 'site-b' });
+  assert.equal((await receiverStore.getEntry('1.2.3.123.2'))?.sha256, entry.sha256);
+});
+
 test('custody messages behind a copy on a slow link are not given up while the copy drains: their deadline counts from its last progress (hunt 121)', { timeout: 90_000 }, async (t) => {
-  const { sender, receiver, senderStore, messages } = await nodesOverLink(t, undefined, 200_000);
+  const { sender, receiver, senderStore, messages, bulkInFlight } = await nodesOverLink(t, undefined, 200_000);
   // A copy of 3 MB: ~15 s at 200 KB/s, its writes paced by the receiver's window updates; what the kernel
   // holds in front of anything sent after it (~0.5 MB) is ~2.5 s, past a 1.5 s deadline counted from the send.
   const entry = await storeLocally(senderStore, '1.2.3.121.5', randomBytes(3_000_000));
-  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry], { bulkInFlight });
   const sends: Array<Promise<unknown>> = [];
   for (let i = 0; i < 5; i++) {
     await new Promise((r) => setTimeout(r, 1_000));
     const message: CustodyMessage = { type: 'replicaAck', sopInstanceUid: `1.2.3.121.6.${i}`, siteName: 'site-a' };
-    sends.push(sendCustodyMessage(sender, receiver.peerId, message, { limits: { exchangeTimeoutMs: 1_500 } }).then(() => 'sent', (error: unknown) => String(error)));
+    sends.push(sendCustodyMessage(sender, receiver.peerId, message, { limits: { exchangeTimeoutMs: 1_500 }, bulkInFlight }).then(() => 'sent', (error: unknown) => String(error)));
   }
   const outcomes = await Promise.all(sends);
   const [copied] = await copy;

@@ -37,6 +37,7 @@
 import { EnvelopeError, decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
+import { systemClock } from '../runtime/clock.ts';
 import { startDeadline, withDeadline } from '../runtime/deadline.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
@@ -46,7 +47,7 @@ import { digestBucketCount, digestHashBytes, digestLeavesPerBucket } from './cus
 import type { BatchPhases } from './custody/peer-batches.ts';
 import { PUSH_PROTOCOL, copiesArrivingRepeatMs, defaultPushLimits, receivePushes } from './push.ts';
 import { resolveRetrieve, type QueryRequest } from './query/query.ts';
-import { bulkDrainedAtMs, bulkStarted } from './bulk-in-flight.ts';
+import type { BulkInFlight } from './bulk-in-flight.ts';
 import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
 import { StoreError, replicaEntryBuilder, type CommitResult, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
@@ -192,6 +193,16 @@ async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: Async
   return outcome;
 }
 
+/**
+ * A stored chunk goes to the stream in pieces of at most this many bytes, each one progress for the
+ * stall rule (stallTimeoutMs, 60 s, at 256 KiB a piece: links down to ~4.4 KB/s). A chunk can be a whole
+ * instance (one written in a single piece: the chunk is whatever the writer held when it flushed), and
+ * one such chunk of 10 MB took 100 s at 100 KB/s, so a batch whose bytes flowed steadily was given up as
+ * stalled ~60 s into it, and offered again to be cut the same way (hunt 123; hunt 121's stall at load 30
+ * was this: its resumed 6.47 MB were one chunk's tail, 65 s of the link).
+ */
+const progressPieceBytesMax = 256 * 1024;
+
 /** Filler for the part of a body that could not be read here (see writeBody). */
 const fillerChunk = new Uint8Array(64 * 1024);
 
@@ -234,10 +245,19 @@ async function writeBody(
         finished = true;
         break;
       }
-      if (gather) await stream.writer.gather(next.value, { signal });
-      else await stream.writer.write(next.value, { signal });
-      onProgress();
-      sent += next.value.byteLength;
+      const chunk = next.value;
+      if (chunk.byteLength > progressPieceBytesMax) {
+        // Written, not gathered: gathered, a piece this large would only be copied into the next send.
+        for (let at = 0; at < chunk.byteLength; at += progressPieceBytesMax) {
+          await stream.writer.write(chunk.subarray(at, Math.min(chunk.byteLength, at + progressPieceBytesMax)), { signal });
+          onProgress();
+        }
+      } else {
+        if (gather) await stream.writer.gather(chunk, { signal });
+        else await stream.writer.write(chunk, { signal });
+        onProgress();
+      }
+      sent += chunk.byteLength;
     }
   } finally {
     // A write that failed closes the read, and the LevelDB iterator behind it, now rather than at GC.
@@ -578,7 +598,7 @@ export interface ReplicationServer {
 export async function serveReplication(init: ReplicationServerInit): Promise<ReplicationServer> {
   const limits = { ...defaultReplicationLimits, ...init.limits };
   const { node, store, log } = init;
-  const partials = new PartialCopies({ ...defaultPartialCopyLimits, ...init.partialCopyLimits });
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, ...init.partialCopyLimits }, systemClock, store);
   const replicateSlots = new Slots(limits.inboundReplicationsMax);
   const pushSlots = new Slots(limits.inboundPushesMax);
   const fetchSlots = new Slots(limits.inboundFetchesMax);
@@ -864,6 +884,11 @@ export interface ClientOptions {
   signal?: AbortSignal;
   /** A batch transfer (replicateBatchTo, fetchBatchFrom) says when its bytes start and stop flowing. */
   phases?: BatchPhases;
+  /**
+   * The node's copies in flight per peer (bulk-in-flight.ts): replicateBatchTo counts its batch there, and
+   * sendCustodyMessages waits behind those; without it, neither is counted nor waited for.
+   */
+  bulkInFlight?: BulkInFlight;
 }
 
 /** withStream under a deadline of its own (and `options.signal`), its timer cleared when the exchange ends. */
@@ -920,7 +945,7 @@ export async function replicateBatchTo(
   const transfer = startDeadline(limits.transferTimeoutMs, options.signal);
   const stall = stallWatch(transfer.signal, limits.stallTimeoutMs);
   const { signal, touch } = stall;
-  const ended = bulkStarted(node, peerId);
+  const ended = options.bulkInFlight?.started(peerId) ?? (() => undefined);
   try {
     return await replicateBatchOver(node, peerId, store, entries, offer, limits, options, signal, touch);
   } catch (error) {
@@ -1147,7 +1172,7 @@ export async function sendCustodyMessage(node: MeshNode, peerId: string, message
 
 /**
  * Sends up to custodyMessagesPerStreamMax custody messages to one peer over one stream. Its deadline,
- * exchangeTimeoutMs, counts from when no copy of ours to that peer is in flight any more (bulk-in-flight.ts):
+ * exchangeTimeoutMs, counts from when no copy of ours to that peer is in flight any more (`options.bulkInFlight`):
  * on a slow link the messages wait behind the copies' bytes already handed to the connection, and are not
  * given up while those drain; stallTimeoutMs bounds the whole.
  */
@@ -1155,7 +1180,7 @@ export async function sendCustodyMessages(node: MeshNode, peerId: string, messag
   const limits = { ...defaultReplicationLimits, ...options.limits };
   if (messages.length > limits.custodyMessagesPerStreamMax) throw new RangeError(`at most ${limits.custodyMessagesPerStreamMax} custody messages per stream`);
   const whole = startDeadline(Math.max(limits.exchangeTimeoutMs, limits.stallTimeoutMs), options.signal);
-  const behindCopies = stallWatch(whole.signal, limits.exchangeTimeoutMs, () => bulkDrainedAtMs(node, peerId));
+  const behindCopies = stallWatch(whole.signal, limits.exchangeTimeoutMs, () => options.bulkInFlight?.drainedAtMs(peerId) ?? Number.NEGATIVE_INFINITY);
   try {
     await withStream(node, peerId, CUSTODY_PROTOCOL, behindCopies.signal, async (stream) => {
       // Staged, so the messages share frames (closeWrite sends what is still held).

@@ -35,6 +35,7 @@ import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket 
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
 import type { ReplicaStore } from '../replica-store.ts';
 import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
+import { BulkInFlight } from '../bulk-in-flight.ts';
 import { takeNextSend } from './send-queue.ts';
 import {
   CUSTODY_PROTOCOL,
@@ -484,7 +485,9 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
 
   /** Push results by `${sopInstanceUid} ${peerId}`, taken by the replicate effect of that copy. */
   const pushResults = new Map<string, Promise<PushOutcome>>();
-  const pushStreams = new PushStreams(node);
+  // The copies this node sends to each peer, pushes and batches, which custody messages to it wait behind.
+  const bulkInFlight = new BulkInFlight();
+  const pushStreams = new PushStreams(node, defaultPushLimits, bulkInFlight);
   const pushLimits = { ...defaultPushLimits, frameBytesMax: init.limits?.frameBytesMax ?? defaultPushLimits.frameBytesMax };
   const pushKey = (sopInstanceUid: string, peerId: string): string => `${sopInstanceUid} ${peerId}`;
 
@@ -583,7 +586,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         }
       }
       if (entries.length > 0) {
-        const results = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal, phases });
+        const results = await replicateBatchTo(node, peerId, store, entries, { limits: init.limits, signal: shutdown.signal, phases, bulkInFlight });
         // The batch's acknowledgements in one step: the slots they free are refilled together.
         const acks: Array<{ sopInstanceUid: string; siteName: string }> = [];
         for (const [index, result] of results.entries()) {
@@ -657,7 +660,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       sendsInFlight++;
       sendsInFlightTo.set(to, (sendsInFlightTo.get(to) ?? 0) + 1);
       track(
-        sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal })
+        sendCustodyMessages(node, to, messages, { limits: init.limits, signal: shutdown.signal, bulkInFlight })
           .catch((error: unknown) => {
             if (protocolUnsupported(error)) noteProtocolRefused(to, CUSTODY_PROTOCOL, error);
             else if (!stopped) log[notDialableYet(error) ? 'info' : 'warn']('custody messages not delivered', { to, messages: messages.length, error: errorText(error) });
@@ -929,6 +932,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         await server?.stop();
         shutdown.abort(new CustodyError('ERR_CUSTODY_STOPPED', 'custody stopped'));
         pushStreams.stop();
+        bulkInFlight.stop();
         stopActor(ref);
         failWaiters('custody stopped');
         sendQueue.length = 0;
