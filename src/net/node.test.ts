@@ -485,6 +485,31 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     await redialsPeerKnownFromItsConnection({ p2pPort: port, announce: [port, ...nowhere].map((p) => `/ip4/127.0.0.1/tcp/${p}`) });
   });
 
+  it("a stream to a known peer that is not connected dials it where the mesh knows it listens, not through libp2p's peer store once its addresses expired (hunt 124)", { timeout: perTestTimeoutMs }, async () => {
+    // No redials within the test: the stream's own dial is the only one that can connect the two.
+    const tuning = { peerAnnounceIntervalMs: 0, knownPeersWriteDelayMs: 50, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000 };
+    const other = await start({ tuning });
+    const otherDir = dirs[dirs.length - 1]!;
+    const peer = await start({ tuning });
+    await peer.handle('/pacs-mesh/test-echo/1', async (stream) => {
+      await stream.writer.writeFrame(await stream.reader.readFrame(1024));
+    });
+    // `other` knows `peer` only from the connection `peer` opened, its address from identify.
+    await peer.dial(loopbackAddress(other), { signal: runTimeSignal(5000) });
+    await waitFor('the peer that dialled identified (its addresses saved)', () => savedIn(otherDir, peer.peerId), 10_000);
+    const undo = stepWallClock(2 * 3_600_000);
+    try {
+      other.dropPeer(peer.peerId, 'test: the connection ends');
+      await waitFor('disconnected', () => !other.connectedPeers().includes(peer.peerId) && !peer.connectedPeers().includes(other.peerId));
+      const stream = await other.openStream(peer.peerId, '/pacs-mesh/test-echo/1', { signal: runTimeSignal(5000) });
+      await stream.writer.writeFrame(Buffer.from('hello'));
+      assert.equal(Buffer.from(await stream.reader.readFrame(1024, { signal: runTimeSignal(5000) })).toString(), 'hello');
+      await stream.close({ signal: runTimeSignal(5000) });
+    } finally {
+      undo();
+    }
+  });
+
   it('a bootstrap address whose site came back under a new PeerId is dialled without its /p2p/ part; its own address is skipped', { timeout: perTestTimeoutMs }, async () => {
     const old = await start({});
     const oldAddress = loopbackAddress(old);

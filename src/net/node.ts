@@ -480,6 +480,19 @@ class Reconnector {
     if (!bootstrap) this.evict();
   }
 
+  /**
+   * Where `peerId` is dialled: its target's addresses, else those of the address targets it answered at
+   * (with its PeerId); none for a peer the mesh does not know (or knows no address of).
+   */
+  addressesOf(peerId: string): Multiaddr[] {
+    const t = this.targets.get(peerId);
+    const own = t === undefined ? [] : dialableAddrs(t);
+    if (own.length > 0) return own;
+    return [...this.targets.values()]
+      .filter((a) => a.peerId === undefined && a.reachedPeerId === peerId)
+      .flatMap((a) => a.addrs.map((ma) => ma.encapsulate(`/p2p/${peerId}`)));
+  }
+
   /** Whether `peerId` is a target already (learnt, saved, or connected once). */
   knows(peerId: string): boolean {
     return this.targets.has(peerId);
@@ -620,7 +633,7 @@ class Reconnector {
     t.dialing = true;
     const signal = AbortSignal.timeout(this.opts.dialTimeoutMs);
     // the target's addresses (bootstrap, addKnownPeer, identify); with none, whatever the peer store holds
-    const addrs = dialableAddrs(t);
+    const addrs = t.peerId === undefined ? dialableAddrs(t) : this.addressesOf(t.peerId);
     const target = addrs.length > 0 || t.peerId === undefined ? addrs : parsePeerId(t.peerId);
     const p = this.node.dial(target, { signal })
       .then((conn) => {
@@ -1196,7 +1209,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       await node.unhandle(protocol);
     },
     async openStream(peerId, protocol, options = {}) {
-      const stream = await node.dialProtocol(parsePeerId(peerId), protocol, { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
+      const id = parsePeerId(peerId);
+      // Not connected: dialled where the mesh knows the peer listens. libp2p's peer store forgets a peer's
+      // addresses an hour after it first saw them (by Date.now()), and such a stream failed at once until the
+      // reconnect loop had reconnected (hunt 124). A peer the mesh knows no address of: the peer store's.
+      const known = node.getConnections(id).some((c) => c.status === 'open') ? [] : reconnector.addressesOf(peerId);
+      const stream = await node.dialProtocol(known.length > 0 ? known : id, protocol, { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
       return new MeshStream(stream, peerId, streamInitFor(peerId));
     },
     async addKnownPeer(peerId, addrs = []) {

@@ -1,0 +1,125 @@
+/**
+ * How long gossip (a leader's announcements, heartbeats) waits behind copies that start on new streams over
+ * a slow link (hunt 124): two mesh nodes, the sender connected to the receiver through
+ * test/support/throttle-proxy.ts (`--bytes-per-second`, 25 ms one way); the sender publishes a small message
+ * every `--gossip-ms` throughout, and after 2 s of quiet starts `--copies` copies of `--copy-kb` at once,
+ * each on a new stream, `--rounds` times one round after the other.
+ *
+ *   node --import tsx scripts/bench/new-streams-slow-link.ts [--bytes-per-second 100000] [--copies 3] [--copy-kb 400] [--rounds 2] [--gossip-ms 250]
+ *
+ * Prints one JSON line: the gossip delays (ms) before the copies, in each round's first 3 s (its new
+ * streams' first windows) and after, the longest and the median, and how many waited over 2 s (the time
+ * a follower forgets a silent leader).
+ */
+import '../../src/polyfill.ts';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createMeshNode, type MeshNode } from '../../src/net/node.ts';
+import { generateSwarmKey } from '../../src/net/swarm-key.ts';
+import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
+import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
+import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
+
+const { values } = parseArgs({
+  options: {
+    'bytes-per-second': { type: 'string', default: '100000' },
+    copies: { type: 'string', default: '3' },
+    'copy-kb': { type: 'string', default: '400' },
+    rounds: { type: 'string', default: '2' },
+    'gossip-ms': { type: 'string', default: '250' },
+  },
+});
+const bytesPerSecond = Number(values['bytes-per-second']);
+const copies = Number(values.copies);
+const copyBytes = Number(values['copy-kb']) * 1024;
+const rounds = Number(values.rounds);
+const gossipMs = Number(values['gossip-ms']);
+/** A round's new streams are in their first window this long at most (256 KiB at 100 KB/s: 2.6 s). */
+const startPhaseMs = 3000;
+const leaderForgottenMs = 2000;
+const protocol = '/pacs-mesh/bench-new-streams/1';
+const topic = 'pacs-mesh/bench-new-streams/1';
+
+const swarmKey = generateSwarmKey();
+const dirs: string[] = [];
+const nodes: MeshNode[] = [];
+const start = async (): Promise<MeshNode> => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-bench-new-streams-'));
+  dirs.push(dataDir);
+  const node = await createMeshNode({ dataDir, host: '127.0.0.1', p2pPort: 0, swarmKey, tuning: { peerAnnounceIntervalMs: 0, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000 } });
+  nodes.push(node);
+  return node;
+};
+const receiver = await start();
+const sender = await start();
+const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond, latencyMs: 25 });
+try {
+  await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
+  await receiver.handle(protocol, async (stream) => {
+    const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 64 * 1024 * 1024 });
+    let bytes = 0;
+    for await (const chunk of request.body) bytes += chunk.byteLength;
+    await writeResponse(stream, { type: 'ack', bytes });
+  }, { maxInboundStreams: 256 });
+  const delays: Array<{ sentAtMs: number; delayMs: number }> = [];
+  receiver.subscribe(topic, (message) => {
+    const sentAtMs = Number(Buffer.from(message.data).toString());
+    delays.push({ sentAtMs, delayMs: performance.now() - sentAtMs });
+  });
+  const joined = Promise.withResolvers<void>();
+  const offJoined = sender.onTopicJoined(topic, (peerId) => peerId === receiver.peerId && joined.resolve());
+  sender.subscribe(topic, () => {});
+  await joined.promise;
+  offJoined();
+  let publishing = true;
+  const publisher = (async () => {
+    while (publishing) {
+      await sender.publish(topic, Buffer.from(String(performance.now())));
+      await new Promise((resolve) => setTimeout(resolve, gossipMs));
+    }
+  })();
+  const copy = async (): Promise<void> => {
+    const bytes = randomBytes(copyBytes);
+    const stream = await sender.openStream(receiver.peerId, protocol);
+    await sendRequest(stream, { type: 'offer' }, [bytes], bytes.byteLength, { signal: AbortSignal.timeout(600_000) });
+  };
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const roundStartsMs: number[] = [];
+  const benchStartMs = performance.now();
+  for (let round = 0; round < rounds; round++) {
+    roundStartsMs.push(performance.now());
+    await Promise.all(Array.from({ length: copies }, copy));
+  }
+  const endMs = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  publishing = false;
+  await publisher;
+  const inStart = (atMs: number): boolean => roundStartsMs.some((s) => atMs >= s && atMs < s + startPhaseMs);
+  const summary = (list: number[]): { n: number; medianMs: number; maxMs: number; over2s: number } => {
+    const sorted = [...list].sort((x, y) => x - y);
+    return { n: sorted.length, medianMs: Math.round(sorted[Math.floor(sorted.length / 2)] ?? 0), maxMs: Math.round(sorted.at(-1) ?? 0), over2s: sorted.filter((d) => d > leaderForgottenMs).length };
+  };
+  const during = delays.filter(({ sentAtMs }) => sentAtMs >= benchStartMs && sentAtMs < endMs);
+  console.log(JSON.stringify({
+    bytesPerSecond,
+    copies,
+    copyBytes,
+    rounds,
+    copiesMs: Math.round(endMs - benchStartMs),
+    linkBytes: link.stats.forwardBytes,
+    quiet: summary(delays.filter(({ sentAtMs }) => sentAtMs < benchStartMs).map((d) => d.delayMs)),
+    streamsStarting: summary(during.filter(({ sentAtMs }) => inStart(sentAtMs)).map((d) => d.delayMs)),
+    afterwards: summary(during.filter(({ sentAtMs }) => !inStart(sentAtMs)).map((d) => d.delayMs)),
+    lost: Math.round((endMs - benchStartMs) / gossipMs) - during.length,
+    closed: link.stats.connectionsClosed,
+    // Each message's send time from the first copy's start (s) and its delay (ms).
+    series: during.map(({ sentAtMs, delayMs }) => `${((sentAtMs - benchStartMs) / 1000).toFixed(1)}:${Math.round(delayMs)}`).join(' '),
+  }));
+} finally {
+  await Promise.allSettled(nodes.map((node) => node.stop()));
+  await link.close();
+  await Promise.allSettled(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+}
