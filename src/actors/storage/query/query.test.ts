@@ -1348,6 +1348,7 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
       ['full scan c!i!', { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI')] }, 1],
       ['index x!name! (PatientName)', { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'NAME*'), k(T.StudyInstanceUID, 'UI')] }, perPatient],
       ['newest x!newest!studypid!', { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyDescription, 'LO', '*ULK'), k(T.StudyInstanceUID, 'UI')] }, perPatient],
+      ['direct c!i! (SOPInstanceUID)', { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI', Array.from({ length: 40 }, (_, i) => `${study(i)}.1.${i + 1}`).join('\\'))] }, 1],
     ];
     for (const [plan, request, entriesPerMatch] of plans) {
       const all = await find(db, request);
