@@ -7,7 +7,8 @@ import { Tags, registryTagOf, vrOf } from '../../codec/dictionary.ts';
 import type { DicomElement, Tag } from '../../codec/dicom-types.ts';
 import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-json.ts';
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
-import { QueryError, findMatches, type QueryRequest } from '../../actors/storage/query/query.ts';
+import { QueryError, findMatchesWithCursors, type QueryCursor, type QueryRequest } from '../../actors/storage/query/query.ts';
+import { SearchCursors, searchKeyOf } from './search-cursors.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { requireDicomJson } from './accept.ts';
 import { sendJson } from '../respond.ts';
@@ -59,6 +60,15 @@ const ALL_EXTRA_ATTRIBUTES: readonly Tag[] = [
 ];
 
 const LEVELS: readonly SearchLevel[] = ['STUDY', 'SERIES', 'IMAGE'];
+
+/** Each catalog's recent page ends (a process may run several peers): see search-cursors.ts. */
+const searchCursorsOfCatalog = new WeakMap<object, SearchCursors>();
+
+function searchCursorsOf(ctx: DicomWebContext): SearchCursors {
+  let cursors = searchCursorsOfCatalog.get(ctx.store.db);
+  if (cursors === undefined) searchCursorsOfCatalog.set(ctx.store.db, (cursors = new SearchCursors()));
+  return cursors;
+}
 
 export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute): Promise<void> {
   // PS3.18 8.3.3.1.
@@ -114,14 +124,20 @@ async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, 
   // Each match is kept as its JSON text: a 10,000-match answer then weighs its bytes, not 10,000 object trees.
   const results: string[] = [];
   let resultsBytes = 2;
-  let skipped = 0;
   let truncated = false;
   let tooLarge = false;
   let held = false;
+  // The page before this one ended here lately: the search resumes after it, not walking the matches before.
+  const cursors = searchCursorsOf(ctx);
+  const searchKey = searchKeyOf(search.request);
+  const after = search.offset > 0 ? cursors.take(searchKey, search.offset, ctx.clock.nowMs()) : undefined;
+  let skipped = after === undefined ? 0 : search.offset;
+  let lastCursor: QueryCursor | undefined;
   try {
     // A client that leaves stops the search (helper 98: a scan matching nothing read on to the end of the level).
     const stopped = () => exchange.req.socket.destroyed;
-    for await (const identifier of findMatches(ctx.store.db, search.request, { limit: search.offset + search.limit + 1, stopped })) {
+    const matches = findMatchesWithCursors(ctx.store.db, search.request, { limit: search.offset - skipped + search.limit + 1, stopped, after });
+    for await (const { identifier, cursor } of matches) {
       if (skipped < search.offset) {
         skipped++;
         continue;
@@ -138,6 +154,7 @@ async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, 
         break;
       }
       results.push(result);
+      lastCursor = cursor;
       if (!held && resultsBytes >= searchResponseHeldFromBytes) {
         held = true;
         yield;
@@ -148,6 +165,8 @@ async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, 
     if (isCatalogDamage(error)) ctx.store.reportCatalogDamage(`QIDO-RS: ${errorText(error)}`);
     throw new DicomWebError(500, 'ERR_DICOMWEB_SEARCH', `search failed: ${errorText(error)}`);
   }
+  // More matches to come: the next page, at the offset after this one's last result, resumes here.
+  if ((truncated || tooLarge) && lastCursor !== undefined) cursors.put(searchKey, search.offset + results.length, lastCursor, ctx.clock.nowMs());
   return { results, truncated, tooLarge };
 }
 

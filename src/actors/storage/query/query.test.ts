@@ -13,10 +13,12 @@ import {
   QueryStatus,
   createQueryStats,
   findMatches,
+  findMatchesWithCursors,
   resolveRetrieve,
   validateQuery,
   validateRetrieve,
   type FindOptions,
+  type QueryCursor,
   type QueryRequest,
 } from './query.ts';
 
@@ -1088,6 +1090,7 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
           assert.deepEqual(indexed, scanned, `seed ${seed} (QUERY_SEEDS), query ${query}: ${JSON.stringify(request)}`);
           plans.set(stats.plan.split(' ')[1]!, (plans.get(stats.plan.split(' ')[1]!) ?? 0) + 1);
           await assertSameWithFewIdsRemembered(db, request, inOrder, `seed ${seed} (QUERY_SEEDS), query ${query}`);
+          await assertSamePagedFromCursors(db, request, inOrder, `seed ${seed} (QUERY_SEEDS), query ${query}`);
         }
         // SERIES and IMAGE level by Modality (a series under 'MR\\SR' is in two ranges) and by PatientID start.
         for (const [level, keys] of [
@@ -1099,6 +1102,7 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
           const inOrder = await find(db, request);
           assert.deepEqual(inOrder.map((r) => JSON.stringify(r)).sort(), (await find(db, request, { searchIndexes: false })).map((r) => JSON.stringify(r)).sort(), `seed ${seed}: ${JSON.stringify(request)}`);
           await assertSameWithFewIdsRemembered(db, request, inOrder, `seed ${seed}`);
+          await assertSamePagedFromCursors(db, request, inOrder, `seed ${seed}`);
         }
       }
     } finally {
@@ -1107,6 +1111,27 @@ describe('the name, date, newest and identifier-range indexes answer as a scan o
     for (const index of ['x!name!', 'x!da!', 'x!newest!studypid!', 'x!newest!pid!', 'x!pid!', 'x!acc!', 'x!mod!']) assert.ok((plans.get(index) ?? 0) > 0, `queries by plan: ${JSON.stringify([...plans])}`);
     assert.ok(repeatsMetPastMemory > 0, 'some entities were met again past the remembered ids');
   });
+
+  /**
+   * The same responses, in the same order, when each page of one or two matches resumes from the cursor of
+   * the page before (QIDO-RS paging), with the ids remembered or not.
+   */
+  async function assertSamePagedFromCursors(db: CatalogDb, request: QueryRequest, expected: DicomElement[][], what: string): Promise<void> {
+    for (const [pageSize, rememberedMax] of [[1, undefined], [2, undefined], [2, 0]] as const) {
+      const paged: DicomElement[][] = [];
+      let after: QueryCursor | undefined;
+      for (let page = 0; page <= expected.length; page++) {
+        let count = 0;
+        for await (const { identifier, cursor } of findMatchesWithCursors(db, request, { limit: pageSize, after, candidateIdsRememberedMax: rememberedMax })) {
+          paged.push(identifier);
+          after = cursor;
+          count++;
+        }
+        if (count < pageSize) break;
+      }
+      assert.deepEqual(paged, expected, `${what}, pages of ${pageSize} from cursors, ${rememberedMax ?? 'default'} ids remembered: ${JSON.stringify(request)}`);
+    }
+  }
 
   let repeatsMetPastMemory = 0;
   /** The same responses, in the same order, when the scan remembers no candidate ids, or one (bounded memory: hunt 113). */
@@ -1314,6 +1339,35 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     assert.equal(images.responses.length, 10 * perPatient);
     assert.equal(images.stats.plan, 'range x!acc! (AccessionNumber literal start)');
     assert.equal(images.stats.entriesRead, 11 * perPatient, 'A19 and A190-A199');
+  });
+
+  it('a page resumed from the cursor of the page before reads that page, not every match before it (QIDO-RS offset)', async () => {
+    const pageSize = 10;
+    const plans: Array<[string, QueryRequest, number]> = [
+      ['full scan x!study!', { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] }, perPatient],
+      ['full scan c!i!', { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI')] }, 1],
+      ['index x!name! (PatientName)', { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'NAME*'), k(T.StudyInstanceUID, 'UI')] }, perPatient],
+      ['newest x!newest!studypid!', { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyDescription, 'LO', '*ULK'), k(T.StudyInstanceUID, 'UI')] }, perPatient],
+      ['direct c!i! (SOPInstanceUID)', { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI', Array.from({ length: 40 }, (_, i) => `${study(i)}.1.${i + 1}`).join('\\'))] }, 1],
+    ];
+    for (const [plan, request, entriesPerMatch] of plans) {
+      const all = await find(db, request);
+      const offset = all.length - 2 * pageSize;
+      let cursor: QueryCursor | undefined;
+      for await (const match of findMatchesWithCursors(db, request, { limit: offset })) cursor = match.cursor;
+      const walked = createQueryStats();
+      const walkedPage = (await find(db, request, { limit: offset + pageSize, stats: walked })).slice(offset);
+      const resumed = createQueryStats();
+      const resumedPage: DicomElement[][] = [];
+      for await (const { identifier } of findMatchesWithCursors(db, request, { limit: pageSize, after: cursor, stats: resumed })) resumedPage.push(identifier);
+      assert.equal(resumed.plan, plan);
+      assert.deepEqual(resumedPage, walkedPage, plan);
+      assert.deepEqual(resumedPage, all.slice(offset, offset + pageSize), plan);
+      // Without the cursor a page at offset N read the N matches before it too.
+      assert.ok(walked.entriesRead >= (offset + pageSize) * entriesPerMatch, `${plan}: the walk read ${walked.entriesRead} entries`);
+      // The newest plan reads each candidate's newest entry before the entity whole: one more a match.
+      assert.ok(resumed.entriesRead <= pageSize * (entriesPerMatch + 1), `${plan}: resumed, ${resumed.entriesRead} entries read for a page of ${pageSize}`);
+    }
   });
 
   it('resolveRetrieve by PatientID reads only that patient', async () => {

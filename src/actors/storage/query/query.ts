@@ -179,7 +179,23 @@ export interface FindOptions {
   stopped?: () => boolean;
   /** Entity ids a scan of several index ranges remembers (default candidateIdsRememberedMax; tests lower it). */
   candidateIdsRememberedMax?: number;
+  /** Go on after the match this cursor was given with, by a search of the same request (see findMatchesWithCursors). */
+  after?: QueryCursor;
 }
+
+/**
+ * Where a search stood at one of its matches: the same request searched again from it goes on with the next
+ * match, reading from there (a QIDO-RS page at offset 100,000 read and dropped 100,000 matches first).
+ * `plan` is the plan's description, checked on resuming. Keyset order: matches the scan has passed are not
+ * met again, even if the archive changed in between.
+ */
+export type QueryCursor =
+  /** The position in a plan's list of SOPInstanceUIDs. */
+  | { type: 'listed'; plan: string; index: number }
+  /** The first index key of the entity's run in one of the plan's ranges. */
+  | { type: 'indexed'; plan: string; rangeIndex: number; key: string; entityId: string }
+  /** The entity's id in the newest index (key order is the order of these ids). */
+  | { type: 'newest'; plan: string; indexedId: string };
 
 /**
  * Entity ids a scan of several index ranges remembers, so that an entity met again (under another name form,
@@ -610,6 +626,23 @@ interface ScanRun {
 interface Candidate {
   readonly id: string;
   readonly run?: ScanRun;
+  readonly cursor: QueryCursor;
+}
+
+/** A loaded candidate entity, and the cursor a search resumed after it starts from. */
+interface CandidateEntity {
+  readonly aggregate: EntityAggregate;
+  readonly cursor: QueryCursor;
+}
+
+/** The cursor to resume `plan` from, checked against it; undefined to start at the beginning. */
+function resumeCursorOf(plan: Plan, after: QueryCursor | undefined): QueryCursor | undefined {
+  if (after === undefined) return undefined;
+  const fits =
+    after.plan === plan.description &&
+    (after.type === 'listed' ? plan.kind === 'instances' : after.type === 'indexed' ? plan.kind === 'prefixes' && after.rangeIndex < plan.prefixes.length : plan.kind === 'newest');
+  if (!fits) throw new Error(`a ${after.type} cursor of plan "${after.plan}" cannot resume plan "${plan.description}"`);
+  return after;
 }
 
 /**
@@ -624,17 +657,25 @@ async function* candidateIds(
   stats: QueryStats,
   stopped: () => boolean,
   rememberedMax: number,
+  after: QueryCursor | undefined,
 ): AsyncGenerator<Candidate> {
   if (plan.kind === 'nothing') return;
+  const description = plan.description;
   if (plan.kind === 'instances') {
-    for (const id of plan.sopInstanceUids) yield { id };
+    const first = after?.type === 'listed' ? after.index + 1 : 0;
+    for (const [index, id] of plan.sopInstanceUids.entries()) if (index >= first) yield { id, cursor: { type: 'listed', plan: description, index } };
     return;
   }
+  const start = after?.type === 'indexed' ? after : undefined;
   const seen = new Set<string>();
   let pending: Candidate | undefined;
   for (const [rangeIndex, prefix] of plan.prefixes.entries()) {
-    let previous: string | undefined;
-    for await (const indexed of scanIndex(db, prefix, stats)) {
+    if (start !== undefined && rangeIndex < start.rangeIndex) continue;
+    const resumedHere = start?.rangeIndex === rangeIndex;
+    // From the cursor's entity's first key on, passing the rest of its run.
+    let previous: string | undefined = resumedHere ? start.entityId : undefined;
+    const range = resumedHere ? { gte: start.key, lt: (typeof prefix === 'string' ? prefixRange(prefix) : prefix).lt } : prefix;
+    for await (const indexed of scanIndex(db, range, stats)) {
       if (stopped()) return;
       const id = entityIdAt(level, indexed);
       if (id === undefined) continue;
@@ -645,17 +686,22 @@ async function* candidateIds(
       previous = id;
       if (pending !== undefined) yield pending;
       pending = undefined;
+      const cursor: QueryCursor = { type: 'indexed', plan: description, rangeIndex, key: indexed.key, entityId: id };
       if (!plan.contiguous) {
         if (seen.has(id)) continue;
-        if (seen.size >= rememberedMax) {
+        const remembered = seen.size < rememberedMax;
+        if (remembered) {
+          seen.add(id);
+          stats.candidateIdsRemembered = Math.max(stats.candidateIdsRemembered, seen.size);
+        }
+        // Resumed, an entity may have been met before the cursor: its own keys tell (metFirstIn), once.
+        if (!remembered || start !== undefined) {
           // Yielded once the run has ended: the entity's first key in the plan may lie anywhere in it.
-          pending = { id, run: { rangeIndex, firstKey: indexed.key, lastKey: indexed.key } };
+          pending = { id, run: { rangeIndex, firstKey: indexed.key, lastKey: indexed.key }, cursor };
           continue;
         }
-        seen.add(id);
-        stats.candidateIdsRemembered = Math.max(stats.candidateIdsRemembered, seen.size);
       }
-      yield { id };
+      yield { id, cursor };
     }
     if (pending !== undefined) yield pending;
     pending = undefined;
@@ -689,25 +735,26 @@ async function* candidateEntities(
   stats: QueryStats,
   stopped: () => boolean,
   rememberedMax: number,
-): AsyncGenerator<EntityAggregate> {
+  after: QueryCursor | undefined,
+): AsyncGenerator<CandidateEntity> {
   if (plan.kind === 'newest') {
     if (level === 'IMAGE') throw new Error('a newest-index plan is for STUDY and PATIENT level only');
-    yield* newestMatchingEntities(db, level, plan, stats, stopped);
+    yield* newestMatchingEntities(db, level, plan, stats, stopped, after?.type === 'newest' ? after.indexedId : undefined);
     return;
   }
   // Computed once: only candidates met past the remembered ids (those with a run) are checked against them.
   const ranges = scanRangesOf(plan);
   if (level !== 'IMAGE') {
-    for await (const { id, run } of candidateIds(db, level, plan, stats, stopped, rememberedMax)) {
+    for await (const { id, run, cursor } of candidateIds(db, level, plan, stats, stopped, rememberedMax, after)) {
       const entries: CatalogEntry[] = [];
       const aggregate = await loadAggregate(db, level, id, true, stats, undefined, run === undefined ? undefined : (entry) => entries.push(entry));
       if (run !== undefined && !metFirstIn(ranges, run, entries)) continue;
-      if (aggregate.latest) yield aggregate;
+      if (aggregate.latest) yield { aggregate, cursor };
     }
     return;
   }
   let batch: Candidate[] = [];
-  const emit = async function* (): AsyncGenerator<EntityAggregate> {
+  const emit = async function* (): AsyncGenerator<CandidateEntity> {
     // Not readEntries, which drops missing entries: each entry must stay beside the candidate (and run) it was read for.
     const entries = await getCatalogEntries(db, batch.map((candidate) => candidate.id));
     for (const [i, candidate] of batch.entries()) {
@@ -717,11 +764,11 @@ async function* candidateEntities(
       if (candidate.run !== undefined && !metFirstIn(ranges, candidate.run, [entry])) continue;
       const aggregate = createAggregate();
       addInstance(aggregate, entry);
-      yield aggregate;
+      yield { aggregate, cursor: candidate.cursor };
     }
     batch = [];
   };
-  for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax)) {
+  for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax, after)) {
     batch.push(candidate);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
@@ -739,14 +786,16 @@ async function* newestMatchingEntities(
   plan: Extract<Plan, { kind: 'newest' }>,
   stats: QueryStats,
   stopped: () => boolean,
-): AsyncGenerator<EntityAggregate> {
+  afterIndexedId: string | undefined,
+): AsyncGenerator<CandidateEntity> {
   let batch: NewestInstance[] = [];
   // At STUDY level the index names each study's part under each PatientID (contiguous per study): the
   // study is examined whole when any part's newest entry matches, once.
   const entityOf = (indexedId: string): string => (level === 'STUDY' ? indexedId.slice(0, indexedId.indexOf(':')) : indexedId);
   const indexedIdOf = (entry: CatalogEntry): string => (level === 'STUDY' ? studyPatientId(entry.studyInstanceUid, entry.patientId) : entityIdOf(level, entry));
-  let lastExamined: string | undefined;
-  const emit = async function* (): AsyncGenerator<EntityAggregate> {
+  // Resumed: the cursor's entity (every part of it, at STUDY level) was examined.
+  let lastExamined: string | undefined = afterIndexedId === undefined ? undefined : entityOf(afterIndexedId);
+  const emit = async function* (): AsyncGenerator<CandidateEntity> {
     const entries = await getCatalogEntries(db, batch.map((newest) => newest.sopInstanceUid));
     for (const [i, newest] of batch.entries()) {
       const entityId = entityOf(newest.entityId);
@@ -757,13 +806,15 @@ async function* newestMatchingEntities(
       if (confirmed && !mayMatchNewestAttributes(plan.checkedKeys, attributesByTag(entry))) continue;
       lastExamined = entityId;
       const aggregate = await loadAggregate(db, level, entityId, true, stats);
-      if (aggregate.latest) yield aggregate;
+      if (aggregate.latest) yield { aggregate, cursor: { type: 'newest', plan: plan.description, indexedId: newest.entityId } };
     }
     batch = [];
   };
   for await (const newest of newestInstances(db, plan.prefix)) {
     if (stopped()) return;
     stats.indexKeysRead++;
+    // The index's keys up to the cursor are passed (keys only: their entries are not read); ids sort as their keys do.
+    if (afterIndexedId !== undefined && newest.entityId <= afterIndexedId) continue;
     batch.push(newest);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
@@ -960,11 +1011,19 @@ async function respond(
  * plus QueryRetrieveLevel (and Specific Character Set where values need it), in ascending tag order.
  * Throws QueryError (with the status) for a request that validateQuery refuses.
  */
-export async function* findMatches(
+export async function* findMatches(db: CatalogDb, request: QueryRequest, options: FindOptions = {}): AsyncGenerator<DicomElement[]> {
+  for await (const { identifier } of findMatchesWithCursors(db, request, options)) yield identifier;
+}
+
+/**
+ * findMatches, each match with the cursor a search of the same request resumes after it from
+ * (`options.after`): the matches that follow it, in the same order, reading only from there.
+ */
+export async function* findMatchesWithCursors(
   db: CatalogDb,
   request: QueryRequest,
   options: FindOptions = {},
-): AsyncGenerator<DicomElement[]> {
+): AsyncGenerator<{ identifier: DicomElement[]; cursor: QueryCursor }> {
   const compiled = compileQuery(request);
   if (!compiled.ok) throw new QueryError('INVALID_QUERY', compiled.status, compiled.comment);
   const stats = options.stats ?? createQueryStats();
@@ -974,12 +1033,14 @@ export async function* findMatches(
   const upper = new UpperAggregateCache(db, stats);
   const stopped = options.stopped ?? (() => false);
   let responses = 0;
-  for await (const aggregate of candidateEntities(db, request.level, plan, stats, stopped, options.candidateIdsRememberedMax ?? candidateIdsRememberedMax)) {
+  const after = resumeCursorOf(plan, options.after);
+  const rememberedMax = options.candidateIdsRememberedMax ?? candidateIdsRememberedMax;
+  for await (const { aggregate, cursor } of candidateEntities(db, request.level, plan, stats, stopped, rememberedMax, after)) {
     stats.entitiesExamined++;
     const response = await respond(request.root, request.level, compiled.keys, aggregate, upper);
     if (stopped()) return;
     if (!response) continue;
-    yield response;
+    yield { identifier: response, cursor };
     if (++responses >= limit) return;
   }
 }
