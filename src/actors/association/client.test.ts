@@ -3,7 +3,9 @@
  */
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { CommandField } from '../../codec/dimse.ts';
 import { DicomApplicationContext, PduFramer, encodePdu } from '../../codec/pdu.ts';
@@ -11,6 +13,8 @@ import { TransferSyntax } from '../../codec/dicom-types.ts';
 import { AssociationClosedError, DicomClientAssociation } from './client.ts';
 import { acceptorAnsweringWithEmptyPdvs, acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
 import { startReportReceiver } from '../../../test/support/report-receiver.ts';
+import { manualClock } from '../../../test/support/manual-clock.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 
@@ -153,4 +157,44 @@ test('an acceptor that stops reading in the middle of a data set: the request fa
     new Promise<string>((resolve) => setTimeout(() => resolve('still sending after 10 s'), 10_000)),
   ]);
   assert.equal(outcome, 'ERR_ASSOCIATION_TIMEOUT');
+});
+
+test('connecting to a host that never completes the connection fails with ERR_CONNECT after timeoutMs of the client\'s clock, not before', async (t) => {
+  // A listener whose process is stopped: once its accept queue is full (backlog 1: two connections), SYNs go unanswered.
+  const child = spawn(process.execPath, ['-e', "const s = require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => { console.log(s.address().port); process.kill(process.pid, 'SIGSTOP'); });"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => {
+    child.kill('SIGKILL');
+  });
+  const port = Number(await new Promise<string>((resolve) => child.stdout!.once('data', (data: Buffer) => resolve(data.toString().trim()))));
+  await waitFor('the listener stopped', () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(' ')[2] === 'T');
+  let connected = 0;
+  const fillers = [0, 1, 2].map(() => connect(port, '127.0.0.1').on('error', () => undefined).on('connect', () => connected++));
+  t.after(() => fillers.forEach((socket) => socket.destroy()));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.ok(connected < 3, 'the accept queue is full: a connection hangs');
+  const clock = manualClock(1_000_000);
+  let outcome = undefined as unknown;
+  const opening = DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port,
+    callingAeTitle: 'PACSMESH',
+    calledAeTitle: 'DEST',
+    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+    timeoutMs: 30_000,
+    clock,
+  }).then(
+    (association) => {
+      association.abort();
+      return 'connected';
+    },
+    (error: unknown) => (outcome = error),
+  );
+  clock.advance(29_999);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(outcome, undefined, 'still connecting within the timeout');
+  clock.advance(1);
+  await opening;
+  const failure = outcome as unknown as Error;
+  assert.ok(failure instanceof AssociationClosedError && failure.code === 'ERR_CONNECT' && /timed out/.test(failure.message), String(failure));
+  assert.equal(clock.pending(), 0, 'no timer left behind');
 });
