@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { deflateRawSync } from 'node:zlib';
 import { associateRqBytes as associateRq, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
@@ -752,21 +753,22 @@ test('a requestor that stops reading its answers is cut, but not while it still 
   clock.advance(1000); // the idle timeout: the expiry waits behind the blocked write, the cut is armed (2 s)
   clock.advance(1500);
   // The requestor reads 0.5 s before the cut would come: the peer's write moves on, the association handles
-  // the expiry and takes more requests, and its write blocks again. It reads 1 MiB, counted: a single read of
-  // 64 KiB is not seen (no drain at the peer), and one turn of the loop read that little at times (CI, load ~3).
+  // the expiry and takes more requests, and its write blocks again. It reads as much as the peer needs to see
+  // it (readSeenByBlockedWriterBytes): 1 MiB was not always seen, and the cut came as if nothing was read (CI, load ~3).
   let readBytes = 0;
   const countRead = (chunk: Buffer) => (readBytes += chunk.length);
   socket.on('data', countRead); // the socket was paused on purpose: the listener does not resume it
   socket.resume();
-  const readEnough = runTimeDeadline(10_000);
+  const readTargetBytes = readSeenByBlockedWriterBytes();
+  const readEnough = runTimeDeadline(20_000);
   try {
-    while (readBytes < 1024 * 1024 && !readEnough.passed()) await new Promise((resolve) => setImmediate(resolve));
+    while (readBytes < readTargetBytes && !readEnough.passed()) await new Promise((resolve) => setImmediate(resolve));
   } finally {
     readEnough.stop();
   }
   socket.pause();
   socket.off('data', countRead);
-  assert.ok(readBytes >= 1024 * 1024, `the requestor read 1 MiB of answers (${readBytes} bytes)`);
+  assert.ok(readBytes >= readTargetBytes, `the requestor read ${readTargetBytes} bytes of answers (${readBytes} bytes)`);
   await settle();
   const readAtMs = clock.nowMs();
   // Then nothing more: cut once it has read nothing for the idle timeout (and the grace of an expiry that
@@ -935,6 +937,24 @@ function getStudyRequest(studyInstanceUid: string, options: { requestorStores?: 
     TransferSyntax.ImplicitVrLittleEndian,
   );
   return { rq: Buffer.from(rq), getRq: Buffer.concat([...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]) };
+}
+
+/**
+ * Bytes a requestor that never read must read before a peer blocked writing to it can tell (its socket's
+ * 'drain'). Linux makes a full TCP socket writable again only once its queue is down to 2/3 of its send
+ * buffer, which autotunes up to tcp_wmem's maximum (4 MiB by default: 1.4 MB to drain), and the first bytes
+ * read come from the requestor's own receive buffer (tcp_rmem's default, grown a little; here twice it).
+ * Measured here: 1 MiB read in paced reads of up to 64 KiB drained 0.86 MB of the peer's 4 MB queue.
+ */
+function readSeenByBlockedWriterBytes(): number {
+  const sysctl = (name: string, index: number, fallback: number): number => {
+    try {
+      return Number(readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim().split(/\s+/)[index]) || fallback;
+    } catch {
+      return fallback;
+    }
+  };
+  return 2 * sysctl('tcp_rmem', 1, 131_072) + Math.ceil(sysctl('tcp_wmem', 2, 4_194_304) / 3) + 64 * 1024;
 }
 
 /** One P-DATA-TF PDU of `pdvs` PDVs of no bytes (data, not last, presentation context 1): 6 bytes each. */
