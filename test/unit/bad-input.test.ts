@@ -262,6 +262,33 @@ test('a data set cut off in the middle (connection dropped): nothing is stored, 
   assert.ok(await echoWorks(peer));
 });
 
+test('an A-RELEASE-RQ right behind a whole C-STORE, before its answer: the C-STORE-RSP (Success, the instance stored), then the A-RELEASE-RP', async () => {
+  const { dataSet, resolved } = dataSetOf({ rows: 64, columns: 64 });
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  const rq = associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian);
+  const stream = Buffer.concat([rq, ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, dataSet, 16384), encodePdu({ type: 'releaseRq' })]);
+  const { pdus, closedByPeer } = await exchange(peer.dicomPort, [stream], { waitMs: 5000, until: (got) => got.some((pdu) => pdu.type === 'releaseRp' || pdu.type === 'abort') });
+  assert.deepEqual(pdus.map((pdu) => pdu.type), ['associateAc', 'pData', 'releaseRp'], `closed by peer: ${closedByPeer}`);
+  const rsp = decodeCommand((pdus[1] as Extract<Pdu, { type: 'pData' }>).values[0]!.data);
+  assert.equal(rsp.status, Status.Success);
+  assert.notEqual(await peer.store.getEntry(resolved.sopInstanceUid), undefined, 'an acknowledged instance is stored');
+});
+
+test('an A-ABORT in the middle of a C-STORE data set: nothing is stored, the peer serves on', async () => {
+  const before = await storedKeyCount(peer);
+  const { dataSet, resolved } = dataSetOf({ rows: 512, columns: 512 });
+  const command = encodeCommand({ commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: resolved.sopClassUid, affectedSopInstanceUid: resolved.sopInstanceUid, priority: 0, hasDataSet: true });
+  const rq = associateRq('PACSMESH', resolved.sopClassUid, TransferSyntax.ExplicitVrLittleEndian);
+  const half = dataSet.subarray(0, Math.floor(dataSet.length / 2));
+  const { pdus, closedByPeer } = await exchange(peer.dicomPort, [rq, ...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, half, 16384, false), encodePdu({ type: 'abort', source: AbortSource.ServiceUser, reason: 0 })], { waitMs: 5000 });
+  // AA-3: no answer to an A-ABORT, the transport closes.
+  assert.deepEqual(pdus.map((pdu) => pdu.type), ['associateAc']);
+  assert.ok(closedByPeer);
+  assert.equal(await peer.store.getEntry(resolved.sopInstanceUid), undefined);
+  assert.equal(await storedKeyCount(peer), before);
+  assert.ok(await echoWorks(peer));
+});
+
 test('a P-DATA-TF of hundreds of thousands of empty PDVs inside a C-STORE: handled in linear time, the instance stored whole (hunt 79: 191 s of a blocked peer for one 4 MB PDU)', async (t) => {
   const bigPduPeer = await startTestPeer(['--max-pdu', '2097152'], 'big-pdu');
   t.after(() => bigPduPeer.dispose());
