@@ -289,6 +289,16 @@ test('an A-ABORT in the middle of a C-STORE data set: nothing is stored, the pee
   assert.ok(await echoWorks(peer));
 });
 
+test('a C-ECHO and an unknown PDU in one TCP segment: the C-ECHO is answered, then the A-ABORT (provider, unrecognized PDU), as when they come apart (hunt 126: both were dropped)', async () => {
+  const echo = encodePDataFragments(1, true, encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false }), 16384)[0]!;
+  const unknownPdu = Buffer.from([0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+  const { pdus, closedByPeer } = await exchange(peer.dicomPort, [Buffer.concat([associateRq(), echo, unknownPdu])], { waitMs: 5000 });
+  assert.deepEqual(pdus.map((pdu) => pdu.type), ['associateAc', 'pData', 'abort']);
+  assert.equal(decodeCommand((pdus[1] as Extract<Pdu, { type: 'pData' }>).values[0]!.data).status, Status.Success);
+  assert.deepEqual(pdus[2], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.UnrecognizedPdu });
+  assert.ok(closedByPeer);
+});
+
 test('a P-DATA-TF of hundreds of thousands of empty PDVs inside a C-STORE: handled in linear time, the instance stored whole (hunt 79: 191 s of a blocked peer for one 4 MB PDU)', async (t) => {
   const bigPduPeer = await startTestPeer(['--max-pdu', '2097152'], 'big-pdu');
   t.after(() => bigPduPeer.dispose());

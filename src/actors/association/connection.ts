@@ -115,9 +115,7 @@ export class DicomConnection {
     try {
       pdus = this.framer.push(chunk);
     } catch (error) {
-      // After a framing error nothing else on this stream can be trusted.
-      this.init.socket.pause();
-      this.events.onInvalidPdu(error instanceof PduError ? error : new PduError('ERR_PDU_MALFORMED', String(error)));
+      this.onFramingError(error);
       return;
     }
     if (pdus.length === 0) return;
@@ -129,6 +127,14 @@ export class DicomConnection {
       this.init.socket.pause();
     }
     this.events.onPdus(pdus, held);
+    // Bad bytes after those PDUs in the same chunk: reported after them, as if they had come in the next one.
+    if (this.framer.failure !== undefined) this.onFramingError(this.framer.failure);
+  }
+
+  private onFramingError(error: unknown): void {
+    // After a framing error nothing else on this stream can be trusted.
+    this.init.socket.pause();
+    this.events.onInvalidPdu(error instanceof PduError ? error : new PduError('ERR_PDU_MALFORMED', String(error)));
   }
 
   /** The handler finished with what onPdus was given (`bytes` as it said): resume reading once under half the bound. */
