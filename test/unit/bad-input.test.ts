@@ -299,6 +299,21 @@ test('a C-ECHO and an unknown PDU in one TCP segment: the C-ECHO is answered, th
   assert.ok(closedByPeer);
 });
 
+test('P-DATA on a presentation context that was rejected: A-ABORT (provider, invalid PDU parameter value), the peer serves on', async () => {
+  const rq = associateRq('PACSMESH', verification, TransferSyntax.ImplicitVrLittleEndian, 'FUZZER', [
+    { id: 1, abstractSyntaxUid: verification, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+    { id: 3, abstractSyntaxUid: '1.2.826.0.1.3680043.10.1453.126.1', transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] },
+  ]);
+  const echoOn3 = encodePDataFragments(3, true, encodeCommand({ commandField: CommandField.CEchoRq, messageId: 1, affectedSopClassUid: verification, hasDataSet: false }), 16384)[0]!;
+  const { pdus, closedByPeer } = await exchange(peer.dicomPort, [rq, echoOn3], { waitMs: 5000 });
+  assert.deepEqual(pdus.map((pdu) => pdu.type), ['associateAc', 'abort']);
+  const ac = pdus[0] as Extract<Pdu, { type: 'associateAc' }>;
+  assert.deepEqual(ac.presentationContexts.map((pc) => [pc.id, pc.result]), [[1, 0], [3, 3]], 'context 3 rejected: abstract syntax not supported');
+  assert.deepEqual(pdus[1], { type: 'abort', source: AbortSource.ServiceProvider, reason: AbortReason.InvalidPduParameterValue });
+  assert.ok(closedByPeer);
+  assert.ok(await echoWorks(peer));
+});
+
 test('a P-DATA-TF of hundreds of thousands of empty PDVs inside a C-STORE: handled in linear time, the instance stored whole (hunt 79: 191 s of a blocked peer for one 4 MB PDU)', async (t) => {
   const bigPduPeer = await startTestPeer(['--max-pdu', '2097152'], 'big-pdu');
   t.after(() => bigPduPeer.dispose());
