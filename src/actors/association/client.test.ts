@@ -10,13 +10,25 @@ import { test } from 'node:test';
 import { CommandField } from '../../codec/dimse.ts';
 import { DicomApplicationContext, PduFramer, encodePdu } from '../../codec/pdu.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
-import { AssociationClosedError, DicomClientAssociation } from './client.ts';
+import { AssociationClosedError, DicomClientAssociation, type ClientInit } from './client.ts';
 import { acceptorAnsweringWithEmptyPdvs, acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
 import { startReportReceiver } from '../../../test/support/report-receiver.ts';
 import { manualClock } from '../../../test/support/manual-clock.ts';
 import { waitFor } from '../../../test/support/wait.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
+
+/** Our requestor to an acceptor on loopback `port` (called AE DEST), proposing CT Image Storage in explicit VR little endian. */
+function openCtRequestor(port: number, more: Partial<ClientInit>): Promise<DicomClientAssociation> {
+  return DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port,
+    callingAeTitle: 'PACSMESH',
+    calledAeTitle: 'DEST',
+    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+    ...more,
+  });
+}
 
 test('the acceptor hangs up while a request is being sent: the request fails with ERR_ASSOCIATION_ABORTED, nothing is left unhandled', async (t) => {
   const acceptor = await acceptorThatHangsUpMidRequest();
@@ -26,14 +38,7 @@ test('the acceptor hangs up while a request is being sent: the request fails wit
   process.on('unhandledRejection', onUnhandled);
   t.after(() => process.off('unhandledRejection', onUnhandled));
 
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: acceptor.port,
-    callingAeTitle: 'PACSMESH',
-    calledAeTitle: 'DEST',
-    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-    timeoutMs: 5000,
-  });
+  const client = await openCtRequestor(acceptor.port, { timeoutMs: 5000 });
   // Read as from the store, chunk by chunk across event-loop turns, so the connection closes while it is
   // still being sent; once it has, the rest is not read.
   let chunksRead = 0;
@@ -68,16 +73,7 @@ test('an owner\'s AbortSignal ends a negotiation under way at once, and keeps no
     silent.close();
   });
   const owner = new AbortController();
-  const open = (port: number) =>
-    DicomClientAssociation.open({
-      host: '127.0.0.1',
-      port,
-      callingAeTitle: 'PACSMESH',
-      calledAeTitle: 'DEST',
-      presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-      timeoutMs: 30_000,
-      signal: owner.signal,
-    });
+  const open = (port: number) => openCtRequestor(port, { timeoutMs: 30_000, signal: owner.signal });
   for (let i = 0; i < 12; i++) await (await open(receiver.port)).release();
   await new Promise((resolve) => setTimeout(resolve, 50)); // the last socket's close event
   assert.equal(getEventListeners(owner.signal, 'abort').length, 0, 'one listener per association would pile up on a long-lived signal');
@@ -134,14 +130,7 @@ test('an acceptor that stops reading in the middle of a data set: the request fa
     for (const socket of sockets) socket.destroy();
     return new Promise<void>((resolve) => server.close(() => resolve()));
   });
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: (server.address() as AddressInfo).port,
-    callingAeTitle: 'PACSMESH',
-    calledAeTitle: 'DEST',
-    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-    timeoutMs: 1000,
-  });
+  const client = await openCtRequestor((server.address() as AddressInfo).port, { timeoutMs: 1000 });
   t.after(() => client.abort());
   // Far more than loopback's socket buffers hold.
   const request = client.request(
@@ -174,15 +163,7 @@ test('connecting to a host that never completes the connection fails with ERR_CO
   assert.ok(connected < 3, 'the accept queue is full: a connection hangs');
   const clock = manualClock(1_000_000);
   let outcome = undefined as unknown;
-  const opening = DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port,
-    callingAeTitle: 'PACSMESH',
-    calledAeTitle: 'DEST',
-    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-    timeoutMs: 30_000,
-    clock,
-  }).then(
+  const opening = openCtRequestor(port, { timeoutMs: 30_000, clock }).then(
     (association) => {
       association.abort();
       return 'connected';
