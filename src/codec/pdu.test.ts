@@ -95,6 +95,31 @@ test('the framer gives the same PDUs whatever the split points', () => {
   }
 });
 
+test('valid PDUs before malformed bytes are handed on, then the error, whatever the split points (hunt 126: in one chunk with the bad bytes they were dropped, so a C-ECHO or C-STORE was answered or not by where TCP cut)', () => {
+  const valid = Buffer.concat(samples.map(encodePdu));
+  for (const bad of [Buffer.from([0x09, 0, 0, 0, 0, 4, 0, 0, 0, 0]), Buffer.from([0x04, 0, 0xff, 0xff, 0xff, 0xf0])]) {
+    const stream = Buffer.concat([valid, bad]);
+    for (let cut = 0; cut <= stream.length; cut++) {
+      const framer = new PduFramer();
+      const pdus: Pdu[] = [];
+      let failure: unknown;
+      for (const chunk of [stream.subarray(0, cut), stream.subarray(cut)]) {
+        try {
+          pdus.push(...framer.push(chunk));
+        } catch (error) {
+          failure = error;
+          break;
+        }
+        failure = framer.failure;
+        if (failure !== undefined) break;
+      }
+      assert.equal(pdus.length, samples.length, `cut at ${cut}: every valid PDU`);
+      assert.ok(failure instanceof PduError, `cut at ${cut}: then the error`);
+      assert.throws(() => framer.push(Buffer.from([0x05])), PduError, 'nothing more is framed');
+    }
+  }
+});
+
 test('an oversized length field is refused before anything is buffered', () => {
   const framer = new PduFramer(defaultPduLimits);
   const header = Buffer.from([0x04, 0, 0xff, 0xff, 0xff, 0xf0]);

@@ -236,10 +236,21 @@ export function peekPduLength(buffer: Uint8Array, offset: number, available: num
 export class PduFramer {
   private buffer = new Uint8Array(0);
   private used = 0;
+  /**
+   * The framing error, thrown from then on. Met after PDUs that the same chunk completed, those are returned
+   * first, as they would be had the bad bytes come in a later chunk (see `failure`).
+   */
+  private deferredError: unknown;
   constructor(private readonly limits: PduLimits = defaultPduLimits) {}
+
+  /** The framing error met so far (after the PDUs a push returned, or thrown by it); nothing more is framed after it. */
+  get failure(): unknown {
+    return this.deferredError;
+  }
 
   /** Returns the PDUs completed by this chunk; throws PduError on a malformed stream. */
   push(chunk: Uint8Array): Pdu[] {
+    if (this.deferredError !== undefined) throw this.deferredError;
     const pdus: Pdu[] = [];
     let data: Uint8Array;
     let offset = 0;
@@ -253,10 +264,17 @@ export class PduFramer {
       available = this.used;
     }
     for (;;) {
-      const length = peekPduLength(data, offset, available - offset, this.limits);
-      if (length === undefined || available - offset < length) break;
-      pdus.push(decodePdu(data.subarray(offset, offset + length)));
-      offset += length;
+      try {
+        const length = peekPduLength(data, offset, available - offset, this.limits);
+        if (length === undefined || available - offset < length) break;
+        pdus.push(decodePdu(data.subarray(offset, offset + length)));
+        offset += length;
+      } catch (error) {
+        // Whether valid PDUs are handled before the bad bytes must not depend on where TCP split the stream.
+        this.deferredError = error;
+        if (pdus.length === 0) throw error;
+        return pdus;
+      }
     }
     const rest = available - offset;
     if (data === chunk) {

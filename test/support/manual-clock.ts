@@ -8,6 +8,10 @@ export interface ManualClock extends Clock {
   pending(): number;
 }
 
+export function isManualClock(clock: Clock): clock is ManualClock {
+  return 'advance' in clock;
+}
+
 export function manualClock(startMs = 0): ManualClock {
   const timers = new Map<number, { callback: () => void; dueMs: number }>();
   let nowMs = startMs;

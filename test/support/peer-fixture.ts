@@ -12,6 +12,7 @@ import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { DicomApplicationContext, encodePdu, type AssociateRqPdu } from '../../src/codec/pdu.ts';
+import { isManualClock } from './manual-clock.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax, type InstanceOptions } from './synthetic-dicom.ts';
 import { createConcurrencyLimit, type ConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
 import { heldInstanceBytesMax, heldInstanceRequestsQueuedMax } from '../../src/http/dicomweb/context.ts';
@@ -49,7 +50,18 @@ export async function startTestPeer(extraArgs: string[] = [], site = 'test', log
     ...peer,
     dataDir,
     dispose: async () => {
-      await peer.stop();
+      const stopped = peer.stop();
+      // A peer on a clock the test moves: its shutdown grace, and the wait for sockets to close, run on that clock.
+      const clock = options.clock;
+      if (clock !== undefined && isManualClock(clock)) {
+        let done = false;
+        void stopped.finally(() => (done = true));
+        while (!done) {
+          clock.advance(500);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      }
+      await stopped;
       rmSync(dataDir, { recursive: true, force: true });
     },
   };

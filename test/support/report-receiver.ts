@@ -42,7 +42,7 @@ export async function startReportReceiver(aeTitle = 'MODALITY', port = 0, option
     let roleSelections: RoleSelection[] = [];
     let pending: { command: DimseCommand; contextId: number; parts: Uint8Array[] } | undefined;
     const connection = new DicomConnection(
-      { socket, limits: { maxPDataBytes: 1024 * 1024, maxAssociateBytes: 64 * 1024 }, maxUnprocessedBytes: 8 * 1024 * 1024, nowMs: () => Date.now() },
+      { socket, limits: { maxPDataBytes: 1024 * 1024, maxAssociateBytes: 64 * 1024 }, maxUnprocessedBytes: 8 * 1024 * 1024, clock: systemClock },
       {
         onPdus: (pdus, bytes) => {
           for (const pdu of pdus) void core.fire({ type: 'pduReceived', pdu });

@@ -3,16 +3,32 @@
  */
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { CommandField } from '../../codec/dimse.ts';
 import { DicomApplicationContext, PduFramer, encodePdu } from '../../codec/pdu.ts';
 import { TransferSyntax } from '../../codec/dicom-types.ts';
-import { AssociationClosedError, DicomClientAssociation } from './client.ts';
+import { AssociationClosedError, DicomClientAssociation, type ClientInit } from './client.ts';
 import { acceptorAnsweringWithEmptyPdvs, acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
 import { startReportReceiver } from '../../../test/support/report-receiver.ts';
+import { manualClock } from '../../../test/support/manual-clock.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
+
+/** Our requestor to an acceptor on loopback `port` (called AE DEST), proposing CT Image Storage in explicit VR little endian. */
+function openCtRequestor(port: number, more: Partial<ClientInit>): Promise<DicomClientAssociation> {
+  return DicomClientAssociation.open({
+    host: '127.0.0.1',
+    port,
+    callingAeTitle: 'PACSMESH',
+    calledAeTitle: 'DEST',
+    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
+    ...more,
+  });
+}
 
 test('the acceptor hangs up while a request is being sent: the request fails with ERR_ASSOCIATION_ABORTED, nothing is left unhandled', async (t) => {
   const acceptor = await acceptorThatHangsUpMidRequest();
@@ -22,14 +38,7 @@ test('the acceptor hangs up while a request is being sent: the request fails wit
   process.on('unhandledRejection', onUnhandled);
   t.after(() => process.off('unhandledRejection', onUnhandled));
 
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: acceptor.port,
-    callingAeTitle: 'PACSMESH',
-    calledAeTitle: 'DEST',
-    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-    timeoutMs: 5000,
-  });
+  const client = await openCtRequestor(acceptor.port, { timeoutMs: 5000 });
   // Read as from the store, chunk by chunk across event-loop turns, so the connection closes while it is
   // still being sent; once it has, the rest is not read.
   let chunksRead = 0;
@@ -64,16 +73,7 @@ test('an owner\'s AbortSignal ends a negotiation under way at once, and keeps no
     silent.close();
   });
   const owner = new AbortController();
-  const open = (port: number) =>
-    DicomClientAssociation.open({
-      host: '127.0.0.1',
-      port,
-      callingAeTitle: 'PACSMESH',
-      calledAeTitle: 'DEST',
-      presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-      timeoutMs: 30_000,
-      signal: owner.signal,
-    });
+  const open = (port: number) => openCtRequestor(port, { timeoutMs: 30_000, signal: owner.signal });
   for (let i = 0; i < 12; i++) await (await open(receiver.port)).release();
   await new Promise((resolve) => setTimeout(resolve, 50)); // the last socket's close event
   assert.equal(getEventListeners(owner.signal, 'abort').length, 0, 'one listener per association would pile up on a long-lived signal');
@@ -130,14 +130,7 @@ test('an acceptor that stops reading in the middle of a data set: the request fa
     for (const socket of sockets) socket.destroy();
     return new Promise<void>((resolve) => server.close(() => resolve()));
   });
-  const client = await DicomClientAssociation.open({
-    host: '127.0.0.1',
-    port: (server.address() as AddressInfo).port,
-    callingAeTitle: 'PACSMESH',
-    calledAeTitle: 'DEST',
-    presentationContexts: [{ abstractSyntaxUid: ctImage, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }],
-    timeoutMs: 1000,
-  });
+  const client = await openCtRequestor((server.address() as AddressInfo).port, { timeoutMs: 1000 });
   t.after(() => client.abort());
   // Far more than loopback's socket buffers hold.
   const request = client.request(
@@ -153,4 +146,36 @@ test('an acceptor that stops reading in the middle of a data set: the request fa
     new Promise<string>((resolve) => setTimeout(() => resolve('still sending after 10 s'), 10_000)),
   ]);
   assert.equal(outcome, 'ERR_ASSOCIATION_TIMEOUT');
+});
+
+test('connecting to a host that never completes the connection fails with ERR_CONNECT after timeoutMs of the client\'s clock, not before', async (t) => {
+  // A listener whose process is stopped: once its accept queue is full (backlog 1: two connections), SYNs go unanswered.
+  const child = spawn(process.execPath, ['-e', "const s = require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => { console.log(s.address().port); process.kill(process.pid, 'SIGSTOP'); });"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => {
+    child.kill('SIGKILL');
+  });
+  const port = Number(await new Promise<string>((resolve) => child.stdout!.once('data', (data: Buffer) => resolve(data.toString().trim()))));
+  await waitFor('the listener stopped', () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(' ')[2] === 'T');
+  let connected = 0;
+  const fillers = [0, 1, 2].map(() => connect(port, '127.0.0.1').on('error', () => undefined).on('connect', () => connected++));
+  t.after(() => fillers.forEach((socket) => socket.destroy()));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.ok(connected < 3, 'the accept queue is full: a connection hangs');
+  const clock = manualClock(1_000_000);
+  let outcome = undefined as unknown;
+  const opening = openCtRequestor(port, { timeoutMs: 30_000, clock }).then(
+    (association) => {
+      association.abort();
+      return 'connected';
+    },
+    (error: unknown) => (outcome = error),
+  );
+  clock.advance(29_999);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(outcome, undefined, 'still connecting within the timeout');
+  clock.advance(1);
+  await opening;
+  const failure = outcome as unknown as Error;
+  assert.ok(failure instanceof AssociationClosedError && failure.code === 'ERR_CONNECT' && /timed out/.test(failure.message), String(failure));
+  assert.equal(clock.pending(), 0, 'no timer left behind');
 });

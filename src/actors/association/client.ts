@@ -104,7 +104,7 @@ export class DicomClientAssociation {
     this.clock = init.clock ?? systemClock;
     this.timeoutMs = init.timeoutMs ?? 30_000;
     const connection = new DicomConnection(
-      { socket, limits: { ...defaultPduLimits, maxPDataBytes: (init.maxPduLength ?? 256 * 1024) + 64 }, maxUnprocessedBytes: 8 * 1024 * 1024, nowMs: () => this.clock.nowMs() },
+      { socket, limits: { ...defaultPduLimits, maxPDataBytes: (init.maxPduLength ?? 256 * 1024) + 64 }, maxUnprocessedBytes: 8 * 1024 * 1024, clock: this.clock },
       {
         onPdus: (pdus, bytes) => {
           try {
@@ -134,21 +134,23 @@ export class DicomClientAssociation {
 
   static async open(init: ClientInit): Promise<DicomClientAssociation> {
     const timeoutMs = init.timeoutMs ?? 30_000;
+    const clock = init.clock ?? systemClock;
     const aborted = () => new AssociationClosedError('ERR_ASSOCIATION_ABORTED', 'aborted by its owner');
     if (init.signal?.aborted) throw aborted();
     const socket = await new Promise<Socket>((resolve, reject) => {
       const s = connect({ host: init.host, port: init.port });
       const onAbort = () => {
+        settled();
         s.destroy();
         reject(aborted());
       };
       // Removed once connected or failed: a long-lived owner's signal must not gather one per association.
       const settled = () => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         init.signal?.removeEventListener('abort', onAbort);
       };
       init.signal?.addEventListener('abort', onAbort, { once: true });
-      const timer = setTimeout(() => {
+      const timer = clock.setTimeout(() => {
         settled();
         s.destroy();
         reject(new AssociationClosedError('ERR_CONNECT', `connect to ${init.host}:${init.port} timed out`));

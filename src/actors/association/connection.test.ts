@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EventEmitter } from 'node:events';
-import type { Socket } from 'node:net';
-import { AssociationCore, DicomConnection } from './connection.ts';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { AssociationCore, DicomConnection, halfCloseGraceMs } from './connection.ts';
 import { PduFramer, PduType, defaultPduLimits, type Pdu } from '../../codec/pdu.ts';
 import { CommandField } from '../../codec/dimse.ts';
 import { systemClock } from '../runtime/clock.ts';
+import { manualClock } from '../../../test/support/manual-clock.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 
 /** The socket surface DicomConnection uses, recording whether reading is paused. */
 function fakeSocket(): Socket & { isPaused(): boolean; written: Uint8Array[] } {
@@ -51,7 +53,7 @@ test('received PDVs count towards the read bound by what they hold, not only by 
   const socket = fakeSocket();
   const given: number[] = [];
   const connection = new DicomConnection(
-    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, nowMs: () => 0 },
+    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, clock: systemClock },
     { onPdus: (_pdus, bytes) => given.push(bytes), onInvalidPdu: () => assert.fail('the PDUs are valid'), onClosed: () => undefined },
   );
   // 48 KiB on the wire, 8,192 PDVs: over 2 MB of objects until they are handled.
@@ -67,7 +69,7 @@ test('received PDVs count towards the read bound by what they hold, not only by 
 test('a requestor announcing a maximum PDU length of 8 bytes: a 1 MiB data set goes out as valid 2-byte fragments in few writes, and the event loop serves others meanwhile (hunt 96: a million 14-byte buffers, ~400 MB, and a peer deaf for 30 s)', async () => {
   const socket = fakeSocket();
   const connection = new DicomConnection(
-    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, nowMs: () => 0 },
+    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, clock: systemClock },
     { onPdus: () => undefined, onInvalidPdu: () => undefined, onClosed: () => undefined },
   );
   const core = new AssociationCore({ connection, clock: systemClock, artimTimeoutMs: 30_000, isRequestor: false }, { onIndication: () => undefined, onDimse: () => undefined });
@@ -102,4 +104,55 @@ test('a requestor announcing a maximum PDU length of 8 bytes: a 1 MiB data set g
   const last = pdus[pdus.length - 1]!;
   assert.ok(last.type === 'pData' && last.values[0]!.isLast && !last.values[0]!.isCommand);
   assert.deepEqual(Buffer.concat(data), Buffer.from(dataSet));
+});
+
+test('close() half-closes, and destroys the socket once the peer has not closed its side for halfCloseGraceMs of the association clock', async (t) => {
+  const clock = manualClock(1_000_000);
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+  // The remote end reads (it sees the end) but never closes its side.
+  const remote = connect({ port: (server.address() as AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  remote.on('error', () => undefined);
+  remote.on('end', () => undefined);
+  t.after(() => {
+    remote.destroy();
+    server.close();
+  });
+  const socket = await accepted;
+  let closed = false;
+  const connection = new DicomConnection(
+    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, clock },
+    { onPdus: () => undefined, onInvalidPdu: () => undefined, onClosed: () => (closed = true) },
+  );
+  const remoteEnded = new Promise((resolve) => remote.once('end', resolve));
+  connection.close();
+  connection.close(); // twice, as an abort and its closeTransport effect do: one timer
+  await remoteEnded;
+  assert.equal(clock.pending(), 1, 'one timer bounds the wait');
+  clock.advance(halfCloseGraceMs - 1);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(closed, false, 'still waiting for the peer to close its side');
+  clock.advance(1);
+  await waitFor('the socket destroyed', () => closed, 2000);
+  assert.equal(clock.pending(), 0);
+});
+
+test('close() on a peer that closes its side: closed at once, and no timer left behind', async (t) => {
+  const clock = manualClock(1_000_000);
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+  const remote = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  remote.on('error', () => undefined);
+  t.after(() => server.close());
+  const socket = await accepted;
+  let closed = false;
+  const connection = new DicomConnection(
+    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, clock },
+    { onPdus: () => undefined, onInvalidPdu: () => undefined, onClosed: () => (closed = true) },
+  );
+  connection.close(); // the remote's allowHalfOpen is false: it ends its side on our end
+  await waitFor('the socket closed', () => closed, 2000);
+  assert.equal(clock.pending(), 0, 'the half-close timer cleared when the socket closed');
 });

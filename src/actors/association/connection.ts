@@ -71,9 +71,12 @@ export interface ConnectionInit {
   socket: Socket;
   limits: PduLimits;
   maxUnprocessedBytes: number;
-  /** Time for `lastWriteProgressMs` (the association's clock). */
-  nowMs: () => number;
+  /** The association's clock: `lastWriteProgressMs`, and the bound on a half-closed socket's wait (see close). */
+  clock: Clock;
 }
+
+/** How long a half-closed socket waits for the peer to close its side before it is destroyed. */
+export const halfCloseGraceMs = 2000;
 
 export class DicomConnection {
   private readonly framer: PduFramer;
@@ -84,6 +87,8 @@ export class DicomConnection {
   private writesWaiting = 0;
   /** When a write last went into the kernel buffer, or the buffer last drained. */
   private writeProgressMs: number;
+  /** Set by close(): destroys the socket if the peer has not closed its side by then. */
+  private halfCloseTimer: TimerHandle | undefined;
   readonly remoteAddress: string;
 
   constructor(
@@ -91,13 +96,14 @@ export class DicomConnection {
     private readonly events: ConnectionEvents,
   ) {
     this.framer = new PduFramer(init.limits);
-    this.writeProgressMs = init.nowMs();
+    this.writeProgressMs = init.clock.nowMs();
     const socket = init.socket;
     socket.setNoDelay(true);
     this.remoteAddress = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
+      init.clock.clearTimeout(this.halfCloseTimer);
       if (this.closed) return;
       this.closed = true;
       this.events.onClosed();
@@ -109,9 +115,7 @@ export class DicomConnection {
     try {
       pdus = this.framer.push(chunk);
     } catch (error) {
-      // After a framing error nothing else on this stream can be trusted.
-      this.init.socket.pause();
-      this.events.onInvalidPdu(error instanceof PduError ? error : new PduError('ERR_PDU_MALFORMED', String(error)));
+      this.onFramingError(error);
       return;
     }
     if (pdus.length === 0) return;
@@ -123,6 +127,14 @@ export class DicomConnection {
       this.init.socket.pause();
     }
     this.events.onPdus(pdus, held);
+    // Bad bytes after those PDUs in the same chunk: reported after them, as if they had come in the next one.
+    if (this.framer.failure !== undefined) this.onFramingError(this.framer.failure);
+  }
+
+  private onFramingError(error: unknown): void {
+    // After a framing error nothing else on this stream can be trusted.
+    this.init.socket.pause();
+    this.events.onInvalidPdu(error instanceof PduError ? error : new PduError('ERR_PDU_MALFORMED', String(error)));
   }
 
   /** The handler finished with what onPdus was given (`bytes` as it said): resume reading once under half the bound. */
@@ -138,7 +150,7 @@ export class DicomConnection {
   write(bytes: Uint8Array): Promise<void> {
     if (this.closed || this.init.socket.destroyed) return Promise.resolve();
     const accepted = this.init.socket.write(bytes);
-    this.writeProgressMs = this.init.nowMs();
+    this.writeProgressMs = this.init.clock.nowMs();
     if (accepted) return Promise.resolve();
     this.writesWaiting++;
     return new Promise((resolve) => {
@@ -146,7 +158,7 @@ export class DicomConnection {
         this.init.socket.off('drain', done);
         this.init.socket.off('close', done);
         this.writesWaiting--;
-        this.writeProgressMs = this.init.nowMs();
+        this.writeProgressMs = this.init.clock.nowMs();
         resolve();
       };
       this.init.socket.once('drain', done);
@@ -167,8 +179,9 @@ export class DicomConnection {
   /** Half-close after flushing: the peer sees the end of the stream. */
   close(): void {
     this.init.socket.end();
+    if (this.init.socket.destroyed || this.halfCloseTimer !== undefined) return;
     // A peer that never closes its side must not keep the socket alive forever.
-    setTimeout(() => this.init.socket.destroy(), 2000).unref();
+    this.halfCloseTimer = this.init.clock.setTimeout(() => this.init.socket.destroy(), halfCloseGraceMs);
   }
 
   destroy(): void {

@@ -1,14 +1,21 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { startDicomListener, type DicomListenerInit } from './listener.ts';
 import { silentLogger } from '../runtime/logger.ts';
+import { systemClock } from '../runtime/clock.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { waitFor } from '../../../test/support/wait.ts';
+import { manualClock } from '../../../test/support/manual-clock.ts';
+import { startTestPeer } from '../../../test/support/peer-fixture.ts';
+import { halfCloseGraceMs } from './connection.ts';
+import { AssociationClosedError, DicomClientAssociation } from './client.ts';
+import { CommandField } from '../../codec/dimse.ts';
+import { PduFramer, type Pdu } from '../../codec/pdu.ts';
 
 /** A listener on a free port whose front door routes by `route`, with no actor system or deps: serving a connection here throws. */
 function listenerRouting(route: NonNullable<DicomListenerInit['frontDoor']>['route']) {
-  return startDicomListener({ host: '127.0.0.1', port: 0, maxAssociations: 4, parent: undefined as never, deps: { log: silentLogger } as unknown as AssociationDeps, frontDoor: { route } });
+  return startDicomListener({ host: '127.0.0.1', port: 0, maxAssociations: 4, parent: undefined as never, deps: { log: silentLogger, clock: systemClock } as unknown as AssociationDeps, frontDoor: { route } });
 }
 
 describe('DICOM listener', () => {
@@ -104,5 +111,68 @@ describe('DICOM listener', () => {
       process.off('unhandledRejection', onUnhandled);
       await listener.stop(0);
     }
+  });
+
+  it('closes a refused connection (over the cap) that never closes its side after halfCloseGraceMs of its clock, not before', { timeout: 10_000 }, async () => {
+    const clock = manualClock(1_000_000);
+    // One association allowed, so four connections: the front door holds four (as tunnels to other peers), the fifth is refused.
+    const held: Socket[] = [];
+    const listener = await startDicomListener({
+      host: '127.0.0.1',
+      port: 0,
+      maxAssociations: 1,
+      parent: undefined as never,
+      deps: { log: silentLogger, clock } as unknown as AssociationDeps,
+      frontDoor: { route: async (socket) => (held.push(socket), 'tunnelled') },
+    });
+    const others = [0, 1, 2, 3].map(() => connect(listener.port, '127.0.0.1').on('error', () => undefined));
+    await waitFor('four connections held', () => held.length === 4);
+    const socket = connect({ port: listener.port, host: '127.0.0.1', allowHalfOpen: true });
+    try {
+      let closed = false;
+      socket.on('error', () => undefined);
+      socket.on('close', () => (closed = true));
+      const framer = new PduFramer();
+      const pdus: Pdu[] = [];
+      socket.on('data', (chunk) => pdus.push(...framer.push(chunk)));
+      const ended = new Promise((resolve) => socket.once('end', resolve));
+      await ended;
+      assert.deepEqual(pdus.map((pdu) => pdu.type), ['associateRj']);
+      // Its side stays open: what it sends is read and dropped while the listener's side is open, and reset once that is closed.
+      const probe = () => (socket.write(Buffer.alloc(1)), closed);
+      clock.advance(halfCloseGraceMs - 1);
+      for (let i = 0; i < 5; i++) {
+        probe();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      assert.equal(closed, false, 'the refused connection may still read its answer');
+      clock.advance(1);
+      await waitFor('the refused connection closed', probe, 2000);
+    } finally {
+      for (const other of [socket, ...others, ...held]) other.destroy();
+      await listener.stop(0);
+    }
+  });
+
+  it('stop(graceMs): associations get the grace on the association clock, then are aborted', { timeout: 20_000 }, async (t) => {
+    const clock = manualClock(1_000_000);
+    const peer = await startTestPeer([], 'listener-stop', silentLogger, { clock, shutdownGraceMs: 60_000 });
+    let stopped = false;
+    t.after(async () => {
+      clock.advance(60_000);
+      await peer.dispose();
+    });
+    const client = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: '1.2.840.10008.1.1', transferSyntaxUids: ['1.2.840.10008.1.2'] }] });
+    const echo = () => client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false });
+    assert.equal((await echo()).command.status, 0);
+    void peer.stop().then(() => (stopped = true));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(stopped, false, 'the open association has its grace');
+    clock.advance(59_999);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(stopped, false, 'still within the grace');
+    clock.advance(1);
+    await waitFor('the peer stopped once the grace ended', () => stopped, 5000);
+    await assert.rejects(echo(), (error: unknown) => error instanceof AssociationClosedError && error.code === 'ERR_ASSOCIATION_ABORTED', 'the association was aborted at the end of the grace');
   });
 });

@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Ref } from '../runtime/nact.ts';
 import { dispatch } from '../runtime/nact.ts';
 import { spawnAssociation, type SpawnedAssociation } from './actor.ts';
+import { halfCloseGraceMs } from './connection.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { RejectReason, RejectResult, RejectSource, encodePdu } from '../../codec/pdu.ts';
 
@@ -81,7 +82,8 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     // read and dropped, so the close does not reset the connection before it reads the answer.
     socket.end(overCapRejection);
     socket.resume();
-    setTimeout(() => socket.destroy(), 2000).unref();
+    const destroyTimer = init.deps.clock.setTimeout(() => socket.destroy(), halfCloseGraceMs);
+    socket.once('close', () => init.deps.clock.clearTimeout(destroyTimer));
   };
   const server: Server = createServer((socket: Socket) => {
     if (connections >= connectionsMax) return refuse(socket);
@@ -117,6 +119,15 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
         }),
     );
   });
+  /** Whether `finished` settles within `waitMs` of the association clock (a timer of its that keeps nothing alive). */
+  const finishedWithin = (finished: Promise<unknown>, waitMs: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const timer = init.deps.clock.setTimeout(() => resolve(false), waitMs);
+      void finished.then(() => {
+        init.deps.clock.clearTimeout(timer);
+        resolve(true);
+      });
+    });
   const port = await listenOn(server, init.port, init.host);
   return {
     port,
@@ -126,11 +137,10 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
       // close() only stops accepting here; its callback would wait for every connection to end.
       server.close();
       const all = Promise.all([...active].map((a) => a.finished));
-      const timedOut = await Promise.race([all.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), graceMs).unref())]);
-      if (timedOut) {
-        for (const association of active) dispatch(association.ref, { type: 'shutdown' });
-        await Promise.race([all, new Promise((r) => setTimeout(r, 2000).unref())]);
-      }
+      if (await finishedWithin(all, graceMs)) return;
+      for (const association of active) dispatch(association.ref, { type: 'shutdown' });
+      // An aborted association closes its socket within halfCloseGraceMs (see DicomConnection.close); a stuck actor does not hold the stop.
+      await finishedWithin(all, halfCloseGraceMs);
     },
   };
 }

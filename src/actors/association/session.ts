@@ -127,7 +127,7 @@ export class AcceptorSession {
         socket,
         limits: { maxPDataBytes: deps.config.maxPduLength + 64, maxAssociateBytes: associateBytesMax },
         maxUnprocessedBytes: deps.maxUnprocessedBytes,
-        nowMs: () => deps.clock.nowMs(),
+        clock: deps.clock,
       },
       {
         onPdus: (pdus, bytes) => routeToActor.received(pdus, bytes),

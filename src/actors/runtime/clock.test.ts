@@ -1,5 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { systemClock } from './clock.ts';
 import { stepWallClock } from '../../../test/support/wall-clock.ts';
 
@@ -21,5 +22,13 @@ describe('system clock', () => {
         undo();
       }
     }
+  });
+
+  it('a pending timer keeps no process alive (the association layer\'s close and shutdown timers rely on it)', () => {
+    const clockUrl = new URL('./clock.ts', import.meta.url).href;
+    const startedMs = performance.now();
+    const result = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { systemClock } from ${JSON.stringify(clockUrl)}; systemClock.setTimeout(() => process.exit(3), 60_000);`], { timeout: 30_000 });
+    assert.equal(result.status, 0, String(result.stderr));
+    assert.ok(performance.now() - startedMs < 30_000);
   });
 });
