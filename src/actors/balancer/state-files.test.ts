@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, readdir, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -26,6 +26,21 @@ test('election record: an empty data dir reads term 0, no vote; the file comes w
   }
   assert.deepEqual(await readElectionRecord(dir), { currentTerm: 5, votedFor: 'peer-5' });
   assert.equal((await stat(join(dir, ELECTION_RECORD_FILE))).size, 2 * SLOT_BYTES);
+});
+
+test('election record: close waits for the first write, which creates the file, and leaves no handle of it open', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  // The balancer stops (close) while its first vote is being recorded: the marker, then the file, are written after close is called.
+  const writing = record.write({ currentTerm: 1, votedFor: 'peer-1' });
+  await record.close();
+  await writing;
+  assert.deepEqual(record.durable, { currentTerm: 1, votedFor: 'peer-1' }, 'the write in flight was waited for, as close does once the file exists');
+  const recPath = join(dir, ELECTION_RECORD_FILE);
+  const open = (await readdir('/proc/self/fd')).map((fd) => readlink(`/proc/self/fd/${fd}`).catch(() => ''));
+  assert.deepEqual((await Promise.all(open)).filter((target) => target === recPath), [], 'no descriptor of the record is left open after close');
+  await assert.rejects(record.write({ currentTerm: 2, votedFor: null }), { code: 'ERR_BALANCER_STATE_WRITE' });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 1, votedFor: 'peer-1' });
 });
 
 test('election record: a data dir of an earlier build keeps its term and vote; its file then points to the new one, which earlier builds refuse', async (t) => {

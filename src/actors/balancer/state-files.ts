@@ -168,6 +168,14 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
     durable = (await loadLegacyElection(dataDir)) ?? { currentTerm: 0, votedFor: null };
   }
   let closed = false;
+  /** The write creating the file, while it runs: close waits for it as the file's own close waits for its writes. */
+  let creating: Promise<unknown> | undefined;
+  const create = async (payload: Uint8Array): Promise<void> => {
+    // The marker goes first and must succeed: with the `.rec` but the old record beside it, a downgrade would start from that record.
+    await writeFileDurably(join(dataDir, LEGACY_ELECTION_FILE), `${JSON.stringify(movingMarker(durable))}\n`);
+    file = await createTwoSlotFile(path, payload);
+    await markMoved(dataDir);
+  };
   return {
     get durable() {
       return durable;
@@ -177,10 +185,13 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
         const payload = encodeElectionRecord(next);
         if (closed) throw new SlotFileError('ERR_SLOT_FILE_CLOSED', 'the balancer stopped');
         if (file === null) {
-          // The marker goes first and must succeed: with the `.rec` but the old record beside it, a downgrade would start from that record.
-          await writeFileDurably(join(dataDir, LEGACY_ELECTION_FILE), `${JSON.stringify(movingMarker(durable))}\n`);
-          file = await createTwoSlotFile(path, payload);
-          await markMoved(dataDir);
+          const done = create(payload);
+          creating = done.catch(() => undefined);
+          try {
+            await done;
+          } finally {
+            creating = undefined;
+          }
         } else {
           await file.write(payload);
         }
@@ -191,6 +202,8 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
     },
     async close() {
       closed = true;
+      // A close during the first write found no file yet, and the file that write then opened stayed open.
+      await creating;
       await file?.close();
     },
   };
