@@ -84,6 +84,25 @@ test('election record: a migration cut off before the new file exists leaves a m
   assert.deepEqual(await readElectionRecord(dir), { currentTerm: 42, votedFor: null });
 });
 
+test('election record: a marker still holding the record from before the move is made final at a later write, once it can be', async (t) => {
+  const dir = await dataDir(t);
+  const first = await openElectionRecord(dir);
+  await first.write({ currentTerm: 3, votedFor: 'a' });
+  await first.close();
+  // As a failed clean-up leaves it: the `.rec` written, the marker still holding the record from before the move.
+  await writeFile(join(dir, LEGACY_ELECTION_FILE), `${JSON.stringify({ movedTo: ELECTION_RECORD_FILE, recordBeforeMove: { currentTerm: 2, votedFor: null } })}\n`);
+  // The clean-up fails at the start (a directory where its temporary file goes), then the way clears.
+  await mkdir(join(dir, `${LEGACY_ELECTION_FILE}.tmp`, 'in-the-way'), { recursive: true });
+  const record = await openElectionRecord(dir);
+  t.after(() => record.close());
+  assert.ok('recordBeforeMove' in (JSON.parse(await readFile(join(dir, LEGACY_ELECTION_FILE), 'utf8')) as object));
+  await rm(join(dir, `${LEGACY_ELECTION_FILE}.tmp`), { recursive: true });
+  await record.write({ currentTerm: 4, votedFor: null });
+  const marker = JSON.parse(await readFile(join(dir, LEGACY_ELECTION_FILE), 'utf8')) as Record<string, unknown>;
+  assert.equal(marker.movedTo, ELECTION_RECORD_FILE);
+  assert.equal('recordBeforeMove' in marker, false, 'a lost .rec is refused again, not read as the record from before the move');
+});
+
 test('election record: a migration cut off after the new file (the old record still in place) starts from the new file and leaves the marker', async (t) => {
   const dir = await dataDir(t);
   const first = await openElectionRecord(dir);

@@ -163,10 +163,11 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
       await file.close();
       throw err;
     }
-    await markMoved(dataDir);
   } else {
     durable = (await loadLegacyElection(dataDir)) ?? { currentTerm: 0, votedFor: null };
   }
+  // Retried at each write until it holds: a marker left holding the record from before the move would let a lost `.rec` go unnoticed.
+  let markerFinal = file !== null && (await markMoved(dataDir));
   let closed = false;
   /** The write creating the file, while it runs: close waits for it as the file's own close waits for its writes. */
   let creating: Promise<unknown> | undefined;
@@ -174,7 +175,7 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
     // The marker goes first and must succeed: with the `.rec` but the old record beside it, a downgrade would start from that record.
     await writeFileDurably(join(dataDir, LEGACY_ELECTION_FILE), `${JSON.stringify(movingMarker(durable))}\n`);
     file = await createTwoSlotFile(path, payload);
-    await markMoved(dataDir);
+    markerFinal = await markMoved(dataDir);
   };
   return {
     get durable() {
@@ -194,6 +195,7 @@ export async function openElectionRecord(dataDir: string): Promise<ElectionRecor
           }
         } else {
           await file.write(payload);
+          if (!markerFinal) markerFinal = await markMoved(dataDir);
         }
       } catch (err) {
         throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${ELECTION_RECORD_FILE}: ${(err as Error).message}`, { cause: err });
@@ -216,13 +218,19 @@ export async function readElectionRecord(dataDir: string): Promise<ElectionDurab
   return record.durable;
 }
 
-/** Leaves earlier builds a legacy file they refuse to start on, without the record from before the move; best effort (the record itself is durable). */
-async function markMoved(dataDir: string): Promise<void> {
+/**
+ * Leaves earlier builds a legacy file they refuse to start on, without the record from before the move; best
+ * effort (the record itself is durable): whether the marker is in place.
+ */
+async function markMoved(dataDir: string): Promise<boolean> {
   try {
     const v: unknown = JSON.parse(await readFile(join(dataDir, LEGACY_ELECTION_FILE), 'utf8'));
-    if (isMovedMarker(v) && !isMovingMarker(v)) return;
+    if (isMovedMarker(v) && !isMovingMarker(v)) return true;
   } catch {
     // Absent or unreadable: write the marker.
   }
-  await writeFileDurably(join(dataDir, LEGACY_ELECTION_FILE), `${JSON.stringify(movedMarker)}\n`).catch(() => undefined);
+  return writeFileDurably(join(dataDir, LEGACY_ELECTION_FILE), `${JSON.stringify(movedMarker)}\n`).then(
+    () => true,
+    () => false,
+  );
 }
