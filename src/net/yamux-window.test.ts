@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { YamuxStream } from '@chainsafe/libp2p-yamux/stream';
-import { receiveWindowMinBytes, receiveWindowQueueMs, tunedReceiveWindow, windowUpdateDue } from './yamux-window.ts';
+import { receiveWindowGrowthMax, receiveWindowMinBytes, receiveWindowQueueMs, tunedReceiveWindow, windowUpdateDue } from './yamux-window.ts';
 
 test('a window update waits until half the receive window is consumed', () => {
   const window = 256 * 1024;
@@ -19,11 +19,25 @@ test('a frame with a flag (SYN or ACK) always goes out', () => {
 
 test('a window becomes its last epoch\'s arrival rate times the queue time, within its bounds', () => {
   const maxBytes = 4 * 1024 * 1024;
-  assert.equal(tunedReceiveWindow(128 * 1024, 1, maxBytes), maxBytes, 'half a window in a millisecond (loopback): the cap at once');
-  assert.equal(tunedReceiveWindow(128 * 1024, 1310, maxBytes), Math.round((128 * 1024 * receiveWindowQueueMs) / 1310), '100 KB/s: a second of it');
-  assert.equal(tunedReceiveWindow(50_000, 100, maxBytes), 500_000, 'a window that limits its stream grows by the queue time over the epoch');
-  assert.equal(tunedReceiveWindow(1000, 60_000, maxBytes), receiveWindowMinBytes, 'an idle epoch: the floor');
-  assert.equal(tunedReceiveWindow(1000, 0, maxBytes), 1_000_000, 'no time elapsed counts as a millisecond');
+  const firstBytes = 256 * 1024;
+  assert.equal(tunedReceiveWindow(128 * 1024, 1, maxBytes, firstBytes), 2 * firstBytes, 'half a window in a millisecond (loopback): doubled');
+  assert.equal(tunedReceiveWindow(2 * 1024 * 1024, 1, maxBytes, maxBytes), maxBytes, 'at the cap it stays');
+  assert.equal(tunedReceiveWindow(128 * 1024, 1310, maxBytes, firstBytes), Math.round((128 * 1024 * receiveWindowQueueMs) / 1310), '100 KB/s: a second of it');
+  assert.equal(tunedReceiveWindow(50_000, 100, maxBytes, firstBytes), 500_000, 'a window that limits its stream grows by the queue time over the epoch');
+  assert.equal(tunedReceiveWindow(1000, 60_000, maxBytes, firstBytes), receiveWindowMinBytes, 'an idle epoch: the floor');
+  assert.equal(tunedReceiveWindow(1000, 0, maxBytes, maxBytes), 1_000_000, 'no time elapsed counts as a millisecond');
+});
+
+test('loopback windows reach the cap in four updates', () => {
+  const maxBytes = 4 * 1024 * 1024;
+  let windowBytes = 256 * 1024;
+  const seen: number[] = [];
+  while (windowBytes < maxBytes) {
+    windowBytes = tunedReceiveWindow(windowBytes / 2, 1, maxBytes, windowBytes);
+    seen.push(windowBytes / 1024);
+  }
+  assert.deepEqual(seen, [512, 1024, 2048, 4096]);
+  assert.equal(receiveWindowGrowthMax, 2);
 });
 
 /** A library stream's fields as the window update reads them, at `nowMs` epoch start. */
@@ -85,6 +99,23 @@ test('a window larger than the link needs shrinks as its sender uses up what it 
   sendWindowUpdate.call(fields);
   assert.equal(sent.length, 1);
   assert.ok(fields.recvWindowCapacity <= 120_000, `the sender holds ~a second of the link again (${fields.recvWindowCapacity})`);
+});
+
+test('frames read back to back after a stall do not take a slow stream\'s window to the cap (hunt 127)', () => {
+  // 100 KB/s: half of a 100 KB window every 0.5 s.
+  const { fields, sent } = streamFields(100_000, Date.now() - 500);
+  fields.recvWindowCapacity = 50_000;
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 1);
+  assert.ok(Math.abs(fields.recvWindow - 100_000) < 2000, `a second of the link (${fields.recvWindow})`);
+  const steadyBytes = fields.recvWindow;
+  // The event loop stalled: the next half window was already in the socket's buffer and is read at once.
+  fields.recvWindowCapacity -= steadyBytes / 2;
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 2);
+  // Unbounded this was the 4 MiB cap, and the sender's next frame (half the grant) 2 MiB: 20 s of the link.
+  assert.ok(fields.recvWindow <= receiveWindowGrowthMax * steadyBytes, `the window at most doubled (${fields.recvWindow})`);
+  assert.ok(sent[1]!.length <= receiveWindowGrowthMax * steadyBytes, `granted ${sent[1]!.length} bytes`);
 });
 
 test('a stream without the fields this relies on gets the library behaviour', () => {

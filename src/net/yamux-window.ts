@@ -11,8 +11,9 @@
  * ~40 s of that link (hunt 118: the receiving site lost its leader from ~30 s into a 10 MB copy to its
  * end). Here, at each update, the window becomes what arrived in the last epoch scaled to
  * `receiveWindowQueueMs` of that rate (between `receiveWindowMinBytes` and the configured cap): a window
- * that limits its stream grows by that time over the epoch's at each update (on loopback to the cap at
- * the first one), a link that limits it holds about `receiveWindowQueueMs` of it in flight.
+ * that limits its stream at most doubles at each update (`receiveWindowGrowthMax`; on loopback from the
+ * first 256 KiB to the 4 MiB cap in four updates, ~2 MiB of the stream), a link that limits it holds about
+ * `receiveWindowQueueMs` of it in flight.
  *
  * Updates: each is a frame of its own (Noise-encrypted, pnet-ciphered, one socket write at the receiver,
  * one read and decode at the sender): a restarted site catching up spent ~14% of its main thread writing
@@ -67,12 +68,21 @@ export function windowUpdateDue(recvWindow: number, recvWindowCapacity: number, 
 }
 
 /**
- * The receive window after an epoch in which `receivedBytes` arrived over `epochMs`: that rate times
- * receiveWindowQueueMs, at least receiveWindowMinBytes, at most `maxWindowBytes`.
+ * How much a window may grow at one update (as the library's doubling): bytes read back to back out of
+ * the socket's buffer after the event loop stalled make an epoch of a millisecond, whose "rate" is not the
+ * link's. Unbounded, one such epoch took a 100 KB/s stream's window to the 4 MiB cap and its sender's next
+ * frame to 2 MiB, heard only once whole: gossip sent after it waited 7-15 s and came all at once (hunt 127).
  */
-export function tunedReceiveWindow(receivedBytes: number, epochMs: number, maxWindowBytes: number): number {
-  const windowBytes = Math.round((receivedBytes * receiveWindowQueueMs) / Math.max(1, epochMs));
-  return Math.min(maxWindowBytes, Math.max(receiveWindowMinBytes, windowBytes));
+export const receiveWindowGrowthMax = 2;
+
+/**
+ * The receive window after an epoch in which `receivedBytes` arrived over `epochMs`: that rate times
+ * receiveWindowQueueMs, at least receiveWindowMinBytes, at most `maxWindowBytes` and at most
+ * receiveWindowGrowthMax times `windowBytes` (the window before).
+ */
+export function tunedReceiveWindow(receivedBytes: number, epochMs: number, maxWindowBytes: number, windowBytes: number): number {
+  const rateWindowBytes = Math.round((receivedBytes * receiveWindowQueueMs) / Math.max(1, epochMs));
+  return Math.min(maxWindowBytes, windowBytes * receiveWindowGrowthMax, Math.max(receiveWindowMinBytes, rateWindowBytes));
 }
 
 const prototype = YamuxStream.prototype as unknown as { sendWindowUpdate: (this: WindowFields) => void };
@@ -95,7 +105,7 @@ function sendWindowUpdate(this: WindowFields): void {
   const nowMs = Date.now();
   if (flags === 0 && this.pausedInEpoch !== true) {
     const receivedBytes = (this.epochStartCapacity ?? this.recvWindow) - this.recvWindowCapacity;
-    this.recvWindow = tunedReceiveWindow(receivedBytes, nowMs - this.epochStart, this.maxStreamWindowSize);
+    this.recvWindow = tunedReceiveWindow(receivedBytes, nowMs - this.epochStart, this.maxStreamWindowSize, this.recvWindow);
   }
   this.epochStart = nowMs;
   this.pausedInEpoch = false;
