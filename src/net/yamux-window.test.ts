@@ -113,7 +113,7 @@ test('frames read back to back after a stall do not take a slow stream\'s window
   fields.recvWindowCapacity -= steadyBytes / 2;
   sendWindowUpdate.call(fields);
   assert.equal(sent.length, 2);
-  // Unbounded this was the 4 MiB cap, and the sender's next frame (half the grant) 2 MiB: 20 s of the link.
+  // Unbounded this was the 4 MiB cap: ~40 s of the link handed to the sender's socket at once.
   assert.ok(fields.recvWindow <= receiveWindowGrowthMax * steadyBytes, `the window at most doubled (${fields.recvWindow})`);
   assert.ok(sent[1]!.length <= receiveWindowGrowthMax * steadyBytes, `granted ${sent[1]!.length} bytes`);
 });

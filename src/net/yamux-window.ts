@@ -70,8 +70,9 @@ export function windowUpdateDue(recvWindow: number, recvWindowCapacity: number, 
 /**
  * How much a window may grow at one update (as the library's doubling): bytes read back to back out of
  * the socket's buffer after the event loop stalled make an epoch of a millisecond, whose "rate" is not the
- * link's. Unbounded, one such epoch took a 100 KB/s stream's window to the 4 MiB cap and its sender's next
- * frame to 2 MiB, heard only once whole: gossip sent after it waited 7-15 s and came all at once (hunt 127).
+ * link's. Unbounded, one such epoch took a 100 KB/s stream's window to the 4 MiB cap, its sender's kernel
+ * buffers took the rest of the copy at once, and gossip written behind it waited 7-29 s and came all at once
+ * when the copy ended (hunt 127).
  */
 export const receiveWindowGrowthMax = 2;
 
