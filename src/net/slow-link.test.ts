@@ -24,6 +24,12 @@ const copyBytes = Number(process.env.SLOW_COPY_BYTES ?? 4_500_000);
 const settleMs = 6000;
 /** About a second of the link per copy in flight, plus its 25 ms and the router's 64 KiB queue (0.65 s). */
 const gossipDelayMaxMs = Number(process.env.SLOW_GOSSIP_MAX_MS ?? 2500);
+/**
+ * With SLOW_STALL_MS set, the event loop is blocked that long every 3 s during the gossip test, as at load
+ * ~10 (hunt 127: a stalled receiver's burst read once took a copy's window to 4 MiB; 700 ms failed main
+ * every time, 18-29 s late).
+ */
+const stallMs = Number(process.env.SLOW_STALL_MS ?? 0);
 
 test('the throttle proxy passes bytes intact, in order, no faster than its rate', { timeout: 20_000 }, async () => {
   let received = Buffer.alloc(0);
@@ -137,6 +143,11 @@ test('gossip from a site sending a large copy over a 100 KB/s link waits behind 
     sender.subscribe(topic, () => {});
     await joined.promise;
     offJoined();
+    const stalls = stallMs > 0 ? setInterval(() => {
+      const endMs = performance.now() + stallMs;
+      while (performance.now() < endMs);
+    }, 3000) : undefined;
+    t.after(() => clearInterval(stalls));
     const copyStartMs = performance.now();
     let copying = true;
     const copied = copy(copyBytes).finally(() => (copying = false));

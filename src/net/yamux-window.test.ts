@@ -87,6 +87,44 @@ test('a window larger than the link needs shrinks as its sender uses up what it 
   assert.ok(fields.recvWindowCapacity <= 120_000, `the sender holds ~a second of the link again (${fields.recvWindowCapacity})`);
 });
 
+test('frames read back to back after a stall do not take a slow stream\'s window to the cap (hunt 127)', () => {
+  // 100 KB/s: half of a 100 KB window every 0.5 s.
+  const { fields, sent } = streamFields(100_000, Date.now() - 500);
+  fields.recvWindowCapacity = 50_000;
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 1);
+  const steadyBytes = fields.recvWindow;
+  assert.ok(Math.abs(steadyBytes - 100_000) < 2000, `a second of the link (${steadyBytes})`);
+  // The event loop stalls 700 ms: the next half window arrives in 0.5 s and is read 0.7 s later ...
+  fields.epochStart = Date.now() - 1200;
+  fields.recvWindowCapacity -= steadyBytes / 2;
+  sendWindowUpdate.call(fields);
+  // ... and the half after it, already in the socket's buffer, at once.
+  fields.recvWindowCapacity -= steadyBytes / 2;
+  sendWindowUpdate.call(fields);
+  // Over that last epoch alone this was the 4 MiB cap: ~40 s of the link handed to the sender's socket.
+  assert.ok(fields.recvWindow <= steadyBytes, `the window stays about a second of the link (${fields.recvWindow})`);
+  assert.ok(sent.every(({ length }) => length <= steadyBytes), `granted ${sent.map(({ length }) => length).join(', ')} bytes`);
+});
+
+test('on loopback the window reaches the cap at the first update, and again right after a stall', () => {
+  const window = 256 * 1024;
+  const { fields } = streamFields(window, Date.now());
+  fields.recvWindowCapacity = window / 2;
+  sendWindowUpdate.call(fields);
+  assert.equal(fields.recvWindow, fields.maxStreamWindowSize, 'half a window within a millisecond or so');
+  // A 2 s stall: the window follows that epoch down, then two quick epochs bring it back to the cap.
+  fields.epochStart = Date.now() - 2000;
+  fields.recvWindowCapacity -= fields.recvWindow / 2;
+  sendWindowUpdate.call(fields);
+  assert.ok(fields.recvWindow < fields.maxStreamWindowSize, `after the stall (${fields.recvWindow})`);
+  for (let update = 0; update < 2; update++) {
+    fields.recvWindowCapacity = 0;
+    sendWindowUpdate.call(fields);
+  }
+  assert.equal(fields.recvWindow, fields.maxStreamWindowSize);
+});
+
 test('a stream without the fields this relies on gets the library behaviour', () => {
   // No recvWindow fields: our rule would send nothing; the library's own code sends an update frame.
   let sentByLibrary = 0;

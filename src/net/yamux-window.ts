@@ -12,7 +12,12 @@
  * end). Here, at each update, the window becomes what arrived in the last epoch scaled to
  * `receiveWindowQueueMs` of that rate (between `receiveWindowMinBytes` and the configured cap): a window
  * that limits its stream grows by that time over the epoch's at each update (on loopback to the cap at
- * the first one), a link that limits it holds about `receiveWindowQueueMs` of it in flight.
+ * the first one), a link that limits it holds about `receiveWindowQueueMs` of it in flight. The rate is
+ * taken over the last two epochs (the first update: one): when the event loop stalls, the half window that
+ * waited in the socket's buffer is read back to back, an epoch of a millisecond whose rate alone took a
+ * 100 KB/s stream to the 4 MiB cap; its sender's kernel buffers took the rest of the copy at once, and
+ * gossip written behind it waited 7-29 s and came all at once when the copy ended (hunt 127). The epoch
+ * before it holds the stall.
  *
  * Updates: each is a frame of its own (Noise-encrypted, pnet-ciphered, one socket write at the receiver,
  * one read and decode at the sender): a restarted site catching up spent ~14% of its main thread writing
@@ -51,6 +56,9 @@ interface WindowFields {
   epochStartCapacity?: number;
   /** The stream was paused during this epoch: its rate says how fast it was read, not how fast bytes came. */
   pausedInEpoch?: boolean;
+  /** What arrived in the epoch before this one, and over how long (absent after a pause or a flag). */
+  previousEpochBytes?: number;
+  previousEpochMs?: number;
 }
 
 /** StreamState.Paused and FrameType.WindowUpdate of the library (stable: they are wire or API values). */
@@ -67,8 +75,8 @@ export function windowUpdateDue(recvWindow: number, recvWindowCapacity: number, 
 }
 
 /**
- * The receive window after an epoch in which `receivedBytes` arrived over `epochMs`: that rate times
- * receiveWindowQueueMs, at least receiveWindowMinBytes, at most `maxWindowBytes`.
+ * The receive window after `receivedBytes` arrived over `epochMs`: that rate times receiveWindowQueueMs,
+ * at least receiveWindowMinBytes, at most `maxWindowBytes`.
  */
 export function tunedReceiveWindow(receivedBytes: number, epochMs: number, maxWindowBytes: number): number {
   const windowBytes = Math.round((receivedBytes * receiveWindowQueueMs) / Math.max(1, epochMs));
@@ -95,7 +103,15 @@ function sendWindowUpdate(this: WindowFields): void {
   const nowMs = Date.now();
   if (flags === 0 && this.pausedInEpoch !== true) {
     const receivedBytes = (this.epochStartCapacity ?? this.recvWindow) - this.recvWindowCapacity;
-    this.recvWindow = tunedReceiveWindow(receivedBytes, nowMs - this.epochStart, this.maxStreamWindowSize);
+    const epochMs = nowMs - this.epochStart;
+    // Over this epoch and the one before: after a stall the half window read back to back is an epoch of
+    // a millisecond, and the one before it holds the stall (hunt 127).
+    this.recvWindow = tunedReceiveWindow(receivedBytes + (this.previousEpochBytes ?? 0), epochMs + (this.previousEpochMs ?? 0), this.maxStreamWindowSize);
+    this.previousEpochBytes = receivedBytes;
+    this.previousEpochMs = epochMs;
+  } else {
+    this.previousEpochBytes = undefined;
+    this.previousEpochMs = undefined;
   }
   this.epochStart = nowMs;
   this.pausedInEpoch = false;
