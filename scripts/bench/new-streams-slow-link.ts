@@ -12,16 +12,8 @@
  * a follower forgets a silent leader).
  */
 import '../../src/polyfill.ts';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createMeshNode, type MeshNode } from '../../src/net/node.ts';
-import { generateSwarmKey } from '../../src/net/swarm-key.ts';
-import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
-import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
-import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
+import { throughSlowLink } from '../../test/support/slow-link-pair.ts';
 
 const { values } = parseArgs({
   options: {
@@ -40,30 +32,9 @@ const gossipMs = Number(values['gossip-ms']);
 /** A round's new streams are in their first window this long at most (256 KiB at 100 KB/s: 2.6 s). */
 const startPhaseMs = 3000;
 const leaderForgottenMs = 2000;
-const protocol = '/pacs-mesh/bench-new-streams/1';
 const topic = 'pacs-mesh/bench-new-streams/1';
 
-const swarmKey = generateSwarmKey();
-const dirs: string[] = [];
-const nodes: MeshNode[] = [];
-const start = async (): Promise<MeshNode> => {
-  const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-bench-new-streams-'));
-  dirs.push(dataDir);
-  const node = await createMeshNode({ dataDir, host: '127.0.0.1', p2pPort: 0, swarmKey, tuning: { peerAnnounceIntervalMs: 0, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000 } });
-  nodes.push(node);
-  return node;
-};
-const receiver = await start();
-const sender = await start();
-const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond, latencyMs: 25 });
-try {
-  await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
-  await receiver.handle(protocol, async (stream) => {
-    const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 64 * 1024 * 1024 });
-    let bytes = 0;
-    for await (const chunk of request.body) bytes += chunk.byteLength;
-    await writeResponse(stream, { type: 'ack', bytes });
-  }, { maxInboundStreams: 256 });
+await throughSlowLink({ bytesPerSecond }, async ({ sender, receiver, link, copy }) => {
   const delays: Array<{ sentAtMs: number; delayMs: number }> = [];
   receiver.subscribe(topic, (message) => {
     const sentAtMs = Number(Buffer.from(message.data).toString());
@@ -81,17 +52,12 @@ try {
       await new Promise((resolve) => setTimeout(resolve, gossipMs));
     }
   })();
-  const copy = async (): Promise<void> => {
-    const bytes = randomBytes(copyBytes);
-    const stream = await sender.openStream(receiver.peerId, protocol);
-    await sendRequest(stream, { type: 'offer' }, [bytes], bytes.byteLength, { signal: AbortSignal.timeout(600_000) });
-  };
   await new Promise((resolve) => setTimeout(resolve, 2000));
   const roundStartsMs: number[] = [];
   const benchStartMs = performance.now();
   for (let round = 0; round < rounds; round++) {
     roundStartsMs.push(performance.now());
-    await Promise.all(Array.from({ length: copies }, copy));
+    await Promise.all(Array.from({ length: copies }, () => copy(copyBytes, 600_000)));
   }
   const endMs = performance.now();
   await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -118,8 +84,4 @@ try {
     // Each message's send time from the first copy's start (s) and its delay (ms).
     series: during.map(({ sentAtMs, delayMs }) => `${((sentAtMs - benchStartMs) / 1000).toFixed(1)}:${Math.round(delayMs)}`).join(' '),
   }));
-} finally {
-  await Promise.allSettled(nodes.map((node) => node.stop()));
-  await link.close();
-  await Promise.allSettled(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
-}
+});

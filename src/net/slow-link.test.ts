@@ -5,18 +5,12 @@
 import '../polyfill.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createMeshNode, peerActivityNoticeMs, type MeshNode } from './node.ts';
-import { generateSwarmKey } from './swarm-key.ts';
+import { peerActivityNoticeMs } from './node.ts';
 import { membershipTimings } from '../actors/membership/actor.ts';
-import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
-import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
-import { startThrottleProxy, type ThrottleProxy } from '../../test/support/throttle-proxy.ts';
+import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
+import { throughSlowLink } from '../../test/support/slow-link-pair.ts';
 
 const linkBytesPerSecond = 100_000;
 /** Long enough for the library's windows to have grown past the link's buffers (its RTT ping comes every 30 s). */
@@ -64,57 +58,8 @@ test('the throttle proxy passes bytes intact, in order, no faster than its rate'
   }
 });
 
-interface SlowLinkPair {
-  sender: MeshNode;
-  receiver: MeshNode;
-  link: ThrottleProxy;
-  /** Sends `bodyBytes` random bytes from the sender to the receiver on one stream; resolves once acknowledged. */
-  copy(bodyBytes: number): Promise<void>;
-}
-
-/**
- * Runs `body` with two mesh nodes, the sender connected to the receiver through a 100 KB/s link (25 ms one
- * way), then takes them down. Default stream windows: their size is what these tests are about.
- */
-async function throughSlowLink(body: (pair: SlowLinkPair) => Promise<void>): Promise<void> {
-  const swarmKey = generateSwarmKey();
-  const dirs: string[] = [];
-  const nodes: MeshNode[] = [];
-  const start = async (): Promise<MeshNode> => {
-    const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-slow-link-'));
-    dirs.push(dataDir);
-    const node = await createMeshNode({ dataDir, host: '127.0.0.1', p2pPort: 0, swarmKey, tuning: { peerAnnounceIntervalMs: 0, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000 } });
-    nodes.push(node);
-    return node;
-  };
-  const receiver = await start();
-  const sender = await start();
-  const link = await startThrottleProxy({ targetPort: Number(/\/tcp\/(\d+)/.exec(loopbackAddress(receiver))![1]), bytesPerSecond: linkBytesPerSecond, latencyMs: 25 });
-  try {
-    await sender.dial(`/ip4/127.0.0.1/tcp/${link.port}/p2p/${receiver.peerId}`);
-    await receiver.handle('/pacs-mesh/test-slow-copy/1', async (stream) => {
-      const request = await readRequest<{ type: 'offer' }>(stream, { maxBodyBytes: 64 * 1024 * 1024 });
-      let bytes = 0;
-      for await (const chunk of request.body) bytes += chunk.byteLength;
-      await writeResponse(stream, { type: 'ack', bytes });
-    });
-    const copy = async (bodyBytes: number): Promise<void> => {
-      const bytes = randomBytes(bodyBytes);
-      const stream = await sender.openStream(receiver.peerId, '/pacs-mesh/test-slow-copy/1');
-      const timeoutMs = 20_000 + Math.round((bodyBytes / linkBytesPerSecond) * 1000 * 2);
-      const ack = await sendRequest<{ type: 'offer' }, { type: 'ack'; bytes: number }>(stream, { type: 'offer' }, [bytes], bytes.byteLength, { signal: AbortSignal.timeout(timeoutMs) });
-      assert.deepEqual(ack, { type: 'ack', bytes: bodyBytes });
-    };
-    await body({ sender, receiver, link, copy });
-  } finally {
-    await Promise.allSettled(nodes.map((node) => node.stop()));
-    await link.close();
-    await Promise.allSettled(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
-  }
-}
-
 test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no gap near the suspect time (hunt 116)', { timeout: 60_000 }, async () => {
-  await throughSlowLink(async ({ sender, receiver, link, copy }) => {
+  await throughSlowLink({ bytesPerSecond: linkBytesPerSecond }, async ({ sender, receiver, link, copy }) => {
     const heardAtMs: number[] = [];
     receiver.onPeerActivity((peerId) => {
       if (peerId === sender.peerId) heardAtMs.push(performance.now());
@@ -131,7 +76,7 @@ test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no g
 });
 
 test('gossip from a site sending a large copy over a 100 KB/s link waits behind about a second of it, not the copy\'s window (hunt 118)', { timeout: 120_000 }, async (t) => {
-  await throughSlowLink(async ({ sender, receiver, link, copy }) => {
+  await throughSlowLink({ bytesPerSecond: linkBytesPerSecond }, async ({ sender, receiver, link, copy }) => {
     const topic = 'pacs-mesh/test-slow-gossip/1';
     const delays: Array<{ sentAtMs: number; delayMs: number }> = [];
     receiver.subscribe(topic, (message) => {
