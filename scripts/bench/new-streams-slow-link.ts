@@ -34,21 +34,12 @@ const startPhaseMs = 3000;
 const leaderForgottenMs = 2000;
 const topic = 'pacs-mesh/bench-new-streams/1';
 
-await throughSlowLink({ bytesPerSecond }, async ({ sender, receiver, link, copy }) => {
-  const delays: Array<{ sentAtMs: number; delayMs: number }> = [];
-  receiver.subscribe(topic, (message) => {
-    const sentAtMs = Number(Buffer.from(message.data).toString());
-    delays.push({ sentAtMs, delayMs: performance.now() - sentAtMs });
-  });
-  const joined = Promise.withResolvers<void>();
-  const offJoined = sender.onTopicJoined(topic, (peerId) => peerId === receiver.peerId && joined.resolve());
-  sender.subscribe(topic, () => {});
-  await joined.promise;
-  offJoined();
+await throughSlowLink({ bytesPerSecond }, async ({ link, copy, gossip }) => {
+  const { delays, publish } = await gossip(topic);
   let publishing = true;
   const publisher = (async () => {
     while (publishing) {
-      await sender.publish(topic, Buffer.from(String(performance.now())));
+      await publish();
       await new Promise((resolve) => setTimeout(resolve, gossipMs));
     }
   })();

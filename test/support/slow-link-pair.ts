@@ -21,6 +21,15 @@ export interface SlowLinkPair {
    * whole, within `timeoutMs` (by default 20 s and twice the link's time for the bytes).
    */
   copy(bodyBytes: number, timeoutMs?: number): Promise<void>;
+  /** Subscribes both ends to `topic` and waits until the sender sees the receiver in it. */
+  gossip(topic: string): Promise<GossipProbe>;
+}
+
+/** Small messages from the sender, each stamped with its send time, and how late each arrived. */
+export interface GossipProbe {
+  delays: Array<{ sentAtMs: number; delayMs: number }>;
+  /** Publishes one message stamped now. */
+  publish(): Promise<void>;
 }
 
 export interface SlowLinkInit {
@@ -65,7 +74,26 @@ export async function throughSlowLink<T>(init: SlowLinkInit, body: (pair: SlowLi
       const ack = await sendRequest<{ type: 'offer' }, { type: 'ack'; bytes: number }>(stream, { type: 'offer' }, [bytes], bytes.byteLength, { signal: AbortSignal.timeout(timeoutMs) });
       if (ack.type !== 'ack' || ack.bytes !== bodyBytes) throw new Error(`the copy of ${bodyBytes} bytes was answered ${JSON.stringify(ack)}`);
     };
-    return await body({ sender, receiver, link, copy });
+    const gossip = async (topic: string): Promise<GossipProbe> => {
+      const delays: GossipProbe['delays'] = [];
+      receiver.subscribe(topic, (message) => {
+        const sentAtMs = Number(Buffer.from(message.data).toString().split(' ')[1]);
+        delays.push({ sentAtMs, delayMs: performance.now() - sentAtMs });
+      });
+      const joined = Promise.withResolvers<void>();
+      const offJoined = sender.onTopicJoined(topic, (peerId) => peerId === receiver.peerId && joined.resolve());
+      sender.subscribe(topic, () => {});
+      await joined.promise;
+      offJoined();
+      let sent = 0;
+      return {
+        delays,
+        publish: async () => {
+          await sender.publish(topic, Buffer.from(`${sent++} ${performance.now()}`));
+        },
+      };
+    };
+    return await body({ sender, receiver, link, copy, gossip });
   } finally {
     await Promise.allSettled(nodes.map((node) => node.stop()));
     await link?.close();
