@@ -1395,6 +1395,19 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
     }
   });
 
+  it("an instance's study is scanned once for its modalities and its counts (QIDO-RS /instances, hunt 128)", async () => {
+    const sop = `${study(7)}.2.3`;
+    const { responses, stats } = await measure({
+      root: 'STUDY',
+      level: 'IMAGE',
+      keys: [k(T.SOPInstanceUID, 'UI', sop), k(T.ModalitiesInStudy, 'CS'), k(T.NumberOfStudyRelatedSeries, 'IS'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.NumberOfSeriesRelatedInstances, 'IS')],
+    });
+    assert.deepEqual([T.ModalitiesInStudy, T.NumberOfStudyRelatedSeries, T.NumberOfStudyRelatedInstances, T.NumberOfSeriesRelatedInstances].map((tag) => valueOf(responses[0]!, tag)), ['CT\\MR', '2', String(perPatient), String(instancesPerSeries)]);
+    // The study's keys once (with its entries), the series' keys once: not the study's keys a second time for its counts.
+    assert.equal(stats.indexKeysRead, perPatient + instancesPerSeries);
+    assert.equal(stats.entriesRead, 1 + perPatient);
+  });
+
   it('resolveRetrieve by PatientID reads only that patient', async () => {
     const stats = createQueryStats();
     let count = 0;

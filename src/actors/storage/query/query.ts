@@ -438,6 +438,7 @@ async function loadAggregate(
   stats: QueryStats,
   patientIds?: ReadonlySet<string>,
   onEntry?: (entry: CatalogEntry) => void,
+  keysCounted?: EntityAggregate,
 ): Promise<EntityAggregate> {
   const aggregate = createAggregate();
   let pending: string[] = [];
@@ -451,6 +452,7 @@ async function loadAggregate(
     pending = [];
   };
   for await (const indexed of scanIndex(db, hierarchyPrefixOf(level, id), stats)) {
+    if (keysCounted !== undefined) addInstanceKey(keysCounted, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
     if (!withEntries && patientIds === undefined) {
       addInstanceKey(aggregate, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
       continue;
@@ -901,12 +903,17 @@ class UpperAggregateCache {
 
   /** The entity `id` at `level`, or only its instances of `patientIds` (see narrowToMatchedPatients). */
   async get(level: Exclude<QueryLevel, 'IMAGE'>, id: string, withEntries: boolean, patientIds?: ReadonlySet<string>): Promise<EntityAggregate> {
-    const cacheKey = `${level}|${withEntries}|${id}|${patientIds === undefined ? '' : JSON.stringify([...patientIds].sort())}`;
+    const cacheKeyOf = (entries: boolean): string => `${level}|${entries}|${id}|${patientIds === undefined ? '' : JSON.stringify([...patientIds].sort())}`;
+    const cacheKey = cacheKeyOf(withEntries);
     let aggregate = this.cache.get(cacheKey);
     if (!aggregate) {
       if (this.cache.size >= 1000) this.cache.clear();
-      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds);
+      // Read with its entries, the entity's keys give its key counts too: an instance's study was scanned twice
+      // (ModalitiesInStudy, then NumberOfStudyRelatedSeries/Instances) for every QIDO-RS /instances result.
+      const keysCounted = withEntries && patientIds === undefined && !this.cache.has(cacheKeyOf(false)) ? createAggregate() : undefined;
+      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds, undefined, keysCounted);
       this.cache.set(cacheKey, aggregate);
+      if (keysCounted !== undefined) this.cache.set(cacheKeyOf(false), keysCounted);
     }
     return aggregate;
   }
