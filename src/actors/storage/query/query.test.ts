@@ -1367,6 +1367,8 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
       assert.ok(walked.entriesRead >= (offset + pageSize) * entriesPerMatch, `${plan}: the walk read ${walked.entriesRead} entries`);
       // The newest plan reads each candidate's newest entry before the entity whole: one more a match.
       assert.ok(resumed.entriesRead <= pageSize * (entriesPerMatch + 1), `${plan}: resumed, ${resumed.entriesRead} entries read for a page of ${pageSize}`);
+      // Each matching study read whole, and the newest index from the cursor on, not passed over from its first key (hunt 128).
+      if (plan.startsWith('newest')) assert.ok(resumed.indexKeysRead <= pageSize * (entriesPerMatch + 2), `${plan}: resumed, ${resumed.indexKeysRead} index keys read for a page of ${pageSize}`);
     }
   });
 

@@ -870,11 +870,10 @@ async function* newestMatchingEntities(
     }
     batch = [];
   };
-  for await (const newest of newestInstances(db, plan.prefix)) {
+  // Resumed, the index is read from the entity after the cursor's (a seek: the keys before it are not read at all).
+  for await (const newest of newestInstances(db, plan.prefix, afterIndexedId)) {
     if (stopped()) return;
     stats.indexKeysRead++;
-    // The index's keys up to the cursor are passed (keys only: their entries are not read); ids sort as their keys do.
-    if (afterIndexedId !== undefined && newest.entityId <= afterIndexedId) continue;
     batch.push(newest);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
