@@ -44,6 +44,8 @@
  * newest, whose attributes are the entity's (or that patient's part's); only an entity whose newest entry
  * matches those keys, or has no value for one, is then read whole (counts, modalities).
  * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
+ * Matches to skip (a QIDO-RS offset, FindOptions.skip) of a request with no key to match are passed on that
+ * full scan's keys: an instance on its c!i! key, an entity on the entry of its first key, with no response built.
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
  * isNewerInstance for ties), each one it lacks taken from the newest instance that has it (entityAttributes).
