@@ -9,6 +9,7 @@
  * server over one storescu association. Then, interleaved across the servers:
  *   studies-first     GET /studies?limit=L
  *   studies-deep-jump GET /studies?offset=<last full page>&limit=L, no page asked before it: a walk from the first match
+ *                     (pacs-mesh passes the matches before the offset on their index keys: no attribute is matched)
  *   studies-deep-next the same page asked right after the page before it (a viewer paging on): pacs-mesh resumes
  *                     where that page ended; the page before is asked untimed
  *   instances-first, instances-deep-jump, instances-deep-next: the same over /instances (page 200 by default)

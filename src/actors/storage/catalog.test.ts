@@ -248,7 +248,7 @@ describe('catalog in LevelDB', () => {
     await db.batch(entries.flatMap(catalogWriteOps).filter((op) => !op.key.startsWith('x!newest!')));
     const newestOf = async (prefix: string, keysPerRead?: number) => {
       const found = [];
-      for await (const newest of newestInstances(db, prefix, keysPerRead)) if (newest.sopInstanceUid.startsWith('1.9.')) found.push([newest.entityId, newest.sopInstanceUid]);
+      for await (const newest of newestInstances(db, prefix, undefined, keysPerRead)) if (newest.sopInstanceUid.startsWith('1.9.')) found.push([newest.entityId, newest.sopInstanceUid]);
       return found;
     };
     assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PATIENT_PREFIX), []);
@@ -261,6 +261,15 @@ describe('catalog in LevelDB', () => {
       assert.deepEqual(await newestOf(NEWEST_OF_STUDY_PATIENT_PREFIX, keysPerRead), [[part('1.9.10', 'Q'), '1.9.10.1.2'], [part('1.9.1', ''), '1.9.1.1.2']], `${keysPerRead} keys per read ('0' sorts before ':')`);
       assert.deepEqual(await newestOf(NEWEST_OF_PATIENT_PREFIX, keysPerRead), [['', '1.9.1.1.2'], [encodeKeyText('Q'), '1.9.10.1.2']]);
     }
+    // From the entity after a given one (a resumed search): neither it nor any before it, and its key a prefix of the next's.
+    const after = async (prefix: string, afterEntityId: string) => {
+      const found = [];
+      for await (const newest of newestInstances(db, prefix, afterEntityId, 2)) if (newest.sopInstanceUid.startsWith('1.9.')) found.push(newest.entityId);
+      return found;
+    };
+    assert.deepEqual(await after(NEWEST_OF_STUDY_PATIENT_PREFIX, part('1.9.10', 'Q')), [part('1.9.1', '')]);
+    assert.deepEqual(await after(NEWEST_OF_STUDY_PATIENT_PREFIX, part('1.9.1', '')), []);
+    assert.deepEqual(await after(NEWEST_OF_PATIENT_PREFIX, ''), [encodeKeyText('Q')]);
     await db.batch([...entries.flatMap(catalogDeleteOps), ...damaged.map((key) => ({ type: 'del' as const, key }))]);
   });
 

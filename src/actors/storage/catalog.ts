@@ -580,12 +580,13 @@ export interface NewestInstance {
 
 /**
  * The newest instance of every entity under `prefix` (NEWEST_OF_STUDY_PATIENT_PREFIX or NEWEST_OF_PATIENT_PREFIX),
- * in entity key order. Keys are read a few at a time, then a seek passes the rest of the last entity read:
+ * in entity key order, from the entity after `afterEntityId` when given (a seek: the keys before it are not read).
+ * Keys are read a few at a time, then a seek passes the rest of the last entity read:
  * small entities share a read, a large one costs one read and one seek, whatever its number of instances.
  */
-export async function* newestInstances(db: CatalogDb, prefix: string, keysPerRead = NEWEST_KEYS_PER_READ): AsyncGenerator<NewestInstance> {
+export async function* newestInstances(db: CatalogDb, prefix: string, afterEntityId?: string, keysPerRead = NEWEST_KEYS_PER_READ): AsyncGenerator<NewestInstance> {
   const range = prefixRange(prefix);
-  let lastEntityId: string | undefined;
+  let lastEntityId: string | undefined = afterEntityId;
   // '"' sorts right after '!': `<prefix><id>"` is past every key of that entity and before the next one's.
   const pastLastEntity = (): string => (lastEntityId === undefined ? range.gte : `${prefix}${lastEntityId}"`);
   for (let attempt = 0; ; attempt++) {

@@ -131,17 +131,14 @@ async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, 
   const cursors = searchCursorsOf(ctx);
   const searchKey = searchKeyOf(search.request);
   const after = search.offset > 0 ? cursors.take(searchKey, search.offset, ctx.clock.nowMs()) : undefined;
-  let skipped = after === undefined ? 0 : search.offset;
   let lastCursor: QueryCursor | undefined;
   try {
     // A client that leaves stops the search (helper 98: a scan matching nothing read on to the end of the level).
     const stopped = () => exchange.req.socket.destroyed;
-    const matches = findMatchesWithCursors(ctx.store.db, search.request, { limit: search.offset - skipped + search.limit + 1, stopped, after });
+    // Without a cursor the engine passes the matches before the offset, as cheaply as the keys allow.
+    const skip = after === undefined ? search.offset : 0;
+    const matches = findMatchesWithCursors(ctx.store.db, search.request, { limit: search.limit + 1, skip, stopped, after });
     for await (const { identifier, cursor } of matches) {
-      if (skipped < search.offset) {
-        skipped++;
-        continue;
-      }
       if (results.length === search.limit) {
         truncated = true;
         break;

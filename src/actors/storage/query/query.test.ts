@@ -1367,7 +1367,47 @@ describe('index lookups read only the entity they target (20,000 instances)', ()
       assert.ok(walked.entriesRead >= (offset + pageSize) * entriesPerMatch, `${plan}: the walk read ${walked.entriesRead} entries`);
       // The newest plan reads each candidate's newest entry before the entity whole: one more a match.
       assert.ok(resumed.entriesRead <= pageSize * (entriesPerMatch + 1), `${plan}: resumed, ${resumed.entriesRead} entries read for a page of ${pageSize}`);
+      // Each matching study read whole, and the newest index from the cursor on, not passed over from its first key (hunt 128).
+      if (plan.startsWith('newest')) assert.ok(resumed.indexKeysRead <= pageSize * (entriesPerMatch + 2), `${plan}: resumed, ${resumed.indexKeysRead} index keys read for a page of ${pageSize}`);
     }
+  });
+
+  it('a page asked cold at an offset (skip) passes the matches before it on their index keys when no key is matched (hunt 128)', async () => {
+    const pageSize = 10;
+    const plans: Array<[string, QueryRequest, number, boolean]> = [
+      ['full scan x!study!', { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS')] }, perPatient, true],
+      ['full scan x!pid!', { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedInstances, 'IS')] }, perPatient, true],
+      // QIDO-RS /instances: each instance with its study's and series' counts.
+      ['full scan c!i!', { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.ModalitiesInStudy, 'CS'), k(T.NumberOfSeriesRelatedInstances, 'IS')] }, 1, true],
+      // A key to match: each match before the offset is decided as before.
+      ['index x!name! (PatientName)', { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientName, 'PN', 'NAME*'), k(T.StudyInstanceUID, 'UI')] }, perPatient, false],
+    ];
+    for (const [plan, request, entriesPerMatch, unmatched] of plans) {
+      const all = await find(db, request);
+      const offset = all.length - 2 * pageSize;
+      const stats = createQueryStats();
+      const page = await find(db, request, { skip: offset, limit: pageSize, stats });
+      assert.equal(stats.plan, plan);
+      assert.deepEqual(page, all.slice(offset, offset + pageSize), plan);
+      assert.equal(stats.matchesPassedUnread, unmatched ? offset : 0, plan);
+      if (!unmatched) continue;
+      // One entry per entity passed at most (none for an instance), then the page's entities and their upper entities.
+      const passedEntriesMax = entriesPerMatch === 1 ? 0 : offset;
+      assert.ok(stats.entriesRead <= passedEntriesMax + pageSize * (entriesPerMatch + perPatient), `${plan}: ${stats.entriesRead} entries read for a page at ${offset}`);
+    }
+  });
+
+  it("an instance's study is scanned once for its modalities and its counts (QIDO-RS /instances, hunt 128)", async () => {
+    const sop = `${study(7)}.2.3`;
+    const { responses, stats } = await measure({
+      root: 'STUDY',
+      level: 'IMAGE',
+      keys: [k(T.SOPInstanceUID, 'UI', sop), k(T.ModalitiesInStudy, 'CS'), k(T.NumberOfStudyRelatedSeries, 'IS'), k(T.NumberOfStudyRelatedInstances, 'IS'), k(T.NumberOfSeriesRelatedInstances, 'IS')],
+    });
+    assert.deepEqual([T.ModalitiesInStudy, T.NumberOfStudyRelatedSeries, T.NumberOfStudyRelatedInstances, T.NumberOfSeriesRelatedInstances].map((tag) => valueOf(responses[0]!, tag)), ['CT\\MR', '2', String(perPatient), String(instancesPerSeries)]);
+    // The study's keys once (with its entries), the series' keys once: not the study's keys a second time for its counts.
+    assert.equal(stats.indexKeysRead, perPatient + instancesPerSeries);
+    assert.equal(stats.entriesRead, 1 + perPatient);
   });
 
   it('resolveRetrieve by PatientID reads only that patient', async () => {

@@ -44,6 +44,8 @@
  * newest, whose attributes are the entity's (or that patient's part's); only an entity whose newest entry
  * matches those keys, or has no value for one, is then read whole (counts, modalities).
  * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
+ * Matches to skip (a QIDO-RS offset, FindOptions.skip) of a request with no key to match are passed on that
+ * full scan's keys: an instance on its c!i! key, an entity on the entry of its first key, with no response built.
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
  * isNewerInstance for ties), each one it lacks taken from the newest instance that has it (entityAttributes).
@@ -156,10 +158,12 @@ export interface QueryStats {
   entitiesExamined: number;
   /** Entity ids a scan of several index ranges remembered to skip the ones it met before (see candidateIds). */
   candidateIdsRemembered: number;
+  /** Matches passed for `skip` without their entity read whole or a response built. */
+  matchesPassedUnread: number;
 }
 
 export function createQueryStats(): QueryStats {
-  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0, candidateIdsRemembered: 0 };
+  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0, candidateIdsRemembered: 0, matchesPassedUnread: 0 };
 }
 
 export interface FindOptions {
@@ -181,6 +185,12 @@ export interface FindOptions {
   candidateIdsRememberedMax?: number;
   /** Go on after the match this cursor was given with, by a search of the same request (see findMatchesWithCursors). */
   after?: QueryCursor;
+  /**
+   * Pass this many matches before yielding (a QIDO-RS offset; `limit` counts the yielded ones). A request with
+   * no key to match passes them without building their responses, and on a full scan of its level without
+   * reading their entities whole: a cold page at offset 19,900 built 19,900 responses it dropped (hunt 128).
+   */
+  skip?: number;
 }
 
 /**
@@ -430,6 +440,7 @@ async function loadAggregate(
   stats: QueryStats,
   patientIds?: ReadonlySet<string>,
   onEntry?: (entry: CatalogEntry) => void,
+  keysCounted?: EntityAggregate,
 ): Promise<EntityAggregate> {
   const aggregate = createAggregate();
   let pending: string[] = [];
@@ -443,6 +454,7 @@ async function loadAggregate(
     pending = [];
   };
   for await (const indexed of scanIndex(db, hierarchyPrefixOf(level, id), stats)) {
+    if (keysCounted !== undefined) addInstanceKey(keysCounted, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
     if (!withEntries && patientIds === undefined) {
       addInstanceKey(aggregate, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
       continue;
@@ -727,6 +739,20 @@ function metFirstIn(ranges: ScanRanges, run: ScanRun, entries: Iterable<CatalogE
   return first === undefined || (first.rangeIndex === run.rangeIndex && first.key >= run.firstKey && first.key <= run.lastKey);
 }
 
+/**
+ * Matches a search still has to pass before its first response; `unread`: every entity that has an instance
+ * matches, so a full scan may pass one on its index key (and one entry) alone, without yielding it.
+ */
+interface SkipBudget {
+  remaining: number;
+  readonly unread: boolean;
+}
+
+/** The SOPInstanceUID of the first index key of a candidate's run (its cursor's key), or undefined. */
+function firstInstanceOf(candidate: Candidate): string | undefined {
+  return candidate.cursor.type === 'indexed' ? parseIndexKey(candidate.cursor.key)?.sopInstanceUid : undefined;
+}
+
 /** Loaded candidate entities: for IMAGE one entry each (read in batches), otherwise the whole entity. */
 async function* candidateEntities(
   db: CatalogDb,
@@ -736,21 +762,51 @@ async function* candidateEntities(
   stopped: () => boolean,
   rememberedMax: number,
   after: QueryCursor | undefined,
+  skip: SkipBudget,
 ): AsyncGenerator<CandidateEntity> {
   if (plan.kind === 'newest') {
     if (level === 'IMAGE') throw new Error('a newest-index plan is for STUDY and PATIENT level only');
     yield* newestMatchingEntities(db, level, plan, stats, stopped, after?.type === 'newest' ? after.indexedId : undefined);
     return;
   }
+  // A full scan of the level names each entity once, in order, with no run to check: one to skip is passed unread.
+  const passUnread = (): boolean => skip.unread && skip.remaining > 0 && plan.kind === 'prefixes' && plan.contiguous;
   // Computed once: only candidates met past the remembered ids (those with a run) are checked against them.
   const ranges = scanRangesOf(plan);
   if (level !== 'IMAGE') {
-    for await (const { id, run, cursor } of candidateIds(db, level, plan, stats, stopped, rememberedMax, after)) {
+    const loaded = async function* ({ id, run, cursor }: Candidate): AsyncGenerator<CandidateEntity> {
       const entries: CatalogEntry[] = [];
       const aggregate = await loadAggregate(db, level, id, true, stats, undefined, run === undefined ? undefined : (entry) => entries.push(entry));
-      if (run !== undefined && !metFirstIn(ranges, run, entries)) continue;
+      if (run !== undefined && !metFirstIn(ranges, run, entries)) return;
       if (aggregate.latest) yield { aggregate, cursor };
+    };
+    // Candidates to pass: the entry of each one's first index key says it has an instance (read in batches).
+    let toPass: Candidate[] = [];
+    const pass = async function* (): AsyncGenerator<CandidateEntity> {
+      const entries = await getCatalogEntries(db, toPass.map((candidate) => firstInstanceOf(candidate) ?? ''));
+      for (const [i, candidate] of toPass.entries()) {
+        const entry = entries[i];
+        if (entry !== undefined) stats.entriesRead++;
+        if (skip.remaining > 0 && entry !== undefined && entryBelongsTo(level, candidate.id, entry)) {
+          skip.remaining--;
+          stats.matchesPassedUnread++;
+          continue;
+        }
+        // A stale first key: the entity's own entries decide, as without skipping.
+        yield* loaded(candidate);
+      }
+      toPass = [];
+    };
+    for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax, after)) {
+      if (passUnread() && toPass.length < skip.remaining) {
+        toPass.push(candidate);
+        if (toPass.length >= GET_MANY_BATCH_SIZE || toPass.length >= skip.remaining) yield* pass();
+        continue;
+      }
+      yield* pass();
+      yield* loaded(candidate);
     }
+    yield* pass();
     return;
   }
   let batch: Candidate[] = [];
@@ -769,6 +825,12 @@ async function* candidateEntities(
     batch = [];
   };
   for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax, after)) {
+    // The scan's own key c!i!<uid> says the entry is there: nothing else decides a match to pass.
+    if (batch.length === 0 && passUnread() && plan.kind === 'prefixes' && plan.prefixes[0] === CATALOG_ENTRY_PREFIX) {
+      skip.remaining--;
+      stats.matchesPassedUnread++;
+      continue;
+    }
     batch.push(candidate);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
@@ -810,11 +872,10 @@ async function* newestMatchingEntities(
     }
     batch = [];
   };
-  for await (const newest of newestInstances(db, plan.prefix)) {
+  // Resumed, the index is read from the entity after the cursor's (a seek: the keys before it are not read at all).
+  for await (const newest of newestInstances(db, plan.prefix, afterIndexedId)) {
     if (stopped()) return;
     stats.indexKeysRead++;
-    // The index's keys up to the cursor are passed (keys only: their entries are not read); ids sort as their keys do.
-    if (afterIndexedId !== undefined && newest.entityId <= afterIndexedId) continue;
     batch.push(newest);
     if (batch.length >= GET_MANY_BATCH_SIZE) yield* emit();
   }
@@ -843,12 +904,17 @@ class UpperAggregateCache {
 
   /** The entity `id` at `level`, or only its instances of `patientIds` (see narrowToMatchedPatients). */
   async get(level: Exclude<QueryLevel, 'IMAGE'>, id: string, withEntries: boolean, patientIds?: ReadonlySet<string>): Promise<EntityAggregate> {
-    const cacheKey = `${level}|${withEntries}|${id}|${patientIds === undefined ? '' : JSON.stringify([...patientIds].sort())}`;
+    const cacheKeyOf = (entries: boolean): string => `${level}|${entries}|${id}|${patientIds === undefined ? '' : JSON.stringify([...patientIds].sort())}`;
+    const cacheKey = cacheKeyOf(withEntries);
     let aggregate = this.cache.get(cacheKey);
     if (!aggregate) {
       if (this.cache.size >= 1000) this.cache.clear();
-      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds);
+      // Read with its entries, the entity's keys give its key counts too: an instance's study was scanned twice
+      // (ModalitiesInStudy, then NumberOfStudyRelatedSeries/Instances) for every QIDO-RS /instances result.
+      const keysCounted = withEntries && patientIds === undefined && !this.cache.has(cacheKeyOf(false)) ? createAggregate() : undefined;
+      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds, undefined, keysCounted);
       this.cache.set(cacheKey, aggregate);
+      if (keysCounted !== undefined) this.cache.set(cacheKeyOf(false), keysCounted);
     }
     return aggregate;
   }
@@ -1035,11 +1101,22 @@ export async function* findMatchesWithCursors(
   let responses = 0;
   const after = resumeCursorOf(plan, options.after);
   const rememberedMax = options.candidateIdsRememberedMax ?? candidateIdsRememberedMax;
-  for await (const { aggregate, cursor } of candidateEntities(db, request.level, plan, stats, stopped, rememberedMax, after)) {
+  // Without a key to match, respond() answers every entity that has an instance: a match to skip needs no response.
+  const everyEntityMatches = compiled.keys.every((key) => !key.isMatching);
+  const skip: SkipBudget = { remaining: options.skip !== undefined && options.skip > 0 ? options.skip : 0, unread: everyEntityMatches };
+  for await (const { aggregate, cursor } of candidateEntities(db, request.level, plan, stats, stopped, rememberedMax, after, skip)) {
     stats.entitiesExamined++;
+    if (everyEntityMatches && skip.remaining > 0) {
+      skip.remaining--;
+      continue;
+    }
     const response = await respond(request.root, request.level, compiled.keys, aggregate, upper);
     if (stopped()) return;
     if (!response) continue;
+    if (skip.remaining > 0) {
+      skip.remaining--;
+      continue;
+    }
     yield { identifier: response, cursor };
     if (++responses >= limit) return;
   }
