@@ -133,3 +133,32 @@ test('a stream without the fields this relies on gets the library behaviour', ()
   sendWindowUpdate.call(stream);
   assert.equal(sentByLibrary, 1);
 });
+
+test('an epoch the wall clock stepped back in keeps the window, and does not count in the next one', () => {
+  // 100 KB/s: 60 KB of a 100 KB window in 0.6 s.
+  const { fields, sent } = streamFields(100_000, Date.now() - 600);
+  fields.recvWindowCapacity = 40_000;
+  sendWindowUpdate.call(fields);
+  assert.equal(sent.length, 1);
+  const steadyBytes = fields.recvWindow;
+  // The system clock steps back a minute (NTP): the epoch looks 59.5 s shorter than nothing.
+  fields.epochStart = Date.now() + 59_500;
+  fields.recvWindowCapacity -= steadyBytes / 2;
+  sendWindowUpdate.call(fields);
+  assert.equal(fields.recvWindow, steadyBytes, 'no rate from a negative epoch: the window is kept');
+  // The next 60 KB in 0.6 s, as before the step.
+  fields.epochStart = Date.now() - 600;
+  fields.recvWindowCapacity -= 60_000;
+  sendWindowUpdate.call(fields);
+  assert.ok(Math.abs(fields.recvWindow - 100_000) < 10_000, `a second of the link, not the cap (${fields.recvWindow})`);
+  assert.ok(sent.every(({ length }) => length <= steadyBytes), `granted ${sent.map(({ length }) => length).join(', ')} bytes`);
+});
+
+test('a stream whose epoch start is not a number keeps its window (no NaN window)', () => {
+  const { fields } = streamFields(256 * 1024, Date.now());
+  (fields as { epochStart: unknown }).epochStart = undefined;
+  fields.recvWindowCapacity = 0;
+  sendWindowUpdate.call(fields);
+  assert.equal(fields.recvWindow, 256 * 1024);
+  assert.equal(fields.recvWindowCapacity, 256 * 1024);
+});

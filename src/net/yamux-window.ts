@@ -56,7 +56,7 @@ interface WindowFields {
   epochStartCapacity?: number;
   /** The stream was paused during this epoch: its rate says how fast it was read, not how fast bytes came. */
   pausedInEpoch?: boolean;
-  /** What arrived in the epoch before this one, and over how long (absent after a pause or a flag). */
+  /** What arrived in the epoch before this one, and over how long (absent after a pause, a flag or a clock step back). */
   previousEpochBytes?: number;
   previousEpochMs?: number;
 }
@@ -101,9 +101,11 @@ function sendWindowUpdate(this: WindowFields): void {
   const flags = this.getSendFlags();
   if (!windowUpdateDue(this.recvWindow, this.recvWindowCapacity, flags)) return;
   const nowMs = Date.now();
-  if (flags === 0 && this.pausedInEpoch !== true) {
+  const epochMs = nowMs - this.epochStart;
+  // Date.now() stepped back (or no epoch start): the epoch's length is unknown, so it sizes nothing, as a paused one.
+  const epochTimed = Number.isFinite(epochMs) && epochMs >= 0;
+  if (flags === 0 && this.pausedInEpoch !== true && epochTimed) {
     const receivedBytes = (this.epochStartCapacity ?? this.recvWindow) - this.recvWindowCapacity;
-    const epochMs = nowMs - this.epochStart;
     // Over this epoch and the one before: after a stall the half window read back to back is an epoch of
     // a millisecond, and the one before it holds the stall (hunt 127).
     this.recvWindow = tunedReceiveWindow(receivedBytes + (this.previousEpochBytes ?? 0), epochMs + (this.previousEpochMs ?? 0), this.maxStreamWindowSize);
