@@ -156,3 +156,24 @@ test('close() on a peer that closes its side: closed at once, and no timer left 
   await waitFor('the socket closed', () => closed, 2000);
   assert.equal(clock.pending(), 0, 'the half-close timer cleared when the socket closed');
 });
+
+test('a framing error behind PDUs that filled the read bound: reading stays paused once they are handled, and the error is reported once', () => {
+  const socket = fakeSocket();
+  const given: number[] = [];
+  const invalid: string[] = [];
+  const connection = new DicomConnection(
+    { socket, limits: defaultPduLimits, maxUnprocessedBytes: 1024 * 1024, clock: systemClock },
+    { onPdus: (_pdus, bytes) => given.push(bytes), onInvalidPdu: (error) => invalid.push(error.code), onClosed: () => undefined },
+  );
+  // Over the bound (see the test above), then a PDU of an unknown type in the same chunk.
+  const garbage = Buffer.from([0xee, 0, 0, 0, 0, 4, 1, 2, 3, 4]);
+  socket.emit('data', Buffer.concat([emptyPdvs(8192), garbage]));
+  assert.equal(given.length, 1, 'the valid PDUs are handed on');
+  assert.equal(invalid.length, 1, 'then the framing error');
+  connection.consumed(given[0]!);
+  assert.equal(socket.isPaused(), true, 'nothing after a framing error is read: the back-pressure resume must not undo its pause');
+  // Had it resumed, each later chunk reported the error again (an A-ABORT handled per chunk while the close waits).
+  socket.emit('data', garbage);
+  socket.emit('data', garbage);
+  assert.equal(invalid.length, 1, `reported ${invalid.length} times`);
+});

@@ -89,6 +89,8 @@ export class DicomConnection {
   private writeProgressMs: number;
   /** Set by close(): destroys the socket if the peer has not closed its side by then. */
   private halfCloseTimer: TimerHandle | undefined;
+  /** A framing error was reported: reading stays paused and nothing more is framed or reported. */
+  private framingFailed = false;
   readonly remoteAddress: string;
 
   constructor(
@@ -111,6 +113,7 @@ export class DicomConnection {
   }
 
   private onData(chunk: Buffer): void {
+    if (this.framingFailed) return;
     let pdus: Pdu[];
     try {
       pdus = this.framer.push(chunk);
@@ -133,6 +136,7 @@ export class DicomConnection {
 
   private onFramingError(error: unknown): void {
     // After a framing error nothing else on this stream can be trusted.
+    this.framingFailed = true;
     this.init.socket.pause();
     this.events.onInvalidPdu(error instanceof PduError ? error : new PduError('ERR_PDU_MALFORMED', String(error)));
   }
@@ -140,7 +144,8 @@ export class DicomConnection {
   /** The handler finished with what onPdus was given (`bytes` as it said): resume reading once under half the bound. */
   consumed(bytes: number): void {
     this.unprocessedBytes -= bytes;
-    if (this.paused && this.unprocessedBytes < this.init.maxUnprocessedBytes / 2) {
+    // Not after a framing error: PDUs ahead of the bad bytes in one chunk may have paused reading for the bound.
+    if (this.paused && !this.framingFailed && this.unprocessedBytes < this.init.maxUnprocessedBytes / 2) {
       this.paused = false;
       this.init.socket.resume();
     }
