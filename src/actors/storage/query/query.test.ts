@@ -6,7 +6,7 @@ import { Level } from 'level';
 import type { DicomElement } from '../../../codec/dicom-types.ts';
 import { Tags as T } from '../../../codec/dictionary.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
-import { catalogWriteOps, type CatalogDb } from '../catalog.ts';
+import { catalogEntryKey, catalogWriteOps, encodeCatalogEntry, type CatalogDb } from '../catalog.ts';
 import { Prng } from '../../../sim/prng.ts';
 import {
   QueryError,
@@ -1442,6 +1442,50 @@ describe('a search by PatientID and AccessionNumber in an archive of studies wit
       const responses = await find(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.PatientID, 'LO', 'P7'), k(T.AccessionNumber, 'SH', 'ACC7'), k(T.StudyInstanceUID, 'UI')] }, { stats });
       assert.deepEqual(column(responses, T.StudyInstanceUID), ['1.2.998.7']);
       assert.equal(stats.entriesRead, 5, `plan ${stats.plan}: ${stats.entriesRead} entries read`);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('QIDO-RS offsets passed unread (skip) over index keys whose entries are gone or moved (hunt 130 review)', () => {
+  it('every page at every offset is the walk\'s, through each level\'s full scan', async () => {
+    const { db, close } = openTempDb();
+    await db.open();
+    try {
+      const entry = (studyNumber: number, instance: number, sopUid = `1.2.777.${studyNumber}.1.${instance}`): CatalogEntry =>
+        makeEntry({
+          patientId: `P${studyNumber}`, patientName: `NAME^${studyNumber}`, studyUid: `1.2.777.${studyNumber}`, studyDate: '20240101', studyTime: '120000',
+          accession: '', studyDescription: 'X', seriesUid: `1.2.777.${studyNumber}.1`, modality: 'CT', seriesNumber: '1',
+          sopUid, sopClassUid: CT_IMAGE, instanceNumber: String(instance), storedAtMs: instance,
+        });
+      await store(db, Array.from({ length: 7 }, (_, s) => [entry(s, 1), entry(s, 2)]).flat());
+      // Study 1: its first key's entry deleted (a deletion between key and entry). Study 2: both (keys only).
+      await db.del(catalogEntryKey('1.2.777.1.1.1'));
+      await db.batch([{ type: 'del', key: catalogEntryKey('1.2.777.2.1.1') }, { type: 'del', key: catalogEntryKey('1.2.777.2.1.2') }]);
+      // Study 3: its first key's instance now an entry of study 5. Study 4: of a study with no keys, its other entry gone.
+      await db.put(catalogEntryKey('1.2.777.3.1.1'), encodeCatalogEntry(entry(5, 3, '1.2.777.3.1.1')));
+      await db.put(catalogEntryKey('1.2.777.4.1.1'), encodeCatalogEntry(entry(9, 1, '1.2.777.4.1.1')));
+      await db.del(catalogEntryKey('1.2.777.4.1.2'));
+      const requests: QueryRequest[] = [
+        { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] },
+        { root: 'STUDY', level: 'SERIES', keys: [k(T.SeriesInstanceUID, 'UI'), k(T.NumberOfSeriesRelatedInstances, 'IS')] },
+        { root: 'PATIENT', level: 'PATIENT', keys: [k(T.PatientID, 'LO'), k(T.NumberOfPatientRelatedInstances, 'IS')] },
+        { root: 'STUDY', level: 'IMAGE', keys: [k(T.SOPInstanceUID, 'UI'), k(T.StudyInstanceUID, 'UI'), k(T.NumberOfStudyRelatedInstances, 'IS')] },
+      ];
+      // Studies 2 and 4 (and their series and patients) have no instance left; instances: 14 - 4 deleted.
+      const expectedMatches = { STUDY: 5, SERIES: 5, PATIENT: 5, IMAGE: 10 };
+      for (const request of requests) {
+        const all = await find(db, request);
+        assert.equal(all.length, expectedMatches[request.level as keyof typeof expectedMatches], request.level);
+        let passedUnread = 0;
+        for (let offset = 0; offset <= all.length; offset++) {
+          const stats = createQueryStats();
+          assert.deepEqual(await find(db, request, { skip: offset, limit: 2, stats }), all.slice(offset, offset + 2), `${request.level} at offset ${offset} (${stats.plan})`);
+          passedUnread += stats.matchesPassedUnread;
+        }
+        assert.ok(passedUnread > 0, `${request.level}: the skip path was taken`);
+      }
     } finally {
       await close();
     }
