@@ -21,6 +21,7 @@ import { startCommitments } from './actors/commitment/actor.ts';
 import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
 import { startHttpServer, type RunningHttpServer } from './http/server.ts';
+import { SearchCursors } from './http/dicomweb/search-cursors.ts';
 import { createDicomWebStats, heldInstanceRequestsQueuedMax, heldInstanceBytesMax, meshLookupsQueuedMax, meshLookupsRunningMax } from './http/dicomweb/context.ts';
 import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
@@ -251,6 +252,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         stats: dicomWebStats,
         meshLookups: createConcurrencyLimit(meshLookupsRunningMax, meshLookupsQueuedMax),
         heldInstanceBytes: options.heldInstanceBytes ?? createConcurrencyLimit(heldInstanceBytesMax, heldInstanceRequestsQueuedMax),
+        searchCursors: new SearchCursors(),
         searchElsewhere: () => mesh?.searchElsewhere(),
         sitesDown: () => mesh?.sitesDown() ?? [],
       },

@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { Status } from '../../src/codec/dimse.ts';
 import { startHttpServer, type RunningHttpServer } from '../../src/http/server.ts';
 import { createDicomWebStats, type DicomWebContext } from '../../src/http/dicomweb/context.ts';
+import { SearchCursors } from '../../src/http/dicomweb/search-cursors.ts';
 import { ConcurrencyLimitError, createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
 import { localRetrieveSource } from '../../src/actors/association/services/query-retrieve.ts';
 import { localIngest } from '../../src/actors/association/services/deps.ts';
@@ -53,6 +54,7 @@ async function serverWith(ports: Partial<DicomWebContext>): Promise<string> {
       stats: createDicomWebStats(),
       meshLookups: createConcurrencyLimit(4, 64),
       heldInstanceBytes: createConcurrencyLimit(64 * 1024 * 1024, 16),
+      searchCursors: new SearchCursors(),
       ...ports,
     },
   });

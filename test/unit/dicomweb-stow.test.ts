@@ -22,6 +22,7 @@ import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { systemClock } from '../../src/actors/runtime/clock.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { createDicomWebStats, type DicomWebContext } from '../../src/http/dicomweb/context.ts';
+import { SearchCursors } from '../../src/http/dicomweb/search-cursors.ts';
 import { createConcurrencyLimit } from '../../src/actors/runtime/concurrency-limit.ts';
 
 const boundary = 'stow-test-boundary-0123456789';
@@ -483,6 +484,7 @@ test('STOW-RS: a write quorum that is not reached fails the instance with A700, 
     stats: createDicomWebStats(),
     meshLookups: createConcurrencyLimit(4, 4),
     heldInstanceBytes: createConcurrencyLimit(1024 * 1024, 4),
+    searchCursors: new SearchCursors(),
   };
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, dicomWeb });
   t.after(async () => {

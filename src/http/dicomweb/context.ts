@@ -12,6 +12,7 @@ import type { Clock } from '../../actors/runtime/clock.ts';
 import type { ConcurrencyLimit } from '../../actors/runtime/concurrency-limit.ts';
 import type { Logger } from '../../actors/runtime/logger.ts';
 import type { Transcoder } from '../../codec/transcode-pool.ts';
+import type { SearchCursors } from './search-cursors.ts';
 
 export interface DicomWebContext {
   store: ReplicaStore;
@@ -42,6 +43,8 @@ export interface DicomWebContext {
    * their turn rather than exhaust memory.
    */
   heldInstanceBytes: ConcurrencyLimit;
+  /** Where this site's recent QIDO-RS pages ended, for the next page to resume there (search-cursors.ts). */
+  searchCursors: SearchCursors;
   /**
    * Where a search should go instead while this site is refilling (its catalog far behind the fullest
    * site's): a whole site's HTTP address, or none known. Undefined when searches may be answered here.

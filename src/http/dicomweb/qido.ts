@@ -8,7 +8,7 @@ import type { DicomElement, Tag } from '../../codec/dicom-types.ts';
 import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-json.ts';
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatchesWithCursors, type QueryCursor, type QueryRequest } from '../../actors/storage/query/query.ts';
-import { SearchCursors, searchKeyOf } from './search-cursors.ts';
+import { searchKeyOf } from './search-cursors.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { requireDicomJson } from './accept.ts';
 import { sendJson } from '../respond.ts';
@@ -60,15 +60,6 @@ const ALL_EXTRA_ATTRIBUTES: readonly Tag[] = [
 ];
 
 const LEVELS: readonly SearchLevel[] = ['STUDY', 'SERIES', 'IMAGE'];
-
-/** Each catalog's recent page ends (a process may run several peers): see search-cursors.ts. */
-const searchCursorsOfCatalog = new WeakMap<object, SearchCursors>();
-
-function searchCursorsOf(ctx: DicomWebContext): SearchCursors {
-  let cursors = searchCursorsOfCatalog.get(ctx.store.db);
-  if (cursors === undefined) searchCursorsOfCatalog.set(ctx.store.db, (cursors = new SearchCursors()));
-  return cursors;
-}
 
 export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute): Promise<void> {
   // PS3.18 8.3.3.1.
@@ -128,7 +119,7 @@ async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, 
   let tooLarge = false;
   let held = false;
   // The page before this one ended here lately: the search resumes after it, not walking the matches before.
-  const cursors = searchCursorsOf(ctx);
+  const cursors = ctx.searchCursors;
   const searchKey = searchKeyOf(search.request);
   const after = search.offset > 0 ? cursors.take(searchKey, search.offset, ctx.clock.nowMs()) : undefined;
   let lastCursor: QueryCursor | undefined;
