@@ -78,6 +78,15 @@ export interface ConnectionInit {
 /** How long a half-closed socket waits for the peer to close its side before it is destroyed. */
 export const halfCloseGraceMs = 2000;
 
+/**
+ * Destroys a half-closed `socket` if its peer has not closed its side within halfCloseGraceMs of `clock`
+ * (the timer cleared when it closes): a peer that never closes must not keep the socket alive forever.
+ */
+export function destroyUnlessClosedInGrace(socket: Socket, clock: Clock): void {
+  const timer = clock.setTimeout(() => socket.destroy(), halfCloseGraceMs);
+  socket.once('close', () => clock.clearTimeout(timer));
+}
+
 export class DicomConnection {
   private readonly framer: PduFramer;
   private unprocessedBytes = 0;
@@ -87,8 +96,8 @@ export class DicomConnection {
   private writesWaiting = 0;
   /** When a write last went into the kernel buffer, or the buffer last drained. */
   private writeProgressMs: number;
-  /** Set by close(): destroys the socket if the peer has not closed its side by then. */
-  private halfCloseTimer: TimerHandle | undefined;
+  /** Set by close(), once: the socket is destroyed if the peer has not closed its side within the grace. */
+  private halfCloseArmed = false;
   /** A framing error was reported: reading stays paused and nothing more is framed or reported. */
   private framingFailed = false;
   readonly remoteAddress: string;
@@ -105,7 +114,6 @@ export class DicomConnection {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
-      init.clock.clearTimeout(this.halfCloseTimer);
       if (this.closed) return;
       this.closed = true;
       this.events.onClosed();
@@ -184,9 +192,9 @@ export class DicomConnection {
   /** Half-close after flushing: the peer sees the end of the stream. */
   close(): void {
     this.init.socket.end();
-    if (this.init.socket.destroyed || this.halfCloseTimer !== undefined) return;
-    // A peer that never closes its side must not keep the socket alive forever.
-    this.halfCloseTimer = this.init.clock.setTimeout(() => this.init.socket.destroy(), halfCloseGraceMs);
+    if (this.init.socket.destroyed || this.halfCloseArmed) return;
+    this.halfCloseArmed = true;
+    destroyUnlessClosedInGrace(this.init.socket, this.init.clock);
   }
 
   destroy(): void {

@@ -7,7 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Ref } from '../runtime/nact.ts';
 import { dispatch } from '../runtime/nact.ts';
 import { spawnAssociation, type SpawnedAssociation } from './actor.ts';
-import { halfCloseGraceMs } from './connection.ts';
+import { destroyUnlessClosedInGrace, halfCloseGraceMs } from './connection.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { RejectReason, RejectResult, RejectSource, encodePdu } from '../../codec/pdu.ts';
 
@@ -82,8 +82,7 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     // read and dropped, so the close does not reset the connection before it reads the answer.
     socket.end(overCapRejection);
     socket.resume();
-    const destroyTimer = init.deps.clock.setTimeout(() => socket.destroy(), halfCloseGraceMs);
-    socket.once('close', () => init.deps.clock.clearTimeout(destroyTimer));
+    destroyUnlessClosedInGrace(socket, init.deps.clock);
   };
   const server: Server = createServer((socket: Socket) => {
     if (connections >= connectionsMax) return refuse(socket);
