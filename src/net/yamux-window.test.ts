@@ -87,15 +87,23 @@ test('a window larger than the link needs shrinks as its sender uses up what it 
   assert.ok(fields.recvWindowCapacity <= 120_000, `the sender holds ~a second of the link again (${fields.recvWindowCapacity})`);
 });
 
-test('frames read back to back after a stall do not take a slow stream\'s window to the cap (hunt 127)', () => {
-  // 100 KB/s: 60 KB of a 100 KB window in 0.6 s (not exactly half: a millisecond more made the window
-  // 99,800 bytes, under twice what its sender had used, and no update went out on a loaded machine).
-  const { fields, sent } = streamFields(100_000, Date.now() - 600);
-  fields.recvWindowCapacity = 40_000;
-  sendWindowUpdate.call(fields);
-  assert.equal(sent.length, 1);
-  const steadyBytes = fields.recvWindow;
+/**
+ * A stream at 100 KB/s after its first update: 60 KB of a 100 KB window in 0.6 s (not exactly half: a
+ * millisecond more made the window 99,800 bytes, under twice what its sender had used, and no update went
+ * out on a loaded machine). `steadyBytes`: its window then, about a second of the link.
+ */
+function steadySlowStream(): ReturnType<typeof streamFields> & { steadyBytes: number } {
+  const stream = streamFields(100_000, Date.now() - 600);
+  stream.fields.recvWindowCapacity = 40_000;
+  sendWindowUpdate.call(stream.fields);
+  assert.equal(stream.sent.length, 1);
+  const steadyBytes = stream.fields.recvWindow;
   assert.ok(Math.abs(steadyBytes - 100_000) < 10_000, `a second of the link (${steadyBytes})`);
+  return { ...stream, steadyBytes };
+}
+
+test('frames read back to back after a stall do not take a slow stream\'s window to the cap (hunt 127)', () => {
+  const { fields, sent, steadyBytes } = steadySlowStream();
   // The event loop stalls 700 ms: the next half window arrives in 0.5 s and is read 0.7 s later ...
   fields.epochStart = Date.now() - 1200;
   fields.recvWindowCapacity -= steadyBytes / 2;
@@ -135,12 +143,7 @@ test('a stream without the fields this relies on gets the library behaviour', ()
 });
 
 test('an epoch the wall clock stepped back in keeps the window, and does not count in the next one', () => {
-  // 100 KB/s: 60 KB of a 100 KB window in 0.6 s.
-  const { fields, sent } = streamFields(100_000, Date.now() - 600);
-  fields.recvWindowCapacity = 40_000;
-  sendWindowUpdate.call(fields);
-  assert.equal(sent.length, 1);
-  const steadyBytes = fields.recvWindow;
+  const { fields, sent, steadyBytes } = steadySlowStream();
   // The system clock steps back a minute (NTP): the epoch looks 59.5 s shorter than nothing.
   fields.epochStart = Date.now() + 59_500;
   fields.recvWindowCapacity -= steadyBytes / 2;
