@@ -783,6 +783,8 @@ async function* candidateEntities(
     // Candidates to pass: the entry of each one's first index key says it has an instance (read in batches).
     let toPass: Candidate[] = [];
     const pass = async function* (): AsyncGenerator<CandidateEntity> {
+      // Called before every candidate not passed: with none held, no await per entity.
+      if (toPass.length === 0) return;
       const entries = await getCatalogEntries(db, toPass.map((candidate) => firstInstanceOf(candidate) ?? ''));
       for (const [i, candidate] of toPass.entries()) {
         const entry = entries[i];
