@@ -112,6 +112,27 @@ describe('PN matching (case-insensitive, trailing components ignored)', () => {
     assert.equal(matchesKey('PN', '\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B', stored), true);
   });
 
+  it('matches a key with = group by group: each non-empty key group against the same group, empty key groups universal', () => {
+    const sets = { key: 'ISO_IR 192', stored: 'ISO_IR 192' };
+    const pn = (key: string, stored: string): boolean => matchesKey('PN', utf8(key), utf8(stored), sets);
+    const full = 'Yamada^Tarou=山田^太郎=やまだ^たろう';
+    assert.equal(pn('Yamada^Tarou=山田^太郎=やまだ^たろう', full), true, 'every group equal');
+    assert.equal(pn('YAMADA^TAROU=山田^太郎', full), true, 'a key without the phonetic group leaves it universal');
+    assert.equal(pn('Yamada^Tarou=山田^太郎', 'Yamada^Tarou=山田^太郎=やまだ^たろう^^'), true, 'trailing empty components per group');
+    assert.equal(pn('=山田^太郎', full), true, 'an empty alphabetic key group is universal');
+    assert.equal(pn('==やまだ^たろう', full), true, 'only the phonetic group asked');
+    assert.equal(pn('=やまだ^たろう', full), false, 'a phonetic name in the ideographic group of the key does not match');
+    assert.equal(pn('Yamada*=山田*', full), true, 'wildcards per group');
+    assert.equal(pn('Yamada*=山本*', full), false, 'one group failing fails the key');
+    assert.equal(pn('Yamada^Tarou=山田^太郎', 'Yamada^Tarou'), false, 'a key group the name does not carry does not match');
+    assert.equal(pn('Yamada^Tarou=山田^太郎', 'Yamada^Jirou=山田^太郎'), false);
+    assert.equal(pn('*=山田^太郎', 'Sato=山田^太郎'), true, 'a lone * group is universal for that group');
+    assert.equal(pn('Yama*', 'Yamada^Tarou=山田^太郎'), true, 'a key without = still spans the whole name');
+    assert.equal(pn('*=*', ''), true, 'a wildcard key matching nothing but stars matches an empty name');
+    assert.equal(pn('山田^太郎=', full), true, 'a trailing empty key group is dropped: the key matches any group, as without =');
+    assert.equal(pn('Doe\\=山田*', full), true, 'several key values: any may match');
+  });
+
   it('bounds the names a key can match by literal prefixes of the forms the name index holds', () => {
     const prefixesOf = (key: string, characterSet?: string) => {
       const compiled = compileKeyMatcher('PN', key, characterSet);
@@ -124,6 +145,9 @@ describe('PN matching (case-insensitive, trailing components ignored)', () => {
     assert.equal(prefixesOf('*oe'), undefined, 'a leading wildcard bounds nothing');
     assert.equal(prefixesOf('DOE\\*X'), undefined, 'nor does one value of several');
     assert.equal(prefixesOf('*'), undefined);
+    assert.deepEqual(prefixesOf('Yamada^T*=\x1b$B;3ED\x1b(B*', 'ISO 2022 IR 6\\ISO 2022 IR 87'), ['yamada^t'], 'the longest literal prefix of a key group');
+    assert.deepEqual(prefixesOf('=\x1b$B;3ED\x1b(B^*', 'ISO 2022 IR 6\\ISO 2022 IR 87'), ['\u5c71\u7530^'], 'an ideographic group alone: a group form');
+    assert.equal(prefixesOf('*=?amada'), undefined, 'no group with a literal prefix bounds nothing');
     assert.deepEqual(prefixesOf('M\xc3\xbcller*', 'ISO_IR 192'), ['m\xfcller'], 'decoded characters, as the stored forms');
     const yamada = 'Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B';
     assert.deepEqual(personNameForms(yamada, 'ISO 2022 IR 6\\ISO 2022 IR 87'), ['yamada^tarou=\u5c71\u7530^\u592a\u90ce', 'yamada^tarou', '\u5c71\u7530^\u592a\u90ce']);

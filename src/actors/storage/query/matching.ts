@@ -16,8 +16,10 @@
  *   numeric value ("5" matches "05", "1.0" matches "1").
  * - PN: case-insensitive for ASCII letters only (case rules beyond ASCII differ between languages),
  *   trailing empty components (`Doe^John^^` = `Doe^John`) and trailing empty component groups are ignored.
- *   A key without `=` is matched against each component group of the stored name (so an alphabetic key
- *   matches a name that also carries ideographic/phonetic groups).
+ *   A key without `=` is matched against the whole name and each component group of the stored name (so an
+ *   alphabetic key matches a name that also carries ideographic/phonetic groups). A key with `=` is matched
+ *   group by group: each non-empty key group against the same group of the name (wildcards within it), an
+ *   empty key group is universal (see personNameKeyTest).
  * - List of UID matching: a UI key with backslash-separated UIDs matches any of them.
  * - Wildcard matching (`*` any sequence, also none, `?` one character) only for AE, CS, LO, LT, PN, SH,
  *   ST, UC, UR, UT (C.2.2.2.4). For the other VRs `*` and `?` are literal characters. A pattern that
@@ -385,10 +387,9 @@ export function isUnknownValue(vr: string, storedValue: string | undefined): boo
   return storedValuesOf(vr, storedValue).length === 0;
 }
 
-/** For PN: the forms of a stored name a key is compared with (whole name, and each group if key has no `=`). */
-function personNameCandidates(storedName: string, keyHasGroups: boolean): string[] {
+/** For PN: the forms of a stored name a key without `=` is compared with: the whole name and each group. */
+function personNameCandidates(storedName: string): string[] {
   const whole = normalizePersonName(storedName);
-  if (keyHasGroups) return [whole];
   return [whole, ...whole.split('=').filter((group) => group !== '')];
 }
 
@@ -397,7 +398,7 @@ function personNameCandidates(storedName: string, keyHasGroups: boolean): string
  * component groups): what the catalog's name index holds, so that a key's personNamePrefixes find it.
  */
 export function personNameForms(storedValue: string | undefined, storedCharacterSet?: string): string[] {
-  return [...new Set(storedValuesOf('PN', storedValue, storedCharacterSet).flatMap((value) => personNameCandidates(value, false)))];
+  return [...new Set(storedValuesOf('PN', storedValue, storedCharacterSet).flatMap((value) => personNameCandidates(value)))];
 }
 
 /** The dates of a stored DA value as a key compares them (YYYYMMDD, legacy `1993.04.30` too): the date index's. */
@@ -487,27 +488,29 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
     };
   }
 
-  const isPersonName = vr === 'PN';
-  const comparableKeys = isPersonName ? keyValues.map(normalizePersonName) : keyValues;
-  // A wildcard pattern's first piece, and an exact key as a whole, must start the name form it matches.
-  const personNamePrefixes = isPersonName ? literalPrefixes(comparableKeys) : undefined;
-  const prefixBound = personNamePrefixes === undefined ? {} : { personNamePrefixes };
+  if (vr === 'PN') {
+    const personNameKeys = keyValues.map(normalizePersonName);
+    const tests = personNameKeys.map(personNameKeyTest);
+    const personNamePrefixes = personNameKeyPrefixes(personNameKeys);
+    return {
+      ok: true,
+      matcher: {
+        type: personNameKeys.some(hasWildcard) ? 'wildcard' : 'single-value',
+        ...(personNamePrefixes === undefined ? {} : { personNamePrefixes }),
+        matches: (stored, storedCharacterSet) =>
+          nonEmpty(storedValuesOf(vr, stored, storedCharacterSet)).some((value) => tests.some((test) => test(value))),
+      },
+    };
+  }
 
-  if (WILDCARD_VRS.has(vr) && comparableKeys.some(hasWildcard)) {
-    const patterns = comparableKeys.map((key) => ({ pattern: wildcardPattern(key), hasGroups: key.includes('=') }));
+  if (WILDCARD_VRS.has(vr) && keyValues.some(hasWildcard)) {
+    const patterns = keyValues.map(wildcardPattern);
     return {
       ok: true,
       matcher: {
         type: 'wildcard',
-        ...prefixBound,
         matches: (stored, storedCharacterSet) =>
-          nonEmpty(storedValuesOf(vr, stored, storedCharacterSet)).some((value) =>
-            patterns.some(({ pattern, hasGroups }) =>
-              (isPersonName ? personNameCandidates(value, hasGroups) : [value]).some((candidate) =>
-                pattern.test(candidate),
-              ),
-            ),
-          ),
+          nonEmpty(storedValuesOf(vr, stored, storedCharacterSet)).some((value) => patterns.some((pattern) => pattern.test(value))),
       },
     };
   }
@@ -516,17 +519,52 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
     ok: true,
     matcher: {
       type: 'single-value',
-      ...prefixBound,
       matches: (stored, storedCharacterSet) =>
-        storedValuesOf(vr, stored, storedCharacterSet).some((value) =>
-          comparableKeys.some((key) =>
-            isPersonName
-              ? personNameCandidates(value, key.includes('=')).includes(key)
-              : singleValueEquals(vr, key, value),
-          ),
-        ),
+        storedValuesOf(vr, stored, storedCharacterSet).some((value) => keyValues.some((key) => singleValueEquals(vr, key, value))),
     },
   };
+}
+
+/** One normalized PN key text (a group, or a whole name) as a test of one normalized text: wildcard or exact. */
+function personNameTextTest(key: string): (text: string) => boolean {
+  if (!hasWildcard(key)) return (text) => text === key;
+  const pattern = wildcardPattern(key);
+  return (text) => pattern.test(text);
+}
+
+/**
+ * The test of one normalized PN key value against one stored name. A key without `=` is compared with the
+ * whole name and with each of its component groups (so an alphabetic key finds a name that also carries
+ * ideographic/phonetic groups). A key with `=` is compared group by group, as dcm4chee-arc does: each
+ * non-empty group of the key must match the same group of the name (wildcards within that group), and an
+ * empty key group is universal, so `=山田*` asks only the ideographic group.
+ */
+export function personNameKeyTest(key: string): (storedName: string) => boolean {
+  if (!key.includes('=')) {
+    const test = personNameTextTest(key);
+    return (storedName) => personNameCandidates(storedName).some(test);
+  }
+  const groupTests = key.split('=').map((group) => (group === '' ? undefined : personNameTextTest(group)));
+  return (storedName) => {
+    const storedGroups = normalizePersonName(storedName).split('=');
+    return groupTests.every((test, index) => test === undefined || test(storedGroups[index] ?? ''));
+  };
+}
+
+/**
+ * personNamePrefixes of normalized PN key values: a key without `=` bounds by its literal prefix (whole name
+ * and groups are forms); a key with groups by the longest literal prefix of one of its groups, as every
+ * non-empty stored group is a form too. Undefined when some key value has no such prefix.
+ */
+function personNameKeyPrefixes(keys: readonly string[]): string[] | undefined {
+  const prefixes: string[] = [];
+  for (const key of keys) {
+    const candidates = key.split('=').flatMap((group) => literalPrefixes([group]) ?? []);
+    const longest = candidates.reduce<string | undefined>((best, prefix) => (best === undefined || prefix.length > best.length ? prefix : best), undefined);
+    if (longest === undefined) return undefined;
+    prefixes.push(longest);
+  }
+  return prefixes;
 }
 
 /** An empty stored value is one zero-length value to a wildcard pattern (`**` matches it, as `*` does). */
