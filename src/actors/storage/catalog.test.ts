@@ -7,6 +7,9 @@ import { pack } from 'msgpackr';
 import type { CatalogEntry } from './catalog-types.ts';
 import {
   CatalogKeyError,
+  STUDY_INDEX_PREFIX,
+  catalogRecordText,
+  entityFirstKeys,
   catalogDeleteOps,
   catalogWriteOps,
   countInstances,
@@ -271,6 +274,50 @@ describe('catalog in LevelDB', () => {
     assert.deepEqual(await after(NEWEST_OF_STUDY_PATIENT_PREFIX, part('1.9.1', '')), []);
     assert.deepEqual(await after(NEWEST_OF_PATIENT_PREFIX, ''), [encodeKeyText('Q')]);
     await db.batch([...entries.flatMap(catalogDeleteOps), ...damaged.map((key) => ({ type: 'del' as const, key }))]);
+  });
+
+  it('entityFirstKeys names the first well-formed key of each entity, seeking after every read or only past entities that fill one', async () => {
+    // Study 1.7.1 (40 instances) is larger than a read, 1.7.10 (one) a key prefix of it, 1.7.2 (three) small.
+    const entries = [
+      ...Array.from({ length: 40 }, (_, n) => makeEntry({ sopInstanceUid: `1.7.1.1.${100 + n}`, studyInstanceUid: '1.7.1', seriesInstanceUid: '1.7.1.1' })),
+      makeEntry({ sopInstanceUid: '1.7.10.1.1', studyInstanceUid: '1.7.10', seriesInstanceUid: '1.7.10.1' }),
+      ...[1, 2, 3].map((n) => makeEntry({ sopInstanceUid: `1.7.2.1.${n}`, studyInstanceUid: '1.7.2', seriesInstanceUid: '1.7.2.1' })),
+    ];
+    const damaged = [`${STUDY_INDEX_PREFIX}1.7.10!x`, `${STUDY_INDEX_PREFIX}1.7.2`];
+    await db.batch([...entries.flatMap(catalogWriteOps), ...damaged.map((key) => ({ type: 'put' as const, key, value: new Uint8Array(0) }))]);
+    const isStudyKey = (rest: string): boolean => rest.split('!').length === 2;
+    const firstKeys = async (afterEntityId: string | undefined, keysPerRead: number, seekAfter: 'every-read' | 'entity-filled-read') => {
+      const found = [];
+      for await (const { entityId, key } of entityFirstKeys(db, STUDY_INDEX_PREFIX, isStudyKey, afterEntityId, keysPerRead, seekAfter)) if (entityId.startsWith('1.7.')) found.push([entityId, key.split('!').at(-1)]);
+      return found;
+    };
+    for (const seekAfter of ['every-read', 'entity-filled-read'] as const) {
+      for (const keysPerRead of [1, 2, 3, 8, 100]) {
+        const what = `${seekAfter}, ${keysPerRead} keys per read`;
+        assert.deepEqual(await firstKeys(undefined, keysPerRead, seekAfter), [['1.7.1', '1.7.1.1.100'], ['1.7.10', '1.7.10.1.1'], ['1.7.2', '1.7.2.1.1']], what);
+        assert.deepEqual(await firstKeys('1.7.1', keysPerRead, seekAfter), [['1.7.10', '1.7.10.1.1'], ['1.7.2', '1.7.2.1.1']], what);
+      }
+    }
+    await db.batch([...entries.flatMap(catalogDeleteOps), ...damaged.map((key) => ({ type: 'del' as const, key }))]);
+  });
+
+  it('catalogRecordText reads one field of a record as decoding it whole does, and checks the record as decoding does', () => {
+    const entry = makeEntry({ patientId: 'P\xfc!1', studyInstanceUid: '1.2.'.padEnd(64, '7') });
+    const fields = ['sopInstanceUid', 'studyInstanceUid', 'seriesInstanceUid', 'patientId'] as const;
+    // Checked records, a plain one of an older build, and one whose fields come in another order (another writer).
+    const { attributes, byteLength: _byteLength, storedAtMs: _storedAtMs, ...rest } = entry;
+    const reordered = { attributes: [...attributes, { tag: 0x00291010, vr: 'OB', value: undefined }], byteLength: 2 ** 40, storedAtMs: -1.5, ...rest };
+    for (const record of [encodeCatalogEntry(entry), pack(entry), encodeCatalogEntry(reordered)]) {
+      for (const field of fields) assert.equal(catalogRecordText(record, field), decodeCatalogEntry(record)[field], field);
+    }
+    const damaged = encodeCatalogEntry(entry);
+    damaged[damaged.length - 1] ^= 1;
+    assert.throws(() => catalogRecordText(damaged, 'studyInstanceUid'), { code: 'ERR_CATALOG_RECORD_DAMAGED' });
+    // Not a map holding the field as text: the caller decodes the entry instead.
+    assert.equal(catalogRecordText(pack(['1.2.3']), 'studyInstanceUid'), undefined);
+    assert.equal(catalogRecordText(pack({ sopInstanceUid: '1', studyInstanceUid: 7 }), 'studyInstanceUid'), undefined);
+    assert.equal(catalogRecordText(pack({ sopInstanceUid: '1' }), 'studyInstanceUid'), undefined);
+    assert.equal(catalogRecordText(pack({ sopInstanceUid: '1', studyInstanceUid: '1.2' }).subarray(0, 8), 'studyInstanceUid'), undefined, 'cut short');
   });
 
   it('counts 20,000 instances quickly with a keys-only scan', async () => {

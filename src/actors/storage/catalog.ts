@@ -326,12 +326,113 @@ export function encodeCatalogEntry(entry: CatalogEntry): Uint8Array {
 
 /** Throws CatalogRecordError when a checked record's bytes no longer match their CRC-32. */
 export function decodeCatalogEntry(bytes: Uint8Array): CatalogEntry {
-  if (bytes[0] !== CHECKED_RECORD_MARKER) return unpack(bytes) as CatalogEntry;
+  return unpack(checkedRecordPayload(bytes)) as CatalogEntry;
+}
+
+/** The msgpack of a record: a checked record's after its CRC-32 is verified (throws CatalogRecordError), a plain one as it is. */
+function checkedRecordPayload(bytes: Uint8Array): Uint8Array {
+  if (bytes[0] !== CHECKED_RECORD_MARKER) return bytes;
   const packed = bytes.subarray(CHECKED_RECORD_HEADER_BYTES);
   if (bytes.length < CHECKED_RECORD_HEADER_BYTES || new DataView(bytes.buffer, bytes.byteOffset).getUint32(1) !== crc32(packed)) {
     throw new CatalogRecordError('a catalog record is damaged (checksum mismatch): its file changed on disk');
   }
-  return unpack(packed) as CatalogEntry;
+  return packed;
+}
+
+/** The top-level text fields of an entry that catalogRecordText reads. */
+export type CatalogRecordTextField = 'sopInstanceUid' | 'studyInstanceUid' | 'seriesInstanceUid' | 'patientId';
+
+/**
+ * One text field of an encoded entry, read without decoding the rest: passing a QIDO-RS offset checks one
+ * field of one entry per study, and decoding each whole entry (its attributes) was most of a cold deep page.
+ * Checks the record's CRC-32 as decodeCatalogEntry does (throws CatalogRecordError). Undefined when the
+ * record is not a msgpack map holding that field as a string: the caller decodes the entry instead.
+ */
+export function catalogRecordText(bytes: Uint8Array, field: CatalogRecordTextField): string | undefined {
+  const reader = new MsgpackReader(checkedRecordPayload(bytes));
+  const fieldCount = reader.mapLength();
+  if (fieldCount === undefined) return undefined;
+  for (let i = 0; i < fieldCount; i++) {
+    const key = reader.text();
+    if (key === undefined) return undefined;
+    if (key === field) return reader.text();
+    if (!reader.skip()) return undefined;
+  }
+  return undefined;
+}
+
+/** Just enough msgpack to find one top-level field: headers are read, every value it does not need is skipped. */
+class MsgpackReader {
+  private at = 0;
+  private readonly view: DataView;
+
+  constructor(private readonly bytes: Uint8Array) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  mapLength(): number | undefined {
+    const type = this.byte();
+    if (type === undefined) return undefined;
+    if (type >= 0x80 && type <= 0x8f) return type & 0x0f;
+    if (type === 0xde) return this.unsigned(2);
+    if (type === 0xdf) return this.unsigned(4);
+    return undefined;
+  }
+
+  text(): string | undefined {
+    const type = this.byte();
+    if (type === undefined) return undefined;
+    const length = type >= 0xa0 && type <= 0xbf ? type & 0x1f : type === 0xd9 ? this.unsigned(1) : type === 0xda ? this.unsigned(2) : type === 0xdb ? this.unsigned(4) : undefined;
+    if (length === undefined || this.at + length > this.bytes.length) return undefined;
+    const text = Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.at, length).toString('utf8');
+    this.at += length;
+    return text;
+  }
+
+  /** Passes one value of any type; false when the bytes end first or hold a reserved type. */
+  skip(): boolean {
+    let pending = 1;
+    while (pending > 0) {
+      pending--;
+      const type = this.byte();
+      if (type === undefined) return false;
+      let bodyBytes = 0;
+      if (type <= 0x7f || type >= 0xe0 || type === 0xc0 || type === 0xc2 || type === 0xc3) bodyBytes = 0;
+      else if (type <= 0x8f) pending += 2 * (type & 0x0f);
+      else if (type <= 0x9f) pending += type & 0x0f;
+      else if (type <= 0xbf) bodyBytes = type & 0x1f;
+      else if (type === 0xc4 || type === 0xd9) bodyBytes = this.unsigned(1) ?? -1;
+      else if (type === 0xc5 || type === 0xda) bodyBytes = this.unsigned(2) ?? -1;
+      else if (type === 0xc6 || type === 0xdb) bodyBytes = this.unsigned(4) ?? -1;
+      else if (type === 0xc7) bodyBytes = (this.unsigned(1) ?? -2) + 1;
+      else if (type === 0xc8) bodyBytes = (this.unsigned(2) ?? -2) + 1;
+      else if (type === 0xc9) bodyBytes = (this.unsigned(4) ?? -2) + 1;
+      else if (type === 0xca) bodyBytes = 4;
+      else if (type === 0xcb) bodyBytes = 8;
+      else if (type >= 0xcc && type <= 0xcf) bodyBytes = 1 << (type - 0xcc);
+      else if (type >= 0xd0 && type <= 0xd3) bodyBytes = 1 << (type - 0xd0);
+      else if (type >= 0xd4 && type <= 0xd8) bodyBytes = (1 << (type - 0xd4)) + 1;
+      else if (type === 0xdc) pending += this.unsigned(2) ?? Number.NaN;
+      else if (type === 0xdd) pending += this.unsigned(4) ?? Number.NaN;
+      else if (type === 0xde) pending += 2 * (this.unsigned(2) ?? Number.NaN);
+      else if (type === 0xdf) pending += 2 * (this.unsigned(4) ?? Number.NaN);
+      else return false; // 0xc1: never used by msgpack
+      if (bodyBytes < 0 || Number.isNaN(pending) || this.at + bodyBytes > this.bytes.length) return false;
+      this.at += bodyBytes;
+    }
+    return true;
+  }
+
+  private byte(): number | undefined {
+    return this.at < this.bytes.length ? this.bytes[this.at++] : undefined;
+  }
+
+  private unsigned(byteCount: 1 | 2 | 4): number | undefined {
+    if (this.at + byteCount > this.bytes.length) return undefined;
+    const value = byteCount === 1 ? this.view.getUint8(this.at) : byteCount === 2 ? this.view.getUint16(this.at) : this.view.getUint32(this.at);
+    this.at += byteCount;
+    return value;
+  }
 }
 
 export async function getCatalogEntry(db: CatalogDb, sopInstanceUid: string): Promise<CatalogEntry | undefined> {
@@ -581,10 +682,33 @@ export interface NewestInstance {
 /**
  * The newest instance of every entity under `prefix` (NEWEST_OF_STUDY_PATIENT_PREFIX or NEWEST_OF_PATIENT_PREFIX),
  * in entity key order, from the entity after `afterEntityId` when given (a seek: the keys before it are not read).
- * Keys are read a few at a time, then a seek passes the rest of the last entity read:
- * small entities share a read, a large one costs one read and one seek, whatever its number of instances.
  */
 export async function* newestInstances(db: CatalogDb, prefix: string, afterEntityId?: string, keysPerRead = NEWEST_KEYS_PER_READ): AsyncGenerator<NewestInstance> {
+  // `<age>!<SOPInstanceUID>`: a key of another shape (damaged) is passed over, its entity's other keys still count.
+  const isNewestKey = (rest: string): boolean => rest.split('!').length === 2;
+  for await (const { entityId, rest } of entityFirstKeys(db, prefix, isNewestKey, afterEntityId, keysPerRead)) {
+    const [age, sopInstanceUid] = rest.split('!');
+    yield { entityId, age: age!, sopInstanceUid: sopInstanceUid! };
+  }
+}
+
+/**
+ * The first key of every entity under `prefix` (the entity: the key's text up to its first `!` after the
+ * prefix; `rest`: the text after that `!`), in key order, from the entity after `afterEntityId` when given.
+ * Keys are read `keysPerRead` at a time, then a seek passes the rest of the last entity read: after every
+ * read (`seekAfter` 'every-read': small entities share a read, a large one costs one read and one seek), or
+ * only after a read that entity filled whole ('entity-filled-read': entities smaller than a read cost no seek,
+ * larger ones one read or two and one seek). A key whose rest `isWellFormed` refuses (damaged) is passed
+ * over: the entity's next key stands for it.
+ */
+export async function* entityFirstKeys(
+  db: CatalogDb,
+  prefix: string,
+  isWellFormed: (rest: string, key: string) => boolean,
+  afterEntityId?: string,
+  keysPerRead = NEWEST_KEYS_PER_READ,
+  seekAfter: 'every-read' | 'entity-filled-read' = 'every-read',
+): AsyncGenerator<{ entityId: string; key: string; rest: string }> {
   const range = prefixRange(prefix);
   let lastEntityId: string | undefined = afterEntityId;
   // '"' sorts right after '!': `<prefix><id>"` is past every key of that entity and before the next one's.
@@ -598,17 +722,22 @@ export async function* newestInstances(db: CatalogDb, prefix: string, afterEntit
       for (;;) {
         const keys = await iterator.nextv(keysPerRead);
         let lastKeyIsEntity = false;
+        let entityStartedInRead = false;
         for (const key of keys) {
-          const [entityId, age, sopInstanceUid, ...rest] = key.slice(prefix.length).split('!');
-          // A key of another shape (damaged) is passed over: its entity's other keys still count.
-          lastKeyIsEntity = sopInstanceUid !== undefined && rest.length === 0;
-          if (!lastKeyIsEntity || entityId === lastEntityId) continue;
+          const separator = key.indexOf('!', prefix.length);
+          const rest = key.slice(separator + 1);
+          lastKeyIsEntity = separator >= 0 && isWellFormed(rest, key);
+          if (!lastKeyIsEntity) continue;
+          const entityId = key.slice(prefix.length, separator);
+          if (entityId === lastEntityId) continue;
           lastEntityId = entityId;
-          yield { entityId: entityId!, age: age!, sopInstanceUid: sopInstanceUid! };
+          // An entity starting at the read's first key may still fill the read.
+          entityStartedInRead ||= key !== keys[0];
+          yield { entityId, key, rest };
         }
         // Not `keys.length < keysPerRead`: a read also stops short at the iterator's byte limit.
         if (keys.length === 0) return;
-        if (lastKeyIsEntity) iterator.seek(pastLastEntity());
+        if (lastKeyIsEntity && (seekAfter === 'every-read' || !entityStartedInRead)) iterator.seek(pastLastEntity());
       }
     } catch (error) {
       if (!closedUnderUs(error) || attempt >= 1) throw error;

@@ -45,7 +45,8 @@
  * matches those keys, or has no value for one, is then read whole (counts, modalities).
  * Otherwise every instance entry of the level is read once (x!pid!, x!study!, x!series!, c!i!).
  * Matches to skip (a QIDO-RS offset, FindOptions.skip) of a request with no key to match are passed on that
- * full scan's keys: an instance on its c!i! key, an entity on the entry of its first key, with no response built.
+ * full scan's keys: an instance on its c!i! key, an entity on one field of the entry of its first key (not
+ * decoded: catalogRecordText), with no response built.
  *
  * Entity attributes: those of the entity's most recently stored instance (largest storedAtMs; see
  * isNewerInstance for ties), each one it lacks taken from the newest instance that has it (entityAttributes).
@@ -75,10 +76,15 @@ import {
   encodeKeyText,
   modalityIndexPrefix,
   getCatalogEntries,
+  getCatalogEntryRecords,
+  catalogRecordText,
+  decodeCatalogEntry,
+  type CatalogRecordTextField,
   isValidUid,
   keyBatches,
   newestIndexAge,
   newestInstances,
+  entityFirstKeys,
   normalizeIdentifierText,
   patientIndexPrefix,
   studyPatientId,
@@ -160,10 +166,12 @@ export interface QueryStats {
   candidateIdsRemembered: number;
   /** Matches passed for `skip` without their entity read whole or a response built. */
   matchesPassedUnread: number;
+  /** Catalog entries read for one field without being decoded (a match passed for `skip`). */
+  entryFieldsRead: number;
 }
 
 export function createQueryStats(): QueryStats {
-  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0, candidateIdsRemembered: 0, matchesPassedUnread: 0 };
+  return { plan: '', indexKeysRead: 0, entriesRead: 0, entitiesExamined: 0, candidateIdsRemembered: 0, matchesPassedUnread: 0, entryFieldsRead: 0 };
 }
 
 export interface FindOptions {
@@ -227,6 +235,8 @@ const NEVER_MATCHED_TAGS = new Set<Tag>([
 /** VRs the codec does not decode (value undefined). */
 const UNDECODED_VRS = new Set(['SQ', 'OB', 'OW', 'OF', 'OD', 'OL', 'OV', 'UN']);
 const GET_MANY_BATCH_SIZE = 256;
+/** Index keys read at a time by a pass over a full scan's entities before a seek past the last one (see entityFirstKeys). */
+const PASS_KEYS_PER_READ = 256;
 
 /** The levels' unique keys: one of a level below the query's is refused even when empty. */
 const UNIQUE_KEYS = new Set<Tag>(Object.values(UNIQUE_KEY_OF_LEVEL));
@@ -412,6 +422,14 @@ function entryBelongsTo(level: QueryLevel, id: string, entry: CatalogEntry): boo
     default:
       return unhandledLevel(level);
   }
+}
+
+/** entryBelongsTo for an encoded entry, reading the one field it needs (the whole entry when that fails). */
+function recordBelongsTo(level: Exclude<QueryLevel, 'IMAGE'>, id: string, record: Uint8Array): boolean {
+  const field: CatalogRecordTextField = level === 'PATIENT' ? 'patientId' : level === 'STUDY' ? 'studyInstanceUid' : 'seriesInstanceUid';
+  const value = catalogRecordText(record, field);
+  if (value === undefined) return entryBelongsTo(level, id, decodeCatalogEntry(record));
+  return (level === 'PATIENT' ? encodeKeyText(value) : value) === id;
 }
 
 function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): string {
@@ -780,16 +798,17 @@ async function* candidateEntities(
       if (run !== undefined && !metFirstIn(ranges, run, entries)) return;
       if (aggregate.latest) yield { aggregate, cursor };
     };
-    // Candidates to pass: the entry of each one's first index key says it has an instance (read in batches).
+    // Candidates to pass: the entry of each one's first index key says it has an instance (read in batches,
+    // one field of each: decoding whole entries was most of a cold deep page).
     let toPass: Candidate[] = [];
     const pass = async function* (): AsyncGenerator<CandidateEntity> {
       // Called before every candidate not passed: with none held, no await per entity.
       if (toPass.length === 0) return;
-      const entries = await getCatalogEntries(db, toPass.map((candidate) => firstInstanceOf(candidate) ?? ''));
+      const records = await getCatalogEntryRecords(db, toPass.map((candidate) => firstInstanceOf(candidate) ?? ''));
       for (const [i, candidate] of toPass.entries()) {
-        const entry = entries[i];
-        if (entry !== undefined) stats.entriesRead++;
-        if (skip.remaining > 0 && entry !== undefined && entryBelongsTo(level, candidate.id, entry)) {
+        const record = records[i];
+        if (record !== undefined) stats.entryFieldsRead++;
+        if (skip.remaining > 0 && record !== undefined && recordBelongsTo(level, candidate.id, record)) {
           skip.remaining--;
           stats.matchesPassedUnread++;
           continue;
@@ -799,7 +818,24 @@ async function* candidateEntities(
       }
       toPass = [];
     };
-    for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax, after)) {
+    // Matches to pass on a full scan: one key of each entity is enough, the rest of its keys are passed by a
+    // seek (a cold deep QIDO-RS page read every instance's key before the offset). The scan goes on from the last one.
+    let resumeAfter = after;
+    if (passUnread() && plan.kind === 'prefixes' && typeof plan.prefixes[0] === 'string') {
+      const isIndexKey = (_rest: string, key: string): boolean => parseIndexKey(key) !== undefined;
+      const afterEntityId = after?.type === 'indexed' ? after.entityId : undefined;
+      for await (const { entityId, key } of entityFirstKeys(db, plan.prefixes[0], isIndexKey, afterEntityId, PASS_KEYS_PER_READ, 'entity-filled-read')) {
+        if (stopped()) return;
+        stats.indexKeysRead++;
+        const candidate: Candidate = { id: entityId, cursor: { type: 'indexed', plan: plan.description, rangeIndex: 0, key, entityId } };
+        resumeAfter = candidate.cursor;
+        toPass.push(candidate);
+        if (toPass.length >= GET_MANY_BATCH_SIZE || toPass.length >= skip.remaining) yield* pass();
+        if (!passUnread()) break;
+      }
+      yield* pass();
+    }
+    for await (const candidate of candidateIds(db, level, plan, stats, stopped, rememberedMax, resumeAfter)) {
       if (passUnread() && toPass.length < skip.remaining) {
         toPass.push(candidate);
         if (toPass.length >= GET_MANY_BATCH_SIZE || toPass.length >= skip.remaining) yield* pass();
