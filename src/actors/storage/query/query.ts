@@ -409,27 +409,26 @@ async function readEntries(db: CatalogDb, sopInstanceUids: string[], stats: Quer
   return entries;
 }
 
+/** The entry field an entity id at each level is made of (a PATIENT's hex-encoded: encodeKeyText). */
+const ENTITY_ID_FIELD: Record<QueryLevel, CatalogRecordTextField> = {
+  PATIENT: 'patientId',
+  STUDY: 'studyInstanceUid',
+  SERIES: 'seriesInstanceUid',
+  IMAGE: 'sopInstanceUid',
+};
+
+function entityIdOfFieldValue(level: QueryLevel, value: string): string {
+  return level === 'PATIENT' ? encodeKeyText(value) : value;
+}
+
 function entryBelongsTo(level: QueryLevel, id: string, entry: CatalogEntry): boolean {
-  switch (level) {
-    case 'PATIENT':
-      return encodeKeyText(entry.patientId) === id;
-    case 'STUDY':
-      return entry.studyInstanceUid === id;
-    case 'SERIES':
-      return entry.seriesInstanceUid === id;
-    case 'IMAGE':
-      return entry.sopInstanceUid === id;
-    default:
-      return unhandledLevel(level);
-  }
+  return entityIdOfFieldValue(level, entry[ENTITY_ID_FIELD[level]]) === id;
 }
 
 /** entryBelongsTo for an encoded entry, reading the one field it needs (the whole entry when that fails). */
-function recordBelongsTo(level: Exclude<QueryLevel, 'IMAGE'>, id: string, record: Uint8Array): boolean {
-  const field: CatalogRecordTextField = level === 'PATIENT' ? 'patientId' : level === 'STUDY' ? 'studyInstanceUid' : 'seriesInstanceUid';
-  const value = catalogRecordText(record, field);
-  if (value === undefined) return entryBelongsTo(level, id, decodeCatalogEntry(record));
-  return (level === 'PATIENT' ? encodeKeyText(value) : value) === id;
+function recordBelongsTo(level: QueryLevel, id: string, record: Uint8Array): boolean {
+  const value = catalogRecordText(record, ENTITY_ID_FIELD[level]);
+  return value === undefined ? entryBelongsTo(level, id, decodeCatalogEntry(record)) : entityIdOfFieldValue(level, value) === id;
 }
 
 function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): string {
