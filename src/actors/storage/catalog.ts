@@ -344,7 +344,7 @@ export type CatalogRecordTextField = 'sopInstanceUid' | 'studyInstanceUid' | 'se
 
 /**
  * One text field of an encoded entry, read without decoding the rest: passing a QIDO-RS offset checks one
- * field of one entry per study, and decoding each whole entry (its attributes) was most of a cold deep page.
+ * field of one entry per study, and decoding each whole entry (its attributes) was about a third of a cold deep page.
  * Checks the record's CRC-32 as decodeCatalogEntry does (throws CatalogRecordError). Undefined when the
  * record is not a msgpack map holding that field as a string: the caller decodes the entry instead.
  */
