@@ -15,7 +15,7 @@
  *   instances-first, instances-deep-jump, instances-deep-next: the same over /instances (page 200 by default)
  * The jump and next searches name their includefield attributes in two orders (the same answer): pacs-mesh
  * keeps where a search's page ended per search, so a jump never starts from the end of a page asked for `next`.
- * `--all-pages` > 0: also the time to page through every instance once (L a page), per server.
+ * `--all-pages 1` (the default; `0` skips it): also the time to page through every instance once (L a page), per server.
  * Every answer's count is checked. Medians, ratios (pacs-mesh / Orthanc, deep / first) are printed and written
  * to scripts/bench/out/qido-paging-<timestamp>.json.
  */
@@ -47,7 +47,7 @@ async function main(): Promise<number> {
   const instancesPerStudy = intArg(args, 'instances', 5);
   const limit = intArg(args, 'limit', 100);
   const queries = intArg(args, 'queries', 5);
-  const allPages = intArg(args, 'all-pages', 1);
+  const allPages = intArg(args, 'all-pages', 1, 0);
   const portBase = args.has('port-base') ? intArg(args, 'port-base', 0) : undefined;
   const bench = await startBench('qido-paging', args);
   if (!bench) return 2;

@@ -79,11 +79,11 @@ export function parseArgs(argv: string[]): Map<string, string | true> {
   return m;
 }
 
-export function intArg(args: Map<string, string | true>, name: string, def: number): number {
+export function intArg(args: Map<string, string | true>, name: string, def: number, min = 1): number {
   const v = args.get(name);
   if (v === undefined) return def;
   const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} needs a positive integer`);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} needs an integer of at least ${min}`);
   return n;
 }
 
