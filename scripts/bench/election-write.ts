@@ -13,13 +13,8 @@
 import { join } from 'node:path';
 import { writeFileDurably, createTwoSlotFile } from '../../src/durable-file.ts';
 import { spawnManaged, type ManagedProcess } from '../../test/support/dicom-tools.ts';
-import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
+import { fmt, hostInfo, intArg, median, parseArgs, percentile, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench } from './lib/run.ts';
-
-function percentile(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-}
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
