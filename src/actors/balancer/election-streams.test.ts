@@ -77,12 +77,9 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
   const alive = (peerId: string, incarnation = 1): ElectionPeerView => ({ peerId, incarnation, status: 'alive' });
 
   it('50 messages to one peer go on one stream, in order; stopping closes it at both ends', async () => {
-    const { a, b } = await pair();
-    for (let n = 0; n < 50; n++) {
-      a.streams.send(b.node.peerId, frame(n));
-      // Never more than the queue's bound waiting: the point is the streams, not the drops.
-      if (n % 4 === 3) await new Promise((r) => setTimeout(r, 5));
-    }
+    // A queue for all 50 (on a loaded machine the stream's opening can take longer than sending them): the point is the streams, not the drops.
+    const { a, b } = await pair({ queuedPerPeerMax: 64 });
+    for (let n = 0; n < 50; n++) a.streams.send(b.node.peerId, frame(n));
     await waitFor('50 frames at b', () => b.received.length === 50);
     assert.deepEqual(b.received.map((r) => r.n), Array.from({ length: 50 }, (_, n) => n));
     assert.ok(b.received.every((r) => r.from === a.node.peerId));
@@ -99,6 +96,16 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
     a.streams.send(b.node.peerId, frame(99));
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(b.received.length, 50, 'nothing sent after stop');
+  });
+
+  it('frames waiting for a peer are bounded: past the bound the oldest is dropped, the newest go', async () => {
+    const { a, b } = await pair({ queuedPerPeerMax: 4 });
+    // Sent at once: the first is on its way (its stream opening), the others wait.
+    for (let n = 0; n < 20; n++) a.streams.send(b.node.peerId, frame(n));
+    await waitFor('five frames at b', () => b.received.length === 5);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(b.received.map((r) => r.n), [0, 16, 17, 18, 19]);
+    assert.equal(a.streams.stats().dropped, 15);
   });
 
   it('a kept stream reset by the far end is reopened for the next message; so is one lost with its connection', async () => {
@@ -189,10 +196,12 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
     await waitFor('closed at both ends', () => a.streams.stats().lanes === 0 && b.streams.stats().keptIn === 0, 5000);
   });
 
-  it('a peer of an earlier version (no kept streams) gets each message on a stream of its own', async () => {
+  it('a peer of an earlier version (no kept streams) gets each message on a stream of its own, until it restarts upgraded', async () => {
     const key = generateSwarmKey();
     const na = await node(key, []);
-    const nb = await node(key, [loopbackAddress(na)]);
+    const dirB = await mkdtemp(join(tmpdir(), 'pacs-mesh-election-streams-'));
+    dirs.push(dirB);
+    const nb = await node(key, [loopbackAddress(na)], dirB);
     await waitFor('connected', () => na.connectedPeers().includes(nb.peerId));
     const a = await endpoint(na);
     // The earlier versions' receiver: /1 only, one frame per stream.
@@ -200,10 +209,22 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
     await nb.handle(ELECTION_PROTOCOL, async (stream) => {
       received.push(numberOf(await stream.reader.readFrame(ELECTION_MAX_BYTES)));
     });
+    a.streams.viewChanged([alive(na.peerId), alive(nb.peerId, 1)]);
     for (let n = 0; n < 3; n++) a.streams.send(nb.peerId, frame(n));
     await waitFor('three frames at the old peer', () => received.length === 3);
     assert.deepEqual([...received].sort(), [0, 1, 2]);
     const stats = a.streams.stats();
     assert.deepEqual({ keptOpened: stats.keptOpened, legacyOpened: stats.legacyOpened, dropped: stats.dropped }, { keptOpened: 0, legacyOpened: 3, dropped: 0 });
+
+    // Upgraded: stopped, started again (a new incarnation) with this build.
+    await nb.stop();
+    const nb2 = await node(key, [loopbackAddress(na)], dirB);
+    const b2 = await endpoint(nb2);
+    await waitFor('reconnected', () => na.connectedPeers().includes(nb2.peerId), 10_000);
+    a.streams.viewChanged([alive(na.peerId), alive(nb2.peerId, 2)]);
+    a.streams.send(nb2.peerId, frame(3));
+    a.streams.send(nb2.peerId, frame(4));
+    await waitFor('two frames at the upgraded peer', () => b2.received.length === 2);
+    assert.deepEqual({ keptOpened: a.streams.stats().keptOpened, legacyOpened: a.streams.stats().legacyOpened }, { keptOpened: 1, legacyOpened: 3 }, 'asked for the kept stream again');
   });
 });

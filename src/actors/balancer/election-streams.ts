@@ -156,6 +156,8 @@ export async function startElectionStreams(init: ElectionStreamsInit): Promise<E
   const { node, log } = init;
   const limits: ElectionStreamLimits = { ...defaultElectionStreamLimits, ...init.limits };
   const lanes = new Map<string, Lane>();
+  /** Each peer's incarnation in the last view: a lane opened later starts from it (a change then means a restart). */
+  let viewIncarnations = new Map<string, number>();
   /** Peers seen alive that have no lane yet, with the timer that opens their stream. */
   const warmTimers = new Map<string, NodeJS.Timeout>();
   const inbound = new Map<string, MeshStream>();
@@ -174,7 +176,7 @@ export async function startElectionStreams(init: ElectionStreamsInit): Promise<E
   const laneOf = (peerId: string): Lane | undefined => {
     const existing = lanes.get(peerId);
     if (existing !== undefined || lanes.size >= limits.peersMax) return existing;
-    const lane: Lane = { peerId, incarnation: undefined, stream: null, opening: null, queue: [], draining: false, legacy: false, closed: false };
+    const lane: Lane = { peerId, incarnation: viewIncarnations.get(peerId), stream: null, opening: null, queue: [], draining: false, legacy: false, closed: false };
     lanes.set(peerId, lane);
     return lane;
   };
@@ -378,6 +380,7 @@ export async function startElectionStreams(init: ElectionStreamsInit): Promise<E
     viewChanged(members) {
       if (stopped) return;
       const byPeer = new Map(members.map((m) => [m.peerId, m] as const));
+      viewIncarnations = new Map(members.map((m) => [m.peerId, m.incarnation] as const));
       for (const lane of [...lanes.values()]) {
         const m = byPeer.get(lane.peerId);
         if (m === undefined || m.status === 'dead') {
