@@ -36,7 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
-import { ELECTION_MAX_BYTES, startElectionStreams, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
+import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
@@ -469,6 +469,15 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     return { balancer: settled, roster };
   };
 
+  // Created before the actor can send (perform), served once deliverElectionFrame's mailbox exists (start below).
+  const electionStreams = createElectionStreams({
+    node,
+    selfPeerId: self,
+    log,
+    deliver: (from, frame) => deliverElectionFrame(from, frame),
+    limits: { ...(init.sendsInFlightMax !== undefined ? { legacySendsInFlightMax: init.sendsInFlightMax } : {}), ...init.electionStreams },
+  });
+
   const perform = async (effects: readonly BalancerEffect[], state: ActorState): Promise<void> => {
     for (const effect of effects) {
       switch (effect.type) {
@@ -624,13 +633,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     enqueueMesh(from, message);
     return 'accepted';
   };
-  const electionStreams = await startElectionStreams({
-    node,
-    selfPeerId: self,
-    log,
-    deliver: deliverElectionFrame,
-    limits: { ...(init.sendsInFlightMax !== undefined ? { legacySendsInFlightMax: init.sendsInFlightMax } : {}), ...init.electionStreams },
-  });
+  await electionStreams.start();
 
   const unsubscribe = node.subscribe(routingTopic, (m: GossipMessage) => {
     let message: BalancerMessage | null;

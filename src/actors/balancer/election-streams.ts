@@ -107,6 +107,8 @@ export interface ElectionStreamStats {
 }
 
 export interface ElectionStreams {
+  /** Serves both protocols (frames received before are impossible: nothing listens until then). */
+  start(): Promise<void>;
   /** Queues a frame (an encoded envelope) for `to`; never throws, never waits. */
   send(to: string, frame: Uint8Array): void;
   /** The membership view: lanes of peers gone or restarted are closed; peers alive get their stream warm. */
@@ -152,7 +154,8 @@ function usable(stream: MeshStream): boolean {
   return stream.raw.status === 'open' && stream.raw.writeStatus === 'writable' && !stream.reader.done;
 }
 
-export async function startElectionStreams(init: ElectionStreamsInit): Promise<ElectionStreams> {
+/** Creates the lanes; nothing is served until `start` (so an owner can create it before what `deliver` reaches exists). */
+export function createElectionStreams(init: ElectionStreamsInit): ElectionStreams {
   const { node, log } = init;
   const limits: ElectionStreamLimits = { ...defaultElectionStreamLimits, ...init.limits };
   const lanes = new Map<string, Lane>();
@@ -358,11 +361,12 @@ export async function startElectionStreams(init: ElectionStreamsInit): Promise<E
     }
   };
 
-  await node.handle(ELECTION_PROTOCOL, serveOne, { maxInboundStreams: 64, maxOutboundStreams: 64 });
-  // One kept stream per peer, plus a replaced one while its reset is on its way.
-  await node.handle(ELECTION_STREAM_PROTOCOL, serveKept, { maxInboundStreams: 4, maxOutboundStreams: 4 });
-
   return {
+    async start() {
+      await node.handle(ELECTION_PROTOCOL, serveOne, { maxInboundStreams: 64, maxOutboundStreams: 64 });
+      // One kept stream per peer, plus a replaced one while its reset is on its way.
+      await node.handle(ELECTION_STREAM_PROTOCOL, serveKept, { maxInboundStreams: 4, maxOutboundStreams: 4 });
+    },
     send(to, frame) {
       if (stopped) return;
       const lane = laneOf(to);
@@ -426,4 +430,11 @@ export async function startElectionStreams(init: ElectionStreamsInit): Promise<E
       await Promise.allSettled(closing);
     },
   };
+}
+
+/** Creates and starts (see createElectionStreams). */
+export async function startElectionStreams(init: ElectionStreamsInit): Promise<ElectionStreams> {
+  const streams = createElectionStreams(init);
+  await streams.start();
+  return streams;
 }
