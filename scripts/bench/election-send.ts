@@ -15,10 +15,9 @@ import { createMeshNode } from '../../src/net/node.ts';
 import { generateSwarmKey } from '../../src/net/swarm-key.ts';
 import { ELECTION_PROTOCOL, startElectionStreams } from '../../src/actors/balancer/election-streams.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { spawnManaged, type ManagedProcess } from '../../test/support/dicom-tools.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
 import { fmt, hostInfo, intArg, median, parseArgs, percentile, table, writeResult } from './lib/stats.ts';
-import { runBench, startBench } from './lib/run.ts';
+import { runBench, startBench, startLoad } from './lib/run.ts';
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
@@ -43,16 +42,7 @@ async function main(): Promise<number> {
       return 'accepted';
     },
   });
-  const loops: ManagedProcess[] = [];
-  for (let i = 0; i < loadLoops; i++) loops.push(spawnManaged(process.execPath, ['-e', '/*election-send-load*/for(;;){}']));
-  let busy = loopBusyMs > 0;
-  const spin = (): void => {
-    if (!busy) return;
-    const until = performance.now() + loopBusyMs;
-    while (performance.now() < until);
-    setImmediate(spin);
-  };
-  spin();
+  const load = startLoad('election-send', loadLoops, loopBusyMs);
   const ownStreamMs: number[] = [];
   const keptMs: number[] = [];
   try {
@@ -82,8 +72,7 @@ async function main(): Promise<number> {
       }
     }
   } finally {
-    busy = false;
-    for (const l of loops) await l.stop(1000).catch(() => undefined);
+    await load.stop();
     await sender.stop();
     await receiver.stop();
     await b.stop();
