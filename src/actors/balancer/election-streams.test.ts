@@ -66,12 +66,27 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
     return { node: n, streams, received };
   }
 
-  async function pair(limits: Partial<ElectionStreamLimits> = {}): Promise<{ key: SwarmKey; a: Endpoint; b: Endpoint }> {
+  /** Two connected nodes; b's data directory is kept, so `restartB` starts it again under the same PeerId. */
+  async function twoNodes(bReadHighWaterMark?: number): Promise<{ na: MeshNode; nb: MeshNode; restartB(): Promise<MeshNode> }> {
     const key = generateSwarmKey();
     const na = await node(key, []);
-    const nb = await node(key, [loopbackAddress(na)]);
+    const dirB = await mkdtemp(join(tmpdir(), 'pacs-mesh-election-streams-'));
+    dirs.push(dirB);
+    const nb = await node(key, [loopbackAddress(na)], dirB, bReadHighWaterMark);
     await waitFor('connected', () => na.connectedPeers().includes(nb.peerId));
-    return { key, a: await endpoint(na, limits), b: await endpoint(nb, limits) };
+    const restartB = async (): Promise<MeshNode> => {
+      await nb.stop();
+      const again = await node(key, [loopbackAddress(na)], dirB);
+      assert.equal(again.peerId, nb.peerId, 'same identity');
+      await waitFor('reconnected', () => na.connectedPeers().includes(again.peerId), 10_000);
+      return again;
+    };
+    return { na, nb, restartB };
+  }
+
+  async function pair(limits: Partial<ElectionStreamLimits> = {}): Promise<{ a: Endpoint; b: Endpoint }> {
+    const { na, nb } = await twoNodes();
+    return { a: await endpoint(na, limits), b: await endpoint(nb, limits) };
   }
 
   const alive = (peerId: string, incarnation = 1): ElectionPeerView => ({ peerId, incarnation, status: 'alive' });
@@ -131,11 +146,8 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
   });
 
   it('a write that does not complete (the far end reads nothing) fails over to a fresh stream within the write deadline', async () => {
-    const key = generateSwarmKey();
-    const na = await node(key, []);
     // A small read queue at b: its first stream stops taking bytes after ~16 KiB plus one yamux window (256 KiB).
-    const nb = await node(key, [loopbackAddress(na)], undefined, 16 * 1024);
-    await waitFor('connected', () => na.connectedPeers().includes(nb.peerId));
+    const { na, nb } = await twoNodes(16 * 1024);
     const a = await endpoint(na, { writeDeadlineMs: 300, queuedPerPeerMax: 512 });
     const received: number[] = [];
     const held: MeshStream[] = [];
@@ -161,23 +173,15 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
   });
 
   it('a peer that restarts (a new incarnation, a new connection) gets a fresh stream', async () => {
-    const key = generateSwarmKey();
-    const na = await node(key, []);
-    const dirB = await mkdtemp(join(tmpdir(), 'pacs-mesh-election-streams-'));
-    dirs.push(dirB);
-    const nb = await node(key, [loopbackAddress(na)], dirB);
-    await waitFor('connected', () => na.connectedPeers().includes(nb.peerId));
+    const { na, nb, restartB } = await twoNodes();
     const a = await endpoint(na);
     await endpoint(nb);
     a.streams.viewChanged([alive(na.peerId), alive(nb.peerId, 1)]);
     a.streams.send(nb.peerId, frame(1));
     await waitFor('first stream', () => a.streams.stats().keptOpened === 1 && a.streams.stats().keptOut === 1);
 
-    await nb.stop();
-    const nb2 = await node(key, [loopbackAddress(na)], dirB);
-    assert.equal(nb2.peerId, nb.peerId, 'same identity');
+    const nb2 = await restartB();
     const b2 = await endpoint(nb2);
-    await waitFor('reconnected', () => na.connectedPeers().includes(nb2.peerId), 10_000);
     a.streams.viewChanged([alive(na.peerId), alive(nb2.peerId, 2)]);
     a.streams.send(nb2.peerId, frame(2));
     await waitFor('the frame at the restarted peer', () => b2.received.some((r) => r.n === 2));
@@ -197,12 +201,7 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
   });
 
   it('a peer of an earlier version (no kept streams) gets each message on a stream of its own, until it restarts upgraded', async () => {
-    const key = generateSwarmKey();
-    const na = await node(key, []);
-    const dirB = await mkdtemp(join(tmpdir(), 'pacs-mesh-election-streams-'));
-    dirs.push(dirB);
-    const nb = await node(key, [loopbackAddress(na)], dirB);
-    await waitFor('connected', () => na.connectedPeers().includes(nb.peerId));
+    const { na, nb, restartB } = await twoNodes();
     const a = await endpoint(na);
     // The earlier versions' receiver: /1 only, one frame per stream.
     const received: number[] = [];
@@ -217,10 +216,8 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
     assert.deepEqual({ keptOpened: stats.keptOpened, legacyOpened: stats.legacyOpened, dropped: stats.dropped }, { keptOpened: 0, legacyOpened: 3, dropped: 0 });
 
     // Upgraded: stopped, started again (a new incarnation) with this build.
-    await nb.stop();
-    const nb2 = await node(key, [loopbackAddress(na)], dirB);
+    const nb2 = await restartB();
     const b2 = await endpoint(nb2);
-    await waitFor('reconnected', () => na.connectedPeers().includes(nb2.peerId), 10_000);
     a.streams.viewChanged([alive(na.peerId), alive(nb2.peerId, 2)]);
     a.streams.send(nb2.peerId, frame(3));
     a.streams.send(nb2.peerId, frame(4));
