@@ -12,14 +12,8 @@
  */
 import { join } from 'node:path';
 import { writeFileDurably, createTwoSlotFile } from '../../src/durable-file.ts';
-import { spawnManaged, type ManagedProcess } from '../../test/support/dicom-tools.ts';
-import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
-import { runBench, startBench } from './lib/run.ts';
-
-function percentile(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-}
+import { fmt, hostInfo, intArg, median, parseArgs, percentile, table, writeResult } from './lib/stats.ts';
+import { runBench, startBench, startLoad } from './lib/run.ts';
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
@@ -30,16 +24,7 @@ async function main(): Promise<number> {
   if (!bench) return 2;
   const { workDir, startedAt, hostAtStart } = bench;
 
-  const loops: ManagedProcess[] = [];
-  for (let i = 0; i < loadLoops; i++) loops.push(spawnManaged(process.execPath, ['-e', '/*election-write-load*/for(;;){}']));
-  let busy = loopBusyMs > 0;
-  const spin = (): void => {
-    if (!busy) return;
-    const until = performance.now() + loopBusyMs;
-    while (performance.now() < until);
-    setImmediate(spin);
-  };
-  spin();
+  const load = startLoad('election-write', loadLoops, loopBusyMs);
   const renamePath = join(workDir, 'balancer-election.json');
   const slots = await createTwoSlotFile(join(workDir, 'balancer-election.rec'), new Uint8Array(0));
   const record = (term: number): string => JSON.stringify({ currentTerm: term, votedFor: '12D3KooWJoxZPh3dAX44YDbgATyAcuuyWpy9M5aneE5rNPnc7yJ9' });
@@ -59,9 +44,8 @@ async function main(): Promise<number> {
       }
     }
   } finally {
-    busy = false;
+    await load.stop();
     await slots.close();
-    for (const l of loops) await l.stop(1000).catch(() => undefined);
   }
   const loadEnd = hostInfo().loadavg as number[];
   const summary = (ms: number[]) => ({ medianMs: median(ms), p90Ms: percentile(ms, 90), maxMs: Math.max(...ms), meanMs: ms.reduce((a, b) => a + b, 0) / ms.length });

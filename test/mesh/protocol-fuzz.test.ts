@@ -20,7 +20,7 @@ import { TUNNEL_PROTOCOL } from '../../src/net/tunnel.ts';
 import { Prng } from '../../src/sim/prng.ts';
 import { PUSH_PROTOCOL } from '../../src/actors/storage/push.ts';
 import { CUSTODY_PROTOCOL, FETCH_BATCH_PROTOCOL, FETCH_PROTOCOL, QUERY_PROTOCOL, REPLICATE_BATCH_PROTOCOL } from '../../src/actors/storage/replication.ts';
-import { ELECTION_PROTOCOL } from '../../src/actors/balancer/actor.ts';
+import { ELECTION_PROTOCOL, ELECTION_STREAM_PROTOCOL } from '../../src/actors/balancer/actor.ts';
 import { membershipTopic } from '../../src/actors/membership/messages.ts';
 import { forgetPeerTopic, routingTopic } from '../../src/actors/balancer/messages.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
@@ -30,7 +30,7 @@ import { MeshCluster, eventually, type PeerProcess } from './support.ts';
 
 const seed = Number(process.env.MESH_FUZZ_SEED ?? 1);
 const rounds = Number(process.env.MESH_FUZZ_ROUNDS ?? 400);
-const PROTOCOLS = [PUSH_PROTOCOL, REPLICATE_BATCH_PROTOCOL, FETCH_BATCH_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL, ELECTION_PROTOCOL, TUNNEL_PROTOCOL, '/pacs-mesh/identity-conflict/1'];
+const PROTOCOLS = [PUSH_PROTOCOL, REPLICATE_BATCH_PROTOCOL, FETCH_BATCH_PROTOCOL, FETCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL, ELECTION_PROTOCOL, ELECTION_STREAM_PROTOCOL, TUNNEL_PROTOCOL, '/pacs-mesh/identity-conflict/1'];
 const TOPICS = [membershipTopic, routingTopic, forgetPeerTopic, PEERS_TOPIC];
 /** Message types of the mesh protocols and a few strangers, so that decoders get past their `type` check. */
 const TYPES = [

@@ -3,7 +3,7 @@ import { rmSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { runTool, which } from '../../../test/support/dicom-tools.ts';
+import { runTool, spawnManaged, which, type ManagedProcess } from '../../../test/support/dicom-tools.ts';
 import { TransferSyntax, writeSeriesToDir, type WrittenSeries } from '../../../test/support/synthetic-dicom.ts';
 import { hostInfo, loadWarning } from './stats.ts';
 
@@ -80,4 +80,27 @@ export async function writeBenchSeries(dir: string, o: BenchSeriesOptions): Prom
 /** storescu's version line, for the results. */
 export async function storescuVersion(): Promise<string | undefined> {
   return (await runTool('storescu', ['--version'], { timeoutMs: 10_000 })).stdout.match(/\$dcmtk: (.*?) \$/)?.[1];
+}
+
+/**
+ * Load for a benchmark: `loops` busy processes (`node -e "for(;;){}"`, named by `label` in ps) and this
+ * process's own event loop kept busy `loopBusyMs` at every turn (as a peer's is with its mesh work). `stop` ends both.
+ */
+export function startLoad(label: string, loops: number, loopBusyMs: number): { stop(): Promise<void> } {
+  const processes: ManagedProcess[] = [];
+  for (let i = 0; i < loops; i++) processes.push(spawnManaged(process.execPath, ['-e', `/*${label}-load*/for(;;){}`]));
+  let busy = loopBusyMs > 0;
+  const spin = (): void => {
+    if (!busy) return;
+    const until = performance.now() + loopBusyMs;
+    while (performance.now() < until);
+    setImmediate(spin);
+  };
+  spin();
+  return {
+    async stop() {
+      busy = false;
+      for (const p of processes) await p.stop(1000).catch(() => undefined);
+    },
+  };
 }

@@ -13,6 +13,12 @@ export function median(values: number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
+/** The value below which `p` percent of `values` lie (nearest rank). */
+export function percentile(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+}
+
 /** What an ingest run reports, and its medians over the successful runs of one server. */
 export interface IngestFigures {
   wallMs: number;

@@ -155,6 +155,13 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     const second = agreedLeader(survivors)!;
     console.log(`balancer: failover - survivors agreed on a new leader ${failoverMs} ms after the leader's node stopped (term ${first.term} -> ${second.term}; loop late ${lag.lateMs()} ms)`);
     assert.ok(second.term > first.term);
+    // Both elections' messages went on streams kept per peer: a peer opens one to each other peer (once more
+    // if one failed), not one per message.
+    for (const p of survivors) {
+      const streams = p.mesh.balancer.electionStreamStats();
+      assert.equal(streams.legacyOpened, 0, 'no stream of one message');
+      assert.ok(streams.keptOpened >= 1 && streams.keptOpened <= 4, `kept election streams opened: ${streams.keptOpened}`);
+    }
     // The survivors' timers run as late as this process's loop (one process hosts them): that time is not theirs.
     assert.ok(failoverMs < 2000 + lag.lateMs(), `failover within 2 s: ${failoverMs} ms, the loop ${lag.lateMs()} ms late`);
     // Persisted election record of the new leader.

@@ -2,9 +2,10 @@
  * The balancer actor: the nact wiring around the pure election + routing reducer in logic.ts.
  *
  * Transport of the reducer's messages:
- * - `send` (requestVote, vote, newerTerm) goes point to point over the stream protocol
- *   `/pacs-mesh/election/1`: one envelope frame per stream. The sender is the stream's authenticated
- *   remote peer (noise), so a vote cannot be forged by a third peer.
+ * - `send` (requestVote, vote, newerTerm) goes point to point as envelope frames on a stream kept per peer
+ *   (`/pacs-mesh/election/2`, election-streams.ts; one stream per frame over `/pacs-mesh/election/1` to
+ *   and from peers of earlier versions). The sender is the stream's authenticated remote peer (noise), so
+ *   a vote cannot be forged by a third peer.
  * - `publish` (announce) goes over gossip `pacs-mesh/routing/1`; only an announcement signed by the
  *   leader it names is accepted.
  * - `persist` ({currentTerm, votedFor}) is written (in place, one of two slots, then fdatasync: see
@@ -20,17 +21,14 @@
  * learns the view, the roster and the current term before it can split a vote.
  *
  * Bounds: one tick in flight, view changes coalesced to the latest, at most `mailboxMax` mesh messages
- * queued, at most `sendsInFlightMax` outgoing election streams (more are dropped: the reducer retries
- * on its own timers).
+ * queued, election frames queued per peer as election-streams.ts bounds them (more are dropped: the
+ * reducer retries on its own timers).
  */
 import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { writeFileDurably } from '../../durable-file.ts';
 import type { GossipMessage, MeshNode } from '../../net/node.ts';
-import type { MeshStream } from '../../net/stream.ts';
-import { MeshStreamError } from '../../net/errors.ts';
 import type { MembershipService } from '../membership/actor.ts';
-import { countDown, countUp } from '../../keyed-counts.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
@@ -38,6 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
+import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
@@ -50,22 +49,15 @@ import {
   type RoutingTable,
 } from './messages.ts';
 
-export const ELECTION_PROTOCOL = '/pacs-mesh/election/1';
-/** Election frames are tiny; anything bigger is an attack or a bug. */
-export const ELECTION_MAX_BYTES = 4 * 1024;
-/**
- * Deadline of one election message's stream (open, frame, close) at either end. Its opening and closing
- * cross the link twice behind whatever copies are queued on it: at 1 Mbit/s every `newerTerm` a peer sent
- * for 3 minutes missed a 2 s deadline (helper 73: the receiver logged over 200 streams reset before their
- * frame), and that peer stayed without a leader the whole time. A late vote is harmless: the reducer
- * ignores one of another term or after its candidacy.
- */
-export const electionMessageDeadlineMs = 10_000;
-/**
- * Election streams in flight to one peer: a peer that does not answer (hung, or behind a cut link) holds
- * its streams until their deadline, and must not take the slots of messages to the others.
- */
-export const electionSendsPerPeerMax = 4;
+export {
+  ELECTION_MAX_BYTES,
+  ELECTION_PROTOCOL,
+  ELECTION_STREAM_PROTOCOL,
+  electionMessageDeadlineMs,
+  electionSendsPerPeerMax,
+  type ElectionStreamLimits,
+  type ElectionStreamStats,
+} from './election-streams.ts';
 /** An announcement carries the table: ~150 bytes per member, membersMax 256. */
 export const ANNOUNCE_MAX_BYTES = 256 * 1024;
 const ENTRIES_MAX = 1024;
@@ -133,7 +125,10 @@ export interface BalancerServiceInit {
   /** Uniform draw in [0, 1) for chooseTarget. Default Math.random. */
   random?: () => number;
   mailboxMax?: number;
+  /** One-message election streams in flight (to peers of an earlier version). Default 16. */
   sendsInFlightMax?: number;
+  /** The kept election streams' bounds (election-streams.ts). */
+  electionStreams?: Partial<ElectionStreamLimits>;
   /** Actor name under `parent`. Default 'balancer'. */
   name?: string;
   onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
@@ -181,6 +176,8 @@ export interface BalancerService {
   rosterMembers(): RosterMember[];
   /** Role and term, for /api/mesh and tests. */
   status(): { role: BalancerRole; term: number; votedFor: string | null };
+  /** The election streams' counts, for tests. */
+  electionStreamStats(): ElectionStreamStats;
   crashForTest(reason?: string): void;
   stop(): Promise<void>;
 }
@@ -285,7 +282,6 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const forgetAfterMs = init.rosterForgetAfterMs ?? balancerTimings.rosterForgetAfterMs;
   const stateWriteProbeIntervalMs = init.stateWriteProbeIntervalMs ?? balancerTimings.stateWriteProbeIntervalMs;
   const mailboxMax = init.mailboxMax ?? 256;
-  const sendsInFlightMax = init.sendsInFlightMax ?? 16;
   const random = init.random ?? Math.random;
   const pinned = init.roster ? new Set([...init.roster, self]) : null;
   // Damaged state files stop the start here, with the file named, rather than crash the actor until its
@@ -302,11 +298,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Custody's forgotten sites (setForgottenSites): applied to the roster at every view. */
   let forgottenSites: ReadonlySet<string> = new Set();
   let queuedMesh = 0;
-  let sendsInFlight = 0;
-  /** Election streams in flight per peer (see electionSendsPerPeerMax). */
-  const sendsInFlightTo = new Map<string, number>();
   let dropped = 0;
-  let electionReadFailures = 0;
   let announceTooLarge = 0;
   /** Input another peer gets wrong (a bug, a newer version) repeats at every election or announce: one line per kind and sender each 10 s. */
   const badInput = createRepeatLimiter(log, 10_000);
@@ -477,30 +469,14 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     return { balancer: settled, roster };
   };
 
-  const sendMessage = (to: string, message: BalancerMessage): void => {
-    const toPeer = sendsInFlightTo.get(to) ?? 0;
-    if (sendsInFlight >= sendsInFlightMax || toPeer >= electionSendsPerPeerMax) {
-      if (dropped++ % 100 === 0) log.warn('election send dropped: too many in flight', { to, type: message.type, dropped });
-      return;
-    }
-    sendsInFlight++;
-    countUp(sendsInFlightTo, to);
-    const signal = AbortSignal.timeout(electionMessageDeadlineMs);
-    void (async () => {
-      let stream: MeshStream | undefined;
-      try {
-        stream = await node.openStream(to, ELECTION_PROTOCOL, { signal });
-        await stream.writer.writeFrame(encodeEnvelope(message, { maxBytes: ELECTION_MAX_BYTES }), { signal });
-        await stream.close({ signal });
-      } catch (err) {
-        // Unreachable voters are normal during failover; the reducer's timers retry.
-        stream?.abort(err as Error);
-      } finally {
-        sendsInFlight--;
-        countDown(sendsInFlightTo, to);
-      }
-    })();
-  };
+  // Created before the actor can send (perform), served once deliverElectionFrame's mailbox exists (start below).
+  const electionStreams = createElectionStreams({
+    node,
+    selfPeerId: self,
+    log,
+    deliver: (from, frame) => deliverElectionFrame(from, frame),
+    limits: { ...(init.sendsInFlightMax !== undefined ? { legacySendsInFlightMax: init.sendsInFlightMax } : {}), ...init.electionStreams },
+  });
 
   const perform = async (effects: readonly BalancerEffect[], state: ActorState): Promise<void> => {
     for (const effect of effects) {
@@ -510,7 +486,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
           await writeElection(effect.value);
           break;
         case 'send':
-          sendMessage(effect.to, effect.message);
+          electionStreams.send(effect.to, encodeEnvelope(effect.message, { maxBytes: ELECTION_MAX_BYTES }));
           break;
         case 'publish': {
           let bytes: Uint8Array;
@@ -640,39 +616,24 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     send({ type: 'mesh', from, message });
   };
 
-  await node.handle(
-    ELECTION_PROTOCOL,
-    async (stream) => {
-      const signal = AbortSignal.timeout(electionMessageDeadlineMs);
-      let frame: Uint8Array;
-      try {
-        frame = await stream.reader.readFrame(ELECTION_MAX_BYTES, { signal });
-      } catch (err) {
-        // A stream reset or cut off mid-frame (a partition, a peer stopping) is not malformed input: the
-        // sender's timers retry, and only an oversized frame says something about the sender.
-        if (err instanceof MeshStreamError && err.code === 'ERR_FRAME_TOO_LARGE') badInput.warn(`dropped oversized election message ${stream.remotePeer}`, 'dropped oversized election message', { from: stream.remotePeer, error: err.message });
-        else if (electionReadFailures++ % 100 === 0) log.info('election message not received: the stream ended first', { from: stream.remotePeer, error: (err as Error).message, failures: electionReadFailures });
-        stream.abort(err as Error);
-        return;
-      }
-      let message: BalancerMessage | null = null;
-      try {
-        message = parseBalancerMessage(decodeEnvelope(frame, { maxBytes: ELECTION_MAX_BYTES }));
-      } catch (err) {
-        badInput.warn(`dropped malformed election message ${stream.remotePeer}`, 'dropped malformed election message', { from: stream.remotePeer, error: (err as Error).message });
-        stream.abort(err as Error);
-        return;
-      }
-      await stream.close({ signal }).catch((err: unknown) => stream.abort(err as Error));
-      const claimed = message === null ? null : claimedSender(message);
-      if (message === null || message.type === 'announce' || (claimed !== null && claimed !== stream.remotePeer)) {
-        badInput.warn(`dropped invalid election message ${stream.remotePeer}`, 'dropped invalid election message', { from: stream.remotePeer });
-        return;
-      }
-      enqueueMesh(stream.remotePeer, message);
-    },
-    { maxInboundStreams: 64, maxOutboundStreams: 64 },
-  );
+  /** An election frame from `from` (authenticated by the stream): parsed, checked against its sender, queued. */
+  const deliverElectionFrame = (from: string, frame: Uint8Array): FrameVerdict => {
+    let message: BalancerMessage | null = null;
+    try {
+      message = parseBalancerMessage(decodeEnvelope(frame, { maxBytes: ELECTION_MAX_BYTES }));
+    } catch (err) {
+      badInput.warn(`dropped malformed election message ${from}`, 'dropped malformed election message', { from, error: (err as Error).message });
+      return 'malformed';
+    }
+    const claimed = message === null ? null : claimedSender(message);
+    if (message === null || message.type === 'announce' || (claimed !== null && claimed !== from)) {
+      badInput.warn(`dropped invalid election message ${from}`, 'dropped invalid election message', { from });
+      return 'invalid';
+    }
+    enqueueMesh(from, message);
+    return 'accepted';
+  };
+  await electionStreams.start();
 
   const unsubscribe = node.subscribe(routingTopic, (m: GossipMessage) => {
     let message: BalancerMessage | null;
@@ -718,14 +679,17 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   });
 
   const viewChanged = (): void => {
+    electionStreams.viewChanged(membership.members());
     if (viewPending) return;
     viewPending = true;
     send({ type: 'view' });
   };
   membership.onViewChanged(viewChanged);
+  electionStreams.viewChanged(membership.members());
 
   ticker.postNow();
   await ready.promise.catch(async (err: unknown) => {
+    await electionStreams.stop();
     await electionRecord.close();
     throw err;
   });
@@ -786,6 +750,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       const b = current?.balancer;
       return { role: b?.role ?? 'follower', term: b?.durable.currentTerm ?? 0, votedFor: b?.durable.votedFor ?? null };
     },
+    electionStreamStats: () => electionStreams.stats(),
     crashForTest(reason = 'test') {
       send({ type: 'crash', reason });
     },
@@ -795,7 +760,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       ticker.stop();
       unsubscribe();
       unsubscribeForget();
-      await node.unhandle(ELECTION_PROTOCOL).catch(() => undefined);
+      await electionStreams.stop();
       leader = null;
       table = null;
       try {

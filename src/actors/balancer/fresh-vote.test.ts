@@ -18,7 +18,7 @@ import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { startActorSystem, stopActor } from '../runtime/nact.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { waitFor } from '../../../test/support/wait.ts';
-import { startBalancer } from './actor.ts';
+import { ELECTION_PROTOCOL, startBalancer } from './actor.ts';
 import type { BalancerMessage } from './messages.ts';
 
 test('a request for votes handled first by a fresh balancer (after a restart) is judged on the view: a candidate ranked below the rule winner is refused', { timeout: 20_000 }, async () => {
@@ -27,16 +27,19 @@ test('a request for votes handled first by a fresh balancer (after a restart) is
   // peer-a ranks best and is alive: peer-c is not the rule's winner in this peer's (peer-b's) view.
   const members = [memberRecord('peer-a'), memberRecord('peer-b'), memberRecord('peer-c')];
   const sent: Array<{ to: string; message: BalancerMessage }> = [];
-  let electionHandler: StreamHandler | undefined;
+  const handlers = new Map<string, StreamHandler>();
   const node = {
     peerId: 'peer-b',
     publish: async () => 0,
     subscribe: () => () => undefined,
-    handle: async (_protocol: string, handler: StreamHandler) => {
-      electionHandler = handler;
+    handle: async (protocol: string, handler: StreamHandler) => {
+      handlers.set(protocol, handler);
     },
     unhandle: async () => undefined,
+    // A kept election stream (or one per message): open, and every frame written on it is sent.
     openStream: async (to: string) => ({
+      raw: { status: 'open', writeStatus: 'writable', addEventListener: () => undefined },
+      reader: { done: false },
       writer: { writeFrame: async (frame: Uint8Array) => void sent.push({ to, message: decodeEnvelope<BalancerMessage>(frame, { maxBytes: 4096 }) }) },
       close: async () => undefined,
       abort: () => undefined,
@@ -56,7 +59,7 @@ test('a request for votes handled first by a fresh balancer (after a restart) is
       close: async () => undefined,
       abort: () => undefined,
     } as unknown as MeshStream;
-    void electionHandler!(stream);
+    void handlers.get(ELECTION_PROTOCOL)!(stream);
   };
   const messages: string[] = [];
   const balancer = await startBalancer({
