@@ -26,7 +26,6 @@
  * site's store/blobs and store/catalog) with what each peer wrote (the last 32 KB, at --log-level, warn
  * by default) in <run dir>/<peer>.log.
  */
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +35,7 @@ import { sleep } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { startOrthanc, orthancVersion, type OrthancServer } from './lib/orthanc.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
-import { MeshCluster, aliveSet, firstLines, pollUntil as waitFor, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
+import { MeshCluster, aliveSet, firstLines, pollUntil as waitFor, sitesCpu, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
 import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
@@ -70,32 +69,6 @@ interface CatchUpRun {
    * other work on the machine than the wall time, which on 2 cores is bound by the sum.
    */
   cpuFromReadyMs?: Record<string, { main: number; all: number }>;
-}
-
-/** utime + stime of a process (all threads) or of one thread, in ms; undefined where /proc is not there. */
-function cpuMs(pid: number, tid?: number): number | undefined {
-  try {
-    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
-    // The fields after the command name (which may hold spaces), from field 3 on: utime is 14, stime 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
-  } catch {
-    return undefined;
-  }
-}
-const clockTicksPerSecond = 100;
-
-/** CPU of every running site's process (main thread, all threads), by site name. */
-function sitesCpu(peers: readonly MeshPeer[]): Map<string, { main: number; all: number }> {
-  const out = new Map<string, { main: number; all: number }>();
-  for (const p of peers) {
-    const pid = p.server?.pid;
-    if (pid === undefined) continue;
-    const main = cpuMs(pid, pid);
-    const all = cpuMs(pid);
-    if (main !== undefined && all !== undefined) out.set(p.name, { main, all });
-  }
-  return out;
 }
 
 async function main(): Promise<number> {

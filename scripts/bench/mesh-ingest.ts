@@ -26,7 +26,7 @@ import { sleep, startRssSampler, type RssSampler } from '../../test/support/dico
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFactory } from './lib/index.ts';
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
-import { MeshCluster, firstLines, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
+import { MeshCluster, firstLines, sitesCpu, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, MiB, choicesArg, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
 import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
@@ -58,6 +58,12 @@ interface RunResult {
     lagAfterStorescuMs: number | null;
     finalCounts: Record<string, number | null>;
     clusterStartMs: number;
+    /**
+     * CPU per instance (ms, from /proc: Linux only) of each site, main thread and all threads: from storescu's
+     * start to its end (the ingest), and to every site whole (the ingest and the copies that lagged).
+     * Less moved by other work on the machine than the wall time.
+     */
+    cpuPerInstanceMs?: Record<string, { ingestMain: number; ingestAll: number; wholeMain: number | null; wholeAll: number | null }>;
   };
 }
 
@@ -121,6 +127,17 @@ async function main(): Promise<number> {
         (m ? `, all sites at ${m.allSitesAtMs === null ? 'never' : `${fmt(m.allSitesAtMs / 1000, 2)} s`} (per site: ${Object.entries(m.completeAtMs).map(([k, v]) => `${k} ${v === null ? '-' : fmt(v / 1000, 2)}`).join(', ')}), other peers' RSS ${Object.entries(m.peakRssBytes).slice(1).map(([k, v]) => `${k} ${fmt(v / MiB)}`).join(', ')} MiB` : '') +
         (rr.ok ? '' : `  FAILED: ${rr.error}`),
     );
+    if (m?.cpuPerInstanceMs !== undefined) {
+      const sites = Object.entries(m.cpuPerInstanceMs);
+      const total = (pick: (c: (typeof sites)[number][1]) => number | null): string => {
+        const values = sites.map(([, c]) => pick(c));
+        return values.some((v) => v === null) ? '-' : fmt(values.reduce<number>((a, v) => a + v!, 0), 1);
+      };
+      console.log(
+        `   CPU ms per instance, main thread / all threads: during the ingest ${sites.map(([k, c]) => `${k} ${fmt(c.ingestMain, 1)}/${fmt(c.ingestAll, 1)}`).join(', ')} (all ${total((c) => c.ingestAll)}); ` +
+          `until every site whole ${sites.map(([k, c]) => `${k} ${c.wholeMain === null ? '-' : fmt(c.wholeMain, 1)}/${c.wholeAll === null ? '-' : fmt(c.wholeAll, 1)}`).join(', ')} (all ${total((c) => c.wholeAll)})`,
+      );
+    }
   };
 
   for (let run = 1; run <= runs; run++) {
@@ -208,6 +225,8 @@ async function main(): Promise<number> {
       const completeAt: Record<string, number | null> = Object.fromEntries(peers.map((p) => [p.name, null]));
       const lastCount: Record<string, number | null> = Object.fromEntries(peers.map((p) => [p.name, null]));
       let storescuEnd: number | undefined;
+      let cpuAtWhole: ReturnType<typeof sitesCpu> | undefined;
+      const cpuAtStart = sitesCpu(peers);
       const tStart = performance.now();
       const watch = (async () => {
         for (let i = 0; i < 1_000_000; i++) {
@@ -223,13 +242,30 @@ async function main(): Promise<number> {
               if (s.instances >= count) completeAt[p.name] = performance.now() - tStart;
             }),
           );
-          if (peers.every((p) => completeAt[p.name] !== null)) return;
+          if (peers.every((p) => completeAt[p.name] !== null)) {
+            cpuAtWhole = sitesCpu(peers);
+            return;
+          }
           await sleep(100);
         }
       })();
       const r = await storescu(a.dicomPort, [inputDir], { timeoutMs: storescuTimeoutMs });
       storescuEnd = performance.now();
+      const cpuAtStorescuEnd = sitesCpu(peers);
       await watch;
+      const cpuPerInstanceMs: NonNullable<NonNullable<RunResult['mesh']>['cpuPerInstanceMs']> = {};
+      for (const [name, end] of cpuAtStorescuEnd) {
+        const start = cpuAtStart.get(name);
+        const whole = cpuAtWhole?.get(name);
+        if (start === undefined) continue;
+        const per = (ms: number): number => Math.round((ms / count) * 10) / 10;
+        cpuPerInstanceMs[name] = {
+          ingestMain: per(end.main - start.main),
+          ingestAll: per(end.all - start.all),
+          wholeMain: whole === undefined ? null : per(whole.main - start.main),
+          wholeAll: whole === undefined ? null : per(whole.all - start.all),
+        };
+      }
       const rss = Object.fromEntries(samplers.map(([p, s]) => [p.name, s.stop().peakProcessBytes]));
       samplers.length = 0;
       const final = Object.fromEntries(await Promise.all(peers.map(async (p) => [p.name, (await tryStatus(p, 3000))?.instances ?? null] as const)));
@@ -256,6 +292,7 @@ async function main(): Promise<number> {
           lagAfterStorescuMs: allAt === null ? null : allAt - r.elapsedMs,
           finalCounts: final,
           clusterStartMs: Math.round(clusterStartMs),
+          cpuPerInstanceMs,
         },
       };
     } finally {

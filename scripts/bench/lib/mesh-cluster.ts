@@ -14,6 +14,7 @@
  * The first peer is started without --bootstrap; the others bootstrap with its `self.multiaddrs[0]`
  * (a restarted peer bootstraps with the address of any running peer).
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { getFreePort, runTool, sleep } from '../../../test/support/dicom-tools.ts';
@@ -81,6 +82,32 @@ export interface MeshPeer {
   multiaddr: string | undefined;
   /** Output of the previous incarnations (bounded), for error messages. */
   pastOutput: string;
+}
+
+/** utime + stime of a process (all threads) or of one thread, in ms; undefined where /proc is not there. */
+export function cpuMs(pid: number, tid?: number): number | undefined {
+  try {
+    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
+    // The fields after the command name (which may hold spaces), from field 3 on: utime is 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
+  } catch {
+    return undefined;
+  }
+}
+const clockTicksPerSecond = 100;
+
+/** CPU of every running site's process (main thread, all threads), by site name. */
+export function sitesCpu(peers: readonly MeshPeer[]): Map<string, { main: number; all: number }> {
+  const out = new Map<string, { main: number; all: number }>();
+  for (const p of peers) {
+    const pid = p.server?.pid;
+    if (pid === undefined) continue;
+    const main = cpuMs(pid, pid);
+    const all = cpuMs(pid);
+    if (main !== undefined && all !== undefined) out.set(p.name, { main, all });
+  }
+  return out;
 }
 
 export function isRunning(p: MeshPeer): boolean {
