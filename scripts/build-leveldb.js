@@ -59,6 +59,7 @@ const SOURCE_PATCHES = [
     name: 'table-writeback-per-mib',
     file: join('deps', 'leveldb', 'leveldb-1.20', 'util', 'env_posix.cc'),
     anchor:
+      ' public:\n' +
       '  PosixWritableFile(const std::string& fname, FILE* f)\n' +
       '      : filename_(fname), file_(f) { }\n',
     replacement:
