@@ -53,6 +53,33 @@ test('bytes come back exactly as written, across chunk boundaries, with their SH
   await store.close();
 });
 
+test("the store's format marker stays in a table of its own: no table of blob keys spans later blobs, so flushed tables move down the levels without being rewritten", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 1000 });
+  await store.open();
+  for (const uid of ['1.2.3.81', '1.2.3.82']) {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.alloc(2500, 3));
+    await writer.commit(uid, entryFor(uid));
+  }
+  await store.close();
+  // The reopening writes what the log held (the blobs above) into a table: it must not take the marker in.
+  const reopened = createReplicaStore({ path: dir, chunkBytes: 1000 });
+  await reopened.open();
+  t.after(() => reopened.close());
+  const tables = (reopened.blobDb as unknown as { getProperty(name: string): string }).getProperty('leveldb.sstables');
+  // One line per table: " <number>:<size>['<smallest key>' @ <seq> : <type> .. '<largest key>' @ <seq> : <type>]".
+  const ranges = [...tables.matchAll(/\['(.*?)' @ \d+ : \d+ \.\. '(.*?)' @ \d+ : \d+\]/g)].map(([, smallest, largest]) => ({ smallest: smallest!, largest: largest! }));
+  assert.ok(ranges.some((range) => range.smallest.startsWith('b!')), `a table of blob keys was written at the reopening: ${tables}`);
+  assert.deepEqual(
+    ranges.filter((range) => range.smallest < 'm!store-format' && range.largest >= 'm!store-format'),
+    [],
+    `no table spans from blob keys to the marker: ${tables}`,
+  );
+  assert.deepEqual(await readAll(reopened, '1.2.3.82'), Buffer.alloc(2500, 3));
+});
+
 test('a second copy of a stored UID is not kept: duplicate, original bytes untouched', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
