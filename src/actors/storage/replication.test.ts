@@ -26,6 +26,7 @@ import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, receivePush
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
+  FETCH_PROTOCOL,
   QUERY_PROTOCOL,
   REPLICATE_BATCH_PROTOCOL,
   ReplicationError,
@@ -616,6 +617,39 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     await storeB.updateDebt([], [{ sopInstanceUid: '1.2.5', siteName: 'site-x' }]);
     assert.deepEqual(await storeB.listDebt(), [{ sopInstanceUid: '1.2.5', siteName: 'site-y', sinceMs: 6 }]);
   });
+});
+
+test('a start that fails registering a handler leaves nothing registered: no protocol, no store listener', { timeout: 30_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-repl-'));
+  const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir });
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  t.after(async () => {
+    await node.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  // The store as the server sees it, counting the stored-instance listeners it holds.
+  let listening = 0;
+  const counted: ReplicaStore = Object.assign(Object.create(store) as ReplicaStore, {
+    onInstanceStored(listener: (uid: string) => void) {
+      listening += 1;
+      const stopListening = store.onInstanceStored(listener);
+      return () => {
+        listening -= 1;
+        stopListening();
+      };
+    },
+  });
+  // Handled already: the server's third registration throws, after two went through.
+  await node.handle(FETCH_PROTOCOL, async () => undefined);
+  const start = () => serveReplication({ node, store: counted, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  await assert.rejects(start());
+  assert.equal(listening, 0, 'the partial copies stopped listening to the store');
+  await node.unhandle(FETCH_PROTOCOL);
+  const serving = await start();
+  await serving.stop();
+  assert.equal(listening, 0);
 });
 
 test('a peer that opens query streams and sends nothing holds their slots for exchangeTimeoutMs, not the transfer deadline (hunt 100)', { timeout: 30_000 }, async (t) => {

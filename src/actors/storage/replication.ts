@@ -672,201 +672,214 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     }
   };
 
-  await node.handle(
-    REPLICATE_BATCH_PROTOCOL,
-    guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const offer = await readRequest<{ type: string; entries?: unknown; resumable?: unknown }>(stream, signal);
-      if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
-        throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
-      }
-      const entries = offer.entries.map(validateCatalogEntry);
-      for (const entry of entries) {
-        if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
-      }
-      const held = await store.getEntries(entries.map((e) => e.sopInstanceUid));
-      const offered = new Set<string>();
-      const wanted: number[] = [];
-      for (const [index, entry] of entries.entries()) {
-        // A UID offered twice is wanted once.
-        if (held[index] === undefined && !offered.has(entry.sopInstanceUid)) wanted.push(index);
-        else if (held[index] !== undefined) partials.drop(entry.sopInstanceUid);
-        offered.add(entry.sopInstanceUid);
-      }
-      // A sender that can resume is told what was kept of each wanted copy; the others send every byte.
-      const resumed = new Map<number, { writer: InstanceWriter; offset: number }>();
-      for (const index of wanted) {
-        const uid = entries[index]!.sopInstanceUid;
-        const kept = offer.resumable === true ? partials.take(uid, stream.remotePeer) : undefined;
-        // More than the entry holds: not this instance's bytes. Without a resume the copy comes whole.
-        if (kept !== undefined && kept.offset <= entries[index]!.byteLength) resumed.set(index, kept);
-        else if (kept !== undefined) void kept.writer.abort();
-        else partials.drop(uid);
-      }
-      const want: WantAnswer = resumed.size === 0 ? { type: 'want', indices: wanted } : { type: 'want', indices: wanted, offsets: wanted.map((index) => resumed.get(index)?.offset ?? 0) };
-      try {
-        await writeFrameEnvelope(stream, want, limits.frameBytesMax, signal);
-      } catch (error) {
-        for (const kept of resumed.values()) void kept.writer.abort();
-        throw error;
-      }
-      const stored: number[] = [];
-      const failed: BatchFailure[] = [];
-      const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
-      // Custody hears which copies are still on their way (from the one being read on) until they are in.
-      let receiving = 0;
-      let arriving: ReturnType<typeof setInterval> | undefined;
-      if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
-        const onOffered = init.onCopiesOffered;
-        const tell = (): void => onOffered(wanted.slice(receiving).map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
-        tell();
-        arriving = setInterval(tell, copiesArrivingRepeatMs);
-        arriving.unref();
-      }
-      try {
-        for (const [position, index] of wanted.entries()) {
-          receiving = position;
-          const entry = entries[index]!;
-          const resumedAt = resumed.get(index);
-          await readBodyLength(stream, entry, signal, resumedAt?.offset);
-          // From here the commit pipeline owns the kept writer (it keeps it again if the stream is cut).
-          resumed.delete(index);
-          await commits.receive(store, stream, entry, signal, (outcome) => {
-            if ('error' in outcome) {
-              const { code, message } = refusalOf(outcome.error);
-              failed.push({ index, code, message });
-              return;
-            }
-            stored.push(index);
-            if (outcome.result.outcome === 'stored') init.onReplicaStored(outcome.result.entry, stream.remotePeer);
-          }, { resumed: resumedAt, partials });
+  // A registration that throws (the protocol handled already) must not leave the others registered,
+  // nor the partial copies listening to the store: the caller never gets a server to stop.
+  const handled: string[] = [];
+  const handle = async (protocol: string, handler: (stream: MeshStream) => Promise<void>, options: { maxInboundStreams: number }): Promise<void> => {
+    await node.handle(protocol, handler, options);
+    handled.push(protocol);
+  };
+  try {
+    await handle(
+      REPLICATE_BATCH_PROTOCOL,
+      guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const offer = await readRequest<{ type: string; entries?: unknown; resumable?: unknown }>(stream, signal);
+        if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
         }
-      } finally {
-        clearInterval(arriving);
-        // Kept parts of copies the stream never reached go back, for the next offer.
-        for (const [index, kept] of resumed) partials.keep(entries[index]!.sopInstanceUid, stream.remotePeer, kept.writer);
-        await commits.drain();
-      }
-      await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);
-    }),
-    { maxInboundStreams: limits.inboundReplicationsMax },
-  );
+        const entries = offer.entries.map(validateCatalogEntry);
+        for (const entry of entries) {
+          if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+        }
+        const held = await store.getEntries(entries.map((e) => e.sopInstanceUid));
+        const offered = new Set<string>();
+        const wanted: number[] = [];
+        for (const [index, entry] of entries.entries()) {
+          // A UID offered twice is wanted once.
+          if (held[index] === undefined && !offered.has(entry.sopInstanceUid)) wanted.push(index);
+          else if (held[index] !== undefined) partials.drop(entry.sopInstanceUid);
+          offered.add(entry.sopInstanceUid);
+        }
+        // A sender that can resume is told what was kept of each wanted copy; the others send every byte.
+        const resumed = new Map<number, { writer: InstanceWriter; offset: number }>();
+        for (const index of wanted) {
+          const uid = entries[index]!.sopInstanceUid;
+          const kept = offer.resumable === true ? partials.take(uid, stream.remotePeer) : undefined;
+          // More than the entry holds: not this instance's bytes. Without a resume the copy comes whole.
+          if (kept !== undefined && kept.offset <= entries[index]!.byteLength) resumed.set(index, kept);
+          else if (kept !== undefined) void kept.writer.abort();
+          else partials.drop(uid);
+        }
+        const want: WantAnswer = resumed.size === 0 ? { type: 'want', indices: wanted } : { type: 'want', indices: wanted, offsets: wanted.map((index) => resumed.get(index)?.offset ?? 0) };
+        try {
+          await writeFrameEnvelope(stream, want, limits.frameBytesMax, signal);
+        } catch (error) {
+          for (const kept of resumed.values()) void kept.writer.abort();
+          throw error;
+        }
+        const stored: number[] = [];
+        const failed: BatchFailure[] = [];
+        const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
+        // Custody hears which copies are still on their way (from the one being read on) until they are in.
+        let receiving = 0;
+        let arriving: ReturnType<typeof setInterval> | undefined;
+        if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
+          const onOffered = init.onCopiesOffered;
+          const tell = (): void => onOffered(wanted.slice(receiving).map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
+          tell();
+          arriving = setInterval(tell, copiesArrivingRepeatMs);
+          arriving.unref();
+        }
+        try {
+          for (const [position, index] of wanted.entries()) {
+            receiving = position;
+            const entry = entries[index]!;
+            const resumedAt = resumed.get(index);
+            await readBodyLength(stream, entry, signal, resumedAt?.offset);
+            // From here the commit pipeline owns the kept writer (it keeps it again if the stream is cut).
+            resumed.delete(index);
+            await commits.receive(store, stream, entry, signal, (outcome) => {
+              if ('error' in outcome) {
+                const { code, message } = refusalOf(outcome.error);
+                failed.push({ index, code, message });
+                return;
+              }
+              stored.push(index);
+              if (outcome.result.outcome === 'stored') init.onReplicaStored(outcome.result.entry, stream.remotePeer);
+            }, { resumed: resumedAt, partials });
+          }
+        } finally {
+          clearInterval(arriving);
+          // Kept parts of copies the stream never reached go back, for the next offer.
+          for (const [index, kept] of resumed) partials.keep(entries[index]!.sopInstanceUid, stream.remotePeer, kept.writer);
+          await commits.drain();
+        }
+        await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);
+      }),
+      { maxInboundStreams: limits.inboundReplicationsMax },
+    );
 
-  const pushLimits = { ...defaultPushLimits, frameBytesMax: limits.frameBytesMax, bodyBytesMax: limits.bodyBytesMax, transferTimeoutMs: limits.transferTimeoutMs };
-  await node.handle(
-    PUSH_PROTOCOL,
-    guarded(
+    const pushLimits = { ...defaultPushLimits, frameBytesMax: limits.frameBytesMax, bodyBytesMax: limits.bodyBytesMax, transferTimeoutMs: limits.transferTimeoutMs };
+    await handle(
       PUSH_PROTOCOL,
-      pushSlots,
-      // A push stream carries one push after another: each has its own deadline, and idle streams end.
-      null,
-      (stream, signal) =>
-        receivePushes(stream, signal, {
-          store,
-          siteName: init.siteName,
-          limits: pushLimits,
-          validateEntry: validateCatalogEntry,
-          onReplicaStored: init.onReplicaStored,
-          ...(init.onCopiesOffered !== undefined && { onCopiesOffered: init.onCopiesOffered }),
-          partials,
-        }),
-      true,
-    ),
-    { maxInboundStreams: limits.inboundPushesMax },
-  );
+      guarded(
+        PUSH_PROTOCOL,
+        pushSlots,
+        // A push stream carries one push after another: each has its own deadline, and idle streams end.
+        null,
+        (stream, signal) =>
+          receivePushes(stream, signal, {
+            store,
+            siteName: init.siteName,
+            limits: pushLimits,
+            validateEntry: validateCatalogEntry,
+            onReplicaStored: init.onReplicaStored,
+            ...(init.onCopiesOffered !== undefined && { onCopiesOffered: init.onCopiesOffered }),
+            partials,
+          }),
+        true,
+      ),
+      { maxInboundStreams: limits.inboundPushesMax },
+    );
 
-  await node.handle(
-    FETCH_PROTOCOL,
-    guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequest<{ type: string; sopInstanceUid?: unknown }>(stream, signal);
-      if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid)) {
-        throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
-      }
-      const entry = await store.getEntry(request.sopInstanceUid);
-      if (entry === undefined) {
-        await answerAndClose(stream, { type: 'missing' }, signal);
-        return;
-      }
-      await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal, log);
-      await stream.closeWrite({ signal });
-    }),
-    { maxInboundStreams: limits.inboundFetchesMax },
-  );
-
-  await node.handle(
-    FETCH_BATCH_PROTOCOL,
-    guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequest<{ type: string; uids?: unknown }>(stream, signal);
-      const uids = request.uids;
-      if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
-        throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
-      }
-      // Answers in request order: each 'missing' is staged and goes out with the next instance (or the 'end').
-      const held = await store.getEntries(uids as string[]);
-      const bodies = store.readInstances(held.filter((entry): entry is CatalogEntry => entry !== undefined));
-      for (const [index, entry] of held.entries()) {
+    await handle(
+      FETCH_PROTOCOL,
+      guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const request = await readRequest<{ type: string; sopInstanceUid?: unknown }>(stream, signal);
+        if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid)) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
+        }
+        const entry = await store.getEntry(request.sopInstanceUid);
         if (entry === undefined) {
-          await stageFrameEnvelope(stream, { type: 'missing', sopInstanceUid: (uids as string[])[index]! }, limits.frameBytesMax, signal);
-          continue;
+          await answerAndClose(stream, { type: 'missing' }, signal);
+          return;
         }
-        const body = await bodies.next();
-        if (body.done === true) throw new StoreError('ERR_STORE_CORRUPT', `the store ended its reads before instance ${index + 1} of ${held.length}`);
-        await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal, log);
-      }
-      await bodies.return(undefined);
-      await answerAndClose(stream, { type: 'end' }, signal);
-    }),
-    { maxInboundStreams: limits.inboundFetchesMax },
-  );
+        await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal, log);
+        await stream.closeWrite({ signal });
+      }),
+      { maxInboundStreams: limits.inboundFetchesMax },
+    );
 
-  await node.handle(
-    CUSTODY_PROTOCOL,
-    guarded(CUSTODY_PROTOCOL, custodySlots, limits.exchangeTimeoutMs, async (stream, signal) => {
-      for (let count = 0; ; count++) {
-        const frame = await stream.reader.readFrameOrEnd(limits.custodyMessageBytesMax, { signal });
-        if (frame === null) break;
-        if (count >= limits.custodyMessagesPerStreamMax) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `more than ${limits.custodyMessagesPerStreamMax} custody messages on one stream`);
-        const raw = decodeEnvelope<{ type: string }>(frame, { maxBytes: limits.custodyMessageBytesMax });
-        const message = validateCustodyMessage(raw);
-        if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
-        init.onCustodyMessage(stream.remotePeer, message);
-      }
-      await stream.closeWrite({ signal });
-    }),
-    { maxInboundStreams: limits.inboundCustodyMessagesMax },
-  );
+    await handle(
+      FETCH_BATCH_PROTOCOL,
+      guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const request = await readRequest<{ type: string; uids?: unknown }>(stream, signal);
+        const uids = request.uids;
+        if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
+        }
+        // Answers in request order: each 'missing' is staged and goes out with the next instance (or the 'end').
+        const held = await store.getEntries(uids as string[]);
+        const bodies = store.readInstances(held.filter((entry): entry is CatalogEntry => entry !== undefined));
+        for (const [index, entry] of held.entries()) {
+          if (entry === undefined) {
+            await stageFrameEnvelope(stream, { type: 'missing', sopInstanceUid: (uids as string[])[index]! }, limits.frameBytesMax, signal);
+            continue;
+          }
+          const body = await bodies.next();
+          if (body.done === true) throw new StoreError('ERR_STORE_CORRUPT', `the store ended its reads before instance ${index + 1} of ${held.length}`);
+          await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal, log);
+        }
+        await bodies.return(undefined);
+        await answerAndClose(stream, { type: 'end' }, signal);
+      }),
+      { maxInboundStreams: limits.inboundFetchesMax },
+    );
 
-  await node.handle(
-    QUERY_PROTOCOL,
-    guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const raw = await readRequest<{ type: string; request?: unknown; limit?: unknown }>(stream, signal);
-      if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
-      const request = validateQueryRequest(raw.request);
-      const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;
-      let batch: CatalogEntry[] = [];
-      let batchBytes = 0;
-      let sent = 0;
-      let truncated = false;
-      // resolveRetrieve validates the identifier and throws QueryError: answered as 'refused' by guarded().
-      for await (const entry of resolveRetrieve(store.db, request)) {
-        if (sent >= limit) {
-          truncated = true;
-          break;
+    await handle(
+      CUSTODY_PROTOCOL,
+      guarded(CUSTODY_PROTOCOL, custodySlots, limits.exchangeTimeoutMs, async (stream, signal) => {
+        for (let count = 0; ; count++) {
+          const frame = await stream.reader.readFrameOrEnd(limits.custodyMessageBytesMax, { signal });
+          if (frame === null) break;
+          if (count >= limits.custodyMessagesPerStreamMax) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `more than ${limits.custodyMessagesPerStreamMax} custody messages on one stream`);
+          const raw = decodeEnvelope<{ type: string }>(frame, { maxBytes: limits.custodyMessageBytesMax });
+          const message = validateCustodyMessage(raw);
+          if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
+          init.onCustodyMessage(stream.remotePeer, message);
         }
-        batch.push(entry);
-        sent++;
-        batchBytes += entryBytesMax(entry);
-        if (batchBytes >= queryFrameBytesTarget) {
-          await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
-          batch = [];
-          batchBytes = 0;
+        await stream.closeWrite({ signal });
+      }),
+      { maxInboundStreams: limits.inboundCustodyMessagesMax },
+    );
+
+    await handle(
+      QUERY_PROTOCOL,
+      guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const raw = await readRequest<{ type: string; request?: unknown; limit?: unknown }>(stream, signal);
+        if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
+        const request = validateQueryRequest(raw.request);
+        const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;
+        let batch: CatalogEntry[] = [];
+        let batchBytes = 0;
+        let sent = 0;
+        let truncated = false;
+        // resolveRetrieve validates the identifier and throws QueryError: answered as 'refused' by guarded().
+        for await (const entry of resolveRetrieve(store.db, request)) {
+          if (sent >= limit) {
+            truncated = true;
+            break;
+          }
+          batch.push(entry);
+          sent++;
+          batchBytes += entryBytesMax(entry);
+          if (batchBytes >= queryFrameBytesTarget) {
+            await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
+            batch = [];
+            batchBytes = 0;
+          }
         }
-      }
-      if (batch.length > 0) await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
-      await answerAndClose(stream, { type: 'end', truncated }, signal);
-    }),
-    // Room for the waiting ones: a query over the slots waits, or is answered "busy", rather than reset.
-    { maxInboundStreams: limits.inboundQueriesMax + 64 },
-  );
+        if (batch.length > 0) await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
+        await answerAndClose(stream, { type: 'end', truncated }, signal);
+      }),
+      // Room for the waiting ones: a query over the slots waits, or is answered "busy", rather than reset.
+      { maxInboundStreams: limits.inboundQueriesMax + 64 },
+    );
+  } catch (error) {
+    await Promise.allSettled(handled.map((protocol) => node.unhandle(protocol)));
+    partials.stop();
+    throw error;
+  }
 
   return {
     partialCopies: partials,
