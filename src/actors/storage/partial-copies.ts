@@ -1,7 +1,8 @@
 /**
  * What a receiving site keeps of a copy whose transfer was cut (a push or a replicate-batch stream reset, a
- * connection dropped): the open writer with the bytes that arrived in order, so the sender's next copy of
- * that instance sends only the rest (replicate-batch/1 'want' offsets). Before this, a cut-through push cut
+ * connection dropped, a pull's deadline): the open writer with the bytes that arrived in order, so the
+ * next copy of that instance from that peer sends only the rest (replicate-batch/1 'want' offsets, fetch
+ * and fetch-batch offsets: replication.ts). Before this, a cut-through push cut
  * at 100 KB/s was followed by the whole stored copy: 1.2-1.4x the instance crossed the link (hunt 116).
  *
  * Nothing here is trusted: the writer's running SHA-256 covers the kept bytes and the rest, and the commit
