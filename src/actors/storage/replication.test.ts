@@ -1016,3 +1016,38 @@ test('a server before resumable pulls ignores offsets and sends whole: the pulle
   for (const deadline = Date.now() + 5000; (await uncommittedChunks(senderStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
   assert.equal(await uncommittedChunks(senderStore), 0, 'the dropped part left no chunks');
 });
+
+test('a copy cut at the receiver, which then restarts, resumes where it was cut: the kept part survives the restart (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, receiverStorePath, link, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(2 * 1024 * 1024);
+  const uid = '1.2.3.132.5';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  const kept = await pushCut(uid, bytes, 1024 * 1024);
+  assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
+  // The receiver restarts: its server and store stop, a new store opens on the same directory.
+  await serving.stop();
+  await receiverStore.close();
+  const reopened = createReplicaStore({ path: receiverStorePath, chunkBytes: 64 * 1024 });
+  await reopened.open();
+  const restarted = await serveReplication({ node: receiver, store: reopened, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  t.after(async () => {
+    await restarted.stop();
+    await reopened.close();
+  });
+  assert.equal(await reopened.getEntry(uid), undefined, 'a kept part is not an instance');
+  assert.equal(await reopened.countInstances(), 0, 'nor counted as one');
+  for (const deadline = Date.now() + 10_000; restarted.partialCopies.stats.copies === 0; await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > deadline) throw new Error('the kept part did not come back after the restart');
+  }
+  assert.deepEqual(restarted.partialCopies.stats, { bytes: kept, copies: 1 });
+  await linkQuiet(link);
+  const before = link.stats.forwardBytes;
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.deepEqual(outcome, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
+  const carried = link.stats.forwardBytes - before;
+  assert.ok(carried < bytes.length - kept + 32 * 1024, `after the restart the copy carried ${carried} bytes for the ${bytes.length - kept} the receiver lacked`);
+  assert.ok((await storedBytes(reopened, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
+  assert.deepEqual(restarted.partialCopies.stats, { bytes: 0, copies: 0 });
+  assert.equal(await uncommittedChunks(reopened), 0);
+  assert.deepEqual(await reopened.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all(), [], 'no marker left');
+});

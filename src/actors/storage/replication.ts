@@ -898,15 +898,18 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     );
   } catch (error) {
     await Promise.allSettled(handled.map((protocol) => node.unhandle(protocol)));
-    partials.stop();
+    await partials.stop();
     throw error;
   }
+  // The parts kept before a restart come back in the background (their bytes are read back for their SHA-256).
+  const restoring = partials.restore().catch((error: unknown) => log.warn('kept parts of cut copies not restored', { error: errorText(error) }));
 
   return {
     partialCopies: partials,
     async stop() {
       await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
-      partials.stop();
+      await restoring;
+      await partials.stop();
     },
   };
 }
