@@ -1051,3 +1051,36 @@ test('a copy cut at the receiver, which then restarts, resumes where it was cut:
   assert.equal(await uncommittedChunks(reopened), 0);
   assert.deepEqual(await reopened.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all(), [], 'no marker left');
 });
+
+test('a copy cut by the receiver stopping (a restart) keeps what arrived for after the restart (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, receiverStorePath, link, serving } = await nodesOverLink(t);
+  const bytes = randomBytes(2 * 1024 * 1024);
+  const uid = '1.2.3.132.6';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  const startBytes = link.stats.forwardBytes;
+  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry]).catch((error: unknown) => error);
+  while (link.stats.forwardBytes - startBytes < 1024 * 1024) await new Promise((r) => setTimeout(r, 10));
+  // The receiver stops (its peer shuts down) while the copy arrives, and starts again on the same store.
+  await serving.stop();
+  await receiverStore.close();
+  assert.ok((await copy) instanceof Error, 'the copy was cut by the stop');
+  const reopened = createReplicaStore({ path: receiverStorePath, chunkBytes: 64 * 1024 });
+  await reopened.open();
+  const restarted = await serveReplication({ node: receiver, store: reopened, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  t.after(async () => {
+    await restarted.stop();
+    await reopened.close();
+  });
+  for (const deadline = Date.now() + 10_000; restarted.partialCopies.stats.copies === 0; await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > deadline) throw new Error('nothing of the copy cut by the stop came back after the restart');
+  }
+  const kept = restarted.partialCopies.stats.bytes;
+  assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
+  await linkQuiet(link);
+  const before = link.stats.forwardBytes;
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.deepEqual(outcome, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
+  assert.ok(link.stats.forwardBytes - before < bytes.length - kept + 32 * 1024, 'only the rest travelled');
+  assert.ok((await storedBytes(reopened, uid)).equals(bytes));
+  assert.equal(await uncommittedChunks(reopened), 0);
+});

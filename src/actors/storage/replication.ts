@@ -161,6 +161,9 @@ type FetchAnswer = InstanceAnswer | { type: 'missing' } | Refused;
 type FetchBatchAnswer = InstanceAnswer | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
 
+/** How long a stopping server waits for the handlers of the streams it cut to end (they end at once). */
+const handlersEndAfterCutMs = 5_000;
+
 /** Query answers are cut into frames of about this many bytes of entries. */
 const queryFrameBytesTarget = 256 * 1024;
 
@@ -628,6 +631,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   // A peer whose store refuses every stream (a full disk) fails several a second: one line per 5 s each.
   const failures = createRepeatLimiter(log, 5_000);
 
+  /** Streams being handled, with their handler's end: a stopping server cuts them and waits for that. */
+  const handling = new Map<MeshStream, Promise<void>>();
   /**
    * Runs a handler within its slot and deadline (null: the handler keeps its own deadlines); any failure is
    * answered (if possible) and logged. With `resetOnRefusal` (a sender that is still writing and not yet
@@ -635,27 +640,36 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
    */
   const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
-      const deadline = timeoutMs === null ? undefined : startDeadline(timeoutMs);
-      const signal = deadline?.signal ?? new AbortController().signal;
+      const handled = guardedRun(protocol, slots, timeoutMs, body, resetOnRefusal, stream);
+      handling.set(stream, handled);
       try {
-        if (!(await slots.take())) {
-          if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
-          else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
-          return;
-        }
-        try {
-          await body(stream, signal);
-        } catch (error) {
-          failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
-          if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
-          else await answerAndClose(stream, refusalOf(error), signal);
-        } finally {
-          slots.give();
-        }
+        await handled;
       } finally {
-        deadline?.clear();
+        handling.delete(stream);
       }
     };
+  const guardedRun = async (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal: boolean, stream: MeshStream): Promise<void> => {
+    const deadline = timeoutMs === null ? undefined : startDeadline(timeoutMs);
+    const signal = deadline?.signal ?? new AbortController().signal;
+    try {
+      if (!(await slots.take())) {
+        if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
+        else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
+        return;
+      }
+      try {
+        await body(stream, signal);
+      } catch (error) {
+        failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
+        if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
+        else await answerAndClose(stream, refusalOf(error), signal);
+      } finally {
+        slots.give();
+      }
+    } finally {
+      deadline?.clear();
+    }
+  };
 
   /**
    * The first frame of a request. Its first bytes are due within exchangeTimeoutMs, not the transfer's
@@ -908,6 +922,12 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     partialCopies: partials,
     async stop() {
       await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      // Copies still arriving are cut here, while the table keeps what arrived: a restart is a cut too, and
+      // their parts then outlive it (cut later, by the node's stop, they would find the table stopped).
+      for (const stream of handling.keys()) stream.abort(new ReplicationError('ERR_REPLICATION_REFUSED', 'the receiving peer is stopping'));
+      const cut = startDeadline(handlersEndAfterCutMs);
+      await Promise.race([Promise.allSettled(handling.values()), new Promise((resolve) => cut.signal.addEventListener('abort', resolve, { once: true }))]);
+      cut.clear();
       await restoring;
       await partials.stop();
     },
