@@ -631,8 +631,9 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   // A peer whose store refuses every stream (a full disk) fails several a second: one line per 5 s each.
   const failures = createRepeatLimiter(log, 5_000);
 
-  /** Streams being handled, with their handler's end: a stopping server cuts them and waits for that. */
+  /** Copies being received (batches, pushes), with their handler's end: a stopping server cuts them and waits for that. */
   const handling = new Map<MeshStream, Promise<void>>();
+  const receivesCopies = new Set([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL]);
   /**
    * Runs a handler within its slot and deadline (null: the handler keeps its own deadlines); any failure is
    * answered (if possible) and logged. With `resetOnRefusal` (a sender that is still writing and not yet
@@ -641,6 +642,7 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
       const handled = guardedRun(protocol, slots, timeoutMs, body, resetOnRefusal, stream);
+      if (!receivesCopies.has(protocol)) return handled;
       handling.set(stream, handled);
       try {
         await handled;
