@@ -921,7 +921,8 @@ test('fetch-batch: an instance whose transfer is longer than the pull deadline a
   const kept = partials.stats.bytes;
   assert.ok(kept > 0 && kept < bytes.length, `the puller kept ${kept} bytes of the cut pull`);
   assert.equal(await senderStore.getEntry(uid), undefined, 'a kept part is not an instance');
-  // Each pull goes on from what the last one kept (on a loaded machine it may take more than two); the one
+  // Each pull goes on from what the last one kept (5-7 pulls measured at load 26: each pull's
+  // setup and what was in flight at its cut cost link time); the one
   // that arrives carries only what was still missing (the cut ones also carried what was in flight at the cut).
   for (let pulls = 2; ; pulls++) {
     await linkQuiet(link);
@@ -933,7 +934,7 @@ test('fetch-batch: an instance whose transfer is longer than the pull deadline a
       assert.ok(keptBefore > 0 && carried < bytes.length - keptBefore + 32 * 1024, `the last pull carried ${carried} bytes for the ${bytes.length - keptBefore} missing`);
       break;
     }
-    assert.ok(pulls < 6, `not arrived in ${pulls} pulls of 2 s: ${JSON.stringify(outcome)}`);
+    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s: ${JSON.stringify(outcome)}`);
   }
   assert.ok((await storedBytes(senderStore, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
@@ -959,7 +960,7 @@ test('fetch/1 (retrieve anywhere): a pull cut by its deadline keeps its part, th
       assert.ok(keptBefore > 0 && link.stats.backwardBytes - carriedBefore < bytes.length - keptBefore + 32 * 1024, 'only the rest travelled');
       break;
     }
-    assert.ok(pulls < 6, `not arrived in ${pulls} pulls of 2 s`);
+    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s`);
   }
   assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
