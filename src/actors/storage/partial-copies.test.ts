@@ -4,12 +4,16 @@
  */
 import '../../polyfill.ts';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
+import { pack, unpack } from 'msgpackr';
 import { manualClock } from '../../../test/support/manual-clock.ts';
+import { systemClock } from '../runtime/clock.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
@@ -155,6 +159,171 @@ test('partial copies: a part is dropped once its instance is stored by any path,
   await storeWhole('4.4');
   await new Promise((r) => setTimeout(r, 50));
   assert.deepEqual(partials.stats, { bytes: 40_000, copies: 1 });
-  partials.stop();
-  await droppedWithItsChunks('dropped when stopped');
+  // Stopped (the peer shuts down, its store closes next): a part whose marker is durable stays for the next open.
+  await partials.stop();
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  assert.ok((await uncommittedChunks(store)) > 0, 'left in the store for its next open');
+  assert.equal((await store.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all()).length, 1, 'with its marker');
+});
+
+/** The store at `path` closed and opened again (a restart), closed after the test. */
+async function reopenStore(t: TestContext, store: ReplicaStore, path: string): Promise<ReplicaStore> {
+  await store.close();
+  const reopened = createReplicaStore({ path, chunkBytes: 16 * 1024 });
+  await reopened.open();
+  t.after(() => reopened.close());
+  return reopened;
+}
+
+/** A store in a temporary directory whose path a test reopens (see reopenStore). */
+async function storeToRestart(t: TestContext): Promise<{ store: ReplicaStore; path: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  const path = join(dir, 'store');
+  const store = createReplicaStore({ path, chunkBytes: 16 * 1024 });
+  await store.open();
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return { store, path };
+}
+
+const markers = async (store: ReplicaStore): Promise<string[]> => store.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all();
+
+test('partial copies: a kept part survives a restart (hunt 132): restored with its offset, resumed, and whole only when the SHA-256 over the whole matches', async (t) => {
+  const { store, path } = await storeToRestart(t);
+  const bytes = randomBytes(200_000);
+  const limits = { ...defaultPartialCopyLimits, keptMs: 60_000 };
+  const before = new PartialCopies(limits, systemClock, store);
+  const writer = store.beginWrite();
+  // Pieces that leave a tail short of a chunk in the writer's memory when it is cut.
+  for (let at = 0; at < 70_000; at += 7_000) await writer.write(bytes.subarray(at, at + 7_000));
+  before.keep('5.1', 'peer-a', writer);
+  await before.stop();
+  const reopened = await reopenStore(t, store, path);
+  assert.equal(await reopened.getEntry('5.1'), undefined, 'a kept part is never an instance');
+  assert.equal(await reopened.countInstances(), 0);
+  const after = new PartialCopies(limits, systemClock, reopened);
+  t.after(() => after.stop());
+  await after.restore();
+  assert.deepEqual(after.stats, { bytes: 70_000, copies: 1 }, 'every byte kept, also the tail the writer held in memory');
+  assert.equal(after.take('5.1', 'peer-b'), undefined, 'only the peer it came from resumes it');
+  const resumed = after.take('5.1', 'peer-a')!;
+  assert.equal(resumed.offset, 70_000);
+  await resumed.writer.write(bytes.subarray(70_000));
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  const committed = await resumed.writer.commit('5.1', (info) => {
+    assert.equal(info.sha256, sha256, 'the hash covers the kept bytes, read back after the restart');
+    return testCatalogEntry('5.1')(info);
+  });
+  assert.equal(committed.outcome, 'stored');
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of reopened.readInstance(committed.entry)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(bytes));
+  assert.deepEqual(await markers(reopened), [], 'the marker went with the commit');
+  assert.equal(await uncommittedChunks(reopened), 0);
+});
+
+test('partial copies: at open, a part out of its time, or missing a chunk, is deleted; chunks a cut resume wrote after the marker are dropped (hunt 132)', async (t) => {
+  const { store, path } = await storeToRestart(t);
+  const before = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, systemClock, store);
+  const keptPart = async (uid: string, bytes: number): Promise<InstanceWriter> => {
+    const writer = store.beginWrite();
+    await writer.write(randomBytes(bytes));
+    before.keep(uid, 'peer-a', writer);
+    return writer;
+  };
+  // Kept, then resumed and written on when the restart came: only what its marker names comes back.
+  await keptPart('6.1', 40_000);
+  // Expires 300 ms from now: out of time at the open below.
+  const shortLived = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 300 }, systemClock, store);
+  const stale = store.beginWrite();
+  await stale.write(randomBytes(40_000));
+  shortLived.keep('6.2', 'peer-a', stale);
+  // One of its chunks lost (the marker names three).
+  await keptPart('6.3', 40_000);
+  await before.stop();
+  await shortLived.stop();
+  // An upload open at the restart, never kept: no marker.
+  const unmarked = store.beginWrite();
+  await unmarked.write(randomBytes(30_000));
+  const chunkKeys = await store.blobDb.keys({ gte: 'b!', lt: 'b!~' }).all();
+  const blobOf = async (uid: string): Promise<string> => {
+    for (const key of await markers(store)) {
+      const record = unpack((await store.blobDb.get(key))!) as { sopInstanceUid: string };
+      if (record.sopInstanceUid === uid) return key.slice(2);
+    }
+    throw new Error(`no marker of ${uid}`);
+  };
+  const resumedBlob = await blobOf('6.1');
+  // The resume's writes after the marker, as a restart would leave them.
+  await store.blobDb.put(`b!${resumedBlob}!00000010`, randomBytes(1_000));
+  const lostBlob = await blobOf('6.3');
+  await store.blobDb.del(chunkKeys.find((key) => key.startsWith(`b!${lostBlob}!`))!);
+  await new Promise((r) => setTimeout(r, 400));
+  const reopened = await reopenStore(t, store, path);
+  const after = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, systemClock, reopened);
+  t.after(() => after.stop());
+  await after.restore();
+  assert.deepEqual(after.stats, { bytes: 40_000, copies: 1 }, 'only the part in time and whole');
+  assert.equal(after.take('6.1', 'peer-a')?.offset, 40_000);
+  assert.equal((await markers(reopened)).length, 1, 'the others lost their markers');
+  // 6.1's chunk (its 40,000 bytes came in one write: one chunk) is all that is left uncommitted: the other
+  // parts, the surplus chunk and the writer open at the restart (no marker) are gone.
+  assert.equal(await uncommittedChunks(reopened), 1);
+});
+
+test('partial copies: a marker of an instance that was committed is dropped at open, its copy untouched (hunt 132)', async (t) => {
+  const { store, path } = await storeToRestart(t);
+  const bytes = randomBytes(100_000);
+  const writer = store.beginWrite();
+  await writer.write(bytes);
+  const committed = await writer.commit('7.1', testCatalogEntry('7.1'));
+  const blobId = committed.entry.blobId;
+  // A marker written after the commit that deleted it (the two raced), naming the instance's chunks.
+  await store.blobDb.put(`p!${blobId}`, new Uint8Array(pack({ v: 1, sopInstanceUid: '7.1', fromPeerId: 'peer-a', chunks: 2, bytes: 32_768, keptUntilDateMs: Date.now() + 60_000 })));
+  const reopened = await reopenStore(t, store, path);
+  assert.deepEqual(reopened.restoredPartials?.(), []);
+  assert.deepEqual(await markers(reopened), []);
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of reopened.readInstance((await reopened.getEntry('7.1'))!)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(bytes), 'the instance is whole');
+});
+
+test('partial copies: a part kept before a kill -9 comes back at the next open, and resumes into the whole instance (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, 'store');
+  const keptBytes = 205_000;
+  const whole = Uint8Array.from({ length: 400_000 }, (_, i) => (i * 7) & 0xff);
+  const fixture = fileURLToPath(new URL('./fixtures/keep-part-and-die.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', fixture, path, String(keptBytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the child kept no part in time')), 30_000);
+    child.stdout.on('data', (chunk: Buffer) => {
+      if (!chunk.toString().includes('kept')) return;
+      clearTimeout(timer);
+      // While it writes another upload, never kept.
+      setTimeout(() => {
+        child.kill('SIGKILL');
+        resolve();
+      }, 200);
+    });
+  });
+  await new Promise((resolve) => child.once('exit', resolve));
+  const store = createReplicaStore({ path, chunkBytes: 64 * 1024 });
+  await store.open();
+  t.after(() => store.close());
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
+  t.after(() => partials.stop());
+  await partials.restore();
+  assert.deepEqual(partials.stats, { bytes: keptBytes, copies: 1 }, 'the part, its tail included');
+  const resumed = partials.take('1.2.3.132.9', 'peer-a')!;
+  await resumed.writer.write(whole.slice(keptBytes));
+  const committed = await resumed.writer.commit('1.2.3.132.9', (info) => {
+    assert.equal(info.sha256, createHash('sha256').update(whole).digest('hex'));
+    return testCatalogEntry('1.2.3.132.9')(info);
+  });
+  assert.equal(committed.outcome, 'stored');
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of store.readInstance(committed.entry)) chunks.push(chunk);
+  assert.ok(Buffer.concat(chunks).equals(whole));
+  assert.equal(await uncommittedChunks(store), 0, 'the upload that was never kept is gone');
 });

@@ -1,7 +1,8 @@
 /**
  * What a receiving site keeps of a copy whose transfer was cut (a push or a replicate-batch stream reset, a
- * connection dropped): the open writer with the bytes that arrived in order, so the sender's next copy of
- * that instance sends only the rest (replicate-batch/1 'want' offsets). Before this, a cut-through push cut
+ * connection dropped, a pull's deadline): the open writer with the bytes that arrived in order, so the
+ * next copy of that instance from that peer sends only the rest (replicate-batch/1 'want' offsets, fetch
+ * and fetch-batch offsets: replication.ts). Before this, a cut-through push cut
  * at 100 KB/s was followed by the whole stored copy: 1.2-1.4x the instance crossed the link (hunt 116).
  *
  * Nothing here is trusted: the writer's running SHA-256 covers the kept bytes and the rest, and the commit
@@ -9,7 +10,9 @@
  * sends the whole copy). Bounded: bytes kept per sending peer and in all, and partial copies in all (the
  * oldest are dropped to make room), and each is dropped `keptMs` after its first cut (resumed and cut again
  * or not: its open upload holds the store's recovery checkpoint back). The kept bytes are chunks in the blob database (the
- * writer holds less than one chunk in memory); a restart drops them with every other unfinished upload.
+ * writer holds less than one chunk in memory), and survive a restart (hunt 132): a kept part's writer writes a
+ * marker (InstanceWriter.persistPartial), and `restore` takes back, at start, what the store's open found,
+ * within the same bounds and its first cut's keptMs (counted on the date, which a restart keeps).
  * A part is dropped as soon as its instance is stored here by any path (a push or batch of it that came
  * whole on another stream, a pull, a local ingest): before, it stayed until its keptMs or the next offer.
  */
@@ -41,6 +44,8 @@ interface Partial {
   readonly writer: InstanceWriter;
   readonly bytes: number;
   readonly timer: TimerHandle;
+  /** Resolves true once the store holds the part's marker: it then outlives this process. */
+  readonly persisted: Promise<boolean>;
 }
 
 /** Partial copies by SOP Instance UID (one each), oldest first. */
@@ -60,7 +65,7 @@ export class PartialCopies {
   constructor(
     private readonly limits: PartialCopyLimits = defaultPartialCopyLimits,
     private readonly clock: Clock = systemClock,
-    private readonly store?: Pick<ReplicaStore, 'getEntry' | 'onInstanceStored'>,
+    private readonly store?: Pick<ReplicaStore, 'getEntry' | 'onInstanceStored' | 'restoredPartials'>,
   ) {
     this.stopWatchingStore = store?.onInstanceStored((sopInstanceUid) => this.drop(sopInstanceUid)) ?? (() => undefined);
   }
@@ -98,7 +103,9 @@ export class PartialCopies {
     }
     this.firstKeptAtMs.set(writer, firstKeptAtMs);
     const timer = this.clock.setTimeout(() => this.drop(sopInstanceUid), leftMs);
-    this.byUid.set(sopInstanceUid, { sopInstanceUid, fromPeerId, writer, bytes, timer });
+    // Not awaited: a part whose marker fails to be written (a full disk) is still kept, until a restart.
+    const persisted = writer.persistPartial?.({ sopInstanceUid, fromPeerId, keptUntilDateMs: this.clock.dateMs() + leftMs }).then(() => true, () => false) ?? Promise.resolve(false);
+    this.byUid.set(sopInstanceUid, { sopInstanceUid, fromPeerId, writer, bytes, timer, persisted });
     this.bytesKept += bytes;
     this.keptCount += 1;
     // Stored by another stream before this part was kept (its commit's onInstanceStored came first): the
@@ -109,6 +116,32 @@ export class PartialCopies {
       },
       () => undefined,
     );
+  }
+
+  /**
+   * Takes back the parts the store's last open found (kept before a restart): each within the bounds as if
+   * kept now, for what is left of its keptMs; one out of time, of an instance stored meanwhile, or whose
+   * bytes do not read back whole is dropped. Call once, at start; copies offered meanwhile go whole.
+   */
+  async restore(): Promise<void> {
+    for (const restored of this.store?.restoredPartials?.() ?? []) {
+      const leftMs = Math.min(this.limits.keptMs, restored.keptUntilDateMs - this.clock.dateMs());
+      let writer: InstanceWriter;
+      try {
+        if (this.stopped || leftMs <= 0) throw new Error('not kept');
+        writer = await restored.resume();
+      } catch {
+        await restored.drop();
+        continue;
+      }
+      if (this.byUid.has(restored.sopInstanceUid)) {
+        // A newer part of it was kept since the start.
+        void writer.abort();
+        continue;
+      }
+      this.firstKeptAtMs.set(writer, this.clock.nowMs() + leftMs - this.limits.keptMs);
+      this.keep(restored.sopInstanceUid, restored.fromPeerId, writer);
+    }
   }
 
   /** The writer kept for this instance from this peer, now the caller's (it must commit or abort it). */
@@ -132,11 +165,17 @@ export class PartialCopies {
     void kept.writer.abort();
   }
 
-  /** Drops everything; later `keep`s abort their writer at once. */
-  stop(): void {
+  /**
+   * Forgets everything; later `keep`s abort their writer at once. A part whose marker the store holds is
+   * left open there, for the store's next open to offer back (a restart: the store closes next); the
+   * others are dropped.
+   */
+  async stop(): Promise<void> {
     this.stopped = true;
     this.stopWatchingStore();
-    for (const uid of [...this.byUid.keys()]) this.drop(uid);
+    const released = [...this.byUid.values()];
+    for (const kept of released) this.forget(kept);
+    await Promise.all(released.map(async (kept) => (await kept.persisted ? undefined : kept.writer.abort())));
   }
 
   private forget(kept: Partial): void {

@@ -18,6 +18,7 @@ import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { ownString } from './custody/digest.ts';
 import { resolveRetrieve, retrieveInstanceUids, type QueryRequest } from './query/query.ts';
+import type { PartialCopies } from './partial-copies.ts';
 import type { ReplicaStore } from './replica-store.ts';
 import { fetchFrom, queryPeer, repairFrom, type ReplicationLimits } from './replication.ts';
 
@@ -51,6 +52,8 @@ export interface RemoteRetrieveInit {
   /** A copy pulled here is durable: custody adds it to its digest and acknowledges the source. */
   onFetched?(entry: CatalogEntry, fromPeerId: string): void;
   limits?: Partial<ReplicationLimits>;
+  /** Parts kept of cut transfers (the replication server's, once it runs): a pull cut by its deadline resumes from there. */
+  partialCopies?(): PartialCopies | undefined;
   /** Aborts every transfer (shutdown). */
   signal?: AbortSignal;
   /** Peers asked per resolution. Default 8. */
@@ -149,7 +152,8 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
     const hinted = hints.get(uid);
     const candidates = [...new Set([...(hinted ? [hinted] : []), ...init.peers()])];
     return firstAnswer(candidates, uid, 'remote retrieve: pull failed', async (peerId) => {
-      const result = await fetchFrom(node, peerId, store, uid, { limits: init.limits, signal });
+      const partials = init.partialCopies?.();
+      const result = await fetchFrom(node, peerId, store, uid, { limits: init.limits, signal, ...(partials !== undefined && { partials }) });
       if (result === undefined) return undefined;
       if (result.outcome === 'stored') init.onFetched?.(result.entry, peerId);
       hints.delete(uid);

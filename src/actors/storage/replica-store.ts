@@ -23,9 +23,11 @@
  *
  * An instance is visible (to C-FIND, C-GET, counts) only through its catalog entry, so an upload that dies
  * half way is invisible; `open()` deletes the chunks of every blob newer than the checkpoint that has no
- * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow).
+ * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow),
+ * except the part of a cut copy kept for a resume (partial-copies.ts), whose marker `p!<blobId>` names its
+ * first chunks: those survive a restart until the marker's time is up (see PartialCopyRecord).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -209,6 +211,12 @@ export interface InstanceWriter {
    */
   resumable?(): boolean;
   /**
+   * Makes the bytes written so far survive a restart as a kept part (partial-copies.ts): flushes them, then
+   * writes, synced, a marker naming them; the store's next open offers them back (restoredPartials) until
+   * `keptUntilDateMs`. Bytes written after this are not part of it. Optional for other writers.
+   */
+  persistPartial?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
+  /**
    * SHA-256 (hex) of the bytes written so far, without ending the writer: lets custody admit a store
    * (which needs the hash) before the commit, without hashing every byte twice. Optional for other writers.
    */
@@ -289,6 +297,11 @@ export interface ReplicaStore {
    */
   onInstanceStored(listener: (sopInstanceUid: string) => void): () => void;
   /**
+   * The kept parts this open found (see InstanceWriter.persistPartial), each once: the caller resumes or
+   * drops each. One not asked for is dropped at its keptUntilDateMs. Optional for other stores.
+   */
+  restoredPartials?(): RestoredPartial[];
+  /**
    * Replication debt, in one batch: puts first, then deletes (not synced; see the implementation). Calls
    * land in call order, those made while one is written together in one batch, so the last op on a key wins.
    */
@@ -315,6 +328,46 @@ export interface ReplicaStore {
   deleteCommitment(transactionUid: string): Promise<void>;
   /** Every persisted commitment record; a damaged one is skipped and named to `onDamaged`. */
   listCommitments(onDamaged?: (key: string) => void): Promise<CommitmentRecord[]>;
+}
+
+/** A kept part found at open: resumed into an open writer (its SHA-256 read back from its chunks), or dropped. */
+export interface RestoredPartial {
+  readonly sopInstanceUid: string;
+  readonly fromPeerId: string;
+  readonly bytes: number;
+  readonly keptUntilDateMs: number;
+  resume(): Promise<InstanceWriter>;
+  drop(): Promise<void>;
+}
+
+/**
+ * The marker of a kept part, `p!<blobId>` in the blob database: its blob's first `chunks` chunks hold
+ * `bytes` bytes of `sopInstanceUid` from `fromPeerId`. Never an instance (no commit record, no catalog
+ * entry); an earlier build ignores the key (and its recovery deletes the chunks: the marker is then dropped).
+ */
+interface PartialCopyRecord {
+  v: 1;
+  sopInstanceUid: string;
+  fromPeerId: string;
+  chunks: number;
+  bytes: number;
+  keptUntilDateMs: number;
+}
+
+const partialRecordPrefix = 'p!';
+/** A kept part's marker whose time is further away than this is from a clock stepped back: dropped. */
+const partialKeptHorizonMs = 60 * 60_000;
+
+function decodePartialRecord(value: Uint8Array): PartialCopyRecord | undefined {
+  try {
+    const r = unpack(value) as Partial<PartialCopyRecord> | null;
+    if (r === null || typeof r !== 'object' || r.v !== 1) return undefined;
+    if (typeof r.sopInstanceUid !== 'string' || !isValidUid(r.sopInstanceUid) || typeof r.fromPeerId !== 'string' || r.fromPeerId.length > 256) return undefined;
+    if (!Number.isSafeInteger(r.chunks) || r.chunks! <= 0 || !Number.isSafeInteger(r.bytes) || r.bytes! <= 0 || !Number.isFinite(r.keptUntilDateMs)) return undefined;
+    return r as PartialCopyRecord;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -462,6 +515,10 @@ function blobIdOfKey(key: string): string {
 
 function chunkKey(blobId: string, sequence: number): string {
   return `${blobPrefix}${blobId}!${sequence.toString(16).padStart(8, '0')}`;
+}
+
+function partialRecordKey(blobId: string): string {
+  return `${partialRecordPrefix}${blobId}`;
 }
 
 function commitRecordKey(blobId: string): string {
@@ -687,7 +744,8 @@ class LevelReplicaStore implements ReplicaStore {
           'the catalog lists instances but the blob database holds no bytes (blobs/ deleted or replaced?); move the data directory away and start on an empty one (in a mesh the other sites refill it)',
         );
       }
-      await this.recover();
+      // Kept parts are open uploads from here on (the checkpoint below must not pass them), not unfinished ones.
+      await this.recover(await this.findKeptPartials());
       // Without this record the catalog is new or was rebuilt by recover() just now (with every key): the
       // search-index notice below is for stores of an earlier version only.
       const heldIndexBuilt = (await this.db.get(heldIndexBuiltKey)) !== undefined;
@@ -793,7 +851,7 @@ class LevelReplicaStore implements ReplicaStore {
    * For every blob newer than the last checkpoint: a commit record whose catalog entry is missing gets it
    * back; chunks without a commit record belonged to an upload that never finished and are deleted.
    */
-  private async recover(): Promise<void> {
+  private async recover(keptPartials: ReadonlySet<string> = new Set()): Promise<void> {
     const from = await this.db.get(recoveryFromKey);
     const fromBlobId = from === undefined ? '' : Buffer.from(from).toString('utf8');
     const committed: string[] = [];
@@ -826,7 +884,7 @@ class LevelReplicaStore implements ReplicaStore {
       nextChunk = chunk + 1;
     }
     endBlob();
-    for (const id of unfinished) await this.deleteBlob(id, true);
+    for (const id of unfinished) if (!keptPartials.has(id)) await this.deleteBlob(id, true);
     for (const id of chunksLost) {
       const listed = await this.listedEntryOf(id);
       // Never acknowledged with the LevelDB npm install builds (a full log is synced before the next): deleted,
@@ -855,6 +913,86 @@ class LevelReplicaStore implements ReplicaStore {
       // Committed, lost its catalog entry in a power cut, and stored again since: keep one copy.
       else if (current.blobId !== entry.blobId) await this.deleteBlob(entry.blobId, true);
     }
+  }
+
+  /** Kept parts found by the last open, not yet asked for (restoredPartials), each dropped at its time. */
+  private readonly restored = new Map<string, { partial: RestoredPartial; timer: NodeJS.Timeout }>();
+
+  /**
+   * The kept parts of cut copies whose marker is valid (see PartialCopyRecord): their blob ids, now open
+   * uploads, offered by restoredPartials. A marker of a committed blob is deleted (the part became the
+   * instance); one damaged, out of time, or whose first chunks are not all there is deleted with its
+   * chunks; chunks after those it names (written by a resume the restart cut) are deleted.
+   */
+  private async findKeptPartials(): Promise<Set<string>> {
+    this.forgetRestored();
+    const kept = new Set<string>();
+    const nowMs = Date.now();
+    for await (const [key, value] of this.blobDb.iterator({ gte: partialRecordPrefix, lt: `${partialRecordPrefix}~` })) {
+      const blobId = key.slice(partialRecordPrefix.length);
+      if ((await this.blobDb.get(commitRecordKey(blobId))) !== undefined) {
+        await this.blobDb.del(key, { sync: true });
+        continue;
+      }
+      const record = decodePartialRecord(value);
+      let chunks = 0;
+      const surplus: string[] = [];
+      if (record !== undefined) {
+        for await (const chunk of this.blobDb.keys(chunkRange(blobId))) {
+          const sequence = Number.parseInt(chunk.slice(chunk.lastIndexOf('!') + 1), 16);
+          if (sequence === chunks && chunks < record.chunks) chunks++;
+          else if (sequence >= record.chunks) surplus.push(chunk);
+        }
+      }
+      if (record === undefined || chunks !== record.chunks || record.keptUntilDateMs <= nowMs || record.keptUntilDateMs > nowMs + partialKeptHorizonMs) {
+        await this.deleteBlob(blobId, true);
+        continue;
+      }
+      if (surplus.length > 0) await this.blobDb.batch(surplus.map((chunk) => ({ type: 'del' as const, key: chunk })), { sync: true });
+      kept.add(blobId);
+      this.openUploads.add(blobId);
+      const partial: RestoredPartial = {
+        sopInstanceUid: record.sopInstanceUid,
+        fromPeerId: record.fromPeerId,
+        bytes: record.bytes,
+        keptUntilDateMs: record.keptUntilDateMs,
+        resume: () => this.resumePartial(blobId, record),
+        drop: async () => {
+          await this.deleteBlob(blobId, false).catch(() => undefined);
+          this.endUpload(blobId, 'aborted');
+        },
+      };
+      const timer = setTimeout(() => {
+        this.restored.delete(blobId);
+        void partial.drop();
+      }, record.keptUntilDateMs - nowMs);
+      timer.unref();
+      this.restored.set(blobId, { partial, timer });
+    }
+    return kept;
+  }
+
+  /** A kept part's chunks read back (their SHA-256 so far, their length checked) into an open writer. */
+  private async resumePartial(blobId: string, record: PartialCopyRecord): Promise<InstanceWriter> {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    for await (const chunk of this.blobDb.values({ gte: chunkKey(blobId, 0), lt: chunkKey(blobId, record.chunks) })) {
+      hash.update(chunk);
+      bytes += chunk.byteLength;
+    }
+    if (bytes !== record.bytes) throw new StoreError('ERR_STORE_CORRUPT', `the kept part of ${record.sopInstanceUid} holds ${bytes} bytes, its marker says ${record.bytes}`);
+    return new LevelInstanceWriter(this, { blobId, sequence: record.chunks, bytesWritten: bytes, hash });
+  }
+
+  restoredPartials(): RestoredPartial[] {
+    const partials = [...this.restored.values()].map(({ partial }) => partial);
+    this.forgetRestored();
+    return partials;
+  }
+
+  private forgetRestored(): void {
+    for (const { timer } of this.restored.values()) clearTimeout(timer);
+    this.restored.clear();
   }
 
   /** The catalog entry that points at this blob, if its commit record can be read and the catalog lists it. */
@@ -912,7 +1050,7 @@ class LevelReplicaStore implements ReplicaStore {
   async deleteBlob(blobId: string, sync: boolean): Promise<void> {
     const ops: Op[] = [];
     for await (const key of this.blobDb.keys(chunkRange(blobId))) ops.push({ type: 'del', key });
-    ops.push({ type: 'del', key: commitRecordKey(blobId) });
+    ops.push({ type: 'del', key: commitRecordKey(blobId) }, { type: 'del', key: partialRecordKey(blobId) });
     await this.written(this.blobDb.batch(ops, { sync }));
   }
 
@@ -1360,7 +1498,7 @@ const smallPiecesBufferBytes = 64 * 1024;
 
 class LevelInstanceWriter implements InstanceWriter {
   private readonly blobId: string;
-  private readonly hash = createHash('sha256');
+  private readonly hash: Hash;
   /** Views and copies in order, `pendingBytes` in all with the small pieces not yet taken from `small`. */
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
@@ -1368,6 +1506,8 @@ class LevelInstanceWriter implements InstanceWriter {
   private small: Buffer | undefined;
   private smallBytes = 0;
   private sequence = 0;
+  /** A marker of this upload as a kept part was written (or is on its way): the commit deletes it. */
+  private persisted = false;
   private inFlight = new Set<Promise<void>>();
   private failure: unknown;
   private state: 'open' | 'committed' | 'aborted' = 'open';
@@ -1375,9 +1515,31 @@ class LevelInstanceWriter implements InstanceWriter {
   private readonly faultEpoch: number;
   bytesWritten = 0;
 
-  constructor(private readonly store: LevelReplicaStore) {
-    this.blobId = store.newUpload();
+  /** With `resumed`, the writer of a kept part found at open (already an open upload), its chunks read back. */
+  constructor(
+    private readonly store: LevelReplicaStore,
+    resumed?: { blobId: string; sequence: number; bytesWritten: number; hash: Hash },
+  ) {
+    this.blobId = resumed?.blobId ?? store.newUpload();
+    this.hash = resumed?.hash ?? createHash('sha256');
+    this.sequence = resumed?.sequence ?? 0;
+    this.bytesWritten = resumed?.bytesWritten ?? 0;
+    this.persisted = resumed !== undefined;
     this.faultEpoch = store.faultEpoch;
+  }
+
+  async persistPartial(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void> {
+    if (this.state !== 'open' || this.failure !== undefined || this.bytesWritten === 0) return;
+    this.store.assertWritable(this.faultEpoch);
+    if (this.pendingBytes > 0) this.flushChunk();
+    const marker: PartialCopyRecord = { v: 1, ...record, chunks: this.sequence, bytes: this.bytesWritten };
+    this.persisted = true;
+    await Promise.all(this.inFlight);
+    if (this.failure !== undefined) throw this.failure;
+    // Committed or aborted meanwhile: no marker (one that lands after either is dropped at the next open).
+    if (this.state !== 'open') return;
+    // Synced: with it the chunks before it are durable (one log, in order; see the header comment).
+    await this.store.written(this.store.blobDb.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -1493,6 +1655,8 @@ class LevelInstanceWriter implements InstanceWriter {
     const ops: Op[] = [];
     if (this.pendingBytes > 0 || this.sequence === 0) ops.push({ type: 'put', key: chunkKey(this.blobId, this.sequence++), value: this.takePending() });
     ops.push({ type: 'put', key: commitRecordKey(this.blobId), value: encodedEntry });
+    // A kept part that became the instance is no part any more (a marker written after this is deleted at open).
+    if (this.persisted) ops.push({ type: 'del', key: partialRecordKey(this.blobId) });
     return ops;
   }
 

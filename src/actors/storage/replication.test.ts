@@ -19,13 +19,15 @@ import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import { startReplicationOverLink } from '../../../test/support/replication-over-link.ts';
-import type { PartialCopyLimits } from './partial-copies.ts';
+import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
+import { systemClock } from '../runtime/clock.ts';
 import type { CustodyMessage } from './custody/messages.ts';
 import { createMeshIngest, type CustodyGate } from './mesh-ingest.ts';
 import { PUSH_PROTOCOL, PushStreams, ReplicaPush, defaultPushLimits, receivePushes, type PushOutcome } from './push.ts';
 import {
   CUSTODY_PROTOCOL,
   FETCH_BATCH_PROTOCOL,
+  FETCH_PROTOCOL,
   QUERY_PROTOCOL,
   REPLICATE_BATCH_PROTOCOL,
   ReplicationError,
@@ -37,6 +39,7 @@ import {
   sendCustodyMessages,
   serveReplication,
   validateCatalogEntry,
+  type FetchBatchOutcome,
   type ReplicationServer,
 } from './replication.ts';
 
@@ -618,6 +621,39 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
   });
 });
 
+test('a start that fails registering a handler leaves nothing registered: no protocol, no store listener', { timeout: 30_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-repl-'));
+  const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir });
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  t.after(async () => {
+    await node.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  // The store as the server sees it, counting the stored-instance listeners it holds.
+  let listening = 0;
+  const counted: ReplicaStore = Object.assign(Object.create(store) as ReplicaStore, {
+    onInstanceStored(listener: (uid: string) => void) {
+      listening += 1;
+      const stopListening = store.onInstanceStored(listener);
+      return () => {
+        listening -= 1;
+        stopListening();
+      };
+    },
+  });
+  // Handled already: the server's third registration throws, after two went through.
+  await node.handle(FETCH_PROTOCOL, async () => undefined);
+  const start = () => serveReplication({ node, store: counted, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  await assert.rejects(start());
+  assert.equal(listening, 0, 'the partial copies stopped listening to the store');
+  await node.unhandle(FETCH_PROTOCOL);
+  const serving = await start();
+  await serving.stop();
+  assert.equal(listening, 0);
+});
+
 test('a peer that opens query streams and sends nothing holds their slots for exchangeTimeoutMs, not the transfer deadline (hunt 100)', { timeout: 30_000 }, async (t) => {
   const dirs = [await mkdtemp(join(tmpdir(), 'pacs-repl-')), await mkdtemp(join(tmpdir(), 'pacs-repl-'))];
   const server = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dirs[0]! });
@@ -846,4 +882,206 @@ test('custody messages behind a copy on a slow link are not given up while the c
   assert.ok(copied !== undefined && 'outcome' in copied);
   assert.deepEqual(outcomes, ['sent', 'sent', 'sent', 'sent', 'sent']);
   assert.equal(messages.length, 5, 'each delivered once');
+});
+
+/** The puller's own table of kept parts (custody passes its replication server's), stopped with the test. */
+function pullerPartials(t: { after(fn: () => void): void }, store: ReplicaStore): PartialCopies {
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
+  t.after(() => partials.stop());
+  return partials;
+}
+
+/** Resolves once nothing crossed the link for 300 ms: the bytes a cut stream had in flight are through. */
+async function linkQuiet(link: { stats: { backwardBytes: number; forwardBytes: number } }): Promise<void> {
+  for (let last = -1; last !== link.stats.backwardBytes + link.stats.forwardBytes; ) {
+    last = link.stats.backwardBytes + link.stats.forwardBytes;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+/** The stored bytes of `uid` at `store`, whole. */
+async function storedBytes(store: ReplicaStore, uid: string): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of store.readInstance((await store.getEntry(uid))!)) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+test('fetch-batch: an instance whose transfer is longer than the pull deadline arrives: the cut pull keeps its part, the next resumes (hunt 132)', { timeout: 60_000 }, async (t) => {
+  // The instance sits at the receiver of the pair; the sender pulls it back over the 1 MB/s link: ~3 s of
+  // link for a deadline of 2 s, so every pull that starts from byte 0 is cut.
+  const { sender, receiver, senderStore, receiverStore, link } = await nodesOverLink(t);
+  const partials = pullerPartials(t, senderStore);
+  const bytes = randomBytes(3_000_000);
+  const uid = '1.2.3.132.1';
+  await storeLocally(receiverStore, uid, bytes);
+  const options = { limits: { transferTimeoutMs: 2_000 }, partials };
+  const pull = async (): Promise<FetchBatchOutcome | undefined> => (await fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], options).catch((error: unknown) => [{ sopInstanceUid: uid, error }]))[0];
+  const first = await pull();
+  assert.ok(first !== undefined && 'error' in first, 'the first pull is cut by its deadline');
+  const kept = partials.stats.bytes;
+  assert.ok(kept > 0 && kept < bytes.length, `the puller kept ${kept} bytes of the cut pull`);
+  assert.equal(await senderStore.getEntry(uid), undefined, 'a kept part is not an instance');
+  // Each pull goes on from what the last one kept (5-7 pulls measured at load 26: each pull's
+  // setup and what was in flight at its cut cost link time); the one
+  // that arrives carries only what was still missing (the cut ones also carried what was in flight at the cut).
+  for (let pulls = 2; ; pulls++) {
+    await linkQuiet(link);
+    const [keptBefore, carriedBefore] = [partials.stats.bytes, link.stats.backwardBytes];
+    const outcome = await pull();
+    if (outcome !== undefined && 'outcome' in outcome) {
+      assert.equal(outcome.outcome, 'stored');
+      const carried = link.stats.backwardBytes - carriedBefore;
+      assert.ok(keptBefore > 0 && carried < bytes.length - keptBefore + 32 * 1024, `the last pull carried ${carried} bytes for the ${bytes.length - keptBefore} missing`);
+      break;
+    }
+    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s: ${JSON.stringify(outcome)}`);
+  }
+  assert.ok((await storedBytes(senderStore, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  assert.equal(await uncommittedChunks(senderStore), 0);
+});
+
+test('fetch/1 (retrieve anywhere): a pull cut by its deadline keeps its part, the next resumes from it (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, link } = await nodesOverLink(t);
+  const partials = pullerPartials(t, senderStore);
+  const bytes = randomBytes(3_000_000);
+  const uid = '1.2.3.132.2';
+  await storeLocally(receiverStore, uid, bytes);
+  const options = { limits: { transferTimeoutMs: 2_000 }, partials };
+  await assert.rejects(fetchFrom(sender, receiver.peerId, senderStore, uid, options));
+  const kept = partials.stats.bytes;
+  assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
+  for (let pulls = 2; ; pulls++) {
+    await linkQuiet(link);
+    const [keptBefore, carriedBefore] = [partials.stats.bytes, link.stats.backwardBytes];
+    const fetched = await fetchFrom(sender, receiver.peerId, senderStore, uid, options).catch(() => undefined);
+    if (fetched !== undefined) {
+      assert.equal(fetched.outcome, 'stored');
+      assert.ok(keptBefore > 0 && link.stats.backwardBytes - carriedBefore < bytes.length - keptBefore + 32 * 1024, 'only the rest travelled');
+      break;
+    }
+    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s`);
+  }
+  assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  assert.equal(await uncommittedChunks(senderStore), 0);
+});
+
+test('a resumed pull whose kept part does not match fails that copy alone and drops the part; the next pull goes whole (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore } = await nodesOverLink(t);
+  const partials = pullerPartials(t, senderStore);
+  const bytes = randomBytes(1_000_000);
+  const uid = '1.2.3.132.3';
+  await storeLocally(receiverStore, uid, bytes);
+  // A part of other bytes under that UID, as kept from a cut transfer from that peer.
+  const writer = senderStore.beginWrite();
+  await writer.write(randomBytes(300_000));
+  partials.keep(uid, receiver.peerId, writer);
+  const [resumed] = await fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], { partials });
+  assert.ok(resumed !== undefined && 'error' in resumed, 'the resumed copy failed its SHA-256 check');
+  assert.equal((resumed.error as ReplicationError).code, 'ERR_REPLICATION_RESUME_MISMATCH');
+  assert.equal(await senderStore.getEntry(uid), undefined, 'nothing stored');
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  const [whole] = await fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], { partials });
+  assert.ok(whole !== undefined && 'outcome' in whole && whole.outcome === 'stored');
+  assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(senderStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(senderStore), 0);
+});
+
+test('a server before resumable pulls ignores offsets and sends whole: the puller drops its part and stores the whole (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore } = await nodesOverLink(t);
+  const partials = pullerPartials(t, senderStore);
+  const bytes = randomBytes(500_000);
+  const uid = '1.2.3.132.4';
+  const entry = buildEntry(uid)({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: 'x' });
+  const writer = senderStore.beginWrite();
+  await writer.write(bytes.subarray(0, 200_000));
+  partials.keep(uid, receiver.peerId, writer);
+  // A server as the build before this one answered: whole, without fromByte, whatever offsets said.
+  let asked: unknown;
+  await receiver.unhandle(FETCH_BATCH_PROTOCOL);
+  await receiver.handle(FETCH_BATCH_PROTOCOL, async (stream) => {
+    asked = decodeEnvelope((await stream.reader.readFrame(64 * 1024))!, { maxBytes: 64 * 1024 });
+    await stream.writer.writeFrame(encodeEnvelope({ type: 'instance', entry }));
+    await stream.writer.stageUint64(bytes.length);
+    await stream.writer.write(bytes);
+    await stream.writer.writeFrame(encodeEnvelope({ type: 'end' }));
+    await stream.closeWrite();
+  });
+  const [outcome] = await fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], { partials });
+  assert.deepEqual(asked, { type: 'fetchBatch', uids: [uid], offsets: [200_000] });
+  assert.ok(outcome !== undefined && 'outcome' in outcome && outcome.outcome === 'stored');
+  assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(senderStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(senderStore), 0, 'the dropped part left no chunks');
+});
+
+test('a copy cut at the receiver, which then restarts, resumes where it was cut: the kept part survives the restart (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, receiverStorePath, link, serving, pushCut } = await nodesOverLink(t);
+  const bytes = randomBytes(2 * 1024 * 1024);
+  const uid = '1.2.3.132.5';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  const kept = await pushCut(uid, bytes, 1024 * 1024);
+  assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
+  // The receiver restarts: its server and store stop, a new store opens on the same directory.
+  await serving.stop();
+  await receiverStore.close();
+  const reopened = createReplicaStore({ path: receiverStorePath, chunkBytes: 64 * 1024 });
+  await reopened.open();
+  const restarted = await serveReplication({ node: receiver, store: reopened, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  t.after(async () => {
+    await restarted.stop();
+    await reopened.close();
+  });
+  assert.equal(await reopened.getEntry(uid), undefined, 'a kept part is not an instance');
+  assert.equal(await reopened.countInstances(), 0, 'nor counted as one');
+  for (const deadline = Date.now() + 10_000; restarted.partialCopies.stats.copies === 0; await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > deadline) throw new Error('the kept part did not come back after the restart');
+  }
+  assert.deepEqual(restarted.partialCopies.stats, { bytes: kept, copies: 1 });
+  await linkQuiet(link);
+  const before = link.stats.forwardBytes;
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.deepEqual(outcome, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
+  const carried = link.stats.forwardBytes - before;
+  assert.ok(carried < bytes.length - kept + 32 * 1024, `after the restart the copy carried ${carried} bytes for the ${bytes.length - kept} the receiver lacked`);
+  assert.ok((await storedBytes(reopened, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
+  assert.deepEqual(restarted.partialCopies.stats, { bytes: 0, copies: 0 });
+  assert.equal(await uncommittedChunks(reopened), 0);
+  assert.deepEqual(await reopened.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all(), [], 'no marker left');
+});
+
+test('a copy cut by the receiver stopping (a restart) keeps what arrived for after the restart (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const { sender, receiver, senderStore, receiverStore, receiverStorePath, link, serving } = await nodesOverLink(t);
+  const bytes = randomBytes(2 * 1024 * 1024);
+  const uid = '1.2.3.132.6';
+  const entry = await storeLocally(senderStore, uid, bytes);
+  const startBytes = link.stats.forwardBytes;
+  const copy = replicateBatchTo(sender, receiver.peerId, senderStore, [entry]).catch((error: unknown) => error);
+  while (link.stats.forwardBytes - startBytes < 1024 * 1024) await new Promise((r) => setTimeout(r, 10));
+  // The receiver stops (its peer shuts down) while the copy arrives, and starts again on the same store.
+  await serving.stop();
+  await receiverStore.close();
+  assert.ok((await copy) instanceof Error, 'the copy was cut by the stop');
+  const reopened = createReplicaStore({ path: receiverStorePath, chunkBytes: 64 * 1024 });
+  await reopened.open();
+  const restarted = await serveReplication({ node: receiver, store: reopened, siteName: 'site-b', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  t.after(async () => {
+    await restarted.stop();
+    await reopened.close();
+  });
+  for (const deadline = Date.now() + 10_000; restarted.partialCopies.stats.copies === 0; await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > deadline) throw new Error('nothing of the copy cut by the stop came back after the restart');
+  }
+  const kept = restarted.partialCopies.stats.bytes;
+  assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
+  await linkQuiet(link);
+  const before = link.stats.forwardBytes;
+  const [outcome] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
+  assert.deepEqual(outcome, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
+  assert.ok(link.stats.forwardBytes - before < bytes.length - kept + 32 * 1024, 'only the rest travelled');
+  assert.ok((await storedBytes(reopened, uid)).equals(bytes));
+  assert.equal(await uncommittedChunks(reopened), 0);
 });

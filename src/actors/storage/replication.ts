@@ -17,11 +17,19 @@
  *   overlap (LevelDB merges their fsyncs). A result is sent only after the receiver verified byteLength + SHA-256 and made each copy durable, so the sender's custody takes 'stored' (or 'have') as
  *   that site's replicaAck: the receiver does NOT also send a replicaAck on /custody/1 for a pushed copy.
  * /pacs-mesh/fetch-batch/1 (pull many instances: repair, catch-up):
- *   C: {type:'fetchBatch', uids}, close       S: per uid, in order: {type:'instance', entry} + u64 length + bytes
+ *   C: {type:'fetchBatch', uids, offsets?}, close
+ *                                            S: per uid, in order: {type:'instance', entry, fromByte?} + u64 length + bytes
  *                                              | {type:'missing', sopInstanceUid}; then {type:'end'}
+ *   `offsets[i]` (absent: all 0) is what the puller kept of uids[i] from a cut transfer from this peer
+ *   (partial-copies.ts); a server that honours it answers `fromByte` (the same number) and sends
+ *   `u64 (byteLength - fromByte)` and the bytes from there. A server before this ignores `offsets` and sends
+ *   whole (no `fromByte`), and the puller then drops its part. The SHA-256 over the whole is checked as for
+ *   a resumed batch. Without it, an instance whose transfer takes longer than the pull deadline never arrived.
  * /pacs-mesh/push/1 (cut-through: the instance while it arrives from the modality): see push.ts.
  * /pacs-mesh/fetch/1 (pull one instance):
- *   C: {type:'fetch', sopInstanceUid}, close S: {type:'instance', entry} + u64 length + bytes | {type:'missing'} | refused
+ *   C: {type:'fetch', sopInstanceUid, offset?}, close
+ *                                            S: {type:'instance', entry, fromByte?} + u64 length + bytes | {type:'missing'} | refused
+ *   `offset` and `fromByte` as for fetch-batch.
  * /pacs-mesh/custody/1 (small custody messages: replicaAck, repairDigest, repairKeys):
  *   C: CustodyMessage envelope *, close      S: closes (no answer: every custody message is repeated or repaired)
  *   Up to custodyMessagesPerStreamMax per stream: a catch-up acknowledges hundreds of pulls, and a stream
@@ -147,9 +155,14 @@ type Refused = { type: 'refused'; code: string; message: string };
 type WantAnswer = { type: 'want'; indices: number[]; offsets?: number[] } | Refused;
 type BatchFailure = { index: number; code: string; message: string };
 type BatchAnswer = { type: 'batchResult'; siteName: string; stored: number[]; failed: BatchFailure[] } | Refused;
-type FetchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing' } | Refused;
-type FetchBatchAnswer = { type: 'instance'; entry: CatalogEntry } | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
+/** `fromByte` (absent: 0): the body starts at that byte, the offset the puller asked for (see fetch-batch/1). */
+type InstanceAnswer = { type: 'instance'; entry: CatalogEntry; fromByte?: number };
+type FetchAnswer = InstanceAnswer | { type: 'missing' } | Refused;
+type FetchBatchAnswer = InstanceAnswer | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
+
+/** How long a stopping server waits for the handlers of the streams it cut to end (they end at once). */
+const handlersEndAfterCutMs = 5_000;
 
 /** Query answers are cut into frames of about this many bytes of entries. */
 const queryFrameBytesTarget = 256 * 1024;
@@ -179,18 +192,6 @@ async function stageFrameEnvelope<T extends { type: string }>(stream: MeshStream
 
 async function readRequestFrame<T extends { type: string }>(stream: MeshStream, maxBytes: number, signal: AbortSignal): Promise<T> {
   return decodeEnvelope<T>(await stream.reader.readFrame(maxBytes, { signal }), { maxBytes });
-}
-
-/**
- * putReplica, then reads whatever of the body it did not (a duplicate is answered without reading): the
- * other side must never stay blocked on a full window while we answer.
- */
-async function putAndDrain(store: ReplicaStore, entry: CatalogEntry, body: AsyncGenerator<Uint8Array>): Promise<'stored' | 'duplicate'> {
-  const outcome = await store.putReplica(entry, body);
-  for await (const _ of body) {
-    // discard: the instance is already held here
-  }
-  return outcome;
 }
 
 /**
@@ -289,7 +290,7 @@ async function* bytesFrom(chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Arra
 }
 
 /**
- * A fetch's 'instance' answer: the entry, then its body, gathered (see writeBody: the caller's next write,
+ * A fetch's 'instance' answer: the entry, then its body (from `fromByte`, a resumed pull), gathered (see writeBody: the caller's next write,
  * flush or close sends what is held). A local copy that cannot be read whole goes out padded and is logged.
  */
 async function writeInstanceAnswer(
@@ -299,12 +300,32 @@ async function writeInstanceAnswer(
   limits: ReplicationLimits,
   signal: AbortSignal,
   log: Logger,
+  fromByte = 0,
 ): Promise<void> {
-  await stream.writer.gatherFrame(encodeEnvelope({ type: 'instance', entry }, { maxBytes: limits.frameBytesMax }), { signal });
-  const readError = await writeBody(stream, entry, chunks, signal, undefined, true);
+  const answer: InstanceAnswer = fromByte > 0 ? { type: 'instance', entry, fromByte } : { type: 'instance', entry };
+  await stream.writer.gatherFrame(encodeEnvelope(answer, { maxBytes: limits.frameBytesMax }), { signal });
+  const readError = await writeBody(stream, entry, chunks, signal, undefined, true, fromByte);
   if (readError !== undefined) {
     log.error('local copy unreadable: sent padded, the receiver rejects it', { sopInstanceUid: entry.sopInstanceUid, to: stream.remotePeer, error: errorText(readError) });
   }
+}
+
+/**
+ * The byte a pull's answer starts at: the puller's kept offset when it is within the entry (else the whole
+ * is sent, and the puller drops its part).
+ */
+function honouredOffset(entry: CatalogEntry, offset: number | undefined): number {
+  return offset !== undefined && offset > 0 && offset <= entry.byteLength ? offset : 0;
+}
+
+/**
+ * Where the body of an 'instance' answer starts: 0 (whole), or the offset asked for (`askedOffset`, the
+ * part kept here) when the server honoured it; any other `fromByte` is malformed.
+ */
+function answeredFromByte(answer: InstanceAnswer, askedOffset: number | undefined): number {
+  const fromByte = answer.fromByte ?? 0;
+  if (fromByte !== 0 && fromByte !== askedOffset) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `an answer from byte ${String(fromByte).slice(0, 32)}, asked from ${askedOffset ?? 0}`);
+  return fromByte;
 }
 
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to (less `fromByte`, a resume's offset). */
@@ -590,8 +611,8 @@ export interface ReplicationServerInit {
 }
 
 export interface ReplicationServer {
-  /** What is kept of cut transfers now. */
-  readonly partialCopies: { readonly stats: { bytes: number; copies: number }; readonly keptSinceStart: number };
+  /** What is kept of cut transfers: the copies received here, and this site's pulls (pass it as ClientOptions.partials). */
+  readonly partialCopies: PartialCopies;
   stop(): Promise<void>;
 }
 
@@ -610,6 +631,9 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   // A peer whose store refuses every stream (a full disk) fails several a second: one line per 5 s each.
   const failures = createRepeatLimiter(log, 5_000);
 
+  /** Copies being received (batches, pushes), with their handler's end: a stopping server cuts them and waits for that. */
+  const handling = new Map<MeshStream, Promise<void>>();
+  const receivesCopies = new Set([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL]);
   /**
    * Runs a handler within its slot and deadline (null: the handler keeps its own deadlines); any failure is
    * answered (if possible) and logged. With `resetOnRefusal` (a sender that is still writing and not yet
@@ -617,27 +641,37 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
    */
   const guarded = (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal = false) =>
     async (stream: MeshStream): Promise<void> => {
-      const deadline = timeoutMs === null ? undefined : startDeadline(timeoutMs);
-      const signal = deadline?.signal ?? new AbortController().signal;
+      const handled = guardedRun(protocol, slots, timeoutMs, body, resetOnRefusal, stream);
+      if (!receivesCopies.has(protocol)) return handled;
+      handling.set(stream, handled);
       try {
-        if (!(await slots.take())) {
-          if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
-          else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
-          return;
-        }
-        try {
-          await body(stream, signal);
-        } catch (error) {
-          failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
-          if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
-          else await answerAndClose(stream, refusalOf(error), signal);
-        } finally {
-          slots.give();
-        }
+        await handled;
       } finally {
-        deadline?.clear();
+        handling.delete(stream);
       }
     };
+  const guardedRun = async (protocol: string, slots: Slots, timeoutMs: number | null, body: (stream: MeshStream, signal: AbortSignal) => Promise<void>, resetOnRefusal: boolean, stream: MeshStream): Promise<void> => {
+    const deadline = timeoutMs === null ? undefined : startDeadline(timeoutMs);
+    const signal = deadline?.signal ?? new AbortController().signal;
+    try {
+      if (!(await slots.take())) {
+        if (resetOnRefusal) stream.abort(new ReplicationError('ERR_REPLICATION_BUSY', `too many concurrent ${protocol} streams`));
+        else await answerAndClose(stream, { type: 'refused', code: 'ERR_REPLICATION_BUSY', message: `too many concurrent ${protocol} streams` }, signal);
+        return;
+      }
+      try {
+        await body(stream, signal);
+      } catch (error) {
+        failures.warn(`${protocol} ${stream.remotePeer}`, 'custody stream failed', { protocol, peer: stream.remotePeer, error: errorText(error) });
+        if (resetOnRefusal) stream.abort(error instanceof Error ? error : new Error(String(error)));
+        else await answerAndClose(stream, refusalOf(error), signal);
+      } finally {
+        slots.give();
+      }
+    } finally {
+      deadline?.clear();
+    }
+  };
 
   /**
    * The first frame of a request. Its first bytes are due within exchangeTimeoutMs, not the transfer's
@@ -672,207 +706,232 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
     }
   };
 
-  await node.handle(
-    REPLICATE_BATCH_PROTOCOL,
-    guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const offer = await readRequest<{ type: string; entries?: unknown; resumable?: unknown }>(stream, signal);
-      if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
-        throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
-      }
-      const entries = offer.entries.map(validateCatalogEntry);
-      for (const entry of entries) {
-        if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
-      }
-      const held = await store.getEntries(entries.map((e) => e.sopInstanceUid));
-      const offered = new Set<string>();
-      const wanted: number[] = [];
-      for (const [index, entry] of entries.entries()) {
-        // A UID offered twice is wanted once.
-        if (held[index] === undefined && !offered.has(entry.sopInstanceUid)) wanted.push(index);
-        else if (held[index] !== undefined) partials.drop(entry.sopInstanceUid);
-        offered.add(entry.sopInstanceUid);
-      }
-      // A sender that can resume is told what was kept of each wanted copy; the others send every byte.
-      const resumed = new Map<number, { writer: InstanceWriter; offset: number }>();
-      for (const index of wanted) {
-        const uid = entries[index]!.sopInstanceUid;
-        const kept = offer.resumable === true ? partials.take(uid, stream.remotePeer) : undefined;
-        // More than the entry holds: not this instance's bytes. Without a resume the copy comes whole.
-        if (kept !== undefined && kept.offset <= entries[index]!.byteLength) resumed.set(index, kept);
-        else if (kept !== undefined) void kept.writer.abort();
-        else partials.drop(uid);
-      }
-      const want: WantAnswer = resumed.size === 0 ? { type: 'want', indices: wanted } : { type: 'want', indices: wanted, offsets: wanted.map((index) => resumed.get(index)?.offset ?? 0) };
-      try {
-        await writeFrameEnvelope(stream, want, limits.frameBytesMax, signal);
-      } catch (error) {
-        for (const kept of resumed.values()) void kept.writer.abort();
-        throw error;
-      }
-      const stored: number[] = [];
-      const failed: BatchFailure[] = [];
-      const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
-      // Custody hears which copies are still on their way (from the one being read on) until they are in.
-      let receiving = 0;
-      let arriving: ReturnType<typeof setInterval> | undefined;
-      if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
-        const onOffered = init.onCopiesOffered;
-        const tell = (): void => onOffered(wanted.slice(receiving).map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
-        tell();
-        arriving = setInterval(tell, copiesArrivingRepeatMs);
-        arriving.unref();
-      }
-      try {
-        for (const [position, index] of wanted.entries()) {
-          receiving = position;
-          const entry = entries[index]!;
-          const resumedAt = resumed.get(index);
-          await readBodyLength(stream, entry, signal, resumedAt?.offset);
-          // From here the commit pipeline owns the kept writer (it keeps it again if the stream is cut).
-          resumed.delete(index);
-          await commits.receive(store, stream, entry, signal, (outcome) => {
-            if ('error' in outcome) {
-              const { code, message } = refusalOf(outcome.error);
-              failed.push({ index, code, message });
-              return;
-            }
-            stored.push(index);
-            if (outcome.result.outcome === 'stored') init.onReplicaStored(outcome.result.entry, stream.remotePeer);
-          }, { resumed: resumedAt, partials });
+  // A registration that throws (the protocol handled already) must not leave the others registered,
+  // nor the partial copies listening to the store: the caller never gets a server to stop.
+  const handled: string[] = [];
+  const handle = async (protocol: string, handler: (stream: MeshStream) => Promise<void>, options: { maxInboundStreams: number }): Promise<void> => {
+    await node.handle(protocol, handler, options);
+    handled.push(protocol);
+  };
+  try {
+    await handle(
+      REPLICATE_BATCH_PROTOCOL,
+      guarded(REPLICATE_BATCH_PROTOCOL, replicateSlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const offer = await readRequest<{ type: string; entries?: unknown; resumable?: unknown }>(stream, signal);
+        if (offer.type !== 'offerBatch' || !Array.isArray(offer.entries) || offer.entries.length > limits.batchEntriesMax) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected an offerBatch of at most ${limits.batchEntriesMax} entries`);
         }
-      } finally {
-        clearInterval(arriving);
-        // Kept parts of copies the stream never reached go back, for the next offer.
-        for (const [index, kept] of resumed) partials.keep(entries[index]!.sopInstanceUid, stream.remotePeer, kept.writer);
-        await commits.drain();
-      }
-      await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);
-    }),
-    { maxInboundStreams: limits.inboundReplicationsMax },
-  );
+        const entries = offer.entries.map(validateCatalogEntry);
+        for (const entry of entries) {
+          if (entry.byteLength > limits.bodyBytesMax) throw new ReplicationError('ERR_REPLICATION_REFUSED', `instance of ${entry.byteLength} bytes exceeds ${limits.bodyBytesMax}`);
+        }
+        const held = await store.getEntries(entries.map((e) => e.sopInstanceUid));
+        const offered = new Set<string>();
+        const wanted: number[] = [];
+        for (const [index, entry] of entries.entries()) {
+          // A UID offered twice is wanted once.
+          if (held[index] === undefined && !offered.has(entry.sopInstanceUid)) wanted.push(index);
+          else if (held[index] !== undefined) partials.drop(entry.sopInstanceUid);
+          offered.add(entry.sopInstanceUid);
+        }
+        // A sender that can resume is told what was kept of each wanted copy; the others send every byte.
+        const resumed = new Map<number, { writer: InstanceWriter; offset: number }>();
+        for (const index of wanted) {
+          const uid = entries[index]!.sopInstanceUid;
+          const kept = offer.resumable === true ? partials.take(uid, stream.remotePeer) : undefined;
+          // More than the entry holds: not this instance's bytes. Without a resume the copy comes whole.
+          if (kept !== undefined && kept.offset <= entries[index]!.byteLength) resumed.set(index, kept);
+          else if (kept !== undefined) void kept.writer.abort();
+          else partials.drop(uid);
+        }
+        const want: WantAnswer = resumed.size === 0 ? { type: 'want', indices: wanted } : { type: 'want', indices: wanted, offsets: wanted.map((index) => resumed.get(index)?.offset ?? 0) };
+        try {
+          await writeFrameEnvelope(stream, want, limits.frameBytesMax, signal);
+        } catch (error) {
+          for (const kept of resumed.values()) void kept.writer.abort();
+          throw error;
+        }
+        const stored: number[] = [];
+        const failed: BatchFailure[] = [];
+        const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
+        // Custody hears which copies are still on their way (from the one being read on) until they are in.
+        let receiving = 0;
+        let arriving: ReturnType<typeof setInterval> | undefined;
+        if (wanted.length > 0 && init.onCopiesOffered !== undefined) {
+          const onOffered = init.onCopiesOffered;
+          const tell = (): void => onOffered(wanted.slice(receiving).map((index) => entries[index]!.sopInstanceUid), stream.remotePeer);
+          tell();
+          arriving = setInterval(tell, copiesArrivingRepeatMs);
+          arriving.unref();
+        }
+        try {
+          for (const [position, index] of wanted.entries()) {
+            receiving = position;
+            const entry = entries[index]!;
+            const resumedAt = resumed.get(index);
+            await readBodyLength(stream, entry, signal, resumedAt?.offset);
+            // From here the commit pipeline owns the kept writer (it keeps it again if the stream is cut).
+            resumed.delete(index);
+            await commits.receive(store, stream, entry, signal, (outcome) => {
+              if ('error' in outcome) {
+                const { code, message } = refusalOf(outcome.error);
+                failed.push({ index, code, message });
+                return;
+              }
+              stored.push(index);
+              if (outcome.result.outcome === 'stored') init.onReplicaStored(outcome.result.entry, stream.remotePeer);
+            }, { resumed: resumedAt, partials });
+          }
+        } finally {
+          clearInterval(arriving);
+          // Kept parts of copies the stream never reached go back, for the next offer.
+          for (const [index, kept] of resumed) partials.keep(entries[index]!.sopInstanceUid, stream.remotePeer, kept.writer);
+          await commits.drain();
+        }
+        await answerAndClose(stream, { type: 'batchResult', siteName: init.siteName, stored: stored.sort((x, y) => x - y), failed }, signal);
+      }),
+      { maxInboundStreams: limits.inboundReplicationsMax },
+    );
 
-  const pushLimits = { ...defaultPushLimits, frameBytesMax: limits.frameBytesMax, bodyBytesMax: limits.bodyBytesMax, transferTimeoutMs: limits.transferTimeoutMs };
-  await node.handle(
-    PUSH_PROTOCOL,
-    guarded(
+    const pushLimits = { ...defaultPushLimits, frameBytesMax: limits.frameBytesMax, bodyBytesMax: limits.bodyBytesMax, transferTimeoutMs: limits.transferTimeoutMs };
+    await handle(
       PUSH_PROTOCOL,
-      pushSlots,
-      // A push stream carries one push after another: each has its own deadline, and idle streams end.
-      null,
-      (stream, signal) =>
-        receivePushes(stream, signal, {
-          store,
-          siteName: init.siteName,
-          limits: pushLimits,
-          validateEntry: validateCatalogEntry,
-          onReplicaStored: init.onReplicaStored,
-          ...(init.onCopiesOffered !== undefined && { onCopiesOffered: init.onCopiesOffered }),
-          partials,
-        }),
-      true,
-    ),
-    { maxInboundStreams: limits.inboundPushesMax },
-  );
+      guarded(
+        PUSH_PROTOCOL,
+        pushSlots,
+        // A push stream carries one push after another: each has its own deadline, and idle streams end.
+        null,
+        (stream, signal) =>
+          receivePushes(stream, signal, {
+            store,
+            siteName: init.siteName,
+            limits: pushLimits,
+            validateEntry: validateCatalogEntry,
+            onReplicaStored: init.onReplicaStored,
+            ...(init.onCopiesOffered !== undefined && { onCopiesOffered: init.onCopiesOffered }),
+            partials,
+          }),
+        true,
+      ),
+      { maxInboundStreams: limits.inboundPushesMax },
+    );
 
-  await node.handle(
-    FETCH_PROTOCOL,
-    guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequest<{ type: string; sopInstanceUid?: unknown }>(stream, signal);
-      if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid)) {
-        throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
-      }
-      const entry = await store.getEntry(request.sopInstanceUid);
-      if (entry === undefined) {
-        await answerAndClose(stream, { type: 'missing' }, signal);
-        return;
-      }
-      await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal, log);
-      await stream.closeWrite({ signal });
-    }),
-    { maxInboundStreams: limits.inboundFetchesMax },
-  );
-
-  await node.handle(
-    FETCH_BATCH_PROTOCOL,
-    guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const request = await readRequest<{ type: string; uids?: unknown }>(stream, signal);
-      const uids = request.uids;
-      if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
-        throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
-      }
-      // Answers in request order: each 'missing' is staged and goes out with the next instance (or the 'end').
-      const held = await store.getEntries(uids as string[]);
-      const bodies = store.readInstances(held.filter((entry): entry is CatalogEntry => entry !== undefined));
-      for (const [index, entry] of held.entries()) {
+    await handle(
+      FETCH_PROTOCOL,
+      guarded(FETCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const request = await readRequest<{ type: string; sopInstanceUid?: unknown; offset?: unknown }>(stream, signal);
+        if (request.type !== 'fetch' || !isString(request.sopInstanceUid, 64) || !isValidUid(request.sopInstanceUid) || (request.offset !== undefined && !isCount(request.offset))) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'malformed fetch request');
+        }
+        const entry = await store.getEntry(request.sopInstanceUid);
         if (entry === undefined) {
-          await stageFrameEnvelope(stream, { type: 'missing', sopInstanceUid: (uids as string[])[index]! }, limits.frameBytesMax, signal);
-          continue;
+          await answerAndClose(stream, { type: 'missing' }, signal);
+          return;
         }
-        const body = await bodies.next();
-        if (body.done === true) throw new StoreError('ERR_STORE_CORRUPT', `the store ended its reads before instance ${index + 1} of ${held.length}`);
-        await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal, log);
-      }
-      await bodies.return(undefined);
-      await answerAndClose(stream, { type: 'end' }, signal);
-    }),
-    { maxInboundStreams: limits.inboundFetchesMax },
-  );
+        await writeInstanceAnswer(stream, entry, store.readInstance(entry), limits, signal, log, honouredOffset(entry, request.offset));
+        await stream.closeWrite({ signal });
+      }),
+      { maxInboundStreams: limits.inboundFetchesMax },
+    );
 
-  await node.handle(
-    CUSTODY_PROTOCOL,
-    guarded(CUSTODY_PROTOCOL, custodySlots, limits.exchangeTimeoutMs, async (stream, signal) => {
-      for (let count = 0; ; count++) {
-        const frame = await stream.reader.readFrameOrEnd(limits.custodyMessageBytesMax, { signal });
-        if (frame === null) break;
-        if (count >= limits.custodyMessagesPerStreamMax) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `more than ${limits.custodyMessagesPerStreamMax} custody messages on one stream`);
-        const raw = decodeEnvelope<{ type: string }>(frame, { maxBytes: limits.custodyMessageBytesMax });
-        const message = validateCustodyMessage(raw);
-        if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
-        init.onCustodyMessage(stream.remotePeer, message);
-      }
-      await stream.closeWrite({ signal });
-    }),
-    { maxInboundStreams: limits.inboundCustodyMessagesMax },
-  );
+    await handle(
+      FETCH_BATCH_PROTOCOL,
+      guarded(FETCH_BATCH_PROTOCOL, fetchSlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const request = await readRequest<{ type: string; uids?: unknown; offsets?: unknown }>(stream, signal);
+        const { uids, offsets } = request;
+        if (request.type !== 'fetchBatch' || !Array.isArray(uids) || uids.length > limits.batchEntriesMax || !uids.every((u) => isString(u, 64) && isValidUid(u))) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', `expected a fetchBatch of at most ${limits.batchEntriesMax} UIDs`);
+        }
+        if (offsets !== undefined && (!Array.isArray(offsets) || offsets.length !== uids.length || !offsets.every(isCount))) {
+          throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'fetchBatch offsets do not match its UIDs');
+        }
+        // Answers in request order: each 'missing' is staged and goes out with the next instance (or the 'end').
+        const held = await store.getEntries(uids as string[]);
+        const bodies = store.readInstances(held.filter((entry): entry is CatalogEntry => entry !== undefined));
+        for (const [index, entry] of held.entries()) {
+          if (entry === undefined) {
+            await stageFrameEnvelope(stream, { type: 'missing', sopInstanceUid: (uids as string[])[index]! }, limits.frameBytesMax, signal);
+            continue;
+          }
+          const body = await bodies.next();
+          if (body.done === true) throw new StoreError('ERR_STORE_CORRUPT', `the store ended its reads before instance ${index + 1} of ${held.length}`);
+          await writeInstanceAnswer(stream, entry, body.value.chunks, limits, signal, log, honouredOffset(entry, (offsets as number[] | undefined)?.[index]));
+        }
+        await bodies.return(undefined);
+        await answerAndClose(stream, { type: 'end' }, signal);
+      }),
+      { maxInboundStreams: limits.inboundFetchesMax },
+    );
 
-  await node.handle(
-    QUERY_PROTOCOL,
-    guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
-      const raw = await readRequest<{ type: string; request?: unknown; limit?: unknown }>(stream, signal);
-      if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
-      const request = validateQueryRequest(raw.request);
-      const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;
-      let batch: CatalogEntry[] = [];
-      let batchBytes = 0;
-      let sent = 0;
-      let truncated = false;
-      // resolveRetrieve validates the identifier and throws QueryError: answered as 'refused' by guarded().
-      for await (const entry of resolveRetrieve(store.db, request)) {
-        if (sent >= limit) {
-          truncated = true;
-          break;
+    await handle(
+      CUSTODY_PROTOCOL,
+      guarded(CUSTODY_PROTOCOL, custodySlots, limits.exchangeTimeoutMs, async (stream, signal) => {
+        for (let count = 0; ; count++) {
+          const frame = await stream.reader.readFrameOrEnd(limits.custodyMessageBytesMax, { signal });
+          if (frame === null) break;
+          if (count >= limits.custodyMessagesPerStreamMax) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `more than ${limits.custodyMessagesPerStreamMax} custody messages on one stream`);
+          const raw = decodeEnvelope<{ type: string }>(frame, { maxBytes: limits.custodyMessageBytesMax });
+          const message = validateCustodyMessage(raw);
+          if (message === undefined) throw new ReplicationError('ERR_REPLICATION_MALFORMED', `malformed custody message of type ${String(raw.type).slice(0, 64)}`);
+          init.onCustodyMessage(stream.remotePeer, message);
         }
-        batch.push(entry);
-        sent++;
-        batchBytes += entryBytesMax(entry);
-        if (batchBytes >= queryFrameBytesTarget) {
-          await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
-          batch = [];
-          batchBytes = 0;
+        await stream.closeWrite({ signal });
+      }),
+      { maxInboundStreams: limits.inboundCustodyMessagesMax },
+    );
+
+    await handle(
+      QUERY_PROTOCOL,
+      guarded(QUERY_PROTOCOL, querySlots, limits.transferTimeoutMs, async (stream, signal) => {
+        const raw = await readRequest<{ type: string; request?: unknown; limit?: unknown }>(stream, signal);
+        if (raw.type !== 'retrieve') throw new ReplicationError('ERR_REPLICATION_MALFORMED', 'expected a retrieve request');
+        const request = validateQueryRequest(raw.request);
+        const limit = isCount(raw.limit) ? Math.min(raw.limit, limits.queryEntriesMax) : limits.queryEntriesMax;
+        let batch: CatalogEntry[] = [];
+        let batchBytes = 0;
+        let sent = 0;
+        let truncated = false;
+        // resolveRetrieve validates the identifier and throws QueryError: answered as 'refused' by guarded().
+        for await (const entry of resolveRetrieve(store.db, request)) {
+          if (sent >= limit) {
+            truncated = true;
+            break;
+          }
+          batch.push(entry);
+          sent++;
+          batchBytes += entryBytesMax(entry);
+          if (batchBytes >= queryFrameBytesTarget) {
+            await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
+            batch = [];
+            batchBytes = 0;
+          }
         }
-      }
-      if (batch.length > 0) await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
-      await answerAndClose(stream, { type: 'end', truncated }, signal);
-    }),
-    // Room for the waiting ones: a query over the slots waits, or is answered "busy", rather than reset.
-    { maxInboundStreams: limits.inboundQueriesMax + 64 },
-  );
+        if (batch.length > 0) await writeFrameEnvelope(stream, { type: 'entries', entries: batch }, limits.frameBytesMax, signal);
+        await answerAndClose(stream, { type: 'end', truncated }, signal);
+      }),
+      // Room for the waiting ones: a query over the slots waits, or is answered "busy", rather than reset.
+      { maxInboundStreams: limits.inboundQueriesMax + 64 },
+    );
+  } catch (error) {
+    await Promise.allSettled(handled.map((protocol) => node.unhandle(protocol)));
+    await partials.stop();
+    throw error;
+  }
+  // The parts kept before a restart come back in the background (their bytes are read back for their SHA-256).
+  const restoring = partials.restore().catch((error: unknown) => log.warn('kept parts of cut copies not restored', { error: errorText(error) }));
 
   return {
     partialCopies: partials,
     async stop() {
       await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
-      partials.stop();
+      // Copies still arriving are cut here, while the table keeps what arrived: a restart is a cut too, and
+      // their parts then outlive it (cut later, by the node's stop, they would find the table stopped).
+      for (const stream of handling.keys()) stream.abort(new ReplicationError('ERR_REPLICATION_REFUSED', 'the receiving peer is stopping'));
+      const cut = startDeadline(handlersEndAfterCutMs);
+      await Promise.race([Promise.allSettled(handling.values()), new Promise((resolve) => cut.signal.addEventListener('abort', resolve, { once: true }))]);
+      cut.clear();
+      await restoring;
+      await partials.stop();
     },
   };
 }
@@ -889,6 +948,12 @@ export interface ClientOptions {
    * sendCustodyMessages waits behind those; without it, neither is counted nor waited for.
    */
   bulkInFlight?: BulkInFlight;
+  /**
+   * Parts kept of cut transfers (the replication server's table): a pull (fetchBatchFrom, fetchFrom) asks
+   * only for what follows a part kept from that peer, and keeps what arrived of a pull that is cut. Without
+   * it a pull keeps nothing, and an instance whose transfer takes longer than transferTimeoutMs never arrives.
+   */
+  partials?: PartialCopies;
 }
 
 /** withStream under a deadline of its own (and `options.signal`), its timer cleared when the exchange ends. */
@@ -1058,11 +1123,29 @@ export async function fetchFrom(
 ): Promise<{ entry: CatalogEntry; outcome: 'stored' | 'duplicate' } | undefined> {
   const held = await store.getEntry(sopInstanceUid);
   if (held !== undefined) return { entry: held, outcome: 'duplicate' };
-  return fetchOne(node, peerId, sopInstanceUid, options, async (entry, body) => {
-    const outcome = await putAndDrain(store, entry, body);
-    const local = await store.getEntry(sopInstanceUid);
-    return { entry: local ?? entry, outcome };
-  });
+  const limits = { ...defaultReplicationLimits, ...options.limits };
+  const kept = options.partials?.take(sopInstanceUid, peerId);
+  let pending = kept;
+  try {
+    return await fetchOne(node, peerId, sopInstanceUid, options, kept?.offset, async (entry, fromByte, stream, signal) => {
+      // Resumed, or sent whole: either way the part kept here is the pipeline's or no use any more.
+      pending = undefined;
+      if (kept !== undefined && fromByte === 0) void kept.writer.abort();
+      let settled: { result: CommitResult } | { error: unknown } | undefined;
+      const commits = new CommitPipeline(1, limits.batchCommitBytesInFlightMax);
+      await commits.receive(store, stream, entry, signal, (outcome) => (settled = outcome), {
+        ...(fromByte > 0 && { resumed: kept }),
+        ...(options.partials !== undefined && { partials: options.partials }),
+      });
+      await commits.drain();
+      if (settled === undefined || 'error' in settled) throw settled?.error ?? new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome');
+      const outcome = settled.result.outcome;
+      return { entry: (await store.getEntry(sopInstanceUid)) ?? settled.result.entry, outcome: outcome === 'stored' ? 'stored' : 'duplicate' };
+    });
+  } finally {
+    // The peer lacks it now, or the exchange failed before its body: the part is kept for the next pull.
+    if (pending !== undefined) options.partials!.keep(sopInstanceUid, peerId, pending.writer);
+  }
 }
 
 /**
@@ -1077,7 +1160,8 @@ export async function repairFrom(
   corrupt: CatalogEntry,
   options: ClientOptions = {},
 ): Promise<'repaired' | 'changed' | undefined> {
-  return fetchOne(node, peerId, corrupt.sopInstanceUid, options, async (entry, body) => {
+  return fetchOne(node, peerId, corrupt.sopInstanceUid, options, undefined, async (entry, _fromByte, stream, signal) => {
+    const body = stream.reader.body(entry.byteLength, { signal });
     if (entry.sha256 !== corrupt.sha256 || entry.byteLength !== corrupt.byteLength) {
       throw new ReplicationError('ERR_REPLICATION_MISMATCH', `${peerId} holds ${corrupt.sopInstanceUid} with other bytes (${entry.byteLength} bytes, SHA-256 ${entry.sha256})`);
     }
@@ -1085,25 +1169,30 @@ export async function repairFrom(
   });
 }
 
-/** One instance over fetch/1: its checked entry and body go to `receive`; undefined when the peer lacks it. */
+/**
+ * One instance over fetch/1, asked from byte `offset` (a part kept here) when given: its checked entry and
+ * where its body starts go to `receive`, which reads the body from `stream`; undefined when the peer lacks it.
+ */
 async function fetchOne<T>(
   node: MeshNode,
   peerId: string,
   sopInstanceUid: string,
   options: ClientOptions,
-  receive: (entry: CatalogEntry, body: AsyncGenerator<Uint8Array>) => Promise<T>,
+  offset: number | undefined,
+  receive: (entry: CatalogEntry, fromByte: number, stream: MeshStream, signal: AbortSignal) => Promise<T>,
 ): Promise<T | undefined> {
   const limits = { ...defaultReplicationLimits, ...options.limits };
   return exchange(node, peerId, FETCH_PROTOCOL, limits.transferTimeoutMs, options, async (stream, signal) => {
-    await writeFrameEnvelope(stream, { type: 'fetch', sopInstanceUid }, limits.frameBytesMax, signal);
+    await writeFrameEnvelope(stream, { type: 'fetch', sopInstanceUid, ...(offset !== undefined && { offset }) }, limits.frameBytesMax, signal);
     await stream.closeWrite({ signal });
     const answer = await readRequestFrame<FetchAnswer>(stream, limits.frameBytesMax, signal);
     if (answer.type === 'missing') return undefined;
     if (answer.type === 'refused') throw refusedError(answer);
     if (answer.type !== 'instance') throw unexpected('fetch', answer);
     const entry = fetchedEntry(answer.entry, sopInstanceUid, limits);
-    const length = await readBodyLength(stream, entry, signal);
-    return receive(entry, stream.reader.body(length, { signal }));
+    const fromByte = answeredFromByte(answer, offset);
+    await readBodyLength(stream, entry, signal, fromByte);
+    return receive(entry, fromByte, stream, signal);
   });
 }
 
@@ -1132,35 +1221,52 @@ export async function fetchBatchFrom(
     if (held === undefined) wanted.push(uid);
     else outcomes.set(uid, { sopInstanceUid: uid, entry: held, outcome: 'duplicate' });
   }
+  // Parts kept of earlier transfers from this peer: asked for from their offsets, and kept again if unused.
+  const kept = new Map<string, { writer: InstanceWriter; offset: number }>();
+  for (const uid of wanted) {
+    const part = options.partials?.take(uid, peerId);
+    if (part !== undefined) kept.set(uid, part);
+  }
   if (wanted.length > 0) {
-    await exchange(node, peerId, FETCH_BATCH_PROTOCOL, limits.transferTimeoutMs, options, async (stream, signal) => {
-      await writeFrameEnvelope(stream, { type: 'fetchBatch', uids: wanted }, limits.frameBytesMax, signal);
-      await stream.closeWrite({ signal });
-      // The source answers at once with the first instance: there is no opening exchange to wait for.
-      options.phases?.flowing();
-      const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
-      try {
-        for (const uid of wanted) {
-          const answer = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
-          if (answer.type === 'refused') throw refusedError(answer);
-          if (answer.type === 'missing' && answer.sopInstanceUid === uid) {
-            outcomes.set(uid, { sopInstanceUid: uid, missing: true });
-            continue;
+    const request = kept.size === 0 ? { type: 'fetchBatch', uids: wanted } : { type: 'fetchBatch', uids: wanted, offsets: wanted.map((uid) => kept.get(uid)?.offset ?? 0) };
+    try {
+      await exchange(node, peerId, FETCH_BATCH_PROTOCOL, limits.transferTimeoutMs, options, async (stream, signal) => {
+        await writeFrameEnvelope(stream, request, limits.frameBytesMax, signal);
+        await stream.closeWrite({ signal });
+        // The source answers at once with the first instance: there is no opening exchange to wait for.
+        options.phases?.flowing();
+        const commits = new CommitPipeline(limits.batchCommitsInFlightMax, limits.batchCommitBytesInFlightMax);
+        try {
+          for (const uid of wanted) {
+            const answer = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
+            if (answer.type === 'refused') throw refusedError(answer);
+            if (answer.type === 'missing' && answer.sopInstanceUid === uid) {
+              outcomes.set(uid, { sopInstanceUid: uid, missing: true });
+              continue;
+            }
+            if (answer.type !== 'instance') throw unexpected('fetchBatch', answer);
+            const entry = fetchedEntry(answer.entry, uid, limits);
+            const part = kept.get(uid);
+            const fromByte = answeredFromByte(answer, part?.offset);
+            await readBodyLength(stream, entry, signal, fromByte);
+            // Resumed (the pipeline owns the part from here, and keeps it again if cut), or sent whole.
+            kept.delete(uid);
+            if (part !== undefined && fromByte === 0) void part.writer.abort();
+            await commits.receive(store, stream, entry, signal, (outcome) => {
+              outcomes.set(uid, 'error' in outcome ? { sopInstanceUid: uid, error: outcome.error } : { sopInstanceUid: uid, entry: outcome.result.entry, outcome: outcome.result.outcome });
+            }, { ...(fromByte > 0 && { resumed: part }), ...(options.partials !== undefined && { partials: options.partials }) });
           }
-          if (answer.type !== 'instance') throw unexpected('fetchBatch', answer);
-          const entry = fetchedEntry(answer.entry, uid, limits);
-          await readBodyLength(stream, entry, signal);
-          await commits.receive(store, stream, entry, signal, (outcome) => {
-            outcomes.set(uid, 'error' in outcome ? { sopInstanceUid: uid, error: outcome.error } : { sopInstanceUid: uid, entry: outcome.result.entry, outcome: outcome.result.outcome });
-          });
+          options.phases?.flowed();
+        } finally {
+          await commits.drain();
         }
-        options.phases?.flowed();
-      } finally {
-        await commits.drain();
-      }
-      const end = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
-      if (end.type !== 'end') throw unexpected('fetchBatch end', end);
-    });
+        const end = await readRequestFrame<FetchBatchAnswer>(stream, limits.frameBytesMax, signal);
+        if (end.type !== 'end') throw unexpected('fetchBatch end', end);
+      });
+    } finally {
+      // Parts of instances the stream never reached (or the peer lacks now) are kept for the next pull.
+      for (const [uid, part] of kept) options.partials!.keep(uid, peerId, part.writer);
+    }
   }
   return uids.map((uid) => outcomes.get(uid) ?? { sopInstanceUid: uid, error: new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome') });
 }

@@ -615,7 +615,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     let outcomes: FetchBatchOutcome[];
     let batchFailed = false;
     try {
-      outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal, phases });
+      // A pull cut (its deadline, a lost connection) keeps what arrived, and the next one from that peer resumes.
+      outcomes = await fetchBatchFrom(node, peerId, store, uids, { limits: init.limits, signal: shutdown.signal, phases, ...(server !== undefined && { partials: server.partialCopies }) });
     } catch (error) {
       if (protocolUnsupported(error)) noteProtocolRefused(peerId, FETCH_BATCH_PROTOCOL, error);
       else if (!stopped) pullFailures.warn(peerId, 'repair pull failed', { instances: uids.length, from: peerId, error: errorText(error) });
@@ -829,6 +830,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     holdsNothingMore: (peerId) => holdsNothingMore(members, peerId, current.digestRoot),
     limits: init.limits,
     signal: shutdown.signal,
+    partialCopies: () => server?.partialCopies,
     onFetched: (entry: CatalogEntry, fromPeerId: string) =>
       input({ type: 'replicaStored', sopInstanceUid: entry.sopInstanceUid, sha256: entry.sha256, fromPeerId, nowMs: clock.nowMs() }),
   });
