@@ -77,6 +77,8 @@ describe('C-MOVE and C-GET under faults, with DCMTK', { timeout: 170_000 }, () =
     assert.match(run.output, new RegExp(`Failed Suboperations\\s*:\\s*${instanceCount}\\b`), run.output.slice(-2000));
     const listed = /\(0008,0058\) UI \[([^\]]*)\]/.exec(run.output)?.[1]?.split('\\') ?? [];
     assert.deepEqual(listed.sort(), [...series.sopInstanceUids].sort(), 'the Failed SOP Instance UID List names every instance');
+    // The Error Comment says what happened, in words (it was the abort indication as JSON).
+    assert.match(run.output, /A-ABORT by the acceptor \(source 0: service user\)/, run.output.slice(-2000));
     const echo = await dcmtk('echoscu', ['-aec', AE, '127.0.0.1', String(peer.dicomPort)]);
     assert.equal(echo.code, 0, echo.output);
   });
