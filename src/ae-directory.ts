@@ -34,7 +34,10 @@ export function accessDigestOf(moveDestinations: Record<string, AeAddress>, allo
 
 export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<string, AeAddress>): Promise<AeDirectory> {
   const file = join(dataDir, 'ae-directory.json');
-  let persisted: Record<string, AeAddress> = {};
+  // A Map, not an object: looked up in an object, a Move Destination "constructor" or "toString" found the
+  // members every object has (0xA702 "cannot reach the destination" rather than 0xA801 unknown), and a
+  // "__proto__" entry of the file set its prototype instead of naming a destination.
+  const persisted = new Map<string, AeAddress>();
   try {
     const parsed: unknown = JSON.parse(await readFile(file, 'utf8'));
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
@@ -43,20 +46,22 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
       if (typeof a?.host !== 'string' || typeof a.port !== 'number') throw new Error(`entry "${aeTitle}" must be {"host": "<host>", "port": <number>}`);
       const host = a.host.includes(':') ? `[${a.host}]` : a.host;
       const parsedAddress = parseAeAddress(`${aeTitle}=${host}:${a.port}`, 'entry');
-      persisted[parsedAddress.aeTitle] = parsedAddress.address;
+      persisted.set(parsedAddress.aeTitle, parsedAddress.address);
     }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
       throw new ConfigError(`${file} is not a valid AE directory: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
-  const merged = { ...persisted, ...fromCommandLine };
+  const merged = new Map([...persisted, ...Object.entries(fromCommandLine)]);
+  // fromEntries defines each key (never assigns it), so "__proto__" stays an AE title like any other.
+  const entries = (): Record<string, AeAddress> => Object.fromEntries(merged);
   return {
-    resolve: (aeTitle) => merged[aeTitle.trim()],
-    entries: () => ({ ...merged }),
+    resolve: (aeTitle) => merged.get(aeTitle.trim()),
+    entries,
     async persist() {
       if (Object.keys(fromCommandLine).length === 0) return;
-      await writeFileDurably(file, `${JSON.stringify(merged, null, 2)}\n`);
+      await writeFileDurably(file, `${JSON.stringify(entries(), null, 2)}\n`);
     },
   };
 }

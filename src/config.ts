@@ -190,8 +190,9 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
     takesValue: true,
     apply: (c, v) => {
       const { aeTitle, address } = parseAeAddress(v, '--move-dest');
-      if (c.moveDestinations[aeTitle] !== undefined) throw new ConfigError(`--move-dest ${aeTitle} given twice: give each destination once`);
-      c.moveDestinations[aeTitle] = address;
+      // Own keys, defined rather than assigned: "constructor" was taken as given twice and "__proto__" was lost.
+      if (Object.hasOwn(c.moveDestinations, aeTitle)) throw new ConfigError(`--move-dest ${aeTitle} given twice: give each destination once`);
+      c.moveDestinations = { ...c.moveDestinations, ...Object.fromEntries([[aeTitle, address]]) };
     },
   },
   '--allow-calling': {

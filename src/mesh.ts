@@ -286,7 +286,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       ingest: custody.ingest,
       retrieveSource: {
         resolve: (request, limit) => custody.retrieve.resolveRetrieveEverywhere(request, { limit }),
-        ensureLocal: (entry) => custody.retrieve.ensureLocal(entry),
+        ensureLocal: (entry, signal) => custody.retrieve.ensureLocal(entry, { signal }),
         repairCopy: async (entry) => {
           const outcome = await custody.retrieve.repairCopy(entry);
           // The scrub's figures do not count these: the log says what became of the copy (helper 49).

@@ -185,9 +185,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
       await meshReady;
       return current().retrieveSource.resolve(request, limit);
     },
-    ensureLocal: async (entry) => {
+    ensureLocal: async (entry, signal) => {
       await meshReady;
-      return current().retrieveSource.ensureLocal(entry);
+      return current().retrieveSource.ensureLocal(entry, signal);
     },
     repairCopy: async (entry) => current().retrieveSource.repairCopy?.(entry),
     searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),

@@ -12,13 +12,15 @@ import { Tags } from '../../src/codec/dictionary.ts';
 import { CommandField, Status } from '../../src/codec/dimse.ts';
 import { SopClass } from '../../src/actors/association/negotiation.ts';
 import { DicomClientAssociation, type DimseReply } from '../../src/actors/association/client.ts';
+import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 
 const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.77.1';
 const instanceCount = 300;
 let peer: TestPeer;
+const logLines: RecordedLine[] = [];
 
 before(async () => {
-  peer = await startTestPeer();
+  peer = await startTestPeer([], 'test', recordingLogger([], {}, logLines));
   const { client, storeInstance } = await openStoreClient(peer.dicomPort, 'FILLER', SopClass.Verification);
   for (let i = 1; i <= instanceCount; i++) {
     const reply = await storeInstance({ rows: 8, columns: 8, study: { uid: studyInstanceUid }, sopInstanceUid: `${studyInstanceUid}.${i}`, instanceNumber: i });
@@ -107,6 +109,9 @@ test('a C-GET cancelled after its first sub-operation ends with status Cancel an
   assert.equal(command.completedSubOperations, received);
   assert.equal(command.remainingSubOperations, instanceCount - received);
   assert.equal(command.failedSubOperations, 0);
+  // The requestor asked for it: an info line, not the warning of a failed retrieve (hunt 136: one per viewer cancel).
+  assert.deepEqual(logLines.filter((line) => line.fields?.status === '0xfe00').map((line) => line.message), []);
+  assert.ok(logLines.some((line) => line.message === 'C-GET cancelled by the requestor' && line.fields?.completed === received), JSON.stringify(logLines.slice(-5)));
 
   received = 0;
   const whole = await get();

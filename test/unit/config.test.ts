@@ -171,3 +171,11 @@ test('--help and the README list every option, and the README names every option
     assert.throws(() => parseStartArgs([name, value]), ConfigError, `${name} without --swarm-key is refused`);
   }
 });
+
+test('--move-dest takes any AE title, those that name members of every JavaScript object too (hunt 136)', () => {
+  // "constructor" was refused as "given twice", and "__proto__" set the prototype of the list: no destination.
+  const { moveDestinations } = parseStartArgs(['--move-dest', 'constructor=127.0.0.1:104', '--move-dest', '__proto__=127.0.0.1:105']);
+  assert.deepEqual(Object.keys(moveDestinations).sort(), ['__proto__', 'constructor']);
+  assert.deepEqual(Object.getOwnPropertyDescriptor(moveDestinations, '__proto__')?.value, { host: '127.0.0.1', port: 105 });
+  assert.throws(() => parseStartArgs(['--move-dest', 'toString=127.0.0.1:104', '--move-dest', 'toString=127.0.0.1:105']), /--move-dest toString given twice/);
+});

@@ -179,3 +179,50 @@ test('connecting to a host that never completes the connection fails with ERR_CO
   assert.ok(failure instanceof AssociationClosedError && failure.code === 'ERR_CONNECT' && /timed out/.test(failure.message), String(failure));
   assert.equal(clock.pending(), 0, 'no timer left behind');
 });
+
+/** An acceptor that accepts every context, then answers each P-DATA as `onPData` says (nothing: hangs). */
+async function scriptedAcceptor(t: { after(fn: () => unknown): void }, onPData: (socket: Socket) => void): Promise<number> {
+  const sockets: Socket[] = [];
+  const server = createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => undefined);
+    const framer = new PduFramer();
+    socket.on('data', (chunk) => {
+      for (const pdu of framer.push(chunk)) {
+        if (pdu.type === 'associateRq') {
+          socket.write(encodePdu({ type: 'associateAc', protocolVersion: 1, calledAeTitle: pdu.calledAeTitle, callingAeTitle: pdu.callingAeTitle, applicationContextName: DicomApplicationContext, presentationContexts: pdu.presentationContexts.map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! })), userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] } }));
+        } else if (pdu.type === 'pData') {
+          onPData(socket);
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return (server.address() as AddressInfo).port;
+}
+
+const storeCommand = { commandField: CommandField.CStoreRq, affectedSopClassUid: ctImage, affectedSopInstanceUid: '1.2.3.4', priority: 0, hasDataSet: true };
+
+test('after a response timeout, later requests on the association fail saying so, not "connection closed" (a C-MOVE\'s Error Comment named the symptom: hunt 136)', async (t) => {
+  const port = await scriptedAcceptor(t, () => undefined);
+  const client = await openCtRequestor(port, { timeoutMs: 300 });
+  t.after(() => client.abort());
+  await assert.rejects(client.request(client.contexts[0]!.id, storeCommand, new Uint8Array(16)), /response to message \d+ timed out after 300 ms/);
+  await assert.rejects(client.request(client.contexts[0]!.id, storeCommand, new Uint8Array(16)), /response to message \d+ timed out after 300 ms/);
+});
+
+test('an acceptor\'s A-ABORT is named as such, with its source and reason, not as a JSON dump (hunt 136)', async (t) => {
+  // Source 0 (service user), reason 0: what DCMTK's storescp --abort-after sends.
+  const port = await scriptedAcceptor(t, (socket) => socket.write(encodePdu({ type: 'abort', source: 0, reason: 0 })));
+  const client = await openCtRequestor(port, { timeoutMs: 5000 });
+  t.after(() => client.abort());
+  await assert.rejects(client.request(client.contexts[0]!.id, storeCommand, new Uint8Array(16)), (e: unknown) => {
+    assert.ok(e instanceof AssociationClosedError && e.code === 'ERR_ASSOCIATION_ABORTED', String(e));
+    assert.equal(e.message, 'A-ABORT by the acceptor (source 0: service user)');
+    return true;
+  });
+});

@@ -80,6 +80,9 @@ interface Waiter {
 /** Identifiers and C-STORE data sets a client accepts in one response; bigger replies are refused. */
 const maxReplyDataSetBytes = 64 * 1024 * 1024;
 
+/** PS3.8 9.3.8: who sent an A-ABORT. */
+const abortSourceNames: Record<number, string> = { 0: 'service user', 1: 'reserved', 2: 'service provider' };
+
 export class DicomClientAssociation {
   readonly contexts: AcceptedContext[] = [];
   /** The acceptor's answers to our role selections (PS3.7 D.3.3.4); a class it did not answer keeps the default roles. */
@@ -205,7 +208,11 @@ export class DicomClientAssociation {
   private withTimeout<T>(promise: Promise<T>, what: string): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer = this.clock.setTimeout(() => {
-        reject(new AssociationClosedError('ERR_ASSOCIATION_TIMEOUT', `${what} timed out after ${this.timeoutMs} ms`));
+        const error = new AssociationClosedError('ERR_ASSOCIATION_TIMEOUT', `${what} timed out after ${this.timeoutMs} ms`);
+        // The association ends here: later requests fail with why, not "connection closed" (or "one request
+        // at a time", asked before the close was seen), which a C-MOVE's Error Comment then named (hunt 136).
+        this.fail(error);
+        reject(error);
         this.core.abort();
         this.core.connection.destroy();
       }, this.timeoutMs);
@@ -253,7 +260,9 @@ export class DicomClientAssociation {
         return;
       case 'aborted':
       case 'providerAborted': {
-        const error = new AssociationClosedError('ERR_ASSOCIATION_ABORTED', `association aborted (${JSON.stringify(indication)})`);
+        // Words an operator reads in a C-MOVE's Error Comment (64 characters, after "all 40 failed: "), not the indication as JSON.
+        const why = indication.type === 'aborted' ? `A-ABORT by the acceptor (source ${indication.source}: ${abortSourceNames[indication.source] ?? 'unknown'})` : `association aborted: ${indication.detail}`;
+        const error = new AssociationClosedError('ERR_ASSOCIATION_ABORTED', why);
         this.settleOpen.reject(error);
         this.fail(error);
         return;

@@ -562,7 +562,12 @@ export class AcceptorSession {
         });
         return this.send(presentationContextId, rsp, dataSet);
       }
-      if (rsp.status !== undefined && rsp.status !== Status.Success && !isPendingStatus(rsp.status)) {
+      if (rsp.status === Status.Cancel) {
+        // What the requestor asked for (a viewer scrolling past a series): no warning for the operator.
+        this.log.info(`${serviceNames[context.service]} cancelled by the requestor`, {
+          ...(rsp.completedSubOperations !== undefined ? { completed: rsp.completedSubOperations, failed: rsp.failedSubOperations, remaining: rsp.remainingSubOperations } : {}),
+        });
+      } else if (rsp.status !== undefined && rsp.status !== Status.Success && !isPendingStatus(rsp.status)) {
         this.log.warn(`${serviceNames[context.service]} answered with a failure or warning`, {
           status: `0x${rsp.status.toString(16)}`,
           errorComment: rsp.errorComment,

@@ -276,6 +276,43 @@ test('a C-CANCEL while a sub-operation waits at the transcoder ends in Cancel wi
   });
 });
 
+
+test('a C-CANCEL while a sub-operation pulls its instance from another site ends in Cancel at once, not when the pull ends (hunt 136)', async () => {
+  await withEmptyStore(async (store) => {
+    const sent: DimseCommand[] = [];
+    const cancel = new AbortController();
+    let pullStarted = false;
+    const entries = ['1.2.826.0.1.3680043.10.1453.10.1', '1.2.826.0.1.3680043.10.1453.10.2'].map(
+      (sopInstanceUid) => ({ sopInstanceUid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry,
+    );
+    const done = runRetrieve(
+      {
+        ...studyGetRequest('1.2.826.0.1.3680043.10.1453.10', sent),
+        isCancelled: () => cancel.signal.aborted,
+        signal: cancel.signal,
+        openTarget: async () => ({ pickContext: () => ({ presentationContextId: 3, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }), store: async () => Status.Success, close: async () => undefined }),
+        transcoder: noTranscoder,
+      },
+      store,
+      {
+        resolve: async () => ({ entries, truncated: false }),
+        // A pull from a site that has hung, or sends a large instance slowly: it ends only when the caller stops waiting.
+        ensureLocal: (_entry, signal) => {
+          pullStarted = true;
+          return new Promise((resolve) => signal?.addEventListener('abort', () => resolve(undefined), { once: true }));
+        },
+      },
+    );
+    while (!pullStarted) await new Promise((resolve) => setImmediate(resolve));
+    cancel.abort();
+    await done;
+    assert.deepEqual(
+      sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]),
+      [[Status.Cancel, 2, 0, 0]],
+      'the instance being pulled was not sent: it remains, as the ones after it',
+    );
+  });
+});
 test('a search the mesh says the catalog cannot answer yet (a site just restored) gets 0xA700 and the reason, not Success with part of the matches', async () => {
   await withEmptyStore(async (store) => {
     const find = async (refusal: string | undefined): Promise<DimseCommand[]> => {

@@ -356,13 +356,17 @@ async function subOperation(ctx: RetrieveContext, target: SubOperationTarget, st
   // In a mesh the instance may live only at another site: pull it here first (its local entry names the local bytes).
   let local: CatalogEntry | undefined;
   try {
-    local = await whileOurs(source.ensureLocal(entry));
+    // With the retrieve's signal: a C-CANCEL, or the requestor gone, during a pull from a hung or slow site
+    // waited for that pull (up to the transfer's stall timeout), and held the association's end meanwhile.
+    local = await whileOurs(source.ensureLocal(entry, ctx.signal));
   } catch (error) {
     // Peers that cannot send it make ensureLocal answer undefined: a failure is this site's own store
     // failing to say whether it holds the instance (a fault, a damaged catalog), not a missing instance.
     if (isCatalogDamage(error)) store.reportCatalogDamage(`retrieve: ${errorText(error)}`);
     return { status: Status.UnableToProcess, reason: `cannot look the instance up in the store here: ${errorText(error)}`, comment: 'the store here failed (see the log)' };
   }
+  // Stopped waiting for the pull: nothing of it was sent (the pull goes on for the store's sake).
+  if (!local && ctx.signal?.aborted === true) return { status: Status.Cancel, cancelledBeforeSending: true };
   if (!local) return { status: Status.UnableToProcess, reason: 'not here, and no peer could send it (or it holds other bytes here: a UID conflict)' };
   const outcome = await sendOne(ctx, target, store, local, whileOurs);
   // The copy here is damaged and nothing of it went out: a peer's good copy replaces it, and it is sent
@@ -536,8 +540,11 @@ export interface RetrieveSource {
    * names the peers that did not answer while they may hold matches not here. Throws QueryError.
    */
   resolve(request: QueryRequest, limit: number): Promise<{ entries: CatalogEntry[]; truncated: boolean; peersMissed?: readonly string[] }>;
-  /** The local entry of an instance, pulled from a peer first when only a peer holds it; undefined when nobody does. */
-  ensureLocal(entry: CatalogEntry): Promise<CatalogEntry | undefined>;
+  /**
+   * The local entry of an instance, pulled from a peer first when only a peer holds it; undefined when nobody
+   * does, or at once when `signal` aborts (the requestor cancelled or left; the pull may go on).
+   */
+  ensureLocal(entry: CatalogEntry, signal?: AbortSignal): Promise<CatalogEntry | undefined>;
   /**
    * A local copy that could not be read whole or checked (lost chunks, other bytes) replaced by a peer's
    * good one now, rather than after the scrub: its local entry, or undefined when no peer could. Absent
