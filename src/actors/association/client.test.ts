@@ -108,29 +108,8 @@ test('a response data set of endless empty PDVs: the request fails at the reply 
 
 test('an acceptor that stops reading in the middle of a data set: the request fails with ERR_ASSOCIATION_TIMEOUT once nothing was read for the timeout (hunt 96: a C-MOVE held for good)', async (t) => {
   // Accepts, then reads nothing once the request's first P-DATA has come (a hung process, a full disk).
-  const sockets: Socket[] = [];
-  const server = createServer((socket) => {
-    sockets.push(socket);
-    socket.on('error', () => undefined);
-    const framer = new PduFramer();
-    socket.on('data', (chunk) => {
-      for (const pdu of framer.push(chunk)) {
-        if (pdu.type === 'associateRq') {
-          socket.write(encodePdu({ type: 'associateAc', protocolVersion: 1, calledAeTitle: pdu.calledAeTitle, callingAeTitle: pdu.callingAeTitle, applicationContextName: DicomApplicationContext, presentationContexts: pdu.presentationContexts.map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! })), userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] } }));
-        } else if (pdu.type === 'pData') {
-          socket.pause();
-          return;
-        }
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => {
-    // Paused, they would never see the client's close, and server.close() would wait for them.
-    for (const socket of sockets) socket.destroy();
-    return new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  const client = await openCtRequestor((server.address() as AddressInfo).port, { timeoutMs: 1000 });
+  const port = await scriptedAcceptor(t, (socket) => socket.pause());
+  const client = await openCtRequestor(port, { timeoutMs: 1000 });
   t.after(() => client.abort());
   // Far more than loopback's socket buffers hold.
   const request = client.request(
@@ -199,6 +178,7 @@ async function scriptedAcceptor(t: { after(fn: () => unknown): void }, onPData: 
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.after(() => {
+    // Paused, they would never see the client's close, and server.close() would wait for them.
     for (const socket of sockets) socket.destroy();
     return new Promise<void>((resolve) => server.close(() => resolve()));
   });
