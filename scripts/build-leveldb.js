@@ -56,7 +56,7 @@ const SOURCE_PATCHES = [
       '      uint64_t new_log_number = versions_->NewFileNumber();\n',
   },
   {
-    name: 'table-writeback-per-mib',
+    name: 'table-writeback-per-mib-errors-kept',
     file: join('deps', 'leveldb', 'leveldb-1.20', 'util', 'env_posix.cc'),
     anchor:
       ' public:\n' +
@@ -76,16 +76,23 @@ const SOURCE_PATCHES = [
       '        write_back_early_(fname.size() > 4 && fname.compare(fname.size() - 4, 4, ".ldb") == 0) { }\n' +
       '\n' +
       ' private:\n' +
-      '  void WriteBackIfDue() {\n' +
+      '  // Fails as the write-back failed: waiting on the range takes its error from the file (errseq), so the\n' +
+      '  // closing fdatasync would answer OK for a table the disk did not take.\n' +
+      '  Status WriteBackIfDue() {\n' +
       '#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)\n' +
       '    static const uint64_t kWriteBackBytes = 1 << 20;\n' +
-      '    if (!write_back_early_ || appended_ - written_back_ < kWriteBackBytes) return;\n' +
-      '    if (fflush_unlocked(file_) != 0) return;  // the closing Sync reports errors\n' +
+      '    if (!write_back_early_ || appended_ - written_back_ < kWriteBackBytes) return Status::OK();\n' +
+      '    if (fflush_unlocked(file_) != 0) return IOError(filename_, errno);\n' +
       '    // Waits for this MiB to be on the disk, so that at most one MiB of the table is queued ahead of a log sync.\n' +
-      '    sync_file_range(fileno(file_), written_back_, appended_ - written_back_,\n' +
-      '                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);\n' +
+      '    if (sync_file_range(fileno(file_), written_back_, appended_ - written_back_,\n' +
+      '                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0) {\n' +
+      '      // Not supported by this file system or kernel: the closing fdatasync writes it all, as without the patch.\n' +
+      '      if (errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP && errno != ESPIPE) return IOError(filename_, errno);\n' +
+      '      write_back_early_ = false;\n' +
+      '    }\n' +
       '    written_back_ = appended_;\n' +
       '#endif\n' +
+      '    return Status::OK();\n' +
       '  }\n' +
       '\n' +
       ' public:\n',
@@ -105,8 +112,7 @@ const SOURCE_PATCHES = [
       '      return IOError(filename_, errno);\n' +
       '    }\n' +
       '    appended_ += r;\n' +
-      '    WriteBackIfDue();\n' +
-      '    return Status::OK();\n',
+      '    return WriteBackIfDue();\n',
   },
 ];
 
@@ -218,6 +224,30 @@ function checkStore(packageDir, dbDir, mode) {
   execFileSync(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 });
 }
 
+/** The flags the addon is compiled with (recorded in the marker). */
+const flags = '-msse4.2 -DLEVELDB_PLATFORM_POSIX_SSE=1';
+
+/**
+ * Builds the patched addon in `<scratch>/classic-level` (a copy of the installed package; the installed one
+ * is not touched) and returns that package directory. Throws when a patch's anchor is missing or the build fails.
+ */
+export function buildPatchedCopy(scratch) {
+  const copy = join(scratch, 'classic-level');
+  cpSync(packageDir, copy, { recursive: true, filter: (src) => !src.startsWith(join(packageDir, 'build')) });
+  // node-gyp-build, napi-macros and the rest resolve from the project's node_modules.
+  symlinkSync(join(root, 'node_modules'), join(scratch, 'node_modules'));
+  patchSources(copy);
+  execFileSync(process.execPath, [nodeGyp(), 'rebuild', `--nodedir=${nodeDir()}`, '-j', '2'], {
+    cwd: copy,
+    env: { ...process.env, CFLAGS: flags, CXXFLAGS: flags },
+    stdio: ['ignore', 'ignore', 'pipe'],
+    timeout: 600_000,
+  });
+  return copy;
+}
+
+export { cannotBuild };
+
 function build() {
   const version = classicLevelVersion();
   if (process.env.PACS_MESH_LEVELDB === 'prebuilt') {
@@ -236,19 +266,8 @@ function build() {
   // Built in a copy, so that a failed build leaves the installed package exactly as npm left it.
   const scratch = mkdtempSync(join(tmpdir(), 'pacs-mesh-leveldb-'));
   try {
-    const copy = join(scratch, 'classic-level');
-    cpSync(packageDir, copy, { recursive: true, filter: (src) => !src.startsWith(join(packageDir, 'build')) });
-    // node-gyp-build, napi-macros and the rest resolve from the project's node_modules.
-    symlinkSync(join(root, 'node_modules'), join(scratch, 'node_modules'));
-    patchSources(copy);
     say('building LevelDB with SSE4.2 CRC32C (about 20 s; PACS_MESH_LEVELDB=prebuilt skips this)');
-    const flags = '-msse4.2 -DLEVELDB_PLATFORM_POSIX_SSE=1';
-    execFileSync(process.execPath, [nodeGyp(), 'rebuild', `--nodedir=${nodeDir()}`, '-j', '2'], {
-      cwd: copy,
-      env: { ...process.env, CFLAGS: flags, CXXFLAGS: flags },
-      stdio: ['ignore', 'ignore', 'pipe'],
-      timeout: 600_000,
-    });
+    const copy = buildPatchedCopy(scratch);
     checkStore(copy, join(scratch, 'built-writes'), 'write');
     checkStore(packageDir, join(scratch, 'built-writes'), 'read');
     checkStore(packageDir, join(scratch, 'prebuilt-writes'), 'write');

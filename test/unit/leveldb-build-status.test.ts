@@ -29,10 +29,10 @@ function statusWith(marker: object | undefined, addon: boolean): string {
 }
 
 test('--status tells an earlier build (loaded, without the log sync) from the prebuilt addon (hunt 102)', () => {
-  const allPatches = ['sync-log-at-switch', 'table-writeback-per-mib', 'table-writeback-per-mib-append'];
+  const allPatches = ['sync-log-at-switch', 'table-writeback-per-mib-errors-kept', 'table-writeback-per-mib-append'];
   assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: allPatches }, true), /^built here with SSE4\.2 CRC32C, full logs synced and tables written back per MiB \(classic-level 3\.0\.0\)$/);
   // Hunt 135's build before its table write-back: still syncs logs, says what a rebuild adds.
-  assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: ['sync-log-at-switch'] }, true), /^built here with SSE4\.2 CRC32C and full logs synced, without table-writeback-per-mib, table-writeback-per-mib-append: `node scripts\/build-leveldb\.js` rebuilds it$/);
+  assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: ['sync-log-at-switch'] }, true), /^built here with SSE4\.2 CRC32C and full logs synced, without table-writeback-per-mib-errors-kept, table-writeback-per-mib-append: `node scripts\/build-leveldb\.js` rebuilds it$/);
   assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2' }, true), /^built here before the log sync/);
   assert.match(statusWith(undefined, false), /^prebuilt/);
 });

@@ -224,4 +224,45 @@ describe('election streams between two real nodes (127.0.0.1)', { timeout: 120_0
     await waitFor('two frames at the upgraded peer', () => b2.received.length === 2);
     assert.deepEqual({ keptOpened: a.streams.stats().keptOpened, legacyOpened: a.streams.stats().legacyOpened }, { keptOpened: 1, legacyOpened: 3 }, 'asked for the kept stream again');
   });
+
+  it('a peer flapping alive/dead 1000 times, a frame each time, leaves no lane or kept stream behind at either end, and the next frame still arrives', async () => {
+    const { na, nb } = await twoNodes();
+    const a = await endpoint(na, { warmAfterMs: 0 });
+    const b = await endpoint(nb);
+    for (let i = 0; i < 1000; i++) {
+      a.streams.viewChanged([alive(na.peerId), alive(nb.peerId, 1)]);
+      a.streams.send(nb.peerId, frame(i));
+      if (i % 50 === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      a.streams.viewChanged([alive(na.peerId), { peerId: nb.peerId, incarnation: 1, status: 'dead' }]);
+    }
+    await waitFor('every lane and stream gone at both ends', () => a.streams.stats().lanes === 0 && a.streams.stats().keptOut === 0 && b.streams.stats().keptIn === 0, 15_000);
+    // Still working afterwards.
+    a.streams.viewChanged([alive(na.peerId), alive(nb.peerId, 1)]);
+    const before = b.received.length;
+    a.streams.send(nb.peerId, frame(5000));
+    await waitFor('a frame after the flapping', () => b.received.some((r, i) => i >= before && r.n === 5000));
+  });
+
+  it('a peer that refused /2 while starting (same incarnation) is asked for it again after legacyRecheckAfterMs', async () => {
+    const { na, nb } = await twoNodes();
+    const a = await endpoint(na, { legacyRecheckAfterMs: 300 });
+    // b's membership is up, its election handlers not yet: /2 is refused, the first frame goes on /1.
+    const early: number[] = [];
+    await nb.handle(ELECTION_PROTOCOL, async (stream) => {
+      early.push(numberOf(await stream.reader.readFrame(ELECTION_MAX_BYTES)));
+    });
+    a.streams.viewChanged([alive(na.peerId), alive(nb.peerId, 1)]);
+    a.streams.send(nb.peerId, frame(0));
+    await waitFor('the first frame on /1', () => early.length === 1);
+    await nb.unhandle(ELECTION_PROTOCOL);
+    // Now b's balancer serves both, under the same incarnation: nothing in the view changes.
+    const received: number[] = [];
+    const b = await startElectionStreams({ node: nb, selfPeerId: nb.peerId, log: silentLogger, deliver: (_from, bytes) => (received.push(numberOf(bytes)), 'accepted') });
+    await teardown.add(() => b.stop());
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    a.streams.send(nb.peerId, frame(1));
+    await waitFor('the frame after the recheck', () => received.length === 1);
+    assert.equal(a.streams.stats().keptOpened, 1, 'on a kept stream');
+    assert.equal(b.stats().keptIn, 1);
+  });
 });

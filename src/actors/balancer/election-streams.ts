@@ -15,7 +15,9 @@
  * or does not complete within `writeDeadlineMs` (the frame goes again on the fresh stream; if that fails
  * too it is dropped), and closed when the peer leaves the view, comes back as a new incarnation, or this
  * side stops. A peer of an earlier version (no `/2`: multistream-select refuses it) gets each frame on a
- * stream of its own over `/pacs-mesh/election/1`, as before, until it leaves the view or restarts.
+ * stream of its own over `/pacs-mesh/election/1`, as before, until it leaves the view or restarts, and
+ * is asked for `/2` again `legacyRecheckAfterMs` later: a peer of this version refuses `/2` too in the
+ * moment between its membership's start and its balancer's handlers, and stayed on one stream per frame.
  *
  * Receiver: `/1` streams carry one frame each (earlier versions send that way during a rolling upgrade);
  * `/2` streams are read frame after frame until their end, at most one per peer (a newer one replaces it:
@@ -61,6 +63,8 @@ export interface ElectionStreamLimits {
   /** One-message streams (peers of an earlier version) in flight, in all and per peer. */
   legacySendsInFlightMax: number;
   legacySendsPerPeerMax: number;
+  /** A peer that refused `/2` is asked again after this long (it may have been starting, not of an earlier version). */
+  legacyRecheckAfterMs: number;
 }
 
 export const defaultElectionStreamLimits: ElectionStreamLimits = {
@@ -71,6 +75,7 @@ export const defaultElectionStreamLimits: ElectionStreamLimits = {
   warmAfterMs: 3000,
   legacySendsInFlightMax: 16,
   legacySendsPerPeerMax: electionSendsPerPeerMax,
+  legacyRecheckAfterMs: 60_000,
 };
 
 /** What the receiver's owner made of a frame: a malformed one resets the stream it came on. */
@@ -130,8 +135,11 @@ interface Lane {
   opening: Promise<MeshStream> | null;
   readonly queue: QueuedFrame[];
   draining: boolean;
-  /** The peer speaks only /1 (an earlier version): one stream per frame. */
+  /** The peer refused /2 (an earlier version, or starting): one stream per frame, since `legacySinceMs`. */
   legacy: boolean;
+  legacySinceMs: number;
+  /** Said once per lane in the log, not at every recheck. */
+  legacyLogged: boolean;
   closed: boolean;
 }
 
@@ -179,7 +187,7 @@ export function createElectionStreams(init: ElectionStreamsInit): ElectionStream
   const laneOf = (peerId: string): Lane | undefined => {
     const existing = lanes.get(peerId);
     if (existing !== undefined || lanes.size >= limits.peersMax) return existing;
-    const lane: Lane = { peerId, incarnation: viewIncarnations.get(peerId), stream: null, opening: null, queue: [], draining: false, legacy: false, closed: false };
+    const lane: Lane = { peerId, incarnation: viewIncarnations.get(peerId), stream: null, opening: null, queue: [], draining: false, legacy: false, legacySinceMs: 0, legacyLogged: false, closed: false };
     lanes.set(peerId, lane);
     return lane;
   };
@@ -218,7 +226,9 @@ export function createElectionStreams(init: ElectionStreamsInit): ElectionStream
       } catch (err) {
         if (protocolUnsupported(err) && !lane.legacy) {
           lane.legacy = true;
-          log.info('peer of an earlier version: election messages go one stream each', { peer: lane.peerId });
+          lane.legacySinceMs = nowMs();
+          if (!lane.legacyLogged) log.info('peer of an earlier version: election messages go one stream each', { peer: lane.peerId });
+          lane.legacyLogged = true;
         }
         throw err;
       } finally {
@@ -290,6 +300,7 @@ export function createElectionStreams(init: ElectionStreamsInit): ElectionStream
           drop(lane.peerId, 'waited too long');
           continue;
         }
+        if (lane.legacy && nowMs() - lane.legacySinceMs >= limits.legacyRecheckAfterMs) lane.legacy = false;
         if (lane.legacy) sendOnOwnStream(lane.peerId, item.frame);
         else await writeOnLane(lane, item.frame);
       }

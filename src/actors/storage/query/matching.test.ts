@@ -133,6 +133,18 @@ describe('PN matching (case-insensitive, trailing components ignored)', () => {
     assert.equal(pn('Doe\\=山田*', full), true, 'several key values: any may match');
   });
 
+  it('a PN key whose every group and component is empty (=, ==, ^, =^) is universal, as its empty groups are', () => {
+    for (const key of ['=', '==', '^', '=^', '^^=^']) {
+      assert.equal(matchesKey('PN', key, 'Doe^John'), true, `${key} matches a name`);
+      assert.equal(matchesKey('PN', key, 'Yamada^Tarou=\x1b$B;3ED\x1b(B'), true, `${key} matches a name with groups`);
+      assert.equal(matchesKey('PN', key, ''), true, `${key} matches an empty name`);
+      const compiled = compileKeyMatcher('PN', key);
+      assert.ok(compiled.ok);
+      assert.equal(compiled.matcher.personNamePrefixes, undefined, `${key} does not bound the name index`);
+    }
+    assert.equal(matchesKey('PN', 'Smith\\=', 'Doe^John'), true, 'one empty value among several: the key matches everything');
+  });
+
   it('bounds the names a key can match by literal prefixes of the forms the name index holds', () => {
     const prefixesOf = (key: string, characterSet?: string) => {
       const compiled = compileKeyMatcher('PN', key, characterSet);

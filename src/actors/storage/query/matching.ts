@@ -19,7 +19,7 @@
  *   A key without `=` is matched against the whole name and each component group of the stored name (so an
  *   alphabetic key matches a name that also carries ideographic/phonetic groups). A key with `=` is matched
  *   group by group: each non-empty key group against the same group of the name (wildcards within it), an
- *   empty key group is universal (see personNameKeyTest).
+ *   empty key group is universal (see personNameKeyTest), so a key of empty groups only (`=`, `^=^`) is universal.
  * - List of UID matching: a UI key with backslash-separated UIDs matches any of them.
  * - Wildcard matching (`*` any sequence, also none, `?` one character) only for AE, CS, LO, LT, PN, SH,
  *   ST, UC, UR, UT (C.2.2.2.4). For the other VRs `*` and `?` are literal characters. A pattern that
@@ -490,6 +490,8 @@ export function compileKeyMatcher(vr: string, keyValue: string | undefined, keyC
 
   if (vr === 'PN') {
     const personNameKeys = keyValues.map(normalizePersonName);
+    // `=` or `^=^`: every group empty, so every group universal (a value empty as given stays a key for empty names).
+    if (personNameKeys.some((key, i) => key === '' && keyValues[i] !== '')) return { ok: true, matcher: UNIVERSAL };
     const tests = personNameKeys.map(personNameKeyTest);
     const personNamePrefixes = personNameKeyPrefixes(personNameKeys);
     return {
