@@ -352,3 +352,27 @@ test("partial copies: a kept part's marker puts no key beyond the blobs in the b
   assert.deepEqual(ranges.filter((range) => range.smallest.startsWith('b!') && !range.largest.startsWith('b!')), [], `no table spans from blob keys to a key after them: ${tables}`);
   assert.deepEqual(reopened.restoredPartials?.().map((part) => [part.sopInstanceUid, part.bytes]), [['6.1', 40_000]], 'the part is still kept');
 });
+
+test('partial copies: a stop while kept parts are taken back at start leaves the rest in the store for the next open, neither read back nor dropped (hunt 137)', async (t) => {
+  const { store, path } = await storeToRestart(t);
+  const limits = { ...defaultPartialCopyLimits, keptMs: 60_000 };
+  const before = new PartialCopies(limits, systemClock, store);
+  for (const uid of ['8.1', '8.2', '8.3']) {
+    const writer = store.beginWrite();
+    await writer.write(randomBytes(50_000));
+    before.keep(uid, 'peer-a', writer);
+  }
+  await before.stop();
+  const reopened = await reopenStore(t, store, path);
+  // Stopped (a SIGTERM) just after the start began taking the parts back.
+  const stopping = new PartialCopies(limits, systemClock, reopened);
+  const restoring = stopping.restore();
+  await stopping.stop();
+  await restoring;
+  assert.equal((await markers(reopened)).length, 3, 'every part keeps its marker');
+  const again = await reopenStore(t, reopened, path);
+  const after = new PartialCopies(limits, systemClock, again);
+  t.after(() => after.stop());
+  await after.restore();
+  assert.deepEqual(after.stats, { bytes: 150_000, copies: 3 }, 'all three come back at the next start');
+});
