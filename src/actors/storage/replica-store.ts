@@ -1548,12 +1548,23 @@ class LevelInstanceWriter implements InstanceWriter {
     if (this.state !== 'open') return;
     // The chunks are made durable by one synced write to their log (one log, in order: its last chunk put again),
     // before the marker names them: a marker in the blob database made a table span from blob keys to it.
-    const lastChunkKey = chunkKey(this.blobId, marker.chunks - 1);
-    const lastChunk = await this.store.blobDb.get(lastChunkKey);
-    if (lastChunk === undefined) throw new StoreError('ERR_STORE_CORRUPT', `the kept part of ${record.sopInstanceUid} lost its last chunk`);
-    await this.store.written(this.store.blobDb.put(lastChunkKey, lastChunk, { sync: true }));
+    // In flight like a chunk write: an abort or commit waits for it, so it cannot put back a chunk an abort deleted.
+    let failure: unknown;
+    const synced = this.putLastChunkAgainSynced(chunkKey(this.blobId, marker.chunks - 1)).catch((error: unknown) => {
+      failure = error ?? new Error('sync failed');
+    });
+    this.inFlight.add(synced);
+    await synced;
+    this.inFlight.delete(synced);
+    if (failure !== undefined) throw failure;
     if (this.state !== 'open') return;
     await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
+  }
+
+  private async putLastChunkAgainSynced(key: string): Promise<void> {
+    const value = await this.store.blobDb.get(key);
+    if (value === undefined) throw new StoreError('ERR_STORE_CORRUPT', `kept part ${this.blobId} lost its last chunk`);
+    await this.store.written(this.store.blobDb.put(key, value, { sync: true }));
   }
 
   async write(data: Uint8Array): Promise<void> {
