@@ -163,7 +163,7 @@ test('partial copies: a part is dropped once its instance is stored by any path,
   await partials.stop();
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
   assert.ok((await uncommittedChunks(store)) > 0, 'left in the store for its next open');
-  assert.equal((await store.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all()).length, 1, 'with its marker');
+  assert.equal((await store.db.keys({ gte: 'p!', lt: 'p!~' }).all()).length, 1, 'with its marker');
 });
 
 /** The store at `path` closed and opened again (a restart), closed after the test. */
@@ -185,7 +185,7 @@ async function storeToRestart(t: TestContext): Promise<{ store: ReplicaStore; pa
   return { store, path };
 }
 
-const markers = async (store: ReplicaStore): Promise<string[]> => store.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all();
+const markers = async (store: ReplicaStore): Promise<string[]> => store.db.keys({ gte: 'p!', lt: 'p!~' }).all();
 
 test('partial copies: a kept part survives a restart (hunt 132): restored with its offset, resumed, and whole only when the SHA-256 over the whole matches', async (t) => {
   const { store, path } = await storeToRestart(t);
@@ -247,7 +247,7 @@ test('partial copies: at open, a part out of its time, or missing a chunk, is de
   const chunkKeys = await store.blobDb.keys({ gte: 'b!', lt: 'b!~' }).all();
   const blobOf = async (uid: string): Promise<string> => {
     for (const key of await markers(store)) {
-      const record = unpack((await store.blobDb.get(key))!) as { sopInstanceUid: string };
+      const record = unpack((await store.db.get(key))!) as { sopInstanceUid: string };
       if (record.sopInstanceUid === uid) return key.slice(2);
     }
     throw new Error(`no marker of ${uid}`);
@@ -278,7 +278,7 @@ test('partial copies: a marker of an instance that was committed is dropped at o
   const committed = await writer.commit('7.1', testCatalogEntry('7.1'));
   const blobId = committed.entry.blobId;
   // A marker written after the commit that deleted it (the two raced), naming the instance's chunks.
-  await store.blobDb.put(`p!${blobId}`, new Uint8Array(pack({ v: 1, sopInstanceUid: '7.1', fromPeerId: 'peer-a', chunks: 2, bytes: 32_768, keptUntilDateMs: Date.now() + 60_000 })));
+  await store.db.put(`p!${blobId}`, new Uint8Array(pack({ v: 1, sopInstanceUid: '7.1', fromPeerId: 'peer-a', chunks: 2, bytes: 32_768, keptUntilDateMs: Date.now() + 60_000 })));
   const reopened = await reopenStore(t, store, path);
   assert.deepEqual(reopened.restoredPartials?.(), []);
   assert.deepEqual(await markers(reopened), []);
@@ -326,4 +326,53 @@ test('partial copies: a part kept before a kill -9 comes back at the next open, 
   for await (const chunk of store.readInstance(committed.entry)) chunks.push(chunk);
   assert.ok(Buffer.concat(chunks).equals(whole));
   assert.equal(await uncommittedChunks(store), 0, 'the upload that was never kept is gone');
+});
+
+test("partial copies: a kept part's marker puts no key beyond the blobs in the blob database, so its tables still move down LevelDB's levels without being rewritten (hunt 135)", async (t) => {
+  const { store, path } = await storeToRestart(t);
+  const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, systemClock, store);
+  const writer = store.beginWrite();
+  await writer.write(randomBytes(40_000));
+  partials.keep('6.1', 'peer-a', writer);
+  for (let deadline = Date.now() + 5_000; (await markers(store)).length === 0; await new Promise((r) => setTimeout(r, 10))) {
+    assert.ok(Date.now() < deadline, 'the marker is written');
+  }
+  // Blobs written after the cut: the reopening writes them, with whatever the log holds, into a table.
+  for (const uid of ['6.2', '6.3']) {
+    const other = store.beginWrite();
+    await other.write(randomBytes(20_000));
+    await other.commit(uid, testCatalogEntry(uid));
+  }
+  await partials.stop();
+  const reopened = await reopenStore(t, store, path);
+  const tables = (reopened.blobDb as unknown as { getProperty(name: string): string }).getProperty('leveldb.sstables');
+  // One line per table: " <number>:<size>['<smallest key>' @ <seq> : <type> .. '<largest key>' @ <seq> : <type>]".
+  const ranges = [...tables.matchAll(/\['(.*?)' @ \d+ : \d+ \.\. '(.*?)' @ \d+ : \d+\]/g)].map(([, smallest, largest]) => ({ smallest: smallest!, largest: largest! }));
+  assert.ok(ranges.some((range) => range.smallest.startsWith('b!')), `a table of blob keys was written at the reopening: ${tables}`);
+  assert.deepEqual(ranges.filter((range) => range.smallest.startsWith('b!') && !range.largest.startsWith('b!')), [], `no table spans from blob keys to a key after them: ${tables}`);
+  assert.deepEqual(reopened.restoredPartials?.().map((part) => [part.sopInstanceUid, part.bytes]), [['6.1', 40_000]], 'the part is still kept');
+});
+
+test('partial copies: a stop while kept parts are taken back at start leaves the rest in the store for the next open, neither read back nor dropped (hunt 137)', async (t) => {
+  const { store, path } = await storeToRestart(t);
+  const limits = { ...defaultPartialCopyLimits, keptMs: 60_000 };
+  const before = new PartialCopies(limits, systemClock, store);
+  for (const uid of ['8.1', '8.2', '8.3']) {
+    const writer = store.beginWrite();
+    await writer.write(randomBytes(50_000));
+    before.keep(uid, 'peer-a', writer);
+  }
+  await before.stop();
+  const reopened = await reopenStore(t, store, path);
+  // Stopped (a SIGTERM) just after the start began taking the parts back.
+  const stopping = new PartialCopies(limits, systemClock, reopened);
+  const restoring = stopping.restore();
+  await stopping.stop();
+  await restoring;
+  assert.equal((await markers(reopened)).length, 3, 'every part keeps its marker');
+  const again = await reopenStore(t, reopened, path);
+  const after = new PartialCopies(limits, systemClock, again);
+  t.after(() => after.stop());
+  await after.restore();
+  assert.deepEqual(after.stats, { bytes: 150_000, copies: 3 }, 'all three come back at the next start');
 });

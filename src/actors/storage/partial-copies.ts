@@ -59,6 +59,8 @@ export class PartialCopies {
   private bytesKept = 0;
   private keptCount = 0;
   private stopped = false;
+  /** The running restore, which a stop waits for (one part's read-back at most: it stops at the next). */
+  private restoring: Promise<void> = Promise.resolve();
   private readonly stopWatchingStore: () => void;
 
   /** With `store`, the store the kept writers write to: a part is dropped once its instance is stored there. */
@@ -121,19 +123,29 @@ export class PartialCopies {
   /**
    * Takes back the parts the store's last open found (kept before a restart): each within the bounds as if
    * kept now, for what is left of its keptMs; one out of time, of an instance stored meanwhile, or whose
-   * bytes do not read back whole is dropped. Call once, at start; copies offered meanwhile go whole.
+   * bytes do not read back whole is dropped. Call once, at start; copies offered meanwhile go whole. A stop
+   * meanwhile leaves the parts not yet taken back as they are in the store, for its next open.
    */
-  async restore(): Promise<void> {
+  restore(): Promise<void> {
+    this.restoring = this.restoreEach();
+    return this.restoring;
+  }
+
+  private async restoreEach(): Promise<void> {
     for (const restored of this.store?.restoredPartials?.() ?? []) {
+      // Stopping (a restart): neither read back nor dropped; the part and its marker stay for the next open.
+      if (this.stopped) return;
       const leftMs = Math.min(this.limits.keptMs, restored.keptUntilDateMs - this.clock.dateMs());
       let writer: InstanceWriter;
       try {
-        if (this.stopped || leftMs <= 0) throw new Error('not kept');
+        if (leftMs <= 0) throw new Error('not kept');
         writer = await restored.resume();
       } catch {
         await restored.drop();
         continue;
       }
+      // Read back only, nothing written: left open as it is, like a durable part at a stop.
+      if (this.stopped) return;
       if (this.byUid.has(restored.sopInstanceUid)) {
         // A newer part of it was kept since the start.
         void writer.abort();
@@ -173,6 +185,7 @@ export class PartialCopies {
   async stop(): Promise<void> {
     this.stopped = true;
     this.stopWatchingStore();
+    await this.restoring.catch(() => undefined);
     const released = [...this.byUid.values()];
     for (const kept of released) this.forget(kept);
     await Promise.all(released.map(async (kept) => (await kept.persisted ? undefined : kept.writer.abort())));

@@ -12,7 +12,7 @@ import { silentLogger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { createRemoteRetrieve } from './remote-retrieve.ts';
 import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
-import { serveReplication } from './replication.ts';
+import { FETCH_PROTOCOL, serveReplication } from './replication.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 
 async function put(store: ReplicaStore, uid: string, bytes: Uint8Array): Promise<void> {
@@ -144,4 +144,22 @@ test('a pull shared by two retrieves is not given up because the first one was c
   setTimeout(() => cancelled.abort(new Error('association aborted')), 20);
   await first.catch(() => undefined);
   assert.ok(await second, 'the retrieve that was not cancelled gets the instance');
+});
+
+test('a pull does not ask the peer that reported the instance once that peer is no longer alive', { timeout: 30_000 }, async (t) => {
+  const { a, b, storeA, storeB } = await connectedPeers(t);
+  await put(storeA, '1.2.9.3.1', randomBytes(1000));
+  let aAlive = true;
+  const retrieve = createRemoteRetrieve({ node: b, store: storeB, log: silentLogger, peers: () => (aAlive ? [a.peerId] : []), limits: { transferTimeoutMs: 3000 } });
+  const request = { root: 'STUDY' as const, level: 'STUDY' as const, keys: [{ tag: 0x0020000d, vr: 'UI', value: '1.2.9' }] };
+  assert.deepEqual((await retrieve.resolveRetrieveEverywhere(request)).entries.map((e) => e.sopInstanceUid), ['1.2.9.3.1'], 'a reported it: the hint names a');
+  // a hangs (SIGSTOP at a site): its fetch streams are never answered, and the view no longer lists it alive.
+  let fetchesAsked = 0;
+  await a.unhandle(FETCH_PROTOCOL);
+  await a.handle(FETCH_PROTOCOL, () => {
+    fetchesAsked++;
+  });
+  aAlive = false;
+  assert.equal(await retrieve.ensureLocal('1.2.9.3.1'), undefined, 'no alive peer holds it');
+  assert.equal(fetchesAsked, 0, 'the hinted peer, dead in the view, was not asked (each missing instance waited for its deadline)');
 });

@@ -150,7 +150,9 @@ export function createRemoteRetrieve(init: RemoteRetrieveInit): RemoteRetrieve {
 
   async function pull(uid: string, signal?: AbortSignal): Promise<CatalogEntry | undefined> {
     const hinted = hints.get(uid);
-    const candidates = [...new Set([...(hinted ? [hinted] : []), ...init.peers()])];
+    const alive = init.peers();
+    // The hint only orders alive peers: a holder that died or hung since it answered would hold every pull of it for the exchange deadline.
+    const candidates = hinted !== undefined && alive.includes(hinted) ? [hinted, ...alive.filter((peerId) => peerId !== hinted)] : alive;
     return firstAnswer(candidates, uid, 'remote retrieve: pull failed', async (peerId) => {
       const partials = init.partialCopies?.();
       const result = await fetchFrom(node, peerId, store, uid, { limits: init.limits, signal, ...(partials !== undefined && { partials }) });

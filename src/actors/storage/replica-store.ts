@@ -24,8 +24,8 @@
  * An instance is visible (to C-FIND, C-GET, counts) only through its catalog entry, so an upload that dies
  * half way is invisible; `open()` deletes the chunks of every blob newer than the checkpoint that has no
  * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow),
- * except the part of a cut copy kept for a resume (partial-copies.ts), whose marker `p!<blobId>` names its
- * first chunks: those survive a restart until the marker's time is up (see PartialCopyRecord).
+ * except the part of a cut copy kept for a resume (partial-copies.ts), whose marker `p!<blobId>` (in the
+ * catalog database) names its first chunks: those survive a restart until the marker's time is up (see PartialCopyRecord).
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -341,7 +341,9 @@ export interface RestoredPartial {
 }
 
 /**
- * The marker of a kept part, `p!<blobId>` in the blob database: its blob's first `chunks` chunks hold
+ * The marker of a kept part, `p!<blobId>` in the catalog database (in the blob database it made the tables
+ * written with it span every later blob key, and compactions rewrite pixel data again: see isolateInTableOfItsOwn):
+ * its blob's first `chunks` chunks hold
  * `bytes` bytes of `sopInstanceUid` from `fromPeerId`. Never an instance (no commit record, no catalog
  * entry); an earlier build ignores the key (and its recovery deletes the chunks: the marker is then dropped).
  */
@@ -928,10 +930,10 @@ class LevelReplicaStore implements ReplicaStore {
     this.forgetRestored();
     const kept = new Set<string>();
     const nowMs = Date.now();
-    for await (const [key, value] of this.blobDb.iterator({ gte: partialRecordPrefix, lt: `${partialRecordPrefix}~` })) {
+    for await (const [key, value] of this.db.iterator({ gte: partialRecordPrefix, lt: `${partialRecordPrefix}~` })) {
       const blobId = key.slice(partialRecordPrefix.length);
       if ((await this.blobDb.get(commitRecordKey(blobId))) !== undefined) {
-        await this.blobDb.del(key, { sync: true });
+        await this.db.del(key, { sync: true });
         continue;
       }
       const record = decodePartialRecord(value);
@@ -945,7 +947,7 @@ class LevelReplicaStore implements ReplicaStore {
         }
       }
       if (record === undefined || chunks !== record.chunks || record.keptUntilDateMs <= nowMs || record.keptUntilDateMs > nowMs + partialKeptHorizonMs) {
-        await this.deleteBlob(blobId, true);
+        await this.deleteKeptPart(blobId, true);
         continue;
       }
       if (surplus.length > 0) await this.blobDb.batch(surplus.map((chunk) => ({ type: 'del' as const, key: chunk })), { sync: true });
@@ -958,7 +960,7 @@ class LevelReplicaStore implements ReplicaStore {
         keptUntilDateMs: record.keptUntilDateMs,
         resume: () => this.resumePartial(blobId, record),
         drop: async () => {
-          await this.deleteBlob(blobId, false).catch(() => undefined);
+          await this.deleteKeptPart(blobId, false).catch(() => undefined);
           this.endUpload(blobId, 'aborted');
         },
       };
@@ -1050,8 +1052,14 @@ class LevelReplicaStore implements ReplicaStore {
   async deleteBlob(blobId: string, sync: boolean): Promise<void> {
     const ops: Op[] = [];
     for await (const key of this.blobDb.keys(chunkRange(blobId))) ops.push({ type: 'del', key });
-    ops.push({ type: 'del', key: commitRecordKey(blobId) }, { type: 'del', key: partialRecordKey(blobId) });
+    ops.push({ type: 'del', key: commitRecordKey(blobId) });
     await this.written(this.blobDb.batch(ops, { sync }));
+  }
+
+  /** Deletes a kept part: its chunks, then its marker (a marker left without its chunks is deleted at open). */
+  async deleteKeptPart(blobId: string, sync: boolean): Promise<void> {
+    await this.deleteBlob(blobId, sync);
+    await this.written(this.db.del(partialRecordKey(blobId), { sync }));
   }
 
   get writeFault(): string | undefined {
@@ -1538,8 +1546,25 @@ class LevelInstanceWriter implements InstanceWriter {
     if (this.failure !== undefined) throw this.failure;
     // Committed or aborted meanwhile: no marker (one that lands after either is dropped at the next open).
     if (this.state !== 'open') return;
-    // Synced: with it the chunks before it are durable (one log, in order; see the header comment).
-    await this.store.written(this.store.blobDb.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
+    // The chunks are made durable by one synced write to their log (one log, in order: its last chunk put again),
+    // before the marker names them: a marker in the blob database made a table span from blob keys to it.
+    // In flight like a chunk write: an abort or commit waits for it, so it cannot put back a chunk an abort deleted.
+    let failure: unknown;
+    const synced = this.putLastChunkAgainSynced(chunkKey(this.blobId, marker.chunks - 1)).catch((error: unknown) => {
+      failure = error ?? new Error('sync failed');
+    });
+    this.inFlight.add(synced);
+    await synced;
+    this.inFlight.delete(synced);
+    if (failure !== undefined) throw failure;
+    if (this.state !== 'open') return;
+    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
+  }
+
+  private async putLastChunkAgainSynced(key: string): Promise<void> {
+    const value = await this.store.blobDb.get(key);
+    if (value === undefined) throw new StoreError('ERR_STORE_CORRUPT', `kept part ${this.blobId} lost its last chunk`);
+    await this.store.written(this.store.blobDb.put(key, value, { sync: true }));
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -1638,7 +1663,9 @@ class LevelInstanceWriter implements InstanceWriter {
       }
       try {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).
-        await this.store.catalogWrites.submit(catalogWriteOpsEncoded(entry, encoded));
+        // A kept part that became the instance is no part any more (a marker written after this is deleted at open).
+        const markerOps: Op[] = this.persisted ? [{ type: 'del', key: partialRecordKey(this.blobId) }] : [];
+        await this.store.catalogWrites.submit([...catalogWriteOpsEncoded(entry, encoded), ...markerOps]);
       } catch (error) {
         await this.abort();
         throw error;
@@ -1655,8 +1682,6 @@ class LevelInstanceWriter implements InstanceWriter {
     const ops: Op[] = [];
     if (this.pendingBytes > 0 || this.sequence === 0) ops.push({ type: 'put', key: chunkKey(this.blobId, this.sequence++), value: this.takePending() });
     ops.push({ type: 'put', key: commitRecordKey(this.blobId), value: encodedEntry });
-    // A kept part that became the instance is no part any more (a marker written after this is deleted at open).
-    if (this.persisted) ops.push({ type: 'del', key: partialRecordKey(this.blobId) });
     return ops;
   }
 
@@ -1692,7 +1717,7 @@ class LevelInstanceWriter implements InstanceWriter {
     this.pendingBytes = 0;
     await Promise.all(this.inFlight);
     // sequence > 0: chunks (or a commit that failed or found a duplicate) were written.
-    if (this.sequence > 0) await this.store.deleteBlob(this.blobId, false).catch(() => undefined);
+    if (this.sequence > 0) await (this.persisted ? this.store.deleteKeptPart(this.blobId, false) : this.store.deleteBlob(this.blobId, false)).catch(() => undefined);
     this.store.endUpload(this.blobId, 'aborted');
   }
 }

@@ -1050,7 +1050,7 @@ test('a copy cut at the receiver, which then restarts, resumes where it was cut:
   assert.ok((await storedBytes(reopened, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
   assert.deepEqual(restarted.partialCopies.stats, { bytes: 0, copies: 0 });
   assert.equal(await uncommittedChunks(reopened), 0);
-  assert.deepEqual(await reopened.blobDb.keys({ gte: 'p!', lt: 'p!~' }).all(), [], 'no marker left');
+  assert.deepEqual(await reopened.db.keys({ gte: 'p!', lt: 'p!~' }).all(), [], 'no marker left');
 });
 
 test('a copy cut by the receiver stopping (a restart) keeps what arrived for after the restart (hunt 132)', { timeout: 60_000 }, async (t) => {

@@ -930,8 +930,9 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
       const cut = startDeadline(handlersEndAfterCutMs);
       await Promise.race([Promise.allSettled(handling.values()), new Promise((resolve) => cut.signal.addEventListener('abort', resolve, { once: true }))]);
       cut.clear();
-      await restoring;
+      // Waits for the restore only to the end of the part it reads back, not through the rest.
       await partials.stop();
+      await restoring;
     },
   };
 }
