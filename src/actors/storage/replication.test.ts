@@ -899,6 +899,35 @@ async function linkQuiet(link: { stats: { backwardBytes: number; forwardBytes: n
   }
 }
 
+/**
+ * Pulls again over `link` until a pull stores the instance (`pull` says whether it did), at most 19 more: each goes on
+ * from what the last one kept (5-7 pulls measured at load 26: each pull's setup and what was in flight at its cut
+ * cost link time); the one that arrives carries only what was still missing. Then the copy is the instance and
+ * nothing is left kept or uncommitted.
+ */
+async function resumeUntilStored(
+  link: { stats: { backwardBytes: number; forwardBytes: number } },
+  partials: PartialCopies,
+  store: ReplicaStore,
+  uid: string,
+  bytes: Buffer,
+  pull: () => Promise<boolean>,
+): Promise<void> {
+  for (let pulls = 2; ; pulls++) {
+    await linkQuiet(link);
+    const [keptBefore, carriedBefore] = [partials.stats.bytes, link.stats.backwardBytes];
+    if (await pull()) {
+      const carried = link.stats.backwardBytes - carriedBefore;
+      assert.ok(keptBefore > 0 && carried < bytes.length - keptBefore + 32 * 1024, `the last pull carried ${carried} bytes for the ${bytes.length - keptBefore} missing`);
+      break;
+    }
+    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s`);
+  }
+  assert.ok((await storedBytes(store, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
+  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
+  assert.equal(await uncommittedChunks(store), 0);
+}
+
 /** The stored bytes of `uid` at `store`, whole. */
 async function storedBytes(store: ReplicaStore, uid: string): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
@@ -921,24 +950,12 @@ test('fetch-batch: an instance whose transfer is longer than the pull deadline a
   const kept = partials.stats.bytes;
   assert.ok(kept > 0 && kept < bytes.length, `the puller kept ${kept} bytes of the cut pull`);
   assert.equal(await senderStore.getEntry(uid), undefined, 'a kept part is not an instance');
-  // Each pull goes on from what the last one kept (5-7 pulls measured at load 26: each pull's
-  // setup and what was in flight at its cut cost link time); the one
-  // that arrives carries only what was still missing (the cut ones also carried what was in flight at the cut).
-  for (let pulls = 2; ; pulls++) {
-    await linkQuiet(link);
-    const [keptBefore, carriedBefore] = [partials.stats.bytes, link.stats.backwardBytes];
+  await resumeUntilStored(link, partials, senderStore, uid, bytes, async () => {
     const outcome = await pull();
-    if (outcome !== undefined && 'outcome' in outcome) {
-      assert.equal(outcome.outcome, 'stored');
-      const carried = link.stats.backwardBytes - carriedBefore;
-      assert.ok(keptBefore > 0 && carried < bytes.length - keptBefore + 32 * 1024, `the last pull carried ${carried} bytes for the ${bytes.length - keptBefore} missing`);
-      break;
-    }
-    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s: ${JSON.stringify(outcome)}`);
-  }
-  assert.ok((await storedBytes(senderStore, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
-  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
-  assert.equal(await uncommittedChunks(senderStore), 0);
+    if (outcome === undefined || !('outcome' in outcome)) return false;
+    assert.equal(outcome.outcome, 'stored');
+    return true;
+  });
 });
 
 test('fetch/1 (retrieve anywhere): a pull cut by its deadline keeps its part, the next resumes from it (hunt 132)', { timeout: 60_000 }, async (t) => {
@@ -951,20 +968,12 @@ test('fetch/1 (retrieve anywhere): a pull cut by its deadline keeps its part, th
   await assert.rejects(fetchFrom(sender, receiver.peerId, senderStore, uid, options));
   const kept = partials.stats.bytes;
   assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
-  for (let pulls = 2; ; pulls++) {
-    await linkQuiet(link);
-    const [keptBefore, carriedBefore] = [partials.stats.bytes, link.stats.backwardBytes];
+  await resumeUntilStored(link, partials, senderStore, uid, bytes, async () => {
     const fetched = await fetchFrom(sender, receiver.peerId, senderStore, uid, options).catch(() => undefined);
-    if (fetched !== undefined) {
-      assert.equal(fetched.outcome, 'stored');
-      assert.ok(keptBefore > 0 && link.stats.backwardBytes - carriedBefore < bytes.length - keptBefore + 32 * 1024, 'only the rest travelled');
-      break;
-    }
-    assert.ok(pulls < 20, `not arrived in ${pulls} pulls of 2 s`);
-  }
-  assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
-  assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
-  assert.equal(await uncommittedChunks(senderStore), 0);
+    if (fetched === undefined) return false;
+    assert.equal(fetched.outcome, 'stored');
+    return true;
+  });
 });
 
 test('a resumed pull whose kept part does not match fails that copy alone and drops the part; the next pull goes whole (hunt 132)', { timeout: 60_000 }, async (t) => {
