@@ -32,8 +32,31 @@ async function openStore(t: TestContext): Promise<ReplicaStore> {
   return store;
 }
 
+/**
+ * Every abort of a writer `store` hands out from now on, to await: a drop aborts without waiting, and a poll
+ * for no uncommitted chunk could pass before the chunks were even written (then find them, not yet deleted).
+ */
+function abortsOf(store: ReplicaStore): () => Promise<void> {
+  const aborts: Promise<void>[] = [];
+  const beginWrite = store.beginWrite.bind(store);
+  store.beginWrite = () => {
+    const writer = beginWrite();
+    const abort = writer.abort.bind(writer);
+    writer.abort = () => {
+      const aborted = abort();
+      aborts.push(aborted);
+      return aborted;
+    };
+    return writer;
+  };
+  return async () => {
+    await Promise.all(aborts);
+  };
+}
+
 test('partial copies: bounded per peer, in all and in number, dropped after keptMs; only the sending peer resumes', async (t) => {
   const store = await openStore(t);
+  const abortsDone = abortsOf(store);
   const writerOf = async (bytes: number): Promise<InstanceWriter> => {
     const writer = store.beginWrite();
     await writer.write(randomBytes(bytes));
@@ -65,7 +88,7 @@ test('partial copies: bounded per peer, in all and in number, dropped after kept
   assert.equal(partials.keptSinceStart, 5);
   clock.advance(60_000);
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'dropped after keptMs');
-  for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  await abortsDone();
   assert.equal(await uncommittedChunks(store), 0, 'every dropped part deleted its chunks');
   partials.stop();
   partials.keep('1.8', 'peer-a', await writerOf(10_000));
@@ -76,6 +99,7 @@ test('partial copies: a part resumed and cut again is dropped keptMs after its f
   // Its open upload holds the store's recovery checkpoint back (replica-store.ts openUploads): a part
   // resumed and cut over and over (a sender that sends a byte a resume) must not hold it back for ever.
   const store = await openStore(t);
+  const abortsDone = abortsOf(store);
   const clock = manualClock();
   const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, clock);
   const writer = store.beginWrite();
@@ -89,7 +113,7 @@ test('partial copies: a part resumed and cut again is dropped keptMs after its f
     partials.keep('2.1', 'peer-a', resumed.writer);
   }
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 }, 'dropped 60 s after its first cut, however often resumed');
-  for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  await abortsDone();
   assert.equal(await uncommittedChunks(store), 0, 'its chunks deleted');
   partials.stop();
 });
