@@ -328,6 +328,19 @@ function answeredFromByte(answer: InstanceAnswer, askedOffset: number | undefine
   return fromByte;
 }
 
+/**
+ * What a pulled body's commit resumes from: the part kept here when the server honoured its offset (`fromByte` > 0);
+ * a part the server ignored (it sent whole) is of no use any more and is aborted. A cut pull keeps its part in `partials`.
+ */
+function pulledResume(
+  part: { writer: InstanceWriter; offset: number } | undefined,
+  fromByte: number,
+  partials: PartialCopies | undefined,
+): { resumed?: { writer: InstanceWriter; offset: number }; partials?: PartialCopies } {
+  if (part !== undefined && fromByte === 0) void part.writer.abort();
+  return { ...(fromByte > 0 && { resumed: part }), ...(partials !== undefined && { partials }) };
+}
+
 /** Reads a body's u64 length, which must be the byteLength of the entry it belongs to (less `fromByte`, a resume's offset). */
 async function readBodyLength(stream: MeshStream, entry: CatalogEntry, signal: AbortSignal, fromByte = 0): Promise<number> {
   const length = await stream.reader.readUint64({ signal });
@@ -1131,13 +1144,9 @@ export async function fetchFrom(
     return await fetchOne(node, peerId, sopInstanceUid, options, kept?.offset, async (entry, fromByte, stream, signal) => {
       // Resumed, or sent whole: either way the part kept here is the pipeline's or no use any more.
       pending = undefined;
-      if (kept !== undefined && fromByte === 0) void kept.writer.abort();
       let settled: { result: CommitResult } | { error: unknown } | undefined;
       const commits = new CommitPipeline(1, limits.batchCommitBytesInFlightMax);
-      await commits.receive(store, stream, entry, signal, (outcome) => (settled = outcome), {
-        ...(fromByte > 0 && { resumed: kept }),
-        ...(options.partials !== undefined && { partials: options.partials }),
-      });
+      await commits.receive(store, stream, entry, signal, (outcome) => (settled = outcome), pulledResume(kept, fromByte, options.partials));
       await commits.drain();
       if (settled === undefined || 'error' in settled) throw settled?.error ?? new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome');
       const outcome = settled.result.outcome;
@@ -1252,10 +1261,9 @@ export async function fetchBatchFrom(
             await readBodyLength(stream, entry, signal, fromByte);
             // Resumed (the pipeline owns the part from here, and keeps it again if cut), or sent whole.
             kept.delete(uid);
-            if (part !== undefined && fromByte === 0) void part.writer.abort();
             await commits.receive(store, stream, entry, signal, (outcome) => {
               outcomes.set(uid, 'error' in outcome ? { sopInstanceUid: uid, error: outcome.error } : { sopInstanceUid: uid, entry: outcome.result.entry, outcome: outcome.result.outcome });
-            }, { ...(fromByte > 0 && { resumed: part }), ...(options.partials !== undefined && { partials: options.partials }) });
+            }, pulledResume(part, fromByte, options.partials));
           }
           options.phases?.flowed();
         } finally {
