@@ -11,7 +11,7 @@
  * sse4_2 in /proc/cpuinfo, a C++ compiler, make, python3, Node's headers next to the node binary and
  * npm's node-gyp. Otherwise, or when the build or its check fails, the prebuilt addon stays in use and
  * this says why in one line; npm install never fails because of it. The build is kept across installs
- * while classic-level's version is unchanged. PACS_MESH_LEVELDB=prebuilt skips it.
+ * while classic-level's version and the patches and flags below are unchanged. PACS_MESH_LEVELDB=prebuilt skips it.
  *
  * The build also syncs a full log file before LevelDB starts the next one (SOURCE_PATCHES below): LevelDB 1.20
  * closes it unsynced (google/leveldb#193), so a synced write after a switch left the records at the end of
@@ -28,6 +28,7 @@
  *   node scripts/build-leveldb.js --status print which addon is in use
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -133,6 +134,27 @@ function builtForVersion() {
     return existsSync(join(releaseDir, 'classic_level.node')) && patched ? marker.classicLevelVersion : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * What the addon is built from besides classic-level's own sources: a patch edited under the same name
+ * changes it, so an install rebuilds and the write-back test does not take an addon built from older patches.
+ */
+function patchedSourceHash() {
+  return createHash('sha256').update(JSON.stringify({ flags, patches: SOURCE_PATCHES })).digest('hex');
+}
+
+/**
+ * The installed classic-level package when its addon was built here from this script's patches and flags
+ * for its version (the one peers load), or null: the write-back test uses it rather than building a copy.
+ */
+export function installedPatchedBuild() {
+  try {
+    const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
+    return builtForVersion() === classicLevelVersion() && marker.sourceHash === patchedSourceHash() ? packageDir : null;
+  } catch {
+    return null;
   }
 }
 
@@ -255,7 +277,7 @@ function build() {
     say('LevelDB uses its prebuilt addon (software CRC32C): PACS_MESH_LEVELDB=prebuilt');
     return;
   }
-  if (builtForVersion() === version) return;
+  if (installedPatchedBuild() !== null) return;
   // A build for another classic-level version must not stay in use, whatever happens below.
   rmSync(join(packageDir, 'build'), { recursive: true, force: true });
   const why = cannotBuild();
@@ -278,7 +300,7 @@ function build() {
     const addon = join(releaseDir, 'classic_level.node');
     copyFileSync(join(copy, 'build', 'Release', 'classic_level.node'), `${addon}.new`);
     renameSync(`${addon}.new`, addon);
-    writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags, patches: SOURCE_PATCHES.map((patch) => patch.name) })}\n`);
+    writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags, patches: SOURCE_PATCHES.map((patch) => patch.name), sourceHash: patchedSourceHash() })}\n`);
     say('LevelDB built with SSE4.2 CRC32C, full logs synced and tables written back per MiB');
   } catch (error) {
     rmSync(join(packageDir, 'build'), { recursive: true, force: true });

@@ -1,8 +1,9 @@
 /**
  * The table write-back patch (scripts/build-leveldb.js) must not hide a failed write-back: sync_file_range's
  * wait takes the error from the file, so a closing fdatasync would answer OK for a table the disk refused.
- * Built in a scratch copy (the installed addon is not touched), sync_file_range made to fail with EIO by an
- * LD_PRELOAD shim: a memtable flush must fail and the database's writes with it.
+ * The installed addon when npm install built it from the current patches (what peers load), else one built
+ * in a scratch copy (~1.5 min; the installed addon is not touched); sync_file_range made to fail with EIO by
+ * an LD_PRELOAD shim: a memtable flush must fail and the database's writes with it.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -11,14 +12,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 // @ts-expect-error a plain JS build script without types
-import { buildPatchedCopy, cannotBuild } from '../../scripts/build-leveldb.js';
+import { buildPatchedCopy, cannotBuild, installedPatchedBuild } from '../../scripts/build-leveldb.js';
 
 const why = (cannotBuild as () => string | null)();
 
 test('a table write-back that fails with EIO fails the flush: the writes stop instead of a table the disk refused being kept', { skip: why ?? false, timeout: 600_000 }, () => {
   const scratch = mkdtempSync(join(tmpdir(), 'pacs-leveldb-writeback-'));
   try {
-    const copy = (buildPatchedCopy as (dir: string) => string)(scratch);
+    const copy = (installedPatchedBuild as () => string | null)() ?? (buildPatchedCopy as (dir: string) => string)(scratch);
     const shimSource = join(scratch, 'eio.c');
     writeFileSync(shimSource, '#define _GNU_SOURCE\n#include <errno.h>\n#include <fcntl.h>\nint sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned int flags) { (void)fd; (void)offset; (void)nbytes; (void)flags; errno = EIO; return -1; }\n');
     const shim = join(scratch, 'eio.so');
