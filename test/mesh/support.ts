@@ -62,7 +62,7 @@ export class MeshCluster {
   /** Starts a peer; `bootstrap` defaults to the first peer's address. Resolves once /healthz answers. */
   /**
    * `logFile`: every byte the peer prints is also appended there (the output kept in memory is its last 20,000
-   * characters); `logLevel` defaults to warn; `readyTimeoutMs` (default 30 s) bounds the wait for /healthz.
+   * characters); `logLevel` defaults to warn; `readyTimeoutMs` (default 90 s: a bound for a hang; a peer at load 20-29 took over 30 s to start (hunt 139)) bounds the wait for /healthz.
    */
   async start(
     site: string,
@@ -109,7 +109,7 @@ export class MeshCluster {
       stop: () => process.stop(5000),
       output: () => output,
     };
-    const readyTimeoutMs = opts.readyTimeoutMs ?? 30_000;
+    const readyTimeoutMs = opts.readyTimeoutMs ?? 90_000;
     const deadline = Date.now() + readyTimeoutMs;
     for (;;) {
       if (process.hasExited) throw new Error(`${site} exited during start:\n${output}`);
