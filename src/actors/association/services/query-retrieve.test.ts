@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { encodeDataset } from '../../../codec/dataset/writer.ts';
+import { encodeDataset, type WritableElement } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts';
@@ -430,5 +430,35 @@ test('a C-FIND cancelled (C-CANCEL-RQ, or its association aborted) stops its sca
     await runFind({ ...request, isCancelled: () => cancelled }, store);
     assert.deepEqual(sent.map((rsp) => rsp.status), [Status.Cancel]);
     assert.ok(entriesRead < instances / 2, `${entriesRead} of ${instances} entries read after the cancel`);
+  });
+});
+
+test('C-FIND matches go out as Pending 0xFF01 when a key is not supported as asked (a sequence, a private or binary key with a value), else 0xFF00 (PS3.4 C.4.1.1.4)', async () => {
+  await withEmptyStore(async (store) => {
+    const studies = oneInstanceStudies(2, '1.2.826.0.1.3680043.10.1453.301', { attributes: () => [{ tag: Tags.StudyDescription, vr: 'LO', value: 'HEAD' }] });
+    await store.db.batch(studies.flatMap((entry) => catalogWriteOps(entry)));
+    const pendingStatuses = async (keys: WritableElement[], appended = new Uint8Array(0)): Promise<Array<number | undefined>> => {
+      const sent: DimseCommand[] = [];
+      const command: DimseCommand = { commandField: CommandField.CFindRq, messageId: 5, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.1', hasDataSet: true };
+      const request = studyRootRequest(command, [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '' }], sent);
+      const identifier = Buffer.concat([encodeDataset([{ tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' }, { tag: Tags.StudyInstanceUID, vr: 'UI', value: '' }, ...keys], TransferSyntax.ExplicitVrLittleEndian), appended]);
+      await runFind({ ...request, identifier, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }, store);
+      assert.equal(sent.at(-1)?.status, Status.Success);
+      return [...new Set(sent.slice(0, -1).map((rsp) => rsp.status))];
+    };
+    const procedureCodeSequence = 0x00081032;
+    const codeValue = 0x00080100;
+    assert.deepEqual(await pendingStatuses([{ tag: Tags.StudyDescription, vr: 'LO', value: 'HEAD' }]), [Status.Pending]);
+    // Sequence matching asked (a code in ProcedureCodeSequence): not done, and every study is listed.
+    assert.deepEqual(await pendingStatuses([{ tag: procedureCodeSequence, vr: 'SQ', value: undefined, items: [[{ tag: codeValue, vr: 'SH', value: 'NO-SUCH-CODE' }]] }]), [Status.PendingWarning]);
+    // A sequence as a return key comes back empty whatever the study holds: not supported for existence either.
+    assert.deepEqual(await pendingStatuses([{ tag: procedureCodeSequence, vr: 'SQ', value: undefined, items: [] }]), [Status.PendingWarning]);
+    // A private key with a value to match (never matched); its creator alone, or an empty private key, is no such key.
+    const creator: WritableElement = { tag: 0x00090010, vr: 'LO', value: 'ACME 1.0' };
+    assert.deepEqual(await pendingStatuses([creator, { tag: 0x00091001, vr: 'LO', value: 'NOSUCH' }]), [Status.PendingWarning]);
+    assert.deepEqual(await pendingStatuses([creator, { tag: 0x00091001, vr: 'LO', value: '' }]), [Status.Pending]);
+    // A binary key with a value (Red Palette Color Lookup Table Data, OW, 4 bytes; the writer takes no OW value): never matched either.
+    const redPaletteKey = Uint8Array.of(0x28, 0x00, 0x01, 0x12, 0x4f, 0x57, 0, 0, 4, 0, 0, 0, 1, 0, 2, 0);
+    assert.deepEqual(await pendingStatuses([], redPaletteKey), [Status.PendingWarning]);
   });
 });

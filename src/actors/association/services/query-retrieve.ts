@@ -4,6 +4,7 @@
  */
 import { CommandField, Status, isWarningStatus, type DimseCommand } from '../../../codec/dimse.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
+import { parseDatasetTree, type TreeElement } from '../../../codec/dataset/tree.ts';
 import { encodeDataset } from '../../../codec/dataset/writer.ts';
 import { Tags } from '../../../codec/dictionary.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
@@ -68,6 +69,34 @@ export function parseQueryIdentifier(
   return { ok: true, request };
 }
 
+/** A private data element (gggg,xxxx) of an odd group past its creators' (gggg,0010-00FF): never matched here. */
+function isPrivateDataElement(tag: number): boolean {
+  return (tag >>> 16) % 2 === 1 && (tag & 0xffff) > 0x00ff;
+}
+
+/**
+ * Whether the identifier holds a key this archive does not support as asked (PS3.4 C.4.1.1.4: its matches
+ * then go out as Pending 0xFF01, "one or more Optional Keys were not supported for existence and/or
+ * matching", not 0xFF00, which says every key was): a sequence (the catalog keeps none: never matched,
+ * returned empty), or a private or binary key holding a value to match (never matched). Before, such keys
+ * were ignored under 0xFF00, so a viewer filtering on a code in ProcedureCodeSequence or a private tag took
+ * every match for a filtered list.
+ */
+export function hasUnsupportedOptionalKeys(identifier: Uint8Array, transferSyntaxUid: string): boolean {
+  let elements: TreeElement[];
+  try {
+    elements = parseDatasetTree(identifier, transferSyntaxUid);
+  } catch {
+    // parseQueryIdentifier has read it already; what only the whole-tree reader refuses is left to matching.
+    return false;
+  }
+  return elements.some((element) => {
+    if (element.vr === 'SQ') return true;
+    const holdsValue = element.value !== undefined ? element.value !== '' : (element.valueLength ?? 0) > 0;
+    return holdsValue && (isPrivateDataElement(element.tag) || element.value === undefined);
+  });
+}
+
 function findResponse(command: DimseCommand, status: number, errorComment?: string): DimseCommand {
   return {
     commandField: CommandField.CFindRsp,
@@ -105,6 +134,7 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: P
     await ctx.send(findResponse(ctx.command, Status.OutOfResources, refusal));
     return;
   }
+  const pendingStatus = hasUnsupportedOptionalKeys(ctx.identifier, ctx.transferSyntaxUid) ? Status.PendingWarning : Status.Pending;
   try {
     let matches = 0;
     for await (const identifier of findMatches(store.db, parsed.request, { stopped: ctx.isCancelled })) {
@@ -116,7 +146,7 @@ export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: P
         await ctx.send(findResponse(ctx.command, Status.Cancel));
         return;
       }
-      await ctx.send(findResponse(ctx.command, Status.Pending), encodeDataset(withRetrieveAeTitle(identifier, ctx.retrieveAeTitle), ctx.transferSyntaxUid));
+      await ctx.send(findResponse(ctx.command, pendingStatus), encodeDataset(withRetrieveAeTitle(identifier, ctx.retrieveAeTitle), ctx.transferSyntaxUid));
     }
   } catch (error) {
     if (isCatalogDamage(error)) store.reportCatalogDamage(`C-FIND: ${errorText(error)}`);

@@ -687,6 +687,33 @@ describe('findMatches and resolveRetrieve over a fixture archive', () => {
       }
     });
 
+    it('Patient Root: a PatientID key is matched as characters, as C-FIND matches it (a Latin-1 key, a UTF-8 PatientID: nothing was sent, with Success)', async () => {
+      const utf8Db = openTempDb();
+      await utf8Db.db.open();
+      try {
+        const entry = makeEntry({
+          patientId: 'M\xc3\xbcller1', patientName: 'M\xc3\xbcller^Hans', characterSet: 'ISO_IR 192', studyUid: '1.2.826.0.143.1', studyDate: '20200101',
+          studyTime: '', accession: '', studyDescription: '', seriesUid: '1.2.826.0.143.1.1', modality: 'CT', seriesNumber: '1',
+          sopUid: '1.2.826.0.143.1.1.1', sopClassUid: CT_IMAGE, instanceNumber: '1', storedAtMs: 1,
+        });
+        await store(utf8Db.db, [entry]);
+        const latin1Key = [k(T.SpecificCharacterSet, 'CS', 'ISO_IR 100'), k(T.PatientID, 'LO', 'M\xfcller1')];
+        // The C-FIND a viewer makes first lists the patient and its study with that key...
+        assert.equal((await find(utf8Db.db, { root: 'PATIENT', level: 'PATIENT', keys: latin1Key })).length, 1);
+        assert.equal((await find(utf8Db.db, { root: 'PATIENT', level: 'STUDY', keys: [...latin1Key, k(T.StudyInstanceUID, 'UI', '')] })).length, 1);
+        // ...and its retrieve with the same key sends them.
+        assert.deepEqual(await retrieveUids(utf8Db.db, { root: 'PATIENT', level: 'PATIENT', keys: latin1Key }), [entry.sopInstanceUid]);
+        assert.deepEqual(await retrieveUids(utf8Db.db, { root: 'PATIENT', level: 'STUDY', keys: [...latin1Key, k(T.StudyInstanceUID, 'UI', entry.studyInstanceUid)] }), [entry.sopInstanceUid]);
+        assert.deepEqual(await retrieveUids(utf8Db.db, { root: 'PATIENT', level: 'IMAGE', keys: [...latin1Key, k(T.SOPInstanceUID, 'UI', entry.sopInstanceUid)] }), [entry.sopInstanceUid]);
+        // Another patient's ID still excludes, in any character set.
+        const other = [k(T.SpecificCharacterSet, 'CS', 'ISO_IR 100'), k(T.PatientID, 'LO', 'M\xfcller2')];
+        assert.deepEqual(await retrieveUids(utf8Db.db, { root: 'PATIENT', level: 'PATIENT', keys: other }), []);
+        assert.deepEqual(await retrieveUids(utf8Db.db, { root: 'PATIENT', level: 'STUDY', keys: [...other, k(T.StudyInstanceUID, 'UI', entry.studyInstanceUid)] }), []);
+      } finally {
+        await utf8Db.close();
+      }
+    });
+
     it('STUDY level: a UID list, duplicates yielded once', async () => {
       const uids = await retrieveUids(db, { root: 'STUDY', level: 'STUDY', keys: [k(T.StudyInstanceUID, 'UI', `${S1}\\${S3}\\${S1}`)] });
       assert.equal(uids.length, 6);

@@ -1178,6 +1178,45 @@ function invalidUniqueValue(tag: Tag, value: string): boolean {
   return !isValidUid(value);
 }
 
+/** Printable ASCII: the same bytes in every character set, so such a PatientID key can be compared byte for byte. */
+const PRINTABLE_ASCII = /^[ -~]*$/;
+
+/**
+ * A Patient Root retrieve's PatientID key as C-FIND matches it: as characters, the key decoded with the
+ * identifier's Specific Character Set and each instance's PatientID with its own. Compared byte for byte, a
+ * Latin-1 key missed the patient whose PatientID a UTF-8 instance holds, which the C-FIND with the same key
+ * had just listed, and the retrieve answered Success with no sub-operation (hunt 143).
+ */
+function patientIdMatcherOf(request: QueryRequest): ValueMatcher | undefined {
+  const element = request.keys.find((key) => key.tag === Tags.PatientID);
+  if (element?.value === undefined || uniqueKeyValues(request, Tags.PatientID) === undefined) return undefined;
+  const characterSet = request.keys.find((key) => key.tag === Tags.SpecificCharacterSet)?.value;
+  const compiled = compileKeyMatcher('LO', element.value, characterSet);
+  return compiled.ok ? compiled.matcher : undefined;
+}
+
+function characterSetOfEntry(entry: CatalogEntry): string | undefined {
+  return entry.attributes.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+}
+
+/**
+ * The stored PatientIDs (their bytes, as the patient index keys them) a PATIENT-level retrieve names: a
+ * printable ASCII value is its own; any other is looked for as a PATIENT-level C-FIND with that key looks
+ * for it (patientIdMatcherOf).
+ */
+async function storedPatientIds(db: CatalogDb, request: QueryRequest, values: readonly string[]): Promise<string[]> {
+  const ids = new Set(values.filter((value) => PRINTABLE_ASCII.test(value)));
+  const characterSetKeys = request.keys.filter((key) => key.tag === Tags.SpecificCharacterSet);
+  for (const value of values.filter((value) => !PRINTABLE_ASCII.test(value))) {
+    const search: QueryRequest = { root: 'PATIENT', level: 'PATIENT', keys: [...characterSetKeys, { tag: Tags.PatientID, vr: 'LO', value }] };
+    for await (const identifier of findMatches(db, search)) {
+      const stored = identifier.find((element) => element.tag === Tags.PatientID)?.value;
+      if (stored !== undefined && stored !== '') ids.add(stored);
+    }
+  }
+  return [...ids];
+}
+
 /**
  * A PATIENT-level C-MOVE/C-GET on a Study Root context is served as Patient Root: Orthanc 1.10 sends its
  * patient-level retrieves that way (it proposes no Patient Root MOVE), and Orthanc as an archive accepts
@@ -1240,7 +1279,8 @@ export async function* resolveRetrieve(
   if (!validation.ok) throw new QueryError('INVALID_RETRIEVE', validation.status, validation.comment);
   const stats = options.stats ?? createQueryStats();
   const level = request.level;
-  const ids = uniqueKeyValues(request, UNIQUE_KEY_OF_LEVEL[level])!;
+  const keyValues = uniqueKeyValues(request, UNIQUE_KEY_OF_LEVEL[level])!;
+  const ids = level === 'PATIENT' ? await storedPatientIds(db, request, keyValues) : keyValues;
 
   const filters: Array<(entry: CatalogEntry) => boolean> = [];
   const upperFilter = (tag: Tag, field: (entry: CatalogEntry) => string): void => {
@@ -1249,7 +1289,8 @@ export async function* resolveRetrieve(
   };
   // Study Root has no patient level: PatientID is not one of its retrieve keys (PS3.4 C.4.2.1.4.1), and
   // filtering by it sent part of a study filed under two PatientIDs with Success (helper 47).
-  if (request.root === 'PATIENT' && LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT) upperFilter(Tags.PatientID, (entry) => entry.patientId);
+  const patientIdMatcher = request.root === 'PATIENT' && LEVEL_DEPTH[level] > LEVEL_DEPTH.PATIENT ? patientIdMatcherOf(request) : undefined;
+  if (patientIdMatcher) filters.push((entry) => patientIdMatcher.matches(entry.patientId, characterSetOfEntry(entry)));
   if (LEVEL_DEPTH[level] > LEVEL_DEPTH.STUDY) upperFilter(Tags.StudyInstanceUID, (entry) => entry.studyInstanceUid);
   if (LEVEL_DEPTH[level] > LEVEL_DEPTH.SERIES) upperFilter(Tags.SeriesInstanceUID, (entry) => entry.seriesInstanceUid);
 
