@@ -3,12 +3,14 @@
  * and then resumes (hunt 144): the other site marks it dead and alive again, a leader change names the
  * leader's site, and the resumed site says in its own log that it stood still. Before, its log said only that
  * the others went suspect and came back, as if they had been the silent ones, and a leader change named a
- * PeerId the operator had to look up in /api/mesh.
+ * PeerId the operator had to look up in /api/mesh. And a site restarted with another swarm key and no
+ * --bootstrap, whose saved peers answer and refuse its key, was told only that they were down or moved.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
 import { eventually, newCluster } from './support.ts';
 
 const stoodStill = /"level":"warn","message":"this process stood still for [\d.]+ s [^"]*took it for dead meanwhile"/;
@@ -37,4 +39,20 @@ test('a site stopped past the death timeout and resumed: dead then alive at the 
     .filter((line) => line.includes('"message":"leader changed"') && !line.includes('"leader":null'));
   assert.ok(leaderLines.length > 0, 'a leader was elected');
   for (const line of leaderLines) assert.match(line, /"leaderSite":"site-[ab]"/, line);
+});
+
+const servesAloneOtherKey = /no other site has connected to this peer: it serves alone[^\n]*Their last dials: 1 peer\(s\): [^\n]*another swarm key/;
+
+test('a site restarted with another swarm key and no --bootstrap says its saved peers refuse its key, not only that they are down or moved', { timeout: 90_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await eventually(async () => (await a.status()).members?.find((m) => m.site === 'site-b')?.alive === true, 30_000, async () => JSON.stringify((await a.status()).members));
+  // A clean stop writes b's saved peer addresses (known-peers.json), a among them.
+  await b.stop();
+  const otherKey = join(cluster.root, 'other.key');
+  await writeSwarmKeyFile(otherKey);
+  const restarted = await cluster.start('site-b', { dataDir: b.dataDir, bootstrap: [], swarmKeyFile: otherKey, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort } });
+  // The isolation check runs 15 s after the start; a answers every dial and fails the handshake.
+  await eventually(async () => servesAloneOtherKey.test(restarted.output()), 40_000, () => restarted.output().slice(-3000));
 });
