@@ -273,7 +273,10 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         const known = custody.knownSites().map((k) => k.site);
         if (known.length > 0 && node.connectedPeers().length === 0) {
           const saved = node.savedPeers > 0 ? `none of the ${node.savedPeers} peer(s) whose addresses it saved answers, and ` : 'it saved no address of another peer, and ';
-          log.warn(`no other site has connected to this peer: it serves alone. Its data directory knows other sites; ${saved}none has dialled it: they are down, or moved, or dial the address it had before. If this site moved (another host or --p2p-port), start it with --bootstrap <a running site's /api/mesh self.multiaddrs>`, { knownSites: known.slice(0, 16), savedPeers: node.savedPeers, bootstrap: 'none' });
+          // What the saved peers' dials met says more than "down or moved": a peer answering and refusing the handshake holds another swarm key.
+          const causes = node.savedDialCauses();
+          const lastDials = causes.length > 0 ? ` Their last dials: ${causes.map((c) => `${c.peers} peer(s): ${c.cause}`).join('; ')}.` : '';
+          log.warn(`no other site has connected to this peer: it serves alone. Its data directory knows other sites; ${saved}none has dialled it: they are down, or moved, or dial the address it had before. If this site moved (another host or --p2p-port), start it with --bootstrap <a running site's /api/mesh self.multiaddrs>.${lastDials}`, { knownSites: known.slice(0, 16), savedPeers: node.savedPeers, bootstrap: 'none' });
         }
         isolationTimer = init.clock.setTimeout(checkIsolation, isolationRecheckMs);
       };

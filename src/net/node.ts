@@ -284,6 +284,8 @@ export interface MeshNode {
   readonly identityCreated: boolean;
   /** Peers whose saved addresses (known-peers.json) this start dials while no peer is connected. */
   readonly savedPeers: number;
+  /** The likely causes of those peers' last failed dials (see Reconnector.savedDialCauses). */
+  savedDialCauses(): Array<{ cause: string; peers: number }>;
   /** Dialable addresses, each ending in /p2p/<peerId>. */
   multiaddrs(): string[];
   connectedPeers(): string[];
@@ -340,6 +342,8 @@ interface Target {
   nextAt: number;
   dialing: boolean;
   lastSeen: number;
+  /** The error of this target's last failed dial (its chain), for the likely cause an isolated peer reports. */
+  lastFailure?: string;
 }
 
 const P2P_CODE = 421;
@@ -431,6 +435,21 @@ class Reconnector {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     await Promise.allSettled([...this.inflight]);
+  }
+
+  /**
+   * The likely causes of the saved peers' last failed dials, with how many peers each: an isolated peer says
+   * them, since those dials are quiet (a peer restarted with another swarm key was told only that the
+   * others are down or moved, while they answered and refused its key).
+   */
+  savedDialCauses(): Array<{ cause: string; peers: number }> {
+    const counts = new Map<string, number>();
+    for (const t of this.targets.values()) {
+      if (!t.saved || t.lastFailure === undefined) continue;
+      const cause = bootstrapFailureCause(t.lastFailure);
+      counts.set(cause, (counts.get(cause) ?? 0) + 1);
+    }
+    return [...counts].map(([cause, peers]) => ({ cause, peers }));
   }
 
   addBootstrap(ma: Multiaddr): void {
@@ -650,6 +669,7 @@ class Reconnector {
       })
       .catch((err: Error) => {
         if (this.replacedAfterFailure(t, err)) return;
+        t.lastFailure = errorChainText(err);
         t.attempts++;
         const backoff = Math.min(this.opts.maxDelayMs, this.opts.minDelayMs * 2 ** Math.min(t.attempts, 16));
         t.nextAt = performance.now() + backoff * (0.75 + Math.random() * 0.5);
@@ -1143,6 +1163,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     peerId: node.peerId.toString(),
     identityCreated,
     savedPeers,
+    savedDialCauses: () => reconnector.savedDialCauses(),
     multiaddrs: () => node.getMultiaddrs().map((ma) => ma.toString()),
     connectedPeers: () => node.getPeers().map((p) => p.toString()),
     connectionCount: (peerId) => node.getConnections(parsePeerId(peerId)).filter((c) => c.status === 'open').length,

@@ -605,6 +605,9 @@ export function runSimulation(options: SimOptions): SimResult {
       case 'siteNameTaken':
         violate(`(h) ${peer.peerId} was told its site ${e.siteName} is held by ${e.byPeerId}`);
         return;
+      case 'selfStalled':
+        log(`${peer.peerId} stood still for ${e.stalledMs} ms`);
+        return;
       case 'viewChanged':
         queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
         queue.push({ to: 'custody', input: { type: 'viewChanged', members: e.members, nowMs } });

@@ -257,6 +257,12 @@ export function parseForgetPeers(value: unknown): string[] | null {
 }
 
 /** The peer a message claims to come from, which must be the authenticated sender. */
+/** The leader's site for the log line of a leader change: a PeerId alone meant looking it up in /api/mesh. */
+export function leaderSiteField(leaderId: string | null, members: readonly Pick<MemberRecord, 'peerId' | 'siteName'>[]): { leaderSite?: string } {
+  const site = leaderId === null ? undefined : members.find((m) => m.peerId === leaderId)?.siteName;
+  return site === undefined ? {} : { leaderSite: site };
+}
+
 function claimedSender(message: BalancerMessage): string | null {
   switch (message.type) {
     case 'requestVote':
@@ -508,7 +514,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         }
         case 'leaderChanged':
           leader = effect.leaderId === null ? null : { peerId: effect.leaderId, term: effect.term };
-          log.info('leader changed', { term: effect.term, leader: effect.leaderId });
+          log.info('leader changed', { term: effect.term, leader: effect.leaderId, ...leaderSiteField(effect.leaderId, membership.members()) });
           break;
         case 'claimedLeadership':
           log.info('leadership claimed', { term: effect.term, roster: state.balancer.config.rosterPeerIds.length });

@@ -331,6 +331,12 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
           init.onSiteNameTaken?.({ siteName: effect.siteName, byPeerId: effect.byPeerId, byDicom: effect.byDicom, message });
           break;
         }
+        case 'selfStalled':
+          log.warn(`this process stood still for ${(effect.stalledMs / 1000).toFixed(1)} s (stopped, a frozen VM or an overloaded host): the other peers heard nothing from it and took it for ${effect.seenAs} meanwhile`, {
+            stalledMs: effect.stalledMs,
+            seenAs: effect.seenAs,
+          });
+          break;
         case 'viewChanged':
           for (const listener of listeners) {
             try {

@@ -212,6 +212,21 @@ test('time this process stood still (ticks far apart) is not the others\' silenc
   assert.equal(statusOf(s, 'peer-b'), 'dead');
 });
 
+test('a stall the others noticed is reported once, saying how they saw this peer; a short one is not', () => {
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, ...ticks(0, 500)).state;
+  const stalls = (effects: readonly MembershipEffect[]) => effects.filter((e) => e.type === 'selfStalled');
+  // A tick 2 s late (1 s past the heartbeat interval's slack): below suspectAfterMs, the others saw nothing.
+  const short = run(s, { type: 'tick', nowMs: 2_500 });
+  assert.deepEqual(stalls(short.effects), []);
+  // 4.5 s past the slack: the others took it for suspect; once past deadAfterMs, for dead (SIGSTOP for 30 s).
+  const suspect = run(short.state, { type: 'tick', nowMs: 8_000 });
+  assert.deepEqual(stalls(suspect.effects), [{ type: 'selfStalled', stalledMs: 4_500, seenAs: 'suspect' }]);
+  const dead = run(suspect.state, { type: 'tick', nowMs: 39_000 });
+  assert.deepEqual(stalls(dead.effects), [{ type: 'selfStalled', stalledMs: 30_000, seenAs: 'dead' }]);
+  assert.deepEqual(stalls(run(dead.state, { type: 'tick', nowMs: 39_100 }).effects), [], 'once per stall');
+});
+
 test('time this process stood still is not time a member was alive either: alive without a break counts from the end of the stall', () => {
   let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
   s = run(s, ...ticks(0, 500)).state;

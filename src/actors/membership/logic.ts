@@ -176,6 +176,8 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
   // that moment answered Success with only the local copies.
   const stalledMs = stalledMsAt(state, nowMs);
   let members: Map<string, MemberRecord> | null = null;
+  // Said once per stall, and only when the others noticed it: their silence here was this process's own.
+  if (stalledMs >= c.suspectAfterMs) effects.push({ type: 'selfStalled', stalledMs, seenAs: stalledMs >= c.deadAfterMs ? 'dead' : 'suspect' });
   if (stalledMs > 0) {
     members = new Map();
     for (const [peerId, record] of state.members) {

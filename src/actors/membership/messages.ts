@@ -175,5 +175,10 @@ export type MembershipEffect =
    * must stop (emitted once). Its acknowledged data stays in its data directory.
    */
   | { readonly type: 'siteNameTaken'; readonly siteName: string; readonly byPeerId: string; readonly byDicom: string }
+  /**
+   * This process stood still for `stalledMs` (SIGSTOP, a frozen VM, an overloaded host), long enough for the
+   * others to take it for suspect or dead: the operator reading this site's log is told why they did.
+   */
+  | { readonly type: 'selfStalled'; readonly stalledMs: number; readonly seenAs: 'suspect' | 'dead' }
   /** The whole view (self included, sorted by peerId); emitted whenever a record changed. */
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[] };
