@@ -333,7 +333,8 @@ start options (defaults in brackets):
   --roster PEERID,...         pin the election roster (strict one leader per term) [learnt]
   --site-peers one|several    peers run under this --site; with one, a peer that finds its site name held
                               by a live peer started before it at another DICOM address stops [one]
-  --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it when busy);
+  --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it while
+                              associations are active or instances are being stored);
                               damaged ones are replaced from another site; 0 = off [16]
   --log-level LEVEL           info | warn | error | silent [info]
 `;

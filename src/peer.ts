@@ -17,6 +17,7 @@ import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import { startSiteSupervisor, type MeshChildName } from './actors/supervisor/site-supervisor.ts';
 import { startScrub, type ScrubService } from './actors/storage/scrub/actor.ts';
+import { archiveBusy } from './actors/storage/scrub/logic.ts';
 import { startCommitments } from './actors/commitment/actor.ts';
 import type { CommitmentConfig } from './actors/commitment/messages.ts';
 import { implementationClassUid, implementationVersionName } from './actors/association/implementation.ts';
@@ -314,13 +315,18 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     }
     markMeshReady();
     if (config.scrubMbPerS > 0) {
+      // The store and the scrub live and stop together: the listener is never removed.
+      let lastStoredAtMs: number | undefined;
+      store.onInstanceStored(() => {
+        lastStoredAtMs = clock.nowMs();
+      });
       scrub = startScrub({
         store,
         clock,
         log,
         parent: supervisor.system,
         config: { bytesPerSecond: config.scrubMbPerS * 1_000_000 },
-        busy: () => listener.activeAssociations() > 0,
+        busy: () => archiveBusy(listener.activeAssociations(), lastStoredAtMs, clock.nowMs()),
         repair: (entry) => (mesh ? mesh.repairCopy(entry) : Promise.resolve('noPeers')),
       });
     }

@@ -21,6 +21,9 @@ export interface TransferResult {
   senderPeakRssMiB: number;
   receiverPeakRssMiB: number;
   disconnects: number;
+  /** CPU time (every thread) of each process during the transfer, in ms. */
+  senderCpuMs: number;
+  receiverCpuMs: number;
 }
 
 type Line = Record<string, unknown> & { event: string };
@@ -110,6 +113,8 @@ export async function measureTransfer(bytes: number, options: { timeoutMs?: numb
       senderPeakRssMiB: await peakRssMiB(sender.child.pid),
       receiverPeakRssMiB: await peakRssMiB(receiver.child.pid),
       disconnects: Number(sent.disconnects) + Number(received.disconnects),
+      senderCpuMs: Number(sent.cpuMs),
+      receiverCpuMs: Number(received.cpuMs),
     };
   } finally {
     await Promise.allSettled([stopPeer(receiver.child), sender !== undefined ? stopPeer(sender.child) : Promise.resolve()]);

@@ -13,8 +13,8 @@ import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.t
 import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { waitFor } from '../support/wait.ts';
 
-async function scrubStats(httpPort: number): Promise<Record<string, number>> {
-  const status = (await (await fetch(`http://127.0.0.1:${httpPort}/api/mesh`)).json()) as { scrub?: Record<string, number> };
+async function scrubStats(httpPort: number): Promise<Record<string, number> & { busy?: boolean }> {
+  const status = (await (await fetch(`http://127.0.0.1:${httpPort}/api/mesh`)).json()) as { scrub?: Record<string, number> & { busy?: boolean } };
   assert.ok(status.scrub, 'GET /api/mesh reports the scrub');
   return status.scrub;
 }
@@ -87,6 +87,19 @@ test('a read that finds a copy damaged (as a C-GET does) has the scrub check it 
   const stats = await scrubStats(peer.httpPort);
   assert.equal(stats.badCopiesFound, 1);
   assert.equal(stats.passesCompleted, 0, 'long before the first pass');
+});
+
+test('an instance stored without an association here (a copy from another site, STOW-RS) slows the scrub to its busy share for a while', async (t) => {
+  const peer = await startTestPeer(['--scrub-mb-per-s', '50']);
+  t.after(() => peer.dispose());
+  await waitFor('a tick of the idle archive', async () => (await scrubStats(peer.httpPort)).busy === false, 5_000, 50);
+  const uid = '1.2.826.0.1.3680043.10.1453.80.1';
+  // What a pushed or batched copy's receiver does: a writer and its commit, no association anywhere.
+  const writer = peer.store.beginWrite();
+  await writer.write(Buffer.alloc(64 * 1024, 1));
+  await writer.commit(uid, testCatalogEntry(uid));
+  await waitFor('the scrub busy after the store', async () => (await scrubStats(peer.httpPort)).busy === true, 2_000, 20);
+  await waitFor('the scrub idle again once stores stop', async () => (await scrubStats(peer.httpPort)).busy === false, 5_000, 50);
 });
 
 test('with --scrub-mb-per-s 0 the scrub is off and POST /api/scrub says so', async (t) => {

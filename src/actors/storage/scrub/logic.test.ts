@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { CatalogEntry } from '../catalog-types.ts';
-import { defaultScrubConfig, initScrub, scrubStats, stepScrub, type ScrubState } from './logic.ts';
+import { archiveBusy, defaultScrubConfig, initScrub, scrubStats, stepScrub, storedRecentlyMs, type ScrubState } from './logic.ts';
 import type { ScrubConfig, ScrubEffect, ScrubInput } from './messages.ts';
 
 function entry(index: number, byteLength = 1000): CatalogEntry {
@@ -218,4 +218,11 @@ test('a copy replaced while it was read is not counted; a rate of 0 turns the sc
 
   const off = simulate({ catalog, untilMs: 120_000, config: { bytesPerSecond: 0, startDelayMs: 0 } });
   assert.deepEqual([off.lists, off.verified], [[], []]);
+});
+
+test('archiveBusy: an active association, or an instance stored within storedRecentlyMs', () => {
+  assert.equal(archiveBusy(0, undefined, 10_000), false, 'idle: nothing stored since start');
+  assert.equal(archiveBusy(1, undefined, 10_000), true);
+  assert.equal(archiveBusy(0, 10_000 - storedRecentlyMs + 1, 10_000), true, 'a copy stored just now');
+  assert.equal(archiveBusy(0, 10_000 - storedRecentlyMs, 10_000), false, 'stores stopped long enough ago');
 });

@@ -17,6 +17,18 @@ export const defaultScrubConfig: ScrubConfig = {
   unrepairableQuietMs: 600_000,
 };
 
+/**
+ * A new instance stored this recently keeps the archive busy: copies pushed or sent by other sites, repairs
+ * and STOW-RS arrive with no association here, and a site receiving a mesh ingest read back 16 MB/s of
+ * older copies beside it (hunt 141).
+ */
+export const storedRecentlyMs = 2_000;
+
+/** Whether the scrub reads at its busy share: an association is active, or an instance was stored lately. */
+export function archiveBusy(activeAssociations: number, lastStoredAtMs: number | undefined, nowMs: number): boolean {
+  return activeAssociations > 0 || (lastStoredAtMs !== undefined && nowMs - lastStoredAtMs < storedRecentlyMs);
+}
+
 /** Copies remembered as unrepairable at most (the oldest are forgotten first). */
 const unrepairableRememberedMax = 1024;
 
@@ -44,7 +56,7 @@ export interface ScrubState {
   busy: boolean;
   repairing: Set<string>;
   /** The counters of ScrubStats (its cursor is the state's). */
-  stats: { -readonly [K in Exclude<keyof ScrubStats, 'cursor'>]: ScrubStats[K] };
+  stats: { -readonly [K in Exclude<keyof ScrubStats, 'cursor' | 'busy'>]: ScrubStats[K] };
 }
 
 export interface ScrubStep {
@@ -84,7 +96,7 @@ export function initScrub(config: ScrubConfig, nowMs: number, resumeAfterUid = '
 }
 
 export function scrubStats(state: ScrubState): ScrubStats {
-  return { ...state.stats, cursor: state.cursor };
+  return { ...state.stats, cursor: state.cursor, busy: state.busy };
 }
 
 function rateBytesPerSecond(state: ScrubState): number {

@@ -73,4 +73,6 @@ export interface ScrubStats {
   /** Where the current pass is (the last UID listed), '' between passes. */
   readonly cursor: string;
   readonly lastPassCompletedAtMs: number | null;
+  /** The archive was busy at the last tick (the scrub reads at its busy share of the rate). */
+  readonly busy: boolean;
 }
