@@ -48,6 +48,9 @@ interface Partial {
   readonly persisted: Promise<boolean>;
 }
 
+/** How long a stop waits for the pulls it cut to keep their parts (their commits in flight settle first). */
+const pullsEndAfterCutMs = 2000;
+
 /** Partial copies by SOP Instance UID (one each), oldest first. */
 export class PartialCopies {
   private readonly byUid = new Map<string, Partial>();
@@ -59,6 +62,12 @@ export class PartialCopies {
   private bytesKept = 0;
   private keptCount = 0;
   private stopped = false;
+  /**
+   * This site's pulls in flight that keep their cut parts here (pullStarted): a stop cuts them first and
+   * waits for their keeps, so that a restart keeps what arrived of them too (hunt 140: custody cut its pulls
+   * after the table had stopped, and their parts were deleted).
+   */
+  private readonly pullsInFlight = new Set<{ cut: AbortController; ended: Promise<void> }>();
   /** The running restore, which a stop waits for (one part's read-back at most: it stops at the next). */
   private restoring: Promise<void> = Promise.resolve();
   private readonly stopWatchingStore: () => void;
@@ -178,11 +187,38 @@ export class PartialCopies {
   }
 
   /**
-   * Forgets everything; later `keep`s abort their writer at once. A part whose marker the store holds is
-   * left open there, for the store's next open to offer back (a restart: the store closes next); the
-   * others are dropped.
+   * A pull of this site's that keeps its cut parts here begins: it runs on the signal given (aborted with
+   * `parent`, or by this table's stop), and calls `end` once it has kept what it keeps.
+   */
+  pullStarted(parent?: AbortSignal): { signal: AbortSignal; end(): void } {
+    const cut = new AbortController();
+    if (this.stopped) cut.abort(new Error('the pulling peer is stopping'));
+    let end!: () => void;
+    const pull = { cut, ended: new Promise<void>((resolve) => (end = resolve)) };
+    this.pullsInFlight.add(pull);
+    return {
+      signal: parent === undefined ? cut.signal : AbortSignal.any([parent, cut.signal]),
+      end: () => {
+        this.pullsInFlight.delete(pull);
+        end();
+      },
+    };
+  }
+
+  /**
+   * Cuts this site's pulls in flight (pullStarted) and waits, at most pullsEndAfterCutMs, for them to keep
+   * what arrived; then forgets everything, and later `keep`s abort their writer at once. A part whose
+   * marker the store holds is left open there, for the store's next open to offer back (a restart: the
+   * store closes next); the others are dropped.
    */
   async stop(): Promise<void> {
+    const pulls = [...this.pullsInFlight];
+    for (const pull of pulls) pull.cut.abort(new Error('the pulling peer is stopping'));
+    if (pulls.length > 0) {
+      let timer: TimerHandle | undefined;
+      await Promise.race([Promise.all(pulls.map((pull) => pull.ended)), new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, pullsEndAfterCutMs)))]);
+      this.clock.clearTimeout(timer);
+    }
     this.stopped = true;
     this.stopWatchingStore();
     await this.restoring.catch(() => undefined);
