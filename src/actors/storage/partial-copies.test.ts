@@ -352,6 +352,57 @@ test('partial copies: a part kept before a kill -9 comes back at the next open, 
   assert.equal(await uncommittedChunks(store), 0, 'the upload that was never kept is gone');
 });
 
+test('partial copies: a large copy arriving at a kill -9 (never cut) keeps what it marked, and resumes into the whole instance; a small one writes no marker (hunt 140)', { timeout: 60_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const whole = Uint8Array.from({ length: 20_000_000 }, (_, i) => (i * 7) & 0xff);
+  const arriveAndDie = async (path: string, arrivedBytes: number): Promise<void> => {
+    const fixture = fileURLToPath(new URL('./fixtures/arrive-and-die.ts', import.meta.url));
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture, path, String(arrivedBytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the child did not write in time')), 45_000);
+      child.stdout.on('data', (chunk: Buffer) => {
+        if (!chunk.toString().includes('arrived')) return;
+        clearTimeout(timer);
+        child.kill('SIGKILL');
+        resolve();
+      });
+    });
+    await new Promise((resolve) => child.once('exit', resolve));
+  };
+  const path = join(dir, 'store');
+  await arriveAndDie(path, 12_000_000);
+  const store = createReplicaStore({ path, chunkBytes: 64 * 1024 });
+  await store.open();
+  t.after(() => store.close());
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
+  t.after(() => partials.stop());
+  await partials.restore();
+  const kept = partials.stats.bytes;
+  // Marked once, at 8 MiB: the chunks flushed by then (the writer's pending tail is not in them).
+  assert.equal(partials.stats.copies, 1, 'the copy cut by the kill comes back');
+  assert.ok(kept >= 8 * 1024 * 1024 - 64 * 1024 && kept <= 8 * 1024 * 1024 + 100_000, `kept ${kept} bytes`);
+  const resumed = partials.take('1.2.3.140.9', 'peer-a')!;
+  assert.equal(resumed.offset, kept);
+  await resumed.writer.write(whole.slice(kept));
+  const committed = await resumed.writer.commit('1.2.3.140.9', (info) => {
+    assert.equal(info.sha256, createHash('sha256').update(whole).digest('hex'));
+    return testCatalogEntry('1.2.3.140.9')(info);
+  });
+  assert.equal(committed.outcome, 'stored');
+  assert.equal(await uncommittedChunks(store), 0, 'the chunks after the marker were deleted at the open');
+  assert.deepEqual(await markers(store), [], 'the commit deleted the marker');
+
+  // Below progressMarkBytes nothing is marked: nothing kept, nothing left.
+  const smallPath = join(dir, 'small');
+  await arriveAndDie(smallPath, 8_000_000);
+  const small = createReplicaStore({ path: smallPath, chunkBytes: 64 * 1024 });
+  await small.open();
+  t.after(() => small.close());
+  assert.deepEqual(small.restoredPartials?.(), []);
+  assert.equal(await uncommittedChunks(small), 0);
+});
+
 test("partial copies: a kept part's marker puts no key beyond the blobs in the blob database, so its tables still move down LevelDB's levels without being rewritten (hunt 135)", async (t) => {
   const { store, path } = await storeToRestart(t);
   const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, systemClock, store);

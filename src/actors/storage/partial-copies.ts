@@ -48,6 +48,12 @@ interface Partial {
   readonly persisted: Promise<boolean>;
 }
 
+/**
+ * A copy arriving marks its progress every this many bytes (an unsynced marker: see progressMarker), so that
+ * a receiver killed with SIGKILL keeps what arrived of a large copy; smaller copies write no marker at all.
+ */
+export const progressMarkBytes = 8 * 1024 * 1024;
+
 /** How long a stop waits for the pulls it cut to keep their parts (their commits in flight settle first). */
 const pullsEndAfterCutMs = 2000;
 
@@ -184,6 +190,23 @@ export class PartialCopies {
     if (kept === undefined) return;
     this.forget(kept);
     void kept.writer.abort();
+  }
+
+  /**
+   * For a copy arriving into `writer` from `fromPeerId`: call the function after each write. Every
+   * progressMarkBytes it has the writer name its chunks so far in an unsynced marker (InstanceWriter.markProgress),
+   * so a SIGKILL keeps them as a cut keeps a part (hunt 140); nothing below progressMarkBytes: no cost per small
+   * instance. Best effort: a marker that fails to be written is not retried.
+   */
+  progressMarker(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): () => Promise<void> {
+    let nextMarkAt = writer.bytesWritten + progressMarkBytes;
+    return async () => {
+      if (writer.bytesWritten < nextMarkAt || this.stopped || writer.markProgress === undefined) return;
+      nextMarkAt = writer.bytesWritten + progressMarkBytes;
+      const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? this.clock.nowMs();
+      const keptUntilDateMs = this.clock.dateMs() + firstKeptAtMs + this.limits.keptMs - this.clock.nowMs();
+      await writer.markProgress({ sopInstanceUid, fromPeerId, keptUntilDateMs }).catch(() => undefined);
+    };
   }
 
   /**

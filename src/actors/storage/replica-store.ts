@@ -218,6 +218,12 @@ export interface InstanceWriter {
    */
   persistPartial?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
   /**
+   * Names the chunks flushed so far in a kept-part marker written without a sync (no short chunk is
+   * flushed): a process killed (SIGKILL) keeps them for its next open, as a cut would (PartialCopies.progressMarker).
+   * A power cut may lose them or the marker; the open's checks then delete what does not match. Optional.
+   */
+  markProgress?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
+  /**
    * SHA-256 (hex) of the bytes written so far, without ending the writer: lets custody admit a store
    * (which needs the hash) before the commit, without hashing every byte twice. Optional for other writers.
    */
@@ -1574,6 +1580,17 @@ class LevelInstanceWriter implements InstanceWriter {
     if (failure !== undefined) throw failure;
     if (this.state !== 'open') return;
     await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
+  }
+
+  async markProgress(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void> {
+    if (this.state !== 'open' || this.failure !== undefined || this.sequence === 0) return;
+    // Read together: the chunks flushed so far and their bytes (what is pending is not in them).
+    const marker: PartialCopyRecord = { v: 1, ...record, chunks: this.sequence, bytes: this.bytesWritten - this.pendingBytes };
+    // The chunks it names reach LevelDB before the marker does (another database: no order between them).
+    await Promise.all(this.inFlight);
+    if (this.state !== 'open' || this.failure !== undefined) return;
+    this.persisted = true;
+    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker))));
   }
 
   private async putLastChunkAgainSynced(key: string): Promise<void> {

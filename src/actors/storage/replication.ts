@@ -384,9 +384,13 @@ class CommitPipeline {
     resume: { resumed?: { writer: InstanceWriter; offset: number }; partials?: PartialCopies } = {},
   ): Promise<void> {
     const writer = resume.resumed?.writer ?? store.beginWrite();
+    const markProgress = resume.partials?.progressMarker(entry.sopInstanceUid, stream.remotePeer, writer);
     try {
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) await writer.write(piece);
+      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) {
+        await writer.write(piece);
+        await markProgress?.();
+      }
     } catch (error) {
       if (resume.partials !== undefined && !(error instanceof StoreError)) resume.partials.keep(entry.sopInstanceUid, stream.remotePeer, writer);
       else await writer.abort();
