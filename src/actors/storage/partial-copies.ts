@@ -216,12 +216,17 @@ export class PartialCopies {
   pullStarted(parent?: AbortSignal): { signal: AbortSignal; end(): void } {
     const cut = new AbortController();
     if (this.stopped) cut.abort(new Error('the pulling peer is stopping'));
+    // Linked by hand and unlinked at the end: the parent (custody's shutdown) outlives thousands of pulls.
+    const onParentAbort = (): void => cut.abort(parent?.reason);
+    if (parent?.aborted === true) onParentAbort();
+    else parent?.addEventListener('abort', onParentAbort, { once: true });
     let end!: () => void;
     const pull = { cut, ended: new Promise<void>((resolve) => (end = resolve)) };
     this.pullsInFlight.add(pull);
     return {
-      signal: parent === undefined ? cut.signal : AbortSignal.any([parent, cut.signal]),
+      signal: cut.signal,
       end: () => {
+        parent?.removeEventListener('abort', onParentAbort);
         this.pullsInFlight.delete(pull);
         end();
       },
