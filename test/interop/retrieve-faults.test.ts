@@ -114,27 +114,73 @@ describe('C-MOVE and C-GET under faults, with DCMTK', { timeout: 170_000 }, () =
     assert.deepEqual([...(await readReceived(pausedDir)).keys()].sort(), series.sopInstanceUids.slice(0, 4).sort());
   });
 
-  it('a C-GET under way while the peer is stopped (SIGTERM): what arrived is whole, the peer exits 0, and restarted it holds every instance', async () => {
+  it('a C-MOVE under way while the peer is stopped (SIGTERM): after the drain the sub-operation in flight ends, then a final C-MOVE-RSP (0xB000, the rest failed and listed) and a release, not a bare A-ABORT', async () => {
+    // A destination taking a second per instance: the move of 24 outlasts the 5 s drain.
+    const slowDir = join(work, 'slow');
+    const slow = await startStorescp({ port: await getFreePort(), outDir: slowDir, aeTitle: 'SLOW', extraArgs: ['--sleep-after', '1'] });
+    try {
+      cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+      await peer.stop();
+      peer = await cluster.start('faults', { swarmKeyFile: null, dataDir: peer.dataDir, extraArgs: [...moveDests, '--move-dest', `SLOW=127.0.0.1:${slow.port}`] });
+      const moving = dcmtk('movescu', ['-d', '-S', '-aec', AE, '-aem', 'SLOW', ...studyKeys, '127.0.0.1', String(peer.dicomPort)], 90_000);
+      await until(async () => (await filesIn(slowDir)) >= 1, 30_000, 'the first instance at the destination');
+      const logFrom = peer.output().length;
+      peer.process.child.kill('SIGTERM');
+      const [run, exit] = await Promise.all([moving, peer.process.exited]);
+      assert.deepEqual(exit, { code: 0, signal: null }, peer.output().slice(-2000));
+      assert.match(run.output, /DIMSE Status\s*:\s*0xb000/i, `${run.output.slice(-1500)}\n${peer.output().slice(logFrom)}`);
+      // The last response's counts, as movescu -d dumps it.
+      const lastCount = (label: string) => Number([...run.output.matchAll(new RegExp(`${label} Suboperations\\s*:\\s*(\\d+)`, 'g'))].at(-1)?.[1]);
+      const summary = { completed: lastCount('Completed'), failed: lastCount('Failed') };
+      const received = await readReceived(slowDir);
+      assert.ok(received.size >= 1 && received.size < instanceCount, `stopped in the middle: ${received.size} of ${instanceCount}`);
+      assert.equal(summary.completed, received.size, 'every one counted completed arrived');
+      assert.equal(summary.failed, instanceCount - received.size, JSON.stringify(summary));
+      const listed = /\(0008,0058\) UI \[([^\]]*)\]/.exec(run.output)?.[1]?.split('\\') ?? [];
+      assert.deepEqual([...listed, ...received.keys()].sort(), [...series.sopInstanceUids].sort(), 'the Failed SOP Instance UID List names exactly the ones not sent');
+      assert.match(run.output, /\d+ failed: the archive is stopping, retry/);
+      assert.match(run.output, /Releasing Association/);
+      assert.doesNotMatch(peer.output().slice(logFrom), /aborting association|ERR_UNHANDLED_REJECTION/);
+    } finally {
+      await slow.stop().catch(() => undefined);
+      cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+      peer = await cluster.start('faults', { swarmKeyFile: null, dataDir: peer.dataDir, extraArgs: moveDests });
+    }
+  });
+
+  it('a C-GET under way while the peer is stopped (SIGTERM): after the drain it ends with a final C-GET-RSP (0xB000, the rest failed and listed) and a release, what arrived is whole, the peer exits 0, and restarted it holds every instance', async () => {
     const dir = join(work, 'get-during-stop');
     await mkdir(dir);
     const stopKeys = ['-k', 'QueryRetrieveLevel=STUDY', '-k', `StudyInstanceUID=${stopStudyUid}`];
     // getscu reads nothing while stopped, so the C-GET is still under way when the peer is told to stop.
-    const getter = spawnManaged('getscu', ['-v', '-S', '-aec', AE, '-od', dir, ...stopKeys, '127.0.0.1', String(peer.dicomPort)], { env: { ...process.env, TCP_NODELAY: '1' } });
+    const getter = spawnManaged('getscu', ['-d', '-S', '-aec', AE, '-od', dir, ...stopKeys, '127.0.0.1', String(peer.dicomPort)], { env: { ...process.env, TCP_NODELAY: '1' } });
     let output = '';
     getter.child.stdout?.on('data', (b: Buffer) => (output += b.toString()));
     getter.child.stderr?.on('data', (b: Buffer) => (output += b.toString()));
     await until(async () => (await filesIn(dir)) >= 1, 30_000, 'the first instance at getscu');
     getter.child.kill('SIGSTOP');
+    const logFrom = peer.output().length;
     peer.process.child.kill('SIGTERM');
-    const exit = await peer.process.exited;
+    // The drain (5 s) passes with getscu stopped; then the peer has its retrieves end: getscu goes on from there.
+    await until(async () => /the retrieves under way send their final responses/.test(peer.output()), 20_000, 'the end of the drain');
     getter.child.kill('SIGCONT');
+    const exit = await peer.process.exited;
     await getter.exited;
     assert.deepEqual(exit, { code: 0, signal: null }, peer.output().slice(-2000));
     assert.doesNotMatch(peer.output(), /ERR_UNHANDLED_REJECTION|query\/retrieve task failed/);
+    // A final response that says what was not sent, then a release, not a bare A-ABORT (hunt 140).
+    // (getscu prints no identifier: the Failed SOP Instance UID List is checked with movescu below.)
+    const summary = retrieveSummary(output, 'get');
+    assert.match(output, /DIMSE Status\s*:\s*0xb000/i, output.slice(-3000));
+    assert.ok(summary.completed! >= 1 && summary.completed! + summary.failed! === stopInstanceCount, JSON.stringify(summary));
+    assert.match(output, /\d+ failed: the archive is stopping, retry/);
+    assert.match(output, /Releasing Association/);
+    assert.doesNotMatch(peer.output().slice(logFrom), /aborting association/);
     // Every file getscu kept is an instance as stored: none half-written.
     const originals = new Map(await Promise.all(stopSeries.files.map(async (file, i) => [stopSeries.sopInstanceUids[i]!, await readFile(file)] as const)));
     const received = await readReceived(dir);
     assert.ok(received.size >= 1 && received.size < stopInstanceCount, `paused in the middle: ${received.size} of ${stopInstanceCount}\n${output.slice(-2000)}`);
+    assert.equal(received.size, summary.completed, 'every one counted completed arrived');
     for (const [uid, { bytes }] of received) {
       const original = originals.get(uid)!;
       assert.ok(Buffer.from(bytes.subarray(splitPart10(bytes).datasetOffset)).equals(original.subarray(splitPart10(original).datasetOffset)), `${uid} arrived whole`);

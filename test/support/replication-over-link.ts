@@ -26,6 +26,8 @@ export interface ReplicationOverLink {
   receiverStore: ReplicaStore;
   /** Where the receiver's store lives (a test restarting the receiver opens a new store there). */
   receiverStorePath: string;
+  /** Where the sender's store lives, to reopen it after a restart. */
+  senderStorePath: string;
   /** The sender's push streams to the receiver. */
   streams: PushStreams;
   /** The sender's copies in flight (its pushes count there): pass it to replicateBatchTo and sendCustodyMessages as custody does. */
@@ -88,7 +90,7 @@ export async function startReplicationOverLink(init: {
       const committed = await writer.commit(uid, testCatalogEntry(uid));
       return committed.entry;
     };
-    return { sender, receiver, senderStore, receiverStore, receiverStorePath: join(dirs[0]!, 'store'), streams, bulkInFlight, link, serving, messages, storeAtSender, stop };
+    return { sender, receiver, senderStore, receiverStore, receiverStorePath: join(dirs[0]!, 'store'), senderStorePath: join(dirs[1]!, 'store'), streams, bulkInFlight, link, serving, messages, storeAtSender, stop };
   } catch (error) {
     await stop();
     throw error;

@@ -41,7 +41,12 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
     congested,
     socket,
     deps,
-    { artimExpired: () => post({ type: 'artimExpired' }), idleExpired: () => post({ type: 'idleExpired' }), finished: () => queueMicrotask(() => stop(true)) },
+    {
+      artimExpired: () => post({ type: 'artimExpired' }),
+      idleExpired: () => post({ type: 'idleExpired' }),
+      shutdownExpired: () => post({ type: 'shutdownExpired' }),
+      finished: () => queueMicrotask(() => stop(true)),
+    },
     {
       received: (pdus, bytes) => post({ type: 'received', pdus, bytes }),
       invalid: (reason, detail) => post({ type: 'invalidPdu', reason, detail }),
@@ -69,7 +74,10 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
           await state.onIdleExpired();
           return state;
         case 'shutdown':
-          await state.abort('peer shutting down');
+          await state.onShutdown(message.drainEndMs);
+          return state;
+        case 'shutdownExpired':
+          await state.onShutdownExpired();
           return state;
         case 'crash':
           throw new Error(`crash requested: ${message.why}`);

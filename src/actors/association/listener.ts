@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Ref } from '../runtime/nact.ts';
 import { dispatch } from '../runtime/nact.ts';
 import { spawnAssociation, type SpawnedAssociation } from './actor.ts';
+import { shutdownAnswerMs } from './session.ts';
 import { destroyUnlessClosedInGrace, halfCloseGraceMs } from './connection.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { RejectReason, RejectResult, RejectSource, encodePdu } from '../../codec/pdu.ts';
@@ -136,10 +137,13 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
       // close() only stops accepting here; its callback would wait for every connection to end.
       server.close();
       const all = Promise.all([...active].map((a) => a.finished));
-      if (await finishedWithin(all, graceMs)) return;
-      for (const association of active) dispatch(association.ref, { type: 'shutdown' });
+      // The drain's last part is for retrieves to end with a final response (see AcceptorSession.onShutdown).
+      const answerMs = Math.min(shutdownAnswerMs, graceMs);
+      const drainEndMs = init.deps.clock.nowMs() + graceMs;
+      if (await finishedWithin(all, graceMs - answerMs)) return;
+      for (const association of active) dispatch(association.ref, { type: 'shutdown', drainEndMs });
       // An aborted association closes its socket within halfCloseGraceMs (see DicomConnection.close); a stuck actor does not hold the stop.
-      await finishedWithin(all, halfCloseGraceMs);
+      await finishedWithin(all, Math.max(0, drainEndMs - init.deps.clock.nowMs()) + halfCloseGraceMs);
     },
   };
 }

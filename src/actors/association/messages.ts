@@ -9,7 +9,13 @@ export type AssociationMsg =
   | { type: 'artimExpired' }
   /** Nothing received for the idle timeout while no operation runs: the association is given up. */
   | { type: 'idleExpired' }
-  /** The peer is shutting down: abort the association. */
-  | { type: 'shutdown' }
+  /**
+   * The peer is shutting down, its drain ending at `drainEndMs` (association clock): an established
+   * association's C-GETs and C-MOVEs send no more sub-operations and end with their final responses, and
+   * the requestor may release, until then; then (or at once, if not established) it is aborted (see onShutdown).
+   */
+  | { type: 'shutdown'; drainEndMs: number }
+  /** The final responses' time is up: abort whatever is still open. */
+  | { type: 'shutdownExpired' }
   /** Test hook: makes the handler throw, to show that a crash takes down this association alone. */
   | { type: 'crash'; why: string };

@@ -74,6 +74,17 @@ const cancelGraceMs = 1000;
  */
 const releaseWaitMs = 2000;
 
+/**
+ * The last part of a stopping peer's drain, in which the C-GETs and C-MOVEs still running send no more
+ * sub-operations and end with a final response (the one in flight answered, the rest counted failed and
+ * listed) and requestors may release, before what is still open is aborted (listener.ts, onShutdown).
+ * Room for a sub-operation in flight at a destination that takes a second per instance, and its release.
+ */
+export const shutdownAnswerMs = 2500;
+
+/** A requestor answered in the last moments of the drain gets this long to release before it is aborted. */
+const releaseAfterFinalAnswerMs = 500;
+
 /** A retrieve whose sub-operation takes longer sends a Pending response meanwhile (see runRetrieve). */
 const retrievePendingIntervalMs = 10_000;
 
@@ -82,6 +93,8 @@ export interface SessionCallbacks {
   artimExpired(): void;
   /** Route an idle-timer expiry through the actor's mailbox. */
   idleExpired(): void;
+  /** Route the end of the final responses' time at a shutdown through the actor's mailbox (see onShutdown). */
+  shutdownExpired(): void;
   /** The association is over (transport closed): the actor stops. */
   finished(): void;
 }
@@ -105,6 +118,11 @@ export class AcceptorSession {
   private ended = false;
   /** The requestor asked to release: it may not send P-DATA any more (PS3.8 Sta7), so no C-GET sub-operation can be answered. */
   private releaseRequested = false;
+  /** The peer is stopping: retrieves send no more sub-operations and end with their final response (see onShutdown). */
+  private stopping = false;
+  /** When an operation last ended, and whether a stop gave its requestor releaseAfterFinalAnswerMs (see onShutdownExpired). */
+  private lastTaskEndedMs: number | undefined;
+  private releaseGraceGiven = false;
   private idleTimer: TimerHandle | undefined;
   /** See armIdleTimer: the cut of a connection whose actor is stuck writing to a requestor that reads nothing. */
   private stalledCut: TimerHandle | undefined;
@@ -261,6 +279,35 @@ export class AcceptorSession {
 
   async onArtimExpired(): Promise<void> {
     await this.core.fire({ type: 'artimExpired' });
+  }
+
+  /**
+   * The peer stops and its drain nears its end (`answerMs` left). An established association is not cut at
+   * once: a C-GET or C-MOVE sends no more sub-operations, and its final response (PS3.4 C.4.2.3.1 /
+   * C.4.3.3.1: 0xB000, or 0xA702 when none completed, the ones not sent counted failed and listed) goes out
+   * once the sub-operation in flight is answered; the requestor then releases (it has its answer). What is
+   * still open after `answerMs` is aborted, as everything was at the drain's end before (a requestor of a
+   * retrieve got no final response).
+   */
+  async onShutdown(drainEndMs: number): Promise<void> {
+    if (this.ended) return;
+    const answerMs = drainEndMs - this.deps.clock.nowMs();
+    if (answerMs <= 0 || this.core.machine.state !== 'Sta6') return this.abort('peer shutting down');
+    this.stopping = true;
+    if (this.tasks.size > 0) this.log.warn('peer shutting down: the retrieves under way send their final responses', { operations: this.tasks.size, waitMs: answerMs });
+    this.deps.clock.setTimeout(() => this.callbacks.shutdownExpired(), answerMs);
+  }
+
+  async onShutdownExpired(): Promise<void> {
+    if (this.ended || this.core.machine.state === 'Sta1' || this.core.machine.state === 'Sta13') return;
+    if (this.tasks.size > 0) return this.abort('peer shutting down: an operation did not end in time');
+    // Answered just now (its final response in the last moments): a moment more for the requestor's release.
+    if (this.lastTaskEndedMs !== undefined && this.deps.clock.nowMs() - this.lastTaskEndedMs < releaseAfterFinalAnswerMs && !this.releaseGraceGiven) {
+      this.releaseGraceGiven = true;
+      this.deps.clock.setTimeout(() => this.callbacks.shutdownExpired(), releaseAfterFinalAnswerMs);
+      return;
+    }
+    await this.abort('peer shutting down: the requestor did not release');
   }
 
   /** Our side gives up on this association: A-ABORT, then close. Used on shutdown and after a crash. */
@@ -595,6 +642,7 @@ export class AcceptorSession {
               kind: context.service === 'get' ? 'get' : 'move',
               callingAeTitle: this.callingAeTitle,
               isReleasing: () => context.service === 'get' && this.releaseRequested,
+              isStopping: () => this.stopping,
               onSubOperationFailures: (reasons) => this.log.warn(`${serviceNames[context.service]} sub-operations failed`, { reasons }),
               transcoder: this.deps.transcoder,
               signal: task.cancel.signal,
@@ -615,7 +663,10 @@ export class AcceptorSession {
           );
     task.done = run
       .catch((error: unknown) => this.log.error('query/retrieve task failed', { error: String(error) }))
-      .finally(() => this.tasks.delete(messageId));
+      .finally(() => {
+        this.tasks.delete(messageId);
+        this.lastTaskEndedMs = this.deps.clock.nowMs();
+      });
     this.tasks.set(messageId, task);
   }
 

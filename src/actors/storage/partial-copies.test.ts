@@ -311,45 +311,85 @@ test('partial copies: a marker of an instance that was committed is dropped at o
   assert.ok(Buffer.concat(chunks).equals(bytes), 'the instance is whole');
 });
 
-test('partial copies: a part kept before a kill -9 comes back at the next open, and resumes into the whole instance (hunt 132)', { timeout: 60_000 }, async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const path = join(dir, 'store');
-  const keptBytes = 205_000;
-  const whole = Uint8Array.from({ length: 400_000 }, (_, i) => (i * 7) & 0xff);
-  const fixture = fileURLToPath(new URL('./fixtures/keep-part-and-die.ts', import.meta.url));
-  const child = spawn(process.execPath, ['--import', 'tsx', fixture, path, String(keptBytes)], { stdio: ['ignore', 'pipe', 'inherit'] });
+/** Runs a fixture of ./fixtures in a child process until it prints `line`, then `killAfterMs` later kills it with SIGKILL. */
+async function runFixtureUntilThenKill(fixtureName: string, args: string[], line: string, killAfterMs: number): Promise<void> {
+  const fixture = fileURLToPath(new URL(`./fixtures/${fixtureName}`, import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', fixture, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the child kept no part in time')), 30_000);
+    const timer = setTimeout(() => reject(new Error(`${fixtureName} did not say "${line}" in time`)), 45_000);
     child.stdout.on('data', (chunk: Buffer) => {
-      if (!chunk.toString().includes('kept')) return;
+      if (!chunk.toString().includes(line)) return;
       clearTimeout(timer);
-      // While it writes another upload, never kept.
       setTimeout(() => {
         child.kill('SIGKILL');
         resolve();
-      }, 200);
+      }, killAfterMs);
     });
   });
   await new Promise((resolve) => child.once('exit', resolve));
+}
+
+/**
+ * Opens the store at `path` after a kill, takes back its kept parts, and resumes the one of `uid` (from
+ * 'peer-a') into `whole`, checking the SHA-256 over the whole at the commit. `stats`: the table before the resume.
+ */
+async function reopenAndResume(t: TestContext, path: string, uid: string, whole: Uint8Array) {
   const store = createReplicaStore({ path, chunkBytes: 64 * 1024 });
   await store.open();
   t.after(() => store.close());
   const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
   t.after(() => partials.stop());
   await partials.restore();
-  assert.deepEqual(partials.stats, { bytes: keptBytes, copies: 1 }, 'the part, its tail included');
-  const resumed = partials.take('1.2.3.132.9', 'peer-a')!;
-  await resumed.writer.write(whole.slice(keptBytes));
-  const committed = await resumed.writer.commit('1.2.3.132.9', (info) => {
+  const stats = partials.stats;
+  const resumed = partials.take(uid, 'peer-a')!;
+  assert.equal(resumed.offset, stats.bytes);
+  await resumed.writer.write(whole.slice(resumed.offset));
+  const committed = await resumed.writer.commit(uid, (info) => {
     assert.equal(info.sha256, createHash('sha256').update(whole).digest('hex'));
-    return testCatalogEntry('1.2.3.132.9')(info);
+    return testCatalogEntry(uid)(info);
   });
-  assert.equal(committed.outcome, 'stored');
+  return { store, stats, committed };
+}
+
+test('partial copies: a part kept before a kill -9 comes back at the next open, and resumes into the whole instance (hunt 132)', { timeout: 60_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, 'store');
+  const keptBytes = 205_000;
+  const whole = Uint8Array.from({ length: 400_000 }, (_, i) => (i * 7) & 0xff);
+  // Killed while it writes another upload, never kept.
+  await runFixtureUntilThenKill('keep-part-and-die.ts', [path, String(keptBytes)], 'kept', 200);
+  const { store, stats, committed } = await reopenAndResume(t, path, '1.2.3.132.9', whole);
+  assert.deepEqual(stats, { bytes: keptBytes, copies: 1 }, 'the part, its tail included');
   const chunks: Uint8Array[] = [];
   for await (const chunk of store.readInstance(committed.entry)) chunks.push(chunk);
   assert.ok(Buffer.concat(chunks).equals(whole));
   assert.equal(await uncommittedChunks(store), 0, 'the upload that was never kept is gone');
+});
+
+test('partial copies: a large copy arriving at a kill -9 (never cut) keeps what it marked, and resumes into the whole instance; a small one writes no marker (hunt 140)', { timeout: 60_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-partials-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const whole = Uint8Array.from({ length: 20_000_000 }, (_, i) => (i * 7) & 0xff);
+  const arriveAndDie = (path: string, arrivedBytes: number) => runFixtureUntilThenKill('arrive-and-die.ts', [path, String(arrivedBytes)], 'arrived', 0);
+  const path = join(dir, 'store');
+  await arriveAndDie(path, 12_000_000);
+  const { store, stats, committed } = await reopenAndResume(t, path, '1.2.3.140.9', whole);
+  // Marked once, at 8 MiB: the chunks flushed by then (the writer's pending tail is not in them).
+  assert.equal(stats.copies, 1, 'the copy cut by the kill comes back');
+  assert.ok(stats.bytes >= 8 * 1024 * 1024 - 64 * 1024 && stats.bytes <= 8 * 1024 * 1024 + 100_000, `kept ${stats.bytes} bytes`);
+  assert.equal(committed.outcome, 'stored');
+  assert.equal(await uncommittedChunks(store), 0, 'the chunks after the marker were deleted at the open');
+  assert.deepEqual(await markers(store), [], 'the commit deleted the marker');
+
+  // Below progressMarkBytes nothing is marked: nothing kept, nothing left.
+  const smallPath = join(dir, 'small');
+  await arriveAndDie(smallPath, 8_000_000);
+  const small = createReplicaStore({ path: smallPath, chunkBytes: 64 * 1024 });
+  await small.open();
+  t.after(() => small.close());
+  assert.deepEqual(small.restoredPartials?.(), []);
+  assert.equal(await uncommittedChunks(small), 0);
 });
 
 test("partial copies: a kept part's marker puts no key beyond the blobs in the blob database, so its tables still move down LevelDB's levels without being rewritten (hunt 135)", async (t) => {

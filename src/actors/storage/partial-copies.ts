@@ -48,6 +48,15 @@ interface Partial {
   readonly persisted: Promise<boolean>;
 }
 
+/**
+ * A copy arriving marks its progress every this many bytes (an unsynced marker: see progressMarker), so that
+ * a receiver killed with SIGKILL keeps what arrived of a large copy; smaller copies write no marker at all.
+ */
+export const progressMarkBytes = 8 * 1024 * 1024;
+
+/** How long a stop waits for the pulls it cut to keep their parts (their commits in flight settle first). */
+const pullsEndAfterCutMs = 2000;
+
 /** Partial copies by SOP Instance UID (one each), oldest first. */
 export class PartialCopies {
   private readonly byUid = new Map<string, Partial>();
@@ -59,6 +68,12 @@ export class PartialCopies {
   private bytesKept = 0;
   private keptCount = 0;
   private stopped = false;
+  /**
+   * This site's pulls in flight that keep their cut parts here (pullStarted): a stop cuts them first and
+   * waits for their keeps, so that a restart keeps what arrived of them too (hunt 140: custody cut its pulls
+   * after the table had stopped, and their parts were deleted).
+   */
+  private readonly pullsInFlight = new Set<{ cut: AbortController; ended: Promise<void> }>();
   /** The running restore, which a stop waits for (one part's read-back at most: it stops at the next). */
   private restoring: Promise<void> = Promise.resolve();
   private readonly stopWatchingStore: () => void;
@@ -178,11 +193,60 @@ export class PartialCopies {
   }
 
   /**
-   * Forgets everything; later `keep`s abort their writer at once. A part whose marker the store holds is
-   * left open there, for the store's next open to offer back (a restart: the store closes next); the
-   * others are dropped.
+   * For a copy arriving into `writer` from `fromPeerId`: call the function after each write. Every
+   * progressMarkBytes it has the writer name its chunks so far in an unsynced marker (InstanceWriter.markProgress),
+   * so a SIGKILL keeps them as a cut keeps a part (hunt 140); nothing below progressMarkBytes: no cost per small
+   * instance. Best effort: a marker that fails to be written is not retried.
+   */
+  progressMarker(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): () => Promise<void> {
+    let nextMarkAt = writer.bytesWritten + progressMarkBytes;
+    return async () => {
+      if (writer.bytesWritten < nextMarkAt || this.stopped || writer.markProgress === undefined) return;
+      nextMarkAt = writer.bytesWritten + progressMarkBytes;
+      const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? this.clock.nowMs();
+      const keptUntilDateMs = this.clock.dateMs() + firstKeptAtMs + this.limits.keptMs - this.clock.nowMs();
+      await writer.markProgress({ sopInstanceUid, fromPeerId, keptUntilDateMs }).catch(() => undefined);
+    };
+  }
+
+  /**
+   * A pull of this site's that keeps its cut parts here begins: it runs on the signal given (aborted with
+   * `parent`, or by this table's stop), and calls `end` once it has kept what it keeps.
+   */
+  pullStarted(parent?: AbortSignal): { signal: AbortSignal; end(): void } {
+    const cut = new AbortController();
+    if (this.stopped) cut.abort(new Error('the pulling peer is stopping'));
+    // Linked by hand and unlinked at the end: the parent (custody's shutdown) outlives thousands of pulls.
+    const onParentAbort = (): void => cut.abort(parent?.reason);
+    if (parent?.aborted === true) onParentAbort();
+    else parent?.addEventListener('abort', onParentAbort, { once: true });
+    let end!: () => void;
+    const pull = { cut, ended: new Promise<void>((resolve) => (end = resolve)) };
+    this.pullsInFlight.add(pull);
+    return {
+      signal: cut.signal,
+      end: () => {
+        parent?.removeEventListener('abort', onParentAbort);
+        this.pullsInFlight.delete(pull);
+        end();
+      },
+    };
+  }
+
+  /**
+   * Cuts this site's pulls in flight (pullStarted) and waits, at most pullsEndAfterCutMs, for them to keep
+   * what arrived; then forgets everything, and later `keep`s abort their writer at once. A part whose
+   * marker the store holds is left open there, for the store's next open to offer back (a restart: the
+   * store closes next); the others are dropped.
    */
   async stop(): Promise<void> {
+    const pulls = [...this.pullsInFlight];
+    for (const pull of pulls) pull.cut.abort(new Error('the pulling peer is stopping'));
+    if (pulls.length > 0) {
+      let timer: TimerHandle | undefined;
+      await Promise.race([Promise.all(pulls.map((pull) => pull.ended)), new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, pullsEndAfterCutMs)))]);
+      this.clock.clearTimeout(timer);
+    }
     this.stopped = true;
     this.stopWatchingStore();
     await this.restoring.catch(() => undefined);

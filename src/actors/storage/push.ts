@@ -369,6 +369,8 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
   init.partials?.drop(uid);
   // Already held: read and drop the bytes (the sender does not wait for an answer before sending them).
   const writer = (await store.getEntry(uid)) === undefined ? store.beginWrite() : undefined;
+  // A large copy marks its progress, so a SIGKILL keeps what arrived (PartialCopies.progressMarker).
+  const markProgress = writer === undefined ? undefined : init.partials?.progressMarker(uid, stream.remotePeer, writer);
   // Over a slow link a push takes seconds: repair would pull the same copy from a site that has it already
   // (hunt 74: 4-27 MB between sites b and c at 1 Mbit/s while site a's pushes to them were in flight).
   let arriving: ReturnType<typeof setInterval> | undefined;
@@ -390,7 +392,11 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
       total += length;
       if (total > limits.bodyBytesMax) throw new PushError('ERR_PUSH_REFUSED', `instance over ${limits.bodyBytesMax} bytes`);
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(length, options)) if (writer) await writer.write(piece);
+      for await (const piece of stream.reader.body(length, options)) {
+        if (writer === undefined) continue;
+        await writer.write(piece);
+        await markProgress?.();
+      }
     }
     readingData = false;
     const tail = decodeEnvelope<PushTail>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });

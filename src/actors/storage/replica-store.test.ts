@@ -12,6 +12,7 @@ import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PATIENT_PREFIX, catalogDelete
 import { STORE_FORMAT, createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { createQueryStats, findMatches } from './query/query.ts';
 import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
+import { cutPower, recordBlobWrites } from './fixtures/power-cut.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
 
 const entryFor = testCatalogEntry;
@@ -339,6 +340,94 @@ test('power cut after a LevelDB log switch: a commit found without all of its ch
   assert.deepEqual(await readAll(reopened, '1.2.95.1'), Buffer.alloc(500, 3));
   assert.match(notices.join('\n'), /a commit found without all of its chunks \(a power cut\): deleted/);
   assert.match(notices.join('\n'), /a listed instance is missing chunks: the scrub replaces it/);
+});
+
+test('power cut after an abort: chunks made durable by a later commit do not outlive the unsynced delete below the checkpoint', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100, checkpointIntervalMs: 10 });
+  await store.open();
+  const record = recordBlobWrites(store);
+  const aborted = store.beginWrite();
+  await aborted.write(Buffer.alloc(1000, 5));
+  const writer = store.beginWrite();
+  await writer.write(Buffer.alloc(150, 6));
+  // Its synced batch makes the aborted upload's ten chunks durable (one log, in order).
+  await writer.commit('1.2.96.1', entryFor('1.2.96.1'));
+  await aborted.abort();
+  assert.equal(await uncommittedChunks(store), 0);
+  // The commit's checkpoint timer, then the close's checkpoint: neither may pass the upload whose delete is not durable.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  await store.close();
+  assert.ok((await cutPower(dir, record)) > 0, 'the delete was not synced: the power cut undoes it');
+
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await uncommittedChunks(reopened), 0, "the aborted upload's chunks are deleted at open, not kept below the checkpoint for good");
+  assert.equal(await countKeys(reopened, 'b!'), 1, "the committed instance's one chunk");
+  assert.deepEqual(await readAll(reopened, '1.2.96.1'), Buffer.alloc(150, 6));
+});
+
+test('a later commit makes an abort durable: the checkpoint passes it again, and a power cut leaves nothing of it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const record = recordBlobWrites(store);
+  const aborted = store.beginWrite();
+  await aborted.write(Buffer.alloc(1000, 5));
+  await aborted.abort();
+  const writer = store.beginWrite();
+  await writer.write(Buffer.alloc(150, 6));
+  await writer.commit('1.2.96.2', entryFor('1.2.96.2'));
+  await store.close();
+  assert.equal(await cutPower(dir, record), 0);
+  const recoveryFrom = async () => {
+    const catalog = new Level<string, Uint8Array>(join(dir, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+    try {
+      return Buffer.from((await catalog.get('m!recovery-from'))!).toString('utf8');
+    } finally {
+      await catalog.close();
+    }
+  };
+  const committedBlobId = async () => {
+    const reopened = createReplicaStore({ path: dir });
+    await reopened.open();
+    try {
+      assert.equal(await uncommittedChunks(reopened), 0);
+      return (await reopened.getEntry('1.2.96.2'))!.blobId;
+    } finally {
+      await reopened.close();
+    }
+  };
+  assert.ok((await recoveryFrom()) > (await committedBlobId()), 'the checkpoint is past every blob: recovery reads nothing at the next open');
+});
+
+test('power cut after a repair: the bad copy it replaced is deleted for good (it lies below the checkpoint)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await store.open();
+  const writer = store.beginWrite();
+  for (let i = 0; i < 4; i++) await writer.write(Buffer.alloc(100, 4));
+  await writer.commit('1.2.96.3', entryFor('1.2.96.3'));
+  const bad = (await store.getEntry('1.2.96.3'))!;
+  await damageChunk(store, bad.blobId, 1, 'flip');
+  await store.close();
+  const reopenedOnce = createReplicaStore({ path: dir, chunkBytes: 100 });
+  await reopenedOnce.open();
+  const record = recordBlobWrites(reopenedOnce);
+  assert.equal(await reopenedOnce.repairCopy(bad, [Buffer.alloc(400, 4)]), 'repaired');
+  await reopenedOnce.close();
+  await cutPower(dir, record);
+
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.notEqual((await reopened.getEntry('1.2.96.3'))!.blobId, bad.blobId);
+  assert.equal(await countKeys(reopened, `b!${bad.blobId}`), 0, "the bad copy's chunks are gone");
+  assert.equal(await reopened.blobDb.get(`b!${bad.blobId}!~`), undefined, 'and its commit record');
 });
 
 /** A fresh store in a temp directory (removed after the test) holding `uids`, each 150 bytes of `fill`. */

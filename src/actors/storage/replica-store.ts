@@ -23,7 +23,8 @@
  *
  * An instance is visible (to C-FIND, C-GET, counts) only through its catalog entry, so an upload that dies
  * half way is invisible; `open()` deletes the chunks of every blob newer than the checkpoint that has no
- * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow),
+ * commit record (every upload open at a crash is newer than the last checkpoint: blob ids only grow; so is
+ * every aborted one whose unsynced delete no synced blob write has followed yet: see abortsNotDurable),
  * except the part of a cut copy kept for a resume (partial-copies.ts), whose marker `p!<blobId>` (in the
  * catalog database) names its first chunks: those survive a restart until the marker's time is up (see PartialCopyRecord).
  */
@@ -216,6 +217,12 @@ export interface InstanceWriter {
    * `keptUntilDateMs`. Bytes written after this are not part of it. Optional for other writers.
    */
   persistPartial?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
+  /**
+   * Names the chunks flushed so far in a kept-part marker written without a sync (no short chunk is
+   * flushed): a process killed (SIGKILL) keeps them for its next open, as a cut would (PartialCopies.progressMarker).
+   * A power cut may lose them or the marker; the open's checks then delete what does not match. Optional.
+   */
+  markProgress?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
   /**
    * SHA-256 (hex) of the bytes written so far, without ending the writer: lets custody admit a store
    * (which needs the hash) before the commit, without hashing every byte twice. Optional for other writers.
@@ -563,6 +570,11 @@ class LevelReplicaStore implements ReplicaStore {
   private readonly commitsInProgress = new Map<string, Promise<unknown>>();
   /** Blob ids of uploads not yet committed or aborted: a checkpoint may not pass the oldest. */
   readonly openUploads = new Set<string>();
+  /**
+   * Aborted uploads whose chunks were deleted without a sync: a power cut can undo that delete (their
+   * chunks may be durable already), so a checkpoint may not pass them until a synced blob write follows it.
+   */
+  private readonly abortsNotDurable = new Set<string>();
   /** The tick of the last blob id handed out: ids only grow, whatever the clock does. */
   private lastTick = 0;
   /**
@@ -608,12 +620,15 @@ class LevelReplicaStore implements ReplicaStore {
     });
     const commits = all.filter((_, index) => refusals[index] === undefined);
     if (commits.length === 0) return refusals.map((refused) => ({ refused }));
+    // Written to the log before this synced batch, so its sync makes those deletes durable too.
+    const abortsCovered = [...this.abortsNotDurable];
     const [found, synced] = await Promise.allSettled([
       this.existingEntries(commits.map((commit) => commit.sopInstanceUid)),
       this.written(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
     ]);
     // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
     if (synced.status === 'rejected') throw synced.reason;
+    for (const blobId of abortsCovered) this.abortsNotDurable.delete(blobId);
     if (found.status === 'rejected') throw found.reason;
     // A data directory deleted under a running peer takes synced writes into files no open will find
     // again (LevelDB notices only when it next creates a file): refused and faulted, not acknowledged.
@@ -961,7 +976,7 @@ class LevelReplicaStore implements ReplicaStore {
         resume: () => this.resumePartial(blobId, record),
         drop: async () => {
           await this.deleteKeptPart(blobId, false).catch(() => undefined);
-          this.endUpload(blobId, 'aborted');
+          this.endUpload(blobId, 'abortedUnsynced');
         },
       };
       const timer = setTimeout(() => {
@@ -1175,10 +1190,15 @@ class LevelReplicaStore implements ReplicaStore {
     return blobId;
   }
 
-  /** An upload ends: 'stored' is a new instance, 'replaced' a repaired copy (a duplicate's upload is aborted). */
-  endUpload(blobId: string, outcome: 'stored' | 'replaced' | 'aborted'): void {
+  /**
+   * An upload ends: 'stored' is a new instance, 'replaced' a repaired copy (a duplicate's upload is aborted);
+   * 'abortedUnsynced' deleted chunks without a sync, 'aborted' wrote none (or could not delete them).
+   */
+  endUpload(blobId: string, outcome: 'stored' | 'replaced' | 'aborted' | 'abortedUnsynced'): void {
     this.openUploads.delete(blobId);
-    if (outcome === 'aborted') return;
+    // Moved over at once: no checkpoint can see the upload in neither set.
+    if (outcome === 'abortedUnsynced') this.abortsNotDurable.add(blobId);
+    if (outcome === 'aborted' || outcome === 'abortedUnsynced') return;
     if (outcome === 'stored') this.storedSinceOpen++;
     this.checkpointTimer ??= setTimeout(() => {
       this.checkpointTimer = undefined;
@@ -1196,6 +1216,7 @@ class LevelReplicaStore implements ReplicaStore {
     if (this.checkpointRunning) return this.checkpointRunning;
     let from = tickPrefix(this.lastTick + 1);
     for (const blobId of this.openUploads) if (blobId < from) from = blobId;
+    for (const blobId of this.abortsNotDurable) if (blobId < from) from = blobId;
     const checkpoint = Buffer.from(from, 'utf8');
     const ops = [recoveryFromKey, searchIndexedBeforeKey].map((key) => ({ type: 'put' as const, key, value: checkpoint }));
     this.checkpointRunning = (async () => {
@@ -1561,6 +1582,17 @@ class LevelInstanceWriter implements InstanceWriter {
     await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
   }
 
+  async markProgress(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void> {
+    if (this.state !== 'open' || this.failure !== undefined || this.sequence === 0) return;
+    // Read together: the chunks flushed so far and their bytes (what is pending is not in them).
+    const marker: PartialCopyRecord = { v: 1, ...record, chunks: this.sequence, bytes: this.bytesWritten - this.pendingBytes };
+    // The chunks it names reach LevelDB before the marker does (another database: no order between them).
+    await Promise.all(this.inFlight);
+    if (this.state !== 'open' || this.failure !== undefined) return;
+    this.persisted = true;
+    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker))));
+  }
+
   private async putLastChunkAgainSynced(key: string): Promise<void> {
     const value = await this.store.blobDb.get(key);
     if (value === undefined) throw new StoreError('ERR_STORE_CORRUPT', `kept part ${this.blobId} lost its last chunk`);
@@ -1704,7 +1736,8 @@ class LevelInstanceWriter implements InstanceWriter {
       await this.store.written(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
       this.state = 'committed';
       this.store.endUpload(this.blobId, 'replaced');
-      await this.store.deleteBlob(corrupt.blobId, false);
+      // Synced: the bad copy lies below the recovery checkpoint, so no open would find it again after a power cut.
+      await this.store.deleteBlob(corrupt.blobId, true);
       return 'repaired';
     });
   }
@@ -1716,8 +1749,10 @@ class LevelInstanceWriter implements InstanceWriter {
     this.pending = [];
     this.pendingBytes = 0;
     await Promise.all(this.inFlight);
-    // sequence > 0: chunks (or a commit that failed or found a duplicate) were written.
-    if (this.sequence > 0) await (this.persisted ? this.store.deleteKeptPart(this.blobId, false) : this.store.deleteBlob(this.blobId, false)).catch(() => undefined);
-    this.store.endUpload(this.blobId, 'aborted');
+    // sequence > 0: chunks (or a commit that failed or found a duplicate) were written. Not synced (a
+    // duplicate's abort would cost a second fsync): the checkpoint waits for the next synced blob write instead.
+    if (this.sequence === 0) return this.store.endUpload(this.blobId, 'aborted');
+    await (this.persisted ? this.store.deleteKeptPart(this.blobId, false) : this.store.deleteBlob(this.blobId, false)).catch(() => undefined);
+    this.store.endUpload(this.blobId, 'abortedUnsynced');
   }
 }

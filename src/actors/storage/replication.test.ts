@@ -1094,3 +1094,40 @@ test('a copy cut by the receiver stopping (a restart) keeps what arrived for aft
   assert.ok((await storedBytes(reopened, uid)).equals(bytes));
   assert.equal(await uncommittedChunks(reopened), 0);
 });
+
+test("a pull of this site's own in flight when it stops (a restart) keeps what arrived for after the restart (hunt 140)", { timeout: 60_000 }, async (t) => {
+  // The sender of the pair pulls from the receiver over the 1 MB/s link, keeping cut parts in its table.
+  const { sender, receiver, senderStore, senderStorePath, receiverStore, link } = await nodesOverLink(t);
+  const bytes = randomBytes(3_000_000);
+  const uid = '1.2.3.140.1';
+  await storeLocally(receiverStore, uid, bytes);
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, senderStore);
+  // Custody's shutdown signal, which it aborted only after the table had stopped (hunt 132's order).
+  const shutdown = new AbortController();
+  const startBytes = link.stats.backwardBytes;
+  const pull = fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], { partials, signal: shutdown.signal }).catch((error: unknown) => [{ sopInstanceUid: uid, error }]);
+  while (link.stats.backwardBytes - startBytes < 1024 * 1024) await new Promise((r) => setTimeout(r, 10));
+  // The site stops: its table stops, then custody's pulls are aborted, then its store closes.
+  await partials.stop();
+  shutdown.abort(new Error('custody stopped'));
+  const [cut] = await pull;
+  assert.ok(cut !== undefined && 'error' in cut, 'the pull was cut by the stop');
+  await senderStore.close();
+  const reopened = createReplicaStore({ path: senderStorePath, chunkBytes: 64 * 1024 });
+  await reopened.open();
+  const restarted = new PartialCopies(defaultPartialCopyLimits, systemClock, reopened);
+  t.after(async () => {
+    await restarted.stop();
+    await reopened.close();
+  });
+  await restarted.restore();
+  const kept = restarted.stats.bytes;
+  assert.ok(restarted.stats.copies === 1 && kept > 0 && kept < bytes.length, `the pull's part came back after the restart: ${JSON.stringify(restarted.stats)}`);
+  await linkQuiet(link);
+  const before = link.stats.backwardBytes;
+  const [outcome] = await fetchBatchFrom(sender, receiver.peerId, reopened, [uid], { partials: restarted });
+  assert.ok(outcome !== undefined && 'outcome' in outcome && outcome.outcome === 'stored', JSON.stringify(outcome));
+  assert.ok(link.stats.backwardBytes - before < bytes.length - kept + 32 * 1024, 'only the rest travelled');
+  assert.ok((await storedBytes(reopened, uid)).equals(bytes), 'the stored copy is the instance, byte for byte');
+  assert.equal(await uncommittedChunks(reopened), 0);
+});

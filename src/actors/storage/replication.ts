@@ -384,9 +384,13 @@ class CommitPipeline {
     resume: { resumed?: { writer: InstanceWriter; offset: number }; partials?: PartialCopies } = {},
   ): Promise<void> {
     const writer = resume.resumed?.writer ?? store.beginWrite();
+    const markProgress = resume.partials?.progressMarker(entry.sopInstanceUid, stream.remotePeer, writer);
     try {
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) await writer.write(piece);
+      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) {
+        await writer.write(piece);
+        await markProgress?.();
+      }
     } catch (error) {
       if (resume.partials !== undefined && !(error instanceof StoreError)) resume.partials.keep(entry.sopInstanceUid, stream.remotePeer, writer);
       else await writer.abort();
@@ -1140,8 +1144,10 @@ export async function fetchFrom(
   const limits = { ...defaultReplicationLimits, ...options.limits };
   const kept = options.partials?.take(sopInstanceUid, peerId);
   let pending = kept;
+  // A stop of the table cuts this pull and waits for its keep below (PartialCopies.pullStarted).
+  const pulling = options.partials?.pullStarted(options.signal);
   try {
-    return await fetchOne(node, peerId, sopInstanceUid, options, kept?.offset, async (entry, fromByte, stream, signal) => {
+    return await fetchOne(node, peerId, sopInstanceUid, pulling === undefined ? options : { ...options, signal: pulling.signal }, kept?.offset, async (entry, fromByte, stream, signal) => {
       // Resumed, or sent whole: either way the part kept here is the pipeline's or no use any more.
       pending = undefined;
       let settled: { result: CommitResult } | { error: unknown } | undefined;
@@ -1155,6 +1161,7 @@ export async function fetchFrom(
   } finally {
     // The peer lacks it now, or the exchange failed before its body: the part is kept for the next pull.
     if (pending !== undefined) options.partials!.keep(sopInstanceUid, peerId, pending.writer);
+    pulling?.end();
   }
 }
 
@@ -1238,9 +1245,11 @@ export async function fetchBatchFrom(
     if (part !== undefined) kept.set(uid, part);
   }
   if (wanted.length > 0) {
+    // A stop of the table cuts this pull and waits for its keeps below (PartialCopies.pullStarted).
+    const pulling = options.partials?.pullStarted(options.signal);
     const request = kept.size === 0 ? { type: 'fetchBatch', uids: wanted } : { type: 'fetchBatch', uids: wanted, offsets: wanted.map((uid) => kept.get(uid)?.offset ?? 0) };
     try {
-      await exchange(node, peerId, FETCH_BATCH_PROTOCOL, limits.transferTimeoutMs, options, async (stream, signal) => {
+      await exchange(node, peerId, FETCH_BATCH_PROTOCOL, limits.transferTimeoutMs, pulling === undefined ? options : { ...options, signal: pulling.signal }, async (stream, signal) => {
         await writeFrameEnvelope(stream, request, limits.frameBytesMax, signal);
         await stream.closeWrite({ signal });
         // The source answers at once with the first instance: there is no opening exchange to wait for.
@@ -1275,6 +1284,7 @@ export async function fetchBatchFrom(
     } finally {
       // Parts of instances the stream never reached (or the peer lacks now) are kept for the next pull.
       for (const [uid, part] of kept) options.partials!.keep(uid, peerId, part.writer);
+      pulling?.end();
     }
   }
   return uids.map((uid) => outcomes.get(uid) ?? { sopInstanceUid: uid, error: new ReplicationError('ERR_REPLICATION_MALFORMED', 'no outcome') });

@@ -192,6 +192,11 @@ export interface RetrieveContext extends QueryContext {
    * sent are not attempted and count as failed (they are not a C-CANCEL the requestor never sent).
    */
   isReleasing?(): boolean;
+  /**
+   * The peer is stopping: the sub-operations not yet sent are not attempted, count as failed and are listed
+   * (the requestor retries them elsewhere or later), and the final response follows the one in flight.
+   */
+  isStopping?(): boolean;
   /** Why sub-operations failed, each reason with how many, once at the end (the response has room for none). */
   onSubOperationFailures?(reasons: Record<string, number>): void;
   /** For receivers that refuse the stored syntax (in the peer: a worker thread, off the event loop). */
@@ -205,6 +210,9 @@ export interface RetrieveContext extends QueryContext {
    */
   pendingKeepAlive?: { clock: Clock; intervalMs: number };
 }
+
+/** The failure reason of sub-operations a stopping peer did not attempt. */
+const peerStoppingReason = 'not attempted: the peer is stopping';
 
 /** Distinct failure reasons kept per retrieve; more are counted under one. */
 const failureReasonsMax = 8;
@@ -309,7 +317,12 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   try {
     for (const entry of entries) {
       if (ctx.isCancelled()) break;
-      if (ctx.isReleasing?.()) {
+      const stopping = ctx.isStopping?.() === true;
+      if (stopping || ctx.isReleasing?.()) {
+        if (stopping) {
+          failureReasons.set(peerStoppingReason, (failureReasons.get(peerStoppingReason) ?? 0) + counts.remaining);
+          failureComments.set(peerStoppingReason, 'the archive is stopping, retry');
+        }
         counts.failed += counts.remaining;
         counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
         counts.remaining = 0;
