@@ -17,3 +17,17 @@ test('a response command round-trips, its error comment one 64-character LO valu
   assert.equal(errorCommentValue('plain'), 'plain');
   assert.equal(CommandField.CFindRq, 0x0020);
 });
+
+test('Offending Element (0000,0901) round-trips as AT values, group then element; a command without it decodes none', () => {
+  const tags = [0x00080052, 0x0020000d];
+  const encoded = encodeCommand({ commandField: 0x8020, messageIdBeingRespondedTo: 2, hasDataSet: false, status: 0xa900, offendingElements: tags });
+  assert.deepEqual(decodeCommand(encoded).offendingElements, tags);
+  // The AT value's bytes: (0008,0052) then (0020,000D), each group and element little endian.
+  const at = Buffer.from(encoded).indexOf(Buffer.from([0x00, 0x00, 0x01, 0x09, 0x08, 0x00, 0x00, 0x00]));
+  assert.ok(at >= 0, 'tag (0000,0901) with length 8');
+  assert.deepEqual([...encoded.subarray(at + 8, at + 16)], [0x08, 0x00, 0x52, 0x00, 0x20, 0x00, 0x0d, 0x00]);
+  assert.equal(decodeCommand(encodeCommand({ commandField: 0x8020, hasDataSet: false, status: 0 })).offendingElements, undefined);
+  const torn = Buffer.from(encodeCommand({ commandField: 0x8020, hasDataSet: false, status: 0xa900, offendingElements: [0x00080052] }));
+  torn.writeUInt32LE(3, torn.indexOf(Buffer.from([0x00, 0x00, 0x01, 0x09])) + 4);
+  assert.throws(() => decodeCommand(torn), /AT command element of length 3|truncated/);
+});

@@ -101,6 +101,8 @@ export interface DimseCommand {
   hasDataSet: boolean;
   status?: number;
   errorComment?: string;
+  /** Offending Element (0000,0901): the data set attributes a failure names (AT, one tag per value). */
+  offendingElements?: readonly number[];
   moveDestination?: string;
   remainingSubOperations?: number;
   completedSubOperations?: number;
@@ -135,6 +137,7 @@ const field = {
   priority: 0x00000700,
   commandDataSetType: 0x00000800,
   status: 0x00000900,
+  offendingElements: 0x00000901,
   errorComment: 0x00000902,
   affectedSopInstanceUid: 0x00001000,
   requestedSopInstanceUid: 0x00001001,
@@ -155,6 +158,7 @@ export function decodeCommand(bytes: Uint8Array): DimseCommand {
   if (bytes.length > maxCommandBytes) throw new DimseError('ERR_DIMSE_MALFORMED', 'command set is too large');
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const values = new Map<number, string | number>();
+  let offendingElements: number[] | undefined;
   let offset = 0;
   while (offset < bytes.length) {
     if (offset + 8 > bytes.length) throw new DimseError('ERR_DIMSE_MALFORMED', 'command element header truncated');
@@ -170,7 +174,11 @@ export function decodeCommand(bytes: Uint8Array): DimseCommand {
     } else if (vr === 'UL') {
       if (length !== 4) throw new DimseError('ERR_DIMSE_MALFORMED', `UL command element of length ${length}`);
       values.set(tag, view.getUint32(offset, true));
-    } else if (vr !== undefined && vr !== 'AT') {
+    } else if (vr === 'AT') {
+      if (length % 4 !== 0) throw new DimseError('ERR_DIMSE_MALFORMED', `AT command element of length ${length}`);
+      offendingElements = [];
+      for (let at = offset; at < offset + length; at += 4) offendingElements.push(((view.getUint16(at, true) << 16) | view.getUint16(at + 2, true)) >>> 0);
+    } else if (vr !== undefined) {
       values.set(tag, Buffer.from(bytes.subarray(offset, offset + length)).toString('latin1').replace(/[\0 ]+$/, '').replace(/^ +/, ''));
     }
     offset += length;
@@ -199,6 +207,7 @@ export function decodeCommand(bytes: Uint8Array): DimseCommand {
     priority: num(field.priority),
     status: num(field.status),
     errorComment: str(field.errorComment),
+    offendingElements,
     moveDestination: str(field.moveDestination),
     remainingSubOperations: num(field.remaining),
     completedSubOperations: num(field.completed),
@@ -233,6 +242,15 @@ export function encodeCommand(command: DimseCommand): Uint8Array {
   putUs(field.priority, command.priority);
   putUs(field.commandDataSetType, command.hasDataSet ? 0x0000 : NoDataSet);
   putUs(field.status, command.status);
+  if (command.offendingElements !== undefined && command.offendingElements.length > 0) {
+    // AT: each tag as its group then its element number, both little endian (PS3.5 6.2).
+    const b = Buffer.alloc(4 * command.offendingElements.length);
+    command.offendingElements.forEach((tag, i) => {
+      b.writeUInt16LE(tag >>> 16, 4 * i);
+      b.writeUInt16LE(tag & 0xffff, 4 * i + 2);
+    });
+    elements.push([field.offendingElements, b]);
+  }
   putText(field.errorComment, command.errorComment === undefined ? undefined : errorCommentValue(command.errorComment), 0x20);
   putText(field.affectedSopInstanceUid, command.affectedSopInstanceUid, 0);
   putText(field.requestedSopInstanceUid, command.requestedSopInstanceUid, 0);

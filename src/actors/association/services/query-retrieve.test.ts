@@ -327,6 +327,40 @@ test('a search the mesh says the catalog cannot answer yet (a site just restored
   });
 });
 
+test('a refused C-FIND or C-GET names the key at fault in Offending Element (0000,0901), beside its Error Comment (PS3.7 C.4.1.1.4, C.4.3.1.4)', async () => {
+  await withEmptyStore(async (store) => {
+    const findWith = async (keys: DicomElement[]): Promise<DimseCommand> => {
+      const sent: DimseCommand[] = [];
+      const command: DimseCommand = { commandField: CommandField.CFindRq, messageId: 4, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.1', hasDataSet: true };
+      await runFind(studyRootRequest(command, keys, sent), store);
+      assert.equal(sent.length, 1);
+      return sent[0]!;
+    };
+    const badDate = await findWith([{ tag: Tags.StudyDate, vr: 'DA', value: '20210229' }]);
+    assert.deepEqual([badDate.status, badDate.offendingElements], [0xc001, [Tags.StudyDate]]);
+    const lowerLevel = await findWith([{ tag: Tags.SOPInstanceUID, vr: 'UI', value: '1.2.3' }]);
+    assert.deepEqual([lowerLevel.status, lowerLevel.offendingElements], [Status.IdentifierDoesNotMatchSopClass, [Tags.SOPInstanceUID]]);
+    const matched = await findWith([{ tag: Tags.PatientName, vr: 'PN', value: 'DOE*' }]);
+    assert.deepEqual([matched.status, matched.offendingElements], [Status.Success, undefined], 'nothing named when nothing is at fault');
+
+    const retrieveWithKeys = async (keys: DicomElement[]): Promise<DimseCommand> => {
+      const sent: DimseCommand[] = [];
+      const command: DimseCommand = { commandField: CommandField.CGetRq, messageId: 5, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.3', hasDataSet: true };
+      await runRetrieve(
+        { ...studyRootRequest(command, keys, sent), kind: 'get', callingAeTitle: 'VIEWER', openTarget: () => Promise.reject(new Error('no sub-operation expected')), transcoder: noTranscoder },
+        store,
+        { resolve: () => Promise.reject(new Error('not resolved: refused before')) } as unknown as RetrieveSource,
+      );
+      assert.equal(sent.length, 1);
+      return sent[0]!;
+    };
+    const noUniqueKey = await retrieveWithKeys([]);
+    assert.deepEqual([noUniqueKey.status, noUniqueKey.offendingElements], [Status.IdentifierDoesNotMatchSopClass, [Tags.StudyInstanceUID]]);
+    const wildcard = await retrieveWithKeys([{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.*' }]);
+    assert.deepEqual([wildcard.status, wildcard.offendingElements], [0xc002, [Tags.StudyInstanceUID]]);
+  });
+});
+
 test('a key longer than 64 KiB (2,000 UIDs) is matched as sent, not as universal', () => {
   const uids = Array.from({ length: 2000 }, (_, i) => `1.2.826.0.1.3680043.9.7777.1.${100_000 + i}`);
   const value = uids.join('\\');

@@ -11,7 +11,7 @@ import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import { isCatalogDamage } from '../../storage/catalog.ts';
 import { errorText } from '../../runtime/logger.ts';
-import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRequest } from '../../storage/query/query.ts';
+import { QueryError, findMatches, resolveRetrieve, validateQuery, validateRetrieve, type QueryRefusal, type QueryRequest, type QueryValidation } from '../../storage/query/query.ts';
 import type { QueryLevel, QueryRoot } from '../../storage/query/attribute-levels.ts';
 import type { ReplicaStore } from '../../storage/replica-store.ts';
 import { checkedStream, checkedWhole, checkedWholeBytesMax } from '../../storage/checked-read.ts';
@@ -41,13 +41,13 @@ const failedSopInstanceUidListTag = 0x00080058;
 /** A retrieve cannot promise more instances than this in one request (the list is held in memory). */
 export const maxRetrieveInstances = 100_000;
 
-type ParsedQuery = { ok: true; request: QueryRequest } | { ok: false; status: number; comment: string };
+type ParsedQuery = { ok: true; request: QueryRequest } | QueryRefusal;
 
 export function parseQueryIdentifier(
   root: QueryRoot,
   identifier: Uint8Array,
   transferSyntaxUid: string,
-  validate: (request: QueryRequest) => { ok: true } | { ok: false; status: number; comment: string },
+  validate: (request: QueryRequest) => QueryValidation,
 ): ParsedQuery {
   let elements: DicomElement[];
   try {
@@ -61,11 +61,16 @@ export function parseQueryIdentifier(
   const levelElement = elements.find((e) => e.tag === Tags.QueryRetrieveLevel);
   const level = levelElement?.value?.trim().toUpperCase();
   if (level !== 'PATIENT' && level !== 'STUDY' && level !== 'SERIES' && level !== 'IMAGE') {
-    return { ok: false, status: Status.IdentifierDoesNotMatchSopClass, comment: `missing or invalid QueryRetrieveLevel "${level ?? ''}"` };
+    return {
+      ok: false,
+      status: Status.IdentifierDoesNotMatchSopClass,
+      comment: `missing or invalid QueryRetrieveLevel "${level ?? ''}"`,
+      offendingTags: [Tags.QueryRetrieveLevel],
+    };
   }
   const request: QueryRequest = { root, level: level as QueryLevel, keys: elements.filter((e) => e.tag !== Tags.QueryRetrieveLevel && (e.tag & 0xffff) !== 0) };
   const validation = validate(request);
-  if (!validation.ok) return { ok: false, status: validation.status, comment: validation.comment };
+  if (!validation.ok) return validation;
   return { ok: true, request };
 }
 
@@ -97,13 +102,14 @@ export function hasUnsupportedOptionalKeys(identifier: Uint8Array, transferSynta
   });
 }
 
-function findResponse(command: DimseCommand, status: number, errorComment?: string): DimseCommand {
+function findResponse(command: DimseCommand, status: number, errorComment?: string, offendingElements?: readonly number[]): DimseCommand {
   return {
     commandField: CommandField.CFindRsp,
     messageIdBeingRespondedTo: command.messageId,
     affectedSopClassUid: command.affectedSopClassUid,
     status,
     errorComment,
+    offendingElements,
     hasDataSet: false,
   };
 }
@@ -124,7 +130,7 @@ const findMatchesPerIoTurn = 16;
 export async function runFind(ctx: QueryContext, store: ReplicaStore, source?: Pick<RetrieveSource, 'searchRefusal'>): Promise<void> {
   const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateQuery);
   if (!parsed.ok) {
-    await ctx.send(findResponse(ctx.command, parsed.status, parsed.comment));
+    await ctx.send(findResponse(ctx.command, parsed.status, parsed.comment, parsed.offendingTags));
     return;
   }
   // A catalog known to be incomplete (a site just restored on an empty disk) answers "retry", not Success
@@ -217,7 +223,13 @@ const peerStoppingReason = 'not attempted: the peer is stopping';
 /** Distinct failure reasons kept per retrieve; more are counted under one. */
 const failureReasonsMax = 8;
 
-function retrieveResponse(ctx: RetrieveContext, status: number, counts?: SubOperationCounts, errorComment?: string): DimseCommand {
+function retrieveResponse(
+  ctx: RetrieveContext,
+  status: number,
+  counts?: SubOperationCounts,
+  errorComment?: string,
+  offendingElements?: readonly number[],
+): DimseCommand {
   const pending = status === Status.Pending;
   return {
     commandField: ctx.kind === 'get' ? CommandField.CGetRsp : CommandField.CMoveRsp,
@@ -225,6 +237,7 @@ function retrieveResponse(ctx: RetrieveContext, status: number, counts?: SubOper
     affectedSopClassUid: ctx.command.affectedSopClassUid,
     status,
     errorComment,
+    offendingElements,
     // PS3.4 C.4.2.1.6: remaining is only meaningful in pending (and cancel) responses.
     remainingSubOperations: counts && (pending || status === Status.Cancel) ? counts.remaining : undefined,
     completedSubOperations: counts?.completed,
@@ -260,7 +273,7 @@ export function failedUidIdentifier(counts: Pick<SubOperationCounts, 'failedUids
 export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, source: RetrieveSource): Promise<void> {
   const parsed = parseQueryIdentifier(ctx.root, ctx.identifier, ctx.transferSyntaxUid, validateRetrieve);
   if (!parsed.ok) {
-    await ctx.send(retrieveResponse(ctx, parsed.status, undefined, parsed.comment));
+    await ctx.send(retrieveResponse(ctx, parsed.status, undefined, parsed.comment, parsed.offendingTags));
     return;
   }
   let entries: CatalogEntry[];
@@ -281,7 +294,8 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   } catch (error) {
     if (isCatalogDamage(error)) store.reportCatalogDamage(`retrieve: ${errorText(error)}`);
     const status = error instanceof QueryError ? error.status : Status.UnableToProcess;
-    await ctx.send(retrieveResponse(ctx, status, undefined, `retrieve lookup failed: ${errorText(error)}`));
+    const offending = error instanceof QueryError ? error.offendingTags : undefined;
+    await ctx.send(retrieveResponse(ctx, status, undefined, `retrieve lookup failed: ${errorText(error)}`, offending));
     return;
   }
   const counts: SubOperationCounts = { remaining: entries.length, completed: 0, failed: 0, warning: 0, failedUids: [] };

@@ -132,7 +132,12 @@ export interface QueryRequest {
   keys: DicomElement[];
 }
 
-export type QueryValidation = { ok: true } | { ok: false; status: number; comment: string };
+/**
+ * A refusal names the keys at fault where there are some: they go out as Offending Element (0000,0901),
+ * which PS3.7 C.4.1.1.4 / C.4.2.1.x list beside the Error Comment for these statuses.
+ */
+export type QueryRefusal = { ok: false; status: number; comment: string; offendingTags?: readonly Tag[] };
+export type QueryValidation = { ok: true } | QueryRefusal;
 
 export const QueryStatus = {
   /** Level missing or not in the root, key of a lower level, retrieve without its unique key. */
@@ -147,10 +152,12 @@ export class QueryError extends Error {
   override readonly name = 'QueryError';
   readonly code: 'INVALID_QUERY' | 'INVALID_RETRIEVE';
   readonly status: number;
-  constructor(code: 'INVALID_QUERY' | 'INVALID_RETRIEVE', status: number, comment: string) {
-    super(comment);
+  readonly offendingTags: readonly Tag[] | undefined;
+  constructor(code: 'INVALID_QUERY' | 'INVALID_RETRIEVE', refusal: QueryRefusal) {
+    super(refusal.comment);
     this.code = code;
-    this.status = status;
+    this.status = refusal.status;
+    this.offendingTags = refusal.offendingTags;
   }
 }
 
@@ -252,7 +259,7 @@ interface CompiledKey {
   isMatching: boolean;
 }
 
-type Compiled = { ok: true; keys: CompiledKey[] } | { ok: false; status: number; comment: string };
+type Compiled = { ok: true; keys: CompiledKey[] } | QueryRefusal;
 
 function checkRootAndLevel(request: QueryRequest): QueryValidation {
   if (!isQueryRoot(request.root)) {
@@ -263,6 +270,7 @@ function checkRootAndLevel(request: QueryRequest): QueryValidation {
       ok: false,
       status: QueryStatus.IdentifierDoesNotMatchSopClass,
       comment: `QueryRetrieveLevel (0008,0052) missing or invalid: "${String(request.level ?? '')}"`,
+      offendingTags: [Tags.QueryRetrieveLevel],
     };
   }
   if (!QUERY_LEVELS_OF_ROOT[request.root].includes(request.level)) {
@@ -270,6 +278,7 @@ function checkRootAndLevel(request: QueryRequest): QueryValidation {
       ok: false,
       status: QueryStatus.IdentifierDoesNotMatchSopClass,
       comment: `QueryRetrieveLevel ${request.level} is not valid for the ${request.root === 'STUDY' ? 'Study' : 'Patient'} Root information model`,
+      offendingTags: [Tags.QueryRetrieveLevel],
     };
   }
   return { ok: true };
@@ -302,7 +311,7 @@ function compileQuery(request: QueryRequest): Compiled {
     const level = computed?.level ?? (isPrivate ? 'IMAGE' : attributeLevelOf(element.tag));
     const compiledMatcher = compileKeyMatcher(element.vr, element.value, keyCharacterSet, keyTimezone);
     if (!compiledMatcher.ok) {
-      return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}` };
+      return { ok: false, status: QueryStatus.MalformedMatchingKey, comment: `key ${formatTag(element.tag)}: ${compiledMatcher.comment}`, offendingTags: [element.tag] };
     }
     const isMatching =
       !isPrivate && !NEVER_MATCHED_TAGS.has(element.tag) && compiledMatcher.matcher.type !== 'universal' && compiledMatcher.matcher.type !== 'sequence';
@@ -316,6 +325,7 @@ function compileQuery(request: QueryRequest): Compiled {
           ok: false,
           status: QueryStatus.IdentifierDoesNotMatchSopClass,
           comment: `key ${formatTag(element.tag)} is a ${level}-level attribute, not allowed ${UNIQUE_KEYS.has(element.tag) ? '' : 'with a value '}in a ${request.level}-level query`,
+          offendingTags: [element.tag],
         };
       }
       keys.push({ element, level, computed: undefined, matcher, isMatching: false, returnedEmpty: true });
@@ -334,7 +344,7 @@ function matchingUnknown(matcher: ValueMatcher, vr: string): ValueMatcher {
 /** Checks a C-FIND request; on failure gives the C-FIND status and an Error Comment. */
 export function validateQuery(request: QueryRequest): QueryValidation {
   const compiled = compileQuery(request);
-  return compiled.ok ? { ok: true } : { ok: false, status: compiled.status, comment: compiled.comment };
+  return compiled.ok ? { ok: true } : compiled;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1128,7 +1138,7 @@ export async function* findMatchesWithCursors(
   options: FindOptions = {},
 ): AsyncGenerator<{ identifier: DicomElement[]; cursor: QueryCursor }> {
   const compiled = compileQuery(request);
-  if (!compiled.ok) throw new QueryError('INVALID_QUERY', compiled.status, compiled.comment);
+  if (!compiled.ok) throw new QueryError('INVALID_QUERY', compiled);
   const stats = options.stats ?? createQueryStats();
   const limit = options.limit !== undefined && options.limit > 0 ? options.limit : Infinity;
   const plan = planQuery(request.level, compiled.keys, options.searchIndexes ?? true);
@@ -1246,6 +1256,7 @@ export function validateRetrieve(asked: QueryRequest): QueryValidation {
       ok: false,
       status: QueryStatus.IdentifierDoesNotMatchSopClass,
       comment: `a ${request.level}-level retrieve needs a value for ${formatTag(uniqueTag)}`,
+      offendingTags: [uniqueTag],
     };
   }
   // The unique keys of this root's levels only: a PatientID in a Study Root retrieve is ignored, whatever it holds.
@@ -1258,6 +1269,7 @@ export function validateRetrieve(asked: QueryRequest): QueryValidation {
         ok: false,
         status: QueryStatus.InvalidUniqueKey,
         comment: `unique key ${formatTag(tag)} holds an invalid value or a wildcard: "${invalid}"`,
+        offendingTags: [tag],
       };
     }
   }
@@ -1276,7 +1288,7 @@ export async function* resolveRetrieve(
 ): AsyncGenerator<CatalogEntry> {
   const request = retrieveModelOf(asked);
   const validation = validateRetrieve(request);
-  if (!validation.ok) throw new QueryError('INVALID_RETRIEVE', validation.status, validation.comment);
+  if (!validation.ok) throw new QueryError('INVALID_RETRIEVE', validation);
   const stats = options.stats ?? createQueryStats();
   const level = request.level;
   const keyValues = uniqueKeyValues(request, UNIQUE_KEY_OF_LEVEL[level])!;
