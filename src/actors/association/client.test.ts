@@ -160,7 +160,11 @@ test('connecting to a host that never completes the connection fails with ERR_CO
 });
 
 /** An acceptor that accepts every context, then answers each P-DATA as `onPData` says (nothing: hangs). */
-async function scriptedAcceptor(t: { after(fn: () => unknown): void }, onPData: (socket: Socket) => void): Promise<number> {
+async function scriptedAcceptor(
+  t: { after(fn: () => unknown): void },
+  onPData: (socket: Socket) => void,
+  opts: { acceptedTransferSyntax?: (proposed: readonly string[]) => string } = {},
+): Promise<number> {
   const sockets: Socket[] = [];
   const server = createServer((socket) => {
     sockets.push(socket);
@@ -169,7 +173,7 @@ async function scriptedAcceptor(t: { after(fn: () => unknown): void }, onPData: 
     socket.on('data', (chunk) => {
       for (const pdu of framer.push(chunk)) {
         if (pdu.type === 'associateRq') {
-          socket.write(encodePdu({ type: 'associateAc', protocolVersion: 1, calledAeTitle: pdu.calledAeTitle, callingAeTitle: pdu.callingAeTitle, applicationContextName: DicomApplicationContext, presentationContexts: pdu.presentationContexts.map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! })), userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] } }));
+          socket.write(encodePdu({ type: 'associateAc', protocolVersion: 1, calledAeTitle: pdu.calledAeTitle, callingAeTitle: pdu.callingAeTitle, applicationContextName: DicomApplicationContext, presentationContexts: pdu.presentationContexts.map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: opts.acceptedTransferSyntax?.(pc.transferSyntaxUids) ?? pc.transferSyntaxUids[0]! })), userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] } }));
         } else if (pdu.type === 'pData') {
           onPData(socket);
         }
@@ -205,4 +209,12 @@ test('an acceptor\'s A-ABORT is named as such, with its source and reason, not a
     assert.equal(e.message, 'A-ABORT by the acceptor (source 0: service user)');
     return true;
   });
+});
+
+test('a context accepted with a transfer syntax that was not proposed for it is not used (PS3.8 9.3.3.2: the acceptor picks one of those proposed; hunt 143)', async (t) => {
+  const jpegBaseline = '1.2.840.10008.1.2.4.50';
+  const port = await scriptedAcceptor(t, () => undefined, { acceptedTransferSyntax: () => jpegBaseline });
+  const client = await openCtRequestor(port, {});
+  t.after(() => client.abort());
+  assert.deepEqual(client.contexts, [], 'explicit VR bytes must not go out labelled as JPEG');
 });

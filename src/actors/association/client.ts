@@ -232,10 +232,13 @@ export class DicomClientAssociation {
   private onIndication(indication: UlIndication): void {
     switch (indication.type) {
       case 'associateAccepted': {
-        const proposed = new Map(this.init.presentationContexts.map((pc, index) => [index * 2 + 1, pc.abstractSyntaxUid]));
+        const proposed = new Map(this.init.presentationContexts.map((pc, index) => [index * 2 + 1, pc]));
         for (const pc of indication.ac.presentationContexts) {
-          const abstractSyntaxUid = proposed.get(pc.id);
-          if (pc.result === PresentationContextResult.Acceptance && abstractSyntaxUid) {
+          const asked = proposed.get(pc.id);
+          const abstractSyntaxUid = asked?.abstractSyntaxUid;
+          // A syntax not proposed for the context would label our bytes as something they are not (PS3.8
+          // 9.3.3.2): such a context counts as not accepted, and its instances fail as having none.
+          if (pc.result === PresentationContextResult.Acceptance && abstractSyntaxUid && asked.transferSyntaxUids.includes(pc.transferSyntaxUid)) {
             this.contexts.push({ id: pc.id, abstractSyntaxUid, transferSyntaxUid: pc.transferSyntaxUid });
             this.core.acceptedContexts.set(pc.id, { abstractSyntaxUid, transferSyntaxUid: pc.transferSyntaxUid });
           }
