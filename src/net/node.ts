@@ -291,6 +291,8 @@ export interface MeshNode {
   connectedPeers(): string[];
   /** Open connections to a peer: one per pair once the mesh has settled (see the reconnect loop). */
   connectionCount(peerId: string): number;
+  /** Dials of the reconnect loop under way: with none at either end of a pair, no connection of theirs is still coming. */
+  reconnectDialsInFlight(): number;
   /** Publish on a gossip topic; resolves to the number of peers it was sent to. */
   publish(topic: string, data: Uint8Array): Promise<number>;
   /** Subscribe; returns the unsubscribe function. Handler errors are logged, never thrown into gossip. */
@@ -423,6 +425,10 @@ class Reconnector {
     const host = components.find((c) => ['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(c.name));
     if (host === undefined || host.name.startsWith('dns')) return true;
     return isThisHost(host.value ?? '');
+  }
+
+  get dialsInFlight(): number {
+    return this.inflight.size;
   }
 
   start(): void {
@@ -1167,6 +1173,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     multiaddrs: () => node.getMultiaddrs().map((ma) => ma.toString()),
     connectedPeers: () => node.getPeers().map((p) => p.toString()),
     connectionCount: (peerId) => node.getConnections(parsePeerId(peerId)).filter((c) => c.status === 'open').length,
+    reconnectDialsInFlight: () => reconnector.dialsInFlight,
     async publish(topic, data) {
       const result = await pubsub.publish(topic, data);
       return result.recipients.length;

@@ -28,6 +28,17 @@ async function served(peer: PeerProcess): Promise<number> {
   return ((await peer.status()) as { associationsServed?: number }).associationsServed ?? 0;
 }
 
+interface FrontDoorView {
+  local: number;
+  tunnelled: number;
+  fallbacks: number;
+  routedTo: Record<string, number>;
+}
+
+async function frontDoor(peer: PeerProcess): Promise<FrontDoorView> {
+  return ((await peer.status()) as unknown as { frontDoor: FrontDoorView }).frontDoor;
+}
+
 async function startThree(cluster: MeshCluster, extraArgs: string[] = []): Promise<PeerProcess[]> {
   await cluster.init();
   const peers = [await cluster.start('site-a', { extraArgs }), await cluster.start('site-b', { extraArgs }), await cluster.start('site-c', { extraArgs })];
@@ -43,13 +54,15 @@ async function startThree(cluster: MeshCluster, extraArgs: string[] = []): Promi
   return peers;
 }
 
-test('30 concurrent storescu associations sent to one peer are spread: each peer serves at least 20%', { timeout: 300_000 }, async (t) => {
+test('30 concurrent storescu associations sent to one peer are spread: each peer is routed at least 20%, and each is served exactly once', { timeout: 300_000 }, async (t) => {
   const cluster = new MeshCluster();
   t.after(() => cluster.dispose());
   // Ten associations fill a peer: while A's only peer is full, new ones go to another site.
   const peers = await startThree(cluster, ['--associations-per-peer', '10']);
   const [a] = peers;
   const before = await Promise.all(peers.map(served));
+  const doorBefore = await frontDoor(a!);
+  const peerIds = (await Promise.all(peers.map((p) => p.status()))).map((v) => v.self.peerId!);
   const associationCount = 30;
   // Many small instances per association (each waits for its write quorum) keep every association open
   // for seconds, far longer than the second or so it takes to start 30 storescu processes: they overlap.
@@ -58,9 +71,19 @@ test('30 concurrent storescu associations sent to one peer are spread: each peer
   const results = await Promise.all(batches.map((files) => storescu(a!, files, 180_000)));
   for (const result of results) assert.equal(result.code, 0, result.stderr);
   const counts = (await Promise.all(peers.map(served))).map((n, i) => n - before[i]!);
-  t.diagnostic(`associations served: A ${counts[0]}, B ${counts[1]}, C ${counts[2]}; front door at A: ${JSON.stringify(((await a!.status()) as { frontDoor?: unknown }).frontDoor)}`);
+  const door = await frontDoor(a!);
+  t.diagnostic(`associations served: A ${counts[0]}, B ${counts[1]}, C ${counts[2]}; front door at A: ${JSON.stringify(door)}`);
+  // Each association served once, where routing put it or (a tunnel that did not open in time) at A.
   assert.equal(counts.reduce((x, y) => x + y, 0), associationCount);
-  for (const [i, count] of counts.entries()) assert.ok(count >= associationCount * 0.2, `${peers[i]!.site} served ${count} of ${associationCount}`);
+  const fallbacks = door.fallbacks - doorBefore.fallbacks;
+  const tunnelled = door.tunnelled - doorBefore.tunnelled;
+  assert.equal(counts[0], door.local - doorBefore.local, 'A served what it kept and what fell back');
+  assert.equal(counts[1]! + counts[2]!, tunnelled, 'B and C served the tunnelled ones');
+  // The spread is routing's: where each association was sent. A tunnel slow to open on a loaded machine (more
+  // than 2 s at load 20-29: 8 of 19) falls back to A, which says nothing of the balancer (hunt 145).
+  const routed = [door.local - doorBefore.local - fallbacks, ...peerIds.slice(1).map((id) => (door.routedTo[id] ?? 0) - (doorBefore.routedTo[id] ?? 0))];
+  assert.equal(routed.reduce((x, y) => x + y, 0), associationCount, `routed ${routed.join('/')}`);
+  for (const [i, count] of routed.entries()) assert.ok(count >= associationCount * 0.2, `${peers[i]!.site} was routed ${count} of ${associationCount}`);
   const total = associationCount * filesPerAssociation;
   for (const peer of peers) {
     await eventually(async () => (await peer.status()).instances === total, 90_000, async () => `${peer.site} holds ${(await peer.status()).instances} of ${total}`);

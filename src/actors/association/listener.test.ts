@@ -154,6 +154,26 @@ describe('DICOM listener', () => {
     }
   });
 
+  it('counts an association when it is asked for, not a connection that never asks (a tunnel given up on before it was ready)', { timeout: 20_000 }, async (t) => {
+    const peer = await startTestPeer([], 'listener-served');
+    t.after(() => peer.dispose());
+    const served = async (): Promise<number> =>
+      ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`, { signal: AbortSignal.timeout(5000) })).json()) as { associationsServed: number }).associationsServed;
+    // What the serving end of a tunnel sees when the entry peer's open times out after this end connected: a
+    // connection that closes without a byte (the entry peer then serves the association itself, and counts it).
+    const silent = await new Promise<Socket>((resolve, reject) => {
+      const socket = connect(peer.dicomPort, '127.0.0.1', () => resolve(socket)).once('error', reject);
+    });
+    // Accepted after the silent one, so the silent one is being served here by the time this association ends.
+    const client = await DicomClientAssociation.open({ host: '127.0.0.1', port: peer.dicomPort, callingAeTitle: 'CHECK', calledAeTitle: 'PACSMESH', presentationContexts: [{ abstractSyntaxUid: '1.2.840.10008.1.1', transferSyntaxUids: ['1.2.840.10008.1.2'] }] });
+    assert.equal((await client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false })).command.status, 0);
+    await client.release();
+    const closed = new Promise((resolve) => silent.once('close', resolve));
+    silent.end();
+    await closed;
+    assert.equal(await served(), 1, 'the C-ECHO association only (the silent connection was counted too: each abandoned tunnel counted twice in a mesh)');
+  });
+
   it('stop(graceMs): associations get the grace on the association clock, then are aborted', { timeout: 20_000 }, async (t) => {
     const clock = manualClock(1_000_000);
     const peer = await startTestPeer([], 'listener-stop', silentLogger, { clock, shutdownGraceMs: 60_000 });

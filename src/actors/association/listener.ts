@@ -29,7 +29,11 @@ export interface DicomListenerInit {
 export interface DicomListener {
   port: number;
   activeAssociations(): number;
-  /** Associations served here since start (tunnelled-in ones included, tunnelled-out ones not). */
+  /**
+   * Associations served here since start: A-ASSOCIATE-RQs this peer answered (tunnelled-in ones included,
+   * tunnelled-out ones not; connections that never asked for one, such as a tunnel its entry peer gave up
+   * on before it was ready, not at all).
+   */
   associationsServed(): number;
   /** Stops accepting; waits up to `graceMs` for associations to end, then aborts the rest. */
   stop(graceMs: number): Promise<void>;
@@ -49,10 +53,14 @@ export async function startDicomListener(init: DicomListenerInit): Promise<Dicom
     return count;
   };
   const serveHere = (socket: Socket) => {
-    served++;
-    // Asked by the connection's own session when its A-ASSOCIATE-RQ arrives (it is in Sta3 then, and counts).
-    const congested = () => associationCount() > init.maxAssociations;
-    const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, congested);
+    // Asked by the connection's own session once, when its A-ASSOCIATE-RQ arrives (it is in Sta3 then, and
+    // counts). Counted there, not at the connection: the entry peer serves the association itself when a
+    // tunnel times out after this peer's end connected, and both peers counted it (hunt 145: 40 for 30).
+    const associationRequested = (): boolean => {
+      served++;
+      return associationCount() > init.maxAssociations;
+    };
+    const association = spawnAssociation(init.parent, `association-${++sequence}`, socket, init.deps, associationRequested);
     active.add(association);
     void association.finished.then(() => active.delete(association));
   };

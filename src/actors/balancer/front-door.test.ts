@@ -97,6 +97,8 @@ describe('front door', { timeout: 60_000 }, () => {
     socketPair.destroy();
     const stats = doorA.stats();
     assert.deepEqual({ local: stats.local, tunnelled: stats.tunnelled, fallbacks: stats.fallbacks }, { local: 3, tunnelled: 1, fallbacks: 2 });
+    // Routing's decisions, whether the tunnel opened or not: b twice (tunnelled, then refused), the unreachable peer once.
+    assert.deepEqual(stats.routedTo, { [b.peerId]: 2, '12D3KooWGzBkPEdRuuXJbNm8ZWx5vz8W1ZHqA4rfFd6Af6hRiuX8': 1 });
     assert.deepEqual(portA.results, ['local', 'tunnelled', 'local', 'local']);
   });
 

@@ -32,7 +32,15 @@ export interface FrontDoorStats {
   fallbacks: number;
   /** Outgoing tunnels still carrying bytes. */
   tunnelsOpen: number;
+  /**
+   * Connections routing sent to each other peer (by PeerId), whether their tunnel opened or fell back: the
+   * balancer's spread, which a tunnel slow to open (a loaded peer) does not change. At most routedToPeersMax peers.
+   */
+  routedTo: Record<string, number>;
 }
+
+/** Peers counted in FrontDoorStats.routedTo: a mesh has at most 256 members; later ones are not counted. */
+const routedToPeersMax = 256;
 
 export interface FrontDoor {
   /**
@@ -51,7 +59,8 @@ export interface FrontDoor {
 
 export function createFrontDoor(init: FrontDoorInit): FrontDoor {
   const { balancer, node, log } = init;
-  const stats: FrontDoorStats = { local: 0, tunnelled: 0, fallbacks: 0, tunnelsOpen: 0 };
+  const stats: Omit<FrontDoorStats, 'routedTo'> = { local: 0, tunnelled: 0, fallbacks: 0, tunnelsOpen: 0 };
+  const routedTo = new Map<string, number>();
   const outgoing = new Set<Socket>();
   // Tunnels still open per target peer: routing counts them against the target's limit (the table lags).
   const tunnelsOpenTo = new Map<string, number>();
@@ -80,6 +89,7 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
       if (target === 'local' || target.peerId === init.selfPeerId) return local();
       const client = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
       const targetPeerId = target.peerId;
+      if (routedTo.has(targetPeerId) || routedTo.size < routedToPeersMax) countUp(routedTo, targetPeerId);
       // Counted from the decision on: the next decision must not send more to a target this one may fill.
       countUp(tunnelsOpenTo, targetPeerId);
       const tunnelEnded = (): void => countDown(tunnelsOpenTo, targetPeerId);
@@ -109,7 +119,7 @@ export function createFrontDoor(init: FrontDoorInit): FrontDoor {
       if (server !== null) return;
       server = await startTunnelServer({ node, localPort: localDicomPort, ...(localHost ? { localHost } : {}), log });
     },
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, routedTo: Object.fromEntries(routedTo) }),
     async stop() {
       stopped = true;
       await server?.stop();
