@@ -126,11 +126,15 @@ function patchSources(copy) {
   }
 }
 
-/** The classic-level version the addon in build/ was built here for, or undefined: node-gyp-build loads the prebuilt one. */
+/**
+ * The classic-level version the addon in build/ was built here for from this script's patches and flags, or
+ * undefined: an earlier build, or none (node-gyp-build loads the prebuilt one).
+ */
 function builtForVersion() {
   try {
     const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
-    const patched = SOURCE_PATCHES.every((patch) => marker.patches?.includes(patch.name));
+    // The names alone passed a build from an earlier version of a patch kept under its name as current.
+    const patched = SOURCE_PATCHES.every((patch) => marker.patches?.includes(patch.name)) && marker.sourceHash === patchedSourceHash();
     return existsSync(join(releaseDir, 'classic_level.node')) && patched ? marker.classicLevelVersion : undefined;
   } catch {
     return undefined;
@@ -141,7 +145,7 @@ function builtForVersion() {
  * What the addon is built from besides classic-level's own sources: a patch edited under the same name
  * changes it, so an install rebuilds and the write-back test does not take an addon built from older patches.
  */
-function patchedSourceHash() {
+export function patchedSourceHash() {
   return createHash('sha256').update(JSON.stringify({ flags, patches: SOURCE_PATCHES })).digest('hex');
 }
 
@@ -151,8 +155,7 @@ function patchedSourceHash() {
  */
 export function installedPatchedBuild() {
   try {
-    const marker = JSON.parse(readFileSync(markerPath, 'utf8'));
-    return builtForVersion() === classicLevelVersion() && marker.sourceHash === patchedSourceHash() ? packageDir : null;
+    return builtForVersion() === classicLevelVersion() ? packageDir : null;
   } catch {
     return null;
   }
@@ -176,6 +179,7 @@ function leveldbBuildStatus() {
   if (existsSync(join(releaseDir, 'classic_level.node'))) {
     const done = patchesBuilt();
     if (!done.includes('sync-log-at-switch')) return 'built here before the log sync (SSE4.2 CRC32C, logs closed unsynced): `node scripts/build-leveldb.js` rebuilds it';
+    if (SOURCE_PATCHES.every((patch) => done.includes(patch.name))) return 'built here with SSE4.2 CRC32C from an earlier version of its patches or flags: `node scripts/build-leveldb.js` rebuilds it';
     return `built here with SSE4.2 CRC32C and full logs synced, without ${SOURCE_PATCHES.map((patch) => patch.name).filter((name) => !done.includes(name)).join(', ')}: \`node scripts/build-leveldb.js\` rebuilds it`;
   }
   return 'prebuilt (software CRC32C, logs closed unsynced)';

@@ -13,7 +13,7 @@ import { connect, createServer as createTcpServer, type AddressInfo, type Socket
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
-import { bootstrapFailureCause, createMeshNode, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
+import { bootstrapFailureCause, createMeshNode, dialCauseCounts, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
@@ -390,6 +390,14 @@ describe('mesh node (in process, 127.0.0.1)', () => {
       assert.match(bootstrapFailureCause(error, false), /most likely another swarm key/, error);
     }
     assert.match(bootstrapFailureCause('connect ECONNREFUSED 127.0.0.1:1', true), /nothing listens there/);
+  });
+
+  it('the saved peers\' dial causes an isolated peer logs quote an error no rule names, instead of "see the error" with no error in the line', { timeout: perTestTimeoutMs }, () => {
+    const causes = dialCauseCounts(['connect ECONNREFUSED 127.0.0.1:1', 'connect ECONNREFUSED 127.0.0.1:2', 'connect EMFILE 127.0.0.1:3 - Local (undefined:undefined)']);
+    assert.deepEqual(causes.map((c) => c.peers), [2, 1]);
+    assert.match(causes[0]!.cause, /nothing listens there/);
+    assert.match(causes[1]!.cause, /EMFILE/);
+    assert.doesNotMatch(causes.map((c) => c.cause).join('; '), /see the error/);
   });
 
   it('a bootstrap address where an HTTP server answers is named as not a pacs-mesh libp2p port (helper 64: "see the error")', { timeout: perTestTimeoutMs }, async () => {

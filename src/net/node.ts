@@ -246,6 +246,23 @@ export function bootstrapFailureCause(error: string, reachedBefore = false): str
   return 'see the error';
 }
 
+/** Characters of an unrecognised dial error an isolated peer quotes at most (its log line stays one line). */
+const unrecognisedDialErrorCharsMax = 200;
+
+/**
+ * Failed dials' errors (chains) grouped by likely cause, with how many each. An error no rule names is quoted
+ * (bounded): the isolation warning says these causes without the errors, so "see the error" named none.
+ */
+export function dialCauseCounts(failures: readonly string[]): Array<{ cause: string; peers: number }> {
+  const counts = new Map<string, number>();
+  for (const failure of failures) {
+    const likely = bootstrapFailureCause(failure);
+    const cause = likely === 'see the error' ? `unrecognised error "${failure.replace(/\s+/g, ' ').slice(0, unrecognisedDialErrorCharsMax)}"` : likely;
+    counts.set(cause, (counts.get(cause) ?? 0) + 1);
+  }
+  return [...counts].map(([cause, peers]) => ({ cause, peers }));
+}
+
 export interface BootstrapIdentityChange {
   readonly address: string;
   /** The PeerId the address named. */
@@ -449,13 +466,7 @@ class Reconnector {
    * others are down or moved, while they answered and refused its key).
    */
   savedDialCauses(): Array<{ cause: string; peers: number }> {
-    const counts = new Map<string, number>();
-    for (const t of this.targets.values()) {
-      if (!t.saved || t.lastFailure === undefined) continue;
-      const cause = bootstrapFailureCause(t.lastFailure);
-      counts.set(cause, (counts.get(cause) ?? 0) + 1);
-    }
-    return [...counts].map(([cause, peers]) => ({ cause, peers }));
+    return dialCauseCounts([...this.targets.values()].flatMap((t) => (t.saved && t.lastFailure !== undefined ? [t.lastFailure] : [])));
   }
 
   addBootstrap(ma: Multiaddr): void {

@@ -256,13 +256,13 @@ export function parseForgetPeers(value: unknown): string[] | null {
   return peerIds.every((id): id is string => typeof id === 'string' && id.length > 0 && id.length <= STRING_MAX_CHARS) ? peerIds : null;
 }
 
-/** The peer a message claims to come from, which must be the authenticated sender. */
 /** The leader's site for the log line of a leader change: a PeerId alone meant looking it up in /api/mesh. */
 export function leaderSiteField(leaderId: string | null, members: readonly Pick<MemberRecord, 'peerId' | 'siteName'>[]): { leaderSite?: string } {
   const site = leaderId === null ? undefined : members.find((m) => m.peerId === leaderId)?.siteName;
   return site === undefined ? {} : { leaderSite: site };
 }
 
+/** The peer a message claims to come from, which must be the authenticated sender. */
 function claimedSender(message: BalancerMessage): string | null {
   switch (message.type) {
     case 'requestVote':

@@ -483,3 +483,15 @@ test('the member table stays within membersMax when every peer in it is alive: a
   assert.equal(statusOf(s, 'peer-late'), 'alive');
   assert.ok(s.members.size <= config.membersMax);
 });
+
+test('a stall is not reported as the others\' view of this peer when no other member was alive or suspect (a site serving alone)', () => {
+  const stalls = (effects: readonly MembershipEffect[]) => effects.filter((e) => e.type === 'selfStalled');
+  // Nobody ever heard: a lone peer's 30 s stall was noticed by no one.
+  const alone = run(initMembership(config), ...ticks(0, 500)).state;
+  assert.deepEqual(stalls(run(alone, { type: 'tick', nowMs: 31_000 }).effects), []);
+  // Its only member dead before the stall: nobody listening either.
+  let s = run(initMembership(config), { type: 'tick', nowMs: 0 }, { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 1, 1), nowMs: 0 }).state;
+  s = run(s, ...ticks(0, 10_000)).state;
+  assert.equal(statusOf(s, 'peer-b'), 'dead');
+  assert.deepEqual(stalls(run(s, { type: 'tick', nowMs: 41_000 }).effects), []);
+});

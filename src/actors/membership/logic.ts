@@ -176,8 +176,10 @@ function onTick(state: MembershipState, nowMs: number): MembershipStep {
   // that moment answered Success with only the local copies.
   const stalledMs = stalledMsAt(state, nowMs);
   let members: Map<string, MemberRecord> | null = null;
-  // Said once per stall, and only when the others noticed it: their silence here was this process's own.
-  if (stalledMs >= c.suspectAfterMs) effects.push({ type: 'selfStalled', stalledMs, seenAs: stalledMs >= c.deadAfterMs ? 'dead' : 'suspect' });
+  // Said once per stall, and only when others noticed it: their silence here was this process's own. With no
+  // member heard since it went dead, nobody was listening, and "the others took it for suspect" would be false.
+  const noticedByOthers = [...state.members.values()].some((record) => record.status !== 'dead');
+  if (stalledMs >= c.suspectAfterMs && noticedByOthers) effects.push({ type: 'selfStalled', stalledMs, seenAs: stalledMs >= c.deadAfterMs ? 'dead' : 'suspect' });
   if (stalledMs > 0) {
     members = new Map();
     for (const [peerId, record] of state.members) {

@@ -25,7 +25,7 @@ export interface ScrubServiceInit {
   config?: Partial<ScrubConfig>;
   /** Default 250 ms. */
   tickIntervalMs?: number;
-  /** Whether DICOM associations are active now (the scrub slows down to its busy share). */
+  /** Whether the archive is busy now (an association active, or an instance stored lately: archiveBusy): the scrub slows down to its busy share. */
   busy(): boolean;
   /** Replaces a damaged copy from elsewhere; 'noPeers' where there is nowhere to take one from. */
   repair(entry: CatalogEntry): Promise<RepairOutcome>;
