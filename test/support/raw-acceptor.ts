@@ -12,7 +12,7 @@ interface RawAcceptor {
  * Accepts every association (its first presentation context, with the first transfer syntax proposed) and
  * hands each P-DATA PDU to `onPData`.
  */
-function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Promise<RawAcceptor> {
+function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRelease = false): Promise<RawAcceptor> {
   return tcpAcceptor((socket) => {
     const framer = new PduFramer();
     socket.on('data', (chunk) => {
@@ -32,6 +32,8 @@ function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void): Promise<
           );
         } else if (pdu.type === 'pData') {
           onPData(socket, pdu);
+        } else if (pdu.type === 'releaseRq' && answersRelease) {
+          socket.end(encodePdu({ type: 'releaseRp' }));
         }
       }
     });
@@ -90,8 +92,13 @@ export function acceptorNeverReleasing(): Promise<RawAcceptor> {
   return acceptorAnsweringSuccess(0);
 }
 
+/** Answers each request `delayMs` after its data set has arrived, with Success, and answers the A-RELEASE-RQ: a slow destination. */
+export function acceptorAnsweringSlowly(delayMs: number): Promise<RawAcceptor> {
+  return acceptorAnsweringSuccess(0, delayMs, true);
+}
+
 /** Answers each request, once its data set (if any) has arrived, with Success for its Message ID plus `messageIdShift`. */
-function acceptorAnsweringSuccess(messageIdShift: number): Promise<RawAcceptor> {
+function acceptorAnsweringSuccess(messageIdShift: number, delayMs = 0, answersRelease = false): Promise<RawAcceptor> {
   const awaitingDataSet = new WeakMap<Socket, DimseCommand>();
   return rawAcceptor((socket, pdu) => {
     for (const value of pdu.values) {
@@ -116,9 +123,11 @@ function acceptorAnsweringSuccess(messageIdShift: number): Promise<RawAcceptor> 
         status: Status.Success,
         hasDataSet: false,
       });
-      socket.write(encodePdu({ type: 'pData', values: [{ presentationContextId: value.presentationContextId, isCommand: true, isLast: true, data: response }] }));
+      const answer = encodePdu({ type: 'pData', values: [{ presentationContextId: value.presentationContextId, isCommand: true, isLast: true, data: response }] });
+      if (delayMs === 0) socket.write(answer);
+      else setTimeout(() => socket.destroyed || socket.write(answer), delayMs);
     }
-  });
+  }, answersRelease);
 }
 
 /**

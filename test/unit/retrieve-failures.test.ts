@@ -10,7 +10,7 @@ import { connect } from 'node:net';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
+import { acceptorAnsweringSlowly, acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
@@ -157,6 +157,42 @@ test('C-MOVE to a destination nobody answers: 0xA702 with every instance counted
   // The operator learns of it too, with the whole reason (the comment holds 64 characters).
   assert.ok(logged.includes('C-MOVE destination unreachable'), logged.join('\n'));
   assert.ok(logged.includes('C-MOVE answered with a failure or warning'));
+});
+
+test('a stop with a C-MOVE under way whose requestor has asked to release (Sta8): the final response lists what was not sent, then the release is answered (hunt 146)', async (t) => {
+  const lines: RecordedLine[] = [];
+  // Its drain (1 s in tests) is all for ending: the shutdown message goes out at once.
+  const peer = await peerMovingTo(t, await acceptorAnsweringSlowly(200), 'SLOW', 'mover-stopping', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.146.1';
+  const instanceCount = 30;
+  await storeStudy(peer, studyInstanceUid, instanceCount, 16);
+  const client = await moveClient(peer);
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  let released: Promise<void> | undefined;
+  let stopped: Promise<void> | undefined;
+  let pending = 0;
+  const final = await client.request(client.contexts[0]!.id, { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: 'SLOW', hasDataSet: true }, identifier, () => {
+    // At the first sub-operation answered the requestor asks to release (the C-MOVE goes on, PS3.8 Sta8); two
+    // sub-operations later, its A-RELEASE-RQ handled well before, the peer stops.
+    pending++;
+    if (pending === 1) released = client.release();
+    if (pending === 3) stopped = peer.stop();
+  });
+  // Before: the A-RELEASE-RQ's handler held the association's mailbox until the C-MOVE ended, so the stop
+  // reached it only then: the listener gave up on it, and the C-MOVE went on while the peer closed its store.
+  const { status, completedSubOperations = 0, failedSubOperations = 0 } = final.command;
+  assert.equal(status, Status.SubOpsCompleteWithFailures, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''})`);
+  assert.match(final.command.errorComment ?? '', /the archive is stopping/);
+  assert.ok(failedSubOperations > 0 && completedSubOperations + failedSubOperations === instanceCount, `${completedSubOperations} completed, ${failedSubOperations} failed`);
+  await released;
+  await stopped;
+  assert.ok(!lines.some((l) => l.message === 'aborting association' && l.fields?.why !== undefined && String(l.fields.why).includes('VIEWER')));
 });
 
 /** A C-MOVE of the study to `moveDestination`, with a C-CANCEL-RQ `cancelAfterMs` after it was sent: the final response and when it came. */

@@ -45,6 +45,7 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
       artimExpired: () => post({ type: 'artimExpired' }),
       idleExpired: () => post({ type: 'idleExpired' }),
       shutdownExpired: () => post({ type: 'shutdownExpired' }),
+      operationsEndedAfterRelease: () => post({ type: 'operationsEndedAfterRelease' }),
       finished: () => queueMicrotask(() => stop(true)),
     },
     {
@@ -78,6 +79,9 @@ export function spawnAssociation(parent: Ref<any>, name: string, socket: Socket,
           return state;
         case 'shutdownExpired':
           await state.onShutdownExpired();
+          return state;
+        case 'operationsEndedAfterRelease':
+          await state.onOperationsEndedAfterRelease();
           return state;
         case 'crash':
           throw new Error(`crash requested: ${message.why}`);

@@ -17,5 +17,7 @@ export type AssociationMsg =
   | { type: 'shutdown'; drainEndMs: number }
   /** The final responses' time is up: abort whatever is still open. */
   | { type: 'shutdownExpired' }
+  /** The operations under way when the requestor asked to release have ended: answer the release. */
+  | { type: 'operationsEndedAfterRelease' }
   /** Test hook: makes the handler throw, to show that a crash takes down this association alone. */
   | { type: 'crash'; why: string };

@@ -95,6 +95,8 @@ export interface SessionCallbacks {
   idleExpired(): void;
   /** Route the end of the final responses' time at a shutdown through the actor's mailbox (see onShutdown). */
   shutdownExpired(): void;
+  /** Route the end of the operations under way at an A-RELEASE-RQ through the actor's mailbox (see onOperationsEndedAfterRelease). */
+  operationsEndedAfterRelease(): void;
   /** The association is over (transport closed): the actor stops. */
   finished(): void;
 }
@@ -292,10 +294,18 @@ export class AcceptorSession {
   async onShutdown(drainEndMs: number): Promise<void> {
     if (this.ended) return;
     const answerMs = drainEndMs - this.deps.clock.nowMs();
-    if (answerMs <= 0 || this.core.machine.state !== 'Sta6') return this.abort('peer shutting down');
+    // Sta8: a C-MOVE goes on after an A-RELEASE-RQ, and its final response may still be sent (PS3.8 AR-7).
+    const state = this.core.machine.state;
+    if (answerMs <= 0 || !(state === 'Sta6' || (state === 'Sta8' && this.tasks.size > 0))) return this.abort('peer shutting down');
     this.stopping = true;
     if (this.tasks.size > 0) this.log.warn('peer shutting down: the retrieves under way send their final responses', { operations: this.tasks.size, waitMs: answerMs });
     this.deps.clock.setTimeout(() => this.callbacks.shutdownExpired(), answerMs);
+  }
+
+  /** The operations under way at an A-RELEASE-RQ have ended: the release is answered, unless the association ended meanwhile. */
+  async onOperationsEndedAfterRelease(): Promise<void> {
+    if (this.ended || this.core.machine.state !== 'Sta8') return;
+    await this.core.fire({ type: 'releaseResponse' });
   }
 
   async onShutdownExpired(): Promise<void> {
@@ -374,10 +384,13 @@ export class AcceptorSession {
       case 'releaseRequested':
         // PS3.8 lets us send P-DATA until the A-RELEASE-RP (Sta8): operations under way end as they would
         // have, rather than with a Cancel status nobody asked for.
+        // Not awaited here: a C-MOVE may run for minutes in Sta8, and the mailbox must stay open meanwhile for
+        // an A-ABORT, a closed transport or a stop (hunt 146: each waited for the C-MOVE's end).
         this.releaseRequested = true;
-        await this.endOperations('release');
-        await this.sendChain;
-        await this.core.fire({ type: 'releaseResponse' });
+        void this.endOperations('release')
+          .then(() => this.sendChain)
+          .catch((error: unknown) => this.log.error('ending the operations at a release failed', { error: String(error) }))
+          .then(() => this.callbacks.operationsEndedAfterRelease());
         return;
       case 'aborted':
       case 'providerAborted':

@@ -17,7 +17,7 @@ import { systemClock } from '../runtime/clock.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
-import { PartialCopies, defaultPartialCopyLimits } from './partial-copies.ts';
+import { PartialCopies, defaultPartialCopyLimits, progressMarkBytes } from './partial-copies.ts';
 import { createReplicaStore, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
 
 /** A real store in a temporary directory, closed and removed after the test. */
@@ -390,6 +390,25 @@ test('partial copies: a large copy arriving at a kill -9 (never cut) keeps what 
   t.after(() => small.close());
   assert.deepEqual(small.restoredPartials?.(), []);
   assert.equal(await uncommittedChunks(small), 0);
+});
+
+test('partial copies: between marks the progress check returns no promise, so a copy arriving awaits nothing per piece (hunt 146)', async (t) => {
+  const store = await openStore(t);
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
+  t.after(() => partials.stop());
+  const writer = store.beginWrite();
+  const markProgress = partials.progressMarker('7.1', 'peer-a', writer);
+  const piece = new Uint8Array(1024 * 1024);
+  for (let i = 0; i < progressMarkBytes / piece.byteLength - 1; i++) {
+    await writer.write(piece);
+    assert.equal(markProgress(), undefined, `no promise after ${i + 1} MiB`);
+  }
+  await writer.write(piece);
+  const marking = markProgress();
+  assert.ok(marking instanceof Promise, 'at progressMarkBytes the marker is written');
+  await marking;
+  assert.equal((await markers(store)).length, 1);
+  await writer.abort();
 });
 
 test("partial copies: a kept part's marker puts no key beyond the blobs in the blob database, so its tables still move down LevelDB's levels without being rewritten (hunt 135)", async (t) => {

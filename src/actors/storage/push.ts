@@ -395,7 +395,8 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
       for await (const piece of stream.reader.body(length, options)) {
         if (writer === undefined) continue;
         await writer.write(piece);
-        await markProgress?.();
+        const marking = markProgress?.();
+        if (marking !== undefined) await marking;
       }
     }
     readingData = false;

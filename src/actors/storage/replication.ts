@@ -389,7 +389,8 @@ class CommitPipeline {
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
       for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) {
         await writer.write(piece);
-        await markProgress?.();
+        const marking = markProgress?.();
+        if (marking !== undefined) await marking;
       }
     } catch (error) {
       if (resume.partials !== undefined && !(error instanceof StoreError)) resume.partials.keep(entry.sopInstanceUid, stream.remotePeer, writer);
