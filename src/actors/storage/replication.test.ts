@@ -371,8 +371,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
     wrongUid.end(buildEntry('1.2.3.2.5')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
     await assert.rejects(wrongUid.result);
     for (const uid of ['1.2.3.2.2', '1.2.3.2.3', '1.2.3.2.4', '1.2.3.2.5']) assert.equal(await storeB.getEntry(uid), undefined);
-    for (const deadline = Date.now() + 5000; (await uncommittedChunks(storeB)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(await uncommittedChunks(storeB), 0, 'the refused pushes left no chunks');
+    await noChunksLeftSoon(storeB, 'the refused pushes left no chunks');
   });
 
   it('a malformed push is reset, not answered, and the receiver keeps serving', async () => {
@@ -793,8 +792,7 @@ test('a kept part that does not match the instance never becomes a stored copy: 
   assert.equal((resumed.error as ReplicationError).code, 'ERR_REPLICATION_RESUME_MISMATCH', 'the sender does not take its own copy for damaged');
   assert.equal(await receiverStore.getEntry(uid), undefined, 'nothing stored');
   assert.deepEqual(serving.partialCopies.stats, { bytes: 0, copies: 0 }, 'the kept part was dropped');
-  for (const deadline = Date.now() + 5000; (await uncommittedChunks(receiverStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(await uncommittedChunks(receiverStore), 0, 'its chunks deleted');
+  await noChunksLeftSoon(receiverStore, 'its chunks deleted');
   const before = link.stats.forwardBytes;
   const [whole] = await replicateBatchTo(sender, receiver.peerId, senderStore, [entry]);
   assert.deepEqual(whole, { sopInstanceUid: uid, outcome: 'stored', siteName: 'site-b' });
@@ -891,6 +889,24 @@ function pullerPartials(t: { after(fn: () => void): void }, store: ReplicaStore)
   return partials;
 }
 
+/** Asserts that `store` holds no uncommitted chunk within 5 s: an abort deletes its chunks after it returns. */
+async function noChunksLeftSoon(store: ReplicaStore, message?: string): Promise<void> {
+  for (const deadline = Date.now() + 5000; (await uncommittedChunks(store)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await uncommittedChunks(store), 0, message);
+}
+
+/**
+ * A pair over a 1 MB/s link with a 3 MB instance `uid` at its receiver, which the sender pulls back with a
+ * 2 s deadline: every pull that starts from byte 0 is cut, and the puller keeps its part in `partials`.
+ */
+async function cutPullFixture(t: { after(fn: () => Promise<void> | void): void }, uid: string) {
+  const { sender, receiver, senderStore, receiverStore, link } = await nodesOverLink(t);
+  const partials = pullerPartials(t, senderStore);
+  const bytes = randomBytes(3_000_000);
+  await storeLocally(receiverStore, uid, bytes);
+  return { sender, receiver, senderStore, link, partials, bytes, options: { limits: { transferTimeoutMs: 2_000 }, partials } };
+}
+
 /** Resolves once nothing crossed the link for 300 ms: the bytes a cut stream had in flight are through. */
 async function linkQuiet(link: { stats: { backwardBytes: number; forwardBytes: number } }): Promise<void> {
   for (let last = -1; last !== link.stats.backwardBytes + link.stats.forwardBytes; ) {
@@ -936,14 +952,9 @@ async function storedBytes(store: ReplicaStore, uid: string): Promise<Buffer> {
 }
 
 test('fetch-batch: an instance whose transfer is longer than the pull deadline arrives: the cut pull keeps its part, the next resumes (hunt 132)', { timeout: 60_000 }, async (t) => {
-  // The instance sits at the receiver of the pair; the sender pulls it back over the 1 MB/s link: ~3 s of
-  // link for a deadline of 2 s, so every pull that starts from byte 0 is cut.
-  const { sender, receiver, senderStore, receiverStore, link } = await nodesOverLink(t);
-  const partials = pullerPartials(t, senderStore);
-  const bytes = randomBytes(3_000_000);
+  // ~3 s of link for a deadline of 2 s (cutPullFixture).
   const uid = '1.2.3.132.1';
-  await storeLocally(receiverStore, uid, bytes);
-  const options = { limits: { transferTimeoutMs: 2_000 }, partials };
+  const { sender, receiver, senderStore, link, partials, bytes, options } = await cutPullFixture(t, uid);
   const pull = async (): Promise<FetchBatchOutcome | undefined> => (await fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], options).catch((error: unknown) => [{ sopInstanceUid: uid, error }]))[0];
   const first = await pull();
   assert.ok(first !== undefined && 'error' in first, 'the first pull is cut by its deadline');
@@ -959,12 +970,8 @@ test('fetch-batch: an instance whose transfer is longer than the pull deadline a
 });
 
 test('fetch/1 (retrieve anywhere): a pull cut by its deadline keeps its part, the next resumes from it (hunt 132)', { timeout: 60_000 }, async (t) => {
-  const { sender, receiver, senderStore, receiverStore, link } = await nodesOverLink(t);
-  const partials = pullerPartials(t, senderStore);
-  const bytes = randomBytes(3_000_000);
   const uid = '1.2.3.132.2';
-  await storeLocally(receiverStore, uid, bytes);
-  const options = { limits: { transferTimeoutMs: 2_000 }, partials };
+  const { sender, receiver, senderStore, link, partials, bytes, options } = await cutPullFixture(t, uid);
   await assert.rejects(fetchFrom(sender, receiver.peerId, senderStore, uid, options));
   const kept = partials.stats.bytes;
   assert.ok(kept > 0 && kept < bytes.length, `kept ${kept} bytes`);
@@ -994,8 +1001,7 @@ test('a resumed pull whose kept part does not match fails that copy alone and dr
   const [whole] = await fetchBatchFrom(sender, receiver.peerId, senderStore, [uid], { partials });
   assert.ok(whole !== undefined && 'outcome' in whole && whole.outcome === 'stored');
   assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
-  for (const deadline = Date.now() + 5000; (await uncommittedChunks(senderStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(await uncommittedChunks(senderStore), 0);
+  await noChunksLeftSoon(senderStore);
 });
 
 test('a server before resumable pulls ignores offsets and sends whole: the puller drops its part and stores the whole (hunt 132)', { timeout: 60_000 }, async (t) => {
@@ -1023,8 +1029,7 @@ test('a server before resumable pulls ignores offsets and sends whole: the pulle
   assert.ok(outcome !== undefined && 'outcome' in outcome && outcome.outcome === 'stored');
   assert.ok((await storedBytes(senderStore, uid)).equals(bytes));
   assert.deepEqual(partials.stats, { bytes: 0, copies: 0 });
-  for (const deadline = Date.now() + 5000; (await uncommittedChunks(senderStore)) > 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(await uncommittedChunks(senderStore), 0, 'the dropped part left no chunks');
+  await noChunksLeftSoon(senderStore, 'the dropped part left no chunks');
 });
 
 test('a copy cut at the receiver, which then restarts, resumes where it was cut: the kept part survives the restart (hunt 132)', { timeout: 60_000 }, async (t) => {
