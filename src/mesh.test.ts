@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
-import { freeDiskProbe, sitesHoldingOf } from './mesh.ts';
+import { freeDiskProbe, isolationWarningOf, sitesHoldingOf } from './mesh.ts';
 import { recordingLogger, type RecordedLine } from '../test/support/recording-logger.ts';
 
 const entry = (n: number): CatalogEntry => ({
@@ -74,4 +74,18 @@ test('freeDiskProbe: a statfs that fails reports unknown (not 0, a full disk), l
   await rm(dataDir, { recursive: true });
   assert.equal(await probe(), undefined);
   assert.equal(lines.length, 3, 'a failure after a success is logged again');
+});
+
+test('isolationWarningOf: alone from the start is told to check its address; alone after every site disconnected is not (it was found)', () => {
+  const base = { knownSites: ['site-b', 'site-c'], connectedPeers: 0, lastConnectedPeer: undefined, savedPeers: 2, savedDialCauses: [{ cause: 'connection refused: nothing listens there', peers: 2 }] };
+  assert.equal(isolationWarningOf({ ...base, knownSites: [] }), undefined, 'a site that knows no other site is a mesh of one');
+  assert.equal(isolationWarningOf({ ...base, connectedPeers: 1 }), undefined);
+  const neverFound = isolationWarningOf(base);
+  assert.match(neverFound?.message ?? '', /^no other site has connected to this peer: it serves alone\. .*none of the 2 peer\(s\) whose addresses it saved answers.*--bootstrap.*Their last dials: 2 peer\(s\): connection refused/);
+  assert.deepEqual(neverFound?.fields, { knownSites: ['site-b', 'site-c'], savedPeers: 2, bootstrap: 'none' });
+  // Before, this case repeated "no other site has connected" every 10 minutes, and sent the operator to --bootstrap.
+  const lostAll = isolationWarningOf({ ...base, lastConnectedPeer: '12D3KooWPeer' });
+  assert.match(lostAll?.message ?? '', /^every other site has disconnected from this peer: it serves alone\. They are down, or the network .* is cut.*Their last dials: 2 peer\(s\)/);
+  assert.doesNotMatch(lostAll?.message ?? '', /--bootstrap|no other site has connected/);
+  assert.deepEqual(lostAll?.fields, { knownSites: ['site-b', 'site-c'], lastConnectedPeer: '12D3KooWPeer' });
 });

@@ -130,6 +130,37 @@ const isolationRecheckMs = 10 * 60_000;
 const twinAdvice =
   'elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)';
 
+/** What a peer started without --bootstrap knows when it checks whether it serves alone (see startMesh). */
+export interface IsolationState {
+  /** Sites its data directory knows of. */
+  knownSites: readonly string[];
+  connectedPeers: number;
+  /** The last peer that connected since the start, if any did. */
+  lastConnectedPeer: string | undefined;
+  savedPeers: number;
+  savedDialCauses: ReadonlyArray<{ cause: string; peers: number }>;
+}
+
+/** The warning of a peer that serves alone, or undefined: none when it knows no other site or has a peer. */
+export function isolationWarningOf(state: IsolationState): { message: string; fields: Record<string, unknown> } | undefined {
+  if (state.knownSites.length === 0 || state.connectedPeers > 0) return undefined;
+  const knownSites = state.knownSites.slice(0, 16);
+  // What the saved peers' dials met says more than "down or moved": a peer answering and refusing the handshake holds another swarm key.
+  const lastDials = state.savedDialCauses.length > 0 ? ` Their last dials: ${state.savedDialCauses.map((c) => `${c.peers} peer(s): ${c.cause}`).join('; ')}.` : '';
+  // Found once, so its address is known to the others: what failed since is they or the network, not where it listens.
+  if (state.lastConnectedPeer !== undefined) {
+    return {
+      message: `every other site has disconnected from this peer: it serves alone. They are down, or the network between them and this host is cut; they are redialled all along.${lastDials}`,
+      fields: { knownSites, lastConnectedPeer: state.lastConnectedPeer },
+    };
+  }
+  const saved = state.savedPeers > 0 ? `none of the ${state.savedPeers} peer(s) whose addresses it saved answers, and ` : 'it saved no address of another peer, and ';
+  return {
+    message: `no other site has connected to this peer: it serves alone. Its data directory knows other sites; ${saved}none has dialled it: they are down, or moved, or dial the address it had before. If this site moved (another host or --p2p-port), start it with --bootstrap <a running site's /api/mesh self.multiaddrs>.${lastDials}`,
+    fields: { knownSites, savedPeers: state.savedPeers, bootstrap: 'none' },
+  };
+}
+
 export async function startMesh(init: MeshInit): Promise<Mesh> {
   const { config, log } = init;
   if (!config.swarmKeyFile) throw new ConfigError('the mesh needs --swarm-key FILE');
@@ -269,15 +300,18 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     // belongs with: none connected by now is worth a warning, again every 10 minutes while so.
     if (config.bootstrap.length === 0) {
       let isolationTimer: ReturnType<Clock['setTimeout']> | undefined;
+      let lastConnectedPeer: string | undefined;
+      const stopWatchingConnects = node.onPeerConnected((peerId) => (lastConnectedPeer = peerId));
+      stopping.unshift(async () => stopWatchingConnects());
       const checkIsolation = (): void => {
-        const known = custody.knownSites().map((k) => k.site);
-        if (known.length > 0 && node.connectedPeers().length === 0) {
-          const saved = node.savedPeers > 0 ? `none of the ${node.savedPeers} peer(s) whose addresses it saved answers, and ` : 'it saved no address of another peer, and ';
-          // What the saved peers' dials met says more than "down or moved": a peer answering and refusing the handshake holds another swarm key.
-          const causes = node.savedDialCauses();
-          const lastDials = causes.length > 0 ? ` Their last dials: ${causes.map((c) => `${c.peers} peer(s): ${c.cause}`).join('; ')}.` : '';
-          log.warn(`no other site has connected to this peer: it serves alone. Its data directory knows other sites; ${saved}none has dialled it: they are down, or moved, or dial the address it had before. If this site moved (another host or --p2p-port), start it with --bootstrap <a running site's /api/mesh self.multiaddrs>.${lastDials}`, { knownSites: known.slice(0, 16), savedPeers: node.savedPeers, bootstrap: 'none' });
-        }
+        const warning = isolationWarningOf({
+          knownSites: custody.knownSites().map((k) => k.site),
+          connectedPeers: node.connectedPeers().length,
+          lastConnectedPeer,
+          savedPeers: node.savedPeers,
+          savedDialCauses: node.savedDialCauses(),
+        });
+        if (warning) log.warn(warning.message, warning.fields);
         isolationTimer = init.clock.setTimeout(checkIsolation, isolationRecheckMs);
       };
       isolationTimer = init.clock.setTimeout(checkIsolation, isolationFirstCheckMs);
