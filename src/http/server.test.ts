@@ -7,6 +7,7 @@ import { silentLogger } from '../actors/runtime/logger.ts';
 import { recordingLogger, type RecordedLine } from '../../test/support/recording-logger.ts';
 import { createDicomWebStats } from './dicomweb/context.ts';
 import { startHttpServer } from './server.ts';
+import { within } from '../../test/support/wait.ts';
 
 test('a path that is no resource is 404 whatever the method; a resource asked with another method is 405 with Allow', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ instances: 0 }), isHealthy: () => true, log: silentLogger });
@@ -253,7 +254,10 @@ test('a request still in flight when the grace period ends is cut, and the stop 
 test('a request sent on a kept-alive connection while the peer was held past the keep-alive timeout is answered, not reset', async (t) => {
   // Node destroys a socket whose keep-alive timeout fired in the loop's timers phase before it reads the bytes
   // that arrived meanwhile: a peer paused (SIGSTOP) or stalled for over 5 s reset requests its clients sent in time.
-  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
+  // A keep-alive timeout of 2 s rather than the default 5 s: the same race, the loop held 1 s past it as before
+  // (12 s a run, now 6). With a 1 s timeout held 1.5 s the test passed without the fix: keep the 1 s margin.
+  const keepAliveTimeoutMs = 2000;
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, keepAliveTimeoutMs });
   t.after(() => server.stop());
   const socket = connect(server.port, '127.0.0.1');
   let answers = '';
@@ -265,11 +269,11 @@ test('a request sent on a kept-alive connection while the peer was held past the
       answers += chunk.toString('latin1');
       if (first) {
         // Once the server has set its keep-alive timer, the second request is sent and this process's loop
-        // (the peer's, too) held past the 5 s timeout, as a pause would; the hold ends in the loop's check phase,
+        // (the peer's, too) held past the keep-alive timeout, as a pause would; the hold ends in the loop's check phase,
         // so the timers phase comes before the server could read the request.
         setTimeout(() => setImmediate(() => {
           socket.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 6_000);
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, keepAliveTimeoutMs + 1000);
         }), 100);
       }
       if ((answers.match(/HTTP\/1\.1 200 /g) ?? []).length === 2) resolve();
@@ -279,7 +283,7 @@ test('a request sent on a kept-alive connection while the peer was held past the
   const outcome = await Promise.race([secondAnswered.then(() => 'answered'), closed.then(() => 'closed')]);
   assert.equal(outcome, 'answered', `the second request was not answered: ${JSON.stringify(answers)}`);
   // A connection on which nothing arrives is still closed by its keep-alive timeout.
-  const idleClosed = await Promise.race([closed.then(() => true), new Promise((r) => setTimeout(r, 8_000, false))]);
+  const idleClosed = await within('the idle connection to close', keepAliveTimeoutMs * 8, closed.then(() => true)).catch(() => false);
   socket.destroy();
   assert.equal(idleClosed, true, 'the idle connection was not closed by the keep-alive timeout');
 });
@@ -304,7 +308,8 @@ test('requests pipelined on one connection are handled a few at a time: beyond, 
   socket.on('data', (chunk) => (text += chunk.toString('latin1')));
   const closed = new Promise((resolve) => socket.once('close', resolve));
   socket.write('GET /api/mesh HTTP/1.1\r\nhost: x\r\n\r\n'.repeat(200));
-  await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  // Up to 3 s for the close; within() clears its timer (a bare one kept the file's process 2.7 s past its last test).
+  await within('the connection to close', 3000, closed).catch(() => undefined);
   assert.ok(runningMax <= 16, `${runningMax} requests of one connection ran at once`);
   const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
   assert.ok(statuses.length > 0 && statuses.slice(0, runningMax).every((status) => status === 200), 'the first ones are answered');

@@ -38,6 +38,8 @@ export interface HttpServerInit {
   scrubNow?: () => object | undefined;
   /** DICOMweb under /dicom-web; undefined: those paths are 404. */
   dicomWeb?: DicomWebContext;
+  /** How long a kept-alive connection waits for its next request. Default 5000 (Node's); tests set less. */
+  keepAliveTimeoutMs?: number;
 }
 
 export interface RunningHttpServer {
@@ -239,6 +241,7 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // reading a retrieve) is closed, as the DICOM port's --idle-timeout does by default.
   server.timeout = 120_000;
   server.requestTimeout = 10 * 60_000;
+  server.keepAliveTimeout = init.keepAliveTimeoutMs ?? 5000;
   // Node destroys a socket at once when its keep-alive or idle timeout fires, and after this peer's loop was
   // held (a pause, a long stall) the timer fires before the bytes that arrived meanwhile are read: a request
   // a client sent in time was reset ("fetch failed": helper 75). The socket goes only if nothing arrived by

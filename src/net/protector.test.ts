@@ -12,6 +12,7 @@ import type { PnetCipher } from './protector.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { ProtectorError } from './errors.ts';
 import type { ConnectionProtector, MessageStream } from '@libp2p/interface';
+import { within } from '../../test/support/wait.ts';
 
 function protectorFrom(factory: (components: never) => ConnectionProtector): ConnectionProtector {
   return factory({ logger: defaultLogger() } as never);
@@ -246,7 +247,8 @@ describe('pskProtector', () => {
       a.send(piece);
       sent += piece.byteLength;
     }
-    const error = await Promise.race([closed, new Promise<string>((r) => setTimeout(() => r('still open'), 2000))]);
+    // within() clears its timer: a bare one kept the file's process ~1.8 s past its last test.
+    const error = await within('the connection to close', 2000, closed).catch(() => 'still open');
     assert.notEqual(error, 'still open', `${sent} bytes queued, ${a.writeBufferLength} held, the connection still open`);
     assert.equal((error as Error | undefined)?.name, 'StreamBufferError');
     assert.ok(sent <= bound + 2 * piece.byteLength + 64 * 1024, `aborted after ${sent} bytes`);

@@ -41,7 +41,9 @@ async function frontDoor(peer: PeerProcess): Promise<FrontDoorView> {
 
 async function startThree(cluster: MeshCluster, extraArgs: string[] = []): Promise<PeerProcess[]> {
   await cluster.init();
-  const peers = [await cluster.start('site-a', { extraArgs }), await cluster.start('site-b', { extraArgs }), await cluster.start('site-c', { extraArgs })];
+  const a = await cluster.start('site-a', { extraArgs });
+  // b and c both join through a (the first peer): started together.
+  const peers = [a, ...(await Promise.all([cluster.start('site-b', { extraArgs }), cluster.start('site-c', { extraArgs })]))];
   await eventually(
     async () => {
       const views = await Promise.all(peers.map((p) => p.status()));

@@ -16,8 +16,10 @@ const bootstrapWarning = /cannot reach a bootstrap peer/;
 
 test('a bootstrap site stopped for maintenance: no bootstrap warning at the sites still meshed through each other', { timeout: 90_000 }, async (t) => {
   const { a, b, c } = await startThreeSites(t);
-  // b and c joined through a; they connect directly once they have heard each other's addresses.
-  await new Promise((r) => setTimeout(r, 4000));
+  // b and c joined through a; they connect directly once they have heard each other's addresses (waited
+  // for, not slept on: a fixed 4 s before).
+  const connectedTo = async (peer: PeerProcess, site: string) => (await peer.status()).members?.find((m) => m.site === site)?.connected === true;
+  await eventually(async () => (await connectedTo(b, 'site-c')) && (await connectedTo(c, 'site-b')), 20_000, async () => JSON.stringify([(await b.status()).members, (await c.status()).members]));
   await a.stop();
   await eventually(async () => (await b.status()).members?.find((m) => m.site === 'site-a')?.alive === false, 20_000, async () => JSON.stringify((await b.status()).members));
   // Long enough for several redials of a (the first at once, then 1-2 s apart).

@@ -35,12 +35,9 @@ test('a C-GET at a site pulling from the only site that holds the study, killed 
   const heldByCWhenKilled = (await c.status()).instances;
   await a.kill9();
   const killedAt = Date.now();
-  let hangTimer: NodeJS.Timeout | undefined;
-  const exit = await Promise.race([getter.exited, new Promise<'hung'>((resolve) => (hangTimer = setTimeout(() => resolve('hung'), 120_000)))]);
-  // Cleared, or the file's process waited out the 120 s after a passing run.
-  clearTimeout(hangTimer);
-  if (exit === 'hung') await getter.stop(0);
-  assert.notEqual(exit, 'hung', `getscu still running 120 s after site-a was killed:\n${output.slice(-2000)}`);
+  const exit = await getter.exitedWithin(120_000);
+  if (exit === 'running') await getter.stop(0);
+  assert.notEqual(exit, 'running', `getscu still running 120 s after site-a was killed:\n${output.slice(-2000)}`);
 
   const final = [...output.matchAll(/Received C-GET Response \(([^)]*)\)/g)].at(-1)?.[1];
   const count = (label: string) => Number([...output.matchAll(new RegExp(`Number of ${label} Suboperations\\s*:\\s*(\\d+)`, 'g'))].at(-1)?.[1] ?? NaN);

@@ -34,7 +34,7 @@ test('a second peer under a site name held at another address stops (exit 2, nam
   );
   const page = await (await fetch(`http://127.0.0.1:${a.httpPort}/`)).text();
   assert.match(page, /Site name site-a is claimed by live peers at several DICOM addresses/, 'the status page shows it while it lasts');
-  const exit = await Promise.race([twin.process.exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+  const exit = await twin.process.exitedWithin(30_000);
   assert.deepEqual(exit, { code: 2, signal: null }, `the later peer stops as a configuration error:\n${twin.output().slice(-3000)}`);
   const said = twin.output();
   assert.ok(said.includes(`site name "site-a" is already held by peer ${aPeerId} at DICOM address ${aDicom}`), `the site, the holder and its address:\n${said.slice(-3000)}`);
@@ -66,7 +66,7 @@ test('a peer stopped for a copied --site leaves the rosters: after a kill -9 of 
   await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await b.status()).members));
   const twin = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-copy'), extraArgs: ['--priority', '2'] });
   const twinPeerId = (await twin.status()).self.peerId!;
-  const exit = await Promise.race([twin.process.exited, new Promise<null>((r) => setTimeout(() => r(null), 30_000))]);
+  const exit = await twin.process.exitedWithin(30_000);
   assert.deepEqual(exit, { code: 2, signal: null }, `the twin stops:\n${twin.output().slice(-3000)}`);
   const votersAt = async (peer: typeof a): Promise<string[]> => ((await peer.status()).balancer?.rosterMembers ?? []).map((m) => m.peerId);
   await eventually(

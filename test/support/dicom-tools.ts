@@ -89,6 +89,11 @@ export interface ManagedProcess {
   readonly hasExited: boolean;
   /** SIGTERM, then SIGKILL after `graceMs` (default 3000); resolves when the process is gone. */
   stop(graceMs?: number): Promise<void>;
+  /**
+   * The exit, or 'running' if the process has not exited within `timeoutMs`. Its timer is cleared either way: a
+   * bare setTimeout raced against the exit kept the test file's process alive for the rest of it (20 s a run).
+   */
+  exitedWithin(timeoutMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null } | 'running'>;
 }
 
 /**
@@ -131,6 +136,14 @@ export function spawnManaged(cmd: string, args: string[], opts: SpawnOptions = {
       }, graceMs);
       await exited;
       clearTimeout(timer);
+    },
+    async exitedWithin(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        return await Promise.race([exited, new Promise<'running'>((resolve) => (timer = setTimeout(() => resolve('running'), timeoutMs)))]);
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
   return mp;

@@ -14,7 +14,7 @@ import { Level } from 'level';
 import { createReplicaStore } from '../../src/actors/storage/replica-store.ts';
 import { peerProcessArgs, peerProcessEnv } from '../../src/peer-process.ts';
 import { testCatalogEntry } from '../../src/actors/storage/fixtures/test-entry.ts';
-import { getFreePort } from '../support/dicom-tools.ts';
+import { getFreePort, runTool } from '../support/dicom-tools.ts';
 import { tmpfsOrSkip } from '../support/tmpfs.ts';
 import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
 
@@ -341,20 +341,21 @@ test('a --swarm-key file that does not exist: exit 2 and one line saying how a m
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
 
-test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --help does', () => {
-  const help = (args: readonly string[]) => spawnSync(process.execPath, peerProcessArgs(args), { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv() });
-  const top = help(['--help']);
-  assert.equal(top.status, 0, `pacs-mesh --help: ${top.stderr}`);
-  for (const args of [['start', '--help'], ['start', '--site', 'a', '-h'], ['start', '--data=/tmp/x', '--help'], ['keygen', '--help']]) {
-    const r = help(args);
-    assert.equal(r.status, 0, `${args.join(' ')} exits 0: ${r.stderr}`);
-    assert.equal(r.stdout, top.stdout, `${args.join(' ')} prints the usage`);
+test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --help does', async () => {
+  // The six commands run at once: each is a second of loading the command, one after the other 6-16 s.
+  const help = (args: readonly string[]) => runTool(process.execPath, peerProcessArgs(args), { timeoutMs: 30_000, env: peerProcessEnv() });
+  const helpArgs = [['start', '--help'], ['start', '--site', 'a', '-h'], ['start', '--data=/tmp/x', '--help'], ['keygen', '--help']];
+  // A value that happens to read --help is a value: the usual refusal of a bad one, not the usage.
+  const [top, value, ...results] = await Promise.all([help(['--help']), help(['start', '--ae-title', '--help']), ...helpArgs.map(help)]);
+  assert.equal(top!.code, 0, `pacs-mesh --help: ${top!.stderr}`);
+  for (const [i, args] of helpArgs.entries()) {
+    const r = results[i]!;
+    assert.equal(r.code, 0, `${args.join(' ')} exits 0: ${r.stderr}`);
+    assert.equal(r.stdout, top!.stdout, `${args.join(' ')} prints the usage`);
     assert.equal(r.stderr, '', `${args.join(' ')} says nothing else`);
   }
-  // A value that happens to read --help is a value: the usual refusal of a bad one, not the usage.
-  const value = help(['start', '--ae-title', '--help']);
-  assert.notEqual(value.status, 0, 'a value is not a request for help');
-  assert.equal(value.stdout, '', 'no usage for a value');
+  assert.notEqual(value!.code, 0, 'a value is not a request for help');
+  assert.equal(value!.stdout, '', 'no usage for a value');
 });
 
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {

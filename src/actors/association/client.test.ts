@@ -14,7 +14,7 @@ import { AssociationClosedError, DicomClientAssociation, type ClientInit } from 
 import { acceptorAnsweringWithEmptyPdvs, acceptorThatHangsUpMidRequest } from '../../../test/support/raw-acceptor.ts';
 import { startReportReceiver } from '../../../test/support/report-receiver.ts';
 import { manualClock } from '../../../test/support/manual-clock.ts';
-import { waitFor } from '../../../test/support/wait.ts';
+import { waitFor, within } from '../../../test/support/wait.ts';
 
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 
@@ -117,13 +117,15 @@ test('an acceptor that stops reading in the middle of a data set: the request fa
     { commandField: CommandField.CStoreRq, affectedSopClassUid: ctImage, affectedSopInstanceUid: '1.2.3.4', priority: 0, hasDataSet: true },
     new Uint8Array(48 * 1024 * 1024),
   );
-  const outcome = await Promise.race([
+  // within() clears its timer: a bare setTimeout here kept the file's process alive 10 s after its last test.
+  const outcome = await within(
+    'the request to fail (still sending after 10 s)',
+    10_000,
     request.then(
       () => 'answered',
       (e: unknown) => (e instanceof AssociationClosedError ? e.code : String(e)),
     ),
-    new Promise<string>((resolve) => setTimeout(() => resolve('still sending after 10 s'), 10_000)),
-  ]);
+  );
   assert.equal(outcome, 'ERR_ASSOCIATION_TIMEOUT');
 });
 

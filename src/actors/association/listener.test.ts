@@ -5,7 +5,7 @@ import { startDicomListener, type DicomListenerInit } from './listener.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { systemClock } from '../runtime/clock.ts';
 import type { AssociationDeps } from './services/deps.ts';
-import { waitFor } from '../../../test/support/wait.ts';
+import { waitFor, within } from '../../../test/support/wait.ts';
 import { manualClock } from '../../../test/support/manual-clock.ts';
 import { startTestPeer } from '../../../test/support/peer-fixture.ts';
 import { halfCloseGraceMs } from './connection.ts';
@@ -103,7 +103,7 @@ describe('DICOM listener', () => {
       await waitFor('first routed', () => routed === 1);
       const second = connect(listener.port, '127.0.0.1').on('error', () => undefined);
       await waitFor('second routed', () => routed === 2, 2000);
-      await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the connection not served was left open')), 2000))]);
+      await within('the connection not served to be closed (it was left open)', 2000, closed);
       second.destroy();
       await new Promise((resolve) => setTimeout(resolve, 50));
       assert.deepEqual(unhandled.map(String), []);
