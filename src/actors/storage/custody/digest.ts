@@ -14,19 +14,21 @@ import type { InstanceKey } from './messages.ts';
 export const digestBucketCount = 256;
 /** Leaves per bucket. */
 export const digestLeavesPerBucket = 256;
-const leafCount = digestBucketCount * digestLeavesPerBucket;
 export const digestHashBytes = 32;
 
 export interface Digest {
   /** bucketCount * 32 bytes of XOR accumulators. */
   readonly xor: Uint8Array;
-  /** leafCount * 32 bytes of XOR accumulators (2 MiB): leaf l is in bucket l >> 8. */
-  readonly leafXor: Uint8Array;
-  /** `xor` and `leafXor` as 32-bit words, for digestAdd (byte order does not matter to XOR). */
+  /** `xor` as 32-bit words, for digestAdd (byte order does not matter to XOR). */
   readonly xorWords: Uint32Array;
-  readonly leafXorWords: Uint32Array;
-  /** Per leaf, created when its first key comes: uid -> sha256 of the bytes. */
-  readonly keys: Array<Map<string, string> | undefined>;
+  /**
+   * Per bucket, created with its first key: the XOR accumulators of its 256 leaves as 32-bit words (8 KiB;
+   * leaf l is word (l & 255) * 8 of bucket l >> 8). Not one 2 MiB array: the simulation starts thousands of
+   * small digests, whose 2 MiB each were a third of its CPU (hunt 150); a large archive fills them all.
+   */
+  readonly leafXorWords: Array<Uint32Array | undefined>;
+  /** Per leaf that holds a key: uid -> sha256 of the bytes (a Map, not a 65,536-slot array: see leafXorWords). */
+  readonly keys: Map<number, Map<string, string>>;
   size: number;
   /** Cached root; null when a bucket changed since it was computed. */
   root: string | null;
@@ -34,13 +36,11 @@ export interface Digest {
 
 export function createDigest(): Digest {
   const xor = new Uint8Array(digestBucketCount * digestHashBytes);
-  const leafXor = new Uint8Array(leafCount * digestHashBytes);
   return {
     xor,
-    leafXor,
     xorWords: new Uint32Array(xor.buffer),
-    leafXorWords: new Uint32Array(leafXor.buffer),
-    keys: new Array<Map<string, string> | undefined>(leafCount),
+    leafXorWords: new Array<Uint32Array | undefined>(digestBucketCount),
+    keys: new Map(),
     size: 0,
     root: null,
   };
@@ -68,12 +68,12 @@ function itemHash(sopInstanceUid: string, sha256: string): Buffer {
 }
 
 export function digestHas(digest: Digest, sopInstanceUid: string): boolean {
-  return digest.keys[leafOf(sopInstanceUid)]?.has(sopInstanceUid) === true;
+  return digest.keys.get(leafOf(sopInstanceUid))?.has(sopInstanceUid) === true;
 }
 
 /** The SHA-256 held for a UID, or undefined. */
 export function digestSha256(digest: Digest, sopInstanceUid: string): string | undefined {
-  return digest.keys[leafOf(sopInstanceUid)]?.get(sopInstanceUid);
+  return digest.keys.get(leafOf(sopInstanceUid))?.get(sopInstanceUid);
 }
 
 /**
@@ -88,18 +88,20 @@ export function ownString(text: string): string {
 /** Adds a key; returns false (and changes nothing) when it is already there, since XOR would cancel it. */
 export function digestAdd(digest: Digest, sopInstanceUid: string, sha256: string): boolean {
   const leaf = leafOf(sopInstanceUid);
-  let members = digest.keys[leaf];
-  if (members === undefined) digest.keys[leaf] = members = new Map();
+  let members = digest.keys.get(leaf);
+  if (members === undefined) digest.keys.set(leaf, (members = new Map()));
   if (members.has(sopInstanceUid)) return false;
   // The digest keeps every held instance for the life of the process: only its own copies of the strings.
   members.set(ownString(sopInstanceUid), ownString(sha256));
   // XOR by 32-bit words: start-up adds every held instance.
   itemHashBytes.set(itemHash(sopInstanceUid, sha256));
-  const bucketAt = (leaf >> 8) * wordsPerHash;
-  const leafAt = leaf * wordsPerHash;
+  const bucket = leaf >> 8;
+  const bucketAt = bucket * wordsPerHash;
+  const leaves = (digest.leafXorWords[bucket] ??= new Uint32Array(digestLeavesPerBucket * wordsPerHash));
+  const leafAt = (leaf & (digestLeavesPerBucket - 1)) * wordsPerHash;
   for (let i = 0; i < wordsPerHash; i += 1) {
     digest.xorWords[bucketAt + i] = (digest.xorWords[bucketAt + i] as number) ^ (itemHashWords[i] as number);
-    digest.leafXorWords[leafAt + i] = (digest.leafXorWords[leafAt + i] as number) ^ (itemHashWords[i] as number);
+    leaves[leafAt + i] = (leaves[leafAt + i] as number) ^ (itemHashWords[i] as number);
   }
   digest.size += 1;
   digest.root = null;
@@ -139,7 +141,10 @@ export function diffBuckets(digest: Digest, theirBuckets: readonly string[]): nu
 export function digestLeafHashes(digest: Digest, buckets: readonly number[]): Uint8Array {
   const out = new Uint8Array(buckets.length * digestLeavesPerBucket * digestHashBytes);
   const bucketBytes = digestLeavesPerBucket * digestHashBytes;
-  buckets.forEach((b, i) => out.set(digest.leafXor.subarray(b * bucketBytes, (b + 1) * bucketBytes), i * bucketBytes));
+  buckets.forEach((b, i) => {
+    const leaves = leafBytesOf(digest, b);
+    if (leaves !== undefined) out.set(leaves, i * bucketBytes);
+  });
   return out;
 }
 
@@ -147,12 +152,13 @@ export function digestLeafHashes(digest: Digest, buckets: readonly number[]): Ui
 export function diffLeaves(digest: Digest, buckets: readonly number[], theirLeafHashes: Uint8Array): number[] {
   const differing: number[] = [];
   buckets.forEach((b, i) => {
+    const leaves = leafBytesOf(digest, b);
     for (let l = 0; l < digestLeavesPerBucket; l += 1) {
       const leaf = b * digestLeavesPerBucket + l;
-      const mine = leaf * digestHashBytes;
+      const mine = l * digestHashBytes;
       const theirs = (i * digestLeavesPerBucket + l) * digestHashBytes;
       for (let k = 0; k < digestHashBytes; k += 1) {
-        if (digest.leafXor[mine + k] !== theirLeafHashes[theirs + k]) {
+        if ((leaves?.[mine + k] ?? 0) !== theirLeafHashes[theirs + k]) {
           differing.push(leaf);
           break;
         }
@@ -160,6 +166,12 @@ export function diffLeaves(digest: Digest, buckets: readonly number[], theirLeaf
     }
   });
   return differing;
+}
+
+/** Bucket `b`'s 256 leaf hashes as bytes, or undefined while it holds no key (all zero). */
+function leafBytesOf(digest: Digest, b: number): Uint8Array | undefined {
+  const words = digest.leafXorWords[b];
+  return words === undefined ? undefined : new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
 }
 
 /** The leaves of the given buckets. */
@@ -170,7 +182,7 @@ export function leavesOfBuckets(buckets: readonly number[]): number[] {
 /** Keys held in `buckets` (each leaf's count, without listing them). */
 export function keyCountInBuckets(digest: Digest, buckets: readonly number[]): number {
   let n = 0;
-  for (const leaf of leavesOfBuckets(buckets)) n += digest.keys[leaf]?.size ?? 0;
+  for (const leaf of leavesOfBuckets(buckets)) n += digest.keys.get(leaf)?.size ?? 0;
   return n;
 }
 
@@ -178,7 +190,7 @@ export function keyCountInBuckets(digest: Digest, buckets: readonly number[]): n
 export function keysInLeaves(digest: Digest, leaves: readonly number[], keysMax: number, afterUid = '', skip?: (sopInstanceUid: string) => boolean): InstanceKey[] {
   const out: InstanceKey[] = [];
   for (const leaf of leaves) {
-    const members = digest.keys[leaf];
+    const members = digest.keys.get(leaf);
     if (members === undefined) continue;
     for (const [sopInstanceUid, sha256] of members) if (sopInstanceUid > afterUid && skip?.(sopInstanceUid) !== true) out.push({ sopInstanceUid, sha256 });
   }
