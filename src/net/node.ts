@@ -45,7 +45,7 @@ import './adaptive-timeout-clock.ts';
 import { MeshStream } from './stream.ts';
 import type { SwarmKey } from './swarm-key.ts';
 import type { MeshStreamInit } from './stream.ts';
-import type { Connection, Libp2p, Logger, PeerId } from '@libp2p/interface';
+import type { Connection, Libp2p, Logger, PeerId, Stream } from '@libp2p/interface';
 import type { GossipSub, Message } from '@libp2p/gossipsub';
 import type { Multiaddr } from '@multiformats/multiaddr';
 
@@ -554,9 +554,9 @@ class Reconnector {
   /**
    * How long to wait before dialling a peer this node has just learnt of or lost: both ends of a pair learn
    * of each other together (address announcements) and see a dropped connection together, and two dials
-   * at once make two connections, each carrying one direction's gossip stream, neither of which can then
-   * be closed (see createDuplicateSweeper). The peer with the lower PeerId dials first; the other only if
-   * still not connected later (a peer it cannot reach from there).
+   * at once make two connections, one of which the duplicate sweeper closes seconds later (after moving gossip
+   * off it, see createDuplicateSweeper). The peer with the lower PeerId dials first; the other only if still
+   * not connected later (a peer it cannot reach from there).
    */
   private firstDialDelayTo(peerId: string): number {
     return this.selfPeerId < peerId ? this.opts.minDelayMs : this.opts.minDelayMs * higherPeerDialDelayFactor;
@@ -766,15 +766,69 @@ export const duplicateSettleMs = 1000;
 const transientProtocols = new Set(['/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0', '/ipfs/ping/1.0.0']);
 
 /**
+ * The parts of gossipsub 17 that moving its stream needs: its d.ts marks them private (the registrar calls
+ * onPeerConnected after each identify); connections.test.ts fails if they change.
+ */
+interface GossipSubInternals {
+  readonly streamsOutbound: Map<string, { readonly rawStream: Stream }>;
+  onPeerConnected(peerId: PeerId, connection: Connection): void;
+}
+
+function gossipInternalsOf(pubsub: GossipSub): GossipSubInternals | undefined {
+  const internals = pubsub as unknown as Partial<GossipSubInternals>;
+  return internals.streamsOutbound instanceof Map && typeof internals.onPeerConnected === 'function' ? (internals as GossipSubInternals) : undefined;
+}
+
+/** The connection carrying this node's gossip stream to `peer` (gossipsub keeps one per peer), if any. */
+export function gossipConnectionTo(node: Libp2p<Services>, peer: PeerId): Connection | undefined {
+  const stream = gossipInternalsOf(node.services.pubsub)?.streamsOutbound.get(peer.toString())?.rawStream;
+  return stream === undefined ? undefined : node.getConnections(peer).find((c) => c.streams.includes(stream));
+}
+
+/**
+ * The one connection of a pair both ends agree to keep: the open one the lower PeerId dialled, when there is
+ * exactly one (two dialled the same way cannot be told apart from both ends).
+ */
+function agreedConnectionTo(node: Libp2p<Services>, peer: PeerId): Connection | undefined {
+  const dialledByLower = node.peerId.toString() < peer.toString() ? 'outbound' : 'inbound';
+  const candidates = node.getConnections(peer).filter((c) => c.status === 'open' && c.direction === dialledByLower);
+  return candidates.length === 1 ? candidates[0] : undefined;
+}
+
+/**
+ * Puts this node's gossip stream to `peer` on `to`. One on another connection is moved: gossipsub opens a new
+ * one on `to` (and sends its subscriptions on it; the peer takes a new inbound stream as the one from here),
+ * then the old one is closed. Closed, not reset: a reset reaches the peer as a read error, on which gossipsub
+ * forgets this node and its subscriptions, and its own stream here with them. Gossip published between the
+ * two is lost (a round trip). With none (its opening failed), gossipsub is asked for one, as after identify.
+ */
+export async function placeGossipStream(node: Libp2p<Services>, peer: PeerId, to: Connection): Promise<'moved' | 'opened' | 'unchanged'> {
+  const internals = gossipInternalsOf(node.services.pubsub);
+  if (internals === undefined || to.status !== 'open') return 'unchanged';
+  const old = internals.streamsOutbound.get(peer.toString());
+  if (old === undefined) {
+    internals.onPeerConnected(peer, to);
+    return 'opened';
+  }
+  if (to.streams.includes(old.rawStream)) return 'unchanged';
+  internals.streamsOutbound.delete(peer.toString());
+  internals.onPeerConnected(peer, to);
+  await old.rawStream.close({ signal: AbortSignal.timeout(handledStreamCloseMs) }).catch((err: Error) => old.rawStream.abort(err));
+  return 'moved';
+}
+
+/**
  * Two peers that dial each other at once (they learnt each other's addresses together, or share a
  * --bootstrap list) get two connections; libp2p keeps both (it only refuses a second dial of a connected
- * peer, and two connections to one address). One carries the gossip streams and every stream opened since;
- * the other stays idle. The idle one is closed, by the peer with the lower PeerId alone (two peers deciding
- * apart, each from its own view, could close both), and only once it was seen idle at two checks
+ * peer, and two connections to one address). gossipsub attaches each end's stream to whichever connection
+ * it saw first, so each direction's gossip could ride a different one (hunt 145: 1 pair in 10 on a quiet
+ * machine), and neither was idle. So both ends, duplicateSettleMs after a second connection opened and as
+ * long as duplicates remain, move their own gossip stream onto the connection the lower PeerId dialled
+ * (agreedConnectionTo). The other then stays idle, and is closed by the peer with the lower PeerId alone
+ * (two peers deciding apart, each from its own view, could close both), once it was seen idle at two checks
  * duplicateSettleMs apart (a stream the other peer has just opened on it shows here a moment later). With
- * both idle, the one kept is the one the lower PeerId dialled. A connection in use is never closed:
- * gossipsub attaches its stream to one connection per peer and never again while the peer stays
- * connected, so closing that one would silence gossip between the two.
+ * both idle, the one kept is the one the lower PeerId dialled. A connection carrying other streams than
+ * identify, ping and gossip is never closed.
  */
 function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connectionOpened(peer: PeerId): void; stop(): void } {
   const selfPeerId = node.peerId.toString();
@@ -790,13 +844,27 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
     if (kept.length === 0) return [];
     return open.filter((c) => !kept.includes(c));
   };
+  /** This node's gossip stream to `peer` onto the agreed connection, if on another or on none. */
+  const placeGossip = (peer: PeerId): void => {
+    const agreed = agreedConnectionTo(node, peer);
+    if (agreed === undefined || gossipConnectionTo(node, peer) === agreed) return;
+    void placeGossipStream(node, peer, agreed).then(
+      (done) => { if (done !== 'unchanged') log('gossip stream to %p %s on the connection the lower PeerId dialled (%s here)', peer, done, agreed.direction); },
+      (err: Error) => log.error('placing the gossip stream to %p failed - %e', peer, err),
+    );
+  };
   /** A check of `peer`'s connections duplicateSettleMs from now; those in `seenIdleBefore` still idle then are closed. */
   const scheduleCheck = (peer: PeerId, seenIdleBefore: ReadonlySet<Connection>): void => {
     const id = peer.toString();
     const timer = setTimeout(() => {
       pending.delete(id);
+      if (node.getConnections(peer).filter((c) => c.status === 'open').length < 2) return;
+      placeGossip(peer);
+      if (selfPeerId > id) {
+        scheduleCheck(peer, new Set());
+        return;
+      }
       const idle = idleDuplicates(peer);
-      if (idle.length === 0) return;
       for (const c of idle) {
         if (!seenIdleBefore.has(c)) continue;
         log('closing an idle duplicate connection to %p (%s)', peer, c.direction);
@@ -810,7 +878,7 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
   };
   return {
     connectionOpened(peer) {
-      if (selfPeerId > peer.toString() || pending.has(peer.toString()) || node.getConnections(peer).length < 2) return;
+      if (pending.has(peer.toString()) || node.getConnections(peer).length < 2) return;
       scheduleCheck(peer, new Set());
     },
     stop() {
@@ -1288,5 +1356,15 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       await node.stop();
     },
   };
+  libp2pNodes.set(facade, node);
   return facade;
+}
+
+const libp2pNodes = new WeakMap<MeshNode, Libp2p<Services>>();
+
+/** The libp2p node behind a MeshNode: for tests that put its connections in a state no public call makes. */
+export function libp2pOf(mesh: MeshNode): Libp2p<Services> {
+  const node = libp2pNodes.get(mesh);
+  if (node === undefined) throw new MeshNodeError('ERR_NODE_CONFIG', 'not a MeshNode made by createMeshNode');
+  return node;
 }
