@@ -390,14 +390,15 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         const deadline = startDeadline(deadlineMs, undefined, `the stop's deadline of ${deadlineMs} ms passed`, clock);
         // Both drain before the mesh stops: a C-STORE or a STOW-RS in flight still needs its write quorum.
         const drained = Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
+        // Background work serving no one: stopped at once, its read-back or repair waited for until the deadline at most.
+        const scrubStopped = scrub?.stop(deadline.signal);
         // Copies arriving and this site's pulls serve them until they end or the grace does; cut then, they
         // keep what arrived while aborted sockets close: the waits overlap, under one deadline (hunt 149).
         const graceEnd = startDeadline(graceMs, undefined, undefined, clock);
         await untilAborted(drained, graceEnd.signal);
         graceEnd.clear();
-        await Promise.all([drained, mesh?.cutTransfers(deadline.signal)]);
+        await Promise.all([drained, scrubStopped, mesh?.cutTransfers(deadline.signal)]);
         await commitments.stop();
-        await scrub?.stop();
         await mesh?.stop(deadline.signal);
         deadline.clear();
         await transcoder.stop();
