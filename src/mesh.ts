@@ -71,7 +71,10 @@ export interface Mesh {
    * the write quorum a store would need now.
    */
   sitesHolding(entries: readonly CatalogEntry[]): Promise<{ quorum: number; sitesHolding: Map<string, number> }>;
-  stop(): Promise<void>;
+  /** Cuts the copies arriving and this site's pulls, which keep what arrived until `deadline` (CustodyService.cutTransfers). */
+  cutTransfers(deadline: AbortSignal): Promise<void>;
+  /** Stops; custody waits for its work until `deadline` at most (CustodyService.stop). */
+  stop(deadline?: AbortSignal): Promise<void>;
 }
 
 /** SOP Instance UIDs asked of a peer in one query by sitesHolding (a UID list key of ~65 KB). */
@@ -207,7 +210,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         addresses: notice.addresses,
       }),
   });
-  const stopping: Array<() => Promise<void>> = [() => node.stop()];
+  const stopping: Array<(deadline?: AbortSignal) => Promise<void>> = [() => node.stop()];
   try {
     const custody: CustodyService = await startCustody({
       node,
@@ -223,7 +226,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       expectsOtherSites: (config.bootstrap?.length ?? 0) > 0 || node.identityCreated,
       onCrash: init.supervisor.crashHandler('custody'),
     });
-    stopping.unshift(() => custody.stop());
+    stopping.unshift((deadline) => custody.stop(deadline));
     // Free disk is part of the load the balancer routes by (a full peer gets no new associations).
     const freeBytesAt = freeDiskProbe(init.dataDir, log);
     let freeDiskBytes = await freeBytesAt();
@@ -408,8 +411,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
           custody: { ...stats, knownSites: custody.knownSites() },
         };
       },
-      stop: async () => {
-        for (const stop of stopping) await stop().catch((error: unknown) => log.warn('mesh stop step failed', { error: String(error) }));
+      cutTransfers: (deadline) => custody.cutTransfers(deadline),
+      stop: async (deadline) => {
+        for (const stop of stopping) await stop(deadline).catch((error: unknown) => log.warn('mesh stop step failed', { error: String(error) }));
       },
     };
   } catch (error) {

@@ -27,7 +27,28 @@ import { createDicomWebStats, heldInstanceRequestsQueuedMax, heldInstanceBytesMa
 import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
+import { startDeadline, untilAborted } from './actors/runtime/deadline.ts';
+import { halfCloseGraceMs } from './actors/association/connection.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
+
+/**
+ * What open associations and HTTP requests get at a stop before they are aborted (a C-GET or C-MOVE
+ * still running shutdownAnswerMs before that ends with a final response: see AcceptorSession.onShutdown).
+ */
+const shutdownGraceMsDefault = 5000;
+
+/**
+ * From the grace's end to the stop's deadline: aborted associations close their sockets (halfCloseGraceMs),
+ * and the copies arriving and this site's pulls, cut then at the latest, keep what arrived (a flush and a
+ * synced marker each: milliseconds on a healthy disk), all at once.
+ */
+const keepAfterCutMs = halfCloseGraceMs;
+
+/**
+ * A stop's whole drain ends by this, whatever is stuck: under Docker's default stop grace of 10 s (before
+ * its SIGKILL), with 3 s left for what follows (the mesh node's and the store's close, the exit).
+ */
+export const stopDeadlineMs = shutdownGraceMsDefault + keepAfterCutMs;
 
 export interface Peer {
   config: PeerConfig;
@@ -72,7 +93,7 @@ export function failureText(failure: PeerFailure): string {
 export interface PeerOptions {
   log?: Logger;
   clock?: Clock;
-  /** How long shutdown waits for running associations before aborting them. */
+  /** How long a stop waits for running associations and HTTP requests before aborting them; its deadline is keepAfterCutMs later. */
   shutdownGraceMs?: number;
   /** Tests: another transcoder thread script (one that holds its jobs, say). */
   transcoderWorkerUrl?: URL;
@@ -363,13 +384,25 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     stop: () =>
       (stopping ??= (async () => {
         healthy = false;
-        const graceMs = options.shutdownGraceMs ?? 5000;
-        log.info('peer stopping: new associations and HTTP connections refused, open ones drain', { graceMs });
+        const graceMs = options.shutdownGraceMs ?? shutdownGraceMsDefault;
+        const deadlineMs = graceMs + keepAfterCutMs;
+        log.info('peer stopping: new associations and HTTP connections refused, open ones drain', { graceMs, deadlineMs });
+        const deadline = startDeadline(deadlineMs, undefined, `the stop's deadline of ${deadlineMs} ms passed`, clock);
         // Both drain before the mesh stops: a C-STORE or a STOW-RS in flight still needs its write quorum.
-        await Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
+        const drained = Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
+        // Background work serving no one: stopped at once, its read-back or repair waited for until the deadline at most.
+        const scrubStopped = scrub?.stop(deadline.signal);
+        // Copies arriving and this site's pulls serve them until they end or the grace does; cut then, they
+        // keep what arrived while aborted sockets close: the waits overlap, under one deadline (hunt 149).
+        const graceEnd = startDeadline(graceMs, undefined, undefined, clock);
+        await untilAborted(drained, graceEnd.signal);
+        graceEnd.clear();
+        // A cut that fails (a bug) must not keep the store from closing: the mesh's stop cuts what is left.
+        const transfersCut = mesh?.cutTransfers(deadline.signal).catch((error: unknown) => log.warn('cutting copies arriving and pulls at the stop failed', { error: errorText(error) }));
+        await Promise.all([drained, scrubStopped, transfersCut]);
         await commitments.stop();
-        await scrub?.stop();
-        await mesh?.stop();
+        await mesh?.stop(deadline.signal);
+        deadline.clear();
         await transcoder.stop();
         supervisor.stop();
         stopLoggingFaults();

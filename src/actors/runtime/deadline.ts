@@ -3,6 +3,7 @@
  * (and ~0.4 KB with it) lives the whole timeout, so a 10-minute deadline per push kept tens of thousands
  * alive at a steady ingest for nothing.
  */
+import { systemClock, type Clock } from './clock.ts';
 
 export interface Deadline {
   /** Aborts with a TimeoutError when the time is up, or with `parent`'s reason. */
@@ -11,14 +12,14 @@ export interface Deadline {
   clear(): void;
 }
 
-export function startDeadline(timeoutMs: number, parent?: AbortSignal, message = `timed out after ${timeoutMs} ms`): Deadline {
+/** `clock`: the one whose time the deadline counts (a test's, say); its timers keep no process alive. */
+export function startDeadline(timeoutMs: number, parent?: AbortSignal, message = `timed out after ${timeoutMs} ms`, clock: Pick<Clock, 'setTimeout' | 'clearTimeout'> = systemClock): Deadline {
   const controller = new AbortController();
   // The same reason AbortSignal.timeout gives, so callers telling a timeout apart keep working.
-  const timer = setTimeout(() => controller.abort(new DOMException(message, 'TimeoutError')), timeoutMs);
-  timer.unref();
+  const timer = clock.setTimeout(() => controller.abort(new DOMException(message, 'TimeoutError')), timeoutMs);
   return {
     signal: parent === undefined ? controller.signal : AbortSignal.any([parent, controller.signal]),
-    clear: () => clearTimeout(timer),
+    clear: () => clock.clearTimeout(timer),
   };
 }
 
@@ -30,4 +31,15 @@ export async function withDeadline<T>(timeoutMs: number, parent: AbortSignal | u
   } finally {
     deadline.clear();
   }
+}
+
+/** `promise`, or undefined as soon as `signal` aborts (the promise runs on for its other waiters). */
+export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T | undefined> {
+  if (signal === undefined) return promise;
+  if (signal.aborted) return Promise.resolve(undefined);
+  return new Promise<T | undefined>((resolve, reject) => {
+    const onAbort = (): void => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }

@@ -18,6 +18,7 @@
  */
 import type { Clock, TimerHandle } from '../runtime/clock.ts';
 import { systemClock } from '../runtime/clock.ts';
+import { startDeadline, untilAborted } from '../runtime/deadline.ts';
 import type { InstanceWriter, ReplicaStore } from './replica-store.ts';
 
 export interface PartialCopyLimits {
@@ -68,6 +69,8 @@ export class PartialCopies {
   private bytesKept = 0;
   private keptCount = 0;
   private stopped = false;
+  /** Set by cutPulls: a pull that starts later is cut at once. */
+  private pullsCut = false;
   /**
    * This site's pulls in flight that keep their cut parts here (pullStarted): a stop cuts them first and
    * waits for their keeps, so that a restart keeps what arrived of them too (hunt 140: custody cut its pulls
@@ -216,7 +219,7 @@ export class PartialCopies {
    */
   pullStarted(parent?: AbortSignal): { signal: AbortSignal; end(): void } {
     const cut = new AbortController();
-    if (this.stopped) cut.abort(new Error('the pulling peer is stopping'));
+    if (this.pullsCut) cut.abort(new Error('the pulling peer is stopping'));
     // Linked by hand and unlinked at the end: the parent (custody's shutdown) outlives thousands of pulls.
     const onParentAbort = (): void => cut.abort(parent?.reason);
     if (parent?.aborted === true) onParentAbort();
@@ -235,21 +238,34 @@ export class PartialCopies {
   }
 
   /**
-   * Cuts this site's pulls in flight (pullStarted) and waits, at most pullsEndAfterCutMs, for them to keep
-   * what arrived; then forgets everything, and later `keep`s abort their writer at once. A part whose
-   * marker the store holds is left open there, for the store's next open to offer back (a restart: the
-   * store closes next); the others are dropped.
+   * Cuts this site's pulls in flight (pullStarted), and those that start from now on at once; settles once
+   * the pulls cut have kept what arrived. A stopping peer calls it while copies arriving are cut, so both
+   * keep their parts at the same time (see stop).
    */
-  async stop(): Promise<void> {
+  cutPulls(): Promise<void> {
+    this.pullsCut = true;
     const pulls = [...this.pullsInFlight];
     for (const pull of pulls) pull.cut.abort(new Error('the pulling peer is stopping'));
-    if (pulls.length > 0) {
-      let timer: TimerHandle | undefined;
-      await Promise.race([Promise.all(pulls.map((pull) => pull.ended)), new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, pullsEndAfterCutMs)))]);
-      this.clock.clearTimeout(timer);
+    return Promise.all(pulls.map((pull) => pull.ended)).then(() => undefined);
+  }
+
+  /**
+   * Cuts this site's pulls in flight (cutPulls) and waits until `deadline` (at most pullsEndAfterCutMs
+   * without one) for them to keep what arrived; then forgets everything, and later `keep`s abort their
+   * writer at once. A part whose marker the store holds is left open there, for the store's next open to
+   * offer back (a restart: the store closes next); the others are dropped.
+   */
+  async stop(deadline?: AbortSignal): Promise<void> {
+    const pullsEnded = this.cutPulls();
+    // Without pulls in flight the table stops at once: a keep right after this call is refused.
+    if (this.pullsInFlight.size > 0) {
+      const own = deadline === undefined ? startDeadline(pullsEndAfterCutMs, undefined, undefined, this.clock) : undefined;
+      await untilAborted(pullsEnded, deadline ?? own?.signal);
+      own?.clear();
     }
     this.stopped = true;
     this.stopWatchingStore();
+    // Waited for whatever the deadline: it stops at the next part, and a read cut by the store's close would drop the part it read.
     await this.restoring.catch(() => undefined);
     const released = [...this.byUid.values()];
     for (const kept of released) this.forget(kept);

@@ -14,6 +14,7 @@
  */
 import type { MeshNode } from '../../net/node.ts';
 import { systemClock, type Clock } from '../runtime/clock.ts';
+import { untilAborted } from '../runtime/deadline.ts';
 import { errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { ownString } from './custody/digest.ts';
@@ -96,17 +97,6 @@ export interface RemoteRetrieve {
   repairCopy(corrupt: CatalogEntry): Promise<'repaired' | 'changed' | 'unavailable'>;
   /** resolveRetrieve over the local catalog and every alive peer's, merged. Throws QueryError like resolveRetrieve. */
   resolveRetrieveEverywhere(request: QueryRequest, options?: ResolveOptions): Promise<ResolveResult>;
-}
-
-/** `promise`, or undefined as soon as `signal` aborts (the promise runs on for its other waiters). */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T | undefined> {
-  if (signal === undefined) return promise;
-  if (signal.aborted) return Promise.resolve(undefined);
-  return new Promise<T | undefined>((resolve, reject) => {
-    const onAbort = (): void => resolve(undefined);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
 }
 
 /** How often a resolution looks again at peers settling. */

@@ -46,7 +46,7 @@ import { EnvelopeError, decodeEnvelope, encodeEnvelope } from '../../codec/envel
 import type { MeshNode } from '../../net/node.ts';
 import type { MeshStream } from '../../net/stream.ts';
 import { systemClock } from '../runtime/clock.ts';
-import { startDeadline, withDeadline } from '../runtime/deadline.ts';
+import { startDeadline, untilAborted, withDeadline } from '../runtime/deadline.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../runtime/logger.ts';
 import type { CatalogEntry } from './catalog-types.ts';
 import { isValidUid } from './catalog.ts';
@@ -161,7 +161,7 @@ type FetchAnswer = InstanceAnswer | { type: 'missing' } | Refused;
 type FetchBatchAnswer = InstanceAnswer | { type: 'missing'; sopInstanceUid: string } | { type: 'end' } | Refused;
 type QueryAnswer = { type: 'entries'; entries: CatalogEntry[] } | { type: 'end'; truncated: boolean } | Refused;
 
-/** How long a stopping server waits for the handlers of the streams it cut to end (they end at once). */
+/** How long a stopping server waits, without a deadline given, for the handlers of the streams and the pulls it cut to end (they end at once). */
 const handlersEndAfterCutMs = 5_000;
 
 /** Query answers are cut into frames of about this many bytes of entries. */
@@ -631,7 +631,14 @@ export interface ReplicationServerInit {
 export interface ReplicationServer {
   /** What is kept of cut transfers: the copies received here, and this site's pulls (pass it as ClientOptions.partials). */
   readonly partialCopies: PartialCopies;
-  stop(): Promise<void>;
+  /**
+   * Stops receiving: cuts the copies arriving and this site's pulls, and waits until `deadline` for them
+   * to keep what arrived (a later stop does not cut them again). A stopping peer calls it as soon as its
+   * associations no longer need them.
+   */
+  cut(deadline: AbortSignal): Promise<void>;
+  /** cut, then stops the table of kept parts; waits until `deadline` in all (handlersEndAfterCutMs without one). */
+  stop(deadline?: AbortSignal): Promise<void>;
 }
 
 export async function serveReplication(init: ReplicationServerInit): Promise<ReplicationServer> {
@@ -938,18 +945,27 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   // The parts kept before a restart come back in the background (their bytes are read back for their SHA-256).
   const restoring = partials.restore().catch((error: unknown) => log.warn('kept parts of cut copies not restored', { error: errorText(error) }));
 
-  return {
-    partialCopies: partials,
-    async stop() {
+  let cutting: Promise<void> | undefined;
+  const cut = (deadline: AbortSignal): Promise<void> =>
+    (cutting ??= (async () => {
       await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
       // Copies still arriving are cut here, while the table keeps what arrived: a restart is a cut too, and
       // their parts then outlive it (cut later, by the node's stop, they would find the table stopped).
       for (const stream of handling.keys()) stream.abort(new ReplicationError('ERR_REPLICATION_REFUSED', 'the receiving peer is stopping'));
-      const cut = startDeadline(handlersEndAfterCutMs);
-      await Promise.race([Promise.allSettled(handling.values()), new Promise((resolve) => cut.signal.addEventListener('abort', resolve, { once: true }))]);
-      cut.clear();
+      // This site's pulls are cut at the same time: both keep their parts within the one deadline (hunt 149).
+      await untilAborted(Promise.allSettled([...handling.values(), partials.cutPulls()]), deadline);
+    })());
+
+  return {
+    partialCopies: partials,
+    cut,
+    async stop(deadline) {
+      const own = deadline === undefined ? startDeadline(handlersEndAfterCutMs) : undefined;
+      const until = deadline ?? own!.signal;
+      await cut(until);
+      await partials.stop(until);
+      own?.clear();
       // Waits for the restore only to the end of the part it reads back, not through the rest.
-      await partials.stop();
       await restoring;
     },
   };

@@ -27,6 +27,7 @@ import { randomUUID } from 'node:crypto';
 import type { IngestPort } from '../../association/services/deps.ts';
 import type { MemberRecord } from '../../membership/messages.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
+import { untilAborted } from '../../runtime/deadline.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../../runtime/nact.ts';
 import type { CatalogEntry } from '../catalog-types.ts';
@@ -144,7 +145,13 @@ export interface CustodyService {
   onStatsChanged(listener: (stats: CustodyStats) => void): () => void;
   /** Makes the actor throw on its next message (supervision tests). */
   crashForTest(reason?: string): void;
-  stop(): Promise<void>;
+  /** Cuts the copies arriving and this site's pulls; waits until `deadline` for them to keep what arrived (ReplicationServer.cut). */
+  cutTransfers(deadline: AbortSignal): Promise<void>;
+  /**
+   * Stops; with a `deadline`, its work still running then (a pull or push on a store that does not answer)
+   * is no longer waited for. Debt handed to the store is waited for whatever the deadline.
+   */
+  stop(deadline?: AbortSignal): Promise<void>;
 }
 
 export type CustodyErrorCode = 'ERR_CUSTODY_CRASH_TEST' | 'ERR_CUSTODY_STOPPED' | 'ERR_CUSTODY_DEBT_WRITE';
@@ -925,20 +932,21 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     crashForTest(reason = 'test') {
       send({ type: 'crash', reason });
     },
-    stop: () =>
+    cutTransfers: async (deadline) => server?.cut(deadline),
+    stop: (deadline) =>
       (stopping ??= (async () => {
         stopped = true;
         stopWatchingStoreFaults();
         clock.clearTimeout(timer);
         for (const check of refusalChecks) clock.clearTimeout(check);
-        await server?.stop();
+        await server?.stop(deadline);
         shutdown.abort(new CustodyError('ERR_CUSTODY_STOPPED', 'custody stopped'));
         pushStreams.stop();
         bulkInFlight.stop();
         stopActor(ref);
         failWaiters('custody stopped');
         sendQueue.length = 0;
-        await Promise.allSettled([...tasks]);
+        if ((await untilAborted(Promise.allSettled([...tasks]), deadline)) === undefined) log.warn('custody work still running at the stop deadline is not waited for', { tasks: tasks.size });
         // Debt already handed to the store must reach the disk before the store closes.
         await debtChain;
       })()),

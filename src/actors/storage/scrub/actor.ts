@@ -6,6 +6,7 @@
  * reports damage it cannot repair).
  */
 import type { Clock } from '../../runtime/clock.ts';
+import { untilAborted } from '../../runtime/deadline.ts';
 import { createRepeatLimiter, errorText, type Logger } from '../../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../../runtime/nact.ts';
 import { createTicker, onTickingActorCrash } from '../../runtime/ticker.ts';
@@ -36,7 +37,8 @@ export interface ScrubService {
   stats(): ScrubStats;
   /** Starts a pass now unless one is running (an operator's request, e.g. after a disk incident). */
   startNow(): void;
-  stop(): Promise<void>;
+  /** Stops; a read-back or a repair (a pull from another site) still running at `deadline` is not waited for. */
+  stop(deadline?: AbortSignal): Promise<void>;
 }
 
 type ScrubMsg = { readonly type: 'tick' } | { readonly type: 'input'; readonly input: ScrubInput };
@@ -202,13 +204,14 @@ export function startScrub(init: ScrubServiceInit): ScrubService {
   return {
     stats: () => current,
     startNow: () => input({ type: 'startNow', nowMs: clock.nowMs() }),
-    stop: () =>
+    stop: (deadline) =>
       (stopping ??= (async () => {
         stopped = true;
         unsubscribe();
         ticker.stop();
         stopActor(ref);
-        await Promise.allSettled([...tasks]);
+        // A repair runs on custody's shutdown signal, which its stop aborts later: not waited for past the deadline.
+        await untilAborted(Promise.allSettled([...tasks]), deadline);
       })()),
   };
 }
