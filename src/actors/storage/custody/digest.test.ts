@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -29,6 +30,40 @@ test('the digest of a set is pinned: sites running different versions compare th
   for (const k of keys) digestAdd(d, k.sopInstanceUid, k.sha256);
   // Computed with the incremental createHash implementation this replaced (same bytes hashed).
   assert.equal(digestRoot(d), 'fb71c5178fefe50ce491aae28d0238f86a6c45cbac8e469169c9236eb289de8b');
+});
+
+test('the bytes on the wire are pinned: buckets, leaf hashes (also of a bucket holding no key) and root, as before leaves were kept per bucket (58bc108)', () => {
+  const sha = (bytes: Uint8Array | string): string => createHash('sha256').update(bytes).digest('hex');
+  const all = Array.from({ length: 256 }, (_, b) => b);
+  const full = createDigest();
+  for (const k of keys) digestAdd(full, k.sopInstanceUid, k.sha256);
+  // Computed with the one 2 MiB leaf array this replaced (commit 4c286a4): a mixed-version mesh compares these bytes.
+  assert.equal(sha(digestBuckets(full).join('')), 'd821f2dc7087a452509556e09c860a1e34778758a87a4d7dc422637aa6f1bacd');
+  assert.equal(sha(digestLeafHashes(full, all)), '0f716c9a829f1c60eb3421344f9074df892dfd8a713fea3ac08391291500843d');
+  // 40 keys leave most buckets without one (0 among them): their leaf hashes are zeros, in the order asked for.
+  const sparse = createDigest();
+  for (const k of keys.slice(0, 40)) digestAdd(sparse, k.sopInstanceUid, k.sha256);
+  assert.ok(!keys.slice(0, 40).some((k) => bucketOf(k.sopInstanceUid) === 0), 'bucket 0 holds none of the 40');
+  const asked = [8, 0, 20, 255, 0];
+  const leafHashes = digestLeafHashes(sparse, asked);
+  assert.equal(sha(leafHashes), '4344dcbedc511a052a32850ff8d32fb60ecb7446eb287a1bfcd9a2920ca9477a');
+  assert.ok(leafHashes.subarray(8192, 2 * 8192).every((byte) => byte === 0), "an empty bucket's leaves are zeros");
+  assert.equal(digestRoot(sparse), '5c664924306900cd6b3b6840c80ed79dbd87d92bb84bc2c29951c3961e492c88');
+});
+
+test('leaves: a bucket this side never created compares as all-zero leaves, both ways', () => {
+  const holder = createDigest();
+  const empty = createDigest();
+  const inOneBucket = keys.filter((k) => bucketOf(k.sopInstanceUid) === bucketOf(keys[0]!.sopInstanceUid));
+  for (const k of inOneBucket) digestAdd(holder, k.sopInstanceUid, k.sha256);
+  const bucket = [bucketOf(keys[0]!.sopInstanceUid)];
+  const heldLeaves = [...new Set(inOneBucket.map((k) => leafOf(k.sopInstanceUid)))].sort((x, y) => x - y);
+  // The side without the bucket finds every leaf the other holds a key in, and lists nothing of its own there.
+  assert.deepEqual(diffLeaves(empty, bucket, digestLeafHashes(holder, bucket)), heldLeaves);
+  assert.deepEqual(keysInLeaves(empty, heldLeaves, 100), []);
+  // The holder, sent the other's zeros, finds the same leaves; two sides without it find none.
+  assert.deepEqual(diffLeaves(holder, bucket, digestLeafHashes(empty, bucket)), heldLeaves);
+  assert.deepEqual(diffLeaves(empty, bucket, digestLeafHashes(createDigest(), bucket)), []);
 });
 
 test('diff finds exactly the missing keys, in both directions', () => {
