@@ -5,6 +5,7 @@ import './polyfill.ts';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { writeSwarmKeyFile } from './net/swarm-key.ts';
@@ -12,10 +13,15 @@ import { createLogger, silentLogger } from './actors/runtime/logger.ts';
 import type { ReplicaStore } from './actors/storage/replica-store.ts';
 import { startDeadline, untilAborted } from './actors/runtime/deadline.ts';
 import { stopDeadlineMs } from './peer.ts';
-import { openStoreClient, startTestPeer, type TestPeer } from '../test/support/peer-fixture.ts';
+import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../test/support/peer-fixture.ts';
 import { Status } from './codec/dimse.ts';
 import { damageChunk } from './actors/storage/fixtures/store-keys.ts';
 import { waitFor } from '../test/support/wait.ts';
+import { manualClock } from '../test/support/manual-clock.ts';
+import { commitmentRequestDataSet, nActionCommand } from '../test/support/commitment.ts';
+import { StorageCommitment } from './actors/commitment/messages.ts';
+import { TransferSyntax } from './codec/dicom-types.ts';
+import { halfCloseGraceMs } from './actors/association/connection.ts';
 
 /** Holds every commit and copy repair of `store` until released: what a stalled disk (or a faulted store waiting to reopen) does. */
 function holdCommits(store: ReplicaStore): { held(): number; release(): void } {
@@ -121,4 +127,46 @@ test("a stop while the scrub repairs a damaged copy from another site ends by it
   await waitFor("the scrub's repair of B's copy held", () => gate.held() >= 1);
   // The scrub's stop waited for its repair, a pull from A that only custody's stop, after it, would cut.
   await stopWithinBound(b, gate);
+});
+
+test("a stop's Storage Commitment look-ups are waited for until its deadline, not 2 s past it (hunt 152)", { timeout: 60_000 }, async (t) => {
+  // The peer's timers on a clock the test moves: where the stop ends is exact, no timing.
+  const clock = manualClock(1_000_000);
+  const peer = await startTestPeer([], 'stop-commit', silentLogger, { clock, shutdownGraceMs: 1000, commitment: { checkWaitMs: 100, checkIntervalMs: 100 } });
+  const deadlineMs = 1000 + halfCloseGraceMs;
+  // The commitment's look-up in the store does not answer: a slow disk.
+  const lookUps = Promise.withResolvers<void>();
+  const { getEntries } = peer.store;
+  let held = 0;
+  peer.store.getEntries = async (...args) => {
+    held++;
+    await lookUps.promise;
+    return getEntries.apply(peer.store, args);
+  };
+  t.after(async () => {
+    lookUps.resolve();
+    await peer.dispose();
+  });
+  const client = await openPeerClient(peer.dicomPort, 'MODALITY', [{ abstractSyntaxUid: StorageCommitment.sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }]);
+  const request = commitmentRequestDataSet('1.2.826.0.1.3680043.152.1', [{ sopClassUid: '1.2.840.10008.5.1.4.1.1.7', sopInstanceUid: '1.2.826.0.1.3680043.152.1.1' }]);
+  assert.equal((await client.request(client.contexts[0]!.id, nActionCommand(), request)).command.status, Status.Success);
+  await client.release();
+  await waitFor('the look-up held', () => (clock.advance(100), held > 0));
+  // A requestor that never closes its end of an aborted association: the drain lasts to the deadline.
+  const socket = connect({ host: '127.0.0.1', port: peer.dicomPort, allowHalfOpen: true });
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  const accepted = new Promise((resolve) => socket.once('data', resolve));
+  socket.write(associateRqBytes());
+  await accepted;
+
+  let stopped = false;
+  void peer.stop().then(() => (stopped = true));
+  // Up to the deadline and 1.5 s of the clock past it: commitment's own 2 s wait after the drain would still run.
+  for (let advancedMs = 0; advancedMs < deadlineMs + 1500 && !stopped; advancedMs += 100) {
+    clock.advance(100);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await waitFor('the stop to end', () => stopped, 2000).catch(() => undefined);
+  assert.ok(stopped, `the stop had not ended ${deadlineMs + 1500} ms of its clock after it began, its deadline ${deadlineMs} ms`);
 });

@@ -400,7 +400,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         // A cut that fails (a bug) must not keep the store from closing: the mesh's stop cuts what is left.
         const transfersCut = mesh?.cutTransfers(deadline.signal).catch((error: unknown) => log.warn('cutting copies arriving and pulls at the stop failed', { error: errorText(error) }));
         await Promise.all([drained, scrubStopped, transfersCut]);
-        await commitments.stop();
+        // Its look-ups get a moment (2 s) but not past the deadline: their records stay on disk, due at the next start.
+        await untilAborted(commitments.stop(), deadline.signal);
         await mesh?.stop(deadline.signal);
         deadline.clear();
         await transcoder.stop();
