@@ -388,27 +388,41 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         const deadlineMs = graceMs + keepAfterCutMs;
         log.info('peer stopping: new associations and HTTP connections refused, open ones drain', { graceMs, deadlineMs });
         const deadline = startDeadline(deadlineMs, undefined, `the stop's deadline of ${deadlineMs} ms passed`, clock);
-        // Both drain before the mesh stops: a C-STORE or a STOW-RS in flight still needs its write quorum.
-        const drained = Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
-        // Background work serving no one: stopped at once, its read-back or repair waited for until the deadline at most.
-        const scrubStopped = scrub?.stop(deadline.signal);
-        // Copies arriving and this site's pulls serve them until they end or the grace does; cut then, they
-        // keep what arrived while aborted sockets close: the waits overlap, under one deadline (hunt 149).
-        const graceEnd = startDeadline(graceMs, undefined, undefined, clock);
-        await untilAborted(drained, graceEnd.signal);
-        graceEnd.clear();
-        // A cut that fails (a bug) must not keep the store from closing: the mesh's stop cuts what is left.
-        const transfersCut = mesh?.cutTransfers(deadline.signal).catch((error: unknown) => log.warn('cutting copies arriving and pulls at the stop failed', { error: errorText(error) }));
-        await Promise.all([drained, scrubStopped, transfersCut]);
+        // A step that throws (none does today: a bug) is logged and the rest still runs: the store must close,
+        // or the next start finds its LevelDB locks held; the error is thrown once everything has stopped.
+        let failure: unknown;
+        const step = async (name: string, run: () => Promise<unknown> | undefined): Promise<void> => {
+          try {
+            await run();
+          } catch (error) {
+            failure ??= error;
+            log.error(`the stop's step "${name}" failed; the stop goes on`, { error: errorText(error) });
+          }
+        };
+        await step('drain', async () => {
+          // Both drain before the mesh stops: a C-STORE or a STOW-RS in flight still needs its write quorum.
+          const drained = Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
+          // Background work serving no one: stopped at once, its read-back or repair waited for until the deadline at most.
+          const scrubStopped = scrub?.stop(deadline.signal);
+          // Copies arriving and this site's pulls serve them until they end or the grace does; cut then, they
+          // keep what arrived while aborted sockets close: the waits overlap, under one deadline (hunt 149).
+          const graceEnd = startDeadline(graceMs, undefined, undefined, clock);
+          await untilAborted(drained, graceEnd.signal);
+          graceEnd.clear();
+          // A cut that fails (a bug) must not keep the store from closing: the mesh's stop cuts what is left.
+          const transfersCut = mesh?.cutTransfers(deadline.signal).catch((error: unknown) => log.warn('cutting copies arriving and pulls at the stop failed', { error: errorText(error) }));
+          await Promise.all([drained, scrubStopped, transfersCut]);
+        });
         // Its look-ups get a moment (2 s) but not past the deadline: their records stay on disk, due at the next start.
-        await untilAborted(commitments.stop(), deadline.signal);
-        await mesh?.stop(deadline.signal);
+        await step('storage commitment', () => untilAborted(commitments.stop(), deadline.signal));
+        await step('mesh', () => mesh?.stop(deadline.signal));
         deadline.clear();
-        await transcoder.stop();
+        await step('transcoder', () => transcoder.stop());
         supervisor.stop();
         stopLoggingFaults();
         stopLoggingCatalogDamage();
         await store.close();
+        if (failure !== undefined) throw failure;
         log.info('peer stopped');
       })()),
   };
