@@ -151,3 +151,24 @@ async function assertGossipBothWays(a: MeshNode, b: MeshNode): Promise<void> {
     off();
   }
 }
+
+test('a stream opened while a pair has two connections goes on the one kept, and the other is swept', { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
+  const protocol = '/pacs-mesh/test-kept/1';
+  const received: string[] = [];
+  await lower.handle(protocol, async (stream) => {
+    for (let frame = await stream.reader.readFrameOrEnd(64); frame !== null; frame = await stream.reader.readFrameOrEnd(64)) received.push(new TextDecoder().decode(frame));
+  });
+  // The newest connection, which libp2p gives a stream to by default (of two), is the one the higher PeerId dialled: the sweeper closes that one.
+  await lower.dial(bareAddress(higher));
+  await higher.dial(bareAddress(lower));
+  await waitFor('two connections', () => countsOf([[lower, higher]])[0] === '2/2', 5000, 5);
+  // A stream kept open, as an election stream is: on the connection swept it kept both for good, or was cut with it.
+  const kept = await higher.openStream(lower.peerId, protocol);
+  await assertOneConnectionPerPair([[lower, higher]], 'a kept stream opened on a duplicate');
+  await kept.writer.writeFrame(new TextEncoder().encode('still open'));
+  await waitFor('the kept stream still delivers', () => received.includes('still open'), 5000, 10);
+  assert.equal(kept.raw.status, 'open');
+  await kept.close();
+});

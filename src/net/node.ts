@@ -1320,8 +1320,15 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       // Not connected: dialled where the mesh knows the peer listens. libp2p's peer store forgets a peer's
       // addresses an hour after it first saw them (by Date.now()), and such a stream failed at once until the
       // reconnect loop had reconnected (hunt 124). A peer the mesh knows no address of: the peer store's.
+      const signal = options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000);
+      // With duplicates, on the connection the sweeper keeps: libp2p picks the oldest open one, and a stream
+      // there (an election stream stays open for good) kept the duplicate busy, or was cut when it closed.
+      const agreed = agreedConnectionTo(node, id);
+      if (agreed !== undefined && node.getConnections(id).filter((c) => c.status === 'open').length > 1) {
+        return new MeshStream(await agreed.newStream(protocol, { signal }), peerId, streamInitFor(peerId));
+      }
       const known = node.getConnections(id).some((c) => c.status === 'open') ? [] : reconnector.addressesOf(peerId);
-      const stream = await node.dialProtocol(known.length > 0 ? known : id, protocol, { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
+      const stream = await node.dialProtocol(known.length > 0 ? known : id, protocol, { signal });
       return new MeshStream(stream, peerId, streamInitFor(peerId));
     },
     async addKnownPeer(peerId, addrs = []) {
