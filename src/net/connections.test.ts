@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { peerIdFromString } from '@libp2p/peer-id';
-import { createMeshNode, gossipConnectionTo, libp2pOf, placeGossipStream, type MeshNode } from './node.ts';
+import { createMeshNode, duplicateSettleMs, gossipConnectionTo, libp2pOf, placeGossipStream, type MeshNode } from './node.ts';
 import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
 import { getFreePort } from '../../test/support/dicom-tools.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
@@ -171,4 +171,22 @@ test('a stream opened while a pair has two connections goes on the one kept, and
   await waitFor('the kept stream still delivers', () => received.includes('still open'), 5000, 10);
   assert.equal(kept.raw.status, 'open');
   await kept.close();
+});
+
+test('the connection carrying gossip closes while a duplicate stays: gossip moves onto the one left, both ways', { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
+  const [lowerNode, higherNode] = [libp2pOf(lower), libp2pOf(higher)];
+  const [lowerId, higherId] = [peerIdFromString(lower.peerId), peerIdFromString(higher.peerId)];
+  await lower.dial(bareAddress(higher));
+  await waitFor('gossip attached at both ends', () => gossipConnectionTo(lowerNode, higherId) !== undefined && gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  const carrying = gossipConnectionTo(lowerNode, higherId);
+  await higher.dial(bareAddress(lower));
+  await waitFor('two connections', () => countsOf([[lower, higher]])[0] === '2/2', 5000, 5);
+  // Past identify on the second (after which libp2p asks gossipsub for a stream once), before the sweeper's first check.
+  await new Promise((r) => setTimeout(r, duplicateSettleMs / 2));
+  // What the lower PeerId closing the connection both ends were moving onto does, or any drop of one of two: its streams end with it.
+  carrying?.abort(new Error('test: the connection carrying gossip dropped'));
+  await waitFor('one connection left', () => countsOf([[lower, higher]])[0] === '1/1', 5000, 5);
+  await assertGossipBothWays(lower, higher);
 });

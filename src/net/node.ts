@@ -830,10 +830,12 @@ export async function placeGossipStream(node: Libp2p<Services>, peer: PeerId, to
  * both idle, the one kept is the one the lower PeerId dialled. A connection carrying other streams than
  * identify, ping and gossip is never closed.
  */
-function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connectionOpened(peer: PeerId): void; stop(): void } {
+function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connectionOpened(peer: PeerId): void; connectionClosed(peer: PeerId): void; stop(): void } {
   const selfPeerId = node.peerId.toString();
   /** At most one check waiting per connected peer. */
   const pending = new Map<string, ReturnType<typeof setTimeout>>();
+  /** Set by stop(): the node's own stop closes its connections, and a check scheduled then would outlive it. */
+  let stopped = false;
   const inUse = (c: Connection): boolean => c.streams.some((stream) => stream.protocol === undefined || !transientProtocols.has(stream.protocol));
   /** The open connections to `peer` to close now: none unless there are two or more. */
   const idleDuplicates = (peer: PeerId): Connection[] => {
@@ -844,21 +846,31 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
     if (kept.length === 0) return [];
     return open.filter((c) => !kept.includes(c));
   };
+  const placeGossipOn = (peer: PeerId, to: Connection): void => {
+    void placeGossipStream(node, peer, to).then(
+      (done) => { if (done !== 'unchanged') log('gossip stream to %p %s on the %s connection', peer, done, to.direction); },
+      (err: Error) => log.error('placing the gossip stream to %p failed - %e', peer, err),
+    );
+  };
   /** This node's gossip stream to `peer` onto the agreed connection, if on another or on none. */
   const placeGossip = (peer: PeerId): void => {
     const agreed = agreedConnectionTo(node, peer);
     if (agreed === undefined || gossipConnectionTo(node, peer) === agreed) return;
-    void placeGossipStream(node, peer, agreed).then(
-      (done) => { if (done !== 'unchanged') log('gossip stream to %p %s on the connection the lower PeerId dialled (%s here)', peer, done, agreed.direction); },
-      (err: Error) => log.error('placing the gossip stream to %p failed - %e', peer, err),
-    );
+    placeGossipOn(peer, agreed);
   };
   /** A check of `peer`'s connections duplicateSettleMs from now; those in `seenIdleBefore` still idle then are closed. */
   const scheduleCheck = (peer: PeerId, seenIdleBefore: ReadonlySet<Connection>): void => {
     const id = peer.toString();
+    if (stopped) return;
     const timer = setTimeout(() => {
       pending.delete(id);
-      if (node.getConnections(peer).filter((c) => c.status === 'open').length < 2) return;
+      const open = node.getConnections(peer).filter((c) => c.status === 'open');
+      if (open.length < 2) {
+        // gossipsub opens its stream once per peer: one that closed with its connection (mid-move, or a duplicate
+        // dropped) while another stays open was never replaced, and that direction's gossip stayed silent.
+        if (open.length === 1 && gossipConnectionTo(node, peer) !== open[0]) placeGossipOn(peer, open[0]);
+        return;
+      }
       placeGossip(peer);
       if (selfPeerId > id) {
         scheduleCheck(peer, new Set());
@@ -881,7 +893,12 @@ function createDuplicateSweeper(node: Libp2p<Services>, log: Logger): { connecti
       if (pending.has(peer.toString()) || node.getConnections(peer).length < 2) return;
       scheduleCheck(peer, new Set());
     },
+    connectionClosed(peer) {
+      if (pending.has(peer.toString()) || !node.getConnections(peer).some((c) => c.status === 'open')) return;
+      scheduleCheck(peer, new Set());
+    },
     stop() {
+      stopped = true;
       for (const timer of pending.values()) clearTimeout(timer);
       pending.clear();
     },
@@ -1166,6 +1183,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   }, { maxInboundStreams: 4, maxOutboundStreams: 4 });
   const duplicates = createDuplicateSweeper(node, log);
   node.addEventListener('connection:open', (evt) => duplicates.connectionOpened(evt.detail.remotePeer));
+  node.addEventListener('connection:close', (evt) => duplicates.connectionClosed(evt.detail.remotePeer));
   node.addEventListener('peer:disconnect', (evt) => {
     const id = evt.detail.toString();
     identified.delete(id);
