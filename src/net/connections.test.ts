@@ -190,3 +190,27 @@ test('the connection carrying gossip closes while a duplicate stays: gossip move
   await waitFor('one connection left', () => countsOf([[lower, higher]])[0] === '1/1', 5000, 5);
   await assertGossipBothWays(lower, higher);
 });
+
+test("a gossipsub whose internals are not the ones known is left alone: no stream moved or opened, gossip as it was", { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
+  const higherNode = libp2pOf(higher);
+  const lowerId = peerIdFromString(lower.peerId);
+  await lower.dial(bareAddress(higher));
+  await waitFor('gossip attached', () => gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  await higher.dial(bareAddress(lower));
+  const dialledByHigher = higherNode.getConnections(lowerId).find((c) => c.direction === 'outbound');
+  assert.ok(dialledByHigher !== undefined);
+  // A later gossipsub keeping something else per peer: the entry is wrapped, as an update renaming rawStream would leave it.
+  const streamsOutbound = (higherNode.services.pubsub as unknown as { streamsOutbound: Map<string, object> }).streamsOutbound;
+  const entry = streamsOutbound.get(lower.peerId);
+  assert.ok(entry !== undefined);
+  streamsOutbound.set(lower.peerId, { inner: entry });
+  assert.equal(await placeGossipStream(higherNode, lowerId, dialledByHigher), 'unchanged');
+  assert.equal(streamsOutbound.get(lower.peerId) !== undefined, true, 'the entry kept');
+  streamsOutbound.set(lower.peerId, entry);
+  // Without onPeerConnected (renamed): nothing done either.
+  Object.defineProperty(higherNode.services.pubsub, 'onPeerConnected', { value: undefined, configurable: true });
+  assert.equal(await placeGossipStream(higherNode, lowerId, dialledByHigher), 'unchanged');
+  await assertGossipBothWays(lower, higher);
+});
