@@ -116,12 +116,7 @@ test('a second connection to a connected peer that nothing uses is closed; the o
 });
 
 test("two connections each carrying one direction's gossip end as one, and gossip still flows both ways", { timeout: 60_000 }, async (t) => {
-  const nodes = nodesFor(t);
-  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
-  const [lowerNode, higherNode] = [libp2pOf(lower), libp2pOf(higher)];
-  const [lowerId, higherId] = [peerIdFromString(lower.peerId), peerIdFromString(higher.peerId)];
-  await lower.dial(bareAddress(higher));
-  await waitFor('gossip attached at both ends', () => gossipConnectionTo(lowerNode, higherId) !== undefined && gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  const { lower, higher, lowerNode, higherNode, lowerId, higherId } = await pairDialledByLower(nodesFor(t));
   // The state two dials at once leave 1 time in 10: the higher PeerId's gossip on the connection it dialled, the lower's on the other.
   await higher.dial(bareAddress(lower));
   const dialledByHigher = higherNode.getConnections(lowerId).find((c) => c.direction === 'outbound');
@@ -132,6 +127,16 @@ test("two connections each carrying one direction's gossip end as one, and gossi
   assert.equal(gossipConnectionTo(lowerNode, higherId)?.direction, 'outbound', 'the connection kept is the one the lower PeerId dialled');
   await assertGossipBothWays(lower, higher);
 });
+
+/** Two nodes, the lower PeerId's dial their one connection, gossip attached to it at both ends. */
+async function pairDialledByLower(nodes: ReturnType<typeof nodesFor>) {
+  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
+  const [lowerNode, higherNode] = [libp2pOf(lower), libp2pOf(higher)];
+  const [lowerId, higherId] = [peerIdFromString(lower.peerId), peerIdFromString(higher.peerId)];
+  await lower.dial(bareAddress(higher));
+  await waitFor('gossip attached at both ends', () => gossipConnectionTo(lowerNode, higherId) !== undefined && gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  return { lower, higher, lowerNode, higherNode, lowerId, higherId };
+}
 
 /** A listen address of `node` without its /p2p/ part: libp2p dials it even while connected to the peer there. */
 function bareAddress(node: MeshNode): string {
@@ -174,12 +179,7 @@ test('a stream opened while a pair has two connections goes on the one kept, and
 });
 
 test('the connection carrying gossip closes while a duplicate stays: gossip moves onto the one left, both ways', { timeout: 60_000 }, async (t) => {
-  const nodes = nodesFor(t);
-  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
-  const [lowerNode, higherNode] = [libp2pOf(lower), libp2pOf(higher)];
-  const [lowerId, higherId] = [peerIdFromString(lower.peerId), peerIdFromString(higher.peerId)];
-  await lower.dial(bareAddress(higher));
-  await waitFor('gossip attached at both ends', () => gossipConnectionTo(lowerNode, higherId) !== undefined && gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  const { lower, higher, lowerNode, higherNode, lowerId, higherId } = await pairDialledByLower(nodesFor(t));
   const carrying = gossipConnectionTo(lowerNode, higherId);
   await higher.dial(bareAddress(lower));
   await waitFor('two connections', () => countsOf([[lower, higher]])[0] === '2/2', 5000, 5);
@@ -192,12 +192,7 @@ test('the connection carrying gossip closes while a duplicate stays: gossip move
 });
 
 test("a gossipsub whose internals are not the ones known is left alone: no stream moved or opened, gossip as it was", { timeout: 60_000 }, async (t) => {
-  const nodes = nodesFor(t);
-  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
-  const higherNode = libp2pOf(higher);
-  const lowerId = peerIdFromString(lower.peerId);
-  await lower.dial(bareAddress(higher));
-  await waitFor('gossip attached', () => gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  const { lower, higher, higherNode, lowerId } = await pairDialledByLower(nodesFor(t));
   await higher.dial(bareAddress(lower));
   const dialledByHigher = higherNode.getConnections(lowerId).find((c) => c.direction === 'outbound');
   assert.ok(dialledByHigher !== undefined);
