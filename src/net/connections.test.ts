@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { peerIdFromString } from '@libp2p/peer-id';
-import { createMeshNode, gossipConnectionTo, libp2pOf, placeGossipStream, type MeshNode } from './node.ts';
+import { createMeshNode, duplicateSettleMs, gossipConnectionTo, libp2pOf, placeGossipStream, type MeshNode } from './node.ts';
 import { generateSwarmKey, type SwarmKey } from './swarm-key.ts';
 import { getFreePort } from '../../test/support/dicom-tools.ts';
 import { loopbackAddress } from '../../test/support/mesh-nodes.ts';
@@ -116,12 +116,7 @@ test('a second connection to a connected peer that nothing uses is closed; the o
 });
 
 test("two connections each carrying one direction's gossip end as one, and gossip still flows both ways", { timeout: 60_000 }, async (t) => {
-  const nodes = nodesFor(t);
-  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
-  const [lowerNode, higherNode] = [libp2pOf(lower), libp2pOf(higher)];
-  const [lowerId, higherId] = [peerIdFromString(lower.peerId), peerIdFromString(higher.peerId)];
-  await lower.dial(bareAddress(higher));
-  await waitFor('gossip attached at both ends', () => gossipConnectionTo(lowerNode, higherId) !== undefined && gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  const { lower, higher, lowerNode, higherNode, lowerId, higherId } = await pairDialledByLower(nodesFor(t));
   // The state two dials at once leave 1 time in 10: the higher PeerId's gossip on the connection it dialled, the lower's on the other.
   await higher.dial(bareAddress(lower));
   const dialledByHigher = higherNode.getConnections(lowerId).find((c) => c.direction === 'outbound');
@@ -132,6 +127,16 @@ test("two connections each carrying one direction's gossip end as one, and gossi
   assert.equal(gossipConnectionTo(lowerNode, higherId)?.direction, 'outbound', 'the connection kept is the one the lower PeerId dialled');
   await assertGossipBothWays(lower, higher);
 });
+
+/** Two nodes, the lower PeerId's dial their one connection, gossip attached to it at both ends. */
+async function pairDialledByLower(nodes: ReturnType<typeof nodesFor>) {
+  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
+  const [lowerNode, higherNode] = [libp2pOf(lower), libp2pOf(higher)];
+  const [lowerId, higherId] = [peerIdFromString(lower.peerId), peerIdFromString(higher.peerId)];
+  await lower.dial(bareAddress(higher));
+  await waitFor('gossip attached at both ends', () => gossipConnectionTo(lowerNode, higherId) !== undefined && gossipConnectionTo(higherNode, lowerId) !== undefined, 10_000, 5);
+  return { lower, higher, lowerNode, higherNode, lowerId, higherId };
+}
 
 /** A listen address of `node` without its /p2p/ part: libp2p dials it even while connected to the peer there. */
 function bareAddress(node: MeshNode): string {
@@ -151,3 +156,56 @@ async function assertGossipBothWays(a: MeshNode, b: MeshNode): Promise<void> {
     off();
   }
 }
+
+test('a stream opened while a pair has two connections goes on the one kept, and the other is swept', { timeout: 60_000 }, async (t) => {
+  const nodes = nodesFor(t);
+  const [lower, higher] = [await nodes.start(0, []), await nodes.start(0, [])].sort((x, y) => (x.peerId < y.peerId ? -1 : 1));
+  const protocol = '/pacs-mesh/test-kept/1';
+  const received: string[] = [];
+  await lower.handle(protocol, async (stream) => {
+    for (let frame = await stream.reader.readFrameOrEnd(64); frame !== null; frame = await stream.reader.readFrameOrEnd(64)) received.push(new TextDecoder().decode(frame));
+  });
+  // The newest connection, which libp2p gives a stream to by default (of two), is the one the higher PeerId dialled: the sweeper closes that one.
+  await lower.dial(bareAddress(higher));
+  await higher.dial(bareAddress(lower));
+  await waitFor('two connections', () => countsOf([[lower, higher]])[0] === '2/2', 5000, 5);
+  // A stream kept open, as an election stream is: on the connection swept it kept both for good, or was cut with it.
+  const kept = await higher.openStream(lower.peerId, protocol);
+  await assertOneConnectionPerPair([[lower, higher]], 'a kept stream opened on a duplicate');
+  await kept.writer.writeFrame(new TextEncoder().encode('still open'));
+  await waitFor('the kept stream still delivers', () => received.includes('still open'), 5000, 10);
+  assert.equal(kept.raw.status, 'open');
+  await kept.close();
+});
+
+test('the connection carrying gossip closes while a duplicate stays: gossip moves onto the one left, both ways', { timeout: 60_000 }, async (t) => {
+  const { lower, higher, lowerNode, higherNode, lowerId, higherId } = await pairDialledByLower(nodesFor(t));
+  const carrying = gossipConnectionTo(lowerNode, higherId);
+  await higher.dial(bareAddress(lower));
+  await waitFor('two connections', () => countsOf([[lower, higher]])[0] === '2/2', 5000, 5);
+  // Past identify on the second (after which libp2p asks gossipsub for a stream once), before the sweeper's first check.
+  await new Promise((r) => setTimeout(r, duplicateSettleMs / 2));
+  // What the lower PeerId closing the connection both ends were moving onto does, or any drop of one of two: its streams end with it.
+  carrying?.abort(new Error('test: the connection carrying gossip dropped'));
+  await waitFor('one connection left', () => countsOf([[lower, higher]])[0] === '1/1', 5000, 5);
+  await assertGossipBothWays(lower, higher);
+});
+
+test("a gossipsub whose internals are not the ones known is left alone: no stream moved or opened, gossip as it was", { timeout: 60_000 }, async (t) => {
+  const { lower, higher, higherNode, lowerId } = await pairDialledByLower(nodesFor(t));
+  await higher.dial(bareAddress(lower));
+  const dialledByHigher = higherNode.getConnections(lowerId).find((c) => c.direction === 'outbound');
+  assert.ok(dialledByHigher !== undefined);
+  // A later gossipsub keeping something else per peer: the entry is wrapped, as an update renaming rawStream would leave it.
+  const streamsOutbound = (higherNode.services.pubsub as unknown as { streamsOutbound: Map<string, object> }).streamsOutbound;
+  const entry = streamsOutbound.get(lower.peerId);
+  assert.ok(entry !== undefined);
+  streamsOutbound.set(lower.peerId, { inner: entry });
+  assert.equal(await placeGossipStream(higherNode, lowerId, dialledByHigher), 'unchanged');
+  assert.equal(streamsOutbound.get(lower.peerId) !== undefined, true, 'the entry kept');
+  streamsOutbound.set(lower.peerId, entry);
+  // Without onPeerConnected (renamed): nothing done either.
+  Object.defineProperty(higherNode.services.pubsub, 'onPeerConnected', { value: undefined, configurable: true });
+  assert.equal(await placeGossipStream(higherNode, lowerId, dialledByHigher), 'unchanged');
+  await assertGossipBothWays(lower, higher);
+});

@@ -58,7 +58,7 @@ export interface ElectionStreamLimits {
   writeDeadlineMs: number;
   /** See electionMessageDeadlineMs. */
   messageDeadlineMs: number;
-  /** A peer alive this long gets its stream before the first frame: past the duplicate connections' sweep (node.ts, 2 x duplicateSettleMs). */
+  /** A peer alive this long gets its stream before the first frame (opened on the connection the duplicate sweep keeps: node.ts openStream). */
   warmAfterMs: number;
   /** One-message streams (peers of an earlier version) in flight, in all and per peer. */
   legacySendsInFlightMax: number;
