@@ -1342,7 +1342,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       // addresses an hour after it first saw them (by Date.now()), and such a stream failed at once until the
       // reconnect loop had reconnected (hunt 124). A peer the mesh knows no address of: the peer store's.
       const signal = options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000);
-      // With duplicates, on the connection the sweeper keeps: libp2p picks the oldest open one, and a stream
+      // With duplicates, on the connection the sweeper keeps: libp2p picks the newest open one (its sort of
+      // direct connections reverses two), and a stream
       // there (an election stream stays open for good) kept the duplicate busy, or was cut when it closed.
       const agreed = agreedConnectionTo(node, id);
       if (agreed !== undefined && node.getConnections(id).filter((c) => c.status === 'open').length > 1) {
