@@ -384,14 +384,11 @@ class CommitPipeline {
     resume: { resumed?: { writer: InstanceWriter; offset: number }; partials?: PartialCopies } = {},
   ): Promise<void> {
     const writer = resume.resumed?.writer ?? store.beginWrite();
-    const markProgress = resume.partials?.progressMarker(entry.sopInstanceUid, stream.remotePeer, writer);
+    // A large copy marks its progress, so a SIGKILL keeps what arrived (PartialCopies.progressWriter).
+    const write = resume.partials?.progressWriter(entry.sopInstanceUid, stream.remotePeer, writer) ?? ((piece: Uint8Array) => writer.write(piece));
     try {
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) {
-        await writer.write(piece);
-        const marking = markProgress?.();
-        if (marking !== undefined) await marking;
-      }
+      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) await write(piece);
     } catch (error) {
       if (resume.partials !== undefined && !(error instanceof StoreError)) resume.partials.keep(entry.sopInstanceUid, stream.remotePeer, writer);
       else await writer.abort();
