@@ -945,7 +945,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   let cutting: Promise<void> | undefined;
   const cut = (deadline: AbortSignal): Promise<void> =>
     (cutting ??= (async () => {
-      await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      // libp2p drops a handler at once and then updates its own peer record: that wait ends with the deadline too.
+      await untilAborted(Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p))), deadline);
       // Copies still arriving are cut here, while the table keeps what arrived: a restart is a cut too, and
       // their parts then outlive it (cut later, by the node's stop, they would find the table stopped).
       for (const stream of handling.keys()) stream.abort(new ReplicationError('ERR_REPLICATION_REFUSED', 'the receiving peer is stopping'));
