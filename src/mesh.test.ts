@@ -1,12 +1,19 @@
+import './polyfill.ts';
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { parseStartArgs } from './config.ts';
 import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
-import { freeDiskProbe, isolationWarningOf, sitesHoldingOf } from './mesh.ts';
+import { createReplicaStore } from './actors/storage/replica-store.ts';
+import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
+import { writeSwarmKeyFile } from './net/swarm-key.ts';
+import { freeDiskProbe, isolationWarningOf, sitesHoldingOf, startMesh } from './mesh.ts';
 import { recordingLogger, type RecordedLine } from '../test/support/recording-logger.ts';
+import { manualClock } from '../test/support/manual-clock.ts';
+import { waitFor } from '../test/support/wait.ts';
 
 const entry = (n: number): CatalogEntry => ({
   sopInstanceUid: `1.2.94.${n}`,
@@ -88,4 +95,65 @@ test('isolationWarningOf: alone from the start is told to check its address; alo
   assert.match(lostAll?.message ?? '', /^every other site has disconnected from this peer: it serves alone\. They are down, or the network .* is cut.*Their last dials: 2 peer\(s\)/);
   assert.doesNotMatch(lostAll?.message ?? '', /--bootstrap|no other site has connected/);
   assert.deepEqual(lostAll?.fields, { knownSites: ['site-b', 'site-c'], lastConnectedPeer: '12D3KooWPeer' });
+});
+
+test("a mesh start that fails after custody started ends by the stop's deadline, though custody's work does not end (hunt 154)", { timeout: 60_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-start-'));
+  const dataDir = join(dir, 'data');
+  await mkdir(dataDir);
+  const swarmKey = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKey);
+  const config = parseStartArgs(['--site', 'site-a', '--data', dataDir, '--host', '127.0.0.1', '--swarm-key', swarmKey, '--p2p-port', '0']);
+  const store = createReplicaStore({ path: join(dataDir, 'store') });
+  await store.open();
+  // The timers of custody and of the clean-up on a clock the test moves: where the start ends is exact, no timing.
+  const clock = manualClock(1_000_000);
+  // A site last heard after this clock's now (the clock was set back): custody's first view writes it back
+  // to now, on a disk that does not answer (custody's stop waits for its work).
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 2_000_000 }], []);
+  const knownSitesWrite = Promise.withResolvers<void>();
+  let writesHeld = 0;
+  store.updateKnownSites = () => (writesHeld++, knownSitesWrite.promise);
+  const supervisor = startSiteSupervisor('site-a', { clock });
+  // The mesh children fail to start (a balancer that cannot read its roster does so, past its restart budget).
+  let childrenStarted = false;
+  supervisor.startMesh = async () => {
+    childrenStarted = true;
+    throw new Error('injected: the mesh children could not start');
+  };
+  t.after(async () => {
+    knownSitesWrite.resolve();
+    supervisor.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const stopDeadlineMs = 7000;
+  let ended: unknown;
+  const starting = startMesh({
+    config,
+    dataDir,
+    store,
+    clock,
+    log: recordingLogger([]),
+    supervisor,
+    addresses: { dicom: '127.0.0.1:1', http: '127.0.0.1:1', aeTitle: 'PACS' },
+    localDicomPort: 1,
+    activeAssociations: () => 0,
+    stopDeadlineMs,
+  }).then(
+    () => (ended = 'started'),
+    (error: unknown) => (ended = error),
+  );
+  await waitFor("custody's write of the known site held, and the children's start failed", () => writesHeld > 0 && childrenStarted, 30_000);
+  // Up to the deadline and 1.5 s of the clock past it: before, the clean-up waited for custody's work for ever.
+  let advancedMs = 0;
+  for (; advancedMs < stopDeadlineMs + 1500 && ended === undefined; advancedMs += 100) {
+    clock.advance(100);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await waitFor('the start to end', () => ended !== undefined, 2000).catch(() => undefined);
+  assert.ok(ended !== undefined, `the failed start had not ended ${stopDeadlineMs + 1500} ms of its clock after the children's start failed, its deadline ${stopDeadlineMs} ms`);
+  assert.ok(advancedMs >= stopDeadlineMs, `custody's held work was waited for until the deadline, not ${advancedMs} ms`);
+  assert.match(String(ended), /injected: the mesh children could not start/, 'the start fails with the cause');
+  await starting;
 });

@@ -25,6 +25,7 @@ import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { queryPeer } from './actors/storage/replication.ts';
 import { Tags } from './codec/dictionary.ts';
 import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
+import { startDeadline } from './actors/runtime/deadline.ts';
 import type { QueryRequest } from './actors/storage/query/query.ts';
 import { statfs } from 'node:fs/promises';
 
@@ -43,6 +44,11 @@ export interface MeshInit {
   activeAssociations(): number;
   /** See MembershipServiceInit.onSiteNameTaken: the peer must stop. */
   onSiteNameTaken?: MembershipServiceInit['onSiteNameTaken'];
+  /**
+   * A start that fails stops what it had started under a deadline this long (the peer's stop deadline):
+   * custody's work still running then is not waited for, as at a peer's stop.
+   */
+  stopDeadlineMs: number;
 }
 
 export interface Mesh {
@@ -211,6 +217,10 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       }),
   });
   const stopping: Array<(deadline?: AbortSignal) => Promise<void>> = [() => node.stop()];
+  // A step that fails is logged and the others still run: the node must stop, or its port stays bound.
+  const stopStarted = async (deadline?: AbortSignal): Promise<void> => {
+    for (const stop of stopping) await stop(deadline).catch((error: unknown) => log.warn('mesh stop step failed', { error: String(error) }));
+  };
   try {
     const custody: CustodyService = await startCustody({
       node,
@@ -412,12 +422,14 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         };
       },
       cutTransfers: (deadline) => custody.cutTransfers(deadline),
-      stop: async (deadline) => {
-        for (const stop of stopping) await stop(deadline).catch((error: unknown) => log.warn('mesh stop step failed', { error: String(error) }));
-      },
+      stop: stopStarted,
     };
   } catch (error) {
-    for (const stop of stopping) await stop().catch(() => undefined);
+    // Under a deadline, as a peer's stop: custody's stop waited for its work without one, so a pull or a
+    // write on a store that does not answer held a failed start (and the command's exit) for ever.
+    const deadline = startDeadline(init.stopDeadlineMs, undefined, undefined, init.clock);
+    await stopStarted(deadline.signal);
+    deadline.clear();
     throw error;
   }
 }

@@ -130,6 +130,9 @@ async function makeDirectory(path: string): Promise<void> {
 export async function startPeer(config: PeerConfig, options: PeerOptions = {}): Promise<Peer> {
   const log = options.log ?? createLogger({ site: config.site }, config.logLevel);
   const clock = options.clock ?? systemClock;
+  const graceMs = options.shutdownGraceMs ?? shutdownGraceMsDefault;
+  // What a stop waits for at most: the drain's grace, then the cut copies' keeps (stopDeadlineMs by default).
+  const deadlineMs = graceMs + keepAfterCutMs;
   const dataDir = resolve(config.dataDir);
   const unusableDataDir = (why: string) => new ConfigError(`--data ${config.dataDir} cannot be used as the data directory: ${why}`);
   await makeDirectory(dataDir).catch((error: NodeJS.ErrnoException) => {
@@ -326,6 +329,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         },
         localDicomPort: listener.port,
         activeAssociations: () => listener.activeAssociations(),
+        stopDeadlineMs: deadlineMs,
         // A copied --site: the peer stops (the command exits 2) rather than count as the site it is not.
         onSiteNameTaken: (taken) => {
           failure ??= { kind: 'siteNameTaken', child: 'membership', error: taken.message };
@@ -354,8 +358,11 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   } catch (caught) {
     // A child that kept failing while the mesh started: say which one, in one line (the cause is its error).
     const error = failure ? new PeerError('ERR_CHILD_FAILED', `the mesh could not start: ${failureText(failure)}`, { cause: caught }) : caught;
-    await scrub?.stop();
-    await mesh?.stop();
+    // The mesh's work under the stop's deadline too (a mesh that failed to start has stopped itself under it).
+    const deadline = startDeadline(deadlineMs, undefined, undefined, clock);
+    await scrub?.stop(deadline.signal);
+    await mesh?.stop(deadline.signal);
+    deadline.clear();
     await dicom?.stop(0);
     await commitments.stop();
     await http?.stop();
@@ -384,8 +391,6 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     stop: () =>
       (stopping ??= (async () => {
         healthy = false;
-        const graceMs = options.shutdownGraceMs ?? shutdownGraceMsDefault;
-        const deadlineMs = graceMs + keepAfterCutMs;
         log.info('peer stopping: new associations and HTTP connections refused, open ones drain', { graceMs, deadlineMs });
         const deadline = startDeadline(deadlineMs, undefined, `the stop's deadline of ${deadlineMs} ms passed`, clock);
         // A step that throws (none does today: a bug) is logged and the rest still runs: the store must close,

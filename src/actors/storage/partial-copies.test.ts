@@ -411,6 +411,37 @@ test('partial copies: between marks the progress check returns no promise, so a 
   await writer.abort();
 });
 
+test("partial copies: a copy arriving's write function hands back the writer's own promise between marks, and writes the marker before settling at one (hunt 146, hunt 154)", async (t) => {
+  const store = await openStore(t);
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
+  t.after(() => partials.stop());
+  const writer = store.beginWrite();
+  // The promise of each write the writer makes: between marks the caller must await that one and no other.
+  let lastWrite: Promise<void> | undefined;
+  const write = writer.write.bind(writer);
+  writer.write = (data) => (lastWrite = write(data));
+  const writePiece = partials.progressWriter('7.2', 'peer-a', writer);
+  const piece = new Uint8Array(1024 * 1024);
+  for (let i = 0; i < progressMarkBytes / piece.byteLength - 1; i++) {
+    const written = writePiece(piece);
+    assert.equal(written, lastWrite, `no promise of its own after ${i + 1} MiB`);
+    await written;
+  }
+  assert.deepEqual(await markers(store), [], 'no marker short of progressMarkBytes');
+  const marking = writePiece(piece);
+  assert.notEqual(marking, lastWrite, 'at progressMarkBytes the marker is written too');
+  await marking;
+  assert.equal((await markers(store)).length, 1, 'the marker is there once the write settles');
+  // The next mark is progressMarkBytes further on.
+  for (let i = 0; i < progressMarkBytes / piece.byteLength - 1; i++) {
+    const written = writePiece(piece);
+    assert.equal(written, lastWrite);
+    await written;
+  }
+  assert.equal((await markers(store)).length, 1);
+  await writer.abort();
+});
+
 test("partial copies: a kept part's marker puts no key beyond the blobs in the blob database, so its tables still move down LevelDB's levels without being rewritten (hunt 135)", async (t) => {
   const { store, path } = await storeToRestart(t);
   const partials = new PartialCopies({ ...defaultPartialCopyLimits, keptMs: 60_000 }, systemClock, store);

@@ -203,13 +203,31 @@ export class PartialCopies {
    * every piece of every copy, small ones included (hunt 146). Best effort: a failed marker is not retried.
    */
   progressMarker(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): () => Promise<void> | undefined {
+    return this.progress(sopInstanceUid, fromPeerId, writer).markIfDue;
+  }
+
+  /**
+   * For a copy arriving into `writer` from `fromPeerId`: writes a piece, and when that reaches a progress
+   * mark (progressMarker), the marker too before the promise settles. A piece short of the next mark gets
+   * the writer's own promise back, so a copy arriving awaits nothing more per piece than the write (hunt 146).
+   */
+  progressWriter(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): (piece: Uint8Array) => Promise<void> {
+    const progress = this.progress(sopInstanceUid, fromPeerId, writer);
+    return (piece) => (progress.reachedAfter(piece.byteLength) ? writer.write(piece).then(progress.markIfDue) : writer.write(piece));
+  }
+
+  /** The progress marks of one copy arriving: whether `bytes` more reach the next, and the marker's write once one is reached. */
+  private progress(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): { reachedAfter(bytes: number): boolean; markIfDue(): Promise<void> | undefined } {
     let nextMarkAt = writer.bytesWritten + progressMarkBytes;
-    return () => {
-      if (writer.bytesWritten < nextMarkAt || this.stopped || writer.markProgress === undefined) return undefined;
-      nextMarkAt = writer.bytesWritten + progressMarkBytes;
-      const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? this.clock.nowMs();
-      const keptUntilDateMs = this.clock.dateMs() + firstKeptAtMs + this.limits.keptMs - this.clock.nowMs();
-      return writer.markProgress({ sopInstanceUid, fromPeerId, keptUntilDateMs }).catch(() => undefined);
+    return {
+      reachedAfter: (bytes) => writer.bytesWritten + bytes >= nextMarkAt,
+      markIfDue: () => {
+        if (writer.bytesWritten < nextMarkAt || this.stopped || writer.markProgress === undefined) return undefined;
+        nextMarkAt = writer.bytesWritten + progressMarkBytes;
+        const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? this.clock.nowMs();
+        const keptUntilDateMs = this.clock.dateMs() + firstKeptAtMs + this.limits.keptMs - this.clock.nowMs();
+        return writer.markProgress({ sopInstanceUid, fromPeerId, keptUntilDateMs }).catch(() => undefined);
+      },
     };
   }
 

@@ -369,8 +369,8 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
   init.partials?.drop(uid);
   // Already held: read and drop the bytes (the sender does not wait for an answer before sending them).
   const writer = (await store.getEntry(uid)) === undefined ? store.beginWrite() : undefined;
-  // A large copy marks its progress, so a SIGKILL keeps what arrived (PartialCopies.progressMarker).
-  const markProgress = writer === undefined ? undefined : init.partials?.progressMarker(uid, stream.remotePeer, writer);
+  // A large copy marks its progress, so a SIGKILL keeps what arrived (PartialCopies.progressWriter).
+  const write = writer === undefined ? undefined : (init.partials?.progressWriter(uid, stream.remotePeer, writer) ?? ((piece: Uint8Array) => writer.write(piece)));
   // Over a slow link a push takes seconds: repair would pull the same copy from a site that has it already
   // (hunt 74: 4-27 MB between sites b and c at 1 Mbit/s while site a's pushes to them were in flight).
   let arriving: ReturnType<typeof setInterval> | undefined;
@@ -392,12 +392,7 @@ async function receiveOnePush(stream: MeshStream, headerFrame: Uint8Array, signa
       total += length;
       if (total > limits.bodyBytesMax) throw new PushError('ERR_PUSH_REFUSED', `instance over ${limits.bodyBytesMax} bytes`);
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(length, options)) {
-        if (writer === undefined) continue;
-        await writer.write(piece);
-        const marking = markProgress?.();
-        if (marking !== undefined) await marking;
-      }
+      for await (const piece of stream.reader.body(length, options)) if (write !== undefined) await write(piece);
     }
     readingData = false;
     const tail = decodeEnvelope<PushTail>(await stream.reader.readFrame(limits.frameBytesMax, options), { maxBytes: limits.frameBytesMax });

@@ -19,6 +19,7 @@ import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import { startReplicationOverLink } from '../../../test/support/replication-over-link.ts';
+import { waitFor } from '../../../test/support/wait.ts';
 import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
 import { systemClock } from '../runtime/clock.ts';
 import type { CustodyMessage } from './custody/messages.ts';
@@ -651,6 +652,34 @@ test('a start that fails registering a handler leaves nothing registered: no pro
   const serving = await start();
   await serving.stop();
   assert.equal(listening, 0);
+});
+
+test("a stop whose protocol unregistration does not answer ends by its deadline (hunt 154)", { timeout: 30_000 }, async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-repl-'));
+  const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir });
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  const serving = await serveReplication({ node, store, siteName: 'site-a', log: silentLogger, onReplicaStored: () => undefined, onCustodyMessage: () => undefined });
+  // The node's own peer record update after a handler is dropped (libp2p's unhandle) never settles.
+  const unhandled = Promise.withResolvers<void>();
+  const { unhandle } = node;
+  node.unhandle = async (protocol) => {
+    await unhandle.call(node, protocol);
+    await unhandled.promise;
+  };
+  t.after(async () => {
+    unhandled.resolve();
+    await node.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  let stopped = false;
+  const stopping = serving.stop(AbortSignal.abort()).then(() => (stopped = true));
+  // Past its deadline already: nothing is waited for but microtasks and the store (no kept part to mark).
+  await waitFor('the stop to end', () => stopped, 5000).catch(() => undefined);
+  assert.ok(stopped, 'the stop waited for the unregistration past its deadline');
+  unhandled.resolve();
+  await stopping;
 });
 
 test('a peer that opens query streams and sends nothing holds their slots for exchangeTimeoutMs, not the transfer deadline (hunt 100)', { timeout: 30_000 }, async (t) => {

@@ -384,14 +384,11 @@ class CommitPipeline {
     resume: { resumed?: { writer: InstanceWriter; offset: number }; partials?: PartialCopies } = {},
   ): Promise<void> {
     const writer = resume.resumed?.writer ?? store.beginWrite();
-    const markProgress = resume.partials?.progressMarker(entry.sopInstanceUid, stream.remotePeer, writer);
+    // A large copy marks its progress, so a SIGKILL keeps what arrived (PartialCopies.progressWriter).
+    const write = resume.partials?.progressWriter(entry.sopInstanceUid, stream.remotePeer, writer) ?? ((piece: Uint8Array) => writer.write(piece));
     try {
       // The writer keeps the pieces until it flushes them; the stream reader's buffers are never reused.
-      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) {
-        await writer.write(piece);
-        const marking = markProgress?.();
-        if (marking !== undefined) await marking;
-      }
+      for await (const piece of stream.reader.body(entry.byteLength - (resume.resumed?.offset ?? 0), { signal })) await write(piece);
     } catch (error) {
       if (resume.partials !== undefined && !(error instanceof StoreError)) resume.partials.keep(entry.sopInstanceUid, stream.remotePeer, writer);
       else await writer.abort();
@@ -948,7 +945,8 @@ export async function serveReplication(init: ReplicationServerInit): Promise<Rep
   let cutting: Promise<void> | undefined;
   const cut = (deadline: AbortSignal): Promise<void> =>
     (cutting ??= (async () => {
-      await Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p)));
+      // libp2p drops a handler at once and then updates its own peer record: that wait ends with the deadline too.
+      await untilAborted(Promise.allSettled([REPLICATE_BATCH_PROTOCOL, PUSH_PROTOCOL, FETCH_PROTOCOL, FETCH_BATCH_PROTOCOL, CUSTODY_PROTOCOL, QUERY_PROTOCOL].map((p) => node.unhandle(p))), deadline);
       // Copies still arriving are cut here, while the table keeps what arrived: a restart is a cut too, and
       // their parts then outlive it (cut later, by the node's stop, they would find the table stopped).
       for (const stream of handling.keys()) stream.abort(new ReplicationError('ERR_REPLICATION_REFUSED', 'the receiving peer is stopping'));
