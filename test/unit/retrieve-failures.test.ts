@@ -7,11 +7,11 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, storeDataset, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorAnsweringSlowly, acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
-import { TransferSyntax } from '../support/synthetic-dicom.ts';
+import { acceptorAnsweringSlowly, acceptorAnsweringWrongMessageId, acceptorLikeGdcm, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
 import { PduFramer, encodePDataFragments, type Pdu } from '../../src/codec/pdu.ts';
@@ -19,6 +19,7 @@ import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { parseDataset } from '../../src/codec/dataset/reader.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
 
@@ -106,6 +107,30 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   assert.ok(reasons, lines.map((l) => l.message).join('\n'));
   assert.equal(Object.values(reasons).reduce((a, b) => a + b, 0), failedSubOperations);
   // The same association, and the peer, go on.
+  await echoThenRelease(client);
+});
+
+test('C-MOVE to a GDCM receiver, which reads every data set in the syntax of the last context it accepted: each instance goes out in that syntax (hunt 155: gdcmscu aborted on the first explicit VR one)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const gdcm = await acceptorLikeGdcm();
+  const peer = await peerMovingTo(t, gdcm, 'GDCMSCP', 'mover-gdcm', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.155.1';
+  // Explicit VR LE instances (their own context, which GDCM accepts in explicit VR) and an implicit VR one.
+  const explicitUids = await storeStudy(peer, studyInstanceUid, 2, 16);
+  const implicit = makeInstanceWithInfo({ rows: 16, columns: 16, study: { uid: studyInstanceUid }, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
+  const implicitBytes = implicit.bytes.subarray(splitPart10(implicit.bytes).datasetOffset);
+  await storeDataset(peer.dicomPort, implicit.resolved.sopClassUid, implicit.resolved.sopInstanceUid, implicitBytes, TransferSyntax.ImplicitVrLittleEndian);
+
+  const client = await moveClient(peer);
+  const final = await moveStudy(client, studyInstanceUid, 'GDCMSCP');
+  assert.equal(final.command.status, 0, `final status 0x${final.command.status?.toString(16)}, ${JSON.stringify(failureReasons(lines))}`);
+  assert.equal(final.command.completedSubOperations, 3);
+  // Every data set went on a context of the one syntax GDCM reads (implicit VR LE: it takes it whenever
+  // offered), the explicit VR instances converted, each still the instance it was.
+  assert.deepEqual(gdcm.deliveries.map((d) => d.contextTransferSyntaxUid), Array(3).fill(TransferSyntax.ImplicitVrLittleEndian));
+  const received = gdcm.deliveries.map((d) => parseDataset(d.dataSet, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === Tags.SOPInstanceUID)?.value);
+  assert.deepEqual([...received].sort(), [...explicitUids, implicit.resolved.sopInstanceUid].sort());
+  assert.deepEqual(gdcm.deliveries.find((d) => d.dataSet.length === implicitBytes.length)?.dataSet, Buffer.from(implicitBytes), 'the implicit VR instance goes as stored');
   await echoThenRelease(client);
 });
 
