@@ -1,7 +1,7 @@
 /** A raw TCP DICOM acceptor that misbehaves on purpose, for tests of the requestor side (C-MOVE, clients). */
 import { createServer, type Socket } from 'node:net';
 import { Status, decodeCommand, encodeCommand, responseFieldFor, type DimseCommand } from '../../src/codec/dimse.ts';
-import { DicomApplicationContext, PduFramer, encodePdu, type PDataPdu } from '../../src/codec/pdu.ts';
+import { DicomApplicationContext, PduFramer, encodePdu, type AcceptedPresentationContext, type AssociateRqPdu, type PDataPdu } from '../../src/codec/pdu.ts';
 
 interface RawAcceptor {
   port: number;
@@ -19,17 +19,7 @@ function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRe
       for (const pdu of framer.push(chunk)) {
         if (socket.destroyed) return;
         if (pdu.type === 'associateRq') {
-          socket.write(
-            encodePdu({
-              type: 'associateAc',
-              protocolVersion: 1,
-              calledAeTitle: pdu.calledAeTitle,
-              callingAeTitle: pdu.callingAeTitle,
-              applicationContextName: DicomApplicationContext,
-              presentationContexts: pdu.presentationContexts.slice(0, 1).map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! })),
-              userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
-            }),
-          );
+          socket.write(associateAc(pdu, pdu.presentationContexts.slice(0, 1).map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! }))));
         } else if (pdu.type === 'pData') {
           onPData(socket, pdu);
         } else if (pdu.type === 'releaseRq' && answersRelease) {
@@ -37,6 +27,23 @@ function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRe
         }
       }
     });
+  });
+}
+
+/** The A-ASSOCIATE-AC answering `rq` with `presentationContexts`, under implementation `identity` (a test's own by default). */
+function associateAc(
+  rq: AssociateRqPdu,
+  presentationContexts: AcceptedPresentationContext[],
+  identity: { implementationClassUid: string; implementationVersionName?: string } = { implementationClassUid: '1.2.3' },
+): Uint8Array {
+  return encodePdu({
+    type: 'associateAc',
+    protocolVersion: 1,
+    calledAeTitle: rq.calledAeTitle,
+    callingAeTitle: rq.callingAeTitle,
+    applicationContextName: DicomApplicationContext,
+    presentationContexts,
+    userInformation: { maxPduLength: 16384, ...identity, roleSelections: [] },
   });
 }
 
@@ -193,17 +200,7 @@ export async function acceptorLikeGdcm(): Promise<RawAcceptor & { deliveries: Gd
             readSyntax = syntax;
             return { id: pc.id, result: 0, transferSyntaxUid: syntax };
           });
-          socket.write(
-            encodePdu({
-              type: 'associateAc',
-              protocolVersion: 1,
-              calledAeTitle: pdu.calledAeTitle,
-              callingAeTitle: pdu.callingAeTitle,
-              applicationContextName: DicomApplicationContext,
-              presentationContexts,
-              userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.826.0.1.3680043.2.1143.107.104.103.115.3.0.21', implementationVersionName: 'GDCM 3.0.21', roleSelections: [] },
-            }),
-          );
+          socket.write(associateAc(pdu, presentationContexts, { implementationClassUid: '1.2.826.0.1.3680043.2.1143.107.104.103.115.3.0.21', implementationVersionName: 'GDCM 3.0.21' }));
         } else if (pdu.type === 'pData') {
           let commandEndedHere = false;
           for (const value of pdu.values) {
