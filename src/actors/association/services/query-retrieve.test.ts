@@ -519,7 +519,7 @@ test('a C-MOVE sends a Pending response after its last sub-operation too, before
         transcoder: noTranscoder,
       },
       store,
-      // Copies that cannot be read: each sub-operation fails before its C-STORE, which is all this test needs.
+      // Instances no site holds: each sub-operation fails before its C-STORE, which is all this test needs.
       { resolve: async () => ({ entries: uids.map((sopInstanceUid) => ({ sopInstanceUid, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian, byteLength: 10 }) as CatalogEntry), truncated: false }), ensureLocal: async () => undefined },
     );
     assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations]), [[Status.Pending, 1], [Status.Pending, 0], [Status.OutOfResourcesSubOps, undefined]]);

@@ -360,7 +360,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         if (shortReason !== undefined && key === known) failureComments.set(key, shortReason);
       }
       // A C-MOVE's last sub-operation gets its Pending response too, before the destination's release, as
-      // DCMTK's dcmqrscp sends it: GDCM's movescu reads its C-STORE receiver's association (and so answers our
+      // DCMTK's dcmqrscp sends it: gdcmscu --move reads its C-STORE receiver's association (and so answers our
       // A-RELEASE-RQ there) only after a Pending response; without one each C-MOVE waited out our 2 s release
       // wait (hunt 155).
       if (counts.remaining > 0 || ctx.kind === 'move') await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
