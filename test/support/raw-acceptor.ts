@@ -1,7 +1,7 @@
 /** A raw TCP DICOM acceptor that misbehaves on purpose, for tests of the requestor side (C-MOVE, clients). */
 import { createServer, type Socket } from 'node:net';
 import { Status, decodeCommand, encodeCommand, responseFieldFor, type DimseCommand } from '../../src/codec/dimse.ts';
-import { DicomApplicationContext, PduFramer, encodePdu, type PDataPdu } from '../../src/codec/pdu.ts';
+import { DicomApplicationContext, PduFramer, encodePdu, type AcceptedPresentationContext, type AssociateRqPdu, type PDataPdu } from '../../src/codec/pdu.ts';
 
 interface RawAcceptor {
   port: number;
@@ -19,17 +19,7 @@ function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRe
       for (const pdu of framer.push(chunk)) {
         if (socket.destroyed) return;
         if (pdu.type === 'associateRq') {
-          socket.write(
-            encodePdu({
-              type: 'associateAc',
-              protocolVersion: 1,
-              calledAeTitle: pdu.calledAeTitle,
-              callingAeTitle: pdu.callingAeTitle,
-              applicationContextName: DicomApplicationContext,
-              presentationContexts: pdu.presentationContexts.slice(0, 1).map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! })),
-              userInformation: { maxPduLength: 16384, implementationClassUid: '1.2.3', roleSelections: [] },
-            }),
-          );
+          socket.write(associateAc(pdu, pdu.presentationContexts.slice(0, 1).map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! }))));
         } else if (pdu.type === 'pData') {
           onPData(socket, pdu);
         } else if (pdu.type === 'releaseRq' && answersRelease) {
@@ -37,6 +27,23 @@ function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRe
         }
       }
     });
+  });
+}
+
+/** The A-ASSOCIATE-AC answering `rq` with `presentationContexts`, under implementation `identity` (a test's own by default). */
+function associateAc(
+  rq: AssociateRqPdu,
+  presentationContexts: AcceptedPresentationContext[],
+  identity: { implementationClassUid: string; implementationVersionName?: string } = { implementationClassUid: '1.2.3' },
+): Uint8Array {
+  return encodePdu({
+    type: 'associateAc',
+    protocolVersion: 1,
+    calledAeTitle: rq.calledAeTitle,
+    callingAeTitle: rq.callingAeTitle,
+    applicationContextName: DicomApplicationContext,
+    presentationContexts,
+    userInformation: { maxPduLength: 16384, ...identity, roleSelections: [] },
   });
 }
 
@@ -155,4 +162,83 @@ export function acceptorAnsweringWithEmptyPdvs(emptyPdvs: number): Promise<RawAc
       }
     }
   });
+}
+
+/** What a GDCM-like receiver got: each C-STORE data set, with the syntax of the context that carried it. */
+export interface GdcmLikeDelivery {
+  contextTransferSyntaxUid: string;
+  dataSet: Uint8Array;
+}
+
+const implicitVrLittleEndian = '1.2.840.10008.1.2';
+const explicitVrLittleEndian = '1.2.840.10008.1.2.1';
+
+/**
+ * A C-STORE receiver that behaves as GDCM's (gdcmscu --move, 3.0.21: ULActionAE6): it announces GDCM's
+ * Implementation Class UID, accepts each context in implicit VR LE when proposed, else explicit VR LE, else
+ * refuses it (transfer syntaxes not supported), reads every data set in one syntax, that of the last
+ * context it accepted, and only from the PDUs after its command's. A data set sent on a context of another
+ * syntax, or in its command's PDU, is misread or never seen: the connection is closed (gdcmscu aborts, or
+ * waits). Others are answered Success and kept in `deliveries`.
+ */
+export async function acceptorLikeGdcm(): Promise<RawAcceptor & { deliveries: GdcmLikeDelivery[] }> {
+  const deliveries: GdcmLikeDelivery[] = [];
+  const acceptor = await tcpAcceptor((socket) => {
+    const framer = new PduFramer();
+    const accepted = new Map<number, string>();
+    let readSyntax = implicitVrLittleEndian;
+    let command: DimseCommand | undefined;
+    let dataSet: Uint8Array[] = [];
+    socket.on('data', (chunk) => {
+      for (const pdu of framer.push(chunk)) {
+        if (socket.destroyed) return;
+        if (pdu.type === 'associateRq') {
+          const presentationContexts = pdu.presentationContexts.map((pc) => {
+            const syntax = [implicitVrLittleEndian, explicitVrLittleEndian].find((ts) => pc.transferSyntaxUids.includes(ts));
+            if (syntax === undefined) return { id: pc.id, result: 4, transferSyntaxUid: '' };
+            accepted.set(pc.id, syntax);
+            readSyntax = syntax;
+            return { id: pc.id, result: 0, transferSyntaxUid: syntax };
+          });
+          socket.write(associateAc(pdu, presentationContexts, { implementationClassUid: '1.2.826.0.1.3680043.2.1143.107.104.103.115.3.0.21', implementationVersionName: 'GDCM 3.0.21' }));
+        } else if (pdu.type === 'pData') {
+          let commandEndedHere = false;
+          for (const value of pdu.values) {
+            if (value.isCommand) {
+              if (value.isLast) command = decodeCommand(value.data);
+              commandEndedHere ||= value.isLast;
+              continue;
+            }
+            // GDCM reads a data set only from the PDUs after its command's: one that shares it is never
+            // seen, and gdcmscu waits for it (the requestor, for its response) until a timeout.
+            if (commandEndedHere) {
+              socket.destroy();
+              return;
+            }
+            dataSet.push(value.data);
+            if (!value.isLast || command === undefined) continue;
+            const contextTransferSyntaxUid = accepted.get(value.presentationContextId) ?? '';
+            if (contextTransferSyntaxUid !== readSyntax) {
+              socket.destroy();
+              return;
+            }
+            deliveries.push({ contextTransferSyntaxUid, dataSet: Buffer.concat(dataSet) });
+            dataSet = [];
+            const response = encodeCommand({
+              commandField: responseFieldFor(command.commandField),
+              messageIdBeingRespondedTo: command.messageId,
+              affectedSopClassUid: command.affectedSopClassUid,
+              affectedSopInstanceUid: command.affectedSopInstanceUid,
+              status: Status.Success,
+              hasDataSet: false,
+            });
+            socket.write(encodePdu({ type: 'pData', values: [{ presentationContextId: value.presentationContextId, isCommand: true, isLast: true, data: response }] }));
+          }
+        } else if (pdu.type === 'releaseRq') {
+          socket.end(encodePdu({ type: 'releaseRp' }));
+        }
+      }
+    });
+  });
+  return { ...acceptor, deliveries };
 }

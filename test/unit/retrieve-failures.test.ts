@@ -7,11 +7,11 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, storeDataset, type TestPeer } from '../support/peer-fixture.ts';
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { acceptorAnsweringSlowly, acceptorAnsweringWrongMessageId, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
-import { TransferSyntax } from '../support/synthetic-dicom.ts';
+import { acceptorAnsweringSlowly, acceptorAnsweringWrongMessageId, acceptorLikeGdcm, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
+import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
 import { PduFramer, encodePDataFragments, type Pdu } from '../../src/codec/pdu.ts';
@@ -19,11 +19,13 @@ import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { encodeDataset } from '../../src/codec/dataset/writer.ts';
 import { parseDataset } from '../../src/codec/dataset/reader.ts';
+import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 import { oversizedJpegInstance } from '../support/oversized-jpeg.ts';
 
 const studyRootMove = '1.2.840.10008.5.1.4.1.2.2.2';
 const studyRootGet = '1.2.840.10008.5.1.4.1.2.2.3';
+const studyRootFind = '1.2.840.10008.5.1.4.1.2.2.1';
 const ctImage = '1.2.840.10008.5.1.4.1.1.2';
 const verification = '1.2.840.10008.1.1';
 
@@ -105,6 +107,30 @@ test('C-MOVE to a destination whose connection closes mid-transfer: failures cou
   assert.ok(reasons, lines.map((l) => l.message).join('\n'));
   assert.equal(Object.values(reasons).reduce((a, b) => a + b, 0), failedSubOperations);
   // The same association, and the peer, go on.
+  await echoThenRelease(client);
+});
+
+test('C-MOVE to a GDCM receiver, which reads every data set in the syntax of the last context it accepted: each instance goes out in that syntax (hunt 155: gdcmscu aborted on the first explicit VR one)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const gdcm = await acceptorLikeGdcm();
+  const peer = await peerMovingTo(t, gdcm, 'GDCMSCP', 'mover-gdcm', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.155.1';
+  // Explicit VR LE instances (their own context, which GDCM accepts in explicit VR) and an implicit VR one.
+  const explicitUids = await storeStudy(peer, studyInstanceUid, 2, 16);
+  const implicit = makeInstanceWithInfo({ rows: 16, columns: 16, study: { uid: studyInstanceUid }, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian });
+  const implicitBytes = implicit.bytes.subarray(splitPart10(implicit.bytes).datasetOffset);
+  await storeDataset(peer.dicomPort, implicit.resolved.sopClassUid, implicit.resolved.sopInstanceUid, implicitBytes, TransferSyntax.ImplicitVrLittleEndian);
+
+  const client = await moveClient(peer);
+  const final = await moveStudy(client, studyInstanceUid, 'GDCMSCP');
+  assert.equal(final.command.status, 0, `final status 0x${final.command.status?.toString(16)}, ${JSON.stringify(failureReasons(lines))}`);
+  assert.equal(final.command.completedSubOperations, 3);
+  // Every data set went on a context of the one syntax GDCM reads (implicit VR LE: it takes it whenever
+  // offered), the explicit VR instances converted, each still the instance it was.
+  assert.deepEqual(gdcm.deliveries.map((d) => d.contextTransferSyntaxUid), Array(3).fill(TransferSyntax.ImplicitVrLittleEndian));
+  const received = gdcm.deliveries.map((d) => parseDataset(d.dataSet, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === Tags.SOPInstanceUID)?.value);
+  assert.deepEqual([...received].sort(), [...explicitUids, implicit.resolved.sopInstanceUid].sort());
+  assert.deepEqual(gdcm.deliveries[received.indexOf(implicit.resolved.sopInstanceUid)]?.dataSet, Buffer.from(implicitBytes), 'the implicit VR instance goes as stored');
   await echoThenRelease(client);
 });
 
@@ -542,15 +568,29 @@ test('a final C-MOVE response and its Failed SOP Instance UID List travel in one
   );
   const command = encodeCommand({ commandField: CommandField.CMoveRq, messageId: 1, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: 'GONE', hasDataSet: true });
   const rq = associateRqBytes('PACSMESH', studyRootMove, TransferSyntax.ImplicitVrLittleEndian, 'VIEWER');
-  const pdus: Pdu[] = await new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port: peer.dicomPort });
+  const pdus = await exchangeUntilFinal(peer.dicomPort, rq, [...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]);
+  const last = pdus[pdus.length - 1]!;
+  assert.equal(last.type, 'pData');
+  if (last.type !== 'pData') return;
+  assert.deepEqual(last.values.map((v) => [v.isCommand, v.isLast]), [[true, true], [false, true]], 'the command and its identifier in one PDU');
+  assert.equal(decodeCommand(last.values[0]!.data).status, 0xa702);
+  assert.equal(parseDataset(last.values[1]!.data, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value?.split('\\').length, 2);
+});
+
+/**
+ * Over a raw connection: sends the A-ASSOCIATE-RQ `rq`, then `request` once accepted; every PDU received
+ * until the first response that is not Pending (the connection is then dropped).
+ */
+function exchangeUntilFinal(port: number, rq: Uint8Array, request: readonly Uint8Array[]): Promise<Pdu[]> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
     const framer = new PduFramer();
     const got: Pdu[] = [];
     const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no final response: ${JSON.stringify(got.map((p) => p.type))}`)); }, 20_000);
     socket.on('data', (data) => {
       for (const pdu of framer.push(data)) {
         got.push(pdu);
-        if (pdu.type === 'associateAc') for (const chunk of [...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]) socket.write(chunk);
+        if (pdu.type === 'associateAc') for (const chunk of request) socket.write(chunk);
         const finalCommand = pdu.type === 'pData' && pdu.values.some((v) => v.isCommand && v.isLast && decodeCommand(v.data).status !== 0xff00);
         if (finalCommand) {
           clearTimeout(timer);
@@ -562,12 +602,26 @@ test('a final C-MOVE response and its Failed SOP Instance UID List travel in one
     socket.on('error', reject);
     socket.on('connect', () => socket.write(rq));
   });
-  const last = pdus[pdus.length - 1]!;
-  assert.equal(last.type, 'pData');
-  if (last.type !== 'pData') return;
-  assert.deepEqual(last.values.map((v) => [v.isCommand, v.isLast]), [[true, true], [false, true]], 'the command and its identifier in one PDU');
-  assert.equal(decodeCommand(last.values[0]!.data).status, 0xa702);
-  assert.equal(parseDataset(last.values[1]!.data, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value?.split('\\').length, 2);
+}
+
+test('C-FIND matches: each identifier in PDUs after its command\'s, as DCMTK sends them (hunt 155: GDCM reads it only from there, and took every other match for one)', async (t) => {
+  const peer = await startTestPeer([], 'finder-pdus', silentLogger);
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.155.2';
+  await storeStudy(peer, studyInstanceUid, 2, 16);
+  const identifier = encodeDataset(
+    [
+      { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'IMAGE' },
+      { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+      { tag: Tags.SOPInstanceUID, vr: 'UI', value: '' },
+    ],
+    TransferSyntax.ImplicitVrLittleEndian,
+  );
+  const command = encodeCommand({ commandField: CommandField.CFindRq, messageId: 1, affectedSopClassUid: studyRootFind, priority: 0, hasDataSet: true });
+  const rq = associateRqBytes('PACSMESH', studyRootFind, TransferSyntax.ImplicitVrLittleEndian, 'VIEWER');
+  const pdus = await exchangeUntilFinal(peer.dicomPort, rq, [...encodePDataFragments(1, true, command, 16384), ...encodePDataFragments(1, false, identifier, 16384)]);
+  const pData = pdus.flatMap((p) => (p.type === 'pData' ? [p.values.map((v) => (v.isCommand ? 'command' : 'data'))] : []));
+  assert.deepEqual(pData, [['command'], ['data'], ['command'], ['data'], ['command']], 'two matches, then the final response, each part in PDUs of its own');
 });
 
 /** The requestor's association still answers a C-ECHO (its second context, Verification), then is released. */

@@ -17,6 +17,7 @@ import { systemClock, type Clock, type TimerHandle } from '../runtime/clock.ts';
 import { AssociationCore, DicomConnection, GatheredDataSet, heldBytesPerPdv } from './connection.ts';
 import type { DimseEvent } from './dimse-assembler.ts';
 import type { UlIndication } from './state-machine.ts';
+import type { AcceptorImplementation } from './destination-quirks.ts';
 import { implementationClassUid, implementationVersionName } from './implementation.ts';
 
 export class AssociationRejectedError extends Error {
@@ -87,6 +88,8 @@ export class DicomClientAssociation {
   readonly contexts: AcceptedContext[] = [];
   /** The acceptor's answers to our role selections (PS3.7 D.3.3.4); a class it did not answer keeps the default roles. */
   readonly acceptedRoles: RoleSelection[] = [];
+  /** Who accepted: its A-ASSOCIATE-AC's Implementation Class UID and Version Name (undefined until then). */
+  acceptorImplementation: AcceptorImplementation | undefined;
   private waiter: Waiter | undefined;
   /** The request being sent: a cancel must not cut in between its PDUs. */
   private requestSent: Promise<void> = Promise.resolve();
@@ -245,6 +248,7 @@ export class DicomClientAssociation {
         }
         this.core.peerMaxPduLength = indication.ac.userInformation.maxPduLength;
         this.acceptedRoles.push(...indication.ac.userInformation.roleSelections);
+        this.acceptorImplementation = { classUid: indication.ac.userInformation.implementationClassUid, versionName: indication.ac.userInformation.implementationVersionName };
         this.settleOpen.resolve();
         return;
       }

@@ -7,7 +7,7 @@
  * messages and sends commands and data sets. Both the acceptor actor and the outbound client use it.
  */
 import type { Socket } from 'node:net';
-import { encodeCommand, type DimseCommand } from '../../codec/dimse.ts';
+import { encodeCommand, isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
 import {
   AbortReason,
   PduError,
@@ -314,9 +314,12 @@ export class AssociationCore {
   /** Sends a command and, if given, its data set as a series of chunks (streamed, never concatenated). */
   async sendMessage(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
     const commandBytes = encodeCommand({ ...command, hasDataSet: dataSet !== undefined });
-    if (dataSet instanceof Uint8Array && dataSet.length > 0) {
-      // A small data set (a C-FIND match, a retrieve's Failed SOP Instance UID List) goes in the command's
-      // PDU: PixelMed reads a final response's identifier only from there.
+    if (dataSet instanceof Uint8Array && dataSet.length > 0 && isFinalResponse(command)) {
+      // A final response's small data set (a retrieve's Failed SOP Instance UID List) goes in the command's
+      // PDU: PixelMed reads a final response's identifier only from there. Requests (C-STORE sub-operations)
+      // and pending responses (C-FIND matches) put theirs in PDUs of its own, as DCMTK does: GDCM reads a
+      // data set only from the PDUs after its command's, and took the next match, or the final response,
+      // for it (hunt 155: gdcmscu found every other match, hung on an odd count, and never stored a sub-operation).
       const single = encodePDataCommandAndDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength);
       if (single) {
         await this.sendFragments([single]);
@@ -374,4 +377,9 @@ export class AssociationCore {
     this.init.clock.clearTimeout(this.artim);
     this.artim = undefined;
   }
+}
+
+/** A response (PS3.7 9.3: the command field's high bit) that is not Pending: the last of its operation. */
+function isFinalResponse(command: DimseCommand): boolean {
+  return (command.commandField & 0x8000) !== 0 && !isPendingStatus(command.status ?? 0);
 }

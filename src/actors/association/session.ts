@@ -10,6 +10,7 @@ import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection, GatheredDataSet } from './connection.ts';
 import { AssociationClosedError, DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
+import { contextsReceiverReads } from './destination-quirks.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
@@ -761,9 +762,11 @@ export class AcceptorSession {
       throw error;
     }
     opened = true;
+    // Only the contexts the destination reads as they say (a GDCM receiver reads one syntax: destination-quirks.ts).
+    const usable = contextsReceiverReads(client.contexts, client.acceptorImplementation);
     return {
-      pickContext: (entry) => pickContextFor(entry, client.contexts),
-      acceptsSopClass: (sopClassUid) => client.contexts.some((c) => c.abstractSyntaxUid === sopClassUid),
+      pickContext: (entry) => pickContextFor(entry, usable),
+      acceptsSopClass: (sopClassUid) => usable.some((c) => c.abstractSyntaxUid === sopClassUid),
       store: async (presentationContextId, storeCommand, dataSet) => {
         storing = true;
         if (cancelled.aborted) onCancel();

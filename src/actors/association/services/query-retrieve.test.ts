@@ -496,3 +496,33 @@ test('C-FIND matches go out as Pending 0xFF01 when a key is not supported as ask
     assert.deepEqual(await pendingStatuses([], redPaletteKey), [Status.PendingWarning]);
   });
 });
+
+test('a C-MOVE sends a Pending response after its last sub-operation too, before it releases the destination (GDCM reads the destination association only after one: hunt 155)', async () => {
+  await withEmptyStore(async (store) => {
+    const sent: DimseCommand[] = [];
+    let responsesBeforeClose = -1;
+    const uids = ['1.2.826.0.1.3680043.10.1453.155.3', '1.2.826.0.1.3680043.10.1453.155.4'];
+    await runRetrieve(
+      {
+        ...studyRootRequest(
+          { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'GDCMSCP', hasDataSet: true },
+          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.155' }],
+          sent,
+        ),
+        kind: 'move' as const,
+        callingAeTitle: 'VIEWER',
+        openTarget: async () => ({
+          pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+          store: async () => Status.Success,
+          close: async () => void (responsesBeforeClose = sent.length),
+        }),
+        transcoder: noTranscoder,
+      },
+      store,
+      // Instances no site holds: each sub-operation fails before its C-STORE, which is all this test needs.
+      { resolve: async () => ({ entries: uids.map((sopInstanceUid) => ({ sopInstanceUid, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian, byteLength: 10 }) as CatalogEntry), truncated: false }), ensureLocal: async () => undefined },
+    );
+    assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations]), [[Status.Pending, 1], [Status.Pending, 0], [Status.OutOfResourcesSubOps, undefined]]);
+    assert.equal(responsesBeforeClose, 2, 'both Pending responses before the destination is released');
+  });
+});

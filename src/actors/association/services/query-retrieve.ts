@@ -359,7 +359,11 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
         if (shortReason !== undefined && key === known) failureComments.set(key, shortReason);
       }
-      if (counts.remaining > 0) await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
+      // A C-MOVE's last sub-operation gets its Pending response too, before the destination's release, as
+      // DCMTK's dcmqrscp sends it: gdcmscu --move reads its C-STORE receiver's association (and so answers our
+      // A-RELEASE-RQ there) only after a Pending response; without one each C-MOVE waited out our 2 s release
+      // wait (hunt 155).
+      if (counts.remaining > 0 || ctx.kind === 'move') await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
     }
   } finally {
     await target.close();
