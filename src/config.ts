@@ -59,6 +59,12 @@ export interface PeerConfig {
   logLevel: 'info' | 'warn' | 'error' | 'silent';
   /** Scrub: MB (10^6 bytes) of stored copies read back and checked per second while idle; 0 turns it off. */
   scrubMbPerS: number;
+  /**
+   * A peer without --bootstrap checks whether it serves alone this long after its start and again at this
+   * interval; undefined: 15 s, then every 10 minutes (see startMesh). No option: tests set it through
+   * PACS_MESH_ISOLATION_CHECK_MS (isolationCheckMsFromEnv), so as not to wait 15 s for a warning or its absence.
+   */
+  isolationCheckMs?: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -303,6 +309,18 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
     if (clash) throw new ConfigError(`${name} and ${clash[0]} are both ${port}: each needs its own port`);
   }
   return config;
+}
+
+/**
+ * PACS_MESH_ISOLATION_CHECK_MS, read here alone: a test's interval for PeerConfig.isolationCheckMs (a whole
+ * number of ms, at least 1); unset or empty: the defaults.
+ */
+export function isolationCheckMsFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const value = env['PACS_MESH_ISOLATION_CHECK_MS'];
+  if (value === undefined || value === '') return undefined;
+  const ms = wholeNumber(value);
+  if (!(ms >= 1)) throw new ConfigError(`PACS_MESH_ISOLATION_CHECK_MS "${value}" is not a whole number of milliseconds (1 or more)`);
+  return ms;
 }
 
 export const usage = `pacs-mesh: a fault-tolerant multi-site DICOM archive
