@@ -62,9 +62,14 @@ export interface PeerConfig {
   /**
    * A peer without --bootstrap checks whether it serves alone this long after its start and again at this
    * interval; undefined: 15 s, then every 10 minutes (see startMesh). No option: tests set it through
-   * PACS_MESH_ISOLATION_CHECK_MS (isolationCheckMsFromEnv), so as not to wait 15 s for a warning or its absence.
+   * PACS_MESH_ISOLATION_CHECK_MS (testTimingsFromEnv), so as not to wait 15 s for a warning or its absence.
    */
   isolationCheckMs?: number;
+  /**
+   * How long searches wait for a first other site after the start (CustodyTuning.joinWaitAfterStartMs);
+   * undefined: 15 s. No option: tests set it through PACS_MESH_JOIN_WAIT_MS (testTimingsFromEnv).
+   */
+  joinWaitAfterStartMs?: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -312,15 +317,24 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
 }
 
 /**
- * PACS_MESH_ISOLATION_CHECK_MS, read here alone: a test's interval for PeerConfig.isolationCheckMs (a whole
- * number of ms, at least 1); unset or empty: the defaults.
+ * The environment variables that shorten a peer's waits for tests, read here alone (no operator needs them:
+ * they are not options). PACS_MESH_ISOLATION_CHECK_MS: PeerConfig.isolationCheckMs (1 ms or more);
+ * PACS_MESH_JOIN_WAIT_MS: PeerConfig.joinWaitAfterStartMs (0 or more). Unset or empty: the defaults.
  */
-export function isolationCheckMsFromEnv(env: NodeJS.ProcessEnv): number | undefined {
-  const value = env['PACS_MESH_ISOLATION_CHECK_MS'];
-  if (value === undefined || value === '') return undefined;
-  const ms = wholeNumber(value);
-  if (!(ms >= 1)) throw new ConfigError(`PACS_MESH_ISOLATION_CHECK_MS "${value}" is not a whole number of milliseconds (1 or more)`);
-  return ms;
+export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs'> {
+  const timings: Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs'> = {};
+  const read = (name: string, leastMs: number): number | undefined => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    const ms = wholeNumber(value);
+    if (!(ms >= leastMs)) throw new ConfigError(`${name} "${value}" is not a whole number of milliseconds (${leastMs} or more)`);
+    return ms;
+  };
+  const isolationCheckMs = read('PACS_MESH_ISOLATION_CHECK_MS', 1);
+  if (isolationCheckMs !== undefined) timings.isolationCheckMs = isolationCheckMs;
+  const joinWaitAfterStartMs = read('PACS_MESH_JOIN_WAIT_MS', 0);
+  if (joinWaitAfterStartMs !== undefined) timings.joinWaitAfterStartMs = joinWaitAfterStartMs;
+  return timings;
 }
 
 export const usage = `pacs-mesh: a fault-tolerant multi-site DICOM archive

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from '../../src/ae-directory.ts';
 import { runKeygen } from '../../src/keygen.ts';
-import { ConfigError, defaultConfig, isolationCheckMsFromEnv, meshOnlyOptions, parseStartArgs, startOptionNames, usage } from '../../src/config.ts';
+import { ConfigError, defaultConfig, meshOnlyOptions, parseStartArgs, startOptionNames, testTimingsFromEnv, usage } from '../../src/config.ts';
 
 test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8042)', () => {
   const config = parseStartArgs([]);
@@ -180,10 +180,13 @@ test('--move-dest takes any AE title, those that name members of every JavaScrip
   assert.throws(() => parseStartArgs(['--move-dest', 'toString=127.0.0.1:104', '--move-dest', 'toString=127.0.0.1:105']), /--move-dest toString given twice/);
 });
 
-test('PACS_MESH_ISOLATION_CHECK_MS (tests only): unset keeps the 15 s / 10 min isolation checks; a bad value is a configuration error', () => {
-  assert.equal(parseStartArgs([]).isolationCheckMs, undefined, 'no option sets it');
-  assert.equal(isolationCheckMsFromEnv({}), undefined);
-  assert.equal(isolationCheckMsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '' }), undefined);
-  assert.equal(isolationCheckMsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '1000' }), 1000);
-  for (const value of ['0', '-1', '1e3', '2s', ' ']) assert.throws(() => isolationCheckMsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: value }), ConfigError, value);
+test('PACS_MESH_ISOLATION_CHECK_MS and PACS_MESH_JOIN_WAIT_MS (tests only): unset keep the defaults; a bad value is a configuration error', () => {
+  const config = parseStartArgs([]);
+  assert.equal(config.isolationCheckMs, undefined, 'no option sets it');
+  assert.equal(config.joinWaitAfterStartMs, undefined, 'no option sets it');
+  assert.deepEqual(testTimingsFromEnv({}), {});
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '', PACS_MESH_JOIN_WAIT_MS: '' }), {});
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '1000', PACS_MESH_JOIN_WAIT_MS: '0' }), { isolationCheckMs: 1000, joinWaitAfterStartMs: 0 });
+  for (const value of ['0', '-1', '1e3', '2s', ' ']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: value }), ConfigError, value);
+  for (const value of ['-1', '1.5', 'never']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_JOIN_WAIT_MS: value }), ConfigError, value);
 });
