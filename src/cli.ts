@@ -3,7 +3,7 @@
  * 0 clean stop, 1 runtime failure, 2 bad command line or configuration.
  */
 import './polyfill.ts';
-import { ConfigError, parseStartArgs, usage } from './config.ts';
+import { ConfigError, parseStartArgs, testTimingsFromEnv, usage } from './config.ts';
 import { StoreError } from './actors/storage/replica-store.ts';
 import { failureText, startPeer } from './peer.ts';
 
@@ -30,7 +30,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   switch (command) {
     case 'start': {
-      const config = parseStartArgs(rest);
+      const config = { ...parseStartArgs(rest), ...testTimingsFromEnv(process.env) };
       portOptions.set(config.dicomPort, '--dicom-port').set(config.httpPort, '--http-port');
       // Logs are best effort: a log pipe that closes (a log shipper restarting, `| head`) must not stop
       // the site; without a listener the first write after it (EPIPE) ended the process with nothing said.

@@ -59,6 +59,17 @@ export interface PeerConfig {
   logLevel: 'info' | 'warn' | 'error' | 'silent';
   /** Scrub: MB (10^6 bytes) of stored copies read back and checked per second while idle; 0 turns it off. */
   scrubMbPerS: number;
+  /**
+   * A peer without --bootstrap checks whether it serves alone this long after its start and again at this
+   * interval; undefined: 15 s, then every 10 minutes (see startMesh). No option: tests set it through
+   * PACS_MESH_ISOLATION_CHECK_MS (testTimingsFromEnv), so as not to wait 15 s for a warning or its absence.
+   */
+  isolationCheckMs?: number;
+  /**
+   * How long searches wait for a first other site after the start (CustodyTuning.joinWaitAfterStartMs);
+   * undefined: 15 s. No option: tests set it through PACS_MESH_JOIN_WAIT_MS (testTimingsFromEnv).
+   */
+  joinWaitAfterStartMs?: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -303,6 +314,27 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
     if (clash) throw new ConfigError(`${name} and ${clash[0]} are both ${port}: each needs its own port`);
   }
   return config;
+}
+
+/**
+ * The environment variables that shorten a peer's waits for tests, read here alone (no operator needs them:
+ * they are not options). PACS_MESH_ISOLATION_CHECK_MS: PeerConfig.isolationCheckMs (1 ms or more);
+ * PACS_MESH_JOIN_WAIT_MS: PeerConfig.joinWaitAfterStartMs (0 or more). Unset or empty: the defaults.
+ */
+export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs'> {
+  const timings: Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs'> = {};
+  const read = (name: string, leastMs: number): number | undefined => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    const ms = wholeNumber(value);
+    if (!(ms >= leastMs)) throw new ConfigError(`${name} "${value}" is not a whole number of milliseconds (${leastMs} or more)`);
+    return ms;
+  };
+  const isolationCheckMs = read('PACS_MESH_ISOLATION_CHECK_MS', 1);
+  if (isolationCheckMs !== undefined) timings.isolationCheckMs = isolationCheckMs;
+  const joinWaitAfterStartMs = read('PACS_MESH_JOIN_WAIT_MS', 0);
+  if (joinWaitAfterStartMs !== undefined) timings.joinWaitAfterStartMs = joinWaitAfterStartMs;
+  return timings;
 }
 
 export const usage = `pacs-mesh: a fault-tolerant multi-site DICOM archive

@@ -130,7 +130,8 @@ export async function sitesHoldingOf(deps: SitesHoldingDeps, entries: readonly C
 /**
  * A peer started without --bootstrap that knows other sites but has no connection this long after its start
  * warns (the others redial a restarted peer's old address within ~5 s, and it dials the addresses it saved,
- * each at least once by then: a dial gives up after 5 s), and again at this interval.
+ * each at least once by then: a dial gives up after 5 s), and again at this interval. PeerConfig.isolationCheckMs
+ * (tests only) replaces both.
  */
 const isolationFirstCheckMs = 15_000;
 const isolationRecheckMs = 10 * 60_000;
@@ -234,6 +235,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       // Told where others are, or a new identity: a new site, or one restored on an empty disk that the
       // others reconnect to within a second or two (its old address); a mesh's very first site waits too.
       expectsOtherSites: (config.bootstrap?.length ?? 0) > 0 || node.identityCreated,
+      ...(config.joinWaitAfterStartMs === undefined ? {} : { tuning: { joinWaitAfterStartMs: config.joinWaitAfterStartMs } }),
       onCrash: init.supervisor.crashHandler('custody'),
     });
     stopping.unshift((deadline) => custody.stop(deadline));
@@ -325,9 +327,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
           savedDialCauses: node.savedDialCauses(),
         });
         if (warning) log.warn(warning.message, warning.fields);
-        isolationTimer = init.clock.setTimeout(checkIsolation, isolationRecheckMs);
+        isolationTimer = init.clock.setTimeout(checkIsolation, config.isolationCheckMs ?? isolationRecheckMs);
       };
-      isolationTimer = init.clock.setTimeout(checkIsolation, isolationFirstCheckMs);
+      isolationTimer = init.clock.setTimeout(checkIsolation, config.isolationCheckMs ?? isolationFirstCheckMs);
       stopping.unshift(async () => init.clock.clearTimeout(isolationTimer));
     }
     const sitesHoldingQueries = createConcurrencyLimit(sitesHoldingRoundsMax, 0);

@@ -67,6 +67,11 @@ export interface MeshNodeTuning {
   maxStreamWindowSize?: number;
   /** StreamReader queue bound per stream (bytes). Default 1 MiB. */
   readHighWaterMark?: number;
+  /**
+   * Period (ms) of yamux's own keep-alive ping, whose round trip the library's window growth read (see
+   * yamux-window.ts). Default the library's 30000; the slow-link tests shorten it to meet that ping sooner.
+   */
+  muxerKeepAliveIntervalMs?: number;
   /** Connection monitor ping period (ms). Default 2000. */
   pingIntervalMs?: number;
   /**
@@ -1009,6 +1014,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [
       yamux({
+        ...(tuning.muxerKeepAliveIntervalMs === undefined ? {} : { keepAliveInterval: tuning.muxerKeepAliveIntervalMs }),
         // A data frame holds up to the stream's send window (the library sizes frames by it and ignores the
         // muxer's maxMessageSize); Noise cuts a larger frame into 64 KiB messages on its own.
         streamOptions: {

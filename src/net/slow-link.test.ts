@@ -13,8 +13,14 @@ import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
 import { throughSlowLink } from '../../test/support/slow-link-pair.ts';
 
 const linkBytesPerSecond = 100_000;
-/** Long enough for the library's windows to have grown past the link's buffers (its RTT ping comes every 30 s). */
-const copyBytes = Number(process.env.SLOW_COPY_BYTES ?? 4_500_000);
+/**
+ * yamux's keep-alive ping, whose round trip the library's own window growth reads: every 30 s by default,
+ * and the first one behind a copy's queue (seconds) made every later epoch count as fast (hunt 118). Every
+ * 3 s here, so that the copy meets it 2-3 s in rather than 30 s.
+ */
+const muxerKeepAliveIntervalMs = Number(process.env.SLOW_KEEPALIVE_MS ?? 3000);
+/** Long enough for the library's windows to have grown past the link's buffers after that ping (20 s of the link). */
+const copyBytes = Number(process.env.SLOW_COPY_BYTES ?? 2_000_000);
 const settleMs = 6000;
 /** About a second of the link per copy in flight, plus its 25 ms and the router's 64 KiB queue (0.65 s). */
 const gossipDelayMaxMs = Number(process.env.SLOW_GOSSIP_MAX_MS ?? 2500);
@@ -82,7 +88,7 @@ test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no g
 });
 
 test('gossip from a site sending a large copy over a 100 KB/s link waits behind about a second of it, not the copy\'s window (hunt 118)', { timeout: 120_000 }, async (t) => {
-  await throughSlowLink({ bytesPerSecond: linkBytesPerSecond }, async ({ link, copy, gossip }) => {
+  await throughSlowLink({ bytesPerSecond: linkBytesPerSecond, muxerKeepAliveIntervalMs }, async ({ link, copy, gossip }) => {
     const { delays, publish } = await gossip('pacs-mesh/test-slow-gossip/1');
     const stalls = stallMs > 0 ? setInterval(() => {
       const endMs = performance.now() + stallMs;

@@ -52,7 +52,8 @@ test('a site restarted with another swarm key and no --bootstrap says its saved 
   await b.stop();
   const otherKey = join(cluster.root, 'other.key');
   await writeSwarmKeyFile(otherKey);
-  const restarted = await cluster.start('site-b', { dataDir: b.dataDir, bootstrap: [], swarmKeyFile: otherKey, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort } });
-  // The isolation check runs 15 s after the start; a answers every dial and fails the handshake.
+  // Its check whether it serves alone runs every second from its start (15 s, then every 10 minutes, by
+  // default); a answers every dial and fails the handshake, which a check after that dial says.
+  const restarted = await cluster.start('site-b', { dataDir: b.dataDir, bootstrap: [], swarmKeyFile: otherKey, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort }, isolationCheckMs: 1000 });
   await eventually(async () => servesAloneOtherKey.test(restarted.output()), 40_000, () => restarted.output().slice(-3000));
 });

@@ -138,7 +138,8 @@ describe(`mesh protocol fuzz (MESH_FUZZ_SEED=${seed}, MESH_FUZZ_ROUNDS=${rounds}
   before(async () => {
     await cluster.init();
     // Write quorum 1: a fuzzed heartbeat may briefly make a site of the fuzzer; the final store must not wait on it.
-    peer = await cluster.start('target', { extraArgs: ['--write-quorum', '1'] });
+    // Its searches wait for no other site beyond the 5 s after its start (15 s by default): see the C-FIND below.
+    peer = await cluster.start('target', { extraArgs: ['--write-quorum', '1'], joinWaitAfterStartMs: 0 });
     const address = (await peer.status()).self.multiaddrs![0]!;
     fuzzer = await nodes.node(await readSwarmKeyFile(cluster.swarmKeyFile), [address]);
     const target = address.split('/p2p/')[1]!;
@@ -193,9 +194,10 @@ describe(`mesh protocol fuzz (MESH_FUZZ_SEED=${seed}, MESH_FUZZ_ROUNDS=${rounds}
     const store = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(peer.dicomPort), file], { env, timeoutMs: 30_000 });
     assert.equal(store.code, 0, store.stderr);
     assert.doesNotMatch(store.stderr + store.stdout, /E:/, `C-STORE after the fuzz: ${store.stderr}`);
-    // A peer that has heard no other site answers C-FIND "joining the mesh: retry" for its first 15 s
-    // (joinWaitAfterStartMs): the fuzz may be over sooner, now that the peer closes the streams the
-    // fuzzer leaves open at once (hunt 100), where each round waited for the fuzzer's read to time out.
+    // A peer that has heard no other site answers C-FIND "joining the mesh: retry" for its first 5 s (the
+    // view's settle time; by default up to 15 s, joinWaitAfterStartMs, here 0): the fuzz may be over sooner,
+    // now that the peer closes the streams the fuzzer leaves open at once (hunt 100), where each round
+    // waited for the fuzzer's read to time out.
     let find: Awaited<ReturnType<typeof runTool>> | undefined;
     await eventually(async () => {
       find = await runTool('findscu', ['-S', '-aec', 'PACSMESH', '-k', 'QueryRetrieveLevel=IMAGE', '-k', `SOPInstanceUID=${resolved.sopInstanceUid}`, '127.0.0.1', String(peer.dicomPort)], { env, timeoutMs: 20_000 });

@@ -62,11 +62,14 @@ export class MeshCluster {
   /** Starts a peer; `bootstrap` defaults to the first peer's address. Resolves once /healthz answers. */
   /**
    * `logFile`: every byte the peer prints is also appended there (the output kept in memory is its last 20,000
-   * characters); `logLevel` defaults to warn; `readyTimeoutMs` (default 90 s: a bound for a hang; a peer at load 20-29 took over 30 s to start (hunt 139)) bounds the wait for /healthz.
+   * characters); `logLevel` defaults to warn; `readyTimeoutMs` (default 90 s: a bound for a hang; a peer at load 20-29 took over 30 s to start (hunt 139)) bounds the wait for /healthz;
+   * `isolationCheckMs`: the peer's check whether it serves alone runs this long after its start and at this interval
+   * (PACS_MESH_ISOLATION_CHECK_MS), instead of 15 s and 10 minutes; `joinWaitAfterStartMs`: how long its searches
+   * wait for a first other site after its start (PACS_MESH_JOIN_WAIT_MS), instead of 15 s.
    */
   async start(
     site: string,
-    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number } = {},
+    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number } = {},
   ): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
@@ -79,7 +82,12 @@ export class MeshCluster {
       '--dicom-port', String(dicomPort), '--http-port', String(httpPort),
       ...keyArgs, ...(bootstrap ?? []).flatMap((b) => ['--bootstrap', b]), '--log-level', opts.logLevel ?? 'warn', ...(opts.extraArgs ?? []),
     ]);
-    const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env: peerProcessEnv() });
+    const env = {
+      ...peerProcessEnv(),
+      ...(opts.isolationCheckMs === undefined ? {} : { PACS_MESH_ISOLATION_CHECK_MS: String(opts.isolationCheckMs) }),
+      ...(opts.joinWaitAfterStartMs === undefined ? {} : { PACS_MESH_JOIN_WAIT_MS: String(opts.joinWaitAfterStartMs) }),
+    };
+    const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env });
     let output = '';
     const keep = (b: Buffer) => {
       output = (output + b.toString()).slice(-20_000);

@@ -36,6 +36,8 @@ export interface SlowLinkInit {
   bytesPerSecond: number;
   /** One way. */
   latencyMs?: number;
+  /** Period of yamux's keep-alive ping on both nodes (MeshNodeTuning.muxerKeepAliveIntervalMs); default the library's 30 s. */
+  muxerKeepAliveIntervalMs?: number;
 }
 
 const copyProtocol = '/pacs-mesh/test-slow-copy/1';
@@ -52,7 +54,7 @@ export async function throughSlowLink<T>(init: SlowLinkInit, body: (pair: SlowLi
   const start = async (): Promise<MeshNode> => {
     const dataDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-slow-link-'));
     dirs.push(dataDir);
-    const node = await createMeshNode({ dataDir, host: '127.0.0.1', p2pPort: 0, swarmKey, tuning: { peerAnnounceIntervalMs: 0, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000 } });
+    const node = await createMeshNode({ dataDir, host: '127.0.0.1', p2pPort: 0, swarmKey, tuning: { peerAnnounceIntervalMs: 0, reconnectMinDelayMs: 60_000, reconnectMaxDelayMs: 60_000, muxerKeepAliveIntervalMs: init.muxerKeepAliveIntervalMs } });
     nodes.push(node);
     return node;
   };

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from '../../src/ae-directory.ts';
 import { runKeygen } from '../../src/keygen.ts';
-import { ConfigError, defaultConfig, meshOnlyOptions, parseStartArgs, startOptionNames, usage } from '../../src/config.ts';
+import { ConfigError, defaultConfig, meshOnlyOptions, parseStartArgs, startOptionNames, testTimingsFromEnv, usage } from '../../src/config.ts';
 
 test('defaults: the contract operators rely on (AE PACSMESH, DICOM 11112, HTTP 8042)', () => {
   const config = parseStartArgs([]);
@@ -178,4 +178,15 @@ test('--move-dest takes any AE title, those that name members of every JavaScrip
   assert.deepEqual(Object.keys(moveDestinations).sort(), ['__proto__', 'constructor']);
   assert.deepEqual(Object.getOwnPropertyDescriptor(moveDestinations, '__proto__')?.value, { host: '127.0.0.1', port: 105 });
   assert.throws(() => parseStartArgs(['--move-dest', 'toString=127.0.0.1:104', '--move-dest', 'toString=127.0.0.1:105']), /--move-dest toString given twice/);
+});
+
+test('PACS_MESH_ISOLATION_CHECK_MS and PACS_MESH_JOIN_WAIT_MS (tests only): unset keep the defaults; a bad value is a configuration error', () => {
+  const config = parseStartArgs([]);
+  assert.equal(config.isolationCheckMs, undefined, 'no option sets it');
+  assert.equal(config.joinWaitAfterStartMs, undefined, 'no option sets it');
+  assert.deepEqual(testTimingsFromEnv({}), {});
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '', PACS_MESH_JOIN_WAIT_MS: '' }), {});
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '1000', PACS_MESH_JOIN_WAIT_MS: '0' }), { isolationCheckMs: 1000, joinWaitAfterStartMs: 0 });
+  for (const value of ['0', '-1', '1e3', '2s', ' ']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: value }), ConfigError, value);
+  for (const value of ['-1', '1.5', 'never']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_JOIN_WAIT_MS: value }), ConfigError, value);
 });
