@@ -7,15 +7,11 @@
  */
 import '../../src/polyfill.ts';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { orthancBin, startOrthanc, type OrthancServer } from '../../scripts/bench/lib/orthanc.ts';
+import { orthancBin } from '../../scripts/bench/lib/orthanc.ts';
 import { Status } from '../../src/codec/dimse.ts';
-import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { getFreePort } from '../support/dicom-tools.ts';
-import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { openStoreClient } from '../support/peer-fixture.ts';
+import { peerWithOrthanc } from '../support/peer-with-orthanc.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 
 const ct = makeInstanceWithInfo({ rows: 8, columns: 8 }).resolved.sopClassUid;
@@ -23,16 +19,7 @@ const studyUid = (n: number) => `1.2.826.0.1.3680043.10.1453.157.${n}`;
 const uid = (study: number, n: number) => `${studyUid(study)}.${n}`;
 
 test('Orthanc as C-MOVE requestor: studies of one and of three instances arrive whole, and Orthanc reports each move done', { skip: orthancBin() === undefined && 'Orthanc is not installed' }, async (t) => {
-  const orthancPort = await getFreePort();
-  const peer = await startTestPeer(['--move-dest', `ORTHANC=127.0.0.1:${orthancPort}`], 'move-orthanc', silentLogger);
-  const orthancDir = mkdtempSync(join(tmpdir(), 'pacs-orthanc-'));
-  let started: OrthancServer | undefined;
-  t.after(async () => {
-    await started?.stop();
-    await peer.dispose();
-    rmSync(orthancDir, { recursive: true, force: true });
-  });
-  const orthanc = (started = await startOrthanc({ dicomPort: orthancPort, dataDir: orthancDir, config: { DicomModalities: { pacs: ['PACSMESH', '127.0.0.1', peer.dicomPort] } } }));
+  const { peer, orthanc } = await peerWithOrthanc(t, 'move-orthanc');
 
   const store = await openStoreClient(peer.dicomPort, 'STORESCU', ct);
   for (const [study, count] of [[1, 1], [2, 3]] as const) {
