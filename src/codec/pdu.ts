@@ -703,8 +703,8 @@ export function encodePDataCommandAndDataSet(presentationContextId: number, comm
  * The command's P-DATA-TF PDUs, then its data set's, back to back in one buffer (one write), or undefined
  * when they would take more than one batch (pDataBatchBytes). On the wire as DCMTK sends a message, each part
  * in PDUs of its own (GDCM reads a data set only from the PDUs after its command's: hunt 155); in one write,
- * since two writes per C-FIND match (a system call and a TCP segment each, Nagle off) cost a match ~65% more
- * CPU (hunt 157).
+ * since two writes per C-FIND match (a system call and a TCP segment each, Nagle off) cost its send ~45% more
+ * CPU (~3% of the whole C-FIND's: hunt 157, docs/performance.md).
  */
 export function encodePDataCommandThenDataSet(presentationContextId: number, command: Uint8Array, dataSet: Uint8Array, peerMaxPduLength: number): Uint8Array | undefined {
   if (pDataPdusBytes(command.length, peerMaxPduLength) + pDataPdusBytes(dataSet.length, peerMaxPduLength) > pDataBatchBytes) return undefined;
