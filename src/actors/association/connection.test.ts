@@ -124,6 +124,10 @@ test('a C-FIND match and a small C-STORE sub-operation go out in one write each,
   assert.deepEqual(writes(), [[['command'], ['data']]], 'a sub-operation: one write, two PDUs');
   await core.sendMessage(1, { commandField: CommandField.CMoveRsp, messageIdBeingRespondedTo: 1, affectedSopClassUid: '1.2.3', status: 0xa702, hasDataSet: true }, dataSet);
   assert.deepEqual(writes(), [[['command', 'data']]], 'a final response: one PDU (PixelMed reads its identifier only from there)');
+  // A final response whose data set does not fit in one PDU with its command: one write still.
+  core.peerMaxPduLength = 256;
+  await core.sendMessage(1, { commandField: CommandField.CMoveRsp, messageIdBeingRespondedTo: 1, affectedSopClassUid: '1.2.3', status: 0xa702, hasDataSet: true }, dataSet);
+  assert.deepEqual(writes(), [[['command'], ['data+'], ['data']]]);
   // Over a PDU of the peer's: still each part in PDUs of its own, the command's first.
   core.peerMaxPduLength = 128;
   await core.sendMessage(1, { commandField: CommandField.CFindRsp, messageIdBeingRespondedTo: 1, affectedSopClassUid: '1.2.3', status: 0xff00, hasDataSet: true }, dataSet);

@@ -322,9 +322,9 @@ export class AssociationCore {
       // data set only from the PDUs after its command's, and took the next match, or the final response,
       // for it (hunt 155: gdcmscu found every other match, hung on an odd count, and never stored a sub-operation).
       // Either way a small message is one write.
-      const whole = isFinalResponse(command)
-        ? encodePDataCommandAndDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength)
-        : encodePDataCommandThenDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength);
+      const whole =
+        (isFinalResponse(command) ? encodePDataCommandAndDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength) : undefined) ??
+        encodePDataCommandThenDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength);
       if (whole) {
         await this.sendFragments([whole]);
         return;
