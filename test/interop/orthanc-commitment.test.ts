@@ -7,15 +7,11 @@
  */
 import '../../src/polyfill.ts';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { orthancBin, startOrthanc, type OrthancServer } from '../../scripts/bench/lib/orthanc.ts';
+import { orthancBin } from '../../scripts/bench/lib/orthanc.ts';
 import { Status } from '../../src/codec/dimse.ts';
-import { silentLogger } from '../../src/actors/runtime/logger.ts';
-import { getFreePort } from '../support/dicom-tools.ts';
-import { openStoreClient, startTestPeer } from '../support/peer-fixture.ts';
+import { openStoreClient } from '../support/peer-fixture.ts';
+import { peerWithOrthanc } from '../support/peer-with-orthanc.ts';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { waitFor } from '../support/wait.ts';
 
@@ -29,16 +25,7 @@ interface OrthancReport {
 }
 
 test('Orthanc as storage commitment SCU: committed and missing instances come back in its report', { skip: orthancBin() === undefined && 'Orthanc is not installed' }, async (t) => {
-  const orthancPort = await getFreePort();
-  const peer = await startTestPeer(['--move-dest', `ORTHANC=127.0.0.1:${orthancPort}`], 'commit-orthanc', silentLogger, { commitment: { checkWaitMs: 500, checkIntervalMs: 100 } });
-  const orthancDir = mkdtempSync(join(tmpdir(), 'pacs-orthanc-'));
-  let started: OrthancServer | undefined;
-  t.after(async () => {
-    await started?.stop();
-    await peer.dispose();
-    rmSync(orthancDir, { recursive: true, force: true });
-  });
-  const orthanc = (started = await startOrthanc({ dicomPort: orthancPort, dataDir: orthancDir, config: { DicomModalities: { pacs: ['PACSMESH', '127.0.0.1', peer.dicomPort] } } }));
+  const { peer, orthanc } = await peerWithOrthanc(t, 'commit-orthanc', { commitment: { checkWaitMs: 500, checkIntervalMs: 100 } });
 
   const store = await openStoreClient(peer.dicomPort, 'ORTHANC', ct);
   for (const n of [1, 2]) assert.equal((await store.storeInstance({ sopInstanceUid: uid(n), instanceNumber: n, rows: 8, columns: 8 })).command.status, Status.Success);

@@ -13,6 +13,7 @@ import {
   PduError,
   PduFramer,
   encodePDataCommandAndDataSet,
+  encodePDataCommandThenDataSet,
   pDataFragmentBatches,
   evenChunks,
   encodePdu,
@@ -314,15 +315,18 @@ export class AssociationCore {
   /** Sends a command and, if given, its data set as a series of chunks (streamed, never concatenated). */
   async sendMessage(presentationContextId: number, command: DimseCommand, dataSet?: Uint8Array | AsyncIterable<Uint8Array>): Promise<void> {
     const commandBytes = encodeCommand({ ...command, hasDataSet: dataSet !== undefined });
-    if (dataSet instanceof Uint8Array && dataSet.length > 0 && isFinalResponse(command)) {
+    if (dataSet instanceof Uint8Array && dataSet.length > 0) {
       // A final response's small data set (a retrieve's Failed SOP Instance UID List) goes in the command's
       // PDU: PixelMed reads a final response's identifier only from there. Requests (C-STORE sub-operations)
       // and pending responses (C-FIND matches) put theirs in PDUs of its own, as DCMTK does: GDCM reads a
       // data set only from the PDUs after its command's, and took the next match, or the final response,
       // for it (hunt 155: gdcmscu found every other match, hung on an odd count, and never stored a sub-operation).
-      const single = encodePDataCommandAndDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength);
-      if (single) {
-        await this.sendFragments([single]);
+      // Either way a small message is one write.
+      const whole =
+        (isFinalResponse(command) ? encodePDataCommandAndDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength) : undefined) ??
+        encodePDataCommandThenDataSet(presentationContextId, commandBytes, dataSet, this.peerMaxPduLength);
+      if (whole) {
+        await this.sendFragments([whole]);
         return;
       }
     }

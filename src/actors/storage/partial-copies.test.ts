@@ -392,25 +392,6 @@ test('partial copies: a large copy arriving at a kill -9 (never cut) keeps what 
   assert.equal(await uncommittedChunks(small), 0);
 });
 
-test('partial copies: between marks the progress check returns no promise, so a copy arriving awaits nothing per piece (hunt 146)', async (t) => {
-  const store = await openStore(t);
-  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
-  t.after(() => partials.stop());
-  const writer = store.beginWrite();
-  const markProgress = partials.progressMarker('7.1', 'peer-a', writer);
-  const piece = new Uint8Array(1024 * 1024);
-  for (let i = 0; i < progressMarkBytes / piece.byteLength - 1; i++) {
-    await writer.write(piece);
-    assert.equal(markProgress(), undefined, `no promise after ${i + 1} MiB`);
-  }
-  await writer.write(piece);
-  const marking = markProgress();
-  assert.ok(marking instanceof Promise, 'at progressMarkBytes the marker is written');
-  await marking;
-  assert.equal((await markers(store)).length, 1);
-  await writer.abort();
-});
-
 test("partial copies: a copy arriving's write function hands back the writer's own promise between marks, and writes the marker before settling at one (hunt 146, hunt 154)", async (t) => {
   const store = await openStore(t);
   const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
@@ -439,6 +420,27 @@ test("partial copies: a copy arriving's write function hands back the writer's o
     await written;
   }
   assert.equal((await markers(store)).length, 1);
+  await writer.abort();
+});
+
+test('partial copies: a resumed copy marks its progress every progressMarkBytes from where it resumed, as before progressWriter (hunt 154, hunt 157)', async (t) => {
+  const store = await openStore(t);
+  const partials = new PartialCopies(defaultPartialCopyLimits, systemClock, store);
+  t.after(() => partials.stop());
+  const piece = new Uint8Array(1024 * 1024);
+  const cut = store.beginWrite();
+  for (let i = 0; i < 3; i++) await cut.write(piece);
+  // Cut after 3 MiB and kept; the same peer's next offer resumes it.
+  partials.keep('7.3', 'peer-a', cut);
+  const resumed = partials.take('7.3', 'peer-a');
+  assert.equal(resumed?.offset, 3 * piece.byteLength);
+  const writer = resumed!.writer;
+  const markedAt: number[] = [];
+  const markProgress = writer.markProgress!.bind(writer);
+  writer.markProgress = (record) => (markedAt.push(writer.bytesWritten), markProgress(record));
+  const write = partials.progressWriter('7.3', 'peer-a', writer);
+  for (let i = 0; i < (2 * progressMarkBytes) / piece.byteLength + 1; i++) await write(piece);
+  assert.deepEqual(markedAt, [3 * piece.byteLength + progressMarkBytes, 3 * piece.byteLength + 2 * progressMarkBytes]);
   await writer.abort();
 });
 

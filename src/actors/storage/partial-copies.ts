@@ -196,39 +196,24 @@ export class PartialCopies {
   }
 
   /**
-   * For a copy arriving into `writer` from `fromPeerId`: call the function after each write, and await
-   * what it returns when that is not undefined. Every progressMarkBytes it has the writer name its chunks so
-   * far in an unsynced marker (InstanceWriter.markProgress), so a SIGKILL keeps them as a cut keeps a part
-   * (hunt 140). Between marks it returns undefined without a promise: an `await` per piece cost ~80 ns on
-   * every piece of every copy, small ones included (hunt 146). Best effort: a failed marker is not retried.
-   */
-  progressMarker(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): () => Promise<void> | undefined {
-    return this.progress(sopInstanceUid, fromPeerId, writer).markIfDue;
-  }
-
-  /**
-   * For a copy arriving into `writer` from `fromPeerId`: writes a piece, and when that reaches a progress
-   * mark (progressMarker), the marker too before the promise settles. A piece short of the next mark gets
-   * the writer's own promise back, so a copy arriving awaits nothing more per piece than the write (hunt 146).
+   * For a copy arriving into `writer` from `fromPeerId`: writes a piece, and every progressMarkBytes (counted
+   * from the writer's bytes at the call: a resumed copy's from where it resumed) has the writer name its
+   * chunks so far in an unsynced marker (InstanceWriter.markProgress) before the promise settles, so a
+   * SIGKILL keeps them as a cut keeps a part (hunt 140). A piece short of the next mark gets the writer's own
+   * promise back, so a copy arriving awaits nothing more per piece than the write: an `await` per piece cost
+   * ~80 ns on every piece of every copy, small ones included (hunt 146). Best effort: a failed marker is not
+   * retried.
    */
   progressWriter(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): (piece: Uint8Array) => Promise<void> {
-    const progress = this.progress(sopInstanceUid, fromPeerId, writer);
-    return (piece) => (progress.reachedAfter(piece.byteLength) ? writer.write(piece).then(progress.markIfDue) : writer.write(piece));
-  }
-
-  /** The progress marks of one copy arriving: whether `bytes` more reach the next, and the marker's write once one is reached. */
-  private progress(sopInstanceUid: string, fromPeerId: string, writer: InstanceWriter): { reachedAfter(bytes: number): boolean; markIfDue(): Promise<void> | undefined } {
     let nextMarkAt = writer.bytesWritten + progressMarkBytes;
-    return {
-      reachedAfter: (bytes) => writer.bytesWritten + bytes >= nextMarkAt,
-      markIfDue: () => {
-        if (writer.bytesWritten < nextMarkAt || this.stopped || writer.markProgress === undefined) return undefined;
-        nextMarkAt = writer.bytesWritten + progressMarkBytes;
-        const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? this.clock.nowMs();
-        const keptUntilDateMs = this.clock.dateMs() + firstKeptAtMs + this.limits.keptMs - this.clock.nowMs();
-        return writer.markProgress({ sopInstanceUid, fromPeerId, keptUntilDateMs }).catch(() => undefined);
-      },
+    const markIfDue = (): Promise<void> | undefined => {
+      if (writer.bytesWritten < nextMarkAt || this.stopped || writer.markProgress === undefined) return undefined;
+      nextMarkAt = writer.bytesWritten + progressMarkBytes;
+      const firstKeptAtMs = this.firstKeptAtMs.get(writer) ?? this.clock.nowMs();
+      const keptUntilDateMs = this.clock.dateMs() + firstKeptAtMs + this.limits.keptMs - this.clock.nowMs();
+      return writer.markProgress({ sopInstanceUid, fromPeerId, keptUntilDateMs }).catch(() => undefined);
     };
+    return (piece) => (writer.bytesWritten + piece.byteLength >= nextMarkAt ? writer.write(piece).then(markIfDue) : writer.write(piece));
   }
 
   /**

@@ -219,7 +219,7 @@ export interface InstanceWriter {
   persistPartial?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
   /**
    * Names the chunks flushed so far in a kept-part marker written without a sync (no short chunk is
-   * flushed): a process killed (SIGKILL) keeps them for its next open, as a cut would (PartialCopies.progressMarker).
+   * flushed): a process killed (SIGKILL) keeps them for its next open, as a cut would (PartialCopies.progressWriter).
    * A power cut may lose them or the marker; the open's checks then delete what does not match. Optional.
    */
   markProgress?(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void>;
