@@ -11,7 +11,7 @@
  * CHAOS_SEED (default: random, printed) and CHAOS_STEPS (default 16) choose the run; the plan is made up
  * front from the seed (`plan.ts`), so a seed replays the same steps. CHAOS_BASE_PORT puts the sites on
  * fixed ports (base + 3 x site index + 0..2) instead of free ones. The peers' logs are kept only when the
- * run fails or its sites took over 30 s to converge, under CHAOS_LOG_DIR (default: the system's temp directory), and the path is printed.
+ * run fails or its sites took over 30 s to converge (or always, with CHAOS_KEEP_LOGS=1), under CHAOS_LOG_DIR (default: the system's temp directory), and the path is printed.
  * `npm run test:chaos`; not part of `npm test` (a run takes minutes).
  */
 import { test } from 'node:test';
@@ -38,6 +38,8 @@ const convergeTimeoutMs = 180_000;
 const samplingIntervalMs = 500;
 /** A start's wait for /healthz: at load 40 restarts took over 30 s (seed 15: 20 s from the launch to its store loaded, four starts in a row). */
 const startTimeoutMs = 90_000;
+/** CHAOS_KEEP_LOGS=1 keeps the peers' logs of a run that passes too, to read for warnings no check fails on. */
+const keepLogsAlways = process.env['CHAOS_KEEP_LOGS'] === '1';
 /** Beyond this the peers' logs are kept though the run passes. */
 const slowConvergenceMs = 30_000;
 
@@ -412,6 +414,7 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
     assert.deepEqual(crashes, [], 'peers crashed');
     assert.deepEqual(cluster.unhandledRejections, [], 'unhandled rejections');
     say(`passed: ${acknowledged.size} acknowledged instances at ${sites.size} sites; terms ${[...leadersByTerm.keys()].sort((x, y) => x - y).join(',')} (${shared.length} led by a peer alone besides another; ${claims.size} claims logged, ${claimedTwice.length} terms claimed twice); ${samples} samples; start retries: ${startFailures.length}; ${((Date.now() - startedAtMs) / 1000).toFixed(0)} s`);
+    if (keepLogsAlways) say(`peers' logs kept in ${keepLogs()} (CHAOS_KEEP_LOGS)`);
   } catch (error) {
     say(`FAILED (seed ${seed}); peers' logs kept in ${keepLogs()}\nstores: ${storeOutcomes.join('; ')}\ncrashes: ${crashes.join('\n')}\nstart failures: ${startFailures.join('\n')}\n${await summary()}`);
     throw error;

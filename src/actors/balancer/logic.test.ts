@@ -437,7 +437,8 @@ function resumeAfterStall(announceToBDelayMs: number): { states: BalancerState[]
     deliver(peerId, result.effects, step.nowMs);
   };
   const deadA = (sinceMs: number): MemberRecord[] => [{ ...member('peer-a', { status: 'dead' }), statusSinceMs: sinceMs }, member('peer-b'), member('peer-c')];
-  for (const peerId of roster) input(peerId, { type: 'viewChanged', members: allAlive, nowMs: 0 });
+  // The voters have their view before the candidate asks: with none yet, a voter sees no majority of its roster and does not answer.
+  for (const peerId of [...roster].reverse()) input(peerId, { type: 'viewChanged', members: allAlive, nowMs: 0 });
   assert.equal(peers.get('peer-a')!.role, 'leader');
   for (const peerId of ['peer-b', 'peer-c']) input(peerId, { type: 'viewChanged', members: deadA(3000), nowMs: 3000 });
   for (let nowMs = 3100; nowMs < 5000; nowMs += 100) for (const peerId of ['peer-b', 'peer-c']) input(peerId, { type: 'tick', nowMs });
@@ -654,4 +655,45 @@ test('a peer joining a mesh with a roster of itself alone does not elect itself 
   assert.equal(met.state.role, 'candidate');
   // Without the wait (a first site, no --bootstrap), it leads after its settle time.
   assert.equal(run({ ...alone, aloneCandidacyNotBeforeMs: undefined }, { type: 'viewChanged', members: view, nowMs: 3000 }).state.role, 'leader');
+});
+
+test('a voter answers a request for votes only while it sees a majority of its own roster alive: a candidate with a stale learnt roster does not lead a term another component leads, nor raise its term meanwhile', () => {
+  // The chaos test, seed 5959060, with the learnt rosters the peers logged. site-c had met only site-b in the 1.4 s of
+  // its first life, then was down while site-d and site-e joined; site-b had met a, c and d. With site-a down and
+  // site-d paused, the just restarted site-b and site-c were one component, site-e (joined through site-d) and
+  // site-d the other, all at term 2. Each candidate had a majority of its own roster: site-e and site-c led term 3.
+  const rosters = new Map([
+    ['peer-e', ['peer-d', 'peer-e']],
+    ['peer-d', ['peer-b', 'peer-d', 'peer-e']],
+    ['peer-c', ['peer-b', 'peer-c']],
+    ['peer-b', ['peer-a', 'peer-b', 'peer-c', 'peer-d']],
+  ]);
+  // Their PeerIds ranked e, d, c, b: each component's candidate is the rule's winner there.
+  const rank = new Map([['peer-e', 0], ['peer-d', 1], ['peer-c', 2], ['peer-b', 3]]);
+  const claims: Array<[number, string]> = [];
+  const states = new Map<string, BalancerState>();
+  const writes = new Map<string, number>();
+  for (const component of [['peer-d', 'peer-e'], ['peer-b', 'peer-c']]) {
+    const view = component.map((peerId) => member(peerId, { priority: rank.get(peerId)! }));
+    // Messages within the component arrive at once; nothing crosses to the other.
+    const input = (peerId: string, step: BalancerInput): void => {
+      const result = stepBalancer(states.get(peerId)!, step);
+      states.set(peerId, result.state);
+      for (const e of result.effects) {
+        if (e.type === 'persist') writes.set(peerId, (writes.get(peerId) ?? 0) + 1);
+        if (e.type === 'claimedLeadership') claims.push([e.term, peerId]);
+        if (e.type === 'send' && component.includes(e.to)) input(e.to, { type: 'messageReceived', from: peerId, message: e.message, nowMs: step.nowMs });
+      }
+    };
+    for (const peerId of component) {
+      states.set(peerId, initBalancer({ ...configFor(peerId), rosterPeerIds: rosters.get(peerId)! }, { currentTerm: 2, votedFor: null }));
+      input(peerId, { type: 'viewChanged', members: view, nowMs: 0 });
+    }
+    for (let nowMs = 100; nowMs <= 20_000; nowMs += 100) for (const peerId of component) input(peerId, { type: 'tick', nowMs });
+  }
+  // site-d sees 2 of its 3 voters and votes; site-b sees 2 of its 4 and does not answer until it sees a third.
+  assert.deepEqual(claims, [[3, 'peer-e']]);
+  assert.equal(states.get('peer-c')!.role, 'candidate');
+  // Asked again and again in term 3 for 20 s, not in a new term at every vote timeout: one write each (term 3 and the vote).
+  assert.deepEqual(['peer-c', 'peer-b'].map((peerId) => [states.get(peerId)!.durable.currentTerm, writes.get(peerId)]), [[3, 1], [3, 1]]);
 });

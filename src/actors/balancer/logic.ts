@@ -335,6 +335,13 @@ function onMessage(
       const candidate = message.candidateId;
       let granted = false;
       if (message.term === term && (s.durable.votedFor === null || s.durable.votedFor === candidate)) {
+        // A voter answers only while it sees a majority of its own roster alive. A candidate whose learnt roster
+        // is a stale subset of the voter's (a site killed moments after its first start, back much later) won
+        // with a majority of its roster in one component while another component, holding a majority of the
+        // mesh's, elected in the same term (the chaos test, seed 5959060: two leaders of term 3). No answer
+        // rather than a refusal: the candidate asks again in its term, where the vote can still come once this
+        // voter sees its majority, instead of running a new term every vote timeout while it does not.
+        if (!seesRosterMajority(s)) return s;
         granted = wouldVoteFor(s, candidate);
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };

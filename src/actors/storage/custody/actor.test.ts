@@ -625,14 +625,14 @@ describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
     assert.equal(a.custody.stats().debtEntries, 0);
   });
 
-  it('a peer that refuses the replication protocols as it stops (they go before its connections) is not reported as another version (hunt 115)', { timeout: 90_000 }, async () => {
+  /** site-a with its log lines, and site-b as a stopping peer (its protocols gone first, as the replication server's stop does) that refused a copy. */
+  async function copyRefusedByStoppingPeer(): Promise<{ mesh: TestMesh; lines: string[]; b: Site }> {
     const mesh = new TestMesh(1);
     await teardown.add(() => mesh.close());
     const lines: string[] = [];
     const a = await mesh.start('site-a', undefined, loggingTo(lines));
     const b = await mesh.start('site-b');
     await mesh.connected('site-a', 'site-b');
-    // site-b as a stopping peer: its protocols gone first (the replication server's stop), then the node.
     await b.node.unhandle(REPLICATE_BATCH_PROTOCOL);
     await b.node.unhandle(PUSH_PROTOCOL);
     let batches = 0;
@@ -643,9 +643,25 @@ describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
     };
     assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(20_000))).status, 0);
     await waitFor('a copy offered to site-b and refused', () => batches >= 1, 10_000);
+    return { mesh, lines, b };
+  }
+
+  it('a peer that refuses the replication protocols as it stops (they go before its connections) is not reported as another version (hunt 115)', { timeout: 90_000 }, async () => {
+    const { mesh, lines } = await copyRefusedByStoppingPeer();
     await mesh.stop('site-b');
     await new Promise((resolve) => setTimeout(resolve, protocolRefusalLogDelayMs + 2_000));
     assert.deepEqual(lines.filter((l) => l.startsWith('a peer does not speak this protocol')), [], 'a stop is not another version');
+  });
+
+  it('a peer that refuses the replication protocols as it stops and is back within the check is not reported as another version (hunt 156, chaos seed 3624577)', { timeout: 90_000 }, async () => {
+    const { mesh, lines, b } = await copyRefusedByStoppingPeer();
+    // Restarted on its data directory (same PeerId, a new incarnation) and connected again before the check.
+    const bDir = b.dir;
+    await mesh.stop('site-b');
+    await mesh.start('site-b', bDir);
+    await mesh.connected('site-a', 'site-b');
+    await new Promise((resolve) => setTimeout(resolve, protocolRefusalLogDelayMs + 2_000));
+    assert.deepEqual(lines.filter((l) => l.startsWith('a peer does not speak this protocol')), [], 'a stop and restart is not another version');
   });
 
   it('a peer that does not speak the replication protocols (another version) is retried with a back-off and logged once; its copies go once it restarts speaking them', { timeout: 90_000 }, async () => {

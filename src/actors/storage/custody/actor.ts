@@ -516,19 +516,23 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   /**
    * `${peerId} ${protocol}` of peers that refused a protocol, logged once each until the peer restarts
    * (onViewChanged) or takes a copy again: a rolling upgrade may leave two versions side by side for hours.
+   * The value tells a refusal's check whether it was forgotten meanwhile.
    */
-  const protocolsRefused = new Set<string>();
+  const protocolsRefused = new Map<string, object>();
   /** One per refusal not yet logged (bounded like protocolsRefused: a peer and protocol at a time). */
   const refusalChecks = new Set<TimerHandle>();
   const noteProtocolRefused = (peerId: string, protocol: string, error: unknown): void => {
     const key = `${peerId} ${protocol}`;
     if (stopped || protocolsRefused.has(key)) return;
-    protocolsRefused.add(key);
+    const refusal = {};
+    protocolsRefused.set(key, refusal);
     // A peer that is stopping gives up its protocols before its connections: said only if it is still
-    // connected a while later (hunt 115: every graceful stop of a site was reported as another version).
+    // connected a while later (hunt 115: every graceful stop of a site was reported as another version),
+    // and the same process: a stopping peer restarted within that time is connected again, and was reported
+    // (hunt 156's chaos run, seed 3624577); its restart, seen in the view, forgot the refusal (onViewChanged).
     const check = clock.setTimeout(() => {
       refusalChecks.delete(check);
-      if (stopped) return;
+      if (stopped || protocolsRefused.get(key) !== refusal) return;
       if (!node.connectedPeers().includes(peerId)) {
         protocolsRefused.delete(key);
         return;
@@ -538,7 +542,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     refusalChecks.add(check);
   };
   const forgetProtocolsRefusedBy = (peerId: string): void => {
-    for (const key of protocolsRefused) if (key.startsWith(`${peerId} `)) protocolsRefused.delete(key);
+    for (const key of protocolsRefused.keys()) if (key.startsWith(`${peerId} `)) protocolsRefused.delete(key);
   };
   async function replicate(toPeerId: string, toSiteName: string, sopInstanceUid: string): Promise<void> {
     const pushed = pushResults.get(pushKey(sopInstanceUid, toPeerId));
@@ -895,7 +899,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     },
     onViewChanged(view) {
       // A peer restarted (maybe upgraded) or gone: what it refused is logged again if it still does.
-      for (const key of protocolsRefused) {
+      for (const key of protocolsRefused.keys()) {
         const [peerId] = key.split(' ');
         if (!view.some((m) => m.peerId === peerId && members.some((old) => old.peerId === peerId && old.incarnation === m.incarnation))) protocolsRefused.delete(key);
       }
