@@ -697,3 +697,29 @@ test('a voter answers a request for votes only while it sees a majority of its o
   // Asked again and again in term 3 for 20 s, not in a new term at every vote timeout: one write each (term 3 and the vote).
   assert.deepEqual(['peer-c', 'peer-b'].map((peerId) => [states.get(peerId)!.durable.currentTerm, writes.get(peerId)]), [[3, 1], [3, 1]]);
 });
+
+test('a request for votes left unanswered for want of a roster majority in view is answered as soon as the view shows one, not at the candidate next asking', () => {
+  // peer-c is down; peer-b (just started, no view yet) does not answer peer-a's request. peer-a asks again only
+  // at its vote timeout, doubled each time it runs out (up to 8x): without the answer from the view, the lead came
+  // up to 8 vote timeouts after the view (2.4 s wired).
+  const view = [member('peer-a'), member('peer-b'), member('peer-c', { status: 'dead' })];
+  for (const viewAtMs of [700, 3000, 5000]) {
+    const states = new Map([['peer-a', initBalancer(configFor('peer-a'), null)], ['peer-b', initBalancer(configFor('peer-b'), null)]]);
+    const ledAtMs: number[] = [];
+    const input = (peerId: string, step: BalancerInput): void => {
+      const result = stepBalancer(states.get(peerId)!, step);
+      states.set(peerId, result.state);
+      for (const e of result.effects) {
+        if (e.type === 'claimedLeadership') ledAtMs.push(step.nowMs);
+        if (e.type === 'send' && states.has(e.to)) input(e.to, { type: 'messageReceived', from: peerId, message: e.message, nowMs: step.nowMs });
+      }
+    };
+    input('peer-a', { type: 'viewChanged', members: view, nowMs: 0 });
+    for (let nowMs = 100; nowMs <= viewAtMs; nowMs += 100) for (const peerId of states.keys()) input(peerId, { type: 'tick', nowMs });
+    assert.deepEqual(ledAtMs, []);
+    input('peer-b', { type: 'viewChanged', members: view, nowMs: viewAtMs });
+    assert.deepEqual(ledAtMs, [viewAtMs]);
+    // In the term it ran in first: asked again, never refused.
+    assert.equal(states.get('peer-a')!.durable.currentTerm, 1);
+  }
+});

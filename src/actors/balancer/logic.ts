@@ -75,6 +75,11 @@ export interface BalancerState {
    * while its roster has learnt no other peer. Undefined when none.
    */
   readonly aloneCandidacyNotBeforeMs?: number;
+  /**
+   * The latest request for votes this peer left unanswered for want of a roster majority in its view (see
+   * onMessage): answered as soon as its view shows one, if still of its term. Undefined when none.
+   */
+  readonly withheldVoteRequest?: { readonly candidateId: string; readonly term: number };
 }
 
 export interface BalancerStep {
@@ -116,7 +121,7 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
       next = onTick(state, input.nowMs, effects);
       break;
     case 'viewChanged':
-      next = onTick({ ...state, members: input.members }, input.nowMs, effects);
+      next = onTick(answerWithheldVoteRequest({ ...state, members: input.members }, input.nowMs, effects), input.nowMs, effects);
       break;
     case 'messageReceived':
       next = onMessage(state, input.from, input.message, input.nowMs, effects);
@@ -125,6 +130,19 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
       return assertNever(input);
   }
   return { state: next, effects: oneWritePerStep(effects) };
+}
+
+/**
+ * A request for votes left unanswered while this peer saw no majority of its roster alive is answered once its
+ * view shows one, as if it came now: the candidate asks again only at its vote timeout (up to 8x voteTimeoutMs,
+ * 2.4 s wired), so a voter whose view came just after the request held the election up to that long.
+ */
+function answerWithheldVoteRequest(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
+  const request = state.withheldVoteRequest;
+  if (request === undefined || !seesRosterMajority(state)) return state;
+  const { withheldVoteRequest: _answered, ...s } = state;
+  if (request.term !== s.durable.currentTerm) return s;
+  return onMessage(s, request.candidateId, { type: 'requestVote', term: request.term, candidateId: request.candidateId }, nowMs, effects);
 }
 
 /**
@@ -340,8 +358,9 @@ function onMessage(
         // with a majority of its roster in one component while another component, holding a majority of the
         // mesh's, elected in the same term (the chaos test, seed 5959060: two leaders of term 3). No answer
         // rather than a refusal: the candidate asks again in its term, where the vote can still come once this
-        // voter sees its majority, instead of running a new term every vote timeout while it does not.
-        if (!seesRosterMajority(s)) return s;
+        // voter sees its majority, instead of running a new term every vote timeout while it does not. It is
+        // answered as soon as this voter's view shows its majority (answerWithheldVoteRequest).
+        if (!seesRosterMajority(s)) return { ...s, withheldVoteRequest: { candidateId: candidate, term } };
         granted = wouldVoteFor(s, candidate);
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
