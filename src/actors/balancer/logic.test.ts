@@ -723,3 +723,23 @@ test('a request for votes left unanswered for want of a roster majority in view 
     assert.equal(states.get('peer-a')!.durable.currentTerm, 1);
   }
 });
+
+test('a voter resumed after a stall does not answer a request for votes on its view from before the stall', () => {
+  // peer-b (roster a, b, c, d) saw a, b and d alive when it stopped; meanwhile a died and d went away with the
+  // others, who elected among themselves. peer-c, back with a stale roster of b and c and ranked best, asks b
+  // for its vote: the first thing b reads on resuming. Granted on the old view, it gave c a majority of its roster.
+  const config: BalancerConfig = { ...configFor('peer-b'), rosterPeerIds: ['peer-a', 'peer-b', 'peer-c', 'peer-d'], stallMinMs: 1000, settleAfterStallMs: 2000 };
+  const before = [member('peer-a', { priority: 5 }), member('peer-b', { priority: 3 }), member('peer-c', { priority: 0, status: 'dead' }), member('peer-d', { priority: 1 })];
+  const ticks = (fromMs: number, toMs: number): BalancerInput[] => Array.from({ length: (toMs - fromMs) / 100 + 1 }, (_, i) => ({ type: 'tick', nowMs: fromMs + 100 * i }));
+  const stalled = run(initBalancer(config, { currentTerm: 2, votedFor: null }), { type: 'viewChanged', members: before, nowMs: 0 }, ...ticks(100, 1000)).state;
+  const asked = run(stalled, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 3, candidateId: 'peer-c' }, nowMs: 21_000 });
+  assert.deepEqual(asked.effects.filter((e) => e.type === 'send'), []);
+  // Its view once the others' silence shows: b and c alive, 2 of 4. Still no answer, and no vote recorded.
+  const after = [{ ...before[0]!, status: 'dead' as const }, before[1]!, member('peer-c', { priority: 0 }), { ...before[3]!, status: 'suspect' as const }];
+  const settled = run(asked.state, ...ticks(21_100, 22_500), { type: 'viewChanged', members: after, nowMs: 22_600 }, ...ticks(22_700, 23_100));
+  assert.deepEqual(settled.effects.filter((e) => e.type === 'send'), []);
+  assert.equal(settled.state.durable.votedFor, null);
+  // With a majority alive again once settled, the request it kept is answered.
+  const back = run(settled.state, { type: 'viewChanged', members: [after[0]!, after[1]!, after[2]!, before[3]!], nowMs: 23_200 });
+  assert.deepEqual(back.effects.filter((e) => e.type === 'send').map((e) => e.type === 'send' && e.message), [{ type: 'vote', term: 3, voterId: 'peer-b', granted: true }]);
+});

@@ -80,6 +80,11 @@ export interface BalancerState {
    * onMessage): answered as soon as its view shows one, if still of its term. Undefined when none.
    */
   readonly withheldVoteRequest?: { readonly candidateId: string; readonly term: number };
+  /**
+   * After a stall, no request for votes is answered before this time (see afterStall): the view is the one from
+   * before the stall. Undefined when none.
+   */
+  readonly votesNotAnsweredBeforeMs?: number;
 }
 
 export interface BalancerStep {
@@ -118,7 +123,7 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
   let next: BalancerState;
   switch (input.type) {
     case 'tick':
-      next = onTick(state, input.nowMs, effects);
+      next = onTick(answerWithheldVoteRequest(state, input.nowMs, effects), input.nowMs, effects);
       break;
     case 'viewChanged':
       next = onTick(answerWithheldVoteRequest({ ...state, members: input.members }, input.nowMs, effects), input.nowMs, effects);
@@ -139,10 +144,21 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
  */
 function answerWithheldVoteRequest(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
   const request = state.withheldVoteRequest;
-  if (request === undefined || !seesRosterMajority(state)) return state;
+  if (request === undefined || !answersVoteRequests(state, nowMs)) return state;
   const { withheldVoteRequest: _answered, ...s } = state;
   if (request.term !== s.durable.currentTerm) return s;
   return onMessage(s, request.candidateId, { type: 'requestVote', term: request.term, candidateId: request.candidateId }, nowMs, effects);
+}
+
+/**
+ * Whether this peer answers a request for votes now: it sees a strict majority of its own roster alive (hunt
+ * 156), in a view that is not the one from before a stall of its own. Right after a stall the view still has
+ * the members of before it alive (membership credits the stall for a suspect time), though the others may have
+ * dropped this peer and elected among themselves meanwhile: a voter resumed beside a candidate with a stale
+ * roster granted it a majority of that roster at its first input (hunt 158).
+ */
+function answersVoteRequests(state: BalancerState, nowMs: number): boolean {
+  return seesRosterMajority(state) && nowMs >= (state.votesNotAnsweredBeforeMs ?? Number.NEGATIVE_INFINITY);
 }
 
 /**
@@ -182,6 +198,7 @@ function afterStall(state: BalancerState, nowMs: number): BalancerState {
     leaderAtStall: state.role === 'follower' && state.leaderId !== null ? state.leaderId : undefined,
     leaderHeardAtMs: state.leaderHeardAtMs + stalledMs,
     candidacyDeadlineMs: Math.max(state.candidacyDeadlineMs, nowMs + (settleAfterStallMs ?? 0)),
+    votesNotAnsweredBeforeMs: nowMs + (settleAfterStallMs ?? 0),
   };
 }
 
@@ -359,8 +376,9 @@ function onMessage(
         // mesh's, elected in the same term (the chaos test, seed 5959060: two leaders of term 3). No answer
         // rather than a refusal: the candidate asks again in its term, where the vote can still come once this
         // voter sees its majority, instead of running a new term every vote timeout while it does not. It is
-        // answered as soon as this voter's view shows its majority (answerWithheldVoteRequest).
-        if (!seesRosterMajority(s)) return { ...s, withheldVoteRequest: { candidateId: candidate, term } };
+        // answered as soon as this voter's view shows its majority (answerWithheldVoteRequest); not on the view
+        // from before a stall of its own (answersVoteRequests).
+        if (!answersVoteRequests(s, nowMs)) return { ...s, withheldVoteRequest: { candidateId: candidate, term } };
         granted = wouldVoteFor(s, candidate);
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
