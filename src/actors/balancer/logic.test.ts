@@ -742,4 +742,8 @@ test('a voter resumed after a stall does not answer a request for votes on its v
   // With a majority alive again once settled, the request it kept is answered.
   const back = run(settled.state, { type: 'viewChanged', members: [after[0]!, after[1]!, after[2]!, before[3]!], nowMs: 23_200 });
   assert.deepEqual(back.effects.filter((e) => e.type === 'send').map((e) => e.type === 'send' && e.message), [{ type: 'vote', term: 3, voterId: 'peer-b', granted: true }]);
+  // Asked again right after its settle, before a tick: answered once, not again at the tick.
+  const askedAgain = run(asked.state, ...ticks(21_100, 22_900), { type: 'viewChanged', members: [after[0]!, after[1]!, after[2]!, before[3]!], nowMs: 22_950 },
+    { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 3, candidateId: 'peer-c' }, nowMs: 23_050 }, { type: 'tick', nowMs: 23_100 });
+  assert.equal(askedAgain.effects.filter((e) => e.type === 'send').length, 1);
 });

@@ -145,9 +145,14 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
 function answerWithheldVoteRequest(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
   const request = state.withheldVoteRequest;
   if (request === undefined || !answersVoteRequests(state, nowMs)) return state;
-  const { withheldVoteRequest: _answered, ...s } = state;
+  const s = withoutWithheldVoteRequest(state);
   if (request.term !== s.durable.currentTerm) return s;
   return onMessage(s, request.candidateId, { type: 'requestVote', term: request.term, candidateId: request.candidateId }, nowMs, effects);
+}
+
+function withoutWithheldVoteRequest(state: BalancerState): BalancerState {
+  const { withheldVoteRequest: _dropped, ...s } = state;
+  return s;
 }
 
 /**
@@ -379,6 +384,8 @@ function onMessage(
         // answered as soon as this voter's view shows its majority (answerWithheldVoteRequest); not on the view
         // from before a stall of its own (answersVoteRequests).
         if (!answersVoteRequests(s, nowMs)) return { ...s, withheldVoteRequest: { candidateId: candidate, term } };
+        // A request kept from before is answered by this one (a candidate's next ask came before the tick that would answer it).
+        if (s.withheldVoteRequest !== undefined) s = withoutWithheldVoteRequest(s);
         granted = wouldVoteFor(s, candidate);
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
