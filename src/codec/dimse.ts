@@ -302,6 +302,11 @@ export function responseFieldFor(requestField: number): number {
   return requestField | 0x8000;
 }
 
+/** Whether a command field is a response's (bit 15 set, PS3.7 E.1). */
+export function isResponseField(commandField: number): boolean {
+  return (commandField & 0x8000) !== 0;
+}
+
 export function isPendingStatus(status: number): boolean {
   return status === Status.Pending || status === Status.PendingWarning;
 }

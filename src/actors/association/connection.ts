@@ -7,7 +7,7 @@
  * messages and sends commands and data sets. Both the acceptor actor and the outbound client use it.
  */
 import type { Socket } from 'node:net';
-import { encodeCommand, isPendingStatus, type DimseCommand } from '../../codec/dimse.ts';
+import { encodeCommand, isPendingStatus, isResponseField, type DimseCommand } from '../../codec/dimse.ts';
 import {
   AbortReason,
   PduError,
@@ -383,7 +383,7 @@ export class AssociationCore {
   }
 }
 
-/** A response (PS3.7 9.3: the command field's high bit) that is not Pending: the last of its operation. */
+/** A response that is not Pending: the last of its operation. */
 function isFinalResponse(command: DimseCommand): boolean {
-  return (command.commandField & 0x8000) !== 0 && !isPendingStatus(command.status ?? 0);
+  return isResponseField(command.commandField) && !isPendingStatus(command.status ?? 0);
 }

@@ -4,7 +4,7 @@
  * writes, commits) therefore holds back the next PDUs of this association, which is the back-pressure.
  */
 import type { Socket } from 'node:net';
-import { CommandField, DimseError, Status, isPendingStatus, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
+import { CommandField, DimseError, Status, isPendingStatus, isResponseField, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, associateBytesMax, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { AssociationCore, DicomConnection, GatheredDataSet } from './connection.ts';
@@ -427,7 +427,7 @@ export class AcceptorSession {
     }
     const { command, presentationContextId } = event;
     const context = this.contexts.get(presentationContextId)!;
-    if (command.commandField & 0x8000) {
+    if (isResponseField(command.commandField)) {
       this.onResponse(command);
       return;
     }
