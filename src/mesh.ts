@@ -25,7 +25,7 @@ import type { SiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { queryPeer } from './actors/storage/replication.ts';
 import { Tags } from './codec/dictionary.ts';
 import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
-import { startDeadline } from './actors/runtime/deadline.ts';
+import { withDeadline } from './actors/runtime/deadline.ts';
 import type { QueryRequest } from './actors/storage/query/query.ts';
 import { statfs } from 'node:fs/promises';
 
@@ -429,9 +429,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
   } catch (error) {
     // Under a deadline, as a peer's stop: custody's stop waited for its work without one, so a pull or a
     // write on a store that does not answer held a failed start (and the command's exit) for ever.
-    const deadline = startDeadline(init.stopDeadlineMs, undefined, undefined, init.clock);
-    await stopStarted(deadline.signal);
-    deadline.clear();
+    await withDeadline(init.stopDeadlineMs, undefined, stopStarted, init.clock);
     throw error;
   }
 }

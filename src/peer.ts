@@ -27,7 +27,7 @@ import { createDicomWebStats, heldInstanceRequestsQueuedMax, heldInstanceBytesMa
 import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
 import { startTranscoderPool } from './codec/transcode-pool.ts';
 import { systemClock, type Clock } from './actors/runtime/clock.ts';
-import { startDeadline, untilAborted } from './actors/runtime/deadline.ts';
+import { startDeadline, untilAborted, withDeadline } from './actors/runtime/deadline.ts';
 import { halfCloseGraceMs } from './actors/association/connection.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
 
@@ -359,10 +359,15 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     // A child that kept failing while the mesh started: say which one, in one line (the cause is its error).
     const error = failure ? new PeerError('ERR_CHILD_FAILED', `the mesh could not start: ${failureText(failure)}`, { cause: caught }) : caught;
     // The mesh's work under the stop's deadline too (a mesh that failed to start has stopped itself under it).
-    const deadline = startDeadline(deadlineMs, undefined, undefined, clock);
-    await scrub?.stop(deadline.signal);
-    await mesh?.stop(deadline.signal);
-    deadline.clear();
+    await withDeadline(
+      deadlineMs,
+      undefined,
+      async (deadline) => {
+        await scrub?.stop(deadline);
+        await mesh?.stop(deadline);
+      },
+      clock,
+    );
     await dicom?.stop(0);
     await commitments.stop();
     await http?.stop();

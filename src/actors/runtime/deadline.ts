@@ -23,9 +23,14 @@ export function startDeadline(timeoutMs: number, parent?: AbortSignal, message =
   };
 }
 
-/** Runs `work` under a deadline of `timeoutMs` (and `parent`), its timer cleared when `work` settles. */
-export async function withDeadline<T>(timeoutMs: number, parent: AbortSignal | undefined, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const deadline = startDeadline(timeoutMs, parent);
+/** Runs `work` under a deadline of `timeoutMs` (and `parent`) on `clock`, its timer cleared when `work` settles. */
+export async function withDeadline<T>(
+  timeoutMs: number,
+  parent: AbortSignal | undefined,
+  work: (signal: AbortSignal) => Promise<T>,
+  clock: Pick<Clock, 'setTimeout' | 'clearTimeout'> = systemClock,
+): Promise<T> {
+  const deadline = startDeadline(timeoutMs, parent, undefined, clock);
   try {
     return await work(deadline.signal);
   } finally {
