@@ -1349,8 +1349,8 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       // reconnect loop had reconnected (hunt 124). A peer the mesh knows no address of: the peer store's.
       const signal = options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000);
       // With duplicates, on the connection the sweeper keeps: libp2p picks the newest open one (its sort of
-      // direct connections reverses two), and a stream
-      // there (an election stream stays open for good) kept the duplicate busy, or was cut when it closed.
+      // direct connections reverses two), and a stream there (an election stream stays open for good) kept
+      // the duplicate busy, or was cut when it closed.
       const agreed = agreedConnectionTo(node, id);
       if (agreed !== undefined && node.getConnections(id).filter((c) => c.status === 'open').length > 1) {
         return new MeshStream(await agreed.newStream(protocol, { signal }), peerId, streamInitFor(peerId));
