@@ -95,6 +95,26 @@ async function main(argv: readonly string[]): Promise<number> {
 /** The option each port of this start came from, so that a port in use is named as the operator set it. */
 const portOptions = new Map<number, string>();
 
+/** The system's refusals to listen that have one cause and one way out each. */
+const listenFailureCodes = new Set(['EADDRINUSE', 'EADDRNOTAVAIL', 'EACCES']);
+
+/**
+ * The line for a port that cannot be listened on, the same for the DICOM, HTTP and libp2p ports: each code
+ * has one cause and one way out, so say that one, not a guess between them (a privileged --p2p-port was
+ * told "is another process using it?").
+ */
+function listenFailureText(code: string, address: string | undefined, port: number | undefined, option: string | undefined): string {
+  const why =
+    code === 'EADDRINUSE'
+      ? `another process is listening there: stop it, or choose another ${option ?? 'port'}`
+      : code === 'EADDRNOTAVAIL'
+        ? `${address ?? 'the address'} is not an address of this machine: give --host one of its addresses (0.0.0.0 for every interface)`
+        : port !== undefined && port < 1024
+          ? `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`
+          : `the system refused it (a security policy: SELinux, AppArmor or a container's): allow the port there, or choose another`;
+  return `cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): ${why}${option ? ` (${option})` : ''}`;
+}
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {
@@ -113,25 +133,22 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`pacs-mesh: ${error.message}\n`);
       process.exit(1);
     }
+    // libp2p wraps its listen failure in one error whose message holds the system's ("listen EACCES: ... 127.0.0.1:999").
     if (error instanceof Error && error.name === 'UnsupportedListenAddressesError') {
-      const detail = /listen (\w+)[^\n]*?(\d+\.\d+\.\d+\.\d+:\d+)/.exec(error.message);
-      process.stderr.write(`pacs-mesh: cannot listen on the libp2p port${detail ? ` ${detail[2]} (${detail[1]})` : ''}: is another process using it? (--p2p-port)\n`);
+      const detail = /listen (\w+)[^\n]*?(\d+\.\d+\.\d+\.\d+):(\d+)/.exec(error.message);
+      if (detail && listenFailureCodes.has(detail[1]!)) {
+        process.stderr.write(`pacs-mesh: ${listenFailureText(detail[1]!, detail[2]!, Number(detail[3]), '--p2p-port')}\n`);
+      } else {
+        // Another refusal: quote the system's reason (its line, without the stack) rather than guess one.
+        const reason = /\/tcp\/\d+: ([^\n]*)/.exec(error.message)?.[1] ?? error.message.split('\n')[0];
+        process.stderr.write(`pacs-mesh: cannot listen on the libp2p port: ${reason} (--p2p-port)\n`);
+      }
       process.exit(1);
     }
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
-    if (code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL' || code === 'EACCES') {
+    if (code !== undefined && listenFailureCodes.has(code)) {
       const { address, port } = error as NodeJS.ErrnoException & { address?: string; port?: number };
-      const option = port === undefined ? undefined : portOptions.get(port);
-      // Each code has one cause and one way out: say that one, not a guess between them.
-      const why =
-        code === 'EADDRINUSE'
-          ? `another process is listening there: stop it, or choose another ${option ?? 'port'}`
-          : code === 'EADDRNOTAVAIL'
-            ? `${address ?? 'the address'} is not an address of this machine: give --host one of its addresses (0.0.0.0 for every interface)`
-            : port !== undefined && port < 1024
-              ? `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`
-              : `the system refused it (a security policy: SELinux, AppArmor or a container's): allow the port there, or choose another`;
-      process.stderr.write(`pacs-mesh: cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): ${why}${option ? ` (${option})` : ''}\n`);
+      process.stderr.write(`pacs-mesh: ${listenFailureText(code, address, port, port === undefined ? undefined : portOptions.get(port))}\n`);
       process.exit(1);
     }
     process.stderr.write(`pacs-mesh: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -327,6 +327,45 @@ test('a port it cannot listen on says the one cause and way out: taken, an addre
   }
   assert.equal(low.status, 1, `a privileged port is a runtime failure: ${low.stderr}`);
   assert.match(low.stderr, /\(EACCES\): ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability \(--dicom-port\)/, `the line says why and what to do: ${low.stderr}`);
+});
+
+test('the libp2p port in use or privileged: the one cause and way out, as for the DICOM and HTTP ports (--p2p-port)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755);
+  const keyFile = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(keyFile);
+  const run = async (dataDir: string, p2pPort: number, options: { uid?: number; gid?: number } = {}) => {
+    mkdirSync(dataDir);
+    chmodSync(dataDir, 0o777);
+    const args = ['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), '--swarm-key', keyFile, '--p2p-port', String(p2pPort)];
+    return new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, peerProcessArgs(args), { env: peerProcessEnv(), ...options });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      child.on('exit', (status) => resolve({ status, stderr }));
+    });
+  };
+  const holder = createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.after(() => holder.close());
+  const taken = (holder.address() as AddressInfo).port;
+  const inUse = await run(join(dir, 'in-use'), taken);
+  assert.equal(inUse.status, 1, inUse.stderr);
+  assert.match(inUse.stderr, new RegExp(`^pacs-mesh: cannot listen on 127\\.0\\.0\\.1:${taken} \\(EADDRINUSE\\): another process is listening there: stop it, or choose another --p2p-port \\(--p2p-port\\)\n$`, 'm'), inUse.stderr);
+
+  // A port below 1024 as a user without the privilege: as root, the command runs as nobody (who may read the key).
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) chownSync(keyFile, 65534, 65534);
+  const low = await run(join(dir, 'privileged'), 999, asRoot ? { uid: 65534, gid: 65534 } : {});
+  if (!low.stderr.includes('(EACCES)') && (asRoot || low.status === 0)) {
+    t.diagnostic(`privileged --p2p-port not checked here (status ${low.status}): ${low.stderr.slice(0, 200)}`);
+    return;
+  }
+  assert.equal(low.status, 1, low.stderr);
+  // It said "is another process using it?" before (hunt 162).
+  assert.match(low.stderr, /^pacs-mesh: cannot listen on 127\.0\.0\.1:999 \(EACCES\): ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability \(--p2p-port\)\n$/m, low.stderr);
+  assert.doesNotMatch(low.stderr, /another process/, low.stderr);
 });
 
 test('a --swarm-key file that does not exist: exit 2 and one line saying how a mesh gets its key', async (t) => {
