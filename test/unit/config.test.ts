@@ -136,6 +136,12 @@ test('keygen: a key file where none can be written is one line, the usage when t
     await assert.rejects(runKeygen(['--out', join(dir, 'key')]), (e: unknown) => e instanceof ConfigError && /already exists/.test(e.message));
     await assert.rejects(runKeygen(['--out', join(dir, 'no-such-folder', 'key')]), (e: unknown) => e instanceof ConfigError && /cannot write the swarm key to .*: ENOENT/.test(e.message));
     await assert.rejects(runKeygen(['--out', '']), (e: unknown) => e instanceof ConfigError && /usage: pacs-mesh keygen --out FILE/.test(e.message));
+    // A folder is not a key to remove (hunt 162: "remove it first" was the answer), and --out=FILE is taken as start takes its options.
+    await assert.rejects(runKeygen(['--out', dir]), (e: unknown) => e instanceof ConfigError && e.message === `${dir} is a directory: give the path of the key file to create in it, e.g. --out ${dir}/swarm.key`);
+    await assert.rejects(runKeygen(['--out', `${dir}/`]), (e: unknown) => e instanceof ConfigError && e.message === `${dir}/ is a directory: give the path of the key file to create in it, e.g. --out ${dir}/swarm.key`);
+    assert.equal(await runKeygen([`--out=${join(dir, 'key2')}`]), 0);
+    assert.match(readFileSync(join(dir, 'key2'), 'utf8'), /^\/key\/swarm\/psk\/1\.0\.0\/\n\/base16\/\n[0-9a-f]{64}\n$/);
+    await assert.rejects(runKeygen(['--out=']), (e: unknown) => e instanceof ConfigError && /usage: pacs-mesh keygen --out FILE/.test(e.message));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
