@@ -11,23 +11,20 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
 import { peerProcessArgs, peerProcessEnv } from '../src/peer-process.ts';
+import { LocalMeshOptionError, localMeshUsage, parseLocalMeshOptions, type LocalMeshOptions } from './local-mesh-options.ts';
 
 const repoRoot = resolve(fileURLToPath(new URL('..', import.meta.url)));
-const option = (name: string): string | undefined => {
-  const index = process.argv.indexOf(name);
-  return index > 0 ? process.argv[index + 1] : undefined;
-};
-const dataRoot = resolve(option('--data') ?? join(repoRoot, '.data'));
-const siteCount = Number(option('--sites') ?? 3);
-const basePort = option('--base-port') === undefined ? undefined : Number(option('--base-port'));
-if (!Number.isInteger(siteCount) || siteCount < 1 || siteCount > 5) {
-  process.stderr.write('local-mesh: --sites must be 1-5\n');
-  process.exit(2);
-}
-if (basePort !== undefined && (!Number.isInteger(basePort) || basePort < 1024 || basePort > 65000)) {
-  process.stderr.write('local-mesh: --base-port must be 1024-65000\n');
-  process.exit(2);
-}
+const options = ((): LocalMeshOptions => {
+  try {
+    return parseLocalMeshOptions(process.argv.slice(2));
+  } catch (error) {
+    if (!(error instanceof LocalMeshOptionError)) throw error;
+    process.stderr.write(`local-mesh: ${error.message} (usage: ${localMeshUsage})\n`);
+    process.exit(2);
+  }
+})();
+const dataRoot = resolve(options.dataRoot ?? join(repoRoot, '.data'));
+const { siteCount, basePort } = options;
 
 interface Site {
   name: string;
