@@ -38,8 +38,14 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
   // members every object has (0xA702 "cannot reach the destination" rather than 0xA801 unknown), and a
   // "__proto__" entry of the file set its prototype instead of naming a destination.
   const persisted = new Map<string, AeAddress>();
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    // A file this user cannot read (or a folder in its place) is not "not a valid AE directory": say what stops it.
+    const reason = error.code === undefined ? error.message : `${error.message.replace(/^\w+: |, \w+( '.*')?$/gs, '')} (${error.code})`;
+    throw new ConfigError(`cannot read ${file}: ${reason}: give the peer's user access to it, or move it away (C-MOVE destinations come from --move-dest alone then)`);
+  });
   try {
-    const parsed: unknown = JSON.parse(await readFile(file, 'utf8'));
+    const parsed: unknown = text === undefined ? {} : JSON.parse(text);
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
     for (const [aeTitle, address] of Object.entries(parsed as Record<string, unknown>)) {
       const a = address as { host?: unknown; port?: unknown } | null;
@@ -49,9 +55,7 @@ export async function loadAeDirectory(dataDir: string, fromCommandLine: Record<s
       persisted.set(parsedAddress.aeTitle, parsedAddress.address);
     }
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new ConfigError(`${file} is not a valid AE directory: ${error instanceof Error ? error.message : String(error)}`);
-    }
+    throw new ConfigError(`${file} is not a valid AE directory: ${error instanceof Error ? error.message : String(error)}`);
   }
   const merged = new Map([...persisted, ...Object.entries(fromCommandLine)]);
   // fromEntries defines each key (never assigns it), so "__proto__" stays an AE title like any other.

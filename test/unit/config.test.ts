@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from '../../src/ae-directory.ts';
@@ -124,6 +124,10 @@ test('the AE directory persists --move-dest destinations; a damaged file is a cl
       await writeFile(file, content);
       await assert.rejects(loadAeDirectory(dir, {}), (error: unknown) => error instanceof ConfigError && message.test(error.message), content);
     }
+    // One it cannot read is named as such, not as "not a valid AE directory: EISDIR: ..." (hunt 162).
+    await rm(file);
+    await mkdir(file);
+    await assert.rejects(loadAeDirectory(dir, {}), (error: unknown) => error instanceof ConfigError && error.message === `cannot read ${file}: illegal operation on a directory (EISDIR): give the peer's user access to it, or move it away (C-MOVE destinations come from --move-dest alone then)`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
