@@ -157,7 +157,26 @@ test('a data directory on a full disk that the store cannot open: exit 1 and one
   assert.notEqual(fill.status, 0, 'dd should stop at the full disk');
   const r = await start(tmpfs.mountPoint);
   assert.equal(r.status, 1);
-  assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: IO error: .*No space left on device\n$/);
+  assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: IO error: .*No space left on device; free space on that disk .*, or move the data directory to a larger one\n$/);
+});
+
+test("a store whose files this user may not write (a data directory copied as root): exit 1 and one line saying what to do", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755);
+  const dataDir = join(dir, 'site');
+  const store = createReplicaStore({ path: join(dataDir, 'store') });
+  await store.open();
+  await store.close();
+  chmodSync(dataDir, 0o777);
+  // As root every file may be written: the command runs as nobody, whose the store's files are not.
+  const asRoot = process.getuid?.() === 0;
+  if (!asRoot) chmodSync(join(dataDir, 'store', 'blobs', 'LOCK'), 0o400);
+  const args = peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000, env: peerProcessEnv(), ...(asRoot ? { uid: 65534, gid: 65534 } : {}) });
+  assert.equal(r.status, 1, r.stderr);
+  // It said LevelDB's reason alone before (hunt 162).
+  assert.match(r.stderr, /^pacs-mesh: cannot open the store in .*: IO error: .*LOCK: Permission denied; this user may not read or write the store's files: run the peer as the user that owns the data directory, or give it to this one \(chown -R\)\n$/, r.stderr);
 });
 
 /** A data directory for a mesh peer (a swarm key beside it), and the command's start of it at `logLevel`. */

@@ -110,7 +110,15 @@ function openError(path: string, error: unknown): StoreError {
   const why = cause === undefined ? errorText(error) : errorText(cause);
   // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table), or a MANIFEST lost (a copy
   // taken while the peer ran: helper 48): say what to do as well.
-  const whatToDo = /^Corruption:/.test(why) || isMissingFileText(why) || isCutShortFileText(why) ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)' : '';
+  const whatToDo =
+    /^Corruption:/.test(why) || isMissingFileText(why) || isCutShortFileText(why)
+      ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)'
+      : // The operator's to fix, not damage: files of another user (a directory copied as root), or a full disk.
+        /: Permission denied$/.test(why)
+        ? "; this user may not read or write the store's files: run the peer as the user that owns the data directory, or give it to this one (chown -R)"
+        : /: No space left on device$/.test(why)
+          ? '; free space on that disk (opening turns the logs into tables, which needs room), or move the data directory to a larger one'
+          : '';
   return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
 }
 
