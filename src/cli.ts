@@ -88,7 +88,7 @@ async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(usage);
       return command === undefined ? 2 : 0;
     default:
-      throw new ConfigError(`unknown command "${command}"`);
+      throw new ConfigError(`unknown command "${command}": the commands are start and keygen (see pacs-mesh --help)`);
   }
 }
 

@@ -414,6 +414,10 @@ test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --
   }
   assert.notEqual(value!.code, 0, 'a value is not a request for help');
   assert.equal(value!.stdout, '', 'no usage for a value');
+  // A misspelt command (or --version, which there is none of) names the commands and the help (hunt 162).
+  const misspelt = await help(['strat', '--site', 'a']);
+  assert.equal(misspelt.code, 2, misspelt.stderr);
+  assert.equal(misspelt.stderr, 'pacs-mesh: unknown command "strat": the commands are start and keygen (see pacs-mesh --help)\n');
 });
 
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
