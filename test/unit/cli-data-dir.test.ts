@@ -24,6 +24,24 @@ async function start(dataDir: string, extraArgs: readonly string[] = []): Promis
   return { status: r.status, stderr: r.stderr };
 }
 
+/** `pacs-mesh start ARGS` run to its end (as another user when `options` say so): its exit status and stderr. */
+function startToEnd(args: readonly string[], options: { uid?: number; gid?: number } = {}): Promise<{ status: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, peerProcessArgs(['start', ...args]), { env: peerProcessEnv(), ...options });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.on('exit', (status) => resolve({ status, stderr }));
+  });
+}
+
+/** A port this process listens on until the test ends: one "another process" holds, for the peer started. */
+async function heldPort(t: TestContext): Promise<number> {
+  const holder = createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.after(() => holder.close());
+  return (holder.address() as AddressInfo).port;
+}
+
 test('a data directory in the old single-database layout: exit 2 and one line saying what to do', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -288,18 +306,9 @@ test('a SIGTERM during the start, then SIGHUP and another SIGTERM while stopping
 test('a DICOM or HTTP port another process holds: exit 1 and one line naming the option', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const holder = createServer();
-  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-  t.after(() => holder.close());
-  const taken = (holder.address() as AddressInfo).port;
+  const taken = await heldPort(t);
   for (const [option, other] of [['--dicom-port', '--http-port'], ['--http-port', '--dicom-port']] as const) {
-    const args = peerProcessArgs(['start', '--data', join(dir, option), '--host', '127.0.0.1', option, String(taken), other, String(await getFreePort())]);
-    const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, args, { env: peerProcessEnv() });
-      let stderr = '';
-      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-      child.on('exit', (status) => resolve({ status, stderr }));
-    });
+    const r = await startToEnd(['--data', join(dir, option), '--host', '127.0.0.1', option, String(taken), other, String(await getFreePort())]);
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${taken} \\(EADDRINUSE\\).*\\(${option}\\)`));
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
@@ -309,25 +318,15 @@ test('a DICOM or HTTP port another process holds: exit 1 and one line naming the
 test('a port it cannot listen on says the one cause and way out: taken, an address not on this machine, a privileged port', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const run = (args: readonly string[], options: { uid?: number; gid?: number } = {}) =>
-    new Promise<{ status: number | null; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, peerProcessArgs(['start', ...args]), { env: peerProcessEnv(), ...options });
-      let stderr = '';
-      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-      child.on('exit', (status) => resolve({ status, stderr }));
-    });
-  const holder = createServer();
-  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-  t.after(() => holder.close());
-  const taken = (holder.address() as AddressInfo).port;
+  const taken = await heldPort(t);
 
-  const inUse = await run(['--data', join(dir, 'in-use'), '--host', '127.0.0.1', '--dicom-port', String(taken), '--http-port', String(await getFreePort())]);
+  const inUse = await startToEnd(['--data', join(dir, 'in-use'), '--host', '127.0.0.1', '--dicom-port', String(taken), '--http-port', String(await getFreePort())]);
   assert.equal(inUse.status, 1, `a port in use is a runtime failure: ${inUse.stderr}`);
   assert.match(inUse.stderr, /\(EADDRINUSE\): another process is listening there: stop it, or choose another --dicom-port \(--dicom-port\)\n$/, `the line names the way out: ${inUse.stderr}`);
   assert.doesNotMatch(inUse.stderr, /not on this machine/, `no guess at another cause: ${inUse.stderr}`);
 
   // 192.0.2.1 (TEST-NET-1, RFC 5737) is on no machine.
-  const notHere = await run(['--data', join(dir, 'not-here'), '--host', '192.0.2.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
+  const notHere = await startToEnd(['--data', join(dir, 'not-here'), '--host', '192.0.2.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort())]);
   assert.equal(notHere.status, 1, `an address not on this machine is a runtime failure: ${notHere.stderr}`);
   assert.match(notHere.stderr, /\(EADDRNOTAVAIL\): 192\.0\.2\.1 is not an address of this machine: give --host one of its addresses/, `the line names --host: ${notHere.stderr}`);
   assert.doesNotMatch(notHere.stderr, /another process/, `no guess at another cause: ${notHere.stderr}`);
@@ -339,7 +338,7 @@ test('a port it cannot listen on says the one cause and way out: taken, an addre
   mkdirSync(unprivileged);
   chmodSync(dir, 0o755);
   chmodSync(unprivileged, 0o777);
-  const low = await run(['--data', unprivileged, '--host', '127.0.0.1', '--dicom-port', '104', '--http-port', String(await getFreePort())], asRoot ? { uid: 65534, gid: 65534 } : {});
+  const low = await startToEnd(['--data', unprivileged, '--host', '127.0.0.1', '--dicom-port', '104', '--http-port', String(await getFreePort())], asRoot ? { uid: 65534, gid: 65534 } : {});
   if (!low.stderr.includes('(EACCES)') && (asRoot || low.status === 0)) {
     t.diagnostic(`privileged port not checked here (status ${low.status}): ${low.stderr.slice(0, 200)}`);
     return;
@@ -357,18 +356,9 @@ test('the libp2p port in use or privileged: the one cause and way out, as for th
   const run = async (dataDir: string, p2pPort: number, options: { uid?: number; gid?: number } = {}) => {
     mkdirSync(dataDir);
     chmodSync(dataDir, 0o777);
-    const args = ['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), '--swarm-key', keyFile, '--p2p-port', String(p2pPort)];
-    return new Promise<{ status: number | null; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, peerProcessArgs(args), { env: peerProcessEnv(), ...options });
-      let stderr = '';
-      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-      child.on('exit', (status) => resolve({ status, stderr }));
-    });
+    return startToEnd(['--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(await getFreePort()), '--swarm-key', keyFile, '--p2p-port', String(p2pPort)], options);
   };
-  const holder = createServer();
-  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-  t.after(() => holder.close());
-  const taken = (holder.address() as AddressInfo).port;
+  const taken = await heldPort(t);
   const inUse = await run(join(dir, 'in-use'), taken);
   assert.equal(inUse.status, 1, inUse.stderr);
   assert.match(inUse.stderr, new RegExp(`^pacs-mesh: cannot listen on 127\\.0\\.0\\.1:${taken} \\(EADDRINUSE\\): another process is listening there: stop it, or choose another --p2p-port \\(--p2p-port\\)\n$`, 'm'), inUse.stderr);
