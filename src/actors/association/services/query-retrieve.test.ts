@@ -11,7 +11,7 @@ import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
-import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { failedUidIdentifier, moveAssociationGroups, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import { CatalogRecordError, catalogWriteOps } from '../../storage/catalog.ts';
@@ -443,6 +443,32 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
   // 128 contexts at most: with 43 classes there is no room for the compressed ones.
   const many = Array.from({ length: 43 }, (_, i) => ({ sopClassUid: `${ct}.${i}`, transferSyntaxUid: j2k }) as CatalogEntry);
   assert.equal(proposalsForMove(many).length, 86);
+});
+
+test('a C-MOVE whose classes need more than 128 contexts is split into associations that fit, no class in two, the fallback last for each class (hunt 160: the contexts past 128 were dropped)', () => {
+  const ct = '1.2.840.10008.5.1.4.1.1.2';
+  const syntaxes = [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian];
+  // 42 classes in 3 syntaxes each: 4 contexts per class, 168 in all.
+  const entries = Array.from({ length: 42 * 3 }, (_, i) => ({ sopClassUid: `${ct}.${Math.floor(i / 3)}`, transferSyntaxUid: syntaxes[i % 3], sopInstanceUid: `1.2.3.${i}` }) as CatalogEntry);
+  const groups = moveAssociationGroups(entries);
+  assert.deepEqual(groups.map((g) => g.length), [32 * 3, 10 * 3]);
+  assert.deepEqual(groups.flat(), entries, 'every instance once, in its order');
+  for (const group of groups) {
+    const proposals = proposalsForMove(group);
+    assert.ok(proposals.length <= 128);
+    // Every class of the group proposed whole: each stored syntax, then the uncompressed fallback.
+    for (const sopClassUid of new Set(group.map((e) => e.sopClassUid))) {
+      const own = proposals.filter((p) => p.abstractSyntaxUid === sopClassUid).slice(0, 4).map((p) => p.transferSyntaxUids);
+      assert.deepEqual(own, [...syntaxes.map((ts) => [ts]), [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian]]);
+    }
+  }
+  // The second group has room for the compressed contexts too; a move that fits one association is one group.
+  assert.equal(proposalsForMove(groups[1]!).length, 10 * 5);
+  assert.equal(moveAssociationGroups(entries.slice(0, 96)).length, 1);
+  assert.deepEqual(moveAssociationGroups([]), []);
+  // Classes interleaved: grouped by class, each group's instances in their order.
+  const interleaved = [entries[0]!, entries[100]!, entries[1]!];
+  assert.deepEqual(moveAssociationGroups(interleaved), [interleaved]);
 });
 
 test('a C-FIND cancelled (C-CANCEL-RQ, or its association aborted) stops its scan though nothing matches yet, answering Cancel (helper 98: it read the whole level first)', async () => {

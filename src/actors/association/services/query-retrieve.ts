@@ -303,70 +303,78 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     await ctx.send(retrieveResponse(ctx, Status.Success, counts));
     return;
   }
-  let target: SubOperationTarget & { close(): Promise<void> };
-  try {
-    // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
-    target = await withPendingKeepAlive(ctx, counts, ctx.openTarget(entries));
-  } catch (error) {
-    if (ctx.isCancelled()) {
-      // A C-CANCEL stopped the opening (the target's signal): no sub-operation was initiated, so every one
-      // remains (PS3.4 C.4.2.3.1: "Remaining ... not initiated due to the C-CANCEL"); none failed. Hunt 85
-      // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
-      await ctx.send(retrieveResponse(ctx, Status.Cancel, counts));
-      return;
-    }
-    // Every sub-operation failed before it began: counted and listed as such, so the client knows what was not sent.
-    counts.failed = entries.length;
-    counts.failedUids.push(...entries.map((e) => e.sopInstanceUid));
-    counts.remaining = 0;
-    await ctx.send(
-      retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
-      failedUidIdentifier(counts, ctx.transferSyntaxUid),
-    );
-    return;
-  }
+  // A C-MOVE whose classes need more contexts than one association has goes over several, one after the other.
+  const groups = ctx.kind === 'move' ? moveAssociationGroups(entries) : [entries];
+  entries = groups.flat();
   const failureReasons = new Map<string, number>();
   /** A failure reason's shorter form for the Error Comment, where it has one. */
   const failureComments = new Map<string, string>();
-  try {
-    for (const entry of entries) {
+  const countFailures = (reason: string, failed: number, shortReason?: string) => {
+    const key = failureReasons.has(reason) || failureReasons.size < failureReasonsMax ? reason : 'other reasons';
+    failureReasons.set(key, (failureReasons.get(key) ?? 0) + failed);
+    if (shortReason !== undefined && key === reason) failureComments.set(key, shortReason);
+  };
+  for (const [groupIndex, group] of groups.entries()) {
+    if (ctx.isCancelled() || counts.remaining === 0) break;
+    let target: SubOperationTarget & { close(): Promise<void> };
+    try {
+      // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
+      target = await withPendingKeepAlive(ctx, counts, ctx.openTarget(group));
+    } catch (error) {
+      // A C-CANCEL stopped the opening (the target's signal): no sub-operation of it was initiated, so they
+      // remain (PS3.4 C.4.2.3.1: "Remaining ... not initiated due to the C-CANCEL"); none failed. Hunt 85
+      // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
       if (ctx.isCancelled()) break;
-      const stopping = ctx.isStopping?.() === true;
-      if (stopping || ctx.isReleasing?.()) {
-        if (stopping) {
-          failureReasons.set(peerStoppingReason, (failureReasons.get(peerStoppingReason) ?? 0) + counts.remaining);
-          failureComments.set(peerStoppingReason, 'the archive is stopping, retry');
-        }
-        counts.failed += counts.remaining;
-        counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
-        counts.remaining = 0;
-        break;
+      // The sub-operations not sent failed before they began: counted and listed as such, so the client knows what was not sent.
+      const notSent = entries.slice(entries.length - counts.remaining);
+      counts.failed += notSent.length;
+      counts.failedUids.push(...notSent.map((e) => e.sopInstanceUid));
+      counts.remaining = 0;
+      if (groupIndex === 0) {
+        await ctx.send(
+          retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
+          failedUidIdentifier(counts, ctx.transferSyntaxUid),
+        );
+        return;
       }
-      const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
-      // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
-      // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
-      // One that was sent and not answered is a failure, whatever ended the association.
-      if (cancelledBeforeSending && ctx.isCancelled()) break;
-      counts.remaining--;
-      if (status === Status.Success) counts.completed++;
-      // Helper 66: 0001, 0107 and 0116 are warnings too; they were counted (and listed) as failures.
-      else if (isWarningStatus(status)) counts.warning++;
-      else {
-        counts.failed++;
-        counts.failedUids.push(entry.sopInstanceUid);
-        const known = reason ?? 'unknown';
-        const key = failureReasons.has(known) || failureReasons.size < failureReasonsMax ? known : 'other reasons';
-        failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
-        if (shortReason !== undefined && key === known) failureComments.set(key, shortReason);
-      }
-      // A C-MOVE's last sub-operation gets its Pending response too, before the destination's release, as
-      // DCMTK's dcmqrscp sends it: gdcmscu --move reads its C-STORE receiver's association (and so answers our
-      // A-RELEASE-RQ there) only after a Pending response; without one each C-MOVE waited out our 2 s release
-      // wait (hunt 155).
-      if (counts.remaining > 0 || ctx.kind === 'move') await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
+      // A later association of the move (its classes did not fit the first one's contexts).
+      countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent.length, 'cannot reach the destination again');
+      break;
     }
-  } finally {
-    await target.close();
+    try {
+      for (const entry of group) {
+        if (ctx.isCancelled()) break;
+        const stopping = ctx.isStopping?.() === true;
+        if (stopping || ctx.isReleasing?.()) {
+          if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
+          counts.failed += counts.remaining;
+          counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
+          counts.remaining = 0;
+          break;
+        }
+        const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+        // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
+        // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
+        // One that was sent and not answered is a failure, whatever ended the association.
+        if (cancelledBeforeSending && ctx.isCancelled()) break;
+        counts.remaining--;
+        if (status === Status.Success) counts.completed++;
+        // Helper 66: 0001, 0107 and 0116 are warnings too; they were counted (and listed) as failures.
+        else if (isWarningStatus(status)) counts.warning++;
+        else {
+          counts.failed++;
+          counts.failedUids.push(entry.sopInstanceUid);
+          countFailures(reason ?? 'unknown', 1, shortReason);
+        }
+        // A C-MOVE's last sub-operation gets its Pending response too, before the destination's release, as
+        // DCMTK's dcmqrscp sends it: gdcmscu --move reads its C-STORE receiver's association (and so answers our
+        // A-RELEASE-RQ there) only after a Pending response; without one each C-MOVE waited out our 2 s release
+        // wait (hunt 155).
+        if (counts.remaining > 0 || ctx.kind === 'move') await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
+      }
+    } finally {
+      await target.close();
+    }
   }
   if (failureReasons.size > 0) ctx.onSubOperationFailures?.(Object.fromEntries(failureReasons));
   if (ctx.isCancelled() && counts.remaining > 0) {
@@ -570,28 +578,73 @@ export function pickContextFor(
  */
 const compressedFallbackSyntaxes = ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.5'];
 
-/**
- * What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed
- * fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one.
- */
-export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
+/** Presentation context IDs are odd numbers 1..255: an association has at most 128 contexts (PS3.8 9.3.2.2). */
+export const maxPresentationContexts = 128;
+
+/** Each SOP class with its stored syntaxes, in the order the entries first name them. */
+function storedSyntaxesByClass(entries: readonly CatalogEntry[]): Map<string, Set<string>> {
   const pairs = new Map<string, Set<string>>();
   for (const entry of entries) {
     const syntaxes = pairs.get(entry.sopClassUid) ?? new Set<string>();
     syntaxes.add(entry.transferSyntaxUid);
     pairs.set(entry.sopClassUid, syntaxes);
   }
+  return pairs;
+}
+
+/**
+ * The contexts one SOP class needs: one per stored syntax (at most as many as leave room for the fallback;
+ * instances in the others are converted) and the uncompressed fallback, always last (below).
+ */
+function requiredContextCount(storedSyntaxes: ReadonlySet<string>): number {
+  return Math.min(storedSyntaxes.size, maxPresentationContexts - 1) + 1;
+}
+
+/**
+ * What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed
+ * fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one. `entries`
+ * must fit one association (moveAssociationGroups): contexts past 128 cannot be proposed.
+ */
+export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
+  const pairs = storedSyntaxesByClass(entries);
   const proposals: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> = [];
   for (const [sopClassUid, syntaxes] of pairs) {
     // One context per stored syntax, so the destination can accept each one as it is.
-    for (const ts of syntaxes) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
+    for (const ts of [...syntaxes].slice(0, requiredContextCount(syntaxes) - 1)) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
+    // The fallback after them: a GDCM receiver reads every data set in the syntax of the last context it
+    // accepted (destination-quirks.ts), and it takes this one in implicit VR LE, the syntax it reads best.
     proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] });
   }
-  // Presentation context IDs are odd numbers 1..255: at most 128 contexts.
-  if (proposals.length + pairs.size <= 128) {
+  if (proposals.length + pairs.size <= maxPresentationContexts) {
     for (const sopClassUid of pairs.keys()) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [...compressedFallbackSyntaxes] });
   }
-  return proposals.slice(0, 128);
+  return proposals.slice(0, maxPresentationContexts);
+}
+
+/**
+ * A C-MOVE's instances split into groups whose SOP classes fit one association's 128 contexts each, a class
+ * never split between two, in the order the classes first come (the instances of a group in their order).
+ * One association proposed every context and dropped those past 128: a move of 42 classes stored in three
+ * syntaxes each failed the last ten classes' instances as if the destination had refused them ("receiver
+ * accepted no context"), and a GDCM receiver whose last accepted context was then an explicit VR one read
+ * every instance in that syntax (hunt 160).
+ */
+export function moveAssociationGroups(entries: readonly CatalogEntry[]): CatalogEntry[][] {
+  const groupOfClass = new Map<string, number>();
+  let groups = 0;
+  let contextsInGroup = 0;
+  for (const [sopClassUid, syntaxes] of storedSyntaxesByClass(entries)) {
+    const needed = requiredContextCount(syntaxes);
+    if (groups === 0 || contextsInGroup + needed > maxPresentationContexts) {
+      groups++;
+      contextsInGroup = 0;
+    }
+    contextsInGroup += needed;
+    groupOfClass.set(sopClassUid, groups - 1);
+  }
+  const grouped: CatalogEntry[][] = Array.from({ length: groups }, () => []);
+  for (const entry of entries) grouped[groupOfClass.get(entry.sopClassUid)!]!.push(entry);
+  return grouped;
 }
 
 /** Where C-GET and C-MOVE find instances: the local catalog, or in a mesh every alive site's. */
