@@ -488,6 +488,25 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
 });
 
+test('a retrieve failing instances of ten classes for one cause: the comment names the cause, not "other reasons" (each class is a reason of its own in the log; hunt 160)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'getter-no-context-10', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.160.4';
+  await storeManyClassStudy(peer.dicomPort, studyInstanceUid, manyStorageClasses.slice(0, 10), [TransferSyntax.ExplicitVrLittleEndian]);
+  // A requestor that proposed no storage class at all.
+  const client = await openPeerClient(peer.dicomPort, 'GETTER', [{ abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }], { onIncomingStore: () => Status.Success });
+  t.after(() => client.abort());
+  const final = await getStudy(client, studyInstanceUid);
+  assert.equal(final.command.status, 0xa702);
+  assert.equal(final.command.failedSubOperations, 10);
+  assert.equal(final.command.errorComment, 'all 10 failed: receiver accepted no context for SOP class');
+  // The log keeps eight reasons, the rest counted together.
+  const reasons = failureReasons(lines, 'C-GET');
+  assert.equal(Object.keys(reasons ?? {}).length, 9, JSON.stringify(reasons));
+  assert.equal(reasons?.['other reasons'], 2);
+});
+
 test('a C-GET whose requestor proposed the SOP class but took no SCP role for it: the comment says so, not "no context" (hunt 89)', async (t) => {
   const lines: RecordedLine[] = [];
   const peer = await startTestPeer([], 'getter-no-role', recordingLogger([], {}, lines));

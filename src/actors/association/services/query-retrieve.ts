@@ -307,12 +307,18 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   const groups = ctx.kind === 'move' ? moveAssociationGroups(entries) : [entries];
   entries = groups.flat();
   const failureReasons = new Map<string, number>();
-  /** A failure reason's shorter form for the Error Comment, where it has one. */
-  const failureComments = new Map<string, string>();
+  /**
+   * Failures counted by what the final response's Error Comment would say of them: a reason's shorter form,
+   * where it has one, shared by reasons that differ only in what the comment has no room for (the SOP class).
+   */
+  const failureComments = new Map<string, number>();
   const countFailures = (reason: string, failed: number, shortReason?: string) => {
-    const key = failureReasons.has(reason) || failureReasons.size < failureReasonsMax ? reason : 'other reasons';
-    failureReasons.set(key, (failureReasons.get(key) ?? 0) + failed);
-    if (shortReason !== undefined && key === reason) failureComments.set(key, shortReason);
+    const keep = (counted: Map<string, number>, key: string) => {
+      const kept = counted.has(key) || counted.size < failureReasonsMax ? key : 'other reasons';
+      counted.set(kept, (counted.get(kept) ?? 0) + failed);
+    };
+    keep(failureReasons, reason);
+    keep(failureComments, shortReason ?? reason);
   };
   for (const [groupIndex, group] of groups.entries()) {
     if (ctx.isCancelled() || counts.remaining === 0) break;
@@ -386,8 +392,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   const everyOneFailed = counts.failed > 0 && counts.completed + counts.warning === 0;
   const finalStatus = everyOneFailed ? Status.OutOfResourcesSubOps : counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
   // The most frequent reason, cut at the comment's 64 characters (all of them are in the log).
-  const [topReason] = [...failureReasons].sort((a, b) => b[1] - a[1])[0] ?? [];
-  const topComment = topReason === undefined ? undefined : (failureComments.get(topReason) ?? topReason);
+  // Not "other reasons" while a comment of its own is as frequent: nine classes without a context, each its
+  // own reason in the log, made a C-MOVE's comment "30 failed: other reasons" (hunt 160).
+  const [topComment] = [...failureComments].sort((a, b) => b[1] - a[1] || Number(a[0] === 'other reasons') - Number(b[0] === 'other reasons'))[0] ?? [];
   const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topComment === undefined ? '' : `: ${topComment}`}`;
   await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
