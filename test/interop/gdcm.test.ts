@@ -7,8 +7,8 @@
  *    synthetic instances (big endian, private elements, UTF-8 and Latin-1 text) on one association, each
  *    in its own syntax; a deflated one is refused (gdcmscu sends it with gzip's trailer, odd-sized);
  *  - C-FIND, Patient Root and Study Root, at every level, with wildcards, a date range and a UTF-8 name;
- *  - C-MOVE of studies and of a patient to gdcmscu's own C-STORE receiver (--port-scp), every file it writes
- *    compared with the original element by element.
+ *  - C-MOVE of studies, of a patient, of a series and of single instances to gdcmscu's own C-STORE receiver
+ *    (--port-scp), every file it writes compared with the original element by element.
  * gdcmscu has no C-GET (3.0.21 answers --get with exit status 1).
  *
  * gdcmscu 3.0.21 ends every association it requested with an abort() (SIGABRT, exit status 134 in a shell, "ProtocolStream as nullptr is
@@ -321,6 +321,42 @@ describe('GDCM gdcmscu interop', { skip: gdcmscuPath === undefined ? 'gdcmscu is
     requireStored();
     const received = await move('patient', ['--patientroot', '--patient', '--key', `10,20=${syntheticPatients.bigEndian.id}`]);
     assert.deepEqual([...received.keys()].sort(), instances.filter((i) => i.patientId === syntheticPatients.bigEndian.id).map((i) => i.sopInstanceUid).sort());
+  });
+
+  it('C-MOVE of a series (Study Root, SERIES level): its instances, each the original', async () => {
+    requireStored();
+    const nibabel = instances.find((i) => i.name === 'nibabel__0.dcm')!;
+    const members = instances.filter((i) => i.seriesUid === nibabel.seriesUid);
+    assert.equal(members.length, 2, 'nibabel__0 and nibabel__1 share a series');
+    const received = await move('series', ['--studyroot', '--series', '--key', `20,d=${nibabel.studyUid}`, '--key', `20,e=${nibabel.seriesUid}`]);
+    assert.deepEqual([...received.keys()].sort(), members.map((i) => i.sopInstanceUid).sort());
+    for (const inst of members) assertSameInstance(inst, received.get(inst.sopInstanceUid)!);
+  });
+
+  it('C-MOVE of single instances (Patient Root, IMAGE level): one stored as implicit VR LE, one JPEG 2000 (decoded for GDCM), one big endian', async () => {
+    requireStored();
+    const chosen = [
+      instances.find((i) => i.transferSyntaxUid === TS.ImplicitLE),
+      instances.find((i) => i.name === 'pydicom__J2K_pixelrep_mismatch.dcm'),
+      instances.find((i) => i.transferSyntaxUid === TS.ExplicitBE),
+    ];
+    for (const inst of chosen) {
+      assert.ok(inst, 'an instance of each kind is among the chosen ones');
+      const received = await move(`image-${inst.sopInstanceUid}`, [
+        '--patientroot',
+        '--image',
+        '--key',
+        `10,20=${inst.patientId}`,
+        '--key',
+        `20,d=${inst.studyUid}`,
+        '--key',
+        `20,e=${inst.seriesUid}`,
+        '--key',
+        `8,18=${inst.sopInstanceUid}`,
+      ]);
+      assert.deepEqual([...received.keys()], [inst.sopInstanceUid]);
+      assertSameInstance(inst, received.get(inst.sopInstanceUid)!);
+    }
   });
 
   it('C-GET', { skip: 'gdcmscu 3.0.21 has no C-GET (--get exits with status 1)' }, () => undefined);
