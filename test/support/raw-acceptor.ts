@@ -182,7 +182,8 @@ const explicitVrLittleEndian = '1.2.840.10008.1.2.1';
  * waits). Others are answered Success and kept in `deliveries`.
  *
  * With `associationsAccepted`, the associations after that many are rejected (transient, by the presentation
- * provider: local limit exceeded), as a receiver at its limit of associations does.
+ * provider: local limit exceeded), as a receiver at its limit of associations does. gdcmscu's receiver takes
+ * one per C-MOVE (3.0.21 refused the connection of a second: hunt 160).
  */
 export async function acceptorLikeGdcm(associationsAccepted = Number.POSITIVE_INFINITY): Promise<RawAcceptor & { deliveries: GdcmLikeDelivery[]; associations: AssociateRqPdu['presentationContexts'][] }> {
   const deliveries: GdcmLikeDelivery[] = [];

@@ -588,69 +588,61 @@ const compressedFallbackSyntaxes = ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2
 /** Presentation context IDs are odd numbers 1..255: an association has at most 128 contexts (PS3.8 9.3.2.2). */
 export const maxPresentationContexts = 128;
 
-/** Each SOP class with its stored syntaxes, in the order the entries first name them. */
-function storedSyntaxesByClass(entries: readonly CatalogEntry[]): Map<string, Set<string>> {
-  const pairs = new Map<string, Set<string>>();
+/** Uncompressed syntaxes: an instance stored in one goes losslessly and cheaply into the fallback context's. */
+const uncompressedSyntaxes: ReadonlySet<string> = new Set([TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]);
+
+/** The instances of each SOP class by stored syntax, classes and syntaxes in the order the entries first name them. */
+function instancesByClassAndSyntax(entries: readonly CatalogEntry[]): Map<string, Map<string, number>> {
+  const classes = new Map<string, Map<string, number>>();
   for (const entry of entries) {
-    const syntaxes = pairs.get(entry.sopClassUid) ?? new Set<string>();
-    syntaxes.add(entry.transferSyntaxUid);
-    pairs.set(entry.sopClassUid, syntaxes);
+    const syntaxes = classes.get(entry.sopClassUid) ?? new Map<string, number>();
+    syntaxes.set(entry.transferSyntaxUid, (syntaxes.get(entry.transferSyntaxUid) ?? 0) + 1);
+    classes.set(entry.sopClassUid, syntaxes);
   }
-  return pairs;
+  return classes;
 }
 
 /**
- * The contexts one SOP class needs: one per stored syntax (at most as many as leave room for the fallback;
- * instances in the others are converted) and the uncompressed fallback, always last (below).
- */
-function requiredContextCount(storedSyntaxes: ReadonlySet<string>): number {
-  return Math.min(storedSyntaxes.size, maxPresentationContexts - 1) + 1;
-}
-
-/**
- * What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed
- * fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one. `entries`
- * must fit one association (moveAssociationGroups): contexts past 128 cannot be proposed.
+ * What a C-MOVE proposes to its destination: each SOP class in its stored syntaxes, one context each, then
+ * an uncompressed fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one.
+ * When the stored syntaxes do not all fit beside the fallbacks (42 classes stored in 3 syntaxes each need
+ * 168 contexts), those that fit are proposed, compressed ones first (converting them costs most), then the
+ * most frequent; an instance whose syntax was left out goes converted into the fallback's. Before, the list
+ * was cut at 128 and the last classes were not proposed at all: their instances failed as "receiver
+ * accepted no context" (hunt 160). At most 128 classes (moveAssociationGroups).
  */
 export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
-  const pairs = storedSyntaxesByClass(entries);
+  const classes = instancesByClassAndSyntax(entries);
+  const stored = [...classes].flatMap(([sopClassUid, syntaxes], classIndex) => [...syntaxes].map(([transferSyntaxUid, instances]) => ({ sopClassUid, transferSyntaxUid, instances, classIndex })));
+  // Room for stored syntaxes beside a fallback for every class; the compressed first, then the most frequent.
+  const room = Math.max(maxPresentationContexts - classes.size, 0);
+  const isUncompressed = (s: { transferSyntaxUid: string }) => Number(uncompressedSyntaxes.has(s.transferSyntaxUid));
+  const chosen = stored.length <= room ? stored : [...stored].sort((a, b) => isUncompressed(a) - isUncompressed(b) || b.instances - a.instances || a.classIndex - b.classIndex).slice(0, room);
+  const kept = new Set(chosen.map((s) => `${s.sopClassUid} ${s.transferSyntaxUid}`));
   const proposals: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> = [];
-  for (const [sopClassUid, syntaxes] of pairs) {
+  for (const [sopClassUid, syntaxes] of classes) {
     // One context per stored syntax, so the destination can accept each one as it is.
-    for (const ts of [...syntaxes].slice(0, requiredContextCount(syntaxes) - 1)) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
+    for (const ts of syntaxes.keys()) if (kept.has(`${sopClassUid} ${ts}`)) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
     // The fallback after them: a GDCM receiver reads every data set in the syntax of the last context it
     // accepted (destination-quirks.ts), and it takes this one in implicit VR LE, the syntax it reads best.
     proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] });
   }
-  if (proposals.length + pairs.size <= maxPresentationContexts) {
-    for (const sopClassUid of pairs.keys()) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [...compressedFallbackSyntaxes] });
+  if (proposals.length + classes.size <= maxPresentationContexts) {
+    for (const sopClassUid of classes.keys()) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [...compressedFallbackSyntaxes] });
   }
   return proposals.slice(0, maxPresentationContexts);
 }
 
 /**
- * A C-MOVE's instances split into groups whose SOP classes fit one association's 128 contexts each, a class
- * never split between two, in the order the classes first come (the instances of a group in their order).
- * One association proposed every context and dropped those past 128: a move of 42 classes stored in three
- * syntaxes each failed the last ten classes' instances as if the destination had refused them ("receiver
- * accepted no context"), and a GDCM receiver whose last accepted context was then an explicit VR one read
- * every instance in that syntax (hunt 160).
+ * A C-MOVE's instances split into groups of at most 128 SOP classes, one association each (a class needs a
+ * context at least), in the order the classes first come. Several associations are the last resort: gdcmscu
+ * 3.0.21's receiver takes one association per C-MOVE and refused the connection of a second (hunt 160).
  */
 export function moveAssociationGroups(entries: readonly CatalogEntry[]): CatalogEntry[][] {
   const groupOfClass = new Map<string, number>();
-  let groups = 0;
-  let contextsInGroup = 0;
-  for (const [sopClassUid, syntaxes] of storedSyntaxesByClass(entries)) {
-    const needed = requiredContextCount(syntaxes);
-    if (groups === 0 || contextsInGroup + needed > maxPresentationContexts) {
-      groups++;
-      contextsInGroup = 0;
-    }
-    contextsInGroup += needed;
-    groupOfClass.set(sopClassUid, groups - 1);
-  }
-  const grouped: CatalogEntry[][] = Array.from({ length: groups }, () => []);
-  for (const entry of entries) grouped[groupOfClass.get(entry.sopClassUid)!]!.push(entry);
+  for (const sopClassUid of instancesByClassAndSyntax(entries).keys()) groupOfClass.set(sopClassUid, Math.floor(groupOfClass.size / maxPresentationContexts));
+  const grouped: CatalogEntry[][] = [];
+  for (const entry of entries) (grouped[groupOfClass.get(entry.sopClassUid)!] ??= []).push(entry);
   return grouped;
 }
 
