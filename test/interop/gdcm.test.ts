@@ -9,7 +9,8 @@
  *  - C-FIND, Patient Root and Study Root, at every level, with wildcards, a date range and a UTF-8 name;
  *  - C-MOVE of studies, of a patient, of a series, of single instances and of a study of 33 SOP classes in 3
  *    syntaxes each (132 contexts) to gdcmscu's own C-STORE receiver (--port-scp), every file it writes
- *    compared with the original element by element.
+ *    compared with the original element by element; a C-MOVE with a failed sub-operation (its final response
+ *    carries the Failed SOP Instance UID List).
  * gdcmscu has no C-GET (3.0.21 answers --get with exit status 1).
  *
  * gdcmscu 3.0.21 ends every association it requested with an abort() (SIGABRT, exit status 134 in a shell, "ProtocolStream as nullptr is
@@ -34,6 +35,7 @@ import { getFreePort, runTool, which } from '../support/dicom-tools.ts';
 import { copyDifferences, datasetText, flattenDataset, flattenFile, TS, type FlatDataset } from './compare.ts';
 import { groupBy, loadCorpus, syntheticPatients, writeSynthetic, type Instance } from './harness.ts';
 import { manyStorageClasses, storeManyClassStudy } from '../support/many-class-study.ts';
+import { damageChunk } from '../../src/actors/storage/fixtures/store-keys.ts';
 
 const AE = 'PACSMESH';
 const MOVE_AE = 'GDCMSCP';
@@ -340,6 +342,17 @@ describe('GDCM gdcmscu interop', { skip: gdcmscuPath === undefined ? 'gdcmscu is
     const received = await move('many-classes', ['--studyroot', '--study', '--key', `20,d=${studyInstanceUid}`]);
     assert.deepEqual([...received.keys()].sort(), manyClasses.map((i) => i.sopInstanceUid).sort());
     for (const instance of manyClasses) assert.deepEqual(copyDifferences(instance.part10, received.get(instance.sopInstanceUid)!), [], instance.sopInstanceUid);
+  });
+
+  it('C-MOVE with a failed sub-operation: gdcmscu reads the final response and its Failed SOP Instance UID List (it aborted on CommandDataSetType 0000H, hunt 160)', async () => {
+    requireStored();
+    assert.ok(peer);
+    const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.160.6';
+    const [kept, damaged] = await storeManyClassStudy(port(), studyInstanceUid, manyStorageClasses.slice(0, 2), [TS.ExplicitLE]);
+    // A copy that no longer matches its checksum, and no other site to repair it from: that sub-operation fails.
+    await damageChunk(peer.store, (await peer.store.getEntry(damaged!.sopInstanceUid))!.blobId, 0, 'flip');
+    const received = await move('with-failure', ['--studyroot', '--study', '--key', `20,d=${studyInstanceUid}`]);
+    assert.deepEqual([...received.keys()], [kept!.sopInstanceUid]);
   });
 
   it('C-GET', { skip: 'gdcmscu 3.0.21 has no C-GET (--get exits with status 1)' }, () => undefined);
