@@ -29,10 +29,9 @@ export const CommandField = {
 export const NoDataSet = 0x0101;
 
 /**
- * The CommandDataSetType we send when a data set follows. PS3.7 E.1 allows any value but 0101H; DCMTK and
- * GDCM send 0001H, and gdcmscu 3.0.21 asserts that a C-MOVE response says 0101H or 0001H: a final response
- * carrying the Failed SOP Instance UID List with our 0000H made it abort (SIGABRT), where dcmqrscp's did not
- * (hunt 160).
+ * The CommandDataSetType we send when a data set follows. PS3.7 E.1 allows any value but 0101H; DCMTK
+ * (DIMSE_DATASET_PRESENT) and GDCM send 0001H, and gdcmscu 3.0.21 asserts that a C-MOVE response says 0101H
+ * or 0001H: a final response carrying the Failed SOP Instance UID List with our 0000H made it abort (hunt 160).
  */
 export const DataSetPresent = 0x0001;
 

@@ -303,7 +303,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     await ctx.send(retrieveResponse(ctx, Status.Success, counts));
     return;
   }
-  // A C-MOVE whose classes need more contexts than one association has goes over several, one after the other.
+  // A C-MOVE of more SOP classes than one association has contexts for goes over several, one after the other.
   const groups = ctx.kind === 'move' ? moveAssociationGroups(entries) : [entries];
   entries = groups.flat();
   const failureReasons = new Map<string, number>();
@@ -343,7 +343,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         );
         return;
       }
-      // A later association of the move (its classes did not fit the first one's contexts).
+      // A later association of the move (over 128 classes).
       countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent.length, 'cannot reach the destination again');
       break;
     }
