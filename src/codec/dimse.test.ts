@@ -31,3 +31,17 @@ test('Offending Element (0000,0901) round-trips as AT values, group then element
   torn.writeUInt32LE(3, torn.indexOf(Buffer.from([0x00, 0x00, 0x01, 0x09])) + 4);
   assert.throws(() => decodeCommand(torn), /AT command element of length 3|truncated/);
 });
+
+test('CommandDataSetType (0000,0800) is 0001H when a data set follows, 0101H when none does (gdcmscu aborted on a C-MOVE response saying 0000H, which PS3.7 E.1 allows; hunt 160)', () => {
+  const dataSetType = (hasDataSet: boolean) => {
+    const bytes = Buffer.from(encodeCommand({ commandField: CommandField.CMoveRsp, messageIdBeingRespondedTo: 1, hasDataSet, status: 0xa702 }));
+    // Implicit VR LE elements: tag, 4-byte length, value; (0000,0800) is a US.
+    for (let offset = 0; offset < bytes.length; offset += 8 + bytes.readUInt32LE(offset + 4)) {
+      if (bytes.readUInt16LE(offset) === 0 && bytes.readUInt16LE(offset + 2) === 0x0800) return bytes.readUInt16LE(offset + 8);
+    }
+    return undefined;
+  };
+  assert.equal(dataSetType(true), 0x0001);
+  assert.equal(dataSetType(false), 0x0101);
+  assert.equal(decodeCommand(encodeCommand({ commandField: CommandField.CMoveRsp, hasDataSet: true, status: 0xa702 })).hasDataSet, true);
+});

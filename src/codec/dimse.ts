@@ -28,6 +28,13 @@ export const CommandField = {
 /** CommandDataSetType value meaning "no data set follows" (PS3.7 E.1). */
 export const NoDataSet = 0x0101;
 
+/**
+ * The CommandDataSetType we send when a data set follows. PS3.7 E.1 allows any value but 0101H; DCMTK
+ * (DIMSE_DATASET_PRESENT) and GDCM send 0001H, and gdcmscu 3.0.21 asserts that a C-MOVE response says 0101H
+ * or 0001H: a final response carrying the Failed SOP Instance UID List with our 0000H made it abort (hunt 160).
+ */
+export const DataSetPresent = 0x0001;
+
 export const Status = {
   Success: 0x0000,
   Pending: 0xff00,
@@ -240,7 +247,7 @@ export function encodeCommand(command: DimseCommand): Uint8Array {
   putUs(field.messageIdBeingRespondedTo, command.messageIdBeingRespondedTo);
   putText(field.moveDestination, command.moveDestination === undefined ? undefined : command.moveDestination.padEnd(16, ' '), 0x20);
   putUs(field.priority, command.priority);
-  putUs(field.commandDataSetType, command.hasDataSet ? 0x0000 : NoDataSet);
+  putUs(field.commandDataSetType, command.hasDataSet ? DataSetPresent : NoDataSet);
   putUs(field.status, command.status);
   if (command.offendingElements !== undefined && command.offendingElements.length > 0) {
     // AT: each tag as its group then its element number, both little endian (PS3.5 6.2).

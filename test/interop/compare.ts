@@ -367,3 +367,35 @@ export function compareInstances(original: Uint8Array, copy: Uint8Array): Instan
     compared: cmp.compared,
   };
 }
+
+/**
+ * How a copy differs from its original, either sent as stored (byte for byte or element by element in the
+ * original's syntax) or converted into another syntax by the sender: then every element but Pixel Data must
+ * be the same, VRs aside (a big endian original's binary values compared in little endian order), and a
+ * decoded copy may have its Image Pixel attributes (0028,xxxx) rewritten. Empty when it is the original.
+ */
+export function copyDifferences(original: Uint8Array, copy: Uint8Array): string[] {
+  const originalTs = readPart10(original).transferSyntaxUid;
+  const cmp = compareInstances(original, copy);
+  if (cmp.transferSyntaxUid === originalTs || readPart10(copy).transferSyntaxUid === originalTs) return cmp.identity === 'different' ? cmp.differences : [];
+  const withoutPixels = (flat: FlatDataset) => new Map([...flat].filter(([key]) => !key.startsWith('(7FE0,0010)')));
+  const compressed = !([TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE] as string[]).includes(originalTs);
+  const originalFlat = flattenFile(original).flat;
+  const a = withoutPixels(originalTs === TS.ExplicitBE ? littleEndian(originalFlat) : originalFlat);
+  const b = withoutPixels(flattenFile(copy).flat);
+  return compareFlat(a, b, { ignoreVr: true }).differences.filter((d) => !(compressed && d.startsWith('(0028,')));
+}
+
+/** Binary values of a big endian data set with their bytes in little endian order, to compare with a converted copy. */
+function littleEndian(flat: FlatDataset): FlatDataset {
+  const unit: Record<string, number> = { US: 2, SS: 2, OW: 2, AT: 2, UL: 4, SL: 4, FL: 4, OF: 4, OL: 4, FD: 8, OD: 8, SV: 8, UV: 8, OV: 8 };
+  return new Map(
+    [...flat].map(([key, value]) => {
+      const size = unit[value.vr];
+      if (value.kind !== 'value' || size === undefined) return [key, value];
+      const bytes = Buffer.from(value.bytes);
+      for (let i = 0; i + size <= bytes.length; i += size) bytes.subarray(i, i + size).reverse();
+      return [key, { ...value, bytes }];
+    }),
+  );
+}

@@ -180,9 +180,15 @@ const explicitVrLittleEndian = '1.2.840.10008.1.2.1';
  * context it accepted, and only from the PDUs after its command's. A data set sent on a context of another
  * syntax, or in its command's PDU, is misread or never seen: the connection is closed (gdcmscu aborts, or
  * waits). Others are answered Success and kept in `deliveries`.
+ *
+ * With `associationsAccepted`, the associations after that many are rejected (transient, by the presentation
+ * provider: local limit exceeded), as a receiver at its limit of associations does. gdcmscu's receiver takes
+ * one per C-MOVE (3.0.21 refused the connection of a second: hunt 160).
  */
-export async function acceptorLikeGdcm(): Promise<RawAcceptor & { deliveries: GdcmLikeDelivery[] }> {
+export async function acceptorLikeGdcm(associationsAccepted = Number.POSITIVE_INFINITY): Promise<RawAcceptor & { deliveries: GdcmLikeDelivery[]; associations: AssociateRqPdu['presentationContexts'][] }> {
   const deliveries: GdcmLikeDelivery[] = [];
+  /** The presentation contexts each association proposed, in the order they came. */
+  const associations: AssociateRqPdu['presentationContexts'][] = [];
   const acceptor = await tcpAcceptor((socket) => {
     const framer = new PduFramer();
     const accepted = new Map<number, string>();
@@ -193,6 +199,11 @@ export async function acceptorLikeGdcm(): Promise<RawAcceptor & { deliveries: Gd
       for (const pdu of framer.push(chunk)) {
         if (socket.destroyed) return;
         if (pdu.type === 'associateRq') {
+          associations.push(pdu.presentationContexts);
+          if (associations.length > associationsAccepted) {
+            socket.end(encodePdu({ type: 'associateRj', result: 2, source: 3, reason: 2 }));
+            return;
+          }
           const presentationContexts = pdu.presentationContexts.map((pc) => {
             const syntax = [implicitVrLittleEndian, explicitVrLittleEndian].find((ts) => pc.transferSyntaxUids.includes(ts));
             if (syntax === undefined) return { id: pc.id, result: 4, transferSyntaxUid: '' };
@@ -240,5 +251,5 @@ export async function acceptorLikeGdcm(): Promise<RawAcceptor & { deliveries: Gd
       }
     });
   });
-  return { ...acceptor, deliveries };
+  return { ...acceptor, deliveries, associations };
 }

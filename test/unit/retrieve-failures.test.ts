@@ -11,7 +11,8 @@ import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, store
 import { recordingLogger, type RecordedLine } from '../support/recording-logger.ts';
 import { silentLogger } from '../../src/actors/runtime/logger.ts';
 import { acceptorAnsweringSlowly, acceptorAnsweringWrongMessageId, acceptorLikeGdcm, acceptorNeverAnswering, acceptorNeverReleasing, acceptorThatHangsUpMidRequest, silentTcpAcceptor } from '../support/raw-acceptor.ts';
-import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { makeInstanceWithInfo, TransferSyntax, type SyntheticTransferSyntax } from '../support/synthetic-dicom.ts';
+import { manyStorageClasses, storeManyClassStudy } from '../support/many-class-study.ts';
 import { AssociationClosedError, type DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
 import { PduFramer, encodePDataFragments, type Pdu } from '../../src/codec/pdu.ts';
@@ -132,6 +133,51 @@ test('C-MOVE to a GDCM receiver, which reads every data set in the syntax of the
   assert.deepEqual([...received].sort(), [...explicitUids, implicit.resolved.sopInstanceUid].sort());
   assert.deepEqual(gdcm.deliveries[received.indexOf(implicit.resolved.sopInstanceUid)]?.dataSet, Buffer.from(implicitBytes), 'the implicit VR instance goes as stored');
   await echoThenRelease(client);
+});
+
+/** A study of one instance per class and syntax moved to `destination`: the final response, with what was stored. */
+async function moveManyClassStudy(t: TestContext, destination: { port: number; close(): Promise<void> }, site: string, classes: readonly string[], syntaxes: readonly SyntheticTransferSyntax[]) {
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, destination, 'GDCMSCP', site, lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.160.1';
+  const stored = (await storeManyClassStudy(peer.dicomPort, studyInstanceUid, classes, syntaxes)).map((i) => i.sopInstanceUid);
+  const client = await moveClient(peer);
+  const final = await moveStudy(client, studyInstanceUid, 'GDCMSCP');
+  await echoThenRelease(client);
+  return { final, stored, lines };
+}
+
+test('C-MOVE of 42 SOP classes stored in 3 syntaxes each (168 contexts to propose) to a GDCM receiver: every instance arrives, on one association of 128 contexts (the contexts past 128 were dropped: "receiver accepted no context"; gdcmscu takes one association per move)', { timeout: 120_000 }, async (t) => {
+  // One association, as gdcmscu's receiver takes per C-MOVE (it refused the connection of a second one).
+  const gdcm = await acceptorLikeGdcm(1);
+  const syntaxes = [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian] as const;
+  const { final, stored, lines } = await moveManyClassStudy(t, gdcm, 'mover-gdcm-many', manyStorageClasses, syntaxes);
+  assert.equal(final.command.status, 0, `final status 0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}, ${JSON.stringify(failureReasons(lines))}`);
+  assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [stored.length, 0, 0]);
+  // Each in the one syntax GDCM reads, and each the instance it was.
+  assert.deepEqual(new Set(gdcm.deliveries.map((d) => d.contextTransferSyntaxUid)), new Set([TransferSyntax.ImplicitVrLittleEndian]));
+  const received = gdcm.deliveries.map((d) => parseDataset(d.dataSet, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === Tags.SOPInstanceUID)?.value);
+  assert.deepEqual(received.sort(), [...stored].sort());
+  assert.equal(gdcm.associations.length, 1);
+  assert.equal(gdcm.associations[0]!.length, 128);
+  assert.equal(new Set(gdcm.associations[0]!.map((pc) => pc.abstractSyntaxUid)).size, manyStorageClasses.length);
+});
+
+test('C-MOVE of 129 SOP classes: two associations, the second one rejected: the first one\'s instances completed, the other failed and listed, the comment says why (0xB000, PS3.4 C.4.2.3.1)', { timeout: 120_000 }, async (t) => {
+  const gdcm = await acceptorLikeGdcm(1);
+  // Storage classes as the peer takes them (any UID under the storage root): no receiver here checks them.
+  const classes = Array.from({ length: 129 }, (_, i) => `1.2.840.10008.5.1.4.1.1.9999.${i + 1}`);
+  const { final, stored, lines } = await moveManyClassStudy(t, gdcm, 'mover-gdcm-rejects-second', classes, [TransferSyntax.ExplicitVrLittleEndian]);
+  assert.equal(final.command.status, Status.SubOpsCompleteWithFailures, `final status 0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}`);
+  assert.equal(gdcm.associations.length, 2);
+  assert.deepEqual(gdcm.associations.map((a) => new Set(a.map((pc) => pc.abstractSyntaxUid)).size), [128, 1]);
+  assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [128, 1, 0]);
+  assert.equal(final.command.errorComment, '1 failed: cannot reach the destination again');
+  const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
+  const delivered = new Set(gdcm.deliveries.map((d) => parseDataset(d.dataSet, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === Tags.SOPInstanceUID)?.value));
+  assert.deepEqual([list], stored.filter((uid) => !delivered.has(uid)));
+  const reasons = failureReasons(lines);
+  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('association 2 of 2') && r.includes('local limit exceeded')), JSON.stringify(reasons));
 });
 
 test('C-MOVE to a destination whose answers match no request: the sub-association is aborted at once and every instance counted failed, not one response timeout each (helper 69)', async (t) => {
@@ -441,6 +487,25 @@ test('a C-GET whose requestor accepted no context for the SOP class: the comment
   assert.ok(comment.length <= 64);
   const reasons = failureReasons(lines, 'C-GET');
   assert.ok(reasons && Object.keys(reasons).some((r) => r.includes(ctImage) && r.includes('no presentation context')), JSON.stringify(reasons));
+});
+
+test('a retrieve failing instances of ten classes for one cause: the comment names the cause, not "other reasons" (each class is a reason of its own in the log; hunt 160)', async (t) => {
+  const lines: RecordedLine[] = [];
+  const peer = await startTestPeer([], 'getter-no-context-10', recordingLogger([], {}, lines));
+  t.after(() => peer.dispose());
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.160.4';
+  await storeManyClassStudy(peer.dicomPort, studyInstanceUid, manyStorageClasses.slice(0, 10), [TransferSyntax.ExplicitVrLittleEndian]);
+  // A requestor that proposed no storage class at all.
+  const client = await openPeerClient(peer.dicomPort, 'GETTER', [{ abstractSyntaxUid: studyRootGet, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian] }], { onIncomingStore: () => Status.Success });
+  t.after(() => client.abort());
+  const final = await getStudy(client, studyInstanceUid);
+  assert.equal(final.command.status, 0xa702);
+  assert.equal(final.command.failedSubOperations, 10);
+  assert.equal(final.command.errorComment, 'all 10 failed: receiver accepted no context for SOP class');
+  // The log keeps eight reasons, the rest counted together.
+  const reasons = failureReasons(lines, 'C-GET');
+  assert.equal(Object.keys(reasons ?? {}).length, 9, JSON.stringify(reasons));
+  assert.equal(reasons?.['other reasons'], 2);
 });
 
 test('a C-GET whose requestor proposed the SOP class but took no SCP role for it: the comment says so, not "no context" (hunt 89)', async (t) => {

@@ -11,7 +11,7 @@ import { CommandField, Status, type DimseCommand } from '../../../codec/dimse.ts
 import { createReplicaStore, type ReplicaStore } from '../../storage/replica-store.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
-import { failedUidIdentifier, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
+import { failedUidIdentifier, moveAssociationGroups, parseQueryIdentifier, pickContextFor, proposalsForMove, runFind, runRetrieve, type RetrieveSource } from './query-retrieve.ts';
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import { CatalogRecordError, catalogWriteOps } from '../../storage/catalog.ts';
@@ -443,6 +443,40 @@ test('a C-MOVE offers each class as stored, uncompressed, and losslessly compres
   // 128 contexts at most: with 43 classes there is no room for the compressed ones.
   const many = Array.from({ length: 43 }, (_, i) => ({ sopClassUid: `${ct}.${i}`, transferSyntaxUid: j2k }) as CatalogEntry);
   assert.equal(proposalsForMove(many).length, 86);
+});
+
+test('a C-MOVE whose classes and syntaxes need more than 128 contexts proposes every class in one association, a fallback each, the compressed and the frequent syntaxes as stored; over 128 classes, several associations (hunt 160: the contexts past 128 were dropped)', () => {
+  const ct = '1.2.840.10008.5.1.4.1.1.2';
+  const j2k = '1.2.840.10008.1.2.4.90';
+  const fallback = [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian];
+  const syntaxes = [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian];
+  // 42 classes in 3 syntaxes each (168 contexts), the last class's big endian instances the most frequent, one class also in JPEG 2000.
+  const entries = Array.from({ length: 42 * 3 }, (_, i) => ({ sopClassUid: `${ct}.${Math.floor(i / 3)}`, transferSyntaxUid: syntaxes[i % 3], sopInstanceUid: `1.2.3.${i}` }) as CatalogEntry);
+  entries.push({ ...entries.at(-1)!, sopInstanceUid: '1.2.3.1000' }, { ...entries[40]!, transferSyntaxUid: j2k, sopInstanceUid: '1.2.3.1001' });
+  assert.deepEqual(moveAssociationGroups(entries), [entries], 'one association');
+  const proposals = proposalsForMove(entries);
+  assert.equal(proposals.length, 128);
+  const byClass = new Map<string, string[][]>();
+  for (const p of proposals) byClass.set(p.abstractSyntaxUid, [...(byClass.get(p.abstractSyntaxUid) ?? []), p.transferSyntaxUids]);
+  assert.equal(byClass.size, 42);
+  // Every class ends with its fallback (a GDCM receiver reads the syntax of the last context it accepted).
+  for (const own of byClass.values()) assert.deepEqual(own.at(-1), fallback);
+  // The J2K syntax and the most frequent one kept; then the first classes' syntaxes, in order, as room allows (128 - 42 = 86).
+  assert.ok(byClass.get(`${ct}.13`)!.some((ts) => ts[0] === j2k));
+  assert.deepEqual(byClass.get(`${ct}.41`)!.map((ts) => ts[0]), [TransferSyntax.ExplicitVrBigEndian, TransferSyntax.ExplicitVrLittleEndian]);
+  assert.deepEqual(byClass.get(`${ct}.0`)!.length, 4);
+  assert.deepEqual(byClass.get(`${ct}.40`)!.length, 1);
+  // What fits is proposed whole, with the compressed fallbacks when they fit too.
+  assert.equal(proposalsForMove(entries.slice(0, 32 * 3)).length, 32 * 4);
+  assert.equal(proposalsForMove(entries.slice(0, 10 * 3)).length, 10 * 5);
+  // Over 128 classes: associations of 128 classes, each class in one, every instance once in its order.
+  const manyClasses = Array.from({ length: 130 }, (_, i) => ({ sopClassUid: `${ct}.${i % 129}`, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, sopInstanceUid: `1.2.4.${i}` }) as CatalogEntry);
+  const groups = moveAssociationGroups(manyClasses);
+  assert.deepEqual(groups.map((g) => g.length), [129, 1]);
+  assert.deepEqual(groups[1]!.map((e) => e.sopClassUid), [`${ct}.128`]);
+  assert.equal(new Set(groups[0]!.map((e) => e.sopClassUid)).size, 128);
+  assert.equal(proposalsForMove(groups[0]!).length, 128);
+  assert.deepEqual(moveAssociationGroups([]), []);
 });
 
 test('a C-FIND cancelled (C-CANCEL-RQ, or its association aborted) stops its scan though nothing matches yet, answering Cancel (helper 98: it read the whole level first)', async () => {

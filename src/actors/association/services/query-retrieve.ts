@@ -303,70 +303,84 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     await ctx.send(retrieveResponse(ctx, Status.Success, counts));
     return;
   }
-  let target: SubOperationTarget & { close(): Promise<void> };
-  try {
-    // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
-    target = await withPendingKeepAlive(ctx, counts, ctx.openTarget(entries));
-  } catch (error) {
-    if (ctx.isCancelled()) {
-      // A C-CANCEL stopped the opening (the target's signal): no sub-operation was initiated, so every one
-      // remains (PS3.4 C.4.2.3.1: "Remaining ... not initiated due to the C-CANCEL"); none failed. Hunt 85
-      // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
-      await ctx.send(retrieveResponse(ctx, Status.Cancel, counts));
-      return;
-    }
-    // Every sub-operation failed before it began: counted and listed as such, so the client knows what was not sent.
-    counts.failed = entries.length;
-    counts.failedUids.push(...entries.map((e) => e.sopInstanceUid));
-    counts.remaining = 0;
-    await ctx.send(
-      retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
-      failedUidIdentifier(counts, ctx.transferSyntaxUid),
-    );
-    return;
-  }
+  // A C-MOVE of more SOP classes than one association has contexts for goes over several, one after the other.
+  const groups = ctx.kind === 'move' ? moveAssociationGroups(entries) : [entries];
+  entries = groups.flat();
   const failureReasons = new Map<string, number>();
-  /** A failure reason's shorter form for the Error Comment, where it has one. */
-  const failureComments = new Map<string, string>();
-  try {
-    for (const entry of entries) {
+  /**
+   * Failures counted by what the final response's Error Comment would say of them: a reason's shorter form,
+   * where it has one, shared by reasons that differ only in what the comment has no room for (the SOP class).
+   */
+  const failureComments = new Map<string, number>();
+  const countFailures = (reason: string, failed: number, shortReason?: string) => {
+    const keep = (counted: Map<string, number>, key: string) => {
+      const kept = counted.has(key) || counted.size < failureReasonsMax ? key : 'other reasons';
+      counted.set(kept, (counted.get(kept) ?? 0) + failed);
+    };
+    keep(failureReasons, reason);
+    keep(failureComments, shortReason ?? reason);
+  };
+  for (const [groupIndex, group] of groups.entries()) {
+    if (ctx.isCancelled() || counts.remaining === 0) break;
+    let target: SubOperationTarget & { close(): Promise<void> };
+    try {
+      // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
+      target = await withPendingKeepAlive(ctx, counts, ctx.openTarget(group));
+    } catch (error) {
+      // A C-CANCEL stopped the opening (the target's signal): no sub-operation of it was initiated, so they
+      // remain (PS3.4 C.4.2.3.1: "Remaining ... not initiated due to the C-CANCEL"); none failed. Hunt 85
+      // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
       if (ctx.isCancelled()) break;
-      const stopping = ctx.isStopping?.() === true;
-      if (stopping || ctx.isReleasing?.()) {
-        if (stopping) {
-          failureReasons.set(peerStoppingReason, (failureReasons.get(peerStoppingReason) ?? 0) + counts.remaining);
-          failureComments.set(peerStoppingReason, 'the archive is stopping, retry');
-        }
-        counts.failed += counts.remaining;
-        counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
-        counts.remaining = 0;
-        break;
+      // The sub-operations not sent failed before they began: counted and listed as such, so the client knows what was not sent.
+      const notSent = entries.slice(entries.length - counts.remaining);
+      counts.failed += notSent.length;
+      counts.failedUids.push(...notSent.map((e) => e.sopInstanceUid));
+      counts.remaining = 0;
+      if (groupIndex === 0) {
+        await ctx.send(
+          retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
+          failedUidIdentifier(counts, ctx.transferSyntaxUid),
+        );
+        return;
       }
-      const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
-      // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
-      // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
-      // One that was sent and not answered is a failure, whatever ended the association.
-      if (cancelledBeforeSending && ctx.isCancelled()) break;
-      counts.remaining--;
-      if (status === Status.Success) counts.completed++;
-      // Helper 66: 0001, 0107 and 0116 are warnings too; they were counted (and listed) as failures.
-      else if (isWarningStatus(status)) counts.warning++;
-      else {
-        counts.failed++;
-        counts.failedUids.push(entry.sopInstanceUid);
-        const known = reason ?? 'unknown';
-        const key = failureReasons.has(known) || failureReasons.size < failureReasonsMax ? known : 'other reasons';
-        failureReasons.set(key, (failureReasons.get(key) ?? 0) + 1);
-        if (shortReason !== undefined && key === known) failureComments.set(key, shortReason);
-      }
-      // A C-MOVE's last sub-operation gets its Pending response too, before the destination's release, as
-      // DCMTK's dcmqrscp sends it: gdcmscu --move reads its C-STORE receiver's association (and so answers our
-      // A-RELEASE-RQ there) only after a Pending response; without one each C-MOVE waited out our 2 s release
-      // wait (hunt 155).
-      if (counts.remaining > 0 || ctx.kind === 'move') await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
+      // A later association of the move (over 128 classes).
+      countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent.length, 'cannot reach the destination again');
+      break;
     }
-  } finally {
-    await target.close();
+    try {
+      for (const entry of group) {
+        if (ctx.isCancelled()) break;
+        const stopping = ctx.isStopping?.() === true;
+        if (stopping || ctx.isReleasing?.()) {
+          if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
+          counts.failed += counts.remaining;
+          counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
+          counts.remaining = 0;
+          break;
+        }
+        const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
+        // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
+        // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
+        // One that was sent and not answered is a failure, whatever ended the association.
+        if (cancelledBeforeSending && ctx.isCancelled()) break;
+        counts.remaining--;
+        if (status === Status.Success) counts.completed++;
+        // Helper 66: 0001, 0107 and 0116 are warnings too; they were counted (and listed) as failures.
+        else if (isWarningStatus(status)) counts.warning++;
+        else {
+          counts.failed++;
+          counts.failedUids.push(entry.sopInstanceUid);
+          countFailures(reason ?? 'unknown', 1, shortReason);
+        }
+        // A C-MOVE's last sub-operation gets its Pending response too, before the destination's release, as
+        // DCMTK's dcmqrscp sends it: gdcmscu --move reads its C-STORE receiver's association (and so answers our
+        // A-RELEASE-RQ there) only after a Pending response; without one each C-MOVE waited out our 2 s release
+        // wait (hunt 155).
+        if (counts.remaining > 0 || ctx.kind === 'move') await ctx.send(retrieveResponse(ctx, Status.Pending, counts));
+      }
+    } finally {
+      await target.close();
+    }
   }
   if (failureReasons.size > 0) ctx.onSubOperationFailures?.(Object.fromEntries(failureReasons));
   if (ctx.isCancelled() && counts.remaining > 0) {
@@ -378,8 +392,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   const everyOneFailed = counts.failed > 0 && counts.completed + counts.warning === 0;
   const finalStatus = everyOneFailed ? Status.OutOfResourcesSubOps : counts.failed + counts.warning > 0 ? Status.SubOpsCompleteWithFailures : Status.Success;
   // The most frequent reason, cut at the comment's 64 characters (all of them are in the log).
-  const [topReason] = [...failureReasons].sort((a, b) => b[1] - a[1])[0] ?? [];
-  const topComment = topReason === undefined ? undefined : (failureComments.get(topReason) ?? topReason);
+  // Not "other reasons" while a comment of its own is as frequent: nine classes without a context, each its
+  // own reason in the log, made a C-MOVE's comment "30 failed: other reasons" (hunt 160).
+  const [topComment] = [...failureComments].sort((a, b) => b[1] - a[1] || Number(a[0] === 'other reasons') - Number(b[0] === 'other reasons'))[0] ?? [];
   const comment = counts.failed === 0 ? undefined : `${everyOneFailed ? 'all ' : ''}${counts.failed} failed${topComment === undefined ? '' : `: ${topComment}`}`;
   await ctx.send(retrieveResponse(ctx, finalStatus, counts, comment), failedUidIdentifier(counts, ctx.transferSyntaxUid));
 }
@@ -570,28 +585,65 @@ export function pickContextFor(
  */
 const compressedFallbackSyntaxes = ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.5'];
 
+/** Presentation context IDs are odd numbers 1..255: an association has at most 128 contexts (PS3.8 9.3.2.2). */
+export const maxPresentationContexts = 128;
+
+/** Uncompressed syntaxes: an instance stored in one goes losslessly and cheaply into the fallback context's. */
+const uncompressedSyntaxes: ReadonlySet<string> = new Set([TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]);
+
+/** The instances of each SOP class by stored syntax, classes and syntaxes in the order the entries first name them. */
+function instancesByClassAndSyntax(entries: readonly CatalogEntry[]): Map<string, Map<string, number>> {
+  const classes = new Map<string, Map<string, number>>();
+  for (const entry of entries) {
+    const syntaxes = classes.get(entry.sopClassUid) ?? new Map<string, number>();
+    syntaxes.set(entry.transferSyntaxUid, (syntaxes.get(entry.transferSyntaxUid) ?? 0) + 1);
+    classes.set(entry.sopClassUid, syntaxes);
+  }
+  return classes;
+}
+
 /**
- * What a C-MOVE proposes to its destination: each SOP class in its stored syntax, plus an uncompressed
- * fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one.
+ * What a C-MOVE proposes to its destination: each SOP class in its stored syntaxes, one context each, then
+ * an uncompressed fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one.
+ * When the stored syntaxes do not all fit beside the fallbacks (42 classes stored in 3 syntaxes each need
+ * 168 contexts), those that fit are proposed, compressed ones first (converting them costs most), then the
+ * most frequent; an instance whose syntax was left out goes converted into the fallback's. Before, the list
+ * was cut at 128 and the last classes were not proposed at all: their instances failed as "receiver
+ * accepted no context" (hunt 160). At most 128 classes (moveAssociationGroups).
  */
 export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
-  const pairs = new Map<string, Set<string>>();
-  for (const entry of entries) {
-    const syntaxes = pairs.get(entry.sopClassUid) ?? new Set<string>();
-    syntaxes.add(entry.transferSyntaxUid);
-    pairs.set(entry.sopClassUid, syntaxes);
-  }
+  const classes = instancesByClassAndSyntax(entries);
+  const stored = [...classes].flatMap(([sopClassUid, syntaxes], classIndex) => [...syntaxes].map(([transferSyntaxUid, instances]) => ({ sopClassUid, transferSyntaxUid, instances, classIndex })));
+  // Room for stored syntaxes beside a fallback for every class; the compressed first, then the most frequent.
+  const room = Math.max(maxPresentationContexts - classes.size, 0);
+  const isUncompressed = (s: { transferSyntaxUid: string }) => Number(uncompressedSyntaxes.has(s.transferSyntaxUid));
+  const chosen = stored.length <= room ? stored : [...stored].sort((a, b) => isUncompressed(a) - isUncompressed(b) || b.instances - a.instances || a.classIndex - b.classIndex).slice(0, room);
+  const kept = new Set(chosen.map((s) => `${s.sopClassUid} ${s.transferSyntaxUid}`));
   const proposals: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> = [];
-  for (const [sopClassUid, syntaxes] of pairs) {
+  for (const [sopClassUid, syntaxes] of classes) {
     // One context per stored syntax, so the destination can accept each one as it is.
-    for (const ts of syntaxes) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
+    for (const ts of syntaxes.keys()) if (kept.has(`${sopClassUid} ${ts}`)) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [ts] });
+    // The fallback after them: a GDCM receiver reads every data set in the syntax of the last context it
+    // accepted (destination-quirks.ts), and it takes this one in implicit VR LE, the syntax it reads best.
     proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian] });
   }
-  // Presentation context IDs are odd numbers 1..255: at most 128 contexts.
-  if (proposals.length + pairs.size <= 128) {
-    for (const sopClassUid of pairs.keys()) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [...compressedFallbackSyntaxes] });
+  if (proposals.length + classes.size <= maxPresentationContexts) {
+    for (const sopClassUid of classes.keys()) proposals.push({ abstractSyntaxUid: sopClassUid, transferSyntaxUids: [...compressedFallbackSyntaxes] });
   }
-  return proposals.slice(0, 128);
+  return proposals.slice(0, maxPresentationContexts);
+}
+
+/**
+ * A C-MOVE's instances split into groups of at most 128 SOP classes, one association each (a class needs a
+ * context at least), in the order the classes first come. Several associations are the last resort: gdcmscu
+ * 3.0.21's receiver takes one association per C-MOVE and refused the connection of a second (hunt 160).
+ */
+export function moveAssociationGroups(entries: readonly CatalogEntry[]): CatalogEntry[][] {
+  const groupOfClass = new Map<string, number>();
+  for (const sopClassUid of instancesByClassAndSyntax(entries).keys()) groupOfClass.set(sopClassUid, Math.floor(groupOfClass.size / maxPresentationContexts));
+  const grouped: CatalogEntry[][] = [];
+  for (const entry of entries) (grouped[groupOfClass.get(entry.sopClassUid)!] ??= []).push(entry);
+  return grouped;
 }
 
 /** Where C-GET and C-MOVE find instances: the local catalog, or in a mesh every alive site's. */
