@@ -25,6 +25,7 @@ import { forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeers } from 
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MemberRecord, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
 import { SimNetwork } from './network.ts';
+import { simBalancerConfig, simTimings } from './simulation.ts';
 import { Prng } from './prng.ts';
 
 type Payload =
@@ -112,16 +113,7 @@ const traceLinesMax = 80;
 
 /** The mesh simulation's timings (simulation.ts), and the actor's start-up waits scaled like them. */
 const timings = {
-  heartbeatIntervalMs: 200,
-  suspectAfterMs: 700,
-  deadAfterMs: 1400,
-  membersMax: 64,
-  voteTimeoutMs: 600,
-  announceIntervalMs: 200,
-  leaderSilenceMaxMs: 1400,
-  handOverGraceMs: 2800,
-  stallMinMs: 900,
-  settleAfterStallMs: 1000,
+  ...simTimings,
   // Wired: settleMs 2 s and aloneJoinWaitMs 15 s against deadAfterMs 3 s.
   settleMs: 1000,
   aloneJoinWaitMs: 7000,
@@ -326,20 +318,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       deadAfterMs: timings.deadAfterMs,
       membersMax: timings.membersMax,
     });
-    const balancer = initBalancer(
-      {
-        selfPeerId: peer.peerId,
-        rosterPeerIds: [...roster.keys()].sort(),
-        voteTimeoutMs: timings.voteTimeoutMs,
-        announceIntervalMs: timings.announceIntervalMs,
-        leaderSilenceMaxMs: timings.leaderSilenceMaxMs,
-        handOverGraceMs: timings.handOverGraceMs,
-        stallMinMs: timings.stallMinMs,
-        settleAfterStallMs: timings.settleAfterStallMs,
-        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: 200 },
-      },
-      peer.durable.election,
-    );
+    const balancer = initBalancer(simBalancerConfig(peer.peerId, [...roster.keys()].sort()), peer.durable.election);
     peer.live = {
       membership,
       balancer: {
