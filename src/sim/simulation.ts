@@ -10,7 +10,7 @@
  * which a crash throws away.
  */
 import { chooseTarget, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
-import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
+import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
 import { custodyStats, debtKey, sameHeartbeatFigures, type HeartbeatFigures, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
@@ -185,7 +185,8 @@ const peerActiveEveryMs = 250;
 const traceLinesMax = 60;
 const retriesPendingMax = 200;
 
-const timings = {
+/** Timings of the simulated peers (the election simulation runs with them too). */
+export const simTimings = {
   heartbeatIntervalMs: 200,
   suspectAfterMs: 700,
   deadAfterMs: 1400,
@@ -202,6 +203,21 @@ const timings = {
   repairIntervalMs: 500,
   repairQuietMs: 300,
 };
+
+/** A simulated peer's balancer configuration. */
+export function simBalancerConfig(selfPeerId: string, rosterPeerIds: readonly string[]): BalancerConfig {
+  return {
+    selfPeerId,
+    rosterPeerIds,
+    voteTimeoutMs: simTimings.voteTimeoutMs,
+    announceIntervalMs: simTimings.announceIntervalMs,
+    leaderSilenceMaxMs: simTimings.leaderSilenceMaxMs,
+    handOverGraceMs: simTimings.handOverGraceMs,
+    stallMinMs: simTimings.stallMinMs,
+    settleAfterStallMs: simTimings.settleAfterStallMs,
+    routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
+  };
+}
 
 export function runSimulation(options: SimOptions): SimResult {
   const root = new Prng(options.seed);
@@ -315,37 +331,24 @@ export function runSimulation(options: SimOptions): SimResult {
       incarnation: peer.durable.incarnation,
       priority: peer.priority,
       addresses: { dicom: `${peer.peerId}:104`, http: `${peer.peerId}:8080`, aeTitle: 'PACSMESH' },
-      heartbeatIntervalMs: timings.heartbeatIntervalMs,
-      suspectAfterMs: timings.suspectAfterMs,
-      deadAfterMs: timings.deadAfterMs,
-      membersMax: timings.membersMax,
+      heartbeatIntervalMs: simTimings.heartbeatIntervalMs,
+      suspectAfterMs: simTimings.suspectAfterMs,
+      deadAfterMs: simTimings.deadAfterMs,
+      membersMax: simTimings.membersMax,
     });
-    const balancer = initBalancer(
-      {
-        selfPeerId: peer.peerId,
-        rosterPeerIds: roster,
-        voteTimeoutMs: timings.voteTimeoutMs,
-        announceIntervalMs: timings.announceIntervalMs,
-        leaderSilenceMaxMs: timings.leaderSilenceMaxMs,
-        handOverGraceMs: timings.handOverGraceMs,
-        stallMinMs: timings.stallMinMs,
-        settleAfterStallMs: timings.settleAfterStallMs,
-        routing: { associationsPerPeerMax: 8, custodyQueueMax: 500, freeDiskBytesMin: 1, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
-      },
-      peer.durable.election,
-    );
+    const balancer = initBalancer(simBalancerConfig(peer.peerId, roster), peer.durable.election);
     const custody = initCustody(
       {
         selfPeerId: peer.peerId,
         selfSiteName: peer.siteName,
         writeQuorum: 'auto',
-        quorumTimeoutMs: timings.quorumTimeoutMs,
+        quorumTimeoutMs: simTimings.quorumTimeoutMs,
         debtEntriesMax: 400,
         pendingStoresMax: 16,
         replicationsInFlightMax: 16,
-        replicationRetryMs: timings.replicationRetryMs,
-        repairIntervalMs: timings.repairIntervalMs,
-        repairQuietMs: timings.repairQuietMs,
+        replicationRetryMs: simTimings.replicationRetryMs,
+        repairIntervalMs: simTimings.repairIntervalMs,
+        repairQuietMs: simTimings.repairQuietMs,
         repairKeysMax: 256,
         // Leaf exchanges whenever few buckets differ (the default waits for large archives), so both forms run.
         repairLeavesKeysPerBucketMin: 1,
@@ -353,8 +356,8 @@ export function runSimulation(options: SimOptions): SimResult {
         // Longer than any run: forgetting is the reducer tests' business, not the simulation's.
         knownSiteForgetAfterMs: 24 * 3600_000,
         knownSitesMax: 16,
-        forgottenSiteReturnAliveMs: 3 * timings.suspectAfterMs,
-        siteClaimConfirmMs: 2 * timings.deadAfterMs,
+        forgottenSiteReturnAliveMs: 3 * simTimings.suspectAfterMs,
+        siteClaimConfirmMs: 2 * simTimings.deadAfterMs,
       },
       {
         digest: digestOf(peer.durable.store.values()),
@@ -1063,7 +1066,7 @@ export function runSimulation(options: SimOptions): SimResult {
     // quorum timeout with a quorum of 2 (when there are two sites), then copied everywhere like the rest.
     const probes = active.map((p) => ({ peer: p, requestId: storeAt(p, newInstance()) }));
     const probedAtMs = nowMs;
-    for (; nowMs <= probedAtMs + timings.quorumTimeoutMs + 500 && probes.some((q) => !answers.has(q.requestId ?? '')); nowMs += tickMs) {
+    for (; nowMs <= probedAtMs + simTimings.quorumTimeoutMs + 500 && probes.some((q) => !answers.has(q.requestId ?? '')); nowMs += tickMs) {
       deliverDue();
       tickAll();
     }

@@ -12,7 +12,7 @@ import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../
 import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
-import { forgetPeerTopic, routingTopic } from './messages.ts';
+import { forgetPeerTopic, rosterMissingMax, routingTopic } from './messages.ts';
 import { ELECTION_RECORD_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { refuseWritesOrSkip } from '../../../test/support/refuse-writes.ts';
@@ -469,4 +469,20 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     // Taking the term, a steps down if it led; either way the next leader is elected above it.
     await waitFor('a term above the one sent', () => (agreedLeader([a, b])?.term ?? 0) > before + 5, 10_000);
   });
+});
+
+it('election frames: a request carries the candidate\'s roster and a refusal the voter\'s peers it lacks; frames without them (earlier versions) still parse', () => {
+  assert.deepEqual(parseBalancerMessage({ type: 'requestVote', term: 3, candidateId: 'c' }), { type: 'requestVote', term: 3, candidateId: 'c' });
+  assert.deepEqual(parseBalancerMessage({ type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'] }), { type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'] });
+  assert.deepEqual(parseBalancerMessage({ type: 'vote', term: 3, voterId: 'b', granted: false, rosterMissing: ['d'] }), { type: 'vote', term: 3, voterId: 'b', granted: false, rosterMissing: ['d'] });
+  for (const bad of [
+    { type: 'requestVote', term: 3, candidateId: 'c', roster: 'b,c' },
+    { type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 7] },
+    { type: 'vote', term: 3, voterId: 'b', granted: false, rosterMissing: [''] },
+    { type: 'vote', term: 3, voterId: 'b', granted: false, rosterMissing: Array(rosterMissingMax + 1).fill('d') },
+  ]) assert.equal(parseBalancerMessage(bad), null, JSON.stringify(bad).slice(0, 80));
+  // A roster of 64 real PeerIds (membersMax) fits in a frame that peers of earlier versions accept.
+  const peerIds = Array.from({ length: 64 }, (_, i) => `12D3KooW${String(i).padStart(44, 'x')}`);
+  const bytes = encodeEnvelope({ type: 'requestVote', term: 2 ** 40, candidateId: peerIds[0]!, roster: peerIds }, { maxBytes: ELECTION_MAX_BYTES });
+  assert.ok(bytes.byteLength <= ELECTION_MAX_BYTES);
 });

@@ -40,6 +40,7 @@ import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, t
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
+  rosterMissingMax,
   routingTopic,
   type BalancerEffect,
   type BalancerMessage,
@@ -208,10 +209,19 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
   const term = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
   if (!term(v.term)) return null;
   switch (v.type) {
-    case 'requestVote':
-      return id(v.candidateId) ? { type: 'requestVote', term: v.term, candidateId: v.candidateId } : null;
-    case 'vote':
-      return id(v.voterId) && typeof v.granted === 'boolean' ? { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted } : null;
+    case 'requestVote': {
+      if (!id(v.candidateId)) return null;
+      // Absent from candidates before hunt 159: judged as before (see logic.ts, rosterMissingFrom).
+      if (v.roster === undefined) return { type: 'requestVote', term: v.term, candidateId: v.candidateId };
+      if (!Array.isArray(v.roster) || v.roster.length > ENTRIES_MAX || !v.roster.every(id)) return null;
+      return { type: 'requestVote', term: v.term, candidateId: v.candidateId, roster: v.roster as string[] };
+    }
+    case 'vote': {
+      if (!id(v.voterId) || typeof v.granted !== 'boolean') return null;
+      if (v.rosterMissing === undefined) return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted };
+      if (!Array.isArray(v.rosterMissing) || v.rosterMissing.length > rosterMissingMax || !v.rosterMissing.every(id)) return null;
+      return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, rosterMissing: v.rosterMissing as string[] };
+    }
     case 'newerTerm':
       return { type: 'newerTerm', term: v.term };
     case 'announce': {
@@ -484,6 +494,23 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     limits: { ...(init.sendsInFlightMax !== undefined ? { legacySendsInFlightMax: init.sendsInFlightMax } : {}), ...init.electionStreams },
   });
 
+  /**
+   * A request for votes whose roster does not fit in a frame (some 70 PeerIds: ELECTION_MAX_BYTES is what peers
+   * of earlier versions accept) goes without it, judged as a request of an earlier version: a crash at every
+   * candidacy would leave no leader at all.
+   */
+  let rosterTooLarge = 0;
+  const encodeElectionMessage = (message: BalancerMessage): Uint8Array => {
+    try {
+      return encodeEnvelope(message, { maxBytes: ELECTION_MAX_BYTES });
+    } catch (err) {
+      if (message.type !== 'requestVote' || message.roster === undefined || (err as { code?: string }).code !== 'ERR_ENVELOPE_TOO_LARGE') throw err;
+      if (rosterTooLarge++ % 100 === 0) log.warn('request for votes sent without its roster: too large for a frame', { roster: message.roster.length, failures: rosterTooLarge });
+      const { roster: _dropped, ...withoutRoster } = message;
+      return encodeEnvelope(withoutRoster, { maxBytes: ELECTION_MAX_BYTES });
+    }
+  };
+
   const perform = async (effects: readonly BalancerEffect[], state: ActorState): Promise<void> => {
     for (const effect of effects) {
       switch (effect.type) {
@@ -492,7 +519,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
           await writeElection(effect.value);
           break;
         case 'send':
-          electionStreams.send(effect.to, encodeEnvelope(effect.message, { maxBytes: ELECTION_MAX_BYTES }));
+          electionStreams.send(effect.to, encodeElectionMessage(effect.message));
           break;
         case 'publish': {
           let bytes: Uint8Array;

@@ -30,6 +30,7 @@
  */
 import type { MemberRecord } from '../membership/messages.ts';
 import {
+  rosterMissingMax,
   routingTopic,
   type BalancerConfig,
   type BalancerEffect,
@@ -79,12 +80,17 @@ export interface BalancerState {
    * The latest request for votes this peer left unanswered for want of a roster majority in its view (see
    * onMessage): answered as soon as its view shows one, if still of its term. Undefined when none.
    */
-  readonly withheldVoteRequest?: { readonly candidateId: string; readonly term: number };
+  readonly withheldVoteRequest?: { readonly candidateId: string; readonly term: number; readonly roster?: readonly string[] };
   /**
    * After a stall, no request for votes is answered before this time (see afterStall): the view is the one from
    * before the stall. Undefined when none.
    */
   readonly votesNotAnsweredBeforeMs?: number;
+  /**
+   * Peers voters named in refusals as missing from this peer's roster (ghosts it never met: see
+   * rosterMissingFrom): part of its candidacies' roster until it leads or follows a leader. Undefined when none.
+   */
+  readonly rosterTaught?: readonly string[];
 }
 
 export interface BalancerStep {
@@ -147,7 +153,7 @@ function answerWithheldVoteRequest(state: BalancerState, nowMs: number, effects:
   if (request === undefined || !answersVoteRequests(state, nowMs)) return state;
   const s = withoutWithheldVoteRequest(state);
   if (request.term !== s.durable.currentTerm) return s;
-  return onMessage(s, request.candidateId, { type: 'requestVote', term: request.term, candidateId: request.candidateId }, nowMs, effects);
+  return onMessage(s, request.candidateId, { type: 'requestVote', ...request }, nowMs, effects);
 }
 
 function withoutWithheldVoteRequest(state: BalancerState): BalancerState {
@@ -237,6 +243,9 @@ export function ruleWinner(members: readonly MemberRecord[]): MemberRecord | nul
 function waitsToMeetTheMesh(s: BalancerState, nowMs: number): boolean {
   return s.aloneCandidacyNotBeforeMs !== undefined && nowMs < s.aloneCandidacyNotBeforeMs && s.config.rosterPeerIds.length === 1;
 }
+
+/** At most this many taught peers (see BalancerState.rosterTaught): a frame carries a roster of at most some 70 PeerIds anyway. */
+const rosterTaughtMax = 64;
 
 export function majorityOf(roster: readonly string[]): number {
   return Math.floor(roster.length / 2) + 1;
@@ -346,10 +355,23 @@ function mayRun(s: BalancerState, nowMs: number): boolean {
 
 /** requestVote of this peer's current term to every other voter that has not granted it yet. */
 function askForVotes(s: BalancerState, effects: BalancerEffect[]): void {
-  for (const peerId of s.config.rosterPeerIds) {
+  const roster = candidacyRoster(s);
+  for (const peerId of roster) {
     if (peerId === s.config.selfPeerId || s.votesGranted.includes(peerId)) continue;
-    effects.push({ type: 'send', to: peerId, message: { type: 'requestVote', term: s.durable.currentTerm, candidateId: s.config.selfPeerId } });
+    effects.push({ type: 'send', to: peerId, message: { type: 'requestVote', term: s.durable.currentTerm, candidateId: s.config.selfPeerId, roster } });
   }
+}
+
+/**
+ * The roster a candidacy asks and counts: this peer's, and the peers voters taught it (rosterTaught). A voter
+ * refuses a candidate whose roster lacks a peer of its own; a ghost (a peer gone for less than
+ * rosterForgetAfterMs) that the best-ranked peer never met made every voter that knew it refuse that peer,
+ * and the mesh had no leader until the ghost was forgotten (the election simulation, hunt 159).
+ */
+function candidacyRoster(s: BalancerState): readonly string[] {
+  const taught = s.rosterTaught;
+  if (taught === undefined) return s.config.rosterPeerIds;
+  return [...new Set([...s.config.rosterPeerIds, ...taught])].sort();
 }
 
 function onMessage(
@@ -374,6 +396,7 @@ function onMessage(
       const self = s.config.selfPeerId;
       const candidate = message.candidateId;
       let granted = false;
+      let missing: string[] = [];
       if (message.term === term && (s.durable.votedFor === null || s.durable.votedFor === candidate)) {
         // A voter answers only while it sees a majority of its own roster alive. A candidate whose learnt roster
         // is a stale subset of the voter's (a site killed moments after its first start, back much later) won
@@ -383,10 +406,11 @@ function onMessage(
         // voter sees its majority, instead of running a new term every vote timeout while it does not. It is
         // answered as soon as this voter's view shows its majority (answerWithheldVoteRequest); not on the view
         // from before a stall of its own (answersVoteRequests).
-        if (!answersVoteRequests(s, nowMs)) return { ...s, withheldVoteRequest: { candidateId: candidate, term } };
+        if (!answersVoteRequests(s, nowMs)) return { ...s, withheldVoteRequest: { candidateId: candidate, term, ...(message.roster !== undefined ? { roster: message.roster } : {}) } };
         // A request kept from before is answered by this one (a candidate's next ask came before the tick that would answer it).
         if (s.withheldVoteRequest !== undefined) s = withoutWithheldVoteRequest(s);
-        granted = wouldVoteFor(s, candidate);
+        missing = rosterMissingFrom(message.roster, s.config.rosterPeerIds);
+        granted = wouldVoteFor(s, candidate) && missing.length === 0;
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
           effects.push({ type: 'persist', key: 'election', value: durable });
@@ -397,13 +421,13 @@ function onMessage(
         // resumed leader, before that leader's announcement reached it.
         if (granted) s = { ...s, candidacyDeadlineMs: Math.max(s.candidacyDeadlineMs, nowMs + s.config.voteTimeoutMs) };
       }
-      effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted } });
+      effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted, ...(missing.length > 0 ? { rosterMissing: missing.slice(0, rosterMissingMax) } : {}) } });
       return s;
     }
     case 'vote': {
       if (s.role !== 'candidate' || message.term !== term) return s;
-      if (!message.granted) return { ...s, candidacyRefused: true };
-      if (s.votesGranted.includes(message.voterId) || !s.config.rosterPeerIds.includes(message.voterId)) return s;
+      if (!message.granted) return { ...taughtBy(s, message.rosterMissing), candidacyRefused: true };
+      if (s.votesGranted.includes(message.voterId) || !candidacyRoster(s).includes(message.voterId)) return s;
       return maybeWin({ ...s, votesGranted: [...s.votesGranted, message.voterId] }, nowMs, effects);
     }
     case 'announce': {
@@ -415,7 +439,7 @@ function onMessage(
       if (s.leaderAtStall !== undefined) s = { ...s, leaderAtStall: undefined };
       // A leader of our term exists: a candidate of this term lost, and a leader here would be a bug.
       if (s.leaderId !== message.leaderId) effects.push({ type: 'leaderChanged', term, leaderId: message.leaderId });
-      s = { ...s, role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs, candidaciesTimedOut: 0 };
+      s = { ...withoutRosterTaught(s), role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs, candidaciesTimedOut: 0 };
       return setTable(s, message.table, effects);
     }
     case 'newerTerm':
@@ -431,6 +455,34 @@ function wouldVoteFor(state: BalancerState, candidateId: string): boolean {
   const best = ruleWinner(state.members);
   const known = state.members.find((m) => m.peerId === candidateId);
   return best === null || best.peerId === candidateId || (known !== undefined && compareRank(known, best) <= 0);
+}
+
+/**
+ * The peers of this voter's roster missing from the candidate's: a voter grants only a candidate whose roster
+ * holds every peer of its own (as Raft grants only a candidate whose log is up to date). A candidate whose
+ * learnt roster is a stale subset of its voters' won with a majority of a smaller list, which need not meet a
+ * majority elsewhere (hunt 158: rosters c {b, c}, b {b, c, d}; the election simulation, hunt 159). A candidate
+ * of a version before hunt 159 sends no roster, and is judged as before (none missing).
+ */
+function rosterMissingFrom(candidateRoster: readonly string[] | undefined, voterRoster: readonly string[]): string[] {
+  if (candidateRoster === undefined) return [];
+  const held = new Set(candidateRoster);
+  return voterRoster.filter((peerId) => !held.has(peerId));
+}
+
+/** A refusal's rosterMissing added to rosterTaught (self aside; bounded like the roster a request can carry). */
+function taughtBy(s: BalancerState, missing: readonly string[] | undefined): BalancerState {
+  if (missing === undefined || missing.length === 0) return s;
+  const known = new Set(candidacyRoster(s));
+  const added = missing.filter((peerId) => !known.has(peerId) && peerId !== s.config.selfPeerId);
+  if (added.length === 0) return s;
+  return { ...s, rosterTaught: [...(s.rosterTaught ?? []), ...added].slice(0, rosterTaughtMax) };
+}
+
+function withoutRosterTaught(s: BalancerState): BalancerState {
+  if (s.rosterTaught === undefined) return s;
+  const { rosterTaught: _dropped, ...rest } = s;
+  return rest;
 }
 
 /** This peer leads, or follows a leader that looks alive (leaderLooksAlive). */
@@ -496,11 +548,11 @@ function candidacyTimeoutMs(state: BalancerState): number {
 }
 
 function maybeWin(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
-  if (state.votesGranted.length < majorityOf(state.config.rosterPeerIds)) return state;
+  if (state.votesGranted.length < majorityOf(candidacyRoster(state))) return state;
   const term = state.durable.currentTerm;
   effects.push({ type: 'claimedLeadership', term });
   effects.push({ type: 'leaderChanged', term, leaderId: state.config.selfPeerId });
-  const s: BalancerState = { ...state, role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0 };
+  const s: BalancerState = { ...withoutRosterTaught(state), role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0 };
   return announce(s, nowMs, effects);
 }
 

@@ -5,6 +5,8 @@
 import type { MemberRecord } from '../membership/messages.ts';
 
 export const routingTopic = 'pacs-mesh/routing/1';
+/** At most this many PeerIds in a refusal's rosterMissing: a candidate learns the rest at its next refusal. */
+export const rosterMissingMax = 32;
 /** An operator's POST /api/forget-peer at one peer, passed on to every other so that all rosters drop the ghost. */
 export const forgetPeerTopic = 'pacs-mesh/forget-peer/1';
 
@@ -37,8 +39,16 @@ export interface RoutingTable {
 
 /** Messages between balancers (votes are point to point, announcements go over gossip). */
 export type BalancerMessage =
-  | { readonly type: 'requestVote'; readonly term: number; readonly candidateId: string }
-  | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean }
+  /**
+   * `roster`: the candidate's roster (sorted PeerIds), sent since hunt 159; a voter grants only a candidate whose
+   * roster holds every peer of its own (see logic.ts, rosterMissingFrom). Absent from peers of earlier versions.
+   */
+  | { readonly type: 'requestVote'; readonly term: number; readonly candidateId: string; readonly roster?: readonly string[] }
+  /**
+   * `rosterMissing`: on a refusal for want of them, peers of the voter's roster missing from the candidate's
+   * (at most rosterMissingMax), which the candidate adds to its next candidacy's roster (hunt 159).
+   */
+  | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean; readonly rosterMissing?: readonly string[] }
   | { readonly type: 'announce'; readonly term: number; readonly leaderId: string; readonly table: RoutingTable }
   /** Answer to an announcement of an older term, so that a leader cut off from a newer election steps down. */
   | { readonly type: 'newerTerm'; readonly term: number };

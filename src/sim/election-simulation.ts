@@ -1,0 +1,470 @@
+/**
+ * Deterministic simulation of the election with learnt rosters (hunt 159). The mesh simulation
+ * (simulation.ts) gives every peer one fixed roster, so its one-leader-per-term check tests the pinned
+ * `--roster` case only. Here each peer learns its roster as the balancer actor does (actor.ts): roster.ts's
+ * `learnRoster` on every view before the reducer counts with it, persisted at once and read back through
+ * `rosterAtStart` after a crash, the settle time after a start, and the longer wait of a peer started with
+ * `--bootstrap` whose roster is itself alone. Only membership and the balancer run (custody has its own
+ * simulation).
+ *
+ * Peers join over the run, each knowing only a bootstrap peer that joined before it; they crash and restart,
+ * are killed for good (ghosts in the rosters of those that saw them, unknown to later joiners), are
+ * partitioned, and an operator now and then forgets a killed peer (`POST /api/forget-peer`, passed on to every
+ * peer that can be reached). Gossip (heartbeats, announcements) floods the graph of connections, as gossipsub
+ * relays it; votes travel over a connection, opened by a peer to every peer it has seen alive (and to its
+ * bootstrap peer).
+ *
+ * Checked after every step: at most one leader per term anywhere. Counted, not checked: after a final heal
+ * (and, at random, the operator forgetting the killed peers), whether the live peers end with one leader
+ * followed by all within settleMaxMs when each of them sees a majority of its own roster alive (the cost of
+ * a safety rule in availability).
+ */
+import { initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
+import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
+import { forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeers } from '../actors/balancer/roster.ts';
+import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
+import type { Heartbeat, MemberRecord, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
+import { SimNetwork } from './network.ts';
+import { simBalancerConfig, simTimings } from './simulation.ts';
+import { Prng } from './prng.ts';
+
+type Payload =
+  | { readonly kind: 'heartbeat'; readonly heartbeat: Heartbeat }
+  | { readonly kind: 'balancer'; readonly message: BalancerMessage };
+
+/** What a crash keeps: as the actor's files (election record, roster) and the node's known peers. */
+interface Durable {
+  incarnation: number;
+  election: ElectionDurable | null;
+  roster: RosterPeers;
+  /** Peers this one dials: its bootstrap peer and every peer it has seen alive. */
+  readonly knownPeers: Set<string>;
+}
+
+interface Live {
+  membership: MembershipState;
+  balancer: BalancerState;
+}
+
+interface Peer {
+  readonly peerId: string;
+  readonly priority: number;
+  readonly joinAtMs: number;
+  /** Started with --bootstrap (every peer but the first). */
+  readonly joinsMesh: boolean;
+  readonly durable: Durable;
+  live: Live | null;
+  restartAtMs: number;
+  killed: boolean;
+}
+
+export interface ElectionSimFaults {
+  readonly crashPerTick: number;
+  /** Per tick: a live peer is killed for good (at most a minority of all peers over a run). */
+  readonly killPerTick: number;
+  readonly partitionPerTick: number;
+  /** Per tick, per killed peer not forgotten yet: the operator forgets it (forget-peer at a live peer). */
+  readonly forgetPeerPerTick: number;
+  readonly dropMax: number;
+  readonly duplicateMax: number;
+}
+
+export const defaultElectionSimFaults: ElectionSimFaults = {
+  crashPerTick: 0.006,
+  killPerTick: 0.002,
+  partitionPerTick: 0.008,
+  forgetPeerPerTick: 0.002,
+  dropMax: 0.15,
+  duplicateMax: 0.05,
+};
+
+export interface ElectionSimOptions {
+  readonly seed: number;
+  /** Peers (one per site); default 3-6 chosen by the seed. */
+  readonly peerCount?: number;
+  readonly faultPhaseMs?: number;
+  readonly settleMaxMs?: number;
+  readonly faults?: Partial<ElectionSimFaults>;
+}
+
+export interface ElectionSimResult {
+  readonly seed: number;
+  /** At most one leader per term held throughout. */
+  readonly ok: boolean;
+  readonly violations: readonly string[];
+  readonly traceTail: readonly string[];
+  readonly finalPeers: readonly string[];
+  readonly stats: {
+    readonly peerCount: number;
+    readonly crashes: number;
+    readonly kills: number;
+    readonly partitions: number;
+    readonly forgetPeers: number;
+    readonly maxTerm: number;
+    /** The live peers could elect after the heal (each sees a majority of its roster alive). */
+    readonly leaderExpected: boolean;
+    /** Simulated ms from the final heal to one leader followed by all live peers; null when never. */
+    readonly settledAfterHealMs: number | null;
+  };
+}
+
+const tickMs = 50;
+const traceLinesMax = 80;
+
+/** The mesh simulation's timings (simulation.ts), and the actor's start-up waits scaled like them. */
+const timings = {
+  ...simTimings,
+  // Wired: settleMs 2 s and aloneJoinWaitMs 15 s against deadAfterMs 3 s.
+  settleMs: 1000,
+  aloneJoinWaitMs: 7000,
+  rosterForgetAfterMs: 24 * 3600_000,
+};
+
+export function runElectionSimulation(options: ElectionSimOptions): ElectionSimResult {
+  const root = new Prng(options.seed);
+  const faultPrng = root.fork();
+  const netPrng = root.fork();
+  const rates: ElectionSimFaults = { ...defaultElectionSimFaults, ...options.faults };
+  const peerCount = options.peerCount ?? 3 + root.nextInt(4);
+  const faultPhaseMs = options.faultPhaseMs ?? 30_000;
+  const settleMaxMs = options.settleMaxMs ?? 30_000;
+  const network = new SimNetwork<Payload>(netPrng, 20_000);
+  network.faults = {
+    dropProbability: faultPrng.nextUnit() * rates.dropMax,
+    duplicateProbability: faultPrng.nextUnit() * rates.duplicateMax,
+    delayMinMs: 1,
+    delayMaxMs: 5 + faultPrng.nextInt(200),
+  };
+
+  const peers: Peer[] = [];
+  for (let i = 0; i < peerCount; i += 1) {
+    // The first peer starts the mesh; the others start with it or join during the fault phase.
+    const joinAtMs = i === 0 || faultPrng.chance(0.4) ? 0 : faultPrng.between(0, Math.floor(faultPhaseMs * 0.7));
+    const peerId = `peer-${String.fromCharCode(97 + i)}`;
+    peers.push({
+      peerId,
+      priority: faultPrng.nextInt(3),
+      joinAtMs,
+      joinsMesh: i > 0,
+      durable: { incarnation: 0, election: null, roster: new Map(), knownPeers: new Set() },
+      live: null,
+      restartAtMs: Number.POSITIVE_INFINITY,
+      killed: false,
+    });
+  }
+  const byId = new Map(peers.map((p) => [p.peerId, p]));
+  // Each joiner knows one peer that joined no later than it (the one it was told with --bootstrap).
+  for (const p of peers) {
+    if (!p.joinsMesh) continue;
+    const earlier = peers.filter((o) => o !== p && (o.joinAtMs < p.joinAtMs || (o.joinAtMs === p.joinAtMs && o.peerId < p.peerId)));
+    if (earlier.length > 0) p.durable.knownPeers.add(faultPrng.pick(earlier).peerId);
+  }
+
+  const violations: string[] = [];
+  const trace: string[] = [];
+  let traceFrozen: string[] | null = null;
+  let nowMs = 0;
+  const log = (line: string): void => {
+    trace.push(`${nowMs}ms ${line}`);
+    if (trace.length > traceLinesMax) trace.shift();
+  };
+  const violate = (what: string): void => {
+    violations.push(`t=${nowMs}ms ${what}`);
+    traceFrozen ??= [...trace];
+  };
+  const claimsByTerm = new Map<number, { readonly peerId: string; readonly roster: readonly string[] }>();
+  let crashes = 0;
+  let kills = 0;
+  let partitions = 0;
+  let forgetPeers = 0;
+  let maxTerm = 0;
+  const forgotten = new Set<string>();
+
+  /** A connection between two live peers: one of them dials the other, and no partition cuts it. */
+  const linked = (a: Peer, b: Peer): boolean =>
+    a !== b && a.live !== null && b.live !== null && network.connected(a.peerId, b.peerId) && (a.durable.knownPeers.has(b.peerId) || b.durable.knownPeers.has(a.peerId));
+
+  /** The live peers gossip from `from` reaches: its component of the connection graph. */
+  const reachable = (from: Peer): Peer[] => {
+    const seen = new Set<Peer>([from]);
+    const queue = [from];
+    for (let p = queue.shift(); p !== undefined; p = queue.shift()) {
+      for (const q of peers) {
+        if (!seen.has(q) && linked(p, q)) {
+          seen.add(q);
+          queue.push(q);
+        }
+      }
+    }
+    seen.delete(from);
+    return [...seen];
+  };
+
+  const broadcast = (from: Peer, payload: Payload): void => {
+    for (const to of reachable(from)) network.send(from.peerId, to.peerId, payload, nowMs);
+  };
+
+  /** As the actor's updateRoster and withRoster: the roster learnt from the view is on disk before the reducer counts with it. */
+  const withLearntRoster = (peer: Peer, live: Live, members: readonly MemberRecord[]): void => {
+    const update = learnRoster(peer.durable.roster, members, peer.peerId, nowMs, timings.rosterForgetAfterMs);
+    for (const m of update.learnt) log(`${peer.peerId} roster learns ${m.peerId}`);
+    setRoster(peer, live, update.peers);
+  };
+
+  const setRoster = (peer: Peer, live: Live, roster: RosterPeers): void => {
+    peer.durable.roster = roster;
+    const ids = [...roster.keys()].sort();
+    const old = live.balancer.config.rosterPeerIds;
+    if (old.length === ids.length && old.every((x, i) => x === ids[i])) return;
+    live.balancer = { ...live.balancer, config: { ...live.balancer.config, rosterPeerIds: ids } };
+  };
+
+  type Work = { readonly to: 'membership'; readonly input: MembershipInput } | { readonly to: 'balancer'; readonly input: BalancerInput };
+
+  const run = (peer: Peer, initial: Work[]): void => {
+    const queue = [...initial];
+    for (let guard = 0; queue.length > 0; guard += 1) {
+      if (guard > 10_000) throw new Error('effect loop did not settle');
+      const live = peer.live;
+      if (live === null) return;
+      const work = queue.shift() as Work;
+      if (work.to === 'membership') {
+        const step = stepMembership(live.membership, work.input);
+        live.membership = step.state;
+        for (const e of step.effects) onMembershipEffect(peer, e, queue);
+        continue;
+      }
+      if (work.input.type === 'viewChanged') withLearntRoster(peer, live, work.input.members);
+      const step = stepBalancer(live.balancer, work.input);
+      live.balancer = step.state;
+      for (const e of step.effects) onBalancerEffect(peer, e);
+    }
+  };
+
+  const onMembershipEffect = (peer: Peer, e: MembershipEffect, queue: Work[]): void => {
+    switch (e.type) {
+      case 'publish':
+        broadcast(peer, { kind: 'heartbeat', heartbeat: e.message });
+        return;
+      case 'viewChanged':
+        // The node dials every peer it has seen alive (its known peers, kept across restarts).
+        for (const m of e.members) if (m.status === 'alive' && m.peerId !== peer.peerId) peer.durable.knownPeers.add(m.peerId);
+        queue.push({ to: 'balancer', input: { type: 'viewChanged', members: e.members, nowMs } });
+        return;
+      case 'dropConnections':
+        network.dropBetween(peer.peerId, e.peerId);
+        return;
+      case 'memberStatusChanged':
+        log(`${peer.peerId} sees ${e.peerId}#${e.incarnation} ${e.from} -> ${e.to}`);
+        return;
+      case 'memberSiteRenamed':
+      case 'siteConflictsChanged':
+      case 'siteNameTaken':
+      case 'selfStalled':
+        return;
+      default:
+        assertNever(e);
+    }
+  };
+
+  const onBalancerEffect = (peer: Peer, e: BalancerEffect): void => {
+    switch (e.type) {
+      case 'persist':
+        peer.durable.election = e.value;
+        maxTerm = Math.max(maxTerm, e.value.currentTerm);
+        return;
+      case 'send': {
+        const to = byId.get(e.to);
+        if (to !== undefined && linked(peer, to)) network.send(peer.peerId, to.peerId, { kind: 'balancer', message: e.message }, nowMs);
+        return;
+      }
+      case 'publish':
+        broadcast(peer, { kind: 'balancer', message: e.message });
+        return;
+      case 'claimedLeadership': {
+        const roster = peer.live?.balancer.config.rosterPeerIds ?? [];
+        log(`${peer.peerId} claims leadership of term ${e.term} (roster ${roster.join(',')})`);
+        const previous = claimsByTerm.get(e.term);
+        if (previous !== undefined && previous.peerId !== peer.peerId) {
+          // Rosters that share no peer are two meshes that never met (a joiner that never reached the mesh).
+          const met = previous.roster.some((id) => roster.includes(id));
+          violate(`${previous.peerId} {${previous.roster.join(',')}} and ${peer.peerId} {${roster.join(',')}} both claimed term ${e.term}${met ? '' : ' (rosters disjoint)'}`);
+        }
+        claimsByTerm.set(e.term, { peerId: peer.peerId, roster });
+        return;
+      }
+      case 'leaderChanged':
+      case 'routingTableChanged':
+        return;
+      default:
+        assertNever(e);
+    }
+  };
+
+  /** As the actor's initialize: the record and the roster from disk, a settle time, and a joiner alone waits longer. */
+  const start = (peer: Peer): void => {
+    peer.durable.incarnation += 1;
+    const roster = rosterAtStart(peer.durable.roster, peer.peerId, nowMs);
+    if (!roster.has(peer.peerId)) roster.set(peer.peerId, { seenAtMs: nowMs, site: null, dicom: null });
+    peer.durable.roster = roster;
+    const membership = initMembership({
+      peerId: peer.peerId,
+      siteName: `site-${peer.peerId.slice(5)}`,
+      incarnation: peer.durable.incarnation,
+      priority: peer.priority,
+      addresses: { dicom: `${peer.peerId}:104`, http: `${peer.peerId}:8080`, aeTitle: 'PACSMESH' },
+      heartbeatIntervalMs: timings.heartbeatIntervalMs,
+      suspectAfterMs: timings.suspectAfterMs,
+      deadAfterMs: timings.deadAfterMs,
+      membersMax: timings.membersMax,
+    });
+    const balancer = initBalancer(simBalancerConfig(peer.peerId, [...roster.keys()].sort()), peer.durable.election);
+    peer.live = {
+      membership,
+      balancer: {
+        ...balancer,
+        candidacyDeadlineMs: nowMs + timings.settleMs,
+        ...(peer.joinsMesh && roster.size === 1 ? { aloneCandidacyNotBeforeMs: nowMs + timings.aloneJoinWaitMs } : {}),
+      },
+    };
+    log(`${peer.peerId} starts, incarnation ${peer.durable.incarnation}, roster ${[...roster.keys()].join(',')}`);
+    run(peer, [{ to: 'membership', input: { type: 'tick', nowMs } }]);
+  };
+
+  const stop = (peer: Peer, restartAtMs: number, why: string): void => {
+    if (peer.live === null) return;
+    const neighbours = peers.filter((q) => linked(peer, q));
+    peer.live = null;
+    peer.restartAtMs = restartAtMs;
+    log(`${peer.peerId} ${why}`);
+    // kill -9: the others' transports see the connection close at once.
+    for (const q of neighbours) run(q, [{ to: 'membership', input: { type: 'peerDisconnected', peerId: peer.peerId, nowMs } }]);
+  };
+
+  /** POST /api/forget-peer at one live peer: taken out there and, over the forget-peer topic, wherever gossip reaches. */
+  const forgetPeer = (at: Peer, peerId: string): void => {
+    forgetPeers += 1;
+    forgotten.add(peerId);
+    log(`operator forgets ${peerId} at ${at.peerId}`);
+    for (const p of [at, ...reachable(at)]) forgetAt(p, peerId);
+  };
+
+  const forgetAt = (p: Peer, peerId: string): void => {
+    const live = p.live;
+    if (live === null) return;
+    const members = viewMembers(live.membership, nowMs);
+    const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
+    const { peers: roster, gone } = forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId);
+    if (gone.length === 0) return;
+    setRoster(p, live, roster);
+    run(p, [{ to: 'balancer', input: { type: 'viewChanged', members, nowMs } }]);
+  };
+
+  const deliverDue = (): void => {
+    for (let e = network.nextDue(nowMs); e !== null; e = network.nextDue(nowMs)) {
+      const to = byId.get(e.to);
+      if (to === undefined || to.live === null) continue;
+      const p = e.payload;
+      if (p.kind === 'heartbeat') run(to, [{ to: 'membership', input: { type: 'heartbeatReceived', heartbeat: p.heartbeat, nowMs } }]);
+      else run(to, [{ to: 'balancer', input: { type: 'messageReceived', from: e.from, message: p.message, nowMs } }]);
+    }
+  };
+
+  const tickAll = (): void => {
+    for (const p of peers) {
+      if (p.live === null) continue;
+      run(p, [
+        { to: 'membership', input: { type: 'tick', nowMs } },
+        { to: 'balancer', input: { type: 'tick', nowMs } },
+      ]);
+    }
+  };
+
+  const killsMax = Math.floor((peerCount - 1) / 2);
+  let healAtMs = -1;
+  for (; nowMs < faultPhaseMs && violations.length === 0; nowMs += tickMs) {
+    for (const p of peers) {
+      if (p.killed || p.live !== null) continue;
+      if ((p.durable.incarnation === 0 && nowMs >= p.joinAtMs) || (p.durable.incarnation > 0 && nowMs >= p.restartAtMs)) start(p);
+    }
+    if (healAtMs >= 0 && nowMs >= healAtMs) {
+      network.heal();
+      healAtMs = -1;
+      log('partition heals');
+    }
+    const up = peers.filter((p) => p.live !== null);
+    if (up.length > 1 && faultPrng.chance(rates.crashPerTick)) {
+      crashes += 1;
+      stop(faultPrng.pick(up), nowMs + faultPrng.between(300, 6000), 'crashes');
+    }
+    if (up.length > 1 && kills < killsMax && faultPrng.chance(rates.killPerTick)) {
+      const victim = faultPrng.pick(up);
+      kills += 1;
+      victim.killed = true;
+      stop(victim, Number.POSITIVE_INFINITY, 'is killed for good');
+    }
+    for (const dead of peers.filter((p) => p.killed && !forgotten.has(p.peerId))) {
+      const at = peers.filter((p) => p.live !== null);
+      if (at.length > 0 && faultPrng.chance(rates.forgetPeerPerTick)) forgetPeer(faultPrng.pick(at), dead.peerId);
+    }
+    if (healAtMs < 0 && faultPrng.chance(rates.partitionPerTick)) {
+      const groups = new Map<string, number>();
+      for (const p of peers) groups.set(p.peerId, faultPrng.nextInt(2 + faultPrng.nextInt(2)));
+      network.partition(groups);
+      partitions += 1;
+      healAtMs = nowMs + faultPrng.between(1000, 8000);
+      log(`partition ${[...groups].map(([p, g]) => `${p}:${g}`).join(' ')}`);
+    }
+    deliverDue();
+    tickAll();
+  }
+
+  // The final heal: no more faults; every peer not killed is started; at random the operator forgets the killed peers.
+  const healMs = nowMs;
+  network.heal();
+  network.faults = { dropProbability: 0, duplicateProbability: 0, delayMinMs: 1, delayMaxMs: 20 };
+  if (faultPrng.chance(0.5)) {
+    for (const dead of peers.filter((p) => p.killed && !forgotten.has(p.peerId))) {
+      const at = peers.find((p) => p.live !== null);
+      if (at !== undefined) forgetPeer(at, dead.peerId);
+    }
+  }
+  let settledAfterHealMs: number | null = null;
+  for (; nowMs < healMs + settleMaxMs && violations.length === 0; nowMs += tickMs) {
+    for (const p of peers) if (!p.killed && p.live === null) start(p);
+    deliverDue();
+    tickAll();
+    if (settledAfterHealMs === null && oneLeaderFollowedByAll(peers)) settledAfterHealMs = nowMs - healMs;
+    if (settledAfterHealMs !== null && nowMs - healMs >= settledAfterHealMs + 5000) break;
+  }
+  const alive = new Set(peers.filter((p) => !p.killed).map((p) => p.peerId));
+  const livePeers = peers.filter((p) => p.live !== null);
+  const connected = livePeers.length > 0 && reachable(livePeers[0] as Peer).length === livePeers.length - 1;
+  const leaderExpected = connected && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
+  const finalPeers = peers.map((p) => {
+    const b = p.live?.balancer;
+    const state = p.killed ? 'killed' : b === undefined ? 'down' : `${b.role} term ${b.durable.currentTerm} leader ${b.leaderId ?? '-'}`;
+    return `${p.peerId} (joined ${p.joinAtMs} ms, bootstrap ${p.joinsMesh ? [...p.durable.knownPeers][0] ?? '-' : '-'}): ${state}, roster ${[...p.durable.roster.keys()].sort().join(',')}`;
+  });
+  return {
+    seed: options.seed,
+    ok: violations.length === 0,
+    violations,
+    traceTail: traceFrozen ?? trace,
+    finalPeers,
+    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, leaderExpected, settledAfterHealMs },
+  };
+}
+
+function oneLeaderFollowedByAll(peers: readonly Peer[]): boolean {
+  const live = peers.filter((p) => p.live !== null);
+  const leaders = live.filter((p) => p.live?.balancer.role === 'leader');
+  if (leaders.length !== 1) return false;
+  const leader = leaders[0] as Peer;
+  const term = leader.live?.balancer.durable.currentTerm;
+  return live.every((p) => p.live?.balancer.leaderId === leader.peerId && p.live.balancer.durable.currentTerm === term);
+}
+
+function assertNever(value: never): never {
+  throw new Error(`unhandled: ${JSON.stringify(value)}`);
+}
