@@ -18,6 +18,7 @@ export interface MeshMemberView {
   peerId: string;
   site: string;
   alive: boolean;
+  status?: 'alive' | 'suspect' | 'dead';
   dicom: string;
   http: string;
   instances: number;
