@@ -285,8 +285,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       if (tombstones === tombstonesInRoster) return;
       tombstonesInRoster = tombstones;
       balancer.setForgottenSites(tombstones.map((f) => f.siteName));
-      // Nor are their addresses kept and dialled at the next start (those still up are forgotten by absence).
+      // Nor are their addresses kept and dialled at the next start: the saved ones recorded with the site, and
+      // the peers this view or the roster know of it (entries without a site: files of earlier builds); those
+      // still up go by absence.
       const sites = new Set(tombstones.map((f) => f.siteName));
+      node.forgetSites(sites);
       const ofSites = [
         ...membership.members().filter((m) => m.status === 'dead' && sites.has(m.siteName)).map((m) => m.peerId),
         ...balancer.rosterMembers().filter((m) => !m.up && m.site !== null && sites.has(m.site)).map((m) => m.peerId),
@@ -298,7 +301,10 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       forgetSitesInRoster();
     });
     forgetSitesInRoster();
-    membership.onViewChanged((members) => custody.onViewChanged(members));
+    membership.onViewChanged((members) => {
+      custody.onViewChanged(members);
+      for (const m of members) if (m.status === 'alive') node.noteSiteOf(m.peerId, m.siteName);
+    });
     custody.onViewChanged(membership.members());
     publishStats();
     const frontDoor = createFrontDoor({

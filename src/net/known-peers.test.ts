@@ -115,6 +115,26 @@ describe('known peers file', () => {
     assert.deepEqual(written.peers.map((p) => [p.peerId, p.seenAtMs]), [[x, clock.dateMs()]], 'x, connected at the stop, seen then');
   });
 
+  it('an entry keeps its peer\'s site once the mesh says it: a forgotten site\'s peers go, across a restart too', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const [x, y] = [await newPeerId(), await newPeerId()];
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000 });
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    file.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
+    file.noteSite(x, 'site-x');
+    file.noteSite(y, 'site-y');
+    file.noteSite(await newPeerId(), 'site-z');
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/2']);
+    await file.stop();
+    const read = (await readKnownPeers(dir, self)).peers;
+    assert.deepEqual(read.map((p) => [p.peerId, p.site]), [[y, 'site-y'], [x, 'site-x']], 'a new connection keeps the site; a peer without an entry gets none');
+    const again = new KnownPeersFile(dir, self, read, { writeDelayMs: 60_000 });
+    assert.deepEqual(again.forgetSites(new Set(['site-x', 'site-z'])), [x]);
+    assert.deepEqual(again.list().map((p) => p.peerId), [y]);
+    await again.stop();
+  });
+
   it('a stop writes the file even with nothing new, so that the time until the next start is not counted as absence', async () => {
     const self = await newPeerId();
     const dir = await newDir();

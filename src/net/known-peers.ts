@@ -27,12 +27,15 @@ export const KNOWN_PEERS_FILE = 'known-peers.json';
 const KNOWN_PEERS_VERSION = 1;
 const MAX_FILE_BYTES = 256 * 1024;
 const MAX_ADDR_CHARS = 512;
+const MAX_SITE_CHARS = 64;
 const P2P_CODE = 421;
 
 export interface KnownPeer {
   readonly peerId: string;
   /** Dialable addresses, each ending in /p2p/<peerId>. */
   readonly addrs: readonly string[];
+  /** Its site, once the mesh said (noteSite): its entry goes when the site is forgotten (forgetSites). */
+  readonly site?: string;
 }
 
 /** A saved peer as read at a start: how long it had not been connected while this peer ran. */
@@ -111,7 +114,7 @@ export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPee
   const writtenAtMs = timeMs(v.writtenAtMs);
   const byId = new Map<string, SavedPeer>();
   for (const entry of v.peers.slice(-maxPeers * 2)) {
-    const e = entry as { peerId?: unknown; addrs?: unknown; seenAtMs?: unknown } | null;
+    const e = entry as { peerId?: unknown; addrs?: unknown; seenAtMs?: unknown; site?: unknown } | null;
     if (typeof e !== 'object' || e === null || typeof e.peerId !== 'string' || e.peerId === selfPeerId) continue;
     try {
       peerIdFromString(e.peerId);
@@ -123,7 +126,8 @@ export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPee
     const seenAtMs = timeMs(e.seenAtMs);
     const absentMs = writtenAtMs === undefined || seenAtMs === undefined ? 0 : Math.max(0, writtenAtMs - seenAtMs);
     byId.delete(e.peerId);
-    if (absentMs < forgetAfterMs) byId.set(e.peerId, { peerId: e.peerId, addrs, absentMs });
+    const site = typeof e.site === 'string' && e.site.length <= MAX_SITE_CHARS ? { site: e.site } : {};
+    if (absentMs < forgetAfterMs) byId.set(e.peerId, { peerId: e.peerId, addrs, absentMs, ...site });
   }
   return { peers: [...byId.values()].slice(-maxPeers) };
 }
@@ -148,7 +152,7 @@ export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: 
 export class KnownPeersFile {
   readonly path: string;
   /** By PeerId, the most recently connected last: addresses, and when (clock.nowMs) last connected. */
-  private readonly peers = new Map<string, { addrs: string[]; seenAtMs: number }>();
+  private readonly peers = new Map<string, { addrs: string[]; seenAtMs: number; site?: string }>();
   /** Peers connected now: seen now, never dropped for absence. */
   private readonly connected = new Set<string>();
   private readonly maxPeers: number;
@@ -180,13 +184,28 @@ export class KnownPeersFile {
     this.forgetAfterMs = opts.forgetAfterMs ?? knownPeerForgetAfterMsDefault;
     this.clock = opts.clock ?? systemClock;
     const nowMs = this.clock.nowMs();
-    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], seenAtMs: nowMs - p.absentMs });
+    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], seenAtMs: nowMs - p.absentMs, ...(p.site === undefined ? {} : { site: p.site }) });
   }
 
   /** The peers kept, the most recently connected last; those absent for forgetAfterMs are dropped first. */
   list(): KnownPeer[] {
     this.dropAbsent();
-    return [...this.peers].map(([peerId, { addrs }]) => ({ peerId, addrs: [...addrs] }));
+    return [...this.peers].map(([peerId, { addrs, site }]) => ({ peerId, addrs: [...addrs], ...(site === undefined ? {} : { site }) }));
+  }
+
+  /** The mesh says which site a peer belongs to (its heartbeats): kept with its entry, if it has one. */
+  noteSite(peerId: string, site: string): void {
+    const entry = this.peers.get(peerId);
+    if (entry === undefined || entry.site === site || site.length > MAX_SITE_CHARS) return;
+    entry.site = site;
+    this.markDirty();
+  }
+
+  /** Sites forgotten (POST /api/forget-site, or its tombstone): their peers' entries go. Returns those peers. */
+  forgetSites(sites: ReadonlySet<string>): string[] {
+    const peerIds = [...this.peers].filter(([, entry]) => entry.site !== undefined && sites.has(entry.site)).map(([peerId]) => peerId);
+    this.forget(peerIds);
+    return peerIds;
   }
 
   /**
@@ -222,9 +241,9 @@ export class KnownPeersFile {
     const named = validAddrs(addrs.map((a) => (/\/p2p\//.test(a) ? a : `${a}/p2p/${peerId}`)), peerId, this.maxAddrs);
     if (named.length === 0) return;
     this.connected.add(peerId);
-    const before = this.peers.get(peerId)?.addrs;
+    const { addrs: before, site } = this.peers.get(peerId) ?? {};
     this.peers.delete(peerId);
-    this.peers.set(peerId, { addrs: named, seenAtMs: this.clock.nowMs() });
+    this.peers.set(peerId, { addrs: named, seenAtMs: this.clock.nowMs(), ...(site === undefined ? {} : { site }) });
     const changed = before === undefined || before.length !== named.length || before.some((a, i) => a !== named[i]);
     while (this.peers.size > this.maxPeers) this.peers.delete(this.peers.keys().next().value!);
     if (changed) this.markDirty();
@@ -248,7 +267,7 @@ export class KnownPeersFile {
     this.dropAbsent();
     // Times as dates, to be read by a later run; a peer connected now was seen now.
     const [nowMs, dateMs] = [this.clock.nowMs(), this.clock.dateMs()];
-    const peers = [...this.peers].map(([peerId, { addrs, seenAtMs }]) => ({ peerId, addrs, seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : nowMs - seenAtMs) }));
+    const peers = [...this.peers].map(([peerId, { addrs, seenAtMs, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : nowMs - seenAtMs) }));
     const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, writtenAtMs: dateMs, peers }, null, 1)}\n`;
     this.writing = writeFileDurably(this.path, text, { mode: 0o600 })
       .then(() => {

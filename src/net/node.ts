@@ -352,6 +352,10 @@ export interface MeshNode {
    * known again.
    */
   forgetPeers(peerIds: readonly string[]): void;
+  /** Which site a peer belongs to (membership's view): its saved addresses go with the site (forgetSites). */
+  noteSiteOf(peerId: string, site: string): void;
+  /** Sites forgotten: their peers' saved addresses are dropped, and they are not redialled (see forgetPeers). */
+  forgetSites(sites: ReadonlySet<string>): void;
   stop(): Promise<void>;
 }
 
@@ -1394,6 +1398,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     forgetPeers(peerIds) {
       knownPeers.forget(peerIds);
       for (const peerId of peerIds) reconnector.forget(peerId);
+    },
+    noteSiteOf(peerId, site) {
+      knownPeers.noteSite(peerId, site);
+    },
+    forgetSites(sites) {
+      for (const peerId of knownPeers.forgetSites(sites)) reconnector.forget(peerId);
     },
     dropPeer(peerId, reason) {
       let id: PeerId;
