@@ -13,7 +13,7 @@ import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { SwarmKeyError } from './net/errors.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
-import type { BalancerService } from './actors/balancer/actor.ts';
+import { balancerTimings, type BalancerService } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService, type CustodyStats } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
@@ -191,6 +191,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     p2pPort: config.p2pPort,
     swarmKey,
     bootstrap: config.bootstrap,
+    // A saved address is kept as long as the learnt roster keeps its peer's vote.
+    tuning: { knownPeersForgetAfterMs: balancerTimings.rosterForgetAfterMs },
     onBootstrapUnreachable: (failure) =>
       // Joined through other peers, this is a bootstrap site restarting (routine), not a wrong address.
       failure.connectedPeers > 0
@@ -283,13 +285,26 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       if (tombstones === tombstonesInRoster) return;
       tombstonesInRoster = tombstones;
       balancer.setForgottenSites(tombstones.map((f) => f.siteName));
+      // Nor are their addresses kept and dialled at the next start: the saved ones recorded with the site, and
+      // the peers this view or the roster know of it (entries without a site: files of earlier builds); those
+      // still up go by absence.
+      const sites = new Set(tombstones.map((f) => f.siteName));
+      node.forgetSites(sites);
+      const ofSites = [
+        ...membership.members().filter((m) => m.status === 'dead' && sites.has(m.siteName)).map((m) => m.peerId),
+        ...balancer.rosterMembers().filter((m) => !m.up && m.site !== null && sites.has(m.site)).map((m) => m.peerId),
+      ];
+      if (ofSites.length > 0) node.forgetPeers([...new Set(ofSites)]);
     };
     custody.onStatsChanged(() => {
       publishStats();
       forgetSitesInRoster();
     });
     forgetSitesInRoster();
-    membership.onViewChanged((members) => custody.onViewChanged(members));
+    membership.onViewChanged((members) => {
+      custody.onViewChanged(members);
+      for (const m of members) if (m.status === 'alive') node.noteSiteOf(m.peerId, m.siteName);
+    });
     custody.onViewChanged(membership.members());
     publishStats();
     const frontDoor = createFrontDoor({
@@ -350,7 +365,12 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       frontDoor,
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       forgetSite: (siteName) => custody.forgetSite(siteName),
-      forgetPeer: (peerId) => balancer.forgetPeer(peerId),
+      forgetPeer: (peerId) => {
+        const outcome = balancer.forgetPeer(peerId);
+        // Gone for good: neither dialled at the next start nor redialled now.
+        if (outcome === 'forgotten') node.forgetPeers([peerId]);
+        return outcome;
+      },
       sitesHolding: (entries) =>
         sitesHoldingOf(
           {

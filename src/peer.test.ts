@@ -1,5 +1,6 @@
 /**
- * A peer's stop: one deadline bounds its whole drain (associations, copies arriving, its own pulls).
+ * A peer's stop: one deadline bounds its whole drain (associations, copies arriving, its own pulls); a start
+ * that fails stops what it had started, every step of it.
  */
 import './polyfill.ts';
 import assert from 'node:assert/strict';
@@ -12,7 +13,11 @@ import { writeSwarmKeyFile } from './net/swarm-key.ts';
 import { createLogger, silentLogger } from './actors/runtime/logger.ts';
 import type { ReplicaStore } from './actors/storage/replica-store.ts';
 import { startDeadline, untilAborted } from './actors/runtime/deadline.ts';
-import { stopDeadlineMs } from './peer.ts';
+import { startPeer, stopDeadlineMs } from './peer.ts';
+import { ConfigError, parseStartArgs } from './config.ts';
+import { systemClock, type Clock } from './actors/runtime/clock.ts';
+import { recordingLogger } from '../test/support/recording-logger.ts';
+import { getFreePort } from '../test/support/dicom-tools.ts';
 import { associateRqBytes, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../test/support/peer-fixture.ts';
 import { Status } from './codec/dimse.ts';
 import { damageChunk } from './actors/storage/fixtures/store-keys.ts';
@@ -169,4 +174,32 @@ test("a stop's Storage Commitment look-ups are waited for until its deadline, no
   }
   await waitFor('the stop to end', () => stopped, 2000).catch(() => undefined);
   assert.ok(stopped, `the stop had not ended ${deadlineMs + 1500} ms of its clock after it began, its deadline ${deadlineMs} ms`);
+});
+
+test("a start that fails after its ports opened, a step of its clean-up throwing, still frees the ports and the store's lock, and throws the start's own error", { timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-failed-start-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const [dicomPort, httpPort] = [await getFreePort(), await getFreePort()];
+  const args = ['--site', 'clean-up', '--data', join(dir, 'data'), '--host', '127.0.0.1', '--dicom-port', String(dicomPort), '--http-port', String(httpPort), '--log-level', 'silent'];
+  // The mesh cannot start (its swarm key is not there) once the DICOM and HTTP ports are open.
+  const config = parseStartArgs([...args, '--swarm-key', join(dir, 'missing.key'), '--p2p-port', '0']);
+  // The clean-up's first step throws: the clock refuses the timer of its deadline, the one timer this long.
+  const shutdownGraceMs = 4321;
+  const clock: Clock = {
+    ...systemClock,
+    setTimeout: (callback, delayMs) => {
+      if (delayMs === shutdownGraceMs + halfCloseGraceMs) throw new Error('injected: a clean-up step fails');
+      return systemClock.setTimeout(callback, delayMs);
+    },
+  };
+  const messages: string[] = [];
+  await assert.rejects(startPeer(config, { clock, shutdownGraceMs, log: recordingLogger(messages) }), (error: unknown) => {
+    assert.ok(error instanceof ConfigError && /cannot use --swarm-key/.test(error.message), `the start's own error, not the clean-up's: ${String(error)}`);
+    return true;
+  });
+  assert.ok(messages.includes('the clean-up of a failed start: its step "scrub and mesh" failed; the others still run'), messages.join('\n'));
+  // The later steps ran: the same ports and data directory serve a start without the mesh. Before, they were
+  // still bound and the store's LevelDB lock held.
+  const again = await startPeer(parseStartArgs(args), { shutdownGraceMs: 1000 });
+  await again.stop();
 });

@@ -30,6 +30,7 @@ import { systemClock, type Clock } from './actors/runtime/clock.ts';
 import { startDeadline, untilAborted, withDeadline } from './actors/runtime/deadline.ts';
 import { halfCloseGraceMs } from './actors/association/connection.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
+import { createStopSteps, type StopSteps } from './actors/runtime/stop-steps.ts';
 
 /**
  * What open associations and HTTP requests get at a stop before they are aborted (a C-GET or C-MOVE
@@ -231,6 +232,14 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     // Committed only at the write quorum's sites: before the mesh is up, no other site is counted.
     ...(config.swarmKeyFile ? { sitesHolding: async (entries: readonly CatalogEntry[]) => (await meshReady, mesh ? mesh.sitesHolding(entries) : { quorum: 1, sitesHolding: new Map() }) } : {}),
   });
+  // The last steps of a stop, and of a failed start's clean-up: the store closes last, whatever failed before.
+  const closeTheRest = async (steps: StopSteps): Promise<void> => {
+    await steps.step('transcoder', () => transcoder.stop());
+    await steps.step('actor system', () => supervisor.stop());
+    stopLoggingFaults();
+    stopLoggingCatalogDamage();
+    await steps.step('store', () => store.close());
+  };
   try {
     dicom = await startDicomListener({
       host: config.host,
@@ -358,24 +367,25 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   } catch (caught) {
     // A child that kept failing while the mesh started: say which one, in one line (the cause is its error).
     const error = failure ? new PeerError('ERR_CHILD_FAILED', `the mesh could not start: ${failureText(failure)}`, { cause: caught }) : caught;
+    // What had started stops, each step guarded as at a stop: before, one that threw skipped the rest, left the
+    // ports bound and the store's lock held (a next start in this process failed), and hid the start's error.
+    const cleanUp = createStopSteps(log, 'the clean-up of a failed start');
     // The mesh's work under the stop's deadline too (a mesh that failed to start has stopped itself under it).
-    await withDeadline(
-      deadlineMs,
-      undefined,
-      async (deadline) => {
-        await scrub?.stop(deadline);
-        await mesh?.stop(deadline);
-      },
-      clock,
+    await cleanUp.step('scrub and mesh', () =>
+      withDeadline(
+        deadlineMs,
+        undefined,
+        async (deadline) => {
+          await cleanUp.step('scrub', () => scrub?.stop(deadline));
+          await cleanUp.step('mesh', () => mesh?.stop(deadline));
+        },
+        clock,
+      ),
     );
-    await dicom?.stop(0);
-    await commitments.stop();
-    await http?.stop();
-    await transcoder.stop();
-    supervisor.stop();
-    stopLoggingFaults();
-    stopLoggingCatalogDamage();
-    await store.close();
+    await cleanUp.step('DICOM listener', () => dicom?.stop(0));
+    await cleanUp.step('storage commitment', () => commitments.stop());
+    await cleanUp.step('HTTP server', () => http?.stop());
+    await closeTheRest(cleanUp);
     throw error;
   }
   healthy = failure === undefined;
@@ -400,15 +410,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         const deadline = startDeadline(deadlineMs, undefined, `the stop's deadline of ${deadlineMs} ms passed`, clock);
         // A step that throws (none does today: a bug) is logged and the rest still runs: the store must close,
         // or the next start finds its LevelDB locks held; the error is thrown once everything has stopped.
-        let failure: unknown;
-        const step = async (name: string, run: () => Promise<unknown> | undefined): Promise<void> => {
-          try {
-            await run();
-          } catch (error) {
-            failure ??= error;
-            log.error(`the stop's step "${name}" failed; the stop goes on`, { error: errorText(error) });
-          }
-        };
+        const steps = createStopSteps(log, 'the stop');
+        const step = steps.step;
         await step('drain', async () => {
           // Both drain before the mesh stops: a C-STORE or a STOW-RS in flight still needs its write quorum.
           const drained = Promise.all([runningDicom.stop(graceMs), runningHttp.stop(graceMs)]);
@@ -427,12 +430,9 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         await step('storage commitment', () => untilAborted(commitments.stop(), deadline.signal));
         await step('mesh', () => mesh?.stop(deadline.signal));
         deadline.clear();
-        await step('transcoder', () => transcoder.stop());
-        supervisor.stop();
-        stopLoggingFaults();
-        stopLoggingCatalogDamage();
-        await store.close();
-        if (failure !== undefined) throw failure;
+        await closeTheRest(steps);
+        const failure = steps.firstFailure();
+        if (failure !== undefined) throw failure.error;
         log.info('peer stopped');
       })()),
   };

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { KNOWN_PEERS_FILE, KnownPeersFile, parseKnownPeers, readKnownPeers, type KnownPeersProblem } from './known-peers.ts';
+import { manualClock } from '../../test/support/manual-clock.ts';
 
 const newPeerId = async (): Promise<string> => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
 
@@ -32,7 +33,7 @@ describe('known peers file', () => {
         null,
       ],
     });
-    assert.deepEqual(parseKnownPeers(text, self), { peers: [{ peerId: x, addrs: [`/ip4/127.0.0.1/tcp/2/p2p/${x}`] }] });
+    assert.deepEqual(parseKnownPeers(text, self), { peers: [{ peerId: x, addrs: [`/ip4/127.0.0.1/tcp/2/p2p/${x}`], absentMs: 0 }] });
     assert.match(parseKnownPeers('[]', self).error ?? '', /not a version 1 known-peers file/);
     assert.match(parseKnownPeers('{"version":2,"peers":[]}', self).error ?? '', /not a version 1/);
     assert.match(parseKnownPeers('{"vers', self).error ?? '', /not JSON/);
@@ -74,6 +75,82 @@ describe('known peers file', () => {
     const text = await readFile(file.path, 'utf8');
     assert.equal(JSON.parse(text).version, 1);
     assert.equal((await stat(file.path)).mode & 0o777, 0o600);
+  });
+
+  it('a peer not connected for 24 h of this peer\'s run time is dropped; the time between two runs is not its absence (a mesh down together finds itself again)', async () => {
+    const self = await newPeerId();
+    const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const hourMs = 3600_000;
+    const entry = (peerId: string, seenAtMs?: number) => ({ peerId, addrs: [`/ip4/10.0.0.1/tcp/1/p2p/${peerId}`], ...(seenAtMs === undefined ? {} : { seenAtMs }) });
+    // Written at hour 100: x connected then, y last at hour 80 (20 h before), z at hour 70 (30 h before).
+    const text = JSON.stringify({ version: 1, writtenAtMs: 100 * hourMs, peers: [entry(x, 100 * hourMs), entry(y, 80 * hourMs), entry(z, 70 * hourMs)] });
+    assert.deepEqual(parseKnownPeers(text, self).peers.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 0], [y, 20]], 'z gone; read a week later, the week is left out');
+    // A file written before the times were (or an entry "seen" after the write: a clock set back) counts as seen at once.
+    const older = JSON.stringify({ version: 1, peers: [entry(x), entry(y, 90 * hourMs)] });
+    assert.deepEqual(parseKnownPeers(older, self).peers.map((p) => p.absentMs), [0, 0]);
+    const future = JSON.stringify({ version: 1, writtenAtMs: 100 * hourMs, peers: [entry(x, 120 * hourMs)] });
+    assert.deepEqual(parseKnownPeers(future, self).peers.map((p) => p.absentMs), [0]);
+    assert.deepEqual(parseKnownPeers(text, self, { forgetAfterMs: 10 * hourMs }).peers.map((p) => p.peerId), [x]);
+  });
+
+  it('the file keeps when each peer was last connected: one gone 24 h while this peer ran is dropped, one connected stays; forgotten peers go at once', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const clock = manualClock(1_000_000);
+    const hourMs = 3600_000;
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000, clock });
+    for (const [i, id] of [x, y, z].entries()) file.noteConnected(id, [`/ip4/10.0.0.${i}/tcp/1`]);
+    file.noteDisconnected(y);
+    clock.advance(23 * hourMs);
+    file.noteDisconnected(z);
+    clock.advance(1 * hourMs);
+    // x connected all along, y gone 24 h, z 1 h.
+    assert.deepEqual(file.list().map((p) => p.peerId), [x, z]);
+    file.forget([z, 'not known']);
+    assert.deepEqual(file.list().map((p) => p.peerId), [x]);
+    await file.stop();
+    const written = JSON.parse(await readFile(file.path, 'utf8')) as { writtenAtMs: number; peers: Array<{ peerId: string; seenAtMs: number }> };
+    assert.equal(written.writtenAtMs, clock.dateMs());
+    assert.deepEqual(written.peers.map((p) => [p.peerId, p.seenAtMs]), [[x, clock.dateMs()]], 'x, connected at the stop, seen then');
+  });
+
+  it('an entry keeps its peer\'s site once the mesh says it: a forgotten site\'s peers go, across a restart too', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const [x, y] = [await newPeerId(), await newPeerId()];
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000 });
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    file.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
+    file.noteSite(x, 'site-x');
+    file.noteSite(y, 'site-y');
+    file.noteSite(await newPeerId(), 'site-z');
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/2']);
+    await file.stop();
+    const read = (await readKnownPeers(dir, self)).peers;
+    assert.deepEqual(read.map((p) => [p.peerId, p.site]), [[y, 'site-y'], [x, 'site-x']], 'a new connection keeps the site; a peer without an entry gets none');
+    const again = new KnownPeersFile(dir, self, read, { writeDelayMs: 60_000 });
+    assert.deepEqual(again.forgetSites(new Set(['site-x', 'site-z'])), [x]);
+    assert.deepEqual(again.list().map((p) => p.peerId), [y]);
+    await again.stop();
+  });
+
+  it('a stop writes the file even with nothing new, so that the time until the next start is not counted as absence', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const x = await newPeerId();
+    const clock = manualClock(1_000_000);
+    const hourMs = 3600_000;
+    const first = new KnownPeersFile(dir, self, [], { writeDelayMs: 0, clock });
+    first.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    first.noteDisconnected(x);
+    await first.stop();
+    // The next run: 20 h later x is still not back, and the peer stops; 10 h later it starts again.
+    const second = new KnownPeersFile(dir, self, (await readKnownPeers(dir, self)).peers, { writeDelayMs: 60_000, clock });
+    clock.advance(20 * hourMs);
+    await second.stop();
+    clock.advance(10 * hourMs);
+    assert.deepEqual((await readKnownPeers(dir, self)).peers.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 20]]);
   });
 
   it('a file that cannot be written is said once, and the list is kept', async () => {

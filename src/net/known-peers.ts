@@ -7,7 +7,12 @@
  * bring it back, and a moved site served alone (helper 91, helper 93).
  *
  * Written like the peer key (a temporary file, fsync, rename, fsync of the directory), a moment after a
- * change and then at most every `writeIntervalMs`, and at stop. A damaged or unreadable file is reported
+ * change and then at most every `writeIntervalMs`, and at stop. Each entry says when its peer was last
+ * connected (`seenAtMs`) and the file when it was written (`writtenAtMs`): an entry whose peer has not been
+ * connected for `forgetAfterMs` (24 h, the learnt roster's rosterForgetAfterMs) of this peer's run time is
+ * dropped, as is one the operator forgot (POST /api/forget-peer, /api/forget-site: see forget). Before, the
+ * address of a peer gone for good (decommissioned, restored under a new PeerId) stayed until 64 others had
+ * connected, and every start dialled it. A damaged or unreadable file is reported
  * through `onProblem` and ignored (the peer starts as it would without it), as is a file that cannot be
  * written (reported once until a write succeeds again): the file is a hint, never a reason to stop.
  */
@@ -16,18 +21,30 @@ import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { writeFileDurably } from '../durable-file.ts';
+import { systemClock, type Clock } from '../actors/runtime/clock.ts';
 
 export const KNOWN_PEERS_FILE = 'known-peers.json';
 const KNOWN_PEERS_VERSION = 1;
 const MAX_FILE_BYTES = 256 * 1024;
 const MAX_ADDR_CHARS = 512;
+const MAX_SITE_CHARS = 64;
 const P2P_CODE = 421;
 
 export interface KnownPeer {
   readonly peerId: string;
   /** Dialable addresses, each ending in /p2p/<peerId>. */
   readonly addrs: readonly string[];
+  /** Its site, once the mesh said (noteSite): its entry goes when the site is forgotten (forgetSites). */
+  readonly site?: string;
 }
+
+/** A saved peer as read at a start: how long it had not been connected while this peer ran. */
+export interface SavedPeer extends KnownPeer {
+  readonly absentMs: number;
+}
+
+/** A saved peer not connected this long, counted while this peer runs, is dropped: the learnt roster's rosterForgetAfterMs. */
+export const knownPeerForgetAfterMsDefault = 24 * 3600_000;
 
 export interface KnownPeersOptions {
   /** Peers kept (the most recently connected). Default 64. */
@@ -38,6 +55,10 @@ export interface KnownPeersOptions {
   writeDelayMs?: number;
   /** Least time between two writes (ms). Default 30000. */
   writeIntervalMs?: number;
+  /** A peer not connected this long (ms) while this peer runs is dropped. Default knownPeerForgetAfterMsDefault. */
+  forgetAfterMs?: number;
+  /** nowMs for absences, dateMs for the times in the file. Default systemClock. */
+  clock?: Pick<Clock, 'nowMs' | 'dateMs'>;
 }
 
 /** The file could not be read (damaged, unreadable: ignored) or written (kept in memory until it can). */
@@ -64,12 +85,21 @@ function validAddrs(value: unknown, peerId: string, max: number): string[] {
   return addrs;
 }
 
+/** A time in the file: a whole, non-negative number of milliseconds, or undefined. */
+function timeMs(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+}
+
 /**
  * Parses the file's text: the valid entries (a bad entry among good ones is left out), or an error for a
- * file that is not a known-peers file at all.
+ * file that is not a known-peers file at all. `absentMs` counts only the time this peer ran (as the roster
+ * does at a start): the time since the file was written is left out, so a mesh down for days together finds
+ * itself again; an entry "seen" after the file was written (the clock was set back), or one without times
+ * (written before they were), counts as seen then. Entries absent for forgetAfterMs are left out.
  */
-export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPeersOptions = {}): { peers: KnownPeer[]; error?: string } {
+export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPeersOptions = {}): { peers: SavedPeer[]; error?: string } {
   const maxPeers = opts.maxPeers ?? 64;
+  const forgetAfterMs = opts.forgetAfterMs ?? knownPeerForgetAfterMsDefault;
   const maxAddrs = opts.maxAddrsPerPeer ?? 8;
   let value: unknown;
   try {
@@ -77,13 +107,14 @@ export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPee
   } catch (err) {
     return { peers: [], error: `not JSON (${(err as Error).message})` };
   }
-  const v = value as { version?: unknown; peers?: unknown } | null;
+  const v = value as { version?: unknown; writtenAtMs?: unknown; peers?: unknown } | null;
   if (typeof v !== 'object' || v === null || v.version !== KNOWN_PEERS_VERSION || !Array.isArray(v.peers)) {
     return { peers: [], error: `not a version ${KNOWN_PEERS_VERSION} known-peers file` };
   }
-  const byId = new Map<string, KnownPeer>();
+  const writtenAtMs = timeMs(v.writtenAtMs);
+  const byId = new Map<string, SavedPeer>();
   for (const entry of v.peers.slice(-maxPeers * 2)) {
-    const e = entry as { peerId?: unknown; addrs?: unknown } | null;
+    const e = entry as { peerId?: unknown; addrs?: unknown; seenAtMs?: unknown; site?: unknown } | null;
     if (typeof e !== 'object' || e === null || typeof e.peerId !== 'string' || e.peerId === selfPeerId) continue;
     try {
       peerIdFromString(e.peerId);
@@ -92,14 +123,17 @@ export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPee
     }
     const addrs = validAddrs(e.addrs, e.peerId, maxAddrs);
     if (addrs.length === 0) continue;
+    const seenAtMs = timeMs(e.seenAtMs);
+    const absentMs = writtenAtMs === undefined || seenAtMs === undefined ? 0 : Math.max(0, writtenAtMs - seenAtMs);
     byId.delete(e.peerId);
-    byId.set(e.peerId, { peerId: e.peerId, addrs });
+    const site = typeof e.site === 'string' && e.site.length <= MAX_SITE_CHARS ? { site: e.site } : {};
+    if (absentMs < forgetAfterMs) byId.set(e.peerId, { peerId: e.peerId, addrs, absentMs, ...site });
   }
   return { peers: [...byId.values()].slice(-maxPeers) };
 }
 
 /** Reads `<dataDir>/known-peers.json`: no file is no peers; a damaged or unreadable one is a problem and no peers. */
-export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: KnownPeersOptions = {}): Promise<{ peers: KnownPeer[]; problem?: KnownPeersProblem }> {
+export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: KnownPeersOptions = {}): Promise<{ peers: SavedPeer[]; problem?: KnownPeersProblem }> {
   const path = join(dataDir, KNOWN_PEERS_FILE);
   let text: string;
   try {
@@ -117,11 +151,16 @@ export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: 
 /** The list kept in memory and written to the data directory now and then (see the header comment). */
 export class KnownPeersFile {
   readonly path: string;
-  private readonly peers = new Map<string, string[]>();
+  /** By PeerId, the most recently connected last: addresses, and when (clock.nowMs) last connected. */
+  private readonly peers = new Map<string, { addrs: string[]; seenAtMs: number; site?: string }>();
+  /** Peers connected now: seen now, never dropped for absence. */
+  private readonly connected = new Set<string>();
   private readonly maxPeers: number;
   private readonly maxAddrs: number;
   private readonly writeDelayMs: number;
   private readonly writeIntervalMs: number;
+  private readonly forgetAfterMs: number;
+  private readonly clock: Pick<Clock, 'nowMs' | 'dateMs'>;
   private dirty = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private writing: Promise<void> | undefined;
@@ -133,7 +172,7 @@ export class KnownPeersFile {
   constructor(
     dataDir: string,
     private readonly selfPeerId: string,
-    initial: readonly KnownPeer[],
+    initial: readonly SavedPeer[],
     opts: KnownPeersOptions = {},
     private readonly onProblem: (problem: KnownPeersProblem) => void = () => undefined,
   ) {
@@ -142,12 +181,55 @@ export class KnownPeersFile {
     this.maxAddrs = opts.maxAddrsPerPeer ?? 8;
     this.writeDelayMs = opts.writeDelayMs ?? 1000;
     this.writeIntervalMs = opts.writeIntervalMs ?? 30_000;
-    for (const p of initial) this.peers.set(p.peerId, [...p.addrs]);
+    this.forgetAfterMs = opts.forgetAfterMs ?? knownPeerForgetAfterMsDefault;
+    this.clock = opts.clock ?? systemClock;
+    const nowMs = this.clock.nowMs();
+    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], seenAtMs: nowMs - p.absentMs, ...(p.site === undefined ? {} : { site: p.site }) });
   }
 
-  /** The peers kept, the most recently connected last. */
+  /** The peers kept, the most recently connected last; those absent for forgetAfterMs are dropped first. */
   list(): KnownPeer[] {
-    return [...this.peers].map(([peerId, addrs]) => ({ peerId, addrs: [...addrs] }));
+    this.dropAbsent();
+    return [...this.peers].map(([peerId, { addrs, site }]) => ({ peerId, addrs: [...addrs], ...(site === undefined ? {} : { site }) }));
+  }
+
+  /** The mesh says which site a peer belongs to (its heartbeats): kept with its entry, if it has one. */
+  noteSite(peerId: string, site: string): void {
+    const entry = this.peers.get(peerId);
+    if (entry === undefined || entry.site === site || site.length > MAX_SITE_CHARS) return;
+    entry.site = site;
+    this.markDirty();
+  }
+
+  /** Sites forgotten (POST /api/forget-site, or its tombstone): their peers' entries go. Returns those peers. */
+  forgetSites(sites: ReadonlySet<string>): string[] {
+    const peerIds = [...this.peers].filter(([, entry]) => entry.site !== undefined && sites.has(entry.site)).map(([peerId]) => peerId);
+    this.forget(peerIds);
+    return peerIds;
+  }
+
+  /**
+   * Peers gone for good (the operator forgot them, or their site): their addresses are not kept, nor dialled
+   * at the next start. A peer that connects again is saved again.
+   */
+  forget(peerIds: Iterable<string>): void {
+    let changed = false;
+    for (const peerId of peerIds) changed = this.peers.delete(peerId) || changed;
+    if (changed) this.markDirty();
+  }
+
+  /** The peer's last connection closed: its absence counts from now (written with the next change, or at stop). */
+  noteDisconnected(peerId: string): void {
+    if (!this.connected.delete(peerId)) return;
+    const entry = this.peers.get(peerId);
+    if (entry !== undefined) entry.seenAtMs = this.clock.nowMs();
+  }
+
+  private dropAbsent(): void {
+    const nowMs = this.clock.nowMs();
+    for (const [peerId, entry] of this.peers) {
+      if (!this.connected.has(peerId) && nowMs - entry.seenAtMs >= this.forgetAfterMs) this.peers.delete(peerId);
+    }
   }
 
   /**
@@ -158,9 +240,10 @@ export class KnownPeersFile {
     if (this.stopped || peerId === this.selfPeerId) return;
     const named = validAddrs(addrs.map((a) => (/\/p2p\//.test(a) ? a : `${a}/p2p/${peerId}`)), peerId, this.maxAddrs);
     if (named.length === 0) return;
-    const before = this.peers.get(peerId);
+    this.connected.add(peerId);
+    const { addrs: before, site } = this.peers.get(peerId) ?? {};
     this.peers.delete(peerId);
-    this.peers.set(peerId, named);
+    this.peers.set(peerId, { addrs: named, seenAtMs: this.clock.nowMs(), ...(site === undefined ? {} : { site }) });
     const changed = before === undefined || before.length !== named.length || before.some((a, i) => a !== named[i]);
     while (this.peers.size > this.maxPeers) this.peers.delete(this.peers.keys().next().value!);
     if (changed) this.markDirty();
@@ -181,7 +264,11 @@ export class KnownPeersFile {
     if (this.writing !== undefined) return this.writing;
     this.dirty = false;
     this.writtenAtMs = performance.now();
-    const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, peers: this.list() }, null, 1)}\n`;
+    this.dropAbsent();
+    // Times as dates, to be read by a later run; a peer connected now was seen now.
+    const [nowMs, dateMs] = [this.clock.nowMs(), this.clock.dateMs()];
+    const peers = [...this.peers].map(([peerId, { addrs, seenAtMs, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : nowMs - seenAtMs) }));
+    const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, writtenAtMs: dateMs, peers }, null, 1)}\n`;
     this.writing = writeFileDurably(this.path, text, { mode: 0o600 })
       .then(() => {
         this.failing = false;
@@ -200,13 +287,16 @@ export class KnownPeersFile {
     return this.writing;
   }
 
-  /** Writes what changed since the last write, and stops writing. */
+  /**
+   * Writes the list, and stops writing: always, when there is one, so that the file says when this peer
+   * stopped (the time until its next start is not the others' absence).
+   */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.writing !== undefined) await this.writing;
-    if (this.dirty) await this.write();
+    if (this.dirty || this.peers.size > 0) await this.write();
   }
 }

@@ -432,6 +432,18 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     await Promise.all([other.stop(), restored.stop()]);
   });
 
+  it('a peer forgotten (POST /api/forget-peer, /api/forget-site) leaves the saved addresses: not dialled at the next start', { timeout: perTestTimeoutMs }, async () => {
+    const other = await start({ tuning: { knownPeersWriteDelayMs: 50 } });
+    const otherDir = dirs[dirs.length - 1]!;
+    const gone = await start({});
+    await gone.dial(loopbackAddress(other), { signal: runTimeSignal(5000) });
+    await waitFor('the peer gone later saved', () => savedIn(otherDir, gone.peerId), 10_000);
+    await gone.stop();
+    other.forgetPeers([gone.peerId]);
+    await other.stop();
+    assert.equal(await savedIn(otherDir, gone.peerId), false, 'its address was kept, to be dialled at every start');
+  });
+
   it('a peer learnt only from its own connection (no address given) that came back under a new PeerId at its address is dialled there again', { timeout: perTestTimeoutMs }, async () => {
     const other = await start({ tuning: { knownPeersWriteDelayMs: 50 } });
     const otherDir = dirs[dirs.length - 1]!;

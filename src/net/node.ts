@@ -91,6 +91,8 @@ export interface MeshNodeTuning {
   /** known-peers.json: first write this long after a change, then at most every knownPeersWriteIntervalMs (ms). Defaults 1000, 30000. */
   knownPeersWriteDelayMs?: number;
   knownPeersWriteIntervalMs?: number;
+  /** known-peers.json: a peer not connected this long while this peer runs is dropped (ms). Default 24 h. */
+  knownPeersForgetAfterMs?: number;
   /**
    * Period (ms) of the built-in address announcement on {@link PEERS_TOPIC}, which lets peers that joined
    * through different bootstrap nodes find and dial each other (full mesh). 0 disables it. Default 5000.
@@ -344,6 +346,16 @@ export interface MeshNode {
    * `reason`, instead of at their own deadlines). The reconnect loop dials it again as usual.
    */
   dropPeer(peerId: string, reason: string): void;
+  /**
+   * Peers gone for good (the operator forgot them, or their site): their saved addresses are dropped
+   * (known-peers.json) and, while not connected, they are no longer redialled. One that connects again is
+   * known again.
+   */
+  forgetPeers(peerIds: readonly string[]): void;
+  /** Which site a peer belongs to (membership's view): its saved addresses go with the site (forgetSites). */
+  noteSiteOf(peerId: string, site: string): void;
+  /** Sites forgotten: their peers' saved addresses are dropped, and they are not redialled (see forgetPeers). */
+  forgetSites(sites: ReadonlySet<string>): void;
   stop(): Promise<void>;
 }
 
@@ -595,6 +607,13 @@ class Reconnector {
       t.reachedPeerId = peerId;
       t.attempts = 0;
     }
+  }
+
+  /** A peer gone for good: not dialled again while not connected (see MeshNode.forgetPeers). */
+  forget(peerId: string): void {
+    const t = this.targets.get(peerId);
+    if (t === undefined || t.bootstrap || this.isConnected(t)) return;
+    this.targets.delete(peerId);
   }
 
   onDisconnected(peerId: string): void {
@@ -998,7 +1017,12 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   const maxGossipBytes = tuning.maxGossipBytes ?? 1024 * 1024;
   const { privateKey, created: identityCreated } = await loadOrCreatePeerKey(init.dataDir);
   const selfId = peerIdFromPrivateKey(privateKey).toString();
-  const knownPeersOptions = { maxPeers: tuning.maxKnownPeers ?? 64, writeDelayMs: tuning.knownPeersWriteDelayMs, writeIntervalMs: tuning.knownPeersWriteIntervalMs };
+  const knownPeersOptions = {
+    maxPeers: tuning.maxKnownPeers ?? 64,
+    writeDelayMs: tuning.knownPeersWriteDelayMs,
+    writeIntervalMs: tuning.knownPeersWriteIntervalMs,
+    forgetAfterMs: tuning.knownPeersForgetAfterMs,
+  };
   const saved = await readKnownPeers(init.dataDir, selfId, knownPeersOptions);
 
   const withPeerId = bootstrapAddrs.filter((ma) => peerIdOf(ma) !== undefined).map((ma) => ma.toString());
@@ -1196,6 +1220,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   node.addEventListener('peer:disconnect', (evt) => {
     const id = evt.detail.toString();
     identified.delete(id);
+    knownPeers.noteDisconnected(id);
     reconnector.onDisconnected(id);
     for (const h of disconnectedHandlers) safeCall(h, id, 'peer:disconnect');
   });
@@ -1369,6 +1394,16 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     async dial(address, options = {}) {
       const conn = await node.dial(parseMultiaddr(address), { signal: options.signal ?? AbortSignal.timeout(tuning.dialTimeoutMs ?? 5000) });
       return conn.remotePeer.toString();
+    },
+    forgetPeers(peerIds) {
+      knownPeers.forget(peerIds);
+      for (const peerId of peerIds) reconnector.forget(peerId);
+    },
+    noteSiteOf(peerId, site) {
+      knownPeers.noteSite(peerId, site);
+    },
+    forgetSites(sites) {
+      for (const peerId of knownPeers.forgetSites(sites)) reconnector.forget(peerId);
     },
     dropPeer(peerId, reason) {
       let id: PeerId;

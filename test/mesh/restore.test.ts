@@ -5,7 +5,7 @@
  * part of the matches (black-box helpers 40 and 41 saw Success with nothing, for good before the redial).
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
@@ -75,6 +75,7 @@ test('a site forgotten at one peer is forgotten at every peer, one restored from
   // disk, as it should: a loaded machine, helper 92).
   await eventually(async () => (await b2.status()).members?.some((m) => m.site === 'site-c' && m.alive) === true, 20_000, describe(b2));
   // site-c is decommissioned: the operator forgets it at one peer.
+  const cPeerId = (await c.status()).self.peerId!;
   await c.kill9();
   // Down everywhere first: forget-site is refused where a peer of the site is alive. (A heartbeat of it
   // relayed late, after the forgetting, only delays the tombstone there: helper 92, see custody.)
@@ -87,10 +88,21 @@ test('a site forgotten at one peer is forgotten at every peer, one restored from
   for (const peer of [a, b2]) await eventually(async () => !(await peer.status()).members?.some((m) => m.site === 'site-c'), 10_000, describe(peer));
   // site-b restored from the backup, which knows site-c: forgotten again there, from the others' heartbeats.
   await b2.stop();
+  // Nor is its address kept, to be dialled at every start (written at the stop).
+  assert.equal(savedAt(b2, cPeerId), false, 'site-c is still among the peers site-b saved');
   rmSync(b.dataDir, { recursive: true, force: true });
   cpSync(backup, b.dataDir, { recursive: true });
   const restored = await cluster.start('site-b', { dataDir: b.dataDir, ports });
   await eventually(async () => !(await knows(restored, 'site-c')) && (await votersOf(restored, 'site-c')) === 0, 20_000, describe(restored));
   assert.match(restored.output(), /site forgotten: no copies are owed to it any more.*site-c/);
   assert.ok(await knows(restored, 'site-a'), 'the sites still there stay known');
+  await Promise.all([restored.stop(), a.stop()]);
+  assert.equal(savedAt(restored, cPeerId), false, 'site-c is still among the peers the restored site-b saved');
+  assert.equal(savedAt(a, cPeerId), false, 'site-c is still among the peers site-a (where it was forgotten) saved');
 });
+
+/** Whether `peer`'s saved peer addresses (DIR/known-peers.json) name `peerId`. */
+function savedAt(peer: PeerProcess, peerId: string): boolean {
+  const saved = JSON.parse(readFileSync(join(peer.dataDir, 'known-peers.json'), 'utf8')) as { peers: Array<{ peerId: string }> };
+  return saved.peers.some((p) => p.peerId === peerId);
+}

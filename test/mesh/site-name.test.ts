@@ -10,6 +10,12 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { eventually, newCluster } from './support.ts';
 
+/**
+ * How long after a kill its last heartbeats can still be relayed from another peer's gossip cache: gossipsub
+ * keeps a message for 5 of its heartbeats (1 s each), and 1 s for a loaded machine's late ones.
+ */
+const gossipCacheAfterKillMs = 6000;
+
 interface SiteConflictView {
   site: string;
   peers: Array<{ peerId: string; dicom: string }>;
@@ -47,12 +53,23 @@ test('a second peer under a site name held at another address stops (exit 2, nam
 
   // site-b dies and comes back on another machine with an empty disk: a new PeerId at a new address.
   // Its predecessor's last heartbeats may still reach it: it must not stop for them.
+  const bPeerId = (await b.status()).self.peerId!;
   await b.kill9();
+  const killedAtMs = Date.now();
   const moved = await cluster.start('site-b', { dataDir: join(cluster.root, 'site-b-moved') });
   const movedPeerId = (await moved.status()).self.peerId!;
   await eventually(async () => (await a.status()).members?.some((m) => m.peerId === movedPeerId && m.alive) === true, 20_000, async () => JSON.stringify((await a.status()).members));
-  // Past the time a twin is stopped in (3 x 3 s), and some.
-  await new Promise((r) => setTimeout(r, 12_000));
+  // The moved site stops only for a predecessor alive at it for 3 x deadAfterMs (9 s) without a break. Only
+  // heartbeats relayed late can make the dead one alive there: site-a's gossip cache holds them for 5 gossip
+  // heartbeats of 1 s after the kill, and a record they make alive is dead 3 s after the last. Once the cache
+  // has let them go and the record is dead (or was never made), nothing can make it alive again: waited for
+  // that, rather than a fixed 12 s after the join.
+  const predecessorAt = async (peer: typeof a) => (await peer.status()).members?.find((m) => m.peerId === bPeerId);
+  await eventually(
+    async () => Date.now() - killedAtMs >= gossipCacheAfterKillMs && [undefined, 'dead'].includes((await predecessorAt(moved))?.status),
+    20_000,
+    async () => `the dead predecessor ${bPeerId} at the moved site: ${JSON.stringify(await predecessorAt(moved))}`,
+  );
   assert.equal(moved.process.hasExited, false, `the moved site stopped:\n${moved.output().slice(-3000)}`);
   assert.deepEqual(await conflictsAt(a), [], 'no conflict for a dead predecessor');
   assert.equal((await a.status()).members?.find((m) => m.peerId === movedPeerId)?.alive, true, 'the moved site is alive at site-a');

@@ -18,6 +18,7 @@ export interface MeshMemberView {
   peerId: string;
   site: string;
   alive: boolean;
+  status?: 'alive' | 'suspect' | 'dead';
   dicom: string;
   http: string;
   instances: number;
@@ -158,11 +159,14 @@ export async function newCluster(t: { after(fn: () => Promise<void>): void }): P
  * Three sites (site-a, then site-b and site-c bootstrapping from it, started together) on a fresh cluster
  * disposed after the test; resolves once site-c sees all three alive.
  */
-export async function startThreeSites(t: { after(fn: () => Promise<void>): void }): Promise<{ cluster: MeshCluster; a: PeerProcess; b: PeerProcess; c: PeerProcess }> {
+export async function startThreeSites(
+  t: { after(fn: () => Promise<void>): void },
+  opts: { logLevel?: 'info' | 'warn' } = {},
+): Promise<{ cluster: MeshCluster; a: PeerProcess; b: PeerProcess; c: PeerProcess }> {
   const cluster = await newCluster(t);
-  const a = await cluster.start('site-a');
+  const a = await cluster.start('site-a', opts);
   // b and c both join through a: started one after the other, the second waited for the first's start.
-  const [b, c] = await Promise.all([cluster.start('site-b'), cluster.start('site-c')]);
+  const [b, c] = await Promise.all([cluster.start('site-b', opts), cluster.start('site-c', opts)]);
   await eventually(
     async () => (await c.status()).members?.filter((m) => m.alive).length === 3,
     20_000,
