@@ -147,10 +147,44 @@ describe('known peers file', () => {
     await first.stop();
     // The next run: 20 h later x is still not back, and the peer stops; 10 h later it starts again.
     const second = new KnownPeersFile(dir, self, (await readKnownPeers(dir, self)).peers, { writeDelayMs: 60_000, clock });
+    // Another peer connected: x's absence counts (see the next test for a peer alone).
+    const w = await newPeerId();
+    second.noteConnected(w, ['/ip4/10.0.0.2/tcp/1']);
     clock.advance(20 * hourMs);
     await second.stop();
     clock.advance(10 * hourMs);
-    assert.deepEqual((await readKnownPeers(dir, self)).peers.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 20]]);
+    assert.deepEqual((await readKnownPeers(dir, self)).peers.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 20], [w, 0]]);
+  });
+
+  it('absence counts only while another peer is connected: a site alone for days (cut off, or the first up) keeps every address, across restarts', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const clock = manualClock(1_000_000);
+    const hourMs = 3600_000;
+    const first = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000, clock });
+    first.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    first.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
+    first.noteDisconnected(y);
+    clock.advance(2 * hourMs);
+    // The site's link is cut: x goes too, and for 3 days no peer is connected; then the site restarts.
+    first.noteDisconnected(x);
+    clock.advance(72 * hourMs);
+    assert.deepEqual(first.list().map((p) => p.peerId), [x, y]);
+    await first.stop();
+    const read = (await readKnownPeers(dir, self)).peers;
+    assert.deepEqual(read.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 0], [y, 2]], 'only the 2 h while x was connected count');
+    // Alone again for a week after the restart: still kept.
+    const second = new KnownPeersFile(dir, self, read, { writeDelayMs: 60_000, clock });
+    clock.advance(168 * hourMs);
+    assert.deepEqual(second.list().map((p) => p.peerId), [x, y]);
+    // Another peer reached through a tunnel (no address worth saving) puts it in the mesh: now absence counts.
+    second.noteConnected(z, []);
+    clock.advance(22 * hourMs);
+    assert.deepEqual(second.list().map((p) => p.peerId), [x], 'y: 2 h + 22 h');
+    clock.advance(2 * hourMs);
+    assert.deepEqual(second.list().map((p) => p.peerId), []);
+    await second.stop();
   });
 
   it('a file that cannot be written is said once, and the list is kept', async () => {

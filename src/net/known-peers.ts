@@ -9,7 +9,8 @@
  * Written like the peer key (a temporary file, fsync, rename, fsync of the directory), a moment after a
  * change and then at most every `writeIntervalMs`, and at stop. Each entry says when its peer was last
  * connected (`seenAtMs`) and the file when it was written (`writtenAtMs`): an entry whose peer has not been
- * connected for `forgetAfterMs` (24 h, the learnt roster's rosterForgetAfterMs) of this peer's run time is
+ * connected for `forgetAfterMs` (24 h, the learnt roster's rosterForgetAfterMs) of this peer's run time
+ * with another peer connected (meshTimeMs: a site cut off, or the only one up, keeps every address) is
  * dropped, as is one the operator forgot (POST /api/forget-peer, /api/forget-site: see forget). Before, the
  * address of a peer gone for good (decommissioned, restored under a new PeerId) stayed until 64 others had
  * connected, and every start dialled it. A damaged or unreadable file is reported
@@ -151,10 +152,13 @@ export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: 
 /** The list kept in memory and written to the data directory now and then (see the header comment). */
 export class KnownPeersFile {
   readonly path: string;
-  /** By PeerId, the most recently connected last: addresses, and when (clock.nowMs) last connected. */
+  /** By PeerId, the most recently connected last: addresses, and when (meshTimeMs) last connected. */
   private readonly peers = new Map<string, { addrs: string[]; seenAtMs: number; site?: string }>();
-  /** Peers connected now: seen now, never dropped for absence. */
+  /** Peers connected now (with addresses worth saving or not): seen now, never dropped for absence. */
   private readonly connected = new Set<string>();
+  /** Time run with no peer connected, in spells ended (ms), and the clock's nowMs when the current one began. */
+  private isolatedMs = 0;
+  private isolatedSinceMs: number | undefined;
   private readonly maxPeers: number;
   private readonly maxAddrs: number;
   private readonly writeDelayMs: number;
@@ -183,8 +187,20 @@ export class KnownPeersFile {
     this.writeIntervalMs = opts.writeIntervalMs ?? 30_000;
     this.forgetAfterMs = opts.forgetAfterMs ?? knownPeerForgetAfterMsDefault;
     this.clock = opts.clock ?? systemClock;
+    // No peer is connected yet: a start is isolated until the first connects.
+    this.isolatedSinceMs = this.clock.nowMs();
+    const meshNowMs = this.meshTimeMs();
+    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], seenAtMs: meshNowMs - p.absentMs, ...(p.site === undefined ? {} : { site: p.site }) });
+  }
+
+  /**
+   * The clock absences are counted on: this peer's run time while at least one peer is connected. Alone (its
+   * link cut, every other site down) it learns nothing of the others' fate, and the saved addresses are all it
+   * has to find them: a site cut off for more than a day that then restarted dialled no one (hunt 166).
+   */
+  private meshTimeMs(): number {
     const nowMs = this.clock.nowMs();
-    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], seenAtMs: nowMs - p.absentMs, ...(p.site === undefined ? {} : { site: p.site }) });
+    return nowMs - this.isolatedMs - (this.isolatedSinceMs === undefined ? 0 : nowMs - this.isolatedSinceMs);
   }
 
   /** The peers kept, the most recently connected last; those absent for forgetAfterMs are dropped first. */
@@ -222,13 +238,14 @@ export class KnownPeersFile {
   noteDisconnected(peerId: string): void {
     if (!this.connected.delete(peerId)) return;
     const entry = this.peers.get(peerId);
-    if (entry !== undefined) entry.seenAtMs = this.clock.nowMs();
+    if (entry !== undefined) entry.seenAtMs = this.meshTimeMs();
+    if (this.connected.size === 0) this.isolatedSinceMs = this.clock.nowMs();
   }
 
   private dropAbsent(): void {
-    const nowMs = this.clock.nowMs();
+    const meshNowMs = this.meshTimeMs();
     for (const [peerId, entry] of this.peers) {
-      if (!this.connected.has(peerId) && nowMs - entry.seenAtMs >= this.forgetAfterMs) this.peers.delete(peerId);
+      if (!this.connected.has(peerId) && meshNowMs - entry.seenAtMs >= this.forgetAfterMs) this.peers.delete(peerId);
     }
   }
 
@@ -238,12 +255,18 @@ export class KnownPeersFile {
    */
   noteConnected(peerId: string, addrs: readonly string[]): void {
     if (this.stopped || peerId === this.selfPeerId) return;
+    // Connected, even without an address worth saving (one reached through a tunnel): this peer is in the
+    // mesh, and that peer's saved entry, if any, is seen.
+    this.connected.add(peerId);
+    if (this.isolatedSinceMs !== undefined) {
+      this.isolatedMs += this.clock.nowMs() - this.isolatedSinceMs;
+      this.isolatedSinceMs = undefined;
+    }
     const named = validAddrs(addrs.map((a) => (/\/p2p\//.test(a) ? a : `${a}/p2p/${peerId}`)), peerId, this.maxAddrs);
     if (named.length === 0) return;
-    this.connected.add(peerId);
     const { addrs: before, site } = this.peers.get(peerId) ?? {};
     this.peers.delete(peerId);
-    this.peers.set(peerId, { addrs: named, seenAtMs: this.clock.nowMs(), ...(site === undefined ? {} : { site }) });
+    this.peers.set(peerId, { addrs: named, seenAtMs: this.meshTimeMs(), ...(site === undefined ? {} : { site }) });
     const changed = before === undefined || before.length !== named.length || before.some((a, i) => a !== named[i]);
     while (this.peers.size > this.maxPeers) this.peers.delete(this.peers.keys().next().value!);
     if (changed) this.markDirty();
@@ -266,8 +289,9 @@ export class KnownPeersFile {
     this.writtenAtMs = performance.now();
     this.dropAbsent();
     // Times as dates, to be read by a later run; a peer connected now was seen now.
-    const [nowMs, dateMs] = [this.clock.nowMs(), this.clock.dateMs()];
-    const peers = [...this.peers].map(([peerId, { addrs, seenAtMs, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : nowMs - seenAtMs) }));
+    // Absences are on the mesh clock (meshTimeMs), so writtenAtMs - seenAtMs at the next start is one too.
+    const [meshNowMs, dateMs] = [this.meshTimeMs(), this.clock.dateMs()];
+    const peers = [...this.peers].map(([peerId, { addrs, seenAtMs, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : meshNowMs - seenAtMs) }));
     const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, writtenAtMs: dateMs, peers }, null, 1)}\n`;
     this.writing = writeFileDurably(this.path, text, { mode: 0o600 })
       .then(() => {
