@@ -187,6 +187,34 @@ describe('known peers file', () => {
     await second.stop();
   });
 
+  it('a site is kept only as --site takes it, from the file and from the mesh: a damaged one names no site', async () => {
+    const self = await newPeerId();
+    const [x, y, z, w] = [await newPeerId(), await newPeerId(), await newPeerId(), await newPeerId()];
+    const entry = (peerId: string, site: unknown) => ({ peerId, addrs: [`/ip4/10.0.0.1/tcp/1/p2p/${peerId}`], site });
+    const text = JSON.stringify({ version: 1, peers: [entry(x, 'site-x'), entry(y, ''), entry(z, 'site y\n'), entry(w, 's'.repeat(65))] });
+    assert.deepEqual(parseKnownPeers(text, self).peers.map((p) => p.site), ['site-x', undefined, undefined, undefined]);
+    const file = new KnownPeersFile(await newDir(), self, [], { writeDelayMs: 60_000 });
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    file.noteSite(x, 'site/x');
+    assert.deepEqual(file.list().map((p) => p.site), [undefined]);
+    await file.stop();
+  });
+
+  it('never writes a file larger than a start reads: the least recently connected peers are left out of it', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const ids = await Promise.all(Array.from({ length: 64 }, () => newPeerId()));
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000 });
+    // Eight addresses of some 480 characters each (long DNS names), for each of 64 peers: over 256 KiB.
+    const host = Array.from({ length: 7 }, () => 'h'.repeat(60)).join('.');
+    for (const id of ids) file.noteConnected(id, Array.from({ length: 8 }, (_, port) => `/dns4/${host}/tcp/${port + 1}`));
+    await file.stop();
+    const read = await readKnownPeers(dir, self);
+    assert.equal(read.problem, undefined);
+    assert.ok(read.peers.length > 40 && read.peers.length < 64, `${read.peers.length} peers`);
+    assert.deepEqual(read.peers.at(-1)?.peerId, ids.at(-1), 'the most recently connected kept');
+  });
+
   it('a file that cannot be written is said once, and the list is kept', async () => {
     const self = await newPeerId();
     const dir = await newDir();

@@ -23,12 +23,12 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { writeFileDurably } from '../durable-file.ts';
 import { systemClock, type Clock } from '../actors/runtime/clock.ts';
+import { siteNamePattern } from '../config.ts';
 
 export const KNOWN_PEERS_FILE = 'known-peers.json';
 const KNOWN_PEERS_VERSION = 1;
 const MAX_FILE_BYTES = 256 * 1024;
 const MAX_ADDR_CHARS = 512;
-const MAX_SITE_CHARS = 64;
 const P2P_CODE = 421;
 
 export interface KnownPeer {
@@ -127,7 +127,8 @@ export function parseKnownPeers(text: string, selfPeerId: string, opts: KnownPee
     const seenAtMs = timeMs(e.seenAtMs);
     const absentMs = writtenAtMs === undefined || seenAtMs === undefined ? 0 : Math.max(0, writtenAtMs - seenAtMs);
     byId.delete(e.peerId);
-    const site = typeof e.site === 'string' && e.site.length <= MAX_SITE_CHARS ? { site: e.site } : {};
+    // A site as --site takes it: forgetSites drops by it, so a damaged one must not name another site.
+    const site = typeof e.site === 'string' && siteNamePattern.test(e.site) ? { site: e.site } : {};
     if (absentMs < forgetAfterMs) byId.set(e.peerId, { peerId: e.peerId, addrs, absentMs, ...site });
   }
   return { peers: [...byId.values()].slice(-maxPeers) };
@@ -212,7 +213,7 @@ export class KnownPeersFile {
   /** The mesh says which site a peer belongs to (its heartbeats): kept with its entry, if it has one. */
   noteSite(peerId: string, site: string): void {
     const entry = this.peers.get(peerId);
-    if (entry === undefined || entry.site === site || site.length > MAX_SITE_CHARS) return;
+    if (entry === undefined || entry.site === site || !siteNamePattern.test(site)) return;
     entry.site = site;
     this.markDirty();
   }
@@ -292,7 +293,13 @@ export class KnownPeersFile {
     // Absences are on the mesh clock (meshTimeMs), so writtenAtMs - seenAtMs at the next start is one too.
     const [meshNowMs, dateMs] = [this.meshTimeMs(), this.clock.dateMs()];
     const peers = [...this.peers].map(([peerId, { addrs, seenAtMs, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : meshNowMs - seenAtMs) }));
-    const text = `${JSON.stringify({ version: KNOWN_PEERS_VERSION, writtenAtMs: dateMs, peers }, null, 1)}\n`;
+    const textOf = () => `${JSON.stringify({ version: KNOWN_PEERS_VERSION, writtenAtMs: dateMs, peers }, null, 1)}\n`;
+    let text = textOf();
+    // Never more than a start reads (64 peers of 8 long addresses could be): the least recently connected go.
+    while (Buffer.byteLength(text) > MAX_FILE_BYTES && peers.length > 0) {
+      peers.shift();
+      text = textOf();
+    }
     this.writing = writeFileDurably(this.path, text, { mode: 0o600 })
       .then(() => {
         this.failing = false;
