@@ -57,6 +57,11 @@ export interface PeerConfig {
    */
   sitePeers: 'one' | 'several';
   logLevel: 'info' | 'warn' | 'error' | 'silent';
+  /**
+   * `--standalone yes`: run without --swarm-key on a data directory that was a mesh site (it knows other
+   * sites), on purpose; without it such a start is refused (see mesh-state.ts).
+   */
+  standalone: boolean;
   /** Scrub: MB (10^6 bytes) of stored copies read back and checked per second while idle; 0 turns it off. */
   scrubMbPerS: number;
   /**
@@ -91,6 +96,7 @@ export const defaultConfig: PeerConfig = {
   roster: [],
   sitePeers: 'one',
   logLevel: 'info',
+  standalone: false,
   scrubMbPerS: 16,
 };
 
@@ -263,6 +269,13 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.scrubMbPerS = n;
     },
   },
+  '--standalone': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (v !== 'yes' && v !== 'no') throw new ConfigError(`--standalone "${v}" must be yes or no`);
+      c.standalone = v === 'yes';
+    },
+  },
   '--log-level': {
     takesValue: true,
     apply: (c, v) => {
@@ -303,6 +316,9 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   const meshOnly = meshOnlyOptions.filter((name) => given.has(name));
   if (!config.swarmKeyFile && meshOnly.length > 0) {
     throw new ConfigError(`${meshOnly.join(', ')} ${meshOnly.length === 1 ? 'means' : 'mean'} something only in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
+  }
+  if (config.swarmKeyFile && config.standalone) {
+    throw new ConfigError('--standalone yes and --swarm-key contradict each other: give --swarm-key to run in the mesh, --standalone yes to run alone');
   }
   if (config.swarmKeyFile && isIP(config.host) !== 4) {
     throw new ConfigError(`--host "${config.host}" must be an IPv4 address in a mesh (the libp2p transport listens on IPv4)`);
@@ -368,5 +384,7 @@ start options (defaults in brackets):
   --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it while
                               associations are active or instances are being stored);
                               damaged ones are replaced from another site; 0 = off [16]
+  --standalone yes|no         run alone on a data directory that was a mesh site (without --swarm-key
+                              such a directory is refused, exit 2) [no]
   --log-level LEVEL           info | warn | error | silent [info]
 `;

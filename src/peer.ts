@@ -10,6 +10,7 @@ import { ConfigError, type PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
 import { startMesh, type Mesh } from './mesh.ts';
+import { meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite, type MeshState } from './mesh-state.ts';
 import { tunnelledClientOfSync } from './net/tunnel.ts';
 import { networkInterfaces } from 'node:os';
 import { localRetrieveSource, type RetrieveSource } from './actors/association/services/query-retrieve.ts';
@@ -152,6 +153,23 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
   const store = createReplicaStore({ path: join(dataDir, 'store'), onOpenNotice: (message, fields) => log.warn(message, fields) });
   await store.open();
+  // A mesh site's data directory started without its key would run alone by mistake: refused unless
+  // --standalone yes says it is meant (hunt 163); a lone site that never met another knows no site.
+  let standaloneMeshState: MeshState | undefined;
+  if (!config.swarmKeyFile) {
+    const meshState = await readMeshState(store, config.site).catch(async (error: unknown) => {
+      await store.close();
+      throw error;
+    });
+    if (wasMeshSite(meshState) && !config.standalone) {
+      await store.close();
+      throw startedWithoutSwarmKeyError(config.dataDir, meshState);
+    }
+    if (wasMeshSite(meshState)) {
+      standaloneMeshState = meshState;
+      log.warn(`standalone on purpose (--standalone yes) on a data directory that was a mesh site: ${meshStateText(meshState)}; C-STOREs are acknowledged on this site's one copy, and what it owes waits until it starts with --swarm-key again`, { ...meshState });
+    }
+  }
   const stopLoggingCatalogDamage = store.onCatalogDamage((reason) =>
     log.error('the catalog is damaged: restart the peer to rebuild it from the instances\' commit records (until then C-FIND and retrieves that meet the damage fail)', { reason }),
   );
@@ -313,6 +331,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           dicomweb: { ...dicomWebStats },
           // Restarts per supervised mesh actor since start, and whether one gave up (the peer then stops).
           ...(mesh ? { supervision: Object.fromEntries(['membership', 'balancer', 'custody'].map((child) => [child, supervisor.supervision(child)])) } : {}),
+          // Run alone on purpose on a mesh site's data directory: what it knows of the mesh, as read at start.
+          ...(standaloneMeshState ? { standalone: standaloneMeshState } : {}),
           activeAssociations: listener.activeAssociations(),
           associationsServed: listener.associationsServed(),
           leader: null,

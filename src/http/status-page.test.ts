@@ -38,6 +38,12 @@ test('a peer outside a mesh, or one not healthy, says so', () => {
   assert.doesNotMatch(page, /Copies owed, by site/, 'no debt table without custody');
 });
 
+test('a mesh site\'s data directory run alone on purpose (--standalone yes) says so, with the sites it knows and the copies it owes (hunt 163)', () => {
+  const page = statusPageHtml({ self: { site: 'alone' }, instances: 3, leader: null, members: [], standalone: { otherSites: ['site-b', 'site-c'], debtEntries: 2 } }, true);
+  assert.match(page, /<th>standalone on purpose<\/th><td>was a mesh site knowing site-b, site-c; 2 copies owed, sent once started with --swarm-key again<\/td>/);
+  assert.doesNotMatch(statusPageHtml({ self: { site: 'alone' }, instances: 3, leader: null, members: [] }, true), /standalone/, 'not on a site that never was in a mesh');
+});
+
 test('values heard from other peers are escaped: a site name cannot inject markup', () => {
   const hostile = '<script>alert(1)</script>"\'&';
   const page = statusPageHtml({ ...meshStatus, members: [{ ...meshStatus.members[0], site: hostile, http: '"><img src=x>' }], custody: { knownSites: [{ site: hostile, debtEntries: 1 }] } }, true);

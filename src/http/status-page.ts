@@ -54,6 +54,12 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
   ];
   if (status.storeFault !== undefined) facts.push(['store fault', text(status.storeFault)]);
   if (status.custody !== undefined) facts.push(['copies owed to other sites', text(custody.debtEntries)]);
+  // --standalone yes on a mesh site's data directory: the page must not pass it off as a site of its own.
+  if (status.standalone !== undefined) {
+    const standalone = record(status.standalone);
+    const sites = list(standalone.otherSites).map(text).join(', ');
+    facts.push(['standalone on purpose', `was a mesh site knowing ${sites}; ${text(standalone.debtEntries)} copies owed, sent once started with --swarm-key again`]);
+  }
   const memberRows = members
     .map((m) => {
       const link = m.http ? `<a href="http://${escapeHtml(m.http)}/">${escapeHtml(m.http)}</a>` : '';

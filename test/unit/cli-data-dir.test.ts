@@ -421,3 +421,79 @@ test('a data directory on a read-only file system: exit 2 and one line saying so
   assert.match(r.stderr, /cannot be used as the data directory: it is on a read-only file system/);
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 });
+
+/**
+ * `pacs-mesh start --data DIR ARGS` until it serves (/healthz 200): its /api/mesh and stderr then; stopped
+ * with SIGTERM, which must end it with exit 0.
+ */
+async function serveOnce(t: TestContext, dataDir: string, args: readonly string[]): Promise<{ mesh: Record<string, unknown>; stderr: string }> {
+  const httpPort = await getFreePort();
+  const child = spawn(process.execPath, peerProcessArgs(['start', '--data', dataDir, '--host', '127.0.0.1', '--dicom-port', String(await getFreePort()), '--http-port', String(httpPort), ...args]), {
+    env: peerProcessEnv(),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  t.after(() => child.kill('SIGKILL'));
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 30_000;
+  let healthStatus = 0;
+  while (healthStatus !== 200) {
+    assert.ok(Date.now() < deadline, `/healthz never answered 200: ${stderr}`);
+    assert.equal(child.exitCode, null, `the peer exited: ${stderr}`);
+    healthStatus = await fetch(`http://127.0.0.1:${httpPort}/healthz`, { signal: AbortSignal.timeout(3000) }).then((r) => r.status, () => 0);
+    if (healthStatus !== 200) await new Promise((r) => setTimeout(r, 100));
+  }
+  const mesh = (await (await fetch(`http://127.0.0.1:${httpPort}/api/mesh`)).json()) as Record<string, unknown>;
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, stderr);
+  return { mesh, stderr };
+}
+
+/** A data directory whose store knows site-b and owes it two copies: what a mesh site's custody leaves. */
+async function formerMeshSite(t: TestContext): Promise<{ dir: string; dataDir: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const dataDir = join(dir, 'site');
+  const store = createReplicaStore({ path: join(dataDir, 'store') });
+  await store.open();
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: Date.now() }], []);
+  await store.updateDebt([{ sopInstanceUid: '1.2.3.4', siteName: 'site-b', sinceMs: Date.now() }, { sopInstanceUid: '1.2.3.5', siteName: 'site-b', sinceMs: Date.now() }], []);
+  await store.close();
+  return { dir, dataDir };
+}
+
+test("a mesh site's data directory started without --swarm-key: exit 2 and one line naming the sites it knows and both ways out (hunt 163)", async (t) => {
+  const { dataDir } = await formerMeshSite(t);
+  const r = await start(dataDir);
+  assert.equal(r.status, 2, r.stderr);
+  assert.equal(
+    r.stderr,
+    `pacs-mesh: --data ${dataDir} was a mesh site (its store knows site site-b and owes it 2 copies), and without --swarm-key it would run alone: C-STOREs acknowledged on its one copy, nothing owed sent: add --swarm-key FILE to rejoin the mesh, or --standalone yes to run it alone on purpose\n`,
+  );
+});
+
+test("the ways out for a mesh site's data directory: --standalone yes runs it alone and says so in the log and /api/mesh; --swarm-key runs it in the mesh (hunt 163)", async (t) => {
+  const { dir, dataDir } = await formerMeshSite(t);
+  const alone = await serveOnce(t, dataDir, ['--standalone', 'yes', '--log-level', 'warn']);
+  assert.deepEqual(alone.mesh.standalone, { otherSites: ['site-b'], debtEntries: 2 }, JSON.stringify(alone.mesh));
+  assert.match(alone.stderr, /standalone on purpose \(--standalone yes\) on a data directory that was a mesh site: its store knows site site-b and owes it 2 copies/);
+  const swarmKeyPath = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKeyPath);
+  const inMesh = await serveOnce(t, dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'warn']);
+  assert.equal(inMesh.mesh.standalone, undefined);
+  assert.equal(typeof (inMesh.mesh.self as { peerId?: unknown }).peerId, 'string', 'a mesh peer');
+});
+
+test('a lone site started with a swarm key that never met another site starts without the key: nothing to refuse (hunt 163)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const dataDir = join(dir, 'site');
+  const swarmKeyPath = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKeyPath);
+  await serveOnce(t, dataDir, ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'warn']);
+  assert.ok(existsSync(join(dataDir, 'peer-key')), 'it holds a peer identity');
+  const alone = await serveOnce(t, dataDir, ['--log-level', 'warn']);
+  assert.equal(alone.mesh.standalone, undefined);
+  assert.doesNotMatch(alone.stderr, /mesh site/, alone.stderr);
+});

@@ -200,3 +200,12 @@ test('PACS_MESH_ISOLATION_CHECK_MS and PACS_MESH_JOIN_WAIT_MS (tests only): unse
   for (const value of ['0', '-1', '1e3', '2s', ' ']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: value }), ConfigError, value);
   for (const value of ['-1', '1.5', 'never']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_JOIN_WAIT_MS: value }), ConfigError, value);
 });
+
+test('--standalone yes|no (hunt 163): no by default; yes runs a mesh site\'s data directory alone, so it contradicts --swarm-key', () => {
+  assert.equal(parseStartArgs([]).standalone, false, 'a mesh site\'s data directory started without its key is refused unless said');
+  assert.equal(parseStartArgs(['--standalone', 'yes']).standalone, true);
+  assert.equal(parseStartArgs(['--standalone=no']).standalone, false);
+  assert.equal(parseStartArgs(['--swarm-key', 'k', '--standalone', 'no']).standalone, false, 'no changes nothing in a mesh');
+  assert.throws(() => parseStartArgs(['--standalone', 'true']), /--standalone "true" must be yes or no/);
+  assert.throws(() => parseStartArgs(['--swarm-key', 'k', '--standalone', 'yes']), /--standalone yes and --swarm-key contradict each other/);
+});

@@ -1,0 +1,55 @@
+/**
+ * What a data directory keeps of the mesh it was part of, read when a peer starts without --swarm-key:
+ * custody's known sites and replication debt (in the store). A directory that knows other sites was a mesh
+ * site, and running it alone by mistake (a unit file that lost --swarm-key) would acknowledge C-STOREs on one
+ * copy and stop paying what it owes the others, so the start is refused unless --standalone yes says it is
+ * meant (hunt 163). A lone site started with a key that never met another site knows none: it starts.
+ */
+import { ConfigError } from './config.ts';
+import type { ReplicaStore } from './actors/storage/replica-store.ts';
+
+/** The mesh state found in a data directory: the other sites it knows or owes copies to. */
+export interface MeshState {
+  /** Other sites custody knows (not forgotten) or owes copies to, sorted. */
+  readonly otherSites: readonly string[];
+  /** Replication debt entries: copies this site owes to other sites. */
+  readonly debtEntries: number;
+}
+
+/** Sites the error line names; more are counted, not named (/api/mesh lists them all). */
+const sitesNamedMax = 8;
+
+/** The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies. */
+export function meshStateOf(knownSites: readonly { siteName: string }[], debt: readonly { siteName: string }[], ownSite: string): MeshState {
+  const otherSites = new Set([...knownSites, ...debt].map((s) => s.siteName).filter((name) => name !== ownSite));
+  return { otherSites: [...otherSites].sort(), debtEntries: debt.filter((d) => d.siteName !== ownSite).length };
+}
+
+/** Reads the mesh state of an open store (a damaged record is skipped: it names no site). */
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listDebt'>, ownSite: string): Promise<MeshState> {
+  return meshStateOf(await store.listKnownSites(), await store.listDebt(), ownSite);
+}
+
+/** Whether the state shows a mesh site: another site known or owed copies. */
+export function wasMeshSite(state: MeshState): boolean {
+  return state.otherSites.length > 0 || state.debtEntries > 0;
+}
+
+/** "site-b, site-c" or "site-b, ... and 3 more". */
+function sitesText(sites: readonly string[]): string {
+  const named = sites.slice(0, sitesNamedMax).join(', ');
+  return sites.length > sitesNamedMax ? `${named} and ${sites.length - sitesNamedMax} more` : named;
+}
+
+/** What the data directory shows, for the refusal and the standalone warning. */
+export function meshStateText(state: MeshState): string {
+  const owed = state.debtEntries > 0 ? ` and owes ${state.otherSites.length === 1 ? 'it' : 'them'} ${state.debtEntries} ${state.debtEntries === 1 ? 'copy' : 'copies'}` : '';
+  return `its store knows ${state.otherSites.length === 1 ? 'site' : `${state.otherSites.length} sites`} ${sitesText(state.otherSites)}${owed}`;
+}
+
+/** The refusal of a mesh site's data directory started without --swarm-key (exit 2). */
+export function startedWithoutSwarmKeyError(dataDirArg: string, state: MeshState): ConfigError {
+  return new ConfigError(
+    `--data ${dataDirArg} was a mesh site (${meshStateText(state)}), and without --swarm-key it would run alone: C-STOREs acknowledged on its one copy, nothing owed sent: add --swarm-key FILE to rejoin the mesh, or --standalone yes to run it alone on purpose`,
+  );
+}
