@@ -112,7 +112,8 @@ function listenFailureText(code: string, address: string | undefined, port: numb
         : port !== undefined && port < 1024
           ? `ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port from 1024 up, or grant the capability`
           : `the system refused it (a security policy: SELinux, AppArmor or a container's): allow the port there, or choose another`;
-  return `cannot listen on ${address ?? '?'}:${port ?? '?'} (${code}): ${why}${option ? ` (${option})` : ''}`;
+  // The option names the listener that failed, beside its address; the way out is in `why` (once).
+  return `cannot listen on ${address ?? '?'}:${port ?? '?'} (${option ? `${option}, ` : ''}${code}): ${why}`;
 }
 
 main(process.argv.slice(2)).then(
