@@ -13,7 +13,7 @@ import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { SwarmKeyError } from './net/errors.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
-import { balancerTimings, type BalancerService } from './actors/balancer/actor.ts';
+import { balancerTimings, bootstrapPeerIdsOf, type BalancerService } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService, type CustodyStats } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
@@ -270,6 +270,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         routing: { associationsPerPeerMax: config.associationsPerPeer, custodyQueueMax: 1000, freeDiskBytesMin: 1024 ** 3, refillLagInstancesMin: defaultRoutingLimits.refillLagInstancesMin },
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
         joinsMesh: config.bootstrap.length > 0,
+        bootstrapPeerIds: bootstrapPeerIdsOf(config.bootstrap),
         random: lowDiscrepancyDraws(),
       },
     });

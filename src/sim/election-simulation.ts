@@ -4,7 +4,8 @@
  * `--roster` case only. Here each peer learns its roster as the balancer actor does (actor.ts): roster.ts's
  * `learnRoster` on every view before the reducer counts with it, persisted at once and read back through
  * `rosterAtStart` after a crash, the settle time after a start, and the longer wait of a peer started with
- * `--bootstrap` whose roster is itself alone. Only membership and the balancer run (custody has its own
+ * `--bootstrap` whose roster is itself alone, and the rule that such a peer neither runs nor votes before it has
+ * met its bootstrap peer (BalancerConfig.bootstrapPeerIds, hunt 164). Only membership and the balancer run (custody has its own
  * simulation).
  *
  * Peers join over the run, each knowing only a bootstrap peer that joined before it; they crash and restart,
@@ -16,8 +17,8 @@
  *
  * Checked after every step: at most one leader per term anywhere. Counted, not checked: after a final heal
  * (and, at random, the operator forgetting the killed peers), whether the live peers end with one leader
- * followed by all within settleMaxMs when each of them sees a majority of its own roster alive (the cost of
- * a safety rule in availability).
+ * followed by all within settleMaxMs when each of them sees a majority of its own roster alive and has met the
+ * mesh (the cost of a safety rule in availability; the peers that have not met it are counted apart).
  */
 import { initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
 import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
@@ -52,6 +53,8 @@ interface Peer {
   readonly joinAtMs: number;
   /** Started with --bootstrap (every peer but the first). */
   readonly joinsMesh: boolean;
+  /** The PeerId its --bootstrap address names (BalancerConfig.bootstrapPeerIds); undefined for the first peer. */
+  bootstrapPeerId?: string;
   readonly durable: Durable;
   live: Live | null;
   restartAtMs: number;
@@ -92,6 +95,12 @@ export interface ElectionSimResult {
   /** At most one leader per term held throughout. */
   readonly ok: boolean;
   readonly violations: readonly string[];
+  /**
+   * The violations between two claims made with the same roster: none can be, whatever the rosters learnt (two
+   * majorities of one list share a voter, who voted once in the term). The breaks left (hunt 164) are all
+   * between rosters that grew apart.
+   */
+  readonly sameRosterViolations: readonly string[];
   readonly traceTail: readonly string[];
   readonly finalPeers: readonly string[];
   readonly stats: {
@@ -101,7 +110,12 @@ export interface ElectionSimResult {
     readonly partitions: number;
     readonly forgetPeers: number;
     readonly maxTerm: number;
-    /** The live peers could elect after the heal (each sees a majority of its roster alive). */
+    /**
+     * Live peers at the end that never met one of their bootstrap peers (ElectionDurable.meshMet false): they
+     * neither run nor vote, by design (hunt 164), e.g. when their bootstrap peer was killed before they learnt it.
+     */
+    readonly peersNotMetTheMesh: number;
+    /** The live peers could elect after the heal (each sees a majority of its roster alive, and all met the mesh). */
     readonly leaderExpected: boolean;
     /** Simulated ms from the final heal to one leader followed by all live peers; null when never. */
     readonly settledAfterHealMs: number | null;
@@ -157,10 +171,13 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
   for (const p of peers) {
     if (!p.joinsMesh) continue;
     const earlier = peers.filter((o) => o !== p && (o.joinAtMs < p.joinAtMs || (o.joinAtMs === p.joinAtMs && o.peerId < p.peerId)));
-    if (earlier.length > 0) p.durable.knownPeers.add(faultPrng.pick(earlier).peerId);
+    if (earlier.length === 0) continue;
+    p.bootstrapPeerId = faultPrng.pick(earlier).peerId;
+    p.durable.knownPeers.add(p.bootstrapPeerId);
   }
 
   const violations: string[] = [];
+  const sameRosterViolations: string[] = [];
   const trace: string[] = [];
   let traceFrozen: string[] | null = null;
   let nowMs = 0;
@@ -288,7 +305,9 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
         if (previous !== undefined && previous.peerId !== peer.peerId) {
           // Rosters that share no peer are two meshes that never met (a joiner that never reached the mesh).
           const met = previous.roster.some((id) => roster.includes(id));
-          violate(`${previous.peerId} {${previous.roster.join(',')}} and ${peer.peerId} {${roster.join(',')}} both claimed term ${e.term}${met ? '' : ' (rosters disjoint)'}`);
+          const what = `${previous.peerId} {${previous.roster.join(',')}} and ${peer.peerId} {${roster.join(',')}} both claimed term ${e.term}${met ? '' : ' (rosters disjoint)'}`;
+          if (previous.roster.length === roster.length && previous.roster.every((id, i) => id === roster[i])) sameRosterViolations.push(what);
+          violate(what);
         }
         claimsByTerm.set(e.term, { peerId: peer.peerId, roster });
         return;
@@ -318,7 +337,8 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       deadAfterMs: timings.deadAfterMs,
       membersMax: timings.membersMax,
     });
-    const balancer = initBalancer(simBalancerConfig(peer.peerId, [...roster.keys()].sort()), peer.durable.election);
+    const config = simBalancerConfig(peer.peerId, [...roster.keys()].sort());
+    const balancer = initBalancer(peer.bootstrapPeerId === undefined ? config : { ...config, bootstrapPeerIds: [peer.bootstrapPeerId] }, peer.durable.election);
     peer.live = {
       membership,
       balancer: {
@@ -440,19 +460,21 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
   const alive = new Set(peers.filter((p) => !p.killed).map((p) => p.peerId));
   const livePeers = peers.filter((p) => p.live !== null);
   const connected = livePeers.length > 0 && reachable(livePeers[0] as Peer).length === livePeers.length - 1;
-  const leaderExpected = connected && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
+  const peersNotMetTheMesh = livePeers.filter((p) => p.live?.balancer.durable.meshMet === false).length;
+  const leaderExpected = connected && peersNotMetTheMesh === 0 && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
   const finalPeers = peers.map((p) => {
     const b = p.live?.balancer;
     const state = p.killed ? 'killed' : b === undefined ? 'down' : `${b.role} term ${b.durable.currentTerm} leader ${b.leaderId ?? '-'}`;
-    return `${p.peerId} (joined ${p.joinAtMs} ms, bootstrap ${p.joinsMesh ? [...p.durable.knownPeers][0] ?? '-' : '-'}): ${state}, roster ${[...p.durable.roster.keys()].sort().join(',')}`;
+    return `${p.peerId} (joined ${p.joinAtMs} ms, bootstrap ${p.bootstrapPeerId ?? '-'}): ${state}, roster ${[...p.durable.roster.keys()].sort().join(',')}`;
   });
   return {
     seed: options.seed,
     ok: violations.length === 0,
     violations,
+    sameRosterViolations,
     traceTail: traceFrozen ?? trace,
     finalPeers,
-    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, leaderExpected, settledAfterHealMs },
+    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, leaderExpected, settledAfterHealMs },
   };
 }
 

@@ -3,7 +3,9 @@
  * --bootstrap of site-a while site-a is stopped (SIGSTOP). With only the 2 s settle time, site-c (its roster
  * itself alone) led term 1 two seconds after its start, a term site-a had led: two leaders in one term (the
  * chaos test, seeds 6 and 8, where a loaded machine made a newcomer hear nobody for its first seconds).
- * Now it waits up to 15 s to learn a peer, and follows site-a once site-a is back.
+ * It waited up to 15 s (aloneJoinWaitMs) to learn a peer, then led alone; since hunt 164 a site whose --bootstrap
+ * names a PeerId neither runs nor votes before it has met that peer: site-c does not lead at all while site-a is
+ * stopped, past the 15 s too, and follows site-a once site-a is back.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -21,8 +23,8 @@ test('a site joining through a stopped site does not lead a term of its own mean
   const aStatus = (await a.status()) as Status;
   a.process.child.kill('SIGSTOP');
   const c = await cluster.start('site-c', { bootstrap: aStatus.self.multiaddrs!.slice(0, 1) });
-  // Well past the settle time (2 s), well within the wait to meet the mesh (15 s).
-  const watchUntilMs = Date.now() + 6000;
+  // Past the settle time (2 s) and past aloneJoinWaitMs (15 s), after which it led alone before hunt 164.
+  const watchUntilMs = Date.now() + 18_000;
   while (Date.now() < watchUntilMs) {
     const seen = (await c.status()) as Status;
     assert.notEqual(seen.balancer?.role, 'leader', `site-c elected itself alone in term ${seen.balancer?.term} while site-a (leader of term ${aStatus.leader?.term}) was stopped`);

@@ -11,7 +11,7 @@ import { encodeEnvelope } from '../../codec/envelope.ts';
 import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../supervisor/site-supervisor.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
-import { ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
+import { bootstrapPeerIdsOf, ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
 import { forgetPeerTopic, rosterMissingMax, routingTopic } from './messages.ts';
 import { ELECTION_RECORD_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
@@ -485,4 +485,9 @@ it('election frames: a request carries the candidate\'s roster and a refusal the
   const peerIds = Array.from({ length: 64 }, (_, i) => `12D3KooW${String(i).padStart(44, 'x')}`);
   const bytes = encodeEnvelope({ type: 'requestVote', term: 2 ** 40, candidateId: peerIds[0]!, roster: peerIds }, { maxBytes: ELECTION_MAX_BYTES });
   assert.ok(bytes.byteLength <= ELECTION_MAX_BYTES);
+});
+
+it('bootstrapPeerIdsOf: the PeerId after /p2p/ of each --bootstrap address; an address without one names none', () => {
+  const peerId = '12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN';
+  assert.deepEqual(bootstrapPeerIdsOf([`/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, '/dns4/site-a.example/tcp/4001']), [peerId]);
 });

@@ -100,6 +100,16 @@ export const balancerTimings = {
 
 export { BalancerError, type BalancerErrorCode } from './state-files.ts';
 
+/** The PeerIds named by --bootstrap addresses (after /p2p/; config.ts checked them); an address without one names none. */
+export function bootstrapPeerIdsOf(addresses: readonly string[]): string[] {
+  return addresses.flatMap((address) => {
+    const parts = address.split('/');
+    const at = parts.lastIndexOf('p2p');
+    const peerId = at >= 0 ? parts[at + 1] : undefined;
+    return peerId !== undefined && peerId !== '' ? [peerId] : [];
+  });
+}
+
 export interface BalancerServiceInit {
   node: MeshNode;
   peerId: string;
@@ -116,6 +126,11 @@ export interface BalancerServiceInit {
   /** Started with --bootstrap: joining a mesh, so a roster of itself alone waits aloneJoinWaitMs before it elects itself. */
   joinsMesh?: boolean;
   aloneJoinWaitMs?: number;
+  /**
+   * The PeerIds the --bootstrap addresses name (bootstrapPeerIdsOf): until one of them has been in the roster, this
+   * peer neither runs nor votes (BalancerConfig.bootstrapPeerIds). Not with a pinned roster, whose voters are fixed.
+   */
+  bootstrapPeerIds?: readonly string[];
   tickIntervalMs?: number;
   voteTimeoutMs?: number;
   announceIntervalMs?: number;
@@ -465,6 +480,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         handOverGraceMs: init.handOverGraceMs ?? balancerTimings.handOverGraceMs,
         stallMinMs: balancerTimings.stallMinMs,
         settleAfterStallMs: settleMs,
+        ...(!pinned && (init.bootstrapPeerIds?.length ?? 0) > 0 ? { bootstrapPeerIds: init.bootstrapPeerIds } : {}),
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,
@@ -480,6 +496,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     // Once: later loads follow a state file not written (logged by noteStateWriteFailure) or a restart (logged
     // by the supervisor), and on a full disk they came twice a second.
     if (!startedOnce) log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null });
+    // An operator wondering why this site neither leads nor votes finds it here (see BalancerConfig.bootstrapPeerIds).
+    if (settled.durable.meshMet === false) log.info('this peer neither runs nor votes in elections until it has met one of its --bootstrap peers', { bootstrapPeerIds: settled.config.bootstrapPeerIds });
     startedOnce = true;
     ready.resolve();
     return { balancer: settled, roster };

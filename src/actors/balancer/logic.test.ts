@@ -800,3 +800,42 @@ test('a voter resumed after a stall does not answer a request for votes on its v
     { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 3, candidateId: 'peer-c' }, nowMs: 23_050 }, { type: 'tick', nowMs: 23_100 });
   assert.equal(askedAgain.effects.filter((e) => e.type === 'send').length, 1);
 });
+
+test('a joiner that has never met one of its bootstrap peers neither runs nor votes; once it has, the ordinary rules apply, and it stays met', () => {
+  // The election simulation, seed 10 (hunt 164): a joiner whose bootstrap peer was cut off met only a later
+  // joiner; the two elected in term 1, a term the mesh had used. Here peer-b, bootstrap peer-a, meets peer-c.
+  const joiner = (self: string, rosterPeerIds: string[]): BalancerState => ({
+    ...initBalancer({ ...configFor(self), rosterPeerIds, bootstrapPeerIds: ['peer-a'] }, null),
+    candidacyDeadlineMs: 2000,
+  });
+  const view = [member('peer-b'), member('peer-c')];
+  const b = joiner('peer-b', ['peer-b', 'peer-c']);
+  assert.equal(b.durable.meshMet, false, 'a first start with bootstrap PeerIds has not met the mesh');
+  assert.equal(initBalancer(b.config, { currentTerm: 0, votedFor: null }).durable.meshMet, false, 'the record an empty data directory reads');
+  const idle = run(b, { type: 'viewChanged', members: view, nowMs: 3000 }, { type: 'tick', nowMs: 60_000 });
+  assert.equal(idle.state.role, 'follower', 'the rule winner of its group, yet it does not run');
+  assert.equal(idle.state.durable.currentTerm, 0);
+  const asked = run(idle.state, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 1, candidateId: 'peer-c', roster: ['peer-b', 'peer-c'] }, nowMs: 60_100 });
+  assert.ok(!asked.effects.some((e) => e.type === 'send'), 'no vote, granted or refused');
+  // It meets peer-a (learnt into its roster): met, persisted, and the request withheld is answered.
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  const met = run({ ...asked.state, config: { ...asked.state.config, rosterPeerIds: roster } }, { type: 'viewChanged', members: allAlive, nowMs: 60_200 });
+  assert.equal(met.state.durable.meshMet, true);
+  assert.ok(met.effects.some((e) => e.type === 'persist' && e.value.meshMet === true), 'meshMet persisted');
+  // peer-a forgotten later (decommissioned): still met, and it runs by the ordinary rules.
+  const forgotten = run({ ...met.state, config: { ...met.state.config, rosterPeerIds: ['peer-b', 'peer-c'] } }, { type: 'viewChanged', members: view, nowMs: 70_000 });
+  assert.equal(forgotten.state.durable.meshMet, true);
+  assert.equal(forgotten.state.role, 'candidate');
+  // A leader heard is a mesh met too (a bootstrap address that answers under another PeerId now).
+  const table = buildRoutingTable(allAlive, 4, 'peer-x', configFor('peer-c').routing);
+  const follows = run(joiner('peer-c', ['peer-c']), { type: 'messageReceived', from: 'peer-x', message: { type: 'announce', term: 4, leaderId: 'peer-x', table }, nowMs: 3000 });
+  assert.equal(follows.state.durable.meshMet, true);
+  // A candidate whose roster holds peer-a has met it: so has peer-b through it (peer-a killed before peer-b learnt it).
+  const vouched = run(idle.state, { type: 'messageReceived', from: 'peer-c', message: { type: 'requestVote', term: 1, candidateId: 'peer-c', roster: ['peer-a', 'peer-b', 'peer-c'] }, nowMs: 60_100 });
+  assert.equal(vouched.state.durable.meshMet, true);
+  assert.ok(vouched.effects.some((e) => e.type === 'send' && e.message.type === 'vote'), 'answered');
+  // A record of an earlier version (no meshMet) and a peer without bootstrap PeerIds: the ordinary rules.
+  assert.equal(initBalancer({ ...configFor('peer-b'), bootstrapPeerIds: ['peer-a'] }, { currentTerm: 3, votedFor: null }).durable.meshMet, undefined);
+  assert.equal(initBalancer(configFor('peer-b'), null).durable.meshMet, undefined);
+  assert.equal(initBalancer({ ...configFor('peer-b'), bootstrapPeerIds: ['peer-b'] }, null).durable.meshMet, undefined, 'its own address names no peer to meet');
+});

@@ -105,11 +105,18 @@ export const defaultRoutingLimits: RoutingLimits = {
   refillLagInstancesMin: 200,
 };
 
-/** A restarted peer comes back as a follower of nobody, remembering only its term and vote. */
+/**
+ * A restarted peer comes back as a follower of nobody, remembering only its term and vote (and whether it has
+ * met the mesh). A first start with bootstrap PeerIds has not met it: no record, or the empty one (term 0, no
+ * vote), which the record file reads on an empty data directory.
+ */
 export function initBalancer(config: BalancerConfig, durable: ElectionDurable | null): BalancerState {
+  const record = durable ?? { currentTerm: 0, votedFor: null };
+  const firstStart = record.meshMet === undefined && record.currentTerm === 0 && record.votedFor === null;
   return {
     config,
-    durable: durable ?? { currentTerm: 0, votedFor: null },
+    // Its own address in the list (the same --bootstrap list given to every site) names no peer to meet.
+    durable: firstStart && (config.bootstrapPeerIds ?? []).some((peerId) => peerId !== config.selfPeerId) ? { ...record, meshMet: false } : record,
     role: 'follower',
     leaderId: null,
     leaderHeardAtMs: 0,
@@ -125,7 +132,7 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
 
 export function stepBalancer(before: BalancerState, input: BalancerInput): BalancerStep {
   const effects: BalancerEffect[] = [];
-  const state = afterStall(before, input.nowMs);
+  const state = noteMeshMet(afterStall(before, input.nowMs), effects);
   let next: BalancerState;
   switch (input.type) {
     case 'tick':
@@ -140,7 +147,37 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
     default:
       return assertNever(input);
   }
-  return { state: next, effects: oneWritePerStep(effects) };
+  return { state: noteMeshMet(next, effects), effects: oneWritePerStep(effects) };
+}
+
+/**
+ * Whether this peer may run and vote as far as meeting the mesh goes: it has no bootstrap PeerIds, or has met
+ * one of them (ElectionDurable.meshMet). A joiner whose bootstrap peer is down or cut off and that meets only
+ * later joiners forms a group that shares no voter with the mesh: with the ordinary rules it elected there in
+ * a term the mesh had used (term 1: 161 of the election simulation's 190 breaks over seeds 1-5000, hunt 164).
+ * Its front door serves locally meanwhile, as any peer without a leader does.
+ */
+function hasMetTheMesh(s: BalancerState): boolean {
+  return s.durable.meshMet !== false;
+}
+
+/**
+ * A peer that has not met the mesh meets it when a bootstrap peer is in its roster (learnt from its view, or
+ * kept from a former start), or when it follows a leader: a bootstrap address that answers under another PeerId
+ * now (that site restored on an empty disk) never brings the PeerId named, and a leader heard is a mesh met.
+ * A candidate whose roster holds a bootstrap peer has met it, and so has this peer through it: a bootstrap peer
+ * killed before this peer learnt it, and no leader left, kept a majority from voting (the election simulation).
+ * Persisted at once, so that a bootstrap peer forgotten later (decommissioned) does not undo it.
+ */
+function noteMeshMet(s: BalancerState, effects: BalancerEffect[], candidateRoster: readonly string[] = []): BalancerState {
+  if (hasMetTheMesh(s)) return s;
+  const roster = new Set([...s.config.rosterPeerIds, ...candidateRoster]);
+  const bootstrapInRoster = (s.config.bootstrapPeerIds ?? []).some((peerId) => peerId !== s.config.selfPeerId && roster.has(peerId));
+  const followsLeader = s.role === 'follower' && s.leaderId !== null;
+  if (!bootstrapInRoster && !followsLeader) return s;
+  const durable: ElectionDurable = { ...s.durable, meshMet: true };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  return { ...s, durable };
 }
 
 /**
@@ -169,7 +206,7 @@ function withoutWithheldVoteRequest(state: BalancerState): BalancerState {
  * roster granted it a majority of that roster at its first input (hunt 158).
  */
 function answersVoteRequests(state: BalancerState, nowMs: number): boolean {
-  return seesRosterMajority(state) && nowMs >= (state.votesNotAnsweredBeforeMs ?? Number.NEGATIVE_INFINITY);
+  return hasMetTheMesh(state) && seesRosterMajority(state) && nowMs >= (state.votesNotAnsweredBeforeMs ?? Number.NEGATIVE_INFINITY);
 }
 
 /**
@@ -329,7 +366,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
   const wantsToRun = s.role === 'follower' && nowMs >= s.candidacyDeadlineMs && !waitsToMeetTheMesh(s, nowMs) && mayRun(s, nowMs);
   if (!wantsToRun) return s;
   // Run: a fresh term, our own vote persisted before anyone hears of the candidacy.
-  const durable: ElectionDurable = { currentTerm: s.durable.currentTerm + 1, votedFor: self };
+  const durable: ElectionDurable = { ...s.durable, currentTerm: s.durable.currentTerm + 1, votedFor: self };
   effects.push({ type: 'persist', key: 'election', value: durable });
   s = {
     ...s,
@@ -350,7 +387,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
 
 /** Whether this peer may stand (or go on standing) for election now, its settle times aside. */
 function mayRun(s: BalancerState, nowMs: number): boolean {
-  return !leaderAtStallSuspect(s) && s.leaderId !== s.config.selfPeerId && selfIsWinner(s) && seesRosterMajority(s, true) && !followsBetterRankedLeader(s, nowMs);
+  return hasMetTheMesh(s) && !leaderAtStallSuspect(s) && s.leaderId !== s.config.selfPeerId && selfIsWinner(s) && seesRosterMajority(s, true) && !followsBetterRankedLeader(s, nowMs);
 }
 
 /** requestVote of this peer's current term to every other voter that has not granted it yet. */
@@ -381,7 +418,7 @@ function onMessage(
   nowMs: number,
   effects: BalancerEffect[],
 ): BalancerState {
-  let s = state;
+  let s = message.type === 'requestVote' ? noteMeshMet(state, effects, message.roster) : state;
   if (message.term > s.durable.currentTerm) {
     if (message.type === 'requestVote' && hasLiveLeader(s, nowMs) && (!wouldVoteFor(s, message.candidateId) || leaderOutranks(s, message.candidateId))) {
       // A candidate this peer would refuse, while its leader is alive: refuse without taking its term.
@@ -412,7 +449,7 @@ function onMessage(
         missing = rosterMissingFrom(message.roster, s.config.rosterPeerIds);
         granted = wouldVoteFor(s, candidate) && missing.length === 0;
         if (granted && s.durable.votedFor !== candidate) {
-          const durable: ElectionDurable = { currentTerm: term, votedFor: candidate };
+          const durable: ElectionDurable = { ...s.durable, currentTerm: term, votedFor: candidate };
           effects.push({ type: 'persist', key: 'election', value: durable });
           s = { ...s, durable };
         }
@@ -525,7 +562,7 @@ function followsBetterRankedLeader(state: BalancerState, nowMs: number): boolean
 }
 
 function adoptTerm(state: BalancerState, term: number, effects: BalancerEffect[]): BalancerState {
-  const durable: ElectionDurable = { currentTerm: term, votedFor: null };
+  const durable: ElectionDurable = { ...state.durable, currentTerm: term, votedFor: null };
   effects.push({ type: 'persist', key: 'election', value: durable });
   let s: BalancerState = { ...state, durable, role: 'follower', votesGranted: [] };
   if (state.leaderId !== null) {

@@ -58,6 +58,12 @@ export interface ElectionDurable {
   readonly currentTerm: number;
   /** Whom this peer voted for in currentTerm (itself when it ran); null if nobody yet. */
   readonly votedFor: string | null;
+  /**
+   * A peer started with --bootstrap PeerIds (BalancerConfig.bootstrapPeerIds): false until one of them has been
+   * in its roster (or it followed a leader), and it neither runs nor votes meanwhile. Absent: a record of a peer
+   * that never had bootstrap PeerIds, or of a version before hunt 164; either way the ordinary rules apply.
+   */
+  readonly meshMet?: boolean;
 }
 
 export interface RoutingLimits {
@@ -108,6 +114,12 @@ export interface BalancerConfig {
    * made the second-ranked peer run (terms 6 -> 9 and the leader unseated by its newerTerm, hunt 110).
    */
   readonly settleAfterStallMs?: number;
+  /**
+   * The PeerIds of this peer's --bootstrap addresses (their /p2p/ parts). While none of them has been in its
+   * roster (ElectionDurable.meshMet), it neither runs nor votes: a joiner that could not reach its bootstrap peer
+   * and met only later joiners elected with them in a term the mesh used (hunt 164). Absent or empty: no such rule.
+   */
+  readonly bootstrapPeerIds?: readonly string[];
   readonly routing: RoutingLimits;
 }
 

@@ -145,3 +145,15 @@ test('election record: a write after close is refused as a state write (ERR_BALA
   assert.deepEqual(record.durable, { currentTerm: 1, votedFor: 'a' });
   assert.deepEqual(await readElectionRecord(dir), { currentTerm: 1, votedFor: 'a' });
 });
+
+test('election record: whether the peer has met the mesh (hunt 164) is kept with the term; a record without it reads without it', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  t.after(() => record.close());
+  await record.write({ currentTerm: 2, votedFor: null, meshMet: false });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 2, votedFor: null, meshMet: false });
+  await record.write({ currentTerm: 2, votedFor: null, meshMet: true });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 2, votedFor: null, meshMet: true });
+  await record.write({ currentTerm: 3, votedFor: 'peer-1' });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 3, votedFor: 'peer-1' });
+});

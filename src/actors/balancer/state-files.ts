@@ -115,7 +115,8 @@ async function loadLegacyElection(dataDir: string): Promise<ElectionDurable | nu
 }
 
 function encodeElectionRecord(durable: ElectionDurable): Uint8Array {
-  return encodeEnvelope({ type: 'electionRecord', currentTerm: durable.currentTerm, votedFor: durable.votedFor }, { maxBytes: SLOT_PAYLOAD_MAX_BYTES });
+  const meshMet = durable.meshMet !== undefined ? { meshMet: durable.meshMet } : {};
+  return encodeEnvelope({ type: 'electionRecord', currentTerm: durable.currentTerm, votedFor: durable.votedFor, ...meshMet }, { maxBytes: SLOT_PAYLOAD_MAX_BYTES });
 }
 
 function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDurable {
@@ -126,7 +127,9 @@ function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDur
     throw damaged(dataDir, ELECTION_RECORD_FILE, `not an election record: ${(err as Error).message}`);
   }
   if (v.type !== 'electionRecord' || !isElectionDurable(v)) throw damaged(dataDir, ELECTION_RECORD_FILE, 'not an election record');
-  return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null };
+  // Versions before hunt 164 write no meshMet (and ignore it when they read a record of a later one).
+  if (v.meshMet !== undefined && typeof v.meshMet !== 'boolean') throw damaged(dataDir, ELECTION_RECORD_FILE, 'not an election record');
+  return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null, ...(typeof v.meshMet === 'boolean' ? { meshMet: v.meshMet } : {}) };
 }
 
 /**
