@@ -892,6 +892,30 @@ test('JPEG extended (.51) and lossless with any predictor (.57) decode to the pi
   }
 });
 
+test('a JPEG baseline image decoded says it was lossy compressed: Lossy Image Compression 01 added where the source left it out, as dcmdjpeg does (hunt 165)', async (t) => {
+  const name = 'pydicom__SC_jpeg_no_color_transform.dcm';
+  if (!existsSync(join(CORPUS, name))) {
+    t.skip(`corpus file ${name} is missing`);
+    return;
+  }
+  const { dataset, ts } = readPart10(join(CORPUS, name));
+  assert.equal(ts, JPEG_BASELINE);
+  // The same file without its (0028,2110) CS "01" (8 + 2 bytes, explicit VR LE), as some modalities write it.
+  const at = Buffer.from(dataset).indexOf(Buffer.from([0x28, 0x00, 0x10, 0x21, 0x43, 0x53, 0x02, 0x00]));
+  assert.ok(at > 0, 'the file says 01');
+  const unmarked = Buffer.concat([dataset.subarray(0, at), dataset.subarray(at + 10)]);
+  assert.equal(find(parse(unmarked, { explicit: true, le: true }).els, 0x00282110), undefined);
+  for (const target of [EXPLICIT, IMPLICIT, JPEG_LOSSLESS]) {
+    const r = await transcodeDataset(unmarked, ts, [target]);
+    assert.equal(r.transferSyntaxUid, target);
+    const lossy = find(parse(r.bytes, { explicit: target !== IMPLICIT, le: true }).els, 0x00282110);
+    assert.equal(text(lossy?.value)?.trim(), '01', `decoded into ${target}: the copy still says it was lossy compressed`);
+  }
+  // Left as it is when the source says so (the corpus test checks every other element's bytes).
+  const kept = await transcodeDataset(dataset, ts, [EXPLICIT]);
+  assert.equal(text(find(parse(kept.bytes, { explicit: true, le: true }).els, 0x00282110)?.value)?.trim(), '01');
+});
+
 test('corpus: JPEG baseline, RLE and JPEG 2000 files decode to explicit VR LE with full-size pixel data', async (t) => {
   if (!existsSync(CORPUS)) {
     t.skip(`corpus folder ${CORPUS} is missing`);

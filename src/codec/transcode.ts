@@ -37,8 +37,9 @@
  *   transform) is decoded by the dcmjs-codecs JPEG decoder directly without YCbCr conversion, because
  *   dcmjs-dimse's codec always converts for baseline and garbles such images; JPEG extended and .57, which
  *   dcmjs-dimse refuses, go to that decoder directly too (same pixels as dcmdjpeg); the corpus JPEG baseline and
- *   RLE files decode byte-identical to DCMTK's dcmdjpeg/dcmdrle. Lossy Image Compression attributes are left as they are (a decoded lossy
- *   image still is lossy-derived).
+ *   RLE files decode byte-identical to DCMTK's dcmdjpeg/dcmdrle. Lossy Image Compression attributes are left as
+ *   they are (a decoded lossy image still is lossy-derived), but a JPEG baseline or extended source that does not
+ *   say 01 gets it, as dcmdjpeg does (hunt 165).
  * - uncompressed or decodable -> lossless compressed: RLE (.5), JPEG lossless SV1 (.70), JPEG-LS lossless
  *   (.80), and for one sample per pixel JPEG 2000 lossless (.90) and HTJ2K lossless (.201), frame by frame
  *   through dcmjs-dimse `Transcoding`; every frame is decoded back and compared with its source before it
@@ -145,6 +146,10 @@ export async function transcodeDataset(
   const pixel = elements.find((e) => e.tag === PIXEL_DATA);
   if (pixel?.fragments) {
     await decodePixelData(elements, pixel, from, signal);
+    // PS3.3 C.7.6.1.1.5: an image once lossy compressed says so, decoded or not; without it a JPEG baseline
+    // copy sent decoded (or in JPEG Lossless) read as an original. dcmdjpeg adds it too (hunt 165).
+    const lossyMark = elements.find((e) => e.tag === LOSSY_IMAGE_COMPRESSION);
+    if (ALWAYS_LOSSY_PROCESSES.has(from) && textValue(lossyMark)?.trim() !== '01') setElement(elements, LOSSY_IMAGE_COMPRESSION, 'CS', csValue('01'));
   } else if (pixel) {
     throw new TranscodeError('ERR_TRANSCODE_FAILED', `pixel data of a ${from} dataset is not encapsulated`);
   }
@@ -1013,6 +1018,15 @@ function setElement(elements: El[], tag: number, vr: string, value: Uint8Array):
 }
 
 const JPEG_BASELINE = '1.2.840.10008.1.2.4.50';
+
+/** Lossy Image Compression (0028,2110). */
+const LOSSY_IMAGE_COMPRESSION = 0x00282110;
+
+/**
+ * Syntaxes whose process is lossy whatever its parameters (JPEG baseline and extended); JPEG-LS near-lossless,
+ * JPEG 2000, HTJ2K and JPEG XL may hold a lossless codestream, so their instances keep what they say.
+ */
+const ALWAYS_LOSSY_PROCESSES: ReadonlySet<string> = new Set([JPEG_BASELINE, '1.2.840.10008.1.2.4.51']);
 
 interface NativeCodecsApi {
   NativeCodecs: {

@@ -941,7 +941,8 @@ test('an idle expiry that comes while the association works (no write waiting) s
 });
 
 test('requests refused while an operation runs are answered in turn: a requestor that reads nothing meets back-pressure, not a queue without bound (hunt 79: 1.85 million refusals queued, 2.7 GB)', async (t) => {
-  const busyPeer = await startTestPeer([], 'busy-get');
+  const lines: RecordedLine[] = [];
+  const busyPeer = await startTestPeer([], 'busy-get', recordingLogger([], {}, lines));
   t.after(() => busyPeer.dispose());
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.79.40';
   // 8 MiB: more than loopback's socket buffers hold, so a requestor that reads nothing blocks the C-GET's write.
@@ -960,15 +961,20 @@ test('requests refused while an operation runs are answered in turn: a requestor
   // The same request again and again while the first runs: each is refused (duplicate message ID).
   const duplicates = Buffer.concat(Array<Buffer>(100_000).fill(getRq));
   socket.write(duplicates);
-  // Taken at its pace, before, the whole 16.8 MB was read within 3 s here. Until the peer has taken nothing
-  // for 2 s (it waits on its unread answers), or half of it (it read on): not a fixed 6 s.
-  let taken = { bytes: -1, sinceMs: 0 };
-  const giveUpAtMs = performance.now() + 20_000;
-  while (socket.writableLength > duplicates.length / 2 && performance.now() - taken.sinceMs < 2000 && performance.now() < giveUpAtMs) {
-    if (duplicates.length - socket.writableLength !== taken.bytes) taken = { bytes: duplicates.length - socket.writableLength, sinceMs: performance.now() };
+  // Counted by the refusals the peer logs, not by what the socket took: one write's writableLength drops only
+  // once all of it is taken, and the kernel's buffers hold megabytes, so the bytes taken could not tell the
+  // bug from the fix (hunt 165: with 8800284's change undone the peer refused thousands and the test passed).
+  // With the fix the first refusal waits behind the C-GET's blocked write and the peer reads no further;
+  // without it every duplicate is refused at the pace the peer reads (thousands a second under load).
+  const refusals = () => lines.filter((l) => l.message === 'request refused').length;
+  await waitFor('the first duplicate refused', () => refusals() > 0, 20_000, 50);
+  // Until the peer has refused nothing more for 2 s (it waits on its unread answer), or refused over 100 (it read on).
+  let counted = { refusals: refusals(), sinceMs: performance.now() };
+  while (counted.refusals <= 100 && performance.now() - counted.sinceMs < 2000) {
     await new Promise((resolve) => setTimeout(resolve, 100));
+    if (refusals() !== counted.refusals) counted = { refusals: refusals(), sinceMs: performance.now() };
   }
-  assert.ok(socket.writableLength > duplicates.length / 2, `the peer read on: ${duplicates.length - socket.writableLength} of ${duplicates.length} bytes taken while its answers went unread`);
+  assert.ok(counted.refusals <= 100, `the peer read on: ${counted.refusals} duplicates refused while its answers went unread`);
 });
 
 /**

@@ -479,6 +479,27 @@ test('a C-MOVE whose classes and syntaxes need more than 128 contexts proposes e
   assert.deepEqual(moveAssociationGroups([]), []);
 });
 
+test('a C-MOVE over 128 contexts keeps the stored syntaxes we cannot decode before those we can: an instance in one left out could go in no other context (hunt 165: a single MPEG-2 clip among 100 classes in two decodable syntaxes failed as not convertible)', () => {
+  const mpeg2 = '1.2.840.10008.1.2.4.100';
+  const j2k = '1.2.840.10008.1.2.4.90';
+  const jpegLs = '1.2.840.10008.1.2.4.80';
+  const entries: CatalogEntry[] = [];
+  // 100 classes, each stored in JPEG 2000 and JPEG-LS (two instances each): 200 compressed contexts, room for 27.
+  for (let i = 0; i < 100; i++) for (const ts of [j2k, jpegLs, j2k, jpegLs]) entries.push({ sopClassUid: `1.2.840.10008.5.1.4.1.1.2.${i}`, transferSyntaxUid: ts, sopInstanceUid: `1.2.5.${entries.length}` } as CatalogEntry);
+  const videoClass = '1.2.840.10008.5.1.4.1.1.77.1.4.1';
+  entries.push({ sopClassUid: videoClass, transferSyntaxUid: mpeg2, sopInstanceUid: '1.2.5.9999' } as CatalogEntry);
+  const proposals = proposalsForMove(entries);
+  assert.equal(proposals.length, 128);
+  assert.deepEqual(
+    proposals.filter((p) => p.abstractSyntaxUid === videoClass).map((p) => p.transferSyntaxUids[0]),
+    [mpeg2, TransferSyntax.ExplicitVrLittleEndian],
+    'the MPEG-2 clip proposed as stored, before its fallback',
+  );
+  // A destination accepting every context: the clip goes as stored, not refused as not convertible.
+  const contexts = proposals.map((p, i) => ({ id: 2 * i + 1, abstractSyntaxUid: p.abstractSyntaxUid, transferSyntaxUid: p.transferSyntaxUids[0]! }));
+  assert.equal(pickContextFor({ ...entries.at(-1)!, attributes: [] }, contexts)?.transferSyntaxUid, mpeg2);
+});
+
 test('a C-FIND cancelled (C-CANCEL-RQ, or its association aborted) stops its scan though nothing matches yet, answering Cancel (helper 98: it read the whole level first)', async () => {
   await withEmptyStore(async (store) => {
     const instances = 2000;

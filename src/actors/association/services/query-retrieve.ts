@@ -17,7 +17,7 @@ import type { ReplicaStore } from '../../storage/replica-store.ts';
 import { checkedStream, checkedWhole, checkedWholeBytesMax } from '../../storage/checked-read.ts';
 import type { Transcoder } from '../../../codec/transcode-pool.ts';
 import { TranscodeError } from '../../../codec/transcode-error.ts';
-import { canTranscodeInstance, needsEncoding } from '../../../codec/transcode-targets.ts';
+import { canTranscode, canTranscodeInstance, needsEncoding } from '../../../codec/transcode-targets.ts';
 import { estimateTranscodeBytes } from '../../../codec/transcode-estimate.ts';
 import type { Clock, TimerHandle } from '../../runtime/clock.ts';
 
@@ -606,18 +606,21 @@ function instancesByClassAndSyntax(entries: readonly CatalogEntry[]): Map<string
  * What a C-MOVE proposes to its destination: each SOP class in its stored syntaxes, one context each, then
  * an uncompressed fallback, plus (while the 128 contexts allow one for each class) a lossless compressed one.
  * When the stored syntaxes do not all fit beside the fallbacks (42 classes stored in 3 syntaxes each need
- * 168 contexts), those that fit are proposed, compressed ones first (converting them costs most), then the
- * most frequent; an instance whose syntax was left out goes converted into the fallback's. Before, the list
- * was cut at 128 and the last classes were not proposed at all: their instances failed as "receiver
- * accepted no context" (hunt 160). At most 128 classes (moveAssociationGroups).
+ * 168 contexts), those that fit are proposed, those we cannot decode first, then the other compressed ones
+ * (converting them costs most), then the most frequent; an instance whose syntax was left out goes converted
+ * into the fallback's. Before, the list was cut at 128 and the last classes were not proposed at all: their
+ * instances failed as "receiver accepted no context" (hunt 160). At most 128 classes (moveAssociationGroups).
  */
 export function proposalsForMove(entries: readonly CatalogEntry[]): Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> {
   const classes = instancesByClassAndSyntax(entries);
   const stored = [...classes].flatMap(([sopClassUid, syntaxes], classIndex) => [...syntaxes].map(([transferSyntaxUid, instances]) => ({ sopClassUid, transferSyntaxUid, instances, classIndex })));
-  // Room for stored syntaxes beside a fallback for every class; the compressed first, then the most frequent.
+  // Room for stored syntaxes beside a fallback for every class: first those we cannot decode (left out, their
+  // instances could go in no context: an MPEG-2 clip among 100 classes stored in two decodable syntaxes failed,
+  // hunt 165), then the other compressed ones, then the most frequent.
   const room = Math.max(maxPresentationContexts - classes.size, 0);
-  const isUncompressed = (s: { transferSyntaxUid: string }) => Number(uncompressedSyntaxes.has(s.transferSyntaxUid));
-  const chosen = stored.length <= room ? stored : [...stored].sort((a, b) => isUncompressed(a) - isUncompressed(b) || b.instances - a.instances || a.classIndex - b.classIndex).slice(0, room);
+  const rank = ({ transferSyntaxUid }: { transferSyntaxUid: string }) =>
+    !canTranscode(transferSyntaxUid, TransferSyntax.ExplicitVrLittleEndian) ? 0 : uncompressedSyntaxes.has(transferSyntaxUid) ? 2 : 1;
+  const chosen = stored.length <= room ? stored : [...stored].sort((a, b) => rank(a) - rank(b) || b.instances - a.instances || a.classIndex - b.classIndex).slice(0, room);
   const kept = new Set(chosen.map((s) => `${s.sopClassUid} ${s.transferSyntaxUid}`));
   const proposals: Array<{ abstractSyntaxUid: string; transferSyntaxUids: string[] }> = [];
   for (const [sopClassUid, syntaxes] of classes) {
