@@ -19,15 +19,23 @@ export interface MeshState {
 /** Sites the error line names; more are counted, not named (/api/mesh lists them all). */
 const sitesNamedMax = 8;
 
-/** The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies. */
-export function meshStateOf(knownSites: readonly { siteName: string }[], debt: readonly { siteName: string }[], ownSite: string): MeshState {
-  const otherSites = new Set([...knownSites, ...debt].map((s) => s.siteName).filter((name) => name !== ownSite));
-  return { otherSites: [...otherSites].sort(), debtEntries: debt.filter((d) => d.siteName !== ownSite).length };
+/**
+ * The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies.
+ * `debtBySite` counts the debt entries per site (ReplicaStore.countDebtBySite), not the entries themselves.
+ */
+export function meshStateOf(knownSites: readonly { siteName: string }[], debtBySite: ReadonlyMap<string, number>, ownSite: string): MeshState {
+  const otherSites = new Set([...knownSites.map((s) => s.siteName), ...debtBySite.keys()].filter((name) => name !== ownSite));
+  let debtEntries = 0;
+  for (const [siteName, entries] of debtBySite) if (siteName !== ownSite) debtEntries += entries;
+  return { otherSites: [...otherSites].sort(), debtEntries };
 }
 
-/** Reads the mesh state of an open store (a damaged record is skipped: it names no site). */
-export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listDebt'>, ownSite: string): Promise<MeshState> {
-  return meshStateOf(await store.listKnownSites(), await store.listDebt(), ownSite);
+/**
+ * Reads the mesh state of an open store: the known sites (bounded by custody) and a count of the debt per
+ * site, so a store owing millions of copies is counted, not loaded; a damaged known-site record is skipped.
+ */
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'countDebtBySite'>, ownSite: string): Promise<MeshState> {
+  return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite);
 }
 
 /** Whether the state shows a mesh site: another site known or owed copies. */

@@ -327,6 +327,11 @@ export interface ReplicaStore {
    */
   listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
   /**
+   * Debt entries per site, read from the keys alone: what a start without --swarm-key checks (mesh-state.ts)
+   * holds one count per site, not every entry (a site owing millions of copies).
+   */
+  countDebtBySite(): Promise<Map<string, number>>;
+  /**
    * Custody's known sites and tombstones, in the same write order as updateDebt (not synced): `seen` written,
    * `forgotten` turned from known sites into tombstones, `tombstonesDropped` deleted.
    */
@@ -1431,6 +1436,17 @@ class LevelReplicaStore implements ReplicaStore {
         ? { sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number }
         : undefined,
     );
+  }
+
+  async countDebtBySite(): Promise<Map<string, number>> {
+    const owed = new Map<string, number>();
+    for await (const key of this.db.keys(prefixRange(debtPrefix))) {
+      // d!<uid>!<site>: the site follows the second '!' (UIDs hold none); a key without one names no site.
+      const separator = key.indexOf('!', debtPrefix.length);
+      const siteName = separator < 0 ? '' : key.slice(separator + 1);
+      if (siteName !== '') owed.set(siteName, (owed.get(siteName) ?? 0) + 1);
+    }
+    return owed;
   }
 
   async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly ForgottenSite[], tombstonesDropped: readonly string[] = []): Promise<void> {
