@@ -38,5 +38,5 @@ test('the start check counts the debt of a store without loading its entries (hu
   assert.deepEqual(await store.countDebtBySite(), new Map([['site-a', 1], ['site-b', 300], ['site-c', 1]]));
   // listDebt builds every entry: the check must not call it.
   const countedOnly = { listKnownSites: () => store.listKnownSites(), countDebtBySite: () => store.countDebtBySite(), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
-  assert.deepEqual(await readMeshState(countedOnly, 'site-a'), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
+  assert.deepEqual(await readMeshState(countedOnly, 'site-a', join(dir, 'store')), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
 });

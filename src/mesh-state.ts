@@ -6,7 +6,7 @@
  * meant (hunt 163). A lone site started with a key that never met another site knows none: it starts.
  */
 import { ConfigError } from './config.ts';
-import type { ReplicaStore } from './actors/storage/replica-store.ts';
+import { startReadError, type ReplicaStore } from './actors/storage/replica-store.ts';
 
 /** The mesh state found in a data directory: the other sites it knows or owes copies to. */
 export interface MeshState {
@@ -31,11 +31,16 @@ export function meshStateOf(knownSites: readonly { siteName: string }[], debtByS
 }
 
 /**
- * Reads the mesh state of an open store: the known sites (bounded by custody) and a count of the debt per
- * site, so a store owing millions of copies is counted, not loaded; a damaged known-site record is skipped.
+ * Reads the mesh state of an open store at `storePath`: the known sites (bounded by custody) and a count of
+ * the debt per site, so a store owing millions of copies is counted, not loaded; a damaged known-site record
+ * is skipped, and a read LevelDB refuses (a damaged table) is one line naming the store and the way out.
  */
-export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'countDebtBySite'>, ownSite: string): Promise<MeshState> {
-  return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite);
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'countDebtBySite'>, ownSite: string, storePath: string): Promise<MeshState> {
+  try {
+    return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite);
+  } catch (error) {
+    throw startReadError(storePath, "custody's records (known sites, copies owed) that a start without --swarm-key checks", error);
+  }
 }
 
 /** Whether the state shows a mesh site: another site known or owed copies. */
