@@ -37,6 +37,22 @@ test('the start check counts the debt of a store without loading its entries (hu
   await store.updateDebt([...uids.map((sopInstanceUid) => ({ sopInstanceUid, siteName: 'site-b', sinceMs: 1 })), { sopInstanceUid: '1.2.3.1', siteName: 'site-c', sinceMs: 1 }, { sopInstanceUid: '1.2.3.2', siteName: 'site-a', sinceMs: 1 }], []);
   assert.deepEqual(await store.countDebtBySite(), new Map([['site-a', 1], ['site-b', 300], ['site-c', 1]]));
   // listDebt builds every entry: the check must not call it.
-  const countedOnly = { listKnownSites: () => store.listKnownSites(), countDebtBySite: () => store.countDebtBySite(), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
+  const countedOnly = { listKnownSites: () => store.listKnownSites(), listForgottenSites: () => store.listForgottenSites(), countDebtBySite: () => store.countDebtBySite(), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
   assert.deepEqual(await readMeshState(countedOnly, 'site-a', join(dir, 'store')), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
+});
+
+test("copies still owed to a forgotten site (a crash between its tombstone and the debt removals) make no mesh site: custody drops them at its first view (hunt 167)", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-mesh-state-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: join(dir, 'store') });
+  await store.open();
+  t.after(() => store.close());
+  // The last site of a mesh taken apart: site-b forgotten with POST /api/forget-site, its debt not yet removed.
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 1 }], []);
+  await store.updateDebt([{ sopInstanceUid: '1.2.3.1', siteName: 'site-b', sinceMs: 1 }, { sopInstanceUid: '1.2.3.2', siteName: 'site-b', sinceMs: 1 }], []);
+  await store.updateKnownSites([], [{ siteName: 'site-b', forgottenAtMs: 2 }]);
+  assert.deepEqual(await readMeshState(store, 'site-a', join(dir, 'store')), { otherSites: [], debtEntries: 0 });
+  // Known again after its forgetting (heard since): the copies owed count.
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 3 }], []);
+  assert.deepEqual(await readMeshState(store, 'site-a', join(dir, 'store')), { otherSites: ['site-b'], debtEntries: 2 });
 });

@@ -22,22 +22,25 @@ const sitesNamedMax = 8;
 /**
  * The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies.
  * `debtBySite` counts the debt entries per site (ReplicaStore.countDebtBySite), not the entries themselves.
+ * Copies owed to a forgotten site (a tombstone, not known) are none: custody drops them at its first view
+ * (a crash between a forgetting's tombstone and its debt removals leaves them), so they refuse nothing.
  */
-export function meshStateOf(knownSites: readonly { siteName: string }[], debtBySite: ReadonlyMap<string, number>, ownSite: string): MeshState {
-  const otherSites = new Set([...knownSites.map((s) => s.siteName), ...debtBySite.keys()].filter((name) => name !== ownSite));
-  let debtEntries = 0;
-  for (const [siteName, entries] of debtBySite) if (siteName !== ownSite) debtEntries += entries;
-  return { otherSites: [...otherSites].sort(), debtEntries };
+export function meshStateOf(knownSites: readonly { siteName: string }[], debtBySite: ReadonlyMap<string, number>, ownSite: string, forgottenSites: readonly { siteName: string }[] = []): MeshState {
+  const known = new Set(knownSites.map((s) => s.siteName));
+  const forgotten = new Set(forgottenSites.map((s) => s.siteName).filter((name) => !known.has(name)));
+  const owed = [...debtBySite].filter(([siteName]) => siteName !== ownSite && !forgotten.has(siteName));
+  const otherSites = new Set([...known, ...owed.map(([siteName]) => siteName)].filter((name) => name !== ownSite));
+  return { otherSites: [...otherSites].sort(), debtEntries: owed.reduce((sum, [, entries]) => sum + entries, 0) };
 }
 
 /**
- * Reads the mesh state of an open store at `storePath`: the known sites (bounded by custody) and a count of
- * the debt per site, so a store owing millions of copies is counted, not loaded; a damaged known-site record
- * is skipped, and a read LevelDB refuses (a damaged table) is one line naming the store and the way out.
+ * Reads the mesh state of an open store at `storePath`: the known and forgotten sites (bounded by custody)
+ * and a count of the debt per site, so a store owing millions of copies is counted, not loaded; a damaged
+ * site record is skipped, and a read LevelDB refuses (a damaged table) is one line naming the store and the way out.
  */
-export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'countDebtBySite'>, ownSite: string, storePath: string): Promise<MeshState> {
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listForgottenSites' | 'countDebtBySite'>, ownSite: string, storePath: string): Promise<MeshState> {
   try {
-    return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite);
+    return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite, await store.listForgottenSites());
   } catch (error) {
     throw startReadError(storePath, "custody's records (known sites, copies owed) that a start without --swarm-key checks", error);
   }
