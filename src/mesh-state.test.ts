@@ -1,23 +1,61 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { meshStateOf, meshStateText, startedWithoutSwarmKeyError, wasMeshSite } from './mesh-state.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { meshStateOf, meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite } from './mesh-state.ts';
+import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 
 test('a data directory that knows no other site (never a mesh, or a lone site started with a key) is no mesh site', () => {
-  const state = meshStateOf([], [], 'site-a');
+  const state = meshStateOf([], new Map(), 'site-a');
   assert.deepEqual(state, { otherSites: [], debtEntries: 0 });
   assert.equal(wasMeshSite(state), false);
-  assert.equal(wasMeshSite(meshStateOf([{ siteName: 'site-a' }], [{ siteName: 'site-a' }], 'site-a')), false, 'its own site name is no other site');
+  assert.equal(wasMeshSite(meshStateOf([{ siteName: 'site-a' }], new Map([['site-a', 1]]), 'site-a')), false, 'its own site name is no other site');
 });
 
 test('known sites and sites owed copies make a mesh site; the line names them and the two ways out', () => {
-  const state = meshStateOf([{ siteName: 'site-c' }, { siteName: 'site-b' }], [{ siteName: 'site-b' }, { siteName: 'site-d' }, { siteName: 'site-b' }], 'site-a');
+  const state = meshStateOf([{ siteName: 'site-c' }, { siteName: 'site-b' }], new Map([['site-b', 2], ['site-d', 1]]), 'site-a');
   assert.deepEqual(state, { otherSites: ['site-b', 'site-c', 'site-d'], debtEntries: 3 });
   assert.equal(wasMeshSite(state), true);
   assert.equal(meshStateText(state), 'its store knows 3 sites site-b, site-c, site-d and owes them 3 copies');
-  assert.equal(meshStateText(meshStateOf([{ siteName: 'site-b' }], [], 'site-a')), 'its store knows site site-b');
-  const error = startedWithoutSwarmKeyError('/srv/pacs', meshStateOf([{ siteName: 'site-b' }], [{ siteName: 'site-b' }], 'site-a'));
+  assert.equal(meshStateText(meshStateOf([{ siteName: 'site-b' }], new Map(), 'site-a')), 'its store knows site site-b');
+  const error = startedWithoutSwarmKeyError('/srv/pacs', meshStateOf([{ siteName: 'site-b' }], new Map([['site-b', 1]]), 'site-a'));
   assert.equal(error.code, 'ERR_CONFIG');
   assert.match(error.message, /^--data \/srv\/pacs was a mesh site \(its store knows site site-b and owes it 1 copy\).*add --swarm-key FILE to rejoin the mesh, or --standalone yes to run it alone on purpose$/);
-  const many = meshStateOf(Array.from({ length: 11 }, (_, i) => ({ siteName: `s${String(i).padStart(2, '0')}` })), [], 'site-a');
+  const many = meshStateOf(Array.from({ length: 11 }, (_, i) => ({ siteName: `s${String(i).padStart(2, '0')}` })), new Map(), 'site-a');
   assert.match(meshStateText(many), /knows 11 sites s00, s01, s02, s03, s04, s05, s06, s07 and 3 more$/);
+});
+
+/** An empty store in a directory of its own, closed and removed when the test ends. */
+async function openStore(t: TestContext): Promise<{ store: ReplicaStore; storePath: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-mesh-state-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const storePath = join(dir, 'store');
+  const store = createReplicaStore({ path: storePath });
+  await store.open();
+  t.after(() => store.close());
+  return { store, storePath };
+}
+
+test('the start check counts the debt of a store without loading its entries (hunt 167): a site owing millions of copies is counted, not held in memory', async (t) => {
+  const { store, storePath } = await openStore(t);
+  const uids = Array.from({ length: 300 }, (_, i) => `1.2.3.${i + 1}`);
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 1 }], []);
+  await store.updateDebt([...uids.map((sopInstanceUid) => ({ sopInstanceUid, siteName: 'site-b', sinceMs: 1 })), { sopInstanceUid: '1.2.3.1', siteName: 'site-c', sinceMs: 1 }, { sopInstanceUid: '1.2.3.2', siteName: 'site-a', sinceMs: 1 }], []);
+  assert.deepEqual(await store.countDebtBySite(), new Map([['site-a', 1], ['site-b', 300], ['site-c', 1]]));
+  // listDebt builds every entry: the check must not call it.
+  const countedOnly = { listKnownSites: () => store.listKnownSites(), listForgottenSites: () => store.listForgottenSites(), countDebtBySite: () => store.countDebtBySite(), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
+  assert.deepEqual(await readMeshState(countedOnly, 'site-a', storePath), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
+});
+
+test("copies still owed to a forgotten site (a crash between its tombstone and the debt removals) make no mesh site: custody drops them at its first view (hunt 167)", async (t) => {
+  const { store, storePath } = await openStore(t);
+  // The last site of a mesh taken apart: site-b forgotten with POST /api/forget-site, its debt not yet removed.
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 1 }], []);
+  await store.updateDebt([{ sopInstanceUid: '1.2.3.1', siteName: 'site-b', sinceMs: 1 }, { sopInstanceUid: '1.2.3.2', siteName: 'site-b', sinceMs: 1 }], []);
+  await store.updateKnownSites([], [{ siteName: 'site-b', forgottenAtMs: 2 }]);
+  assert.deepEqual(await readMeshState(store, 'site-a', storePath), { otherSites: [], debtEntries: 0 });
+  // Known again after its forgetting (heard since): the copies owed count.
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 3 }], []);
+  assert.deepEqual(await readMeshState(store, 'site-a', storePath), { otherSites: ['site-b'], debtEntries: 2 });
 });

@@ -6,7 +6,7 @@
  * meant (hunt 163). A lone site started with a key that never met another site knows none: it starts.
  */
 import { ConfigError } from './config.ts';
-import type { ReplicaStore } from './actors/storage/replica-store.ts';
+import { startReadError, type ReplicaStore } from './actors/storage/replica-store.ts';
 
 /** The mesh state found in a data directory: the other sites it knows or owes copies to. */
 export interface MeshState {
@@ -19,15 +19,31 @@ export interface MeshState {
 /** Sites the error line names; more are counted, not named (/api/mesh lists them all). */
 const sitesNamedMax = 8;
 
-/** The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies. */
-export function meshStateOf(knownSites: readonly { siteName: string }[], debt: readonly { siteName: string }[], ownSite: string): MeshState {
-  const otherSites = new Set([...knownSites, ...debt].map((s) => s.siteName).filter((name) => name !== ownSite));
-  return { otherSites: [...otherSites].sort(), debtEntries: debt.filter((d) => d.siteName !== ownSite).length };
+/**
+ * The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies.
+ * `debtBySite` counts the debt entries per site (ReplicaStore.countDebtBySite), not the entries themselves.
+ * Copies owed to a forgotten site (a tombstone, not known) are none: custody drops them at its first view
+ * (a crash between a forgetting's tombstone and its debt removals leaves them), so they refuse nothing.
+ */
+export function meshStateOf(knownSites: readonly { siteName: string }[], debtBySite: ReadonlyMap<string, number>, ownSite: string, forgottenSites: readonly { siteName: string }[] = []): MeshState {
+  const known = new Set(knownSites.map((s) => s.siteName));
+  const forgotten = new Set(forgottenSites.map((s) => s.siteName).filter((name) => !known.has(name)));
+  const owed = [...debtBySite].filter(([siteName]) => siteName !== ownSite && !forgotten.has(siteName));
+  const otherSites = new Set([...known, ...owed.map(([siteName]) => siteName)].filter((name) => name !== ownSite));
+  return { otherSites: [...otherSites].sort(), debtEntries: owed.reduce((sum, [, entries]) => sum + entries, 0) };
 }
 
-/** Reads the mesh state of an open store (a damaged record is skipped: it names no site). */
-export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listDebt'>, ownSite: string): Promise<MeshState> {
-  return meshStateOf(await store.listKnownSites(), await store.listDebt(), ownSite);
+/**
+ * Reads the mesh state of an open store at `storePath`: the known and forgotten sites (bounded by custody)
+ * and a count of the debt per site, so a store owing millions of copies is counted, not loaded; a damaged
+ * site record is skipped, and a read LevelDB refuses (a damaged table) is one line naming the store and the way out.
+ */
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listForgottenSites' | 'countDebtBySite'>, ownSite: string, storePath: string): Promise<MeshState> {
+  try {
+    return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite, await store.listForgottenSites());
+  } catch (error) {
+    throw startReadError(storePath, "custody's records (known sites, copies owed) that a start without --swarm-key checks", error);
+  }
 }
 
 /** Whether the state shows a mesh site: another site known or owed copies. */

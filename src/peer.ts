@@ -157,7 +157,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   // --standalone yes says it is meant (hunt 163); a lone site that never met another knows no site.
   let standaloneMeshState: MeshState | undefined;
   if (!config.swarmKeyFile) {
-    const meshState = await readMeshState(store, config.site).catch(async (error: unknown) => {
+    const meshState = await readMeshState(store, config.site, join(dataDir, 'store')).catch(async (error: unknown) => {
       await store.close();
       throw error;
     });

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -496,4 +496,31 @@ test('a lone site started with a swarm key that never met another site starts wi
   const alone = await serveOnce(t, dataDir, ['--log-level', 'warn']);
   assert.equal(alone.mesh.standalone, undefined);
   assert.doesNotMatch(alone.stderr, /mesh site/, alone.stderr);
+});
+
+test("a mesh site's data directory whose debt LevelDB cannot read (a damaged table), started without --swarm-key: exit 1 and one line naming the store and the way out, not LevelDB's bare error (hunt 167)", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const dataDir = join(dir, 'site');
+  const storePath = join(dataDir, 'store');
+  let store = createReplicaStore({ path: storePath });
+  await store.open();
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 1 }], []);
+  for (let first = 1; first <= 40_000; first += 5_000) {
+    await store.updateDebt(Array.from({ length: 5_000 }, (_, i) => ({ sopInstanceUid: `1.2.3.${first + i}`, siteName: 'site-b', sinceMs: 1 })), []);
+  }
+  await store.close();
+  // Reopened once so the log becomes a table; its first half damaged, past the open's reads (footer, index).
+  store = createReplicaStore({ path: storePath });
+  await store.open();
+  await store.close();
+  const catalogDir = join(storePath, 'catalog');
+  const table = readdirSync(catalogDir).filter((name) => name.endsWith('.ldb')).map((name) => join(catalogDir, name)).sort((a, b) => statSync(b).size - statSync(a).size)[0];
+  assert.ok(table !== undefined, 'the debt is in a table');
+  const bytes = readFileSync(table);
+  for (let i = 1000; i < bytes.length / 2; i += 97) bytes[i]! ^= 0xff;
+  writeFileSync(table, bytes);
+  const r = await start(dataDir);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`^pacs-mesh: cannot read custody's records \\(known sites, copies owed\\) that a start without --swarm-key checks in ${storePath}: Corruption: [^\\n]+; its database files are damaged: move the data directory away and start on an empty one \\(in a mesh the other sites refill it\\)\\n$`));
 });

@@ -108,18 +108,30 @@ export function storageErrorText(error: unknown): string {
 function openError(path: string, error: unknown): StoreError {
   const cause = (error as { cause?: unknown })?.cause;
   const why = cause === undefined ? errorText(error) : errorText(cause);
+  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDoAbout(why)}`, { cause: error });
+}
+
+/**
+ * A read that a start needs and LevelDB refused (a damaged table read only then, past the open): the same
+ * one line as an open that failed, naming what was read (hunt 167: it was LevelDB's bare "Corruption: ...").
+ */
+export function startReadError(path: string, what: string, error: unknown): StoreError {
+  const why = errorText(error);
+  return new StoreError('ERR_STORE_OPEN', `cannot read ${what} in ${path}: ${why}${whatToDoAbout(why)}`, { cause: error });
+}
+
+/** The way out of a store error LevelDB gave as `why`, after a '; ' ('' when there is none to say). */
+function whatToDoAbout(why: string): string {
   // LevelDB's own word for damaged files (a truncated MANIFEST, a bad table), or a MANIFEST lost (a copy
   // taken while the peer ran: helper 48): say what to do as well.
-  const whatToDo =
-    /^Corruption:/.test(why) || isMissingFileText(why) || isCutShortFileText(why)
-      ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)'
-      : // The operator's to fix, not damage: files of another user (a directory copied as root), or a full disk.
-        /: Permission denied$/.test(why)
-        ? "; this user may not read or write the store's files: run the peer as the user that owns the data directory, or give it to this one (chown -R)"
-        : /: No space left on device$/.test(why)
-          ? '; free space on that disk (opening turns the logs into tables, which needs room), or move the data directory to a larger one'
-          : '';
-  return new StoreError('ERR_STORE_OPEN', `cannot open the store in ${path}: ${why}${whatToDo}`, { cause: error });
+  return /^Corruption:/.test(why) || isMissingFileText(why) || isCutShortFileText(why)
+    ? '; its database files are damaged: move the data directory away and start on an empty one (in a mesh the other sites refill it)'
+    : // The operator's to fix, not damage: files of another user (a directory copied as root), or a full disk.
+      /: Permission denied$/.test(why)
+      ? "; this user may not read or write the store's files: run the peer as the user that owns the data directory, or give it to this one (chown -R)"
+      : /: No space left on device$/.test(why)
+        ? '; free space on that disk (opening turns the logs into tables, which needs room), or move the data directory to a larger one'
+        : '';
 }
 
 /**
@@ -326,6 +338,11 @@ export interface ReplicaStore {
    * `onDamaged`: debt is a hint that anti-entropy repair backs up, so it must not stop custody.
    */
   listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
+  /**
+   * Debt entries per site, read from the keys alone: what a start without --swarm-key checks (mesh-state.ts)
+   * holds one count per site, not every entry (a site owing millions of copies).
+   */
+  countDebtBySite(): Promise<Map<string, number>>;
   /**
    * Custody's known sites and tombstones, in the same write order as updateDebt (not synced): `seen` written,
    * `forgotten` turned from known sites into tombstones, `tombstonesDropped` deleted.
@@ -1431,6 +1448,17 @@ class LevelReplicaStore implements ReplicaStore {
         ? { sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number }
         : undefined,
     );
+  }
+
+  async countDebtBySite(): Promise<Map<string, number>> {
+    const owed = new Map<string, number>();
+    for await (const key of this.db.keys(prefixRange(debtPrefix))) {
+      // d!<uid>!<site>: the site follows the second '!' (UIDs hold none); a key without one names no site.
+      const separator = key.indexOf('!', debtPrefix.length);
+      const siteName = separator < 0 ? '' : key.slice(separator + 1);
+      if (siteName !== '') owed.set(siteName, (owed.get(siteName) ?? 0) + 1);
+    }
+    return owed;
   }
 
   async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly ForgottenSite[], tombstonesDropped: readonly string[] = []): Promise<void> {
