@@ -19,9 +19,12 @@ test('known sites and sites owed copies make a mesh site; the line names them an
   assert.equal(wasMeshSite(state), true);
   assert.equal(meshStateText(state), 'its store knows 3 sites site-b, site-c, site-d and owes them 3 copies');
   assert.equal(meshStateText(meshStateOf([{ siteName: 'site-b' }], new Map(), 'site-a')), 'its store knows site site-b');
-  const error = startedWithoutSwarmKeyError('/srv/pacs', meshStateOf([{ siteName: 'site-b' }], new Map([['site-b', 1]]), 'site-a'));
+  const error = startedWithoutSwarmKeyError('/srv/pacs', 'site-a', meshStateOf([{ siteName: 'site-b' }], new Map([['site-b', 1]]), 'site-a'));
   assert.equal(error.code, 'ERR_CONFIG');
-  assert.match(error.message, /^--data \/srv\/pacs was a mesh site \(its store knows site site-b and owes it 1 copy\).*add --swarm-key FILE to rejoin the mesh, or --standalone yes to run it alone on purpose$/);
+  assert.match(error.message, /^--data \/srv\/pacs was a mesh site \(its store knows site site-b and owes it 1 copy\).*add --swarm-key FILE to rejoin the mesh, --standalone yes to run it alone on purpose$/);
+  // The default data directory (npm start's for that site) is named as such, with a third way out.
+  const byDefault = startedWithoutSwarmKeyError('.data/site-a', 'site-a', meshStateOf([{ siteName: 'site-b' }], new Map(), 'site-a'));
+  assert.match(byDefault.message, /^--data \.data\/site-a \(the default for --site site-a\) was a mesh site .*, or --data DIR for an archive of its own$/);
   const many = meshStateOf(Array.from({ length: 11 }, (_, i) => ({ siteName: `s${String(i).padStart(2, '0')}` })), new Map(), 'site-a');
   assert.match(meshStateText(many), /knows 11 sites s00, s01, s02, s03, s04, s05, s06, s07 and 3 more$/);
 });

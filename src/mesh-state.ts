@@ -63,9 +63,16 @@ export function meshStateText(state: MeshState): string {
   return `its store knows ${state.otherSites.length === 1 ? 'site' : `${state.otherSites.length} sites`} ${sitesText(state.otherSites)}${owed}`;
 }
 
-/** The refusal of a mesh site's data directory started without --swarm-key (exit 2). */
-export function startedWithoutSwarmKeyError(dataDirArg: string, state: MeshState): ConfigError {
+/**
+ * The refusal of a mesh site's data directory started without --swarm-key (exit 2). `site`: the start's --site,
+ * whose default data directory (.data/SITE) is `npm start`'s for that site: a bare `pacs-mesh start` after
+ * `npm start` meets site-a's mesh directory without having named it, so the line says so and offers another --data.
+ */
+export function startedWithoutSwarmKeyError(dataDirArg: string, site: string, state: MeshState): ConfigError {
+  const isDefault = dataDirArg === `.data/${site}`;
+  const directory = `--data ${dataDirArg}${isDefault ? ` (the default for --site ${site})` : ''}`;
+  const anotherData = isDefault ? ', or --data DIR for an archive of its own' : '';
   return new ConfigError(
-    `--data ${dataDirArg} was a mesh site (${meshStateText(state)}), and without --swarm-key it would run alone: C-STOREs acknowledged on its one copy, nothing owed sent: add --swarm-key FILE to rejoin the mesh, or --standalone yes to run it alone on purpose`,
+    `${directory} was a mesh site (${meshStateText(state)}), and without --swarm-key it would run alone: C-STOREs acknowledged on its one copy, nothing owed sent: add --swarm-key FILE to rejoin the mesh, --standalone yes to run it alone on purpose${anotherData}`,
   );
 }

@@ -163,7 +163,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     });
     if (wasMeshSite(meshState) && !config.standalone) {
       await store.close();
-      throw startedWithoutSwarmKeyError(config.dataDir, meshState);
+      throw startedWithoutSwarmKeyError(config.dataDir, config.site, meshState);
     }
     if (wasMeshSite(meshState)) {
       standaloneMeshState = meshState;

@@ -469,7 +469,7 @@ test("a mesh site's data directory started without --swarm-key: exit 2 and one l
   assert.equal(r.status, 2, r.stderr);
   assert.equal(
     r.stderr,
-    `pacs-mesh: --data ${dataDir} was a mesh site (its store knows site site-b and owes it 2 copies), and without --swarm-key it would run alone: C-STOREs acknowledged on its one copy, nothing owed sent: add --swarm-key FILE to rejoin the mesh, or --standalone yes to run it alone on purpose\n`,
+    `pacs-mesh: --data ${dataDir} was a mesh site (its store knows site site-b and owes it 2 copies), and without --swarm-key it would run alone: C-STOREs acknowledged on its one copy, nothing owed sent: add --swarm-key FILE to rejoin the mesh, --standalone yes to run it alone on purpose\n`,
   );
 });
 
