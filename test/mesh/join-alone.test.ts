@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { eventually, newCluster, type MeshStatus } from './support.ts';
 
-type Status = MeshStatus & { balancer?: { role?: string; term?: number } };
+type Status = MeshStatus & { balancer?: { role?: string; term?: number; waitsToMeetBootstrapPeers?: boolean } };
 
 test('a site joining through a stopped site does not lead a term of its own meanwhile, and follows the mesh once it is back', { timeout: 120_000 }, async (t) => {
   const cluster = await newCluster(t);
@@ -25,11 +25,15 @@ test('a site joining through a stopped site does not lead a term of its own mean
   const c = await cluster.start('site-c', { bootstrap: aStatus.self.multiaddrs!.slice(0, 1) });
   // Past the settle time (2 s) and past aloneJoinWaitMs (15 s), after which it led alone before hunt 164.
   const watchUntilMs = Date.now() + 18_000;
+  let lastSeen: Status | undefined;
   while (Date.now() < watchUntilMs) {
     const seen = (await c.status()) as Status;
     assert.notEqual(seen.balancer?.role, 'leader', `site-c elected itself alone in term ${seen.balancer?.term} while site-a (leader of term ${aStatus.leader?.term}) was stopped`);
+    lastSeen = seen;
     await new Promise((r) => setTimeout(r, 200));
   }
+  // And says why: it has not met its bootstrap peer (shown from the balancer's first step, so read at the end).
+  assert.equal(lastSeen?.balancer?.waitsToMeetBootstrapPeers, true, `site-c's /api/mesh balancer: ${JSON.stringify(lastSeen?.balancer)}`);
   a.process.child.kill('SIGCONT');
   await eventually(
     async () => {
@@ -39,4 +43,5 @@ test('a site joining through a stopped site does not lead a term of its own mean
     30_000,
     async () => `site-a: ${JSON.stringify((await a.status()).leader)}, site-c: ${JSON.stringify((await c.status()).leader)}`,
   );
+  await eventually(async () => ((await c.status()) as Status).balancer?.waitsToMeetBootstrapPeers === undefined, 10_000, async () => `met, still shown: ${JSON.stringify((await c.status()).balancer)}`);
 });

@@ -191,7 +191,11 @@ export interface BalancerService {
   /** The voters with where they were last seen (learnt roster; pinned: PeerIds only). */
   rosterMembers(): RosterMember[];
   /** Role and term, for /api/mesh and tests. */
-  status(): { role: BalancerRole; term: number; votedFor: string | null };
+  /**
+   * `waitsToMeetBootstrapPeers`: present (true) while this peer neither runs nor votes, having never met one of its
+   * --bootstrap peers (BalancerConfig.bootstrapPeerIds), so that an operator sees why in /api/mesh.
+   */
+  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true };
   /** The election streams' counts, for tests. */
   electionStreamStats(): ElectionStreamStats;
   crashForTest(reason?: string): void;
@@ -799,7 +803,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     },
     status() {
       const b = current?.balancer;
-      return { role: b?.role ?? 'follower', term: b?.durable.currentTerm ?? 0, votedFor: b?.durable.votedFor ?? null };
+      return { role: b?.role ?? 'follower', term: b?.durable.currentTerm ?? 0, votedFor: b?.durable.votedFor ?? null, ...(b?.durable.meshMet === false ? { waitsToMeetBootstrapPeers: true as const } : {}) };
     },
     electionStreamStats: () => electionStreams.stats(),
     crashForTest(reason = 'test') {
