@@ -28,6 +28,7 @@ import type { Heartbeat, MemberRecord, MembershipEffect, MembershipInput } from 
 import { SimNetwork } from './network.ts';
 import { simBalancerConfig, simTimings } from './simulation.ts';
 import { Prng } from './prng.ts';
+import { createRunRecord, type SimRunReport } from './run-record.ts';
 
 type Payload =
   | { readonly kind: 'heartbeat'; readonly heartbeat: Heartbeat }
@@ -90,19 +91,14 @@ export interface ElectionSimOptions {
   readonly faults?: Partial<ElectionSimFaults>;
 }
 
-export interface ElectionSimResult {
-  readonly seed: number;
-  /** At most one leader per term held throughout. */
-  readonly ok: boolean;
-  readonly violations: readonly string[];
+/** ok: at most one leader per term held throughout. */
+export interface ElectionSimResult extends SimRunReport {
   /**
    * The violations between two claims made with the same roster: none can be, whatever the rosters learnt (two
    * majorities of one list share a voter, who voted once in the term). The breaks left (hunt 164) are all
    * between rosters that grew apart.
    */
   readonly sameRosterViolations: readonly string[];
-  readonly traceTail: readonly string[];
-  readonly finalPeers: readonly string[];
   readonly stats: {
     readonly peerCount: number;
     readonly crashes: number;
@@ -176,19 +172,10 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     p.durable.knownPeers.add(p.bootstrapPeerId);
   }
 
-  const violations: string[] = [];
   const sameRosterViolations: string[] = [];
-  const trace: string[] = [];
-  let traceFrozen: string[] | null = null;
   let nowMs = 0;
-  const log = (line: string): void => {
-    trace.push(`${nowMs}ms ${line}`);
-    if (trace.length > traceLinesMax) trace.shift();
-  };
-  const violate = (what: string): void => {
-    violations.push(`t=${nowMs}ms ${what}`);
-    traceFrozen ??= [...trace];
-  };
+  const record = createRunRecord(traceLinesMax, () => nowMs);
+  const { violations, log, violate } = record;
   const claimsByTerm = new Map<number, { readonly peerId: string; readonly roster: readonly string[] }>();
   let crashes = 0;
   let kills = 0;
@@ -472,7 +459,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     ok: violations.length === 0,
     violations,
     sameRosterViolations,
-    traceTail: traceFrozen ?? trace,
+    traceTail: record.traceTail(),
     finalPeers,
     stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, leaderExpected, settledAfterHealMs },
   };

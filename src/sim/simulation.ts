@@ -26,6 +26,7 @@ import {
 import { digestOf, digestRoot } from '../actors/storage/custody/digest.ts';
 import { noFaults, SimNetwork, type Envelope, type NetworkFaults } from './network.ts';
 import { Prng } from './prng.ts';
+import { createRunRecord, type SimRunReport } from './run-record.ts';
 
 /** What a site stores per instance: the catalog fields that must match everywhere after healing. */
 export interface SimInstance {
@@ -145,14 +146,8 @@ export interface SimOptions {
   readonly faults?: Partial<SimFaultRates>;
 }
 
-export interface SimResult {
-  readonly seed: number;
-  readonly ok: boolean;
-  readonly violations: readonly string[];
-  /** The last trace lines before the first violation (or the end), for diagnosis. */
-  readonly traceTail: readonly string[];
-  /** One line per peer at the end: role, term, leader, store and debt sizes. */
-  readonly finalPeers: readonly string[];
+/** finalPeers: role, term, leader, store and debt sizes. */
+export interface SimResult extends SimRunReport {
   readonly stats: {
     readonly siteCount: number;
     readonly simulatedMs: number;
@@ -272,18 +267,9 @@ export function runSimulation(options: SimOptions): SimResult {
   const active = peers.filter((p) => p !== decommission?.peer);
   const roster = peers.map((p) => p.peerId);
 
-  const violations: string[] = [];
-  const trace: string[] = [];
-  let traceFrozen: string[] | null = null;
   let nowMs = 0;
-  const log = (line: string): void => {
-    trace.push(`${nowMs}ms ${line}`);
-    if (trace.length > traceLinesMax) trace.shift();
-  };
-  const violate = (what: string): void => {
-    violations.push(`t=${nowMs}ms ${what}`);
-    traceFrozen ??= [...trace];
-  };
+  const record = createRunRecord(traceLinesMax, () => nowMs);
+  const { violations, log, violate } = record;
 
   // Checker state: every leadership claim, and the quorum each acknowledged instance was promised.
   const claimsByTerm = new Map<number, string>();
@@ -1097,7 +1083,7 @@ export function runSimulation(options: SimOptions): SimResult {
     seed: options.seed,
     ok: violations.length === 0,
     violations,
-    traceTail: traceFrozen ?? trace,
+    traceTail: record.traceTail(),
     finalPeers: peers.map((p) => {
       const live = p.live;
       if (live === null) return `${p.peerId} down`;
