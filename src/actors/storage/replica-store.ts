@@ -339,10 +339,10 @@ export interface ReplicaStore {
    */
   listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
   /**
-   * Debt entries per site, read from the keys alone: what a start without --swarm-key checks (mesh-state.ts)
-   * holds one count per site, not every entry (a site owing millions of copies).
+   * The site each debt key names ('' for a key naming none), in key order, from the keys alone and at most
+   * `limit` of them: a start without --swarm-key (mesh-state.ts) reads the first few of a table that may hold millions.
    */
-  countDebtBySite(): Promise<Map<string, number>>;
+  debtSiteNames(limit: number): AsyncIterable<string>;
   /**
    * Custody's known sites and tombstones, in the same write order as updateDebt (not synced): `seen` written,
    * `forgotten` turned from known sites into tombstones, `tombstonesDropped` deleted.
@@ -1450,15 +1450,12 @@ class LevelReplicaStore implements ReplicaStore {
     );
   }
 
-  async countDebtBySite(): Promise<Map<string, number>> {
-    const owed = new Map<string, number>();
-    for await (const key of this.db.keys(prefixRange(debtPrefix))) {
+  async *debtSiteNames(limit: number): AsyncIterable<string> {
+    for await (const key of this.db.keys({ ...prefixRange(debtPrefix), limit })) {
       // d!<uid>!<site>: the site follows the second '!' (UIDs hold none); a key without one names no site.
       const separator = key.indexOf('!', debtPrefix.length);
-      const siteName = separator < 0 ? '' : key.slice(separator + 1);
-      if (siteName !== '') owed.set(siteName, (owed.get(siteName) ?? 0) + 1);
+      yield separator < 0 ? '' : key.slice(separator + 1);
     }
-    return owed;
   }
 
   async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly ForgottenSite[], tombstonesDropped: readonly string[] = []): Promise<void> {
