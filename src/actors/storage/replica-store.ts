@@ -57,6 +57,8 @@ export type StoreErrorCode =
   | 'ERR_STORE_LOCKED'
   /** The databases could not be opened or recovered (a full disk, damaged files ...): the message says why. */
   | 'ERR_STORE_OPEN'
+  /** A start found the catalog damaged and marked it (reportCatalogDamage): the next open rebuilds it. */
+  | 'ERR_STORE_CATALOG_DAMAGED'
   /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
   | 'ERR_STORE_REPLICA_MISMATCH'
   /** A write failed with an I/O error (a full disk): writes are refused until the store has reopened itself. */
@@ -118,6 +120,19 @@ function openError(path: string, error: unknown): StoreError {
 export function startReadError(path: string, what: string, error: unknown): StoreError {
   const why = errorText(error);
   return new StoreError('ERR_STORE_OPEN', `cannot read ${what} in ${path}: ${why}${whatToDoAbout(why)}`, { cause: error });
+}
+
+/**
+ * A read that a start needs and that found the catalog damaged, once reportCatalogDamage has marked it: the
+ * way out is another start, which rebuilds it, not startReadError's empty directory, which would drop the
+ * copies this site alone holds (those it owes) along with the damage (hunt 169).
+ */
+export function catalogDamagedAtStartError(path: string, what: string, error: unknown): StoreError {
+  return new StoreError(
+    'ERR_STORE_CATALOG_DAMAGED',
+    `cannot read ${what} in ${path}: ${errorText(error)}; its catalog is marked damaged: start the peer again to rebuild it from the instances' commit records (nothing stored is lost; the sites it knew and the copies it owes them are learnt again in the mesh, from heartbeats and repair)`,
+    { cause: error },
+  );
 }
 
 /** The way out of a store error LevelDB gave as `why`, after a '; ' ('' when there is none to say). */
@@ -251,6 +266,8 @@ export interface InstanceWriter {
 }
 
 export interface ReplicaStore {
+  /** The store's directory (DATA/store), which errors about it name. */
+  readonly path: string;
   /** The catalog database (entries, indexes, debt, the recovery checkpoint). */
   readonly db: StoreDb;
   /** The instance bytes: chunks and commit records, keyed by blob id. */
@@ -694,7 +711,7 @@ class LevelReplicaStore implements ReplicaStore {
     return writes.map(() => undefined);
   }, commitsPerBatchMax);
 
-  private readonly path: string;
+  readonly path: string;
   /** After a synced write: the catalog's log files it did not sync made durable too (see leveldb-logs.ts). */
   private readonly syncOlderCatalogLogs: () => Promise<void>;
   private readonly onOpenNotice: NonNullable<ReplicaStoreInit['onOpenNotice']>;
