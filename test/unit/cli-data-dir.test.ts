@@ -532,7 +532,10 @@ test("a mesh site's data directory whose debt LevelDB cannot read (a damaged tab
   const { dataDir, storePath } = await dataDirWithDamagedDebtTable(t);
   const r = await start(dataDir);
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`^pacs-mesh: cannot read custody's records \\(known sites, copies owed\\) that a start without --swarm-key checks in ${storePath}: Corruption: [^\\n]+; its database files are damaged: move the data directory away and start on an empty one \\(in a mesh the other sites refill it\\)\\n$`));
+  // Hunt 169: the way out was 'move the data directory away and start on an empty one', which drops every
+  // instance with the damaged catalog, those this site alone holds too (the copies it owes).
+  assert.match(r.stderr, new RegExp(`^pacs-mesh: cannot read custody's records \\(known sites, copies owed\\) that a start without --swarm-key checks in ${storePath}: Corruption: [^\\n]+; its catalog is marked damaged: start the peer again to rebuild it from the instances' commit records \\(nothing stored is lost; the sites it knew and the copies it owes them are learnt again in the mesh, from heartbeats and repair\\)\\n$`));
+  assert.ok(existsSync(join(storePath, 'catalog-damaged')), 'marked for the next start');
 });
 
 test("a mesh site whose debt LevelDB cannot read (a damaged table), started with its key: exit 1 and one line naming the store and saying to start again, and the next start rebuilds the catalog and serves (hunt 169)", async (t) => {
