@@ -53,7 +53,7 @@ test('the start check counts the debt of a store without loading its entries (hu
   assert.deepEqual(await sitesOf(3), ['site-b', 'site-c', 'site-b'], 'the first keys in key order (1.2.3.1, 1.2.3.1, 1.2.3.10), no more');
   assert.equal((await sitesOf(1000)).length, 302);
   // listDebt builds every entry: the check must not call it.
-  const keysOnly = { listKnownSites: () => store.listKnownSites(), listForgottenSites: () => store.listForgottenSites(), debtSiteNames: (limit: number) => store.debtSiteNames(limit), reportCatalogDamage: () => undefined, listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
+  const keysOnly = { listKnownSites: () => store.listKnownSites(), listForgottenSites: () => store.listForgottenSites(), debtSiteNames: (limit: number) => store.debtSiteNames(limit), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
   assert.deepEqual(await readMeshState(keysOnly, 'site-a', storePath), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
 });
 
@@ -68,7 +68,7 @@ test('the start check reads a bounded number of debt keys whatever the table hol
       yield keysRead % 2 === 0 ? 'site-c' : 'site-b';
     }
   }
-  const large = { listKnownSites: async () => [], listForgottenSites: async () => [{ siteName: 'site-c', forgottenAtMs: 1 }], debtSiteNames: largeDebt, reportCatalogDamage: () => undefined };
+  const large = { listKnownSites: async () => [], listForgottenSites: async () => [{ siteName: 'site-c', forgottenAtMs: 1 }], debtSiteNames: largeDebt };
   const state = await readMeshState(large, 'site-a', '/srv/pacs/store');
   assert.ok(keysRead <= debtKeysReadMax + 1, `read ${keysRead} debt keys`);
   assert.ok(limitAsked <= debtKeysReadMax + 1, `asked the store for ${limitAsked}`);

@@ -6,9 +6,8 @@
  * meant (hunt 163). A lone site started with a key that never met another site knows none: it starts.
  */
 import { ConfigError } from './config.ts';
-import { catalogDamagedAtStartError, startReadError, type ReplicaStore } from './actors/storage/replica-store.ts';
+import { startReadError, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { isCatalogDamage } from './actors/storage/catalog.ts';
-import { errorText } from './actors/runtime/logger.ts';
 import { countUp } from './keyed-counts.ts';
 
 /** The mesh state found in a data directory: the other sites it knows or owes copies to. */
@@ -53,10 +52,10 @@ export function meshStateOf(
 /**
  * Reads the mesh state of an open store at `storePath`: the known and forgotten sites (bounded by custody)
  * and the sites named by the first debtKeysReadMax debt keys, counted per site; a damaged site record is
- * skipped, and a read LevelDB refuses is one line naming the store and the way out: a damaged table marks
- * the catalog, which the next start rebuilds (an empty data directory, the advice before, dropped the instances too).
+ * skipped, and a read LevelDB refuses is one line naming the store and the way out: for a damaged table, the
+ * catalog's rebuild (an empty data directory, the advice before, dropped the instances too: hunt 169).
  */
-export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listForgottenSites' | 'debtSiteNames' | 'reportCatalogDamage'>, ownSite: string, storePath: string): Promise<MeshState> {
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listForgottenSites' | 'debtSiteNames'>, ownSite: string, storePath: string): Promise<MeshState> {
   try {
     const debtBySite = new Map<string, number>();
     let debtKeysRead = 0;
@@ -67,10 +66,10 @@ export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' |
     }
     return meshStateOf(await store.listKnownSites(), debtBySite, ownSite, await store.listForgottenSites(), debtKeysRead > debtKeysReadMax);
   } catch (error) {
-    const what = "custody's records (known sites, copies owed) that a start without --swarm-key checks";
-    if (!isCatalogDamage(error)) throw startReadError(storePath, what, error);
-    store.reportCatalogDamage(`start check: ${errorText(error)}`);
-    throw catalogDamagedAtStartError(storePath, what, error);
+    // Not marked for a rebuild here: the rebuilt catalog knows no site, so a start restarted without its key
+    // (what this check is for, under a service manager that restarts it) would run alone at the next try.
+    const wayOut = `its catalog is damaged, not the instances: if it was a mesh site, start it with --swarm-key FILE (that start marks the catalog, the next rebuilds it from the instances' commit records); or else move ${storePath}/catalog away to have it rebuilt (it then knows no site)`;
+    throw startReadError(storePath, "custody's records (known sites, copies owed) that a start without --swarm-key checks", error, isCatalogDamage(error) ? wayOut : undefined);
   }
 }
 

@@ -115,11 +115,12 @@ function openError(path: string, error: unknown): StoreError {
 
 /**
  * A read that a start needs and LevelDB refused (a damaged table read only then, past the open): the same
- * one line as an open that failed, naming what was read (hunt 167: it was LevelDB's bare "Corruption: ...").
+ * one line as an open that failed, naming what was read (hunt 167: it was LevelDB's bare "Corruption: ..."),
+ * with `wayOut` instead of an open's when the caller knows better.
  */
-export function startReadError(path: string, what: string, error: unknown): StoreError {
+export function startReadError(path: string, what: string, error: unknown, wayOut?: string): StoreError {
   const why = errorText(error);
-  return new StoreError('ERR_STORE_OPEN', `cannot read ${what} in ${path}: ${why}${whatToDoAbout(why)}`, { cause: error });
+  return new StoreError('ERR_STORE_OPEN', `cannot read ${what} in ${path}: ${why}${wayOut === undefined ? whatToDoAbout(why) : `; ${wayOut}`}`, { cause: error });
 }
 
 /**
