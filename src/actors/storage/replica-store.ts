@@ -1461,8 +1461,9 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async listDebt(onDamaged: (key: string) => void = () => undefined): Promise<DebtEntry[]> {
-    return this.listRecords(debtPrefix, onDamaged, (_key, d: Partial<DebtEntry>) =>
-      typeof d.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && Number.isFinite(d.sinceMs)
+    // A record under another key than its own (a damaged key) is damaged too: paying it would delete its own key, never this one.
+    return this.listRecords(debtPrefix, onDamaged, (key, d: Partial<DebtEntry>) =>
+      typeof d.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && key === debtKeyOf(d.sopInstanceUid, d.siteName) && Number.isFinite(d.sinceMs)
         ? { sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number }
         : undefined,
     );
