@@ -21,7 +21,7 @@ export interface MeshState {
 }
 
 /**
- * Debt keys a start without --swarm-key reads at most (~30 ms here): whether copies are owed, and to which
+ * Debt keys a start without --swarm-key reads at most (17-40 ms here): whether copies are owed, and to which
  * sites among the first ones, costs the same whether the site owes ten thousand copies or ten million (hunt 169).
  */
 export const debtKeysReadMax = 10_000;
@@ -85,7 +85,7 @@ function sitesText(sites: readonly string[]): string {
 }
 
 /** "2 copies", or "at least 10000 copies" when the check read only the first debt keys. */
-export function copiesOwedText(state: Pick<MeshState, 'debtEntries' | 'debtEntriesMore'>): string {
+function copiesOwedText(state: Pick<MeshState, 'debtEntries' | 'debtEntriesMore'>): string {
   return `${state.debtEntriesMore ? 'at least ' : ''}${state.debtEntries} ${state.debtEntries === 1 ? 'copy' : 'copies'}`;
 }
 
