@@ -8,7 +8,7 @@ import { StoreError } from './actors/storage/replica-store.ts';
 import { failureText, startPeer } from './peer.ts';
 
 /** Errors whose message says all (a data directory in use, a store that cannot open, a damaged file, a child that kept failing at start). */
-const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE', 'ERR_CHILD_FAILED']);
+const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_STORE_CATALOG_DAMAGED', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE', 'ERR_CHILD_FAILED']);
 
 /**
  * Whether --help or -h stands where an option name does. Every option takes a value, after it or after

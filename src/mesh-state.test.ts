@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { meshStateOf, meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite } from './mesh-state.ts';
+import { debtKeysReadMax, meshStateOf, meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite } from './mesh-state.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 
 test('a data directory that knows no other site (never a mesh, or a lone site started with a key) is no mesh site', () => {
@@ -45,10 +45,39 @@ test('the start check counts the debt of a store without loading its entries (hu
   const uids = Array.from({ length: 300 }, (_, i) => `1.2.3.${i + 1}`);
   await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 1 }], []);
   await store.updateDebt([...uids.map((sopInstanceUid) => ({ sopInstanceUid, siteName: 'site-b', sinceMs: 1 })), { sopInstanceUid: '1.2.3.1', siteName: 'site-c', sinceMs: 1 }, { sopInstanceUid: '1.2.3.2', siteName: 'site-a', sinceMs: 1 }], []);
-  assert.deepEqual(await store.countDebtBySite(), new Map([['site-a', 1], ['site-b', 300], ['site-c', 1]]));
+  const sitesOf = async (limit: number): Promise<string[]> => {
+    const sites: string[] = [];
+    for await (const siteName of store.debtSiteNames(limit)) sites.push(siteName);
+    return sites;
+  };
+  assert.deepEqual(await sitesOf(3), ['site-b', 'site-c', 'site-b'], 'the first keys in key order (1.2.3.1, 1.2.3.1, 1.2.3.10), no more');
+  assert.equal((await sitesOf(1000)).length, 302);
   // listDebt builds every entry: the check must not call it.
-  const countedOnly = { listKnownSites: () => store.listKnownSites(), listForgottenSites: () => store.listForgottenSites(), countDebtBySite: () => store.countDebtBySite(), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
-  assert.deepEqual(await readMeshState(countedOnly, 'site-a', storePath), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
+  const keysOnly = { listKnownSites: () => store.listKnownSites(), listForgottenSites: () => store.listForgottenSites(), debtSiteNames: (limit: number) => store.debtSiteNames(limit), listDebt: () => Promise.reject(new Error('the start check loaded every debt entry')) };
+  assert.deepEqual(await readMeshState(keysOnly, 'site-a', storePath), { otherSites: ['site-b', 'site-c'], debtEntries: 301 });
+});
+
+test('the start check reads a bounded number of debt keys whatever the table holds (hunt 169: a full key scan took ~30 s at ten million owed), and says "at least" past them', async () => {
+  let keysRead = 0;
+  let limitAsked = 0;
+  // A store owing ten times the bound, which yields past the limit it is given: the check must stop by itself.
+  async function* largeDebt(limit: number): AsyncIterable<string> {
+    limitAsked = limit;
+    while (keysRead < debtKeysReadMax * 10) {
+      keysRead++;
+      yield keysRead % 2 === 0 ? 'site-c' : 'site-b';
+    }
+  }
+  const large = { listKnownSites: async () => [], listForgottenSites: async () => [{ siteName: 'site-c', forgottenAtMs: 1 }], debtSiteNames: largeDebt };
+  const state = await readMeshState(large, 'site-a', '/srv/pacs/store');
+  assert.ok(keysRead <= debtKeysReadMax + 1, `read ${keysRead} debt keys`);
+  assert.ok(limitAsked <= debtKeysReadMax + 1, `asked the store for ${limitAsked}`);
+  // Half of the keys read are owed to the forgotten site-c: they count for nothing, as custody drops them.
+  assert.deepEqual(state, { otherSites: ['site-b'], debtEntries: debtKeysReadMax / 2, debtEntriesMore: true });
+  assert.equal(meshStateText(state), `its store knows site site-b and owes it at least ${debtKeysReadMax / 2} copies`);
+  // Exactly the bound: all counted, none more.
+  const exactly = { ...large, debtSiteNames: async function* (): AsyncIterable<string> { for (let i = 0; i < debtKeysReadMax; i++) yield 'site-b'; } };
+  assert.deepEqual(await readMeshState(exactly, 'site-a', '/srv/pacs/store'), { otherSites: ['site-b'], debtEntries: debtKeysReadMax });
 });
 
 test("copies still owed to a forgotten site (a crash between its tombstone and the debt removals) make no mesh site: custody drops them at its first view (hunt 167)", async (t) => {

@@ -7,42 +7,69 @@
  */
 import { ConfigError } from './config.ts';
 import { startReadError, type ReplicaStore } from './actors/storage/replica-store.ts';
+import { isCatalogDamage } from './actors/storage/catalog.ts';
+import { countUp } from './keyed-counts.ts';
 
 /** The mesh state found in a data directory: the other sites it knows or owes copies to. */
 export interface MeshState {
   /** Other sites custody knows (not forgotten) or owes copies to, sorted. */
   readonly otherSites: readonly string[];
-  /** Replication debt entries: copies this site owes to other sites. */
+  /** Replication debt entries among the first debtKeysReadMax keys: copies this site owes to other sites. */
   readonly debtEntries: number;
+  /** The debt table holds more keys than the check reads: debtEntries is a lower bound. */
+  readonly debtEntriesMore?: true;
 }
+
+/**
+ * Debt keys a start without --swarm-key reads at most (17-40 ms here): whether copies are owed, and to which
+ * sites among the first ones, costs the same whether the site owes ten thousand copies or ten million (hunt 169).
+ */
+export const debtKeysReadMax = 10_000;
 
 /** Sites the error line names; more are counted, not named (/api/mesh lists them all). */
 const sitesNamedMax = 8;
 
 /**
  * The mesh state of these records (pure): the sites other than `ownSite` that are known or owed copies.
- * `debtBySite` counts the debt entries per site (ReplicaStore.countDebtBySite), not the entries themselves.
- * Copies owed to a forgotten site (a tombstone, not known) are none: custody drops them at its first view
- * (a crash between a forgetting's tombstone and its debt removals leaves them), so they refuse nothing.
+ * `debtBySite` counts the debt entries read per site, not the entries themselves; `debtKeysUnread` says the
+ * table holds more. Copies owed to a forgotten site (a tombstone, not known) are none: custody drops them at
+ * its first view (a crash between a forgetting's tombstone and its debt removals leaves them), so they refuse nothing.
  */
-export function meshStateOf(knownSites: readonly { siteName: string }[], debtBySite: ReadonlyMap<string, number>, ownSite: string, forgottenSites: readonly { siteName: string }[] = []): MeshState {
+export function meshStateOf(
+  knownSites: readonly { siteName: string }[],
+  debtBySite: ReadonlyMap<string, number>,
+  ownSite: string,
+  forgottenSites: readonly { siteName: string }[] = [],
+  debtKeysUnread = false,
+): MeshState {
   const known = new Set(knownSites.map((s) => s.siteName));
   const forgotten = new Set(forgottenSites.map((s) => s.siteName).filter((name) => !known.has(name)));
   const owed = [...debtBySite].filter(([siteName]) => siteName !== ownSite && !forgotten.has(siteName));
   const otherSites = new Set([...known, ...owed.map(([siteName]) => siteName)].filter((name) => name !== ownSite));
-  return { otherSites: [...otherSites].sort(), debtEntries: owed.reduce((sum, [, entries]) => sum + entries, 0) };
+  return { otherSites: [...otherSites].sort(), debtEntries: owed.reduce((sum, [, entries]) => sum + entries, 0), ...(debtKeysUnread ? { debtEntriesMore: true as const } : {}) };
 }
 
 /**
  * Reads the mesh state of an open store at `storePath`: the known and forgotten sites (bounded by custody)
- * and a count of the debt per site, so a store owing millions of copies is counted, not loaded; a damaged
- * site record is skipped, and a read LevelDB refuses (a damaged table) is one line naming the store and the way out.
+ * and the sites named by the first debtKeysReadMax debt keys, counted per site; a damaged site record is
+ * skipped, and a read LevelDB refuses is one line naming the store and the way out: for a damaged table, the
+ * catalog's rebuild (an empty data directory, the advice before, dropped the instances too: hunt 169).
  */
-export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listForgottenSites' | 'countDebtBySite'>, ownSite: string, storePath: string): Promise<MeshState> {
+export async function readMeshState(store: Pick<ReplicaStore, 'listKnownSites' | 'listForgottenSites' | 'debtSiteNames'>, ownSite: string, storePath: string): Promise<MeshState> {
   try {
-    return meshStateOf(await store.listKnownSites(), await store.countDebtBySite(), ownSite, await store.listForgottenSites());
+    const debtBySite = new Map<string, number>();
+    let debtKeysRead = 0;
+    // One key past the bound tells "more" from "exactly that many"; the loop stops there whatever the store yields.
+    for await (const siteName of store.debtSiteNames(debtKeysReadMax + 1)) {
+      if (++debtKeysRead > debtKeysReadMax) break;
+      if (siteName !== '') countUp(debtBySite, siteName);
+    }
+    return meshStateOf(await store.listKnownSites(), debtBySite, ownSite, await store.listForgottenSites(), debtKeysRead > debtKeysReadMax);
   } catch (error) {
-    throw startReadError(storePath, "custody's records (known sites, copies owed) that a start without --swarm-key checks", error);
+    // Not marked for a rebuild here: the rebuilt catalog knows no site, so a start restarted without its key
+    // (what this check is for, under a service manager that restarts it) would run alone at the next try.
+    const wayOut = `its catalog is damaged, not the instances: if it was a mesh site, start it with --swarm-key FILE (that start marks the catalog, the next rebuilds it from the instances' commit records); or else move ${storePath}/catalog away to have it rebuilt (it then knows no site)`;
+    throw startReadError(storePath, "custody's records (known sites, copies owed) that a start without --swarm-key checks", error, isCatalogDamage(error) ? wayOut : undefined);
   }
 }
 
@@ -57,9 +84,14 @@ function sitesText(sites: readonly string[]): string {
   return sites.length > sitesNamedMax ? `${named} and ${sites.length - sitesNamedMax} more` : named;
 }
 
+/** "2 copies", or "at least 10000 copies" when the check read only the first debt keys. */
+function copiesOwedText(state: Pick<MeshState, 'debtEntries' | 'debtEntriesMore'>): string {
+  return `${state.debtEntriesMore ? 'at least ' : ''}${state.debtEntries} ${state.debtEntries === 1 ? 'copy' : 'copies'}`;
+}
+
 /** What the data directory shows, for the refusal and the standalone warning. */
 export function meshStateText(state: MeshState): string {
-  const owed = state.debtEntries > 0 ? ` and owes ${state.otherSites.length === 1 ? 'it' : 'them'} ${state.debtEntries} ${state.debtEntries === 1 ? 'copy' : 'copies'}` : '';
+  const owed = state.debtEntries > 0 ? ` and owes ${state.otherSites.length === 1 ? 'it' : 'them'} ${copiesOwedText(state)}` : '';
   return `its store knows ${state.otherSites.length === 1 ? 'site' : `${state.otherSites.length} sites`} ${sitesText(state.otherSites)}${owed}`;
 }
 

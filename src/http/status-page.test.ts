@@ -42,6 +42,9 @@ test('a mesh site\'s data directory run alone on purpose (--standalone yes) says
   const page = statusPageHtml({ self: { site: 'alone' }, instances: 3, leader: null, members: [], standalone: { otherSites: ['site-b', 'site-c'], debtEntries: 2 } }, true);
   assert.match(page, /<th>standalone on purpose<\/th><td>was a mesh site knowing site-b, site-c; 2 copies owed, sent once started with --swarm-key again<\/td>/);
   assert.doesNotMatch(statusPageHtml({ self: { site: 'alone' }, instances: 3, leader: null, members: [] }, true), /standalone/, 'not on a site that never was in a mesh');
+  // Past the debt keys a start reads (hunt 169), the figure is a lower bound.
+  const owingMore = statusPageHtml({ self: { site: 'alone' }, instances: 3, leader: null, members: [], standalone: { otherSites: ['site-b'], debtEntries: 10000, debtEntriesMore: true } }, true);
+  assert.match(owingMore, /was a mesh site knowing site-b; at least 10000 copies owed,/);
 });
 
 test('values heard from other peers are escaped: a site name cannot inject markup', () => {

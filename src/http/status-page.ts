@@ -58,7 +58,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
   if (status.standalone !== undefined) {
     const standalone = record(status.standalone);
     const sites = list(standalone.otherSites).map(text).join(', ');
-    facts.push(['standalone on purpose', `was a mesh site knowing ${sites}; ${text(standalone.debtEntries)} copies owed, sent once started with --swarm-key again`]);
+    facts.push(['standalone on purpose', `was a mesh site knowing ${sites}; ${standalone.debtEntriesMore === true ? 'at least ' : ''}${text(standalone.debtEntries)} copies owed, sent once started with --swarm-key again`]);
   }
   const memberRows = members
     .map((m) => {

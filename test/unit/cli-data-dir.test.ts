@@ -498,7 +498,12 @@ test('a lone site started with a swarm key that never met another site starts wi
   assert.doesNotMatch(alone.stderr, /mesh site/, alone.stderr);
 });
 
-test("a mesh site's data directory whose debt LevelDB cannot read (a damaged table), started without --swarm-key: exit 1 and one line naming the store and the way out, not LevelDB's bare error (hunt 167)", async (t) => {
+/**
+ * A data directory whose store knows site-b and owes it 40,000 copies, the table holding them damaged as a
+ * disk would (bytes flipped in its first half, past what an open reads: footer, index): LevelDB's open
+ * succeeds and the first read of the debt fails with "Corruption: ...".
+ */
+async function dataDirWithDamagedDebtTable(t: TestContext): Promise<{ dir: string; dataDir: string; storePath: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const dataDir = join(dir, 'site');
@@ -520,7 +525,38 @@ test("a mesh site's data directory whose debt LevelDB cannot read (a damaged tab
   const bytes = readFileSync(table);
   for (let i = 1000; i < bytes.length / 2; i += 97) bytes[i]! ^= 0xff;
   writeFileSync(table, bytes);
+  return { dir, dataDir, storePath };
+}
+
+test("a mesh site's data directory whose debt LevelDB cannot read (a damaged table), started without --swarm-key: exit 1 and one line naming the store and the way out, not LevelDB's bare error (hunt 167)", async (t) => {
+  const { dataDir, storePath } = await dataDirWithDamagedDebtTable(t);
   const r = await start(dataDir);
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`^pacs-mesh: cannot read custody's records \\(known sites, copies owed\\) that a start without --swarm-key checks in ${storePath}: Corruption: [^\\n]+; its database files are damaged: move the data directory away and start on an empty one \\(in a mesh the other sites refill it\\)\\n$`));
+  // Hunt 169: the way out was 'move the data directory away and start on an empty one', which drops every
+  // instance with the damaged catalog, those this site alone holds too (the copies it owes).
+  assert.match(r.stderr, new RegExp(`^pacs-mesh: cannot read custody's records \\(known sites, copies owed\\) that a start without --swarm-key checks in ${storePath}: Corruption: [^\\n]+; its catalog is damaged, not the instances: if it was a mesh site, start it with --swarm-key FILE \\(that start marks the catalog, the next rebuilds it from the instances' commit records\\); or else move ${storePath}/catalog away to have it rebuilt \\(it then knows no site\\)\\n$`));
+  // Not marked: rebuilt, it would know no site, and the same start restarted would run alone.
+  assert.equal(existsSync(join(storePath, 'catalog-damaged')), false);
+});
+
+test("a mesh site whose debt LevelDB cannot read (a damaged table), started with its key: exit 1 and one line naming the store and saying to start again, and the next start rebuilds the catalog and serves (hunt 169)", async (t) => {
+  const { dir, dataDir, storePath } = await dataDirWithDamagedDebtTable(t);
+  const swarmKeyPath = join(dir, 'swarm.key');
+  await writeSwarmKeyFile(swarmKeyPath);
+  const meshArgs = async (): Promise<string[]> => ['--swarm-key', swarmKeyPath, '--p2p-port', String(await getFreePort()), '--log-level', 'warn'];
+  // It was custody's actor failing 6 times in 3.5 s on 'Corruption: corrupted compressed block contents',
+  // then 'the custody actor kept failing (Corruption: ...)', at every start: the catalog was never marked.
+  const r = await start(dataDir, await meshArgs());
+  assert.equal(r.status, 1, r.stderr);
+  const lines = r.stderr.split('\n').filter((line) => line !== '');
+  assert.match(
+    lines.at(-1)!,
+    new RegExp(`^pacs-mesh: cannot read custody's records \\(instances held, copies owed, known sites\\) in ${storePath}: Corruption: [^\\n]+; its catalog is marked damaged: start the peer again to rebuild it from the instances' commit records \\(nothing stored is lost; the sites it knew and the copies it owes them are learnt again in the mesh, from heartbeats and repair\\)$`),
+  );
+  assert.deepEqual(lines.filter((line) => !line.startsWith('{')), [lines.at(-1)], `one line beside the log's: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /restarting child|kept failing/, 'not restarted: the damage reads the same every time');
+  assert.ok(existsSync(join(storePath, 'catalog-damaged')), 'marked for the next start');
+  const again = await serveOnce(t, dataDir, await meshArgs());
+  assert.match(again.stderr, /the catalog was found damaged: set aside, rebuilt from the instances' commit records/);
+  assert.equal((again.mesh.custody as { debtEntries?: unknown }).debtEntries, 0, 'the debt went with the damaged catalog: repair finds what it owed');
 });

@@ -204,9 +204,11 @@ test('debt updates made at once land in call order: the last op on an (instance,
   // Damaged records (not MessagePack, or not a debt entry) are skipped and named, never thrown.
   await store.db.put('d!1.0!x', new Uint8Array([0xc1]));
   await store.db.put('d!1.05!y', new Uint8Array([0x80]));
+  // A whole entry under a damaged key (hunt 169): loaded, it was owed again at every start, its payment deleting only its own key.
+  await store.db.put('d!1.0\u00ff!b', (await store.db.get('d!1.1!b'))!);
   const damaged: string[] = [];
   assert.deepEqual((await store.listDebt((key) => damaged.push(key))).map((d) => `${d.sopInstanceUid}/${d.siteName}`), ['1.1/b', '1.1/c']);
-  assert.deepEqual(damaged, ['d!1.0!x', 'd!1.05!y']);
+  assert.deepEqual(damaged, ['d!1.0!x', 'd!1.05!y', 'd!1.0\u00ff!b']);
   await store.close();
 });
 

@@ -57,6 +57,8 @@ export type StoreErrorCode =
   | 'ERR_STORE_LOCKED'
   /** The databases could not be opened or recovered (a full disk, damaged files ...): the message says why. */
   | 'ERR_STORE_OPEN'
+  /** A start found the catalog damaged and marked it (reportCatalogDamage): the next open rebuilds it. */
+  | 'ERR_STORE_CATALOG_DAMAGED'
   /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
   | 'ERR_STORE_REPLICA_MISMATCH'
   /** A write failed with an I/O error (a full disk): writes are refused until the store has reopened itself. */
@@ -113,11 +115,25 @@ function openError(path: string, error: unknown): StoreError {
 
 /**
  * A read that a start needs and LevelDB refused (a damaged table read only then, past the open): the same
- * one line as an open that failed, naming what was read (hunt 167: it was LevelDB's bare "Corruption: ...").
+ * one line as an open that failed, naming what was read (hunt 167: it was LevelDB's bare "Corruption: ..."),
+ * with `wayOut` instead of an open's when the caller knows better.
  */
-export function startReadError(path: string, what: string, error: unknown): StoreError {
+export function startReadError(path: string, what: string, error: unknown, wayOut?: string): StoreError {
   const why = errorText(error);
-  return new StoreError('ERR_STORE_OPEN', `cannot read ${what} in ${path}: ${why}${whatToDoAbout(why)}`, { cause: error });
+  return new StoreError('ERR_STORE_OPEN', `cannot read ${what} in ${path}: ${why}${wayOut === undefined ? whatToDoAbout(why) : `; ${wayOut}`}`, { cause: error });
+}
+
+/**
+ * A read that a start needs and that found the catalog damaged, once reportCatalogDamage has marked it: the
+ * way out is another start, which rebuilds it, not startReadError's empty directory, which would drop the
+ * copies this site alone holds (those it owes) along with the damage (hunt 169).
+ */
+export function catalogDamagedAtStartError(path: string, what: string, error: unknown): StoreError {
+  return new StoreError(
+    'ERR_STORE_CATALOG_DAMAGED',
+    `cannot read ${what} in ${path}: ${errorText(error)}; its catalog is marked damaged: start the peer again to rebuild it from the instances' commit records (nothing stored is lost; the sites it knew and the copies it owes them are learnt again in the mesh, from heartbeats and repair)`,
+    { cause: error },
+  );
 }
 
 /** The way out of a store error LevelDB gave as `why`, after a '; ' ('' when there is none to say). */
@@ -251,6 +267,8 @@ export interface InstanceWriter {
 }
 
 export interface ReplicaStore {
+  /** The store's directory (DATA/store), which errors about it name. */
+  readonly path: string;
   /** The catalog database (entries, indexes, debt, the recovery checkpoint). */
   readonly db: StoreDb;
   /** The instance bytes: chunks and commit records, keyed by blob id. */
@@ -339,10 +357,10 @@ export interface ReplicaStore {
    */
   listDebt(onDamaged?: (key: string) => void): Promise<DebtEntry[]>;
   /**
-   * Debt entries per site, read from the keys alone: what a start without --swarm-key checks (mesh-state.ts)
-   * holds one count per site, not every entry (a site owing millions of copies).
+   * The site each debt key names ('' for a key naming none), in key order, from the keys alone and at most
+   * `limit` of them: a start without --swarm-key (mesh-state.ts) reads the first few of a table that may hold millions.
    */
-  countDebtBySite(): Promise<Map<string, number>>;
+  debtSiteNames(limit: number): AsyncIterable<string>;
   /**
    * Custody's known sites and tombstones, in the same write order as updateDebt (not synced): `seen` written,
    * `forgotten` turned from known sites into tombstones, `tombstonesDropped` deleted.
@@ -694,7 +712,7 @@ class LevelReplicaStore implements ReplicaStore {
     return writes.map(() => undefined);
   }, commitsPerBatchMax);
 
-  private readonly path: string;
+  readonly path: string;
   /** After a synced write: the catalog's log files it did not sync made durable too (see leveldb-logs.ts). */
   private readonly syncOlderCatalogLogs: () => Promise<void>;
   private readonly onOpenNotice: NonNullable<ReplicaStoreInit['onOpenNotice']>;
@@ -1443,22 +1461,20 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async listDebt(onDamaged: (key: string) => void = () => undefined): Promise<DebtEntry[]> {
-    return this.listRecords(debtPrefix, onDamaged, (_key, d: Partial<DebtEntry>) =>
-      typeof d.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && Number.isFinite(d.sinceMs)
+    // A record under another key than its own (a damaged key) is damaged too: paying it would delete its own key, never this one.
+    return this.listRecords(debtPrefix, onDamaged, (key, d: Partial<DebtEntry>) =>
+      typeof d.sopInstanceUid === 'string' && isValidUid(d.sopInstanceUid) && typeof d.siteName === 'string' && d.siteName !== '' && key === debtKeyOf(d.sopInstanceUid, d.siteName) && Number.isFinite(d.sinceMs)
         ? { sopInstanceUid: d.sopInstanceUid, siteName: d.siteName, sinceMs: d.sinceMs as number }
         : undefined,
     );
   }
 
-  async countDebtBySite(): Promise<Map<string, number>> {
-    const owed = new Map<string, number>();
-    for await (const key of this.db.keys(prefixRange(debtPrefix))) {
+  async *debtSiteNames(limit: number): AsyncIterable<string> {
+    for await (const key of this.db.keys({ ...prefixRange(debtPrefix), limit })) {
       // d!<uid>!<site>: the site follows the second '!' (UIDs hold none); a key without one names no site.
       const separator = key.indexOf('!', debtPrefix.length);
-      const siteName = separator < 0 ? '' : key.slice(separator + 1);
-      if (siteName !== '') owed.set(siteName, (owed.get(siteName) ?? 0) + 1);
+      yield separator < 0 ? '' : key.slice(separator + 1);
     }
-    return owed;
   }
 
   async updateKnownSites(seen: readonly KnownSite[], forgotten: readonly ForgottenSite[], tombstonesDropped: readonly string[] = []): Promise<void> {

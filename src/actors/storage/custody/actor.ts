@@ -34,7 +34,7 @@ import type { CatalogEntry } from '../catalog-types.ts';
 import { heldInstanceBatches, isCatalogDamage } from '../catalog.ts';
 import { createMeshIngest, type CustodyGate, type StoreAnswer, type StoreTicket } from '../mesh-ingest.ts';
 import { createRemoteRetrieve, type RemoteRetrieve } from '../remote-retrieve.ts';
-import type { ReplicaStore } from '../replica-store.ts';
+import { catalogDamagedAtStartError, type ReplicaStore, type StoreError } from '../replica-store.ts';
 import { PushStreams, ReplicaPush, defaultPushLimits, type PushOutcome } from '../push.ts';
 import { BulkInFlight } from '../bulk-in-flight.ts';
 import { takeNextSend } from './send-queue.ts';
@@ -338,17 +338,27 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     void t.finally(() => tasks.delete(t));
   };
 
+  /**
+   * The durable state; a table LevelDB cannot read (the held index, the debt, the known sites: a damaged
+   * block fails the whole read, not one record) marks the catalog, which the next start rebuilds, and
+   * fails with one line saying so: this start cannot go on without the rest of the table (hunt 169: the
+   * debt's failed 6 restarts with LevelDB's bare error, and unmarked, every start after it the same way).
+   */
   async function loadDurable(): Promise<CustodyState> {
+    try {
+      return await readDurable();
+    } catch (error) {
+      if (!isCatalogDamage(error)) throw error;
+      store.reportCatalogDamage(`custody load: ${errorText(error)}`);
+      throw catalogDamagedAtStartError(store.path, "custody's records (instances held, copies owed, known sites)", error);
+    }
+  }
+
+  async function readDurable(): Promise<CustodyState> {
     // Hashing each batch into the digest while the next one is read (200,000 instances: ~0.8 s of each).
     const digest = createDigest();
     const damagedHeld: string[] = [];
-    try {
-      for await (const batch of heldInstanceBatches(store.db, (key) => damagedHeld.push(key))) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
-    } catch (error) {
-      // Marked, the next start rebuilds the catalog; this one cannot go on without the held index.
-      if (isCatalogDamage(error)) store.reportCatalogDamage(`custody load: ${errorText(error)}`);
-      throw error;
-    }
+    for await (const batch of heldInstanceBatches(store.db, (key) => damagedHeld.push(key))) for (const key of batch) digestAdd(digest, key.sopInstanceUid, key.sha256);
     if (damagedHeld.length > 0) store.reportCatalogDamage(`${damagedHeld.length} damaged held-index record(s), e.g. ${JSON.stringify(damagedHeld[0]!.slice(0, 80))}`);
     const damaged: string[] = [];
     const debt: DebtEntry[] = await store.listDebt((key) => damaged.push(key));
@@ -745,10 +755,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       return next;
     },
     onCrash: async (error) => {
-      log.error('custody actor crashed', { error: errorText(error) });
+      // A catalog marked damaged before the first load reads the same at every restart: the start fails at once, its line this error.
+      const damagedAtStart = !loadedOnce && (error as StoreError | undefined)?.code === 'ERR_STORE_CATALOG_DAMAGED';
+      if (!damagedAtStart) log.error('custody actor crashed', { error: errorText(error) });
       // Volatile work is lost with the state: answer the stores still waiting (the modality retries).
       failWaiters('custody restarted while the store waited for its quorum');
-      const decision = init.onCrash ? await init.onCrash(error) : 'reset';
+      const decision = damagedAtStart ? 'stop' : init.onCrash ? await init.onCrash(error) : 'reset';
       if (decision === 'reset') log.info('custody actor reset: durable state reloads on its next message');
       // Before its first load nothing else would send it a message (ticks start once it has loaded).
       if (decision === 'reset' && !loadedOnce) send({ type: 'load' });
