@@ -191,7 +191,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     p2pPort: config.p2pPort,
     swarmKey,
     bootstrap: config.bootstrap,
-    // A saved address is kept as long as the learnt roster keeps its peer's vote.
+    // A saved address goes after as long an absence as a roster vote (counted only while a peer of its site is connected).
     tuning: { knownPeersForgetAfterMs: balancerTimings.rosterForgetAfterMs },
     onBootstrapUnreachable: (failure) =>
       // Joined through other peers, this is a bootstrap site restarting (routine), not a wrong address.

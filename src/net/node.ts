@@ -91,7 +91,7 @@ export interface MeshNodeTuning {
   /** known-peers.json: first write this long after a change, then at most every knownPeersWriteIntervalMs (ms). Defaults 1000, 30000. */
   knownPeersWriteDelayMs?: number;
   knownPeersWriteIntervalMs?: number;
-  /** known-peers.json: a peer not connected this long while this peer runs is dropped (ms). Default 24 h. */
+  /** known-peers.json: a peer absent this long, counted while a peer of its site is connected, is dropped (ms). Default 24 h. */
   knownPeersForgetAfterMs?: number;
   /**
    * Period (ms) of the built-in address announcement on {@link PEERS_TOPIC}, which lets peers that joined
@@ -1396,7 +1396,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       return conn.remotePeer.toString();
     },
     forgetPeers(peerIds) {
-      knownPeers.forget(peerIds);
+      void knownPeers.forget(peerIds);
       for (const peerId of peerIds) reconnector.forget(peerId);
     },
     noteSiteOf(peerId, site) {
