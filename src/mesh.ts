@@ -194,7 +194,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     p2pPort: config.p2pPort,
     swarmKey,
     bootstrap: config.bootstrap,
-    // A saved address goes after as long an absence as a roster vote (counted only while a peer of its site is connected).
+    // A saved address goes after the absence a roster vote goes after, counted only while another peer of its site is connected.
     tuning: { knownPeersForgetAfterMs: balancerTimings.rosterForgetAfterMs },
     onBootstrapUnreachable: (failure) =>
       // Joined through other peers, this is a bootstrap site restarting (routine), not a wrong address.
