@@ -13,7 +13,10 @@ import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { SwarmKeyError } from './net/errors.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
-import { balancerTimings, bootstrapPeerIdsOf, type BalancerService } from './actors/balancer/actor.ts';
+import { balancerTimings, bootstrapPeerIdsOf, parseForgetPeers, type BalancerService } from './actors/balancer/actor.ts';
+import { forgetPeerTopic } from './actors/balancer/messages.ts';
+import { ELECTION_MAX_BYTES } from './actors/balancer/election-streams.ts';
+import { decodeEnvelope } from './codec/envelope.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService, type CustodyStats } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
@@ -191,7 +194,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     p2pPort: config.p2pPort,
     swarmKey,
     bootstrap: config.bootstrap,
-    // A saved address is kept as long as the learnt roster keeps its peer's vote.
+    // A saved address goes after the absence a roster vote goes after, counted only while another peer of its site is connected.
     tuning: { knownPeersForgetAfterMs: balancerTimings.rosterForgetAfterMs },
     onBootstrapUnreachable: (failure) =>
       // Joined through other peers, this is a bootstrap site restarting (routine), not a wrong address.
@@ -302,6 +305,21 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       forgetSitesInRoster();
     });
     forgetSitesInRoster();
+    // A forget-peer asked at another peer: its saved address goes here too, unless it is up as this peer sees
+    // it (the balancer's rule for its roster). Before, it stayed: it leaves the file by absence only once
+    // another peer of its site has been connected a day (known-peers.ts). The balancer reports bad messages.
+    const stopForgetting = node.subscribe(forgetPeerTopic, (m) => {
+      let peerIds: string[] | null;
+      try {
+        peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES }));
+      } catch {
+        return;
+      }
+      const up = new Set(membership.members().filter((x) => x.status !== 'dead').map((x) => x.peerId));
+      const gone = (peerIds ?? []).filter((peerId) => !up.has(peerId));
+      if (gone.length > 0) node.forgetPeers(gone);
+    });
+    stopping.unshift(async () => stopForgetting());
     membership.onViewChanged((members) => {
       custody.onViewChanged(members);
       for (const m of members) if (m.status === 'alive') node.noteSiteOf(m.peerId, m.siteName);

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
-import { KNOWN_PEERS_FILE, KnownPeersFile, parseKnownPeers, readKnownPeers, type KnownPeersProblem } from './known-peers.ts';
+import { KNOWN_PEERS_FILE, KnownPeersFile, absenceCounts, absentMsAt, parseKnownPeers, readKnownPeers, recountedAbsence, type KnownPeersProblem } from './known-peers.ts';
 import { manualClock } from '../../test/support/manual-clock.ts';
 
 const newPeerId = async (): Promise<string> => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
@@ -77,6 +77,19 @@ describe('known peers file', () => {
     assert.equal((await stat(file.path)).mode & 0o777, 0o600);
   });
 
+  it('absence counts only for a peer not connected whose site has another peer connected; a spell ended adds to what was counted', () => {
+    const sites = new Set(['site-b']);
+    assert.equal(absenceCounts({ site: 'site-b', connected: false }, sites), true);
+    assert.equal(absenceCounts({ site: 'site-b', connected: true }, sites), false);
+    assert.equal(absenceCounts({ site: 'site-c', connected: false }, sites), false, 'a site cut off, or down');
+    assert.equal(absenceCounts({ site: undefined, connected: false }, sites), false, 'a site not known yet');
+    const counting = recountedAbsence({ countedMs: 5 }, true, 100);
+    assert.deepEqual(counting, { countedMs: 5, sinceMs: 100 });
+    assert.equal(absentMsAt(counting, 130), 35);
+    assert.deepEqual(recountedAbsence(counting, false, 130), { countedMs: 35 });
+    assert.equal(absentMsAt({ countedMs: 35 }, 1000), 35);
+  });
+
   it('a peer not connected for 24 h of this peer\'s run time is dropped; the time between two runs is not its absence (a mesh down together finds itself again)', async () => {
     const self = await newPeerId();
     const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
@@ -93,97 +106,142 @@ describe('known peers file', () => {
     assert.deepEqual(parseKnownPeers(text, self, { forgetAfterMs: 10 * hourMs }).peers.map((p) => p.peerId), [x]);
   });
 
-  it('the file keeps when each peer was last connected: one gone 24 h while this peer ran is dropped, one connected stays; forgotten peers go at once', async () => {
+  it('the file keeps each peer\'s absence: one gone 24 h while its site\'s successor was connected is dropped, one connected stays; forgotten peers go', async () => {
     const self = await newPeerId();
     const dir = await newDir();
-    const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const [x, y, y2, z, z2] = await Promise.all([0, 1, 2, 3, 4].map(() => newPeerId()));
     const clock = manualClock(1_000_000);
     const hourMs = 3600_000;
     const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000, clock });
     for (const [i, id] of [x, y, z].entries()) file.noteConnected(id, [`/ip4/10.0.0.${i}/tcp/1`]);
+    for (const [id, site] of [[x, 'site-x'], [y, 'site-y'], [z, 'site-z']] as const) file.noteSite(id, site);
+    // y and z are restored under new PeerIds (y2, z2), which connect.
     file.noteDisconnected(y);
+    file.noteConnected(y2, ['/ip4/10.0.0.1/tcp/1']);
+    file.noteSite(y2, 'site-y');
     clock.advance(23 * hourMs);
     file.noteDisconnected(z);
+    file.noteConnected(z2, []);
+    file.noteSite(z2, 'site-z');
     clock.advance(1 * hourMs);
-    // x connected all along, y gone 24 h, z 1 h.
-    assert.deepEqual(file.list().map((p) => p.peerId), [x, z]);
-    file.forget([z, 'not known']);
-    assert.deepEqual(file.list().map((p) => p.peerId), [x]);
+    // x connected all along, y gone 24 h with y2 connected, z 1 h.
+    assert.deepEqual(file.list().map((p) => p.peerId), [x, z, y2]);
+    await file.forget([z, 'not known']);
+    assert.deepEqual(file.list().map((p) => p.peerId), [x, y2]);
     await file.stop();
     const written = JSON.parse(await readFile(file.path, 'utf8')) as { writtenAtMs: number; peers: Array<{ peerId: string; seenAtMs: number }> };
     assert.equal(written.writtenAtMs, clock.dateMs());
-    assert.deepEqual(written.peers.map((p) => [p.peerId, p.seenAtMs]), [[x, clock.dateMs()]], 'x, connected at the stop, seen then');
+    assert.deepEqual(written.peers.map((p) => [p.peerId, p.seenAtMs]), [[x, clock.dateMs()], [y2, clock.dateMs()]], 'x and y2, connected at the stop, seen then');
+  });
+
+  it('a peer forgotten leaves the file at once, not at the next write interval; one forgotten while connected is saved again only when it connects anew', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 3600_000, writeIntervalMs: 3600_000 });
+    const saved = async () => (await readKnownPeers(dir, self)).peers.map((p) => p.peerId);
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    file.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
+    file.noteConnected(z, ['/ip4/10.0.0.3/tcp/1']);
+    await file.forget([z]);
+    assert.deepEqual(await saved(), [x, y], 'written at once, not an hour later');
+    await file.forget([x]);
+    assert.deepEqual(await saved(), [y], 'and again, within the write interval');
+    // x is still connected: another of its connections identifies (a duplicate dialled at once), or a stop writes the list.
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    assert.deepEqual(file.list().map((p) => p.peerId), [y]);
+    // Once it has left, a connection anew saves it again: it is up after all.
+    file.noteDisconnected(x);
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/2']);
+    assert.deepEqual(file.list().map((p) => p.peerId), [y, x]);
+    await file.forget([x]);
+    await file.stop();
+    assert.deepEqual(await saved(), [y]);
   });
 
   it('an entry keeps its peer\'s site once the mesh says it: a forgotten site\'s peers go, across a restart too', async () => {
     const self = await newPeerId();
     const dir = await newDir();
-    const [x, y] = [await newPeerId(), await newPeerId()];
+    const [x, y, w] = [await newPeerId(), await newPeerId(), await newPeerId()];
     const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000 });
     file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
     file.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
     file.noteSite(x, 'site-x');
     file.noteSite(y, 'site-y');
     file.noteSite(await newPeerId(), 'site-z');
+    file.noteSite(w, 'site-w');
     file.noteConnected(x, ['/ip4/10.0.0.1/tcp/2']);
+    // w was named before it said where it listens (first reached through a tunnel).
+    file.noteConnected(w, []);
+    file.noteConnected(w, ['/ip4/10.0.0.3/tcp/1']);
     await file.stop();
     const read = (await readKnownPeers(dir, self)).peers;
-    assert.deepEqual(read.map((p) => [p.peerId, p.site]), [[y, 'site-y'], [x, 'site-x']], 'a new connection keeps the site; a peer without an entry gets none');
+    assert.deepEqual(read.map((p) => [p.peerId, p.site]), [[y, 'site-y'], [x, 'site-x'], [w, 'site-w']], 'a new connection keeps the site; a peer without an entry gets none');
     const again = new KnownPeersFile(dir, self, read, { writeDelayMs: 60_000 });
     assert.deepEqual(again.forgetSites(new Set(['site-x', 'site-z'])), [x]);
-    assert.deepEqual(again.list().map((p) => p.peerId), [y]);
+    assert.deepEqual(again.list().map((p) => p.peerId), [y, w]);
     await again.stop();
   });
 
   it('a stop writes the file even with nothing new, so that the time until the next start is not counted as absence', async () => {
     const self = await newPeerId();
     const dir = await newDir();
-    const x = await newPeerId();
+    const [x, w] = [await newPeerId(), await newPeerId()];
     const clock = manualClock(1_000_000);
     const hourMs = 3600_000;
     const first = new KnownPeersFile(dir, self, [], { writeDelayMs: 0, clock });
     first.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    first.noteSite(x, 'site-x');
     first.noteDisconnected(x);
     await first.stop();
-    // The next run: 20 h later x is still not back, and the peer stops; 10 h later it starts again.
+    // The next run: w, another peer of x's site, is connected 20 h, x still not back, and the peer stops; 10 h later it starts again.
     const second = new KnownPeersFile(dir, self, (await readKnownPeers(dir, self)).peers, { writeDelayMs: 60_000, clock });
-    // Another peer connected: x's absence counts (see the next test for a peer alone).
-    const w = await newPeerId();
     second.noteConnected(w, ['/ip4/10.0.0.2/tcp/1']);
+    second.noteSite(w, 'site-x');
     clock.advance(20 * hourMs);
     await second.stop();
     clock.advance(10 * hourMs);
     assert.deepEqual((await readKnownPeers(dir, self)).peers.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 20], [w, 0]]);
   });
 
-  it('absence counts only while another peer is connected: a site alone for days (cut off, or the first up) keeps every address, across restarts', async () => {
+  it('absence counts only while another peer of its site is connected: sites cut apart for days (a WAN outage), or a site alone, keep each other\'s addresses, across restarts', async () => {
     const self = await newPeerId();
     const dir = await newDir();
-    const [x, y, z] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    // This peer is site-a; b (site-b) is on its side of the cut, c (site-c) on the other, c2 c's successor.
+    const [b, c, c2, t] = await Promise.all([0, 1, 2, 3].map(() => newPeerId()));
     const clock = manualClock(1_000_000);
     const hourMs = 3600_000;
     const first = new KnownPeersFile(dir, self, [], { writeDelayMs: 60_000, clock });
-    first.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
-    first.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
-    first.noteDisconnected(y);
-    clock.advance(2 * hourMs);
-    // The site's link is cut: x goes too, and for 3 days no peer is connected; then the site restarts.
-    first.noteDisconnected(x);
+    first.noteConnected(b, ['/ip4/10.0.0.1/tcp/1']);
+    first.noteConnected(c, ['/ip4/10.0.0.2/tcp/1']);
+    first.noteSite(b, 'site-b');
+    first.noteSite(c, 'site-c');
+    // The WAN link to site-c is cut for 3 days, b connected all along; then this site restarts, still cut off.
+    first.noteDisconnected(c);
     clock.advance(72 * hourMs);
-    assert.deepEqual(first.list().map((p) => p.peerId), [x, y]);
+    assert.deepEqual(first.list().map((p) => p.peerId), [b, c]);
     await first.stop();
     const read = (await readKnownPeers(dir, self)).peers;
-    assert.deepEqual(read.map((p) => [p.peerId, p.absentMs / hourMs]), [[x, 0], [y, 2]], 'only the 2 h while x was connected count');
-    // Alone again for a week after the restart: still kept.
+    assert.deepEqual(read.map((p) => [p.peerId, p.absentMs]), [[b, 0], [c, 0]]);
+    // b stays, then goes too: this site alone for a week keeps both.
     const second = new KnownPeersFile(dir, self, read, { writeDelayMs: 60_000, clock });
+    second.noteConnected(b, ['/ip4/10.0.0.1/tcp/1']);
+    clock.advance(48 * hourMs);
+    second.noteDisconnected(b);
     clock.advance(168 * hourMs);
-    assert.deepEqual(second.list().map((p) => p.peerId), [x, y]);
-    // Another peer reached through a tunnel (no address worth saving) puts it in the mesh: now absence counts.
-    second.noteConnected(z, []);
-    clock.advance(22 * hourMs);
-    assert.deepEqual(second.list().map((p) => p.peerId), [x], 'y: 2 h + 22 h');
-    clock.advance(2 * hourMs);
-    assert.deepEqual(second.list().map((p) => p.peerId), []);
+    assert.deepEqual(second.list().map((p) => p.peerId), [c, b]);
+    // c restored under a new PeerId, reached through a tunnel (no address worth saving): c's absence counts from now, b's not.
+    second.noteConnected(c2, []);
+    second.noteSite(c2, 'site-c');
+    second.noteSite(t, 'site-b');
+    clock.advance(23 * hourMs);
+    // c2's connection drops for an hour: c's absence stops counting meanwhile.
+    second.noteDisconnected(c2);
+    clock.advance(1 * hourMs);
+    assert.deepEqual(second.list().map((p) => p.peerId), [c, b]);
+    second.noteConnected(c2, []);
+    clock.advance(1 * hourMs);
+    assert.deepEqual(second.list().map((p) => p.peerId), [b], 'c: 23 h + 1 h with c2 connected');
     await second.stop();
   });
 

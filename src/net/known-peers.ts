@@ -7,15 +7,16 @@
  * bring it back, and a moved site served alone (helper 91, helper 93).
  *
  * Written like the peer key (a temporary file, fsync, rename, fsync of the directory), a moment after a
- * change and then at most every `writeIntervalMs`, and at stop. Each entry says when its peer was last
- * connected (`seenAtMs`) and the file when it was written (`writtenAtMs`): an entry whose peer has not been
- * connected for `forgetAfterMs` (24 h, the learnt roster's rosterForgetAfterMs) of this peer's run time
- * with another peer connected (meshTimeMs: a site cut off, or the only one up, keeps every address) is
- * dropped, as is one the operator forgot (POST /api/forget-peer, /api/forget-site: see forget). Before, the
- * address of a peer gone for good (decommissioned, restored under a new PeerId) stayed until 64 others had
- * connected, and every start dialled it. A damaged or unreadable file is reported
- * through `onProblem` and ignored (the peer starts as it would without it), as is a file that cannot be
- * written (reported once until a write succeeds again): the file is a hint, never a reason to stop.
+ * change and then at most every `writeIntervalMs`, and at stop; at once when the operator forgets a peer.
+ * Each entry says how long its peer had been absent (`seenAtMs`, against the file's `writtenAtMs`), counted
+ * only while another peer of its own site was connected (absenceCounts): an entry absent `forgetAfterMs`
+ * (24 h) so is dropped, as is one the operator forgot (POST /api/forget-peer, /api/forget-site: see forget).
+ * Before, the address of a peer gone for good (decommissioned, restored under a new PeerId) stayed until 64
+ * others had connected, and every start dialled it; then (hunt 161/166) absence counted while any peer was
+ * connected, and groups of sites cut apart for a day forgot each other's addresses (hunt 171). A damaged or
+ * unreadable file is reported through `onProblem` and ignored (the peer starts as it would without it), as
+ * is a file that cannot be written (reported once until a write succeeds again): the file is a hint, never a
+ * reason to stop.
  */
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -39,12 +40,12 @@ export interface KnownPeer {
   readonly site?: string;
 }
 
-/** A saved peer as read at a start: how long it had not been connected while this peer ran. */
+/** A saved peer as read at a start: its absence as counted (absenceCounts) while this peer ran. */
 export interface SavedPeer extends KnownPeer {
   readonly absentMs: number;
 }
 
-/** A saved peer not connected this long, counted while this peer runs, is dropped: the learnt roster's rosterForgetAfterMs. */
+/** A saved peer absent this long, counted while another peer of its site is connected (absenceCounts), is dropped. */
 export const knownPeerForgetAfterMsDefault = 24 * 3600_000;
 
 export interface KnownPeersOptions {
@@ -56,10 +57,38 @@ export interface KnownPeersOptions {
   writeDelayMs?: number;
   /** Least time between two writes (ms). Default 30000. */
   writeIntervalMs?: number;
-  /** A peer not connected this long (ms) while this peer runs is dropped. Default knownPeerForgetAfterMsDefault. */
+  /** A peer absent this long (ms), counted as absenceCounts says, is dropped. Default knownPeerForgetAfterMsDefault. */
   forgetAfterMs?: number;
   /** nowMs for absences, dateMs for the times in the file. Default systemClock. */
   clock?: Pick<Clock, 'nowMs' | 'dateMs'>;
+}
+
+/** A saved peer's absence so far: the time counted in spells ended, and the nowMs the current spell began (none while it does not count). */
+export interface Absence {
+  readonly countedMs: number;
+  readonly sinceMs?: number;
+}
+
+/**
+ * Whether a saved peer's absence counts now: only while it is not connected and another peer of its own site
+ * is (its successor under a new PeerId, or another peer of a site with several). Its site is reachable then,
+ * so this PeerId is down or gone, not cut off. Sites cut apart from each other for days (a WAN outage), or a
+ * site alone, keep each other's addresses, and find each other again at the next start; so does an entry
+ * whose site is not known yet (a file of an earlier build). A site gone for good leaves by forget-site.
+ */
+export function absenceCounts(peer: { readonly site?: string | undefined; readonly connected: boolean }, connectedSites: ReadonlySet<string>): boolean {
+  return !peer.connected && peer.site !== undefined && connectedSites.has(peer.site);
+}
+
+/** The absence counted by `nowMs`. */
+export function absentMsAt(absence: Absence, nowMs: number): number {
+  return absence.countedMs + (absence.sinceMs === undefined ? 0 : Math.max(0, nowMs - absence.sinceMs));
+}
+
+/** The absence at `nowMs`, its current spell ended, and a new one begun if it `counts` from now on. */
+export function recountedAbsence(absence: Absence, counts: boolean, nowMs: number): Absence {
+  const countedMs = absentMsAt(absence, nowMs);
+  return counts ? { countedMs, sinceMs: nowMs } : { countedMs };
 }
 
 /** The file could not be read (damaged, unreadable: ignored) or written (kept in memory until it can). */
@@ -153,13 +182,14 @@ export async function readKnownPeers(dataDir: string, selfPeerId: string, opts: 
 /** The list kept in memory and written to the data directory now and then (see the header comment). */
 export class KnownPeersFile {
   readonly path: string;
-  /** By PeerId, the most recently connected last: addresses, and when (meshTimeMs) last connected. */
-  private readonly peers = new Map<string, { addrs: string[]; seenAtMs: number; site?: string }>();
-  /** Peers connected now (with addresses worth saving or not): seen now, never dropped for absence. */
+  /** By PeerId, the most recently connected last: addresses, site, and absence (on the clock's nowMs). */
+  private readonly peers = new Map<string, { addrs: string[]; absence: Absence; site?: string }>();
+  /** Peers connected now (with addresses worth saving or not): never absent. */
   private readonly connected = new Set<string>();
-  /** Time run with no peer connected, in spells ended (ms), and the clock's nowMs when the current one began. */
-  private isolatedMs = 0;
-  private isolatedSinceMs: number | undefined;
+  /** The site of each peer the mesh named (noteSite), entry or not, the most recent last: bounded (4 * maxPeers). */
+  private readonly sites = new Map<string, string>();
+  /** Peers forgotten while connected: not saved again until they connect anew (see forget). */
+  private readonly forgottenWhileConnected = new Set<string>();
   private readonly maxPeers: number;
   private readonly maxAddrs: number;
   private readonly writeDelayMs: number;
@@ -188,20 +218,20 @@ export class KnownPeersFile {
     this.writeIntervalMs = opts.writeIntervalMs ?? 30_000;
     this.forgetAfterMs = opts.forgetAfterMs ?? knownPeerForgetAfterMsDefault;
     this.clock = opts.clock ?? systemClock;
-    // No peer is connected yet: a start is isolated until the first connects.
-    this.isolatedSinceMs = this.clock.nowMs();
-    const meshNowMs = this.meshTimeMs();
-    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], seenAtMs: meshNowMs - p.absentMs, ...(p.site === undefined ? {} : { site: p.site }) });
+    // No peer is connected yet: no absence counts until one of a saved peer's site connects.
+    for (const p of initial) this.peers.set(p.peerId, { addrs: [...p.addrs], absence: { countedMs: p.absentMs }, ...(p.site === undefined ? {} : { site: p.site }) });
   }
 
   /**
-   * The clock absences are counted on: this peer's run time while at least one peer is connected. Alone (its
-   * link cut, every other site down) it learns nothing of the others' fate, and the saved addresses are all it
-   * has to find them: a site cut off for more than a day that then restarted dialled no one (hunt 166).
+   * Ends each entry's current spell of absence and begins the next where absenceCounts says so: called after
+   * every change of who is connected or of a site, the only times the answer can change.
    */
-  private meshTimeMs(): number {
+  private recount(): void {
     const nowMs = this.clock.nowMs();
-    return nowMs - this.isolatedMs - (this.isolatedSinceMs === undefined ? 0 : nowMs - this.isolatedSinceMs);
+    const connectedSites = new Set([...this.connected].flatMap((peerId) => this.sites.get(peerId) ?? this.peers.get(peerId)?.site ?? []));
+    for (const [peerId, entry] of this.peers) {
+      entry.absence = recountedAbsence(entry.absence, absenceCounts({ site: entry.site, connected: this.connected.has(peerId) }, connectedSites), nowMs);
+    }
   }
 
   /** The peers kept, the most recently connected last; those absent for forgetAfterMs are dropped first. */
@@ -210,43 +240,58 @@ export class KnownPeersFile {
     return [...this.peers].map(([peerId, { addrs, site }]) => ({ peerId, addrs: [...addrs], ...(site === undefined ? {} : { site }) }));
   }
 
-  /** The mesh says which site a peer belongs to (its heartbeats): kept with its entry, if it has one. */
+  /**
+   * The mesh says which site a peer belongs to (its heartbeats): kept with its entry, if it has one, and for
+   * its connections (one without an entry, reached through a tunnel, still counts for its site).
+   */
   noteSite(peerId: string, site: string): void {
+    if (!siteNamePattern.test(site)) return;
+    const known = this.sites.get(peerId);
+    this.sites.delete(peerId);
+    this.sites.set(peerId, site);
+    if (this.sites.size > this.maxPeers * 4) this.sites.delete(this.sites.keys().next().value!);
     const entry = this.peers.get(peerId);
-    if (entry === undefined || entry.site === site || !siteNamePattern.test(site)) return;
-    entry.site = site;
-    this.markDirty();
+    if (entry !== undefined && entry.site !== site) {
+      entry.site = site;
+      this.markDirty();
+    } else if (known === site) return;
+    this.recount();
   }
 
   /** Sites forgotten (POST /api/forget-site, or its tombstone): their peers' entries go. Returns those peers. */
   forgetSites(sites: ReadonlySet<string>): string[] {
     const peerIds = [...this.peers].filter(([, entry]) => entry.site !== undefined && sites.has(entry.site)).map(([peerId]) => peerId);
-    this.forget(peerIds);
+    void this.forget(peerIds);
     return peerIds;
   }
 
   /**
    * Peers gone for good (the operator forgot them, or their site): their addresses are not kept, nor dialled
-   * at the next start. A peer that connects again is saved again.
+   * at the next start. Written at once, not at the next write interval: a process killed meanwhile dialled
+   * them at its next start. One forgotten while connected is not saved again on that stay (another of its
+   * connections identified re-saved it, and a stop wrote it back): only once it has disconnected and
+   * connects again. Resolves once the file is written (a failed write is reported through onProblem).
    */
-  forget(peerIds: Iterable<string>): void {
+  forget(peerIds: Iterable<string>): Promise<void> {
     let changed = false;
-    for (const peerId of peerIds) changed = this.peers.delete(peerId) || changed;
-    if (changed) this.markDirty();
+    for (const peerId of peerIds) {
+      if (this.connected.has(peerId)) this.forgottenWhileConnected.add(peerId);
+      changed = this.peers.delete(peerId) || changed;
+    }
+    return changed ? this.writeNow() : Promise.resolve();
   }
 
-  /** The peer's last connection closed: its absence counts from now (written with the next change, or at stop). */
+  /** The peer's last connection closed: its absence, and its site's other peers', count as absenceCounts says from now. */
   noteDisconnected(peerId: string): void {
     if (!this.connected.delete(peerId)) return;
-    const entry = this.peers.get(peerId);
-    if (entry !== undefined) entry.seenAtMs = this.meshTimeMs();
-    if (this.connected.size === 0) this.isolatedSinceMs = this.clock.nowMs();
+    this.forgottenWhileConnected.delete(peerId);
+    this.recount();
   }
 
   private dropAbsent(): void {
-    const meshNowMs = this.meshTimeMs();
+    const nowMs = this.clock.nowMs();
     for (const [peerId, entry] of this.peers) {
-      if (!this.connected.has(peerId) && meshNowMs - entry.seenAtMs >= this.forgetAfterMs) this.peers.delete(peerId);
+      if (!this.connected.has(peerId) && absentMsAt(entry.absence, nowMs) >= this.forgetAfterMs) this.peers.delete(peerId);
     }
   }
 
@@ -256,21 +301,22 @@ export class KnownPeersFile {
    */
   noteConnected(peerId: string, addrs: readonly string[]): void {
     if (this.stopped || peerId === this.selfPeerId) return;
-    // Connected, even without an address worth saving (one reached through a tunnel): this peer is in the
-    // mesh, and that peer's saved entry, if any, is seen.
+    // Connected, even without an address worth saving (one reached through a tunnel): its site's other
+    // peers' absence counts, and its own saved entry, if any, is seen.
+    const before = this.peers.get(peerId);
+    const wasConnected = this.connected.has(peerId);
     this.connected.add(peerId);
-    if (this.isolatedSinceMs !== undefined) {
-      this.isolatedMs += this.clock.nowMs() - this.isolatedSinceMs;
-      this.isolatedSinceMs = undefined;
-    }
     const named = validAddrs(addrs.map((a) => (/\/p2p\//.test(a) ? a : `${a}/p2p/${peerId}`)), peerId, this.maxAddrs);
-    if (named.length === 0) return;
-    const { addrs: before, site } = this.peers.get(peerId) ?? {};
-    this.peers.delete(peerId);
-    this.peers.set(peerId, { addrs: named, seenAtMs: this.meshTimeMs(), ...(site === undefined ? {} : { site }) });
-    const changed = before === undefined || before.length !== named.length || before.some((a, i) => a !== named[i]);
-    while (this.peers.size > this.maxPeers) this.peers.delete(this.peers.keys().next().value!);
-    if (changed) this.markDirty();
+    if (named.length > 0 && !this.forgottenWhileConnected.has(peerId)) {
+      this.peers.delete(peerId);
+      const site = before?.site ?? this.sites.get(peerId);
+      this.peers.set(peerId, { addrs: named, absence: { countedMs: 0 }, ...(site === undefined ? {} : { site }) });
+      while (this.peers.size > this.maxPeers) this.peers.delete(this.peers.keys().next().value!);
+      if (before === undefined || before.addrs.length !== named.length || before.addrs.some((a, i) => a !== named[i])) this.markDirty();
+    } else if (before !== undefined) {
+      before.absence = { countedMs: 0 };
+    }
+    if (!wasConnected) this.recount();
   }
 
   private markDirty(): void {
@@ -284,15 +330,24 @@ export class KnownPeersFile {
     this.timer.unref();
   }
 
+  /** The list written now, after a write under way if there is one (see forget). */
+  private async writeNow(): Promise<void> {
+    this.dirty = true;
+    if (this.writing !== undefined) await this.writing;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    // A stop writes what is left itself.
+    if (this.dirty && !this.stopped) await this.write();
+  }
+
   private write(): Promise<void> {
     if (this.writing !== undefined) return this.writing;
     this.dirty = false;
     this.writtenAtMs = performance.now();
     this.dropAbsent();
-    // Times as dates, to be read by a later run; a peer connected now was seen now.
-    // Absences are on the mesh clock (meshTimeMs), so writtenAtMs - seenAtMs at the next start is one too.
-    const [meshNowMs, dateMs] = [this.meshTimeMs(), this.clock.dateMs()];
-    const peers = [...this.peers].map(([peerId, { addrs, seenAtMs, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - (this.connected.has(peerId) ? 0 : meshNowMs - seenAtMs) }));
+    // Times as dates, to be read by a later run: writtenAtMs - seenAtMs at the next start is the absence counted.
+    const [nowMs, dateMs] = [this.clock.nowMs(), this.clock.dateMs()];
+    const peers = [...this.peers].map(([peerId, { addrs, absence, site }]) => ({ peerId, addrs, ...(site === undefined ? {} : { site }), seenAtMs: dateMs - absentMsAt(absence, nowMs) }));
     const textOf = () => `${JSON.stringify({ version: KNOWN_PEERS_VERSION, writtenAtMs: dateMs, peers }, null, 1)}\n`;
     let text = textOf();
     // Never more than a start reads (64 peers of 8 long addresses could be): the least recently connected go.

@@ -810,6 +810,29 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     assert.deepEqual(resaved.peers[0]!.addrs, [`/ip4/127.0.0.1/tcp/${qNewPort}/p2p/${qId}`]);
   });
 
+  it('a saved peer not heard of is dialled now and then while the node is in the mesh: groups of sites cut apart and restarted meanwhile find each other when the cut heals (hunt 171)', { timeout: perTestTimeoutMs }, async () => {
+    const tuning = { knownPeersWriteDelayMs: 100 };
+    const p = await start({ tuning });
+    const pDir = dirs[dirs.length - 1]!;
+    const r = await start({ bootstrap: [loopbackAddress(p)], tuning });
+    const rDir = dirs[dirs.length - 1]!;
+    const [rId, rPort] = [r.peerId, portOf(loopbackAddress(r))];
+    await waitFor('p saved r', () => savedIn(pDir, rId));
+    await Promise.all([r.stop(), p.stop()]);
+    // Cut apart, p restarts and joins q on its side of the cut: in the mesh, r's saved address not dialled
+    // at the loop's back-off.
+    const q = await start({});
+    const pAgain = await start({ dataDir: pDir, bootstrap: [loopbackAddress(q)], tuning: { savedPeerInMeshRedialMs: 300 } });
+    assert.equal(pAgain.savedPeers, 1);
+    await waitFor('p joined q', () => pAgain.connectedPeers().includes(q.peerId));
+    // The cut heals: r is back where it was, knowing no one (its other side's peers would dial r's saved
+    // addresses as little): only p's dial of the address it saved brings them together.
+    await rm(join(rDir, 'known-peers.json'));
+    const rAgain = await start({ dataDir: rDir, p2pPort: rPort });
+    assert.equal(rAgain.peerId, rId);
+    await waitFor('p dialled r at its saved address', () => pAgain.connectedPeers().includes(rId), 15_000);
+  });
+
   it('idle TCP connections without the swarm key, held open as the handshake timeout closes them, do not keep a key holder out (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
     const victim = await start({});
     const port = portOf(loopbackAddress(victim));

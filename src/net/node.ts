@@ -18,8 +18,9 @@
  * operators stop and restart sites on purpose. A node with no bootstrap list is the first of its mesh.
  * Peers learnt from elsewhere (e.g. membership heartbeats carrying addresses) go in via `addKnownPeer`.
  * The addresses of the peers connected are saved in the data directory (known-peers.ts) and dialled at
- * the next start too, quietly and only while no peer is connected: a site moved to another host or port
- * without --bootstrap finds the others itself (it served alone before: helper 91).
+ * the next start too, quietly, at the loop's back-off while no peer is connected and once a minute while one
+ * is (see Reconnector.tick): a site moved to another host or port without --bootstrap finds the others
+ * itself (it served alone before: helper 91).
  */
 import '../polyfill.ts';
 import { networkInterfaces } from 'node:os';
@@ -91,8 +92,10 @@ export interface MeshNodeTuning {
   /** known-peers.json: first write this long after a change, then at most every knownPeersWriteIntervalMs (ms). Defaults 1000, 30000. */
   knownPeersWriteDelayMs?: number;
   knownPeersWriteIntervalMs?: number;
-  /** known-peers.json: a peer not connected this long while this peer runs is dropped (ms). Default 24 h. */
+  /** known-peers.json: a peer absent this long, counted while a peer of its site is connected, is dropped (ms). Default 24 h. */
   knownPeersForgetAfterMs?: number;
+  /** Least time (ms) between two dials of a saved peer while this node is connected to another (see Reconnector.tick). Default 60000. */
+  savedPeerInMeshRedialMs?: number;
   /**
    * Period (ms) of the built-in address announcement on {@link PEERS_TOPIC}, which lets peers that joined
    * through different bootstrap nodes find and dial each other (full mesh). 0 disables it. Default 5000.
@@ -306,7 +309,7 @@ export interface MeshNode {
   readonly peerId: string;
   /** Whether this start created the identity (`peer-key`): a new site, or a data directory restored empty. */
   readonly identityCreated: boolean;
-  /** Peers whose saved addresses (known-peers.json) this start dials while no peer is connected. */
+  /** Peers whose saved addresses (known-peers.json) this start dials (see Target.saved). */
   readonly savedPeers: number;
   /** The likely causes of those peers' last failed dials (see Reconnector.savedDialCauses). */
   savedDialCauses(): Array<{ cause: string; peers: number }>;
@@ -369,8 +372,9 @@ interface Target {
   bootstrap: boolean;
   /**
    * Read from the data directory's known-peers file at start (addresses saved at an earlier run): dialled
-   * only while this node has no connection at all, and without the bootstrap warnings (a peer that moved
-   * or is down is expected). Becomes an ordinary learnt target once its peer connects or is announced.
+   * at the back-off while this node has no connection at all, else every savedInMeshRedialMs (see tick),
+   * without the bootstrap warnings (a peer that moved or is down is expected). Becomes an ordinary learnt
+   * target once its peer connects or is announced.
    */
   saved: boolean;
   attempts: number;
@@ -378,6 +382,8 @@ interface Target {
   nextAt: number;
   dialing: boolean;
   lastSeen: number;
+  /** performance.now() before which a saved target is not dialled while the node is in the mesh (see tick); unset while alone. */
+  savedRestUntil?: number;
   /** The error of this target's last failed dial (its chain), for the likely cause an isolated peer reports. */
   lastFailure?: string;
 }
@@ -439,7 +445,7 @@ class Reconnector {
   constructor(
     private readonly node: Libp2p<Services>,
     private readonly log: Logger,
-    private readonly opts: { minDelayMs: number; maxDelayMs: number; maxKnown: number; dialTimeoutMs: number },
+    private readonly opts: { minDelayMs: number; maxDelayMs: number; maxKnown: number; dialTimeoutMs: number; savedInMeshRedialMs: number },
     private readonly selfPeerId: string,
     private readonly onBootstrapUnreachable: (failure: BootstrapFailure) => void = () => undefined,
     private readonly onBootstrapIdentityChanged: (change: BootstrapIdentityChange) => void = () => undefined,
@@ -667,7 +673,9 @@ class Reconnector {
     const now = performance.now();
     let next = this.opts.maxDelayMs;
     // Saved addresses bring a node back into the mesh; once in, the peers' announcements say where each
-    // is now, and the saved ones (stale or not) rest until this node is alone again.
+    // of its part of the mesh is now, and a saved peer still not heard of is across a cut, or gone: dialled
+    // once a minute, not at the loop's back-off. Before, they rested until this node was alone again, and
+    // two groups of sites cut apart, each restarted meanwhile, never redialled each other (hunt 171).
     const inMesh = this.node.getConnections().length > 0;
     for (const t of this.targets.values()) {
       if (t.dialing) continue;
@@ -675,7 +683,15 @@ class Reconnector {
         t.attempts = 0;
         continue;
       }
-      if (t.saved && inMesh) continue;
+      if (t.saved && inMesh) {
+        t.savedRestUntil ??= now + this.opts.savedInMeshRedialMs;
+        if (t.savedRestUntil > now) {
+          next = Math.min(next, t.savedRestUntil - now);
+          continue;
+        }
+      } else {
+        t.savedRestUntil = undefined;
+      }
       if (t.nextAt > now) {
         next = Math.min(next, t.nextAt - now);
         continue;
@@ -684,6 +700,7 @@ class Reconnector {
         next = Math.min(next, this.opts.minDelayMs);
         continue;
       }
+      if (t.saved && inMesh) t.savedRestUntil = now + this.opts.savedInMeshRedialMs;
       this.dial(t);
     }
     this.schedule(Math.max(50, next));
@@ -1100,6 +1117,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     maxDelayMs: tuning.reconnectMaxDelayMs ?? 5000,
     maxKnown: tuning.maxKnownPeers ?? 64,
     dialTimeoutMs: tuning.dialTimeoutMs ?? 5000,
+    savedInMeshRedialMs: tuning.savedPeerInMeshRedialMs ?? 60_000,
   }, node.peerId.toString(), init.onBootstrapUnreachable, init.onBootstrapIdentityChanged, init.onIdentityTwinAddress);
   for (const ma of bootstrapAddrs) reconnector.addBootstrap(ma);
   const safeCall = <A>(fn: (arg: A) => void, arg: A, what: string): void => {
@@ -1120,7 +1138,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
   for (const peer of saved.peers) {
     if (reconnector.addSaved(peer.peerId, peer.addrs.map((a) => multiaddr(a)))) savedPeers++;
   }
-  if (savedPeers > 0) log('dialling %d peer(s) saved in %s until one connects', savedPeers, knownPeers.path);
+  if (savedPeers > 0) log('dialling %d peer(s) saved in %s: at the back-off until one connects, then once a minute those not heard of', savedPeers, knownPeers.path);
 
   const connectedHandlers = new Set<PeerHandler>();
   const disconnectedHandlers = new Set<PeerHandler>();
@@ -1396,7 +1414,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
       return conn.remotePeer.toString();
     },
     forgetPeers(peerIds) {
-      knownPeers.forget(peerIds);
+      void knownPeers.forget(peerIds);
       for (const peerId of peerIds) reconnector.forget(peerId);
     },
     noteSiteOf(peerId, site) {

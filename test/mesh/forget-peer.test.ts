@@ -1,0 +1,32 @@
+/**
+ * POST /api/forget-peer at one peer: the other peers, which take the forgetting from gossip, drop the peer's
+ * saved address too (known-peers.json). Before, they kept it, and dialled it at every start.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { eventually, startThreeSites, type PeerProcess } from './support.ts';
+
+/** The PeerIds `peer` saved in DIR/known-peers.json. */
+function savedAt(peer: PeerProcess): string[] {
+  const saved = JSON.parse(readFileSync(join(peer.dataDir, 'known-peers.json'), 'utf8')) as { peers: Array<{ peerId: string }> };
+  return saved.peers.map((p) => p.peerId);
+}
+
+test('a peer forgotten at one peer leaves the saved addresses of the others, which take the forgetting from gossip', { timeout: 120_000 }, async (t) => {
+  const { a, b, c } = await startThreeSites(t);
+  const cPeerId = (await c.status()).self.peerId!;
+  const describe = (peer: PeerProcess) => async () => `${peer.site}: voters ${JSON.stringify((await peer.status()).balancer?.rosterMembers)}, saved ${JSON.stringify(savedAt(peer))}\n${peer.output().slice(-2000)}`;
+  await eventually(async () => savedAt(b).includes(cPeerId), 20_000, describe(b));
+  await c.kill9();
+  // Refused where it is still up: down at both first.
+  for (const peer of [a, b]) await eventually(async () => (await peer.status()).members?.find((m) => m.site === 'site-c')?.alive === false, 20_000, describe(peer));
+  const forgot = await fetch(`http://127.0.0.1:${a.httpPort}/api/forget-peer?peer=${cPeerId}`, { method: 'POST' });
+  assert.equal(forgot.status, 200, await forgot.text());
+  // b takes it out of its roster from a's gossip, and out of its saved addresses as well (written then).
+  await eventually(async () => !((await b.status()).balancer?.rosterMembers ?? []).some((m) => m.peerId === cPeerId), 20_000, describe(b));
+  await eventually(async () => !savedAt(b).includes(cPeerId), 10_000, describe(b));
+  await Promise.all([a.stop(), b.stop()]);
+  assert.deepEqual([savedAt(a).includes(cPeerId), savedAt(b).includes(cPeerId)], [false, false], 'c saved at a stop');
+});
