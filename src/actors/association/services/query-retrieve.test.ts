@@ -581,3 +581,86 @@ test('a C-MOVE sends a Pending response after its last sub-operation too, before
     assert.equal(responsesBeforeClose, 2, 'both Pending responses before the destination is released');
   });
 });
+
+test('a C-MOVE of 129 classes cancelled between its two associations (during the first one\'s release, the second one\'s opening, or with its A-ASSOCIATE-AC): Cancel with the last class remaining, no C-STORE after the cancel, no other association (PS3.4 C.4.2.3.1)', async () => {
+  await withEmptyStore(async (store) => {
+    const ct = '1.2.840.10008.5.1.4.1.1.2';
+    const entries = Array.from({ length: 129 }, (_, i) => ({ sopInstanceUid: `1.2.826.0.1.3680043.10.1453.170.${i + 1}`, sopClassUid: `${ct}.${i}`, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry);
+    for (const moment of ['release', 'opening', 'opened'] as const) {
+      const sent: DimseCommand[] = [];
+      let cancelled = false;
+      let opened = 0;
+      let closed = 0;
+      let stored = 0;
+      await runRetrieve(
+        {
+          ...studyRootRequest(
+            { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DEST', hasDataSet: true },
+            [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.170' }],
+            sent,
+          ),
+          isCancelled: () => cancelled,
+          kind: 'move',
+          callingAeTitle: 'VIEWER',
+          openTarget: async () => {
+            if (++opened === 2 && moment !== 'release') {
+              cancelled = true;
+              // The session's opening, stopped by the cancel, rejects; one answered as the cancel came resolves.
+              if (moment === 'opening') throw new Error('aborted by its owner');
+            }
+            return {
+              // Accepted in implicit VR LE only: each instance goes through the transcoder (here at once).
+              pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+              store: async () => (stored++, Status.Success),
+              close: async () => {
+                closed++;
+                if (moment === 'release') cancelled = true;
+              },
+            };
+          },
+          transcoder: { transcode: async () => ({ bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+        },
+        store,
+        { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+      );
+      const final = sent.at(-1)!;
+      assert.deepEqual([final.status, final.remainingSubOperations, final.completedSubOperations, final.failedSubOperations, final.warningSubOperations], [Status.Cancel, 1, 128, 0, 0], moment);
+      assert.equal(stored, 128, moment);
+      assert.deepEqual([opened, closed], moment === 'release' ? [1, 1] : moment === 'opening' ? [2, 1] : [2, 2], `${moment}: associations opened, closed`);
+    }
+  });
+});
+
+test('a C-CANCEL arriving while a sub-operation\'s copy is read or converted: that C-STORE is not sent, the instance remains (PS3.4 C.4.2.3.1)', async () => {
+  await withEmptyStore(async (store) => {
+    const sent: DimseCommand[] = [];
+    let cancelled = false;
+    let stored = 0;
+    const entries = ['1.2.826.0.1.3680043.10.1453.170.201', '1.2.826.0.1.3680043.10.1453.170.202'].map(
+      (sopInstanceUid) => ({ sopInstanceUid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry,
+    );
+    await runRetrieve(
+      {
+        ...studyRootRequest(
+          { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DEST', hasDataSet: true },
+          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.170' }],
+          sent,
+        ),
+        isCancelled: () => cancelled,
+        kind: 'move',
+        callingAeTitle: 'VIEWER',
+        openTarget: async () => ({
+          pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+          store: async () => (stored++, Status.Success),
+          close: async () => undefined,
+        }),
+        // The cancel is read while the conversion finishes: it has nothing left to stop.
+        transcoder: { transcode: async () => ((cancelled = true), { bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+      },
+      store,
+      { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+    );
+    assert.equal(stored, 0, 'no C-STORE-RQ initiated after the C-CANCEL-RQ was read');
+    assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]), [[Status.Cancel, 2, 0, 0]]);
+  });
+});

@@ -421,6 +421,14 @@ class LocalCopyUnreadable extends Error {
   }
 }
 
+/** The requestor cancelled before the sub-operation's C-STORE-RQ went out. */
+class CancelledBeforeSending extends Error {
+  readonly code = 'ERR_SUBOPERATION_CANCELLED';
+  constructor() {
+    super('cancelled before its C-STORE-RQ was sent');
+  }
+}
+
 /**
  * What a sub-operation waits for on our side (a pull from another site, a transcode waiting its turn, a
  * C-MOVE destination storing), with Pending responses meanwhile. Not the C-GET requestor's own answer:
@@ -529,6 +537,8 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     let status: number;
     // A C-MOVE destination's answer is ours to wait for; a C-GET requestor's is its own.
     const storeAt = (dataSet: Uint8Array | AsyncIterable<Uint8Array>) => {
+      // A C-CANCEL read while the copy was read or converted: its C-STORE is not initiated, so it remains.
+      if (ctx.isCancelled()) throw new CancelledBeforeSending();
       const stored = target.store(picked.presentationContextId, command, dataSet);
       return ctx.kind === 'move' ? whileOurs(stored) : stored;
     };
@@ -556,7 +566,7 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       status: Status.UnableToProcess,
       reason: errorText(error),
       localCopyUnreadable: error instanceof LocalCopyUnreadable,
-      cancelledBeforeSending: error instanceof TranscodeError && error.code === 'ERR_TRANSCODE_CANCELLED',
+      cancelledBeforeSending: error instanceof CancelledBeforeSending || (error instanceof TranscodeError && error.code === 'ERR_TRANSCODE_CANCELLED'),
     };
   }
 }
