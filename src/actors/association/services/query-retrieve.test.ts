@@ -664,3 +664,22 @@ test('a C-CANCEL arriving while a sub-operation\'s copy is read or converted: th
     assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]), [[Status.Cancel, 2, 0, 0]]);
   });
 });
+
+test('a copy that must be converted goes into little endian where big endian was accepted too (retired, read by fewer receivers), explicit VR first; one whose syntax was accepted goes as stored', () => {
+  const ct = '1.2.840.10008.5.1.4.1.1.2';
+  const j2k = '1.2.840.10008.1.2.4.90';
+  const entry = (transferSyntaxUid: string) => ({ sopClassUid: ct, transferSyntaxUid, attributes: [] as DicomElement[] }) as CatalogEntry;
+  const bigEndian = entry(TransferSyntax.ExplicitVrBigEndian);
+  const proposals = proposalsForMove([bigEndian, entry(TransferSyntax.ImplicitVrLittleEndian)]);
+  assert.deepEqual(proposals.map((p) => p.transferSyntaxUids), [[TransferSyntax.ExplicitVrBigEndian], [TransferSyntax.ImplicitVrLittleEndian], [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian], ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.5']]);
+  // A destination that took big endian (its own context) and explicit VR LE (the fallback), refusing implicit VR.
+  const accepted = [{ id: 1, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian }, { id: 5, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }];
+  assert.deepEqual(pickContextFor(bigEndian, accepted), { presentationContextId: 1, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian }, 'as stored');
+  assert.deepEqual(pickContextFor(entry(TransferSyntax.ImplicitVrLittleEndian), accepted), { presentationContextId: 5, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+  assert.deepEqual(pickContextFor(entry(j2k), accepted), { presentationContextId: 5, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }, 'decoded into little endian');
+  // One that took little endian only (the implicit VR context too): the big endian instance goes converted, into explicit VR (its VRs kept).
+  const littleOnly = [{ id: 3, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }, accepted[1]!];
+  assert.deepEqual(pickContextFor(bigEndian, littleOnly), { presentationContextId: 5, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+  // Big endian still, when it is all a receiver took.
+  assert.deepEqual(pickContextFor(entry(TransferSyntax.ImplicitVrLittleEndian), accepted.slice(0, 1)), { presentationContextId: 1, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian });
+});

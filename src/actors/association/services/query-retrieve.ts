@@ -572,9 +572,19 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
 }
 
 /**
- * Picks a context among accepted ones: the stored syntax first, then one we only need to decode into, then
- * one we would compress into (a C-MOVE destination that took both a JPEG Lossless context and explicit VR
- * LE gets a JPEG 2000 instance decoded, not re-compressed).
+ * Where a converted copy goes best, first to last: explicit VR LE (it keeps every VR, private ones too),
+ * implicit VR LE, the other syntaxes we only decode into (big endian, deflated), then those we compress into.
+ */
+function conversionRank(transferSyntaxUid: string): number {
+  if (transferSyntaxUid === TransferSyntax.ExplicitVrLittleEndian) return 0;
+  if (transferSyntaxUid === TransferSyntax.ImplicitVrLittleEndian) return 1;
+  return needsEncoding(transferSyntaxUid) ? 3 : 2;
+}
+
+/**
+ * Picks a context among accepted ones: the stored syntax first, then one we only need to decode into (little
+ * endian before big endian and deflated), then one we would compress into (a C-MOVE destination that took
+ * both a JPEG Lossless context and explicit VR LE gets a JPEG 2000 instance decoded, not re-compressed).
  */
 export function pickContextFor(
   entry: CatalogEntry,
@@ -583,8 +593,10 @@ export function pickContextFor(
   const candidates = [...contexts].filter((c) => c.abstractSyntaxUid === entry.sopClassUid);
   const exact = candidates.find((c) => c.transferSyntaxUid === entry.transferSyntaxUid);
   if (exact) return { presentationContextId: exact.id, transferSyntaxUid: exact.transferSyntaxUid };
-  const convertible = candidates.filter((c) => canTranscodeInstance(entry, c.transferSyntaxUid));
-  const chosen = convertible.find((c) => !needsEncoding(c.transferSyntaxUid)) ?? convertible[0];
+  // Ranked, not in the order accepted: a destination that took a class's big endian context (for the instances
+  // stored so) and its little endian fallback got the class's other instances converted into big endian
+  // (retired, PS3.5 A.3; read by fewer receivers), and a big endian one into implicit VR, losing its VRs.
+  const [chosen] = candidates.filter((c) => canTranscodeInstance(entry, c.transferSyntaxUid)).sort((a, b) => conversionRank(a.transferSyntaxUid) - conversionRank(b.transferSyntaxUid));
   return chosen ? { presentationContextId: chosen.id, transferSyntaxUid: chosen.transferSyntaxUid } : undefined;
 }
 
