@@ -320,8 +320,25 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     keep(failureReasons, reason);
     keep(failureComments, shortReason ?? reason);
   };
+  /** Counts and lists the sub-operations not attempted yet as failed: how many they were. */
+  const failNotAttempted = () => {
+    const notSent = entries.slice(entries.length - counts.remaining);
+    counts.failed += notSent.length;
+    counts.failedUids.push(...notSent.map((e) => e.sopInstanceUid));
+    counts.remaining = 0;
+    return notSent.length;
+  };
+  /** The peer stopping, or a C-GET's requestor releasing: the sub-operations not attempted yet fail, and no more go out. */
+  const endsHere = () => {
+    const stopping = ctx.isStopping?.() === true;
+    if (!stopping && ctx.isReleasing?.() !== true) return false;
+    if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
+    failNotAttempted();
+    return true;
+  };
   for (const [groupIndex, group] of groups.entries()) {
-    if (ctx.isCancelled() || counts.remaining === 0) break;
+    // Checked before each association too: a stop between two of a move's opened the next one only to send nothing.
+    if (ctx.isCancelled() || counts.remaining === 0 || endsHere()) break;
     let target: SubOperationTarget & { close(): Promise<void> };
     try {
       // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
@@ -332,10 +349,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
       if (ctx.isCancelled()) break;
       // The sub-operations not sent failed before they began: counted and listed as such, so the client knows what was not sent.
-      const notSent = entries.slice(entries.length - counts.remaining);
-      counts.failed += notSent.length;
-      counts.failedUids.push(...notSent.map((e) => e.sopInstanceUid));
-      counts.remaining = 0;
+      const notSent = failNotAttempted();
       if (groupIndex === 0) {
         await ctx.send(
           retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
@@ -344,20 +358,12 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         return;
       }
       // A later association of the move (over 128 classes).
-      countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent.length, 'cannot reach the destination again');
+      countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent, 'cannot reach the destination again');
       break;
     }
     try {
       for (const entry of group) {
-        if (ctx.isCancelled()) break;
-        const stopping = ctx.isStopping?.() === true;
-        if (stopping || ctx.isReleasing?.()) {
-          if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
-          counts.failed += counts.remaining;
-          counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
-          counts.remaining = 0;
-          break;
-        }
+        if (ctx.isCancelled() || endsHere()) break;
         const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
         // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
         // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
