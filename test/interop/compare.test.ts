@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { makeInstance, TransferSyntax, uidFromSeed } from '../support/synthetic-dicom.ts';
-import { compareInstances, datasetText, flattenFile, readPart10 } from './compare.ts';
+import { compareInstances, copyDifferences, datasetText, flattenFile, readPart10 } from './compare.ts';
 
 const base = {
   rows: 8,
@@ -64,5 +64,18 @@ describe('compareInstances', () => {
     assert.equal(cmp.transcodedTo, TransferSyntax.ExplicitVrLittleEndian);
     const bigEndian = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian });
     assert.equal(compareInstances(explicit, bigEndian).identity, 'different');
+  });
+});
+
+describe('copyDifferences', () => {
+  it('a big endian original converted into little endian: the same, pixel values included; one changed pixel byte is a difference', () => {
+    const bigEndian = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian });
+    for (const ts of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian]) {
+      const converted = makeInstance({ ...base, transferSyntaxUid: ts });
+      assert.deepEqual(copyDifferences(bigEndian, converted), [], ts);
+      const changed = Uint8Array.from(converted);
+      changed[changed.length - 3] = changed[changed.length - 3]! ^ 0xff;
+      assert.match(copyDifferences(bigEndian, changed).join(), /\(7FE0,0010\) value differs/, ts);
+    }
   });
 });

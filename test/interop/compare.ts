@@ -370,16 +370,20 @@ export function compareInstances(original: Uint8Array, copy: Uint8Array): Instan
 
 /**
  * How a copy differs from its original, either sent as stored (byte for byte or element by element in the
- * original's syntax) or converted into another syntax by the sender: then every element but Pixel Data must
- * be the same, VRs aside (a big endian original's binary values compared in little endian order), and a
- * decoded copy may have its Image Pixel attributes (0028,xxxx) rewritten. Empty when it is the original.
+ * original's syntax) or converted into another syntax by the sender: then every element must be the same,
+ * VRs aside (a big endian original's binary values compared in little endian order), Pixel Data only when
+ * neither is compressed, and a decoded copy may have its Image Pixel attributes (0028,xxxx) rewritten.
+ * Empty when it is the original.
  */
 export function copyDifferences(original: Uint8Array, copy: Uint8Array): string[] {
   const originalTs = readPart10(original).transferSyntaxUid;
+  const copyTs = readPart10(copy).transferSyntaxUid;
   const cmp = compareInstances(original, copy);
-  if (cmp.transferSyntaxUid === originalTs || readPart10(copy).transferSyntaxUid === originalTs) return cmp.identity === 'different' ? cmp.differences : [];
-  const withoutPixels = (flat: FlatDataset) => new Map([...flat].filter(([key]) => !key.startsWith('(7FE0,0010)')));
-  const compressed = !([TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE] as string[]).includes(originalTs);
+  if (cmp.transferSyntaxUid === originalTs || copyTs === originalTs) return cmp.identity === 'different' ? cmp.differences : [];
+  const uncompressed: readonly string[] = [TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE];
+  const compressed = !uncompressed.includes(originalTs);
+  // Between uncompressed syntaxes the pixel values are compared too (a big endian original's swapped, as its other binary values).
+  const withoutPixels = (flat: FlatDataset) => (compressed || !uncompressed.includes(copyTs) ? new Map([...flat].filter(([key]) => !key.startsWith('(7FE0,0010)'))) : flat);
   const originalFlat = flattenFile(original).flat;
   const a = withoutPixels(originalTs === TS.ExplicitBE ? littleEndian(originalFlat) : originalFlat);
   const b = withoutPixels(flattenFile(copy).flat);

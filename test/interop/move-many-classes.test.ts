@@ -13,36 +13,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { orthancBin } from '../../scripts/bench/lib/orthanc.ts';
-import { CommandField, Status } from '../../src/codec/dimse.ts';
-import { encodeDataset } from '../../src/codec/dataset/writer.ts';
-import { Tags } from '../../src/codec/dictionary.ts';
+import { Status } from '../../src/codec/dimse.ts';
 import { getFreePort, hasDcmtk, startStorescp } from '../support/dicom-tools.ts';
-import { manyStorageClasses, storeManyClassStudy } from '../support/many-class-study.ts';
-import { openPeerClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { manyStorageClasses, moveStudyFrom, storeManyClassStudy } from '../support/many-class-study.ts';
+import { startTestPeer } from '../support/peer-fixture.ts';
 import { peerWithOrthanc } from '../support/peer-with-orthanc.ts';
 import { TransferSyntax } from '../support/synthetic-dicom.ts';
 import { copyDifferences } from './compare.ts';
 import { readReceived } from './harness.ts';
 
-const studyRootMove = '1.2.840.10008.5.1.4.1.2.2.2';
 const syntaxes = [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian] as const;
-
-/** A Study Root C-MOVE of the study to `destination`, from our own client: its final response. */
-async function moveStudy(peer: TestPeer, studyInstanceUid: string, destination: string) {
-  const client = await openPeerClient(peer.dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
-  try {
-    const identifier = encodeDataset(
-      [
-        { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
-        { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
-      ],
-      TransferSyntax.ImplicitVrLittleEndian,
-    );
-    return await client.request(client.contexts[0]!.id, { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: destination, hasDataSet: true }, identifier);
-  } finally {
-    await client.release();
-  }
-}
 
 test('C-MOVE of 42 SOP classes in 3 syntaxes each to DCMTK storescp: every instance arrives, each the original', { skip: !hasDcmtk(['storescp']) && 'DCMTK storescp is not installed', timeout: 180_000 }, async (t) => {
   const work = await mkdtemp(join(tmpdir(), 'pacs-mesh-many-classes-'));
@@ -56,7 +36,7 @@ test('C-MOVE of 42 SOP classes in 3 syntaxes each to DCMTK storescp: every insta
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.160.2';
   const stored = await storeManyClassStudy(peer.dicomPort, studyInstanceUid, manyStorageClasses, syntaxes);
 
-  const final = await moveStudy(peer, studyInstanceUid, 'STORESCP');
+  const final = await moveStudyFrom(peer.dicomPort, studyInstanceUid, 'STORESCP');
   assert.equal(final.command.status, Status.Success, `0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}`);
   assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [stored.length, 0, 0]);
   const received = await readReceived(storescp.outDir);
@@ -72,7 +52,7 @@ test('C-MOVE of 42 SOP classes in 3 syntaxes each to Orthanc: every instance arr
   const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.160.3';
   const stored = await storeManyClassStudy(peer.dicomPort, studyInstanceUid, manyStorageClasses, syntaxes);
 
-  const final = await moveStudy(peer, studyInstanceUid, 'ORTHANC');
+  const final = await moveStudyFrom(peer.dicomPort, studyInstanceUid, 'ORTHANC');
   assert.equal(final.command.status, Status.Success, `0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}\n${orthanc.output().slice(-2000)}`);
   assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [stored.length, 0, 0]);
   const found = (await (await fetch(`${orthanc.url}/tools/find`, { method: 'POST', body: JSON.stringify({ Level: 'Instance', Query: { StudyInstanceUID: studyInstanceUid }, Expand: true }) })).json()) as Array<{ MainDicomTags: { SOPInstanceUID: string } }>;

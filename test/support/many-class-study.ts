@@ -3,8 +3,12 @@
  * presentation contexts than one association has (128) when the classes come in several syntaxes each.
  */
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
-import { storeDataset } from './peer-fixture.ts';
-import { makeInstanceWithInfo, type SyntheticTransferSyntax } from './synthetic-dicom.ts';
+import { encodeDataset } from '../../src/codec/dataset/writer.ts';
+import { Tags } from '../../src/codec/dictionary.ts';
+import { CommandField } from '../../src/codec/dimse.ts';
+import type { DimseReply } from '../../src/actors/association/client.ts';
+import { openPeerClient, storeDataset } from './peer-fixture.ts';
+import { makeInstanceWithInfo, TransferSyntax, type SyntheticTransferSyntax } from './synthetic-dicom.ts';
 
 /** Real image storage SOP classes (PS3.4 B.5), enough for a move of more classes than 128 contexts hold in several syntaxes each. */
 export const manyStorageClasses = [
@@ -40,4 +44,23 @@ export async function storeManyClassStudy(dicomPort: number, studyInstanceUid: s
     }
   }
   return stored;
+}
+
+const studyRootMove = '1.2.840.10008.5.1.4.1.2.2.2';
+
+/** A Study Root C-MOVE of the study to `destination`, from our own client on its own association: its final response. */
+export async function moveStudyFrom(dicomPort: number, studyInstanceUid: string, destination: string): Promise<DimseReply> {
+  const client = await openPeerClient(dicomPort, 'VIEWER', [{ abstractSyntaxUid: studyRootMove, transferSyntaxUids: [TransferSyntax.ImplicitVrLittleEndian] }]);
+  try {
+    const identifier = encodeDataset(
+      [
+        { tag: Tags.QueryRetrieveLevel, vr: 'CS', value: 'STUDY' },
+        { tag: Tags.StudyInstanceUID, vr: 'UI', value: studyInstanceUid },
+      ],
+      TransferSyntax.ImplicitVrLittleEndian,
+    );
+    return await client.request(client.contexts[0]!.id, { commandField: CommandField.CMoveRq, affectedSopClassUid: studyRootMove, priority: 0, moveDestination: destination, hasDataSet: true }, identifier);
+  } finally {
+    await client.release();
+  }
 }

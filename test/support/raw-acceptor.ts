@@ -6,6 +6,8 @@ import { DicomApplicationContext, PduFramer, encodePdu, type AcceptedPresentatio
 interface RawAcceptor {
   port: number;
   close: () => Promise<void>;
+  /** Resolves once every connection accepted so far has closed (none left open by the requestor). */
+  allClosed: () => Promise<void>;
 }
 
 /**
@@ -47,12 +49,19 @@ function associateAc(
   });
 }
 
-/** A TCP server on a free loopback port handing each connection to `onConnection`; close() destroys them all. */
-async function tcpAcceptor(onConnection: (socket: Socket) => void): Promise<RawAcceptor> {
+/**
+ * A TCP server on a free loopback port handing each connection to `onConnection`; close() destroys them all.
+ * After `connectionsAccepted` connections it stops listening (the next connection is refused).
+ */
+async function tcpAcceptor(onConnection: (socket: Socket) => void, connectionsAccepted = Number.POSITIVE_INFINITY): Promise<RawAcceptor> {
   const sockets = new Set<Socket>();
+  const closings: Array<Promise<void>> = [];
+  let connections = 0;
   const server = createServer((socket) => {
     sockets.add(socket);
+    closings.push(new Promise((resolve) => socket.once('close', () => resolve())));
     socket.on('error', () => undefined);
+    if (++connections >= connectionsAccepted) server.close();
     onConnection(socket);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -63,8 +72,10 @@ async function tcpAcceptor(onConnection: (socket: Socket) => void): Promise<RawA
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
-        server.close(() => resolve());
+        if (server.listening) server.close(() => resolve());
+        else resolve();
       }),
+    allClosed: async () => void (await Promise.all(closings)),
   };
 }
 
@@ -173,6 +184,16 @@ export interface GdcmLikeDelivery {
 const implicitVrLittleEndian = '1.2.840.10008.1.2';
 const explicitVrLittleEndian = '1.2.840.10008.1.2.1';
 
+/** How a GDCM-like receiver meets the associations after the ones it accepts, and which ones it sits on. */
+export interface GdcmLikeOptions {
+  /** Associations accepted; the later ones are refused, as `refusal` says. */
+  associationsAccepted?: number;
+  /** 'reject': A-ASSOCIATE-RJ (transient, local limit exceeded); 'stop listening': their connection is refused. */
+  refusal?: 'reject' | 'stop listening';
+  /** Whether the `index`th A-ASSOCIATE-RQ (1-based) is left unanswered, for ever (a receiver slow to accept). */
+  holdsAssociation?: (index: number) => boolean;
+}
+
 /**
  * A C-STORE receiver that behaves as GDCM's (gdcmscu --move, 3.0.21: ULActionAE6): it announces GDCM's
  * Implementation Class UID, accepts each context in implicit VR LE when proposed, else explicit VR LE, else
@@ -182,28 +203,34 @@ const explicitVrLittleEndian = '1.2.840.10008.1.2.1';
  * waits). Others are answered Success and kept in `deliveries`.
  *
  * With `associationsAccepted`, the associations after that many are rejected (transient, by the presentation
- * provider: local limit exceeded), as a receiver at its limit of associations does. gdcmscu's receiver takes
- * one per C-MOVE (3.0.21 refused the connection of a second: hunt 160).
+ * provider: local limit exceeded), as a receiver at its limit of associations does, or their connection is
+ * refused. gdcmscu's receiver takes one per C-MOVE (3.0.21 refused the connection of a second: hunt 160).
  */
-export async function acceptorLikeGdcm(associationsAccepted = Number.POSITIVE_INFINITY): Promise<RawAcceptor & { deliveries: GdcmLikeDelivery[]; associations: AssociateRqPdu['presentationContexts'][] }> {
+export async function acceptorLikeGdcm({ associationsAccepted = Number.POSITIVE_INFINITY, refusal = 'reject', holdsAssociation = () => false }: GdcmLikeOptions = {}): Promise<
+  RawAcceptor & { deliveries: GdcmLikeDelivery[]; associations: AssociateRqPdu['presentationContexts'][]; aborts: number[] }
+> {
   const deliveries: GdcmLikeDelivery[] = [];
   /** The presentation contexts each association proposed, in the order they came. */
   const associations: AssociateRqPdu['presentationContexts'][] = [];
+  /** The associations (1-based, in the order they came) whose requestor sent an A-ABORT. */
+  const aborts: number[] = [];
   const acceptor = await tcpAcceptor((socket) => {
     const framer = new PduFramer();
     const accepted = new Map<number, string>();
     let readSyntax = implicitVrLittleEndian;
     let command: DimseCommand | undefined;
     let dataSet: Uint8Array[] = [];
+    let index = 0;
     socket.on('data', (chunk) => {
       for (const pdu of framer.push(chunk)) {
         if (socket.destroyed) return;
         if (pdu.type === 'associateRq') {
-          associations.push(pdu.presentationContexts);
-          if (associations.length > associationsAccepted) {
+          index = associations.push(pdu.presentationContexts);
+          if (index > associationsAccepted) {
             socket.end(encodePdu({ type: 'associateRj', result: 2, source: 3, reason: 2 }));
             return;
           }
+          if (holdsAssociation(index)) continue;
           const presentationContexts = pdu.presentationContexts.map((pc) => {
             const syntax = [implicitVrLittleEndian, explicitVrLittleEndian].find((ts) => pc.transferSyntaxUids.includes(ts));
             if (syntax === undefined) return { id: pc.id, result: 4, transferSyntaxUid: '' };
@@ -247,9 +274,11 @@ export async function acceptorLikeGdcm(associationsAccepted = Number.POSITIVE_IN
           }
         } else if (pdu.type === 'releaseRq') {
           socket.end(encodePdu({ type: 'releaseRp' }));
+        } else if (pdu.type === 'abort') {
+          aborts.push(index);
         }
       }
     });
-  });
-  return { ...acceptor, deliveries, associations };
+  }, refusal === 'stop listening' ? associationsAccepted : Number.POSITIVE_INFINITY);
+  return { ...acceptor, deliveries, associations, aborts };
 }

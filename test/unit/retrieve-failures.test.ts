@@ -149,7 +149,7 @@ async function moveManyClassStudy(t: TestContext, destination: { port: number; c
 
 test('C-MOVE of 42 SOP classes stored in 3 syntaxes each (168 contexts to propose) to a GDCM receiver: every instance arrives, on one association of 128 contexts (the contexts past 128 were dropped: "receiver accepted no context"; gdcmscu takes one association per move)', { timeout: 120_000 }, async (t) => {
   // One association, as gdcmscu's receiver takes per C-MOVE (it refused the connection of a second one).
-  const gdcm = await acceptorLikeGdcm(1);
+  const gdcm = await acceptorLikeGdcm({ associationsAccepted: 1 });
   const syntaxes = [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian] as const;
   const { final, stored, lines } = await moveManyClassStudy(t, gdcm, 'mover-gdcm-many', manyStorageClasses, syntaxes);
   assert.equal(final.command.status, 0, `final status 0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}, ${JSON.stringify(failureReasons(lines))}`);
@@ -163,21 +163,51 @@ test('C-MOVE of 42 SOP classes stored in 3 syntaxes each (168 contexts to propos
   assert.equal(new Set(gdcm.associations[0]!.map((pc) => pc.abstractSyntaxUid)).size, manyStorageClasses.length);
 });
 
-test('C-MOVE of 129 SOP classes: two associations, the second one rejected: the first one\'s instances completed, the other failed and listed, the comment says why (0xB000, PS3.4 C.4.2.3.1)', { timeout: 120_000 }, async (t) => {
-  const gdcm = await acceptorLikeGdcm(1);
-  // Storage classes as the peer takes them (any UID under the storage root): no receiver here checks them.
-  const classes = Array.from({ length: 129 }, (_, i) => `1.2.840.10008.5.1.4.1.1.9999.${i + 1}`);
-  const { final, stored, lines } = await moveManyClassStudy(t, gdcm, 'mover-gdcm-rejects-second', classes, [TransferSyntax.ExplicitVrLittleEndian]);
-  assert.equal(final.command.status, Status.SubOpsCompleteWithFailures, `final status 0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}`);
+/** Storage classes as the peer takes them (any UID under the storage root): no receiver here checks them. */
+const classes129 = Array.from({ length: 129 }, (_, i) => `1.2.840.10008.5.1.4.1.1.9999.${i + 1}`);
+
+test('C-MOVE of 129 SOP classes: two associations, the second one rejected or its connection refused: the first one\'s instances completed, the other failed and listed, the comment says why (0xB000, as dcmqrscp answers a move partly done; PS3.4 C.4.2.3.1)', { timeout: 120_000 }, async (t) => {
+  for (const [refusal, why] of [['reject', 'local limit exceeded'], ['stop listening', 'ECONNREFUSED']] as const) {
+    const gdcm = await acceptorLikeGdcm({ associationsAccepted: 1, refusal });
+    const { final, stored, lines } = await moveManyClassStudy(t, gdcm, `mover-gdcm-refuses-second-${refusal.replace(' ', '-')}`, classes129, [TransferSyntax.ExplicitVrLittleEndian]);
+    assert.equal(final.command.status, Status.SubOpsCompleteWithFailures, `${refusal}: final status 0x${final.command.status?.toString(16)} ${final.command.errorComment ?? ''}`);
+    assert.equal(gdcm.associations.length, refusal === 'reject' ? 2 : 1);
+    assert.deepEqual(gdcm.associations.map((a) => new Set(a.map((pc) => pc.abstractSyntaxUid)).size), refusal === 'reject' ? [128, 1] : [128]);
+    assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [128, 1, 0]);
+    assert.equal(final.command.errorComment, '1 failed: cannot reach the destination again');
+    const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
+    const delivered = new Set(gdcm.deliveries.map((d) => parseDataset(d.dataSet, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === Tags.SOPInstanceUID)?.value));
+    assert.deepEqual([list], stored.filter((uid) => !delivered.has(uid)));
+    const reasons = failureReasons(lines);
+    assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('association 2 of 2') && r.includes(why)), JSON.stringify(reasons));
+  }
+});
+
+test('C-MOVE of 129 SOP classes cancelled while its second association is being opened: Cancel with 128 completed and 1 remaining, that opening aborted, no association left open to the destination, no third one (PS3.4 C.4.2.3.1)', { timeout: 120_000 }, async (t) => {
+  let secondAsked!: () => void;
+  const asked = new Promise<void>((resolve) => (secondAsked = resolve));
+  // The second A-ASSOCIATE-RQ is never answered: the cancel comes while the peer waits for it.
+  const gdcm = await acceptorLikeGdcm({ holdsAssociation: (index) => index === 2 && (secondAsked(), true) });
+  const lines: RecordedLine[] = [];
+  const peer = await peerMovingTo(t, gdcm, 'GDCMSCP', 'mover-cancel-between', lines);
+  const studyInstanceUid = '1.2.826.0.1.3680043.10.1453.170.1';
+  await storeManyClassStudy(peer.dicomPort, studyInstanceUid, classes129, [TransferSyntax.ExplicitVrLittleEndian]);
+  const client = await moveClient(peer);
+  const moving = moveStudy(client, studyInstanceUid, 'GDCMSCP');
+  await asked;
+  await client.cancel(client.contexts[0]!.id);
+  const final = await moving;
+  const { status, remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations } = final.command;
+  assert.equal(status, Status.Cancel, `final status 0x${status?.toString(16)} (${final.command.errorComment ?? ''})`);
+  assert.deepEqual([remainingSubOperations, completedSubOperations, failedSubOperations, warningSubOperations], [1, 128, 0, 0]);
+  assert.equal(final.dataSet, undefined, 'nothing failed: no Failed SOP Instance UID List');
+  assert.equal(gdcm.deliveries.length, 128);
+  // The opening under way was aborted (A-ABORT), the first association released: the destination holds none.
+  await gdcm.allClosed();
+  assert.deepEqual(gdcm.aborts, [2]);
   assert.equal(gdcm.associations.length, 2);
-  assert.deepEqual(gdcm.associations.map((a) => new Set(a.map((pc) => pc.abstractSyntaxUid)).size), [128, 1]);
-  assert.deepEqual([final.command.completedSubOperations, final.command.failedSubOperations, final.command.warningSubOperations], [128, 1, 0]);
-  assert.equal(final.command.errorComment, '1 failed: cannot reach the destination again');
-  const list = parseDataset(final.dataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value;
-  const delivered = new Set(gdcm.deliveries.map((d) => parseDataset(d.dataSet, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === Tags.SOPInstanceUID)?.value));
-  assert.deepEqual([list], stored.filter((uid) => !delivered.has(uid)));
-  const reasons = failureReasons(lines);
-  assert.ok(reasons && Object.keys(reasons).some((r) => r.includes('association 2 of 2') && r.includes('local limit exceeded')), JSON.stringify(reasons));
+  assert.ok(!lines.some((l) => l.message === 'C-MOVE destination unreachable'), 'a cancel is not the destination\'s fault');
+  await echoThenRelease(client);
 });
 
 test('C-MOVE to a destination whose answers match no request: the sub-association is aborted at once and every instance counted failed, not one response timeout each (helper 69)', async (t) => {

@@ -581,3 +581,136 @@ test('a C-MOVE sends a Pending response after its last sub-operation too, before
     assert.equal(responsesBeforeClose, 2, 'both Pending responses before the destination is released');
   });
 });
+
+/** Where a C-MOVE of 129 classes (two associations) is between them: `close` and `open` run as the session's would. */
+interface BetweenAssociations {
+  isCancelled?(): boolean;
+  isStopping?(): boolean;
+  /** Runs as the `index`th association (1-based) is opened; may throw, as an opening that fails. */
+  onOpen?(index: number): void;
+  onClose?(index: number): void;
+}
+
+/** A C-MOVE of 129 classes, an instance each, to a destination storing each at once: its responses, associations opened and closed, C-STOREs sent. */
+async function moveOf129Classes(store: ReplicaStore, hooks: BetweenAssociations) {
+  const ct = '1.2.840.10008.5.1.4.1.1.2';
+  const entries = Array.from({ length: 129 }, (_, i) => ({ sopInstanceUid: `1.2.826.0.1.3680043.10.1453.170.${i + 1}`, sopClassUid: `${ct}.${i}`, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry);
+  const sent: DimseCommand[] = [];
+  let opened = 0;
+  let closed = 0;
+  let stored = 0;
+  let finalDataSet: Uint8Array | undefined;
+  await runRetrieve(
+    {
+      ...studyRootRequest(
+        { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DEST', hasDataSet: true },
+        [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.170' }],
+        sent,
+      ),
+      send: async (rsp: DimseCommand, dataSet?: Uint8Array) => void (sent.push(rsp), (finalDataSet = dataSet)),
+      ...(hooks.isCancelled ? { isCancelled: hooks.isCancelled } : {}),
+      isStopping: hooks.isStopping,
+      kind: 'move',
+      callingAeTitle: 'VIEWER',
+      openTarget: async () => {
+        const index = ++opened;
+        hooks.onOpen?.(index);
+        return {
+          // Accepted in implicit VR LE only: each instance goes through the transcoder (here at once).
+          pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+          store: async () => (stored++, Status.Success),
+          close: async () => hooks.onClose?.(++closed),
+        };
+      },
+      transcoder: { transcode: async () => ({ bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+    },
+    store,
+    { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+  );
+  return { final: sent.at(-1)!, finalDataSet, opened, closed, stored, entries };
+}
+
+test('a C-MOVE of 129 classes cancelled between its two associations (during the first one\'s release, the second one\'s opening, or with its A-ASSOCIATE-AC): Cancel with the last class remaining, no C-STORE after the cancel, no other association (PS3.4 C.4.2.3.1)', async () => {
+  await withEmptyStore(async (store) => {
+    for (const moment of ['release', 'opening', 'opened'] as const) {
+      let cancelled = false;
+      const { final, opened, closed, stored } = await moveOf129Classes(store, {
+        isCancelled: () => cancelled,
+        onClose: () => void (cancelled ||= moment === 'release'),
+        onOpen: (index) => {
+          if (index !== 2 || moment === 'release') return;
+          cancelled = true;
+          // The session's opening, stopped by the cancel, rejects; one answered as the cancel came resolves.
+          if (moment === 'opening') throw new Error('aborted by its owner');
+        },
+      });
+      assert.deepEqual([final.status, final.remainingSubOperations, final.completedSubOperations, final.failedSubOperations, final.warningSubOperations], [Status.Cancel, 1, 128, 0, 0], moment);
+      assert.equal(stored, 128, moment);
+      assert.deepEqual([opened, closed], moment === 'release' ? [1, 1] : moment === 'opening' ? [2, 1] : [2, 2], `${moment}: associations opened, closed`);
+    }
+  });
+});
+
+test('a peer stopping between the two associations of a C-MOVE of 129 classes opens no other: the last class failed and listed, "the archive is stopping" (0xB000)', async () => {
+  await withEmptyStore(async (store) => {
+    let stopping = false;
+    const { final, finalDataSet, opened, stored, entries } = await moveOf129Classes(store, { isStopping: () => stopping, onClose: () => void (stopping = true) });
+    assert.equal(opened, 1, 'no association opened to send nothing');
+    assert.equal(stored, 128);
+    assert.deepEqual([final.status, final.completedSubOperations, final.failedSubOperations, final.errorComment], [Status.SubOpsCompleteWithFailures, 128, 1, '1 failed: the archive is stopping, retry']);
+    assert.equal(parseDataset(finalDataSet!, TransferSyntax.ImplicitVrLittleEndian).elements.find((e) => e.tag === 0x00080058)?.value, entries.at(-1)!.sopInstanceUid);
+  });
+});
+
+test('a C-CANCEL arriving while a sub-operation\'s copy is read or converted: that C-STORE is not sent, the instance remains (PS3.4 C.4.2.3.1)', async () => {
+  await withEmptyStore(async (store) => {
+    const sent: DimseCommand[] = [];
+    let cancelled = false;
+    let stored = 0;
+    const entries = ['1.2.826.0.1.3680043.10.1453.170.201', '1.2.826.0.1.3680043.10.1453.170.202'].map(
+      (sopInstanceUid) => ({ sopInstanceUid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry,
+    );
+    await runRetrieve(
+      {
+        ...studyRootRequest(
+          { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DEST', hasDataSet: true },
+          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.170' }],
+          sent,
+        ),
+        isCancelled: () => cancelled,
+        kind: 'move',
+        callingAeTitle: 'VIEWER',
+        openTarget: async () => ({
+          pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
+          store: async () => (stored++, Status.Success),
+          close: async () => undefined,
+        }),
+        // The cancel is read while the conversion finishes: it has nothing left to stop.
+        transcoder: { transcode: async () => ((cancelled = true), { bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+      },
+      store,
+      { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+    );
+    assert.equal(stored, 0, 'no C-STORE-RQ initiated after the C-CANCEL-RQ was read');
+    assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]), [[Status.Cancel, 2, 0, 0]]);
+  });
+});
+
+test('a copy that must be converted goes into little endian where big endian was accepted too (retired, read by fewer receivers), explicit VR first; one whose syntax was accepted goes as stored', () => {
+  const ct = '1.2.840.10008.5.1.4.1.1.2';
+  const j2k = '1.2.840.10008.1.2.4.90';
+  const entry = (transferSyntaxUid: string) => ({ sopClassUid: ct, transferSyntaxUid, attributes: [] as DicomElement[] }) as CatalogEntry;
+  const bigEndian = entry(TransferSyntax.ExplicitVrBigEndian);
+  const proposals = proposalsForMove([bigEndian, entry(TransferSyntax.ImplicitVrLittleEndian)]);
+  assert.deepEqual(proposals.map((p) => p.transferSyntaxUids), [[TransferSyntax.ExplicitVrBigEndian], [TransferSyntax.ImplicitVrLittleEndian], [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian], ['1.2.840.10008.1.2.4.70', '1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.5']]);
+  // A destination that took big endian (its own context) and explicit VR LE (the fallback), refusing implicit VR.
+  const accepted = [{ id: 1, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian }, { id: 5, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }];
+  assert.deepEqual(pickContextFor(bigEndian, accepted), { presentationContextId: 1, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian }, 'as stored');
+  assert.deepEqual(pickContextFor(entry(TransferSyntax.ImplicitVrLittleEndian), accepted), { presentationContextId: 5, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+  assert.deepEqual(pickContextFor(entry(j2k), accepted), { presentationContextId: 5, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian }, 'decoded into little endian');
+  // One that took little endian only (the implicit VR context too): the big endian instance goes converted, into explicit VR (its VRs kept).
+  const littleOnly = [{ id: 3, abstractSyntaxUid: ct, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }, accepted[1]!];
+  assert.deepEqual(pickContextFor(bigEndian, littleOnly), { presentationContextId: 5, transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian });
+  // Big endian still, when it is all a receiver took.
+  assert.deepEqual(pickContextFor(entry(TransferSyntax.ImplicitVrLittleEndian), accepted.slice(0, 1)), { presentationContextId: 1, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian });
+});

@@ -320,8 +320,25 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
     keep(failureReasons, reason);
     keep(failureComments, shortReason ?? reason);
   };
+  /** Counts and lists the sub-operations not attempted yet as failed: how many they were. */
+  const failNotAttempted = () => {
+    const notSent = entries.slice(entries.length - counts.remaining);
+    counts.failed += notSent.length;
+    counts.failedUids.push(...notSent.map((e) => e.sopInstanceUid));
+    counts.remaining = 0;
+    return notSent.length;
+  };
+  /** The peer stopping, or a C-GET's requestor releasing: the sub-operations not attempted yet fail, and no more go out. */
+  const endsHere = () => {
+    const stopping = ctx.isStopping?.() === true;
+    if (!stopping && ctx.isReleasing?.() !== true) return false;
+    if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
+    failNotAttempted();
+    return true;
+  };
   for (const [groupIndex, group] of groups.entries()) {
-    if (ctx.isCancelled() || counts.remaining === 0) break;
+    // Checked before each association too: a stop between two of a move's opened the next one only to send nothing.
+    if (ctx.isCancelled() || counts.remaining === 0 || endsHere()) break;
     let target: SubOperationTarget & { close(): Promise<void> };
     try {
       // Opening a C-MOVE destination's association can take up to its timeout (30 s): Pending meanwhile.
@@ -332,10 +349,7 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
       // saw the cancel ignored until the negotiation timed out, and all of them counted failed.
       if (ctx.isCancelled()) break;
       // The sub-operations not sent failed before they began: counted and listed as such, so the client knows what was not sent.
-      const notSent = entries.slice(entries.length - counts.remaining);
-      counts.failed += notSent.length;
-      counts.failedUids.push(...notSent.map((e) => e.sopInstanceUid));
-      counts.remaining = 0;
+      const notSent = failNotAttempted();
       if (groupIndex === 0) {
         await ctx.send(
           retrieveResponse(ctx, Status.OutOfResourcesSubOps, counts, `cannot reach the destination: ${errorText(error)}`),
@@ -344,20 +358,12 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
         return;
       }
       // A later association of the move (over 128 classes).
-      countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent.length, 'cannot reach the destination again');
+      countFailures(`cannot reach the destination again for association ${groupIndex + 1} of ${groups.length}: ${errorText(error)}`, notSent, 'cannot reach the destination again');
       break;
     }
     try {
       for (const entry of group) {
-        if (ctx.isCancelled()) break;
-        const stopping = ctx.isStopping?.() === true;
-        if (stopping || ctx.isReleasing?.()) {
-          if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
-          counts.failed += counts.remaining;
-          counts.failedUids.push(...entries.slice(entries.length - counts.remaining).map((e) => e.sopInstanceUid));
-          counts.remaining = 0;
-          break;
-        }
+        if (ctx.isCancelled() || endsHere()) break;
         const { status, reason, comment: shortReason, cancelledBeforeSending } = await subOperation(ctx, target, store, source, entry, (work) => withPendingKeepAlive(ctx, counts, work));
         // Cancelled while it waited (its transcode stopped): not sent, so it stays remaining, as the Cancel
         // response says of the ones not attempted, rather than a failure the requestor asked for (helper 55).
@@ -418,6 +424,14 @@ interface SubOperationOutcome {
 class LocalCopyUnreadable extends Error {
   constructor(cause: unknown) {
     super(errorText(cause), { cause });
+  }
+}
+
+/** The requestor cancelled before the sub-operation's C-STORE-RQ went out. */
+class CancelledBeforeSending extends Error {
+  readonly code = 'ERR_SUBOPERATION_CANCELLED';
+  constructor() {
+    super('cancelled before its C-STORE-RQ was sent');
   }
 }
 
@@ -529,6 +543,8 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
     let status: number;
     // A C-MOVE destination's answer is ours to wait for; a C-GET requestor's is its own.
     const storeAt = (dataSet: Uint8Array | AsyncIterable<Uint8Array>) => {
+      // A C-CANCEL read while the copy was read or converted: its C-STORE is not initiated, so it remains.
+      if (ctx.isCancelled()) throw new CancelledBeforeSending();
       const stored = target.store(picked.presentationContextId, command, dataSet);
       return ctx.kind === 'move' ? whileOurs(stored) : stored;
     };
@@ -556,15 +572,25 @@ async function sendOne(ctx: RetrieveContext, target: SubOperationTarget, store: 
       status: Status.UnableToProcess,
       reason: errorText(error),
       localCopyUnreadable: error instanceof LocalCopyUnreadable,
-      cancelledBeforeSending: error instanceof TranscodeError && error.code === 'ERR_TRANSCODE_CANCELLED',
+      cancelledBeforeSending: error instanceof CancelledBeforeSending || (error instanceof TranscodeError && error.code === 'ERR_TRANSCODE_CANCELLED'),
     };
   }
 }
 
 /**
- * Picks a context among accepted ones: the stored syntax first, then one we only need to decode into, then
- * one we would compress into (a C-MOVE destination that took both a JPEG Lossless context and explicit VR
- * LE gets a JPEG 2000 instance decoded, not re-compressed).
+ * Where a converted copy goes best, first to last: explicit VR LE (it keeps every VR, private ones too),
+ * implicit VR LE, the other syntaxes we only decode into (big endian, deflated), then those we compress into.
+ */
+function conversionRank(transferSyntaxUid: string): number {
+  if (transferSyntaxUid === TransferSyntax.ExplicitVrLittleEndian) return 0;
+  if (transferSyntaxUid === TransferSyntax.ImplicitVrLittleEndian) return 1;
+  return needsEncoding(transferSyntaxUid) ? 3 : 2;
+}
+
+/**
+ * Picks a context among accepted ones: the stored syntax first, then one we only need to decode into (little
+ * endian before big endian and deflated), then one we would compress into (a C-MOVE destination that took
+ * both a JPEG Lossless context and explicit VR LE gets a JPEG 2000 instance decoded, not re-compressed).
  */
 export function pickContextFor(
   entry: CatalogEntry,
@@ -573,8 +599,10 @@ export function pickContextFor(
   const candidates = [...contexts].filter((c) => c.abstractSyntaxUid === entry.sopClassUid);
   const exact = candidates.find((c) => c.transferSyntaxUid === entry.transferSyntaxUid);
   if (exact) return { presentationContextId: exact.id, transferSyntaxUid: exact.transferSyntaxUid };
-  const convertible = candidates.filter((c) => canTranscodeInstance(entry, c.transferSyntaxUid));
-  const chosen = convertible.find((c) => !needsEncoding(c.transferSyntaxUid)) ?? convertible[0];
+  // Ranked, not in the order accepted: a destination that took a class's big endian context (for the instances
+  // stored so) and its little endian fallback got the class's other instances converted into big endian
+  // (retired, PS3.5 A.3; read by fewer receivers), and a big endian one into implicit VR, losing its VRs.
+  const [chosen] = candidates.filter((c) => canTranscodeInstance(entry, c.transferSyntaxUid)).sort((a, b) => conversionRank(a.transferSyntaxUid) - conversionRank(b.transferSyntaxUid));
   return chosen ? { presentationContextId: chosen.id, transferSyntaxUid: chosen.transferSyntaxUid } : undefined;
 }
 
