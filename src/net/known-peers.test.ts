@@ -7,6 +7,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { KNOWN_PEERS_FILE, KnownPeersFile, absenceCounts, absentMsAt, parseKnownPeers, readKnownPeers, recountedAbsence, type KnownPeersProblem } from './known-peers.ts';
 import { manualClock } from '../../test/support/manual-clock.ts';
+import { waitFor } from '../../test/support/wait.ts';
 
 const newPeerId = async (): Promise<string> => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
 
@@ -62,7 +63,8 @@ describe('known peers file', () => {
     file.noteConnected(self, ['/ip4/127.0.0.1/tcp/9']);
     ids.forEach((id, i) => file.noteConnected(id, [`/ip4/10.0.0.${i}/tcp/1`, `/ip4/10.0.0.${i}/tcp/2`, `/ip4/10.0.0.${i}/tcp/3`]));
     await assert.rejects(stat(file.path), 'nothing written at once');
-    await new Promise((r) => setTimeout(r, 500));
+    // The write's own fsyncs take a while on a loaded machine: waited for, not slept.
+    await waitFor('the first write', async () => (await readKnownPeers(dir, self, { maxPeers: 3 })).peers.length > 0);
     const written = (await readKnownPeers(dir, self, { maxPeers: 3 })).peers;
     assert.deepEqual(written.map((p) => p.peerId), ids.slice(1), 'the three last, this peer never');
     assert.deepEqual(written[0]!.addrs, [`/ip4/10.0.0.1/tcp/1/p2p/${ids[1]}`, `/ip4/10.0.0.1/tcp/2/p2p/${ids[1]}`]);
