@@ -50,8 +50,9 @@ if (single !== undefined) {
   test('seeds that once failed', () => {
     // 204: two joiners that learnt one old voter elected in its term (hunt 168's first target); 3410: a candidate
     // that adopted a newer list mid-candidacy counted its votes in it; 1328: a forgetting that reached one voter only
-    // (leaderless); 4803: a joiner admitted by a leader it never heard (leaderless, it withheld its votes).
-    for (const seed of [204, 3410, 1328, 4803]) {
+    // (leaderless); 4803: a joiner admitted by a leader it never heard (leaderless, it withheld its votes); 5241: a
+    // candidate whose voters shrank to itself (forgotten) asked nobody again, for good.
+    for (const seed of [204, 3410, 1328, 4803, 5241]) {
       const r = runElectionSimulation({ seed });
       assert.ok(r.ok, describeFailure(r));
       assert.notEqual(r.stats.settledAfterHealMs, null, `seed ${seed}: no leader after the heal`);

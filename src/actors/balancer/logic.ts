@@ -392,7 +392,8 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
       s = { ...s, candidaciesTimedOut: s.candidaciesTimedOut + 1 };
       s = { ...s, candidacyDeadlineMs: nowMs + candidacyTimeoutMs(s) };
       askForVotes(s, effects);
-      return s;
+      // Its voters may have shrunk meanwhile (peers forgotten) to a list whose majority it already holds.
+      return maybeWin(s, nowMs, effects);
     }
     // Refused in time: the voters' views disagree for now (a dead leader not noticed yet), nothing is slow, and
     // waiting longer only delays the failover (2.3 s instead of ~1.5 s when a voter noticed after 1.5 s).

@@ -147,3 +147,14 @@ test('a follower without a leader sends its voters to the rule\'s winner, which 
   assert.equal(runs.state.role, 'candidate');
   assert.ok(sent(runs.effects).some((m) => m.to === 'peer-a' && m.message.type === 'requestVote' && m.message.voters?.seq === 1));
 });
+
+test('a candidate whose voters shrink (peers forgotten) to a list whose majority it holds wins at its next ask', () => {
+  // The election simulation, seeds 5241 and 6576: the candidate asked nobody again, every vote timeout, for good.
+  const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-x']), holding(1, { peers: ['peer-a', 'peer-x'], term: 1, seq: 1 }));
+  const running = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-x')], nowMs: 0 });
+  assert.equal(running.state.role, 'candidate');
+  const forgot = run({ ...running.state, config: { ...running.state.config, rosterPeerIds: ['peer-a'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 10 });
+  assert.deepEqual(forgot.state.durable.voters?.peers, ['peer-a']);
+  const won = run(forgot.state, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 20 }, { type: 'tick', nowMs: 600 });
+  assert.equal(won.state.role, 'leader');
+});
