@@ -16,6 +16,9 @@
  * A majority of each candidate's own view would not do: two peers with disjoint stale views could
  * each gather a majority of what they see in the same term.
  * The price: a component without a roster majority elects nobody; its front doors serve locally.
+ * With a learnt roster the lists differ between peers, and majorities of two lists need not meet: with
+ * votersThroughLeader the list that counts is the admitted voters, which only a leader extends, one peer at a
+ * time (see nextVotersChange), so the lists two candidates of one term can win with have intersecting majorities.
  *
  * Terms are monotonic: a peer adopts any higher term it hears (vote, request, announcement), persists it,
  * and ignores everything older, with one exception: a request for votes it would refuse anyway, while it
@@ -696,7 +699,9 @@ function withVoters(s: BalancerState, peers: readonly string[] | undefined, seq:
  * site's successor, lost their site name: peers that never vote again) leave the voters at once, as they left the
  * roster before hunt 168: kept, a ghost no leader could be elected to take out blocked the mesh for good. A
  * majority of a list with such a peer, its vote never given again, is a majority of the list without it. The
- * leader makes it a new version, so that every follower drops it too.
+ * leader makes it a new version, so that every follower drops it too. An operator's override, outside the argument
+ * at nextVotersChange: forgetting a majority of a list at a peer that never heard the term they elected in lets it
+ * lead that term again (the election simulation, seed 17511).
  */
 function withoutForgottenVoters(s: BalancerState, forgotten: readonly string[], effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters;

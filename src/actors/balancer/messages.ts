@@ -47,8 +47,8 @@ export interface VotersVersion {
 }
 
 /**
- * The admitted voters (hunt 168): changed only by a leader, one peer in or out at a time, the next change only
- * once a majority of the list holds the last one (Raft's single-server membership change; see logic.ts).
+ * The admitted voters (hunt 168): a leader admits one peer at a time, the next only once a majority of the list
+ * holds the last (Raft's single-server membership change; see logic.ts); forgotten peers leave at once.
  */
 export interface Voters extends VotersVersion {
   /** Sorted PeerIds. */
@@ -67,8 +67,8 @@ export type BalancerMessage =
   /**
    * `rosterMissing`: on a refusal for want of them, peers of the voter's roster missing from the candidate's
    * (at most rosterMissingMax), which the candidate adds to its next candidacy's roster (hunt 159).
+   * `voters`: on a refusal, the voter's admitted voters when newer than the candidate's, which it adopts (hunt 168).
    */
-  /** `voters`: on a refusal, the voter's admitted voters when newer than the candidate's, which it adopts (hunt 168). */
   | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean; readonly rosterMissing?: readonly string[]; readonly voters?: Voters }
   /**
    * `voters`: the leader's admitted voters (hunt 168), `committed` once a majority of them holds this version;
@@ -158,10 +158,11 @@ export interface BalancerConfig {
    */
   readonly bootstrapPeerIds?: readonly string[];
   /**
-   * The voters change only through the leader (hunt 168, ElectionDurable.voters): rosterPeerIds (learnt) is what
-   * the leader admits or takes out, one peer at a time. A first start with bootstrap PeerIds begins with no voters
-   * (admitted by the mesh's leader), any other without voters with rosterPeerIds. Absent or false: rosterPeerIds
-   * are the voters (a pinned roster, the mesh simulation).
+   * Voters enter only through the leader (hunt 168, ElectionDurable.voters): rosterPeerIds (learnt) is what the
+   * leader admits, one peer at a time. A first start with bootstrap PeerIds begins with no voters (admitted by the
+   * mesh's leader), a first start without them with itself alone, a record of an earlier version with
+   * rosterPeerIds. Absent or false: rosterPeerIds are the voters (a pinned roster, the mesh simulation, the actor
+   * for now: see docs/mesh-algorithms.md, "Admitted voters").
    */
   readonly votersThroughLeader?: boolean;
   readonly routing: RoutingLimits;
