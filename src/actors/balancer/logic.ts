@@ -674,12 +674,14 @@ function votersCommitted(s: BalancerState): boolean {
 }
 
 /**
- * `a` supersedes `b`: a later version, or the same one with peers forgotten since (see withoutForgottenVoters:
- * a forgetting that reached some peers and not others reaches the rest this way, as the forget-peer topic would have).
+ * `a` supersedes `b`: a later version, or the same one made by a leader with peers forgotten since (see
+ * withoutForgottenVoters: a forgetting that reached some peers and not others reaches the rest this way, as the
+ * forget-peer topic would have). Lists of version (0, 0) were made by no leader (a first start's, or the roster of
+ * a record of an earlier version) and differ without anything forgotten.
  */
 export function newerVoters(a: Voters, b: Voters): boolean {
   const order = compareVersions(a, b);
-  return order > 0 || (order === 0 && a.peers.length < b.peers.length && a.peers.every((peerId) => b.peers.includes(peerId)));
+  return order > 0 || (order === 0 && a.term > 0 && a.peers.length < b.peers.length && a.peers.every((peerId) => b.peers.includes(peerId)));
 }
 
 function compareVersions(a: VotersVersion, b: VotersVersion): number {

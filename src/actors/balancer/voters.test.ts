@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { initBalancer, stepBalancer, type BalancerState } from './logic.ts';
+import { initBalancer, newerVoters, stepBalancer, type BalancerState } from './logic.ts';
 import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable, Voters } from './messages.ts';
 import { runSteps } from '../runtime/run-steps.ts';
 
@@ -38,6 +38,9 @@ test('a first peer starts as the only voter, a joiner as none, a record of an ea
   assert.deepEqual(initBalancer(configFor('peer-b', ['peer-b'], { bootstrapPeerIds: ['peer-a'] }), null).durable.voters, { peers: [], term: 0, seq: 0 });
   assert.deepEqual(initBalancer(configFor('peer-b', ['peer-c', 'peer-a', 'peer-b']), { currentTerm: 4, votedFor: 'peer-a' }).durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 0, seq: 0 });
   assert.equal(initBalancer(configFor('peer-a', ['peer-a'], { votersThroughLeader: false }), null).durable.voters, undefined, 'a pinned roster keeps its rules');
+  // Lists no leader made differ without anything forgotten: a joiner's empty one never replaces a first peer's.
+  assert.equal(newerVoters({ peers: [], term: 0, seq: 0 }, { peers: ['peer-a'], term: 0, seq: 0 }), false);
+  assert.equal(newerVoters({ peers: ['peer-a'], term: 1, seq: 0 }, { peers: ['peer-a', 'peer-x'], term: 1, seq: 0 }), true);
 });
 
 test('two joiners that learnt one voter of the mesh do not elect beside it in its term (the election simulation, seed 204)', () => {
