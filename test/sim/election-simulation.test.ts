@@ -64,15 +64,20 @@ if (single !== undefined) {
     assert.deepEqual(unsettled, [], 'rerun one with ELECTION_SIM_SEED');
   });
 
+  // The seeds of 1-5000 that elect two leaders in one term with the learnt roster counting (hunt 164's build).
+  const learntSeeds = [
+    204, 310, 389, 453, 490, 519, 535, 927, 934, 988, 1109, 1201, 1233, 1272, 1333, 1503, 1510, 1557, 1601, 1630, 1850, 1904, 1922, 2185, 2237, 2260, 2293, 2320, 2342,
+    2454, 2535, 2591, 2700, 3004, 3038, 3214, 3434, 3514, 3601, 3615, 3690, 3814, 3951, 4073, 4109, 4112, 4449, 4451, 4519, 4648, 4653, 4710, 4712, 4749, 4809, 4863,
+    4895, 4967,
+  ];
   let learntRuns: ElectionSimResult[] | undefined;
-  const learntCount = Math.min(count, 100);
-  const learntSweep = (): ElectionSimResult[] => (learntRuns ??= Array.from({ length: learntCount }, (_, i) => runElectionSimulation({ seed: first + i, votersThroughLeader: false })));
-  test(`with the learnt roster counting (as the actor wires it), at most one leader per term (${learntCount} seeds from ${first})`, { todo: 'learnt rosters can still elect two leaders in one term until the actor admits voters through the leader (hunt 168: see docs/mesh-algorithms.md)' }, () => {
+  const learntSweep = (): ElectionSimResult[] => (learntRuns ??= learntSeeds.map((seed) => runElectionSimulation({ seed, votersThroughLeader: false })));
+  test(`with the learnt roster counting (as the actor wires it), at most one leader per term (the ${learntSeeds.length} seeds of 1-5000 that broke)`, { todo: 'learnt rosters can still elect two leaders in one term until the actor admits voters through the leader (hunt 168: see docs/mesh-algorithms.md)' }, () => {
     const failures = learntSweep().filter((r) => !r.ok);
-    assert.equal(failures.length, 0, `${failures.length} of ${learntCount} seeds failed (${failures.map((r) => r.seed).join(', ')}); the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
+    assert.equal(failures.length, 0, `${failures.length} of ${learntSeeds.length} seeds failed (${failures.map((r) => r.seed).join(', ')}); the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
   });
 
-  test(`with the learnt roster counting, at most one leader per term among claims made with the same roster (${learntCount} seeds from ${first})`, () => {
+  test(`with the learnt roster counting, at most one leader per term among claims made with the same roster (the ${learntSeeds.length} seeds of 1-5000 that broke)`, () => {
     // Majorities of one list share a voter: what the todo sweep's breaks lack (rosters that grew apart, hunt 164).
     const failures = learntSweep().filter((r) => r.sameRosterViolations.length > 0);
     assert.equal(failures.length, 0, `${failures.map((r) => r.seed).join(', ')}; the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
