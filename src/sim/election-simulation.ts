@@ -16,7 +16,7 @@
  * relays it; votes travel over a connection, opened by a peer to every peer it has seen alive (and to its
  * bootstrap peer).
  *
- * Checked after every step: at most one leader per term anywhere. Counted, not checked: after a final heal
+ * Checked after every step: at most one leader per term anywhere. Counted (and checked by the test): after a final heal
  * (and, at random, the operator forgetting the killed peers), whether the live peers end with one leader
  * followed by all within settleMaxMs when they are connected and the newest admitted voters among them have a
  * majority not killed (the cost of a safety rule in availability; the peers that have not met the mesh are counted apart).
@@ -117,7 +117,10 @@ export interface ElectionSimResult extends SimRunReport {
      * neither run nor vote, by design (hunt 164), e.g. when their bootstrap peer was killed before they learnt it.
      */
     readonly peersNotMetTheMesh: number;
-    /** The live peers could elect after the heal: they are connected, and votersMajorityAlive. */
+    /**
+     * The live peers could elect after the heal: they are connected, and votersMajorityAlive (with the learnt
+     * roster counting: each sees a majority of its roster alive, and all met the mesh).
+     */
     readonly leaderExpected: boolean;
     /**
      * The newest admitted voters among the live peers (hunt 168) have a strict majority not killed: without it
@@ -466,7 +469,9 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     .map((p) => p.live?.balancer.durable.voters)
     .reduce<Voters | undefined>((a, b) => (b !== undefined && (a === undefined || newerVoters(b, a)) ? b : a), undefined);
   const votersMajorityAlive = newestVoters !== undefined && newestVoters.peers.filter((id) => alive.has(id)).length * 2 > newestVoters.peers.length;
-  const leaderExpected = connected && votersMajorityAlive;
+  // With the learnt roster counting (votersThroughLeader false): each sees a majority of its roster alive, and all met the mesh.
+  const rosterMajorities = peersNotMetTheMesh === 0 && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
+  const leaderExpected = connected && (newestVoters === undefined ? rosterMajorities : votersMajorityAlive);
   const finalPeers = peers.map((p) => {
     const b = p.live?.balancer;
     const voters = b?.durable.voters === undefined ? '' : `, voters ${b.durable.voters.peers.join(',')} v${b.durable.voters.term}.${b.durable.voters.seq}`;
