@@ -5,8 +5,9 @@
  * `learnRoster` on every view before the reducer counts with it, persisted at once and read back through
  * `rosterAtStart` after a crash, the settle time after a start, and the longer wait of a peer started with
  * `--bootstrap` whose roster is itself alone, and the rule that such a peer neither runs nor votes before it has
- * met its bootstrap peer (BalancerConfig.bootstrapPeerIds, hunt 164). Only membership and the balancer run (custody has its own
- * simulation).
+ * met its bootstrap peer (BalancerConfig.bootstrapPeerIds, hunt 164). By default the votes that count are the admitted
+ * voters', changed only through the leader (BalancerConfig.votersThroughLeader, hunt 168; not wired in the actor
+ * yet). Only membership and the balancer run (custody has its own simulation).
  *
  * Peers join over the run, each knowing only a bootstrap peer that joined before it; they crash and restart,
  * are killed for good (ghosts in the rosters of those that saw them, unknown to later joiners), are
@@ -15,13 +16,13 @@
  * relays it; votes travel over a connection, opened by a peer to every peer it has seen alive (and to its
  * bootstrap peer).
  *
- * Checked after every step: at most one leader per term anywhere. Counted, not checked: after a final heal
+ * Checked after every step: at most one leader per term anywhere. Counted (and checked by the test): after a final heal
  * (and, at random, the operator forgetting the killed peers), whether the live peers end with one leader
- * followed by all within settleMaxMs when each of them sees a majority of its own roster alive and has met the
- * mesh (the cost of a safety rule in availability; the peers that have not met it are counted apart).
+ * followed by all within settleMaxMs when they are connected and the newest admitted voters among them have a
+ * majority not killed (the cost of a safety rule in availability; the peers that have not met the mesh are counted apart).
  */
-import { initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
-import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
+import { initBalancer, newerVoters, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
+import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable, Voters } from '../actors/balancer/messages.ts';
 import { forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeers } from '../actors/balancer/roster.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
 import type { Heartbeat, MemberRecord, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
@@ -89,6 +90,11 @@ export interface ElectionSimOptions {
   readonly faultPhaseMs?: number;
   readonly settleMaxMs?: number;
   readonly faults?: Partial<ElectionSimFaults>;
+  /**
+   * BalancerConfig.votersThroughLeader (default true): the voters change only through the leader (hunt 168).
+   * False: the learnt roster counts, as the balancer actor still wires it (two leaders of one term in 58 of seeds 1-5000).
+   */
+  readonly votersThroughLeader?: boolean;
 }
 
 /** ok: at most one leader per term held throughout. */
@@ -111,8 +117,16 @@ export interface ElectionSimResult extends SimRunReport {
      * neither run nor vote, by design (hunt 164), e.g. when their bootstrap peer was killed before they learnt it.
      */
     readonly peersNotMetTheMesh: number;
-    /** The live peers could elect after the heal (each sees a majority of its roster alive, and all met the mesh). */
+    /**
+     * The live peers could elect after the heal: they are connected, and votersMajorityAlive (with the learnt
+     * roster counting: each sees a majority of its roster alive, and all met the mesh).
+     */
     readonly leaderExpected: boolean;
+    /**
+     * The newest admitted voters among the live peers (hunt 168) have a strict majority not killed: without it
+     * no rule can elect safely (a voter killed is a voter cut off, for all the others know).
+     */
+    readonly votersMajorityAlive: boolean;
     /** Simulated ms from the final heal to one leader followed by all live peers; null when never. */
     readonly settledAfterHealMs: number | null;
   };
@@ -286,8 +300,11 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
         broadcast(peer, { kind: 'balancer', message: e.message });
         return;
       case 'claimedLeadership': {
-        const roster = peer.live?.balancer.config.rosterPeerIds ?? [];
-        log(`${peer.peerId} claims leadership of term ${e.term} (roster ${roster.join(',')})`);
+        // The list its majority was counted in: the admitted voters (hunt 168).
+        const balancer = peer.live?.balancer;
+        const roster = balancer?.durable.voters?.peers ?? balancer?.config.rosterPeerIds ?? [];
+        const version = balancer?.durable.voters === undefined ? '' : ` v${balancer.durable.voters.term}.${balancer.durable.voters.seq}`;
+        log(`${peer.peerId} claims leadership of term ${e.term} (roster ${roster.join(',')}${version})`);
         const previous = claimsByTerm.get(e.term);
         if (previous !== undefined && previous.peerId !== peer.peerId) {
           // Rosters that share no peer are two meshes that never met (a joiner that never reached the mesh).
@@ -324,7 +341,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       deadAfterMs: timings.deadAfterMs,
       membersMax: timings.membersMax,
     });
-    const config = simBalancerConfig(peer.peerId, [...roster.keys()].sort());
+    const config = { ...simBalancerConfig(peer.peerId, [...roster.keys()].sort()), votersThroughLeader: options.votersThroughLeader ?? true };
     const balancer = initBalancer(peer.bootstrapPeerId === undefined ? config : { ...config, bootstrapPeerIds: [peer.bootstrapPeerId] }, peer.durable.election);
     peer.live = {
       membership,
@@ -361,10 +378,10 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     if (live === null) return;
     const members = viewMembers(live.membership, nowMs);
     const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
-    const { peers: roster, gone } = forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId);
-    if (gone.length === 0) return;
-    setRoster(p, live, roster);
-    run(p, [{ to: 'balancer', input: { type: 'viewChanged', members, nowMs } }]);
+    if (peerId === p.peerId || up.has(peerId)) return;
+    setRoster(p, live, forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId).peers);
+    // Out of the voters too, though this peer never learnt it (admitted by a leader that had).
+    run(p, [{ to: 'balancer', input: { type: 'peersForgotten', peerIds: [peerId], nowMs } }]);
   };
 
   const deliverDue = (): void => {
@@ -448,10 +465,17 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
   const livePeers = peers.filter((p) => p.live !== null);
   const connected = livePeers.length > 0 && reachable(livePeers[0] as Peer).length === livePeers.length - 1;
   const peersNotMetTheMesh = livePeers.filter((p) => p.live?.balancer.durable.meshMet === false).length;
-  const leaderExpected = connected && peersNotMetTheMesh === 0 && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
+  const newestVoters = livePeers
+    .map((p) => p.live?.balancer.durable.voters)
+    .reduce<Voters | undefined>((a, b) => (b !== undefined && (a === undefined || newerVoters(b, a)) ? b : a), undefined);
+  const votersMajorityAlive = newestVoters !== undefined && newestVoters.peers.filter((id) => alive.has(id)).length * 2 > newestVoters.peers.length;
+  // With the learnt roster counting (votersThroughLeader false): each sees a majority of its roster alive, and all met the mesh.
+  const rosterMajorities = peersNotMetTheMesh === 0 && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
+  const leaderExpected = connected && (newestVoters === undefined ? rosterMajorities : votersMajorityAlive);
   const finalPeers = peers.map((p) => {
     const b = p.live?.balancer;
-    const state = p.killed ? 'killed' : b === undefined ? 'down' : `${b.role} term ${b.durable.currentTerm} leader ${b.leaderId ?? '-'}`;
+    const voters = b?.durable.voters === undefined ? '' : `, voters ${b.durable.voters.peers.join(',')} v${b.durable.voters.term}.${b.durable.voters.seq}`;
+    const state = p.killed ? 'killed' : b === undefined ? 'down' : `${b.role} term ${b.durable.currentTerm} leader ${b.leaderId ?? '-'}${voters}`;
     return `${p.peerId} (joined ${p.joinAtMs} ms, bootstrap ${p.bootstrapPeerId ?? '-'}): ${state}, roster ${[...p.durable.roster.keys()].sort().join(',')}`;
   });
   return {
@@ -461,7 +485,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     sameRosterViolations,
     traceTail: record.traceTail(),
     finalPeers,
-    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, leaderExpected, settledAfterHealMs },
+    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, leaderExpected, votersMajorityAlive, settledAfterHealMs },
   };
 }
 

@@ -297,10 +297,12 @@ function claimedSender(message: BalancerMessage): string | null {
     case 'requestVote':
       return message.candidateId;
     case 'vote':
+    case 'votersHeld':
       return message.voterId;
     case 'announce':
       return message.leaderId;
     case 'newerTerm':
+    case 'voters':
       return null;
     default: {
       const unreachable: never = message;

@@ -16,6 +16,9 @@
  * A majority of each candidate's own view would not do: two peers with disjoint stale views could
  * each gather a majority of what they see in the same term.
  * The price: a component without a roster majority elects nobody; its front doors serve locally.
+ * With a learnt roster the lists differ between peers, and majorities of two lists need not meet: with
+ * votersThroughLeader the list that counts is the admitted voters, which only a leader extends, one peer at a
+ * time (see nextVotersChange), so the lists two candidates of one term can win with have intersecting majorities.
  *
  * Terms are monotonic: a peer adopts any higher term it hears (vote, request, announcement), persists it,
  * and ignores everything older, with one exception: a request for votes it would refuse anyway, while it
@@ -40,6 +43,8 @@ import {
   type RoutingEntry,
   type RoutingLimits,
   type RoutingTable,
+  type Voters,
+  type VotersVersion,
 } from './messages.ts';
 
 export type BalancerRole = 'follower' | 'candidate' | 'leader';
@@ -80,7 +85,7 @@ export interface BalancerState {
    * The latest request for votes this peer left unanswered for want of a roster majority in its view (see
    * onMessage): answered as soon as its view shows one, if still of its term. Undefined when none.
    */
-  readonly withheldVoteRequest?: { readonly candidateId: string; readonly term: number; readonly roster?: readonly string[] };
+  readonly withheldVoteRequest?: { readonly candidateId: string; readonly term: number; readonly roster?: readonly string[]; readonly voters?: VotersVersion };
   /**
    * After a stall, no request for votes is answered before this time (see afterStall): the view is the one from
    * before the stall. Undefined when none.
@@ -91,6 +96,10 @@ export interface BalancerState {
    * rosterMissingFrom): part of its candidacies' roster until it leads or follows a leader. Undefined when none.
    */
   readonly rosterTaught?: readonly string[];
+  /** Without a leader: when this peer next sends its voters to the rule's winner (see pushVoters). Undefined: at once. */
+  readonly votersPushAtMs?: number;
+  /** Leader: the voters that hold its current ElectionDurable.voters (itself included). Undefined when none. */
+  readonly votersHeldBy?: readonly string[];
 }
 
 export interface BalancerStep {
@@ -112,11 +121,16 @@ export const defaultRoutingLimits: RoutingLimits = {
  */
 export function initBalancer(config: BalancerConfig, durable: ElectionDurable | null): BalancerState {
   const record = durable ?? { currentTerm: 0, votedFor: null };
-  const firstStart = record.meshMet === undefined && record.currentTerm === 0 && record.votedFor === null;
+  const firstStart = record.meshMet === undefined && record.currentTerm === 0 && record.votedFor === null && record.voters === undefined;
+  // Its own address in the list (the same --bootstrap list given to every site) names no peer to meet.
+  const joins = firstStart && (config.bootstrapPeerIds ?? []).some((peerId) => peerId !== config.selfPeerId);
+  const met = joins ? { ...record, meshMet: false } : record;
+  // A joiner is no voter until the mesh's leader admits it, a first peer starts the mesh alone, and a record of a
+  // version before hunt 168 counts the roster it learnt (version 0: judged as before until a leader stamps its own).
+  const initialVoters: Voters = { peers: joins ? [] : durable === null || firstStart ? [config.selfPeerId] : [...config.rosterPeerIds].sort(), term: 0, seq: 0 };
   return {
     config,
-    // Its own address in the list (the same --bootstrap list given to every site) names no peer to meet.
-    durable: firstStart && (config.bootstrapPeerIds ?? []).some((peerId) => peerId !== config.selfPeerId) ? { ...record, meshMet: false } : record,
+    durable: config.votersThroughLeader === true && met.voters === undefined ? { ...met, voters: initialVoters } : met,
     role: 'follower',
     leaderId: null,
     leaderHeardAtMs: 0,
@@ -137,6 +151,9 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
   switch (input.type) {
     case 'tick':
       next = onTick(answerWithheldVoteRequest(state, input.nowMs, effects), input.nowMs, effects);
+      break;
+    case 'peersForgotten':
+      next = onTick(withoutForgottenVoters(state, input.peerIds, effects), input.nowMs, effects);
       break;
     case 'viewChanged':
       next = onTick(answerWithheldVoteRequest({ ...state, members: input.members }, input.nowMs, effects), input.nowMs, effects);
@@ -174,7 +191,9 @@ function noteMeshMet(s: BalancerState, effects: BalancerEffect[], candidateRoste
   const roster = new Set([...s.config.rosterPeerIds, ...candidateRoster]);
   const bootstrapInRoster = (s.config.bootstrapPeerIds ?? []).some((peerId) => peerId !== s.config.selfPeerId && roster.has(peerId));
   const followsLeader = s.role === 'follower' && s.leaderId !== null;
-  if (!bootstrapInRoster && !followsLeader) return s;
+  // Admitted to the voters (hunt 168): a leader of the mesh counted it, though it may never have heard that leader.
+  const admitted = s.durable.voters?.peers.includes(s.config.selfPeerId) === true;
+  if (!bootstrapInRoster && !followsLeader && !admitted) return s;
   const durable: ElectionDurable = { ...s.durable, meshMet: true };
   effects.push({ type: 'persist', key: 'election', value: durable });
   return { ...s, durable };
@@ -299,14 +318,31 @@ function compareRank(a: { priority: number; peerId: string }, b: { priority: num
  * of three sites' disks full, the third ran for a new term every vote timeout (11 to 1,500 in minutes).
  */
 function seesRosterMajority(state: BalancerState, votersOnly = false): boolean {
-  const roster = new Set(state.config.rosterPeerIds);
+  const voters = voterIds(state);
+  const roster = new Set(voters);
   let alive = 0;
   for (const m of state.members) if (m.status === 'alive' && roster.has(m.peerId) && (!votersOnly || m.electable)) alive += 1;
-  return alive >= majorityOf(state.config.rosterPeerIds);
+  return alive >= majorityOf(voters);
+}
+
+/** Whose votes count: the admitted voters (ElectionDurable.voters) when this peer keeps them, else its roster. */
+function voterIds(state: BalancerState): readonly string[] {
+  return state.durable.voters?.peers ?? state.config.rosterPeerIds;
+}
+
+/**
+ * The rule's winner among the peers whose votes count: a peer not admitted yet can neither run nor be voted for
+ * by a peer that waits for it, and the leader that would admit it must be elected meanwhile.
+ */
+function ruleWinnerOf(state: BalancerState): MemberRecord | null {
+  const voters = state.durable.voters;
+  if (voters === undefined) return ruleWinner(state.members);
+  const admitted = new Set(voters.peers);
+  return ruleWinner(state.members.filter((m) => admitted.has(m.peerId)));
 }
 
 function selfIsWinner(state: BalancerState): boolean {
-  return ruleWinner(state.members)?.peerId === state.config.selfPeerId;
+  return ruleWinnerOf(state)?.peerId === state.config.selfPeerId;
 }
 
 /**
@@ -317,7 +353,7 @@ function selfIsWinner(state: BalancerState): boolean {
  * term from while it settled, its first candidacy reused a term everyone had voted in, and was refused.
  */
 function keepsLead(state: BalancerState, nowMs: number): boolean {
-  const winner = ruleWinner(state.members);
+  const winner = ruleWinnerOf(state);
   if (winner === null) return false;
   if (winner.peerId === state.config.selfPeerId) return true;
   const self = state.members.find((m) => m.peerId === state.config.selfPeerId);
@@ -336,7 +372,8 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
       effects.push({ type: 'leaderChanged', term: s.durable.currentTerm, leaderId: null });
       s = setTable(s, null, effects);
     } else {
-      if (nowMs >= s.nextAnnounceAtMs) s = announce(s, nowMs, effects);
+      const changed = nextVotersChange(s, effects);
+      if (changed !== s || nowMs >= s.nextAnnounceAtMs) return announce(changed, nowMs, effects);
       return s;
     }
   }
@@ -348,6 +385,7 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
     }
   }
   if (s.leaderAtStall !== undefined && !s.members.some((m) => m.peerId === s.leaderAtStall && m.status !== 'dead')) s = { ...s, leaderAtStall: undefined };
+  s = pushVoters(s, nowMs, effects);
   if (s.role === 'candidate' && nowMs >= s.candidacyDeadlineMs) {
     if (!s.candidacyRefused && mayRun(s, nowMs)) {
       // Out of time with no refusal: the votes are late or lost, not denied. Ask again in this term (a voter
@@ -357,7 +395,8 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
       s = { ...s, candidaciesTimedOut: s.candidaciesTimedOut + 1 };
       s = { ...s, candidacyDeadlineMs: nowMs + candidacyTimeoutMs(s) };
       askForVotes(s, effects);
-      return s;
+      // Its voters may have shrunk meanwhile (peers forgotten) to a list whose majority it already holds.
+      return maybeWin(s, nowMs, effects);
     }
     // Refused in time: the voters' views disagree for now (a dead leader not noticed yet), nothing is slow, and
     // waiting longer only delays the failover (2.3 s instead of ~1.5 s when a voter noticed after 1.5 s).
@@ -385,6 +424,19 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
   return maybeWin(s, nowMs, effects);
 }
 
+/**
+ * A follower without a leader sends its voters to the rule's winner among them, every vote timeout: that peer may
+ * not know it was admitted (the leader that admitted it fell before it heard), and then nobody runs.
+ */
+function pushVoters(s: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
+  const voters = s.durable.voters;
+  if (voters === undefined || s.role !== 'follower' || s.leaderId !== null || nowMs < (s.votersPushAtMs ?? Number.NEGATIVE_INFINITY)) return s;
+  const winner = ruleWinnerOf(s);
+  if (winner === null || winner.peerId === s.config.selfPeerId) return s;
+  effects.push({ type: 'send', to: winner.peerId, message: { type: 'voters', term: s.durable.currentTerm, voters } });
+  return { ...s, votersPushAtMs: nowMs + s.config.voteTimeoutMs };
+}
+
 /** Whether this peer may stand (or go on standing) for election now, its settle times aside. */
 function mayRun(s: BalancerState, nowMs: number): boolean {
   return hasMetTheMesh(s) && !leaderAtStallSuspect(s) && s.leaderId !== s.config.selfPeerId && selfIsWinner(s) && seesRosterMajority(s, true) && !followsBetterRankedLeader(s, nowMs);
@@ -393,9 +445,11 @@ function mayRun(s: BalancerState, nowMs: number): boolean {
 /** requestVote of this peer's current term to every other voter that has not granted it yet. */
 function askForVotes(s: BalancerState, effects: BalancerEffect[]): void {
   const roster = candidacyRoster(s);
+  const voters = s.durable.voters;
+  const version = voters === undefined ? {} : { voters: { term: voters.term, seq: voters.seq } };
   for (const peerId of roster) {
     if (peerId === s.config.selfPeerId || s.votesGranted.includes(peerId)) continue;
-    effects.push({ type: 'send', to: peerId, message: { type: 'requestVote', term: s.durable.currentTerm, candidateId: s.config.selfPeerId, roster } });
+    effects.push({ type: 'send', to: peerId, message: { type: 'requestVote', term: s.durable.currentTerm, candidateId: s.config.selfPeerId, roster, ...version } });
   }
 }
 
@@ -406,6 +460,7 @@ function askForVotes(s: BalancerState, effects: BalancerEffect[]): void {
  * and the mesh had no leader until the ghost was forgotten (the election simulation, hunt 159).
  */
 function candidacyRoster(s: BalancerState): readonly string[] {
+  if (s.durable.voters !== undefined) return s.durable.voters.peers;
   const taught = s.rosterTaught;
   if (taught === undefined) return s.config.rosterPeerIds;
   return [...new Set([...s.config.rosterPeerIds, ...taught])].sort();
@@ -427,6 +482,8 @@ function onMessage(
     }
     s = adoptTerm(s, message.term, effects);
   }
+  // A candidate's voters came from the leader that made them, as a refusal's do (see heldVoters).
+  if (message.type === 'requestVote' && message.voters !== undefined && message.roster !== undefined) s = heldVoters(s, { ...message.voters, peers: message.roster }, effects);
   const term = s.durable.currentTerm;
   switch (message.type) {
     case 'requestVote': {
@@ -443,11 +500,15 @@ function onMessage(
         // voter sees its majority, instead of running a new term every vote timeout while it does not. It is
         // answered as soon as this voter's view shows its majority (answerWithheldVoteRequest); not on the view
         // from before a stall of its own (answersVoteRequests).
-        if (!answersVoteRequests(s, nowMs)) return { ...s, withheldVoteRequest: { candidateId: candidate, term, ...(message.roster !== undefined ? { roster: message.roster } : {}) } };
+        if (!answersVoteRequests(s, nowMs)) return { ...s, withheldVoteRequest: { candidateId: candidate, term, ...(message.roster !== undefined ? { roster: message.roster } : {}), ...(message.voters !== undefined ? { voters: message.voters } : {}) } };
         // A request kept from before is answered by this one (a candidate's next ask came before the tick that would answer it).
         if (s.withheldVoteRequest !== undefined) s = withoutWithheldVoteRequest(s);
-        missing = rosterMissingFrom(message.roster, s.config.rosterPeerIds);
-        granted = wouldVoteFor(s, candidate) && missing.length === 0;
+        const own = s.durable.voters;
+        if (own !== undefined && message.voters !== undefined) granted = wouldVoteFor(s, candidate) && compareVersions(message.voters, own) >= 0;
+        else {
+          missing = rosterMissingFrom(message.roster, s.config.rosterPeerIds);
+          granted = wouldVoteFor(s, candidate) && missing.length === 0;
+        }
         if (granted && s.durable.votedFor !== candidate) {
           const durable: ElectionDurable = { ...s.durable, currentTerm: term, votedFor: candidate };
           effects.push({ type: 'persist', key: 'election', value: durable });
@@ -458,12 +519,13 @@ function onMessage(
         // resumed leader, before that leader's announcement reached it.
         if (granted) s = { ...s, candidacyDeadlineMs: Math.max(s.candidacyDeadlineMs, nowMs + s.config.voteTimeoutMs) };
       }
-      effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted, ...(missing.length > 0 ? { rosterMissing: missing.slice(0, rosterMissingMax) } : {}) } });
+      const newer = !granted && s.durable.voters !== undefined && message.voters !== undefined && compareVersions(s.durable.voters, message.voters) > 0 ? { voters: s.durable.voters } : {};
+      effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted, ...(missing.length > 0 ? { rosterMissing: missing.slice(0, rosterMissingMax) } : {}), ...newer } });
       return s;
     }
     case 'vote': {
       if (s.role !== 'candidate' || message.term !== term) return s;
-      if (!message.granted) return { ...taughtBy(s, message.rosterMissing), candidacyRefused: true };
+      if (!message.granted) return { ...taughtBy(heldVoters(s, message.voters, effects), message.rosterMissing), candidacyRefused: true };
       if (s.votesGranted.includes(message.voterId) || !candidacyRoster(s).includes(message.voterId)) return s;
       return maybeWin({ ...s, votesGranted: [...s.votesGranted, message.voterId] }, nowMs, effects);
     }
@@ -477,7 +539,17 @@ function onMessage(
       // A leader of our term exists: a candidate of this term lost, and a leader here would be a bug.
       if (s.leaderId !== message.leaderId) effects.push({ type: 'leaderChanged', term, leaderId: message.leaderId });
       s = { ...withoutRosterTaught(s), role: 'follower', votesGranted: [], leaderId: message.leaderId, leaderHeardAtMs: nowMs, candidaciesTimedOut: 0 };
+      s = holdLeadersVoters(s, message.leaderId, message.voters, effects);
       return setTable(s, message.table, effects);
+    }
+    case 'voters':
+      return heldVoters(s, message.voters, effects);
+    case 'votersHeld': {
+      const voters = s.durable.voters;
+      const held = s.votersHeldBy ?? [];
+      if (s.role !== 'leader' || message.term !== term || voters === undefined || compareVersions(message.voters, voters) !== 0) return s;
+      if (held.includes(message.voterId) || !voters.peers.includes(message.voterId)) return s;
+      return { ...s, votersHeldBy: [...held, message.voterId] };
     }
     case 'newerTerm':
       // Adopting the term (above) already made this peer a follower; nothing else to do.
@@ -489,7 +561,7 @@ function onMessage(
 
 /** Vote only for the rule's winner as this peer sees it (or a better-ranked peer), so that views, not races, pick the leader. */
 function wouldVoteFor(state: BalancerState, candidateId: string): boolean {
-  const best = ruleWinner(state.members);
+  const best = ruleWinnerOf(state);
   const known = state.members.find((m) => m.peerId === candidateId);
   return best === null || best.peerId === candidateId || (known !== undefined && compareRank(known, best) <= 0);
 }
@@ -585,21 +657,120 @@ function candidacyTimeoutMs(state: BalancerState): number {
 }
 
 function maybeWin(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
-  if (state.votesGranted.length < majorityOf(candidacyRoster(state))) return state;
+  const roster = candidacyRoster(state);
+  if (state.votesGranted.filter((peerId) => roster.includes(peerId)).length < majorityOf(roster)) return state;
   const term = state.durable.currentTerm;
   effects.push({ type: 'claimedLeadership', term });
   effects.push({ type: 'leaderChanged', term, leaderId: state.config.selfPeerId });
   const s: BalancerState = { ...withoutRosterTaught(state), role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0 };
-  return announce(s, nowMs, effects);
+  // Its voters stamped with its term before any change (Raft's leader commits an entry of its own term first):
+  // once a majority holds them, no candidate holding an older leader's uncommitted change gets their votes.
+  return announce(withVoters(s, s.durable.voters?.peers, 0, effects), nowMs, effects);
+}
+
+/** Leader: a majority of its voters holds its current list (see nextVotersChange). */
+function votersCommitted(s: BalancerState): boolean {
+  return s.durable.voters !== undefined && (s.votersHeldBy ?? []).length >= majorityOf(s.durable.voters.peers);
+}
+
+/**
+ * `a` supersedes `b`: a later version, or the same one made by a leader with peers forgotten since (see
+ * withoutForgottenVoters: a forgetting that reached some peers and not others reaches the rest this way, as the
+ * forget-peer topic would have). Lists of version (0, 0) were made by no leader (a first start's, or the roster of
+ * a record of an earlier version) and differ without anything forgotten.
+ */
+export function newerVoters(a: Voters, b: Voters): boolean {
+  const order = compareVersions(a, b);
+  return order > 0 || (order === 0 && a.term > 0 && a.peers.length < b.peers.length && a.peers.every((peerId) => b.peers.includes(peerId)));
+}
+
+function compareVersions(a: VotersVersion, b: VotersVersion): number {
+  return a.term !== b.term ? a.term - b.term : a.seq - b.seq;
+}
+
+/** Leader: `peers` as its voters, version (its term, seq), persisted before anything leaves; no-op without voters. */
+function withVoters(s: BalancerState, peers: readonly string[] | undefined, seq: number, effects: BalancerEffect[]): BalancerState {
+  if (peers === undefined || s.durable.voters === undefined) return s;
+  const durable: ElectionDurable = { ...s.durable, voters: { peers: [...peers].sort(), term: s.durable.currentTerm, seq } };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  return { ...s, durable, votersHeldBy: [s.config.selfPeerId] };
+}
+
+/**
+ * Peers taken out of the roster (forgotten by the operator or after rosterForgetAfterMs, replaced by a restored
+ * site's successor, lost their site name: peers that never vote again) leave the voters at once, as they left the
+ * roster before hunt 168: kept, a ghost no leader could be elected to take out blocked the mesh for good. A
+ * majority of a list with such a peer, its vote never given again, is a majority of the list without it. The
+ * leader makes it a new version, so that every follower drops it too. An operator's override, outside the argument
+ * at nextVotersChange: forgetting a majority of a list at a peer that never heard the term they elected in lets it
+ * lead that term again (the election simulation, seed 17511).
+ */
+function withoutForgottenVoters(s: BalancerState, forgotten: readonly string[], effects: BalancerEffect[]): BalancerState {
+  const voters = s.durable.voters;
+  const gone = new Set(forgotten.filter((peerId) => peerId !== s.config.selfPeerId));
+  if (voters === undefined || !voters.peers.some((peerId) => gone.has(peerId))) return s;
+  const peers = voters.peers.filter((peerId) => !gone.has(peerId));
+  if (s.role === 'leader') return withVoters(s, peers, voters.seq + 1, effects);
+  const durable: ElectionDurable = { ...s.durable, voters: { ...voters, peers } };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  return { ...s, durable };
+}
+
+/**
+ * Leader: once a majority of its voters holds them, one peer of its roster alive in its view admitted.
+ * Why one at a time, each held by a majority before the next: any majority of a list and any majority of that
+ * list with one peer more or less share a peer, and no candidate can win with a list older than one a majority
+ * holds (a voter grants no older version), so every two lists a leader can be elected with are at most one change apart.
+ */
+function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): BalancerState {
+  const voters = s.durable.voters;
+  if (voters === undefined || !votersCommitted(s)) return s;
+  const roster = new Set(s.config.rosterPeerIds);
+  const admitted = new Set(voters.peers);
+  const joiner = s.members.find((m) => m.status === 'alive' && roster.has(m.peerId) && !admitted.has(m.peerId));
+  if (joiner !== undefined) return withVoters(s, [...voters.peers, joiner.peerId], voters.seq + 1, effects);
+  return s;
+}
+
+/**
+ * Follower: the leader's voters, adopted (persisted) when newer than its own, and acknowledged while the leader
+ * has not seen a majority hold them. A follower without voters of its own (a pinned roster) ignores them.
+ */
+function holdLeadersVoters(s: BalancerState, leaderId: string, voters: (Voters & { readonly committed: boolean }) | undefined, effects: BalancerEffect[]): BalancerState {
+  const own = s.durable.voters;
+  if (own === undefined || voters === undefined) return s;
+  const next = heldVoters(s, voters, effects);
+  if (!voters.committed && compareVersions(voters, own) >= 0) {
+    effects.push({ type: 'send', to: leaderId, message: { type: 'votersHeld', term: s.durable.currentTerm, voterId: s.config.selfPeerId, voters: { term: voters.term, seq: voters.seq } } });
+  }
+  return next;
+}
+
+/**
+ * `voters` adopted (persisted) when newer than this peer's own: from its leader, or from a voter refusing it for
+ * holding newer ones. A list only ever comes from the leader that made it, so one relayed is that leader's message
+ * arriving late, which the argument at nextVotersChange allows; without the relay, a best-ranked peer that missed a
+ * change ran and was refused for good (no other peer runs while it is alive).
+ */
+function heldVoters(s: BalancerState, voters: Voters | undefined, effects: BalancerEffect[]): BalancerState {
+  const own = s.durable.voters;
+  if (own === undefined || voters === undefined || !newerVoters(voters, own)) return s;
+  const durable: ElectionDurable = { ...s.durable, voters: { peers: voters.peers, term: voters.term, seq: voters.seq } };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  // A candidacy ends with the list it was judged by: votes granted to it count in no other (a leader holds the
+  // newest list of its term, and a newer one comes only with a newer term, which made it a follower already).
+  return s.role === 'candidate' ? { ...s, durable, role: 'follower', votesGranted: [] } : { ...s, durable };
 }
 
 function announce(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
   const table = buildRoutingTable(state.members, state.durable.currentTerm, state.config.selfPeerId, state.config.routing);
   const s = setTable({ ...state, nextAnnounceAtMs: nowMs + state.config.announceIntervalMs }, table, effects);
+  const voters = s.durable.voters;
+  const committed = votersCommitted(s);
   effects.push({
     type: 'publish',
     topic: routingTopic,
-    message: { type: 'announce', term: table.term, leaderId: table.leaderId, table },
+    message: { type: 'announce', term: table.term, leaderId: table.leaderId, table, ...(voters !== undefined ? { voters: { ...voters, committed } } : {}) },
   });
   return s;
 }

@@ -37,19 +37,51 @@ export interface RoutingTable {
   readonly entries: readonly RoutingEntry[];
 }
 
+/**
+ * Which change of the admitted voters (see Voters) a list is: compared by term, then seq. A leader makes at most
+ * one list per (term, seq), so two lists of one version are the same list.
+ */
+export interface VotersVersion {
+  readonly term: number;
+  readonly seq: number;
+}
+
+/**
+ * The admitted voters (hunt 168): a leader admits one peer at a time, the next only once a majority of the list
+ * holds the last (Raft's single-server membership change; see logic.ts); forgotten peers leave at once.
+ */
+export interface Voters extends VotersVersion {
+  /** Sorted PeerIds. */
+  readonly peers: readonly string[];
+}
+
 /** Messages between balancers (votes are point to point, announcements go over gossip). */
 export type BalancerMessage =
   /**
    * `roster`: the candidate's roster (sorted PeerIds), sent since hunt 159; a voter grants only a candidate whose
    * roster holds every peer of its own (see logic.ts, rosterMissingFrom). Absent from peers of earlier versions.
+   * `voters`: the version of the candidate's admitted voters (its `roster` then), sent since hunt 168: a voter
+   * holding admitted voters grants only a candidate whose version is not older than its own.
    */
-  | { readonly type: 'requestVote'; readonly term: number; readonly candidateId: string; readonly roster?: readonly string[] }
+  | { readonly type: 'requestVote'; readonly term: number; readonly candidateId: string; readonly roster?: readonly string[]; readonly voters?: VotersVersion }
   /**
    * `rosterMissing`: on a refusal for want of them, peers of the voter's roster missing from the candidate's
    * (at most rosterMissingMax), which the candidate adds to its next candidacy's roster (hunt 159).
+   * `voters`: on a refusal, the voter's admitted voters when newer than the candidate's, which it adopts (hunt 168).
    */
-  | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean; readonly rosterMissing?: readonly string[] }
-  | { readonly type: 'announce'; readonly term: number; readonly leaderId: string; readonly table: RoutingTable }
+  | { readonly type: 'vote'; readonly term: number; readonly voterId: string; readonly granted: boolean; readonly rosterMissing?: readonly string[]; readonly voters?: Voters }
+  /**
+   * `voters`: the leader's admitted voters (hunt 168), `committed` once a majority of them holds this version;
+   * a follower adopts a newer version and acknowledges it with votersHeld while it is not committed.
+   */
+  | { readonly type: 'announce'; readonly term: number; readonly leaderId: string; readonly table: RoutingTable; readonly voters?: Voters & { readonly committed: boolean } }
+  /**
+   * The sender's admitted voters, sent while it has no leader to the peer its rule names (hunt 168): a peer
+   * admitted by a leader that fell before telling it never ran, and the others waited for it.
+   */
+  | { readonly type: 'voters'; readonly term: number; readonly voters: Voters }
+  /** A follower holds (persisted) the leader's voters of this version: counted towards committing it (hunt 168). */
+  | { readonly type: 'votersHeld'; readonly term: number; readonly voterId: string; readonly voters: VotersVersion }
   /** Answer to an announcement of an older term, so that a leader cut off from a newer election steps down. */
   | { readonly type: 'newerTerm'; readonly term: number };
 
@@ -64,6 +96,11 @@ export interface ElectionDurable {
    * that never had bootstrap PeerIds, or of a version before hunt 164; either way the ordinary rules apply.
    */
   readonly meshMet?: boolean;
+  /**
+   * The admitted voters (BalancerConfig.votersThroughLeader): whose votes count, instead of rosterPeerIds.
+   * Absent: the learnt or pinned roster counts, as before hunt 168.
+   */
+  readonly voters?: Voters;
 }
 
 export interface RoutingLimits {
@@ -120,11 +157,24 @@ export interface BalancerConfig {
    * and met only later joiners elected with them in a term the mesh used (hunt 164). Absent or empty: no such rule.
    */
   readonly bootstrapPeerIds?: readonly string[];
+  /**
+   * Voters enter only through the leader (hunt 168, ElectionDurable.voters): rosterPeerIds (learnt) is what the
+   * leader admits, one peer at a time. A first start with bootstrap PeerIds begins with no voters (admitted by the
+   * mesh's leader), a first start without them with itself alone, a record of an earlier version with
+   * rosterPeerIds. Absent or false: rosterPeerIds are the voters (a pinned roster, the mesh simulation, the actor
+   * for now: see docs/mesh-algorithms.md, "Admitted voters").
+   */
+  readonly votersThroughLeader?: boolean;
   readonly routing: RoutingLimits;
 }
 
 export type BalancerInput =
   | { readonly type: 'tick'; readonly nowMs: number }
+  /**
+   * Peers taken out of the roster for good (forget-peer, forget-site, a successor's replacement, a lost site name,
+   * rosterForgetAfterMs), already out of rosterPeerIds: they leave the admitted voters too (hunt 168).
+   */
+  | { readonly type: 'peersForgotten'; readonly peerIds: readonly string[]; readonly nowMs: number }
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
   | {
       readonly type: 'messageReceived';

@@ -1,0 +1,163 @@
+/**
+ * Admitted voters (BalancerConfig.votersThroughLeader, hunt 168): the voters change only through the leader, one
+ * peer at a time, and a voter grants no candidate holding an older list (Raft's single-server membership change).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { MemberRecord } from '../membership/messages.ts';
+import { memberRecord } from '../membership/fixtures/member-record.ts';
+import { initBalancer, newerVoters, stepBalancer, type BalancerState } from './logic.ts';
+import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable, Voters } from './messages.ts';
+import { runSteps } from '../runtime/run-steps.ts';
+
+function configFor(selfPeerId: string, rosterPeerIds: readonly string[], extra: Partial<BalancerConfig> = {}): BalancerConfig {
+  return {
+    selfPeerId,
+    rosterPeerIds,
+    voteTimeoutMs: 500,
+    announceIntervalMs: 200,
+    leaderSilenceMaxMs: 1000,
+    votersThroughLeader: true,
+    routing: { associationsPerPeerMax: 10, custodyQueueMax: 100, freeDiskBytesMin: 1000, refillLagInstancesMin: 100 },
+    ...extra,
+  };
+}
+
+const alive = (peerId: string, priority = 0): MemberRecord => memberRecord(peerId, { priority });
+const run = (state: BalancerState, ...inputs: BalancerInput[]) => runSteps(stepBalancer, state, inputs);
+const received = (from: string, message: BalancerMessage, nowMs: number): BalancerInput => ({ type: 'messageReceived', from, message, nowMs });
+const holding = (term: number, voters: Voters, votedFor: string | null = null): ElectionDurable => ({ currentTerm: term, votedFor, voters });
+const sent = (effects: readonly BalancerEffect[]): Array<{ to: string; message: BalancerMessage }> =>
+  effects.flatMap((e) => (e.type === 'send' ? [{ to: e.to, message: e.message }] : []));
+const persistedVoters = (effects: readonly BalancerEffect[]): Voters[] => effects.flatMap((e) => (e.type === 'persist' && e.value.voters !== undefined ? [e.value.voters] : []));
+const announced = (effects: readonly BalancerEffect[]) =>
+  effects.flatMap((e) => (e.type === 'publish' && e.message.type === 'announce' && e.message.voters !== undefined ? [e.message.voters] : []));
+
+test('a first peer starts as the only voter, a joiner as none, a record of an earlier version with its learnt roster', () => {
+  assert.deepEqual(initBalancer(configFor('peer-a', ['peer-a', 'peer-b']), null).durable.voters, { peers: ['peer-a'], term: 0, seq: 0 });
+  assert.deepEqual(initBalancer(configFor('peer-b', ['peer-b'], { bootstrapPeerIds: ['peer-a'] }), null).durable.voters, { peers: [], term: 0, seq: 0 });
+  assert.deepEqual(initBalancer(configFor('peer-b', ['peer-c', 'peer-a', 'peer-b']), { currentTerm: 4, votedFor: 'peer-a' }).durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 0, seq: 0 });
+  assert.equal(initBalancer(configFor('peer-a', ['peer-a'], { votersThroughLeader: false }), null).durable.voters, undefined, 'a pinned roster keeps its rules');
+  // Lists no leader made differ without anything forgotten: a joiner's empty one never replaces a first peer's.
+  assert.equal(newerVoters({ peers: [], term: 0, seq: 0 }, { peers: ['peer-a'], term: 0, seq: 0 }), false);
+  assert.equal(newerVoters({ peers: ['peer-a'], term: 1, seq: 0 }, { peers: ['peer-a', 'peer-x'], term: 1, seq: 0 }), true);
+});
+
+test('two joiners that learnt one voter of the mesh do not elect beside it in its term (the election simulation, seed 204)', () => {
+  // peer-a led term 1 with {peer-a, peer-b}; peer-d and peer-e joined through it while peer-b was away, learnt only
+  // peer-a, and led term 1 with {peer-d, peer-e}: a majority of {peer-a, peer-d, peer-e} sharing no voter with peer-a's.
+  const view = [alive('peer-a', 2), alive('peer-d'), alive('peer-e', 1)];
+  const d = initBalancer(configFor('peer-d', ['peer-a', 'peer-d', 'peer-e'], { bootstrapPeerIds: ['peer-a'] }), null);
+  const idle = run(d, { type: 'viewChanged', members: view, nowMs: 3000 }, { type: 'tick', nowMs: 60_000 });
+  assert.equal(idle.state.role, 'follower', 'the rule winner of the view, yet no voter: it does not run');
+  assert.equal(idle.state.durable.currentTerm, 0);
+  // peer-e, not admitted either, does not answer its request: its vote would count nowhere.
+  const e = initBalancer(configFor('peer-e', ['peer-a', 'peer-d', 'peer-e'], { bootstrapPeerIds: ['peer-d'] }), null);
+  const asked = run(e, { type: 'viewChanged', members: view, nowMs: 3000 }, received('peer-d', { type: 'requestVote', term: 1, candidateId: 'peer-d', roster: ['peer-a', 'peer-d', 'peer-e'] }, 3100));
+  assert.deepEqual(sent(asked.effects), []);
+});
+
+test('a leader stamps its voters with its term, then admits one peer of its roster at a time, each once a majority holds the last', () => {
+  const a0 = initBalancer(configFor('peer-a', ['peer-a']), null);
+  const won = run(a0, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 });
+  assert.equal(won.state.role, 'leader');
+  assert.deepEqual(persistedVoters(won.effects).at(-1), { peers: ['peer-a'], term: 1, seq: 0 });
+  assert.deepEqual(announced(won.effects), [{ peers: ['peer-a'], term: 1, seq: 0, committed: true }]);
+  // It learns peer-b and peer-c: peer-b first, alone.
+  const view = [alive('peer-a'), alive('peer-b'), alive('peer-c')];
+  const a1 = { ...won.state, config: { ...won.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } };
+  const first = run(a1, { type: 'viewChanged', members: view, nowMs: 100 }, { type: 'tick', nowMs: 150 });
+  assert.deepEqual(persistedVoters(first.effects), [{ peers: ['peer-a', 'peer-b'], term: 1, seq: 1 }]);
+  assert.deepEqual(announced(first.effects)[0], { peers: ['peer-a', 'peer-b'], term: 1, seq: 1, committed: false });
+  // Until peer-b holds it (a majority of two), no second change.
+  const waits = run(first.state, { type: 'tick', nowMs: 400 });
+  assert.deepEqual(persistedVoters(waits.effects), []);
+  const wrongVersion = run(waits.state, received('peer-b', { type: 'votersHeld', term: 1, voterId: 'peer-b', voters: { term: 1, seq: 0 } }, 410), { type: 'tick', nowMs: 420 });
+  assert.deepEqual(persistedVoters(wrongVersion.effects), [], 'an acknowledgement of another version does not count');
+  const held = run(wrongVersion.state, received('peer-b', { type: 'votersHeld', term: 1, voterId: 'peer-b', voters: { term: 1, seq: 1 } }, 430), { type: 'tick', nowMs: 450 });
+  assert.deepEqual(persistedVoters(held.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 }]);
+});
+
+test('a joiner adopts the leader\'s newer voters, persisted before its acknowledgement, and is admitted (it has met the mesh)', () => {
+  const b = initBalancer(configFor('peer-b', ['peer-a', 'peer-b'], { bootstrapPeerIds: ['peer-x'] }), null);
+  assert.equal(b.durable.meshMet, false);
+  const table = { term: 1, leaderId: 'peer-a', entries: [] };
+  const voters = { peers: ['peer-a', 'peer-b'], term: 1, seq: 1, committed: false };
+  const adopted = run(b, received('peer-a', { type: 'announce', term: 1, leaderId: 'peer-a', table, voters }, 100));
+  assert.deepEqual(adopted.state.durable.voters, { peers: ['peer-a', 'peer-b'], term: 1, seq: 1 });
+  assert.equal(adopted.state.durable.meshMet, true);
+  const persistAt = adopted.effects.findIndex((e) => e.type === 'persist' && e.value.voters?.seq === 1);
+  const ackAt = adopted.effects.findIndex((e) => e.type === 'send' && e.message.type === 'votersHeld');
+  assert.ok(persistAt >= 0 && persistAt < ackAt, 'held on disk before it says so');
+  // Once the leader says a majority holds it, no more acknowledgements.
+  const quiet = run(adopted.state, received('peer-a', { type: 'announce', term: 1, leaderId: 'peer-a', table, voters: { ...voters, committed: true } }, 300));
+  assert.deepEqual(sent(quiet.effects), []);
+});
+
+test('a voter grants no candidate holding older voters than its own, and its refusal carries them: the candidacy ends there', () => {
+  const newer: Voters = { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 1 };
+  const b = initBalancer(configFor('peer-b', newer.peers), holding(2, newer));
+  const view = [alive('peer-a', 1), alive('peer-b', 1), alive('peer-c')];
+  const older = run(b, { type: 'viewChanged', members: view, nowMs: 0 }, received('peer-c', { type: 'requestVote', term: 3, candidateId: 'peer-c', roster: ['peer-a', 'peer-c'], voters: { term: 1, seq: 4 } }, 10));
+  const refusal = sent(older.effects).find((m) => m.message.type === 'vote');
+  assert.ok(refusal !== undefined && refusal.message.type === 'vote' && !refusal.message.granted);
+  assert.deepEqual(refusal.message.voters, newer);
+  // The same candidate holding them is granted.
+  const current = run(older.state, received('peer-c', { type: 'requestVote', term: 4, candidateId: 'peer-c', roster: newer.peers, voters: { term: 2, seq: 1 } }, 20));
+  assert.ok(sent(current.effects).some((m) => m.message.type === 'vote' && m.message.granted));
+  // The candidate adopts them and stops counting the votes of its candidacy: peer-a's late vote makes no leader.
+  const c = initBalancer(configFor('peer-c', ['peer-a', 'peer-c', 'peer-d']), holding(2, { peers: ['peer-a', 'peer-c', 'peer-d'], term: 1, seq: 4 }));
+  const running = run(c, { type: 'viewChanged', members: [...view, alive('peer-d', 2)], nowMs: 0 });
+  assert.equal(running.state.role, 'candidate');
+  const refused = run(running.state, received('peer-d', { type: 'vote', term: 3, voterId: 'peer-d', granted: false, voters: newer }, 10));
+  assert.deepEqual(refused.state.durable.voters, newer);
+  assert.equal(refused.state.role, 'follower');
+  const late = run(refused.state, received('peer-a', { type: 'vote', term: 3, voterId: 'peer-a', granted: true }, 20));
+  assert.notEqual(late.state.role, 'leader');
+});
+
+test('forgotten peers leave the voters at once: a follower keeps the version, the leader makes a new one, and a list with them forgotten supersedes its version', () => {
+  const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x'], term: 1, seq: 2 };
+  const b = initBalancer(configFor('peer-b', ['peer-a', 'peer-b', 'peer-c']), holding(1, voters));
+  const forgot = run(b, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 0 });
+  assert.deepEqual(forgot.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 });
+  // peer-c, which the forgetting did not reach, takes it from peer-b's list of the same version.
+  const c = initBalancer(configFor('peer-c', ['peer-a', 'peer-b', 'peer-c', 'peer-x']), holding(1, voters));
+  const taught = run(c, received('peer-b', { type: 'voters', term: 1, voters: forgot.state.durable.voters as Voters }, 10));
+  assert.deepEqual(taught.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 });
+  const notBack = run(taught.state, received('peer-a', { type: 'voters', term: 1, voters }, 20));
+  assert.deepEqual(notBack.state.durable.voters?.peers, ['peer-a', 'peer-b', 'peer-c'], 'the list with the ghost is not taken back');
+  // A leader makes it a version of its own, so that every follower drops the peer.
+  const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-b', 'peer-c', 'peer-x']), holding(1, voters, 'peer-a'));
+  const leads = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b'), alive('peer-c')], nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10), received('peer-c', { type: 'vote', term: 2, voterId: 'peer-c', granted: true }, 11));
+  assert.equal(leads.state.role, 'leader');
+  const dropped = run({ ...leads.state, config: { ...leads.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 100 });
+  assert.deepEqual(dropped.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 1 });
+});
+
+test('a follower without a leader sends its voters to the rule\'s winner, which learns that it was admitted and runs', () => {
+  // The election simulation, seed 91: peer-a admitted peer-c and fell before peer-c heard; peer-c ranks first, so
+  // peer-a waited for it, and peer-c, no voter in its own eyes, never ran.
+  const voters: Voters = { peers: ['peer-a', 'peer-c'], term: 1, seq: 1 };
+  const view = [alive('peer-a', 1), alive('peer-c')];
+  const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-c']), holding(1, voters));
+  const pushed = run(a, { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(pushed.state.role, 'follower');
+  assert.deepEqual(sent(pushed.effects), [{ to: 'peer-c', message: { type: 'voters', term: 1, voters } }]);
+  assert.deepEqual(sent(run(pushed.state, { type: 'tick', nowMs: 100 }).effects), [], 'once a vote timeout');
+  const c = initBalancer(configFor('peer-c', ['peer-a', 'peer-c'], { bootstrapPeerIds: ['peer-x'] }), null);
+  const runs = run(c, received('peer-a', { type: 'voters', term: 1, voters }, 0), { type: 'viewChanged', members: view, nowMs: 10 });
+  assert.equal(runs.state.role, 'candidate');
+  assert.ok(sent(runs.effects).some((m) => m.to === 'peer-a' && m.message.type === 'requestVote' && m.message.voters?.seq === 1));
+});
+
+test('a candidate whose voters shrink (peers forgotten) to a list whose majority it holds wins at its next ask', () => {
+  // The election simulation, seeds 5241 and 6576: the candidate asked nobody again, every vote timeout, for good.
+  const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-x']), holding(1, { peers: ['peer-a', 'peer-x'], term: 1, seq: 1 }));
+  const running = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-x')], nowMs: 0 });
+  assert.equal(running.state.role, 'candidate');
+  const forgot = run({ ...running.state, config: { ...running.state.config, rosterPeerIds: ['peer-a'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 10 });
+  assert.deepEqual(forgot.state.durable.voters?.peers, ['peer-a']);
+  const won = run(forgot.state, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 20 }, { type: 'tick', nowMs: 600 });
+  assert.equal(won.state.role, 'leader');
+});
