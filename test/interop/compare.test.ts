@@ -89,6 +89,16 @@ describe('copyDifferences', () => {
     }
   });
 
+  it('an original converted into deflated explicit VR LE, or a deflated one converted: the same, pixel values included; other pixel values are a difference', () => {
+    const deflated = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian });
+    for (const ts of [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]) {
+      const other = makeInstance({ ...base, transferSyntaxUid: ts });
+      assert.deepEqual(copyDifferences(other, deflated), [], `${ts} -> deflated`);
+      assert.deepEqual(copyDifferences(deflated, other), [], `deflated -> ${ts}`);
+      assert.match(copyDifferences(other, makeInstance({ ...base, transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian, pixelSeed: 99 })).join(), /\(7FE0,0010\) value differs/, ts);
+    }
+  });
+
   it('an empty sequence goes into implicit VR as an empty value (nothing tells them apart there): the same; a value where the sequence was is a difference', () => {
     const withSequence = (transferSyntaxUid: typeof TransferSyntax.ExplicitVrLittleEndian | typeof TransferSyntax.ImplicitVrLittleEndian, value: Uint8Array) =>
       makeInstance({ ...base, transferSyntaxUid, extraElements: [{ tag: 0x00081111, vr: 'SQ', value }] });

@@ -387,7 +387,8 @@ export function copyDifferences(original: Uint8Array, copy: Uint8Array): string[
   const copyTs = readPart10(copy).transferSyntaxUid;
   const cmp = compareInstances(original, copy);
   if (cmp.transferSyntaxUid === originalTs || copyTs === originalTs) return cmp.identity === 'different' ? cmp.differences : [];
-  const uncompressed: readonly string[] = [TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE];
+  // Deflated too: its data set is inflated before it is walked, and its pixel values are native.
+  const uncompressed: readonly string[] = [TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE, TS.DeflatedLE];
   const compressed = !uncompressed.includes(originalTs);
   // Between uncompressed syntaxes the pixel values are compared too (a big endian original's swapped, as its other binary values).
   const withoutPixels = (flat: FlatDataset) => (compressed || !uncompressed.includes(copyTs) ? new Map([...flat].filter(([key]) => !key.startsWith('(7FE0,0010)'))) : flat);
