@@ -258,12 +258,12 @@ export interface ElementComparison {
   compared: number;
 }
 
-/** `ignoreVr`: one side is implicit VR, so only tags and values can be compared. */
 /** An empty sequence, or an empty value. */
 function isEmpty(value: FlatValue): boolean {
   return value.kind === 'sequence' ? value.items === 0 : value.kind === 'value' && value.bytes.length === 0;
 }
 
+/** `ignoreVr`: one side is implicit VR, so only tags and values can be compared. */
 export function compareFlat(expected: FlatDataset, actual: FlatDataset, opts: { ignoreVr?: boolean } = {}): ElementComparison {
   const differences: string[] = [];
   const tolerated: string[] = [];
