@@ -78,4 +78,33 @@ describe('copyDifferences', () => {
       assert.match(copyDifferences(bigEndian, changed).join(), /\(7FE0,0010\) value differs/, ts);
     }
   });
+
+  it('a little endian original converted into big endian (a C-GET requestor proposing it first): the same, its binary values swapped back; one changed pixel byte is a difference', () => {
+    const bigEndian = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.ExplicitVrBigEndian });
+    for (const ts of [TransferSyntax.ExplicitVrLittleEndian, TransferSyntax.ImplicitVrLittleEndian]) {
+      assert.deepEqual(copyDifferences(makeInstance({ ...base, transferSyntaxUid: ts }), bigEndian), [], ts);
+      const changed = Uint8Array.from(bigEndian);
+      changed[changed.length - 3] = changed[changed.length - 3]! ^ 0xff;
+      assert.match(copyDifferences(makeInstance({ ...base, transferSyntaxUid: ts }), changed).join(), /\(7FE0,0010\) value differs/, ts);
+    }
+  });
+
+  it('an original converted into deflated explicit VR LE, or a deflated one converted: the same, pixel values included; other pixel values are a difference', () => {
+    const deflated = makeInstance({ ...base, transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian });
+    for (const ts of [TransferSyntax.ImplicitVrLittleEndian, TransferSyntax.ExplicitVrBigEndian]) {
+      const other = makeInstance({ ...base, transferSyntaxUid: ts });
+      assert.deepEqual(copyDifferences(other, deflated), [], `${ts} -> deflated`);
+      assert.deepEqual(copyDifferences(deflated, other), [], `deflated -> ${ts}`);
+      assert.match(copyDifferences(other, makeInstance({ ...base, transferSyntaxUid: TransferSyntax.DeflatedExplicitVrLittleEndian, pixelSeed: 99 })).join(), /\(7FE0,0010\) value differs/, ts);
+    }
+  });
+
+  it('an empty sequence goes into implicit VR as an empty value (nothing tells them apart there): the same; a value where the sequence was is a difference', () => {
+    const withSequence = (transferSyntaxUid: typeof TransferSyntax.ExplicitVrLittleEndian | typeof TransferSyntax.ImplicitVrLittleEndian, value: Uint8Array) =>
+      makeInstance({ ...base, transferSyntaxUid, extraElements: [{ tag: 0x00081111, vr: 'SQ', value }] });
+    const explicit = withSequence(TransferSyntax.ExplicitVrLittleEndian, new Uint8Array(0));
+    assert.equal(flattenFile(explicit).flat.get('(0008,1111)')?.kind, 'sequence');
+    assert.deepEqual(copyDifferences(explicit, withSequence(TransferSyntax.ImplicitVrLittleEndian, new Uint8Array(0))), []);
+    assert.match(copyDifferences(explicit, withSequence(TransferSyntax.ImplicitVrLittleEndian, Uint8Array.from([1, 2]))).join(), /\(0008,1111\) sequence -> value/);
+  });
 });

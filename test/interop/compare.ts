@@ -258,6 +258,11 @@ export interface ElementComparison {
   compared: number;
 }
 
+/** An empty sequence, or an empty value. */
+function isEmpty(value: FlatValue): boolean {
+  return value.kind === 'sequence' ? value.items === 0 : value.kind === 'value' && value.bytes.length === 0;
+}
+
 /** `ignoreVr`: one side is implicit VR, so only tags and values can be compared. */
 export function compareFlat(expected: FlatDataset, actual: FlatDataset, opts: { ignoreVr?: boolean } = {}): ElementComparison {
   const differences: string[] = [];
@@ -277,6 +282,8 @@ export function compareFlat(expected: FlatDataset, actual: FlatDataset, opts: { 
     }
     if (!opts.ignoreVr && want.vr !== got.vr) differences.push(`${key} VR ${want.vr || '(implicit)'} -> ${got.vr || '(implicit)'}`);
     if (want.kind !== got.kind) {
+      // Implicit VR cannot tell an empty sequence from an empty value without a dictionary.
+      if (opts.ignoreVr && isEmpty(want) && isEmpty(got)) continue;
       differences.push(`${key} ${want.kind} -> ${got.kind}`);
       continue;
     }
@@ -380,17 +387,19 @@ export function copyDifferences(original: Uint8Array, copy: Uint8Array): string[
   const copyTs = readPart10(copy).transferSyntaxUid;
   const cmp = compareInstances(original, copy);
   if (cmp.transferSyntaxUid === originalTs || copyTs === originalTs) return cmp.identity === 'different' ? cmp.differences : [];
-  const uncompressed: readonly string[] = [TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE];
+  // Deflated too: its data set is inflated before it is walked, and its pixel values are native.
+  const uncompressed: readonly string[] = [TS.ImplicitLE, TS.ExplicitLE, TS.ExplicitBE, TS.DeflatedLE];
   const compressed = !uncompressed.includes(originalTs);
   // Between uncompressed syntaxes the pixel values are compared too (a big endian original's swapped, as its other binary values).
   const withoutPixels = (flat: FlatDataset) => (compressed || !uncompressed.includes(copyTs) ? new Map([...flat].filter(([key]) => !key.startsWith('(7FE0,0010)'))) : flat);
   const originalFlat = flattenFile(original).flat;
+  const copyFlat = flattenFile(copy).flat;
   const a = withoutPixels(originalTs === TS.ExplicitBE ? littleEndian(originalFlat) : originalFlat);
-  const b = withoutPixels(flattenFile(copy).flat);
+  const b = withoutPixels(copyTs === TS.ExplicitBE ? littleEndian(copyFlat) : copyFlat);
   return compareFlat(a, b, { ignoreVr: true }).differences.filter((d) => !(compressed && d.startsWith('(0028,')));
 }
 
-/** Binary values of a big endian data set with their bytes in little endian order, to compare with a converted copy. */
+/** Binary values of a big endian data set with their bytes in little endian order, to compare it with one in little endian. */
 function littleEndian(flat: FlatDataset): FlatDataset {
   const unit: Record<string, number> = { US: 2, SS: 2, OW: 2, AT: 2, UL: 4, SL: 4, FL: 4, OF: 4, OL: 4, FD: 8, OD: 8, SV: 8, UV: 8, OV: 8 };
   return new Map(

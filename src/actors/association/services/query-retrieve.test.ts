@@ -1,5 +1,6 @@
 /** C-GET/C-MOVE decisions taken before any sub-operation, from what the retrieve source resolved. */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -662,37 +663,49 @@ test('a peer stopping between the two associations of a C-MOVE of 129 classes op
   });
 });
 
-test('a C-CANCEL arriving while a sub-operation\'s copy is read or converted: that C-STORE is not sent, the instance remains (PS3.4 C.4.2.3.1)', async () => {
+test('a C-CANCEL arriving while a sub-operation\'s copy is read (sent as stored) or converted, in a C-GET or a C-MOVE: that C-STORE is not sent, the instance remains (PS3.4 C.4.2.3.1, C.4.3.3.1)', async () => {
   await withEmptyStore(async (store) => {
-    const sent: DimseCommand[] = [];
-    let cancelled = false;
-    let stored = 0;
+    const copy = new Uint8Array([1]);
     const entries = ['1.2.826.0.1.3680043.10.1453.170.201', '1.2.826.0.1.3680043.10.1453.170.202'].map(
-      (sopInstanceUid) => ({ sopInstanceUid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: 1 }) as CatalogEntry,
+      (sopInstanceUid) => ({ sopInstanceUid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: TransferSyntax.ExplicitVrLittleEndian, byteLength: copy.length, sha256: createHash('sha256').update(copy).digest('hex') }) as CatalogEntry,
     );
-    await runRetrieve(
-      {
-        ...studyRootRequest(
-          { commandField: CommandField.CMoveRq, messageId: 7, affectedSopClassUid: '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DEST', hasDataSet: true },
-          [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.170' }],
-          sent,
-        ),
-        isCancelled: () => cancelled,
-        kind: 'move',
-        callingAeTitle: 'VIEWER',
-        openTarget: async () => ({
-          pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }),
-          store: async () => (stored++, Status.Success),
-          close: async () => undefined,
-        }),
-        // The cancel is read while the conversion finishes: it has nothing left to stop.
-        transcoder: { transcode: async () => ((cancelled = true), { bytes: new Uint8Array([1]), transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
-      },
-      store,
-      { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
-    );
-    assert.equal(stored, 0, 'no C-STORE-RQ initiated after the C-CANCEL-RQ was read');
-    assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]), [[Status.Cancel, 2, 0, 0]]);
+    for (const kind of ['get', 'move'] as const) {
+      for (const moment of ['read', 'converted'] as const) {
+        const sent: DimseCommand[] = [];
+        let cancelled = false;
+        let stored = 0;
+        // The cancel is read while the copy's last bytes are read, or while its conversion finishes: either has nothing left to stop.
+        const reading = Object.assign(Object.create(store) as ReplicaStore, {
+          readInstance: async function* () {
+            cancelled ||= moment === 'read';
+            yield copy;
+          },
+        });
+        await runRetrieve(
+          {
+            ...studyRootRequest(
+              { commandField: kind === 'get' ? CommandField.CGetRq : CommandField.CMoveRq, messageId: 7, affectedSopClassUid: kind === 'get' ? '1.2.840.10008.5.1.4.1.2.2.3' : '1.2.840.10008.5.1.4.1.2.2.2', moveDestination: 'DEST', hasDataSet: true },
+              [{ tag: Tags.StudyInstanceUID, vr: 'UI', value: '1.2.826.0.1.3680043.10.1453.170' }],
+              sent,
+            ),
+            isCancelled: () => cancelled,
+            kind,
+            callingAeTitle: 'VIEWER',
+            openTarget: async () => ({
+              // Accepted as stored (its copy is read and sent), or in implicit VR LE only (it goes through the transcoder).
+              pickContext: () => ({ presentationContextId: 1, transferSyntaxUid: moment === 'read' ? TransferSyntax.ExplicitVrLittleEndian : TransferSyntax.ImplicitVrLittleEndian }),
+              store: async () => (stored++, Status.Success),
+              close: async () => undefined,
+            }),
+            transcoder: { transcode: async () => ((cancelled = true), { bytes: copy, transferSyntaxUid: TransferSyntax.ImplicitVrLittleEndian }) },
+          },
+          reading,
+          { resolve: async () => ({ entries, truncated: false }), ensureLocal: async (e) => e },
+        );
+        assert.equal(stored, 0, `${kind}, ${moment}: no C-STORE-RQ initiated after the C-CANCEL-RQ was read`);
+        assert.deepEqual(sent.map((rsp) => [rsp.status, rsp.remainingSubOperations, rsp.completedSubOperations, rsp.failedSubOperations]), [[Status.Cancel, 2, 0, 0]], `${kind}, ${moment}`);
+      }
+    }
   });
 });
 
