@@ -11,9 +11,11 @@ import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
 import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
-import { bootstrapFailureCause, createMeshNode, dialCauseCounts, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
+import { bootstrapFailureCause, createMeshNode, dialCauseCounts, handledStreamCloseMs, peerActivityNoticeMs, savedRedialRestMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
@@ -831,6 +833,42 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     const rAgain = await start({ dataDir: rDir, p2pPort: rPort });
     assert.equal(rAgain.peerId, rId);
     await waitFor('p dialled r at its saved address', () => pAgain.connectedPeers().includes(rId), 15_000);
+  });
+
+  it('a saved peer rests from half to one and a half savedPeerInMeshRedialMs between dials in the mesh, a minute on average: sites started together do not dial in step (hunt 173)', () => {
+    assert.deepEqual([0, 0.5, 0.999].map((r) => savedRedialRestMs(60_000, r)), [30_000, 60_000, 89_940]);
+  });
+
+  it('saved peers whose addresses hang take at most half the dial slots: the peers of this run are redialled meanwhile (hunt 173)', { timeout: perTestTimeoutMs }, async () => {
+    // Twenty saved peers of sites gone, at an address that accepts and never answers (a host across a cut):
+    // before, they took every slot, the first in the loop's order at each round, and q was never redialled.
+    const held: Socket[] = [];
+    const hung = createTcpServer((s) => held.push(s.on('error', () => undefined)));
+    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
+    const hungPort = (hung.address() as AddressInfo).port;
+    const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    const gone = await Promise.all(Array.from({ length: 20 }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()));
+    const nowMs = Date.now();
+    const peers = gone.map((peerId, i) => ({ peerId, addrs: [`/ip4/127.0.0.1/tcp/${hungPort}/p2p/${peerId}`], site: `gone-${i}`, seenAtMs: nowMs }));
+    await writeFile(join(pDir, 'known-peers.json'), JSON.stringify({ version: 1, writtenAtMs: nowMs, peers }));
+    // q never redials p within the test, nor does libp2p (it keeps --bootstrap peers, which q is not to p):
+    // only p's reconnect loop can bring them together again.
+    const q = await start({ tuning: { reconnectMinDelayMs: 600_000, reconnectMaxDelayMs: 600_000 } });
+    const p = await start({ dataDir: pDir, tuning: { savedPeerInMeshRedialMs: 100 } });
+    // Before the nodes stop (stops run in reverse), else p's stop waits for its hung dials.
+    await teardown.add(async () => {
+      for (const s of held) s.destroy();
+      hung.close();
+    });
+    assert.equal(p.savedPeers, 20);
+    await p.dial(loopbackAddress(q));
+    await waitFor('p dials the saved peers, which hang', () => held.length >= 4);
+    // Every saved peer is due by now (savedPeerInMeshRedialMs); each hangs ~5 s (libp2p's handshake timeout).
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok(p.reconnectDialsInFlight() <= 4, `${p.reconnectDialsInFlight()} dials in flight, of 8`);
+    q.dropPeer(p.peerId, 'test');
+    await waitFor('p lost q', () => !p.connectedPeers().includes(q.peerId));
+    await waitFor('p redialled q past the hung dials', () => p.connectedPeers().includes(q.peerId), 20_000);
   });
 
   it('idle TCP connections without the swarm key, held open as the handshake timeout closes them, do not keep a key holder out (hunt 100)', { timeout: perTestTimeoutMs }, async () => {
