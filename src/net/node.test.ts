@@ -87,6 +87,35 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     return node;
   }
 
+  /**
+   * A TCP listener that accepts and never answers (a host across a cut): a dial there hangs until libp2p's
+   * handshake timeout (~5 s). Closed, its sockets dropped, when the test ends, before the nodes it started
+   * stop (a stop waits for its dials in flight).
+   */
+  async function hungListener(): Promise<{ hungPort: number; held: Socket[] }> {
+    const held: Socket[] = [];
+    const hung = createTcpServer((s) => held.push(s.on('error', () => undefined)));
+    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
+    // Registered before the test's nodes: the stops run in reverse.
+    await teardown.add(() => {
+      for (const s of held) s.destroy();
+      hung.close();
+    });
+    return { hungPort: (hung.address() as AddressInfo).port, held };
+  }
+
+  /** `n` saved peers of sites gone, each at `port` on loopback. */
+  async function stalePeers(n: number, port: number): Promise<Array<{ peerId: string; addrs: string[]; site: string }>> {
+    const ids = await Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()));
+    return ids.map((peerId, i) => ({ peerId, addrs: [`/ip4/127.0.0.1/tcp/${port}/p2p/${peerId}`], site: `gone-${i}` }));
+  }
+
+  /** `<dir>/known-peers.json` naming `peers`, the most recently connected last, none absent. */
+  async function writeSavedPeers(dir: string, peers: ReadonlyArray<{ peerId: string; addrs: string[]; site: string }>): Promise<void> {
+    const nowMs = Date.now();
+    await writeFile(join(dir, 'known-peers.json'), JSON.stringify({ version: 1, writtenAtMs: nowMs, peers: peers.map((p) => ({ ...p, seenAtMs: nowMs })) }));
+  }
+
   before(async () => {
     a = await start({}, true);
     const boot = [loopbackAddress(a)];
@@ -839,27 +868,28 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     assert.deepEqual([0, 0.5, 0.999].map((r) => savedRedialRestMs(60_000, r)), [30_000, 60_000, 89_940]);
   });
 
+  it('a restarted site dials the peers it saved most recently first, not after the stale ones whose addresses hang (hunt 173)', { timeout: perTestTimeoutMs }, async () => {
+    const { hungPort } = await hungListener();
+    const q = await start({});
+    const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    // Twenty older entries (sites gone, their hosts across a cut), then q, connected last.
+    await writeSavedPeers(pDir, [...(await stalePeers(20, hungPort)), { peerId: q.peerId, addrs: [loopbackAddress(q)], site: 'site-q' }]);
+    const p = await start({ dataDir: pDir });
+    assert.equal(p.savedPeers, 21);
+    // Before, q came after five rounds of four hung dials (~25 s).
+    await waitFor('p dialled q', () => p.connectedPeers().includes(q.peerId), 10_000);
+  });
+
   it('saved peers whose addresses hang take at most half the dial slots: the peers of this run are redialled meanwhile (hunt 173)', { timeout: perTestTimeoutMs }, async () => {
     // Twenty saved peers of sites gone, at an address that accepts and never answers (a host across a cut):
     // before, they took every slot, the first in the loop's order at each round, and q was never redialled.
-    const held: Socket[] = [];
-    const hung = createTcpServer((s) => held.push(s.on('error', () => undefined)));
-    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
-    const hungPort = (hung.address() as AddressInfo).port;
+    const { hungPort, held } = await hungListener();
     const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
-    const gone = await Promise.all(Array.from({ length: 20 }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()));
-    const nowMs = Date.now();
-    const peers = gone.map((peerId, i) => ({ peerId, addrs: [`/ip4/127.0.0.1/tcp/${hungPort}/p2p/${peerId}`], site: `gone-${i}`, seenAtMs: nowMs }));
-    await writeFile(join(pDir, 'known-peers.json'), JSON.stringify({ version: 1, writtenAtMs: nowMs, peers }));
+    await writeSavedPeers(pDir, await stalePeers(20, hungPort));
     // q never redials p within the test, nor does libp2p (it keeps --bootstrap peers, which q is not to p):
     // only p's reconnect loop can bring them together again.
     const q = await start({ tuning: { reconnectMinDelayMs: 600_000, reconnectMaxDelayMs: 600_000 } });
     const p = await start({ dataDir: pDir, tuning: { savedPeerInMeshRedialMs: 100 } });
-    // Before the nodes stop (stops run in reverse), else p's stop waits for its hung dials.
-    await teardown.add(async () => {
-      for (const s of held) s.destroy();
-      hung.close();
-    });
     assert.equal(p.savedPeers, 20);
     await p.dial(loopbackAddress(q));
     await waitFor('p dials the saved peers, which hang', () => held.length >= 4);

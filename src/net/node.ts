@@ -693,11 +693,15 @@ class Reconnector {
     let next = this.opts.maxDelayMs;
     // Saved addresses bring a node back into the mesh; once in, the peers' announcements say where each
     // of its part of the mesh is now, and a saved peer still not heard of is across a cut, or gone: dialled
-    // about once a minute (savedRedialRestMs), not at the loop's back-off. Before, they rested until this node was alone again, and
-    // two groups of sites cut apart, each restarted meanwhile, never redialled each other (hunt 171).
+    // about once a minute (savedRedialRestMs), not at the loop's back-off. Before, they rested until this
+    // node was alone again, and two groups of sites cut apart, each restarted meanwhile, never redialled
+    // each other (hunt 171).
     const inMesh = this.node.getConnections().length > 0;
-    let savedDialing = [...this.targets.values()].filter((t) => t.saved && t.dialing).length;
-    for (const t of this.targets.values()) {
+    const all = [...this.targets.values()];
+    let savedDialing = all.filter((t) => t.saved && t.dialing).length;
+    // The peers of this run first, then the saved ones most recently connected first (the file's order
+    // reversed): a restarted site dialled its stale entries first, and met the live ones after (hunt 173).
+    for (const t of [...all.filter((x) => !x.saved), ...all.filter((x) => x.saved).reverse()]) {
       if (t.dialing) continue;
       if (this.isConnected(t)) {
         t.attempts = 0;
