@@ -89,6 +89,9 @@ describe('known peers file', () => {
     assert.equal(absentMsAt(counting, 130), 35);
     assert.deepEqual(recountedAbsence(counting, false, 130), { countedMs: 35 });
     assert.equal(absentMsAt({ countedMs: 35 }, 1000), 35);
+    // A spell that goes on is carried over whole; a nowMs before the spell began adds nothing.
+    assert.deepEqual(recountedAbsence(counting, true, 150), { countedMs: 55, sinceMs: 150 });
+    assert.equal(absentMsAt(counting, 90), 5);
   });
 
   it('a peer not connected for 24 h of this peer\'s run time is dropped; the time between two runs is not its absence (a mesh down together finds itself again)', async () => {
