@@ -11,10 +11,10 @@ import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
 import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
-import { generateKeyPair } from '@libp2p/crypto/keys';
-import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { bootstrapFailureCause, createMeshNode, dialCauseCounts, handledStreamCloseMs, peerActivityNoticeMs, savedRedialRestMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
@@ -882,7 +882,7 @@ describe('mesh node (in process, 127.0.0.1)', () => {
 
   it('saved peers whose addresses hang take at most half the dial slots: the peers of this run are redialled meanwhile (hunt 173)', { timeout: perTestTimeoutMs }, async () => {
     // Twenty saved peers of sites gone, at an address that accepts and never answers (a host across a cut):
-    // before, they took every slot, the first in the loop's order at each round, and q was never redialled.
+    // before, they took every slot at each round, and q was never redialled.
     const { hungPort, held } = await hungListener();
     const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
     await writeSavedPeers(pDir, await stalePeers(20, hungPort));

@@ -18,9 +18,9 @@
  * operators stop and restart sites on purpose. A node with no bootstrap list is the first of its mesh.
  * Peers learnt from elsewhere (e.g. membership heartbeats carrying addresses) go in via `addKnownPeer`.
  * The addresses of the peers connected are saved in the data directory (known-peers.ts) and dialled at
- * the next start too, quietly, at the loop's back-off while no peer is connected and about once a minute while one
- * is (see Reconnector.tick): a site moved to another host or port without --bootstrap finds the others
- * itself (it served alone before: helper 91).
+ * the next start too, quietly, at the loop's back-off while no peer is connected and about once a minute
+ * while one is (see Reconnector.tick): a site moved to another host or port without --bootstrap finds the
+ * others itself (it served alone before: helper 91).
  */
 import '../polyfill.ts';
 import { networkInterfaces } from 'node:os';
@@ -372,9 +372,9 @@ interface Target {
   bootstrap: boolean;
   /**
    * Read from the data directory's known-peers file at start (addresses saved at an earlier run): dialled
-   * at the back-off while this node has no connection at all, else about every savedInMeshRedialMs (see tick),
-   * without the bootstrap warnings (a peer that moved or is down is expected). Becomes an ordinary learnt
-   * target once its peer connects or is announced.
+   * at the back-off while this node has no connection at all, else about every savedInMeshRedialMs (see
+   * tick), without the bootstrap warnings (a peer that moved or is down is expected). Becomes an ordinary
+   * learnt target once its peer connects or is announced.
    */
   saved: boolean;
   attempts: number;
@@ -438,8 +438,8 @@ const reconnectDialsMax = 8;
 
 /**
  * Of those, saved peers' at most: a saved address that hangs (a host across a cut) holds its slot until
- * libp2p's handshake timeout (~5 s), and saved peers come first in the loop's order, so 8 or more of them
- * kept the peers of this run from being redialled at all (hunt 173).
+ * libp2p's handshake timeout (~5 s); 8 or more of them, due at each round, kept the peers of this run from
+ * being redialled at all (hunt 173).
  */
 const savedDialsMax = reconnectDialsMax / 2;
 
