@@ -90,6 +90,9 @@ describe('known peers file', () => {
     assert.equal(absentMsAt(counting, 130), 35);
     assert.deepEqual(recountedAbsence(counting, false, 130), { countedMs: 35 });
     assert.equal(absentMsAt({ countedMs: 35 }, 1000), 35);
+    // A spell that goes on is carried over whole; a nowMs before the spell began adds nothing.
+    assert.deepEqual(recountedAbsence(counting, true, 150), { countedMs: 55, sinceMs: 150 });
+    assert.equal(absentMsAt(counting, 90), 5);
   });
 
   it('a peer not connected for 24 h of this peer\'s run time is dropped; the time between two runs is not its absence (a mesh down together finds itself again)', async () => {
@@ -134,6 +137,32 @@ describe('known peers file', () => {
     const written = JSON.parse(await readFile(file.path, 'utf8')) as { writtenAtMs: number; peers: Array<{ peerId: string; seenAtMs: number }> };
     assert.equal(written.writtenAtMs, clock.dateMs());
     assert.deepEqual(written.peers.map((p) => [p.peerId, p.seenAtMs]), [[x, clock.dateMs()], [y2, clock.dateMs()]], 'x and y2, connected at the stop, seen then');
+  });
+
+  it('while an absence counts, the file is written hourly and when the entry reaches 24 h: a process killed, not stopped, does not count it again from the last change (hunt 173)', async () => {
+    const self = await newPeerId();
+    const dir = await newDir();
+    const [x, y, y2] = [await newPeerId(), await newPeerId(), await newPeerId()];
+    const clock = manualClock(1_000_000);
+    const hourMs = 3600_000;
+    const file = new KnownPeersFile(dir, self, [], { writeDelayMs: 0, writeIntervalMs: 0, clock });
+    const absences = async () => (await readKnownPeers(dir, self)).peers.map((p) => [p.peerId, p.absentMs / hourMs]);
+    file.noteConnected(x, ['/ip4/10.0.0.1/tcp/1']);
+    file.noteConnected(y, ['/ip4/10.0.0.2/tcp/1']);
+    file.noteSite(x, 'site-x');
+    file.noteSite(y, 'site-y');
+    // y is restored under a new PeerId, y2, which connects: y's absence counts; nothing changes after that.
+    file.noteDisconnected(y);
+    file.noteConnected(y2, []);
+    file.noteSite(y2, 'site-y');
+    await waitFor('the change written', async () => (await absences()).length === 2);
+    clock.advance(5 * hourMs);
+    await waitFor('the absence written within the hour', async () => JSON.stringify(await absences()) === JSON.stringify([[x, 0], [y, 5]]));
+    clock.advance(19 * hourMs);
+    await waitFor('y written out at 24 h', async () => JSON.stringify(await absences()) === JSON.stringify([[x, 0]]));
+    // Killed here: the file is all a next start has.
+    assert.deepEqual(file.list().map((p) => p.peerId), [x]);
+    await file.stop();
   });
 
   it('a peer forgotten leaves the file at once, not at the next write interval; one forgotten while connected is saved again only when it connects anew', async () => {

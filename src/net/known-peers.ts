@@ -7,7 +7,8 @@
  * bring it back, and a moved site served alone (helper 91, helper 93).
  *
  * Written like the peer key (a temporary file, fsync, rename, fsync of the directory), a moment after a
- * change and then at most every `writeIntervalMs`, and at stop; at once when the operator forgets a peer.
+ * change and then at most every `writeIntervalMs`, and at stop; at once when the operator forgets a peer;
+ * hourly while an absence counts, and when an entry has been absent `forgetAfterMs` (checkpointAbsences).
  * Each entry says how long its peer had been absent (`seenAtMs`, against the file's `writtenAtMs`), counted
  * only while another peer of its own site was connected (absenceCounts): an entry absent `forgetAfterMs`
  * (24 h) so is dropped, as is one the operator forgot (POST /api/forget-peer, /api/forget-site: see forget).
@@ -23,7 +24,7 @@ import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { writeFileDurably } from '../durable-file.ts';
-import { systemClock, type Clock } from '../actors/runtime/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../actors/runtime/clock.ts';
 import { siteNamePattern } from '../config.ts';
 
 export const KNOWN_PEERS_FILE = 'known-peers.json';
@@ -31,6 +32,8 @@ const KNOWN_PEERS_VERSION = 1;
 const MAX_FILE_BYTES = 256 * 1024;
 const MAX_ADDR_CHARS = 512;
 const P2P_CODE = 421;
+/** Longest a counted absence goes unwritten: what a process killed (not stopped) loses of it (see checkpointAbsences). */
+const ABSENCE_CHECKPOINT_MS = 3600_000;
 
 export interface KnownPeer {
   readonly peerId: string;
@@ -59,8 +62,8 @@ export interface KnownPeersOptions {
   writeIntervalMs?: number;
   /** A peer absent this long (ms), counted as absenceCounts says, is dropped. Default knownPeerForgetAfterMsDefault. */
   forgetAfterMs?: number;
-  /** nowMs for absences, dateMs for the times in the file. Default systemClock. */
-  clock?: Pick<Clock, 'nowMs' | 'dateMs'>;
+  /** nowMs for absences, dateMs for the times in the file, timers for the absence checkpoints. Default systemClock. */
+  clock?: Clock;
 }
 
 /** A saved peer's absence so far: the time counted in spells ended, and the nowMs the current spell began (none while it does not count). */
@@ -195,9 +198,11 @@ export class KnownPeersFile {
   private readonly writeDelayMs: number;
   private readonly writeIntervalMs: number;
   private readonly forgetAfterMs: number;
-  private readonly clock: Pick<Clock, 'nowMs' | 'dateMs'>;
+  private readonly clock: Clock;
   private dirty = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** On the clock: the next absence checkpoint (see checkpointAbsences). */
+  private checkpointTimer: TimerHandle | undefined;
   private writing: Promise<void> | undefined;
   /** performance.now() of the last write begun. */
   private writtenAtMs = Number.NEGATIVE_INFINITY;
@@ -232,6 +237,29 @@ export class KnownPeersFile {
     for (const [peerId, entry] of this.peers) {
       entry.absence = recountedAbsence(entry.absence, absenceCounts({ site: entry.site, connected: this.connected.has(peerId) }, connectedSites), nowMs);
     }
+    this.checkpointAbsences();
+  }
+
+  /**
+   * While an absence counts, the file is written when the first entry reaches forgetAfterMs (it goes then),
+   * and at least hourly: before, only a change of addresses wrote it, so in a mesh that stood still the file
+   * kept the absence of its last change, and a process killed rather than stopped counted again from there
+   * at its next start (one killed more often than daily never dropped an entry).
+   */
+  private checkpointAbsences(): void {
+    this.clock.clearTimeout(this.checkpointTimer);
+    this.checkpointTimer = undefined;
+    if (this.stopped) return;
+    const nowMs = this.clock.nowMs();
+    const leftMs = [...this.peers.values()].filter((e) => e.absence.sinceMs !== undefined).map((e) => this.forgetAfterMs - absentMsAt(e.absence, nowMs));
+    if (leftMs.length === 0) return;
+    this.checkpointTimer = this.clock.setTimeout(() => {
+      this.checkpointTimer = undefined;
+      // Dropped now, so the next checkpoint is a later one.
+      this.dropAbsent();
+      this.markDirty();
+      this.checkpointAbsences();
+    }, Math.max(0, Math.min(ABSENCE_CHECKPOINT_MS, ...leftMs)));
   }
 
   /** The peers kept, the most recently connected last; those absent for forgetAfterMs are dropped first. */
@@ -380,6 +408,8 @@ export class KnownPeersFile {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.clock.clearTimeout(this.checkpointTimer);
+    this.checkpointTimer = undefined;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.writing !== undefined) await this.writing;

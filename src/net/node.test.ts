@@ -13,7 +13,9 @@ import { connect, createServer as createTcpServer, type AddressInfo, type Socket
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
-import { bootstrapFailureCause, createMeshNode, dialCauseCounts, handledStreamCloseMs, peerActivityNoticeMs } from './node.ts';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { bootstrapFailureCause, createMeshNode, dialCauseCounts, handledStreamCloseMs, peerActivityNoticeMs, savedRedialRestMs } from './node.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { readRequest, sendRequest, writeResponse } from '../../test/support/stream-request.ts';
 import type { BootstrapFailure, BootstrapIdentityChange, IdentityConflict, IdentityConflictNotice, IdentityTwinAddress, MeshNode, MeshNodeInit } from './node.ts';
@@ -83,6 +85,35 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     nodes.push(node);
     if (!forTheSuite) await teardown.add(() => node.stop());
     return node;
+  }
+
+  /**
+   * A TCP listener that accepts and never answers (a host across a cut): a dial there hangs until libp2p's
+   * handshake timeout (~5 s). Closed, its sockets dropped, when the test ends, before the nodes it started
+   * stop (a stop waits for its dials in flight).
+   */
+  async function hungListener(): Promise<{ hungPort: number; held: Socket[] }> {
+    const held: Socket[] = [];
+    const hung = createTcpServer((s) => held.push(s.on('error', () => undefined)));
+    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
+    // Registered before the test's nodes: the stops run in reverse.
+    await teardown.add(() => {
+      for (const s of held) s.destroy();
+      hung.close();
+    });
+    return { hungPort: (hung.address() as AddressInfo).port, held };
+  }
+
+  /** `n` saved peers of sites gone, each at `port` on loopback. */
+  async function stalePeers(n: number, port: number): Promise<Array<{ peerId: string; addrs: string[]; site: string }>> {
+    const ids = await Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()));
+    return ids.map((peerId, i) => ({ peerId, addrs: [`/ip4/127.0.0.1/tcp/${port}/p2p/${peerId}`], site: `gone-${i}` }));
+  }
+
+  /** `<dir>/known-peers.json` naming `peers`, the most recently connected last, none absent. */
+  async function writeSavedPeers(dir: string, peers: ReadonlyArray<{ peerId: string; addrs: string[]; site: string }>): Promise<void> {
+    const nowMs = Date.now();
+    await writeFile(join(dir, 'known-peers.json'), JSON.stringify({ version: 1, writtenAtMs: nowMs, peers: peers.map((p) => ({ ...p, seenAtMs: nowMs })) }));
   }
 
   before(async () => {
@@ -831,6 +862,43 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     const rAgain = await start({ dataDir: rDir, p2pPort: rPort });
     assert.equal(rAgain.peerId, rId);
     await waitFor('p dialled r at its saved address', () => pAgain.connectedPeers().includes(rId), 15_000);
+  });
+
+  it('a saved peer rests from half to one and a half savedPeerInMeshRedialMs between dials in the mesh, a minute on average: sites started together do not dial in step (hunt 173)', () => {
+    assert.deepEqual([0, 0.5, 0.999].map((r) => savedRedialRestMs(60_000, r)), [30_000, 60_000, 89_940]);
+  });
+
+  it('a restarted site dials the peers it saved most recently first, not after the stale ones whose addresses hang (hunt 173)', { timeout: perTestTimeoutMs }, async () => {
+    const { hungPort } = await hungListener();
+    const q = await start({});
+    const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    // Twenty older entries (sites gone, their hosts across a cut), then q, connected last.
+    await writeSavedPeers(pDir, [...(await stalePeers(20, hungPort)), { peerId: q.peerId, addrs: [loopbackAddress(q)], site: 'site-q' }]);
+    const p = await start({ dataDir: pDir });
+    assert.equal(p.savedPeers, 21);
+    // Before, q came after five rounds of four hung dials (~25 s).
+    await waitFor('p dialled q', () => p.connectedPeers().includes(q.peerId), 10_000);
+  });
+
+  it('saved peers whose addresses hang take at most half the dial slots: the peers of this run are redialled meanwhile (hunt 173)', { timeout: perTestTimeoutMs }, async () => {
+    // Twenty saved peers of sites gone, at an address that accepts and never answers (a host across a cut):
+    // before, they took every slot at each round, and q was never redialled.
+    const { hungPort, held } = await hungListener();
+    const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
+    await writeSavedPeers(pDir, await stalePeers(20, hungPort));
+    // q never redials p within the test, nor does libp2p (it keeps --bootstrap peers, which q is not to p):
+    // only p's reconnect loop can bring them together again.
+    const q = await start({ tuning: { reconnectMinDelayMs: 600_000, reconnectMaxDelayMs: 600_000 } });
+    const p = await start({ dataDir: pDir, tuning: { savedPeerInMeshRedialMs: 100 } });
+    assert.equal(p.savedPeers, 20);
+    await p.dial(loopbackAddress(q));
+    await waitFor('p dials the saved peers, which hang', () => held.length >= 4);
+    // Every saved peer is due by now (savedPeerInMeshRedialMs); each hangs ~5 s (libp2p's handshake timeout).
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok(p.reconnectDialsInFlight() <= 4, `${p.reconnectDialsInFlight()} dials in flight, of 8`);
+    q.dropPeer(p.peerId, 'test');
+    await waitFor('p lost q', () => !p.connectedPeers().includes(q.peerId));
+    await waitFor('p redialled q past the hung dials', () => p.connectedPeers().includes(q.peerId), 20_000);
   });
 
   it('idle TCP connections without the swarm key, held open as the handshake timeout closes them, do not keep a key holder out (hunt 100)', { timeout: perTestTimeoutMs }, async () => {

@@ -18,9 +18,9 @@
  * operators stop and restart sites on purpose. A node with no bootstrap list is the first of its mesh.
  * Peers learnt from elsewhere (e.g. membership heartbeats carrying addresses) go in via `addKnownPeer`.
  * The addresses of the peers connected are saved in the data directory (known-peers.ts) and dialled at
- * the next start too, quietly, at the loop's back-off while no peer is connected and once a minute while one
- * is (see Reconnector.tick): a site moved to another host or port without --bootstrap finds the others
- * itself (it served alone before: helper 91).
+ * the next start too, quietly, at the loop's back-off while no peer is connected and about once a minute
+ * while one is (see Reconnector.tick): a site moved to another host or port without --bootstrap finds the
+ * others itself (it served alone before: helper 91).
  */
 import '../polyfill.ts';
 import { networkInterfaces } from 'node:os';
@@ -372,9 +372,9 @@ interface Target {
   bootstrap: boolean;
   /**
    * Read from the data directory's known-peers file at start (addresses saved at an earlier run): dialled
-   * at the back-off while this node has no connection at all, else every savedInMeshRedialMs (see tick),
-   * without the bootstrap warnings (a peer that moved or is down is expected). Becomes an ordinary learnt
-   * target once its peer connects or is announced.
+   * at the back-off while this node has no connection at all, else about every savedInMeshRedialMs (see
+   * tick), without the bootstrap warnings (a peer that moved or is down is expected). Becomes an ordinary
+   * learnt target once its peer connects or is announced.
    */
   saved: boolean;
   attempts: number;
@@ -432,6 +432,25 @@ const reconnectAddrsMax = 8;
 
 /** The higher PeerId of a pair waits this many reconnectMinDelayMs before dialling (see firstDialDelayTo). */
 const higherPeerDialDelayFactor = 4;
+
+/** Dials the reconnect loop has in flight at most. */
+const reconnectDialsMax = 8;
+
+/**
+ * Of those, saved peers' at most: a saved address that hangs (a host across a cut) holds its slot until
+ * libp2p's handshake timeout (~5 s); 8 or more of them, due at each round, kept the peers of this run from
+ * being redialled at all (hunt 173).
+ */
+const savedDialsMax = reconnectDialsMax / 2;
+
+/**
+ * How long a saved peer rests before its next dial while the node is in the mesh: `redialMs` on average,
+ * spread from half to one and a half times it, so that the saved peers of one start, and sites started
+ * together, do not all dial at the same moment each minute (`random` in [0, 1)).
+ */
+export function savedRedialRestMs(redialMs: number, random: number): number {
+  return redialMs * (0.5 + random);
+}
 
 /** The reconnect loop: keeps dialling bootstrap and known peers that are not connected. */
 class Reconnector {
@@ -674,17 +693,22 @@ class Reconnector {
     let next = this.opts.maxDelayMs;
     // Saved addresses bring a node back into the mesh; once in, the peers' announcements say where each
     // of its part of the mesh is now, and a saved peer still not heard of is across a cut, or gone: dialled
-    // once a minute, not at the loop's back-off. Before, they rested until this node was alone again, and
-    // two groups of sites cut apart, each restarted meanwhile, never redialled each other (hunt 171).
+    // about once a minute (savedRedialRestMs), not at the loop's back-off. Before, they rested until this
+    // node was alone again, and two groups of sites cut apart, each restarted meanwhile, never redialled
+    // each other (hunt 171).
     const inMesh = this.node.getConnections().length > 0;
-    for (const t of this.targets.values()) {
+    const all = [...this.targets.values()];
+    let savedDialing = all.filter((t) => t.saved && t.dialing).length;
+    // The peers of this run first, then the saved ones most recently connected first (the file's order
+    // reversed): a restarted site dialled its stale entries first, and met the live ones after (hunt 173).
+    for (const t of [...all.filter((x) => !x.saved), ...all.filter((x) => x.saved).reverse()]) {
       if (t.dialing) continue;
       if (this.isConnected(t)) {
         t.attempts = 0;
         continue;
       }
       if (t.saved && inMesh) {
-        t.savedRestUntil ??= now + this.opts.savedInMeshRedialMs;
+        t.savedRestUntil ??= now + savedRedialRestMs(this.opts.savedInMeshRedialMs, Math.random());
         if (t.savedRestUntil > now) {
           next = Math.min(next, t.savedRestUntil - now);
           continue;
@@ -696,11 +720,12 @@ class Reconnector {
         next = Math.min(next, t.nextAt - now);
         continue;
       }
-      if (this.inflight.size >= 8) {
+      if (this.inflight.size >= reconnectDialsMax || (t.saved && savedDialing >= savedDialsMax)) {
         next = Math.min(next, this.opts.minDelayMs);
         continue;
       }
-      if (t.saved && inMesh) t.savedRestUntil = now + this.opts.savedInMeshRedialMs;
+      if (t.saved && inMesh) t.savedRestUntil = now + savedRedialRestMs(this.opts.savedInMeshRedialMs, Math.random());
+      if (t.saved) savedDialing++;
       this.dial(t);
     }
     this.schedule(Math.max(50, next));
