@@ -19,7 +19,7 @@ export interface RosterPeer {
   /** Last time this peer was seen alive (wall clock ms; moved on by this peer's time away at a start, see rosterAtStart). */
   readonly seenAtMs: number;
   /**
-   * Its absence that counts (absenceCounts), from seenAtMs to the roster's last update (self's seenAtMs); set on
+   * Its absence that counts (sawMajorityAlive), from seenAtMs to the roster's last update (self's seenAtMs); set on
    * every entry not seen alive at that update. Without it, the time from seenAtMs to that update counts (entries
    * seen alive then, and every entry of a file written before absences were counted).
    */
@@ -52,7 +52,8 @@ export interface RosterUpdate {
 
 /**
  * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
- * predecessors, forgets peers absent for `forgetAfterMs`, and takes out the peers of `forgottenSites`
+ * predecessors, forgets peers absent for `forgetAfterMs` (counted while this peer saw a majority of the roster
+ * alive: sawMajorityAlive), and takes out the peers of `forgottenSites`
  * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
  * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
  * that missed the change (a crash) is put right at the next start.
