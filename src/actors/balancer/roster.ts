@@ -82,9 +82,6 @@ export function learnRoster(
   let detailsChanged = false;
   const selfOld = next.get(selfPeerId);
   const lastUpdateMs = selfOld?.seenAtMs ?? nowMs;
-  // Whether the absences count since the last update is what that update saw: a view that shows the majority again
-  // (a heal) ends a spell that did not count.
-  const countsMs = sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.max(0, nowMs - lastUpdateMs) : 0;
   const seenNow = new Set([selfPeerId]);
   next.set(selfPeerId, { seenAtMs: nowMs, site: selfOld?.site ?? null, dicom: selfOld?.dicom ?? null });
   // Suspect peers may still be up: never replace or forget one.
@@ -107,6 +104,10 @@ export function learnRoster(
       replaced.push({ peer: peerId, by: m.peerId, site: m.siteName, dicom: m.addresses.dicom });
     }
   }
+  // The time since the last update counts only if both ends saw the majority: a view that shows it again (a heal)
+  // ends a spell that did not count, and so does one an update not adopted (a disk refusing writes) hid.
+  const majorityNow = [...next.keys()].filter((peerId) => seenNow.has(peerId)).length * 2 > next.size;
+  const countsMs = majorityNow && sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.max(0, nowMs - lastUpdateMs) : 0;
   // A peer not up losing its claim now counts too: a peer that joined late can learn a stopped twin from its
   // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
   const lostSiteTo = new Map<string, string>();
