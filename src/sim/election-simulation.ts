@@ -95,6 +95,8 @@ export interface ElectionSimOptions {
    * False: the learnt roster counts, as the balancer actor still wires it (two leaders of one term in 58 of seeds 1-5000).
    */
   readonly votersThroughLeader?: boolean;
+  /** The roster's rosterForgetAfterMs (default 24 h, as wired): a few seconds lets a run's partitions outlast it. */
+  readonly rosterForgetAfterMs?: number;
 }
 
 /** ok: at most one leader per term held throughout. */
@@ -224,7 +226,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
 
   /** As the actor's updateRoster and withRoster: the roster learnt from the view is on disk before the reducer counts with it. */
   const withLearntRoster = (peer: Peer, live: Live, members: readonly MemberRecord[]): void => {
-    const update = learnRoster(peer.durable.roster, members, peer.peerId, nowMs, timings.rosterForgetAfterMs);
+    const update = learnRoster(peer.durable.roster, members, peer.peerId, nowMs, options.rosterForgetAfterMs ?? timings.rosterForgetAfterMs);
     for (const m of update.learnt) log(`${peer.peerId} roster learns ${m.peerId}`);
     setRoster(peer, live, update.peers);
   };

@@ -2,7 +2,7 @@
  * The election with learnt rosters (src/sim/election-simulation.ts) over many seeds: at most one leader per term.
  * ELECTION_SIM_SEEDS=n changes how many seeds run (default 300), ELECTION_SIM_FIRST_SEED where they start,
  * ELECTION_SIM_SEED=s reruns exactly one and prints its trace (ELECTION_SIM_LEARNT=1: with the learnt roster counting,
- * as the actor still wires it).
+ * as the actor still wires it; ELECTION_SIM_FORGET_MS: the roster's rosterForgetAfterMs).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -25,7 +25,8 @@ const votersThroughLeader = process.env.ELECTION_SIM_LEARNT !== '1';
 
 if (single !== undefined) {
   test(`election simulation, seed ${single}`, () => {
-    const r = runElectionSimulation({ seed: Number(single), votersThroughLeader });
+    const forgetMs = process.env.ELECTION_SIM_FORGET_MS;
+    const r = runElectionSimulation({ seed: Number(single), votersThroughLeader, ...(forgetMs === undefined ? {} : { rosterForgetAfterMs: Number(forgetMs) }) });
     console.log(JSON.stringify(r.stats));
     console.log(r.finalPeers.join('\n'));
     assert.ok(r.ok, describeFailure(r));
@@ -80,6 +81,18 @@ if (single !== undefined) {
   test(`with the learnt roster counting, at most one leader per term among claims made with the same roster (the ${learntSeeds.length} seeds of 1-5000 that broke)`, () => {
     // Majorities of one list share a voter: what the todo sweep's breaks lack (rosters that grew apart, hunt 164).
     const failures = learntSweep().filter((r) => r.sameRosterViolations.length > 0);
+    assert.equal(failures.length, 0, `${failures.map((r) => r.seed).join(', ')}; the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
+  });
+
+  // The seeds of 1-500 that hold with the roster forgetting after 24 h and broke with it after 2.5 s, absence counted
+  // by the clock (hunt 175): partitions of 1-8 s outlasted it, each side forgot the other and elected alone (seed 30:
+  // {a, e} and {c, d} led term 5). Absence now counts only while a peer sees a majority of its roster alive.
+  const partitionSeeds = [
+    10, 15, 30, 37, 43, 63, 67, 68, 87, 103, 124, 126, 133, 160, 174, 189, 210, 229, 230, 234, 235, 239, 266, 288, 292, 301, 324, 330, 339, 343, 357, 360, 365,
+    372, 394, 405, 406, 407, 409, 413, 427, 428, 435, 436, 446, 469, 473, 479,
+  ];
+  test(`with the learnt roster counting and forgetting after 2.5 s, partitions forget nobody on a minority side (the ${partitionSeeds.length} seeds of 1-500 that broke)`, () => {
+    const failures = partitionSeeds.map((seed) => runElectionSimulation({ seed, votersThroughLeader: false, rosterForgetAfterMs: 2500 })).filter((r) => !r.ok);
     assert.equal(failures.length, 0, `${failures.map((r) => r.seed).join(', ')}; the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
   });
 }

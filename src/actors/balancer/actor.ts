@@ -16,7 +16,7 @@
  * ("The roster in a real deployment"): the `roster` option when given (pinned), otherwise self plus every
  * peer ever seen alive, persisted in `<dataDir>/balancer-roster.json` with its site and DICOM address,
  * replaced by a successor at that address, taken out once stopped for a copied --site, and forgotten after
- * `rosterForgetAfterMs` of absence (the rules
+ * `rosterForgetAfterMs` of absence counted while this peer sees a majority of its roster alive (the rules
  * are in roster.ts). A started (or restarted) balancer does not run for `settleMs`, so it
  * learns the view, the roster and the current term before it can split a vote.
  *
@@ -92,7 +92,7 @@ export const balancerTimings = {
    * starting, ~1 s on a loaded machine, then settleMs), so that it hears the current term meanwhile.
    */
   handOverGraceMs: 6000,
-  /** A roster peer absent this long is forgotten (decommissioned, or replaced with a new PeerId). */
+  /** A roster peer absent this long, counted while a majority of the roster is seen alive, is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
   /** After a failed state write, how often the election record (and the roster) is written again to see if the disk takes it. */
   stateWriteProbeIntervalMs: 5000,

@@ -64,7 +64,7 @@ test('a known peer seen at a new address is recorded there; peers absent for for
   const moved = learnRoster(base, [site('peer-b', 'site-b', '10.0.0.7:104')], 'peer-a', 10, forgetAfterMs);
   assert.equal(moved.detailsChanged, true);
   assert.deepEqual(moved.peers.get('peer-b'), { seenAtMs: 10, site: 'site-b', dicom: '10.0.0.7:104' });
-  const later = learnRoster(moved.peers, [], 'peer-a', forgetAfterMs + 5, forgetAfterMs);
+  const later = learnRoster(moved.peers, [site('peer-b', 'site-b', '10.0.0.7:104')], 'peer-a', forgetAfterMs + 5, forgetAfterMs);
   assert.deepEqual(later.forgotten, [{ peer: 'peer-c', absentMs: forgetAfterMs + 5 }]);
   assert.deepEqual([...later.peers.keys()].sort(), ['peer-a', 'peer-b']);
 });
@@ -77,18 +77,85 @@ test('at a start, the time this peer was away (or its clock jumped ahead) is no 
     ['peer-b', { seenAtMs: 5000, site: 'site-b', dicom: '10.0.0.2:104' }],
     ['peer-c', { seenAtMs: 5000 - 3_600_000, site: 'site-c', dicom: '10.0.0.3:104' }],
   ]);
+  const a = site('peer-a', 'site-a', '10.0.0.1:104');
+  const b = site('peer-b', 'site-b', '10.0.0.2:104');
   // Two days later (down, or the clock set two days ahead), nobody heard yet: before, both were forgotten.
-  const ahead = rosterAtStart(saved, 'peer-a', 5000 + 2 * dayMs);
-  assert.deepEqual([...ahead.values()].map((p) => p.seenAtMs), [5000 + 2 * dayMs, 5000 + 2 * dayMs, 5000 + 2 * dayMs - 3_600_000]);
-  const first = learnRoster(ahead, [], 'peer-a', 5000 + 2 * dayMs, forgetAfterMs);
+  const startMs = 5000 + 2 * dayMs;
+  const ahead = rosterAtStart(saved, 'peer-a', startMs);
+  assert.deepEqual([...ahead.values()].map((p) => p.seenAtMs), [startMs, startMs, startMs - 3_600_000]);
+  assert.deepEqual([...ahead.values()].map((p) => p.absentMs), [undefined, 0, 3_600_000], 'the absence counted before the stop, nothing of the time away');
+  const first = learnRoster(ahead, [a], 'peer-a', startMs, forgetAfterMs);
   assert.deepEqual(first.forgotten, []);
-  // Absent while this peer runs: peer-c, absent an hour more before the stop, goes first.
-  const cGoes = learnRoster(first.peers, [], 'peer-a', 5000 + 2 * dayMs + forgetAfterMs - 3_600_000, forgetAfterMs);
-  assert.deepEqual(cGoes.forgotten.map((f) => f.peer), ['peer-c']);
-  // The clock set back a day: the entries "in the future" are put at now.
+  // Alone for three days after the restart (the others down, or cut off): no absence counts.
+  const alone = learnRoster(first.peers, [a], 'peer-a', startMs + 3 * dayMs, forgetAfterMs);
+  assert.deepEqual([alone.forgotten, alone.peers.get('peer-c')?.absentMs], [[], 3_600_000]);
+  // With peer-b back (a majority of three), peer-c's absence counts again: it goes after the hour it lacked.
+  const withB = learnRoster(alone.peers, [a, b], 'peer-a', startMs + 3 * dayMs + 1, forgetAfterMs);
+  assert.deepEqual(withB.forgotten, [], 'the time alone, ended by a view with the majority, is not counted');
+  const cGoes = learnRoster(withB.peers, [a, b], 'peer-a', startMs + 3 * dayMs + 1 + forgetAfterMs - 3_600_000, forgetAfterMs);
+  assert.deepEqual(cGoes.forgotten, [{ peer: 'peer-c', absentMs: forgetAfterMs }]);
+  // The clock set back a day: the entries "in the future" are put at now, their absences kept.
   const behind = rosterAtStart(saved, 'peer-a', 5000 - dayMs);
   assert.deepEqual([...behind.values()].map((p) => p.seenAtMs), [5000 - dayMs, 5000 - dayMs, 5000 - dayMs]);
-  assert.deepEqual(learnRoster(behind, [], 'peer-a', 5000 - dayMs + forgetAfterMs, forgetAfterMs).forgotten.map((f) => f.peer), ['peer-b', 'peer-c']);
+  assert.deepEqual([...behind.values()].map((p) => p.absentMs), [undefined, 0, 3_600_000]);
+  const withBBehind = learnRoster(behind, [a, b], 'peer-a', 5000 - dayMs, forgetAfterMs);
+  assert.deepEqual(learnRoster(withBBehind.peers, [a, b], 'peer-a', 5000 - dayMs + forgetAfterMs - 3_600_000, forgetAfterMs).forgotten.map((f) => f.peer), ['peer-c']);
+});
+
+/** The roster of each peer in `views` learnt at `atMs` from the peers it sees alive (self included). */
+function learntAt(rosters: Map<string, RosterPeers>, views: Record<string, readonly string[]>, atMs: number): Map<string, string[]> {
+  const forgotten = new Map<string, string[]>();
+  for (const [self, alive] of Object.entries(views)) {
+    const u = learnRoster(rosters.get(self) ?? new Map(), alive.map((p) => site(p, `site-${p.slice(5)}`, `${p}:104`)), self, atMs, forgetAfterMs);
+    rosters.set(self, u.peers);
+    forgotten.set(self, u.forgotten.map((f) => f.peer));
+  }
+  return forgotten;
+}
+
+test('a partition of three days forgets nobody on a side without a majority; the majority side forgets the minority after 24 h, and learns it again at the heal', () => {
+  const hourMs = 3600_000;
+  const all = ['peer-a', 'peer-b', 'peer-c', 'peer-d'];
+  const rosters = new Map<string, RosterPeers>();
+  learntAt(rosters, Object.fromEntries(all.map((p) => [p, all])), 0);
+  // Two against two: neither side sees a strict majority of its roster (before: each forgot the other at 24 h).
+  const split = { 'peer-a': ['peer-a', 'peer-b'], 'peer-b': ['peer-a', 'peer-b'], 'peer-c': ['peer-c', 'peer-d'], 'peer-d': ['peer-c', 'peer-d'] };
+  for (let h = 1; h <= 72; h++) assert.deepEqual([...learntAt(rosters, split, h * hourMs).values()].flat(), [], `hour ${h}`);
+  learntAt(rosters, Object.fromEntries(all.map((p) => [p, all])), 72 * hourMs + 1);
+  for (const p of all) assert.deepEqual([...(rosters.get(p) ?? new Map()).keys()].sort(), all, `${p} after the heal`);
+  assert.deepEqual([...(rosters.get('peer-a') ?? new Map()).values()].map((e) => e.absentMs), [undefined, undefined, undefined, undefined], 'nothing absent after the heal');
+
+  // Three peers, a and b against c: c, alone, keeps a and b for the three days, so it can never elect alone.
+  const three = ['peer-a', 'peer-b', 'peer-c'];
+  const r3 = new Map<string, RosterPeers>();
+  learntAt(r3, Object.fromEntries(three.map((p) => [p, three])), 0);
+  const cut = { 'peer-a': ['peer-a', 'peer-b'], 'peer-b': ['peer-a', 'peer-b'], 'peer-c': ['peer-c'] };
+  const forgottenAt = new Map<string, number>();
+  for (let h = 1; h <= 72; h++) for (const [p, gone] of learntAt(r3, cut, h * hourMs)) if (gone.length > 0) forgottenAt.set(p, h);
+  assert.deepEqual([...forgottenAt], [['peer-a', 24], ['peer-b', 24]], 'only the majority side forgets, c, after 24 h');
+  assert.deepEqual([...(r3.get('peer-c') ?? new Map()).keys()].sort(), three);
+  learntAt(r3, Object.fromEntries(three.map((p) => [p, three])), 72 * hourMs + 1);
+  for (const p of three) assert.deepEqual([...(r3.get(p) ?? new Map()).keys()].sort(), three, `${p} after the heal`);
+});
+
+test('peers gone for good are forgotten after 24 h during which this peer saw a majority of its roster alive, not 24 h of clock', () => {
+  const hourMs = 3600_000;
+  const all = ['peer-a', 'peer-b', 'peer-c', 'peer-d', 'peer-e'];
+  const rosters = new Map<string, RosterPeers>();
+  learntAt(rosters, { 'peer-a': all }, 0);
+  // The updates between not adopted (a disk refusing writes): the next one, without the majority, counts nothing.
+  const a = rosters.get('peer-a') ?? new Map();
+  const hidden = learnRoster(a, ['peer-a', 'peer-b'].map((p) => site(p, `site-${p.slice(5)}`, `${p}:104`)), 'peer-a', 30 * hourMs, forgetAfterMs);
+  assert.deepEqual([hidden.forgotten, hidden.peers.get('peer-d')?.absentMs], [[], 0]);
+  // d and e are gone for good at hour 0; a sees b and c for 10 h, then only b for 30 h (2 of 5), then b and c.
+  for (let h = 1; h <= 10; h++) assert.deepEqual(learntAt(rosters, { 'peer-a': ['peer-a', 'peer-b', 'peer-c'] }, h * hourMs).get('peer-a'), []);
+  for (let h = 11; h <= 40; h++) assert.deepEqual(learntAt(rosters, { 'peer-a': ['peer-a', 'peer-b'] }, h * hourMs).get('peer-a'), [], `hour ${h}: no majority`);
+  // The view that shows the majority again ends 30 h that did not count: d and e are not forgotten at once.
+  const when: number[] = [];
+  for (let h = 41; h <= 60; h++) if ((learntAt(rosters, { 'peer-a': ['peer-a', 'peer-b', 'peer-c'] }, h * hourMs).get('peer-a') ?? []).length > 0) when.push(h);
+  // 10 h counted before the view of hour 11 (which showed the majority lost), then 14 more from the view of hour 41 on.
+  assert.deepEqual(when, [55]);
+  assert.deepEqual([...(rosters.get('peer-a') ?? new Map()).keys()].sort(), ['peer-a', 'peer-b', 'peer-c']);
 });
 
 test('the peers of forgotten sites leave the roster at every update once they are not up (a suspect one later, when dead)', () => {
@@ -200,6 +267,9 @@ test('the file: version 2 round trip, version 1 read without whereabouts, damage
   assert.deepEqual(decodeRosterFile(JSON.parse(encodeRosterFile(peers))), peers);
   const marked: RosterPeers = new Map([['peer-t', { seenAtMs: 5, site: 'site-a', dicom: '10.0.0.2:104', siteLostTo: 'peer-a' }]]);
   assert.deepEqual(decodeRosterFile(JSON.parse(encodeRosterFile(marked))), marked, 'the lost site claim, kept across a restart');
+  const absent: RosterPeers = new Map([['peer-b', { seenAtMs: 5, site: 'site-b', dicom: '10.0.0.2:104', absentMs: 7200 }]]);
+  assert.deepEqual(decodeRosterFile(JSON.parse(encodeRosterFile(absent))), absent, 'the absence counted, kept across a restart');
+  assert.deepEqual(decodeRosterFile({ version: 2, peers: { 'peer-b': { seenAtMs: 5, site: 'site-b', dicom: 'b', absentMs: -1 } } }), new Map([['peer-b', { seenAtMs: 5, site: 'site-b', dicom: 'b' }]]), 'a bad absence is counted from seenAtMs, as before');
   assert.deepEqual(decodeRosterFile({ version: 1, peers: { 'peer-a': 5, 'peer-b': 7 } }), new Map([
     ['peer-a', { seenAtMs: 5, site: null, dicom: null }],
     ['peer-b', { seenAtMs: 7, site: null, dicom: null }],

@@ -16,8 +16,14 @@ import type { MemberRecord } from '../membership/messages.ts';
 import { siteClaimConfirmMsDefault } from '../storage/custody/messages.ts';
 
 export interface RosterPeer {
-  /** Last time this peer was seen alive (wall clock ms). */
+  /** Last time this peer was seen alive (wall clock ms; moved on by this peer's time away at a start, see rosterAtStart). */
   readonly seenAtMs: number;
+  /**
+   * Its absence that counts (sawMajorityAlive), from seenAtMs to the roster's last update (self's seenAtMs); set on
+   * every entry not seen alive at that update. Without it, the time from seenAtMs to that update counts (entries
+   * seen alive then, and every entry of a file written before absences were counted).
+   */
+  readonly absentMs?: number;
   /** Its site and DICOM address when last seen; null in entries written before they were recorded. */
   readonly site: string | null;
   readonly dicom: string | null;
@@ -46,7 +52,8 @@ export interface RosterUpdate {
 
 /**
  * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
- * predecessors, forgets peers absent for `forgetAfterMs`, and takes out the peers of `forgottenSites`
+ * predecessors, forgets peers absent for `forgetAfterMs` (counted while this peer saw a majority of the roster
+ * alive: sawMajorityAlive), and takes out the peers of `forgottenSites`
  * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
  * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
  * that missed the change (a crash) is put right at the next start.
@@ -74,6 +81,8 @@ export function learnRoster(
   const replaced: Array<{ peer: string; by: string; site: string; dicom: string }> = [];
   let detailsChanged = false;
   const selfOld = next.get(selfPeerId);
+  const lastUpdateMs = selfOld?.seenAtMs ?? nowMs;
+  const seenNow = new Set([selfPeerId]);
   next.set(selfPeerId, { seenAtMs: nowMs, site: selfOld?.site ?? null, dicom: selfOld?.dicom ?? null });
   // Suspect peers may still be up: never replace or forget one.
   const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
@@ -81,6 +90,7 @@ export function learnRoster(
     if (m.status !== 'alive') continue;
     const siteLostTo = siteKeeperOf(m, members, nowMs, siteClaimConfirmMs)?.peerId;
     const old = next.get(m.peerId);
+    seenNow.add(m.peerId);
     if (old === undefined) learnt.push(m);
     else if (old.site !== m.siteName || old.dicom !== m.addresses.dicom || old.siteLostTo !== siteLostTo) detailsChanged = true;
     next.set(m.peerId, { seenAtMs: nowMs, site: m.siteName, dicom: m.addresses.dicom, ...(siteLostTo !== undefined ? { siteLostTo } : {}) });
@@ -94,6 +104,10 @@ export function learnRoster(
       replaced.push({ peer: peerId, by: m.peerId, site: m.siteName, dicom: m.addresses.dicom });
     }
   }
+  // The time since the last update counts only if both ends saw the majority: a view that shows it again (a heal)
+  // ends a spell that did not count, and so does one an update not adopted (a disk refusing writes) hid.
+  const majorityNow = [...next.keys()].filter((peerId) => seenNow.has(peerId)).length * 2 > next.size;
+  const countsMs = majorityNow && sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.max(0, nowMs - lastUpdateMs) : 0;
   // A peer not up losing its claim now counts too: a peer that joined late can learn a stopped twin from its
   // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
   const lostSiteTo = new Map<string, string>();
@@ -104,11 +118,13 @@ export function learnRoster(
   const ofForgottenSites: Array<{ peer: string; site: string }> = [];
   const ofLostSiteClaims: Array<{ peer: string; site: string; to: string }> = [];
   for (const [peerId, entry] of next) {
-    if (peerId === selfPeerId) continue;
+    if (seenNow.has(peerId)) continue;
+    const absentMs = countedAbsenceMs(entry, lastUpdateMs) + countsMs;
+    next.set(peerId, { ...entry, absentMs });
     const lostTo = entry.siteLostTo ?? lostSiteTo.get(peerId);
-    if (nowMs - entry.seenAtMs >= forgetAfterMs) {
+    if (absentMs >= forgetAfterMs && !up.has(peerId)) {
       next.delete(peerId);
-      forgotten.push({ peer: peerId, absentMs: nowMs - entry.seenAtMs });
+      forgotten.push({ peer: peerId, absentMs });
     } else if (lostTo !== undefined && !up.has(peerId)) {
       next.delete(peerId);
       ofLostSiteClaims.push({ peer: peerId, site: entry.site ?? '', to: lostTo });
@@ -121,6 +137,24 @@ export function learnRoster(
 }
 
 /**
+ * Whether the update of the roster `peers` at `atMs` saw a strict majority of it alive (self, and the entries seen
+ * alive then): only then does absence count. A peer that sees a majority is on the only side of a partition that
+ * can, so the peers it misses are gone or cut off in a minority, and a minority never forgets the majority's
+ * peers (before, each side of a day-long partition forgot the other, and each elected alone in its own terms).
+ * Time alone, or with the others down, does not count either.
+ */
+function sawMajorityAlive(peers: RosterPeers, selfPeerId: string, atMs: number): boolean {
+  let alive = 0;
+  for (const [peerId, entry] of peers) if (peerId === selfPeerId || (entry.absentMs === undefined && entry.seenAtMs >= atMs)) alive += 1;
+  return alive * 2 > peers.size;
+}
+
+/** An entry's absence counted up to the roster's update at `lastUpdateMs` (see RosterPeer.absentMs). */
+function countedAbsenceMs(entry: RosterPeer, lastUpdateMs: number): number {
+  return entry.absentMs ?? Math.max(0, lastUpdateMs - entry.seenAtMs);
+}
+
+/**
  * The alive member, self included, that keeps `m`'s site name against it, when `m` will stop for it: as
  * membership's checkSiteConflicts decides, a peer told its site has several peers never stops.
  */
@@ -129,16 +163,22 @@ function siteKeeperOf(m: MemberRecord, members: readonly MemberRecord[], nowMs: 
 }
 
 /**
- * A roster read at a start, its times moved on by the time this peer was away (since its own entry was last
- * refreshed), which is not the others' absence; entries seen "in the future" (the clock was set back) are
- * put at now. Before, a restart after a day down, or with the clock a day ahead, forgot every voter not
- * yet heard (hunt 72: both, with the clock two days ahead). Absence counts while this peer runs.
+ * A roster read at a start: each other peer's absence is the one counted up to the last update written (the
+ * time this peer was away since, down or with its clock set ahead, is not the others' absence), and it counts
+ * again only once this peer sees a majority (sawMajorityAlive: every entry is absent until seen). Last-seen
+ * times are moved on by that time away, as before absences were counted (an earlier build reading the file
+ * counts as it did), and entries seen "in the future" (the clock was set back) are put at now. Before, a
+ * restart after a day down, or with the clock a day ahead, forgot every voter not yet heard (hunt 72: both,
+ * with the clock two days ahead).
  */
 export function rosterAtStart(peers: RosterPeers, selfPeerId: string, nowMs: number): Map<string, RosterPeer> {
-  const selfSeenAtMs = peers.get(selfPeerId)?.seenAtMs;
-  const awayMs = selfSeenAtMs === undefined ? 0 : Math.max(0, nowMs - selfSeenAtMs);
+  const selfSeenAtMs = peers.get(selfPeerId)?.seenAtMs ?? nowMs;
+  const awayMs = Math.max(0, nowMs - selfSeenAtMs);
   const next = new Map<string, RosterPeer>();
-  for (const [peerId, entry] of peers) next.set(peerId, { ...entry, seenAtMs: Math.min(nowMs, entry.seenAtMs + awayMs) });
+  for (const [peerId, entry] of peers) {
+    const seenAtMs = Math.min(nowMs, entry.seenAtMs + awayMs);
+    next.set(peerId, peerId === selfPeerId ? { ...entry, seenAtMs } : { ...entry, seenAtMs, absentMs: countedAbsenceMs(entry, selfSeenAtMs) });
+  }
   return next;
 }
 
@@ -153,7 +193,7 @@ export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[]
 
 export const ROSTER_FILE_VERSION = 2;
 
-/** The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?}}}`. */
+/** The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?, absentMs?}}}`. */
 export function encodeRosterFile(peers: RosterPeers): string {
   return JSON.stringify({ version: ROSTER_FILE_VERSION, peers: Object.fromEntries(peers) });
 }
@@ -179,9 +219,10 @@ export function decodeRosterFile(value: unknown): Map<string, RosterPeer> {
     const e = entry as Record<string, unknown>;
     if (typeof e.seenAtMs !== 'number' || !Number.isFinite(e.seenAtMs)) throw new Error(`${what} has no last-seen time`);
     const text = (x: unknown): string | null => (typeof x === 'string' ? x : null);
-    // siteLostTo is optional within version 2: a version without it reads the file and ignores the field.
+    // siteLostTo and absentMs are optional within version 2: a version without them reads the file and ignores them.
     const siteLostTo = text(e.siteLostTo);
-    peers.set(peerId, { seenAtMs: e.seenAtMs, site: text(e.site), dicom: text(e.dicom), ...(siteLostTo !== null ? { siteLostTo } : {}) });
+    const absentMs = typeof e.absentMs === 'number' && Number.isFinite(e.absentMs) && e.absentMs >= 0 ? e.absentMs : undefined;
+    peers.set(peerId, { seenAtMs: e.seenAtMs, site: text(e.site), dicom: text(e.dicom), ...(siteLostTo !== null ? { siteLostTo } : {}), ...(absentMs !== undefined ? { absentMs } : {}) });
   }
   return peers;
 }
