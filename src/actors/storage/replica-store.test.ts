@@ -491,6 +491,22 @@ test('a catalog reported damaged while serving is set aside and rebuilt at the n
   assert.ok(!readdirSync(dir).includes('catalog-damaged'), 'the mark is gone once rebuilt');
 });
 
+test('a catalog write LevelDB refuses with "Corruption" (a compaction met a damaged table: every later write fails so until a reopen) marks the catalog, which the next open rebuilds (hunt 172)', async (t) => {
+  const { dir, store } = await storeHolding(t, ['1.2.3.33']);
+  const reasons: string[] = [];
+  store.onCatalogDamage((reason) => reasons.push(reason));
+  // classic-level's answer to every write once a compaction failed on a damaged block (seen with a table damaged on disk).
+  const corruption = Object.assign(new Error('Corruption: corrupted compressed block contents'), { code: 'LEVEL_CORRUPTION' });
+  const batch = store.db.batch.bind(store.db);
+  store.db.batch = (() => Promise.reject(corruption)) as unknown as typeof store.db.batch;
+  await assert.rejects(store.updateDebt([{ sopInstanceUid: '1.2.3.33', siteName: 'site-b', sinceMs: 1 }], []), /Corruption/);
+  // Unmarked, every store and debt write was refused until a restart, and the restarted peer's compaction met the same table.
+  assert.deepEqual(reasons, ['catalog write: Corruption: corrupted compressed block contents']);
+  store.db.batch = batch;
+  await store.close();
+  await assertCatalogRebuiltAtOpen(t, dir, 1);
+});
+
 test('a catalog directory gone altogether is rebuilt from the commit records, and said so', async (t) => {
   const { dir, store } = await storeHolding(t, ['1.2.3.55', '1.2.3.56'], 4);
   await store.close();

@@ -708,7 +708,7 @@ class LevelReplicaStore implements ReplicaStore {
   }
   /** Unsynced catalog writes (commits' entries, see the header comment; debt), one batch for those waiting. */
   readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
-    await this.written(this.db.batch(writes.flat()));
+    await this.catalogWritten(this.db.batch(writes.flat()));
     return writes.map(() => undefined);
   }, commitsPerBatchMax);
 
@@ -1117,7 +1117,7 @@ class LevelReplicaStore implements ReplicaStore {
   /** Deletes a kept part: its chunks, then its marker (a marker left without its chunks is deleted at open). */
   async deleteKeptPart(blobId: string, sync: boolean): Promise<void> {
     await this.deleteBlob(blobId, sync);
-    await this.written(this.db.del(partialRecordKey(blobId), { sync }));
+    await this.catalogWritten(this.db.del(partialRecordKey(blobId), { sync }));
   }
 
   get writeFault(): string | undefined {
@@ -1158,6 +1158,20 @@ class LevelReplicaStore implements ReplicaStore {
         this.emitFault({ type: 'faulted', error: errorText(error) });
         this.reopening = this.reopenAfterFault();
       }
+      throw error;
+    }
+  }
+
+  /**
+   * A write to the catalog database, through `written`. A Corruption LevelDB answers it with (a compaction
+   * met a damaged table: every later write fails the same way until a reopen, and a reopened catalog's next
+   * compaction meets the table again) marks the catalog, which the next start rebuilds.
+   */
+  async catalogWritten<T>(write: Promise<T>): Promise<T> {
+    try {
+      return await this.written(write);
+    } catch (error) {
+      if (isCatalogDamage(error)) this.reportCatalogDamage(`catalog write: ${errorText(error)}`);
       throw error;
     }
   }
@@ -1265,9 +1279,9 @@ class LevelReplicaStore implements ReplicaStore {
     this.checkpointRunning = (async () => {
       // The catalog entries before it durable first, in whichever log they went to: a synced write, then the
       // logs LevelDB closed unsynced before it (see leveldb-logs.ts). Only then may recovery start after them.
-      await this.written(this.db.put(logBarrierKey, new Uint8Array(0), { sync: true }));
-      await this.written(this.syncOlderCatalogLogs());
-      await this.written(this.db.batch(ops, { sync: true }));
+      await this.catalogWritten(this.db.put(logBarrierKey, new Uint8Array(0), { sync: true }));
+      await this.catalogWritten(this.syncOlderCatalogLogs());
+      await this.catalogWritten(this.db.batch(ops, { sync: true }));
     })().finally(() => {
       this.checkpointRunning = undefined;
     });
@@ -1512,12 +1526,12 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async putCommitment(record: CommitmentRecord): Promise<void> {
-    await this.written(this.db.put(`${commitmentPrefix}${record.transactionUid}`, new Uint8Array(pack(record)), { sync: true }));
+    await this.catalogWritten(this.db.put(`${commitmentPrefix}${record.transactionUid}`, new Uint8Array(pack(record)), { sync: true }));
   }
 
   async deleteCommitment(transactionUid: string): Promise<void> {
     // Not synced: a record back after a power cut only sends its report once more.
-    await this.written(this.db.del(`${commitmentPrefix}${transactionUid}`));
+    await this.catalogWritten(this.db.del(`${commitmentPrefix}${transactionUid}`));
   }
 
   async listCommitments(onDamaged: (key: string) => void = () => undefined): Promise<CommitmentRecord[]> {
@@ -1631,7 +1645,7 @@ class LevelInstanceWriter implements InstanceWriter {
     this.inFlight.delete(synced);
     if (failure !== undefined) throw failure;
     if (this.state !== 'open') return;
-    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
+    await this.store.catalogWritten(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
   }
 
   async markProgress(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void> {
@@ -1642,7 +1656,7 @@ class LevelInstanceWriter implements InstanceWriter {
     await Promise.all(this.inFlight);
     if (this.state !== 'open' || this.failure !== undefined) return;
     this.persisted = true;
-    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker))));
+    await this.store.catalogWritten(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker))));
   }
 
   private async putLastChunkAgainSynced(key: string): Promise<void> {
@@ -1785,7 +1799,7 @@ class LevelInstanceWriter implements InstanceWriter {
       // points at the new one for good. A power cut before that leaves the entry on the bad copy, and
       // recovery deletes the new one (its commit record names a UID stored under another blob).
       await this.store.written(this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true }));
-      await this.store.written(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
+      await this.store.catalogWritten(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
       this.state = 'committed';
       this.store.endUpload(this.blobId, 'replaced');
       // Synced: the bad copy lies below the recovery checkpoint, so no open would find it again after a power cut.
