@@ -507,6 +507,24 @@ test('a catalog write LevelDB refuses with "Corruption" (a compaction met a dama
   await assertCatalogRebuiltAtOpen(t, dir, 1);
 });
 
+test('a catalog write refused as corrupt while the store opens: the catalog is rebuilt at once, and damage to the rebuilt one is reported again (hunt 172)', async (t) => {
+  const { dir, store: first } = await storeHolding(t, ['1.2.3.34']);
+  await first.close();
+  const store = createReplicaStore({ path: dir });
+  // The open's checkpoint write refused once, as a compaction that met a damaged table makes LevelDB do.
+  const put = store.db.put.bind(store.db);
+  let refusals = 1;
+  store.db.put = ((...args: Parameters<typeof put>) => (refusals-- > 0 ? Promise.reject(Object.assign(new Error('Corruption: bad block'), { code: 'LEVEL_CORRUPTION' })) : put(...args))) as typeof store.db.put;
+  await store.open();
+  t.after(() => store.close());
+  assert.equal(await store.countInstances(), 1);
+  assert.ok(readdirSync(dir).some((name) => name.startsWith('catalog.damaged-')), 'set aside and rebuilt');
+  const reasons: string[] = [];
+  store.onCatalogDamage((reason) => reasons.push(reason));
+  store.reportCatalogDamage('C-FIND: Corruption: later');
+  assert.deepEqual(reasons, ['C-FIND: Corruption: later'], 'the report made before the rebuild does not silence those about the new catalog');
+});
+
 test('a catalog directory gone altogether is rebuilt from the commit records, and said so', async (t) => {
   const { dir, store } = await storeHolding(t, ['1.2.3.55', '1.2.3.56'], 4);
   await store.close();

@@ -900,6 +900,8 @@ class LevelReplicaStore implements ReplicaStore {
       if (why !== undefined) {
         const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
         await rename(catalogDir, setAsideDir);
+        // A report about the catalog set aside (a write refused during this open) must not silence those about the new one.
+        this.catalogDamageReported = false;
         const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
         this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir, ...(reason && { reason }) });
       }
