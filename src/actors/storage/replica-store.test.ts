@@ -525,6 +525,23 @@ test('a catalog write refused as corrupt while the store opens: the catalog is r
   assert.deepEqual(reasons, ['C-FIND: Corruption: later'], 'the report made before the rebuild does not silence those about the new catalog');
 });
 
+test('a blob database LevelDB finds corrupt while the open recovers (its blobs newer than the checkpoint) fails the open and leaves the catalog, which cannot mend it, in place (hunt 172)', async (t) => {
+  const { dir, store: first } = await storeHolding(t, ['1.2.3.35']);
+  await first.updateDebt([{ sopInstanceUid: '1.2.3.35', siteName: 'site-b', sinceMs: 1 }], []);
+  await first.close();
+  const store = createReplicaStore({ path: dir });
+  const corruption = Object.assign(new Error('Corruption: corrupted internal key in DBIter'), { code: 'LEVEL_CORRUPTION' });
+  const keys = store.blobDb.keys.bind(store.blobDb);
+  store.blobDb.keys = (() => ({ [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(corruption) }) })) as unknown as typeof store.blobDb.keys;
+  await assert.rejects(store.open(), /Corruption: corrupted internal key in DBIter/);
+  // It was set aside (its debt, known sites and owed reports with it) and the retry failed the same way.
+  assert.deepEqual(readdirSync(dir).filter((name) => name.startsWith('catalog')), ['catalog']);
+  store.blobDb.keys = keys;
+  await store.open();
+  t.after(() => store.close());
+  assert.equal((await store.listDebt()).length, 1);
+});
+
 test('a catalog directory gone altogether is rebuilt from the commit records, and said so', async (t) => {
   const { dir, store } = await storeHolding(t, ['1.2.3.55', '1.2.3.56'], 4);
   await store.close();

@@ -745,13 +745,13 @@ class LevelReplicaStore implements ReplicaStore {
   /**
    * Opens both databases and recovers. A catalog LevelDB finds corrupt on the way is set aside and
    * rebuilt from the commit records (once): otherwise every start failed the same way and the site stayed
-   * down. (Should the corruption have been in the blobs, the second attempt fails as the first did.)
+   * down. Not when the blob database failed (its open, or recovery's scan of it): setting the catalog aside,
+   * with the debt and known sites only it holds, cannot mend that, and the second attempt failed as the first.
    */
   async open(): Promise<void> {
     try {
       await this.openOnce();
     } catch (error) {
-      // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
       // A catalog whose MANIFEST is gone, or with a table cut short, is damage too: it can be rebuilt
       // (helpers 48 and 64: the start was refused).
@@ -766,8 +766,18 @@ class LevelReplicaStore implements ReplicaStore {
     }
   }
 
-  /** The last openOnce failed opening the blob database (not the catalog, not recovery). */
+  /** The last openOnce failed opening or reading the blob database: setting the catalog aside cannot mend that. */
   private blobOpenFailed = false;
+
+  /** A read of the blob database during an open; a failure is the blobs' (see blobOpenFailed). */
+  private async readingBlobs<T>(read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (error) {
+      this.blobOpenFailed = true;
+      throw error;
+    }
+  }
 
   private async openOnce(): Promise<void> {
     if (existsSync(join(this.path, 'CURRENT'))) {
@@ -795,7 +805,9 @@ class LevelReplicaStore implements ReplicaStore {
       throw openError(this.path, error);
     }
     try {
-      for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
+      await this.readingBlobs(async () => {
+        for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
+      });
       if (this.lastTick === 0 && (await this.db.keys({ gte: HELD_INDEX_PREFIX, lt: `${HELD_INDEX_PREFIX}~`, limit: 1 }).all()).length > 0) {
         // The catalog lists instances whose bytes are all gone (the blob database deleted or replaced):
         // serving would answer every C-FIND and fail every retrieve.
@@ -927,24 +939,26 @@ class LevelReplicaStore implements ReplicaStore {
     const endBlob = () => {
       if (blobId !== undefined) (!hasCommitRecord ? unfinished : chunksWhole ? committed : chunksLost).push(blobId);
     };
-    for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
-      const id = blobIdOfKey(key);
-      if (id !== blobId) {
-        endBlob();
-        blobId = id;
-        hasCommitRecord = false;
-        nextChunk = 0;
-        chunksWhole = true;
+    await this.readingBlobs(async () => {
+      for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
+        const id = blobIdOfKey(key);
+        if (id !== blobId) {
+          endBlob();
+          blobId = id;
+          hasCommitRecord = false;
+          nextChunk = 0;
+          chunksWhole = true;
+        }
+        if (key.endsWith(`!${commitRecordSuffix}`)) {
+          hasCommitRecord = true;
+          continue;
+        }
+        // Chunks are numbered from 0 without a gap, the last one in the commit's own batch.
+        const chunk = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
+        if (chunk !== nextChunk) chunksWhole = false;
+        nextChunk = chunk + 1;
       }
-      if (key.endsWith(`!${commitRecordSuffix}`)) {
-        hasCommitRecord = true;
-        continue;
-      }
-      // Chunks are numbered from 0 without a gap, the last one in the commit's own batch.
-      const chunk = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
-      if (chunk !== nextChunk) chunksWhole = false;
-      nextChunk = chunk + 1;
-    }
+    });
     endBlob();
     for (const id of unfinished) if (!keptPartials.has(id)) await this.deleteBlob(id, true);
     for (const id of chunksLost) {
