@@ -171,7 +171,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     }
   }
   const stopLoggingCatalogDamage = store.onCatalogDamage((reason) =>
-    log.error('the catalog is damaged: restart the peer to rebuild it from the instances\' commit records (until then C-FIND and retrieves that meet the damage fail)', { reason }),
+    log.error('the catalog is damaged: restart the peer to rebuild it from the instances\' commit records (until then C-FIND and retrieves that meet the damage fail, and every store once LevelDB refuses the catalog\'s writes)', { reason }),
   );
   const stopLoggingFaults = store.onWriteFault((event) => {
     switch (event.type) {

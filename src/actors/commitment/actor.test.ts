@@ -110,3 +110,19 @@ test('a request reusing a Transaction UID keeps its record on disk when the earl
   await new Promise((resolve) => setTimeout(resolve, 50));
   assert.ok(records.has(request.transactionUid), 'the second request\'s record, promised by its N-ACTION-RSP, was deleted with the first one\'s: a restart would not deliver it');
 });
+
+test('owed reports LevelDB cannot read at start (a damaged table) mark the catalog, which the next start rebuilds; the service runs on without them (hunt 172)', async (t) => {
+  const reasons: string[] = [];
+  const corruption = Object.assign(new Error('Corruption: corrupted compressed block contents'), { code: 'LEVEL_CORRUPTION' });
+  const store = { ...slowStore(0), listCommitments: () => Promise.reject(corruption), reportCatalogDamage: (reason: string) => void reasons.push(reason) } as ReplicaStore;
+  const system = startActorSystem('commitment-damaged');
+  const service = startCommitments({ store, clock: systemClock, log: silentLogger, parent: system, aeTitle: 'PACSMESH', resolveAe: () => undefined, config: { checkWaitMs: 60_000 } });
+  t.after(async () => {
+    await service.stop();
+    stopActor(system);
+  });
+  // Unmarked, the reports were dropped with an error line and the damaged table stayed for the next read or compaction.
+  await waitFor('the damage reported', () => reasons.length > 0);
+  assert.deepEqual(reasons, ['commitment load: Corruption: corrupted compressed block contents']);
+  assert.equal((await service.admit({ transactionUid: '1.2.1', references: [{ sopClassUid: '1.2.3', sopInstanceUid: '1.3.1' }] }, 'MODALITY', noChannel)).admitted, true);
+});

@@ -16,6 +16,7 @@ import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from
 import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { ReplicaStore } from '../storage/replica-store.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
+import { isCatalogDamage } from '../storage/catalog.ts';
 import { admissionRefusal, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
 import {
   StorageCommitment,
@@ -231,6 +232,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   async function initialState(): Promise<CommitmentState> {
     const records = await store.listCommitments((key) => log.error('commitment: a stored record is damaged; skipped', { key })).catch((error: unknown) => {
       log.error('commitment: reading the owed reports failed', { error: errorText(error) });
+      // A damaged table stays until the catalog is rebuilt: marked, the next start does it.
+      if (isCatalogDamage(error)) store.reportCatalogDamage(`commitment load: ${errorText(error)}`);
       return [];
     });
     if (records.length > 0) log.info('commitment: reports a previous run owed are sent again', { transactions: records.length });

@@ -491,6 +491,57 @@ test('a catalog reported damaged while serving is set aside and rebuilt at the n
   assert.ok(!readdirSync(dir).includes('catalog-damaged'), 'the mark is gone once rebuilt');
 });
 
+test('a catalog write LevelDB refuses with "Corruption" (a compaction met a damaged table: every later write fails so until a reopen) marks the catalog, which the next open rebuilds (hunt 172)', async (t) => {
+  const { dir, store } = await storeHolding(t, ['1.2.3.33']);
+  const reasons: string[] = [];
+  store.onCatalogDamage((reason) => reasons.push(reason));
+  // classic-level's answer to every write once a compaction failed on a damaged block (seen with a table damaged on disk).
+  const corruption = Object.assign(new Error('Corruption: corrupted compressed block contents'), { code: 'LEVEL_CORRUPTION' });
+  const batch = store.db.batch.bind(store.db);
+  store.db.batch = (() => Promise.reject(corruption)) as unknown as typeof store.db.batch;
+  await assert.rejects(store.updateDebt([{ sopInstanceUid: '1.2.3.33', siteName: 'site-b', sinceMs: 1 }], []), /Corruption/);
+  // Unmarked, every store and debt write was refused until a restart, and the restarted peer's compaction met the same table.
+  assert.deepEqual(reasons, ['catalog write: Corruption: corrupted compressed block contents']);
+  store.db.batch = batch;
+  await store.close();
+  await assertCatalogRebuiltAtOpen(t, dir, 1);
+});
+
+test('a catalog write refused as corrupt while the store opens: the catalog is rebuilt at once, and damage to the rebuilt one is reported again (hunt 172)', async (t) => {
+  const { dir, store: first } = await storeHolding(t, ['1.2.3.34']);
+  await first.close();
+  const store = createReplicaStore({ path: dir });
+  // The open's checkpoint write refused once, as a compaction that met a damaged table makes LevelDB do.
+  const put = store.db.put.bind(store.db);
+  let refusals = 1;
+  store.db.put = ((...args: Parameters<typeof put>) => (refusals-- > 0 ? Promise.reject(Object.assign(new Error('Corruption: bad block'), { code: 'LEVEL_CORRUPTION' })) : put(...args))) as typeof store.db.put;
+  await store.open();
+  t.after(() => store.close());
+  assert.equal(await store.countInstances(), 1);
+  assert.ok(readdirSync(dir).some((name) => name.startsWith('catalog.damaged-')), 'set aside and rebuilt');
+  const reasons: string[] = [];
+  store.onCatalogDamage((reason) => reasons.push(reason));
+  store.reportCatalogDamage('C-FIND: Corruption: later');
+  assert.deepEqual(reasons, ['C-FIND: Corruption: later'], 'the report made before the rebuild does not silence those about the new catalog');
+});
+
+test('a blob database LevelDB finds corrupt while the open recovers (its blobs newer than the checkpoint) fails the open and leaves the catalog, which cannot mend it, in place (hunt 172)', async (t) => {
+  const { dir, store: first } = await storeHolding(t, ['1.2.3.35']);
+  await first.updateDebt([{ sopInstanceUid: '1.2.3.35', siteName: 'site-b', sinceMs: 1 }], []);
+  await first.close();
+  const store = createReplicaStore({ path: dir });
+  const corruption = Object.assign(new Error('Corruption: corrupted internal key in DBIter'), { code: 'LEVEL_CORRUPTION' });
+  const keys = store.blobDb.keys.bind(store.blobDb);
+  store.blobDb.keys = (() => ({ [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(corruption) }) })) as unknown as typeof store.blobDb.keys;
+  await assert.rejects(store.open(), /Corruption: corrupted internal key in DBIter/);
+  // It was set aside (its debt, known sites and owed reports with it) and the retry failed the same way.
+  assert.deepEqual(readdirSync(dir).filter((name) => name.startsWith('catalog')), ['catalog']);
+  store.blobDb.keys = keys;
+  await store.open();
+  t.after(() => store.close());
+  assert.equal((await store.listDebt()).length, 1);
+});
+
 test('a catalog directory gone altogether is rebuilt from the commit records, and said so', async (t) => {
   const { dir, store } = await storeHolding(t, ['1.2.3.55', '1.2.3.56'], 4);
   await store.close();

@@ -708,7 +708,7 @@ class LevelReplicaStore implements ReplicaStore {
   }
   /** Unsynced catalog writes (commits' entries, see the header comment; debt), one batch for those waiting. */
   readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
-    await this.written(this.db.batch(writes.flat()));
+    await this.catalogWritten(this.db.batch(writes.flat()));
     return writes.map(() => undefined);
   }, commitsPerBatchMax);
 
@@ -745,13 +745,13 @@ class LevelReplicaStore implements ReplicaStore {
   /**
    * Opens both databases and recovers. A catalog LevelDB finds corrupt on the way is set aside and
    * rebuilt from the commit records (once): otherwise every start failed the same way and the site stayed
-   * down. (Should the corruption have been in the blobs, the second attempt fails as the first did.)
+   * down. Not when the blob database failed (its open, or recovery's scan of it): setting the catalog aside,
+   * with the debt and known sites only it holds, cannot mend that, and the second attempt failed as the first.
    */
   async open(): Promise<void> {
     try {
       await this.openOnce();
     } catch (error) {
-      // Not when the blob database itself failed to open: setting the catalog aside cannot help that.
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
       // A catalog whose MANIFEST is gone, or with a table cut short, is damage too: it can be rebuilt
       // (helpers 48 and 64: the start was refused).
@@ -766,8 +766,18 @@ class LevelReplicaStore implements ReplicaStore {
     }
   }
 
-  /** The last openOnce failed opening the blob database (not the catalog, not recovery). */
+  /** The last openOnce failed opening or reading the blob database: setting the catalog aside cannot mend that. */
   private blobOpenFailed = false;
+
+  /** A read of the blob database during an open; a failure is the blobs' (see blobOpenFailed). */
+  private async readingBlobs<T>(read: () => Promise<T>): Promise<T> {
+    try {
+      return await read();
+    } catch (error) {
+      this.blobOpenFailed = true;
+      throw error;
+    }
+  }
 
   private async openOnce(): Promise<void> {
     if (existsSync(join(this.path, 'CURRENT'))) {
@@ -795,7 +805,9 @@ class LevelReplicaStore implements ReplicaStore {
       throw openError(this.path, error);
     }
     try {
-      for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
+      await this.readingBlobs(async () => {
+        for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
+      });
       if (this.lastTick === 0 && (await this.db.keys({ gte: HELD_INDEX_PREFIX, lt: `${HELD_INDEX_PREFIX}~`, limit: 1 }).all()).length > 0) {
         // The catalog lists instances whose bytes are all gone (the blob database deleted or replaced):
         // serving would answer every C-FIND and fail every retrieve.
@@ -900,6 +912,8 @@ class LevelReplicaStore implements ReplicaStore {
       if (why !== undefined) {
         const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
         await rename(catalogDir, setAsideDir);
+        // A report about the catalog set aside (a write refused during this open) must not silence those about the new one.
+        this.catalogDamageReported = false;
         const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
         this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir, ...(reason && { reason }) });
       }
@@ -925,24 +939,26 @@ class LevelReplicaStore implements ReplicaStore {
     const endBlob = () => {
       if (blobId !== undefined) (!hasCommitRecord ? unfinished : chunksWhole ? committed : chunksLost).push(blobId);
     };
-    for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
-      const id = blobIdOfKey(key);
-      if (id !== blobId) {
-        endBlob();
-        blobId = id;
-        hasCommitRecord = false;
-        nextChunk = 0;
-        chunksWhole = true;
+    await this.readingBlobs(async () => {
+      for await (const key of this.blobDb.keys({ gte: `${blobPrefix}${fromBlobId}`, lt: `${blobPrefix}~` })) {
+        const id = blobIdOfKey(key);
+        if (id !== blobId) {
+          endBlob();
+          blobId = id;
+          hasCommitRecord = false;
+          nextChunk = 0;
+          chunksWhole = true;
+        }
+        if (key.endsWith(`!${commitRecordSuffix}`)) {
+          hasCommitRecord = true;
+          continue;
+        }
+        // Chunks are numbered from 0 without a gap, the last one in the commit's own batch.
+        const chunk = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
+        if (chunk !== nextChunk) chunksWhole = false;
+        nextChunk = chunk + 1;
       }
-      if (key.endsWith(`!${commitRecordSuffix}`)) {
-        hasCommitRecord = true;
-        continue;
-      }
-      // Chunks are numbered from 0 without a gap, the last one in the commit's own batch.
-      const chunk = Number.parseInt(key.slice(key.lastIndexOf('!') + 1), 16);
-      if (chunk !== nextChunk) chunksWhole = false;
-      nextChunk = chunk + 1;
-    }
+    });
     endBlob();
     for (const id of unfinished) if (!keptPartials.has(id)) await this.deleteBlob(id, true);
     for (const id of chunksLost) {
@@ -1117,7 +1133,7 @@ class LevelReplicaStore implements ReplicaStore {
   /** Deletes a kept part: its chunks, then its marker (a marker left without its chunks is deleted at open). */
   async deleteKeptPart(blobId: string, sync: boolean): Promise<void> {
     await this.deleteBlob(blobId, sync);
-    await this.written(this.db.del(partialRecordKey(blobId), { sync }));
+    await this.catalogWritten(this.db.del(partialRecordKey(blobId), { sync }));
   }
 
   get writeFault(): string | undefined {
@@ -1158,6 +1174,20 @@ class LevelReplicaStore implements ReplicaStore {
         this.emitFault({ type: 'faulted', error: errorText(error) });
         this.reopening = this.reopenAfterFault();
       }
+      throw error;
+    }
+  }
+
+  /**
+   * A write to the catalog database, through `written`. A Corruption LevelDB answers it with (a compaction
+   * met a damaged table: every later write fails the same way until a reopen, and a reopened catalog's next
+   * compaction meets the table again) marks the catalog, which the next start rebuilds.
+   */
+  async catalogWritten<T>(write: Promise<T>): Promise<T> {
+    try {
+      return await this.written(write);
+    } catch (error) {
+      if (isCatalogDamage(error)) this.reportCatalogDamage(`catalog write: ${errorText(error)}`);
       throw error;
     }
   }
@@ -1265,9 +1295,9 @@ class LevelReplicaStore implements ReplicaStore {
     this.checkpointRunning = (async () => {
       // The catalog entries before it durable first, in whichever log they went to: a synced write, then the
       // logs LevelDB closed unsynced before it (see leveldb-logs.ts). Only then may recovery start after them.
-      await this.written(this.db.put(logBarrierKey, new Uint8Array(0), { sync: true }));
-      await this.written(this.syncOlderCatalogLogs());
-      await this.written(this.db.batch(ops, { sync: true }));
+      await this.catalogWritten(this.db.put(logBarrierKey, new Uint8Array(0), { sync: true }));
+      await this.catalogWritten(this.syncOlderCatalogLogs());
+      await this.catalogWritten(this.db.batch(ops, { sync: true }));
     })().finally(() => {
       this.checkpointRunning = undefined;
     });
@@ -1512,12 +1542,12 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async putCommitment(record: CommitmentRecord): Promise<void> {
-    await this.written(this.db.put(`${commitmentPrefix}${record.transactionUid}`, new Uint8Array(pack(record)), { sync: true }));
+    await this.catalogWritten(this.db.put(`${commitmentPrefix}${record.transactionUid}`, new Uint8Array(pack(record)), { sync: true }));
   }
 
   async deleteCommitment(transactionUid: string): Promise<void> {
     // Not synced: a record back after a power cut only sends its report once more.
-    await this.written(this.db.del(`${commitmentPrefix}${transactionUid}`));
+    await this.catalogWritten(this.db.del(`${commitmentPrefix}${transactionUid}`));
   }
 
   async listCommitments(onDamaged: (key: string) => void = () => undefined): Promise<CommitmentRecord[]> {
@@ -1631,7 +1661,7 @@ class LevelInstanceWriter implements InstanceWriter {
     this.inFlight.delete(synced);
     if (failure !== undefined) throw failure;
     if (this.state !== 'open') return;
-    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
+    await this.store.catalogWritten(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker)), { sync: true }));
   }
 
   async markProgress(record: { sopInstanceUid: string; fromPeerId: string; keptUntilDateMs: number }): Promise<void> {
@@ -1642,7 +1672,7 @@ class LevelInstanceWriter implements InstanceWriter {
     await Promise.all(this.inFlight);
     if (this.state !== 'open' || this.failure !== undefined) return;
     this.persisted = true;
-    await this.store.written(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker))));
+    await this.store.catalogWritten(this.store.db.put(partialRecordKey(this.blobId), new Uint8Array(pack(marker))));
   }
 
   private async putLastChunkAgainSynced(key: string): Promise<void> {
@@ -1785,7 +1815,7 @@ class LevelInstanceWriter implements InstanceWriter {
       // points at the new one for good. A power cut before that leaves the entry on the bad copy, and
       // recovery deletes the new one (its commit record names a UID stored under another blob).
       await this.store.written(this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true }));
-      await this.store.written(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
+      await this.store.catalogWritten(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
       this.state = 'committed';
       this.store.endUpload(this.blobId, 'replaced');
       // Synced: the bad copy lies below the recovery checkpoint, so no open would find it again after a power cut.
