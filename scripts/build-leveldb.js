@@ -19,7 +19,9 @@
  * files back a MiB at a time as they are written (sync_file_range, as RocksDB's bytes_per_sync): a 32 MiB
  * memtable flush left to its closing fdatasync went to the disk at once, and the log syncs that acknowledge
  * stores waited behind it (hunt 135, store path of 600 instances under strace: log fdatasync p99 31 -> 16 ms,
- * over 10 ms 61 -> 29 times).
+ * over 10 ms 61 -> 29 times). And a compaction of the catalog database checks its input blocks' checksums:
+ * unchecked, a damaged block was rewritten under fresh checksums, or aborted the process on keys that decoded
+ * out of order (hunt 172); the catalog is rebuilt from the commit records, the blobs are checked by SHA-256.
  *
  * The whole addon is compiled with -msse4.2, so the result only runs on CPUs with SSE4.2: it is built on
  * the machine that runs it (node_modules is not copied between machines; the check above is on this CPU).
@@ -115,6 +117,22 @@ const SOURCE_PATCHES = [
       '    appended_ += r;\n' +
       '    return WriteBackIfDue();\n',
   },
+  {
+    name: 'catalog-compaction-verifies-checksums',
+    file: join('deps', 'leveldb', 'leveldb-1.20', 'db', 'version_set.cc'),
+    anchor: '  options.verify_checksums = options_->paranoid_checks;\n  options.fill_cache = false;\n',
+    replacement:
+      '  // pacs-mesh: a compaction of the catalog database (store/catalog) reads its input tables with their block\n' +
+      '  // checksums checked, as paranoid_checks would (without its stricter log recovery): a damaged block fails\n' +
+      '  // the compaction with a Corruption, which the store marks for the catalog\'s rebuild; unchecked, its bytes\n' +
+      '  // were rewritten under fresh checksums, or keys that decoded out of order failed an assertion in\n' +
+      '  // TableBuilder::Add and aborted the process (hunt 172). Not the blob database: nothing rebuilds it, a\n' +
+      '  // failed compaction would refuse its writes for good, and every chunk it holds is checked by its\n' +
+      '  // instance\'s SHA-256 when read (a damaged copy is replaced from another site).\n' +
+      '  options.verify_checksums = options_->paranoid_checks ||\n' +
+      '      (dbname_.size() >= 8 && dbname_.compare(dbname_.size() - 8, 8, "/catalog") == 0);\n' +
+      '  options.fill_cache = false;\n',
+  },
 ];
 
 function patchSources(copy) {
@@ -174,7 +192,7 @@ function patchesBuilt() {
 /** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
 function leveldbBuildStatus() {
   const version = builtForVersion();
-  if (version !== undefined) return `built here with SSE4.2 CRC32C, full logs synced and tables written back per MiB (classic-level ${version})`;
+  if (version !== undefined) return `built here with SSE4.2 CRC32C, full logs synced, tables written back per MiB and catalog compactions checking checksums (classic-level ${version})`;
   // An earlier build (without some of SOURCE_PATCHES) is still the one node-gyp-build loads until it is rebuilt.
   if (existsSync(join(releaseDir, 'classic_level.node'))) {
     const done = patchesBuilt();
@@ -305,7 +323,7 @@ function build() {
     copyFileSync(join(copy, 'build', 'Release', 'classic_level.node'), `${addon}.new`);
     renameSync(`${addon}.new`, addon);
     writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags, patches: SOURCE_PATCHES.map((patch) => patch.name), sourceHash: patchedSourceHash() })}\n`);
-    say('LevelDB built with SSE4.2 CRC32C, full logs synced and tables written back per MiB');
+    say('LevelDB built with SSE4.2 CRC32C, full logs synced, tables written back per MiB and catalog compactions checking checksums');
   } catch (error) {
     rmSync(join(packageDir, 'build'), { recursive: true, force: true });
     // The compiler's or make's own error line says more than node-gyp's closing "not ok".
