@@ -149,6 +149,27 @@ function sawMajorityAlive(peers: RosterPeers, selfPeerId: string, atMs: number):
   return alive * 2 > peers.size;
 }
 
+/** The voters this peer sees alive when they are no strict majority of its roster (null with one). */
+export interface RosterMajorityLack {
+  /** Self included. */
+  readonly alive: number;
+  readonly voters: number;
+  /** The voters not seen alive, in roster order. */
+  readonly absent: readonly string[];
+}
+
+/**
+ * Whether this peer lacks a strict majority of its roster alive (itself included): then no leader can be elected
+ * with it (it withholds its votes, logic.ts), nor does any absence count (sawMajorityAlive), so a mesh that lost
+ * half or more of its voters for good stays leaderless until the operator takes them out.
+ */
+export function rosterMajorityLack(rosterPeerIds: readonly string[], alivePeerIds: ReadonlySet<string>, selfPeerId: string): RosterMajorityLack | null {
+  const absent = rosterPeerIds.filter((peerId) => peerId !== selfPeerId && !alivePeerIds.has(peerId));
+  const voters = new Set([...rosterPeerIds, selfPeerId]).size;
+  const alive = voters - absent.length;
+  return alive * 2 > voters ? null : { alive, voters, absent };
+}
+
 /** An entry's absence counted up to the roster's update at `lastUpdateMs` (see RosterPeer.absentMs). */
 function countedAbsenceMs(entry: RosterPeer, lastUpdateMs: number): number {
   return entry.absentMs ?? Math.max(0, lastUpdateMs - entry.seenAtMs);
