@@ -16,7 +16,11 @@ import type { MemberRecord } from '../membership/messages.ts';
 import { siteClaimConfirmMsDefault } from '../storage/custody/messages.ts';
 
 export interface RosterPeer {
-  /** Last time this peer was seen alive (wall clock ms; moved on by this peer's time away at a start, see rosterAtStart). */
+  /**
+   * Last time this peer was seen alive (the actor's clock.nowMs: the date at the process's start plus monotonic time, so a
+   * wall clock step counts nothing while it runs, and one between runs is rosterAtStart's); moved on by this peer's
+   * time away at a start.
+   */
   readonly seenAtMs: number;
   /**
    * Its absence that counts (sawMajorityAlive), from seenAtMs to the roster's last update (self's seenAtMs); set on
