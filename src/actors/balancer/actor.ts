@@ -94,6 +94,11 @@ export const balancerTimings = {
   handOverGraceMs: 6000,
   /** A roster peer absent this long, counted while a majority of the roster is seen alive, is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
+  /**
+   * The most of the time between two roster updates that counts as absence (learnRoster): views come every
+   * heartbeat (500 ms) while a majority is seen, so a minute spans a slow disk's writes but not a stall of hours.
+   */
+  rosterViewGapCountedMaxMs: 60_000,
   /** After a failed state write, how often the election record (and the roster) is written again to see if the disk takes it. */
   stateWriteProbeIntervalMs: 5000,
   /** No strict majority of the roster alive this long (past a restart of the others, a short cut) is worth a warning. */
@@ -458,7 +463,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites, membership.siteClaimConfirmMs);
+    const { peers, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites, membership.siteClaimConfirmMs, balancerTimings.rosterViewGapCountedMaxMs);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofLostSiteClaims.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {

@@ -158,6 +158,16 @@ test('peers gone for good are forgotten after 24 h during which this peer saw a 
   assert.deepEqual([...(rosters.get('peer-a') ?? new Map()).keys()].sort(), ['peer-a', 'peer-b', 'peer-c']);
 });
 
+test('a gap between two updates counts at most countedGapMaxMs: a stall of this process (SIGSTOP, a paused VM) is no absence seen', () => {
+  const dayMs = 24 * 3600_000;
+  const [a, b, c] = ['peer-a', 'peer-b', 'peer-c'].map((p) => site(p, `site-${p.slice(5)}`, `${p}:104`)) as [MemberRecord, MemberRecord, MemberRecord];
+  const before = learnRoster(learnRoster(new Map(), [a, b, c], 'peer-a', 0, forgetAfterMs).peers, [a, b], 'peer-a', 1000, forgetAfterMs).peers;
+  // Two days stopped: membership moves the others' last heartbeats on, so the view after it still shows b alive.
+  const after = learnRoster(before, [a, b], 'peer-a', 1000 + 2 * dayMs, forgetAfterMs, new Set(), undefined, 60_000);
+  assert.deepEqual([after.forgotten, after.peers.get('peer-c')?.absentMs], [[], 1000 + 60_000], 'the second before it, and a minute');
+  assert.deepEqual(learnRoster(before, [a, b], 'peer-a', 1000 + 2 * dayMs, forgetAfterMs).forgotten.map((f) => f.peer), ['peer-c'], 'without a bound: all of it');
+});
+
 test('five sites lose three for good: nobody is forgotten by time, the lack is reported, and forgetting two of them at a survivor lets the last go after 24 h', () => {
   const hourMs = 3600_000;
   const all = ['peer-a', 'peer-b', 'peer-c', 'peer-d', 'peer-e'];

@@ -57,7 +57,7 @@ export interface RosterUpdate {
 /**
  * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
  * predecessors, forgets peers absent for `forgetAfterMs` (counted while this peer saw a majority of the roster
- * alive: sawMajorityAlive), and takes out the peers of `forgottenSites`
+ * alive: sawMajorityAlive; at most `countedGapMaxMs` between two updates), and takes out the peers of `forgottenSites`
  * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
  * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
  * that missed the change (a crash) is put right at the next start.
@@ -78,6 +78,7 @@ export function learnRoster(
   forgetAfterMs: number,
   forgottenSites: ReadonlySet<string> = new Set(),
   siteClaimConfirmMs: number = siteClaimConfirmMsDefault,
+  countedGapMaxMs: number = Number.POSITIVE_INFINITY,
 ): RosterUpdate {
   const next = new Map(peers);
   const learnt: MemberRecord[] = [];
@@ -111,7 +112,9 @@ export function learnRoster(
   // The time since the last update counts only if both ends saw the majority: a view that shows it again (a heal)
   // ends a spell that did not count, and so does one an update not adopted (a disk refusing writes) hid.
   const majorityNow = [...next.keys()].filter((peerId) => seenNow.has(peerId)).length * 2 > next.size;
-  const countsMs = majorityNow && sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.max(0, nowMs - lastUpdateMs) : 0;
+  // At most countedGapMaxMs of it: while a majority is seen, views come with every heartbeat, so a longer gap is this
+  // process standing still (SIGSTOP, a paused VM; the view after it is the one from before) or updates not adopted.
+  const countsMs = majorityNow && sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.min(countedGapMaxMs, Math.max(0, nowMs - lastUpdateMs)) : 0;
   // A peer not up losing its claim now counts too: a peer that joined late can learn a stopped twin from its
   // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
   const lostSiteTo = new Map<string, string>();
