@@ -5,6 +5,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
 import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
 import { encodeEnvelope } from '../../codec/envelope.ts';
@@ -63,7 +65,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
   /** Each peer a DICOM address of its own (a heartbeat naming this site and this address is a predecessor's). */
   let nextDicomPort = 0;
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string): Promise<TestPeer> {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number } = {}): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
@@ -89,7 +91,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
       priority: 100,
       dataDir: dir,
       addresses: { dicom: dicom ?? `127.0.0.1:${10000 + nextDicomPort++}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
-      balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000 },
+      balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000, ...balancer },
     });
     // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).
     mesh.membership.updateLocalStats({ load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 100 * 1024 ** 3 }, instanceCount: 0, digestRoot: '' });
@@ -239,6 +241,29 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     assert.equal(again.mesh.balancer.status().term, 42);
     await waitFor('it leads again', () => again.mesh.balancer.status().role === 'leader', 15_000);
     assert.equal(again.mesh.balancer.status().term, 43);
+  });
+
+  it('a peer that sees no majority of its roster alive says so (status, one warning), and leads once the operator took the lost voters out', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
+    dirs.push(dir);
+    // Two sites of a mesh of three lost for good, never forgotten: no majority, so their absence never counts (hunt 175).
+    const lost = await Promise.all([0, 1].map(async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()));
+    const entries = lost.map((peerId, i) => [peerId, { seenAtMs: Date.now() - 3_600_000, site: `site-lost${i}`, dicom: `127.0.0.1:${i + 1}` }]);
+    await writeFile(join(dir, 'balancer-roster.json'), `${JSON.stringify({ version: 2, peers: Object.fromEntries(entries) })}\n`);
+    const messages: string[] = [];
+    const alone = await peer(generateSwarmKey(), [], 'site-a', dir, messages, undefined, { rosterMajorityWarnAfterMs: 0 });
+    const warning = (m: string): boolean => m.startsWith("no strict majority of this peer's election roster is alive");
+    await waitFor('the lack in status()', () => alone.mesh.balancer.status().lacksRosterMajority !== undefined, 5000);
+    assert.deepEqual(alone.mesh.balancer.status().lacksRosterMajority, { alive: 1, voters: 3 });
+    await waitFor('the warning', () => messages.some(warning), 5000);
+    assert.equal(alone.mesh.balancer.forgetPeer(lost[0]!), 'forgotten');
+    await waitFor('one lost voter out', () => alone.mesh.balancer.roster().length === 2, 5000);
+    assert.deepEqual(alone.mesh.balancer.status().lacksRosterMajority, { alive: 1, voters: 2 }, 'one of two is no majority either');
+    assert.equal(alone.mesh.balancer.forgetPeer(lost[1]!), 'forgotten');
+    await waitFor('it leads', () => alone.mesh.balancer.status().role === 'leader', 15_000);
+    assert.equal(alone.mesh.balancer.status().lacksRosterMajority, undefined);
+    await waitFor('the end of the lack said', () => messages.some((m) => m.startsWith('a strict majority of the election roster is alive again')), 5000);
+    assert.equal(messages.filter(warning).length, 1, 'once while it lasted: it repeats every 10 min');
   });
 
   it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 60_000 }, async () => {

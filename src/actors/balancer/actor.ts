@@ -34,7 +34,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
-import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeer, type RosterPeers } from './roster.ts';
+import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
@@ -94,8 +94,17 @@ export const balancerTimings = {
   handOverGraceMs: 6000,
   /** A roster peer absent this long, counted while a majority of the roster is seen alive, is forgotten (decommissioned, or replaced with a new PeerId). */
   rosterForgetAfterMs: 24 * 3600_000,
+  /**
+   * The most of the time between two roster updates that counts as absence (learnRoster): views come every
+   * heartbeat (500 ms) while a majority is seen, so a minute spans a slow disk's writes but not a stall of hours.
+   */
+  rosterViewGapCountedMaxMs: 60_000,
   /** After a failed state write, how often the election record (and the roster) is written again to see if the disk takes it. */
   stateWriteProbeIntervalMs: 5000,
+  /** No strict majority of the roster alive this long (past a restart of the others, a short cut) is worth a warning. */
+  rosterMajorityWarnAfterMs: 60_000,
+  /** How often that warning repeats while it lasts. */
+  rosterMajorityWarnIntervalMs: 600_000,
 } as const;
 
 export { BalancerError, type BalancerErrorCode } from './state-files.ts';
@@ -137,6 +146,7 @@ export interface BalancerServiceInit {
   leaderSilenceMaxMs?: number;
   handOverGraceMs?: number;
   stateWriteProbeIntervalMs?: number;
+  rosterMajorityWarnAfterMs?: number;
   routing?: RoutingLimits;
   /** Uniform draw in [0, 1) for chooseTarget. Default Math.random. */
   random?: () => number;
@@ -194,8 +204,10 @@ export interface BalancerService {
   /**
    * `waitsToMeetBootstrapPeers`: present (true) while this peer neither runs nor votes, having never met one of its
    * --bootstrap peers (BalancerConfig.bootstrapPeerIds), so that an operator sees why in /api/mesh.
+   * `lacksRosterMajority`: present while this peer sees no strict majority of its roster alive (no leader can be
+   * elected with it: see rosterMajorityLack), with the voters alive and counted.
    */
-  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true };
+  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true; lacksRosterMajority?: { alive: number; voters: number } };
   /** The election streams' counts, for tests. */
   electionStreamStats(): ElectionStreamStats;
   crashForTest(reason?: string): void;
@@ -339,6 +351,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   let announceTooLarge = 0;
   /** Input another peer gets wrong (a bug, a newer version) repeats at every election or announce: one line per kind and sender each 10 s. */
   const badInput = createRepeatLimiter(log, 10_000);
+  const rosterMajorityWarnAfterMs = init.rosterMajorityWarnAfterMs ?? balancerTimings.rosterMajorityWarnAfterMs;
+  const majorityWarning = createRepeatLimiter(log, balancerTimings.rosterMajorityWarnIntervalMs, () => clock.nowMs());
+  /** Since when this peer has seen no strict majority of its roster alive (null: it sees one), and whether it said so. */
+  let majorityLack: { sinceMs: number; warned: boolean } | null = null;
   let leader: { peerId: string; term: number } | null = null;
   let table: RoutingTable | null = null;
   const ready = Promise.withResolvers<void>();
@@ -350,6 +366,30 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
+  const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
+    s === null ? null : rosterMajorityLack(s.balancer.config.rosterPeerIds, new Set(membership.liveMembers().map((m) => m.peerId)), self);
+
+  /**
+   * Without a majority of its roster alive this peer neither elects nor forgets by absence (a mesh that lost half
+   * its sites for good waits for custody to forget them, 7 days silent): told at most every 10 min, with the way
+   * out, so that the operator does not take the leaderless mesh for a fault of the network.
+   */
+  const watchRosterMajority = (s: ActorState, nowMs: number): void => {
+    const lack = lackOfMajority(s);
+    if (lack === null) {
+      if (majorityLack?.warned === true) log.info('a strict majority of the election roster is alive again: elections and forgetting resume', { voters: s.balancer.config.rosterPeerIds.length });
+      majorityLack = null;
+      return;
+    }
+    majorityLack ??= { sinceMs: nowMs, warned: false };
+    if (nowMs - majorityLack.sinceMs < rosterMajorityWarnAfterMs) return;
+    majorityLack.warned = true;
+    const absent = lack.absent.slice(0, 16).map((peerId) => ({ peer: peerId, memberSite: s.roster.peers.get(peerId)?.site ?? null }));
+    const wayOut = pinned
+      ? 'the pinned --roster changes only by restarting with another one'
+      : 'take the voters gone for good (sites decommissioned, or lost with their disks) out at any one peer: POST /api/forget-site?site=NAME, or /api/forget-peer?peer=PEERID; never voters merely cut off, which would then elect on their side too';
+    majorityWarning.warn('rosterMajority', `no strict majority of this peer's election roster is alive: it cannot be elected, withholds its votes and forgets no voter by absence until one is (a site silent 7 days leaves with custody's forgetting; without a leader each site serves its own associations); ${wayOut}`, { alive: lack.alive, voters: lack.voters, absent, lackingForMs: nowMs - majorityLack.sinceMs });
+  };
 
   // False from a failed state write until one succeeds: the heartbeat says so, and the others elect
   // among themselves instead of waiting for a best-ranked peer that cannot record its candidacy.
@@ -423,7 +463,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
   const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites, membership.siteClaimConfirmMs);
+    const { peers, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites, membership.siteClaimConfirmMs, balancerTimings.rosterViewGapCountedMaxMs);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofLostSiteClaims.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
@@ -597,6 +637,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     try {
       if (message.type === 'tick') await probeStateWrite(s);
       next = await stepAndPerform(s, message, fresh);
+      if (message.type === 'tick') watchRosterMajority(next, clock.nowMs());
     } catch (err) {
       noteStateWriteFailure(err);
       // The step's term or vote never reached the disk, and what it would have sent is not sent: start
@@ -805,7 +846,14 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     },
     status() {
       const b = current?.balancer;
-      return { role: b?.role ?? 'follower', term: b?.durable.currentTerm ?? 0, votedFor: b?.durable.votedFor ?? null, ...(b?.durable.meshMet === false ? { waitsToMeetBootstrapPeers: true as const } : {}) };
+      const lack = lackOfMajority(current);
+      return {
+        role: b?.role ?? 'follower',
+        term: b?.durable.currentTerm ?? 0,
+        votedFor: b?.durable.votedFor ?? null,
+        ...(b?.durable.meshMet === false ? { waitsToMeetBootstrapPeers: true as const } : {}),
+        ...(lack === null ? {} : { lacksRosterMajority: { alive: lack.alive, voters: lack.voters } }),
+      };
     },
     electionStreamStats: () => electionStreams.stats(),
     crashForTest(reason = 'test') {

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeers } from './roster.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterPeers } from './roster.ts';
 
 const forgetAfterMs = 24 * 3600_000;
 const site = (peerId: string, siteName: string, dicom: string, status: MemberStatus = 'alive'): MemberRecord =>
@@ -156,6 +156,38 @@ test('peers gone for good are forgotten after 24 h during which this peer saw a 
   // 10 h counted before the view of hour 11 (which showed the majority lost), then 14 more from the view of hour 41 on.
   assert.deepEqual(when, [55]);
   assert.deepEqual([...(rosters.get('peer-a') ?? new Map()).keys()].sort(), ['peer-a', 'peer-b', 'peer-c']);
+});
+
+test('a gap between two updates counts at most countedGapMaxMs: a stall of this process (SIGSTOP, a paused VM) is no absence seen', () => {
+  const dayMs = 24 * 3600_000;
+  const [a, b, c] = ['peer-a', 'peer-b', 'peer-c'].map((p) => site(p, `site-${p.slice(5)}`, `${p}:104`)) as [MemberRecord, MemberRecord, MemberRecord];
+  const before = learnRoster(learnRoster(new Map(), [a, b, c], 'peer-a', 0, forgetAfterMs).peers, [a, b], 'peer-a', 1000, forgetAfterMs).peers;
+  // Two days stopped: membership moves the others' last heartbeats on, so the view after it still shows b alive.
+  const after = learnRoster(before, [a, b], 'peer-a', 1000 + 2 * dayMs, forgetAfterMs, new Set(), undefined, 60_000);
+  assert.deepEqual([after.forgotten, after.peers.get('peer-c')?.absentMs], [[], 1000 + 60_000], 'the second before it, and a minute');
+  assert.deepEqual(learnRoster(before, [a, b], 'peer-a', 1000 + 2 * dayMs, forgetAfterMs).forgotten.map((f) => f.peer), ['peer-c'], 'without a bound: all of it');
+});
+
+test('five sites lose three for good: nobody is forgotten by time, the lack is reported, and forgetting two of them at a survivor lets the last go after 24 h', () => {
+  const hourMs = 3600_000;
+  const all = ['peer-a', 'peer-b', 'peer-c', 'peer-d', 'peer-e'];
+  const rosters = new Map<string, RosterPeers>();
+  learntAt(rosters, { 'peer-a': all }, 0);
+  for (let h = 1; h <= 72; h++) assert.deepEqual(learntAt(rosters, { 'peer-a': ['peer-a', 'peer-b'] }, h * hourMs).get('peer-a'), [], `hour ${h}`);
+  const ids = (): string[] => [...(rosters.get('peer-a') ?? new Map()).keys()];
+  const alive = new Set(['peer-a', 'peer-b']);
+  assert.deepEqual(rosterMajorityLack(ids(), alive, 'peer-a'), { alive: 2, voters: 5, absent: ['peer-c', 'peer-d', 'peer-e'] });
+  // The operator's way out (POST /api/forget-peer or forget-site), for two of the three: 2 of 3 is a majority again.
+  rosters.set('peer-a', forgetRosterPeers(rosters.get('peer-a') ?? new Map(), ['peer-c', 'peer-d'], alive, 'peer-a').peers);
+  assert.equal(rosterMajorityLack(ids(), alive, 'peer-a'), null);
+  const when: number[] = [];
+  for (let h = 73; h <= 100; h++) if ((learntAt(rosters, { 'peer-a': ['peer-a', 'peer-b'] }, h * hourMs).get('peer-a') ?? []).length > 0) when.push(h);
+  // Counted from the view before the forget (hour 72 here; a heartbeat before it in a mesh, where views come every 500 ms).
+  assert.deepEqual(when, [96], 'e, absent 24 h of majority from the forget on');
+  // A three-site mesh that lost one site (decommissioned without forget-site) keeps its majority: no lack, forgotten as before.
+  assert.equal(rosterMajorityLack(['peer-a', 'peer-b', 'peer-c'], alive, 'peer-a'), null);
+  assert.deepEqual(rosterMajorityLack(['peer-a', 'peer-b', 'peer-c', 'peer-d'], alive, 'peer-a')?.alive, 2, 'half is no majority');
+  assert.deepEqual(rosterMajorityLack(['peer-b', 'peer-c'], new Set(), 'peer-a'), { alive: 1, voters: 3, absent: ['peer-b', 'peer-c'] }, 'self counts, listed or not');
 });
 
 test('the peers of forgotten sites leave the roster at every update once they are not up (a suspect one later, when dead)', () => {

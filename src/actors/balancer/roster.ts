@@ -16,7 +16,11 @@ import type { MemberRecord } from '../membership/messages.ts';
 import { siteClaimConfirmMsDefault } from '../storage/custody/messages.ts';
 
 export interface RosterPeer {
-  /** Last time this peer was seen alive (wall clock ms; moved on by this peer's time away at a start, see rosterAtStart). */
+  /**
+   * Last time this peer was seen alive (the actor's clock.nowMs: the date at the process's start plus monotonic time, so a
+   * wall clock step counts nothing while it runs, and one between runs is rosterAtStart's); moved on by this peer's
+   * time away at a start.
+   */
   readonly seenAtMs: number;
   /**
    * Its absence that counts (sawMajorityAlive), from seenAtMs to the roster's last update (self's seenAtMs); set on
@@ -53,7 +57,7 @@ export interface RosterUpdate {
 /**
  * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
  * predecessors, forgets peers absent for `forgetAfterMs` (counted while this peer saw a majority of the roster
- * alive: sawMajorityAlive), and takes out the peers of `forgottenSites`
+ * alive: sawMajorityAlive; at most `countedGapMaxMs` between two updates), and takes out the peers of `forgottenSites`
  * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
  * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
  * that missed the change (a crash) is put right at the next start.
@@ -74,6 +78,7 @@ export function learnRoster(
   forgetAfterMs: number,
   forgottenSites: ReadonlySet<string> = new Set(),
   siteClaimConfirmMs: number = siteClaimConfirmMsDefault,
+  countedGapMaxMs: number = Number.POSITIVE_INFINITY,
 ): RosterUpdate {
   const next = new Map(peers);
   const learnt: MemberRecord[] = [];
@@ -107,7 +112,9 @@ export function learnRoster(
   // The time since the last update counts only if both ends saw the majority: a view that shows it again (a heal)
   // ends a spell that did not count, and so does one an update not adopted (a disk refusing writes) hid.
   const majorityNow = [...next.keys()].filter((peerId) => seenNow.has(peerId)).length * 2 > next.size;
-  const countsMs = majorityNow && sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.max(0, nowMs - lastUpdateMs) : 0;
+  // At most countedGapMaxMs of it: while a majority is seen, views come with every heartbeat, so a longer gap is this
+  // process standing still (SIGSTOP, a paused VM; the view after it is the one from before) or updates not adopted.
+  const countsMs = majorityNow && sawMajorityAlive(peers, selfPeerId, lastUpdateMs) ? Math.min(countedGapMaxMs, Math.max(0, nowMs - lastUpdateMs)) : 0;
   // A peer not up losing its claim now counts too: a peer that joined late can learn a stopped twin from its
   // last heartbeats, relayed after its stop, before the keeper's claim is confirmed in its own view.
   const lostSiteTo = new Map<string, string>();
@@ -147,6 +154,27 @@ function sawMajorityAlive(peers: RosterPeers, selfPeerId: string, atMs: number):
   let alive = 0;
   for (const [peerId, entry] of peers) if (peerId === selfPeerId || (entry.absentMs === undefined && entry.seenAtMs >= atMs)) alive += 1;
   return alive * 2 > peers.size;
+}
+
+/** The voters this peer sees alive when they are no strict majority of its roster (null with one). */
+export interface RosterMajorityLack {
+  /** Self included. */
+  readonly alive: number;
+  readonly voters: number;
+  /** The voters not seen alive, in roster order. */
+  readonly absent: readonly string[];
+}
+
+/**
+ * Whether this peer lacks a strict majority of its roster alive (itself included): then no leader can be elected
+ * with it (it withholds its votes, logic.ts), nor does any absence count (sawMajorityAlive), so a mesh that lost
+ * half or more of its voters for good stays leaderless until the operator takes them out.
+ */
+export function rosterMajorityLack(rosterPeerIds: readonly string[], alivePeerIds: ReadonlySet<string>, selfPeerId: string): RosterMajorityLack | null {
+  const absent = rosterPeerIds.filter((peerId) => peerId !== selfPeerId && !alivePeerIds.has(peerId));
+  const voters = new Set([...rosterPeerIds, selfPeerId]).size;
+  const alive = voters - absent.length;
+  return alive * 2 > voters ? null : { alive, voters, absent };
 }
 
 /** An entry's absence counted up to the roster's update at `lastUpdateMs` (see RosterPeer.absentMs). */
