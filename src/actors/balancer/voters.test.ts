@@ -221,3 +221,22 @@ test('a leader that forgets a voter while an admission is uncommitted: a cut-off
   const leaders = [bWins.state, aWins.state].filter((s) => s.role === 'leader').map((s) => s.durable.currentTerm);
   assert.ok(leaders.length < 2 || leaders[0] !== leaders[1], `two leaders of term ${leaders[0]}`);
 });
+
+test('a new leader admits nobody before a majority holds its stamp, and a voter takes a newer list a candidate carries', () => {
+  const abc: Voters = { peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 };
+  const roster = ['peer-a', 'peer-b', 'peer-c', 'peer-d'];
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2), alive('peer-d', 3)];
+  const a = run(initBalancer(configFor('peer-a', roster), holding(1, abc)), { type: 'viewChanged', members: view, nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10));
+  assert.equal(a.state.role, 'leader');
+  assert.deepEqual(a.state.durable.voters, { ...abc, term: 2, seq: 0 });
+  // peer-d alive in its roster: not admitted while only peer-a holds (2, 0), though (1, 2) was committed.
+  const waits = run(a.state, { type: 'tick', nowMs: 100 }, received('peer-c', { type: 'votersHeld', term: 2, voterId: 'peer-c', voters: { term: 1, seq: 2 } }, 110), { type: 'tick', nowMs: 400 });
+  assert.deepEqual(persistedVoters(waits.effects), []);
+  const admits = run(waits.state, received('peer-c', { type: 'votersHeld', term: 2, voterId: 'peer-c', voters: { term: 2, seq: 0 } }, 420), { type: 'tick', nowMs: 430 });
+  assert.deepEqual(persistedVoters(admits.effects), [{ peers: [...abc.peers, 'peer-d'], term: 2, seq: 1 }]);
+  // peer-c, which missed the admission, takes it from a candidate's request (the leader's list, arriving late).
+  const c = run(initBalancer(configFor('peer-c', roster), holding(2, { ...abc, term: 2, seq: 0 })), { type: 'viewChanged', members: view, nowMs: 0 });
+  const asked = run(c.state, received('peer-a', { type: 'requestVote', term: 3, candidateId: 'peer-a', roster: [...abc.peers, 'peer-d'], voters: { term: 2, seq: 1 } }, 10));
+  assert.deepEqual(asked.state.durable.voters, { peers: [...abc.peers, 'peer-d'], term: 2, seq: 1 });
+  assert.ok(sent(asked.effects).some((m) => m.message.type === 'vote' && m.message.granted));
+});
