@@ -126,13 +126,12 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   const joins = firstStart && (config.bootstrapPeerIds ?? []).some((peerId) => peerId !== config.selfPeerId);
   const met = joins ? { ...record, meshMet: false } : record;
   // A joiner is no voter until the mesh's leader admits it and a first peer starts the mesh alone. A record of a
-  // version before hunt 168 gets no list: its learnt roster counts, judged as before (the candidate's roster must
-  // hold the voter's), until a leader stamps one (see maybeWin); lists of one version that differ were granted.
+  // version before hunt 168 gets no list: its learnt roster counts, judged as before, until a leader stamps one
+  // (see maybeWin); as lists of one version (0, 0), rosters that grew apart were granted without the roster check.
   const initialVoters: Voters = { peers: joins ? [] : [config.selfPeerId], term: 0, seq: 0 };
-  const founds = config.votersThroughLeader === true && met.voters === undefined && (durable === null || firstStart);
   return {
     config,
-    durable: founds ? { ...met, voters: initialVoters } : met,
+    durable: config.votersThroughLeader === true && firstStart ? { ...met, voters: initialVoters } : met,
     role: 'follower',
     leaderId: null,
     leaderHeardAtMs: 0,
