@@ -380,6 +380,15 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     if (live === null) return;
     const members = viewMembers(live.membership, nowMs);
     const up = new Set(members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
+    if (live.balancer.durable.voters === undefined) {
+      // The learnt roster counting does what the actor does (a peer of its roster, then a viewChanged step): a
+      // peersForgotten step instead hid 4 of the deployed rule's 58 breaks in seeds 1-5000.
+      const { peers: roster, gone } = forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId);
+      if (gone.length === 0) return;
+      setRoster(p, live, roster);
+      run(p, [{ to: 'balancer', input: { type: 'viewChanged', members, nowMs } }]);
+      return;
+    }
     if (peerId === p.peerId || up.has(peerId)) return;
     setRoster(p, live, forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId).peers);
     // Out of the voters too, though this peer never learnt it (admitted by a leader that had).

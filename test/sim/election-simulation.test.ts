@@ -1,8 +1,9 @@
 /**
  * The election with learnt rosters (src/sim/election-simulation.ts) over many seeds: at most one leader per term.
  * ELECTION_SIM_SEEDS=n changes how many seeds run (default 300), ELECTION_SIM_FIRST_SEED where they start,
- * ELECTION_SIM_SEED=s reruns exactly one and prints its trace (ELECTION_SIM_LEARNT=1: with the learnt roster counting,
- * as the actor still wires it; ELECTION_SIM_FORGET_MS: the roster's rosterForgetAfterMs).
+ * ELECTION_SIM_SEED=s reruns exactly one and prints its trace; ELECTION_SIM_LEARNT=1 runs either with the learnt roster
+ * counting, as the actor still wires it (the sweep's one-leader-per-term check is then a todo); ELECTION_SIM_FORGET_MS
+ * sets the roster's rosterForgetAfterMs for a single seed.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -42,8 +43,9 @@ if (single !== undefined) {
   const first = Number(process.env.ELECTION_SIM_FIRST_SEED ?? 1);
   // The checks of one mode read the same runs.
   let runs: ElectionSimResult[] | undefined;
-  const sweep = (): ElectionSimResult[] => (runs ??= Array.from({ length: count }, (_, i) => runElectionSimulation({ seed: first + i })));
-  test(`at most one leader per term with voters admitted through the leader (${count} seeds from ${first})`, () => {
+  const sweep = (): ElectionSimResult[] => (runs ??= Array.from({ length: count }, (_, i) => runElectionSimulation({ seed: first + i, votersThroughLeader })));
+  const mode = votersThroughLeader ? 'with voters admitted through the leader' : 'with the learnt roster counting';
+  test(`at most one leader per term ${mode} (${count} seeds from ${first})`, votersThroughLeader ? {} : { todo: 'the learnt roster counting breaks it (58 of seeds 1-5000)' }, () => {
     const failures = sweep().filter((r) => !r.ok);
     assert.equal(failures.length, 0, `${failures.length} of ${count} seeds failed (${failures.map((r) => r.seed).join(', ')}); the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
   });
@@ -94,5 +96,12 @@ if (single !== undefined) {
   test(`with the learnt roster counting and forgetting after 2.5 s, partitions forget nobody on a minority side (the ${partitionSeeds.length} seeds of 1-500 that broke)`, () => {
     const failures = partitionSeeds.map((seed) => runElectionSimulation({ seed, votersThroughLeader: false, rosterForgetAfterMs: 2500 })).filter((r) => !r.ok);
     assert.equal(failures.length, 0, `${failures.map((r) => r.seed).join(', ')}; the first:\n${failures[0] === undefined ? '' : describeFailure(failures[0])}`);
+  });
+
+  test(`with the learnt roster counting, each of the ${learntSeeds.length} seeds still breaks (the mode measures the actor's rule)`, () => {
+    // One that holds means the simulation left the actor's wiring (hunt 176: a forget stepped as peersForgotten hid
+    // four) or the rule changed: then measure seeds 1-5000 again and update this list and docs/mesh-algorithms.md.
+    const held = learntSweep().filter((r) => r.ok).map((r) => r.seed);
+    assert.deepEqual(held, []);
   });
 }

@@ -9,11 +9,11 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { createMeshNode, type MeshNode } from '../../net/node.ts';
 import { generateSwarmKey, type SwarmKey } from '../../net/swarm-key.ts';
-import { encodeEnvelope } from '../../codec/envelope.ts';
+import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../supervisor/site-supervisor.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
-import { bootstrapPeerIdsOf, ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
+import { ANNOUNCE_MAX_BYTES, bootstrapPeerIdsOf, ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
 import { forgetPeerTopic, rosterMissingMax, routingTopic } from './messages.ts';
 import { ELECTION_RECORD_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
@@ -510,6 +510,19 @@ it('election frames: a request carries the candidate\'s roster and a refusal the
   const peerIds = Array.from({ length: 64 }, (_, i) => `12D3KooW${String(i).padStart(44, 'x')}`);
   const bytes = encodeEnvelope({ type: 'requestVote', term: 2 ** 40, candidateId: peerIds[0]!, roster: peerIds }, { maxBytes: ELECTION_MAX_BYTES });
   assert.ok(bytes.byteLength <= ELECTION_MAX_BYTES);
+});
+
+it('admitted voters on the wire (hunt 168, not wired in the actor): the new fields are dropped and the new messages refused, a list of 10,000 PeerIds is refused by size before it is unpacked', () => {
+  const voters = { peers: ['a', 'b'], term: 2, seq: 1 };
+  assert.deepEqual(parseBalancerMessage({ type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'], voters: { term: 2, seq: 1 } }), { type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'] });
+  assert.deepEqual(parseBalancerMessage({ type: 'vote', term: 3, voterId: 'b', granted: false, voters }), { type: 'vote', term: 3, voterId: 'b', granted: false });
+  assert.deepEqual(parseBalancerMessage({ type: 'announce', term: 3, leaderId: 'a', table: { term: 3, leaderId: 'a', entries: [] }, voters: { ...voters, committed: true } }), { type: 'announce', term: 3, leaderId: 'a', table: { term: 3, leaderId: 'a', entries: [] } });
+  assert.equal(parseBalancerMessage({ type: 'voters', term: 3, voters }), null);
+  assert.equal(parseBalancerMessage({ type: 'votersHeld', term: 3, voterId: 'b', voters: { term: 2, seq: 1 } }), null);
+  // From a swarm-key holder: over an election stream and over gossip alike, too large to be unpacked.
+  const peerIds = Array.from({ length: 10_000 }, (_, i) => `12D3KooW${String(i).padStart(44, 'x')}`);
+  const bytes = encodeEnvelope({ type: 'voters', term: 3, voters: { peers: peerIds, term: 2, seq: 1 } }, {});
+  for (const maxBytes of [ELECTION_MAX_BYTES, ANNOUNCE_MAX_BYTES]) assert.throws(() => decodeEnvelope(bytes, { maxBytes }), { code: 'ERR_ENVELOPE_TOO_LARGE' });
 });
 
 it('bootstrapPeerIdsOf: the PeerId after /p2p/ of each --bootstrap address; an address without one names none', () => {

@@ -708,6 +708,29 @@ test('a voter answers a request for votes only while it sees a majority of its o
   assert.deepEqual(['peer-c', 'peer-b'].map((peerId) => [states.get(peerId)!.durable.currentTerm, writes.get(peerId)]), [[3, 1], [3, 1]]);
 });
 
+test('with the learnt roster counting (votersThroughLeader off), a candidacy counts only votes of its roster as it is now, and wins at its timeout when a peer taken out leaves it a majority', () => {
+  // What the actor does when the roster loses a peer (forget-peer, 24 h absent): a new config, then a viewChanged step.
+  const withRoster = (s: BalancerState, ids: readonly string[]): BalancerState => ({ ...s, config: { ...s.config, rosterPeerIds: ids } });
+  const vote = (voterId: string, nowMs: number): BalancerInput => ({ type: 'messageReceived', from: voterId, message: { type: 'vote', term: 1, voterId, granted: true }, nowMs });
+  const five = ['peer-a', 'peer-b', 'peer-c', 'peer-x', 'peer-y'];
+  const view = [member('peer-a'), member('peer-b'), member('peer-c'), member('peer-x'), member('peer-y', { status: 'dead' })];
+  const a = run(withRoster(initBalancer(configFor('peer-a'), null), five), { type: 'viewChanged', members: view, nowMs: 0 }, vote('peer-x', 10));
+  assert.equal(a.state.role, 'candidate');
+  // peer-x voted, then left the roster: {peer-a, peer-b} is no majority of the four left (hunt 168; it was led with).
+  const four = ['peer-a', 'peer-b', 'peer-c', 'peer-y'];
+  const gone = view.map((m) => (m.peerId === 'peer-x' ? { ...m, status: 'dead' as const } : m));
+  const b = run(withRoster(a.state, four), { type: 'viewChanged', members: gone, nowMs: 20 }, vote('peer-b', 30));
+  assert.equal(b.state.role, 'candidate');
+  // peer-y taken out too: peer-a and peer-b are a majority of three, counted at the candidacy's timeout, not only
+  // when a vote comes (peer-c's may never: it asked again, for good, before hunt 168).
+  const three = run(withRoster(b.state, ['peer-a', 'peer-b', 'peer-c']), { type: 'viewChanged', members: gone, nowMs: 40 });
+  assert.equal(three.state.role, 'candidate');
+  const timedOut = run(three.state, { type: 'tick', nowMs: 500 });
+  assert.equal(timedOut.state.role, 'leader');
+  assert.equal(timedOut.state.durable.currentTerm, 1);
+  assert.equal(timedOut.state.durable.voters, undefined, 'no admitted voters with the flag off');
+});
+
 test('a voter grants only a candidate whose roster holds every peer of its own, and names the peers it lacks', () => {
   // Hunt 158's reducer case: b and d met; c met only b, e only d. In components {b, c} and {d, e}, with c and e the
   // rules' winners and fresh views, b sees 2 of its 3 voters and d 2 of its 3: each granted, and c and e led term 3.

@@ -125,12 +125,13 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   // Its own address in the list (the same --bootstrap list given to every site) names no peer to meet.
   const joins = firstStart && (config.bootstrapPeerIds ?? []).some((peerId) => peerId !== config.selfPeerId);
   const met = joins ? { ...record, meshMet: false } : record;
-  // A joiner is no voter until the mesh's leader admits it, a first peer starts the mesh alone, and a record of a
-  // version before hunt 168 counts the roster it learnt (version 0: judged as before until a leader stamps its own).
-  const initialVoters: Voters = { peers: joins ? [] : durable === null || firstStart ? [config.selfPeerId] : [...config.rosterPeerIds].sort(), term: 0, seq: 0 };
+  // A joiner is no voter until the mesh's leader admits it and a first peer starts the mesh alone. A record of a
+  // version before hunt 168 gets no list: its learnt roster counts, judged as before, until a leader stamps one
+  // (see maybeWin); as lists of one version (0, 0), rosters that grew apart were granted without the roster check.
+  const initialVoters: Voters = { peers: joins ? [] : [config.selfPeerId], term: 0, seq: 0 };
   return {
     config,
-    durable: config.votersThroughLeader === true && met.voters === undefined ? { ...met, voters: initialVoters } : met,
+    durable: config.votersThroughLeader === true && firstStart ? { ...met, voters: initialVoters } : met,
     role: 'follower',
     leaderId: null,
     leaderHeardAtMs: 0,
@@ -664,8 +665,10 @@ function maybeWin(state: BalancerState, nowMs: number, effects: BalancerEffect[]
   effects.push({ type: 'leaderChanged', term, leaderId: state.config.selfPeerId });
   const s: BalancerState = { ...withoutRosterTaught(state), role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0 };
   // Its voters stamped with its term before any change (Raft's leader commits an entry of its own term first):
-  // once a majority holds them, no candidate holding an older leader's uncommitted change gets their votes.
-  return announce(withVoters(s, s.durable.voters?.peers, 0, effects), nowMs, effects);
+  // once a majority holds them, no candidate holding an older leader's uncommitted change gets their votes. A
+  // record of an earlier version stamps the roster it won with.
+  const peers = s.durable.voters?.peers ?? (s.config.votersThroughLeader === true ? roster : undefined);
+  return announce(withVoters(s, peers, 0, effects), nowMs, effects);
 }
 
 /** Leader: a majority of its voters holds its current list (see nextVotersChange). */
@@ -676,8 +679,8 @@ function votersCommitted(s: BalancerState): boolean {
 /**
  * `a` supersedes `b`: a later version, or the same one made by a leader with peers forgotten since (see
  * withoutForgottenVoters: a forgetting that reached some peers and not others reaches the rest this way, as the
- * forget-peer topic would have). Lists of version (0, 0) were made by no leader (a first start's, or the roster of
- * a record of an earlier version) and differ without anything forgotten.
+ * forget-peer topic would have). Lists of version (0, 0) were made by no leader (a first start's) and differ
+ * without anything forgotten.
  */
 export function newerVoters(a: Voters, b: Voters): boolean {
   const order = compareVersions(a, b);
@@ -688,9 +691,9 @@ function compareVersions(a: VotersVersion, b: VotersVersion): number {
   return a.term !== b.term ? a.term - b.term : a.seq - b.seq;
 }
 
-/** Leader: `peers` as its voters, version (its term, seq), persisted before anything leaves; no-op without voters. */
+/** Leader: `peers` as its voters, version (its term, seq), persisted before anything leaves; no-op without peers. */
 function withVoters(s: BalancerState, peers: readonly string[] | undefined, seq: number, effects: BalancerEffect[]): BalancerState {
-  if (peers === undefined || s.durable.voters === undefined) return s;
+  if (peers === undefined) return s;
   const durable: ElectionDurable = { ...s.durable, voters: { peers: [...peers].sort(), term: s.durable.currentTerm, seq } };
   effects.push({ type: 'persist', key: 'election', value: durable });
   return { ...s, durable, votersHeldBy: [s.config.selfPeerId] };
@@ -734,16 +737,21 @@ function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): Balancer
 
 /**
  * Follower: the leader's voters, adopted (persisted) when newer than its own, and acknowledged while the leader
- * has not seen a majority hold them. A follower without voters of its own (a pinned roster) ignores them.
+ * has not seen a majority hold them. A follower without voters of its own ignores them (see adoptsFirstVoters).
  */
 function holdLeadersVoters(s: BalancerState, leaderId: string, voters: (Voters & { readonly committed: boolean }) | undefined, effects: BalancerEffect[]): BalancerState {
   const own = s.durable.voters;
-  if (own === undefined || voters === undefined) return s;
+  if (voters === undefined || (own === undefined && !adoptsFirstVoters(s, voters))) return s;
   const next = heldVoters(s, voters, effects);
-  if (!voters.committed && compareVersions(voters, own) >= 0) {
+  if (!voters.committed && (own === undefined || compareVersions(voters, own) >= 0)) {
     effects.push({ type: 'send', to: leaderId, message: { type: 'votersHeld', term: s.durable.currentTerm, voterId: s.config.selfPeerId, voters: { term: voters.term, seq: voters.seq } } });
   }
   return next;
+}
+
+/** A peer without voters (a record of an earlier version) takes the first list a leader made; a pinned roster none. */
+function adoptsFirstVoters(s: BalancerState, voters: Voters): boolean {
+  return s.config.votersThroughLeader === true && voters.term > 0;
 }
 
 /**
@@ -754,7 +762,7 @@ function holdLeadersVoters(s: BalancerState, leaderId: string, voters: (Voters &
  */
 function heldVoters(s: BalancerState, voters: Voters | undefined, effects: BalancerEffect[]): BalancerState {
   const own = s.durable.voters;
-  if (own === undefined || voters === undefined || !newerVoters(voters, own)) return s;
+  if (voters === undefined || (own === undefined ? !adoptsFirstVoters(s, voters) : !newerVoters(voters, own))) return s;
   const durable: ElectionDurable = { ...s.durable, voters: { peers: voters.peers, term: voters.term, seq: voters.seq } };
   effects.push({ type: 'persist', key: 'election', value: durable });
   // A candidacy ends with the list it was judged by: votes granted to it count in no other (a leader holds the
