@@ -10,7 +10,9 @@ import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import { createReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { writeSwarmKeyFile } from './net/swarm-key.ts';
-import { freeDiskProbe, isolationWarningOf, sitesHoldingOf, startMesh } from './mesh.ts';
+import { freeDiskProbe, isolationWarningOf, rosterForgottenSiteNames, sitesHoldingOf, startMesh } from './mesh.ts';
+import { learnRoster } from './actors/balancer/roster.ts';
+import { memberRecord } from './actors/membership/fixtures/member-record.ts';
 import { recordingLogger, type RecordedLine } from '../test/support/recording-logger.ts';
 import { manualClock } from '../test/support/manual-clock.ts';
 import { waitFor } from '../test/support/wait.ts';
@@ -95,6 +97,21 @@ test('isolationWarningOf: alone from the start is told to check its address; alo
   assert.match(lostAll?.message ?? '', /^every other site has disconnected from this peer: it serves alone\. They are down, or the network .* is cut.*Their last dials: 2 peer\(s\)/);
   assert.doesNotMatch(lostAll?.message ?? '', /--bootstrap|no other site has connected/);
   assert.deepEqual(lostAll?.fields, { knownSites: ['site-b', 'site-c'], lastConnectedPeer: '12D3KooWPeer' });
+});
+
+test('the roster drops the peers of a site the operator forgot at once, not those of a site forgotten by silence (review 178: a 7-day partition)', () => {
+  const peer = (peerId: string, siteName: string, status: 'alive' | 'dead') =>
+    memberRecord(peerId, { siteName, status, addresses: { dicom: `${siteName}:104`, http: '', aeTitle: 'PACSMESH' } });
+  const hourMs = 3600_000;
+  const roster = learnRoster(new Map(), [peer('peer-a', 'site-a', 'alive'), peer('peer-b', 'site-b', 'alive'), peer('peer-c', 'site-c', 'alive')], 'peer-a', 0, 24 * hourMs).peers;
+  // peer-a alone on its side of a partition; custody forgot site-b by a week's silence, the operator forgot site-c.
+  const tombstones = [{ siteName: 'site-b', forgottenAtMs: 7 * 24 * hourMs }, { siteName: 'site-c', forgottenAtMs: 7 * 24 * hourMs, byOperator: true as const }];
+  const alone = [peer('peer-a', 'site-a', 'alive'), peer('peer-b', 'site-b', 'dead'), peer('peer-c', 'site-c', 'dead')];
+  const update = learnRoster(roster, alone, 'peer-a', 7 * 24 * hourMs + 1, 24 * hourMs, new Set(rosterForgottenSiteNames(tombstones)));
+  assert.deepEqual(update.ofForgottenSites, [{ peer: 'peer-c', site: 'site-c' }]);
+  // A minority counts no absence: peer-b stays a voter, and this side cannot elect alone.
+  assert.deepEqual([...update.peers.keys()].sort(), ['peer-a', 'peer-b']);
+  assert.deepEqual(update.forgotten, []);
 });
 
 test("a mesh start that fails after custody started ends by the stop's deadline, though custody's work does not end (hunt 154)", { timeout: 60_000 }, async (t) => {

@@ -4,7 +4,7 @@
  * single-site archive.
  */
 import { defaultRoutingLimits } from './actors/balancer/logic.ts';
-import type { MemberRecord, PeerAddresses } from './actors/membership/messages.ts';
+import type { ForgottenSite, MemberRecord, PeerAddresses } from './actors/membership/messages.ts';
 import type { LocalStats, MembershipServiceInit } from './actors/membership/actor.ts';
 import { supersededMembers } from './actors/membership/logic.ts';
 import type { PeerConfig } from './config.ts';
@@ -143,6 +143,15 @@ const isolationRecheckMs = 10 * 60_000;
 const twinAdvice =
   'elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)';
 
+/**
+ * The forgotten sites whose peers leave the election roster at once: the operator's only. A site forgotten by
+ * a week's silence may be cut off by a partition; its peers go by the roster's own absence rule, counted only
+ * while a majority is seen (review 178: both sides of a 7-day partition forgot each other and elected apart).
+ */
+export function rosterForgottenSiteNames(tombstones: readonly ForgottenSite[]): string[] {
+  return tombstones.filter((f) => f.byOperator === true).map((f) => f.siteName);
+}
+
 /** What a peer started without --bootstrap knows when it checks whether it serves alone (see startMesh). */
 export interface IsolationState {
   /** Sites its data directory knows of. */
@@ -280,15 +289,15 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     stopping.unshift(() => children.stop());
     const { membership, balancer } = children;
     const publishStats = () => membership.updateLocalStats(localStats());
-    // A forgotten site's peers leave the election roster too: counted as voters, a site that is gone for
-    // good could leave the others short of a majority.
+    // A site the operator forgot has its peers leave the election roster too: counted as voters, a site that
+    // is gone for good could leave the others short of a majority (see rosterForgottenSiteNames).
     // Custody's stats change with every store; its tombstones are the same array until they change.
     let tombstonesInRoster: CustodyStats['forgottenSites'] | undefined;
     const forgetSitesInRoster = () => {
       const tombstones = custody.stats().forgottenSites;
       if (tombstones === tombstonesInRoster) return;
       tombstonesInRoster = tombstones;
-      balancer.setForgottenSites(tombstones.map((f) => f.siteName));
+      balancer.setForgottenSites(rosterForgottenSiteNames(tombstones));
       // Nor are their addresses kept and dialled at the next start: the saved ones recorded with the site, and
       // the peers this view or the roster know of it (entries without a site: files of earlier builds); those
       // still up go by absence.

@@ -12,7 +12,7 @@
 import { chooseTarget, defaultRoutingLimits, initBalancer, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
 import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable } from '../actors/balancer/messages.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
-import type { Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
+import type { ForgottenSite, Heartbeat, MembershipEffect, MembershipInput } from '../actors/membership/messages.ts';
 import { custodyStats, debtKey, sameHeartbeatFigures, type HeartbeatFigures, initCustody, stepCustody, type CustodyState } from '../actors/storage/custody/logic.ts';
 import {
   StoreStatus,
@@ -53,7 +53,7 @@ interface DurableState {
   readonly store: Map<string, SimInstance>;
   readonly debt: Map<string, DebtEntry>;
   readonly knownSites: Map<string, KnownSite>;
-  readonly forgottenSites: Map<string, number>;
+  readonly forgottenSites: Map<string, ForgottenSite>;
   election: ElectionDurable | null;
 }
 
@@ -349,7 +349,7 @@ export function runSimulation(options: SimOptions): SimResult {
         digest: digestOf(peer.durable.store.values()),
         debt: [...peer.durable.debt.values()],
         knownSites: [...peer.durable.knownSites.values()],
-        forgottenSites: [...peer.durable.forgottenSites].map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs })),
+        forgottenSites: [...peer.durable.forgottenSites.values()],
       },
     );
     peer.live = { membership, balancer, custody, staging: new Map(), electable: true, activeReportedAtMs: new Map(), publishedStats: null };
@@ -703,7 +703,7 @@ export function runSimulation(options: SimOptions): SimResult {
         for (const k of e.seen) peer.durable.knownSites.set(k.siteName, k);
         for (const f of [...e.forgotten, ...e.tombstonesAdopted]) {
           peer.durable.knownSites.delete(f.siteName);
-          peer.durable.forgottenSites.set(f.siteName, f.forgottenAtMs);
+          peer.durable.forgottenSites.set(f.siteName, f);
         }
         for (const siteName of e.tombstonesDropped) peer.durable.forgottenSites.delete(siteName);
         return;

@@ -182,8 +182,8 @@ export type ForgetPeerOutcome = 'forgotten' | 'up' | 'unknown' | 'pinned' | 'sel
 
 export interface BalancerService {
   /**
-   * The sites custody forgot (its tombstones): their peers in the learnt roster that are not up leave it now
-   * and at every later view (see learnRoster); pinned: nothing.
+   * The sites the operator forgot (custody's tombstones marked byOperator; not those forgotten by silence): their
+   * peers in the learnt roster that are not up leave it now and at every later view (see learnRoster); pinned: nothing.
    */
   setForgottenSites(siteNames: readonly string[]): void;
   /**

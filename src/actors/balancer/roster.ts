@@ -58,7 +58,7 @@ export interface RosterUpdate {
  * Learns the peers alive in `members`, refreshes their last-seen time and whereabouts, replaces a peer's
  * predecessors, forgets peers absent for `forgetAfterMs` (counted while this peer saw a majority of the roster
  * alive: sawMajorityAlive; at most `countedGapMaxMs` between two updates), and takes out the peers of `forgottenSites`
- * (custody's tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
+ * (the operator's forget-site tombstones) that are not up. Self is always kept. The forgotten sites are applied at every
  * call, not once: a peer still suspect when its site was forgotten goes once it is dead, and a roster file
  * that missed the change (a crash) is put right at the next start.
  *

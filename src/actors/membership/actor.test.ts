@@ -224,7 +224,11 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     assert.equal(parseHeartbeat(valid)?.forgottenSites, undefined);
     assert.deepEqual(parseHeartbeat({ ...valid, forgottenSites: [tombstone] })?.forgottenSites, [tombstone]);
     assert.deepEqual(parseHeartbeat({ ...valid, forgottenSites: Array(heartbeatForgottenSitesMax).fill(tombstone) })?.forgottenSites?.length, heartbeatForgottenSitesMax);
-    for (const junk of [Array(heartbeatForgottenSitesMax + 1).fill(tombstone), 'site-x', [{ siteName: '', forgottenAtMs: 5 }], [{ siteName: 'site-x' }], [{ siteName: 'x'.repeat(300), forgottenAtMs: 5 }], [{ siteName: 'site-x', forgottenAtMs: Infinity }], [null]]) {
+    // The operator's flag is kept when true, dropped when false (by silence), junk when not a boolean.
+    assert.deepEqual(parseHeartbeat({ ...valid, forgottenSites: [{ ...tombstone, byOperator: true }] })?.forgottenSites, [{ ...tombstone, byOperator: true }]);
+    assert.deepEqual(parseHeartbeat({ ...valid, forgottenSites: [{ ...tombstone, byOperator: false }] })?.forgottenSites, [tombstone]);
+    assert.equal(parseHeartbeat({ ...valid, forgottenSites: [{ ...tombstone, byOperator: 'yes' }] }), null);
+    for (const junk of [Array(heartbeatForgottenSitesMax + 1).fill(tombstone), 'site-x', [{ siteName: '', forgottenAtMs: 5 }], [{ siteName: 'site-x' }], [{ siteName: 'x'.repeat(300), forgottenAtMs: 5 }], [{ siteName: 'site-x', forgottenAtMs: Infinity }], [{ ...tombstone, byOperator: 1 }], [null]]) {
       assert.equal(parseHeartbeat({ ...valid, forgottenSites: junk }), null, JSON.stringify(junk).slice(0, 80));
     }
   });

@@ -204,7 +204,9 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
   for (const f of forgotten as unknown[]) {
     const site = f as Record<string, unknown> | null;
     if (typeof site !== 'object' || site === null || !str(site.siteName) || site.siteName.length === 0 || !finite(site.forgottenAtMs)) return null;
-    forgottenSites.push({ siteName: site.siteName, forgottenAtMs: site.forgottenAtMs });
+    // Absent in tombstones of peers from before the field, and in forgettings by silence.
+    if (site.byOperator !== undefined && typeof site.byOperator !== 'boolean') return null;
+    forgottenSites.push({ siteName: site.siteName, forgottenAtMs: site.forgottenAtMs, ...(site.byOperator === true ? { byOperator: true as const } : {}) });
   }
   // Absent in heartbeats of peers from before the field (and without tombstones).
   if (v.sentAtMs !== undefined && !finite(v.sentAtMs)) return null;

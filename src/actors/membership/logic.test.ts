@@ -113,12 +113,13 @@ test('tombstones of a peer whose wall clock is a day ahead or behind are read on
   for (const skewMs of [dayMs, -dayMs, 5 * 60_000, -5 * 60_000]) {
     // The other peer forgot site-x 30 s ago by its own clock, and its heartbeat takes 20 ms to arrive.
     const senderNow = nowMs + skewMs;
-    const hb = heartbeat('peer-c', 1, 1, { forgottenSites: [{ siteName: 'site-x', forgottenAtMs: senderNow - 30_000 }], sentAtMs: senderNow });
+    const hb = heartbeat('peer-c', 1, 1, { forgottenSites: [{ siteName: 'site-x', forgottenAtMs: senderNow - 30_000 }, { siteName: 'site-o', forgottenAtMs: senderNow - 40_000, byOperator: true }], sentAtMs: senderNow });
     const seen = run(receiver(), { type: 'heartbeatReceived', heartbeat: hb, nowMs: nowMs + 20 }).state;
     // Before: the sender's time as it was, a day in this peer's future (the site stayed forgotten here for a
     // day after it came back) or a day in its past (older than this peer's last heartbeat from the site, so
     // the forgetting was ignored here).
-    assert.deepEqual(seen.members.get('peer-c')?.forgottenSites, [{ siteName: 'site-x', forgottenAtMs: nowMs + 20 - 30_000 }], `skew ${skewMs}`);
+    // The operator's flag goes along (custody passes it on; only such tombstones take peers out of the rosters).
+    assert.deepEqual(seen.members.get('peer-c')?.forgottenSites, [{ siteName: 'site-x', forgottenAtMs: nowMs + 20 - 30_000 }, { siteName: 'site-o', forgottenAtMs: nowMs + 20 - 40_000, byOperator: true }], `skew ${skewMs}`);
   }
   // An older peer sends no time of its own: its tombstones are at least never in this peer's future.
   const legacy = heartbeat('peer-c', 1, 1, { forgottenSites: [{ siteName: 'site-x', forgottenAtMs: nowMs + dayMs }, { siteName: 'site-y', forgottenAtMs: nowMs - 5000 }] });

@@ -122,7 +122,7 @@ export function selfRecord(state: MembershipState, nowMs: number): MemberRecord 
 function tombstonesOnOwnClock(hb: Heartbeat, receivedAtMs: number): readonly ForgottenSite[] | undefined {
   if (hb.forgottenSites === undefined || hb.forgottenSites.length === 0) return undefined;
   const shift = hb.sentAtMs === undefined ? 0 : receivedAtMs - hb.sentAtMs;
-  return hb.forgottenSites.map((f) => ({ siteName: f.siteName, forgottenAtMs: Math.min(receivedAtMs, f.forgottenAtMs + shift) }));
+  return hb.forgottenSites.map((f) => ({ ...f, forgottenAtMs: Math.min(receivedAtMs, f.forgottenAtMs + shift) }));
 }
 
 /**

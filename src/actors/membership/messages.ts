@@ -40,6 +40,12 @@ export interface PeerLoad {
 export interface ForgottenSite {
   readonly siteName: string;
   readonly forgottenAtMs: number;
+  /**
+   * The operator forgot it (POST /api/forget-site, here or at the peer it came from): only such a forgetting
+   * takes the site's peers out of the election roster at once. Absent: by silence, and in tombstones of earlier
+   * builds, whose roster then forgets those peers by its own majority rule (a partition must not forget them).
+   */
+  readonly byOperator?: true;
 }
 
 /** Bound on forgotten sites one heartbeat carries (a page of them); a heartbeat with more is malformed. */

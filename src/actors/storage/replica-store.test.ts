@@ -218,7 +218,7 @@ test('known sites and tombstones persist across a reopen; a forgotten site turns
   let store = createReplicaStore({ path: dir });
   await store.open();
   await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 5 }, { siteName: 'site-c', lastHeardMs: 6 }, { siteName: 'site-d', lastHeardMs: 7 }], []);
-  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 70_000 }], [{ siteName: 'site-c', forgottenAtMs: 80_000 }, { siteName: 'site-d', forgottenAtMs: 80_001 }, { siteName: 'site-e', forgottenAtMs: 80_002 }]);
+  await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 70_000 }], [{ siteName: 'site-c', forgottenAtMs: 80_000 }, { siteName: 'site-d', forgottenAtMs: 80_001 }, { siteName: 'site-e', forgottenAtMs: 80_002 }, { siteName: 'site-f', forgottenAtMs: 80_003, byOperator: true }]);
   // site-d heard again (from a peer not settled yet), site-e's tombstone too old to pass on.
   await store.updateKnownSites([{ siteName: 'site-d', lastHeardMs: 90_000, unsettled: true }], [], ['site-d', 'site-e']);
   await store.db.put('k!site-x', new Uint8Array([0xc1]));
@@ -228,7 +228,8 @@ test('known sites and tombstones persist across a reopen; a forgotten site turns
   await store.open();
   const damaged: string[] = [];
   assert.deepEqual(await store.listKnownSites((key) => damaged.push(key)), [{ siteName: 'site-b', lastHeardMs: 70_000 }, { siteName: 'site-d', lastHeardMs: 90_000, unsettled: true }]);
-  assert.deepEqual(await store.listForgottenSites((key) => damaged.push(key)), [{ siteName: 'site-c', forgottenAtMs: 80_000 }]);
+  // The operator's forgetting stays the operator's (only it takes the site's peers out of the rosters at once).
+  assert.deepEqual(await store.listForgottenSites((key) => damaged.push(key)), [{ siteName: 'site-c', forgottenAtMs: 80_000 }, { siteName: 'site-f', forgottenAtMs: 80_003, byOperator: true }]);
   assert.deepEqual(damaged, ['k!site-x', 'f!site-y']);
   await store.close();
 });

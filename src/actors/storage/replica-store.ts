@@ -1515,7 +1515,7 @@ class LevelReplicaStore implements ReplicaStore {
       ops.push({ type: 'put', key: `${knownSitePrefix}${k.siteName}`, value: new Uint8Array(pack(site)) });
     }
     for (const f of forgotten) {
-      const tombstone: ForgottenSite = { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs };
+      const tombstone: ForgottenSite = { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs, ...(f.byOperator === true ? { byOperator: true as const } : {}) };
       ops.push({ type: 'del', key: `${knownSitePrefix}${f.siteName}` });
       ops.push({ type: 'put', key: `${forgottenSitePrefix}${f.siteName}`, value: new Uint8Array(pack(tombstone)) });
     }
@@ -1536,7 +1536,7 @@ class LevelReplicaStore implements ReplicaStore {
   async listForgottenSites(onDamaged: (key: string) => void = () => undefined): Promise<ForgottenSite[]> {
     return this.listRecords(forgottenSitePrefix, onDamaged, (key, f: Partial<ForgottenSite>) =>
       typeof f.siteName === 'string' && key === `${forgottenSitePrefix}${f.siteName}` && Number.isFinite(f.forgottenAtMs)
-        ? { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs as number }
+        ? { siteName: f.siteName, forgottenAtMs: f.forgottenAtMs as number, ...(f.byOperator === true ? { byOperator: true as const } : {}) }
         : undefined,
     );
   }

@@ -328,9 +328,9 @@ test('a site the operator forgets is dropped with its debt, unless one of its pe
   const forgot = run(alive.state, { type: 'forgetSiteRequested', siteName: 'site-b', nowMs: 5 });
   assert.deepEqual(forgot.effects, [
     { type: 'removeDebt', sopInstanceUid: 'u1', siteName: 'site-b' },
-    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: [{ siteName: 'site-b', forgottenAtMs: 5 }], tombstonesAdopted: [], tombstonesDropped: [], sitesKnown: 2 },
+    { type: 'persistKnownSites', seen: [], learnt: [], forgotten: [{ siteName: 'site-b', forgottenAtMs: 5, byOperator: true }], tombstonesAdopted: [], tombstonesDropped: [], sitesKnown: 2 },
   ]);
-  assert.deepEqual(custodyStats(forgot.state).forgottenSites, [{ siteName: 'site-b', forgottenAtMs: 5 }], 'passed on in the heartbeat');
+  assert.deepEqual(custodyStats(forgot.state).forgottenSites, [{ siteName: 'site-b', forgottenAtMs: 5, byOperator: true }], 'passed on in the heartbeat, as the operator\'s');
   assert.equal(forgot.state.debt.size, 0);
   assert.deepEqual([...forgot.state.knownSites.keys()], ['site-c']);
   // Its dead record, still in the view, does not bring it back (it was heard before it was forgotten).
@@ -396,6 +396,35 @@ test('a tombstone from another peer is not taken while the site is up here, or w
   assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-a', 700])], 1000), []);
   // Otherwise it is.
   assert.deepEqual(forgottenHere([member('peer-a'), forgetting('peer-b', ['site-x', 700])], 1000), ['site-x']);
+});
+
+test('a tombstone says whether the operator forgot the site (only then do the rosters drop its peers at once): kept through the heartbeats\' relay and a restart', () => {
+  const threePeers = () => run(initCustody(config, { digest: createDigest(), debt: [] }), { type: 'viewChanged', members: [member('peer-a'), member('peer-b'), member('peer-c')], nowMs: 0 }).state;
+  const down = [member('peer-a'), member('peer-b', 'dead'), member('peer-c', 'dead')];
+  let s = run(threePeers(), { type: 'viewChanged', members: down, nowMs: 10 }).state;
+  s = run(s, { type: 'forgetSiteRequested', siteName: 'site-b', nowMs: config.knownSiteForgetAfterMs - 1 }).state;
+  const silent = run(s, { type: 'tick', nowMs: config.knownSiteForgetAfterMs });
+  const persisted = silent.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.forgotten : []));
+  assert.deepEqual(persisted, [{ siteName: 'site-c', forgottenAtMs: config.knownSiteForgetAfterMs }], 'by silence: no flag');
+  const passedOn = custodyStats(silent.state).forgottenSites;
+  assert.deepEqual(passedOn, [{ siteName: 'site-c', forgottenAtMs: config.knownSiteForgetAfterMs }, { siteName: 'site-b', forgottenAtMs: config.knownSiteForgetAfterMs - 1, byOperator: true }]);
+  // Restarted from what it persisted: the same tombstones, flags and all.
+  assert.deepEqual(custodyStats(initCustody(config, { digest: createDigest(), debt: [], forgottenSites: [...passedOn] })).forgottenSites, passedOn);
+  // Another peer takes both in from the heartbeat, each as it came, and passes them on so.
+  const relayed: MemberRecord = { ...member('peer-a'), forgottenSites: passedOn };
+  const other = run(initCustody({ ...config, selfPeerId: 'peer-d', selfSiteName: 'site-d' }, { digest: createDigest(), debt: [] }), { type: 'viewChanged', members: [relayed], nowMs: config.knownSiteForgetAfterMs + 100 });
+  assert.deepEqual(other.effects.flatMap((e) => (e.type === 'persistKnownSites' ? e.tombstonesAdopted : [])), passedOn);
+  assert.deepEqual(custodyStats(other.state).forgottenSites, passedOn);
+  // A peer that forgot site-b by silence meanwhile takes the operator's word (even just as recent); one that
+  // holds it keeps it when a later forgetting by silence comes from a peer that missed it.
+  const bySilence = run(threePeers(), { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), member('peer-c')], nowMs: 10 }, { type: 'tick', nowMs: 10 + config.knownSiteForgetAfterMs }).state;
+  assert.deepEqual(custodyStats(bySilence).forgottenSites, [{ siteName: 'site-b', forgottenAtMs: 10 + config.knownSiteForgetAfterMs }]);
+  const operators = { ...member('peer-c'), forgottenSites: [{ siteName: 'site-b', forgottenAtMs: config.knownSiteForgetAfterMs, byOperator: true as const }] };
+  const upgraded = run(bySilence, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), operators], nowMs: 20 + config.knownSiteForgetAfterMs }).state;
+  assert.deepEqual(custodyStats(upgraded).forgottenSites, [{ siteName: 'site-b', forgottenAtMs: 10 + config.knownSiteForgetAfterMs, byOperator: true }]);
+  const laterSilence = { ...member('peer-c'), forgottenSites: [{ siteName: 'site-b', forgottenAtMs: 10 * knownSiteRefreshMs + config.knownSiteForgetAfterMs }] };
+  const kept = run(upgraded, { type: 'viewChanged', members: [member('peer-a'), member('peer-b', 'dead'), laterSilence], nowMs: 11 * knownSiteRefreshMs + config.knownSiteForgetAfterMs }).state;
+  assert.deepEqual(custodyStats(kept).forgottenSites, [{ siteName: 'site-b', forgottenAtMs: 10 * knownSiteRefreshMs + config.knownSiteForgetAfterMs, byOperator: true }]);
 });
 
 test('tombstones: one of a site unknown here is passed on; the newest go in the heartbeat; dropped after knownSiteForgetAfterMs, or when the site is heard again', () => {

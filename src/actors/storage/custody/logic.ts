@@ -64,11 +64,11 @@ export interface CustodyState {
   readonly knownSitesUnsettled: Set<string>;
   /**
    * Mirror of the persisted tombstones: sites forgotten lately -> when (here, or by the peer whose heartbeat
-   * said so first). A dead record of one still in the view must not bring it back; only hearing from it
+   * said so first) and whether by the operator (ForgottenSite.byOperator). A dead record of one still in the view must not bring it back; only hearing from it
    * again after that does. Passed on in heartbeats for knownSiteForgetAfterMs, so that every peer forgets
    * such a site, a peer restored from a backup taken before the forgetting too.
    */
-  readonly forgottenSites: Map<string, number>;
+  readonly forgottenSites: Map<string, ForgottenSite>;
   /**
    * forgottenSites as the heartbeat passes them on, newest first; null once they changed (every change
    * goes through persistSitesChange). Kept, so the stats computed after every step neither sort nor
@@ -177,8 +177,8 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     knownSites.set(k.siteName, k.lastHeardMs);
     if (k.unsettled === true) knownSitesUnsettled.add(k.siteName);
   }
-  const forgottenSites = new Map<string, number>();
-  for (const f of [...(durable.forgottenSites ?? [])].sort((x, y) => x.forgottenAtMs - y.forgottenAtMs)) forgottenSites.set(f.siteName, f.forgottenAtMs);
+  const forgottenSites = new Map<string, ForgottenSite>();
+  for (const f of [...(durable.forgottenSites ?? [])].sort((x, y) => x.forgottenAtMs - y.forgottenAtMs)) forgottenSites.set(f.siteName, tombstoneOf(f.siteName, f.forgottenAtMs, f.byOperator === true));
   return {
     config,
     digest,
@@ -298,8 +298,9 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
     case 'forgetSiteRequested':
       if (input.siteName !== state.config.selfSiteName && !state.members.some((m) => m.siteName === input.siteName && m.status === 'alive')) {
         const change = noSitesChange();
-        forgetSites(state, [{ siteName: input.siteName, forgottenAtMs: input.nowMs }], change, effects);
-        change.forgotten.push({ siteName: input.siteName, forgottenAtMs: input.nowMs });
+        const tombstone = tombstoneOf(input.siteName, input.nowMs, true);
+        forgetSites(state, [tombstone], change, effects);
+        change.forgotten.push(tombstone);
         persistSitesChange(state, change, effects);
       }
       break;
@@ -386,7 +387,7 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     // news (helper 92: a site stopped and forgotten at once stayed known, owed copies and counted as a
     // voter at one peer). A site not known here is learnt from any record: copies are owed to it at once.
     const settled = m.status === 'alive' && aliveAsOfMs - m.statusSinceMs >= state.config.forgottenSiteReturnAliveMs;
-    const forgottenAtMs = state.forgottenSites.get(m.siteName);
+    const forgottenAtMs = state.forgottenSites.get(m.siteName)?.forgottenAtMs;
     if (forgottenAtMs !== undefined && (!settled || heardMs <= forgottenAtMs)) continue;
     if (!settled && state.knownSites.has(m.siteName)) continue;
     const before = heard.get(m.siteName);
@@ -408,7 +409,7 @@ function updateKnownSites(state: CustodyState, nowMs: number, effects: CustodyEf
     change.seen.push(knownSiteRecord(state, siteName));
   }
   forgetSilentSites(state, nowMs, change, effects);
-  for (const [siteName, forgottenAtMs] of state.forgottenSites) {
+  for (const [siteName, { forgottenAtMs }] of state.forgottenSites) {
     if (silenceMs(state, nowMs, forgottenAtMs) < state.config.knownSiteForgetAfterMs) continue;
     state.forgottenSites.delete(siteName);
     change.tombstonesDropped.push(siteName);
@@ -489,15 +490,20 @@ function adoptTombstones(state: CustodyState, nowMs: number, change: SitesChange
     for (const tombstone of m.forgottenSites) {
       const { siteName, forgottenAtMs } = tombstone;
       if (siteName === c.selfSiteName || nowMs - forgottenAtMs >= c.knownSiteForgetAfterMs) continue;
-      if ((state.forgottenSites.get(siteName) ?? Number.NEGATIVE_INFINITY) >= forgottenAtMs - tombstoneNewsMinMs) continue;
+      // Held here as recent, and as much the operator's: no news (an operator's forgetting is news to one by silence).
+      const held = state.forgottenSites.get(siteName);
+      if (held !== undefined && held.forgottenAtMs >= forgottenAtMs - tombstoneNewsMinMs && (held.byOperator === true || tombstone.byOperator !== true)) continue;
       // Not the view's dead records' times: this process's pauses move them on (see updateKnownSites); nor
       // the time of a site learnt from a peer not settled (KnownSite.unsettled).
       if (!state.knownSitesUnsettled.has(siteName) && (state.knownSites.get(siteName) ?? Number.NEGATIVE_INFINITY) > forgottenAtMs) continue;
       up ??= sitesUp(state);
       if (up.has(siteName)) continue;
       const wasKnown = state.knownSites.has(siteName) || state.debtBySite.has(siteName);
-      forgetSites(state, [tombstone], change, effects);
-      (wasKnown ? change.forgotten : change.tombstonesAdopted).push(tombstone);
+      // The operator's word stays with the site while it is not heard again: a later forgetting by silence at a
+      // peer that missed it must not pass on without it, and leave the rosters that hear only that one waiting.
+      const adopted = tombstoneOf(siteName, Math.max(forgottenAtMs, held?.forgottenAtMs ?? forgottenAtMs), tombstone.byOperator === true || held?.byOperator === true);
+      forgetSites(state, [adopted], change, effects);
+      (wasKnown ? change.forgotten : change.tombstonesAdopted).push(adopted);
     }
   }
 }
@@ -518,20 +524,25 @@ function forgetSilentSites(state: CustodyState, nowMs: number, change: SitesChan
     const silentLongestFirst = [...state.knownSites].filter(([siteName]) => !silent.includes(siteName)).sort((a, b) => a[1] - b[1]);
     silent.push(...silentLongestFirst.slice(0, excess).map(([siteName]) => siteName));
   }
-  const forgotten = silent.map((siteName) => ({ siteName, forgottenAtMs: nowMs }));
+  const forgotten = silent.map((siteName) => tombstoneOf(siteName, nowMs, false));
   forgetSites(state, forgotten, change, effects);
   change.forgotten.push(...forgotten);
+}
+
+/** A tombstone as custody keeps, persists and passes it on: `byOperator` only when true (the field is new). */
+export function tombstoneOf(siteName: string, forgottenAtMs: number, byOperator: boolean): ForgottenSite {
+  return byOperator ? { siteName, forgottenAtMs, byOperator: true } : { siteName, forgottenAtMs };
 }
 
 /** Drops sites from the known ones, with every copy owed to them, and keeps their tombstones (bounded). */
 function forgetSites(state: CustodyState, sites: readonly ForgottenSite[], change: SitesChange, effects: CustodyEffect[]): void {
   if (sites.length === 0) return;
-  for (const { siteName, forgottenAtMs } of sites) {
+  for (const { siteName, forgottenAtMs, byOperator } of sites) {
     state.knownSites.delete(siteName);
     state.knownSitesUnsettled.delete(siteName);
     // Deleted first, so that the map's order is the order of forgetting and the bound drops the oldest.
     state.forgottenSites.delete(siteName);
-    state.forgottenSites.set(siteName, forgottenAtMs);
+    state.forgottenSites.set(siteName, tombstoneOf(siteName, forgottenAtMs, byOperator === true));
   }
   // Bounded like the known sites: the oldest forgetting is dropped first (its dead record is long gone).
   for (const siteName of state.forgottenSites.keys()) {
@@ -1093,7 +1104,7 @@ export function sameHeartbeatFigures(a: HeartbeatFigures, b: HeartbeatFigures): 
 
 /** Every tombstone, newest first (at most knownSitesMax; the heartbeats carry them a page at a time). */
 function tombstonesToPassOn(state: CustodyState): readonly ForgottenSite[] {
-  state.tombstonesPassedOn ??= [...state.forgottenSites].sort((a, b) => b[1] - a[1]).map(([siteName, forgottenAtMs]) => ({ siteName, forgottenAtMs }));
+  state.tombstonesPassedOn ??= [...state.forgottenSites.values()].sort((a, b) => b.forgottenAtMs - a.forgottenAtMs);
   return state.tombstonesPassedOn;
 }
 
