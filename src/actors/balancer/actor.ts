@@ -371,7 +371,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   /**
    * Without a majority of its roster alive this peer neither elects nor forgets by absence (a mesh that lost half
-   * its sites for good waits for custody to forget them, 7 days silent): told at most every 10 min, with the way
+   * its sites for good waits for the operator: custody's forgetting by silence leaves voters alone): told at most every 10 min, with the way
    * out, so that the operator does not take the leaderless mesh for a fault of the network.
    */
   const watchRosterMajority = (s: ActorState, nowMs: number): void => {
@@ -388,7 +388,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const wayOut = pinned
       ? 'the pinned --roster changes only by restarting with another one'
       : 'take the voters gone for good (sites decommissioned, or lost with their disks) out at any one peer: POST /api/forget-site?site=NAME, or /api/forget-peer?peer=PEERID; never voters merely cut off, which would then elect on their side too';
-    majorityWarning.warn('rosterMajority', `no strict majority of this peer's election roster is alive: it cannot be elected, withholds its votes and forgets no voter by absence until one is (a site silent 7 days leaves with custody's forgetting; without a leader each site serves its own associations); ${wayOut}`, { alive: lack.alive, voters: lack.voters, absent, lackingForMs: nowMs - majorityLack.sinceMs });
+    majorityWarning.warn('rosterMajority', `no strict majority of this peer's election roster is alive: it cannot be elected, withholds its votes and forgets no voter by absence until one is (nor with custody's forgetting of a site silent 7 days; without a leader each site serves its own associations); ${wayOut}`, { alive: lack.alive, voters: lack.voters, absent, lackingForMs: nowMs - majorityLack.sinceMs });
   };
 
   // False from a failed state write until one succeeds: the heartbeat says so, and the others elect
