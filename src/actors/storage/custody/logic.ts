@@ -64,9 +64,10 @@ export interface CustodyState {
   readonly knownSitesUnsettled: Set<string>;
   /**
    * Mirror of the persisted tombstones: sites forgotten lately -> when (here, or by the peer whose heartbeat
-   * said so first) and whether by the operator (ForgottenSite.byOperator). A dead record of one still in the view must not bring it back; only hearing from it
-   * again after that does. Passed on in heartbeats for knownSiteForgetAfterMs, so that every peer forgets
-   * such a site, a peer restored from a backup taken before the forgetting too.
+   * said so first) and whether by the operator (ForgottenSite.byOperator). A dead record of one still in the
+   * view must not bring it back; only hearing from it again after that does. Passed on in heartbeats for
+   * knownSiteForgetAfterMs, so that every peer forgets such a site, a peer restored from a backup taken
+   * before the forgetting too.
    */
   readonly forgottenSites: Map<string, ForgottenSite>;
   /**
@@ -530,7 +531,7 @@ function forgetSilentSites(state: CustodyState, nowMs: number, change: SitesChan
 }
 
 /** A tombstone as custody keeps, persists and passes it on: `byOperator` only when true (the field is new). */
-export function tombstoneOf(siteName: string, forgottenAtMs: number, byOperator: boolean): ForgottenSite {
+function tombstoneOf(siteName: string, forgottenAtMs: number, byOperator: boolean): ForgottenSite {
   return byOperator ? { siteName, forgottenAtMs, byOperator: true } : { siteName, forgottenAtMs };
 }
 
