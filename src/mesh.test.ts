@@ -1,16 +1,20 @@
 import './polyfill.ts';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseStartArgs } from './config.ts';
 import { createConcurrencyLimit } from './actors/runtime/concurrency-limit.ts';
+import { systemClock } from './actors/runtime/clock.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import { createReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
 import { writeSwarmKeyFile } from './net/swarm-key.ts';
-import { freeDiskProbe, isolationWarningOf, rosterForgottenSiteNames, sitesHoldingOf, startMesh } from './mesh.ts';
+import { KNOWN_PEERS_FILE } from './net/known-peers.ts';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { freeDiskProbe, isolationWarningOf, operatorForgottenSiteNames, sitesHoldingOf, startMesh } from './mesh.ts';
 import { learnRoster } from './actors/balancer/roster.ts';
 import { memberRecord } from './actors/membership/fixtures/member-record.ts';
 import { recordingLogger, type RecordedLine } from '../test/support/recording-logger.ts';
@@ -107,7 +111,7 @@ test('the roster drops the peers of a site the operator forgot at once, not thos
   // peer-a alone on its side of a partition; custody forgot site-b by a week's silence, the operator forgot site-c.
   const tombstones = [{ siteName: 'site-b', forgottenAtMs: 7 * 24 * hourMs }, { siteName: 'site-c', forgottenAtMs: 7 * 24 * hourMs, byOperator: true as const }];
   const alone = [peer('peer-a', 'site-a', 'alive'), peer('peer-b', 'site-b', 'dead'), peer('peer-c', 'site-c', 'dead')];
-  const update = learnRoster(roster, alone, 'peer-a', 7 * 24 * hourMs + 1, 24 * hourMs, new Set(rosterForgottenSiteNames(tombstones)));
+  const update = learnRoster(roster, alone, 'peer-a', 7 * 24 * hourMs + 1, 24 * hourMs, new Set(operatorForgottenSiteNames(tombstones)));
   assert.deepEqual(update.ofForgottenSites, [{ peer: 'peer-c', site: 'site-c' }]);
   // A minority counts no absence: peer-b stays a voter, and this side cannot elect alone.
   assert.deepEqual([...update.peers.keys()].sort(), ['peer-a', 'peer-b']);
@@ -173,4 +177,46 @@ test("a mesh start that fails after custody started ends by the stop's deadline,
   assert.ok(advancedMs >= stopDeadlineMs, `custody's held work was waited for until the deadline, not ${advancedMs} ms`);
   assert.match(String(ended), /injected: the mesh children could not start/, 'the start fails with the cause');
   await starting;
+});
+
+test("a site forgotten by silence keeps its saved addresses (dialled when a cut heals); one the operator forgot loses them (hunt 179's gap)", { timeout: 60_000 }, async (t) => {
+  for (const byOperator of [false, true]) {
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-saved-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const dataDir = join(dir, 'data');
+    await mkdir(dataDir);
+    const swarmKey = join(dir, 'swarm.key');
+    await writeSwarmKeyFile(swarmKey);
+    const config = parseStartArgs(['--site', 'site-a', '--data', dataDir, '--host', '127.0.0.1', '--swarm-key', swarmKey, '--p2p-port', '0']);
+    const store = createReplicaStore({ path: join(dataDir, 'store') });
+    await store.open();
+    const nowMs = Date.now();
+    await store.updateKnownSites([], [{ siteName: 'site-b', forgottenAtMs: nowMs - 60_000, ...(byOperator ? { byOperator: true as const } : {}) }]);
+    // A peer of site-b saved by an earlier run, at an address nobody listens on.
+    const peerB = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
+    const saved = { version: 1, writtenAtMs: nowMs, peers: [{ peerId: peerB, addrs: [`/ip4/127.0.0.1/tcp/9/p2p/${peerB}`], site: 'site-b', seenAtMs: nowMs - 60_000 }] };
+    await writeFile(join(dataDir, KNOWN_PEERS_FILE), JSON.stringify(saved));
+    const supervisor = startSiteSupervisor('site-a');
+    const mesh = await startMesh({
+      config,
+      dataDir,
+      store,
+      clock: systemClock,
+      log: recordingLogger([]),
+      supervisor,
+      addresses: { dicom: '127.0.0.1:1', http: '127.0.0.1:1', aeTitle: 'PACS' },
+      localDicomPort: 1,
+      activeAssociations: () => 0,
+      stopDeadlineMs: 7000,
+    });
+    await mesh.stop();
+    supervisor.stop();
+    await store.close();
+    const written = JSON.parse(await readFile(join(dataDir, KNOWN_PEERS_FILE), 'utf8')) as { peers: Array<{ peerId: string }> };
+    assert.equal(
+      written.peers.some((p) => p.peerId === peerB),
+      !byOperator,
+      byOperator ? "the operator's forget-site left the site's saved address" : 'a site forgotten by 7 days of silence lost its saved address: sites cut apart that long never redial each other',
+    );
+  }
 });

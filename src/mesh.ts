@@ -144,11 +144,13 @@ const twinAdvice =
   'elections stall and copies go astray until one stops; each peer needs its own data directory (start the second one on an empty directory)';
 
 /**
- * The forgotten sites whose peers leave the election roster at once: the operator's only. A site forgotten by
- * a week's silence may be cut off by a partition; its peers go by the roster's own absence rule, counted only
- * while a majority is seen (review 178: both sides of a 7-day partition forgot each other and elected apart).
+ * The forgotten sites whose peers leave the election roster and the saved addresses at once: the operator's
+ * only. A site forgotten by a week's silence may be cut off by a partition; its peers go by the roster's own
+ * absence rule, counted only while a majority is seen (review 178: both sides of a 7-day partition forgot each
+ * other and elected apart), and its addresses by known-peers.json's, counted only while another peer of that
+ * site is connected (dropped with the tombstone, the two sides never redialled each other when the cut healed).
  */
-export function rosterForgottenSiteNames(tombstones: readonly ForgottenSite[]): string[] {
+export function operatorForgottenSiteNames(tombstones: readonly ForgottenSite[]): string[] {
   return tombstones.filter((f) => f.byOperator === true).map((f) => f.siteName);
 }
 
@@ -290,18 +292,18 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
     const { membership, balancer } = children;
     const publishStats = () => membership.updateLocalStats(localStats());
     // A site the operator forgot has its peers leave the election roster too: counted as voters, a site that
-    // is gone for good could leave the others short of a majority (see rosterForgottenSiteNames).
+    // is gone for good could leave the others short of a majority (see operatorForgottenSiteNames).
     // Custody's stats change with every store; its tombstones are the same array until they change.
     let tombstonesInRoster: CustodyStats['forgottenSites'] | undefined;
     const forgetSitesInRoster = () => {
       const tombstones = custody.stats().forgottenSites;
       if (tombstones === tombstonesInRoster) return;
       tombstonesInRoster = tombstones;
-      balancer.setForgottenSites(rosterForgottenSiteNames(tombstones));
+      const sites = new Set(operatorForgottenSiteNames(tombstones));
+      balancer.setForgottenSites([...sites]);
       // Nor are their addresses kept and dialled at the next start: the saved ones recorded with the site, and
       // the peers this view or the roster know of it (entries without a site: files of earlier builds); those
       // still up go by absence.
-      const sites = new Set(tombstones.map((f) => f.siteName));
       node.forgetSites(sites);
       const ofSites = [
         ...membership.members().filter((m) => m.status === 'dead' && sites.has(m.siteName)).map((m) => m.peerId),
