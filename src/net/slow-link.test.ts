@@ -115,11 +115,12 @@ test('gossip from a site sending a large copy over a 100 KB/s link waits behind 
     const copyMs = performance.now() - copyStartMs;
     // The first window is the protocol's 256 KiB (2.6 s of this link) whatever the receiver would grant.
     const settled = delays.filter(({ sentAtMs }) => sentAtMs - copyStartMs > settleMs && sentAtMs - copyStartMs < copyMs - 1000);
-    const summary = `delays ${delays.map(({ sentAtMs, delayMs }) => `${Math.round((sentAtMs - copyStartMs) / 100) / 10}s:${Math.round(delayMs)}`).join(', ')} ms; copy ${Math.round(copyMs)} ms`;
+    const summary = `delays ${delays.map(({ sentAtMs, delayMs, lateMs }) => `${Math.round((sentAtMs - copyStartMs) / 100) / 10}s:${Math.round(delayMs)}${lateMs > 0 ? `(loop late ${lateMs})` : ''}`).join(', ')} ms; copy ${Math.round(copyMs)} ms`;
     t.diagnostic(summary);
     assert.ok(settled.length >= 10, `gossip arrived during the copy: ${summary}`);
-    const longestDelayMs = Math.max(...settled.map(({ delayMs }) => delayMs));
-    assert.ok(longestDelayMs < gossipDelayMaxMs, `gossip waited up to ${Math.round(longestDelayMs)} ms behind the copy: ${summary}`);
+    // In run time: time the shared loop ran late on a loaded machine is no wait behind the copy.
+    const longestDelayMs = Math.max(...settled.map(({ delayMs, lateMs }) => delayMs - lateMs));
+    assert.ok(longestDelayMs < gossipDelayMaxMs, `gossip waited up to ${Math.round(longestDelayMs)} ms of run time behind the copy: ${summary}`);
     assert.equal(link.stats.connectionsClosed, 0, 'the connection held');
   });
 });
