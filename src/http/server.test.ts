@@ -220,7 +220,8 @@ test('a stop refuses new connections and closes idle ones at once, lets a reques
   const started = Date.now();
   await busyClosed;
   await stopped;
-  assert.ok(Date.now() - started < 2000, 'the stop waited for the grace period though nothing was in flight');
+  // Half the 10 s grace: a stop held for it is told apart, and a loaded machine's slow close is not.
+  assert.ok(Date.now() - started < 5000, 'the stop waited for the grace period though nothing was in flight');
   const [first, second] = answers.split(/(?=HTTP\/1\.1 )/);
   assert.match(first ?? '', /^HTTP\/1\.1 200 /);
   assert.match(first ?? '', /"instances":7/);

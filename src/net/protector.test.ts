@@ -12,7 +12,7 @@ import type { PnetCipher } from './protector.ts';
 import { generateSwarmKey } from './swarm-key.ts';
 import { ProtectorError } from './errors.ts';
 import type { ConnectionProtector, MessageStream } from '@libp2p/interface';
-import { within } from '../../test/support/wait.ts';
+import { runTimeSignal, within } from '../../test/support/wait.ts';
 
 function protectorFrom(factory: (components: never) => ConnectionProtector): ConnectionProtector {
   return factory({ logger: defaultLogger() } as never);
@@ -23,7 +23,7 @@ async function roundTrip(a: MessageStream, b: MessageStream, payload: Uint8Array
   const reader = byteStream(b);
   const writer = byteStream(a);
   const [received] = await Promise.all([
-    reader.read({ bytes: payload.byteLength, signal: AbortSignal.timeout(5000) }),
+    reader.read({ bytes: payload.byteLength, signal: runTimeSignal(5000) }),
     (async () => {
       for (let off = 0; off < payload.byteLength; off += 7777) {
         await writer.write(payload.subarray(off, Math.min(payload.byteLength, off + 7777)));

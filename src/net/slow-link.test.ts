@@ -11,6 +11,7 @@ import { peerActivityNoticeMs } from './node.ts';
 import { membershipTimings } from '../actors/membership/actor.ts';
 import { startThrottleProxy } from '../../test/support/throttle-proxy.ts';
 import { throughSlowLink } from '../../test/support/slow-link-pair.ts';
+import { trackLoopLag } from '../../test/support/loop-lag.ts';
 
 const linkBytesPerSecond = 100_000;
 /**
@@ -72,17 +73,24 @@ test('the throttle proxy passes bytes intact, in order, no faster than its rate'
 
 test('a copy through a 100 KB/s link keeps its receiver hearing the sender: no gap near the suspect time (hunt 116)', { timeout: 60_000 }, async () => {
   await throughSlowLink({ bytesPerSecond: linkBytesPerSecond }, async ({ sender, receiver, link, copy }) => {
+    // Each notice's time less the time this process's loop ran late until then: the link, both nodes and the
+    // detector share this loop, so its stalls on a loaded machine are no gap in the copy (1297 ms at load 9).
+    const lag = trackLoopLag();
     const heardAtMs: number[] = [];
     receiver.onPeerActivity((peerId) => {
-      if (peerId === sender.peerId) heardAtMs.push(performance.now());
+      if (peerId === sender.peerId) heardAtMs.push(performance.now() - lag.lateMs());
     });
     const bodyBytes = 640 * 1024;
-    await copy(bodyBytes);
+    try {
+      await copy(bodyBytes);
+    } finally {
+      lag.stop();
+    }
     const gapsMs = heardAtMs.slice(1).map((atMs, i) => atMs - heardAtMs[i]!);
     const longestGapMs = Math.max(...gapsMs);
     // At 100 KB/s a 64 KiB frame takes ~0.65 s; a window-sized one (256 KiB and up) 2.6 s or more.
     assert.ok(heardAtMs.length >= (bodyBytes / linkBytesPerSecond) * 1000 / (4 * peerActivityNoticeMs), `heard ${heardAtMs.length} times`);
-    assert.ok(longestGapMs < membershipTimings.suspectAfterMs * 0.75, `the receiver heard nothing from its sender for ${Math.round(longestGapMs)} ms while the copy arrived (gaps ${gapsMs.map(Math.round).join(', ')} ms)`);
+    assert.ok(longestGapMs < membershipTimings.suspectAfterMs * 0.75, `the receiver heard nothing from its sender for ${Math.round(longestGapMs)} ms of its run time while the copy arrived (gaps ${gapsMs.map(Math.round).join(', ')} ms)`);
     assert.equal(link.stats.connectionsClosed, 0, 'the connection held');
   });
 });
@@ -107,11 +115,12 @@ test('gossip from a site sending a large copy over a 100 KB/s link waits behind 
     const copyMs = performance.now() - copyStartMs;
     // The first window is the protocol's 256 KiB (2.6 s of this link) whatever the receiver would grant.
     const settled = delays.filter(({ sentAtMs }) => sentAtMs - copyStartMs > settleMs && sentAtMs - copyStartMs < copyMs - 1000);
-    const summary = `delays ${delays.map(({ sentAtMs, delayMs }) => `${Math.round((sentAtMs - copyStartMs) / 100) / 10}s:${Math.round(delayMs)}`).join(', ')} ms; copy ${Math.round(copyMs)} ms`;
+    const summary = `delays ${delays.map(({ sentAtMs, delayMs, lateMs }) => `${Math.round((sentAtMs - copyStartMs) / 100) / 10}s:${Math.round(delayMs)}${lateMs > 0 ? `(loop late ${lateMs})` : ''}`).join(', ')} ms; copy ${Math.round(copyMs)} ms`;
     t.diagnostic(summary);
     assert.ok(settled.length >= 10, `gossip arrived during the copy: ${summary}`);
-    const longestDelayMs = Math.max(...settled.map(({ delayMs }) => delayMs));
-    assert.ok(longestDelayMs < gossipDelayMaxMs, `gossip waited up to ${Math.round(longestDelayMs)} ms behind the copy: ${summary}`);
+    // In run time: time the shared loop ran late on a loaded machine is no wait behind the copy.
+    const longestDelayMs = Math.max(...settled.map(({ delayMs, lateMs }) => delayMs - lateMs));
+    assert.ok(longestDelayMs < gossipDelayMaxMs, `gossip waited up to ${Math.round(longestDelayMs)} ms of run time behind the copy: ${summary}`);
     assert.equal(link.stats.connectionsClosed, 0, 'the connection held');
   });
 });

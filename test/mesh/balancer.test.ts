@@ -142,7 +142,9 @@ test('kill -9 of the leader during continuous ingest: a new leader, survivors ke
     async () => JSON.stringify(await Promise.all(survivors.map(async (p) => (await p.status()).leader))),
   );
   t.diagnostic(`survivors agreed on a new leader ${Date.now() - killedAt} ms after kill -9 (polled every 250 ms)`);
-  await new Promise((r) => setTimeout(r, 3000));
+  // Stores after the new leader, counted rather than given 3 s: at load a storescu alone can take seconds.
+  const storedAtNewLeader = stored;
+  await eventually(async () => stored >= storedAtNewLeader + 2 && stored > 4, 60_000, () => `${stored} stores at the survivors, ${storedAtNewLeader} before the new leader; failures: ${failures.join('; ')}`);
   stop = true;
   await Promise.all(running);
   await atLeader;

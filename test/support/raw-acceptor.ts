@@ -8,6 +8,14 @@ interface RawAcceptor {
   close: () => Promise<void>;
   /** Resolves once every connection accepted so far has closed (none left open by the requestor). */
   allClosed: () => Promise<void>;
+  /** What has arrived so far, for a test to act at a point of the exchange rather than after a guessed time. */
+  seen: Readonly<Seen>;
+}
+
+interface Seen {
+  connections: number;
+  /** P-DATA PDUs handed to a raw acceptor's handler (none for an acceptor that reads nothing). */
+  pDataPdus: number;
 }
 
 /**
@@ -15,7 +23,7 @@ interface RawAcceptor {
  * hands each P-DATA PDU to `onPData`.
  */
 function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRelease = false): Promise<RawAcceptor> {
-  return tcpAcceptor((socket) => {
+  return tcpAcceptor((socket, seen) => {
     const framer = new PduFramer();
     socket.on('data', (chunk) => {
       for (const pdu of framer.push(chunk)) {
@@ -23,6 +31,7 @@ function rawAcceptor(onPData: (socket: Socket, pdu: PDataPdu) => void, answersRe
         if (pdu.type === 'associateRq') {
           socket.write(associateAc(pdu, pdu.presentationContexts.slice(0, 1).map((pc) => ({ id: pc.id, result: 0, transferSyntaxUid: pc.transferSyntaxUids[0]! }))));
         } else if (pdu.type === 'pData') {
+          seen.pDataPdus++;
           onPData(socket, pdu);
         } else if (pdu.type === 'releaseRq' && answersRelease) {
           socket.end(encodePdu({ type: 'releaseRp' }));
@@ -53,16 +62,16 @@ function associateAc(
  * A TCP server on a free loopback port handing each connection to `onConnection`; close() destroys them all.
  * After `connectionsAccepted` connections it stops listening (the next connection is refused).
  */
-async function tcpAcceptor(onConnection: (socket: Socket) => void, connectionsAccepted = Number.POSITIVE_INFINITY): Promise<RawAcceptor> {
+async function tcpAcceptor(onConnection: (socket: Socket, seen: Seen) => void, connectionsAccepted = Number.POSITIVE_INFINITY): Promise<RawAcceptor> {
   const sockets = new Set<Socket>();
   const closings: Array<Promise<void>> = [];
-  let connections = 0;
+  const seen: Seen = { connections: 0, pDataPdus: 0 };
   const server = createServer((socket) => {
     sockets.add(socket);
     closings.push(new Promise((resolve) => socket.once('close', () => resolve())));
     socket.on('error', () => undefined);
-    if (++connections >= connectionsAccepted) server.close();
-    onConnection(socket);
+    if (++seen.connections >= connectionsAccepted) server.close();
+    onConnection(socket, seen);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
@@ -76,6 +85,7 @@ async function tcpAcceptor(onConnection: (socket: Socket) => void, connectionsAc
         else resolve();
       }),
     allClosed: async () => void (await Promise.all(closings)),
+    seen,
   };
 }
 

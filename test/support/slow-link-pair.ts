@@ -11,6 +11,7 @@ import { generateSwarmKey } from '../../src/net/swarm-key.ts';
 import { loopbackAddress } from './mesh-nodes.ts';
 import { readRequest, sendRequest, writeResponse } from './stream-request.ts';
 import { startThrottleProxy, type ThrottleProxy } from './throttle-proxy.ts';
+import { trackLoopLag, type LoopLag } from './loop-lag.ts';
 
 export interface SlowLinkPair {
   sender: MeshNode;
@@ -27,7 +28,8 @@ export interface SlowLinkPair {
 
 /** Small messages from the sender, each stamped with its send time, and how late each arrived. */
 export interface GossipProbe {
-  delays: Array<{ sentAtMs: number; delayMs: number }>;
+  /** lateMs: how late this process's loop ran meanwhile (the link and both nodes run on it), part of delayMs. */
+  delays: Array<{ sentAtMs: number; delayMs: number; lateMs: number }>;
   /** Publishes one message stamped now. */
   publish(): Promise<void>;
 }
@@ -59,6 +61,7 @@ export async function throughSlowLink<T>(init: SlowLinkInit, body: (pair: SlowLi
     return node;
   };
   let link: ThrottleProxy | undefined;
+  const lags: LoopLag[] = [];
   try {
     const receiver = await start();
     const sender = await start();
@@ -78,9 +81,11 @@ export async function throughSlowLink<T>(init: SlowLinkInit, body: (pair: SlowLi
     };
     const gossip = async (topic: string): Promise<GossipProbe> => {
       const delays: GossipProbe['delays'] = [];
+      const lag = trackLoopLag();
+      lags.push(lag);
       receiver.subscribe(topic, (message) => {
-        const sentAtMs = Number(Buffer.from(message.data).toString().split(' ')[1]);
-        delays.push({ sentAtMs, delayMs: performance.now() - sentAtMs });
+        const [, sentAtMs, lateAtSendMs] = Buffer.from(message.data).toString().split(' ').map(Number);
+        delays.push({ sentAtMs: sentAtMs!, delayMs: performance.now() - sentAtMs!, lateMs: lag.lateMs() - lateAtSendMs! });
       });
       const joined = Promise.withResolvers<void>();
       const offJoined = sender.onTopicJoined(topic, (peerId) => peerId === receiver.peerId && joined.resolve());
@@ -91,12 +96,13 @@ export async function throughSlowLink<T>(init: SlowLinkInit, body: (pair: SlowLi
       return {
         delays,
         publish: async () => {
-          await sender.publish(topic, Buffer.from(`${sent++} ${performance.now()}`));
+          await sender.publish(topic, Buffer.from(`${sent++} ${performance.now()} ${lag.lateMs()}`));
         },
       };
     };
     return await body({ sender, receiver, link, copy, gossip });
   } finally {
+    for (const lag of lags) lag.stop();
     await Promise.allSettled(nodes.map((node) => node.stop()));
     await link?.close();
     await Promise.allSettled(dirs.map((dir) => rm(dir, { recursive: true, force: true })));

@@ -14,7 +14,8 @@ import { waitFor } from '../support/wait.ts';
 
 async function httpStatus(url: string, method = 'GET'): Promise<number | undefined> {
   try {
-    return (await fetch(url, { method, signal: AbortSignal.timeout(2_000) })).status;
+    // 10 s, not 2: the peer is another process, whose answer at load waits for a core as well.
+    return (await fetch(url, { method, signal: AbortSignal.timeout(10_000) })).status;
   } catch {
     return undefined;
   }

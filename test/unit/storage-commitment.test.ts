@@ -220,7 +220,8 @@ test('a stop does not wait for a report association the modality never answers; 
   const stopStartedMs = Date.now();
   await peer.stop();
   const stopMs = Date.now() - stopStartedMs;
-  assert.ok(stopMs < 10_000, `the stop took ${stopMs} ms (the report association's own timeout is 30 s)`);
+  // Half the 30 s: a stop at load 20-30 can take several seconds with nothing held.
+  assert.ok(stopMs < 15_000, `the stop took ${stopMs} ms (the report association's own timeout is 30 s)`);
   const store = createReplicaStore({ path: join(peer.dataDir, 'store') });
   await store.open();
   t.after(() => store.close());

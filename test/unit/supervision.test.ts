@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { writeSwarmKeyFile } from '../../src/net/swarm-key.ts';
 import { startTestPeer } from '../support/peer-fixture.ts';
+import { waitFor } from '../support/wait.ts';
 
 test('a mesh child past its restart budget fails the peer: failed settles with the child and its error, /healthz answers 503', { timeout: 30_000 }, async (t) => {
   const keyDir = mkdtempSync(join(tmpdir(), 'pacs-supervision-'));
@@ -26,11 +27,13 @@ test('a mesh child past its restart budget fails the peer: failed settles with t
   void peer.failed.then(() => (settled = true));
   // One crash is restarted and cured: the peer stays healthy, and /api/mesh counts the restart.
   peer.crashChildForTest('balancer');
-  await new Promise((r) => setTimeout(r, 500));
+  type Supervision = Record<string, { restarts: number; escalated: boolean }>;
+  const supervision = async () => ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { supervision?: Supervision }).supervision;
+  // The restart waited for, not given 500 ms: it reads the balancer's files, which a loaded machine can hold up.
+  await waitFor('the balancer restarted', async () => (await supervision())?.balancer?.restarts === 1);
   assert.equal(settled, false);
   assert.equal(await healthz(), 200);
-  const status = (await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`)).json()) as { supervision?: Record<string, { restarts: number; escalated: boolean }> };
-  assert.deepEqual(status.supervision, {
+  assert.deepEqual(await supervision(), {
     membership: { restarts: 0, escalated: false },
     balancer: { restarts: 1, escalated: false },
     custody: { restarts: 0, escalated: false },

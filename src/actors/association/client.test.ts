@@ -75,15 +75,15 @@ test('an owner\'s AbortSignal ends a negotiation under way at once, and keeps no
   const owner = new AbortController();
   const open = (port: number) => openCtRequestor(port, { timeoutMs: 30_000, signal: owner.signal });
   for (let i = 0; i < 12; i++) await (await open(receiver.port)).release();
-  await new Promise((resolve) => setTimeout(resolve, 50)); // the last socket's close event
-  assert.equal(getEventListeners(owner.signal, 'abort').length, 0, 'one listener per association would pile up on a long-lived signal');
+  // Each listener goes at its socket's close event, which a loaded machine can deliver after any fixed sleep.
+  await waitFor('no abort listener left: one per association would pile up on a long-lived signal', () => getEventListeners(owner.signal, 'abort').length === 0);
   // A peer that accepts the connection and never answers the A-ASSOCIATE-RQ.
   const pending = open((silent.address() as AddressInfo).port);
   await new Promise((resolve) => setTimeout(resolve, 100));
   const startedMs = Date.now();
   owner.abort();
   await assert.rejects(pending, (error: unknown) => error instanceof AssociationClosedError && error.code === 'ERR_ASSOCIATION_ABORTED');
-  assert.ok(Date.now() - startedMs < 5_000, 'not the 30 s negotiation timeout');
+  assert.ok(Date.now() - startedMs < 15_000, 'not the 30 s negotiation timeout');
 });
 
 test('a response data set of endless empty PDVs: the request fails at the reply bound, not gathering fragments until it times out (hunt 79)', async (t) => {

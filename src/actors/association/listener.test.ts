@@ -5,7 +5,7 @@ import { startDicomListener, type DicomListenerInit } from './listener.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { systemClock } from '../runtime/clock.ts';
 import type { AssociationDeps } from './services/deps.ts';
-import { waitFor, within } from '../../../test/support/wait.ts';
+import { runTimeSignal, waitFor, within } from '../../../test/support/wait.ts';
 import { manualClock } from '../../../test/support/manual-clock.ts';
 import { startTestPeer } from '../../../test/support/peer-fixture.ts';
 import { halfCloseGraceMs } from './connection.ts';
@@ -158,7 +158,7 @@ describe('DICOM listener', () => {
     const peer = await startTestPeer([], 'listener-served');
     t.after(() => peer.dispose());
     const served = async (): Promise<number> =>
-      ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`, { signal: AbortSignal.timeout(5000) })).json()) as { associationsServed: number }).associationsServed;
+      ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`, { signal: runTimeSignal(5000) })).json()) as { associationsServed: number }).associationsServed;
     // What the serving end of a tunnel sees when the entry peer's open times out after this end connected: a
     // connection that closes without a byte (the entry peer then serves the association itself, and counts it).
     const silent = await new Promise<Socket>((resolve, reject) => {

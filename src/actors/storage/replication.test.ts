@@ -19,7 +19,7 @@ import { createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { uncommittedChunks } from './fixtures/store-keys.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import { startReplicationOverLink } from '../../../test/support/replication-over-link.ts';
-import { waitFor } from '../../../test/support/wait.ts';
+import { runTimeSignal, waitFor } from '../../../test/support/wait.ts';
 import { PartialCopies, defaultPartialCopyLimits, type PartialCopyLimits } from './partial-copies.ts';
 import { systemClock } from '../runtime/clock.ts';
 import type { CustodyMessage } from './custody/messages.ts';
@@ -276,16 +276,16 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
 
     // A stream that was closed while idle (by the sender's pool here) is replaced, not reused.
     const shortLived = new PushStreams(a, { idleStreamsPerPeerMax: 1, idleStreamMs: 50 });
-    const first = await shortLived.take(b.peerId, AbortSignal.timeout(5_000));
+    const first = await shortLived.take(b.peerId, runTimeSignal(5_000));
     shortLived.give(b.peerId, first);
     assert.equal(shortLived.peersWithIdleStreams, 1);
-    await new Promise((r) => setTimeout(r, 300));
-    assert.equal(first.reusable, false, 'closed after idleStreamMs');
+    // Its close is asynchronous (retire): waited for, where 300 ms was enough only on a quiet machine.
+    await waitFor('the idle stream closed after idleStreamMs', () => !first.reusable, 5000);
     assert.equal(shortLived.peersWithIdleStreams, 0, 'a site whose idle streams all closed is forgotten');
-    const second = await shortLived.take(b.peerId, AbortSignal.timeout(5_000));
+    const second = await shortLived.take(b.peerId, runTimeSignal(5_000));
     assert.notEqual(second, first);
     shortLived.give(b.peerId, second);
-    assert.equal(await shortLived.take(b.peerId, AbortSignal.timeout(5_000)), second, 'an idle stream is reused');
+    assert.equal(await shortLived.take(b.peerId, runTimeSignal(5_000)), second, 'an idle stream is reused');
     assert.equal(shortLived.peersWithIdleStreams, 0, 'a site whose last idle stream was taken is forgotten');
     shortLived.give(b.peerId, second);
     shortLived.stop();
@@ -306,7 +306,7 @@ describe('replication protocols (two nodes on 127.0.0.1)', { timeout: 60_000 }, 
       await push.write(bytes);
       push.end(buildEntry('1.2.3.2.20')({ byteLength: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), blobId: '' }));
       assert.equal((await push.result).outcome, 'stored');
-      const idleStream = await streams.take(b.peerId, AbortSignal.timeout(5_000));
+      const idleStream = await streams.take(b.peerId, runTimeSignal(5_000));
       for (const deadline = Date.now() + 5_000; idleStream.reusable && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 25));
       assert.equal(idleStream.reusable, false, 'reset after 150 ms idle');
       assert.deepEqual(ended, ['returned'], 'an idle stream ends the receiver quietly');
