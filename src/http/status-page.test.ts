@@ -61,3 +61,10 @@ test('live peers claiming one site name at several addresses are named above eve
   assert.match(page, /give each site its own --site/, 'the way out');
   assert.doesNotMatch(statusPageHtml(meshStatus, true), /class="conflict"/, 'nothing without a conflict');
 });
+
+test('a peer that cannot elect a leader says why: no strict majority of its roster alive, or no --bootstrap peer met yet', () => {
+  const lacking = statusPageHtml({ ...meshStatus, leader: null, balancer: { role: 'follower', term: 2, votedFor: null, lacksRosterMajority: { alive: 1, voters: 3 } } }, true);
+  assert.match(lacking, /<th>leader<\/th><td>none: 1 of 3 voters alive, no strict majority \(forget the sites gone for good: POST \/api\/forget-site or \/api\/forget-peer\)<\/td>/);
+  const waiting = statusPageHtml({ ...meshStatus, leader: null, balancer: { role: 'follower', term: 0, votedFor: null, waitsToMeetBootstrapPeers: true } }, true);
+  assert.match(waiting, /<th>leader<\/th><td>none: waits to meet one of its --bootstrap peers<\/td>/);
+});

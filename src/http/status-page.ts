@@ -50,7 +50,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     ['PeerId', text(self.peerId) || 'none (not in a mesh)'],
     ['instances here', text(status.instances)],
     ['associations open', text(status.activeAssociations)],
-    ['leader', leaderPeerId ? `${text(leader.site)} (term ${text(leader.term)})` : 'none'],
+    ['leader', leaderPeerId ? `${text(leader.site)} (term ${text(leader.term)})` : `none${noLeaderReason(record(status.balancer))}`],
   ];
   if (status.storeFault !== undefined) facts.push(['store fault', text(status.storeFault)]);
   if (status.custody !== undefined) facts.push(['copies owed to other sites', text(custody.debtEntries)]);
@@ -96,6 +96,16 @@ ${debtRows !== '' ? `<h2>Copies owed, by site</h2>\n<table><tr><th>site</th><th>
 <p>Reloads every ${statusPageRefreshSeconds} s. The same as JSON: <a href="/api/mesh">/api/mesh</a>.</p>
 </body></html>
 `;
+}
+
+/** Why no leader can be elected here, from /api/mesh's balancer fields, so that a leaderless mesh is not taken for a network fault. */
+function noLeaderReason(balancer: Record<string, unknown>): string {
+  const lack = record(balancer.lacksRosterMajority);
+  if (balancer.lacksRosterMajority !== undefined) {
+    return `: ${text(lack.alive)} of ${text(lack.voters)} voters alive, no strict majority (forget the sites gone for good: POST /api/forget-site or /api/forget-peer)`;
+  }
+  if (balancer.waitsToMeetBootstrapPeers === true) return ': waits to meet one of its --bootstrap peers';
+  return '';
 }
 
 function statusClass(status: string): string {
