@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { debtKeysReadMax, meshStateOf, meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite } from './mesh-state.ts';
+import { debtKeysReadMax, meshStateOf, meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite, withSitesOfSavedPeers } from './mesh-state.ts';
 import { createReplicaStore, type ReplicaStore } from './actors/storage/replica-store.ts';
 
 test('a data directory that knows no other site (never a mesh, or a lone site started with a key) is no mesh site', () => {
@@ -90,4 +90,15 @@ test("copies still owed to a forgotten site (a crash between its tombstone and t
   // Known again after its forgetting (heard since): the copies owed count.
   await store.updateKnownSites([{ siteName: 'site-b', lastHeardMs: 3 }], []);
   assert.deepEqual(await readMeshState(store, 'site-a', storePath), { otherSites: ['site-b'], debtEntries: 2 });
+});
+
+test("saved peers' sites count (a catalog rebuilt at the open knows none): the line says where they come from; its own site and those the store knows add nothing (hunt 181)", () => {
+  const none = meshStateOf([], new Map(), 'site-a');
+  assert.equal(withSitesOfSavedPeers(none, ['site-a'], 'site-a'), none);
+  const saved = withSitesOfSavedPeers(none, ['site-c', 'site-b', 'site-c'], 'site-a');
+  assert.ok(wasMeshSite(saved));
+  assert.deepEqual(saved.otherSites, ['site-b', 'site-c']);
+  assert.equal(meshStateText(saved), 'its store and known-peers.json know 2 sites site-b, site-c');
+  const known = meshStateOf([{ siteName: 'site-b' }], new Map(), 'site-a');
+  assert.equal(withSitesOfSavedPeers(known, ['site-b'], 'site-a'), known);
 });

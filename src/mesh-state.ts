@@ -3,9 +3,12 @@
  * custody's known sites and replication debt (in the store). A directory that knows other sites was a mesh
  * site, and running it alone by mistake (a unit file that lost --swarm-key) would acknowledge C-STOREs on one
  * copy and stop paying what it owes the others, so the start is refused unless --standalone yes says it is
- * meant (hunt 163). A lone site started with a key that never met another site knows none: it starts.
+ * meant (hunt 163). A lone site started with a key that never met another site knows none: it starts. The sites
+ * of the peers saved in known-peers.json count too: a catalog rebuilt at the open (found damaged) knows no site,
+ * and such a directory ran alone (hunt 181).
  */
 import { ConfigError } from './config.ts';
+import { readKnownPeers } from './net/known-peers.ts';
 import { startReadError, type ReplicaStore } from './actors/storage/replica-store.ts';
 import { isCatalogDamage } from './actors/storage/catalog.ts';
 import { countUp } from './keyed-counts.ts';
@@ -18,6 +21,25 @@ export interface MeshState {
   readonly debtEntries: number;
   /** The debt table holds more keys than the check reads: debtEntries is a lower bound. */
   readonly debtEntriesMore?: true;
+  /** Some of otherSites are named only by known-peers.json's saved peers (withSitesOfSavedPeers). */
+  readonly namedBySavedPeers?: true;
+}
+
+/**
+ * `state` with the sites other than `ownSite` that saved peers name (known-peers.json): what a data directory
+ * keeps of its mesh outside the store, which a catalog rebuilt at the open (found damaged) lost.
+ */
+export function withSitesOfSavedPeers(state: MeshState, savedPeerSites: readonly string[], ownSite: string): MeshState {
+  const added = savedPeerSites.filter((site) => site !== ownSite && !state.otherSites.includes(site));
+  if (added.length === 0) return state;
+  return { ...state, otherSites: [...new Set([...state.otherSites, ...added])].sort(), namedBySavedPeers: true };
+}
+
+/** The sites of the peers saved in `dataDir`'s known-peers.json (none when it is absent or unreadable). */
+export async function sitesOfSavedPeers(dataDir: string): Promise<string[]> {
+  // No PeerId of its own to leave out: a peer never saves itself.
+  const { peers } = await readKnownPeers(dataDir, '');
+  return peers.flatMap((peer) => (peer.site === undefined ? [] : [peer.site]));
 }
 
 /**
@@ -92,7 +114,8 @@ function copiesOwedText(state: Pick<MeshState, 'debtEntries' | 'debtEntriesMore'
 /** What the data directory shows, for the refusal and the standalone warning. */
 export function meshStateText(state: MeshState): string {
   const owed = state.debtEntries > 0 ? ` and owes ${state.otherSites.length === 1 ? 'it' : 'them'} ${copiesOwedText(state)}` : '';
-  return `its store knows ${state.otherSites.length === 1 ? 'site' : `${state.otherSites.length} sites`} ${sitesText(state.otherSites)}${owed}`;
+  const knows = state.namedBySavedPeers ? 'its store and known-peers.json know' : 'its store knows';
+  return `${knows} ${state.otherSites.length === 1 ? 'site' : `${state.otherSites.length} sites`} ${sitesText(state.otherSites)}${owed}`;
 }
 
 /**

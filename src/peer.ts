@@ -10,7 +10,7 @@ import { ConfigError, type PeerConfig } from './config.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
 import { startMesh, type Mesh } from './mesh.ts';
-import { meshStateText, readMeshState, startedWithoutSwarmKeyError, wasMeshSite, type MeshState } from './mesh-state.ts';
+import { meshStateText, readMeshState, sitesOfSavedPeers, startedWithoutSwarmKeyError, wasMeshSite, withSitesOfSavedPeers, type MeshState } from './mesh-state.ts';
 import { tunnelledClientOfSync } from './net/tunnel.ts';
 import { networkInterfaces } from 'node:os';
 import { localRetrieveSource, type RetrieveSource } from './actors/association/services/query-retrieve.ts';
@@ -157,10 +157,11 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
   // --standalone yes says it is meant (hunt 163); a lone site that never met another knows no site.
   let standaloneMeshState: MeshState | undefined;
   if (!config.swarmKeyFile) {
-    const meshState = await readMeshState(store, config.site, join(dataDir, 'store')).catch(async (error: unknown) => {
+    const storeMeshState = await readMeshState(store, config.site, join(dataDir, 'store')).catch(async (error: unknown) => {
       await store.close();
       throw error;
     });
+    const meshState = withSitesOfSavedPeers(storeMeshState, await sitesOfSavedPeers(dataDir), config.site);
     if (wasMeshSite(meshState) && !config.standalone) {
       await store.close();
       throw startedWithoutSwarmKeyError(config.dataDir, config.site, meshState);

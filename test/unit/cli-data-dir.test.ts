@@ -473,6 +473,21 @@ test("a mesh site's data directory started without --swarm-key: exit 2 and one l
   );
 });
 
+test("a mesh site's data directory whose store knows no site (its catalog rebuilt at the open) but whose saved peers name one: refused without --swarm-key too (hunt 181)", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const dataDir = join(dir, 'site');
+  const store = createReplicaStore({ path: join(dataDir, 'store') });
+  await store.open();
+  await store.close();
+  const peerId = '12D3KooWBmAwcd4PJNJvfV89HwE48nwkRmAgo8Vy3uQEyNNHBox2';
+  const nowMs = Date.now();
+  writeFileSync(join(dataDir, 'known-peers.json'), JSON.stringify({ version: 1, writtenAtMs: nowMs, peers: [{ peerId, addrs: [`/ip4/127.0.0.1/tcp/9/p2p/${peerId}`], site: 'site-b', seenAtMs: nowMs }] }));
+  const r = await start(dataDir);
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`^pacs-mesh: --data ${dataDir} was a mesh site \\(its store and known-peers\\.json know site site-b\\), and without --swarm-key it would run alone`));
+});
+
 test("the ways out for a mesh site's data directory: --standalone yes runs it alone and says so in the log and /api/mesh; --swarm-key runs it in the mesh (hunt 163)", async (t) => {
   const { dir, dataDir } = await formerMeshSite(t);
   const alone = await serveOnce(t, dataDir, ['--standalone', 'yes', '--log-level', 'warn']);
