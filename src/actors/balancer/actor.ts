@@ -316,7 +316,7 @@ export function parseForgetMessage(value: unknown, receivedAtMs: number): Recent
 }
 
 /** A forget-peer message that earlier builds read as before (peerIds) and this one with its times. */
-function encodeForgetMessage(forgets: readonly RecentForget[]): Uint8Array {
+export function encodeForgetMessage(forgets: readonly RecentForget[]): Uint8Array {
   return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs) }, { maxBytes: ELECTION_MAX_BYTES });
 }
 

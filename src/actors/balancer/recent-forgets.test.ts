@@ -2,7 +2,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits } from './recent-forgets.ts';
 import { decodeRosterFile, encodeRosterFile } from './roster.ts';
-import { parseForgetMessage } from './actor.ts';
+import { encodeForgetMessage, parseForgetMessage } from './actor.ts';
+import { ELECTION_MAX_BYTES } from './election-streams.ts';
 
 const dayMs = 24 * 3600_000;
 
@@ -26,6 +27,8 @@ describe('recent forget-peers (republished for late peers)', () => {
     const messages = forgetsToRepublish(recent, new Set([recent[0]!.peerId]), now);
     assert.deepEqual(messages.map((m) => m.length), [16, 16, 16, 15]);
     assert.ok(!messages.flat().some((f) => f.peerId === recent[0]!.peerId));
+    for (const m of messages) assert.ok(encodeForgetMessage(m).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m).length} bytes`);
+    console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!).length} bytes`);
     assert.deepEqual(forgetsToRepublish(recent, new Set(), now + recentForgetLimits.keepMs), [], 'none after keepMs');
   });
 
