@@ -389,23 +389,23 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
   /**
-   * When each peer of the view or roster (so bounded by them) last came up as this process sees it: alive after it was
-   * dead, or first seen in this run. A forget asked before that is of a peer that came back, and is not applied
-   * (forgetsNotOutlived); a peer seen alive until it died, later here than where the forget was asked, is no return.
+   * When each peer of the view or roster (so bounded by them) last came back as this process sees it: alive after it
+   * was seen dead in this run. A forget asked before that is of a peer that came back for real, and is not applied
+   * (forgetsNotOutlived). A first sighting is no return: a restarted peer's view can show a dead peer alive from the
+   * others' last records, and a peer seen alive until it died, later here than where the forget was asked, did not come back.
    */
   const cameUpAtMs = new Map<string, number>();
-  const upNow = new Set<string>();
+  const seenState = new Map<string, 'up' | 'dead'>();
   const noteComingsUp = (members: readonly MemberRecord[], roster: RosterState, nowMs: number): void => {
     const known = new Set(members.map((m) => m.peerId));
-    for (const peerId of cameUpAtMs.keys()) if (!known.has(peerId) && !roster.peers.has(peerId)) cameUpAtMs.delete(peerId);
+    for (const map of [cameUpAtMs, seenState]) for (const peerId of map.keys()) if (!known.has(peerId) && !roster.peers.has(peerId)) map.delete(peerId);
     for (const m of members) {
-      if (m.status === 'dead') upNow.delete(m.peerId);
-      else if (m.status === 'alive' && !upNow.has(m.peerId)) {
-        upNow.add(m.peerId);
-        cameUpAtMs.set(m.peerId, nowMs);
+      if (m.status === 'dead') seenState.set(m.peerId, 'dead');
+      else if (m.status === 'alive') {
+        if (seenState.get(m.peerId) === 'dead') cameUpAtMs.set(m.peerId, nowMs);
+        seenState.set(m.peerId, 'up');
       }
     }
-    for (const peerId of upNow) if (!known.has(peerId)) upNow.delete(peerId);
   };
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));

@@ -51,9 +51,9 @@ export function forgetsToRepublish(recent: readonly RecentForget[], rosterPeerId
 
 /**
  * The forgets that may apply here: not of a peer that came up here after the forget was asked (`cameUpAtMs`: alive
- * again after it was dead, or first seen, in this process's run), which came back for real and is kept. The roster's
- * last-seen times cannot tell: they are moved on at a start, and a peer seen alive until it died, later here than
- * where the forget was asked, did not come back.
+ * after it was seen dead, in this process's run), which came back for real and is kept. The roster's last-seen times
+ * cannot tell: they are moved on at a start, and a peer seen alive until it died, later here than where the forget
+ * was asked, did not come back.
  */
 export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>): RecentForget[] {
   return forgets.filter((f) => (cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) <= f.atMs);
