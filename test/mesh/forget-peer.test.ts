@@ -30,3 +30,22 @@ test('a peer forgotten at one peer leaves the saved addresses of the others, whi
   await Promise.all([a.stop(), b.stop()]);
   assert.deepEqual([savedAt(a).includes(cPeerId), savedAt(b).includes(cPeerId)], [false, false], 'c saved at a stop');
 });
+
+test('a peer down when forget-peer was asked takes it after its restart, from the republished forget (hunt 180)', { timeout: 300_000 }, async (t) => {
+  const { cluster, a, b, c } = await startThreeSites(t);
+  const cPeerId = (await c.status()).self.peerId!;
+  const voters = async (peer: PeerProcess) => ((await peer.status()).balancer?.rosterMembers ?? []).map((m) => m.peerId);
+  const describe = (peer: PeerProcess) => async () => `${peer.site}: voters ${JSON.stringify(await voters(peer))}\n${peer.output().slice(-2000)}`;
+  await eventually(async () => (await voters(b)).includes(cPeerId), 20_000, describe(b));
+  await b.stop();
+  await c.kill9();
+  await eventually(async () => (await a.status()).members?.find((m) => m.site === 'site-c')?.alive === false, 20_000, describe(a));
+  const forgot = await fetch(`http://127.0.0.1:${a.httpPort}/api/forget-peer?peer=${cPeerId}`, { method: 'POST' });
+  assert.equal(forgot.status, 200, await forgot.text());
+  // b, back on its data directory, still counts c until a republishes the forget (once a minute).
+  const aPeerId = (await a.status()).self.peerId!;
+  const b2 = await cluster.start('site-b', { dataDir: b.dataDir });
+  // Its roster read (a balancer not started yet lists no voter), then c out of it.
+  await eventually(async () => (await voters(b2)).includes(aPeerId), 30_000, describe(b2));
+  await eventually(async () => !(await voters(b2)).includes(cPeerId), 150_000, describe(b2));
+});

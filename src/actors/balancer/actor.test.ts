@@ -65,7 +65,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
   /** Each peer a DICOM address of its own (a heartbeat naming this site and this address is a predecessor's). */
   let nextDicomPort = 0;
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number } = {}): Promise<TestPeer> {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number } = {}): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
@@ -217,6 +217,38 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     const members = a.mesh.balancer.rosterMembers();
     assert.deepEqual(members.map((m) => [m.peerId, m.site, m.up]), [a, b, restored].map((p) => [p.node.peerId, 'site-a', true]).sort());
     await waitFor('one leader followed by the three live peers', () => agreedLeader([a, b, restored]) !== null, 15_000);
+  });
+
+  it('a forget-peer reaches a peer that was down when it was asked (republished), and a forgotten peer that comes back stays', { timeout: 120_000 }, async () => {
+    const key = generateSwarmKey();
+    const fast = { forgetRepublishIntervalMs: 300 };
+    const a = await peer(key, [], 'site-a', undefined, undefined, undefined, fast);
+    const boot = [loopbackAddress(a.node)];
+    const [b, c, x] = await Promise.all([0, 1, 2].map(() => peer(key, boot, 'site-a', undefined, undefined, undefined, fast)));
+    const all = [a, b!, c!, x!];
+    await waitFor('every roster holds the four peers', () => all.every((p) => p.mesh.balancer.roster().length === 4), 20_000);
+    const xId = x!.node.peerId;
+    await c!.stop();
+    await x!.stop();
+    await waitFor('x dead at a', () => a.mesh.membership.members().find((m) => m.peerId === xId)?.status === 'dead', 20_000);
+    assert.equal(a.mesh.balancer.forgetPeer(xId), 'forgotten');
+    await waitFor('x out of the rosters of a and b', () => [a, b!].every((p) => !p.mesh.balancer.roster().includes(xId)), 10_000);
+    // c was down when it was asked: back on its data directory, it learns the forget from a republication.
+    const c2 = await peer(key, boot, 'site-a', c!.dataDir, undefined, undefined, fast);
+    assert.equal(c2.node.peerId, c!.node.peerId);
+    await waitFor('x out of the returned c\'s roster', () => c2.mesh.balancer.roster().length === 3 && !c2.mesh.balancer.roster().includes(xId), 20_000);
+    // x comes back for real: learnt again everywhere, and the forgets still republished do not take it out again,
+    // neither while it is up nor once it is down again.
+    const x2 = await peer(key, boot, 'site-a', x!.dataDir, undefined, undefined, fast);
+    const survivors = [a, b!, c2];
+    await waitFor('x back in every roster', () => survivors.every((p) => p.mesh.balancer.roster().includes(xId)), 20_000);
+    await x2.stop();
+    await waitFor('x dead everywhere', () => survivors.every((p) => p.mesh.membership.members().find((m) => m.peerId === xId)?.status === 'dead'), 20_000);
+    // Ten republish intervals: no forget of x goes out any more (nor would apply).
+    await new Promise((r) => setTimeout(r, 3000));
+    for (const p of survivors) assert.ok(p.mesh.balancer.roster().includes(xId), 'x kept after it came back');
+    const onDisk = JSON.parse(await readFile(join(a.dataDir, 'balancer-roster.json'), 'utf8')) as { forgets?: Array<{ peerId: string }> };
+    assert.deepEqual(onDisk.forgets?.map((f) => f.peerId), [xId], 'the forget persisted with the roster');
   });
 
   it('a data dir of an earlier build (balancer-election.json) starts with its term and vote, and goes on from them in the two-slot file', { timeout: 60_000 }, async () => {

@@ -36,6 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
+import { forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -131,6 +132,8 @@ export interface BalancerServiceInit {
   /** Pinned roster (e.g. a `--roster` flag): exactly these peers (plus self) vote; nothing is learnt. */
   roster?: readonly string[];
   rosterForgetAfterMs?: number;
+  /** How often recent forget-peers are published again (recentForgetLimits.republishIntervalMs); tests shorten it. */
+  forgetRepublishIntervalMs?: number;
   settleMs?: number;
   /** Started with --bootstrap: joining a mesh, so a roster of itself alone waits aloneJoinWaitMs before it elects itself. */
   joinsMesh?: boolean;
@@ -218,13 +221,15 @@ type BalancerMsg =
   | { readonly type: 'tick' }
   | { readonly type: 'view' }
   /** The operator took these peers out (POST /api/forget-peer): they leave the learnt roster now, not after rosterForgetAfterMs. */
-  | { readonly type: 'forgetPeers'; readonly peerIds: readonly string[] }
+  | { readonly type: 'forgetPeers'; readonly forgets: readonly RecentForget[] }
   | { readonly type: 'mesh'; readonly from: string; readonly message: BalancerMessage }
   | { readonly type: 'crash'; readonly reason: string };
 
 interface RosterState {
   readonly peers: RosterPeers;
   readonly persistedAtMs: number;
+  /** Forget-peers asked here or applied here, republished for late peers (recent-forgets.ts); persisted with the roster. */
+  readonly forgets: readonly RecentForget[];
 }
 
 interface ActorState {
@@ -292,9 +297,27 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
 export function parseForgetPeers(value: unknown): string[] | null {
   if (typeof value !== 'object' || value === null) return null;
   const v = value as Record<string, unknown>;
-  if (v.type !== 'forgetPeers' || !Array.isArray(v.peerIds) || v.peerIds.length === 0 || v.peerIds.length > 16) return null;
+  if (v.type !== 'forgetPeers' || !Array.isArray(v.peerIds) || v.peerIds.length === 0 || v.peerIds.length > recentForgetLimits.perMessageMax) return null;
   const peerIds = v.peerIds as unknown[];
   return peerIds.every((id): id is string => typeof id === 'string' && id.length > 0 && id.length <= STRING_MAX_CHARS) ? peerIds : null;
+}
+
+/**
+ * A forget-peer message's forgets: `forgottenAtMs` (hunt 180, beside peerIds: earlier builds ignore it) says when
+ * each was asked; without it (an earlier build's message, or a length that does not match) they count as asked at
+ * `receivedAtMs`. Null for anything malformed.
+ */
+export function parseForgetMessage(value: unknown, receivedAtMs: number): RecentForget[] | null {
+  const peerIds = parseForgetPeers(value);
+  if (peerIds === null) return null;
+  const at = (value as Record<string, unknown>).forgottenAtMs;
+  const times = Array.isArray(at) && at.length === peerIds.length && at.every((t) => typeof t === 'number' && Number.isFinite(t)) ? (at as number[]) : null;
+  return peerIds.map((peerId, i) => ({ peerId, atMs: times?.[i] ?? receivedAtMs }));
+}
+
+/** A forget-peer message that earlier builds read as before (peerIds) and this one with its times. */
+export function encodeForgetMessage(forgets: readonly RecentForget[]): Uint8Array {
+  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs) }, { maxBytes: ELECTION_MAX_BYTES });
 }
 
 /** The leader's site for the log line of a leader change: a PeerId alone meant looking it up in /api/mesh. */
@@ -329,6 +352,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const tickIntervalMs = init.tickIntervalMs ?? balancerTimings.tickIntervalMs;
   const settleMs = init.settleMs ?? balancerTimings.settleMs;
   const forgetAfterMs = init.rosterForgetAfterMs ?? balancerTimings.rosterForgetAfterMs;
+  const forgetRepublishIntervalMs = init.forgetRepublishIntervalMs ?? recentForgetLimits.republishIntervalMs;
   const stateWriteProbeIntervalMs = init.stateWriteProbeIntervalMs ?? balancerTimings.stateWriteProbeIntervalMs;
   const mailboxMax = init.mailboxMax ?? 256;
   const random = init.random ?? Math.random;
@@ -364,6 +388,25 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const ticker = createTicker(clock, () => send({ type: 'tick' }), () => stopped);
 
   const rosterIds = (roster: RosterState): string[] => [...roster.peers.keys()].sort();
+  /**
+   * When each peer of the view or roster (so bounded by them) last came back as this process sees it: alive after it
+   * was seen dead in this run. A forget asked before that is of a peer that came back for real, and is not applied
+   * (forgetsNotOutlived). A first sighting is no return: a restarted peer's view can show a dead peer alive from the
+   * others' last records, and a peer seen alive until it died, later here than where the forget was asked, did not come back.
+   */
+  const cameUpAtMs = new Map<string, number>();
+  const seenState = new Map<string, 'up' | 'dead'>();
+  const noteComingsUp = (members: readonly MemberRecord[], roster: RosterState, nowMs: number): void => {
+    const known = new Set(members.map((m) => m.peerId));
+    for (const map of [cameUpAtMs, seenState]) for (const peerId of map.keys()) if (!known.has(peerId) && !roster.peers.has(peerId)) map.delete(peerId);
+    for (const m of members) {
+      if (m.status === 'dead') seenState.set(m.peerId, 'dead');
+      else if (m.status === 'alive') {
+        if (seenState.get(m.peerId) === 'dead') cameUpAtMs.set(m.peerId, nowMs);
+        seenState.set(m.peerId, 'up');
+      }
+    }
+  };
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
@@ -414,9 +457,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     wroteState('election');
   };
   /** Writes the learnt roster, with the same failure as writeElection. */
-  const writeRoster = async (peers: RosterPeers): Promise<void> => {
+  const writeRoster = async (peers: RosterPeers, forgets: readonly RecentForget[]): Promise<void> => {
     try {
-      await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${encodeRosterFile(peers)}\n`);
+      await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${encodeRosterFile(peers, forgets)}\n`);
     } catch (err) {
       filesNotWritten.add('roster');
       throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${ROSTER_FILE}: ${(err as Error).message}`, { cause: err });
@@ -453,7 +496,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     if (electable || clock.nowMs() - stateWriteFailedAtMs < stateWriteProbeIntervalMs) return;
     try {
       // The records as they are on disk: writing them again changes nothing but tells whether the disk takes them.
-      if (!pinned) await writeRoster(s.roster.peers);
+      if (!pinned) await writeRoster(s.roster.peers, s.roster.forgets);
       await writeElection(electionRecord.durable);
     } catch (err) {
       noteStateWriteFailure(err);
@@ -468,7 +511,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofLostSiteClaims.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
     if (changed || nowMs - roster.persistedAtMs >= 60_000) {
       try {
-        await writeRoster(peers);
+        await writeRoster(peers, roster.forgets);
       } catch (err) {
         // The election counts only with a roster on disk: keep the old one (following a leader needs no
         // writes) and try again with the next view.
@@ -480,24 +523,55 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       for (const f of forgotten) log.warn('roster forgot a long-absent peer', f);
       for (const f of ofForgottenSites) log.warn('roster forgot a peer of a forgotten site', { peer: f.peer, memberSite: f.site });
       for (const f of ofLostSiteClaims) log.warn('roster forgot a peer that stopped for a copied --site (its site name is held by a peer that started first)', { peer: f.peer, memberSite: f.site, heldBy: f.to });
-      return { peers, persistedAtMs: nowMs };
+      return { peers, persistedAtMs: nowMs, forgets: roster.forgets };
     }
-    return { peers, persistedAtMs: roster.persistedAtMs };
+    return { peers, persistedAtMs: roster.persistedAtMs, forgets: roster.forgets };
   };
 
-  /** Drops peers that are not up from the learnt roster, persisted before the reducer counts without them. */
-  const forgetFromRoster = async (roster: RosterState, peerIds: readonly string[]): Promise<RosterState> => {
+  /**
+   * Drops peers that are not up, nor came up again here since the forget was asked, from the learnt roster, persisted
+   * (with the forgets applied, to republish) before the reducer counts without them.
+   */
+  const forgetFromRoster = async (roster: RosterState, asked: readonly RecentForget[]): Promise<RosterState> => {
     if (pinned) return roster;
-    const { peers, gone } = forgetRosterPeers(roster.peers, peerIds, upPeerIds(), self);
+    const applicable = forgetsNotOutlived(asked, cameUpAtMs);
+    const { peers, gone } = forgetRosterPeers(roster.peers, applicable.map((f) => f.peerId), upPeerIds(), self);
     if (gone.length === 0) return roster;
+    const nowMs = clock.nowMs();
+    const forgets = noteForgets(roster.forgets, applicable.filter((f) => gone.includes(f.peerId)), nowMs);
     try {
-      await writeRoster(peers);
+      await writeRoster(peers, forgets);
     } catch (err) {
       noteStateWriteFailure(err);
       return roster;
     }
     log.warn('roster forgot peers on the operator\'s request', { peers: gone });
-    return { peers, persistedAtMs: clock.nowMs() };
+    return { peers, persistedAtMs: nowMs, forgets };
+  };
+
+  /**
+   * The recent forgets again, once every republishInterval, for the peers that were down or cut off when they were
+   * asked (or saw the peer up then): each applies them with the same rules. Old ones leave the list here.
+   */
+  let forgetsRepublishedAtMs = clock.nowMs();
+  const republishForgets = (roster: RosterState, nowMs: number): RosterState => {
+    if (pinned || nowMs - forgetsRepublishedAtMs < forgetRepublishIntervalMs) return roster;
+    forgetsRepublishedAtMs = nowMs;
+    for (const forgets of forgetsToRepublish(roster.forgets, new Set(roster.peers.keys()), nowMs)) publishForgets(forgets);
+    const kept = noteForgets(roster.forgets, [], nowMs);
+    return kept.length === roster.forgets.length ? roster : { ...roster, forgets: kept };
+  };
+  const publishForgets = (forgets: readonly RecentForget[]): void => {
+    let bytes: Uint8Array;
+    try {
+      bytes = encodeForgetMessage(forgets);
+    } catch (err) {
+      log.warn('forget-peer not passed on to the other peers: ask each of them', { peerIds: forgets.map((f) => f.peerId), error: (err as Error).message });
+      return;
+    }
+    node.publish(forgetPeerTopic, bytes).catch((err: Error) => {
+      log.warn('forget-peer not passed on to the other peers now: passed on again within a minute', { peerIds: forgets.map((f) => f.peerId), error: err.message });
+    });
   };
 
   const withRoster = (b: BalancerState, roster: RosterState): BalancerState => {
@@ -513,9 +587,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     // The record as last made durable: after a write that failed, what the disk holds may be newer, but it
     // was never acted on, and the page cache may hold a record that never reached the disk.
     const durable = electionRecord.durable;
-    const peers = pinned ? new Map([...pinned].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(await loadRoster(init.dataDir), self, nowMs);
+    const file = pinned ? null : await loadRoster(init.dataDir);
+    const peers = file === null ? new Map([...pinned!].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(file.peers, self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
-    const roster: RosterState = { peers, persistedAtMs: 0 };
+    const roster: RosterState = { peers, persistedAtMs: 0, forgets: file?.forgets ?? [] };
     const balancer = initBalancer(
       {
         selfPeerId: self,
@@ -664,13 +739,15 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     if (message.type === 'mesh') {
       step = stepBalancer(balancer, { type: 'messageReceived', from: message.from, message: message.message, nowMs });
     } else if (message.type === 'forgetPeers') {
-      roster = await forgetFromRoster(roster, message.peerIds);
+      roster = await forgetFromRoster(roster, message.forgets);
       balancer = withRoster(balancer, roster);
       step = stepBalancer(balancer, { type: 'viewChanged', members: membership.members(), nowMs });
     } else if (message.type === 'view' || fresh || message.type === 'tick') {
       // Ticks re-read the view too: membership emits viewChanged only on changes, and a fresh actor
       // (start or restart) has none yet.
       const members = membership.members();
+      noteComingsUp(members, roster, nowMs);
+      if (message.type === 'tick') roster = republishForgets(roster, nowMs);
       if (message.type !== 'tick' || fresh) {
         roster = await updateRoster(roster, members, nowMs);
         balancer = withRoster(balancer, roster);
@@ -760,20 +837,21 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
 
   // A forget asked at another peer: taken here too, unless the peer is up as this peer sees it.
   const unsubscribeForget = node.subscribe(forgetPeerTopic, (m: GossipMessage) => {
-    let peerIds: string[] | null;
+    let forgets: RecentForget[] | null;
     try {
-      peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES }));
+      forgets = parseForgetMessage(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES }), clock.nowMs());
     } catch {
-      peerIds = null;
+      forgets = null;
     }
-    if (peerIds === null) {
+    if (forgets === null) {
       badInput.warn(`dropped invalid forget-peer message ${m.from}`, 'dropped invalid forget-peer message', { from: m.from });
       return;
     }
-    const forgotten = peerIds.filter((peerId) => forgetOutcome(peerId) === 'forgotten');
+    // Republished every minute: only those that still change this roster are taken (and logged).
+    const forgotten = forgetsNotOutlived(forgets, cameUpAtMs).filter((f) => forgetOutcome(f.peerId) === 'forgotten');
     if (forgotten.length === 0) return;
-    log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten, from: m.from });
-    send({ type: 'forgetPeers', peerIds: forgotten });
+    log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten.map((f) => f.peerId), from: m.from });
+    send({ type: 'forgetPeers', forgets: forgotten });
   });
 
   const viewChanged = (): void => {
@@ -835,13 +913,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     forgetPeer(peerId) {
       const outcome = forgetOutcome(peerId);
       if (outcome !== 'forgotten') return outcome;
-      send({ type: 'forgetPeers', peerIds: [peerId] });
+      const forget = { peerId, atMs: clock.nowMs() };
+      send({ type: 'forgetPeers', forgets: [forget] });
       // Every other alive peer drops it too (helper 64: only this one did, and the others' rosters still
-      // counted the ghost: no majority once one more site went down). A peer down now keeps it until it
-      // has been absent rosterForgetAfterMs, or a forget there.
-      node.publish(forgetPeerTopic, encodeEnvelope({ type: 'forgetPeers', peerIds: [peerId] }, { maxBytes: ELECTION_MAX_BYTES })).catch((err: Error) => {
-        log.warn('forget-peer not passed on to the other peers: ask each of them', { peerId, error: err.message });
-      });
+      // counted the ghost: no majority once one more site went down); a peer down now learns it when it
+      // returns, from republishForgets here or at any peer that applied it (hunt 180).
+      publishForgets([forget]);
       return 'forgotten';
     },
     status() {

@@ -7,7 +7,10 @@ import type { MemberRecord } from '../membership/messages.ts';
 export const routingTopic = 'pacs-mesh/routing/1';
 /** At most this many PeerIds in a refusal's rosterMissing: a candidate learns the rest at its next refusal. */
 export const rosterMissingMax = 32;
-/** An operator's POST /api/forget-peer at one peer, passed on to every other so that all rosters drop the ghost. */
+/**
+ * An operator's POST /api/forget-peer at one peer, passed on to every other so that all rosters drop the ghost;
+ * republished once a minute for 7 days for the peers away then (recent-forgets.ts).
+ */
 export const forgetPeerTopic = 'pacs-mesh/forget-peer/1';
 
 /** One peer's share of new associations, as the leader computed it from the heartbeats' load figures. */

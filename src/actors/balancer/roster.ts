@@ -14,6 +14,7 @@
 import { siteKeeperAgainst } from '../membership/logic.ts';
 import type { MemberRecord } from '../membership/messages.ts';
 import { siteClaimConfirmMsDefault } from '../storage/custody/messages.ts';
+import type { RecentForget } from './recent-forgets.ts';
 
 export interface RosterPeer {
   /**
@@ -221,9 +222,12 @@ export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[]
 
 export const ROSTER_FILE_VERSION = 2;
 
-/** The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?, absentMs?}}}`. */
-export function encodeRosterFile(peers: RosterPeers): string {
-  return JSON.stringify({ version: ROSTER_FILE_VERSION, peers: Object.fromEntries(peers) });
+/**
+ * The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?, absentMs?}}, forgets?: [{peerId, atMs}]}`
+ * (`forgets`: the recent forget-peers this peer republishes, recent-forgets.ts; earlier builds ignore it).
+ */
+export function encodeRosterFile(peers: RosterPeers, forgets: readonly RecentForget[] = []): string {
+  return JSON.stringify({ version: ROSTER_FILE_VERSION, peers: Object.fromEntries(peers), ...(forgets.length > 0 ? { forgets } : {}) });
 }
 
 /**

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { createTwoSlotFile, openTwoSlotFile, SLOT_PAYLOAD_MAX_BYTES, SlotFileError, type TwoSlotFile, writeFileDurably } from '../../durable-file.ts';
 import { decodeRosterFile, type RosterPeer } from './roster.ts';
+import { decodeRecentForgets, type RecentForget } from './recent-forgets.ts';
 import type { ElectionDurable } from './messages.ts';
 
 export const ELECTION_RECORD_FILE = 'balancer-election.rec';
@@ -64,11 +65,12 @@ async function readJson(dataDir: string, file: StateFile): Promise<unknown> {
   }
 }
 
-export async function loadRoster(dataDir: string): Promise<Map<string, RosterPeer>> {
+/** The learnt roster and the recent forget-peers kept beside it (see encodeRosterFile). */
+export async function loadRoster(dataDir: string): Promise<{ peers: Map<string, RosterPeer>; forgets: RecentForget[] }> {
   const v = await readJson(dataDir, ROSTER_FILE);
-  if (v === null) return new Map();
+  if (v === null) return { peers: new Map(), forgets: [] };
   try {
-    return decodeRosterFile(v);
+    return { peers: decodeRosterFile(v), forgets: decodeRecentForgets((v as { forgets?: unknown }).forgets) };
   } catch (err) {
     throw damaged(dataDir, ROSTER_FILE, (err as Error).message);
   }

@@ -1,0 +1,56 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits } from './recent-forgets.ts';
+import { decodeRosterFile, encodeRosterFile } from './roster.ts';
+import { encodeForgetMessage, parseForgetMessage } from './actor.ts';
+import { ELECTION_MAX_BYTES } from './election-streams.ts';
+
+const dayMs = 24 * 3600_000;
+
+describe('recent forget-peers (republished for late peers)', () => {
+  it('keeps one per peer (the later), puts future times at now, drops those past keepMs and the oldest past countMax', () => {
+    const now = 10 * dayMs;
+    assert.deepEqual(noteForgets([{ peerId: 'x', atMs: now - 5000 }], [{ peerId: 'x', atMs: now - 1000 }, { peerId: 'y', atMs: now + dayMs }], now), [
+      { peerId: 'x', atMs: now - 1000 },
+      { peerId: 'y', atMs: now },
+    ]);
+    assert.deepEqual(noteForgets([{ peerId: 'old', atMs: now - recentForgetLimits.keepMs }], [], now), []);
+    const many = Array.from({ length: 100 }, (_, i) => ({ peerId: `p${i}`, atMs: now - 100 + i }));
+    const kept = noteForgets([], many, now);
+    assert.equal(kept.length, recentForgetLimits.countMax);
+    assert.deepEqual(kept[0], { peerId: 'p36', atMs: now - 64 }, 'the oldest dropped');
+  });
+
+  it('republishes in messages of at most 16, never a peer back in the roster, and each message fits an election frame', () => {
+    const now = dayMs;
+    const recent = noteForgets([], Array.from({ length: 64 }, (_, i) => ({ peerId: `12D3KooW${'x'.repeat(44)}${String(i).padStart(2, '0')}`, atMs: now - i })), now);
+    const messages = forgetsToRepublish(recent, new Set([recent[0]!.peerId]), now);
+    assert.deepEqual(messages.map((m) => m.length), [16, 16, 16, 15]);
+    assert.ok(!messages.flat().some((f) => f.peerId === recent[0]!.peerId));
+    for (const m of messages) assert.ok(encodeForgetMessage(m).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m).length} bytes`);
+    console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!).length} bytes`);
+    assert.deepEqual(forgetsToRepublish(recent, new Set(), now + recentForgetLimits.keepMs), [], 'none after keepMs');
+  });
+
+  it('a forget applies only to a peer that did not come up here after it was asked', () => {
+    const forgets = [{ peerId: 'back', atMs: 1000 }, { peerId: 'gone', atMs: 1000 }, { peerId: 'never', atMs: 1000 }];
+    assert.deepEqual(forgetsNotOutlived(forgets, new Map([['back', 2000], ['gone', 1000]])).map((f) => f.peerId), ['gone', 'never']);
+  });
+
+  it('reads the times of a forget-peer message, or counts one of an earlier build as asked at its receipt', () => {
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a', 'b'], forgottenAtMs: [5, 6] }, 9), [{ peerId: 'a', atMs: 5 }, { peerId: 'b', atMs: 6 }]);
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a'] }, 9), [{ peerId: 'a', atMs: 9 }]);
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a'], forgottenAtMs: ['x'] }, 9), [{ peerId: 'a', atMs: 9 }]);
+    assert.equal(parseForgetMessage({ type: 'forgetPeers', peerIds: Array(17).fill('a') }, 9), null);
+  });
+
+  it('persists in the roster file, which earlier builds read as before', () => {
+    const peers = new Map([['p', { seenAtMs: 1, site: 's', dicom: 'h:1' }]]);
+    const body = JSON.parse(encodeRosterFile(peers, [{ peerId: 'x', atMs: 7 }])) as { forgets: unknown };
+    assert.deepEqual(decodeRecentForgets(body.forgets), [{ peerId: 'x', atMs: 7 }]);
+    assert.deepEqual(decodeRosterFile(body), peers);
+    assert.equal('forgets' in JSON.parse(encodeRosterFile(peers)), false, 'no field without forgets');
+    assert.deepEqual(decodeRecentForgets([{ peerId: 'x' }, 7, null, { peerId: 'y', atMs: 3 }]), [{ peerId: 'y', atMs: 3 }]);
+    assert.deepEqual(decodeRecentForgets(undefined), []);
+  });
+});

@@ -1,0 +1,70 @@
+/**
+ * Recent forget-peers, republished (hunt 180): an operator's forget-peer was published once, so a peer down or
+ * cut off at that moment kept the forgotten voters in its roster and, lacking a roster majority, could withhold
+ * its votes for good. The peer asked, and every peer that applied a forget, republishes its recent ones at a low
+ * rate, as heartbeats carry custody's forgotten sites. Pure functions: the balancer actor does the I/O.
+ */
+
+/** A peer taken out of the roster on the operator's request, and when it was asked (the asked peer's clock). */
+export interface RecentForget {
+  readonly peerId: string;
+  readonly atMs: number;
+}
+
+export const recentForgetLimits = {
+  /** As long as custody's site tombstones: a peer away longer is rebuilt from the others anyway, and learns a roster again. */
+  keepMs: 7 * 24 * 3600_000,
+  /** Oldest dropped past it: 64 forgets in 7 days is far beyond any decommissioning, and 4 messages a minute at most. */
+  countMax: 64,
+  /** The forget-peer message's own limit (parseForgetPeers), which keeps one within ELECTION_MAX_BYTES. */
+  perMessageMax: 16,
+  /** A late peer learns a forget within a minute of its return, at a few hundred bytes a minute per peer. */
+  republishIntervalMs: 60_000,
+} as const;
+
+/**
+ * `recent` with `added` noted, one per peer (the later time kept: a second forget of a returned peer), times from
+ * the future put at now (another peer's clock ahead must not lengthen the forget's life), those older than keepMs and
+ * the oldest past countMax dropped; sorted oldest first.
+ */
+export function noteForgets(recent: readonly RecentForget[], added: readonly RecentForget[], nowMs: number, limits: { keepMs: number; countMax: number } = recentForgetLimits): RecentForget[] {
+  const byPeer = new Map<string, number>();
+  for (const f of [...recent, ...added]) {
+    const atMs = Math.min(f.atMs, nowMs);
+    if (nowMs - atMs >= limits.keepMs) continue;
+    byPeer.set(f.peerId, Math.max(atMs, byPeer.get(f.peerId) ?? atMs));
+  }
+  const sorted = [...byPeer].map(([peerId, atMs]) => ({ peerId, atMs })).sort((a, b) => a.atMs - b.atMs || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
+  return sorted.slice(Math.max(0, sorted.length - limits.countMax));
+}
+
+/**
+ * The forgets to republish now, in messages of at most perMessageMax: those still kept and whose peer is not in
+ * `rosterPeerIds` (one learnt again came back for real after its forget: republishing it would take it out again).
+ */
+export function forgetsToRepublish(recent: readonly RecentForget[], rosterPeerIds: ReadonlySet<string>, nowMs: number, limits: { keepMs: number; perMessageMax: number } = recentForgetLimits): RecentForget[][] {
+  const due = recent.filter((f) => nowMs - Math.min(f.atMs, nowMs) < limits.keepMs && !rosterPeerIds.has(f.peerId));
+  const messages: RecentForget[][] = [];
+  for (let i = 0; i < due.length; i += limits.perMessageMax) messages.push(due.slice(i, i + limits.perMessageMax));
+  return messages;
+}
+
+/**
+ * The forgets that may apply here: not of a peer that came up here after the forget was asked (`cameUpAtMs`: alive
+ * after it was seen dead, in this process's run), which came back for real and is kept. The roster's last-seen times
+ * cannot tell: they are moved on at a start, and a peer seen alive until it died, later here than where the forget
+ * was asked, did not come back.
+ */
+export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>): RecentForget[] {
+  return forgets.filter((f) => (cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) <= f.atMs);
+}
+
+/** The `forgets` field of the roster file (optional: earlier builds ignore it); malformed entries are skipped, as a forget lost is only republished less. */
+export function decodeRecentForgets(value: unknown): RecentForget[] {
+  if (!Array.isArray(value)) return [];
+  return value.flatMap((x: unknown) => {
+    if (typeof x !== 'object' || x === null) return [];
+    const e = x as Record<string, unknown>;
+    return typeof e.peerId === 'string' && e.peerId.length > 0 && typeof e.atMs === 'number' && Number.isFinite(e.atMs) ? [{ peerId: e.peerId, atMs: e.atMs }] : [];
+  });
+}
