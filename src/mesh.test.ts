@@ -118,8 +118,9 @@ test('the roster drops the peers of a site the operator forgot at once, not thos
   assert.deepEqual(update.forgotten, []);
 });
 
-test("a mesh start that fails after custody started ends by the stop's deadline, though custody's work does not end (hunt 154)", { timeout: 60_000 }, async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-start-'));
+/** Site-a's data directory with a swarm key, its start options and its store, open (`prefix`: the temporary directory's). */
+async function meshSiteOnDisk(prefix: string) {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
   const dataDir = join(dir, 'data');
   await mkdir(dataDir);
   const swarmKey = join(dir, 'swarm.key');
@@ -127,6 +128,11 @@ test("a mesh start that fails after custody started ends by the stop's deadline,
   const config = parseStartArgs(['--site', 'site-a', '--data', dataDir, '--host', '127.0.0.1', '--swarm-key', swarmKey, '--p2p-port', '0']);
   const store = createReplicaStore({ path: join(dataDir, 'store') });
   await store.open();
+  return { dir, dataDir, config, store };
+}
+
+test("a mesh start that fails after custody started ends by the stop's deadline, though custody's work does not end (hunt 154)", { timeout: 60_000 }, async (t) => {
+  const { dir, dataDir, config, store } = await meshSiteOnDisk('pacs-mesh-start-');
   // The timers of custody and of the clean-up on a clock the test moves: where the start ends is exact, no timing.
   const clock = manualClock(1_000_000);
   // A site last heard after this clock's now (the clock was set back): custody's first view writes it back
@@ -181,15 +187,8 @@ test("a mesh start that fails after custody started ends by the stop's deadline,
 
 test("a site forgotten by silence keeps its saved addresses (dialled when a cut heals); one the operator forgot loses them (hunt 179's gap)", { timeout: 60_000 }, async (t) => {
   for (const byOperator of [false, true]) {
-    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-saved-'));
+    const { dir, dataDir, config, store } = await meshSiteOnDisk('pacs-mesh-saved-');
     t.after(() => rm(dir, { recursive: true, force: true }));
-    const dataDir = join(dir, 'data');
-    await mkdir(dataDir);
-    const swarmKey = join(dir, 'swarm.key');
-    await writeSwarmKeyFile(swarmKey);
-    const config = parseStartArgs(['--site', 'site-a', '--data', dataDir, '--host', '127.0.0.1', '--swarm-key', swarmKey, '--p2p-port', '0']);
-    const store = createReplicaStore({ path: join(dataDir, 'store') });
-    await store.open();
     const nowMs = Date.now();
     await store.updateKnownSites([], [{ siteName: 'site-b', forgottenAtMs: nowMs - 60_000, ...(byOperator ? { byOperator: true as const } : {}) }]);
     // A peer of site-b saved by an earlier run, at an address nobody listens on.
