@@ -12,15 +12,12 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-// @ts-expect-error a plain JS build script without types
-import { buildPatchedCopy, cannotBuild, installedPatchedBuild } from '../../scripts/build-leveldb.js';
-
-const why = (cannotBuild as () => string | null)();
+import { cannotBuildPatchedLevelDb as why, patchedLevelDbPackage } from '../support/patched-leveldb.ts';
 
 test('a compaction meeting a damaged table block fails with a Corruption: the block is neither rewritten as good nor the process aborted', { skip: why ?? false, timeout: 600_000 }, () => {
   const scratch = mkdtempSync(join(tmpdir(), 'pacs-leveldb-compaction-'));
   try {
-    const copy = (installedPatchedBuild as () => string | null)() ?? (buildPatchedCopy as (dir: string) => string)(scratch);
+    const copy = patchedLevelDbPackage(scratch);
     const dbPath = join(scratch, 'catalog');
     const run = (script: string) => spawnSync(process.execPath, ['-e', `const { ClassicLevel } = require(${JSON.stringify(copy)});\n${script}`], { encoding: 'utf8', timeout: 120_000 });
     // Two overlapping tables (the same keys written twice, a flush between), so a compaction must read both.

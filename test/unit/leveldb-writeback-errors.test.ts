@@ -11,15 +11,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-// @ts-expect-error a plain JS build script without types
-import { buildPatchedCopy, cannotBuild, installedPatchedBuild } from '../../scripts/build-leveldb.js';
-
-const why = (cannotBuild as () => string | null)();
+import { cannotBuildPatchedLevelDb as why, patchedLevelDbPackage } from '../support/patched-leveldb.ts';
 
 test('a table write-back that fails with EIO fails the flush: the writes stop instead of a table the disk refused being kept', { skip: why ?? false, timeout: 600_000 }, () => {
   const scratch = mkdtempSync(join(tmpdir(), 'pacs-leveldb-writeback-'));
   try {
-    const copy = (installedPatchedBuild as () => string | null)() ?? (buildPatchedCopy as (dir: string) => string)(scratch);
+    const copy = patchedLevelDbPackage(scratch);
     const shimSource = join(scratch, 'eio.c');
     writeFileSync(shimSource, '#define _GNU_SOURCE\n#include <errno.h>\n#include <fcntl.h>\nint sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned int flags) { (void)fd; (void)offset; (void)nbytes; (void)flags; errno = EIO; return -1; }\n');
     const shim = join(scratch, 'eio.so');
