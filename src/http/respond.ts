@@ -37,3 +37,23 @@ export function closeWithConnection(req: IncomingMessage, res: ServerResponse): 
   responses.add(res);
   res.once('close', () => responses.delete(res));
 }
+
+/** Whether a response on this connection has begun to be sent: nothing else may be written to it then. */
+export function hasResponseUnderWay(socket: Socket): boolean {
+  for (const res of openResponses.get(socket) ?? []) if (res.headersSent) return true;
+  return false;
+}
+
+/**
+ * Writes a whole HTTP response straight to the socket (no request object to answer through) and closes
+ * the connection both ways once it is out, or after a second: a client that ignores the half-close and
+ * goes on sending would otherwise keep the connection, and count against every bound on them.
+ */
+export function answerAndClose(socket: Socket, statusLine: string, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
+  const text = JSON.stringify(body);
+  const head = Object.entries({ 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(text)), ...headers, connection: 'close' })
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  socket.end(`HTTP/1.1 ${statusLine}\r\n${head}\r\n${text}`, () => socket.destroy());
+  setTimeout(() => socket.destroy(), 1000).unref();
+}

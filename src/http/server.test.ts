@@ -185,6 +185,60 @@ test('requests the HTTP parser refuses get a status with a JSON body: headers ov
   assert.match(unknown, /"code":"ERR_HTTP_MALFORMED"/);
 });
 
+test('headers trickled past their timeout get a 408 and the connection is closed both ways, though the client goes on sending (hunt 185)', async (t) => {
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, maxConnectionsPerClient: 1, headersTimeoutMs: 300 });
+  t.after(() => server.stop());
+  // One header line every 50 ms, never the blank line that ends them: the 408 came, but its half-close
+  // was ignored and the connection stayed, holding its client's share of the connections for good.
+  const trickler = connect({ port: server.port, host: '127.0.0.1', localAddress: '127.0.0.5', allowHalfOpen: true });
+  t.after(() => trickler.destroy());
+  let answer = '';
+  let closed = false;
+  trickler.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+  trickler.on('error', () => undefined);
+  trickler.on('close', () => (closed = true));
+  await new Promise((resolve) => trickler.once('connect', resolve));
+  trickler.write('GET /healthz HTTP/1.1\r\nhost: x\r\n');
+  for (let i = 0; i < 60 && !closed; i++) {
+    if (!trickler.destroyed) trickler.write(`x-line-${i}: y\r\n`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.match(answer, /^HTTP\/1\.1 408 /);
+  assert.match(answer, /"code":"ERR_HTTP_REQUEST_TIMEOUT"/);
+  assert.ok(closed, 'the connection was kept open while the client went on sending');
+  // Its place is free again: the same address is served.
+  const health = await new Promise<string>((resolve) => {
+    const socket = connect({ port: server.port, host: '127.0.0.1', localAddress: '127.0.0.5' }, () => socket.end('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n'));
+    let text = '';
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+    socket.on('close', () => resolve(text));
+  });
+  assert.match(health, /^HTTP\/1\.1 200 /);
+});
+
+test('a request that times out while its answer is being sent is cut, not followed by a 408 written into that answer', async (t) => {
+  // A large status the client does not read yet: its response is under way when the request's body, announced
+  // and never sent, times out.
+  const bigStatus = { filler: 'x'.repeat(8 * 1024 * 1024) };
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => bigStatus, isHealthy: () => true, log: silentLogger, requestTimeoutMs: 300, headersTimeoutMs: 300 });
+  t.after(() => server.stop());
+  const socket = connect(server.port, '127.0.0.1');
+  t.after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write('GET /api/mesh HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n');
+  socket.pause();
+  await new Promise((r) => setTimeout(r, 1500));
+  let answer = '';
+  const closed = new Promise((resolve) => socket.once('close', resolve));
+  socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+  socket.resume();
+  await within('the connection to close', 10_000, closed);
+  assert.match(answer, /^HTTP\/1\.1 200 /);
+  // Not assert.doesNotMatch: its failure would print the 8 MiB answer.
+  assert.ok(!answer.includes('HTTP/1.1 408 '), `a 408 was written into the answer, ${answer.indexOf('HTTP/1.1 408 ')} bytes in`);
+});
+
 test('a stop refuses new connections and closes idle ones at once, lets a request in flight finish, and answers one more on its connection 503', async () => {
   let entered!: () => void;
   const inFlight = new Promise<void>((resolve) => (entered = resolve));

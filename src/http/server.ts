@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
-import { closeWithConnection, sendJson } from './respond.ts';
+import { answerAndClose, closeWithConnection, hasResponseUnderWay, sendJson } from './respond.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
 import { siteNamePattern } from '../config.ts';
@@ -40,7 +40,17 @@ export interface HttpServerInit {
   dicomWeb?: DicomWebContext;
   /** How long a kept-alive connection waits for its next request. Default 5000 (Node's); tests set less. */
   keepAliveTimeoutMs?: number;
+  /** How long a request's headers may take to arrive (then 408 and the connection closes). Default 10,000; tests set less. */
+  headersTimeoutMs?: number;
+  /** How long a whole request (its body included) may take to arrive. Default 10 minutes; tests set less. */
+  requestTimeoutMs?: number;
 }
+
+/**
+ * How often Node checks the headers' and requests' timeouts: its default, 30 s, let headers trickle in
+ * for up to 40 s where 10 s was set. A pass over at most 1,024 connections a second costs nothing.
+ */
+const timeoutsCheckIntervalMs = 1000;
 
 export interface RunningHttpServer {
   port: number;
@@ -197,7 +207,8 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   const refused = new WeakSet<Socket>();
   /** Per connection, its requests not yet answered (see pipelinedRequestsMax). */
   const running = new WeakMap<Socket, number>();
-  const server: Server = createServer((req, res) => {
+  const headersTimeoutMs = init.headersTimeoutMs ?? 10_000;
+  const server: Server = createServer({ connectionsCheckingInterval: Math.min(timeoutsCheckIntervalMs, headersTimeoutMs) }, (req, res) => {
     if (refused.has(req.socket)) {
       req.socket.destroy();
       return;
@@ -235,12 +246,12 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
       }
     });
   });
-  server.headersTimeout = 10_000;
+  server.headersTimeout = headersTimeoutMs;
   // A STOW-RS upload of a large study takes its time; headersTimeout and maxConnections still bound idle clients,
   // and a connection on which nothing moves either way for 2 minutes (a stalled upload, a viewer that stopped
   // reading a retrieve) is closed, as the DICOM port's --idle-timeout does by default.
   server.timeout = 120_000;
-  server.requestTimeout = 10 * 60_000;
+  server.requestTimeout = init.requestTimeoutMs ?? 10 * 60_000;
   server.keepAliveTimeout = init.keepAliveTimeoutMs ?? 5000;
   // Node destroys a socket at once when its keep-alive or idle timeout fires, and after this peer's loop was
   // held (a pause, a long stall) the timer fires before the bytes that arrived meanwhile are read: a request
@@ -266,23 +277,22 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
     const open = countUp(openByClient, client);
     socket.once('close', () => countDown(openByClient, client));
     if (open <= perClientMax) return;
-    // Closed both ways once the answer is out (or after a second): a client that ignores the half-close and
-    // goes on sending would otherwise keep the connection, and have its requests served (review 88).
+    // Closed both ways once the answer is out: a request it still sends is not served (review 88).
     refused.add(socket);
-    const body = JSON.stringify({ error: `this address has ${perClientMax} connections open here, the most one client may hold: close some and retry`, code: 'ERR_HTTP_TOO_MANY_CONNECTIONS' });
-    socket.end(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nretry-after: 5\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy());
-    setTimeout(() => socket.destroy(), 1000).unref();
+    answerAndClose(socket, '503 Service Unavailable', { error: `this address has ${perClientMax} connections open here, the most one client may hold: close some and retry`, code: 'ERR_HTTP_TOO_MANY_CONNECTIONS' }, { 'retry-after': '5' });
   });
   // Requests the HTTP parser refuses (headers over 16 KiB, an unknown method, a malformed line) get a JSON
   // body too, as every other refusal on this port does.
-  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
-    if (!socket.writable) {
+  // The connection is closed both ways once the answer is out, as Node does without this listener: a client
+  // that trickled header lines past the headers' timeout and ignored the 408's half-close kept its connection
+  // for as long as it went on sending (hunt 185). A response already under way cannot be answered: cut.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable || hasResponseUnderWay(socket)) {
       socket.destroy();
       return;
     }
     const [status, reason] = error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
-    const body = JSON.stringify({ error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : 'ERR_HTTP_MALFORMED' });
-    socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    answerAndClose(socket, `${status} ${reason}`, { error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'ERR_HTTP_MALFORMED' });
   });
   const port = await listenOn(server, init.port, init.host);
   ownAddress = `${init.host.includes(':') ? `[${init.host}]` : init.host}:${port}`;
