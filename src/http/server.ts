@@ -200,6 +200,24 @@ function forgetPeer(init: HttpServerInit, req: IncomingMessage, res: ServerRespo
   sendJson(res, status, { error, code });
 }
 
+/**
+ * A request target in absolute form (`GET http://host:port/path`, as sent to a proxy) read as the path it
+ * names, with its authority as the Host (RFC 9112 3.2.2: a server must accept it and ignore the Host header
+ * then): every such request was a 404.
+ */
+function toOriginForm(req: IncomingMessage): void {
+  const target = req.url ?? '/';
+  if (!/^https?:\/\//i.test(target)) return;
+  let url: URL;
+  try {
+    url = new URL(target);
+  } catch {
+    return;
+  }
+  req.url = `${url.pathname}${url.search}`;
+  req.headers.host = url.host;
+}
+
 export async function startHttpServer(init: HttpServerInit): Promise<RunningHttpServer> {
   let ownAddress = `${init.host}:${init.port}`;
   let stopping = false;
@@ -214,6 +232,7 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
       return;
     }
     closeWithConnection(req, res);
+    toOriginForm(req);
     const socket = req.socket;
     const ahead = running.get(socket) ?? 0;
     running.set(socket, ahead + 1);

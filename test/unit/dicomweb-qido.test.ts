@@ -3,6 +3,7 @@
  * C-FIND engine (PS3.18 8.3.4 parameters), paging, character sets, and every malformed request a 4xx.
  */
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Status } from '../../src/codec/dimse.ts';
 import { openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
@@ -176,6 +177,19 @@ describe('QIDO-RS', () => {
     const fuzzy = await search('/studies?fuzzymatching=true');
     assert.equal(fuzzy.status, 200);
     assert.match(fuzzy.headers.get('warning') ?? '', /fuzzymatching parameter is not supported/);
+  });
+
+  it('takes a request target in absolute form, as sent to a proxy, and names resources by its authority (RFC 9112 3.2.2)', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(peer.httpPort, '127.0.0.1', () => socket.write(`GET http://viewer.example:8080/dicom-web/studies?PatientID=QIDO-2 HTTP/1.1\r\nhost: 127.0.0.1:${peer.httpPort}\r\nconnection: close\r\n\r\n`));
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+      socket.on('end', () => resolve(text));
+      socket.on('error', reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 200 /, answer.slice(0, 300));
+    const found = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as Json[];
+    assert.deepEqual(found.map((study) => valueOf(study, '00081190')), [`http://viewer.example:8080/dicom-web/studies/${studyB}`]);
   });
 
   it('refuses malformed searches with 400, 405, 406 or 404 and a message', async () => {
