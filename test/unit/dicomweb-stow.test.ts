@@ -296,6 +296,16 @@ test('STOW-RS over HTTP', async (t) => {
     assert.equal(otherBoundary.status, 400);
   });
 
+  await t.test('a body over the bounds of one request (10,000 parts, 16 KiB of headers in a part) is a 413 when nothing was stored', async () => {
+    const manyParts = await stow(port, multipart(Array.from({ length: 10_001 }, () => ({ contentType: 'application/dicom', bytes: Buffer.from('not dicom') }))));
+    assert.equal(manyParts.status, 413, JSON.stringify(manyParts.body).slice(0, 300));
+    assert.equal(manyParts.body.code, 'ERR_STOW_TOO_LARGE');
+    assert.match(manyParts.body.error ?? '', /more than 10000 parts/);
+    const longHeaders = await stow(port, multipart([{ contentType: `application/dicom\r\nX-Pad: ${'a'.repeat(20_000)}`, bytes: small().bytes }]));
+    assert.equal(longHeaders.status, 413);
+    assert.equal(longHeaders.body.code, 'ERR_STOW_TOO_LARGE');
+  });
+
   await t.test('a client that goes away mid-upload leaves nothing of the instance it was sending, and the peer serves on', async () => {
     const blobKeysBefore = await blobKeyCount(peer);
     const large = makeInstanceWithInfo({ rows: 512, columns: 1024, bitsAllocated: 16, pixelPattern: 'gradient' });

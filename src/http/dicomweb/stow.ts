@@ -37,7 +37,7 @@ import { isWarningStatus } from '../../codec/dimse.ts';
 import { isAcceptableUid, normalizeUidValue } from '../../codec/uid.ts';
 import { DicomWebError, sendDicomJson, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { parseMediaType, requireDicomJson } from './accept.ts';
-import { MultipartError } from './multipart-error.ts';
+import { MultipartError, type MultipartErrorCode } from './multipart-error.ts';
 import { boundaryMaxChars, defaultMultipartLimits, isValidBoundary, printable, readMultipart, type MultipartLimits, type MultipartPart } from './multipart-reader.ts';
 import type { DicomWebRoute } from './routes.ts';
 
@@ -75,6 +75,9 @@ const warningReasonsMax = 5;
 
 /** 10,000 parts of 16 KiB of headers at most: bounds on one request, not on the instances' sizes. */
 const stowLimits: MultipartLimits = defaultMultipartLimits;
+
+/** The reader's refusals of a body over the bounds of one request (stowLimits), answered 413 when nothing was stored. */
+const overRequestBounds: ReadonlySet<MultipartErrorCode> = new Set(['ERR_MULTIPART_TOO_MANY_PARTS', 'ERR_MULTIPART_HEADER_TOO_LARGE']);
 
 const accepted = 'STOW-RS takes Content-Type: multipart/related; type="application/dicom"; boundary=... (one DICOM Part 10 file per part)';
 
@@ -137,6 +140,8 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   if (!req.complete) res.setHeader('connection', 'close');
   if (damage !== undefined) {
     log.warn('STOW-RS body is not valid multipart', { code: damage.code, error: damage.message, parts: outcomes.length, storedCount: stored.length });
+    // Over a bound on one request (parts, a part's headers) is the request's size, not its form (RFC 9110 15.5.14).
+    if (stored.length === 0 && overRequestBounds.has(damage.code)) throw new DicomWebError(413, 'ERR_STOW_TOO_LARGE', `the body is over a bound of one request: ${damage.message}; no instance was stored: send the parts in several requests`);
     if (stored.length === 0) throw new DicomWebError(400, 'ERR_STOW_MULTIPART', `the body is not valid multipart/related: ${damage.message}; no instance was stored`);
     // Damage found between parts names no instance: the failure then belongs to the body.
     if (!damageInPart) outcomes.push({ type: 'failed', reference: undefined, failureReason: StowFailure.CannotUnderstand, why: `the body is not valid multipart/related after part ${outcomes.length}: ${damage.message}` });
