@@ -78,6 +78,11 @@ describe('WADO-RS', () => {
       assert.equal(split.transferSyntaxUid, TransferSyntax.ExplicitVrLittleEndian);
       assert.ok(part.body.subarray(split.datasetOffset).equals(storedDataSets.get(uid)!), `${uid}: the data set as stored`);
     }
+    // HEAD: the headers of a GET (RFC 9110 9.3.2), a boundary included, and no body.
+    const head = await fetch(`${base}/studies/${study}`, { method: 'HEAD', headers: { accept: 'multipart/related; type="application/dicom"; transfer-syntax=*' } });
+    assert.equal(head.status, 200);
+    assert.match(head.headers.get('content-type') ?? '', /^multipart\/related; type="application\/dicom"; boundary=[0-9a-f]{32}$/);
+    assert.equal((await head.arrayBuffer()).byteLength, 0);
   });
 
   it('sends Explicit VR Little Endian by default, and converts to a syntax asked for', async () => {

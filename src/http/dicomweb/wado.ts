@@ -101,8 +101,8 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   const status = entries.length < selected.length ? 206 : 200;
   const { res } = exchange;
   if (exchange.req.method === 'HEAD') {
-    res.writeHead(status, { ...headers, 'content-type': 'multipart/related; type="application/dicom"' });
-    res.end();
+    // The headers a GET would have (its Content-Type names a boundary), and no part read.
+    startMultipart(res, { type: 'application/dicom', status, headers }).end();
     return;
   }
   const prepare = async (entry: CatalogEntry, entryCtx: DicomWebContext): Promise<{ headers: Record<string, string>; body: readonly Uint8Array[] | AsyncIterable<Uint8Array>; release?: () => void }> => {
