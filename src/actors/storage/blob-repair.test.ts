@@ -123,3 +123,21 @@ test('a blob read LevelDB answers with a Corruption marks the blob database for 
   assert.deepEqual(reasons, ['read of 1.2.183.31: Corruption: bad entry in block']);
   assert.ok(existsSync(join(dir, 'blobs-damaged')));
 });
+
+test('catalogs set aside are kept to the newest 3, and the log says so', async (t) => {
+  const dir = newStoreDir(t);
+  let store = await openStore(dir);
+  await commit(store, '1.2.183.41');
+  const notices: string[] = [];
+  for (let round = 0; round < 5; round++) {
+    store.reportCatalogDamage(`round ${round}`);
+    await store.close();
+    // Names carry the time to the millisecond.
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    store = await openStore(dir, notices);
+  }
+  t.after(() => store.close());
+  assert.equal(readdirSync(dir).filter((name) => name.startsWith('catalog.damaged-')).length, 3);
+  assert.equal(notices.filter((notice) => /deleted the oldest catalogs set aside: the newest 3 are kept/.test(notice)).length, 2);
+  assert.equal(await store.countInstances(), 1);
+});

@@ -518,6 +518,8 @@ const logBarrierKey = 'm!log-barrier';
 const catalogDamagedMarker = 'catalog-damaged';
 /** A file beside the databases: the blob database was found damaged, so the next open repairs it (see repairBlobs). */
 const blobsDamagedMarker = 'blobs-damaged';
+/** The catalogs set aside (`catalog.damaged-<time>`) kept: older ones are deleted, on a disk that keeps failing they would fill it. */
+const catalogsSetAsideKept = 3;
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
 const heldIndexBuiltKey = 'm!held-index';
 /**
@@ -1018,6 +1020,7 @@ class LevelReplicaStore implements ReplicaStore {
       if (why !== undefined) {
         const setAsideDir = `${catalogDir}.damaged-${fileTimeStamp(new Date())}`;
         await rename(catalogDir, setAsideDir);
+        await this.deleteOldCatalogsSetAside();
         // A report about the catalog set aside (a write refused during this open) must not silence those about the new one.
         this.catalogDamage.reported = false;
         const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
@@ -1025,6 +1028,14 @@ class LevelReplicaStore implements ReplicaStore {
       }
     }
     await rm(markerPath, { force: true });
+  }
+
+  /** Keeps the newest catalogsSetAsideKept catalogs set aside: each is a copy of the catalog, and a failing disk sets one aside at every start. */
+  private async deleteOldCatalogsSetAside(): Promise<void> {
+    const setAside = (await readdir(this.path)).filter((name) => name.startsWith('catalog.damaged-')).sort();
+    const deleted = setAside.slice(0, Math.max(0, setAside.length - catalogsSetAsideKept));
+    for (const name of deleted) await rm(join(this.path, name), { recursive: true, force: true });
+    if (deleted.length > 0) this.onOpenNotice(`deleted the oldest catalogs set aside: the newest ${catalogsSetAsideKept} are kept`, { deleted });
   }
 
   /**
