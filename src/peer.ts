@@ -328,7 +328,11 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
             dicom: { host: config.host, port: listener.port },
             ...(mesh ? { peerId: mesh.node.peerId, multiaddrs: mesh.node.multiaddrs() } : {}),
           },
-          instances: await store.countInstances(),
+          // A count the catalog's damage fails is unknown, said why (it was a 500 for the whole answer).
+          ...(await store.countInstances().then(
+            (instances) => ({ instances }),
+            (error: unknown) => ({ instances: null, instancesUnknown: errorText(error) }),
+          )),
           ...(store.writeFault !== undefined ? { storeFault: store.writeFault } : {}),
           ...(store.blobRepair !== undefined ? { blobRepair: store.blobRepair } : {}),
           ...(scrub ? { scrub: scrub.stats() } : {}),

@@ -1658,7 +1658,13 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async countInstances(): Promise<number> {
-    return (await this.countAtOpen) + this.storedSinceOpen;
+    try {
+      return (await this.countAtOpen) + this.storedSinceOpen;
+    } catch (error) {
+      // The held index's table is damaged (on a single site nothing else reads it whole): the next start rebuilds the catalog.
+      if (isCatalogDamage(error)) this.reportCatalogDamage(`count of the instances held: ${errorText(error)}`);
+      throw error;
+    }
   }
 
   async putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'> {
