@@ -166,15 +166,15 @@ function whatToDoAbout(why: string): string {
         : '';
 }
 
-/**
- * LevelDB's open error when CURRENT names a file that is not there (a MANIFEST lost, or CURRENT itself
- * damaged into naming something else: helper 50): the directory itself is created when missing.
- */
 /** LevelDB's words for files it finds damaged (see whatToDoAbout): a database that LevelDB's repair, or a rebuild, may mend. */
 function isDatabaseDamageText(text: string): boolean {
   return /Corruption:/.test(text) || isMissingFileText(text) || isCutShortFileText(text);
 }
 
+/**
+ * LevelDB's open error when CURRENT names a file that is not there (a MANIFEST lost, or CURRENT itself
+ * damaged into naming something else: helper 50): the directory itself is created when missing.
+ */
 function isMissingFileText(text: string): boolean {
   return /IO error: .*: No such file or directory/.test(text);
 }
@@ -222,7 +222,6 @@ async function isolateInTableOfItsOwn(db: StoreDb, key: string): Promise<void> {
   if (typeof compactRange === 'function') await compactRange.call(db, key, key);
 }
 
-/** Calls every listener; one that throws does not keep the others, or the reporting caller, from going on. */
 /** A time for a file name: ISO 8601 without ':' or '.', so that names sort by time. */
 function fileTimeStamp(date: Date): string {
   return date.toISOString().replace(/[:.]/g, '-');
@@ -269,6 +268,7 @@ class DamageMark {
   }
 }
 
+/** Calls every listener; one that throws does not keep the others, or the reporting caller, from going on. */
 function callEach<A extends unknown[]>(listeners: Iterable<(...args: A) => void>, ...args: A): void {
   for (const listener of listeners) {
     try {
