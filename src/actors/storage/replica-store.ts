@@ -30,7 +30,7 @@
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { readdir, rename, rm, stat, statfs } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
@@ -38,7 +38,7 @@ import { errorText } from '../runtime/logger.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import { createOlderLogSync } from './leveldb-logs.ts';
 import type { CatalogEntry } from './catalog-types.ts';
-import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntryRecords, getCatalogEntry, newestStoredAtOfPatient, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
+import { CATALOG_ENTRY_PREFIX, HELD_INDEX_PREFIX, buildHeldIndex, buildSearchIndexes, catalogDeleteOps, clearLegacySearchIndexes, searchIndexOps, isCatalogDamage, catalogWriteOpsEncoded, countInstances, decodeCatalogEntry, encodeCatalogEntry, getCatalogEntries, getCatalogEntryRecords, getCatalogEntry, newestStoredAtOfPatient, isValidUid, prefixRange, readAcrossReopen } from './catalog.ts';
 import type { DebtEntry, KnownSite } from './custody/messages.ts';
 import type { ForgottenSite } from '../membership/messages.ts';
 import type { CommitmentRecord } from '../commitment/messages.ts';
@@ -62,7 +62,9 @@ export type StoreErrorCode =
   /** putReplica: the bytes received do not match the byteLength or SHA-256 of the entry they came with. */
   | 'ERR_STORE_REPLICA_MISMATCH'
   /** A write failed with an I/O error (a full disk): writes are refused until the store has reopened itself. */
-  | 'ERR_STORE_FAULTED';
+  | 'ERR_STORE_FAULTED'
+  /** LevelDB refused a write to the blob database as corrupt: the next start repairs it (reportBlobDamage). */
+  | 'ERR_STORE_DAMAGED';
 
 export class StoreError extends Error {
   override readonly name = 'StoreError';
@@ -88,6 +90,20 @@ export interface ReplicaStoreInit {
   reopenAfterFaultMs?: number;
   /** Told what `open()` had to mend (a catalog rebuilt ...), for the operator's log. */
   onOpenNotice?: (message: string, fields: Record<string, unknown>) => void;
+}
+
+/**
+ * The outcome of a repair of the blob database at open: the instances the catalog listed whose bytes the
+ * repair did not keep whole (missing chunks, a wrong SHA-256, a block still unreadable), which left the
+ * catalog, and the file that lists them (undefined when none was lost).
+ */
+export interface BlobRepairReport {
+  atMs: number;
+  instancesChecked: number;
+  instancesLost: number;
+  lostListFile: string | undefined;
+  /** Commit records the repair lost whose instance is whole: written again from the catalog entry. */
+  commitRecordsRestored: number;
 }
 
 /** What the store says about write faults (see ReplicaStore.onWriteFault). */
@@ -150,6 +166,11 @@ function whatToDoAbout(why: string): string {
         : '';
 }
 
+/** LevelDB's words for files it finds damaged (see whatToDoAbout): a database that LevelDB's repair, or a rebuild, may mend. */
+function isDatabaseDamageText(text: string): boolean {
+  return /Corruption:/.test(text) || isMissingFileText(text) || isCutShortFileText(text);
+}
+
 /**
  * LevelDB's open error when CURRENT names a file that is not there (a MANIFEST lost, or CURRENT itself
  * damaged into naming something else: helper 50): the directory itself is created when missing.
@@ -199,6 +220,52 @@ async function isolateInTableOfItsOwn(db: StoreDb, key: string): Promise<void> {
   // classic-level's compactRange flushes the memtable first (LevelDB's CompactRange); level's types omit it.
   const compactRange = (db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }).compactRange;
   if (typeof compactRange === 'function') await compactRange.call(db, key, key);
+}
+
+/** A time for a file name: ISO 8601 without ':' or '.', so that names sort by time. */
+function fileTimeStamp(date: Date): string {
+  return date.toISOString().replace(/[:.]/g, '-');
+}
+
+/** A value in one field of a tab-separated line (a reason quotes LevelDB, which may say anything). */
+function tsvField(value: string): string {
+  return value.replace(/[\t\r\n]/g, ' ');
+}
+
+/** LevelDB's Corruption status (a damaged block or file), not a record of ours failing its check. */
+function isLevelCorruption(error: unknown): boolean {
+  const e = error as { code?: unknown; cause?: { code?: unknown } } | undefined;
+  return e?.code === 'LEVEL_CORRUPTION' || e?.cause?.code === 'LEVEL_CORRUPTION';
+}
+
+/**
+ * A damage mark: a file beside the databases that the next open acts on, written at once (the peer may be
+ * about to stop), and listeners told once; later reports are ignored until `reported` is reset.
+ */
+class DamageMark {
+  reported = false;
+  private readonly listeners = new Set<(reason: string) => void>();
+  constructor(private readonly file: string) {}
+
+  mark(reason: string): void {
+    writeFileSync(this.file, `${reason}\n`);
+  }
+
+  report(reason: string): void {
+    if (this.reported) return;
+    this.reported = true;
+    try {
+      this.mark(reason);
+    } catch {
+      // Unwritable (a full disk): the listeners still say what is wrong and what to do.
+    }
+    callEach(this.listeners, reason);
+  }
+
+  listen(listener: (reason: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
 }
 
 /** Calls every listener; one that throws does not keep the others, or the reporting caller, from going on. */
@@ -332,6 +399,16 @@ export interface ReplicaStore {
   reportCatalogDamage(reason: string): void;
   /** Listens to reportCatalogDamage (called at most once); returns the unsubscribe function. */
   onCatalogDamage(listener: (reason: string) => void): () => void;
+  /**
+   * The blob database (the instance bytes) is damaged: LevelDB answered a read or write of it with a
+   * Corruption. Marks the store so that its next open has LevelDB repair it and reconciles the catalog
+   * with what the repair kept, and tells the onBlobDamage listeners, once; later reports are ignored.
+   */
+  reportBlobDamage(reason: string): void;
+  /** Listens to reportBlobDamage (called at most once); returns the unsubscribe function. */
+  onBlobDamage(listener: (reason: string) => void): () => void;
+  /** What the last repair of the blob database at open found (see BlobRepairReport), or undefined when none ran. */
+  readonly blobRepair: BlobRepairReport | undefined;
   /** The write fault writes are refused for (message), or undefined while the store writes. */
   readonly writeFault: string | undefined;
   /** Listens to write faults and the reopenings that end them; returns the unsubscribe function. */
@@ -439,6 +516,10 @@ const recoveryFromKey = 'm!recovery-from';
 const logBarrierKey = 'm!log-barrier';
 /** A file beside the databases: the catalog was found damaged, so the next open rebuilds it. */
 const catalogDamagedMarker = 'catalog-damaged';
+/** A file beside the databases: the blob database was found damaged, so the next open repairs it (see repairBlobs). */
+const blobsDamagedMarker = 'blobs-damaged';
+/** The catalogs set aside (`catalog.damaged-<time>`) kept: older ones are deleted, on a disk that keeps failing they would fill it. */
+const catalogsSetAsideKept = 3;
 /** Present once every catalog entry has its held-index key (stores older than that index get it at open). */
 const heldIndexBuiltKey = 'm!held-index';
 /**
@@ -667,7 +748,7 @@ class LevelReplicaStore implements ReplicaStore {
     const abortsCovered = [...this.abortsNotDurable];
     const [found, synced] = await Promise.allSettled([
       this.existingEntries(commits.map((commit) => commit.sopInstanceUid)),
-      this.written(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
+      this.blobWritten(this.blobDb.batch(commits.flatMap((commit) => commit.blobOps), { sync: true })),
     ]);
     // Both settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
     if (synced.status === 'rejected') throw synced.reason;
@@ -719,6 +800,8 @@ class LevelReplicaStore implements ReplicaStore {
 
   constructor(init: ReplicaStoreInit) {
     this.path = init.path;
+    this.catalogDamage = new DamageMark(join(init.path, catalogDamagedMarker));
+    this.blobDamage = new DamageMark(join(init.path, blobsDamagedMarker));
     // Pixel data rarely compresses and Snappy costs CPU on every byte; a larger write buffer means fewer
     // memtable flushes while instances stream in.
     this.db = new Level<string, Uint8Array>(join(init.path, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
@@ -749,17 +832,37 @@ class LevelReplicaStore implements ReplicaStore {
    * with the debt and known sites only it holds, cannot mend that, and the second attempt failed as the first.
    */
   async open(): Promise<void> {
+    const marked = this.blobsDamageMark();
+    if (marked !== undefined) {
+      await this.repairBlobs(marked);
+      return this.openMendingCatalog(true);
+    }
     try {
-      await this.openOnce();
+      await this.openMendingCatalog(false);
+    } catch (error) {
+      // Blob tables LevelDB finds damaged at the open (a table cut short, a damaged block read by recovery):
+      // repaired in place and reconciled, rather than a start that fails the same way every time (hunt 183).
+      if (!this.blobOpenFailed || !isDatabaseDamageText(errorText(error))) throw error;
+      const reason = `at open: ${errorText(error)}`;
+      this.blobDamage.mark(reason);
+      await this.repairBlobs(reason);
+      await this.openMendingCatalog(true);
+    }
+  }
+
+  /** The start of open(): the catalog set aside and rebuilt once when LevelDB finds it corrupt. */
+  private async openMendingCatalog(blobsRepaired: boolean): Promise<void> {
+    try {
+      await this.openOnce(blobsRepaired);
     } catch (error) {
       const cause = error instanceof StoreError && error.code === 'ERR_STORE_OPEN' && !this.blobOpenFailed ? error.cause : undefined;
       // A catalog whose MANIFEST is gone, or with a table cut short, is damage too: it can be rebuilt
       // (helpers 48 and 64: the start was refused).
       const causeText = cause === undefined ? '' : errorText((cause as { cause?: unknown }).cause ?? cause);
-      if (!isCatalogDamage(cause) && !isMissingFileText(causeText) && !isCutShortFileText(causeText)) throw error;
-      this.markCatalogDamaged(`at open: ${errorText(error)}`);
+      if (!isCatalogDamage(cause) && !isDatabaseDamageText(causeText)) throw error;
+      this.catalogDamage.mark(`at open: ${errorText(error)}`);
       try {
-        await this.openOnce();
+        await this.openOnce(blobsRepaired);
       } catch (retryError) {
         throw new StoreError('ERR_STORE_OPEN', `${errorText(error)}; with the catalog set aside: ${errorText(retryError)}`, { cause: error });
       }
@@ -779,7 +882,8 @@ class LevelReplicaStore implements ReplicaStore {
     }
   }
 
-  private async openOnce(): Promise<void> {
+  /** `blobsRepaired`: LevelDB's repair just ran on the blob database; the catalog is reconciled with what it kept. */
+  private async openOnce(blobsRepaired = false): Promise<void> {
     if (existsSync(join(this.path, 'CURRENT'))) {
       throw new StoreError('ERR_STORE_LAYOUT', `${this.path} holds a store in the old single-database layout; start with an empty data directory (the mesh refills it)`);
     }
@@ -790,10 +894,10 @@ class LevelReplicaStore implements ReplicaStore {
     try {
       this.blobOpenFailed = true;
       await this.blobDb.open();
-      this.blobOpenFailed = false;
       // Before anything changes the directory (the catalog set aside, recovery, indexing): a store of a
       // newer format is left exactly as it was, for the build that wrote it.
       await this.checkStoreFormat();
+      this.blobOpenFailed = false;
       await this.setAsideCatalogWithoutCurrent(blobsExisted);
       await this.db.open();
     } catch (error) {
@@ -808,7 +912,7 @@ class LevelReplicaStore implements ReplicaStore {
       await this.readingBlobs(async () => {
         for await (const key of this.blobDb.keys({ gte: blobPrefix, lt: `${blobPrefix}~`, reverse: true, limit: 1 })) this.lastTick = tickOf(blobIdOfKey(key));
       });
-      if (this.lastTick === 0 && (await this.db.keys({ gte: HELD_INDEX_PREFIX, lt: `${HELD_INDEX_PREFIX}~`, limit: 1 }).all()).length > 0) {
+      if (!blobsRepaired && this.lastTick === 0 && (await this.db.keys({ gte: HELD_INDEX_PREFIX, lt: `${HELD_INDEX_PREFIX}~`, limit: 1 }).all()).length > 0) {
         // The catalog lists instances whose bytes are all gone (the blob database deleted or replaced):
         // serving would answer every C-FIND and fail every retrieve.
         throw new StoreError(
@@ -817,7 +921,11 @@ class LevelReplicaStore implements ReplicaStore {
         );
       }
       // Kept parts are open uploads from here on (the checkpoint below must not pass them), not unfinished ones.
-      await this.recover(await this.findKeptPartials());
+      await this.recover(await this.findKeptPartials(), blobsRepaired);
+      if (blobsRepaired) {
+        await this.reconcileWithRepairedBlobs();
+        await rm(join(this.path, blobsDamagedMarker), { force: true });
+      }
       // Without this record the catalog is new or was rebuilt by recover() just now (with every key): the
       // search-index notice below is for stores of an earlier version only.
       const heldIndexBuilt = (await this.db.get(heldIndexBuiltKey)) !== undefined;
@@ -910,10 +1018,11 @@ class LevelReplicaStore implements ReplicaStore {
             ? 'had lost its CURRENT file'
             : undefined;
       if (why !== undefined) {
-        const setAsideDir = `${catalogDir}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+        const setAsideDir = `${catalogDir}.damaged-${fileTimeStamp(new Date())}`;
         await rename(catalogDir, setAsideDir);
+        await this.deleteOldCatalogsSetAside();
         // A report about the catalog set aside (a write refused during this open) must not silence those about the new one.
-        this.catalogDamageReported = false;
+        this.catalogDamage.reported = false;
         const reason = markedDamaged ? readFileSync(markerPath, 'utf8').trim().slice(0, 300) : undefined;
         this.onOpenNotice(`the catalog ${why}: set aside, rebuilt from the instances' commit records`, { setAsideDir, ...(reason && { reason }) });
       }
@@ -921,12 +1030,21 @@ class LevelReplicaStore implements ReplicaStore {
     await rm(markerPath, { force: true });
   }
 
+  /** Keeps the newest catalogsSetAsideKept catalogs set aside: each is a copy of the catalog, and a failing disk sets one aside at every start. */
+  private async deleteOldCatalogsSetAside(): Promise<void> {
+    const setAside = (await readdir(this.path)).filter((name) => name.startsWith('catalog.damaged-')).sort();
+    const deleted = setAside.slice(0, Math.max(0, setAside.length - catalogsSetAsideKept));
+    for (const name of deleted) await rm(join(this.path, name), { recursive: true, force: true });
+    if (deleted.length > 0) this.onOpenNotice(`deleted the oldest catalogs set aside: the newest ${catalogsSetAsideKept} are kept`, { deleted });
+  }
+
   /**
    * For every blob newer than the last checkpoint: a commit record whose catalog entry is missing gets it
    * back; chunks without a commit record belonged to an upload that never finished and are deleted.
    */
-  private async recover(keptPartials: ReadonlySet<string> = new Set()): Promise<void> {
-    const from = await this.db.get(recoveryFromKey);
+  private async recover(keptPartials: ReadonlySet<string> = new Set(), everyBlob = false): Promise<void> {
+    // After a repair of the blob database, every blob: what it salvaged may be older than the checkpoint.
+    const from = everyBlob ? undefined : await this.db.get(recoveryFromKey);
     const fromBlobId = from === undefined ? '' : Buffer.from(from).toString('utf8');
     const committed: string[] = [];
     const unfinished: string[] = [];
@@ -1127,7 +1245,7 @@ class LevelReplicaStore implements ReplicaStore {
     const ops: Op[] = [];
     for await (const key of this.blobDb.keys(chunkRange(blobId))) ops.push({ type: 'del', key });
     ops.push({ type: 'del', key: commitRecordKey(blobId) });
-    await this.written(this.blobDb.batch(ops, { sync }));
+    await this.blobWritten(this.blobDb.batch(ops, { sync }));
   }
 
   /** Deletes a kept part: its chunks, then its marker (a marker left without its chunks is deleted at open). */
@@ -1157,6 +1275,7 @@ class LevelReplicaStore implements ReplicaStore {
 
   /** Throws while writes are refused, or for an upload begun before the last fault (`epoch`). */
   assertWritable(epoch: number): void {
+    if (this.blobWritesRefused) throw new StoreError('ERR_STORE_DAMAGED', 'instance store damaged: restart the peer');
     if (this.fault !== undefined) {
       throw new StoreError('ERR_STORE_FAULTED', `"${storageErrorText(this.fault.error)}": writes refused until the store reopens`);
     }
@@ -1189,6 +1308,23 @@ class LevelReplicaStore implements ReplicaStore {
     } catch (error) {
       if (isCatalogDamage(error)) this.reportCatalogDamage(`catalog write: ${errorText(error)}`);
       throw error;
+    }
+  }
+
+  /**
+   * A write to the blob database, through `written`. A Corruption LevelDB answers it with (a compaction met
+   * a damaged table: every later write fails the same way, also after a reopen, whose compaction meets the
+   * table again) marks the blob database for a repair at the next start, and refuses the write with a
+   * short reason the C-STORE's Error Comment (64 characters) can carry.
+   */
+  async blobWritten<T>(write: Promise<T>): Promise<T> {
+    try {
+      return await this.written(write);
+    } catch (error) {
+      if (!isLevelCorruption(error)) throw error;
+      this.blobWritesRefused = true;
+      this.reportBlobDamage(`instance write: ${errorText(error)}`);
+      throw new StoreError('ERR_STORE_DAMAGED', 'instance store damaged: restart the peer', { cause: error });
     }
   }
 
@@ -1329,32 +1465,136 @@ class LevelReplicaStore implements ReplicaStore {
     return () => this.suspectListeners.delete(listener);
   }
 
-  private catalogDamageReported = false;
-  private readonly catalogDamageListeners = new Set<(reason: string) => void>();
+  /** The catalog's damage: the mark makes the next open set it aside and rebuild it from the commit records. */
+  private readonly catalogDamage: DamageMark;
+  /** The blob database's damage: the mark makes the next open repair it (repairBlobs). */
+  private readonly blobDamage: DamageMark;
+  /** LevelDB refused a blob write as corrupt: it refuses every later one too, so uploads are refused from their start. */
+  private blobWritesRefused = false;
+  blobRepair: BlobRepairReport | undefined;
 
   reportCatalogDamage(reason: string): void {
-    if (this.catalogDamageReported) return;
-    this.catalogDamageReported = true;
-    try {
-      this.markCatalogDamaged(reason);
-    } catch {
-      // Unwritable (a full disk): the listeners still say what is wrong and what to do.
-    }
-    callEach(this.catalogDamageListeners, reason);
-  }
-
-  /** The mark that makes the next open set the catalog aside, written at once: the peer may be about to stop. */
-  private markCatalogDamaged(reason: string): void {
-    writeFileSync(join(this.path, catalogDamagedMarker), `${reason}\n`);
+    this.catalogDamage.report(reason);
   }
 
   onCatalogDamage(listener: (reason: string) => void): () => void {
-    this.catalogDamageListeners.add(listener);
-    return () => this.catalogDamageListeners.delete(listener);
+    return this.catalogDamage.listen(listener);
+  }
+
+  reportBlobDamage(reason: string): void {
+    this.blobDamage.report(reason);
+  }
+
+  onBlobDamage(listener: (reason: string) => void): () => void {
+    return this.blobDamage.listen(listener);
+  }
+
+  /** The reason the blob database was marked damaged, or undefined when it is not. */
+  private blobsDamageMark(): string | undefined {
+    try {
+      return readFileSync(join(this.path, blobsDamagedMarker), 'utf8').trim().slice(0, 300) || 'marked damaged';
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * LevelDB's RepairDB on the blob database: it keeps every record it can read from the logs and tables
+   * (a table it cannot use goes to `blobs/lost/`) and writes a new MANIFEST. The mark stays until the
+   * catalog has been reconciled with what it kept (reconcileWithRepairedBlobs), so a crash in between
+   * repairs again at the next start.
+   */
+  private async repairBlobs(reason: string): Promise<void> {
+    const dir = join(this.path, 'blobs');
+    this.onOpenNotice("the instance database (blobs/) is damaged: LevelDB repairs it now, then every instance the catalog lists is read back and checked (the start takes about as long as reading the archive once)", { reason });
+    if (this.blobDb.status === 'open') await this.blobDb.close();
+    try {
+      await (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
+    } catch (error) {
+      throw new StoreError('ERR_STORE_OPEN', `cannot repair the instance database in ${dir}: ${errorText(error)}; move the data directory away and start on an empty one (in a mesh the other sites refill it)`, { cause: error });
+    }
+  }
+
+  /**
+   * After repairBlobs: every catalog entry is read back whole and checked against its SHA-256. One whose
+   * bytes the repair did not keep whole leaves the catalog (with its debt: this site no longer holds it),
+   * so that in a mesh repair pulls it again from a site that holds it, and is listed in
+   * `lost-instances-<time>.tsv` beside the databases for the operator (a single site has no other copy). A
+   * whole one whose commit record was lost gets it back, so that a later rebuild of the catalog keeps it.
+   */
+  private async reconcileWithRepairedBlobs(): Promise<void> {
+    const startedMs = Date.now();
+    const lostListFile = join(this.path, `lost-instances-${fileTimeStamp(new Date(startedMs))}.tsv`);
+    let list: FileHandle | undefined;
+    let instancesChecked = 0;
+    let instancesLost = 0;
+    let commitRecordsRestored = 0;
+    // The reads below expect damage: what they meet is reported in the list, not marked for another repair.
+    this.blobDamage.reported = true;
+    try {
+      for await (const [, bytes] of this.db.iterator(prefixRange(CATALOG_ENTRY_PREFIX))) {
+        let entry: CatalogEntry;
+        try {
+          entry = decodeCatalogEntry(bytes);
+        } catch {
+          continue; // the catalog's own damage: its reads report it (reportCatalogDamage)
+        }
+        instancesChecked++;
+        const verdict = await this.verifyInstance(entry).catch((error: unknown) => ({ ok: false as const, reason: errorText(error) }));
+        if (verdict.ok) {
+          if ((await this.blobDb.get(commitRecordKey(entry.blobId))) === undefined) {
+            await this.blobDb.put(commitRecordKey(entry.blobId), bytes, { sync: true });
+            commitRecordsRestored++;
+          }
+          continue;
+        }
+        if (list === undefined) {
+          list = await open(lostListFile, 'wx');
+          await list.write('sopInstanceUid\tstudyInstanceUid\tseriesInstanceUid\tpatientId\tstoredAt\treason\n');
+        }
+        await list.write(`${[entry.sopInstanceUid, entry.studyInstanceUid, entry.seriesInstanceUid, entry.patientId, new Date(entry.storedAtMs).toISOString(), verdict.reason].map(tsvField).join('\t')}\n`);
+        instancesLost++;
+        const debtKeys = await this.db.keys(prefixRange(`${debtPrefix}${entry.sopInstanceUid}!`)).all();
+        await this.db.batch([...catalogDeleteOps(entry), ...debtKeys.map((key) => ({ type: 'del' as const, key }))], { sync: true });
+        // What is left of its bytes: a chunk list the damage still breaks stays for LevelDB's compactions to drop.
+        await this.deleteBlob(entry.blobId, false).catch(() => undefined);
+      }
+      await list?.sync();
+    } finally {
+      this.blobDamage.reported = false;
+      await list?.close();
+    }
+    this.blobRepair = { atMs: startedMs, instancesChecked, instancesLost, lostListFile: instancesLost > 0 ? lostListFile : undefined, commitRecordsRestored };
+    this.onOpenNotice(
+      instancesLost === 0
+        ? `the instance database was repaired: all ${instancesChecked} instances are whole`
+        : `the instance database was repaired: ${instancesLost} of ${instancesChecked} instances were lost and left the catalog (listed in ${lostListFile}); in a mesh repair brings back those another site holds, the others must be sent again from their source`,
+      { ...this.blobRepair },
+    );
   }
 
   /** readInstance; `report` false (verifying): a damaged copy is not reported suspect, and the cache is left alone. */
+  /** A read of the blob database: a Corruption LevelDB answers with marks it for a repair (reportBlobDamage). */
+  private async blobRead<T>(read: Promise<T>): Promise<T> {
+    try {
+      return await read;
+    } catch (error) {
+      if (isLevelCorruption(error)) this.reportBlobDamage(`instance read: ${errorText(error)}`);
+      throw error;
+    }
+  }
+
+  /** readChunksOf; a Corruption LevelDB answers with marks the blob database for a repair (reportBlobDamage). */
   private async *readChunks(entry: CatalogEntry, report: boolean, chunksPerRead = chunksPerReadMax): AsyncGenerator<Uint8Array> {
+    try {
+      yield* this.readChunksOf(entry, report, chunksPerRead);
+    } catch (error) {
+      if (isLevelCorruption(error)) this.reportBlobDamage(`read of ${entry.sopInstanceUid}: ${errorText(error)}`);
+      throw error;
+    }
+  }
+
+  private async *readChunksOf(entry: CatalogEntry, report: boolean, chunksPerRead: number): AsyncGenerator<Uint8Array> {
     const damaged = (message: string): StoreError => {
       if (report) this.reportSuspectCopy(entry.sopInstanceUid, message);
       return new StoreError('ERR_STORE_CORRUPT', message);
@@ -1400,7 +1640,7 @@ class LevelReplicaStore implements ReplicaStore {
     const groups = readGroups(entries, this.chunkBytes);
     // Settled promises only: a read ahead that fails while the caller stops early must not go unhandled.
     const readAhead = (group: ReadGroup | undefined) =>
-      group === undefined || group.keys.length === 0 ? undefined : settle(readAcrossReopen(this.blobDb, () => this.blobDb.getMany(group.keys)));
+      group === undefined || group.keys.length === 0 ? undefined : settle(this.blobRead(readAcrossReopen(this.blobDb, () => this.blobDb.getMany(group.keys))));
     let next = readAhead(groups[0]);
     for (let g = 0; g < groups.length; g++) {
       const group = groups[g]!;
@@ -1418,7 +1658,13 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   async countInstances(): Promise<number> {
-    return (await this.countAtOpen) + this.storedSinceOpen;
+    try {
+      return (await this.countAtOpen) + this.storedSinceOpen;
+    } catch (error) {
+      // The held index's table is damaged (on a single site nothing else reads it whole): the next start rebuilds the catalog.
+      if (isCatalogDamage(error)) this.reportCatalogDamage(`count of the instances held: ${errorText(error)}`);
+      throw error;
+    }
   }
 
   async putReplica(entry: CatalogEntry, bytes: AsyncIterable<Uint8Array>): Promise<'stored' | 'duplicate'> {
@@ -1678,7 +1924,7 @@ class LevelInstanceWriter implements InstanceWriter {
   private async putLastChunkAgainSynced(key: string): Promise<void> {
     const value = await this.store.blobDb.get(key);
     if (value === undefined) throw new StoreError('ERR_STORE_CORRUPT', `kept part ${this.blobId} lost its last chunk`);
-    await this.store.written(this.store.blobDb.put(key, value, { sync: true }));
+    await this.store.blobWritten(this.store.blobDb.put(key, value, { sync: true }));
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -1737,7 +1983,7 @@ class LevelInstanceWriter implements InstanceWriter {
   private flushChunk(): void {
     const key = chunkKey(this.blobId, this.sequence++);
     const value = this.takePending();
-    const write: Promise<void> = this.store.written(this.store.blobDb.put(key, value)).then(
+    const write: Promise<void> = this.store.blobWritten(this.store.blobDb.put(key, value)).then(
       () => {
         this.inFlight.delete(write);
       },
@@ -1814,7 +2060,7 @@ class LevelInstanceWriter implements InstanceWriter {
       // Rare, so both writes are synced and not combined: the bad copy is deleted only once the catalog
       // points at the new one for good. A power cut before that leaves the entry on the bad copy, and
       // recovery deletes the new one (its commit record names a UID stored under another blob).
-      await this.store.written(this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true }));
+      await this.store.blobWritten(this.store.blobDb.batch(this.lastBlobOps(encoded), { sync: true }));
       await this.store.catalogWritten(this.store.db.batch(catalogWriteOpsEncoded(entry, encoded), { sync: true }));
       this.state = 'committed';
       this.store.endUpload(this.blobId, 'replaced');
