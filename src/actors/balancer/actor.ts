@@ -134,6 +134,11 @@ export interface BalancerServiceInit {
   rosterForgetAfterMs?: number;
   /** How often recent forget-peers are published again (recentForgetLimits.republishIntervalMs); tests shorten it. */
   forgetRepublishIntervalMs?: number;
+  /**
+   * Peers a forget-peer took out here (its roster written), or that it names and this roster does not hold (not up
+   * nor back here since it was asked): the mesh drops their saved addresses. Only here: the forget's rules decide it.
+   */
+  onPeersForgotten?: (peerIds: readonly string[]) => void;
   settleMs?: number;
   /** Started with --bootstrap: joining a mesh, so a roster of itself alone waits aloneJoinWaitMs before it elects itself. */
   joinsMesh?: boolean;
@@ -546,6 +551,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return roster;
     }
     log.warn('roster forgot peers on the operator\'s request', { peers: gone });
+    init.onPeersForgotten?.(gone);
     return { peers, persistedAtMs: nowMs, forgets };
   };
 
@@ -848,7 +854,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return;
     }
     // Republished every minute: only those that still change this roster are taken (and logged).
-    const forgotten = forgetsNotOutlived(forgets, cameUpAtMs).filter((f) => forgetOutcome(f.peerId) === 'forgotten');
+    const notOutlived = forgetsNotOutlived(forgets, cameUpAtMs);
+    const notHeld = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
+    if (notHeld.length > 0) init.onPeersForgotten?.(notHeld);
+    const forgotten = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'forgotten');
     if (forgotten.length === 0) return;
     log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten.map((f) => f.peerId), from: m.from });
     send({ type: 'forgetPeers', forgets: forgotten });
