@@ -308,21 +308,28 @@ export function parseForgetPeers(value: unknown): string[] | null {
 }
 
 /**
- * A forget-peer message's forgets: `forgottenAtMs` (hunt 180, beside peerIds: earlier builds ignore it) says when
- * each was asked; without it (an earlier build's message, or a length that does not match) they count as asked at
- * `receivedAtMs`. Null for anything malformed.
+ * A forget-peer message's forgets, on this peer's clock: `forgottenAtMs` (hunt 180, beside peerIds: earlier builds
+ * ignore it) says when each was asked, and `sentAtMs` (hunt 182) when the message left, both on the sender's clock,
+ * so each counts as asked that long (never less than 0) before `receivedAtMs`. Sites' wall clocks disagree by hours
+ * at times: read as they were, a forget from a clock ahead was applied to a peer that had come back here since the
+ * ask, and one from a clock 7 days behind was dropped at once. Without `sentAtMs` (hunt 180's build) a time is
+ * taken as it is, at most `receivedAtMs`; without `forgottenAtMs` (an earlier build's message, or a length that
+ * does not match) each counts as asked at `receivedAtMs`. Null for anything malformed.
  */
 export function parseForgetMessage(value: unknown, receivedAtMs: number): RecentForget[] | null {
   const peerIds = parseForgetPeers(value);
   if (peerIds === null) return null;
-  const at = (value as Record<string, unknown>).forgottenAtMs;
+  const v = value as Record<string, unknown>;
+  const at = v.forgottenAtMs;
   const times = Array.isArray(at) && at.length === peerIds.length && at.every((t) => typeof t === 'number' && Number.isFinite(t)) ? (at as number[]) : null;
-  return peerIds.map((peerId, i) => ({ peerId, atMs: times?.[i] ?? receivedAtMs }));
+  const sentAtMs = typeof v.sentAtMs === 'number' && Number.isFinite(v.sentAtMs) ? v.sentAtMs : null;
+  const onOwnClock = (t: number): number => (sentAtMs === null ? Math.min(t, receivedAtMs) : receivedAtMs - Math.max(0, sentAtMs - t));
+  return peerIds.map((peerId, i) => ({ peerId, atMs: times === null ? receivedAtMs : onOwnClock(times[i]!) }));
 }
 
-/** A forget-peer message that earlier builds read as before (peerIds) and this one with its times. */
-export function encodeForgetMessage(forgets: readonly RecentForget[]): Uint8Array {
-  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs) }, { maxBytes: ELECTION_MAX_BYTES });
+/** A forget-peer message that earlier builds read as before (peerIds) and this one with its times (`sentAtMs`: see parseForgetMessage). */
+export function encodeForgetMessage(forgets: readonly RecentForget[], sentAtMs: number): Uint8Array {
+  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs), sentAtMs }, { maxBytes: ELECTION_MAX_BYTES });
 }
 
 /** The leader's site for the log line of a leader change: a PeerId alone meant looking it up in /api/mesh. */
@@ -570,7 +577,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const publishForgets = (forgets: readonly RecentForget[]): void => {
     let bytes: Uint8Array;
     try {
-      bytes = encodeForgetMessage(forgets);
+      bytes = encodeForgetMessage(forgets, clock.nowMs());
     } catch (err) {
       log.warn('forget-peer not passed on to the other peers: ask each of them', { peerIds: forgets.map((f) => f.peerId), error: (err as Error).message });
       return;

@@ -4,6 +4,7 @@ import { decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForget
 import { decodeRosterFile, encodeRosterFile } from './roster.ts';
 import { encodeForgetMessage, parseForgetMessage } from './actor.ts';
 import { ELECTION_MAX_BYTES } from './election-streams.ts';
+import { decodeEnvelope } from '../../codec/envelope.ts';
 
 const dayMs = 24 * 3600_000;
 
@@ -27,8 +28,8 @@ describe('recent forget-peers (republished for late peers)', () => {
     const messages = forgetsToRepublish(recent, new Set([recent[0]!.peerId]), now);
     assert.deepEqual(messages.map((m) => m.length), [16, 16, 16, 15]);
     assert.ok(!messages.flat().some((f) => f.peerId === recent[0]!.peerId));
-    for (const m of messages) assert.ok(encodeForgetMessage(m).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m).length} bytes`);
-    console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!).length} bytes`);
+    for (const m of messages) assert.ok(encodeForgetMessage(m, now).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m, now).length} bytes`);
+    console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!, now).length} bytes`);
     assert.deepEqual(forgetsToRepublish(recent, new Set(), now + recentForgetLimits.keepMs), [], 'none after keepMs');
   });
 
@@ -42,6 +43,23 @@ describe('recent forget-peers (republished for late peers)', () => {
     assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a'] }, 9), [{ peerId: 'a', atMs: 9 }]);
     assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a'], forgottenAtMs: ['x'] }, 9), [{ peerId: 'a', atMs: 9 }]);
     assert.equal(parseForgetMessage({ type: 'forgetPeers', peerIds: Array(17).fill('a') }, 9), null);
+  });
+
+  it("ages a forget by the sender's own count of the time since it was asked, whatever the two wall clocks say (hunt 182)", () => {
+    const hourMs = 3600_000;
+    const here = 20 * dayMs;
+    // Asked 10 min before it was sent; x came up again here 5 min ago, so after the ask: it came back for real.
+    const cameUp = new Map([['x', here - 5 * 60_000]]);
+    for (const senderAheadMs of [3 * hourMs, -3 * hourMs, 8 * dayMs, -8 * dayMs]) {
+      const sentAtMs = here + senderAheadMs;
+      const forgets = parseForgetMessage(decodeEnvelope(encodeForgetMessage([{ peerId: 'x', atMs: sentAtMs - 10 * 60_000 }], sentAtMs), { maxBytes: ELECTION_MAX_BYTES }), here)!;
+      assert.deepEqual(forgets, [{ peerId: 'x', atMs: here - 10 * 60_000 }], `sender ${senderAheadMs / hourMs} h ahead`);
+      assert.deepEqual(forgetsNotOutlived(forgets, cameUp), [], `sender ${senderAheadMs / hourMs} h ahead: x came back after the ask, the forget must not apply`);
+      assert.equal(noteForgets([], forgets, here).length, 1, `sender ${senderAheadMs / hourMs} h ahead: kept for 7 days from the ask, not dropped at once`);
+    }
+    // A time after the send (a sender's bug) counts as asked at the receipt; one 7 days old is old anywhere.
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['x'], forgottenAtMs: [here + dayMs], sentAtMs: here }, here), [{ peerId: 'x', atMs: here }]);
+    assert.deepEqual(noteForgets([], parseForgetMessage({ type: 'forgetPeers', peerIds: ['x'], forgottenAtMs: [0], sentAtMs: recentForgetLimits.keepMs }, here)!, here), []);
   });
 
   it('persists in the roster file, which earlier builds read as before', () => {
