@@ -251,6 +251,33 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     assert.deepEqual(onDisk.forgets?.map((f) => f.peerId), [xId], 'the forget persisted with the roster');
   });
 
+  it("the roster file's forgets are bounded at the start: the 64 latest, one per peer, no PeerId too long to send, all republished (hunt 182)", { timeout: 60_000 }, async () => {
+    const key = generateSwarmKey();
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
+    dirs.push(dir);
+    const nowMs = Date.now();
+    const ghost = (i: number) => `12D3KooWGhost${String(i).padStart(3, '0')}`;
+    // A damaged or hand-edited file: 200 forgets, each twice, and the latest of a PeerId of 5000 characters.
+    const forgets = [...Array.from({ length: 200 }, (_, i) => ({ peerId: ghost(i), atMs: nowMs - 1000 * i })), ...Array.from({ length: 200 }, (_, i) => ({ peerId: ghost(i), atMs: nowMs - 1000 * i - 500 })), { peerId: 'x'.repeat(5000), atMs: nowMs }];
+    await writeFile(join(dir, 'balancer-roster.json'), JSON.stringify({ version: 2, peers: {}, forgets }));
+    const fast = { forgetRepublishIntervalMs: 300 };
+    const a = await peer(key, [], 'site-a', dir, undefined, undefined, fast);
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-b', undefined, undefined, undefined, fast);
+    const heard = new Set<string>();
+    let largestMessage = 0;
+    b.node.subscribe(forgetPeerTopic, (m) => {
+      const peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES })) ?? [];
+      largestMessage = Math.max(largestMessage, peerIds.length);
+      for (const peerId of peerIds) heard.add(peerId);
+    });
+    const latest = Array.from({ length: 64 }, (_, i) => ghost(i));
+    // Before, a message held the long PeerId at every republication, failed to encode, and its 15 others never went out.
+    await waitFor('the 64 latest forgets republished', () => latest.every((peerId) => heard.has(peerId)), 20_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual([...heard].sort(), latest, 'only the 64 latest, never the long PeerId');
+    assert.ok(largestMessage <= 16, `a message of ${largestMessage}`);
+  });
+
   it('a data dir of an earlier build (balancer-election.json) starts with its term and vote, and goes on from them in the two-slot file', { timeout: 60_000 }, async () => {
     const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
     dirs.push(dir);

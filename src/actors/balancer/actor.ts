@@ -603,7 +603,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const file = pinned ? null : await loadRoster(init.dataDir);
     const peers = file === null ? new Map([...pinned!].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(file.peers, self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
-    const roster: RosterState = { peers, persistedAtMs: 0, forgets: file?.forgets ?? [] };
+    const roster: RosterState = { peers, persistedAtMs: 0, forgets: noteForgets(file?.forgets ?? [], [], nowMs) };
     const balancer = initBalancer(
       {
         selfPeerId: self,

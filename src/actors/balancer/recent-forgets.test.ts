@@ -24,7 +24,10 @@ describe('recent forget-peers (republished for late peers)', () => {
 
   it('republishes in messages of at most 16, never a peer back in the roster, and each message fits an election frame', () => {
     const now = dayMs;
-    const recent = noteForgets([], Array.from({ length: 64 }, (_, i) => ({ peerId: `12D3KooW${'x'.repeat(44)}${String(i).padStart(2, '0')}`, atMs: now - i })), now);
+    // PeerIds as long as kept (a libp2p one is some 52 characters); a longer one is not kept.
+    const longest = (i: number) => `12D3KooW${'x'.repeat(recentForgetLimits.peerIdMaxChars - 10)}${String(i).padStart(2, '0')}`;
+    const recent = noteForgets([], [...Array.from({ length: 64 }, (_, i) => ({ peerId: longest(i), atMs: now - i })), { peerId: `${longest(0)}x`, atMs: now }], now);
+    assert.ok(recent.every((f) => f.peerId.length <= recentForgetLimits.peerIdMaxChars) && recent.length === 64);
     const messages = forgetsToRepublish(recent, new Set([recent[0]!.peerId]), now);
     assert.deepEqual(messages.map((m) => m.length), [16, 16, 16, 15]);
     assert.ok(!messages.flat().some((f) => f.peerId === recent[0]!.peerId));

@@ -18,20 +18,26 @@ export const recentForgetLimits = {
   countMax: 64,
   /** The forget-peer message's own limit (parseForgetPeers), which keeps one within ELECTION_MAX_BYTES. */
   perMessageMax: 16,
+  /**
+   * Longer PeerIds are not kept (a libp2p PeerId is some 52 characters): 16 of this length and their times stay
+   * within ELECTION_MAX_BYTES, so no entry (a damaged roster file) makes a whole message of them fail at every republication.
+   */
+  peerIdMaxChars: 100,
   /** A late peer learns a forget within a minute of its return, at a few hundred bytes a minute per peer. */
   republishIntervalMs: 60_000,
 } as const;
 
 /**
  * `recent` with `added` noted, one per peer (the later time kept: a second forget of a returned peer), times from
- * the future put at now (another peer's clock ahead must not lengthen the forget's life), those older than keepMs and
- * the oldest past countMax dropped; sorted oldest first.
+ * the future put at now (the roster file's, after a clock set back: it must not lengthen the forget's life), those
+ * older than keepMs, of a PeerId longer than peerIdMaxChars, and the oldest past countMax dropped; sorted oldest first.
+ * Also how the roster file's are read at a start, so a file holding more, or damaged, sends no more than that.
  */
-export function noteForgets(recent: readonly RecentForget[], added: readonly RecentForget[], nowMs: number, limits: { keepMs: number; countMax: number } = recentForgetLimits): RecentForget[] {
+export function noteForgets(recent: readonly RecentForget[], added: readonly RecentForget[], nowMs: number, limits: { keepMs: number; countMax: number; peerIdMaxChars: number } = recentForgetLimits): RecentForget[] {
   const byPeer = new Map<string, number>();
   for (const f of [...recent, ...added]) {
     const atMs = Math.min(f.atMs, nowMs);
-    if (nowMs - atMs >= limits.keepMs) continue;
+    if (nowMs - atMs >= limits.keepMs || f.peerId.length > limits.peerIdMaxChars) continue;
     byPeer.set(f.peerId, Math.max(atMs, byPeer.get(f.peerId) ?? atMs));
   }
   const sorted = [...byPeer].map(([peerId, atMs]) => ({ peerId, atMs })).sort((a, b) => a.atMs - b.atMs || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
