@@ -36,7 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
-import { forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
+import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -567,10 +567,13 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
    * asked (or saw the peer up then): each applies them with the same rules. Old ones leave the list here.
    */
   let forgetsRepublishedAtMs = clock.nowMs();
+  /** The PeerIds of forgets held here that another peer republished since this one last did (bounded by the forgets held). */
+  const forgetsHeardFromOthers = new Set<string>();
   const republishForgets = (roster: RosterState, nowMs: number): RosterState => {
     if (pinned || nowMs - forgetsRepublishedAtMs < forgetRepublishIntervalMs) return roster;
     forgetsRepublishedAtMs = nowMs;
-    for (const forgets of forgetsToRepublish(roster.forgets, new Set(roster.peers.keys()), nowMs)) publishForgets(forgets);
+    for (const forgets of forgetsToRepublish(roster.forgets, new Set(roster.peers.keys()), nowMs, forgetsHeardFromOthers)) publishForgets(forgets);
+    forgetsHeardFromOthers.clear();
     const kept = noteForgets(roster.forgets, [], nowMs);
     return kept.length === roster.forgets.length ? roster : { ...roster, forgets: kept };
   };
@@ -860,6 +863,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       badInput.warn(`dropped invalid forget-peer message ${m.from}`, 'dropped invalid forget-peer message', { from: m.from });
       return;
     }
+    for (const peerId of alreadyRepublished(current?.roster.forgets ?? [], forgets)) forgetsHeardFromOthers.add(peerId);
     // Republished every minute: only those that still change this roster are taken (and logged).
     const notOutlived = forgetsNotOutlived(forgets, cameUpAtMs);
     const notHeld = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);

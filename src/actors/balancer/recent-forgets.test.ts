@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits } from './recent-forgets.ts';
+import { alreadyRepublished, decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits } from './recent-forgets.ts';
 import { decodeRosterFile, encodeRosterFile } from './roster.ts';
 import { encodeForgetMessage, parseForgetMessage } from './actor.ts';
 import { ELECTION_MAX_BYTES } from './election-streams.ts';
@@ -34,6 +34,14 @@ describe('recent forget-peers (republished for late peers)', () => {
     for (const m of messages) assert.ok(encodeForgetMessage(m, now).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m, now).length} bytes`);
     console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!, now).length} bytes`);
     assert.deepEqual(forgetsToRepublish(recent, new Set(), now + recentForgetLimits.keepMs), [], 'none after keepMs');
+  });
+
+  it('a forget heard republished by another peer is not sent again here, unless the one held here is newer (the peer came back and was forgotten again)', () => {
+    const now = dayMs;
+    const held = [{ peerId: 'x', atMs: now - 10_000 }, { peerId: 'y', atMs: now - 5000 }, { peerId: 'z', atMs: now - 1000 }];
+    const heard = alreadyRepublished(held, [{ peerId: 'x', atMs: now - 10_100 }, { peerId: 'y', atMs: now - 5000 - 2 * recentForgetLimits.heardAskedEarlierMaxMs }, { peerId: 'w', atMs: now }]);
+    assert.deepEqual(heard, ['x']);
+    assert.deepEqual(forgetsToRepublish(held, new Set(), now, new Set(heard)).flat().map((f) => f.peerId), ['y', 'z']);
   });
 
   it('a forget applies only to a peer that did not come up here after it was asked', () => {

@@ -23,8 +23,13 @@ export const recentForgetLimits = {
    * within ELECTION_MAX_BYTES, so no entry (a damaged roster file) makes a whole message of them fail at every republication.
    */
   peerIdMaxChars: 100,
-  /** A late peer learns a forget within a minute of its return, at a few hundred bytes a minute per peer. */
+  /**
+   * A late peer learns a forget within a minute of its return. Each forget goes out about once a minute in a
+   * connected mesh, not once per peer holding it (heardFromOthers), so 64 are 4 messages of < 2 KB a minute.
+   */
   republishIntervalMs: 60_000,
+  /** A forget heard republished counts as this peer's own one if asked no more than this before it (transit and rounding). */
+  heardAskedEarlierMaxMs: 60_000,
 } as const;
 
 /**
@@ -45,14 +50,35 @@ export function noteForgets(recent: readonly RecentForget[], added: readonly Rec
 }
 
 /**
- * The forgets to republish now, in messages of at most perMessageMax: those still kept and whose peer is not in
- * `rosterPeerIds` (one learnt again came back for real after its forget: republishing it would take it out again).
+ * The forgets to republish now, in messages of at most perMessageMax: those still kept whose peer is not in
+ * `rosterPeerIds` (one learnt again came back for real after its forget: republishing it would take it out again),
+ * nor in `heardFromOthers` (republished by another peer since this one last did: every peer its gossip reaches got it,
+ * and sent by each holder, 20 peers holding 64 forgets flooded 80 messages a minute to each of them).
  */
-export function forgetsToRepublish(recent: readonly RecentForget[], rosterPeerIds: ReadonlySet<string>, nowMs: number, limits: { keepMs: number; perMessageMax: number } = recentForgetLimits): RecentForget[][] {
-  const due = recent.filter((f) => nowMs - Math.min(f.atMs, nowMs) < limits.keepMs && !rosterPeerIds.has(f.peerId));
+export function forgetsToRepublish(
+  recent: readonly RecentForget[],
+  rosterPeerIds: ReadonlySet<string>,
+  nowMs: number,
+  heardFromOthers: ReadonlySet<string> = new Set(),
+  limits: { keepMs: number; perMessageMax: number } = recentForgetLimits,
+): RecentForget[][] {
+  const due = recent.filter((f) => nowMs - Math.min(f.atMs, nowMs) < limits.keepMs && !rosterPeerIds.has(f.peerId) && !heardFromOthers.has(f.peerId));
   const messages: RecentForget[][] = [];
   for (let i = 0; i < due.length; i += limits.perMessageMax) messages.push(due.slice(i, i + limits.perMessageMax));
   return messages;
+}
+
+/**
+ * The peers of `heard` (a republication from another peer, on this clock) whose forget `held` here is not newer
+ * (asked at most heardAskedEarlierMaxMs after it): sending it too adds nothing. A newer one (the peer came back
+ * and was forgotten again) is still sent, as the older may not apply where it came back between the two.
+ */
+export function alreadyRepublished(held: readonly RecentForget[], heard: readonly RecentForget[], limits: { heardAskedEarlierMaxMs: number } = recentForgetLimits): string[] {
+  const heldAtMs = new Map(held.map((f) => [f.peerId, f.atMs]));
+  return heard.filter((f) => {
+    const atMs = heldAtMs.get(f.peerId);
+    return atMs !== undefined && atMs - f.atMs <= limits.heardAskedEarlierMaxMs;
+  }).map((f) => f.peerId);
 }
 
 /**
