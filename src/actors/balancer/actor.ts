@@ -866,7 +866,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     for (const peerId of alreadyRepublished(current?.roster.forgets ?? [], forgets)) forgetsHeardFromOthers.add(peerId);
     // Republished every minute: only those that still change this roster are taken (and logged).
     const notOutlived = forgetsNotOutlived(forgets, cameUpAtMs);
-    const notHeld = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
+    // Not in the roster: unknown too while the balancer reloads (no roster read), which says nothing.
+    const notHeld = current === null ? [] : notOutlived.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
     if (notHeld.length > 0) init.onPeersForgotten?.(notHeld);
     const forgotten = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'forgotten');
     if (forgotten.length === 0) return;
