@@ -1,6 +1,6 @@
 import './polyfill.ts';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -10,7 +10,10 @@ import { systemClock } from './actors/runtime/clock.ts';
 import type { CatalogEntry } from './actors/storage/catalog-types.ts';
 import { createReplicaStore } from './actors/storage/replica-store.ts';
 import { startSiteSupervisor } from './actors/supervisor/site-supervisor.ts';
-import { writeSwarmKeyFile } from './net/swarm-key.ts';
+import { readSwarmKeyFile, writeSwarmKeyFile } from './net/swarm-key.ts';
+import { createMeshNode } from './net/node.ts';
+import { encodeEnvelope } from './codec/envelope.ts';
+import { forgetPeerTopic } from './actors/balancer/messages.ts';
 import { KNOWN_PEERS_FILE } from './net/known-peers.ts';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
@@ -118,17 +121,21 @@ test('the roster drops the peers of a site the operator forgot at once, not thos
   assert.deepEqual(update.forgotten, []);
 });
 
-/** Site-a's data directory with a swarm key, its start options and its store, open (`prefix`: the temporary directory's). */
-async function meshSiteOnDisk(prefix: string) {
+/**
+ * A site's data directory with a swarm key (`swarmKeyOf`'s, else a new one), its start options and its store, open
+ * (`prefix`: the temporary directory's; site-a at an ephemeral port unless told).
+ */
+async function meshSiteOnDisk(prefix: string, { site = 'site-a', args = ['--p2p-port', '0'], swarmKeyOf }: { site?: string; args?: string[]; swarmKeyOf?: string } = {}) {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   const dataDir = join(dir, 'data');
   await mkdir(dataDir);
   const swarmKey = join(dir, 'swarm.key');
-  await writeSwarmKeyFile(swarmKey);
-  const config = parseStartArgs(['--site', 'site-a', '--data', dataDir, '--host', '127.0.0.1', '--swarm-key', swarmKey, '--p2p-port', '0']);
+  if (swarmKeyOf === undefined) await writeSwarmKeyFile(swarmKey);
+  else await copyFile(swarmKeyOf, swarmKey);
+  const config = parseStartArgs(['--site', site, '--data', dataDir, '--host', '127.0.0.1', '--swarm-key', swarmKey, ...args]);
   const store = createReplicaStore({ path: join(dataDir, 'store') });
   await store.open();
-  return { dir, dataDir, config, store };
+  return { dir, dataDir, config, store, swarmKey };
 }
 
 test("a mesh start that fails after custody started ends by the stop's deadline, though custody's work does not end (hunt 154)", { timeout: 60_000 }, async (t) => {
@@ -218,4 +225,69 @@ test("a site forgotten by silence keeps its saved addresses (dialled when a cut 
       byOperator ? "the operator's forget-site left the site's saved address" : 'a site forgotten by 7 days of silence lost its saved address: sites cut apart that long never redial each other',
     );
   }
+});
+
+test('a late forget-peer of a peer that came back here after it was asked leaves its saved address; one of a ghost takes it (hunt 182)', { timeout: 120_000 }, async (t) => {
+  // Undone last first: the peers stop before their directories go.
+  const cleanUp: Array<() => Promise<unknown>> = [];
+  t.after(async () => {
+    for (const step of cleanUp.reverse()) await step().catch(() => undefined);
+  });
+  const site = await meshSiteOnDisk('pacs-mesh-late-forget-', { args: ['--p2p-port', '28581'] });
+  cleanUp.push(() => rm(site.dir, { recursive: true, force: true }));
+  // A ghost voter saved by an earlier run (roster and address), never up again; and a peer the roster forgot by absence, whose address stayed.
+  const ghost = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
+  const notVoter = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString();
+  const nowMs = Date.now();
+  await writeFile(join(site.dataDir, 'balancer-roster.json'), JSON.stringify({ version: 2, peers: { [ghost]: { seenAtMs: nowMs - 60_000, site: 'site-g', dicom: '127.0.0.1:9' } } }));
+  await writeFile(join(site.dataDir, KNOWN_PEERS_FILE), JSON.stringify({ version: 1, writtenAtMs: nowMs, peers: [ghost, notVoter].map((peerId) => ({ peerId, addrs: [`/ip4/127.0.0.1/tcp/9/p2p/${peerId}`], site: 'site-g', seenAtMs: nowMs - 60_000 })) }));
+  const startSite = async (s: Awaited<ReturnType<typeof meshSiteOnDisk>>, store = s.store) => {
+    const supervisor = startSiteSupervisor(s.config.site);
+    const mesh = await startMesh({ config: s.config, dataDir: s.dataDir, store, clock: systemClock, log: recordingLogger([]), supervisor, addresses: { dicom: `127.0.0.1:${s.config.site === 'site-a' ? 1 : 2}`, http: '127.0.0.1:1', aeTitle: 'PACS' }, localDicomPort: 1, activeAssociations: () => 0, stopDeadlineMs: 7000 });
+    const stop = async () => {
+      await mesh.stop();
+      supervisor.stop();
+      await store.close();
+    };
+    let stopped = false;
+    cleanUp.push(async () => stopped || (await stop()));
+    return { mesh, stop: async () => ((stopped = true), await stop()) };
+  };
+  const a = await startSite(site);
+  const bootstrap = ['--bootstrap', `/ip4/127.0.0.1/tcp/28581/p2p/${a.mesh.node.peerId}`];
+  const xSite = await meshSiteOnDisk('pacs-mesh-late-forget-x-', { site: 'site-x', args: ['--p2p-port', '0', ...bootstrap], swarmKeyOf: site.swarmKey });
+  cleanUp.push(() => rm(xSite.dir, { recursive: true, force: true }));
+  const savedAtA = async () => (JSON.parse(await readFile(join(site.dataDir, KNOWN_PEERS_FILE), 'utf8')) as { peers: Array<{ peerId: string }> }).peers.map((p) => p.peerId);
+  const xUpAtA = (xId: string) => (a.mesh.status() as { balancer: { rosterMembers: Array<{ peerId: string; up: boolean }> } }).balancer.rosterMembers.find((m) => m.peerId === xId)?.up;
+  let x = await startSite(xSite);
+  const xId = x.mesh.node.peerId;
+  await waitFor('x up in the roster and saved at a', async () => xUpAtA(xId) === true && (await savedAtA()).includes(xId), 30_000);
+  await x.stop();
+  await waitFor('x down at a', () => xUpAtA(xId) === false, 30_000);
+  // Asked now (elsewhere, never heard here): x then comes back, and is down again when the forget arrives late.
+  const askedAtMs = systemClock.nowMs();
+  const xStore = createReplicaStore({ path: join(xSite.dataDir, 'store') });
+  await xStore.open();
+  x = await startSite(xSite, xStore);
+  await waitFor('x up again at a', () => xUpAtA(xId) === true, 30_000);
+  await x.stop();
+  await waitFor('x down again at a', () => xUpAtA(xId) === false, 30_000);
+  const publisherDir = join(site.dir, 'publisher');
+  await mkdir(publisherDir);
+  const publisher = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey: await readSwarmKeyFile(site.swarmKey), dataDir: publisherDir, bootstrap: [bootstrap[1]!] });
+  cleanUp.push(() => publisher.stop());
+  // Republished (as a peer that applied it does) until the ghost's address is gone: the message was taken.
+  await waitFor(
+    "the saved addresses of the ghost and the peer out of the roster gone at a",
+    async () => {
+      const sentAtMs = systemClock.nowMs();
+      await publisher.publish(forgetPeerTopic, encodeEnvelope({ type: 'forgetPeers', peerIds: [xId, ghost, notVoter], forgottenAtMs: [askedAtMs, askedAtMs, askedAtMs], sentAtMs })).catch(() => undefined);
+      const saved = await savedAtA();
+      return !saved.includes(ghost) && !saved.includes(notVoter);
+    },
+    30_000,
+    500,
+  );
+  assert.ok((await savedAtA()).includes(xId), "x came back here after the forget was asked: its saved address must stay (it was dropped, and x is no longer redialled)");
+  assert.ok(xUpAtA(xId) === false, 'x still in the roster of a');
 });

@@ -13,10 +13,7 @@ import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { SwarmKeyError } from './net/errors.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
-import { balancerTimings, bootstrapPeerIdsOf, parseForgetPeers, type BalancerService } from './actors/balancer/actor.ts';
-import { forgetPeerTopic } from './actors/balancer/messages.ts';
-import { ELECTION_MAX_BYTES } from './actors/balancer/election-streams.ts';
-import { decodeEnvelope } from './codec/envelope.ts';
+import { balancerTimings, bootstrapPeerIdsOf, type BalancerService } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService, type CustodyStats } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
@@ -286,6 +283,9 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         joinsMesh: config.bootstrap.length > 0,
         bootstrapPeerIds: bootstrapPeerIdsOf(config.bootstrap),
         random: lowDiscrepancyDraws(),
+        // A forget-peer (asked here or passed on) that took a peer out, by the balancer's rules: gone for good, its
+        // saved address goes too, and it is not redialled (before, it was dialled at every start: the file kept it).
+        onPeersForgotten: (peerIds) => node.forgetPeers(peerIds),
       },
     });
     stopping.unshift(() => children.stop());
@@ -316,21 +316,6 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       forgetSitesInRoster();
     });
     forgetSitesInRoster();
-    // A forget-peer asked at another peer: its saved address goes here too, unless it is up as this peer sees
-    // it (the balancer's rule for its roster). Before, it stayed: it leaves the file by absence only once
-    // another peer of its site has been connected a day (known-peers.ts). The balancer reports bad messages.
-    const stopForgetting = node.subscribe(forgetPeerTopic, (m) => {
-      let peerIds: string[] | null;
-      try {
-        peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES }));
-      } catch {
-        return;
-      }
-      const up = new Set(membership.members().filter((x) => x.status !== 'dead').map((x) => x.peerId));
-      const gone = (peerIds ?? []).filter((peerId) => !up.has(peerId));
-      if (gone.length > 0) node.forgetPeers(gone);
-    });
-    stopping.unshift(async () => stopForgetting());
     membership.onViewChanged((members) => {
       custody.onViewChanged(members);
       for (const m of members) if (m.status === 'alive') node.noteSiteOf(m.peerId, m.siteName);
@@ -395,12 +380,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       frontDoor,
       repairCopy: (corrupt) => custody.retrieve.repairCopy(corrupt),
       forgetSite: (siteName) => custody.forgetSite(siteName),
-      forgetPeer: (peerId) => {
-        const outcome = balancer.forgetPeer(peerId);
-        // Gone for good: neither dialled at the next start nor redialled now.
-        if (outcome === 'forgotten') node.forgetPeers([peerId]);
-        return outcome;
-      },
+      forgetPeer: (peerId) => balancer.forgetPeer(peerId),
       sitesHolding: (entries) =>
         sitesHoldingOf(
           {

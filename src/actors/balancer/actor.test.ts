@@ -251,6 +251,54 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     assert.deepEqual(onDisk.forgets?.map((f) => f.peerId), [xId], 'the forget persisted with the roster');
   });
 
+  it("the roster file's forgets are bounded at the start: the 64 latest, one per peer, no PeerId too long to send, all republished (hunt 182)", { timeout: 60_000 }, async () => {
+    const key = generateSwarmKey();
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
+    dirs.push(dir);
+    const nowMs = Date.now();
+    const ghost = (i: number) => `12D3KooWGhost${String(i).padStart(3, '0')}`;
+    // A damaged or hand-edited file: 200 forgets, each twice, and the latest of a PeerId of 5000 characters.
+    const forgets = [...Array.from({ length: 200 }, (_, i) => ({ peerId: ghost(i), atMs: nowMs - 1000 * i })), ...Array.from({ length: 200 }, (_, i) => ({ peerId: ghost(i), atMs: nowMs - 1000 * i - 500 })), { peerId: 'x'.repeat(5000), atMs: nowMs }];
+    await writeFile(join(dir, 'balancer-roster.json'), JSON.stringify({ version: 2, peers: {}, forgets }));
+    const fast = { forgetRepublishIntervalMs: 300 };
+    const a = await peer(key, [], 'site-a', dir, undefined, undefined, fast);
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-b', undefined, undefined, undefined, fast);
+    const heard = new Set<string>();
+    let largestMessage = 0;
+    b.node.subscribe(forgetPeerTopic, (m) => {
+      const peerIds = parseForgetPeers(decodeEnvelope(m.data, { maxBytes: ELECTION_MAX_BYTES })) ?? [];
+      largestMessage = Math.max(largestMessage, peerIds.length);
+      for (const peerId of peerIds) heard.add(peerId);
+    });
+    const latest = Array.from({ length: 64 }, (_, i) => ghost(i));
+    // Before, a message held the long PeerId at every republication, failed to encode, and its 15 others never went out.
+    await waitFor('the 64 latest forgets republished', () => latest.every((peerId) => heard.has(peerId)), 20_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual([...heard].sort(), latest, 'only the 64 latest, never the long PeerId');
+    assert.ok(largestMessage <= 16, `a message of ${largestMessage}`);
+  });
+
+  it('a peer that hears a forget republished by another peer does not republish it too (hunt 182: each holder sent all of them)', { timeout: 90_000 }, async () => {
+    const key = generateSwarmKey();
+    // a republishes 13 times as often as b: b hears a's republication within each of its own intervals.
+    const a = await peer(key, [], 'site-a', undefined, undefined, undefined, { forgetRepublishIntervalMs: 300 });
+    const boot = [loopbackAddress(a.node)];
+    const [b, x] = await Promise.all([peer(key, boot, 'site-a', undefined, undefined, undefined, { forgetRepublishIntervalMs: 4000 }), peer(key, boot, 'site-a')]);
+    await waitFor('every roster holds the three peers', () => [a, b, x].every((p) => p.mesh.balancer.roster().length === 3), 20_000);
+    const xId = x.node.peerId;
+    await x.stop();
+    await waitFor('x dead at a and b', () => [a, b].every((p) => p.mesh.membership.members().find((m) => m.peerId === xId)?.status === 'dead'), 20_000);
+    assert.equal(a.mesh.balancer.forgetPeer(xId), 'forgotten');
+    await waitFor('x out of the roster of b, which then holds the forget', () => !b.mesh.balancer.roster().includes(xId), 10_000);
+    const sent = { a: 0, b: 0 };
+    const stopCounting = [a, b].map((p) => p.node.subscribe(forgetPeerTopic, (m) => (m.from === a.node.peerId ? sent.a++ : m.from === b.node.peerId ? sent.b++ : 0)));
+    await new Promise((r) => setTimeout(r, 12_000));
+    for (const stop of stopCounting) stop();
+    console.log(`forget republications in 12 s: ${sent.a} by a (every 0.3 s), ${sent.b} by b (every 4 s, each time after hearing a's)`);
+    assert.ok(sent.a >= 3, `a republished ${sent.a} times`);
+    assert.equal(sent.b, 0, 'b republished a forget it had heard from a within its interval');
+  });
+
   it('a data dir of an earlier build (balancer-election.json) starts with its term and vote, and goes on from them in the two-slot file', { timeout: 60_000 }, async () => {
     const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
     dirs.push(dir);

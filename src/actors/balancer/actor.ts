@@ -36,7 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
-import { forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
+import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -134,6 +134,11 @@ export interface BalancerServiceInit {
   rosterForgetAfterMs?: number;
   /** How often recent forget-peers are published again (recentForgetLimits.republishIntervalMs); tests shorten it. */
   forgetRepublishIntervalMs?: number;
+  /**
+   * Peers a forget-peer took out here (its roster written), or that it names and this roster does not hold (not up
+   * nor back here since it was asked): the mesh drops their saved addresses. Only here: the forget's rules decide it.
+   */
+  onPeersForgotten?: (peerIds: readonly string[]) => void;
   settleMs?: number;
   /** Started with --bootstrap: joining a mesh, so a roster of itself alone waits aloneJoinWaitMs before it elects itself. */
   joinsMesh?: boolean;
@@ -303,21 +308,28 @@ export function parseForgetPeers(value: unknown): string[] | null {
 }
 
 /**
- * A forget-peer message's forgets: `forgottenAtMs` (hunt 180, beside peerIds: earlier builds ignore it) says when
- * each was asked; without it (an earlier build's message, or a length that does not match) they count as asked at
- * `receivedAtMs`. Null for anything malformed.
+ * A forget-peer message's forgets, on this peer's clock: `forgottenAtMs` (hunt 180, beside peerIds: earlier builds
+ * ignore it) says when each was asked, and `sentAtMs` (hunt 182) when the message left, both on the sender's clock,
+ * so each counts as asked that long (never less than 0) before `receivedAtMs`. Sites' wall clocks disagree by hours
+ * at times: read as they were, a forget from a clock ahead was applied to a peer that had come back here since the
+ * ask, and one from a clock 7 days behind was dropped at once. Without `sentAtMs` (hunt 180's build) a time is
+ * taken as it is, at most `receivedAtMs`; without `forgottenAtMs` (an earlier build's message, or a length that
+ * does not match) each counts as asked at `receivedAtMs`. Null for anything malformed.
  */
 export function parseForgetMessage(value: unknown, receivedAtMs: number): RecentForget[] | null {
   const peerIds = parseForgetPeers(value);
   if (peerIds === null) return null;
-  const at = (value as Record<string, unknown>).forgottenAtMs;
+  const v = value as Record<string, unknown>;
+  const at = v.forgottenAtMs;
   const times = Array.isArray(at) && at.length === peerIds.length && at.every((t) => typeof t === 'number' && Number.isFinite(t)) ? (at as number[]) : null;
-  return peerIds.map((peerId, i) => ({ peerId, atMs: times?.[i] ?? receivedAtMs }));
+  const sentAtMs = typeof v.sentAtMs === 'number' && Number.isFinite(v.sentAtMs) ? v.sentAtMs : null;
+  const onOwnClock = (t: number): number => (sentAtMs === null ? Math.min(t, receivedAtMs) : receivedAtMs - Math.max(0, sentAtMs - t));
+  return peerIds.map((peerId, i) => ({ peerId, atMs: times === null ? receivedAtMs : onOwnClock(times[i]!) }));
 }
 
-/** A forget-peer message that earlier builds read as before (peerIds) and this one with its times. */
-export function encodeForgetMessage(forgets: readonly RecentForget[]): Uint8Array {
-  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs) }, { maxBytes: ELECTION_MAX_BYTES });
+/** A forget-peer message that earlier builds read as before (peerIds) and this one with its times (`sentAtMs`: see parseForgetMessage). */
+export function encodeForgetMessage(forgets: readonly RecentForget[], sentAtMs: number): Uint8Array {
+  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs), sentAtMs }, { maxBytes: ELECTION_MAX_BYTES });
 }
 
 /** The leader's site for the log line of a leader change: a PeerId alone meant looking it up in /api/mesh. */
@@ -546,6 +558,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       return roster;
     }
     log.warn('roster forgot peers on the operator\'s request', { peers: gone });
+    init.onPeersForgotten?.(gone);
     return { peers, persistedAtMs: nowMs, forgets };
   };
 
@@ -554,17 +567,20 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
    * asked (or saw the peer up then): each applies them with the same rules. Old ones leave the list here.
    */
   let forgetsRepublishedAtMs = clock.nowMs();
+  /** The PeerIds of forgets held here that another peer republished since this one last did (bounded by the forgets held). */
+  const forgetsHeardFromOthers = new Set<string>();
   const republishForgets = (roster: RosterState, nowMs: number): RosterState => {
     if (pinned || nowMs - forgetsRepublishedAtMs < forgetRepublishIntervalMs) return roster;
     forgetsRepublishedAtMs = nowMs;
-    for (const forgets of forgetsToRepublish(roster.forgets, new Set(roster.peers.keys()), nowMs)) publishForgets(forgets);
+    for (const forgets of forgetsToRepublish(roster.forgets, new Set(roster.peers.keys()), nowMs, forgetsHeardFromOthers)) publishForgets(forgets);
+    forgetsHeardFromOthers.clear();
     const kept = noteForgets(roster.forgets, [], nowMs);
     return kept.length === roster.forgets.length ? roster : { ...roster, forgets: kept };
   };
   const publishForgets = (forgets: readonly RecentForget[]): void => {
     let bytes: Uint8Array;
     try {
-      bytes = encodeForgetMessage(forgets);
+      bytes = encodeForgetMessage(forgets, clock.nowMs());
     } catch (err) {
       log.warn('forget-peer not passed on to the other peers: ask each of them', { peerIds: forgets.map((f) => f.peerId), error: (err as Error).message });
       return;
@@ -590,7 +606,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const file = pinned ? null : await loadRoster(init.dataDir);
     const peers = file === null ? new Map([...pinned!].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(file.peers, self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
-    const roster: RosterState = { peers, persistedAtMs: 0, forgets: file?.forgets ?? [] };
+    const roster: RosterState = { peers, persistedAtMs: 0, forgets: noteForgets(file?.forgets ?? [], [], nowMs) };
     const balancer = initBalancer(
       {
         selfPeerId: self,
@@ -847,8 +863,13 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       badInput.warn(`dropped invalid forget-peer message ${m.from}`, 'dropped invalid forget-peer message', { from: m.from });
       return;
     }
+    for (const peerId of alreadyRepublished(current?.roster.forgets ?? [], forgets)) forgetsHeardFromOthers.add(peerId);
     // Republished every minute: only those that still change this roster are taken (and logged).
-    const forgotten = forgetsNotOutlived(forgets, cameUpAtMs).filter((f) => forgetOutcome(f.peerId) === 'forgotten');
+    const notOutlived = forgetsNotOutlived(forgets, cameUpAtMs);
+    // Not in the roster: unknown too while the balancer reloads (no roster read), which says nothing.
+    const notHeld = current === null ? [] : notOutlived.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
+    if (notHeld.length > 0) init.onPeersForgotten?.(notHeld);
+    const forgotten = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'forgotten');
     if (forgotten.length === 0) return;
     log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten.map((f) => f.peerId), from: m.from });
     send({ type: 'forgetPeers', forgets: forgotten });

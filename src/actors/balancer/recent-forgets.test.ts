@@ -1,9 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits } from './recent-forgets.ts';
+import { alreadyRepublished, decodeRecentForgets, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits } from './recent-forgets.ts';
 import { decodeRosterFile, encodeRosterFile } from './roster.ts';
 import { encodeForgetMessage, parseForgetMessage } from './actor.ts';
 import { ELECTION_MAX_BYTES } from './election-streams.ts';
+import { decodeEnvelope } from '../../codec/envelope.ts';
 
 const dayMs = 24 * 3600_000;
 
@@ -23,13 +24,24 @@ describe('recent forget-peers (republished for late peers)', () => {
 
   it('republishes in messages of at most 16, never a peer back in the roster, and each message fits an election frame', () => {
     const now = dayMs;
-    const recent = noteForgets([], Array.from({ length: 64 }, (_, i) => ({ peerId: `12D3KooW${'x'.repeat(44)}${String(i).padStart(2, '0')}`, atMs: now - i })), now);
+    // PeerIds as long as kept (a libp2p one is some 52 characters); a longer one is not kept.
+    const longest = (i: number) => `12D3KooW${'x'.repeat(recentForgetLimits.peerIdMaxChars - 10)}${String(i).padStart(2, '0')}`;
+    const recent = noteForgets([], [...Array.from({ length: 64 }, (_, i) => ({ peerId: longest(i), atMs: now - i })), { peerId: `${longest(0)}x`, atMs: now }], now);
+    assert.ok(recent.every((f) => f.peerId.length <= recentForgetLimits.peerIdMaxChars) && recent.length === 64);
     const messages = forgetsToRepublish(recent, new Set([recent[0]!.peerId]), now);
     assert.deepEqual(messages.map((m) => m.length), [16, 16, 16, 15]);
     assert.ok(!messages.flat().some((f) => f.peerId === recent[0]!.peerId));
-    for (const m of messages) assert.ok(encodeForgetMessage(m).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m).length} bytes`);
-    console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!).length} bytes`);
+    for (const m of messages) assert.ok(encodeForgetMessage(m, now).length <= ELECTION_MAX_BYTES / 2, `a message of ${m.length}: ${encodeForgetMessage(m, now).length} bytes`);
+    console.log(`a republished forget-peer message of 16: ${encodeForgetMessage(messages[0]!, now).length} bytes`);
     assert.deepEqual(forgetsToRepublish(recent, new Set(), now + recentForgetLimits.keepMs), [], 'none after keepMs');
+  });
+
+  it('a forget heard republished by another peer is not sent again here, unless the one held here is newer (the peer came back and was forgotten again)', () => {
+    const now = dayMs;
+    const held = [{ peerId: 'x', atMs: now - 10_000 }, { peerId: 'y', atMs: now - 5000 }, { peerId: 'z', atMs: now - 1000 }];
+    const heard = alreadyRepublished(held, [{ peerId: 'x', atMs: now - 10_100 }, { peerId: 'y', atMs: now - 5000 - 2 * recentForgetLimits.heardAskedEarlierMaxMs }, { peerId: 'w', atMs: now }]);
+    assert.deepEqual(heard, ['x']);
+    assert.deepEqual(forgetsToRepublish(held, new Set(), now, new Set(heard)).flat().map((f) => f.peerId), ['y', 'z']);
   });
 
   it('a forget applies only to a peer that did not come up here after it was asked', () => {
@@ -42,6 +54,23 @@ describe('recent forget-peers (republished for late peers)', () => {
     assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a'] }, 9), [{ peerId: 'a', atMs: 9 }]);
     assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a'], forgottenAtMs: ['x'] }, 9), [{ peerId: 'a', atMs: 9 }]);
     assert.equal(parseForgetMessage({ type: 'forgetPeers', peerIds: Array(17).fill('a') }, 9), null);
+  });
+
+  it("ages a forget by the sender's own count of the time since it was asked, whatever the two wall clocks say (hunt 182)", () => {
+    const hourMs = 3600_000;
+    const here = 20 * dayMs;
+    // Asked 10 min before it was sent; x came up again here 5 min ago, so after the ask: it came back for real.
+    const cameUp = new Map([['x', here - 5 * 60_000]]);
+    for (const senderAheadMs of [3 * hourMs, -3 * hourMs, 8 * dayMs, -8 * dayMs]) {
+      const sentAtMs = here + senderAheadMs;
+      const forgets = parseForgetMessage(decodeEnvelope(encodeForgetMessage([{ peerId: 'x', atMs: sentAtMs - 10 * 60_000 }], sentAtMs), { maxBytes: ELECTION_MAX_BYTES }), here)!;
+      assert.deepEqual(forgets, [{ peerId: 'x', atMs: here - 10 * 60_000 }], `sender ${senderAheadMs / hourMs} h ahead`);
+      assert.deepEqual(forgetsNotOutlived(forgets, cameUp), [], `sender ${senderAheadMs / hourMs} h ahead: x came back after the ask, the forget must not apply`);
+      assert.equal(noteForgets([], forgets, here).length, 1, `sender ${senderAheadMs / hourMs} h ahead: kept for 7 days from the ask, not dropped at once`);
+    }
+    // A time after the send (a sender's bug) counts as asked at the receipt; one 7 days old is old anywhere.
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['x'], forgottenAtMs: [here + dayMs], sentAtMs: here }, here), [{ peerId: 'x', atMs: here }]);
+    assert.deepEqual(noteForgets([], parseForgetMessage({ type: 'forgetPeers', peerIds: ['x'], forgottenAtMs: [0], sentAtMs: recentForgetLimits.keepMs }, here)!, here), []);
   });
 
   it('persists in the roster file, which earlier builds read as before', () => {

@@ -18,20 +18,31 @@ export const recentForgetLimits = {
   countMax: 64,
   /** The forget-peer message's own limit (parseForgetPeers), which keeps one within ELECTION_MAX_BYTES. */
   perMessageMax: 16,
-  /** A late peer learns a forget within a minute of its return, at a few hundred bytes a minute per peer. */
+  /**
+   * Longer PeerIds are not kept (a libp2p PeerId is some 52 characters): 16 of this length and their times stay
+   * within ELECTION_MAX_BYTES, so no entry (a damaged roster file) makes a whole message of them fail at every republication.
+   */
+  peerIdMaxChars: 100,
+  /**
+   * A late peer learns a forget within a minute of its return. Each forget goes out about once a minute in a
+   * connected mesh, not once per peer holding it (heardFromOthers), so 64 are 4 messages of < 2 KB a minute.
+   */
   republishIntervalMs: 60_000,
+  /** A forget heard republished counts as this peer's own one if asked no more than this before it (transit and rounding). */
+  heardAskedEarlierMaxMs: 60_000,
 } as const;
 
 /**
  * `recent` with `added` noted, one per peer (the later time kept: a second forget of a returned peer), times from
- * the future put at now (another peer's clock ahead must not lengthen the forget's life), those older than keepMs and
- * the oldest past countMax dropped; sorted oldest first.
+ * the future put at now (the roster file's, after a clock set back: it must not lengthen the forget's life), those
+ * older than keepMs, of a PeerId longer than peerIdMaxChars, and the oldest past countMax dropped; sorted oldest first.
+ * Also how the roster file's are read at a start, so a file holding more, or damaged, sends no more than that.
  */
-export function noteForgets(recent: readonly RecentForget[], added: readonly RecentForget[], nowMs: number, limits: { keepMs: number; countMax: number } = recentForgetLimits): RecentForget[] {
+export function noteForgets(recent: readonly RecentForget[], added: readonly RecentForget[], nowMs: number, limits: { keepMs: number; countMax: number; peerIdMaxChars: number } = recentForgetLimits): RecentForget[] {
   const byPeer = new Map<string, number>();
   for (const f of [...recent, ...added]) {
     const atMs = Math.min(f.atMs, nowMs);
-    if (nowMs - atMs >= limits.keepMs) continue;
+    if (nowMs - atMs >= limits.keepMs || f.peerId.length > limits.peerIdMaxChars) continue;
     byPeer.set(f.peerId, Math.max(atMs, byPeer.get(f.peerId) ?? atMs));
   }
   const sorted = [...byPeer].map(([peerId, atMs]) => ({ peerId, atMs })).sort((a, b) => a.atMs - b.atMs || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
@@ -39,14 +50,35 @@ export function noteForgets(recent: readonly RecentForget[], added: readonly Rec
 }
 
 /**
- * The forgets to republish now, in messages of at most perMessageMax: those still kept and whose peer is not in
- * `rosterPeerIds` (one learnt again came back for real after its forget: republishing it would take it out again).
+ * The forgets to republish now, in messages of at most perMessageMax: those still kept whose peer is not in
+ * `rosterPeerIds` (one learnt again came back for real after its forget: republishing it would take it out again),
+ * nor in `heardFromOthers` (republished by another peer since this one last did: every peer its gossip reaches got it,
+ * and sent by each holder, 20 peers holding 64 forgets flooded 80 messages a minute to each of them).
  */
-export function forgetsToRepublish(recent: readonly RecentForget[], rosterPeerIds: ReadonlySet<string>, nowMs: number, limits: { keepMs: number; perMessageMax: number } = recentForgetLimits): RecentForget[][] {
-  const due = recent.filter((f) => nowMs - Math.min(f.atMs, nowMs) < limits.keepMs && !rosterPeerIds.has(f.peerId));
+export function forgetsToRepublish(
+  recent: readonly RecentForget[],
+  rosterPeerIds: ReadonlySet<string>,
+  nowMs: number,
+  heardFromOthers: ReadonlySet<string> = new Set(),
+  limits: { keepMs: number; perMessageMax: number } = recentForgetLimits,
+): RecentForget[][] {
+  const due = recent.filter((f) => nowMs - Math.min(f.atMs, nowMs) < limits.keepMs && !rosterPeerIds.has(f.peerId) && !heardFromOthers.has(f.peerId));
   const messages: RecentForget[][] = [];
   for (let i = 0; i < due.length; i += limits.perMessageMax) messages.push(due.slice(i, i + limits.perMessageMax));
   return messages;
+}
+
+/**
+ * The peers of `heard` (a republication from another peer, on this clock) whose forget `held` here is not newer
+ * (asked at most heardAskedEarlierMaxMs after it): sending it too adds nothing. A newer one (the peer came back
+ * and was forgotten again) is still sent, as the older may not apply where it came back between the two.
+ */
+export function alreadyRepublished(held: readonly RecentForget[], heard: readonly RecentForget[], limits: { heardAskedEarlierMaxMs: number } = recentForgetLimits): string[] {
+  const heldAtMs = new Map(held.map((f) => [f.peerId, f.atMs]));
+  return heard.filter((f) => {
+    const atMs = heldAtMs.get(f.peerId);
+    return atMs !== undefined && atMs - f.atMs <= limits.heardAskedEarlierMaxMs;
+  }).map((f) => f.peerId);
 }
 
 /**
