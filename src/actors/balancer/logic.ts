@@ -128,7 +128,8 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   // A joiner is no voter until the mesh's leader admits it and a first peer starts the mesh alone. A record of a
   // version before hunt 168 gets no list: its learnt roster counts, judged as before, until a leader stamps one
   // (see maybeWin); as lists of one version (0, 0), rosters that grew apart were granted without the roster check.
-  const initialVoters: Voters = { peers: joins ? [] : [config.selfPeerId], term: 0, seq: 0 };
+  const founds = config.foundsVoters ?? !joins;
+  const initialVoters: Voters = { peers: founds ? [config.selfPeerId] : [], term: 0, seq: 0 };
   return {
     config,
     durable: config.votersThroughLeader === true && firstStart ? { ...met, voters: initialVoters } : met,

@@ -169,6 +169,13 @@ export interface BalancerConfig {
    * voters").
    */
   readonly votersThroughLeader?: boolean;
+  /**
+   * With votersThroughLeader, whether a first start (an empty record) founds the voters as their only member
+   * (`--found-mesh`, or a start without --bootstrap) or joins with none until the mesh's leader admits it. Absent:
+   * it founds them unless bootstrapPeerIds name another peer (the same --bootstrap list given to every site made
+   * every site a joiner, and none founded the list: docs/mesh-algorithms.md, "Admitted voters", founding).
+   */
+  readonly foundsVoters?: boolean;
   readonly routing: RoutingLimits;
 }
 

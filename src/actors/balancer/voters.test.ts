@@ -43,6 +43,19 @@ test('a first peer starts as the only voter, a joiner as none, a record of an ea
   assert.equal(newerVoters({ peers: ['peer-a'], term: 1, seq: 0 }, { peers: ['peer-a', 'peer-x'], term: 1, seq: 0 }), true);
 });
 
+test('founding: with the same --bootstrap list at every site, only the site told to found the mesh starts as a voter, and it runs', () => {
+  const everySite = { bootstrapPeerIds: ['peer-a', 'peer-b', 'peer-c'] };
+  assert.deepEqual(initBalancer(configFor('peer-b', ['peer-b'], everySite), null).durable.voters?.peers, [], 'a joiner, as before');
+  const founder = initBalancer(configFor('peer-a', ['peer-a'], { ...everySite, foundsVoters: true }), null);
+  assert.deepEqual(founder.durable.voters, { peers: ['peer-a'], term: 0, seq: 0 });
+  const leads = run(founder, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 });
+  assert.equal(leads.state.role, 'leader', 'admitted, it has met the mesh: it leads alone');
+  assert.equal(leads.state.durable.meshMet, true);
+  // Told to join, a site without --bootstrap PeerIds waits to be admitted too; a record already written keeps its list.
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: false }), null).durable.voters?.peers, []);
+  assert.equal(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), { currentTerm: 3, votedFor: null }).durable.voters, undefined);
+});
+
 test('two joiners that learnt one voter of the mesh do not elect beside it in its term (the election simulation, seed 204)', () => {
   // peer-a led term 1 with {peer-a, peer-b}; peer-d and peer-e joined through it while peer-b was away, learnt only
   // peer-a, and led term 1 with {peer-d, peer-e}: a majority of {peer-a, peer-d, peer-e} sharing no voter with peer-a's.
