@@ -35,6 +35,7 @@ import type { MemberRecord } from '../membership/messages.ts';
 import {
   rosterMissingMax,
   routingTopic,
+  votersMax,
   type BalancerConfig,
   type BalancerEffect,
   type BalancerInput,
@@ -729,6 +730,8 @@ function withoutForgottenVoters(s: BalancerState, forgotten: readonly string[], 
 function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters;
   if (voters === undefined || !votersCommitted(s)) return s;
+  // A longer list fits no request for votes nor the election record: the peers past it stay non-voting members.
+  if (voters.peers.length >= votersMax) return s;
   const roster = new Set(s.config.rosterPeerIds);
   const admitted = new Set(voters.peers);
   const joiner = s.members.find((m) => m.status === 'alive' && roster.has(m.peerId) && !admitted.has(m.peerId));

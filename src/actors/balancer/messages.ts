@@ -8,6 +8,12 @@ export const routingTopic = 'pacs-mesh/routing/1';
 /** At most this many PeerIds in a refusal's rosterMissing: a candidate learns the rest at its next refusal. */
 export const rosterMissingMax = 32;
 /**
+ * At most this many admitted voters (hunt 184): a list travels whole in a request for votes (roster), a refusal and
+ * the election record, each held to 4 KiB (ELECTION_MAX_BYTES, the record's slot), where some 70 PeerIds of 52
+ * characters fit; a leader admits nobody past it (logic.ts, nextVotersChange) and a list longer is refused as input.
+ */
+export const votersMax = 64;
+/**
  * An operator's POST /api/forget-peer at one peer, passed on to every other so that all rosters drop the ghost;
  * republished once a minute for 7 days for the peers away then (recent-forgets.ts).
  */

@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { initBalancer, newerVoters, stepBalancer, type BalancerState } from './logic.ts';
-import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable, Voters } from './messages.ts';
+import { initBalancer, majorityOf, newerVoters, stepBalancer, type BalancerState } from './logic.ts';
+import { votersMax, type BalancerConfig, type BalancerEffect, type BalancerInput, type BalancerMessage, type ElectionDurable, type Voters } from './messages.ts';
 import { runSteps } from '../runtime/run-steps.ts';
 
 function configFor(selfPeerId: string, rosterPeerIds: readonly string[], extra: Partial<BalancerConfig> = {}): BalancerConfig {
@@ -89,6 +89,23 @@ test('a leader stamps its voters with its term, then admits one peer of its rost
   assert.deepEqual(persistedVoters(wrongVersion.effects), [], 'an acknowledgement of another version does not count');
   const held = run(wrongVersion.state, received('peer-b', { type: 'votersHeld', term: 1, voterId: 'peer-b', voters: { term: 1, seq: 1 } }, 430), { type: 'tick', nowMs: 450 });
   assert.deepEqual(persistedVoters(held.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 }]);
+});
+
+test('a leader admits nobody past votersMax: the list must fit a request for votes and the election record', () => {
+  const peers = Array.from({ length: votersMax }, (_, i) => `peer-${String(i).padStart(3, '0')}`);
+  const self = peers[0] as string;
+  const view = [...peers.slice(0, majorityOf(peers)), 'peer-new'].map((peerId) => alive(peerId));
+  const leader: BalancerState = {
+    ...initBalancer(configFor(self, [...peers, 'peer-new']), holding(1, { peers, term: 1, seq: 0 }, self)),
+    role: 'leader',
+    leaderId: self,
+    votersHeldBy: peers.slice(0, majorityOf(peers)),
+  };
+  const ticked = run(leader, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 100 });
+  assert.equal(ticked.state.role, 'leader');
+  assert.deepEqual(persistedVoters(ticked.effects), [], 'peer-new alive in its roster, not admitted');
+  const fewer = run({ ...leader, durable: holding(1, { peers: peers.slice(0, -1), term: 1, seq: 0 }, self) }, { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.deepEqual(persistedVoters(fewer.effects).map((v) => v.peers.length), [votersMax], 'one below it, admitted');
 });
 
 test('a joiner adopts the leader\'s newer voters, persisted before its acknowledgement, and is admitted (it has met the mesh)', () => {
