@@ -37,6 +37,7 @@ import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
+import { parseVoters, parseVotersVersion } from './voters-codec.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -247,16 +248,30 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
   switch (v.type) {
     case 'requestVote': {
       if (!id(v.candidateId)) return null;
-      // Absent from candidates before hunt 159: judged as before (see logic.ts, rosterMissingFrom).
-      if (v.roster === undefined) return { type: 'requestVote', term: v.term, candidateId: v.candidateId };
+      // Absent from candidates before hunt 159 (roster) and 168 (voters): judged as before (see logic.ts, rosterMissingFrom).
+      const version = optional(v.voters, parseVotersVersion);
+      if (version === null) return null;
+      const voters = version === undefined ? {} : { voters: version };
+      if (v.roster === undefined) return { type: 'requestVote', term: v.term, candidateId: v.candidateId, ...voters };
       if (!Array.isArray(v.roster) || v.roster.length > ENTRIES_MAX || !v.roster.every(id)) return null;
-      return { type: 'requestVote', term: v.term, candidateId: v.candidateId, roster: v.roster as string[] };
+      return { type: 'requestVote', term: v.term, candidateId: v.candidateId, roster: v.roster as string[], ...voters };
     }
     case 'vote': {
       if (!id(v.voterId) || typeof v.granted !== 'boolean') return null;
-      if (v.rosterMissing === undefined) return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted };
+      const listed = optional(v.voters, parseVoters);
+      if (listed === null) return null;
+      const voters = listed === undefined ? {} : { voters: listed };
+      if (v.rosterMissing === undefined) return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, ...voters };
       if (!Array.isArray(v.rosterMissing) || v.rosterMissing.length > rosterMissingMax || !v.rosterMissing.every(id)) return null;
-      return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, rosterMissing: v.rosterMissing as string[] };
+      return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, rosterMissing: v.rosterMissing as string[], ...voters };
+    }
+    case 'voters': {
+      const voters = parseVoters(v.voters);
+      return voters === null ? null : { type: 'voters', term: v.term, voters };
+    }
+    case 'votersHeld': {
+      const voters = parseVotersVersion(v.voters);
+      return !id(v.voterId) || voters === null ? null : { type: 'votersHeld', term: v.term, voterId: v.voterId, voters };
     }
     case 'newerTerm':
       return { type: 'newerTerm', term: v.term };
@@ -286,11 +301,21 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
           refilling: e.refilling ?? false,
         });
       }
-      return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries } };
+      // The leader's admitted voters (hunt 168), absent from leaders of earlier builds or without a list.
+      const listed = optional(v.voters, parseVoters);
+      const committed = (v.voters as { committed?: unknown } | undefined)?.committed;
+      if (listed === null || (listed !== undefined && typeof committed !== 'boolean')) return null;
+      const voters = listed === undefined ? {} : { voters: { ...listed, committed: committed as boolean } };
+      return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries }, ...voters };
     }
     default:
       return null;
   }
+}
+
+/** An optional field: undefined when absent, else what `parse` makes of it (null: malformed, and so is the message). */
+function optional<T>(value: unknown, parse: (value: unknown) => T | null): T | null | undefined {
+  return value === undefined ? undefined : parse(value);
 }
 
 /** The peer IDs of a forget-peer message (see forgetPeerTopic); null for anything malformed. */
