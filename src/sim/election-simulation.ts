@@ -392,7 +392,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     if (peerId === p.peerId || up.has(peerId)) return;
     setRoster(p, live, forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId).peers);
     // Out of the voters too, though this peer never learnt it (admitted by a leader that had).
-    run(p, [{ to: 'balancer', input: { type: 'peersForgotten', peerIds: [peerId], nowMs } }]);
+    run(p, [{ to: 'balancer', input: { type: 'peersForgotten', peerIds: [peerId], by: 'operator', nowMs } }]);
   };
 
   const deliverDue = (): void => {

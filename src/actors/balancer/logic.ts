@@ -156,7 +156,8 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
       next = onTick(answerWithheldVoteRequest(state, input.nowMs, effects), input.nowMs, effects);
       break;
     case 'peersForgotten':
-      next = onTick(withoutForgottenVoters(state, input.peerIds, effects), input.nowMs, effects);
+      // Out of the roster already: a leader takes a peer the roster forgot out of its voters at its next change (nextVotersChange).
+      next = onTick(input.by === 'operator' ? withoutForgottenVoters(state, input.peerIds, effects) : state, input.nowMs, effects);
       break;
     case 'viewChanged':
       next = onTick(answerWithheldVoteRequest({ ...state, members: input.members }, input.nowMs, effects), input.nowMs, effects);
@@ -722,17 +723,21 @@ function withoutForgottenVoters(s: BalancerState, forgotten: readonly string[], 
 }
 
 /**
- * Leader: once a majority of its voters holds them, one peer of its roster alive in its view admitted.
- * Why one at a time, each held by a majority before the next: any majority of a list and any majority of that
- * list with one peer more or less share a peer, and no candidate can win with a list older than one a majority
- * holds (a voter grants no older version), so every two lists a leader can be elected with are at most one change apart.
+ * Leader: once a majority of its voters holds them, one voter out of its roster removed, else one peer of its roster
+ * alive in its view admitted. Why one at a time, each held by a majority before the next: any majority of a list and
+ * any majority of that list with one peer more or less share a peer, and no candidate can win with a list older than
+ * one a majority holds (a voter grants no older version), so every two lists a leader can be elected with are at
+ * most one change apart. A voter out of the roster was forgotten by it (or never seen by this leader: a live one is
+ * learnt and admitted again when it shows), and only the operator's forget-peer removes at once.
  */
 function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters;
   if (voters === undefined || !votersCommitted(s)) return s;
+  const roster = new Set(s.config.rosterPeerIds);
+  const leaving = voters.peers.find((peerId) => peerId !== s.config.selfPeerId && !roster.has(peerId));
+  if (leaving !== undefined) return withVoters(s, voters.peers.filter((peerId) => peerId !== leaving), voters.seq + 1, effects);
   // A longer list fits no request for votes nor the election record: the peers past it stay non-voting members.
   if (voters.peers.length >= votersMax) return s;
-  const roster = new Set(s.config.rosterPeerIds);
   const admitted = new Set(voters.peers);
   const joiner = s.members.find((m) => m.status === 'alive' && roster.has(m.peerId) && !admitted.has(m.peerId));
   if (joiner !== undefined) return withVoters(s, [...voters.peers, joiner.peerId], voters.seq + 1, effects);

@@ -188,10 +188,12 @@ export interface BalancerConfig {
 export type BalancerInput =
   | { readonly type: 'tick'; readonly nowMs: number }
   /**
-   * Peers taken out of the roster for good (forget-peer, forget-site, a successor's replacement, a lost site name,
-   * rosterForgetAfterMs), already out of rosterPeerIds: they leave the admitted voters too (hunt 168).
+   * Peers taken out of the roster for good, already out of rosterPeerIds: they leave the admitted voters too (hunt
+   * 168). `by: 'operator'` (forget-peer): at once, at every peer it reaches. `by: 'roster'` (learnRoster's: forget-site,
+   * a successor's replacement, a lost site name, rosterForgetAfterMs): through the leader, one peer at a time once a
+   * majority holds the last change, as it admits (hunt 184; removing at once let two lists two changes apart elect).
    */
-  | { readonly type: 'peersForgotten'; readonly peerIds: readonly string[]; readonly nowMs: number }
+  | { readonly type: 'peersForgotten'; readonly peerIds: readonly string[]; readonly by: 'operator' | 'roster'; readonly nowMs: number }
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
   | {
       readonly type: 'messageReceived';

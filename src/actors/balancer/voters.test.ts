@@ -149,7 +149,7 @@ test('a voter grants no candidate holding older voters than its own, and its ref
 test('forgotten peers leave the voters at once: a follower keeps the version, the leader makes a new one, and a list with them forgotten supersedes its version', () => {
   const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x'], term: 1, seq: 2 };
   const b = initBalancer(configFor('peer-b', ['peer-a', 'peer-b', 'peer-c']), holding(1, voters));
-  const forgot = run(b, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 0 });
+  const forgot = run(b, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 });
   assert.deepEqual(forgot.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 });
   // peer-c, which the forgetting did not reach, takes it from peer-b's list of the same version.
   const c = initBalancer(configFor('peer-c', ['peer-a', 'peer-b', 'peer-c', 'peer-x']), holding(1, voters));
@@ -161,7 +161,7 @@ test('forgotten peers leave the voters at once: a follower keeps the version, th
   const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-b', 'peer-c', 'peer-x']), holding(1, voters, 'peer-a'));
   const leads = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b'), alive('peer-c')], nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10), received('peer-c', { type: 'vote', term: 2, voterId: 'peer-c', granted: true }, 11));
   assert.equal(leads.state.role, 'leader');
-  const dropped = run({ ...leads.state, config: { ...leads.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 100 });
+  const dropped = run({ ...leads.state, config: { ...leads.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 100 });
   assert.deepEqual(dropped.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 1 });
 });
 
@@ -186,7 +186,7 @@ test('a candidate whose voters shrink (peers forgotten) to a list whose majority
   const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-x']), holding(1, { peers: ['peer-a', 'peer-x'], term: 1, seq: 1 }));
   const running = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-x')], nowMs: 0 });
   assert.equal(running.state.role, 'candidate');
-  const forgot = run({ ...running.state, config: { ...running.state.config, rosterPeerIds: ['peer-a'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 10 });
+  const forgot = run({ ...running.state, config: { ...running.state.config, rosterPeerIds: ['peer-a'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 10 });
   assert.deepEqual(forgot.state.durable.voters?.peers, ['peer-a']);
   const won = run(forgot.state, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 20 }, { type: 'tick', nowMs: 600 });
   assert.equal(won.state.role, 'leader');
@@ -219,7 +219,10 @@ test('a mesh upgrading from an earlier version judges candidates by their roster
   assert.ok(sent(follows.effects).some((m) => m.to === 'peer-c' && m.message.type === 'votersHeld'));
 });
 
-test('a leader that forgets a voter while an admission is uncommitted: a cut-off voter and the forgotten one, back, elect beside it in one term', { todo: 'a leader removes at once, not one change at a time after a commit (docs/mesh-algorithms.md, "Admitted voters", removal; hunt 176)' }, () => {
+test('a leader whose roster forgets a voter while an admission is uncommitted keeps it until a commit: a cut-off voter and the forgotten one, back, cannot elect beside it in one term', () => {
+  // Hunt 176's hole: leader a holding {a, b, x} committed admits j (uncommitted: b cut off, x away), then forgets x
+  // (24 h absent). Removed at once, {a, b, x} and {a, b, j} were two changes apart and their majorities {b, x} and
+  // {a, j} shared no peer. The roster's removals now go through the leader, one change after a commit (hunt 184).
   const abx: Voters = { peers: ['peer-a', 'peer-b', 'peer-x'], term: 2, seq: 0 };
   const roster = ['peer-a', 'peer-b', 'peer-j', 'peer-x'];
   const leads = run(initBalancer(configFor('peer-a', roster), holding(1, { ...abx, term: 1 }, 'peer-a')), { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-x', 2)], nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10));
@@ -227,9 +230,9 @@ test('a leader that forgets a voter while an admission is uncommitted: a cut-off
   const committed = run(leads.state, received('peer-b', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 0 } }, 20));
   // peer-j comes, peer-b is cut off and peer-x away before either holds the admission; peer-x is forgotten (24 h).
   const admits = run(committed.state, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-j', 3)], nowMs: 30 });
-  const forgot = run({ ...admits.state, config: { ...admits.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-j'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 40 });
-  const abj = forgot.state.durable.voters as Voters;
-  assert.deepEqual(abj.peers, ['peer-a', 'peer-b', 'peer-j']);
+  const forgot = run({ ...admits.state, config: { ...admits.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-j'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'roster', nowMs: 40 });
+  const abjx = forgot.state.durable.voters as Voters;
+  assert.deepEqual(abjx, { peers: ['peer-a', 'peer-b', 'peer-j', 'peer-x'], term: 2, seq: 1 }, 'peer-x stays while the admission is uncommitted');
   // peer-b, holding {a, b, x}, and peer-x back, holding it too, see each other only.
   const bView = [alive('peer-b', 1), alive('peer-x', 2)];
   const b = run(initBalancer(configFor('peer-b', roster), holding(2, abx)), { type: 'viewChanged', members: bView, nowMs: 100 });
@@ -239,17 +242,30 @@ test('a leader that forgets a voter while an admission is uncommitted: a cut-off
   const vote = sent(run(x.state, received('peer-b', request, 110)).effects).find((m) => m.message.type === 'vote')?.message;
   assert.ok(vote !== undefined && vote.type === 'vote');
   const bWins = run(b.state, received('peer-x', vote, 120));
-  // peer-a restarts (or hears term 3 and runs again): with peer-j, both holding {a, b, j}, it elects in the same term.
+  assert.equal(bWins.state.role, 'leader', 'a majority of {a, b, x}: the newest list a majority held');
+  // peer-a restarts (or hears term 3 and runs again) beside peer-j, both holding {a, b, j, x}: two of four, no candidacy.
   const aView = [alive('peer-a'), alive('peer-j', 3)];
-  const a = run(initBalancer(forgot.state.config, forgot.state.durable), { type: 'viewChanged', members: aView, nowMs: 2000 });
-  const j = run(initBalancer(configFor('peer-j', roster), holding(2, abj)), { type: 'viewChanged', members: aView, nowMs: 2000 });
-  const ask = sent(a.effects).find((m) => m.to === 'peer-j' && m.message.type === 'requestVote')?.message;
-  assert.ok(ask !== undefined && ask.type === 'requestVote');
-  const granted = sent(run(j.state, received('peer-a', ask, 2010)).effects).find((m) => m.message.type === 'vote')?.message;
-  assert.ok(granted !== undefined && granted.type === 'vote');
-  const aWins = run(a.state, received('peer-j', granted, 2020));
-  const leaders = [bWins.state, aWins.state].filter((s) => s.role === 'leader').map((s) => s.durable.currentTerm);
-  assert.ok(leaders.length < 2 || leaders[0] !== leaders[1], `two leaders of term ${leaders[0]}`);
+  const a = run(initBalancer(forgot.state.config, forgot.state.durable), { type: 'viewChanged', members: aView, nowMs: 2000 }, { type: 'tick', nowMs: 4000 });
+  assert.notEqual(a.state.role, 'leader');
+  assert.deepEqual(sent(a.effects).filter((m) => m.message.type === 'requestVote'), []);
+  // Once a majority holds the admission, the leader takes peer-x out: one change, committed before the next.
+  const held = run(forgot.state, received('peer-j', { type: 'votersHeld', term: 2, voterId: 'peer-j', voters: { term: 2, seq: 1 } }, 50), received('peer-b', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 1 } }, 60), { type: 'tick', nowMs: 70 });
+  assert.deepEqual(persistedVoters(held.effects), [{ peers: ['peer-a', 'peer-b', 'peer-j'], term: 2, seq: 2 }]);
+});
+
+test('a leader takes the voters its roster forgot out one at a time, each once a majority holds the last; the operator\'s forget-peer at once', () => {
+  const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x', 'peer-y'], term: 2, seq: 0 };
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const leader: BalancerState = { ...initBalancer(configFor('peer-a', ['peer-a', 'peer-b', 'peer-c']), holding(2, voters, 'peer-a')), role: 'leader', leaderId: 'peer-a', members: view, votersHeldBy: ['peer-a', 'peer-b', 'peer-c'] };
+  const first = run(leader, { type: 'peersForgotten', peerIds: ['peer-x', 'peer-y'], by: 'roster', nowMs: 0 }, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(persistedVoters(first.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c', 'peer-y'], term: 2, seq: 1 }]);
+  const held = (voterId: string, nowMs: number): BalancerInput => received(voterId, { type: 'votersHeld', term: 2, voterId, voters: { term: 2, seq: 1 } }, nowMs);
+  const second = run(first.state, held('peer-b', 200), held('peer-c', 210), { type: 'tick', nowMs: 300 });
+  assert.deepEqual(persistedVoters(second.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 2 }]);
+  // A follower the roster's forgetting reached keeps its list: the leader's change reaches it.
+  const follower = initBalancer(configFor('peer-b', ['peer-a', 'peer-b', 'peer-c']), holding(2, voters));
+  assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'roster', nowMs: 0 }).state.durable.voters, voters);
+  assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 }).state.durable.voters?.peers, ['peer-a', 'peer-b', 'peer-c', 'peer-y']);
 });
 
 test('a new leader admits nobody before a majority holds its stamp, and a voter takes a newer list a candidate carries', () => {
