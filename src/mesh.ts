@@ -285,6 +285,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
         joinsMesh: config.bootstrap.length > 0,
         bootstrapPeerIds: bootstrapPeerIdsOf(config.bootstrap),
+        ...(config.electionVoters === 'admitted' ? { votersThroughLeader: true, foundsVoters: config.foundMesh } : {}),
         random: lowDiscrepancyDraws(),
       },
     });

@@ -6,8 +6,8 @@
  * `rosterAtStart` after a crash, the settle time after a start, and the longer wait of a peer started with
  * `--bootstrap` whose roster is itself alone, and the rule that such a peer neither runs nor votes before it has
  * met its bootstrap peer (BalancerConfig.bootstrapPeerIds, hunt 164). By default the votes that count are the admitted
- * voters', changed only through the leader (BalancerConfig.votersThroughLeader, hunt 168; not wired in the actor
- * yet). Only membership and the balancer run (custody has its own simulation).
+ * voters', changed only through the leader (BalancerConfig.votersThroughLeader, hunt 168; the actor's behind
+ * --election-voters admitted, hunt 184, which also tells each first start whether it founds). Only membership and the balancer run (custody has its own simulation).
  *
  * Peers join over the run, each knowing only a bootstrap peer that joined before it; they crash and restart,
  * are killed for good (ghosts in the rosters of those that saw them, unknown to later joiners), are

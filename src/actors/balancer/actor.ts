@@ -50,6 +50,7 @@ import {
   type RoutingEntry,
   type RoutingLimits,
   type RoutingTable,
+  type Voters,
 } from './messages.ts';
 
 export {
@@ -159,6 +160,13 @@ export interface BalancerServiceInit {
   sendsInFlightMax?: number;
   /** The kept election streams' bounds (election-streams.ts). */
   electionStreams?: Partial<ElectionStreamLimits>;
+  /**
+   * Admitted voters (BalancerConfig.votersThroughLeader, `--election-voters admitted`): off by default; on too, whatever
+   * this says, once the election record holds a list (the mode is persisted there). Not with a pinned roster.
+   */
+  votersThroughLeader?: boolean;
+  /** With votersThroughLeader, a first start founds the voters (`--found-mesh yes`); else it waits to be admitted. */
+  foundsVoters?: boolean;
   /** Actor name under `parent`. Default 'balancer'. */
   name?: string;
   onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
@@ -210,8 +218,9 @@ export interface BalancerService {
    * --bootstrap peers (BalancerConfig.bootstrapPeerIds), so that an operator sees why in /api/mesh.
    * `lacksRosterMajority`: present while this peer sees no strict majority of its roster alive (no leader can be
    * elected with it: see rosterMajorityLack), with the voters alive and counted.
+   * `voters`: the admitted voters and their version (hunt 184), present while this peer keeps them.
    */
-  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true; lacksRosterMajority?: { alive: number; voters: number } };
+  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true; lacksRosterMajority?: { alive: number; voters: number }; voters?: Voters };
   /** The election streams' counts, for tests. */
   electionStreamStats(): ElectionStreamStats;
   crashForTest(reason?: string): void;
@@ -351,6 +360,11 @@ export function leaderSiteField(leaderId: string | null, members: readonly Pick<
   return site === undefined ? {} : { leaderSite: site };
 }
 
+function withoutVoters(durable: ElectionDurable): ElectionDurable {
+  const { voters: _dropped, ...rest } = durable;
+  return rest;
+}
+
 /** The peer a message claims to come from, which must be the authenticated sender. */
 function claimedSender(message: BalancerMessage): string | null {
   switch (message.type) {
@@ -435,7 +449,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
-    s === null ? null : rosterMajorityLack(s.balancer.config.rosterPeerIds, new Set(membership.liveMembers().map((m) => m.peerId)), self);
+    s === null ? null : rosterMajorityLack(s.balancer.durable.voters?.peers ?? s.balancer.config.rosterPeerIds, new Set(membership.liveMembers().map((m) => m.peerId)), self);
 
   /**
    * Without a majority of its roster alive this peer neither elects nor forgets by absence (a mesh that lost half
@@ -611,7 +625,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const nowMs = clock.nowMs();
     // The record as last made durable: after a write that failed, what the disk holds may be newer, but it
     // was never acted on, and the page cache may hold a record that never reached the disk.
-    const durable = electionRecord.durable;
+    // A pinned roster is a fixed list of voters of its own: an admitted list is not kept beside it.
+    const durable = pinned ? withoutVoters(electionRecord.durable) : electionRecord.durable;
+    const admitsVoters = !pinned && (init.votersThroughLeader === true || durable.voters !== undefined);
     const file = pinned ? null : await loadRoster(init.dataDir);
     const peers = file === null ? new Map([...pinned!].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(file.peers, self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
@@ -627,6 +643,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         stallMinMs: balancerTimings.stallMinMs,
         settleAfterStallMs: settleMs,
         ...(!pinned && (init.bootstrapPeerIds?.length ?? 0) > 0 ? { bootstrapPeerIds: init.bootstrapPeerIds } : {}),
+        ...(admitsVoters ? { votersThroughLeader: true, foundsVoters: init.foundsVoters === true } : {}),
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,
@@ -641,7 +658,13 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     table = null;
     // Once: later loads follow a state file not written (logged by noteStateWriteFailure) or a restart (logged
     // by the supervisor), and on a full disk they came twice a second.
-    if (!startedOnce) log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null });
+    if (!startedOnce) {
+      const voters = settled.durable.voters;
+      log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null, ...(admitsVoters ? { voters: voters?.peers.length ?? null } : {}) });
+      if (admitsVoters && init.votersThroughLeader !== true) log.warn('the election record holds admitted voters: this peer keeps them, though started without --election-voters admitted', { voters: voters?.peers.length });
+      if (init.foundsVoters === true && durable.voters !== undefined) log.warn('--found-mesh yes ignored: the election record already holds admitted voters', { voters: durable.voters.peers.length });
+      if (voters !== undefined && !voters.peers.includes(self)) log.info('this peer neither runs nor votes in elections until the mesh\'s leader admits it to the voters', { voters: voters.peers.length });
+    }
     // An operator wondering why this site neither leads nor votes finds it here (see BalancerConfig.bootstrapPeerIds).
     if (settled.durable.meshMet === false) log.info('this peer neither runs nor votes in elections until it has met one of its --bootstrap peers', { bootstrapPeerIds: settled.config.bootstrapPeerIds });
     startedOnce = true;
@@ -783,6 +806,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     } else {
       const unreachable: never = message;
       throw new Error(`unhandled balancer message ${JSON.stringify(unreachable)}`);
+    }
+    // Peers the roster dropped leave the admitted voters: the operator's forget-peer at once, the others through the leader.
+    const left = step.state.durable.voters === undefined ? [] : [...s.roster.peers.keys()].filter((peerId) => !roster.peers.has(peerId));
+    if (left.length > 0) {
+      const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds: left, by: message.type === 'forgetPeers' ? 'operator' : 'roster', nowMs });
+      step = { state: after.state, effects: [...step.effects, ...after.effects] };
     }
     const next: ActorState = { balancer: step.state, roster };
     current = next;
@@ -955,6 +984,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         votedFor: b?.durable.votedFor ?? null,
         ...(b?.durable.meshMet === false ? { waitsToMeetBootstrapPeers: true as const } : {}),
         ...(lack === null ? {} : { lacksRosterMajority: { alive: lack.alive, voters: lack.voters } }),
+        ...(b?.durable.voters === undefined ? {} : { voters: { peers: [...b.durable.voters.peers], term: b.durable.voters.term, seq: b.durable.voters.seq } }),
       };
     },
     electionStreamStats: () => electionStreams.stats(),

@@ -131,9 +131,13 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   // (see maybeWin); as lists of one version (0, 0), rosters that grew apart were granted without the roster check.
   const founds = config.foundsVoters ?? !joins;
   const initialVoters: Voters = { peers: founds ? [config.selfPeerId] : [], term: 0, seq: 0 };
+  // Told whether it founds (the actor: the operator's --found-mesh), any record without a list starts one, so that a
+  // mesh upgrading from an earlier version is founded by one site as a new one is (hunt 184): its first leaders,
+  // elected by learnt rosters, could otherwise stamp two lists of one version.
+  const startsList = config.votersThroughLeader === true && record.voters === undefined && (firstStart || config.foundsVoters !== undefined);
   return {
     config,
-    durable: config.votersThroughLeader === true && firstStart ? { ...met, voters: initialVoters } : met,
+    durable: startsList ? { ...met, voters: initialVoters } : met,
     role: 'follower',
     leaderId: null,
     leaderHeardAtMs: 0,

@@ -171,7 +171,7 @@ export interface BalancerConfig {
    * leader admits, one peer at a time. A first start with bootstrap PeerIds begins with no voters (admitted by the
    * mesh's leader), a first start without them with itself alone, a record of an earlier version with none (its
    * rosterPeerIds count, as before, until it adopts the list a leader stamped). Absent or false: rosterPeerIds are
-   * the voters (a pinned roster, the mesh simulation, the actor for now: see docs/mesh-algorithms.md, "Admitted
+   * the voters (a pinned roster, the mesh simulation, the actor unless --election-voters admitted: see docs/mesh-algorithms.md, "Admitted
    * voters").
    */
   readonly votersThroughLeader?: boolean;

@@ -53,7 +53,23 @@ test('founding: with the same --bootstrap list at every site, only the site told
   assert.equal(leads.state.durable.meshMet, true);
   // Told to join, a site without --bootstrap PeerIds waits to be admitted too; a record already written keeps its list.
   assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: false }), null).durable.voters?.peers, []);
-  assert.equal(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), { currentTerm: 3, votedFor: null }).durable.voters, undefined);
+  const kept: Voters = { peers: ['peer-a', 'peer-c'], term: 2, seq: 1 };
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), holding(3, kept)).durable.voters, kept, 'a record with a list keeps it');
+});
+
+test('upgrading a running mesh: told whether it founds, a record of an earlier version starts a list (the founder leads alone and admits the others); not told, it waits for the first stamp', () => {
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  const earlier: ElectionDurable = { currentTerm: 7, votedFor: 'peer-b' };
+  assert.equal(initBalancer(configFor('peer-a', roster), earlier).durable.voters, undefined, 'the simulation: the learnt roster counts until a leader stamps one');
+  const b = initBalancer(configFor('peer-b', roster, { foundsVoters: false }), earlier);
+  assert.deepEqual(b.durable, { ...earlier, voters: { peers: [], term: 0, seq: 0 } });
+  const view = [alive('peer-a', 1), alive('peer-b'), alive('peer-c', 2)];
+  assert.equal(run(b, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 5000 }).state.role, 'follower', 'best-ranked, not admitted: it does not run');
+  const founder = run(initBalancer(configFor('peer-a', roster, { foundsVoters: true }), earlier), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(founder.state.role, 'leader');
+  assert.deepEqual(founder.state.durable.voters, { peers: ['peer-a'], term: 8, seq: 0 }, 'a term above every term it voted in, stamped');
+  const admits = run(founder.state, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(persistedVoters(admits.effects), [{ peers: ['peer-a', 'peer-b'], term: 8, seq: 1 }], 'its own majority holds the stamp: one admitted');
 });
 
 test('two joiners that learnt one voter of the mesh do not elect beside it in its term (the election simulation, seed 204)', () => {
