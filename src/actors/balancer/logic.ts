@@ -302,10 +302,11 @@ export function ruleWinner(members: readonly MemberRecord[]): MemberRecord | nul
 /**
  * A peer joining a mesh elects itself alone only once it has waited to meet it: with a roster of itself, its
  * candidacy wins in term 1, a term the mesh used (on a loaded machine a newcomer heard nobody in its 2 s settle
- * time and led term 1 beside the mesh's leader: the chaos test, seed 8).
+ * time and led term 1 beside the mesh's leader: the chaos test, seed 8). Not with admitted voters: a joiner holds no
+ * vote until admitted, and the one voter of a list of itself is the mesh's founder, which waited 15 s for nobody.
  */
 function waitsToMeetTheMesh(s: BalancerState, nowMs: number): boolean {
-  return s.aloneCandidacyNotBeforeMs !== undefined && nowMs < s.aloneCandidacyNotBeforeMs && s.config.rosterPeerIds.length === 1;
+  return s.durable.voters === undefined && s.aloneCandidacyNotBeforeMs !== undefined && nowMs < s.aloneCandidacyNotBeforeMs && s.config.rosterPeerIds.length === 1;
 }
 
 /** At most this many taught peers (see BalancerState.rosterTaught): a frame carries a roster of at most some 70 PeerIds anyway. */

@@ -51,6 +51,10 @@ test('founding: with the same --bootstrap list at every site, only the site told
   const leads = run(founder, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 });
   assert.equal(leads.state.role, 'leader', 'admitted, it has met the mesh: it leads alone');
   assert.equal(leads.state.durable.meshMet, true);
+  // Started with --bootstrap (the same list everywhere), a roster of itself alone: the wait to meet the mesh (15 s
+  // wired) is for joiners, which cannot run here anyway, not for the founder.
+  const waiting = run({ ...founder, aloneCandidacyNotBeforeMs: 15_000 }, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 });
+  assert.equal(waiting.state.role, 'leader');
   // Told to join, a site without --bootstrap PeerIds waits to be admitted too; a record already written keeps its list.
   assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: false }), null).durable.voters?.peers, []);
   const kept: Voters = { peers: ['peer-a', 'peer-c'], term: 2, seq: 1 };
