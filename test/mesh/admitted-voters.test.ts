@@ -2,7 +2,8 @@
  * Admitted voters wired in the actor (hunt 184; docs/mesh-algorithms.md, "Admitted voters"): three real peers with
  * `--election-voters admitted`, site-a founding the mesh (`--found-mesh yes`). The founder leads alone, admits the two
  * others one at a time (each peer's /api/mesh `balancer.voters`), and after a kill -9 of the leader the two
- * survivors, both admitted, elect a new leader among themselves in a higher term.
+ * survivors, both admitted, elect a new leader among themselves in a higher term. Restarted without the option, the
+ * killed peer keeps the mode (its election record holds the list) and follows.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -48,4 +49,13 @@ test('admitted voters: the founder leads alone, admits the two others, and after
   const after = (await statusOf(survivors[0]!)).balancer?.voters;
   t.diagnostic(`voters ${JSON.stringify(voters)}; leader ${before.site} term ${before.term} killed; then ${JSON.stringify((await statusOf(survivors[0]!)).leader)}`);
   assert.deepEqual(after?.peers, ids, 'the killed leader is still a voter (not forgotten): two of three elect');
+  // The mode is kept in the election record: the killed peer, restarted without the option, still holds the list
+  // (the newest, from the new leader) and follows that leader; it says why in its log.
+  const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await statusOf(survivors[0]!)).self.multiaddrs!.slice(0, 1) });
+  const all = [...survivors, back];
+  await eventually(async () => {
+    const seen = await agreed(all);
+    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
+  }, 60_000, () => describe(all));
+  assert.match(back.output(), /the election record holds admitted voters: this peer keeps them/);
 });
