@@ -514,6 +514,9 @@ function onMessage(
         if (s.withheldVoteRequest !== undefined) s = withoutWithheldVoteRequest(s);
         const own = s.durable.voters;
         if (own !== undefined && message.voters !== undefined) granted = wouldVoteFor(s, candidate) && compareVersions(message.voters, own) >= 0;
+        // A candidate without a list (an earlier build, a peer without --election-voters admitted) wins with a majority
+        // of its learnt roster, which need not meet a majority of the list: refused once this peer holds one (hunt 184).
+        else if (own !== undefined) granted = false;
         else {
           missing = rosterMissingFrom(message.roster, s.config.rosterPeerIds);
           granted = wouldVoteFor(s, candidate) && missing.length === 0;
@@ -528,7 +531,8 @@ function onMessage(
         // resumed leader, before that leader's announcement reached it.
         if (granted) s = { ...s, candidacyDeadlineMs: Math.max(s.candidacyDeadlineMs, nowMs + s.config.voteTimeoutMs) };
       }
-      const newer = !granted && s.durable.voters !== undefined && message.voters !== undefined && compareVersions(s.durable.voters, message.voters) > 0 ? { voters: s.durable.voters } : {};
+      const own = s.durable.voters;
+      const newer = !granted && own !== undefined && (message.voters === undefined ? own.term > 0 : compareVersions(own, message.voters) > 0) ? { voters: own } : {};
       effects.push({ type: 'send', to: from, message: { type: 'vote', term, voterId: self, granted, ...(missing.length > 0 ? { rosterMissing: missing.slice(0, rosterMissingMax) } : {}), ...newer } });
       return s;
     }

@@ -288,6 +288,27 @@ test('a leader takes the voters its roster forgot out one at a time, each once a
   assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 }).state.durable.voters?.peers, ['peer-a', 'peer-b', 'peer-c', 'peer-y']);
 });
 
+test('a voter holding a list refuses a candidate without one (its learnt roster\'s majority need not meet the list\'s), and its refusal carries the list', () => {
+  // Hunt 184's process test, the record's list not written: site-a came back without a list and led term 3 with the
+  // votes of b and c, granted by the roster check. Beside voters that elect by the list, a candidate counting a majority
+  // of a larger learnt roster (joiners in learnt mode among it) could lead a term they lead too.
+  const abc: Voters = { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 2 };
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const b = run(initBalancer(configFor('peer-b', roster), holding(2, abc)), { type: 'viewChanged', members: view, nowMs: 0 });
+  const asked = run(b.state, received('peer-a', { type: 'requestVote', term: 3, candidateId: 'peer-a', roster }, 10));
+  const answer = sent(asked.effects).find((m) => m.message.type === 'vote')?.message;
+  assert.ok(answer !== undefined && answer.type === 'vote');
+  assert.equal(answer.granted, false);
+  assert.deepEqual(answer.voters, abc);
+  // A candidate in admitted mode without a list yet (a record of an earlier build) takes it and ends that candidacy.
+  const a = run(initBalancer(configFor('peer-a', roster), { currentTerm: 2, votedFor: null }), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(a.state.role, 'candidate');
+  const taught = run(a.state, received('peer-b', answer, 20));
+  assert.deepEqual(taught.state.durable.voters, abc);
+  assert.equal(taught.state.role, 'follower');
+});
+
 test('a new leader admits nobody before a majority holds its stamp, and a voter takes a newer list a candidate carries', () => {
   const abc: Voters = { peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 };
   const roster = ['peer-a', 'peer-b', 'peer-c', 'peer-d'];
