@@ -282,6 +282,10 @@ test('a leader takes the voters its roster forgot out one at a time, each once a
   const held = (voterId: string, nowMs: number): BalancerInput => received(voterId, { type: 'votersHeld', term: 2, voterId, voters: { term: 2, seq: 1 } }, nowMs);
   const second = run(first.state, held('peer-b', 200), held('peer-c', 210), { type: 'tick', nowMs: 300 });
   assert.deepEqual(persistedVoters(second.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 2 }]);
+  // A voter its roster lacks but never forgot (admitted by an earlier leader, never seen alive here) stays: taken
+  // out, a list lost its live majority when two others were killed (the election simulation, seed 569).
+  const unseen = run({ ...leader, durable: holding(2, { ...voters, peers: ['peer-a', 'peer-b', 'peer-c', 'peer-z'] }, 'peer-a') }, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(persistedVoters(unseen.effects), []);
   // A follower the roster's forgetting reached keeps its list: the leader's change reaches it.
   const follower = initBalancer(configFor('peer-b', ['peer-a', 'peer-b', 'peer-c']), holding(2, voters));
   assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'roster', nowMs: 0 }).state.durable.voters, voters);
