@@ -56,6 +56,14 @@ export interface PeerConfig {
    * that started later stops.
    */
   sitePeers: 'one' | 'several';
+  /**
+   * Whose votes count in the balancer election (`--election-voters`): 'learnt', the learnt roster (the default);
+   * 'admitted', voters admitted one at a time through the leader (hunt 184; docs/mesh-algorithms.md, "Admitted voters").
+   * Once on, the election record keeps the list and the peer keeps the mode at later starts.
+   */
+  electionVoters: 'learnt' | 'admitted';
+  /** `--found-mesh yes`: with admitted voters, a first start founds the voters of a new mesh as their only member. */
+  foundMesh: boolean;
   logLevel: 'info' | 'warn' | 'error' | 'silent';
   /**
    * `--standalone yes`: run without --swarm-key on a data directory that was a mesh site (it knows other
@@ -95,6 +103,8 @@ export const defaultConfig: PeerConfig = {
   priority: 100,
   roster: [],
   sitePeers: 'one',
+  electionVoters: 'learnt',
+  foundMesh: false,
   logLevel: 'info',
   standalone: false,
   scrubMbPerS: 16,
@@ -261,6 +271,20 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
       c.sitePeers = v;
     },
   },
+  '--election-voters': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (v !== 'learnt' && v !== 'admitted') throw new ConfigError(`--election-voters "${v}" must be learnt or admitted`);
+      c.electionVoters = v;
+    },
+  },
+  '--found-mesh': {
+    takesValue: true,
+    apply: (c, v) => {
+      if (v !== 'yes' && v !== 'no') throw new ConfigError(`--found-mesh "${v}" must be yes or no`);
+      c.foundMesh = v === 'yes';
+    },
+  },
   '--scrub-mb-per-s': {
     takesValue: true,
     apply: (c, v) => {
@@ -289,7 +313,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
 export const startOptionNames: readonly string[] = Object.keys(flags);
 
 /** Options that mean something only in a mesh: refused without --swarm-key. */
-export const meshOnlyOptions: readonly string[] = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer', '--site-peers'];
+export const meshOnlyOptions: readonly string[] = ['--p2p-port', '--bootstrap', '--write-quorum', '--priority', '--roster', '--associations-per-peer', '--site-peers', '--election-voters', '--found-mesh'];
 
 export function parseStartArgs(args: readonly string[]): PeerConfig {
   const config: PeerConfig = { ...defaultConfig, moveDestinations: {}, allowedCallingAeTitles: [], bootstrap: [], roster: [] };
@@ -316,6 +340,12 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   const meshOnly = meshOnlyOptions.filter((name) => given.has(name));
   if (!config.swarmKeyFile && meshOnly.length > 0) {
     throw new ConfigError(`${meshOnly.join(', ')} ${meshOnly.length === 1 ? 'means' : 'mean'} something only in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
+  }
+  if (config.foundMesh && config.electionVoters !== 'admitted') {
+    throw new ConfigError('--found-mesh yes founds the admitted voters of a new mesh: it needs --election-voters admitted');
+  }
+  if (config.electionVoters === 'admitted' && config.roster.length > 0) {
+    throw new ConfigError('--election-voters admitted and --roster contradict each other: a pinned roster is a fixed list of voters of its own');
   }
   if (config.swarmKeyFile && config.standalone) {
     throw new ConfigError('--standalone yes and --swarm-key contradict each other: give --swarm-key to run in the mesh, --standalone yes to run alone');
@@ -381,6 +411,10 @@ start options (defaults in brackets):
   --roster PEERID,...         pin the election roster (strict one leader per term) [learnt]
   --site-peers one|several    peers run under this --site; with one, a peer that finds its site name held
                               by a live peer started before it at another DICOM address stops [one]
+  --election-voters learnt|admitted  whose votes elect the balancer leader: the learnt roster, or voters
+                              admitted one at a time through the leader (kept once on) [learnt]
+  --found-mesh yes|no         with admitted voters, this first start founds a new mesh's voters: on
+                              exactly one site, never twice [no]
   --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it while
                               associations are active or instances are being stored);
                               damaged ones are replaced from another site; 0 = off [16]

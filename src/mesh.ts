@@ -282,6 +282,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
         joinsMesh: config.bootstrap.length > 0,
         bootstrapPeerIds: bootstrapPeerIdsOf(config.bootstrap),
+        ...(config.electionVoters === 'admitted' ? { votersThroughLeader: true, foundsVoters: config.foundMesh } : {}),
         random: lowDiscrepancyDraws(),
         // A forget-peer (asked here or passed on) that took a peer out, by the balancer's rules: gone for good, its
         // saved address goes too, and it is not redialled (before, it was dialled at every start: the file kept it).

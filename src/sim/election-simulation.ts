@@ -6,8 +6,8 @@
  * `rosterAtStart` after a crash, the settle time after a start, and the longer wait of a peer started with
  * `--bootstrap` whose roster is itself alone, and the rule that such a peer neither runs nor votes before it has
  * met its bootstrap peer (BalancerConfig.bootstrapPeerIds, hunt 164). By default the votes that count are the admitted
- * voters', changed only through the leader (BalancerConfig.votersThroughLeader, hunt 168; not wired in the actor
- * yet). Only membership and the balancer run (custody has its own simulation).
+ * voters', changed only through the leader (BalancerConfig.votersThroughLeader, hunt 168; the actor's behind
+ * --election-voters admitted, hunt 184, which also tells each first start whether it founds). Only membership and the balancer run (custody has its own simulation).
  *
  * Peers join over the run, each knowing only a bootstrap peer that joined before it; they crash and restart,
  * are killed for good (ghosts in the rosters of those that saw them, unknown to later joiners), are
@@ -392,7 +392,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     if (peerId === p.peerId || up.has(peerId)) return;
     setRoster(p, live, forgetRosterPeers(p.durable.roster, [peerId], up, p.peerId).peers);
     // Out of the voters too, though this peer never learnt it (admitted by a leader that had).
-    run(p, [{ to: 'balancer', input: { type: 'peersForgotten', peerIds: [peerId], nowMs } }]);
+    run(p, [{ to: 'balancer', input: { type: 'peersForgotten', peerIds: [peerId], by: 'operator', nowMs } }]);
   };
 
   const deliverDue = (): void => {

@@ -40,6 +40,9 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.equal(config.associationsPerPeer, 4);
   assert.equal(config.scrubMbPerS, 2.5);
   assert.equal(config.sitePeers, 'several');
+  const admitted = parseStartArgs(['--swarm-key', 'k', '--election-voters', 'admitted', '--found-mesh=yes']);
+  assert.deepEqual([admitted.electionVoters, admitted.foundMesh], ['admitted', true]);
+  assert.deepEqual([parseStartArgs([]).electionVoters, parseStartArgs([]).foundMesh], ['learnt', false], 'off by default');
   assert.equal(config.httpConnectionsPerClient, 0, 'no cap per address (behind a reverse proxy)');
   assert.equal(parseStartArgs([]).httpConnectionsPerClient, undefined, 'a quarter of the port by default');
   assert.throws(() => parseStartArgs(['--http-connections-per-client', '2000']), /--http-connections-per-client/);
@@ -59,6 +62,10 @@ test('bad options are refused with a message naming the option', () => {
     [['--roster', 'not-a-peer-id'], /--roster/],
     [['--swarm-key', 'k', '--site-peers', '2'], /--site-peers "2" must be one or several/],
     [['--site-peers', 'several'], /--site-peers means something only in a mesh/],
+    [['--swarm-key', 'k', '--election-voters', 'admited'], /--election-voters "admited" must be learnt or admitted/],
+    [['--swarm-key', 'k', '--found-mesh', 'yes'], /--found-mesh yes .* needs --election-voters admitted/],
+    [['--swarm-key', 'k', '--election-voters', 'admitted', '--roster', '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs'], /--election-voters admitted and --roster contradict/],
+    [['--election-voters', 'admitted'], /--election-voters means something only in a mesh/],
     [['--scrub-mb-per-s', '-1'], /--scrub-mb-per-s/],
     [['--scrub-mb-per-s', 'fast'], /--scrub-mb-per-s/],
     [['--scrub-mb-per-s', ''], /--scrub-mb-per-s needs a value/],
@@ -177,7 +184,8 @@ test('--help and the README list every option, and the README names every option
   }
   for (const name of meshOnlyOptions) {
     assert.ok(meshSentence.includes(`\`${name}\``), `README names ${name} among the options that need --swarm-key`);
-    const value = name === '--bootstrap' ? '/ip4/127.0.0.1/tcp/4001' : name === '--site-peers' ? 'several' : name === '--roster' ? '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs' : '2';
+    const valid: Record<string, string> = { '--bootstrap': '/ip4/127.0.0.1/tcp/4001', '--site-peers': 'several', '--roster': '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs', '--election-voters': 'admitted', '--found-mesh': 'no' };
+    const value = valid[name] ?? '2';
     assert.throws(() => parseStartArgs([name, value]), ConfigError, `${name} without --swarm-key is refused`);
   }
 });

@@ -14,7 +14,7 @@ import { startSiteSupervisor, type MeshChildren, type SiteSupervisor } from '../
 import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { ANNOUNCE_MAX_BYTES, bootstrapPeerIdsOf, ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
-import { forgetPeerTopic, rosterMissingMax, routingTopic } from './messages.ts';
+import { forgetPeerTopic, rosterMissingMax, routingTopic, votersMax } from './messages.ts';
 import { ELECTION_RECORD_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { refuseWritesOrSkip } from '../../../test/support/refuse-writes.ts';
@@ -592,13 +592,35 @@ it('election frames: a request carries the candidate\'s roster and a refusal the
   assert.ok(bytes.byteLength <= ELECTION_MAX_BYTES);
 });
 
-it('admitted voters on the wire (hunt 168, not wired in the actor): the new fields are dropped and the new messages refused, a list of 10,000 PeerIds is refused by size before it is unpacked', () => {
+it('admitted voters on the wire (hunt 184): the new fields and messages parse, bounded; a malformed one drops the message; a list of 10,000 PeerIds is refused by size before it is unpacked', () => {
   const voters = { peers: ['a', 'b'], term: 2, seq: 1 };
-  assert.deepEqual(parseBalancerMessage({ type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'], voters: { term: 2, seq: 1 } }), { type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'] });
-  assert.deepEqual(parseBalancerMessage({ type: 'vote', term: 3, voterId: 'b', granted: false, voters }), { type: 'vote', term: 3, voterId: 'b', granted: false });
-  assert.deepEqual(parseBalancerMessage({ type: 'announce', term: 3, leaderId: 'a', table: { term: 3, leaderId: 'a', entries: [] }, voters: { ...voters, committed: true } }), { type: 'announce', term: 3, leaderId: 'a', table: { term: 3, leaderId: 'a', entries: [] } });
-  assert.equal(parseBalancerMessage({ type: 'voters', term: 3, voters }), null);
-  assert.equal(parseBalancerMessage({ type: 'votersHeld', term: 3, voterId: 'b', voters: { term: 2, seq: 1 } }), null);
+  const table = { term: 3, leaderId: 'a', entries: [] };
+  for (const good of [
+    { type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'], voters: { term: 2, seq: 1 } },
+    { type: 'requestVote', term: 3, candidateId: 'c', voters: { term: 0, seq: 0 } },
+    { type: 'vote', term: 3, voterId: 'b', granted: false, voters },
+    { type: 'vote', term: 3, voterId: 'b', granted: false, rosterMissing: ['d'], voters },
+    { type: 'announce', term: 3, leaderId: 'a', table, voters: { ...voters, committed: true } },
+    { type: 'voters', term: 3, voters },
+    { type: 'voters', term: 3, voters: { peers: [], term: 0, seq: 0 } },
+    { type: 'votersHeld', term: 3, voterId: 'b', voters: { term: 2, seq: 1 } },
+  ]) assert.deepEqual(parseBalancerMessage(good), good, JSON.stringify(good).slice(0, 80));
+  // A list is kept sorted (the reducer compares lists peer by peer), whatever order it came in.
+  assert.deepEqual(parseBalancerMessage({ type: 'voters', term: 3, voters: { peers: ['b', 'a'], term: 2, seq: 1 } }), { type: 'voters', term: 3, voters });
+  const tooMany = Array.from({ length: votersMax + 1 }, (_, i) => `p${i}`);
+  for (const bad of [
+    { type: 'requestVote', term: 3, candidateId: 'c', roster: ['b', 'c'], voters: { term: 2 } },
+    { type: 'requestVote', term: 3, candidateId: 'c', voters: { term: 2, seq: -1 } },
+    { type: 'vote', term: 3, voterId: 'b', granted: false, voters: { peers: 'a,b', term: 2, seq: 1 } },
+    { type: 'vote', term: 3, voterId: 'b', granted: false, voters: { peers: tooMany, term: 2, seq: 1 } },
+    { type: 'announce', term: 3, leaderId: 'a', table, voters },
+    { type: 'announce', term: 3, leaderId: 'a', table, voters: { ...voters, peers: ['a', 'a'], committed: false } },
+    { type: 'voters', term: 3 },
+    { type: 'voters', term: 3, voters: { peers: ['a', ''], term: 2, seq: 1 } },
+    { type: 'voters', term: 3, voters: { peers: ['a'], term: 2.5, seq: 1 } },
+    { type: 'votersHeld', term: 3, voters: { term: 2, seq: 1 } },
+    { type: 'votersHeld', term: 3, voterId: 'b', voters: { term: 2, seq: 'one' } },
+  ]) assert.equal(parseBalancerMessage(bad), null, JSON.stringify(bad).slice(0, 80));
   // From a swarm-key holder: over an election stream and over gossip alike, too large to be unpacked.
   const peerIds = Array.from({ length: 10_000 }, (_, i) => `12D3KooW${String(i).padStart(44, 'x')}`);
   const bytes = encodeEnvelope({ type: 'voters', term: 3, voters: { peers: peerIds, term: 2, seq: 1 } }, {});

@@ -37,6 +37,7 @@ import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
+import { parseVoters, parseVotersVersion } from './voters-codec.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -49,6 +50,7 @@ import {
   type RoutingEntry,
   type RoutingLimits,
   type RoutingTable,
+  type Voters,
 } from './messages.ts';
 
 export {
@@ -163,6 +165,13 @@ export interface BalancerServiceInit {
   sendsInFlightMax?: number;
   /** The kept election streams' bounds (election-streams.ts). */
   electionStreams?: Partial<ElectionStreamLimits>;
+  /**
+   * Admitted voters (BalancerConfig.votersThroughLeader, `--election-voters admitted`): off by default; on too, whatever
+   * this says, once the election record holds a list (the mode is persisted there). Not with a pinned roster.
+   */
+  votersThroughLeader?: boolean;
+  /** With votersThroughLeader, a first start founds the voters (`--found-mesh yes`); else it waits to be admitted. */
+  foundsVoters?: boolean;
   /** Actor name under `parent`. Default 'balancer'. */
   name?: string;
   onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
@@ -214,8 +223,9 @@ export interface BalancerService {
    * --bootstrap peers (BalancerConfig.bootstrapPeerIds), so that an operator sees why in /api/mesh.
    * `lacksRosterMajority`: present while this peer sees no strict majority of its roster alive (no leader can be
    * elected with it: see rosterMajorityLack), with the voters alive and counted.
+   * `voters`: the admitted voters and their version (hunt 184), present while this peer keeps them.
    */
-  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true; lacksRosterMajority?: { alive: number; voters: number } };
+  status(): { role: BalancerRole; term: number; votedFor: string | null; waitsToMeetBootstrapPeers?: true; lacksRosterMajority?: { alive: number; voters: number }; voters?: Voters };
   /** The election streams' counts, for tests. */
   electionStreamStats(): ElectionStreamStats;
   crashForTest(reason?: string): void;
@@ -252,16 +262,30 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
   switch (v.type) {
     case 'requestVote': {
       if (!id(v.candidateId)) return null;
-      // Absent from candidates before hunt 159: judged as before (see logic.ts, rosterMissingFrom).
-      if (v.roster === undefined) return { type: 'requestVote', term: v.term, candidateId: v.candidateId };
+      // Absent from candidates before hunt 159 (roster) and 168 (voters): judged as before (see logic.ts, rosterMissingFrom).
+      const version = optional(v.voters, parseVotersVersion);
+      if (version === null) return null;
+      const voters = version === undefined ? {} : { voters: version };
+      if (v.roster === undefined) return { type: 'requestVote', term: v.term, candidateId: v.candidateId, ...voters };
       if (!Array.isArray(v.roster) || v.roster.length > ENTRIES_MAX || !v.roster.every(id)) return null;
-      return { type: 'requestVote', term: v.term, candidateId: v.candidateId, roster: v.roster as string[] };
+      return { type: 'requestVote', term: v.term, candidateId: v.candidateId, roster: v.roster as string[], ...voters };
     }
     case 'vote': {
       if (!id(v.voterId) || typeof v.granted !== 'boolean') return null;
-      if (v.rosterMissing === undefined) return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted };
+      const listed = optional(v.voters, parseVoters);
+      if (listed === null) return null;
+      const voters = listed === undefined ? {} : { voters: listed };
+      if (v.rosterMissing === undefined) return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, ...voters };
       if (!Array.isArray(v.rosterMissing) || v.rosterMissing.length > rosterMissingMax || !v.rosterMissing.every(id)) return null;
-      return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, rosterMissing: v.rosterMissing as string[] };
+      return { type: 'vote', term: v.term, voterId: v.voterId, granted: v.granted, rosterMissing: v.rosterMissing as string[], ...voters };
+    }
+    case 'voters': {
+      const voters = parseVoters(v.voters);
+      return voters === null ? null : { type: 'voters', term: v.term, voters };
+    }
+    case 'votersHeld': {
+      const voters = parseVotersVersion(v.voters);
+      return !id(v.voterId) || voters === null ? null : { type: 'votersHeld', term: v.term, voterId: v.voterId, voters };
     }
     case 'newerTerm':
       return { type: 'newerTerm', term: v.term };
@@ -291,11 +315,21 @@ export function parseBalancerMessage(value: unknown): BalancerMessage | null {
           refilling: e.refilling ?? false,
         });
       }
-      return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries } };
+      // The leader's admitted voters (hunt 168), absent from leaders of earlier builds or without a list.
+      const listed = optional(v.voters, parseVoters);
+      const committed = (v.voters as { committed?: unknown } | undefined)?.committed;
+      if (listed === null || (listed !== undefined && typeof committed !== 'boolean')) return null;
+      const voters = listed === undefined ? {} : { voters: { ...listed, committed: committed as boolean } };
+      return { type: 'announce', term: v.term, leaderId: v.leaderId, table: { term: v.term, leaderId: v.leaderId, entries }, ...voters };
     }
     default:
       return null;
   }
+}
+
+/** An optional field: undefined when absent, else what `parse` makes of it (null: malformed, and so is the message). */
+function optional<T>(value: unknown, parse: (value: unknown) => T | null): T | null | undefined {
+  return value === undefined ? undefined : parse(value);
 }
 
 /** The peer IDs of a forget-peer message (see forgetPeerTopic); null for anything malformed. */
@@ -336,6 +370,11 @@ export function encodeForgetMessage(forgets: readonly RecentForget[], sentAtMs: 
 export function leaderSiteField(leaderId: string | null, members: readonly Pick<MemberRecord, 'peerId' | 'siteName'>[]): { leaderSite?: string } {
   const site = leaderId === null ? undefined : members.find((m) => m.peerId === leaderId)?.siteName;
   return site === undefined ? {} : { leaderSite: site };
+}
+
+function withoutVoters(durable: ElectionDurable): ElectionDurable {
+  const { voters: _dropped, ...rest } = durable;
+  return rest;
 }
 
 /** The peer a message claims to come from, which must be the authenticated sender. */
@@ -422,7 +461,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
-    s === null ? null : rosterMajorityLack(s.balancer.config.rosterPeerIds, new Set(membership.liveMembers().map((m) => m.peerId)), self);
+    s === null ? null : rosterMajorityLack(s.balancer.durable.voters?.peers ?? s.balancer.config.rosterPeerIds, new Set(membership.liveMembers().map((m) => m.peerId)), self);
 
   /**
    * Without a majority of its roster alive this peer neither elects nor forgets by absence (a mesh that lost half
@@ -602,7 +641,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const nowMs = clock.nowMs();
     // The record as last made durable: after a write that failed, what the disk holds may be newer, but it
     // was never acted on, and the page cache may hold a record that never reached the disk.
-    const durable = electionRecord.durable;
+    // A pinned roster is a fixed list of voters of its own: an admitted list is not kept beside it.
+    const durable = pinned ? withoutVoters(electionRecord.durable) : electionRecord.durable;
+    const admitsVoters = !pinned && (init.votersThroughLeader === true || durable.voters !== undefined);
     const file = pinned ? null : await loadRoster(init.dataDir);
     const peers = file === null ? new Map([...pinned!].map((p) => [p, { seenAtMs: nowMs, site: null, dicom: null }] as const)) : rosterAtStart(file.peers, self, nowMs);
     if (!peers.has(self)) peers.set(self, { seenAtMs: nowMs, site: null, dicom: null });
@@ -618,6 +659,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         stallMinMs: balancerTimings.stallMinMs,
         settleAfterStallMs: settleMs,
         ...(!pinned && (init.bootstrapPeerIds?.length ?? 0) > 0 ? { bootstrapPeerIds: init.bootstrapPeerIds } : {}),
+        ...(admitsVoters ? { votersThroughLeader: true, foundsVoters: init.foundsVoters === true } : {}),
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,
@@ -632,7 +674,13 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     table = null;
     // Once: later loads follow a state file not written (logged by noteStateWriteFailure) or a restart (logged
     // by the supervisor), and on a full disk they came twice a second.
-    if (!startedOnce) log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null });
+    if (!startedOnce) {
+      const voters = settled.durable.voters;
+      log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null, ...(admitsVoters ? { voters: voters?.peers.length ?? null } : {}) });
+      if (admitsVoters && init.votersThroughLeader !== true) log.warn('the election record holds admitted voters: this peer keeps them, though started without --election-voters admitted', { voters: voters?.peers.length });
+      if (init.foundsVoters === true && durable.voters !== undefined) log.warn('--found-mesh yes ignored: the election record already holds admitted voters', { voters: durable.voters.peers.length });
+      if (voters !== undefined && !voters.peers.includes(self)) log.info('this peer neither runs nor votes in elections until the mesh\'s leader admits it to the voters', { voters: voters.peers.length });
+    }
     // An operator wondering why this site neither leads nor votes finds it here (see BalancerConfig.bootstrapPeerIds).
     if (settled.durable.meshMet === false) log.info('this peer neither runs nor votes in elections until it has met one of its --bootstrap peers', { bootstrapPeerIds: settled.config.bootstrapPeerIds });
     startedOnce = true;
@@ -774,6 +822,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     } else {
       const unreachable: never = message;
       throw new Error(`unhandled balancer message ${JSON.stringify(unreachable)}`);
+    }
+    // Peers the roster dropped leave the admitted voters: the operator's forget-peer at once, the others through the leader.
+    const left = step.state.durable.voters === undefined ? [] : [...s.roster.peers.keys()].filter((peerId) => !roster.peers.has(peerId));
+    if (left.length > 0) {
+      const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds: left, by: message.type === 'forgetPeers' ? 'operator' : 'roster', nowMs });
+      step = { state: after.state, effects: [...step.effects, ...after.effects] };
     }
     const next: ActorState = { balancer: step.state, roster };
     current = next;
@@ -951,6 +1005,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         votedFor: b?.durable.votedFor ?? null,
         ...(b?.durable.meshMet === false ? { waitsToMeetBootstrapPeers: true as const } : {}),
         ...(lack === null ? {} : { lacksRosterMajority: { alive: lack.alive, voters: lack.voters } }),
+        ...(b?.durable.voters === undefined ? {} : { voters: { peers: [...b.durable.voters.peers], term: b.durable.voters.term, seq: b.durable.voters.seq } }),
       };
     },
     electionStreamStats: () => electionStreams.stats(),

@@ -8,6 +8,12 @@ export const routingTopic = 'pacs-mesh/routing/1';
 /** At most this many PeerIds in a refusal's rosterMissing: a candidate learns the rest at its next refusal. */
 export const rosterMissingMax = 32;
 /**
+ * At most this many admitted voters (hunt 184): a list travels whole in a request for votes (roster), a refusal and
+ * the election record, each held to 4 KiB (ELECTION_MAX_BYTES, the record's slot), where some 70 PeerIds of 52
+ * characters fit; a leader admits nobody past it (logic.ts, nextVotersChange) and a list longer is refused as input.
+ */
+export const votersMax = 64;
+/**
  * An operator's POST /api/forget-peer at one peer, passed on to every other so that all rosters drop the ghost;
  * republished once a minute for 7 days for the peers away then (recent-forgets.ts).
  */
@@ -165,20 +171,29 @@ export interface BalancerConfig {
    * leader admits, one peer at a time. A first start with bootstrap PeerIds begins with no voters (admitted by the
    * mesh's leader), a first start without them with itself alone, a record of an earlier version with none (its
    * rosterPeerIds count, as before, until it adopts the list a leader stamped). Absent or false: rosterPeerIds are
-   * the voters (a pinned roster, the mesh simulation, the actor for now: see docs/mesh-algorithms.md, "Admitted
+   * the voters (a pinned roster, the mesh simulation, the actor unless --election-voters admitted: see docs/mesh-algorithms.md, "Admitted
    * voters").
    */
   readonly votersThroughLeader?: boolean;
+  /**
+   * With votersThroughLeader, whether a first start (an empty record) founds the voters as their only member
+   * (`--found-mesh`, or a start without --bootstrap) or joins with none until the mesh's leader admits it. Absent:
+   * it founds them unless bootstrapPeerIds name another peer (the same --bootstrap list given to every site made
+   * every site a joiner, and none founded the list: docs/mesh-algorithms.md, "Admitted voters", founding).
+   */
+  readonly foundsVoters?: boolean;
   readonly routing: RoutingLimits;
 }
 
 export type BalancerInput =
   | { readonly type: 'tick'; readonly nowMs: number }
   /**
-   * Peers taken out of the roster for good (forget-peer, forget-site, a successor's replacement, a lost site name,
-   * rosterForgetAfterMs), already out of rosterPeerIds: they leave the admitted voters too (hunt 168).
+   * Peers taken out of the roster for good, already out of rosterPeerIds: they leave the admitted voters too (hunt
+   * 168). `by: 'operator'` (forget-peer): at once, at every peer it reaches. `by: 'roster'` (learnRoster's: forget-site,
+   * a successor's replacement, a lost site name, rosterForgetAfterMs): through the leader, one peer at a time once a
+   * majority holds the last change, as it admits (hunt 184; removing at once let two lists two changes apart elect).
    */
-  | { readonly type: 'peersForgotten'; readonly peerIds: readonly string[]; readonly nowMs: number }
+  | { readonly type: 'peersForgotten'; readonly peerIds: readonly string[]; readonly by: 'operator' | 'roster'; readonly nowMs: number }
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
   | {
       readonly type: 'messageReceived';

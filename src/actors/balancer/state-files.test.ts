@@ -3,7 +3,10 @@ import { mkdir, mkdtemp, open, readFile, readdir, readlink, rm, stat, writeFile 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { SLOT_BYTES } from '../../durable-file.ts';
+import { encodeEnvelope } from '../../codec/envelope.ts';
+import { createTwoSlotFile, SLOT_BYTES } from '../../durable-file.ts';
+import { ELECTION_MAX_BYTES } from './election-streams.ts';
+import { votersMax } from './messages.ts';
 import { ELECTION_RECORD_FILE, LEGACY_ELECTION_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
 
 async function dataDir(t: TestContext): Promise<string> {
@@ -156,4 +159,43 @@ test('election record: whether the peer has met the mesh (hunt 164) is kept with
   assert.deepEqual(await readElectionRecord(dir), { currentTerm: 2, votedFor: null, meshMet: true });
   await record.write({ currentTerm: 3, votedFor: 'peer-1' });
   assert.deepEqual(await readElectionRecord(dir), { currentTerm: 3, votedFor: 'peer-1' });
+});
+
+/** A PeerId's length and alphabet (Ed25519, as pacs-mesh creates them): what bounds how many voters fit a slot. */
+const peerIdLike = (i: number): string => `12D3KooW${String(i).padStart(44, 'A')}`;
+
+test('election record: the admitted voters (hunt 184) are kept with the term, up to votersMax PeerIds; a list past what a slot holds is a refused write', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  t.after(() => record.close());
+  const full = { peers: Array.from({ length: votersMax }, (_, i) => peerIdLike(i)).sort(), term: 7, seq: 3 };
+  await record.write({ currentTerm: 9, votedFor: peerIdLike(0), meshMet: true, voters: full });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 9, votedFor: peerIdLike(0), meshMet: true, voters: full });
+  // The same list fits a request for votes, which carries it as its roster.
+  const request = { type: 'requestVote', term: 9, candidateId: peerIdLike(0), roster: full.peers, voters: { term: 7, seq: 3 } };
+  assert.ok(encodeEnvelope(request, { maxBytes: ELECTION_MAX_BYTES }).length <= ELECTION_MAX_BYTES);
+  const tooMany = { peers: Array.from({ length: 80 }, (_, i) => peerIdLike(i)), term: 7, seq: 4 };
+  await assert.rejects(record.write({ currentTerm: 9, votedFor: null, voters: tooMany }), { code: 'ERR_BALANCER_STATE_WRITE' });
+  assert.deepEqual(record.durable.voters, full, 'unchanged');
+});
+
+test('election record: admitted voters that are not a bounded list of PeerIds make the record damaged (the start stops with the file named)', async (t) => {
+  const bad: unknown[] = [
+    'peer-a',
+    { peers: ['peer-a'], term: -1, seq: 0 },
+    { peers: ['peer-a'], term: 1 },
+    { peers: ['peer-a', ''], term: 1, seq: 0 },
+    { peers: ['peer-a', 'peer-a'], term: 1, seq: 0 },
+    { peers: Array.from({ length: votersMax + 1 }, (_, i) => `p${i}`), term: 1, seq: 0 },
+  ];
+  for (const voters of bad) {
+    const dir = await dataDir(t);
+    const file = await createTwoSlotFile(join(dir, ELECTION_RECORD_FILE), encodeEnvelope({ type: 'electionRecord', currentTerm: 2, votedFor: null, voters }));
+    await file.close();
+    await assert.rejects(readElectionRecord(dir), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'ERR_BALANCER_STATE_FILE', JSON.stringify(voters));
+      assert.match(err.message, /balancer-election\.rec is damaged \(admitted voters/);
+      return true;
+    });
+  }
 });

@@ -15,7 +15,8 @@ import { decodeEnvelope, encodeEnvelope } from '../../codec/envelope.ts';
 import { createTwoSlotFile, openTwoSlotFile, SLOT_PAYLOAD_MAX_BYTES, SlotFileError, type TwoSlotFile, writeFileDurably } from '../../durable-file.ts';
 import { decodeRosterFile, type RosterPeer } from './roster.ts';
 import { decodeRecentForgets, type RecentForget } from './recent-forgets.ts';
-import type { ElectionDurable } from './messages.ts';
+import { votersMax, type ElectionDurable } from './messages.ts';
+import { parseVoters } from './voters-codec.ts';
 
 export const ELECTION_RECORD_FILE = 'balancer-election.rec';
 /** The election record of builds before the two-slot file; now only a marker pointing to it. */
@@ -118,7 +119,8 @@ async function loadLegacyElection(dataDir: string): Promise<ElectionDurable | nu
 
 function encodeElectionRecord(durable: ElectionDurable): Uint8Array {
   const meshMet = durable.meshMet !== undefined ? { meshMet: durable.meshMet } : {};
-  return encodeEnvelope({ type: 'electionRecord', currentTerm: durable.currentTerm, votedFor: durable.votedFor, ...meshMet }, { maxBytes: SLOT_PAYLOAD_MAX_BYTES });
+  const voters = durable.voters !== undefined ? { voters: { peers: durable.voters.peers, term: durable.voters.term, seq: durable.voters.seq } } : {};
+  return encodeEnvelope({ type: 'electionRecord', currentTerm: durable.currentTerm, votedFor: durable.votedFor, ...meshMet, ...voters }, { maxBytes: SLOT_PAYLOAD_MAX_BYTES });
 }
 
 function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDurable {
@@ -131,7 +133,15 @@ function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDur
   if (v.type !== 'electionRecord' || !isElectionDurable(v)) throw damaged(dataDir, ELECTION_RECORD_FILE, 'not an election record');
   // Versions before hunt 164 write no meshMet (and ignore it when they read a record of a later one).
   if (v.meshMet !== undefined && typeof v.meshMet !== 'boolean') throw damaged(dataDir, ELECTION_RECORD_FILE, 'not an election record');
-  return { currentTerm: v.currentTerm as number, votedFor: v.votedFor as string | null, ...(typeof v.meshMet === 'boolean' ? { meshMet: v.meshMet } : {}) };
+  // Versions before hunt 184 write no voters, and drop them when they write a record read from a later one.
+  const voters = v.voters === undefined ? undefined : parseVoters(v.voters);
+  if (voters === null) throw damaged(dataDir, ELECTION_RECORD_FILE, `admitted voters that are not a list of at most ${votersMax} PeerIds`);
+  return {
+    currentTerm: v.currentTerm as number,
+    votedFor: v.votedFor as string | null,
+    ...(typeof v.meshMet === 'boolean' ? { meshMet: v.meshMet } : {}),
+    ...(voters !== undefined ? { voters } : {}),
+  };
 }
 
 /**

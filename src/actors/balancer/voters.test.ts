@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { initBalancer, newerVoters, stepBalancer, type BalancerState } from './logic.ts';
-import type { BalancerConfig, BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable, Voters } from './messages.ts';
+import { initBalancer, majorityOf, newerVoters, stepBalancer, type BalancerState } from './logic.ts';
+import { votersMax, type BalancerConfig, type BalancerEffect, type BalancerInput, type BalancerMessage, type ElectionDurable, type Voters } from './messages.ts';
 import { runSteps } from '../runtime/run-steps.ts';
 
 function configFor(selfPeerId: string, rosterPeerIds: readonly string[], extra: Partial<BalancerConfig> = {}): BalancerConfig {
@@ -43,6 +43,39 @@ test('a first peer starts as the only voter, a joiner as none, a record of an ea
   assert.equal(newerVoters({ peers: ['peer-a'], term: 1, seq: 0 }, { peers: ['peer-a', 'peer-x'], term: 1, seq: 0 }), true);
 });
 
+test('founding: with the same --bootstrap list at every site, only the site told to found the mesh starts as a voter, and it runs', () => {
+  const everySite = { bootstrapPeerIds: ['peer-a', 'peer-b', 'peer-c'] };
+  assert.deepEqual(initBalancer(configFor('peer-b', ['peer-b'], everySite), null).durable.voters?.peers, [], 'a joiner, as before');
+  const founder = initBalancer(configFor('peer-a', ['peer-a'], { ...everySite, foundsVoters: true }), null);
+  assert.deepEqual(founder.durable.voters, { peers: ['peer-a'], term: 0, seq: 0 });
+  const leads = run(founder, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 });
+  assert.equal(leads.state.role, 'leader', 'admitted, it has met the mesh: it leads alone');
+  assert.equal(leads.state.durable.meshMet, true);
+  // Started with --bootstrap (the same list everywhere), a roster of itself alone: the wait to meet the mesh (15 s
+  // wired) is for joiners, which cannot run here anyway, not for the founder.
+  const waiting = run({ ...founder, aloneCandidacyNotBeforeMs: 15_000 }, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 });
+  assert.equal(waiting.state.role, 'leader');
+  // Told to join, a site without --bootstrap PeerIds waits to be admitted too; a record already written keeps its list.
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: false }), null).durable.voters?.peers, []);
+  const kept: Voters = { peers: ['peer-a', 'peer-c'], term: 2, seq: 1 };
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), holding(3, kept)).durable.voters, kept, 'a record with a list keeps it');
+});
+
+test('upgrading a running mesh: told whether it founds, a record of an earlier version starts a list (the founder leads alone and admits the others); not told, it waits for the first stamp', () => {
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  const earlier: ElectionDurable = { currentTerm: 7, votedFor: 'peer-b' };
+  assert.equal(initBalancer(configFor('peer-a', roster), earlier).durable.voters, undefined, 'the simulation: the learnt roster counts until a leader stamps one');
+  const b = initBalancer(configFor('peer-b', roster, { foundsVoters: false }), earlier);
+  assert.deepEqual(b.durable, { ...earlier, voters: { peers: [], term: 0, seq: 0 } });
+  const view = [alive('peer-a', 1), alive('peer-b'), alive('peer-c', 2)];
+  assert.equal(run(b, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 5000 }).state.role, 'follower', 'best-ranked, not admitted: it does not run');
+  const founder = run(initBalancer(configFor('peer-a', roster, { foundsVoters: true }), earlier), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(founder.state.role, 'leader');
+  assert.deepEqual(founder.state.durable.voters, { peers: ['peer-a'], term: 8, seq: 0 }, 'a term above every term it voted in, stamped');
+  const admits = run(founder.state, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(persistedVoters(admits.effects), [{ peers: ['peer-a', 'peer-b'], term: 8, seq: 1 }], 'its own majority holds the stamp: one admitted');
+});
+
 test('two joiners that learnt one voter of the mesh do not elect beside it in its term (the election simulation, seed 204)', () => {
   // peer-a led term 1 with {peer-a, peer-b}; peer-d and peer-e joined through it while peer-b was away, learnt only
   // peer-a, and led term 1 with {peer-d, peer-e}: a majority of {peer-a, peer-d, peer-e} sharing no voter with peer-a's.
@@ -76,6 +109,23 @@ test('a leader stamps its voters with its term, then admits one peer of its rost
   assert.deepEqual(persistedVoters(wrongVersion.effects), [], 'an acknowledgement of another version does not count');
   const held = run(wrongVersion.state, received('peer-b', { type: 'votersHeld', term: 1, voterId: 'peer-b', voters: { term: 1, seq: 1 } }, 430), { type: 'tick', nowMs: 450 });
   assert.deepEqual(persistedVoters(held.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 }]);
+});
+
+test('a leader admits nobody past votersMax: the list must fit a request for votes and the election record', () => {
+  const peers = Array.from({ length: votersMax }, (_, i) => `peer-${String(i).padStart(3, '0')}`);
+  const self = peers[0] as string;
+  const view = [...peers.slice(0, majorityOf(peers)), 'peer-new'].map((peerId) => alive(peerId));
+  const leader: BalancerState = {
+    ...initBalancer(configFor(self, [...peers, 'peer-new']), holding(1, { peers, term: 1, seq: 0 }, self)),
+    role: 'leader',
+    leaderId: self,
+    votersHeldBy: peers.slice(0, majorityOf(peers)),
+  };
+  const ticked = run(leader, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 100 });
+  assert.equal(ticked.state.role, 'leader');
+  assert.deepEqual(persistedVoters(ticked.effects), [], 'peer-new alive in its roster, not admitted');
+  const fewer = run({ ...leader, durable: holding(1, { peers: peers.slice(0, -1), term: 1, seq: 0 }, self) }, { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.deepEqual(persistedVoters(fewer.effects).map((v) => v.peers.length), [votersMax], 'one below it, admitted');
 });
 
 test('a joiner adopts the leader\'s newer voters, persisted before its acknowledgement, and is admitted (it has met the mesh)', () => {
@@ -119,7 +169,7 @@ test('a voter grants no candidate holding older voters than its own, and its ref
 test('forgotten peers leave the voters at once: a follower keeps the version, the leader makes a new one, and a list with them forgotten supersedes its version', () => {
   const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x'], term: 1, seq: 2 };
   const b = initBalancer(configFor('peer-b', ['peer-a', 'peer-b', 'peer-c']), holding(1, voters));
-  const forgot = run(b, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 0 });
+  const forgot = run(b, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 });
   assert.deepEqual(forgot.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 1, seq: 2 });
   // peer-c, which the forgetting did not reach, takes it from peer-b's list of the same version.
   const c = initBalancer(configFor('peer-c', ['peer-a', 'peer-b', 'peer-c', 'peer-x']), holding(1, voters));
@@ -131,7 +181,7 @@ test('forgotten peers leave the voters at once: a follower keeps the version, th
   const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-b', 'peer-c', 'peer-x']), holding(1, voters, 'peer-a'));
   const leads = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b'), alive('peer-c')], nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10), received('peer-c', { type: 'vote', term: 2, voterId: 'peer-c', granted: true }, 11));
   assert.equal(leads.state.role, 'leader');
-  const dropped = run({ ...leads.state, config: { ...leads.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 100 });
+  const dropped = run({ ...leads.state, config: { ...leads.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 100 });
   assert.deepEqual(dropped.state.durable.voters, { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 1 });
 });
 
@@ -156,7 +206,7 @@ test('a candidate whose voters shrink (peers forgotten) to a list whose majority
   const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-x']), holding(1, { peers: ['peer-a', 'peer-x'], term: 1, seq: 1 }));
   const running = run(a, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-x')], nowMs: 0 });
   assert.equal(running.state.role, 'candidate');
-  const forgot = run({ ...running.state, config: { ...running.state.config, rosterPeerIds: ['peer-a'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 10 });
+  const forgot = run({ ...running.state, config: { ...running.state.config, rosterPeerIds: ['peer-a'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 10 });
   assert.deepEqual(forgot.state.durable.voters?.peers, ['peer-a']);
   const won = run(forgot.state, { type: 'viewChanged', members: [alive('peer-a')], nowMs: 20 }, { type: 'tick', nowMs: 600 });
   assert.equal(won.state.role, 'leader');
@@ -189,7 +239,10 @@ test('a mesh upgrading from an earlier version judges candidates by their roster
   assert.ok(sent(follows.effects).some((m) => m.to === 'peer-c' && m.message.type === 'votersHeld'));
 });
 
-test('a leader that forgets a voter while an admission is uncommitted: a cut-off voter and the forgotten one, back, elect beside it in one term', { todo: 'a leader removes at once, not one change at a time after a commit (docs/mesh-algorithms.md, "Admitted voters", removal; hunt 176)' }, () => {
+test('a leader whose roster forgets a voter while an admission is uncommitted keeps it until a commit: a cut-off voter and the forgotten one, back, cannot elect beside it in one term', () => {
+  // Hunt 176's hole: leader a holding {a, b, x} committed admits j (uncommitted: b cut off, x away), then forgets x
+  // (24 h absent). Removed at once, {a, b, x} and {a, b, j} were two changes apart and their majorities {b, x} and
+  // {a, j} shared no peer. The roster's removals now go through the leader, one change after a commit (hunt 184).
   const abx: Voters = { peers: ['peer-a', 'peer-b', 'peer-x'], term: 2, seq: 0 };
   const roster = ['peer-a', 'peer-b', 'peer-j', 'peer-x'];
   const leads = run(initBalancer(configFor('peer-a', roster), holding(1, { ...abx, term: 1 }, 'peer-a')), { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-x', 2)], nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10));
@@ -197,9 +250,9 @@ test('a leader that forgets a voter while an admission is uncommitted: a cut-off
   const committed = run(leads.state, received('peer-b', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 0 } }, 20));
   // peer-j comes, peer-b is cut off and peer-x away before either holds the admission; peer-x is forgotten (24 h).
   const admits = run(committed.state, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-j', 3)], nowMs: 30 });
-  const forgot = run({ ...admits.state, config: { ...admits.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-j'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], nowMs: 40 });
-  const abj = forgot.state.durable.voters as Voters;
-  assert.deepEqual(abj.peers, ['peer-a', 'peer-b', 'peer-j']);
+  const forgot = run({ ...admits.state, config: { ...admits.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-j'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'roster', nowMs: 40 });
+  const abjx = forgot.state.durable.voters as Voters;
+  assert.deepEqual(abjx, { peers: ['peer-a', 'peer-b', 'peer-j', 'peer-x'], term: 2, seq: 1 }, 'peer-x stays while the admission is uncommitted');
   // peer-b, holding {a, b, x}, and peer-x back, holding it too, see each other only.
   const bView = [alive('peer-b', 1), alive('peer-x', 2)];
   const b = run(initBalancer(configFor('peer-b', roster), holding(2, abx)), { type: 'viewChanged', members: bView, nowMs: 100 });
@@ -209,17 +262,55 @@ test('a leader that forgets a voter while an admission is uncommitted: a cut-off
   const vote = sent(run(x.state, received('peer-b', request, 110)).effects).find((m) => m.message.type === 'vote')?.message;
   assert.ok(vote !== undefined && vote.type === 'vote');
   const bWins = run(b.state, received('peer-x', vote, 120));
-  // peer-a restarts (or hears term 3 and runs again): with peer-j, both holding {a, b, j}, it elects in the same term.
+  assert.equal(bWins.state.role, 'leader', 'a majority of {a, b, x}: the newest list a majority held');
+  // peer-a restarts (or hears term 3 and runs again) beside peer-j, both holding {a, b, j, x}: two of four, no candidacy.
   const aView = [alive('peer-a'), alive('peer-j', 3)];
-  const a = run(initBalancer(forgot.state.config, forgot.state.durable), { type: 'viewChanged', members: aView, nowMs: 2000 });
-  const j = run(initBalancer(configFor('peer-j', roster), holding(2, abj)), { type: 'viewChanged', members: aView, nowMs: 2000 });
-  const ask = sent(a.effects).find((m) => m.to === 'peer-j' && m.message.type === 'requestVote')?.message;
-  assert.ok(ask !== undefined && ask.type === 'requestVote');
-  const granted = sent(run(j.state, received('peer-a', ask, 2010)).effects).find((m) => m.message.type === 'vote')?.message;
-  assert.ok(granted !== undefined && granted.type === 'vote');
-  const aWins = run(a.state, received('peer-j', granted, 2020));
-  const leaders = [bWins.state, aWins.state].filter((s) => s.role === 'leader').map((s) => s.durable.currentTerm);
-  assert.ok(leaders.length < 2 || leaders[0] !== leaders[1], `two leaders of term ${leaders[0]}`);
+  const a = run(initBalancer(forgot.state.config, forgot.state.durable), { type: 'viewChanged', members: aView, nowMs: 2000 }, { type: 'tick', nowMs: 4000 });
+  assert.notEqual(a.state.role, 'leader');
+  assert.deepEqual(sent(a.effects).filter((m) => m.message.type === 'requestVote'), []);
+  // Once a majority holds the admission, the leader takes peer-x out: one change, committed before the next.
+  const held = run(forgot.state, received('peer-j', { type: 'votersHeld', term: 2, voterId: 'peer-j', voters: { term: 2, seq: 1 } }, 50), received('peer-b', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 1 } }, 60), { type: 'tick', nowMs: 70 });
+  assert.deepEqual(persistedVoters(held.effects), [{ peers: ['peer-a', 'peer-b', 'peer-j'], term: 2, seq: 2 }]);
+});
+
+test('a leader takes the voters its roster forgot out one at a time, each once a majority holds the last; the operator\'s forget-peer at once', () => {
+  const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x', 'peer-y'], term: 2, seq: 0 };
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const leader: BalancerState = { ...initBalancer(configFor('peer-a', ['peer-a', 'peer-b', 'peer-c']), holding(2, voters, 'peer-a')), role: 'leader', leaderId: 'peer-a', members: view, votersHeldBy: ['peer-a', 'peer-b', 'peer-c'] };
+  const first = run(leader, { type: 'peersForgotten', peerIds: ['peer-x', 'peer-y'], by: 'roster', nowMs: 0 }, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(persistedVoters(first.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c', 'peer-y'], term: 2, seq: 1 }]);
+  const held = (voterId: string, nowMs: number): BalancerInput => received(voterId, { type: 'votersHeld', term: 2, voterId, voters: { term: 2, seq: 1 } }, nowMs);
+  const second = run(first.state, held('peer-b', 200), held('peer-c', 210), { type: 'tick', nowMs: 300 });
+  assert.deepEqual(persistedVoters(second.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 2 }]);
+  // A voter its roster lacks but never forgot (admitted by an earlier leader, never seen alive here) stays: taken
+  // out, a list lost its live majority when two others were killed (the election simulation, seed 569).
+  const unseen = run({ ...leader, durable: holding(2, { ...voters, peers: ['peer-a', 'peer-b', 'peer-c', 'peer-z'] }, 'peer-a') }, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(persistedVoters(unseen.effects), []);
+  // A follower the roster's forgetting reached keeps its list: the leader's change reaches it.
+  const follower = initBalancer(configFor('peer-b', ['peer-a', 'peer-b', 'peer-c']), holding(2, voters));
+  assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'roster', nowMs: 0 }).state.durable.voters, voters);
+  assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 }).state.durable.voters?.peers, ['peer-a', 'peer-b', 'peer-c', 'peer-y']);
+});
+
+test('a voter holding a list refuses a candidate without one (its learnt roster\'s majority need not meet the list\'s), and its refusal carries the list', () => {
+  // Hunt 184's process test, the record's list not written: site-a came back without a list and led term 3 with the
+  // votes of b and c, granted by the roster check. Beside voters that elect by the list, a candidate counting a majority
+  // of a larger learnt roster (joiners in learnt mode among it) could lead a term they lead too.
+  const abc: Voters = { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 2 };
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const b = run(initBalancer(configFor('peer-b', roster), holding(2, abc)), { type: 'viewChanged', members: view, nowMs: 0 });
+  const asked = run(b.state, received('peer-a', { type: 'requestVote', term: 3, candidateId: 'peer-a', roster }, 10));
+  const answer = sent(asked.effects).find((m) => m.message.type === 'vote')?.message;
+  assert.ok(answer !== undefined && answer.type === 'vote');
+  assert.equal(answer.granted, false);
+  assert.deepEqual(answer.voters, abc);
+  // A candidate in admitted mode without a list yet (a record of an earlier build) takes it and ends that candidacy.
+  const a = run(initBalancer(configFor('peer-a', roster), { currentTerm: 2, votedFor: null }), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(a.state.role, 'candidate');
+  const taught = run(a.state, received('peer-b', answer, 20));
+  assert.deepEqual(taught.state.durable.voters, abc);
+  assert.equal(taught.state.role, 'follower');
 });
 
 test('a new leader admits nobody before a majority holds its stamp, and a voter takes a newer list a candidate carries', () => {

@@ -1,0 +1,61 @@
+/**
+ * Admitted voters wired in the actor (hunt 184; docs/mesh-algorithms.md, "Admitted voters"): three real peers with
+ * `--election-voters admitted`, site-a founding the mesh (`--found-mesh yes`). The founder leads alone, admits the two
+ * others one at a time (each peer's /api/mesh `balancer.voters`), and after a kill -9 of the leader the two
+ * survivors, both admitted, elect a new leader among themselves in a higher term. Restarted without the option, the
+ * killed peer keeps the mode (its election record holds the list) and follows.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { eventually, newCluster, type MeshStatus, type PeerProcess } from './support.ts';
+
+type Status = MeshStatus & { balancer?: { role?: string; term?: number; voters?: { peers: string[]; term: number; seq: number } } };
+
+const admitted = ['--election-voters', 'admitted'];
+const statusOf = async (peer: PeerProcess): Promise<Status> => (await peer.status()) as Status;
+
+test('admitted voters: the founder leads alone, admits the two others, and after a kill -9 of the leader the survivors elect one of them', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a', { extraArgs: [...admitted, '--found-mesh', 'yes'] });
+  const aId = (await statusOf(a)).self.peerId!;
+  await eventually(async () => (await statusOf(a)).leader?.peerId === aId, 30_000, async () => JSON.stringify((await statusOf(a)).balancer));
+  assert.deepEqual((await statusOf(a)).balancer?.voters?.peers, [aId], 'the founder alone');
+  const [b, c] = await Promise.all([cluster.start('site-b', { extraArgs: admitted }), cluster.start('site-c', { extraArgs: admitted })]);
+  const peers = [a, b, c];
+  const ids = (await Promise.all(peers.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
+  // Every peer holds the same list of all three (two admissions, each committed before the next), and follows one leader.
+  const agreed = async (among: PeerProcess[]): Promise<Status[] | null> => {
+    const seen = await Promise.all(among.map(statusOf));
+    const first = seen[0]!;
+    const same = seen.every((s) => s.leader != null && s.leader.peerId === first.leader?.peerId && s.leader.term === first.leader?.term && JSON.stringify(s.balancer?.voters) === JSON.stringify(first.balancer?.voters));
+    return same ? seen : null;
+  };
+  const describe = async (among: PeerProcess[]) => JSON.stringify(await Promise.all(among.map(async (p) => ({ site: p.site, leader: (await statusOf(p)).leader, balancer: (await statusOf(p)).balancer }))));
+  await eventually(async () => {
+    const seen = await agreed(peers);
+    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
+  }, 60_000, () => describe(peers));
+  const before = (await statusOf(a)).leader!;
+  const voters = (await statusOf(a)).balancer!.voters!;
+  assert.ok(voters.seq >= 2, `two admissions at least: ${JSON.stringify(voters)}`);
+  const leader = peers.find((p) => p.site === before.site)!;
+  await leader.kill9();
+  const survivors = peers.filter((p) => p !== leader);
+  await eventually(async () => {
+    const seen = await agreed(survivors);
+    const now = seen?.[0]?.leader;
+    return now != null && now.term > before.term && now.peerId !== before.peerId && ids.includes(now.peerId);
+  }, 60_000, () => describe(survivors));
+  const after = (await statusOf(survivors[0]!)).balancer?.voters;
+  t.diagnostic(`voters ${JSON.stringify(voters)}; leader ${before.site} term ${before.term} killed; then ${JSON.stringify((await statusOf(survivors[0]!)).leader)}`);
+  assert.deepEqual(after?.peers, ids, 'the killed leader is still a voter (not forgotten): two of three elect');
+  // The mode is kept in the election record: the killed peer, restarted without the option, still holds the list
+  // (the newest, from the new leader) and follows that leader; it says why in its log.
+  const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await statusOf(survivors[0]!)).self.multiaddrs!.slice(0, 1) });
+  const all = [...survivors, back];
+  await eventually(async () => {
+    const seen = await agreed(all);
+    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
+  }, 60_000, () => describe(all));
+  assert.match(back.output(), /the election record holds admitted voters: this peer keeps them/);
+});
