@@ -118,20 +118,31 @@ const SOURCE_PATCHES = [
       '    return WriteBackIfDue();\n',
   },
   {
-    name: 'catalog-compaction-verifies-checksums',
+    name: 'store-compactions-verify-checksums',
     file: join('deps', 'leveldb', 'leveldb-1.20', 'db', 'version_set.cc'),
     anchor: '  options.verify_checksums = options_->paranoid_checks;\n  options.fill_cache = false;\n',
     replacement:
-      '  // pacs-mesh: a compaction of the catalog database (store/catalog) reads its input tables with their block\n' +
-      '  // checksums checked, as paranoid_checks would (without its stricter log recovery): a damaged block fails\n' +
-      '  // the compaction with a Corruption, which the store marks for the catalog\'s rebuild; unchecked, its bytes\n' +
-      '  // were rewritten under fresh checksums, or keys that decoded out of order failed an assertion in\n' +
-      '  // TableBuilder::Add and aborted the process (hunt 172). Not the blob database: nothing rebuilds it, a\n' +
-      '  // failed compaction would refuse its writes for good, and every chunk it holds is checked by its\n' +
-      '  // instance\'s SHA-256 when read (a damaged copy is replaced from another site).\n' +
+      '  // pacs-mesh: a compaction of the store\'s databases (store/catalog, store/blobs) reads its input tables with\n' +
+      '  // their block checksums checked, as paranoid_checks would (without its stricter log recovery): a damaged\n' +
+      '  // block fails the compaction with a Corruption, which the store marks for the catalog\'s rebuild or the\n' +
+      '  // blob database\'s repair at the next start; unchecked, its bytes were rewritten under fresh checksums, or\n' +
+      '  // keys that decoded out of order failed an assertion in TableBuilder::Add and aborted the process, at\n' +
+      '  // every start (hunts 172 and 183).\n' +
       '  options.verify_checksums = options_->paranoid_checks ||\n' +
-      '      (dbname_.size() >= 8 && dbname_.compare(dbname_.size() - 8, 8, "/catalog") == 0);\n' +
+      '      (dbname_.size() >= 8 && dbname_.compare(dbname_.size() - 8, 8, "/catalog") == 0) ||\n' +
+      '      (dbname_.size() >= 6 && dbname_.compare(dbname_.size() - 6, 6, "/blobs") == 0);\n' +
       '  options.fill_cache = false;\n',
+  },
+  {
+    name: 'repair-verifies-checksums',
+    file: join('deps', 'leveldb', 'leveldb-1.20', 'db', 'repair.cc'),
+    anchor: '    ReadOptions r;\n    r.verify_checksums = options_.paranoid_checks;\n',
+    replacement:
+      '    // pacs-mesh: RepairDB (the blob database\'s repair at a start after damage) skips a block whose checksum\n' +
+      '    // fails and copies the table\'s other blocks; unchecked, it kept the damaged block\'s decoded bytes, and\n' +
+      '    // keys decoded out of order aborted the process in TableBuilder::Add (hunt 183).\n' +
+      '    ReadOptions r;\n' +
+      '    r.verify_checksums = true;\n',
   },
 ];
 
@@ -192,7 +203,7 @@ function patchesBuilt() {
 /** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
 function leveldbBuildStatus() {
   const version = builtForVersion();
-  if (version !== undefined) return `built here with SSE4.2 CRC32C, full logs synced, tables written back per MiB and catalog compactions checking checksums (classic-level ${version})`;
+  if (version !== undefined) return `built here with SSE4.2 CRC32C, full logs synced, tables written back per MiB and store compactions and repairs checking checksums (classic-level ${version})`;
   // An earlier build (without some of SOURCE_PATCHES) is still the one node-gyp-build loads until it is rebuilt.
   if (existsSync(join(releaseDir, 'classic_level.node'))) {
     const done = patchesBuilt();
@@ -323,7 +334,7 @@ function build() {
     copyFileSync(join(copy, 'build', 'Release', 'classic_level.node'), `${addon}.new`);
     renameSync(`${addon}.new`, addon);
     writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags, patches: SOURCE_PATCHES.map((patch) => patch.name), sourceHash: patchedSourceHash() })}\n`);
-    say('LevelDB built with SSE4.2 CRC32C, full logs synced, tables written back per MiB and catalog compactions checking checksums');
+    say('LevelDB built with SSE4.2 CRC32C, full logs synced, tables written back per MiB and store compactions and repairs checking checksums');
   } catch (error) {
     rmSync(join(packageDir, 'build'), { recursive: true, force: true });
     // The compiler's or make's own error line says more than node-gyp's closing "not ok".

@@ -1,9 +1,10 @@
 /**
- * The compaction patch (scripts/build-leveldb.js): a compaction of a database named catalog (the store's) reads
- * its input blocks with their checksums checked. A byte flipped in a table of the catalog's (Snappy-compressed) must
- * fail the compaction with a Corruption, which the store marks for a rebuild; unchecked, the damaged block
- * was decoded and rewritten under fresh checksums, or keys that decoded out of order aborted the process in
- * TableBuilder::Add (hunt 172). The installed addon when npm install built it from the current patches (what
+ * The compaction patch (scripts/build-leveldb.js): a compaction of a database named catalog or blobs (the store's)
+ * reads its input blocks with their checksums checked. A byte flipped in a table of one must fail the compaction
+ * with a Corruption, which the store marks for the catalog's rebuild or the blob database's repair; unchecked, the
+ * damaged block was decoded and rewritten under fresh checksums, or keys that decoded out of order aborted the
+ * process in TableBuilder::Add (hunts 172, 183). And the repair patch: LevelDB's RepairDB drops the damaged block
+ * and keeps the table's others. The installed addon when npm install built it from the current patches (what
  * peers load), else one built in a scratch copy (~1.5 min; the installed addon is not touched).
  */
 import assert from 'node:assert/strict';
@@ -14,11 +15,12 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { cannotBuildPatchedLevelDb as why, patchedLevelDbPackage } from '../support/patched-leveldb.ts';
 
-test('a compaction meeting a damaged table block fails with a Corruption: the block is neither rewritten as good nor the process aborted', { skip: why ?? false, timeout: 600_000 }, () => {
+for (const database of ['catalog', 'blobs']) {
+test(`a compaction of the store's ${database} database meeting a damaged table block fails with a Corruption: the block is neither rewritten as good nor the process aborted; RepairDB keeps the table's other blocks`, { skip: why ?? false, timeout: 600_000 }, () => {
   const scratch = mkdtempSync(join(tmpdir(), 'pacs-leveldb-compaction-'));
   try {
     const copy = patchedLevelDbPackage(scratch);
-    const dbPath = join(scratch, 'catalog');
+    const dbPath = join(scratch, database);
     const run = (script: string) => spawnSync(process.execPath, ['-e', `const { ClassicLevel } = require(${JSON.stringify(copy)});\n${script}`], { encoding: 'utf8', timeout: 120_000 });
     // Two overlapping tables (the same keys written twice, a flush between), so a compaction must read both.
     const filled = run(`(async () => {
@@ -60,7 +62,24 @@ test('a compaction meeting a damaged table block fails with a Corruption: the bl
     const result = JSON.parse(compacted.stdout.trim().split('\n').at(-1)!) as { outcome: string; code?: string; message?: string };
     assert.equal(result.outcome, 'failed', 'the compaction rewrote a damaged block as good: a write after it succeeded');
     assert.match(`${result.code} ${result.message}`, /corrupt/i);
+    const repaired = run(`(async () => {
+      await ClassicLevel.repair(${JSON.stringify(dbPath)});
+      const db = new ClassicLevel(${JSON.stringify(dbPath)}, { valueEncoding: 'utf8' });
+      await db.open();
+      let kept = 0;
+      for await (const [key, value] of db.iterator({ gte: 'd!', lt: 'd~' })) {
+        if (!/^d!1\\.2\\.3\\.\\d{6}!site-[01]$/.test(key) || !/^owed since \\d{13}$/.test(value)) throw new Error('a damaged record was kept: ' + JSON.stringify(key).slice(0, 80));
+        kept++;
+      }
+      await db.close();
+      console.log(JSON.stringify({ kept }));
+    })().catch((e) => { console.error(e.message); process.exit(1); });`);
+    assert.equal(repaired.status, 0, `the repair failed or ended the process (status ${repaired.status}, signal ${repaired.signal}): ${repaired.stderr.slice(-500)}`);
+    const { kept } = JSON.parse(repaired.stdout.trim().split('\n').at(-1)!) as { kept: number };
+    // The other table's copy of every key, and the damaged table's other blocks.
+    assert.ok(kept >= 20000 && kept < 40000, `records kept by the repair: ${kept}`);
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
 });
+}
