@@ -47,6 +47,11 @@ test('a mesh site\'s data directory run alone on purpose (--standalone yes) says
   assert.match(owingMore, /was a mesh site knowing site-b; at least 10000 copies owed,/);
 });
 
+test('a count of instances the catalog could not make says unknown, and why (hunt 183: the cell was empty)', () => {
+  const page = statusPageHtml({ self: { site: 'alone' }, instances: null, instancesUnknown: 'Corruption: bad block', leader: null, members: [] }, true);
+  assert.match(page, /<th>instances here<\/th><td>unknown: Corruption: bad block<\/td>/);
+});
+
 test('values heard from other peers are escaped: a site name cannot inject markup', () => {
   const hostile = '<script>alert(1)</script>"\'&';
   const page = statusPageHtml({ ...meshStatus, members: [{ ...meshStatus.members[0], site: hostile, http: '"><img src=x>' }], custody: { knownSites: [{ site: hostile, debtEntries: 1 }] } }, true);

@@ -48,7 +48,8 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     ['AE title', text(self.aeTitle)],
     ['DICOM', addressOf(self.dicom)],
     ['PeerId', text(self.peerId) || 'none (not in a mesh)'],
-    ['instances here', text(status.instances)],
+    // null when the catalog's damage failed the count (/api/mesh instancesUnknown, hunt 183): an empty cell read as none.
+    ['instances here', status.instances === null ? `unknown: ${text(status.instancesUnknown)}` : text(status.instances)],
     ['associations open', text(status.activeAssociations)],
     ['leader', leaderPeerId ? `${text(leader.site)} (term ${text(leader.term)})` : `none${noLeaderReason(record(status.balancer))}`],
   ];
