@@ -37,7 +37,7 @@ import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
-import { parseVoters, parseVotersVersion } from './voters-codec.ts';
+import { isPeerId, parseVoters, parseVotersVersion } from './voters-codec.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
@@ -256,7 +256,7 @@ interface ActorState {
 export function parseBalancerMessage(value: unknown): BalancerMessage | null {
   if (typeof value !== 'object' || value === null) return null;
   const v = value as Record<string, unknown>;
-  const id = (x: unknown): x is string => typeof x === 'string' && x.length > 0 && x.length <= STRING_MAX_CHARS;
+  const id = isPeerId;
   const term = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
   if (!term(v.term)) return null;
   switch (v.type) {

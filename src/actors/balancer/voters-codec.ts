@@ -7,7 +7,8 @@ import { votersMax, type Voters, type VotersVersion } from './messages.ts';
 /** A PeerId in a list: what a peer of any build sends is far shorter (52 characters for Ed25519). */
 const peerIdMaxChars = 256;
 
-const isPeerId = (x: unknown): x is string => typeof x === 'string' && x.length > 0 && x.length <= peerIdMaxChars;
+/** Also how parseBalancerMessage checks every PeerId it reads. */
+export const isPeerId = (x: unknown): x is string => typeof x === 'string' && x.length > 0 && x.length <= peerIdMaxChars;
 const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 
 export function parseVotersVersion(value: unknown): VotersVersion | null {
