@@ -83,6 +83,11 @@ export interface PeerConfig {
    * undefined: 15 s. No option: tests set it through PACS_MESH_JOIN_WAIT_MS (testTimingsFromEnv).
    */
   joinWaitAfterStartMs?: number;
+  /**
+   * Keys one repair exchange lists at most (CustodyTuning.repairKeysMax); undefined: 2,000. No option: tests
+   * set it through PACS_MESH_REPAIR_KEYS_MAX (testTimingsFromEnv) to make a small archive's refill last.
+   */
+  repairKeysMax?: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -365,10 +370,11 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
 /**
  * The environment variables that shorten a peer's waits for tests, read here alone (no operator needs them:
  * they are not options). PACS_MESH_ISOLATION_CHECK_MS: PeerConfig.isolationCheckMs (1 ms or more);
- * PACS_MESH_JOIN_WAIT_MS: PeerConfig.joinWaitAfterStartMs (0 or more). Unset or empty: the defaults.
+ * PACS_MESH_JOIN_WAIT_MS: PeerConfig.joinWaitAfterStartMs (0 or more); PACS_MESH_REPAIR_KEYS_MAX:
+ * PeerConfig.repairKeysMax (1 or more: a slow refill). Unset or empty: the defaults.
  */
-export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs'> {
-  const timings: Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs'> = {};
+export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax'> {
+  const timings: Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax'> = {};
   const read = (name: string, leastMs: number): number | undefined => {
     const value = env[name];
     if (value === undefined || value === '') return undefined;
@@ -380,6 +386,8 @@ export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'is
   if (isolationCheckMs !== undefined) timings.isolationCheckMs = isolationCheckMs;
   const joinWaitAfterStartMs = read('PACS_MESH_JOIN_WAIT_MS', 0);
   if (joinWaitAfterStartMs !== undefined) timings.joinWaitAfterStartMs = joinWaitAfterStartMs;
+  const repairKeysMax = read('PACS_MESH_REPAIR_KEYS_MAX', 1);
+  if (repairKeysMax !== undefined) timings.repairKeysMax = repairKeysMax;
   return timings;
 }
 

@@ -248,7 +248,10 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       // Told where others are, or a new identity: a new site, or one restored on an empty disk that the
       // others reconnect to within a second or two (its old address); a mesh's very first site waits too.
       expectsOtherSites: (config.bootstrap?.length ?? 0) > 0 || node.identityCreated,
-      ...(config.joinWaitAfterStartMs === undefined ? {} : { tuning: { joinWaitAfterStartMs: config.joinWaitAfterStartMs } }),
+      tuning: {
+        ...(config.joinWaitAfterStartMs === undefined ? {} : { joinWaitAfterStartMs: config.joinWaitAfterStartMs }),
+        ...(config.repairKeysMax === undefined ? {} : { repairKeysMax: config.repairKeysMax }),
+      },
       onCrash: init.supervisor.crashHandler('custody'),
     });
     stopping.unshift((deadline) => custody.stop(deadline));

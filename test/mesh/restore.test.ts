@@ -12,17 +12,12 @@ import { makeInstanceWithInfo } from '../support/synthetic-dicom.ts';
 import { runTool } from '../support/dicom-tools.ts';
 import { eventually, startThreeSites, type PeerProcess } from './support.ts';
 
+const env = { TCP_NODELAY: '1' };
+
 test('a site restored on an empty disk without --bootstrap rejoins, and answers searches whole or not at all', { timeout: 120_000 }, async (t) => {
   const { cluster, a, c } = await startThreeSites(t);
-  const dir = join(cluster.root, 'files');
-  mkdirSync(dir);
-  const study = `1.2.826.0.1.3680043.10.1453.98.${Date.now()}`;
   const count = 40;
-  for (let i = 0; i < count; i++) writeFileSync(join(dir, `f${i}.dcm`), makeInstanceWithInfo({ rows: 8, columns: 8, study: { uid: study } }).bytes);
-  const env = { TCP_NODELAY: '1' };
-  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '+sd', '127.0.0.1', String(a.dicomPort), dir], { env, timeoutMs: 60_000 });
-  assert.equal(stored.code, 0, stored.stderr);
-  await eventually(async () => (await c.status()).instances === count, 30_000, async () => `C holds ${(await c.status()).instances}`);
+  const study = await storeStudyHeldAtC(cluster.root, a, c, count);
 
   const ports = { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort };
   const oldPeerId = (await c.status()).self.peerId;
@@ -55,6 +50,44 @@ test('a site restored on an empty disk without --bootstrap rejoins, and answers 
   assert.notEqual(status.self.peerId, oldPeerId, 'a new identity');
   assert.equal(status.instances, count);
   assert.equal(status.members?.filter((m) => m.alive).length, 3, JSON.stringify(status.members));
+});
+
+test('a site refilling a small archive for longer than its first 5 s answers searches whole or not at all, all through the refill (hunt 187)', { timeout: 240_000 }, async (t) => {
+  const { cluster, a, c } = await startThreeSites(t);
+  // Under the balancer's refilling threshold (200 behind): the leader's table never marks the site.
+  const count = 48;
+  const study = await storeStudyHeldAtC(cluster.root, a, c, count);
+
+  const ports = { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort };
+  await c.kill9();
+  rmSync(c.dataDir, { recursive: true, force: true });
+  // 4 keys per repair exchange, one exchange every 2 s: the refill of 48 lasts well past the first 5 s, as a
+  // larger small archive's (or a slower link's) would.
+  const restored = await cluster.start('site-c', { dataDir: c.dataDir, ports, repairKeysMax: 4 });
+  const answers: string[] = [];
+  let whole = 0;
+  let refused = 0;
+  for (let tries = 0; tries < 400 && whole < 3; tries++) {
+    const r = await runTool('findscu', ['-v', '-S', '-aec', 'PACSMESH', '-k', 'QueryRetrieveLevel=IMAGE', '-k', `StudyInstanceUID=${study}`, '-k', 'SOPInstanceUID', '127.0.0.1', String(ports.dicom)], { env, timeoutMs: 20_000 });
+    const out = r.stdout + r.stderr;
+    const status = /Received Final Find Response \(([^)]*)\)/.exec(out)?.[1];
+    const matches = (out.match(/Find Response: \d+ \(Pending/g) ?? []).length;
+    const held = (await restored.status()).instances;
+    answers.push(`${status ?? 'no answer'}, ${matches} matches (${held} held)`);
+    if (status === 'Success') {
+      assert.equal(matches, count, `a Success with part of the matches: ${answers.join('; ')}`);
+      whole++;
+    } else refused++;
+    // QIDO-RS too: refused (503, retry) or whole, never part of the study.
+    const qido = await fetch(`http://127.0.0.1:${ports.http}/dicom-web/studies/${study}/instances`, { headers: { accept: 'application/dicom+json' }, redirect: 'manual' });
+    const body = await qido.text();
+    if (qido.status === 200) assert.equal((JSON.parse(body) as unknown[]).length, count, `QIDO-RS answered part of the study: ${answers.join('; ')}`);
+    else assert.ok(qido.status === 503 || qido.status === 307, `QIDO-RS ${qido.status}: ${body}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.ok(whole >= 3, `never answered whole: ${answers.join('; ')}`);
+  assert.ok(refused > 0, `never refused: ${answers.join('; ')}`);
+  assert.equal((await restored.status()).instances, count);
 });
 
 test('a site forgotten at one peer is forgotten at every peer, one restored from a backup taken before the forgetting included', { timeout: 180_000 }, async (t) => {
@@ -104,6 +137,18 @@ test('a site forgotten at one peer is forgotten at every peer, one restored from
   assert.equal(savedAt(restored, cPeerId), false, 'site-c is still among the peers the restored site-b saved');
   assert.equal(savedAt(a, cPeerId), false, 'site-c is still among the peers site-a (where it was forgotten) saved');
 });
+
+/** A study of `count` small instances stored at `a`, once `c` holds them all; returns its UID. */
+async function storeStudyHeldAtC(root: string, a: PeerProcess, c: PeerProcess, count: number): Promise<string> {
+  const dir = join(root, 'files');
+  mkdirSync(dir);
+  const study = `1.2.826.0.1.3680043.10.1453.98.${Date.now()}`;
+  for (let i = 0; i < count; i++) writeFileSync(join(dir, `f${i}.dcm`), makeInstanceWithInfo({ rows: 8, columns: 8, study: { uid: study } }).bytes);
+  const stored = await runTool('storescu', ['-aec', 'PACSMESH', '+sd', '127.0.0.1', String(a.dicomPort), dir], { env, timeoutMs: 60_000 });
+  assert.equal(stored.code, 0, stored.stderr);
+  await eventually(async () => (await c.status()).instances === count, 30_000, async () => `C holds ${(await c.status()).instances}`);
+  return study;
+}
 
 /** Whether `peer`'s saved peer addresses (DIR/known-peers.json) name `peerId`. */
 function savedAt(peer: PeerProcess, peerId: string): boolean {

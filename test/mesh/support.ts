@@ -66,11 +66,12 @@ export class MeshCluster {
    * characters); `logLevel` defaults to warn; `readyTimeoutMs` (default 90 s: a bound for a hang; a peer at load 20-29 took over 30 s to start (hunt 139)) bounds the wait for /healthz;
    * `isolationCheckMs`: the peer's check whether it serves alone runs this long after its start and at this interval
    * (PACS_MESH_ISOLATION_CHECK_MS), instead of 15 s and 10 minutes; `joinWaitAfterStartMs`: how long its searches
-   * wait for a first other site after its start (PACS_MESH_JOIN_WAIT_MS), instead of 15 s.
+   * wait for a first other site after its start (PACS_MESH_JOIN_WAIT_MS), instead of 15 s; `repairKeysMax`: keys per
+   * repair exchange (PACS_MESH_REPAIR_KEYS_MAX), instead of 2,000, for a refill lasting longer than a small archive's.
    */
   async start(
     site: string,
-    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number } = {},
+    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number; repairKeysMax?: number } = {},
   ): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
@@ -87,6 +88,7 @@ export class MeshCluster {
       ...peerProcessEnv(),
       ...(opts.isolationCheckMs === undefined ? {} : { PACS_MESH_ISOLATION_CHECK_MS: String(opts.isolationCheckMs) }),
       ...(opts.joinWaitAfterStartMs === undefined ? {} : { PACS_MESH_JOIN_WAIT_MS: String(opts.joinWaitAfterStartMs) }),
+      ...(opts.repairKeysMax === undefined ? {} : { PACS_MESH_REPAIR_KEYS_MAX: String(opts.repairKeysMax) }),
     };
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env });
     let output = '';

@@ -207,6 +207,9 @@ test('PACS_MESH_ISOLATION_CHECK_MS and PACS_MESH_JOIN_WAIT_MS (tests only): unse
   assert.deepEqual(testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: '1000', PACS_MESH_JOIN_WAIT_MS: '0' }), { isolationCheckMs: 1000, joinWaitAfterStartMs: 0 });
   for (const value of ['0', '-1', '1e3', '2s', ' ']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_ISOLATION_CHECK_MS: value }), ConfigError, value);
   for (const value of ['-1', '1.5', 'never']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_JOIN_WAIT_MS: value }), ConfigError, value);
+  // A slow refill (hunt 187): keys per repair exchange, 1 or more.
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_REPAIR_KEYS_MAX: '4' }), { repairKeysMax: 4 });
+  for (const value of ['0', '-1', 'all']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_REPAIR_KEYS_MAX: value }), ConfigError, value);
 });
 
 test('--standalone yes|no (hunt 163): no by default; yes runs a mesh site\'s data directory alone, so it contradicts --swarm-key', () => {

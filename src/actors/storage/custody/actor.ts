@@ -127,8 +127,9 @@ export interface CustodyService {
    * disk), a connected peer not heard yet (one that reconnected to a site restored without --bootstrap), or
    * this site searchLagInstancesMax or more instances behind the fullest alive one. Also in the same window
    * after a site is first heard since the start, while this site is behind it (one that was alone, restored
-   * on an empty disk while the others were down). After that the leader's table routes new associations
-   * away from a refilling site.
+   * on an empty disk while the others were down). After that, until this peer has caught up by anti-entropy
+   * with every alive peer holding more (refillRefusal); the leader's table also routes new associations away
+   * from a site 200 or more behind.
    */
   searchRefusal(): string | undefined;
   stats(): CustodyStats;
@@ -827,6 +828,21 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const fullest = Math.max(0, ...members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => m.instanceCount));
     return fullest - current.instanceCount >= tuning.searchLagInstancesMax ? `refilling: ${current.instanceCount} of ${fullest} instances here: retry` : undefined;
   };
+  /** Peers caught up with since this start (CustodyState.reconciledPeers, kept here across a reset of the actor). */
+  const reconciledSinceStart = new Set<string>();
+  /**
+   * After the first moments, searches wait until this peer has caught up with every alive peer holding
+   * more instances (a refill: an empty or long-absent store), by anti-entropy rather than by counts, which
+   * trail under a steady ingest elsewhere: a peer already caught up with since its start answers at once.
+   */
+  const refillRefusal = (): string | undefined => {
+    for (const peerId of lastState?.reconciledPeers ?? []) reconciledSinceStart.add(peerId);
+    const ahead = members.filter(
+      (m) => m.status === 'alive' && m.peerId !== init.peerId && m.instanceCount > current.instanceCount && m.digestRoot !== current.digestRoot && !reconciledSinceStart.has(m.peerId),
+    );
+    if (ahead.length === 0) return undefined;
+    return `refilling: ${current.instanceCount} of ${Math.max(...ahead.map((m) => m.instanceCount))} instances here: retry`;
+  };
   /** Told there are other sites (--bootstrap, or a new identity), and none heard since the start. */
   const noSiteHeardYet = (): boolean => sitesHeardSinceStart.size === 0 && (init.expectsOtherSites ?? false);
   const knownSitesNotHeard = (): string[] =>
@@ -899,7 +915,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
         if (noSiteHeardYet() && clock.nowMs() - startedAtMs < tuning.joinWaitAfterStartMs) return noSiteHeard;
         // A site first heard lately that holds more: this site, alone until then (restored on an empty disk
         // while the others were down), is behind it until the leader's table says it refills (helper 62).
-        return clock.nowMs() - siteFirstHeardAtMs < tuning.viewSettleAfterStartMs ? lagRefusal() : undefined;
+        return clock.nowMs() - siteFirstHeardAtMs < tuning.viewSettleAfterStartMs ? lagRefusal() : refillRefusal();
       }
       const unheard = knownSitesNotHeard().length;
       if (unheard > 0) return `joining the mesh: ${unheard} site(s) not heard yet: retry`;

@@ -1183,3 +1183,36 @@ test('a peer that does not speak the replication protocol (another version) is r
   t = run(store(t, 'r1', 'u1', 0).state, { type: 'replicationFailed', sopInstanceUid: 'u1', toSiteName: 'site-b', nowMs: 10 }).state;
   assert.equal(run(t, { type: 'tick', nowMs: 250 }).effects.filter((e) => e.type === 'replicate').length, 1);
 });
+
+test('a partner is caught up with once everything its whole exchange named is held here, not before; a list cut at repairKeysMax is no whole exchange (hunt 187)', () => {
+  const small = { ...config, repairKeysMax: 3 };
+  let a = initCustody(small, { digest: digestOf([{ sopInstanceUid: '1.1', sha256: 's1' }]), debt: [] });
+  a = run(a, { type: 'viewChanged', members: [member('peer-a'), { ...member('peer-b'), digestRoot: 'y' }], nowMs: 0 }).state;
+  const keys = (uids: string[]) => uids.map((uid) => ({ sopInstanceUid: uid, sha256: `s${uid}` }));
+  const listed = (uids: string[], afterUid: string) => ({
+    type: 'messageReceived' as const,
+    from: 'peer-b',
+    message: { type: 'repairKeys' as const, buckets: [...new Set(uids.map(bucketOf))], keys: keys(uids), replyWanted: false, afterUid },
+    nowMs: 1,
+  });
+  // Cut (3 keys, repairKeysMax): more may follow, nothing is concluded.
+  a = run(a, listed(['1.1', '2.2', '3.3'], '')).state;
+  assert.equal(a.reconciledPeers.has('peer-b'), false);
+  assert.equal(a.reconciliationAwaited.has('peer-b'), false);
+  // Whole, but from a cursor on: the keys before it were not in this list.
+  a = run(a, listed(['4.4'], '3.3')).state;
+  assert.equal(a.reconciliationAwaited.has('peer-b'), false);
+  // Whole from the first key: the two lacked here are awaited, whether pulled or pushed.
+  a = run(a, listed(['1.1', '2.2'], '')).state;
+  assert.deepEqual([...a.reconciliationAwaited.get('peer-b')!], ['2.2']);
+  // A later whole exchange replaces it.
+  a = run(a, listed(['2.2', '5.5'], '')).state;
+  assert.deepEqual([...a.reconciliationAwaited.get('peer-b')!].sort(), ['2.2', '5.5']);
+  a = run(a, { type: 'replicaStored', sopInstanceUid: '2.2', sha256: 's2.2', fromPeerId: 'peer-b', nowMs: 2 }).state;
+  assert.equal(a.reconciledPeers.has('peer-b'), false, 'one key still awaited');
+  a = run(a, { type: 'replicaStored', sopInstanceUid: '5.5', sha256: 's5.5', fromPeerId: 'peer-c', nowMs: 3 }).state;
+  assert.equal(a.reconciledPeers.has('peer-b'), true);
+  // A partner gone from the view is forgotten.
+  a = run(a, { type: 'viewChanged', members: [member('peer-a')], nowMs: 4 }).state;
+  assert.equal(a.reconciledPeers.has('peer-b'), false);
+});

@@ -133,6 +133,17 @@ export interface CustodyState {
    * repairQuietOverrideFactor x repairQuietMs later, repair no longer waits for them.
    */
   repairDeferredSinceMs: number | undefined;
+  /**
+   * Per repair partner: the keys its last whole exchange (its full list of differing keys, not cut at
+   * repairKeysMax) named that this peer lacked and has not received since. Volatile; at most repairKeysMax
+   * keys per member.
+   */
+  readonly reconciliationAwaited: Map<string, Set<string>>;
+  /**
+   * Partners this peer has caught up with: everything a whole exchange named is held here (see
+   * reconciliationAwaited). Searches wait for it after a start (a refill); volatile, members only.
+   */
+  readonly reconciledPeers: Set<string>;
 }
 
 /**
@@ -204,6 +215,8 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     storeWritable: true,
     replicationBackOff: new Map(),
     repairDeferredSinceMs: undefined,
+    reconciliationAwaited: new Map(),
+    reconciledPeers: new Set(),
   };
 }
 
@@ -244,6 +257,8 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
       state.members = input.members;
       state.viewAtMs = input.nowMs;
       for (const peerId of state.repairCursors.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.repairCursors.delete(peerId);
+      for (const peerId of state.reconciliationAwaited.keys()) if (!input.members.some((m) => m.peerId === peerId)) state.reconciliationAwaited.delete(peerId);
+      for (const peerId of state.reconciledPeers) if (!input.members.some((m) => m.peerId === peerId)) state.reconciledPeers.delete(peerId);
       // A restart (another build, maybe) ends a back-off at once: its copies go at this drain.
       for (const [peerId, backOff] of state.replicationBackOff) if (!input.members.some((m) => m.peerId === peerId && m.incarnation === backOff.incarnation)) state.replicationBackOff.delete(peerId);
       updateKnownSites(state, input.nowMs, effects);
@@ -682,6 +697,7 @@ function onLocalWriteDone(
     return;
   }
   digestAdd(state.digest, store.sopInstanceUid, store.sha256);
+  noteHeld(state, store.sopInstanceUid);
   for (const siteName of otherKnownSites(state)) {
     const key = debtKey(store.sopInstanceUid, siteName);
     if (state.debt.has(key)) continue;
@@ -751,6 +767,29 @@ function holdReplica(state: CustodyState, sopInstanceUid: string, sha256: string
   state.pullQueue.delete(sopInstanceUid);
   state.copiesIncoming.delete(sopInstanceUid);
   digestAdd(state.digest, sopInstanceUid, sha256);
+  noteHeld(state, sopInstanceUid);
+}
+
+/** A key now held is no longer awaited from any partner; a partner none of whose keys is awaited is caught up with. */
+function noteHeld(state: CustodyState, sopInstanceUid: string): void {
+  for (const [peerId, awaited] of state.reconciliationAwaited) {
+    if (!awaited.delete(sopInstanceUid) || awaited.size > 0) continue;
+    state.reconciliationAwaited.delete(peerId);
+    state.reconciledPeers.add(peerId);
+  }
+}
+
+/**
+ * A partner's whole list of keys in the buckets (or leaves) that differ: once this peer holds every one of
+ * them it lacks, it holds everything the partner held then (copies the partner owes this site travel as debt).
+ */
+function noteWholeExchange(state: CustodyState, from: string, missing: readonly InstanceKey[]): void {
+  if (missing.length === 0) {
+    state.reconciliationAwaited.delete(from);
+    state.reconciledPeers.add(from);
+    return;
+  }
+  state.reconciliationAwaited.set(from, new Set(missing.map((k) => k.sopInstanceUid)));
 }
 
 function ackReplica(state: CustodyState, sopInstanceUid: string, fromPeerId: string, effects: CustodyEffect[]): void {
@@ -803,7 +842,10 @@ function onMessage(
       // Only keys of the buckets (or leaves) named count: a peer cannot make us pull from ones it did not list.
       const theirs = message.keys.filter((k) => (leaves === undefined ? wantedBuckets.has(bucketOf(k.sopInstanceUid)) : wantedLeaves.has(leafOf(k.sopInstanceUid))));
       reportUidConflicts(state, from, theirs, effects);
-      if (!repairPaused(state, nowMs)) pull(state, from, missingKeys(state.digest, theirs), nowMs, effects);
+      const missing = missingKeys(state.digest, theirs);
+      // Not cut at repairKeysMax, from the first key on: the whole difference.
+      if (afterUid === '' && message.keys.length < state.config.repairKeysMax) noteWholeExchange(state, from, missing);
+      if (!repairPaused(state, nowMs)) pull(state, from, missing, nowMs, effects);
       const ourKeys = () =>
         leaves === undefined
           ? keysInBuckets(state.digest, message.buckets.slice(0, 256), state.config.repairKeysMax, afterUid, owedTo(state, from))
