@@ -17,7 +17,7 @@ import { forgetPeerTopic } from './actors/balancer/messages.ts';
 import { KNOWN_PEERS_FILE } from './net/known-peers.ts';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
-import { freeDiskProbe, isolationWarningOf, operatorForgottenSiteNames, sitesHoldingOf, startMesh } from './mesh.ts';
+import { freeDiskProbe, isolationWarningOf, operatorForgottenSiteNames, sitesHoldingOf, startMesh, unheardKnownSiteMembers } from './mesh.ts';
 import { learnRoster } from './actors/balancer/roster.ts';
 import { memberRecord } from './actors/membership/fixtures/member-record.ts';
 import { recordingLogger, type RecordedLine } from '../test/support/recording-logger.ts';
@@ -290,4 +290,18 @@ test('a late forget-peer of a peer that came back here after it was asked leaves
   );
   assert.ok((await savedAtA()).includes(xId), "x came back here after the forget was asked: its saved address must stay (it was dropped, and x is no longer redialled)");
   assert.ok(xUpAtA(xId) === false, 'x still in the roster of a');
+});
+
+test('/api/mesh members: a known site none of whose peers is listed is added as not heard, from the roster when it recorded its peers (hunt 187)', () => {
+  const roster = [
+    { peerId: 'P-c1', site: 'site-c', dicom: '10.0.0.3:11112', lastSeenAt: '2026-12-03T09:00:00.000Z', up: false },
+    { peerId: 'P-b', site: 'site-b', dicom: '10.0.0.2:11112', lastSeenAt: '2026-12-03T09:10:00.000Z', up: true },
+  ];
+  const common = { alive: false, status: 'not heard', heardSinceStart: false, http: null, instances: null, load: null, connected: false };
+  assert.deepEqual(unheardKnownSiteMembers(['site-d', 'site-c', 'site-b'], new Set(['site-a', 'site-b']), roster), [
+    { ...common, peerId: 'P-c1', site: 'site-c', lastSeenAt: '2026-12-03T09:00:00.000Z', dicom: '10.0.0.3:11112' },
+    // Not in the roster (pinned, or never recorded): listed without a PeerId.
+    { ...common, peerId: null, site: 'site-d', lastSeenAt: null, dicom: null },
+  ]);
+  assert.deepEqual(unheardKnownSiteMembers(['site-b'], new Set(['site-b']), roster), [], 'a listed site is not added again');
 });

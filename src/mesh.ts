@@ -13,7 +13,7 @@ import { createMeshNode, type MeshNode } from './net/node.ts';
 import { readSwarmKeyFile } from './net/swarm-key.ts';
 import { SwarmKeyError } from './net/errors.ts';
 import { createFrontDoor, type FrontDoor } from './actors/balancer/front-door.ts';
-import { balancerTimings, bootstrapPeerIdsOf, type BalancerService } from './actors/balancer/actor.ts';
+import { balancerTimings, bootstrapPeerIdsOf, type BalancerService, type RosterMember } from './actors/balancer/actor.ts';
 import type { RetrieveSource } from './actors/association/services/query-retrieve.ts';
 import { startCustody, type CustodyService, type CustodyStats } from './actors/storage/custody/actor.ts';
 import type { IngestPort } from './actors/association/services/deps.ts';
@@ -152,6 +152,41 @@ export function operatorForgottenSiteNames(tombstones: readonly ForgottenSite[])
 }
 
 /** What a peer started without --bootstrap knows when it checks whether it serves alone (see startMesh). */
+/**
+ * A known site (copies are owed to it) of which no peer has been heard since this start, as /api/mesh lists
+ * it among the members: what the election roster recorded of its peers when they were last seen, if anything.
+ */
+export interface UnheardMemberView {
+  peerId: string | null;
+  site: string;
+  alive: false;
+  status: 'not heard';
+  heardSinceStart: false;
+  /** ISO time the roster last saw the peer alive (an earlier run of this peer), or null. */
+  lastSeenAt: string | null;
+  dicom: string | null;
+  http: null;
+  instances: null;
+  load: null;
+  connected: false;
+}
+
+/**
+ * The members /api/mesh adds for the known sites not among the listed ones (hunt 187: down when this peer
+ * started, they were left out, and 2 members stood beside 3 known sites with no explanation): one per
+ * roster peer of the site, or one without a PeerId when the roster has none (pinned, or not recorded).
+ */
+export function unheardKnownSiteMembers(knownSites: readonly string[], listedSites: ReadonlySet<string>, roster: readonly RosterMember[]): UnheardMemberView[] {
+  return knownSites
+    .filter((site) => !listedSites.has(site))
+    .sort()
+    .flatMap((site) => {
+      const peers = roster.filter((r) => r.site === site);
+      const seen = peers.length > 0 ? peers.map((r) => ({ peerId: r.peerId, lastSeenAt: r.lastSeenAt, dicom: r.dicom })) : [{ peerId: null, lastSeenAt: null, dicom: null }];
+      return seen.map((p) => ({ ...p, site, alive: false as const, status: 'not heard' as const, heardSinceStart: false as const, http: null, instances: null, load: null, connected: false as const }));
+    });
+}
+
 export interface IsolationState {
   /** Sites its data directory knows of. */
   knownSites: readonly string[];
@@ -425,6 +460,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         const voters = new Set(balancer.roster());
         const connected = new Set(node.connectedPeers());
         const decommissioned = (m: MemberRecord): boolean => forgottenSiteNames.has(m.siteName) || (config.roster.length === 0 && !voters.has(m.peerId));
+        const listed = members.filter((m) => !superseded.has(m.peerId) && !(m.status === 'dead' && decommissioned(m)));
+        const knownSites = custody.knownSites();
         return {
           balancer: {
             ...balancer.status(),
@@ -439,22 +476,31 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
           leader: leader ?? null,
           // Live peers claiming one site name at several DICOM addresses (a copied --site), while it lasts.
           siteConflicts: membership.siteConflicts().map((conflict) => ({ site: conflict.siteName, peers: conflict.peers.map((p) => ({ peerId: p.peerId, dicom: p.dicom })) })),
-          members: members.filter((m) => !superseded.has(m.peerId) && !(m.status === 'dead' && decommissioned(m))).map((m) => ({
-            peerId: m.peerId,
-            site: m.siteName,
-            alive: m.status === 'alive',
-            status: m.status,
-            dicom: m.addresses.dicom,
-            http: m.addresses.http,
-            instances: m.instanceCount,
-            load: m.load,
-            // False while the peer cannot record a vote (a full disk): passed over in elections.
-            electable: m.electable,
-            // Whether this peer holds a connection of its own to it (absent for itself): gossip between two
-            // peers without one passes through others, and stops with them.
-            ...(m.peerId === node.peerId ? {} : { connected: connected.has(m.peerId) }),
-          })),
-          custody: { ...stats, knownSites: custody.knownSites() },
+          members: [
+            ...listed.map((m) => ({
+              peerId: m.peerId,
+              site: m.siteName,
+              alive: m.status === 'alive',
+              status: m.status,
+              dicom: m.addresses.dicom,
+              http: m.addresses.http,
+              instances: m.instanceCount,
+              load: m.load,
+              // False while the peer cannot record a vote (a full disk): passed over in elections.
+              electable: m.electable,
+              // Whether this peer holds a connection of its own to it (absent for itself): gossip between two
+              // peers without one passes through others, and stops with them.
+              ...(m.peerId === node.peerId ? {} : { connected: connected.has(m.peerId) }),
+              // Membership holds records only of peers heard (directly or through gossip) since this start.
+              heardSinceStart: true,
+            })),
+            ...unheardKnownSiteMembers(
+              knownSites.map((known) => known.site).filter((site) => !forgottenSiteNames.has(site)),
+              new Set([config.site, ...listed.map((m) => m.siteName)]),
+              balancer.rosterMembers(),
+            ),
+          ],
+          custody: { ...stats, knownSites },
         };
       },
       cutTransfers: (deadline) => custody.cutTransfers(deadline),

@@ -73,3 +73,11 @@ test('a peer that cannot elect a leader says why: no strict majority of its rost
   const waiting = statusPageHtml({ ...meshStatus, leader: null, balancer: { role: 'follower', term: 0, votedFor: null, waitsToMeetBootstrapPeers: true } }, true);
   assert.match(waiting, /<th>leader<\/th><td>none: waits to meet one of its --bootstrap peers<\/td>/);
 });
+
+test('a known site not heard since this start is listed as such, with when the roster last saw it (hunt 187)', () => {
+  const unheard = { peerId: '12D3KooWC', site: 'site-c', alive: false, status: 'not heard', heardSinceStart: false, lastSeenAt: '2026-12-03T09:00:00.000Z', dicom: '127.0.0.1:11114', http: null, instances: null, load: null, connected: false };
+  const page = statusPageHtml({ ...meshStatus, members: [...meshStatus.members, unheard] }, true);
+  assert.match(page, /<tr class="dead"><td>site-c<\/td><td>not heard since this start; last seen 2026-12-03T09:00:00.000Z<\/td><td><\/td>/);
+  const neverRecorded = statusPageHtml({ ...meshStatus, members: [{ ...unheard, peerId: null, lastSeenAt: null, dicom: null }] }, true);
+  assert.match(neverRecorded, /<td>not heard since this start<\/td>/);
+});

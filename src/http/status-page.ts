@@ -32,7 +32,8 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     return {
       site: text(member.site),
       peerId: text(member.peerId),
-      status: text(member.status),
+      // A known site none of whose peers was heard since this start (down then): no status of its own to show.
+      status: member.heardSinceStart === false ? `not heard since this start${member.lastSeenAt ? `; last seen ${text(member.lastSeenAt)}` : ''}` : text(member.status),
       instances: text(member.instances),
       dicom: text(member.dicom),
       http: text(member.http),
@@ -110,7 +111,7 @@ function noLeaderReason(balancer: Record<string, unknown>): string {
 }
 
 function statusClass(status: string): string {
-  return status === 'alive' || status === 'suspect' || status === 'dead' ? status : 'unknown';
+  return status === 'alive' || status === 'suspect' || status === 'dead' ? status : status.startsWith('not heard') ? 'dead' : 'unknown';
 }
 
 function addressOf(value: unknown): string {

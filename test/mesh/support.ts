@@ -18,12 +18,16 @@ export interface MeshMemberView {
   peerId: string;
   site: string;
   alive: boolean;
-  status?: 'alive' | 'suspect' | 'dead';
+  status?: 'alive' | 'suspect' | 'dead' | 'not heard';
   dicom: string;
   http: string;
   instances: number;
   /** Whether the peer asked holds a connection of its own to this member (absent for itself). */
   connected?: boolean;
+  /** False for a known site none of whose peers the peer asked has heard since its start (status 'not heard'). */
+  heardSinceStart?: boolean;
+  /** On those: when the election roster last saw the peer alive, or null. */
+  lastSeenAt?: string | null;
 }
 
 export interface MeshStatus {
