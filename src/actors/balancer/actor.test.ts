@@ -2,7 +2,7 @@ import '../../polyfill.ts';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
@@ -15,7 +15,7 @@ import { createLogger } from '../runtime/logger.ts';
 import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { ANNOUNCE_MAX_BYTES, bootstrapPeerIdsOf, ELECTION_MAX_BYTES, ELECTION_PROTOCOL, parseBalancerMessage, parseForgetPeers } from './actor.ts';
 import { forgetPeerTopic, rosterMissingMax, routingTopic, votersMax } from './messages.ts';
-import { ELECTION_RECORD_FILE, openElectionRecord, readElectionRecord } from './state-files.ts';
+import { ELECTION_RECORD_FILE, LEGACY_ELECTION_FILE, openElectionRecord, readElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { refuseWritesOrSkip } from '../../../test/support/refuse-writes.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
@@ -65,7 +65,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
   /** Each peer a DICOM address of its own (a heartbeat naming this site and this address is a predecessor's). */
   let nextDicomPort = 0;
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number } = {}): Promise<TestPeer> {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number; tickIntervalMs?: number; onPeersForgotten?: (peerIds: readonly string[]) => void } = {}): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
@@ -573,6 +573,34 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     await slow.close().catch(() => undefined);
     // Taking the term, a steps down if it led; either way the next leader is elected above it.
     await waitFor('a term above the one sent', () => (agreedLeader([a, b])?.term ?? 0) > before + 5, 10_000);
+  });
+
+  it("a forget heard while the balancer reloads (a state write failed) drops no saved address of a peer its roster holds (629d8ab)", { timeout: 120_000 }, async () => {
+    const key = generateSwarmKey();
+    const fast = { forgetRepublishIntervalMs: 300 };
+    // a republishes its forgets at every tick, 50 a second: many reach b while it reloads.
+    const a = await peer(key, [], 'site-a', undefined, undefined, undefined, { tickIntervalMs: 20, forgetRepublishIntervalMs: 20 });
+    const boot = [loopbackAddress(a.node)];
+    // b can never create its election record (a directory where the write's temporary file goes): each
+    // message of a newer term (announcements every 500 ms) fails to be recorded, and its balancer reloads at the next message.
+    const bDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
+    dirs.push(bDir);
+    mkdirSync(join(bDir, `${LEGACY_ELECTION_FILE}.tmp`));
+    const addressesDropped: string[] = [];
+    const b = await peer(key, boot, 'site-a', bDir, undefined, undefined, { tickIntervalMs: 1000, onPeersForgotten: (peerIds) => addressesDropped.push(...peerIds) });
+    const [c, x] = await Promise.all([0, 1].map(() => peer(key, boot, 'site-a', undefined, undefined, undefined, fast)));
+    const all = [a, b, c!, x!];
+    await waitFor('every roster holds the four peers', () => all.every((p) => p.mesh.balancer.roster().length === 4), 20_000);
+    // Nor can b write its roster from now on (x stays in it).
+    mkdirSync(join(bDir, `${ROSTER_FILE}.tmp`));
+    const xId = x!.node.peerId;
+    await x!.stop();
+    await waitFor('x dead at a and b', () => [a, b].every((p) => p.mesh.membership.members().find((m) => m.peerId === xId)?.status === 'dead'), 20_000);
+    assert.equal(a.mesh.balancer.forgetPeer(xId), 'forgotten');
+    // Republished for 6 s: about 300 forgets of x reach b.
+    await new Promise((r) => setTimeout(r, 6000));
+    assert.ok(readFileSync(join(bDir, ROSTER_FILE), 'utf8').includes(xId), 'x is still in the roster b could not write');
+    assert.deepEqual(addressesDropped.filter((peerId) => peerId === xId), [], "x's saved address dropped while b's roster holds it");
   });
 });
 
