@@ -88,6 +88,11 @@ export interface PeerConfig {
    * set it through PACS_MESH_REPAIR_KEYS_MAX (testTimingsFromEnv) to make a small archive's refill last.
    */
   repairKeysMax?: number;
+  /**
+   * How often a peer sends again the forget-peers it holds (the balancer's forgetRepublishIntervalMs); undefined:
+   * 60 s. No option: tests set it through PACS_MESH_FORGET_REPUBLISH_MS (testTimingsFromEnv), so as not to wait a minute.
+   */
+  forgetRepublishIntervalMs?: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -371,10 +376,13 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
  * The environment variables that shorten a peer's waits for tests, read here alone (no operator needs them:
  * they are not options). PACS_MESH_ISOLATION_CHECK_MS: PeerConfig.isolationCheckMs (1 ms or more);
  * PACS_MESH_JOIN_WAIT_MS: PeerConfig.joinWaitAfterStartMs (0 or more); PACS_MESH_REPAIR_KEYS_MAX:
- * PeerConfig.repairKeysMax (1 or more: a slow refill). Unset or empty: the defaults.
+ * PeerConfig.repairKeysMax (1 or more: a slow refill); PACS_MESH_FORGET_REPUBLISH_MS: PeerConfig.forgetRepublishIntervalMs
+ * (1 ms or more). Unset or empty: the defaults.
  */
-export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax'> {
-  const timings: Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax'> = {};
+type TestTimings = Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax' | 'forgetRepublishIntervalMs'>;
+
+export function testTimingsFromEnv(env: NodeJS.ProcessEnv): TestTimings {
+  const timings: TestTimings = {};
   const read = (name: string, leastMs: number): number | undefined => {
     const value = env[name];
     if (value === undefined || value === '') return undefined;
@@ -388,6 +396,8 @@ export function testTimingsFromEnv(env: NodeJS.ProcessEnv): Pick<PeerConfig, 'is
   if (joinWaitAfterStartMs !== undefined) timings.joinWaitAfterStartMs = joinWaitAfterStartMs;
   const repairKeysMax = read('PACS_MESH_REPAIR_KEYS_MAX', 1);
   if (repairKeysMax !== undefined) timings.repairKeysMax = repairKeysMax;
+  const forgetRepublishIntervalMs = read('PACS_MESH_FORGET_REPUBLISH_MS', 1);
+  if (forgetRepublishIntervalMs !== undefined) timings.forgetRepublishIntervalMs = forgetRepublishIntervalMs;
   return timings;
 }
 

@@ -322,6 +322,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         bootstrapPeerIds: bootstrapPeerIdsOf(config.bootstrap),
         ...(config.electionVoters === 'admitted' ? { votersThroughLeader: true, foundsVoters: config.foundMesh } : {}),
         random: lowDiscrepancyDraws(),
+        ...(config.forgetRepublishIntervalMs === undefined ? {} : { forgetRepublishIntervalMs: config.forgetRepublishIntervalMs }),
         // A forget-peer (asked here or passed on) that took a peer out, by the balancer's rules: gone for good, its
         // saved address goes too, and it is not redialled (before, it was dialled at every start: the file kept it).
         onPeersForgotten: (peerIds) => node.forgetPeers(peerIds),

@@ -71,11 +71,12 @@ export class MeshCluster {
    * `isolationCheckMs`: the peer's check whether it serves alone runs this long after its start and at this interval
    * (PACS_MESH_ISOLATION_CHECK_MS), instead of 15 s and 10 minutes; `joinWaitAfterStartMs`: how long its searches
    * wait for a first other site after its start (PACS_MESH_JOIN_WAIT_MS), instead of 15 s; `repairKeysMax`: keys per
-   * repair exchange (PACS_MESH_REPAIR_KEYS_MAX), instead of 2,000, for a refill lasting longer than a small archive's.
+   * repair exchange (PACS_MESH_REPAIR_KEYS_MAX), instead of 2,000, for a refill lasting longer than a small archive's;
+   * `forgetRepublishIntervalMs`: how often it sends its forget-peers again (PACS_MESH_FORGET_REPUBLISH_MS), instead of 60 s.
    */
   async start(
     site: string,
-    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number; repairKeysMax?: number } = {},
+    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number; repairKeysMax?: number; forgetRepublishIntervalMs?: number } = {},
   ): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
@@ -93,6 +94,7 @@ export class MeshCluster {
       ...(opts.isolationCheckMs === undefined ? {} : { PACS_MESH_ISOLATION_CHECK_MS: String(opts.isolationCheckMs) }),
       ...(opts.joinWaitAfterStartMs === undefined ? {} : { PACS_MESH_JOIN_WAIT_MS: String(opts.joinWaitAfterStartMs) }),
       ...(opts.repairKeysMax === undefined ? {} : { PACS_MESH_REPAIR_KEYS_MAX: String(opts.repairKeysMax) }),
+      ...(opts.forgetRepublishIntervalMs === undefined ? {} : { PACS_MESH_FORGET_REPUBLISH_MS: String(opts.forgetRepublishIntervalMs) }),
     };
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env });
     let output = '';
@@ -167,7 +169,7 @@ export async function newCluster(t: { after(fn: () => Promise<void>): void }): P
  */
 export async function startThreeSites(
   t: { after(fn: () => Promise<void>): void },
-  opts: { logLevel?: 'info' | 'warn' } = {},
+  opts: { logLevel?: 'info' | 'warn'; forgetRepublishIntervalMs?: number } = {},
 ): Promise<{ cluster: MeshCluster; a: PeerProcess; b: PeerProcess; c: PeerProcess }> {
   const cluster = await newCluster(t);
   const a = await cluster.start('site-a', opts);

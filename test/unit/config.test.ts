@@ -210,6 +210,8 @@ test('PACS_MESH_ISOLATION_CHECK_MS and PACS_MESH_JOIN_WAIT_MS (tests only): unse
   // A slow refill (hunt 187): keys per repair exchange, 1 or more.
   assert.deepEqual(testTimingsFromEnv({ PACS_MESH_REPAIR_KEYS_MAX: '4' }), { repairKeysMax: 4 });
   for (const value of ['0', '-1', 'all']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_REPAIR_KEYS_MAX: value }), ConfigError, value);
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_FORGET_REPUBLISH_MS: '2000' }), { forgetRepublishIntervalMs: 2000 });
+  for (const value of ['0', '-5', 'hourly']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_FORGET_REPUBLISH_MS: value }), ConfigError, value);
 });
 
 test('--standalone yes|no (hunt 163): no by default; yes runs a mesh site\'s data directory alone, so it contradicts --swarm-key', () => {
