@@ -101,13 +101,6 @@ export interface BalancerState {
   readonly votersPushAtMs?: number;
   /** Leader: the voters that hold its current ElectionDurable.voters (itself included). Undefined when none. */
   readonly votersHeldBy?: readonly string[];
-  /**
-   * Voters this peer's roster forgot (peersForgotten by 'roster'): as leader it takes them out of its voters, one
-   * change at a time (nextVotersChange). Not every voter missing from its roster: one it never saw alive (admitted by
-   * an earlier leader, cut off from this one) taken out left a list without a live majority (the election
-   * simulation, seed 569). In memory only: forgotten again after a restart, such a voter stays until forget-peer.
-   */
-  readonly votersLeaving?: readonly string[];
 }
 
 export interface BalancerStep {
@@ -168,7 +161,7 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
       break;
     case 'peersForgotten':
       // Out of the roster already: a leader takes a peer the roster forgot out of its voters at its next change (nextVotersChange).
-      next = onTick(input.by === 'operator' ? withoutForgottenVoters(state, input.peerIds, effects) : withVotersLeaving(state, input.peerIds), input.nowMs, effects);
+      next = onTick(input.by === 'operator' ? withoutForgottenVoters(state, input.peerIds, effects) : withVotersLeaving(state, input.peerIds, effects), input.nowMs, effects);
       break;
     case 'viewChanged':
       next = onTick(answerWithheldVoteRequest({ ...state, members: input.members }, input.nowMs, effects), input.nowMs, effects);
@@ -738,11 +731,20 @@ function withoutForgottenVoters(s: BalancerState, forgotten: readonly string[], 
   return { ...s, durable };
 }
 
-/** Voters among `forgotten` noted as leaving (BalancerState.votersLeaving), bounded by the list. */
-function withVotersLeaving(s: BalancerState, forgotten: readonly string[]): BalancerState {
+/**
+ * Voters among `forgotten` noted as leaving (ElectionDurable.votersLeaving), persisted, bounded by the list. Not every
+ * voter missing from the roster: one it never saw alive (admitted by an earlier leader, cut off from this one) taken
+ * out left a list without a live majority (the election simulation, seed 569).
+ */
+function withVotersLeaving(s: BalancerState, forgotten: readonly string[], effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters?.peers ?? [];
-  const leaving = [...new Set([...(s.votersLeaving ?? []), ...forgotten])].filter((peerId) => peerId !== s.config.selfPeerId && voters.includes(peerId));
-  return leaving.length === (s.votersLeaving ?? []).length ? s : { ...s, votersLeaving: leaving };
+  const before = s.durable.votersLeaving ?? [];
+  const leaving = [...new Set([...before, ...forgotten])].filter((peerId) => peerId !== s.config.selfPeerId && voters.includes(peerId)).sort();
+  if (leaving.length === before.length && leaving.every((peerId, i) => peerId === before[i])) return s;
+  const { votersLeaving: _, ...rest } = s.durable;
+  const durable: ElectionDurable = leaving.length === 0 ? rest : { ...rest, votersLeaving: leaving };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  return { ...s, durable };
 }
 
 /**
@@ -756,7 +758,7 @@ function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): Balancer
   const voters = s.durable.voters;
   if (voters === undefined || !votersCommitted(s)) return s;
   const roster = new Set(s.config.rosterPeerIds);
-  const forgotten = new Set(s.votersLeaving ?? []);
+  const forgotten = new Set(s.durable.votersLeaving ?? []);
   const leaving = voters.peers.find((peerId) => peerId !== s.config.selfPeerId && forgotten.has(peerId) && !roster.has(peerId));
   if (leaving !== undefined) return withVoters(s, voters.peers.filter((peerId) => peerId !== leaving), voters.seq + 1, effects);
   // A longer list fits no request for votes nor the election record: the peers past it stay non-voting members.

@@ -110,6 +110,12 @@ export interface ElectionDurable {
    * Absent: the learnt or pinned roster counts, as before hunt 168.
    */
   readonly voters?: Voters;
+  /**
+   * Voters this peer's roster forgot (peersForgotten by 'roster'), which as leader it takes out one change at a time
+   * (logic.ts, nextVotersChange): peers of `voters` only, so at most votersMax. Persisted (hunt 186): kept in memory
+   * only, a restart between the forgetting and leading left the ghost in the list. Absent: none.
+   */
+  readonly votersLeaving?: readonly string[];
 }
 
 export interface RoutingLimits {

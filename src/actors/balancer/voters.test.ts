@@ -292,6 +292,24 @@ test('a leader takes the voters its roster forgot out one at a time, each once a
   assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 }).state.durable.voters?.peers, ['peer-a', 'peer-b', 'peer-c', 'peer-y']);
 });
 
+test('a voter the roster forgot stays noted as leaving across a restart (persisted), and the peer, once it leads, takes it out', () => {
+  // Hunt 186: kept in memory only, a peer that restarted between its roster's forgetting and leading left the ghost in
+  // the list for good (its absence counting against the list's majority), until an operator's forget-peer.
+  const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x'], term: 2, seq: 0 };
+  const config = configFor('peer-a', ['peer-a', 'peer-b', 'peer-c']);
+  const forgot = run(initBalancer(config, holding(2, voters)), { type: 'peersForgotten', peerIds: ['peer-x', 'peer-q'], by: 'roster', nowMs: 0 });
+  const record = forgot.effects.flatMap((e) => (e.type === 'persist' ? [e.value] : [])).at(-1);
+  assert.deepEqual(record?.votersLeaving, ['peer-x'], 'persisted at once, only peers of the list');
+  assert.deepEqual(forgot.state.durable.voters, voters, 'a follower keeps its list: the leader takes it out');
+  // Restarted from that record, it runs, wins with b and c, and once they hold its stamp takes peer-x out.
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const leads = run(initBalancer(config, record ?? null), { type: 'viewChanged', members: view, nowMs: 1000 }, received('peer-b', { type: 'vote', term: 3, voterId: 'peer-b', granted: true }, 1010), received('peer-c', { type: 'vote', term: 3, voterId: 'peer-c', granted: true }, 1020));
+  assert.equal(leads.state.role, 'leader');
+  const held = (voterId: string, nowMs: number): BalancerInput => received(voterId, { type: 'votersHeld', term: 3, voterId, voters: { term: 3, seq: 0 } }, nowMs);
+  const removes = run(leads.state, held('peer-b', 1100), held('peer-c', 1110), { type: 'tick', nowMs: 1200 });
+  assert.deepEqual(persistedVoters(removes.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 3, seq: 1 }]);
+});
+
 test('a voter holding a list refuses a candidate without one (its learnt roster\'s majority need not meet the list\'s), and its refusal carries the list', () => {
   // Hunt 184's process test, the record's list not written: site-a came back without a list and led term 3 with the
   // votes of b and c, granted by the roster check. Beside voters that elect by the list, a candidate counting a majority
