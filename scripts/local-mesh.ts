@@ -2,13 +2,15 @@
  * `npm start`: a working local mesh on the embedded defaults: three sites on 127.0.0.1, each its own
  * `pacs-mesh start` process with its own data directory under .data/, one shared swarm key.
  * Ctrl-C (or SIGTERM) stops all three cleanly, and so does the end of its parent (a SIGTERM to npm). `--sites N` changes the number of sites (1-5);
- * `--data DIR` and `--base-port N` (DICOM N.., HTTP N+100.., libp2p N+200..) let tests run one elsewhere.
+ * `--data DIR` and `--base-port N` (DICOM N.., HTTP N+100.., libp2p N+200..) let tests run one elsewhere. The sites
+ * run admitted voters, site-a founding them (see foundsVoters).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readElectionRecord } from '../src/actors/balancer/state-files.ts';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
 import { peerProcessArgs, peerProcessEnv } from '../src/peer-process.ts';
 import { LocalMeshOptionError, localMeshUsage, parseLocalMeshOptions, type LocalMeshOptions } from './local-mesh-options.ts';
@@ -44,13 +46,28 @@ const sites: Site[] = Array.from({ length: siteCount }, (_, i) => ({
 const swarmKeyFile = join(dataRoot, 'swarm.key');
 let stopping = false;
 
-function startSite(site: Site, bootstrap: string[]): ChildProcess {
+/**
+ * Every site runs admitted voters (docs/mesh-algorithms.md, "Admitted voters"); the first founds them while no site's
+ * election record holds a list: a new .data, or one of learnt rosters (upgraded so). Not once one does: site-a's
+ * directory deleted alone would found a second mesh beside b and c's list; it joins and is admitted instead.
+ */
+async function foundsVoters(): Promise<boolean> {
+  for (const site of sites) {
+    const dir = join(dataRoot, site.name);
+    if (existsSync(dir) && (await readElectionRecord(dir)).voters !== undefined) return false;
+  }
+  return true;
+}
+
+function startSite(site: Site, bootstrap: string[], founds = false): ChildProcess {
   const args = peerProcessArgs([
     'start',
     '--site', site.name, '--data', join(dataRoot, site.name), '--host', '127.0.0.1',
     '--dicom-port', String(site.dicomPort), '--http-port', String(site.httpPort),
     '--p2p-port', String(site.p2pPort), '--swarm-key', swarmKeyFile,
     ...bootstrap.flatMap((b) => ['--bootstrap', b]),
+    '--election-voters', 'admitted',
+    ...(founds ? ['--found-mesh', 'yes'] : []),
   ]);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: peerProcessEnv() });
   child.on('exit', (code, signal) => {
@@ -141,7 +158,7 @@ async function main(): Promise<void> {
     }
   }
   const [first, ...rest] = sites;
-  first!.child = startSite(first!, []);
+  first!.child = startSite(first!, [], await foundsVoters());
   const bootstrap = await waitReady(first!);
   for (const site of rest) site.child = startSite(site, bootstrap.slice(0, 1));
   for (const site of rest) await waitReady(site);

@@ -53,8 +53,12 @@ interface Peer {
   readonly peerId: string;
   readonly priority: number;
   readonly joinAtMs: number;
-  /** Started with --bootstrap (every peer but the first). */
+  /** Started with --bootstrap (every peer but the first; every peer when the operator founds). */
   readonly joinsMesh: boolean;
+  /** How its next start counts votes (see ElectionSimOptions.founding): the actor's --election-voters and --found-mesh. */
+  votersMode: VotersMode;
+  /** founding 'upgrade': when the operator restarts it with --election-voters admitted (and the founder --found-mesh yes). */
+  upgradeAtMs: number;
   /** The PeerId its --bootstrap address names (BalancerConfig.bootstrapPeerIds); undefined for the first peer. */
   bootstrapPeerId?: string;
   readonly durable: Durable;
@@ -62,6 +66,22 @@ interface Peer {
   restartAtMs: number;
   killed: boolean;
 }
+
+/** BalancerConfig.votersThroughLeader and foundsVoters, as a start passes them. */
+interface VotersMode {
+  readonly votersThroughLeader: boolean;
+  readonly foundsVoters?: boolean;
+}
+
+/**
+ * Who founds the admitted voters. 'firstPeer': the reducer's default (a first start without --bootstrap founds).
+ * 'operator': as the actor is run (docs/mesh-algorithms.md, "Founding"): `--found-mesh yes` on the first site only,
+ * every other site a joiner, and --bootstrap everywhere (the founder's names a later site). 'upgrade': a mesh on learnt
+ * rosters; from a time during the fault phase the operator restarts every site but the first with --election-voters
+ * admitted, one after another within 3 s, then the first with --found-mesh yes too ("Upgrading a running mesh"); the
+ * first site is not killed before that restart (the operator founds with a site it has).
+ */
+export type ElectionSimFounding = 'firstPeer' | 'operator' | 'upgrade';
 
 export interface ElectionSimFaults {
   readonly crashPerTick: number;
@@ -95,6 +115,8 @@ export interface ElectionSimOptions {
    * False: the learnt roster counts, as the balancer actor still wires it (two leaders of one term in 58 of seeds 1-5000).
    */
   readonly votersThroughLeader?: boolean;
+  /** Who founds the admitted voters (default 'firstPeer'); 'operator' and 'upgrade' ignore votersThroughLeader. */
+  readonly founding?: ElectionSimFounding;
   /** The roster's rosterForgetAfterMs (default 24 h, as wired): a few seconds lets a run's partitions outlast it. */
   readonly rosterForgetAfterMs?: number;
 }
@@ -107,6 +129,16 @@ export interface ElectionSimResult extends SimRunReport {
    * between rosters that grew apart.
    */
   readonly sameRosterViolations: readonly string[];
+  /**
+   * founding 'upgrade': two leaders of one term both elected by learnt rosters before the upgrade (the learnt mode's
+   * known breaks: not counted as violations there, the upgrade's own are).
+   */
+  readonly learntModeBreaks: readonly string[];
+  /**
+   * Violations between a claim made by a learnt roster and one made with admitted voters (founding 'upgrade': the
+   * founder leads a term a learnt-era leader used, which it never heard), saying whether that leader still led then.
+   */
+  readonly crossModeBreaks: readonly string[];
   readonly stats: {
     readonly peerCount: number;
     readonly crashes: number;
@@ -162,6 +194,23 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     delayMaxMs: 5 + faultPrng.nextInt(200),
   };
 
+  const founding = options.founding ?? 'firstPeer';
+  const initialMode = (first: boolean): VotersMode => {
+    switch (founding) {
+      case 'firstPeer':
+        return { votersThroughLeader: options.votersThroughLeader ?? true };
+      case 'operator':
+        return { votersThroughLeader: true, foundsVoters: first };
+      case 'upgrade':
+        return { votersThroughLeader: false };
+      default:
+        return assertNever(founding);
+    }
+  };
+  // Drawn from a prng of its own, so that the other modes run as before for one seed.
+  const upgradePrng = root.fork();
+  const upgradeStartMs = upgradePrng.between(Math.floor(faultPhaseMs * 0.1), Math.floor(faultPhaseMs * 0.5));
+  const founderUpgradeAtMs = upgradeStartMs + 3000 + upgradePrng.between(200, 3000);
   const peers: Peer[] = [];
   for (let i = 0; i < peerCount; i += 1) {
     // The first peer starts the mesh; the others start with it or join during the fault phase.
@@ -171,7 +220,9 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       peerId,
       priority: faultPrng.nextInt(3),
       joinAtMs,
-      joinsMesh: i > 0,
+      joinsMesh: i > 0 || founding === 'operator',
+      votersMode: initialMode(i === 0),
+      upgradeAtMs: founding !== 'upgrade' ? Number.POSITIVE_INFINITY : i === 0 ? founderUpgradeAtMs : upgradeStartMs + upgradePrng.between(0, 3000),
       durable: { incarnation: 0, election: null, roster: new Map(), knownPeers: new Set() },
       live: null,
       restartAtMs: Number.POSITIVE_INFINITY,
@@ -187,12 +238,20 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     p.bootstrapPeerId = faultPrng.pick(earlier).peerId;
     p.durable.knownPeers.add(p.bootstrapPeerId);
   }
+  const founder = peers[0] as Peer;
+  if (founding === 'operator' && peers.length > 1) {
+    // The same --bootstrap list at every site: the founder's names another site, which may not be up yet.
+    founder.bootstrapPeerId = upgradePrng.pick(peers.slice(1)).peerId;
+    founder.durable.knownPeers.add(founder.bootstrapPeerId);
+  }
 
   const sameRosterViolations: string[] = [];
   let nowMs = 0;
   const record = createRunRecord(traceLinesMax, () => nowMs);
   const { violations, log, violate } = record;
-  const claimsByTerm = new Map<number, { readonly peerId: string; readonly roster: readonly string[] }>();
+  const claimsByTerm = new Map<number, { readonly peerId: string; readonly roster: readonly string[]; readonly byList: boolean }>();
+  const learntModeBreaks: string[] = [];
+  const crossModeBreaks: string[] = [];
   let crashes = 0;
   let kills = 0;
   let partitions = 0;
@@ -313,9 +372,14 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
           const met = previous.roster.some((id) => roster.includes(id));
           const what = `${previous.peerId} {${previous.roster.join(',')}} and ${peer.peerId} {${roster.join(',')}} both claimed term ${e.term}${met ? '' : ' (rosters disjoint)'}`;
           if (previous.roster.length === roster.length && previous.roster.every((id, i) => id === roster[i])) sameRosterViolations.push(what);
-          violate(what);
+          const byList = balancer?.durable.voters !== undefined;
+          const before = byId.get(previous.peerId)?.live?.balancer;
+          const stillLeads = before?.role === 'leader' && before.durable.currentTerm === e.term;
+          if (previous.byList !== byList) crossModeBreaks.push(`t=${nowMs}ms ${what}: ${previous.peerId} ${stillLeads ? 'still leads it' : 'no longer leads it'}`);
+          if (founding === 'upgrade' && !previous.byList && !byList) learntModeBreaks.push(`t=${nowMs}ms ${what} (learnt rosters, before the upgrade)`);
+          else violate(what);
         }
-        claimsByTerm.set(e.term, { peerId: peer.peerId, roster });
+        claimsByTerm.set(e.term, { peerId: peer.peerId, roster, byList: balancer?.durable.voters !== undefined });
         return;
       }
       case 'leaderChanged':
@@ -343,7 +407,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       deadAfterMs: timings.deadAfterMs,
       membersMax: timings.membersMax,
     });
-    const config = { ...simBalancerConfig(peer.peerId, [...roster.keys()].sort()), votersThroughLeader: options.votersThroughLeader ?? true };
+    const config = { ...simBalancerConfig(peer.peerId, [...roster.keys()].sort()), ...peer.votersMode };
     const balancer = initBalancer(peer.bootstrapPeerId === undefined ? config : { ...config, bootstrapPeerIds: [peer.bootstrapPeerId] }, peer.durable.election);
     peer.live = {
       membership,
@@ -415,12 +479,25 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     }
   };
 
+  /** founding 'upgrade': the operator restarts `peer` with --election-voters admitted (the founder --found-mesh yes). */
+  const upgrade = (peer: Peer): void => {
+    peer.upgradeAtMs = Number.POSITIVE_INFINITY;
+    if (peer.killed) return;
+    peer.votersMode = { votersThroughLeader: true, foundsVoters: peer === founder };
+    log(`operator upgrades ${peer.peerId}${peer === founder ? ' (founds)' : ''}`);
+    // Down (crashed, or not joined yet): its next start takes the options.
+    if (peer.live !== null) stop(peer, nowMs + faultPrng.between(200, 1500), 'restarts for the upgrade');
+  };
+
   const killsMax = Math.floor((peerCount - 1) / 2);
   let healAtMs = -1;
   for (; nowMs < faultPhaseMs && violations.length === 0; nowMs += tickMs) {
+    for (const p of peers) if (nowMs >= p.upgradeAtMs) upgrade(p);
     for (const p of peers) {
       if (p.killed || p.live !== null) continue;
       if ((p.durable.incarnation === 0 && nowMs >= p.joinAtMs) || (p.durable.incarnation > 0 && nowMs >= p.restartAtMs)) start(p);
+      // Its later starts without --found-mesh (the operator leaves it out of the usual command): the record keeps the list.
+      if (p.live !== null && p.votersMode.foundsVoters === true && founding === 'upgrade') p.votersMode = { votersThroughLeader: true, foundsVoters: false };
     }
     if (healAtMs >= 0 && nowMs >= healAtMs) {
       network.heal();
@@ -434,9 +511,11 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     }
     if (up.length > 1 && kills < killsMax && faultPrng.chance(rates.killPerTick)) {
       const victim = faultPrng.pick(up);
-      kills += 1;
-      victim.killed = true;
-      stop(victim, Number.POSITIVE_INFINITY, 'is killed for good');
+      if (victim !== founder || founder.upgradeAtMs === Number.POSITIVE_INFINITY) {
+        kills += 1;
+        victim.killed = true;
+        stop(victim, Number.POSITIVE_INFINITY, 'is killed for good');
+      }
     }
     for (const dead of peers.filter((p) => p.killed && !forgotten.has(p.peerId))) {
       const at = peers.filter((p) => p.live !== null);
@@ -494,6 +573,8 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     ok: violations.length === 0,
     violations,
     sameRosterViolations,
+    learntModeBreaks,
+    crossModeBreaks,
     traceTail: record.traceTail(),
     finalPeers,
     stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, leaderExpected, votersMajorityAlive, settledAfterHealMs },

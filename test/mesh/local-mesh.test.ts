@@ -16,6 +16,7 @@ interface Status {
   instances: number;
   leader: { peerId: string } | null;
   members: Array<{ alive: boolean; electable: boolean }>;
+  balancer?: { voters?: { peers: string[] } };
 }
 
 test('npm start: a local mesh of three sites that find each other and replicate', { timeout: 120_000 }, async (t) => {
@@ -35,7 +36,9 @@ test('npm start: a local mesh of three sites that find each other and replicate'
     async () => {
       const views = await Promise.all([0, 1, 2].map(status));
       const leaders = new Set(views.map((v) => v.leader?.peerId));
-      return views.every((v) => v.members.filter((m) => m.alive && m.electable).length === 3) && leaders.size === 1 && !leaders.has(undefined);
+      // Admitted voters (hunt 186): site-a founds them and admits the two others.
+      const admitted = views.every((v) => v.balancer?.voters?.peers.length === 3);
+      return views.every((v) => v.members.filter((m) => m.alive && m.electable).length === 3) && leaders.size === 1 && !leaders.has(undefined) && admitted;
     },
     60_000,
     () => `launcher output:\n${output}`,
@@ -45,9 +48,26 @@ test('npm start: a local mesh of three sites that find each other and replicate'
   const stored = await runTool('storescu', ['-aec', 'PACSMESH', '127.0.0.1', String(basePort), file], { timeoutMs: 30_000 });
   assert.equal(stored.code, 0, stored.stderr);
   await eventually(async () => (await Promise.all([0, 1, 2].map(status))).every((v) => v.instances === 1), 20_000, () => 'replication');
+  const views = await Promise.all([0, 1, 2].map(status));
   launcher.child.kill('SIGINT');
   const exit = await launcher.exited;
   assert.equal(exit.code, 0, `launcher exit ${JSON.stringify(exit)}:\n${output}`);
+  // Started again on its data, site-a does not found again (its record holds the list): one leader, the same voters.
+  const voters = JSON.stringify(views[0]?.balancer?.voters?.peers);
+  const again = spawnManaged(process.execPath, ['--import', 'tsx', join(repoRoot, 'scripts/local-mesh.ts'), '--data', dataRoot, '--base-port', String(basePort)], { cwd: repoRoot });
+  let againOutput = '';
+  again.child.stdout?.on('data', (b: Buffer) => (againOutput += b.toString()));
+  again.child.stderr?.on('data', (b: Buffer) => (againOutput = (againOutput + b.toString()).slice(-20_000)));
+  t.after(() => again.stop(10_000));
+  await eventually(
+    async () => {
+      const seen = await Promise.all([0, 1, 2].map(status));
+      return new Set(seen.map((v) => v.leader?.peerId ?? null)).size === 1 && seen[0]?.leader != null && seen.every((v) => JSON.stringify(v.balancer?.voters?.peers) === voters);
+    },
+    60_000,
+    () => `launcher output:\n${againOutput}`,
+  );
+  assert.doesNotMatch(againOutput, /--found-mesh yes ignored/);
 });
 
 test('npm start: a launcher whose parent dies (a SIGTERM to npm ends npm and its shell) stops its sites', { timeout: 60_000 }, async (t) => {

@@ -102,12 +102,15 @@ export interface BalancerState {
   /** Leader: the voters that hold its current ElectionDurable.voters (itself included). Undefined when none. */
   readonly votersHeldBy?: readonly string[];
   /**
-   * Voters this peer's roster forgot (peersForgotten by 'roster'): as leader it takes them out of its voters, one
-   * change at a time (nextVotersChange). Not every voter missing from its roster: one it never saw alive (admitted by
-   * an earlier leader, cut off from this one) taken out left a list without a live majority (the election
-   * simulation, seed 569). In memory only: forgotten again after a restart, such a voter stays until forget-peer.
+   * Leader: peers outside its voters that said (votersHeld) they hold its list in its term, so run admitted mode; the
+   * only ones it admits (hunt 186). At most votersMax; undefined when none.
    */
-  readonly votersLeaving?: readonly string[];
+  readonly votersReady?: readonly string[];
+  /**
+   * A founder whose list no leader has stamped yet: the peers of its roster whose term it has heard since it started.
+   * It leads only once they are a majority of its roster (see heardTheMeshTerms). Undefined when none.
+   */
+  readonly termsHeardFrom?: readonly string[];
 }
 
 export interface BalancerStep {
@@ -168,7 +171,7 @@ export function stepBalancer(before: BalancerState, input: BalancerInput): Balan
       break;
     case 'peersForgotten':
       // Out of the roster already: a leader takes a peer the roster forgot out of its voters at its next change (nextVotersChange).
-      next = onTick(input.by === 'operator' ? withoutForgottenVoters(state, input.peerIds, effects) : withVotersLeaving(state, input.peerIds), input.nowMs, effects);
+      next = onTick(input.by === 'operator' ? withoutForgottenVoters(state, input.peerIds, effects) : withVotersLeaving(state, input.peerIds, effects), input.nowMs, effects);
       break;
     case 'viewChanged':
       next = onTick(answerWithheldVoteRequest({ ...state, members: input.members }, input.nowMs, effects), input.nowMs, effects);
@@ -442,20 +445,49 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
 
 /**
  * A follower without a leader sends its voters to the rule's winner among them, every vote timeout: that peer may
- * not know it was admitted (the leader that admitted it fell before it heard), and then nobody runs.
+ * not know it was admitted (the leader that admitted it fell before it heard), and then nobody runs. A joiner whose
+ * list is empty (no leader stamped one yet) sends it, with its term, to every peer alive in its view instead: the
+ * founder, which it cannot tell apart, leads only once it has heard the terms of a majority (heardTheMeshTerms).
  */
 function pushVoters(s: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters;
   if (voters === undefined || s.role !== 'follower' || s.leaderId !== null || nowMs < (s.votersPushAtMs ?? Number.NEGATIVE_INFINITY)) return s;
+  const self = s.config.selfPeerId;
   const winner = ruleWinnerOf(s);
-  if (winner === null || winner.peerId === s.config.selfPeerId) return s;
-  effects.push({ type: 'send', to: winner.peerId, message: { type: 'voters', term: s.durable.currentTerm, voters } });
+  const to = voters.peers.length === 0 ? s.members.filter((m) => m.status === 'alive' && m.peerId !== self).map((m) => m.peerId) : winner === null || winner.peerId === self ? [] : [winner.peerId];
+  if (to.length === 0) return s;
+  for (const peerId of to) effects.push({ type: 'send', to: peerId, message: { type: 'voters', term: s.durable.currentTerm, voters } });
   return { ...s, votersPushAtMs: nowMs + s.config.voteTimeoutMs };
+}
+
+/** A founder's list, made by no leader yet: the founder alone, version (0, 0). */
+function foundsUnstamped(s: BalancerState): boolean {
+  const voters = s.durable.voters;
+  return voters !== undefined && voters.term === 0 && voters.peers.length === 1 && voters.peers[0] === s.config.selfPeerId;
+}
+
+/**
+ * A founder leads once it has heard the terms of a majority of its roster (itself included; a new mesh's founder has a
+ * roster of itself): founding a running mesh (the upgrade), it led at once a term one above its own, which a leader
+ * elected by learnt rosters had used while it was cut off (the election simulation, founding 'upgrade', hunt 186). The
+ * joiners say their term to every peer they see while they have no leader (pushVoters).
+ */
+function heardTheMeshTerms(s: BalancerState): boolean {
+  if (!foundsUnstamped(s)) return true;
+  const heard = new Set([...(s.termsHeardFrom ?? []), s.config.selfPeerId]);
+  return s.config.rosterPeerIds.filter((peerId) => heard.has(peerId)).length >= majorityOf(s.config.rosterPeerIds);
+}
+
+/** A founder notes the term of a peer of its roster heard (see heardTheMeshTerms); bounded by the roster. */
+function noteTermHeard(s: BalancerState, from: string): BalancerState {
+  const heard = s.termsHeardFrom ?? [];
+  if (!foundsUnstamped(s) || heard.includes(from) || !s.config.rosterPeerIds.includes(from)) return s;
+  return { ...s, termsHeardFrom: [...heard, from] };
 }
 
 /** Whether this peer may stand (or go on standing) for election now, its settle times aside. */
 function mayRun(s: BalancerState, nowMs: number): boolean {
-  return hasMetTheMesh(s) && !leaderAtStallSuspect(s) && s.leaderId !== s.config.selfPeerId && selfIsWinner(s) && seesRosterMajority(s, true) && !followsBetterRankedLeader(s, nowMs);
+  return hasMetTheMesh(s) && heardTheMeshTerms(s) && !leaderAtStallSuspect(s) && s.leaderId !== s.config.selfPeerId && selfIsWinner(s) && seesRosterMajority(s, true) && !followsBetterRankedLeader(s, nowMs);
 }
 
 /** requestVote of this peer's current term to every other voter that has not granted it yet. */
@@ -489,7 +521,7 @@ function onMessage(
   nowMs: number,
   effects: BalancerEffect[],
 ): BalancerState {
-  let s = message.type === 'requestVote' ? noteMeshMet(state, effects, message.roster) : state;
+  let s = noteTermHeard(message.type === 'requestVote' ? noteMeshMet(state, effects, message.roster) : state, from);
   if (message.term > s.durable.currentTerm) {
     if (message.type === 'requestVote' && hasLiveLeader(s, nowMs) && (!wouldVoteFor(s, message.candidateId) || leaderOutranks(s, message.candidateId))) {
       // A candidate this peer would refuse, while its leader is alive: refuse without taking its term.
@@ -567,8 +599,9 @@ function onMessage(
     case 'votersHeld': {
       const voters = s.durable.voters;
       const held = s.votersHeldBy ?? [];
-      if (s.role !== 'leader' || message.term !== term || voters === undefined || compareVersions(message.voters, voters) !== 0) return s;
-      if (held.includes(message.voterId) || !voters.peers.includes(message.voterId)) return s;
+      if (s.role !== 'leader' || message.term !== term || voters === undefined || message.voters.term !== voters.term) return s;
+      if (!voters.peers.includes(message.voterId)) return readyToBeAdmitted(s, from, message.voterId);
+      if (held.includes(message.voterId) || compareVersions(message.voters, voters) !== 0) return s;
       return { ...s, votersHeldBy: [...held, message.voterId] };
     }
     case 'newerTerm':
@@ -682,7 +715,7 @@ function maybeWin(state: BalancerState, nowMs: number, effects: BalancerEffect[]
   const term = state.durable.currentTerm;
   effects.push({ type: 'claimedLeadership', term });
   effects.push({ type: 'leaderChanged', term, leaderId: state.config.selfPeerId });
-  const s: BalancerState = { ...withoutRosterTaught(state), role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0 };
+  const s: BalancerState = { ...withoutRosterTaught(state), role: 'leader', leaderId: state.config.selfPeerId, votesGranted: [], candidaciesTimedOut: 0, votersReady: undefined };
   // Its voters stamped with its term before any change (Raft's leader commits an entry of its own term first):
   // once a majority holds them, no candidate holding an older leader's uncommitted change gets their votes. A
   // record of an earlier version stamps the roster it won with.
@@ -738,11 +771,20 @@ function withoutForgottenVoters(s: BalancerState, forgotten: readonly string[], 
   return { ...s, durable };
 }
 
-/** Voters among `forgotten` noted as leaving (BalancerState.votersLeaving), bounded by the list. */
-function withVotersLeaving(s: BalancerState, forgotten: readonly string[]): BalancerState {
+/**
+ * Voters among `forgotten` noted as leaving (ElectionDurable.votersLeaving), persisted, bounded by the list. Not every
+ * voter missing from the roster: one it never saw alive (admitted by an earlier leader, cut off from this one) taken
+ * out left a list without a live majority (the election simulation, seed 569).
+ */
+function withVotersLeaving(s: BalancerState, forgotten: readonly string[], effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters?.peers ?? [];
-  const leaving = [...new Set([...(s.votersLeaving ?? []), ...forgotten])].filter((peerId) => peerId !== s.config.selfPeerId && voters.includes(peerId));
-  return leaving.length === (s.votersLeaving ?? []).length ? s : { ...s, votersLeaving: leaving };
+  const before = s.durable.votersLeaving ?? [];
+  const leaving = [...new Set([...before, ...forgotten])].filter((peerId) => peerId !== s.config.selfPeerId && voters.includes(peerId)).sort();
+  if (leaving.length === before.length && leaving.every((peerId, i) => peerId === before[i])) return s;
+  const { votersLeaving: _, ...rest } = s.durable;
+  const durable: ElectionDurable = leaving.length === 0 ? rest : { ...rest, votersLeaving: leaving };
+  effects.push({ type: 'persist', key: 'election', value: durable });
+  return { ...s, durable };
 }
 
 /**
@@ -756,26 +798,41 @@ function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): Balancer
   const voters = s.durable.voters;
   if (voters === undefined || !votersCommitted(s)) return s;
   const roster = new Set(s.config.rosterPeerIds);
-  const forgotten = new Set(s.votersLeaving ?? []);
+  const forgotten = new Set(s.durable.votersLeaving ?? []);
   const leaving = voters.peers.find((peerId) => peerId !== s.config.selfPeerId && forgotten.has(peerId) && !roster.has(peerId));
   if (leaving !== undefined) return withVoters(s, voters.peers.filter((peerId) => peerId !== leaving), voters.seq + 1, effects);
   // A longer list fits no request for votes nor the election record: the peers past it stay non-voting members.
   if (voters.peers.length >= votersMax) return s;
   const admitted = new Set(voters.peers);
-  const joiner = s.members.find((m) => m.status === 'alive' && roster.has(m.peerId) && !admitted.has(m.peerId));
+  const ready = new Set(s.votersReady ?? []);
+  const joiner = s.members.find((m) => m.status === 'alive' && roster.has(m.peerId) && ready.has(m.peerId) && !admitted.has(m.peerId));
   if (joiner !== undefined) return withVoters(s, [...voters.peers, joiner.peerId], voters.seq + 1, effects);
   return s;
 }
 
 /**
+ * Leader: a peer outside its voters that holds its list (votersHeld, sent only by a peer in admitted mode) may be
+ * admitted. A peer of an earlier build or in learnt mode sends none: admitted, it voted by the roster check alone,
+ * without comparing versions, which the argument at nextVotersChange needs of every voter (hunt 186).
+ */
+function readyToBeAdmitted(s: BalancerState, from: string, peerId: string): BalancerState {
+  const ready = s.votersReady ?? [];
+  if (from !== peerId || ready.includes(peerId) || ready.length >= votersMax) return s;
+  return { ...s, votersReady: [...ready, peerId] };
+}
+
+/**
  * Follower: the leader's voters, adopted (persisted) when newer than its own, and acknowledged while the leader
- * has not seen a majority hold them. A follower without voters of its own ignores them (see adoptsFirstVoters).
+ * has not seen a majority hold them; a peer not among them acknowledges every announcement, its leave to be admitted
+ * (readyToBeAdmitted), until it is or the list is full. A follower without voters of its own ignores them (see
+ * adoptsFirstVoters).
  */
 function holdLeadersVoters(s: BalancerState, leaderId: string, voters: (Voters & { readonly committed: boolean }) | undefined, effects: BalancerEffect[]): BalancerState {
   const own = s.durable.voters;
   if (voters === undefined || (own === undefined && !adoptsFirstVoters(s, voters))) return s;
   const next = heldVoters(s, voters, effects);
-  if (!voters.committed && (own === undefined || compareVersions(voters, own) >= 0)) {
+  const waitsToBeAdmitted = !voters.peers.includes(s.config.selfPeerId) && voters.peers.length < votersMax;
+  if ((!voters.committed || waitsToBeAdmitted) && (own === undefined || compareVersions(voters, own) >= 0)) {
     effects.push({ type: 'send', to: leaderId, message: { type: 'votersHeld', term: s.durable.currentTerm, voterId: s.config.selfPeerId, voters: { term: voters.term, seq: voters.seq } } });
   }
   return next;

@@ -86,10 +86,14 @@ export type BalancerMessage =
   | { readonly type: 'announce'; readonly term: number; readonly leaderId: string; readonly table: RoutingTable; readonly voters?: Voters & { readonly committed: boolean } }
   /**
    * The sender's admitted voters, sent while it has no leader to the peer its rule names (hunt 168): a peer
-   * admitted by a leader that fell before telling it never ran, and the others waited for it.
+   * admitted by a leader that fell before telling it never ran, and the others waited for it. A joiner whose list is
+   * empty sends it to every peer alive in its view: the founder leads once it has heard a majority's terms (hunt 186).
    */
   | { readonly type: 'voters'; readonly term: number; readonly voters: Voters }
-  /** A follower holds (persisted) the leader's voters of this version: counted towards committing it (hunt 168). */
+  /**
+   * A follower holds (persisted) the leader's voters of this version: counted towards committing it (hunt 168). From a
+   * peer outside the list (sent at every announcement): it runs admitted mode, and only such a peer is admitted (hunt 186).
+   */
   | { readonly type: 'votersHeld'; readonly term: number; readonly voterId: string; readonly voters: VotersVersion }
   /** Answer to an announcement of an older term, so that a leader cut off from a newer election steps down. */
   | { readonly type: 'newerTerm'; readonly term: number };
@@ -110,6 +114,12 @@ export interface ElectionDurable {
    * Absent: the learnt or pinned roster counts, as before hunt 168.
    */
   readonly voters?: Voters;
+  /**
+   * Voters this peer's roster forgot (peersForgotten by 'roster'), which as leader it takes out one change at a time
+   * (logic.ts, nextVotersChange): peers of `voters` only, so at most votersMax. Persisted (hunt 186): kept in memory
+   * only, a restart between the forgetting and leading left the ghost in the list. Absent: none.
+   */
+  readonly votersLeaving?: readonly string[];
 }
 
 export interface RoutingLimits {

@@ -179,6 +179,25 @@ test('election record: the admitted voters (hunt 184) are kept with the term, up
   assert.deepEqual(record.durable.voters, full, 'unchanged');
 });
 
+test('election record: the voters leaving (hunt 186) are kept as positions in the list, all of a full list still within a slot', async (t) => {
+  const dir = await dataDir(t);
+  const record = await openElectionRecord(dir);
+  t.after(() => record.close());
+  const full = { peers: Array.from({ length: votersMax }, (_, i) => peerIdLike(i)).sort(), term: 7, seq: 3 };
+  const leaving = full.peers.slice(1);
+  await record.write({ currentTerm: 9, votedFor: null, meshMet: true, voters: full, votersLeaving: leaving });
+  assert.deepEqual(await readElectionRecord(dir), { currentTerm: 9, votedFor: null, meshMet: true, voters: full, votersLeaving: leaving });
+  // One no longer in the list (taken out since) is not written: only the list's own count.
+  await record.write({ currentTerm: 9, votedFor: null, voters: { ...full, peers: full.peers.slice(0, 3) }, votersLeaving: [full.peers[2] as string, full.peers[5] as string] });
+  assert.deepEqual((await readElectionRecord(dir))?.votersLeaving, [full.peers[2]]);
+  for (const votersLeavingAt of [[3], [0, 0], [-1], ['peer-x'], 'all']) {
+    const bad = await dataDir(t);
+    const file = await createTwoSlotFile(join(bad, ELECTION_RECORD_FILE), encodeEnvelope({ type: 'electionRecord', currentTerm: 2, votedFor: null, voters: { peers: ['a', 'b', 'c'], term: 1, seq: 0 }, votersLeavingAt }));
+    await file.close();
+    await assert.rejects(readElectionRecord(bad), (err: Error & { code?: string }) => err.code === 'ERR_BALANCER_STATE_FILE' && /voters leaving/.test(err.message), JSON.stringify(votersLeavingAt));
+  }
+});
+
 test('election record: admitted voters that are not a bounded list of PeerIds make the record damaged (the start stops with the file named)', async (t) => {
   const bad: unknown[] = [
     'peer-a',

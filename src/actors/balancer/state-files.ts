@@ -120,7 +120,10 @@ async function loadLegacyElection(dataDir: string): Promise<ElectionDurable | nu
 function encodeElectionRecord(durable: ElectionDurable): Uint8Array {
   const meshMet = durable.meshMet !== undefined ? { meshMet: durable.meshMet } : {};
   const voters = durable.voters !== undefined ? { voters: { peers: durable.voters.peers, term: durable.voters.term, seq: durable.voters.seq } } : {};
-  return encodeEnvelope({ type: 'electionRecord', currentTerm: durable.currentTerm, votedFor: durable.votedFor, ...meshMet, ...voters }, { maxBytes: SLOT_PAYLOAD_MAX_BYTES });
+  // As positions in the list, so that a full list and all of it leaving still fit the slot; one no longer listed is moot.
+  const leavingAt = (durable.votersLeaving ?? []).map((peerId) => durable.voters?.peers.indexOf(peerId) ?? -1).filter((i) => i >= 0);
+  const leaving = leavingAt.length > 0 ? { votersLeavingAt: leavingAt } : {};
+  return encodeEnvelope({ type: 'electionRecord', currentTerm: durable.currentTerm, votedFor: durable.votedFor, ...meshMet, ...voters, ...leaving }, { maxBytes: SLOT_PAYLOAD_MAX_BYTES });
 }
 
 function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDurable {
@@ -136,12 +139,23 @@ function decodeElectionRecord(dataDir: string, payload: Uint8Array): ElectionDur
   // Versions before hunt 184 write no voters, and drop them when they write a record read from a later one.
   const voters = v.voters === undefined ? undefined : parseVoters(v.voters);
   if (voters === null) throw damaged(dataDir, ELECTION_RECORD_FILE, `admitted voters that are not a list of at most ${votersMax} PeerIds`);
+  // Versions before hunt 186 write no votersLeavingAt (kept in memory only), and drop it as they drop voters.
+  const leaving = v.votersLeavingAt === undefined ? [] : parseLeavingAt(v.votersLeavingAt, voters?.peers ?? []);
+  if (leaving === null) throw damaged(dataDir, ELECTION_RECORD_FILE, 'voters leaving that are not distinct positions in the admitted voters');
   return {
     currentTerm: v.currentTerm as number,
     votedFor: v.votedFor as string | null,
     ...(typeof v.meshMet === 'boolean' ? { meshMet: v.meshMet } : {}),
     ...(voters !== undefined ? { voters } : {}),
+    ...(leaving.length > 0 ? { votersLeaving: leaving } : {}),
   };
+}
+
+/** ElectionDurable.votersLeaving from its positions in the list (sorted, as the reducer keeps it); null when malformed. */
+function parseLeavingAt(value: unknown, peers: readonly string[]): string[] | null {
+  if (!Array.isArray(value) || value.length > votersMax || new Set(value).size !== value.length) return null;
+  if (!value.every((i): i is number => Number.isSafeInteger(i) && i >= 0 && i < peers.length)) return null;
+  return value.map((i) => peers[i] as string).sort();
 }
 
 /**

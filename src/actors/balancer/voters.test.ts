@@ -26,6 +26,8 @@ function configFor(selfPeerId: string, rosterPeerIds: readonly string[], extra: 
 const alive = (peerId: string, priority = 0): MemberRecord => memberRecord(peerId, { priority });
 const run = (state: BalancerState, ...inputs: BalancerInput[]) => runSteps(stepBalancer, state, inputs);
 const received = (from: string, message: BalancerMessage, nowMs: number): BalancerInput => ({ type: 'messageReceived', from, message, nowMs });
+/** A peer outside the leader's voters saying it holds its list (it runs admitted mode): the leader may admit it (hunt 186). */
+const ready = (peerId: string, term: number, nowMs: number, seq = 0): BalancerInput => received(peerId, { type: 'votersHeld', term, voterId: peerId, voters: { term, seq } }, nowMs);
 const holding = (term: number, voters: Voters, votedFor: string | null = null): ElectionDurable => ({ currentTerm: term, votedFor, voters });
 const sent = (effects: readonly BalancerEffect[]): Array<{ to: string; message: BalancerMessage }> =>
   effects.flatMap((e) => (e.type === 'send' ? [{ to: e.to, message: e.message }] : []));
@@ -69,10 +71,18 @@ test('upgrading a running mesh: told whether it founds, a record of an earlier v
   assert.deepEqual(b.durable, { ...earlier, voters: { peers: [], term: 0, seq: 0 } });
   const view = [alive('peer-a', 1), alive('peer-b'), alive('peer-c', 2)];
   assert.equal(run(b, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 5000 }).state.role, 'follower', 'best-ranked, not admitted: it does not run');
-  const founder = run(initBalancer(configFor('peer-a', roster, { foundsVoters: true }), earlier), { type: 'viewChanged', members: view, nowMs: 0 });
+  const waits = run(initBalancer(configFor('peer-a', roster, { foundsVoters: true }), earlier), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(waits.state.role, 'follower', 'it has heard no term of the mesh yet');
+  // Hunt 186: it leads once it has heard the terms of a majority of its roster (the joiners say theirs while they have
+  // no leader): founding at once a term above its own, it led term 8 beside a learnt-era leader of term 8 it never heard.
+  const says = sent(run(b, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 100 }).effects).filter((m) => m.message.type === 'voters');
+  assert.deepEqual(says.map((m) => m.to).sort(), ['peer-a', 'peer-c'], 'a joiner without a list says its term to every peer alive');
+  const newer = run(waits.state, received('peer-c', { type: 'voters', term: 8, voters: { peers: [], term: 0, seq: 0 } }, 50), { type: 'tick', nowMs: 100 });
+  assert.deepEqual(newer.state.durable.voters, { peers: ['peer-a'], term: 9, seq: 0 }, 'above the term it heard');
+  const founder = run(waits.state, received('peer-b', says[0]!.message, 50), { type: 'tick', nowMs: 100 });
   assert.equal(founder.state.role, 'leader');
-  assert.deepEqual(founder.state.durable.voters, { peers: ['peer-a'], term: 8, seq: 0 }, 'a term above every term it voted in, stamped');
-  const admits = run(founder.state, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(founder.state.durable.voters, { peers: ['peer-a'], term: 8, seq: 0 }, 'a term above every term it voted in or heard, stamped');
+  const admits = run(founder.state, ready('peer-c', 8, 50), ready('peer-b', 8, 60), { type: 'tick', nowMs: 100 });
   assert.deepEqual(persistedVoters(admits.effects), [{ peers: ['peer-a', 'peer-b'], term: 8, seq: 1 }], 'its own majority holds the stamp: one admitted');
 });
 
@@ -87,7 +97,7 @@ test('two joiners that learnt one voter of the mesh do not elect beside it in it
   // peer-e, not admitted either, does not answer its request: its vote would count nowhere.
   const e = initBalancer(configFor('peer-e', ['peer-a', 'peer-d', 'peer-e'], { bootstrapPeerIds: ['peer-d'] }), null);
   const asked = run(e, { type: 'viewChanged', members: view, nowMs: 3000 }, received('peer-d', { type: 'requestVote', term: 1, candidateId: 'peer-d', roster: ['peer-a', 'peer-d', 'peer-e'] }, 3100));
-  assert.deepEqual(sent(asked.effects), []);
+  assert.deepEqual(sent(asked.effects).filter((m) => m.message.type === 'vote'), []);
 });
 
 test('a leader stamps its voters with its term, then admits one peer of its roster at a time, each once a majority holds the last', () => {
@@ -99,7 +109,7 @@ test('a leader stamps its voters with its term, then admits one peer of its rost
   // It learns peer-b and peer-c: peer-b first, alone.
   const view = [alive('peer-a'), alive('peer-b'), alive('peer-c')];
   const a1 = { ...won.state, config: { ...won.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } };
-  const first = run(a1, { type: 'viewChanged', members: view, nowMs: 100 }, { type: 'tick', nowMs: 150 });
+  const first = run(a1, ready('peer-b', 1, 90), ready('peer-c', 1, 95), { type: 'viewChanged', members: view, nowMs: 100 }, { type: 'tick', nowMs: 150 });
   assert.deepEqual(persistedVoters(first.effects), [{ peers: ['peer-a', 'peer-b'], term: 1, seq: 1 }]);
   assert.deepEqual(announced(first.effects)[0], { peers: ['peer-a', 'peer-b'], term: 1, seq: 1, committed: false });
   // Until peer-b holds it (a majority of two), no second change.
@@ -120,12 +130,42 @@ test('a leader admits nobody past votersMax: the list must fit a request for vot
     role: 'leader',
     leaderId: self,
     votersHeldBy: peers.slice(0, majorityOf(peers)),
+    votersReady: ['peer-new'],
   };
   const ticked = run(leader, { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 100 });
   assert.equal(ticked.state.role, 'leader');
   assert.deepEqual(persistedVoters(ticked.effects), [], 'peer-new alive in its roster, not admitted');
   const fewer = run({ ...leader, durable: holding(1, { peers: peers.slice(0, -1), term: 1, seq: 0 }, self) }, { type: 'viewChanged', members: view, nowMs: 0 });
   assert.deepEqual(persistedVoters(fewer.effects).map((v) => v.peers.length), [votersMax], 'one below it, admitted');
+});
+
+test('a leader admits only peers that said they hold its list (admitted mode): not one running learnt rosters', () => {
+  // Hunt 186: a peer of an earlier build, or restored on an empty disk without --election-voters admitted, admitted
+  // for being alive in the roster, then voted by the roster check alone, without comparing versions.
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const leader = run(initBalancer(configFor('peer-a', ['peer-a']), null), { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 }).state;
+  assert.equal(leader.role, 'leader');
+  const sees = run({ ...leader, config: { ...leader.config, rosterPeerIds: roster } }, { type: 'viewChanged', members: view, nowMs: 100 }, { type: 'tick', nowMs: 200 });
+  assert.deepEqual(persistedVoters(sees.effects), [], 'alive in its roster, silent: not admitted');
+  const forged = run(sees.state, received('peer-c', { type: 'votersHeld', term: 1, voterId: 'peer-b', voters: { term: 1, seq: 0 } }, 210), { type: 'tick', nowMs: 220 });
+  assert.deepEqual(persistedVoters(forged.effects), [], 'only a peer speaking for itself');
+  const admits = run(forged.state, ready('peer-c', 1, 300), { type: 'tick', nowMs: 310 });
+  assert.deepEqual(persistedVoters(admits.effects), [{ peers: ['peer-a', 'peer-c'], term: 1, seq: 1 }]);
+  const next = run(admits.state, received('peer-c', { type: 'votersHeld', term: 1, voterId: 'peer-c', voters: { term: 1, seq: 1 } }, 400), { type: 'tick', nowMs: 410 }, { type: 'tick', nowMs: 5000 });
+  assert.deepEqual(persistedVoters(next.effects), [], 'peer-b, in learnt mode, stays out');
+  // The joiners' side: one in admitted mode outside the list says so at every announcement, committed or not; one in
+  // learnt mode says nothing, nor does a voter once its list is committed, nor a joiner the full list has no room for.
+  const table = { term: 1, leaderId: 'peer-a', entries: [] };
+  const announce = (voters: Voters): BalancerInput => received('peer-a', { type: 'announce', term: 1, leaderId: 'peer-a', table, voters: { ...voters, committed: true } }, 500);
+  const acks = (state: BalancerState, voters: Voters) => sent(run(state, announce(voters)).effects).filter((m) => m.message.type === 'votersHeld');
+  const joiner = initBalancer(configFor('peer-c', roster, { foundsVoters: false }), null);
+  const list: Voters = { peers: ['peer-a'], term: 1, seq: 0 };
+  assert.deepEqual(acks(joiner, list), [{ to: 'peer-a', message: { type: 'votersHeld', term: 1, voterId: 'peer-c', voters: { term: 1, seq: 0 } } }]);
+  assert.deepEqual(acks(initBalancer(configFor('peer-b', roster, { votersThroughLeader: false }), null), list), []);
+  assert.deepEqual(acks(initBalancer(configFor('peer-c', roster), holding(1, { ...list, peers: ['peer-a', 'peer-c'] })), { ...list, peers: ['peer-a', 'peer-c'] }), []);
+  const full: Voters = { peers: Array.from({ length: votersMax }, (_, i) => `peer-a${String(i).padStart(3, '0')}`), term: 1, seq: 0 };
+  assert.deepEqual(acks(joiner, full), []);
 });
 
 test('a joiner adopts the leader\'s newer voters, persisted before its acknowledgement, and is admitted (it has met the mesh)', () => {
@@ -249,7 +289,7 @@ test('a leader whose roster forgets a voter while an admission is uncommitted ke
   assert.equal(leads.state.role, 'leader');
   const committed = run(leads.state, received('peer-b', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 0 } }, 20));
   // peer-j comes, peer-b is cut off and peer-x away before either holds the admission; peer-x is forgotten (24 h).
-  const admits = run(committed.state, { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-j', 3)], nowMs: 30 });
+  const admits = run(committed.state, ready('peer-j', 2, 25), { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-j', 3)], nowMs: 30 });
   const forgot = run({ ...admits.state, config: { ...admits.state.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-j'] } }, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'roster', nowMs: 40 });
   const abjx = forgot.state.durable.voters as Voters;
   assert.deepEqual(abjx, { peers: ['peer-a', 'peer-b', 'peer-j', 'peer-x'], term: 2, seq: 1 }, 'peer-x stays while the admission is uncommitted');
@@ -292,6 +332,24 @@ test('a leader takes the voters its roster forgot out one at a time, each once a
   assert.deepEqual(run(follower, { type: 'peersForgotten', peerIds: ['peer-x'], by: 'operator', nowMs: 0 }).state.durable.voters?.peers, ['peer-a', 'peer-b', 'peer-c', 'peer-y']);
 });
 
+test('a voter the roster forgot stays noted as leaving across a restart (persisted), and the peer, once it leads, takes it out', () => {
+  // Hunt 186: kept in memory only, a peer that restarted between its roster's forgetting and leading left the ghost in
+  // the list for good (its absence counting against the list's majority), until an operator's forget-peer.
+  const voters: Voters = { peers: ['peer-a', 'peer-b', 'peer-c', 'peer-x'], term: 2, seq: 0 };
+  const config = configFor('peer-a', ['peer-a', 'peer-b', 'peer-c']);
+  const forgot = run(initBalancer(config, holding(2, voters)), { type: 'peersForgotten', peerIds: ['peer-x', 'peer-q'], by: 'roster', nowMs: 0 });
+  const record = forgot.effects.flatMap((e) => (e.type === 'persist' ? [e.value] : [])).at(-1);
+  assert.deepEqual(record?.votersLeaving, ['peer-x'], 'persisted at once, only peers of the list');
+  assert.deepEqual(forgot.state.durable.voters, voters, 'a follower keeps its list: the leader takes it out');
+  // Restarted from that record, it runs, wins with b and c, and once they hold its stamp takes peer-x out.
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const leads = run(initBalancer(config, record ?? null), { type: 'viewChanged', members: view, nowMs: 1000 }, received('peer-b', { type: 'vote', term: 3, voterId: 'peer-b', granted: true }, 1010), received('peer-c', { type: 'vote', term: 3, voterId: 'peer-c', granted: true }, 1020));
+  assert.equal(leads.state.role, 'leader');
+  const held = (voterId: string, nowMs: number): BalancerInput => received(voterId, { type: 'votersHeld', term: 3, voterId, voters: { term: 3, seq: 0 } }, nowMs);
+  const removes = run(leads.state, held('peer-b', 1100), held('peer-c', 1110), { type: 'tick', nowMs: 1200 });
+  assert.deepEqual(persistedVoters(removes.effects), [{ peers: ['peer-a', 'peer-b', 'peer-c'], term: 3, seq: 1 }]);
+});
+
 test('a voter holding a list refuses a candidate without one (its learnt roster\'s majority need not meet the list\'s), and its refusal carries the list', () => {
   // Hunt 184's process test, the record's list not written: site-a came back without a list and led term 3 with the
   // votes of b and c, granted by the roster check. Beside voters that elect by the list, a candidate counting a majority
@@ -323,7 +381,7 @@ test('a new leader admits nobody before a majority holds its stamp, and a voter 
   // peer-d alive in its roster: not admitted while only peer-a holds (2, 0), though (1, 2) was committed.
   const waits = run(a.state, { type: 'tick', nowMs: 100 }, received('peer-c', { type: 'votersHeld', term: 2, voterId: 'peer-c', voters: { term: 1, seq: 2 } }, 110), { type: 'tick', nowMs: 400 });
   assert.deepEqual(persistedVoters(waits.effects), []);
-  const admits = run(waits.state, received('peer-c', { type: 'votersHeld', term: 2, voterId: 'peer-c', voters: { term: 2, seq: 0 } }, 420), { type: 'tick', nowMs: 430 });
+  const admits = run(waits.state, ready('peer-d', 2, 415), received('peer-c', { type: 'votersHeld', term: 2, voterId: 'peer-c', voters: { term: 2, seq: 0 } }, 420), { type: 'tick', nowMs: 430 });
   assert.deepEqual(persistedVoters(admits.effects), [{ peers: [...abc.peers, 'peer-d'], term: 2, seq: 1 }]);
   // peer-c, which missed the admission, takes it from a candidate's request (the leader's list, arriving late).
   const c = run(initBalancer(configFor('peer-c', roster), holding(2, { ...abc, term: 2, seq: 0 })), { type: 'viewChanged', members: view, nowMs: 0 });
