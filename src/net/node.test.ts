@@ -785,31 +785,34 @@ describe('mesh node (in process, 127.0.0.1)', () => {
   });
 
   it('joined through an address without /p2p/, reconnects after that peer restarts', { timeout: perTestTimeoutMs }, async () => {
-    // A mesh of two, apart from the others: only q's reconnect loop can bring them together again.
+    // A mesh of two, apart from the others (its own swarm key): only q's reconnect loop can bring them together again.
+    const apart = { swarmKey: generateSwarmKey() };
     const pDir = await mkdtemp(join(tmpdir(), 'pacs-mesh-net-'));
-    let p = await start({ dataDir: pDir });
+    let p = await start({ ...apart, dataDir: pDir });
     const port = portOf(loopbackAddress(p));
-    const q = await start({ bootstrap: [`/ip4/127.0.0.1/tcp/${port}`] });
+    const q = await start({ ...apart, bootstrap: [`/ip4/127.0.0.1/tcp/${port}`] });
     await waitFor('q to join through the bare address', () => q.connectedPeers().includes(p.peerId));
     // p announces its addresses (with /p2p/) 1 s after a connection: a dial must not mix them with the bare one.
     await new Promise((r) => setTimeout(r, 2500));
     const oldId = p.peerId;
     await p.stop();
     await waitFor('q to notice p is gone', () => !q.connectedPeers().includes(oldId));
-    p = await start({ dataDir: pDir, p2pPort: port });
+    p = await start({ ...apart, dataDir: pDir, p2pPort: port });
     await waitFor('q reconnects to the restarted p', () => q.connectedPeers().includes(p.peerId), 15_000);
   });
 
   it('a site restarted on another port without --bootstrap dials the addresses it saved, quietly; the peer it finds does too (helper 93)', { timeout: perTestTimeoutMs }, async () => {
-    // A mesh of two, apart from the others: only the saved addresses can bring them together again.
+    // A mesh of two, apart from the others: only the saved addresses can bring them together again. Its own
+    // swarm key keeps the suite's other nodes out (one of them, reaching q's port, was saved beside p once).
+    const apart = { swarmKey: generateSwarmKey() };
     const failures: BootstrapFailure[] = [];
     const changes: BootstrapIdentityChange[] = [];
-    const quiet = { onBootstrapUnreachable: (f: BootstrapFailure) => failures.push(f), onBootstrapIdentityChanged: (c: BootstrapIdentityChange) => changes.push(c) };
+    const isolated = { ...apart, onBootstrapUnreachable: (f: BootstrapFailure) => failures.push(f), onBootstrapIdentityChanged: (c: BootstrapIdentityChange) => changes.push(c) };
     const tuning = { knownPeersWriteDelayMs: 100 };
-    let p = await start({ ...quiet, tuning });
+    let p = await start({ ...isolated, tuning });
     const pDir = dirs[dirs.length - 1]!;
     const pPort = portOf(loopbackAddress(p));
-    let q = await start({ bootstrap: [loopbackAddress(p)], ...quiet, tuning });
+    let q = await start({ bootstrap: [loopbackAddress(p)], ...isolated, tuning });
     const qDir = dirs[dirs.length - 1]!;
     const qOldPort = portOf(loopbackAddress(q));
     await waitFor('q joined p', () => p.connectedPeers().includes(q.peerId) && q.connectedPeers().includes(p.peerId));
@@ -826,10 +829,10 @@ describe('mesh node (in process, 127.0.0.1)', () => {
     const savedAtP = JSON.parse(await readFile(join(pDir, 'known-peers.json'), 'utf8')) as typeof savedAtQ;
     assert.deepEqual(savedAtP.peers.map((x) => x.peerId), [qId]);
     // q moves to another port; p comes back where it was: q knows where p is, p only q's old address.
-    q = await start({ dataDir: qDir, ...quiet });
+    q = await start({ dataDir: qDir, ...isolated });
     const qNewPort = portOf(loopbackAddress(q));
     assert.notEqual(qNewPort, qOldPort);
-    p = await start({ dataDir: pDir, p2pPort: pPort, ...quiet });
+    p = await start({ dataDir: pDir, p2pPort: pPort, ...isolated });
     assert.equal(q.peerId, qId);
     assert.equal(q.savedPeers, 1);
     assert.equal(p.savedPeers, 1);
