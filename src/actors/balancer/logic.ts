@@ -599,8 +599,9 @@ function onMessage(
     case 'votersHeld': {
       const voters = s.durable.voters;
       const held = s.votersHeldBy ?? [];
-      if (s.role !== 'leader' || message.term !== term || voters === undefined || message.voters.term !== voters.term) return s;
-      if (!voters.peers.includes(message.voterId)) return readyToBeAdmitted(s, from, message.voterId);
+      // Only the voter itself may say it holds the list: a relayed or forged one would count toward a majority it never had.
+      if (from !== message.voterId || s.role !== 'leader' || message.term !== term || voters === undefined || message.voters.term !== voters.term) return s;
+      if (!voters.peers.includes(message.voterId)) return readyToBeAdmitted(s, message.voterId);
       if (held.includes(message.voterId) || compareVersions(message.voters, voters) !== 0) return s;
       return { ...s, votersHeldBy: [...held, message.voterId] };
     }
@@ -815,9 +816,9 @@ function nextVotersChange(s: BalancerState, effects: BalancerEffect[]): Balancer
  * admitted. A peer of an earlier build or in learnt mode sends none: admitted, it voted by the roster check alone,
  * without comparing versions, which the argument at nextVotersChange needs of every voter (hunt 186).
  */
-function readyToBeAdmitted(s: BalancerState, from: string, peerId: string): BalancerState {
+function readyToBeAdmitted(s: BalancerState, peerId: string): BalancerState {
   const ready = s.votersReady ?? [];
-  if (from !== peerId || ready.includes(peerId) || ready.length >= votersMax) return s;
+  if (ready.includes(peerId) || ready.length >= votersMax) return s;
   return { ...s, votersReady: [...ready, peerId] };
 }
 

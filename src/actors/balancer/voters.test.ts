@@ -279,6 +279,16 @@ test('a mesh upgrading from an earlier version judges candidates by their roster
   assert.ok(sent(follows.effects).some((m) => m.to === 'peer-c' && m.message.type === 'votersHeld'));
 });
 
+test('a leader counts a votersHeld toward its commit only from the voter it names: one relayed by another peer counts for nobody', () => {
+  const abc: Voters = { peers: ['peer-a', 'peer-b', 'peer-c'], term: 2, seq: 0 };
+  const leads = run(initBalancer(configFor('peer-a', abc.peers), holding(1, { ...abc, term: 1 }, 'peer-a')), { type: 'viewChanged', members: [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)], nowMs: 0 }, received('peer-b', { type: 'vote', term: 2, voterId: 'peer-b', granted: true }, 10));
+  assert.equal(leads.state.role, 'leader');
+  const relayed = run(leads.state, received('peer-c', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 0 } }, 20));
+  assert.deepEqual(relayed.state.votersHeldBy, ['peer-a'], 'peer-c cannot speak for peer-b');
+  const own = run(relayed.state, received('peer-b', { type: 'votersHeld', term: 2, voterId: 'peer-b', voters: { term: 2, seq: 0 } }, 30));
+  assert.deepEqual(own.state.votersHeldBy, ['peer-a', 'peer-b']);
+});
+
 test('a leader whose roster forgets a voter while an admission is uncommitted keeps it until a commit: a cut-off voter and the forgotten one, back, cannot elect beside it in one term', () => {
   // Hunt 176's hole: leader a holding {a, b, x} committed admits j (uncommitted: b cut off, x away), then forgets x
   // (24 h absent). Removed at once, {a, b, x} and {a, b, j} were two changes apart and their majorities {b, x} and
