@@ -34,7 +34,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { Clock } from '../runtime/clock.ts';
 import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
-import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers } from './roster.ts';
+import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers, votersLeftByRosterChange } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
 import { isPeerId, parseVoters, parseVotersVersion } from './voters-codec.ts';
@@ -824,7 +824,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       throw new Error(`unhandled balancer message ${JSON.stringify(unreachable)}`);
     }
     // Peers the roster dropped leave the admitted voters: the operator's forget-peer at once, the others through the leader.
-    const left = step.state.durable.voters === undefined ? [] : [...s.roster.peers.keys()].filter((peerId) => !roster.peers.has(peerId));
+    const voters = step.state.durable.voters?.peers;
+    const operatorForgot = message.type === 'forgetPeers' && !pinned ? forgetsNotOutlived(message.forgets, cameUpAtMs).map((f) => f.peerId) : [];
+    const left = voters === undefined ? [] : votersLeftByRosterChange(s.roster.peers, roster.peers, voters, operatorForgot, upPeerIds(), self);
     if (left.length > 0) {
       const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds: left, by: message.type === 'forgetPeers' ? 'operator' : 'roster', nowMs });
       step = { state: after.state, effects: [...step.effects, ...after.effects] };

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { MemberRecord, MemberStatus } from '../membership/messages.ts';
 import { memberRecord } from '../membership/fixtures/member-record.ts';
-import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterPeers } from './roster.ts';
+import { decodeRosterFile, encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, votersLeftByRosterChange, type RosterPeers } from './roster.ts';
 
 const forgetAfterMs = 24 * 3600_000;
 const site = (peerId: string, siteName: string, dicom: string, status: MemberStatus = 'alive'): MemberRecord =>
@@ -292,6 +292,19 @@ test('forgetRosterPeers takes out only peers that are not up and not self', () =
   assert.deepEqual(gone, ['peer-b1']);
   assert.deepEqual([...left.keys()], ['peer-a', 'peer-b2', 'peer-c']);
   assert.equal(forgetRosterPeers(peers, ['peer-x'], new Set(), 'peer-a').peers, peers, 'unchanged when nothing goes');
+});
+
+test('the voters leaving after a roster change: those it dropped, and for forget-peer a voter the roster had dropped already, unless up or self', () => {
+  const before: RosterPeers = new Map([
+    ['peer-a', { seenAtMs: 0, site: 'site-a', dicom: 'a' }],
+    ['peer-b', { seenAtMs: 0, site: 'site-b', dicom: 'b' }],
+  ]);
+  const after: RosterPeers = new Map([['peer-a', { seenAtMs: 0, site: 'site-a', dicom: 'a' }]]);
+  const voters = ['peer-a', 'peer-b', 'peer-x', 'peer-y'];
+  assert.deepEqual(votersLeftByRosterChange(before, after, voters, [], new Set(), 'peer-a'), ['peer-b']);
+  // peer-x: out of the roster by absence, still a voter; peer-y: up again; peer-z: no voter; peer-a: self.
+  assert.deepEqual(votersLeftByRosterChange(before, before, voters, ['peer-x', 'peer-y', 'peer-z', 'peer-a'], new Set(['peer-y']), 'peer-a'), ['peer-x']);
+  assert.deepEqual(votersLeftByRosterChange(before, after, voters, ['peer-b', 'peer-x'], new Set(), 'peer-a'), ['peer-b', 'peer-x']);
 });
 
 test('the file: version 2 round trip, version 1 read without whereabouts, damage and newer versions refused', () => {

@@ -220,6 +220,17 @@ export function forgetRosterPeers(peers: RosterPeers, peerIds: readonly string[]
   return { peers: next, gone };
 }
 
+/**
+ * The voters leaving after a roster change: the peers the roster dropped, and for the operator's forget-peer also
+ * the voters it names that the roster had dropped already (forgotten by absence, still voters while a leader takes
+ * them out one at a time): without them a forget-peer of such a voter left it counting toward every majority.
+ */
+export function votersLeftByRosterChange(before: RosterPeers, after: RosterPeers, voters: readonly string[], operatorForgot: readonly string[], upPeerIds: ReadonlySet<string>, selfPeerId: string): string[] {
+  const dropped = [...before.keys()].filter((peerId) => !after.has(peerId));
+  const droppedEarlier = operatorForgot.filter((peerId) => peerId !== selfPeerId && !upPeerIds.has(peerId) && !before.has(peerId) && voters.includes(peerId));
+  return [...new Set([...dropped, ...droppedEarlier])];
+}
+
 export const ROSTER_FILE_VERSION = 2;
 
 /**
