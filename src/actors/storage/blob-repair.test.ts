@@ -80,6 +80,35 @@ test('a blob table cut short no longer fails every start: the open repairs the b
   assert.equal(next.blobRepair, undefined);
 });
 
+test('a whole instance whose commit record the repair lost is kept and gets its record back; one that also lost a chunk leaves the catalog', async (t) => {
+  const dir = newStoreDir(t);
+  const uids = ['1.2.189.1', '1.2.189.2', '1.2.189.3'];
+  const store = await openStore(dir);
+  for (const uid of uids) await commit(store, uid);
+  const [whole, cut] = [(await store.getEntry(uids[0]!))!, (await store.getEntry(uids[1]!))!];
+  // What a repair that lost these records (and one of cut's chunks) leaves: the mark says repair at the next open.
+  await store.blobDb.batch([{ type: 'del', key: `b!${whole.blobId}!~` }, { type: 'del', key: `b!${cut.blobId}!~` }, { type: 'del', key: `b!${cut.blobId}!00000000` }], { sync: true });
+  store.reportBlobDamage('a test: records lost');
+  await store.close();
+
+  const notices: string[] = [];
+  const repaired = await openStore(dir, notices);
+  t.after(() => repaired.close());
+  assert.match(notices.join('\n'), /1 of 3 instances were lost/);
+  const report = repaired.blobRepair!;
+  assert.deepEqual({ checked: report.instancesChecked, lost: report.instancesLost, restored: report.commitRecordsRestored }, { checked: 3, lost: 1, restored: 1 });
+  assert.ok(await repaired.getEntry(uids[0]!), 'the whole one is kept');
+  assert.equal(await repaired.getEntry(uids[1]!), undefined, 'the cut one left the catalog');
+  assert.equal((await repaired.blobDb.keys({ gte: `b!${cut.blobId}!`, lt: `b!${cut.blobId}!~~` }).all()).length, 0, 'and its chunks went');
+  let bytes = 0;
+  for await (const chunk of repaired.readInstance((await repaired.getEntry(uids[0]!))!)) bytes += chunk.length;
+  assert.equal(bytes, 3000);
+  await repaired.close();
+  const next = await openStore(dir);
+  t.after(() => next.close());
+  assert.equal(await next.countInstances(), 2, 'its commit record written again: a later open keeps it');
+});
+
 test('a blob write LevelDB refuses as corrupt (a compaction met a damaged table) marks the blob database, refuses stores with a short reason, and the next open repairs it', async (t) => {
   const dir = newStoreDir(t);
   const store = await openStore(dir);

@@ -1078,7 +1078,10 @@ class LevelReplicaStore implements ReplicaStore {
       }
     });
     endBlob();
-    for (const id of unfinished) if (!keptPartials.has(id)) await this.deleteBlob(id, true);
+    // After a repair a blob without a commit record may be a listed instance whose record the repair lost: kept for
+    // reconcileWithRepairedBlobs, which writes the record again when its bytes are whole and drops it when not.
+    const listedBlobIds = everyBlob && unfinished.length > 0 ? await this.listedBlobIds() : new Set<string>();
+    for (const id of unfinished) if (!keptPartials.has(id) && !listedBlobIds.has(id)) await this.deleteBlob(id, true);
     for (const id of chunksLost) {
       const listed = await this.listedEntryOf(id);
       // Never acknowledged with the LevelDB npm install builds (a full log is synced before the next): deleted,
@@ -1190,6 +1193,19 @@ class LevelReplicaStore implements ReplicaStore {
   }
 
   /** The catalog entry that points at this blob, if its commit record can be read and the catalog lists it. */
+  /** The blob ids of every catalog entry (a read of the whole catalog: only after a repair of the blob database). */
+  private async listedBlobIds(): Promise<Set<string>> {
+    const ids = new Set<string>();
+    for await (const bytes of this.db.values(prefixRange(CATALOG_ENTRY_PREFIX))) {
+      try {
+        ids.add(decodeCatalogEntry(bytes).blobId);
+      } catch {
+        // the catalog's own damage: its reads report it (reportCatalogDamage)
+      }
+    }
+    return ids;
+  }
+
   private async listedEntryOf(blobId: string): Promise<CatalogEntry | undefined> {
     const bytes = await this.blobDb.get(commitRecordKey(blobId));
     if (bytes === undefined) return undefined;
