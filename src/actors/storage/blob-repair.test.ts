@@ -109,6 +109,22 @@ test('a whole instance whose commit record the repair lost is kept and gets its 
   assert.equal(await next.countInstances(), 2, 'its commit record written again: a later open keeps it');
 });
 
+test('a repair the disk has no room for is refused before it starts, the mark kept: the next start with room repairs', async (t) => {
+  const dir = newStoreDir(t);
+  const store = await openStore(dir);
+  await commit(store, '1.2.189.11');
+  store.reportBlobDamage('a test: damage');
+  await store.close();
+  const full = createReplicaStore({ path: dir, chunkBytes: 1000, freeDiskBytesOf: async () => 1024 ** 2 });
+  await assert.rejects(full.open(), { code: 'ERR_STORE_OPEN', message: /cannot repair the instance database in .*blobs: 1[5-9] MiB more free space needed \(its logs and its largest table, plus 16 MiB\)/ });
+  await full.close().catch(() => undefined);
+  assert.ok(existsSync(join(dir, 'blobs-damaged')), 'still marked');
+  const notices: string[] = [];
+  const repaired = await openStore(dir, notices);
+  t.after(() => repaired.close());
+  assert.match(notices.join('\n'), /repaired: all 1 instances are whole/);
+});
+
 test('a blob write LevelDB refuses as corrupt (a compaction met a damaged table) marks the blob database, refuses stores with a short reason, and the next open repairs it', async (t) => {
   const dir = newStoreDir(t);
   const store = await openStore(dir);

@@ -90,6 +90,8 @@ export interface ReplicaStoreInit {
   reopenAfterFaultMs?: number;
   /** Told what `open()` had to mend (a catalog rebuilt ...), for the operator's log. */
   onOpenNotice?: (message: string, fields: Record<string, unknown>) => void;
+  /** The bytes free to this process on the disk holding `path` (statfs); replaceable so tests can fill the disk. */
+  freeDiskBytesOf?: (path: string) => Promise<number>;
 }
 
 /**
@@ -654,6 +656,22 @@ function partialRecordKey(blobId: string): string {
   return `${partialRecordPrefix}${blobId}`;
 }
 
+async function freeDiskBytesOf(path: string): Promise<number> {
+  const fs = await statfs(path);
+  return fs.bavail * fs.bsize;
+}
+
+/** A LevelDB directory's logs (all of them) and its largest table, in bytes. */
+async function databaseFileSizes(dir: string): Promise<{ logBytes: number; largestTableBytes: number }> {
+  let logBytes = 0;
+  let largestTableBytes = 0;
+  for (const name of await readdir(dir)) {
+    if (name.endsWith('.log')) logBytes += (await stat(join(dir, name))).size;
+    else if (name.endsWith('.ldb') || name.endsWith('.sst')) largestTableBytes = Math.max(largestTableBytes, (await stat(join(dir, name))).size);
+  }
+  return { logBytes, largestTableBytes };
+}
+
 function commitRecordKey(blobId: string): string {
   return `${blobPrefix}${blobId}!${commitRecordSuffix}`;
 }
@@ -723,6 +741,7 @@ class LevelReplicaStore implements ReplicaStore {
   /** Counts faults: an upload begun before the last one never commits (the reopening deleted its chunks). */
   faultEpoch = 0;
   private readonly reopenAfterFaultMs: number;
+  private readonly freeDiskBytesOf: (path: string) => Promise<number>;
   private reopening: Promise<void> | undefined;
   private wakeReopening: (() => void) | undefined;
   private closing = false;
@@ -822,6 +841,7 @@ class LevelReplicaStore implements ReplicaStore {
     this.maxChunkWritesInFlight = init.maxChunkWritesInFlight ?? 16;
     this.checkpointIntervalMs = init.checkpointIntervalMs ?? 1000;
     this.reopenAfterFaultMs = init.reopenAfterFaultMs ?? 1000;
+    this.freeDiskBytesOf = init.freeDiskBytesOf ?? freeDiskBytesOf;
     this.onOpenNotice = init.onOpenNotice ?? (() => {});
   }
 
@@ -1396,12 +1416,18 @@ class LevelReplicaStore implements ReplicaStore {
    * needs about the logs' size free, plus room for new files: how many bytes short of that the disk is.
    */
   private async spaceMissingToReopen(): Promise<number> {
-    let logBytes = 0;
-    for (const dir of [join(this.path, 'catalog'), join(this.path, 'blobs')]) {
-      for (const name of await readdir(dir)) if (name.endsWith('.log')) logBytes += (await stat(join(dir, name))).size;
-    }
-    const fs = await statfs(this.path);
-    return Math.max(0, logBytes + reopenSpareBytes - fs.bavail * fs.bsize);
+    const [catalog, blobs] = [await databaseFileSizes(join(this.path, 'catalog')), await databaseFileSizes(join(this.path, 'blobs'))];
+    return Math.max(0, catalog.logBytes + blobs.logBytes + reopenSpareBytes - (await this.freeDiskBytesOf(this.path)));
+  }
+
+  /**
+   * LevelDB's RepairDB turns the logs into tables and copies what it can read of a damaged table into a new one
+   * before the old goes: about the logs and the largest table free, plus room for new files. Run short, it can
+   * stop half way and leave tables archived in `lost/` that it never copied.
+   */
+  private async spaceMissingToRepairBlobs(dir: string): Promise<number> {
+    const blobs = await databaseFileSizes(dir);
+    return Math.max(0, blobs.logBytes + blobs.largestTableBytes + reopenSpareBytes - (await this.freeDiskBytesOf(this.path)));
   }
 
   beginWrite(): InstanceWriter {
@@ -1524,6 +1550,11 @@ class LevelReplicaStore implements ReplicaStore {
     const dir = join(this.path, 'blobs');
     this.onOpenNotice("the instance database (blobs/) is damaged: LevelDB repairs it now, then every instance the catalog lists is read back and checked (the start takes about as long as reading the archive once)", { reason });
     if (this.blobDb.status === 'open') await this.blobDb.close();
+    // Refused before it starts, the mark stays and the next start tries again once there is room.
+    const missingBytes = await this.spaceMissingToRepairBlobs(dir);
+    if (missingBytes > 0) {
+      throw new StoreError('ERR_STORE_OPEN', `cannot repair the instance database in ${dir}: ${Math.ceil(missingBytes / 1024 ** 2)} MiB more free space needed (its logs and its largest table, plus 16 MiB); free some space on that disk and start the peer again`);
+    }
     try {
       await (Level as unknown as { repair(location: string): Promise<void> }).repair(dir);
     } catch (error) {
