@@ -93,6 +93,11 @@ export interface PeerConfig {
    * 60 s. No option: tests set it through PACS_MESH_FORGET_REPUBLISH_MS (testTimingsFromEnv), so as not to wait a minute.
    */
   forgetRepublishIntervalMs?: number;
+  /**
+   * How long a peer started with --bootstrap and a roster of itself alone waits before it may elect itself (the
+   * balancer's aloneJoinWaitMs); undefined: 15 s. No option: tests set it through PACS_MESH_ALONE_JOIN_WAIT_MS.
+   */
+  aloneJoinWaitMs?: number;
 }
 
 export const defaultConfig: PeerConfig = {
@@ -377,9 +382,9 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
  * they are not options). PACS_MESH_ISOLATION_CHECK_MS: PeerConfig.isolationCheckMs (1 ms or more);
  * PACS_MESH_JOIN_WAIT_MS: PeerConfig.joinWaitAfterStartMs (0 or more); PACS_MESH_REPAIR_KEYS_MAX:
  * PeerConfig.repairKeysMax (1 or more: a slow refill); PACS_MESH_FORGET_REPUBLISH_MS: PeerConfig.forgetRepublishIntervalMs
- * (1 ms or more). Unset or empty: the defaults.
+ * (1 ms or more); PACS_MESH_ALONE_JOIN_WAIT_MS: PeerConfig.aloneJoinWaitMs (0 or more). Unset or empty: the defaults.
  */
-type TestTimings = Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax' | 'forgetRepublishIntervalMs'>;
+type TestTimings = Pick<PeerConfig, 'isolationCheckMs' | 'joinWaitAfterStartMs' | 'repairKeysMax' | 'forgetRepublishIntervalMs' | 'aloneJoinWaitMs'>;
 
 export function testTimingsFromEnv(env: NodeJS.ProcessEnv): TestTimings {
   const timings: TestTimings = {};
@@ -398,6 +403,8 @@ export function testTimingsFromEnv(env: NodeJS.ProcessEnv): TestTimings {
   if (repairKeysMax !== undefined) timings.repairKeysMax = repairKeysMax;
   const forgetRepublishIntervalMs = read('PACS_MESH_FORGET_REPUBLISH_MS', 1);
   if (forgetRepublishIntervalMs !== undefined) timings.forgetRepublishIntervalMs = forgetRepublishIntervalMs;
+  const aloneJoinWaitMs = read('PACS_MESH_ALONE_JOIN_WAIT_MS', 0);
+  if (aloneJoinWaitMs !== undefined) timings.aloneJoinWaitMs = aloneJoinWaitMs;
   return timings;
 }
 

@@ -323,6 +323,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ...(config.electionVoters === 'admitted' ? { votersThroughLeader: true, foundsVoters: config.foundMesh } : {}),
         random: lowDiscrepancyDraws(),
         ...(config.forgetRepublishIntervalMs === undefined ? {} : { forgetRepublishIntervalMs: config.forgetRepublishIntervalMs }),
+        ...(config.aloneJoinWaitMs === undefined ? {} : { aloneJoinWaitMs: config.aloneJoinWaitMs }),
         // A forget-peer (asked here or passed on) that took a peer out, by the balancer's rules: gone for good, its
         // saved address goes too, and it is not redialled (before, it was dialled at every start: the file kept it).
         onPeersForgotten: (peerIds) => node.forgetPeers(peerIds),

@@ -72,11 +72,12 @@ export class MeshCluster {
    * (PACS_MESH_ISOLATION_CHECK_MS), instead of 15 s and 10 minutes; `joinWaitAfterStartMs`: how long its searches
    * wait for a first other site after its start (PACS_MESH_JOIN_WAIT_MS), instead of 15 s; `repairKeysMax`: keys per
    * repair exchange (PACS_MESH_REPAIR_KEYS_MAX), instead of 2,000, for a refill lasting longer than a small archive's;
-   * `forgetRepublishIntervalMs`: how often it sends its forget-peers again (PACS_MESH_FORGET_REPUBLISH_MS), instead of 60 s.
+   * `forgetRepublishIntervalMs`: how often it sends its forget-peers again (PACS_MESH_FORGET_REPUBLISH_MS), instead of 60 s;
+   * `aloneJoinWaitMs`: how long a joiner whose roster holds itself alone waits to elect itself (PACS_MESH_ALONE_JOIN_WAIT_MS), instead of 15 s.
    */
   async start(
     site: string,
-    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number; repairKeysMax?: number; forgetRepublishIntervalMs?: number } = {},
+    opts: { dataDir?: string; bootstrap?: string[]; extraArgs?: string[]; swarmKeyFile?: string | null; ports?: { dicom: number; http: number; p2p: number }; logFile?: string; logLevel?: 'info' | 'warn'; readyTimeoutMs?: number; isolationCheckMs?: number; joinWaitAfterStartMs?: number; repairKeysMax?: number; forgetRepublishIntervalMs?: number; aloneJoinWaitMs?: number } = {},
   ): Promise<PeerProcess> {
     const dataDir = opts.dataDir ?? join(this.root, site);
     const [dicomPort, httpPort, p2pPort] = opts.ports ? [opts.ports.dicom, opts.ports.http, opts.ports.p2p] : [await getFreePort(), await getFreePort(), await getFreePort()];
@@ -95,6 +96,7 @@ export class MeshCluster {
       ...(opts.joinWaitAfterStartMs === undefined ? {} : { PACS_MESH_JOIN_WAIT_MS: String(opts.joinWaitAfterStartMs) }),
       ...(opts.repairKeysMax === undefined ? {} : { PACS_MESH_REPAIR_KEYS_MAX: String(opts.repairKeysMax) }),
       ...(opts.forgetRepublishIntervalMs === undefined ? {} : { PACS_MESH_FORGET_REPUBLISH_MS: String(opts.forgetRepublishIntervalMs) }),
+      ...(opts.aloneJoinWaitMs === undefined ? {} : { PACS_MESH_ALONE_JOIN_WAIT_MS: String(opts.aloneJoinWaitMs) }),
     };
     const process = spawnManaged(globalThis.process.execPath, args, { cwd: repoRoot, env });
     let output = '';

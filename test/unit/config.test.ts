@@ -212,6 +212,8 @@ test('PACS_MESH_ISOLATION_CHECK_MS and PACS_MESH_JOIN_WAIT_MS (tests only): unse
   for (const value of ['0', '-1', 'all']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_REPAIR_KEYS_MAX: value }), ConfigError, value);
   assert.deepEqual(testTimingsFromEnv({ PACS_MESH_FORGET_REPUBLISH_MS: '2000' }), { forgetRepublishIntervalMs: 2000 });
   for (const value of ['0', '-5', 'hourly']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_FORGET_REPUBLISH_MS: value }), ConfigError, value);
+  assert.deepEqual(testTimingsFromEnv({ PACS_MESH_ALONE_JOIN_WAIT_MS: '3000' }), { aloneJoinWaitMs: 3000 });
+  for (const value of ['-1', 'soon']) assert.throws(() => testTimingsFromEnv({ PACS_MESH_ALONE_JOIN_WAIT_MS: value }), ConfigError, value);
 });
 
 test('--standalone yes|no (hunt 163): no by default; yes runs a mesh site\'s data directory alone, so it contradicts --swarm-key', () => {
