@@ -1212,7 +1212,6 @@ class LevelReplicaStore implements ReplicaStore {
     this.restored.clear();
   }
 
-  /** The catalog entry that points at this blob, if its commit record can be read and the catalog lists it. */
   /** The blob ids of every catalog entry (a read of the whole catalog: only after a repair of the blob database). */
   private async listedBlobIds(): Promise<Set<string>> {
     const ids = new Set<string>();
@@ -1226,6 +1225,7 @@ class LevelReplicaStore implements ReplicaStore {
     return ids;
   }
 
+  /** The catalog entry that points at this blob, if its commit record can be read and the catalog lists it. */
   private async listedEntryOf(blobId: string): Promise<CatalogEntry | undefined> {
     const bytes = await this.blobDb.get(commitRecordKey(blobId));
     if (bytes === undefined) return undefined;
