@@ -1,4 +1,4 @@
-#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216:glibc.malloc.arena_max=2 node --initial-old-space-size=128
+#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216:glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1 node --initial-old-space-size=128
 // Runs the bundle in dist/ when it is newer than every source file (`npm install` builds it), otherwise the
 // TypeScript sources through tsx: the command always runs the current code, and needs no build step.
 import { fileURLToPath } from 'node:url';
