@@ -55,6 +55,49 @@ test('a store comes after every instance of its patient held here, whatever cloc
   }
 });
 
+test("the patient's newest-instance read starts once the data set's Patient ID is read, not after its last fragment, and still orders the store after it", async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-early-newest-'));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  try {
+    const nowMs = 1_800_000_000_000;
+    const original = await storeAt(store, nowMs + 24 * 3600_000, '1.2.826.0.1.3680043.10.1453.72.2.1.1', 'OLD^NAME');
+    const sopInstanceUid = '1.2.826.0.1.3680043.10.1453.72.2.1.2';
+    const bytes = makeInstance({ sopClassUid: ct, sopInstanceUid, patient: { id: 'SKEW-1', name: 'NEW^NAME' }, study: { uid: '1.2.826.0.1.3680043.10.1453.72.1' }, rows: 64, columns: 64 });
+    const split = splitPart10(bytes);
+    const dataSet = bytes.slice(split.datasetOffset);
+    let fragmentsPushed = 0;
+    const reads: Array<{ patientId: string; fragmentsPushed: number }> = [];
+    const ingest = {
+      ...localIngest(store),
+      newestStoredAtOfPatient: (patientId: string) => {
+        reads.push({ patientId, fragmentsPushed });
+        return store.newestStoredAtOfPatient(patientId);
+      },
+    };
+    const incoming = new IncomingStore(
+      { commandField: CommandField.CStoreRq, messageId: 1, affectedSopClassUid: ct, affectedSopInstanceUid: sopInstanceUid, priority: 0, hasDataSet: true },
+      { id: 1, abstractSyntaxUid: ct, transferSyntaxUid: split.transferSyntaxUid, service: 'storage', requestorIsScp: false },
+      ingest,
+      () => nowMs + 3600_000,
+    );
+    const fragmentBytes = 512;
+    const fragments = Math.ceil(dataSet.length / fragmentBytes);
+    for (let at = 0; at < dataSet.length; at += fragmentBytes) {
+      fragmentsPushed++;
+      await incoming.push(dataSet.slice(at, at + fragmentBytes));
+    }
+    assert.equal((await incoming.finish()).status, 0);
+    assert.equal(reads.length, 1, 'read once');
+    assert.equal(reads[0]!.patientId, 'SKEW-1');
+    assert.ok(reads[0]!.fragmentsPushed < fragments / 2, `read with fragment ${reads[0]!.fragmentsPushed} of ${fragments}`);
+    assert.equal(incoming.storedEntry!.storedAtMs, original.storedAtMs + 1, 'after the newest instance of the patient, as before');
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('tiny and empty fragments keep none of the PDUs they came in alive, and the instance is stored byte for byte (hunt 79: a view kept per PDV took the heap)', async () => {
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;

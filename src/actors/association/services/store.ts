@@ -86,6 +86,8 @@ export class IncomingStore {
   private receivedBytes = 0;
   private readIdentity: StoreIdentity | undefined;
   private committedEntry: CatalogEntry | undefined;
+  /** The newest-of-patient read (see storedAtMs), started once the data set's Patient ID is final. */
+  private newestOfPatient: { patientId: string; newestMs: Promise<number | undefined> } | undefined;
   private otherBytes: { storedSha256: string; sentSha256: string } | undefined;
 
   /**
@@ -136,6 +138,7 @@ export class IncomingStore {
       await this.writer.abort();
       return;
     }
+    if (this.newestOfPatient === undefined) this.readNewestOncePatientIdIsFinal(this.reader.elementsRead);
     try {
       await this.writer.write(data);
     } catch (error) {
@@ -198,11 +201,31 @@ export class IncomingStore {
    * instance's attributes are the patient's and study's in C-FIND and QIDO: a correction stored at a site
    * whose clock ran behind the one that stored the original lost to it (hunt 72: a day behind, every site
    * answered the old name). A hybrid logical clock: a store comes after everything it could have seen.
-   * Read while the last chunk writes finish; a failed read leaves the date alone.
+   * Read early (readNewestOncePatientIdIsFinal), or here when the data set ends before; a failed read leaves the date alone.
    */
   private async storedAtMs(patientId: string): Promise<number> {
-    const newestMs = await this.ingest.newestStoredAtOfPatient?.(patientId).catch(() => undefined);
+    const early = this.newestOfPatient?.patientId === patientId ? this.newestOfPatient.newestMs : undefined;
+    const newestMs = await (early ?? this.readNewestOfPatient(patientId));
     return Math.max(this.dateMs(), newestMs === undefined ? 0 : newestMs + 1);
+  }
+
+  /**
+   * Starts the newest-of-patient read as soon as a top-level element after Patient ID has been read (top-level
+   * elements come in tag order): the read then overlaps the rest of the data set instead of standing between
+   * the last fragment and the commit (0.5 ms of the ~5 ms a 0.5 MB C-STORE takes here, docs/performance.md).
+   * "Everything it could have seen" is then what was stored before the data set's header arrived.
+   */
+  private readNewestOncePatientIdIsFinal(elements: readonly DicomElement[]): void {
+    const last = elements.at(-1);
+    if (last === undefined || last.tag <= Tags.PatientID) return;
+    // As identify() reads it, so that finish() finds the same Patient ID and takes this read.
+    const patientId = elements.find((e) => e.tag === Tags.PatientID)?.value ?? '';
+    this.newestOfPatient = { patientId, newestMs: this.readNewestOfPatient(patientId) };
+  }
+
+  /** Never rejects: a failed read leaves the date alone. */
+  private readNewestOfPatient(patientId: string): Promise<number | undefined> {
+    return this.ingest.newestStoredAtOfPatient?.(patientId).catch(() => undefined) ?? Promise.resolve(undefined);
   }
 
   /**
