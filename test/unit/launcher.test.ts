@@ -87,16 +87,19 @@ for (const [i, m] of maps.entries()) {
 }
 console.log(heaps);`;
 
-function threadArenasAfterLevelDbWrites(glibcTunables: string): number {
-  const dir = mkdtempSync(join(tmpdir(), 'pacs-arenas-'));
+/** Runs a probe (a module given a scratch directory) with these malloc settings: the number it prints. */
+function levelDbProbe(probe: string, glibcTunables: string): number {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-malloc-probe-'));
   try {
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', arenaProbe, dir], { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, GLIBC_TUNABLES: glibcTunables }, timeout: 60_000 });
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', probe, dir], { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, GLIBC_TUNABLES: glibcTunables }, timeout: 60_000 });
     assert.equal(r.status, 0, r.stderr);
     return Number(r.stdout.trim());
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+const threadArenasAfterLevelDbWrites = (glibcTunables: string) => levelDbProbe(arenaProbe, glibcTunables);
 
 const isGlibc = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime !== undefined;
 
@@ -120,16 +123,7 @@ await Promise.all(Array.from({ length: 16 }, async () => { while (next < 800) aw
 console.log(process.resourceUsage().minorPageFault - before);
 await db.close();`;
 
-function pageFaultsOfLevelDbWrites(glibcTunables: string): number {
-  const dir = mkdtempSync(join(tmpdir(), 'pacs-faults-'));
-  try {
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', faultProbe, dir], { cwd: repoRoot, encoding: 'utf8', env: { ...process.env, GLIBC_TUNABLES: glibcTunables }, timeout: 60_000 });
-    assert.equal(r.status, 0, r.stderr);
-    return Number(r.stdout.trim());
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+const pageFaultsOfLevelDbWrites = (glibcTunables: string) => levelDbProbe(faultProbe, glibcTunables);
 
 /** Why the huge-page comparison cannot run here, if it cannot: glibc before 2.35, or THP not in "madvise" mode. */
 function hugePagesSkipReason(): string | false {
