@@ -101,14 +101,20 @@ function levelDbProbe(probe: string, glibcTunables: string): number {
 
 const threadArenasAfterLevelDbWrites = (glibcTunables: string) => levelDbProbe(arenaProbe, glibcTunables);
 
-const isGlibc = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime !== undefined;
+/** The running glibc's version (e.g. "2.36"), undefined under another C library. */
+const glibcVersion = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime;
+const isGlibc = glibcVersion !== undefined;
+
+/** The peer's malloc settings without one of them (`glibc.malloc.<name>`). */
+function peerTunablesWithout(name: string): string {
+  return peerMallocTunables.split(':').filter((t) => !t.startsWith(`glibc.malloc.${name}=`)).join(':');
+}
 
 test('LevelDB writes on the thread pool share one malloc arena besides the main one in a peer process', { skip: !isGlibc && 'not glibc' }, () => {
   // Each thread pool thread inserting into a memtable would otherwise keep an arena of its own, holding its
   // share of freed memtables for good (docs/performance.md, "Memory at scale").
   assert.ok(threadArenasAfterLevelDbWrites(peerProcessEnv({}).GLIBC_TUNABLES!) <= 1);
-  const withoutArenaMax = peerMallocTunables.split(':').filter((t) => !t.startsWith('glibc.malloc.arena_max=')).join(':');
-  assert.ok(threadArenasAfterLevelDbWrites(withoutArenaMax) >= 2, 'the probe sees the arenas glibc makes without the limit');
+  assert.ok(threadArenasAfterLevelDbWrites(peerTunablesWithout('arena_max')) >= 2, 'the probe sees the arenas glibc makes without the limit');
 });
 
 // 800 LevelDB puts of 64 KiB, 16 at once, then the page faults they took.
@@ -127,10 +133,9 @@ const pageFaultsOfLevelDbWrites = (glibcTunables: string) => levelDbProbe(faultP
 
 /** Why the huge-page comparison cannot run here, if it cannot: glibc before 2.35, or THP not in "madvise" mode. */
 function hugePagesSkipReason(): string | false {
-  const glibc = (report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime;
-  if (glibc === undefined) return 'not glibc';
-  const [major = 0, minor = 0] = glibc.split('.').map(Number);
-  if (major < 2 || (major === 2 && minor < 35)) return `glibc ${glibc} has no glibc.malloc.hugetlb`;
+  if (glibcVersion === undefined) return 'not glibc';
+  const [major = 0, minor = 0] = glibcVersion.split('.').map(Number);
+  if (major < 2 || (major === 2 && minor < 35)) return `glibc ${glibcVersion} has no glibc.malloc.hugetlb`;
   let mode = '';
   try {
     mode = /\[(\w+)\]/.exec(readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? '';
@@ -143,6 +148,6 @@ function hugePagesSkipReason(): string | false {
 
 test("a peer process's malloc heap takes huge pages: LevelDB's writes fault far less", { skip: hugePagesSkipReason() }, () => {
   const withHugePages = pageFaultsOfLevelDbWrites(peerProcessEnv({}).GLIBC_TUNABLES!);
-  const without = pageFaultsOfLevelDbWrites(peerMallocTunables.split(':').filter((t) => !t.startsWith('glibc.malloc.hugetlb=')).join(':'));
+  const without = pageFaultsOfLevelDbWrites(peerTunablesWithout('hugetlb'));
   assert.ok(withHugePages * 2 < without, `page faults ${withHugePages} with the peer settings, ${without} without glibc.malloc.hugetlb`);
 });
