@@ -661,13 +661,16 @@ async function freeDiskBytesOf(path: string): Promise<number> {
   return fs.bavail * fs.bsize;
 }
 
-/** A LevelDB directory's logs (all of them) and its largest table, in bytes. */
-async function databaseFileSizes(dir: string): Promise<{ logBytes: number; largestTableBytes: number }> {
+/**
+ * A LevelDB directory's logs (all of them) and, with `largestTable`, its largest table, in bytes (0 without:
+ * the blob database holds a table per few MiB of images, each a stat).
+ */
+async function databaseFileSizes(dir: string, largestTable: boolean): Promise<{ logBytes: number; largestTableBytes: number }> {
   let logBytes = 0;
   let largestTableBytes = 0;
   for (const name of await readdir(dir)) {
     if (name.endsWith('.log')) logBytes += (await stat(join(dir, name))).size;
-    else if (name.endsWith('.ldb') || name.endsWith('.sst')) largestTableBytes = Math.max(largestTableBytes, (await stat(join(dir, name))).size);
+    else if (largestTable && (name.endsWith('.ldb') || name.endsWith('.sst'))) largestTableBytes = Math.max(largestTableBytes, (await stat(join(dir, name))).size);
   }
   return { logBytes, largestTableBytes };
 }
@@ -1416,7 +1419,7 @@ class LevelReplicaStore implements ReplicaStore {
    * needs about the logs' size free, plus room for new files: how many bytes short of that the disk is.
    */
   private async spaceMissingToReopen(): Promise<number> {
-    const [catalog, blobs] = [await databaseFileSizes(join(this.path, 'catalog')), await databaseFileSizes(join(this.path, 'blobs'))];
+    const [catalog, blobs] = [await databaseFileSizes(join(this.path, 'catalog'), false), await databaseFileSizes(join(this.path, 'blobs'), false)];
     return Math.max(0, catalog.logBytes + blobs.logBytes + reopenSpareBytes - (await this.freeDiskBytesOf(this.path)));
   }
 
@@ -1426,7 +1429,7 @@ class LevelReplicaStore implements ReplicaStore {
    * stop half way and leave tables archived in `lost/` that it never copied.
    */
   private async spaceMissingToRepairBlobs(dir: string): Promise<number> {
-    const blobs = await databaseFileSizes(dir);
+    const blobs = await databaseFileSizes(dir, true);
     return Math.max(0, blobs.logBytes + blobs.largestTableBytes + reopenSpareBytes - (await this.freeDiskBytesOf(this.path)));
   }
 
