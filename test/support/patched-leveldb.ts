@@ -3,6 +3,9 @@
  * installed one when npm install built it from the current patches (what peers load), else one built in a copy
  * under `scratch` (~1.5 min; the installed package is not touched).
  */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 // @ts-expect-error a plain JS build script without types
 import { buildPatchedCopy, cannotBuild, installedPatchedBuild } from '../../scripts/build-leveldb.js';
 
@@ -12,4 +15,19 @@ export const cannotBuildPatchedLevelDb = (cannotBuild as () => string | null)();
 /** The patched package's directory, for `require` in a child process. */
 export function patchedLevelDbPackage(scratch: string): string {
   return (installedPatchedBuild as () => string | null)() ?? (buildPatchedCopy as (dir: string) => string)(scratch);
+}
+
+/**
+ * Runs `script` (CommonJS, `ClassicLevel` in scope from the patched package) in a child process with the C
+ * shim `shimSource` preloaded (compiled here with gcc), and returns the JSON object it printed last.
+ */
+export function runWithShim<T>(scratch: string, shimSource: string, script: string): T {
+  const copy = patchedLevelDbPackage(scratch);
+  writeFileSync(join(scratch, 'shim.c'), shimSource);
+  const shim = join(scratch, 'shim.so');
+  execFileSync('gcc', ['-shared', '-fPIC', '-o', shim, join(scratch, 'shim.c'), '-ldl']);
+  const program = `const { ClassicLevel } = require(${JSON.stringify(copy)});\n(async () => {\n${script}\n})().catch((e) => { console.error(e.message); process.exit(1); });`;
+  const run = spawnSync(process.execPath, ['-e', program], { env: { ...process.env, LD_PRELOAD: shim }, encoding: 'utf8', timeout: 120_000 });
+  if (run.status !== 0) throw new Error(`the script failed (${run.status}): ${run.stderr}`);
+  return JSON.parse(run.stdout.trim().split('\n').at(-1)!) as T;
 }
