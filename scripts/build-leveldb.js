@@ -129,7 +129,7 @@ const SOURCE_PATCHES = [
     replacement:
       '// pacs-mesh: write-back of log pages started on a thread of its own. sync_file_range blocks its caller while\n' +
       '// it hands the pages to the disk (~0.1-0.2 ms here): on LevelDB\'s writer thread that delayed every write\n' +
-      '// queued behind it. Each request holds a dup() of the log\'s descriptor, so a log closed meanwhile is\n' +
+      '// queued behind it. Each request holds a duplicate of the log\'s descriptor (close-on-exec), so a log closed meanwhile is\n' +
       '// still the file written back. At most 8 wait: past that a request is dropped (the next sync writes it).\n' +
       'struct LogWriteBackRequest { int fd; uint64_t offset; uint64_t length; };\n' +
       'static port::Mutex* log_write_back_mu = new port::Mutex;\n' +
@@ -163,7 +163,7 @@ const SOURCE_PATCHES = [
       '    pthread_detach(thread);\n' +
       '    log_write_back_started = true;\n' +
       '  }\n' +
-      '  int copy = dup(fd);\n' +
+      '  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);\n' +
       '  if (copy < 0) return;\n' +
       '  LogWriteBackRequest request = { copy, offset, length };\n' +
       '  log_write_back_queue->push_back(request);\n' +
