@@ -24,7 +24,8 @@
  * out of order (hunt 172); the catalog is rebuilt from the commit records, the blobs are checked by SHA-256.
  * Two more for the synced write that acknowledges a C-STORE (2026-12-04, per-instance times from packet
  * captures): the log is written back as it is written (its pages handed to the disk 256 KiB at a time from
- * a thread of their own), so the commit's fdatasync finds little left to write (0.82 against 1.11 ms median);
+ * a thread of their own), so the commit's fdatasync finds less left to write (the synced batch 0.78-0.88 against
+ * 1.03-1.17 ms, medians of interleaved runs);
  * and obsolete files are deleted outside LevelDB's lock, as upstream LevelDB does since 1.22: the unlink of
  * a flushed 32 MiB log took ~10 ms here, and every write waited for it.
  *

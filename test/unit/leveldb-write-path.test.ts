@@ -33,8 +33,10 @@ static void record(const char* what, int fd, long long a, long long b, const cha
   }
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
+  const char* record_path = getenv("SHIM_RECORD");
+  if (record_path == NULL) return;
   pthread_mutex_lock(&record_mu);
-  FILE* f = fopen(getenv("SHIM_RECORD"), "a");
+  FILE* f = fopen(record_path, "a");
   if (f) { fprintf(f, "%s %ld %.3f %lld %lld %s\\n", what, (long)syscall(SYS_gettid), now.tv_sec * 1e3 + now.tv_nsec / 1e6, a, b, known_path); fclose(f); }
   pthread_mutex_unlock(&record_mu);
 }
@@ -68,7 +70,6 @@ function withScratch(name: string, body: (scratch: string) => void): void {
 test('the log is written back in whole pages as it is written, by a thread that never syncs, so a synced write finds little left', { skip: why ?? false, timeout: 600_000 }, () => {
   withScratch('log-write-back', (scratch) => {
     const recordPath = join(scratch, 'calls');
-    process.env.SHIM_RECORD = recordPath;
     const shim = `${shimPrelude}
 int sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned int flags) {
   static int (*real)(int, off64_t, off64_t, unsigned int);
@@ -92,8 +93,7 @@ int fdatasync(int fd) {
       const fs = require('node:fs');
       const log = fs.readdirSync(dir).filter((name) => name.endsWith('.log')).sort().at(-1);
       console.log(JSON.stringify({ logBytes: fs.statSync(dir + '/' + log).size }));
-      await db.close();`);
-    delete process.env.SHIM_RECORD;
+      await db.close();`, { SHIM_RECORD: recordPath });
     const all = calls(recordPath).filter((call) => call.path.endsWith('.log'));
     const writeBacks = all.filter((call) => call.what === 'write-back');
     assert.equal(all.filter((call) => call.what === 'write-back-waiting').length, 0, 'a log write-back waited');
@@ -118,7 +118,6 @@ int fdatasync(int fd) {
 test('a flushed log is deleted with the lock released: writes complete while its unlink is still running', { skip: why ?? false, timeout: 600_000 }, () => {
   withScratch('unlocked-delete', (scratch) => {
     const recordPath = join(scratch, 'calls');
-    process.env.SHIM_RECORD = recordPath;
     // Each log's unlink takes 1.5 s: with the lock held through it, no write could complete meanwhile.
     const shim = `${shimPrelude}
 int unlink(const char* path) {
@@ -146,8 +145,7 @@ int unlink(const char* path) {
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
       console.log(JSON.stringify({ puts }));
-      await db.close();`);
-    delete process.env.SHIM_RECORD;
+      await db.close();`, { SHIM_RECORD: recordPath });
     const recorded = calls(recordPath);
     const start = recorded.find((call) => call.what === 'unlink-start');
     const end = recorded.find((call) => call.what === 'unlink-end' && call.path === start?.path);
