@@ -234,6 +234,119 @@ const SOURCE_PATCHES = [
       '}\n',
   },
   {
+    name: 'value-bytes-in-place',
+    file: 'binding.cc',
+    anchor: 'static void DisposeSliceBuffer (leveldb::Slice slice) {\n',
+    replacement:
+      '/**\n' +
+      ' * pacs-mesh: the bytes of a Buffer or Uint8Array value where they are, for a WriteBatch to copy during this\n' +
+      ' * call. ToSlice copied every value first and the batch copied that copy: each byte written was copied twice\n' +
+      ' * on the JavaScript thread by a batch (the catch-up\'s largest item there), and once on each side by a put.\n' +
+      ' */\n' +
+      'static bool ValueBytesInPlace (napi_env env, napi_value from, leveldb::Slice* bytes) {\n' +
+      '  char* data = NULL;\n' +
+      '  size_t length = 0;\n' +
+      '  if (IsString(env, from)) return false;\n' +
+      '  if (IsBuffer(env, from)) {\n' +
+      '    if (napi_get_buffer_info(env, from, (void**)&data, &length) != napi_ok) return false;\n' +
+      '  } else {\n' +
+      '    napi_typedarray_type type;\n' +
+      '    if (napi_get_typedarray_info(env, from, &type, &length, (void**)&data, NULL, NULL) != napi_ok || type != napi_uint8_array) return false;\n' +
+      '  }\n' +
+      '  *bytes = leveldb::Slice(data, length);\n' +
+      '  return true;\n' +
+      '}\n' +
+      '\n' +
+      'static void DisposeSliceBuffer (leveldb::Slice slice) {\n',
+  },
+  {
+    name: 'batch-value-copied-once',
+    file: 'binding.cc',
+    anchor:
+      '      leveldb::Slice key = ToSlice(env, GetProperty(env, element, "key"));\n' +
+      '      leveldb::Slice value = ToSlice(env, GetProperty(env, element, "value"));\n' +
+      '\n' +
+      '      batch->Put(key, value);\n' +
+      '      if (!hasData) hasData = true;\n' +
+      '\n' +
+      '      DisposeSliceBuffer(key);\n' +
+      '      DisposeSliceBuffer(value);\n',
+    replacement:
+      '      leveldb::Slice key = ToSlice(env, GetProperty(env, element, "key"));\n' +
+      '      napi_value valueArg = GetProperty(env, element, "value");\n' +
+      '      leveldb::Slice inPlace;\n' +
+      '      if (ValueBytesInPlace(env, valueArg, &inPlace)) {\n' +
+      '        batch->Put(key, inPlace);\n' +
+      '      } else {\n' +
+      '        leveldb::Slice value = ToSlice(env, valueArg);\n' +
+      '        batch->Put(key, value);\n' +
+      '        DisposeSliceBuffer(value);\n' +
+      '      }\n' +
+      '      if (!hasData) hasData = true;\n' +
+      '\n' +
+      '      DisposeSliceBuffer(key);\n',
+  },
+  {
+    name: 'put-value-copied-once-worker',
+    file: 'binding.cc',
+    anchor:
+      '  ~PutWorker () {\n' +
+      '    DisposeSliceBuffer(key_);\n' +
+      '    DisposeSliceBuffer(value_);\n' +
+      '  }\n' +
+      '\n' +
+      '  void DoExecute () override {\n' +
+      '    SetStatus(database_->Put(options_, key_, value_));\n' +
+      '  }\n' +
+      '\n' +
+      '  leveldb::WriteOptions options_;\n',
+    replacement:
+      '  ~PutWorker () {\n' +
+      '    delete batch_;\n' +
+      '    DisposeSliceBuffer(key_);\n' +
+      '    DisposeSliceBuffer(value_);\n' +
+      '  }\n' +
+      '\n' +
+      '  // pacs-mesh: a put whose value was copied into batch_ on the JavaScript thread (what DB::Put does on this one).\n' +
+      '  void DoExecute () override {\n' +
+      '    SetStatus(batch_ != NULL ? database_->WriteBatch(options_, batch_) : database_->Put(options_, key_, value_));\n' +
+      '  }\n' +
+      '\n' +
+      '  leveldb::WriteBatch* batch_ = NULL;\n' +
+      '  leveldb::WriteOptions options_;\n',
+  },
+  {
+    name: 'put-value-copied-once-call',
+    file: 'binding.cc',
+    anchor:
+      '  leveldb::Slice key = ToSlice(env, argv[1]);\n' +
+      '  leveldb::Slice value = ToSlice(env, argv[2]);\n' +
+      '  bool sync = BooleanProperty(env, argv[3], "sync", false);\n' +
+      '\n' +
+      '  PutWorker* worker = new PutWorker(env, database, deferred, key, value, sync);\n' +
+      '  worker->Queue(env);\n',
+    replacement:
+      '  leveldb::Slice inPlace;\n' +
+      '  if (ValueBytesInPlace(env, argv[2], &inPlace)) {\n' +
+      '    // pacs-mesh: the value copied once, into the batch the worker writes (see ValueBytesInPlace).\n' +
+      '    leveldb::Slice key = ToSlice(env, argv[1]);\n' +
+      '    bool sync = BooleanProperty(env, argv[3], "sync", false);\n' +
+      '    leveldb::WriteBatch* batch = new leveldb::WriteBatch();\n' +
+      '    batch->Put(key, inPlace);\n' +
+      '    DisposeSliceBuffer(key);\n' +
+      '    PutWorker* worker = new PutWorker(env, database, deferred, leveldb::Slice(), leveldb::Slice(), sync);\n' +
+      '    worker->batch_ = batch;\n' +
+      '    worker->Queue(env);\n' +
+      '    return promise;\n' +
+      '  }\n' +
+      '  leveldb::Slice key = ToSlice(env, argv[1]);\n' +
+      '  leveldb::Slice value = ToSlice(env, argv[2]);\n' +
+      '  bool sync = BooleanProperty(env, argv[3], "sync", false);\n' +
+      '\n' +
+      '  PutWorker* worker = new PutWorker(env, database, deferred, key, value, sync);\n' +
+      '  worker->Queue(env);\n',
+  },
+  {
     name: 'store-compactions-verify-checksums',
     file: join('deps', 'leveldb', 'leveldb-1.20', 'db', 'version_set.cc'),
     anchor: '  options.verify_checksums = options_->paranoid_checks;\n  options.fill_cache = false;\n',

@@ -18,17 +18,20 @@ export function patchedLevelDbPackage(scratch: string): string {
 }
 
 /**
- * Runs `script` (CommonJS, `ClassicLevel` in scope from the patched package) in a child process with the C
- * shim `shimSource` preloaded (compiled here with gcc) and `env` added to its environment, and returns the
- * JSON object it printed last.
+ * Runs `script` (CommonJS, `ClassicLevel` in scope from the patched package) in a child process, with the C
+ * shim `shim` preloaded (compiled here with gcc) and `env` added to its environment when given, and returns
+ * the JSON object it printed last.
  */
-export function runWithShim<T>(scratch: string, shimSource: string, script: string, env: Record<string, string> = {}): T {
+export function runPatchedLevelDb<T>(scratch: string, script: string, o: { shim?: string; env?: Record<string, string> } = {}): T {
   const copy = patchedLevelDbPackage(scratch);
-  writeFileSync(join(scratch, 'shim.c'), shimSource);
-  const shim = join(scratch, 'shim.so');
-  execFileSync('gcc', ['-shared', '-fPIC', '-o', shim, join(scratch, 'shim.c'), '-ldl']);
+  const preload: Record<string, string> = {};
+  if (o.shim !== undefined) {
+    writeFileSync(join(scratch, 'shim.c'), o.shim);
+    preload.LD_PRELOAD = join(scratch, 'shim.so');
+    execFileSync('gcc', ['-shared', '-fPIC', '-o', preload.LD_PRELOAD, join(scratch, 'shim.c'), '-ldl']);
+  }
   const program = `const { ClassicLevel } = require(${JSON.stringify(copy)});\n(async () => {\n${script}\n})().catch((e) => { console.error(e.message); process.exit(1); });`;
-  const run = spawnSync(process.execPath, ['-e', program], { env: { ...process.env, ...env, LD_PRELOAD: shim }, encoding: 'utf8', timeout: 120_000 });
+  const run = spawnSync(process.execPath, ['-e', program], { env: { ...process.env, ...o.env, ...preload }, encoding: 'utf8', timeout: 120_000 });
   if (run.status !== 0) throw new Error(`the script failed (${run.status}): ${run.stderr}`);
   return JSON.parse(run.stdout.trim().split('\n').at(-1)!) as T;
 }

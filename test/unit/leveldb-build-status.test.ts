@@ -33,14 +33,14 @@ function statusWith(marker: object | undefined, addon: boolean): string {
 }
 
 test('--status tells an earlier build (loaded, without the log sync) from the prebuilt addon (hunt 102)', () => {
-  const allPatches = ['sync-log-at-switch', 'table-writeback-per-mib-errors-kept', 'table-writeback-per-mib-append', 'log-write-back-thread', 'log-write-back-as-written', 'obsolete-files-listed', 'obsolete-files-deleted-unlocked', 'store-compactions-verify-checksums', 'repair-verifies-checksums'];
+  const allPatches = ['sync-log-at-switch', 'table-writeback-per-mib-errors-kept', 'table-writeback-per-mib-append', 'log-write-back-thread', 'log-write-back-as-written', 'obsolete-files-listed', 'obsolete-files-deleted-unlocked', 'value-bytes-in-place', 'batch-value-copied-once', 'put-value-copied-once-worker', 'put-value-copied-once-call', 'store-compactions-verify-checksums', 'repair-verifies-checksums'];
   assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: allPatches, sourceHash }, true), /^built here with SSE4\.2 CRC32C, full logs synced, logs and tables written back as written, files deleted outside the lock and store compactions and repairs checking checksums \(classic-level 3\.0\.0\)$/);
   // Every patch's name but not its current text (a patch edited under its name; a marker from before sourceHash): npm install rebuilds it, and --status says so.
   for (const staleHash of [undefined, 'f'.repeat(64)]) {
     assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: allPatches, sourceHash: staleHash }, true), /^built here with SSE4\.2 CRC32C from an earlier version of its patches or flags: `node scripts\/build-leveldb\.js` rebuilds it$/);
   }
   // Hunt 135's build before its table write-back: still syncs logs, says what a rebuild adds.
-  assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: ['sync-log-at-switch'] }, true), /^built here with SSE4\.2 CRC32C and full logs synced, without table-writeback-per-mib-errors-kept, table-writeback-per-mib-append, log-write-back-thread, log-write-back-as-written, obsolete-files-listed, obsolete-files-deleted-unlocked, store-compactions-verify-checksums, repair-verifies-checksums: `node scripts\/build-leveldb\.js` rebuilds it$/);
+  assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2', patches: ['sync-log-at-switch'] }, true), /^built here with SSE4\.2 CRC32C and full logs synced, without table-writeback-per-mib-errors-kept, table-writeback-per-mib-append, log-write-back-thread, log-write-back-as-written, obsolete-files-listed, obsolete-files-deleted-unlocked, value-bytes-in-place, batch-value-copied-once, put-value-copied-once-worker, put-value-copied-once-call, store-compactions-verify-checksums, repair-verifies-checksums: `node scripts\/build-leveldb\.js` rebuilds it$/);
   assert.match(statusWith({ classicLevelVersion: '3.0.0', flags: '-msse4.2' }, true), /^built here before the log sync/);
   assert.match(statusWith(undefined, false), /^prebuilt/);
 });
