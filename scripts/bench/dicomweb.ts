@@ -19,7 +19,7 @@
  * RSS are printed and written to scripts/bench/out/dicomweb-<timestamp>.json.
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { peakRssBytes } from '../../test/support/dicom-tools.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
@@ -28,7 +28,7 @@ import { Tags } from '../../src/codec/dictionary.ts';
 import { pacsMeshFactory, startOrthanc, type BenchServer, type BenchServerResult } from './lib/index.ts';
 import { orthancVersion } from './lib/orthanc.ts';
 import { fmt, hostInfo, intArg, median, parseArgs, table, writeResult } from './lib/stats.ts';
-import { runBench, startBench, writeBenchSeries } from './lib/run.ts';
+import { removeAndSettle, runBench, startBench, writeBenchSeries } from './lib/run.ts';
 
 const dicomWebPlugin = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
 const READS = ['qido-study', 'qido-instances', 'metadata', 'frame', 'rendered', 'wado-uri', 'retrieve'] as const;
@@ -173,7 +173,7 @@ async function main(): Promise<number> {
   } finally {
     for (const { server, dataDir } of running) {
       await server.stop();
-      await rm(dataDir, { recursive: true, force: true });
+      await removeAndSettle(dataDir);
     }
   }
   for (const result of results) {

@@ -12,14 +12,14 @@
  * Each run also times pacs-mesh's C-STORE path without the network (lib/store-path.ts): the ceiling
  * of its ingest with this store on this disk, printed beside the servers.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool, startRssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
 import { SERVER_FACTORIES, type BenchServer } from './lib/index.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
 import { MB, MiB, choicesArg, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
-import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
+import { removeAndSettle, runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 
 const TARGET_VS_ORTHANC = 1.5;
 const CLIENT_AE = 'BENCH';
@@ -126,7 +126,7 @@ async function main(): Promise<number> {
         logRun(factory.name, rr, runs);
       } finally {
         if (server !== undefined) await server.stop();
-        await rm(dataDir, { recursive: true, force: true });
+        await removeAndSettle(dataDir);
       }
     }
     if (storePath !== undefined) {

@@ -20,7 +20,7 @@
  * costs somewhat less (no file read, no header parsing), so these are close to a mesh's floor, a little
  * below it: two copies for write quorum 2, three with every site storing during the ingest.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sleep, startRssSampler, type RssSampler } from '../../test/support/dicom-tools.ts';
 import { TransferSyntax } from '../../test/support/synthetic-dicom.ts';
@@ -28,7 +28,7 @@ import { orthancFactory, storescpFactory, type BenchServer, type BenchServerFact
 import { pacsMeshVersion } from './lib/pacs-mesh.ts';
 import { MeshCluster, firstLines, sitesCpu, storescu, threeSites, tryStatus, type MeshPeer } from './lib/mesh-cluster.ts';
 import { MB, MiB, choicesArg, fmt, hostInfo, imagesPerSecRatio, ingestRates, intArg, median, medianFigures, parseArgs, table, writeResult, type IngestFigures } from './lib/stats.ts';
-import { runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
+import { removeAndSettle, runBench, startBench, storescuVersion, writeBenchSeries } from './lib/run.ts';
 import { timeStorePath } from './lib/store-path-run.ts';
 
 const TARGET_VS_ORTHANC = 1.0;
@@ -180,7 +180,7 @@ async function main(): Promise<number> {
         });
       } finally {
         if (server !== undefined) await server.stop();
-        await rm(dataDir, { recursive: true, force: true });
+        await removeAndSettle(dataDir);
       }
     }
     for (const floor of floors) {
@@ -298,7 +298,7 @@ async function main(): Promise<number> {
     } finally {
       for (const [, s] of samplers) s.stop();
       if (cluster !== undefined) await cluster.stopAll();
-      await rm(rootDir, { recursive: true, force: true });
+      await removeAndSettle(rootDir);
     }
   }
 

@@ -1,6 +1,6 @@
 /** The frame every benchmark script shares: its work directory, the load check, and the exit code. */
 import { rmSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { runTool, spawnManaged, which, type ManagedProcess } from '../../../test/support/dicom-tools.ts';
@@ -11,6 +11,19 @@ export interface BenchStart {
   workDir: string;
   startedAt: string;
   hostAtStart: Record<string, unknown>;
+}
+
+/**
+ * Removes a finished server's data directory and waits for the disk to settle (`sync`) before the next
+ * server starts: the blocks it frees are discarded at the next journal commit (the file system is mounted
+ * with `discard` here) and the last server's unsynced writes go to the disk meanwhile, which the next
+ * server's first fsyncs otherwise paid for. Measured (2026-12-04, 4 runs each): Orthanc after storescp
+ * 177-184 img/s with it against 158-171 without; pacs-mesh after Orthanc within the noise (215-230 against
+ * 209-229).
+ */
+export async function removeAndSettle(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  await runTool('sync', [], { timeoutMs: 120_000 });
 }
 
 /**
