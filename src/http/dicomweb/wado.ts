@@ -214,23 +214,40 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   // Each wait for the socket takes its listeners off again (a 'close' one left per wait gave a slow
   // reader's response one listener per instance, with a MaxListenersExceededWarning: helper 98).
   const body = responseBodyWriter(res);
+  // Instances' JSON goes out in pieces of metadataPieceChars or more: written one by one, a study of 300 took
+  // 300 socket writes (each a chunk of the chunked encoding): a warm peer answered 300 in 72 ms against 79.
+  const pending: string[] = [];
+  let pendingChars = 0;
   let first = true;
-  for await (const [entry, header] of headers) {
-    const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
-    // Decoded from the set the instance was stored in: forMetadata renames it UTF-8's for the JSON it becomes
-    // (decoding by that name made every Latin-1 or ISO 2022 name U+FFFD: helper 98).
-    const storedCharacterSet = header.elements.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
-    const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl), storedCharacterSet ?? ''))}`;
-    first = false;
-    try {
-      await body.write(text);
-    } catch (error) {
-      if (isClientGone(error, res)) return;
-      throw error;
+  const flush = async (): Promise<void> => {
+    const text = pending.join('');
+    pending.length = 0;
+    pendingChars = 0;
+    await body.write(text);
+  };
+  try {
+    for await (const [entry, header] of headers) {
+      const instanceUrl = `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`;
+      // Decoded from the set the instance was stored in: forMetadata renames it UTF-8's for the JSON it becomes
+      // (decoding by that name made every Latin-1 or ISO 2022 name U+FFFD: helper 98).
+      const storedCharacterSet = header.elements.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
+      const text = `${first ? '[' : ','}${JSON.stringify(toDicomJson(forMetadata(header.elements, instanceUrl), storedCharacterSet ?? ''))}`;
+      first = false;
+      pending.push(text);
+      pendingChars += text.length;
+      if (pendingChars >= metadataPieceChars) await flush();
     }
+    pending.push(first ? '[]' : ']');
+    await flush();
+  } catch (error) {
+    if (isClientGone(error, res)) return;
+    throw error;
   }
-  res.end(']');
+  res.end();
 }
+
+/** The JSON of a study's instances is written in pieces of at least this many characters (see retrieveMetadata). */
+export const metadataPieceChars = 64 * 1024;
 
 /**
  * A deflated data set's stored chunks inflated as they are read; returning ends the store's read too. A zlib
