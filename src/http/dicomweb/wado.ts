@@ -215,7 +215,7 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
   // reader's response one listener per instance, with a MaxListenersExceededWarning: helper 98).
   const body = responseBodyWriter(res);
   // Instances' JSON goes out in pieces of metadataPieceChars or more: written one by one, a study of 300 took
-  // 300 socket writes (each a chunk of the chunked encoding): a warm peer answered 300 in 72 ms against 79.
+  // 300 socket writes (each a chunk of the chunked encoding); a warm peer answers 300 in ~72 ms this way, ~79 that.
   const pending: string[] = [];
   let pendingChars = 0;
   let first = true;
