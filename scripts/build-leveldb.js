@@ -48,6 +48,15 @@ const releaseDir = join(packageDir, 'build', 'Release');
 const markerPath = join(packageDir, 'build', 'pacs-mesh-leveldb.json');
 const say = (line) => process.stderr.write(`pacs-mesh: ${line}\n`);
 
+/** classic-level's db_put as it ships: the patch below puts a path for Buffer and Uint8Array values before it. */
+const putCall =
+  '  leveldb::Slice key = ToSlice(env, argv[1]);\n' +
+  '  leveldb::Slice value = ToSlice(env, argv[2]);\n' +
+  '  bool sync = BooleanProperty(env, argv[3], "sync", false);\n' +
+  '\n' +
+  '  PutWorker* worker = new PutWorker(env, database, deferred, key, value, sync);\n' +
+  '  worker->Queue(env);\n';
+
 /**
  * Changes to LevelDB's sources, each a unique anchor and what it becomes. A build without every one of them
  * (an earlier pacs-mesh's) is rebuilt.
@@ -318,13 +327,7 @@ const SOURCE_PATCHES = [
   {
     name: 'put-value-copied-once-call',
     file: 'binding.cc',
-    anchor:
-      '  leveldb::Slice key = ToSlice(env, argv[1]);\n' +
-      '  leveldb::Slice value = ToSlice(env, argv[2]);\n' +
-      '  bool sync = BooleanProperty(env, argv[3], "sync", false);\n' +
-      '\n' +
-      '  PutWorker* worker = new PutWorker(env, database, deferred, key, value, sync);\n' +
-      '  worker->Queue(env);\n',
+    anchor: putCall,
     replacement:
       '  leveldb::Slice inPlace;\n' +
       '  if (ValueBytesInPlace(env, argv[2], &inPlace)) {\n' +
@@ -339,12 +342,7 @@ const SOURCE_PATCHES = [
       '    worker->Queue(env);\n' +
       '    return promise;\n' +
       '  }\n' +
-      '  leveldb::Slice key = ToSlice(env, argv[1]);\n' +
-      '  leveldb::Slice value = ToSlice(env, argv[2]);\n' +
-      '  bool sync = BooleanProperty(env, argv[3], "sync", false);\n' +
-      '\n' +
-      '  PutWorker* worker = new PutWorker(env, database, deferred, key, value, sync);\n' +
-      '  worker->Queue(env);\n',
+      putCall,
   },
   {
     name: 'store-compactions-verify-checksums',
