@@ -427,10 +427,13 @@ function patchesBuilt() {
   }
 }
 
+/** What the addon built from SOURCE_PATCHES does, as `--status` and the build's last line say it. */
+const builtWith = 'SSE4.2 CRC32C, full logs synced, logs and tables written back as written, files deleted outside the lock and store compactions and repairs checking checksums';
+
 /** What `--status` prints and the benchmarks report: the addon node-gyp-build will load. */
 function leveldbBuildStatus() {
   const version = builtForVersion();
-  if (version !== undefined) return `built here with SSE4.2 CRC32C, full logs synced, logs and tables written back as written, files deleted outside the lock and store compactions and repairs checking checksums (classic-level ${version})`;
+  if (version !== undefined) return `built here with ${builtWith} (classic-level ${version})`;
   // An earlier build (without some of SOURCE_PATCHES) is still the one node-gyp-build loads until it is rebuilt.
   if (existsSync(join(releaseDir, 'classic_level.node'))) {
     const done = patchesBuilt();
@@ -561,7 +564,7 @@ function build() {
     copyFileSync(join(copy, 'build', 'Release', 'classic_level.node'), `${addon}.new`);
     renameSync(`${addon}.new`, addon);
     writeFileSync(markerPath, `${JSON.stringify({ classicLevelVersion: version, flags, patches: SOURCE_PATCHES.map((patch) => patch.name), sourceHash: patchedSourceHash() })}\n`);
-    say('LevelDB built with SSE4.2 CRC32C, full logs synced, logs and tables written back as written, files deleted outside the lock and store compactions and repairs checking checksums');
+    say(`LevelDB built with ${builtWith}`);
   } catch (error) {
     rmSync(join(packageDir, 'build'), { recursive: true, force: true });
     // The compiler's or make's own error line says more than node-gyp's closing "not ok".

@@ -247,7 +247,7 @@ export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebE
 }
 
 /** The JSON of a study's instances is written in pieces of at least this many characters (see retrieveMetadata). */
-export const metadataPieceChars = 64 * 1024;
+const metadataPieceChars = 64 * 1024;
 
 /**
  * A deflated data set's stored chunks inflated as they are read; returning ends the store's read too. A zlib
