@@ -4,7 +4,8 @@
  * under `scratch` (~1.5 min; the installed package is not touched).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 // @ts-expect-error a plain JS build script without types
 import { buildPatchedCopy, cannotBuild, installedPatchedBuild } from '../../scripts/build-leveldb.js';
@@ -34,4 +35,14 @@ export function runPatchedLevelDb<T>(scratch: string, script: string, o: { shim?
   const run = spawnSync(process.execPath, ['-e', program], { env: { ...process.env, ...o.env, ...preload }, encoding: 'utf8', timeout: 120_000 });
   if (run.status !== 0) throw new Error(`the script failed (${run.status}): ${run.stderr}`);
   return JSON.parse(run.stdout.trim().split('\n').at(-1)!) as T;
+}
+
+/** Runs `body` with a scratch directory of its own (`pacs-leveldb-<name>-...`), deleted after it. */
+export function withScratch(name: string, body: (scratch: string) => void): void {
+  const scratch = mkdtempSync(join(tmpdir(), `pacs-leveldb-${name}-`));
+  try {
+    body(scratch);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
 }

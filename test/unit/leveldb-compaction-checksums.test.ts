@@ -9,16 +9,14 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { cannotBuildPatchedLevelDb as why, patchedLevelDbPackage } from '../support/patched-leveldb.ts';
+import { cannotBuildPatchedLevelDb as why, patchedLevelDbPackage, withScratch } from '../support/patched-leveldb.ts';
 
 for (const database of ['catalog', 'blobs']) {
 test(`a compaction of the store's ${database} database meeting a damaged table block fails with a Corruption: the block is neither rewritten as good nor the process aborted; RepairDB keeps the table's other blocks`, { skip: why ?? false, timeout: 600_000 }, () => {
-  const scratch = mkdtempSync(join(tmpdir(), 'pacs-leveldb-compaction-'));
-  try {
+  withScratch('compaction', (scratch) => {
     const copy = patchedLevelDbPackage(scratch);
     const dbPath = join(scratch, database);
     const run = (script: string) => spawnSync(process.execPath, ['-e', `const { ClassicLevel } = require(${JSON.stringify(copy)});\n${script}`], { encoding: 'utf8', timeout: 120_000 });
@@ -78,8 +76,6 @@ test(`a compaction of the store's ${database} database meeting a damaged table b
     const { kept } = JSON.parse(repaired.stdout.trim().split('\n').at(-1)!) as { kept: number };
     // The other table's copy of every key, and the damaged table's other blocks.
     assert.ok(kept >= 20000 && kept < 40000, `records kept by the repair: ${kept}`);
-  } finally {
-    rmSync(scratch, { recursive: true, force: true });
-  }
+  });
 });
 }

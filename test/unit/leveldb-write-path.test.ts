@@ -6,11 +6,10 @@
  * the call, so that what a caller does with its bytes afterwards changes nothing stored.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { cannotBuildPatchedLevelDb as why, runPatchedLevelDb } from '../support/patched-leveldb.ts';
+import { cannotBuildPatchedLevelDb as why, runPatchedLevelDb, withScratch } from '../support/patched-leveldb.ts';
 
 /** C for the shims: `record(what, fd or -1, a, b, path)` appends a line to $SHIM_RECORD under a lock. */
 const shimPrelude = `#define _GNU_SOURCE
@@ -57,15 +56,6 @@ function calls(recordPath: string): Call[] {
     const [what, thread, atMs, a, b, ...path] = line.split(' ');
     return { what: what!, thread: Number(thread), atMs: Number(atMs), a: Number(a), b: Number(b), path: path.join(' ') };
   });
-}
-
-function withScratch(name: string, body: (scratch: string) => void): void {
-  const scratch = mkdtempSync(join(tmpdir(), `pacs-leveldb-${name}-`));
-  try {
-    body(scratch);
-  } finally {
-    rmSync(scratch, { recursive: true, force: true });
-  }
 }
 
 test('the log is written back in whole pages as it is written, by a thread that never syncs, so a synced write finds little left', { skip: why ?? false, timeout: 600_000 }, () => {

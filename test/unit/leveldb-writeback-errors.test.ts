@@ -6,15 +6,12 @@
  * an LD_PRELOAD shim: a memtable flush must fail and the database's writes with it.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { cannotBuildPatchedLevelDb as why, runPatchedLevelDb } from '../support/patched-leveldb.ts';
+import { cannotBuildPatchedLevelDb as why, runPatchedLevelDb, withScratch } from '../support/patched-leveldb.ts';
 
 test('a table write-back that fails with EIO fails the flush: the writes stop instead of a table the disk refused being kept', { skip: why ?? false, timeout: 600_000 }, () => {
-  const scratch = mkdtempSync(join(tmpdir(), 'pacs-leveldb-writeback-'));
-  try {
+  withScratch('writeback', (scratch) => {
     const shim = '#define _GNU_SOURCE\n#include <errno.h>\n#include <fcntl.h>\nint sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned int flags) { (void)fd; (void)offset; (void)nbytes; (void)flags; errno = EIO; return -1; }\n';
     const { failed } = runPatchedLevelDb<{ failed: string | null }>(scratch, `
       const db = new ClassicLevel(${JSON.stringify(join(scratch, 'db'))}, { valueEncoding: 'view', writeBufferSize: 2 << 20 });
@@ -28,7 +25,5 @@ test('a table write-back that fails with EIO fails the flush: the writes stop in
       await db.close().catch(() => undefined);`, { shim });
     assert.ok(failed !== null, 'every write succeeded although every table write-back failed');
     assert.match(failed, /Input\/output error|IO error/i);
-  } finally {
-    rmSync(scratch, { recursive: true, force: true });
-  }
+  });
 });
