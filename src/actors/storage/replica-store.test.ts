@@ -976,3 +976,27 @@ test('a damaged catalog record fails only the commit of its own UID, not the com
   assert.equal(outcomes[1]!.status, 'rejected', 'the UID whose stored entry cannot be read is not stored again');
   assert.deepEqual([text[0], text[2], text[3]], ['stored', 'stored', 'stored'], 'other UIDs are refused for a record they do not touch');
 });
+
+test("a patient's newest storedAtMs follows the commits, an older replica's included, and the catalog after a reopening", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  const commitAt = async (uid: string, storedAtMs: number) => {
+    const writer = store.beginWrite();
+    await writer.write(Buffer.from(uid));
+    await writer.commit(uid, (info) => ({ ...entryFor(uid)(info), storedAtMs }));
+  };
+  assert.equal(await store.newestStoredAtOfPatient('P'), undefined);
+  await commitAt('1.2.3.1', 1_000);
+  assert.equal(await store.newestStoredAtOfPatient('P'), 1_000);
+  await commitAt('1.2.3.2', 5_000);
+  // A replica dated before the newest (another site's clock): the newest stays.
+  await commitAt('1.2.3.3', 2_000);
+  assert.equal(await store.newestStoredAtOfPatient('P'), 5_000);
+  await store.close();
+  const reopened = createReplicaStore({ path: dir });
+  await reopened.open();
+  t.after(() => reopened.close());
+  assert.equal(await reopened.newestStoredAtOfPatient('P'), 5_000);
+});
