@@ -5,7 +5,7 @@
  * a one-site ingest, where a series brings the same patient hundreds of times.
  *
  * Never lower than the catalog: a remembered date only rises (commits raise it), a read's answer is kept
- * only when no commit came during the read (it may predate that commit), and everything is forgotten when
+ * only when no commit's catalog write landed during the read (it may have missed it), and everything is forgotten when
  * the catalog is reloaded (an open or a reopening, whose recovery may add entries). A date may be higher than
  * the catalog's once an instance is deleted, which only dates the next store later: still after everything
  * it could have seen.
@@ -40,7 +40,10 @@ export class NewestOfPatientCache {
     return read;
   }
 
-  /** An instance of `patientId` dated `storedAtMs` is durable here (before its catalog entry is written). */
+  /**
+   * An instance of `patientId` dated `storedAtMs` is in the catalog: called once its catalog write has landed,
+   * so that a read begun before, which may have missed it, is not kept (see `generation`).
+   */
   committed(patientId: string, storedAtMs: number): void {
     this.generation++;
     const known = this.newestMs.get(patientId);

@@ -742,7 +742,7 @@ class LevelReplicaStore implements ReplicaStore {
    * meanwhile (ERR_STORE_FAULTED), so that a full disk costs refused stores, not a peer restart.
    */
   private fault: { error: unknown; sinceMs: number } | undefined;
-  /** Each recent patient's newest storedAtMs, raised by commits and forgotten when the catalog is reloaded. */
+  /** Each recent patient's newest storedAtMs, raised by commits' catalog writes and forgotten when the catalog is reloaded. */
   readonly newestOfPatient = new NewestOfPatientCache();
   /** Counts faults: an upload begun before the last one never commits (the reopening deleted its chunks). */
   faultEpoch = 0;
@@ -2093,10 +2093,11 @@ class LevelInstanceWriter implements InstanceWriter {
       }
       try {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).
-        this.store.newestOfPatient.committed(entry.patientId, entry.storedAtMs);
         // A kept part that became the instance is no part any more (a marker written after this is deleted at open).
         const markerOps: Op[] = this.persisted ? [{ type: 'del', key: partialRecordKey(this.blobId) }] : [];
         await this.store.catalogWrites.submit(markerOps.length === 0 ? catalogOps : [...catalogOps, ...markerOps]);
+        // Once readers can see the entry: a catalog read begun before then, and answered without it, is not kept.
+        this.store.newestOfPatient.committed(entry.patientId, entry.storedAtMs);
       } catch (error) {
         await this.abort();
         throw error;
