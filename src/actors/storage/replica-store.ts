@@ -2075,13 +2075,19 @@ class LevelInstanceWriter implements InstanceWriter {
       // The duplicate check runs beside the synced write, off the critical path: duplicates are rare, and
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       let existing: CatalogEntry | undefined;
-      let catalogOps: Op[];
+      let catalogOps: Op[] | { failure: unknown };
       try {
         const committing = this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
         // Built while the synced batch is on its way: after it, its ~0.14 ms stood between the fsync and the answer.
-        catalogOps = catalogWriteOpsEncoded(entry, encoded);
+        // A failure waits for the batch, so that the abort's delete cannot overtake the batch writing the blob.
+        try {
+          catalogOps = catalogWriteOpsEncoded(entry, encoded);
+        } catch (failure) {
+          catalogOps = { failure };
+        }
         const result = await committing;
         if ('refused' in result) throw result.refused;
+        if ('failure' in catalogOps) throw catalogOps.failure;
         existing = result.existing;
       } catch (error) {
         await this.abort();
