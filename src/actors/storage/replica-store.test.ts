@@ -1000,3 +1000,31 @@ test("a patient's newest storedAtMs follows the commits, an older replica's incl
   t.after(() => reopened.close());
   assert.equal(await reopened.newestStoredAtOfPatient('P'), 5_000);
 });
+
+test("a patient's newest storedAtMs read while a commit's catalog write is under way is not remembered (it may miss that commit)", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir });
+  await store.open();
+  t.after(() => store.close());
+  // The catalog write of the commit below is held until the read has been answered without it.
+  const catalogWrites = (store as unknown as { catalogWrites: { submit: (ops: unknown) => Promise<void> } }).catalogWrites;
+  const submit = catalogWrites.submit.bind(catalogWrites);
+  let release: () => void = () => undefined;
+  let held: () => void = () => undefined;
+  const writeHeld = new Promise<void>((resolve) => (held = resolve));
+  catalogWrites.submit = async (ops) => {
+    held();
+    await new Promise<void>((resolve) => (release = resolve));
+    return submit(ops);
+  };
+  const writer = store.beginWrite();
+  await writer.write(Buffer.from('x'));
+  const committed = writer.commit('1.2.3.9', (info) => ({ ...entryFor('1.2.3.9')(info), storedAtMs: 5_000 }));
+  await writeHeld;
+  assert.equal(await store.newestStoredAtOfPatient('P'), undefined, 'the catalog does not hold it yet');
+  release();
+  await committed;
+  catalogWrites.submit = submit;
+  assert.equal(await store.newestStoredAtOfPatient('P'), 5_000);
+});
