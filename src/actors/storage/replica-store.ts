@@ -777,13 +777,13 @@ class LevelReplicaStore implements ReplicaStore {
       // A data directory deleted under a running peer takes synced writes into files no open will find
       // again (LevelDB notices only when it next creates a file): refused and faulted, not acknowledged.
       // Looked at beside the batch, not after it (a synchronous stat there stood before every answer).
-      this.dataDirectoryPresent(),
+      this.written(this.assertDataDirectoryPresent()),
     ]);
     // All settle first: a writer that aborts deletes its blob, which must not overtake the batch writing it.
     if (synced.status === 'rejected') throw synced.reason;
     for (const blobId of abortsCovered) this.abortsNotDurable.delete(blobId);
     if (found.status === 'rejected') throw found.reason;
-    if (present.status === 'fulfilled' && !present.value) await this.written(Promise.reject(this.dataDirectoryGone()));
+    if (present.status === 'rejected') throw present.reason;
     const existing = found.value[Symbol.iterator]();
     return refusals.map((refused) => {
       if (refused !== undefined) return { refused };
@@ -809,17 +809,15 @@ class LevelReplicaStore implements ReplicaStore {
     });
   }
 
-  /** Whether the blob database's CURRENT file can still be reached (as existsSync: any error says no). */
-  private dataDirectoryPresent(): Promise<boolean> {
-    return access(join(this.path, 'blobs', 'CURRENT')).then(
+  /** Rejects (an I/O error) when the blob database's CURRENT file cannot be reached (as existsSync: any error says so). */
+  private async assertDataDirectoryPresent(): Promise<void> {
+    const present = await access(join(this.path, 'blobs', 'CURRENT')).then(
       () => true,
       () => false,
     );
-  }
-
-  private dataDirectoryGone(): Error {
+    if (present) return;
     const error = new Error(`IO error: ${this.path}: the data directory was deleted or moved while the peer ran; restart the peer`);
-    return Object.assign(error, { code: 'LEVEL_IO_ERROR' });
+    throw Object.assign(error, { code: 'LEVEL_IO_ERROR' });
   }
   /** Unsynced catalog writes (commits' entries, see the header comment; debt), one batch for those waiting. */
   readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
@@ -2075,19 +2073,19 @@ class LevelInstanceWriter implements InstanceWriter {
       // The duplicate check runs beside the synced write, off the critical path: duplicates are rare, and
       // the copy written for one is deleted again below (recovery deletes it too if a crash comes first).
       let existing: CatalogEntry | undefined;
-      let catalogOps: Op[] | { failure: unknown };
+      let catalogOps: Settled<Op[]>;
       try {
         const committing = this.store.blobCommits.submit({ sopInstanceUid, blobOps, faultEpoch: this.faultEpoch });
         // Built while the synced batch is on its way: after it, its ~0.14 ms stood between the fsync and the answer.
         // A failure waits for the batch, so that the abort's delete cannot overtake the batch writing the blob.
         try {
-          catalogOps = catalogWriteOpsEncoded(entry, encoded);
-        } catch (failure) {
-          catalogOps = { failure };
+          catalogOps = { value: catalogWriteOpsEncoded(entry, encoded) };
+        } catch (error) {
+          catalogOps = { error };
         }
         const result = await committing;
         if ('refused' in result) throw result.refused;
-        if ('failure' in catalogOps) throw catalogOps.failure;
+        if ('error' in catalogOps) throw catalogOps.error;
         existing = result.existing;
       } catch (error) {
         await this.abort();
@@ -2101,7 +2099,7 @@ class LevelInstanceWriter implements InstanceWriter {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).
         // A kept part that became the instance is no part any more (a marker written after this is deleted at open).
         const markerOps: Op[] = this.persisted ? [{ type: 'del', key: partialRecordKey(this.blobId) }] : [];
-        await this.store.catalogWrites.submit(markerOps.length === 0 ? catalogOps : [...catalogOps, ...markerOps]);
+        await this.store.catalogWrites.submit([...catalogOps.value, ...markerOps]);
         // Once readers can see the entry: a catalog read begun before then, and answered without it, is not kept.
         this.store.newestOfPatient.committed(entry.patientId, entry.storedAtMs);
       } catch (error) {
