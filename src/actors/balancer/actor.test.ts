@@ -22,6 +22,8 @@ import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
 import { loopbackAddress } from '../../../test/support/mesh-nodes.ts';
 import { trackLoopLag } from '../../../test/support/loop-lag.ts';
 import { suiteTeardown } from '../../../test/support/teardown.ts';
+import { writeFileDurably } from '../../durable-file.ts';
+import { encodeRosterFile } from './roster.ts';
 
 const waitFor = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10000) => waitForCondition(what, cond, timeoutMs, 10);
 
@@ -65,7 +67,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
   /** Each peer a DICOM address of its own (a heartbeat naming this site and this address is a predecessor's). */
   let nextDicomPort = 0;
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number; tickIntervalMs?: number; onPeersForgotten?: (peerIds: readonly string[]) => void } = {}): Promise<TestPeer> {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number; tickIntervalMs?: number; onPeersForgotten?: (peerIds: readonly string[]) => void; writeRosterFile?: (path: string, text: string) => Promise<void> } = {}): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
@@ -365,6 +367,38 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     console.log(`balancer: hung leader replaced ${replacedMs} ms after it went silent (term ${first.term} -> ${agreedLeader(survivors)!.term}; loop late ${lag.lateMs()} ms)`);
     // As above: time the loop ran late is not the survivors'.
     assert.ok(replacedMs < 3000 + lag.lateMs(), `replaced within 3 s: ${replacedMs} ms, the loop ${lag.lateMs()} ms late`);
+  });
+
+  it('the roster read at a start is listed (/api/mesh) while the first roster write is still on its way to the disk', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-'));
+    dirs.push(dir);
+    // Two peers this one learnt before its restart, down now.
+    const earlier = await Promise.all([0, 1].map(async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()));
+    const seenAtMs = Date.now() - 60_000;
+    writeFileSync(join(dir, ROSTER_FILE), encodeRosterFile(new Map(earlier.map((peerId, i) => [peerId, { seenAtMs, site: `site-${i}`, dicom: `127.0.0.1:${20000 + i}` }] as const))));
+    // Every roster write held until the checks are made: a loaded disk's fsync, stretched.
+    const held = Promise.withResolvers<void>();
+    let writesBegun = 0;
+    const writeRosterFile = async (path: string, text: string): Promise<void> => {
+      writesBegun++;
+      await held.promise;
+      await writeFileDurably(path, text);
+    };
+    try {
+      const p = await peer(generateSwarmKey(), [], 'site-a', dir, undefined, undefined, { writeRosterFile });
+      await waitFor('the first step writing the roster', () => writesBegun > 0);
+      const expected = [...earlier, p.node.peerId].sort();
+      // Before, the status listed no roster member (and a roster of itself alone) until that write landed.
+      assert.deepEqual(p.mesh.balancer.rosterMembers().map((m) => m.peerId), expected);
+      const others = p.mesh.balancer.rosterMembers().filter((m) => m.peerId !== p.node.peerId).map((m) => ({ peerId: m.peerId, site: m.site, up: m.up }));
+      assert.deepEqual(others, earlier.map((peerId, i) => ({ peerId, site: `site-${i}`, up: false })).sort((x, y) => (x.peerId < y.peerId ? -1 : 1)));
+      assert.deepEqual(p.mesh.balancer.roster(), expected);
+      held.resolve();
+      await waitFor('the roster written', () => readFileSync(join(dir, ROSTER_FILE), 'utf8').includes(p.node.peerId));
+      assert.deepEqual(p.mesh.balancer.rosterMembers().map((m) => m.peerId), expected);
+    } finally {
+      held.resolve();
+    }
   });
 
   it('a peer that cannot write its election record (a disk refusing writes) neither votes nor crashes, and takes part again once it can', { timeout: 90_000 }, async (t) => {

@@ -174,6 +174,8 @@ export interface BalancerServiceInit {
   foundsVoters?: boolean;
   /** Actor name under `parent`. Default 'balancer'. */
   name?: string;
+  /** Writes the learnt roster's file durably. Default writeFileDurably; a test's twin holds or refuses writes. */
+  writeRosterFile?: (path: string, text: string) => Promise<void>;
   onCrash?: (error: unknown) => CrashDecision | Promise<CrashDecision>;
 }
 
@@ -417,6 +419,13 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   });
 
   let current: ActorState | null = null;
+  /**
+   * The learnt roster as last read at a (re)start or written since, for /api/mesh: `current` is null until a fresh
+   * balancer's first step has written the roster (a durable write, slow on a loaded disk), and after a state file
+   * not written, and the status then listed no roster member at all (hunt 187's test, failed in CI).
+   */
+  let rosterShown: RosterPeers | null = null;
+  const writeRosterFile = init.writeRosterFile ?? writeFileDurably;
   let stopped = false;
   let viewPending = false;
   /** Custody's forgotten sites (setForgottenSites): applied to the roster at every view. */
@@ -510,7 +519,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   /** Writes the learnt roster, with the same failure as writeElection. */
   const writeRoster = async (peers: RosterPeers, forgets: readonly RecentForget[]): Promise<void> => {
     try {
-      await writeFileDurably(join(init.dataDir, ROSTER_FILE), `${encodeRosterFile(peers, forgets)}\n`);
+      await writeRosterFile(join(init.dataDir, ROSTER_FILE), `${encodeRosterFile(peers, forgets)}\n`);
     } catch (err) {
       filesNotWritten.add('roster');
       throw new BalancerError('ERR_BALANCER_STATE_WRITE', `cannot write ${ROSTER_FILE}: ${(err as Error).message}`, { cause: err });
@@ -684,6 +693,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     // An operator wondering why this site neither leads nor votes finds it here (see BalancerConfig.bootstrapPeerIds).
     if (settled.durable.meshMet === false) log.info('this peer neither runs nor votes in elections until it has met one of its --bootstrap peers', { bootstrapPeerIds: settled.config.bootstrapPeerIds });
     startedOnce = true;
+    rosterShown = roster.peers;
     ready.resolve();
     return { balancer: settled, roster };
   };
@@ -833,6 +843,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     const next: ActorState = { balancer: step.state, roster };
     current = next;
+    rosterShown = roster.peers;
     await perform(step.effects, next);
     return next;
   };
@@ -969,10 +980,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       if (!membership.liveMembers().some((m) => m.peerId === choice.peerId)) return 'local';
       return { peerId: entry.peerId, dicom: entry.dicomAddress };
     },
-    roster: () => (current ? [...current.balancer.config.rosterPeerIds] : [self]),
+    roster: () => (current ? [...current.balancer.config.rosterPeerIds] : rosterShown ? [...rosterShown.keys()].sort() : [self]),
     rosterMembers() {
       const up = upPeerIds();
-      const peers = current?.roster.peers ?? new Map<string, RosterPeer>();
+      const peers = rosterShown ?? new Map<string, RosterPeer>();
       return [...peers].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([peerId, entry]) => ({
         peerId,
         site: entry.site,
