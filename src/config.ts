@@ -5,6 +5,7 @@
 import { isIP } from 'node:net';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { blobWriteBufferBytesDefault } from './actors/storage/replica-store.ts';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -29,6 +30,11 @@ export interface PeerConfig {
   allowedCallingAeTitles: string[];
   /** The P-DATA-TF maximum length we announce (and so accept). */
   maxPduLength: number;
+  /**
+   * `--ingest-buffer-mib`: the memory that holds a burst of instances (written once, to the synced log) until the
+   * ingest pauses; up to twice this while a full one is written out (replica-store.ts, blobWriteBufferBytesDefault).
+   */
+  ingestBufferBytes: number;
   /** Associations served at once; more are rejected as transient congestion. */
   maxAssociations: number;
   /** Associations at which the balancer counts this peer as full and routes new ones elsewhere. */
@@ -110,6 +116,7 @@ export const defaultConfig: PeerConfig = {
   moveDestinations: {},
   allowedCallingAeTitles: [],
   maxPduLength: 256 * 1024,
+  ingestBufferBytes: blobWriteBufferBytesDefault,
   maxAssociations: 64,
   associationsPerPeer: 32,
   idleTimeoutMs: 120_000,
@@ -248,6 +255,7 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
     },
   },
   '--max-pdu': { takesValue: true, apply: (c, v) => (c.maxPduLength = wholeNumberIn(v, '--max-pdu', 4096, 4 * 1024 * 1024)) },
+  '--ingest-buffer-mib': { takesValue: true, apply: (c, v) => (c.ingestBufferBytes = wholeNumberIn(v, '--ingest-buffer-mib', 4, 4096) * 1024 * 1024) },
   '--max-associations': { takesValue: true, apply: (c, v) => (c.maxAssociations = wholeNumberIn(v, '--max-associations', 1, 10_000)) },
   '--associations-per-peer': { takesValue: true, apply: (c, v) => (c.associationsPerPeer = wholeNumberIn(v, '--associations-per-peer', 1, 10_000)) },
   '--http-connections-per-client': { takesValue: true, apply: (c, v) => (c.httpConnectionsPerClient = wholeNumberIn(v, '--http-connections-per-client', 0, 1024)) },
@@ -425,6 +433,8 @@ start options (defaults in brackets):
   --move-dest AET=host:port   C-MOVE destination, repeatable ([IPv6]:port in brackets); persisted in DIR/ae-directory.json
   --allow-calling AET,...     only these calling AE titles may associate [any]
   --max-pdu N                 maximum PDU length we receive [262144]
+  --ingest-buffer-mib N       memory holding a burst of incoming instances until the ingest pauses (a
+                              burst that fits is stored faster); up to twice this while one is written out [32]
   --max-associations N        associations served at once [64]
   --idle-timeout SECONDS      abort an association that sends nothing for this long [120]
   --associations-per-peer N   balancer: associations at which a peer is full and new ones go elsewhere [32]

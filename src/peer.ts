@@ -151,7 +151,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     throw unusableDataDir(error.code === 'EROFS' ? 'it is on a read-only file system' : `this user cannot write there (${error.code ?? error.message})`);
   });
   const aeDirectory = await loadAeDirectory(dataDir, config.moveDestinations);
-  const store = createReplicaStore({ path: join(dataDir, 'store'), onOpenNotice: (message, fields) => log.warn(message, fields) });
+  const store = createReplicaStore({ path: join(dataDir, 'store'), blobWriteBufferBytes: config.ingestBufferBytes, onOpenNotice: (message, fields) => log.warn(message, fields) });
   await store.open();
   // A mesh site's data directory started without its key would run alone by mistake: refused unless
   // --standalone yes says it is meant (hunt 163); a lone site that never met another knows no site.

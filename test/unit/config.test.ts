@@ -25,7 +25,7 @@ test('every option parses, in both --name value and --name=value forms', () => {
   const config = parseStartArgs([
     '--site', 'cardio', '--data=/tmp/x', '--ae-title', 'ARCHIVE', '--host', '127.0.0.1', '--dicom-port', '0',
     '--http-port', '8080', '--move-dest', 'VIEWER=10.0.0.5:104', '--allow-calling', 'CT1,MR1', '--max-pdu', '65536',
-    '--max-associations', '8', '--idle-timeout', '30', '--swarm-key', 'k', '--p2p-port', '4101',
+    '--ingest-buffer-mib', '64', '--max-associations', '8', '--idle-timeout', '30', '--swarm-key', 'k', '--p2p-port', '4101',
     '--bootstrap', `/ip4/127.0.0.1/tcp/4001/p2p/${peerId}`, '--write-quorum', '2', '--priority', '5',
     '--roster', `${peerId},${peerId}`, '--associations-per-peer', '4', '--log-level', 'warn',
     '--scrub-mb-per-s', '2.5', '--site-peers', 'several', '--http-connections-per-client', '0',
@@ -40,6 +40,8 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.equal(config.associationsPerPeer, 4);
   assert.equal(config.scrubMbPerS, 2.5);
   assert.equal(config.sitePeers, 'several');
+  assert.equal(config.ingestBufferBytes, 64 * 1024 * 1024);
+  assert.equal(parseStartArgs([]).ingestBufferBytes, 32 * 1024 * 1024, 'memory flat whatever the instance size by default');
   const admitted = parseStartArgs(['--swarm-key', 'k', '--election-voters', 'admitted', '--found-mesh=yes']);
   assert.deepEqual([admitted.electionVoters, admitted.foundMesh], ['admitted', true]);
   assert.deepEqual([parseStartArgs([]).electionVoters, parseStartArgs([]).foundMesh], ['learnt', false], 'off by default');
@@ -53,6 +55,8 @@ test('every option parses, in both --name value and --name=value forms', () => {
 test('bad options are refused with a message naming the option', () => {
   const cases: Array<[string[], RegExp]> = [
     [['--dicom-port', '70000'], /--dicom-port/],
+    [['--ingest-buffer-mib', '2'], /--ingest-buffer-mib/],
+    [['--ingest-buffer-mib', '5000'], /--ingest-buffer-mib/],
     [['--ae-title', 'THIS-AE-TITLE-IS-TOO-LONG'], /AE title/],
     [['--ae-title', 'A\\B'], /AE title/],
     [['--move-dest', 'VIEWER'], /AET=host:port/],

@@ -81,6 +81,35 @@ test("the store's format marker stays in a table of its own: no table of blob ke
   assert.deepEqual(await readAll(reopened, '1.2.3.82'), Buffer.alloc(2500, 3));
 });
 
+test('a pause in the ingest writes the blob memtable to its table and frees its memory; one holding less than 16 MiB stays', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const store = createReplicaStore({ path: dir, blobWriteBufferBytes: 64 * 1024 * 1024, blobIdleFlushAfterMs: 200 });
+  await store.open();
+  t.after(() => store.close());
+  const property = (name: string): string => (store.blobDb as unknown as { getProperty(name: string): string }).getProperty(name);
+  const blobTables = (): number => [...property('leveldb.sstables').matchAll(/\['b!/g)].length;
+  const memtableBytes = (): number => Number(property('leveldb.approximate-memory-usage'));
+  const storeMiB = async (uid: string, fill: number): Promise<void> => {
+    const writer = store.beginWrite();
+    for (let i = 0; i < 16; i++) await writer.write(Buffer.alloc(64 * 1024, fill));
+    assert.equal((await writer.commit(uid, entryFor(uid))).outcome, 'stored');
+  };
+  await storeMiB('1.2.3.90', 1);
+  await new Promise((r) => setTimeout(r, 800));
+  assert.equal(blobTables(), 0, `1 MiB stays in the memtable: ${property('leveldb.sstables')}`);
+  // Each instance restarts the wait: none of the 24 stored one after another is flushed while they come.
+  for (let i = 0; i < 24; i++) await storeMiB(`1.2.3.${100 + i}`, i);
+  assert.equal(blobTables(), 0);
+  assert.ok(memtableBytes() > 16 * 1024 * 1024, `the burst is in the memtable: ${memtableBytes()}`);
+  const deadline = Date.now() + 10_000;
+  while (blobTables() === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(blobTables(), 1, `the pause wrote one table: ${property('leveldb.sstables')}`);
+  assert.ok(memtableBytes() < 4 * 1024 * 1024, `its memory went back: ${memtableBytes()}`);
+  assert.deepEqual(await readAll(store, '1.2.3.90'), Buffer.alloc(1024 * 1024, 1));
+  assert.deepEqual(await readAll(store, '1.2.3.123'), Buffer.alloc(1024 * 1024, 23));
+});
+
 test('a second copy of a stored UID is not kept: duplicate, original bytes untouched', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-store-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -93,7 +93,24 @@ export interface ReplicaStoreInit {
   onOpenNotice?: (message: string, fields: Record<string, unknown>) => void;
   /** The bytes free to this process on the disk holding `path` (statfs); replaceable so tests can fill the disk. */
   freeDiskBytesOf?: (path: string) => Promise<number>;
+  /** The blob database's memtable (LevelDB write_buffer_size). Default blobWriteBufferBytesDefault. */
+  blobWriteBufferBytes?: number;
+  /** With no instance stored for this long, a memtable holding more than blobIdleFlushMinBytes is written to its table. Default 2 s. */
+  blobIdleFlushAfterMs?: number;
 }
+
+/**
+ * The blob database's memtable (`--ingest-buffer-mib`). A burst of instances up to its size is written to the
+ * disk once, into the synced log, while it arrives, and its table (LevelDB's second write of every byte) when
+ * the ingest pauses (blobIdleFlushAfterMs), not in the middle of the burst, where each flush slows the commits
+ * waiting on their fdatasync. The cost is memory, up to twice this while a full memtable is written out: at
+ * 256 MiB a burst of 300 x 0.5 MB was stored in 0.91x the time, with a peak RSS of 266 MiB against 150, and a
+ * 300 MB instance grew the peer's memory by 380 MiB against 164 (docs/performance.md, "The memtable sized for a
+ * burst"): the default keeps memory flat whatever the instance size, as issue 2 asks.
+ */
+export const blobWriteBufferBytesDefault = 32 * 1024 * 1024;
+/** Below this, an idle memtable stays: a trickle of instances would otherwise leave a table per pause. */
+const blobIdleFlushMinBytes = 16 * 1024 * 1024;
 
 /**
  * The outcome of a repair of the blob database at open: the instances the catalog listed whose bytes the
@@ -213,16 +230,19 @@ async function databaseFilesWithoutCurrent(dir: string): Promise<string[]> {
 }
 
 /**
- * Flushes the memtable, which holds `key` alone right after the open, into a table of its own. A table's
- * key range runs from its first key to its last: had the marker ('m!', after every 'b!' blob key) gone into
- * the first table with blobs, that table's range would take in every blob written later, so no later table
- * could be moved down the levels untouched, and every 32 MiB of instance bytes was rewritten once or twice by
- * compactions (hunt 135: ~240 MB rewritten per 315 MB stored, against none with the marker alone).
+ * Flushes the memtable into a table (classic-level's compactRange: LevelDB's CompactRange flushes it first),
+ * then compacts the tables holding `key`, the store-format marker. Right after the open the memtable holds the
+ * marker alone, which so goes into a table of its own: had it ('m!', after every 'b!' blob key) gone into the
+ * first table with blobs, that table's range would take in every blob written later, so no later table could
+ * be moved down the levels untouched, and every 32 MiB of instance bytes was rewritten once or twice by
+ * compactions (hunt 135: ~240 MB rewritten per 315 MB stored, against none with the marker alone). Later (the
+ * idle flush) the marker's table is the only one in its range, already at the lowest level with files: the
+ * flush is all the work.
  */
-async function isolateInTableOfItsOwn(db: StoreDb, key: string): Promise<void> {
-  // classic-level's compactRange flushes the memtable first (LevelDB's CompactRange); level's types omit it.
+async function flushMemtable(db: StoreDb, markerKey: string): Promise<void> {
+  // level's types omit compactRange.
   const compactRange = (db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }).compactRange;
-  if (typeof compactRange === 'function') await compactRange.call(db, key, key);
+  if (typeof compactRange === 'function') await compactRange.call(db, markerKey, markerKey);
 }
 
 /** A time for a file name: ISO 8601 without ':' or '.', so that names sort by time. */
@@ -472,7 +492,7 @@ export interface RestoredPartial {
 
 /**
  * The marker of a kept part, `p!<blobId>` in the catalog database (in the blob database it made the tables
- * written with it span every later blob key, and compactions rewrite pixel data again: see isolateInTableOfItsOwn):
+ * written with it span every later blob key, and compactions rewrite pixel data again: see flushMemtable):
  * its blob's first `chunks` chunks hold
  * `bytes` bytes of `sopInstanceUid` from `fromPeerId`. Never an instance (no commit record, no catalog
  * entry); an earlier build ignores the key (and its recovery deletes the chunks: the marker is then dropped).
@@ -731,6 +751,10 @@ class LevelReplicaStore implements ReplicaStore {
   private storedSinceOpen = 0;
   private checkpointTimer: NodeJS.Timeout | undefined;
   private checkpointRunning: Promise<void> | undefined;
+  private readonly blobIdleFlushAfterMs: number;
+  /** Restarted at every upload's end (stored or not): fires once the ingest has paused (flushBlobMemtableWhenIdle). */
+  private blobIdleTimer: NodeJS.Timeout | undefined;
+  private blobIdleFlushing: Promise<void> | undefined;
   /** Drawn once per process: with the strictly increasing tick it keeps blob ids unique across restarts. */
   private readonly blobIdSuffix = randomBytes(4).toString('hex');
   private readonly suspectListeners = new Set<(sopInstanceUid: string, reason: string) => void>();
@@ -834,15 +858,15 @@ class LevelReplicaStore implements ReplicaStore {
     this.path = init.path;
     this.catalogDamage = new DamageMark(join(init.path, catalogDamagedMarker));
     this.blobDamage = new DamageMark(join(init.path, blobsDamagedMarker));
-    // Pixel data rarely compresses and Snappy costs CPU on every byte; a larger write buffer means fewer
-    // memtable flushes while instances stream in.
+    // Pixel data rarely compresses and Snappy costs CPU on every byte; the write buffer holds a burst
+    // (blobWriteBufferBytesDefault).
     this.db = new Level<string, Uint8Array>(join(init.path, 'catalog'), { keyEncoding: 'utf8', valueEncoding: 'view' });
     this.syncOlderCatalogLogs = createOlderLogSync(join(init.path, 'catalog'));
     this.blobDb = new Level<string, Uint8Array>(join(init.path, 'blobs'), {
       keyEncoding: 'utf8',
       valueEncoding: 'view',
       compression: false,
-      writeBufferSize: 32 * 1024 * 1024,
+      writeBufferSize: init.blobWriteBufferBytes ?? blobWriteBufferBytesDefault,
     });
     // abstract-level opens a database by itself on the next microtask, creating files where CURRENT is
     // missing and the directory where it is gone, before open() has looked at them: cancelled here (a
@@ -853,6 +877,7 @@ class LevelReplicaStore implements ReplicaStore {
     this.chunkBytes = init.chunkBytes ?? 64 * 1024;
     this.maxChunkWritesInFlight = init.maxChunkWritesInFlight ?? 16;
     this.checkpointIntervalMs = init.checkpointIntervalMs ?? 1000;
+    this.blobIdleFlushAfterMs = init.blobIdleFlushAfterMs ?? 2000;
     this.reopenAfterFaultMs = init.reopenAfterFaultMs ?? 1000;
     this.freeDiskBytesOf = init.freeDiskBytesOf ?? freeDiskBytesOf;
     this.onOpenNotice = init.onOpenNotice ?? (() => {});
@@ -1004,7 +1029,7 @@ class LevelReplicaStore implements ReplicaStore {
     }
     if (format !== STORE_FORMAT) {
       await this.blobDb.put(storeFormatKey, Buffer.from(String(STORE_FORMAT), 'utf8'), { sync: true });
-      await isolateInTableOfItsOwn(this.blobDb, storeFormatKey);
+      await flushMemtable(this.blobDb, storeFormatKey);
     }
   }
 
@@ -1026,6 +1051,9 @@ class LevelReplicaStore implements ReplicaStore {
     await this.reopening;
     clearTimeout(this.checkpointTimer);
     this.checkpointTimer = undefined;
+    clearTimeout(this.blobIdleTimer);
+    this.blobIdleTimer = undefined;
+    await this.blobIdleFlushing;
     if (this.db.status === 'open') await this.checkpoint().catch(() => undefined);
     await this.countAtOpen.catch(() => undefined);
     await this.blobDb.close();
@@ -1466,6 +1494,8 @@ class LevelReplicaStore implements ReplicaStore {
     this.openUploads.delete(blobId);
     // Moved over at once: no checkpoint can see the upload in neither set.
     if (outcome === 'abortedUnsynced') this.abortsNotDurable.add(blobId);
+    // A duplicate's chunks filled the memtable too (and their deletes): a resent study pauses like any burst.
+    this.restartBlobIdleTimer();
     if (outcome === 'aborted' || outcome === 'abortedUnsynced') return;
     if (outcome === 'stored') this.storedSinceOpen++;
     this.checkpointTimer ??= setTimeout(() => {
@@ -1473,6 +1503,35 @@ class LevelReplicaStore implements ReplicaStore {
       void this.checkpoint().catch(() => undefined);
     }, this.checkpointIntervalMs);
     this.checkpointTimer.unref();
+  }
+
+  private restartBlobIdleTimer(): void {
+    if (this.blobIdleTimer !== undefined) this.blobIdleTimer.refresh();
+    else {
+      this.blobIdleTimer = setTimeout(() => {
+        this.blobIdleTimer = undefined;
+        this.blobIdleFlushing ??= this.flushBlobMemtableWhenIdle().finally(() => {
+          this.blobIdleFlushing = undefined;
+        });
+      }, this.blobIdleFlushAfterMs);
+      this.blobIdleTimer.unref();
+    }
+  }
+
+  /**
+   * The blob memtable written to its table once the ingest has paused, if it holds more than
+   * blobIdleFlushMinBytes: the burst's second write happens while nobody waits, the memory goes back, and a
+   * restart has a short log to replay. Never throws: a write fault here shows at the next write as any other.
+   */
+  private async flushBlobMemtableWhenIdle(): Promise<void> {
+    if (this.closing || this.reopening !== undefined || this.blobDb.status !== 'open') return;
+    try {
+      const usage = Number((this.blobDb as unknown as { getProperty?: (name: string) => string }).getProperty?.('leveldb.approximate-memory-usage'));
+      if (!(usage > blobIdleFlushMinBytes)) return;
+      await flushMemtable(this.blobDb, storeFormatKey);
+    } catch {
+      // See above: nothing waits on this flush.
+    }
   }
 
   /**
