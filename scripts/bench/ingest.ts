@@ -3,6 +3,7 @@
  *
  *   node --import tsx scripts/bench/ingest.ts [--count 300] [--runs 3] [--servers storescp,orthanc,pacs-mesh]
  *                                            [--rows 512] [--columns 512] [--no-store-path] [--tmp <dir>] [--keep]
+ *                                            [--ingest-buffer-mib N]
  *
  * For every run and server (interleaved: run 1 of each server, then run 2, ...): a fresh data dir and
  * a fresh server; storescu (TCP_NODELAY=1) sends all files over one association; the wall time of the storescu process is timed; the server's peak RSS is
@@ -10,7 +11,8 @@
  * with the ratios pacs-mesh/Orthanc and pacs-mesh/storescp, and everything is written to
  * scripts/bench/out/ingest-<timestamp>.json. A server that fails to start is skipped with a message.
  * Each run also times pacs-mesh's C-STORE path without the network (lib/store-path.ts): the ceiling
- * of its ingest with this store on this disk, printed beside the servers.
+ * of its ingest with this store on this disk, printed beside the servers. `--ingest-buffer-mib N` runs
+ * pacs-mesh and the store path with that ingest buffer (the peer's option) instead of the default.
  */
 import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -56,6 +58,8 @@ async function main(): Promise<number> {
   const rows = intArg(args, 'rows', 512);
   const columns = intArg(args, 'columns', 512);
   const storescuTimeoutMs = intArg(args, 'timeout-s', 600) * 1000;
+  const ingestBufferMiB = args.has('ingest-buffer-mib') ? intArg(args, 'ingest-buffer-mib', 32, 4) : undefined;
+  const bufferNote = ingestBufferMiB !== undefined ? `, --ingest-buffer-mib ${ingestBufferMiB}` : '';
   const serverIds = choicesArg(args, 'servers', Object.keys(SERVER_FACTORIES), ['storescp', 'orthanc', 'pacs-mesh']);
   const bench = await startBench('ingest', args);
   if (!bench) return 2;
@@ -69,12 +73,13 @@ async function main(): Promise<number> {
   const results: ServerResult[] = [];
   for (const id of serverIds) {
     const factory = SERVER_FACTORIES[id]!;
-    results.push({ id, name: factory.name, version: await factory.version().catch(() => undefined), status: 'ok', runs: [] });
+    const version = await factory.version().catch(() => undefined);
+    results.push({ id, name: factory.name, version: version !== undefined && id === 'pacs-mesh' ? `${version}${bufferNote}` : version, status: 'ok', runs: [] });
   }
   // Runs are interleaved (run 1 of every server, then run 2, ...) so that a change of machine load
   // affects every server alike.
   const didNotStart = new Set<string>();
-  const storePath: ServerResult | undefined = args.has('no-store-path') ? undefined : { id: 'store-path', name: 'store path', version: 'no network: lib/store-path.ts', status: 'ok', runs: [] };
+  const storePath: ServerResult | undefined = args.has('no-store-path') ? undefined : { id: 'store-path', name: 'store path', version: `no network: lib/store-path.ts${bufferNote}`, status: 'ok', runs: [] };
   for (let run = 1; run <= runs; run++) {
     for (const sr of results) {
       if (didNotStart.has(sr.id)) continue;
@@ -83,7 +88,7 @@ async function main(): Promise<number> {
       let server: BenchServer | undefined;
       try {
         try {
-          server = await factory.start({ dataDir });
+          server = await factory.start({ dataDir, ...(sr.id === 'pacs-mesh' && ingestBufferMiB !== undefined ? { extraArgs: ['--ingest-buffer-mib', String(ingestBufferMiB)] } : {}) });
         } catch (e) {
           sr.status = run === 1 ? 'skipped' : 'failed';
           sr.message = `${factory.name} failed to start: ${(e as Error).message}`;
@@ -130,7 +135,7 @@ async function main(): Promise<number> {
       }
     }
     if (storePath !== undefined) {
-      const sp = await timeStorePath({ workDir, inputDir, run, count, copies: 1, timeoutMs: storescuTimeoutMs });
+      const sp = await timeStorePath({ workDir, inputDir, run, count, copies: 1, timeoutMs: storescuTimeoutMs, ...(ingestBufferMiB !== undefined ? { ingestBufferMiB } : {}) });
       const rr: RunResult = {
         run,
         wallMs: sp.wallMs,

@@ -19,8 +19,6 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..
 
 export interface StartPacsMeshOptions extends BenchServerStartOptions {
   site?: string;
-  /** Extra CLI arguments (e.g. peers for a mesh benchmark). */
-  extraArgs?: string[];
   env?: Record<string, string>;
 }
 

@@ -43,6 +43,8 @@ export interface BenchServerStartOptions {
   httpPort?: number;
   /** How long to wait for readiness. */
   startTimeoutMs?: number;
+  /** Extra command-line arguments, for a server that takes them (pacs-mesh). */
+  extraArgs?: string[];
 }
 
 export interface BenchServerFactory {

@@ -36,12 +36,13 @@ export interface StorePathRun {
   error?: string;
 }
 
-export async function timeStorePath(o: { workDir: string; inputDir: string; run: number; count: number; copies: number; timeoutMs: number }): Promise<StorePathRun> {
+/** `ingestBufferMiB`: the store's blob memtable, as a peer's `--ingest-buffer-mib` (its default when absent). */
+export async function timeStorePath(o: { workDir: string; inputDir: string; run: number; count: number; copies: number; timeoutMs: number; ingestBufferMiB?: number }): Promise<StorePathRun> {
   const dataDirs = await Promise.all(Array.from({ length: o.copies }, (_, i) => mkdtemp(join(o.workDir, `store-path-run${o.run}-copy${i + 1}-`))));
   try {
     const outcomes = await Promise.all(
       dataDirs.map(async (dataDir) => {
-        const r = await runBenchChild<{ wallMs: number; stored: number; peakRssBytes: number }>(storePathScript, [dataDir, o.inputDir], o.timeoutMs);
+        const r = await runBenchChild<{ wallMs: number; stored: number; peakRssBytes: number }>(storePathScript, [dataDir, o.inputDir, ...(o.ingestBufferMiB !== undefined ? [String(o.ingestBufferMiB)] : [])], o.timeoutMs);
         const out = r.out;
         const stored = out.stored ?? 0;
         const ok = r.code === 0 && stored === o.count;

@@ -66,12 +66,12 @@ export async function storeFilesThroughCStore(store: ReplicaStore, inputDir: str
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const [dataDir, inputDir] = process.argv.slice(2);
+  const [dataDir, inputDir, ingestBufferMiB] = process.argv.slice(2);
   if (dataDir === undefined || inputDir === undefined) {
-    console.error('usage: store-path.ts <data dir> <input dir>');
+    console.error('usage: store-path.ts <data dir> <input dir> [<ingest buffer MiB>]');
     process.exit(2);
   }
-  const store = createReplicaStore({ path: dataDir });
+  const store = createReplicaStore({ path: dataDir, ...(ingestBufferMiB !== undefined ? { blobWriteBufferBytes: Number(ingestBufferMiB) * 1024 * 1024 } : {}) });
   await store.open();
   const { wallMs, stored, failed } = await storeFilesThroughCStore(store, inputDir);
   await store.close();
