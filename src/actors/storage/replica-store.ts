@@ -835,13 +835,10 @@ class LevelReplicaStore implements ReplicaStore {
 
   /** Rejects (an I/O error) when the blob database's CURRENT file cannot be reached (as existsSync: any error says so). */
   private async assertDataDirectoryPresent(): Promise<void> {
-    const present = await access(join(this.path, 'blobs', 'CURRENT')).then(
-      () => true,
-      () => false,
-    );
-    if (present) return;
-    const error = new Error(`IO error: ${this.path}: the data directory was deleted or moved while the peer ran; restart the peer`);
-    throw Object.assign(error, { code: 'LEVEL_IO_ERROR' });
+    await access(join(this.path, 'blobs', 'CURRENT')).catch(() => {
+      const error = new Error(`IO error: ${this.path}: the data directory was deleted or moved while the peer ran; restart the peer`);
+      throw Object.assign(error, { code: 'LEVEL_IO_ERROR' });
+    });
   }
   /** Unsynced catalog writes (commits' entries, see the header comment; debt), one batch for those waiting. */
   readonly catalogWrites = new BatchCombiner<Op[], void>(async (writes) => {
@@ -2158,7 +2155,7 @@ class LevelInstanceWriter implements InstanceWriter {
         // Durable from here on: the commit record is in the synced blob log (recovery re-applies it).
         // A kept part that became the instance is no part any more (a marker written after this is deleted at open).
         const markerOps: Op[] = this.persisted ? [{ type: 'del', key: partialRecordKey(this.blobId) }] : [];
-        await this.store.catalogWrites.submit([...catalogOps.value, ...markerOps]);
+        await this.store.catalogWrites.submit(markerOps.length === 0 ? catalogOps.value : [...catalogOps.value, ...markerOps]);
         // Once readers can see the entry: a catalog read begun before then, and answered without it, is not kept.
         this.store.newestOfPatient.committed(entry.patientId, entry.storedAtMs);
       } catch (error) {
