@@ -15,7 +15,7 @@ import { pack, unpack } from 'msgpackr';
 import { manualClock } from '../../../test/support/manual-clock.ts';
 import { systemClock } from '../runtime/clock.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
-import { uncommittedChunks } from './fixtures/store-keys.ts';
+import { blobDbProperty, uncommittedChunks } from './fixtures/store-keys.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
 import { PartialCopies, defaultPartialCopyLimits, progressMarkBytes } from './partial-copies.ts';
 import { createReplicaStore, type InstanceWriter, type ReplicaStore } from './replica-store.ts';
@@ -461,7 +461,7 @@ test("partial copies: a kept part's marker puts no key beyond the blobs in the b
   }
   await partials.stop();
   const reopened = await reopenStore(t, store, path);
-  const tables = (reopened.blobDb as unknown as { getProperty(name: string): string }).getProperty('leveldb.sstables');
+  const tables = blobDbProperty(reopened, 'leveldb.sstables');
   // One line per table: " <number>:<size>['<smallest key>' @ <seq> : <type> .. '<largest key>' @ <seq> : <type>]".
   const ranges = [...tables.matchAll(/\['(.*?)' @ \d+ : \d+ \.\. '(.*?)' @ \d+ : \d+\]/g)].map(([, smallest, largest]) => ({ smallest: smallest!, largest: largest! }));
   assert.ok(ranges.some((range) => range.smallest.startsWith('b!')), `a table of blob keys was written at the reopening: ${tables}`);

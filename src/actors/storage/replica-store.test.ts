@@ -11,7 +11,7 @@ import { pack } from 'msgpackr';
 import { NEWEST_OF_PATIENT_PREFIX, NEWEST_OF_STUDY_PATIENT_PREFIX, catalogDeleteOps, catalogWriteOps, heldInstanceBatches, newestInstances } from './catalog.ts';
 import { STORE_FORMAT, createReplicaStore, type ReplicaStore } from './replica-store.ts';
 import { createQueryStats, findMatches } from './query/query.ts';
-import { countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
+import { blobDbProperty, countKeys, damageChunk, uncommittedChunks } from './fixtures/store-keys.ts';
 import { cutPower, recordBlobWrites } from './fixtures/power-cut.ts';
 import { testCatalogEntry } from './fixtures/test-entry.ts';
 
@@ -69,7 +69,7 @@ test("the store's format marker stays in a table of its own: no table of blob ke
   const reopened = createReplicaStore({ path: dir, chunkBytes: 1000 });
   await reopened.open();
   t.after(() => reopened.close());
-  const tables = (reopened.blobDb as unknown as { getProperty(name: string): string }).getProperty('leveldb.sstables');
+  const tables = blobDbProperty(reopened, 'leveldb.sstables');
   // One line per table: " <number>:<size>['<smallest key>' @ <seq> : <type> .. '<largest key>' @ <seq> : <type>]".
   const ranges = [...tables.matchAll(/\['(.*?)' @ \d+ : \d+ \.\. '(.*?)' @ \d+ : \d+\]/g)].map(([, smallest, largest]) => ({ smallest: smallest!, largest: largest! }));
   assert.ok(ranges.some((range) => range.smallest.startsWith('b!')), `a table of blob keys was written at the reopening: ${tables}`);
@@ -87,7 +87,7 @@ test('a pause in the ingest writes the blob memtable to its table and frees its 
   const store = createReplicaStore({ path: dir, blobWriteBufferBytes: 64 * 1024 * 1024, blobIdleFlushAfterMs: 200 });
   await store.open();
   t.after(() => store.close());
-  const property = (name: string): string => (store.blobDb as unknown as { getProperty(name: string): string }).getProperty(name);
+  const property = (name: string): string => blobDbProperty(store, name);
   const blobTables = (): number => [...property('leveldb.sstables').matchAll(/\['b!/g)].length;
   const memtableBytes = (): number => Number(property('leveldb.approximate-memory-usage'));
   const storeMiB = async (uid: string, fill: number): Promise<void> => {
