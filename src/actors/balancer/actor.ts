@@ -36,7 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers, votersLeftByRosterChange } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
-import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
+import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, isIncarnation, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
 import { isPeerId, parseVoters, parseVotersVersion } from './voters-codec.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
@@ -360,12 +360,17 @@ export function parseForgetMessage(value: unknown, receivedAtMs: number): Recent
   const times = Array.isArray(at) && at.length === peerIds.length && at.every((t) => typeof t === 'number' && Number.isFinite(t)) ? (at as number[]) : null;
   const sentAtMs = typeof v.sentAtMs === 'number' && Number.isFinite(v.sentAtMs) ? v.sentAtMs : null;
   const onOwnClock = (t: number): number => (sentAtMs === null ? Math.min(t, receivedAtMs) : receivedAtMs - Math.max(0, sentAtMs - t));
-  return peerIds.map((peerId, i) => ({ peerId, atMs: times === null ? receivedAtMs : onOwnClock(times[i]!) }));
+  // `incarnations` (beside peerIds, null where none is named; earlier builds send none and ignore it): see RecentForget.
+  const incarnations = Array.isArray(v.incarnations) && v.incarnations.length === peerIds.length ? (v.incarnations as unknown[]) : null;
+  return peerIds.map((peerId, i) => {
+    const incarnation = incarnations?.[i];
+    return { peerId, atMs: times === null ? receivedAtMs : onOwnClock(times[i]!), ...(isIncarnation(incarnation) ? { incarnation } : {}) };
+  });
 }
 
 /** A forget-peer message that earlier builds read as before (peerIds) and this one with its times (`sentAtMs`: see parseForgetMessage). */
 export function encodeForgetMessage(forgets: readonly RecentForget[], sentAtMs: number): Uint8Array {
-  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs), sentAtMs }, { maxBytes: ELECTION_MAX_BYTES });
+  return encodeEnvelope({ type: 'forgetPeers', peerIds: forgets.map((f) => f.peerId), forgottenAtMs: forgets.map((f) => f.atMs), incarnations: forgets.map((f) => f.incarnation ?? null), sentAtMs }, { maxBytes: ELECTION_MAX_BYTES });
 }
 
 /** The leader's site for the log line of a leader change: a PeerId alone meant looking it up in /api/mesh. */
@@ -467,6 +472,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       }
     }
   };
+  /** The forgets that may apply here (forgetsNotOutlived), with this peer's comings up and its members' incarnations. */
+  const notOutlived = (forgets: readonly RecentForget[]): RecentForget[] => forgetsNotOutlived(forgets, cameUpAtMs, new Map(membership.members().map((m) => [m.peerId, m.incarnation])));
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
@@ -594,7 +601,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
    */
   const forgetFromRoster = async (roster: RosterState, asked: readonly RecentForget[]): Promise<RosterState> => {
     if (pinned) return roster;
-    const applicable = forgetsNotOutlived(asked, cameUpAtMs);
+    const applicable = notOutlived(asked);
     const { peers, gone } = forgetRosterPeers(roster.peers, applicable.map((f) => f.peerId), upPeerIds(), self);
     if (gone.length === 0) return roster;
     const nowMs = clock.nowMs();
@@ -835,7 +842,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     // Peers the roster dropped leave the admitted voters: the operator's forget-peer at once, the others through the leader.
     const voters = step.state.durable.voters?.peers;
-    const operatorForgot = message.type === 'forgetPeers' && !pinned ? forgetsNotOutlived(message.forgets, cameUpAtMs).map((f) => f.peerId) : [];
+    const operatorForgot = message.type === 'forgetPeers' && !pinned ? notOutlived(message.forgets).map((f) => f.peerId) : [];
     const left = voters === undefined ? [] : votersLeftByRosterChange(s.roster.peers, roster.peers, voters, operatorForgot, upPeerIds(), self);
     if (left.length > 0) {
       const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds: left, by: message.type === 'forgetPeers' ? 'operator' : 'roster', nowMs });
@@ -932,11 +939,11 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     for (const peerId of alreadyRepublished(current?.roster.forgets ?? [], forgets)) forgetsHeardFromOthers.add(peerId);
     // Republished every minute: only those that still change this roster are taken (and logged).
-    const notOutlived = forgetsNotOutlived(forgets, cameUpAtMs);
+    const applicable = notOutlived(forgets);
     // Not in the roster: unknown too while the balancer reloads (no roster read), which says nothing.
-    const notHeld = current === null ? [] : notOutlived.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
+    const notHeld = current === null ? [] : applicable.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
     if (notHeld.length > 0) init.onPeersForgotten?.(notHeld);
-    const forgotten = notOutlived.filter((f) => forgetOutcome(f.peerId) === 'forgotten');
+    const forgotten = applicable.filter((f) => forgetOutcome(f.peerId) === 'forgotten');
     if (forgotten.length === 0) return;
     log.info('peers taken out of the election roster, as another peer was asked (POST /api/forget-peer)', { peerIds: forgotten.map((f) => f.peerId), from: m.from });
     send({ type: 'forgetPeers', forgets: forgotten });
@@ -1001,7 +1008,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     forgetPeer(peerId) {
       const outcome = forgetOutcome(peerId);
       if (outcome !== 'forgotten') return outcome;
-      const forget = { peerId, atMs: clock.nowMs() };
+      const incarnation = membership.members().find((m) => m.peerId === peerId)?.incarnation;
+      const forget: RecentForget = { peerId, atMs: clock.nowMs(), ...(incarnation !== undefined ? { incarnation } : {}) };
       send({ type: 'forgetPeers', forgets: [forget] });
       // Every other alive peer drops it too (helper 64: only this one did, and the others' rosters still
       // counted the ghost: no majority once one more site went down); a peer down now learns it when it

@@ -20,13 +20,17 @@ describe('recent forget-peers (republished for late peers)', () => {
     const kept = noteForgets([], many, now);
     assert.equal(kept.length, recentForgetLimits.countMax);
     assert.deepEqual(kept[0], { peerId: 'p36', atMs: now - 64 }, 'the oldest dropped');
+    // A second forget of a peer that came back names its later incarnation; one without (an earlier build's) keeps the one named.
+    assert.deepEqual(noteForgets([{ peerId: 'x', atMs: now - 5000, incarnation: 7 }], [{ peerId: 'x', atMs: now - 1000, incarnation: 9 }], now), [{ peerId: 'x', atMs: now - 1000, incarnation: 9 }]);
+    assert.deepEqual(noteForgets([{ peerId: 'x', atMs: now - 5000, incarnation: 7 }], [{ peerId: 'x', atMs: now - 1000 }], now), [{ peerId: 'x', atMs: now - 1000, incarnation: 7 }]);
   });
 
   it('republishes in messages of at most 16, never a peer back in the roster, and each message fits an election frame', () => {
     const now = dayMs;
     // PeerIds as long as kept (a libp2p one is some 52 characters); a longer one is not kept.
     const longest = (i: number) => `12D3KooW${'x'.repeat(recentForgetLimits.peerIdMaxChars - 10)}${String(i).padStart(2, '0')}`;
-    const recent = noteForgets([], [...Array.from({ length: 64 }, (_, i) => ({ peerId: longest(i), atMs: now - i })), { peerId: `${longest(0)}x`, atMs: now }], now);
+    // Incarnations as a start writes them (the date in ms): 9 bytes each in a message.
+    const recent = noteForgets([], [...Array.from({ length: 64 }, (_, i) => ({ peerId: longest(i), atMs: now - i, incarnation: 1_764_000_000_000 + i })), { peerId: `${longest(0)}x`, atMs: now }], now);
     assert.ok(recent.every((f) => f.peerId.length <= recentForgetLimits.peerIdMaxChars) && recent.length === 64);
     const messages = forgetsToRepublish(recent, new Set([recent[0]!.peerId]), now);
     assert.deepEqual(messages.map((m) => m.length), [16, 16, 16, 15]);
@@ -47,6 +51,19 @@ describe('recent forget-peers (republished for late peers)', () => {
   it('a forget applies only to a peer that did not come up here after it was asked', () => {
     const forgets = [{ peerId: 'back', atMs: 1000 }, { peerId: 'gone', atMs: 1000 }, { peerId: 'never', atMs: 1000 }];
     assert.deepEqual(forgetsNotOutlived(forgets, new Map([['back', 2000], ['gone', 1000]])).map((f) => f.peerId), ['gone', 'never']);
+  });
+
+  it('a forget does not apply to a peer heard here at a higher incarnation than it names, even one never seen down here', () => {
+    const forgets = [{ peerId: 'restarted', atMs: 1000, incarnation: 5 }, { peerId: 'same', atMs: 1000, incarnation: 5 }, { peerId: 'unnamed', atMs: 1000 }, { peerId: 'unheard', atMs: 1000, incarnation: 5 }];
+    const heardAt = new Map([['restarted', 6], ['same', 5], ['unnamed', 9]]);
+    assert.deepEqual(forgetsNotOutlived(forgets, new Map(), heardAt).map((f) => f.peerId), ['same', 'unnamed', 'unheard']);
+  });
+
+  it('carries the incarnations in the message, null where none is named; anything else reads as none', () => {
+    const forgets = [{ peerId: 'a', atMs: 5, incarnation: 1_764_000_000_000 }, { peerId: 'b', atMs: 6 }];
+    assert.deepEqual(parseForgetMessage(decodeEnvelope(encodeForgetMessage(forgets, 9), { maxBytes: ELECTION_MAX_BYTES }), 9), forgets);
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a', 'b'], forgottenAtMs: [5, 6], incarnations: [-1, 'x'] }, 9), [{ peerId: 'a', atMs: 5 }, { peerId: 'b', atMs: 6 }]);
+    assert.deepEqual(parseForgetMessage({ type: 'forgetPeers', peerIds: ['a', 'b'], forgottenAtMs: [5, 6], incarnations: [3] }, 9), [{ peerId: 'a', atMs: 5 }, { peerId: 'b', atMs: 6 }], 'a length that does not match');
   });
 
   it('reads the times of a forget-peer message, or counts one of an earlier build as asked at its receipt', () => {
@@ -75,8 +92,9 @@ describe('recent forget-peers (republished for late peers)', () => {
 
   it('persists in the roster file, which earlier builds read as before', () => {
     const peers = new Map([['p', { seenAtMs: 1, site: 's', dicom: 'h:1' }]]);
-    const body = JSON.parse(encodeRosterFile(peers, [{ peerId: 'x', atMs: 7 }])) as { forgets: unknown };
-    assert.deepEqual(decodeRecentForgets(body.forgets), [{ peerId: 'x', atMs: 7 }]);
+    const body = JSON.parse(encodeRosterFile(peers, [{ peerId: 'x', atMs: 7 }, { peerId: 'y', atMs: 8, incarnation: 3 }])) as { forgets: unknown };
+    assert.deepEqual(decodeRecentForgets(body.forgets), [{ peerId: 'x', atMs: 7 }, { peerId: 'y', atMs: 8, incarnation: 3 }]);
+    assert.deepEqual(decodeRecentForgets([{ peerId: 'y', atMs: 8, incarnation: 1.5 }]), [{ peerId: 'y', atMs: 8 }], 'a damaged incarnation reads as none');
     assert.deepEqual(decodeRosterFile(body), peers);
     assert.equal('forgets' in JSON.parse(encodeRosterFile(peers)), false, 'no field without forgets');
     assert.deepEqual(decodeRecentForgets([{ peerId: 'x' }, 7, null, { peerId: 'y', atMs: 3 }]), [{ peerId: 'y', atMs: 3 }]);

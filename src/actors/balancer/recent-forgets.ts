@@ -9,6 +9,12 @@
 export interface RecentForget {
   readonly peerId: string;
   readonly atMs: number;
+  /**
+   * The forgotten peer's membership incarnation as last heard where it was asked (absent: never heard there, or an
+   * earlier build's forget). Every start bumps it, so a peer seen at a higher one came back since, on any clock, even
+   * where it was first seen on its return (a republication delivered late then took it out again: npm test, once).
+   */
+  readonly incarnation?: number;
 }
 
 export const recentForgetLimits = {
@@ -39,13 +45,16 @@ export const recentForgetLimits = {
  * Also how the roster file's are read at a start, so a file holding more, or damaged, sends no more than that.
  */
 export function noteForgets(recent: readonly RecentForget[], added: readonly RecentForget[], nowMs: number, limits: { keepMs: number; countMax: number; peerIdMaxChars: number } = recentForgetLimits): RecentForget[] {
-  const byPeer = new Map<string, number>();
+  const byPeer = new Map<string, RecentForget>();
   for (const f of [...recent, ...added]) {
     const atMs = Math.min(f.atMs, nowMs);
     if (nowMs - atMs >= limits.keepMs || f.peerId.length > limits.peerIdMaxChars) continue;
-    byPeer.set(f.peerId, Math.max(atMs, byPeer.get(f.peerId) ?? atMs));
+    const held = byPeer.get(f.peerId);
+    // The highest incarnation named: a second forget (the peer came back and was forgotten again) names a later one.
+    const incarnations = [held?.incarnation, f.incarnation].filter((i): i is number => i !== undefined);
+    byPeer.set(f.peerId, { peerId: f.peerId, atMs: Math.max(atMs, held?.atMs ?? atMs), ...(incarnations.length > 0 ? { incarnation: Math.max(...incarnations) } : {}) });
   }
-  const sorted = [...byPeer].map(([peerId, atMs]) => ({ peerId, atMs })).sort((a, b) => a.atMs - b.atMs || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
+  const sorted = [...byPeer.values()].sort((a, b) => a.atMs - b.atMs || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0));
   return sorted.slice(Math.max(0, sorted.length - limits.countMax));
 }
 
@@ -82,13 +91,19 @@ export function alreadyRepublished(held: readonly RecentForget[], heard: readonl
 }
 
 /**
- * The forgets that may apply here: not of a peer that came up here after the forget was asked (`cameUpAtMs`: alive
- * after it was seen dead, in this process's run), which came back for real and is kept. The roster's last-seen times
- * cannot tell: they are moved on at a start, and a peer seen alive until it died, later here than where the forget
- * was asked, did not come back.
+ * The forgets that may apply here: not of a peer that came back for real, which is kept: one that came up here after
+ * the forget was asked (`cameUpAtMs`: alive after it was seen dead, in this process's run), or one heard here at a
+ * higher incarnation than the forget names (`incarnations`, this peer's membership records: it restarted since). The
+ * roster's last-seen times cannot tell: they are moved on at a start, and a peer seen alive until it died, later here
+ * than where the forget was asked, did not come back.
  */
-export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>): RecentForget[] {
-  return forgets.filter((f) => (cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) <= f.atMs);
+export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>, incarnations: ReadonlyMap<string, number> = new Map()): RecentForget[] {
+  return forgets.filter((f) => (cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) <= f.atMs && !(f.incarnation !== undefined && (incarnations.get(f.peerId) ?? Number.NEGATIVE_INFINITY) > f.incarnation));
+}
+
+/** A membership incarnation as a forget carries it (a file or a message): anything else reads as none named. */
+export function isIncarnation(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
 /** The `forgets` field of the roster file (optional: earlier builds ignore it); malformed entries are skipped, as a forget lost is only republished less. */
@@ -97,6 +112,7 @@ export function decodeRecentForgets(value: unknown): RecentForget[] {
   return value.flatMap((x: unknown) => {
     if (typeof x !== 'object' || x === null) return [];
     const e = x as Record<string, unknown>;
-    return typeof e.peerId === 'string' && e.peerId.length > 0 && typeof e.atMs === 'number' && Number.isFinite(e.atMs) ? [{ peerId: e.peerId, atMs: e.atMs }] : [];
+    if (typeof e.peerId !== 'string' || e.peerId.length === 0 || typeof e.atMs !== 'number' || !Number.isFinite(e.atMs)) return [];
+    return [{ peerId: e.peerId, atMs: e.atMs, ...(isIncarnation(e.incarnation) ? { incarnation: e.incarnation } : {}) }];
   });
 }

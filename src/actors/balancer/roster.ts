@@ -234,7 +234,7 @@ export function votersLeftByRosterChange(before: RosterPeers, after: RosterPeers
 export const ROSTER_FILE_VERSION = 2;
 
 /**
- * The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?, absentMs?}}, forgets?: [{peerId, atMs}]}`
+ * The file's body: `{version: 2, peers: {peerId: {seenAtMs, site, dicom, siteLostTo?, absentMs?}}, forgets?: [{peerId, atMs, incarnation?}]}`
  * (`forgets`: the recent forget-peers this peer republishes, recent-forgets.ts; earlier builds ignore it).
  */
 export function encodeRosterFile(peers: RosterPeers, forgets: readonly RecentForget[] = []): string {
