@@ -36,7 +36,7 @@ import { createRepeatLimiter, type Logger } from '../runtime/logger.ts';
 import { actorSender, type CrashDecision, type Ref, spawnActor, stopActor } from '../runtime/nact.ts';
 import { encodeRosterFile, forgetRosterPeers, learnRoster, rosterAtStart, rosterMajorityLack, type RosterMajorityLack, type RosterPeer, type RosterPeers, votersLeftByRosterChange } from './roster.ts';
 import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './state-files.ts';
-import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, isIncarnation, noteForgets, recentForgetLimits, type RecentForget } from './recent-forgets.ts';
+import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, isIncarnation, noteForgets, recentForgetLimits, type IncarnationSeen, type RecentForget } from './recent-forgets.ts';
 import { isPeerId, parseVoters, parseVotersVersion } from './voters-codec.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
 import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
@@ -461,10 +461,13 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
    */
   const cameUpAtMs = new Map<string, number>();
   const seenState = new Map<string, 'up' | 'dead'>();
+  /** Each peer's highest incarnation heard here, and since when: a forget naming a lower one outlived by a return after it (forgetsNotOutlived). */
+  const incarnationSeen = new Map<string, IncarnationSeen>();
   const noteComingsUp = (members: readonly MemberRecord[], roster: RosterState, nowMs: number): void => {
     const known = new Set(members.map((m) => m.peerId));
-    for (const map of [cameUpAtMs, seenState]) for (const peerId of map.keys()) if (!known.has(peerId) && !roster.peers.has(peerId)) map.delete(peerId);
+    for (const map of [cameUpAtMs, seenState, incarnationSeen]) for (const peerId of map.keys()) if (!known.has(peerId) && !roster.peers.has(peerId)) map.delete(peerId);
     for (const m of members) {
+      if (m.incarnation > (incarnationSeen.get(m.peerId)?.incarnation ?? Number.NEGATIVE_INFINITY)) incarnationSeen.set(m.peerId, { incarnation: m.incarnation, sinceMs: nowMs });
       if (m.status === 'dead') seenState.set(m.peerId, 'dead');
       else if (m.status === 'alive') {
         if (seenState.get(m.peerId) === 'dead') cameUpAtMs.set(m.peerId, nowMs);
@@ -472,8 +475,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       }
     }
   };
-  /** The forgets that may apply here (forgetsNotOutlived), with this peer's comings up and its members' incarnations. */
-  const notOutlived = (forgets: readonly RecentForget[]): RecentForget[] => forgetsNotOutlived(forgets, cameUpAtMs, new Map(membership.members().map((m) => [m.peerId, m.incarnation])));
+  /** The forgets that may apply here (forgetsNotOutlived), with this peer's comings up and incarnations heard. */
+  const notOutlived = (forgets: readonly RecentForget[]): RecentForget[] => forgetsNotOutlived(forgets, cameUpAtMs, incarnationSeen);
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>

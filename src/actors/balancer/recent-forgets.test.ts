@@ -53,10 +53,11 @@ describe('recent forget-peers (republished for late peers)', () => {
     assert.deepEqual(forgetsNotOutlived(forgets, new Map([['back', 2000], ['gone', 1000]])).map((f) => f.peerId), ['gone', 'never']);
   });
 
-  it('a forget does not apply to a peer heard here at a higher incarnation than it names, even one never seen down here', () => {
-    const forgets = [{ peerId: 'restarted', atMs: 1000, incarnation: 5 }, { peerId: 'same', atMs: 1000, incarnation: 5 }, { peerId: 'unnamed', atMs: 1000 }, { peerId: 'unheard', atMs: 1000, incarnation: 5 }];
-    const heardAt = new Map([['restarted', 6], ['same', 5], ['unnamed', 9]]);
-    assert.deepEqual(forgetsNotOutlived(forgets, new Map(), heardAt).map((f) => f.peerId), ['same', 'unnamed', 'unheard']);
+  it('a forget does not apply to a peer first heard here after the ask at a higher incarnation than it names, even one never seen down here', () => {
+    const forgets = ['restarted', 'same', 'unnamed', 'unheard', 'missed'].map((peerId) => ({ peerId, atMs: 1000, ...(peerId === 'unnamed' ? {} : { incarnation: 5 }) }));
+    // 'missed': a life the asked peer did not hear (cut off from it), over before the ask: no return.
+    const heard = new Map([['restarted', { incarnation: 6, sinceMs: 2000 }], ['same', { incarnation: 5, sinceMs: 2000 }], ['unnamed', { incarnation: 9, sinceMs: 2000 }], ['missed', { incarnation: 6, sinceMs: 900 }]]);
+    assert.deepEqual(forgetsNotOutlived(forgets, new Map(), heard).map((f) => f.peerId), ['same', 'unnamed', 'unheard', 'missed']);
   });
 
   it('carries the incarnations in the message, null where none is named; anything else reads as none', () => {

@@ -90,15 +90,26 @@ export function alreadyRepublished(held: readonly RecentForget[], heard: readonl
   }).map((f) => f.peerId);
 }
 
+/** The highest membership incarnation of a peer heard here, and when (this peer's clock) it was first heard. */
+export interface IncarnationSeen {
+  readonly incarnation: number;
+  readonly sinceMs: number;
+}
+
 /**
  * The forgets that may apply here: not of a peer that came back for real, which is kept: one that came up here after
- * the forget was asked (`cameUpAtMs`: alive after it was seen dead, in this process's run), or one heard here at a
- * higher incarnation than the forget names (`incarnations`, this peer's membership records: it restarted since). The
- * roster's last-seen times cannot tell: they are moved on at a start, and a peer seen alive until it died, later here
- * than where the forget was asked, did not come back.
+ * the forget was asked (`cameUpAtMs`: alive after it was seen dead, in this process's run), or one first heard here,
+ * after the ask, at a higher incarnation than the forget names (`incarnations`: it restarted since, even if this peer
+ * first saw it on that return). An incarnation heard before the ask is a life the asked peer missed (cut off from it),
+ * over before the operator asked: no return. The roster's last-seen times cannot tell: they are moved on at a start,
+ * and a peer seen alive until it died, later here than where the forget was asked, did not come back.
  */
-export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>, incarnations: ReadonlyMap<string, number> = new Map()): RecentForget[] {
-  return forgets.filter((f) => (cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) <= f.atMs && !(f.incarnation !== undefined && (incarnations.get(f.peerId) ?? Number.NEGATIVE_INFINITY) > f.incarnation));
+export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>, incarnations: ReadonlyMap<string, IncarnationSeen> = new Map()): RecentForget[] {
+  return forgets.filter((f) => {
+    if ((cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) > f.atMs) return false;
+    const seen = incarnations.get(f.peerId);
+    return f.incarnation === undefined || seen === undefined || seen.incarnation <= f.incarnation || seen.sinceMs <= f.atMs;
+  });
 }
 
 /** A membership incarnation as a forget carries it (a file or a message): anything else reads as none named. */
