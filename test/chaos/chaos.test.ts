@@ -8,7 +8,9 @@
  * (c) every site sees the same members alive and connected, the same leader and term; (d) no peer exited
  * unasked, a graceful stop exited 0, and none logged an unhandled rejection.
  *
- * CHAOS_SEED (default: random, printed) and CHAOS_STEPS (default 16) choose the run; the plan is made up
+ * CHAOS_SEED (default: random, printed) and CHAOS_STEPS (default 16) choose the run; CHAOS_ELECTION_VOTERS=admitted
+ * runs every site with `--election-voters admitted`, the plan's first site founding them (`--found-mesh yes`) while no
+ * site's election record holds a list, as `npm start` does (default `learnt`, the command's own default); the plan is made up
  * front from the seed (`plan.ts`), so a seed replays the same steps. CHAOS_BASE_PORT puts the sites on
  * fixed ports (base + 3 x site index + 0..2) instead of free ones. The peers' logs are kept only when the
  * run fails or its sites took over 30 s to converge (or always, with CHAOS_KEEP_LOGS=1), under CHAOS_LOG_DIR (default: the system's temp directory), and the path is printed.
@@ -17,7 +19,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
-import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually, newCluster, type MeshStatus, type PeerProcess } from '../mesh/support.ts';
@@ -29,10 +31,13 @@ import { groupBy, loadCorpus, storescuProposal, type Instance } from '../interop
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { Tags } from '../../src/codec/dictionary.ts';
 import { describeStep, planChaos, type ChaosStep, type SiteName } from './plan.ts';
+import { readElectionRecord } from '../../src/actors/balancer/state-files.ts';
 
 const seed = process.env['CHAOS_SEED'] !== undefined ? Number(process.env['CHAOS_SEED']) : randomInt(1, 1_000_000);
 const stepCount = Number(process.env['CHAOS_STEPS'] ?? 16);
 const basePort = process.env['CHAOS_BASE_PORT'] !== undefined ? Number(process.env['CHAOS_BASE_PORT']) : undefined;
+const electionVoters = process.env['CHAOS_ELECTION_VOTERS'] ?? 'learnt';
+if (electionVoters !== 'learnt' && electionVoters !== 'admitted') throw new Error(`CHAOS_ELECTION_VOTERS="${electionVoters}" must be learnt or admitted`);
 /** Waits after healing: generous, the machine is shared. */
 const convergeTimeoutMs = 180_000;
 const samplingIntervalMs = 500;
@@ -63,7 +68,7 @@ interface Acknowledged {
   where: string;
 }
 
-test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 900_000 }, async (t) => {
+test(`chaos: seed ${seed}, ${stepCount} steps${electionVoters === 'admitted' ? ', admitted voters' : ''}`, { timeout: stepCount * 40_000 + 900_000 }, async (t) => {
   assert.ok(hasDcmtk(['storescu']), 'DCMTK storescu is not on PATH: apt-get install dcmtk');
   const corpus = loadCorpus();
   const plan = planChaos({ seed, steps: stepCount, corpusSize: corpus.length });
@@ -103,10 +108,18 @@ test(`chaos: seed ${seed}, ${stepCount} steps`, { timeout: stepCount * 40_000 + 
   const acknowledged = new Map<string, Acknowledged>();
   const storeOutcomes: string[] = [];
 
+  /** With admitted voters, the plan's first site founds them while no site's record holds a list (scripts/local-mesh.ts's rule). */
+  const electionArgs = async (run: SiteRun): Promise<string[]> => {
+    if (electionVoters === 'learnt') return [];
+    let founds = run.name === plan.sites[0];
+    for (const other of sites.values()) if (founds && existsSync(other.dataDir) && (await readElectionRecord(other.dataDir)).voters !== undefined) founds = false;
+    return ['--election-voters', 'admitted', ...(founds ? ['--found-mesh', 'yes'] : [])];
+  };
+
   const launch = async (run: SiteRun): Promise<void> => {
     run.starts++;
     try {
-      const peer = await cluster.start(run.name, { dataDir: run.dataDir, bootstrap: run.bootstrap, ports: run.ports, logFile: join(logDir, `${run.name}.log`), logLevel: 'info', readyTimeoutMs: startTimeoutMs });
+      const peer = await cluster.start(run.name, { dataDir: run.dataDir, bootstrap: run.bootstrap, ports: run.ports, logFile: join(logDir, `${run.name}.log`), logLevel: 'info', readyTimeoutMs: startTimeoutMs, extraArgs: await electionArgs(run) });
       run.peer = peer;
       void peer.process.exited.then(({ code, signal }) => {
         if (exitsAsked.has(peer)) return;

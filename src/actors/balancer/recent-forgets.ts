@@ -11,8 +11,8 @@ export interface RecentForget {
   readonly atMs: number;
   /**
    * The forgotten peer's membership incarnation as last heard where it was asked (absent: never heard there, or an
-   * earlier build's forget). Every start bumps it, so a peer seen at a higher one came back since, on any clock, even
-   * where it was first seen on its return (a republication delivered late then took it out again: npm test, once).
+   * earlier build's forget). Every start bumps it, so a peer first heard at a higher one after the ask came back since,
+   * even where it was first seen on that return (a republication delivered late took it out again there: npm test, once).
    */
   readonly incarnation?: number;
 }
