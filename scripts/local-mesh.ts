@@ -10,7 +10,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readElectionRecord } from '../src/actors/balancer/state-files.ts';
+import { holdsFoundedVoters } from '../src/actors/balancer/state-files.ts';
 import { writeSwarmKeyFile } from '../src/net/swarm-key.ts';
 import { peerProcessArgs, peerProcessEnv } from '../src/peer-process.ts';
 import { LocalMeshOptionError, localMeshUsage, parseLocalMeshOptions, type LocalMeshOptions } from './local-mesh-options.ts';
@@ -54,7 +54,7 @@ let stopping = false;
 async function foundsVoters(): Promise<boolean> {
   for (const site of sites) {
     const dir = join(dataRoot, site.name);
-    if (existsSync(dir) && (await readElectionRecord(dir)).voters !== undefined) return false;
+    if (existsSync(dir) && (await holdsFoundedVoters(dir))) return false;
   }
   return true;
 }

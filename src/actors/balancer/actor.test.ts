@@ -16,7 +16,7 @@ import { recordingLogger } from '../../../test/support/recording-logger.ts';
 import { ANNOUNCE_MAX_BYTES, bootstrapPeerIdsOf, ELECTION_MAX_BYTES, ELECTION_PROTOCOL, encodeForgetMessage, parseBalancerMessage, parseForgetPeers } from './actor.ts';
 import type { RecentForget } from './recent-forgets.ts';
 import { forgetPeerTopic, rosterMissingMax, routingTopic, votersMax } from './messages.ts';
-import { ELECTION_RECORD_FILE, LEGACY_ELECTION_FILE, openElectionRecord, readElectionRecord, ROSTER_FILE } from './state-files.ts';
+import { ELECTION_RECORD_FILE, holdsFoundedVoters, LEGACY_ELECTION_FILE, openElectionRecord, readElectionRecord, ROSTER_FILE } from './state-files.ts';
 import { tmpfsOrSkip } from '../../../test/support/tmpfs.ts';
 import { refuseWritesOrSkip } from '../../../test/support/refuse-writes.ts';
 import { waitFor as waitForCondition } from '../../../test/support/wait.ts';
@@ -68,7 +68,7 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
   /** Each peer a DICOM address of its own (a heartbeat naming this site and this address is a predecessor's). */
   let nextDicomPort = 0;
 
-  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number; tickIntervalMs?: number; onPeersForgotten?: (peerIds: readonly string[]) => void; writeRosterFile?: (path: string, text: string) => Promise<void> } = {}): Promise<TestPeer> {
+  async function peer(swarmKey: SwarmKey, bootstrap: string[], site: string, dataDir?: string, messages?: string[], dicom?: string, balancer: { rosterMajorityWarnAfterMs?: number; forgetRepublishIntervalMs?: number; tickIntervalMs?: number; onPeersForgotten?: (peerIds: readonly string[]) => void; writeRosterFile?: (path: string, text: string) => Promise<void>; settleMs?: number; votersThroughLeader?: boolean; foundsVoters?: boolean } = {}): Promise<TestPeer> {
     const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pacs-mesh-balancer-')));
     if (!dirs.includes(dir)) dirs.push(dir);
     const node = await createMeshNode({ host: '127.0.0.1', p2pPort: 0, swarmKey, dataDir: dir, bootstrap, tuning: { reconnectMinDelayMs: 100, reconnectMaxDelayMs: 1000 } });
@@ -305,6 +305,20 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     console.log(`forget republications in 12 s: ${sent.a} by a (every 0.3 s), ${sent.b} by b (every 4 s, each time after hearing a's)`);
     assert.ok(sent.a >= 3, `a republished ${sent.a} times`);
     assert.equal(sent.b, 0, 'b republished a forget it had heard from a within its interval');
+  });
+
+  it("a founder's list is durable once it has started: stopped before its first candidacy and started again without --found-mesh, it leads (chaos seed 197043)", { timeout: 60_000 }, async () => {
+    const key = generateSwarmKey();
+    // A settle time far beyond the test: no candidacy, whose record write used to be the founding's first.
+    const founder = await peer(key, [], 'site-a', undefined, undefined, undefined, { votersThroughLeader: true, foundsVoters: true, settleMs: 600_000 });
+    assert.deepEqual((await readElectionRecord(founder.dataDir)).voters?.peers, [founder.node.peerId]);
+    const joiner = await peer(key, [loopbackAddress(founder.node)], 'site-b', undefined, undefined, undefined, { votersThroughLeader: true, settleMs: 600_000 });
+    assert.deepEqual((await readElectionRecord(joiner.dataDir)).voters?.peers, [], "a joiner's list is empty until a leader admits it");
+    assert.equal(await holdsFoundedVoters(joiner.dataDir), false, 'which tells of no founding');
+    assert.equal(await holdsFoundedVoters(founder.dataDir), true);
+    await founder.stop();
+    const again = await peer(key, [], 'site-a', founder.dataDir, undefined, undefined, { votersThroughLeader: true });
+    await waitFor('the founder leads, on the list it kept', () => again.mesh.balancer.status().role === 'leader', 20_000);
   });
 
   it('a data dir of an earlier build (balancer-election.json) starts with its term and vote, and goes on from them in the two-slot file', { timeout: 60_000 }, async () => {

@@ -691,6 +691,17 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     };
     leader = null;
     table = null;
+    // A list started now (founded, or a joiner's empty one) is durable before anything acts on it: a founder killed
+    // before its first candidacy lost its founding, and restarted without --found-mesh (as an operator's usual
+    // command, or npm start once another site's record held a list) joined with an empty list: a mesh without a
+    // founder, never a leader (the chaos test with admitted voters, seed 197043).
+    if (settled.durable.voters !== undefined && durable.voters === undefined) {
+      try {
+        await writeElection(settled.durable);
+      } catch (err) {
+        noteStateWriteFailure(err);
+      }
+    }
     // Once: later loads follow a state file not written (logged by noteStateWriteFailure) or a restart (logged
     // by the supervisor), and on a full disk they came twice a second.
     if (!startedOnce) {

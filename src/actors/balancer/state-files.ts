@@ -248,6 +248,15 @@ export async function readElectionRecord(dataDir: string): Promise<ElectionDurab
 }
 
 /**
+ * Whether the record in `dataDir` holds admitted voters naming a peer: a founded mesh's list (a founder's, or an
+ * admitted peer's). A joiner's list is empty until a leader admits it, and tells of no founding: counted as one, a
+ * founder killed before its founding was durable was never told to found again, and the mesh never had a leader.
+ */
+export async function holdsFoundedVoters(dataDir: string): Promise<boolean> {
+  return ((await readElectionRecord(dataDir)).voters?.peers.length ?? 0) > 0;
+}
+
+/**
  * Leaves earlier builds a legacy file they refuse to start on, without the record from before the move; best
  * effort (the record itself is durable): whether the marker is in place.
  */
