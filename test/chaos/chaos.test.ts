@@ -10,7 +10,7 @@
  *
  * CHAOS_SEED (default: random, printed) and CHAOS_STEPS (default 16) choose the run; CHAOS_ELECTION_VOTERS=admitted
  * runs every site with `--election-voters admitted`, the plan's first site founding them (`--found-mesh yes`) while no
- * site's election record holds a list, as `npm start` does (default `learnt`, the command's own default); the plan is made up
+ * site's election record holds a list naming a voter, as `npm start` does (default `learnt`, the command's own default); the plan is made up
  * front from the seed (`plan.ts`), so a seed replays the same steps. CHAOS_BASE_PORT puts the sites on
  * fixed ports (base + 3 x site index + 0..2) instead of free ones. The peers' logs are kept only when the
  * run fails or its sites took over 30 s to converge (or always, with CHAOS_KEEP_LOGS=1), under CHAOS_LOG_DIR (default: the system's temp directory), and the path is printed.
@@ -108,13 +108,14 @@ test(`chaos: seed ${seed}, ${stepCount} steps${electionVoters === 'admitted' ? '
   const acknowledged = new Map<string, Acknowledged>();
   const storeOutcomes: string[] = [];
 
-  /** With admitted voters, the plan's first site founds them while no site's record holds a list (scripts/local-mesh.ts's rule). */
+  /** With admitted voters, the plan's first site founds them while no site's record holds a list naming a voter (scripts/local-mesh.ts's rule). */
   const electionArgs = async (run: SiteRun): Promise<string[]> => {
     if (electionVoters === 'learnt') return [];
-    let founds = run.name === plan.sites[0];
+    const admitted = ['--election-voters', 'admitted'];
+    if (run.name !== plan.sites[0]) return admitted;
     // A record caught in the middle of a write counts as founded: a second founder would make a second mesh.
-    for (const other of sites.values()) if (founds && existsSync(other.dataDir) && (await holdsFoundedVoters(other.dataDir).catch(() => true))) founds = false;
-    return ['--election-voters', 'admitted', ...(founds ? ['--found-mesh', 'yes'] : [])];
+    for (const other of sites.values()) if (existsSync(other.dataDir) && (await holdsFoundedVoters(other.dataDir).catch(() => true))) return admitted;
+    return [...admitted, '--found-mesh', 'yes'];
   };
 
   const launch = async (run: SiteRun): Promise<void> => {

@@ -245,6 +245,11 @@ async function flushMemtable(db: StoreDb, markerKey: string): Promise<void> {
   if (typeof compactRange === 'function') await compactRange.call(db, markerKey, markerKey);
 }
 
+/** A LevelDB property (`leveldb.sstables`, `leveldb.approximate-memory-usage`) of `db`: level's types omit getProperty. */
+export function leveldbProperty(db: StoreDb, name: string): string | undefined {
+  return (db as unknown as { getProperty?: (name: string) => string }).getProperty?.(name);
+}
+
 /** A time for a file name: ISO 8601 without ':' or '.', so that names sort by time. */
 function fileTimeStamp(date: Date): string {
   return date.toISOString().replace(/[:.]/g, '-');
@@ -1523,7 +1528,7 @@ class LevelReplicaStore implements ReplicaStore {
   private async flushBlobMemtableWhenIdle(): Promise<void> {
     if (this.closing || this.reopening !== undefined || this.blobDb.status !== 'open') return;
     try {
-      const usage = Number((this.blobDb as unknown as { getProperty?: (name: string) => string }).getProperty?.('leveldb.approximate-memory-usage'));
+      const usage = Number(leveldbProperty(this.blobDb, 'leveldb.approximate-memory-usage'));
       if (!(usage > blobIdleFlushMinBytes)) return;
       await flushMemtable(this.blobDb, storeFormatKey);
     } catch {
