@@ -67,7 +67,8 @@ function startSite(site: Site, bootstrap: string[], founds = false): ChildProces
     '--p2p-port', String(site.p2pPort), '--swarm-key', swarmKeyFile,
     ...bootstrap.flatMap((b) => ['--bootstrap', b]),
     '--election-voters', 'admitted',
-    ...(founds ? ['--found-mesh', 'yes'] : []),
+    // Never auto: site-a starts without --bootstrap, and its directory deleted alone would found a second mesh.
+    '--found-mesh', founds ? 'yes' : 'no',
   ]);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env: peerProcessEnv() });
   child.on('exit', (code, signal) => {

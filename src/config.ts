@@ -63,13 +63,19 @@ export interface PeerConfig {
    */
   sitePeers: 'one' | 'several';
   /**
-   * Whose votes count in the balancer election (`--election-voters`): 'learnt', the learnt roster (the default);
-   * 'admitted', voters admitted one at a time through the leader (hunt 184; docs/mesh-algorithms.md, "Admitted voters").
-   * Once on, the election record keeps the list and the peer keeps the mode at later starts.
+   * Whose votes count in the balancer election (`--election-voters`): 'admitted' (the default since 2026-12-04),
+   * voters admitted one at a time through the leader (hunt 184; docs/mesh-algorithms.md, "Admitted voters"); 'learnt',
+   * the learnt roster (the default before: it can elect two leaders in one term). Once on, the election record keeps
+   * the list and the peer keeps the mode at later starts. A pinned --roster runs neither (its own fixed voters).
    */
   electionVoters: 'learnt' | 'admitted';
-  /** `--found-mesh yes`: with admitted voters, a first start founds the voters of a new mesh as their only member. */
-  foundMesh: boolean;
+  /**
+   * `--found-mesh`: with admitted voters, whether a first start founds the voters of a new mesh as their only member.
+   * 'auto' (the default): a first start founds them when --bootstrap names no other peer, joins otherwise, and a data
+   * directory of learnt rosters keeps them until a leader stamps its roster as the list; 'yes' founds (also on such a
+   * directory, the upgrade of docs/mesh-algorithms.md, and over a joiner's empty list); 'no' joins.
+   */
+  foundMesh: 'auto' | 'yes' | 'no';
   logLevel: 'info' | 'warn' | 'error' | 'silent';
   /**
    * `--standalone yes`: run without --swarm-key on a data directory that was a mesh site (it knows other
@@ -125,8 +131,8 @@ export const defaultConfig: PeerConfig = {
   priority: 100,
   roster: [],
   sitePeers: 'one',
-  electionVoters: 'learnt',
-  foundMesh: false,
+  electionVoters: 'admitted',
+  foundMesh: 'auto',
   logLevel: 'info',
   standalone: false,
   scrubMbPerS: 16,
@@ -304,8 +310,8 @@ const flags: Record<string, { takesValue: boolean; apply: (config: PeerConfig, v
   '--found-mesh': {
     takesValue: true,
     apply: (c, v) => {
-      if (v !== 'yes' && v !== 'no') throw new ConfigError(`--found-mesh "${v}" must be yes or no`);
-      c.foundMesh = v === 'yes';
+      if (v !== 'yes' && v !== 'no' && v !== 'auto') throw new ConfigError(`--found-mesh "${v}" must be yes, no or auto`);
+      c.foundMesh = v;
     },
   },
   '--scrub-mb-per-s': {
@@ -364,11 +370,16 @@ export function parseStartArgs(args: readonly string[]): PeerConfig {
   if (!config.swarmKeyFile && meshOnly.length > 0) {
     throw new ConfigError(`${meshOnly.join(', ')} ${meshOnly.length === 1 ? 'means' : 'mean'} something only in a mesh: add --swarm-key FILE (a key from pacs-mesh keygen)`);
   }
-  if (config.foundMesh && config.electionVoters !== 'admitted') {
-    throw new ConfigError('--found-mesh yes founds the admitted voters of a new mesh: it needs --election-voters admitted');
+  if (given.has('--found-mesh') && config.electionVoters !== 'admitted') {
+    throw new ConfigError('--found-mesh founds (or not) the admitted voters of a new mesh: it contradicts --election-voters learnt');
   }
-  if (config.electionVoters === 'admitted' && config.roster.length > 0) {
-    throw new ConfigError('--election-voters admitted and --roster contradict each other: a pinned roster is a fixed list of voters of its own');
+  if (config.roster.length > 0) {
+    // A pinned roster is a fixed list of voters of its own: the default admitted voters give way to it.
+    const admittedAsked = given.has('--election-voters') && config.electionVoters === 'admitted';
+    if (admittedAsked || given.has('--found-mesh')) {
+      throw new ConfigError(`${admittedAsked ? '--election-voters admitted' : '--found-mesh'} and --roster contradict each other: a pinned roster is a fixed list of voters of its own`);
+    }
+    config.electionVoters = 'learnt';
   }
   if (config.swarmKeyFile && config.standalone) {
     throw new ConfigError('--standalone yes and --swarm-key contradict each other: give --swarm-key to run in the mesh, --standalone yes to run alone');
@@ -443,13 +454,14 @@ start options (defaults in brackets):
   --bootstrap MULTIADDR       a peer to join through, repeatable
   --write-quorum N            copies on distinct sites before Success [2 when 2+ sites are alive]
   --priority N                balancer election priority, lower wins [100]
-  --roster PEERID,...         pin the election roster (strict one leader per term) [learnt]
+  --roster PEERID,...         pin the election roster (strict one leader per term) [none]
   --site-peers one|several    peers run under this --site; with one, a peer that finds its site name held
                               by a live peer started before it at another DICOM address stops [one]
-  --election-voters learnt|admitted  whose votes elect the balancer leader: the learnt roster, or voters
-                              admitted one at a time through the leader (kept once on) [learnt]
-  --found-mesh yes|no         with admitted voters, this first start founds a new mesh's voters: on
-                              exactly one site, never twice [no]
+  --election-voters admitted|learnt  whose votes elect the balancer leader: voters admitted one at a time
+                              through the leader (kept once on), or the learnt roster [admitted]
+  --found-mesh auto|yes|no    with admitted voters, whether this first start founds a new mesh's voters:
+                              auto founds when --bootstrap names no other peer, else waits to be
+                              admitted; yes on exactly one site, never twice [auto]
   --scrub-mb-per-s N          read back and check stored copies at N MB/s when idle (1/8 of it while
                               associations are active or instances are being stored);
                               damaged ones are replaced from another site; 0 = off [16]

@@ -151,6 +151,21 @@ export function operatorForgottenSiteNames(tombstones: readonly ForgottenSite[])
   return tombstones.filter((f) => f.byOperator === true).map((f) => f.siteName);
 }
 
+/**
+ * Whether --bootstrap names a peer other than this one (`--found-mesh auto`: a first start then joins rather than
+ * founds): the same list given to every site names each site itself too, by its PeerId or, without one, by its
+ * --p2p-port at its --host (on 0.0.0.0, at a loopback address only: other sites likely use the same port).
+ */
+export function bootstrapsElsewhere(config: Pick<PeerConfig, 'bootstrap' | 'host' | 'p2pPort'>, selfPeerId: string): boolean {
+  return config.bootstrap.some((address) => {
+    const [peerId] = bootstrapPeerIdsOf([address]);
+    if (peerId !== undefined) return peerId !== selfPeerId;
+    const parts = address.split('/');
+    const own = parts[4] === String(config.p2pPort) && (parts[2] === config.host || (config.host === '0.0.0.0' && parts[1] === 'ip4' && parts[2]!.startsWith('127.')));
+    return !own;
+  });
+}
+
 /** What a peer started without --bootstrap knows when it checks whether it serves alone (see startMesh). */
 /**
  * A known site (copies are owed to it) of which no peer has been heard since this start, as /api/mesh lists
@@ -320,7 +335,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
         ...(config.roster.length > 0 ? { roster: config.roster } : {}),
         joinsMesh: config.bootstrap.length > 0,
         bootstrapPeerIds: bootstrapPeerIdsOf(config.bootstrap),
-        ...(config.electionVoters === 'admitted' ? { votersThroughLeader: true, foundsVoters: config.foundMesh } : {}),
+        ...(config.electionVoters === 'admitted' ? { votersThroughLeader: true, ...(config.foundMesh === 'auto' ? { bootstrapsElsewhere: bootstrapsElsewhere(config, node.peerId) } : { foundsVoters: config.foundMesh === 'yes' }) } : {}),
         random: lowDiscrepancyDraws(),
         ...(config.forgetRepublishIntervalMs === undefined ? {} : { forgetRepublishIntervalMs: config.forgetRepublishIntervalMs }),
         ...(config.aloneJoinWaitMs === undefined ? {} : { aloneJoinWaitMs: config.aloneJoinWaitMs }),

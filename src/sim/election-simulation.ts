@@ -79,9 +79,11 @@ interface VotersMode {
  * every other site a joiner, and --bootstrap everywhere (the founder's names a later site). 'upgrade': a mesh on learnt
  * rosters; from a time during the fault phase the operator restarts every site but the first with --election-voters
  * admitted, one after another within 3 s, then the first with --found-mesh yes too ("Upgrading a running mesh"); the
- * first site is not killed before that restart (the operator founds with a site it has).
+ * first site is not killed before that restart (the operator founds with a site it has). 'autoUpgrade': the same
+ * restarts on the command's defaults (admitted voters, `--found-mesh auto`), nobody founding: each keeps its learnt
+ * roster until the first leader elected after its restart stamps its roster as the list.
  */
-export type ElectionSimFounding = 'firstPeer' | 'operator' | 'upgrade';
+export type ElectionSimFounding = 'firstPeer' | 'operator' | 'upgrade' | 'autoUpgrade';
 
 export interface ElectionSimFaults {
   readonly crashPerTick: number;
@@ -131,7 +133,8 @@ export interface ElectionSimResult extends SimRunReport {
   readonly sameRosterViolations: readonly string[];
   /**
    * founding 'upgrade': two leaders of one term both elected by learnt rosters before the upgrade (the learnt mode's
-   * known breaks: not counted as violations there, the upgrade's own are).
+   * known breaks: not counted as violations there, the upgrade's own are); 'autoUpgrade': two of which one at least
+   * was elected by a learnt roster (a peer keeps it until a stamped list reaches it).
    */
   readonly learntModeBreaks: readonly string[];
   /**
@@ -151,6 +154,9 @@ export interface ElectionSimResult extends SimRunReport {
      * neither run nor vote, by design (hunt 164), e.g. when their bootstrap peer was killed before they learnt it.
      */
     readonly peersNotMetTheMesh: number;
+    /** Live peers at the end that count votes by admitted voters (hold a list): all of them once a leader stamped one. */
+    readonly peersHoldingVoters: number;
+    readonly livePeers: number;
     /**
      * The live peers could elect after the heal: they are connected, and votersMajorityAlive (with the learnt
      * roster counting: each sees a majority of its roster alive, and all met the mesh).
@@ -202,6 +208,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       case 'operator':
         return { votersThroughLeader: true, foundsVoters: first };
       case 'upgrade':
+      case 'autoUpgrade':
         return { votersThroughLeader: false };
       default:
         return assertNever(founding);
@@ -222,7 +229,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
       joinAtMs,
       joinsMesh: i > 0 || founding === 'operator',
       votersMode: initialMode(i === 0),
-      upgradeAtMs: founding !== 'upgrade' ? Number.POSITIVE_INFINITY : i === 0 ? founderUpgradeAtMs : upgradeStartMs + upgradePrng.between(0, 3000),
+      upgradeAtMs: founding !== 'upgrade' && founding !== 'autoUpgrade' ? Number.POSITIVE_INFINITY : i === 0 ? founderUpgradeAtMs : upgradeStartMs + upgradePrng.between(0, 3000),
       durable: { incarnation: 0, election: null, roster: new Map(), knownPeers: new Set() },
       live: null,
       restartAtMs: Number.POSITIVE_INFINITY,
@@ -314,9 +321,11 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
         continue;
       }
       if (work.input.type === 'viewChanged') withLearntRoster(peer, live, work.input.members);
+      // Whether a claim of this step was counted by a list (a leader elected by its learnt roster stamps one as it wins).
+      const byList = live.balancer.durable.voters !== undefined;
       const step = stepBalancer(live.balancer, work.input);
       live.balancer = step.state;
-      for (const e of step.effects) onBalancerEffect(peer, e);
+      for (const e of step.effects) onBalancerEffect(peer, e, byList);
     }
   };
 
@@ -346,7 +355,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     }
   };
 
-  const onBalancerEffect = (peer: Peer, e: BalancerEffect): void => {
+  const onBalancerEffect = (peer: Peer, e: BalancerEffect, byList: boolean): void => {
     switch (e.type) {
       case 'persist':
         peer.durable.election = e.value;
@@ -372,14 +381,15 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
           const met = previous.roster.some((id) => roster.includes(id));
           const what = `${previous.peerId} {${previous.roster.join(',')}} and ${peer.peerId} {${roster.join(',')}} both claimed term ${e.term}${met ? '' : ' (rosters disjoint)'}`;
           if (previous.roster.length === roster.length && previous.roster.every((id, i) => id === roster[i])) sameRosterViolations.push(what);
-          const byList = balancer?.durable.voters !== undefined;
           const before = byId.get(previous.peerId)?.live?.balancer;
           const stillLeads = before?.role === 'leader' && before.durable.currentTerm === e.term;
           if (previous.byList !== byList) crossModeBreaks.push(`t=${nowMs}ms ${what}: ${previous.peerId} ${stillLeads ? 'still leads it' : 'no longer leads it'}`);
           if (founding === 'upgrade' && !previous.byList && !byList) learntModeBreaks.push(`t=${nowMs}ms ${what} (learnt rosters, before the upgrade)`);
+          // Upgraded on the defaults, a peer keeps its learnt roster until a stamped list reaches it: its faults too.
+          else if (founding === 'autoUpgrade' && (!previous.byList || !byList)) learntModeBreaks.push(`t=${nowMs}ms ${what} (a learnt roster, before its peer held a list)`);
           else violate(what);
         }
-        claimsByTerm.set(e.term, { peerId: peer.peerId, roster, byList: balancer?.durable.voters !== undefined });
+        claimsByTerm.set(e.term, { peerId: peer.peerId, roster, byList });
         return;
       }
       case 'leaderChanged':
@@ -479,12 +489,13 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     }
   };
 
-  /** founding 'upgrade': the operator restarts `peer` with --election-voters admitted (the founder --found-mesh yes). */
+  /** founding 'upgrade': the operator restarts `peer` with --election-voters admitted (the founder --found-mesh yes); 'autoUpgrade': on the defaults. */
   const upgrade = (peer: Peer): void => {
     peer.upgradeAtMs = Number.POSITIVE_INFINITY;
     if (peer.killed) return;
-    peer.votersMode = { votersThroughLeader: true, foundsVoters: peer === founder };
-    log(`operator upgrades ${peer.peerId}${peer === founder ? ' (founds)' : ''}`);
+    const founds = founding === 'upgrade' && peer === founder;
+    peer.votersMode = founding === 'upgrade' ? { votersThroughLeader: true, foundsVoters: founds } : { votersThroughLeader: true };
+    log(`operator upgrades ${peer.peerId}${founds ? ' (founds)' : ''}`);
     // Down (crashed, or not joined yet): its next start takes the options.
     if (peer.live !== null) stop(peer, nowMs + faultPrng.between(200, 1500), 'restarts for the upgrade');
   };
@@ -555,6 +566,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
   const livePeers = peers.filter((p) => p.live !== null);
   const connected = livePeers.length > 0 && reachable(livePeers[0] as Peer).length === livePeers.length - 1;
   const peersNotMetTheMesh = livePeers.filter((p) => p.live?.balancer.durable.meshMet === false).length;
+  const peersHoldingVoters = livePeers.filter((p) => p.live?.balancer.durable.voters !== undefined).length;
   const newestVoters = livePeers
     .map((p) => p.live?.balancer.durable.voters)
     .reduce<Voters | undefined>((a, b) => (b !== undefined && (a === undefined || newerVoters(b, a)) ? b : a), undefined);
@@ -577,7 +589,7 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     crossModeBreaks,
     traceTail: record.traceTail(),
     finalPeers,
-    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, leaderExpected, votersMajorityAlive, settledAfterHealMs },
+    stats: { peerCount, crashes, kills, partitions, forgetPeers, maxTerm, peersNotMetTheMesh, peersHoldingVoters, livePeers: livePeers.length, leaderExpected, votersMajorityAlive, settledAfterHealMs },
   };
 }
 

@@ -8,9 +8,10 @@
  * (c) every site sees the same members alive and connected, the same leader and term; (d) no peer exited
  * unasked, a graceful stop exited 0, and none logged an unhandled rejection.
  *
- * CHAOS_SEED (default: random, printed) and CHAOS_STEPS (default 16) choose the run; CHAOS_ELECTION_VOTERS=admitted
- * runs every site with `--election-voters admitted`, the plan's first site founding them (`--found-mesh yes`) while no
- * site's election record holds a list naming a voter, as `npm start` does (default `learnt`, the command's own default); the plan is made up
+ * CHAOS_SEED (default: random, printed) and CHAOS_STEPS (default 16) choose the run; CHAOS_ELECTION_VOTERS (default
+ * `admitted`, the command's default) runs every site with `--election-voters admitted`, the plan's first site founding
+ * them (`--found-mesh yes`) while no site's election record holds a list naming a voter and every other start
+ * `--found-mesh no`, as `npm start` does, or with `learnt`, `--election-voters learnt`; the plan is made up
  * front from the seed (`plan.ts`), so a seed replays the same steps. CHAOS_BASE_PORT puts the sites on
  * fixed ports (base + 3 x site index + 0..2) instead of free ones. The peers' logs are kept only when the
  * run fails or its sites took over 30 s to converge (or always, with CHAOS_KEEP_LOGS=1), under CHAOS_LOG_DIR (default: the system's temp directory), and the path is printed.
@@ -36,7 +37,7 @@ import { holdsFoundedVoters } from '../../src/actors/balancer/state-files.ts';
 const seed = process.env['CHAOS_SEED'] !== undefined ? Number(process.env['CHAOS_SEED']) : randomInt(1, 1_000_000);
 const stepCount = Number(process.env['CHAOS_STEPS'] ?? 16);
 const basePort = process.env['CHAOS_BASE_PORT'] !== undefined ? Number(process.env['CHAOS_BASE_PORT']) : undefined;
-const electionVoters = process.env['CHAOS_ELECTION_VOTERS'] ?? 'learnt';
+const electionVoters = process.env['CHAOS_ELECTION_VOTERS'] ?? 'admitted';
 if (electionVoters !== 'learnt' && electionVoters !== 'admitted') throw new Error(`CHAOS_ELECTION_VOTERS="${electionVoters}" must be learnt or admitted`);
 /** Waits after healing: generous, the machine is shared. */
 const convergeTimeoutMs = 180_000;
@@ -68,7 +69,7 @@ interface Acknowledged {
   where: string;
 }
 
-test(`chaos: seed ${seed}, ${stepCount} steps${electionVoters === 'admitted' ? ', admitted voters' : ''}`, { timeout: stepCount * 40_000 + 900_000 }, async (t) => {
+test(`chaos: seed ${seed}, ${stepCount} steps${electionVoters === 'learnt' ? ', learnt rosters' : ''}`, { timeout: stepCount * 40_000 + 900_000 }, async (t) => {
   assert.ok(hasDcmtk(['storescu']), 'DCMTK storescu is not on PATH: apt-get install dcmtk');
   const corpus = loadCorpus();
   const plan = planChaos({ seed, steps: stepCount, corpusSize: corpus.length });
@@ -110,12 +111,12 @@ test(`chaos: seed ${seed}, ${stepCount} steps${electionVoters === 'admitted' ? '
 
   /** With admitted voters, the plan's first site founds them while no site's record holds a list naming a voter (scripts/local-mesh.ts's rule). */
   const electionArgs = async (run: SiteRun): Promise<string[]> => {
-    if (electionVoters === 'learnt') return [];
-    const admitted = ['--election-voters', 'admitted'];
-    if (run.name !== plan.sites[0]) return admitted;
+    if (electionVoters === 'learnt') return ['--election-voters', 'learnt'];
+    const joins = ['--election-voters', 'admitted', '--found-mesh', 'no'];
+    if (run.name !== plan.sites[0]) return joins;
     // A record caught in the middle of a write counts as founded: a second founder would make a second mesh.
-    for (const other of sites.values()) if (existsSync(other.dataDir) && (await holdsFoundedVoters(other.dataDir).catch(() => true))) return admitted;
-    return [...admitted, '--found-mesh', 'yes'];
+    for (const other of sites.values()) if (existsSync(other.dataDir) && (await holdsFoundedVoters(other.dataDir).catch(() => true))) return joins;
+    return ['--election-voters', 'admitted', '--found-mesh', 'yes'];
   };
 
   const launch = async (run: SiteRun): Promise<void> => {

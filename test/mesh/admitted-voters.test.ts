@@ -1,9 +1,10 @@
 /**
- * Admitted voters wired in the actor (hunt 184; docs/mesh-algorithms.md, "Admitted voters"): three real peers with
- * `--election-voters admitted`, site-a founding the mesh (`--found-mesh yes`). The founder leads alone, admits the two
- * others one at a time (each peer's /api/mesh `balancer.voters`), and after a kill -9 of the leader the two
- * survivors, both admitted, elect a new leader among themselves in a higher term. Restarted without the option, the
- * killed peer keeps the mode (its election record holds the list) and follows.
+ * Admitted voters, the command's default (hunt 184, default since 2026-12-04; docs/mesh-algorithms.md, "Admitted
+ * voters"): three real peers on the defaults, site-a founding the mesh (`--found-mesh auto`: its first start without
+ * --bootstrap), site-b and site-c joining through it. The founder leads alone, admits the two others one at a time
+ * (each peer's /api/mesh `balancer.voters`), and after a kill -9 of the leader the two survivors, both admitted, elect
+ * a new leader among themselves in a higher term. Restarted with `--election-voters learnt`, the killed peer keeps the
+ * mode (its election record holds the list), says so, and follows.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -11,16 +12,15 @@ import { eventually, newCluster, type MeshStatus, type PeerProcess } from './sup
 
 type Status = MeshStatus & { balancer?: { role?: string; term?: number; voters?: { peers: string[]; term: number; seq: number } } };
 
-const admitted = ['--election-voters', 'admitted'];
 const statusOf = async (peer: PeerProcess): Promise<Status> => (await peer.status()) as Status;
 
-test('admitted voters: the founder leads alone, admits the two others, and after a kill -9 of the leader the survivors elect one of them', { timeout: 180_000 }, async (t) => {
+test('admitted voters (the defaults): the first site founds and leads alone, admits the two others, and after a kill -9 of the leader the survivors elect one of them', { timeout: 180_000 }, async (t) => {
   const cluster = await newCluster(t);
-  const a = await cluster.start('site-a', { extraArgs: [...admitted, '--found-mesh', 'yes'] });
+  const a = await cluster.start('site-a');
   const aId = (await statusOf(a)).self.peerId!;
   await eventually(async () => (await statusOf(a)).leader?.peerId === aId, 30_000, async () => JSON.stringify((await statusOf(a)).balancer));
   assert.deepEqual((await statusOf(a)).balancer?.voters?.peers, [aId], 'the founder alone');
-  const [b, c] = await Promise.all([cluster.start('site-b', { extraArgs: admitted }), cluster.start('site-c', { extraArgs: admitted })]);
+  const [b, c] = await Promise.all([cluster.start('site-b'), cluster.start('site-c')]);
   const peers = [a, b, c];
   const ids = (await Promise.all(peers.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
   // Every peer holds the same list of all three (two admissions, each committed before the next), and follows one leader.
@@ -49,9 +49,9 @@ test('admitted voters: the founder leads alone, admits the two others, and after
   const after = (await statusOf(survivors[0]!)).balancer?.voters;
   t.diagnostic(`voters ${JSON.stringify(voters)}; leader ${before.site} term ${before.term} killed; then ${JSON.stringify((await statusOf(survivors[0]!)).leader)}`);
   assert.deepEqual(after?.peers, ids, 'the killed leader is still a voter (not forgotten): two of three elect');
-  // The mode is kept in the election record: the killed peer, restarted without the option, still holds the list
-  // (the newest, from the new leader) and follows that leader; it says why in its log.
-  const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await statusOf(survivors[0]!)).self.multiaddrs!.slice(0, 1) });
+  // The mode is kept in the election record: the killed peer, restarted with learnt rosters asked, still holds the
+  // list (the newest, from the new leader) and follows that leader; it says why in its log.
+  const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await statusOf(survivors[0]!)).self.multiaddrs!.slice(0, 1), extraArgs: ['--election-voters', 'learnt'] });
   const all = [...survivors, back];
   await eventually(async () => {
     const seen = await agreed(all);

@@ -43,8 +43,12 @@ test('every option parses, in both --name value and --name=value forms', () => {
   assert.equal(config.ingestBufferBytes, 64 * 1024 * 1024);
   assert.equal(parseStartArgs([]).ingestBufferBytes, 32 * 1024 * 1024, 'memory flat whatever the instance size by default');
   const admitted = parseStartArgs(['--swarm-key', 'k', '--election-voters', 'admitted', '--found-mesh=yes']);
-  assert.deepEqual([admitted.electionVoters, admitted.foundMesh], ['admitted', true]);
-  assert.deepEqual([parseStartArgs([]).electionVoters, parseStartArgs([]).foundMesh], ['learnt', false], 'off by default');
+  assert.deepEqual([admitted.electionVoters, admitted.foundMesh], ['admitted', 'yes']);
+  assert.deepEqual([parseStartArgs([]).electionVoters, parseStartArgs([]).foundMesh], ['admitted', 'auto'], 'admitted voters by default, founded by a first start without --bootstrap');
+  assert.equal(parseStartArgs(['--swarm-key', 'k', '--election-voters', 'learnt']).electionVoters, 'learnt');
+  const pinned = parseStartArgs(['--swarm-key', 'k', '--roster', '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs']);
+  assert.equal(pinned.electionVoters, 'learnt', 'a pinned roster: its own fixed voters, not the default admitted ones');
+  assert.equal(parseStartArgs(['--swarm-key', 'k', '--election-voters', 'learnt', '--roster', '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs']).roster.length, 1, 'learnt and pinned, as before');
   assert.equal(config.httpConnectionsPerClient, 0, 'no cap per address (behind a reverse proxy)');
   assert.equal(parseStartArgs([]).httpConnectionsPerClient, undefined, 'a quarter of the port by default');
   assert.throws(() => parseStartArgs(['--http-connections-per-client', '2000']), /--http-connections-per-client/);
@@ -67,8 +71,10 @@ test('bad options are refused with a message naming the option', () => {
     [['--swarm-key', 'k', '--site-peers', '2'], /--site-peers "2" must be one or several/],
     [['--site-peers', 'several'], /--site-peers means something only in a mesh/],
     [['--swarm-key', 'k', '--election-voters', 'admited'], /--election-voters "admited" must be learnt or admitted/],
-    [['--swarm-key', 'k', '--found-mesh', 'yes'], /--found-mesh yes .* needs --election-voters admitted/],
+    [['--swarm-key', 'k', '--found-mesh', 'maybe'], /--found-mesh "maybe" must be yes, no or auto/],
+    [['--swarm-key', 'k', '--election-voters', 'learnt', '--found-mesh', 'yes'], /--found-mesh .* contradicts --election-voters learnt/],
     [['--swarm-key', 'k', '--election-voters', 'admitted', '--roster', '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs'], /--election-voters admitted and --roster contradict/],
+    [['--swarm-key', 'k', '--found-mesh', 'yes', '--roster', '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs'], /--found-mesh and --roster contradict/],
     [['--election-voters', 'admitted'], /--election-voters means something only in a mesh/],
     [['--scrub-mb-per-s', '-1'], /--scrub-mb-per-s/],
     [['--scrub-mb-per-s', 'fast'], /--scrub-mb-per-s/],
@@ -227,4 +233,19 @@ test('--standalone yes|no (hunt 163): no by default; yes runs a mesh site\'s dat
   assert.equal(parseStartArgs(['--swarm-key', 'k', '--standalone', 'no']).standalone, false, 'no changes nothing in a mesh');
   assert.throws(() => parseStartArgs(['--standalone', 'true']), /--standalone "true" must be yes or no/);
   assert.throws(() => parseStartArgs(['--swarm-key', 'k', '--standalone', 'yes']), /--standalone yes and --swarm-key contradict each other/);
+});
+
+test('--found-mesh auto: --bootstrap names another peer unless every address is this peer\'s own (by PeerId, or its --p2p-port at its --host)', async () => {
+  const { bootstrapsElsewhere } = await import('../../src/mesh.ts');
+  const self = '12D3KooWQHsS787L8AzjVn2dVqmy7hZ1cNRjoiFSyTPauZywEUAs';
+  const other = '12D3KooWJWEKvSFbben74C2aUjLq2AuVE2UPEd2xMPd3hxw7R8k9';
+  const config = (...bootstrap: string[]) => ({ bootstrap, host: '10.0.0.1', p2pPort: 4001 });
+  assert.equal(bootstrapsElsewhere(config(), self), false, 'no --bootstrap: the first site founds');
+  assert.equal(bootstrapsElsewhere(config(`/ip4/10.0.0.1/tcp/4001/p2p/${self}`), self), false);
+  assert.equal(bootstrapsElsewhere(config(`/ip4/10.0.0.1/tcp/4001/p2p/${self}`, `/ip4/10.0.0.2/tcp/4001/p2p/${other}`), self), true);
+  assert.equal(bootstrapsElsewhere(config('/ip4/10.0.0.1/tcp/4001'), self), false, 'its own address without a PeerId');
+  assert.equal(bootstrapsElsewhere(config('/ip4/10.0.0.1/tcp/4002'), self), true, 'another port');
+  assert.equal(bootstrapsElsewhere(config('/dns4/pacs-b.example/tcp/4001'), self), true);
+  assert.equal(bootstrapsElsewhere({ bootstrap: ['/ip4/127.0.0.1/tcp/4001'], host: '0.0.0.0', p2pPort: 4001 }, self), false, 'listening on every address: its port at loopback');
+  assert.equal(bootstrapsElsewhere({ bootstrap: ['/ip4/10.0.0.9/tcp/4001'], host: '0.0.0.0', p2pPort: 4001 }, self), true, 'another site on the usual port');
 });

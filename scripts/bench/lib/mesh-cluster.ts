@@ -40,6 +40,8 @@ export interface MeshApiStatus {
   associationsServed?: number;
   members?: MeshMemberStatus[];
   leader?: { peerId: string; site?: string; term?: number } | null;
+  /** The admitted voters this peer holds (admitted voters, the command's default). */
+  balancer?: { voters?: { peers: string[] } };
 }
 
 export interface MeshPeerSpec {
@@ -287,7 +289,8 @@ export class MeshCluster {
 
   /**
    * Polls every `intervalMs` until every running peer answers, sees every running peer alive and (when
-   * `requireLeader`) all report the same non-null leader that is one of the running peers.
+   * `requireLeader`) all report the same non-null leader that is one of the running peers, and hold admitted voters
+   * naming every running peer (a leader killed before the others were admitted leaves no majority to elect).
    */
   async waitWhole(timeoutMs: number, opts: { requireLeader?: boolean; intervalMs?: number; exclude?: string } = {}): Promise<WholeResult> {
     const t0 = performance.now();
@@ -309,6 +312,7 @@ export class MeshCluster {
         const ls = statuses.map((s) => s!.leader ?? null);
         const first = ls[0];
         ok = first !== null && first !== undefined && ls.every((l) => l !== null && l.peerId === first.peerId) && ids.includes(first.peerId) && first.peerId !== opts.exclude;
+        ok &&= statuses.every((s) => s!.balancer?.voters === undefined || ids.every((id) => s!.balancer!.voters!.peers.includes(id!)));
         if (ok) leader = { peerId: first!.peerId, term: first!.term };
       }
       if (ok) {
@@ -319,7 +323,8 @@ export class MeshCluster {
         .map((p, k) => {
           const s = statuses[k];
           if (s === undefined) return `${p.name}: no answer`;
-          return `${p.name}: alive ${[...aliveSet(s)].map((id) => this.nameOf(id)).join(',')} leader ${s.leader ? this.nameOf(s.leader.peerId) : 'null'}`;
+          const voters = s.balancer?.voters === undefined ? '' : ` voters ${s.balancer.voters.peers.map((id) => this.nameOf(id)).join(',')}`;
+          return `${p.name}: alive ${[...aliveSet(s)].map((id) => this.nameOf(id)).join(',')} leader ${s.leader ? this.nameOf(s.leader.peerId) : 'null'}${voters}`;
         })
         .join('; ');
       await sleep(opts.intervalMs ?? 100);

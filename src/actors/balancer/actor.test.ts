@@ -94,7 +94,8 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
       priority: 100,
       dataDir: dir,
       addresses: { dicom: dicom ?? `127.0.0.1:${10000 + nextDicomPort++}`, http: '127.0.0.1:8042', aeTitle: 'PACSMESH' },
-      balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000, ...balancer },
+      // With admitted voters, as mesh.ts passes them: --found-mesh auto tells a joiner by its bootstrap PeerIds.
+      balancer: { settleMs: 1000, stateWriteProbeIntervalMs: 1000, ...(balancer.votersThroughLeader === true && bootstrap.length > 0 ? { bootstrapPeerIds: bootstrapPeerIdsOf(bootstrap) } : {}), ...balancer },
     });
     // Without stats a peer reports 0 free disk bytes, which counts as saturated (no tunnelled work).
     mesh.membership.updateLocalStats({ load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 100 * 1024 ** 3 }, instanceCount: 0, digestRoot: '' });
@@ -366,6 +367,22 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     assert.equal(alone.mesh.balancer.status().lacksRosterMajority, undefined);
     await waitFor('the end of the lack said', () => messages.some((m) => m.startsWith('a strict majority of the election roster is alive again')), 5000);
     assert.equal(messages.filter(warning).length, 1, 'once while it lasted: it repeats every 10 min');
+  });
+
+  it('a mesh nobody founded (the same --bootstrap list at every site: all joiners) says so at each site, with the way out, then elects once one site founds', { timeout: 60_000 }, async () => {
+    const key = generateSwarmKey();
+    const messages: string[] = [];
+    const joiner = { votersThroughLeader: true, foundsVoters: false, rosterMajorityWarnAfterMs: 0 };
+    const a = await peer(key, [], 'site-a', undefined, messages, undefined, joiner);
+    const b = await peer(key, [loopbackAddress(a.node)], 'site-b', undefined, messages, undefined, joiner);
+    const warning = (m: string): boolean => m.startsWith("this peer waits to be admitted to the election's voters, and no leader is heard: if no site founded") && m.includes('--found-mesh yes');
+    await waitFor('the warning', () => messages.filter(warning).length >= 2, 10_000);
+    await a.stop();
+    const founder = await peer(key, [], 'site-a', a.dataDir, messages, undefined, { votersThroughLeader: true, foundsVoters: true });
+    assert.equal(messages.some((m) => m.startsWith('--found-mesh yes ignored')), false, "a joiner's empty list is no founding");
+    assert.deepEqual((await readElectionRecord(a.dataDir)).voters?.peers, [founder.node.peerId], 'founded over its empty list, before ready');
+    await waitFor('the founder leads and admits b', () => founder.mesh.balancer.status().role === 'leader' && b.mesh.balancer.status().voters?.peers.includes(b.node.peerId) === true, 20_000);
+    await waitFor('the end of the wait said', () => messages.some((m) => m.startsWith('this peer no longer waits without a leader to be admitted')), 5000);
   });
 
   it('a hung leader (connected but silent) is replaced within ~2 s', { timeout: 60_000 }, async () => {

@@ -39,7 +39,7 @@ import { BalancerError, loadRoster, openElectionRecord, ROSTER_FILE } from './st
 import { alreadyRepublished, forgetsNotOutlived, forgetsToRepublish, isIncarnation, noteForgets, recentForgetLimits, type IncarnationSeen, type RecentForget } from './recent-forgets.ts';
 import { isPeerId, parseVoters, parseVotersVersion } from './voters-codec.ts';
 import { createElectionStreams, ELECTION_MAX_BYTES, type ElectionStreamLimits, type ElectionStreamStats, type FrameVerdict } from './election-streams.ts';
-import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
+import { chooseTarget as chooseRoute, defaultRoutingLimits, initBalancer, isJoinersEmptyList, stepBalancer, withLiveLoad, type BalancerRole, type BalancerState } from './logic.ts';
 import {
   forgetPeerTopic,
   rosterMissingMax,
@@ -166,12 +166,15 @@ export interface BalancerServiceInit {
   /** The kept election streams' bounds (election-streams.ts). */
   electionStreams?: Partial<ElectionStreamLimits>;
   /**
-   * Admitted voters (BalancerConfig.votersThroughLeader, `--election-voters admitted`): off by default; on too, whatever
-   * this says, once the election record holds a list (the mode is persisted there). Not with a pinned roster.
+   * Admitted voters (BalancerConfig.votersThroughLeader, `--election-voters admitted`, the command's default): off when
+   * absent here; on too, whatever this says, once the election record holds a list (the mode is persisted there). Not
+   * with a pinned roster.
    */
   votersThroughLeader?: boolean;
-  /** With votersThroughLeader, a first start founds the voters (`--found-mesh yes`); else it waits to be admitted. */
+  /** With votersThroughLeader, BalancerConfig.foundsVoters (`--found-mesh yes|no`; absent: auto, see bootstrapsElsewhere). */
   foundsVoters?: boolean;
+  /** BalancerConfig.bootstrapsElsewhere: --bootstrap names another peer (an address without a PeerId included). */
+  bootstrapsElsewhere?: boolean;
   /** Actor name under `parent`. Default 'balancer'. */
   name?: string;
   /** Writes the learnt roster's file durably. Default writeFileDurably; a test's twin holds or refuses writes. */
@@ -482,6 +485,33 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
     s === null ? null : rosterMajorityLack(s.balancer.durable.voters?.peers ?? s.balancer.config.rosterPeerIds, new Set(membership.liveMembers().map((m) => m.peerId)), self);
 
+  /** Since when this peer has waited to be admitted with no leader to admit it (see watchAdmission); null while it need not. */
+  let unadmittedLeaderless: { sinceMs: number; warned: boolean } | null = null;
+  /**
+   * A peer outside the admitted voters with no leader for a minute is told why and the way out, at most every 10 min:
+   * a mesh nobody founded (the same --bootstrap list given to every site, or sites joined on the defaults to a mesh
+   * of learnt rosters) never elects, and otherwise looks like a fault of the network.
+   */
+  const watchAdmission = (s: ActorState, nowMs: number): void => {
+    const voters = s.balancer.durable.voters;
+    if (voters === undefined || voters.peers.includes(self) || s.balancer.leaderId !== null) {
+      if (unadmittedLeaderless?.warned === true) log.info('this peer no longer waits without a leader to be admitted to the voters', { leader: s.balancer.leaderId, admitted: voters?.peers.includes(self) === true });
+      unadmittedLeaderless = null;
+      return;
+    }
+    unadmittedLeaderless ??= { sinceMs: nowMs, warned: false };
+    if (nowMs - unadmittedLeaderless.sinceMs < rosterMajorityWarnAfterMs) return;
+    unadmittedLeaderless.warned = true;
+    const founded = voters.peers.length > 0;
+    majorityWarning.warn(
+      'admission',
+      founded
+        ? 'this peer waits to be admitted to the election\'s voters, and no leader is heard: the voters it knows are down or cut off (a leader admits it once a majority of them is back)'
+        : "this peer waits to be admitted to the election's voters, and no leader is heard: if no site founded this mesh's voters (every site started with --bootstrap naming another, or the mesh's sites run learnt rosters: a data directory from before admitted voters were the default, or --election-voters learnt), restart one site once with --found-mesh yes (docs/mesh-algorithms.md, \"Admitted voters\", founding)",
+      { voters: voters.peers.length, waitingForMs: nowMs - unadmittedLeaderless.sinceMs },
+    );
+  };
+
   /**
    * Without a majority of its roster alive this peer neither elects nor forgets by absence (a mesh that lost half
    * its sites for good waits for the operator: custody's forgetting by silence leaves voters alone): told at most every 10 min, with the way
@@ -678,7 +708,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         stallMinMs: balancerTimings.stallMinMs,
         settleAfterStallMs: settleMs,
         ...(!pinned && (init.bootstrapPeerIds?.length ?? 0) > 0 ? { bootstrapPeerIds: init.bootstrapPeerIds } : {}),
-        ...(admitsVoters ? { votersThroughLeader: true, foundsVoters: init.foundsVoters === true } : {}),
+        ...(admitsVoters ? { votersThroughLeader: true, ...(init.foundsVoters !== undefined ? { foundsVoters: init.foundsVoters } : {}), ...(init.bootstrapsElsewhere !== undefined ? { bootstrapsElsewhere: init.bootstrapsElsewhere } : {}) } : {}),
         routing: init.routing ?? defaultRoutingLimits,
       },
       durable,
@@ -695,7 +725,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     // before its first candidacy lost its founding, and restarted without --found-mesh (as an operator's usual
     // command, or npm start once another site's record held a list) joined with an empty list: a mesh without a
     // founder, never a leader (the chaos test with admitted voters, seed 197043).
-    if (settled.durable.voters !== undefined && durable.voters === undefined) {
+    if (settled.durable.voters !== undefined && settled.durable.voters !== durable.voters) {
       try {
         await writeElection(settled.durable);
       } catch (err) {
@@ -707,8 +737,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     if (!startedOnce) {
       const voters = settled.durable.voters;
       log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null, ...(admitsVoters ? { voters: voters?.peers.length ?? null } : {}) });
-      if (admitsVoters && init.votersThroughLeader !== true) log.warn('the election record holds admitted voters: this peer keeps them, though started without --election-voters admitted', { voters: voters?.peers.length });
-      if (init.foundsVoters === true && durable.voters !== undefined) log.warn('--found-mesh yes ignored: the election record already holds admitted voters', { voters: durable.voters.peers.length });
+      if (admitsVoters && init.votersThroughLeader !== true) log.warn('the election record holds admitted voters: this peer keeps them, though started with --election-voters learnt', { voters: voters?.peers.length });
+      if (init.foundsVoters === true && durable.voters !== undefined && !isJoinersEmptyList(durable.voters)) log.warn('--found-mesh yes ignored: the election record already holds admitted voters', { voters: durable.voters.peers.length });
       if (voters !== undefined && !voters.peers.includes(self)) log.info('this peer neither runs nor votes in elections until the mesh\'s leader admits it to the voters', { voters: voters.peers.length });
     }
     // An operator wondering why this site neither leads nor votes finds it here (see BalancerConfig.bootstrapPeerIds).
@@ -807,7 +837,10 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     try {
       if (message.type === 'tick') await probeStateWrite(s);
       next = await stepAndPerform(s, message, fresh);
-      if (message.type === 'tick') watchRosterMajority(next, clock.nowMs());
+      if (message.type === 'tick') {
+        watchRosterMajority(next, clock.nowMs());
+        watchAdmission(next, clock.nowMs());
+      }
     } catch (err) {
       noteStateWriteFailure(err);
       // The step's term or vote never reached the disk, and what it would have sent is not sent: start

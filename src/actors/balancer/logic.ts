@@ -111,6 +111,14 @@ export interface BalancerState {
    * It leads only once they are a majority of its roster (see heardTheMeshTerms). Undefined when none.
    */
   readonly termsHeardFrom?: readonly string[];
+  /**
+   * Without a list of its own (learnt rosters, or a record of an earlier version): peers that said (their voters,
+   * pushed while they have no leader) they wait to be admitted, so neither run nor grant it a vote, and until when
+   * that holds (a push comes every vote timeout). The rule passes them over: a site joined on the defaults (admitted
+   * voters) to a mesh of learnt rosters was the rule's winner there, and nobody ran (the election simulation, founding
+   * 'autoUpgrade', seed 17). At most awaitingAdmissionMax; undefined when none.
+   */
+  readonly awaitingAdmission?: readonly { readonly peerId: string; readonly untilMs: number }[];
 }
 
 export interface BalancerStep {
@@ -139,15 +147,19 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   // A joiner is no voter until the mesh's leader admits it and a first peer starts the mesh alone. A record of a
   // version before hunt 168 gets no list: its learnt roster counts, judged as before, until a leader stamps one
   // (see maybeWin); as lists of one version (0, 0), rosters that grew apart were granted without the roster check.
-  const founds = config.foundsVoters ?? !joins;
+  const founds = config.foundsVoters ?? !(config.bootstrapsElsewhere ?? joins);
   const initialVoters: Voters = { peers: founds ? [config.selfPeerId] : [], term: 0, seq: 0 };
   // Told whether it founds (the actor: the operator's --found-mesh), any record without a list starts one, so that a
   // mesh upgrading from an earlier version is founded by one site as a new one is (hunt 184): its first leaders,
   // elected by learnt rosters, could otherwise stamp two lists of one version.
   const startsList = config.votersThroughLeader === true && record.voters === undefined && (firstStart || config.foundsVoters !== undefined);
+  // A joiner that never heard a leader's list (still its empty one) told to found does: no leader ever counted it, so
+  // this is a first founding; else a mesh whose sites all started as joiners (the same --bootstrap list everywhere)
+  // could never be founded but on a new data directory (the warning at such a site says to restart one so).
+  const foundsOverEmpty = config.votersThroughLeader === true && config.foundsVoters === true && record.voters !== undefined && isJoinersEmptyList(record.voters);
   return {
     config,
-    durable: startsList ? { ...met, voters: initialVoters } : met,
+    durable: startsList || foundsOverEmpty ? { ...met, voters: initialVoters } : met,
     role: 'follower',
     leaderId: null,
     leaderHeardAtMs: 0,
@@ -355,7 +367,10 @@ function voterIds(state: BalancerState): readonly string[] {
  */
 function ruleWinnerOf(state: BalancerState): MemberRecord | null {
   const voters = state.durable.voters;
-  if (voters === undefined) return ruleWinner(state.members);
+  if (voters === undefined) {
+    const waiting = new Set((state.awaitingAdmission ?? []).map((w) => w.peerId));
+    return ruleWinner(waiting.size === 0 ? state.members : state.members.filter((m) => !waiting.has(m.peerId)));
+  }
   const admitted = new Set(voters.peers);
   return ruleWinner(state.members.filter((m) => admitted.has(m.peerId)));
 }
@@ -381,7 +396,7 @@ function keepsLead(state: BalancerState, nowMs: number): boolean {
 }
 
 function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
-  let s = state;
+  let s = expireAwaitingAdmission(state, nowMs);
   const self = s.config.selfPeerId;
   if (s.role === 'leader') {
     if (!keepsLead(s, nowMs) || !seesRosterMajority(s)) {
@@ -460,6 +475,11 @@ function pushVoters(s: BalancerState, nowMs: number, effects: BalancerEffect[]):
   return { ...s, votersPushAtMs: nowMs + s.config.voteTimeoutMs };
 }
 
+/** A joiner's list, made by no leader: empty, version (0, 0) (a leader's list names at least the leader). */
+export function isJoinersEmptyList(voters: Voters): boolean {
+  return voters.peers.length === 0 && voters.term === 0 && voters.seq === 0;
+}
+
 /** A founder's list, made by no leader yet: the founder alone, version (0, 0). */
 function foundsUnstamped(s: BalancerState): boolean {
   const voters = s.durable.voters;
@@ -483,6 +503,28 @@ function noteTermHeard(s: BalancerState, from: string): BalancerState {
   const heard = s.termsHeardFrom ?? [];
   if (!foundsUnstamped(s) || heard.includes(from) || !s.config.rosterPeerIds.includes(from)) return s;
   return { ...s, termsHeardFrom: [...heard, from] };
+}
+
+/** At most this many peers awaiting admission are remembered (see BalancerState.awaitingAdmission): votersMax. */
+const awaitingAdmissionMax = votersMax;
+
+/**
+ * A peer without a list notes a sender whose pushed voters do not name it (it awaits admission) for three vote
+ * timeouts; any other push from it, or the time running out, ends that (pruned at ticks: expireAwaitingAdmission).
+ */
+function noteAwaitingAdmission(s: BalancerState, from: string, voters: Voters | undefined, nowMs: number): BalancerState {
+  if (s.durable.voters !== undefined || voters === undefined) return s;
+  const others = (s.awaitingAdmission ?? []).filter((w) => w.peerId !== from);
+  const next = voters.peers.includes(from) ? others : [...others, { peerId: from, untilMs: nowMs + 3 * s.config.voteTimeoutMs }].slice(-awaitingAdmissionMax);
+  return { ...s, awaitingAdmission: next.length === 0 ? undefined : next };
+}
+
+function expireAwaitingAdmission(s: BalancerState, nowMs: number): BalancerState {
+  const waiting = s.awaitingAdmission;
+  if (waiting === undefined) return s;
+  if (s.durable.voters !== undefined) return { ...s, awaitingAdmission: undefined };
+  const left = waiting.filter((w) => w.untilMs > nowMs);
+  return left.length === waiting.length ? s : { ...s, awaitingAdmission: left.length === 0 ? undefined : left };
 }
 
 /** Whether this peer may stand (or go on standing) for election now, its settle times aside. */
@@ -555,6 +597,8 @@ function onMessage(
         if (own !== undefined && message.voters !== undefined) granted = wouldVoteFor(s, candidate) && compareVersions(message.voters, own) >= 0;
         // A candidate without a list (an earlier build, a peer without --election-voters admitted) wins with a majority
         // of its learnt roster, which need not meet a majority of the list: refused once this peer holds one (hunt 184).
+        // So is it by a joiner whose list is empty: voting by its learnt roster meanwhile, it elected a second leader of
+        // a term with a candidate that never met that term's leader (the election simulation, 'autoUpgrade', seed 172).
         else if (own !== undefined) granted = false;
         else {
           missing = rosterMissingFrom(message.roster, s.config.rosterPeerIds);
@@ -595,7 +639,7 @@ function onMessage(
       return setTable(s, message.table, effects);
     }
     case 'voters':
-      return heldVoters(s, message.voters, effects);
+      return heldVoters(noteAwaitingAdmission(s, from, message.voters, nowMs), message.voters, effects);
     case 'votersHeld': {
       const voters = s.durable.voters;
       const held = s.votersHeldBy ?? [];

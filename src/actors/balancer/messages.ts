@@ -187,11 +187,18 @@ export interface BalancerConfig {
   readonly votersThroughLeader?: boolean;
   /**
    * With votersThroughLeader, whether a first start (an empty record) founds the voters as their only member
-   * (`--found-mesh`, or a start without --bootstrap) or joins with none until the mesh's leader admits it. Absent:
-   * it founds them unless bootstrapPeerIds name another peer (the same --bootstrap list given to every site made
-   * every site a joiner, and none founded the list: docs/mesh-algorithms.md, "Admitted voters", founding).
+   * (`--found-mesh yes|no`) or joins with none until the mesh's leader admits it. Absent (`--found-mesh auto`, the
+   * default): a first start founds them unless --bootstrap names another peer (bootstrapsElsewhere; the same list
+   * given to every site makes every site a joiner, and none founds the list: docs/mesh-algorithms.md, "Admitted
+   * voters", founding), and a record of learnt rosters keeps no list until a leader stamps its roster as one.
    */
   readonly foundsVoters?: boolean;
+  /**
+   * Whether --bootstrap names a peer other than this one, by PeerId or by an address without one (the actor judges
+   * the latter against its own --p2p-port): what a first start without foundsVoters joins by. Absent: judged from
+   * bootstrapPeerIds alone.
+   */
+  readonly bootstrapsElsewhere?: boolean;
   readonly routing: RoutingLimits;
 }
 

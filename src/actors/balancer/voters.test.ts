@@ -61,6 +61,11 @@ test('founding: with the same --bootstrap list at every site, only the site told
   assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: false }), null).durable.voters?.peers, []);
   const kept: Voters = { peers: ['peer-a', 'peer-c'], term: 2, seq: 1 };
   assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), holding(3, kept)).durable.voters, kept, 'a record with a list keeps it');
+  // A joiner's empty list (no leader's list ever heard): told to found, it does (a mesh whose sites all joined).
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), holding(0, { peers: [], term: 0, seq: 0 })).durable.voters, { peers: ['peer-c'], term: 0, seq: 0 });
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c']), holding(0, { peers: [], term: 0, seq: 0 })).durable.voters?.peers, [], 'not told: it still waits');
+  const adopted: Voters = { peers: ['peer-a'], term: 2, seq: 0 };
+  assert.deepEqual(initBalancer(configFor('peer-c', ['peer-c'], { foundsVoters: true }), holding(2, adopted)).durable.voters, adopted, "a leader's list heard: no founding");
 });
 
 test('upgrading a running mesh: told whether it founds, a record of an earlier version starts a list (the founder leads alone and admits the others); not told, it waits for the first stamp', () => {
@@ -398,4 +403,35 @@ test('a new leader admits nobody before a majority holds its stamp, and a voter 
   const asked = run(c.state, received('peer-a', { type: 'requestVote', term: 3, candidateId: 'peer-a', roster: [...abc.peers, 'peer-d'], voters: { term: 2, seq: 1 } }, 10));
   assert.deepEqual(asked.state.durable.voters, { peers: [...abc.peers, 'peer-d'], term: 2, seq: 1 });
   assert.ok(sent(asked.effects).some((m) => m.message.type === 'vote' && m.message.granted));
+});
+
+test("--found-mesh auto (no foundsVoters): a first start founds unless --bootstrap names another peer, by PeerId or by an address without one (bootstrapsElsewhere)", () => {
+  const voters = (extra: Partial<BalancerConfig>) => initBalancer(configFor('peer-a', ['peer-a'], extra), null).durable.voters?.peers;
+  assert.deepEqual(voters({}), ['peer-a'], 'no --bootstrap: the first site founds');
+  assert.deepEqual(voters({ bootstrapPeerIds: ['peer-a'] }), ['peer-a'], 'its own address only (the same list at every site of one)');
+  assert.deepEqual(voters({ bootstrapPeerIds: ['peer-b'] }), [], 'joins');
+  assert.deepEqual(voters({ bootstrapsElsewhere: true }), [], 'an address without a PeerId names another peer: joins');
+  assert.deepEqual(voters({ bootstrapPeerIds: ['peer-a'], bootstrapsElsewhere: false }), ['peer-a']);
+  // A record of learnt rosters starts no list: its roster counts until a leader stamps one (told to found, it would).
+  const learnt: ElectionDurable = { currentTerm: 5, votedFor: 'peer-b' };
+  assert.equal(initBalancer(configFor('peer-a', ['peer-a', 'peer-b'], { bootstrapsElsewhere: false }), learnt).durable.voters, undefined);
+});
+
+test('without a list, a peer passes over the peers that say they wait to be admitted (they cannot run), for three vote timeouts after the last say (founding autoUpgrade, seed 17)', () => {
+  const roster = ['peer-a', 'peer-b', 'peer-c'];
+  // peer-a best-ranked, joined on the defaults to a mesh of learnt rosters: it waits for a list nobody made.
+  const view = [alive('peer-a', 0), alive('peer-b', 1), alive('peer-c', 2)];
+  const b = run(initBalancer(configFor('peer-b', roster), { currentTerm: 3, votedFor: null }), { type: 'viewChanged', members: view, nowMs: 0 }).state;
+  assert.equal(b.durable.voters, undefined, 'learnt rosters');
+  const waits = received('peer-a', { type: 'voters', term: 3, voters: { peers: [], term: 0, seq: 0 } }, 100);
+  const runs = run(b, waits, { type: 'tick', nowMs: 1000 });
+  assert.equal(runs.state.role, 'candidate', 'next best, it runs');
+  assert.equal(run(b, { type: 'tick', nowMs: 1000 }).state.role, 'follower', 'not told: it waits for peer-a, as before');
+  assert.deepEqual(runs.state.awaitingAdmission, [{ peerId: 'peer-a', untilMs: 100 + 3 * 500 }]);
+  assert.equal(run(b, waits, { type: 'tick', nowMs: 1700 }).state.awaitingAdmission, undefined, 'forgotten once it stops saying so');
+  const admitted = received('peer-a', { type: 'voters', term: 3, voters: { peers: ['peer-a', 'peer-b'], term: 4, seq: 1 } }, 200);
+  assert.equal(run(b, waits, admitted).state.awaitingAdmission, undefined, 'a list naming it: it may run');
+  // Its vote counts no less: a majority of the roster is still needed (passing over changes who runs, not who votes).
+  const asks = sent(runs.effects).filter((m) => m.message.type === 'requestVote').map((m) => m.to).sort();
+  assert.deepEqual(asks, ['peer-a', 'peer-c']);
 });
