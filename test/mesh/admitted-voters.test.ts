@@ -4,11 +4,14 @@
  * --bootstrap), site-b and site-c joining through it. The founder leads alone, admits the two others one at a time
  * (each peer's /api/mesh `balancer.voters`), and after a kill -9 of the leader the two survivors, both admitted, elect
  * a new leader among themselves in a higher term. Restarted with `--election-voters learnt`, the killed peer keeps the
- * mode (its election record holds the list), says so, and follows.
+ * mode (its election record holds the list), says so, and follows. And the founding `auto` cannot do: the same
+ * --bootstrap list at every site (each names the others), where nobody founds until one site is restarted with
+ * `--found-mesh yes`, which founds over its joiner's empty list.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { eventually, newCluster, type MeshStatus, type PeerProcess } from './support.ts';
+import { getFreePort } from '../support/dicom-tools.ts';
 
 type Status = MeshStatus & { balancer?: { role?: string; term?: number; voters?: { peers: string[]; term: number; seq: number } } };
 
@@ -58,4 +61,32 @@ test('admitted voters (the defaults): the first site founds and leads alone, adm
     return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
   }, 60_000, () => describe(all));
   assert.match(back.output(), /the election record holds admitted voters: this peer keeps them/);
+});
+
+test('the same --bootstrap list at every site founds nothing (each waits to be admitted, no leader); one site restarted with --found-mesh yes founds over its empty list, leads and admits the others', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const sites = ['site-a', 'site-b', 'site-c'];
+  const ports = await Promise.all(sites.map(async () => ({ dicom: await getFreePort(), http: await getFreePort(), p2p: await getFreePort() })));
+  // Addresses without their PeerId, as an operator writes them before any site has run: each names the site itself too.
+  const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p.p2p}`);
+  const peers = await Promise.all(sites.map((site, i) => cluster.start(site, { ports: ports[i]!, bootstrap })));
+  await eventually(async () => (await Promise.all(peers.map(statusOf))).every((s) => s.members?.filter((m) => m.alive).length === 3), 30_000, async () => JSON.stringify((await statusOf(peers[0]!)).members));
+  // Past the settle times (2 s) and a few vote timeouts: nobody founded, so nobody runs.
+  await new Promise((r) => setTimeout(r, 5000));
+  for (const s of await Promise.all(peers.map(statusOf))) {
+    assert.equal(s.leader ?? null, null, `${s.self.site} follows no leader`);
+    assert.deepEqual(s.balancer?.voters?.peers, [], `${s.self.site} waits to be admitted`);
+  }
+  const [a] = peers;
+  await a!.stop();
+  cluster.peers.splice(cluster.peers.indexOf(a!), 1);
+  const founder = await cluster.start('site-a', { dataDir: a!.dataDir, ports: ports[0]!, bootstrap, extraArgs: ['--found-mesh', 'yes'] });
+  const all = [founder, peers[1]!, peers[2]!];
+  const founderId = (await statusOf(founder)).self.peerId!;
+  const ids = (await Promise.all(all.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
+  await eventually(async () => {
+    const seen = await Promise.all(all.map(statusOf));
+    return seen.every((s) => s.leader?.peerId === founderId && JSON.stringify([...(s.balancer?.voters?.peers ?? [])].sort()) === JSON.stringify(ids));
+  }, 60_000, async () => JSON.stringify(await Promise.all(all.map(async (p) => ({ site: p.site, leader: (await statusOf(p)).leader, voters: (await statusOf(p)).balancer?.voters })))));
+  assert.doesNotMatch(founder.output(), /--found-mesh yes ignored/);
 });
