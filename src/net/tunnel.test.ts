@@ -8,31 +8,13 @@ import { openTunnel, startTunnelServer, tunnelledClientOf, watchTunnelledAccepto
 import { waitFor } from '../../test/support/wait.ts';
 import { loopbackAddress, testNodes } from '../../test/support/mesh-nodes.ts';
 import { suiteTeardown } from '../../test/support/teardown.ts';
+import { portBelowEphemeralRange } from '../../test/support/ports.ts';
 
 const quiet = { info: () => undefined, warn: () => undefined };
 
 
 function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
-}
-
-/**
- * A port nothing listens on, below Linux's ephemeral range (32768-60999): a freed port taken with listen(0) was
- * taken again by a concurrent test, or by this very connection as its source port (a loopback self-connect), and
- * the tunnel opened (npm test, 2026-12-04: "tunnel should be refused").
- */
-async function closedPortBelowEphemeralRange(): Promise<number> {
-  for (;;) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    const probe = createServer();
-    const free = await new Promise<boolean>((resolve) => {
-      probe.once('error', () => resolve(false));
-      probe.listen(port, '127.0.0.1', () => resolve(true));
-    });
-    if (!free) continue;
-    await new Promise((r) => probe.close(r));
-    return port;
-  }
 }
 
 /** A stand-in for a DICOM port: echoes every byte, records who the tunnel says the client is. */
@@ -130,7 +112,7 @@ describe('tunnel /pacs-mesh/tunnel/1 (127.0.0.1)', { timeout: 60_000 }, () => {
 
   it('refuses when the local port is down; the opener gets a TunnelError and the socket is untouched', { timeout: 20_000 }, async () => {
     const { a, b } = await connectedPair();
-    const deadPort = await closedPortBelowEphemeralRange();
+    const deadPort = await portBelowEphemeralRange();
     const server = await startTunnelServer({ node: b, localPort: deadPort, log: quiet });
     await teardown.add(() => server.stop());
 

@@ -9,12 +9,16 @@
  * sender's socket buffer is. Counters per direction say what went through, for measurements.
  */
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { portBelowEphemeralRange } from './ports.ts';
 
 export interface ThrottleProxyInit {
   /** Where connections are forwarded. */
   targetPort: number;
   targetHost?: string;
-  /** Port to listen on (127.0.0.1); 0 picks a free one. */
+  /**
+   * Port to listen on (127.0.0.1); 0 picks one from the ephemeral range. Default: a free one below it (ports.ts),
+   * where no other test's peer redials: a stray connection's 72 bytes once counted in a test's forwardBytes.
+   */
   listenPort?: number;
   /** The link's rate, each direction on its own (bytes per second). */
   bytesPerSecond: number;
@@ -148,9 +152,10 @@ export async function startThrottleProxy(init: ThrottleProxyInit): Promise<Throt
     client.on('close', close);
     upstream.on('close', close);
   });
+  const listenPort = init.listenPort ?? (await portBelowEphemeralRange());
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(init.listenPort ?? 0, '127.0.0.1', () => resolve());
+    server.listen(listenPort, '127.0.0.1', () => resolve());
   });
   return {
     port: (server.address() as AddressInfo).port,
