@@ -17,6 +17,15 @@ type Status = MeshStatus & { balancer?: { role?: string; term?: number; voters?:
 
 const statusOf = async (peer: PeerProcess): Promise<Status> => (await peer.status()) as Status;
 
+/** The statuses when every peer follows the same leader in the same term and holds the same voters, else null. */
+const agreed = async (among: PeerProcess[]): Promise<Status[] | null> => {
+  const seen = await Promise.all(among.map(statusOf));
+  const first = seen[0]!;
+  const same = seen.every((s) => s.leader != null && s.leader.peerId === first.leader?.peerId && s.leader.term === first.leader?.term && JSON.stringify(s.balancer?.voters) === JSON.stringify(first.balancer?.voters));
+  return same ? seen : null;
+};
+const describe = async (among: PeerProcess[]): Promise<string> => JSON.stringify(await Promise.all(among.map(async (p) => ({ site: p.site, leader: (await statusOf(p)).leader, balancer: (await statusOf(p)).balancer }))));
+
 test('admitted voters (the defaults): the first site founds and leads alone, admits the two others, and after a kill -9 of the leader the survivors elect one of them', { timeout: 180_000 }, async (t) => {
   const cluster = await newCluster(t);
   const a = await cluster.start('site-a');
@@ -27,13 +36,6 @@ test('admitted voters (the defaults): the first site founds and leads alone, adm
   const peers = [a, b, c];
   const ids = (await Promise.all(peers.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
   // Every peer holds the same list of all three (two admissions, each committed before the next), and follows one leader.
-  const agreed = async (among: PeerProcess[]): Promise<Status[] | null> => {
-    const seen = await Promise.all(among.map(statusOf));
-    const first = seen[0]!;
-    const same = seen.every((s) => s.leader != null && s.leader.peerId === first.leader?.peerId && s.leader.term === first.leader?.term && JSON.stringify(s.balancer?.voters) === JSON.stringify(first.balancer?.voters));
-    return same ? seen : null;
-  };
-  const describe = async (among: PeerProcess[]) => JSON.stringify(await Promise.all(among.map(async (p) => ({ site: p.site, leader: (await statusOf(p)).leader, balancer: (await statusOf(p)).balancer }))));
   await eventually(async () => {
     const seen = await agreed(peers);
     return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
@@ -82,11 +84,12 @@ test('the same --bootstrap list at every site founds nothing (each waits to be a
   cluster.peers.splice(cluster.peers.indexOf(a!), 1);
   const founder = await cluster.start('site-a', { dataDir: a!.dataDir, ports: ports[0]!, bootstrap, extraArgs: ['--found-mesh', 'yes'] });
   const all = [founder, peers[1]!, peers[2]!];
-  const founderId = (await statusOf(founder)).self.peerId!;
   const ids = (await Promise.all(all.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
+  // Only site-a may found, so a list naming all three was founded there; the lead may pass on from it, as under load
+  // (a 4-core busy loop beside the suite: site-c led term 3 with the founder's list), so any one leader will do.
   await eventually(async () => {
-    const seen = await Promise.all(all.map(statusOf));
-    return seen.every((s) => s.leader?.peerId === founderId && JSON.stringify([...(s.balancer?.voters?.peers ?? [])].sort()) === JSON.stringify(ids));
-  }, 60_000, async () => JSON.stringify(await Promise.all(all.map(async (p) => ({ site: p.site, leader: (await statusOf(p)).leader, voters: (await statusOf(p)).balancer?.voters })))));
+    const seen = await agreed(all);
+    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
+  }, 60_000, () => describe(all));
   assert.doesNotMatch(founder.output(), /--found-mesh yes ignored/);
 });
