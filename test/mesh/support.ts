@@ -36,7 +36,7 @@ export interface MeshStatus {
   members?: MeshMemberView[];
   leader?: { peerId: string; site: string; term: number } | null;
   custody?: { debtEntries: number; knownSites: Array<{ site: string; debtEntries: number }> };
-  balancer?: { roster: number; rosterMembers: Array<{ peerId: string; site: string | null; dicom: string | null; up: boolean }> };
+  balancer?: { roster: number; rosterMembers: Array<{ peerId: string; site: string | null; dicom: string | null; up: boolean }>; voters?: { peers: string[]; term: number; seq: number } };
 }
 
 export interface PeerProcess {
