@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MeshCluster, eventually, type PeerProcess } from './support.ts';
+import { MeshCluster, eventually, untilAllAdmitted, type PeerProcess } from './support.ts';
 import { runTool } from '../support/dicom-tools.ts';
 import { makeInstance } from '../support/synthetic-dicom.ts';
 
@@ -53,6 +53,8 @@ async function startThree(cluster: MeshCluster, extraArgs: string[] = []): Promi
     30_000,
     async () => JSON.stringify(await Promise.all(peers.map(async (p) => ({ site: p.site, leader: (await p.status()).leader })))),
   );
+  // The kill test needs both survivors admitted: two of three then elect.
+  await untilAllAdmitted(peers);
   return peers;
 }
 

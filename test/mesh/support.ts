@@ -199,6 +199,25 @@ export async function eventually(check: () => Promise<boolean>, timeoutMs: numbe
   }
 }
 
+/**
+ * Polls until every peer follows one leader and holds admitted voters naming exactly these peers. Admission goes one
+ * peer at a time: a leader killed before it ends can leave the survivors without a majority of the list they hold
+ * (two voters, one dead), which is right, but not what a test of a new election means to set up.
+ */
+export async function untilAllAdmitted(peers: PeerProcess[], timeoutMs = 60_000): Promise<void> {
+  const ids = (await Promise.all(peers.map(async (p) => (await p.status()).self.peerId!))).sort();
+  const views = async () => Promise.all(peers.map(async (p) => ({ site: p.site, ...(await p.status()) })));
+  await eventually(
+    async () => {
+      const seen = await views();
+      const leaders = new Set(seen.map((v) => v.leader?.peerId));
+      return leaders.size === 1 && !leaders.has(undefined) && seen.every((v) => JSON.stringify(v.balancer?.voters?.peers) === JSON.stringify(ids));
+    },
+    timeoutMs,
+    async () => `want voters ${JSON.stringify(ids)}: ${JSON.stringify((await views()).map((v) => ({ site: v.site, leader: v.leader?.site, voters: v.balancer?.voters })))}`,
+  );
+}
+
 /** C-GET of one study into a fresh folder; returns the data set bytes of each retrieved file by SOP Instance UID. */
 export async function getStudy(peer: PeerProcess, studyUid: string, dir: string): Promise<Map<string, Buffer>> {
   mkdirSync(dir, { recursive: true });
