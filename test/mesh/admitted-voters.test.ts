@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { eventually, newCluster, type MeshStatus, type PeerProcess } from './support.ts';
+import { eventually, newCluster, untilAllAdmitted, type MeshStatus, type PeerProcess } from './support.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
 
 type Status = MeshStatus & { balancer?: { role?: string; term?: number } };
@@ -36,10 +36,7 @@ test('admitted voters (the defaults): the first site founds and leads alone, adm
   const peers = [a, b, c];
   const ids = (await Promise.all(peers.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
   // Every peer holds the same list of all three (two admissions, each committed before the next), and follows one leader.
-  await eventually(async () => {
-    const seen = await agreed(peers);
-    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
-  }, 60_000, () => describe(peers));
+  await untilAllAdmitted(peers);
   const before = (await statusOf(a)).leader!;
   const voters = (await statusOf(a)).balancer!.voters!;
   assert.ok(voters.seq >= 2, `two admissions at least: ${JSON.stringify(voters)}`);
@@ -58,10 +55,7 @@ test('admitted voters (the defaults): the first site founds and leads alone, adm
   // list (the newest, from the new leader) and follows that leader; it says why in its log.
   const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await statusOf(survivors[0]!)).self.multiaddrs!.slice(0, 1), extraArgs: ['--election-voters', 'learnt'] });
   const all = [...survivors, back];
-  await eventually(async () => {
-    const seen = await agreed(all);
-    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
-  }, 60_000, () => describe(all));
+  await untilAllAdmitted(all);
   assert.match(back.output(), /the election record holds admitted voters: this peer keeps them/);
 });
 
@@ -84,12 +78,8 @@ test('the same --bootstrap list at every site founds nothing (each waits to be a
   cluster.peers.splice(cluster.peers.indexOf(a!), 1);
   const founder = await cluster.start('site-a', { dataDir: a!.dataDir, ports: ports[0]!, bootstrap, extraArgs: ['--found-mesh', 'yes'] });
   const all = [founder, peers[1]!, peers[2]!];
-  const ids = (await Promise.all(all.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
   // Only site-a may found, so a list naming all three was founded there; the lead may pass on from it, as under load
   // (a 4-core busy loop beside the suite: site-c led term 3 with the founder's list), so any one leader will do.
-  await eventually(async () => {
-    const seen = await agreed(all);
-    return seen !== null && JSON.stringify(seen[0]!.balancer?.voters?.peers) === JSON.stringify(ids);
-  }, 60_000, () => describe(all));
+  await untilAllAdmitted(all);
   assert.doesNotMatch(founder.output(), /--found-mesh yes ignored/);
 });
