@@ -166,7 +166,6 @@ export function bootstrapsElsewhere(config: Pick<PeerConfig, 'bootstrap' | 'host
   });
 }
 
-/** What a peer started without --bootstrap knows when it checks whether it serves alone (see startMesh). */
 /**
  * A known site (copies are owed to it) of which no peer has been heard since this start, as /api/mesh lists
  * it among the members: what the election roster recorded of its peers when they were last seen, if anything.
@@ -202,6 +201,7 @@ export function unheardKnownSiteMembers(knownSites: readonly string[], listedSit
     });
 }
 
+/** What a peer started without --bootstrap knows when it checks whether it serves alone (see startMesh). */
 export interface IsolationState {
   /** Sites its data directory knows of. */
   knownSites: readonly string[];
