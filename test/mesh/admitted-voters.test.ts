@@ -10,50 +10,36 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { eventually, newCluster, untilAllAdmitted, type MeshStatus, type PeerProcess } from './support.ts';
+import { agreedStatuses, describeElection, eventually, newCluster, untilAllAdmitted } from './support.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
-
-type Status = MeshStatus & { balancer?: { role?: string; term?: number } };
-
-const statusOf = async (peer: PeerProcess): Promise<Status> => (await peer.status()) as Status;
-
-/** The statuses when every peer follows the same leader in the same term and holds the same voters, else null. */
-const agreed = async (among: PeerProcess[]): Promise<Status[] | null> => {
-  const seen = await Promise.all(among.map(statusOf));
-  const first = seen[0]!;
-  const same = seen.every((s) => s.leader != null && s.leader.peerId === first.leader?.peerId && s.leader.term === first.leader?.term && JSON.stringify(s.balancer?.voters) === JSON.stringify(first.balancer?.voters));
-  return same ? seen : null;
-};
-const describe = async (among: PeerProcess[]): Promise<string> => JSON.stringify(await Promise.all(among.map(async (p) => ({ site: p.site, leader: (await statusOf(p)).leader, balancer: (await statusOf(p)).balancer }))));
 
 test('admitted voters (the defaults): the first site founds and leads alone, admits the two others, and after a kill -9 of the leader the survivors elect one of them', { timeout: 180_000 }, async (t) => {
   const cluster = await newCluster(t);
   const a = await cluster.start('site-a');
-  const aId = (await statusOf(a)).self.peerId!;
-  await eventually(async () => (await statusOf(a)).leader?.peerId === aId, 30_000, async () => JSON.stringify((await statusOf(a)).balancer));
-  assert.deepEqual((await statusOf(a)).balancer?.voters?.peers, [aId], 'the founder alone');
+  const aId = (await a.status()).self.peerId!;
+  await eventually(async () => (await a.status()).leader?.peerId === aId, 30_000, async () => JSON.stringify((await a.status()).balancer));
+  assert.deepEqual((await a.status()).balancer?.voters?.peers, [aId], 'the founder alone');
   const [b, c] = await Promise.all([cluster.start('site-b'), cluster.start('site-c')]);
   const peers = [a, b, c];
-  const ids = (await Promise.all(peers.map(async (p) => (await statusOf(p)).self.peerId!))).sort();
+  const ids = (await Promise.all(peers.map(async (p) => (await p.status()).self.peerId!))).sort();
   // Every peer holds the same list of all three (two admissions, each committed before the next), and follows one leader.
   await untilAllAdmitted(peers);
-  const before = (await statusOf(a)).leader!;
-  const voters = (await statusOf(a)).balancer!.voters!;
+  const before = (await a.status()).leader!;
+  const voters = (await a.status()).balancer!.voters!;
   assert.ok(voters.seq >= 2, `two admissions at least: ${JSON.stringify(voters)}`);
   const leader = peers.find((p) => p.site === before.site)!;
   await leader.kill9();
   const survivors = peers.filter((p) => p !== leader);
   await eventually(async () => {
-    const seen = await agreed(survivors);
-    const now = seen?.[0]?.leader;
+    const now = (await agreedStatuses(survivors))?.[0]?.leader;
     return now != null && now.term > before.term && now.peerId !== before.peerId && ids.includes(now.peerId);
-  }, 60_000, () => describe(survivors));
-  const after = (await statusOf(survivors[0]!)).balancer?.voters;
-  t.diagnostic(`voters ${JSON.stringify(voters)}; leader ${before.site} term ${before.term} killed; then ${JSON.stringify((await statusOf(survivors[0]!)).leader)}`);
+  }, 60_000, () => describeElection(survivors));
+  const after = (await survivors[0]!.status()).balancer?.voters;
+  t.diagnostic(`voters ${JSON.stringify(voters)}; leader ${before.site} term ${before.term} killed; then ${JSON.stringify((await survivors[0]!.status()).leader)}`);
   assert.deepEqual(after?.peers, ids, 'the killed leader is still a voter (not forgotten): two of three elect');
   // The mode is kept in the election record: the killed peer, restarted with learnt rosters asked, still holds the
   // list (the newest, from the new leader) and follows that leader; it says why in its log.
-  const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await statusOf(survivors[0]!)).self.multiaddrs!.slice(0, 1), extraArgs: ['--election-voters', 'learnt'] });
+  const back = await cluster.start(leader.site, { dataDir: leader.dataDir, bootstrap: (await survivors[0]!.status()).self.multiaddrs!.slice(0, 1), extraArgs: ['--election-voters', 'learnt'] });
   const all = [...survivors, back];
   await untilAllAdmitted(all);
   assert.match(back.output(), /the election record holds admitted voters: this peer keeps them/);
@@ -66,10 +52,10 @@ test('the same --bootstrap list at every site founds nothing (each waits to be a
   // Addresses without their PeerId, as an operator writes them before any site has run: each names the site itself too.
   const bootstrap = ports.map((p) => `/ip4/127.0.0.1/tcp/${p.p2p}`);
   const peers = await Promise.all(sites.map((site, i) => cluster.start(site, { ports: ports[i]!, bootstrap })));
-  await eventually(async () => (await Promise.all(peers.map(statusOf))).every((s) => s.members?.filter((m) => m.alive).length === 3), 30_000, async () => JSON.stringify((await statusOf(peers[0]!)).members));
+  await eventually(async () => (await Promise.all(peers.map((p) => p.status()))).every((s) => s.members?.filter((m) => m.alive).length === 3), 30_000, async () => JSON.stringify((await peers[0]!.status()).members));
   // Past the settle times (2 s) and a few vote timeouts: nobody founded, so nobody runs.
   await new Promise((r) => setTimeout(r, 5000));
-  for (const s of await Promise.all(peers.map(statusOf))) {
+  for (const s of await Promise.all(peers.map((p) => p.status()))) {
     assert.equal(s.leader ?? null, null, `${s.self.site} follows no leader`);
     assert.deepEqual(s.balancer?.voters?.peers, [], `${s.self.site} waits to be admitted`);
   }

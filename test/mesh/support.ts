@@ -199,22 +199,33 @@ export async function eventually(check: () => Promise<boolean>, timeoutMs: numbe
   }
 }
 
+/** The statuses when every peer follows the same leader in the same term and holds the same voters (list and version), else null. */
+export async function agreedStatuses(peers: PeerProcess[]): Promise<MeshStatus[] | null> {
+  const seen = await Promise.all(peers.map((p) => p.status()));
+  const first = seen[0]!;
+  const same = seen.every((s) => s.leader != null && s.leader.peerId === first.leader?.peerId && s.leader.term === first.leader?.term && JSON.stringify(s.balancer?.voters) === JSON.stringify(first.balancer?.voters));
+  return same ? seen : null;
+}
+
+/** Each peer's site, leader and balancer view, for a failed wait's message. */
+export async function describeElection(peers: PeerProcess[]): Promise<string> {
+  return JSON.stringify(await Promise.all(peers.map(async (p) => {
+    const s = await p.status();
+    return { site: p.site, leader: s.leader, balancer: s.balancer };
+  })));
+}
+
 /**
- * Polls until every peer follows one leader and holds admitted voters naming exactly these peers. Admission goes one
- * peer at a time: a leader killed before it ends can leave the survivors without a majority of the list they hold
- * (two voters, one dead), which is right, but not what a test of a new election means to set up.
+ * Polls until every peer follows one leader and holds admitted voters naming exactly these peers (agreedStatuses).
+ * Admission goes one peer at a time: a leader killed before it ends can leave the survivors without a majority of
+ * the list they hold (two voters, one dead), which is right, but not what a test of a new election means to set up.
  */
 export async function untilAllAdmitted(peers: PeerProcess[], timeoutMs = 60_000): Promise<void> {
   const ids = (await Promise.all(peers.map(async (p) => (await p.status()).self.peerId!))).sort();
-  const views = async () => Promise.all(peers.map(async (p) => ({ site: p.site, ...(await p.status()) })));
   await eventually(
-    async () => {
-      const seen = await views();
-      const leaders = new Set(seen.map((v) => v.leader?.peerId));
-      return leaders.size === 1 && !leaders.has(undefined) && seen.every((v) => JSON.stringify(v.balancer?.voters?.peers) === JSON.stringify(ids));
-    },
+    async () => JSON.stringify((await agreedStatuses(peers))?.[0]?.balancer?.voters?.peers) === JSON.stringify(ids),
     timeoutMs,
-    async () => `want voters ${JSON.stringify(ids)}: ${JSON.stringify((await views()).map((v) => ({ site: v.site, leader: v.leader?.site, voters: v.balancer?.voters })))}`,
+    async () => `want voters ${JSON.stringify(ids)}: ${await describeElection(peers)}`,
   );
 }
 
