@@ -260,6 +260,11 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     await b.node.publish(forgetPeerTopic, encodeForgetMessage(onDisk.forgets!, Date.now()));
     await new Promise((r) => setTimeout(r, 1000));
     for (const p of survivors) assert.ok(p.mesh.balancer.roster().includes(xId), `x kept after a forget from before its return, delivered late, at ${xAt(p)}`);
+    // The same, sent right after the ask: its time reads as asked just before its arrival, after x's return, so the
+    // times alone would apply it; every survivor holds that forget and has heard x at a higher incarnation since.
+    await b.node.publish(forgetPeerTopic, encodeForgetMessage(onDisk.forgets!, onDisk.forgets![0]!.atMs + 100));
+    await new Promise((r) => setTimeout(r, 1000));
+    for (const p of survivors) assert.ok(p.mesh.balancer.roster().includes(xId), `x kept after a forget sent right after the ask, delivered late, at ${xAt(p)}`);
   });
 
   it("the roster file's forgets are bounded at the start: the 64 latest, one per peer, no PeerId too long to send, all republished (hunt 182)", { timeout: 60_000 }, async () => {

@@ -478,8 +478,9 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       }
     }
   };
-  /** The forgets that may apply here (forgetsNotOutlived), with this peer's comings up and incarnations heard. */
-  const notOutlived = (forgets: readonly RecentForget[]): RecentForget[] => forgetsNotOutlived(forgets, cameUpAtMs, incarnationSeen);
+  /** The forgets that may apply here (forgetsNotOutlived), with this peer's comings up, incarnations heard, and `roster`'s forgets and peers. */
+  const notOutlived = (forgets: readonly RecentForget[], roster: RosterState | undefined): RecentForget[] =>
+    forgetsNotOutlived(forgets, cameUpAtMs, incarnationSeen, roster === undefined ? undefined : { forgets: roster.forgets, rosterPeerIds: new Set(roster.peers.keys()) });
   /** Peers that may still be up (alive or suspect): never forgotten or replaced. */
   const upPeerIds = (): Set<string> => new Set(membership.members().filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.peerId));
   const lackOfMajority = (s: ActorState | null): RosterMajorityLack | null =>
@@ -634,7 +635,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
    */
   const forgetFromRoster = async (roster: RosterState, asked: readonly RecentForget[]): Promise<RosterState> => {
     if (pinned) return roster;
-    const applicable = notOutlived(asked);
+    const applicable = notOutlived(asked, roster);
     const { peers, gone } = forgetRosterPeers(roster.peers, applicable.map((f) => f.peerId), upPeerIds(), self);
     if (gone.length === 0) return roster;
     const nowMs = clock.nowMs();
@@ -889,7 +890,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     // Peers the roster dropped leave the admitted voters: the operator's forget-peer at once, the others through the leader.
     const voters = step.state.durable.voters?.peers;
-    const operatorForgot = message.type === 'forgetPeers' && !pinned ? notOutlived(message.forgets).map((f) => f.peerId) : [];
+    const operatorForgot = message.type === 'forgetPeers' && !pinned ? notOutlived(message.forgets, s.roster).map((f) => f.peerId) : [];
     const left = voters === undefined ? [] : votersLeftByRosterChange(s.roster.peers, roster.peers, voters, operatorForgot, upPeerIds(), self);
     if (left.length > 0) {
       const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds: left, by: message.type === 'forgetPeers' ? 'operator' : 'roster', nowMs });
@@ -986,7 +987,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
     for (const peerId of alreadyRepublished(current?.roster.forgets ?? [], forgets)) forgetsHeardFromOthers.add(peerId);
     // Republished every minute: only those that still change this roster are taken (and logged).
-    const applicable = notOutlived(forgets);
+    const applicable = notOutlived(forgets, current?.roster);
     // Not in the roster: unknown too while the balancer reloads (no roster read), which says nothing.
     const notHeld = current === null ? [] : applicable.filter((f) => forgetOutcome(f.peerId) === 'unknown').map((f) => f.peerId);
     if (notHeld.length > 0) init.onPeersForgotten?.(notHeld);

@@ -60,6 +60,28 @@ describe('recent forget-peers (republished for late peers)', () => {
     assert.deepEqual(forgetsNotOutlived(forgets, new Map(), heard).map((f) => f.peerId), ['same', 'unnamed', 'unheard', 'missed']);
   });
 
+  it('a republication delivered late (its time read as after the return) of a forget applied here does not take out the peer learnt again since at a higher incarnation', () => {
+    // Applied here at 1000 (incarnation 5 named); x came back (incarnation 6, heard at 5000, in the roster again) and
+    // went down. The same forget, sent at 1100 and delivered at 9000, reads as asked at 8900: after every return time.
+    const late = { peerId: 'x', atMs: 8900, incarnation: 5 };
+    const held = { forgets: [{ peerId: 'x', atMs: 1000, incarnation: 5 }], rosterPeerIds: new Set(['x']) };
+    const cameUp = new Map([['x', 5000]]);
+    const heard = new Map([['x', { incarnation: 6, sinceMs: 5000 }]]);
+    assert.deepEqual(forgetsNotOutlived([late], cameUp, heard), [late], 'by its time alone it applies');
+    assert.deepEqual(forgetsNotOutlived([late], cameUp, heard, held), [], 'a repeat of the forget held here, of a peer back since');
+    // It applies where this peer did not learn x again, where x was heard at no higher incarnation (a stale record
+    // learnt at a start), to a forget naming a later incarnation (asked again after the return), and to one asked
+    // more than heardAskedEarlierMaxMs after the held one (the asked peer missed the return, which was over by then).
+    assert.deepEqual(forgetsNotOutlived([late], cameUp, heard, { ...held, rosterPeerIds: new Set() }), [late]);
+    assert.deepEqual(forgetsNotOutlived([late], new Map(), new Map([['x', { incarnation: 5, sinceMs: 5000 }]]), held), [late]);
+    const askedAgain = { peerId: 'x', atMs: 8900, incarnation: 6 };
+    assert.deepEqual(forgetsNotOutlived([askedAgain], new Map(), heard, held), [askedAgain]);
+    const muchLater = { ...late, atMs: 1000 + recentForgetLimits.heardAskedEarlierMaxMs + 1 };
+    assert.deepEqual(forgetsNotOutlived([muchLater], new Map(), heard, held), [muchLater]);
+    // Nothing to compare without incarnations: the times decide, as before.
+    assert.deepEqual(forgetsNotOutlived([{ peerId: 'x', atMs: 8900 }], cameUp, heard, { ...held, forgets: [{ peerId: 'x', atMs: 1000 }] }), [{ peerId: 'x', atMs: 8900 }]);
+  });
+
   it('carries the incarnations in the message, null where none is named; anything else reads as none', () => {
     const forgets = [{ peerId: 'a', atMs: 5, incarnation: 1_764_000_000_000 }, { peerId: 'b', atMs: 6 }];
     assert.deepEqual(parseForgetMessage(decodeEnvelope(encodeForgetMessage(forgets, 9), { maxBytes: ELECTION_MAX_BYTES }), 9), forgets);

@@ -102,14 +102,40 @@ export interface IncarnationSeen {
  * after the ask, at a higher incarnation than the forget names (`incarnations`: it restarted since, even if this peer
  * first saw it on that return). An incarnation heard before the ask is a life the asked peer missed (cut off from it),
  * over before the operator asked: no return. The roster's last-seen times cannot tell: they are moved on at a start,
- * and a peer seen alive until it died, later here than where the forget was asked, did not come back.
+ * and a peer seen alive until it died, later here than where the forget was asked, did not come back. Nor one that
+ * repeats a forget applied `here` of a peer learnt again since and heard at a higher incarnation (repeatsHeldForget).
  */
-export function forgetsNotOutlived(forgets: readonly RecentForget[], cameUpAtMs: ReadonlyMap<string, number>, incarnations: ReadonlyMap<string, IncarnationSeen> = new Map()): RecentForget[] {
+export function forgetsNotOutlived(
+  forgets: readonly RecentForget[],
+  cameUpAtMs: ReadonlyMap<string, number>,
+  incarnations: ReadonlyMap<string, IncarnationSeen> = new Map(),
+  here: ForgetsHeldHere = { forgets: [], rosterPeerIds: new Set() },
+  limits: { heardAskedEarlierMaxMs: number } = recentForgetLimits,
+): RecentForget[] {
   return forgets.filter((f) => {
     if ((cameUpAtMs.get(f.peerId) ?? Number.NEGATIVE_INFINITY) > f.atMs) return false;
     const seen = incarnations.get(f.peerId);
+    if (f.incarnation !== undefined && seen !== undefined && seen.incarnation > f.incarnation && repeatsHeldForget(f, here, limits)) return false;
     return f.incarnation === undefined || seen === undefined || seen.incarnation <= f.incarnation || seen.sinceMs <= f.atMs;
   });
+}
+
+/** What forgetsNotOutlived needs of this peer's roster: the forgets it applied (or was asked) and the peers it holds now. */
+export interface ForgetsHeldHere {
+  readonly forgets: readonly RecentForget[];
+  readonly rosterPeerIds: ReadonlySet<string>;
+}
+
+/**
+ * Whether `f` repeats a forget applied here (same peer, no later incarnation named, asked at most heardAskedEarlierMaxMs
+ * after it) of a peer learnt again since (back in this roster). With a higher incarnation heard here, that peer came
+ * back after the forget, whatever `f`'s time says: a republication's time is its age when sent counted back from its
+ * arrival, so one delivered late (gossip's lazy pull, a stalled process) reads as asked later than it was, and could
+ * pass the time of the return.
+ */
+function repeatsHeldForget(f: RecentForget, here: ForgetsHeldHere, limits: { heardAskedEarlierMaxMs: number }): boolean {
+  if (!here.rosterPeerIds.has(f.peerId)) return false;
+  return here.forgets.some((h) => h.peerId === f.peerId && h.incarnation !== undefined && f.incarnation !== undefined && f.incarnation <= h.incarnation && f.atMs - h.atMs <= limits.heardAskedEarlierMaxMs);
 }
 
 /** A membership incarnation as a forget carries it (a file or a message): anything else reads as none named. */
