@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import dcmjsCodecs from 'dcmjs-codecs';
 import { canTranscode, codestreamSize, TranscodeError, transcodeDataset } from './transcode.ts';
-import { corpusDirectory } from './dataset/test-fixtures.ts';
+import { corpusDirectory, corpusSkip } from './dataset/test-fixtures.ts';
 
 const IMPLICIT = '1.2.840.10008.1.2';
 const EXPLICIT = '1.2.840.10008.1.2.1';
@@ -916,11 +916,7 @@ test('a JPEG baseline image decoded says it was lossy compressed: Lossy Image Co
   assert.equal(text(find(parse(kept.bytes, { explicit: true, le: true }).els, 0x00282110)?.value)?.trim(), '01');
 });
 
-test('corpus: JPEG baseline, RLE and JPEG 2000 files decode to explicit VR LE with full-size pixel data', async (t) => {
-  if (!existsSync(CORPUS)) {
-    t.skip(`corpus folder ${CORPUS} is missing`);
-    return;
-  }
+test('corpus: JPEG baseline, RLE and JPEG 2000 files decode to explicit VR LE with full-size pixel data', { skip: corpusSkip }, async (t) => {
   const dump = hasDcmdump();
   const tmp = mkdtempSync(join(tmpdir(), 'transcode-test-'));
   try {
@@ -975,11 +971,7 @@ test('corpus: JPEG baseline, RLE and JPEG 2000 files decode to explicit VR LE wi
   }
 });
 
-test('corpus: uncompressed files survive implicit <-> explicit <-> BE <-> deflated', async (t) => {
-  if (!existsSync(CORPUS)) {
-    t.skip(`corpus folder ${CORPUS} is missing`);
-    return;
-  }
+test('corpus: uncompressed files survive implicit <-> explicit <-> BE <-> deflated', { skip: corpusSkip }, async (t) => {
   const dump = hasDcmdump();
   const tmp = mkdtempSync(join(tmpdir(), 'transcode-test-'));
   try {
