@@ -151,9 +151,13 @@ async function main(): Promise<void> {
   // Ports already taken (a mesh started before and still running): its answers would pass for ours, and
   // "is up" was printed while every site here had exited (a new-user run of the README).
   for (const site of sites) {
-    for (const port of [site.dicomPort, site.httpPort, site.p2pPort]) {
+    for (const [port, kind] of [[site.dicomPort, 'DICOM'], [site.httpPort, 'HTTP'], [site.p2pPort, 'libp2p']] as const) {
       if (await portTaken(port)) {
-        process.stderr.write(`local-mesh: 127.0.0.1:${port} (${site.name}) is in use: is another \`npm start\` running? Stop it first, or pass --base-port\n`);
+        // Debian's orthanc package, which the benchmarks need, starts a service on 8042 (site-a's HTTP port) and 4242.
+        process.stderr.write(
+          `local-mesh: 127.0.0.1:${port} (${site.name}'s ${kind} port) is in use: another \`npm start\` still running, or another server ` +
+            `(Orthanc's Debian service listens on 8042)? Stop it first, or pass --base-port N (DICOM ports N.., HTTP N+100.., libp2p N+200..)\n`,
+        );
         process.exit(1);
       }
     }
