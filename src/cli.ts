@@ -4,7 +4,9 @@
  */
 import './polyfill.ts';
 import { ConfigError, parseStartArgs, testTimingsFromEnv, usage } from './config.ts';
-import { StoreError } from './actors/storage/replica-store.ts';
+import { readFileSync } from 'node:fs';
+import { STORE_FORMAT, StoreError } from './actors/storage/replica-store.ts';
+import { implementationVersionName } from './actors/association/implementation.ts';
 import { failureText, startPeer } from './peer.ts';
 
 /** Errors whose message says all (a data directory in use, a store that cannot open, a damaged file, a child that kept failing at start). */
@@ -81,6 +83,11 @@ async function main(argv: readonly string[]): Promise<number> {
       const { runKeygen } = await import('./keygen.ts');
       return runKeygen(rest);
     }
+    case '--version':
+    case '-V':
+    case 'version':
+      process.stdout.write(`${versionText()}\n`);
+      return 0;
     case undefined:
     case '--help':
     case '-h':
@@ -88,8 +95,18 @@ async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(usage);
       return command === undefined ? 2 : 0;
     default:
-      throw new ConfigError(`unknown command "${command}": the commands are start and keygen (see pacs-mesh --help)`);
+      throw new ConfigError(`unknown command "${command}": the commands are start, keygen and version (see pacs-mesh --help)`);
   }
+}
+
+/**
+ * What an operator upgrading one site at a time needs to tell builds apart: the package's version, the store format
+ * this build reads and writes, and the name it gives in association negotiation. package.json is one directory up from
+ * both src/cli.ts and dist/pacs-mesh.js.
+ */
+function versionText(): string {
+  const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return `pacs-mesh ${version} (store format ${STORE_FORMAT}, implementation version name ${implementationVersionName}, node ${process.version})`;
 }
 
 /** The option each port of this start came from, so that a port in use is named as the operator set it. */

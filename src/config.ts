@@ -432,6 +432,7 @@ export const usage = `pacs-mesh: a fault-tolerant multi-site DICOM archive
 Usage:
   pacs-mesh start [options]
   pacs-mesh keygen --out FILE
+  pacs-mesh --version
 
 start options (defaults in brackets):
   --site NAME                 site name [site-a]

@@ -408,10 +408,17 @@ test('start --help and keygen --help print the usage and exit 0, as pacs-mesh --
   }
   assert.notEqual(value!.code, 0, 'a value is not a request for help');
   assert.equal(value!.stdout, '', 'no usage for a value');
-  // A misspelt command (or --version, which there is none of) names the commands and the help (hunt 162).
+  // A misspelt command names the commands and the help (hunt 162).
   const misspelt = await help(['strat', '--site', 'a']);
   assert.equal(misspelt.code, 2, misspelt.stderr);
-  assert.equal(misspelt.stderr, 'pacs-mesh: unknown command "strat": the commands are start and keygen (see pacs-mesh --help)\n');
+  assert.equal(misspelt.stderr, 'pacs-mesh: unknown command "strat": the commands are start, keygen and version (see pacs-mesh --help)\n');
+  // The version, for an operator upgrading one site at a time: the package's, with the store format it reads.
+  const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  for (const args of [['--version'], ['version'], ['-V']]) {
+    const r = await help(args);
+    assert.equal(r.code, 0, `${args[0]}: ${r.stderr}`);
+    assert.match(r.stdout, new RegExp(`^pacs-mesh ${version.replace(/\./g, '\\.')} \\(store format \\d+, implementation version name PACSMESH_\\d+, node v\\d+\\.\\d+\\.\\d+\\)\n$`));
+  }
 });
 
 test('a data directory on a read-only file system: exit 2 and one line saying so', async (t) => {
