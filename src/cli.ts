@@ -4,10 +4,9 @@
  */
 import './polyfill.ts';
 import { ConfigError, parseStartArgs, testTimingsFromEnv, usage } from './config.ts';
-import { readFileSync } from 'node:fs';
-import { STORE_FORMAT, StoreError } from './actors/storage/replica-store.ts';
-import { implementationVersionName } from './actors/association/implementation.ts';
+import { StoreError } from './actors/storage/replica-store.ts';
 import { failureText, startPeer } from './peer.ts';
+import { versionText } from './version.ts';
 
 /** Errors whose message says all (a data directory in use, a store that cannot open, a damaged file, a child that kept failing at start). */
 const oneLineErrorCodes = new Set(['ERR_STORE_LOCKED', 'ERR_STORE_OPEN', 'ERR_STORE_CATALOG_DAMAGED', 'ERR_PEER_KEY', 'ERR_BALANCER_STATE_FILE', 'ERR_CHILD_FAILED']);
@@ -97,16 +96,6 @@ async function main(argv: readonly string[]): Promise<number> {
     default:
       throw new ConfigError(`unknown command "${command}": the commands are start, keygen and version (see pacs-mesh --help)`);
   }
-}
-
-/**
- * What an operator upgrading one site at a time needs to tell builds apart: the package's version, the store format
- * this build reads and writes, and the name it gives in association negotiation. package.json is one directory up from
- * both src/cli.ts and dist/pacs-mesh.js.
- */
-function versionText(): string {
-  const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
-  return `pacs-mesh ${version} (store format ${STORE_FORMAT}, implementation version name ${implementationVersionName}, node ${process.version})`;
 }
 
 /** The option each port of this start came from, so that a port in use is named as the operator set it. */

@@ -32,6 +32,7 @@ import { startDeadline, untilAborted, withDeadline } from './actors/runtime/dead
 import { halfCloseGraceMs } from './actors/association/connection.ts';
 import { createLogger, errorText, type Logger } from './actors/runtime/logger.ts';
 import { createStopSteps, type StopSteps } from './actors/runtime/stop-steps.ts';
+import { buildVersion } from './version.ts';
 
 /**
  * What open associations and HTTP requests get at a stop before they are aborted (a C-GET or C-MOVE
@@ -326,6 +327,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
             site: config.site,
             aeTitle: config.aeTitle,
             dicom: { host: config.host, port: listener.port },
+            version: buildVersion(),
             ...(mesh ? { peerId: mesh.node.peerId, multiaddrs: mesh.node.multiaddrs() } : {}),
           },
           // A count the catalog's damage fails is unknown, said why (it was a 500 for the whole answer).

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import { statusPageHtml } from './status-page.ts';
 
 const meshStatus = {
-  self: { site: 'site-a', aeTitle: 'PACSMESH', dicom: { host: '127.0.0.1', port: 11112 }, peerId: '12D3KooWAAA' },
+  self: { site: 'site-a', aeTitle: 'PACSMESH', dicom: { host: '127.0.0.1', port: 11112 }, peerId: '12D3KooWAAA', version: { package: '0.1.0', storeFormat: 1, implementationVersionName: 'PACSMESH_01' } },
   instances: 42,
   activeAssociations: 1,
   leader: { peerId: '12D3KooWBBB', site: 'site-b', term: 7 },
@@ -28,6 +28,7 @@ test('the page shows this site, the leader, every member with its status and a l
   assert.match(page, /<th>copies owed to other sites<\/th><td>12<\/td>/, 'the debt in all');
   assert.match(page, /<tr><td>site-c<\/td><td>12<\/td><\/tr>/, 'the debt by site');
   assert.match(page, /<th>DICOM<\/th><td>127\.0\.0\.1:11112<\/td>/, 'its DICOM address');
+  assert.match(page, /<th>build<\/th><td>pacs-mesh 0\.1\.0 \(store format 1\)<\/td>/, 'its build, as pacs-mesh --version names it');
 });
 
 test('a peer outside a mesh, or one not healthy, says so', () => {

@@ -19,6 +19,11 @@ interface MemberRow {
   freeDisk: string;
 }
 
+/** `self.version` as `pacs-mesh --version` words it (without node's version); empty when absent. */
+function buildText(version: Record<string, unknown>): string {
+  return version.package === undefined ? '' : `pacs-mesh ${text(version.package)} (store format ${text(version.storeFormat)})`;
+}
+
 /** The page for /api/mesh's object `status`; `healthy` is /healthz's answer. */
 export function statusPageHtml(status: Record<string, unknown>, healthy: boolean): string {
   const self = record(status.self);
@@ -49,6 +54,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     ['AE title', text(self.aeTitle)],
     ['DICOM', addressOf(self.dicom)],
     ['PeerId', text(self.peerId) || 'none (not in a mesh)'],
+    ['build', buildText(record(self.version))],
     // null when the catalog's damage failed the count (/api/mesh instancesUnknown, hunt 183): an empty cell read as none.
     ['instances here', status.instances === null ? `unknown: ${text(status.instancesUnknown)}` : text(status.instances)],
     ['associations open', text(status.activeAssociations)],
