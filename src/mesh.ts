@@ -28,6 +28,7 @@ import { createConcurrencyLimit, type ConcurrencyLimit } from './actors/runtime/
 import { withDeadline } from './actors/runtime/deadline.ts';
 import type { QueryRequest } from './actors/storage/query/query.ts';
 import { statfs } from 'node:fs/promises';
+import { buildVersion } from './version.ts';
 
 export interface MeshInit {
   config: PeerConfig;
@@ -325,6 +326,7 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       peerId: node.peerId,
       siteName: config.site,
       ...(config.sitePeers === 'several' ? { siteShared: true } : {}),
+      build: buildVersion().package,
       ...(init.onSiteNameTaken !== undefined ? { onSiteNameTaken: init.onSiteNameTaken } : {}),
       priority: config.priority,
       dataDir: init.dataDir,
@@ -503,6 +505,8 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
               http: m.addresses.http,
               instances: m.instanceCount,
               load: m.load,
+              // Its package version (pacs-mesh --version), absent from builds before the field.
+              ...(m.build !== undefined ? { build: m.build } : {}),
               // False while the peer cannot record a vote (a full disk): passed over in elections.
               electable: m.electable,
               // Whether this peer holds a connection of its own to it (absent for itself): gossip between two

@@ -27,6 +27,7 @@ import { commitmentRequestDataSet, nActionCommand } from '../test/support/commit
 import { StorageCommitment } from './actors/commitment/messages.ts';
 import { TransferSyntax } from './codec/dicom-types.ts';
 import { halfCloseGraceMs } from './actors/association/connection.ts';
+import { buildVersion } from './version.ts';
 
 /** Holds every commit and copy repair of `store` until released: what a stalled disk (or a faulted store waiting to reopen) does. */
 function holdCommits(store: ReplicaStore): { held(): number; release(): void } {
@@ -66,12 +67,14 @@ async function twoSites(t: TestContext, bArgs: string[] = []): Promise<{ a: Test
   const mesh = ['--swarm-key', swarmKey, '--p2p-port', '0', '--write-quorum', '2'];
   const a = await startTestPeer(mesh, 'stop-a');
   t.after(() => a.dispose());
-  const status = async (port: number) => (await (await fetch(`http://127.0.0.1:${port}/api/mesh`)).json()) as { self: { multiaddrs: string[] }; members?: Array<{ site: string; alive: boolean }> };
+  const status = async (port: number) => (await (await fetch(`http://127.0.0.1:${port}/api/mesh`)).json()) as { self: { multiaddrs: string[] }; members?: Array<{ site: string; alive: boolean; build?: string }> };
   const [address] = (await status(a.httpPort)).self.multiaddrs;
   const b = await startTestPeer([...mesh, '--bootstrap', address!, ...bArgs], 'stop-b', process.env.STOP_TEST_LOG ? createLogger({ site: 'stop-b' }, 'info') : silentLogger, { shutdownGraceMs: undefined });
   t.after(() => b.dispose());
   const bothAlive = async (port: number) => (await status(port)).members?.filter((m) => m.alive).length === 2;
   await waitFor('both sites alive at both', async () => (await bothAlive(a.httpPort)) && (await bothAlive(b.httpPort)), 30_000);
+  // Each member's build, from its heartbeats: what an operator upgrading one site at a time compares.
+  assert.deepEqual((await status(b.httpPort)).members?.map((m) => m.build), [buildVersion().package, buildVersion().package]);
   return { a, b };
 }
 

@@ -10,7 +10,7 @@ const meshStatus = {
   leader: { peerId: '12D3KooWBBB', site: 'site-b', term: 7 },
   members: [
     { peerId: '12D3KooWAAA', site: 'site-a', status: 'alive', dicom: '127.0.0.1:11112', http: '127.0.0.1:8042', instances: 42, load: 0.1 },
-    { peerId: '12D3KooWBBB', site: 'site-b', status: 'alive', dicom: '127.0.0.1:11113', http: '127.0.0.1:8043', instances: 42, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0, freeDiskUnknown: true } },
+    { peerId: '12D3KooWBBB', site: 'site-b', status: 'alive', dicom: '127.0.0.1:11113', http: '127.0.0.1:8043', instances: 42, load: { activeAssociations: 0, queuedCustodyWork: 0, freeDiskBytes: 0, freeDiskUnknown: true }, build: '0.1.0' },
     { peerId: '12D3KooWCCC', site: 'site-c', status: 'dead', dicom: '127.0.0.1:11114', http: '127.0.0.1:8044', instances: 30, load: { activeAssociations: 2, queuedCustodyWork: 5, freeDiskBytes: 75_085_082_624 } },
   ],
   custody: { debtEntries: 12, knownSites: [{ site: 'site-b', debtEntries: 0 }, { site: 'site-c', debtEntries: 12 }] },
@@ -29,6 +29,7 @@ test('the page shows this site, the leader, every member with its status and a l
   assert.match(page, /<tr><td>site-c<\/td><td>12<\/td><\/tr>/, 'the debt by site');
   assert.match(page, /<th>DICOM<\/th><td>127\.0\.0\.1:11112<\/td>/, 'its DICOM address');
   assert.match(page, /<th>build<\/th><td>pacs-mesh 0\.1\.0 \(store format 1\)<\/td>/, 'its build, as pacs-mesh --version names it');
+  assert.match(page, /:8043<\/a><\/td><td>0\.1\.0<\/td><td><code>12D3KooWBBB/, "a member's build, as its heartbeats say (empty from builds before the field)");
 });
 
 test('a peer outside a mesh, or one not healthy, says so', () => {
@@ -55,7 +56,7 @@ test('a count of instances the catalog could not make says unknown, and why (hun
 
 test('values heard from other peers are escaped: a site name cannot inject markup', () => {
   const hostile = '<script>alert(1)</script>"\'&';
-  const page = statusPageHtml({ ...meshStatus, members: [{ ...meshStatus.members[0], site: hostile, http: '"><img src=x>' }], custody: { knownSites: [{ site: hostile, debtEntries: 1 }] } }, true);
+  const page = statusPageHtml({ ...meshStatus, members: [{ ...meshStatus.members[0], site: hostile, http: '"><img src=x>', build: '<img src=y>' }], custody: { knownSites: [{ site: hostile, debtEntries: 1 }] } }, true);
   assert.doesNotMatch(page, /<script>|<img/, 'no markup from a peer');
   assert.match(page, /&lt;script&gt;alert\(1\)&lt;\/script&gt;&quot;&#39;&amp;/, 'shown as text');
 });

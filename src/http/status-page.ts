@@ -17,6 +17,7 @@ interface MemberRow {
   activeAssociations: string;
   queuedCustodyWork: string;
   freeDisk: string;
+  build: string;
 }
 
 /** `self.version` as `pacs-mesh --version` words it (without node's version); empty when absent. */
@@ -45,6 +46,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
       activeAssociations: text(load.activeAssociations),
       queuedCustodyWork: text(load.queuedCustodyWork),
       freeDisk: load.freeDiskUnknown === true ? 'unknown' : typeof load.freeDiskBytes === 'number' ? `${(load.freeDiskBytes / 1e9).toFixed(1)} GB` : '',
+      build: text(member.build),
     };
   });
   members.sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
@@ -72,7 +74,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     .map((m) => {
       const link = m.http ? `<a href="http://${escapeHtml(m.http)}/">${escapeHtml(m.http)}</a>` : '';
       const leaderMark = m.peerId !== '' && m.peerId === leaderPeerId ? ' (leader)' : '';
-      return `<tr class="${statusClass(m.status)}"><td>${escapeHtml(m.site)}${leaderMark}</td><td>${escapeHtml(m.status)}</td><td>${escapeHtml(m.instances)}</td><td>${escapeHtml(m.activeAssociations)}</td><td>${escapeHtml(m.queuedCustodyWork)}</td><td>${escapeHtml(m.freeDisk)}</td><td>${escapeHtml(m.dicom)}</td><td>${link}</td><td><code>${escapeHtml(m.peerId)}</code></td></tr>`;
+      return `<tr class="${statusClass(m.status)}"><td>${escapeHtml(m.site)}${leaderMark}</td><td>${escapeHtml(m.status)}</td><td>${escapeHtml(m.instances)}</td><td>${escapeHtml(m.activeAssociations)}</td><td>${escapeHtml(m.queuedCustodyWork)}</td><td>${escapeHtml(m.freeDisk)}</td><td>${escapeHtml(m.dicom)}</td><td>${link}</td><td>${escapeHtml(m.build)}</td><td><code>${escapeHtml(m.peerId)}</code></td></tr>`;
     })
     .join('\n');
   // A copied --site: shown above everything while it lasts, since copies counted by site then mislead.
@@ -99,7 +101,7 @@ p.conflict{color:#b00;font-weight:bold}tr.alive td:nth-child(2){color:#060}tr.su
 ${siteConflicts}
 <table>${facts.map(([name, value]) => `<tr><th>${escapeHtml(name)}</th><td>${escapeHtml(value)}</td></tr>`).join('')}</table>
 <h2>Members, as this peer sees them</h2>
-${members.length > 0 ? `<table><tr><th>site</th><th>status</th><th>instances</th><th>associations</th><th>copies and pulls queued</th><th>free disk</th><th>DICOM</th><th>HTTP</th><th>PeerId</th></tr>\n${memberRows}</table>` : '<p>none: this peer is not in a mesh</p>'}
+${members.length > 0 ? `<table><tr><th>site</th><th>status</th><th>instances</th><th>associations</th><th>copies and pulls queued</th><th>free disk</th><th>DICOM</th><th>HTTP</th><th>build</th><th>PeerId</th></tr>\n${memberRows}</table>` : '<p>none: this peer is not in a mesh</p>'}
 ${debtRows !== '' ? `<h2>Copies owed, by site</h2>\n<table><tr><th>site</th><th>copies owed</th></tr>\n${debtRows}</table>` : ''}
 <p>Reloads every ${statusPageRefreshSeconds} s. The same as JSON: <a href="/api/mesh">/api/mesh</a>.</p>
 </body></html>

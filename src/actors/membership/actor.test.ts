@@ -219,6 +219,10 @@ describe('membership actor over a real mesh (127.0.0.1)', { timeout: 60_000 }, (
     assert.equal(parseHeartbeat(valid)?.addresses.accessDigest, undefined);
     assert.equal(parseHeartbeat({ ...valid, addresses: { ...valid.addresses, accessDigest: '0123abcd' } })?.addresses.accessDigest, '0123abcd');
     assert.equal(parseHeartbeat({ ...valid, addresses: { ...valid.addresses, accessDigest: 7 } }), null);
+    // The build is shown, never acted on: kept when a short string, left out otherwise with the heartbeat kept.
+    assert.equal(parseHeartbeat(valid)?.build, undefined);
+    assert.equal(parseHeartbeat({ ...valid, build: '0.1.0' })?.build, '0.1.0');
+    for (const odd of [7, 'x'.repeat(65), null]) assert.equal(parseHeartbeat({ ...valid, build: odd })?.build, undefined, String(odd).slice(0, 20));
     // Likewise the forgotten sites: bounded, each a site name and a time; anything else is junk.
     const tombstone = { siteName: 'site-x', forgottenAtMs: 5 };
     assert.equal(parseHeartbeat(valid)?.forgottenSites, undefined);

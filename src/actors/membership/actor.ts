@@ -42,6 +42,8 @@ export const membershipTimings = {
 /** Largest heartbeat envelope sent or accepted (a heartbeat is ~300 bytes; 16 tombstones of 64-character site names add ~1.5 KiB). */
 export const HEARTBEAT_MAX_BYTES = 8 * 1024;
 const STRING_MAX_CHARS = 256;
+/** A package version ("0.1.0", "1.2.3-rc.1+build.5") is far shorter. */
+const buildMaxChars = 64;
 const INCARNATION_FILE = 'membership-incarnation';
 
 export type MembershipErrorCode = 'ERR_MEMBERSHIP_CRASH_TEST' | 'ERR_MEMBERSHIP_STOPPED';
@@ -62,6 +64,8 @@ export interface MembershipServiceInit {
   siteName: string;
   /** The operator runs several peers under this site name on purpose (`--site-peers several`). */
   siteShared?: boolean;
+  /** This build's package version, for the others' views (Heartbeat.build). */
+  build?: string;
   /**
    * Another live peer with precedence claims this site name at another DICOM address (a copied --site):
    * the peer must stop. Called once, after the error is logged.
@@ -237,6 +241,8 @@ export function parseHeartbeat(value: unknown): Heartbeat | null {
     ...(forgottenSites.length > 0 ? { forgottenSites } : {}),
     ...(forgottenSites.length > 0 && v.sentAtMs !== undefined ? { sentAtMs: v.sentAtMs as number } : {}),
     ...(v.siteShared === true ? { siteShared: true } : {}),
+    // Shown to operators, never decides anything: one that is not a short string is left out, the heartbeat kept.
+    ...(str(v.build) && v.build.length <= buildMaxChars ? { build: v.build } : {}),
   };
 }
 
@@ -285,6 +291,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
       ...timings,
       membersMax: init.membersMax ?? 256,
       ...(init.siteShared === true ? { siteShared: true } : {}),
+      ...(init.build !== undefined ? { build: init.build } : {}),
     });
     if (latestStats) state = stepMembership(state, { type: 'localStatsChanged', ...latestStats }).state;
     if (!electable) state = stepMembership(state, { type: 'electabilityChanged', electable }).state;

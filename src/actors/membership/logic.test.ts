@@ -461,6 +461,20 @@ test('peers of one site on purpose (--site-peers several at each) are no conflic
   assert.ok(published?.type === 'publish' && published.message.siteShared === true, 'the heartbeat says several');
 });
 
+test("a peer's build goes out in its heartbeats and is kept in the record of it; a heartbeat without one (an earlier build) leaves none", () => {
+  const published = run(initMembership({ ...config, build: '0.1.0' }), { type: 'tick', nowMs: 0 }).effects.find((e) => e.type === 'publish');
+  assert.ok(published?.type === 'publish' && published.message.build === '0.1.0', 'the heartbeat names the build');
+  const unnamed = run(initMembership(config), { type: 'tick', nowMs: 0 }).effects.find((e) => e.type === 'publish');
+  assert.ok(unnamed?.type === 'publish' && !('build' in unnamed.message), 'none configured, none sent');
+  const heard = run(
+    initMembership(config),
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-b', 2, 1, { build: '0.2.0' }), nowMs: 10 },
+    { type: 'heartbeatReceived', heartbeat: heartbeat('peer-c', 2, 1), nowMs: 10 },
+  ).state;
+  assert.equal(heard.members.get('peer-b')?.build, '0.2.0');
+  assert.equal(heard.members.get('peer-c')?.build, undefined);
+});
+
 test('another site claimed at two addresses is reported by a third peer, which stops for nothing', () => {
   const site = (peerId: string, incarnation: number, dicom: string) => (sequence: number) => heartbeat(peerId, incarnation, sequence, { siteName: 'site-b', addresses: { dicom, http: 'h', aeTitle: 'PACSMESH' } });
   const seen = runHeard(initMembership(config), 0, confirmMs + 2000, [site('peer-b', 2, 'b:104'), site('peer-b2', 4, 'b2:104')]);

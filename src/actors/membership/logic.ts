@@ -144,6 +144,7 @@ function aliveRecordOf(hb: Heartbeat, lastHeardAtMs: number, statusSinceMs: numb
     digestRoot: hb.digestRoot,
     ...(forgottenSites !== undefined && forgottenSites.length > 0 ? { forgottenSites } : {}),
     ...(hb.siteShared === true ? { siteShared: true } : {}),
+    ...(hb.build !== undefined ? { build: hb.build } : {}),
     status: 'alive',
     lastHeardAtMs,
     statusSinceMs,
@@ -344,6 +345,7 @@ function heartbeatOf(state: MembershipState, sentAtMs?: number): Heartbeat {
     instanceCount: state.selfInstanceCount,
     digestRoot: state.selfDigestRoot,
     ...(c.siteShared === true ? { siteShared: true } : {}),
+    ...(c.build !== undefined ? { build: c.build } : {}),
     ...(state.selfForgottenSites.length > 0
       ? { forgottenSites: tombstonePage(state.selfForgottenSites, state.heartbeatSequence), ...(sentAtMs !== undefined ? { sentAtMs } : {}) }
       : {}),

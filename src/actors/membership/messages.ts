@@ -86,6 +86,11 @@ export interface Heartbeat {
    * configuration error (a copied --site). Absent from older peers.
    */
   readonly siteShared?: boolean;
+  /**
+   * The sender's package version (`pacs-mesh --version`), so that an operator upgrading one site at a time sees
+   * which build each site runs (/api/mesh members, the status page). Absent from older peers; never decides anything.
+   */
+  readonly build?: string;
 }
 
 /**
@@ -114,6 +119,8 @@ export interface MemberRecord {
   readonly forgottenSites?: readonly ForgottenSite[];
   /** As in its last heartbeat (see Heartbeat.siteShared); absent when false. */
   readonly siteShared?: boolean;
+  /** As in its last heartbeat (see Heartbeat.build). */
+  readonly build?: string;
   readonly status: MemberStatus;
   /** Local receive time of the newest accepted heartbeat (never the sender's clock). */
   readonly lastHeardAtMs: number;
@@ -135,6 +142,8 @@ export interface MembershipConfig {
   readonly membersMax: number;
   /** The operator runs several peers under this site name on purpose (`--site-peers several`). Default false. */
   readonly siteShared?: boolean;
+  /** This build's package version, sent in heartbeats (Heartbeat.build). */
+  readonly build?: string;
 }
 
 export type MembershipInput =

@@ -42,8 +42,9 @@ export interface MeshChildrenInit {
   node: MeshNode;
   peerId: string;
   siteName: string;
-  /** See MembershipServiceInit.siteShared and onSiteNameTaken. */
+  /** See MembershipServiceInit.siteShared, build and onSiteNameTaken. */
   siteShared?: boolean;
+  build?: string;
   onSiteNameTaken?: MembershipServiceInit['onSiteNameTaken'];
   priority: number;
   dataDir: string;
@@ -119,6 +120,7 @@ export function startSiteSupervisor(site: string, options: SiteSupervisorOptions
         peerId: init.peerId,
         siteName: init.siteName,
         ...(init.siteShared === true ? { siteShared: true } : {}),
+        ...(init.build !== undefined ? { build: init.build } : {}),
         ...(init.onSiteNameTaken !== undefined ? { onSiteNameTaken: init.onSiteNameTaken } : {}),
         priority: init.priority,
         dataDir: init.dataDir,
