@@ -26,6 +26,13 @@ test('a path that is no resource is 404 whatever the method; a resource asked wi
   assert.equal(page.headers.get('content-type'), 'text/html; charset=utf-8');
   assert.match(await page.text(), /<td>0<\/td>/, 'the page shows the instance count');
   assert.equal((await fetch(`${base}/`, { method: 'HEAD' })).status, 200, 'HEAD / as GET');
+  const metrics = await fetch(`${base}/metrics`);
+  assert.equal(metrics.status, 200, 'GET /metrics: the same figures for Prometheus');
+  assert.equal(metrics.headers.get('content-type'), 'text/plain; version=0.0.4; charset=utf-8');
+  const exposition = await metrics.text();
+  assert.match(exposition, /^pacs_mesh_instances 0$/m);
+  assert.match(exposition, /^process_resident_memory_bytes \d+$/m);
+  assert.equal((await fetch(`${base}/metrics`, { method: 'POST' })).status, 405);
 });
 
 test('connections beyond maxConnections are closed at once, and served again once others close', async (t) => {

@@ -1,6 +1,6 @@
 /**
  * The operators' HTTP port: /healthz for probes, /api/mesh for the state of this peer and its mesh (and
- * / for the same as a page that reloads itself),
+ * / for the same as a page that reloads itself, /metrics for the same in the Prometheus text format),
  * POST /api/scrub to start a scrub pass now, POST /api/forget-site?site=NAME to decommission a site,
  * POST /api/forget-peer?peer=PEERID to take one ghost voter out of the election roster; and DICOMweb
  * (QIDO-RS, WADO-RS, STOW-RS) under /dicom-web, WADO-URI at /wado.
@@ -12,6 +12,7 @@ import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
 import { answerAndClose, closeWithConnection, hasResponseUnderWay, sendJson } from './respond.ts';
+import { metricsContentType, metricsText } from './metrics.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
 import { siteNamePattern } from '../config.ts';
@@ -70,7 +71,7 @@ export interface RunningHttpServer {
 export const pipelinedRequestsMax = 16;
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
-const resources = new Set(['/', '/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh']);
+const resources = new Set(['/', '/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh', '/metrics']);
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -115,6 +116,14 @@ async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResp
       const page = statusPageHtml(await init.meshStatus(), init.isHealthy());
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(page), 'cache-control': 'no-store', 'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'" });
       res.end(page);
+      return;
+    }
+    case '/metrics': {
+      const memory = process.memoryUsage();
+      const figures = { residentMemoryBytes: memory.rss, heapUsedBytes: memory.heapUsed, startTimeSeconds: Math.round(Date.now() / 1000 - process.uptime()) };
+      const body = metricsText(await init.meshStatus(), init.isHealthy(), figures);
+      res.writeHead(200, { 'content-type': metricsContentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+      res.end(body);
       return;
     }
     default: // '/api/mesh'

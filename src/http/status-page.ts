@@ -3,6 +3,7 @@
  * a site can watch the others mark it dead, elect a leader and drain the copies owed to it. It is made
  * here from /api/mesh's object (no script, nothing fetched from elsewhere); every value is escaped.
  */
+import { list, record, text } from './status-fields.ts';
 
 /** How often the page reloads itself. */
 export const statusPageRefreshSeconds = 2;
@@ -125,19 +126,6 @@ function statusClass(status: string): string {
 function addressOf(value: unknown): string {
   const address = record(value);
   return address.host !== undefined ? `${text(address.host)}:${text(address.port)}` : text(value);
-}
-
-function record(value: unknown): Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
-}
-
-function list(value: unknown): unknown[] {
-  return Array.isArray(value) ? value : [];
-}
-
-function text(value: unknown): string {
-  if (value === undefined || value === null) return '';
-  return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
 const htmlEscapes: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
