@@ -7,6 +7,7 @@ import { access, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { accessDigestOf, loadAeDirectory } from './ae-directory.ts';
 import { ConfigError, type PeerConfig } from './config.ts';
+import { createDimseStats } from './actors/association/dimse-stats.ts';
 import { startDicomListener, type DicomListener } from './actors/association/listener.ts';
 import { localIngest, type IngestPort } from './actors/association/services/deps.ts';
 import { startMesh, type Mesh } from './mesh.ts';
@@ -242,6 +243,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
     searchRefusal: () => (config.swarmKeyFile && mesh === undefined ? 'starting: not joined to the mesh yet: retry' : current().retrieveSource.searchRefusal?.()),
   };
   const dicomWebStats = createDicomWebStats();
+  const dimseStats = createDimseStats();
   // Started with the peer, its worker only with the first transcode.
   const transcoder = startTranscoderPool({ clock, log: log.child({ component: 'transcoder' }), workerUrl: options.transcoderWorkerUrl });
   const commitments = startCommitments({
@@ -291,6 +293,7 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
         idleTimeoutMs: config.idleTimeoutMs,
         maxUnprocessedBytes: 4 * 1024 * 1024,
         tunnelledClientOf: (socket) => (mesh ? tunnelledClientOfSync(socket) : undefined),
+        dimseStats,
       },
     });
     const listener = dicom;
@@ -341,6 +344,8 @@ export async function startPeer(config: PeerConfig, options: PeerOptions = {}): 
           transcoder: transcoder.stats(),
           commitment: commitments.stats(),
           dicomweb: { ...dicomWebStats },
+          // Final DIMSE responses sent since start, by service and class (success, warning, failure, cancel).
+          dimse: structuredClone(dimseStats),
           // Restarts per supervised mesh actor since start, and whether one gave up (the peer then stops).
           ...(mesh ? { supervision: Object.fromEntries(['membership', 'balancer', 'custody'].map((child) => [child, supervisor.supervision(child)])) } : {}),
           // Run alone on purpose on a mesh site's data directory: what it knows of the mesh, as read at start.

@@ -41,6 +41,11 @@ export function metricsText(status: Record<string, unknown>, healthy: boolean, p
     gauge('pacs_mesh_store_fault', '1 while stores are refused after an I/O error (see /api/mesh storeFault).', one(status.storeFault === undefined ? 0 : 1)),
     gauge('pacs_mesh_associations_active', 'DICOM associations open at this peer.', one(status.activeAssociations)),
     counter('pacs_mesh_associations_served_total', 'Association requests answered at this peer since its start.', one(status.associationsServed)),
+    counter(
+      'pacs_mesh_dimse_responses_total',
+      'Final DIMSE responses sent since start, by service and class (success, warning, failure, cancel).',
+      Object.entries(record(status.dimse)).flatMap(([service, outcomes]) => Object.entries(record(outcomes)).flatMap(([outcome, count]) => sampleOf({ service, outcome }, count))),
+    ),
     ...sectionFamilies('pacs_mesh_scrub', record(status.scrub), {
       passesCompleted: ['counter', 'passes_completed_total', 'Scrub passes completed since start.'],
       instancesVerified: ['counter', 'instances_verified_total', 'Stored copies read back and checked.'],

@@ -174,6 +174,31 @@ describe('DICOM listener', () => {
     assert.equal(await served(), 1, 'the C-ECHO association only (the silent connection was counted too: each abandoned tunnel counted twice in a mesh)');
   });
 
+  it('counts the final responses sent, by service and class: /api/mesh dimse', { timeout: 20_000 }, async (t) => {
+    const peer = await startTestPeer([], 'listener-dimse');
+    t.after(() => peer.dispose());
+    const ct = '1.2.840.10008.5.1.4.1.1.2';
+    const client = await DicomClientAssociation.open({
+      host: '127.0.0.1',
+      port: peer.dicomPort,
+      callingAeTitle: 'CHECK',
+      calledAeTitle: 'PACSMESH',
+      presentationContexts: [
+        { abstractSyntaxUid: '1.2.840.10008.1.1', transferSyntaxUids: ['1.2.840.10008.1.2'] },
+        { abstractSyntaxUid: ct, transferSyntaxUids: ['1.2.840.10008.1.2'] },
+      ],
+    });
+    for (let i = 0; i < 2; i++) assert.equal((await client.request(client.contexts[0]!.id, { commandField: CommandField.CEchoRq, affectedSopClassUid: '1.2.840.10008.1.1', hasDataSet: false })).command.status, 0);
+    // A data set that cannot be read far enough to be indexed: a failure (0xC000 range), counted as one.
+    const refused = await client.request(client.contexts[1]!.id, { commandField: CommandField.CStoreRq, affectedSopClassUid: ct, affectedSopInstanceUid: '1.2.826.0.1.3680043.8.498.1', priority: 0, hasDataSet: true }, new Uint8Array([8, 0, 5, 0, 200, 0, 0, 0]));
+    assert.equal(refused.command.status! >> 12, 0xc, `0x${refused.command.status!.toString(16)}`);
+    await client.release();
+    const dimse = ((await (await fetch(`http://127.0.0.1:${peer.httpPort}/api/mesh`, { signal: runTimeSignal(5000) })).json()) as { dimse: Record<string, Record<string, number>> }).dimse;
+    assert.deepEqual(dimse['C-ECHO'], { success: 2, warning: 0, failure: 0, cancel: 0 });
+    assert.deepEqual(dimse['C-STORE'], { success: 0, warning: 0, failure: 1, cancel: 0 });
+    assert.deepEqual(dimse['C-FIND'], { success: 0, warning: 0, failure: 0, cancel: 0 });
+  });
+
   it('stop(graceMs): associations get the grace on the association clock, then are aborted', { timeout: 20_000 }, async (t) => {
     const clock = manualClock(1_000_000);
     const peer = await startTestPeer([], 'listener-stop', silentLogger, { clock, shutdownGraceMs: 60_000 });

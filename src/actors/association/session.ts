@@ -4,6 +4,7 @@
  * writes, commits) therefore holds back the next PDUs of this association, which is the back-pressure.
  */
 import type { Socket } from 'node:net';
+import { countDimseResponse } from './dimse-stats.ts';
 import { CommandField, DimseError, Status, isPendingStatus, isResponseField, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, associateBytesMax, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
@@ -412,6 +413,7 @@ export class AcceptorSession {
     // DIMSE messages must not interleave on the wire: one at a time, in order.
     const sending = this.sendChain.then(async () => {
       await this.core.sendMessage(presentationContextId, command, dataSet);
+      if (this.deps.dimseStats !== undefined) countDimseResponse(this.deps.dimseStats, command.commandField, command.status);
       // A requestor awaiting an answer says nothing until it has it: a C-STORE whose quorum took longer than
       // the idle timeout had its association aborted just after its Success went out (review 83).
       this.lastActivityMs = this.deps.clock.nowMs();

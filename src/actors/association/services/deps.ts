@@ -2,6 +2,7 @@
  * What an association needs from the rest of the peer, as narrow ports so the association code does
  * not know whether an instance is kept at one site or replicated to many.
  */
+import type { DimseStats } from '../dimse-stats.ts';
 import type { Socket } from 'node:net';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import type { InstanceWriter, ReplicaStore } from '../../storage/replica-store.ts';
@@ -54,6 +55,8 @@ export interface AssociationDeps {
   maxUnprocessedBytes: number;
   /** For a connection that came through a tunnel: the modality's real address and the peer it entered by. */
   tunnelledClientOf?(socket: Socket): { clientAddress: string; clientPort: number; viaPeerId: string } | undefined;
+  /** Where the final responses sent are counted (/api/mesh `dimse`); none counted without it. */
+  dimseStats?: DimseStats;
 }
 
 /** The single-site ingest: commit locally, answer Success (a duplicate too: the instance is safely stored). */
