@@ -7,6 +7,7 @@ const meshStatus = {
   self: { site: 'site-a', aeTitle: 'PACSMESH', dicom: { host: '127.0.0.1', port: 11112 }, peerId: '12D3KooWAAA', version: { package: '0.1.0', storeFormat: 1, implementationVersionName: 'PACSMESH_01' } },
   instances: 42,
   activeAssociations: 1,
+  dimse: { 'C-STORE': { success: 40, warning: 1, failure: 2, cancel: 0 } },
   leader: { peerId: '12D3KooWBBB', site: 'site-b', term: 7 },
   members: [
     { peerId: '12D3KooWAAA', site: 'site-a', status: 'alive', dicom: '127.0.0.1:11112', http: '127.0.0.1:8042', instances: 42, load: 0.1 },
@@ -28,6 +29,7 @@ test('the page shows this site, the leader, every member with its status and a l
   assert.match(page, /<th>copies owed to other sites<\/th><td>12<\/td>/, 'the debt in all');
   assert.match(page, /<tr><td>site-c<\/td><td>12<\/td><\/tr>/, 'the debt by site');
   assert.match(page, /<th>DICOM<\/th><td>127\.0\.0\.1:11112<\/td>/, 'its DICOM address');
+  assert.match(page, /<th>C-STOREs answered since start<\/th><td>40 success, 1 warning, 2 failure<\/td>/, 'what the modalities were told');
   assert.match(page, /<th>build<\/th><td>pacs-mesh 0\.1\.0 \(store format 1\)<\/td>/, 'its build, as pacs-mesh --version names it');
   assert.match(page, /:8043<\/a><\/td><td>0\.1\.0<\/td><td><code>12D3KooWBBB/, "a member's build, as its heartbeats say (empty from builds before the field)");
 });

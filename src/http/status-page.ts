@@ -21,6 +21,12 @@ interface MemberRow {
   build: string;
 }
 
+/** /api/mesh `dimse`'s C-STORE counts in a few words; empty without them. */
+function storesAnswered(counts: Record<string, unknown>): string {
+  if (counts.success === undefined) return '';
+  return `${text(counts.success)} success, ${text(counts.warning)} warning, ${text(counts.failure)} failure`;
+}
+
 /** `self.version` as `pacs-mesh --version` words it (without node's version); empty when absent. */
 function buildText(version: Record<string, unknown>): string {
   return version.package === undefined ? '' : `pacs-mesh ${text(version.package)} (store format ${text(version.storeFormat)})`;
@@ -61,6 +67,7 @@ export function statusPageHtml(status: Record<string, unknown>, healthy: boolean
     // null when the catalog's damage failed the count (/api/mesh instancesUnknown, hunt 183): an empty cell read as none.
     ['instances here', status.instances === null ? `unknown: ${text(status.instancesUnknown)}` : text(status.instances)],
     ['associations open', text(status.activeAssociations)],
+    ['C-STOREs answered since start', storesAnswered(record(record(status.dimse)['C-STORE']))],
     ['leader', leaderPeerId ? `${text(leader.site)} (term ${text(leader.term)})` : `none${noLeaderReason(record(status.balancer))}`],
   ];
   if (status.storeFault !== undefined) facts.push(['store fault', text(status.storeFault)]);
