@@ -6,9 +6,12 @@
  * a new leader among themselves in a higher term. Restarted with `--election-voters learnt`, the killed peer keeps the
  * mode (its election record holds the list), says so, and follows. And the founding `auto` cannot do: the same
  * --bootstrap list at every site (each names the others), where nobody founds until one site is restarted with
- * `--found-mesh yes`, which founds over its joiner's empty list.
+ * `--found-mesh yes`, which founds over its joiner's empty list. And a mesh of two sites, one restored on an empty disk:
+ * the other has no majority of its two voters, and the operator's way out, a forget-peer of the lost identity, works
+ * though the roster has already replaced it by its successor.
  */
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { test } from 'node:test';
 import { agreedStatuses, describeElection, eventually, newCluster, untilAllAdmitted } from './support.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
@@ -68,4 +71,28 @@ test('the same --bootstrap list at every site founds nothing (each waits to be a
   // (a 4-core busy loop beside the suite: site-c led term 3 with the founder's list), so any one leader will do.
   await untilAllAdmitted(all);
   assert.doesNotMatch(founder.output(), /--found-mesh yes ignored/);
+});
+
+test('two sites, one restored on an empty disk: the other lacks a majority of its voters until the operator forgets the lost identity, which the roster had replaced by its successor already; then it leads and admits the restored site', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await untilAllAdmitted([a, b]);
+  const lostId = (await a.status()).self.peerId!;
+  await a.kill9();
+  cluster.peers.splice(cluster.peers.indexOf(a), 1);
+  rmSync(a.dataDir, { recursive: true, force: true });
+  // Restored on an empty disk (a new PeerId) at its old addresses, joining through b, as the README says to.
+  const restored = await cluster.start('site-a', { ports: { dicom: a.dicomPort, http: a.httpPort, p2p: a.p2pPort }, bootstrap: (await b.status()).self.multiaddrs!.slice(0, 1) });
+  const restoredId = (await restored.status()).self.peerId!;
+  // b replaces the lost identity by its successor in its roster, but its voters are still the two it admitted:
+  // one of two alive is no majority, and nobody can admit the successor.
+  await eventually(async () => (await b.status()).balancer?.rosterMembers?.some((m) => m.peerId === restoredId) === true, 30_000, async () => JSON.stringify((await b.status()).balancer));
+  assert.ok((await b.status()).balancer?.voters?.peers.includes(lostId), 'the lost identity is still a voter');
+  assert.equal((await b.status()).leader ?? null, null, 'no leader: one voter of two');
+  // The way out b's warning names: forget the voter lost with its disk.
+  const forget = await fetch(`http://127.0.0.1:${b.httpPort}/api/forget-peer?peer=${lostId}`, { method: 'POST' });
+  assert.equal(forget.status, 200, await forget.text());
+  await untilAllAdmitted([restored, b]);
+  assert.deepEqual((await b.status()).balancer?.voters?.peers, [restoredId, (await b.status()).self.peerId!].sort());
 });

@@ -964,12 +964,18 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     enqueueMesh(m.from, message);
   });
 
-  /** Whether `peerId` may leave the roster here ('forgotten'), or why not: one rule for a forget asked here or at another peer. */
+  /**
+   * Whether `peerId` may leave the roster here ('forgotten'), or why not: one rule for a forget asked here or at another peer.
+   * An admitted voter the roster has dropped already counts as held: a site restored on an empty disk replaces its
+   * lost identity in the roster at once, but not in the voters, and in a mesh of two sites no leader could take it out
+   * (the warning of a missing majority names it; before, a forget of it was refused as unknown, and the mesh stayed
+   * leaderless for good). votersLeftByRosterChange then takes it out of the voters.
+   */
   const forgetOutcome = (peerId: string): ForgetPeerOutcome => {
     if (pinned) return 'pinned';
     if (peerId === self) return 'self';
     if (upPeerIds().has(peerId)) return 'up';
-    if (!current?.roster.peers.has(peerId)) return 'unknown';
+    if (!current?.roster.peers.has(peerId) && !current?.balancer.durable.voters?.peers.includes(peerId)) return 'unknown';
     return 'forgotten';
   };
 
