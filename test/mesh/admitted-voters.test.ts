@@ -8,7 +8,8 @@
  * --bootstrap list at every site (each names the others), where nobody founds until one site is restarted with
  * `--found-mesh yes`, which founds over its joiner's empty list. And a mesh of two sites, one restored on an empty disk:
  * the other has no majority of its two voters, and the operator's way out, a forget-peer of the lost identity, works
- * though the roster has already replaced it by its successor.
+ * though the roster has already replaced it by its successor; or one decommissioned: `forget-site` of it at the other
+ * takes its voter out at once, as forget-peer does.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -95,4 +96,19 @@ test('two sites, one restored on an empty disk: the other lacks a majority of it
   assert.equal(forget.status, 200, await forget.text());
   await untilAllAdmitted([restored, b]);
   assert.deepEqual((await b.status()).balancer?.voters?.peers, [restoredId, (await b.status()).self.peerId!].sort());
+});
+
+test('two sites, one decommissioned: forget-site of it at the other takes its voter out at once (no leader could), and the other leads alone', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await untilAllAdmitted([a, b]);
+  const bId = (await b.status()).self.peerId!;
+  await a.kill9();
+  cluster.peers.splice(cluster.peers.indexOf(a), 1);
+  await eventually(async () => (await b.status()).members?.find((m) => m.site === 'site-a')?.alive === false, 30_000, async () => JSON.stringify((await b.status()).members));
+  const forget = await fetch(`http://127.0.0.1:${b.httpPort}/api/forget-site?site=site-a`, { method: 'POST' });
+  assert.equal(forget.status, 200, await forget.text());
+  await eventually(async () => (await b.status()).leader?.peerId === bId, 30_000, async () => JSON.stringify((await b.status()).balancer));
+  assert.deepEqual((await b.status()).balancer?.voters?.peers, [bId], "site-a's voter is out");
 });

@@ -888,12 +888,21 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       const unreachable: never = message;
       throw new Error(`unhandled balancer message ${JSON.stringify(unreachable)}`);
     }
-    // Peers the roster dropped leave the admitted voters: the operator's forget-peer at once, the others through the leader.
+    // Peers the roster dropped leave the admitted voters: the operator's forget-peer and forget-site at once, the
+    // others through the leader. A forgotten site's peers at once too: in a mesh left without a majority of its voters
+    // (two sites, one decommissioned) no leader could take them out, and the forget-site its warning names did nothing.
     const voters = step.state.durable.voters?.peers;
     const operatorForgot = message.type === 'forgetPeers' && !pinned ? notOutlived(message.forgets, s.roster).map((f) => f.peerId) : [];
     const left = voters === undefined ? [] : votersLeftByRosterChange(s.roster.peers, roster.peers, voters, operatorForgot, upPeerIds(), self);
-    if (left.length > 0) {
-      const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds: left, by: message.type === 'forgetPeers' ? 'operator' : 'roster', nowMs });
+    const ofForgottenSite = (peerId: string): boolean => {
+      const site = s.roster.peers.get(peerId)?.site;
+      return site !== undefined && site !== null && forgottenSites.has(site);
+    };
+    const byOperator = message.type === 'forgetPeers' ? left : left.filter(ofForgottenSite);
+    const byRoster = left.filter((peerId) => !byOperator.includes(peerId));
+    for (const [peerIds, by] of [[byOperator, 'operator'], [byRoster, 'roster']] as const) {
+      if (peerIds.length === 0) continue;
+      const after = stepBalancer(step.state, { type: 'peersForgotten', peerIds, by, nowMs });
       step = { state: after.state, effects: [...step.effects, ...after.effects] };
     }
     const next: ActorState = { balancer: step.state, roster };
