@@ -9,7 +9,8 @@
  * `--found-mesh yes`, which founds over its joiner's empty list. And a mesh of two sites, one restored on an empty disk:
  * the other has no majority of its two voters, and the operator's way out, a forget-peer of the lost identity, works
  * though the roster has already replaced it by its successor; or one decommissioned: `forget-site` of it at the other
- * takes its voter out at once, as forget-peer does.
+ * takes its voter out at once, as forget-peer does. With three sites a restore needs no operator: the leader replaces
+ * the lost identity by its successor.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -111,4 +112,17 @@ test('two sites, one decommissioned: forget-site of it at the other takes its vo
   assert.equal(forget.status, 200, await forget.text());
   await eventually(async () => (await b.status()).leader?.peerId === bId, 30_000, async () => JSON.stringify((await b.status()).balancer));
   assert.deepEqual((await b.status()).balancer?.voters?.peers, [bId], "site-a's voter is out");
+});
+
+test('three sites, one restored on an empty disk: the leader replaces its lost identity in the voters by its successor, with no operator', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const [b, c] = await Promise.all([cluster.start('site-b'), cluster.start('site-c')]);
+  await untilAllAdmitted([a, b, c]);
+  await c.kill9();
+  cluster.peers.splice(cluster.peers.indexOf(c), 1);
+  rmSync(c.dataDir, { recursive: true, force: true });
+  const restored = await cluster.start('site-c', { ports: { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
+  // The two others are a majority of the three voters: the leader takes the lost identity out and admits its successor.
+  await untilAllAdmitted([a, b, restored], 90_000);
 });
