@@ -1,5 +1,6 @@
 /** GET /metrics's text: the Prometheus format (0.0.4), from /api/mesh's object, with nothing from a peer breaking a line. */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { metricsText } from './metrics.ts';
 
@@ -103,4 +104,15 @@ test('label values from other peers are escaped: a site name cannot add a line o
   parseExposition(text);
   assert.ok(text.includes('pacs_mesh_member_alive{site="x\\"} 1\\npacs_mesh_healthy 0\\n\\\\",peer_id="p"} 1'), text);
   assert.equal(text.split('\n').filter((line) => line.startsWith('pacs_mesh_healthy ')).length, 1);
+});
+
+test("Prometheus's own linter (promtool check metrics, where installed) finds nothing to say of the text", (t) => {
+  if (spawnSync('promtool', ['--version']).status !== 0) {
+    t.skip('promtool is not installed (Debian package prometheus)');
+    return;
+  }
+  const hostile = { ...meshStatus, members: [...meshStatus.members, { peerId: 'p', site: 'x"y\\z', alive: false, instances: 2 }] };
+  const checked = spawnSync('promtool', ['check', 'metrics'], { input: metricsText(hostile, true, processFigures), encoding: 'utf8' });
+  assert.equal(checked.status, 0, checked.stdout + checked.stderr);
+  assert.equal((checked.stdout + checked.stderr).trim(), '', 'no lint warning');
 });
