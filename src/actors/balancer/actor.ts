@@ -508,7 +508,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       'admission',
       founded
         ? 'this peer waits to be admitted to the election\'s voters, and no leader is heard: the voters it knows are down or cut off (a leader admits it once a majority of them is back)'
-        : "this peer waits to be admitted to the election's voters, and no leader is heard: if no site founded this mesh's voters (every site started with --bootstrap naming another, or the mesh's sites run learnt rosters: a data directory from before admitted voters were the default, or --election-voters learnt), restart one site once with --found-mesh yes (docs/mesh-algorithms.md, \"Admitted voters\", founding)",
+        : "this peer waits to be admitted to the election's voters, and no leader is heard: if no site founded this mesh's voters (every site started with --bootstrap naming another, or the mesh's sites run learnt rosters: a data directory from before admitted voters were the default, or --election-voters learnt), restart one site once with --found-mesh yes (docs/mesh-algorithms.md, \"Admitted voters\", founding); but if another site's /api/mesh lists voters (balancer.voters.peers), the mesh was founded and a majority of its voters is down or cut off: never found it again (a second mesh), bring them back or forget those gone for good at that site",
       { voters: voters.peers.length, waitingForMs: nowMs - unadmittedLeaderless.sinceMs },
     );
   };
