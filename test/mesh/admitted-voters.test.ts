@@ -10,7 +10,8 @@
  * the other has no majority of its two voters, and the operator's way out, a forget-peer of the lost identity, works
  * though the roster has already replaced it by its successor; or one decommissioned: `forget-site` of it at the other
  * takes its voter out at once, as forget-peer does. With three sites a restore needs no operator: the leader replaces
- * the lost identity by its successor.
+ * the lost identity by its successor. A site joining a mesh of two while one is down learns the mesh's voters from
+ * the other (no leader to admit it, but it knows the mesh was founded), and is admitted once the down site is back.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -125,4 +126,26 @@ test('three sites, one restored on an empty disk: the leader replaces its lost i
   const restored = await cluster.start('site-c', { ports: { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
   // The two others are a majority of the three voters: the leader takes the lost identity out and admits its successor.
   await untilAllAdmitted([a, b, restored], 90_000);
+});
+
+test('a site joining a mesh of two while one of them is down learns its voters from the other (founded: never to be founded again), and is admitted once the down site is back', { timeout: 180_000 }, async (t) => {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await untilAllAdmitted([a, b]);
+  const list = (await a.status()).balancer!.voters!.peers;
+  await b.stop();
+  cluster.peers.splice(cluster.peers.indexOf(b), 1);
+  const c = await cluster.start('site-c', { bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
+  // Before, c held the empty list of a joiner and advised founding the mesh again (a second mesh).
+  await eventually(async () => JSON.stringify((await c.status()).balancer?.voters?.peers) === JSON.stringify(list), 30_000, async () => JSON.stringify((await c.status()).balancer));
+  assert.equal((await c.status()).leader ?? null, null, 'no leader: one voter of two is alive');
+  // Told to found now (its warning advised it before), it keeps the mesh's list rather than found a second mesh.
+  await c.stop();
+  cluster.peers.splice(cluster.peers.indexOf(c), 1);
+  const again = await cluster.start('site-c', { dataDir: c.dataDir, ports: { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1), extraArgs: ['--found-mesh', 'yes'] });
+  assert.match(again.output(), /--found-mesh yes ignored/);
+  assert.deepEqual((await again.status()).balancer?.voters?.peers, list);
+  const back = await cluster.start('site-b', { dataDir: b.dataDir, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
+  await untilAllAdmitted([a, back, again], 90_000);
 });

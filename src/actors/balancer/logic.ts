@@ -639,7 +639,7 @@ function onMessage(
       return setTable(s, message.table, effects);
     }
     case 'voters':
-      return heldVoters(noteAwaitingAdmission(s, from, message.voters, nowMs), message.voters, effects);
+      return answerOlderVoters(heldVoters(noteAwaitingAdmission(s, from, message.voters, nowMs), message.voters, effects), from, message.voters, effects);
     case 'votersHeld': {
       const voters = s.durable.voters;
       const held = s.votersHeldBy ?? [];
@@ -881,6 +881,19 @@ function holdLeadersVoters(s: BalancerState, leaderId: string, voters: (Voters &
     effects.push({ type: 'send', to: leaderId, message: { type: 'votersHeld', term: s.durable.currentTerm, voterId: s.config.selfPeerId, voters: { term: voters.term, seq: voters.seq } } });
   }
   return next;
+}
+
+/**
+ * A list pushed to this peer that is older than its own is answered with its own (a relay of its leader's list, as a
+ * refusal's is): a joiner pushing its empty list to every peer it sees then learns that the mesh was founded though no
+ * leader is heard (a mesh of two with one site down, say). Without it the joiner could not tell that mesh from one
+ * nobody founded, said to found it again (`--found-mesh yes`, which made a second mesh), and would have done so.
+ */
+function answerOlderVoters(s: BalancerState, from: string, theirs: Voters, effects: BalancerEffect[]): BalancerState {
+  const own = s.durable.voters;
+  if (own === undefined || !newerVoters(own, theirs)) return s;
+  effects.push({ type: 'send', to: from, message: { type: 'voters', term: s.durable.currentTerm, voters: own } });
+  return s;
 }
 
 /** A peer without voters (a record of an earlier version) takes the first list a leader made; a pinned roster none. */

@@ -246,6 +246,24 @@ test('a follower without a leader sends its voters to the rule\'s winner, which 
   assert.ok(sent(runs.effects).some((m) => m.to === 'peer-a' && m.message.type === 'requestVote' && m.message.voters?.seq === 1));
 });
 
+test('a list pushed to a peer holding a newer one is answered with it: a joiner learns that the mesh was founded though no leader is heard (a mesh of two, one down)', () => {
+  const voters: Voters = { peers: ['peer-a', 'peer-b'], term: 2, seq: 1 };
+  const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-b', 'peer-c']), holding(2, voters));
+  const empty: Voters = { peers: [], term: 0, seq: 0 };
+  const answered = run(a, received('peer-c', { type: 'voters', term: 0, voters: empty }, 0));
+  assert.deepEqual(sent(answered.effects), [{ to: 'peer-c', message: { type: 'voters', term: 2, voters } }]);
+  assert.deepEqual(answered.state.durable.voters, voters, 'its own list unchanged');
+  // The joiner adopts it (persisted): its list is no longer a joiner's empty one, which --found-mesh yes would found over.
+  const c = initBalancer(configFor('peer-c', ['peer-c'], { bootstrapPeerIds: ['peer-a'] }), null);
+  const adopted = run(c, received('peer-a', { type: 'voters', term: 2, voters }, 0));
+  assert.deepEqual(adopted.state.durable.voters, voters);
+  assert.deepEqual(persistedVoters(adopted.effects), [voters]);
+  assert.deepEqual(sent(adopted.effects), [], 'an answer is not answered');
+  // The same list, or a newer one, is not answered.
+  assert.deepEqual(sent(run(a, received('peer-b', { type: 'voters', term: 2, voters }, 0)).effects), []);
+  assert.deepEqual(sent(run(a, received('peer-b', { type: 'voters', term: 3, voters: { ...voters, term: 3, seq: 0 } }, 0)).effects), []);
+});
+
 test('a candidate whose voters shrink (peers forgotten) to a list whose majority it holds wins at its next ask', () => {
   // The election simulation, seeds 5241 and 6576: the candidate asked nobody again, every vote timeout, for good.
   const a = initBalancer(configFor('peer-a', ['peer-a', 'peer-x']), holding(1, { peers: ['peer-a', 'peer-x'], term: 1, seq: 1 }));
