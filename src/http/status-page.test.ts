@@ -30,6 +30,7 @@ test('the page shows this site, the leader, every member with its status and a l
   assert.match(page, /<tr><td>site-c<\/td><td>12<\/td><\/tr>/, 'the debt by site');
   assert.match(page, /<th>DICOM<\/th><td>127\.0\.0\.1:11112<\/td>/, 'its DICOM address');
   assert.match(page, /<th>C-STOREs answered since start<\/th><td>40 success, 1 warning, 2 failure<\/td>/, 'what the modalities were told');
+  assert.match(page, /<a href="\/metrics">\/metrics<\/a>/, 'a link to the same figures for Prometheus');
   assert.match(page, /<th>build<\/th><td>pacs-mesh 0\.1\.0 \(store format 1\)<\/td>/, 'its build, as pacs-mesh --version names it');
   assert.match(page, /:8043<\/a><\/td><td>0\.1\.0<\/td><td><code>12D3KooWBBB/, "a member's build, as its heartbeats say (empty from builds before the field)");
 });

@@ -111,7 +111,7 @@ ${siteConflicts}
 <h2>Members, as this peer sees them</h2>
 ${members.length > 0 ? `<table><tr><th>site</th><th>status</th><th>instances</th><th>associations</th><th>copies and pulls queued</th><th>free disk</th><th>DICOM</th><th>HTTP</th><th>build</th><th>PeerId</th></tr>\n${memberRows}</table>` : '<p>none: this peer is not in a mesh</p>'}
 ${debtRows !== '' ? `<h2>Copies owed, by site</h2>\n<table><tr><th>site</th><th>copies owed</th></tr>\n${debtRows}</table>` : ''}
-<p>Reloads every ${statusPageRefreshSeconds} s. The same as JSON: <a href="/api/mesh">/api/mesh</a>.</p>
+<p>Reloads every ${statusPageRefreshSeconds} s. The same as JSON: <a href="/api/mesh">/api/mesh</a>; for Prometheus: <a href="/metrics">/metrics</a>.</p>
 </body></html>
 `;
 }
