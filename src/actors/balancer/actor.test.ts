@@ -123,6 +123,18 @@ describe('balancer actor over a real mesh (127.0.0.1)', { timeout: 600_000 }, ()
     return [a, b, c];
   }
 
+  it('a peer counting votes by its learnt roster says at its start that two leaders of one term remain possible; one with admitted voters does not', { timeout: 30_000 }, async () => {
+    const key = generateSwarmKey();
+    const learnt: string[] = [];
+    const admitted: string[] = [];
+    await peer(key, [], 'site-a', undefined, learnt);
+    await peer(key, [], 'site-b', undefined, admitted, undefined, { votersThroughLeader: true });
+    const warning = (m: string): boolean => m.startsWith('this peer counts votes by its learnt roster (--election-voters learnt)');
+    await waitFor('both started', () => [learnt, admitted].every((m) => m.some((line) => line.startsWith('balancer started'))), 10_000);
+    assert.equal(learnt.filter(warning).length, 1);
+    assert.equal(admitted.filter(warning).length, 0);
+  });
+
   it('elects one leader; after the leader stops, the survivors elect a new one', { timeout: 60_000 }, async () => {
     const peers = await threePeers();
     const electedMs = await waitFor('one leader followed by all', () => settledLeader(peers) !== null, 10_000);

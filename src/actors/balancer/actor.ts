@@ -739,6 +739,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       const voters = settled.durable.voters;
       log.info('balancer started', { term: settled.durable.currentTerm, roster: settled.config.rosterPeerIds.length, pinned: pinned !== null, ...(admitsVoters ? { voters: voters?.peers.length ?? null } : {}) });
       if (admitsVoters && init.votersThroughLeader !== true) log.warn('the election record holds admitted voters: this peer keeps them, though started with --election-voters learnt', { voters: voters?.peers.length });
+      // The learnt mode's known fault, said where an operator chose it (the default, admitted voters, does not have it).
+      if (!admitsVoters && !pinned) log.warn('this peer counts votes by its learnt roster (--election-voters learnt): rosters can differ, and two leaders of one term remain possible; admitted voters, the default, close that (README, "Admitted voters and founding a mesh")', { roster: settled.config.rosterPeerIds.length });
       if (init.foundsVoters === true && durable.voters !== undefined && !isJoinersEmptyList(durable.voters)) log.warn('--found-mesh yes ignored: the election record already holds admitted voters', { voters: durable.voters.peers.length });
       if (voters !== undefined && !voters.peers.includes(self)) log.info('this peer neither runs nor votes in elections until the mesh\'s leader admits it to the voters', { voters: voters.peers.length });
     }
