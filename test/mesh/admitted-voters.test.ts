@@ -16,8 +16,40 @@
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { test } from 'node:test';
-import { agreedStatuses, describeElection, eventually, newCluster, untilAllAdmitted } from './support.ts';
+import { agreedStatuses, describeElection, eventually, newCluster, untilAllAdmitted, type MeshCluster, type PeerProcess } from './support.ts';
 import { getFreePort } from '../support/dicom-tools.ts';
+
+/** Two sites on the defaults, site-a founding, both admitted. */
+async function twoSitesAdmitted(t: Parameters<typeof newCluster>[0]): Promise<{ cluster: MeshCluster; a: PeerProcess; b: PeerProcess }> {
+  const cluster = await newCluster(t);
+  const a = await cluster.start('site-a');
+  const b = await cluster.start('site-b');
+  await untilAllAdmitted([a, b]);
+  return { cluster, a, b };
+}
+
+/** `peer` killed (kill -9) and out of the cluster's peers, so that its disposal leaves it alone. */
+async function killed(cluster: MeshCluster, peer: PeerProcess): Promise<void> {
+  await peer.kill9();
+  cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+}
+
+/** `peer` stopped (SIGTERM) and out of the cluster's peers, to be started again on its data directory. */
+async function stopped(cluster: MeshCluster, peer: PeerProcess): Promise<void> {
+  await peer.stop();
+  cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+}
+
+/** `peer`'s site killed and restored on an empty disk (a new PeerId) at its old addresses, joining through `via`. */
+async function restoredOnEmptyDisk(cluster: MeshCluster, peer: PeerProcess, via: PeerProcess): Promise<PeerProcess> {
+  await killed(cluster, peer);
+  rmSync(peer.dataDir, { recursive: true, force: true });
+  return cluster.start(peer.site, { ports: samePorts(peer), bootstrap: (await via.status()).self.multiaddrs!.slice(0, 1) });
+}
+
+function samePorts(peer: PeerProcess): { dicom: number; http: number; p2p: number } {
+  return { dicom: peer.dicomPort, http: peer.httpPort, p2p: peer.p2pPort };
+}
 
 test('admitted voters (the defaults): the first site founds and leads alone, admits the two others, and after a kill -9 of the leader the survivors elect one of them', { timeout: 180_000 }, async (t) => {
   const cluster = await newCluster(t);
@@ -66,8 +98,7 @@ test('the same --bootstrap list at every site founds nothing (each waits to be a
     assert.deepEqual(s.balancer?.voters?.peers, [], `${s.self.site} waits to be admitted`);
   }
   const [a] = peers;
-  await a!.stop();
-  cluster.peers.splice(cluster.peers.indexOf(a!), 1);
+  await stopped(cluster, a!);
   const founder = await cluster.start('site-a', { dataDir: a!.dataDir, ports: ports[0]!, bootstrap, extraArgs: ['--found-mesh', 'yes'] });
   const all = [founder, peers[1]!, peers[2]!];
   // Only site-a may found, so a list naming all three was founded there; the lead may pass on from it, as under load
@@ -77,16 +108,10 @@ test('the same --bootstrap list at every site founds nothing (each waits to be a
 });
 
 test('two sites, one restored on an empty disk: the other lacks a majority of its voters until the operator forgets the lost identity, which the roster had replaced by its successor already; then it leads and admits the restored site', { timeout: 180_000 }, async (t) => {
-  const cluster = await newCluster(t);
-  const a = await cluster.start('site-a');
-  const b = await cluster.start('site-b');
-  await untilAllAdmitted([a, b]);
+  const { cluster, a, b } = await twoSitesAdmitted(t);
   const lostId = (await a.status()).self.peerId!;
-  await a.kill9();
-  cluster.peers.splice(cluster.peers.indexOf(a), 1);
-  rmSync(a.dataDir, { recursive: true, force: true });
   // Restored on an empty disk (a new PeerId) at its old addresses, joining through b, as the README says to.
-  const restored = await cluster.start('site-a', { ports: { dicom: a.dicomPort, http: a.httpPort, p2p: a.p2pPort }, bootstrap: (await b.status()).self.multiaddrs!.slice(0, 1) });
+  const restored = await restoredOnEmptyDisk(cluster, a, b);
   const restoredId = (await restored.status()).self.peerId!;
   // b replaces the lost identity by its successor in its roster, but its voters are still the two it admitted:
   // one of two alive is no majority, and nobody can admit the successor.
@@ -101,13 +126,9 @@ test('two sites, one restored on an empty disk: the other lacks a majority of it
 });
 
 test('two sites, one decommissioned: forget-site of it at the other takes its voter out at once (no leader could), and the other leads alone', { timeout: 180_000 }, async (t) => {
-  const cluster = await newCluster(t);
-  const a = await cluster.start('site-a');
-  const b = await cluster.start('site-b');
-  await untilAllAdmitted([a, b]);
+  const { cluster, a, b } = await twoSitesAdmitted(t);
   const bId = (await b.status()).self.peerId!;
-  await a.kill9();
-  cluster.peers.splice(cluster.peers.indexOf(a), 1);
+  await killed(cluster, a);
   await eventually(async () => (await b.status()).members?.find((m) => m.site === 'site-a')?.alive === false, 30_000, async () => JSON.stringify((await b.status()).members));
   const forget = await fetch(`http://127.0.0.1:${b.httpPort}/api/forget-site?site=site-a`, { method: 'POST' });
   assert.equal(forget.status, 200, await forget.text());
@@ -120,32 +141,25 @@ test('three sites, one restored on an empty disk: the leader replaces its lost i
   const a = await cluster.start('site-a');
   const [b, c] = await Promise.all([cluster.start('site-b'), cluster.start('site-c')]);
   await untilAllAdmitted([a, b, c]);
-  await c.kill9();
-  cluster.peers.splice(cluster.peers.indexOf(c), 1);
-  rmSync(c.dataDir, { recursive: true, force: true });
-  const restored = await cluster.start('site-c', { ports: { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
+  const restored = await restoredOnEmptyDisk(cluster, c, a);
   // The two others are a majority of the three voters: the leader takes the lost identity out and admits its successor.
   await untilAllAdmitted([a, b, restored], 90_000);
 });
 
 test('a site joining a mesh of two while one of them is down learns its voters from the other (founded: never to be founded again), and is admitted once the down site is back', { timeout: 180_000 }, async (t) => {
-  const cluster = await newCluster(t);
-  const a = await cluster.start('site-a');
-  const b = await cluster.start('site-b');
-  await untilAllAdmitted([a, b]);
+  const { cluster, a, b } = await twoSitesAdmitted(t);
   const list = (await a.status()).balancer!.voters!.peers;
-  await b.stop();
-  cluster.peers.splice(cluster.peers.indexOf(b), 1);
-  const c = await cluster.start('site-c', { bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
+  const viaA = (await a.status()).self.multiaddrs!.slice(0, 1);
+  await stopped(cluster, b);
+  const c = await cluster.start('site-c', { bootstrap: viaA });
   // Before, c held the empty list of a joiner and advised founding the mesh again (a second mesh).
   await eventually(async () => JSON.stringify((await c.status()).balancer?.voters?.peers) === JSON.stringify(list), 30_000, async () => JSON.stringify((await c.status()).balancer));
   assert.equal((await c.status()).leader ?? null, null, 'no leader: one voter of two is alive');
   // Told to found now (its warning advised it before), it keeps the mesh's list rather than found a second mesh.
-  await c.stop();
-  cluster.peers.splice(cluster.peers.indexOf(c), 1);
-  const again = await cluster.start('site-c', { dataDir: c.dataDir, ports: { dicom: c.dicomPort, http: c.httpPort, p2p: c.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1), extraArgs: ['--found-mesh', 'yes'] });
+  await stopped(cluster, c);
+  const again = await cluster.start('site-c', { dataDir: c.dataDir, ports: samePorts(c), bootstrap: viaA, extraArgs: ['--found-mesh', 'yes'] });
   assert.match(again.output(), /--found-mesh yes ignored/);
   assert.deepEqual((await again.status()).balancer?.voters?.peers, list);
-  const back = await cluster.start('site-b', { dataDir: b.dataDir, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort }, bootstrap: (await a.status()).self.multiaddrs!.slice(0, 1) });
+  const back = await cluster.start('site-b', { dataDir: b.dataDir, ports: samePorts(b), bootstrap: viaA });
   await untilAllAdmitted([a, back, again], 90_000);
 });
