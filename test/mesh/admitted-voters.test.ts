@@ -125,7 +125,7 @@ test('two sites, one restored on an empty disk: the other lacks a majority of it
   assert.deepEqual((await b.status()).balancer?.voters?.peers, [restoredId, (await b.status()).self.peerId!].sort());
 });
 
-test('two sites, one decommissioned: forget-site of it at the other takes its voter out at once (no leader could), and the other leads alone', { timeout: 180_000 }, async (t) => {
+test('two sites, one decommissioned: forget-site of it at the other takes its voter out at once (no leader could), and the other leads alone; the site back after all is admitted again', { timeout: 180_000 }, async (t) => {
   const { cluster, a, b } = await twoSitesAdmitted(t);
   const bId = (await b.status()).self.peerId!;
   await killed(cluster, a);
@@ -134,6 +134,9 @@ test('two sites, one decommissioned: forget-site of it at the other takes its vo
   assert.equal(forget.status, 200, await forget.text());
   await eventually(async () => (await b.status()).leader?.peerId === bId, 30_000, async () => JSON.stringify((await b.status()).balancer));
   assert.deepEqual((await b.status()).balancer?.voters?.peers, [bId], "site-a's voter is out");
+  // Forgotten by mistake: site-a back on its data directory (its older list naming both) is admitted again.
+  const back = await cluster.start('site-a', { dataDir: a.dataDir, ports: samePorts(a), bootstrap: (await b.status()).self.multiaddrs!.slice(0, 1) });
+  await untilAllAdmitted([back, b], 90_000);
 });
 
 test('three sites, one restored on an empty disk: the leader replaces its lost identity in the voters by its successor, with no operator', { timeout: 180_000 }, async (t) => {
