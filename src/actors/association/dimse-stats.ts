@@ -4,26 +4,30 @@
  * is what a modality sees first. Pending responses are not counted: each operation counts once, by its end.
  */
 import { CommandField, isPendingStatus, isWarningStatus, Status } from '../../codec/dimse.ts';
+import type { ServiceKind } from './negotiation.ts';
+
+/** Each negotiated service by the name of its DIMSE operation: the log's words and the counts' keys. */
+export const serviceNames = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE', commitment: 'N-ACTION' } as const satisfies Record<ServiceKind, string>;
+
+export type DimseService = (typeof serviceNames)[ServiceKind];
 
 export type DimseOutcome = 'success' | 'warning' | 'failure' | 'cancel';
 
 /** Service name -> outcome -> count; the services are a fixed set, so the object is bounded. */
 export type DimseStats = Record<DimseService, Record<DimseOutcome, number>>;
 
-const serviceOfResponse = {
-  [CommandField.CEchoRsp]: 'C-ECHO',
-  [CommandField.CStoreRsp]: 'C-STORE',
-  [CommandField.CFindRsp]: 'C-FIND',
-  [CommandField.CGetRsp]: 'C-GET',
-  [CommandField.CMoveRsp]: 'C-MOVE',
-  [CommandField.NActionRsp]: 'N-ACTION',
-} as const;
-
-export type DimseService = (typeof serviceOfResponse)[keyof typeof serviceOfResponse];
+/** The response that ends each service's operation (a request's response field is the request's | 0x8000). */
+const serviceOfResponse: Readonly<Record<number, ServiceKind>> = {
+  [CommandField.CEchoRsp]: 'verification',
+  [CommandField.CStoreRsp]: 'storage',
+  [CommandField.CFindRsp]: 'find',
+  [CommandField.CGetRsp]: 'get',
+  [CommandField.CMoveRsp]: 'move',
+  [CommandField.NActionRsp]: 'commitment',
+};
 
 export function createDimseStats(): DimseStats {
-  const outcomes = (): Record<DimseOutcome, number> => ({ success: 0, warning: 0, failure: 0, cancel: 0 });
-  return { 'C-ECHO': outcomes(), 'C-STORE': outcomes(), 'C-FIND': outcomes(), 'C-GET': outcomes(), 'C-MOVE': outcomes(), 'N-ACTION': outcomes() };
+  return Object.fromEntries(Object.values(serviceNames).map((name) => [name, { success: 0, warning: 0, failure: 0, cancel: 0 }])) as DimseStats;
 }
 
 /** The class of a final status; undefined for a pending one, which ends nothing. */
@@ -36,7 +40,7 @@ export function dimseOutcome(status: number): DimseOutcome | undefined {
 
 /** Counts a response sent with `commandField` and `status`; requests, pending responses and other services are left out. */
 export function countDimseResponse(stats: DimseStats, commandField: number, status: number | undefined): void {
-  const service = (serviceOfResponse as Record<number, DimseService | undefined>)[commandField];
+  const kind = serviceOfResponse[commandField];
   const outcome = status === undefined ? undefined : dimseOutcome(status);
-  if (service !== undefined && outcome !== undefined) stats[service][outcome] += 1;
+  if (kind !== undefined && outcome !== undefined) stats[serviceNames[kind]][outcome] += 1;
 }

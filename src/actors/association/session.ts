@@ -4,7 +4,7 @@
  * writes, commits) therefore holds back the next PDUs of this association, which is the back-pressure.
  */
 import type { Socket } from 'node:net';
-import { countDimseResponse } from './dimse-stats.ts';
+import { countDimseResponse, serviceNames } from './dimse-stats.ts';
 import { CommandField, DimseError, Status, isPendingStatus, isResponseField, responseFieldFor, type DimseCommand } from '../../codec/dimse.ts';
 import { AbortReason, RejectReason, RejectResult, RejectSource, associateBytesMax, type Pdu } from '../../codec/pdu.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
@@ -12,7 +12,7 @@ import { AssociationCore, DicomConnection, GatheredDataSet } from './connection.
 import { AssociationClosedError, DicomClientAssociation } from './client.ts';
 import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { contextsReceiverReads } from './destination-quirks.ts';
-import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult, type ServiceKind } from './negotiation.ts';
+import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
 import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
 import { duplicateWithOtherBytesMessage, IncomingStore, storeResponse } from './services/store.ts';
@@ -37,7 +37,6 @@ const noAnswer = -1;
 /** A Storage Commitment request's data set larger than this is refused (20,000 references take ~2.4 MB). */
 const maxCommitmentRequestBytes = 4 * 1024 * 1024;
 
-const serviceNames: Record<ServiceKind, string> = { verification: 'C-ECHO', find: 'C-FIND', get: 'C-GET', move: 'C-MOVE', storage: 'C-STORE', commitment: 'N-ACTION' };
 
 /**
  * Events one association handles before it lets the event loop serve the others: a requestor sending tiny
