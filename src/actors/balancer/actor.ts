@@ -604,9 +604,12 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     }
   };
 
-  /** Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts with it. */
-  const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<RosterState> => {
-    if (pinned) return roster;
+  /**
+   * Learns peers seen alive, replaces their predecessors, forgets long-absent ones; persists before the reducer counts
+   * with it. `ofForgottenSites`: the peers it took out because the operator forgot their site (none unless persisted).
+   */
+  const updateRoster = async (roster: RosterState, members: readonly MemberRecord[], nowMs: number): Promise<{ roster: RosterState; ofForgottenSites: string[] }> => {
+    if (pinned) return { roster, ofForgottenSites: [] };
     const { peers, learnt, forgotten, replaced, ofLostSiteClaims, ofForgottenSites, detailsChanged } = learnRoster(roster.peers, members, self, nowMs, forgetAfterMs, forgottenSites, membership.siteClaimConfirmMs, balancerTimings.rosterViewGapCountedMaxMs);
     // Last-seen times only matter at the scale of rosterForgetAfterMs: refresh them once a minute.
     const changed = learnt.length > 0 || forgotten.length > 0 || replaced.length > 0 || ofLostSiteClaims.length > 0 || ofForgottenSites.length > 0 || detailsChanged;
@@ -617,16 +620,16 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
         // The election counts only with a roster on disk: keep the old one (following a leader needs no
         // writes) and try again with the next view.
         noteStateWriteFailure(err);
-        return roster;
+        return { roster, ofForgottenSites: [] };
       }
       for (const m of learnt) log.info('roster learnt a peer', { peer: m.peerId, memberSite: m.siteName });
       for (const r of replaced) log.warn('roster replaced a peer by its successor (same site and DICOM address, new PeerId)', { peer: r.peer, by: r.by, memberSite: r.site, dicom: r.dicom });
       for (const f of forgotten) log.warn('roster forgot a long-absent peer', f);
       for (const f of ofForgottenSites) log.warn('roster forgot a peer of a forgotten site', { peer: f.peer, memberSite: f.site });
       for (const f of ofLostSiteClaims) log.warn('roster forgot a peer that stopped for a copied --site (its site name is held by a peer that started first)', { peer: f.peer, memberSite: f.site, heldBy: f.to });
-      return { peers, persistedAtMs: nowMs, forgets: roster.forgets };
+      return { roster: { peers, persistedAtMs: nowMs, forgets: roster.forgets }, ofForgottenSites: ofForgottenSites.map((f) => f.peer) };
     }
-    return { peers, persistedAtMs: roster.persistedAtMs, forgets: roster.forgets };
+    return { roster: { peers, persistedAtMs: roster.persistedAtMs, forgets: roster.forgets }, ofForgottenSites: [] };
   };
 
   /**
@@ -866,6 +869,8 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const nowMs = clock.nowMs();
     let roster = s.roster;
     let balancer = s.balancer;
+    // Peers of sites the operator forgot, taken out of the roster at this step (updateRoster).
+    let ofForgottenSites: readonly string[] = [];
     let step;
     if (message.type === 'mesh') {
       step = stepBalancer(balancer, { type: 'messageReceived', from: message.from, message: message.message, nowMs });
@@ -880,7 +885,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
       noteComingsUp(members, roster, nowMs);
       if (message.type === 'tick') roster = republishForgets(roster, nowMs);
       if (message.type !== 'tick' || fresh) {
-        roster = await updateRoster(roster, members, nowMs);
+        ({ roster, ofForgottenSites } = await updateRoster(roster, members, nowMs));
         balancer = withRoster(balancer, roster);
         step = stepBalancer(balancer, { type: 'viewChanged', members, nowMs });
       } else {
@@ -896,11 +901,7 @@ export async function startBalancer(init: BalancerServiceInit): Promise<Balancer
     const voters = step.state.durable.voters?.peers;
     const operatorForgot = message.type === 'forgetPeers' && !pinned ? notOutlived(message.forgets, s.roster).map((f) => f.peerId) : [];
     const left = voters === undefined ? [] : votersLeftByRosterChange(s.roster.peers, roster.peers, voters, operatorForgot, upPeerIds(), self);
-    const ofForgottenSite = (peerId: string): boolean => {
-      const site = s.roster.peers.get(peerId)?.site;
-      return site !== undefined && site !== null && forgottenSites.has(site);
-    };
-    const byOperator = message.type === 'forgetPeers' ? left : left.filter(ofForgottenSite);
+    const byOperator = message.type === 'forgetPeers' ? left : left.filter((peerId) => ofForgottenSites.includes(peerId));
     const byRoster = left.filter((peerId) => !byOperator.includes(peerId));
     for (const [peerIds, by] of [[byOperator, 'operator'], [byRoster, 'roster']] as const) {
       if (peerIds.length === 0) continue;
