@@ -31,13 +31,13 @@ async function twoSitesAdmitted(t: Parameters<typeof newCluster>[0]): Promise<{ 
 /** `peer` killed (kill -9) and out of the cluster's peers, so that its disposal leaves it alone. */
 async function killed(cluster: MeshCluster, peer: PeerProcess): Promise<void> {
   await peer.kill9();
-  cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+  cluster.release(peer);
 }
 
 /** `peer` stopped (SIGTERM) and out of the cluster's peers, to be started again on its data directory. */
 async function stopped(cluster: MeshCluster, peer: PeerProcess): Promise<void> {
   await peer.stop();
-  cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+  cluster.release(peer);
 }
 
 /** `peer`'s site killed and restored on an empty disk (a new PeerId) at its old addresses, joining through `via`. */

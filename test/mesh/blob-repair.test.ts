@@ -37,7 +37,7 @@ async function damageBlobTables(peer: PeerProcess): Promise<void> {
 }
 
 async function restart(cluster: MeshCluster, peer: PeerProcess, swarmKeyFile?: null): Promise<PeerProcess> {
-  cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+  cluster.release(peer);
   const bootstrap = cluster.peers.some((p) => !p.process.hasExited) ? undefined : [];
   return cluster.start(peer.site, { dataDir: peer.dataDir, ports: { dicom: peer.dicomPort, http: peer.httpPort, p2p: peer.p2pPort }, bootstrap, ...(swarmKeyFile === null ? { swarmKeyFile } : {}) });
 }

@@ -18,7 +18,7 @@ test('instances a site alone held when its catalog was rebuilt (the debt to the 
   const aliveAt = async (peer: PeerProcess) => (await peer.status()).members?.filter((m) => m.alive).length ?? 0;
   await eventually(async () => (await aliveAt(a)) === 2, 20_000, async () => JSON.stringify((await a.status()).members));
   const restart = async (peer: PeerProcess): Promise<PeerProcess> => {
-    cluster.peers.splice(cluster.peers.indexOf(peer), 1);
+    cluster.release(peer);
     // The first back has no running site to bootstrap from; the second bootstraps from it.
     const bootstrap = cluster.peers.some((p) => !p.process.hasExited) ? undefined : [];
     return cluster.start(peer.site, { dataDir: peer.dataDir, ports: { dicom: peer.dicomPort, http: peer.httpPort, p2p: peer.p2pPort }, bootstrap });

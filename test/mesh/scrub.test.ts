@@ -53,7 +53,7 @@ async function damagedCopiesAtB(t: TestContext, bArgs: string[], damage: (store:
   const entries = await Promise.all([...sent.keys()].map(async (uid) => (await bStore.getEntry(uid))!));
   await damage(bStore, entries);
   await bStore.close();
-  cluster.peers.splice(cluster.peers.indexOf(b), 1);
+  cluster.release(b);
   b = await cluster.start('site-b', { dataDir: b.dataDir, extraArgs: bArgs, ports: { dicom: b.dicomPort, http: b.httpPort, p2p: b.p2pPort } });
   await eventually(async () => (await b.status()).members?.filter((m) => m.alive).length === 2, 20_000, async () => JSON.stringify((await b.status()).members));
   return { cluster, b, sent, studyUid };

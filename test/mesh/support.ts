@@ -150,6 +150,11 @@ export class MeshCluster {
     return peer;
   }
 
+  /** Takes `peer` out of the peers this cluster stops at its disposal (a test stopped or killed it, and may start it again). */
+  release(peer: PeerProcess): void {
+    this.peers.splice(this.peers.indexOf(peer), 1);
+  }
+
   async dispose(): Promise<void> {
     await Promise.all(this.peers.map((p) => p.stop().catch(() => undefined)));
     rmSync(this.root, { recursive: true, force: true });
