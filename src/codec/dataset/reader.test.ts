@@ -539,6 +539,14 @@ describe('DatasetHeaderReader: a whole dataset (C-STORE)', () => {
     });
   }
 
+  it('refuses a stray Sequence Delimitation Item at top level, which DCMTK cannot read back; drops a stray Item Delimitation Item', () => {
+    const withStray = (tag: number) => concat([prefix(explicitLittle), marker(tag, 0, explicitLittle), element(Tags.PatientSex, 'CS', 'F ', explicitLittle)]);
+    expectParseError('ERR_DATASET_MALFORMED', () => parseDataset(withStray(0xfffee0dd), explicitUid, whole));
+    assert.deepEqual(parseDataset(withStray(0xfffee00d), explicitUid, whole).elements.map((e) => e.value), ['1.2.840.10008.5.1.4.1.1.7', '1.2.3.4.5', 'P1', 'F']);
+    // Read back (not whole), an instance an earlier build stored with one is still read.
+    assert.equal(parseDataset(withStray(0xfffee0dd), explicitUid).elements.length, 4);
+  });
+
   it('reads an icon whose Pixel Data is encapsulated too, with an offset table and fragments that look like elements', () => {
     const iconPixels = concat([
       element(Tags.PixelData, 'OB', new Uint8Array(0), explicitLittle, undefinedLength),

@@ -558,8 +558,10 @@ export class DatasetHeaderReader {
         this.levels.pop();
         return;
       }
-    } else if ((tag === itemDelimitationTag || tag === sequenceDelimitationTag) && length === 0) {
-      // A stray delimiter at top level (seen from some converters) carries nothing: ignore it.
+    } else if ((tag === itemDelimitationTag || (tag === sequenceDelimitationTag && !this.wholeDataset)) && length === 0) {
+      // A stray delimiter at top level (seen from some converters) carries nothing: ignore it. A C-STORE
+      // (wholeDataset) refuses a stray Sequence Delimitation Item, as DCMTK cannot read a data set holding
+      // one back (hunt 192), while it drops a stray Item Delimitation Item.
       return;
     }
     throw new DatasetParseError('ERR_DATASET_MALFORMED',
