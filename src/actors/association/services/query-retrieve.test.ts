@@ -550,6 +550,12 @@ test('C-FIND matches go out as Pending 0xFF01 when a key is not supported as ask
     // A binary key with a value (Red Palette Color Lookup Table Data, OW, 4 bytes; the writer takes no OW value): never matched either.
     const redPaletteKey = Uint8Array.of(0x28, 0x00, 0x01, 0x12, 0x4f, 0x57, 0, 0, 4, 0, 0, 0, 1, 0, 2, 0);
     assert.deepEqual(await pendingStatuses([], redPaletteKey), [Status.PendingWarning]);
+    // A standard key sent as UN is matched by its dictionary VR (StudyID, SH, "*"): supported (hunt 192: 0xFF01 before);
+    // a standard sequence sent as UN (Issuer of Admission ID Sequence, one empty item) is still a sequence key.
+    const studyIdAsUn = Uint8Array.of(0x20, 0x00, 0x10, 0x00, 0x55, 0x4e, 0, 0, 2, 0, 0, 0, 0x2a, 0x20);
+    assert.deepEqual(await pendingStatuses([], studyIdAsUn), [Status.Pending]);
+    const issuerSequenceAsUn = Uint8Array.of(0x38, 0x00, 0x14, 0x00, 0x55, 0x4e, 0, 0, 8, 0, 0, 0, 0xfe, 0xff, 0x00, 0xe0, 0, 0, 0, 0);
+    assert.deepEqual(await pendingStatuses([], issuerSequenceAsUn), [Status.PendingWarning]);
   });
 });
 

@@ -6,7 +6,8 @@ import { CommandField, Status, isWarningStatus, type DimseCommand } from '../../
 import { parseDataset } from '../../../codec/dataset/reader.ts';
 import { parseDatasetTree, type TreeElement } from '../../../codec/dataset/tree.ts';
 import { encodeDataset } from '../../../codec/dataset/writer.ts';
-import { Tags } from '../../../codec/dictionary.ts';
+import { Tags, vrOf } from '../../../codec/dictionary.ts';
+import { binaryVrs } from '../../../codec/dataset/vr.ts';
 import { TransferSyntax, type DicomElement } from '../../../codec/dicom-types.ts';
 import type { CatalogEntry } from '../../storage/catalog-types.ts';
 import { isCatalogDamage } from '../../storage/catalog.ts';
@@ -96,7 +97,11 @@ export function hasUnsupportedOptionalKeys(identifier: Uint8Array, transferSynta
     return false;
   }
   return elements.some((element) => {
-    if (element.vr === 'SQ') return true;
+    // A standard attribute sent as UN is matched by its dictionary VR (parseQueryIdentifier reads it so):
+    // only its sequences and binary values are not supported (hunt 192: every UN key counted as unsupported).
+    const dictionaryVr = element.vr === 'UN' && !isPrivateDataElement(element.tag) ? vrOf(element.tag) : undefined;
+    if (element.vr === 'SQ' || dictionaryVr === 'SQ') return true;
+    if (dictionaryVr !== undefined && !binaryVrs.has(dictionaryVr)) return false;
     const holdsValue = element.value !== undefined ? element.value !== '' : (element.valueLength ?? 0) > 0;
     return holdsValue && (isPrivateDataElement(element.tag) || element.value === undefined);
   });
