@@ -954,6 +954,39 @@ describe('a stale newest-index key (the newest instance re-stored as an older on
   });
 });
 
+describe('a series whose SeriesInstanceUID is found under two studies (hunt 192)', () => {
+  it('is listed under each study with that study\'s part, counted as a retrieve with the same keys delivers', async () => {
+    const { db, close } = openTempDb();
+    try {
+      await db.open();
+      const seriesUid = '1.2.3.70.9';
+      const instance = (n: number, studyUid: string, studyDate: string): CatalogEntry =>
+        makeEntry({ patientId: 'P70', patientName: 'Reused^Series', studyUid, studyDate, studyTime: '120000', accession: `A${studyUid}`, studyDescription: 'REUSED', seriesUid, modality: 'CT', seriesNumber: '1', sopUid: `1.2.3.70.9.${n}`, sopClassUid: CT_IMAGE, instanceNumber: String(n), storedAtMs: 1000 + n });
+      // Study A holds instances 1 and 2; study B instance 3, stored last: the series' newest instance is B's.
+      await store(db, [instance(1, '1.2.3.70.1', '20240101'), instance(2, '1.2.3.70.1', '20240101'), instance(3, '1.2.3.70.2', '20240202')]);
+      for (const [studyUid, count] of [['1.2.3.70.1', '2'], ['1.2.3.70.2', '1']] as const) {
+        for (const root of ['STUDY', 'PATIENT'] as const) {
+          for (const searchIndexes of [true, false]) {
+            const where = `${root} root, study ${studyUid}, indexes ${searchIndexes}`;
+            const keys = [...(root === 'PATIENT' ? [k(T.PatientID, 'LO', 'P70')] : []), k(T.StudyInstanceUID, 'UI', studyUid), k(T.StudyDate, 'DA'), k(T.SeriesInstanceUID, 'UI'), k(T.NumberOfSeriesRelatedInstances, 'IS'), k(T.NumberOfStudyRelatedInstances, 'IS')];
+            const found = await find(db, { root, level: 'SERIES', keys }, { searchIndexes });
+            assert.deepEqual(found.map((r) => [valueOf(r, T.StudyInstanceUID), valueOf(r, T.SeriesInstanceUID), valueOf(r, T.NumberOfSeriesRelatedInstances), valueOf(r, T.NumberOfStudyRelatedInstances)]), [[studyUid, seriesUid, count, count]], where);
+            assert.equal(valueOf(found[0]!, T.StudyDate), studyUid === '1.2.3.70.1' ? '20240101' : '20240202', where);
+            const retrieved = await retrieveUids(db, { root, level: 'SERIES', keys: [...(root === 'PATIENT' ? [k(T.PatientID, 'LO', 'P70')] : []), k(T.StudyInstanceUID, 'UI', studyUid), k(T.SeriesInstanceUID, 'UI', seriesUid)] });
+            assert.equal(String(retrieved.length), count, `${where}: what a retrieve with the same keys delivers`);
+          }
+        }
+      }
+      // Both studies asked (a UID list): the whole series, its newest instance's study.
+      const both = await find(db, { root: 'STUDY', level: 'SERIES', keys: [k(T.StudyInstanceUID, 'UI', '1.2.3.70.1\\1.2.3.70.2'), k(T.SeriesInstanceUID, 'UI'), k(T.NumberOfSeriesRelatedInstances, 'IS')] });
+      assert.deepEqual(both.map((r) => [valueOf(r, T.StudyInstanceUID), valueOf(r, T.NumberOfSeriesRelatedInstances)]), [['1.2.3.70.2', '3']]);
+      assert.deepEqual(await find(db, { root: 'STUDY', level: 'SERIES', keys: [k(T.StudyInstanceUID, 'UI', '1.2.3.70.3'), k(T.SeriesInstanceUID, 'UI', seriesUid)] }), []);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('a study filed under two PatientIDs', () => {
   it('each patient sees its own name; Patient Root counts its own part (what a C-GET with the same keys retrieves), Study Root the whole study', async () => {
     const { db, close } = openTempDb();

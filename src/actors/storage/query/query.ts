@@ -456,8 +456,9 @@ function hierarchyPrefixOf(level: Exclude<QueryLevel, 'IMAGE'>, id: string): str
 
 /**
  * Every instance of one patient/study/series, from its own hierarchy index; with `patientIds`, only those
- * of these patients (entries are then read). With `withEntries` false only the index keys are read
- * (enough for the counts). Index keys whose entry disagrees are skipped.
+ * of these patients, with `studyInstanceUids` only those of these studies (entries are then read). With
+ * `withEntries` false only the index keys are read (enough for the counts). Index keys whose entry disagrees
+ * are skipped.
  */
 async function loadAggregate(
   db: CatalogDb,
@@ -468,12 +469,17 @@ async function loadAggregate(
   patientIds?: ReadonlySet<string>,
   onEntry?: (entry: CatalogEntry) => void,
   keysCounted?: EntityAggregate,
+  studyInstanceUids?: ReadonlySet<string>,
 ): Promise<EntityAggregate> {
   const aggregate = createAggregate();
   let pending: string[] = [];
   const flush = async (): Promise<void> => {
     for (const entry of await readEntries(db, pending, stats)) {
-      if (entryBelongsTo(level, id, entry) && (patientIds === undefined || patientIds.has(entry.patientId))) {
+      if (
+        entryBelongsTo(level, id, entry) &&
+        (patientIds === undefined || patientIds.has(entry.patientId)) &&
+        (studyInstanceUids === undefined || studyInstanceUids.has(entry.studyInstanceUid))
+      ) {
         addInstance(aggregate, entry);
         onEntry?.(entry);
       }
@@ -482,7 +488,7 @@ async function loadAggregate(
   };
   for await (const indexed of scanIndex(db, hierarchyPrefixOf(level, id), stats)) {
     if (keysCounted !== undefined) addInstanceKey(keysCounted, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
-    if (!withEntries && patientIds === undefined) {
+    if (!withEntries && patientIds === undefined && studyInstanceUids === undefined) {
       addInstanceKey(aggregate, indexed.studyInstanceUid ?? '', indexed.seriesInstanceUid ?? '');
       continue;
     }
@@ -949,17 +955,27 @@ class UpperAggregateCache {
     private readonly stats: QueryStats,
   ) {}
 
-  /** The entity `id` at `level`, or only its instances of `patientIds` (see narrowToMatchedPatients). */
-  async get(level: Exclude<QueryLevel, 'IMAGE'>, id: string, withEntries: boolean, patientIds?: ReadonlySet<string>): Promise<EntityAggregate> {
-    const cacheKeyOf = (entries: boolean): string => `${level}|${entries}|${id}|${patientIds === undefined ? '' : JSON.stringify([...patientIds].sort())}`;
+  /**
+   * The entity `id` at `level`, or only its instances of `patientIds` (see narrowToMatchedPatients), or of
+   * `studyInstanceUids` (a series, see narrowToMatchedStudies).
+   */
+  async get(
+    level: Exclude<QueryLevel, 'IMAGE'>,
+    id: string,
+    withEntries: boolean,
+    patientIds?: ReadonlySet<string>,
+    studyInstanceUids?: ReadonlySet<string>,
+  ): Promise<EntityAggregate> {
+    const setKey = (values: ReadonlySet<string> | undefined): string => (values === undefined ? '' : JSON.stringify([...values].sort()));
+    const cacheKeyOf = (entries: boolean): string => `${level}|${entries}|${id}|${setKey(patientIds)}|${setKey(studyInstanceUids)}`;
     const cacheKey = cacheKeyOf(withEntries);
     let aggregate = this.cache.get(cacheKey);
     if (!aggregate) {
       if (this.cache.size >= 1000) this.cache.clear();
       // Read with its entries, the entity's keys give its key counts too: an instance's study was scanned twice
       // (ModalitiesInStudy, then NumberOfStudyRelatedSeries/Instances) for every QIDO-RS /instances result.
-      const keysCounted = withEntries && patientIds === undefined && !this.cache.has(cacheKeyOf(false)) ? createAggregate() : undefined;
-      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds, undefined, keysCounted);
+      const keysCounted = withEntries && patientIds === undefined && studyInstanceUids === undefined && !this.cache.has(cacheKeyOf(false)) ? createAggregate() : undefined;
+      aggregate = await loadAggregate(this.db, level, id, withEntries, this.stats, patientIds, undefined, keysCounted, studyInstanceUids);
       this.cache.set(cacheKey, aggregate);
       if (keysCounted !== undefined) this.cache.set(cacheKeyOf(false), keysCounted);
     }
@@ -996,6 +1012,7 @@ async function narrowToMatchedPatients(
   aggregate: EntityAggregate,
   characterSet: string | undefined,
   upper: UpperAggregateCache,
+  studyInstanceUids: ReadonlySet<string> | undefined,
 ): Promise<{ entity: EntityAggregate; patientIds: ReadonlySet<string> } | undefined | null> {
   if (level === 'IMAGE' || aggregate.patientIds.size < 2) return undefined;
   const patientKey = keys.find((key) => key.element.tag === Tags.PatientID && key.isMatching && !key.computed);
@@ -1003,8 +1020,32 @@ async function narrowToMatchedPatients(
   const matched = new Set([...aggregate.patientIds].filter((id) => patientKey.matcher.matches(id, characterSet)));
   if (matched.size === 0) return null;
   if (matched.size === aggregate.patientIds.size) return undefined;
-  const entity = await upper.get(level, entityIdOf(level, aggregate.latest!), true, matched);
+  const entity = await upper.get(level, entityIdOf(level, aggregate.latest!), true, matched, studyInstanceUids);
   return entity.latest === undefined ? null : { entity, patientIds: matched };
+}
+
+/**
+ * A series whose SeriesInstanceUID is found under several studies (a modality or anonymiser that reused it),
+ * queried with a StudyInstanceUID key: the part of it in the matched studies, so that a series listed under
+ * a study names that study and counts the instances a retrieve with the same keys delivers (hunt 192: the
+ * series was answered with its newest instance's study, so it was missing from the other study's series and
+ * counted the other study's instances in this one's). undefined when no narrowing applies; null when no
+ * study of the series matches.
+ */
+async function narrowToMatchedStudies(
+  level: QueryLevel,
+  keys: CompiledKey[],
+  aggregate: EntityAggregate,
+  upper: UpperAggregateCache,
+): Promise<{ entity: EntityAggregate; studyInstanceUids: ReadonlySet<string> } | undefined | null> {
+  if (level !== 'SERIES' || aggregate.studyInstanceUids.size < 2) return undefined;
+  const studyKey = keys.find((key) => key.element.tag === Tags.StudyInstanceUID && key.isMatching && !key.computed);
+  if (studyKey === undefined) return undefined;
+  const matched = new Set([...aggregate.studyInstanceUids].filter((uid) => studyKey.matcher.matches(uid)));
+  if (matched.size === 0) return null;
+  if (matched.size === aggregate.studyInstanceUids.size) return undefined;
+  const entity = await upper.get(level, entityIdOf(level, aggregate.latest!), true, undefined, matched);
+  return entity.latest === undefined ? null : { entity, studyInstanceUids: matched };
 }
 
 /** An entity's PatientIDs as the indexes tell patients apart (padding removed), each with the values it stands for. */
@@ -1048,6 +1089,7 @@ async function firstMatchingPatientPart(
   keys: CompiledKey[],
   whole: EntityAggregate,
   upper: UpperAggregateCache,
+  studyInstanceUids: ReadonlySet<string> | undefined,
 ): Promise<Map<Tag, DicomElement> | undefined> {
   if ((level !== 'STUDY' && level !== 'SERIES') || whole.patientIds.size < 2) return undefined;
   const parts = patientParts(whole);
@@ -1055,7 +1097,7 @@ async function firstMatchingPatientPart(
   const newestPart = normalizeIdentifierText(whole.latest!.patientId);
   for (const [patientId, patients] of [...parts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     if (patientId === newestPart) continue;
-    const part = await upper.get(level, entityIdOf(level, whole.latest!), true, patients);
+    const part = await upper.get(level, entityIdOf(level, whole.latest!), true, patients, studyInstanceUids);
     if (part.latest === undefined) continue;
     const partStored = entityAttributes(part);
     if (matchesStoredKeys(keys, partStored, part)) return partStored;
@@ -1072,18 +1114,22 @@ async function respond(
   root: QueryRoot,
   level: QueryLevel,
   keys: CompiledKey[],
-  whole: EntityAggregate,
+  entity: EntityAggregate,
   upper: UpperAggregateCache,
 ): Promise<DicomElement[] | undefined> {
+  const studyPart = await narrowToMatchedStudies(level, keys, entity, upper);
+  if (studyPart === null) return undefined;
+  const whole = studyPart?.entity ?? entity;
+  const studyInstanceUids = studyPart?.studyInstanceUids;
   const wholeStored = entityAttributes(whole);
-  const narrowed = await narrowToMatchedPatients(level, keys, whole, wholeStored.get(Tags.SpecificCharacterSet)?.value, upper);
+  const narrowed = await narrowToMatchedPatients(level, keys, whole, wholeStored.get(Tags.SpecificCharacterSet)?.value, upper, studyInstanceUids);
   if (narrowed === null) return undefined;
   const aggregate = narrowed !== undefined && root === 'PATIENT' ? narrowed.entity : whole;
   const countedPatients = narrowed !== undefined && root === 'PATIENT' ? narrowed.patientIds : undefined;
   let stored = narrowed === undefined ? wholeStored : entityAttributes(narrowed.entity);
   if (!matchesStoredKeys(keys, stored, aggregate)) {
     // Not narrowed to a patient by its keys: one patient's part of the entity may match instead.
-    const partStored = narrowed === undefined ? await firstMatchingPatientPart(level, keys, whole, upper) : undefined;
+    const partStored = narrowed === undefined ? await firstMatchingPatientPart(level, keys, whole, upper, studyInstanceUids) : undefined;
     if (partStored === undefined) return undefined;
     stored = partStored;
   }
