@@ -306,6 +306,20 @@ test('STOW-RS over HTTP', async (t) => {
     assert.equal(longHeaders.body.code, 'ERR_STOW_TOO_LARGE');
   });
 
+  await t.test('an instance over one of the archive\'s bounds (16,384 top-level elements) fails with A700 and is a 409, not a 503 to retry (hunt 191)', async () => {
+    const extraElements = [];
+    for (let block = 0x10; block <= 0x50; block++) {
+      extraElements.push({ tag: 0x00090000 | block, vr: 'LO', value: 'BOUNDS TEST' });
+      for (let element = 0; element < 256; element++) extraElements.push({ tag: 0x00090000 | (block << 8) | element, vr: 'SH', value: 'A' });
+    }
+    const wide = small({ extraElements });
+    const answer = await stow(port, multipart([dicomPart(wide.bytes)]));
+    assert.equal(answer.status, 409, JSON.stringify(answer.body).slice(0, 300));
+    assert.equal(answer.retryAfter, null);
+    assert.deepEqual(failures(answer.body), [{ uid: wide.resolved.sopInstanceUid, reason: 0xa700 }]);
+    assert.match(answer.warning ?? '', /beyond this archive's bounds: too many top-level elements/);
+  });
+
   await t.test('a client that goes away mid-upload leaves nothing of the instance it was sending, and the peer serves on', async () => {
     const blobKeysBefore = await blobKeyCount(peer);
     const large = makeInstanceWithInfo({ rows: 512, columns: 1024, bitsAllocated: 16, pixelPattern: 'gradient' });

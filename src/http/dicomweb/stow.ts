@@ -90,7 +90,7 @@ interface SopReference {
 type PartOutcome =
   | { type: 'stored'; reference: SopReference; identity: StoreIdentity; warningReason?: number }
   /** `reference` is undefined when the part's UIDs could not be read (or are not UIDs). */
-  | { type: 'failed'; reference: SopReference | undefined; failureReason: number; why: string };
+  | { type: 'failed'; reference: SopReference | undefined; failureReason: number; why: string; beyondBounds?: true };
 
 export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: StoreRoute): Promise<void> {
   const { req, res } = exchange;
@@ -152,8 +152,9 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   const hasWarnings = stored.some((outcome) => outcome.warningReason !== undefined);
   // PS3.18 table 10.5.3-1: 200 all stored; 202 some stored with failures or warnings; 409 none stored;
   // 503 (busy) when none was for want of resources alone (A7xx: the write quorum, a full disk), which a
-  // client may retry, where 409 says that the request itself conflicts.
-  const outOfResources = failures.length > 0 && failures.every((failure) => (failure.failureReason & 0xff00) === 0xa700);
+  // client may retry, where 409 says that the request itself conflicts; an instance over one of this
+  // archive's bounds (A700 too) meets it again at every retry: 409 (hunt 191: 503 and Retry-After before).
+  const outOfResources = failures.length > 0 && failures.every((failure) => (failure.failureReason & 0xff00) === 0xa700 && failure.beyondBounds !== true);
   const status = stored.length === 0 ? (outOfResources ? 503 : 409) : failures.length > 0 || hasWarnings ? 202 : 200;
   if (status === 503) res.setHeader('retry-after', String(stowRetryAfterSeconds));
   if (failures.length > 0) res.setHeader('warning', warningHeader(failures, outcomes.length));
@@ -281,7 +282,8 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
       const identity = stored === undefined ? store.identity! : { ...store.identity!, studyInstanceUid: stored.studyInstanceUid, seriesInstanceUid: stored.seriesInstanceUid };
       return { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarningStatus(result.status) ? result.status : undefined };
     }
-    return failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);
+    const failure = failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);
+    return result.beyondBounds ? { ...failure, beyondBounds: true } : failure;
   });
   return { outcome: committed };
 }

@@ -36,6 +36,8 @@ const catalogValueMaxBytes = 1024;
 export interface StoreResult {
   status: number;
   errorComment?: string;
+  /** An 0xA700 that a retry of the same data set meets again: over one of this archive's bounds. */
+  beyondBounds?: true;
 }
 
 /**
@@ -46,7 +48,7 @@ export interface StoreResult {
 function readerRefusal(error: unknown): StoreResult {
   // The comment holds 64 characters: the bound in short.
   const bound = error instanceof DatasetParseError ? boundsExceeded[error.code] : undefined;
-  if (bound !== undefined) return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${bound}` };
+  if (bound !== undefined) return { status: StoreFailure.OutOfResources, errorComment: `beyond this archive's bounds: ${bound}`, beyondBounds: true };
   return { status: StoreFailure.CannotParse, errorComment: `cannot parse data set: ${messageOf(error)}` };
 }
 
