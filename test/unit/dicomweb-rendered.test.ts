@@ -128,6 +128,29 @@ describe('rendered images', () => {
     assert.ok(readPng(windowed.body).pixels.equals(expectedWindowed.pixels));
   });
 
+  it('a PALETTE COLOR image stored in explicit VR big endian renders as the little endian one does (hunt 191: 406, its tables unread)', async () => {
+    const ramp = (scale: number) => new Uint8Array(Uint16Array.from({ length: 256 }, (_, i) => (i * scale) & 0xffff).buffer); // little endian words
+    const palette = [
+      { tag: Tags.PhotometricInterpretation, vr: 'CS', value: 'PALETTE COLOR' },
+      ...[0x00281101, 0x00281102, 0x00281103].map((tag) => ({ tag, vr: 'US', value: [256, 0, 16] })),
+      { tag: 0x00281201, vr: 'OW', value: ramp(256) },
+      { tag: 0x00281202, vr: 'OW', value: ramp(128) },
+      { tag: 0x00281203, vr: 'OW', value: ramp(64) },
+    ];
+    const renderings: Buffer[] = [];
+    for (const transferSyntaxUid of [explicitLe, TransferSyntax.ExplicitVrBigEndian] as const) {
+      const { bytes, resolved } = makeInstanceWithInfo({ transferSyntaxUid, study: { uid: studyUid }, series: { uid: seriesUid }, rows: 16, columns: 16, bitsAllocated: 8, extraElements: palette });
+      await store(ctImage, resolved.sopInstanceUid, bytes.subarray(splitPart10(bytes).datasetOffset), transferSyntaxUid);
+      const png = await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${resolved.sopInstanceUid}/frames/1/rendered`, 'image/png');
+      assert.equal(png.status, 200, `${transferSyntaxUid}: ${png.body.toString()}`);
+      const image = readPng(png.body);
+      assert.equal(image.samples, 3, transferSyntaxUid);
+      renderings.push(image.pixels);
+    }
+    assert.ok(renderings[0]!.equals(renderings[1]!), 'the same colours from either byte order');
+    assert.ok(new Set(renderings[0]!).size > 16, 'colours looked up in the tables');
+  });
+
   it('a rendering weighs its pixels and body in the budget of bytes held until read, not the frame alone (hunt 79: 2.1 GB held against 1 GiB)', async () => {
     // 1024 x 1024 8-bit: 1 MiB read whole; with 9 frames, over 8 MiB: its frames read by range.
     const side = 1024;

@@ -195,6 +195,16 @@ describe('DatasetHeaderReader: transfer syntaxes', () => {
       [{ tag: Tags.PatientID, vr: 'LO', value: 'ABC' }]);
   });
 
+  it('reads wordValueTags (palette Lookup Table Data, OW) as 16-bit words in every syntax, big endian too (hunt 191)', () => {
+    const redPaletteData = 0x00281201;
+    for (const { uid, encoding } of syntaxes) {
+      const plain = concat([element(Tags.PatientID, 'LO', 'P1', encoding), element(redPaletteData, 'OW', uint16Value([1, 2, 0x0100, 0xffff], encoding.littleEndian), encoding)]);
+      const bytes = uid === TransferSyntax.DeflatedExplicitVrLittleEndian ? new Uint8Array(zlib.deflateRawSync(plain)) : plain;
+      const read = parseDataset(bytes, uid, { wordValueTags: new Set([redPaletteData]) }).elements.find((e) => e.tag === redPaletteData);
+      assert.deepEqual(read, { tag: redPaletteData, vr: 'US', value: '1\\2\\256\\65535' }, uid);
+    }
+  });
+
   it('tolerates odd-length text and a stray delimiter at top level', () => {
     const bytes = concat([
       element(Tags.PatientID, 'LO', 'ABC', explicitLittle),

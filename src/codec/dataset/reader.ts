@@ -511,7 +511,7 @@ export class DatasetHeaderReader {
     }
     if (level === undefined && !this.complete) {
       // A known text/numeric attribute sent as UN (explicit VR LE) is still worth indexing.
-      const keptVr = this.wordValueTags?.has(tag) === true && littleEndian ? 'US' : vr === 'UN' && !implicitVr && littleEndian ? (vrOf(tag) ?? vr) : vr;
+      const keptVr = this.wordValueTags?.has(tag) === true ? 'US' : vr === 'UN' && !implicitVr && littleEndian ? (vrOf(tag) ?? vr) : vr;
       if (isDecodableVr(keptVr) && valueLength <= this.maxValueBytes) {
         this.startKeptValue(tag, keptVr, valueLength, littleEndian, elementOffset);
         return headerLength;

@@ -366,9 +366,13 @@ async function framesOf(request: FramesRequest): Promise<void> {
       let source = header;
       if (layout !== 'nativeLittleEndian') {
         stored = undefined;
-        const converted = nativeOf(await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid), header, route.instanceUid);
+        const decoded = await toExplicitLittleEndian(ctx, exchange, bytes, storedSyntax, image, route.instanceUid);
+        const converted = nativeOf(decoded, header, route.instanceUid);
         stored = converted.native;
-        source = converted.source;
+        // The whole data set converted is the header from now on: the stored bytes went to the transcoder's
+        // thread (transferred: empty here), and a palette's tables are read from the header (hunt 191: a big
+        // endian PALETTE COLOR instance was never rendered).
+        source = { ...converted.source, header: decoded, transferSyntaxUid: EXPLICIT_LE };
       }
       if (stored?.kind !== 'native') throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the Pixel Data of instance ${route.instanceUid} is not native after conversion to ${EXPLICIT_LE}`);
       const native = stored;
