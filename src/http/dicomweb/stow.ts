@@ -282,8 +282,8 @@ async function storePart(ctx: DicomWebContext, route: StoreRoute, part: Multipar
       const identity = stored === undefined ? store.identity! : { ...store.identity!, studyInstanceUid: stored.studyInstanceUid, seriesInstanceUid: stored.seriesInstanceUid };
       return { type: 'stored', reference: { sopClassUid: identity.sopClassUid, sopInstanceUid: identity.sopInstanceUid }, identity, warningReason: isWarningStatus(result.status) ? result.status : undefined };
     }
-    const failure = failed(reference, result.status, result.errorComment ?? `C-STORE status ${hex(result.status)}`);
-    return result.beyondBounds ? { ...failure, beyondBounds: true } : failure;
+    const why = result.errorComment ?? `C-STORE status ${hex(result.status)}`;
+    return result.beyondBounds ? { type: 'failed', reference, failureReason: result.status, why, beyondBounds: true } : failed(reference, result.status, why);
   });
   return { outcome: committed };
 }
