@@ -38,10 +38,20 @@ export function closeWithConnection(req: IncomingMessage, res: ServerResponse): 
   res.once('close', () => responses.delete(res));
 }
 
-/** Whether a response on this connection has begun to be sent: nothing else may be written to it then. */
-export function hasResponseUnderWay(socket: Socket): boolean {
-  for (const res of openResponses.get(socket) ?? []) if (res.headersSent) return true;
-  return false;
+/** This connection's responses that have not closed yet (each with its request, `res.req`), in order. */
+export function openResponsesOf(socket: Socket): ServerResponse[] {
+  return [...(openResponses.get(socket) ?? [])];
+}
+
+/** Calls `then` once every response open on this connection now has closed; at once when none is open. */
+export function whenResponsesClosed(socket: Socket, then: () => void): void {
+  const open = openResponsesOf(socket);
+  let left = open.length;
+  if (left === 0) {
+    then();
+    return;
+  }
+  for (const res of open) res.once('close', () => --left === 0 && then());
 }
 
 /**

@@ -192,6 +192,26 @@ test('requests the HTTP parser refuses get a status with a JSON body: headers ov
   assert.match(unknown, /"code":"ERR_HTTP_MALFORMED"/);
 });
 
+test('requests pipelined before one the parser refuses are answered first, in order, then the refusal (hunt 191: only the refusal went out)', async (t) => {
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ self: { site: 's' } }), isHealthy: () => true, log: silentLogger });
+  t.after(() => server.stop());
+  const raw = (request: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(server.port, '127.0.0.1', () => socket.write(request));
+      let answer = '';
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+      socket.on('close', () => resolve(answer));
+      socket.on('error', reject);
+    });
+  const statusLines = (answer: string) => answer.match(/HTTP\/1\.1 \d+ [^\r]*/g) ?? [];
+  const asks = (n: number) => 'GET /api/mesh HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(n);
+  const garbage = await raw(`${asks(3)}GARBAGE\r\n\r\n`);
+  assert.deepEqual(statusLines(garbage), ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 400 Bad Request']);
+  assert.match(garbage, /"code":"ERR_HTTP_MALFORMED"/);
+  const oversized = await raw(`${asks(1)}GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(20_000)}\r\n\r\n`);
+  assert.deepEqual(statusLines(oversized), ['HTTP/1.1 200 OK', 'HTTP/1.1 431 Request Header Fields Too Large']);
+});
+
 test('headers trickled past their timeout get a 408 and the connection is closed both ways, though the client goes on sending (hunt 185)', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, maxConnectionsPerClient: 1, headersTimeoutMs: 300 });
   t.after(() => server.stop());

@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
-import { answerAndClose, closeWithConnection, hasResponseUnderWay, sendJson } from './respond.ts';
+import { answerAndClose, closeWithConnection, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
 import { metricsContentType, metricsText } from './metrics.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
@@ -313,14 +313,34 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // body too, as every other refusal on this port does.
   // The connection is closed both ways once the answer is out, as Node does without this listener: a client
   // that trickled header lines past the headers' timeout and ignored the 408's half-close kept its connection
-  // for as long as it went on sending (hunt 185). A response already under way cannot be answered: cut.
+  // for as long as it went on sending (hunt 185).
+  // The requests read before the refused one are answered first, in order (RFC 9112 9.3.2), and a request
+  // whose body broke (a malformed chunk, the request timeout) is answered by its handler, which sees its body
+  // end there: before hunt 191 the refusal went out at once, in place of the answers of requests pipelined
+  // before it, and a STOW-RS whose chunked body broke after a stored instance was answered 400 "cannot be
+  // read" (no instance stored) instead of its 202 naming it.
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
-    if (!socket.writable || hasResponseUnderWay(socket)) {
+    if (!socket.writable) {
       socket.destroy();
       return;
     }
-    const [status, reason] = error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
-    answerAndClose(socket, `${status} ${reason}`, { error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'ERR_HTTP_MALFORMED' });
+    const bodyBroken = openResponsesOf(socket).find((res) => !res.req.complete);
+    if (bodyBroken !== undefined && !bodyBroken.req.readableEnded) {
+      // Marked complete, or the end of its stream would destroy the connection (Node aborts a request that
+      // ends incomplete) before its answer is out; the answer says the connection closes.
+      bodyBroken.shouldKeepAlive = false;
+      bodyBroken.req.complete = true;
+      bodyBroken.req.push(null);
+    }
+    whenResponsesClosed(socket, () => {
+      if (bodyBroken !== undefined || !socket.writable) {
+        socket.end(() => socket.destroy());
+        setTimeout(() => socket.destroy(), 1000).unref();
+        return;
+      }
+      const [status, reason] = error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
+      answerAndClose(socket, `${status} ${reason}`, { error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'ERR_HTTP_MALFORMED' });
+    });
   });
   const port = await listenOn(server, init.port, init.host);
   ownAddress = `${init.host.includes(':') ? `[${init.host}]` : init.host}:${port}`;

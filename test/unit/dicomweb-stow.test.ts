@@ -296,6 +296,27 @@ test('STOW-RS over HTTP', async (t) => {
     assert.equal(otherBoundary.status, 400);
   });
 
+  await t.test('a chunked body whose chunk framing breaks after a whole instance: that instance is kept and named (202), not answered 400 as unread (hunt 191)', async () => {
+    const first = small();
+    const body = multipart([dicomPart(first.bytes), dicomPart(small().bytes)]);
+    // Past the second part's delimiter line: the first part is known whole.
+    const cutAt = body.indexOf(Buffer.from(`--${boundary}`), 10) + boundary.length + 4;
+    const socket = connect(port, '127.0.0.1');
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    socket.on('error', () => undefined);
+    socket.write(`POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: ${dicomMultipart}\r\nTransfer-Encoding: chunked\r\n\r\n`);
+    socket.write(Buffer.concat([Buffer.from(`${cutAt.toString(16)}\r\n`), body.subarray(0, cutAt), Buffer.from('\r\n')]));
+    await waitFor('the first instance stored', async () => (await peer.store.getEntry(first.resolved.sopInstanceUid)) !== undefined);
+    socket.write('zz-not-hex\r\nhello\r\n');
+    await closed;
+    assert.match(answer, /^HTTP\/1\.1 202 /, answer.slice(0, 300));
+    assert.match(answer, /connection: close/i);
+    assert.ok(answer.includes(first.resolved.sopInstanceUid), 'the stored instance is named');
+    assert.ok(!answer.includes('ERR_HTTP_MALFORMED'), 'no refusal follows the answer');
+  });
+
   await t.test('a body over the bounds of one request (10,000 parts, 16 KiB of headers in a part) is a 413 when nothing was stored', async () => {
     const manyParts = await stow(port, multipart(Array.from({ length: 10_001 }, () => ({ contentType: 'application/dicom', bytes: Buffer.from('not dicom') }))));
     assert.equal(manyParts.status, 413, JSON.stringify(manyParts.body).slice(0, 300));
