@@ -308,6 +308,32 @@ test('an output counts in the budget until its caller releases it (sent); one ne
   assert.deepEqual([pool.stats().outputsHeld, pool.stats().bytesHeld], [0, 0], 'a late release changes nothing');
 });
 
+test('a small job that fits starts past a larger one waiting for outputs held to be released; a wait bounded by startWithinMs fails busy (hunt 191)', async (t) => {
+  // Outputs held for clients that did not read kept a large conversion from fitting, and every conversion
+  // behind it waited, a 0.5 MB rendering and the C-GETs' too, until its client gave up.
+  const clock = manualClock();
+  const pool = startPool(t, { clock, workerUrl: echoWorker(), runningBytesMax: 160, heldOutputMaxMs: 600_000 });
+  const heldForSlowClient = await pool.transcode(new Uint8Array(100), EXPLICIT, [IMPLICIT], { estimatedBytes: 100 });
+  const [large, small, medium] = [deferredSource(1, 1), deferredSource(1, 2), deferredSource(1, 3)];
+  const largeDone = pool.transcode(large, EXPLICIT, [IMPLICIT], { estimatedBytes: 100 });
+  const smallDone = pool.transcode(small, EXPLICIT, [IMPLICIT], { estimatedBytes: 10 });
+  const mediumDone = pool.transcode(medium, EXPLICIT, [IMPLICIT], { estimatedBytes: 20 });
+  const bounded = pool.transcode(deferredSource(1, 4), EXPLICIT, [IMPLICIT], { estimatedBytes: 30, startWithinMs: 60_000 });
+  await settledSoon();
+  assert.deepEqual([large.started, small.started, medium.started], [false, true, false], 'the small one (a sixteenth of the budget at most) passes; a larger one keeps its turn');
+  small.release();
+  releaseAll([await smallDone]);
+  clock.advance(60_000);
+  await assert.rejects(bounded, isTranscodeError('ERR_TRANSCODE_UNAVAILABLE', /waited 60 s to start/));
+  assert.equal(pool.stats().jobsQueued, 2);
+  heldForSlowClient.release!();
+  await settledSoon();
+  assert.deepEqual([large.started, medium.started], [true, true], 'in order once there is room (120 of 160)');
+  large.release();
+  medium.release();
+  releaseAll(await Promise.all([largeDone, mediumDone]));
+});
+
 test("a reader's error comes out as it is, and frees the job's place", async (t) => {
   class Unreadable extends Error {}
   const pool = startPool(t, { workerUrl: echoWorker(), runningJobsMax: 1 });

@@ -73,6 +73,11 @@ export interface TranscodeOptions {
    * jobBytesMax. Default: 3x the source's size, a native -> native conversion's.
    */
   estimatedBytes?: number;
+  /**
+   * A job not started this long after it was asked fails ERR_TRANSCODE_UNAVAILABLE: an HTTP request's wait
+   * is bounded (a DIMSE retrieve, whose sub-operations go one at a time, waits its turn).
+   */
+  startWithinMs?: number;
 }
 
 /** What the retrieve services need: `transcodeDataset`'s contract (transcode.ts), wherever it runs. */
@@ -179,6 +184,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   const heldOutputMaxMs = init.heldOutputMaxMs ?? d.heldOutputMaxMs;
   const codecIdleMs = init.codecIdleMs ?? d.codecIdleMs;
   const workerIdleMs = init.workerIdleMs ?? d.workerIdleMs;
+  const smallJobBytesMax = runningBytesMax / 16;
 
   const queue: Job[] = [];
   const running = new Map<number, Job>();
@@ -196,6 +202,11 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     if (job.settled) return;
     job.settled = true;
     job.detachSignal();
+    // A queued job's only timer is its start deadline (a running one's are cleared when it leaves its slot).
+    if (job.phase === 'queued') {
+      for (const timer of job.timers) clock.clearTimeout(timer);
+      job.timers = [];
+    }
     if ('result' in outcome) {
       counts.jobsDone += 1;
       job.resolve(outcome.result);
@@ -219,19 +230,32 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     return started;
   }
 
-  /** Starts queued jobs while the running ones and the outputs held leave room (always one alone, whatever its size). */
+  /**
+   * Starts queued jobs in order while the running ones and the outputs held leave room (always one alone,
+   * whatever its size). A small job (a sixteenth of the budget at most) that fits starts although larger
+   * ones wait before it: outputs held for clients that do not read (up to heldOutputMaxMs) kept a large
+   * job from fitting, and every conversion behind it waited, a 0.5 MB one and the C-GETs' too (hunt 191).
+   */
   function pump(): void {
-    while (!stopped && queue.length > 0) {
-      const next = queue[0]!;
+    let at = 0;
+    while (!stopped && at < queue.length) {
+      const next = queue[at]!;
       const alone = running.size === 0 && held.size === 0;
-      if (!alone && (running.size >= runningJobsMax || bytesRunning + bytesHeld + next.weight > runningBytesMax)) return;
-      queue.shift();
-      start(next);
+      if (!alone && running.size >= runningJobsMax) return;
+      const fits = alone || bytesRunning + bytesHeld + next.weight <= runningBytesMax;
+      if (fits && (at === 0 || next.weight <= smallJobBytesMax)) {
+        queue.splice(at, 1);
+        start(next);
+        continue;
+      }
+      at++;
     }
   }
 
   function start(job: Job): void {
     clearIdleTimers();
+    for (const timer of job.timers) clock.clearTimeout(timer);
+    job.timers = [];
     job.phase = 'reading';
     running.set(job.jobId, job);
     bytesRunning += job.weight;
@@ -415,6 +439,16 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
         };
         const onAbort = () => cancel(job);
         signal?.addEventListener('abort', onAbort, { once: true });
+        const startWithinMs = options.startWithinMs;
+        if (startWithinMs !== undefined) {
+          job.timers.push(
+            clock.setTimeout(() => {
+              if (job.settled || job.phase !== 'queued') return;
+              queue.splice(queue.indexOf(job), 1);
+              settle(job, { error: new TranscodeError('ERR_TRANSCODE_UNAVAILABLE', `the transcoder is busy: this conversion waited ${startWithinMs / 1000} s to start`) });
+            }, startWithinMs),
+          );
+        }
         queue.push(job);
         pump();
       });

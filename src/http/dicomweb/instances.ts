@@ -206,7 +206,9 @@ export async function convertInstance(
         }
       : input;
   try {
-    return await ctx.transcoder.transcode(source, fromSyntax, [toSyntax], { signal: cancel.signal, ...options });
+    // Its wait for the transcoder is bounded as the wait for held bytes is (hunt 191: unbounded, a rendering
+    // waited behind outputs held for clients that did not read until its client gave up).
+    return await ctx.transcoder.transcode(source, fromSyntax, [toSyntax], { signal: cancel.signal, startWithinMs: heldInstanceWaitMaxMs, ...options });
   } catch (error) {
     if (!(error instanceof TranscodeError)) throw error;
     switch (error.code) {
