@@ -328,6 +328,11 @@ export async function startMesh(init: MeshInit): Promise<Mesh> {
       ...(config.sitePeers === 'several' ? { siteShared: true } : {}),
       build: buildVersion().package,
       ...(init.onSiteNameTaken !== undefined ? { onSiteNameTaken: init.onSiteNameTaken } : {}),
+      // Taken for dead, this site was owed copies as debt from then on, not sent: its catalog misses them
+      // until it catches up again. Taken for suspect, copies still came (read on resuming).
+      onSelfStalled: (stall) => {
+        if (stall.seenAs === 'dead') custody.noteSelfStalled();
+      },
       priority: config.priority,
       dataDir: init.dataDir,
       addresses: init.addresses,

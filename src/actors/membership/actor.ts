@@ -71,6 +71,8 @@ export interface MembershipServiceInit {
    * the peer must stop. Called once, after the error is logged.
    */
   onSiteNameTaken?: (taken: SiteNameTaken) => void;
+  /** This process stood still long enough for the others to take it for suspect or dead (see custody's noteSelfStalled). */
+  onSelfStalled?: (stall: { stalledMs: number; seenAs: 'suspect' | 'dead' }) => void;
   priority: number;
   /** Holds the incarnation. */
   dataDir: string;
@@ -345,6 +347,7 @@ export async function startMembership(init: MembershipServiceInit): Promise<Memb
             stalledMs: effect.stalledMs,
             seenAs: effect.seenAs,
           });
+          init.onSelfStalled?.({ stalledMs: effect.stalledMs, seenAs: effect.seenAs });
           break;
         case 'viewChanged':
           for (const listener of listeners) {

@@ -42,10 +42,11 @@ export interface MeshChildrenInit {
   node: MeshNode;
   peerId: string;
   siteName: string;
-  /** See MembershipServiceInit.siteShared, build and onSiteNameTaken. */
+  /** See MembershipServiceInit.siteShared, build, onSiteNameTaken and onSelfStalled. */
   siteShared?: boolean;
   build?: string;
   onSiteNameTaken?: MembershipServiceInit['onSiteNameTaken'];
+  onSelfStalled?: MembershipServiceInit['onSelfStalled'];
   priority: number;
   dataDir: string;
   addresses: PeerAddresses;
@@ -122,6 +123,7 @@ export function startSiteSupervisor(site: string, options: SiteSupervisorOptions
         ...(init.siteShared === true ? { siteShared: true } : {}),
         ...(init.build !== undefined ? { build: init.build } : {}),
         ...(init.onSiteNameTaken !== undefined ? { onSiteNameTaken: init.onSiteNameTaken } : {}),
+        ...(init.onSelfStalled !== undefined ? { onSelfStalled: init.onSelfStalled } : {}),
         priority: init.priority,
         dataDir: init.dataDir,
         addresses: init.addresses,

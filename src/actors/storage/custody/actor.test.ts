@@ -53,6 +53,7 @@ class TestMesh {
   private readonly starts = new Map<string, number>();
   private readonly dirs: string[] = [];
   private timer: ReturnType<typeof setInterval> | undefined;
+  private heartbeatRound = 0;
   /** Closed, a test that timed out and runs on can start nothing more in it: nobody would stop it, and the process never exited. */
   private closed = false;
 
@@ -129,7 +130,8 @@ class TestMesh {
       peerId: k.peerId,
       siteName: name,
       incarnation: this.starts.get(name) ?? 1,
-      sequence: 1,
+      // Each refresh stands for a round of heartbeats.
+      sequence: ++this.heartbeatRound,
       priority: 0,
       electable: true,
       addresses: { dicom: '', http: '', aeTitle: 'PACSMESH' },
@@ -433,6 +435,26 @@ describe('custody actor over a real mesh', { timeout: 600_000 }, () => {
     assert.match(fresh.custody.searchRefusal() ?? '', /^refilling: 0 of 12 instances here: retry$/);
     await waitFor('site-b refilled', async () => (await fresh.store.countInstances()) === 12, 20_000);
     await waitFor('site-b answers searches', () => fresh.custody.searchRefusal() === undefined);
+  });
+
+  it('a site that stood still long enough to be taken for dead refuses searches until it has heard the others again and caught up (hunt 193)', { timeout: 75_000 }, async () => {
+    const mesh = new TestMesh('auto');
+    await teardown.add(() => mesh.close());
+    const a = await mesh.start('site-a');
+    const b = await mesh.start('site-b', undefined, silentLogger, undefined, { tuning: { viewSettleAfterStartMs: 300 } });
+    await mesh.connected('site-a', 'site-b');
+    for (let i = 0; i < 6; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
+    await waitFor('site-b caught up and answers searches', () => b.custody.stats().digestRoot === a.custody.stats().digestRoot && b.custody.searchRefusal() === undefined, 20_000);
+    // Resumed after the others took it for dead: the figures it holds of them are from before (they stored on meanwhile).
+    b.custody.noteSelfStalled();
+    assert.match(b.custody.searchRefusal() ?? '', /^catching up: this process stood still; 1 peer\(s\) not heard since: retry$/);
+    await waitFor('site-b answers again once site-a is heard and a repair has caught it up', () => b.custody.searchRefusal() === undefined, 20_000);
+    // Holding more there than here, it waits for the catch-up, not only for a heartbeat.
+    for (let i = 0; i < 3; i++) assert.equal((await cstore(a.custody.ingest, newUid(), randomBytes(3_000))).status, 0);
+    await waitFor('site-b caught up', () => b.custody.stats().digestRoot === a.custody.stats().digestRoot, 20_000);
+    b.custody.noteSelfStalled();
+    await waitFor('site-b answers again', () => b.custody.searchRefusal() === undefined, 20_000);
+    assert.equal(b.custody.stats().instanceCount, 9);
   });
 
   it('a site with a new identity that hears no other site refuses searches for the join wait, beyond the start window, then answers alone', { timeout: 45_000 }, async () => {

@@ -121,6 +121,13 @@ export interface CustodyService {
   /** Called by the peer whenever membership changes (the whole view, self included). */
   onViewChanged(members: readonly MemberRecord[]): void;
   /**
+   * Membership found that this process stood still long enough for the others to take it for suspect or
+   * dead (SIGSTOP, a frozen VM): searches wait, as after a start, until every alive peer has been heard
+   * since and this peer has caught up again by anti-entropy with those holding more (hunt 193: a site
+   * resumed after others stored 300 instances answered C-FIND with Success and none of them).
+   */
+  noteSelfStalled(): void;
+  /**
    * Why a C-FIND here would answer from a catalog known to be incomplete, as an Error Comment (at most 64
    * characters); undefined when it may answer. Only in the first viewSettleAfterStartMs after a start: known
    * sites not heard yet (or none at all though bootstrap addresses were given: a site restored on an empty
@@ -369,7 +376,7 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     const forgottenSites = await store.listForgottenSites((key) => damagedSites.push(key));
     if (damagedSites.length > 0) log.warn('damaged known-site records skipped (those sites are learnt again when heard from)', { keys: damagedSites.slice(0, 10) });
     log.info('custody loaded', { instances: digest.size, debtEntries: debt.length, knownSites: knownSites.map((k) => k.siteName) });
-    const state = initCustody(config, { digest, debt, knownSites, forgottenSites });
+    const state = initCustody(config, { digest, debt, knownSites, forgottenSites }, reconciledGeneration);
     warnIfWriteQuorumAboveSitesKnown(sitesKnown(state));
     return state;
   }
@@ -830,13 +837,29 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
   };
   /** Peers caught up with since this start (CustodyState.reconciledPeers, kept here across a reset of the actor). */
   const reconciledSinceStart = new Set<string>();
+  /** Which forgetting of reconciledPeers was asked last (noteSelfStalled): the reducer's set counts once of it. */
+  let reconciledGeneration = 0;
+  /** After a stall: each alive peer's incarnation and heartbeat sequence then, until every one is heard again. */
+  let heardBeforeStall: Map<string, string> | undefined;
+  const heartbeatMark = (m: MemberRecord): string => `${m.incarnation}:${m.sequence}`;
+  /** Alive peers not heard since this process stood still: their figures (instances, digest) are from before it. */
+  const staleSinceStall = (): string | undefined => {
+    if (heardBeforeStall === undefined) return undefined;
+    const before = heardBeforeStall;
+    const unheard = members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId && before.get(m.peerId) === heartbeatMark(m)).length;
+    if (unheard === 0) {
+      heardBeforeStall = undefined;
+      return undefined;
+    }
+    return `catching up: this process stood still; ${unheard} peer(s) not heard since: retry`;
+  };
   /**
    * After the first moments, searches wait until this peer has caught up with every alive peer holding
    * more instances (a refill: an empty or long-absent store), by anti-entropy rather than by counts, which
    * trail under a steady ingest elsewhere: a peer already caught up with since its start answers at once.
    */
   const refillRefusal = (): string | undefined => {
-    for (const peerId of lastState?.reconciledPeers ?? []) reconciledSinceStart.add(peerId);
+    if (lastState?.reconciledGeneration === reconciledGeneration) for (const peerId of lastState.reconciledPeers) reconciledSinceStart.add(peerId);
     const ahead = members.filter(
       (m) => m.status === 'alive' && m.peerId !== init.peerId && m.instanceCount > current.instanceCount && m.digestRoot !== current.digestRoot && !reconciledSinceStart.has(m.peerId),
     );
@@ -911,6 +934,8 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
     retrieve,
     searchRefusal() {
       const noSiteHeard = 'joining the mesh: no other site heard yet: retry';
+      const stale = staleSinceStall();
+      if (stale !== undefined) return stale;
       if (!settlingAfterStart()) {
         if (noSiteHeardYet() && clock.nowMs() - startedAtMs < tuning.joinWaitAfterStartMs) return noSiteHeard;
         // A site first heard lately that holds more: this site, alone until then (restored on an empty disk
@@ -924,6 +949,12 @@ export async function startCustody(init: CustodyServiceInit): Promise<CustodySer
       const heard = new Set(members.filter((m) => m.status === 'alive').map((m) => m.peerId));
       if (node.connectedPeers().some((peerId) => !heard.has(peerId))) return 'joining the mesh: a connected peer not heard yet: retry';
       return lagRefusal();
+    },
+    noteSelfStalled() {
+      reconciledGeneration += 1;
+      reconciledSinceStart.clear();
+      heardBeforeStall = new Map(members.filter((m) => m.status === 'alive' && m.peerId !== init.peerId).map((m) => [m.peerId, heartbeatMark(m)]));
+      input({ type: 'reconciliationsForgotten', generation: reconciledGeneration });
     },
     onViewChanged(view) {
       // A peer restarted (maybe upgraded) or gone: what it refused is logged again if it still does.

@@ -144,6 +144,11 @@ export interface CustodyState {
    * reconciliationAwaited). Searches wait for it after a start (a refill); volatile, members only.
    */
   readonly reconciledPeers: Set<string>;
+  /**
+   * Which forgetting of the partners caught up with these are (see the input reconciliationsForgotten): the
+   * actor trusts reconciledPeers only once they are of the forgetting it asked for last.
+   */
+  reconciledGeneration: number;
 }
 
 /**
@@ -173,7 +178,7 @@ export function debtKey(sopInstanceUid: string, siteName: string): string {
 }
 
 /** Rebuilds custody after a start or a crash from what the store and the debt table hold. */
-export function initCustody(config: CustodyConfig, durable: CustodyDurable): CustodyState {
+export function initCustody(config: CustodyConfig, durable: CustodyDurable, reconciledGeneration = 0): CustodyState {
   const digest = durable.digest;
   const debt = new Map<string, DebtEntry>();
   const debtBySite = new Map<string, Map<string, DebtEntry>>();
@@ -217,6 +222,7 @@ export function initCustody(config: CustodyConfig, durable: CustodyDurable): Cus
     repairDeferredSinceMs: undefined,
     reconciliationAwaited: new Map(),
     reconciledPeers: new Set(),
+    reconciledGeneration,
   };
 }
 
@@ -252,6 +258,12 @@ export function stepCustody(state: CustodyState, input: CustodyInput): CustodySt
   switch (input.type) {
     case 'tick':
       onTick(state, input.nowMs, effects);
+      break;
+    case 'reconciliationsForgotten':
+      // This process stood still while the others went on: what it caught up with before is no longer all.
+      state.reconciledPeers.clear();
+      state.reconciliationAwaited.clear();
+      state.reconciledGeneration = input.generation;
       break;
     case 'viewChanged':
       state.members = input.members;

@@ -180,6 +180,12 @@ export interface StoredCopy {
 
 export type CustodyInput =
   | { readonly type: 'tick'; readonly nowMs: number }
+  /**
+   * Forget the partners caught up with (reconciledPeers) and the exchanges awaited: this process stood
+   * still long enough for the others to take it for dead, and they stored on meanwhile (searches wait for
+   * a new catch-up, as after a start). `generation` names this forgetting (CustodyState.reconciledGeneration).
+   */
+  | { readonly type: 'reconciliationsForgotten'; readonly generation: number }
   | { readonly type: 'viewChanged'; readonly members: readonly MemberRecord[]; readonly nowMs: number }
   /** A modality sent an instance; its bytes are staged under requestId, not yet durable. */
   | {
