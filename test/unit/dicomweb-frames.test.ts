@@ -181,6 +181,21 @@ describe('WADO-RS frames of uncompressed instances', () => {
     assert.match(response.error!.error, /multipart\/related; type="application\/octet-stream"; transfer-syntax=1\.2\.840\.10008\.1\.2\.1/);
   });
 
+  it('an instance whose Pixel Data does not fit its attributes (too few bytes, Bits Allocated 12): 406 saying it can be had as stored, not a 500 (hunt 191)', async () => {
+    const cases: Array<[string, NonNullable<InstanceOptions['extraElements']>]> = [
+      ['too few bytes for its rows', [{ tag: Tags.PixelData, vr: 'OB', value: Buffer.alloc(10) }]],
+      ['Bits Allocated 12', [{ tag: Tags.BitsAllocated, vr: 'US', value: [12] }, { tag: Tags.PixelData, vr: 'OB', value: Buffer.alloc(16) }]],
+    ];
+    for (const [what, extraElements] of cases) {
+      const { bytes, resolved } = makeInstanceWithInfo({ study: { uid: studyUid }, series: { uid: seriesUid }, rows: 4, columns: 4, bitsAllocated: 8, extraElements });
+      await store(resolved.sopClassUid, resolved.sopInstanceUid, bytes.subarray(splitPart10(bytes).datasetOffset), explicitLe);
+      const response = await getFrames({ studyUid, seriesUid, instanceUid: resolved.sopInstanceUid }, '1');
+      assert.equal(response.status, 406, what);
+      assert.equal(response.error?.code, 'ERR_DICOMWEB_PIXEL_DATA', what);
+      assert.match(response.error!.error, /can be had as stored \(transfer-syntax=\*\)$/, what);
+    }
+  });
+
   it('an instance without Pixel Data: 404', async () => {
     const instanceUid = await storeWithoutPixels(peer.dicomPort, secondaryCapture, studyUid, seriesUid);
     const response = await getFrames({ studyUid, seriesUid, instanceUid }, '1');

@@ -163,7 +163,7 @@ function withPalette(source: FramesSource): readonly DicomElement[] {
   try {
     tables = parseDataset(source.header, source.transferSyntaxUid, { wordValueTags: paletteDataTags, maxValueBytes: paletteDataBytesMax }).elements.filter((element) => paletteDataTags.has(element.tag));
   } catch (error) {
-    if (error instanceof DatasetParseError) throw new DicomWebError(500, 'ERR_DICOMWEB_PIXEL_DATA', `the palette of this instance cannot be read: ${error.message}`);
+    if (error instanceof DatasetParseError) throw new DicomWebError(406, 'ERR_DICOMWEB_PIXEL_DATA', `the palette of this instance cannot be read: ${error.message}; it can be had as DICOM`);
     throw error;
   }
   return [...source.elements, ...tables];
