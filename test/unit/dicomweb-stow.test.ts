@@ -14,6 +14,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { waitFor } from '../support/wait.ts';
 import { startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
+import { recordingLogger } from '../support/recording-logger.ts';
 import { makeInstanceWithInfo, newUid, TransferSyntax, uidGenerator, type InstanceOptions } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { Prng } from '../../src/sim/prng.ts';
@@ -514,6 +515,17 @@ function mutate(body: Buffer, prng: Prng): Buffer {
       return Buffer.concat([body.subarray(0, at), Buffer.from(prng.nextInt(2) === 0 ? `\r\n--${boundary}\r\n\r\n` : `\r\n--${boundary}--`), body.subarray(at)]);
   }
 }
+
+test('STOW-RS: a body of many parts not stored logs the first 10 one by one and a count, not a line a part (hunt 191: 10,000 lines)', async (t) => {
+  const messages: string[] = [];
+  const peer = await startTestPeer([], 'stow-log', recordingLogger(messages));
+  t.after(() => peer.dispose());
+  const answer = await stow(peer.httpPort, multipart(Array.from({ length: 40 }, () => ({ contentType: 'application/dicom', bytes: Buffer.from('not dicom') }))));
+  assert.equal(answer.status, 409);
+  assert.equal(items(answer.body, Tag.OtherFailuresSequence).length, 40, 'the response lists each');
+  assert.equal(messages.filter((m) => m === 'STOW-RS part not stored').length, 10);
+  assert.equal(messages.filter((m) => m === 'STOW-RS parts not stored, beyond those logged one by one').length, 1);
+});
 
 test('STOW-RS: a write quorum that is not reached fails the instance with A700, and nothing is acknowledged: 503 with Retry-After (worth retrying, not a conflict)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'pacs-stow-quorum-'));
