@@ -212,6 +212,37 @@ test('requests pipelined before one the parser refuses are answered first, in or
   assert.deepEqual(statusLines(oversized), ['HTTP/1.1 200 OK', 'HTTP/1.1 431 Request Header Fields Too Large']);
 });
 
+test('Host: none in HTTP/1.1, two, or one that is no host[:port] is a 400 with a JSON body; CONNECT a 405; an unknown Expect a 417 (hunt 191)', async (t) => {
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
+  t.after(() => server.stop());
+  const raw = (request: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(server.port, '127.0.0.1', () => socket.write(request));
+      let answer = '';
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+      socket.on('close', () => resolve(answer));
+      socket.on('error', reject);
+    });
+  for (const [request, pattern] of [
+    ['GET /healthz HTTP/1.1\r\n\r\n', /needs a Host header/],
+    ['GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', /more than one Host header/],
+    ['GET /healthz HTTP/1.1\r\nHost: <script>"x\r\n\r\n', /no host\[:port\]/],
+  ] as const) {
+    const answer = await raw(request);
+    assert.match(answer, /^HTTP\/1\.1 400 /, request);
+    assert.match(answer, /"code":"ERR_HTTP_HOST"/, request);
+    assert.match(answer, pattern, request);
+  }
+  assert.match(await raw('GET /healthz HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs none');
+  assert.match(await raw('GET /healthz HTTP/1.1\r\nHost: pacs_mesh:8042\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /, 'a Docker service name');
+  const proxied = await raw('CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n');
+  assert.match(proxied, /^HTTP\/1\.1 405 /);
+  assert.match(proxied, /"code":"ERR_HTTP_METHOD"/);
+  const expecting = await raw('GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n');
+  assert.match(expecting, /^HTTP\/1\.1 417 /);
+  assert.match(expecting, /"code":"ERR_HTTP_EXPECTATION"/);
+});
+
 test('headers trickled past their timeout get a 408 and the connection is closed both ways, though the client goes on sending (hunt 185)', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger, maxConnectionsPerClient: 1, headersTimeoutMs: 300 });
   t.after(() => server.stop());

@@ -10,7 +10,7 @@ import { listenOn } from '../actors/runtime/listen.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
-import { dicomWebPrefix, handleDicomWeb, wadoUriPath } from './dicomweb/service.ts';
+import { dicomWebPrefix, handleDicomWeb, hostPattern, wadoUriPath } from './dicomweb/service.ts';
 import { answerAndClose, closeWithConnection, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
 import { metricsContentType, metricsText } from './metrics.ts';
 import { statusPageHtml } from './status-page.ts';
@@ -72,6 +72,21 @@ export const pipelinedRequestsMax = 16;
 
 /** The resources this port has: a path outside them is 404 whatever the method (RFC 9110 15.5.5). */
 const resources = new Set(['/', '/api/scrub', '/api/forget-site', '/api/forget-peer', '/healthz', '/api/mesh', '/metrics']);
+
+/**
+ * Why the request's Host header is not acceptable (RFC 9112 3.2: a 400 for an HTTP/1.1 request without one,
+ * with more than one, or with one that is no host[:port]); undefined when it is. Node's own check answered a
+ * missing one with an empty 400, and took two Host lines or any text (hunt 191).
+ */
+function hostRefusal(req: IncomingMessage): string | undefined {
+  let hosts = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+  if (hosts > 1) return 'the request has more than one Host header';
+  const host = req.headers.host;
+  if (host === undefined) return req.httpVersionMajor === 1 && req.httpVersionMinor >= 1 ? 'an HTTP/1.1 request needs a Host header' : undefined;
+  // Empty is allowed (a URI without an authority); otherwise host[:port].
+  return host === '' || hostPattern.test(host) ? undefined : 'the Host header is no host[:port]';
+}
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -235,12 +250,19 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   /** Per connection, its requests not yet answered (see pipelinedRequestsMax). */
   const running = new WeakMap<Socket, number>();
   const headersTimeoutMs = init.headersTimeoutMs ?? 10_000;
-  const server: Server = createServer({ connectionsCheckingInterval: Math.min(timeoutsCheckIntervalMs, headersTimeoutMs) }, (req, res) => {
+  // The Host checks are this server's own (hostRefusal), so that their 400 has a JSON body as every refusal here does.
+  const server: Server = createServer({ connectionsCheckingInterval: Math.min(timeoutsCheckIntervalMs, headersTimeoutMs), requireHostHeader: false }, (req, res) => {
     if (refused.has(req.socket)) {
       req.socket.destroy();
       return;
     }
     closeWithConnection(req, res);
+    const badHost = hostRefusal(req);
+    if (badHost !== undefined) {
+      res.setHeader('connection', 'close');
+      sendJson(res, 400, { error: badHost, code: 'ERR_HTTP_HOST' });
+      return;
+    }
     toOriginForm(req);
     const socket = req.socket;
     const ahead = running.get(socket) ?? 0;
@@ -338,9 +360,19 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
         setTimeout(() => socket.destroy(), 1000).unref();
         return;
       }
+      // An unknown method stays a 400, not RFC 9110's 501: the parser cannot tell one from a line of garbage.
       const [status, reason] = error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
       answerAndClose(socket, `${status} ${reason}`, { error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'ERR_HTTP_MALFORMED' });
     });
+  });
+  // Without these listeners Node closed a CONNECT without a word, and answered an Expect it does not know
+  // with a bare 417 (hunt 191).
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    answerAndClose(socket, '405 Method Not Allowed', { error: 'CONNECT: this is no proxy', code: 'ERR_HTTP_METHOD' }, { allow: 'GET, HEAD, POST' });
+  });
+  server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
+    res.setHeader('connection', 'close');
+    sendJson(res, 417, { error: 'the only expectation this server meets is 100-continue', code: 'ERR_HTTP_EXPECTATION' });
   });
   const port = await listenOn(server, init.port, init.host);
   ownAddress = `${init.host.includes(':') ? `[${init.host}]` : init.host}:${port}`;

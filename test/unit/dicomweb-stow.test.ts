@@ -152,6 +152,15 @@ test('STOW-RS over HTTP', async (t) => {
     }
   });
 
+  await t.test('behind a TLS proxy that says so (X-Forwarded-Proto, Forwarded proto), the URLs name https (hunt 191)', async () => {
+    for (const headers of [{ 'x-forwarded-proto': 'https' }, { forwarded: 'for=10.0.0.1;proto=https;host=pacs.example' }]) {
+      const file = small();
+      const answer = await stow(port, multipart([dicomPart(file.bytes)]), { headers });
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      assert.deepEqual(answer.body[Tag.RetrieveURL], { vr: 'UR', Value: [`https://127.0.0.1:${port}/dicom-web/studies/${file.resolved.studyInstanceUid}`] }, JSON.stringify(headers));
+    }
+  });
+
   await t.test('the Content-Type may be written in any order and case, type quoted or not, parts without their own Content-Type', async () => {
     for (const contentType of [
       `Multipart/Related; BOUNDARY="${boundary}"; Type=application/dicom`,

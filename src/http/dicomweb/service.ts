@@ -20,8 +20,33 @@ export const dicomWebPrefix = '/dicom-web';
 /** WADO-URI also at the server's root, where Orthanc and most viewers' wadoUriRoot expect it. */
 export const wadoUriPath = '/wado';
 
-/** A Host header fit to start the URLs a response names; anything else falls back to this peer's own address. */
-const hostPattern = /^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$/;
+/**
+ * A Host header fit to start the URLs a response names (a reg-name may hold "_": Docker's service names);
+ * anything else falls back to the address the client reached (hostReached).
+ */
+export const hostPattern = /^[A-Za-z0-9._-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$/;
+
+/**
+ * This peer's address for the URLs of a request without a usable Host (HTTP/1.0): the one it listens on, or,
+ * bound to every interface, the one this connection reached (hunt 191: URLs named http://0.0.0.0:8042).
+ */
+function hostReached(req: IncomingMessage, ownAddress: string): string {
+  const local = req.socket.localAddress?.replace(/^::ffff:/, '');
+  if (!(ownAddress.startsWith('0.0.0.0:') || ownAddress.startsWith('[::]:')) || local === undefined) return ownAddress;
+  return `${local.includes(':') ? `[${local}]` : local}:${req.socket.localPort}`;
+}
+
+/**
+ * The scheme the client used: https behind a TLS proxy that says so (X-Forwarded-Proto, or Forwarded's proto),
+ * else http (hunt 191: behind the README's TLS proxy every URL named http).
+ */
+function schemeOf(req: IncomingMessage): 'http' | 'https' {
+  const forwardedProto = req.headers['x-forwarded-proto'];
+  const first = (Array.isArray(forwardedProto) ? forwardedProto[0] : forwardedProto)?.split(',')[0]?.trim().toLowerCase();
+  if (first === 'https') return 'https';
+  const forwarded = req.headers.forwarded?.split(',')[0] ?? '';
+  return /(^|;)\s*proto="?https"?\s*(;|$)/i.test(forwarded) ? 'https' : 'http';
+}
 
 export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://peer');
@@ -32,8 +57,8 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
     sendJson(res, routed.httpStatus, { error: routed.message, code: routed.code });
     return;
   }
-  const host = req.headers.host !== undefined && hostPattern.test(req.headers.host) ? req.headers.host : ownAddress;
-  const exchange: DicomWebExchange = { req, res, query: url.searchParams, baseUrl: `http://${host}${dicomWebPrefix}` };
+  const host = req.headers.host !== undefined && hostPattern.test(req.headers.host) ? req.headers.host : hostReached(req, ownAddress);
+  const exchange: DicomWebExchange = { req, res, query: url.searchParams, baseUrl: `${schemeOf(req)}://${host}${dicomWebPrefix}` };
   const route = routed.route;
   countRequest(ctx.stats, route);
   try {
