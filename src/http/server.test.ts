@@ -173,17 +173,21 @@ test('POST /api/forget-peer?peer=PEERID: 200 forgotten, 409 up, self, pinned or 
   assert.equal(((await noMesh.json()) as { code: string }).code, 'ERR_NO_MESH');
 });
 
+/** What the server writes back to `request` sent as raw bytes on a connection of its own, until it closes it. */
+function rawAnswer(port: number, request: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(request));
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', reject);
+  });
+}
+
 test('requests the HTTP parser refuses get a status with a JSON body: headers over 16 KiB (431), an unknown method (400)', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
-  const raw = (request: string) =>
-    new Promise<string>((resolve, reject) => {
-      const socket = connect(server.port, '127.0.0.1', () => socket.end(request));
-      let answer = '';
-      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-      socket.on('end', () => resolve(answer));
-      socket.on('error', reject);
-    });
+  const raw = (request: string) => rawAnswer(server.port, request);
   const oversized = await raw(`GET /dicom-web/studies?PatientName=${'x'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`);
   assert.match(oversized, /^HTTP\/1\.1 431 /);
   assert.match(oversized, /"code":"ERR_HTTP_HEADERS_TOO_LARGE"/);
@@ -195,14 +199,7 @@ test('requests the HTTP parser refuses get a status with a JSON body: headers ov
 test('requests pipelined before one the parser refuses are answered first, in order, then the refusal (hunt 191: only the refusal went out)', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ self: { site: 's' } }), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
-  const raw = (request: string) =>
-    new Promise<string>((resolve, reject) => {
-      const socket = connect(server.port, '127.0.0.1', () => socket.write(request));
-      let answer = '';
-      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-      socket.on('close', () => resolve(answer));
-      socket.on('error', reject);
-    });
+  const raw = (request: string) => rawAnswer(server.port, request);
   const statusLines = (answer: string) => answer.match(/HTTP\/1\.1 \d+ [^\r]*/g) ?? [];
   const asks = (n: number) => 'GET /api/mesh HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(n);
   const garbage = await raw(`${asks(3)}GARBAGE\r\n\r\n`);
@@ -215,14 +212,7 @@ test('requests pipelined before one the parser refuses are answered first, in or
 test('Host: none in HTTP/1.1, two, or one that is no host[:port] is a 400 with a JSON body; CONNECT a 405; an unknown Expect a 417 (hunt 191)', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());
-  const raw = (request: string) =>
-    new Promise<string>((resolve, reject) => {
-      const socket = connect(server.port, '127.0.0.1', () => socket.write(request));
-      let answer = '';
-      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
-      socket.on('close', () => resolve(answer));
-      socket.on('error', reject);
-    });
+  const raw = (request: string) => rawAnswer(server.port, request);
   for (const [request, pattern] of [
     ['GET /healthz HTTP/1.1\r\n\r\n', /needs a Host header/],
     ['GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', /more than one Host header/],

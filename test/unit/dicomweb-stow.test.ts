@@ -153,7 +153,7 @@ test('STOW-RS over HTTP', async (t) => {
   });
 
   await t.test('behind a TLS proxy that says so (X-Forwarded-Proto, Forwarded proto), the URLs name https (hunt 191)', async () => {
-    for (const headers of [{ 'x-forwarded-proto': 'https' }, { forwarded: 'for=10.0.0.1;proto=https;host=pacs.example' }]) {
+    for (const headers of [{ 'x-forwarded-proto': 'https' }, { forwarded: 'for=10.0.0.1;proto=https;host=pacs.example' }] as Array<Record<string, string>>) {
       const file = small();
       const answer = await stow(port, multipart([dicomPart(file.bytes)]), { headers });
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
