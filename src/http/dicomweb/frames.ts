@@ -153,7 +153,7 @@ async function nativeFramesByRange(request: FramesRequest): Promise<boolean> {
     if (image.bitsAllocated % 8 !== 0 || valueLength === 0xffffffff) return false;
     const size = nativeFrameBits(image) / 8;
     if (route.frameNumbers.some((frameNumber) => frameNumber * size > valueLength)) {
-      throw unservableFrames(route.instanceUid, `the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
+      throw unservableFrames(`the Pixel Data of instance ${route.instanceUid} holds ${valueLength} bytes: too few for its ${image.numberOfFrames} frames`);
     }
     // One buffer a frame, however often the list names it, held within the budget of bytes held at once
     // (as an instance read whole is): a list names up to 10,000 frames, and a buffer for each copy of a
@@ -172,7 +172,7 @@ async function nativeFramesByRange(request: FramesRequest): Promise<boolean> {
         offset += next.value.byteLength;
       }
       await chunks.return(undefined);
-      if (frameRanges.some((range) => range.end > offset)) throw unservableFrames(route.instanceUid, `the stored copy of instance ${route.instanceUid} ends before its frames do`);
+      if (frameRanges.some((range) => range.end > offset)) throw unservableFrames(`the stored copy of instance ${route.instanceUid} ends before its frames do`);
       const frameOf = new Map(wanted.map((frameNumber, index) => [frameNumber, frames[index]!]));
       await deliver(representation, route.frameNumbers.map((frameNumber) => frameOf.get(frameNumber)!), source);
     });
@@ -205,7 +205,7 @@ async function encapsulatedFramesByRange(request: FramesRequest): Promise<boolea
     checked(() => scanner.push(read.head.subarray(read.valueStart)), route.instanceUid);
     while (!scanner.done) {
       const next = await chunks.next();
-      if (next.done === true) throw unservableFrames(route.instanceUid, `the stored copy of instance ${route.instanceUid} ends inside its Pixel Data`);
+      if (next.done === true) throw unservableFrames(`the stored copy of instance ${route.instanceUid} ends inside its Pixel Data`);
       checked(() => scanner.push(next.value), route.instanceUid);
     }
     codestreams = scanner.frames();
@@ -332,7 +332,7 @@ async function framesOf(request: FramesRequest): Promise<void> {
 
   let stored: PixelData | undefined = layout === 'nativeConverted' ? undefined : checked(() => readPixelData(bytes, storedSyntax), route.instanceUid);
   if (layout === 'encapsulated' && stored?.kind !== 'encapsulated') {
-    throw unservableFrames(route.instanceUid, `instance ${route.instanceUid} is stored in ${storedSyntax}, but its Pixel Data is not encapsulated`);
+    throw unservableFrames(`instance ${route.instanceUid} is stored in ${storedSyntax}, but its Pixel Data is not encapsulated`);
   }
   const offers: FrameOffers = {
     storedTransferSyntaxUid: storedSyntax,
@@ -406,8 +406,8 @@ function pixelAttributesOf(bytes: Uint8Array, transferSyntaxUid: string, instanc
  * Number of Frames that is no number): a 406, as for a conversion that cannot be done, saying it can be had
  * as stored. It was a 500 logged as this server's failure, for data a modality sent (hunt 191).
  */
-function unservableFrames(instanceUid: string, why: string): DicomWebError {
-  return new DicomWebError(406, 'ERR_DICOMWEB_PIXEL_DATA', `${why}: its frames cannot be served; instance ${instanceUid} can be had as stored (transfer-syntax=*)`);
+function unservableFrames(why: string): DicomWebError {
+  return new DicomWebError(406, 'ERR_DICOMWEB_PIXEL_DATA', `${why}: its frames cannot be served; the instance can be had as stored (transfer-syntax=*)`);
 }
 
 /** `read()`, with a stored instance the reader finds malformed answered unservableFrames (whatever the request). */
@@ -415,7 +415,7 @@ function checked<T>(read: () => T, instanceUid: string): T {
   try {
     return read();
   } catch (error) {
-    if (error instanceof DatasetParseError) throw unservableFrames(instanceUid, `the Pixel Data of instance ${instanceUid} cannot be read: ${error.message}`);
+    if (error instanceof DatasetParseError) throw unservableFrames(`the Pixel Data of instance ${instanceUid} cannot be read: ${error.message}`);
     throw error;
   }
 }
