@@ -86,6 +86,32 @@ test('a modality not in the AE directory gets its report on its own association:
   await waitFor('the delivery counted in /api/mesh', async () => (await apiMesh(peer.httpPort)).commitment.reportsDelivered === 1, 5_000);
 });
 
+test('a report owed on the N-ACTION\'s association holds off the idle abort until it is sent (hunt 194: --idle-timeout 3 aborted it first)', async (t) => {
+  // An unknown instance is looked for 2.5 s before the report; the association is idle after 1 s.
+  const peer = await startTestPeer(['--idle-timeout', '1'], 'commit-idle', silentLogger, { commitment: { checkWaitMs: 2_500, checkIntervalMs: 100 } });
+  t.after(() => peer.dispose());
+  await storeInstances(peer.dicomPort, 'MODALITY', [uid(201)]);
+  const request = new NActionRequest(StorageCommitment.sopClassUid, StorageCommitment.sopInstanceUid, 1);
+  request.setDataset(new Dataset({ TransactionUID: uid(300), ReferencedSOPSequence: [uid(201), uid(202)].map((sopInstanceUid) => ({ ReferencedSOPClassUID: ct, ReferencedSOPInstanceUID: sopInstanceUid })) }));
+  const startedAt = Date.now();
+  const report = await new Promise<{ eventTypeId: number; dataset: Record<string, any> }>((resolve, reject) => {
+    const client = new Client();
+    client.addRequest(request);
+    client.on('nEventReportRequest', (incoming: any, callback: (r: unknown) => void) => {
+      resolve({ eventTypeId: incoming.getEventTypeId(), dataset: incoming.getDataset().getElements() });
+      const response = NEventReportResponse.fromRequest(incoming);
+      response.setStatus(Status.Success);
+      callback(response);
+    });
+    client.on('networkError', reject);
+    client.on('closed', () => reject(new Error('association closed before the report')));
+    client.send('127.0.0.1', peer.dicomPort, 'MODALITY', 'PACSMESH', { associationLingerTimeout: 10_000 });
+  });
+  assert.ok(Date.now() - startedAt >= 2_000, 'the report came after the look-up, past the idle timeout');
+  assert.equal(report.eventTypeId, StorageCommitment.eventTypeFailuresExist);
+  assert.deepEqual(report.dataset.FailedSOPSequence.map((i: any) => [i.ReferencedSOPInstanceUID, i.FailureReason]), [[uid(202), 0x0112]]);
+});
+
 test('a modality in the AE directory gets its report over a new association, also when it listens only after the peer restarted', async (t) => {
   const receiver = await startReportReceiver('MODALITY');
   const receiverPort = receiver.port;

@@ -35,7 +35,8 @@ export interface ReportChannel {
   send(eventTypeId: number, elements: WritableElement[]): Promise<number>;
 }
 
-export type Admission = { readonly admitted: true; begin(): void } | { readonly admitted: false; readonly status: number; readonly errorComment: string };
+/** `reportOnAssociation`: the report goes over the N-ACTION's association (its requestor is not in the AE directory). */
+export type Admission = { readonly admitted: true; readonly reportOnAssociation: boolean; begin(): void } | { readonly admitted: false; readonly status: number; readonly errorComment: string };
 
 export interface CommitmentService {
   /**
@@ -297,7 +298,7 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
       } else {
         channels.set(record, channel);
       }
-      return { admitted: true, begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
+      return { admitted: true, reportOnAssociation: deliverVia === 'association', begin: () => input({ type: 'accepted', record, nowMs: clock.nowMs() }) };
     },
     full: () => (stopped ? 'the archive is stopping' : admissionRefusal(current, '', 1, admitting)),
     refused(requestorAeTitle, status, errorComment) {
