@@ -49,6 +49,26 @@ const apiMesh = async (httpPort: number) => (await (await fetch(`http://127.0.0.
 const requestDataSet = (transactionUid: string, uids: string[], transferSyntaxUid?: string) =>
   commitmentRequestDataSet(transactionUid, uids.map((sopInstanceUid) => ({ sopClassUid: ct, sopInstanceUid })), transferSyntaxUid);
 
+/**
+ * dcmjs-dimse as a modality not in the AE directory: sends `request` as MODALITY and stays on the association
+ * after the N-ACTION-RSP (up to `lingerMs`), waiting for the report, which it answers Success.
+ */
+function reportOnOwnAssociation(port: number, request: InstanceType<typeof NActionRequest>, lingerMs: number): Promise<{ eventTypeId: number; dataset: Record<string, any> }> {
+  return new Promise((resolve, reject) => {
+    const client = new Client();
+    client.addRequest(request);
+    client.on('nEventReportRequest', (incoming: any, callback: (r: unknown) => void) => {
+      resolve({ eventTypeId: incoming.getEventTypeId(), dataset: incoming.getDataset().getElements() });
+      const response = NEventReportResponse.fromRequest(incoming);
+      response.setStatus(Status.Success);
+      callback(response);
+    });
+    client.on('networkError', reject);
+    client.on('closed', () => reject(new Error('association closed before the report')));
+    client.send('127.0.0.1', port, 'MODALITY', 'PACSMESH', { associationLingerTimeout: lingerMs });
+  });
+}
+
 test('a modality not in the AE directory gets its report on its own association: held instances committed, an unknown one failed 0x0112', async (t) => {
   const peer = await startTestPeer([], 'commit', silentLogger, { commitment: fastChecks });
   t.after(() => peer.dispose());
@@ -64,20 +84,7 @@ test('a modality not in the AE directory gets its report on its own association:
   );
   let actionStatus: number | undefined;
   request.on('response', (response: { getStatus(): number }) => (actionStatus = response.getStatus()));
-  const report = await new Promise<{ eventTypeId: number; dataset: Record<string, any> }>((resolve, reject) => {
-    const client = new Client();
-    client.addRequest(request);
-    client.on('nEventReportRequest', (incoming: any, callback: (r: unknown) => void) => {
-      resolve({ eventTypeId: incoming.getEventTypeId(), dataset: incoming.getDataset().getElements() });
-      const response = NEventReportResponse.fromRequest(incoming);
-      response.setStatus(Status.Success);
-      callback(response);
-    });
-    client.on('networkError', reject);
-    client.on('closed', () => reject(new Error('association closed before the report')));
-    // The modality stays on the association after the N-ACTION-RSP, waiting for the report.
-    client.send('127.0.0.1', peer.dicomPort, 'MODALITY', 'PACSMESH', { associationLingerTimeout: 5_000 });
-  });
+  const report = await reportOnOwnAssociation(peer.dicomPort, request, 5_000);
   assert.equal(actionStatus, Status.Success);
   assert.equal(report.eventTypeId, StorageCommitment.eventTypeFailuresExist);
   assert.equal(report.dataset.TransactionUID, uid(100));
@@ -94,19 +101,7 @@ test('a report owed on the N-ACTION\'s association holds off the idle abort unti
   const request = new NActionRequest(StorageCommitment.sopClassUid, StorageCommitment.sopInstanceUid, 1);
   request.setDataset(new Dataset({ TransactionUID: uid(300), ReferencedSOPSequence: [uid(201), uid(202)].map((sopInstanceUid) => ({ ReferencedSOPClassUID: ct, ReferencedSOPInstanceUID: sopInstanceUid })) }));
   const startedAt = Date.now();
-  const report = await new Promise<{ eventTypeId: number; dataset: Record<string, any> }>((resolve, reject) => {
-    const client = new Client();
-    client.addRequest(request);
-    client.on('nEventReportRequest', (incoming: any, callback: (r: unknown) => void) => {
-      resolve({ eventTypeId: incoming.getEventTypeId(), dataset: incoming.getDataset().getElements() });
-      const response = NEventReportResponse.fromRequest(incoming);
-      response.setStatus(Status.Success);
-      callback(response);
-    });
-    client.on('networkError', reject);
-    client.on('closed', () => reject(new Error('association closed before the report')));
-    client.send('127.0.0.1', peer.dicomPort, 'MODALITY', 'PACSMESH', { associationLingerTimeout: 10_000 });
-  });
+  const report = await reportOnOwnAssociation(peer.dicomPort, request, 10_000);
   assert.ok(Date.now() - startedAt >= 2_000, 'the report came after the look-up, past the idle timeout');
   assert.equal(report.eventTypeId, StorageCommitment.eventTypeFailuresExist);
   assert.deepEqual(report.dataset.FailedSOPSequence.map((i: any) => [i.ReferencedSOPInstanceUID, i.FailureReason]), [[uid(202), 0x0112]]);
