@@ -118,8 +118,8 @@ export class AcceptorSession {
   /** Data set of a request we answered at its command (wrong context): its fragments are dropped. */
   private discardingDataSet = false;
   private readonly tasks = new Map<number, Task>();
-  /** Storage Commitment reports owed over this association, and until when at most (see requestCommitment). */
-  private reportsOwed = 0;
+  /** Storage Commitment reports owed over this association (their channels), and until when at most (see requestCommitment). */
+  private readonly reportsOwed = new Set<ReportChannel>();
   private reportsOwedUntilMs = 0;
   private readonly subOperationWaiters = new Map<number, { resolve: (status: number) => void }>();
   private sendChain: Promise<void> = Promise.resolve();
@@ -255,7 +255,7 @@ export class AcceptorSession {
     // requestor keeping it open may rightly say nothing (hunt 194: with --idle-timeout 3 the report, due after
     // the 30 s look-up, was dropped, the association aborted under a requestor still waiting for it).
     const reportWaitMs = this.reportsOwedUntilMs - this.deps.clock.nowMs();
-    if (this.reportsOwed > 0 && reportWaitMs > 0) return this.armIdleTimer(Math.min(this.deps.idleTimeoutMs, reportWaitMs));
+    if (this.reportsOwed.size > 0 && reportWaitMs > 0) return this.armIdleTimer(Math.min(this.deps.idleTimeoutMs, reportWaitMs));
     await this.abort(`no PDU for ${this.deps.idleTimeoutMs} ms`);
   }
 
@@ -589,13 +589,9 @@ export class AcceptorSession {
       return this.answerNAction(presentationContextId, command, Status.InvalidArgumentValue, `data set cannot be read: ${error.message}`);
     }
     if ('status' in request) return this.answerNAction(presentationContextId, command, request.status, request.errorComment);
-    let reportSent = false;
     const channel: ReportChannel = {
       send: async (eventTypeId, elements) => {
-        if (!reportSent) {
-          reportSent = true;
-          this.reportsOwed = Math.max(0, this.reportsOwed - 1);
-        }
+        this.reportsOwed.delete(channel);
         if (this.ended || this.releaseRequested) throw new Error('the N-ACTION\'s association is over');
         return this.requestOfRequestor(
           presentationContextId,
@@ -606,10 +602,10 @@ export class AcceptorSession {
     };
     const admission = await this.deps.commitments.admit(request, this.callingAeTitle, channel);
     if (!admission.admitted) return this.answerNAction(presentationContextId, command, admission.status, admission.errorComment);
-    if (admission.reportOnAssociation && !reportSent) {
+    if (admission.reportOnAssociation) {
       // Owed within the commitment's look-up (30 s) and a moment; past that the idle rule applies again, so a
       // report the service dropped (a transaction replaced) cannot hold the association for good.
-      this.reportsOwed += 1;
+      this.reportsOwed.add(channel);
       this.reportsOwedUntilMs = Math.max(this.reportsOwedUntilMs, this.deps.clock.nowMs() + commitmentReportOwedMaxMs);
     }
     try {
