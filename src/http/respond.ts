@@ -56,14 +56,24 @@ export function whenResponsesClosed(socket: Socket, then: () => void): void {
 
 /**
  * Writes a whole HTTP response straight to the socket (no request object to answer through) and closes
- * the connection both ways once it is out, or after a second: a client that ignores the half-close and
- * goes on sending would otherwise keep the connection, and count against every bound on them.
+ * the connection both ways (closeBothWays).
  */
 export function answerAndClose(socket: Socket, statusLine: string, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
   const text = JSON.stringify(body);
   const head = Object.entries({ 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(text)), ...headers, connection: 'close' })
     .map(([name, value]) => `${name}: ${value}\r\n`)
     .join('');
-  socket.end(`HTTP/1.1 ${statusLine}\r\n${head}\r\n${text}`, () => socket.destroy());
-  setTimeout(() => socket.destroy(), 1000).unref();
+  closeBothWays(socket, `HTTP/1.1 ${statusLine}\r\n${head}\r\n${text}`);
+}
+
+/**
+ * Ends the connection after `last` (if any) is out, and destroys it then, or after a second: a client that
+ * ignores the half-close and goes on sending would otherwise keep the connection, and count against every
+ * bound on them.
+ */
+export function closeBothWays(socket: Socket, last?: string): void {
+  const destroy = () => socket.destroy();
+  if (last === undefined) socket.end(destroy);
+  else socket.end(last, destroy);
+  setTimeout(destroy, 1000).unref();
 }

@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, hostPattern, wadoUriPath } from './dicomweb/service.ts';
-import { answerAndClose, closeWithConnection, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
+import { answerAndClose, closeBothWays, closeWithConnection, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
 import { metricsContentType, metricsText } from './metrics.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
@@ -355,11 +355,7 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
       bodyBroken.req.push(null);
     }
     whenResponsesClosed(socket, () => {
-      if (bodyBroken !== undefined || !socket.writable) {
-        socket.end(() => socket.destroy());
-        setTimeout(() => socket.destroy(), 1000).unref();
-        return;
-      }
+      if (bodyBroken !== undefined || !socket.writable) return closeBothWays(socket);
       // An unknown method stays a 400, not RFC 9110's 501: the parser cannot tell one from a line of garbage.
       const [status, reason] = error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
       answerAndClose(socket, `${status} ${reason}`, { error: `the request cannot be read: ${reason.toLowerCase()}${status === 431 ? ' (16 KiB of headers at most)' : ''}`, code: status === 431 ? 'ERR_HTTP_HEADERS_TOO_LARGE' : status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'ERR_HTTP_MALFORMED' });
