@@ -203,10 +203,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
     job.settled = true;
     job.detachSignal();
     // A queued job's only timer is its start deadline (a running one's are cleared when it leaves its slot).
-    if (job.phase === 'queued') {
-      for (const timer of job.timers) clock.clearTimeout(timer);
-      job.timers = [];
-    }
+    if (job.phase === 'queued') clearJobTimers(job);
     if ('result' in outcome) {
       counts.jobsDone += 1;
       job.resolve(outcome.result);
@@ -254,8 +251,7 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
 
   function start(job: Job): void {
     clearIdleTimers();
-    for (const timer of job.timers) clock.clearTimeout(timer);
-    job.timers = [];
+    clearJobTimers(job);
     job.phase = 'reading';
     running.set(job.jobId, job);
     bytesRunning += job.weight;
@@ -301,14 +297,18 @@ export function startTranscoderPool(init: TranscoderPoolInit): TranscoderPool {
   function finish(job: Job): void {
     if (!running.delete(job.jobId)) return;
     bytesRunning -= job.weight;
-    for (const timer of job.timers) clock.clearTimeout(timer);
-    job.timers = [];
+    clearJobTimers(job);
     if (worker && ![...running.values()].some((j) => j.phase === 'atThread')) worker.unref();
     pump();
     if (running.size === 0 && queue.length === 0 && worker && !stopped) {
       const idle = worker;
       idleTimers = [clock.setTimeout(() => idle.postMessage({ type: 'releaseCodecs' } satisfies TranscodeRequest), codecIdleMs), clock.setTimeout(endIdleWorker, workerIdleMs)];
     }
+  }
+
+  function clearJobTimers(job: Job): void {
+    for (const timer of job.timers) clock.clearTimeout(timer);
+    job.timers = [];
   }
 
   function clearIdleTimers(): void {
