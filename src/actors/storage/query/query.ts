@@ -1001,6 +1001,19 @@ async function computedValueOf(
 }
 
 /**
+ * Which of an entity's several `values` (its PatientIDs, a series' studies) the matching key on `tag` takes:
+ * null when none, undefined when there is no such key, the entity holds fewer than two values, or all match.
+ */
+function valuesMatched(keys: CompiledKey[], tag: Tag, values: ReadonlySet<string>, characterSet?: string): Set<string> | undefined | null {
+  if (values.size < 2) return undefined;
+  const key = keys.find((k) => k.element.tag === tag && k.isMatching && !k.computed);
+  if (key === undefined) return undefined;
+  const matched = new Set([...values].filter((value) => key.matcher.matches(value, characterSet)));
+  if (matched.size === 0) return null;
+  return matched.size === values.size ? undefined : matched;
+}
+
+/**
  * A study or series filed under several PatientIDs (seen in real data: merges, registration errors) that a
  * PatientID key matched for some of them: the part of it that belongs to those patients, so that the
  * response names one patient with that patient's own attributes (not those of another patient's latest
@@ -1014,12 +1027,9 @@ async function narrowToMatchedPatients(
   upper: UpperAggregateCache,
   studyInstanceUids: ReadonlySet<string> | undefined,
 ): Promise<{ entity: EntityAggregate; patientIds: ReadonlySet<string> } | undefined | null> {
-  if (level === 'IMAGE' || aggregate.patientIds.size < 2) return undefined;
-  const patientKey = keys.find((key) => key.element.tag === Tags.PatientID && key.isMatching && !key.computed);
-  if (patientKey === undefined) return undefined;
-  const matched = new Set([...aggregate.patientIds].filter((id) => patientKey.matcher.matches(id, characterSet)));
-  if (matched.size === 0) return null;
-  if (matched.size === aggregate.patientIds.size) return undefined;
+  if (level === 'IMAGE') return undefined;
+  const matched = valuesMatched(keys, Tags.PatientID, aggregate.patientIds, characterSet);
+  if (matched === null || matched === undefined) return matched;
   const entity = await upper.get(level, entityIdOf(level, aggregate.latest!), true, matched, studyInstanceUids);
   return entity.latest === undefined ? null : { entity, patientIds: matched };
 }
@@ -1038,12 +1048,9 @@ async function narrowToMatchedStudies(
   aggregate: EntityAggregate,
   upper: UpperAggregateCache,
 ): Promise<{ entity: EntityAggregate; studyInstanceUids: ReadonlySet<string> } | undefined | null> {
-  if (level !== 'SERIES' || aggregate.studyInstanceUids.size < 2) return undefined;
-  const studyKey = keys.find((key) => key.element.tag === Tags.StudyInstanceUID && key.isMatching && !key.computed);
-  if (studyKey === undefined) return undefined;
-  const matched = new Set([...aggregate.studyInstanceUids].filter((uid) => studyKey.matcher.matches(uid)));
-  if (matched.size === 0) return null;
-  if (matched.size === aggregate.studyInstanceUids.size) return undefined;
+  if (level !== 'SERIES') return undefined;
+  const matched = valuesMatched(keys, Tags.StudyInstanceUID, aggregate.studyInstanceUids);
+  if (matched === null || matched === undefined) return matched;
   const entity = await upper.get(level, entityIdOf(level, aggregate.latest!), true, undefined, matched);
   return entity.latest === undefined ? null : { entity, studyInstanceUids: matched };
 }
