@@ -8,6 +8,24 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, con
   res.end(text);
 }
 
+/** Responses to an `Expect: 100-continue` request whose 100 is not sent yet (see continueWhenRead). */
+const continueOwed = new WeakSet<ServerResponse>();
+
+/** Holds back the 100 (Continue) of `res`'s request until its body is asked for (`continueNow`). */
+export function continueWhenRead(res: ServerResponse): void {
+  continueOwed.add(res);
+}
+
+/**
+ * Sends the 100 (Continue) a client waits for before its body, once a resource starts reading it: a request
+ * refused on its headers alone (STOW-RS's 415) is then answered before the client sends a body it would
+ * send in vain (Node answered 100 to every such request on arrival).
+ */
+export function continueNow(res: ServerResponse): void {
+  if (!continueOwed.delete(res) || res.headersSent) return;
+  res.writeContinue();
+}
+
 /** Per connection, its responses that have not closed yet (see closeWithConnection). */
 const openResponses = new WeakMap<Socket, Set<ServerResponse>>();
 

@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, hostPattern, wadoUriPath } from './dicomweb/service.ts';
-import { answerAndClose, closeBothWays, closeWithConnection, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
+import { answerAndClose, closeBothWays, closeWithConnection, continueWhenRead, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
 import { metricsContentType, metricsText } from './metrics.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
@@ -365,6 +365,12 @@ export async function startHttpServer(init: HttpServerInit): Promise<RunningHttp
   // with a bare 417 (hunt 191).
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     answerAndClose(socket, '405 Method Not Allowed', { error: 'CONNECT: this is no proxy', code: 'ERR_HTTP_METHOD' }, { allow: 'GET, HEAD, POST' });
+  });
+  // Answered by the resource: it sends the 100 when it reads the body (continueNow), and a response without one
+  // closes the connection (Node's rule), since the client may still send the body it held back.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    continueWhenRead(res);
+    server.emit('request', req, res);
   });
   server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
     res.setHeader('connection', 'close');

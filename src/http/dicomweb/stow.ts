@@ -24,7 +24,8 @@
  *   (0008,119A): the Failed SOP Sequence's items must name the instance (Type 1 in the SOP Instance
  *   Reference Macro). Why each part failed is logged, and the first few reasons go in a Warning header.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { continueNow } from '../respond.ts';
 import { duplicateWithOtherBytesMessage, IncomingStore, type StoreIdentity } from '../../actors/association/services/store.ts';
 import { isStorableTransferSyntax, isStorageSopClass } from '../../actors/association/negotiation.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
@@ -106,7 +107,7 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   const log = ctx.log.child({ service: 'stow-rs' });
   let partsLogged = 0;
   try {
-    for await (const part of readMultipart(requestBody(req), boundary, stowLimits)) {
+    for await (const part of readMultipart(requestBody(req, res), boundary, stowLimits)) {
       const { outcome, damage: partDamage } = await storePart(ctx, route, part);
       finishing.push(
         Promise.resolve(outcome).then((settled) => {
@@ -200,7 +201,8 @@ class RequestBodyError extends Error {
 }
 
 /** The request's bytes, read only when asked for; returning leaves the request paused, not destroyed (the answer is still to be sent). */
-async function* requestBody(req: IncomingMessage): AsyncGenerator<Uint8Array> {
+async function* requestBody(req: IncomingMessage, res: ServerResponse): AsyncGenerator<Uint8Array> {
+  continueNow(res);
   try {
     for await (const chunk of req.iterator({ destroyOnReturn: false })) yield chunk as Buffer;
   } catch (error) {
