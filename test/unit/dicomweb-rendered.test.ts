@@ -202,6 +202,12 @@ describe('rendered images', () => {
     assert.equal(file.status, 200, file.body.toString());
     assert.equal(file.contentType, 'application/dicom');
     assert.equal(file.body.subarray(128, 132).toString('latin1'), 'DICM');
+    // In the transfer syntax asked (it was Explicit VR Little Endian whatever the request said), and the same for an empty contentType.
+    for (const contentType of ['', '&contentType=']) {
+      const implicit = await get(`/wado?requestType=WADO&studyUID=${studyUid}&seriesUID=${seriesUid}&objectUID=${reportUid}${contentType}&transferSyntax=${TransferSyntax.ImplicitVrLittleEndian}`);
+      assert.equal(implicit.status, 200, implicit.body.toString());
+      assert.equal(splitPart10(implicit.body).transferSyntaxUid, TransferSyntax.ImplicitVrLittleEndian, contentType);
+    }
     assert.equal((await get(`/dicom-web/studies/${studyUid}/series/${seriesUid}/instances/${reportUid}/rendered`)).status, 404);
   });
 

@@ -411,6 +411,14 @@ describe('WADO-RS', () => {
     assert.equal(elements.find((element) => element.tag === Tags.SOPInstanceUID)?.value, `${series1}.2`);
     const head = await fetch(`${root}/wado?${uri(`${series1}.1`, '&contentType=application/dicom')}`, { method: 'HEAD' });
     assert.equal(head.status, 200);
+    assert.equal(head.headers.get('content-disposition'), `attachment; filename="${series1}.1.dcm"`);
+    // As stored, GET's length too, without reading the instance (HEAD had neither).
+    for (const objectUid of [`${series1}.1`, `${series2}.3`]) {
+      const asStored = uri(objectUid, '&contentType=application/dicom&transferSyntax=*');
+      const [headAsStored, getAsStored] = [await fetch(`${root}/wado?${asStored}`, { method: 'HEAD' }), await fetch(`${root}/wado?${asStored}`)];
+      assert.equal(Number(headAsStored.headers.get('content-length')), (await getAsStored.arrayBuffer()).byteLength, objectUid);
+      assert.equal(headAsStored.headers.get('content-disposition'), getAsStored.headers.get('content-disposition'));
+    }
     // What it cannot serve: each a status and a message.
     const cases: Array<[string, number, RegExp]> = [
       [uri(`${series1}.1`, '&contentType=image/gif'), 406, /application\/dicom, image\/jpeg or image\/png, not image\/gif/],

@@ -15,10 +15,14 @@ describe('parseUriRequest', () => {
 
   it('a rendered image: image/jpeg without contentType (PS3.18 9.2.2), image/png, and the rendering parameters', () => {
     assert.deepEqual(parseUriRequest(new URLSearchParams(base)), {
-      kind: 'rendered', defaulted: true, studyUid: '1.2.3', seriesUid: '1.2.3.4', instanceUid: '1.2.3.4.5', mediaType: 'image/jpeg', frameNumber: 1, options: {}, quality: 90,
+      kind: 'rendered', defaulted: true, fileTransferSyntax: '1.2.840.10008.1.2.1', studyUid: '1.2.3', seriesUid: '1.2.3.4', instanceUid: '1.2.3.4.5', mediaType: 'image/jpeg', frameNumber: 1, options: {}, quality: 90,
+    });
+    // An empty contentType asks nothing (it was taken as application/dicom); the transfer syntax is that of the file sent for an object without pixels.
+    assert.deepEqual(parseUriRequest(new URLSearchParams(`${base}&contentType=&transferSyntax=*`)), {
+      kind: 'rendered', defaulted: true, fileTransferSyntax: '*', studyUid: '1.2.3', seriesUid: '1.2.3.4', instanceUid: '1.2.3.4.5', mediaType: 'image/jpeg', frameNumber: 1, options: {}, quality: 90,
     });
     assert.deepEqual(parseUriRequest(new URLSearchParams(`${base}&contentType=image/png;q=0.9,application/dicom;q=0.5&frameNumber=3&windowCenter=40&windowWidth=400&rows=128&imageQuality=70&annotation=patient`)), {
-      kind: 'rendered', defaulted: false, studyUid: '1.2.3', seriesUid: '1.2.3.4', instanceUid: '1.2.3.4.5', mediaType: 'image/png', frameNumber: 3,
+      kind: 'rendered', defaulted: false, fileTransferSyntax: '1.2.840.10008.1.2.1', studyUid: '1.2.3', seriesUid: '1.2.3.4', instanceUid: '1.2.3.4.5', mediaType: 'image/png', frameNumber: 3,
       options: { window: { center: 40, width: 400, function: 'LINEAR' }, maxRows: 128 }, quality: 70,
     });
   });

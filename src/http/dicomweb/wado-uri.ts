@@ -12,7 +12,7 @@ import { selectInstances } from './instances.ts';
 import { chooseRenderedType, defaultJpegQuality, numberParameter, sendRendered, type RenderedMediaType, type RenderedRequest } from './rendered.ts';
 import { renderedSideMax, type RenderOptions } from '../../codec/render.ts';
 import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter } from './multipart-writer.ts';
-import { part10File } from './wado.ts';
+import { part10File, part10LengthAsStored } from './wado.ts';
 
 export interface UriRequest {
   kind: 'dicom';
@@ -23,8 +23,11 @@ export interface UriRequest {
   transferSyntax: string;
 }
 
-/** A rendered image asked (contentType image/jpeg, the default, or image/png); `defaulted` when no contentType was given. */
-export type RenderedUriRequest = { kind: 'rendered'; defaulted: boolean } & RenderedRequest;
+/**
+ * A rendered image asked (contentType image/jpeg, the default, or image/png); `defaulted` when no contentType was
+ * given, and then `fileTransferSyntax` is the syntax of the DICOM file sent instead for an object without pixels.
+ */
+export type RenderedUriRequest = { kind: 'rendered'; defaulted: boolean; fileTransferSyntax: string } & RenderedRequest;
 
 /** Parameters of rendered representations (PS3.18 9.2.2): absent from a request for application/dicom. */
 const renderingParameters = ['annotation', 'rows', 'columns', 'region', 'windowCenter', 'windowWidth', 'frameNumber', 'imageQuality', 'presentationUID', 'presentationSeriesUID', 'iccprofile'];
@@ -59,18 +62,19 @@ export function parseUriRequest(query: URLSearchParams): UriRequest | RenderedUr
   const [studyUid, seriesUid, objectUid] = [uid('studyUID'), uid('seriesUID'), uid('objectUID')];
   // Asked to anonymize, an archive that cannot must not send the instance as it is.
   if (query.has('anonymize')) throw badRequest('anonymize is not supported');
-  const contentType = one('contentType');
+  // An empty contentType (a viewer's template with nothing filled in) asks nothing: the default, as when absent.
+  const contentType = one('contentType') || undefined;
+  const transferSyntax = one('transferSyntax') ?? EXPLICIT_LE;
+  if (transferSyntax !== '*' && !isAcceptableUid(transferSyntax)) throw badRequest(`transferSyntax is not a UID: "${transferSyntax.slice(0, 80)}"`);
   const chosen = chooseContentType(contentType);
   if (chosen === undefined) {
     throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `instances are sent as application/dicom, image/jpeg or image/png, not ${contentType!.slice(0, 80)}`);
   }
   if (chosen !== 'application/dicom') {
-    return { kind: 'rendered', defaulted: contentType === undefined, studyUid, seriesUid, instanceUid: objectUid, mediaType: chosen, ...renderedUriParameters(one, badRequest) };
+    return { kind: 'rendered', defaulted: contentType === undefined, fileTransferSyntax: transferSyntax, studyUid, seriesUid, instanceUid: objectUid, mediaType: chosen, ...renderedUriParameters(one, badRequest) };
   }
   const rendering = renderingParameters.filter((name) => query.has(name));
   if (rendering.length > 0) throw badRequest(`${rendering.join(', ')} apply to rendered images, not to application/dicom (PS3.18 9.2.2)`);
-  const transferSyntax = one('transferSyntax') ?? EXPLICIT_LE;
-  if (transferSyntax !== '*' && !isAcceptableUid(transferSyntax)) throw badRequest(`transferSyntax is not a UID: "${transferSyntax.slice(0, 80)}"`);
   return { kind: 'dicom', studyUid, seriesUid, objectUid, transferSyntax };
 }
 
@@ -106,7 +110,7 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
     } catch (error) {
       // No contentType asked for an object without pixels (a report, a PDF): the DICOM file, as PS3.18 9.2.2 allows.
       if (!(parsed.defaulted && error instanceof DicomWebError && error.code === 'ERR_DICOMWEB_NO_PIXEL_DATA')) throw error;
-      request = { kind: 'dicom', studyUid: parsed.studyUid, seriesUid: parsed.seriesUid, objectUid: parsed.instanceUid, transferSyntax: EXPLICIT_LE };
+      request = { kind: 'dicom', studyUid: parsed.studyUid, seriesUid: parsed.seriesUid, objectUid: parsed.instanceUid, transferSyntax: parsed.fileTransferSyntax };
     }
   } else {
     request = parsed;
@@ -119,8 +123,10 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
   }
   const { res } = exchange;
   // PS3.18 9.3: no transfer-syntax parameter on the media type; the file meta information says it.
+  const headers = { 'content-type': 'application/dicom', 'content-disposition': `attachment; filename="${entry.sopInstanceUid}.dcm"` };
   if (exchange.req.method === 'HEAD') {
-    res.writeHead(200, { 'content-type': 'application/dicom' });
+    // GET's headers; its length when it is known without converting (sent as stored).
+    res.writeHead(200, { ...headers, ...(target === entry.transferSyntaxUid ? { 'content-length': String(part10LengthAsStored(entry)) } : {}) });
     res.end();
     return;
   }
@@ -133,8 +139,7 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
   const inMemory = inMemoryChunks(file.body);
   const length = inMemory === undefined ? undefined : byteLengthOf(inMemory);
   res.writeHead(200, {
-    'content-type': 'application/dicom',
-    'content-disposition': `attachment; filename="${entry.sopInstanceUid}.dcm"`,
+    ...headers,
     ...(length === undefined ? {} : { 'content-length': String(length) }),
   });
   try {

@@ -141,14 +141,22 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
  * comes, so an open read does not wait ahead) or converted (holding a share of the budget: a conversion
  * decodes the whole instance, several times its size). The caller has checked that it can be converted.
  */
+/** The byte length of the Part 10 file of an instance sent as stored (part10File's, without reading it). */
+export function part10LengthAsStored(entry: CatalogEntry): number {
+  return part10Header(entry, entry.transferSyntaxUid).byteLength + entry.byteLength;
+}
+
+function part10Header(entry: CatalogEntry, transferSyntaxUid: string): Uint8Array {
+  return encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
+}
+
 export async function part10File(
   ctx: DicomWebContext,
   exchange: DicomWebExchange,
   entry: CatalogEntry,
   target: string,
 ): Promise<{ transferSyntaxUid: string; body: readonly Uint8Array[] | AsyncIterable<Uint8Array>; release?: () => void }> {
-  const header = (transferSyntaxUid: string) =>
-    encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
+  const header = (transferSyntaxUid: string) => part10Header(entry, transferSyntaxUid);
   if (target === entry.transferSyntaxUid && entry.byteLength > checkedWholeBytesMax) {
     return {
       transferSyntaxUid: target,
