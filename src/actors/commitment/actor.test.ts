@@ -126,3 +126,36 @@ test('owed reports LevelDB cannot read at start (a damaged table) mark the catal
   assert.deepEqual(reasons, ['commitment load: Corruption: corrupted compressed block contents']);
   assert.equal((await service.admit({ transactionUid: '1.2.1', references: [{ sopClassUid: '1.2.3', sopInstanceUid: '1.3.1' }] }, 'MODALITY', noChannel)).admitted, true);
 });
+
+test('a Transaction UID of another AE\'s request still waiting is refused (0x0110), not taken in its place: the first report is still sent, and no record is left behind (hunt 194)', { timeout: 20_000 }, async (t) => {
+  const receiver = await startReportReceiver('MODALITY');
+  const store = slowStore(0);
+  const system = startActorSystem('commitment-taken');
+  const service = startCommitments({
+    store,
+    clock: systemClock,
+    log: silentLogger,
+    parent: system,
+    aeTitle: 'PACSMESH',
+    resolveAe: (aeTitle) => (aeTitle === 'MODALITY' ? { host: '127.0.0.1', port: receiver.port } : undefined),
+    config: { checkWaitMs: 300 },
+  });
+  t.after(async () => {
+    await service.stop();
+    stopActor(system);
+    await receiver.close();
+  });
+  const request = { transactionUid: '1.2.78', references: [{ sopClassUid: '1.2.840.10008.5.1.4.1.1.2', sopInstanceUid: '1.3.78.1' }] };
+  const first = await service.admit(request, 'MODALITY', noChannel);
+  assert.ok(first.admitted);
+  first.begin();
+  await waitFor('the first request pending', () => service.stats().pending === 1);
+  const other = await service.admit(request, 'OTHER', noChannel);
+  assert.equal(other.admitted, false, 'taken in place of the first request, whose report was then never sent');
+  assert.ok(!other.admitted && other.status === Status.ProcessingFailure && /another AE/.test(other.errorComment ?? ''));
+  await receiver.waitFor(1, 5_000);
+  await waitFor('the delivered record deleted', async () => (await store.listCommitments()).length === 0, 5_000);
+  // The other AE with a Transaction UID of its own is served.
+  const again = await service.admit({ ...request, transactionUid: '1.2.79' }, 'OTHER', noChannel);
+  assert.ok(again.admitted);
+});

@@ -17,7 +17,7 @@ import { createTicker, onTickingActorCrash } from '../runtime/ticker.ts';
 import type { ReplicaStore } from '../storage/replica-store.ts';
 import type { CatalogEntry } from '../storage/catalog-types.ts';
 import { isCatalogDamage } from '../storage/catalog.ts';
-import { admissionRefusal, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
+import { admissionRefusal, transactionUidTaken, commitmentReport, commitmentStats, defaultCommitmentConfig, initCommitments, stepCommitments, type CommitmentState } from './logic.ts';
 import {
   StorageCommitment,
   type CommitmentConfig,
@@ -280,6 +280,8 @@ export function startCommitments(init: CommitmentServiceInit): CommitmentService
   return {
     async admit(request, requestorAeTitle, channel) {
       if (stopped) return { admitted: false, status: Status.ResourceLimitation, errorComment: 'the archive is stopping' };
+      const taken = transactionUidTaken(current, request.transactionUid, requestorAeTitle);
+      if (taken !== undefined) return { admitted: false, status: Status.ProcessingFailure, errorComment: taken };
       const refusal = admissionRefusal(current, request.transactionUid, request.references.length, admitting);
       if (refusal !== undefined) return { admitted: false, status: Status.ResourceLimitation, errorComment: refusal };
       reserve(request.references.length, 1);

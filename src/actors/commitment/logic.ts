@@ -95,6 +95,17 @@ export function admissionRefusal(
   return undefined;
 }
 
+/**
+ * Why a request reusing the Transaction UID of another requestor's pending request is refused: taken in its
+ * place, the first requestor's report was never sent, and its record, left on disk, was reported after a
+ * restart. The same requestor asking again (it gave up waiting) replaces its own request.
+ */
+export function transactionUidTaken(state: CommitmentState, transactionUid: string, requestorAeTitle: string): string | undefined {
+  const pending = state.transactions.get(transactionUid);
+  if (pending === undefined || pending.record.requestorAeTitle === requestorAeTitle) return undefined;
+  return `Transaction UID ${transactionUid} is that of a request of another AE still waiting for its report: use a new one`;
+}
+
 export function stepCommitments(state: CommitmentState, input: CommitmentInput): CommitmentStep {
   const effects: CommitmentEffect[] = [];
   const transactions = new Map(state.transactions);
