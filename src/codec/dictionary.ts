@@ -169,8 +169,13 @@ for (const [keyword, tag, vr] of entries) {
   tagByKeyword.set(keyword, tag);
 }
 
+/** dcmjs's codes for attributes whose VR the data set decides: US or SS (xs), OB or OW (ox), US or OW (lt), US or UL (up). */
+type AmbiguousVr = 'xs' | 'ox' | 'lt' | 'up';
+const ambiguousVrs: ReadonlySet<string> = new Set<AmbiguousVr>(['xs', 'ox', 'lt', 'up']);
+
 interface Registry {
   vrByTag: Map<Tag, Vr>;
+  ambiguousVrByTag: Map<Tag, AmbiguousVr>;
   tagByKeyword: Map<string, Tag>;
 }
 
@@ -179,7 +184,7 @@ let registry: Registry | undefined;
 /** The PS3.6 registry from dcmjs's copy of it, read once. */
 function loadRegistry(): Registry {
   if (registry === undefined) {
-    registry = { vrByTag: new Map(), tagByKeyword: new Map() };
+    registry = { vrByTag: new Map(), ambiguousVrByTag: new Map(), tagByKeyword: new Map() };
     try {
       type RegistryEntry = { tag: string; vr: string; name?: string };
       const dcmjs = createRequire(import.meta.url)('dcmjs') as { data: { DicomMetaDictionary: { nameMap: Record<string, RegistryEntry> } } };
@@ -190,6 +195,7 @@ function loadRegistry(): Registry {
         const tag = parseInt(match[1]! + match[2]!, 16) >>> 0;
         registry.tagByKeyword.set(keyword, tag);
         if (/^[A-Z]{2}$/.test(vr)) registry.vrByTag.set(tag, vr);
+        else if (ambiguousVrs.has(vr)) registry.ambiguousVrByTag.set(tag, vr as AmbiguousVr);
       }
     } catch {
       // Without dcmjs the small dictionary alone: other implicit VR attributes are read as UN.
@@ -217,6 +223,29 @@ export function vrOf(tag: Tag): Vr | undefined {
   if (element === 0x0000 && group !== 0xfffe) return 'UL';
   if ((group & 1) === 1) return group > 0x0008 && element >= 0x0010 && element <= 0x00ff ? 'LO' : undefined;
   return registryVrOf(tag);
+}
+
+/**
+ * The VR of a tag read in implicit VR: vrOf's, or for an attribute whose VR the data set decides, the one PS3.5
+ * A.1 gives it there: US or SS by the Pixel Representation of its data set (`pixelRepresentation()`, asked only
+ * then: 1 is signed),
+ * OB or OW and US or OW as OW, US or UL as UL. Read as UN, Smallest/Largest Image Pixel Value and Pixel Padding
+ * Value of implicit VR instances reached DICOMweb clients as binary without a value (hunt 196).
+ */
+export function implicitVrOf(tag: Tag, pixelRepresentation: () => string | undefined): Vr | undefined {
+  const known = vrOf(tag);
+  if (known !== undefined) return known;
+  switch (loadRegistry().ambiguousVrByTag.get(tag >>> 0)) {
+    case 'xs':
+      return pixelRepresentation()?.trim() === '1' ? 'SS' : 'US';
+    case 'ox':
+    case 'lt':
+      return 'OW';
+    case 'up':
+      return 'UL';
+    case undefined:
+      return undefined;
+  }
 }
 
 /** The keyword of a tag in this dictionary ("PatientName"), or undefined. */

@@ -170,13 +170,13 @@ describe('DatasetHeaderReader: transfer syntaxes', () => {
     }
   });
 
-  it('keeps group lengths as UL in implicit VR, reads registry attributes with their VR and skips unknown tags as UN', () => {
+  it('keeps group lengths as UL in implicit VR, reads registry attributes with their VR (US or SS by Pixel Representation, unsigned without one) and skips unknown tags as UN', () => {
     const bytes = concat([
       element(0x00080000, 'UL', Uint8Array.from([4, 0, 0, 0]), implicitLittle),
       element(0x00091001, 'UN', 'private', implicitLittle),
       element(Tags.Modality, 'CS', 'CT', implicitLittle),
       element(0x00101040, 'LO', 'Main Street 1 ', implicitLittle), // PatientAddress: not in the small dictionary
-      element(0x00280106, 'US', Uint8Array.from([1, 0]), implicitLittle), // US or SS: no single VR
+      element(0x00280106, 'US', Uint8Array.from([1, 0]), implicitLittle), // US or SS: US without a Pixel Representation (PS3.5 A.1)
     ]);
     const header = parseDataset(bytes, TransferSyntax.ImplicitVrLittleEndian, { includeSkippedElements: true });
     assert.deepEqual(header.elements, [
@@ -184,7 +184,7 @@ describe('DatasetHeaderReader: transfer syntaxes', () => {
       { tag: 0x00091001, vr: 'UN', value: undefined },
       { tag: Tags.Modality, vr: 'CS', value: 'CT' },
       { tag: 0x00101040, vr: 'LO', value: 'Main Street 1' },
-      { tag: 0x00280106, vr: 'UN', value: undefined },
+      { tag: 0x00280106, vr: 'US', value: '1' },
     ]);
     assert.equal(header.reachedPixelData, false);
   });

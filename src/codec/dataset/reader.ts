@@ -7,7 +7,7 @@
  */
 import type { DicomElement, Tag, Vr } from '../dicom-types.ts';
 import { TransferSyntax, tagHex } from '../dicom-types.ts';
-import { Tags, vrOf } from '../dictionary.ts';
+import { implicitVrOf, Tags, vrOf } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { StreamingInflater } from './inflater.ts';
 import {
@@ -425,7 +425,8 @@ export class DatasetHeaderReader {
     let valueLength: number;
     let headerLength: number;
     if (implicitVr) {
-      vr = vrOf(tag) ?? 'UN';
+      // Pixel Representation, which decides US or SS, is kept (top level) before the attributes it decides.
+      vr = (level === undefined ? implicitVrOf(tag, () => this.elements.find((element) => element.tag === Tags.PixelRepresentation)?.value) : vrOf(tag)) ?? 'UN';
       valueLength = readUint32(bytes, at + 4, littleEndian);
       headerLength = 8;
     } else {

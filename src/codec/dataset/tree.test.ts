@@ -85,3 +85,21 @@ test('seeded fuzz: mutated and cut data sets either read or fail with a DatasetP
     }
   }
 });
+
+test('implicit VR: US or SS attributes follow the Pixel Representation of their data set (they were UN: hunt 196)', async () => {
+  const { parseDataset } = await import('./reader.ts');
+  // (0028,0106) Smallest Image Pixel Value, (0028,0120) Pixel Padding Value: US or SS.
+  const padding = 0x00280120;
+  const smallest = 0x00280106;
+  for (const [representation, vr, values] of [[1, 'SS', ['-2000', '-1024']], [0, 'US', ['63536', '64512']]] as const) {
+    const bytes = encodeDataset([
+      { tag: Tags.PixelRepresentation, vr: 'US', value: String(representation) },
+      { tag: smallest, vr, value: values[0] },
+      { tag: padding, vr, value: values[1] },
+    ], TransferSyntax.ImplicitVrLittleEndian);
+    const tree = parseDatasetTree(bytes, TransferSyntax.ImplicitVrLittleEndian);
+    assert.deepEqual(tree.slice(1).map((element) => [element.vr, element.value]), [[vr, values[0]], [vr, values[1]]]);
+    const header = parseDataset(bytes, TransferSyntax.ImplicitVrLittleEndian, { wholeDataset: true });
+    assert.deepEqual(header.elements.filter((element) => element.tag !== Tags.PixelRepresentation).map((element) => [element.vr, element.value]), [[vr, values[0]], [vr, values[1]]]);
+  }
+});

@@ -6,7 +6,7 @@
  */
 import type { Tag, Vr } from '../dicom-types.ts';
 import { tagHex } from '../dicom-types.ts';
-import { vrOf } from '../dictionary.ts';
+import { implicitVrOf, Tags, vrOf } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
 import { decodeNumbers, decodeText, explicitVrHeader, layoutOf, numericVrSizes, textVrs } from './vr.ts';
 
@@ -67,7 +67,7 @@ export function parseDatasetTree(bytes: Uint8Array, transferSyntaxUid: string, l
       let length: number;
       let headerBytes: number;
       if (layout.implicitVr) {
-        vr = vrOf(tag) ?? 'UN';
+        vr = implicitVrOf(tag, () => findElement(out, Tags.PixelRepresentation)?.value) ?? 'UN';
         length = u32(at + 4);
         headerBytes = 8;
       } else {
