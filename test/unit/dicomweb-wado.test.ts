@@ -85,6 +85,17 @@ describe('WADO-RS', () => {
     assert.equal((await head.arrayBuffer()).byteLength, 0);
   });
 
+  it('says Vary: Accept on every search and retrieve, whose answer depends on it (hunt 196: only frames and rendered images did), not on WADO-URI', async () => {
+    for (const path of [`/studies/${study}`, `/studies/${study}/metadata`, `/studies/${study}/series/${series1}/instances/${series1}.1`, '/studies', `/studies/${study}/series`, `/studies/${study}/instances`]) {
+      const response = await fetch(`${base}${path}`, { headers: { accept: '*/*' } });
+      await response.arrayBuffer();
+      assert.equal(response.headers.get('vary'), 'Accept', path);
+    }
+    const uri = await fetch(`http://127.0.0.1:${peer.httpPort}/wado?requestType=WADO&studyUID=${study}&seriesUID=${series1}&objectUID=${series1}.1&contentType=application/dicom`);
+    await uri.arrayBuffer();
+    assert.equal(uri.headers.get('vary'), null);
+  });
+
   it('sends Explicit VR Little Endian by default, and converts to a syntax asked for', async () => {
     const defaulted = await retrieve(`/studies/${study}/series/${series1}`);
     assert.equal(defaulted.status, 200);

@@ -436,7 +436,7 @@ async function toExplicitLittleEndian(ctx: DicomWebContext, exchange: DicomWebEx
 async function sendFrames(exchange: DicomWebExchange, route: FramesRoute, representation: FrameRepresentation, frames: readonly Uint8Array[]): Promise<void> {
   const partType = `${representation.mediaType}; transfer-syntax=${representation.transferSyntaxUid}`;
   const instanceUrl = `${exchange.baseUrl}/studies/${route.studyUid}/series/${route.seriesUid}/instances/${route.instanceUid}`;
-  const writer = startMultipart(exchange.res, { type: representation.mediaType, transferSyntax: representation.transferSyntaxUid, headers: { vary: 'Accept' } });
+  const writer = startMultipart(exchange.res, { type: representation.mediaType, transferSyntax: representation.transferSyntaxUid });
   for (const [index, frame] of frames.entries()) {
     await writer.writePart({ 'Content-Type': partType, 'Content-Location': `${instanceUrl}/frames/${route.frameNumbers[index]!}` }, frame);
   }

@@ -136,7 +136,7 @@ async function renderedFrame(ctx: DicomWebContext, exchange: DicomWebExchange, r
       throw error;
     }
     const body = request.mediaType === 'image/png' ? encodePng(image.pixels, image.columns, image.rows, image.samplesPerPixel) : await jpegOf(ctx, exchange, image, request);
-    exchange.res.writeHead(200, { 'content-type': request.mediaType, 'content-length': String(body.length), vary: 'Accept' });
+    exchange.res.writeHead(200, { 'content-type': request.mediaType, 'content-length': String(body.length) });
     // Within the frames' hold on the budget of bytes held at once until read: a PNG of a large image can be
     // as large as its pixels, and clients that do not read theirs would hold one each, unbounded (hunt 79).
     await endAndDrain(exchange.res, exchange.req.method === 'HEAD' ? undefined : body);

@@ -61,6 +61,10 @@ export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage,
   const exchange: DicomWebExchange = { req, res, query: url.searchParams, baseUrl: `${schemeOf(req)}://${host}${dicomWebPrefix}` };
   const route = routed.route;
   countRequest(ctx.stats, route);
+  // What a search or retrieve answers (its representation, or a 406) depends on Accept: a cache in front (the
+  // README's proxy) must not hand one client's answer to another (RFC 9110 12.5.5; only frames and rendered
+  // images said so before hunt 196).
+  if (route.type !== 'store' && route.type !== 'uri') res.setHeader('vary', 'Accept');
   try {
     switch (route.type) {
       case 'search':
