@@ -174,9 +174,25 @@ describe('QIDO-RS', () => {
     assert.equal(valueOf(withDescription!, '00081030'), 'CT chest');
     const [all] = await results(`/studies?StudyInstanceUID=${studyA}&includefield=all`);
     assert.equal(valueOf(all!, '00081030'), 'CT chest');
+    // What the catalog does not keep (sequences, binary values) is left out: `{"vr":"SQ"}` says "no items" (hunt 196).
+    const [withSequence] = await results(`/studies?StudyInstanceUID=${studyA}&includefield=ProcedureCodeSequence,00400275,00880200`);
+    assert.deepEqual(['00081032', '00400275', '00880200'].filter((tag) => withSequence![tag] !== undefined), []);
     const fuzzy = await search('/studies?fuzzymatching=true');
     assert.equal(fuzzy.status, 200);
     assert.match(fuzzy.headers.get('warning') ?? '', /fuzzymatching parameter is not supported/);
+  });
+
+  it('labels its JSON as asked: application/json when the client takes that and not application/dicom+json (hunt 196: labelled with the type refused)', async () => {
+    for (const [accept, contentType] of [
+      [undefined, 'application/dicom+json'],
+      ['application/dicom+json, application/json', 'application/dicom+json'],
+      ['application/json', 'application/json'],
+      ['application/dicom+json;q=0, application/json', 'application/json'],
+    ] as const) {
+      const answer = await search('/studies', accept === undefined ? {} : { headers: { accept } });
+      assert.equal(answer.status, 200);
+      assert.equal(answer.headers.get('content-type'), contentType, accept);
+    }
   });
 
   it('takes a request target in absolute form, as sent to a proxy, and names resources by its authority (RFC 9112 3.2.2)', async () => {

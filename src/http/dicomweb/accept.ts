@@ -122,6 +122,20 @@ export function acceptableRanges(ranges: readonly MediaRange[]): MediaRange[] {
  * specific range covering application/dicom+json has a q above 0, or application/json is named (RFC 9110 12.5.1:
  * `application/dicom+json;q=0, *\/*` refuses it).
  */
+/** The media type JSON answers are labelled with. */
+export type DicomJsonMediaType = 'application/dicom+json' | 'application/json';
+
+/**
+ * application/json when the client accepts it and not application/dicom+json (`Accept: application/json`, or
+ * dicom+json with q=0): the same body, labelled as asked (hunt 196: labelled with the type it refused).
+ */
+function dicomJsonMediaType(header: string | undefined): DicomJsonMediaType {
+  const ranges = parseAccept(header);
+  const named = (subtype: string) => ranges.find((range) => range.type === 'application' && range.subtype === subtype);
+  const dicomJson = named('dicom+json') ?? named('*') ?? ranges.find((range) => range.type === '*');
+  return (dicomJson?.q ?? 0) > 0 ? 'application/dicom+json' : 'application/json';
+}
+
 export function acceptsDicomJson(header: string | readonly string[] | undefined): boolean {
   const ranges = parseAccept(header);
   const named = (subtype: string) => ranges.find((range) => range.type === 'application' && range.subtype === subtype);
@@ -130,7 +144,7 @@ export function acceptsDicomJson(header: string | readonly string[] | undefined)
 }
 
 /** Refuses (406) a request whose Accept header excludes DICOM JSON, the one form `what` is sent in (XML is not offered). */
-export function requireDicomJson(accept: string | undefined, what: string): void {
-  if (acceptsDicomJson(accept)) return;
+export function requireDicomJson(accept: string | undefined, what: string): DicomJsonMediaType {
+  if (acceptsDicomJson(accept)) return dicomJsonMediaType(accept);
   throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `${what} sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }

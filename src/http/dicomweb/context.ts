@@ -4,6 +4,7 @@
  * C-GET see, at any site of the mesh.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { DicomJsonMediaType } from './accept.ts';
 import { sendJson } from '../respond.ts';
 import type { IngestPort } from '../../actors/association/services/deps.ts';
 import type { RetrieveSource } from '../../actors/association/services/query-retrieve.ts';
@@ -119,7 +120,7 @@ export function endAndDrain(res: ServerResponse, body?: Uint8Array): Promise<voi
   return sent;
 }
 
-/** PS3.18 8.7.3: DICOM JSON. */
-export function sendDicomJson(res: ServerResponse, status: number, body: unknown): void {
-  sendJson(res, status, body, 'application/dicom+json');
+/** PS3.18 8.7.3: DICOM JSON (labelled application/json when the client asked for that only: requireDicomJson). */
+export function sendDicomJson(res: ServerResponse, status: number, body: unknown, mediaType: DicomJsonMediaType = 'application/dicom+json'): void {
+  sendJson(res, status, body, mediaType);
 }

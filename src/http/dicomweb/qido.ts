@@ -4,13 +4,14 @@
  * catalog here holds every site's instances (they reach every site), as C-FIND at this site does.
  */
 import { Tags, registryTagOf, vrOf } from '../../codec/dictionary.ts';
-import type { DicomElement, Tag } from '../../codec/dicom-types.ts';
+import type { DicomElement, Tag, Vr } from '../../codec/dicom-types.ts';
 import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-json.ts';
+import { binaryVrs } from '../../codec/dataset/vr.ts';
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatchesWithCursors, type QueryCursor, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { searchKeyOf } from './search-cursors.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
-import { requireDicomJson } from './accept.ts';
+import { requireDicomJson, type DicomJsonMediaType } from './accept.ts';
 import { sendJson } from '../respond.ts';
 import { DicomWebError, endAndDrain, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { holdingInstance } from './instances.ts';
@@ -63,7 +64,7 @@ const LEVELS: readonly SearchLevel[] = ['STUDY', 'SERIES', 'IMAGE'];
 
 export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExchange, route: SearchRoute): Promise<void> {
   // PS3.18 8.3.3.1.
-  requireDicomJson(exchange.req.headers.accept, 'search results are');
+  const answerType = requireDicomJson(exchange.req.headers.accept, 'search results are');
   const search = parseSearch(route, exchange.query);
   // A catalog known to be incomplete (a site refilling after an empty disk) says "retry", as C-FIND does.
   const refusal = ctx.retrieveSource.searchRefusal?.();
@@ -87,13 +88,13 @@ export async function searchEntities(ctx: DicomWebContext, exchange: DicomWebExc
   try {
     const first = await gathering.next();
     if (first.done === true) {
-      await sendResults(exchange, search, first.value);
+      await sendResults(exchange, search, first.value, answerType);
       return;
     }
     await holdingInstance(ctx, exchange, searchResponseBytesMax, async () => {
       const rest = await gathering.next();
       if (rest.done !== true) throw new Error('the results were gathered in more than two parts');
-      await sendResults(exchange, search, rest.value);
+      await sendResults(exchange, search, rest.value, answerType);
     });
   } finally {
     await gathering.return(undefined as never);
@@ -159,7 +160,7 @@ async function* gatherResults(ctx: DicomWebContext, exchange: DicomWebExchange, 
 }
 
 /** The results as a DICOM JSON array, with the Warning headers that say what was left out or ignored. */
-async function sendResults(exchange: DicomWebExchange, search: ParsedSearch, { results, truncated, tooLarge }: GatheredResults): Promise<void> {
+async function sendResults(exchange: DicomWebExchange, search: ParsedSearch, { results, truncated, tooLarge }: GatheredResults, answerType: DicomJsonMediaType): Promise<void> {
   // A client gone during the search stopped it: nobody reads what it found.
   if (exchange.req.socket.destroyed) return;
   const warnings: string[] = [];
@@ -173,7 +174,7 @@ async function sendResults(exchange: DicomWebExchange, search: ParsedSearch, { r
   // As bytes at once: only they are held while the client reads, not the text beside them.
   const body = Buffer.from(`[${results.join(',')}]`, 'utf8');
   results.length = 0;
-  exchange.res.writeHead(200, { 'content-type': 'application/dicom+json', 'content-length': body.length });
+  exchange.res.writeHead(200, { 'content-type': answerType, 'content-length': body.length });
   await endAndDrain(exchange.res, body);
 }
 
@@ -305,6 +306,11 @@ function attributeTagOf(name: string): Tag | undefined {
   return /^[A-Za-z][A-Za-z0-9]*$/.test(name) ? registryTagOf(name) : undefined;
 }
 
+/** VRs whose values the catalog does not keep (see "What the catalog keeps" in docs/conformance.md). */
+function isNeverCataloged(vr: string): boolean {
+  return vr === 'SQ' || binaryVrs.has(vr as Vr);
+}
+
 /** One match as DICOM JSON: the engine's identifier, decoded, with where to retrieve the entity. */
 function resultOf(identifier: readonly DicomElement[], level: SearchLevel, baseUrl: string): DicomJsonObject {
   const characterSet = identifier.find((element) => element.tag === Tags.SpecificCharacterSet)?.value;
@@ -313,8 +319,10 @@ function resultOf(identifier: readonly DicomElement[], level: SearchLevel, baseU
   if (level !== 'STUDY') url += `/series/${valueOf(Tags.SeriesInstanceUID)}`;
   if (level === 'IMAGE') url += `/instances/${valueOf(Tags.SOPInstanceUID)}`;
   const elements = identifier
-    // The values are Unicode in JSON: the character set they were stored in says nothing here.
-    .filter((element) => element.tag !== Tags.SpecificCharacterSet && element.tag !== Tags.QueryRetrieveLevel);
+    // The values are Unicode in JSON: the character set they were stored in says nothing here. What the catalog
+    // never keeps (sequences, binary values) is left out, not sent empty: `{"vr":"SQ"}` says "no items", when
+    // the instance's metadata has some (hunt 196); C-FIND's zero-length key says "unknown" instead.
+    .filter((element) => element.tag !== Tags.SpecificCharacterSet && element.tag !== Tags.QueryRetrieveLevel && !(isNeverCataloged(element.vr) && (element.value ?? '') === ''));
   elements.push({ tag: InstanceAvailability, vr: 'CS', value: 'ONLINE' }, { tag: RetrieveURL, vr: 'UR', value: url });
   return toDicomJson(elements, characterSet);
 }

@@ -96,7 +96,7 @@ type PartOutcome =
 export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExchange, route: StoreRoute): Promise<void> {
   const { req, res } = exchange;
   const boundary = requestBoundary(req);
-  requireDicomJson(req.headers.accept, 'STOW-RS answers are');
+  const answerType = requireDicomJson(req.headers.accept, 'STOW-RS answers are');
 
   // Each part's outcome, in order: a part read whole waits for its commit and write quorum while the next
   // part is read, at most finishesInFlightMax at once (a mesh's quorum wait would otherwise add up).
@@ -166,7 +166,7 @@ export async function storeInstances(ctx: DicomWebContext, exchange: DicomWebExc
   if (failures.length > 0) res.setHeader('warning', warningHeader(failures, outcomes.length));
   log.info('STOW-RS request', { httpStatus: status, parts: outcomes.length, storedCount: stored.length, failedCount: failures.length });
   if (failures.length > stowPartWarningsMax) log.warn('STOW-RS parts not stored, beyond those logged one by one', { failedCount: failures.length, logged: stowPartWarningsMax });
-  sendDicomJson(res, status, responseModule(outcomes, exchange.baseUrl));
+  sendDicomJson(res, status, responseModule(outcomes, exchange.baseUrl), answerType);
 }
 
 /** Parts not stored that one request logs one by one. */

@@ -207,18 +207,18 @@ function refuseTooLargeConversion(entry: CatalogEntry, target: string, estimated
 }
 
 export async function retrieveMetadata(ctx: DicomWebContext, exchange: DicomWebExchange, route: RetrieveRoute): Promise<void> {
-  requireDicomJson(exchange.req.headers.accept, 'metadata is');
+  const answerType = requireDicomJson(exchange.req.headers.accept, 'metadata is');
   const entries = await selectInstances(ctx, route);
   const { res } = exchange;
   if (exchange.req.method === 'HEAD') {
-    res.writeHead(200, { 'content-type': 'application/dicom+json' });
+    res.writeHead(200, { 'content-type': answerType });
     res.end();
     return;
   }
   // One instance's metadata at a time: a study of thousands of instances is never held whole. The first
   // is read before the status goes out, so an instance no peer could send is a 503, not a cut response.
   const headers = await responseInstances(ctx, entries, async (entry, entryCtx) => [entry, await instanceHeaderOf(entryCtx, entry)] as const);
-  res.writeHead(200, { 'content-type': 'application/dicom+json' });
+  res.writeHead(200, { 'content-type': answerType });
   // Each wait for the socket takes its listeners off again (a 'close' one left per wait gave a slow
   // reader's response one listener per instance, with a MaxListenersExceededWarning: helper 98).
   const body = responseBodyWriter(res);
