@@ -147,6 +147,15 @@ test('P-DATA fragmentation respects the peer maximum length', () => {
   assert.equal(total, data.length);
 });
 
+test('a peer maximum of 2^31 + 6 and more (up to 2^32 - 1) gets fragments of 1 MiB, as no maximum does, not of 2 bytes (hunt 195)', () => {
+  const data = new Uint8Array(3 * 1024 * 1024 + 10);
+  for (const peerMaxPduLength of [0, 0x7fffffff, 0x80000006, 0xc0000000, 0xfffffffe, 0xffffffff]) {
+    const pdus = encodePDataFragments(1, false, data, peerMaxPduLength);
+    assert.equal(pdus.length, 4, `maximum ${peerMaxPduLength}`);
+    assert.equal(decodePdu(pdus[0]!).type === 'pData' && (decodePdu(pdus[0]!) as { values: Array<{ data: Uint8Array }> }).values[0]!.data.length, 1024 * 1024);
+  }
+});
+
 test('data set fragments have even lengths: an odd peer maximum is rounded down, odd chunks are re-cut', async () => {
   const data = new Uint8Array(50_000).map((_, i) => i & 0xff);
   for (const pdu of encodePDataFragments(5, false, data, 16_385)) {

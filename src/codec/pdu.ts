@@ -726,8 +726,14 @@ function pDataPdusBytes(length: number, peerMaxPduLength: number): number {
  * of odd length (0006:020d).
  */
 function maxPDataFragment(peerMaxPduLength: number): number {
-  return peerMaxPduLength > 0 ? Math.max((peerMaxPduLength - 6) & ~1, 2) : 1024 * 1024;
+  // A maximum over 1 MiB (up to 2^32 - 1, PS3.8 D.1.1) is sent 1 MiB fragments, as "no maximum" (0) is: bounded
+  // buffers. Bitwise operators read 32-bit signed numbers, so a maximum of 2^31 + 6 or more made 2-byte fragments
+  // (1,966,279 PDUs of 8 bytes for a 3.9 MB instance: hunt 195).
+  return peerMaxPduLength > 0 ? Math.max(Math.min(peerMaxPduLength - 6, pDataFragmentMax) & ~1, 2) : pDataFragmentMax;
 }
+
+/** The largest fragment sent, whatever maximum the peer announces. */
+const pDataFragmentMax = 1024 * 1024;
 
 export function encodePDataFragments(
   presentationContextId: number,
