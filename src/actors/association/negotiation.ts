@@ -61,9 +61,30 @@ const storageSopClassesOutsideRoot: ReadonlySet<string> = new Set([
   '1.2.840.10008.5.1.4.34.10', // RT Brachy Application Setup Delivery Instruction Storage
 ]);
 
+/**
+ * Classes under the storage root that store no patient's study (defined protocols, protocol approvals,
+ * inventories) or are no storage at all (their query/retrieve models): accepted, every C-STORE of theirs failed
+ * 0xC001 for want of a Study Instance UID (hunt 195). A class not yet known is still accepted (next year's modality).
+ */
+const notStorableUnderRoot: ReadonlySet<string> = new Set(
+  [
+    '200.1', // CT Defined Procedure Protocol Storage
+    '200.3', // Protocol Approval Storage
+    '200.4', // Protocol Approval Information Model FIND
+    '200.5', // Protocol Approval Information Model MOVE
+    '200.6', // Protocol Approval Information Model GET
+    '200.7', // XA Defined Procedure Protocol Storage
+    '201.1', // Inventory Storage
+    '201.2', // Inventory FIND
+    '201.3', // Inventory MOVE
+    '201.4', // Inventory GET
+    '201.5', // Inventory Creation
+  ].map((suffix) => `${storageSopClassRoot}${suffix}`),
+);
+
 export function isStorageSopClass(uid: string): boolean {
   if (storageSopClassesOutsideRoot.has(uid)) return true;
-  return uid.startsWith(storageSopClassRoot) && isAcceptableUid(uid);
+  return uid.startsWith(storageSopClassRoot) && isAcceptableUid(uid) && !notStorableUnderRoot.has(uid);
 }
 
 const uncompressedTransferSyntaxes: readonly string[] = [
@@ -73,11 +94,29 @@ const uncompressedTransferSyntaxes: readonly string[] = [
   TransferSyntax.DeflatedExplicitVrLittleEndian,
 ];
 
+/**
+ * 1.2.840.10008.1.2.4.n: JPEG (50-66, retired ones included), JPEG lossless (70), JPEG-LS (80, 81), JPEG 2000
+ * and JPIP (90-95), MPEG-2/4 and HEVC (100-108), JPEG XL (110-112), HTJ2K and its JPIP (201-205).
+ */
+const encapsulatedSyntaxNumbers: ReadonlySet<number> = new Set([
+  ...numbersFrom(50, 66), 70, 80, 81, ...numbersFrom(90, 95), ...numbersFrom(100, 108), 110, 111, 112, ...numbersFrom(201, 205),
+]);
+
 /** Transfer syntaxes whose dataset encoding we can parse to index: uncompressed, deflated, and encapsulated pixel data. */
 export function isStorableTransferSyntax(uid: string): boolean {
   if (uncompressedTransferSyntaxes.includes(uid)) return true;
-  // JPEG family, JPEG-LS, JPEG 2000, HTJ2K, MPEG (1.2.840.10008.1.2.4.*) and RLE (1.2.840.10008.1.2.5) are explicit VR LE.
-  return /^1\.2\.840\.10008\.1\.2\.4\.\d+$/.test(uid) || uid === '1.2.840.10008.1.2.5';
+  if (uid === '1.2.840.10008.1.2.5') return true; // RLE
+  // The encapsulated syntaxes PS3.6 defines under 1.2.840.10008.1.2.4 (all explicit VR LE), not any number there:
+  // `.4.1000` and `.4.050` (no UID) were stored with Success and then answered 406 by every conversion, while
+  // the fragmentable MPEG syntaxes (`.4.100.1`) were refused (hunt 195).
+  const match = /^1\.2\.840\.10008\.1\.2\.4\.([1-9]\d{1,2})(\.1)?$/.exec(uid);
+  if (match === null) return false;
+  const number = Number(match[1]);
+  return match[2] === undefined ? encapsulatedSyntaxNumbers.has(number) : number >= 100 && number <= 106;
+}
+
+function numbersFrom(first: number, last: number): number[] {
+  return Array.from({ length: last - first + 1 }, (_, i) => first + i);
 }
 
 export interface AcceptorConfig {
