@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { deflateRawSync } from 'node:zlib';
 import { associateRqBytes as associateRq, openPeerClient, openStoreClient, startTestPeer, type TestPeer } from '../support/peer-fixture.ts';
-import { makeInstanceWithInfo, TransferSyntax } from '../support/synthetic-dicom.ts';
+import { makeInstanceWithInfo, newUid, TransferSyntax } from '../support/synthetic-dicom.ts';
 import { splitPart10 } from '../../src/codec/dataset/part10.ts';
 import { AssociationRejectedError, DicomClientAssociation } from '../../src/actors/association/client.ts';
 import { CommandField, Status, decodeCommand, encodeCommand } from '../../src/codec/dimse.ts';
@@ -120,7 +120,7 @@ async function storedKeyCount(peer: TestPeer): Promise<number> {
 
 let peer: TestPeer;
 test.before(async () => {
-  peer = await startTestPeer(['--allow-calling', 'FUZZER,CHECK,BYTES,MODALITY']);
+  peer = await startTestPeer(['--allow-calling', 'FUZZER,CHECK,BYTES,MODALITY,HUNG']);
 });
 test.after(() => peer.dispose());
 
@@ -568,6 +568,21 @@ test('an A-RELEASE-RQ sent with a C-FIND still running: every match and a final 
   // The release in the same write as the request: PS3.8 Sta8 still lets the acceptor send P-DATA.
   const released = answers((await exchange(peer.dicomPort, [...request, encodePdu({ type: 'releaseRq' })], { waitMs: 3000 })).pdus);
   assert.deepEqual(released, ['associateAc', ...Array.from({ length: matches }, () => 'pending'), '0x0', 'releaseRp']);
+});
+
+test('an A-RELEASE-RQ sent with a C-GET: the sub-operations not sent fail saying so, not with a status the requestor never sent (hunt 195: "the receiver answered 0xc001")', async () => {
+  const studyInstanceUid = newUid();
+  for (let i = 0; i < 3; i++) {
+    const { dataSet, resolved } = dataSetOf({ study: { uid: studyInstanceUid } });
+    assert.equal((await storeRaw(dataSet, resolved.sopInstanceUid)).status, 0);
+  }
+  const { rq, getRq } = getStudyRequest(studyInstanceUid);
+  const { pdus } = await exchange(peer.dicomPort, [rq, getRq, encodePdu({ type: 'releaseRq' })], { waitMs: 3000, until: (seen) => seen.some((pdu) => pdu.type === 'releaseRp') });
+  const final = pdus.flatMap((pdu) => (pdu.type === 'pData' ? pdu.values.filter((v) => v.isCommand).map((v) => decodeCommand(v.data)) : [])).find((c) => c.commandField === CommandField.CGetRsp && c.status !== 0xff00);
+  assert.ok(final !== undefined, pdus.map((pdu) => pdu.type).join(' '));
+  assert.equal(final.failedSubOperations, 3);
+  assert.doesNotMatch(final.errorComment ?? '', /the receiver answered/);
+  assert.match(final.errorComment ?? '', /release/);
 });
 
 /**

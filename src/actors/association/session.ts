@@ -14,7 +14,7 @@ import { DimseProtocolError, type DimseEvent } from './dimse-assembler.ts';
 import { contextsReceiverReads } from './destination-quirks.ts';
 import { SopClass, negotiate, type NegotiatedContext, type NegotiationResult } from './negotiation.ts';
 import type { AssociationDeps } from './services/deps.ts';
-import { pickContextFor, proposalsForMove, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
+import { pickContextFor, proposalsForMove, requestorReleasingReason, runFind, runRetrieve, type SubOperationTarget } from './services/query-retrieve.ts';
 import { duplicateWithOtherBytesMessage, IncomingStore, storeResponse } from './services/store.ts';
 import type { UlIndication } from './state-machine.ts';
 import { DatasetParseError } from '../../codec/dataset/errors.ts';
@@ -710,7 +710,8 @@ export class AcceptorSession {
       acceptsSopClass: (sopClassUid) => usable.some((c) => c.abstractSyntaxUid === sopClassUid),
       lacksScpRole: (sopClassUid) => [...this.contexts.values()].some((c) => c.abstractSyntaxUid === sopClassUid && !c.requestorIsScp),
       store: async (presentationContextId, command, dataSet) => {
-        if (this.releaseRequested) return Status.UnableToProcess;
+        // Failed with the reason, not with a status the requestor never sent ("the receiver answered 0xc001": hunt 195).
+        if (this.releaseRequested) throw new Error(requestorReleasingReason);
         return this.requestOfRequestor(presentationContextId, command, dataSet);
       },
       close: async () => undefined,

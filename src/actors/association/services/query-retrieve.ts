@@ -224,6 +224,8 @@ export interface RetrieveContext extends QueryContext {
 
 /** The failure reason of sub-operations a stopping peer did not attempt. */
 const peerStoppingReason = 'not attempted: the peer is stopping';
+/** Why a C-GET's sub-operations not sent yet failed once its requestor asked to release the association. */
+export const requestorReleasingReason = 'not sent: the requestor asked to release the association';
 
 /** Distinct failure reasons kept per retrieve; more are counted under one. */
 const failureReasonsMax = 8;
@@ -337,7 +339,9 @@ export async function runRetrieve(ctx: RetrieveContext, store: ReplicaStore, sou
   const endsHere = () => {
     const stopping = ctx.isStopping?.() === true;
     if (!stopping && ctx.isReleasing?.() !== true) return false;
+    // Each with its reason: without one, the comment named the one sub-operation that had one (hunt 195).
     if (stopping) countFailures(peerStoppingReason, counts.remaining, 'the archive is stopping, retry');
+    else countFailures(requestorReleasingReason, counts.remaining);
     failNotAttempted();
     return true;
   };
