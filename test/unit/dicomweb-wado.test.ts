@@ -85,6 +85,29 @@ describe('WADO-RS', () => {
     assert.equal((await head.arrayBuffer()).byteLength, 0);
   });
 
+  it('sends an instance resource asked as application/dicom as a single part, its Part 10 file (hunt 196: multipart, which such a client cannot read); a study so asked stays multipart', async () => {
+    const dataSetOf = (body: Buffer) => body.subarray(splitPart10(body).datasetOffset);
+    const instance = `/studies/${study}/series/${series1}/instances/${series1}.1`;
+    for (const [accept, syntax] of [
+      ['application/dicom', TransferSyntax.ExplicitVrLittleEndian],
+      ['application/dicom; transfer-syntax=*', TransferSyntax.ExplicitVrLittleEndian],
+      [`application/dicom; transfer-syntax=${TransferSyntax.ImplicitVrLittleEndian}`, TransferSyntax.ImplicitVrLittleEndian],
+      ['application/dicom;q=0.9, multipart/related; type="application/dicom";q=0.5', TransferSyntax.ExplicitVrLittleEndian],
+    ] as const) {
+      const single = await retrieve(instance, accept);
+      assert.equal(single.status, 200, accept);
+      assert.equal(single.contentType, `application/dicom; transfer-syntax=${syntax}`, accept);
+      assert.equal(splitPart10(single.body).transferSyntaxUid, syntax);
+      if (syntax === TransferSyntax.ExplicitVrLittleEndian) assert.ok(dataSetOf(single.body).equals(storedDataSets.get(`${series1}.1`)!), accept);
+    }
+    const head = await fetch(`${base}${instance}`, { method: 'HEAD', headers: { accept: 'application/dicom; transfer-syntax=*' } });
+    assert.equal(Number(head.headers.get('content-length')), (await retrieve(instance, 'application/dicom; transfer-syntax=*')).body.length);
+    for (const accept of ['*/*', 'multipart/related; type="application/dicom"', 'multipart/related; type="application/dicom", application/dicom;q=0.5']) {
+      assert.match((await retrieve(instance, accept)).contentType, /^multipart\/related/, accept);
+    }
+    assert.match((await retrieve(`/studies/${study}`, 'application/dicom; transfer-syntax=*')).contentType, /^multipart\/related/);
+  });
+
   it('says Vary: Accept on every search and retrieve, whose answer depends on it (hunt 196: only frames and rendered images did), not on WADO-URI', async () => {
     for (const path of [`/studies/${study}`, `/studies/${study}/metadata`, `/studies/${study}/series/${series1}/instances/${series1}.1`, '/studies', `/studies/${study}/series`, `/studies/${study}/instances`]) {
       const response = await fetch(`${base}${path}`, { headers: { accept: '*/*' } });

@@ -11,8 +11,7 @@ import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './co
 import { selectInstances } from './instances.ts';
 import { chooseRenderedType, defaultJpegQuality, numberParameter, sendRendered, type RenderedMediaType, type RenderedRequest } from './rendered.ts';
 import { renderedSideMax, type RenderOptions } from '../../codec/render.ts';
-import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter } from './multipart-writer.ts';
-import { part10File, part10LengthAsStored } from './wado.ts';
+import { part10File, sendPart10File } from './wado.ts';
 
 export interface UriRequest {
   kind: 'dicom';
@@ -121,36 +120,16 @@ export async function retrieveUriInstance(ctx: DicomWebContext, exchange: DicomW
   if (!canTranscodeInstance(entry, target)) {
     throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `instance ${entry.sopInstanceUid} (stored in ${entry.transferSyntaxUid}) cannot be sent in ${target}: ask transferSyntax=* for it as stored, or ${EXPLICIT_LE}`);
   }
-  const { res } = exchange;
   // PS3.18 9.3: no transfer-syntax parameter on the media type; the file meta information says it.
   const headers = { 'content-type': 'application/dicom', 'content-disposition': `attachment; filename="${entry.sopInstanceUid}.dcm"` };
-  if (exchange.req.method === 'HEAD') {
-    // GET's headers; its length when it is known without converting (sent as stored).
-    res.writeHead(200, { ...headers, ...(target === entry.transferSyntaxUid ? { 'content-length': String(part10LengthAsStored(entry)) } : {}) });
-    res.end();
-    return;
-  }
-  const file = await part10File(ctx, exchange, entry, target).catch((error: unknown) => {
-    // The conversion's message names WADO-RS's parameter (transfer-syntax=*): WADO-URI's is transferSyntax.
-    if (!(error instanceof DicomWebError) || error.code !== 'ERR_DICOMWEB_NOT_CONVERTIBLE') throw error;
-    const reason = error.cause instanceof Error ? error.cause.message : error.message;
-    throw new DicomWebError(406, error.code, `instance ${entry.sopInstanceUid} (stored as ${entry.transferSyntaxUid}) cannot be converted to ${target}: ${reason}; it can be had as stored (transferSyntax=*)`);
-  });
-  const inMemory = inMemoryChunks(file.body);
-  const length = inMemory === undefined ? undefined : byteLengthOf(inMemory);
-  res.writeHead(200, {
-    ...headers,
-    ...(length === undefined ? {} : { 'content-length': String(length) }),
-  });
-  try {
-    await responseBodyWriter(res).writeAll(file.body);
-  } catch (error) {
-    if (isClientGone(error, res)) return;
-    throw error;
-  } finally {
-    file.release?.();
-  }
-  res.end();
+  await sendPart10File(exchange, headers, entry, target, () =>
+    part10File(ctx, exchange, entry, target).catch((error: unknown) => {
+      // The conversion's message names WADO-RS's parameter (transfer-syntax=*): WADO-URI's is transferSyntax.
+      if (!(error instanceof DicomWebError) || error.code !== 'ERR_DICOMWEB_NOT_CONVERTIBLE') throw error;
+      const reason = error.cause instanceof Error ? error.cause.message : error.message;
+      throw new DicomWebError(406, error.code, `instance ${entry.sopInstanceUid} (stored as ${entry.transferSyntaxUid}) cannot be converted to ${target}: ${reason}; it can be had as stored (transferSyntax=*)`);
+    }),
+  );
 }
 
 function frameNumberOf(text: string, badRequest: (message: string) => DicomWebError): number {

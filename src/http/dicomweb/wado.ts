@@ -20,7 +20,7 @@ import { estimateTranscodeBytes, transcodeJobBytesMax, transcodeTooLarge } from 
 import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, holdingUntilReleased, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
-import { isClientGone, responseBodyWriter, startMultipart } from './multipart-writer.ts';
+import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
@@ -100,6 +100,10 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   }
   const status = entries.length < selected.length ? 206 : 200;
   const { res } = exchange;
+  if (route.instanceUid !== undefined && prefersSinglePart(ranges)) {
+    await sendSinglePart(ctx, exchange, entries[0]!, syntax, headers);
+    return;
+  }
   if (exchange.req.method === 'HEAD') {
     // The headers a GET would have (its Content-Type names a boundary), and no part read.
     startMultipart(res, { type: 'application/dicom', status, headers }).end();
@@ -137,12 +141,68 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
 }
 
 /**
+ * Whether the client's first choice is a single-part `application/dicom` (PS3.18 8.7.3.5.2, for an instance
+ * resource: as Azure's and Google's DICOMweb services answer it) rather than multipart/related; `*\/*` and
+ * multipart first keep the multipart answer, which every resource gives.
+ */
+function prefersSinglePart(ranges: readonly MediaRange[]): boolean {
+  const first = acceptableRanges(ranges).find((range) => (range.type === 'application' && range.subtype === 'dicom') || range.type === 'multipart' || range.type === '*');
+  return first?.type === 'application';
+}
+
+/**
+ * An instance resource asked as a single part: its Part 10 file as the body (it was sent as multipart/related,
+ * which a client asking application/dicom cannot read: hunt 196), read before the status goes out as a
+ * multipart answer's first part is.
+ */
+async function sendSinglePart(ctx: DicomWebContext, exchange: DicomWebExchange, entry: CatalogEntry, syntax: InstanceSyntax, headers: Record<string, string>): Promise<void> {
+  const target = syntax === '*' ? entry.transferSyntaxUid : syntax;
+  const fileHeaders = {
+    ...headers,
+    'content-type': `application/dicom; transfer-syntax=${target}`,
+    'content-location': `${exchange.baseUrl}/studies/${entry.studyInstanceUid}/series/${entry.seriesInstanceUid}/instances/${entry.sopInstanceUid}`,
+  };
+  await sendPart10File(exchange, fileHeaders, entry, target, () => part10File(ctx, exchange, entry, target));
+}
+
+/**
+ * A 200 whose body is an instance's Part 10 file in `target`, read by `read` (its length when it is in memory),
+ * released once written or once the client has gone; to HEAD the same headers, the length when sent as stored.
+ */
+export async function sendPart10File(
+  exchange: DicomWebExchange,
+  headers: Record<string, string>,
+  entry: CatalogEntry,
+  target: string,
+  read: () => Promise<{ body: readonly Uint8Array[] | AsyncIterable<Uint8Array>; release?: () => void }>,
+): Promise<void> {
+  const { res } = exchange;
+  if (exchange.req.method === 'HEAD') {
+    res.writeHead(200, { ...headers, ...(target === entry.transferSyntaxUid ? { 'content-length': String(part10LengthAsStored(entry)) } : {}) });
+    res.end();
+    return;
+  }
+  const file = await read();
+  const inMemory = inMemoryChunks(file.body);
+  try {
+    res.writeHead(200, { ...headers, ...(inMemory === undefined ? {} : { 'content-length': String(byteLengthOf(inMemory)) }) });
+    await responseBodyWriter(res).writeAll(file.body);
+  } catch (error) {
+    if (isClientGone(error, res)) return;
+    throw error;
+  } finally {
+    file.release?.();
+  }
+  res.end();
+}
+
+/**
  * One instance as a Part 10 file in `target`: as stored (streamed when large, opened only when its turn
  * comes, so an open read does not wait ahead) or converted (holding a share of the budget: a conversion
  * decodes the whole instance, several times its size). The caller has checked that it can be converted.
  */
 /** The byte length of the Part 10 file of an instance sent as stored (part10File's, without reading it). */
-export function part10LengthAsStored(entry: CatalogEntry): number {
+function part10LengthAsStored(entry: CatalogEntry): number {
   return part10Header(entry, entry.transferSyntaxUid).byteLength + entry.byteLength;
 }
 
