@@ -215,6 +215,11 @@ describe('QIDO-RS', () => {
       ['/studies?limit=-1', 400, /limit must be a whole number/],
       ['/studies?PatientID=A&PatientID=B', 400, /given twice/],
       ['/studies?includefield=Bogus', 400, /includefield/],
+      // What can be no UID (hunt 196: 200 with no match), as in the path.
+      ['/studies?StudyInstanceUID=abc', 400, /not a UID/],
+      ['/series?SeriesInstanceUID=1..2', 400, /not a UID/],
+      ['/studies?StudyInstanceUID=,', 400, /not a UID/],
+      [`/studies?StudyInstanceUID=1.${'2'.repeat(64)}`, 400, /not a UID/],
       ['/studies?ReferencedStudySequence=1', 400, /sequence/],
       ['/studies?00400275.00321060=X', 400, /inside sequences/],
       [`/studies/${studyA}/series?StudyInstanceUID=${studyA}`, 400, /already given by the path/],

@@ -7,6 +7,7 @@ import { Tags, registryTagOf, vrOf } from '../../codec/dictionary.ts';
 import type { DicomElement, Tag, Vr } from '../../codec/dicom-types.ts';
 import { toDicomJson, type DicomJsonObject } from '../../codec/dataset/dicom-json.ts';
 import { binaryVrs } from '../../codec/dataset/vr.ts';
+import { isAcceptableUid } from '../../codec/uid.ts';
 import { isCatalogDamage } from '../../actors/storage/catalog.ts';
 import { QueryError, findMatchesWithCursors, type QueryCursor, type QueryRequest } from '../../actors/storage/query/query.ts';
 import { searchKeyOf } from './search-cursors.ts';
@@ -288,6 +289,9 @@ export function parseSearch(route: SearchRoute, query: URLSearchParams): ParsedS
         : vr === 'DT' || tag === Tags.TimezoneOffsetFromUTC
           ? value.replace(/(^|\d) (\d{4})(?=$|-)/g, '$1+$2')
           : value;
+    // A UID list of what can be no UID matches nothing: a 400, as the same UID in the path is (PS3.18 8.3: an
+    // invalid value of a supported parameter); it was 200 [] (hunt 196). A lone `*` is universal matching.
+    if (vr === 'UI' && text !== '' && text !== '*' && text.split('\\').some((uid) => !isAcceptableUid(uid))) throw badRequest(`${name.slice(0, 80)} holds what is not a UID (digits and dots, at most 64 characters): "${value.slice(0, 80)}"`);
     keys.set(tag, { tag, vr, value: Buffer.from(text, 'utf8').toString('latin1') });
   }
   return {
