@@ -8,6 +8,15 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, con
   res.end(text);
 }
 
+/**
+ * The request's target as a URL, dot-segments removed as every resource reads it; a path starting `//` stays a
+ * path (resolved against a base, its first segment was taken for a host).
+ */
+export function requestUrl(req: IncomingMessage): URL {
+  const target = req.url ?? '/';
+  return new URL(`http://peer${target.startsWith('/') ? target : `/${target}`}`);
+}
+
 /** Responses to an `Expect: 100-continue` request whose 100 is not sent yet (see continueWhenRead). */
 const continueOwed = new WeakSet<ServerResponse>();
 

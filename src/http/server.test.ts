@@ -196,6 +196,18 @@ test('requests the HTTP parser refuses get a status with a JSON body: headers ov
   assert.match(unknown, /"code":"ERR_HTTP_MALFORMED"/);
 });
 
+test('resources are found by the path with its dot-segments removed, as they read it (hunt 196: /dicom-web/../../etc/passwd reached DICOMweb, which named "d" not found)', async (t) => {
+  const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({}), isHealthy: () => true, log: silentLogger });
+  t.after(() => server.stop());
+  const raw = (request: string) => rawAnswer(server.port, request);
+  assert.match(await raw('GET /dicom-web/../healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /);
+  const outside = await raw('GET /dicom-web/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  assert.match(outside, /^HTTP\/1\.1 404 /);
+  assert.match(outside, /no resource at \/etc\/passwd/);
+  // A path starting with two slashes stays a path (its first segment is no host).
+  assert.match(await raw('GET //healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 404 [\s\S]*no resource at \/\/healthz/);
+});
+
 test('requests pipelined before one the parser refuses are answered first, in order, then the refusal (hunt 191: only the refusal went out)', async (t) => {
   const server = await startHttpServer({ host: '127.0.0.1', port: 0, meshStatus: async () => ({ self: { site: 's' } }), isHealthy: () => true, log: silentLogger });
   t.after(() => server.stop());

@@ -11,7 +11,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import type { DicomWebContext } from './dicomweb/context.ts';
 import { dicomWebPrefix, handleDicomWeb, hostPattern, wadoUriPath } from './dicomweb/service.ts';
-import { answerAndClose, closeBothWays, closeWithConnection, continueWhenRead, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
+import { answerAndClose, closeBothWays, closeWithConnection, continueWhenRead, requestUrl, openResponsesOf, whenResponsesClosed, sendJson } from './respond.ts';
 import { metricsContentType, metricsText } from './metrics.ts';
 import { statusPageHtml } from './status-page.ts';
 import { countDown, countUp } from '../keyed-counts.ts';
@@ -89,7 +89,9 @@ function hostRefusal(req: IncomingMessage): string | undefined {
 }
 
 async function route(init: HttpServerInit, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
-  const path = (req.url ?? '/').split('?')[0] ?? '/';
+  // Routed by the path the resource reads (dot-segments removed, as URL does): `/dicom-web/../../etc/passwd`
+  // reached DICOMweb, which named "d" as the resource not found (hunt 196).
+  const path = requestUrl(req).pathname;
   if (init.dicomWeb !== undefined && (path === dicomWebPrefix || path.startsWith(`${dicomWebPrefix}/`) || path === wadoUriPath)) {
     await handleDicomWeb(init.dicomWeb, req, res, ownAddress);
     return;
@@ -160,7 +162,7 @@ function meshActionArgument(req: IncomingMessage, res: ServerResponse, action: {
     sendJson(res, 409, { error: 'this peer is not in a mesh (no --swarm-key)', code: 'ERR_NO_MESH' });
     return null;
   }
-  const values = new URL(req.url ?? '/', 'http://peer').searchParams.getAll(action.name);
+  const values = requestUrl(req).searchParams.getAll(action.name);
   const value = values.length === 1 ? values[0]! : '';
   if (!action.valid.test(value)) {
     sendJson(res, 400, { error: `name one ${action.name}: ${action.usage}`, code: 'ERR_HTTP_QUERY' });

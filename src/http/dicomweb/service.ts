@@ -4,7 +4,7 @@
  * function, then served by its service; every refusal is an HTTP status with a message and a stable code.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { sendJson } from '../respond.ts';
+import { requestUrl, sendJson } from '../respond.ts';
 import { errorText } from '../../actors/runtime/logger.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange, type DicomWebStats } from './context.ts';
 import { retrieveBulkData } from './bulkdata.ts';
@@ -49,7 +49,7 @@ function schemeOf(req: IncomingMessage): 'http' | 'https' {
 }
 
 export async function handleDicomWeb(ctx: DicomWebContext, req: IncomingMessage, res: ServerResponse, ownAddress: string): Promise<void> {
-  const url = new URL(req.url ?? '/', 'http://peer');
+  const url = requestUrl(req);
   const routed = routeOf(req.method ?? 'GET', url.pathname === wadoUriPath ? wadoUriPath : url.pathname.slice(dicomWebPrefix.length));
   countOutcome(ctx.stats, res);
   if (!routed.ok) {
