@@ -196,11 +196,6 @@ export async function sendPart10File(
   res.end();
 }
 
-/**
- * One instance as a Part 10 file in `target`: as stored (streamed when large, opened only when its turn
- * comes, so an open read does not wait ahead) or converted (holding a share of the budget: a conversion
- * decodes the whole instance, several times its size). The caller has checked that it can be converted.
- */
 /** The byte length of the Part 10 file of an instance sent as stored (part10File's, without reading it). */
 function part10LengthAsStored(entry: CatalogEntry): number {
   return part10Header(entry, entry.transferSyntaxUid).byteLength + entry.byteLength;
@@ -210,6 +205,11 @@ function part10Header(entry: CatalogEntry, transferSyntaxUid: string): Uint8Arra
   return encodePart10Header({ sopClassUid: entry.sopClassUid, sopInstanceUid: entry.sopInstanceUid, transferSyntaxUid, implementationClassUid, implementationVersionName });
 }
 
+/**
+ * One instance as a Part 10 file in `target`: as stored (streamed when large, opened only when its turn
+ * comes, so an open read does not wait ahead) or converted (holding a share of the budget: a conversion
+ * decodes the whole instance, several times its size). The caller has checked that it can be converted.
+ */
 export async function part10File(
   ctx: DicomWebContext,
   exchange: DicomWebExchange,
