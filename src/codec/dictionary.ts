@@ -228,8 +228,7 @@ export function vrOf(tag: Tag): Vr | undefined {
 /**
  * The VR of a tag read in implicit VR: vrOf's, or for an attribute whose VR the data set decides, the one PS3.5
  * A.1 gives it there: US or SS by the Pixel Representation of its data set (`pixelRepresentation()`, asked only
- * then: 1 is signed),
- * OB or OW and US or OW as OW, US or UL as UL. Read as UN, Smallest/Largest Image Pixel Value and Pixel Padding
+ * then: 1 is signed), OB or OW and US or OW as OW, US or UL as UL. Read as UN, Smallest/Largest Image Pixel Value and Pixel Padding
  * Value of implicit VR instances reached DICOMweb clients as binary without a value (hunt 196).
  */
 export function implicitVrOf(tag: Tag, pixelRepresentation: () => string | undefined): Vr | undefined {

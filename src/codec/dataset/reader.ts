@@ -426,7 +426,7 @@ export class DatasetHeaderReader {
     let headerLength: number;
     if (implicitVr) {
       // Pixel Representation, which decides US or SS, is kept (top level) before the attributes it decides.
-      vr = (level === undefined ? implicitVrOf(tag, () => this.elements.find((element) => element.tag === Tags.PixelRepresentation)?.value) : vrOf(tag)) ?? 'UN';
+      vr = vrOf(tag) ?? (level === undefined ? implicitVrOf(tag, () => this.elements.find((element) => element.tag === Tags.PixelRepresentation)?.value) : undefined) ?? 'UN';
       valueLength = readUint32(bytes, at + 4, littleEndian);
       headerLength = 8;
     } else {

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { TransferSyntax } from '../dicom-types.ts';
 import { Tags } from '../dictionary.ts';
 import { DatasetParseError } from './errors.ts';
+import { parseDataset } from './reader.ts';
 import { parseDatasetTree } from './tree.ts';
 import { encodeDataset, type WritableElement } from './writer.ts';
 import { Prng } from '../../sim/prng.ts';
@@ -86,8 +87,7 @@ test('seeded fuzz: mutated and cut data sets either read or fail with a DatasetP
   }
 });
 
-test('implicit VR: US or SS attributes follow the Pixel Representation of their data set (they were UN: hunt 196)', async () => {
-  const { parseDataset } = await import('./reader.ts');
+test('implicit VR: US or SS attributes follow the Pixel Representation of their data set (they were UN: hunt 196)', () => {
   // (0028,0106) Smallest Image Pixel Value, (0028,0120) Pixel Padding Value: US or SS.
   const padding = 0x00280120;
   const smallest = 0x00280106;
