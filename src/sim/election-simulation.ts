@@ -21,7 +21,7 @@
  * followed by all within settleMaxMs when they are connected and the newest admitted voters among them have a
  * majority not killed (the cost of a safety rule in availability; the peers that have not met the mesh are counted apart).
  */
-import { initBalancer, newerVoters, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
+import { founderWaitsForTermsOf, initBalancer, newerVoters, stepBalancer, type BalancerState } from '../actors/balancer/logic.ts';
 import type { BalancerEffect, BalancerInput, BalancerMessage, ElectionDurable, Voters } from '../actors/balancer/messages.ts';
 import { forgetRosterPeers, learnRoster, rosterAtStart, type RosterPeers } from '../actors/balancer/roster.ts';
 import { initMembership, stepMembership, viewMembers, type MembershipState } from '../actors/membership/logic.ts';
@@ -159,7 +159,8 @@ export interface ElectionSimResult extends SimRunReport {
     readonly livePeers: number;
     /**
      * The live peers could elect after the heal: they are connected, and votersMajorityAlive (with the learnt
-     * roster counting: each sees a majority of its roster alive, and all met the mesh).
+     * roster counting: each sees a majority of its roster alive, and all met the mesh); when the newest list is a
+     * founder's that no leader stamped, a majority of the roster it founded with is not killed too.
      */
     readonly leaderExpected: boolean;
     /**
@@ -419,6 +420,10 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     });
     const config = { ...simBalancerConfig(peer.peerId, [...roster.keys()].sort()), ...peer.votersMode };
     const balancer = initBalancer(peer.bootstrapPeerId === undefined ? config : { ...config, bootstrapPeerIds: [peer.bootstrapPeerId] }, peer.durable.election);
+    // As the actor: a list started now (founded, or a joiner's empty one) is durable before anything acts on it. Not
+    // modelled before, a founder that crashed before its first write lost its founding and came back a joiner; once it
+    // waited for the terms of its founding roster (logic.ts, heardTheMeshTerms), that left runs of 'upgrade' leaderless.
+    if (balancer.durable.voters !== undefined && balancer.durable.voters !== peer.durable.election?.voters) peer.durable.election = balancer.durable;
     peer.live = {
       membership,
       balancer: {
@@ -571,9 +576,15 @@ export function runElectionSimulation(options: ElectionSimOptions): ElectionSimR
     .map((p) => p.live?.balancer.durable.voters)
     .reduce<Voters | undefined>((a, b) => (b !== undefined && (a === undefined || newerVoters(b, a)) ? b : a), undefined);
   const votersMajorityAlive = newestVoters !== undefined && newestVoters.peers.filter((id) => alive.has(id)).length * 2 > newestVoters.peers.length;
+  // The newest list a founder's, not stamped yet: its first term needs the terms of a majority of its roster as it was
+  // when it founded (logic.ts, heardTheMeshTerms). Those killed (not forgotten) may have led a term it never heard with
+  // peers it never met (founding 'upgrade', seed 20908): no safe rule elects there, forget-peer ends it.
+  const waitsFor = livePeers.map((p) => p.live?.balancer).find((b) => b !== undefined && b.durable.voters === newestVoters && founderWaitsForTermsOf(b) !== undefined);
+  const foundingRoster = waitsFor === undefined ? [] : (founderWaitsForTermsOf(waitsFor) ?? []);
+  const foundingMajorityAlive = foundingRoster.filter((id) => alive.has(id)).length * 2 > foundingRoster.length || foundingRoster.length === 0;
   // With the learnt roster counting (votersThroughLeader false): each sees a majority of its roster alive, and all met the mesh.
   const rosterMajorities = peersNotMetTheMesh === 0 && peers.every((p) => p.killed || [...p.durable.roster.keys()].filter((id) => alive.has(id)).length * 2 > p.durable.roster.size);
-  const leaderExpected = connected && (newestVoters === undefined ? rosterMajorities : votersMajorityAlive);
+  const leaderExpected = connected && (newestVoters === undefined ? rosterMajorities : votersMajorityAlive && foundingMajorityAlive);
   const finalPeers = peers.map((p) => {
     const b = p.live?.balancer;
     const voters = b?.durable.voters === undefined ? '' : `, voters ${b.durable.voters.peers.join(',')} v${b.durable.voters.term}.${b.durable.voters.seq}`;

@@ -86,9 +86,24 @@ if (single !== undefined) {
     // and led term 2 alone as soon as it started (hunt 186). The joiners now say their terms to every peer they see,
     // and the founder leads once it has heard those of a majority of its roster: with the first alone, 517, 1110, 1231
     // and 1384 still broke (the founder ran before a joiner's term reached it).
-    for (const seed of [5, 234, 517, 1110, 1231, 1384]) {
+    // 21245 and 100685: the founder's roster grew after it founded by a new site (on its first start, so it never
+    // voted while the rosters were learnt), whose term made up its majority; a learnt-era leader had used the term. It
+    // now needs a majority of its roster as it was when it founded too.
+    for (const seed of [5, 234, 517, 1110, 1231, 1384, 21245, 100685]) {
       const r = runElectionSimulation({ seed, founding: 'upgrade' });
       assert.ok(r.ok, `rerun with ELECTION_SIM_FOUNDING=upgrade: ${describeFailure(r)}`);
+      if (r.stats.leaderExpected) assert.notEqual(r.stats.settledAfterHealMs, null, `seed ${seed}: no leader after the heal`);
+    }
+  });
+
+  test("founding 'autoUpgrade': a first site founding on the defaults hears the terms of the peers still on learnt rosters, and leads (seeds 11128, 20900, 21150)", () => {
+    // Its record held no term or vote, so it founded as a first start does; the peers on learnt rosters had no list to
+    // push and waited for it, their rule's winner, while it waited for their terms: no leader after the heal.
+    for (const seed of [11128, 20900, 21150]) {
+      const r = runElectionSimulation({ seed, founding: 'autoUpgrade' });
+      assert.ok(r.ok, `rerun with ELECTION_SIM_FOUNDING=autoUpgrade: ${describeFailure(r)}`);
+      assert.ok(r.stats.leaderExpected);
+      assert.notEqual(r.stats.settledAfterHealMs, null, `seed ${seed}: no leader after the heal (rerun with ELECTION_SIM_FOUNDING=autoUpgrade ELECTION_SIM_SEED=${seed})`);
     }
   });
 

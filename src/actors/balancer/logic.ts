@@ -112,6 +112,11 @@ export interface BalancerState {
    */
   readonly termsHeardFrom?: readonly string[];
   /**
+   * A founder whose list no leader has stamped yet: its roster when it started (the peers it learnt before it founded,
+   * or before this start), of which it must have heard a majority too (see heardTheMeshTerms). Undefined otherwise.
+   */
+  readonly foundingRoster?: readonly string[];
+  /**
    * Without a list of its own (learnt rosters, or a record of an earlier version): peers that said (their voters,
    * pushed while they have no leader) they wait to be admitted, so neither run nor grant it a vote, and until when
    * that holds (a push comes every vote timeout). The rule passes them over: a site joined on the defaults (admitted
@@ -157,7 +162,7 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
   // this is a first founding; else a mesh whose sites all started as joiners (the same --bootstrap list everywhere)
   // could never be founded but on a new data directory (the warning at such a site says to restart one so).
   const foundsOverEmpty = config.votersThroughLeader === true && config.foundsVoters === true && record.voters !== undefined && isJoinersEmptyList(record.voters);
-  return {
+  const state: BalancerState = {
     config,
     durable: startsList || foundsOverEmpty ? { ...met, voters: initialVoters } : met,
     role: 'follower',
@@ -171,6 +176,7 @@ export function initBalancer(config: BalancerConfig, durable: ElectionDurable | 
     table: null,
     nextAnnounceAtMs: 0,
   };
+  return foundsUnstamped(state) ? { ...state, foundingRoster: config.rosterPeerIds } : state;
 }
 
 export function stepBalancer(before: BalancerState, input: BalancerInput): BalancerStep {
@@ -462,14 +468,21 @@ function onTick(state: BalancerState, nowMs: number, effects: BalancerEffect[]):
  * A follower without a leader sends its voters to the rule's winner among them, every vote timeout: that peer may
  * not know it was admitted (the leader that admitted it fell before it heard), and then nobody runs. A joiner whose
  * list is empty (no leader stamped one yet) sends it, with its term, to every peer alive in its view instead: the
- * founder, which it cannot tell apart, leads only once it has heard the terms of a majority (heardTheMeshTerms).
+ * founder, which it cannot tell apart, leads only once it has heard the terms of a majority (heardTheMeshTerms). Such
+ * a founder sends its list to the peers alive whose term it has not heard, every vote timeout, and is answered with it.
  */
 function pushVoters(s: BalancerState, nowMs: number, effects: BalancerEffect[]): BalancerState {
   const voters = s.durable.voters;
   if (voters === undefined || s.role !== 'follower' || s.leaderId !== null || nowMs < (s.votersPushAtMs ?? Number.NEGATIVE_INFINITY)) return s;
   const self = s.config.selfPeerId;
   const winner = ruleWinnerOf(s);
-  const to = voters.peers.length === 0 ? s.members.filter((m) => m.status === 'alive' && m.peerId !== self).map((m) => m.peerId) : winner === null || winner.peerId === self ? [] : [winner.peerId];
+  const alive = s.members.filter((m) => m.status === 'alive' && m.peerId !== self).map((m) => m.peerId);
+  // A founder that has not heard the terms of a majority asks the peers alive whose term it has not heard: a peer on
+  // the defaults still without a list (learnt rosters until a leader stamps one) pushes nothing, and answers
+  // (answerWithTerm); the joiners push theirs anyway.
+  const heard = new Set(s.termsHeardFrom ?? []);
+  const to =
+    voters.peers.length === 0 ? alive : !heardTheMeshTerms(s) ? alive.filter((peerId) => !heard.has(peerId)) : winner === null || winner.peerId === self ? [] : [winner.peerId];
   if (to.length === 0) return s;
   for (const peerId of to) effects.push({ type: 'send', to: peerId, message: { type: 'voters', term: s.durable.currentTerm, voters } });
   return { ...s, votersPushAtMs: nowMs + s.config.voteTimeoutMs };
@@ -490,12 +503,32 @@ function foundsUnstamped(s: BalancerState): boolean {
  * A founder leads once it has heard the terms of a majority of its roster (itself included; a new mesh's founder has a
  * roster of itself): founding a running mesh (the upgrade), it led at once a term one above its own, which a leader
  * elected by learnt rosters had used while it was cut off (the election simulation, founding 'upgrade', hunt 186). The
- * joiners say their term to every peer they see while they have no leader (pushVoters).
+ * joiners say their term to every peer they see while they have no leader (pushVoters). And a majority of its roster as
+ * it was when it started (foundingRoster, less the peers forgotten since): the peers it learns afterwards are mostly
+ * sites new since the upgrade, on their first start, which never voted while the rosters were learnt, yet they made up
+ * its majority, and the roster they grew made the learnt-era leader's voters a minority of it. Seed 21245 of the
+ * election simulation (founding 'upgrade'): e led term 2 with d and f while a was cut off; a founded with the roster
+ * {a, c, e, f}, learnt b, a new site, and led term 2 with the terms of a, b and c, three of five; it now waits for f's
+ * (2) and leads term 3 (100685 the same). Where every peer that knew such a term was killed (20908, 100566) it waits
+ * until the operator forgets them: no rule can tell that term then.
  */
 function heardTheMeshTerms(s: BalancerState): boolean {
   if (!foundsUnstamped(s)) return true;
   const heard = new Set([...(s.termsHeardFrom ?? []), s.config.selfPeerId]);
-  return s.config.rosterPeerIds.filter((peerId) => heard.has(peerId)).length >= majorityOf(s.config.rosterPeerIds);
+  const roster = s.config.rosterPeerIds;
+  const heardMajority = (peers: readonly string[]): boolean => peers.filter((peerId) => heard.has(peerId)).length >= majorityOf(peers);
+  const atStart = founderWaitsForTermsOf(s) ?? [];
+  return heardMajority(roster) && (atStart.length === 0 || heardMajority(atStart));
+}
+
+/**
+ * A founder whose list no leader has stamped: the peers of its roster as it was when it started (less those forgotten
+ * since), a majority of whose terms it must hear before it leads (heardTheMeshTerms); undefined for any other peer.
+ * For the election simulation, which expects no leader where a majority of them was killed (their terms died with them).
+ */
+export function founderWaitsForTermsOf(s: BalancerState): readonly string[] | undefined {
+  if (!foundsUnstamped(s)) return undefined;
+  return (s.foundingRoster ?? s.config.rosterPeerIds).filter((peerId) => s.config.rosterPeerIds.includes(peerId));
 }
 
 /** A founder notes the term of a peer of its roster heard (see heardTheMeshTerms); bounded by the roster. */
@@ -639,7 +672,7 @@ function onMessage(
       return setTable(s, message.table, effects);
     }
     case 'voters':
-      return answerOlderVoters(heldVoters(noteAwaitingAdmission(s, from, message.voters, nowMs), message.voters, effects), from, message.voters, effects);
+      return answerWithTerm(answerOlderVoters(heldVoters(noteAwaitingAdmission(s, from, message.voters, nowMs), message.voters, effects), from, message.voters, effects), from, message.voters, effects);
     case 'votersHeld': {
       const voters = s.durable.voters;
       const held = s.votersHeldBy ?? [];
@@ -893,6 +926,21 @@ function answerOlderVoters(s: BalancerState, from: string, theirs: Voters, effec
   const own = s.durable.voters;
   if (own === undefined || !newerVoters(own, theirs)) return s;
   effects.push({ type: 'send', to: from, message: { type: 'voters', term: s.durable.currentTerm, voters: own } });
+  return s;
+}
+
+/**
+ * A peer in admitted mode still without a list (a record of learnt rosters started on the defaults: its roster counts
+ * until a leader stamps one) answers a list pushed by a peer it names (a founder waiting for the mesh's terms, see
+ * heardTheMeshTerms) with its term, as `newerTerm` (whatever the two terms: the founder notes whose it heard). Such a
+ * peer pushes nothing, having no list; the founder, a first site whose record of learnt rosters held no term or vote
+ * (so it founds as a first start does), waited for terms that never came while the peers on learnt rosters waited
+ * for it, their rule's winner, to run: no leader after the heal (the election simulation, founding 'autoUpgrade',
+ * seeds 11128, 20900, 21150). Learnt mode (no votersThroughLeader) steps as before.
+ */
+function answerWithTerm(s: BalancerState, from: string, theirs: Voters, effects: BalancerEffect[]): BalancerState {
+  if (s.durable.voters !== undefined || s.config.votersThroughLeader !== true || !theirs.peers.includes(from)) return s;
+  effects.push({ type: 'send', to: from, message: { type: 'newerTerm', term: s.durable.currentTerm } });
   return s;
 }
 

@@ -91,6 +91,52 @@ test('upgrading a running mesh: told whether it founds, a record of an earlier v
   assert.deepEqual(persistedVoters(admits.effects), [{ peers: ['peer-a', 'peer-b'], term: 8, seq: 1 }], 'its own majority holds the stamp: one admitted');
 });
 
+test('a founder needs the terms of a majority of its roster as it was when it founded too: sites new since the upgrade make no majority (founding upgrade, seeds 21245, 100685)', () => {
+  // Seed 100685: peer-b led term 2 with peer-f, a site peer-a never learnt, while peer-a was cut off; peer-a founded with
+  // the roster {peer-a, peer-b}, learnt peer-c (a new site, on its first start) and led term 2 with the terms of peer-a
+  // and peer-c, two of three: peer-c never voted while the rosters were learnt, so told nothing of term 2.
+  const founded = initBalancer(configFor('peer-a', ['peer-a', 'peer-b'], { foundsVoters: true }), { currentTerm: 1, votedFor: 'peer-a' });
+  assert.deepEqual(founded.durable.voters, { peers: ['peer-a'], term: 0, seq: 0 });
+  const view = [alive('peer-a'), alive('peer-b', 1), alive('peer-c', 2)];
+  const learnt = { ...founded, config: { ...founded.config, rosterPeerIds: ['peer-a', 'peer-b', 'peer-c'] } };
+  const newSite = received('peer-c', { type: 'voters', term: 0, voters: { peers: [], term: 0, seq: 0 } }, 100);
+  const waits = run(learnt, { type: 'viewChanged', members: view, nowMs: 0 }, newSite, { type: 'tick', nowMs: 2000 });
+  assert.equal(waits.state.role, 'follower', 'two of three of its roster now, one of two of its roster at the founding');
+  assert.equal(waits.state.durable.currentTerm, 1);
+  // peer-b, cut off until now, says its term: the founder leads a term above it.
+  const leads = run(waits.state, received('peer-b', { type: 'voters', term: 3, voters: { peers: [], term: 0, seq: 0 } }, 2100), { type: 'tick', nowMs: 2200 });
+  assert.equal(leads.state.role, 'leader');
+  assert.deepEqual(leads.state.durable.voters, { peers: ['peer-a'], term: 4, seq: 0 });
+  // A peer of the founding roster forgotten since (forget-peer) counts no more: the operator's way out of a ghost.
+  const forgot = { ...waits.state, config: { ...waits.state.config, rosterPeerIds: ['peer-a', 'peer-c'] } };
+  assert.equal(run(forgot, { type: 'tick', nowMs: 2200 }).state.role, 'leader');
+  // A new mesh's founder, alone in its roster at its start, leads at once, as before.
+  assert.equal(run(initBalancer(configFor('peer-a', ['peer-a'], { foundsVoters: true }), null), { type: 'viewChanged', members: [alive('peer-a')], nowMs: 0 }).state.role, 'leader');
+});
+
+test('a founder waiting for the terms of the mesh asks every peer alive, and a peer on the defaults still on learnt rosters answers with its term (founding autoUpgrade, seeds 11128, 20900, 21150)', () => {
+  // Seed 21150: peer-a, a first site whose record of learnt rosters held no term or vote, restarted on the defaults
+  // and founded as a first start does; peer-c, on the defaults too, kept its learnt roster (no list, so it pushes
+  // nothing) and waited for peer-a, its rule's winner, to run; peer-a waited for peer-c's term: no leader, for good.
+  const roster = ['peer-a', 'peer-c'];
+  const view = [alive('peer-a'), alive('peer-c', 1)];
+  const a = run(initBalancer(configFor('peer-a', roster), null), { type: 'viewChanged', members: view, nowMs: 0 }, { type: 'tick', nowMs: 100 });
+  assert.deepEqual(a.state.durable.voters, { peers: ['peer-a'], term: 0, seq: 0 });
+  assert.equal(a.state.role, 'follower', 'it has not heard peer-c');
+  const asks = sent(a.effects).filter((m) => m.message.type === 'voters');
+  assert.deepEqual(asks, [{ to: 'peer-c', message: { type: 'voters', term: 0, voters: { peers: ['peer-a'], term: 0, seq: 0 } } }]);
+  const c = run(initBalancer(configFor('peer-c', roster), { currentTerm: 2, votedFor: 'peer-c' }), { type: 'viewChanged', members: view, nowMs: 0 });
+  assert.equal(c.state.durable.voters, undefined, 'learnt rosters until a leader stamps a list');
+  const answer = sent(run(c.state, received('peer-a', asks[0]!.message, 150)).effects);
+  assert.deepEqual(answer, [{ to: 'peer-a', message: { type: 'newerTerm', term: 2 } }]);
+  const leads = run(a.state, received('peer-c', answer[0]!.message, 200), { type: 'tick', nowMs: 300 });
+  assert.equal(leads.state.role, 'leader');
+  assert.deepEqual(leads.state.durable.voters, { peers: ['peer-a'], term: 3, seq: 0 });
+  // Learnt mode (--election-voters learnt) steps as before: no answer; nor does a joiner (it pushes its own).
+  assert.deepEqual(sent(run(initBalancer(configFor('peer-c', roster, { votersThroughLeader: false }), { currentTerm: 2, votedFor: null }), received('peer-a', asks[0]!.message, 150)).effects), []);
+  assert.deepEqual(sent(run(initBalancer(configFor('peer-c', roster, { foundsVoters: false }), null), received('peer-a', asks[0]!.message, 150)).effects), []);
+});
+
 test('two joiners that learnt one voter of the mesh do not elect beside it in its term (the election simulation, seed 204)', () => {
   // peer-a led term 1 with {peer-a, peer-b}; peer-d and peer-e joined through it while peer-b was away, learnt only
   // peer-a, and led term 1 with {peer-d, peer-e}: a majority of {peer-a, peer-d, peer-e} sharing no voter with peer-a's.
