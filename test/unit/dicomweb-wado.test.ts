@@ -295,6 +295,10 @@ describe('WADO-RS', () => {
         assert.equal(response.status, 200);
         const [part] = parseMultipart(response.body, response.contentType);
         assert.deepEqual([...part!.body], [...expected], `instance ${index}, ${tag}`);
+        // Asked as application/octet-stream alone: the value as the body (hunt 196: multipart).
+        const single = await retrieve(`/studies/${bulkStudy}/series/${bulkStudy}.1/instances/${bulkStudy}.1.${index}/bulkdata/${tag}`, 'application/octet-stream');
+        assert.equal(single.contentType, 'application/octet-stream');
+        assert.deepEqual([...single.body], [...expected], `instance ${index}, ${tag}, single part`);
       }
     }
     const refusals: Array<[string, string | undefined, number, RegExp]> = [
