@@ -117,34 +117,39 @@ export function acceptableRanges(ranges: readonly MediaRange[]): MediaRange[] {
   return ranges.filter((range) => range.q > 0).sort((a, b) => b.q - a.q);
 }
 
-/**
- * Whether DICOM JSON is acceptable: searches and metadata are sent only so. It is when the most
- * specific range covering application/dicom+json has a q above 0, or application/json is named (RFC 9110 12.5.1:
- * `application/dicom+json;q=0, *\/*` refuses it).
- */
 /** The media type JSON answers are labelled with. */
 export type DicomJsonMediaType = 'application/dicom+json' | 'application/json';
 
 /**
- * application/json when the client accepts it and not application/dicom+json (`Accept: application/json`, or
- * dicom+json with q=0): the same body, labelled as asked (hunt 196: labelled with the type it refused).
+ * How DICOM JSON is acceptable, if it is (searches and metadata are sent only so): as application/dicom+json when
+ * the most specific range covering it has a q above 0 (RFC 9110 12.5.1: `application/dicom+json;q=0, *\/*` refuses
+ * it), else as application/json when that is named: the same body, labelled as asked (hunt 196: labelled with the
+ * type the client refused).
  */
-function dicomJsonMediaType(header: string | undefined): DicomJsonMediaType {
+function dicomJsonAccepted(header: string | readonly string[] | undefined): DicomJsonMediaType | undefined {
   const ranges = parseAccept(header);
   const named = (subtype: string) => ranges.find((range) => range.type === 'application' && range.subtype === subtype);
   const dicomJson = named('dicom+json') ?? named('*') ?? ranges.find((range) => range.type === '*');
-  return (dicomJson?.q ?? 0) > 0 ? 'application/dicom+json' : 'application/json';
+  if ((dicomJson?.q ?? 0) > 0) return 'application/dicom+json';
+  return (named('json')?.q ?? 0) > 0 ? 'application/json' : undefined;
 }
 
 export function acceptsDicomJson(header: string | readonly string[] | undefined): boolean {
-  const ranges = parseAccept(header);
-  const named = (subtype: string) => ranges.find((range) => range.type === 'application' && range.subtype === subtype);
-  const dicomJson = named('dicom+json') ?? named('*') ?? ranges.find((range) => range.type === '*');
-  return (dicomJson?.q ?? 0) > 0 || (named('json')?.q ?? 0) > 0;
+  return dicomJsonAccepted(header) !== undefined;
+}
+
+/**
+ * Whether the client's first choice is a single part of `application/{subtype}` itself (PS3.18 8.7.3.5.2), before
+ * any multipart range or `*\/*`: a resource of one item (an instance, a bulk data value) is then sent as its body.
+ */
+export function prefersSinglePart(header: string | undefined, subtype: string): boolean {
+  const first = acceptableRanges(parseAccept(header)).find((range) => (range.type === 'application' && range.subtype === subtype) || range.type === 'multipart' || range.type === '*');
+  return first?.type === 'application';
 }
 
 /** Refuses (406) a request whose Accept header excludes DICOM JSON, the one form `what` is sent in (XML is not offered). */
 export function requireDicomJson(accept: string | undefined, what: string): DicomJsonMediaType {
-  if (acceptsDicomJson(accept)) return dicomJsonMediaType(accept);
+  const accepted = dicomJsonAccepted(accept);
+  if (accepted !== undefined) return accepted;
   throw new DicomWebError(406, 'ERR_DICOMWEB_NOT_ACCEPTABLE', `${what} sent as application/dicom+json only (asked: ${(accept ?? '').slice(0, 120)})`);
 }

@@ -7,10 +7,10 @@
  */
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_BE } from '../../codec/transcode-targets.ts';
-import { acceptableRanges, parseAccept } from './accept.ts';
+import { acceptableRanges, parseAccept, prefersSinglePart } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { selectInstances, streamInstance } from './instances.ts';
-import { isClientGone, responseBodyWriter, startMultipart } from './multipart-writer.ts';
+import { sendBody, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 import { inflatedChunks, instanceHeaderOf } from './wado.ts';
 import { binaryVrs, layoutOf } from '../../codec/dataset/vr.ts';
@@ -49,28 +49,14 @@ export async function retrieveBulkData(ctx: DicomWebContext, exchange: DicomWebE
     body = size === undefined ? value : swapWordsOfStream(value, size);
   }
   const location = `${exchange.baseUrl}/studies/${route.studyUid}/series/${route.seriesUid}/instances/${route.instanceUid}/bulkdata/${tagText}`;
-  if (prefersSinglePart(exchange.req.headers.accept)) {
+  if (prefersSinglePart(exchange.req.headers.accept, 'octet-stream')) {
     // The value as the body (PS3.18 8.7.3.5.2): a client asking application/octet-stream alone got multipart (hunt 196).
-    const { res } = exchange;
-    try {
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(element.valueLength), 'content-location': location });
-      await responseBodyWriter(res).writeAll(body instanceof Uint8Array ? [body] : body);
-    } catch (error) {
-      if (isClientGone(error, res)) return;
-      throw error;
-    }
-    res.end();
+    await sendBody(exchange.res, { 'content-type': 'application/octet-stream', 'content-length': String(element.valueLength), 'content-location': location }, body instanceof Uint8Array ? [body] : body);
     return;
   }
   const writer = startMultipart(exchange.res, { type: 'application/octet-stream' });
   await writer.writePart({ 'Content-Type': 'application/octet-stream', 'Content-Location': location }, body);
   writer.end();
-}
-
-/** Whether the client's first choice is application/octet-stream itself, before any multipart range or `*\/*`. */
-function prefersSinglePart(accept: string | undefined): boolean {
-  const first = acceptableRanges(parseAccept(accept)).find((range) => (range.type === 'application' && (range.subtype === 'octet-stream' || range.subtype === '*')) || range.type === 'multipart' || range.type === '*');
-  return first?.type === 'application' && first.subtype === 'octet-stream';
 }
 
 /** Bytes `offset` to `offset + length` of a stream of chunks; the stream is read to its end (its check comes there). */

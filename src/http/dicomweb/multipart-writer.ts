@@ -105,6 +105,18 @@ export interface ResponseBodyWriter {
   writeAll(chunks: readonly Uint8Array[] | AsyncIterable<Uint8Array>): Promise<void>;
 }
 
+/** A 200 whose body is `body`, written as the client reads it; a client gone meanwhile ends it without an error. */
+export async function sendBody(res: ServerResponse, headers: Record<string, string>, body: readonly Uint8Array[] | AsyncIterable<Uint8Array>): Promise<void> {
+  try {
+    res.writeHead(200, headers);
+    await responseBodyWriter(res).writeAll(body);
+  } catch (error) {
+    if (isClientGone(error, res)) return;
+    throw error;
+  }
+  res.end();
+}
+
 export function responseBodyWriter(res: ServerResponse): ResponseBodyWriter {
   const checkClient = (): void => {
     if (res.destroyed || res.writableEnded) throw new MultipartError('ERR_DICOMWEB_CLIENT_GONE', 'the client closed the connection');

@@ -17,10 +17,10 @@ import { binaryVrs, layoutOf } from '../../codec/dataset/vr.ts';
 import { Tags } from '../../codec/dictionary.ts';
 import { EXPLICIT_LE, canTranscodeInstance } from '../../codec/transcode-targets.ts';
 import { estimateTranscodeBytes, transcodeJobBytesMax, transcodeTooLarge } from '../../codec/transcode-estimate.ts';
-import { acceptableRanges, parseAccept, requireDicomJson, type MediaRange } from './accept.ts';
+import { acceptableRanges, parseAccept, prefersSinglePart, requireDicomJson, type MediaRange } from './accept.ts';
 import { DicomWebError, type DicomWebContext, type DicomWebExchange } from './context.ts';
 import { convertInstance, headerBytesMax, holdingInstance, holdingUntilReleased, readInstanceChunks, readToPixelData, readWholeInstance, responseInstances, selectInstances, streamInstance, streamInstanceHead, type BulkValueCut } from './instances.ts';
-import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter, startMultipart } from './multipart-writer.ts';
+import { byteLengthOf, inMemoryChunks, isClientGone, responseBodyWriter, sendBody, startMultipart } from './multipart-writer.ts';
 import type { DicomWebRoute } from './routes.ts';
 
 type RetrieveRoute = Extract<DicomWebRoute, { type: 'retrieve' }>;
@@ -100,7 +100,7 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
   }
   const status = entries.length < selected.length ? 206 : 200;
   const { res } = exchange;
-  if (route.instanceUid !== undefined && prefersSinglePart(ranges)) {
+  if (route.instanceUid !== undefined && prefersSinglePart(exchange.req.headers.accept, 'dicom')) {
     await sendSinglePart(ctx, exchange, entries[0]!, syntax, headers);
     return;
   }
@@ -141,16 +141,6 @@ export async function retrieveInstances(ctx: DicomWebContext, exchange: DicomWeb
 }
 
 /**
- * Whether the client's first choice is a single-part `application/dicom` (PS3.18 8.7.3.5.2, for an instance
- * resource: as Azure's and Google's DICOMweb services answer it) rather than multipart/related; `*\/*` and
- * multipart first keep the multipart answer, which every resource gives.
- */
-function prefersSinglePart(ranges: readonly MediaRange[]): boolean {
-  const first = acceptableRanges(ranges).find((range) => (range.type === 'application' && range.subtype === 'dicom') || range.type === 'multipart' || range.type === '*');
-  return first?.type === 'application';
-}
-
-/**
  * An instance resource asked as a single part: its Part 10 file as the body (it was sent as multipart/related,
  * which a client asking application/dicom cannot read: hunt 196), read before the status goes out as a
  * multipart answer's first part is.
@@ -185,15 +175,10 @@ export async function sendPart10File(
   const file = await read();
   const inMemory = inMemoryChunks(file.body);
   try {
-    res.writeHead(200, { ...headers, ...(inMemory === undefined ? {} : { 'content-length': String(byteLengthOf(inMemory)) }) });
-    await responseBodyWriter(res).writeAll(file.body);
-  } catch (error) {
-    if (isClientGone(error, res)) return;
-    throw error;
+    await sendBody(res, { ...headers, ...(inMemory === undefined ? {} : { 'content-length': String(byteLengthOf(inMemory)) }) }, file.body);
   } finally {
     file.release?.();
   }
-  res.end();
 }
 
 /** The byte length of the Part 10 file of an instance sent as stored (part10File's, without reading it). */
